@@ -1,0 +1,877 @@
+//! The Rust job client: what a job uses to talk to its hook.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), runyard_hooks::ClientError> {
+//! use runyard_hooks::JobClient;
+//! let client = JobClient::from_env()?; // JOB_ID, JOB_SECRET_KEY, JOB_HOOK
+//! client.running().await?;
+//! let me = client.job().await?;
+//! client.progress(50.0, None).await?;
+//! client.success(Some(me.args)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Requests to the hook are signed (v2 by default, v1 with [`JobClient::with_v1`]) and never follow
+//! redirects, so signatures are only ever sent to the hook. The download `Location` and the upload
+//! `url` are short-lived signed URLs: they get the bytes without any job header, like the webda
+//! Python client does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::secret::Secret;
+use crate::sign::{signed_headers_now, SigVersion, SignError};
+use crate::wire::{
+    digest_file, DownloadResponse, ErrorBody, JobSelf, StatusReport, UploadDigest, UploadRequest,
+    UploadResponse,
+};
+
+/// Environment variable holding the job id.
+pub const ENV_JOB_ID: &str = "JOB_ID";
+/// Environment variable holding the job's secret key.
+pub const ENV_JOB_SECRET_KEY: &str = "JOB_SECRET_KEY";
+/// Environment variable holding the hook base URL (`{public_url}/async`).
+pub const ENV_JOB_HOOK: &str = "JOB_HOOK";
+/// Environment variable holding the job type (informational).
+pub const ENV_JOB_TYPE: &str = "JOB_TYPE";
+/// Environment variable holding the job arguments as JSON (informational).
+pub const ENV_JOB_ARGS: &str = "JOB_ARGS";
+
+/// Store name under which a job's own files live.
+pub const JOBS_STORE: &str = "jobs";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+const TRANSFER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest excerpt of a non-JSON error body kept in an error message.
+const MAX_ERROR_EXCERPT: usize = 200;
+
+/// Errors of the [`JobClient`]. None of them contains the secret or a signature.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A required environment variable is absent or empty.
+    #[error(
+        "environment variable {0} is not set (JOB_ID, JOB_SECRET_KEY and JOB_HOOK are required)"
+    )]
+    MissingEnv(&'static str),
+    /// `JOB_HOOK` is not a usable http(s) base URL.
+    #[error("invalid JOB_HOOK: {0}")]
+    InvalidHook(String),
+    /// A URL returned by the server cannot be used.
+    #[error("invalid {what} URL from the server: {reason}")]
+    InvalidUrl {
+        /// Which URL (`download Location`, `upload`).
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// An argument cannot be sent (non-finite progress, job id not a header value...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The server answered with a non-2xx status.
+    #[error("{context}: HTTP {status}{}: {message}", code_suffix(code))]
+    Http {
+        /// The request, e.g. `POST /async/status` (never a query string: it may hold a token).
+        context: String,
+        /// The HTTP status.
+        status: u16,
+        /// `error.code` of the server's `{"error": {"code", "message"}}` body, when present.
+        code: Option<String>,
+        /// `error.message` of that body, or an excerpt of the body, or the status reason.
+        message: String,
+    },
+    /// The request could not be sent or its answer not received.
+    #[error("{context}: {source}")]
+    Transport {
+        /// The request, e.g. `GET /async/job`.
+        context: String,
+        /// The cause (its URL removed).
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Setup(#[source] reqwest::Error),
+    /// The server's answer is not the expected JSON.
+    #[error("{context}: unexpected answer: {source}")]
+    Json {
+        /// The request.
+        context: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The server's answer is well-formed JSON but unusable.
+    #[error("{context}: unexpected answer: {reason}")]
+    BadResponse {
+        /// The request.
+        context: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing a local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A downloaded file's md5 does not match the announced hash (nothing was kept).
+    #[error("downloaded content has md5 {actual}, expected {expected}")]
+    HashMismatch {
+        /// The hash announced in `Map.hash`.
+        expected: String,
+        /// The md5 of the bytes received.
+        actual: String,
+    },
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    match code {
+        Some(code) => format!(" ({code})"),
+        None => String::new(),
+    }
+}
+
+impl From<SignError> for ClientError {
+    fn from(err: SignError) -> Self {
+        ClientError::InvalidArgument(err.to_string())
+    }
+}
+
+impl ClientError {
+    /// The HTTP status when the server refused the request.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What [`JobClient::upload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The server already had this content (proven by the challenge): no bytes were sent.
+    AlreadyStored(UploadDigest),
+    /// The bytes were sent to the server's upload URL and accepted.
+    Uploaded(UploadDigest),
+}
+
+impl UploadOutcome {
+    /// The digests of the uploaded file.
+    pub fn digest(&self) -> &UploadDigest {
+        match self {
+            UploadOutcome::AlreadyStored(d) | UploadOutcome::Uploaded(d) => d,
+        }
+    }
+}
+
+/// A running job's connection to its hook (`JOB_HOOK`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobClient {
+    id: String,
+    secret: Secret,
+    hook: Url,
+    version: SigVersion,
+    /// For signed hook requests: never follows redirects.
+    hook_http: reqwest::Client,
+    /// For the bytes (download Location, upload url): no job headers, redirects allowed.
+    transfer_http: reqwest::Client,
+}
+
+/// `path` + (`?` + query when there is one), as it appears on the request line.
+pub fn path_and_query(url: &Url) -> String {
+    match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+/// Resolves a URL given by the server (download `Location`, upload `url`): an absolute http(s)
+/// URL is used as is, one starting with `/` is taken on the hook's origin (scheme, host, port).
+pub fn resolve_url(hook: &Url, location: &str, what: &'static str) -> Result<Url, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidUrl { what, reason };
+    let location = location.trim();
+    if location.is_empty() {
+        return Err(invalid("empty".to_owned()));
+    }
+    let url = if location.starts_with('/') {
+        hook.join(location)
+    } else {
+        Url::parse(location)
+    }
+    .map_err(|e| invalid(format!("neither absolute nor starting with '/': {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!("unsupported scheme {}", url.scheme())));
+    }
+    Ok(url)
+}
+
+/// Whether `s` looks like an md5 hex digest (also what makes it a safe file name).
+fn is_md5_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Builds the error for a non-2xx answer from its body.
+fn http_error(context: String, status: StatusCode, body: &[u8]) -> ClientError {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) => (Some(parsed.error.code), parsed.error.message),
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            let message = if text.is_empty() {
+                status.canonical_reason().unwrap_or("no message").to_owned()
+            } else {
+                text.chars().take(MAX_ERROR_EXCERPT).collect()
+            };
+            (None, message)
+        }
+    };
+    ClientError::Http {
+        context,
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+fn transport(context: &str, err: reqwest::Error) -> ClientError {
+    ClientError::Transport {
+        context: context.to_owned(),
+        source: err.without_url(),
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(context: &str, bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|source| ClientError::Json {
+        context: context.to_owned(),
+        source,
+    })
+}
+
+impl JobClient {
+    /// A client from the environment: `JOB_ID`, `JOB_SECRET_KEY` and `JOB_HOOK` (all required).
+    pub fn from_env() -> Result<Self, ClientError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`JobClient::from_env`], reading variables through `lookup` (for tests or other
+    /// sources of configuration). Empty values count as missing.
+    pub fn from_lookup<F>(lookup: F) -> Result<Self, ClientError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let get = |name: &'static str| {
+            lookup(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ClientError::MissingEnv(name))
+        };
+        let id = get(ENV_JOB_ID)?;
+        let secret = Secret::from_string(get(ENV_JOB_SECRET_KEY)?);
+        let hook = get(ENV_JOB_HOOK)?;
+        Self::new(id, secret, &hook)
+    }
+
+    /// A client for job `id` with its secret and hook base URL (e.g.
+    /// `http://127.0.0.1:7070/async`; a trailing `/` is ignored). Signs with v2.
+    pub fn new(id: impl Into<String>, secret: Secret, hook: &str) -> Result<Self, ClientError> {
+        let id = id.into();
+        if id.is_empty() || reqwest::header::HeaderValue::from_str(&id).is_err() {
+            return Err(ClientError::InvalidArgument(
+                "the job id must be a non-empty printable ASCII string".to_owned(),
+            ));
+        }
+        let hook = Url::parse(hook.trim())
+            .map_err(|e| ClientError::InvalidHook(format!("not a URL ({e})")))?;
+        if !matches!(hook.scheme(), "http" | "https") {
+            return Err(ClientError::InvalidHook(format!(
+                "scheme must be http or https, not {}",
+                hook.scheme()
+            )));
+        }
+        if hook.cannot_be_a_base() || hook.host_str().is_none() {
+            return Err(ClientError::InvalidHook("no host".to_owned()));
+        }
+        if hook.query().is_some() || hook.fragment().is_some() {
+            return Err(ClientError::InvalidHook(
+                "must not have a query or a fragment".to_owned(),
+            ));
+        }
+        let hook_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(HOOK_TIMEOUT)
+            .build()
+            .map_err(ClientError::Setup)?;
+        let transfer_http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(TRANSFER_READ_TIMEOUT)
+            .build()
+            .map_err(ClientError::Setup)?;
+        Ok(JobClient {
+            id,
+            secret,
+            hook,
+            version: SigVersion::V2,
+            hook_http,
+            transfer_http,
+        })
+    }
+
+    /// Signs with v1 (webda-compatible) instead of v2.
+    pub fn with_v1(mut self) -> Self {
+        self.version = SigVersion::V1;
+        self
+    }
+
+    /// The job id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The hook base URL.
+    pub fn hook(&self) -> &Url {
+        &self.hook
+    }
+
+    /// The signature version used.
+    pub fn version(&self) -> SigVersion {
+        self.version
+    }
+
+    /// `{hook}/{segments...}`, each segment percent-encoded.
+    pub fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.hook.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            // `new` refuses cannot-be-a-base URLs, so this branch is always taken.
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// The signed headers for `method url` with `body`, at the current time.
+    pub fn sign(&self, method: &Method, url: &Url, body: &[u8]) -> Result<HeaderMap, ClientError> {
+        Ok(signed_headers_now(
+            &self.id,
+            &self.secret,
+            self.version,
+            method.as_str(),
+            &path_and_query(url),
+            body,
+        )?)
+    }
+
+    /// Sends one signed request to the hook and returns the body of its 2xx answer.
+    async fn hook_call(
+        &self,
+        method: Method,
+        url: Url,
+        json_body: Option<Vec<u8>>,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let context = format!("{method} {}", url.path());
+        let body = json_body.unwrap_or_default();
+        let headers = self.sign(&method, &url, &body)?;
+        let mut request = self.hook_http.request(method, url).headers(headers);
+        if !body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = request.send().await.map_err(|e| transport(&context, e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| transport(&context, e))?;
+        if !status.is_success() {
+            return Err(http_error(context, status, &bytes));
+        }
+        Ok(bytes)
+    }
+
+    /// `POST {hook}/status` with `report`; returns the server's JSON answer (`null` if empty).
+    pub async fn status(&self, report: &StatusReport) -> Result<Value, ClientError> {
+        if report.progress.is_some_and(|p| !p.is_finite()) {
+            return Err(ClientError::InvalidArgument(
+                "progress must be a finite number".to_owned(),
+            ));
+        }
+        let body = serde_json::to_vec(report).map_err(|source| ClientError::Json {
+            context: "status report".to_owned(),
+            source,
+        })?;
+        let url = self.endpoint(&["status"]);
+        let context = format!("POST {}", url.path());
+        let bytes = self.hook_call(Method::POST, url, Some(body)).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        parse_json(&context, &bytes)
+    }
+
+    /// Reports `status: RUNNING`.
+    pub async fn running(&self) -> Result<Value, ClientError> {
+        self.status(&StatusReport {
+            status: Some("RUNNING".to_owned()),
+            ..StatusReport::default()
+        })
+        .await
+    }
+
+    /// Reports progress (percent) and optional `statusDetails`.
+    pub async fn progress(
+        &self,
+        progress: f64,
+        details: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        self.status(&StatusReport {
+            progress: Some(progress),
+            status_details: details,
+            ..StatusReport::default()
+        })
+        .await
+    }
+
+    /// Appends log lines.
+    pub async fn log(&self, lines: Vec<String>) -> Result<Value, ClientError> {
+        self.status(&StatusReport {
+            logs: Some(lines),
+            ..StatusReport::default()
+        })
+        .await
+    }
+
+    /// Reports `status: SUCCESS` with an optional result.
+    pub async fn success(&self, result: Option<Value>) -> Result<Value, ClientError> {
+        self.status(&StatusReport {
+            status: Some("SUCCESS".to_owned()),
+            results: result,
+            ..StatusReport::default()
+        })
+        .await
+    }
+
+    /// Reports `status: ERROR` with an error message.
+    pub async fn error(&self, message: impl Into<String>) -> Result<Value, ClientError> {
+        self.status(&StatusReport {
+            status: Some("ERROR".to_owned()),
+            error_message: Some(message.into()),
+            ..StatusReport::default()
+        })
+        .await
+    }
+
+    /// `GET {hook}/job`: the job's own id, type, args and attempt.
+    pub async fn job(&self) -> Result<JobSelf, ClientError> {
+        let url = self.endpoint(&["job"]);
+        let context = format!("GET {}", url.path());
+        let bytes = self.hook_call(Method::GET, url, None).await?;
+        parse_json(&context, &bytes)
+    }
+
+    /// Downloads file `index` of `property` of `uuid` in `store` into `dir`, named by its md5
+    /// (`Map.hash`), and returns its path. An existing file of that name is kept as is (already
+    /// downloaded). The bytes are written to a temporary file first and only renamed into place
+    /// once their md5 matches.
+    pub async fn download(
+        &self,
+        store: &str,
+        uuid: &str,
+        property: &str,
+        index: u32,
+        dir: &Path,
+    ) -> Result<PathBuf, ClientError> {
+        let index = index.to_string();
+        let url = self.endpoint(&["download", store, uuid, property, &index]);
+        let context = format!("GET {}", url.path());
+        let bytes = self.hook_call(Method::GET, url, None).await?;
+        let answer: DownloadResponse = parse_json(&context, &bytes)?;
+        let expected = answer.map.hash.to_ascii_lowercase();
+        if !is_md5_hex(&expected) {
+            return Err(ClientError::BadResponse {
+                context,
+                reason: "Map.hash is not an md5 hex digest".to_owned(),
+            });
+        }
+        let target = dir.join(&expected);
+        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+            return Ok(target);
+        }
+
+        let location = resolve_url(&self.hook, &answer.location, "download Location")?;
+        let context = format!("GET {}", location.path());
+        let mut response = self
+            .transfer_http
+            .get(location)
+            .send()
+            .await
+            .map_err(|e| transport(&context, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(http_error(context, status, &body));
+        }
+
+        let temp = dir.join(format!(
+            ".{expected}.{}.{}.part",
+            std::process::id(),
+            crate::sign::now_ms()
+        ));
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ClientError::Io { path, source }
+        };
+        let mut file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(io_err(&temp))?;
+        let mut md5 = Md5::new();
+        let written: Result<(), ClientError> = async {
+            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&context, e))? {
+                md5.update(&chunk);
+                file.write_all(&chunk).await.map_err(io_err(&temp))?;
+            }
+            file.flush().await.map_err(io_err(&temp))?;
+            Ok(())
+        }
+        .await;
+        drop(file);
+        let result = written.and_then(|()| {
+            let actual = hex::encode(md5.finalize());
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(ClientError::HashMismatch {
+                    expected: expected.clone(),
+                    actual,
+                })
+            }
+        });
+        if let Err(err) = result {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(err);
+        }
+        if let Err(source) = tokio::fs::rename(&temp, &target).await {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(ClientError::Io {
+                path: target,
+                source,
+            });
+        }
+        Ok(target)
+    }
+
+    /// Uploads the file at `path` as `property` of this job (store `jobs`, uuid = the job id).
+    ///
+    /// Sends `{hash, challenge, metadata}` to `PUT {hook}/upload/jobs/{id}/{property}`; if the
+    /// server already has the content it answers `done` and nothing more is sent, otherwise the
+    /// bytes go to the returned `url` with the returned method (default `PUT`), which must answer
+    /// 2xx. `metadata` `null` is sent as `{}`.
+    pub async fn upload(
+        &self,
+        property: &str,
+        path: &Path,
+        metadata: Value,
+    ) -> Result<UploadOutcome, ClientError> {
+        let digest = digest_file(path).await.map_err(|source| ClientError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let request = UploadRequest {
+            hash: digest.hash.clone(),
+            challenge: digest.challenge.clone(),
+            metadata: if metadata.is_null() {
+                Value::Object(serde_json::Map::new())
+            } else {
+                metadata
+            },
+        };
+        let body = serde_json::to_vec(&request).map_err(|source| ClientError::Json {
+            context: "upload request".to_owned(),
+            source,
+        })?;
+        let url = self.endpoint(&["upload", JOBS_STORE, &self.id, property]);
+        let context = format!("PUT {}", url.path());
+        let bytes = self.hook_call(Method::PUT, url, Some(body)).await?;
+        let answer: UploadResponse = parse_json(&context, &bytes)?;
+        if answer.done {
+            return Ok(UploadOutcome::AlreadyStored(digest));
+        }
+
+        let method_name = answer
+            .method
+            .as_deref()
+            .unwrap_or("PUT")
+            .to_ascii_uppercase();
+        let method =
+            Method::from_bytes(method_name.as_bytes()).map_err(|_| ClientError::BadResponse {
+                context: context.clone(),
+                reason: "invalid upload method".to_owned(),
+            })?;
+        let Some(target) = answer.url.as_deref() else {
+            return Err(ClientError::BadResponse {
+                context,
+                reason: "done is false but there is no url".to_owned(),
+            });
+        };
+        let target = resolve_url(&self.hook, target, "upload")?;
+        let context = format!("{method} {}", target.path());
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|source| ClientError::Io {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        let response = self
+            .transfer_http
+            .request(method, target)
+            .header(CONTENT_LENGTH, len)
+            .body(reqwest::Body::from(file))
+            .send()
+            .await
+            .map_err(|e| transport(&context, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(http_error(context, status, &body));
+        }
+        Ok(UploadOutcome::Uploaded(digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::{JOB_HASH_HEADER, JOB_SIGNATURE_HEADER, JOB_TIME_HEADER};
+    use crate::verify::{HookHeaders, Verifier};
+    use std::collections::HashMap;
+
+    const JOB: &str = "0190a5e0-7c3a-7000-8000-00000000abcd";
+    const SECRET: &str = "f61b0c92cd4100fe87c7d02bb64aedf228570ebb5bafd1ff015e63e3447b1cbd";
+
+    fn client(hook: &str) -> JobClient {
+        JobClient::new(JOB, Secret::from_string(SECRET.to_owned()), hook).expect("client")
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn from_env_names_the_missing_variable() {
+        let all = [
+            (ENV_JOB_ID, JOB),
+            (ENV_JOB_SECRET_KEY, SECRET),
+            (ENV_JOB_HOOK, "http://127.0.0.1:7070/async"),
+        ];
+        let c = JobClient::from_lookup(env(&all)).expect("complete env");
+        assert_eq!(c.id(), JOB);
+        assert_eq!(c.version(), SigVersion::V2);
+        for missing in [ENV_JOB_ID, ENV_JOB_SECRET_KEY, ENV_JOB_HOOK] {
+            let partial: Vec<_> = all.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let err = JobClient::from_lookup(env(&partial)).expect_err("missing");
+            assert!(matches!(err, ClientError::MissingEnv(name) if name == missing));
+            assert!(err.to_string().contains(missing), "{err}");
+            // Empty counts as missing.
+            let mut empty = partial.clone();
+            empty.push((missing, ""));
+            assert!(matches!(
+                JobClient::from_lookup(env(&empty)),
+                Err(ClientError::MissingEnv(name)) if name == missing
+            ));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_hooks_and_ids() {
+        for hook in [
+            "not a url",
+            "ftp://h/async",
+            "http://h/async?x=1",
+            "http://h/async#f",
+            "mailto:a@b",
+        ] {
+            let err =
+                JobClient::new(JOB, Secret::from_string(SECRET.into()), hook).expect_err(hook);
+            assert!(matches!(err, ClientError::InvalidHook(_)), "{hook}: {err}");
+            assert!(!err.to_string().contains(SECRET));
+        }
+        for id in ["", "a\nb"] {
+            let err = JobClient::new(id, Secret::from_string(SECRET.into()), "http://h/async")
+                .expect_err("bad id");
+            assert!(matches!(err, ClientError::InvalidArgument(_)));
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        for hook in ["http://h:7070/async", "http://h:7070/async/"] {
+            let c = client(hook);
+            assert_eq!(
+                c.endpoint(&["status"]).as_str(),
+                "http://h:7070/async/status"
+            );
+        }
+        let c = client("https://example.com/runyard/async");
+        assert_eq!(
+            c.endpoint(&["download", "jobs", JOB, "inputs", "0"])
+                .as_str(),
+            format!("https://example.com/runyard/async/download/jobs/{JOB}/inputs/0")
+        );
+        // Segments are percent-encoded, so they cannot change the path's shape.
+        assert_eq!(
+            path_and_query(&c.endpoint(&["upload", "jobs", JOB, "a b/../c?d"])),
+            format!("/runyard/async/upload/jobs/{JOB}/a%20b%2F..%2Fc%3Fd")
+        );
+    }
+
+    #[test]
+    fn path_and_query_as_sent() {
+        let url = Url::parse("http://h:1/a/b%20c?x=1&y=%2F").expect("url");
+        assert_eq!(path_and_query(&url), "/a/b%20c?x=1&y=%2F");
+        let url = Url::parse("http://h:1").expect("url");
+        assert_eq!(path_and_query(&url), "/");
+        let url = Url::parse("http://h/async/status").expect("url");
+        assert_eq!(path_and_query(&url), "/async/status");
+    }
+
+    #[test]
+    fn resolves_server_urls() {
+        let hook = Url::parse("http://h:7070/prefix/async").expect("url");
+        let ok = [
+            ("/async/blob/abc?t=1", "http://h:7070/async/blob/abc?t=1"),
+            (
+                "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=1",
+                "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=1",
+            ),
+            ("http://other:9/x", "http://other:9/x"),
+        ];
+        for (location, expected) in ok {
+            assert_eq!(
+                resolve_url(&hook, location, "download Location")
+                    .expect(location)
+                    .as_str(),
+                expected
+            );
+        }
+        for bad in [
+            "",
+            "relative/path",
+            "ftp://h/x",
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+        ] {
+            let err = resolve_url(&hook, bad, "upload").expect_err(bad);
+            assert!(
+                matches!(err, ClientError::InvalidUrl { what: "upload", .. }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_headers_verify_on_the_server_side() {
+        let secret = Secret::from_string(SECRET.to_owned());
+        let verifier = Verifier::new();
+        for c in [
+            client("http://h:7070/async"),
+            client("http://h:7070/async").with_v1(),
+        ] {
+            let url = c.endpoint(&["status"]);
+            let body = br#"{"status":"RUNNING"}"#;
+            let headers = c.sign(&Method::POST, &url, body).expect("headers");
+            assert_eq!(headers[crate::sign::JOB_ID_HEADER], JOB);
+            assert_eq!(headers[JOB_HASH_HEADER].len(), 64);
+            assert_eq!(
+                headers.contains_key(JOB_SIGNATURE_HEADER),
+                c.version() == SigVersion::V2
+            );
+            let parsed = HookHeaders::from_headers(&headers).expect("parse");
+            let time: i64 = parsed.time.parse().expect("time");
+            verifier
+                .verify(&parsed, &secret, "POST", "/async/status", body, time)
+                .expect("verifies");
+        }
+        // v2 binds the query too.
+        let c = client("http://h:7070/async");
+        let url = Url::parse("http://h:7070/async/job?x=1").expect("url");
+        let headers = c.sign(&Method::GET, &url, b"").expect("headers");
+        let parsed = HookHeaders::from_headers(&headers).expect("parse");
+        let time: i64 = headers[JOB_TIME_HEADER]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("time");
+        assert!(verifier
+            .verify(&parsed, &secret, "GET", "/async/job", b"", time)
+            .is_err());
+        verifier
+            .verify(&parsed, &secret, "GET", "/async/job?x=1", b"", time)
+            .expect("with query");
+    }
+
+    #[test]
+    fn http_errors_carry_the_server_message() {
+        let err = http_error(
+            "POST /async/status".into(),
+            StatusCode::CONFLICT,
+            br#"{"error": {"code": "terminal", "message": "job is already SUCCESS"}}"#,
+        );
+        assert_eq!(err.status(), Some(409));
+        assert_eq!(
+            err.to_string(),
+            "POST /async/status: HTTP 409 (terminal): job is already SUCCESS"
+        );
+        let err = http_error(
+            "GET /x".into(),
+            StatusCode::BAD_GATEWAY,
+            b"<html>oops</html>",
+        );
+        assert_eq!(err.to_string(), "GET /x: HTTP 502: <html>oops</html>");
+        let err = http_error("GET /x".into(), StatusCode::NOT_FOUND, b"");
+        assert_eq!(err.to_string(), "GET /x: HTTP 404: Not Found");
+        let long = vec![b'a'; 10_000];
+        let err = http_error("GET /x".into(), StatusCode::BAD_REQUEST, &long);
+        assert!(err.to_string().len() < 300);
+    }
+
+    #[test]
+    fn debug_does_not_show_the_secret() {
+        let c = client("http://h:7070/async");
+        let text = format!("{c:?}");
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(text.contains("Secret(***)"));
+    }
+
+    #[test]
+    fn md5_names_only() {
+        assert!(is_md5_hex("5d41402abc4b2a76b9719d911017c592"));
+        assert!(!is_md5_hex("../../etc/passwd"));
+        assert!(!is_md5_hex("5d41402abc4b2a76b9719d911017c59"));
+        assert!(!is_md5_hex("5d41402abc4b2a76b9719d911017c59/"));
+    }
+
+    #[tokio::test]
+    async fn non_finite_progress_is_refused_before_sending() {
+        // Port 9 on localhost: nothing is sent anyway since validation fails first.
+        let c = client("http://127.0.0.1:9/async");
+        let err = c.progress(f64::NAN, None).await.expect_err("nan");
+        assert!(matches!(err, ClientError::InvalidArgument(_)));
+    }
+}

@@ -1,0 +1,33 @@
+//! # runyard-hooks
+//!
+//! The job hook protocol of runyard: how a running job authenticates to the server and what it
+//! sends. Both sides live here so they cannot drift apart:
+//!
+//! - [`secret`]: the per-attempt job secret ([`Secret`], [`derive_job_secret`]).
+//! - [`sign`]: v1 (webda-compatible) and v2 (request-bound) signatures and the `X-Job-*` headers.
+//! - [`verify`]: the server-side check ([`HookHeaders`], [`Verifier`]): time window, constant-time
+//!   comparison, replay refusal.
+//! - [`replay`]: the replay memory ([`ReplayStore`], in-memory [`ReplayGuard`]).
+//! - [`wire`]: the JSON bodies of the hook endpoints and the upload challenge.
+//! - [`client`]: [`JobClient`], the async Rust client a job uses.
+//!
+//! The protocol itself, for clients in other languages, is described in `docs/hooks.md`.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod replay;
+pub mod secret;
+pub mod sign;
+pub mod verify;
+pub mod wire;
+
+pub use client::{ClientError, JobClient, UploadOutcome};
+pub use replay::{ReplayError, ReplayGuard, ReplayStore};
+pub use secret::{derive_job_secret, Secret};
+pub use sign::{now_ms, sign_v1, sign_v2, signed_headers, signed_headers_now, SigVersion};
+pub use verify::{HookHeaders, VerifiedSignature, Verifier, VerifyError};
+pub use wire::{
+    upload_challenge, DownloadResponse, FileMeta, JobSelf, StatusReport, UploadDigest,
+    UploadHasher, UploadRequest, UploadResponse,
+};

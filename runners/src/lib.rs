@@ -1,0 +1,179 @@
+//! runyard runners: what actually executes a job.
+//!
+//! # Layout
+//! - [`Runner`] launches a job and returns an [`Execution`]; an execution can be waited on
+//!   (cancel-safe) and stopped. Its [`RunHandle`] is saved on the job, so that after a restart the
+//!   runner can find the work again with [`Runner::recover`].
+//! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs.
+//! - [`local`]: a child process in its own process group (any language).
+//! - [`service`]: an in-process async Rust function registered by name.
+//!
+//! A runner never touches the store: it launches, reports what happened, and can be stopped.
+//! Retries, timeouts and status transitions are the worker's business.
+
+pub mod local;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use runyard_hooks::Secret;
+
+/// Everything a runner needs to know to start one attempt of a job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The job id (UUID v7, as a string).
+    pub id: String,
+    /// The job's dotted type, e.g. `report.daily`.
+    pub job_type: String,
+    /// The job's arguments.
+    pub args: Value,
+    /// The attempt number, starting at 1.
+    pub attempt: u32,
+    /// The secret the job signs its hook calls with; unique to this attempt.
+    pub secret: Secret,
+    /// The hook base URL (`{public_url}/async`).
+    pub hook_url: String,
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A line the job or the server logged through an API (hook, service context).
+    Job,
+}
+
+/// Receives what a running job says. Implementations must be cheap and never block:
+/// the worker buffers and writes in batches.
+pub trait Reporter: Send + Sync {
+    /// One log line (without its trailing newline).
+    fn log(&self, stream: LogStream, line: String);
+    /// Progress between 0 and 1, with optional details.
+    fn progress(&self, progress: f64, details: Option<Value>);
+}
+
+/// A reporter that drops everything (tests, benchmarks).
+pub struct NullReporter;
+
+impl Reporter for NullReporter {
+    fn log(&self, _stream: LogStream, _line: String) {}
+    fn progress(&self, _progress: f64, _details: Option<Value>) {}
+}
+
+/// What identifies a launched execution across restarts; saved on the job as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHandle {
+    /// The runner kind that made it (`local`, `service`, `docker`, `kube`).
+    pub kind: String,
+    /// A human-readable id: a pid, a container id, a Kubernetes Job name.
+    pub id: String,
+    /// Runner-specific data needed to find the work again.
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// How one execution ended, as far as the runner can tell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The work finished successfully, maybe with a result.
+    Success {
+        /// The result value, when the runner has one (service functions).
+        result: Option<Value>,
+    },
+    /// The work failed.
+    Failed {
+        /// A one-line explanation, e.g. `process exited with code 3`.
+        message: String,
+        /// The exit code, for processes and containers.
+        exit_code: Option<i32>,
+    },
+}
+
+impl Outcome {
+    /// A failure with a message and no exit code.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Outcome::Failed {
+            message: message.into(),
+            exit_code: None,
+        }
+    }
+}
+
+/// Errors a runner returns when it cannot launch or find work.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The job cannot be run by this runner (bad args, unknown operation, disallowed image).
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// Launching failed (spawn error, engine unreachable, API error).
+    #[error("launch failed: {0}")]
+    Launch(String),
+    /// The runner's backend (engine, cluster) failed.
+    #[error("runner backend error: {0}")]
+    Backend(String),
+}
+
+/// The result of looking for an execution after a restart.
+pub enum Recovered {
+    /// The work is still running and can be waited on again.
+    Running(Box<dyn Execution>),
+    /// The work finished while nobody watched.
+    Finished(Outcome),
+    /// The work is gone (or was made gone): the job must be run again.
+    Gone,
+}
+
+/// An executor of jobs. Object-safe: the server holds `Arc<dyn Runner>`.
+#[async_trait]
+pub trait Runner: Send + Sync {
+    /// The runner kind, e.g. `local`.
+    fn kind(&self) -> &'static str;
+
+    /// Checks at submit time that this runner can run a job of this type with these args.
+    /// The default accepts everything.
+    fn validate(&self, _job_type: &str, _args: &Value) -> Result<(), RunnerError> {
+        Ok(())
+    }
+
+    /// Starts one attempt. Returns once the work is running (or failed to start).
+    async fn launch(
+        &self,
+        spec: JobSpec,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Box<dyn Execution>, RunnerError>;
+
+    /// Finds work launched by an earlier (maybe dead) server process. Runners whose work cannot
+    /// outlive the server make sure it is gone and return [`Recovered::Gone`].
+    async fn recover(
+        &self,
+        handle: &RunHandle,
+        spec: JobSpec,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Recovered, RunnerError>;
+}
+
+/// One running attempt.
+#[async_trait]
+pub trait Execution: Send {
+    /// The handle to save on the job.
+    fn handle(&self) -> RunHandle;
+
+    /// Waits for the work to end. Cancel-safe: dropping the future and calling it again is fine.
+    async fn wait(&mut self) -> Outcome;
+
+    /// Stops the work: politely first, then by force once `grace` has passed. After it returns,
+    /// `wait` returns promptly.
+    async fn stop(&mut self, grace: Duration);
+}
+
+/// Shared pointer to a reporter.
+pub type SharedReporter = Arc<dyn Reporter>;

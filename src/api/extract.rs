@@ -1,0 +1,86 @@
+//! Request extraction with errors in the API's shape: malformed JSON is a 400, a body that does not
+//! fit the schema a 422, a body over the limit a 413, a bad id a 400.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::error::ApiError;
+
+/// A JSON body.
+pub struct ApiJson<T>(pub T);
+
+/// Reads the whole body, mapping the limit to 413.
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "too_large",
+                "request body is larger than the configured limit",
+            )
+        } else {
+            ApiError::new(status, "bad_body", r.body_text())
+        }
+    })
+}
+
+/// Parses JSON bytes with the API's error mapping.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde_path_to_error_free(&mut de)?;
+    de.end()
+        .map_err(|e| ApiError::bad_request("bad_json", format!("malformed JSON: {e}")))?;
+    Ok(v)
+}
+
+fn serde_path_to_error_free<'de, T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, ApiError> {
+    T::deserialize(de).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::bad_request("bad_json", format!("malformed JSON: {e}"))
+            }
+            Category::Data => ApiError::unprocessable("invalid_request", e.to_string()),
+        }
+    })
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
+        }
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A job id from the path, validated as a UUID.
+pub struct JobIdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_id", e.body_text()))?;
+        parse_job_id(&raw).map(JobIdPath)
+    }
+}
+
+/// Parses a job id.
+pub fn parse_job_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request("bad_id", format!("`{raw}` is not a valid job id (a UUID)"))
+    })
+}

@@ -1,0 +1,363 @@
+//! The client API for jobs: submit, get, list, cancel, retry, logs, result.
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{parse_job_id, JobIdPath};
+use super::AppState;
+use crate::job::{now_us, Backoff, Command, Job, JobStatus};
+use crate::store::{ListQuery, Submitted};
+
+/// A duration given as a string (`"10m"`) or a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationSpec {
+    /// Seconds.
+    Seconds(f64),
+    /// Humantime text.
+    Text(String),
+}
+
+impl DurationSpec {
+    fn to_duration(&self, field: &str) -> ApiResult<Duration> {
+        let d = match self {
+            DurationSpec::Seconds(s) if s.is_finite() && *s > 0.0 => Duration::from_secs_f64(*s),
+            DurationSpec::Text(t) => humantime::parse_duration(t).map_err(|e| {
+                ApiError::unprocessable(
+                    "invalid_request",
+                    format!("`{field}`: `{t}` is not a duration: {e}"),
+                )
+            })?,
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_request",
+                    format!(
+                        "`{field}` must be a positive number of seconds or a duration like \"10m\""
+                    ),
+                ))
+            }
+        };
+        if d.is_zero() || d > Duration::from_secs(30 * 24 * 3600) {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                format!("`{field}` must be between 1ms and 30 days"),
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// The body of `POST /async/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// Job type.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Arguments (an object; `{}` when absent).
+    #[serde(default)]
+    pub args: Option<Value>,
+    /// A runner name that must claim the type.
+    pub runner: Option<String>,
+    /// RFC 3339 time to run at.
+    pub run_at: Option<String>,
+    /// Per-attempt time limit.
+    pub timeout: Option<DurationSpec>,
+    /// Attempts.
+    pub max_attempts: Option<u32>,
+    /// Backoff policy.
+    pub backoff: Option<Backoff>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Event channel.
+    pub channel: Option<String>,
+    /// Signals to wait for (not supported yet).
+    pub wait_for: Option<Value>,
+    /// Deadline for signals (not supported yet).
+    pub deadline: Option<Value>,
+    /// What to do at the deadline (not supported yet).
+    pub on_deadline: Option<Value>,
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+}
+
+/// Validates a submit body and builds the job to store (nothing is stored here).
+pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) -> ApiResult<Job> {
+    let bad = |m: String| ApiError::unprocessable("invalid_request", m);
+    if !valid_name(&body.job_type, 200) {
+        return Err(bad(format!(
+            "`type` must be 1-200 characters of letters, digits, '.', '_', '-', ':' (got `{}`)",
+            body.job_type
+        )));
+    }
+    if body.wait_for.is_some() || body.deadline.is_some() || body.on_deadline.is_some() {
+        return Err(ApiError::unprocessable(
+            "unsupported",
+            "`wait_for`, `deadline` and `on_deadline` (readiness signals) are not supported by this version",
+        ));
+    }
+    let args = match body.args {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err(bad("`args` must be a JSON object".into())),
+    };
+    let slot = state
+        .app
+        .runners
+        .select(&body.job_type, &args, body.runner.as_deref())
+        .map_err(|e| match e {
+            crate::runner_set::SelectError::NoRunner(_) => {
+                ApiError::unprocessable("unknown_type", e.to_string())
+            }
+            _ => ApiError::unprocessable("runner_refused", e.to_string()),
+        })?;
+    if let Some(k) = &body.idempotency_key {
+        if k.is_empty() || k.len() > 256 {
+            return Err(bad("`idempotency_key` must be 1-256 characters".into()));
+        }
+    }
+    if let Some(c) = &body.channel {
+        if !valid_name(c, 256) {
+            return Err(bad(
+                "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
+            ));
+        }
+    }
+    let max_attempts = body.max_attempts.unwrap_or(slot.max_attempts);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(bad("`max_attempts` must be between 1 and 100".into()));
+    }
+    let backoff = body.backoff.unwrap_or(slot.backoff);
+    backoff.validate().map_err(bad)?;
+    let timeout_ms = body
+        .timeout
+        .as_ref()
+        .map(|t| t.to_duration("timeout"))
+        .transpose()?
+        .or(slot.timeout)
+        .map(|d| d.as_millis().max(1) as u64);
+    let now = now_us();
+    let run_at = body
+        .run_at
+        .as_deref()
+        .map(|s| {
+            humantime::parse_rfc3339_weak(s)
+                .map_err(|e| bad(format!("`run_at`: `{s}` is not an RFC 3339 time: {e}")))
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as i64)
+                        .unwrap_or(0)
+                })
+        })
+        .transpose()?
+        .filter(|t| *t > now);
+    let id = Uuid::now_v7();
+    Ok(Job {
+        id,
+        job_type: body.job_type,
+        args,
+        runner: slot.name.clone(),
+        status: if run_at.is_some() {
+            JobStatus::Scheduled
+        } else {
+            JobStatus::Queued
+        },
+        channel_id: body.channel.unwrap_or_else(|| id.to_string()),
+        user_id,
+        attempt: 0,
+        max_attempts,
+        backoff,
+        timeout_ms,
+        run_at,
+        idempotency_key: body.idempotency_key,
+        progress: 0.0,
+        status_details: None,
+        result: None,
+        error: None,
+        exit_code: None,
+        lease: None,
+        handle: None,
+        runs: Vec::new(),
+        created_at: now,
+        updated_at: now,
+        queued_at: now,
+        started_at: None,
+        finished_at: None,
+        progress_event_at: 0,
+        version: 0,
+    })
+}
+
+/// The 202 response of a submit.
+pub fn accepted(s: &Submitted) -> Response {
+    let j = &s.job;
+    let mut res = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "job_id": j.id,
+            "channel_id": j.channel_id,
+            "status": j.status,
+            "result_url": j.result_url(),
+        })),
+    )
+        .into_response();
+    if !s.created {
+        res.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    res
+}
+
+/// `GET /async/jobs/{id}`.
+pub async fn get_job(
+    State(st): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> ApiResult<Json<Value>> {
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    Ok(Json(job.to_public()))
+}
+
+/// Query of `GET /async/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    job_type: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /async/jobs`.
+pub async fn list_jobs(
+    State(st): State<AppState>,
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_query", e))?;
+    let max = st.app.config.api.max_page;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("`limit` must be between 1 and {max}"),
+        ));
+    }
+    let cursor = q.cursor.as_deref().map(parse_job_id).transpose()?;
+    let page = st
+        .app
+        .store
+        .list(ListQuery {
+            status,
+            job_type: q.job_type,
+            limit,
+            cursor,
+        })
+        .await?;
+    Ok(Json(json!({
+        "jobs": page.jobs.iter().map(Job::to_public).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+/// `POST /async/jobs/{id}/cancel`.
+pub async fn cancel_job(
+    State(st): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> ApiResult<Json<Value>> {
+    let job = st.app.store.apply(id, Command::Cancel).await?;
+    Ok(Json(job.to_public()))
+}
+
+/// `POST /async/jobs/{id}/retry`.
+pub async fn retry_job(
+    State(st): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> ApiResult<Response> {
+    let job = st.app.store.apply(id, Command::Retry).await?;
+    Ok((StatusCode::ACCEPTED, Json(job.to_public())).into_response())
+}
+
+/// Query of `GET /async/jobs/{id}/logs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /async/jobs/{id}/logs`.
+pub async fn job_logs(
+    State(st): State<AppState>,
+    JobIdPath(id): JobIdPath,
+    q: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let after = q.after.unwrap_or(0);
+    let lines = st.app.store.logs(id, after, limit).await?;
+    let next = lines.last().map(|l| l.seq).unwrap_or(after);
+    Ok(Json(json!({
+        "job_id": id,
+        "status": job.status,
+        "lines": lines,
+        "next": next,
+    })))
+}
+
+/// `GET /async/jobs/{id}/result`: 200 once the job is finished, 409 before.
+pub async fn job_result(
+    State(st): State<AppState>,
+    JobIdPath(id): JobIdPath,
+) -> ApiResult<Json<Value>> {
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    if !job.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "not_finished",
+            format!("job is {}: its result is not ready", job.status),
+        ));
+    }
+    Ok(Json(json!({
+        "job_id": job.id,
+        "status": job.status,
+        "result": job.result,
+        "error": job.error,
+        "exit_code": job.exit_code,
+    })))
+}

@@ -1,0 +1,153 @@
+//! The `runyard` command line: `serve`, the client commands, and `bench`.
+
+pub mod bench;
+pub mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use crate::server::ServerBuilder;
+
+/// runyard: an async job service.
+#[derive(Debug, Parser)]
+#[command(name = "runyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the API, a worker and the scheduler in one process.
+    Serve(ServeArgs),
+    /// Submit a job; prints its id (with --wait, follows it and prints the final job).
+    Submit(client::SubmitArgs),
+    /// Print a job as JSON.
+    Status(client::IdArgs),
+    /// Print a job's logs.
+    Logs(client::LogsArgs),
+    /// Cancel a job.
+    Cancel(client::IdArgs),
+    /// Retry a job that did not succeed.
+    Retry(client::IdArgs),
+    /// List jobs, newest first.
+    Jobs(client::JobsArgs),
+    /// Measure end-to-end throughput and submit-to-start latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (default ./runyard.toml when present).
+    #[arg(long, env = "RUNYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:7070.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Redis URL (scale-out backend).
+    #[arg(long)]
+    redis: Option<String>,
+    /// The URL jobs use to reach this server.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Run only the API and scheduler, no worker.
+    #[arg(long)]
+    no_worker: bool,
+}
+
+impl ServeArgs {
+    /// Loads the configuration these flags point at.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("runyard.toml"), false),
+        };
+        Config::load(
+            &path,
+            required,
+            &Overrides {
+                listen: self.listen,
+                data_dir: self.data_dir.clone(),
+                redis: self.redis.clone(),
+                public_url: self.public_url.clone(),
+            },
+        )
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async move {
+        match cli.command {
+            Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Submit(a) => client::submit(a).await,
+            Cmd::Status(a) => client::status(a).await,
+            Cmd::Logs(a) => client::logs(a).await,
+            Cmd::Cancel(a) => client::cancel(a).await,
+            Cmd::Retry(a) => client::retry(a).await,
+            Cmd::Jobs(a) => client::jobs(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
+        }
+    });
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let config = a.load()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
+    ServerBuilder::new(config)
+        .worker(!a.no_worker)
+        .serve(listener, shutdown_signal())
+        .await
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested: draining");
+}

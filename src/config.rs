@@ -1,0 +1,470 @@
+//! Configuration: one typed struct with defaults, loaded from `runyard.toml`, then `RUNYARD_*`
+//! environment variables, then command-line flags. Unknown keys and bad values stop the server
+//! with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::job::Backoff;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// The URL jobs use to reach the server (JOB_HOOK is built from it). Defaults to
+    /// `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Where the embedded store and files live.
+    pub data_dir: PathBuf,
+    /// Redis URL: use Redis for store, queue and events instead of the embedded store.
+    pub redis: Option<String>,
+    /// Master key that job secrets are derived from; generated into data_dir when absent.
+    pub master_key: Option<String>,
+    /// HTTP API limits.
+    pub api: ApiConfig,
+    /// The worker.
+    pub worker: WorkerConfig,
+    /// Event streams.
+    pub events: EventsConfig,
+    /// How long things are kept.
+    pub retention: RetentionConfig,
+    /// Job hook settings.
+    pub hooks: HooksConfig,
+    /// Embedded store settings.
+    pub store: StoreConfig,
+    /// Runners, first match wins.
+    pub runners: Vec<RunnerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".parse().expect("static address"),
+            public_url: None,
+            data_dir: PathBuf::from("./runyard-data"),
+            redis: None,
+            master_key: None,
+            api: ApiConfig::default(),
+            worker: WorkerConfig::default(),
+            events: EventsConfig::default(),
+            retention: RetentionConfig::default(),
+            hooks: HooksConfig::default(),
+            store: StoreConfig::default(),
+            runners: Vec::new(),
+        }
+    }
+}
+
+/// HTTP API limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest accepted JSON body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest page of `GET /async/jobs`.
+    pub max_page: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_page: 1000,
+        }
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Run a worker in this process (`serve --no-worker` turns it off).
+    pub enabled: bool,
+    /// How long a claim lasts without a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long running jobs may take to finish at shutdown before they are stopped and requeued.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long a stopped job gets between SIGTERM and SIGKILL (cancel, timeout).
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// How often the queue is checked when nothing wakes the worker.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease_ttl: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Event stream settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events kept per channel.
+    pub channel_limit: usize,
+    /// Events kept in the global stream.
+    pub global_limit: usize,
+    /// Minimum time between two progress events of one job.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            channel_limit: 1000,
+            global_limit: 100_000,
+            progress_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Finished jobs (and their logs and files) are deleted this long after they finished.
+    #[serde(with = "humantime_serde")]
+    pub finished: Duration,
+    /// Log lines kept per job.
+    pub log_lines_per_job: usize,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            finished: Duration::from_secs(7 * 24 * 3600),
+            log_lines_per_job: 10_000,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Job hook settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Refuse v1 (timestamp-only) signatures.
+    pub require_v2: bool,
+    /// Largest file a job or client may upload, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            require_v2: false,
+            max_file_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Embedded store settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `normal` (survives a process crash) or `full` (fsync every commit: survives power loss).
+    pub synchronous: Synchronous,
+}
+
+/// SQLite synchronous mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Survives a process crash.
+    #[default]
+    Normal,
+    /// Survives a power loss.
+    Full,
+}
+
+/// The runner kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    /// A child process.
+    Local,
+    /// An in-process async Rust function.
+    Service,
+    /// A container (Docker Engine API).
+    Docker,
+    /// A Kubernetes batch/v1 Job.
+    Kube,
+}
+
+/// One `[[runners]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Name shown on jobs and usable as `runner` at submit; defaults to `{kind}-{index}`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which runner.
+    pub kind: RunnerKind,
+    /// Job type globs it claims (`report.*`).
+    pub types: Vec<String>,
+    /// How many jobs it runs at once in this process.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Default per-attempt time limit.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Default attempts per job.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Default retry backoff.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// local: program and arguments.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// local: extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// local: the server's environment variables passed through (default: PATH, HOME, LANG, ...).
+    #[serde(default)]
+    pub env_allow: Option<Vec<String>>,
+    /// local: working directory.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// service: the registered operation to call (default: the job type).
+    #[serde(default)]
+    pub operation: Option<String>,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+impl RunnerConfig {
+    /// The runner's name.
+    pub fn name_at(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let kind = match self.kind {
+                RunnerKind::Local => "local",
+                RunnerKind::Service => "service",
+                RunnerKind::Docker => "docker",
+                RunnerKind::Kube => "kube",
+            };
+            format!("{kind}-{index}")
+        })
+    }
+}
+
+/// Command-line overrides (highest precedence).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// `--public-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// `RUNYARD_*` variables that are not configuration keys (client and process settings).
+const NOT_CONFIG: &[&str] = &["server", "config", "log", "token"];
+
+impl Config {
+    /// Loads `path` (when it exists, or must exist when `required`), then the environment, then
+    /// `overrides`; validates the result.
+    pub fn load(path: &Path, required: bool, overrides: &Overrides) -> Result<Self, ConfigError> {
+        if required && !path.exists() {
+            return Err(ConfigError(format!(
+                "config file {} not found",
+                path.display()
+            )));
+        }
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(
+                Env::prefixed("RUNYARD_")
+                    .filter(|k| !NOT_CONFIG.contains(&k.as_str()))
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(overrides.clone()));
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError(msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string (tests, embedding).
+    pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(s))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The URL jobs reach the server at.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Checks values that types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |k: String, m: &str| Err(ConfigError(format!("`{k}`: {m}")));
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return err("public_url".into(), "must start with http:// or https://");
+            }
+        }
+        if let Some(r) = &self.redis {
+            if !(r.starts_with("redis://")
+                || r.starts_with("rediss://")
+                || r.starts_with("unix://"))
+            {
+                return err("redis".into(), "must be a redis:// URL");
+            }
+        }
+        if self.worker.lease_ttl < Duration::from_millis(300) {
+            return err("worker.lease_ttl".into(), "must be at least 300ms");
+        }
+        if self.api.max_body_bytes < 1024 {
+            return err("api.max_body_bytes".into(), "must be at least 1024");
+        }
+        if self.events.global_limit == 0 || self.events.channel_limit == 0 {
+            return err("events".into(), "limits must be positive");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.runners.iter().enumerate() {
+            let k = |f: &str| format!("runners[{i}].{f}");
+            if r.types.is_empty() {
+                return err(k("types"), "must list at least one type glob");
+            }
+            for t in &r.types {
+                if t.is_empty()
+                    || !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-:*?".contains(c))
+                {
+                    return err(k("types"), &format!("`{t}` is not a valid type glob"));
+                }
+            }
+            if r.concurrency == 0 {
+                return err(k("concurrency"), "must be at least 1");
+            }
+            if r.max_attempts == 0 || r.max_attempts > 100 {
+                return err(k("max_attempts"), "must be between 1 and 100");
+            }
+            if let Some(b) = &r.backoff {
+                if let Err(m) = b.validate() {
+                    return err(k("backoff"), &m);
+                }
+            }
+            match r.kind {
+                RunnerKind::Local => {
+                    if r.command.is_empty() {
+                        return err(k("command"), "a local runner needs a command");
+                    }
+                }
+                RunnerKind::Service => {
+                    if !r.command.is_empty() {
+                        return err(k("command"), "a service runner has no command");
+                    }
+                }
+                RunnerKind::Docker | RunnerKind::Kube => {
+                    return err(
+                        k("kind"),
+                        "the docker and kube runners are not available in this version",
+                    );
+                }
+            }
+            if !names.insert(r.name_at(i)) {
+                return err(k("name"), "duplicate runner name");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let c = Config::from_toml(
+            r#"
+listen = "127.0.0.1:7071"
+[[runners]]
+kind = "local"
+types = ["report.*"]
+command = ["python3", "jobs/report.py"]
+concurrency = 4
+timeout = "10m"
+[[runners]]
+kind = "service"
+types = ["thumbnail"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.runners.len(), 2);
+        assert_eq!(c.runners[0].timeout, Some(Duration::from_secs(600)));
+        assert_eq!(c.runners[1].name_at(1), "service-1");
+        assert_eq!(c.public_url(), "http://127.0.0.1:7071");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[worker]\nlease_ttl = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease_ttl"), "{e}");
+        let e = Config::from_toml("[[runners]]\nkind = \"local\"\ntypes = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].command"), "{e}");
+        let e = Config::from_toml("[[runners]]\nkind = \"lokal\"\ntypes = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kind"), "{e}");
+    }
+}

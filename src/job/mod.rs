@@ -1,0 +1,341 @@
+//! The job model: what is stored about a job, and the only code that changes it ([`transition`]).
+
+pub mod status;
+pub mod transition;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+pub use runyard_runners::RunHandle;
+pub use status::JobStatus;
+pub use transition::{apply, ApplyCtx, Command, EventKind, FinishOutcome, TransitionError};
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+/// The current time in microseconds since the epoch.
+pub fn now_us() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 with microseconds, for API output.
+pub fn rfc3339(us: Micros) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Retry backoff: `initial * multiplier^(attempt-1)`, capped at `max`, with "equal jitter"
+/// (a random point in the upper half) when `jitter` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay before the first retry, in milliseconds.
+    pub initial_ms: u64,
+    /// Upper bound of a delay, in milliseconds.
+    pub max_ms: u64,
+    /// Growth factor per attempt (>= 1).
+    pub multiplier: f64,
+    /// Randomise each delay within its upper half.
+    pub jitter: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial_ms: 1000,
+            max_ms: 300_000,
+            multiplier: 2.0,
+            jitter: true,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the retry that follows attempt `attempt` (1-based), given a random
+    /// `unit` in `[0, 1)`.
+    pub fn delay_ms(&self, attempt: u32, unit: f64) -> u64 {
+        let exp = attempt.saturating_sub(1).min(64) as i32;
+        let raw = (self.initial_ms as f64) * self.multiplier.max(1.0).powi(exp);
+        let capped = raw.min(self.max_ms as f64).max(0.0);
+        let d = if self.jitter {
+            capped / 2.0 + capped / 2.0 * unit.clamp(0.0, 1.0)
+        } else {
+            capped
+        };
+        d as u64
+    }
+
+    /// Checks the values, naming the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0 && self.multiplier <= 100.0) {
+            return Err("backoff.multiplier must be between 1 and 100".into());
+        }
+        if self.initial_ms > self.max_ms {
+            return Err("backoff.initial_ms must not exceed backoff.max_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// The claim a worker holds on a running job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The worker's id.
+    pub worker: String,
+    /// The fencing token: every write by the worker must carry it.
+    pub token: u64,
+    /// When the lease runs out unless renewed.
+    pub expires_at: Micros,
+}
+
+/// One attempt's story, kept on the job (bounded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The attempt number.
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker: String,
+    /// The fencing token of the claim.
+    pub token: u64,
+    /// When it was claimed.
+    pub claimed_at: Micros,
+    /// When the work started (launch returned).
+    pub started_at: Option<Micros>,
+    /// When the attempt ended.
+    pub ended_at: Option<Micros>,
+    /// How it ended: a status, or `LOST`/`RELEASED`.
+    pub outcome: Option<String>,
+}
+
+/// How many run records a job keeps.
+pub const MAX_RUN_RECORDS: usize = 50;
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// UUID v7: time-ordered.
+    pub id: Uuid,
+    /// Dotted type name.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Arguments.
+    pub args: Value,
+    /// The name of the runner that runs it (chosen at submit).
+    pub runner: String,
+    /// Current status.
+    pub status: JobStatus,
+    /// The channel its events go to.
+    pub channel_id: String,
+    /// The submitting user, when known.
+    pub user_id: Option<String>,
+    /// Attempts claimed so far (the current or last attempt's number).
+    pub attempt: u32,
+    /// How many attempts it may use.
+    pub max_attempts: u32,
+    /// Delay policy between attempts.
+    pub backoff: Backoff,
+    /// Per-attempt time limit.
+    pub timeout_ms: Option<u64>,
+    /// When a SCHEDULED job becomes QUEUED.
+    pub run_at: Option<Micros>,
+    /// Client-chosen key making submit idempotent.
+    pub idempotency_key: Option<String>,
+    /// Progress 0..=1.
+    pub progress: f64,
+    /// Free-form details reported with progress.
+    pub status_details: Option<Value>,
+    /// The result of a successful run.
+    pub result: Option<Value>,
+    /// Last error message.
+    pub error: Option<String>,
+    /// Exit code of the last process or container.
+    pub exit_code: Option<i32>,
+    /// The claim while a worker holds it.
+    pub lease: Option<Lease>,
+    /// What identifies the running work (pid, container id, Kubernetes Job).
+    pub handle: Option<RunHandle>,
+    /// The story of each attempt.
+    pub runs: Vec<RunRecord>,
+    /// When it was accepted.
+    pub created_at: Micros,
+    /// Last change.
+    pub updated_at: Micros,
+    /// When it last became QUEUED.
+    pub queued_at: Micros,
+    /// When the current/last attempt started running.
+    pub started_at: Option<Micros>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<Micros>,
+    /// When the last progress event was emitted (throttling).
+    #[serde(default)]
+    pub progress_event_at: Micros,
+    /// Bumped on every write; optimistic concurrency for backends that need it.
+    pub version: u64,
+}
+
+impl Job {
+    /// The relative URL of the job's result.
+    pub fn result_url(&self) -> String {
+        format!("/async/jobs/{}/result", self.id)
+    }
+
+    /// The job as the API shows it: no lease token, timestamps as RFC 3339.
+    pub fn to_public(&self) -> Value {
+        let ts = |v: Option<Micros>| v.map(rfc3339);
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("type".into(), json!(self.job_type));
+        m.insert("status".into(), json!(self.status));
+        m.insert("args".into(), self.args.clone());
+        m.insert("runner".into(), json!(self.runner));
+        m.insert("channel_id".into(), json!(self.channel_id));
+        m.insert("user_id".into(), json!(self.user_id));
+        m.insert("attempt".into(), json!(self.attempt));
+        m.insert("max_attempts".into(), json!(self.max_attempts));
+        m.insert("timeout_ms".into(), json!(self.timeout_ms));
+        m.insert("progress".into(), json!(self.progress));
+        m.insert("status_details".into(), json!(self.status_details));
+        m.insert("result".into(), json!(self.result));
+        m.insert("error".into(), json!(self.error));
+        m.insert("exit_code".into(), json!(self.exit_code));
+        m.insert("idempotency_key".into(), json!(self.idempotency_key));
+        m.insert(
+            "worker".into(),
+            json!(self.lease.as_ref().map(|l| l.worker.clone())),
+        );
+        m.insert(
+            "handle".into(),
+            json!(self
+                .handle
+                .as_ref()
+                .map(|h| json!({"kind": h.kind, "id": h.id}))),
+        );
+        let runs: Vec<Value> = self
+            .runs
+            .iter()
+            .map(|r| {
+                json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": rfc3339(r.claimed_at),
+                   "started_at": ts(r.started_at), "ended_at": ts(r.ended_at), "outcome": r.outcome})
+            })
+            .collect();
+        m.insert("runs".into(), Value::Array(runs));
+        m.insert("run_at".into(), json!(ts(self.run_at)));
+        m.insert("created_at".into(), json!(rfc3339(self.created_at)));
+        m.insert("updated_at".into(), json!(rfc3339(self.updated_at)));
+        m.insert("started_at".into(), json!(ts(self.started_at)));
+        m.insert("finished_at".into(), json!(ts(self.finished_at)));
+        m.insert("result_url".into(), json!(self.result_url()));
+        Value::Object(m)
+    }
+}
+
+/// An event: a status change or a (throttled) progress report, in Superset's shape plus runyard's
+/// own fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the stream; strictly increasing, compared as the backend defines.
+    pub id: String,
+    /// The channel it belongs to.
+    pub channel_id: String,
+    /// The job (empty for a `resync` event).
+    pub job_id: String,
+    /// The submitting user.
+    pub user_id: Option<String>,
+    /// `status`, `progress` or `resync`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Superset's word: pending, running, done, error.
+    pub status: String,
+    /// The runyard status.
+    pub runyard_status: Option<JobStatus>,
+    /// Progress 0..=1.
+    pub progress: f64,
+    /// Errors, Superset style: `[{"message", "error_type", "level"}]`.
+    pub errors: Vec<Value>,
+    /// Where the result is fetched.
+    pub result_url: Option<String>,
+    /// The attempt number.
+    pub attempt: u32,
+    /// When it happened (RFC 3339).
+    pub ts: String,
+}
+
+impl Event {
+    /// The event for `job` after a change of `kind`; the backend fills `id`.
+    pub fn for_job(job: &Job, kind: EventKind) -> Self {
+        let errors = match (&job.error, job.status) {
+            (Some(e), s) if !matches!(s, JobStatus::Success | JobStatus::Running) => {
+                vec![json!({"message": e, "error_type": "JOB_ERROR", "level": "error"})]
+            }
+            _ => vec![],
+        };
+        Event {
+            id: String::new(),
+            channel_id: job.channel_id.clone(),
+            job_id: job.id.to_string(),
+            user_id: job.user_id.clone(),
+            kind: match kind {
+                EventKind::Status => "status",
+                EventKind::Progress => "progress",
+            }
+            .into(),
+            status: job.status.superset().into(),
+            runyard_status: Some(job.status),
+            progress: job.progress,
+            errors,
+            result_url: Some(job.result_url()),
+            attempt: job.attempt,
+            ts: rfc3339(job.updated_at),
+        }
+    }
+
+    /// The marker telling a client that events after its `last_id` were dropped by retention.
+    pub fn resync(channel: &str) -> Self {
+        Event {
+            id: String::new(),
+            channel_id: channel.into(),
+            job_id: String::new(),
+            user_id: None,
+            kind: "resync".into(),
+            status: String::new(),
+            runyard_status: None,
+            progress: 0.0,
+            errors: vec![],
+            result_url: None,
+            attempt: 0,
+            ts: rfc3339(now_us()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_in_upper_half() {
+        let b = Backoff {
+            initial_ms: 100,
+            max_ms: 1000,
+            multiplier: 2.0,
+            jitter: false,
+        };
+        assert_eq!(
+            (1..=6).map(|a| b.delay_ms(a, 0.0)).collect::<Vec<_>>(),
+            vec![100, 200, 400, 800, 1000, 1000]
+        );
+        let j = Backoff { jitter: true, ..b };
+        assert_eq!(j.delay_ms(3, 0.0), 200);
+        assert_eq!(j.delay_ms(3, 0.999_999), 399);
+        assert!(Backoff {
+            multiplier: 0.5,
+            ..b
+        }
+        .validate()
+        .is_err());
+    }
+}

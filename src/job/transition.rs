@@ -1,0 +1,612 @@
+//! The one place where a job changes. Every backend loads the job, calls [`apply`] and writes the
+//! result atomically (SQLite: in its single writer transaction; Redis: a compare-and-set on
+//! `version`), so the rules below hold whatever the backend.
+
+use serde_json::Value;
+
+use super::{Job, JobStatus, Lease, Micros, RunHandle, RunRecord, MAX_RUN_RECORDS};
+
+/// A change requested of a job.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// A worker claims a QUEUED job: STARTING, attempt + 1, a lease with a fencing token.
+    Claim {
+        /// Worker id.
+        worker: String,
+        /// Fencing token (unique per claim).
+        token: u64,
+        /// Lease expiry.
+        lease_until: Micros,
+    },
+    /// The runner launched the work: RUNNING, with the handle to find it again.
+    Started {
+        /// The claim's token.
+        token: u64,
+        /// The runner's handle.
+        handle: Option<RunHandle>,
+    },
+    /// Progress from the worker (service context) or from the job's hook.
+    Progress {
+        /// The claim's token, for worker writes.
+        token: Option<u64>,
+        /// Progress 0..=1.
+        progress: Option<f64>,
+        /// Details.
+        details: Option<Value>,
+    },
+    /// A report through the job hook (already authenticated for the job's current attempt).
+    Hook(HookReport),
+    /// The worker's final word on an attempt.
+    Finish {
+        /// The claim's token.
+        token: u64,
+        /// What happened.
+        outcome: FinishOutcome,
+    },
+    /// The worker gives the job back (graceful shutdown): QUEUED again.
+    Release {
+        /// The claim's token.
+        token: u64,
+    },
+    /// The reaper found the lease expired: requeue, or ERROR when no attempt is left.
+    LeaseExpired,
+    /// A client cancels the job.
+    Cancel,
+    /// A client retries a job that did not succeed: a new attempt.
+    Retry,
+    /// A SCHEDULED job is due: QUEUED.
+    Promote,
+}
+
+/// What a job reported through the hook.
+#[derive(Debug, Clone, Default)]
+pub struct HookReport {
+    /// RUNNING, SUCCESS or ERROR.
+    pub status: Option<JobStatus>,
+    /// Progress 0..=1.
+    pub progress: Option<f64>,
+    /// Details.
+    pub details: Option<Value>,
+    /// The result.
+    pub results: Option<Value>,
+    /// Error message (with ERROR).
+    pub error: Option<String>,
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishOutcome {
+    /// Success with an optional result.
+    Success(Option<Value>),
+    /// Failure: retried with backoff while attempts are left, else ERROR.
+    Failed {
+        /// Message.
+        message: String,
+        /// Exit code, when there is one.
+        exit_code: Option<i32>,
+    },
+    /// Ran past its timeout (final).
+    Timeout(String),
+}
+
+/// Whether the change makes an event, and of which kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A status change.
+    Status,
+    /// A progress report.
+    Progress,
+}
+
+/// Why a change was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TransitionError {
+    /// The status machine does not allow it.
+    #[error("job is {from}: cannot {action}")]
+    Illegal {
+        /// The current status.
+        from: JobStatus,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// The writer's fencing token is not the current lease's: it lost the job.
+    #[error("stale lease: the job is held by another claim")]
+    StaleLease,
+    /// The request itself is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The context of a change: the clock and the knobs that must not be hidden inside backends.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyCtx {
+    /// Now.
+    pub now: Micros,
+    /// A random number in `[0, 1)` for backoff jitter.
+    pub jitter: f64,
+    /// Minimum time between two progress events of one job.
+    pub progress_interval: Micros,
+}
+
+impl ApplyCtx {
+    /// A context at `now` with a fresh random jitter.
+    pub fn at(now: Micros, progress_interval: Micros) -> Self {
+        Self {
+            now,
+            jitter: rand::random::<f64>(),
+            progress_interval,
+        }
+    }
+}
+
+fn illegal(job: &Job, action: &'static str) -> TransitionError {
+    TransitionError::Illegal {
+        from: job.status,
+        action,
+    }
+}
+
+fn check_token(job: &Job, token: u64) -> Result<(), TransitionError> {
+    match &job.lease {
+        Some(l) if l.token == token => Ok(()),
+        _ => Err(TransitionError::StaleLease),
+    }
+}
+
+fn set_status(job: &mut Job, to: JobStatus, now: Micros) {
+    debug_assert!(job.status.can_move_to(to), "{} -> {}", job.status, to);
+    job.status = to;
+    if to.is_terminal() {
+        job.finished_at = Some(now);
+    }
+    if to == JobStatus::Queued {
+        job.queued_at = now;
+    }
+}
+
+fn end_run(job: &mut Job, now: Micros, outcome: &str) {
+    if let Some(r) = job.runs.last_mut() {
+        if r.ended_at.is_none() {
+            r.ended_at = Some(now);
+            r.outcome = Some(outcome.to_string());
+        }
+    }
+}
+
+/// Fails the current attempt: a retry after backoff if attempts are left, else ERROR.
+fn fail_attempt(job: &mut Job, ctx: &ApplyCtx, message: String, exit_code: Option<i32>) {
+    job.error = Some(message);
+    job.exit_code = exit_code;
+    if job.attempt < job.max_attempts {
+        let delay = job.backoff.delay_ms(job.attempt, ctx.jitter) as i64 * 1000;
+        end_run(job, ctx.now, "ERROR");
+        job.lease = None;
+        job.run_at = Some(ctx.now + delay);
+        set_status(job, JobStatus::Scheduled, ctx.now);
+    } else {
+        end_run(job, ctx.now, "ERROR");
+        set_status(job, JobStatus::Error, ctx.now);
+    }
+}
+
+/// Applies `cmd` to `job`. On success the job is changed (and `version`/`updated_at` bumped) and
+/// the returned kind says which event to append; on error the job is untouched.
+pub fn apply(
+    job: &mut Job,
+    cmd: Command,
+    ctx: &ApplyCtx,
+) -> Result<Option<EventKind>, TransitionError> {
+    let mut next = job.clone();
+    let ev = apply_inner(&mut next, cmd, ctx)?;
+    next.version += 1;
+    next.updated_at = ctx.now;
+    *job = next;
+    Ok(ev)
+}
+
+fn apply_inner(
+    job: &mut Job,
+    cmd: Command,
+    ctx: &ApplyCtx,
+) -> Result<Option<EventKind>, TransitionError> {
+    use JobStatus::*;
+    let now = ctx.now;
+    match cmd {
+        Command::Claim {
+            worker,
+            token,
+            lease_until,
+        } => {
+            if job.status != Queued {
+                return Err(illegal(job, "claim"));
+            }
+            job.attempt += 1;
+            job.lease = Some(Lease {
+                worker: worker.clone(),
+                token,
+                expires_at: lease_until,
+            });
+            job.handle = None;
+            job.started_at = None;
+            job.progress = 0.0;
+            if job.runs.len() >= MAX_RUN_RECORDS {
+                job.runs.remove(0);
+            }
+            job.runs.push(RunRecord {
+                attempt: job.attempt,
+                worker,
+                token,
+                claimed_at: now,
+                started_at: None,
+                ended_at: None,
+                outcome: None,
+            });
+            set_status(job, Starting, now);
+            Ok(Some(EventKind::Status))
+        }
+        Command::Started { token, handle } => {
+            check_token(job, token)?;
+            match job.status {
+                Starting => {
+                    job.handle = handle;
+                    job.started_at = Some(now);
+                    if let Some(r) = job.runs.last_mut() {
+                        r.started_at = Some(now);
+                    }
+                    set_status(job, Running, now);
+                    Ok(Some(EventKind::Status))
+                }
+                // The job reported RUNNING through its hook before the worker wrote this.
+                Running => {
+                    job.handle = handle;
+                    Ok(None)
+                }
+                _ => Err(illegal(job, "start")),
+            }
+        }
+        Command::Progress {
+            token,
+            progress,
+            details,
+        } => {
+            if let Some(t) = token {
+                check_token(job, t)?;
+            }
+            if !job.status.is_active() {
+                return Err(illegal(job, "report progress"));
+            }
+            progress_update(job, progress, details, ctx)
+        }
+        Command::Hook(report) => hook_report(job, report, ctx),
+        Command::Finish { token, outcome } => {
+            check_token(job, token)?;
+            if !job.status.is_active() {
+                return Err(illegal(job, "finish"));
+            }
+            match outcome {
+                FinishOutcome::Success(result) => {
+                    if result.is_some() {
+                        job.result = result;
+                    }
+                    job.progress = 1.0;
+                    job.error = None;
+                    end_run(job, now, "SUCCESS");
+                    set_status(job, Success, now);
+                }
+                FinishOutcome::Failed { message, exit_code } => {
+                    fail_attempt(job, ctx, message, exit_code)
+                }
+                FinishOutcome::Timeout(message) => {
+                    job.error = Some(message);
+                    end_run(job, now, "TIMEOUT");
+                    set_status(job, Timeout, now);
+                }
+            }
+            Ok(Some(EventKind::Status))
+        }
+        Command::Release { token } => {
+            check_token(job, token)?;
+            if !job.status.is_active() {
+                return Err(illegal(job, "release"));
+            }
+            end_run(job, now, "RELEASED");
+            job.lease = None;
+            set_status(job, Queued, now);
+            Ok(Some(EventKind::Status))
+        }
+        Command::LeaseExpired => {
+            let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
+            if !job.status.is_active() || !expired {
+                return Err(illegal(job, "expire a lease it does not have"));
+            }
+            end_run(job, now, "LOST");
+            job.lease = None;
+            if job.attempt < job.max_attempts {
+                job.error = Some("worker lost: lease expired; requeued".into());
+                set_status(job, Queued, now);
+            } else {
+                job.error = Some("worker lost: lease expired and no attempt is left".into());
+                set_status(job, Error, now);
+            }
+            Ok(Some(EventKind::Status))
+        }
+        Command::Cancel => {
+            if job.status.is_terminal() {
+                return Err(illegal(job, "cancel"));
+            }
+            job.error = Some("cancelled".into());
+            end_run(job, now, "CANCELLED");
+            // The lease stays, so its holder learns from its heartbeat that the job is gone.
+            set_status(job, Cancelled, now);
+            Ok(Some(EventKind::Status))
+        }
+        Command::Retry => {
+            if !job.status.can_retry() {
+                return Err(illegal(job, "retry"));
+            }
+            job.max_attempts = job.max_attempts.max(job.attempt + 1);
+            job.result = None;
+            job.error = None;
+            job.exit_code = None;
+            job.progress = 0.0;
+            job.status_details = None;
+            job.lease = None;
+            job.finished_at = None;
+            job.run_at = None;
+            // The only way out of a terminal status.
+            job.status = Queued;
+            job.queued_at = now;
+            Ok(Some(EventKind::Status))
+        }
+        Command::Promote => {
+            if job.status != Scheduled {
+                return Err(illegal(job, "promote"));
+            }
+            job.run_at = None;
+            set_status(job, Queued, now);
+            Ok(Some(EventKind::Status))
+        }
+    }
+}
+
+fn progress_update(
+    job: &mut Job,
+    progress: Option<f64>,
+    details: Option<Value>,
+    ctx: &ApplyCtx,
+) -> Result<Option<EventKind>, TransitionError> {
+    if let Some(p) = progress {
+        if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+            return Err(TransitionError::Invalid(format!(
+                "progress must be a number between 0 and 1, got {p}"
+            )));
+        }
+        job.progress = p;
+    }
+    if details.is_some() {
+        job.status_details = details;
+    }
+    if progress.is_some() && ctx.now - job.progress_event_at >= ctx.progress_interval {
+        job.progress_event_at = ctx.now;
+        Ok(Some(EventKind::Progress))
+    } else {
+        Ok(None)
+    }
+}
+
+fn hook_report(
+    job: &mut Job,
+    r: HookReport,
+    ctx: &ApplyCtx,
+) -> Result<Option<EventKind>, TransitionError> {
+    use JobStatus::*;
+    let now = ctx.now;
+    if job.status.is_terminal() {
+        return Err(illegal(job, "report through the hook"));
+    }
+    if !job.status.is_active() {
+        return Err(illegal(job, "report before it was started"));
+    }
+    let mut ev = progress_update(job, r.progress, r.details, ctx)?;
+    if r.results.is_some() {
+        job.result = r.results;
+    }
+    match r.status {
+        None => {}
+        Some(Running) => {
+            if job.status == Starting {
+                job.started_at = Some(now);
+                set_status(job, Running, now);
+                ev = Some(EventKind::Status);
+            }
+        }
+        Some(Success) => {
+            job.progress = 1.0;
+            job.error = None;
+            end_run(job, now, "SUCCESS");
+            set_status(job, Success, now);
+            ev = Some(EventKind::Status);
+        }
+        Some(Error) => {
+            // A job that says it failed is final: retrying now could overlap with its process,
+            // which is still alive. The worker leaves the job as it is when the process ends.
+            job.error = Some(
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| "the job reported an error".into()),
+            );
+            end_run(job, now, "ERROR");
+            set_status(job, Error, now);
+            ev = Some(EventKind::Status);
+        }
+        Some(other) => {
+            return Err(TransitionError::Invalid(format!(
+                "a job may report RUNNING, SUCCESS or ERROR, not {other}"
+            )))
+        }
+    }
+    if r.status != Some(Error) {
+        if let Some(e) = r.error {
+            job.error = Some(e);
+        }
+    }
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Backoff;
+    use serde_json::json;
+
+    pub(crate) fn job() -> Job {
+        Job {
+            id: uuid::Uuid::now_v7(),
+            job_type: "t".into(),
+            args: json!({}),
+            runner: "r".into(),
+            status: JobStatus::Queued,
+            channel_id: "c".into(),
+            user_id: None,
+            attempt: 0,
+            max_attempts: 2,
+            backoff: Backoff {
+                initial_ms: 100,
+                max_ms: 100,
+                multiplier: 1.0,
+                jitter: false,
+            },
+            timeout_ms: None,
+            run_at: None,
+            idempotency_key: None,
+            progress: 0.0,
+            status_details: None,
+            result: None,
+            error: None,
+            exit_code: None,
+            lease: None,
+            handle: None,
+            runs: vec![],
+            created_at: 0,
+            updated_at: 0,
+            queued_at: 0,
+            started_at: None,
+            finished_at: None,
+            progress_event_at: 0,
+            version: 0,
+        }
+    }
+
+    fn ctx(now: Micros) -> ApplyCtx {
+        ApplyCtx {
+            now,
+            jitter: 0.0,
+            progress_interval: 1000,
+        }
+    }
+
+    fn claim(j: &mut Job, token: u64) {
+        apply(
+            j,
+            Command::Claim {
+                worker: "w".into(),
+                token,
+                lease_until: 10_000,
+            },
+            &ctx(1),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn failure_retries_with_backoff_then_errors() {
+        let mut j = job();
+        claim(&mut j, 7);
+        let fail = |t| Command::Finish {
+            token: t,
+            outcome: FinishOutcome::Failed {
+                message: "exit 1".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, fail(7), &ctx(5)).unwrap();
+        assert_eq!(j.status, JobStatus::Scheduled);
+        assert_eq!(j.run_at, Some(5 + 100_000));
+        apply(&mut j, Command::Promote, &ctx(6)).unwrap();
+        claim(&mut j, 8);
+        assert_eq!(j.attempt, 2);
+        // The first attempt's worker is fenced off.
+        assert_eq!(
+            apply(&mut j, fail(7), &ctx(7)),
+            Err(TransitionError::StaleLease)
+        );
+        apply(&mut j, fail(8), &ctx(8)).unwrap();
+        assert_eq!(j.status, JobStatus::Error);
+        assert_eq!(j.exit_code, Some(1));
+        assert_eq!(j.runs.len(), 2);
+    }
+
+    #[test]
+    fn terminal_stays_terminal_and_refusals_change_nothing() {
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(&mut j, Command::Cancel, &ctx(2)).unwrap();
+        let before = j.clone();
+        for cmd in [
+            Command::Cancel,
+            Command::Promote,
+            Command::Started {
+                token: 1,
+                handle: None,
+            },
+            Command::Finish {
+                token: 1,
+                outcome: FinishOutcome::Success(None),
+            },
+            Command::Hook(HookReport {
+                status: Some(JobStatus::Success),
+                ..Default::default()
+            }),
+            Command::LeaseExpired,
+        ] {
+            assert!(apply(&mut j, cmd, &ctx(3)).is_err());
+            assert_eq!(j, before);
+        }
+        apply(&mut j, Command::Retry, &ctx(4)).unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+    }
+
+    #[test]
+    fn progress_is_validated_and_throttled() {
+        let mut j = job();
+        claim(&mut j, 1);
+        let p = |v| Command::Progress {
+            token: Some(1),
+            progress: Some(v),
+            details: None,
+        };
+        assert_eq!(
+            apply(&mut j, p(0.1), &ctx(5000)).unwrap(),
+            Some(EventKind::Progress)
+        );
+        assert_eq!(apply(&mut j, p(0.2), &ctx(5500)).unwrap(), None);
+        assert_eq!(
+            apply(&mut j, p(0.3), &ctx(6000)).unwrap(),
+            Some(EventKind::Progress)
+        );
+        assert!(apply(&mut j, p(1.5), &ctx(9000)).is_err());
+        assert_eq!(j.progress, 0.3);
+    }
+
+    #[test]
+    fn lease_expiry_requeues_then_fails() {
+        let mut j = job();
+        claim(&mut j, 1);
+        assert!(apply(&mut j, Command::LeaseExpired, &ctx(9_999)).is_err());
+        apply(&mut j, Command::LeaseExpired, &ctx(10_001)).unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        claim(&mut j, 2);
+        apply(&mut j, Command::LeaseExpired, &ctx(10_001)).unwrap();
+        assert_eq!(j.status, JobStatus::Error);
+    }
+}

@@ -1,0 +1,29 @@
+//! runyard: an async job service.
+//!
+//! # Layout
+//! - [`job`]: the job model, its statuses and the one function that changes a job
+//!   ([`job::apply`]).
+//! - [`store`]: storage traits (jobs, queue, logs, events) and the embedded SQLite backend.
+//! - [`worker`]: claims jobs with leases and runs them on their runner; the reaper.
+//! - [`scheduler`]: delayed jobs and retention.
+//! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
+//! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
+//! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
+//! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
+//! - [`cli`]: the `runyard` command line, including `bench`.
+//!
+//! The runners themselves live in the `runyard-runners` crate, the hook protocol in
+//! `runyard-hooks`.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod job;
+pub mod metrics;
+pub mod runner_set;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod worker;
+
+pub use runyard_runners::service::{ServiceContext, ServiceRegistry, ServiceResult};

@@ -1,0 +1,63 @@
+//! Prometheus metrics: counters kept in atomics, rendered as text.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::job::JobStatus;
+use crate::store::{Notice, Store};
+
+/// Process-local counters.
+#[derive(Default)]
+pub struct Metrics {
+    transitions: [AtomicU64; 9],
+    lagged: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts status changes committed by `store` until `stop`.
+    pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>, stop: CancellationToken) {
+        let mut rx = store.subscribe();
+        loop {
+            tokio::select! {
+                n = rx.recv() => match n {
+                    Ok(Notice::Changed { status, .. }) => {
+                        let i = JobStatus::ALL.iter().position(|s| *s == status).unwrap_or(0);
+                        self.transitions[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        self.lagged.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => return,
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::from(
+            "# HELP runyard_job_transitions_total Job status changes committed by this process's store.\n\
+             # TYPE runyard_job_transitions_total counter\n",
+        );
+        for (i, st) in JobStatus::ALL.iter().enumerate() {
+            s.push_str(&format!(
+                "runyard_job_transitions_total{{status=\"{}\"}} {}\n",
+                st.as_str(),
+                self.transitions[i].load(Ordering::Relaxed)
+            ));
+        }
+        s.push_str(
+            "# HELP runyard_notices_lagged_total Store notices this process's metrics missed.\n\
+             # TYPE runyard_notices_lagged_total counter\n",
+        );
+        s.push_str(&format!(
+            "runyard_notices_lagged_total {}\n",
+            self.lagged.load(Ordering::Relaxed)
+        ));
+        s
+    }
+}

@@ -1,0 +1,187 @@
+//! The configured runners, and the choice of a runner for a job type: the first runner whose
+//! `types` globs match wins (webda's `handleType`).
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runyard_runners::local::{LocalConfig, LocalRunner, DEFAULT_ENV_ALLOW};
+use runyard_runners::service::{ServiceRegistry, ServiceRunner};
+use runyard_runners::Runner;
+
+use crate::config::{Config, ConfigError, RunnerKind};
+use crate::job::Backoff;
+
+/// One configured runner with its limits.
+pub struct RunnerSlot {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: RunnerKind,
+    /// The type globs it claims.
+    pub types: Vec<String>,
+    /// The runner.
+    pub runner: Arc<dyn Runner>,
+    /// Jobs it may run at once in this process.
+    pub concurrency: usize,
+    /// Jobs running now in this process.
+    pub active: AtomicUsize,
+    /// Default time limit.
+    pub timeout: Option<Duration>,
+    /// Default attempts.
+    pub max_attempts: u32,
+    /// Default backoff.
+    pub backoff: Backoff,
+}
+
+impl RunnerSlot {
+    /// Whether this runner claims `job_type`.
+    pub fn claims(&self, job_type: &str) -> bool {
+        self.types.iter().any(|g| glob_match(g, job_type))
+    }
+}
+
+/// All runners, in config order.
+pub struct RunnerSet {
+    slots: Vec<Arc<RunnerSlot>>,
+}
+
+/// Why no runner was chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// No runner's globs match.
+    #[error("no runner handles job type `{0}`")]
+    NoRunner(String),
+    /// The named runner does not exist.
+    #[error("no runner named `{0}`")]
+    UnknownRunner(String),
+    /// The named runner does not claim the type.
+    #[error("runner `{0}` does not handle job type `{1}`")]
+    NotClaimed(String, String),
+    /// The runner refuses the job.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RunnerSet {
+    /// Builds the runners of `cfg`; service runners call operations of `services`.
+    pub fn build(cfg: &Config, services: Arc<ServiceRegistry>) -> Result<Self, ConfigError> {
+        let mut slots = Vec::new();
+        for (i, rc) in cfg.runners.iter().enumerate() {
+            let key = |f: &str| format!("runners[{i}].{f}");
+            let runner: Arc<dyn Runner> = match rc.kind {
+                RunnerKind::Local => Arc::new(
+                    LocalRunner::new(LocalConfig {
+                        command: rc.command.clone(),
+                        env: rc.env.clone(),
+                        env_allow: rc.env_allow.clone().unwrap_or_else(|| {
+                            DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()
+                        }),
+                        cwd: rc.cwd.clone(),
+                    })
+                    .map_err(|e| ConfigError(format!("`{}`: {e}", key("command"))))?,
+                ),
+                RunnerKind::Service => Arc::new(
+                    ServiceRunner::new(services.clone(), rc.operation.clone())
+                        .map_err(|e| ConfigError(format!("`{}`: {e}", key("operation"))))?,
+                ),
+                RunnerKind::Docker | RunnerKind::Kube => {
+                    return Err(ConfigError(format!(
+                        "`{}`: this runner kind is not available in this version",
+                        key("kind")
+                    )))
+                }
+            };
+            slots.push(Arc::new(RunnerSlot {
+                name: rc.name_at(i),
+                kind: rc.kind,
+                types: rc.types.clone(),
+                runner,
+                concurrency: rc.concurrency,
+                active: AtomicUsize::new(0),
+                timeout: rc.timeout,
+                max_attempts: rc.max_attempts,
+                backoff: rc.backoff.unwrap_or_default(),
+            }));
+        }
+        Ok(Self { slots })
+    }
+
+    /// The runner for a job: the named one (which must claim the type) or the first match.
+    pub fn select(
+        &self,
+        job_type: &str,
+        args: &serde_json::Value,
+        named: Option<&str>,
+    ) -> Result<&Arc<RunnerSlot>, SelectError> {
+        let slot = match named {
+            Some(n) => {
+                let s = self
+                    .get(n)
+                    .ok_or_else(|| SelectError::UnknownRunner(n.to_string()))?;
+                if !s.claims(job_type) {
+                    return Err(SelectError::NotClaimed(n.into(), job_type.into()));
+                }
+                s
+            }
+            None => self
+                .slots
+                .iter()
+                .find(|s| s.claims(job_type))
+                .ok_or_else(|| SelectError::NoRunner(job_type.to_string()))?,
+        };
+        slot.runner
+            .validate(job_type, args)
+            .map_err(|e| SelectError::Refused(e.to_string()))?;
+        Ok(slot)
+    }
+
+    /// The runner named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<RunnerSlot>> {
+        self.slots.iter().find(|s| s.name == name)
+    }
+
+    /// All runners.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RunnerSlot>> {
+        self.slots.iter()
+    }
+}
+
+/// Glob match with `*` (any run) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("report.*", "report.daily"));
+        assert!(!glob_match("report.*", "reports.daily"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "abbc"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("thumbnail", "thumbnails"));
+    }
+}

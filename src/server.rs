@@ -1,0 +1,255 @@
+//! Putting it together: the store, the runners, the worker, the scheduler and the HTTP API in one
+//! process, started on a listener you give it and stopped by a future you give it.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use runyard::{config::Config, server::ServerBuilder};
+//! let config = Config::from_toml(r#"
+//!     [[runners]]
+//!     kind = "service"
+//!     types = ["thumbnail"]
+//! "#)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! ServerBuilder::new(config)
+//!     .service("thumbnail", |ctx| async move {
+//!         ctx.progress(0.5, None);
+//!         Ok(serde_json::json!({"done": true}))
+//!     })
+//!     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use runyard_runners::service::{ServiceContext, ServiceRegistry, ServiceResult};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::runner_set::RunnerSet;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreSettings};
+use crate::worker::Worker;
+
+/// What the HTTP handlers share.
+pub struct App {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The backend.
+    pub store: Arc<dyn Store>,
+    /// The runners.
+    pub runners: Arc<RunnerSet>,
+    /// The key job secrets are derived from.
+    pub master_key: Arc<Vec<u8>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds a server: configuration plus the service operations of an embedding program.
+pub struct ServerBuilder {
+    config: Config,
+    services: ServiceRegistry,
+    worker: Option<bool>,
+}
+
+impl ServerBuilder {
+    /// A builder with runyard's built-in service operations registered.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            services: ServiceRegistry::with_builtins(),
+            worker: None,
+        }
+    }
+
+    /// Registers an async operation that `service` runners can call.
+    pub fn service<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(ServiceContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ServiceResult> + Send + 'static,
+    {
+        self.services.register(name, f);
+        self
+    }
+
+    /// Runs (or not) a worker in this process, overriding `worker.enabled`.
+    pub fn worker(mut self, enabled: bool) -> Self {
+        self.worker = Some(enabled);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains the worker and stops.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let running = self.start(listener).await?;
+        shutdown.await;
+        running.stop().await
+    }
+
+    /// Starts everything in the background and returns a handle.
+    pub async fn start(mut self, listener: TcpListener) -> anyhow::Result<RunningServer> {
+        if let Some(w) = self.worker {
+            self.config.worker.enabled = w;
+        }
+        let addr = listener.local_addr()?;
+        if self.config.public_url.is_none() {
+            // Port 0 resolves only now.
+            self.config.public_url = Some(format!("http://{addr}"));
+        }
+        let config = Arc::new(self.config);
+        let store = open_store(&config)?;
+        let runners = Arc::new(
+            RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let master_key = Arc::new(load_master_key(&config)?);
+        let metrics = Arc::new(Metrics::default());
+        let app = Arc::new(App {
+            config: config.clone(),
+            store: store.clone(),
+            runners: runners.clone(),
+            master_key: master_key.clone(),
+            metrics: metrics.clone(),
+        });
+        let bg = CancellationToken::new();
+        let worker_stop = CancellationToken::new();
+        tokio::spawn(metrics.follow(store.clone(), bg.clone()));
+        tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
+        tokio::spawn(crate::scheduler::retention_loop(
+            store.clone(),
+            config.retention.clone(),
+            bg.clone(),
+        ));
+        let worker = if config.worker.enabled {
+            let w = Worker::new(
+                store.clone(),
+                runners,
+                config.worker.clone(),
+                master_key,
+                format!("{}/async", config.public_url()),
+            );
+            Some(tokio::spawn(w.run(worker_stop.clone())))
+        } else {
+            None
+        };
+        let http_stop = CancellationToken::new();
+        let router = crate::api::router(app.clone());
+        let hs = http_stop.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { hs.cancelled().await })
+                .await
+        });
+        tracing::info!(%addr, store = store.backend_name(), "runyard listening");
+        Ok(RunningServer {
+            addr,
+            app,
+            bg,
+            worker_stop,
+            worker,
+            http_stop,
+            http,
+        })
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The application state.
+    pub app: Arc<App>,
+    bg: CancellationToken,
+    worker_stop: CancellationToken,
+    worker: Option<JoinHandle<()>>,
+    http_stop: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: the worker stops claiming and drains (the API stays up meanwhile, so running
+    /// jobs can still report), then the API stops.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.worker_stop.cancel();
+        if let Some(w) = self.worker {
+            let _ = w.await;
+        }
+        self.http_stop.cancel();
+        self.bg.cancel();
+        self.http
+            .await
+            .context("http task")?
+            .context("http server")?;
+        Ok(())
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.redis.is_some() {
+        anyhow::bail!("`redis`: the Redis backend is not available in this version");
+    }
+    let settings = StoreSettings {
+        progress_interval: config.events.progress_interval,
+        channel_limit: config.events.channel_limit,
+        global_limit: config.events.global_limit,
+        log_lines_per_job: config.retention.log_lines_per_job,
+    };
+    let full = config.store.synchronous == crate::config::Synchronous::Full;
+    Ok(Arc::new(SqliteStore::open(
+        &config.data_dir,
+        settings,
+        full,
+    )?))
+}
+
+/// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), else `data_dir/master.key`,
+/// created on first run with mode 0600.
+pub fn load_master_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(k) = &config.master_key {
+        if k.len() < 16 {
+            anyhow::bail!("`master_key` must be at least 16 characters");
+        }
+        return Ok(k.as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("master.key");
+    read_or_create_key(&path)
+}
+
+fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(k) = std::fs::read_to_string(path) {
+        let k = k.trim();
+        if k.len() >= 32 {
+            return Ok(k.as_bytes().to_vec());
+        }
+        anyhow::bail!("{} is too short to be a master key", path.display());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()?;
+    Ok(key.into_bytes())
+}

@@ -1,0 +1,215 @@
+//! Storage: jobs, the queue, logs and events, behind object-safe traits so that the backend
+//! (embedded SQLite or Redis) is chosen from config at run time.
+//!
+//! Every backend changes a job only through [`crate::job::apply`], atomically with the event the
+//! change produces, so the status machine is enforced in one place whatever the backend.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
+pub use runyard_runners::LogStream;
+
+/// Store errors. Transition refusals carry the reason; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such job.
+    #[error("job not found")]
+    NotFound,
+    /// The change is not allowed.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// A malformed id, cursor or event id.
+    #[error("{0}")]
+    BadInput(String),
+    /// The backend cannot be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend reported.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Knobs a backend needs.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Minimum time between two progress events of a job.
+    pub progress_interval: Duration,
+    /// Events kept per channel.
+    pub channel_limit: usize,
+    /// Events kept in the global stream.
+    pub global_limit: usize,
+    /// Log lines kept per job (the oldest are dropped).
+    pub log_lines_per_job: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            progress_interval: Duration::from_millis(200),
+            channel_limit: 1000,
+            global_limit: 100_000,
+            log_lines_per_job: 10_000,
+        }
+    }
+}
+
+/// The outcome of a submit.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The job (the earlier one when the idempotency key was seen before).
+    pub job: Job,
+    /// False when an existing job was returned for the same idempotency key.
+    pub created: bool,
+}
+
+/// Filters for listing jobs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only types matching this glob (`report.*`).
+    pub job_type: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this job id (exclusive).
+    pub cursor: Option<Uuid>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    /// The jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; none at the end.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// One stored log line.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LogLine {
+    /// Position in the job's log, from 1.
+    pub seq: u64,
+    /// Where it came from.
+    pub stream: LogStream,
+    /// When it was received (µs).
+    pub ts: Micros,
+    /// The text.
+    pub line: String,
+}
+
+/// What a store tells its local listeners after a commit (in-process; Redis relays it).
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A job became QUEUED for this runner.
+    Queued {
+        /// The runner name.
+        runner: String,
+    },
+    /// A job changed status.
+    Changed {
+        /// The job.
+        job_id: Uuid,
+        /// Its new status.
+        status: JobStatus,
+    },
+    /// Events were appended.
+    Events,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetentionReport {
+    /// Finished jobs deleted (with their logs).
+    pub jobs: u64,
+    /// Events trimmed.
+    pub events: u64,
+}
+
+/// Jobs: submit, read, list, change.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new job and its first event, atomically; same idempotency key -> the first job.
+    async fn submit(&self, job: Job) -> Result<Submitted>;
+    /// One job.
+    async fn get(&self, id: Uuid) -> Result<Option<Job>>;
+    /// A page of jobs.
+    async fn list(&self, q: ListQuery) -> Result<JobPage>;
+    /// Applies a command through [`crate::job::apply`] and appends its event, atomically.
+    async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job>;
+}
+
+/// The queue: claims with leases, heartbeats, delayed jobs, expired leases.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Claims up to `max` QUEUED jobs of `runner` for `worker` (oldest first), each with a fresh
+    /// fencing token and a lease of `lease_ttl`.
+    async fn claim(
+        &self,
+        runner: &str,
+        worker: &str,
+        max: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Job>>;
+    /// Extends the leases `worker` holds; returns the jobs it no longer holds (cancelled, timed
+    /// out elsewhere, lost), whose work must stop.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        held: &[(Uuid, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Vec<Uuid>>;
+    /// Moves due SCHEDULED jobs to QUEUED; returns how many.
+    async fn promote_due(&self, max: usize) -> Result<usize>;
+    /// When the next SCHEDULED job is due.
+    async fn next_due(&self) -> Result<Option<Micros>>;
+    /// Active jobs whose lease expired.
+    async fn expired(&self, max: usize) -> Result<Vec<Job>>;
+}
+
+/// Job logs, bounded per job.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Appends lines to a job's log.
+    async fn append_logs(&self, id: Uuid, lines: Vec<(LogStream, Micros, String)>) -> Result<()>;
+    /// Lines after `after` (exclusive), at most `limit`.
+    async fn logs(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<LogLine>>;
+}
+
+/// The event streams: one global, one per channel.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Events after `last_id` (exclusive; from the oldest kept when `None`), in the channel or the
+    /// global stream. Starts with a `resync` event when events after `last_id` were trimmed.
+    async fn events(
+        &self,
+        channel: Option<&str>,
+        last_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
+}
+
+/// Housekeeping.
+#[async_trait]
+pub trait Maintenance: Send + Sync {
+    /// Deletes finished jobs older than `finished_before` and trims events to their limits.
+    async fn retention(&self, finished_before: Micros) -> Result<RetentionReport>;
+    /// Checks the backend answers.
+    async fn health(&self) -> Result<()>;
+}
+
+/// A complete backend.
+pub trait Store: JobStore + JobQueue + LogStore + EventLog + Maintenance {
+    /// Listens to what this store commits.
+    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// `embedded` or `redis`.
+    fn backend_name(&self) -> &'static str;
+}

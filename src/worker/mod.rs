@@ -1,0 +1,405 @@
+//! The worker: claims QUEUED jobs with a lease, launches them on their runner, heartbeats the
+//! leases, enforces timeouts and cancellation, and writes the outcome with its fencing token.
+//!
+//! - [`Worker::run`] is the claim loop; each claimed job runs in its own task ([`Worker::run_job`]).
+//! - A heartbeat task renews the leases of running jobs; jobs the store says we no longer hold
+//!   (cancelled, or taken over after our lease expired) are stopped.
+//! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
+//! - At shutdown the worker stops claiming, lets running jobs finish within `shutdown_grace`, then
+//!   stops the rest and gives them back to the queue.
+
+pub mod reaper;
+pub mod reporter;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use runyard_runners::{JobSpec, Outcome, SharedReporter};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::WorkerConfig;
+use crate::job::{Command, FinishOutcome, Job, JobStatus, TransitionError};
+use crate::runner_set::{RunnerSet, RunnerSlot};
+use crate::store::{Notice, Store, StoreError};
+use reporter::{JobReporter, SharedJobReporter};
+
+/// Why a running job is being stopped by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// Cancelled, or no longer ours: the store already says what happened.
+    Gone,
+    /// Shutdown: give the job back to the queue.
+    Release,
+}
+
+struct Running {
+    token: u64,
+    stop: CancellationToken,
+    reason: Arc<Mutex<StopReason>>,
+}
+
+/// One worker process's claim loop and running jobs.
+pub struct Worker {
+    id: String,
+    store: Arc<dyn Store>,
+    runners: Arc<RunnerSet>,
+    cfg: WorkerConfig,
+    master_key: Arc<Vec<u8>>,
+    hook_url: String,
+    running: Mutex<HashMap<Uuid, Running>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Worker {
+    /// A worker with a fresh id.
+    pub fn new(
+        store: Arc<dyn Store>,
+        runners: Arc<RunnerSet>,
+        cfg: WorkerConfig,
+        master_key: Arc<Vec<u8>>,
+        hook_url: String,
+    ) -> Arc<Self> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        Arc::new(Self {
+            id: format!(
+                "{host}-{}-{}",
+                std::process::id(),
+                &Uuid::now_v7().simple().to_string()[24..]
+            ),
+            store,
+            runners,
+            cfg,
+            master_key,
+            hook_url,
+            running: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The worker's id, as recorded on leases.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains as described in the module docs.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(worker = %self.id, "worker started");
+        let bg = CancellationToken::new();
+        tokio::spawn(self.clone().listen(bg.clone()));
+        tokio::spawn(self.clone().heartbeats(bg.clone()));
+        tokio::spawn(reaper::run(
+            self.store.clone(),
+            self.runners.clone(),
+            self.cfg.clone(),
+            self.spec_factory(),
+            bg.clone(),
+        ));
+        let mut error_backoff = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            let mut more = false;
+            let mut failed = false;
+            for slot in self.runners.iter() {
+                let active = slot.active.load(Ordering::Acquire);
+                let free = slot.concurrency.saturating_sub(active);
+                if free == 0 {
+                    continue;
+                }
+                match self
+                    .store
+                    .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
+                    .await
+                {
+                    Ok(jobs) => {
+                        more |= jobs.len() == free;
+                        for job in jobs {
+                            slot.active.fetch_add(1, Ordering::AcqRel);
+                            tokio::spawn(self.clone().run_job(job, slot.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(runner = %slot.name, error = %e, "claim failed");
+                    }
+                }
+            }
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(error_backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            error_backoff = Duration::from_millis(50);
+            if more {
+                // A full batch: there may be more waiting, but only free slots can take them.
+                tokio::task::yield_now().await;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.drain().await;
+        bg.cancel();
+        tracing::info!(worker = %self.id, "worker stopped");
+    }
+
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
+        loop {
+            if self.running.lock().is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = {
+            let running = self.running.lock();
+            for r in running.values() {
+                *r.reason.lock() = StopReason::Release;
+                r.stop.cancel();
+            }
+            running.len()
+        };
+        tracing::info!(
+            jobs = n,
+            "shutdown grace over: stopping and requeueing running jobs"
+        );
+        let hard = tokio::time::Instant::now() + self.cfg.kill_grace + Duration::from_secs(5);
+        while !self.running.lock().is_empty() && tokio::time::Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reacts to what the store commits: new work wakes the claim loop, a cancelled job is stopped.
+    async fn listen(self: Arc<Self>, stop: CancellationToken) {
+        let mut rx = self.store.subscribe();
+        loop {
+            let n = tokio::select! {
+                n = rx.recv() => n,
+                _ = stop.cancelled() => return,
+            };
+            match n {
+                Ok(Notice::Queued { .. }) => self.wake.notify_one(),
+                Ok(Notice::Changed { job_id, status }) if status.is_terminal() => {
+                    if matches!(status, JobStatus::Cancelled) {
+                        self.stop_job(job_id, StopReason::Gone);
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wake.notify_one(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn stop_job(&self, id: Uuid, reason: StopReason) {
+        if let Some(r) = self.running.lock().get(&id) {
+            *r.reason.lock() = reason;
+            r.stop.cancel();
+        }
+    }
+
+    async fn heartbeats(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.cfg.lease_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let held: Vec<(Uuid, u64)> = self
+                .running
+                .lock()
+                .iter()
+                .map(|(id, r)| (*id, r.token))
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            match self
+                .store
+                .heartbeat(&self.id, &held, self.cfg.lease_ttl)
+                .await
+            {
+                Ok(lost) => {
+                    for id in lost {
+                        tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
+                        self.stop_job(id, StopReason::Gone);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    fn spec_factory(&self) -> SpecFactory {
+        SpecFactory {
+            master_key: self.master_key.clone(),
+            hook_url: self.hook_url.clone(),
+        }
+    }
+
+    /// Runs one claimed job to its end.
+    async fn run_job(self: Arc<Self>, job: Job, slot: Arc<RunnerSlot>) {
+        let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
+        let id = job.id;
+        async {
+            let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
+            let stop = CancellationToken::new();
+            let reason = Arc::new(Mutex::new(StopReason::Gone));
+            self.running.lock().insert(
+                id,
+                Running {
+                    token,
+                    stop: stop.clone(),
+                    reason: reason.clone(),
+                },
+            );
+            self.execute(&job, &slot, token, stop, reason).await;
+            self.running.lock().remove(&id);
+        }
+        .instrument(span)
+        .await;
+        slot.active.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    async fn execute(
+        &self,
+        job: &Job,
+        slot: &RunnerSlot,
+        token: u64,
+        stop: CancellationToken,
+        reason: Arc<Mutex<StopReason>>,
+    ) {
+        let id = job.id;
+        let reporter = JobReporter::new(self.store.clone(), id, token);
+        let shared: SharedReporter = Arc::new(SharedJobReporter(reporter.clone()));
+        let spec = self.spec_factory().spec(job);
+        let mut exec = match slot.runner.launch(spec, shared).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "launch failed");
+                self.finish(
+                    id,
+                    token,
+                    FinishOutcome::Failed {
+                        message: e.to_string(),
+                        exit_code: None,
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        let started = self
+            .store
+            .apply(
+                id,
+                Command::Started {
+                    token,
+                    handle: Some(exec.handle()),
+                },
+            )
+            .await;
+        if let Err(e) = started {
+            // Cancelled (or lost) between claim and launch.
+            tracing::info!(error = %e, "job gone before it started: stopping it");
+            exec.stop(self.cfg.kill_grace).await;
+            reporter.flush().await;
+            return;
+        }
+        let limit = job
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(slot.timeout)
+            .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+        enum End {
+            Ran(Outcome),
+            Stopped,
+            TimedOut,
+        }
+        let end = tokio::select! {
+            o = exec.wait() => End::Ran(o),
+            _ = stop.cancelled() => End::Stopped,
+            _ = tokio::time::sleep(limit) => End::TimedOut,
+        };
+        if !matches!(end, End::Ran(_)) {
+            exec.stop(self.cfg.kill_grace).await;
+            let _ = exec.wait().await;
+        }
+        reporter.flush().await;
+        match end {
+            End::Ran(Outcome::Success { result }) => {
+                self.finish(id, token, FinishOutcome::Success(result)).await
+            }
+            End::Ran(Outcome::Failed { message, exit_code }) => {
+                self.finish(id, token, FinishOutcome::Failed { message, exit_code })
+                    .await
+            }
+            End::TimedOut => {
+                let msg = format!("timed out after {}", humantime::format_duration(limit));
+                self.finish(id, token, FinishOutcome::Timeout(msg)).await
+            }
+            End::Stopped => {
+                if *reason.lock() == StopReason::Release {
+                    if let Err(e) = self.store.apply(id, Command::Release { token }).await {
+                        tracing::debug!(error = %e, "release refused");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, id: Uuid, token: u64, outcome: FinishOutcome) {
+        match self
+            .store
+            .apply(id, Command::Finish { token, outcome })
+            .await
+        {
+            Ok(j) => tracing::debug!(status = %j.status, "job finished"),
+            // The job already ended (it reported its own status, or was cancelled) or was taken
+            // over: nothing to do, and nothing must be overwritten.
+            Err(StoreError::Transition(
+                TransitionError::Illegal { .. } | TransitionError::StaleLease,
+            )) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the outcome; the reaper will retry the job")
+            }
+        }
+    }
+}
+
+/// Builds the [`JobSpec`] of an attempt, with its derived secret.
+#[derive(Clone)]
+pub struct SpecFactory {
+    master_key: Arc<Vec<u8>>,
+    hook_url: String,
+}
+
+impl SpecFactory {
+    /// The spec of the job's current attempt.
+    pub fn spec(&self, job: &Job) -> JobSpec {
+        JobSpec {
+            id: job.id.to_string(),
+            job_type: job.job_type.clone(),
+            args: job.args.clone(),
+            attempt: job.attempt,
+            secret: runyard_hooks::derive_job_secret(
+                &self.master_key,
+                &job.id.to_string(),
+                job.attempt,
+            ),
+            hook_url: self.hook_url.clone(),
+        }
+    }
+}
