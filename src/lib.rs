@@ -18,6 +18,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod job;
 pub mod metrics;
 pub mod runner_set;

@@ -7,6 +7,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionConfig;
+use crate::files::BlobStore;
+
+/// How often unreferenced file contents are looked for.
+const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
+/// File contents younger than this are never collected (an upload may be attaching them).
+const BLOB_GC_GRACE: Duration = Duration::from_secs(3600);
 use crate::job::now_us;
 use crate::store::{Notice, Store};
 
@@ -43,9 +49,34 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
     }
 }
 
-/// Deletes finished jobs past retention and trims event streams, every `interval`.
-pub async fn retention_loop(store: Arc<dyn Store>, cfg: RetentionConfig, stop: CancellationToken) {
+/// Deletes finished jobs past retention, trims event streams, and deletes file contents no job
+/// references any more, every `interval`.
+pub async fn retention_loop(
+    store: Arc<dyn Store>,
+    blobs: Arc<BlobStore>,
+    cfg: RetentionConfig,
+    stop: CancellationToken,
+) {
+    let mut last_gc = std::time::Instant::now();
     loop {
+        if last_gc.elapsed() >= BLOB_GC_EVERY {
+            last_gc = std::time::Instant::now();
+            match store.file_hashes().await {
+                Ok(used) => {
+                    let b = blobs.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        b.gc(&|h| used.contains(h), BLOB_GC_GRACE)
+                    })
+                    .await;
+                    if let Ok(Ok(n)) = r {
+                        if n > 0 {
+                            tracing::info!(files = n, "unreferenced file contents deleted");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list referenced files"),
+            }
+        }
         let before = now_us() - cfg.finished.as_micros() as i64;
         match store.retention(before).await {
             Ok(r) if r.jobs > 0 || r.events > 0 => {

@@ -31,12 +31,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::signed_url::UrlSigner;
 use crate::config::Config;
+use crate::files::BlobStore;
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
 use crate::worker::Worker;
+use runyard_hooks::Verifier;
 
 /// What the HTTP handlers share.
 pub struct App {
@@ -50,6 +53,26 @@ pub struct App {
     pub master_key: Arc<Vec<u8>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Job files.
+    pub blobs: Arc<BlobStore>,
+    /// Hook signature checks (with replay memory).
+    pub verifier: Verifier,
+    /// Signs blob URLs.
+    pub signer: UrlSigner,
+    /// `public_url` without a trailing slash.
+    pub public_url: String,
+    /// The path part of `public_url` (e.g. `/runyard` behind a proxy), or empty.
+    pub path_prefix: String,
+}
+
+impl App {
+    /// A short-lived signed URL for the bytes of a blob.
+    pub fn blob_url(&self, hash: &str) -> String {
+        let exp =
+            (crate::job::now_us() / 1_000_000 + crate::api::signed_url::URL_TTL_SECS).to_string();
+        let sig = self.signer.sign(&["get", hash, &exp]);
+        format!("{}/async/blobs/{hash}?exp={exp}&sig={sig}", self.public_url)
+    }
 }
 
 /// Builds a server: configuration plus the service operations of an embedding program.
@@ -113,12 +136,25 @@ impl ServerBuilder {
         );
         let master_key = Arc::new(load_master_key(&config)?);
         let metrics = Arc::new(Metrics::default());
+        let blobs = Arc::new(
+            BlobStore::new(config.data_dir.join("files"))
+                .context("`data_dir`: cannot create the file store")?,
+        );
+        let public_url = config.public_url();
+        let path_prefix = reqwest::Url::parse(&public_url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
         let app = Arc::new(App {
             config: config.clone(),
             store: store.clone(),
             runners: runners.clone(),
             master_key: master_key.clone(),
             metrics: metrics.clone(),
+            blobs: blobs.clone(),
+            verifier: Verifier::new().with_require_v2(config.hooks.require_v2),
+            signer: UrlSigner::new(&master_key),
+            public_url,
+            path_prefix,
         });
         let bg = CancellationToken::new();
         let worker_stop = CancellationToken::new();
@@ -126,6 +162,7 @@ impl ServerBuilder {
         tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
         tokio::spawn(crate::scheduler::retention_loop(
             store.clone(),
+            blobs,
             config.retention.clone(),
             bg.clone(),
         ));

@@ -6,7 +6,7 @@
 //! let client = JobClient::from_env()?; // JOB_ID, JOB_SECRET_KEY, JOB_HOOK
 //! client.running().await?;
 //! let me = client.job().await?;
-//! client.progress(50.0, None).await?;
+//! client.progress(0.5, None).await?;
 //! client.success(Some(me.args)).await?;
 //! # Ok(()) }
 //! ```
@@ -423,7 +423,7 @@ impl JobClient {
         .await
     }
 
-    /// Reports progress (percent) and optional `statusDetails`.
+    /// Reports progress (a fraction from 0.0 to 1.0) and optional `statusDetails`.
     pub async fn progress(
         &self,
         progress: f64,

@@ -17,7 +17,7 @@ pub struct StatusReport {
     /// New job status (`RUNNING`, `SUCCESS`, `ERROR`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// Progress, in percent (0 to 100).
+    /// Progress, a fraction from 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
     /// Free-form details shown with the status (wire name `statusDetails`).

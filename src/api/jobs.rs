@@ -190,6 +190,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         exit_code: None,
         lease: None,
         handle: None,
+        files: Default::default(),
         runs: Vec::new(),
         created_at: now,
         updated_at: now,

@@ -3,7 +3,10 @@
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod files;
+pub mod hooks;
 pub mod jobs;
+pub mod signed_url;
 
 use std::sync::Arc;
 
@@ -27,14 +30,46 @@ pub struct AppState {
 /// The router for `app`.
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config.api.max_body_bytes;
+    // A multipart submit carries files: its own limit; its JSON part is checked separately.
+    let file_limit = usize::try_from(app.config.hooks.max_file_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(limit);
     let state = AppState { app };
     Router::new()
-        .route("/async/jobs", post(submit).get(jobs::list_jobs))
+        .route(
+            "/async/jobs",
+            post(submit)
+                .layer(DefaultBodyLimit::max(file_limit))
+                .get(jobs::list_jobs),
+        )
         .route("/async/jobs/{id}", get(jobs::get_job))
         .route("/async/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/async/jobs/{id}/retry", post(jobs::retry_job))
         .route("/async/jobs/{id}/logs", get(jobs::job_logs))
         .route("/async/jobs/{id}/result", get(jobs::job_result))
+        .route(
+            "/async/jobs/{id}/files/{property}",
+            axum::routing::put(files::attach).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/async/jobs/{id}/files/{property}/{index}",
+            get(files::fetch),
+        )
+        .route("/async/status", post(hooks::status))
+        .route("/async/job", get(hooks::job_self))
+        .route(
+            "/async/download/{store}/{uuid}/{property}/{index}",
+            get(hooks::download),
+        )
+        .route(
+            "/async/upload/{store}/{uuid}/{property}",
+            axum::routing::put(hooks::upload),
+        )
+        .route(
+            "/async/blobs/upload",
+            axum::routing::put(hooks::blob_upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/async/blobs/{hash}", get(hooks::blob_download))
         .route("/api/v1/async_event/", get(events::poll))
         .route("/api/v1/async_event", get(events::poll))
         .route("/health", get(health))
@@ -56,19 +91,33 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if ctype.starts_with("multipart/form-data") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "multipart submit is not supported by this version",
-        ));
-    }
-    let bytes = extract::body_bytes(req, &()).await?;
+    let (bytes, files) = if ctype.starts_with("multipart/form-data") {
+        use axum::extract::FromRequest;
+        let mp = axum::extract::Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+        files::read_multipart(&st, mp).await?
+    } else {
+        let max = st.app.config.api.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), max)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request body is larger than the limit of {max} bytes"),
+                )
+            })?;
+        (bytes, Vec::new())
+    };
     if bytes.is_empty() {
         return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
     }
     let body: jobs::SubmitBody = extract::parse_json(&bytes)?;
-    let job = jobs::build_job(&st, body, None)?;
+    let mut job = jobs::build_job(&st, body, None)?;
+    for (property, f) in files {
+        job.files.entry(property).or_default().push(f);
+    }
     let submitted = st.app.store.submit(job).await?;
     Ok(jobs::accepted(&submitted))
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod launch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
 use crate::server::ServerBuilder;
+use runyard_runners::service::ServiceRegistry;
 
 /// runyard: an async job service.
 #[derive(Debug, Parser)]
@@ -38,6 +40,9 @@ enum Cmd {
     Jobs(client::JobsArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+    /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
+    /// reporting through the signed hook.
+    Launch(launch::LaunchArgs),
 }
 
 /// Flags of `serve`.
@@ -110,6 +115,7 @@ pub fn main() -> ExitCode {
             Cmd::Retry(a) => client::retry(a).await,
             Cmd::Jobs(a) => client::jobs(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
     match r {

@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 pub use runyard_runners::RunHandle;
 pub use status::JobStatus;
-pub use transition::{apply, ApplyCtx, Command, EventKind, FinishOutcome, TransitionError};
+pub use transition::{
+    apply, ApplyCtx, Command, EventKind, FinishOutcome, HookReport, TransitionError,
+};
 
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
@@ -111,6 +113,25 @@ pub struct RunRecord {
     pub outcome: Option<String>,
 }
 
+/// A file attached to a job (an input before it runs, or an output it uploaded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// md5 of the content (the blob's key).
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mimetype: String,
+    /// Original file name.
+    pub name: String,
+    /// Free-form metadata given at upload.
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+/// How many files one property of a job may hold.
+pub const MAX_FILES_PER_PROPERTY: usize = 1000;
+
 /// How many run records a job keeps.
 pub const MAX_RUN_RECORDS: usize = 50;
 
@@ -158,6 +179,9 @@ pub struct Job {
     pub lease: Option<Lease>,
     /// What identifies the running work (pid, container id, Kubernetes Job).
     pub handle: Option<RunHandle>,
+    /// Files by property (`inputs`, `outputs`, ...).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, Vec<FileRef>>,
     /// The story of each attempt.
     pub runs: Vec<RunRecord>,
     /// When it was accepted.
@@ -223,6 +247,7 @@ impl Job {
             })
             .collect();
         m.insert("runs".into(), Value::Array(runs));
+        m.insert("files".into(), json!(self.files));
         m.insert("run_at".into(), json!(ts(self.run_at)));
         m.insert("created_at".into(), json!(rfc3339(self.created_at)));
         m.insert("updated_at".into(), json!(rfc3339(self.updated_at)));

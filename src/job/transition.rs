@@ -4,7 +4,10 @@
 
 use serde_json::Value;
 
-use super::{Job, JobStatus, Lease, Micros, RunHandle, RunRecord, MAX_RUN_RECORDS};
+use super::{
+    FileRef, Job, JobStatus, Lease, Micros, RunHandle, RunRecord, MAX_FILES_PER_PROPERTY,
+    MAX_RUN_RECORDS,
+};
 
 /// A change requested of a job.
 #[derive(Debug, Clone)]
@@ -56,6 +59,16 @@ pub enum Command {
     Retry,
     /// A SCHEDULED job is due: QUEUED.
     Promote,
+    /// Attach a file to a property: by a client (any non-terminal status) or by the running job
+    /// itself through the hook (`by_job`: only while active).
+    AttachFile {
+        /// The property, e.g. `inputs`.
+        property: String,
+        /// The file.
+        file: FileRef,
+        /// True for the job's own uploads.
+        by_job: bool,
+    },
 }
 
 /// What a job reported through the hook.
@@ -358,6 +371,23 @@ fn apply_inner(
             job.queued_at = now;
             Ok(Some(EventKind::Status))
         }
+        Command::AttachFile {
+            property,
+            file,
+            by_job,
+        } => {
+            if job.status.is_terminal() || (by_job && !job.status.is_active()) {
+                return Err(illegal(job, "attach a file"));
+            }
+            let list = job.files.entry(property).or_default();
+            if list.len() >= MAX_FILES_PER_PROPERTY {
+                return Err(TransitionError::Invalid(format!(
+                    "a property holds at most {MAX_FILES_PER_PROPERTY} files"
+                )));
+            }
+            list.push(file);
+            Ok(None)
+        }
         Command::Promote => {
             if job.status != Scheduled {
                 return Err(illegal(job, "promote"));
@@ -486,6 +516,7 @@ mod tests {
             exit_code: None,
             lease: None,
             handle: None,
+            files: Default::default(),
             runs: vec![],
             created_at: 0,
             updated_at: 0,

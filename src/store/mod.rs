@@ -202,6 +202,8 @@ pub trait EventLog: Send + Sync {
 pub trait Maintenance: Send + Sync {
     /// Deletes finished jobs older than `finished_before` and trims events to their limits.
     async fn retention(&self, finished_before: Micros) -> Result<RetentionReport>;
+    /// The hashes of every file some job references (blob garbage collection).
+    async fn file_hashes(&self) -> Result<std::collections::HashSet<String>>;
     /// Checks the backend answers.
     async fn health(&self) -> Result<()>;
 }

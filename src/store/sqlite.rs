@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS trims (
     channel TEXT PRIMARY KEY,   -- '' is the global stream
     upto INTEGER NOT NULL       -- the highest event id removed
 );
+CREATE TABLE IF NOT EXISTS file_refs (
+    hash TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (hash, job_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -332,6 +337,21 @@ fn save(conn: &Connection, job: &Job) -> Result<()> {
         body
     ])
     .map_err(db_err)?;
+    save_file_refs(conn, job)
+}
+
+/// Records which blobs the job references (for blob garbage collection).
+fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
+    if job.files.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("INSERT OR IGNORE INTO file_refs(hash, job_id) VALUES (?1, ?2)")
+        .map_err(db_err)?;
+    let id = job.id.to_string();
+    for f in job.files.values().flatten() {
+        stmt.execute(params![f.hash, id]).map_err(db_err)?;
+    }
     Ok(())
 }
 
@@ -420,6 +440,7 @@ impl JobStore for SqliteStore {
                     body
                 ])
                 .map_err(db_err)?;
+            save_file_refs(ctx.conn, &job)?;
             append_event(ctx, &job, EventKind::Status)?;
             notices_for(ctx, &job);
             Ok(Submitted { job, created: true })
@@ -773,6 +794,10 @@ impl Maintenance for SqliteStore {
                     .map_err(db_err)?
                     .execute([id])
                     .map_err(db_err)?;
+                c.prepare_cached("DELETE FROM file_refs WHERE job_id = ?1")
+                    .map_err(db_err)?
+                    .execute([id])
+                    .map_err(db_err)?;
                 c.prepare_cached("DELETE FROM jobs WHERE id = ?1")
                     .map_err(db_err)?
                     .execute([id])
@@ -826,6 +851,18 @@ impl Maintenance for SqliteStore {
                 .map_err(db_err)?;
             }
             Ok(report)
+        })
+        .await
+    }
+
+    async fn file_hashes(&self) -> Result<std::collections::HashSet<String>> {
+        self.read(|c| {
+            c.prepare("SELECT DISTINCT hash FROM file_refs")
+                .map_err(db_err)?
+                .query_map([], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)
         })
         .await
     }

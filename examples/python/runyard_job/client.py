@@ -1,0 +1,383 @@
+"""JobClient: what a running job uses to talk to runyard's hook.
+
+The hook is ``JOB_HOOK`` (``{public_url}/async``); every call to it is signed (v2 by default,
+v1 for servers that still speak webda's timestamp-only scheme). File bytes go to and come from
+the short-lived URLs the hook hands out; those URLs carry their own authorization, so they are
+fetched without the job's headers (and a signed request never follows a redirect, so the job's
+headers never leave for another host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import re
+import tempfile
+import time
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment
+from .signing import SIGNATURES, job_headers
+
+REQUIRED_ENV = ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK")
+CHUNK_SIZE = 64 * 1024
+#: (connect, read) seconds; applied to every request, including file transfers (per read).
+DEFAULT_TIMEOUT = (10.0, 60.0)
+#: Answers worth another try: the hook was briefly unavailable, nothing was decided.
+RETRY_STATUSES = (502, 503, 504)
+# Map.hash becomes a file name: only plain hex-ish names, never a path.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+Timeout = Union[float, Tuple[float, float]]
+
+
+class Secret:
+    """Holds the job's secret; never shows it in repr/str (so logs and tracebacks stay clean)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+def _md5():
+    # usedforsecurity=False: md5 is a content checksum here, and this keeps FIPS builds working.
+    return hashlib.md5(usedforsecurity=False)
+
+
+def hash_file(filepath: str) -> Tuple[str, str]:
+    """(md5 hex of the content, md5 hex of b"WEBDA" + content), in one streaming pass."""
+    file_hash = _md5()
+    challenge = _md5()
+    challenge.update(b"WEBDA")
+    with open(filepath, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK_SIZE)
+            if not chunk:
+                break
+            file_hash.update(chunk)
+            challenge.update(chunk)
+    return file_hash.hexdigest(), challenge.hexdigest()
+
+
+def md5_file(filepath: str) -> str:
+    digest = _md5()
+    with open(filepath, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of an absolute URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def resolve_location(hook: str, location: str) -> str:
+    """A file URL from the hook: absolute as is, origin-relative (``/...``) against the hook's origin."""
+    if not isinstance(location, str) or not location:
+        raise JobClientError("the hook answered without a file URL")
+    parts = urlsplit(location)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return location
+    if location.startswith("/"):
+        return origin_of(hook) + location
+    raise JobClientError(
+        f"cannot resolve file URL {location!r}: expected an absolute http(s) URL or a path starting with '/'"
+    )
+
+
+def _segment(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
+class JobClient:
+    """Client for the job hook API of one job.
+
+    >>> job = JobClient.from_env()
+    >>> job.running()
+    >>> job.progress(0.5, "half way")
+    >>> job.result({"rows": 42})
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        secret: str,
+        hook: str,
+        signature: str = "v2",
+        *,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        retries: int = 2,
+        session: Optional[requests.Session] = None,
+    ):
+        if not job_id:
+            raise ValueError("job_id is required")
+        if not secret:
+            raise ValueError("secret is required")
+        if signature not in SIGNATURES:
+            raise ValueError(f"unknown signature version {signature!r}: expected one of {', '.join(SIGNATURES)}")
+        hook = (hook or "").rstrip("/")
+        parts = urlsplit(hook)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"hook must be an absolute http(s) URL such as http://127.0.0.1:7070/async, got {hook!r}")
+        self.job_id = str(job_id)
+        self.hook = hook
+        self.signature = signature
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.session = session if session is not None else requests.Session()
+        self._secret = Secret(secret)
+        self._last_ms = 0
+
+    @classmethod
+    def from_env(cls, signature: str = "v2", environ: Optional[Dict[str, str]] = None, **kwargs) -> "JobClient":
+        """Build from JOB_ID, JOB_SECRET_KEY and JOB_HOOK (as runyard's runners set them)."""
+        env = os.environ if environ is None else environ
+        missing = [name for name in REQUIRED_ENV if not env.get(name)]
+        if missing:
+            raise MissingEnvironment(missing)
+        return cls(env["JOB_ID"], env["JOB_SECRET_KEY"], env["JOB_HOOK"], signature, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"JobClient(job_id={self.job_id!r}, hook={self.hook!r}, signature={self.signature!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "JobClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- status reports
+
+    def status(
+        self,
+        status: Optional[str] = None,
+        progress: Optional[float] = None,
+        details: Any = None,
+        results: Any = None,
+        logs: Union[None, str, Iterable[str]] = None,
+        error: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """POST {hook}/status with the given fields (None fields are left out); returns the answer."""
+        if isinstance(logs, str):
+            logs = [logs]
+        elif logs is not None:
+            logs = [str(line) for line in logs]
+        fields = (
+            ("status", status),
+            ("progress", progress),
+            ("statusDetails", details),
+            ("results", results),
+            ("logs", logs),
+            ("errorMessage", error),
+        )
+        return self._hook_call("POST", "/status", {key: value for key, value in fields if value is not None})
+
+    def running(self) -> Dict[str, Any]:
+        return self.status("RUNNING")
+
+    def progress(self, value: float, details: Any = None) -> Dict[str, Any]:
+        """Report progress, a fraction from 0.0 to 1.0, with optional statusDetails."""
+        return self.status(progress=value, details=details)
+
+    def log(self, *lines: str) -> Dict[str, Any]:
+        return self.status(logs=[str(line) for line in lines])
+
+    def result(self, value: Any) -> Dict[str, Any]:
+        """Report the job's results and SUCCESS."""
+        return self.status("SUCCESS", results=value)
+
+    def fail(self, message: str) -> Dict[str, Any]:
+        """Report ERROR with an error message."""
+        return self.status("ERROR", error=str(message))
+
+    # ----------------------------------------------------------------- the job itself
+
+    def job(self) -> Dict[str, Any]:
+        """GET {hook}/job: ``{id, type, args, attempt}``."""
+        return self._hook_call("GET", "/job")
+
+    def args(self) -> Any:
+        """The job's args: JOB_ARGS (JSON) when set, else asked from the hook. ``{}`` when null."""
+        raw = os.environ.get("JOB_ARGS")
+        if raw is not None and raw.strip():
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:
+                raise JobClientError(f"JOB_ARGS is not valid JSON: {exc}") from None
+        else:
+            value = self.job().get("args")
+        return {} if value is None else value
+
+    # ----------------------------------------------------------------- files
+
+    def resolve(self, location: str) -> str:
+        return resolve_location(self.hook, location)
+
+    def download(
+        self,
+        property: str,
+        index: int = 0,
+        dirpath: str = ".",
+        store: str = "jobs",
+        uuid: Optional[str] = None,
+    ) -> str:
+        """Fetch file ``index`` of ``property`` into ``dirpath/<md5>`` and return that path.
+
+        A file already there with the right content is not fetched again. The bytes are checked
+        against the announced md5 before the file appears under its final name.
+        """
+        answer = self._hook_call(
+            "GET",
+            f"/download/{_segment(store)}/{_segment(uuid or self.job_id)}/{_segment(property)}/{int(index)}",
+        )
+        try:
+            location = answer["Location"]
+            expected = str(answer["Map"]["hash"])
+        except (KeyError, TypeError):
+            raise JobClientError("the download answer lacks Location or Map.hash") from None
+        if not _SAFE_NAME.fullmatch(expected):
+            raise IntegrityError(f"refusing to use {expected!r} as a file name")
+        expected_md5 = expected.lower()
+
+        os.makedirs(dirpath, exist_ok=True)
+        target = os.path.join(dirpath, expected)
+        if os.path.isfile(target) and md5_file(target) == expected_md5:
+            return target
+
+        url = self.resolve(location)
+        fd, partial = tempfile.mkstemp(dir=dirpath, prefix=".download-")
+        try:
+            digest = _md5()
+            with os.fdopen(fd, "wb") as out:
+                with self.session.get(url, stream=True, timeout=self.timeout) as response:
+                    if response.status_code >= 300:
+                        raise HookError.from_response(response, self._secret.reveal())
+                    for chunk in response.iter_content(CHUNK_SIZE):
+                        digest.update(chunk)
+                        out.write(chunk)
+            if digest.hexdigest() != expected_md5:
+                raise IntegrityError(
+                    f"downloaded {property}[{index}] has md5 {digest.hexdigest()}, the hook announced {expected_md5}"
+                )
+            os.replace(partial, target)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+        return target
+
+    def upload(
+        self,
+        property: str,
+        filepath: str,
+        metadata: Optional[Dict[str, Any]] = None,
+        store: str = "jobs",
+        uuid: Optional[str] = None,
+    ) -> bool:
+        """Store ``filepath`` as a new file of ``property``.
+
+        Returns False when the server already had the content (proven by the challenge, nothing
+        sent), True when the bytes were sent. ``metadata`` defaults to the file's name and mimetype.
+        """
+        file_hash, challenge = hash_file(filepath)
+        if metadata is None:
+            name = os.path.basename(filepath)
+            metadata = {"name": name}
+            mimetype = mimetypes.guess_type(name)[0]
+            if mimetype:
+                metadata["mimetype"] = mimetype
+        answer = self._hook_call(
+            "PUT",
+            f"/upload/{_segment(store)}/{_segment(uuid or self.job_id)}/{_segment(property)}",
+            {"hash": file_hash, "challenge": challenge, "metadata": metadata},
+        )
+        if answer.get("done"):
+            return False
+        url = self.resolve(answer.get("url"))
+        method = str(answer.get("method") or "PUT").upper()
+        with open(filepath, "rb") as f:
+            response = self.session.request(
+                method,
+                url,
+                data=f,
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=self.timeout,
+            )
+        if response.status_code >= 300:
+            raise HookError.from_response(response, self._secret.reveal())
+        return True
+
+    # ----------------------------------------------------------------- signed transport
+
+    def _timestamp(self) -> str:
+        # Strictly increasing per client: two reports in the same millisecond would otherwise
+        # look like a replay to the server (always for v1, whose hash covers only the time).
+        now = int(time.time() * 1000)
+        self._last_ms = max(now, self._last_ms + 1)
+        return str(self._last_ms)
+
+    def _hook_call(self, method: str, path: str, payload: Any = None) -> Dict[str, Any]:
+        """One signed call to the hook; JSON in, JSON out. Retries when the hook is unreachable."""
+        url = self.hook + path
+        headers = {"Accept": "application/json"}
+        body = None
+        if payload is not None:
+            # Serialized here, sent as is: the v2 signature covers exactly these bytes.
+            body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+
+        attempt = 0
+        while True:
+            prepared = self.session.prepare_request(requests.Request(method, url, data=body, headers=headers))
+            # path_url is the request target exactly as it goes on the wire (path + "?query").
+            prepared.headers.update(
+                job_headers(
+                    self.job_id,
+                    self._secret.reveal(),
+                    self._timestamp(),
+                    self.signature,
+                    prepared.method,
+                    prepared.path_url,
+                    body or b"",
+                )
+            )
+            settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
+            try:
+                response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt >= self.retries:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                    break
+            attempt += 1
+            time.sleep(0.5 * 2 ** (attempt - 1))
+
+        if response.status_code >= 300:
+            raise HookError.from_response(response, self._secret.reveal())
+        if not response.content:
+            return {}
+        try:
+            answer = response.json()
+        except ValueError:
+            raise HookError(response.status_code, "bad_response", f"{method} {path}: the hook did not answer JSON") from None
+        return answer if isinstance(answer, dict) else {"result": answer}

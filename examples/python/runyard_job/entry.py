@@ -1,0 +1,42 @@
+"""run(): the few lines every job script would otherwise repeat."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any, Callable, Optional
+
+from .client import JobClient
+from .errors import JobClientError, redact
+
+JobFunction = Callable[[JobClient, Any], Any]
+
+
+def run(fn: Optional[JobFunction] = None, *, client: Optional[JobClient] = None):
+    """Run ``fn(client, args)`` as this process's job, and return what it returned.
+
+    Reports RUNNING, calls ``fn``, reports SUCCESS with its return value as ``results``. If anything
+    raises, reports ERROR with ``errorMessage = str(exc)`` and exits with status 1 (2 when the
+    process was not started by runyard). Usable as ``run(main)`` or as a decorator (``@run``, which
+    runs the function right away, so put it in the script, not in an importable module).
+    """
+    if fn is None:
+        return lambda f: run(f, client=client)
+    try:
+        job = client if client is not None else JobClient.from_env()
+    except (JobClientError, ValueError) as exc:
+        print(f"runyard_job: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        job.running()
+        result = fn(job, job.args())
+        job.result(result)
+        return result
+    except Exception as exc:  # the job failed: say why, then exit non-zero
+        traceback.print_exc()
+        message = redact(str(exc) or type(exc).__name__, job._secret.reveal())
+        try:
+            job.fail(message)
+        except Exception as report_error:
+            print(f"runyard_job: could not report the error: {report_error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,72 @@
+"""Exceptions raised by the job client. None of them ever carries the job's secret."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+
+class JobClientError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class MissingEnvironment(JobClientError):
+    """JOB_ID, JOB_SECRET_KEY or JOB_HOOK is not set (the process was not started by runyard)."""
+
+    def __init__(self, missing):
+        self.missing = list(missing)
+        names = ", ".join(self.missing)
+        super().__init__(
+            f"missing environment variable(s): {names} "
+            "(runyard sets JOB_ID, JOB_SECRET_KEY and JOB_HOOK for a running job)"
+        )
+
+
+class IntegrityError(JobClientError):
+    """Downloaded bytes do not match the hash the server announced."""
+
+
+class HookError(JobClientError):
+    """The hook (or a file URL it handed out) answered with an error status.
+
+    ``status_code`` is the HTTP status, ``code`` and ``message`` come from runyard's
+    ``{"error": {"code", "message"}}`` body (or are derived from the status when the body is not that).
+    """
+
+    def __init__(self, status_code: int, code: str, message: str):
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        super().__init__(status_code, code, message)
+
+    def __str__(self) -> str:
+        return f"hook answered {self.status_code} {self.code}: {self.message}"
+
+    @classmethod
+    def from_response(cls, response, secret: Optional[str] = None) -> "HookError":
+        """Build from a ``requests.Response``; ``secret`` is scrubbed from the text if echoed."""
+        code = f"http_{response.status_code}"
+        message = (response.reason or "").strip() or "request failed"
+        try:
+            body = response.json()
+        except ValueError:
+            text = (response.text or "").strip()
+            if text:
+                message = text[:500]
+        else:
+            error = body.get("error") if isinstance(body, dict) else None
+            if isinstance(error, dict):
+                code = str(error.get("code") or code)
+                message = str(error.get("message") or message)
+            elif isinstance(error, str):
+                message = error
+            elif body is not None:
+                message = json.dumps(body)[:500]
+        return cls(response.status_code, redact(code, secret), redact(message, secret))
+
+
+def redact(text: str, secret: Optional[str]) -> str:
+    """Remove the secret from text that is about to be shown (a server should never echo it)."""
+    if secret and text:
+        return text.replace(secret, "***")
+    return text

@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_ROOT = os.path.dirname(HERE)  # examples/python
+JOBS_DIR = os.path.join(PACKAGE_ROOT, "jobs")
+
+sys.path.insert(0, HERE)  # stub_hook
+sys.path.insert(0, PACKAGE_ROOT)  # runyard_job without installing
+
+from stub_hook import StubHook  # noqa: E402
+
+from runyard_job import JobClient  # noqa: E402
+
+
+@pytest.fixture
+def stub():
+    hook = StubHook().start()
+    yield hook
+    hook.stop()
+
+
+@pytest.fixture
+def client(stub):
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0) as c:
+        yield c

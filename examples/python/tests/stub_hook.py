@@ -1,0 +1,226 @@
+"""A tiny in-process stand-in for runyard's job hook, for tests that need no real server.
+
+It verifies v1 and v2 signatures the way the contract says the server must (from the raw request
+target and the raw body bytes), enforces "a job touches only its own files", hands out
+short-lived file URLs (absolute or origin-relative) and records every report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, List, Optional
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+class StubHook:
+    def __init__(self, job_id="0190b8c6-7f1e-7000-8000-000000000001", secret="s3cr3t-0123456789abcdef"):
+        self.job_id = job_id
+        self.secret = secret
+        self.job_type = "py.test"
+        self.args = {"name": "stub"}
+        self.files: Dict[str, List[bytes]] = {}
+        self.known_content: Dict[str, bytes] = {}  # md5 -> content the store already holds
+        self.location_mode = "absolute"  # or "relative"
+        self.corrupt_downloads = False
+        self.fail_next: List[int] = []  # statuses to answer (once each) before handling
+        self.echo_secret_in_errors = False
+        self.require_v2 = False
+        self.reports: List[dict] = []
+        self.requests: List[dict] = []  # every request: method, target, headers, body, signature
+        self._tokens: Dict[str, tuple] = {}
+        self._seen = set()
+        self._lock = threading.Lock()
+        self.terminal = False
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    # -- lifecycle
+    @property
+    def origin(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def hook(self) -> str:
+        return self.origin + "/async"
+
+    def env(self) -> Dict[str, str]:
+        return {
+            "JOB_ID": self.job_id,
+            "JOB_SECRET_KEY": self.secret,
+            "JOB_HOOK": self.hook,
+            "JOB_TYPE": self.job_type,
+            "JOB_ARGS": json.dumps(self.args),
+        }
+
+    def start(self) -> "StubHook":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- helpers for tests
+    def add_input(self, prop: str, data: bytes) -> None:
+        self.files.setdefault(prop, []).append(data)
+        self.known_content[md5(data)] = data
+
+    def statuses(self) -> List[Optional[str]]:
+        return [r.get("status") for r in self.reports if r.get("status")]
+
+    def _handler(self):
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _send(self, code: int, payload=None, raw: Optional[bytes] = None):
+                data = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, code: int, err: str, message: str):
+                if stub.echo_secret_in_errors:
+                    message = f"{message} (secret was {stub.secret})"
+                self._send(code, {"error": {"code": err, "message": message}})
+
+            def _verify(self, body: bytes) -> Optional[str]:
+                """None when the signature is good, else the error already sent."""
+                h = self.headers
+                job, ts, given = h.get("X-Job-Id"), h.get("X-Job-Time"), h.get("X-Job-Hash")
+                version = h.get("X-Job-Signature") or "v1"
+                stub.requests.append(
+                    {"method": self.command, "target": self.path, "headers": dict(h), "body": body, "signature": version}
+                )
+                if not (job and ts and given):
+                    self._error(401, "unauthorized", "missing signature")
+                    return "401"
+                if job != stub.job_id:
+                    self._error(404, "not_found", "unknown job")
+                    return "404"
+                if abs(int(time.time() * 1000) - int(ts)) > 5 * 60 * 1000:
+                    self._error(401, "unauthorized", "stale time")
+                    return "401"
+                key = stub.secret.encode()
+                if version == "v2":
+                    digest = hashlib.sha256(body).hexdigest()
+                    msg = f"{ts}\n{self.command}\n{self.path}\n{digest}".encode()
+                elif version == "v1" and not stub.require_v2:
+                    msg = ts.encode()
+                else:
+                    self._error(401, "unauthorized", f"signature {version} refused")
+                    return "401"
+                expected = hmac.new(key, msg, hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(expected, given.lower()):
+                    self._error(401, "unauthorized", "bad signature")
+                    return "401"
+                with stub._lock:
+                    if (job, ts, given) in stub._seen:
+                        self._error(401, "replay", "replayed request")
+                        return "401"
+                    stub._seen.add((job, ts, given))
+                return None
+
+            def _own(self, store: str, uuid: str) -> bool:
+                if store != "jobs" or uuid != stub.job_id:
+                    self._error(403, "forbidden", "a job may only touch its own files")
+                    return False
+                return True
+
+            def _handle(self):
+                body = self._body()
+                if stub.fail_next:
+                    self._error(stub.fail_next.pop(0), "unavailable", "try again")
+                    return
+                parts = self.path.split("?", 1)[0].strip("/").split("/")
+                # unsigned, token-authorized file URLs
+                if parts[0] == "files" and self.command == "GET":
+                    entry = stub._tokens.pop(parts[1], None)
+                    if entry is None:
+                        return self._error(404, "not_found", "no such file url")
+                    data = entry[1]
+                    if stub.corrupt_downloads:
+                        data = data + b"!"
+                    return self._send(200, raw=data)
+                if parts[0] == "bytes" and self.command == "PUT":
+                    entry = stub._tokens.pop(parts[1], None)
+                    if entry is None:
+                        return self._error(404, "not_found", "no such upload url")
+                    prop, expected = entry
+                    if md5(body) != expected:
+                        return self._error(400, "bad_hash", "content does not match the announced hash")
+                    stub.files.setdefault(prop, []).append(body)
+                    stub.known_content[expected] = body
+                    return self._send(200, {})
+                if parts[0] != "async":
+                    return self._error(404, "not_found", "no route")
+                if self._verify(body):
+                    return
+                route = parts[1:]
+                if self.command == "POST" and route == ["status"]:
+                    if stub.terminal:
+                        return self._error(409, "conflict", "job is terminal")
+                    report = json.loads(body or b"{}")
+                    stub.reports.append(report)
+                    if report.get("status") in ("SUCCESS", "ERROR"):
+                        stub.terminal = True
+                    return self._send(200, {"id": stub.job_id, "status": report.get("status", "RUNNING")})
+                if self.command == "GET" and route == ["job"]:
+                    return self._send(200, {"id": stub.job_id, "type": stub.job_type, "args": stub.args, "attempt": 1})
+                if self.command == "GET" and len(route) == 5 and route[0] == "download":
+                    _, store, uuid, prop, index = route
+                    if not self._own(store, uuid):
+                        return
+                    items = stub.files.get(prop, [])
+                    if int(index) >= len(items):
+                        return self._error(404, "not_found", f"no file {prop}[{index}]")
+                    data = items[int(index)]
+                    token = secrets.token_hex(8)
+                    stub._tokens[token] = (prop, data)
+                    location = f"/files/{token}"
+                    if stub.location_mode == "absolute":
+                        location = stub.origin + location
+                    meta = {"hash": md5(data), "size": len(data), "mimetype": "text/plain", "name": "input.txt"}
+                    return self._send(200, {"Location": location, "Map": meta})
+                if self.command == "PUT" and len(route) == 4 and route[0] == "upload":
+                    _, store, uuid, prop = route
+                    if not self._own(store, uuid):
+                        return
+                    req = json.loads(body)
+                    known = stub.known_content.get(req["hash"])
+                    if known is not None:
+                        if md5(b"WEBDA" + known) != req["challenge"]:
+                            return self._error(400, "bad_challenge", "challenge does not prove the content")
+                        stub.files.setdefault(prop, []).append(known)
+                        return self._send(200, {"done": True})
+                    token = secrets.token_hex(8)
+                    stub._tokens[token] = (prop, req["hash"])
+                    url = f"/bytes/{token}"
+                    if stub.location_mode == "absolute":
+                        url = stub.origin + url
+                    return self._send(200, {"done": False, "method": "PUT", "url": url})
+                return self._error(404, "not_found", "no route")
+
+            do_GET = do_POST = do_PUT = _handle
+
+        return Handler

@@ -1,0 +1,142 @@
+"""End-to-end: the example jobs run by a real runyard server.
+
+Skipped unless RUNYARD_TEST_SERVER is the base URL of a running server (e.g. http://127.0.0.1:7070)
+started from the repository root with the runners of examples/python/runyard-test.toml, by a
+python3 that has `requests` installed. RUNYARD_TEST_TOKEN, if set, is sent as a bearer token.
+"""
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+import requests
+
+SERVER = os.environ.get("RUNYARD_TEST_SERVER", "").rstrip("/")
+TOKEN = os.environ.get("RUNYARD_TEST_TOKEN")
+TERMINAL = {"SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"}
+TIMEOUT = 10  # seconds, per HTTP call
+TEXT = "the quick brown fox\njumps over\n\nthe lazy dog\n"
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not SERVER, reason="set RUNYARD_TEST_SERVER=http://127.0.0.1:7070 to run against a server"),
+]
+
+
+@pytest.fixture(scope="module")
+def http():
+    with requests.Session() as session:
+        if TOKEN:
+            session.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield session
+
+
+def submit(http, job, inputs=None):
+    """POST /async/jobs: JSON, or multipart with a `job` part and `inputs` file parts."""
+    if inputs is None:
+        response = http.post(f"{SERVER}/async/jobs", json=job, timeout=TIMEOUT)
+    else:
+        parts = [("job", (None, json.dumps(job), "application/json"))]
+        parts += [("inputs", (f"input{i}.txt", data, "text/plain")) for i, data in enumerate(inputs)]
+        response = http.post(f"{SERVER}/async/jobs", files=parts, timeout=TIMEOUT)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["job_id"] and answer["status"], answer
+    return answer["job_id"]
+
+
+def wait(http, job_id, bound=60.0):
+    """Poll GET /async/jobs/{id} until a terminal status."""
+    deadline = time.monotonic() + bound
+    job = None
+    while time.monotonic() < deadline:
+        response = http.get(f"{SERVER}/async/jobs/{job_id}", timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if job.get("status") in TERMINAL:
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} not terminal after {bound}s: {job}")
+
+
+def results_of(http, job_id, job):
+    for key in ("results", "result"):
+        if job.get(key) is not None:
+            return job[key]
+    response = http.get(f"{SERVER}/async/jobs/{job_id}/result", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def output(http, job_id, index=0):
+    response = http.get(f"{SERVER}/async/jobs/{job_id}/files/outputs/{index}", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def events_for(http, job_id):
+    """This job's events from the global stream, oldest first (pages until nothing new)."""
+    found, last_id = [], "0"
+    for _ in range(1000):
+        response = http.get(f"{SERVER}/api/v1/async_event/", params={"last_id": last_id}, timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        page = response.json()["result"]
+        if not page or str(page[-1].get("id")) == last_id:
+            break
+        found += [e for e in page if e.get("job_id") == job_id]
+        last_id = str(page[-1]["id"])
+    return found
+
+
+def test_wordcount(http):
+    job_id = submit(http, {"type": "py.wordcount"}, inputs=[TEXT.encode()])
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS", job
+    assert results_of(http, job_id, job) == {"lines": 4, "words": 9}
+    assert json.loads(output(http, job_id)) == {"lines": 4, "words": 9}
+
+    events = events_for(http, job_id)
+    statuses = [e["runyard_status"] for e in events]
+    assert "RUNNING" in statuses and "SUCCESS" in statuses, events
+    running, success = statuses.index("RUNNING"), statuses.index("SUCCESS")
+    between = events[running + 1 : success]
+    assert any((e.get("progress") or 0) > 0 for e in between), events
+    assert events[success]["status"] == "done"
+    assert all(e["status"] == "running" for e in between)
+
+
+def test_seed_v1_client(http):
+    job_id = submit(http, {"type": "py.seed_v1"}, inputs=[TEXT.encode()])
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS", job
+    assert results_of(http, job_id, job) == {"seed": True}
+    assert output(http, job_id) == TEXT.encode()
+    statuses = [e["runyard_status"] for e in events_for(http, job_id)]
+    assert statuses.index("RUNNING") < statuses.index("SUCCESS")
+
+
+def test_hello(http):
+    job_id = submit(http, {"type": "py.hello", "args": {"name": "runyard"}})
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS", job
+    assert results_of(http, job_id, job) == {"hello": "runyard"}
+    statuses = [e["runyard_status"] for e in events_for(http, job_id)]
+    assert statuses.index("RUNNING") < statuses.index("SUCCESS")
+
+
+def test_fail(http):
+    job_id = submit(http, {"type": "py.fail"})
+    job = wait(http, job_id)
+    assert job["status"] == "ERROR", job
+    assert "ERROR" in [e["runyard_status"] for e in events_for(http, job_id)]
+
+
+def test_unsigned_hook_call_is_refused(http):
+    response = requests.post(
+        f"{SERVER}/async/status", json={"status": "RUNNING"}, headers={"X-Job-Id": str(uuid.uuid4())}, timeout=TIMEOUT
+    )
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert error["code"] and error["message"]

@@ -1,0 +1,249 @@
+import hashlib
+import json
+import os
+
+import pytest
+
+from runyard_job import HookError, IntegrityError, JobClient, MissingEnvironment, hash_file, resolve_location, run
+from runyard_job.errors import JobClientError
+
+# ---------------------------------------------------------------- construction and environment
+
+
+def test_from_env_names_the_missing_variable():
+    with pytest.raises(MissingEnvironment) as info:
+        JobClient.from_env(environ={"JOB_ID": "j", "JOB_HOOK": "http://127.0.0.1:7070/async"})
+    text = str(info.value)
+    assert "JOB_SECRET_KEY" in text
+    assert "JOB_ID," not in text.split("(")[0] and "JOB_HOOK" not in text.split("(")[0]
+    assert info.value.missing == ["JOB_SECRET_KEY"]
+
+
+def test_from_env_names_every_missing_variable():
+    with pytest.raises(MissingEnvironment) as info:
+        JobClient.from_env(environ={"JOB_SECRET_KEY": ""})
+    assert info.value.missing == ["JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK"]
+
+
+def test_from_env_reads_the_three_variables():
+    c = JobClient.from_env(environ={"JOB_ID": "j1", "JOB_SECRET_KEY": "k", "JOB_HOOK": "http://h:1/async/"})
+    assert (c.job_id, c.hook, c.signature) == ("j1", "http://h:1/async", "v2")
+
+
+def test_rejects_bad_hook_and_signature():
+    with pytest.raises(ValueError):
+        JobClient("j", "k", "127.0.0.1:7070/async")
+    with pytest.raises(ValueError):
+        JobClient("j", "k", "http://127.0.0.1:7070/async", signature="v3")
+
+
+def test_secret_is_not_in_repr():
+    c = JobClient("j", "very-secret-value", "http://127.0.0.1:7070/async")
+    assert "very-secret-value" not in repr(c)
+    assert "very-secret-value" not in repr(vars(c))
+
+
+def test_timestamps_strictly_increase():
+    c = JobClient("j", "k", "http://127.0.0.1:7070/async")
+    stamps = [int(c._timestamp()) for _ in range(50)]
+    assert stamps == sorted(set(stamps))
+
+
+# ---------------------------------------------------------------- status reports (signed, v2 and v1)
+
+
+def test_status_sends_only_the_given_fields_signed_v2(stub, client):
+    client.status("RUNNING", progress=0.5, details="half", results={"a": 1}, logs=["l1"], error=None)
+    client.progress(0.75)
+    client.log("one", "two")
+    assert stub.reports == [
+        {"status": "RUNNING", "progress": 0.5, "statusDetails": "half", "results": {"a": 1}, "logs": ["l1"]},
+        {"progress": 0.75},
+        {"logs": ["one", "two"]},
+    ]
+    assert all(r["signature"] == "v2" for r in stub.requests)
+    assert all(r["headers"]["Content-Type"] == "application/json" for r in stub.requests)
+
+
+def test_result_and_fail(stub, client):
+    client.result({"n": 1})
+    assert stub.reports[-1] == {"status": "SUCCESS", "results": {"n": 1}}
+    assert stub.statuses() == ["SUCCESS"]
+
+
+def test_fail_reports_error_message(stub, client):
+    client.fail("boom")
+    assert stub.reports[-1] == {"status": "ERROR", "errorMessage": "boom"}
+
+
+def test_v1_signature_is_accepted_and_has_no_signature_header(stub):
+    with JobClient(stub.job_id, stub.secret, stub.hook, signature="v1", retries=0) as c:
+        c.running()
+        c.running()  # same millisecond would be a replay for v1 without strictly increasing times
+    assert [r["signature"] for r in stub.requests] == ["v1", "v1"]
+    assert "X-Job-Signature" not in stub.requests[0]["headers"]
+
+
+def test_query_is_part_of_the_signed_target(stub, client):
+    answer = client._hook_call("GET", "/job?attempt=1&x=a%20b")
+    assert answer["id"] == stub.job_id
+    assert stub.requests[-1]["target"] == "/async/job?attempt=1&x=a%20b"
+
+
+def test_wrong_secret_is_refused_with_hook_error(stub):
+    with JobClient(stub.job_id, "wrong-secret", stub.hook, retries=0) as c:
+        with pytest.raises(HookError) as info:
+            c.running()
+    assert info.value.status_code == 401
+    assert info.value.code == "unauthorized"
+    assert info.value.message == "bad signature"
+
+
+def test_hook_error_never_contains_the_secret(stub, client):
+    stub.echo_secret_in_errors = True
+    stub.terminal = True
+    with pytest.raises(HookError) as info:
+        client.running()
+    err = info.value
+    assert err.status_code == 409 and err.code == "conflict"
+    for text in (str(err), repr(err), err.message, err.code, str(err.args)):
+        assert stub.secret not in text
+    assert "***" in err.message
+
+
+def test_hook_error_from_a_non_json_body():
+    class Response:
+        status_code = 502
+        reason = "Bad Gateway"
+        text = "<html>upstream down, key=abc</html>"
+
+        def json(self):
+            raise ValueError("no json")
+
+    err = HookError.from_response(Response(), secret="abc")
+    assert (err.status_code, err.code) == (502, "http_502")
+    assert "abc" not in str(err)
+
+
+def test_retries_when_the_hook_is_briefly_unavailable(stub):
+    stub.fail_next = [503]
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=1, timeout=5) as c:
+        c.running()
+    assert stub.statuses() == ["RUNNING"]
+
+
+def test_gives_up_after_the_retries(stub, client):
+    stub.fail_next = [503]
+    with pytest.raises(HookError) as info:
+        client.running()
+    assert info.value.status_code == 503
+
+
+def test_job_and_args(stub, client, monkeypatch):
+    assert client.job() == {"id": stub.job_id, "type": "py.test", "args": {"name": "stub"}, "attempt": 1}
+    monkeypatch.setenv("JOB_ARGS", '{"name": "env"}')
+    assert client.args() == {"name": "env"}
+    monkeypatch.delenv("JOB_ARGS")
+    assert client.args() == {"name": "stub"}
+    monkeypatch.setenv("JOB_ARGS", "{not json")
+    with pytest.raises(JobClientError, match="JOB_ARGS"):
+        client.args()
+
+
+# ---------------------------------------------------------------- file URLs
+
+
+def test_location_resolution():
+    hook = "https://runyard.example:8443/async"
+    assert resolve_location(hook, "http://files.example/x?sig=1") == "http://files.example/x?sig=1"
+    assert resolve_location(hook, "/async/files/abc?sig=1") == "https://runyard.example:8443/async/files/abc?sig=1"
+    assert resolve_location("http://127.0.0.1:7070/async", "/f/1") == "http://127.0.0.1:7070/f/1"
+    with pytest.raises(JobClientError):
+        resolve_location(hook, "files/abc")
+    with pytest.raises(JobClientError):
+        resolve_location(hook, "")
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_download(stub, client, tmp_path, mode):
+    stub.location_mode = mode
+    data = b"hello\nworld\n"
+    stub.add_input("inputs", data)
+    path = client.download("inputs", 0, dirpath=str(tmp_path))
+    assert path == os.path.join(str(tmp_path), hashlib.md5(data).hexdigest())
+    assert open(path, "rb").read() == data
+    assert stub.requests[0]["target"] == f"/async/download/jobs/{stub.job_id}/inputs/0"
+    # present with the right content: no second fetch of the bytes
+    before = len(stub._tokens)
+    assert client.download("inputs", 0, dirpath=str(tmp_path)) == path
+    assert len(stub._tokens) == before + 1  # a URL was handed out but never used
+    assert os.listdir(str(tmp_path)) == [os.path.basename(path)]
+
+
+def test_download_checks_the_md5(stub, client, tmp_path):
+    stub.add_input("inputs", b"abc")
+    stub.corrupt_downloads = True
+    with pytest.raises(IntegrityError):
+        client.download("inputs", 0, dirpath=str(tmp_path))
+    assert os.listdir(str(tmp_path)) == []  # no partial file left behind
+
+
+def test_download_of_another_job_is_forbidden(stub, client, tmp_path):
+    with pytest.raises(HookError) as info:
+        client.download("inputs", 0, dirpath=str(tmp_path), uuid="someone-else")
+    assert info.value.status_code == 403
+
+
+def test_challenge_is_md5_of_webda_plus_content(tmp_path):
+    content = os.urandom(200_000)  # several read chunks
+    path = tmp_path / "f.bin"
+    path.write_bytes(content)
+    file_hash, challenge = hash_file(str(path))
+    assert file_hash == hashlib.md5(content).hexdigest()
+    assert challenge == hashlib.md5(b"WEBDA" + content).hexdigest()
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_upload_then_dedup(stub, client, tmp_path, mode):
+    stub.location_mode = mode
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"lines": 2}))
+    assert client.upload("outputs", str(path)) is True
+    assert stub.files["outputs"] == [path.read_bytes()]
+    sent = json.loads(stub.requests[-1]["body"])
+    assert sent["hash"] == hashlib.md5(path.read_bytes()).hexdigest()
+    assert sent["challenge"] == hashlib.md5(b"WEBDA" + path.read_bytes()).hexdigest()
+    assert sent["metadata"] == {"name": "report.json", "mimetype": "application/json"}
+    # the same content again: the server already has it, nothing is sent
+    assert client.upload("outputs", str(path), metadata={}) is False
+    assert len(stub.files["outputs"]) == 2
+
+
+# ---------------------------------------------------------------- run()
+
+
+def test_run_reports_running_then_success(stub, client, monkeypatch):
+    monkeypatch.setenv("JOB_ARGS", '{"x": 2}')
+    assert run(lambda job, args: {"double": args["x"] * 2}, client=client) == {"double": 4}
+    assert stub.reports == [{"status": "RUNNING"}, {"status": "SUCCESS", "results": {"double": 4}}]
+
+
+def test_run_reports_the_error_and_exits_non_zero(stub, client, monkeypatch):
+    monkeypatch.setenv("JOB_ARGS", "{}")
+
+    def broken(job, args):
+        raise RuntimeError("no such table")
+
+    with pytest.raises(SystemExit) as info:
+        run(broken, client=client)
+    assert info.value.code == 1
+    assert stub.reports == [{"status": "RUNNING"}, {"status": "ERROR", "errorMessage": "no such table"}]
+
+
+def test_run_outside_runyard_exits_2(monkeypatch, capsys):
+    for name in ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as info:
+        run(lambda job, args: None)
+    assert info.value.code == 2
+    assert "JOB_ID" in capsys.readouterr().err

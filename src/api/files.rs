@@ -1,0 +1,187 @@
+//! Client file routes: attach an input before a job runs, fetch any file of a job.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::parse_job_id;
+use super::hooks::{file_error, stream_blob, valid_property};
+use super::AppState;
+use crate::job::{Command, FileRef};
+
+/// Query of the attach route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachParams {
+    name: Option<String>,
+}
+
+/// `PUT /async/jobs/{id}/files/{property}`: the body is the file; `?name=` names it.
+pub async fn attach(
+    State(st): State<AppState>,
+    Path((id, property)): Path<(String, String)>,
+    q: Result<Query<AttachParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let id = parse_job_id(&id)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    if !valid_property(&property) {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            "property must be 1-64 letters, digits, '_' or '-'",
+        ));
+    }
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    if job.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "illegal_transition",
+            format!("job is {}: no more files", job.status),
+        ));
+    }
+    let stored = st
+        .app
+        .blobs
+        .put(
+            body.into_data_stream(),
+            st.app.config.hooks.max_file_bytes,
+            None,
+        )
+        .await
+        .map_err(file_error)?;
+    let file = FileRef {
+        hash: stored.hash.clone(),
+        size: stored.size,
+        mimetype: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string(),
+        name: q.name.unwrap_or_default(),
+        metadata: json!({}),
+    };
+    let job = st
+        .app
+        .store
+        .apply(
+            id,
+            Command::AttachFile {
+                property: property.clone(),
+                file,
+                by_job: false,
+            },
+        )
+        .await?;
+    let index = job.files.get(&property).map(|l| l.len() - 1).unwrap_or(0);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"job_id": id, "property": property, "index": index, "hash": stored.hash, "size": stored.size})),
+    )
+        .into_response())
+}
+
+/// `GET /async/jobs/{id}/files/{property}/{index}`: the bytes.
+pub async fn fetch(
+    State(st): State<AppState>,
+    Path((id, property, index)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let id = parse_job_id(&id)?;
+    if !valid_property(&property) {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            "property must be 1-64 letters, digits, '_' or '-'",
+        ));
+    }
+    let index: usize = index
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_path", "index must be a non-negative integer"))?;
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let f = job
+        .files
+        .get(&property)
+        .and_then(|l| l.get(index))
+        .ok_or_else(|| ApiError::not_found(format!("no file {property}[{index}] on this job")))?;
+    stream_blob(&st, &f.hash, &f.mimetype, &f.name).await
+}
+
+/// Reads a multipart submit: the `job` part (JSON) and file parts named by property. Files are
+/// stored first (content-addressed, harmless if the submit then fails) and attached to the job
+/// before it is stored, so they are there before it can start.
+pub async fn read_multipart(
+    st: &AppState,
+    mut mp: axum::extract::Multipart,
+) -> ApiResult<(bytes::Bytes, Vec<(String, FileRef)>)> {
+    let mut job_json = None;
+    let mut files = Vec::new();
+    loop {
+        let field = mp
+            .next_field()
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+        let Some(field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        if name == "job" {
+            let b = field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+            if b.len() > st.app.config.api.max_body_bytes {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the `job` part is too large",
+                ));
+            }
+            job_json = Some(b);
+            continue;
+        }
+        if !valid_property(&name) {
+            return Err(ApiError::bad_request(
+                "bad_multipart",
+                format!(
+                    "file part `{name}`: its name must be a property (letters, digits, '_', '-')"
+                ),
+            ));
+        }
+        let file_name = field.file_name().unwrap_or("").to_string();
+        let mimetype = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let stored = st
+            .app
+            .blobs
+            .put(field, st.app.config.hooks.max_file_bytes, None)
+            .await
+            .map_err(file_error)?;
+        files.push((
+            name,
+            FileRef {
+                hash: stored.hash,
+                size: stored.size,
+                mimetype,
+                name: file_name,
+                metadata: json!({}),
+            },
+        ));
+    }
+    let job_json = job_json.ok_or_else(|| {
+        ApiError::bad_request("bad_multipart", "a `job` part (the job JSON) is required")
+    })?;
+    Ok((job_json, files))
+}

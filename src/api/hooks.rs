@@ -1,0 +1,500 @@
+//! The job hook API: what a running job calls, authenticated by its signature (v1 or v2, see
+//! docs/hooks.md). A job may touch only its own job (403 otherwise); a job that is not running
+//! can no longer report (409).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use runyard_hooks::wire::{
+    DownloadResponse, FileMeta, JobSelf, StatusReport, UploadRequest, UploadResponse,
+};
+use runyard_hooks::{HookHeaders, VerifyError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{body_bytes, parse_json};
+use super::signed_url::URL_TTL_SECS;
+use super::AppState;
+use crate::files::{valid_hash, FileError};
+use crate::job::{now_us, Command, FileRef, HookReport, Job, JobStatus};
+use crate::store::LogStream;
+
+/// Most log lines one report may carry.
+pub const MAX_REPORT_LINES: usize = 1000;
+/// Longest log line kept whole.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+fn verify_error(e: VerifyError) -> ApiError {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+/// Authenticates a hook call; returns the job it is for.
+pub async fn authenticate(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Job> {
+    let hh = HookHeaders::from_headers(headers).map_err(verify_error)?;
+    let id = Uuid::parse_str(&hh.job_id).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_header",
+            "X-Job-Id is not a job id",
+        )
+    })?;
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let secret =
+        runyard_hooks::derive_job_secret(&st.app.master_key, &job.id.to_string(), job.attempt);
+    let pq = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
+    let now = runyard_hooks::now_ms();
+    let v = &st.app.verifier;
+    match v.verify(&hh, &secret, method.as_str(), pq, body, now) {
+        Ok(()) => Ok(job),
+        // Behind a proxy that strips public_url's path prefix, the job signed the longer path.
+        Err(VerifyError::BadSignature) if !st.app.path_prefix.is_empty() => {
+            let full = format!("{}{pq}", st.app.path_prefix);
+            v.verify(&hh, &secret, method.as_str(), &full, body, now)
+                .map_err(verify_error)?;
+            Ok(job)
+        }
+        Err(e) => Err(verify_error(e)),
+    }
+}
+
+fn require_active(job: &Job, what: &str) -> ApiResult<()> {
+    if job.status.is_active() {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            "illegal_transition",
+            format!("job is {}: it cannot {what}", job.status),
+        ))
+    }
+}
+
+/// `POST /async/status`.
+pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
+    let (parts, body) = req.into_parts();
+    let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
+    let job = authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    // The webda client sends no body at all for an empty report.
+    let report: StatusReport = if bytes.iter().all(u8::is_ascii_whitespace) {
+        StatusReport::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let status = report
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<JobStatus>()
+                .map_err(|e| ApiError::unprocessable("invalid_request", e))
+        })
+        .transpose()?;
+    let lines = report.logs.unwrap_or_default();
+    if lines.len() > MAX_REPORT_LINES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a report may carry at most {MAX_REPORT_LINES} log lines"),
+        ));
+    }
+    let cmd = Command::Hook(HookReport {
+        status,
+        progress: report.progress,
+        details: report.status_details,
+        results: report.results,
+        error: report.error_message,
+    });
+    let updated = st.app.store.apply(job.id, cmd).await?;
+    if !lines.is_empty() {
+        let ts = now_us();
+        let lines = lines
+            .into_iter()
+            .map(|mut l| {
+                if l.len() > MAX_LINE_BYTES {
+                    let mut cut = MAX_LINE_BYTES;
+                    while !l.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    l.truncate(cut);
+                }
+                (LogStream::Job, ts, l)
+            })
+            .collect();
+        st.app.store.append_logs(job.id, lines).await?;
+    }
+    Ok(Json(json!({
+        "job_id": updated.id,
+        "status": updated.status,
+        "progress": updated.progress,
+    })))
+}
+
+/// `GET /async/job`: the job's own id, type, args and attempt.
+pub async fn job_self(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Json<JobSelf>> {
+    let job = authenticate(&st, &method, &uri, &headers, b"").await?;
+    require_active(&job, "read its description")?;
+    Ok(Json(JobSelf {
+        id: job.id.to_string(),
+        r#type: job.job_type,
+        args: job.args,
+        attempt: job.attempt,
+    }))
+}
+
+/// Checks a property name: letters, digits, `_` and `-`, 1-64 characters.
+pub fn valid_property(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 64
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn check_target(job: &Job, store: &str, uuid: &str, property: &str) -> ApiResult<()> {
+    if !valid_property(property)
+        || !valid_property(store)
+        || uuid.is_empty()
+        || uuid.contains(['/', '\\', '.'])
+    {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            "store, uuid and property must be plain names (letters, digits, '_', '-')",
+        ));
+    }
+    if store != "jobs" || uuid != job.id.to_string() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a job may only touch its own files (store `jobs`, uuid = JOB_ID)",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /async/download/{store}/{uuid}/{property}/{index}`.
+pub async fn download(
+    State(st): State<AppState>,
+    Path((store, uuid, property, index)): Path<(String, String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Json<DownloadResponse>> {
+    let job = authenticate(&st, &method, &uri, &headers, b"").await?;
+    check_target(&job, &store, &uuid, &property)?;
+    require_active(&job, "download files")?;
+    let index: usize = index
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_path", "index must be a non-negative integer"))?;
+    let f = job
+        .files
+        .get(&property)
+        .and_then(|l| l.get(index))
+        .ok_or_else(|| ApiError::not_found(format!("no file {property}[{index}] on this job")))?;
+    Ok(Json(DownloadResponse {
+        location: st.app.blob_url(&f.hash),
+        map: FileMeta {
+            hash: f.hash.clone(),
+            size: f.size,
+            mimetype: f.mimetype.clone(),
+            name: f.name.clone(),
+        },
+    }))
+}
+
+/// `PUT /async/upload/{store}/{uuid}/{property}`.
+pub async fn upload(
+    State(st): State<AppState>,
+    Path((store, uuid, property)): Path<(String, String, String)>,
+    req: Request,
+) -> ApiResult<Json<UploadResponse>> {
+    let (parts, body) = req.into_parts();
+    let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
+    let job = authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    check_target(&job, &store, &uuid, &property)?;
+    require_active(&job, "upload files")?;
+    let req: UploadRequest = parse_json(&bytes)?;
+    if !valid_hash(&req.hash) || !valid_hash(&req.challenge) {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",
+        ));
+    }
+    let meta = serde_json::to_string(&req.metadata).unwrap_or_default();
+    if meta.len() > 4096 {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            "`metadata` is limited to 4 KiB",
+        ));
+    }
+    let blobs = &st.app.blobs;
+    if blobs.exists(&req.hash).await {
+        let proven = blobs.challenge(&req.hash).await.map_err(file_error)?;
+        if proven == req.challenge {
+            let size = tokio::fs::metadata(blobs.path(&req.hash).map_err(file_error)?)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            attach(
+                &st,
+                &job,
+                &property,
+                &req.hash,
+                size,
+                &req.metadata,
+                None,
+                true,
+            )
+            .await?;
+            return Ok(Json(UploadResponse {
+                done: true,
+                method: None,
+                url: None,
+            }));
+        }
+    }
+    let exp = (now_us() / 1_000_000 + URL_TTL_SECS).to_string();
+    let meta_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meta.as_bytes());
+    let id = job.id.to_string();
+    let attempt = job.attempt.to_string();
+    let sig = st
+        .app
+        .signer
+        .sign(&["put", &id, &attempt, &property, &req.hash, &exp, &meta_b64]);
+    let url = format!(
+        "{}/async/blobs/upload?job={id}&attempt={attempt}&property={property}&hash={}&exp={exp}&meta={meta_b64}&sig={sig}",
+        st.app.public_url, req.hash
+    );
+    Ok(Json(UploadResponse {
+        done: false,
+        method: Some("PUT".into()),
+        url: Some(url),
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attach(
+    st: &AppState,
+    job: &Job,
+    property: &str,
+    hash: &str,
+    size: u64,
+    metadata: &Value,
+    content_type: Option<&str>,
+    by_job: bool,
+) -> ApiResult<()> {
+    let s = |k: &str| metadata.get(k).and_then(Value::as_str).map(str::to_string);
+    let file = FileRef {
+        hash: hash.to_string(),
+        size,
+        mimetype: s("mimetype")
+            .or_else(|| content_type.map(str::to_string))
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        name: s("name").unwrap_or_default(),
+        metadata: metadata.clone(),
+    };
+    st.app
+        .store
+        .apply(
+            job.id,
+            Command::AttachFile {
+                property: property.to_string(),
+                file,
+                by_job,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Maps file store errors.
+pub fn file_error(e: FileError) -> ApiError {
+    match e {
+        FileError::TooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        }
+        FileError::Mismatch { .. } => ApiError::unprocessable("md5_mismatch", e.to_string()),
+        FileError::BadHash(_) => ApiError::unprocessable("invalid_request", e.to_string()),
+        FileError::Body(_) => ApiError::bad_request("bad_body", e.to_string()),
+        FileError::Io(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "file_store_error",
+            e.to_string(),
+        ),
+    }
+}
+
+/// Query of the signed upload URL.
+#[derive(Debug, Deserialize)]
+pub struct UploadTarget {
+    job: String,
+    attempt: u32,
+    property: String,
+    hash: String,
+    exp: i64,
+    #[serde(default)]
+    meta: String,
+    sig: String,
+}
+
+/// `PUT /async/blobs/upload?...` (signed URL from an upload answer): the bytes.
+pub async fn blob_upload(
+    State(st): State<AppState>,
+    q: Result<Query<UploadTarget>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let Query(t) = q.map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "invalid or expired upload URL",
+        )
+    })?;
+    let attempt = t.attempt.to_string();
+    let exp = t.exp.to_string();
+    if !st.app.signer.check(
+        &["put", &t.job, &attempt, &t.property, &t.hash, &exp, &t.meta],
+        t.exp,
+        &t.sig,
+    ) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "invalid or expired upload URL",
+        ));
+    }
+    let id = Uuid::parse_str(&t.job).map_err(|_| ApiError::bad_request("bad_id", "bad job id"))?;
+    let job = st
+        .app
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    if job.attempt != t.attempt {
+        return Err(ApiError::conflict(
+            "stale_attempt",
+            "this upload URL belongs to an earlier attempt",
+        ));
+    }
+    require_active(&job, "upload files")?;
+    let metadata: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t.meta.as_bytes())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| json!({}));
+    let stored = st
+        .app
+        .blobs
+        .put(
+            body.into_data_stream(),
+            st.app.config.hooks.max_file_bytes,
+            Some(&t.hash),
+        )
+        .await
+        .map_err(file_error)?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    attach(
+        &st,
+        &job,
+        &t.property,
+        &stored.hash,
+        stored.size,
+        &metadata,
+        ctype,
+        true,
+    )
+    .await?;
+    Ok(Json(
+        json!({"done": true, "hash": stored.hash, "size": stored.size}),
+    ))
+}
+
+/// Query of the signed download URL.
+#[derive(Debug, Deserialize)]
+pub struct DownloadTarget {
+    exp: i64,
+    sig: String,
+}
+
+/// `GET /async/blobs/{hash}?exp=&sig=` (signed URL from a download answer): the bytes.
+pub async fn blob_download(
+    State(st): State<AppState>,
+    Path(hash): Path<String>,
+    q: Result<Query<DownloadTarget>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(t) = q.map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "invalid or expired download URL",
+        )
+    })?;
+    if !valid_hash(&hash)
+        || !st
+            .app
+            .signer
+            .check(&["get", &hash, &t.exp.to_string()], t.exp, &t.sig)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            "invalid or expired download URL",
+        ));
+    }
+    stream_blob(&st, &hash, "application/octet-stream", "").await
+}
+
+/// Streams a stored blob.
+pub async fn stream_blob(
+    st: &AppState,
+    hash: &str,
+    mimetype: &str,
+    name: &str,
+) -> ApiResult<Response> {
+    let path = st.app.blobs.path(hash).map_err(file_error)?;
+    let f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::not_found("file content not found"))?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    let mut res = (StatusCode::OK, body).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = mimetype.parse() {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, len.into());
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' || c == ' ')
+    {
+        if let Ok(v) = format!("attachment; filename=\"{name}\"").parse() {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(res)
+}

@@ -1,0 +1,250 @@
+//! `runyard launch`: the entrypoint inside a container, a Kubernetes pod or any process started by
+//! a runner. It reads JOB_ID / JOB_SECRET_KEY / JOB_HOOK, reports RUNNING through the signed hook,
+//! then either runs a registered service operation with the job's args (`runyard launch OP`) or
+//! wraps a command (`runyard launch -- CMD ARGS...`), forwarding its output as logs, and reports
+//! SUCCESS or ERROR.
+
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use parking_lot::Mutex;
+use runyard_hooks::wire::StatusReport;
+use runyard_hooks::JobClient;
+use runyard_runners::service::{ServiceContext, ServiceRegistry};
+use runyard_runners::{LogStream, Reporter};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// `launch` flags.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// A registered service operation to run with the job's args.
+    pub operation: Option<String>,
+    /// Or: the command to wrap, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+    /// Sign hook calls with v1 (timestamp only) instead of v2.
+    #[arg(long)]
+    pub v1: bool,
+}
+
+/// Runs `runyard launch` with the given operations.
+pub async fn run(a: LaunchArgs, registry: ServiceRegistry) -> anyhow::Result<ExitCode> {
+    let mut client = JobClient::from_env()?;
+    if a.v1 {
+        client = client.with_v1();
+    }
+    let client = Arc::new(client);
+    match (a.operation, a.command.is_empty()) {
+        (Some(op), true) => run_operation(client, &registry, &op).await,
+        (None, false) => run_command(client, &a.command).await,
+        _ => {
+            anyhow::bail!("give either an OPERATION or `-- CMD ARGS...`, not both and not neither")
+        }
+    }
+}
+
+/// Sends logs and progress through the hook in batches (every 200 ms at most).
+struct HookReporter {
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<String>,
+    progress: Option<(f64, Option<Value>)>,
+}
+
+impl Reporter for HookReporter {
+    fn log(&self, _stream: LogStream, line: String) {
+        let mut p = self.pending.lock();
+        if p.lines.len() < 100_000 {
+            p.lines.push(line);
+        }
+        self.wake.notify_one();
+    }
+
+    fn progress(&self, progress: f64, details: Option<Value>) {
+        self.pending.lock().progress = Some((progress, details));
+        self.wake.notify_one();
+    }
+}
+
+impl HookReporter {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::new(Pending::default()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Sends what is pending; the hook takes at most 1000 lines per report.
+    async fn flush(&self, client: &JobClient) {
+        loop {
+            let (lines, progress) = {
+                let mut p = self.pending.lock();
+                let n = p.lines.len().min(1000);
+                (p.lines.drain(..n).collect::<Vec<_>>(), p.progress.take())
+            };
+            if lines.is_empty() && progress.is_none() {
+                return;
+            }
+            let (progress, status_details) = match progress {
+                Some((p, d)) => (Some(p), d),
+                None => (None, None),
+            };
+            let report = StatusReport {
+                progress,
+                status_details,
+                logs: (!lines.is_empty()).then_some(lines),
+                ..Default::default()
+            };
+            if let Err(e) = client.status(&report).await {
+                eprintln!("runyard launch: cannot send logs/progress: {e}");
+                return;
+            }
+        }
+    }
+
+    async fn pump(self: Arc<Self>, client: Arc<JobClient>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.flush(&client).await;
+        }
+    }
+}
+
+async fn finish(client: &JobClient, outcome: Result<Option<Value>, String>) -> ExitCode {
+    let r = match &outcome {
+        Ok(v) => client.success(v.clone()).await,
+        Err(m) => client.error(m.clone()).await,
+    };
+    if let Err(e) = r {
+        eprintln!("runyard launch: cannot report the outcome: {e}");
+        return ExitCode::from(3);
+    }
+    if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run_operation(
+    client: Arc<JobClient>,
+    registry: &ServiceRegistry,
+    op: &str,
+) -> anyhow::Result<ExitCode> {
+    let job = client.job().await?;
+    let Some(f) = registry.get(op) else {
+        let names: Vec<&str> = registry.names().collect();
+        let msg = format!("no operation named `{op}` (known: {})", names.join(", "));
+        client.error(msg.clone()).await?;
+        anyhow::bail!(msg);
+    };
+    client.running().await?;
+    let reporter = HookReporter::new();
+    let stop = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let pump = tokio::spawn(reporter.clone().pump(client.clone(), stop.clone()));
+    let ctx = ServiceContext::new(
+        job.id,
+        job.r#type,
+        job.args,
+        job.attempt,
+        reporter.clone(),
+        cancel.clone(),
+    );
+    let task = tokio::spawn(f(ctx));
+    let outcome = tokio::select! {
+        r = task => match r {
+            Ok(Ok(v)) => Ok((!v.is_null()).then_some(v)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("panicked: {e}")),
+        },
+        _ = crate::cli::shutdown_signal() => {
+            cancel.cancel();
+            Err("stopped by a signal".to_string())
+        }
+    };
+    stop.cancel();
+    let _ = pump.await;
+    reporter.flush(&client).await;
+    Ok(finish(&client, outcome).await)
+}
+
+async fn forward<R: AsyncRead + Unpin>(pipe: R, reporter: Arc<HookReporter>, stderr: bool) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        reporter.log(LogStream::Stdout, line);
+    }
+}
+
+async fn run_command(client: Arc<JobClient>, command: &[String]) -> anyhow::Result<ExitCode> {
+    client.running().await?;
+    let mut child = match tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot start `{}`: {e}", command[0]);
+            client.error(msg.clone()).await?;
+            anyhow::bail!(msg);
+        }
+    };
+    let reporter = HookReporter::new();
+    let stop = CancellationToken::new();
+    let pump = tokio::spawn(reporter.clone().pump(client.clone(), stop.clone()));
+    let mut readers = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        readers.push(tokio::spawn(forward(o, reporter.clone(), false)));
+    }
+    if let Some(e) = child.stderr.take() {
+        readers.push(tokio::spawn(forward(e, reporter.clone(), true)));
+    }
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = crate::cli::shutdown_signal() => {
+            if let Some(pid) = child.id() {
+                // Safety: plain syscall on our own child.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM); }
+            }
+            child.wait().await
+        }
+    }?;
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    }
+    stop.cancel();
+    let _ = pump.await;
+    reporter.flush(&client).await;
+    use std::os::unix::process::ExitStatusExt;
+    let outcome = match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(None),
+        (Some(c), _) => Err(format!("command exited with code {c}")),
+        (None, Some(s)) => Err(format!("command killed by signal {s}")),
+        _ => Err("command ended abnormally".to_string()),
+    };
+    let code = finish(&client, outcome).await;
+    Ok(match status.code() {
+        Some(c) if code == ExitCode::SUCCESS || c != 0 => ExitCode::from(c.clamp(0, 255) as u8),
+        _ => code,
+    })
+}

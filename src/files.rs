@@ -1,0 +1,257 @@
+//! Job files: a content-addressed blob store in `data_dir/files`, keyed by the md5 of the content
+//! (the hook protocol's `hash`). Writes stream to a temporary file while hashing, check the size
+//! limit and the expected md5, then rename into place, so a reader never sees a partial blob.
+//! Which job has which files is stored on the job itself ([`crate::job::FileRef`]).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use tokio::io::AsyncWriteExt;
+
+/// Blob store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The content is larger than allowed.
+    #[error("file is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    /// The content's md5 is not the announced one.
+    #[error("content md5 {actual} does not match the announced {expected}")]
+    Mismatch {
+        /// Announced.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// The hash is not 32 lowercase hex digits.
+    #[error("`{0}` is not an md5 hex digest")]
+    BadHash(String),
+    /// Reading the request body failed.
+    #[error("cannot read the upload: {0}")]
+    Body(String),
+    /// Disk trouble.
+    #[error("file store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What was stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// md5 hex.
+    pub hash: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// The content-addressed store.
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// Checks an md5 hex digest (lowercase, 32 characters).
+pub fn valid_hash(h: &str) -> bool {
+    h.len() == 32
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl BlobStore {
+    /// A store under `root` (created when needed).
+    pub fn new(root: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(root.join("tmp"))?;
+        Ok(Self { root })
+    }
+
+    /// Where a blob lives.
+    pub fn path(&self, hash: &str) -> Result<PathBuf, FileError> {
+        if !valid_hash(hash) {
+            return Err(FileError::BadHash(hash.to_string()));
+        }
+        Ok(self.root.join(&hash[..2]).join(hash))
+    }
+
+    /// Whether a blob exists; touches it so a concurrent GC spares it.
+    pub async fn exists(&self, hash: &str) -> bool {
+        match self.path(hash) {
+            Ok(p) => {
+                let ok = tokio::fs::metadata(&p).await.is_ok();
+                if ok {
+                    let _ = touch(&p);
+                }
+                ok
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// md5 of `"WEBDA"` + the stored content: the upload challenge for that content.
+    pub async fn challenge(&self, hash: &str) -> Result<String, FileError> {
+        let p = self.path(hash)?;
+        tokio::task::spawn_blocking(move || -> Result<String, FileError> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(p)?;
+            let mut h = Md5::new();
+            h.update(b"WEBDA");
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(hex::encode(h.finalize()))
+        })
+        .await
+        .map_err(|e| FileError::Body(e.to_string()))?
+    }
+
+    /// Streams `body` into the store. Checks `limit` as bytes arrive and, when given, that the
+    /// md5 is `expected`. Nothing is kept on failure.
+    pub async fn put<S, E>(
+        &self,
+        mut body: S,
+        limit: u64,
+        expected: Option<&str>,
+    ) -> Result<Stored, FileError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if let Some(e) = expected {
+            if !valid_hash(e) {
+                return Err(FileError::BadHash(e.to_string()));
+            }
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(uuid::Uuid::now_v7().simple().to_string());
+        let result = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            let mut h = Md5::new();
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| FileError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(FileError::TooLarge(limit));
+                }
+                h.update(&chunk);
+                f.write_all(&chunk).await?;
+            }
+            f.sync_all().await?;
+            let hash = hex::encode(h.finalize());
+            if let Some(e) = expected {
+                if e != hash {
+                    return Err(FileError::Mismatch {
+                        expected: e.to_string(),
+                        actual: hash,
+                    });
+                }
+            }
+            let dest = self.path(&hash)?;
+            if let Some(dir) = dest.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::rename(&tmp, &dest).await?;
+            Ok(Stored { hash, size })
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Deletes blobs not in `referenced` whose last touch is older than `grace`; returns how many.
+    pub fn gc(
+        &self,
+        referenced: &dyn Fn(&str) -> bool,
+        grace: std::time::Duration,
+    ) -> std::io::Result<u64> {
+        let mut n = 0;
+        let now = std::time::SystemTime::now();
+        for dir in std::fs::read_dir(&self.root)? {
+            let dir = dir?;
+            if dir.file_name() == "tmp" || !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(dir.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().to_string();
+                let old = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| now.duration_since(t).unwrap_or_default() > grace)
+                    .unwrap_or(false);
+                if old && valid_hash(&name) && !referenced(&name) {
+                    std::fs::remove_file(f.path())?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn touch(p: &Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().append(true).open(p)?;
+    f.set_modified(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(
+        parts: Vec<&'static [u8]>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p))))
+    }
+
+    #[tokio::test]
+    async fn put_checks_hash_and_limit_and_keeps_nothing_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::new(dir.path().to_path_buf()).unwrap();
+        // md5("hello world") computed with `printf 'hello world' | md5sum`.
+        let good = "5eb63bbbe01eeed093cb22bb8f5acdc3";
+        let st = s
+            .put(stream(vec![b"hello ", b"world"]), 100, Some(good))
+            .await
+            .unwrap();
+        assert_eq!(
+            st,
+            Stored {
+                hash: good.into(),
+                size: 11
+            }
+        );
+        assert!(s.exists(good).await);
+        let bad = "00000000000000000000000000000000";
+        assert!(matches!(
+            s.put(stream(vec![b"other"]), 100, Some(bad)).await,
+            Err(FileError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            s.put(stream(vec![b"0123456789", b"x"]), 10, None).await,
+            Err(FileError::TooLarge(10))
+        ));
+        assert!(matches!(
+            s.path("../../etc/passwd"),
+            Err(FileError::BadHash(_))
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        // md5("WEBDA" + "hello world"), `printf 'WEBDAhello world' | md5sum`.
+        let expected = {
+            let mut h = Md5::new();
+            h.update(b"WEBDAhello world");
+            hex::encode(h.finalize())
+        };
+        assert_eq!(s.challenge(good).await.unwrap(), expected);
+    }
+}
