@@ -251,6 +251,40 @@ pub struct RunnerConfig {
     /// service: the registered operation to call (default: the job type).
     #[serde(default)]
     pub operation: Option<String>,
+    /// docker, kube: the image to run.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// docker: images a job may pick with `args.image` (globs); the runner's `image` is always
+    /// allowed.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+    /// docker: network mode (`host` to reach a hook on 127.0.0.1).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// docker: memory limit, e.g. `512m`, `2g`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// docker: CPU limit, e.g. 1.5.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// docker: extra container labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// docker: the engine (`unix:///var/run/docker.sock`, `tcp://...`); `DOCKER_HOST` when absent.
+    #[serde(default)]
+    pub docker_host: Option<String>,
+    /// kube: the namespace Jobs are created in.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// kube: the service account of the Job's pods.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// kube: `ttlSecondsAfterFinished` of the Jobs.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl_after_finished: Option<Duration>,
+    /// kube: a kubeconfig file; absent: in-cluster config, then the default kubeconfig.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn default_concurrency() -> usize {
@@ -315,7 +349,11 @@ impl Config {
             .merge(Toml::file(path))
             .merge(
                 Env::prefixed("RUNYARD_")
-                    .filter(|k| !NOT_CONFIG.contains(&k.as_str()))
+                    .filter(|k| {
+                        !NOT_CONFIG
+                            .iter()
+                            .any(|n| k.as_str().eq_ignore_ascii_case(n))
+                    })
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides.clone()));

@@ -53,6 +53,16 @@ pub enum Command {
     },
     /// The reaper found the lease expired: requeue, or ERROR when no attempt is left.
     LeaseExpired,
+    /// A worker takes over live work whose lease expired (a container that outlived its
+    /// worker): same attempt, new lease and token.
+    Adopt {
+        /// Worker id.
+        worker: String,
+        /// New fencing token.
+        token: u64,
+        /// Lease expiry.
+        lease_until: Micros,
+    },
     /// A client cancels the job.
     Cancel,
     /// A client retries a job that did not succeed: a new attempt.
@@ -343,6 +353,26 @@ fn apply_inner(
             }
             Ok(Some(EventKind::Status))
         }
+        Command::Adopt {
+            worker,
+            token,
+            lease_until,
+        } => {
+            let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
+            if !job.status.is_active() || !expired {
+                return Err(illegal(job, "be adopted"));
+            }
+            job.lease = Some(Lease {
+                worker: worker.clone(),
+                token,
+                expires_at: lease_until,
+            });
+            if let Some(r) = job.runs.last_mut() {
+                r.worker = worker;
+                r.token = token;
+            }
+            Ok(None)
+        }
         Command::Cancel => {
             if job.status.is_terminal() {
                 return Err(illegal(job, "cancel"));
@@ -627,6 +657,32 @@ mod tests {
         );
         assert!(apply(&mut j, p(1.5), &ctx(9000)).is_err());
         assert_eq!(j.progress, 0.3);
+    }
+
+    #[test]
+    fn adopt_takes_over_an_expired_lease_only() {
+        let mut j = job();
+        claim(&mut j, 1);
+        let adopt = |t| Command::Adopt {
+            worker: "w2".into(),
+            token: t,
+            lease_until: 50_000,
+        };
+        assert!(apply(&mut j, adopt(5), &ctx(9_000)).is_err());
+        apply(&mut j, adopt(5), &ctx(10_001)).unwrap();
+        assert_eq!(j.attempt, 1);
+        assert_eq!(j.lease.as_ref().unwrap().token, 5);
+        // The old holder is fenced off.
+        let fin = |t| Command::Finish {
+            token: t,
+            outcome: FinishOutcome::Success(None),
+        };
+        assert_eq!(
+            apply(&mut j, fin(1), &ctx(10_002)),
+            Err(TransitionError::StaleLease)
+        );
+        apply(&mut j, fin(5), &ctx(10_003)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub trait JobQueue: Send + Sync {
         held: &[(Uuid, u64)],
         lease_ttl: Duration,
     ) -> Result<Vec<Uuid>>;
+    /// Takes over an active job whose lease expired (its work is still alive): a fresh fencing
+    /// token and lease for `worker`, same attempt.
+    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job>;
     /// Moves due SCHEDULED jobs to QUEUED; returns how many.
     async fn promote_due(&self, max: usize) -> Result<usize>;
     /// When the next SCHEDULED job is due.

@@ -557,6 +557,30 @@ impl JobQueue for SqliteStore {
         .await
     }
 
+    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
+        let worker = worker.to_string();
+        self.write(move |ctx| {
+            let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
+            let token: i64 = ctx
+                .conn
+                .prepare_cached(
+                    "UPDATE meta SET value = value + 1 WHERE key = 'token' RETURNING value",
+                )
+                .map_err(db_err)?
+                .query_row([], |r| r.get(0))
+                .map_err(db_err)?;
+            let now = now_us();
+            let cmd = Command::Adopt {
+                worker,
+                token: token as u64,
+                lease_until: now + lease_ttl.as_micros() as i64,
+            };
+            apply_in(ctx, &mut job, cmd, now)?;
+            Ok(job)
+        })
+        .await
+    }
+
     async fn heartbeat(
         &self,
         worker: &str,

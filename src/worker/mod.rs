@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use runyard_runners::{JobSpec, Outcome, SharedReporter};
+use runyard_runners::{Execution, JobSpec, Outcome, Recovered, SharedReporter};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -92,13 +92,7 @@ impl Worker {
         let bg = CancellationToken::new();
         tokio::spawn(self.clone().listen(bg.clone()));
         tokio::spawn(self.clone().heartbeats(bg.clone()));
-        tokio::spawn(reaper::run(
-            self.store.clone(),
-            self.runners.clone(),
-            self.cfg.clone(),
-            self.spec_factory(),
-            bg.clone(),
-        ));
+        tokio::spawn(reaper::run(self.clone(), bg.clone()));
         let mut error_backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
             let mut more = false;
@@ -318,11 +312,76 @@ impl Worker {
             reporter.flush().await;
             return;
         }
-        let limit = job
-            .timeout_ms
-            .map(Duration::from_millis)
-            .or(slot.timeout)
-            .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+        let limit = time_limit(job, slot);
+        self.supervise(id, token, exec, reporter, limit, stop, reason)
+            .await;
+    }
+
+    /// Takes over live work found by the reaper (its worker died): runs it to its end under a
+    /// fresh lease.
+    pub(crate) async fn adopt(
+        self: Arc<Self>,
+        job: Job,
+        slot: Arc<RunnerSlot>,
+        recovered: Recovered,
+    ) {
+        let adopted = match self.store.adopt(job.id, &self.id, self.cfg.lease_ttl).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::info!(job_id = %job.id, error = %e, "adoption refused: stopping the recovered work");
+                if let Recovered::Running(mut exec) = recovered {
+                    exec.stop(self.cfg.kill_grace).await;
+                }
+                return;
+            }
+        };
+        let token = adopted.lease.as_ref().map(|l| l.token).unwrap_or_default();
+        let id = adopted.id;
+        tracing::info!(job_id = %id, "adopted live work of a lost worker");
+        slot.active.fetch_add(1, Ordering::AcqRel);
+        let stop = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(StopReason::Gone));
+        self.running.lock().insert(
+            id,
+            Running {
+                token,
+                stop: stop.clone(),
+                reason: reason.clone(),
+            },
+        );
+        match recovered {
+            Recovered::Running(exec) => {
+                let reporter = JobReporter::new(self.store.clone(), id, token);
+                let elapsed = adopted
+                    .started_at
+                    .map(|s| Duration::from_micros((crate::job::now_us() - s).max(0) as u64))
+                    .unwrap_or_default();
+                let limit = time_limit(&adopted, &slot).saturating_sub(elapsed);
+                self.supervise(id, token, exec, reporter, limit, stop, reason)
+                    .await;
+            }
+            Recovered::Finished(outcome) => {
+                self.finish(id, token, outcome_to_finish(outcome)).await
+            }
+            Recovered::Gone => {}
+        }
+        self.running.lock().remove(&id);
+        slot.active.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Waits for the work to end, or stops it on cancel/timeout/shutdown; records the outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise(
+        &self,
+        id: Uuid,
+        token: u64,
+        mut exec: Box<dyn Execution>,
+        reporter: Arc<JobReporter>,
+        limit: Duration,
+        stop: CancellationToken,
+        reason: Arc<Mutex<StopReason>>,
+    ) {
         enum End {
             Ran(Outcome),
             Stopped,
@@ -339,13 +398,7 @@ impl Worker {
         }
         reporter.flush().await;
         match end {
-            End::Ran(Outcome::Success { result }) => {
-                self.finish(id, token, FinishOutcome::Success(result)).await
-            }
-            End::Ran(Outcome::Failed { message, exit_code }) => {
-                self.finish(id, token, FinishOutcome::Failed { message, exit_code })
-                    .await
-            }
+            End::Ran(o) => self.finish(id, token, outcome_to_finish(o)).await,
             End::TimedOut => {
                 let msg = format!("timed out after {}", humantime::format_duration(limit));
                 self.finish(id, token, FinishOutcome::Timeout(msg)).await
@@ -376,6 +429,20 @@ impl Worker {
                 tracing::warn!(error = %e, "cannot record the outcome; the reaper will retry the job")
             }
         }
+    }
+}
+
+fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
+    job.timeout_ms
+        .map(Duration::from_millis)
+        .or(slot.timeout)
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+fn outcome_to_finish(o: Outcome) -> FinishOutcome {
+    match o {
+        Outcome::Success { result } => FinishOutcome::Success(result),
+        Outcome::Failed { message, exit_code } => FinishOutcome::Failed { message, exit_code },
     }
 }
 

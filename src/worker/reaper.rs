@@ -1,7 +1,8 @@
-//! The reaper: finds jobs whose lease expired (their worker died or hung), makes sure their work
-//! is gone through the runner's `recover`, and requeues them (attempt + 1 at the next claim) or
-//! fails them when no attempt is left. Safe to run in every worker process at once: the requeue is
-//! a compare-and-set on the expired lease.
+//! The reaper: finds jobs whose lease expired (their worker died or hung) and asks the job's
+//! runner to `recover` the work. Live work (a container that outlived its worker) is adopted by
+//! this worker under a fresh fencing token; work that is gone is requeued (or failed when no
+//! attempt is left). Safe to run in every worker process at once: every step is a
+//! compare-and-set on the expired lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,23 +10,14 @@ use std::time::Duration;
 use runyard_runners::{NullReporter, Recovered};
 use tokio_util::sync::CancellationToken;
 
-use super::SpecFactory;
-use crate::config::WorkerConfig;
+use super::Worker;
 use crate::job::Command;
-use crate::runner_set::RunnerSet;
-use crate::store::Store;
 
 /// Runs until `stop`.
-pub async fn run(
-    store: Arc<dyn Store>,
-    runners: Arc<RunnerSet>,
-    cfg: WorkerConfig,
-    specs: SpecFactory,
-    stop: CancellationToken,
-) {
-    let every = (cfg.lease_ttl / 2).max(Duration::from_millis(100));
+pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
+    let every = (worker.cfg.lease_ttl / 2).max(Duration::from_millis(100));
     loop {
-        if let Err(e) = reap_once(&store, &runners, &specs).await {
+        if let Err(e) = reap_once(&worker).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
         tokio::select! {
@@ -35,27 +27,24 @@ pub async fn run(
     }
 }
 
-/// One pass; returns how many jobs were requeued or failed.
-pub async fn reap_once(
-    store: &Arc<dyn Store>,
-    runners: &RunnerSet,
-    specs: &SpecFactory,
-) -> crate::store::Result<usize> {
+/// One pass; returns how many jobs were requeued, failed or adopted.
+pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
+    let store = &worker.store;
     let mut n = 0;
     for job in store.expired(500).await? {
-        if let (Some(handle), Some(slot)) = (&job.handle, runners.get(&job.runner)) {
-            let spec = specs.spec(&job);
+        let slot = worker.runners.get(&job.runner).cloned();
+        if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
+            let spec = worker.spec_factory().spec(&job);
             match slot
                 .runner
-                .recover(handle, spec, Arc::new(NullReporter))
+                .recover(&handle, spec, Arc::new(NullReporter))
                 .await
             {
                 Ok(Recovered::Gone) => {}
-                Ok(Recovered::Finished(_)) => {}
-                Ok(Recovered::Running(mut exec)) => {
-                    // Adopting live work comes with the container runners; until then, stop it
-                    // so that it never runs twice.
-                    exec.stop(Duration::from_secs(5)).await;
+                Ok(r) => {
+                    tokio::spawn(worker.clone().adopt(job, slot, r));
+                    n += 1;
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, error = %e, "cannot recover the job's work; will retry");
