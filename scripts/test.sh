@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs every test of runyard on a fresh Debian machine (as root, or with the tools already there):
+# installs what the tests need (redis-server, Docker's engine, busybox-static, Python packages),
+# starts a private Docker engine, then runs the Rust tests (unit, integration, conformance on the
+# embedded store and Redis, docker, fake-kube, chart), the Python client's tests against a real
+# server, and the Helm chart tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+log() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "missing ${need_apt[*]}: install them (apt-get install ${need_apt[*]}) or run as root" >&2
+    exit 1
+  fi
+fi
+
+log "python packages"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  -e examples/python pytest helm-python-sdk kubernetes-validate 2>&1 | grep -v -i 'warning' || true
+
+if [ -x scripts/start-dockerd.sh ]; then
+  log "docker engine"
+  eval "$(scripts/start-dockerd.sh)"
+  export DOCKER_HOST
+fi
+
+log "build"
+cargo build --workspace --all-targets
+
+if [ -x scripts/docker-image.sh ] && [ -n "${DOCKER_HOST:-}" ]; then
+  log "test images"
+  scripts/docker-image.sh debug
+fi
+
+failed=0
+log "cargo test"
+cargo test --workspace -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
+
+log "python job client against a real server"
+PYDATA=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/debug/runyard serve --config examples/python/runyard-test.toml --data-dir "$PYDATA" \
+  --listen "127.0.0.1:$PORT" >"$PYDATA/server.log" 2>&1 &
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+RUNYARD_TEST_SERVER="http://127.0.0.1:$PORT" python3 -m pytest -q examples/python/tests || failed=1
+kill $SERVER_PID 2>/dev/null || true
+
+if [ -d charts/runyard/tests ]; then
+  log "helm chart"
+  python3 -m pytest -q charts/runyard/tests || failed=1
+fi
+
+if [ $failed -ne 0 ]; then
+  log "SOME TESTS FAILED"
+  exit 1
+fi
+log "all tests passed"
