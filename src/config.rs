@@ -149,6 +149,10 @@ pub struct RetentionConfig {
     /// How often retention runs.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// A channel's events are deleted this long after its last event (Redis; the embedded store
+    /// bounds channels by count only). Both backends also bound them by `events.channel_limit`.
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -157,6 +161,7 @@ impl Default for RetentionConfig {
             finished: Duration::from_secs(7 * 24 * 3600),
             log_lines_per_job: 10_000,
             interval: Duration::from_secs(10),
+            events: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -180,12 +185,28 @@ impl Default for HooksConfig {
     }
 }
 
-/// Embedded store settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Store settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `normal` (survives a process crash) or `full` (fsync every commit: survives power loss).
+    /// Embedded: `normal` (survives a process crash) or `full` (fsync every commit: survives
+    /// power loss).
     pub synchronous: Synchronous,
+    /// Redis: the prefix of every key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Redis: how long a command is retried (with backoff) while Redis cannot be reached.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::default(),
+            prefix: "runyard".into(),
+            retry: Duration::from_secs(30),
+        }
+    }
 }
 
 /// SQLite synchronous mode.
@@ -332,8 +353,19 @@ pub struct Overrides {
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
-/// `RUNYARD_*` variables that are not configuration keys (client and process settings).
-const NOT_CONFIG: &[&str] = &["server", "config", "log", "token"];
+/// The top-level keys `RUNYARD_*` variables may set (`RUNYARD_WORKER__LEASE_TTL` sets
+/// `worker.lease_ttl`). Other `RUNYARD_*` variables are not configuration: client settings
+/// (`RUNYARD_SERVER`, `RUNYARD_LOG`) and the ones Kubernetes injects for a Service named
+/// `runyard` (`RUNYARD_SERVICE_HOST`, `RUNYARD_PORT_7070_TCP`, ...).
+const ENV_KEYS: &[&str] = &[
+    "listen", "public_url", "data_dir", "redis", "master_key", "api", "worker", "events",
+    "retention", "hooks", "store",
+];
+
+fn is_env_key(k: &str) -> bool {
+    let top = k.split("__").next().unwrap_or("");
+    ENV_KEYS.iter().any(|n| top.eq_ignore_ascii_case(n))
+}
 
 impl Config {
     /// Loads `path` (when it exists, or must exist when `required`), then the environment, then
@@ -349,11 +381,7 @@ impl Config {
             .merge(Toml::file(path))
             .merge(
                 Env::prefixed("RUNYARD_")
-                    .filter(|k| {
-                        !NOT_CONFIG
-                            .iter()
-                            .any(|n| k.as_str().eq_ignore_ascii_case(n))
-                    })
+                    .filter(|k| is_env_key(k.as_str()))
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides.clone()));
@@ -398,6 +426,26 @@ impl Config {
                 || r.starts_with("unix://"))
             {
                 return err("redis".into(), "must be a redis:// URL");
+            }
+            if self.master_key.is_none() {
+                return err(
+                    "master_key".into(),
+                    "required with `redis`: every runyard process sharing the Redis must derive \
+                     the same job secrets, so set the same `master_key` (or RUNYARD_MASTER_KEY, \
+                     16+ characters) on all of them",
+                );
+            }
+            if self.store.prefix.is_empty()
+                || !self
+                    .store
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+            {
+                return err(
+                    "store.prefix".into(),
+                    "must be letters, digits, '.', '_', '-' or ':'",
+                );
             }
         }
         if self.worker.lease_ttl < Duration::from_millis(300) {
@@ -446,11 +494,38 @@ impl Config {
                         return err(k("command"), "a service runner has no command");
                     }
                 }
-                RunnerKind::Docker | RunnerKind::Kube => {
-                    return err(
-                        k("kind"),
-                        "the docker and kube runners are not available in this version",
-                    );
+                RunnerKind::Kube => {
+                    if r.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+                        return err(k("image"), "a kube runner needs an image");
+                    }
+                    if let Some(ns) = &r.namespace {
+                        if !runyard_runners::kube::is_dns_label(ns) {
+                            return err(k("namespace"), "must be a valid namespace name");
+                        }
+                    }
+                    if r.ttl_after_finished
+                        .is_some_and(|t| t.as_secs() > i32::MAX as u64)
+                    {
+                        return err(k("ttl_after_finished"), "is too long");
+                    }
+                }
+                RunnerKind::Docker => {
+                    if r.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+                        return err(k("image"), "a docker runner needs an image");
+                    }
+                    if let Some(m) = &r.memory {
+                        if let Err(e) = runyard_runners::docker::parse_memory(m) {
+                            return err(k("memory"), &e);
+                        }
+                    }
+                    if let Some(c) = r.cpus {
+                        if let Err(e) = runyard_runners::docker::nano_cpus(c) {
+                            return err(k("cpus"), &e);
+                        }
+                    }
+                    if r.network.as_deref().is_some_and(str::is_empty) {
+                        return err(k("network"), "must not be empty");
+                    }
                 }
             }
             if !names.insert(r.name_at(i)) {
@@ -486,6 +561,39 @@ types = ["thumbnail"]
         assert_eq!(c.runners[0].timeout, Some(Duration::from_secs(600)));
         assert_eq!(c.runners[1].name_at(1), "service-1");
         assert_eq!(c.public_url(), "http://127.0.0.1:7071");
+    }
+
+    #[test]
+    fn only_config_keys_are_read_from_the_environment() {
+        assert!(is_env_key("worker__lease_ttl"));
+        assert!(is_env_key("DATA_DIR"));
+        assert!(!is_env_key("service_host"));
+        assert!(!is_env_key("port_7070_tcp_addr"));
+        assert!(!is_env_key("server"));
+        assert!(!is_env_key("workers"));
+    }
+
+    #[test]
+    fn docker_runners_need_an_image_and_valid_limits() {
+        let docker = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[runners]]\nkind = \"docker\"\ntypes = [\"a\"]\n{extra}"
+            ))
+        };
+        let e = docker("").unwrap_err().to_string();
+        assert!(e.contains("runners[0].image"), "{e}");
+        let e = docker("image = \"x\"\nmemory = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].memory"), "{e}");
+        let e = docker("image = \"x\"\ncpus = 0").unwrap_err().to_string();
+        assert!(e.contains("runners[0].cpus"), "{e}");
+        let c = docker(
+            "image = \"x\"\nmemory = \"512m\"\ncpus = 1.5\nnetwork = \"host\"\n\
+             allowed_images = [\"y:*\"]\nlabels = { team = \"t\" }",
+        )
+        .unwrap();
+        assert_eq!(c.runners[0].name_at(0), "docker-0");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`job`]: the job model, its statuses and the one function that changes a job
 //!   ([`job::apply`]).
-//! - [`store`]: storage traits (jobs, queue, logs, events) and the embedded SQLite backend.
+//! - [`store`]: storage traits (jobs, queue, logs, events), the embedded SQLite backend and the
+//!   Redis backend for scale-out (`store/redis/`, its atomic operations in `store/redis/lua/`).
 //! - [`worker`]: claims jobs with leases and runs them on their runner; the reaper.
 //! - [`scheduler`]: delayed jobs and retention.
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.

@@ -5,6 +5,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runyard_runners::docker::{DockerConfig, DockerRunner};
+use runyard_runners::kube::{KubeConfig, KubeRunner};
 use runyard_runners::local::{LocalConfig, LocalRunner, DEFAULT_ENV_ALLOW};
 use runyard_runners::service::{ServiceRegistry, ServiceRunner};
 use runyard_runners::Runner;
@@ -85,12 +87,41 @@ impl RunnerSet {
                     ServiceRunner::new(services.clone(), rc.operation.clone())
                         .map_err(|e| ConfigError(format!("`{}`: {e}", key("operation"))))?,
                 ),
-                RunnerKind::Docker | RunnerKind::Kube => {
-                    return Err(ConfigError(format!(
-                        "`{}`: this runner kind is not available in this version",
-                        key("kind")
-                    )))
-                }
+                RunnerKind::Kube => Arc::new(
+                    KubeRunner::new(KubeConfig {
+                        namespace: rc.namespace.clone(),
+                        image: rc.image.clone().unwrap_or_default(),
+                        command: rc.command.clone(),
+                        env: rc.env.clone(),
+                        service_account: rc.service_account.clone(),
+                        ttl_after_finished: rc.ttl_after_finished,
+                        kubeconfig: rc.kubeconfig.clone(),
+                    })
+                    .map_err(|e| {
+                        // Config validation caught the rest: what is left is the kubeconfig file.
+                        let m = match e {
+                            runyard_runners::RunnerError::Invalid(m) => m,
+                            e => e.to_string(),
+                        };
+                        ConfigError(format!("`{}`: {m}", key("kubeconfig")))
+                    })?,
+                ),
+                RunnerKind::Docker => Arc::new(
+                    DockerRunner::new(DockerConfig {
+                        name: rc.name_at(i),
+                        image: rc.image.clone().unwrap_or_default(),
+                        command: rc.command.clone(),
+                        env: rc.env.clone(),
+                        network: rc.network.clone(),
+                        memory: rc.memory.clone(),
+                        cpus: rc.cpus,
+                        allowed_images: rc.allowed_images.clone(),
+                        labels: rc.labels.clone(),
+                        docker_host: rc.docker_host.clone(),
+                    })
+                    // Config validation caught the rest: what is left is the engine address.
+                    .map_err(|e| ConfigError(format!("`{}`: {e}", key("docker_host"))))?,
+                ),
             };
             slots.push(Arc::new(RunnerSlot {
                 name: rc.name_at(i),

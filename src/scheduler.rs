@@ -22,7 +22,7 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
     loop {
         let mut wait = Duration::from_secs(1);
         match store.promote_due(1000).await {
-            Ok(n) if n == 1000 => continue,
+            Ok(1000) => continue,
             Ok(_) => {
                 if let Ok(Some(due)) = store.next_due().await {
                     let until = (due - now_us()).max(0) as u64;

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::files::BlobStore;
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
+use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
 use crate::worker::Worker;
@@ -63,6 +64,10 @@ pub struct App {
     pub public_url: String,
     /// The path part of `public_url` (e.g. `/runyard` behind a proxy), or empty.
     pub path_prefix: String,
+    /// Cancelled when the server stops: long-lived responses (WebSocket, SSE, long polls) end.
+    pub closing: CancellationToken,
+    /// The Redis backend when configured: the hook replay memory is shared through it.
+    pub redis: Option<Arc<RedisStore>>,
 }
 
 impl App {
@@ -130,7 +135,7 @@ impl ServerBuilder {
             self.config.public_url = Some(format!("http://{addr}"));
         }
         let config = Arc::new(self.config);
-        let store = open_store(&config)?;
+        let (store, redis) = open_store(&config).await?;
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
         );
@@ -155,17 +160,21 @@ impl ServerBuilder {
             signer: UrlSigner::new(&master_key),
             public_url,
             path_prefix,
+            redis,
+            closing: CancellationToken::new(),
         });
         let bg = CancellationToken::new();
         let worker_stop = CancellationToken::new();
-        tokio::spawn(metrics.follow(store.clone(), bg.clone()));
-        tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
-        tokio::spawn(crate::scheduler::retention_loop(
-            store.clone(),
-            blobs,
-            config.retention.clone(),
-            bg.clone(),
-        ));
+        let tasks = vec![
+            tokio::spawn(metrics.follow(store.clone(), bg.clone())),
+            tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
+            tokio::spawn(crate::scheduler::retention_loop(
+                store.clone(),
+                blobs,
+                config.retention.clone(),
+                bg.clone(),
+            )),
+        ];
         let worker = if config.worker.enabled {
             let w = Worker::new(
                 store.clone(),
@@ -191,6 +200,7 @@ impl ServerBuilder {
             addr,
             app,
             bg,
+            tasks,
             worker_stop,
             worker,
             http_stop,
@@ -206,6 +216,7 @@ pub struct RunningServer {
     /// The application state.
     pub app: Arc<App>,
     bg: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
     worker_stop: CancellationToken,
     worker: Option<JoinHandle<()>>,
     http_stop: CancellationToken,
@@ -225,32 +236,111 @@ impl RunningServer {
         if let Some(w) = self.worker {
             let _ = w.await;
         }
+        self.app.closing.cancel();
         self.http_stop.cancel();
         self.bg.cancel();
-        self.http
-            .await
-            .context("http task")?
-            .context("http server")?;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // Connections that stay open (a client that never reads) must not hold the stop forever.
+        let mut http = self.http;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut http).await {
+            Ok(r) => r.context("http task")?.context("http server")?,
+            Err(_) => {
+                tracing::warn!("HTTP connections still open after 10s: closing them");
+                http.abort();
+            }
+        }
         Ok(())
     }
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if config.redis.is_some() {
-        anyhow::bail!("`redis`: the Redis backend is not available in this version");
-    }
+/// The Redis store of a config, when there is one (also the hook replay memory).
+type RedisHandle = Option<Arc<RedisStore>>;
+
+async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, RedisHandle)> {
     let settings = StoreSettings {
         progress_interval: config.events.progress_interval,
         channel_limit: config.events.channel_limit,
         global_limit: config.events.global_limit,
         log_lines_per_job: config.retention.log_lines_per_job,
     };
+    if let Some(url) = &config.redis {
+        let r = RedisStore::connect(RedisSettings {
+            prefix: config.store.prefix.clone(),
+            store: settings,
+            channel_ttl: config.retention.events,
+            retry: config.store.retry,
+            ..RedisSettings::new(url.clone())
+        })
+        .await
+        .context("`redis`")?;
+        return Ok((r.clone(), Some(r)));
+    }
     let full = config.store.synchronous == crate::config::Synchronous::Full;
-    Ok(Arc::new(SqliteStore::open(
-        &config.data_dir,
-        settings,
-        full,
-    )?))
+    Ok((
+        Arc::new(SqliteStore::open(&config.data_dir, settings, full)?),
+        None,
+    ))
+}
+
+impl ServerBuilder {
+    /// Runs a worker node until `shutdown` completes: the worker (with its reaper) and the
+    /// scheduler, no HTTP API. Needs `redis` (the API runs elsewhere, on the same Redis) and
+    /// `public_url` (the API's URL, which jobs report to). Then drains like [`RunningServer::stop`].
+    pub async fn work(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let config = Arc::new(self.config);
+        if config.redis.is_none() {
+            anyhow::bail!(
+                "`redis`: a worker node shares the queue with the API through Redis; set `redis` \
+                 (or run `runyard serve`, which has a worker built in)"
+            );
+        }
+        if config.public_url.is_none() {
+            anyhow::bail!(
+                "`public_url`: a worker node needs the API's URL (jobs report to `public_url`/async)"
+            );
+        }
+        let (store, _) = open_store(&config).await?;
+        let runners = Arc::new(
+            RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let master_key = Arc::new(load_master_key(&config)?);
+        let bg = CancellationToken::new();
+        tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
+        let (st, rc, stop) = (store.clone(), config.retention.clone(), bg.clone());
+        tokio::spawn(async move {
+            // Jobs, logs and events; file contents live with the API, whose retention collects them.
+            loop {
+                let before = crate::job::now_us() - rc.finished.as_micros() as i64;
+                if let Err(e) = st.retention(before).await {
+                    tracing::warn!(error = %e, "retention pass failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(rc.interval) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+        let worker = Worker::new(
+            store.clone(),
+            runners,
+            config.worker.clone(),
+            master_key,
+            format!("{}/async", config.public_url()),
+        );
+        tracing::info!(worker = %worker.id(), store = store.backend_name(), "runyard worker node started");
+        let stop = CancellationToken::new();
+        let w = tokio::spawn(worker.run(stop.clone()));
+        shutdown.await;
+        stop.cancel();
+        let _ = w.await;
+        bg.cancel();
+        Ok(())
+    }
 }
 
 /// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), else `data_dir/master.key`,

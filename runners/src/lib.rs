@@ -7,10 +7,14 @@
 //! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs.
 //! - [`local`]: a child process in its own process group (any language).
 //! - [`service`]: an in-process async Rust function registered by name.
+//! - [`docker`]: a container of the Docker Engine API, found again by its labels after a restart.
+//! - [`kube`]: a Kubernetes batch/v1 Job per attempt, found again by its labels after a restart.
 //!
 //! A runner never touches the store: it launches, reports what happened, and can be stopped.
 //! Retries, timeouts and status transitions are the worker's business.
 
+pub mod docker;
+pub mod kube;
 pub mod local;
 pub mod service;
 
@@ -38,6 +42,9 @@ pub struct JobSpec {
     pub secret: Secret,
     /// The hook base URL (`{public_url}/async`).
     pub hook_url: String,
+    /// The attempt's time limit, when it has one (the worker enforces it; runners whose work can
+    /// outlive the server, like `kube`, also hand it to their backend as a backstop).
+    pub timeout: Option<Duration>,
 }
 
 /// Which output stream a log line came from.

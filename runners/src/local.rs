@@ -144,7 +144,12 @@ impl Runner for LocalRunner {
         _spec: JobSpec,
         _reporter: SharedReporter,
     ) -> Result<Recovered, RunnerError> {
-        // A child process cannot be waited on by a new parent: make sure it is gone.
+        // A child process cannot be waited on by a new parent: make sure it is gone. Only where
+        // the pid means the same process (same boot, same pid namespace): elsewhere it names
+        // another process, and the dead worker's children died with it (PR_SET_PDEATHSIG).
+        if handle.data.get("boot_id").and_then(Value::as_str) != boot_id().as_deref() {
+            return Ok(Recovered::Gone);
+        }
         let pid = handle.data.get("pid").and_then(Value::as_u64);
         let start = handle.data.get("start_time").and_then(Value::as_u64);
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
@@ -181,7 +186,11 @@ impl Execution for LocalExecution {
         RunHandle {
             kind: "local".into(),
             id: self.pid.to_string(),
-            data: json!({ "pid": self.pid, "start_time": self.start_time }),
+            data: json!({
+                "pid": self.pid,
+                "start_time": self.start_time,
+                "boot_id": boot_id(),
+            }),
         }
     }
 
@@ -248,6 +257,15 @@ fn kill_group(pgid: i32, signal: i32) {
     }
 }
 
+/// Where a pid means something: this machine's boot (`boot_id` changes on another machine or
+/// after a reboot) and this process's pid namespace (two containers on one host share the boot
+/// id, not the pids). A handle from elsewhere is never acted on.
+fn boot_id() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), ns.display()))
+}
+
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
 fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -305,6 +323,7 @@ mod tests {
             attempt: 1,
             secret: crate::Secret::from_string("s3cr3t".into()),
             hook_url: "http://127.0.0.1:1/async".into(),
+            timeout: None,
         }
     }
 
@@ -355,7 +374,7 @@ mod tests {
             let mut gone = false;
             for _ in 0..100 {
                 let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-                if state.map_or(true, |s| s.contains(") Z")) {
+                if state.is_none_or(|s| s.contains(") Z")) {
                     gone = true;
                     break;
                 }
@@ -363,6 +382,25 @@ mod tests {
             }
             assert!(gone, "pid {pid} still alive after stop");
         }
+    }
+
+    #[tokio::test]
+    async fn recover_never_kills_on_another_machine() {
+        let r = sh("sleep 30");
+        let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
+        let mut h = ex.handle();
+        assert!(h.data["boot_id"].is_string());
+        // The same pid, from a handle made on another machine: left alone.
+        h.data["boot_id"] = json!("another-machine");
+        let got = r.recover(&h, spec(), Arc::new(Lines::default())).await.unwrap();
+        assert!(matches!(got, Recovered::Gone));
+        let pid = ex.handle().id;
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "still running");
+        // The real handle: the group is killed.
+        let got = r.recover(&ex.handle(), spec(), Arc::new(Lines::default())).await.unwrap();
+        assert!(matches!(got, Recovered::Gone));
+        let out = ex.wait().await;
+        assert!(matches!(out, Outcome::Failed { .. }), "{out:?}");
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl Execution for ServiceExecution {
             return;
         }
         self.cancel.cancel();
-        if tokio::time::timeout(grace, &mut self.join).await.is_err() {
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
             self.join.abort();
         }
         // The next `wait` reads the finished (or aborted) task; an outcome reached within the
@@ -296,6 +296,7 @@ mod tests {
             attempt: 1,
             secret: crate::Secret::from_string("k".into()),
             hook_url: String::new(),
+            timeout: None,
         }
     }
 

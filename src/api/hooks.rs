@@ -42,7 +42,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Job> {
-    let hh = HookHeaders::from_headers(headers).map_err(verify_error)?;
+    let mut hh = HookHeaders::from_headers(headers).map_err(verify_error)?;
     let id = Uuid::parse_str(&hh.job_id).map_err(|_| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -50,6 +50,8 @@ pub async fn authenticate(
             "X-Job-Id is not a job id",
         )
     })?;
+    // The canonical id, so that re-spelling X-Job-Id (no hyphens, braces, urn:) is still a replay.
+    hh.job_id = id.to_string();
     let job = st
         .app
         .store
@@ -64,6 +66,24 @@ pub async fn authenticate(
         .unwrap_or(uri.path());
     let now = runyard_hooks::now_ms();
     let v = &st.app.verifier;
+    if let Some(redis) = &st.app.redis {
+        // Several API processes: the replay memory is shared in Redis (SET NX PX).
+        let checked = match v.verify_signature(&hh, &secret, method.as_str(), pq, body, now) {
+            Err(VerifyError::BadSignature) if !st.app.path_prefix.is_empty() => {
+                let full = format!("{}{pq}", st.app.path_prefix);
+                v.verify_signature(&hh, &secret, method.as_str(), &full, body, now)
+            }
+            r => r,
+        }
+        .map_err(verify_error)?;
+        return match redis
+            .remember_once(&checked.replay_key, checked.expires_at_ms, now)
+            .await?
+        {
+            true => Ok(job),
+            false => Err(verify_error(VerifyError::Replay)),
+        };
+    }
     match v.verify(&hh, &secret, method.as_str(), pq, body, now) {
         Ok(()) => Ok(job),
         // Behind a proxy that strips public_url's path prefix, the job signed the longer path.

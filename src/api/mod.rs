@@ -70,6 +70,8 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::put(hooks::blob_upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/async/blobs/{hash}", get(hooks::blob_download))
+        .route("/async/events/ws", get(events::websocket))
+        .route("/async/events/sse", get(events::sse))
         .route("/api/v1/async_event/", get(events::poll))
         .route("/api/v1/async_event", get(events::poll))
         .route("/health", get(health))

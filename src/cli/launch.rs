@@ -4,6 +4,7 @@
 //! wraps a command (`runyard launch -- CMD ARGS...`), forwarding its output as logs, and reports
 //! SUCCESS or ERROR.
 
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,15 @@ pub struct LaunchArgs {
     /// Sign hook calls with v1 (timestamp only) instead of v2.
     #[arg(long)]
     pub v1: bool,
+    /// With `-- CMD`: once the command succeeded, upload FILE as a file of the job's PROPERTY
+    /// (e.g. `--output outputs=/tmp/report.csv`; repeatable). A missing file fails the job.
+    #[arg(long = "output", value_name = "PROPERTY=FILE")]
+    pub outputs: Vec<String>,
+    /// Also send the command's output lines through the hook. Off by default: every runyard
+    /// runner (local, docker, kube) already captures the job's output, and forwarding would
+    /// store each line twice. Use it when something else started the job.
+    #[arg(long)]
+    pub forward_logs: bool,
 }
 
 /// Runs `runyard launch` with the given operations.
@@ -38,9 +48,16 @@ pub async fn run(a: LaunchArgs, registry: ServiceRegistry) -> anyhow::Result<Exi
         client = client.with_v1();
     }
     let client = Arc::new(client);
+    let outputs = match parse_outputs(&a.outputs, a.command.is_empty()) {
+        Ok(o) => o,
+        Err(msg) => {
+            client.error(msg.clone()).await?;
+            anyhow::bail!(msg);
+        }
+    };
     match (a.operation, a.command.is_empty()) {
         (Some(op), true) => run_operation(client, &registry, &op).await,
-        (None, false) => run_command(client, &a.command).await,
+        (None, false) => run_command(client, &a.command, &outputs, a.forward_logs).await,
         _ => {
             anyhow::bail!("give either an OPERATION or `-- CMD ARGS...`, not both and not neither")
         }
@@ -181,7 +198,7 @@ async fn run_operation(
     Ok(finish(&client, outcome).await)
 }
 
-async fn forward<R: AsyncRead + Unpin>(pipe: R, reporter: Arc<HookReporter>, stderr: bool) {
+async fn forward<R: AsyncRead + Unpin>(pipe: R, reporter: Option<Arc<HookReporter>>, stderr: bool) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if stderr {
@@ -189,11 +206,54 @@ async fn forward<R: AsyncRead + Unpin>(pipe: R, reporter: Arc<HookReporter>, std
         } else {
             println!("{line}");
         }
-        reporter.log(LogStream::Stdout, line);
+        if let Some(r) = &reporter {
+            r.log(LogStream::Stdout, line);
+        }
     }
 }
 
-async fn run_command(client: Arc<JobClient>, command: &[String]) -> anyhow::Result<ExitCode> {
+/// `--output PROPERTY=FILE` values, checked before anything runs.
+fn parse_outputs(raw: &[String], no_command: bool) -> Result<Vec<(String, PathBuf)>, String> {
+    if !raw.is_empty() && no_command {
+        return Err("`--output` goes with `-- CMD ARGS...`, not with an operation".into());
+    }
+    raw.iter()
+        .map(|o| match o.split_once('=') {
+            Some((prop, file))
+                if !prop.is_empty()
+                    && !file.is_empty()
+                    && prop
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+            {
+                Ok((prop.to_string(), PathBuf::from(file)))
+            }
+            _ => Err(format!("`--output {o}`: expected PROPERTY=FILE")),
+        })
+        .collect()
+}
+
+/// Uploads the outputs of a command that succeeded; the first failure is the job's error.
+async fn upload_outputs(client: &JobClient, outputs: &[(String, PathBuf)]) -> Result<(), String> {
+    for (prop, path) in outputs {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        client
+            .upload(prop, path, serde_json::json!({ "name": name }))
+            .await
+            .map_err(|e| format!("cannot upload {} as `{prop}`: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_command(
+    client: Arc<JobClient>,
+    command: &[String],
+    outputs: &[(String, PathBuf)],
+    forward_logs: bool,
+) -> anyhow::Result<ExitCode> {
     client.running().await?;
     let mut child = match tokio::process::Command::new(&command[0])
         .args(&command[1..])
@@ -214,10 +274,10 @@ async fn run_command(client: Arc<JobClient>, command: &[String]) -> anyhow::Resu
     let pump = tokio::spawn(reporter.clone().pump(client.clone(), stop.clone()));
     let mut readers = Vec::new();
     if let Some(o) = child.stdout.take() {
-        readers.push(tokio::spawn(forward(o, reporter.clone(), false)));
+        readers.push(tokio::spawn(forward(o, forward_logs.then(|| reporter.clone()), false)));
     }
     if let Some(e) = child.stderr.take() {
-        readers.push(tokio::spawn(forward(e, reporter.clone(), true)));
+        readers.push(tokio::spawn(forward(e, forward_logs.then(|| reporter.clone()), true)));
     }
     let status = tokio::select! {
         s = child.wait() => s,
@@ -237,7 +297,7 @@ async fn run_command(client: Arc<JobClient>, command: &[String]) -> anyhow::Resu
     reporter.flush(&client).await;
     use std::os::unix::process::ExitStatusExt;
     let outcome = match (status.code(), status.signal()) {
-        (Some(0), _) => Ok(None),
+        (Some(0), _) => upload_outputs(&client, outputs).await.map(|()| None),
         (Some(c), _) => Err(format!("command exited with code {c}")),
         (None, Some(s)) => Err(format!("command killed by signal {s}")),
         _ => Err("command ended abnormally".to_string()),

@@ -26,6 +26,8 @@ pub struct Cli {
 enum Cmd {
     /// Run the API, a worker and the scheduler in one process.
     Serve(ServeArgs),
+    /// Run a worker node (worker, reaper, scheduler; no HTTP) on the Redis the API uses.
+    Worker(WorkerArgs),
     /// Submit a job; prints its id (with --wait, follows it and prints the final job).
     Submit(client::SubmitArgs),
     /// Print a job as JSON.
@@ -88,15 +90,61 @@ impl ServeArgs {
     }
 }
 
+/// Drops log events that may carry job secrets whatever `RUNYARD_LOG` says: bollard (the docker
+/// runner's client) prints request and response bodies at debug level, and a container's create
+/// body and inspect answer hold its `JOB_SECRET_KEY`.
+fn not_secret_bearing(meta: &tracing::Metadata<'_>) -> bool {
+    !(meta.target().starts_with("bollard") && *meta.level() > tracing::Level::INFO)
+}
+
+/// Flags of `worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Config file (default ./runyard.toml when present).
+    #[arg(long, env = "RUNYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Redis URL (required: the API and the workers share it).
+    #[arg(long)]
+    redis: Option<String>,
+    /// The API's URL, which jobs report to.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Data directory (files of local jobs' working state; the store is in Redis).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let (path, required) = match &a.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("runyard.toml"), false),
+    };
+    let config = Config::load(
+        &path,
+        required,
+        &Overrides {
+            redis: a.redis.clone(),
+            public_url: a.public_url.clone(),
+            data_dir: a.data_dir.clone(),
+            ..Default::default()
+        },
+    )?;
+    ServerBuilder::new(config).work(shutdown_signal()).await
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .finish()
+        .with(tracing_subscriber::filter::filter_fn(not_secret_bearing))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -108,6 +156,7 @@ pub fn main() -> ExitCode {
     let r = rt.block_on(async move {
         match cli.command {
             Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Worker(a) => worker(a).await.map(|_| ExitCode::SUCCESS),
             Cmd::Submit(a) => client::submit(a).await,
             Cmd::Status(a) => client::status(a).await,
             Cmd::Logs(a) => client::logs(a).await,

@@ -473,13 +473,13 @@ fn hook_report(
     }
     match r.status {
         None => {}
-        Some(Running) => {
-            if job.status == Starting {
-                job.started_at = Some(now);
-                set_status(job, Running, now);
-                ev = Some(EventKind::Status);
-            }
+        Some(Running) if job.status == Starting => {
+            job.started_at = Some(now);
+            set_status(job, Running, now);
+            ev = Some(EventKind::Status);
         }
+        // Already RUNNING: a duplicate report changes nothing.
+        Some(Running) => {}
         Some(Success) => {
             job.progress = 1.0;
             job.error = None;

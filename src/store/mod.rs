@@ -4,6 +4,7 @@
 //! Every backend changes a job only through [`crate::job::apply`], atomically with the event the
 //! change produces, so the status machine is enforced in one place whatever the backend.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::time::Duration;

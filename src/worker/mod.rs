@@ -90,9 +90,11 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(worker = %self.id, "worker started");
         let bg = CancellationToken::new();
-        tokio::spawn(self.clone().listen(bg.clone()));
-        tokio::spawn(self.clone().heartbeats(bg.clone()));
-        tokio::spawn(reaper::run(self.clone(), bg.clone()));
+        let tasks = [
+            tokio::spawn(self.clone().listen(bg.clone())),
+            tokio::spawn(self.clone().heartbeats(bg.clone())),
+            tokio::spawn(reaper::run(self.clone(), bg.clone())),
+        ];
         let mut error_backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
             let mut more = false;
@@ -142,6 +144,9 @@ impl Worker {
         }
         self.drain().await;
         bg.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
         tracing::info!(worker = %self.id, "worker stopped");
     }
 
@@ -278,7 +283,8 @@ impl Worker {
         let id = job.id;
         let reporter = JobReporter::new(self.store.clone(), id, token);
         let shared: SharedReporter = Arc::new(SharedJobReporter(reporter.clone()));
-        let spec = self.spec_factory().spec(job);
+        let mut spec = self.spec_factory().spec(job);
+        spec.timeout = spec.timeout.or(slot.timeout);
         let mut exec = match slot.runner.launch(spec, shared).await {
             Ok(e) => e,
             Err(e) => {
@@ -324,6 +330,7 @@ impl Worker {
         job: Job,
         slot: Arc<RunnerSlot>,
         recovered: Recovered,
+        deferred: Arc<reporter::DeferredReporter>,
     ) {
         let adopted = match self.store.adopt(job.id, &self.id, self.cfg.lease_ttl).await {
             Ok(j) => j,
@@ -349,9 +356,10 @@ impl Worker {
                 reason: reason.clone(),
             },
         );
+        let reporter = JobReporter::new(self.store.clone(), id, token);
+        deferred.attach(Arc::new(SharedJobReporter(reporter.clone())));
         match recovered {
             Recovered::Running(exec) => {
-                let reporter = JobReporter::new(self.store.clone(), id, token);
                 let elapsed = adopted
                     .started_at
                     .map(|s| Duration::from_micros((crate::job::now_us() - s).max(0) as u64))
@@ -361,6 +369,7 @@ impl Worker {
                     .await;
             }
             Recovered::Finished(outcome) => {
+                reporter.flush().await;
                 self.finish(id, token, outcome_to_finish(outcome)).await
             }
             Recovered::Gone => {}
@@ -467,6 +476,7 @@ impl SpecFactory {
                 job.attempt,
             ),
             hook_url: self.hook_url.clone(),
+            timeout: job.timeout_ms.map(Duration::from_millis),
         }
     }
 }

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runyard_runners::{NullReporter, Recovered};
+use runyard_runners::Recovered;
 use tokio_util::sync::CancellationToken;
 
+use super::reporter::DeferredReporter;
 use super::Worker;
 use crate::job::Command;
 
@@ -35,14 +36,12 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
         let slot = worker.runners.get(&job.runner).cloned();
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);
-            match slot
-                .runner
-                .recover(&handle, spec, Arc::new(NullReporter))
-                .await
-            {
+            // What the recovered work logs before it is adopted is kept for the adopting attempt.
+            let deferred = Arc::new(DeferredReporter::default());
+            match slot.runner.recover(&handle, spec, deferred.clone()).await {
                 Ok(Recovered::Gone) => {}
                 Ok(r) => {
-                    tokio::spawn(worker.clone().adopt(job, slot, r));
+                    tokio::spawn(worker.clone().adopt(job, slot, r, deferred));
                     n += 1;
                     continue;
                 }

@@ -54,11 +54,15 @@ impl JobReporter {
             self.scheduled.store(false, Ordering::Release);
             return;
         };
-        let me = self.clone();
+        // Weak: once the attempt is over (its final flush done), a pending delayed flush has
+        // nothing to do and must not keep the store alive.
+        let me = Arc::downgrade(self);
         rt.spawn(async move {
             tokio::time::sleep(FLUSH_DELAY).await;
-            me.scheduled.store(false, Ordering::Release);
-            me.flush().await;
+            if let Some(me) = me.upgrade() {
+                me.scheduled.store(false, Ordering::Release);
+                me.flush().await;
+            }
         });
     }
 
@@ -103,5 +107,54 @@ impl Reporter for SharedJobReporter {
     fn progress(&self, progress: f64, details: Option<Value>) {
         self.0.pending.lock().progress = Some((progress, details));
         self.0.schedule();
+    }
+}
+
+/// The reporter the reaper hands to [`Runner::recover`](runyard_runners::Runner::recover): the
+/// recovered work may speak before it is adopted, so what it says is kept (bounded) until the
+/// adopting attempt's reporter is attached, then everything goes there. Dropped unadopted, it
+/// drops what it kept.
+#[derive(Default)]
+pub struct DeferredReporter {
+    inner: Mutex<Deferred>,
+}
+
+#[derive(Default)]
+struct Deferred {
+    target: Option<runyard_runners::SharedReporter>,
+    lines: Vec<(LogStream, String)>,
+    progress: Option<(f64, Option<Value>)>,
+}
+
+impl DeferredReporter {
+    /// From now on, forwards to `target` (first what was kept, in order).
+    pub fn attach(&self, target: runyard_runners::SharedReporter) {
+        let mut d = self.inner.lock();
+        for (stream, line) in d.lines.drain(..) {
+            target.log(stream, line);
+        }
+        if let Some((p, details)) = d.progress.take() {
+            target.progress(p, details);
+        }
+        d.target = Some(target);
+    }
+}
+
+impl Reporter for DeferredReporter {
+    fn log(&self, stream: LogStream, line: String) {
+        let mut d = self.inner.lock();
+        match &d.target {
+            Some(t) => t.log(stream, line),
+            None if d.lines.len() < MAX_BUFFERED_LINES => d.lines.push((stream, line)),
+            None => {}
+        }
+    }
+
+    fn progress(&self, progress: f64, details: Option<Value>) {
+        let mut d = self.inner.lock();
+        match &d.target {
+            Some(t) => t.progress(progress, details),
+            None => d.progress = Some((progress, details)),
+        }
     }
 }

@@ -1,0 +1,1133 @@
+//! The `docker` runner: each attempt of a job is a container of the Docker Engine API.
+//!
+//! - The image is the runner's `image`, or an image the job picks with `args.image` among the
+//!   runner's `allowed_images` globs (checked at submit time by [`Runner::validate`] and again at
+//!   launch). A missing image is pulled once before the container is created.
+//! - The container is named `runyard-{job id}-{attempt}` and labelled with the job id
+//!   ([`LABEL_JOB_ID`]), the attempt, the job type and the runner, plus the runner's own `labels`.
+//!   It gets the runner's `env` and the job's `JOB_ID`, `JOB_SECRET_KEY`, `JOB_HOOK`, `JOB_TYPE`,
+//!   `JOB_ARGS` and `JOB_ATTEMPT`, the runner's memory/CPU limits and network mode.
+//! - Its stdout and stderr are followed (with the engine's timestamps, so a broken log stream is
+//!   resumed without repeating lines) and become the job's logs, line by line.
+//! - Its exit code is the outcome: 0 is success, anything else a failure carrying the code (bollard
+//!   reports a non-zero exit as `DockerContainerWaitError`, which is mapped here, not treated as an
+//!   engine failure). An out-of-memory kill says so.
+//! - The container is removed once it ended and its exit code is read; cancel and timeout stop it
+//!   (the image's stop signal, then SIGKILL after the grace) and remove it.
+//! - After a restart of runyard, [`DockerRunner::recover`] finds the container again (by the id
+//!   saved in the job's handle, then by its labels): still running, it is adopted and followed
+//!   again; finished, its exit code is recorded; gone, the job is run again.
+//!
+//! The secret is passed as a container environment variable, so whoever can use the Docker API
+//! (`docker inspect`) can read it, as with any container env; it never appears in runyard's own
+//! logs or API: the create body is never logged here, and the CLI filters bollard's debug logs
+//! (which print request bodies). The engine is `docker_host`, else `DOCKER_HOST`, else
+//! `unix:///var/run/docker.sock`; the API version is negotiated with the engine on first use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use crate::{
+    Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, RunHandle, Runner, RunnerError,
+    SharedReporter,
+};
+
+/// Longest log line kept whole; longer lines are split.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Label on every container runyard creates (`true`).
+pub const LABEL_MANAGED: &str = "runyard.managed";
+/// Label holding the job id.
+pub const LABEL_JOB_ID: &str = "runyard.job-id";
+/// Label holding the attempt number.
+pub const LABEL_ATTEMPT: &str = "runyard.attempt";
+/// Label holding the job type.
+pub const LABEL_JOB_TYPE: &str = "runyard.job-type";
+/// Label holding the runner's name.
+pub const LABEL_RUNNER: &str = "runyard.runner";
+
+/// The engine used when neither `docker_host` nor `DOCKER_HOST` is set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// How long an image pull may take before the launch fails.
+const PULL_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// How long `wait` keeps retrying while the engine cannot be reached before it gives up.
+const LOST_ENGINE_LIMIT: Duration = Duration::from_secs(5 * 60);
+
+/// Configuration of a docker runner.
+#[derive(Debug, Clone, Default)]
+pub struct DockerConfig {
+    /// The runner's name (a label on its containers).
+    pub name: String,
+    /// The image jobs run in unless they pick another allowed one.
+    pub image: String,
+    /// The container's command (the image's `CMD` when empty; the image's entrypoint is kept).
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Network mode (`host`, `none`, `bridge`, a network name); the engine's default when absent.
+    pub network: Option<String>,
+    /// Memory limit, e.g. `512m`, `2g` (see [`parse_memory`]).
+    pub memory: Option<String>,
+    /// CPU limit, e.g. 1.5.
+    pub cpus: Option<f64>,
+    /// Globs of images a job may pick with `args.image`.
+    pub allowed_images: Vec<String>,
+    /// Extra labels on the containers.
+    pub labels: BTreeMap<String, String>,
+    /// The engine: `unix:///path`, `tcp://host:port` or `http://host:port`.
+    pub docker_host: Option<String>,
+}
+
+/// Runs jobs as containers.
+pub struct DockerRunner {
+    config: DockerConfig,
+    host: String,
+    memory_bytes: Option<i64>,
+    nano_cpus: Option<i64>,
+    client: OnceCell<Docker>,
+}
+
+impl DockerRunner {
+    /// A runner for this configuration. Checks the values; does not contact the engine (that
+    /// happens on first use, so runyard starts even while the engine is down).
+    pub fn new(config: DockerConfig) -> Result<Self, RunnerError> {
+        if config.image.trim().is_empty() {
+            return Err(RunnerError::Invalid(
+                "docker runner needs an `image`".into(),
+            ));
+        }
+        let memory_bytes = match &config.memory {
+            Some(m) => Some(parse_memory(m).map_err(RunnerError::Invalid)?),
+            None => None,
+        };
+        let nano_cpus = match config.cpus {
+            Some(c) => Some(nano_cpus(c).map_err(RunnerError::Invalid)?),
+            None => None,
+        };
+        let host = config
+            .docker_host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+        check_host(&host).map_err(RunnerError::Invalid)?;
+        Ok(Self {
+            config,
+            host,
+            memory_bytes,
+            nano_cpus,
+            client: OnceCell::new(),
+        })
+    }
+
+    /// The engine address this runner talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A client with the API version negotiated with the engine (once; retried while it fails).
+    async fn client(&self) -> Result<Docker, RunnerError> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_host(&self.host).map_err(|e| {
+                    RunnerError::Backend(format!(
+                        "cannot connect to the docker engine at {}: {e}",
+                        self.host
+                    ))
+                })?;
+                docker.negotiate_version().await.map_err(|e| {
+                    RunnerError::Backend(format!(
+                        "the docker engine at {} does not answer: {e}",
+                        self.host
+                    ))
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    /// The image a job runs in: `args.image` when present and allowed, else the runner's image.
+    pub fn image_for(&self, args: &Value) -> Result<String, RunnerError> {
+        match args.get("image") {
+            None | Some(Value::Null) => Ok(self.config.image.clone()),
+            Some(Value::String(img)) => {
+                if img == &self.config.image
+                    || self
+                        .config
+                        .allowed_images
+                        .iter()
+                        .any(|g| glob_match(g, img))
+                {
+                    Ok(img.clone())
+                } else {
+                    let mut allowed = vec![self.config.image.as_str()];
+                    allowed.extend(self.config.allowed_images.iter().map(String::as_str));
+                    Err(RunnerError::Invalid(format!(
+                        "image `{img}` is not allowed by this runner (allowed: {})",
+                        allowed.join(", ")
+                    )))
+                }
+            }
+            Some(_) => Err(RunnerError::Invalid("`args.image` must be a string".into())),
+        }
+    }
+
+    fn labels(&self, spec: &JobSpec) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = self
+            .config
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_JOB_ID.into(), spec.id.clone());
+        labels.insert(LABEL_ATTEMPT.into(), spec.attempt.to_string());
+        labels.insert(LABEL_JOB_TYPE.into(), spec.job_type.clone());
+        labels.insert(LABEL_RUNNER.into(), self.config.name.clone());
+        labels
+    }
+
+    /// The create body. It holds the job's secret: never log it.
+    fn create_body(&self, spec: &JobSpec, image: &str) -> ContainerCreateBody {
+        let mut env = self.config.env.clone();
+        env.insert("JOB_ID".into(), spec.id.clone());
+        env.insert("JOB_SECRET_KEY".into(), spec.secret.expose().to_string());
+        env.insert("JOB_HOOK".into(), spec.hook_url.clone());
+        env.insert("JOB_TYPE".into(), spec.job_type.clone());
+        env.insert("JOB_ARGS".into(), spec.args.to_string());
+        env.insert("JOB_ATTEMPT".into(), spec.attempt.to_string());
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: (!self.config.command.is_empty()).then(|| self.config.command.clone()),
+            env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(self.labels(spec)),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                network_mode: self.config.network.clone(),
+                memory: self.memory_bytes,
+                nano_cpus: self.nano_cpus,
+                auto_remove: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Removes every container of this job (earlier attempts whose worker died before it could
+    /// record them, or a leftover of this very attempt). Best effort.
+    async fn remove_stale(&self, docker: &Docker, job_id: &str) {
+        for id in find_containers(docker, job_id, None)
+            .await
+            .unwrap_or_default()
+        {
+            tracing::info!(job_id, container = %short(&id), "removing a stale container of this job");
+            remove(docker, &id).await;
+        }
+    }
+
+    async fn pull(&self, docker: &Docker, image: &str) -> Result<(), RunnerError> {
+        let (repo, tag) = split_image(image);
+        let opts = CreateImageOptions {
+            from_image: Some(repo.to_string()),
+            tag: tag.map(str::to_string),
+            ..Default::default()
+        };
+        tracing::info!(image, "pulling image");
+        let pull = async {
+            let mut s = docker.create_image(Some(opts), None, None);
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(d) = info.error_detail {
+                            return Err(d.message.unwrap_or_else(|| "pull failed".into()));
+                        }
+                    }
+                    Err(e) => return Err(engine_message(&e)),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(PULL_LIMIT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(m)) => Err(RunnerError::Launch(format!(
+                "image `{image}` is not present and cannot be pulled: {m}"
+            ))),
+            Err(_) => Err(RunnerError::Launch(format!(
+                "pulling image `{image}` took longer than {}s",
+                PULL_LIMIT.as_secs()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Runner for DockerRunner {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn validate(&self, _job_type: &str, args: &Value) -> Result<(), RunnerError> {
+        self.image_for(args).map(|_| ())
+    }
+
+    async fn launch(
+        &self,
+        spec: JobSpec,
+        reporter: SharedReporter,
+    ) -> Result<Box<dyn Execution>, RunnerError> {
+        let image = self.image_for(&spec.args)?;
+        let docker = self.client().await?;
+        let secret = spec.secret.expose().to_string();
+        let scrub = |m: String| {
+            if secret.is_empty() {
+                m
+            } else {
+                m.replace(&secret, "***")
+            }
+        };
+        self.remove_stale(&docker, &spec.id).await;
+        let name = container_name(&spec.id, spec.attempt);
+        let opts = || CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = match docker
+            .create_container(Some(opts()), self.create_body(&spec, &image))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_missing_image(&e) => {
+                self.pull(&docker, &image).await?;
+                docker
+                    .create_container(Some(opts()), self.create_body(&spec, &image))
+                    .await
+                    .map_err(|e| {
+                        RunnerError::Launch(scrub(format!(
+                            "cannot create the container: {}",
+                            engine_message(&e)
+                        )))
+                    })?
+            }
+            Err(e) => {
+                return Err(RunnerError::Launch(scrub(format!(
+                    "cannot create the container: {}",
+                    engine_message(&e)
+                ))))
+            }
+        };
+        let id = created.id;
+        for w in created.warnings {
+            reporter.log(LogStream::Job, format!("docker: {}", scrub(w)));
+        }
+        if let Err(e) = docker.start_container(&id, None).await {
+            remove(&docker, &id).await;
+            return Err(RunnerError::Launch(scrub(format!(
+                "cannot start the container: {}",
+                engine_message(&e)
+            ))));
+        }
+        tracing::debug!(container = %short(&id), %image, "container started");
+        let logs = tokio::spawn(follow_logs(docker.clone(), id.clone(), reporter, None));
+        let handle = RunHandle {
+            kind: "docker".into(),
+            id: short(&id).to_string(),
+            data: json!({
+                "container_id": id,
+                "name": name,
+                "image": image,
+                "job_id": spec.id,
+                "attempt": spec.attempt,
+            }),
+        };
+        Ok(Box::new(DockerExecution::new(docker, id, handle, logs)))
+    }
+
+    async fn recover(
+        &self,
+        handle: &RunHandle,
+        _spec: JobSpec,
+        reporter: SharedReporter,
+    ) -> Result<Recovered, RunnerError> {
+        if handle.kind != "docker" {
+            // Work of another runner kind (the configuration changed): nothing of ours to find.
+            return Ok(Recovered::Gone);
+        }
+        let docker = self.client().await?;
+        let saved = handle
+            .data
+            .get("container_id")
+            .and_then(Value::as_str)
+            .unwrap_or(&handle.id)
+            .to_string();
+        let mut found = inspect(&docker, &saved).await?;
+        if found.is_none() {
+            // The saved id is gone (or was never saved whole): look for the attempt by its labels.
+            if let Some(job_id) = handle.data.get("job_id").and_then(Value::as_str) {
+                let attempt = handle.data.get("attempt").and_then(Value::as_u64);
+                let ids = find_containers(&docker, job_id, attempt)
+                    .await
+                    .map_err(|e| RunnerError::Backend(engine_message(&e)))?;
+                if let Some(id) = ids.first() {
+                    found = inspect(&docker, id).await?;
+                }
+            }
+        }
+        let Some(c) = found else {
+            return Ok(Recovered::Gone);
+        };
+        let id = c.id.clone().unwrap_or(saved);
+        let state = c.state.clone().unwrap_or_default();
+        match state.status {
+            Some(
+                ContainerStateStatusEnum::RUNNING
+                | ContainerStateStatusEnum::PAUSED
+                | ContainerStateStatusEnum::RESTARTING,
+            ) => {
+                tracing::info!(container = %short(&id), "found the job's container still running");
+                reporter.log(
+                    LogStream::Job,
+                    format!(
+                        "runyard: found container {} still running after a restart; following \
+                         its output again from now on",
+                        short(&id)
+                    ),
+                );
+                let now = now_ns();
+                let logs =
+                    tokio::spawn(follow_logs(docker.clone(), id.clone(), reporter, Some(now)));
+                let mut handle = handle.clone();
+                if let Value::Object(m) = &mut handle.data {
+                    m.insert("container_id".into(), json!(id));
+                }
+                Ok(Recovered::Running(Box::new(DockerExecution::new(
+                    docker, id, handle, logs,
+                ))))
+            }
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                let code = state.exit_code.unwrap_or(-1);
+                let outcome = outcome_of(code, state.error.as_deref(), state.oom_killed);
+                remove(&docker, &id).await;
+                Ok(Recovered::Finished(outcome))
+            }
+            _ => {
+                // Created but never started (the launch died half-way), or being removed.
+                remove(&docker, &id).await;
+                Ok(Recovered::Gone)
+            }
+        }
+    }
+}
+
+struct DockerExecution {
+    docker: Docker,
+    id: String,
+    handle: RunHandle,
+    logs: Option<JoinHandle<()>>,
+    exit: Option<Outcome>,
+    removed: bool,
+}
+
+impl DockerExecution {
+    fn new(docker: Docker, id: String, handle: RunHandle, logs: JoinHandle<()>) -> Self {
+        Self {
+            docker,
+            id,
+            handle,
+            logs: Some(logs),
+            exit: None,
+            removed: false,
+        }
+    }
+
+    /// Once the container ended: lets the log follower drain, then removes the container.
+    async fn cleanup(&mut self) {
+        if self.removed {
+            return;
+        }
+        if let Some(mut logs) = self.logs.take() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut logs)
+                .await
+                .is_err()
+            {
+                logs.abort();
+            }
+        }
+        remove(&self.docker, &self.id).await;
+        self.removed = true;
+    }
+}
+
+#[async_trait]
+impl Execution for DockerExecution {
+    fn handle(&self) -> RunHandle {
+        self.handle.clone()
+    }
+
+    async fn wait(&mut self) -> Outcome {
+        if self.exit.is_none() {
+            let o = wait_exit(&self.docker, &self.id).await;
+            self.exit = Some(o);
+        }
+        self.cleanup().await;
+        self.exit.clone().expect("set above")
+    }
+
+    async fn stop(&mut self, grace: Duration) {
+        if self.exit.is_none() {
+            let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
+            let opts = StopContainerOptions {
+                t: Some(secs),
+                signal: None,
+            };
+            // `stop` sends the image's stop signal, then SIGKILL after `t` seconds, and returns
+            // once the container is down. Bounded: a hung engine must not hang the worker.
+            let stopped = tokio::time::timeout(
+                grace + Duration::from_secs(10),
+                self.docker.stop_container(&self.id, Some(opts)),
+            )
+            .await;
+            if !matches!(stopped, Ok(Ok(()))) {
+                let _ = self
+                    .docker
+                    .kill_container(&self.id, Some(KillContainerOptions::default()))
+                    .await;
+            }
+            let o =
+                tokio::time::timeout(Duration::from_secs(10), wait_exit(&self.docker, &self.id))
+                    .await
+                    .unwrap_or_else(|_| Outcome::failed("the container did not stop"));
+            self.exit = Some(o);
+        }
+        self.cleanup().await;
+    }
+}
+
+/// Waits until the container is not running; its exit code makes the outcome. Retries while the
+/// engine cannot be reached (for at most [`LOST_ENGINE_LIMIT`]).
+async fn wait_exit(docker: &Docker, id: &str) -> Outcome {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let opts = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        let mut s = docker.wait_container(id, Some(opts));
+        let failure = match s.next().await {
+            Some(Ok(r)) => {
+                let msg = r.error.and_then(|e| e.message);
+                return finish_outcome(docker, id, r.status_code, msg).await;
+            }
+            // bollard turns a non-zero exit into this error: it is the container's exit code.
+            Some(Err(DockerError::DockerContainerWaitError { error, code })) => {
+                let msg = (!error.is_empty()).then_some(error);
+                return finish_outcome(docker, id, code, msg).await;
+            }
+            Some(Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return Outcome::failed("the container disappeared (removed outside runyard)"),
+            Some(Err(e)) => engine_message(&e),
+            None => "the engine closed the wait without an answer".to_string(),
+        };
+        if started.elapsed() >= LOST_ENGINE_LIMIT {
+            return Outcome::failed(format!("lost contact with the docker engine: {failure}"));
+        }
+        tracing::warn!(container = %short(id), error = %failure, "waiting for the container failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn finish_outcome(docker: &Docker, id: &str, code: i64, msg: Option<String>) -> Outcome {
+    if code == 0 {
+        return Outcome::Success { result: None };
+    }
+    let oom = match docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(c) => c.state.and_then(|s| s.oom_killed),
+        Err(_) => None,
+    };
+    outcome_of(code, msg.as_deref(), oom)
+}
+
+/// The outcome of a container that exited with `code`.
+fn outcome_of(code: i64, error: Option<&str>, oom_killed: Option<bool>) -> Outcome {
+    if code == 0 {
+        return Outcome::Success { result: None };
+    }
+    let exit_code = i32::try_from(code).ok();
+    let mut message = if oom_killed == Some(true) {
+        format!("container killed: out of memory (exit code {code})")
+    } else {
+        format!("container exited with code {code}")
+    };
+    if let Some(e) = error.filter(|e| !e.is_empty()) {
+        message.push_str(": ");
+        message.push_str(e);
+    }
+    Outcome::Failed { message, exit_code }
+}
+
+/// Inspects a container; `None` when it does not exist.
+async fn inspect(
+    docker: &Docker,
+    id: &str,
+) -> Result<Option<ContainerInspectResponse>, RunnerError> {
+    match docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(c) => Ok(Some(c)),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(RunnerError::Backend(format!(
+            "cannot inspect container {}: {}",
+            short(id),
+            engine_message(&e)
+        ))),
+    }
+}
+
+/// The ids of the containers of a job (of one attempt, when given), running or not.
+async fn find_containers(
+    docker: &Docker,
+    job_id: &str,
+    attempt: Option<u64>,
+) -> Result<Vec<String>, DockerError> {
+    let mut labels = vec![format!("{LABEL_JOB_ID}={job_id}")];
+    if let Some(a) = attempt {
+        labels.push(format!("{LABEL_ATTEMPT}={a}"));
+    }
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([("label".to_string(), labels)])),
+        ..Default::default()
+    };
+    let list = docker.list_containers(Some(opts)).await?;
+    Ok(list.into_iter().filter_map(|c| c.id).collect())
+}
+
+/// Force-removes a container and its anonymous volumes; a missing container is fine.
+async fn remove(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    for attempt in 0..3 {
+        match docker.remove_container(id, Some(opts.clone())).await {
+            Ok(()) => return,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return,
+            // 409: removal already in progress.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) if attempt > 0 => return,
+            Err(e) => {
+                if attempt == 2 {
+                    tracing::warn!(container = %short(id), error = %engine_message(&e), "cannot remove the container");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+/// Follows the container's output until it ends, as log lines. With `since` (ns since the epoch),
+/// lines older than that are skipped (a recovered container's output is followed from then on).
+async fn follow_logs(docker: Docker, id: String, reporter: SharedReporter, since: Option<i128>) {
+    let mut last_ts: Option<i128> = since.map(|s| s - 1);
+    let mut out = LineBuf::new(LogStream::Stdout);
+    let mut err = LineBuf::new(LogStream::Stderr);
+    let mut failures = 0u32;
+    loop {
+        let opts = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: last_ts
+                .map(|t| i32::try_from(t.div_euclid(1_000_000_000)).unwrap_or(0))
+                .unwrap_or(0),
+            ..Default::default()
+        };
+        let mut stream = docker.logs(&id, Some(opts));
+        let mut broken: Option<DockerError> = None;
+        while let Some(item) = stream.next().await {
+            let (buf, message) = match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    (&mut out, message)
+                }
+                Ok(LogOutput::StdErr { message }) => (&mut err, message),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            };
+            let (ts, payload) = split_timestamp(&message);
+            if let (Some(ts), Some(last)) = (ts, last_ts) {
+                if ts <= last {
+                    continue; // already forwarded before the stream was resumed
+                }
+            }
+            if ts.is_some() {
+                last_ts = ts;
+            }
+            buf.push(payload, reporter.as_ref());
+        }
+        let Some(e) = broken else {
+            break; // the container ended and the engine closed the stream
+        };
+        if let DockerError::DockerResponseServerError { message, .. } = &e {
+            // The engine refuses (e.g. a log driver that cannot be read): retrying will not help.
+            reporter.log(
+                LogStream::Job,
+                format!("runyard: cannot read the container's output: {message}"),
+            );
+            break;
+        }
+        // The connection broke: resume while the container still runs.
+        failures += 1;
+        let running = matches!(
+            docker.inspect_container(&id, None::<InspectContainerOptions>).await,
+            Ok(ContainerInspectResponse { state: Some(ref s), .. }) if s.running == Some(true)
+        );
+        if !running || failures > 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    out.finish(reporter.as_ref());
+    err.finish(reporter.as_ref());
+}
+
+/// Splits the engine's `2024-05-01T12:34:56.123456789Z ` prefix off a log frame.
+fn split_timestamp(frame: &[u8]) -> (Option<i128>, &[u8]) {
+    let Some(space) = frame.iter().take(40).position(|b| *b == b' ') else {
+        return (None, frame);
+    };
+    match std::str::from_utf8(&frame[..space])
+        .ok()
+        .and_then(parse_rfc3339_ns)
+    {
+        Some(ts) => (Some(ts), &frame[space + 1..]),
+        None => (None, frame),
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into nanoseconds since the epoch.
+fn parse_rfc3339_ns(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos: i128 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+        nanos = digits.parse().ok()?;
+    }
+    let offset_secs: i64 = match s.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
+            let oh: i64 = tz.get(1..3)?.parse().ok()?;
+            let om: i64 = tz.get(4..6)?.parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if tz.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    Some(secs as i128 * 1_000_000_000 + nanos)
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Accumulates one stream's bytes and reports whole lines.
+struct LineBuf {
+    stream: LogStream,
+    buf: Vec<u8>,
+}
+
+impl LineBuf {
+    fn new(stream: LogStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8], reporter: &dyn Reporter) {
+        while !bytes.is_empty() {
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(nl) => {
+                    self.buf.extend_from_slice(&bytes[..nl]);
+                    self.emit(reporter);
+                    bytes = &bytes[nl + 1..];
+                }
+                None => {
+                    self.buf.extend_from_slice(bytes);
+                    bytes = &[];
+                }
+            }
+            while self.buf.len() >= MAX_LINE_BYTES {
+                let rest = self.buf.split_off(MAX_LINE_BYTES);
+                let line = std::mem::replace(&mut self.buf, rest);
+                reporter.log(self.stream, String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+    }
+
+    fn emit(&mut self, reporter: &dyn Reporter) {
+        while matches!(self.buf.last(), Some(b'\r')) {
+            self.buf.pop();
+        }
+        let line = std::mem::take(&mut self.buf);
+        reporter.log(self.stream, String::from_utf8_lossy(&line).into_owned());
+    }
+
+    fn finish(&mut self, reporter: &dyn Reporter) {
+        if !self.buf.is_empty() {
+            self.emit(reporter);
+        }
+    }
+}
+
+/// The container name of an attempt.
+pub fn container_name(job_id: &str, attempt: u32) -> String {
+    format!("runyard-{job_id}-{attempt}")
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Whether an engine error says the image is not present locally.
+fn is_missing_image(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 404, message }
+        if message.to_ascii_lowercase().contains("no such image"))
+}
+
+/// A short message for an engine error (the engine's own message when it answered).
+fn engine_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{message} (HTTP {status_code})"),
+        other => other.to_string(),
+    }
+}
+
+/// Splits `repo[:tag]` / `repo@digest` for a pull; no tag means `latest`.
+fn split_image(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(c) => (&image[..slash + c], Some(&image[slash + c + 1..])),
+        None => (image, Some("latest")),
+    }
+}
+
+/// Checks the scheme of an engine address.
+fn check_host(host: &str) -> Result<(), String> {
+    let ok = ["unix://", "tcp://", "http://"]
+        .iter()
+        .any(|p| host.starts_with(p) && host.len() > p.len());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "docker host `{host}` is not supported: use unix:///path/to/docker.sock, tcp://HOST:PORT \
+             or http://HOST:PORT"
+        ))
+    }
+}
+
+/// Parses a memory size like Docker's CLI: a number with an optional binary unit `b`, `k`, `m`,
+/// `g`, `t` (optionally followed by `b` / `ib`), e.g. `512m`, `2g`, `1.5GiB`, `1048576`.
+pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let unit = unit.trim();
+    let mult: f64 = match unit {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("memory `{s}`: unknown unit (use b, k, m, g or t)")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("memory `{s}` is not a size like 512m or 2g"))?;
+    let bytes = (n * mult).round();
+    // Docker refuses limits under 6 MiB.
+    if !(6.0 * 1024.0 * 1024.0..=i64::MAX as f64).contains(&bytes) {
+        return Err(format!("memory `{s}`: must be at least 6m"));
+    }
+    Ok(bytes as i64)
+}
+
+/// A CPU count as the engine's `NanoCpus`.
+pub fn nano_cpus(cpus: f64) -> Result<i64, String> {
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > 1_000_000.0 {
+        return Err(format!("cpus `{cpus}` must be a positive number"));
+    }
+    Ok((cpus * 1e9).round() as i64)
+}
+
+/// Glob match with `*` (any run, `/` included) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Lines(std::sync::Mutex<Vec<(LogStream, String)>>);
+    impl Reporter for Lines {
+        fn log(&self, stream: LogStream, line: String) {
+            self.0.lock().unwrap().push((stream, line));
+        }
+        fn progress(&self, _p: f64, _d: Option<Value>) {}
+    }
+
+    fn runner(allowed: &[&str]) -> DockerRunner {
+        DockerRunner::new(DockerConfig {
+            name: "d".into(),
+            image: "busybox:local".into(),
+            allowed_images: allowed.iter().map(|s| s.to_string()).collect(),
+            docker_host: Some("unix:///nonexistent.sock".into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn images_are_checked_against_the_allow_list() {
+        let r = runner(&["registry.example.com/team/*", "tools:?.?"]);
+        assert_eq!(r.image_for(&json!({})).unwrap(), "busybox:local");
+        assert_eq!(
+            r.image_for(&json!({"image": null})).unwrap(),
+            "busybox:local"
+        );
+        assert_eq!(
+            r.image_for(&json!({"image": "busybox:local"})).unwrap(),
+            "busybox:local"
+        );
+        assert!(r
+            .validate("t", &json!({"image": "registry.example.com/team/app:1"}))
+            .is_ok());
+        assert!(r.validate("t", &json!({"image": "tools:1.2"})).is_ok());
+        let e = r
+            .validate("t", &json!({"image": "evil:latest"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("evil:latest") && e.contains("not allowed"),
+            "{e}"
+        );
+        assert!(r.validate("t", &json!({"image": 3})).is_err());
+    }
+
+    #[test]
+    fn config_values_are_checked() {
+        let bad = |c: DockerConfig| DockerRunner::new(c).err().map(|e| e.to_string());
+        let base = DockerConfig {
+            image: "x".into(),
+            docker_host: Some("unix:///x.sock".into()),
+            ..Default::default()
+        };
+        assert!(bad(DockerConfig {
+            image: " ".into(),
+            ..base.clone()
+        })
+        .is_some());
+        assert!(bad(DockerConfig {
+            memory: Some("lots".into()),
+            ..base.clone()
+        })
+        .unwrap()
+        .contains("lots"));
+        assert!(bad(DockerConfig {
+            cpus: Some(0.0),
+            ..base.clone()
+        })
+        .is_some());
+        assert!(bad(DockerConfig {
+            docker_host: Some("ssh://h".into()),
+            ..base.clone()
+        })
+        .unwrap()
+        .contains("ssh://h"));
+        assert!(bad(base).is_none());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_memory("64 MB").unwrap(), 64 << 20);
+        assert_eq!(parse_memory("10485760").unwrap(), 10 << 20);
+        assert!(parse_memory("1k").is_err(), "under the engine's minimum");
+        assert!(parse_memory("12x").is_err());
+        assert!(parse_memory("").is_err());
+        assert_eq!(nano_cpus(1.5).unwrap(), 1_500_000_000);
+        assert!(nano_cpus(-1.0).is_err());
+    }
+
+    #[test]
+    fn timestamps_and_frames() {
+        assert_eq!(
+            parse_rfc3339_ns("1970-01-01T00:00:01Z"),
+            Some(1_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ns("2024-02-29T12:00:00.5Z"),
+            Some(1_709_208_000_500_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ns("2024-02-29T13:00:00.000000001+01:00"),
+            Some(1_709_208_000_000_000_001)
+        );
+        assert_eq!(parse_rfc3339_ns("yesterday"), None);
+        let (ts, rest) = split_timestamp(b"2024-02-29T12:00:00.123456789Z hello world\n");
+        assert_eq!(ts, Some(1_709_208_000_123_456_789));
+        assert_eq!(rest, b"hello world\n");
+        let (ts, rest) = split_timestamp(b"no timestamp here");
+        assert_eq!((ts, rest), (None, &b"no timestamp here"[..]));
+    }
+
+    #[test]
+    fn lines_are_split_joined_and_capped() {
+        let r = Lines::default();
+        let mut b = LineBuf::new(LogStream::Stdout);
+        b.push(b"one\r\ntw", &r);
+        b.push(b"o\nthree", &r);
+        b.finish(&r);
+        let big = vec![b'x'; MAX_LINE_BYTES + 10];
+        b.push(&big, &r);
+        b.push(b"\n", &r);
+        let got = r.0.lock().unwrap().clone();
+        let texts: Vec<usize> = got.iter().map(|(_, l)| l.len()).collect();
+        assert_eq!(got[0].1, "one");
+        assert_eq!(got[1].1, "two");
+        assert_eq!(got[2].1, "three");
+        assert_eq!(&texts[3..], &[MAX_LINE_BYTES, 10]);
+    }
+
+    #[test]
+    fn image_references_split_for_pulls() {
+        assert_eq!(split_image("busybox"), ("busybox", Some("latest")));
+        assert_eq!(split_image("busybox:1.36"), ("busybox", Some("1.36")));
+        assert_eq!(
+            split_image("localhost:5000/team/app"),
+            ("localhost:5000/team/app", Some("latest"))
+        );
+        assert_eq!(
+            split_image("localhost:5000/team/app:v2"),
+            ("localhost:5000/team/app", Some("v2"))
+        );
+        assert_eq!(split_image("app@sha256:abc"), ("app@sha256:abc", None));
+    }
+
+    #[test]
+    fn exit_codes_make_outcomes() {
+        assert_eq!(outcome_of(0, None, None), Outcome::Success { result: None });
+        assert_eq!(
+            outcome_of(3, None, Some(false)),
+            Outcome::Failed {
+                message: "container exited with code 3".into(),
+                exit_code: Some(3)
+            }
+        );
+        assert_eq!(
+            outcome_of(137, None, Some(true)),
+            Outcome::Failed {
+                message: "container killed: out of memory (exit code 137)".into(),
+                exit_code: Some(137)
+            }
+        );
+    }
+}

@@ -1,0 +1,119 @@
+-- Commits job writes, each with a compare-and-set on the job's version, together with everything
+-- that depends on the job: its index entries, its idempotency key, its file references and its
+-- event (global stream + channel stream). The status rules ran in Rust (`crate::job::apply`);
+-- this script only checks that nobody wrote the job in between.
+--
+-- A job that becomes QUEUED is announced on the notice channel from here (one message per runner
+-- per call), so idle workers of every process wake without another round trip.
+--
+-- ARGV[1] prefix, ARGV[2] global stream limit, ARGV[3] channel stream limit,
+-- ARGV[4] channel stream TTL (ms), ARGV[5] number of jobs, ARGV[6] the committing process's
+-- notice origin, then 14 values per job:
+--   id, expected version ('' = the job must not exist: a submit), new version, status, runner,
+--   channel, queued_at, run_at ('' none), lease expiry ('' none), finished_at ('' none),
+--   idempotency key ('' none), file hashes (space separated, '' none), body (JSON),
+--   event (JSON, '' none)
+-- Returns one reply per job:
+--   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
+--   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
+--   stored: a retried submit), 'IDEM:<job id>' (a submit whose idempotency key is taken).
+local P = ARGV[1]
+local glimit = tonumber(ARGV[2])
+local climit = tonumber(ARGV[3])
+local cttl = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local origin = ARGV[6]
+local announced = {}
+
+local ACTIVE = { STARTING = true, RUNNING = true }
+local TERMINAL = { SUCCESS = true, ERROR = true, TIMEOUT = true, CANCELLED = true }
+
+-- `MAXLEN ~` trims whole stream nodes (100 entries by default), so it cannot keep a smaller
+-- stream bounded: small limits are exact.
+local function xadd(key, limit, id, ev)
+  if limit < 100 then
+    return redis.call('XADD', key, 'MAXLEN', limit, id, 'e', ev)
+  end
+  return redis.call('XADD', key, 'MAXLEN', '~', limit, id, 'e', ev)
+end
+
+local function commit_one(a)
+  local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev =
+    a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]
+  local key = P .. ':job:' .. id
+  local cur = redis.call('HMGET', key, 'v', 's')
+  local old = cur[2]
+  if expv == '' then
+    if cur[1] then return 'EXISTS' end
+    if idem ~= '' then
+      local other = redis.call('GET', P .. ':idem:' .. idem)
+      if other then return 'IDEM:' .. other end
+      redis.call('SET', P .. ':idem:' .. idem, id)
+    end
+    redis.call('ZADD', P .. ':all', 0, id)
+    old = false
+  else
+    if not cur[1] then return 'GONE' end
+    if cur[1] ~= expv then return 'CONFLICT' end
+  end
+  redis.call('HSET', key, 'v', newv, 's', st, 'r', runner, 'q', qat, 'c', chan, 'b', body)
+  if idem ~= '' then redis.call('HSET', key, 'k', idem) end
+  if files ~= '' then
+    redis.call('HSET', key, 'f', files)
+    for h in string.gmatch(files, '%S+') do
+      redis.call('SADD', P .. ':fref:' .. h, id)
+      redis.call('SADD', P .. ':fhashes', h)
+    end
+  end
+  -- Index entries follow the status.
+  if old ~= st then
+    if old then redis.call('ZREM', P .. ':st:' .. old, id) end
+    redis.call('ZADD', P .. ':st:' .. st, 0, id)
+  end
+  local qk = P .. ':q:' .. runner
+  if st == 'QUEUED' then
+    redis.call('ZADD', qk, qat, id)
+    if old ~= 'QUEUED' and not announced[runner] then
+      announced[runner] = true
+      redis.call('PUBLISH', P .. ':notices', origin .. '\nQ ' .. runner)
+    end
+  elseif old == 'QUEUED' then
+    redis.call('ZREM', qk, id)
+  end
+  if st == 'SCHEDULED' and runat ~= '' then
+    redis.call('ZADD', P .. ':sched', runat, id)
+  elseif old == 'SCHEDULED' then
+    redis.call('ZREM', P .. ':sched', id)
+  end
+  -- Removing a non-active job also drops a claim reservation (see claim.lua).
+  if ACTIVE[st] and lease ~= '' then
+    redis.call('ZADD', P .. ':lease', lease, id)
+  elseif old then
+    redis.call('ZREM', P .. ':lease', id)
+  end
+  if fin ~= '' then
+    redis.call('ZADD', P .. ':fin', fin, id)
+  elseif old and TERMINAL[old] then
+    redis.call('ZREM', P .. ':fin', id)
+  end
+  local eid = ''
+  if ev ~= '' then
+    eid = xadd(P .. ':ev', glimit, '*', ev)
+    -- Same id in the channel stream: channel ids are a subsequence of the global ones, so they
+    -- increase too, and a client may use one id in both.
+    local ck = P .. ':evc:' .. chan
+    xadd(ck, climit, eid, ev)
+    redis.call('PEXPIRE', ck, cttl)
+  end
+  return 'OK:' .. eid
+end
+
+local out = {}
+local i = 7
+for j = 1, n do
+  local a = {}
+  for k = 0, 13 do a[k + 1] = ARGV[i + k] end
+  i = i + 14
+  out[j] = commit_one(a)
+end
+return out

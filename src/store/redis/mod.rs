@@ -1,0 +1,1203 @@
+//! The Redis backend: many runyard processes (API nodes, worker nodes) share one Redis.
+//!
+//! The status rules stay in Rust: a change loads the job, runs [`crate::job::apply`] and commits
+//! with `lua/commit.lua`, a compare-and-set on the job's `version` that also updates the index
+//! keys and appends the event to the global and the channel stream, atomically. A conflict means
+//! another process wrote the job in between: load and apply again.
+//!
+//! # Keys (all under the configured prefix `P`, so several deployments can share one Redis)
+//! - `P:job:{id}` hash: `v` version, `s` status, `r` runner, `q` queued_at, `c` channel,
+//!   `k` idempotency key, `f` file hashes, `b` the job as JSON.
+//! - `P:all`, `P:st:{STATUS}` sorted sets (score 0, ordered by id: UUID v7 is time-ordered) for
+//!   listing; `P:q:{runner}` the runner's queue by queued_at; `P:sched` SCHEDULED jobs by run_at;
+//!   `P:lease` active jobs by lease expiry (and claim reservations, see `lua/claim.lua`);
+//!   `P:fin` finished jobs by finished_at (retention).
+//! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
+//!   `P:fhashes` every referenced file hash.
+//! - `P:log:{id}` list of log lines, `P:logn:{id}` their sequence counter.
+//! - `P:ev` the global event stream, `P:evc:{channel}` a channel's stream (same ids), trimmed
+//!   with `XADD MAXLEN ~` and, for channels, expiring after `retention.events` without events.
+//! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
+//!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
+//!
+//! Connection loss: every command is retried with backoff for up to `store.retry` (claims fail
+//! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
+//! [`Maintenance::health`] answers within a second either way.
+
+mod notices;
+
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{RedisError, RedisResult, Script};
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::*;
+use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
+
+/// How many times a change is loaded and applied again after compare-and-set conflicts.
+const CAS_TRIES: usize = 100;
+/// Jobs deleted per retention script call.
+const RETENTION_CHUNK: usize = 500;
+/// Retention script calls per [`Maintenance::retention`] (bounds one pass).
+const RETENTION_CHUNKS: usize = 40;
+/// Ids examined per page when listing with a type filter.
+const LIST_SCAN: usize = 10_000;
+/// Active jobs this process last wrote, kept to skip a load before its next write of them.
+const CACHE_MAX: usize = 16_384;
+
+/// What the Redis backend needs.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// The knobs every backend has.
+    pub store: StoreSettings,
+    /// A channel's event stream is deleted after this long without an event.
+    pub channel_ttl: Duration,
+    /// How long a command is retried while Redis cannot be reached.
+    pub retry: Duration,
+    /// How long one command may take.
+    pub command_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Settings with defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "runyard".into(),
+            store: StoreSettings::default(),
+            channel_ttl: Duration::from_secs(24 * 3600),
+            retry: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Scripts {
+    commit: Script,
+    claim: Script,
+    expired: Script,
+    events: Script,
+    logs_append: Script,
+    logs_read: Script,
+    retention: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Self {
+            commit: Script::new(include_str!("lua/commit.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            expired: Script::new(include_str!("lua/expired.lua")),
+            events: Script::new(include_str!("lua/events.lua")),
+            logs_append: Script::new(include_str!("lua/logs_append.lua")),
+            logs_read: Script::new(include_str!("lua/logs_read.lua")),
+            retention: Script::new(include_str!("lua/retention.lua")),
+        }
+    }
+}
+
+/// The Redis store.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    s: RedisSettings,
+    scripts: Scripts,
+    notify: broadcast::Sender<Notice>,
+    relay: mpsc::UnboundedSender<Notice>,
+    down: AtomicBool,
+    /// This process's id on the notice channel (its own notices are not relayed back to it).
+    origin: String,
+    /// The active jobs this process committed last (a worker's claim -> started -> finish): the
+    /// next change starts from the cached copy, and a stale copy only costs a CAS conflict.
+    cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
+    _stop: DropGuard,
+}
+
+/// One job write for `commit.lua`.
+struct Write {
+    /// The version the job had when loaded; `None` for a new job.
+    expected: Option<u64>,
+    job: Job,
+    body: String,
+    files: String,
+    event: Option<(EventKind, String)>,
+}
+
+impl Write {
+    fn new(
+        expected: Option<u64>,
+        old_files: Option<&Job>,
+        job: Job,
+        ev: Option<EventKind>,
+    ) -> Result<Self> {
+        let body = serde_json::to_string(&job).map_err(json_err)?;
+        let files = if !job.files.is_empty() && old_files.is_none_or(|o| o.files != job.files) {
+            let set: BTreeSet<&str> = job
+                .files
+                .values()
+                .flatten()
+                .map(|f| f.hash.as_str())
+                .collect();
+            set.into_iter().collect::<Vec<_>>().join(" ")
+        } else {
+            String::new()
+        };
+        let event = match ev {
+            Some(kind) => Some((
+                kind,
+                serde_json::to_string(&Event::for_job(&job, kind)).map_err(json_err)?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            expected,
+            job,
+            body,
+            files,
+            event,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Reply {
+    Ok,
+    Conflict,
+    Gone,
+    Exists,
+    Idem(String),
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("corrupt record: {e}"))
+}
+
+/// Errors worth retrying: the connection, or a Redis that is starting or failing over.
+fn transient(e: &RedisError) -> bool {
+    use ::redis::ErrorKind::*;
+    matches!(
+        e.kind(),
+        IoError | BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
+    ) || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// Normalises an event id to `ms-seq`.
+fn parse_event_id(s: &str) -> Result<String> {
+    let bad = || {
+        StoreError::BadInput(format!(
+            "invalid event id `{s}`: expected a stream id such as 1700000000000-0"
+        ))
+    };
+    let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok(format!("{ms}-{seq}"))
+}
+
+/// `*` and `?` globs (job types have no other special characters).
+fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < s.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(sp) = star {
+            p = sp + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pat.len() && pat[p] == b'*' {
+        p += 1;
+    }
+    p == pat.len()
+}
+
+impl RedisStore {
+    /// Connects (retrying for up to `settings.retry`), checks the server, and starts relaying
+    /// notices between processes.
+    pub async fn connect(settings: RedisSettings) -> Result<Arc<Self>> {
+        let client = ::redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("`redis`: {e}")))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(settings.command_timeout)
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(1000);
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let mut conn = loop {
+            match ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
+                Ok(c) => break c,
+                Err(e) if transient(&e) && start.elapsed() + delay < settings.retry => {
+                    tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot connect to redis at {}: {e}",
+                        redact(&settings.url)
+                    )))
+                }
+            }
+        };
+        let info: String = ::redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("redis INFO: {e}")))?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("0")
+            .trim()
+            .to_string();
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(StoreError::Unavailable(format!(
+                "redis {version} is too old: runyard needs Redis 7.0 or later (stream trimming \
+                 metadata used to detect gaps in event streams)"
+            )));
+        }
+        let (notify, _) = broadcast::channel(4096);
+        let (relay, relay_rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let origin = Uuid::now_v7().simple().to_string();
+        let channel = format!("{}:notices", settings.prefix);
+        tokio::spawn(notices::publish(
+            conn.clone(),
+            channel.clone(),
+            origin.clone(),
+            relay_rx,
+            stop.clone(),
+        ));
+        tokio::spawn(notices::subscribe(
+            client,
+            channel,
+            origin.clone(),
+            notify.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
+        Ok(Arc::new(Self {
+            conn,
+            s: settings,
+            scripts: Scripts::load(),
+            notify,
+            relay,
+            down: AtomicBool::new(false),
+            origin,
+            cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            _stop: stop.drop_guard(),
+        }))
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.s.prefix)
+    }
+
+    fn mark(&self, up: bool, err: &str) {
+        let was_down = self.down.swap(!up, Ordering::AcqRel);
+        if was_down && up {
+            tracing::info!("redis reachable again");
+        } else if !was_down && !up {
+            tracing::warn!(error = %err, "redis unreachable: retrying with backoff");
+        }
+    }
+
+    /// Runs a command, retrying transient failures with backoff for up to `store.retry` (not
+    /// at all when `retry` is false).
+    async fn exec<T, F, Fut>(&self, retry: bool, mut f: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(25);
+        loop {
+            let r = tokio::time::timeout(self.s.command_timeout, f(self.conn.clone())).await;
+            let err = match r {
+                Ok(Ok(v)) => {
+                    if self.down.load(Ordering::Relaxed) {
+                        self.mark(true, "");
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e)) if !transient(&e) => return Err(StoreError::Backend(e.to_string())),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "command timed out".to_string(),
+            };
+            self.mark(false, &err);
+            if !retry || start.elapsed() + delay > self.s.retry {
+                return Err(StoreError::Unavailable(format!("redis: {err}")));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Option<(Job, String)>> {
+        let key = self.key(&format!("job:{id}"));
+        let body: Option<String> = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("HGET")
+                        .arg(key)
+                        .arg("b")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        match body {
+            None => Ok(None),
+            Some(b) => Ok(Some((serde_json::from_str(&b).map_err(json_err)?, b))),
+        }
+    }
+
+    async fn load_many(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("job:{id}")))
+            .collect();
+        self.exec(true, |mut c| {
+            let mut p = ::redis::pipe();
+            for k in &keys {
+                p.cmd("HGET").arg(k).arg("b");
+            }
+            async move { p.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Commits writes (each its own compare-and-set) and tells listeners about the committed ones.
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<Reply>> {
+        if writes.is_empty() {
+            return Ok(vec![]);
+        }
+        let p = &self.s;
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.commit.prepare_invoke();
+                inv.arg(&p.prefix)
+                    .arg(p.store.global_limit)
+                    .arg(p.store.channel_limit)
+                    .arg(p.channel_ttl.as_millis() as u64)
+                    .arg(writes.len())
+                    .arg(&self.origin);
+                for w in writes {
+                    let j = &w.job;
+                    let lease = j
+                        .lease
+                        .as_ref()
+                        .filter(|_| j.status.is_active())
+                        .map(|l| l.expires_at);
+                    inv.arg(j.id.to_string())
+                        .arg(opt(w.expected))
+                        .arg(j.version)
+                        .arg(j.status.as_str())
+                        .arg(&j.runner)
+                        .arg(&j.channel_id)
+                        .arg(j.queued_at)
+                        .arg(opt(j.run_at))
+                        .arg(opt(lease))
+                        .arg(opt(j.finished_at))
+                        .arg(if w.expected.is_none() {
+                            j.idempotency_key.clone().unwrap_or_default()
+                        } else {
+                            String::new()
+                        })
+                        .arg(&w.files)
+                        .arg(&w.body)
+                        .arg(w.event.as_ref().map(|e| e.1.as_str()).unwrap_or(""));
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(raw.len());
+        let mut any = false;
+        for (w, r) in writes.iter().zip(raw) {
+            let reply = if r.starts_with("OK:") {
+                Reply::Ok
+            } else if let Some(other) = r.strip_prefix("IDEM:") {
+                Reply::Idem(other.to_string())
+            } else {
+                match r.as_str() {
+                    "CONFLICT" => Reply::Conflict,
+                    "GONE" => Reply::Gone,
+                    "EXISTS" => Reply::Exists,
+                    other => {
+                        return Err(StoreError::Backend(format!("commit: unexpected `{other}`")))
+                    }
+                }
+            };
+            if matches!(reply, Reply::Ok) {
+                self.remember(&w.job);
+            } else {
+                self.cache.lock().remove(&w.job.id);
+            }
+            if matches!(reply, Reply::Ok) {
+                if let Some((kind, _)) = &w.event {
+                    any = true;
+                    if *kind == EventKind::Status {
+                        if w.job.status == JobStatus::Queued {
+                            // Other processes heard of it from commit.lua itself.
+                            let _ = self.notify.send(Notice::Queued {
+                                runner: w.job.runner.clone(),
+                            });
+                        }
+                        self.tell(Notice::Changed {
+                            job_id: w.job.id,
+                            status: w.job.status,
+                        });
+                    }
+                }
+            }
+            out.push(reply);
+        }
+        if any {
+            self.tell(Notice::Events);
+        }
+        Ok(out)
+    }
+
+    fn remember(&self, job: &Job) {
+        let mut c = self.cache.lock();
+        if job.status.is_active() {
+            if c.len() >= CACHE_MAX {
+                c.clear();
+            }
+            c.insert(job.id, job.clone());
+        } else {
+            c.remove(&job.id);
+        }
+    }
+
+    fn tell(&self, n: Notice) {
+        let _ = self.relay.send(n.clone());
+        let _ = self.notify.send(n);
+    }
+
+    fn actx(&self, now: Micros) -> ApplyCtx {
+        ApplyCtx::at(now, self.s.store.progress_interval.as_micros() as i64)
+    }
+
+    /// Loads, changes with `f` and commits one job, again after each conflict.
+    async fn update<F>(&self, id: Uuid, mut f: F) -> Result<Job>
+    where
+        F: FnMut(&mut Job, Micros) -> Result<Option<EventKind>>,
+    {
+        let mut mine: Option<(String, Job)> = None;
+        for _ in 0..CAS_TRIES {
+            let cached = self.cache.lock().get(&id).cloned();
+            let (job, raw) = match cached {
+                Some(j) => (j, String::new()),
+                None => match self.load(id).await? {
+                    Some(v) => v,
+                    None => return Err(StoreError::NotFound),
+                },
+            };
+            // A commit whose reply was lost (connection dropped) and that was sent again: the
+            // stored job is exactly what we wrote.
+            if let Some((body, j)) = mine.take() {
+                if body == raw {
+                    return Ok(j);
+                }
+            }
+            let from_cache = raw.is_empty();
+            let mut next = job.clone();
+            let ev = match f(&mut next, now_us()) {
+                Ok(ev) => ev,
+                // A refusal must come from the stored job, not from a stale copy.
+                Err(_) if from_cache => {
+                    self.cache.lock().remove(&id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let w = Write::new(Some(job.version), Some(&job), next, ev)?;
+            match self.commit(std::slice::from_ref(&w)).await?.pop() {
+                Some(Reply::Ok) => return Ok(w.job),
+                Some(Reply::Gone) => return Err(StoreError::NotFound),
+                _ => {
+                    mine = Some((w.body, w.job));
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "job {id}: gave up after {CAS_TRIES} conflicting writes"
+        )))
+    }
+
+    async fn apply_cmd(&self, id: Uuid, cmd: Command) -> Result<Job> {
+        self.update(id, |job, now| {
+            let ctx = self.actx(now);
+            Ok(apply(job, cmd.clone(), &ctx)?)
+        })
+        .await
+    }
+
+    async fn next_token(&self) -> Result<u64> {
+        let key = self.key("token");
+        self.exec(true, |mut c| {
+            let key = key.clone();
+            async move { ::redis::cmd("INCR").arg(key).query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Remembers a verified hook request until `expires_at_ms`: true the first time, false for a
+    /// replay. Shared by every API process (`SET key 1 NX PX`).
+    pub async fn remember_once(
+        &self,
+        replay_key: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let digest = hex::encode(Sha256::digest(replay_key.as_bytes()));
+        let key = self.key(&format!("replay:{digest}"));
+        let ttl = (expires_at_ms - now_ms).max(1);
+        let set: Option<String> = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("SET")
+                        .arg(key)
+                        .arg(1)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.s
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    async fn submit(&self, job: Job) -> Result<Submitted> {
+        for _ in 0..3 {
+            let w = Write::new(None, None, job.clone(), Some(EventKind::Status))?;
+            match self.commit(std::slice::from_ref(&w)).await?.pop() {
+                Some(Reply::Ok) => {
+                    return Ok(Submitted {
+                        job: w.job,
+                        created: true,
+                    })
+                }
+                // Our own submit, sent again after a lost reply.
+                Some(Reply::Exists) => {
+                    if let Some((j, _)) = self.load(job.id).await? {
+                        return Ok(Submitted {
+                            job: j,
+                            created: true,
+                        });
+                    }
+                }
+                Some(Reply::Idem(other)) => {
+                    let other = Uuid::parse_str(&other)
+                        .map_err(|_| StoreError::Backend("corrupt idempotency key".into()))?;
+                    if let Some((j, _)) = self.load(other).await? {
+                        return Ok(Submitted {
+                            job: j,
+                            created: false,
+                        });
+                    }
+                    // Deleted by retention in between: try again.
+                }
+                other => return Err(StoreError::Backend(format!("submit: unexpected {other:?}"))),
+            }
+        }
+        Err(StoreError::Backend(
+            "submit: the idempotency key keeps changing".into(),
+        ))
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>> {
+        Ok(self.load(id).await?.map(|(j, _)| j))
+    }
+
+    async fn list(&self, q: ListQuery) -> Result<JobPage> {
+        let key = match q.status {
+            Some(s) => self.key(&format!("st:{}", s.as_str())),
+            None => self.key("all"),
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut cursor = q.cursor.map(|c| c.to_string());
+        let mut scanned = 0usize;
+        let want = q.limit + 1;
+        let batch = (q.limit + 1).clamp(16, 1000);
+        loop {
+            let max = match &cursor {
+                Some(c) => format!("({c}"),
+                None => "+".to_string(),
+            };
+            let ids: Vec<String> = self
+                .exec(true, |mut c| {
+                    let (key, max) = (key.clone(), max.clone());
+                    async move {
+                        ::redis::cmd("ZRANGE")
+                            .arg(key)
+                            .arg(max)
+                            .arg("-")
+                            .arg("BYLEX")
+                            .arg("REV")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(batch)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            let bodies = self.load_many(&uuids).await?;
+            for b in bodies.into_iter().flatten() {
+                let j: Job = serde_json::from_str(&b).map_err(json_err)?;
+                if q.job_type
+                    .as_deref()
+                    .is_none_or(|g| glob_match(g.as_bytes(), j.job_type.as_bytes()))
+                {
+                    jobs.push(j);
+                    if jobs.len() >= want {
+                        break;
+                    }
+                }
+            }
+            scanned += ids.len();
+            if jobs.len() >= want || ids.len() < batch {
+                break;
+            }
+            cursor = ids.last().cloned();
+            if scanned >= LIST_SCAN {
+                // A sparse filter: return a short page and let the client continue from here.
+                let next = cursor.as_deref().and_then(|c| Uuid::parse_str(c).ok());
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: next,
+                });
+            }
+        }
+        let next_cursor = if jobs.len() > q.limit {
+            jobs.truncate(q.limit);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
+        self.apply_cmd(id, cmd).await
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisStore {
+    async fn claim(
+        &self,
+        runner: &str,
+        worker: &str,
+        max: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Job>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let now = now_us();
+        let lease_until = now + lease_ttl.as_micros() as i64;
+        // While Redis is away, fail at once: the worker backs off instead of piling up claims.
+        let retry = !self.down.load(Ordering::Relaxed);
+        let picked: Vec<::redis::Value> = self
+            .exec(retry, |mut c| {
+                let mut inv = self.scripts.claim.prepare_invoke();
+                inv.arg(&self.s.prefix)
+                    .arg(runner)
+                    .arg(max)
+                    .arg(lease_until);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        if picked.is_empty() {
+            return Ok(vec![]);
+        }
+        let first: u64 = ::redis::from_redis_value(&picked[0])
+            .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
+        let mut writes = Vec::new();
+        for (i, chunk) in picked[1..].chunks(3).enumerate() {
+            let body: String = ::redis::from_redis_value(&chunk[2])
+                .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
+            let job: Job = serde_json::from_str(&body).map_err(json_err)?;
+            let mut next = job.clone();
+            let cmd = Command::Claim {
+                worker: worker.to_string(),
+                token: first + i as u64,
+                lease_until,
+            };
+            match apply(&mut next, cmd, &self.actx(now)) {
+                Ok(ev) => writes.push(Write::new(Some(job.version), Some(&job), next, ev)?),
+                // Not QUEUED any more: the reaper drops the reservation.
+                Err(e) => tracing::debug!(job_id = %job.id, error = %e, "picked job not claimable"),
+            }
+        }
+        let replies = self.commit(&writes).await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for (w, r) in writes.into_iter().zip(replies) {
+            match r {
+                Reply::Ok => out.push(w.job),
+                Reply::Conflict => {
+                    // Written in between (e.g. a file attached): claim again if still QUEUED.
+                    let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
+                    let cmd = Command::Claim {
+                        worker: worker.to_string(),
+                        token,
+                        lease_until,
+                    };
+                    match self.apply_cmd(w.job.id, cmd).await {
+                        Ok(j) => out.push(j),
+                        Err(e) => {
+                            tracing::debug!(job_id = %w.job.id, error = %e, "claim lost a race")
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        held: &[(Uuid, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Vec<Uuid>> {
+        let mut lost = Vec::new();
+        let mut todo: Vec<(Uuid, u64)> = held.to_vec();
+        for _ in 0..10 {
+            if todo.is_empty() {
+                break;
+            }
+            let ids: Vec<Uuid> = todo.iter().map(|(id, _)| *id).collect();
+            let bodies = self.load_many(&ids).await?;
+            let now = now_us();
+            let until = now + lease_ttl.as_micros() as i64;
+            let mut writes = Vec::new();
+            for ((id, token), body) in todo.iter().zip(bodies) {
+                let Some(body) = body else {
+                    lost.push(*id);
+                    continue;
+                };
+                let job: Job = serde_json::from_str(&body).map_err(json_err)?;
+                let ours = job
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.token == *token && l.worker == worker);
+                if ours && job.status.is_active() {
+                    let mut next = job.clone();
+                    if let Some(l) = next.lease.as_mut() {
+                        l.expires_at = until;
+                    }
+                    next.version += 1;
+                    writes.push(Write::new(Some(job.version), Some(&job), next, None)?);
+                } else if !(ours && matches!(job.status, JobStatus::Success | JobStatus::Error)) {
+                    lost.push(*id);
+                }
+            }
+            let replies = self.commit(&writes).await?;
+            let mut again = Vec::new();
+            for (w, r) in writes.iter().zip(replies) {
+                match r {
+                    Reply::Ok => {}
+                    Reply::Gone => lost.push(w.job.id),
+                    _ => again.push((
+                        w.job.id,
+                        w.job.lease.as_ref().map(|l| l.token).unwrap_or_default(),
+                    )),
+                }
+            }
+            todo = again;
+        }
+        Ok(lost)
+    }
+
+    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
+        let token = self.next_token().await?;
+        self.update(id, |job, now| {
+            let cmd = Command::Adopt {
+                worker: worker.to_string(),
+                token,
+                lease_until: now + lease_ttl.as_micros() as i64,
+            };
+            Ok(apply(job, cmd, &self.actx(now))?)
+        })
+        .await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<usize> {
+        let key = self.key("sched");
+        let now = now_us();
+        let ids: Vec<String> = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("ZRANGEBYSCORE")
+                        .arg(key)
+                        .arg("-inf")
+                        .arg(now)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(max)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let mut n = 0;
+        for id in ids.iter().filter_map(|s| Uuid::parse_str(s).ok()) {
+            // Several nodes promote at once: the losers are refused, which is fine.
+            match self.apply_cmd(id, Command::Promote).await {
+                Ok(_) => n += 1,
+                Err(StoreError::Transition(_)) => {}
+                Err(StoreError::NotFound) => {
+                    // An entry without its job (deleted by hand): drop it, or it comes back.
+                    let (key, id) = (key.clone(), id.to_string());
+                    let _: i64 = self
+                        .exec(true, |mut c| {
+                            let (key, id) = (key.clone(), id.clone());
+                            async move {
+                                ::redis::cmd("ZREM")
+                                    .arg(key)
+                                    .arg(id)
+                                    .query_async(&mut c)
+                                    .await
+                            }
+                        })
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    async fn next_due(&self) -> Result<Option<Micros>> {
+        let key = self.key("sched");
+        let first: Vec<(String, f64)> = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("ZRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(0)
+                        .arg("WITHSCORES")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(first.first().map(|(_, s)| *s as Micros))
+    }
+
+    async fn expired(&self, max: usize) -> Result<Vec<Job>> {
+        let now = now_us();
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.expired.prepare_invoke();
+                inv.arg(&self.s.prefix).arg(now).arg(max);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        raw.chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| serde_json::from_str(&c[1]).map_err(json_err))
+            .collect()
+    }
+}
+
+fn stream_name(s: LogStream) -> &'static str {
+    match s {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+        LogStream::Job => "job",
+    }
+}
+
+#[async_trait]
+impl LogStore for RedisStore {
+    async fn append_logs(&self, id: Uuid, lines: Vec<(LogStream, Micros, String)>) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<String> = lines
+            .into_iter()
+            .map(|(s, ts, line)| format!("{}|{ts}|{line}", stream_name(s)))
+            .collect();
+        let keep = self.s.store.log_lines_per_job.max(1);
+        let _: i64 = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.logs_append.prepare_invoke();
+                inv.arg(&self.s.prefix).arg(id.to_string()).arg(keep);
+                for e in &entries {
+                    inv.arg(e);
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn logs(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<LogLine>> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.logs_read.prepare_invoke();
+                inv.arg(&self.s.prefix)
+                    .arg(id.to_string())
+                    .arg(after)
+                    .arg(limit);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        raw.iter()
+            .map(|e| {
+                let mut it = e.splitn(4, '|');
+                let bad = || StoreError::Backend("corrupt log entry".into());
+                let seq = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+                let stream = match it.next().ok_or_else(bad)? {
+                    "stdout" => LogStream::Stdout,
+                    "stderr" => LogStream::Stderr,
+                    _ => LogStream::Job,
+                };
+                let ts = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+                let line = it.next().unwrap_or("").to_string();
+                Ok(LogLine {
+                    seq,
+                    stream,
+                    ts,
+                    line,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventLog for RedisStore {
+    async fn events(
+        &self,
+        channel: Option<&str>,
+        last_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let last = last_id.map(parse_event_id).transpose()?.unwrap_or_default();
+        let chan = channel.unwrap_or("").to_string();
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.events.prepare_invoke();
+                inv.arg(&self.s.prefix)
+                    .arg(&chan)
+                    .arg(&last)
+                    .arg(limit.max(1))
+                    .arg(now_us() / 1000)
+                    .arg(self.s.channel_ttl.as_millis() as u64);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(raw.len() / 2 + 1);
+        let mut it = raw.into_iter();
+        if let Some(resync) = it.next().filter(|r| !r.is_empty()) {
+            let mut ev = Event::resync(&chan);
+            ev.id = resync;
+            out.push(ev);
+        }
+        while let (Some(id), Some(body)) = (it.next(), it.next()) {
+            let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
+            ev.id = id;
+            out.push(ev);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Maintenance for RedisStore {
+    async fn retention(&self, finished_before: Micros) -> Result<RetentionReport> {
+        let mut report = RetentionReport::default();
+        for _ in 0..RETENTION_CHUNKS {
+            let n: u64 = self
+                .exec(true, |mut c| {
+                    let mut inv = self.scripts.retention.prepare_invoke();
+                    inv.arg(&self.s.prefix)
+                        .arg(finished_before)
+                        .arg(RETENTION_CHUNK);
+                    async move { inv.invoke_async(&mut c).await }
+                })
+                .await?;
+            report.jobs += n;
+            if (n as usize) < RETENTION_CHUNK {
+                break;
+            }
+        }
+        // `MAXLEN ~` at append keeps the global stream near its limit; trim it exactly here.
+        let key = self.key("ev");
+        let limit = self.s.store.global_limit;
+        report.events = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("XTRIM")
+                        .arg(key)
+                        .arg("MAXLEN")
+                        .arg(limit)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(report)
+    }
+
+    async fn file_hashes(&self) -> Result<HashSet<String>> {
+        let key = self.key("fhashes");
+        let mut out = HashSet::new();
+        let mut cursor: u64 = 0;
+        // Bounded: a set of a million hashes takes a thousand calls.
+        for _ in 0..1_000_000 {
+            let (next, batch): (u64, Vec<String>) = self
+                .exec(true, |mut c| {
+                    let key = key.clone();
+                    async move {
+                        ::redis::cmd("SSCAN")
+                            .arg(key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            out.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            ::redis::cmd("PING").query_async::<String>(&mut c),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                self.mark(true, "");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.mark(false, &e.to_string());
+                Err(StoreError::Unavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                self.mark(false, "ping timed out");
+                Err(StoreError::Unavailable(
+                    "redis: no answer to PING within 1s".into(),
+                ))
+            }
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notify.subscribe()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_event_ids() {
+        assert!(glob_match(b"report.*", b"report.daily"));
+        assert!(glob_match(b"*", b""));
+        assert!(glob_match(b"a?c*", b"abcdef"));
+        assert!(!glob_match(b"report.*", b"reports"));
+        assert!(!glob_match(b"a*b", b"acbd"));
+        assert_eq!(parse_event_id("17").unwrap(), "17-0");
+        assert_eq!(
+            parse_event_id("1700000000000-3").unwrap(),
+            "1700000000000-3"
+        );
+        assert!(parse_event_id("x-1").is_err());
+        assert!(parse_event_id("-1").is_err());
+    }
+}

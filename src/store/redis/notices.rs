@@ -1,0 +1,187 @@
+//! Notices between processes: what one process commits wakes the others (a worker for a new
+//! QUEUED job or to stop a cancelled one, the scheduler for a new SCHEDULED job, long polls for
+//! new events). Each process publishes its notices in batches on `P:notices` and relays the other
+//! processes' notices into its store's local broadcast channel.
+//!
+//! Only what other processes act on crosses: `Queued` (published by `lua/commit.lua` itself, in
+//! the commit, so a worker wakes without waiting for the committing process), `Changed` for
+//! CANCELLED and SCHEDULED, and `Events` (one per batch). Notices are hints: a lost one costs a
+//! poll interval, never a job, so a publish that fails is dropped, and after the subscription
+//! comes back every listener is woken once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::job::JobStatus;
+use crate::store::Notice;
+
+/// Most notices folded into one message.
+const BATCH: usize = 4096;
+
+/// Publishes this process's notices until `stop`.
+pub(super) async fn publish(
+    mut conn: ConnectionManager,
+    channel: String,
+    origin: String,
+    mut rx: mpsc::UnboundedReceiver<Notice>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            n = rx.recv() => match n { Some(n) => n, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let mut runners = BTreeSet::new();
+        let mut changed = Vec::new();
+        let mut events = false;
+        let mut add = |n: Notice| match n {
+            Notice::Queued { runner } => {
+                runners.insert(runner);
+            }
+            Notice::Changed { job_id, status }
+                if matches!(status, JobStatus::Cancelled | JobStatus::Scheduled) =>
+            {
+                changed.push((job_id, status))
+            }
+            Notice::Changed { .. } => {}
+            Notice::Events => events = true,
+        };
+        add(first);
+        for _ in 0..BATCH {
+            match rx.try_recv() {
+                Ok(n) => add(n),
+                Err(_) => break,
+            }
+        }
+        if runners.is_empty() && changed.is_empty() && !events {
+            continue;
+        }
+        let mut msg = origin.clone();
+        for r in runners {
+            msg.push_str("\nQ ");
+            msg.push_str(&r);
+        }
+        for (id, st) in changed {
+            msg.push_str(&format!("\nC {id} {st}"));
+        }
+        if events {
+            msg.push_str("\nE");
+        }
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(msg)
+                .query_async::<i64>(&mut conn),
+        )
+        .await;
+        if !matches!(r, Ok(Ok(_))) {
+            tracing::debug!("notice not published (redis away); other processes will poll");
+        }
+    }
+}
+
+fn parse(msg: &str, origin: &str) -> Vec<Notice> {
+    let mut lines = msg.lines();
+    if lines.next() == Some(origin) {
+        return vec![];
+    }
+    lines
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ' ');
+            match p.next()? {
+                "Q" => Some(Notice::Queued {
+                    runner: p.next()?.to_string(),
+                }),
+                "C" => Some(Notice::Changed {
+                    job_id: Uuid::parse_str(p.next()?).ok()?,
+                    status: p.next()?.parse().ok()?,
+                }),
+                "E" => Some(Notice::Events),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Relays the other processes' notices into `notify` until `stop`, resubscribing after a loss.
+pub(super) async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    origin: String,
+    notify: broadcast::Sender<Notice>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let connect = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let ps = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(3), connect) => r,
+            _ = stop.cancelled() => return,
+        };
+        match ps {
+            Ok(Ok(mut ps)) => {
+                delay = Duration::from_millis(100);
+                if !first {
+                    // Notices may have been missed while away: wake everyone once.
+                    let _ = notify.send(Notice::Queued { runner: "*".into() });
+                    let _ = notify.send(Notice::Events);
+                }
+                first = false;
+                let mut stream = ps.on_message();
+                loop {
+                    let m = tokio::select! {
+                        m = stream.next() => m,
+                        _ = stop.cancelled() => return,
+                    };
+                    let Some(m) = m else { break };
+                    let Ok(text) = m.get_payload::<String>() else {
+                        continue;
+                    };
+                    for n in parse(&text, &origin) {
+                        let _ = notify.send(n);
+                    }
+                }
+                tracing::warn!("redis notice subscription lost; resubscribing");
+            }
+            _ => {
+                first = false;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_skip_our_own() {
+        let id = Uuid::now_v7();
+        let msg = format!("me\nQ local-0\nC {id} CANCELLED\nE");
+        assert!(parse(&msg, "me").is_empty());
+        let n = parse(&msg, "other");
+        assert_eq!(n.len(), 3);
+        assert!(matches!(&n[0], Notice::Queued { runner } if runner == "local-0"));
+        assert!(
+            matches!(&n[1], Notice::Changed { job_id, status: JobStatus::Cancelled } if *job_id == id)
+        );
+        assert!(matches!(n[2], Notice::Events));
+    }
+}
