@@ -1,0 +1,1021 @@
+//! The store conformance suite: the very same test bodies run against the embedded store
+//! (`embedded::*`) and the Redis store (`redis::*`). A backend is correct when it passes all of
+//! them: jobs, the queue and its leases, fencing, idempotency, transitions, events and retention.
+//!
+//! Each body gets a [`Backend`], opens its store with the settings it needs, and may open a
+//! second handle on the same data (`Backend::peer`): another connection with Redis (as another
+//! process would), the same store when embedded (one process per data dir).
+
+mod redis_support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use runyard::job::{
+    now_us, Backoff, Command, FileRef, FinishOutcome, HookReport, Job, JobStatus, TransitionError,
+};
+use runyard::store::redis::{RedisSettings, RedisStore};
+use runyard::store::sqlite::SqliteStore;
+use runyard::store::{ListQuery, LogStream, Notice, Store, StoreError, StoreSettings};
+use serde_json::json;
+use uuid::Uuid;
+
+use redis_support::TestRedis;
+
+enum Kind {
+    Embedded(tempfile::TempDir),
+    Redis(TestRedis),
+}
+
+/// A backend under test.
+struct Backend {
+    kind: Kind,
+    settings: StoreSettings,
+    first: Option<Arc<dyn Store>>,
+}
+
+fn test_settings() -> StoreSettings {
+    StoreSettings {
+        progress_interval: Duration::ZERO,
+        ..StoreSettings::default()
+    }
+}
+
+impl Backend {
+    fn embedded() -> Self {
+        Self {
+            kind: Kind::Embedded(tempfile::tempdir().expect("temp dir")),
+            settings: test_settings(),
+            first: None,
+        }
+    }
+
+    fn redis() -> Self {
+        Self {
+            kind: Kind::Redis(TestRedis::start()),
+            settings: test_settings(),
+            first: None,
+        }
+    }
+
+    async fn open_new(&self) -> Arc<dyn Store> {
+        match &self.kind {
+            Kind::Embedded(dir) => {
+                Arc::new(SqliteStore::open(dir.path(), self.settings.clone(), false).expect("open"))
+            }
+            Kind::Redis(r) => RedisStore::connect(RedisSettings {
+                prefix: r.prefix.clone(),
+                store: self.settings.clone(),
+                retry: Duration::from_secs(5),
+                ..RedisSettings::new(r.url.clone())
+            })
+            .await
+            .expect("connect"),
+        }
+    }
+
+    /// The store, with these settings.
+    async fn store_with(&mut self, settings: StoreSettings) -> Arc<dyn Store> {
+        self.settings = settings;
+        self.store().await
+    }
+
+    /// The store.
+    async fn store(&mut self) -> Arc<dyn Store> {
+        if self.first.is_none() {
+            self.first = Some(self.open_new().await);
+        }
+        self.first.clone().expect("opened")
+    }
+
+    /// A second handle on the same data, as another process would have (embedded: the same).
+    async fn peer(&mut self) -> Arc<dyn Store> {
+        match self.kind {
+            Kind::Embedded(_) => self.store().await,
+            Kind::Redis(_) => self.open_new().await,
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::embedded()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::redis()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    submit_get_and_list,
+    idempotency_key_returns_the_first_job,
+    claims_take_the_oldest_with_unique_tokens,
+    concurrent_claims_never_share_a_job,
+    transitions_are_enforced,
+    stale_tokens_are_fenced_off,
+    expired_leases_are_reaped_then_fail,
+    heartbeats_extend_and_report_lost_jobs,
+    adoption_gives_a_fresh_token,
+    scheduled_jobs_are_promoted_when_due,
+    events_are_ordered_and_exclusive,
+    trimmed_events_yield_a_resync,
+    logs_are_sequenced_and_bounded,
+    retention_deletes_finished_jobs,
+    file_references_follow_jobs,
+    notices_reach_every_handle,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Builders and helpers.
+
+fn job(job_type: &str, runner: &str) -> Job {
+    let now = now_us();
+    let id = Uuid::now_v7();
+    Job {
+        id,
+        job_type: job_type.into(),
+        args: json!({"n": 1}),
+        runner: runner.into(),
+        status: JobStatus::Queued,
+        channel_id: id.to_string(),
+        user_id: None,
+        attempt: 0,
+        max_attempts: 2,
+        backoff: Backoff {
+            initial_ms: 1,
+            max_ms: 1,
+            multiplier: 1.0,
+            jitter: false,
+        },
+        timeout_ms: None,
+        run_at: None,
+        idempotency_key: None,
+        progress: 0.0,
+        status_details: None,
+        result: None,
+        error: None,
+        exit_code: None,
+        lease: None,
+        handle: None,
+        files: Default::default(),
+        runs: vec![],
+        created_at: now,
+        updated_at: now,
+        queued_at: now,
+        started_at: None,
+        finished_at: None,
+        progress_event_at: 0,
+        version: 0,
+    }
+}
+
+fn token(j: &Job) -> u64 {
+    j.lease.as_ref().expect("a lease").token
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn submit(s: &Arc<dyn Store>, j: Job) -> Job {
+    let r = s.submit(j).await.expect("submit");
+    assert!(r.created);
+    r.job
+}
+
+async fn claim_one(s: &Arc<dyn Store>, runner: &str, worker: &str) -> Job {
+    let mut v = s.claim(runner, worker, 1, LEASE).await.expect("claim");
+    assert_eq!(v.len(), 1, "one job claimed");
+    v.pop().expect("one")
+}
+
+async fn run_to_success(s: &Arc<dyn Store>, j: &Job) -> Job {
+    let t = token(j);
+    s.apply(
+        j.id,
+        Command::Started {
+            token: t,
+            handle: None,
+        },
+    )
+    .await
+    .expect("started");
+    s.apply(
+        j.id,
+        Command::Finish {
+            token: t,
+            outcome: FinishOutcome::Success(Some(json!({"ok": true}))),
+        },
+    )
+    .await
+    .expect("finished")
+}
+
+/// Every event of a stream (bounded), following `last_id` page by page.
+async fn all_events(s: &Arc<dyn Store>, channel: Option<&str>) -> Vec<runyard::job::Event> {
+    let mut out = Vec::new();
+    let mut last: Option<String> = None;
+    for _ in 0..1000 {
+        let page = s.events(channel, last.as_deref(), 7).await.expect("events");
+        if page.is_empty() {
+            return out;
+        }
+        last = Some(page.last().expect("non-empty").id.clone());
+        out.extend(page);
+    }
+    panic!("event paging did not end");
+}
+
+fn is_illegal(e: &StoreError) -> bool {
+    matches!(e, StoreError::Transition(TransitionError::Illegal { .. }))
+}
+
+fn is_stale(e: &StoreError) -> bool {
+    matches!(e, StoreError::Transition(TransitionError::StaleLease))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bodies.
+
+async fn submit_get_and_list(mut b: Backend) {
+    let s = b.store().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let ty = if i % 2 == 0 { "report.daily" } else { "thumb" };
+        ids.push(submit(&s, job(ty, "r")).await.id);
+    }
+    let got = s.get(ids[3]).await.unwrap().expect("found");
+    assert_eq!(got.id, ids[3]);
+    assert_eq!(got.job_type, "thumb");
+    assert_eq!(got.status, JobStatus::Queued);
+    assert!(s.get(Uuid::now_v7()).await.unwrap().is_none());
+
+    // Newest first, in pages.
+    let p1 = s
+        .list(ListQuery {
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let p1_ids: Vec<Uuid> = p1.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(p1_ids, vec![ids[6], ids[5], ids[4]]);
+    let p2 = s
+        .list(ListQuery {
+            limit: 10,
+            cursor: p1.next_cursor,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(p2.jobs.len(), 4);
+    assert!(p2.next_cursor.is_none());
+    assert_eq!(p2.jobs[3].id, ids[0]);
+
+    // Filters.
+    let reports = s
+        .list(ListQuery {
+            limit: 100,
+            job_type: Some("report.*".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reports.jobs.len(), 4);
+    assert!(reports.jobs.iter().all(|j| j.job_type == "report.daily"));
+    let c = claim_one(&s, "r", "w").await;
+    let starting = s
+        .list(ListQuery {
+            limit: 100,
+            status: Some(JobStatus::Starting),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(starting.jobs.len(), 1);
+    assert_eq!(starting.jobs[0].id, c.id);
+    let queued = s
+        .list(ListQuery {
+            limit: 100,
+            status: Some(JobStatus::Queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.jobs.len(), 6);
+}
+
+async fn idempotency_key_returns_the_first_job(mut b: Backend) {
+    let s = b.store().await;
+    let mut a = job("t", "r");
+    a.idempotency_key = Some("order-42".into());
+    let first = s.submit(a).await.unwrap();
+    assert!(first.created);
+    let mut again = job("t", "r");
+    again.idempotency_key = Some("order-42".into());
+    let second = s.submit(again).await.unwrap();
+    assert!(!second.created);
+    assert_eq!(second.job.id, first.job.id);
+    // From another process too.
+    let peer = b.peer().await;
+    let mut third = job("t", "r");
+    third.idempotency_key = Some("order-42".into());
+    assert_eq!(peer.submit(third).await.unwrap().job.id, first.job.id);
+    // One job, one queue entry.
+    assert_eq!(s.claim("r", "w", 10, LEASE).await.unwrap().len(), 1);
+    let mut other = job("t", "r");
+    other.idempotency_key = Some("order-43".into());
+    assert!(s.submit(other).await.unwrap().created);
+}
+
+async fn claims_take_the_oldest_with_unique_tokens(mut b: Backend) {
+    let s = b.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(submit(&s, job("t", "a")).await.id);
+    }
+    submit(&s, job("t", "b")).await;
+    let c1 = s.claim("a", "w1", 3, LEASE).await.unwrap();
+    assert_eq!(
+        c1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids[..3].to_vec()
+    );
+    for j in &c1 {
+        assert_eq!(j.status, JobStatus::Starting);
+        assert_eq!(j.attempt, 1);
+        let l = j.lease.as_ref().unwrap();
+        assert_eq!(l.worker, "w1");
+        assert!(l.expires_at > now_us());
+        assert_eq!(j.runs.len(), 1);
+        assert_eq!(j.runs[0].worker, "w1");
+        // Stored as returned.
+        assert_eq!(
+            s.get(j.id).await.unwrap().unwrap().status,
+            JobStatus::Starting
+        );
+    }
+    let c2 = s.claim("a", "w2", 10, LEASE).await.unwrap();
+    assert_eq!(
+        c2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids[3..].to_vec()
+    );
+    assert!(s.claim("a", "w2", 10, LEASE).await.unwrap().is_empty());
+    let tokens: HashSet<u64> = c1.iter().chain(&c2).map(token).collect();
+    assert_eq!(tokens.len(), 5, "fencing tokens are unique");
+    assert_eq!(s.claim("b", "w3", 10, LEASE).await.unwrap().len(), 1);
+    assert!(s.claim("a", "w1", 0, LEASE).await.unwrap().is_empty());
+}
+
+async fn concurrent_claims_never_share_a_job(mut b: Backend) {
+    let s = b.store().await;
+    let n = 300;
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        ids.insert(submit(&s, job("t", "r")).await.id);
+    }
+    let mut handles = Vec::new();
+    for w in 0..6 {
+        let st = if w % 2 == 0 {
+            s.clone()
+        } else {
+            b.peer().await
+        };
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..1000 {
+                let got = st.claim("r", &format!("w{w}"), 7, LEASE).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|j| (j.id, token(&j))));
+            }
+            mine
+        }));
+    }
+    let mut seen = HashMap::new();
+    let mut tokens = HashSet::new();
+    for h in handles {
+        for (id, t) in h.await.unwrap() {
+            assert!(seen.insert(id, t).is_none(), "job {id} claimed twice");
+            assert!(tokens.insert(t), "token {t} given twice");
+        }
+    }
+    assert_eq!(seen.len(), n, "every job claimed once");
+    assert_eq!(seen.keys().copied().collect::<HashSet<_>>(), ids);
+}
+
+async fn transitions_are_enforced(mut b: Backend) {
+    let s = b.store().await;
+    let j = submit(&s, job("t", "r")).await;
+    // Nothing but a claim starts a job.
+    let e = s
+        .apply(
+            j.id,
+            Command::Started {
+                token: 1,
+                handle: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(is_stale(&e) || is_illegal(&e), "{e}");
+    assert!(matches!(
+        s.apply(Uuid::now_v7(), Command::Cancel).await,
+        Err(StoreError::NotFound)
+    ));
+    let c = claim_one(&s, "r", "w").await;
+    let done = run_to_success(&s, &c).await;
+    assert_eq!(done.status, JobStatus::Success);
+    assert_eq!(done.result, Some(json!({"ok": true})));
+    assert!(done.finished_at.is_some());
+    // Terminal stays terminal: late or duplicate reports change nothing.
+    let before = s.get(j.id).await.unwrap().unwrap();
+    for cmd in [
+        Command::Cancel,
+        Command::Finish {
+            token: token(&c),
+            outcome: FinishOutcome::Failed {
+                message: "late".into(),
+                exit_code: Some(1),
+            },
+        },
+        Command::Hook(HookReport {
+            status: Some(JobStatus::Running),
+            ..Default::default()
+        }),
+        Command::Promote,
+        Command::LeaseExpired,
+        Command::Retry,
+    ] {
+        let e = s.apply(j.id, cmd).await.unwrap_err();
+        assert!(is_illegal(&e) || is_stale(&e), "{e}");
+    }
+    assert_eq!(s.get(j.id).await.unwrap().unwrap(), before);
+    // A failed job can be retried: a new attempt.
+    let k = submit(&s, job("t", "r")).await;
+    s.apply(k.id, Command::Cancel).await.unwrap();
+    let r = s.apply(k.id, Command::Retry).await.unwrap();
+    assert_eq!(r.status, JobStatus::Queued);
+    let again = claim_one(&s, "r", "w").await;
+    assert_eq!(again.id, k.id);
+    // Its events, in order, in its channel.
+    let evs = all_events(&s, Some(&k.channel_id)).await;
+    let statuses: Vec<_> = evs.iter().map(|e| e.runyard_status.unwrap()).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            JobStatus::Queued,
+            JobStatus::Cancelled,
+            JobStatus::Queued,
+            JobStatus::Starting
+        ]
+    );
+    // Versions only grow.
+    assert!(again.version > r.version);
+}
+
+async fn stale_tokens_are_fenced_off(mut b: Backend) {
+    let s = b.store().await;
+    let mut j = job("t", "r");
+    j.max_attempts = 3;
+    let j = submit(&s, j).await;
+    let c1 = s
+        .claim("r", "w1", 1, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let expired = s.expired(100).await.unwrap();
+    assert!(expired.iter().any(|e| e.id == j.id));
+    let q = s.apply(j.id, Command::LeaseExpired).await.unwrap();
+    assert_eq!(q.status, JobStatus::Queued);
+    let peer = b.peer().await;
+    let c2 = claim_one(&peer, "r", "w2").await;
+    assert_eq!(c2.attempt, 2);
+    assert_ne!(token(&c1), token(&c2));
+    // The first worker wakes up: every write of its is refused.
+    let e = s
+        .apply(
+            j.id,
+            Command::Finish {
+                token: token(&c1),
+                outcome: FinishOutcome::Success(None),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(is_stale(&e), "{e}");
+    let e = s
+        .apply(
+            j.id,
+            Command::Progress {
+                token: Some(token(&c1)),
+                progress: Some(0.5),
+                details: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(is_stale(&e), "{e}");
+    let done = run_to_success(&peer, &c2).await;
+    assert_eq!(done.status, JobStatus::Success);
+    let runs = &done.runs;
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].outcome.as_deref(), Some("LOST"));
+    assert_eq!(runs[1].worker, "w2");
+}
+
+async fn expired_leases_are_reaped_then_fail(mut b: Backend) {
+    let s = b.store().await;
+    let j = submit(&s, job("t", "r")).await; // max_attempts = 2
+    let live = submit(&s, job("t", "other")).await;
+    for attempt in 1..=2 {
+        let c = s
+            .claim("r", "w", 1, Duration::from_millis(1))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(c.id, j.id);
+        assert_eq!(c.attempt, attempt);
+        // A lease that is not expired is not reaped.
+        if attempt == 1 {
+            let e = s.apply(live.id, Command::LeaseExpired).await.unwrap_err();
+            assert!(is_illegal(&e), "{e}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let exp: Vec<Uuid> = s.expired(100).await.unwrap().iter().map(|j| j.id).collect();
+        assert_eq!(exp, vec![j.id]);
+        // Every reaper may try; exactly one wins.
+        let peer = b.peer().await;
+        let (r1, r2) = tokio::join!(
+            s.apply(j.id, Command::LeaseExpired),
+            peer.apply(j.id, Command::LeaseExpired)
+        );
+        assert!(r1.is_ok() ^ r2.is_ok(), "exactly one reap succeeds");
+    }
+    let end = s.get(j.id).await.unwrap().unwrap();
+    assert_eq!(end.status, JobStatus::Error);
+    assert!(end.error.unwrap().contains("lease expired"));
+    assert!(s.expired(100).await.unwrap().is_empty());
+}
+
+async fn heartbeats_extend_and_report_lost_jobs(mut b: Backend) {
+    let s = b.store().await;
+    let a = submit(&s, job("t", "r")).await;
+    let c = submit(&s, job("t", "r")).await;
+    let claimed = s
+        .claim("r", "w", 2, Duration::from_millis(400))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let held: Vec<(Uuid, u64)> = claimed.iter().map(|j| (j.id, token(j))).collect();
+    let before = s
+        .get(a.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease
+        .unwrap()
+        .expires_at;
+    s.apply(c.id, Command::Cancel).await.unwrap();
+    let mut stranger = held.clone();
+    stranger.push((Uuid::now_v7(), 999_999));
+    let lost = s.heartbeat("w", &stranger, LEASE).await.unwrap();
+    let lost: HashSet<Uuid> = lost.into_iter().collect();
+    assert!(lost.contains(&c.id), "a cancelled job is lost");
+    assert!(!lost.contains(&a.id));
+    assert_eq!(lost.len(), 2, "the unknown job is lost too");
+    let after = s
+        .get(a.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease
+        .unwrap()
+        .expires_at;
+    assert!(after > before + 1_000_000, "lease extended");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        s.expired(10).await.unwrap().is_empty(),
+        "renewed lease not expired"
+    );
+    // Someone else's token: lost.
+    let lost = s
+        .heartbeat("other", &[(a.id, token(&claimed[0]))], LEASE)
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![a.id]);
+}
+
+async fn adoption_gives_a_fresh_token(mut b: Backend) {
+    let s = b.store().await;
+    submit(&s, job("t", "r")).await;
+    let c = s
+        .claim("r", "w1", 1, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    s.apply(
+        c.id,
+        Command::Started {
+            token: token(&c),
+            handle: None,
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let a = s.adopt(c.id, "w2", LEASE).await.unwrap();
+    assert_eq!(a.attempt, 1, "same attempt");
+    assert_eq!(a.lease.as_ref().unwrap().worker, "w2");
+    assert_ne!(token(&a), token(&c));
+    assert!(
+        s.adopt(c.id, "w3", LEASE).await.is_err(),
+        "a live lease is not adopted"
+    );
+    assert!(s.expired(10).await.unwrap().is_empty());
+    let e = s
+        .apply(
+            c.id,
+            Command::Finish {
+                token: token(&c),
+                outcome: FinishOutcome::Success(None),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(is_stale(&e));
+    s.apply(
+        c.id,
+        Command::Finish {
+            token: token(&a),
+            outcome: FinishOutcome::Success(None),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn scheduled_jobs_are_promoted_when_due(mut b: Backend) {
+    let s = b.store().await;
+    let now = now_us();
+    let mut due = job("t", "r");
+    due.status = JobStatus::Scheduled;
+    due.run_at = Some(now + 50_000);
+    let mut later = job("t", "r");
+    later.status = JobStatus::Scheduled;
+    later.run_at = Some(now + 3_600_000_000);
+    let due = submit(&s, due).await;
+    let later = submit(&s, later).await;
+    assert_eq!(s.next_due().await.unwrap(), due.run_at);
+    assert!(s.claim("r", "w", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(s.promote_due(100).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(s.promote_due(100).await.unwrap(), 1);
+    assert_eq!(
+        s.get(due.id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    assert_eq!(s.next_due().await.unwrap(), later.run_at);
+    let c = claim_one(&s, "r", "w").await;
+    assert_eq!(c.id, due.id);
+    // A failed attempt with attempts left is rescheduled with backoff, then promoted again.
+    let f = s
+        .apply(
+            c.id,
+            Command::Finish {
+                token: token(&c),
+                outcome: FinishOutcome::Failed {
+                    message: "boom".into(),
+                    exit_code: Some(3),
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.status, JobStatus::Scheduled);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.promote_due(100).await.unwrap(), 1);
+    let c2 = claim_one(&s, "r", "w").await;
+    assert_eq!((c2.id, c2.attempt), (due.id, 2));
+    // Cancelling a scheduled job takes it off the schedule.
+    s.apply(later.id, Command::Cancel).await.unwrap();
+    assert_eq!(s.next_due().await.unwrap(), None);
+}
+
+async fn events_are_ordered_and_exclusive(mut b: Backend) {
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let mut j = job("t", "r");
+        j.channel_id = if i % 2 == 0 {
+            "even".into()
+        } else {
+            "odd".into()
+        };
+        jobs.push(submit(if i % 2 == 0 { &s } else { &peer }, j).await);
+    }
+    for _ in 0..6 {
+        let c = claim_one(&s, "r", "w").await;
+        s.apply(
+            c.id,
+            Command::Progress {
+                token: Some(token(&c)),
+                progress: Some(0.5),
+                details: None,
+            },
+        )
+        .await
+        .unwrap();
+        run_to_success(&peer, &c).await;
+    }
+    // 6 jobs x (QUEUED, STARTING, progress, RUNNING, SUCCESS).
+    let all = all_events(&s, None).await;
+    assert_eq!(all.len(), 30);
+    let ids: HashSet<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 30, "ids are unique (paging is exclusive)");
+    for j in &jobs {
+        let kinds: Vec<String> = all
+            .iter()
+            .filter(|e| e.job_id == j.id.to_string())
+            .map(|e| match e.runyard_status {
+                Some(st) if e.kind == "status" => st.to_string(),
+                _ => e.kind.clone(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec!["QUEUED", "STARTING", "progress", "RUNNING", "SUCCESS"],
+            "events of one job in order"
+        );
+    }
+    // A channel holds its own events, with the ids of the global stream.
+    let even = all_events(&peer, Some("even")).await;
+    assert_eq!(even.len(), 15);
+    assert!(even.iter().all(|e| e.channel_id == "even"));
+    let global_ids: Vec<&str> = all
+        .iter()
+        .filter(|e| e.channel_id == "even")
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(
+        even.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        global_ids
+    );
+    // From an id: strictly after it.
+    let mid = &all[10].id;
+    let rest = s.events(None, Some(mid), 100).await.unwrap();
+    assert_eq!(rest.len(), 19);
+    assert_eq!(rest[0].id, all[11].id);
+    let last = &all[29].id;
+    assert!(s.events(None, Some(last), 100).await.unwrap().is_empty());
+    assert!(s
+        .events(Some("nobody"), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        s.events(None, Some("not an id"), 10).await,
+        Err(StoreError::BadInput(_))
+    ));
+    // Superset's shape.
+    let e = &even[0];
+    assert_eq!(e.status, "pending");
+    assert_eq!(even.last().unwrap().status, "done");
+}
+
+async fn trimmed_events_yield_a_resync(mut b: Backend) {
+    let s = b
+        .store_with(StoreSettings {
+            global_limit: 5,
+            channel_limit: 3,
+            ..test_settings()
+        })
+        .await;
+    let mut first = None;
+    for _ in 0..6 {
+        let mut j = job("t", "r");
+        j.channel_id = "c".into();
+        let j = submit(&s, j).await;
+        s.apply(j.id, Command::Cancel).await.unwrap();
+        if first.is_none() {
+            first = Some(s.events(None, None, 1).await.unwrap()[0].id.clone());
+        }
+    }
+    s.retention(0).await.unwrap();
+    let first = first.unwrap();
+    let page = s.events(None, Some(&first), 100).await.unwrap();
+    assert_eq!(page[0].kind, "resync", "never a silent gap");
+    assert!(page.len() <= 6, "at most the kept events after the resync");
+    // Reading on from the resync id: no second resync.
+    let next = s.events(None, Some(&page[0].id), 100).await.unwrap();
+    assert!(next.iter().all(|e| e.kind != "resync"));
+    assert_eq!(next.len(), page.len() - 1);
+    // From the start: the kept events, no resync.
+    let kept = s.events(None, None, 100).await.unwrap();
+    // (Embedded: trimming the channel also removes its events from the global stream.)
+    assert!((3..=5).contains(&kept.len()), "{}", kept.len());
+    assert!(kept.iter().all(|e| e.kind != "resync"));
+    // Up to date: no resync.
+    let last = kept.last().unwrap().id.clone();
+    assert!(s.events(None, Some(&last), 100).await.unwrap().is_empty());
+    // The channel is bounded too, and says so.
+    let ch = s.events(Some("c"), Some(&first), 100).await.unwrap();
+    assert_eq!(ch[0].kind, "resync");
+    assert_eq!(ch.len(), 4);
+}
+
+async fn logs_are_sequenced_and_bounded(mut b: Backend) {
+    let s = b
+        .store_with(StoreSettings {
+            log_lines_per_job: 4,
+            ..test_settings()
+        })
+        .await;
+    let j = submit(&s, job("t", "r")).await;
+    let now = now_us();
+    s.append_logs(
+        j.id,
+        vec![
+            (LogStream::Stdout, now, "one".into()),
+            (LogStream::Stderr, now, "two | with a bar".into()),
+            (LogStream::Job, now, "".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    let l = s.logs(j.id, 0, 100).await.unwrap();
+    assert_eq!(l.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(l[1].line, "two | with a bar");
+    assert_eq!(l[1].stream, LogStream::Stderr);
+    assert_eq!(l[2].line, "");
+    assert_eq!(l[0].ts, now);
+    s.append_logs(
+        j.id,
+        (0..3)
+            .map(|i| (LogStream::Stdout, now, format!("more {i}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    // Only the newest 4 are kept.
+    let l = s.logs(j.id, 0, 100).await.unwrap();
+    assert_eq!(
+        l.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
+    let l = s.logs(j.id, 4, 1).await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!((l[0].seq, l[0].line.as_str()), (5, "more 1"));
+    assert!(s.logs(j.id, 6, 10).await.unwrap().is_empty());
+    assert!(s.logs(Uuid::now_v7(), 0, 10).await.unwrap().is_empty());
+}
+
+async fn retention_deletes_finished_jobs(mut b: Backend) {
+    let s = b.store().await;
+    let mut old = job("t", "r");
+    old.idempotency_key = Some("k1".into());
+    let old = submit(&s, old).await;
+    s.append_logs(old.id, vec![(LogStream::Stdout, now_us(), "x".into())])
+        .await
+        .unwrap();
+    let c = claim_one(&s, "r", "w").await;
+    run_to_success(&s, &c).await;
+    let running = submit(&s, job("t", "r")).await;
+    let cut = now_us() + 1;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let fresh = submit(&s, job("t", "r")).await;
+    s.apply(fresh.id, Command::Cancel).await.unwrap();
+    let r = s.retention(cut).await.unwrap();
+    assert_eq!(r.jobs, 1);
+    assert!(s.get(old.id).await.unwrap().is_none());
+    assert!(s.logs(old.id, 0, 10).await.unwrap().is_empty());
+    assert!(
+        s.get(running.id).await.unwrap().is_some(),
+        "unfinished jobs stay"
+    );
+    assert!(
+        s.get(fresh.id).await.unwrap().is_some(),
+        "recently finished jobs stay"
+    );
+    let listed = s
+        .list(ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.jobs.len(), 2);
+    let done = s
+        .list(ListQuery {
+            limit: 100,
+            status: Some(JobStatus::Success),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(done.jobs.is_empty());
+    // The idempotency key is free again.
+    let mut again = job("t", "r");
+    again.idempotency_key = Some("k1".into());
+    assert!(s.submit(again).await.unwrap().created);
+    assert_eq!(s.retention(cut).await.unwrap().jobs, 0);
+}
+
+fn file(hash: &str) -> FileRef {
+    FileRef {
+        hash: hash.into(),
+        size: 3,
+        mimetype: "text/plain".into(),
+        name: "a.txt".into(),
+        metadata: json!({}),
+    }
+}
+
+async fn file_references_follow_jobs(mut b: Backend) {
+    let s = b.store().await;
+    let h1 = "0cc175b9c0f1b6a831c399e269772661";
+    let h2 = "92eb5ffee6ae2fec3ad71c777531578f";
+    let mut a = job("t", "r");
+    a.files.insert("inputs".into(), vec![file(h1)]);
+    let a = submit(&s, a).await;
+    let b2 = submit(&s, job("t", "r")).await;
+    s.apply(
+        b2.id,
+        Command::AttachFile {
+            property: "inputs".into(),
+            file: file(h2),
+            by_job: false,
+        },
+    )
+    .await
+    .unwrap();
+    let hashes = s.file_hashes().await.unwrap();
+    assert_eq!(
+        hashes,
+        [h1.to_string(), h2.to_string()].into_iter().collect()
+    );
+    s.apply(a.id, Command::Cancel).await.unwrap();
+    s.retention(now_us() + 1).await.unwrap();
+    let hashes = s.file_hashes().await.unwrap();
+    assert_eq!(hashes, [h2.to_string()].into_iter().collect());
+    // A job may not attach files once it is over.
+    s.apply(b2.id, Command::Cancel).await.unwrap();
+    let e = s
+        .apply(
+            b2.id,
+            Command::AttachFile {
+                property: "inputs".into(),
+                file: file(h1),
+                by_job: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(is_illegal(&e));
+}
+
+async fn notices_reach_every_handle(mut b: Backend) {
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let mut mine = s.subscribe();
+    let mut theirs = peer.subscribe();
+    // Let a fresh subscription settle (Redis: the relay subscribes in the background).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let j = submit(&s, job("t", "runner-x")).await;
+    s.apply(j.id, Command::Cancel).await.unwrap();
+    for rx in [&mut mine, &mut theirs] {
+        let mut queued = false;
+        let mut cancelled = false;
+        let mut events = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !(queued && cancelled && events) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(Notice::Queued { runner })) => queued |= runner == "runner-x",
+                Ok(Ok(Notice::Changed { job_id, status })) => {
+                    cancelled |= job_id == j.id && status == JobStatus::Cancelled
+                }
+                Ok(Ok(Notice::Events)) => events = true,
+                Ok(Err(e)) => panic!("notice channel: {e}"),
+                Err(_) => {
+                    panic!("notices missing: queued {queued} cancelled {cancelled} events {events}")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! The `docker` runner against a real Docker engine: success with logs, env, labels and limits;
+//! a non-zero exit; cancel and timeout stopping and removing the container; a runyard process
+//! killed mid-job and restarted finding its container again; the image allow-list at submit; and
+//! a container reporting through the signed hook with `runyard launch` and uploading an output.
+//!
+//! The engine is `DOCKER_HOST`, else the private engine of `scripts/start-dockerd.sh`
+//! (`unix:///tmp/rd/docker.sock`). Only when `DOCKER_HOST` is unset and that socket does not
+//! answer do the tests print `SKIPPED: no docker engine` and pass; an engine that is named but
+//! broken fails them. The images are built FROM scratch by `scripts/docker-image.sh` (busybox-static
+//! and the runyard binary under test with its shared libraries): nothing is pulled.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::*;
+
+const BUSYBOX: &str = "runyard-test-busybox:local";
+/// A second tag of the busybox image, for a job that picks an allowed image.
+const ALT: &str = "runyard-test-alt:local";
+const RUNYARD: &str = "runyard:local";
+const PRIVATE_SOCKET: &str = "/tmp/rd/docker.sock";
+
+/// The engine to test against, or `None` (skip) when there is none.
+fn engine_host() -> Option<String> {
+    if let Ok(h) = std::env::var("DOCKER_HOST") {
+        if !h.is_empty() {
+            return Some(h);
+        }
+    }
+    ping_unix(Path::new(PRIVATE_SOCKET)).then(|| format!("unix://{PRIVATE_SOCKET}"))
+}
+
+/// Whether a Docker API answers `GET /_ping` on this unix socket.
+fn ping_unix(path: &Path) -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.") && buf.contains(" 200 ")
+}
+
+/// Runs the docker CLI against the engine; panics with its output when it fails.
+fn docker(host: &str, args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", host)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`docker {}` failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Builds the test images once per test binary (the script skips images that are up to date).
+fn images(host: &str) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/docker-image.sh"))
+            .arg(env!("CARGO_BIN_EXE_runyard"))
+            .env("DOCKER_HOST", host)
+            .current_dir(root)
+            .output()
+            .expect("run scripts/docker-image.sh");
+        assert!(
+            out.status.success(),
+            "scripts/docker-image.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        docker(host, &["tag", BUSYBOX, ALT]);
+    });
+}
+
+/// The engine with the test images, or `None` after printing the skip line.
+fn setup(test: &str) -> Option<String> {
+    match engine_host() {
+        Some(h) => {
+            images(&h);
+            Some(h)
+        }
+        None => {
+            println!(
+                "SKIPPED: no docker engine ({test}: DOCKER_HOST is unset and {PRIVATE_SOCKET} does \
+                 not answer; run scripts/start-dockerd.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// `id state` of every container (running or not) of a job.
+fn containers_of(host: &str, job_id: &str) -> Vec<String> {
+    docker(
+        host,
+        &[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label=runyard.job-id={job_id}"),
+            "--format",
+            "{{.ID}} {{.State}}",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Waits (bounded) until the job has no container left.
+async fn wait_removed(host: &str, job_id: &str) {
+    let h = host.to_string();
+    let j = job_id.to_string();
+    eventually("the job's container is removed", WAIT, move || {
+        let left = containers_of(&h, &j);
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+}
+
+/// The id of the job's running container (bounded wait).
+async fn running_container(host: &str, job_id: &str) -> String {
+    let h = host.to_string();
+    let j = job_id.to_string();
+    eventually("the job's container runs", WAIT, move || {
+        let found = containers_of(&h, &j)
+            .into_iter()
+            .find(|l| l.ends_with(" running"))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string());
+        async move { found }
+    })
+    .await
+}
+
+/// The job's log lines as `(stream, line)`.
+async fn log_lines(ts: &TestServer, id: &str) -> Vec<(String, String)> {
+    let (st, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    assert_eq!(st, StatusCode::OK, "{logs}");
+    lines_of(&logs)
+}
+
+fn lines_of(logs: &Value) -> Vec<(String, String)> {
+    logs["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lines in {logs}"))
+        .iter()
+        .map(|l| {
+            (
+                l["stream"].as_str().unwrap_or_default().to_string(),
+                l["line"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (bounded) until the job's logs hold `line`.
+async fn wait_log_line(ts: &TestServer, id: &str, line: &str) {
+    eventually(&format!("log line `{line}`"), WAIT, || async {
+        log_lines(ts, id)
+            .await
+            .iter()
+            .any(|(_, l)| l == line)
+            .then_some(())
+    })
+    .await;
+}
+
+fn runner_toml(host: &str, types: &str, image: &str, command: &[&str], extra: &str) -> String {
+    format!(
+        r#"
+[[runners]]
+name = "dock"
+kind = "docker"
+types = ["{types}"]
+image = "{image}"
+command = {command}
+network = "host"
+docker_host = "{host}"
+max_attempts = 1
+{extra}
+"#,
+        command = serde_json::to_string(command).unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_job_succeeds_with_its_logs_env_and_limits_and_its_container_is_removed() {
+    let Some(host) = setup("a_docker_job_succeeds") else {
+        return;
+    };
+    let script = "echo hello from $JOB_TYPE; echo args=$JOB_ARGS; echo attempt=$JOB_ATTEMPT; \
+                  echo id=$JOB_ID; echo hook=$JOB_HOOK; echo team=$TEAM; \
+                  [ ${#JOB_SECRET_KEY} -ge 32 ] && echo secret-is-set; echo oops >&2; \
+                  echo memory=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || \
+                  cat /sys/fs/cgroup/memory/memory.limit_in_bytes)";
+    let ts = TestServer::start(&runner_toml(
+        &host,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", script],
+        "memory = \"64m\"\ncpus = 0.5\nenv = { TEAM = \"blue\" }",
+    ))
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "dock.greet", "args": {"n": 1}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["runner"], "dock");
+    assert_eq!(job["handle"]["kind"], "docker", "{job:#}");
+    assert_eq!(
+        job["handle"]["id"].as_str().map(str::len),
+        Some(12),
+        "{job:#}"
+    );
+    let lines = log_lines(&ts, &id).await;
+    let stdout: Vec<&str> = lines
+        .iter()
+        .filter(|(s, _)| s == "stdout")
+        .map(|(_, l)| l.as_str())
+        .collect();
+    assert_eq!(
+        stdout,
+        vec![
+            "hello from dock.greet".to_string(),
+            r#"args={"n":1}"#.to_string(),
+            "attempt=1".to_string(),
+            format!("id={id}"),
+            format!("hook={}/async", ts.url),
+            "team=blue".to_string(),
+            "secret-is-set".to_string(),
+            format!("memory={}", 64 * 1024 * 1024),
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&("stderr".to_string(), "oops".to_string())),
+        "{lines:#?}"
+    );
+    wait_removed(&host, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_zero_exit_is_an_error_with_the_exit_code() {
+    let Some(host) = setup("a_non_zero_exit") else {
+        return;
+    };
+    let ts = TestServer::start(&runner_toml(
+        &host,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo failing; exit 3"],
+        "",
+    ))
+    .await;
+    let id = ts.submit_ok(json!({"type": "dock.fail"})).await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    assert_eq!(job["exit_code"], 3, "{job:#}");
+    let err = job["error"].as_str().unwrap_or_default();
+    assert!(err.contains("exited with code 3"), "{job:#}");
+    assert!(
+        log_lines(&ts, &id)
+            .await
+            .contains(&("stdout".into(), "failing".into())),
+        "the output of a failing container is kept"
+    );
+    wait_removed(&host, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_timeout_stop_and_remove_the_container() {
+    let Some(host) = setup("cancel_and_timeout") else {
+        return;
+    };
+    let ts = TestServer::start(&runner_toml(
+        &host,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo started; sleep 300"],
+        "memory = \"32m\"\ncpus = 0.5\nlabels = { team = \"tests\" }",
+    ))
+    .await;
+
+    // Cancel.
+    let id = ts.submit_ok(json!({"type": "dock.sleep"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    wait_log_line(&ts, &id, "started").await;
+    let cid = running_container(&host, &id).await;
+    let inspected: Value = serde_json::from_str(&docker(&host, &["inspect", &cid])).unwrap();
+    let c = &inspected[0];
+    assert_eq!(c["Name"], format!("/runyard-{id}-1"));
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["runyard.job-id"], id.as_str(), "{labels:#}");
+    assert_eq!(labels["runyard.attempt"], "1", "{labels:#}");
+    assert_eq!(labels["runyard.job-type"], "dock.sleep", "{labels:#}");
+    assert_eq!(labels["runyard.runner"], "dock", "{labels:#}");
+    assert_eq!(labels["team"], "tests", "{labels:#}");
+    assert_eq!(c["HostConfig"]["NetworkMode"], "host");
+    assert_eq!(c["HostConfig"]["Memory"], 32 * 1024 * 1024);
+    assert_eq!(c["HostConfig"]["NanoCpus"], 500_000_000);
+    let started = Instant::now();
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    wait_removed(&host, &id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    let job = ts.get_job(&id).await;
+    assert_eq!(status_of(&job), "CANCELLED", "{job:#}");
+
+    // Timeout.
+    let id = ts
+        .submit_ok(json!({"type": "dock.sleep", "timeout": "2s"}))
+        .await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    running_container(&host, &id).await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    wait_removed(&host, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_outside_the_allow_list_are_refused_at_submit() {
+    let Some(host) = setup("images_outside_the_allow_list") else {
+        return;
+    };
+    let ts = TestServer::start(&runner_toml(
+        &host,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo picked"],
+        "allowed_images = [\"runyard-test-*:local\"]",
+    ))
+    .await;
+    let before = ts.count_jobs(None).await;
+    for bad in [
+        json!("evil/miner:latest"),
+        json!("runyard:local"),
+        json!(42),
+    ] {
+        let (st, body) = ts
+            .submit(json!({"type": "dock.pick", "args": {"image": bad}}))
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        let (code, message) = error_of(&body);
+        assert_eq!(code, "runner_refused", "{body}");
+        assert!(message.contains("image"), "{body}");
+    }
+    assert_eq!(
+        ts.count_jobs(None).await,
+        before,
+        "refused jobs are not stored"
+    );
+
+    // An allowed image runs.
+    let id = ts
+        .submit_ok(json!({"type": "dock.pick", "args": {"image": ALT}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    wait_log_line(&ts, &id, "picked").await;
+
+    // An allowed image that is nowhere to be found fails the job with the reason.
+    let id = ts
+        .submit_ok(json!({"type": "dock.pick", "args": {"image": "runyard-test-missing:local"}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    let err = job["error"].as_str().unwrap_or_default();
+    assert!(err.contains("runyard-test-missing:local"), "{job:#}");
+    assert!(containers_of(&host, &id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_reports_through_the_hook_with_runyard_launch_and_uploads_an_output() {
+    let Some(host) = setup("runyard_launch_in_a_container") else {
+        return;
+    };
+    // runyard:local's entrypoint is runyard: the command is its arguments.
+    let ts = TestServer::start(&runner_toml(
+        &host,
+        "dock.*",
+        RUNYARD,
+        &[
+            "launch",
+            "--output",
+            "outputs=/tmp/out.txt",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo computing; echo result-$JOB_ID > /tmp/out.txt",
+        ],
+        "",
+    ))
+    .await;
+    let id = ts.submit_ok(json!({"type": "dock.launch"})).await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    let outputs = job["files"]["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outputs in {job:#}"));
+    assert_eq!(outputs.len(), 1, "{job:#}");
+    assert_eq!(outputs[0]["name"], "out.txt", "{job:#}");
+    let res = ts
+        .client
+        .get(ts.at(&format!("/async/jobs/{id}/files/outputs/0")))
+        .send()
+        .await
+        .expect("download the output");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.text().await.unwrap(), format!("result-{id}\n"));
+    // The line reached the job through the hook (and the container's stdout).
+    wait_log_line(&ts, &id, "computing").await;
+    // runyard launch reported RUNNING through the hook before it finished.
+    assert!(job["started_at"].is_string(), "{job:#}");
+    wait_removed(&host, &id).await;
+}
+
+/// The last lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+/// A `runyard serve` child process (killed with SIGKILL on drop).
+struct ServeProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ServeProcess {
+    async fn start(config: &Path, log: &Path, url: &str) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("server log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args(["serve", "--config"])
+            .arg(config)
+            // bollard prints request and response bodies (with the job's secret) at debug level:
+            // the binary must drop them whatever RUNYARD_LOG asks for.
+            .env(
+                "RUNYARD_LOG",
+                "debug,bollard=trace,hyper=info,hyper_util=info",
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start runyard serve");
+        let p = Self {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        let client = reqwest::Client::new();
+        let health = format!("{url}/health");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = client.get(&health).send().await {
+                if r.status().is_success() {
+                    return p;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runyard serve did not answer; its log:\n{}",
+                tail(&p.log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runyard_killed_mid_job_finds_its_containers_after_a_restart_and_finishes_the_jobs() {
+    let Some(host) = setup("restart_mid_job") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("runyard.toml");
+    // `dock.long` outlives the downtime; `dock.short` ends while no runyard runs.
+    let long = runner_toml(
+        &host,
+        "dock.long",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo before; sleep 10; echo after; exit 0"],
+        "",
+    );
+    let short = runner_toml(
+        &host,
+        "dock.short",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo short; sleep 2; exit 4"],
+        "",
+    )
+    .replace("name = \"dock\"", "name = \"dock-short\"");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+
+[worker]
+lease_ttl = "1s"
+kill_grace = "500ms"
+poll_interval = "200ms"
+shutdown_grace = "5s"
+{long}
+{short}"#,
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let client = reqwest::Client::new();
+    let get_json = |path: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let r = client.get(format!("{url}{path}")).send().await.unwrap();
+            let st = r.status();
+            let v: Value = r.json().await.unwrap();
+            (st, v)
+        }
+    };
+    let submit = |ty: &'static str| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let r = client
+                .post(format!("{url}/async/jobs"))
+                .json(&json!({ "type": ty }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            r.json::<Value>().await.unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let logged = |id: String, line: &'static str| {
+        let get_json = &get_json;
+        async move {
+            eventually(&format!("`{line}` is logged"), WAIT, || {
+                let get = get_json(format!("/async/jobs/{id}/logs"));
+                async move {
+                    let (_, logs) = get.await;
+                    lines_of(&logs).iter().any(|(_, l)| l == line).then_some(())
+                }
+            })
+            .await
+        }
+    };
+
+    let mut first = ServeProcess::start(&config, &log, &url).await;
+    let id = submit("dock.long").await;
+    let short_id = submit("dock.short").await;
+    // Both run, and their first lines are in the jobs' logs.
+    logged(id.clone(), "before").await;
+    logged(short_id.clone(), "short").await;
+    let cid = running_container(&host, &id).await;
+
+    first.kill();
+    // The container outlives the server.
+    assert_eq!(containers_of(&host, &id), vec![format!("{cid} running")]);
+    // The short one ends while nobody watches.
+    {
+        let h = host.clone();
+        let s = short_id.clone();
+        eventually("the short container exits", WAIT, move || {
+            let done = containers_of(&h, &s).iter().any(|l| l.ends_with(" exited"));
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
+
+    let _second = ServeProcess::start(&config, &log, &url).await;
+    let wait_done = |id: String| {
+        let get_json = &get_json;
+        let log = &log;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                let (st, job) = get_json(format!("/async/jobs/{id}")).await;
+                assert_eq!(st, StatusCode::OK, "{job}");
+                if is_terminal(&job["status"]) {
+                    return job;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "job not finished after the restart: {job:#}\nserver log:\n{}",
+                    tail(log)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // The container that ended meanwhile: its exit code is recorded, nothing runs again.
+    let job = wait_done(short_id.clone()).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    assert_eq!(job["exit_code"], 4, "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    wait_removed(&host, &short_id).await;
+
+    // The running container: adopted, followed, finished.
+    let job = wait_done(id.clone()).await;
+    assert_eq!(
+        status_of(&job),
+        "SUCCESS",
+        "{job:#}\nserver log:\n{}",
+        tail(&log)
+    );
+    // The same attempt, adopted: not run again.
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+    let (_, logs) = get_json(format!("/async/jobs/{id}/logs")).await;
+    let lines = lines_of(&logs);
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        texts.iter().filter(|l| **l == "before").count(),
+        1,
+        "{texts:#?}"
+    );
+    assert!(
+        texts.contains(&"after"),
+        "output after the restart is followed: {texts:#?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|l| l.contains("still running after a restart")),
+        "{texts:#?}"
+    );
+    wait_removed(&host, &id).await;
+
+    // The job's secret never reached runyard's own log, even at debug/trace level.
+    let server_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        server_log.contains("DEBUG"),
+        "the server logged at debug level"
+    );
+    assert!(
+        !server_log.contains("JOB_SECRET_KEY"),
+        "the container's create body (with the secret) was logged"
+    );
+}

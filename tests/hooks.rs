@@ -1,0 +1,2404 @@
+//! The signed job hook API over real HTTP ("Signed job hooks"): bad calls are refused with the
+//! contract's status and change nothing, good calls work, each attempt has its own secret, the
+//! secret never shows up in an answer or a log, and the Rust `JobClient` / `runyard launch` work end
+//! to end.
+//!
+//! Self-contained: the helpers live in this file. Hook calls are sent over a raw TCP connection so
+//! that the request target is exactly what was signed (a URL library would normalise `..` and
+//! `%2e%2e` away before sending).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use md5::{Digest, Md5};
+use runyard::config::Config;
+use runyard::server::{RunningServer, ServerBuilder};
+use runyard_hooks::{
+    derive_job_secret, now_ms, sign_v1, sign_v2, signed_headers, upload_challenge, JobClient,
+    Secret, SigVersion, UploadOutcome,
+};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bound of every wait.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The `runyard` binary of this build.
+const BIN: &str = env!("CARGO_BIN_EXE_runyard");
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The runners every test server has.
+fn runners_toml() -> String {
+    let bin = format!("{BIN:?}");
+    format!(
+        r#"
+[[runners]]
+name = "hold"
+kind = "local"
+types = ["hold.*"]
+command = ["/bin/sh", "-c", "sleep 30"]
+concurrency = 16
+
+[[runners]]
+name = "flaky"
+kind = "local"
+types = ["flaky"]
+command = ["/bin/sh", "-c", "if [ \"$JOB_ATTEMPT\" = 1 ]; then exit 1; fi; sleep 30"]
+concurrency = 4
+
+[[runners]]
+name = "envdump"
+kind = "local"
+types = ["envdump"]
+command = ["/bin/sh", "-c", "env | grep -v JOB_SECRET_KEY"]
+
+[[runners]]
+name = "launch-ok"
+kind = "local"
+types = ["launch.ok"]
+command = [{bin}, "launch", "--", "/bin/sh", "-c", "echo hello; exit 0"]
+
+[[runners]]
+name = "launch-fail"
+kind = "local"
+types = ["launch.fail"]
+command = [{bin}, "launch", "--", "/bin/sh", "-c", "echo going down; exit 4"]
+
+[[runners]]
+name = "launch-echo"
+kind = "local"
+types = ["launch.echo"]
+command = [{bin}, "launch", "runyard.echo"]
+"#
+    )
+}
+
+/// Full configuration text: `data_dir`, fast worker settings, `[hooks]` lines, the runners.
+fn config_text(data_dir: &Path, top: &str, hooks: &str) -> String {
+    format!(
+        r#"
+data_dir = {data:?}
+{top}
+
+[worker]
+poll_interval = "100ms"
+shutdown_grace = "300ms"
+kill_grace = "200ms"
+
+[events]
+progress_interval = "0s"
+
+[hooks]
+{hooks}
+
+{runners}
+"#,
+        data = data_dir.display().to_string(),
+        runners = runners_toml(),
+    )
+}
+
+/// Milliseconds for `X-Job-Time`, strictly increasing across the whole test binary, so that two
+/// different requests never share a (job, time, hash) triple by accident.
+fn fresh_ms() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    loop {
+        let last = LAST.load(Ordering::SeqCst);
+        let t = now.max(last + 1);
+        if LAST
+            .compare_exchange(last, t, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return t;
+        }
+    }
+}
+
+type Headers = Vec<(String, String)>;
+
+/// The signed hook headers for `method target body` at `time_ms`.
+fn sign_at(
+    id: &str,
+    secret: &Secret,
+    version: SigVersion,
+    method: &str,
+    target: &str,
+    body: &[u8],
+    time_ms: i64,
+) -> Headers {
+    let map = signed_headers(id, secret, version, method, target, body, time_ms).expect("sign");
+    map.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().expect("ascii").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Signed now (a fresh time).
+fn sign(
+    id: &str,
+    secret: &Secret,
+    version: SigVersion,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Headers {
+    sign_at(id, secret, version, method, target, body, fresh_ms())
+}
+
+fn without(headers: &Headers, name: &str) -> Headers {
+    headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect()
+}
+
+fn with(headers: &Headers, name: &str, value: &str) -> Headers {
+    let mut h = without(headers, name);
+    h.push((name.to_string(), value.to_string()));
+    h
+}
+
+fn md5_hex(b: &[u8]) -> String {
+    hex::encode(Md5::digest(b))
+}
+
+fn challenge(b: &[u8]) -> String {
+    upload_challenge([b])
+}
+
+/// An upload request body for `content`.
+fn upload_body(content: &[u8], metadata: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "hash": md5_hex(content),
+        "challenge": challenge(content),
+        "metadata": metadata,
+    }))
+    .expect("json")
+}
+
+/// A raw HTTP answer.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    json: Value,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn code(&self) -> String {
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn describe(&self) -> String {
+        format!("HTTP {} {}", self.status, self.text())
+    }
+}
+
+fn decode_chunked(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
+        let line = String::from_utf8_lossy(&b[..pos]);
+        let size =
+            usize::from_str_radix(line.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        b = &b[pos + 2..];
+        if size == 0 || b.len() < size {
+            break;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[(size + 2).min(b.len())..];
+    }
+    out
+}
+
+/// Sends one HTTP/1.1 request with exactly this request target.
+async fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &Headers,
+    body: &[u8],
+) -> Resp {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(WAIT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {target}: no answer within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"));
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {target}: not an HTTP answer: {buf:?}"));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let rest = &buf[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {target}: bad status line: {head}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        decode_chunked(rest)
+    } else {
+        let len = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(rest.len());
+        rest[..len.min(rest.len())].to_vec()
+    };
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Resp {
+        status,
+        headers,
+        body,
+        json,
+    }
+}
+
+/// What must not change when a call is refused.
+#[derive(Debug, Clone, PartialEq)]
+struct Snap {
+    job: Value,
+    logs: Vec<String>,
+    blobs: usize,
+}
+
+/// Regular files under `dir`, recursively.
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// All files under `dir`, recursively.
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => all_files(&e.path(), out),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// An in-process server on 127.0.0.1:0 with its data in a temporary directory. Every answer it
+/// gives through these helpers is recorded, and every secret derived is remembered, so that
+/// [`Srv::finish`] can check that no answer ever contained a secret.
+struct Srv {
+    server: Option<RunningServer>,
+    dir: TempDir,
+    url: String,
+    addr: SocketAddr,
+    http: reqwest::Client,
+    seen: Mutex<String>,
+    secrets: Mutex<Vec<String>>,
+    jobs: Mutex<Vec<String>>,
+}
+
+impl Srv {
+    async fn start(hooks: &str) -> Srv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config_text(&dir.path().join("data"), "", hooks);
+        let config = Config::from_toml(&text)
+            .unwrap_or_else(|e| panic!("test config refused: {e}\n---\n{text}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = ServerBuilder::new(config)
+            .start(listener)
+            .await
+            .expect("server starts");
+        let url = server.url();
+        let addr = server.addr;
+        Srv {
+            server: Some(server),
+            dir,
+            url,
+            addr,
+            http: reqwest::Client::builder()
+                .timeout(WAIT)
+                .build()
+                .expect("http client"),
+            seen: Mutex::new(String::new()),
+            secrets: Mutex::new(Vec::new()),
+            jobs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn hook_base(&self) -> String {
+        format!("{}/async", self.url)
+    }
+
+    fn record(&self, what: &str, status: u16, headers: &[(String, String)], body: &[u8]) {
+        let mut s = self.seen.lock().expect("lock");
+        s.push_str(&format!("\n== {what} -> {status}\n"));
+        for (k, v) in headers {
+            s.push_str(&format!("{k}: {v}\n"));
+        }
+        s.push_str(&String::from_utf8_lossy(body));
+    }
+
+    /// Remembers (and returns) the secret of `attempt` of job `id`.
+    fn secret(&self, id: &str, attempt: u32) -> Secret {
+        let master = &self.server.as_ref().expect("running").app.master_key;
+        let s = derive_job_secret(master, id, attempt);
+        self.secrets
+            .lock()
+            .expect("lock")
+            .push(s.expose().to_string());
+        s
+    }
+
+    /// Any request through reqwest; the answer is recorded.
+    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> (u16, Vec<u8>) {
+        let res = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = res.status().as_u16();
+        let headers: Vec<(String, String)> = res
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = res
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .to_vec();
+        self.record(what, status, &headers, &body);
+        (status, body)
+    }
+
+    async fn send_json(&self, what: &str, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let (status, body) = self.send(what, req).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn get_json(&self, path: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        self.send_json(&format!("GET {path}"), self.http.get(url))
+            .await
+    }
+
+    /// `POST /async/jobs` (JSON); the job id.
+    async fn submit(&self, body: Value) -> String {
+        let (status, v) = self
+            .send_json(
+                "POST /async/jobs",
+                self.http
+                    .post(format!("{}/async/jobs", self.url))
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(status, 202, "submit {body}: {v}");
+        let id = v["job_id"].as_str().expect("job_id").to_string();
+        self.jobs.lock().expect("lock").push(id.clone());
+        id
+    }
+
+    /// `POST /async/jobs` as multipart with a `job` part and one `inputs` file.
+    async fn submit_with_input(&self, job: Value, name: &str, mime: &str, bytes: &[u8]) -> String {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "job",
+                reqwest::multipart::Part::text(job.to_string())
+                    .mime_str("application/json")
+                    .expect("mime"),
+            )
+            .part(
+                "inputs",
+                reqwest::multipart::Part::bytes(bytes.to_vec())
+                    .file_name(name.to_string())
+                    .mime_str(mime)
+                    .expect("mime"),
+            );
+        let (status, v) = self
+            .send_json(
+                "POST /async/jobs (multipart)",
+                self.http
+                    .post(format!("{}/async/jobs", self.url))
+                    .multipart(form),
+            )
+            .await;
+        assert_eq!(status, 202, "multipart submit {job}: {v}");
+        let id = v["job_id"].as_str().expect("job_id").to_string();
+        self.jobs.lock().expect("lock").push(id.clone());
+        id
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        let (status, v) = self.get_json(&format!("/async/jobs/{id}")).await;
+        assert_eq!(status, 200, "GET job {id}: {v}");
+        v
+    }
+
+    async fn logs(&self, id: &str) -> Vec<String> {
+        let (status, v) = self
+            .get_json(&format!("/async/jobs/{id}/logs?limit=10000"))
+            .await;
+        assert_eq!(status, 200, "GET logs {id}: {v}");
+        v["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .map(|l| l["line"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Polls the job until `done` holds (bounded).
+    async fn wait_until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let j = self.job(id).await;
+            if done(&j) {
+                return j;
+            }
+            if start.elapsed() > WAIT {
+                panic!("job {id} not {what} within {WAIT:?}; last seen: {j:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) -> Value {
+        self.wait_until(id, status, |j| j["status"] == status).await
+    }
+
+    async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_until(id, "terminal", |j| {
+            matches!(
+                j["status"].as_str(),
+                Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
+            )
+        })
+        .await
+    }
+
+    /// Waits until the job is RUNNING; returns it with its current attempt's secret.
+    async fn running(&self, id: &str) -> (Value, Secret) {
+        let j = self.wait_status(id, "RUNNING").await;
+        let attempt = j["attempt"].as_u64().expect("attempt") as u32;
+        let s = self.secret(id, attempt);
+        (j, s)
+    }
+
+    /// A raw hook call; the answer is recorded.
+    async fn hook(&self, method: &str, target: &str, headers: &Headers, body: &[u8]) -> Resp {
+        let r = raw_http(self.addr, method, target, headers, body).await;
+        self.record(&format!("{method} {target}"), r.status, &r.headers, &r.body);
+        r
+    }
+
+    /// A hook call signed now with `secret`.
+    #[allow(clippy::too_many_arguments)]
+    async fn signed(
+        &self,
+        id: &str,
+        secret: &Secret,
+        version: SigVersion,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Resp {
+        let h = sign(id, secret, version, method, target, body);
+        self.hook(method, target, &h, body).await
+    }
+
+    /// A v2 status report.
+    async fn report(&self, id: &str, secret: &Secret, body: Value) -> Resp {
+        let b = serde_json::to_vec(&body).expect("json");
+        self.signed(id, secret, SigVersion::V2, "POST", "/async/status", &b)
+            .await
+    }
+
+    /// What a refused call must leave as it was.
+    async fn snap(&self, id: &str) -> Snap {
+        let j = self.job(id).await;
+        let mut job = serde_json::Map::new();
+        for k in [
+            "status",
+            "progress",
+            "result",
+            "error",
+            "files",
+            "status_details",
+            "attempt",
+        ] {
+            job.insert(k.to_string(), j[k].clone());
+        }
+        Snap {
+            job: Value::Object(job),
+            logs: self.logs(id).await,
+            blobs: count_files(&self.data_dir().join("files")),
+        }
+    }
+
+    async fn assert_unchanged(&self, id: &str, before: &Snap, label: &str) {
+        let after = self.snap(id).await;
+        assert_eq!(
+            &after, before,
+            "{label}: a refused call changed job {id} or the file store"
+        );
+    }
+
+    /// Sends a call that must be refused with `want` (and `code`, when given) and change nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn refused(
+        &self,
+        id: &str,
+        before: &Snap,
+        label: &str,
+        method: &str,
+        target: &str,
+        headers: &Headers,
+        body: &[u8],
+        want: u16,
+        code: Option<&str>,
+    ) -> Resp {
+        let r = self.hook(method, target, headers, body).await;
+        assert_eq!(
+            r.status,
+            want,
+            "{label}: {method} {target}: {}",
+            r.describe()
+        );
+        if let Some(c) = code {
+            assert_eq!(r.code(), c, "{label}: {}", r.describe());
+        }
+        self.assert_unchanged(id, before, label).await;
+        r
+    }
+
+    /// `GET url` (no job headers), recorded.
+    async fn fetch(&self, url: &str) -> (u16, Vec<u8>) {
+        self.send(&format!("GET {url}"), self.http.get(url)).await
+    }
+
+    /// `PUT url` with raw bytes (no job headers), recorded.
+    async fn put_bytes(&self, url: &str, bytes: &[u8]) -> (u16, Value) {
+        self.send_json(
+            &format!("PUT {url}"),
+            self.http.put(url).body(bytes.to_vec()),
+        )
+        .await
+    }
+
+    /// Checks that no recorded answer, no job view, log, list or event, and no file of the data
+    /// dir contains any secret derived in the test; then stops the server.
+    async fn finish(mut self) {
+        let jobs = self.jobs.lock().expect("lock").clone();
+        for id in &jobs {
+            self.get_json(&format!("/async/jobs/{id}")).await;
+            self.get_json(&format!("/async/jobs/{id}/logs?limit=10000"))
+                .await;
+            self.get_json(&format!("/async/jobs/{id}/result")).await;
+        }
+        self.get_json("/async/jobs?limit=1000").await;
+        let mut last = String::new();
+        for _ in 0..200 {
+            let (status, v) = self
+                .get_json(&format!("/api/v1/async_event/?limit=100&last_id={last}"))
+                .await;
+            assert_eq!(status, 200, "events: {v}");
+            let events = v["result"].as_array().cloned().unwrap_or_default();
+            match events.last().and_then(|e| e["id"].as_str()) {
+                Some(id) => last = id.to_string(),
+                None => break,
+            }
+        }
+        let secrets = self.secrets.lock().expect("lock").clone();
+        {
+            let seen = self.seen.lock().expect("lock");
+            assert!(!seen.is_empty());
+            for s in &secrets {
+                assert_eq!(s.len(), 64, "a derived secret is 64 hex characters");
+                if let Some(pos) = seen.find(s.as_str()) {
+                    let from = seen[..pos].rfind("\n== ").unwrap_or(0);
+                    panic!(
+                        "a job secret appears in an answer of the server: {}",
+                        &seen[from..(pos + 64).min(seen.len())]
+                    );
+                }
+            }
+        }
+        // Nor is it stored anywhere (the server derives it, it never keeps it).
+        let mut files = Vec::new();
+        all_files(&self.data_dir(), &mut files);
+        for f in files {
+            let Ok(bytes) = std::fs::read(&f) else {
+                continue;
+            };
+            for s in &secrets {
+                assert!(
+                    !bytes.windows(64).any(|w| w == s.as_bytes()),
+                    "a job secret is stored in {}",
+                    f.display()
+                );
+            }
+        }
+        if let Some(s) = self.server.take() {
+            tokio::time::timeout(WAIT, s.stop())
+                .await
+                .expect("server stops within the bound")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+fn download_target(store: &str, uuid: &str, property: &str, index: &str) -> String {
+    format!("/async/download/{store}/{uuid}/{property}/{index}")
+}
+
+fn upload_target(store: &str, uuid: &str, property: &str) -> String {
+    format!("/async/upload/{store}/{uuid}/{property}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Bad calls are refused and change nothing
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_missing_signatures_get_401_and_change_nothing() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit_with_input(
+            json!({"type": "hold.a"}),
+            "in.txt",
+            "text/plain",
+            b"input of a",
+        )
+        .await;
+    let b = srv.submit(json!({"type": "hold.b"})).await;
+    let (ja, sa) = srv.running(&a).await;
+    let (_, sb) = srv.running(&b).await;
+    let attempt = ja["attempt"].as_u64().unwrap() as u32;
+    let before = srv.snap(&a).await;
+
+    // A report that would change everything if it were accepted.
+    let evil = serde_json::to_vec(&json!({
+        "status": "SUCCESS", "progress": 1.0, "results": {"forged": true},
+        "logs": ["forged line"], "statusDetails": {"forged": true}
+    }))
+    .unwrap();
+    let st = "/async/status";
+
+    // Wrong keys: another master key, another job's secret, a future attempt's secret.
+    let wrong_master = derive_job_secret(b"not-the-master-key-of-this-server", &a, attempt);
+    let next_attempt = srv.secret(&a, attempt + 1);
+    for (label, key) in [
+        ("other master key", &wrong_master),
+        ("other job's secret", &sb),
+        ("next attempt's secret", &next_attempt),
+    ] {
+        for v in [SigVersion::V1, SigVersion::V2] {
+            let label = format!("{label} ({})", v.as_str());
+            let h = sign(&a, key, v, "POST", st, &evil);
+            srv.refused(
+                &a,
+                &before,
+                &label,
+                "POST",
+                st,
+                &h,
+                &evil,
+                401,
+                Some("bad_signature"),
+            )
+            .await;
+            let h = sign(&a, key, v, "GET", "/async/job", b"");
+            srv.refused(&a, &before, &label, "GET", "/async/job", &h, b"", 401, None)
+                .await;
+            let t = download_target("jobs", &a, "inputs", "0");
+            let h = sign(&a, key, v, "GET", &t, b"");
+            srv.refused(&a, &before, &label, "GET", &t, &h, b"", 401, None)
+                .await;
+            let t = upload_target("jobs", &a, "outputs");
+            let body = upload_body(b"forged output", json!({}));
+            let h = sign(&a, key, v, "PUT", &t, &body);
+            srv.refused(&a, &before, &label, "PUT", &t, &h, &body, 401, None)
+                .await;
+        }
+    }
+    // Job b's id with job a's secret.
+    let h = sign(&b, &sa, SigVersion::V2, "POST", st, &evil);
+    let before_b = srv.snap(&b).await;
+    srv.refused(
+        &b,
+        &before_b,
+        "a's secret for b",
+        "POST",
+        st,
+        &h,
+        &evil,
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+
+    // Missing headers, one at a time, and all of them.
+    let good = sign(&a, &sa, SigVersion::V2, "POST", st, &evil);
+    for name in ["X-Job-Id", "X-Job-Time", "X-Job-Hash"] {
+        let label = format!("missing {name}");
+        srv.refused(
+            &a,
+            &before,
+            &label,
+            "POST",
+            st,
+            &without(&good, name),
+            &evil,
+            401,
+            Some("missing_header"),
+        )
+        .await;
+        let label = format!("empty {name}");
+        srv.refused(
+            &a,
+            &before,
+            &label,
+            "POST",
+            st,
+            &with(&good, name, ""),
+            &evil,
+            401,
+            Some("missing_header"),
+        )
+        .await;
+    }
+    srv.refused(
+        &a,
+        &before,
+        "no headers",
+        "POST",
+        st,
+        &Vec::new(),
+        &evil,
+        401,
+        Some("missing_header"),
+    )
+    .await;
+    // Malformed headers.
+    for (name, value) in [
+        ("X-Job-Time", "soon"),
+        ("X-Job-Time", "-1"),
+        ("X-Job-Hash", "abc"),
+        ("X-Job-Signature", "v3"),
+    ] {
+        let label = format!("{name}: {value}");
+        srv.refused(
+            &a,
+            &before,
+            &label,
+            "POST",
+            st,
+            &with(&good, name, value),
+            &evil,
+            401,
+            Some("invalid_header"),
+        )
+        .await;
+    }
+    srv.refused(
+        &a,
+        &before,
+        "X-Job-Id not a uuid",
+        "POST",
+        st,
+        &with(&good, "X-Job-Id", "not-a-job"),
+        &evil,
+        401,
+        None,
+    )
+    .await;
+
+    // X-Job-Time 6 minutes off, either way (correctly signed for that time).
+    for (label, offset) in [("6 min in the past", -360_000), ("6 min ahead", 360_000)] {
+        for v in [SigVersion::V1, SigVersion::V2] {
+            let h = sign_at(&a, &sa, v, "POST", st, &evil, now_ms() + offset);
+            srv.refused(
+                &a,
+                &before,
+                label,
+                "POST",
+                st,
+                &h,
+                &evil,
+                401,
+                Some("expired"),
+            )
+            .await;
+        }
+    }
+
+    // v2 binds body, path, query and method.
+    let signed_body = serde_json::to_vec(&json!({"progress": 0.1})).unwrap();
+    let h = sign(&a, &sa, SigVersion::V2, "POST", st, &signed_body);
+    srv.refused(
+        &a,
+        &before,
+        "v2 tampered body",
+        "POST",
+        st,
+        &h,
+        &evil,
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+    let h = sign(&a, &sa, SigVersion::V2, "POST", st, &evil);
+    srv.refused(
+        &a,
+        &before,
+        "v2 tampered query",
+        "POST",
+        "/async/status?x=1",
+        &h,
+        &evil,
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+    let up_body = upload_body(b"tampered path", json!({}));
+    let h = sign(
+        &a,
+        &sa,
+        SigVersion::V2,
+        "PUT",
+        &upload_target("jobs", &a, "outputs"),
+        &up_body,
+    );
+    srv.refused(
+        &a,
+        &before,
+        "v2 tampered upload path",
+        "PUT",
+        &upload_target("jobs", &a, "other"),
+        &h,
+        &up_body,
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+    let h = sign(
+        &a,
+        &sa,
+        SigVersion::V2,
+        "GET",
+        &download_target("jobs", &a, "inputs", "1"),
+        b"",
+    );
+    srv.refused(
+        &a,
+        &before,
+        "v2 tampered download path",
+        "GET",
+        &download_target("jobs", &a, "inputs", "0"),
+        &h,
+        b"",
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+    let h = sign(&a, &sa, SigVersion::V2, "GET", "/async/status", b"");
+    srv.refused(
+        &a,
+        &before,
+        "v2 signed for another path",
+        "GET",
+        "/async/job",
+        &h,
+        b"",
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+
+    // Replays: the first call is accepted, the identical second one is refused.
+    for v in [SigVersion::V1, SigVersion::V2] {
+        let line = format!("replayed once {}", v.as_str());
+        let body = serde_json::to_vec(&json!({"progress": 0.25, "logs": [line]})).unwrap();
+        let h = sign(&a, &sa, v, "POST", st, &body);
+        let first = srv.hook("POST", st, &h, &body).await;
+        assert_eq!(first.status, 200, "first call: {}", first.describe());
+        let after_first = srv.snap(&a).await;
+        assert_eq!(after_first.job["progress"], json!(0.25));
+        srv.refused(
+            &a,
+            &after_first,
+            "identical replay",
+            "POST",
+            st,
+            &h,
+            &body,
+            401,
+            Some("replay"),
+        )
+        .await;
+        // Also when the hash is re-cased.
+        let upper = h
+            .iter()
+            .map(|(k, val)| {
+                if k.eq_ignore_ascii_case("x-job-hash") {
+                    (k.clone(), val.to_ascii_uppercase())
+                } else {
+                    (k.clone(), val.clone())
+                }
+            })
+            .collect();
+        srv.refused(
+            &a,
+            &after_first,
+            "replay with upper-case hash",
+            "POST",
+            st,
+            &upper,
+            &body,
+            401,
+            Some("replay"),
+        )
+        .await;
+        assert_eq!(srv.logs(&a).await.iter().filter(|l| **l == line).count(), 1);
+    }
+    // v1 headers do not cover the request: reusing them on another route is still a replay.
+    let h = sign(&a, &sa, SigVersion::V1, "GET", "/async/job", b"");
+    let first = srv.hook("GET", "/async/job", &h, b"").await;
+    assert_eq!(first.status, 200, "{}", first.describe());
+    let now = srv.snap(&a).await;
+    srv.refused(
+        &a,
+        &now,
+        "v1 headers reused on /status",
+        "POST",
+        st,
+        &h,
+        &evil,
+        401,
+        Some("replay"),
+    )
+    .await;
+
+    // After all that, the job still works with its real secret.
+    let r = srv
+        .report(&a, &sa, json!({"status": "SUCCESS", "results": {"ok": 1}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let j = srv.job(&a).await;
+    assert_eq!(j["status"], "SUCCESS");
+    assert_eq!(j["result"], json!({"ok": 1}));
+    assert!(!srv.logs(&a).await.iter().any(|l| l.contains("forged")));
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_with_the_job_id_spelled_differently_is_refused() {
+    // X-Job-Id is not covered by the signature, and the server accepts any spelling of a UUID
+    // (upper case, no hyphens, braces, urn:uuid:): re-spelling it must not make a replay new.
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.respell"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let st = "/async/status";
+    let body = serde_json::to_vec(&json!({"logs": ["once only"]})).unwrap();
+    let h = sign(&a, &sa, SigVersion::V2, "POST", st, &body);
+    let first = srv.hook("POST", st, &h, &body).await;
+    assert_eq!(first.status, 200, "{}", first.describe());
+    let before = srv.snap(&a).await;
+    let simple = a.replace('-', "");
+    let mut accepted = Vec::new();
+    for spelling in [
+        a.to_ascii_uppercase(),
+        simple.clone(),
+        format!("{{{a}}}"),
+        format!("urn:uuid:{a}"),
+    ] {
+        let r = srv
+            .hook("POST", st, &with(&h, "X-Job-Id", &spelling), &body)
+            .await;
+        if r.status != 401 {
+            accepted.push(format!("X-Job-Id: {spelling} -> {}", r.describe()));
+        }
+    }
+    let after = srv.snap(&a).await;
+    let copies = after.logs.iter().filter(|l| *l == "once only").count();
+    assert!(
+        accepted.is_empty() && after == before,
+        "replays accepted by re-spelling X-Job-Id ({copies} copies of the log line):\n{}",
+        accepted.join("\n")
+    );
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_is_refused_when_v2_is_required() {
+    let srv = Srv::start("require_v2 = true").await;
+    let a = srv
+        .submit_with_input(
+            json!({"type": "hold.v2"}),
+            "in.txt",
+            "text/plain",
+            b"v2 only",
+        )
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let evil = serde_json::to_vec(&json!({"status": "SUCCESS", "logs": ["v1 line"]})).unwrap();
+    let up = upload_body(b"v1 upload", json!({}));
+    let calls: [(&str, String, &[u8]); 4] = [
+        ("POST", "/async/status".to_string(), &evil),
+        ("GET", "/async/job".to_string(), b""),
+        ("GET", download_target("jobs", &a, "inputs", "0"), b""),
+        ("PUT", upload_target("jobs", &a, "outputs"), &up),
+    ];
+    for (method, target, body) in &calls {
+        let h = sign(&a, &sa, SigVersion::V1, method, target, body);
+        srv.refused(
+            &a,
+            &before,
+            "v1 with require_v2",
+            method,
+            target,
+            &h,
+            body,
+            401,
+            Some("v1_refused"),
+        )
+        .await;
+    }
+    // v2 works.
+    for (method, target, body) in &calls[1..3] {
+        let r = srv
+            .signed(&a, &sa, SigVersion::V2, method, target, body)
+            .await;
+        assert_eq!(r.status, 200, "v2 {method} {target}: {}", r.describe());
+    }
+    let r = srv.report(&a, &sa, json!({"status": "SUCCESS"})).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_may_touch_only_its_own_files() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit_with_input(
+            json!({"type": "hold.a"}),
+            "a.txt",
+            "text/plain",
+            b"a's input",
+        )
+        .await;
+    let b = srv
+        .submit_with_input(
+            json!({"type": "hold.b"}),
+            "b.txt",
+            "text/plain",
+            b"b's secret input",
+        )
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let (_, _sb) = srv.running(&b).await;
+    let before_a = srv.snap(&a).await;
+    let before_b = srv.snap(&b).await;
+    let up = upload_body(b"written into b by a", json!({"name": "x"}));
+    for v in [SigVersion::V1, SigVersion::V2] {
+        let cases: Vec<(&str, String, &[u8])> = vec![
+            ("GET", download_target("jobs", &b, "inputs", "0"), b""),
+            ("GET", download_target("users", &a, "inputs", "0"), b""),
+            ("GET", download_target("Jobs", &a, "inputs", "0"), b""),
+            ("PUT", upload_target("jobs", &b, "outputs"), &up),
+            ("PUT", upload_target("jobs", &b, "inputs"), &up),
+            ("PUT", upload_target("files", &a, "outputs"), &up),
+        ];
+        for (method, target, body) in cases {
+            let h = sign(&a, &sa, v, method, &target, body);
+            let label = format!("{} {method} {target}", v.as_str());
+            let r = srv
+                .refused(&a, &before_a, &label, method, &target, &h, body, 403, None)
+                .await;
+            assert!(
+                !r.text().contains("Location") && !r.text().contains("\"url\""),
+                "{label}: {}",
+                r.describe()
+            );
+            srv.assert_unchanged(&b, &before_b, &label).await;
+        }
+    }
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_jobs_get_404_and_jobs_that_cannot_report_get_409() {
+    let srv = Srv::start("").await;
+    // Unknown job (a valid UUID v7, signed with the secret it would have).
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let sg = srv.secret(&ghost, 1);
+    let up = upload_body(b"ghost", json!({}));
+    let ghost_calls: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "POST",
+            "/async/status".into(),
+            br#"{"status":"RUNNING"}"#.to_vec(),
+        ),
+        ("GET", "/async/job".into(), vec![]),
+        (
+            "GET",
+            download_target("jobs", &ghost, "inputs", "0"),
+            vec![],
+        ),
+        ("PUT", upload_target("jobs", &ghost, "outputs"), up.clone()),
+    ];
+    let blobs = count_files(&srv.data_dir().join("files"));
+    for (method, target, body) in &ghost_calls {
+        let r = srv
+            .signed(&ghost, &sg, SigVersion::V2, method, target, body)
+            .await;
+        assert_eq!(
+            r.status,
+            404,
+            "unknown job {method} {target}: {}",
+            r.describe()
+        );
+    }
+    assert_eq!(count_files(&srv.data_dir().join("files")), blobs);
+    let (status, _) = srv.get_json(&format!("/async/jobs/{ghost}")).await;
+    assert_eq!(status, 404, "the unknown job was not created");
+
+    // A job that finished (reported SUCCESS through its hook).
+    let done = srv
+        .submit_with_input(json!({"type": "hold.done"}), "in.txt", "text/plain", b"in")
+        .await;
+    let (_, sd) = srv.running(&done).await;
+    let r = srv
+        .report(
+            &done,
+            &sd,
+            json!({"status": "SUCCESS", "results": {"final": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    // A job cancelled by a client.
+    let cancelled = srv
+        .submit_with_input(
+            json!({"type": "hold.cancel"}),
+            "in.txt",
+            "text/plain",
+            b"in",
+        )
+        .await;
+    let (_, sc) = srv.running(&cancelled).await;
+    let (status, v) = srv
+        .send_json(
+            "cancel",
+            srv.http
+                .post(format!("{}/async/jobs/{cancelled}/cancel", srv.url)),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    srv.wait_status(&cancelled, "CANCELLED").await;
+    // A job that has not started (scheduled far ahead).
+    let later = srv
+        .submit(json!({"type": "hold.later", "run_at": humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(3600)).to_string()}))
+        .await;
+    let sl = srv.secret(&later, 0);
+    assert_eq!(srv.job(&later).await["status"], "SCHEDULED");
+
+    for (id, secret, label) in [
+        (&done, &sd, "SUCCESS job"),
+        (&cancelled, &sc, "CANCELLED job"),
+        (&later, &sl, "SCHEDULED job"),
+    ] {
+        let before = srv.snap(id).await;
+        let up = upload_body(b"too late", json!({}));
+        let calls: Vec<(&str, String, Vec<u8>)> = vec![
+            (
+                "POST",
+                "/async/status".into(),
+                br#"{"status":"RUNNING"}"#.to_vec(),
+            ),
+            (
+                "POST",
+                "/async/status".into(),
+                br#"{"status":"SUCCESS","results":{"again":1}}"#.to_vec(),
+            ),
+            (
+                "POST",
+                "/async/status".into(),
+                br#"{"status":"ERROR","errorMessage":"late"}"#.to_vec(),
+            ),
+            (
+                "POST",
+                "/async/status".into(),
+                br#"{"progress":0.5,"logs":["late line"]}"#.to_vec(),
+            ),
+            (
+                "POST",
+                "/async/status".into(),
+                br#"{"logs":["late line"]}"#.to_vec(),
+            ),
+            ("GET", "/async/job".into(), vec![]),
+            ("GET", download_target("jobs", id, "inputs", "0"), vec![]),
+            ("PUT", upload_target("jobs", id, "outputs"), up),
+        ];
+        for (method, target, body) in &calls {
+            for v in [SigVersion::V1, SigVersion::V2] {
+                let h = sign(id, secret, v, method, target, body);
+                let l = format!("{label} {} {method} {target}", v.as_str());
+                srv.refused(id, &before, &l, method, target, &h, body, 409, None)
+                    .await;
+            }
+        }
+    }
+    assert_eq!(srv.job(&done).await["result"], json!({"final": true}));
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_dot_and_encoded_slashes_are_refused_and_write_nothing() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit_with_input(json!({"type": "hold.paths"}), "in.txt", "text/plain", b"in")
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let key_before = std::fs::read(srv.data_dir().join("master.key")).expect("master.key");
+    let downloads = [
+        format!("/async/download/../{a}/inputs/0"),
+        format!("/async/download/%2e%2e/{a}/inputs/0"),
+        format!("/async/download/%2E%2E/{a}/inputs/0"),
+        format!("/async/download/jobs%2F..%2Fjobs/{a}/inputs/0"),
+        format!("/async/download/jobs/..%2F{a}/inputs/0"),
+        format!("/async/download/jobs/{a}%2F..%2F{a}/inputs/0"),
+        format!("/async/download/jobs/{a}%2f%2e%2e/inputs/0"),
+        "/async/download/jobs/%2e%2e%2f%2e%2e%2fmaster.key/inputs/0".to_string(),
+        format!("/async/download/jobs/{a}/..%2F..%2Fmaster.key/0"),
+        format!("/async/download/jobs/{a}/%2e%2e/0"),
+        format!("/async/download/jobs/{a}/inputs%2F..%2Finputs/0"),
+        format!("/async/download/jobs/{a}/inputs/..%2F0"),
+        format!("/async/download/jobs/{a}/inputs/%2e%2e"),
+        format!("/async/download/jobs/{a}/../{a}/inputs/0"),
+        format!("/async/download/jobs/{a}/inputs/../inputs/0"),
+    ];
+    let up = upload_body(b"escaped!", json!({"name": "../../escaped"}));
+    let uploads = [
+        format!("/async/upload/../{a}/outputs"),
+        format!("/async/upload/%2e%2e/{a}/outputs"),
+        format!("/async/upload/jobs/..%2F{a}/outputs"),
+        format!("/async/upload/jobs/{a}%2F../outputs"),
+        format!("/async/upload/jobs/{a}%2F%2E%2E/outputs"),
+        format!("/async/upload/jobs/{a}/..%2F..%2Fmaster.key"),
+        format!("/async/upload/jobs/{a}/%2e%2e"),
+        format!("/async/upload/jobs/{a}/%2e%2e%2f%2e%2e%2fescaped"),
+        format!("/async/upload/jobs/{a}/outputs%2F..%2Fx"),
+        format!("/async/upload/jobs/{a}/../outputs"),
+        format!("/async/upload/jobs/{a}/outputs/.."),
+    ];
+    let allowed = [400, 403, 404];
+    for v in [SigVersion::V1, SigVersion::V2] {
+        for t in &downloads {
+            let h = sign(&a, &sa, v, "GET", t, b"");
+            let r = srv.hook("GET", t, &h, b"").await;
+            assert!(
+                allowed.contains(&r.status),
+                "{} GET {t}: {}",
+                v.as_str(),
+                r.describe()
+            );
+            srv.assert_unchanged(&a, &before, t).await;
+        }
+        for t in &uploads {
+            let h = sign(&a, &sa, v, "PUT", t, &up);
+            let r = srv.hook("PUT", t, &h, &up).await;
+            assert!(
+                allowed.contains(&r.status),
+                "{} PUT {t}: {}",
+                v.as_str(),
+                r.describe()
+            );
+            srv.assert_unchanged(&a, &before, t).await;
+        }
+    }
+    // The client file routes and the blob routes.
+    let client_gets = [
+        format!("/async/jobs/{a}/files/%2e%2e/0"),
+        format!("/async/jobs/{a}/files/..%2Finputs/0"),
+        format!("/async/jobs/{a}/files/inputs/%2e%2e"),
+        format!("/async/jobs/{a}/files/..%2F..%2Fmaster.key/0"),
+        "/async/blobs/..%2F..%2Fmaster.key?exp=9999999999&sig=00".to_string(),
+        "/async/blobs/%2e%2e?exp=9999999999&sig=00".to_string(),
+        "/async/blobs/%2e%2e%2fmaster.key?exp=9999999999&sig=00".to_string(),
+    ];
+    for t in &client_gets {
+        let r = srv.hook("GET", t, &Vec::new(), b"").await;
+        assert!(allowed.contains(&r.status), "GET {t}: {}", r.describe());
+        assert!(!r.text().contains(std::str::from_utf8(&key_before).unwrap()));
+    }
+    let client_puts = [
+        format!("/async/jobs/{a}/files/..%2F..%2Fescaped"),
+        format!("/async/jobs/{a}/files/%2e%2e"),
+        format!("/async/jobs/{a}/files/inputs%2F..%2Fx"),
+        format!(
+            "/async/blobs/upload?job={a}&attempt=1&property=..%2F..%2Fx&hash={}&exp=9999999999&meta=&sig=00",
+            md5_hex(b"escaped!")
+        ),
+    ];
+    for t in &client_puts {
+        let r = srv.hook("PUT", t, &Vec::new(), b"escaped!").await;
+        assert!(allowed.contains(&r.status), "PUT {t}: {}", r.describe());
+        srv.assert_unchanged(&a, &before, t).await;
+    }
+    // Nothing was written outside the store, and the master key is untouched.
+    let mut files = Vec::new();
+    all_files(srv.dir.path(), &mut files);
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.to_string_lossy().contains("escaped")),
+        "{files:?}"
+    );
+    assert_eq!(
+        std::fs::read(srv.data_dir().join("master.key")).unwrap(),
+        key_before
+    );
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_with_a_wrong_md5_or_too_large_are_refused() {
+    let srv = Srv::start("max_file_bytes = 1024").await;
+    let a = srv
+        .submit_with_input(json!({"type": "hold.up"}), "in.txt", "text/plain", b"in")
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let t = upload_target("jobs", &a, "outputs");
+
+    // The bytes sent do not match the announced md5.
+    let announced = b"the announced content";
+    let body = upload_body(announced, json!({}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["done"], false, "{}", r.describe());
+    assert_eq!(r.json["method"], "PUT");
+    let url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv.put_bytes(&url, b"some other content!!!").await;
+    assert_eq!(status, 422, "md5 mismatch: {v}");
+    assert_eq!(v["error"]["code"], "md5_mismatch", "{v}");
+    srv.assert_unchanged(&a, &before, "md5 mismatch").await;
+    let (status, _) = srv
+        .fetch(&format!("{}/async/jobs/{a}/files/outputs/0", srv.url))
+        .await;
+    assert_eq!(status, 404, "no output was attached");
+
+    // A signed URL whose hash was changed is refused.
+    let forged = url.replace(&md5_hex(announced), &md5_hex(b"other"));
+    let (status, v) = srv.put_bytes(&forged, b"other").await;
+    assert_eq!(status, 403, "tampered upload url: {v}");
+    srv.assert_unchanged(&a, &before, "tampered upload url")
+        .await;
+
+    // Larger than hooks.max_file_bytes.
+    let big = vec![b'x'; 2000];
+    let body = upload_body(&big, json!({}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv.put_bytes(&url, &big).await;
+    assert_eq!(status, 413, "oversize upload: {v}");
+    srv.assert_unchanged(&a, &before, "oversize upload").await;
+    let just_over = vec![b'y'; 1025];
+    let body = upload_body(&just_over, json!({}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    let url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv.put_bytes(&url, &just_over).await;
+    assert_eq!(status, 413, "1025 bytes: {v}");
+    srv.assert_unchanged(&a, &before, "1025 bytes").await;
+    // The client attach route and the multipart submit have the same limit.
+    let (status, v) = srv
+        .send_json(
+            "PUT files/inputs",
+            srv.http
+                .put(format!("{}/async/jobs/{a}/files/inputs", srv.url))
+                .body(big.clone()),
+        )
+        .await;
+    assert_eq!(status, 413, "oversize attach: {v}");
+    srv.assert_unchanged(&a, &before, "oversize attach").await;
+    let (_, list_before) = srv.get_json("/async/jobs?limit=1000").await;
+    let form = reqwest::multipart::Form::new()
+        .text("job", json!({"type": "hold.big"}).to_string())
+        .part(
+            "inputs",
+            reqwest::multipart::Part::bytes(big.clone()).file_name("big.bin"),
+        );
+    let (status, v) = srv
+        .send_json(
+            "multipart oversize",
+            srv.http
+                .post(format!("{}/async/jobs", srv.url))
+                .multipart(form),
+        )
+        .await;
+    assert_eq!(status, 413, "oversize multipart input: {v}");
+    let (_, list_after) = srv.get_json("/async/jobs?limit=1000").await;
+    assert_eq!(
+        list_before["jobs"].as_array().map(Vec::len),
+        list_after["jobs"].as_array().map(Vec::len),
+        "no job was created"
+    );
+    srv.assert_unchanged(&a, &before, "oversize multipart")
+        .await;
+
+    // Exactly the limit is fine.
+    let exact = vec![b'z'; 1024];
+    let body = upload_body(&exact, json!({}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    let url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv.put_bytes(&url, &exact).await;
+    assert_eq!(status, 200, "1024 bytes: {v}");
+    let (status, bytes) = srv
+        .fetch(&format!("{}/async/jobs/{a}/files/outputs/0", srv.url))
+        .await;
+    assert_eq!((status, bytes), (200, exact));
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_400_and_invalid_ones_422() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.bodies"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let st = "/async/status";
+    let cases: Vec<(&str, &[u8], u16)> = vec![
+        ("truncated JSON", br#"{"status":"#, 400),
+        ("not JSON", b"status=SUCCESS", 400),
+        ("trailing garbage", br#"{"progress":0.5} x"#, 400),
+        (
+            "progress above 1",
+            br#"{"progress":1.5,"logs":["no"]}"#,
+            422,
+        ),
+        (
+            "progress below 0",
+            br#"{"progress":-0.1,"logs":["no"]}"#,
+            422,
+        ),
+        ("progress 150", br#"{"progress":150}"#, 422),
+        ("progress a string", br#"{"progress":"half"}"#, 422),
+        (
+            "success with progress out of range",
+            br#"{"status":"SUCCESS","progress":2,"results":{"x":1}}"#,
+            422,
+        ),
+        ("unknown status", br#"{"status":"DONE"}"#, 422),
+        (
+            "status a job may not report",
+            br#"{"status":"QUEUED"}"#,
+            422,
+        ),
+        (
+            "status CANCELLED",
+            br#"{"status":"CANCELLED","logs":["no"]}"#,
+            422,
+        ),
+        ("logs not a list", br#"{"logs":"one line"}"#, 422),
+    ];
+    for (label, body, want) in &cases {
+        for v in [SigVersion::V1, SigVersion::V2] {
+            let h = sign(&a, &sa, v, "POST", st, body);
+            let l = format!("{label} ({})", v.as_str());
+            srv.refused(&a, &before, &l, "POST", st, &h, body, *want, None)
+                .await;
+        }
+    }
+    let t = upload_target("jobs", &a, "outputs");
+    let ups: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("truncated upload JSON", br#"{"hash":"#.to_vec(), 400),
+        (
+            "hash not md5",
+            br#"{"hash":"xyz","challenge":"abc"}"#.to_vec(),
+            422,
+        ),
+        (
+            "no challenge",
+            format!(r#"{{"hash":"{}"}}"#, md5_hex(b"x")).into_bytes(),
+            422,
+        ),
+        (
+            "upper-case hash",
+            json!({"hash": md5_hex(b"x").to_uppercase(), "challenge": challenge(b"x")})
+                .to_string()
+                .into_bytes(),
+            422,
+        ),
+    ];
+    for (label, body, want) in &ups {
+        let h = sign(&a, &sa, SigVersion::V2, "PUT", &t, body);
+        srv.refused(&a, &before, label, "PUT", &t, &h, body, *want, None)
+            .await;
+    }
+    // Still running and usable.
+    let r = srv.report(&a, &sa, json!({"progress": 1.0})).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_array_is_not_a_report_nor_an_upload_request() {
+    // serde's derived `Deserialize` also takes a struct as a positional array: `["SUCCESS"]` would
+    // be read as `{"status": "SUCCESS"}`. The hook's bodies are JSON objects.
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.array"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let mut accepted = Vec::new();
+    let st = "/async/status".to_string();
+    let t = upload_target("jobs", &a, "outputs");
+    let content = b"array upload";
+    let up = json!([md5_hex(content), challenge(content), {}]).to_string();
+    for (method, target, body) in [
+        (
+            "POST",
+            &st,
+            br#"[null, 0.5, null, null, ["array line"]]"#.to_vec(),
+        ),
+        ("PUT", &t, up.into_bytes()),
+        ("POST", &st, br#"["SUCCESS"]"#.to_vec()),
+    ] {
+        let r = srv
+            .signed(&a, &sa, SigVersion::V2, method, target, &body)
+            .await;
+        if !(400..500).contains(&r.status) {
+            accepted.push(format!(
+                "{method} {target} {} -> {}",
+                String::from_utf8_lossy(&body),
+                r.describe()
+            ));
+        }
+    }
+    let after = srv.snap(&a).await;
+    assert!(
+        accepted.is_empty() && after == before,
+        "JSON arrays accepted as hook bodies:\n{}\njob before: {:#}\njob after: {:#}",
+        accepted.join("\n"),
+        before.job,
+        after.job
+    );
+    srv.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Good calls work
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_hook_calls_report_download_upload_and_finish() {
+    let srv = Srv::start("").await;
+    let input = b"hello input\n";
+    let args = json!({"n": 1, "s": "x", "nested": {"k": [1, 2]}});
+    let a = srv
+        .submit_with_input(
+            json!({"type": "hold.good", "args": args}),
+            "hello.txt",
+            "text/plain",
+            input,
+        )
+        .await;
+    let (_, sa) = srv.running(&a).await;
+
+    // GET /async/job, with both signature versions.
+    for v in [SigVersion::V2, SigVersion::V1] {
+        let r = srv.signed(&a, &sa, v, "GET", "/async/job", b"").await;
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(
+            r.json,
+            json!({"id": a, "type": "hold.good", "args": args, "attempt": 1})
+        );
+    }
+
+    // Status, progress, details, logs.
+    let r = srv.report(&a, &sa, json!({"status": "RUNNING"})).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["status"], "RUNNING");
+    let r = srv
+        .report(
+            &a,
+            &sa,
+            json!({"progress": 0.5, "statusDetails": {"step": "half way"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let j = srv.job(&a).await;
+    assert_eq!(j["status"], "RUNNING");
+    assert_eq!(j["progress"], json!(0.5));
+    assert_eq!(j["status_details"], json!({"step": "half way"}));
+    let r = srv
+        .report(&a, &sa, json!({"logs": ["first line", "second line"]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    // An empty body is an empty report (what the webda client sends), signed with v1.
+    let h = sign(&a, &sa, SigVersion::V1, "POST", "/async/status", b"");
+    let r = srv.hook("POST", "/async/status", &h, b"").await;
+    assert_eq!(r.status, 200, "empty report: {}", r.describe());
+    let logs = srv.logs(&a).await;
+    let pos1 = logs.iter().position(|l| l == "first line");
+    let pos2 = logs.iter().position(|l| l == "second line");
+    assert!(
+        pos1.is_some() && pos1 < pos2,
+        "logs in order in GET logs: {logs:?}"
+    );
+
+    // Download of the input attached at submit.
+    let r = srv
+        .signed(
+            &a,
+            &sa,
+            SigVersion::V2,
+            "GET",
+            &download_target("jobs", &a, "inputs", "0"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let map = &r.json["Map"];
+    assert_eq!(map["hash"], md5_hex(input));
+    assert_eq!(map["size"], json!(input.len()));
+    assert_eq!(map["name"], "hello.txt");
+    assert_eq!(map["mimetype"], "text/plain");
+    let location = r.json["Location"].as_str().expect("Location").to_string();
+    assert!(location.starts_with("http"), "absolute: {location}");
+    let (status, bytes) = srv.fetch(&location).await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, input);
+    // A signed Location cannot be bent to another blob.
+    let (status, _) = srv
+        .fetch(&location.replace(&md5_hex(input), &md5_hex(b"other")))
+        .await;
+    assert_eq!(status, 403);
+    // No such file.
+    let r = srv
+        .signed(
+            &a,
+            &sa,
+            SigVersion::V2,
+            "GET",
+            &download_target("jobs", &a, "inputs", "1"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.describe());
+
+    // Upload of new content: done false, then the bytes.
+    let t = upload_target("jobs", &a, "outputs");
+    let out1 = b"fresh output bytes";
+    let body = upload_body(out1, json!({"name": "out.txt", "mimetype": "text/plain"}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["done"], false);
+    assert_eq!(r.json["method"], "PUT");
+    let url = r.json["url"].as_str().expect("url").to_string();
+    assert!(url.starts_with("http"), "absolute: {url}");
+    let (status, v) = srv.put_bytes(&url, out1).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, bytes) = srv
+        .fetch(&format!("{}/async/jobs/{a}/files/outputs/0", srv.url))
+        .await;
+    assert_eq!((status, bytes.as_slice()), (200, &out1[..]));
+    let j = srv.job(&a).await;
+    assert_eq!(j["files"]["outputs"][0]["hash"], md5_hex(out1));
+    assert_eq!(j["files"]["outputs"][0]["name"], "out.txt");
+    let blobs = count_files(&srv.data_dir().join("files"));
+
+    // Content already stored, right challenge: done, attached, no bytes sent.
+    let body = upload_body(out1, json!({"name": "again.txt"}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json, json!({"done": true}));
+    // The input's content, uploaded as an output with v1.
+    let body = upload_body(input, json!({}));
+    let r = srv.signed(&a, &sa, SigVersion::V1, "PUT", &t, &body).await;
+    assert_eq!(r.json, json!({"done": true}), "{}", r.describe());
+    let j = srv.job(&a).await;
+    let outs = j["files"]["outputs"].as_array().expect("outputs");
+    assert_eq!(outs.len(), 3, "{j:#}");
+    assert_eq!(outs[1]["hash"], md5_hex(out1));
+    assert_eq!(outs[2]["hash"], md5_hex(input));
+    assert_eq!(count_files(&srv.data_dir().join("files")), blobs);
+    let (status, bytes) = srv
+        .fetch(&format!("{}/async/jobs/{a}/files/outputs/2", srv.url))
+        .await;
+    assert_eq!((status, bytes.as_slice()), (200, &input[..]));
+
+    // Content already stored but a wrong challenge (only the hash is known): the bytes are needed.
+    let body = serde_json::to_vec(&json!({
+        "hash": md5_hex(out1),
+        "challenge": md5_hex(b"I do not have the content"),
+        "metadata": {}
+    }))
+    .unwrap();
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["done"], false, "{}", r.describe());
+    assert_eq!(
+        srv.job(&a).await["files"]["outputs"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "nothing attached without the bytes"
+    );
+    let url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv.put_bytes(&url, out1).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        srv.job(&a).await["files"]["outputs"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+
+    // Results + SUCCESS end the job.
+    let r = srv
+        .report(
+            &a,
+            &sa,
+            json!({"status": "SUCCESS", "results": {"answer": 42, "list": [1, 2]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    assert_eq!(j["result"], json!({"answer": 42, "list": [1, 2]}));
+    assert_eq!(j["progress"], json!(1.0));
+    let (status, v) = srv.get_json(&format!("/async/jobs/{a}/result")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["result"], json!({"answer": 42, "list": [1, 2]}));
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_attached_before_start_can_be_downloaded() {
+    let srv = Srv::start("").await;
+    let run_at = humantime::format_rfc3339(SystemTime::now() + Duration::from_secs(3)).to_string();
+    let a = srv
+        .submit(json!({"type": "hold.later", "run_at": run_at}))
+        .await;
+    let content: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let (status, v) = srv
+        .send_json(
+            "PUT files/inputs",
+            srv.http
+                .put(format!(
+                    "{}/async/jobs/{a}/files/inputs?name=data.bin",
+                    srv.url
+                ))
+                .header("content-type", "application/x-data")
+                .body(content.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["index"], 0);
+    let (_, sa) = srv.running(&a).await;
+    let r = srv
+        .signed(
+            &a,
+            &sa,
+            SigVersion::V2,
+            "GET",
+            &download_target("jobs", &a, "inputs", "0"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["Map"]["hash"], md5_hex(&content));
+    assert_eq!(r.json["Map"]["size"], json!(content.len()));
+    assert_eq!(r.json["Map"]["name"], "data.bin");
+    assert_eq!(r.json["Map"]["mimetype"], "application/x-data");
+    let (status, bytes) = srv
+        .fetch(r.json["Location"].as_str().expect("Location"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, content);
+    let r = srv.report(&a, &sa, json!({"status": "SUCCESS"})).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    srv.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A new attempt gets a new secret
+// ---------------------------------------------------------------------------------------------
+
+/// Checks that `old` is refused everywhere and `new` works, on a RUNNING job.
+async fn old_secret_refused_new_secret_works(srv: &Srv, id: &str, old: &Secret, new: &Secret) {
+    assert_ne!(old.expose(), new.expose());
+    let before = srv.snap(id).await;
+    let evil = serde_json::to_vec(&json!({"status": "SUCCESS", "logs": ["old attempt"]})).unwrap();
+    let up = upload_body(b"old attempt output", json!({}));
+    let calls: Vec<(&str, String, &[u8])> = vec![
+        ("POST", "/async/status".into(), &evil),
+        ("GET", "/async/job".into(), b""),
+        ("GET", download_target("jobs", id, "inputs", "0"), b""),
+        ("PUT", upload_target("jobs", id, "outputs"), &up),
+    ];
+    for v in [SigVersion::V1, SigVersion::V2] {
+        for (method, target, body) in &calls {
+            let h = sign(id, old, v, method, target, body);
+            let l = format!("previous attempt's secret ({})", v.as_str());
+            srv.refused(
+                id,
+                &before,
+                &l,
+                method,
+                target,
+                &h,
+                body,
+                401,
+                Some("bad_signature"),
+            )
+            .await;
+        }
+    }
+    let r = srv
+        .signed(id, new, SigVersion::V2, "GET", "/async/job", b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["attempt"], 2);
+    let r = srv
+        .signed(
+            id,
+            new,
+            SigVersion::V1,
+            "GET",
+            &download_target("jobs", id, "inputs", "0"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = srv
+        .report(id, new, json!({"progress": 0.5, "logs": ["attempt two"]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = srv
+        .report(
+            id,
+            new,
+            json!({"status": "SUCCESS", "results": {"attempt": 2}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let j = srv.wait_terminal(id).await;
+    assert_eq!(j["status"], "SUCCESS");
+    assert_eq!(j["result"], json!({"attempt": 2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_retry_gets_a_new_secret() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit_with_input(json!({"type": "hold.retry"}), "in.txt", "text/plain", b"in")
+        .await;
+    let (j, s1) = srv.running(&a).await;
+    assert_eq!(j["attempt"], 1);
+    let r = srv
+        .signed(&a, &s1, SigVersion::V2, "GET", "/async/job", b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    // An upload URL obtained during attempt 1.
+    let late = b"bytes of attempt one";
+    let r = srv
+        .signed(
+            &a,
+            &s1,
+            SigVersion::V2,
+            "PUT",
+            &upload_target("jobs", &a, "outputs"),
+            &upload_body(late, json!({})),
+        )
+        .await;
+    let stale_url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv
+        .send_json(
+            "cancel",
+            srv.http.post(format!("{}/async/jobs/{a}/cancel", srv.url)),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    srv.wait_status(&a, "CANCELLED").await;
+    let (status, v) = srv
+        .send_json(
+            "retry",
+            srv.http.post(format!("{}/async/jobs/{a}/retry", srv.url)),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let j = srv
+        .wait_until(&a, "RUNNING at attempt 2", |j| {
+            j["status"] == "RUNNING" && j["attempt"] == 2
+        })
+        .await;
+    let s2 = srv.secret(&a, 2);
+    assert_eq!(j["attempt"], 2);
+    // The attempt-1 upload URL no longer attaches anything.
+    let before = srv.snap(&a).await;
+    let (status, v) = srv.put_bytes(&stale_url, late).await;
+    assert!(
+        (400..500).contains(&status),
+        "attempt-1 upload url after a retry: {status} {v}"
+    );
+    srv.assert_unchanged(&a, &before, "stale upload url").await;
+    old_secret_refused_new_secret_works(&srv, &a, &s1, &s2).await;
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_retry_gets_a_new_secret() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit_with_input(
+            json!({"type": "flaky", "max_attempts": 2,
+                   "backoff": {"initial_ms": 100, "max_ms": 100, "multiplier": 1.0, "jitter": false}}),
+            "in.txt",
+            "text/plain",
+            b"in",
+        )
+        .await;
+    let s1 = srv.secret(&a, 1);
+    let j = srv
+        .wait_until(&a, "RUNNING at attempt 2", |j| {
+            j["status"] == "RUNNING" && j["attempt"] == 2
+        })
+        .await;
+    assert_eq!(j["runs"][0]["outcome"], "ERROR", "{j:#}");
+    let s2 = srv.secret(&a, 2);
+    old_secret_refused_new_secret_works(&srv, &a, &s1, &s2).await;
+    srv.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The secret is in no answer and no log
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_environment_holds_the_secret_only_in_job_secret_key() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit(json!({"type": "envdump", "args": {"x": 1}, "max_attempts": 1}))
+        .await;
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    let attempt = j["attempt"].as_u64().unwrap() as u32;
+    let secret = srv.secret(&a, attempt);
+    let logs = srv.logs(&a).await;
+    let hook = srv.hook_base();
+    for want in [
+        format!("JOB_ID={a}"),
+        format!("JOB_HOOK={hook}"),
+        "JOB_TYPE=envdump".to_string(),
+        r#"JOB_ARGS={"x":1}"#.to_string(),
+    ] {
+        assert!(logs.contains(&want), "{want} not in {logs:#?}");
+    }
+    for l in &logs {
+        assert!(!l.starts_with("JOB_SECRET_KEY"), "{l}");
+        assert!(
+            !l.contains(secret.expose()),
+            "the secret is in another variable: {l}"
+        );
+    }
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_logging_serve_process_never_logs_a_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let cfg = dir.path().join("runyard.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&data, &format!("listen = {listen:?}"), ""),
+    )
+    .unwrap();
+    let out = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
+    let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .current_dir(dir.path())
+        // Debug everywhere, and trace for runyard's own crates.
+        .env(
+            "RUNYARD_LOG",
+            "debug,runyard=trace,runyard_hooks=trace,runyard_runners=trace",
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn runyard serve");
+    let url = format!("http://{listen}");
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{url}/health")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "runyard serve exited ({status}): {}",
+                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+            );
+        }
+        assert!(start.elapsed() < WAIT, "runyard serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addr: SocketAddr = listen.parse().unwrap();
+    let submit = |body: Value| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let v: Value = http
+                .post(format!("{url}/async/jobs"))
+                .json(&body)
+                .send()
+                .await
+                .expect("submit")
+                .json()
+                .await
+                .expect("json");
+            v["job_id"].as_str().expect("job_id").to_string()
+        }
+    };
+    let get = |id: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let v: Value = http
+                .get(format!("{url}/async/jobs/{id}"))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("json");
+            v
+        }
+    };
+    let wait_for = |id: String, want: &'static [&'static str]| {
+        let get = &get;
+        async move {
+            let start = Instant::now();
+            loop {
+                let j = get(id.clone()).await;
+                if want.iter().any(|w| j["status"] == *w) {
+                    return j;
+                }
+                assert!(start.elapsed() < WAIT, "job {id} stuck: {j:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // A job that runs `runyard launch` (hook calls from a child), and one we sign for ourselves.
+    let launched = submit(json!({"type": "launch.ok", "max_attempts": 1})).await;
+    let held = submit(json!({"type": "hold.child", "max_attempts": 1})).await;
+    let lj = wait_for(
+        launched.clone(),
+        &["SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"],
+    )
+    .await;
+    assert_eq!(lj["status"], "SUCCESS", "{lj:#}");
+    let hj = wait_for(held.clone(), &["RUNNING"]).await;
+    let key = std::fs::read_to_string(data.join("master.key")).expect("master.key");
+    let key = key.trim().as_bytes();
+    let secrets = [
+        derive_job_secret(key, &launched, lj["attempt"].as_u64().unwrap() as u32),
+        derive_job_secret(key, &held, hj["attempt"].as_u64().unwrap() as u32),
+    ];
+    let sh = &secrets[1];
+    // Good and bad signed calls, so that the hook's success and error paths both log.
+    let r = raw_http(
+        addr,
+        "GET",
+        "/async/job",
+        &sign(&held, sh, SigVersion::V2, "GET", "/async/job", b""),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let wrong = derive_job_secret(b"some-other-master-key-0123456789", &held, 1);
+    let r = raw_http(
+        addr,
+        "GET",
+        "/async/job",
+        &sign(&held, &wrong, SigVersion::V1, "GET", "/async/job", b""),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.describe());
+    let body = br#"{"status":"SUCCESS","logs":["bye"]}"#;
+    let h = sign(&held, sh, SigVersion::V2, "POST", "/async/status", body);
+    let r = raw_http(addr, "POST", "/async/status", &h, body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = raw_http(addr, "POST", "/async/status", &h, body).await;
+    assert_eq!(r.status, 401, "replay: {}", r.describe());
+    let logs_launched: Value = http
+        .get(format!("{url}/async/jobs/{launched}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        logs_launched.to_string().contains("hello"),
+        "{logs_launched}"
+    );
+
+    // Stop it (SIGTERM, bounded), then read what it wrote.
+    if let Some(pid) = child.id() {
+        // Safety: a plain kill(2) of our own child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(WAIT, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let stdout = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert!(
+        stderr.contains("DEBUG"),
+        "debug logging is on: {}",
+        &stderr[..stderr.len().min(2000)]
+    );
+    assert!(
+        stderr.contains("runyard listening"),
+        "the server's own log is captured: {stderr}"
+    );
+    for s in &secrets {
+        assert!(
+            !stderr.contains(s.expose()) && !stdout.contains(s.expose()),
+            "a job secret is in the server's output"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The Rust client end to end
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_wraps_a_successful_command() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit(json!({"type": "launch.ok", "max_attempts": 1}))
+        .await;
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    srv.secret(&a, j["attempt"].as_u64().unwrap() as u32);
+    let logs = srv.logs(&a).await;
+    assert!(logs.iter().any(|l| l == "hello"), "{logs:#?}");
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_reports_a_failing_command() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit(json!({"type": "launch.fail", "max_attempts": 1}))
+        .await;
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "ERROR", "{j:#}");
+    srv.secret(&a, j["attempt"].as_u64().unwrap() as u32);
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(error.contains("code 4"), "{j:#}");
+    assert!(srv.logs(&a).await.iter().any(|l| l == "going down"));
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_runs_a_registered_operation() {
+    let srv = Srv::start("").await;
+    let args = json!({"greeting": "hi", "n": [1, 2, 3], "deep": {"x": null}});
+    let a = srv
+        .submit(json!({"type": "launch.echo", "args": args, "max_attempts": 1}))
+        .await;
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    srv.secret(&a, j["attempt"].as_u64().unwrap() as u32);
+    assert_eq!(j["result"], args);
+    srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_client_uploads_and_downloads_a_file() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit(json!({"type": "hold.client", "args": {"k": "v"}}))
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let client = JobClient::new(a.clone(), sa.clone(), &srv.hook_base()).expect("client");
+    let me = client.job().await.expect("GET job");
+    assert_eq!(me.id, a);
+    assert_eq!(me.attempt, 1);
+    assert_eq!(me.args, json!({"k": "v"}));
+    let tmp = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let src = tmp.path().join("src.bin");
+    std::fs::write(&src, &content).unwrap();
+    let outcome = client
+        .upload(
+            "outputs",
+            &src,
+            json!({"name": "src.bin", "mimetype": "application/x-test"}),
+        )
+        .await
+        .expect("upload");
+    assert!(matches!(outcome, UploadOutcome::Uploaded(_)), "{outcome:?}");
+    assert_eq!(outcome.digest().hash, md5_hex(&content));
+    let dl = tmp.path().join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let path = client
+        .download("jobs", &a, "outputs", 0, &dl)
+        .await
+        .expect("download");
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    // Again: already stored.
+    let again = client
+        .upload("outputs", &src, Value::Null)
+        .await
+        .expect("upload again");
+    assert!(
+        matches!(again, UploadOutcome::AlreadyStored(_)),
+        "{again:?}"
+    );
+    let (status, bytes) = srv
+        .fetch(&format!("{}/async/jobs/{a}/files/outputs/1", srv.url))
+        .await;
+    assert_eq!((status, bytes), (200, content.clone()));
+    // v1 client, progress, logs, success.
+    let v1 = client.clone().with_v1();
+    v1.progress(0.5, Some(json!({"phase": "v1"})))
+        .await
+        .expect("v1 progress");
+    client
+        .log(vec!["from the client".into()])
+        .await
+        .expect("log");
+    assert!(srv.logs(&a).await.iter().any(|l| l == "from the client"));
+    // A client with a wrong secret gets 401, and its error does not show the secret.
+    let wrong = srv.secret(&a, 7);
+    let bad = JobClient::new(a.clone(), wrong.clone(), &srv.hook_base()).unwrap();
+    let e = bad.job().await.expect_err("wrong secret");
+    assert_eq!(e.status(), Some(401));
+    let text = format!("{e} {e:?} {bad:?}");
+    assert!(!text.contains(wrong.expose()) && !text.contains(sa.expose()));
+    client
+        .success(Some(json!({"uploaded": content.len()})))
+        .await
+        .expect("success");
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS");
+    assert_eq!(j["result"], json!({"uploaded": content.len()}));
+    let e = client.running().await.expect_err("terminal");
+    assert_eq!(e.status(), Some(409));
+    srv.finish().await;
+}
+
+// Keep the plain signing functions exercised against the server too (what other languages do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_signatures_are_accepted() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.hand"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let t = fresh_ms().to_string();
+    let h1: Headers = vec![
+        ("X-Job-Id".into(), a.clone()),
+        ("X-Job-Time".into(), t.clone()),
+        ("X-Job-Hash".into(), sign_v1(sa.expose(), &t)),
+    ];
+    let r = srv.hook("GET", "/async/job", &h1, b"").await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let body = br#"{"status":"SUCCESS","results":{"hand":true}}"#;
+    let t = fresh_ms().to_string();
+    let h2: Headers = vec![
+        ("x-job-id".into(), a.clone()),
+        ("x-job-time".into(), t.clone()),
+        (
+            "x-job-hash".into(),
+            sign_v2(sa.expose(), &t, "POST", "/async/status", body).to_uppercase(),
+        ),
+        ("x-job-signature".into(), "v2".into()),
+    ];
+    let r = srv.hook("POST", "/async/status", &h2, body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(srv.job(&a).await["result"], json!({"hand": true}));
+    srv.finish().await;
+}

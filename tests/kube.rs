@@ -1,0 +1,827 @@
+//! The `kube` runner against a stateful fake Kubernetes API server (tests/kube_fake): success,
+//! failure, deadline, cancel (Background propagation), Job names, the secret kept out of the Job
+//! spec, a 410 on watch, reconcile after a restart, launch failures, the exact set of API calls,
+//! and a whole server using the runner through a kubeconfig.
+
+mod kube_fake;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube_fake::{Deletion, Fake};
+use runyard_runners::kube::k8s_openapi::api::batch::v1::Job;
+use runyard_runners::kube::{
+    is_dns_label, job_name, KubeConfig, KubeRunner, API_CALLS, LABEL_ATTEMPT, LABEL_JOB_ID,
+    LABEL_JOB_TYPE, LABEL_MANAGED_BY,
+};
+use runyard_runners::{
+    Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, Runner, Secret,
+};
+use serde_json::{json, Value};
+use support::{TestServer, WAIT};
+
+const NS: &str = "jobs";
+const SECRET: &str = "s3cr3t-4f9a1c0e8b7d6a5f";
+const HOOK: &str = "http://runyard.runyard.svc:7070/async";
+
+/// Collects log lines.
+#[derive(Default)]
+struct Lines(Mutex<Vec<String>>);
+
+impl Reporter for Lines {
+    fn log(&self, _stream: LogStream, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+    fn progress(&self, _progress: f64, _details: Option<Value>) {}
+}
+
+impl Lines {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn has(&self, s: &str) -> bool {
+        self.all().iter().any(|l| l.contains(s))
+    }
+}
+
+/// A fresh UUID v7-looking job id.
+fn new_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1000;
+    format!("0192a3b4-c5d6-7e8f-9a0b-{:012x}", n)
+}
+
+fn spec(job_type: &str, id: &str, attempt: u32) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        job_type: job_type.into(),
+        args: json!({"n": 1, "name": "quarterly"}),
+        attempt,
+        secret: Secret::from_string(SECRET.into()),
+        hook_url: HOOK.into(),
+        timeout: None,
+    }
+}
+
+fn config() -> KubeConfig {
+    KubeConfig {
+        namespace: Some(NS.into()),
+        image: "ghcr.io/example/runyard-job:1.2".into(),
+        command: ["runyard", "launch", "--", "python3", "job.py"]
+            .map(String::from)
+            .to_vec(),
+        env: BTreeMap::from([
+            ("LOG_LEVEL".to_string(), "debug".to_string()),
+            ("JOB_ID".to_string(), "spoofed".to_string()),
+        ]),
+        service_account: Some("runyard-job".into()),
+        ttl_after_finished: Some(Duration::from_secs(600)),
+        kubeconfig: None,
+    }
+}
+
+fn runner(fake: &Fake) -> KubeRunner {
+    KubeRunner::with_client(config(), fake.client()).expect("runner")
+}
+
+async fn wait(exec: &mut Box<dyn Execution>) -> Outcome {
+    tokio::time::timeout(WAIT, exec.wait())
+        .await
+        .expect("the execution ends within the bound")
+}
+
+/// Nothing wrong seen by the fake, and no call the Role would not allow.
+fn check(fake: &Fake) {
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+    let allowed: BTreeSet<(String, String, String)> = API_CALLS
+        .iter()
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    let extra: Vec<_> = fake.api_calls().difference(&allowed).cloned().collect();
+    assert!(extra.is_empty(), "calls outside API_CALLS: {extra:?}");
+}
+
+fn env_of(job: &Job) -> Vec<runyard_runners::kube::k8s_openapi::api::core::v1::EnvVar> {
+    job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+}
+
+fn position(fake: &Fake, resource: &str, verb: &str) -> usize {
+    fake.calls()
+        .iter()
+        .position(|c| c.resource == resource && c.verb == verb)
+        .unwrap_or_else(|| panic!("no {verb} {resource}"))
+}
+
+#[tokio::test]
+async fn success_copies_logs_and_builds_the_job() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let id = new_id();
+    let mut ex = r
+        .launch(spec("report.daily", &id, 1), lines.clone())
+        .await
+        .expect("launch");
+    let name = job_name("report.daily", &id, 1);
+    let h = ex.handle();
+    assert_eq!((h.kind.as_str(), h.id.as_str()), ("kube", name.as_str()));
+    assert_eq!(h.data["namespace"], NS);
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    // Logs: the pod's lines, env resolved by the "kubelet" from the Secret.
+    for l in [
+        format!("hello from {id}"),
+        r#"args={"n":1,"name":"quarterly"}"#.to_string(),
+        format!("secret-len={}", SECRET.len()),
+        format!("hook={HOOK}"),
+        "done".to_string(),
+    ] {
+        assert!(lines.has(&l), "missing log line {l:?} in {:?}", lines.all());
+    }
+    // The Job.
+    let job = fake.job(NS, &name).expect("the Job exists");
+    let js = job.spec.clone().unwrap();
+    assert_eq!(js.backoff_limit, Some(0));
+    assert_eq!(js.ttl_seconds_after_finished, Some(600));
+    assert_eq!(js.active_deadline_seconds, None, "no timeout, no deadline");
+    assert_eq!(js.suspend, Some(false), "resumed after its Secret was made");
+    let labels = job.metadata.labels.clone().unwrap();
+    assert_eq!(labels[LABEL_MANAGED_BY], "runyard");
+    assert_eq!(labels[LABEL_JOB_ID], id);
+    assert_eq!(labels[LABEL_JOB_TYPE], "report.daily");
+    assert_eq!(labels[LABEL_ATTEMPT], "1");
+    let tpl_labels = js.template.metadata.clone().unwrap().labels.unwrap();
+    assert_eq!(tpl_labels[LABEL_JOB_ID], id);
+    let pod = js.template.spec.clone().unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("runyard-job"));
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/example/runyard-job:1.2"));
+    assert_eq!(
+        c.command.clone().unwrap(),
+        ["runyard", "launch", "--", "python3", "job.py"]
+    );
+    let env: BTreeMap<String, Option<String>> = env_of(&job)
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect();
+    assert_eq!(
+        env["JOB_ID"].as_deref(),
+        Some(id.as_str()),
+        "config env cannot spoof JOB_ID"
+    );
+    assert_eq!(env["JOB_HOOK"].as_deref(), Some(HOOK));
+    assert_eq!(env["JOB_TYPE"].as_deref(), Some("report.daily"));
+    assert_eq!(env["JOB_ATTEMPT"].as_deref(), Some("1"));
+    assert_eq!(env["LOG_LEVEL"].as_deref(), Some("debug"));
+    assert_eq!(env["JOB_SECRET_KEY"], None);
+    assert_eq!(
+        env_of(&job).iter().filter(|e| e.name == "JOB_ID").count(),
+        1,
+        "one JOB_ID"
+    );
+    // Order: the Job exists (suspended) before its Secret, which exists before the Job resumes.
+    let (create_job, create_secret, resume) = (
+        position(&fake, "jobs", "create"),
+        position(&fake, "secrets", "create"),
+        position(&fake, "jobs", "patch"),
+    );
+    assert!(create_job < create_secret && create_secret < resume);
+    check(&fake);
+}
+
+#[tokio::test]
+async fn failure_reports_the_exit_code() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let mut ex = r
+        .launch(spec("etl.fail", &new_id(), 2), lines.clone())
+        .await
+        .expect("launch");
+    match wait(&mut ex).await {
+        Outcome::Failed { message, exit_code } => {
+            assert_eq!(exit_code, Some(3));
+            assert!(message.contains("code 3"), "{message}");
+        }
+        o => panic!("expected a failure, got {o:?}"),
+    }
+    assert!(lines.has("oops"), "{:?}", lines.all());
+    check(&fake);
+}
+
+#[tokio::test]
+async fn long_log_lines_are_split() {
+    let fake = Fake::new().with_script(|_job, _env| kube_fake::Script {
+        lines: vec!["x".repeat(40 * 1024), "short".into()],
+        exit: Some(0),
+        run_for: Duration::from_millis(10),
+    });
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let mut ex = r
+        .launch(spec("report.big", &new_id(), 1), lines.clone())
+        .await
+        .expect("launch");
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    let got: Vec<usize> = lines.all().iter().map(String::len).collect();
+    assert_eq!(got, vec![16 * 1024, 16 * 1024, 8 * 1024, 5]);
+    check(&fake);
+}
+
+#[tokio::test]
+async fn timeout_becomes_the_active_deadline() {
+    // One "second" of activeDeadlineSeconds lasts 20 ms here.
+    let fake = Fake::new().with_deadline_unit(Duration::from_millis(20));
+    let r = runner(&fake);
+    let id = new_id();
+    let mut s = spec("etl.hang", &id, 1);
+    s.timeout = Some(Duration::from_millis(1500));
+    let mut ex = r
+        .launch(s, Arc::new(Lines::default()))
+        .await
+        .expect("launch");
+    let job = fake.job(NS, &job_name("etl.hang", &id, 1)).unwrap();
+    // ceil(1.5 s) + the 10 s margin that lets the server's own timeout fire first.
+    assert_eq!(job.spec.unwrap().active_deadline_seconds, Some(12));
+    match wait(&mut ex).await {
+        Outcome::Failed { message, .. } => {
+            assert!(message.contains("deadline"), "{message}")
+        }
+        o => panic!("expected a failure, got {o:?}"),
+    }
+    check(&fake);
+}
+
+#[tokio::test]
+async fn cancel_deletes_with_background_propagation() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let id = new_id();
+    let name = job_name("etl.hang", &id, 1);
+    let mut ex = r
+        .launch(spec("etl.hang", &id, 1), lines.clone())
+        .await
+        .expect("launch");
+    // Running, logs flowing.
+    for _ in 0..500 {
+        if lines.has("hello from") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(lines.has("hello from"), "{:?}", lines.all());
+    assert!(!fake.secrets().is_empty() && !fake.pods().is_empty());
+    let t0 = std::time::Instant::now();
+    tokio::time::timeout(WAIT, ex.stop(Duration::from_millis(300)))
+        .await
+        .expect("stop returns");
+    let out = tokio::time::timeout(Duration::from_secs(1), ex.wait())
+        .await
+        .expect("wait is prompt after stop");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(&out, Outcome::Failed { message, .. } if message.contains("stopped")),
+        "{out:?}"
+    );
+    assert_eq!(
+        fake.deletions(),
+        vec![Deletion {
+            resource: "jobs".into(),
+            name: name.clone(),
+            propagation: Some("Background".into()),
+        }]
+    );
+    // Background: the garbage collector takes the pods and the Secret with the Job.
+    fake.until("pods and Secret collected", |f| {
+        f.pods().is_empty() && f.secrets().is_empty() && f.jobs().is_empty()
+    })
+    .await;
+    check(&fake);
+}
+
+#[tokio::test]
+async fn names_are_valid_for_long_and_odd_types() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let long = "analytics.".repeat(30) + "rebuild_everything";
+    let types = [
+        long.as_str(),
+        "Report.Daily_v2:EU",
+        "ÜNÏCÖDE.tÿpe",
+        "...",
+        "x",
+        "a-.-b",
+        "9.lives",
+    ];
+    let mut names = BTreeSet::new();
+    for (i, t) in types.iter().enumerate() {
+        let id = new_id();
+        let attempt = [1, 7, 42, 4_000_000_000][i % 4];
+        let mut ex = r
+            .launch(spec(t, &id, attempt), Arc::new(Lines::default()))
+            .await
+            .unwrap_or_else(|e| panic!("type {t:?}: {e}"));
+        let name = ex.handle().id;
+        assert!(is_dns_label(&name) && name.len() <= 63, "{t:?} -> {name:?}");
+        assert!(name.ends_with(&format!("-{attempt}")), "{name}");
+        assert!(names.insert(name.clone()), "duplicate name {name}");
+        assert_eq!(
+            wait(&mut ex).await,
+            Outcome::Success { result: None },
+            "{t:?}"
+        );
+        // The exact type is kept in an annotation.
+        let job = fake.job(NS, &name).unwrap();
+        assert_eq!(job.metadata.annotations.unwrap()["runyard.io/job-type"], *t);
+    }
+    // Attempts of one job get distinct names.
+    let id = new_id();
+    assert_ne!(job_name(&long, &id, 1), job_name(&long, &id, 2));
+    check(&fake);
+}
+
+#[tokio::test]
+async fn the_secret_is_never_in_the_job_spec() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let id = new_id();
+    let name = job_name("report.daily", &id, 1);
+    let mut ex = r
+        .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+        .await
+        .expect("launch");
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    let bodies = fake.job_bodies();
+    assert_eq!(bodies.len(), 1);
+    for b in &bodies {
+        assert!(
+            !b.contains(SECRET) && !b.contains(&b64),
+            "secret in the Job spec: {b}"
+        );
+        assert!(
+            !b.contains("quarterly"),
+            "args belong in the Secret too: {b}"
+        );
+    }
+    for c in fake.calls() {
+        if c.resource == "jobs" {
+            let text = c.body.map(|b| b.to_string()).unwrap_or_default();
+            assert!(!text.contains(SECRET) && !c.uri.contains(SECRET), "{text}");
+        }
+    }
+    let job = fake.job(NS, &name).unwrap();
+    let from = env_of(&job)
+        .into_iter()
+        .find(|e| e.name == "JOB_SECRET_KEY")
+        .expect("JOB_SECRET_KEY env");
+    assert!(from.value.is_none());
+    let sel = from
+        .value_from
+        .unwrap()
+        .secret_key_ref
+        .expect("secretKeyRef");
+    let secret = fake
+        .secrets()
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some(sel.name.as_str()))
+        .expect("the referenced Secret exists");
+    assert_eq!(
+        secret.data.as_ref().unwrap()[&sel.key].0,
+        SECRET.as_bytes(),
+        "the Secret holds the key"
+    );
+    assert_eq!(secret.immutable, Some(true));
+    let owner = &secret.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            Some(owner.uid.as_str())
+        ),
+        ("Job", name.as_str(), job.metadata.uid.as_deref()),
+        "the Secret is owned by the Job"
+    );
+    check(&fake);
+}
+
+#[tokio::test]
+async fn a_410_on_watch_relists() {
+    let fake = Fake::new();
+    fake.expire_next_watches(2);
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let id = new_id();
+    let name = job_name("etl.hang", &id, 1);
+    let mut ex = r
+        .launch(spec("etl.hang", &id, 1), lines.clone())
+        .await
+        .expect("launch");
+    // Both watches are answered `410 Gone`; the Job ends while the watcher is re-listing.
+    fake.until("two 410s sent", |f| f.watch_410s() == 2).await;
+    fake.finish_job(NS, &name, 0);
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    // The watcher's lists (by field selector): the first one, then one after each 410.
+    let relists = fake
+        .calls()
+        .iter()
+        .filter(|c| c.resource == "jobs" && c.verb == "list" && c.uri.contains("fieldSelector"))
+        .count();
+    assert!(
+        relists >= 3,
+        "expected a re-list after each 410, saw {relists} lists"
+    );
+    assert!(lines.has("hello from"));
+    check(&fake);
+}
+
+#[tokio::test]
+async fn reconcile_after_restart() {
+    let fake = Fake::new();
+    let id = new_id();
+    let s = spec("etl.hang", &id, 1);
+    let name = job_name("etl.hang", &id, 1);
+
+    // Running work is adopted: a new runner (new process) finds it by label and waits on it.
+    let handle = {
+        let r1 = runner(&fake);
+        let ex = r1
+            .launch(s.clone(), Arc::new(Lines::default()))
+            .await
+            .expect("launch");
+        fake.until("pod running", |f| !f.pods().is_empty()).await;
+        ex.handle()
+        // The server "dies" here: the execution and its tasks are dropped.
+    };
+    let r2 = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let mut ex2 = match r2.recover(&handle, s.clone(), lines.clone()).await.unwrap() {
+        Recovered::Running(e) => e,
+        Recovered::Finished(o) => panic!("finished? {o:?}"),
+        Recovered::Gone => panic!("gone?"),
+    };
+    assert_eq!(ex2.handle().id, name);
+    fake.finish_job(NS, &name, 0);
+    assert_eq!(wait(&mut ex2).await, Outcome::Success { result: None });
+    assert!(fake.deletions().is_empty(), "{:?}", fake.deletions());
+
+    // Finished while nobody watched: the outcome, exit code included.
+    let r3 = runner(&fake);
+    match r3.recover(&handle, s.clone(), lines.clone()).await.unwrap() {
+        Recovered::Finished(o) => assert_eq!(o, Outcome::Success { result: None }),
+        _ => panic!("expected Finished"),
+    }
+    let fid = new_id();
+    let fs = spec("etl.fail", &fid, 1);
+    let fhandle = {
+        let ex = r3
+            .launch(fs.clone(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        let n = ex.handle().id;
+        fake.until("failed job finished", |f| f.job_finished(NS, &n))
+            .await;
+        ex.handle()
+    };
+    match runner(&fake)
+        .recover(&fhandle, fs, lines.clone())
+        .await
+        .unwrap()
+    {
+        Recovered::Finished(Outcome::Failed { exit_code, .. }) => assert_eq!(exit_code, Some(3)),
+        _ => panic!("expected Finished(Failed)"),
+    }
+
+    // Gone: the Job was deleted while the server was down.
+    let gid = new_id();
+    let gs = spec("etl.hang", &gid, 1);
+    let ghandle = {
+        let ex = r3
+            .launch(gs.clone(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        ex.handle()
+    };
+    let jobs: runyard_runners::kube::kube_client::Api<Job> =
+        runyard_runners::kube::kube_client::Api::namespaced(fake.client(), NS);
+    jobs.delete(
+        &ghandle.id,
+        &runyard_runners::kube::kube_client::api::DeleteParams::background(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        runner(&fake)
+            .recover(&ghandle, gs, lines.clone())
+            .await
+            .unwrap(),
+        Recovered::Gone
+    ));
+
+    // A leftover of an older attempt (its worker died before saving the handle) is deleted
+    // before the next attempt starts: never two attempts at once.
+    let lid = new_id();
+    {
+        let ex = r3
+            .launch(spec("etl.hang", &lid, 1), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        drop(ex);
+    }
+    let old = job_name("etl.hang", &lid, 1);
+    let mut ex = runner(&fake)
+        .launch(spec("etl.hang", &lid, 2), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    assert!(fake.deletions().iter().any(|d| d
+        == &Deletion {
+            resource: "jobs".into(),
+            name: old.clone(),
+            propagation: Some("Background".into())
+        }));
+    assert!(fake.job(NS, &old).is_none());
+    let live: Vec<String> = fake
+        .jobs()
+        .into_iter()
+        .filter(|j| j.metadata.labels.as_ref().unwrap()[LABEL_JOB_ID] == lid)
+        .map(|j| j.metadata.name.unwrap())
+        .collect();
+    assert_eq!(live, vec![job_name("etl.hang", &lid, 2)]);
+    ex.stop(Duration::from_millis(100)).await;
+    check(&fake);
+}
+
+#[tokio::test]
+async fn launch_failures_leave_nothing_behind() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    // The Secret cannot be made: the suspended Job goes (with Background propagation).
+    fake.fail_next("", "secrets", "create", 403);
+    let e = r
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default()),
+        )
+        .await
+        .err()
+        .expect("launch fails");
+    assert!(e.to_string().contains("Secret"), "{e}");
+    fake.until("Job removed", |f| f.jobs().is_empty()).await;
+    // The Job cannot be resumed: it goes, and its Secret with it.
+    fake.fail_next("batch", "jobs", "patch", 500);
+    assert!(r
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default())
+        )
+        .await
+        .is_err());
+    fake.until("Job and Secret removed", |f| {
+        f.jobs().is_empty() && f.secrets().is_empty()
+    })
+    .await;
+    assert!(fake.pods().is_empty(), "no pod ever started");
+    assert!(fake
+        .deletions()
+        .iter()
+        .all(|d| d.propagation.as_deref() == Some("Background")));
+    // The API refuses the Job: a launch error, nothing created.
+    fake.fail_next("batch", "jobs", "create", 403);
+    let e = r
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default()),
+        )
+        .await
+        .err()
+        .expect("launch fails");
+    assert!(
+        e.to_string().contains("cannot create Kubernetes Job"),
+        "{e}"
+    );
+    assert!(fake.jobs().is_empty() && fake.secrets().is_empty());
+    check(&fake);
+}
+
+/// The runner makes exactly the calls of `API_CALLS` (which the chart's Role grants).
+#[tokio::test]
+async fn api_calls_are_exactly_the_declared_ones() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let mut ok = r
+        .launch(spec("report.daily", &new_id(), 1), lines.clone())
+        .await
+        .unwrap();
+    let mut fail = r
+        .launch(spec("etl.fail", &new_id(), 1), lines.clone())
+        .await
+        .unwrap();
+    let hs = spec("etl.hang", &new_id(), 1);
+    let hang = r.launch(hs.clone(), lines.clone()).await.unwrap();
+    wait(&mut ok).await;
+    wait(&mut fail).await;
+    let handle = hang.handle();
+    drop(hang);
+    let mut rec = match runner(&fake)
+        .recover(&handle, hs, lines.clone())
+        .await
+        .unwrap()
+    {
+        Recovered::Running(e) => e,
+        _ => panic!("expected Running"),
+    };
+    rec.stop(Duration::from_millis(100)).await;
+    let seen = fake.api_calls();
+    let declared: BTreeSet<(String, String, String)> = API_CALLS
+        .iter()
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(seen, declared);
+    check(&fake);
+}
+
+/// The fake is strict: a malformed or invalid Job is refused, so the tests above mean something.
+#[tokio::test]
+async fn the_fake_refuses_malformed_jobs() {
+    use tower::ServiceExt;
+    let fake = Fake::new();
+    let post = |body: Value| {
+        let router = fake.router();
+        async move {
+            let req = axum::http::Request::post("/apis/batch/v1/namespaces/jobs/jobs")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            router.oneshot(req).await.unwrap().status().as_u16()
+        }
+    };
+    let good = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "ok-1"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "job", "image": "x"}]}}}
+    });
+    assert_eq!(post(good.clone()).await, 201);
+    let mut typo = good.clone();
+    typo["metadata"]["name"] = json!("ok-2");
+    typo["spec"]["backofLimit"] = json!(0);
+    assert_eq!(post(typo).await, 400, "unknown field");
+    let mut wrong_type = good.clone();
+    wrong_type["metadata"]["name"] = json!("ok-3");
+    wrong_type["spec"]["backoffLimit"] = json!("zero");
+    assert_eq!(post(wrong_type).await, 400, "wrong type");
+    let mut long = good.clone();
+    long["metadata"]["name"] = json!("a".repeat(64));
+    assert_eq!(post(long).await, 422, "name too long");
+    let mut literal = good.clone();
+    literal["metadata"]["name"] = json!("ok-4");
+    literal["spec"]["template"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "JOB_SECRET_KEY", "value": "x"}]);
+    assert_eq!(post(literal).await, 422, "literal secret");
+    let mut always = good;
+    always["metadata"]["name"] = json!("ok-5");
+    always["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+    assert_eq!(post(always).await, 422, "restartPolicy Always");
+}
+
+/// A whole server with a kube runner configured by a kubeconfig file (the real config path),
+/// the fake serving on 127.0.0.1: success with logs, worker timeout and API cancel (both delete
+/// the Job with Background propagation).
+#[tokio::test]
+async fn server_runs_kube_jobs_through_a_kubeconfig() {
+    let fake = Fake::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
+    let ts = TestServer::start(&format!(
+        r#"
+[[runners]]
+kind = "kube"
+types = ["kube.*"]
+image = "ghcr.io/example/runyard-job:1.2"
+command = ["runyard", "launch", "--", "python3", "job.py"]
+kubeconfig = "{}"
+ttl_after_finished = "10m"
+"#,
+        kubeconfig.display()
+    ))
+    .await;
+
+    // Success, logs copied into the job's logs.
+    let id = ts
+        .submit_ok(json!({"type": "kube.report", "args": {"n": 5}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    let (_, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    let text: Vec<String> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(text.contains(&format!("hello from {id}")), "{text:?}");
+    assert!(text.contains(&r#"args={"n":5}"#.to_string()), "{text:?}");
+    assert!(text.contains(&format!("hook={}/async", ts.url)), "{text:?}");
+    // The kubeconfig's context namespace and token were used.
+    let name = job_name("kube.report", &id, 1);
+    assert!(fake.job("runyard-test", &name).is_some());
+    assert!(fake
+        .calls()
+        .iter()
+        .all(|c| c.auth.as_deref() == Some("Bearer fake-token")));
+
+    // Timeout: the worker stops the job, the Job is deleted with Background propagation.
+    let id = ts
+        .submit_ok(json!({"type": "kube.hang", "timeout": "1s"}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "TIMEOUT", "{job:#}");
+    let timed_out = job_name("kube.hang", &id, 1);
+    fake.until("timed-out Job deleted", |f| {
+        f.deletions()
+            .iter()
+            .any(|d| d.name == timed_out && d.propagation.as_deref() == Some("Background"))
+    })
+    .await;
+
+    // Cancel through the API.
+    let id = ts.submit_ok(json!({"type": "kube.hang"})).await;
+    let name = job_name("kube.hang", &id, 1);
+    fake.until("pod running", |f| {
+        f.pods().iter().any(|p| {
+            p.metadata.labels.as_ref().unwrap().get(LABEL_JOB_ID) == Some(&id)
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+    })
+    .await;
+    let (st, v) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert!(st.is_success(), "{v}");
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "CANCELLED", "{job:#}");
+    fake.until("cancelled Job deleted", |f| {
+        f.deletions()
+            .iter()
+            .any(|d| d.name == name && d.propagation.as_deref() == Some("Background"))
+    })
+    .await;
+    fake.until("its pods and Secret collected", |f| {
+        !f.pods().iter().any(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(&name)
+        }) && !f.secrets().iter().any(|s| {
+            s.metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(&name)
+        })
+    })
+    .await;
+    check(&fake);
+}
+
+#[test]
+fn config_requires_an_image_and_reads_the_kubeconfig() {
+    use runyard::config::Config;
+    let e = Config::from_toml("[[runners]]\nkind = \"kube\"\ntypes = [\"a\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("runners[0].image"), "{e}");
+    let e = Config::from_toml(
+        "[[runners]]\nkind = \"kube\"\ntypes = [\"a\"]\nimage = \"x\"\nnamespace = \"Bad_NS\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("runners[0].namespace"), "{e}");
+    let c = Config::from_toml(
+        "[[runners]]\nkind = \"kube\"\ntypes = [\"a\"]\nimage = \"x\"\nkubeconfig = \"/nonexistent/kubeconfig\"\n",
+    )
+    .expect("validates");
+    let e = runyard::runner_set::RunnerSet::build(
+        &c,
+        Arc::new(runyard_runners::service::ServiceRegistry::with_builtins()),
+    )
+    .err()
+    .expect("a missing kubeconfig stops the server")
+    .to_string();
+    assert!(e.contains("runners[0].kubeconfig"), "{e}");
+}

@@ -1,0 +1,1454 @@
+//! A stateful fake Kubernetes API server for the `kube` runner's tests.
+//!
+//! It is an axum [`Router`] that `kube::Client::new` takes as its service (or that serves on
+//! `127.0.0.1:0` behind a kubeconfig), and it behaves like the parts of the API server and the
+//! controllers that the runner meets:
+//! - batch/v1 Jobs: create (validated like the API server: DNS-1123 name of at most 63
+//!   characters, valid labels, restart policy, images, no literal `JOB_SECRET_KEY`), list and
+//!   watch (with field and label selectors, resource versions, and a scripted `410 Gone`), merge
+//!   patch, delete (recording `propagationPolicy`; `Background` garbage-collects the Job's pods
+//!   and the Secrets it owns, `Orphan` leaves them).
+//! - A Job controller and kubelet: once a Job is not suspended, a pod is made for it, its env is
+//!   resolved like the kubelet does (a `secretKeyRef` to a missing Secret is a violation), it runs
+//!   a [`Script`] (log lines, then an exit code, or run until deleted), `activeDeadlineSeconds`
+//!   is enforced (in units of [`Fake::deadline_unit`]), and the Job's conditions follow
+//!   (`SuccessCriteriaMet`/`FailureTarget` first, then `Complete`/`Failed`).
+//! - core/v1 Secrets (create), Pods (list) and pod logs (`follow`, `sinceSeconds`, `container`).
+//!
+//! Every request body is deserialised into its k8s-openapi type and serialised back; a field the
+//! type does not know (a misspelt key) or a wrong type is refused with 400/422, like a strict
+//! API server. Every call is recorded as (API group, resource, verb) for the RBAC checks.
+
+#![allow(dead_code)]
+// Handlers answer errors as ready-made responses.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use runyard_runners::kube::k8s_openapi;
+use runyard_runners::kube::kube_client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod, PodSpec,
+    PodStatus, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    DeleteOptions, LabelSelector, ObjectMeta, OwnerReference, Time,
+};
+use k8s_openapi::ByteString;
+
+/// What a Job's container does.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Lines it writes, one every 10 ms.
+    pub lines: Vec<String>,
+    /// Its exit code; `None`: it runs until deleted (or its deadline).
+    pub exit: Option<i32>,
+    /// How long it runs after writing its lines.
+    pub run_for: Duration,
+}
+
+/// Picks a Job's script from the Job and its container's resolved env.
+pub type ScriptFn = Arc<dyn Fn(&Job, &BTreeMap<String, String>) -> Script + Send + Sync>;
+
+/// The default script, by `JOB_TYPE`: `fail*` exits 3, `hang*` runs until deleted, anything else
+/// succeeds. Each writes what it sees of its env (never the secret itself).
+pub fn default_script(_job: &Job, env: &BTreeMap<String, String>) -> Script {
+    let t = env.get("JOB_TYPE").cloned().unwrap_or_default();
+    let short = t.rsplit('.').next().unwrap_or_default().to_string();
+    let mut lines = vec![
+        format!(
+            "hello from {}",
+            env.get("JOB_ID").cloned().unwrap_or_default()
+        ),
+        format!("args={}", env.get("JOB_ARGS").cloned().unwrap_or_default()),
+        format!(
+            "secret-len={}",
+            env.get("JOB_SECRET_KEY").map(String::len).unwrap_or(0)
+        ),
+        format!("hook={}", env.get("JOB_HOOK").cloned().unwrap_or_default()),
+    ];
+    if short.starts_with("fail") {
+        lines.push("oops".into());
+        Script {
+            lines,
+            exit: Some(3),
+            run_for: Duration::from_millis(50),
+        }
+    } else if short.starts_with("hang") {
+        Script {
+            lines,
+            exit: None,
+            run_for: Duration::ZERO,
+        }
+    } else {
+        lines.push("done".into());
+        Script {
+            lines,
+            exit: Some(0),
+            run_for: Duration::from_millis(50),
+        }
+    }
+}
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query.
+    pub uri: String,
+    /// API group (`""` for core).
+    pub group: String,
+    /// Resource, with `/subresource`.
+    pub resource: String,
+    /// RBAC verb.
+    pub verb: String,
+    /// The body, when JSON.
+    pub body: Option<Value>,
+    /// The `Authorization` header.
+    pub auth: Option<String>,
+}
+
+/// A recorded deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deletion {
+    /// `jobs`.
+    pub resource: String,
+    /// Name.
+    pub name: String,
+    /// The request's `propagationPolicy` (`None`: absent).
+    pub propagation: Option<String>,
+}
+
+struct LogLine {
+    at: Instant,
+    text: String,
+}
+
+#[derive(Default)]
+struct St {
+    rv: u64,
+    next_uid: u64,
+    jobs: BTreeMap<(String, String), Job>,
+    pods: BTreeMap<(String, String), Pod>,
+    secrets: BTreeMap<(String, String), Secret>,
+    logs: HashMap<String, Vec<LogLine>>,
+    history: Vec<(u64, &'static str, Job)>,
+    calls: Vec<Call>,
+    deletions: Vec<Deletion>,
+    violations: Vec<String>,
+    job_bodies: Vec<String>,
+    expire_watches: usize,
+    watch_410s: usize,
+    inject: Vec<((String, String, String), u16)>,
+}
+
+/// The fake API server. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Fake {
+    st: Arc<Mutex<St>>,
+    events: broadcast::Sender<(u64, &'static str, Job)>,
+    script: Arc<Mutex<ScriptFn>>,
+    /// What one second of `activeDeadlineSeconds` lasts here.
+    pub deadline_unit: Arc<Mutex<Duration>>,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fake {
+    /// A fake with no objects and the [`default_script`].
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            st: Arc::new(Mutex::new(St::default())),
+            events,
+            script: Arc::new(Mutex::new(Arc::new(default_script))),
+            deadline_unit: Arc::new(Mutex::new(Duration::from_secs(1))),
+        }
+    }
+
+    /// Replaces the script picker.
+    pub fn with_script(
+        self,
+        f: impl Fn(&Job, &BTreeMap<String, String>) -> Script + Send + Sync + 'static,
+    ) -> Self {
+        *self.script.lock() = Arc::new(f);
+        self
+    }
+
+    /// Makes one second of `activeDeadlineSeconds` last `unit`.
+    pub fn with_deadline_unit(self, unit: Duration) -> Self {
+        *self.deadline_unit.lock() = unit;
+        self
+    }
+
+    /// The router (a tower service).
+    pub fn router(&self) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    /// A kube client talking to this fake in-process, default namespace `default`.
+    pub fn client(&self) -> kube_client::Client {
+        kube_client::Client::new(self.router(), "default")
+    }
+
+    /// Serves on `127.0.0.1:0`; returns the address and a kubeconfig file for it (context
+    /// namespace `namespace`, bearer token `fake-token`) inside `dir`.
+    pub async fn serve_tcp(&self, dir: &std::path::Path, namespace: &str) -> (SocketAddr, PathBuf) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let router = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\n\
+                 current-context: fake\nusers:\n- name: fake\n  user:\n    token: fake-token\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        (addr, path)
+    }
+
+    // ---- scripting ----
+
+    /// The next `n` watch requests get an `ERROR` event with code 410 (Expired), then end.
+    pub fn expire_next_watches(&self, n: usize) {
+        self.st.lock().expire_watches += n;
+    }
+
+    /// How many 410s were sent.
+    pub fn watch_410s(&self) -> usize {
+        self.st.lock().watch_410s
+    }
+
+    /// The next call of (group, resource, verb) fails with `code`.
+    pub fn fail_next(&self, group: &str, resource: &str, verb: &str, code: u16) {
+        self.st
+            .lock()
+            .inject
+            .push(((group.into(), resource.into(), verb.into()), code));
+    }
+
+    /// Ends a running (hanging) Job's container with `exit`.
+    pub fn finish_job(&self, namespace: &str, name: &str, exit: i32) {
+        let f = self.clone();
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        let uid = self.job(&ns, &name).and_then(|j| j.metadata.uid);
+        if let Some(uid) = uid {
+            tokio::spawn(async move { f.terminate(&ns, &name, &uid, exit).await });
+        }
+    }
+
+    // ---- inspection ----
+
+    /// Every request so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.st.lock().calls.clone()
+    }
+
+    /// The distinct (group, resource, verb) of every request so far.
+    pub fn api_calls(&self) -> BTreeSet<(String, String, String)> {
+        self.st
+            .lock()
+            .calls
+            .iter()
+            .map(|c| (c.group.clone(), c.resource.clone(), c.verb.clone()))
+            .collect()
+    }
+
+    /// Every deletion so far.
+    pub fn deletions(&self) -> Vec<Deletion> {
+        self.st.lock().deletions.clone()
+    }
+
+    /// What the fake found wrong in what the client did (must stay empty).
+    pub fn violations(&self) -> Vec<String> {
+        self.st.lock().violations.clone()
+    }
+
+    /// The raw bodies of every Job create request.
+    pub fn job_bodies(&self) -> Vec<String> {
+        self.st.lock().job_bodies.clone()
+    }
+
+    /// A Job.
+    pub fn job(&self, namespace: &str, name: &str) -> Option<Job> {
+        self.st
+            .lock()
+            .jobs
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+    }
+
+    /// All Jobs.
+    pub fn jobs(&self) -> Vec<Job> {
+        self.st.lock().jobs.values().cloned().collect()
+    }
+
+    /// All pods.
+    pub fn pods(&self) -> Vec<Pod> {
+        self.st.lock().pods.values().cloned().collect()
+    }
+
+    /// All Secrets.
+    pub fn secrets(&self) -> Vec<Secret> {
+        self.st.lock().secrets.values().cloned().collect()
+    }
+
+    /// Whether the Job is `Complete` or `Failed`.
+    pub fn job_finished(&self, namespace: &str, name: &str) -> bool {
+        self.job(namespace, name).is_some_and(|j| {
+            conditions(&j)
+                .iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+    }
+
+    /// Polls until `f` holds (at most 10 s).
+    pub async fn until(&self, what: &str, f: impl Fn(&Fake) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f(self) {
+            assert!(
+                Instant::now() < deadline,
+                "fake: `{what}` not reached in 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // ---- the controllers ----
+
+    fn bump(st: &mut St) -> String {
+        st.rv += 1;
+        st.rv.to_string()
+    }
+
+    fn emit(&self, st: &mut St, kind: &'static str, job: &Job) {
+        let rv: u64 = job
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(st.rv);
+        st.history.push((rv, kind, job.clone()));
+        let _ = self.events.send((rv, kind, job.clone()));
+    }
+
+    /// Applies `f` to a Job (if its uid is still `uid`), bumps its version and tells watchers.
+    fn update_job(&self, ns: &str, name: &str, uid: &str, f: impl FnOnce(&mut Job)) -> bool {
+        let mut st = self.st.lock();
+        let key = (ns.to_string(), name.to_string());
+        let Some(mut job) = st.jobs.get(&key).cloned() else {
+            return false;
+        };
+        if job.metadata.uid.as_deref() != Some(uid) {
+            return false;
+        }
+        f(&mut job);
+        job.metadata.resource_version = Some(Self::bump(&mut st));
+        st.jobs.insert(key, job.clone());
+        self.emit(&mut st, "MODIFIED", &job);
+        true
+    }
+
+    fn job_alive(&self, ns: &str, name: &str, uid: &str) -> bool {
+        self.job(ns, name)
+            .is_some_and(|j| j.metadata.uid.as_deref() == Some(uid))
+    }
+
+    fn pod_of(&self, job_uid: &str) -> Option<(String, String)> {
+        self.st
+            .lock()
+            .pods
+            .iter()
+            .find(|(_, p)| owned_by(&p.metadata, job_uid))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Resolves the container's env like the kubelet: literals and `secretKeyRef`s.
+    fn resolve_env(&self, ns: &str, job: &Job) -> Result<BTreeMap<String, String>, String> {
+        let st = self.st.lock();
+        let mut out = BTreeMap::new();
+        let spec = job.spec.as_ref().ok_or("no spec")?;
+        let pod = spec.template.spec.as_ref().ok_or("no pod spec")?;
+        for c in &pod.containers {
+            for e in c.env.clone().unwrap_or_default() {
+                if let Some(v) = e.value {
+                    out.insert(e.name, v);
+                } else if let Some(r) = e.value_from.and_then(|v| v.secret_key_ref) {
+                    let secret = st
+                        .secrets
+                        .get(&(ns.to_string(), r.name.clone()))
+                        .ok_or_else(|| {
+                            format!(
+                                "CreateContainerConfigError: secret \"{}\" not found (env {})",
+                                r.name, e.name
+                            )
+                        })?;
+                    let v = secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(&r.key))
+                        .ok_or_else(|| {
+                            format!(
+                                "CreateContainerConfigError: no key {} in secret {}",
+                                r.key, r.name
+                            )
+                        })?;
+                    out.insert(e.name, String::from_utf8_lossy(&v.0).into_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The Job controller and the kubelet for one Job.
+    async fn run_job(self, ns: String, name: String, uid: String) {
+        let Some(job) = self.job(&ns, &name) else {
+            return;
+        };
+        let env = match self.resolve_env(&ns, &job) {
+            Ok(env) => env,
+            Err(v) => {
+                self.st
+                    .lock()
+                    .violations
+                    .push(format!("pod of Job {name}: {v}"));
+                return;
+            }
+        };
+        let script = (self.script.lock().clone())(&job, &env);
+        let started = Instant::now();
+        let deadline = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .map(|s| started + *self.deadline_unit.lock() * s as u32);
+        // The pod.
+        let pod_name = format!("{name}-{}", &uid[uid.len().saturating_sub(5)..]);
+        {
+            let mut st = self.st.lock();
+            let template = job.spec.clone().unwrap_or_default().template;
+            let mut labels = template
+                .metadata
+                .clone()
+                .unwrap_or_default()
+                .labels
+                .unwrap_or_default();
+            labels.insert("batch.kubernetes.io/job-name".into(), name.clone());
+            labels.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
+            labels.insert("job-name".into(), name.clone());
+            labels.insert("controller-uid".into(), uid.clone());
+            let rv = Self::bump(&mut st);
+            let pod = Pod {
+                metadata: ObjectMeta {
+                    name: Some(pod_name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(labels),
+                    uid: Some(format!("pod-{uid}")),
+                    resource_version: Some(rv),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "batch/v1".into(),
+                        kind: "Job".into(),
+                        name: name.clone(),
+                        uid: uid.clone(),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    }]),
+                    ..Default::default()
+                },
+                spec: template.spec.clone().or(Some(PodSpec::default())),
+                status: Some(PodStatus {
+                    phase: Some("Pending".into()),
+                    ..Default::default()
+                }),
+            };
+            st.pods.insert((ns.clone(), pod_name.clone()), pod);
+            st.logs.insert(pod_name.clone(), Vec::new());
+        }
+        self.update_job(&ns, &name, &uid, |j| {
+            let s = j.status.get_or_insert_with(JobStatus::default);
+            s.active = Some(1);
+            s.start_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !self.set_pod(&ns, &pod_name, "Running", None) {
+            return;
+        }
+        for line in &script.lines {
+            if !self.job_alive(&ns, &name, &uid) {
+                return;
+            }
+            if let Some(l) = self.st.lock().logs.get_mut(&pod_name) {
+                l.push(LogLine {
+                    at: Instant::now(),
+                    text: line.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let end = match script.exit {
+            Some(_) => Some(Instant::now() + script.run_for),
+            None => None,
+        };
+        loop {
+            if !self.job_alive(&ns, &name, &uid) || self.job_finished(&ns, &name) {
+                return;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                // The Job controller deletes the active pods and fails the Job.
+                self.st.lock().pods.remove(&(ns.clone(), pod_name.clone()));
+                self.update_job(&ns, &name, &uid, |j| {
+                    let s = j.status.get_or_insert_with(JobStatus::default);
+                    s.active = Some(0);
+                    s.failed = Some(1);
+                    s.conditions = Some(vec![
+                        condition("FailureTarget", "DeadlineExceeded"),
+                        condition("Failed", "DeadlineExceeded"),
+                    ]);
+                });
+                return;
+            }
+            if end.is_some_and(|e| now >= e) {
+                self.terminate(&ns, &name, &uid, script.exit.unwrap_or(0))
+                    .await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn terminate(&self, ns: &str, name: &str, uid: &str, exit: i32) {
+        let Some((_, pod_name)) = self.pod_of(uid) else {
+            return;
+        };
+        let phase = if exit == 0 { "Succeeded" } else { "Failed" };
+        self.set_pod(ns, &pod_name, phase, Some(exit));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The interim condition first: it is not terminal.
+        let (interim, last, reason) = if exit == 0 {
+            ("SuccessCriteriaMet", "Complete", "CompletionsReached")
+        } else {
+            ("FailureTarget", "Failed", "BackoffLimitExceeded")
+        };
+        self.update_job(ns, name, uid, |j| {
+            let s = j.status.get_or_insert_with(JobStatus::default);
+            s.active = Some(0);
+            if exit == 0 {
+                s.succeeded = Some(1);
+            } else {
+                s.failed = Some(1);
+            }
+            s.conditions = Some(vec![condition(interim, reason)]);
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.update_job(ns, name, uid, |j| {
+            let s = j.status.get_or_insert_with(JobStatus::default);
+            s.conditions
+                .get_or_insert_with(Vec::new)
+                .push(condition(last, reason));
+            s.completion_time = (exit == 0).then(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        });
+    }
+
+    fn set_pod(&self, ns: &str, pod: &str, phase: &str, exit: Option<i32>) -> bool {
+        let mut st = self.st.lock();
+        let rv = Self::bump(&mut st);
+        let Some(p) = st.pods.get_mut(&(ns.to_string(), pod.to_string())) else {
+            return false;
+        };
+        p.metadata.resource_version = Some(rv);
+        let state = match exit {
+            None => ContainerState {
+                running: Some(ContainerStateRunning { started_at: None }),
+                ..Default::default()
+            },
+            Some(code) => ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: code,
+                    reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        p.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: runyard_runners::kube::CONTAINER.into(),
+                image: "img".into(),
+                image_id: String::new(),
+                ready: exit.is_none(),
+                restart_count: 0,
+                state: Some(state),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        true
+    }
+
+    /// Deletes a Job; `Background` also deletes its pods and the Secrets it owns (after a moment,
+    /// like the garbage collector).
+    fn delete_job(&self, ns: &str, name: &str, propagation: Option<String>) -> Option<Job> {
+        let mut st = self.st.lock();
+        let job = st.jobs.remove(&(ns.to_string(), name.to_string()))?;
+        let mut gone = job.clone();
+        gone.metadata.resource_version = Some(Self::bump(&mut st));
+        self.emit(&mut st, "DELETED", &gone);
+        st.deletions.push(Deletion {
+            resource: "jobs".into(),
+            name: name.into(),
+            propagation: propagation.clone(),
+        });
+        // Jobs default to Orphan for API clients that send no policy.
+        if propagation.as_deref() == Some("Background")
+            || propagation.as_deref() == Some("Foreground")
+        {
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            let f = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut st = f.st.lock();
+                st.pods.retain(|_, p| !owned_by(&p.metadata, &uid));
+                st.secrets.retain(|_, s| !owned_by(&s.metadata, &uid));
+            });
+        }
+        Some(job)
+    }
+}
+
+fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|r| r.uid == uid))
+}
+
+fn conditions(job: &Job) -> Vec<JobCondition> {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+fn condition(type_: &str, reason: &str) -> JobCondition {
+    JobCondition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(format!("{type_}: {reason}")),
+        ..Default::default()
+    }
+}
+
+// ---- HTTP ----
+
+fn status(code: u16, reason: &str, message: impl Into<String>) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message.into(),
+        "reason": reason,
+        "code": code,
+    });
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok_json(code: StatusCode, v: impl Serialize) -> Response {
+    (
+        code,
+        [("content-type", "application/json")],
+        serde_json::to_string(&v).expect("serialise"),
+    )
+        .into_response()
+}
+
+/// Deserialises strictly: a wrong type fails, and so does any field the type does not know (the
+/// value must survive a round trip through the k8s-openapi type unchanged).
+fn strict<T: DeserializeOwned + Serialize>(v: &Value, what: &str) -> Result<T, Response> {
+    let t: T = serde_json::from_value(v.clone())
+        .map_err(|e| status(400, "BadRequest", format!("{what}: cannot decode: {e}")))?;
+    let back = serde_json::to_value(&t).expect("serialise");
+    if let Some(p) = first_unknown(v, &back, "") {
+        return Err(status(
+            400,
+            "BadRequest",
+            format!("{what}: strict decoding error: unknown field \"{p}\""),
+        ));
+    }
+    Ok(t)
+}
+
+/// The first path present in `orig` but not in `back`.
+fn first_unknown(orig: &Value, back: &Value, path: &str) -> Option<String> {
+    match (orig, back) {
+        (Value::Object(o), Value::Object(b)) => {
+            for (k, v) in o {
+                let p = format!("{path}.{k}");
+                match b.get(k) {
+                    None if !v.is_null() => return Some(p),
+                    None => {}
+                    Some(bv) => {
+                        if let Some(u) = first_unknown(v, bv, &p) {
+                            return Some(u);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        (Value::Array(o), Value::Array(b)) => o
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (ov, bv))| first_unknown(ov, bv, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The parts of an API path.
+struct ApiPath {
+    group: String,
+    namespace: String,
+    resource: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<ApiPath> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest),
+        _ => return None,
+    };
+    match rest {
+        ["namespaces", ns, res] => Some(ApiPath {
+            group,
+            namespace: ns.to_string(),
+            resource: res.to_string(),
+            name: None,
+            sub: None,
+        }),
+        ["namespaces", ns, res, name] => Some(ApiPath {
+            group,
+            namespace: ns.to_string(),
+            resource: res.to_string(),
+            name: Some(name.to_string()),
+            sub: None,
+        }),
+        ["namespaces", ns, res, name, sub] => Some(ApiPath {
+            group,
+            namespace: ns.to_string(),
+            resource: res.to_string(),
+            name: Some(name.to_string()),
+            sub: Some(sub.to_string()),
+        }),
+        _ => None,
+    }
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            url_pairs(q)
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+        })
+        .unwrap_or_default()
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Equality-based selector terms (`a=b,c==d`); other operators are refused.
+fn selector(s: Option<&String>) -> Result<Vec<(String, String)>, Response> {
+    let Some(s) = s.filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    s.split(',')
+        .map(|t| {
+            let t = t.replace("==", "=");
+            match t.split_once('=') {
+                Some((k, v)) if !k.contains('!') => {
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => Err(status(
+                    400,
+                    "BadRequest",
+                    format!("unsupported selector term `{t}`"),
+                )),
+            }
+        })
+        .collect()
+}
+
+fn matches(meta: &ObjectMeta, labels: &[(String, String)], fields: &[(String, String)]) -> bool {
+    let l = meta.labels.clone().unwrap_or_default();
+    labels.iter().all(|(k, v)| l.get(k) == Some(v))
+        && fields.iter().all(|(k, v)| match k.as_str() {
+            "metadata.name" => meta.name.as_deref() == Some(v.as_str()),
+            "metadata.namespace" => meta.namespace.as_deref() == Some(v.as_str()),
+            _ => false,
+        })
+}
+
+fn verb(method: &Method, p: &ApiPath, q: &HashMap<String, String>) -> String {
+    match (method.as_str(), &p.name) {
+        ("GET", None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", None) => "deletecollection",
+        ("DELETE", Some(_)) => "delete",
+        _ => "unknown",
+    }
+    .to_string()
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// DNS-1123 subdomain as the API server checks it: at most 253 characters in all, dot-separated
+/// parts of lowercase alphanumerics and dashes, alphanumeric at both ends (no per-part limit).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !p.starts_with('-')
+                && !p.ends_with('-')
+        })
+}
+
+fn label_errors(labels: &BTreeMap<String, String>) -> Option<String> {
+    for (k, v) in labels {
+        let (prefix, name) = match k.split_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, k.as_str()),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok || prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+            return Some(format!("invalid label key `{k}`"));
+        }
+        let value_ok = v.is_empty()
+            || (v.len() <= 63
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        if !value_ok {
+            return Some(format!("invalid label value `{v}` of `{k}`"));
+        }
+    }
+    None
+}
+
+/// What the API server's validation says of a new Job.
+fn validate_job(job: &Job, ns: &str) -> Result<(), String> {
+    let name = job
+        .metadata
+        .name
+        .as_deref()
+        .ok_or("metadata.name: Required value")?;
+    if !is_dns_label(name) {
+        return Err(format!(
+            "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 label of at most 63 characters"
+        ));
+    }
+    if job.metadata.namespace.as_deref().is_some_and(|n| n != ns) {
+        return Err("metadata.namespace does not match the request".into());
+    }
+    if let Some(e) = label_errors(&job.metadata.labels.clone().unwrap_or_default()) {
+        return Err(format!("metadata.labels: {e}"));
+    }
+    let spec = job.spec.as_ref().ok_or("spec: Required value")?;
+    if spec.selector.is_some() || spec.manual_selector == Some(true) {
+        return Err("spec.selector: the runner must not set a selector".into());
+    }
+    if spec.backoff_limit.is_some_and(|b| b < 0) {
+        return Err("spec.backoffLimit: must be >= 0".into());
+    }
+    if spec.active_deadline_seconds.is_some_and(|s| s <= 0) {
+        return Err("spec.activeDeadlineSeconds: must be > 0".into());
+    }
+    if spec.ttl_seconds_after_finished.is_some_and(|s| s < 0) {
+        return Err("spec.ttlSecondsAfterFinished: must be >= 0".into());
+    }
+    if let Some(m) = &spec.template.metadata {
+        if let Some(e) = label_errors(&m.labels.clone().unwrap_or_default()) {
+            return Err(format!("spec.template.metadata.labels: {e}"));
+        }
+    }
+    let pod = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or("spec.template.spec: Required value")?;
+    match pod.restart_policy.as_deref() {
+        Some("Never" | "OnFailure") => {}
+        other => {
+            return Err(format!(
+                "spec.template.spec.restartPolicy: Unsupported value: {other:?}"
+            ))
+        }
+    }
+    if pod.containers.is_empty() {
+        return Err("spec.template.spec.containers: Required value".into());
+    }
+    for c in &pod.containers {
+        if !is_dns_label(&c.name) {
+            return Err(format!("container name `{}` is invalid", c.name));
+        }
+        if c.image.as_deref().is_none_or(str::is_empty) {
+            return Err("spec.template.spec.containers[].image: Required value".into());
+        }
+        for e in c.env.clone().unwrap_or_default() {
+            if e.value.is_some() && e.value_from.is_some() {
+                return Err(format!("env {}: value and valueFrom are exclusive", e.name));
+            }
+            if e.name == "JOB_SECRET_KEY" && e.value.is_some() {
+                return Err("env JOB_SECRET_KEY: the secret must not be a literal".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn handle(
+    State(f): State<Fake>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(p) = parse_path(uri.path()) else {
+        return status(404, "NotFound", format!("no route {}", uri.path()));
+    };
+    let q = query_map(&uri);
+    let v = verb(&method, &p, &q);
+    let resource = match &p.sub {
+        Some(s) => format!("{}/{s}", p.resource),
+        None => p.resource.clone(),
+    };
+    let json_body: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(e) => return status(400, "BadRequest", format!("body is not JSON: {e}")),
+        }
+    };
+    {
+        let mut st = f.st.lock();
+        st.calls.push(Call {
+            method: method.clone(),
+            uri: uri.to_string(),
+            group: p.group.clone(),
+            resource: resource.clone(),
+            verb: v.clone(),
+            body: json_body.clone(),
+            auth: headers
+                .get("authorization")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string),
+        });
+        let key = (p.group.clone(), resource.clone(), v.clone());
+        if let Some(i) = st.inject.iter().position(|(k, _)| *k == key) {
+            let (_, code) = st.inject.remove(i);
+            return status(code, "Injected", format!("injected failure of {key:?}"));
+        }
+    }
+    let ns = p.namespace.clone();
+    match (p.group.as_str(), resource.as_str(), v.as_str()) {
+        ("batch", "jobs", "create") => {
+            let Some(b) = json_body else {
+                return status(400, "BadRequest", "no body");
+            };
+            let mut job: Job = match strict(&b, "Job") {
+                Ok(j) => j,
+                Err(r) => return r,
+            };
+            if let Err(e) = validate_job(&job, &ns) {
+                return status(422, "Invalid", format!("Job is invalid: {e}"));
+            }
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let mut st = f.st.lock();
+            st.job_bodies
+                .push(String::from_utf8_lossy(&body).into_owned());
+            if st.jobs.contains_key(&(ns.clone(), name.clone())) {
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("jobs.batch \"{name}\" already exists"),
+                );
+            }
+            st.next_uid += 1;
+            let uid = format!("00000000-0000-4000-8000-{:012}", st.next_uid);
+            job.metadata.uid = Some(uid.clone());
+            job.metadata.namespace = Some(ns.clone());
+            job.metadata.resource_version = Some(Fake::bump(&mut st));
+            job.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            if let Some(spec) = job.spec.as_mut() {
+                spec.selector = Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "batch.kubernetes.io/controller-uid".to_string(),
+                        uid.clone(),
+                    )])),
+                    ..Default::default()
+                });
+                let m = spec.template.metadata.get_or_insert_with(Default::default);
+                let l = m.labels.get_or_insert_with(Default::default);
+                l.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
+                l.insert("batch.kubernetes.io/job-name".into(), name.clone());
+            }
+            job.status = Some(JobStatus::default());
+            st.jobs.insert((ns.clone(), name.clone()), job.clone());
+            f.emit(&mut st, "ADDED", &job);
+            drop(st);
+            if job.spec.as_ref().and_then(|s| s.suspend) != Some(true) {
+                tokio::spawn(f.clone().run_job(ns, name, uid));
+            }
+            ok_json(StatusCode::CREATED, &job)
+        }
+        ("batch", "jobs", "get") => match f.job(&ns, p.name.as_deref().unwrap_or_default()) {
+            Some(j) => ok_json(StatusCode::OK, &j),
+            None => status(404, "NotFound", "job not found"),
+        },
+        ("batch", "jobs", "list") => {
+            let (labels, fields) = match (
+                selector(q.get("labelSelector")),
+                selector(q.get("fieldSelector")),
+            ) {
+                (Ok(l), Ok(fl)) => (l, fl),
+                (Err(r), _) | (_, Err(r)) => return r,
+            };
+            let st = f.st.lock();
+            let items: Vec<&Job> = st
+                .jobs
+                .iter()
+                .filter(|((n, _), j)| *n == ns && matches(&j.metadata, &labels, &fields))
+                .map(|(_, j)| j)
+                .collect();
+            ok_json(
+                StatusCode::OK,
+                json!({
+                    "apiVersion": "batch/v1",
+                    "kind": "JobList",
+                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "items": list_items(&items),
+                }),
+            )
+        }
+        ("batch", "jobs", "watch") => watch_jobs(f, ns, &q),
+        ("batch", "jobs", "patch") => {
+            let name = p.name.clone().unwrap_or_default();
+            let ct = headers
+                .get("content-type")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            if ct != "application/merge-patch+json" {
+                return status(415, "UnsupportedMediaType", format!("patch type {ct}"));
+            }
+            let Some(patch) = json_body else {
+                return status(400, "BadRequest", "no body");
+            };
+            let Some(old) = f.job(&ns, &name) else {
+                return status(404, "NotFound", format!("jobs.batch \"{name}\" not found"));
+            };
+            let mut merged = serde_json::to_value(&old).expect("serialise");
+            json_merge(&mut merged, &patch);
+            let new: Job = match strict(&merged, "patched Job") {
+                Ok(j) => j,
+                Err(r) => return r,
+            };
+            let (was, is) = (
+                old.spec.as_ref().and_then(|s| s.suspend) == Some(true),
+                new.spec.as_ref().and_then(|s| s.suspend) == Some(true),
+            );
+            let old_template = serde_json::to_value(old.spec.as_ref().map(|s| &s.template));
+            let new_template = serde_json::to_value(new.spec.as_ref().map(|s| &s.template));
+            if old_template.ok() != new_template.ok() {
+                return status(422, "Invalid", "spec.template: field is immutable");
+            }
+            let uid = old.metadata.uid.clone().unwrap_or_default();
+            let mut st = f.st.lock();
+            let mut new = new;
+            new.metadata.resource_version = Some(Fake::bump(&mut st));
+            st.jobs.insert((ns.clone(), name.clone()), new.clone());
+            f.emit(&mut st, "MODIFIED", &new);
+            drop(st);
+            if was && !is {
+                tokio::spawn(f.clone().run_job(ns, name, uid));
+            }
+            ok_json(StatusCode::OK, &new)
+        }
+        ("batch", "jobs", "delete") => {
+            let opts: DeleteOptions = match json_body {
+                Some(b) => match strict(&b, "DeleteOptions") {
+                    Ok(o) => o,
+                    Err(r) => return r,
+                },
+                None => DeleteOptions::default(),
+            };
+            let name = p.name.clone().unwrap_or_default();
+            match f.delete_job(&ns, &name, opts.propagation_policy) {
+                Some(j) => ok_json(
+                    StatusCode::OK,
+                    json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Success",
+                        "details": {"name": name, "group": "batch", "kind": "jobs",
+                                    "uid": j.metadata.uid},
+                    }),
+                ),
+                None => status(404, "NotFound", format!("jobs.batch \"{name}\" not found")),
+            }
+        }
+        ("", "secrets", "create") => {
+            let Some(b) = json_body else {
+                return status(400, "BadRequest", "no body");
+            };
+            let mut secret: Secret = match strict(&b, "Secret") {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            if !is_dns_subdomain(&name) {
+                return status(422, "Invalid", format!("Secret name `{name}` is invalid"));
+            }
+            if let Some(e) = label_errors(&secret.metadata.labels.clone().unwrap_or_default()) {
+                return status(422, "Invalid", format!("Secret labels: {e}"));
+            }
+            let mut st = f.st.lock();
+            if st.secrets.contains_key(&(ns.clone(), name.clone())) {
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("secrets \"{name}\" already exists"),
+                );
+            }
+            for r in secret.metadata.owner_references.clone().unwrap_or_default() {
+                let owner = st.jobs.values().any(|j| {
+                    j.metadata.uid.as_deref() == Some(r.uid.as_str())
+                        && j.metadata.name.as_deref() == Some(r.name.as_str())
+                        && r.kind == "Job"
+                        && r.api_version == "batch/v1"
+                });
+                if !owner {
+                    st.violations.push(format!(
+                        "Secret {name}: owner {r:?} does not exist (the garbage collector would delete it)"
+                    ));
+                }
+            }
+            if let Some(sd) = secret.string_data.take() {
+                let data = secret.data.get_or_insert_with(Default::default);
+                for (k, v) in sd {
+                    data.insert(k, ByteString(v.into_bytes()));
+                }
+            }
+            secret.metadata.namespace = Some(ns.clone());
+            secret.metadata.uid = Some(format!("secret-{name}"));
+            secret.metadata.resource_version = Some(Fake::bump(&mut st));
+            st.secrets.insert((ns, name), secret.clone());
+            let mut shown = secret;
+            shown.data = None;
+            ok_json(StatusCode::CREATED, &shown)
+        }
+        ("", "pods", "list") => {
+            let labels = match selector(q.get("labelSelector")) {
+                Ok(l) => l,
+                Err(r) => return r,
+            };
+            let st = f.st.lock();
+            let items: Vec<&Pod> = st
+                .pods
+                .iter()
+                .filter(|((n, _), p)| *n == ns && matches(&p.metadata, &labels, &[]))
+                .map(|(_, p)| p)
+                .collect();
+            ok_json(
+                StatusCode::OK,
+                json!({
+                    "apiVersion": "v1", "kind": "PodList",
+                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "items": list_items(&items),
+                }),
+            )
+        }
+        ("", "pods/log", "get") => pod_logs(f, ns, p.name.unwrap_or_default(), &q),
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            format!("the fake does not serve {method} {}", uri.path()),
+        ),
+    }
+}
+
+/// List items as the API server sends them: without `apiVersion` and `kind`.
+fn list_items(items: &[impl Serialize]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|i| {
+            let mut v = serde_json::to_value(i).expect("serialise");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("apiVersion");
+                o.remove("kind");
+            }
+            v
+        })
+        .collect()
+}
+
+/// RFC 7386 JSON merge patch.
+fn json_merge(target: &mut Value, patch: &Value) {
+    if let Value::Object(p) = patch {
+        if !target.is_object() {
+            *target = json!({});
+        }
+        let t = target.as_object_mut().expect("object");
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    } else {
+        *target = patch.clone();
+    }
+}
+
+fn watch_jobs(f: Fake, ns: String, q: &HashMap<String, String>) -> Response {
+    let (labels, fields) = match (
+        selector(q.get("labelSelector")),
+        selector(q.get("fieldSelector")),
+    ) {
+        (Ok(l), Ok(fl)) => (l, fl),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut st = f.st.lock();
+    if st.expire_watches > 0 {
+        st.expire_watches -= 1;
+        st.watch_410s += 1;
+        let err = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("too old resource version: {from} ({})", st.rv),
+            "reason": "Expired", "code": 410,
+        });
+        let body = event_line("ERROR", &err);
+        return (StatusCode::OK, [("content-type", "application/json")], body).into_response();
+    }
+    // Subscribe under the lock, so that nothing falls between the replay and the live events.
+    let rx = f.events.subscribe();
+    let replay: Vec<Bytes> = st
+        .history
+        .iter()
+        .filter(|(rv, _, j)| {
+            *rv > from
+                && j.metadata.namespace.as_deref() == Some(ns.as_str())
+                && matches(&j.metadata, &labels, &fields)
+        })
+        .map(|(_, k, j)| event_line(k, j))
+        .collect();
+    let last = st.rv;
+    drop(st);
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |ev| {
+        let out = match ev {
+            Ok((rv, kind, j))
+                if rv > last
+                    && j.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && matches(&j.metadata, &labels, &fields) =>
+            {
+                Some(Ok::<Bytes, std::convert::Infallible>(event_line(kind, &j)))
+            }
+            _ => None,
+        };
+        futures::future::ready(out)
+    });
+    let stream = futures::stream::iter(replay.into_iter().map(Ok)).chain(live);
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// One line of a watch response.
+fn event_line(kind: &str, obj: &impl Serialize) -> Bytes {
+    let mut s = json!({"type": kind, "object": obj}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn pod_logs(f: Fake, ns: String, pod: String, q: &HashMap<String, String>) -> Response {
+    let Some(p) = f.st.lock().pods.get(&(ns.clone(), pod.clone())).cloned() else {
+        return status(404, "NotFound", format!("pods \"{pod}\" not found"));
+    };
+    let containers: Vec<String> = p
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    if let Some(c) = q.get("container") {
+        if !containers.contains(c) {
+            return status(
+                400,
+                "BadRequest",
+                format!("container {c} is not valid for pod {pod}"),
+            );
+        }
+    }
+    let phase = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    if phase == "Pending" {
+        return status(
+            400,
+            "BadRequest",
+            format!("container \"job\" in pod \"{pod}\" is waiting to start: ContainerCreating"),
+        );
+    }
+    let follow = q.get("follow").is_some_and(|v| v == "true");
+    let since = q
+        .get("sinceSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| Instant::now() - Duration::from_secs(s));
+    let start = {
+        let st = f.st.lock();
+        st.logs
+            .get(&pod)
+            .map(|l| match since {
+                Some(t) => l.iter().position(|x| x.at >= t).unwrap_or(l.len()),
+                None => 0,
+            })
+            .unwrap_or(0)
+    };
+    let stream = futures::stream::unfold(
+        (f, ns, pod, start, false),
+        move |(f, ns, pod, mut i, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let (chunk, ended) = {
+                    let st = f.st.lock();
+                    let lines = st.logs.get(&pod);
+                    let chunk: Vec<String> = lines
+                        .map(|l| l[i.min(l.len())..].iter().map(|x| x.text.clone()).collect())
+                        .unwrap_or_default();
+                    let ended = match st.pods.get(&(ns.clone(), pod.clone())) {
+                        None => true,
+                        Some(p) => matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        ),
+                    };
+                    (chunk, ended)
+                };
+                if !chunk.is_empty() {
+                    i += chunk.len();
+                    let mut text = chunk.join("\n");
+                    text.push('\n');
+                    return Some((
+                        Ok::<Bytes, std::convert::Infallible>(Bytes::from(text)),
+                        (f, ns, pod, i, !follow),
+                    ));
+                }
+                if ended || !follow {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,792 @@
+//! Scale-out on Redis, with real processes: one API (`serve --no-worker`) and worker nodes
+//! (`runyard worker`) sharing one Redis.
+//!
+//! - `scale_out_survives_a_killed_worker`: 2,000 jobs (service and local), one worker `kill -9`'d
+//!   mid-run: every job ends SUCCESS, none is lost, no two runs of a job overlap, and the killed
+//!   worker's child processes do not live on.
+//! - `redis_restart_loses_no_accepted_job`: Redis (appendonly yes) restarted mid-run: `/health`
+//!   says 503 while it is away, the processes reconnect, every accepted job completes.
+//! - `memory_returns_flat`: rounds of no-op jobs with short retention: Redis memory, key count and
+//!   the processes' RSS come back to where they were (`RUNYARD_MEMORY_JOBS`, default 20,000;
+//!   docs/benchmarks.md has the 100,000-job run).
+//! - `a_dead_claimers_reservation_is_requeued`: a claim picked but never saved is not lost.
+//!
+//! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
+//! the test dies first).
+
+mod redis_support;
+
+use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runyard::job::{Job, JobStatus};
+use runyard::store::redis::{RedisSettings, RedisStore};
+use runyard::store::{JobStore, ListQuery, Store};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use redis_support::TestRedis;
+
+const MASTER_KEY: &str = "scale-test-master-key-0123456789abcdef";
+
+/// A runyard process.
+struct Proc {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = s.len().saturating_sub(3000);
+        let start = (start..s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("--- {} log tail ---\n{}", self.name, &s[start..])
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    redis_url: String,
+    prefix: String,
+    port: u16,
+    retention: String,
+    global_limit: usize,
+    procs: Vec<Proc>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn new(r: &TestRedis, retention: &str) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            redis_url: r.url.clone(),
+            prefix: r.prefix.clone(),
+            port: free_port(),
+            retention: retention.to_string(),
+            global_limit: 100_000,
+            procs: Vec::new(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn config(&self, name: &str) -> PathBuf {
+        let d = self.dir.path();
+        let text = format!(
+            r#"
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+data_dir = "{data}"
+redis = "{redis}"
+master_key = "{MASTER_KEY}"
+
+[store]
+prefix = "{prefix}"
+retry = "30s"
+
+[worker]
+lease_ttl = "2s"
+poll_interval = "200ms"
+shutdown_grace = "2s"
+kill_grace = "200ms"
+
+[events]
+progress_interval = "0s"
+global_limit = {global_limit}
+
+[retention]
+{retention}
+
+[[runners]]
+name = "svc"
+kind = "service"
+types = ["runyard.*"]
+concurrency = 64
+max_attempts = 5
+
+[[runners]]
+name = "loc"
+kind = "local"
+types = ["loc.*"]
+command = ["sleep", "0.1"]
+concurrency = 8
+max_attempts = 5
+"#,
+            port = self.port,
+            data = d.join(format!("data-{name}")).display(),
+            redis = self.redis_url,
+            prefix = self.prefix,
+            retention = self.retention,
+            global_limit = self.global_limit,
+        );
+        let path = d.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        let cfg = self.config(name);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUNYARD_LOG", "warn")
+            .env_remove("RUNYARD_REDIS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("runyard starts");
+        self.procs.push(Proc {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+        });
+        self.procs.len() - 1
+    }
+
+    fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(Proc::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn wait_healthy(&self, http: &reqwest::Client) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", self.url())).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "API never healthy\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn store(&self) -> Arc<RedisStore> {
+        RedisStore::connect(RedisSettings {
+            prefix: self.prefix.clone(),
+            ..RedisSettings::new(self.redis_url.clone())
+        })
+        .await
+        .expect("test connects to redis")
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+/// Submits `bodies` with `conc` concurrent clients; returns the accepted ids (202) and the
+/// number of refusals.
+async fn submit_all(
+    http: &reqwest::Client,
+    url: &str,
+    bodies: Vec<Value>,
+    conc: usize,
+) -> (Vec<String>, usize) {
+    let bodies = Arc::new(parking_lot::Mutex::new(bodies.into_iter()));
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (http, url, bodies) = (http.clone(), url.to_string(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = Vec::new();
+            let mut refused = 0;
+            loop {
+                let Some(b) = bodies.lock().next() else { break };
+                match http.post(format!("{url}/async/jobs")).json(&b).send().await {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        let v: Value = r.json().await.unwrap();
+                        ok.push(v["job_id"].as_str().unwrap().to_string());
+                    }
+                    _ => refused += 1,
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (ok, r) = t.await.unwrap();
+        ids.extend(ok);
+        refused += r;
+    }
+    (ids, refused)
+}
+
+/// Every job of the store (pages of 1000, bounded).
+async fn all_jobs(s: &RedisStore) -> Vec<Job> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = s
+            .list(ListQuery {
+                limit: 1000,
+                cursor,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        out.extend(page.jobs);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+    panic!("listing did not end");
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn zcard(c: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(c)
+        .await
+        .unwrap_or(0)
+}
+
+/// Pids of the processes whose parent is `ppid`.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let pp = st
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            if pp == Some(ppid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn pid_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+            matches!(state.as_deref(), Some("Z") | Some("X") | None)
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// No run of a job overlaps another (a run ends before the next is claimed).
+fn assert_runs_do_not_overlap(j: &Job) {
+    for w in j.runs.windows(2) {
+        let end = w[0]
+            .ended_at
+            .unwrap_or_else(|| panic!("job {}: an earlier run never ended: {:?}", j.id, j.runs));
+        assert!(
+            end <= w[1].claimed_at,
+            "job {}: run on {} overlaps run on {}: {:?}",
+            j.id,
+            w[0].worker,
+            w[1].worker,
+            j.runs
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_survives_a_killed_worker() {
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let wa = cl.spawn("worker-a", &["worker"]);
+    cl.spawn("worker-b", &["worker"]);
+    let n: usize = 2000;
+    let bodies: Vec<Value> = (0..n)
+        .map(|i| {
+            if i % 5 == 0 {
+                json!({"type": "loc.sleep"})
+            } else {
+                json!({"type": "runyard.sleep", "args": {"ms": 30}})
+            }
+        })
+        .collect();
+    let url = cl.url();
+    let submitter = tokio::spawn({
+        let http = http.clone();
+        async move { submit_all(&http, &url, bodies, 16).await }
+    });
+    // Kill worker A once a quarter of the jobs are done, while it has work in hand.
+    let mut rc = redis_conn(&cl.redis_url).await;
+    let fin = format!("{}:fin", cl.prefix);
+    let start = Instant::now();
+    loop {
+        let done = zcard(&mut rc, &fin).await;
+        if done as usize >= n / 4 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress: {done} done\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a_pid = cl.procs[wa].pid();
+    let kids = children_of(a_pid);
+    cl.procs[wa].kill9();
+    let killed_at = Instant::now();
+    // Its children (local jobs) must not live on.
+    loop {
+        let alive: Vec<u32> = kids.iter().copied().filter(|p| !pid_gone(*p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "children of the killed worker live on: {alive:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ids, refused) = submitter.await.unwrap();
+    assert_eq!(refused, 0, "every submit accepted");
+    assert_eq!(ids.len(), n);
+    // Every job ends.
+    let store = cl.store().await;
+    let start = Instant::now();
+    loop {
+        let done = zcard(&mut rc, &fin).await;
+        if done as usize >= n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "only {done} of {n} jobs finished\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs = all_jobs(&store).await;
+    assert_eq!(jobs.len(), n, "no job lost, none duplicated");
+    let want: HashSet<String> = ids.into_iter().collect();
+    let got: HashSet<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    assert_eq!(want, got);
+    let mut lost_runs = 0;
+    let mut workers = HashSet::new();
+    for j in &jobs {
+        assert_eq!(
+            j.status,
+            JobStatus::Success,
+            "job {} ended {}: {:?}",
+            j.id,
+            j.status,
+            j.error
+        );
+        assert_runs_do_not_overlap(j);
+        lost_runs += j
+            .runs
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Some("LOST"))
+            .count();
+        workers.extend(j.runs.iter().map(|r| r.worker.clone()));
+    }
+    eprintln!(
+        "scale-out: {n} jobs, {} workers seen, {lost_runs} runs lost with the killed worker and redone, {kids} child processes of it killed",
+        workers.len(),
+        kids = kids.len()
+    );
+    assert!(workers.len() >= 2, "both workers ran jobs");
+    assert!(lost_runs > 0, "the killed worker had jobs in hand");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_no_accepted_job() {
+    let mut redis = TestRedis::private(&["--appendonly", "yes", "--save", ""]);
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    cl.spawn("worker-a", &["worker"]);
+    cl.spawn("worker-b", &["worker"]);
+    let n = 600;
+    let bodies: Vec<Value> = (0..n)
+        .map(|i| {
+            if i % 10 == 0 {
+                json!({"type": "loc.sleep"})
+            } else {
+                json!({"type": "runyard.sleep", "args": {"ms": 20}})
+            }
+        })
+        .collect();
+    let url = cl.url();
+    // A steady stream of submits, so some arrive while Redis is away.
+    let submitter = tokio::spawn({
+        let http = http.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut refused = 0;
+            for chunk in bodies.chunks(20) {
+                let (ok, r) = submit_all(&http, &url, chunk.to_vec(), 4).await;
+                ids.extend(ok);
+                refused += r;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            (ids, refused)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.stop();
+    // Health says what is wrong, quickly, while Redis is away.
+    let t = Instant::now();
+    let r = http
+        .get(format!("{}/health", cl.url()))
+        .send()
+        .await
+        .expect("health answers");
+    let took = t.elapsed();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["store"], "redis");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("redis"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(3), "health took {took:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    let (ids, refused) = submitter.await.unwrap();
+    assert!(!ids.is_empty());
+    eprintln!(
+        "restart: {} accepted, {refused} refused while redis was away",
+        ids.len()
+    );
+    cl.wait_healthy(&http).await;
+    if std::env::var("RUNYARD_TEST_SHOW_LOGS").is_ok() {
+        eprintln!("{}", cl.logs());
+    }
+    let store = cl.store().await;
+    let start = Instant::now();
+    let mut pending: Vec<Uuid> = ids.iter().map(|s| Uuid::parse_str(s).unwrap()).collect();
+    loop {
+        let mut still = Vec::new();
+        for id in &pending {
+            match store.get(*id).await.unwrap() {
+                Some(j) if j.status.is_terminal() => {
+                    assert_eq!(j.status, JobStatus::Success, "job {id}: {:?}", j.error);
+                    assert_runs_do_not_overlap(&j);
+                }
+                Some(_) => still.push(*id),
+                None => panic!("accepted job {id} lost"),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{} accepted jobs not finished\n{}",
+            pending.len(),
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn used_memory(r: &TestRedis) -> u64 {
+    r.info("used_memory")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dbsize(r: &TestRedis) -> u64 {
+    r.cli(&["DBSIZE"]).trim().parse().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_returns_flat() {
+    let total: usize = std::env::var("RUNYARD_MEMORY_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+        .clamp(1000, 1_000_000);
+    let rounds = 5;
+    let per_round = total / rounds;
+    // A private server, so its memory figures are ours alone.
+    let redis = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let mut cl = Cluster::new(
+        &redis,
+        "finished = \"1s\"\ninterval = \"500ms\"\nevents = \"2s\"\nlog_lines_per_job = 100",
+    );
+    // Short retention of the global stream too (it is bounded by count).
+    cl.global_limit = 5000;
+    let api = cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let w = cl.spawn("worker-a", &["worker"]);
+    let mut rc = redis_conn(&cl.redis_url).await;
+    let all = format!("{}:all", cl.prefix);
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let bodies = vec![json!({"type": "runyard.noop"}); per_round];
+        let (ids, refused) = submit_all(&http, &cl.url(), bodies, 32).await;
+        assert_eq!(refused, 0);
+        assert_eq!(ids.len(), per_round);
+        // Wait until retention removed every job of the round (and their channel streams expired).
+        let start = Instant::now();
+        loop {
+            let left = zcard(&mut rc, &all).await;
+            if left == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{left} jobs never went away\n{}",
+                cl.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let row = (
+            round,
+            used_memory(&redis),
+            dbsize(&redis),
+            rss_kib(cl.procs[api].pid()),
+            rss_kib(cl.procs[w].pid()),
+        );
+        eprintln!(
+            "memory: round {} ({} jobs so far, {:.0}s): redis used_memory {} KiB, keys {}, api RSS {} KiB, worker RSS {} KiB",
+            row.0 + 1,
+            (round + 1) * per_round,
+            started.elapsed().as_secs_f64(),
+            row.1 / 1024,
+            row.2,
+            row.3,
+            row.4
+        );
+        rows.push(row);
+    }
+    let first = rows[0];
+    let last = rows[rows.len() - 1];
+    // Flat: the last round ends where the first did (allowing allocator noise).
+    assert!(last.2 <= first.2 + 5, "keys grew: {rows:?}");
+    assert!(
+        last.1 <= first.1 + first.1 / 2 + 2 * 1024 * 1024,
+        "redis memory grew: {rows:?}"
+    );
+    assert!(
+        last.3 <= first.3 + first.3 / 2 + 32 * 1024,
+        "api RSS grew: {rows:?}"
+    );
+    assert!(
+        last.4 <= first.4 + first.4 / 2 + 32 * 1024,
+        "worker RSS grew: {rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_claimers_reservation_is_requeued() {
+    let redis = TestRedis::start();
+    let store = RedisStore::connect(RedisSettings {
+        prefix: redis.prefix.clone(),
+        ..RedisSettings::new(redis.url.clone())
+    })
+    .await
+    .unwrap();
+    let s: Arc<dyn Store> = store.clone();
+    let now = runyard::job::now_us();
+    let id = Uuid::now_v7();
+    let job: Job = serde_json::from_value(json!({
+        "id": id, "type": "t", "args": {}, "runner": "r", "status": "QUEUED", "channel_id": "c",
+        "user_id": null, "attempt": 0, "max_attempts": 1,
+        "backoff": {"initial_ms": 1, "max_ms": 1, "multiplier": 1.0, "jitter": false},
+        "timeout_ms": null, "run_at": null, "idempotency_key": null, "progress": 0.0,
+        "status_details": null, "result": null, "error": null, "exit_code": null, "lease": null,
+        "handle": null, "files": {}, "runs": [], "created_at": now, "updated_at": now,
+        "queued_at": now, "started_at": null, "finished_at": null, "progress_event_at": 0,
+        "version": 0
+    }))
+    .unwrap();
+    s.submit(job).await.unwrap();
+    // A worker runs the claim script, then dies before it saves the claim.
+    let mut c = redis_conn(&redis.url).await;
+    let claim = redis::Script::new(include_str!("../src/store/redis/lua/claim.lua"));
+    let picked: Vec<redis::Value> = claim
+        .prepare_invoke()
+        .arg(&redis.prefix)
+        .arg("r")
+        .arg(10)
+        .arg(now + 1000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(picked.len(), 4, "one job picked");
+    assert!(s
+        .claim("r", "w2", 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The reaper's pass puts it back; it is not an active job, so it is not returned.
+    assert!(s.expired(100).await.unwrap().is_empty());
+    let got = s
+        .claim("r", "w2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, id);
+    assert_eq!(got[0].attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_replays_are_refused_across_api_nodes() {
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn("api-1", &["serve", "--no-worker"]);
+    let port2 = free_port();
+    let listen2 = format!("127.0.0.1:{port2}");
+    cl.spawn("api-2", &["serve", "--no-worker", "--listen", &listen2]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let url2 = format!("http://{listen2}");
+    let start = Instant::now();
+    while !matches!(http.get(format!("{url2}/health")).send().await, Ok(r) if r.status().is_success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "api-2 never healthy\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No worker: the job stays QUEUED, so an authenticated report is refused with 409.
+    let r = http
+        .post(format!("{}/async/jobs", cl.url()))
+        .json(&json!({"type": "loc.sleep"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = runyard_hooks::derive_job_secret(MASTER_KEY.as_bytes(), &id, 0);
+    let body = br#"{"progress": 0.5}"#;
+    let report = |base: String, headers: reqwest::header::HeaderMap| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/async/status"))
+                .headers(headers)
+                .header("content-type", "application/json")
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let signed = runyard_hooks::signed_headers_now(
+        &id,
+        &secret,
+        runyard_hooks::SigVersion::V2,
+        "POST",
+        "/async/status",
+        body,
+    )
+    .unwrap();
+    let (st, v) = report(cl.url(), signed.clone()).await;
+    assert_eq!(st, 409, "authenticated on api-1: {v}");
+    // The very same request on the other API node is a replay.
+    let (st, v) = report(url2.clone(), signed).await;
+    assert_eq!(st, 401, "{v}");
+    assert_eq!(v["error"]["code"], "replay", "{v}");
+    // A fresh signature is fine there.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let fresh = runyard_hooks::signed_headers_now(
+        &id,
+        &secret,
+        runyard_hooks::SigVersion::V2,
+        "POST",
+        "/async/status",
+        body,
+    )
+    .unwrap();
+    let (st, v) = report(url2, fresh).await;
+    assert_eq!(st, 409, "{v}");
+}

@@ -1,0 +1,204 @@
+//! A Redis for the tests: `RUNYARD_TEST_REDIS` when set (each test then uses its own key
+//! prefix), else a private `redis-server` on a free loopback port, killed (by its pid) when the
+//! guard drops, and by the kernel if the test process dies first (PR_SET_PDEATHSIG).
+
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A Redis server for one test.
+pub struct TestRedis {
+    /// `redis://127.0.0.1:PORT`.
+    pub url: String,
+    /// A key prefix unique to this test.
+    pub prefix: String,
+    /// The port.
+    pub port: u16,
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn unique_prefix() -> String {
+    format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[16..])
+}
+
+impl TestRedis {
+    /// The shared test Redis when `RUNYARD_TEST_REDIS` is set, else a private one without
+    /// persistence.
+    pub fn start() -> Self {
+        if let Ok(url) = std::env::var("RUNYARD_TEST_REDIS") {
+            if !url.is_empty() {
+                let port = url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse().ok())
+                    .unwrap_or(6379);
+                return Self {
+                    url,
+                    prefix: unique_prefix(),
+                    port,
+                    child: None,
+                    dir: None,
+                    args: vec![],
+                };
+            }
+        }
+        Self::private(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A private server with these extra arguments (e.g. `--appendonly yes`), its files in a
+    /// temporary directory.
+    pub fn private(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut r = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            prefix: unique_prefix(),
+            port,
+            child: None,
+            dir: Some(dir),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    /// The server's directory (private servers).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("a private redis").path()
+    }
+
+    fn spawn(&mut self) {
+        let dir: PathBuf = self.dir().to_path_buf();
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .expect("redis-server starts (apt-get install redis-server)");
+        self.child = Some(child);
+        self.wait_up(Duration::from_secs(20));
+    }
+
+    /// Waits until the server answers PING.
+    pub fn wait_up(&self, bound: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.ping() {
+                return;
+            }
+            assert!(
+                start.elapsed() < bound,
+                "redis on port {} did not come up",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True when the server answers.
+    pub fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(200),
+        ) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// The server's pid (private servers).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Stops a private server gracefully (SIGTERM: with appendonly it flushes the AOF first).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let start = Instant::now();
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts a stopped private server again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// One value of `INFO` (e.g. `used_memory`), through redis-cli.
+    pub fn info(&self, field: &str) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+    }
+
+    /// Runs redis-cli with these arguments and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Jobs run on the local and service runners over real HTTP: success with logs and results,
+//! failing processes, cancel and timeout stopping the work, retries with backoff, and
+//! concurrency limits.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::*;
+
+/// runyard's built-in operations (`runyard.noop`, `runyard.echo`, ...) on a service runner.
+const BUILTINS: &str = r#"
+[[runners]]
+name = "builtins"
+kind = "service"
+types = ["runyard.*"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_and_service_jobs_succeed_with_logs_and_results() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let ts = TestServer::builder(&format!(
+        r#"
+[[runners]]
+name = "sh"
+kind = "local"
+types = ["local.*"]
+command = ["/bin/sh", "-c", "echo hello from $JOB_TYPE; echo attempt=$JOB_ATTEMPT; echo args=$JOB_ARGS; echo id=$JOB_ID"]
+
+[[runners]]
+kind = "service"
+types = ["svc.*"]
+{BUILTINS}"#
+    ))
+    .service("svc.gated", move |ctx| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.expect("gate").forget();
+            Ok(json!({"got": ctx.args, "attempt": ctx.attempt}))
+        }
+    })
+    .start()
+    .await;
+
+    // The local job: its stdout lines become the job's logs.
+    let local = ts
+        .submit_ok(json!({"type": "local.greet", "args": {"n": 1}}))
+        .await;
+    let job = ts.wait_terminal(&local, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["runner"], "sh");
+    let (st, logs) = ts.get(&format!("/async/jobs/{local}/logs")).await;
+    assert_eq!(st, StatusCode::OK, "{logs}");
+    assert_eq!(logs["status"], "SUCCESS");
+    let lines = logs["lines"].as_array().expect("lines");
+    let texts: Vec<&str> = lines.iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "hello from local.greet".to_string(),
+            "attempt=1".to_string(),
+            r#"args={"n":1}"#.to_string(),
+            format!("id={local}"),
+        ],
+        "{logs:#}"
+    );
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], json!(i as u64 + 1), "{l}");
+        assert_eq!(l["stream"], "stdout", "{l}");
+        assert!(l["ts"].as_i64().is_some_and(|t| t > 0), "{l}");
+    }
+    assert_eq!(logs["next"], json!(lines.len()));
+    // `after` is exclusive: nothing after the last line.
+    let (_, rest) = ts
+        .get(&format!("/async/jobs/{local}/logs?after={}", lines.len()))
+        .await;
+    assert_eq!(rest["lines"], json!([]), "{rest}");
+    let (st, res) = ts.get(&format!("/async/jobs/{local}/result")).await;
+    assert_eq!(st, StatusCode::OK, "{res}");
+    assert_eq!(res["status"], "SUCCESS");
+
+    // The service job: its result is readable once it is finished, 409 before.
+    let (st, sub) = ts
+        .submit(json!({"type": "svc.gated", "args": {"x": [1, 2]}}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{sub}");
+    let svc = sub["job_id"].as_str().unwrap().to_string();
+    assert_eq!(sub["result_url"], format!("/async/jobs/{svc}/result"));
+    assert_eq!(sub["status"], "QUEUED");
+    let (st, early) = ts.get(&format!("/async/jobs/{svc}/result")).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{early}");
+    error_of(&early);
+    ts.wait_status(&svc, "RUNNING", WAIT).await;
+    let (st, early) = ts.get(&format!("/async/jobs/{svc}/result")).await;
+    assert_eq!(st, StatusCode::CONFLICT, "result of a running job: {early}");
+    gate.add_permits(1);
+    let job = ts.wait_terminal(&svc, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["progress"], json!(1.0));
+    let (st, res) = ts.get(&format!("/async/jobs/{svc}/result")).await;
+    assert_eq!(st, StatusCode::OK, "{res}");
+    assert_eq!(
+        res,
+        json!({
+            "job_id": svc,
+            "status": "SUCCESS",
+            "result": {"got": {"x": [1, 2]}, "attempt": 1},
+            "error": null,
+            "exit_code": null,
+        })
+    );
+
+    // A built-in.
+    let echo = ts
+        .submit_ok(json!({"type": "runyard.echo", "args": {"hi": "there"}}))
+        .await;
+    let job = ts.wait_terminal(&echo, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["result"], json!({"hi": "there"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_process_ends_in_error_with_its_exit_code() {
+    let ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "local"
+types = ["fail.*"]
+command = ["/bin/sh", "-c", "echo about to fail; echo bad thing >&2; exit 3"]
+"#,
+    )
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "fail.now", "max_attempts": 1}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    assert_eq!(job["exit_code"], 3);
+    assert_eq!(job["error"], "process exited with code 3");
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["runs"].as_array().unwrap().len(), 1, "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "ERROR");
+    let (st, res) = ts.get(&format!("/async/jobs/{id}/result")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(res["status"], "ERROR");
+    assert_eq!(res["exit_code"], 3);
+    assert_eq!(res["error"], "process exited with code 3");
+    assert_eq!(res["result"], Value::Null);
+    let (_, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    let lines: Vec<(String, String)> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["stream"].as_str().unwrap().to_string(),
+                l["line"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        lines.contains(&("stdout".into(), "about to fail".into())),
+        "{logs:#}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "bad thing".into())),
+        "{logs:#}"
+    );
+}
+
+/// Reads the pids a job wrote to its pid file: exactly `n` of them.
+async fn read_pids(path: &std::path::Path, n: usize) -> Vec<u32> {
+    eventually("the job wrote its pids", WAIT, || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (pids.len() == n).then_some(pids)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_process_tree_and_a_terminal_job_cannot_be_cancelled() {
+    let ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "local"
+types = ["tree.*"]
+command = ["/bin/sh", "-c", "sleep 300 & echo $! > \"$PIDFILE.tmp\"; echo $$ >> \"$PIDFILE.tmp\"; mv \"$PIDFILE.tmp\" \"$PIDFILE\"; echo ready; wait"]
+env = { PIDFILE = "@DIR@/tree.pids" }
+
+[[runners]]
+kind = "local"
+types = ["quick"]
+command = ["/bin/sh", "-c", "exit 0"]
+"#,
+    )
+    .await;
+    let id = ts.submit_ok(json!({"type": "tree.sleep"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    let pids = read_pids(&ts.dir().join("tree.pids"), 2).await;
+    for p in &pids {
+        assert!(!pid_gone(*p), "pid {p} should be running before the cancel");
+    }
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "CANCELLED", "{body}");
+    wait_pids_gone(&pids, WAIT).await;
+    let job = ts.get_job(&id).await;
+    assert_eq!(status_of(&job), "CANCELLED", "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "CANCELLED", "{job:#}");
+
+    // A terminal job: 409, and neither the job nor the event stream changes.
+    let before = ts.get_job(&id).await;
+    let events_before = ts.last_event_id().await;
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{body}");
+    error_of(&body);
+    assert_eq!(ts.get_job(&id).await, before);
+    assert_eq!(ts.last_event_id().await, events_before);
+
+    // The same for a job that succeeded.
+    let ok = ts.submit_ok(json!({"type": "quick"})).await;
+    let done = ts.wait_terminal(&ok, WAIT).await;
+    assert_eq!(status_of(&done), "SUCCESS", "{done:#}");
+    let events_before = ts.last_event_id().await;
+    let (st, body) = ts.post(&format!("/async/jobs/{ok}/cancel"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{body}");
+    assert_eq!(ts.get_job(&ok).await, done);
+    assert_eq!(ts.last_event_id().await, events_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_stops_a_process_and_a_service_that_ignores_cancellation() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (d, s) = (dropped.clone(), started.clone());
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "local"
+types = ["slow.*"]
+command = ["/bin/sh", "-c", "echo $$ > \"$PIDFILE.tmp\"; mv \"$PIDFILE.tmp\" \"$PIDFILE\"; exec sleep 30"]
+env = { PIDFILE = "@DIR@/slow.pid" }
+
+[[runners]]
+kind = "service"
+types = ["stubborn"]
+"#,
+    )
+    .service("stubborn", move |_ctx| {
+        let d = d.clone();
+        s.store(true, Ordering::SeqCst);
+        async move {
+            // Ignores ctx.cancelled(): only dropping the future ends it.
+            struct OnDrop(Arc<AtomicBool>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _guard = OnDrop(d);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Value::Null)
+        }
+    })
+    .start()
+    .await;
+
+    let id = ts
+        .submit_ok(json!({"type": "slow.sleep", "timeout": "1s", "max_attempts": 1}))
+        .await;
+    let pid = read_pids(&ts.dir().join("slow.pid"), 1).await[0];
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("timed out"),
+        "{job:#}"
+    );
+    assert_eq!(job["timeout_ms"], 1000);
+    assert_eq!(job["runs"][0]["outcome"], "TIMEOUT");
+    assert_eq!(job["handle"]["id"], pid.to_string(), "{job:#}");
+    wait_pids_gone(&[pid], WAIT).await;
+
+    let id = ts
+        .submit_ok(json!({"type": "stubborn", "timeout": 1, "max_attempts": 1}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    assert!(started.load(Ordering::SeqCst));
+    eventually("the stubborn operation was dropped", WAIT, || async {
+        dropped.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_for_their_backoff_and_stop_after_max_attempts() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["retry.*"]
+"#,
+    )
+    .service("retry.third_time_lucky", |ctx| async move {
+        if ctx.attempt < 3 {
+            Err(format!("attempt {} failed", ctx.attempt).into())
+        } else {
+            Ok(json!({"attempt": ctx.attempt}))
+        }
+    })
+    .service("retry.always_fails", move |ctx| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move { Err(format!("no luck on attempt {}", ctx.attempt).into()) }
+    })
+    .start()
+    .await;
+
+    let backoff = json!({"initial_ms": 200, "max_ms": 1000, "multiplier": 2.0, "jitter": false});
+    let id = ts
+        .submit_ok(json!({"type": "retry.third_time_lucky", "max_attempts": 3, "backoff": backoff}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["attempt"], 3);
+    assert_eq!(job["result"], json!({"attempt": 3}));
+    let runs = job["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 3, "{job:#}");
+    let outcomes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ERROR", "ERROR", "SUCCESS"]);
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r["attempt"], json!(i + 1));
+    }
+    // The delay before each retry: initial, then initial * multiplier.
+    for (i, want) in [(1, 200u64), (2, 400)] {
+        let ended = time_of(&runs[i - 1]["ended_at"]);
+        let claimed = time_of(&runs[i]["claimed_at"]);
+        let g = gap(ended, claimed);
+        assert!(
+            g >= Duration::from_millis(want),
+            "attempt {} was claimed {g:?} after attempt {i} ended; the backoff is {want}ms: {job:#}",
+            i + 1
+        );
+    }
+
+    let id = ts
+        .submit_ok(json!({
+            "type": "retry.always_fails",
+            "max_attempts": 3,
+            "backoff": {"initial_ms": 50, "max_ms": 50, "multiplier": 1.0, "jitter": false},
+        }))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    assert_eq!(job["attempt"], 3);
+    assert_eq!(job["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(job["error"], "no luck on attempt 3");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // An explicit retry runs it once more.
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "QUEUED", "{body}");
+    let job = ts
+        .wait_for(&id, WAIT, |j| {
+            j["attempt"] == 4 && is_terminal(&j["status"])
+        })
+        .await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    assert_eq!(job["error"], "no luck on attempt 4");
+    assert_eq!(job["runs"].as_array().unwrap().len(), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_never_runs_more_than_its_concurrency() {
+    let now = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (n, m) = (now.clone(), max.clone());
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["conc.*"]
+concurrency = 2
+"#,
+    )
+    .service("conc.work", move |_ctx| {
+        let (n, m) = (n.clone(), m.clone());
+        async move {
+            let here = n.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(here, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            Ok(Value::Null)
+        }
+    })
+    .start()
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            ts.submit_ok(json!({"type": "conc.work", "args": {"i": i}}))
+                .await,
+        );
+    }
+    for id in &ids {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    }
+    assert_eq!(now.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        max.load(Ordering::SeqCst),
+        2,
+        "the most jobs seen running at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_or_timed_out_service_job_ends_and_frees_its_slot() {
+    // One slot: if a stopped job kept it, nothing else would ever run on this runner.
+    let ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+concurrency = 1
+"#,
+    )
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "runyard.sleep", "args": {"ms": 60000}}))
+        .await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "CANCELLED");
+    let next = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    let job = ts.wait_terminal(&next, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(status_of(&ts.get_job(&id).await), "CANCELLED");
+
+    // A cooperative operation past its timeout: TIMEOUT, and the slot is free again.
+    let id = ts
+        .submit_ok(json!({"type": "runyard.sleep", "args": {"ms": 60000}, "timeout": "1s", "max_attempts": 1}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("timed out"),
+        "{job:#}"
+    );
+    let next = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    let job = ts.wait_terminal(&next, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+}

@@ -1,0 +1,158 @@
+//! Graceful shutdown over real HTTP: running jobs finish within `worker.shutdown_grace`, and
+//! those that cannot are stopped and given back to the queue, to run again after a restart on
+//! the same data dir.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use runyard::job::JobStatus;
+use runyard::store::Store;
+use serde_json::{json, Value};
+use support::*;
+
+/// The job as the store holds it, read through the stopped server's own store handle: what was
+/// committed by the time `stop()` returned, before anything else could run it.
+async fn stored(store: &Arc<dyn Store>, id: &str) -> runyard::job::Job {
+    store
+        .get(id.parse().expect("uuid"))
+        .await
+        .expect("store read")
+        .expect("job exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_finishes_within_the_shutdown_grace() {
+    // The job cannot end before the gate opens, and the gate opens only once stop() has begun.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let mut ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["gated"]
+"#,
+    )
+    .service("gated", move |_ctx| {
+        let g = g.clone();
+        async move {
+            g.acquire().await.expect("gate").forget();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(json!({"slept_ms": 300}))
+        }
+    })
+    .start()
+    .await;
+    let id = ts.submit_ok(json!({"type": "gated"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    let store = ts.running().app.store.clone();
+    tokio::join!(ts.stop(), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gate.add_permits(1);
+    });
+    // Finished by the time stop() returned.
+    let job = stored(&store, &id).await;
+    assert_eq!(job.status, JobStatus::Success, "{job:#?}");
+    drop(store);
+
+    // Read it back from the data dir, through a new server without a worker.
+    ts.restart(false).await;
+    let job = ts.get_job(&id).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["result"], json!({"slept_ms": 300}));
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["runs"].as_array().unwrap().len(), 1, "{job:#}");
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_the_shutdown_grace_is_requeued_and_runs_after_restart() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["long.*"]
+"#,
+    )
+    .config("[worker]\nshutdown_grace = \"200ms\"")
+    .service("long.job", move |ctx| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            // The first attempt would take 30s; a later one is quick.
+            let ms = if ctx.attempt == 1 { 30_000 } else { 10 };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({"attempt": ctx.attempt})),
+                _ = ctx.cancelled() => Err("cancelled".into()),
+            }
+        }
+    })
+    .start()
+    .await;
+    let id = ts.submit_ok(json!({"type": "long.job"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    let store = ts.running().app.store.clone();
+    ts.stop().await;
+    let job = stored(&store, &id).await;
+    assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
+    assert!(job.lease.is_none(), "{job:#?}");
+    drop(store);
+
+    // Given back: QUEUED, its attempt recorded as released, not failed.
+    ts.restart(false).await;
+    let job = ts.get_job(&id).await;
+    assert_eq!(status_of(&job), "QUEUED", "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "RELEASED", "{job:#}");
+    assert_eq!(job["worker"], Value::Null, "no lease is left: {job:#}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A server with a worker runs it again.
+    ts.restart(true).await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["result"], json!({"attempt": 2}));
+    assert_eq!(job["runs"].as_array().unwrap().len(), 2, "{job:#}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let events = ts.all_events("0").await;
+    let story: Vec<&str> = events
+        .iter()
+        .filter(|e| e["job_id"] == id.as_str())
+        .map(|e| e["runyard_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        story,
+        ["QUEUED", "STARTING", "RUNNING", "QUEUED", "STARTING", "RUNNING", "SUCCESS"]
+    );
+    ts.stop().await;
+}
+
+/// `RunningServer::stop()` should release the data dir, so that a new server can open it at once
+/// (an embedding program restarting in-process). It returns while background tasks (metrics,
+/// scheduler, retention, the worker's listener/heartbeat/reaper, reporter flushes) may still hold
+/// the store and its lock, so the re-open fails now and then with "in use by another runyard
+/// process". Ignored until fixed in `src/server.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_releases_the_data_dir_at_once() {
+    let mut ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#,
+    )
+    .await;
+    for round in 0..50 {
+        // Stopped while a job runs (it finishes within the grace).
+        let id = ts
+            .submit_ok(json!({"type": "runyard.sleep", "args": {"ms": 100}}))
+            .await;
+        ts.wait_status(&id, "RUNNING", WAIT).await;
+        if let Err(e) = ts.try_restart(true).await {
+            panic!("round {round}: restart right after stop() failed: {e}");
+        }
+    }
+    ts.stop().await;
+}
