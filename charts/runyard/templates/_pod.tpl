@@ -1,0 +1,139 @@
+{{/*
+The pod template of the server and worker Deployments.
+Arguments: dict "root" $ "component" "server"|"worker" "v" (.Values.server|.Values.worker) "args" (list ...)
+*/}}
+{{- define "runyard.podTemplate" -}}
+{{- $root := .root -}}
+{{- $v := .v -}}
+metadata:
+  labels:
+    {{- include "runyard.selectorLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    {{- with $v.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    # A config or secret change rolls the pods.
+    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- with $v.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "runyard.serviceAccountName" $root }}
+  automountServiceAccountToken: true
+  # Service links would put RUNYARD_SERVICE_HOST and friends in the environment, and every
+  # RUNYARD_* variable is read as a configuration key.
+  enableServiceLinks: false
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: runyard
+      image: {{ include "runyard.image" $root | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      args:
+        {{- toYaml .args | nindent 8 }}
+      {{- if eq .component "server" }}
+      ports:
+        - name: http
+          containerPort: {{ $root.Values.server.port }}
+          protocol: TCP
+      {{- end }}
+      env:
+        - name: RUNYARD_CONFIG
+          value: /etc/runyard/runyard.toml
+        - name: RUNYARD_MASTER_KEY
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "runyard.secretName" $root }}
+              key: master-key
+        {{- if $root.Values.redis.existingSecret }}
+        - name: RUNYARD_REDIS
+          valueFrom:
+            secretKeyRef:
+              name: {{ $root.Values.redis.existingSecret }}
+              key: {{ $root.Values.redis.existingSecretKey }}
+        {{- else if $root.Values.redis.url }}
+        - name: RUNYARD_REDIS
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "runyard.secretName" $root }}
+              key: redis-url
+        {{- end }}
+        {{- with $v.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- if eq .component "server" }}
+      startupProbe:
+        httpGet:
+          path: /health
+          port: http
+        periodSeconds: 2
+        failureThreshold: 30
+      livenessProbe:
+        httpGet:
+          path: /health
+          port: http
+        periodSeconds: 10
+        timeoutSeconds: 5
+        failureThreshold: 3
+      readinessProbe:
+        httpGet:
+          path: /health
+          port: http
+        periodSeconds: 5
+        timeoutSeconds: 3
+        failureThreshold: 2
+      {{- end }}
+      resources:
+        {{- toYaml $v.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/runyard/runyard.toml
+          subPath: runyard.toml
+          readOnly: true
+        - name: secrets
+          mountPath: /etc/runyard/secrets
+          readOnly: true
+        - name: data
+          mountPath: /var/lib/runyard
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: config
+      configMap:
+        name: {{ include "runyard.fullname" $root }}
+    - name: secrets
+      secret:
+        secretName: {{ include "runyard.secretName" $root }}
+        defaultMode: 0400
+        items:
+          - key: jwt-secret
+            path: jwt-secret
+    - name: data
+      {{- if and (eq .component "server") $root.Values.persistence.enabled (not (include "runyard.useRedis" $root)) }}
+      persistentVolumeClaim:
+        claimName: {{ default (printf "%s-data" (include "runyard.fullname" $root)) $root.Values.persistence.existingClaim }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
+    - name: tmp
+      emptyDir: {}
+  {{- with $v.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Benchmarks the Redis backend with separate processes: its own redis-server on a free loopback
+# port, one API (`serve --no-worker`) and N worker nodes (`runyard worker`), then
+# `runyard bench --server` against the API. Kills only the processes it started.
+#
+#   scripts/redis-bench.sh WORKERS [bench flags...]
+#   e.g. scripts/redis-bench.sh 2 --only service --jobs 20000
+#
+# Env: RUNYARD (binary, default target/release/runyard), APPENDONLY (yes|no, default no).
+set -euo pipefail
+workers=${1:-1}
+shift || true
+bin=${RUNYARD:-target/release/runyard}
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(free_port)
+aport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir" --save '' \
+  --appendonly "${APPENDONLY:-no}" >"$dir/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+cat >"$dir/runyard.toml" <<TOML
+listen = "127.0.0.1:$aport"
+public_url = "http://127.0.0.1:$aport"
+redis = "redis://127.0.0.1:$rport"
+master_key = "bench-master-key-0123456789abcdef"
+
+[[runners]]
+kind = "service"
+types = ["bench.noop"]
+operation = "runyard.noop"
+concurrency = 256
+
+[[runners]]
+kind = "local"
+types = ["bench.true"]
+command = ["/bin/true"]
+concurrency = 8
+TOML
+RUNYARD_LOG=warn "$bin" serve --no-worker --config "$dir/runyard.toml" --data-dir "$dir/api" \
+  2>"$dir/api.log" &
+api=$!
+pids+=($api)
+for i in $(seq "$workers"); do
+  RUNYARD_LOG=warn "$bin" worker --config "$dir/runyard.toml" --data-dir "$dir/w$i" \
+    2>"$dir/worker$i.log" &
+  pids+=($!)
+done
+"$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
+redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
+echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
+for i in $(seq "$workers"); do
+  pid=${pids[$((i + 1))]}
+  echo "worker $i peak RSS: $(grep VmHWM /proc/$pid/status 2>/dev/null | awk '{print $2 " " $3}')"
+done
