@@ -27,7 +27,7 @@ fi
 
 log "python packages"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  -e examples/python pytest helm-python-sdk kubernetes-validate 2>&1 | grep -v -i 'warning' || true
+  -e examples/python -r charts/runyard/tests/requirements.txt
 
 if [ -x scripts/start-dockerd.sh ]; then
   log "docker engine"
