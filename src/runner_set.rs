@@ -9,6 +9,7 @@ use runyard_runners::docker::{DockerConfig, DockerRunner};
 use runyard_runners::kube::{KubeConfig, KubeRunner};
 use runyard_runners::local::{LocalConfig, LocalRunner, DEFAULT_ENV_ALLOW};
 use runyard_runners::service::{ServiceRegistry, ServiceRunner};
+pub use runyard_runners::glob_match;
 use runyard_runners::Runner;
 
 use crate::config::{Config, ConfigError, RunnerKind};
@@ -178,28 +179,6 @@ impl RunnerSet {
     }
 }
 
-/// Glob match with `*` (any run) and `?` (one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
 
 #[cfg(test)]
 mod tests {

@@ -174,7 +174,7 @@ impl DockerRunner {
                         .config
                         .allowed_images
                         .iter()
-                        .any(|g| glob_match(g, img))
+                        .any(|g| crate::glob_match(g, img))
                 {
                     Ok(img.clone())
                 } else {
@@ -936,28 +936,6 @@ pub fn nano_cpus(cpus: f64) -> Result<i64, String> {
     Ok((cpus * 1e9).round() as i64)
 }
 
-/// Glob match with `*` (any run, `/` included) and `?` (one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
 
 #[cfg(test)]
 mod tests {

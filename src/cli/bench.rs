@@ -189,9 +189,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             // The deadline is checked inside every loop; this outer bound is a safety net.
             let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
-            match tokio::time::timeout(left, scenarios(&a, &ctx)).await {
-                Ok(r) => r.map(|res| (store, res)),
-                Err(_) => Err(anyhow!("timed out after {:?}", a.timeout)),
+            tokio::select! {
+                r = tokio::time::timeout(left, scenarios(&a, &ctx)) => match r {
+                    Ok(r) => r.map(|res| (store, res)),
+                    Err(_) => Err(anyhow!("timed out after {:?}", a.timeout)),
+                },
+                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
             }
         }
         Err(e) => Err(e),
@@ -745,7 +748,17 @@ impl ChildServer {
         std::fs::write(&config, child_config(a, &dir.join("data")))?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         let exe = std::env::current_exe().context("cannot find the runyard binary")?;
-        let child = tokio::process::Command::new(exe)
+        let mut cmd = tokio::process::Command::new(exe);
+        #[cfg(target_os = "linux")]
+        // Safety: only an async-signal-safe syscall between fork and exec. If bench itself is
+        // killed, its server goes too.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -885,11 +898,11 @@ fn one_line(r: &ScenarioResult) -> String {
 fn print_table(r: &BenchReport) {
     println!();
     println!(
-        "{:<16} {:>6} {:>10} {:>10} | {:>27} {:>9} | {:>15} | {:>6}",
-        "", "", "", "", "submit -> start (ms)", "", "submit RTT (ms)", "not"
+        "{:<16} {:>6} {:>10} {:>10} | {:^37} | {:^15} | {:>7}",
+        "", "", "", "", "submit -> start (ms)", "submit RTT (ms)", "not"
     );
     println!(
-        "{:<16} {:>6} {:>10} {:>10} | {:>8} {:>8} {:>9} {:>9} | {:>7} {:>7} | {:>6}",
+        "{:<16} {:>6} {:>10} {:>10} | {:>8} {:>8} {:>9} {:>9} | {:>7} {:>7} | {:>7}",
         "scenario",
         "jobs",
         "submit/s",
@@ -902,12 +915,12 @@ fn print_table(r: &BenchReport) {
         "p99",
         "SUCCESS"
     );
-    println!("{}", "-".repeat(113));
+    println!("{}", "-".repeat(114));
     for s in &r.results {
         let l = fmt_lat(&s.submit_to_start);
         let t = fmt_lat(&s.submit_rtt);
         println!(
-            "{:<16} {:>6} {:>10.0} {:>10.0} | {:>8} {:>8} {:>9} {:>9} | {:>7} {:>7} | {:>6}",
+            "{:<16} {:>6} {:>10.0} {:>10.0} | {:>8} {:>8} {:>9} {:>9} | {:>7} {:>7} | {:>7}",
             format!("{} {}", s.runner, s.scenario),
             s.jobs,
             s.submit_rate,

@@ -212,31 +212,6 @@ fn parse_event_id(s: &str) -> Result<String> {
     Ok(format!("{ms}-{seq}"))
 }
 
-/// `*` and `?` globs (job types have no other special characters).
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while t < s.len() {
-        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pat.len() && pat[p] == b'*' {
-            star = Some(p);
-            mark = t;
-            p += 1;
-        } else if let Some(sp) = star {
-            p = sp + 1;
-            mark += 1;
-            t = mark;
-        } else {
-            return false;
-        }
-    }
-    while p < pat.len() && pat[p] == b'*' {
-        p += 1;
-    }
-    p == pat.len()
-}
 
 impl RedisStore {
     /// Connects (retrying for up to `settings.retry`), checks the server, and starts relaying
@@ -711,7 +686,7 @@ impl JobStore for RedisStore {
                 let j: Job = serde_json::from_str(&b).map_err(json_err)?;
                 if q.job_type
                     .as_deref()
-                    .is_none_or(|g| glob_match(g.as_bytes(), j.job_type.as_bytes()))
+                    .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
                 {
                     jobs.push(j);
                     if jobs.len() >= want {
@@ -1186,12 +1161,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs_and_event_ids() {
-        assert!(glob_match(b"report.*", b"report.daily"));
-        assert!(glob_match(b"*", b""));
-        assert!(glob_match(b"a?c*", b"abcdef"));
-        assert!(!glob_match(b"report.*", b"reports"));
-        assert!(!glob_match(b"a*b", b"acbd"));
+    fn event_ids() {
         assert_eq!(parse_event_id("17").unwrap(), "17-0");
         assert_eq!(
             parse_event_id("1700000000000-3").unwrap(),
