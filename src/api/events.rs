@@ -82,7 +82,10 @@ fn follow(
         let closing = st.app.closing.clone();
         let mut rx = store.subscribe();
         loop {
-            let page = match store.events(channel.as_deref(), last_id.as_deref(), EVENT_PAGE).await {
+            let page = match store
+                .events(channel.as_deref(), last_id.as_deref(), EVENT_PAGE)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;
@@ -90,7 +93,12 @@ fn follow(
                 }
             };
             let full = page.len() == EVENT_PAGE;
-            if let Some(last) = page.iter().rev().find(|e| e.kind != "resync").or(page.last()) {
+            if let Some(last) = page
+                .iter()
+                .rev()
+                .find(|e| e.kind != "resync")
+                .or(page.last())
+            {
                 last_id = Some(last.id.clone());
             }
             if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
@@ -106,7 +114,8 @@ fn follow(
                     _ = closing.cancelled() => return,
                 };
                 match n {
-                    Ok(Notice::Events) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(Notice::Events)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
@@ -138,7 +147,10 @@ pub async fn websocket(
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
-    st.app.store.events(q.channel.as_deref(), last_id.as_deref(), 1).await?;
+    st.app
+        .store
+        .events(q.channel.as_deref(), last_id.as_deref(), 1)
+        .await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let (mut sink, mut incoming) = socket.split();
         let events = follow(st, q.channel, last_id);
@@ -176,8 +188,11 @@ pub async fn sse(
     State(st): State<AppState>,
     q: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
     headers: axum::http::HeaderMap,
-) -> ApiResult<axum::response::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>>
-{
+) -> ApiResult<
+    axum::response::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
     use futures::StreamExt;
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let last_id = headers
@@ -186,7 +201,10 @@ pub async fn sse(
         .map(str::to_string)
         .or(q.last_id)
         .filter(|s| !s.is_empty());
-    st.app.store.events(q.channel.as_deref(), last_id.as_deref(), 1).await?;
+    st.app
+        .store
+        .events(q.channel.as_deref(), last_id.as_deref(), 1)
+        .await?;
     let stream = follow(st, q.channel, last_id)
         .take_while(|p| futures::future::ready(p.is_ok()))
         .flat_map(|page| {

@@ -33,10 +33,14 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
 /// array would otherwise fill a struct by position.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-            Ok(_) => ApiError::unprocessable("invalid_request", "the body must be a JSON object"),
-            Err(e) => ApiError::bad_request("bad_json", format!("malformed JSON: {e}")),
-        });
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => {
+                    ApiError::unprocessable("invalid_request", "the body must be a JSON object")
+                }
+                Err(e) => ApiError::bad_request("bad_json", format!("malformed JSON: {e}")),
+            },
+        );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error_free(&mut de)?;

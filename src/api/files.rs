@@ -37,12 +37,7 @@ pub async fn attach(
             "property must be 1-64 letters, digits, '_' or '-'",
         ));
     }
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     if job.status.is_terminal() {
         return Err(ApiError::conflict(
             "illegal_transition",
@@ -105,12 +100,7 @@ pub async fn fetch(
     let index: usize = index
         .parse()
         .map_err(|_| ApiError::bad_request("bad_path", "index must be a non-negative integer"))?;
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     let f = job
         .files
         .get(&property)

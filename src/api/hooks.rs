@@ -52,12 +52,7 @@ pub async fn authenticate(
     })?;
     // The canonical id, so that re-spelling X-Job-Id (no hyphens, braces, urn:) is still a replay.
     hh.job_id = id.to_string();
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     let secret =
         runyard_hooks::derive_job_secret(&st.app.master_key, &job.id.to_string(), job.attempt);
     let pq = uri
@@ -406,12 +401,7 @@ pub async fn blob_upload(
         ));
     }
     let id = Uuid::parse_str(&t.job).map_err(|_| ApiError::bad_request("bad_id", "bad job id"))?;
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     if job.attempt != t.attempt {
         return Err(ApiError::conflict(
             "stale_attempt",

@@ -229,12 +229,7 @@ pub async fn get_job(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Json<Value>> {
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     Ok(Json(job.to_public()))
 }
 
@@ -319,12 +314,7 @@ pub async fn job_logs(
     q: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let after = q.after.unwrap_or(0);
     let lines = st.app.store.logs(id, after, limit).await?;
@@ -342,12 +332,7 @@ pub async fn job_result(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Json<Value>> {
-    let job = st
-        .app
-        .store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    let job = st.job(id).await?;
     if !job.status.is_terminal() {
         return Err(ApiError::conflict(
             "not_finished",

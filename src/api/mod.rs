@@ -27,6 +27,17 @@ pub struct AppState {
     pub app: Arc<App>,
 }
 
+impl AppState {
+    /// The job `id`, or 404.
+    pub async fn job(&self, id: uuid::Uuid) -> ApiResult<crate::job::Job> {
+        self.app
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("job not found"))
+    }
+}
+
 /// The router for `app`.
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config.api.max_body_bytes;
