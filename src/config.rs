@@ -358,8 +358,17 @@ pub struct ConfigError(pub String);
 /// (`RUNYARD_SERVER`, `RUNYARD_LOG`) and the ones Kubernetes injects for a Service named
 /// `runyard` (`RUNYARD_SERVICE_HOST`, `RUNYARD_PORT_7070_TCP`, ...).
 const ENV_KEYS: &[&str] = &[
-    "listen", "public_url", "data_dir", "redis", "master_key", "api", "worker", "events",
-    "retention", "hooks", "store",
+    "listen",
+    "public_url",
+    "data_dir",
+    "redis",
+    "master_key",
+    "api",
+    "worker",
+    "events",
+    "retention",
+    "hooks",
+    "store",
 ];
 
 fn is_env_key(k: &str) -> bool {

@@ -260,10 +260,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = BlobStore::new(dir.path().to_path_buf()).unwrap();
         let kept = s.put(stream(vec![b"kept"]), 100, None).await.unwrap().hash;
-        let orphan = s.put(stream(vec![b"orphan"]), 100, None).await.unwrap().hash;
+        let orphan = s
+            .put(stream(vec![b"orphan"]), 100, None)
+            .await
+            .unwrap()
+            .hash;
         let used = |h: &str| h == kept;
         // Young contents are spared (an upload may be attaching them right now).
-        assert_eq!(s.gc(&used, std::time::Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(
+            s.gc(&used, std::time::Duration::from_secs(3600)).unwrap(),
+            0
+        );
         assert!(s.exists(&orphan).await);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert_eq!(s.gc(&used, std::time::Duration::from_millis(5)).unwrap(), 1);

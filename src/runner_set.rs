@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runyard_runners::docker::{DockerConfig, DockerRunner};
+pub use runyard_runners::glob_match;
 use runyard_runners::kube::{KubeConfig, KubeRunner};
 use runyard_runners::local::{LocalConfig, LocalRunner, DEFAULT_ENV_ALLOW};
 use runyard_runners::service::{ServiceRegistry, ServiceRunner};
-pub use runyard_runners::glob_match;
 use runyard_runners::Runner;
 
 use crate::config::{Config, ConfigError, RunnerKind};
@@ -178,7 +178,6 @@ impl RunnerSet {
         self.slots.iter()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -87,7 +87,10 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
     let id = job["id"].as_str().unwrap();
 
     let logs = cli(&s.url, &["logs", id]);
-    assert_eq!(String::from_utf8_lossy(&logs.stdout), "line-one\nline-two\n");
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "line-one\nline-two\n"
+    );
     let status = cli(&s.url, &["status", id]);
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(st["id"], id);
@@ -102,7 +105,10 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("nope.nothing"));
 
-    let long = cli(&s.url, &["submit", "runyard.sleep", "--args", r#"{"ms": 60000}"#]);
+    let long = cli(
+        &s.url,
+        &["submit", "runyard.sleep", "--args", r#"{"ms": 60000}"#],
+    );
     let long_id = String::from_utf8_lossy(&long.stdout).trim().to_string();
     let cancel = cli(&s.url, &["cancel", &long_id]);
     assert_eq!(String::from_utf8_lossy(&cancel.stdout).trim(), "CANCELLED");
@@ -129,7 +135,10 @@ command = ["/bin/sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.3; done"]
     let id = String::from_utf8_lossy(&sub.stdout).trim().to_string();
     let out = cli(&s.url, &["logs", &id, "--follow"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "tick 1\ntick 2\ntick 3\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tick 1\ntick 2\ntick 3\n"
+    );
 }
 
 #[test]
@@ -138,8 +147,14 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
     for (config, key) in [
         ("lisen = \"127.0.0.1:1\"\n", "lisen"),
         ("[worker]\nlease_ttl = \"soon\"\n", "lease_ttl"),
-        ("[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\n", "runners[0].command"),
-        ("[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\noperation = \"missing\"\n", "operation"),
+        (
+            "[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\n",
+            "runners[0].command",
+        ),
+        (
+            "[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\noperation = \"missing\"\n",
+            "operation",
+        ),
     ] {
         let cfg = dir.path().join("bad.toml");
         std::fs::write(&cfg, config).unwrap();
@@ -153,7 +168,10 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
             .unwrap();
         assert!(!out.status.success(), "{config} must be refused");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(key), "message for {config:?} names {key}: {err}");
+        assert!(
+            err.contains(key),
+            "message for {config:?} names {key}: {err}"
+        );
     }
     let out = Command::new(BIN)
         .args(["serve", "--data-dir"])
@@ -163,5 +181,7 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("worker.lease_ttl"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("worker.lease_ttl"));
 }

@@ -936,7 +936,6 @@ pub fn nano_cpus(cpus: f64) -> Result<i64, String> {
     Ok((cpus * 1e9).round() as i64)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -392,12 +392,21 @@ mod tests {
         assert!(h.data["boot_id"].is_string());
         // The same pid, from a handle made on another machine: left alone.
         h.data["boot_id"] = json!("another-machine");
-        let got = r.recover(&h, spec(), Arc::new(Lines::default())).await.unwrap();
+        let got = r
+            .recover(&h, spec(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
         assert!(matches!(got, Recovered::Gone));
         let pid = ex.handle().id;
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "still running");
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "still running"
+        );
         // The real handle: the group is killed.
-        let got = r.recover(&ex.handle(), spec(), Arc::new(Lines::default())).await.unwrap();
+        let got = r
+            .recover(&ex.handle(), spec(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
         assert!(matches!(got, Recovered::Gone));
         let out = ex.wait().await;
         assert!(matches!(out, Outcome::Failed { .. }), "{out:?}");

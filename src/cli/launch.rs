@@ -274,10 +274,18 @@ async fn run_command(
     let pump = tokio::spawn(reporter.clone().pump(client.clone(), stop.clone()));
     let mut readers = Vec::new();
     if let Some(o) = child.stdout.take() {
-        readers.push(tokio::spawn(forward(o, forward_logs.then(|| reporter.clone()), false)));
+        readers.push(tokio::spawn(forward(
+            o,
+            forward_logs.then(|| reporter.clone()),
+            false,
+        )));
     }
     if let Some(e) = child.stderr.take() {
-        readers.push(tokio::spawn(forward(e, forward_logs.then(|| reporter.clone()), true)));
+        readers.push(tokio::spawn(forward(
+            e,
+            forward_logs.then(|| reporter.clone()),
+            true,
+        )));
     }
     let status = tokio::select! {
         s = child.wait() => s,
