@@ -9,7 +9,8 @@
 //! - `P:job:{id}` hash: `v` version, `s` status, `r` runner, `q` queued_at, `c` channel,
 //!   `k` idempotency key, `f` file hashes, `b` the job as JSON.
 //! - `P:all`, `P:st:{STATUS}` sorted sets (score 0, ordered by id: UUID v7 is time-ordered) for
-//!   listing; `P:q:{runner}` the runner's queue by queued_at; `P:sched` SCHEDULED jobs by run_at;
+//!   listing (none for STARTING/RUNNING: listed from `P:lease`); `P:q:{runner}` the runner's
+//!   queue by queued_at; `P:sched` SCHEDULED jobs by run_at;
 //!   `P:lease` active jobs by lease expiry (and claim reservations, see `lua/claim.lua`);
 //!   `P:fin` finished jobs by finished_at (retention).
 //! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
@@ -29,14 +30,14 @@ mod notices;
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisError, RedisResult, Script};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
@@ -53,6 +54,10 @@ const RETENTION_CHUNKS: usize = 40;
 const LIST_SCAN: usize = 10_000;
 /// Active jobs this process last wrote, kept to skip a load before its next write of them.
 const CACHE_MAX: usize = 16_384;
+/// Most job writes the committer sends in one `commit.lua` call.
+const COMMIT_BATCH: usize = 128;
+/// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
+const COMMITTERS: usize = 1;
 
 /// What the Redis backend needs.
 #[derive(Debug, Clone)]
@@ -122,6 +127,8 @@ pub struct RedisStore {
     /// The active jobs this process committed last (a worker's claim -> started -> finish): the
     /// next change starts from the cached copy, and a stale copy only costs a CAS conflict.
     cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
+    /// To the committer tasks (group commit, see [`RedisStore::commit`]).
+    commits: mpsc::UnboundedSender<Pending>,
     _stop: DropGuard,
 }
 
@@ -133,17 +140,21 @@ struct Write {
     body: String,
     files: String,
     event: Option<(EventKind, String)>,
+    /// The lease set already holds this job's lease expiry (active before and after, same
+    /// expiry): `commit.lua` skips the write. Sound because the write only applies at the
+    /// version it was computed from.
+    lease_kept: bool,
 }
 
 impl Write {
     fn new(
         expected: Option<u64>,
-        old_files: Option<&Job>,
+        old: Option<&Job>,
         job: Job,
         ev: Option<EventKind>,
     ) -> Result<Self> {
         let body = serde_json::to_string(&job).map_err(json_err)?;
-        let files = if !job.files.is_empty() && old_files.is_none_or(|o| o.files != job.files) {
+        let files = if !job.files.is_empty() && old.is_none_or(|o| o.files != job.files) {
             let set: BTreeSet<&str> = job
                 .files
                 .values()
@@ -161,12 +172,21 @@ impl Write {
             )),
             None => None,
         };
+        let lease_of = |j: &Job| {
+            j.lease
+                .as_ref()
+                .filter(|_| j.status.is_active())
+                .map(|l| l.expires_at)
+        };
+        let lease_kept = expected.is_some()
+            && old.is_some_and(|o| lease_of(o).is_some() && lease_of(o) == lease_of(&job));
         Ok(Self {
             expected,
             job,
             body,
             files,
             event,
+            lease_kept,
         })
     }
 }
@@ -212,6 +232,62 @@ fn parse_event_id(s: &str) -> Result<String> {
     Ok(format!("{ms}-{seq}"))
 }
 
+/// Values per job write in `commit.lua`'s arguments.
+const WRITE_ARGS: usize = 14;
+
+/// One caller's writes, waiting for the committer.
+struct Pending {
+    /// `WRITE_ARGS` values per write.
+    args: Vec<String>,
+    n: usize,
+    tx: oneshot::Sender<Result<Vec<String>>>,
+}
+
+/// Group commit: takes every pending caller's writes (up to `COMMIT_BATCH`) and sends them in
+/// one script call, until the store is dropped.
+async fn committer(
+    store: Weak<RedisStore>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>,
+) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut n = first.n;
+            let mut batch = vec![first];
+            while n < COMMIT_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        n += p.n;
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let Some(store) = store.upgrade() else { return };
+        let r = store.commit_batch(&batch).await;
+        drop(store);
+        match r {
+            Ok(raw) => {
+                let mut it = raw.into_iter();
+                for p in batch {
+                    let _ = p.tx.send(Ok(it.by_ref().take(p.n).collect()));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let e = match &e {
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        other => StoreError::Backend(other.to_string()),
+                    };
+                    let _ = p.tx.send(Err(e));
+                }
+            }
+        }
+    }
+}
 
 impl RedisStore {
     /// Connects (retrying for up to `settings.retry`), checks the server, and starts relaying
@@ -285,16 +361,24 @@ impl RedisStore {
             stop.clone(),
         ));
         tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
-        Ok(Arc::new(Self {
-            conn,
-            s: settings,
-            scripts: Scripts::load(),
-            notify,
-            relay,
-            down: AtomicBool::new(false),
-            origin,
-            cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
-            _stop: stop.drop_guard(),
+        let (commits, commits_rx) = mpsc::unbounded_channel();
+        let commits_rx = Arc::new(tokio::sync::Mutex::new(commits_rx));
+        Ok(Arc::new_cyclic(|me: &Weak<Self>| {
+            for _ in 0..COMMITTERS {
+                tokio::spawn(committer(me.clone(), commits_rx.clone()));
+            }
+            Self {
+                conn,
+                s: settings,
+                scripts: Scripts::load(),
+                notify,
+                relay,
+                down: AtomicBool::new(false),
+                origin,
+                cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
+                commits,
+                _stop: stop.drop_guard(),
+            }
         }))
     }
 
@@ -381,49 +465,58 @@ impl RedisStore {
     }
 
     /// Commits writes (each its own compare-and-set) and tells listeners about the committed ones.
+    ///
+    /// The writes go to the committer task, which sends the writes of every caller waiting at
+    /// that moment in one `commit.lua` call (group commit): each write is still version-checked
+    /// and applied on its own, only the script call is shared.
     async fn commit(&self, writes: &[Write]) -> Result<Vec<Reply>> {
         if writes.is_empty() {
             return Ok(vec![]);
         }
-        let p = &self.s;
-        let raw: Vec<String> = self
-            .exec(true, |mut c| {
-                let mut inv = self.scripts.commit.prepare_invoke();
-                inv.arg(&p.prefix)
-                    .arg(p.store.global_limit)
-                    .arg(p.store.channel_limit)
-                    .arg(p.channel_ttl.as_millis() as u64)
-                    .arg(writes.len())
-                    .arg(&self.origin);
-                for w in writes {
-                    let j = &w.job;
-                    let lease = j
-                        .lease
-                        .as_ref()
-                        .filter(|_| j.status.is_active())
-                        .map(|l| l.expires_at);
-                    inv.arg(j.id.to_string())
-                        .arg(opt(w.expected))
-                        .arg(j.version)
-                        .arg(j.status.as_str())
-                        .arg(&j.runner)
-                        .arg(&j.channel_id)
-                        .arg(j.queued_at)
-                        .arg(opt(j.run_at))
-                        .arg(opt(lease))
-                        .arg(opt(j.finished_at))
-                        .arg(if w.expected.is_none() {
-                            j.idempotency_key.clone().unwrap_or_default()
-                        } else {
-                            String::new()
-                        })
-                        .arg(&w.files)
-                        .arg(&w.body)
-                        .arg(w.event.as_ref().map(|e| e.1.as_str()).unwrap_or(""));
-                }
-                async move { inv.invoke_async(&mut c).await }
+        let mut args = Vec::with_capacity(writes.len() * WRITE_ARGS);
+        for w in writes {
+            let j = &w.job;
+            let lease = if w.lease_kept {
+                "=".to_string()
+            } else {
+                opt(j
+                    .lease
+                    .as_ref()
+                    .filter(|_| j.status.is_active())
+                    .map(|l| l.expires_at))
+            };
+            args.extend([
+                j.id.to_string(),
+                opt(w.expected),
+                j.version.to_string(),
+                j.status.as_str().to_string(),
+                j.runner.clone(),
+                j.channel_id.clone(),
+                j.queued_at.to_string(),
+                opt(j.run_at),
+                lease,
+                opt(j.finished_at),
+                if w.expected.is_none() {
+                    j.idempotency_key.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                w.files.clone(),
+                w.body.clone(),
+                w.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+            ]);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .send(Pending {
+                args,
+                n: writes.len(),
+                tx,
             })
-            .await?;
+            .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
+        let raw = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("redis: committer stopped".into()))??;
         let mut out = Vec::with_capacity(raw.len());
         let mut any = false;
         for (w, r) in writes.iter().zip(raw) {
@@ -469,6 +562,36 @@ impl RedisStore {
             self.tell(Notice::Events);
         }
         Ok(out)
+    }
+
+    /// Sends the writes of several callers in one `commit.lua` call; one reply per write.
+    async fn commit_batch(&self, batch: &[Pending]) -> Result<Vec<String>> {
+        let p = &self.s;
+        let n: usize = batch.iter().map(|b| b.n).sum();
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.commit.prepare_invoke();
+                inv.arg(&p.prefix)
+                    .arg(p.store.global_limit)
+                    .arg(p.store.channel_limit)
+                    .arg(p.channel_ttl.as_millis() as u64)
+                    .arg(n)
+                    .arg(&self.origin);
+                for b in batch {
+                    for a in &b.args {
+                        inv.arg(a);
+                    }
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        if raw.len() != n {
+            return Err(StoreError::Backend(format!(
+                "commit: {} replies for {n} writes",
+                raw.len()
+            )));
+        }
+        Ok(raw)
     }
 
     fn remember(&self, job: &Job) {
@@ -586,6 +709,61 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    /// Lists STARTING or RUNNING jobs. They have no status index (it would cost four writes
+    /// per job): every active job is in the lease set, which is small (at most the jobs the
+    /// workers hold, plus claim reservations), so its ids are read whole, sorted newest first,
+    /// and the jobs loaded a page at a time and filtered by status.
+    async fn list_active(&self, q: ListQuery) -> Result<JobPage> {
+        let key = self.key("lease");
+        let ids: Vec<String> = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("ZRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let mut ids: Vec<Uuid> = ids
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .filter(|id| q.cursor.is_none_or(|c| *id < c))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        let want = q.limit + 1;
+        let mut jobs: Vec<Job> = Vec::new();
+        for chunk in ids.chunks((q.limit + 1).clamp(16, 1000)) {
+            for b in self.load_many(chunk).await?.into_iter().flatten() {
+                let j: Job = serde_json::from_str(&b).map_err(json_err)?;
+                if Some(j.status) == q.status
+                    && q.job_type
+                        .as_deref()
+                        .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
+                {
+                    jobs.push(j);
+                    if jobs.len() >= want {
+                        break;
+                    }
+                }
+            }
+            if jobs.len() >= want {
+                break;
+            }
+        }
+        let next_cursor = if jobs.len() > q.limit {
+            jobs.truncate(q.limit);
+            jobs.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
     /// The settings in use.
     pub fn settings(&self) -> &RedisSettings {
         &self.s
@@ -648,6 +826,9 @@ impl JobStore for RedisStore {
     }
 
     async fn list(&self, q: ListQuery) -> Result<JobPage> {
+        if q.status.is_some_and(|s| s.is_active()) {
+            return self.list_active(q).await;
+        }
         let key = match q.status {
             Some(s) => self.key(&format!("st:{}", s.as_str())),
             None => self.key("all"),

@@ -1,7 +1,9 @@
 -- Commits job writes, each with a compare-and-set on the job's version, together with everything
 -- that depends on the job: its index entries, its idempotency key, its file references and its
 -- event (global stream + channel stream). The status rules ran in Rust (`crate::job::apply`);
--- this script only checks that nobody wrote the job in between.
+-- this script only checks that nobody wrote the job in between. One call carries the writes of
+-- several callers of one process (group commit, see `RedisStore::commit`): each write is checked
+-- and applied on its own, in order, and gets its own reply.
 --
 -- A job that becomes QUEUED is announced on the notice channel from here (one message per runner
 -- per call), so idle workers of every process wake without another round trip.
@@ -10,7 +12,8 @@
 -- ARGV[4] channel stream TTL (ms), ARGV[5] number of jobs, ARGV[6] the committing process's
 -- notice origin, then 14 values per job:
 --   id, expected version ('' = the job must not exist: a submit), new version, status, runner,
---   channel, queued_at, run_at ('' none), lease expiry ('' none), finished_at ('' none),
+--   channel, queued_at, run_at ('' none), lease expiry ('' none, '=' unchanged: the job was
+--   active with this same expiry at the expected version), finished_at ('' none),
 --   idempotency key ('' none), file hashes (space separated, '' none), body (JSON),
 --   event (JSON, '' none)
 -- Returns one reply per job:
@@ -65,10 +68,11 @@ local function commit_one(a)
       redis.call('SADD', P .. ':fhashes', h)
     end
   end
-  -- Index entries follow the status.
+  -- Index entries follow the status. STARTING and RUNNING have none: those jobs are listed from
+  -- the lease set, which holds every active job.
   if old ~= st then
-    if old then redis.call('ZREM', P .. ':st:' .. old, id) end
-    redis.call('ZADD', P .. ':st:' .. st, 0, id)
+    if old and not ACTIVE[old] then redis.call('ZREM', P .. ':st:' .. old, id) end
+    if not ACTIVE[st] then redis.call('ZADD', P .. ':st:' .. st, 0, id) end
   end
   local qk = P .. ':q:' .. runner
   if st == 'QUEUED' then
@@ -86,7 +90,9 @@ local function commit_one(a)
     redis.call('ZREM', P .. ':sched', id)
   end
   -- Removing a non-active job also drops a claim reservation (see claim.lua).
-  if ACTIVE[st] and lease ~= '' then
+  if ACTIVE[st] and lease == '=' then
+    -- Unchanged (active before and after, same expiry): the entry is already there.
+  elseif ACTIVE[st] and lease ~= '' then
     redis.call('ZADD', P .. ':lease', lease, id)
   elseif old then
     redis.call('ZREM', P .. ':lease', id)
