@@ -251,6 +251,14 @@ impl RunningServer {
                 http.abort();
             }
         }
+        // axum's serve returns when each connection task has dropped its shutdown receiver, a
+        // moment before the task drops the connection and the router it owns (and so `App`, the
+        // store and the embedded store's lock). Wait for them, so that the data dir can be opened
+        // again as soon as `stop` returns.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use runyard_runners::{Execution, JobSpec, Outcome, Recovered, SharedReporter};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -53,6 +54,9 @@ pub struct Worker {
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
+    /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
+    /// worker holds nothing (the embedded store's lock included).
+    jobs: TaskTracker,
 }
 
 impl Worker {
@@ -78,6 +82,7 @@ impl Worker {
             hook_url,
             running: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            jobs: TaskTracker::new(),
         })
     }
 
@@ -97,7 +102,6 @@ impl Worker {
         ];
         let mut error_backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
-            let mut more = false;
             let mut failed = false;
             for slot in self.runners.iter() {
                 let active = slot.active.load(Ordering::Acquire);
@@ -111,10 +115,9 @@ impl Worker {
                     .await
                 {
                     Ok(jobs) => {
-                        more |= jobs.len() == free;
                         for job in jobs {
                             slot.active.fetch_add(1, Ordering::AcqRel);
-                            tokio::spawn(self.clone().run_job(job, slot.clone()));
+                            self.jobs.spawn(self.clone().run_job(job, slot.clone()));
                         }
                     }
                     Err(e) => {
@@ -132,10 +135,7 @@ impl Worker {
                 continue;
             }
             error_backoff = Duration::from_millis(50);
-            if more {
-                // A full batch: there may be more waiting, but only free slots can take them.
-                tokio::task::yield_now().await;
-            }
+            // A job ending frees a slot and wakes this loop; so does new work.
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
@@ -146,6 +146,16 @@ impl Worker {
         bg.cancel();
         for t in tasks {
             let _ = t.await;
+        }
+        self.jobs.close();
+        if tokio::time::timeout(
+            self.cfg.kill_grace + Duration::from_secs(10),
+            self.jobs.wait(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(worker = %self.id, "some job tasks did not end after the shutdown");
         }
         tracing::info!(worker = %self.id, "worker stopped");
     }

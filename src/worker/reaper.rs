@@ -41,7 +41,9 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
             match slot.runner.recover(&handle, spec, deferred.clone()).await {
                 Ok(Recovered::Gone) => {}
                 Ok(r) => {
-                    tokio::spawn(worker.clone().adopt(job, slot, r, deferred));
+                    worker
+                        .jobs
+                        .spawn(worker.clone().adopt(job, slot, r, deferred));
                     n += 1;
                     continue;
                 }

@@ -15,7 +15,9 @@ use crate::store::Store;
 
 /// Buffered reporter for one attempt.
 pub struct JobReporter {
-    store: Arc<dyn Store>,
+    /// Weak: runner-side tasks (pipe readers, service contexts) hold the reporter and may
+    /// outlive the attempt for a moment; they must never keep the store (and its lock) alive.
+    store: std::sync::Weak<dyn Store>,
     job_id: Uuid,
     token: u64,
     pending: Mutex<Pending>,
@@ -37,7 +39,7 @@ impl JobReporter {
     /// A reporter writing for the claim `token` of `job_id`.
     pub fn new(store: Arc<dyn Store>, job_id: Uuid, token: u64) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            store: Arc::downgrade(&store),
             job_id,
             token,
             pending: Mutex::new(Pending::default()),
@@ -70,8 +72,11 @@ impl JobReporter {
     pub async fn flush(&self) {
         let _order = self.flushing.lock().await;
         let p = std::mem::take(&mut *self.pending.lock());
+        let Some(store) = self.store.upgrade() else {
+            return; // The server has stopped.
+        };
         if !p.lines.is_empty() {
-            if let Err(e) = self.store.append_logs(self.job_id, p.lines).await {
+            if let Err(e) = store.append_logs(self.job_id, p.lines).await {
                 tracing::warn!(job_id = %self.job_id, error = %e, "cannot write job logs");
             }
         }
@@ -81,7 +86,7 @@ impl JobReporter {
                 progress: Some(progress),
                 details,
             };
-            if let Err(e) = self.store.apply(self.job_id, cmd).await {
+            if let Err(e) = store.apply(self.job_id, cmd).await {
                 tracing::debug!(job_id = %self.job_id, error = %e, "progress not recorded");
             }
         }
