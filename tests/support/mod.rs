@@ -92,7 +92,7 @@ impl TestServerBuilder {
             extra: self.extra,
             services: self.services,
         };
-        ts.launch(true, false).await.expect("server starts");
+        ts.launch(true).await.expect("server starts");
         ts
     }
 }
@@ -164,22 +164,8 @@ impl TestServer {
         format!("{head}\n{}\n", self.runners.replace(DIR_PLACEHOLDER, &d))
     }
 
-    /// Starts a server on this test's data dir. When the data dir is still locked by the previous
-    /// server of this test, waits (bounded) for the lock when `wait_for_lock`: see
-    /// [`TestServer::try_restart`] for why.
-    async fn launch(&mut self, worker: bool, wait_for_lock: bool) -> Result<(), String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.launch_once(worker).await {
-                Err(e) if wait_for_lock && e.contains("in use") && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    async fn launch_once(&mut self, worker: bool) -> Result<(), String> {
+    /// Starts a server on this test's data dir.
+    async fn launch(&mut self, worker: bool) -> Result<(), String> {
         let text = self.config_text();
         std::fs::write(self.dir().join("runyard.toml"), &text).expect("write config");
         let config = Config::from_toml(&text)
@@ -217,13 +203,13 @@ impl TestServer {
     /// released.
     pub async fn restart(&mut self, worker: bool) {
         self.stop().await;
-        self.launch(worker, false).await.expect("server restarts");
+        self.launch(worker).await.expect("server restarts");
     }
 
     /// Stops (if running) and starts again at once, without waiting for the data dir's lock.
     pub async fn try_restart(&mut self, worker: bool) -> Result<(), String> {
         self.stop().await;
-        self.launch(worker, false).await
+        self.launch(worker).await
     }
 
     // ---- HTTP ----
