@@ -201,10 +201,12 @@ fn fail_attempt(job: &mut Job, ctx: &ApplyCtx, message: String, exit_code: Optio
     job.error = Some(message);
     job.exit_code = exit_code;
     if job.attempt < job.max_attempts {
-        let delay = job.backoff.delay_ms(job.attempt, ctx.jitter) as i64 * 1000;
+        let delay = i64::try_from(job.backoff.delay_ms(job.attempt, ctx.jitter))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         end_run(job, ctx.now, "ERROR");
         job.lease = None;
-        job.run_at = Some(ctx.now + delay);
+        job.run_at = Some(ctx.now.saturating_add(delay));
         set_status(job, JobStatus::Scheduled, ctx.now);
     } else {
         end_run(job, ctx.now, "ERROR");
@@ -554,6 +556,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             progress_event_at: 0,
+            submit_hash: None,
             version: 0,
         }
     }
