@@ -65,15 +65,26 @@ impl Backend {
     }
 }
 
-async fn post_typed(ts: &TestServer, path: &str, ctype: Option<&str>, body: &str) -> (StatusCode, Value) {
+async fn post_typed(
+    ts: &TestServer,
+    path: &str,
+    ctype: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
     let mut req = ts.client.post(ts.at(path)).body(body.to_string());
     if let Some(c) = ctype {
         req = req.header("content-type", c);
     }
-    let res = req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let res = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
     let status = res.status();
     let text = res.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 // ---- Hole 1: a backoff that overflows `run_at` ----
@@ -98,7 +109,9 @@ async fn huge_backoff_cannot_poison_the_store(b: Backend) {
             "backoff": {"initial_ms": max, "max_ms": max, "multiplier": 100.0, "jitter": false}}))
         .await;
     let job = ts
-        .wait_for(&id, WAIT, |j| j["status"] == "SCHEDULED" && j["attempt"] == 1)
+        .wait_for(&id, WAIT, |j| {
+            j["status"] == "SCHEDULED" && j["attempt"] == 1
+        })
         .await;
     let run_at = support::time_of(&job["run_at"]);
     let wait = run_at
@@ -121,7 +134,9 @@ async fn huge_backoff_cannot_poison_the_store(b: Backend) {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["run_at"], "9999-12-31T23:59:59.999999Z");
     assert!(
-        v["render_error"].as_str().is_some_and(|m| m.contains("run_at")),
+        v["render_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("run_at")),
         "{v}"
     );
     let (st, list) = ts.get("/async/jobs?limit=10").await;
@@ -132,7 +147,10 @@ async fn huge_backoff_cannot_poison_the_store(b: Backend) {
         .iter()
         .filter_map(|j| j["id"].as_str())
         .collect();
-    assert!(ids.contains(&pid.as_str()) && ids.contains(&id.as_str()), "{list}");
+    assert!(
+        ids.contains(&pid.as_str()) && ids.contains(&id.as_str()),
+        "{list}"
+    );
     // The scheduler is not upset by it either: a new job still runs.
     let ok = ts.submit_ok(json!({"type": "edge.ok"})).await;
     assert_eq!(ts.wait_terminal(&ok, WAIT).await["status"], "SUCCESS");
@@ -175,7 +193,10 @@ backoff = { initial_ms = 9000000000000000, max_ms = 9000000000000000, multiplier
 "#;
     let e = runyard::config::Config::from_toml(text).expect_err("refused");
     let m = e.to_string();
-    assert!(m.contains("runners[0].backoff") && m.contains("max_ms"), "{m}");
+    assert!(
+        m.contains("runners[0].backoff") && m.contains("max_ms"),
+        "{m}"
+    );
 }
 
 // ---- Hole 3: numbers that panicked a handler ----
@@ -189,20 +210,42 @@ async fn out_of_range_numbers_are_refused_not_panics() {
         (json!({"type": "edge.ok", "timeout": -1}), "timeout"),
         (json!({"type": "edge.ok", "timeout": 0}), "timeout"),
         (json!({"type": "edge.ok", "timeout": 2592001}), "timeout"),
-        (json!({"type": "edge.ok", "timeout": "1000000000000000000000s"}), "timeout"),
-        (json!({"type": "edge.ok", "max_attempts": 1e20}), "max_attempts"),
-        (json!({"type": "edge.ok", "max_attempts": 101}), "max_attempts"),
-        (json!({"type": "edge.ok", "backoff": {"initial_ms": 1, "max_ms": 2, "multiplier": 1e300, "jitter": true}}), "multiplier"),
-        (json!({"type": "edge.ok", "backoff": {"initial_ms": -1, "max_ms": 2, "multiplier": 2, "jitter": true}}), "initial_ms"),
-        (json!({"type": "edge.ok", "run_at": "99999-01-01T00:00:00Z"}), "run_at"),
+        (
+            json!({"type": "edge.ok", "timeout": "1000000000000000000000s"}),
+            "timeout",
+        ),
+        (
+            json!({"type": "edge.ok", "max_attempts": 1e20}),
+            "max_attempts",
+        ),
+        (
+            json!({"type": "edge.ok", "max_attempts": 101}),
+            "max_attempts",
+        ),
+        (
+            json!({"type": "edge.ok", "backoff": {"initial_ms": 1, "max_ms": 2, "multiplier": 1e300, "jitter": true}}),
+            "multiplier",
+        ),
+        (
+            json!({"type": "edge.ok", "backoff": {"initial_ms": -1, "max_ms": 2, "multiplier": 2, "jitter": true}}),
+            "initial_ms",
+        ),
+        (
+            json!({"type": "edge.ok", "run_at": "99999-01-01T00:00:00Z"}),
+            "run_at",
+        ),
     ] {
         let (st, v) = ts.submit(body.clone()).await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
         let (_, msg) = error_of(&v);
-        assert!(msg.contains(field), "{body}: the message names `{field}`: {msg}");
+        assert!(
+            msg.contains(field),
+            "{body}: the message names `{field}`: {msg}"
+        );
     }
     // The largest accepted timeout still works.
-    ts.submit_ok(json!({"type": "edge.ok", "timeout": 2592000})).await;
+    ts.submit_ok(json!({"type": "edge.ok", "timeout": 2592000}))
+        .await;
     // Page and log parameters.
     let (st, v) = ts.get("/async/jobs?limit=100000000000000000000000").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
@@ -214,9 +257,18 @@ async fn out_of_range_numbers_are_refused_not_panics() {
         .get(&format!("/async/jobs/{id}/logs?after=18446744073709551615"))
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(v["lines"], json!([]), "nothing after the largest sequence number: {v}");
+    assert_eq!(
+        v["lines"],
+        json!([]),
+        "nothing after the largest sequence number: {v}"
+    );
     // No panic was counted.
-    let m = ts.client.get(ts.at("/metrics")).send().await.expect("metrics");
+    let m = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
     let text = m.text().await.expect("text");
     assert!(text.contains("runyard_http_panics_total 0\n"), "{text}");
 }
@@ -228,13 +280,23 @@ async fn json_bodies_need_a_json_content_type_and_cross_origin_writes_are_refuse
     let ts = Backend::Embedded.server("").await;
     let before = ts.count_jobs(None).await;
     let body = r#"{"type": "edge.ok"}"#;
-    for ctype in [Some("text/plain"), None, Some("application/x-www-form-urlencoded")] {
+    for ctype in [
+        Some("text/plain"),
+        None,
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let (st, v) = post_typed(&ts, "/async/jobs", ctype, body).await;
         assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ctype:?}: {v}");
         assert_eq!(error_of(&v).0, "unsupported_media_type");
     }
     assert_eq!(ts.count_jobs(None).await, before, "nothing was created");
-    let (st, v) = post_typed(&ts, "/async/jobs", Some("application/json; charset=utf-8"), body).await;
+    let (st, v) = post_typed(
+        &ts,
+        "/async/jobs",
+        Some("application/json; charset=utf-8"),
+        body,
+    )
+    .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     let accepted = v["job_id"].as_str().expect("job_id").to_string();
 
@@ -272,7 +334,13 @@ async fn json_bodies_need_a_json_content_type_and_cross_origin_writes_are_refuse
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "a cross-origin cancel");
     // The same multipart from a program (no Origin) or the server's own origin is accepted.
     let form = reqwest::multipart::Form::new().text("job", body.to_string());
-    let res = ts.client.post(ts.at("/async/jobs")).multipart(form).send().await.expect("send");
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let form = reqwest::multipart::Form::new().text("job", body.to_string());
     let own = ts.url.clone();
@@ -376,7 +444,10 @@ async fn idempotency_key_with_another_body_conflicts(b: Backend) {
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     let (code, msg) = error_of(&v);
     assert_eq!(code, "idempotency_conflict");
-    assert!(msg.contains(first["job_id"].as_str().unwrap_or("?")), "{msg}");
+    assert!(
+        msg.contains(first["job_id"].as_str().unwrap_or("?")),
+        "{msg}"
+    );
     assert_eq!(ts.count_jobs(None).await, 1);
 }
 
@@ -421,10 +492,14 @@ async fn hook(
     ctype: Option<&str>,
 ) -> (StatusCode, Value) {
     let secret = derive_job_secret(&ts.running().app.master_key, id, 1);
-    let h = signed_headers(id, &secret, SigVersion::V2, method, path, body, now_ms()).expect("sign");
+    let h =
+        signed_headers(id, &secret, SigVersion::V2, method, path, body, now_ms()).expect("sign");
     let mut req = ts
         .client
-        .request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), ts.at(path))
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            ts.at(path),
+        )
         .headers(h)
         .body(body.to_vec());
     if let Some(c) = ctype {
@@ -433,7 +508,10 @@ async fn hook(
     let res = req.send().await.expect("hook call");
     let st = res.status();
     let text = res.text().await.expect("body");
-    (st, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        st,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
@@ -448,13 +526,41 @@ async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "progress {p}: {v}");
         assert_eq!(error_of(&v).0, "invalid");
     }
-    let (st, v) = hook(&ts, &id, "POST", "/async/status", br#"{"progress": 1e400}"#, json_ct).await;
+    let (st, v) = hook(
+        &ts,
+        &id,
+        "POST",
+        "/async/status",
+        br#"{"progress": 1e400}"#,
+        json_ct,
+    )
+    .await;
     assert!(st.is_client_error(), "{st} {v}");
     // A JSON report must say it is JSON.
-    let (st, v) = hook(&ts, &id, "POST", "/async/status", br#"{"progress": 0.5}"#, Some("text/plain")).await;
+    let (st, v) = hook(
+        &ts,
+        &id,
+        "POST",
+        "/async/status",
+        br#"{"progress": 0.5}"#,
+        Some("text/plain"),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
-    assert_eq!(ts.get_job(&id).await["progress"], 0.0, "the refused report changed nothing");
-    let (st, v) = hook(&ts, &id, "POST", "/async/status", br#"{"progress": 0.5}"#, json_ct).await;
+    assert_eq!(
+        ts.get_job(&id).await["progress"],
+        0.0,
+        "the refused report changed nothing"
+    );
+    let (st, v) = hook(
+        &ts,
+        &id,
+        "POST",
+        "/async/status",
+        br#"{"progress": 0.5}"#,
+        json_ct,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
 
     // An upload URL works once.
@@ -480,7 +586,9 @@ async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
     assert_eq!(st, StatusCode::FORBIDDEN, "a second use: {text}");
     assert!(text.contains("url_used"), "{text}");
     assert_eq!(
-        ts.get_job(&id).await["files"]["outputs"].as_array().map(Vec::len),
+        ts.get_job(&id).await["files"]["outputs"]
+            .as_array()
+            .map(Vec::len),
         Some(1),
         "attached once"
     );
@@ -586,15 +694,20 @@ fn rust_log_is_honoured_and_runyard_log_wins() {
             .expect("addr")
             .port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
-        cmd.args(["serve", "--no-worker", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .env_remove("RUNYARD_LOG")
-            .env_remove("RUNYARD_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--no-worker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("RUNYARD_LOG")
+        .env_remove("RUNYARD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -611,7 +724,13 @@ fn rust_log_is_honoured_and_runyard_log_wins() {
     };
     assert!(run(&[]).contains("runyard listening"), "info by default");
     let quiet = run(&[("RUST_LOG", "warn")]);
-    assert!(!quiet.contains("runyard listening"), "RUST_LOG=warn hides info: {quiet}");
+    assert!(
+        !quiet.contains("runyard listening"),
+        "RUST_LOG=warn hides info: {quiet}"
+    );
     let loud = run(&[("RUST_LOG", "warn"), ("RUNYARD_LOG", "info")]);
-    assert!(loud.contains("runyard listening"), "RUNYARD_LOG wins: {loud}");
+    assert!(
+        loud.contains("runyard listening"),
+        "RUNYARD_LOG wins: {loud}"
+    );
 }

@@ -25,7 +25,11 @@ use crate::metrics::Metrics;
 
 /// Adds the layers every route of the API runs under: the cross-origin check, CORS (when
 /// `cors_origins` is not empty) and, outermost, the panic catcher counting into `metrics`.
-pub fn with_edge_layers<S>(router: Router<S>, cors_origins: &[String], metrics: Arc<Metrics>) -> Router<S>
+pub fn with_edge_layers<S>(
+    router: Router<S>,
+    cors_origins: &[String],
+    metrics: Arc<Metrics>,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -140,7 +144,13 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let essence = ctype
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     if essence == "application/json" {
         Ok(())
@@ -149,11 +159,10 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             match ctype {
-                None => "a JSON body needs `Content-Type: application/json` (none was sent)"
-                    .to_string(),
-                Some(c) => format!(
-                    "a JSON body needs `Content-Type: application/json`, got `{c}`"
-                ),
+                None => {
+                    "a JSON body needs `Content-Type: application/json` (none was sent)".to_string()
+                }
+                Some(c) => format!("a JSON body needs `Content-Type: application/json`, got `{c}`"),
             },
         ))
     }
@@ -240,7 +249,10 @@ mod tests {
         let v = body_json(res).await;
         assert_eq!(v["error"]["code"], "internal", "{v}");
         assert!(
-            !v["error"]["message"].as_str().unwrap_or("").contains("boom"),
+            !v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("boom"),
             "the panic text stays in the log: {v}"
         );
         assert!(
@@ -267,14 +279,38 @@ mod tests {
         let closed = app(m.clone(), &[]);
         let status = |r: Response| r.status();
         // Programs send no Origin.
-        assert_eq!(status(closed.clone().oneshot(post_from(None, None)).await.expect("r")), 200);
+        assert_eq!(
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(None, None))
+                    .await
+                    .expect("r")
+            ),
+            200
+        );
         // Same origin, by Origin/Host or Sec-Fetch-Site.
         assert_eq!(
-            status(closed.clone().oneshot(post_from(Some("http://api.local:8080"), None)).await.expect("r")),
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(Some("http://api.local:8080"), None))
+                    .await
+                    .expect("r")
+            ),
             200
         );
         assert_eq!(
-            status(closed.clone().oneshot(post_from(Some("http://api.local:8080"), Some("same-origin"))).await.expect("r")),
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(
+                        Some("http://api.local:8080"),
+                        Some("same-origin")
+                    ))
+                    .await
+                    .expect("r")
+            ),
             200
         );
         // Another page.
@@ -286,11 +322,23 @@ mod tests {
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
         assert_eq!(body_json(res).await["error"]["code"], "cross_origin");
         assert_eq!(
-            status(closed.clone().oneshot(post_from(Some("https://evil.example"), Some("cross-site"))).await.expect("r")),
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(Some("https://evil.example"), Some("cross-site")))
+                    .await
+                    .expect("r")
+            ),
             403
         );
         assert_eq!(
-            status(closed.clone().oneshot(post_from(Some("null"), None)).await.expect("r")),
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(Some("null"), None))
+                    .await
+                    .expect("r")
+            ),
             403
         );
         // No CORS headers when closed.
@@ -305,11 +353,21 @@ mod tests {
         // Listed origins pass and get CORS answers.
         let open = app(m, &["https://app.example".to_string()]);
         assert_eq!(
-            status(open.clone().oneshot(post_from(Some("https://app.example"), Some("cross-site"))).await.expect("r")),
+            status(
+                open.clone()
+                    .oneshot(post_from(Some("https://app.example"), Some("cross-site")))
+                    .await
+                    .expect("r")
+            ),
             200
         );
         assert_eq!(
-            status(open.clone().oneshot(post_from(Some("https://evil.example"), Some("cross-site"))).await.expect("r")),
+            status(
+                open.clone()
+                    .oneshot(post_from(Some("https://evil.example"), Some("cross-site")))
+                    .await
+                    .expect("r")
+            ),
             403
         );
         let pre = Request::options("/ok")
@@ -320,7 +378,9 @@ mod tests {
             .expect("req");
         let res = open.oneshot(pre).await.expect("r");
         assert_eq!(
-            res.headers().get("access-control-allow-origin").map(|v| v.as_bytes()),
+            res.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.as_bytes()),
             Some(&b"https://app.example"[..])
         );
     }

@@ -425,7 +425,11 @@ pub async fn blob_upload(
                 .await?
         }
         None => st.app.signer.first_use(&t.sig, t.exp).map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "replay_unavailable", e.to_string())
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay_unavailable",
+                e.to_string(),
+            )
         })?,
     };
     if !first {

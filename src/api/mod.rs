@@ -142,7 +142,9 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
     }
     let ours = job.submit_hash.clone();
     let submitted = st.app.store.submit(job).await?;
-    if !submitted.created && submitted.job.submit_hash.is_some() && submitted.job.submit_hash != ours
+    if !submitted.created
+        && submitted.job.submit_hash.is_some()
+        && submitted.job.submit_hash != ours
     {
         return Err(ApiError::conflict(
             "idempotency_conflict",

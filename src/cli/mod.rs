@@ -133,7 +133,10 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
-pub fn log_filter(runyard_log: Option<&str>, rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+pub fn log_filter(
+    runyard_log: Option<&str>,
+    rust_log: Option<&str>,
+) -> tracing_subscriber::EnvFilter {
     [runyard_log, rust_log]
         .into_iter()
         .flatten()

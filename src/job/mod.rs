@@ -33,9 +33,8 @@ pub fn try_rfc3339(us: Micros) -> Option<String> {
     if !(0..=MAX_RFC3339_US).contains(&us) {
         return None;
     }
-    let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_micros(
-        u64::try_from(us).ok()?,
-    ))?;
+    let t = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_micros(u64::try_from(us).ok()?))?;
     Some(humantime::format_rfc3339_micros(t).to_string())
 }
 
@@ -81,9 +80,7 @@ impl Backoff {
         let exp = attempt.saturating_sub(1).min(64) as i32;
         let raw = (self.initial_ms as f64) * self.multiplier.max(1.0).powi(exp);
         // Bounded even for a policy stored before the bounds were checked.
-        let capped = raw
-            .min(self.max_ms.min(MAX_BACKOFF_MS) as f64)
-            .max(0.0);
+        let capped = raw.min(self.max_ms.min(MAX_BACKOFF_MS) as f64).max(0.0);
         let d = if self.jitter {
             capped / 2.0 + capped / 2.0 * unit.clamp(0.0, 1.0)
         } else {
@@ -245,8 +242,9 @@ impl Job {
         let bad = std::cell::RefCell::new(Vec::<String>::new());
         let one = |field: &str, us: Micros| -> String {
             if try_rfc3339(us).is_none() {
-                bad.borrow_mut()
-                    .push(format!("`{field}` ({us} us since the epoch) is out of range"));
+                bad.borrow_mut().push(format!(
+                    "`{field}` ({us} us since the epoch) is out of range"
+                ));
             }
             rfc3339(us)
         };
@@ -290,10 +288,22 @@ impl Job {
         m.insert("runs".into(), Value::Array(runs));
         m.insert("files".into(), json!(self.files));
         m.insert("run_at".into(), json!(ts("run_at", self.run_at)));
-        m.insert("created_at".into(), json!(one("created_at", self.created_at)));
-        m.insert("updated_at".into(), json!(one("updated_at", self.updated_at)));
-        m.insert("started_at".into(), json!(ts("started_at", self.started_at)));
-        m.insert("finished_at".into(), json!(ts("finished_at", self.finished_at)));
+        m.insert(
+            "created_at".into(),
+            json!(one("created_at", self.created_at)),
+        );
+        m.insert(
+            "updated_at".into(),
+            json!(one("updated_at", self.updated_at)),
+        );
+        m.insert(
+            "started_at".into(),
+            json!(ts("started_at", self.started_at)),
+        );
+        m.insert(
+            "finished_at".into(),
+            json!(ts("finished_at", self.finished_at)),
+        );
         m.insert("result_url".into(), json!(self.result_url()));
         let bad = bad.into_inner();
         if !bad.is_empty() {

@@ -455,7 +455,9 @@ impl RedisStore {
                 Err(_) => "command timed out".to_string(),
             };
             self.mark(false, &err);
-            let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()));
+            let left = deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return Err(StoreError::Unavailable(format!("redis: {err}")));
             }
