@@ -420,4 +420,42 @@ mod tests {
         .validate()
         .is_err());
     }
+
+    #[test]
+    fn backoff_bounds_and_total_time_rendering() {
+        let huge = Backoff {
+            initial_ms: u64::MAX,
+            max_ms: u64::MAX,
+            multiplier: 100.0,
+            jitter: false,
+        };
+        assert!(huge.validate().unwrap_err().contains("backoff.max_ms"));
+        assert_eq!(huge.delay_ms(64, 0.0), MAX_BACKOFF_MS);
+        let top = Backoff {
+            initial_ms: MAX_BACKOFF_MS,
+            max_ms: MAX_BACKOFF_MS,
+            ..huge
+        };
+        assert!(top.validate().is_ok());
+        for us in [
+            i64::MIN,
+            -1,
+            0,
+            MAX_RFC3339_US,
+            MAX_RFC3339_US + 1,
+            i64::MAX,
+        ] {
+            assert_eq!(
+                rfc3339(us).len(),
+                "1970-01-01T00:00:00.000000Z".len(),
+                "{us}"
+            );
+        }
+        assert_eq!(
+            rfc3339(MAX_RFC3339_US),
+            "9999-12-31T23:59:59.999999Z".to_string()
+        );
+        assert_eq!(try_rfc3339(i64::MAX), None);
+        assert_eq!(try_rfc3339(-1), None);
+    }
 }

@@ -611,6 +611,39 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_stored_backoff_neither_overflows_nor_skips_the_delay() {
+        let mut j = job();
+        // A policy stored before backoffs were range-checked.
+        j.backoff = crate::job::Backoff {
+            initial_ms: u64::MAX,
+            max_ms: u64::MAX,
+            multiplier: 100.0,
+            jitter: false,
+        };
+        claim(&mut j, 7);
+        let now = i64::MAX - 10;
+        let fail = Command::Finish {
+            token: 7,
+            outcome: FinishOutcome::Failed {
+                message: "exit 1".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, fail.clone(), &ctx(5)).unwrap();
+        assert_eq!(
+            j.run_at,
+            Some(5 + crate::job::MAX_BACKOFF_MS as i64 * 1000),
+            "capped at 30 days, not wrapped"
+        );
+        // Even at the end of time the addition saturates.
+        let mut k = job();
+        k.backoff = j.backoff;
+        claim(&mut k, 7);
+        apply(&mut k, fail, &ctx(now)).unwrap();
+        assert_eq!(k.run_at, Some(i64::MAX));
+    }
+
+    #[test]
     fn terminal_stays_terminal_and_refusals_change_nothing() {
         let mut j = job();
         claim(&mut j, 1);
