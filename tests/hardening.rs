@@ -48,6 +48,26 @@ impl Backend {
         }
     }
 
+    /// Overwrites the stored record of job `id` with something that is not a job.
+    fn corrupt(&self, ts: &TestServer, id: &str) {
+        match self {
+            Backend::Embedded => {
+                let c =
+                    rusqlite::Connection::open(ts.data_dir().join("runyard.db")).expect("open db");
+                c.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
+                let n = c
+                    .execute("UPDATE jobs SET body = '{\"broken' WHERE id = ?1", [id])
+                    .expect("update");
+                assert_eq!(n, 1);
+            }
+            Backend::Redis(r) => {
+                let out = r.cli(&["HSET", &format!("{}:job:{id}", r.prefix), "b", "{\"broken"]);
+                assert_eq!(out.trim(), "0", "overwrote the body: {out}");
+            }
+        }
+    }
+
     async fn server(&self, extra: &str) -> TestServer {
         TestServer::builder(RUNNERS)
             .config(&self.config())
@@ -151,6 +171,17 @@ async fn huge_backoff_cannot_poison_the_store(b: Backend) {
     let (st, list) = ts.get("/async/jobs?limit=10").await;
     assert_eq!(st, StatusCode::OK, "{list}");
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(2), "{list}");
+    // A record that no longer reads as a job at all is left out of listings (and logged).
+    let broken = ts
+        .submit_ok(json!({"type": "edge.ok", "run_at": "2099-01-01T00:00:00Z"}))
+        .await;
+    b.corrupt(&ts, &broken);
+    let (st, list) = ts.get("/async/jobs?limit=2").await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    // Paged one by one (the broken record may end a page).
+    let listed = ts.list_all(&[], 1).await;
+    assert_eq!(listed.len(), 2, "the 3 jobs but the broken one: {listed:?}");
+    assert!(listed.iter().all(|j| j["id"] != broken.as_str()));
     // The scheduler is not upset by it either: a new job still runs.
     let ok = ts.submit_ok(json!({"type": "edge.ok"})).await;
     assert_eq!(ts.wait_terminal(&ok, WAIT).await["status"], "SUCCESS");

@@ -200,6 +200,18 @@ enum Reply {
     Idem(String),
 }
 
+/// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
+/// never fails a listing.
+fn listable(body: &str) -> Option<Job> {
+    match serde_json::from_str::<Job>(body) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable job record left out of a listing");
+            None
+        }
+    }
+}
+
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("corrupt record: {e}"))
 }
@@ -780,7 +792,7 @@ impl RedisStore {
         let mut jobs: Vec<Job> = Vec::new();
         for chunk in ids.chunks((q.limit + 1).clamp(16, 1000)) {
             for b in self.load_many(chunk).await?.into_iter().flatten() {
-                let j: Job = serde_json::from_str(&b).map_err(json_err)?;
+                let Some(j) = listable(&b) else { continue };
                 if Some(j.status) == q.status
                     && q.job_type
                         .as_deref()
@@ -905,7 +917,7 @@ impl JobStore for RedisStore {
             let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
-                let j: Job = serde_json::from_str(&b).map_err(json_err)?;
+                let Some(j) = listable(&b) else { continue };
                 if q.job_type
                     .as_deref()
                     .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
