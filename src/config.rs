@@ -504,6 +504,11 @@ impl Config {
                     return err(k("backoff"), &m);
                 }
             }
+            if r.timeout
+                .is_some_and(|t| t.is_zero() || t > Duration::from_secs(365 * 24 * 3600))
+            {
+                return err(k("timeout"), "must be between 1ms and 365 days");
+            }
             match r.kind {
                 RunnerKind::Local => {
                     if r.command.is_empty() {

@@ -215,7 +215,7 @@ async fn redis_huge_backoff_cannot_poison_the_store() {
 }
 
 #[test]
-fn a_runner_default_backoff_is_range_checked() {
+fn runner_defaults_are_range_checked() {
     let text = r#"
 [[runners]]
 kind = "service"
@@ -228,6 +228,9 @@ backoff = { initial_ms = 9000000000000000, max_ms = 9000000000000000, multiplier
         m.contains("runners[0].backoff") && m.contains("max_ms"),
         "{m}"
     );
+    let text = "[[runners]]\nkind = \"service\"\ntypes = [\"x.*\"]\ntimeout = \"50000000000d\"\n";
+    let e = runyard::config::Config::from_toml(text).expect_err("refused");
+    assert!(e.to_string().contains("runners[0].timeout"), "{e}");
 }
 
 // ---- Hole 3: numbers that panicked a handler ----

@@ -156,7 +156,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         .map(|t| t.to_duration("timeout"))
         .transpose()?
         .or(slot.timeout)
-        .map(|d| d.as_millis().max(1) as u64);
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
     let now = now_us();
     let run_at = body
         .run_at
