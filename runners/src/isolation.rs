@@ -303,12 +303,13 @@ impl Isolation {
     }
 
     /// In the child, between `fork` and `exec`: sets the limits, then the groups, the group id
-    /// and the user id; then, as the job's user, creates `workdir` (mode 0700) and enters it.
+    /// and the user id; then, as the job's user, enters `workdir` (creating it first, mode 0700,
+    /// when its flag says so).
     ///
     /// # Safety
     /// Only call in a freshly forked child (e.g. from `pre_exec`): it changes the identity of the
     /// calling process. It makes only async-signal-safe calls.
-    pub unsafe fn apply(&self, workdir: Option<&CStr>) -> std::io::Result<()> {
+    pub unsafe fn apply(&self, workdir: Option<(&CStr, bool)>) -> std::io::Result<()> {
         let check = |r: libc::c_int| {
             if r == 0 {
                 Ok(())
@@ -330,8 +331,10 @@ impl Isolation {
                 check(libc::setuid(uid))?;
             }
         }
-        if let Some(dir) = workdir {
-            check(libc::mkdir(dir.as_ptr(), 0o700))?;
+        if let Some((dir, create)) = workdir {
+            if create {
+                check(libc::mkdir(dir.as_ptr(), 0o700))?;
+            }
             check(libc::chdir(dir.as_ptr()))?;
         }
         Ok(())

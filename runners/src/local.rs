@@ -126,24 +126,38 @@ impl Runner for LocalRunner {
             .env("JOB_TYPE", &spec.job_type)
             .env("JOB_ATTEMPT", spec.attempt.to_string())
             .env("JOB_ARGS", spec.args.to_string());
-        if let Some(cwd) = &self.config.cwd {
-            cmd.current_dir(cwd);
-        }
-        // Another user may not be able to use the server's directory: such a job gets its own.
-        let workdir = (self.config.cwd.is_none() && self.isolation.switches_user()).then(|| {
-            std::env::temp_dir().join(format!(
-                "runyard-job-{}-{}-{:016x}",
-                spec.id,
-                spec.attempt,
-                rand_u64()
-            ))
-        });
+        let switch = self.isolation.switches_user();
+        // A job run as another user enters its directory as that user (a `cwd` it cannot use
+        // fails the launch), and without `cwd` gets a fresh one of its own: the server's
+        // directory may be closed to it.
+        let workdir = match (&self.config.cwd, switch) {
+            (Some(cwd), false) => {
+                cmd.current_dir(cwd);
+                None
+            }
+            (Some(cwd), true) => Some((cwd.clone(), false)),
+            (None, true) => Some((
+                std::env::temp_dir().join(format!(
+                    "runyard-job-{}-{}-{:016x}",
+                    spec.id,
+                    spec.attempt,
+                    rand_u64()
+                )),
+                true,
+            )),
+            (None, false) => None,
+        };
         let workdir_c = match &workdir {
-            Some(w) => Some(CString::new(w.as_os_str().as_encoded_bytes()).map_err(|_| {
-                RunnerError::Launch("the temporary directory's path holds a NUL byte".into())
-            })?),
+            Some((w, create)) => Some((
+                CString::new(w.as_os_str().as_encoded_bytes()).map_err(|_| {
+                    RunnerError::Launch(format!("`cwd` {} holds a NUL byte", w.display()))
+                })?,
+                *create,
+            )),
             None => None,
         };
+        // The directory made for the job (removed when it ends).
+        let workdir = workdir.and_then(|(w, create)| create.then_some(w));
         let isolation = self.isolation.clone();
         let umask = crate::isolation::job_umask();
         // Removes the directory if the child made it but the launch failed.
@@ -158,7 +172,7 @@ impl Runner for LocalRunner {
             // Safety: only async-signal-safe calls between fork and exec.
             cmd.pre_exec(move || {
                 // Limits, groups, user (in that order), then the private working directory.
-                isolation.apply(workdir_c.as_deref())?;
+                isolation.apply(workdir_c.as_ref().map(|(w, c)| (w.as_c_str(), *c)))?;
                 if let Some(m) = umask {
                     libc::umask(m as libc::mode_t);
                 }
@@ -541,6 +555,79 @@ mod tests {
         assert!(matches!(got, Recovered::Gone));
         let out = ex.wait().await;
         assert!(matches!(out, Outcome::Failed { .. }), "{out:?}");
+    }
+
+    /// A runner whose jobs run as `user` (root here: the private directory is made all the same).
+    fn sh_as(user: &str, script: &str, cwd: Option<PathBuf>) -> LocalRunner {
+        LocalRunner::new(LocalConfig {
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env_allow: vec!["PATH".into()],
+            user: Some(Principal::Name(user.into())),
+            cwd,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn is_root() -> bool {
+        // Safety: plain syscall.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[tokio::test]
+    async fn a_job_of_another_user_gets_a_private_directory_removed_at_the_end() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let lines = Arc::new(Lines::default());
+        let r = sh_as("root", "pwd; echo x > made-here; sleep 30", None);
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        let dir = loop {
+            if let Some((_, l)) = lines.0.lock().unwrap().first() {
+                break PathBuf::from(l);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(dir.parent(), Some(std::env::temp_dir().as_path()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(ex.handle().data["workdir"], json!(dir.to_string_lossy()));
+        // After a crash: recovery kills the job and removes its directory.
+        let got = r
+            .recover(&ex.handle(), spec(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        assert!(matches!(got, Recovered::Gone));
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        ex.wait().await;
+
+        // A job that ends normally: removed too.
+        let lines = Arc::new(Lines::default());
+        let r = sh_as("root", "pwd; echo x > made-here", None);
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let dir = PathBuf::from(&lines.0.lock().unwrap()[0].1);
+        assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    #[tokio::test]
+    async fn a_cwd_the_job_user_cannot_enter_fails_the_launch() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = std::env::temp_dir().join(format!("runyard-test-closed-{:016x}", rand_u64()));
+        std::fs::create_dir(&t).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let r = sh_as("nobody", "pwd", Some(t.clone()));
+        let got = r.launch(spec(), Arc::new(Lines::default())).await;
+        let _ = std::fs::remove_dir(&t);
+        let err = got.err().expect("the launch must fail").to_string();
+        assert!(err.contains("Permission denied"), "{err}");
     }
 
     #[test]
