@@ -467,6 +467,8 @@ async fn the_data_dir_and_everything_in_it_are_private() {
 [[runners]]
 kind = "local"
 types = ["report"]
+# One at a time: the jobs share `cwd` and its report.txt.
+concurrency = 1
 cwd = {work}
 command = [{bin}, "launch", "--output", "report=report.txt", "--", "/bin/sh", "-c", "echo data > report.txt; echo logged"]
 "#,
