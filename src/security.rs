@@ -74,13 +74,6 @@ pub fn harden_process() {
     }
 }
 
-/// Whether this process is dumpable (`PR_GET_DUMPABLE`).
-#[cfg(target_os = "linux")]
-pub fn is_dumpable() -> bool {
-    // Safety: plain syscall.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
-}
-
 extern "C" {
     static mut environ: *mut *mut libc::c_char;
 }
