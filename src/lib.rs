@@ -11,6 +11,8 @@
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
+//! - [`security`]: the master key in memory, environment scrubbing, process hardening, private
+//!   data directory (docs/security.md).
 //! - [`cli`]: the `runyard` command line, including `bench`.
 //!
 //! The runners themselves live in the `runyard-runners` crate, the hook protocol in
@@ -24,6 +26,7 @@ pub mod job;
 pub mod metrics;
 pub mod runner_set;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod worker;

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::files::BlobStore;
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
+use crate::security::MasterKey;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
@@ -51,7 +52,7 @@ pub struct App {
     /// The runners.
     pub runners: Arc<RunnerSet>,
     /// The key job secrets are derived from.
-    pub master_key: Arc<Vec<u8>>,
+    pub master_key: Arc<MasterKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Job files.
@@ -134,12 +135,14 @@ impl ServerBuilder {
             // Port 0 resolves only now.
             self.config.public_url = Some(format!("http://{addr}"));
         }
+        crate::security::secure_data_dir(&self.config.data_dir)?;
+        // Out of the config (which is shared widely) into a zeroed-on-drop key.
+        let master_key = Arc::new(load_master_key(&mut self.config)?);
         let config = Arc::new(self.config);
         let (store, redis) = open_store(&config).await?;
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
         );
-        let master_key = Arc::new(load_master_key(&config)?);
         let metrics = Arc::new(Metrics::default());
         let blobs = Arc::new(
             BlobStore::new(config.data_dir.join("files"))
@@ -300,7 +303,7 @@ impl ServerBuilder {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let config = Arc::new(self.config);
+        let mut config = self.config;
         if config.redis.is_none() {
             anyhow::bail!(
                 "`redis`: a worker node shares the queue with the API through Redis; set `redis` \
@@ -312,11 +315,12 @@ impl ServerBuilder {
                 "`public_url`: a worker node needs the API's URL (jobs report to `public_url`/async)"
             );
         }
+        let master_key = Arc::new(load_master_key(&mut config)?);
+        let config = Arc::new(config);
         let (store, _) = open_store(&config).await?;
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
         );
-        let master_key = Arc::new(load_master_key(&config)?);
         let bg = CancellationToken::new();
         tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
         let (st, rc, stop) = (store.clone(), config.retention.clone(), bg.clone());
@@ -351,23 +355,25 @@ impl ServerBuilder {
     }
 }
 
-/// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), else `data_dir/master.key`,
-/// created on first run with mode 0600.
-pub fn load_master_key(config: &Config) -> anyhow::Result<Vec<u8>> {
-    if let Some(k) = &config.master_key {
+/// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), which is taken out of
+/// `config` (and zeroed), else `data_dir/master.key`, created on first run with mode 0600.
+pub fn load_master_key(config: &mut Config) -> anyhow::Result<MasterKey> {
+    if let Some(k) = config.master_key.take() {
+        let k = zeroize::Zeroizing::new(k);
         if k.len() < 16 {
             anyhow::bail!("`master_key` must be at least 16 characters");
         }
-        return Ok(k.as_bytes().to_vec());
+        return Ok(MasterKey::new(k.as_bytes().to_vec()));
     }
     let path = config.data_dir.join("master.key");
-    read_or_create_key(&path)
+    read_or_create_key(&path).map(MasterKey::new)
 }
 
 fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(k) = std::fs::read_to_string(path) {
+        let k = zeroize::Zeroizing::new(k);
         let k = k.trim();
         if k.len() >= 32 {
             return Ok(k.as_bytes().to_vec());

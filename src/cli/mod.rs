@@ -114,21 +114,34 @@ pub struct WorkerArgs {
     data_dir: Option<PathBuf>,
 }
 
-async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
-    let (path, required) = match &a.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from("runyard.toml"), false),
+impl WorkerArgs {
+    /// Loads the configuration these flags point at.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("runyard.toml"), false),
+        };
+        Config::load(
+            &path,
+            required,
+            &Overrides {
+                redis: self.redis.clone(),
+                public_url: self.public_url.clone(),
+                data_dir: self.data_dir.clone(),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// The configuration loaded before the runtime started.
+type Preloaded = Option<Result<Config, crate::config::ConfigError>>;
+
+async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
+    let config = match preloaded {
+        Some(c) => c?,
+        None => a.load()?,
     };
-    let config = Config::load(
-        &path,
-        required,
-        &Overrides {
-            redis: a.redis.clone(),
-            public_url: a.public_url.clone(),
-            data_dir: a.data_dir.clone(),
-            ..Default::default()
-        },
-    )?;
     ServerBuilder::new(config).work(shutdown_signal()).await
 }
 
@@ -145,6 +158,19 @@ pub fn log_filter(
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
 }
 
+/// `serve` and `worker`: reads the configuration, then, still in the only thread, takes the
+/// secrets out of the environment and hardens the process (docs/security.md).
+fn load_server_config(
+    load: impl FnOnce() -> Result<Config, crate::config::ConfigError>,
+) -> Result<Config, crate::config::ConfigError> {
+    let config = load();
+    // Safety: no other thread exists yet (the runtime starts after this), so nothing reads or
+    // writes the environment concurrently.
+    unsafe { crate::security::scrub_env(crate::security::SECRET_ENV) };
+    crate::security::harden_process();
+    config
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -159,6 +185,12 @@ pub fn main() -> ExitCode {
         .finish()
         .with(tracing_subscriber::filter::filter_fn(not_secret_bearing))
         .init();
+    // Before the runtime starts any thread (see `load_server_config`).
+    let server_config = match &cli.command {
+        Cmd::Serve(a) => Some(load_server_config(|| a.load())),
+        Cmd::Worker(a) => Some(load_server_config(|| a.load())),
+        _ => None,
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -168,8 +200,8 @@ pub fn main() -> ExitCode {
     };
     let r = rt.block_on(async move {
         match cli.command {
-            Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
-            Cmd::Worker(a) => worker(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Serve(a) => serve(a, server_config).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Worker(a) => worker(a, server_config).await.map(|_| ExitCode::SUCCESS),
             Cmd::Submit(a) => client::submit(a).await,
             Cmd::Status(a) => client::status(a).await,
             Cmd::Logs(a) => client::logs(a).await,
@@ -189,8 +221,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let config = a.load()?;
+async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
+    let config = match preloaded {
+        Some(c) => c?,
+        None => a.load()?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
