@@ -10,6 +10,7 @@
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
+//! - [`auth`]: JWT channel tokens and the `Origin` check of the event transports.
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
 //! - [`security`]: the master key in memory, environment scrubbing, process hardening, private
 //!   data directory (docs/security.md).
@@ -19,6 +20,7 @@
 //! `runyard-hooks`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod files;
