@@ -230,6 +230,10 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub jwt_leeway: Duration,
+    /// Refuse tokens without an `exp` claim. Stock Superset mints its `async-token` without
+    /// `exp` (the cookie lives as long as the session): set `false` to accept those; an `exp`
+    /// that is present is always checked.
+    pub require_exp: bool,
     /// Browser origins allowed to open a WebSocket or SSE stream. A request without an
     /// `Origin` header (not a browser) is not checked.
     pub allowed_origins: Vec<String>,
@@ -241,6 +245,7 @@ impl Default for AuthConfig {
             jwt_secret: None,
             jwt_cookie: "async-token".into(),
             jwt_leeway: Duration::from_secs(30),
+            require_exp: true,
             allowed_origins: Vec::new(),
         }
     }
@@ -255,6 +260,7 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("jwt_cookie", &self.jwt_cookie)
             .field("jwt_leeway", &self.jwt_leeway)
+            .field("require_exp", &self.require_exp)
             .field("allowed_origins", &self.allowed_origins)
             .finish()
     }

@@ -27,12 +27,14 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier for `secret`, tolerating `leeway` of clock skew on `exp` and `nbf`.
-    pub fn new(secret: &str, leeway: Duration) -> Self {
+    /// A verifier for `secret`, tolerating `leeway` of clock skew on `exp` and `nbf`; tokens
+    /// without `exp` are refused when `require_exp`.
+    pub fn new(secret: &str, leeway: Duration, require_exp: bool) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        let required: &[&str] = if require_exp { &["exp"] } else { &[] };
+        validation.set_required_spec_claims(required);
         Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
@@ -123,7 +125,7 @@ mod tests {
 
     #[test]
     fn accepts_superset_tokens_and_refuses_the_rest() {
-        let v = Verifier::new(SECRET, Duration::from_secs(0));
+        let v = Verifier::new(SECRET, Duration::from_secs(0), true);
         let exp = now() + 300;
         let ok = v
             .verify(&mint(
@@ -205,16 +207,37 @@ mod tests {
     }
 
     #[test]
+    fn exp_may_be_optional_but_is_checked_when_present() {
+        let v = Verifier::new(SECRET, Duration::from_secs(0), false);
+        let stock = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "sub": null}),
+            SECRET,
+        );
+        assert_eq!(v.verify(&stock).unwrap().channel, "c1");
+        let e = Verifier::new(SECRET, Duration::from_secs(0), true)
+            .verify(&stock)
+            .unwrap_err();
+        assert!(e.contains("exp"), "{e}");
+        let old = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": now() - 100}),
+            SECRET,
+        );
+        assert!(v.verify(&old).unwrap_err().contains("expired"));
+    }
+
+    #[test]
     fn leeway_tolerates_small_skew() {
         let t = mint(
             Algorithm::HS256,
             json!({"channel": "c1", "exp": now() - 5}),
             SECRET,
         );
-        assert!(Verifier::new(SECRET, Duration::from_secs(0))
+        assert!(Verifier::new(SECRET, Duration::from_secs(0), true)
             .verify(&t)
             .is_err());
-        assert!(Verifier::new(SECRET, Duration::from_secs(30))
+        assert!(Verifier::new(SECRET, Duration::from_secs(30), true)
             .verify(&t)
             .is_ok());
     }

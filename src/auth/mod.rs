@@ -48,7 +48,7 @@ impl FromRequestParts<AppState> for ChannelAuth {
             return Ok(Self(None));
         };
         let token = token(&parts.headers, &cfg.jwt_cookie)?;
-        let claims = Verifier::new(secret, cfg.jwt_leeway)
+        let claims = Verifier::new(secret, cfg.jwt_leeway, cfg.require_exp)
             .verify(&token)
             .map_err(ApiError::unauthorized)?;
         Ok(Self(Some(claims)))
