@@ -26,8 +26,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 log "python packages"
+# `[test]`: PyJWT and websockets for examples/python/tests/test_superset_events.py.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  -e examples/python -r charts/runyard/tests/requirements.txt
+  -e "examples/python[test]" -r charts/runyard/tests/requirements.txt
 
 if [ -x scripts/start-dockerd.sh ]; then
   log "docker engine"
