@@ -9,6 +9,8 @@
 //! - [`scheduler`]: delayed jobs and retention.
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
+//! - [`edge`]: the HTTP accept loop (connection cap, header/idle/request timeouts);
+//!   [`limits`]: the open-file limit.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
 //! - [`cli`]: the `runyard` command line, including `bench`.
@@ -19,8 +21,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod edge;
 pub mod files;
 pub mod job;
+pub mod limits;
 pub mod metrics;
 pub mod runner_set;
 pub mod scheduler;

@@ -115,6 +115,7 @@ pub struct WorkerArgs {
 }
 
 async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
     let (path, required) = match &a.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from("runyard.toml"), false),
@@ -177,9 +178,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // Room for client connections and jobs (the edge keeps `api.fd_reserve` for the latter).
+    crate::limits::raise_nofile();
     let config = a.load()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = crate::edge::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     ServerBuilder::new(config)
         .worker(!a.no_worker)
