@@ -163,7 +163,7 @@ pub async fn serve(
                 // Out of file descriptors or memory: wait a little instead of spinning; the
                 // connection waits in the backlog meanwhile.
                 accept_errors = accept_errors.saturating_add(1);
-                if accept_errors == 1 || accept_errors % 100 == 0 {
+                if accept_errors == 1 || accept_errors.is_multiple_of(100) {
                     tracing::warn!(error = %e, count = accept_errors, "accept failed; retrying");
                 }
                 tokio::select! {

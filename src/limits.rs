@@ -12,7 +12,7 @@ pub fn nofile() -> Option<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return None;
     }
-    Some((r.rlim_cur as u64, r.rlim_max as u64))
+    Some((r.rlim_cur, r.rlim_max))
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the soft limit now in force.

@@ -239,3 +239,20 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 /// Shared pointer to a reporter.
 pub type SharedReporter = Arc<dyn Reporter>;
+
+#[cfg(test)]
+mod host_error_tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_errors_are_host_resources() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN] {
+            let e = std::io::Error::from_raw_os_error(code);
+            assert!(RunnerError::from_launch_io("cannot start `x`", &e).is_host_resources());
+        }
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let r = RunnerError::from_launch_io("cannot start `x`", &e);
+        assert!(!r.is_host_resources());
+        assert!(matches!(r, RunnerError::Launch(ref m) if m.starts_with("cannot start `x`: ")));
+    }
+}
