@@ -15,10 +15,21 @@ pub fn nofile() -> Option<(u64, u64)> {
     Some((r.rlim_cur, r.rlim_max))
 }
 
+static ORIGINAL_SOFT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The soft open-file limit the process started with, once [`raise_nofile`] has run: what a job
+/// launcher may restore for its children (programs using `select()` expect at most 1024).
+pub fn original_nofile() -> Option<u64> {
+    ORIGINAL_SOFT.get().copied()
+}
+
 /// Raises the soft open-file limit to the hard limit; returns the soft limit now in force.
 /// Logged at debug level (a failure at warn: the server still runs with the lower limit).
+/// `runyard serve` and `runyard worker` call it at start; an embedding program may call it before
+/// [`crate::server::ServerBuilder::start`], which sizes the connection cap from the limit.
 pub fn raise_nofile() -> Option<u64> {
     let (soft, hard) = nofile()?;
+    let _ = ORIGINAL_SOFT.set(soft);
     if soft >= hard {
         tracing::debug!(soft, hard, "open-file limit already at its maximum");
         return Some(soft);
