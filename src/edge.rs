@@ -511,6 +511,25 @@ mod tests {
     }
 
     #[test]
+    fn bad_edge_settings_name_their_key() {
+        for (toml, key) in [
+            ("[api]\nheader_timeout = \"0s\"", "api.header_timeout"),
+            ("[api]\nidle_timeout = \"1ms\"", "api.idle_timeout"),
+            ("[api]\nrequest_timeout = \"100d\"", "api.request_timeout"),
+            ("[api]\nbody_timeout = \"0s\"", "api.body_timeout"),
+            ("[api]\nmax_connections = 0", "api.max_connections"),
+        ] {
+            let e = crate::config::Config::from_toml(toml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let ok = crate::config::Config::from_toml("[api]\nmax_connections = 10\nfd_reserve = 0")
+            .unwrap();
+        assert_eq!(EdgeSettings::from_config(&ok.api).max_connections, 10);
+    }
+
+    #[test]
     fn long_lived_routes() {
         let req = |p: &str| Request::builder().uri(p).body(Body::empty()).unwrap();
         for p in [

@@ -531,3 +531,53 @@ async fn jobs_that_hit_emfile_are_retried_without_using_an_attempt() {
     );
     eprintln!("{host_failures} launches given back for lack of file descriptors");
 }
+
+/// Event streams are exempt from the request timeout, and the idle and header timeouts never cut
+/// a connection with a response in flight: a WebSocket and an SSE stream opened before a 2.5 s
+/// pause (all three timeouts 1 s) still deliver the events of a job submitted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_outlive_the_request_idle_and_header_timeouts() {
+    use futures::StreamExt;
+    let mut ts = TestServer::builder(LOCAL)
+        .config("[api]\nrequest_timeout = \"1s\"\nidle_timeout = \"1s\"\nheader_timeout = \"1s\"")
+        .start()
+        .await;
+    let last = ts.last_event_id().await;
+    let ws_url = format!("ws://{}/async/events/ws?last_id={last}", addr_of(&ts.url));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws");
+    let sse = reqwest::Client::new()
+        .get(ts.at(&format!("/async/events/sse?last_id={last}")))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.bytes_stream();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = ts.submit_ok(json!({"type": "sh.ok"})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("WebSocket event in time")
+            .expect("WebSocket still open")
+            .expect("message");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let e: Value = serde_json::from_str(t.as_str()).unwrap();
+            if e["job_id"] == id.as_str() && e["runyard_status"] == "SUCCESS" {
+                break;
+            }
+        }
+    }
+    let mut text = String::new();
+    while !(text.contains(&id) && text.contains("SUCCESS")) {
+        let chunk = tokio::time::timeout_at(deadline, sse.next())
+            .await
+            .expect("SSE event in time")
+            .expect("SSE still open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(ws);
+    drop(sse);
+    ts.stop().await;
+}
