@@ -91,6 +91,9 @@ pub struct ApiConfig {
     /// Longest pause between two pieces of a request body (uploads included).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Browser origins (`https://app.example.com`) allowed to call the API cross-origin (CORS,
+    /// and the cross-origin check of unsafe methods). Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -104,6 +107,7 @@ impl Default for ApiConfig {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -295,6 +299,16 @@ pub struct RunnerConfig {
     /// local: working directory.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// local: run jobs as this user (name or uid). Needs a server running as root.
+    #[serde(default)]
+    pub user: Option<runyard_runners::isolation::Principal>,
+    /// local: run jobs with this group (name or gid).
+    #[serde(default)]
+    pub group: Option<runyard_runners::isolation::Principal>,
+    /// local: resource limits of the jobs' processes (`cpu`, `memory`, `nofile`, `nproc`,
+    /// `fsize`).
+    #[serde(default)]
+    pub rlimits: runyard_runners::isolation::Rlimits,
     /// service: the registered operation to call (default: the job type).
     #[serde(default)]
     pub operation: Option<String>,
@@ -502,6 +516,14 @@ impl Config {
                 return err(key.into(), "must be between 10ms and 24h");
             }
         }
+        for (i, o) in self.api.cors_origins.iter().enumerate() {
+            if !crate::api::edge::valid_origin(o) {
+                return err(
+                    format!("api.cors_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], no path or trailing slash",
+                );
+            }
+        }
         if self.events.global_limit == 0 || self.events.channel_limit == 0 {
             return err("events".into(), "limits must be positive");
         }
@@ -531,10 +553,28 @@ impl Config {
                     return err(k("backoff"), &m);
                 }
             }
+            if r.kind != RunnerKind::Local {
+                for (set, key) in [
+                    (r.user.is_some(), "user"),
+                    (r.group.is_some(), "group"),
+                    (!r.rlimits.is_empty(), "rlimits"),
+                ] {
+                    if set {
+                        return err(k(key), "only local runners take it");
+                    }
+                }
+            }
             match r.kind {
                 RunnerKind::Local => {
                     if r.command.is_empty() {
                         return err(k("command"), "a local runner needs a command");
+                    }
+                    if let Err(e) = runyard_runners::isolation::Isolation::resolve(
+                        r.user.as_ref(),
+                        r.group.as_ref(),
+                        &r.rlimits,
+                    ) {
+                        return err(k(&e.key), &e.message);
                     }
                 }
                 RunnerKind::Service => {
@@ -642,6 +682,42 @@ types = ["thumbnail"]
         )
         .unwrap();
         assert_eq!(c.runners[0].name_at(0), "docker-0");
+    }
+
+    #[test]
+    fn local_isolation_keys_are_checked_at_load() {
+        let local = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\ncommand = [\"true\"]\n{extra}"
+            ))
+        };
+        let e = local("user = \"no-such-user-xyz\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runners[0].user") && e.contains("no-such-user-xyz"),
+            "{e}"
+        );
+        let e = local("group = \"no-such-group-xyz\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].group"), "{e}");
+        let e = local("rlimits = { memory = \"lots\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].rlimits.memory"), "{e}");
+        let e = local("rlimits = { stack = 1 }").unwrap_err().to_string();
+        assert!(e.contains("stack"), "{e}");
+        let c = local(
+            "user = \"root\"\ngroup = 0\nrlimits = { cpu = \"10m\", as = \"512MiB\", nofile = 1024, nproc = 256, fsize = \"1GiB\" }",
+        )
+        .unwrap();
+        assert_eq!(c.runners[0].rlimits.nofile, Some(1024));
+        let e =
+            Config::from_toml("[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\nuser = \"root\"")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("runners[0].user"), "{e}");
     }
 
     #[test]

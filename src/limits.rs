@@ -1,5 +1,5 @@
 //! Process limits: the open-file limit is raised to its hard maximum at start, so that client
-//! connections and jobs both fit; [`crate::edge`] keeps `api.fd_reserve` of it for everything but
+//! connections and jobs both fit; [`crate::connections`] keeps `api.fd_reserve` of it for everything but
 //! clients.
 
 /// The open-file limit as `(soft, hard)`, when it can be read.

@@ -302,7 +302,7 @@ async fn ordinary_requests_time_out_but_long_lived_ones_do_not() {
         .route("/async/jobs/{id}", get(slow))
         .route("/async/events/sse", get(slow))
         .route("/api/v1/async_event/", get(slow));
-    let settings = runyard::edge::EdgeSettings {
+    let settings = runyard::connections::EdgeSettings {
         max_connections: 64,
         header_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
@@ -310,7 +310,7 @@ async fn ordinary_requests_time_out_but_long_lived_ones_do_not() {
         body_timeout: Duration::from_secs(5),
     };
     let stop = CancellationToken::new();
-    let server = tokio::spawn(runyard::edge::serve(
+    let server = tokio::spawn(runyard::connections::serve(
         listener,
         router,
         settings,

@@ -5,7 +5,8 @@
 //!   (cancel-safe) and stopped. Its [`RunHandle`] is saved on the job, so that after a restart the
 //!   runner can find the work again with [`Runner::recover`].
 //! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs.
-//! - [`local`]: a child process in its own process group (any language).
+//! - [`local`]: a child process in its own process group (any language), optionally as another
+//!   user and under resource limits ([`isolation`]).
 //! - [`service`]: an in-process async Rust function registered by name.
 //! - [`docker`]: a container of the Docker Engine API, found again by its labels after a restart.
 //! - [`kube`]: a Kubernetes batch/v1 Job per attempt, found again by its labels after a restart.
@@ -14,6 +15,7 @@
 //! Retries, timeouts and status transitions are the worker's business.
 
 pub mod docker;
+pub mod isolation;
 pub mod kube;
 pub mod local;
 pub mod service;

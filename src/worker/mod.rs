@@ -50,7 +50,7 @@ pub struct Worker {
     store: Arc<dyn Store>,
     runners: Arc<RunnerSet>,
     cfg: WorkerConfig,
-    master_key: Arc<Vec<u8>>,
+    master_key: Arc<crate::security::MasterKey>,
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
@@ -65,7 +65,7 @@ impl Worker {
         store: Arc<dyn Store>,
         runners: Arc<RunnerSet>,
         cfg: WorkerConfig,
-        master_key: Arc<Vec<u8>>,
+        master_key: Arc<crate::security::MasterKey>,
         hook_url: String,
     ) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -480,7 +480,7 @@ fn outcome_to_finish(o: Outcome) -> FinishOutcome {
 /// Builds the [`JobSpec`] of an attempt, with its derived secret.
 #[derive(Clone)]
 pub struct SpecFactory {
-    master_key: Arc<Vec<u8>>,
+    master_key: Arc<crate::security::MasterKey>,
     hook_url: String,
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP edge: runyard's own accept loop on hyper, so that no client can starve the server.
+//! Connections: runyard's own HTTP accept loop on hyper, so that no client can starve the server.
 //!
 //! - **Connection cap**: at most `max_connections` connections are open at once (WebSockets
 //!   included: the slot travels with the upgraded socket). At the cap the loop stops accepting, so
@@ -49,7 +49,7 @@ use crate::api::error::ApiError;
 /// How long a silent connection may stay while the connection cap is reached.
 pub const PRESSURE_GRACE: Duration = Duration::from_millis(500);
 
-/// The edge's limits (from `[api]`, with the connection cap already clamped).
+/// The accept loop's limits (from `[api]`, with the connection cap already clamped).
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeSettings {
     /// Most connections open at once.
