@@ -71,6 +71,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Largest page of `GET /async/jobs`.
     pub max_page: usize,
+    /// Browser origins (`https://app.example.com`) allowed to call the API cross-origin (CORS,
+    /// and the cross-origin check of unsafe methods). Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +81,7 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_page: 1000,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -473,6 +477,14 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes".into(), "must be at least 1024");
         }
+        for (i, o) in self.api.cors_origins.iter().enumerate() {
+            if !crate::api::edge::valid_origin(o) {
+                return err(
+                    format!("api.cors_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], no path or trailing slash",
+                );
+            }
+        }
         if self.events.global_limit == 0 || self.events.channel_limit == 0 {
             return err("events".into(), "limits must be positive");
         }
@@ -501,6 +513,11 @@ impl Config {
                 if let Err(m) = b.validate() {
                     return err(k("backoff"), &m);
                 }
+            }
+            if r.timeout
+                .is_some_and(|t| t.is_zero() || t > Duration::from_secs(365 * 24 * 3600))
+            {
+                return err(k("timeout"), "must be between 1ms and 365 days");
             }
             if r.kind != RunnerKind::Local {
                 for (set, key) in [

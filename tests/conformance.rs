@@ -178,6 +178,7 @@ fn job(job_type: &str, runner: &str) -> Job {
         started_at: None,
         finished_at: None,
         progress_event_at: 0,
+        submit_hash: None,
         version: 0,
     }
 }

@@ -145,6 +145,19 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
     ServerBuilder::new(config).work(shutdown_signal()).await
 }
 
+/// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
+pub fn log_filter(
+    runyard_log: Option<&str>,
+    rust_log: Option<&str>,
+) -> tracing_subscriber::EnvFilter {
+    [runyard_log, rust_log]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.trim().is_empty())
+        .find_map(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+}
+
 /// `serve` and `worker`: reads the configuration, then, still in the only thread, takes the
 /// secrets out of the environment and hardens the process (docs/security.md).
 fn load_server_config(
@@ -164,10 +177,10 @@ pub fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(
+            std::env::var("RUNYARD_LOG").ok().as_deref(),
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .finish()
         .with(tracing_subscriber::filter::filter_fn(not_secret_bearing))

@@ -201,10 +201,12 @@ fn fail_attempt(job: &mut Job, ctx: &ApplyCtx, message: String, exit_code: Optio
     job.error = Some(message);
     job.exit_code = exit_code;
     if job.attempt < job.max_attempts {
-        let delay = job.backoff.delay_ms(job.attempt, ctx.jitter) as i64 * 1000;
+        let delay = i64::try_from(job.backoff.delay_ms(job.attempt, ctx.jitter))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         end_run(job, ctx.now, "ERROR");
         job.lease = None;
-        job.run_at = Some(ctx.now + delay);
+        job.run_at = Some(ctx.now.saturating_add(delay));
         set_status(job, JobStatus::Scheduled, ctx.now);
     } else {
         end_run(job, ctx.now, "ERROR");
@@ -554,6 +556,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             progress_event_at: 0,
+            submit_hash: None,
             version: 0,
         }
     }
@@ -605,6 +608,39 @@ mod tests {
         assert_eq!(j.status, JobStatus::Error);
         assert_eq!(j.exit_code, Some(1));
         assert_eq!(j.runs.len(), 2);
+    }
+
+    #[test]
+    fn a_huge_stored_backoff_neither_overflows_nor_skips_the_delay() {
+        let mut j = job();
+        // A policy stored before backoffs were range-checked.
+        j.backoff = crate::job::Backoff {
+            initial_ms: u64::MAX,
+            max_ms: u64::MAX,
+            multiplier: 100.0,
+            jitter: false,
+        };
+        claim(&mut j, 7);
+        let now = i64::MAX - 10;
+        let fail = Command::Finish {
+            token: 7,
+            outcome: FinishOutcome::Failed {
+                message: "exit 1".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, fail.clone(), &ctx(5)).unwrap();
+        assert_eq!(
+            j.run_at,
+            Some(5 + crate::job::MAX_BACKOFF_MS as i64 * 1000),
+            "capped at 30 days, not wrapped"
+        );
+        // Even at the end of time the addition saturates.
+        let mut k = job();
+        k.backoff = j.backoff;
+        claim(&mut k, 7);
+        apply(&mut k, fail, &ctx(now)).unwrap();
+        assert_eq!(k.run_at, Some(i64::MAX));
     }
 
     #[test]
