@@ -74,6 +74,26 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Largest page of `GET /async/jobs`.
     pub max_page: usize,
+    /// Most client connections open at once (WebSockets included). Further clients wait in the
+    /// listen backlog. Clamped to the open-file limit minus `fd_reserve`.
+    pub max_connections: usize,
+    /// File descriptors kept for everything but client connections (jobs' pipes, the store,
+    /// Redis, runner clients, logs).
+    pub fd_reserve: u64,
+    /// How long a client may take to send a request's line and headers (from the connection's
+    /// start, or from the first byte of a later request); slower clients are disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit between two requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long an ordinary request may take in all (not event streams, long polls, WebSocket
+    /// upgrades or file transfers); answered 503 `request_timeout` after it.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest pause between two pieces of a request body (uploads included).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Browser origins (`https://app.example.com`) allowed to call the API cross-origin (CORS,
     /// and the cross-origin check of unsafe methods). Empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
@@ -84,6 +104,12 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_page: 1000,
+            max_connections: 4096,
+            fd_reserve: 256,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
         }
     }
@@ -530,6 +556,19 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes".into(), "must be at least 1024");
+        }
+        if self.api.max_connections == 0 {
+            return err("api.max_connections".into(), "must be at least 1");
+        }
+        for (key, d) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+            ("api.request_timeout", self.api.request_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(24 * 3600) {
+                return err(key.into(), "must be between 10ms and 24h");
+            }
         }
         for (i, o) in self.api.cors_origins.iter().enumerate() {
             if !crate::api::edge::valid_origin(o) {

@@ -9,6 +9,8 @@
 //! - [`scheduler`]: delayed jobs and retention.
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
+//! - [`connections`]: the HTTP accept loop (connection cap, header/idle/request timeouts);
+//!   [`limits`]: the open-file limit.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
 //! - [`auth`]: JWT channel tokens and the `Origin` check of the event transports.
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
@@ -23,8 +25,10 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod files;
 pub mod job;
+pub mod limits;
 pub mod metrics;
 pub mod runner_set;
 pub mod scheduler;

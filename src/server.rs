@@ -192,13 +192,14 @@ impl ServerBuilder {
         };
         let http_stop = CancellationToken::new();
         let router = crate::api::router(app.clone());
-        let hs = http_stop.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { hs.cancelled().await })
-                .await
-        });
-        tracing::info!(%addr, store = store.backend_name(), "runyard listening");
+        let limits = crate::connections::EdgeSettings::from_config(&config.api);
+        let http = tokio::spawn(crate::connections::serve(
+            listener,
+            router,
+            limits,
+            http_stop.clone(),
+        ));
+        tracing::info!(%addr, store = store.backend_name(), max_connections = limits.max_connections, "runyard listening");
         Ok(RunningServer {
             addr,
             app,
@@ -254,10 +255,10 @@ impl RunningServer {
                 http.abort();
             }
         }
-        // axum's serve returns when each connection task has dropped its shutdown receiver, a
-        // moment before the task drops the connection and the router it owns (and so `App`, the
-        // store and the embedded store's lock). Wait for them, so that the data dir can be opened
-        // again as soon as `stop` returns.
+        // The accept loop returns once its connection tasks have ended, but an upgraded WebSocket (or
+        // an aborted task) may drop its share of the router (and so `App`, the store and the
+        // embedded store's lock) a moment later. Wait for them, so that the data dir can be
+        // opened again as soon as `stop` returns.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;

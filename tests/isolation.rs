@@ -614,6 +614,63 @@ rlimits = {{ cpu = 1 }}
 }
 
 #[test]
+fn user_on_a_server_that_cannot_switch_users_stops_serve() {
+    if skip_unless_root("user_on_a_server_that_cannot_switch_users...") {
+        return;
+    }
+    let t = open_dir();
+    let data = t.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let config = t.path().join("runyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {}\n[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\ncommand = [\"true\"]\n\
+             user = \"root\"\n",
+            toml_str(&data.to_string_lossy())
+        ),
+    )
+    .expect("config");
+    let bin = bin_for_nobody(t.path());
+    let log = t.path().join("serve.log");
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("run serve");
+    // It must stop at once; a server that started would run until killed.
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "serve did not refuse the config: {status:?}\n{err}"
+    );
+    assert!(
+        err.contains("runners[0].user") && err.contains("needs a server running as root"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unknown_user_stops_serve_with_a_message_naming_the_key() {
     let t = open_dir();
     let config = t.path().join("runyard.toml");

@@ -233,8 +233,29 @@ impl Isolation {
                 })
             }
         };
-        let mut limits = Vec::new();
         let root = nix::unistd::geteuid().is_root();
+        if let Some(id) = &identity {
+            // setgroups and setgid need CAP_SETGID, setuid CAP_SETUID: refuse now rather than fail
+            // every launch.
+            let needed = [(6, "CAP_SETGID")]
+                .into_iter()
+                .chain(id.uid.map(|_| (7, "CAP_SETUID")));
+            let missing: Vec<&str> = needed
+                .filter(|(bit, _)| !root && !has_capability(*bit))
+                .map(|(_, name)| name)
+                .collect();
+            if !missing.is_empty() {
+                return Err(bad(
+                    if id.uid.is_some() { "user" } else { "group" },
+                    format!(
+                        "running jobs as another user or group needs a server running as root \
+                         (or with {})",
+                        missing.join(" and ")
+                    ),
+                ));
+            }
+        }
+        let mut limits = Vec::new();
         let mut add = |key: &str, res: LimitResource, v: u64| -> Result<(), IsolationError> {
             let key = format!("rlimits.{key}");
             let v = libc::rlim_t::try_from(v).map_err(|_| bad(&key, "is too large"))?;
@@ -339,6 +360,19 @@ impl Isolation {
         }
         Ok(())
     }
+}
+
+/// Whether this process has capability number `bit` in its effective set (`CapEff` of
+/// `/proc/self/status`).
+fn has_capability(bit: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
 }
 
 /// `u32::MAX`: not set.

@@ -188,7 +188,7 @@ impl Runner for LocalRunner {
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            RunnerError::Launch(format!("cannot start `{}`: {e}", self.config.command[0]))
+            RunnerError::from_launch_io(&format!("cannot start `{}`", self.config.command[0]), &e)
         })?;
         let pid = child
             .id()

@@ -138,6 +138,7 @@ impl WorkerArgs {
 type Preloaded = Option<Result<Config, crate::config::ConfigError>>;
 
 async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
     let config = match preloaded {
         Some(c) => c?,
         None => a.load()?,
@@ -222,12 +223,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
+    // Room for client connections and jobs (the accept loop keeps `api.fd_reserve` for the latter).
+    crate::limits::raise_nofile();
     let config = match preloaded {
         Some(c) => c?,
         None => a.load()?,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     ServerBuilder::new(config)
         .worker(!a.no_worker)

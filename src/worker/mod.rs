@@ -297,6 +297,18 @@ impl Worker {
         spec.timeout = spec.timeout.or(slot.timeout);
         let mut exec = match slot.runner.launch(spec, shared).await {
             Ok(e) => e,
+            Err(e) if e.is_host_resources() => {
+                // Not the job's fault: back to the queue shortly, the attempt given back.
+                tracing::warn!(error = %e, "launch failed for lack of host resources: requeued");
+                let cmd = Command::HostFailure {
+                    token,
+                    message: e.to_string(),
+                };
+                if let Err(e) = self.store.apply(id, cmd).await {
+                    tracing::info!(error = %e, "cannot give the launch back");
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "launch failed");
                 self.finish(
