@@ -7,6 +7,7 @@
 //!   Redis backend for scale-out (`store/redis/`, its atomic operations in `store/redis/lua/`).
 //! - [`worker`]: claims jobs with leases and runs them on their runner; the reaper.
 //! - [`scheduler`]: delayed jobs and retention.
+//! - [`schedule`]: cron schedules (fire times, the fire loop; exactly once across processes).
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
@@ -23,6 +24,7 @@ pub mod files;
 pub mod job;
 pub mod metrics;
 pub mod runner_set;
+pub mod schedule;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -179,6 +179,8 @@ fn job(job_type: &str, runner: &str) -> Job {
         finished_at: None,
         progress_event_at: 0,
         version: 0,
+        schedule: None,
+        fire_time: None,
     }
 }
 

@@ -199,6 +199,8 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         finished_at: None,
         progress_event_at: 0,
         version: 0,
+        schedule: None,
+        fire_time: None,
     })
 }
 

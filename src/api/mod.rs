@@ -6,6 +6,7 @@ pub mod extract;
 pub mod files;
 pub mod hooks;
 pub mod jobs;
+pub mod schedules;
 pub mod signed_url;
 
 use std::sync::Arc;
@@ -87,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/async_event", get(events::poll))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(schedules::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

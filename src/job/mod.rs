@@ -199,6 +199,12 @@ pub struct Job {
     pub progress_event_at: Micros,
     /// Bumped on every write; optimistic concurrency for backends that need it.
     pub version: u64,
+    /// The cron schedule whose fire submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// That fire's time (µs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire_time: Option<Micros>,
 }
 
 impl Job {
@@ -254,6 +260,13 @@ impl Job {
         m.insert("started_at".into(), json!(ts(self.started_at)));
         m.insert("finished_at".into(), json!(ts(self.finished_at)));
         m.insert("result_url".into(), json!(self.result_url()));
+        if let Some(name) = &self.schedule {
+            m.insert("schedule".into(), json!(name));
+            m.insert(
+                "fire_time".into(),
+                json!(self.fire_time.map(crate::schedule::fire_time_text)),
+            );
+        }
         Value::Object(m)
     }
 }

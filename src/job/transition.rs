@@ -555,6 +555,8 @@ mod tests {
             finished_at: None,
             progress_event_at: 0,
             version: 0,
+            schedule: None,
+            fire_time: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! change produces, so the status machine is enforced in one place whatever the backend.
 
 pub mod redis;
+pub mod schedules;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use runyard_runners::LogStream;
+pub use schedules::ScheduleStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +215,7 @@ pub trait Maintenance: Send + Sync {
 }
 
 /// A complete backend.
-pub trait Store: JobStore + JobQueue + LogStore + EventLog + Maintenance {
+pub trait Store: JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
     /// `embedded` or `redis`.

@@ -29,6 +29,9 @@ use uuid::Uuid;
 use super::*;
 use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
 
+#[path = "sqlite_schedules.rs"]
+mod schedules;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -224,6 +227,7 @@ impl SqliteStore {
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
         orphan_leases(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());

@@ -20,12 +20,15 @@
 //!   with `XADD MAXLEN ~` and, for channels, expiring after `retention.events` without events.
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
+//! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
+//!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
 //!
 //! Connection loss: every command is retried with backoff for up to `store.retry` (claims fail
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
 //! [`Maintenance::health`] answers within a second either way.
 
 mod notices;
+mod schedules;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
