@@ -77,24 +77,25 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn duration_ms(v: Option<&Value>, field: &str, default_ms: u64, max_ms: u64) -> ApiResult<u64> {
-    let ms =
-        match v {
-            None | Some(Value::Null) => default_ms,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(s) if s.is_finite() && s >= 0.0 => (s * 1000.0).round() as u64,
-                _ => return Err(bad(format!(
-                    "`{field}` must be a non-negative number of seconds or a duration like \"1h\""
-                ))),
-            },
-            Some(Value::String(t)) => humantime::parse_duration(t)
-                .map_err(|e| bad(format!("`{field}`: `{t}` is not a duration: {e}")))?
-                .as_millis() as u64,
-            Some(_) => {
+    let ms = match v {
+        None | Some(Value::Null) => default_ms,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if s.is_finite() && s >= 0.0 => (s * 1000.0).round() as u64,
+            _ => {
                 return Err(bad(format!(
-                    "`{field}` must be a duration like \"1h\" or a number of seconds"
+                    "`{field}` must be a non-negative number of seconds or a duration like \"1h\""
                 )))
             }
-        };
+        },
+        Some(Value::String(t)) => humantime::parse_duration(t)
+            .map_err(|e| bad(format!("`{field}`: `{t}` is not a duration: {e}")))?
+            .as_millis() as u64,
+        Some(_) => {
+            return Err(bad(format!(
+                "`{field}` must be a duration like \"1h\" or a number of seconds"
+            )))
+        }
+    };
     if ms > max_ms {
         return Err(bad(format!(
             "`{field}` must be at most {}",

@@ -52,7 +52,7 @@ impl CronSpec {
             return Err(CronSpecError::Cron("must be 1-200 characters".into()));
         }
         let fields: Vec<&str> = text.split_whitespace().collect();
-        if !text.starts_with('@') && !(fields.len() == 5 || fields.len() == 6) {
+        if !text.starts_with('@') && fields.len() != 5 && fields.len() != 6 {
             return Err(CronSpecError::Cron(format!(
                 "`{text}` has {} fields: expected 5 (minute hour day month weekday), 6 (seconds \
                  first) or a name like @hourly",
