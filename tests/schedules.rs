@@ -33,6 +33,13 @@ name = "svc"
 kind = "service"
 types = ["runyard.*"]
 concurrency = 16
+
+[[runners]]
+name = "loc"
+kind = "local"
+types = ["loc.*"]
+command = ["sleep", "2"]
+concurrency = 8
 "#;
 
 fn err_of(v: &Value) -> (String, String) {
@@ -375,11 +382,59 @@ async fn live_fires(ts: &TestServer) {
     );
 }
 
+/// `overlap = "forbid"` with a 2 s job every second: fires are skipped while a job runs, and no
+/// two jobs of the schedule ever run at once.
+async fn live_forbid(ts: &TestServer) {
+    let body = json!({"name": "slow", "cron": "*/1 * * * * *", "overlap": "forbid",
+                      "job": {"type": "loc.sleep"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (_, v) = ts.post("/async/schedules/slow/pause", None).await;
+    assert!(
+        v["counters"]["skipped_overlaps"].as_u64().unwrap() >= 2,
+        "{v}"
+    );
+    assert!(
+        v["last_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["outcome"] == "skipped_overlap"),
+        "{v}"
+    );
+    let jobs: Vec<Value> = all_jobs(&ts.client, &ts.url)
+        .await
+        .into_iter()
+        .filter(|j| j["schedule"] == "slow")
+        .collect();
+    assert!(
+        (2..=5).contains(&jobs.len()),
+        "a 2 s job every second, forbidden to overlap: {} jobs",
+        jobs.len()
+    );
+    let mut spans = Vec::new();
+    for j in &jobs {
+        let j = ts.wait_terminal(j["id"].as_str().unwrap(), WAIT).await;
+        assert_eq!(j["status"], "SUCCESS", "{j}");
+        let t = |k: &str| chrono::DateTime::parse_from_rfc3339(j[k].as_str().unwrap()).unwrap();
+        spans.push((t("created_at"), t("finished_at")));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "two jobs of a forbid schedule overlapped: {spans:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_embedded() {
     let ts = TestServer::start(RUNNERS).await;
     api_suite(&ts).await;
     live_fires(&ts).await;
+    live_forbid(&ts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,6 +450,7 @@ async fn api_redis() {
     assert_eq!(ts.get("/health").await.1["store"], "redis");
     api_suite(&ts).await;
     live_fires(&ts).await;
+    live_forbid(&ts).await;
 }
 
 // ---------------------------------------------------------------- real processes
@@ -758,6 +814,18 @@ async fn embedded_restart_misfire_policies() {
             .count(),
         1,
         "{v}"
+    );
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("runyard_schedule_misfires_total 4\n"),
+        "2 (skip) + 1 (run_once) + 1 (6s window) missed since the restart:\n{m}"
     );
     p.kill9();
 }

@@ -110,6 +110,17 @@ impl Firing {
                 if !self.store.schedule_cas(&next, Some(s.version)).await? {
                     continue;
                 }
+                use super::counters::{add, MISFIRES, SKIPPED_OVERLAPS};
+                add(
+                    &MISFIRES,
+                    next.counters.misfires.saturating_sub(s.counters.misfires),
+                );
+                add(
+                    &SKIPPED_OVERLAPS,
+                    next.counters
+                        .skipped_overlaps
+                        .saturating_sub(s.counters.skipped_overlaps),
+                );
             }
             let todo: Vec<PendingFire> = next
                 .pending
@@ -184,6 +195,9 @@ impl Firing {
             next.version = cur.version + 1;
             next.updated_at = now;
             if self.store.schedule_cas(&next, Some(cur.version)).await? {
+                if sub.is_some() {
+                    super::counters::add(&super::counters::FIRES, 1);
+                }
                 if let Some(e) = &error {
                     tracing::warn!(schedule = %name, error = %e, "a fire could not make a job");
                 }

@@ -42,6 +42,35 @@ pub const MAX_CATCHUP: usize = 1_000;
 /// How often a schedule with a buffered fire checks whether the job before it has ended.
 pub const BUFFER_RECHECK_US: Micros = 1_000_000;
 
+/// Process-wide counters of what this process's fire loops decided (exported by
+/// [`crate::metrics`]): each is counted once, by the process whose compare-and-set won.
+pub mod counters {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Jobs submitted by fires.
+    pub static FIRES: AtomicU64 = AtomicU64::new(0);
+    /// Fire times missed (misfire policy or catch-up window).
+    pub static MISFIRES: AtomicU64 = AtomicU64::new(0);
+    /// Fires skipped because the previous job was still active.
+    pub static SKIPPED_OVERLAPS: AtomicU64 = AtomicU64::new(0);
+
+    /// Adds to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        if n > 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// (fires, misfires, skipped overlaps).
+    pub fn snapshot() -> (u64, u64, u64) {
+        (
+            FIRES.load(Ordering::Relaxed),
+            MISFIRES.load(Ordering::Relaxed),
+            SKIPPED_OVERLAPS.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// What a fire does while the schedule's previous job is still active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
