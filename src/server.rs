@@ -172,6 +172,7 @@ impl ServerBuilder {
                 crate::schedule::firing::Firing {
                     store: store.clone(),
                     runners: runners.clone(),
+                    signal_retention: config.retention.finished,
                 },
                 bg.clone(),
             )),
@@ -330,6 +331,7 @@ impl ServerBuilder {
             crate::schedule::firing::Firing {
                 store: store.clone(),
                 runners: runners.clone(),
+                signal_retention: config.retention.finished,
             },
             bg.clone(),
         ));

@@ -7,6 +7,7 @@ pub mod files;
 pub mod hooks;
 pub mod jobs;
 pub mod schedules;
+pub mod signals;
 pub mod signed_url;
 
 use std::sync::Arc;
@@ -89,6 +90,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
+        .merge(signals::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -348,6 +348,7 @@ fn firing(st: &AppState) -> Firing {
     Firing {
         store: st.app.store.clone(),
         runners: st.app.runners.clone(),
+        signal_retention: st.app.config.retention.finished,
     }
 }
 

@@ -29,11 +29,26 @@ pub struct Firing {
     pub store: Arc<dyn Store>,
     /// The runners.
     pub runners: Arc<RunnerSet>,
+    /// Readiness signals older than this are deleted (the loop trims them once a minute).
+    pub signal_retention: Duration,
 }
+
+/// How often the fire loop trims old signals.
+const SIGNAL_TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the fire loop until `stop`.
 pub async fn fire_loop(f: Firing, stop: CancellationToken) {
+    let mut trimmed = std::time::Instant::now();
     loop {
+        if trimmed.elapsed() >= SIGNAL_TRIM_EVERY {
+            trimmed = std::time::Instant::now();
+            let before = clock() - f.signal_retention.as_micros() as i64;
+            match f.store.signals_trim(before).await {
+                Ok(n) if n > 0 => tracing::debug!(signals = n, "old signals deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "signal retention failed"),
+            }
+        }
         let now = clock();
         let mut trouble = false;
         match f.store.schedules_due(now, BATCH).await {

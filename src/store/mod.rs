@@ -6,6 +6,7 @@
 
 pub mod redis;
 pub mod schedules;
+pub mod signals;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
+pub use signals::SignalStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +217,9 @@ pub trait Maintenance: Send + Sync {
 }
 
 /// A complete backend.
-pub trait Store: JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore {
+pub trait Store:
+    JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore + SignalStore
+{
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
     /// `embedded` or `redis`.

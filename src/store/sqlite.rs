@@ -31,6 +31,8 @@ use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
 
 #[path = "sqlite_schedules.rs"]
 mod schedules;
+#[path = "sqlite_signals.rs"]
+mod signals;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -228,6 +230,7 @@ impl SqliteStore {
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
         orphan_leases(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());

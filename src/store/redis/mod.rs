@@ -22,6 +22,7 @@
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
 //!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
+//! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
 //!
 //! Connection loss: every command is retried with backoff for up to `store.retry` (claims fail
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
@@ -29,6 +30,7 @@
 
 mod notices;
 mod schedules;
+mod signals;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
