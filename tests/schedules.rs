@@ -217,6 +217,12 @@ async fn api_suite(ts: &TestServer) {
             "invalid_request",
         ),
         (json!({"jitter": -1}), "`jitter`", "invalid_request"),
+        (json!({"jitter": "2d"}), "`jitter`", "invalid_request"),
+        (
+            json!({"catchup_window": "500000000000y"}),
+            "`catchup_window`",
+            "invalid_request",
+        ),
         (json!({"name": "no spaces!"}), "`name`", "invalid_request"),
         (
             json!({"job": {"type": "nobody.claims"}}),

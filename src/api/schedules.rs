@@ -87,9 +87,12 @@ fn duration_ms(v: Option<&Value>, field: &str, default_ms: u64, max_ms: u64) -> 
                 )))
             }
         },
-        Some(Value::String(t)) => humantime::parse_duration(t)
-            .map_err(|e| bad(format!("`{field}`: `{t}` is not a duration: {e}")))?
-            .as_millis() as u64,
+        Some(Value::String(t)) => u64::try_from(
+            humantime::parse_duration(t)
+                .map_err(|e| bad(format!("`{field}`: `{t}` is not a duration: {e}")))?
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX),
         Some(_) => {
             return Err(bad(format!(
                 "`{field}` must be a duration like \"1h\" or a number of seconds"
