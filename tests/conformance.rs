@@ -181,6 +181,7 @@ fn job(job_type: &str, runner: &str) -> Job {
         version: 0,
         schedule: None,
         fire_time: None,
+        emits: Vec::new(),
     }
 }
 

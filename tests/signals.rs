@@ -18,6 +18,18 @@ const MASTER_KEY: &str = "signal-test-master-key-0123456789abcdef";
 
 const RUNNERS: &str = r#"
 [[runners]]
+name = "svc"
+kind = "service"
+types = ["runyard.*"]
+
+[[runners]]
+name = "bad"
+kind = "local"
+types = ["fail.*"]
+command = ["false"]
+max_attempts = 1
+
+[[runners]]
 name = "loc"
 kind = "local"
 types = ["loc.*"]
@@ -192,13 +204,51 @@ async fn suite(ts: &TestServer) {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["payload"], json!({"rows": 7}));
 
+    // emits: a job that ends SUCCESS writes its signals with its final status; one that does not
+    // writes none. A bad key is refused at submit.
+    let ok = ts
+        .submit_ok(json!({"type": "runyard.noop", "emits": ["chain.a", "chain.b"]}))
+        .await;
+    let j = ts.wait_terminal(&ok, WAIT).await;
+    assert_eq!(j["status"], "SUCCESS", "{j}");
+    assert_eq!(j["emits"], json!(["chain.a", "chain.b"]));
+    for k in ["chain.a", "chain.b"] {
+        let recs = records(ts, k, "").await;
+        assert_eq!(recs.len(), 1, "{k}: {recs:?}");
+        assert_eq!(recs[0]["payload"], json!({"job_id": ok}));
+        assert_eq!(recs[0]["id"], format!("job:{ok}"));
+    }
+    let failing = ts
+        .submit_ok(json!({"type": "fail.now", "emits": ["chain.fail"]}))
+        .await;
+    let j = ts.wait_terminal(&failing, WAIT).await;
+    assert_ne!(j["status"], "SUCCESS", "{j}");
+    let cancelled = ts
+        .submit_ok(json!({"type": "loc.wait", "emits": ["chain.fail"]}))
+        .await;
+    ts.wait_status(&cancelled, "RUNNING", WAIT).await;
+    ts.post(&format!("/async/jobs/{cancelled}/cancel"), None)
+        .await;
+    ts.wait_status(&cancelled, "CANCELLED", WAIT).await;
+    assert!(
+        records(ts, "chain.fail", "").await.is_empty(),
+        "no SUCCESS, no signal"
+    );
+    for bad in [json!([""]), json!(["a\u{7}b"]), json!(["k".repeat(201)])] {
+        let (st, v) = ts
+            .submit(json!({"type": "runyard.noop", "emits": bad}))
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+        assert!(code_msg(&v).1.contains("`emits`"), "{v}");
+    }
+
     // Retention: records older than the cut are deleted; sequence numbers are never reused.
     let store = ts.running().app.store.clone();
     let n = store
         .signals_trim(runyard::job::now_us() + 1)
         .await
         .expect("trim");
-    assert!(n >= 6, "{n}");
+    assert!(n >= 8, "{n}");
     assert!(records(ts, "src.orders", "").await.is_empty());
     let (_, v) = ts.post("/async/signals/src.orders", None).await;
     assert_eq!(v["seq"], 4, "{v}");

@@ -205,6 +205,9 @@ pub struct Job {
     /// That fire's time (µs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fire_time: Option<Micros>,
+    /// Signal keys written when the job ends SUCCESS (in the same store transaction).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emits: Vec<String>,
 }
 
 impl Job {
@@ -260,6 +263,9 @@ impl Job {
         m.insert("started_at".into(), json!(ts(self.started_at)));
         m.insert("finished_at".into(), json!(ts(self.finished_at)));
         m.insert("result_url".into(), json!(self.result_url()));
+        if !self.emits.is_empty() {
+            m.insert("emits".into(), json!(self.emits));
+        }
         if let Some(name) = &self.schedule {
             m.insert("schedule".into(), json!(name));
             m.insert(

@@ -557,6 +557,7 @@ mod tests {
             version: 0,
             schedule: None,
             fire_time: None,
+            emits: Vec::new(),
         }
     }
 

@@ -456,8 +456,12 @@ fn notices_for(ctx: &mut WriteCtx<'_>, job: &Job) {
 
 fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) -> Result<()> {
     let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
+    let was = job.status;
     let ev = apply(job, cmd, &actx)?;
     save(ctx.conn, job)?;
+    if job.status == JobStatus::Success && was != JobStatus::Success && !job.emits.is_empty() {
+        signals::emit_in(ctx.conn, job, now)?;
+    }
     if let Some(kind) = ev {
         append_event(ctx, job, kind)?;
         if kind == EventKind::Status {

@@ -6,7 +6,7 @@ use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
 
 use super::{db_err, json_err, SqliteStore};
-use crate::job::Micros;
+use crate::job::{Job, Micros};
 use crate::store::signals::{Signal, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
 
@@ -50,6 +50,78 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
+/// Appends a record on the writer's connection (inside its transaction): the API's writes and a
+/// job's `emits` when it ends SUCCESS, in the same transaction as the job.
+pub(super) fn append_in(
+    conn: &rusqlite::Connection,
+    key: String,
+    id: Option<String>,
+    payload: Option<Value>,
+    at: Micros,
+) -> Result<(Signal, bool)> {
+    let body = payload
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(json_err)?;
+    if let Some(sid) = &id {
+        let found: Option<Row> = conn
+            .prepare_cached(
+                "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND sid = ?2",
+            )
+            .map_err(db_err)?
+            .query_row(params![key, sid], row)
+            .optional()
+            .map_err(db_err)?;
+        if let Some(r) = found {
+            return Ok((to_signal(r)?, false));
+        }
+    }
+    let seq: i64 = conn
+        .prepare_cached(
+            "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
+                 ON CONFLICT(key) DO UPDATE SET seq = seq + 1 RETURNING seq",
+        )
+        .map_err(db_err)?
+        .query_row([&key], |r| r.get(0))
+        .map_err(db_err)?;
+    conn.prepare_cached(
+        "INSERT INTO signals(key, seq, at, sid, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .map_err(db_err)?
+    .execute(params![key, seq, at, id, body])
+    .map_err(db_err)?;
+    conn.prepare_cached("DELETE FROM signals WHERE key = ?1 AND seq <= ?2")
+        .map_err(db_err)?
+        .execute(params![key, seq - MAX_PER_KEY as i64])
+        .map_err(db_err)?;
+    Ok((
+        Signal {
+            key,
+            seq: seq as u64,
+            at,
+            id,
+            payload,
+        },
+        true,
+    ))
+}
+
+/// The signals of a job that just ended SUCCESS: one per key of `emits`, id `job:{id}`.
+pub(super) fn emit_in(conn: &rusqlite::Connection, job: &Job, at: Micros) -> Result<()> {
+    for key in &job.emits {
+        let payload = serde_json::json!({"job_id": job.id});
+        append_in(
+            conn,
+            key.clone(),
+            Some(format!("job:{}", job.id)),
+            Some(payload),
+            at,
+        )?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SignalStore for SqliteStore {
     async fn signal_append(
@@ -60,59 +132,8 @@ impl SignalStore for SqliteStore {
         at: Micros,
     ) -> Result<(Signal, bool)> {
         let key = key.to_string();
-        let body = payload
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(json_err)?;
-        self.write(move |ctx| {
-            if let Some(sid) = &id {
-                let found: Option<Row> = ctx
-                    .conn
-                    .prepare_cached(
-                        "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND sid = ?2",
-                    )
-                    .map_err(db_err)?
-                    .query_row(params![key, sid], row)
-                    .optional()
-                    .map_err(db_err)?;
-                if let Some(r) = found {
-                    return Ok((to_signal(r)?, false));
-                }
-            }
-            let seq: i64 = ctx
-                .conn
-                .prepare_cached(
-                    "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
-                     ON CONFLICT(key) DO UPDATE SET seq = seq + 1 RETURNING seq",
-                )
-                .map_err(db_err)?
-                .query_row([&key], |r| r.get(0))
-                .map_err(db_err)?;
-            ctx.conn
-                .prepare_cached(
-                    "INSERT INTO signals(key, seq, at, sid, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(db_err)?
-                .execute(params![key, seq, at, id, body])
-                .map_err(db_err)?;
-            ctx.conn
-                .prepare_cached("DELETE FROM signals WHERE key = ?1 AND seq <= ?2")
-                .map_err(db_err)?
-                .execute(params![key, seq - MAX_PER_KEY as i64])
-                .map_err(db_err)?;
-            Ok((
-                Signal {
-                    key,
-                    seq: seq as u64,
-                    at,
-                    id,
-                    payload,
-                },
-                true,
-            ))
-        })
-        .await
+        self.write(move |ctx| append_in(ctx.conn, key, id, payload, at))
+            .await
     }
 
     async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {

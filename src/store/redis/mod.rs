@@ -238,7 +238,7 @@ fn parse_event_id(s: &str) -> Result<String> {
 }
 
 /// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 14;
+const WRITE_ARGS: usize = 15;
 
 /// One caller's writes, waiting for the committer.
 struct Pending {
@@ -509,6 +509,11 @@ impl RedisStore {
                 w.files.clone(),
                 w.body.clone(),
                 w.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+                if j.status == JobStatus::Success {
+                    j.emits.join("\n")
+                } else {
+                    String::new()
+                },
             ]);
         }
         let (tx, rx) = oneshot::channel();
