@@ -13,6 +13,7 @@ use crate::store::{Notice, Store};
 pub struct Metrics {
     transitions: [AtomicU64; 9],
     lagged: AtomicU64,
+    http_panics: AtomicU64,
 }
 
 impl Metrics {
@@ -35,6 +36,11 @@ impl Metrics {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// Counts a request handler that panicked (answered 500 `internal`).
+    pub fn count_http_panic(&self) {
+        self.http_panics.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -69,6 +75,14 @@ impl Metrics {
              # HELP runyard_schedule_skipped_overlaps_total Schedule fires skipped while the previous job was active.\n\
              # TYPE runyard_schedule_skipped_overlaps_total counter\n\
              runyard_schedule_skipped_overlaps_total {skipped}\n"
+        ));
+        s.push_str(
+            "# HELP runyard_http_panics_total Request handlers that panicked (answered 500).\n\
+             # TYPE runyard_http_panics_total counter\n",
+        );
+        s.push_str(&format!(
+            "runyard_http_panics_total {}\n",
+            self.http_panics.load(Ordering::Relaxed)
         ));
         s
     }
