@@ -20,12 +20,17 @@
 //!   with `XADD MAXLEN ~` and, for channels, expiring after `retention.events` without events.
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
+//! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
+//!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
+//! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
 //!
 //! Connection loss: every command is retried with backoff for up to `store.retry` (claims fail
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
 //! [`Maintenance::health`] answers within a second either way.
 
 mod notices;
+mod schedules;
+mod signals;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -248,7 +253,7 @@ fn parse_event_id(s: &str) -> Result<String> {
 const MIN_TRY: Duration = Duration::from_millis(250);
 
 /// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 14;
+const WRITE_ARGS: usize = 15;
 
 /// One caller's writes, waiting for the committer.
 struct Pending {
@@ -556,6 +561,11 @@ impl RedisStore {
                 w.files.clone(),
                 w.body.clone(),
                 w.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+                if j.status == JobStatus::Success {
+                    j.emits.join("\n")
+                } else {
+                    String::new()
+                },
             ]);
         }
         let (tx, rx) = oneshot::channel();
