@@ -21,6 +21,13 @@
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
 //!
+//! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
+//! run records, events, retention) is Redis's clock, read with `TIME` every
+//! [`CLOCK_RESYNC`] and carried forward with this process's monotonic clock in between
+//! ([`RedisStore::now`]). Leases written by one node are judged by another, so they must not
+//! depend on each node's wall clock: a node whose clock is stepped forward would otherwise reap
+//! every other node's live leases, and one stepped back would write leases already expired.
+//!
 //! Connection loss: every command is retried with backoff for up to `store.retry` (claims fail
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
 //! [`Maintenance::health`] answers within a second either way.
@@ -58,6 +65,8 @@ const CACHE_MAX: usize = 16_384;
 const COMMIT_BATCH: usize = 128;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 const COMMITTERS: usize = 1;
+/// How often [`RedisStore::now`] reads Redis's clock again.
+const CLOCK_RESYNC: Duration = Duration::from_secs(10);
 
 /// What the Redis backend needs.
 #[derive(Debug, Clone)]
@@ -129,6 +138,8 @@ pub struct RedisStore {
     cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
     /// To the committer tasks (group commit, see [`RedisStore::commit`]).
     commits: mpsc::UnboundedSender<Pending>,
+    /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
+    clock: parking_lot::Mutex<Option<(Micros, Instant)>>,
     _stop: DropGuard,
 }
 
@@ -377,6 +388,7 @@ impl RedisStore {
                 origin,
                 cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 commits,
+                clock: parking_lot::Mutex::new(None),
                 _stop: stop.drop_guard(),
             }
         }))
@@ -384,6 +396,38 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.s.prefix)
+    }
+
+    /// The store's time (µs since the epoch): Redis's clock, read with `TIME` at most every
+    /// [`CLOCK_RESYNC`] and carried forward with the monotonic clock in between, so a step of
+    /// this node's wall clock changes nothing. While Redis cannot be read, the last reading is
+    /// carried forward; before any, the wall clock is used.
+    async fn now(&self) -> Micros {
+        let anchor = *self.clock.lock();
+        if let Some((at, when)) = anchor {
+            if when.elapsed() < CLOCK_RESYNC {
+                return at.saturating_add(when.elapsed().as_micros() as i64);
+            }
+        }
+        let sent = Instant::now();
+        let read: Result<(i64, i64)> = self
+            .exec(false, |mut c| async move {
+                ::redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await;
+        match read {
+            Ok((secs, us)) => {
+                let rtt = sent.elapsed();
+                let when = sent + rtt / 2;
+                let at = secs.saturating_mul(1_000_000).saturating_add(us);
+                *self.clock.lock() = Some((at, when));
+                at.saturating_add(when.elapsed().as_micros() as i64)
+            }
+            Err(_) => match anchor {
+                Some((at, when)) => at.saturating_add(when.elapsed().as_micros() as i64),
+                None => now_us(),
+            },
+        }
     }
 
     fn mark(&self, up: bool, err: &str) {
@@ -639,7 +683,7 @@ impl RedisStore {
             }
             let from_cache = raw.is_empty();
             let mut next = job.clone();
-            let ev = match f(&mut next, now_us()) {
+            let ev = match f(&mut next, self.now().await) {
                 Ok(ev) => ev,
                 // A refusal must come from the stored job, not from a stale copy.
                 Err(_) if from_cache => {
@@ -915,7 +959,7 @@ impl JobQueue for RedisStore {
         if max == 0 {
             return Ok(vec![]);
         }
-        let now = now_us();
+        let now = self.now().await;
         let lease_until = now + lease_ttl.as_micros() as i64;
         // While Redis is away, fail at once: the worker backs off instead of piling up claims.
         let retry = !self.down.load(Ordering::Relaxed);
@@ -991,7 +1035,7 @@ impl JobQueue for RedisStore {
             }
             let ids: Vec<Uuid> = todo.iter().map(|(id, _)| *id).collect();
             let bodies = self.load_many(&ids).await?;
-            let now = now_us();
+            let now = self.now().await;
             let until = now + lease_ttl.as_micros() as i64;
             let mut writes = Vec::new();
             for ((id, token), body) in todo.iter().zip(bodies) {
@@ -1047,7 +1091,7 @@ impl JobQueue for RedisStore {
 
     async fn promote_due(&self, max: usize) -> Result<usize> {
         let key = self.key("sched");
-        let now = now_us();
+        let now = self.now().await;
         let ids: Vec<String> = self
             .exec(true, |mut c| {
                 let key = key.clone();
@@ -1112,7 +1156,7 @@ impl JobQueue for RedisStore {
     }
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
-        let now = now_us();
+        let now = self.now().await;
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.expired.prepare_invoke();
@@ -1206,6 +1250,7 @@ impl EventLog for RedisStore {
     ) -> Result<Vec<Event>> {
         let last = last_id.map(parse_event_id).transpose()?.unwrap_or_default();
         let chan = channel.unwrap_or("").to_string();
+        let now_ms = self.now().await / 1000;
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.events.prepare_invoke();
@@ -1213,7 +1258,7 @@ impl EventLog for RedisStore {
                     .arg(&chan)
                     .arg(&last)
                     .arg(limit.max(1))
-                    .arg(now_us() / 1000)
+                    .arg(now_ms)
                     .arg(self.s.channel_ttl.as_millis() as u64);
                 async move { inv.invoke_async(&mut c).await }
             })
