@@ -75,10 +75,7 @@ async fn proxy(upstream: u16, blocked: Arc<AtomicBool>) -> u16 {
     ) {
         let mut buf = vec![0u8; 65536];
         loop {
-            let n = match r.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => 0,
-            };
+            let n: usize = r.read(&mut buf).await.unwrap_or_default();
             hold(&b).await;
             if n == 0 || w.write_all(&buf[..n]).await.is_err() {
                 return;
