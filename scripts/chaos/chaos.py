@@ -55,6 +55,7 @@ FAKETIME_LIBS = (
     "/usr/lib/faketime/libfaketime.so.1",
 )
 _libc = ctypes.CDLL(None, use_errno=True)
+KILLED = set()  # pids we killed with SIGKILL
 
 
 def log(msg):
@@ -109,6 +110,7 @@ class Proc:
 
     def kill9(self):
         if self.p is not None:
+            KILLED.add(self.p.pid)
             self.p.kill()
             self.p.wait()
             self.p = None
@@ -720,7 +722,11 @@ kill_grace = "200ms"
             except ValueError:
                 pass
         fault = "no fault nearby"
-        if when is not None:
+        parts = w.split("-")
+        pid = next((int(x) for x in parts if x.isdigit()), None)
+        if pid in KILLED:
+            fault = "its process was killed"
+        elif when is not None:
             near = [k for (a, b, k) in self.timeline if a - 1 <= when <= b + 2 * LEASE_TTL + 2]
             if near:
                 fault = near[-1]
