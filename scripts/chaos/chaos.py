@@ -55,7 +55,7 @@ FAKETIME_LIBS = (
     "/usr/lib/faketime/libfaketime.so.1",
 )
 _libc = ctypes.CDLL(None, use_errno=True)
-KILLED = set()  # pids we killed with SIGKILL
+KILLED = {}  # pid -> when we killed it with SIGKILL (wall time)
 
 
 def log(msg):
@@ -110,7 +110,7 @@ class Proc:
 
     def kill9(self):
         if self.p is not None:
-            KILLED.add(self.p.pid)
+            KILLED[self.p.pid] = time.time()
             self.p.kill()
             self.p.wait()
             self.p = None
@@ -724,10 +724,14 @@ kill_grace = "200ms"
         fault = "no fault nearby"
         parts = w.split("-")
         pid = next((int(x) for x in parts if x.isdigit()), None)
-        if pid in KILLED:
-            fault = "its process was killed"
+        killed = KILLED.get(pid)
+        if killed is not None and (when is None or killed - 1 <= when <= killed + 3 * LEASE_TTL + 5):
+            fault = "its worker was killed"
         elif when is not None:
-            near = [k for (a, b, k) in self.timeline if a - 1 <= when <= b + 2 * LEASE_TTL + 2]
+            # A run is reaped a lease or more after what cut it off: the cause is the latest
+            # fault that began at least (almost) a lease before the reap and ended shortly before.
+            near = [k for (a, b, k) in self.timeline
+                    if a <= when - LEASE_TTL + 0.5 and when <= b + 2 * LEASE_TTL + 2]
             if near:
                 fault = near[-1]
         return f"{out} on {w.split('-')[0]}{'-' + w.split('-')[1] if w.startswith('worker') else ''} ({fault})"
