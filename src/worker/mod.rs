@@ -4,10 +4,10 @@
 //! - [`Worker::run`] is the claim loop; each claimed job runs in its own task ([`Worker::run_job`]).
 //! - A heartbeat task renews the leases of running jobs; jobs the store says we no longer hold
 //!   (cancelled, or taken over after our lease expired) are stopped.
-//! - A fence task stops, on its own, every job whose lease this worker could not renew for
-//!   nearly a lease period (Redis away, or a network partition): by the time another worker may
-//!   reap the expired lease and run the job again, this copy is gone, so two runs of a job never
-//!   overlap even when the worker cannot hear from the store.
+//! - A fence task (shared stores: Redis) stops, on its own, every job whose lease this worker
+//!   could not renew for nearly a lease period (Redis away, or a network partition): by the time
+//!   another worker may reap the expired lease and run the job again, this copy is gone, so two
+//!   runs of a job never overlap even when the worker cannot hear from the store.
 //! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
 //! - At shutdown the worker stops claiming, lets running jobs finish within `shutdown_grace`, then
 //!   stops the rest and gives them back to the queue.
@@ -104,12 +104,17 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(worker = %self.id, "worker started");
         let bg = CancellationToken::new();
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(self.clone().listen(bg.clone())),
             tokio::spawn(self.clone().heartbeats(bg.clone())),
-            tokio::spawn(self.clone().fence(bg.clone())),
             tokio::spawn(reaper::run(self.clone(), bg.clone())),
         ];
+        // The embedded store is held by this one process (its data dir is locked) and a worker
+        // never reaps a lease it holds: nobody else can take a job over, so fencing would only
+        // stop jobs whose heartbeat a busy machine delayed.
+        if self.store.backend_name() != "embedded" {
+            tasks.push(tokio::spawn(self.clone().fence(bg.clone())));
+        }
         let mut error_backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
             let mut failed = false;
