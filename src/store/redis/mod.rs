@@ -492,6 +492,45 @@ impl RedisStore {
         }
     }
 
+    /// Members of the sorted set `key` scored from `min` to `max` (`-inf`/`+inf` allowed), at most
+    /// `limit`, lowest score first.
+    pub(crate) async fn zrange_by_score<T: ::redis::FromRedisValue>(
+        &self,
+        key: &str,
+        min: impl ::redis::ToRedisArgs + Clone + Send + Sync,
+        max: impl ::redis::ToRedisArgs + Clone + Send + Sync,
+        limit: usize,
+    ) -> Result<Vec<T>> {
+        self.exec(true, |mut c| {
+            let cmd = ::redis::cmd("ZRANGEBYSCORE")
+                .arg(key)
+                .arg(min.clone())
+                .arg(max.clone())
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// The lowest score in the sorted set `key` (a due time), none when it is empty.
+    pub(crate) async fn first_score(&self, key: &str) -> Result<Option<Micros>> {
+        let first: Vec<(String, f64)> = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(first.first().map(|(_, s)| *s as Micros))
+    }
+
     /// Runs a command, retrying transient failures with backoff for up to `store.retry` (not
     /// at all when `retry` is false).
     async fn exec<T, F, Fut>(&self, retry: bool, f: F) -> Result<T>
@@ -1176,22 +1215,7 @@ impl JobQueue for RedisStore {
     async fn promote_due(&self, max: usize) -> Result<usize> {
         let key = self.key("sched");
         let now = self.now().await;
-        let ids: Vec<String> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("ZRANGEBYSCORE")
-                        .arg(key)
-                        .arg("-inf")
-                        .arg(now)
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(max)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, max).await?;
         let mut n = 0;
         for id in ids.iter().filter_map(|s| Uuid::parse_str(s).ok()) {
             // Several nodes promote at once: the losers are refused, which is fine.
@@ -1221,22 +1245,7 @@ impl JobQueue for RedisStore {
     }
 
     async fn next_due(&self) -> Result<Option<Micros>> {
-        let key = self.key("sched");
-        let first: Vec<(String, f64)> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("ZRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(0)
-                        .arg("WITHSCORES")
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        Ok(first.first().map(|(_, s)| *s as Micros))
+        self.first_score(&self.key("sched")).await
     }
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {

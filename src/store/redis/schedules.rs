@@ -111,41 +111,12 @@ impl ScheduleStore for RedisStore {
     }
 
     async fn schedules_due(&self, now: Micros, max: usize) -> Result<Vec<String>> {
-        let key = self.key("sched:wake");
-        self.exec(true, |mut c| {
-            let key = key.clone();
-            async move {
-                ::redis::cmd("ZRANGEBYSCORE")
-                    .arg(key)
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(max)
-                    .query_async(&mut c)
-                    .await
-            }
-        })
-        .await
+        self.zrange_by_score(&self.key("sched:wake"), "-inf", now, max)
+            .await
     }
 
     async fn schedules_next_wake(&self) -> Result<Option<Micros>> {
-        let key = self.key("sched:wake");
-        let first: Vec<(String, f64)> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("ZRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(0)
-                        .arg("WITHSCORES")
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        Ok(first.first().map(|(_, s)| *s as Micros))
+        self.first_score(&self.key("sched:wake")).await
     }
 
     async fn schedule_cas(&self, s: &Schedule, expected: Option<u64>) -> Result<bool> {

@@ -67,22 +67,7 @@ impl SignalStore for RedisStore {
 
     async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
         let k = self.key(&format!("sig:{key}"));
-        let recs: Vec<String> = self
-            .exec(true, |mut c| {
-                let k = k.clone();
-                async move {
-                    ::redis::cmd("ZRANGEBYSCORE")
-                        .arg(k)
-                        .arg(since)
-                        .arg("+inf")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(limit)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let recs: Vec<String> = self.zrange_by_score(&k, since, "+inf", limit).await?;
         let mut out = recs
             .iter()
             .map(|r| serde_json::from_str::<Signal>(r).map_err(json_err))
