@@ -47,6 +47,13 @@ failed=0
 log "cargo test"
 cargo test --workspace -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
 
+# Fuzzing (issue 9): every cargo-fuzz target of fuzz/ runs from its committed corpus for
+# RUNYARD_FUZZ_SECONDS (20 s) each, and any crash fails CI. scripts/fuzz.sh installs the nightly
+# toolchain and cargo-fuzz when missing and builds the targets into fuzz/target (no sanitizer,
+# debug assertions on). `scripts/fuzz.sh 600` is the long form. Timings: docs/reliability.md.
+log "fuzzing (short form)"
+scripts/fuzz.sh "${RUNYARD_FUZZ_SECONDS:-20}" || failed=1
+
 log "python job client against a real server"
 PYDATA=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
