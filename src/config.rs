@@ -71,6 +71,29 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Largest page of `GET /async/jobs`.
     pub max_page: usize,
+    /// Most client connections open at once (WebSockets included). Further clients wait in the
+    /// listen backlog. Clamped to the open-file limit minus `fd_reserve`.
+    pub max_connections: usize,
+    /// File descriptors kept for everything but client connections (jobs' pipes, the store,
+    /// Redis, runner clients, logs).
+    pub fd_reserve: u64,
+    /// How long a client may take to send a request's line and headers (from the connection's
+    /// start, or from the first byte of a later request); slower clients are disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit between two requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long an ordinary request may take in all (not event streams, long polls, WebSocket
+    /// upgrades or file transfers); answered 503 `request_timeout` after it.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest pause between two pieces of a request body (uploads included).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Browser origins (`https://app.example.com`) allowed to call the API cross-origin (CORS,
+    /// and the cross-origin check of unsafe methods). Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +101,13 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_page: 1000,
+            max_connections: 4096,
+            fd_reserve: 256,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -269,6 +299,16 @@ pub struct RunnerConfig {
     /// local: working directory.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// local: run jobs as this user (name or uid). Needs a server running as root.
+    #[serde(default)]
+    pub user: Option<runyard_runners::isolation::Principal>,
+    /// local: run jobs with this group (name or gid).
+    #[serde(default)]
+    pub group: Option<runyard_runners::isolation::Principal>,
+    /// local: resource limits of the jobs' processes (`cpu`, `memory`, `nofile`, `nproc`,
+    /// `fsize`).
+    #[serde(default)]
+    pub rlimits: runyard_runners::isolation::Rlimits,
     /// service: the registered operation to call (default: the job type).
     #[serde(default)]
     pub operation: Option<String>,
@@ -463,6 +503,27 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes".into(), "must be at least 1024");
         }
+        if self.api.max_connections == 0 {
+            return err("api.max_connections".into(), "must be at least 1");
+        }
+        for (key, d) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+            ("api.request_timeout", self.api.request_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(24 * 3600) {
+                return err(key.into(), "must be between 10ms and 24h");
+            }
+        }
+        for (i, o) in self.api.cors_origins.iter().enumerate() {
+            if !crate::api::edge::valid_origin(o) {
+                return err(
+                    format!("api.cors_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], no path or trailing slash",
+                );
+            }
+        }
         if self.events.global_limit == 0 || self.events.channel_limit == 0 {
             return err("events".into(), "limits must be positive");
         }
@@ -492,10 +553,33 @@ impl Config {
                     return err(k("backoff"), &m);
                 }
             }
+            if r.timeout
+                .is_some_and(|t| t.is_zero() || t > Duration::from_secs(365 * 24 * 3600))
+            {
+                return err(k("timeout"), "must be between 1ms and 365 days");
+            }
+            if r.kind != RunnerKind::Local {
+                for (set, key) in [
+                    (r.user.is_some(), "user"),
+                    (r.group.is_some(), "group"),
+                    (!r.rlimits.is_empty(), "rlimits"),
+                ] {
+                    if set {
+                        return err(k(key), "only local runners take it");
+                    }
+                }
+            }
             match r.kind {
                 RunnerKind::Local => {
                     if r.command.is_empty() {
                         return err(k("command"), "a local runner needs a command");
+                    }
+                    if let Err(e) = runyard_runners::isolation::Isolation::resolve(
+                        r.user.as_ref(),
+                        r.group.as_ref(),
+                        &r.rlimits,
+                    ) {
+                        return err(k(&e.key), &e.message);
                     }
                 }
                 RunnerKind::Service => {
@@ -603,6 +687,42 @@ types = ["thumbnail"]
         )
         .unwrap();
         assert_eq!(c.runners[0].name_at(0), "docker-0");
+    }
+
+    #[test]
+    fn local_isolation_keys_are_checked_at_load() {
+        let local = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\ncommand = [\"true\"]\n{extra}"
+            ))
+        };
+        let e = local("user = \"no-such-user-xyz\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runners[0].user") && e.contains("no-such-user-xyz"),
+            "{e}"
+        );
+        let e = local("group = \"no-such-group-xyz\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].group"), "{e}");
+        let e = local("rlimits = { memory = \"lots\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].rlimits.memory"), "{e}");
+        let e = local("rlimits = { stack = 1 }").unwrap_err().to_string();
+        assert!(e.contains("stack"), "{e}");
+        let c = local(
+            "user = \"root\"\ngroup = 0\nrlimits = { cpu = \"10m\", as = \"512MiB\", nofile = 1024, nproc = 256, fsize = \"1GiB\" }",
+        )
+        .unwrap();
+        assert_eq!(c.runners[0].rlimits.nofile, Some(1024));
+        let e =
+            Config::from_toml("[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\nuser = \"root\"")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("runners[0].user"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,12 @@
 //! - [`scheduler`]: delayed jobs and retention.
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
+//! - [`connections`]: the HTTP accept loop (connection cap, header/idle/request timeouts);
+//!   [`limits`]: the open-file limit.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
+//! - [`security`]: the master key in memory, environment scrubbing, process hardening, private
+//!   data directory (docs/security.md).
 //! - [`cli`]: the `runyard` command line, including `bench`.
 //!
 //! The runners themselves live in the `runyard-runners` crate, the hook protocol in
@@ -19,11 +23,14 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod files;
 pub mod job;
+pub mod limits;
 pub mod metrics;
 pub mod runner_set;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod worker;

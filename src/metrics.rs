@@ -13,6 +13,7 @@ use crate::store::{Notice, Store};
 pub struct Metrics {
     transitions: [AtomicU64; 9],
     lagged: AtomicU64,
+    http_panics: AtomicU64,
 }
 
 impl Metrics {
@@ -37,6 +38,11 @@ impl Metrics {
         }
     }
 
+    /// Counts a request handler that panicked (answered 500 `internal`).
+    pub fn count_http_panic(&self) {
+        self.http_panics.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::from(
@@ -57,6 +63,14 @@ impl Metrics {
         s.push_str(&format!(
             "runyard_notices_lagged_total {}\n",
             self.lagged.load(Ordering::Relaxed)
+        ));
+        s.push_str(
+            "# HELP runyard_http_panics_total Request handlers that panicked (answered 500).\n\
+             # TYPE runyard_http_panics_total counter\n",
+        );
+        s.push_str(&format!(
+            "runyard_http_panics_total {}\n",
+            self.http_panics.load(Ordering::Relaxed)
         ));
         s
     }

@@ -73,17 +73,25 @@ impl RunnerSet {
         for (i, rc) in cfg.runners.iter().enumerate() {
             let key = |f: &str| format!("runners[{i}].{f}");
             let runner: Arc<dyn Runner> = match rc.kind {
-                RunnerKind::Local => Arc::new(
-                    LocalRunner::new(LocalConfig {
+                RunnerKind::Local => {
+                    let lc = LocalConfig {
                         command: rc.command.clone(),
                         env: rc.env.clone(),
                         env_allow: rc.env_allow.clone().unwrap_or_else(|| {
                             DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()
                         }),
                         cwd: rc.cwd.clone(),
-                    })
-                    .map_err(|e| ConfigError(format!("`{}`: {e}", key("command"))))?,
-                ),
+                        user: rc.user.clone(),
+                        group: rc.group.clone(),
+                        rlimits: rc.rlimits.clone(),
+                    };
+                    lc.isolation()
+                        .map_err(|e| ConfigError(format!("`{}`: {}", key(&e.key), e.message)))?;
+                    Arc::new(
+                        LocalRunner::new(lc)
+                            .map_err(|e| ConfigError(format!("`{}`: {e}", key("command"))))?,
+                    )
+                }
                 RunnerKind::Service => Arc::new(
                     ServiceRunner::new(services.clone(), rc.operation.clone())
                         .map_err(|e| ConfigError(format!("`{}`: {e}", key("operation"))))?,

@@ -25,7 +25,7 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             Ok(1000) => continue,
             Ok(_) => {
                 if let Ok(Some(due)) = store.next_due().await {
-                    let until = (due - now_us()).max(0) as u64;
+                    let until = u64::try_from(due.saturating_sub(now_us())).unwrap_or(0);
                     wait = wait.min(Duration::from_micros(until));
                 }
             }

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::files::BlobStore;
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
+use crate::security::MasterKey;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
@@ -51,7 +52,7 @@ pub struct App {
     /// The runners.
     pub runners: Arc<RunnerSet>,
     /// The key job secrets are derived from.
-    pub master_key: Arc<Vec<u8>>,
+    pub master_key: Arc<MasterKey>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Job files.
@@ -134,12 +135,14 @@ impl ServerBuilder {
             // Port 0 resolves only now.
             self.config.public_url = Some(format!("http://{addr}"));
         }
+        crate::security::secure_data_dir(&self.config.data_dir)?;
+        // Out of the config (which is shared widely) into a zeroed-on-drop key.
+        let master_key = Arc::new(load_master_key(&mut self.config)?);
         let config = Arc::new(self.config);
         let (store, redis) = open_store(&config).await?;
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
         );
-        let master_key = Arc::new(load_master_key(&config)?);
         let metrics = Arc::new(Metrics::default());
         let blobs = Arc::new(
             BlobStore::new(config.data_dir.join("files"))
@@ -189,13 +192,14 @@ impl ServerBuilder {
         };
         let http_stop = CancellationToken::new();
         let router = crate::api::router(app.clone());
-        let hs = http_stop.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { hs.cancelled().await })
-                .await
-        });
-        tracing::info!(%addr, store = store.backend_name(), "runyard listening");
+        let limits = crate::connections::EdgeSettings::from_config(&config.api);
+        let http = tokio::spawn(crate::connections::serve(
+            listener,
+            router,
+            limits,
+            http_stop.clone(),
+        ));
+        tracing::info!(%addr, store = store.backend_name(), max_connections = limits.max_connections, "runyard listening");
         Ok(RunningServer {
             addr,
             app,
@@ -251,10 +255,10 @@ impl RunningServer {
                 http.abort();
             }
         }
-        // axum's serve returns when each connection task has dropped its shutdown receiver, a
-        // moment before the task drops the connection and the router it owns (and so `App`, the
-        // store and the embedded store's lock). Wait for them, so that the data dir can be opened
-        // again as soon as `stop` returns.
+        // The accept loop returns once its connection tasks have ended, but an upgraded WebSocket (or
+        // an aborted task) may drop its share of the router (and so `App`, the store and the
+        // embedded store's lock) a moment later. Wait for them, so that the data dir can be
+        // opened again as soon as `stop` returns.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -300,7 +304,7 @@ impl ServerBuilder {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let config = Arc::new(self.config);
+        let mut config = self.config;
         if config.redis.is_none() {
             anyhow::bail!(
                 "`redis`: a worker node shares the queue with the API through Redis; set `redis` \
@@ -312,11 +316,12 @@ impl ServerBuilder {
                 "`public_url`: a worker node needs the API's URL (jobs report to `public_url`/async)"
             );
         }
+        let master_key = Arc::new(load_master_key(&mut config)?);
+        let config = Arc::new(config);
         let (store, _) = open_store(&config).await?;
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
         );
-        let master_key = Arc::new(load_master_key(&config)?);
         let bg = CancellationToken::new();
         tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
         let (st, rc, stop) = (store.clone(), config.retention.clone(), bg.clone());
@@ -351,23 +356,25 @@ impl ServerBuilder {
     }
 }
 
-/// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), else `data_dir/master.key`,
-/// created on first run with mode 0600.
-pub fn load_master_key(config: &Config) -> anyhow::Result<Vec<u8>> {
-    if let Some(k) = &config.master_key {
+/// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), which is taken out of
+/// `config` (and zeroed), else `data_dir/master.key`, created on first run with mode 0600.
+pub fn load_master_key(config: &mut Config) -> anyhow::Result<MasterKey> {
+    if let Some(k) = config.master_key.take() {
+        let k = zeroize::Zeroizing::new(k);
         if k.len() < 16 {
             anyhow::bail!("`master_key` must be at least 16 characters");
         }
-        return Ok(k.as_bytes().to_vec());
+        return Ok(MasterKey::new(k.as_bytes().to_vec()));
     }
     let path = config.data_dir.join("master.key");
-    read_or_create_key(&path)
+    read_or_create_key(&path).map(MasterKey::new)
 }
 
 fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(k) = std::fs::read_to_string(path) {
+        let k = zeroize::Zeroizing::new(k);
         let k = k.trim();
         if k.len() >= 32 {
             return Ok(k.as_bytes().to_vec());

@@ -136,6 +136,7 @@ conformance!(
     retention_deletes_finished_jobs,
     file_references_follow_jobs,
     notices_reach_every_handle,
+    host_failures_reschedule_and_give_the_attempt_back,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -178,6 +179,7 @@ fn job(job_type: &str, runner: &str) -> Job {
         started_at: None,
         finished_at: None,
         progress_event_at: 0,
+        submit_hash: None,
         version: 0,
     }
 }
@@ -1018,4 +1020,45 @@ async fn notices_reach_every_handle(mut b: Backend) {
             }
         }
     }
+}
+
+/// A launch that failed for lack of host resources: SCHEDULED after a short backoff, the attempt
+/// given back (`max_attempts` + 1), then run as usual.
+async fn host_failures_reschedule_and_give_the_attempt_back(mut b: Backend) {
+    let s = b.store().await;
+    let mut j = job("t", "r");
+    j.max_attempts = 1;
+    let j = submit(&s, j).await;
+    let c = claim_one(&s, "r", "w").await;
+    let host = |t| Command::HostFailure {
+        token: t,
+        message: "cannot start `sh`: Too many open files (os error 24)".into(),
+    };
+    let e = s.apply(c.id, host(token(&c) + 1)).await.unwrap_err();
+    assert!(is_stale(&e), "{e}");
+    let f = s.apply(c.id, host(token(&c))).await.unwrap();
+    assert_eq!(f.status, JobStatus::Scheduled);
+    assert_eq!((f.attempt, f.max_attempts), (1, 2));
+    assert!(f.lease.is_none());
+    let due = f.run_at.expect("run_at");
+    let delay = due - f.updated_at;
+    assert!((375_000..=625_000).contains(&delay), "backoff {delay} us");
+    assert_eq!(s.next_due().await.unwrap(), Some(due));
+    // Stored as it was applied, and not claimable before it is due.
+    let got = s.get(j.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.max_attempts), (JobStatus::Scheduled, 2));
+    assert_eq!(
+        got.runs.last().unwrap().outcome.as_deref(),
+        Some("HOST_FAILURE")
+    );
+    assert!(s.claim("r", "w", 10, LEASE).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_micros(
+        (due - now_us()).max(0) as u64 + 20_000,
+    ))
+    .await;
+    assert_eq!(s.promote_due(100).await.unwrap(), 1);
+    let c2 = claim_one(&s, "r", "w").await;
+    assert_eq!((c2.id, c2.attempt), (j.id, 2));
+    let done = run_to_success(&s, &c2).await;
+    assert_eq!(done.status, JobStatus::Success);
 }

@@ -506,6 +506,20 @@ impl Srv {
             .collect()
     }
 
+    /// The job's log once it holds `line`, bounded. A job that reports its outcome through the
+    /// hook is terminal as soon as that report lands, while the runner's copy of the process's
+    /// last output lines is written when the process has ended, a moment later.
+    async fn logs_with(&self, id: &str, line: &str) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs(id).await;
+            if logs.iter().any(|l| l == line) || start.elapsed() > Duration::from_secs(10) {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls the job until `done` holds (bounded).
     async fn wait_until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
@@ -2263,7 +2277,7 @@ async fn launch_wraps_a_successful_command() {
     let j = srv.wait_terminal(&a).await;
     assert_eq!(j["status"], "SUCCESS", "{j:#}");
     srv.secret(&a, j["attempt"].as_u64().unwrap() as u32);
-    let logs = srv.logs(&a).await;
+    let logs = srv.logs_with(&a, "hello").await;
     assert!(logs.iter().any(|l| l == "hello"), "{logs:#?}");
     srv.finish().await;
 }
@@ -2279,7 +2293,8 @@ async fn launch_reports_a_failing_command() {
     srv.secret(&a, j["attempt"].as_u64().unwrap() as u32);
     let error = j["error"].as_str().unwrap_or("");
     assert!(error.contains("code 4"), "{j:#}");
-    assert!(srv.logs(&a).await.iter().any(|l| l == "going down"));
+    let logs = srv.logs_with(&a, "going down").await;
+    assert!(logs.iter().any(|l| l == "going down"), "{logs:#?}");
     srv.finish().await;
 }
 

@@ -5,7 +5,8 @@
 //!   (cancel-safe) and stopped. Its [`RunHandle`] is saved on the job, so that after a restart the
 //!   runner can find the work again with [`Runner::recover`].
 //! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs.
-//! - [`local`]: a child process in its own process group (any language).
+//! - [`local`]: a child process in its own process group (any language), optionally as another
+//!   user and under resource limits ([`isolation`]).
 //! - [`service`]: an in-process async Rust function registered by name.
 //! - [`docker`]: a container of the Docker Engine API, found again by its labels after a restart.
 //! - [`kube`]: a Kubernetes batch/v1 Job per attempt, found again by its labels after a restart.
@@ -14,6 +15,7 @@
 //! Retries, timeouts and status transitions are the worker's business.
 
 pub mod docker;
+pub mod isolation;
 pub mod kube;
 pub mod local;
 pub mod service;
@@ -127,6 +129,37 @@ pub enum RunnerError {
     /// The runner's backend (engine, cluster) failed.
     #[error("runner backend error: {0}")]
     Backend(String),
+    /// The host ran out of a resource (file descriptors, memory, processes) while launching: not
+    /// the job's fault, so the worker retries it shortly without using one of its attempts.
+    #[error("host out of resources, will retry: {0}")]
+    HostResources(String),
+}
+
+impl RunnerError {
+    /// A launch error from a system call (spawn, fork, pipe): [`RunnerError::HostResources`] when
+    /// the host is exhausted (`EMFILE`, `ENFILE`, `ENOMEM`, `EAGAIN`), else
+    /// [`RunnerError::Launch`]. `what` says what was being done, e.g. ``cannot start `sh` ``.
+    pub fn from_launch_io(what: &str, e: &std::io::Error) -> Self {
+        let msg = format!("{what}: {e}");
+        if is_host_exhaustion(e) {
+            RunnerError::HostResources(msg)
+        } else {
+            RunnerError::Launch(msg)
+        }
+    }
+
+    /// True when retrying later may succeed because the host, not the job, was the problem.
+    pub fn is_host_resources(&self) -> bool {
+        matches!(self, RunnerError::HostResources(_))
+    }
+}
+
+/// Whether an I/O error means the host is out of file descriptors, memory or processes.
+pub fn is_host_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 /// The result of looking for an execution after a restart.
@@ -208,3 +241,20 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 /// Shared pointer to a reporter.
 pub type SharedReporter = Arc<dyn Reporter>;
+
+#[cfg(test)]
+mod host_error_tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_errors_are_host_resources() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN] {
+            let e = std::io::Error::from_raw_os_error(code);
+            assert!(RunnerError::from_launch_io("cannot start `x`", &e).is_host_resources());
+        }
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let r = RunnerError::from_launch_io("cannot start `x`", &e);
+        assert!(!r.is_host_resources());
+        assert!(matches!(r, RunnerError::Launch(ref m) if m.starts_with("cannot start `x`: ")));
+    }
+}

@@ -4,9 +4,15 @@
 //! child also gets `PR_SET_PDEATHSIG(SIGKILL)`, so a server killed with `kill -9` does not leave
 //! its jobs running as orphans; after a restart, [`LocalRunner::recover`] makes sure the old group
 //! is gone (matching the saved pid *and* process start time, so a reused pid is never killed).
+//!
+//! With `user` / `group` the job runs under another identity, and with `rlimits` under resource
+//! limits (see [`crate::isolation`]). A job that runs as another user and has no `cwd` starts in
+//! a fresh private directory of its own (`$TMPDIR/runyard-job-...`, mode 0700, created by the
+//! job's user), removed when the attempt ends.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
 use crate::{
     Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, RunHandle, Runner, RunnerError,
     SharedReporter,
@@ -38,13 +45,32 @@ pub struct LocalConfig {
     pub env: BTreeMap<String, String>,
     /// Names of the server's own environment variables passed through (the rest are not).
     pub env_allow: Vec<String>,
-    /// Working directory; the server's when absent.
+    /// Working directory; when absent, the server's, or a fresh private directory when the job
+    /// runs as another `user`.
     pub cwd: Option<PathBuf>,
+    /// Run the job as this user (name or uid); its group and supplementary groups follow unless
+    /// `group` is set. Needs a server running as root (or with CAP_SETUID and CAP_SETGID).
+    #[serde(default)]
+    pub user: Option<Principal>,
+    /// Run the job with this group (name or gid) as its only group.
+    #[serde(default)]
+    pub group: Option<Principal>,
+    /// Resource limits of the job's processes.
+    #[serde(default)]
+    pub rlimits: Rlimits,
+}
+
+impl LocalConfig {
+    /// Resolves `user`, `group` and `rlimits` (reads the user and group databases).
+    pub fn isolation(&self) -> Result<Isolation, IsolationError> {
+        Isolation::resolve(self.user.as_ref(), self.group.as_ref(), &self.rlimits)
+    }
 }
 
 /// Runs jobs as child processes.
 pub struct LocalRunner {
     config: LocalConfig,
+    isolation: Arc<Isolation>,
 }
 
 impl LocalRunner {
@@ -55,7 +81,13 @@ impl LocalRunner {
                 "local runner needs a non-empty `command`".into(),
             ));
         }
-        Ok(Self { config })
+        let isolation = config
+            .isolation()
+            .map_err(|e| RunnerError::Invalid(format!("`{}`: {}", e.key, e.message)))?;
+        Ok(Self {
+            config,
+            isolation: Arc::new(isolation),
+        })
     }
 }
 
@@ -78,6 +110,15 @@ impl Runner for LocalRunner {
                 cmd.env(name, v);
             }
         }
+        if let Some((name, home)) = self
+            .isolation
+            .identity
+            .as_ref()
+            .and_then(|i| i.account.as_ref())
+        {
+            // The job's own account, not the server's (`env` may still override them).
+            cmd.env("USER", name).env("LOGNAME", name).env("HOME", home);
+        }
         cmd.envs(&self.config.env);
         cmd.env("JOB_ID", &spec.id)
             .env("JOB_SECRET_KEY", spec.secret.expose())
@@ -85,9 +126,42 @@ impl Runner for LocalRunner {
             .env("JOB_TYPE", &spec.job_type)
             .env("JOB_ATTEMPT", spec.attempt.to_string())
             .env("JOB_ARGS", spec.args.to_string());
-        if let Some(cwd) = &self.config.cwd {
-            cmd.current_dir(cwd);
-        }
+        let switch = self.isolation.switches_user();
+        // A job run as another user enters its directory as that user (a `cwd` it cannot use
+        // fails the launch), and without `cwd` gets a fresh one of its own: the server's
+        // directory may be closed to it.
+        let workdir = match (&self.config.cwd, switch) {
+            (Some(cwd), false) => {
+                cmd.current_dir(cwd);
+                None
+            }
+            (Some(cwd), true) => Some((cwd.clone(), false)),
+            (None, true) => Some((
+                std::env::temp_dir().join(format!(
+                    "runyard-job-{}-{}-{:016x}",
+                    spec.id,
+                    spec.attempt,
+                    rand_u64()
+                )),
+                true,
+            )),
+            (None, false) => None,
+        };
+        let workdir_c = match &workdir {
+            Some((w, create)) => Some((
+                CString::new(w.as_os_str().as_encoded_bytes()).map_err(|_| {
+                    RunnerError::Launch(format!("`cwd` {} holds a NUL byte", w.display()))
+                })?,
+                *create,
+            )),
+            None => None,
+        };
+        // The directory made for the job (removed when it ends).
+        let workdir = workdir.and_then(|(w, create)| create.then_some(w));
+        let isolation = self.isolation.clone();
+        let umask = crate::isolation::job_umask();
+        // Removes the directory if the child made it but the launch failed.
+        let workdir_guard = WorkdirGuard(workdir.clone());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -96,7 +170,13 @@ impl Runner for LocalRunner {
         #[cfg(target_os = "linux")]
         unsafe {
             // Safety: only async-signal-safe calls between fork and exec.
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                // Limits, groups, user (in that order), then the private working directory.
+                isolation.apply(workdir_c.as_ref().map(|(w, c)| (w.as_c_str(), *c)))?;
+                if let Some(m) = umask {
+                    libc::umask(m as libc::mode_t);
+                }
+                // After setuid, which clears the parent-death signal.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -108,7 +188,7 @@ impl Runner for LocalRunner {
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            RunnerError::Launch(format!("cannot start `{}`: {e}", self.config.command[0]))
+            RunnerError::from_launch_io(&format!("cannot start `{}`", self.config.command[0]), &e)
         })?;
         let pid = child
             .id()
@@ -135,6 +215,7 @@ impl Runner for LocalRunner {
             start_time,
             readers,
             status: None,
+            workdir: workdir_guard.disarm(),
         }))
     }
 
@@ -168,6 +249,9 @@ impl Runner for LocalRunner {
                 }
             }
         }
+        if let Some(dir) = handle.data.get("workdir").and_then(Value::as_str) {
+            remove_workdir(PathBuf::from(dir)).await;
+        }
         Ok(Recovered::Gone)
     }
 }
@@ -178,6 +262,60 @@ struct LocalExecution {
     start_time: Option<u64>,
     readers: Vec<JoinHandle<()>>,
     status: Option<Outcome>,
+    /// The private working directory made for the job, removed once it has ended.
+    workdir: Option<PathBuf>,
+}
+
+/// Removes a job's private working directory when dropped, unless disarmed.
+struct WorkdirGuard(Option<PathBuf>);
+
+impl WorkdirGuard {
+    fn disarm(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for WorkdirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            // Only on a failed launch: the directory is empty or absent.
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Only directories runyard makes (`runyard-job-...` in the temp dir), whatever a handle says.
+async fn remove_workdir(dir: PathBuf) {
+    let ours = dir.parent() == Some(std::env::temp_dir().as_path())
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("runyard-job-"));
+    if !ours {
+        return;
+    }
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(e)) => tracing::warn!(dir = %shown, error = %e, "cannot remove a job's directory"),
+        Err(_) => {}
+    }
+}
+
+/// 64 random bits from the kernel (the time as a fallback): makes a job's directory name
+/// unguessable, so nobody can make it first.
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // Safety: the kernel writes at most 8 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        return u64::from_ne_bytes(b);
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
 }
 
 #[async_trait]
@@ -190,6 +328,7 @@ impl Execution for LocalExecution {
                 "pid": self.pid,
                 "start_time": self.start_time,
                 "boot_id": boot_id(),
+                "workdir": self.workdir.as_deref().map(Path::to_string_lossy),
             }),
         }
     }
@@ -210,6 +349,9 @@ impl Execution for LocalExecution {
             Ok(s) => outcome_of(s),
             Err(e) => Outcome::failed(format!("cannot wait for process: {e}")),
         };
+        if let Some(dir) = self.workdir.take() {
+            remove_workdir(dir).await;
+        }
         self.status = Some(outcome.clone());
         outcome
     }
@@ -227,6 +369,9 @@ impl Execution for LocalExecution {
             let _ = self.child.wait().await;
         }
         kill_group(self.pid as i32, libc::SIGKILL);
+        if let Some(dir) = self.workdir.take() {
+            remove_workdir(dir).await;
+        }
     }
 }
 
@@ -410,6 +555,79 @@ mod tests {
         assert!(matches!(got, Recovered::Gone));
         let out = ex.wait().await;
         assert!(matches!(out, Outcome::Failed { .. }), "{out:?}");
+    }
+
+    /// A runner whose jobs run as `user` (root here: the private directory is made all the same).
+    fn sh_as(user: &str, script: &str, cwd: Option<PathBuf>) -> LocalRunner {
+        LocalRunner::new(LocalConfig {
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env_allow: vec!["PATH".into()],
+            user: Some(Principal::Name(user.into())),
+            cwd,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn is_root() -> bool {
+        // Safety: plain syscall.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[tokio::test]
+    async fn a_job_of_another_user_gets_a_private_directory_removed_at_the_end() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let lines = Arc::new(Lines::default());
+        let r = sh_as("root", "pwd; echo x > made-here; sleep 30", None);
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        let dir = loop {
+            if let Some((_, l)) = lines.0.lock().unwrap().first() {
+                break PathBuf::from(l);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(dir.parent(), Some(std::env::temp_dir().as_path()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(ex.handle().data["workdir"], json!(dir.to_string_lossy()));
+        // After a crash: recovery kills the job and removes its directory.
+        let got = r
+            .recover(&ex.handle(), spec(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        assert!(matches!(got, Recovered::Gone));
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        ex.wait().await;
+
+        // A job that ends normally: removed too.
+        let lines = Arc::new(Lines::default());
+        let r = sh_as("root", "pwd; echo x > made-here", None);
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let dir = PathBuf::from(&lines.0.lock().unwrap()[0].1);
+        assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    #[tokio::test]
+    async fn a_cwd_the_job_user_cannot_enter_fails_the_launch() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = std::env::temp_dir().join(format!("runyard-test-closed-{:016x}", rand_u64()));
+        std::fs::create_dir(&t).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let r = sh_as("nobody", "pwd", Some(t.clone()));
+        let got = r.launch(spec(), Arc::new(Lines::default())).await;
+        let _ = std::fs::remove_dir(&t);
+        let err = got.err().expect("the launch must fail").to_string();
+        assert!(err.contains("Permission denied"), "{err}");
     }
 
     #[test]

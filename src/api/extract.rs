@@ -52,13 +52,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn serde_path_to_error_free<'de, T: DeserializeOwned>(
     de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
 ) -> Result<T, ApiError> {
-    T::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         use serde_json::error::Category;
+        let path = e.path().to_string();
+        let e = e.into_inner();
         match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request("bad_json", format!("malformed JSON: {e}"))
             }
-            Category::Data => ApiError::unprocessable("invalid_request", e.to_string()),
+            // Name the field (`backoff.max_ms`) unless the error is about the whole body.
+            Category::Data if path.is_empty() || path == "." => {
+                ApiError::unprocessable("invalid_request", e.to_string())
+            }
+            Category::Data => ApiError::unprocessable("invalid_request", format!("`{path}`: {e}")),
         }
     })
 }

@@ -77,7 +77,11 @@ pub async fn attach(
             },
         )
         .await?;
-    let index = job.files.get(&property).map(|l| l.len() - 1).unwrap_or(0);
+    let index = job
+        .files
+        .get(&property)
+        .map(|l| l.len().saturating_sub(1))
+        .unwrap_or(0);
     Ok((
         StatusCode::CREATED,
         Json(json!({"job_id": id, "property": property, "index": index, "hash": stored.hash, "size": stored.size})),

@@ -112,6 +112,7 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
     let report: StatusReport = if bytes.iter().all(u8::is_ascii_whitespace) {
         StatusReport::default()
     } else {
+        super::edge::require_json(&parts.headers)?;
         parse_json(&bytes)?
     };
     let status = report
@@ -249,6 +250,7 @@ pub async fn upload(
     let job = authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
     check_target(&job, &store, &uuid, &property)?;
     require_active(&job, "upload files")?;
+    super::edge::require_json(&parts.headers)?;
     let req: UploadRequest = parse_json(&bytes)?;
     if !valid_hash(&req.hash) || !valid_hash(&req.challenge) {
         return Err(ApiError::unprocessable(
@@ -409,6 +411,34 @@ pub async fn blob_upload(
         ));
     }
     require_active(&job, "upload files")?;
+    // A signed upload URL works once: remembered (shared through Redis when there is one) until
+    // it expires anyway.
+    let first = match &st.app.redis {
+        Some(redis) => {
+            let now_ms = now_us() / 1000;
+            redis
+                .remember_once(
+                    &format!("upload-url:{}", t.sig),
+                    t.exp.saturating_add(1).saturating_mul(1000),
+                    now_ms,
+                )
+                .await?
+        }
+        None => st.app.signer.first_use(&t.sig, t.exp).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay_unavailable",
+                e.to_string(),
+            )
+        })?,
+    };
+    if !first {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "url_used",
+            "this upload URL was already used: ask for a new one (PUT /async/upload/...)",
+        ));
+    }
     let metadata: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t.meta.as_bytes())
         .ok()
@@ -497,14 +527,8 @@ pub async fn stream_blob(
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, len.into());
-    if !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '"' || c == ' ')
-    {
-        if let Ok(v) = format!("attachment; filename=\"{name}\"").parse() {
-            h.insert(header::CONTENT_DISPOSITION, v);
-        }
+    if let Some(v) = super::edge::content_disposition(name) {
+        h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(res)
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_job_id, JobIdPath};
 use super::AppState;
-use crate::job::{now_us, Backoff, Command, Job, JobStatus};
+use crate::job::{now_us, Backoff, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::{ListQuery, Submitted};
 
 /// A duration given as a string (`"10m"`) or a number of seconds.
@@ -26,10 +26,18 @@ pub enum DurationSpec {
     Text(String),
 }
 
+/// The longest duration a client may give (30 days), in seconds.
+const MAX_DURATION_SECS: f64 = 30.0 * 24.0 * 3600.0;
+
 impl DurationSpec {
     fn to_duration(&self, field: &str) -> ApiResult<Duration> {
         let d = match self {
-            DurationSpec::Seconds(s) if s.is_finite() && *s > 0.0 => Duration::from_secs_f64(*s),
+            // Range-checked before the conversion, which panics on values past u64 seconds.
+            DurationSpec::Seconds(s) if s.is_finite() && *s > 0.0 && *s <= MAX_DURATION_SECS => {
+                Duration::try_from_secs_f64(*s).map_err(|e| {
+                    ApiError::unprocessable("invalid_request", format!("`{field}`: {e}"))
+                })?
+            }
             DurationSpec::Text(t) => humantime::parse_duration(t).map_err(|e| {
                 ApiError::unprocessable(
                     "invalid_request",
@@ -40,12 +48,12 @@ impl DurationSpec {
                 return Err(ApiError::unprocessable(
                     "invalid_request",
                     format!(
-                        "`{field}` must be a positive number of seconds or a duration like \"10m\""
+                        "`{field}` must be a positive number of seconds (at most 30 days) or a duration like \"10m\""
                     ),
                 ))
             }
         };
-        if d.is_zero() || d > Duration::from_secs(30 * 24 * 3600) {
+        if d.is_zero() || d > Duration::from_secs_f64(MAX_DURATION_SECS) {
             return Err(ApiError::unprocessable(
                 "invalid_request",
                 format!("`{field}` must be between 1ms and 30 days"),
@@ -148,20 +156,12 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         .map(|t| t.to_duration("timeout"))
         .transpose()?
         .or(slot.timeout)
-        .map(|d| d.as_millis().max(1) as u64);
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
     let now = now_us();
     let run_at = body
         .run_at
         .as_deref()
-        .map(|s| {
-            humantime::parse_rfc3339_weak(s)
-                .map_err(|e| bad(format!("`run_at`: `{s}` is not an RFC 3339 time: {e}")))
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_micros() as i64)
-                        .unwrap_or(0)
-                })
-        })
+        .map(|s| parse_run_at(s).map_err(bad))
         .transpose()?
         .filter(|t| *t > now);
     let id = Uuid::now_v7();
@@ -198,8 +198,21 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         started_at: None,
         finished_at: None,
         progress_event_at: 0,
+        submit_hash: None,
         version: 0,
     })
+}
+
+/// Parses `run_at`: RFC 3339 with any offset (`Z`, `+02:00`) and either case of `T`/`Z`, up to
+/// the year 9999; microseconds since the epoch (a time before 1970 is "now").
+pub fn parse_run_at(s: &str) -> Result<Micros, String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("`run_at`: `{s}` is not an RFC 3339 time: {e}"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000)
+        .ok()
+        .filter(|us| *us <= MAX_RFC3339_US)
+        .map(|us| us.max(0))
+        .ok_or_else(|| format!("`run_at`: `{s}` is after the year 9999"))
 }
 
 /// The 202 response of a submit.
@@ -316,7 +329,8 @@ pub async fn job_logs(
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let job = st.job(id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let after = q.after.unwrap_or(0);
+    // Sequence numbers are stored as i64.
+    let after = q.after.unwrap_or(0).min(i64::MAX as u64);
     let lines = st.app.store.logs(id, after, limit).await?;
     let next = lines.last().map(|l| l.seq).unwrap_or(after);
     Ok(Json(json!({

@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, extraction and the mapping of errors to status codes.
 
+pub mod edge;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -45,8 +46,10 @@ pub fn router(app: Arc<App>) -> Router {
     let file_limit = usize::try_from(app.config.hooks.max_file_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(limit);
+    let cors = app.config.api.cors_origins.clone();
+    let counters = app.metrics.clone();
     let state = AppState { app };
-    Router::new()
+    let routes = Router::new()
         .route(
             "/async/jobs",
             post(submit)
@@ -89,7 +92,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(state);
+    edge::with_edge_layers(routes, &cors, counters)
 }
 
 async fn not_found() -> ApiError {
@@ -111,6 +115,7 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
             .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
         files::read_multipart(&st, mp).await?
     } else {
+        edge::require_json(req.headers())?;
         let max = st.app.config.api.max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), max)
             .await
@@ -127,12 +132,83 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
         return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
     }
     let body: jobs::SubmitBody = extract::parse_json(&bytes)?;
+    let keyed = body.idempotency_key.is_some();
     let mut job = jobs::build_job(&st, body, None)?;
     for (property, f) in files {
         job.files.entry(property).or_default().push(f);
     }
+    if keyed {
+        job.submit_hash = Some(submit_hash(&bytes, &job.files));
+    }
+    let ours = job.submit_hash.clone();
     let submitted = st.app.store.submit(job).await?;
+    if !submitted.created
+        && submitted.job.submit_hash.is_some()
+        && submitted.job.submit_hash != ours
+    {
+        return Err(ApiError::conflict(
+            "idempotency_conflict",
+            format!(
+                "`idempotency_key` was already used by job {} with a different body",
+                submitted.job.id
+            ),
+        ));
+    }
     Ok(jobs::accepted(&submitted))
+}
+
+/// SHA-256 of a submit: its JSON body with object keys sorted (so spacing and key order do not
+/// matter) and the contents of its multipart files.
+fn submit_hash(
+    body: &[u8],
+    files: &std::collections::BTreeMap<String, Vec<crate::job::FileRef>>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    fn canonical(v: &serde_json::Value, out: &mut String) {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    if let Some(x) = m.get(k) {
+                        canonical(x, out);
+                    }
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => canonical(&v, &mut text),
+        Err(_) => text.push_str(&String::from_utf8_lossy(body)),
+    }
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    for (property, list) in files {
+        for f in list {
+            h.update(format!("\n{property}={}", f.hash).as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 async fn health(State(st): State<AppState>) -> Response {

@@ -12,6 +12,8 @@ pub const URL_TTL_SECS: i64 = 300;
 /// Signs and checks URL tokens.
 pub struct UrlSigner {
     key: Vec<u8>,
+    /// Upload URLs already used (one API process; with Redis the memory is shared there).
+    used: runyard_hooks::ReplayGuard,
 }
 
 impl UrlSigner {
@@ -22,6 +24,7 @@ impl UrlSigner {
         mac.update(b"runyard/signed-url/v1");
         Self {
             key: mac.finalize().into_bytes().to_vec(),
+            used: runyard_hooks::ReplayGuard::with_capacity(100_000),
         }
     }
 
@@ -33,6 +36,18 @@ impl UrlSigner {
             mac.update(b"\n");
         }
         hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Remembers a (checked) token until its expiry `exp` (seconds since the epoch): true the
+    /// first time, false when it was already used. A full memory refuses (an error).
+    pub fn first_use(&self, sig: &str, exp: i64) -> Result<bool, runyard_hooks::ReplayError> {
+        use runyard_hooks::ReplayStore;
+        let now_ms = crate::job::now_us() / 1000;
+        self.used.check_and_remember(
+            &format!("url:{sig}"),
+            exp.saturating_add(1).saturating_mul(1000),
+            now_ms,
+        )
     }
 
     /// Checks a token (constant time) and its expiry (`exp`, seconds since the epoch).

@@ -114,22 +114,62 @@ pub struct WorkerArgs {
     data_dir: Option<PathBuf>,
 }
 
-async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
-    let (path, required) = match &a.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from("runyard.toml"), false),
+impl WorkerArgs {
+    /// Loads the configuration these flags point at.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("runyard.toml"), false),
+        };
+        Config::load(
+            &path,
+            required,
+            &Overrides {
+                redis: self.redis.clone(),
+                public_url: self.public_url.clone(),
+                data_dir: self.data_dir.clone(),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// The configuration loaded before the runtime started.
+type Preloaded = Option<Result<Config, crate::config::ConfigError>>;
+
+async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
+    let config = match preloaded {
+        Some(c) => c?,
+        None => a.load()?,
     };
-    let config = Config::load(
-        &path,
-        required,
-        &Overrides {
-            redis: a.redis.clone(),
-            public_url: a.public_url.clone(),
-            data_dir: a.data_dir.clone(),
-            ..Default::default()
-        },
-    )?;
     ServerBuilder::new(config).work(shutdown_signal()).await
+}
+
+/// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
+pub fn log_filter(
+    runyard_log: Option<&str>,
+    rust_log: Option<&str>,
+) -> tracing_subscriber::EnvFilter {
+    [runyard_log, rust_log]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.trim().is_empty())
+        .find_map(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// `serve` and `worker`: reads the configuration, then, still in the only thread, takes the
+/// secrets out of the environment and hardens the process (docs/security.md).
+fn load_server_config(
+    load: impl FnOnce() -> Result<Config, crate::config::ConfigError>,
+) -> Result<Config, crate::config::ConfigError> {
+    let config = load();
+    // Safety: no other thread exists yet (the runtime starts after this), so nothing reads or
+    // writes the environment concurrently.
+    unsafe { crate::security::scrub_env(crate::security::SECRET_ENV) };
+    crate::security::harden_process();
+    config
 }
 
 /// Entry point of the binary.
@@ -138,14 +178,20 @@ pub fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(
+            std::env::var("RUNYARD_LOG").ok().as_deref(),
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .finish()
         .with(tracing_subscriber::filter::filter_fn(not_secret_bearing))
         .init();
+    // Before the runtime starts any thread (see `load_server_config`).
+    let server_config = match &cli.command {
+        Cmd::Serve(a) => Some(load_server_config(|| a.load())),
+        Cmd::Worker(a) => Some(load_server_config(|| a.load())),
+        _ => None,
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -155,8 +201,8 @@ pub fn main() -> ExitCode {
     };
     let r = rt.block_on(async move {
         match cli.command {
-            Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
-            Cmd::Worker(a) => worker(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Serve(a) => serve(a, server_config).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Worker(a) => worker(a, server_config).await.map(|_| ExitCode::SUCCESS),
             Cmd::Submit(a) => client::submit(a).await,
             Cmd::Status(a) => client::status(a).await,
             Cmd::Logs(a) => client::logs(a).await,
@@ -176,10 +222,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let config = a.load()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
+    // Room for client connections and jobs (the accept loop keeps `api.fd_reserve` for the latter).
+    crate::limits::raise_nofile();
+    let config = match preloaded {
+        Some(c) => c?,
+        None => a.load()?,
+    };
+    let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     ServerBuilder::new(config)
         .worker(!a.no_worker)

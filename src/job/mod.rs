@@ -27,11 +27,28 @@ pub fn now_us() -> Micros {
         .unwrap_or(0)
 }
 
-/// RFC 3339 with microseconds, for API output.
-pub fn rfc3339(us: Micros) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
-    humantime::format_rfc3339_micros(t).to_string()
+/// The last instant RFC 3339 can show: 9999-12-31T23:59:59.999999Z.
+pub const MAX_RFC3339_US: Micros = 253_402_300_799_999_999;
+
+/// RFC 3339 with microseconds, or `None` when `us` is outside 1970..=9999 (RFC 3339 has four-digit
+/// years; the formatter would fail on later ones).
+pub fn try_rfc3339(us: Micros) -> Option<String> {
+    if !(0..=MAX_RFC3339_US).contains(&us) {
+        return None;
+    }
+    let t = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_micros(u64::try_from(us).ok()?))?;
+    Some(humantime::format_rfc3339_micros(t).to_string())
 }
+
+/// RFC 3339 with microseconds, for API output; total: a time outside 1970..=9999 is shown as the
+/// nearest end of that range (see [`Job::to_public`] for how a job with such a time is flagged).
+pub fn rfc3339(us: Micros) -> String {
+    try_rfc3339(us.clamp(0, MAX_RFC3339_US)).unwrap_or_else(|| "1970-01-01T00:00:00.000000Z".into())
+}
+
+/// The longest retry delay a backoff may ask for (30 days), in milliseconds.
+pub const MAX_BACKOFF_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// Retry backoff: `initial * multiplier^(attempt-1)`, capped at `max`, with "equal jitter"
 /// (a random point in the upper half) when `jitter` is set.
@@ -65,7 +82,8 @@ impl Backoff {
     pub fn delay_ms(&self, attempt: u32, unit: f64) -> u64 {
         let exp = attempt.saturating_sub(1).min(64) as i32;
         let raw = (self.initial_ms as f64) * self.multiplier.max(1.0).powi(exp);
-        let capped = raw.min(self.max_ms as f64).max(0.0);
+        // Bounded even for a policy stored before the bounds were checked.
+        let capped = raw.min(self.max_ms.min(MAX_BACKOFF_MS) as f64).max(0.0);
         let d = if self.jitter {
             capped / 2.0 + capped / 2.0 * unit.clamp(0.0, 1.0)
         } else {
@@ -78,6 +96,12 @@ impl Backoff {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0 && self.multiplier <= 100.0) {
             return Err("backoff.multiplier must be between 1 and 100".into());
+        }
+        if self.max_ms > MAX_BACKOFF_MS {
+            return Err(format!(
+                "backoff.max_ms must be at most {MAX_BACKOFF_MS} (30 days), got {}",
+                self.max_ms
+            ));
         }
         if self.initial_ms > self.max_ms {
             return Err("backoff.initial_ms must not exceed backoff.max_ms".into());
@@ -168,6 +192,10 @@ pub struct Job {
     pub run_at: Option<Micros>,
     /// Client-chosen key making submit idempotent.
     pub idempotency_key: Option<String>,
+    /// With an idempotency key: SHA-256 of the canonical submit (body and files), so that the key
+    /// reused with another body is refused (409 `idempotency_conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_hash: Option<String>,
     /// Progress 0..=1.
     pub progress: f64,
     /// Free-form details reported with progress.
@@ -212,7 +240,18 @@ impl Job {
 
     /// The job as the API shows it: no lease token, timestamps as RFC 3339.
     pub fn to_public(&self) -> Value {
-        let ts = |v: Option<Micros>| v.map(rfc3339);
+        // A time RFC 3339 cannot show (a job stored before input was range-checked) never fails
+        // the rendering: it is shown clamped and the job carries a `render_error` naming it.
+        let bad = std::cell::RefCell::new(Vec::<String>::new());
+        let one = |field: &str, us: Micros| -> String {
+            if try_rfc3339(us).is_none() {
+                bad.borrow_mut().push(format!(
+                    "`{field}` ({us} us since the epoch) is out of range"
+                ));
+            }
+            rfc3339(us)
+        };
+        let ts = |field: &str, v: Option<Micros>| v.map(|us| one(field, us));
         let mut m = Map::new();
         m.insert("id".into(), json!(self.id));
         m.insert("type".into(), json!(self.job_type));
@@ -245,18 +284,36 @@ impl Job {
             .runs
             .iter()
             .map(|r| {
-                json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": rfc3339(r.claimed_at),
-                   "started_at": ts(r.started_at), "ended_at": ts(r.ended_at), "outcome": r.outcome})
+                json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": one("runs.claimed_at", r.claimed_at),
+                   "started_at": ts("runs.started_at", r.started_at), "ended_at": ts("runs.ended_at", r.ended_at), "outcome": r.outcome})
             })
             .collect();
         m.insert("runs".into(), Value::Array(runs));
         m.insert("files".into(), json!(self.files));
-        m.insert("run_at".into(), json!(ts(self.run_at)));
-        m.insert("created_at".into(), json!(rfc3339(self.created_at)));
-        m.insert("updated_at".into(), json!(rfc3339(self.updated_at)));
-        m.insert("started_at".into(), json!(ts(self.started_at)));
-        m.insert("finished_at".into(), json!(ts(self.finished_at)));
+        m.insert("run_at".into(), json!(ts("run_at", self.run_at)));
+        m.insert(
+            "created_at".into(),
+            json!(one("created_at", self.created_at)),
+        );
+        m.insert(
+            "updated_at".into(),
+            json!(one("updated_at", self.updated_at)),
+        );
+        m.insert(
+            "started_at".into(),
+            json!(ts("started_at", self.started_at)),
+        );
+        m.insert(
+            "finished_at".into(),
+            json!(ts("finished_at", self.finished_at)),
+        );
         m.insert("result_url".into(), json!(self.result_url()));
+        let bad = bad.into_inner();
+        if !bad.is_empty() {
+            let msg = bad.join("; ");
+            tracing::warn!(job_id = %self.id, problem = %msg, "job has times that cannot be shown");
+            m.insert("render_error".into(), json!(msg));
+        }
         Value::Object(m)
     }
 }
@@ -365,5 +422,43 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn backoff_bounds_and_total_time_rendering() {
+        let huge = Backoff {
+            initial_ms: u64::MAX,
+            max_ms: u64::MAX,
+            multiplier: 100.0,
+            jitter: false,
+        };
+        assert!(huge.validate().unwrap_err().contains("backoff.max_ms"));
+        assert_eq!(huge.delay_ms(64, 0.0), MAX_BACKOFF_MS);
+        let top = Backoff {
+            initial_ms: MAX_BACKOFF_MS,
+            max_ms: MAX_BACKOFF_MS,
+            ..huge
+        };
+        assert!(top.validate().is_ok());
+        for us in [
+            i64::MIN,
+            -1,
+            0,
+            MAX_RFC3339_US,
+            MAX_RFC3339_US + 1,
+            i64::MAX,
+        ] {
+            assert_eq!(
+                rfc3339(us).len(),
+                "1970-01-01T00:00:00.000000Z".len(),
+                "{us}"
+            );
+        }
+        assert_eq!(
+            rfc3339(MAX_RFC3339_US),
+            "9999-12-31T23:59:59.999999Z".to_string()
+        );
+        assert_eq!(try_rfc3339(i64::MAX), None);
+        assert_eq!(try_rfc3339(-1), None);
     }
 }

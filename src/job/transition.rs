@@ -46,6 +46,16 @@ pub enum Command {
         /// What happened.
         outcome: FinishOutcome,
     },
+    /// The worker could not launch the attempt because the host ran out of resources (file
+    /// descriptors, memory, processes): not the job's fault. SCHEDULED again after a short
+    /// backoff that grows with consecutive host failures, and the attempt is given back
+    /// (`max_attempts` + 1, so that `attempt` itself never decreases).
+    HostFailure {
+        /// The claim's token.
+        token: u64,
+        /// What failed, e.g. `cannot start `sh`: Too many open files (os error 24)`.
+        message: String,
+    },
     /// The worker gives the job back (graceful shutdown): QUEUED again.
     Release {
         /// The claim's token.
@@ -201,15 +211,41 @@ fn fail_attempt(job: &mut Job, ctx: &ApplyCtx, message: String, exit_code: Optio
     job.error = Some(message);
     job.exit_code = exit_code;
     if job.attempt < job.max_attempts {
-        let delay = job.backoff.delay_ms(job.attempt, ctx.jitter) as i64 * 1000;
+        let delay = i64::try_from(job.backoff.delay_ms(job.attempt, ctx.jitter))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         end_run(job, ctx.now, "ERROR");
         job.lease = None;
-        job.run_at = Some(ctx.now + delay);
+        job.run_at = Some(ctx.now.saturating_add(delay));
         set_status(job, JobStatus::Scheduled, ctx.now);
     } else {
         end_run(job, ctx.now, "ERROR");
         set_status(job, JobStatus::Error, ctx.now);
     }
+}
+
+/// The run outcome of an attempt given back by [`Command::HostFailure`].
+pub const HOST_FAILURE: &str = "HOST_FAILURE";
+
+/// The backoff after a host failure: 500 ms doubled for each host failure just before this one
+/// (at most 30 s), with ±25 % jitter, in microseconds.
+fn host_failure_delay_us(job: &Job, jitter: f64) -> i64 {
+    // The current run (being ended) is not yet marked; count the ones before it.
+    let earlier = job
+        .runs
+        .iter()
+        .rev()
+        .skip(1)
+        .take_while(|r| r.outcome.as_deref() == Some(HOST_FAILURE))
+        .count()
+        .min(6) as u32;
+    let base_ms = (500u64 << earlier).min(30_000) as f64;
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    (base_ms * (0.75 + 0.5 * jitter) * 1000.0) as i64
 }
 
 /// Applies `cmd` to `job`. On success the job is changed (and `version`/`updated_at` bumped) and
@@ -325,6 +361,20 @@ fn apply_inner(
                     set_status(job, Timeout, now);
                 }
             }
+            Ok(Some(EventKind::Status))
+        }
+        Command::HostFailure { token, message } => {
+            check_token(job, token)?;
+            if job.status != Starting {
+                return Err(illegal(job, "give back a launch"));
+            }
+            let delay = host_failure_delay_us(job, ctx.jitter);
+            end_run(job, now, HOST_FAILURE);
+            job.error = Some(message);
+            job.lease = None;
+            job.max_attempts = job.max_attempts.saturating_add(1);
+            job.run_at = Some(now.saturating_add(delay));
+            set_status(job, Scheduled, now);
             Ok(Some(EventKind::Status))
         }
         Command::Release { token } => {
@@ -554,6 +604,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             progress_event_at: 0,
+            submit_hash: None,
             version: 0,
         }
     }
@@ -605,6 +656,39 @@ mod tests {
         assert_eq!(j.status, JobStatus::Error);
         assert_eq!(j.exit_code, Some(1));
         assert_eq!(j.runs.len(), 2);
+    }
+
+    #[test]
+    fn a_huge_stored_backoff_neither_overflows_nor_skips_the_delay() {
+        let mut j = job();
+        // A policy stored before backoffs were range-checked.
+        j.backoff = crate::job::Backoff {
+            initial_ms: u64::MAX,
+            max_ms: u64::MAX,
+            multiplier: 100.0,
+            jitter: false,
+        };
+        claim(&mut j, 7);
+        let now = i64::MAX - 10;
+        let fail = Command::Finish {
+            token: 7,
+            outcome: FinishOutcome::Failed {
+                message: "exit 1".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, fail.clone(), &ctx(5)).unwrap();
+        assert_eq!(
+            j.run_at,
+            Some(5 + crate::job::MAX_BACKOFF_MS as i64 * 1000),
+            "capped at 30 days, not wrapped"
+        );
+        // Even at the end of time the addition saturates.
+        let mut k = job();
+        k.backoff = j.backoff;
+        claim(&mut k, 7);
+        apply(&mut k, fail, &ctx(now)).unwrap();
+        assert_eq!(k.run_at, Some(i64::MAX));
     }
 
     #[test]
@@ -683,6 +767,76 @@ mod tests {
         );
         apply(&mut j, fin(5), &ctx(10_003)).unwrap();
         assert_eq!(j.status, JobStatus::Success);
+    }
+
+    #[test]
+    fn host_failure_gives_the_attempt_back_with_a_growing_backoff() {
+        let mut j = job();
+        j.max_attempts = 1;
+        let host = |t| Command::HostFailure {
+            token: t,
+            message: "cannot start `sh`: Too many open files (os error 24)".into(),
+        };
+        claim(&mut j, 1);
+        // A stale token is refused and changes nothing.
+        let before = j.clone();
+        assert_eq!(
+            apply(&mut j, host(9), &ctx(2)),
+            Err(TransitionError::StaleLease)
+        );
+        assert_eq!(j, before);
+        assert_eq!(
+            apply(&mut j, host(1), &ctx(2)).unwrap(),
+            Some(EventKind::Status)
+        );
+        assert_eq!(j.status, JobStatus::Scheduled);
+        assert_eq!(j.attempt, 1);
+        assert_eq!(j.max_attempts, 2, "the attempt is given back");
+        assert_eq!(j.run_at, Some(2 + 375_000), "500ms, jitter 0 -> x0.75");
+        assert!(j.lease.is_none());
+        assert_eq!(j.runs[0].outcome.as_deref(), Some(HOST_FAILURE));
+        assert!(j.error.as_deref().unwrap().contains("Too many open files"));
+        // A second host failure in a row waits twice as long.
+        apply(&mut j, Command::Promote, &ctx(3)).unwrap();
+        claim(&mut j, 2);
+        apply(&mut j, host(2), &ctx(4)).unwrap();
+        assert_eq!(j.run_at, Some(4 + 750_000));
+        assert_eq!((j.attempt, j.max_attempts), (2, 3));
+        // The real attempt that follows still has its full budget: a failure is final only
+        // because the one attempt the job asked for was used.
+        apply(&mut j, Command::Promote, &ctx(5)).unwrap();
+        claim(&mut j, 3);
+        apply(
+            &mut j,
+            Command::Finish {
+                token: 3,
+                outcome: FinishOutcome::Failed {
+                    message: "exit 1".into(),
+                    exit_code: Some(1),
+                },
+            },
+            &ctx(6),
+        )
+        .unwrap();
+        assert_eq!(j.status, JobStatus::Error);
+        // Only a launch (STARTING) can be given back.
+        let mut r = job();
+        claim(&mut r, 1);
+        apply(
+            &mut r,
+            Command::Started {
+                token: 1,
+                handle: None,
+            },
+            &ctx(2),
+        )
+        .unwrap();
+        let before = r.clone();
+        assert!(matches!(
+            apply(&mut r, host(1), &ctx(3)),
+            Err(TransitionError::Illegal { .. })
+        ));
+        assert_eq!(r, before);
     }
 
     #[test]

@@ -524,7 +524,7 @@ impl JobStore for SqliteStore {
 
     async fn list(&self, q: ListQuery) -> Result<JobPage> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT body FROM jobs WHERE 1=1");
+            let mut sql = String::from("SELECT id, body FROM jobs WHERE 1=1");
             let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
             if let Some(s) = q.status {
                 sql.push_str(" AND status = ?");
@@ -541,21 +541,31 @@ impl JobStore for SqliteStore {
             sql.push_str(" ORDER BY id DESC LIMIT ?");
             args.push(Box::new((q.limit + 1) as i64));
             let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
-            let bodies: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+            let mut rows: Vec<(String, String)> = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .map_err(db_err)?
                 .collect::<std::result::Result<_, _>>()
                 .map_err(db_err)?;
-            let mut jobs = bodies
-                .iter()
-                .map(|b| serde_json::from_str::<Job>(b).map_err(json_err))
-                .collect::<Result<Vec<_>>>()?;
-            let next_cursor = if jobs.len() > q.limit {
-                jobs.truncate(q.limit);
-                jobs.last().map(|j| j.id)
+            let more = rows.len() > q.limit;
+            rows.truncate(q.limit);
+            let next_cursor = if more {
+                rows.last().and_then(|(id, _)| Uuid::parse_str(id).ok())
             } else {
                 None
             };
+            // A record that no longer reads as a job is reported, never a reason to fail the page.
+            let jobs = rows
+                .iter()
+                .filter_map(|(id, b)| match serde_json::from_str::<Job>(b) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::error!(job_id = %id, error = %e, "unreadable job record left out of a listing");
+                        None
+                    }
+                })
+                .collect();
             Ok(JobPage { jobs, next_cursor })
         })
         .await

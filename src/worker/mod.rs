@@ -50,7 +50,7 @@ pub struct Worker {
     store: Arc<dyn Store>,
     runners: Arc<RunnerSet>,
     cfg: WorkerConfig,
-    master_key: Arc<Vec<u8>>,
+    master_key: Arc<crate::security::MasterKey>,
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
@@ -65,7 +65,7 @@ impl Worker {
         store: Arc<dyn Store>,
         runners: Arc<RunnerSet>,
         cfg: WorkerConfig,
-        master_key: Arc<Vec<u8>>,
+        master_key: Arc<crate::security::MasterKey>,
         hook_url: String,
     ) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -297,6 +297,18 @@ impl Worker {
         spec.timeout = spec.timeout.or(slot.timeout);
         let mut exec = match slot.runner.launch(spec, shared).await {
             Ok(e) => e,
+            Err(e) if e.is_host_resources() => {
+                // Not the job's fault: back to the queue shortly, the attempt given back.
+                tracing::warn!(error = %e, "launch failed for lack of host resources: requeued");
+                let cmd = Command::HostFailure {
+                    token,
+                    message: e.to_string(),
+                };
+                if let Err(e) = self.store.apply(id, cmd).await {
+                    tracing::info!(error = %e, "cannot give the launch back");
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "launch failed");
                 self.finish(
@@ -468,7 +480,7 @@ fn outcome_to_finish(o: Outcome) -> FinishOutcome {
 /// Builds the [`JobSpec`] of an attempt, with its derived secret.
 #[derive(Clone)]
 pub struct SpecFactory {
-    master_key: Arc<Vec<u8>>,
+    master_key: Arc<crate::security::MasterKey>,
     hook_url: String,
 }
 

@@ -271,6 +271,18 @@ enum Reply {
     Idem(String),
 }
 
+/// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
+/// never fails a listing.
+fn listable(body: &str) -> Option<Job> {
+    match serde_json::from_str::<Job>(body) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable job record left out of a listing");
+            None
+        }
+    }
+}
+
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("corrupt record: {e}"))
 }
@@ -303,6 +315,9 @@ pub fn parse_event_id(s: &str) -> Result<String> {
     Ok(format!("{ms}-{seq}"))
 }
 
+/// The shortest try of a command, however little of `store.retry` is left.
+const MIN_TRY: Duration = Duration::from_millis(250);
+
 /// Values per job write in `commit.lua`'s arguments.
 const WRITE_ARGS: usize = 14;
 
@@ -312,6 +327,8 @@ struct Pending {
     args: Vec<String>,
     n: usize,
     tx: oneshot::Sender<Result<Vec<String>>>,
+    /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
+    deadline: Instant,
 }
 
 /// Group commit: takes every pending caller's writes (up to `COMMIT_BATCH`) and sends them in
@@ -337,8 +354,21 @@ async fn committer(
             }
             batch
         };
+        // A caller whose wait is over has been answered "unavailable": its writes must not be
+        // sent any more.
+        let now = Instant::now();
+        let (batch, late): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| p.deadline > now);
+        for p in late {
+            let _ = p.tx.send(Err(StoreError::Unavailable(
+                "redis: `store.retry` ran out before the write could be sent".into(),
+            )));
+        }
+        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+            continue;
+        };
         let Some(store) = store.upgrade() else { return };
-        let r = store.commit_batch(&batch).await;
+        let r = store.commit_batch(&batch, deadline).await;
         drop(store);
         match r {
             Ok(raw) => {
@@ -468,15 +498,34 @@ impl RedisStore {
 
     /// Runs a command, retrying transient failures with backoff for up to `store.retry` (not
     /// at all when `retry` is false).
-    async fn exec<T, F, Fut>(&self, retry: bool, mut f: F) -> Result<T>
+    async fn exec<T, F, Fut>(&self, retry: bool, f: F) -> Result<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let start = Instant::now();
+        let deadline = retry.then(|| Instant::now() + self.s.retry);
+        self.exec_until(deadline, f).await
+    }
+
+    /// Runs a command, retrying transient failures until `deadline` (once when `None`). The
+    /// deadline bounds the whole wait, the tries themselves included: each try is cut at the
+    /// time left (never more than `command_timeout`).
+    async fn exec_until<T, F, Fut>(&self, deadline: Option<Instant>, mut f: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let mut delay = Duration::from_millis(25);
         loop {
-            let r = tokio::time::timeout(self.s.command_timeout, f(self.conn.clone())).await;
+            let per_try = match deadline {
+                Some(d) => self
+                    .s
+                    .command_timeout
+                    .min(d.saturating_duration_since(Instant::now()))
+                    .max(MIN_TRY.min(self.s.command_timeout)),
+                None => self.s.command_timeout,
+            };
+            let r = tokio::time::timeout(per_try, f(self.conn.clone())).await;
             let err = match r {
                 Ok(Ok(v)) => {
                     if self.down.load(Ordering::Relaxed) {
@@ -489,10 +538,13 @@ impl RedisStore {
                 Err(_) => "command timed out".to_string(),
             };
             self.mark(false, &err);
-            if !retry || start.elapsed() + delay > self.s.retry {
+            let left = deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
                 return Err(StoreError::Unavailable(format!("redis: {err}")));
             }
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.min(left)).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
@@ -554,6 +606,7 @@ impl RedisStore {
                 args,
                 n: writes.len(),
                 tx,
+                deadline: Instant::now() + self.s.retry.max(MIN_TRY),
             })
             .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
         let raw = rx
@@ -607,11 +660,11 @@ impl RedisStore {
     }
 
     /// Sends the writes of several callers in one `commit.lua` call; one reply per write.
-    async fn commit_batch(&self, batch: &[Pending]) -> Result<Vec<String>> {
+    async fn commit_batch(&self, batch: &[Pending], deadline: Instant) -> Result<Vec<String>> {
         let p = &self.s;
         let n: usize = batch.iter().map(|b| b.n).sum();
         let raw: Vec<String> = self
-            .exec(true, |mut c| {
+            .exec_until(Some(deadline), |mut c| {
                 let mut inv = self.scripts.commit.prepare_invoke();
                 inv.arg(&p.prefix)
                     .arg(p.store.global_limit)
@@ -781,7 +834,7 @@ impl RedisStore {
         let mut jobs: Vec<Job> = Vec::new();
         for chunk in ids.chunks((q.limit + 1).clamp(16, 1000)) {
             for b in self.load_many(chunk).await?.into_iter().flatten() {
-                let j: Job = serde_json::from_str(&b).map_err(json_err)?;
+                let Some(j) = listable(&b) else { continue };
                 if Some(j.status) == q.status
                     && q.job_type
                         .as_deref()
@@ -906,7 +959,7 @@ impl JobStore for RedisStore {
             let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
-                let j: Job = serde_json::from_str(&b).map_err(json_err)?;
+                let Some(j) = listable(&b) else { continue };
                 if q.job_type
                     .as_deref()
                     .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))

@@ -1,0 +1,427 @@
+//! What every request passes through before its handler, and browser safety (docs/security.md,
+//! "Browser safety"):
+//!
+//! - a panic in a handler answers 500 `internal` and is counted (`runyard_http_panics_total`);
+//! - CORS is closed unless `api.cors_origins` lists origins;
+//! - an unsafe request (POST, PUT, PATCH, DELETE) sent by a browser from another origin is
+//!   refused (403 `cross_origin`) unless its origin is listed: a page elsewhere cannot submit,
+//!   cancel or retry jobs through a visitor's browser, whatever the body's type (a multipart or
+//!   `text/plain` form needs no CORS preflight);
+//! - JSON bodies must say so: [`require_json`] (415 `unsupported_media_type`).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Adds the layers every route of the API runs under: the cross-origin check, CORS (when
+/// `cors_origins` is not empty) and, outermost, the panic catcher counting into `metrics`.
+pub fn with_edge_layers<S>(
+    router: Router<S>,
+    cors_origins: &[String],
+    metrics: Arc<Metrics>,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let allowed: Arc<Vec<String>> = Arc::new(cors_origins.to_vec());
+    let mut router = router.layer(axum::middleware::from_fn_with_state(allowed, origin_guard));
+    if !cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+                .max_age(std::time::Duration::from_secs(600)),
+        );
+    }
+    router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
+        panic_response(&metrics, err)
+    }))
+}
+
+fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
+    metrics.count_http_panic();
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %what, "a request handler panicked");
+    // The panic's text stays in the log: it may describe internals.
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the server failed while handling this request (logged)",
+    )
+    .into_response()
+}
+
+/// Whether `o` is a browser origin: `http(s)://host[:port]`, nothing after.
+pub fn valid_origin(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+        && HeaderValue::from_str(o).is_ok()
+}
+
+/// The host part (`host[:port]`) of an origin.
+fn origin_host(o: &str) -> Option<&str> {
+    o.split_once("://").map(|(_, h)| h)
+}
+
+/// Refuses unsafe requests a browser sends from another origin (the way Go's
+/// `CrossOriginProtection` does): `Sec-Fetch-Site` when the browser sends it, else `Origin`
+/// against `Host`. A request with neither comes from a program, not a page: allowed.
+async fn origin_guard(
+    State(allowed): State<Arc<Vec<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) {
+        return next.run(req).await;
+    }
+    let h = req.headers();
+    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let listed = origin.is_some_and(|o| allowed.iter().any(|a| a == o));
+    let ok = match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin" | "none") => true,
+        Some(_) => listed,
+        None => match origin {
+            None => true,
+            Some(o) => {
+                listed
+                    || h.get(header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|host| origin_host(o) == Some(host))
+            }
+        },
+    };
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            format!(
+                "cross-origin {} refused: origin `{}` is not in `api.cors_origins`",
+                req.method(),
+                origin.unwrap_or("(unknown)")
+            ),
+        )
+        .into_response()
+    }
+}
+
+/// Checks that a request's body is declared as JSON: `application/json`, optionally with
+/// parameters (`; charset=utf-8`). A missing `Content-Type` is refused too: a browser can send
+/// `text/plain` (or nothing) cross-origin without a preflight, never `application/json`.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let essence = ctype
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if essence == "application/json" {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            match ctype {
+                None => {
+                    "a JSON body needs `Content-Type: application/json` (none was sent)".to_string()
+                }
+                Some(c) => format!("a JSON body needs `Content-Type: application/json`, got `{c}`"),
+            },
+        ))
+    }
+}
+
+/// Characters percent-encoded in an RFC 5987 `filename*` value: all but `attr-char`.
+const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `Content-Disposition: attachment` for a file called `name` (RFC 6266): an ASCII fallback
+/// `filename="..."` without quotes, backslashes or control characters, and the exact name as
+/// `filename*=UTF-8''...` (percent-encoded, RFC 5987). `None` for an empty name.
+pub fn content_disposition(name: &str) -> Option<HeaderValue> {
+    if name.is_empty() {
+        return None;
+    }
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(name, ATTR_CHAR);
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+    ))
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    async fn body_json(res: Response) -> serde_json::Value {
+        let b = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&b).expect("json body")
+    }
+
+    fn app(metrics: Arc<Metrics>, cors: &[String]) -> Router {
+        let r: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    #[allow(clippy::panic)]
+                    {
+                        panic!("boom at the edge")
+                    }
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            .route("/ok", post(|| async { "done" }));
+        with_edge_layers(r, cors, metrics)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_internal_and_is_counted() {
+        let metrics = Arc::new(Metrics::default());
+        let res = app(metrics.clone(), &[])
+            .oneshot(Request::get("/boom").body(Body::empty()).expect("req"))
+            .await
+            .expect("a response, not a dropped connection");
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let v = body_json(res).await;
+        assert_eq!(v["error"]["code"], "internal", "{v}");
+        assert!(
+            !v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("boom"),
+            "the panic text stays in the log: {v}"
+        );
+        assert!(
+            metrics.render().contains("runyard_http_panics_total 1\n"),
+            "{}",
+            metrics.render()
+        );
+    }
+
+    fn post_from(origin: Option<&str>, site: Option<&str>) -> Request {
+        let mut b = Request::post("/ok").header(header::HOST, "api.local:8080");
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        if let Some(s) = site {
+            b = b.header("sec-fetch-site", s);
+        }
+        b.body(Body::empty()).expect("req")
+    }
+
+    #[tokio::test]
+    async fn cross_origin_unsafe_requests_are_refused_unless_listed() {
+        let m = Arc::new(Metrics::default());
+        let closed = app(m.clone(), &[]);
+        let status = |r: Response| r.status();
+        // Programs send no Origin.
+        assert_eq!(
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(None, None))
+                    .await
+                    .expect("r")
+            ),
+            200
+        );
+        // Same origin, by Origin/Host or Sec-Fetch-Site.
+        assert_eq!(
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(Some("http://api.local:8080"), None))
+                    .await
+                    .expect("r")
+            ),
+            200
+        );
+        assert_eq!(
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(
+                        Some("http://api.local:8080"),
+                        Some("same-origin")
+                    ))
+                    .await
+                    .expect("r")
+            ),
+            200
+        );
+        // Another page.
+        let res = closed
+            .clone()
+            .oneshot(post_from(Some("https://evil.example"), None))
+            .await
+            .expect("r");
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert_eq!(body_json(res).await["error"]["code"], "cross_origin");
+        assert_eq!(
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(Some("https://evil.example"), Some("cross-site")))
+                    .await
+                    .expect("r")
+            ),
+            403
+        );
+        assert_eq!(
+            status(
+                closed
+                    .clone()
+                    .oneshot(post_from(Some("null"), None))
+                    .await
+                    .expect("r")
+            ),
+            403
+        );
+        // No CORS headers when closed.
+        let pre = Request::options("/ok")
+            .header(header::ORIGIN, "https://app.example")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .expect("req");
+        let res = closed.clone().oneshot(pre).await.expect("r");
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+
+        // Listed origins pass and get CORS answers.
+        let open = app(m, &["https://app.example".to_string()]);
+        assert_eq!(
+            status(
+                open.clone()
+                    .oneshot(post_from(Some("https://app.example"), Some("cross-site")))
+                    .await
+                    .expect("r")
+            ),
+            200
+        );
+        assert_eq!(
+            status(
+                open.clone()
+                    .oneshot(post_from(Some("https://evil.example"), Some("cross-site")))
+                    .await
+                    .expect("r")
+            ),
+            403
+        );
+        let pre = Request::options("/ok")
+            .header(header::ORIGIN, "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .body(Body::empty())
+            .expect("req");
+        let res = open.oneshot(pre).await.expect("r");
+        assert_eq!(
+            res.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.as_bytes()),
+            Some(&b"https://app.example"[..])
+        );
+    }
+
+    #[test]
+    fn json_content_type_is_required() {
+        let with = |c: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(c) = c {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_str(c).expect("hv"));
+            }
+            require_json(&h).map_err(|e| (e.status, e.code))
+        };
+        assert!(with(Some("application/json")).is_ok());
+        assert!(with(Some("Application/JSON; charset=utf-8")).is_ok());
+        let refused = Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+        assert_eq!(with(None), refused);
+        assert_eq!(with(Some("text/plain")), refused);
+        assert_eq!(with(Some("application/jsonx")), refused);
+        assert_eq!(with(Some("application/x-www-form-urlencoded")), refused);
+    }
+
+    #[test]
+    fn content_disposition_escapes_the_name() {
+        let v = |n: &str| {
+            content_disposition(n)
+                .map(|h| h.to_str().expect("ascii").to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            v("report.pdf"),
+            "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"
+        );
+        assert_eq!(
+            v("a\"b\r\nSet-Cookie: x=1.txt"),
+            "attachment; filename=\"a_b__Set-Cookie: x=1.txt\"; filename*=UTF-8''a%22b%0D%0ASet-Cookie%3A%20x%3D1.txt"
+        );
+        assert_eq!(
+            v("résumé;.txt"),
+            "attachment; filename=\"r_sum_;.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%3B.txt"
+        );
+        assert_eq!(v(""), "");
+    }
+}

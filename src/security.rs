@@ -1,0 +1,186 @@
+//! Keeping the master key out of a job's reach (see docs/security.md).
+//!
+//! - [`MasterKey`]: the key in memory, zeroed when dropped, never printed.
+//! - [`scrub_env`]: once the configuration is read, the secret `RUNYARD_*` variables leave the
+//!   process environment, and their bytes are zeroed in the initial environment block that the
+//!   kernel shows in `/proc/PID/environ` (removing a variable with `unsetenv` alone leaves it
+//!   there).
+//! - [`harden_process`]: `PR_SET_DUMPABLE` off, so that processes of the same user (a job run
+//!   without `user`) can neither read `/proc/PID/environ` or `/proc/PID/mem` nor ptrace the
+//!   server; and a private umask (0o077) so that every file the server creates is 0600.
+//! - [`secure_data_dir`]: the data directory is 0700.
+//!
+//! `runyard serve` and `runyard worker` call the first three before the runtime starts; a program
+//! embedding [`crate::server::ServerBuilder`] should call them too (the library does not change
+//! process-wide settings by itself), while [`secure_data_dir`] runs on every start.
+
+use std::fmt;
+use std::ops::Deref;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::Context;
+use zeroize::Zeroizing;
+
+/// Environment variables that hold secrets: the master key, and the Redis URL (it may carry a
+/// password, and whoever reaches the Redis can rewrite any job).
+pub const SECRET_ENV: &[&str] = &["RUNYARD_MASTER_KEY", "RUNYARD_REDIS"];
+
+/// The master key that job secrets and signed URLs derive from.
+///
+/// Zeroed when dropped; `Debug` prints `MasterKey(***)`. It dereferences to the key bytes, for
+/// the HMAC functions that take them.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<Vec<u8>>);
+
+impl MasterKey {
+    /// Wraps key bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+impl Deref for MasterKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(***)")
+    }
+}
+
+/// Turns core dumps, `/proc/PID/{environ,mem}` and ptrace off for processes of the same user,
+/// and sets the umask to 0o077 (jobs still start with the umask the process had: see
+/// [`runyard_runners::isolation::set_job_umask`]). Call it once, early, in the main thread.
+///
+/// A job's process becomes dumpable again when it executes its program (its credentials do not
+/// change), so this does not affect jobs.
+pub fn harden_process() {
+    // Safety: plain syscalls on this process.
+    unsafe {
+        #[cfg(target_os = "linux")]
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot turn PR_SET_DUMPABLE off: processes of this user can read this one's memory"
+            );
+        }
+        let old = libc::umask(0o077);
+        runyard_runners::isolation::set_job_umask(old as u32);
+    }
+}
+
+extern "C" {
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Removes `names` from the environment and zeroes their bytes where the kernel shows them
+/// (`/proc/PID/environ` reads the environment block the process started with, which `unsetenv`
+/// does not change).
+///
+/// # Safety
+/// Changes the process environment: call it while no other thread can read or write the
+/// environment, i.e. in `main` before any thread (the async runtime included) starts.
+pub unsafe fn scrub_env(names: &[&str]) {
+    let (start, end) = initial_env_block().unwrap_or((0, 0));
+    let mut in_block = Vec::new();
+    // Safety (caller): no other thread touches `environ` meanwhile.
+    let mut p = environ;
+    while !p.is_null() && !(*p).is_null() {
+        let entry = *p;
+        let bytes = std::ffi::CStr::from_ptr(entry).to_bytes();
+        let addr = entry as usize;
+        if names
+            .iter()
+            .any(|n| bytes.starts_with(n.as_bytes()) && bytes.get(n.len()) == Some(&b'='))
+            && addr >= start
+            && addr.saturating_add(bytes.len()) < end
+        {
+            in_block.push((entry, bytes.len()));
+        }
+        p = p.add(1);
+    }
+    for n in names {
+        std::env::remove_var(n);
+    }
+    // No longer referenced by `environ`; the block itself lives as long as the process.
+    for (entry, len) in in_block {
+        std::ptr::write_bytes(entry, 0, len);
+    }
+}
+
+/// The address range of the environment block the kernel set up at exec (fields 50 and 51 of
+/// `/proc/self/stat`).
+fn initial_env_block() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let mut f = after.split_whitespace().skip(47);
+    let start = f.next()?.parse().ok()?;
+    let end = f.next()?.parse().ok()?;
+    Some((start, end))
+}
+
+/// Creates the data directory with mode 0700, or narrows an existing one to 0700 (with a warning
+/// when it was open to others).
+pub fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("`data_dir`: cannot create {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("`data_dir`: cannot read {}", dir.display())),
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+                    Ok(()) => tracing::warn!(
+                        data_dir = %dir.display(),
+                        "data_dir was open to other users (mode {mode:o}): narrowed to 0700"
+                    ),
+                    Err(e) => tracing::warn!(
+                        data_dir = %dir.display(),
+                        error = %e,
+                        "data_dir is open to other users (mode {mode:o}) and cannot be narrowed \
+                         to 0700: other users may read the job store"
+                    ),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_key_is_not_printed() {
+        let k = MasterKey::new(b"very-secret-master-key".to_vec());
+        assert_eq!(format!("{k:?}"), "MasterKey(***)");
+        assert_eq!(&*k, b"very-secret-master-key");
+    }
+
+    #[test]
+    fn data_dir_is_created_private_and_narrowed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/data");
+        secure_data_dir(&d).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure_data_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700);
+    }
+
+    #[test]
+    fn the_initial_environment_block_is_found() {
+        let (start, end) = initial_env_block().unwrap();
+        assert!(start > 0 && end > start, "{start} {end}");
+    }
+}

@@ -1,0 +1,792 @@
+//! Hardening at the edges (issue 9): no input poisons the store or panics a handler, browsers
+//! cannot forge writes, and the smaller holes (idempotency conflicts, `run_at` offsets,
+//! single-use upload URLs, `store.retry` bounding a wait, `Content-Disposition`, `RUST_LOG`).
+//! Each test runs a real server on 127.0.0.1:0 (and a real redis-server where the store matters).
+
+mod redis_support;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use runyard::job::{Job, JobStatus};
+use runyard_hooks::{derive_job_secret, now_ms, signed_headers, upload_challenge, SigVersion};
+use serde_json::{json, Value};
+
+use redis_support::TestRedis;
+use support::{error_of, TestServer, WAIT};
+
+const MASTER_KEY: &str = "hardening-test-master-key-0123456789";
+
+/// A service runner for `edge.*`: `edge.fail` fails, `edge.hold` runs until cancelled (20 s at
+/// most), anything else succeeds.
+const RUNNERS: &str = r#"
+[[runners]]
+kind = "service"
+types = ["edge.*"]
+"#;
+
+/// The two stores: the embedded one, and Redis (a private redis-server, or `RUNYARD_TEST_REDIS`).
+enum Backend {
+    Embedded,
+    Redis(TestRedis),
+}
+
+impl Backend {
+    fn redis() -> Self {
+        Backend::Redis(TestRedis::start())
+    }
+
+    fn config(&self) -> String {
+        match self {
+            Backend::Embedded => String::new(),
+            Backend::Redis(r) => format!(
+                "redis = {:?}\nmaster_key = {MASTER_KEY:?}\n[store]\nprefix = {:?}\nretry = \"5s\"\n",
+                r.url, r.prefix
+            ),
+        }
+    }
+
+    /// Overwrites the stored record of job `id` with something that is not a job.
+    fn corrupt(&self, ts: &TestServer, id: &str) {
+        match self {
+            Backend::Embedded => {
+                let c =
+                    rusqlite::Connection::open(ts.data_dir().join("runyard.db")).expect("open db");
+                c.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
+                let n = c
+                    .execute("UPDATE jobs SET body = '{\"broken' WHERE id = ?1", [id])
+                    .expect("update");
+                assert_eq!(n, 1);
+            }
+            Backend::Redis(r) => {
+                let out = r.cli(&["HSET", &format!("{}:job:{id}", r.prefix), "b", "{\"broken"]);
+                assert_eq!(out.trim(), "0", "overwrote the body: {out}");
+            }
+        }
+    }
+
+    async fn server(&self, extra: &str) -> TestServer {
+        TestServer::builder(RUNNERS)
+            .config(&self.config())
+            .config(extra)
+            .service("edge.fail", |_ctx| async {
+                Err::<Value, _>("this job always fails".into())
+            })
+            .service("edge.hold", |_ctx| async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                Ok(json!("held"))
+            })
+            .service("edge.ok", |_ctx| async { Ok(json!("ok")) })
+            .start()
+            .await
+    }
+}
+
+async fn post_typed(
+    ts: &TestServer,
+    path: &str,
+    ctype: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut req = ts.client.post(ts.at(path)).body(body.to_string());
+    if let Some(c) = ctype {
+        req = req.header("content-type", c);
+    }
+    let res = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+// ---- Hole 1: a backoff that overflows `run_at` ----
+
+async fn huge_backoff_cannot_poison_the_store(b: Backend) {
+    let ts = b.server("").await;
+    // A job stored before the bounds existed (its run_at overflowed): shown, flagged, and it
+    // never breaks a listing or a read.
+    let store = ts.running().app.store.clone();
+    let mut poisoned: Job = store_job_template();
+    poisoned.status = JobStatus::Scheduled;
+    poisoned.run_at = Some(i64::MAX);
+    poisoned.channel_id = poisoned.id.to_string();
+    let pid = poisoned.id.to_string();
+    store.submit(poisoned).await.expect("store the old job");
+    let (st, v) = ts.get(&format!("/async/jobs/{pid}")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["run_at"], "9999-12-31T23:59:59.999999Z");
+    assert!(
+        v["render_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("run_at")),
+        "{v}"
+    );
+    let (st, list) = ts.get("/async/jobs?limit=10").await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert!(ids.contains(&pid.as_str()), "{list}");
+    // The submit that used to poison the store, and one whose values wrapped.
+    for v in [9e15 as u64, u64::MAX] {
+        let (st, body) = ts
+            .submit(json!({"type": "edge.fail", "max_attempts": 3,
+                "backoff": {"initial_ms": v, "max_ms": v, "multiplier": 2.0, "jitter": false}}))
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "backoff {v}: {body}");
+        let (code, msg) = error_of(&body);
+        assert_eq!(code, "invalid_request");
+        assert!(msg.contains("backoff.max_ms"), "{msg}");
+    }
+    // The largest backoff allowed: a failed attempt is retried 30 days later, and it shows.
+    let max = 30u64 * 24 * 3600 * 1000;
+    let id = ts
+        .submit_ok(json!({"type": "edge.fail", "max_attempts": 3,
+            "backoff": {"initial_ms": max, "max_ms": max, "multiplier": 100.0, "jitter": false}}))
+        .await;
+    let job = ts
+        .wait_for(&id, WAIT, |j| {
+            j["status"] == "SCHEDULED" && j["attempt"] == 1
+        })
+        .await;
+    let run_at = support::time_of(&job["run_at"]);
+    let wait = run_at
+        .duration_since(std::time::SystemTime::now())
+        .expect("run_at is in the future");
+    assert!(
+        wait > Duration::from_secs(29 * 24 * 3600) && wait <= Duration::from_secs(30 * 24 * 3600),
+        "{job}"
+    );
+    let (st, list) = ts.get("/async/jobs?limit=10").await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(2), "{list}");
+    // A record that no longer reads as a job at all is left out of listings (and logged).
+    let broken = ts
+        .submit_ok(json!({"type": "edge.ok", "run_at": "2099-01-01T00:00:00Z"}))
+        .await;
+    b.corrupt(&ts, &broken);
+    let (st, list) = ts.get("/async/jobs?limit=2").await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    // Paged one by one (the broken record may end a page).
+    let listed = ts.list_all(&[], 1).await;
+    assert_eq!(listed.len(), 2, "the 3 jobs but the broken one: {listed:?}");
+    assert!(listed.iter().all(|j| j["id"] != broken.as_str()));
+    // The scheduler is not upset by it either: a new job still runs.
+    let ok = ts.submit_ok(json!({"type": "edge.ok"})).await;
+    assert_eq!(ts.wait_terminal(&ok, WAIT).await["status"], "SUCCESS");
+}
+
+/// A job as a store holds it, for writing one the API would not accept any more.
+fn store_job_template() -> Job {
+    let now = runyard::job::now_us();
+    let id = uuid::Uuid::now_v7();
+    serde_json::from_value(json!({
+        "id": id, "type": "edge.fail", "args": {}, "runner": "service-0", "status": "QUEUED",
+        "channel_id": id.to_string(), "user_id": null, "attempt": 1, "max_attempts": 3,
+        "backoff": {"initial_ms": 9_000_000_000_000_000u64, "max_ms": 9_000_000_000_000_000u64,
+                    "multiplier": 2.0, "jitter": false},
+        "timeout_ms": null, "run_at": null, "idempotency_key": null, "progress": 0.0,
+        "status_details": null, "result": null, "error": "boom", "exit_code": null, "lease": null,
+        "handle": null, "files": {}, "runs": [], "created_at": now, "updated_at": now,
+        "queued_at": now, "started_at": null, "finished_at": null, "version": 0
+    }))
+    .expect("a job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_huge_backoff_cannot_poison_the_store() {
+    huge_backoff_cannot_poison_the_store(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_huge_backoff_cannot_poison_the_store() {
+    huge_backoff_cannot_poison_the_store(Backend::redis()).await;
+}
+
+#[test]
+fn runner_defaults_are_range_checked() {
+    let text = r#"
+[[runners]]
+kind = "service"
+types = ["x.*"]
+backoff = { initial_ms = 9000000000000000, max_ms = 9000000000000000, multiplier = 2.0, jitter = false }
+"#;
+    let e = runyard::config::Config::from_toml(text).expect_err("refused");
+    let m = e.to_string();
+    assert!(
+        m.contains("runners[0].backoff") && m.contains("max_ms"),
+        "{m}"
+    );
+    let text = "[[runners]]\nkind = \"service\"\ntypes = [\"x.*\"]\ntimeout = \"50000000000d\"\n";
+    let e = runyard::config::Config::from_toml(text).expect_err("refused");
+    assert!(e.to_string().contains("runners[0].timeout"), "{e}");
+}
+
+// ---- Hole 3: numbers that panicked a handler ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_numbers_are_refused_not_panics() {
+    let ts = Backend::Embedded.server("").await;
+    for (body, field) in [
+        (json!({"type": "edge.ok", "timeout": 1e20}), "timeout"),
+        (json!({"type": "edge.ok", "timeout": 1.8e19}), "timeout"),
+        (json!({"type": "edge.ok", "timeout": -1}), "timeout"),
+        (json!({"type": "edge.ok", "timeout": 0}), "timeout"),
+        (json!({"type": "edge.ok", "timeout": 2592001}), "timeout"),
+        (
+            json!({"type": "edge.ok", "timeout": "1000000000000000000000s"}),
+            "timeout",
+        ),
+        (
+            json!({"type": "edge.ok", "max_attempts": 1e20}),
+            "max_attempts",
+        ),
+        (
+            json!({"type": "edge.ok", "max_attempts": 101}),
+            "max_attempts",
+        ),
+        (
+            json!({"type": "edge.ok", "backoff": {"initial_ms": 1, "max_ms": 2, "multiplier": 1e300, "jitter": true}}),
+            "multiplier",
+        ),
+        (
+            json!({"type": "edge.ok", "backoff": {"initial_ms": -1, "max_ms": 2, "multiplier": 2, "jitter": true}}),
+            "initial_ms",
+        ),
+        (
+            json!({"type": "edge.ok", "run_at": "99999-01-01T00:00:00Z"}),
+            "run_at",
+        ),
+    ] {
+        let (st, v) = ts.submit(body.clone()).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        let (_, msg) = error_of(&v);
+        assert!(
+            msg.contains(field),
+            "{body}: the message names `{field}`: {msg}"
+        );
+    }
+    // The largest accepted timeout still works.
+    ts.submit_ok(json!({"type": "edge.ok", "timeout": 2592000}))
+        .await;
+    // Page and log parameters.
+    let (st, v) = ts.get("/async/jobs?limit=100000000000000000000000").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = ts.get("/async/jobs?limit=0").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let id = ts.submit_ok(json!({"type": "edge.ok"})).await;
+    ts.wait_terminal(&id, WAIT).await;
+    let (st, v) = ts
+        .get(&format!("/async/jobs/{id}/logs?after=18446744073709551615"))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["lines"],
+        json!([]),
+        "nothing after the largest sequence number: {v}"
+    );
+    // No panic was counted.
+    let m = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    let text = m.text().await.expect("text");
+    assert!(text.contains("runyard_http_panics_total 0\n"), "{text}");
+}
+
+// ---- Hole 5: browser safety ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_need_a_json_content_type_and_cross_origin_writes_are_refused() {
+    let ts = Backend::Embedded.server("").await;
+    let before = ts.count_jobs(None).await;
+    let body = r#"{"type": "edge.ok"}"#;
+    for ctype in [
+        Some("text/plain"),
+        None,
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let (st, v) = post_typed(&ts, "/async/jobs", ctype, body).await;
+        assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ctype:?}: {v}");
+        assert_eq!(error_of(&v).0, "unsupported_media_type");
+    }
+    assert_eq!(ts.count_jobs(None).await, before, "nothing was created");
+    let (st, v) = post_typed(
+        &ts,
+        "/async/jobs",
+        Some("application/json; charset=utf-8"),
+        body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let accepted = v["job_id"].as_str().expect("job_id").to_string();
+
+    // A page elsewhere posting a form (text/plain or multipart needs no preflight).
+    let form = reqwest::multipart::Form::new().text("job", body.to_string());
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let v: Value = res.json().await.expect("json");
+    assert_eq!(error_of(&v).0, "cross_origin");
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = ts
+        .client
+        .post(ts.at(&format!("/async/jobs/{accepted}/cancel")))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "a cross-origin cancel");
+    // The same multipart from a program (no Origin) or the server's own origin is accepted.
+    let form = reqwest::multipart::Form::new().text("job", body.to_string());
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let form = reqwest::multipart::Form::new().text("job", body.to_string());
+    let own = ts.url.clone();
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .header("origin", own)
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(ts.count_jobs(None).await, before + 3);
+
+    // CORS is closed: a preflight gets no allow headers.
+    let res = ts
+        .client
+        .request(reqwest::Method::OPTIONS, ts.at("/async/jobs"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("send");
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_cors_origins_get_cors_answers_and_may_write() {
+    let ts = Backend::Embedded
+        .server("[api]\ncors_origins = [\"https://app.example\"]\n")
+        .await;
+    let res = ts
+        .client
+        .request(reqwest::Method::OPTIONS, ts.at("/async/jobs"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .header("origin", "https://app.example")
+        .header("sec-fetch-site", "cross-site")
+        .json(&json!({"type": "edge.ok"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .header("origin", "https://other.example")
+        .json(&json!({"type": "edge.ok"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+// ---- Item 6 ----
+
+async fn idempotency_key_with_another_body_conflicts(b: Backend) {
+    let ts = b.server("").await;
+    let (st, first) = post_typed(
+        &ts,
+        "/async/jobs",
+        Some("application/json"),
+        r#"{"type": "edge.ok", "args": {"a": 1, "b": [1, 2]}, "idempotency_key": "k-1"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{first}");
+    // Same body, other key order and spacing: the first job.
+    let (st, again) = post_typed(
+        &ts,
+        "/async/jobs",
+        Some("application/json"),
+        r#"{"idempotency_key":"k-1","args":{"b":[1,2],"a":1},"type":"edge.ok"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["job_id"], first["job_id"]);
+    // Another body with the same key.
+    let (st, v) = ts
+        .submit(json!({"type": "edge.ok", "args": {"a": 2, "b": [1, 2]}, "idempotency_key": "k-1"}))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let (code, msg) = error_of(&v);
+    assert_eq!(code, "idempotency_conflict");
+    assert!(
+        msg.contains(first["job_id"].as_str().unwrap_or("?")),
+        "{msg}"
+    );
+    assert_eq!(ts.count_jobs(None).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_idempotency_key_with_another_body_conflicts() {
+    idempotency_key_with_another_body_conflicts(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_idempotency_key_with_another_body_conflicts() {
+    idempotency_key_with_another_body_conflicts(Backend::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_takes_offsets_and_lower_case() {
+    let ts = Backend::Embedded.server("").await;
+    for s in [
+        "2099-01-01T12:00:00+02:00",
+        "2099-01-01t10:00:00z",
+        "2099-01-01T10:00:00.000Z",
+        "2099-01-01T05:30:00-04:30",
+    ] {
+        let id = ts.submit_ok(json!({"type": "edge.ok", "run_at": s})).await;
+        let job = ts.get_job(&id).await;
+        assert_eq!(job["status"], "SCHEDULED", "{s}");
+        assert_eq!(job["run_at"], "2099-01-01T10:00:00.000000Z", "{s}");
+    }
+    for s in ["2099-01-01 10:00", "tomorrow", "2099-13-01T00:00:00Z"] {
+        let (st, v) = ts.submit(json!({"type": "edge.ok", "run_at": s})).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{s}: {v}");
+        assert!(error_of(&v).1.contains("run_at"), "{v}");
+    }
+}
+
+/// A signed hook call for attempt 1 of `id`.
+async fn hook(
+    ts: &TestServer,
+    id: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    ctype: Option<&str>,
+) -> (StatusCode, Value) {
+    let secret = derive_job_secret(&ts.running().app.master_key, id, 1);
+    let h =
+        signed_headers(id, &secret, SigVersion::V2, method, path, body, now_ms()).expect("sign");
+    let mut req = ts
+        .client
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            ts.at(path),
+        )
+        .headers(h)
+        .body(body.to_vec());
+    if let Some(c) = ctype {
+        req = req.header("content-type", c);
+    }
+    let res = req.send().await.expect("hook call");
+    let st = res.status();
+    let text = res.text().await.expect("body");
+    (
+        st,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
+    let ts = b.server("").await;
+    let id = ts.submit_ok(json!({"type": "edge.hold"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    let json_ct = Some("application/json");
+    // An upload URL works once.
+    let content = b"hello, once";
+    let hash = hex::encode(<md5::Md5 as md5::Digest>::digest(content));
+    let req = json!({"hash": hash, "challenge": upload_challenge([content]),
+                     "metadata": {"name": "once.txt"}});
+    let path = format!("/async/upload/jobs/{id}/outputs");
+    let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let url = v["url"].as_str().expect("an upload url").to_string();
+    let put = |bytes: &'static [u8]| {
+        let c = ts.client.clone();
+        let url = url.clone();
+        async move {
+            let r = c.put(url).body(bytes).send().await.expect("put");
+            (r.status(), r.text().await.unwrap_or_default())
+        }
+    };
+    let (st, text) = put(content).await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    let (st, text) = put(content).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "a second use: {text}");
+    assert!(text.contains("url_used"), "{text}");
+    assert_eq!(
+        ts.get_job(&id).await["files"]["outputs"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "attached once"
+    );
+    // Progress out of range: the documented 422 `invalid`.
+    for p in ["1.5", "-0.1", "1e300"] {
+        let body = format!(r#"{{"progress": {p}}}"#);
+        let (st, v) = hook(&ts, &id, "POST", "/async/status", body.as_bytes(), json_ct).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "progress {p}: {v}");
+        assert_eq!(error_of(&v).0, "invalid");
+    }
+    let (st, v) = hook(
+        &ts,
+        &id,
+        "POST",
+        "/async/status",
+        br#"{"progress": 1e400}"#,
+        json_ct,
+    )
+    .await;
+    assert!(st.is_client_error(), "{st} {v}");
+    // A JSON report must say it is JSON.
+    let (st, v) = hook(
+        &ts,
+        &id,
+        "POST",
+        "/async/status",
+        br#"{"progress": 0.5}"#,
+        Some("text/plain"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+    assert_eq!(
+        ts.get_job(&id).await["progress"],
+        0.0,
+        "the refused report changed nothing"
+    );
+    let (st, v) = hook(
+        &ts,
+        &id,
+        "POST",
+        "/async/status",
+        br#"{"progress": 0.5}"#,
+        json_ct,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_hook_inputs_are_checked_and_upload_urls_work_once() {
+    hook_inputs_are_checked_and_upload_urls_work_once(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hook_inputs_are_checked_and_upload_urls_work_once() {
+    hook_inputs_are_checked_and_upload_urls_work_once(Backend::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_names_cannot_break_content_disposition() {
+    let ts = Backend::Embedded.server("").await;
+    let id = ts.submit_ok(json!({"type": "edge.hold"})).await;
+    for (name, want) in [
+        ("plain.txt", "attachment; filename=\"plain.txt\"; filename*=UTF-8''plain.txt"),
+        (
+            "a\\\"; x=\"y.txt",
+            "attachment; filename=\"a__; x=_y.txt\"; filename*=UTF-8''a%5C%22%3B%20x%3D%22y.txt",
+        ),
+        ("r\u{e9}sum\u{e9}.pdf", "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
+        ("tab\there\r\nSet-Cookie: a=b", "attachment; filename=\"tab_here__Set-Cookie: a=b\"; filename*=UTF-8''tab%09here%0D%0ASet-Cookie%3A%20a%3Db"),
+    ] {
+        let res = ts
+            .client
+            .put(ts.at(&format!("/async/jobs/{id}/files/inputs")))
+            .query(&[("name", name)])
+            .body("x")
+            .send()
+            .await
+            .expect("attach");
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let v: Value = res.json().await.expect("json");
+        let index = v["index"].as_u64().expect("index");
+        let res = ts
+            .client
+            .get(ts.at(&format!("/async/jobs/{id}/files/inputs/{index}")))
+            .send()
+            .await
+            .expect("fetch");
+        assert_eq!(res.status(), StatusCode::OK);
+        let cd = res
+            .headers()
+            .get_all("content-disposition")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("(not ascii)").to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(cd, vec![want.to_string()], "name {name:?}");
+        assert!(res.headers().get("set-cookie").is_none());
+    }
+    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_waits_at_most_store_retry_for_a_hung_redis() {
+    let redis = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let pid = redis.pid().expect("a private redis") as i32;
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = {:?}\nmaster_key = {MASTER_KEY:?}\n[store]\nprefix = {:?}\nretry = \"1s\"\n",
+            redis.url, redis.prefix
+        ))
+        .service("edge.ok", |_ctx| async { Ok(json!("ok")) })
+        .start()
+        .await;
+    ts.submit_ok(json!({"type": "edge.ok"})).await;
+    // Hung, not gone: commands wait for an answer that does not come.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let start = Instant::now();
+    let (st, v) = ts.submit(json!({"type": "edge.ok"})).await;
+    let took = start.elapsed();
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    eprintln!("a submit against a hung redis answered {st} in {took:?}");
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        took < Duration::from_secs(3),
+        "store.retry is 1s (a try 5s) but the submit waited {took:?}"
+    );
+    // And it works again once Redis answers.
+    redis.wait_up(Duration::from_secs(10));
+    let id = ts.submit_ok(json!({"type": "edge.ok"})).await;
+    assert_eq!(ts.wait_terminal(&id, WAIT).await["status"], "SUCCESS");
+}
+
+#[test]
+fn rust_log_is_honoured_and_runyard_log_wins() {
+    let run = |envs: &[(&str, &str)]| -> String {
+        let dir = tempfile::tempdir().expect("dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
+        cmd.args([
+            "serve",
+            "--no-worker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("RUNYARD_LOG")
+        .env_remove("RUNYARD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn runyard");
+        // Serving (/health answers) comes right after the "listening" line is written.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !health_ok(port) {
+            assert!(Instant::now() < deadline, "runyard did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let read = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        let settle = Instant::now() + Duration::from_secs(2);
+        while !read().contains("runyard listening") && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        read()
+    };
+    assert!(run(&[]).contains("runyard listening"), "info by default");
+    let quiet = run(&[("RUST_LOG", "warn")]);
+    assert!(
+        !quiet.contains("runyard listening"),
+        "RUST_LOG=warn hides info: {quiet}"
+    );
+    let loud = run(&[("RUST_LOG", "warn"), ("RUNYARD_LOG", "info")]);
+    assert!(
+        loud.contains("runyard listening"),
+        "RUNYARD_LOG wins: {loud}"
+    );
+}
+
+/// True when `GET /health` on the port answers 200.
+fn health_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf.starts_with(b"HTTP/1.1 200"))
+}
