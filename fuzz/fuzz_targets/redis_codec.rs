@@ -86,6 +86,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         timeout_ms: u.arbitrary()?,
         run_at: if u.arbitrary()? { Some(micros(u)?) } else { None },
         idempotency_key: u.arbitrary()?,
+        submit_hash: u.arbitrary()?,
         progress: if u.ratio(1, 2)? { progress } else { u.arbitrary::<u8>()? as f64 / 255.0 },
         status_details: if u.arbitrary()? { Some(json(u)?) } else { None },
         result: if u.arbitrary()? { Some(json(u)?) } else { None },

@@ -2,7 +2,7 @@
 //!
 //! Random sequences of commands from several actors (workers holding fencing tokens, stale
 //! workers, clients cancelling and retrying, the job's own hook, the reaper, adopting workers,
-//! the scheduler) are applied to a job, and after every command the invariants are checked:
+//! launches given back after a host failure, the scheduler) are applied to a job, and after every command the invariants are checked:
 //!
 //! - a terminal status stays terminal, except through an explicit `Retry`;
 //! - `attempt` never decreases;
@@ -73,6 +73,9 @@ enum Op {
     Release {
         tok: Tok,
     },
+    HostFailure {
+        tok: Tok,
+    },
     LeaseExpired,
     Adopt {
         worker: u8,
@@ -139,6 +142,7 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(tok, outcome)| Op::Finish { tok, outcome }),
         1 => tok().prop_map(|tok| Op::Release { tok }),
+        1 => tok().prop_map(|tok| Op::HostFailure { tok }),
         2 => Just(Op::LeaseExpired),
         1 => (0u8..3, prop::bool::weighted(0.8))
             .prop_map(|(worker, lease_ok)| Op::Adopt { worker, lease_ok }),
@@ -198,6 +202,7 @@ fn new_job() -> impl Strategy<Value = Job> {
                     timeout_ms: None,
                     run_at: scheduled.then_some(now + 1_000_000),
                     idempotency_key: None,
+                    submit_hash: None,
                     progress: 0.0,
                     status_details: None,
                     result: None,
@@ -303,6 +308,10 @@ impl Actors {
             Op::Release { tok } => Command::Release {
                 token: self.token(job, tok),
             },
+            Op::HostFailure { tok } => Command::HostFailure {
+                token: self.token(job, tok),
+                message: "cannot start: Too many open files".into(),
+            },
             Op::LeaseExpired => Command::LeaseExpired,
             Op::Adopt { worker, lease_ok } => Command::Adopt {
                 worker: format!("w{worker}"),
@@ -332,7 +341,8 @@ fn carried_token(cmd: &Command) -> Option<u64> {
     match cmd {
         Command::Started { token, .. }
         | Command::Finish { token, .. }
-        | Command::Release { token } => Some(*token),
+        | Command::Release { token }
+        | Command::HostFailure { token, .. } => Some(*token),
         Command::Progress { token, .. } => *token,
         _ => None,
     }
