@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use arbitrary::{Arbitrary, Unstructured};
+use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use runyard::job::{Backoff, Event, EventKind, FileRef, Job, JobStatus, Lease, RunRecord};
 use runyard::store::redis::{commit_args, log_entry, parse_log_entry};
