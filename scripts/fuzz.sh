@@ -87,9 +87,9 @@ for t in "${TARGETS[@]}"; do
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$WORK/crash-$t/" \
     >"$WORK/$t.log" 2>&1 || status=$?
   took=$(($(date +%s) - t0))
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$WORK/$t.log" | tail -1)
-  speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$WORK/$t.log" | tail -1)
-  size=$(grep -o 'corp: [0-9]*' "$WORK/$t.log" | tail -1 | sed 's/corp: //')
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$WORK/$t.log" | tail -1 || true)
+  speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$WORK/$t.log" | tail -1 || true)
+  size=$({ grep -o 'corp: [0-9]*' "$WORK/$t.log" || true; } | tail -1 | sed 's/corp: //')
   printf '%-18s %8s %10s %10s %8s\n' "$t" "$took" "${runs:-?}" "${speed:-?}" "${size:-?}"
   if [ $status -ne 0 ]; then
     failed+=("$t")
