@@ -62,10 +62,14 @@ if [ $CMIN -eq 1 ]; then
   for t in "${TARGETS[@]}"; do
     mkdir -p "$WORK/min-$t" "fuzz/corpus/$t"
     before=$(find "fuzz/corpus/$t" -type f | wc -l)
-    "$BIN/$t" -merge=1 "$WORK/min-$t" "fuzz/corpus/$t" >"$WORK/$t.cmin.log" 2>&1 || {
+    "$BIN/$t" -set_cover_merge=1 "$WORK/min-$t" "fuzz/corpus/$t" >"$WORK/$t.cmin.log" 2>&1 || {
       tail -20 "$WORK/$t.cmin.log"
       exit 1
     }
+    # Keep the committed corpus small: at most FUZZ_CORPUS_MAX (200) inputs, the smallest.
+    ls -S "$WORK/min-$t" | head -n -"${FUZZ_CORPUS_MAX:-200}" | while read -r f; do
+      rm -f "$WORK/min-$t/$f"
+    done
     rm -rf "fuzz/corpus/$t"
     mv "$WORK/min-$t" "fuzz/corpus/$t"
     echo "$t: $before -> $(find "fuzz/corpus/$t" -type f | wc -l) inputs"
