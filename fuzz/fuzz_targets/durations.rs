@@ -36,8 +36,7 @@ fn usable(name: &str, d: Duration) {
         "`{name}` = {d:?} is accepted but overflows the clock"
     );
     assert!(
-        d.as_micros() <= i64::MAX as u128
-            && SystemTime::now().checked_add(d).is_some(),
+        d.as_micros() <= i64::MAX as u128 && SystemTime::now().checked_add(d).is_some(),
         "`{name}` = {d:?} is accepted but overflows a timestamp"
     );
 }

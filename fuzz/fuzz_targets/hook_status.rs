@@ -29,16 +29,8 @@ fuzz_target!(|data: &[u8]| {
     let n = h.next();
     let path = format!("/async/status?n={n}");
     let time = runyard_hooks::now_ms() - (n % 200_000) as i64;
-    let headers = signed_headers(
-        &id.to_string(),
-        &secret,
-        version,
-        "POST",
-        &path,
-        body,
-        time,
-    )
-    .expect("headers");
+    let headers = signed_headers(&id.to_string(), &secret, version, "POST", &path, body, time)
+        .expect("headers");
     let mut req = Request::post(path.as_str());
     for (k, v) in &headers {
         req = req.header(k, v);
@@ -54,13 +46,20 @@ fuzz_target!(|data: &[u8]| {
             .expect("store")
             .expect("job");
         assert_eq!(answer["status"], serde_json::json!(job.status), "{answer}");
-        assert!((0.0..=1.0).contains(&job.progress), "progress {}", job.progress);
+        assert!(
+            (0.0..=1.0).contains(&job.progress),
+            "progress {}",
+            job.progress
+        );
     } else {
         check_error_shape(status, &answer);
         // Replays are avoided above (a v1 one remains possible, rarely); anything else a signed
         // request gets is about its body or the job's state.
         if status == StatusCode::UNAUTHORIZED {
-            assert!(version == SigVersion::V1 && answer["error"]["code"] == "replay", "{answer}");
+            assert!(
+                version == SigVersion::V1 && answer["error"]["code"] == "replay",
+                "{answer}"
+            );
         }
     }
 });

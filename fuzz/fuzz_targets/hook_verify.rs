@@ -72,7 +72,12 @@ fn raw(r: Raw) {
     // Accepted headers are well formed.
     assert!(!h.job_id.is_empty() && h.job_id.len() <= 256);
     assert!(h.time.bytes().all(|b| b.is_ascii_digit()) && !h.time.is_empty());
-    assert!(h.hash.len() == 64 && h.hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    assert!(
+        h.hash.len() == 64
+            && h.hash
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    );
     let verifier = Verifier::new()
         .with_window(std::time::Duration::from_secs(u64::from(r.window_secs)))
         .with_require_v2(r.require_v2);
@@ -90,12 +95,11 @@ fn raw(r: Raw) {
 }
 
 fn signed(s: Signed) {
-    let id: String = s
-        .id
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(256)
-        .collect();
+    let id: String =
+        s.id.chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(256)
+            .collect();
     let secret: String = s
         .secret
         .chars()

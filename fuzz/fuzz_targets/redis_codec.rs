@@ -41,16 +41,13 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
     for _ in 0..files_n {
         let prop: String = u.arbitrary()?;
         let hash: [u8; 16] = u.arbitrary()?;
-        files
-            .entry(prop)
-            .or_insert_with(Vec::new)
-            .push(FileRef {
-                hash: hex(&hash),
-                size: u.arbitrary()?,
-                mimetype: u.arbitrary()?,
-                name: u.arbitrary()?,
-                metadata: json(u)?,
-            });
+        files.entry(prop).or_insert_with(Vec::new).push(FileRef {
+            hash: hex(&hash),
+            size: u.arbitrary()?,
+            mimetype: u.arbitrary()?,
+            name: u.arbitrary()?,
+            metadata: json(u)?,
+        });
     }
     let runs_n = u.int_in_range(0..=2)?;
     let mut runs = Vec::new();
@@ -80,14 +77,26 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         backoff: Backoff {
             initial_ms: u.arbitrary()?,
             max_ms: u.arbitrary()?,
-            multiplier: if multiplier.is_finite() { multiplier } else { 2.0 },
+            multiplier: if multiplier.is_finite() {
+                multiplier
+            } else {
+                2.0
+            },
             jitter: u.arbitrary()?,
         },
         timeout_ms: u.arbitrary()?,
-        run_at: if u.arbitrary()? { Some(micros(u)?) } else { None },
+        run_at: if u.arbitrary()? {
+            Some(micros(u)?)
+        } else {
+            None
+        },
         idempotency_key: u.arbitrary()?,
         submit_hash: u.arbitrary()?,
-        progress: if u.ratio(1, 2)? { progress } else { u.arbitrary::<u8>()? as f64 / 255.0 },
+        progress: if u.ratio(1, 2)? {
+            progress
+        } else {
+            u.arbitrary::<u8>()? as f64 / 255.0
+        },
         status_details: if u.arbitrary()? { Some(json(u)?) } else { None },
         result: if u.arbitrary()? { Some(json(u)?) } else { None },
         error: u.arbitrary()?,
@@ -109,7 +118,11 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         updated_at: 1_700_000_000_000_000 + i64::from(u.arbitrary::<i32>()?) * 1000,
         queued_at: micros(u)?,
         started_at: u.arbitrary()?,
-        finished_at: if status.is_terminal() { Some(micros(u)?) } else { None },
+        finished_at: if status.is_terminal() {
+            Some(micros(u)?)
+        } else {
+            None
+        },
         progress_event_at: u.arbitrary()?,
         version: u.arbitrary()?,
     })
@@ -122,7 +135,10 @@ fn hex(b: &[u8]) -> String {
 /// What Lua's `tonumber` reads exactly: an optional sign and decimal digits.
 fn lua_integer(s: &str, v: i64) {
     assert_eq!(s, v.to_string());
-    assert!(s.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()));
+    assert!(s
+        .trim_start_matches('-')
+        .bytes()
+        .all(|b| b.is_ascii_digit()));
 }
 
 fn opt_integer(s: &str, v: Option<i64>) {

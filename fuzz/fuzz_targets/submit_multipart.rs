@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
         );
         // Files are attached as sent: every file has a content hash and a size.
         if let Some(files) = job["files"].as_object() {
-            for f in files.values().flat_map(|l| l.as_array().into_iter().flatten()) {
+            for f in files
+                .values()
+                .flat_map(|l| l.as_array().into_iter().flatten())
+            {
                 assert!(f["hash"].as_str().is_some_and(|h| h.len() == 32), "{job}");
                 assert!(f["size"].as_u64().is_some(), "{job}");
             }

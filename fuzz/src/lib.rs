@@ -151,11 +151,7 @@ operation = "runyard.noop"
     }
 
     fn secret(&self, id: Uuid, attempt: u32) -> runyard_hooks::Secret {
-        runyard_hooks::derive_job_secret(
-            &self.server.app.master_key,
-            &id.to_string(),
-            attempt,
-        )
+        runyard_hooks::derive_job_secret(&self.server.app.master_key, &id.to_string(), attempt)
     }
 }
 
