@@ -43,6 +43,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// Embedded store settings.
     pub store: StoreConfig,
+    /// Authentication of event channels (JWT).
+    pub auth: AuthConfig,
     /// Runners, first match wins.
     pub runners: Vec<RunnerConfig>,
 }
@@ -61,6 +63,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             hooks: HooksConfig::default(),
             store: StoreConfig::default(),
+            auth: AuthConfig::default(),
             runners: Vec::new(),
         }
     }
@@ -242,6 +245,56 @@ impl Default for StoreConfig {
     }
 }
 
+/// The smallest accepted `auth.jwt_secret`, in bytes (HS256 wants a key as long as its hash).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// `[auth]`: JWTs for the event transports (polling, WebSocket, SSE).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret (32+ bytes). Set: the event endpoints need a JWT naming its `channel`.
+    pub jwt_secret: Option<String>,
+    /// The cookie a browser sends the JWT in (Superset's default name).
+    pub jwt_cookie: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// Refuse tokens without an `exp` claim. Stock Superset mints its `async-token` without
+    /// `exp` (the cookie lives as long as the session): set `false` to accept those; an `exp`
+    /// that is present is always checked.
+    pub require_exp: bool,
+    /// Browser origins allowed to open a WebSocket or SSE stream. A request without an
+    /// `Origin` header (not a browser) is not checked.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_cookie: "async-token".into(),
+            jwt_leeway: Duration::from_secs(30),
+            require_exp: true,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwt_cookie", &self.jwt_cookie)
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("require_exp", &self.require_exp)
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
+}
+
 /// SQLite synchronous mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -412,6 +465,7 @@ const ENV_KEYS: &[&str] = &[
     "retention",
     "hooks",
     "store",
+    "auth",
 ];
 
 fn is_env_key(k: &str) -> bool {
@@ -548,6 +602,36 @@ impl Config {
             if !crate::api::edge::valid_origin(o) {
                 return err(
                     format!("api.cors_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], no path or trailing slash",
+                );
+            }
+        }
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                return err(
+                    "auth.jwt_secret".into(),
+                    &format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                );
+            }
+        }
+        let cookie = &self.auth.jwt_cookie;
+        if cookie.is_empty()
+            || !cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return err(
+                "auth.jwt_cookie".into(),
+                "must be a cookie name (letters, digits, and !#$%&'*+-.^_`|~)",
+            );
+        }
+        if self.auth.jwt_leeway > Duration::from_secs(3600) {
+            return err("auth.jwt_leeway".into(), "must be at most 1h");
+        }
+        for (i, o) in self.auth.allowed_origins.iter().enumerate() {
+            if !crate::api::edge::valid_origin(o) {
+                return err(
+                    format!("auth.allowed_origins[{i}]"),
                     "must be an origin: scheme://host[:port], no path or trailing slash",
                 );
             }
@@ -764,6 +848,38 @@ types = ["thumbnail"]
                 .unwrap_err()
                 .to_string();
         assert!(e.contains("runners[0].user"), "{e}");
+    }
+
+    #[test]
+    fn auth_section_is_checked_and_its_secret_never_shown() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.auth.jwt_secret.is_none());
+        assert_eq!(c.auth.jwt_cookie, "async-token");
+        assert_eq!(c.auth.jwt_leeway, Duration::from_secs(30));
+        let e = Config::from_toml("[auth]\njwt_secret = \"short\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt_secret") && e.contains("32"), "{e}");
+        assert!(!e.contains("short"), "{e}");
+        let e = Config::from_toml("[auth]\nallowed_origins = [\"https://a.example/\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.allowed_origins[0]"), "{e}");
+        let e = Config::from_toml("[auth]\njwt_cookie = \"a b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt_cookie"), "{e}");
+        let secret = "0123456789abcdef0123456789abcdef-secret";
+        let c = Config::from_toml(&format!(
+            "[auth]\njwt_secret = \"{secret}\"\njwt_leeway = \"5s\"\n\
+             allowed_origins = [\"https://superset.example.com\"]"
+        ))
+        .unwrap();
+        assert_eq!(c.auth.jwt_leeway, Duration::from_secs(5));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(is_env_key("AUTH__JWT_SECRET"));
     }
 
     #[test]

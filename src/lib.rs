@@ -7,11 +7,13 @@
 //!   Redis backend for scale-out (`store/redis/`, its atomic operations in `store/redis/lua/`).
 //! - [`worker`]: claims jobs with leases and runs them on their runner; the reaper.
 //! - [`scheduler`]: delayed jobs and retention.
+//! - [`schedule`]: cron schedules (fire times, the fire loop; exactly once across processes).
 //! - [`runner_set`]: the configured runners and the choice of a runner for a job type.
 //! - [`api`]: the HTTP API (axum); errors map to status codes in `api/error.rs`.
 //! - [`connections`]: the HTTP accept loop (connection cap, header/idle/request timeouts);
 //!   [`limits`]: the open-file limit.
 //! - [`server`]: assembles everything; [`server::ServerBuilder`] is the embedding API.
+//! - [`auth`]: JWT channel tokens and the `Origin` check of the event transports.
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
 //! - [`security`]: the master key in memory, environment scrubbing, process hardening, private
 //!   data directory (docs/security.md).
@@ -21,6 +23,7 @@
 //! `runyard-hooks`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
@@ -29,6 +32,7 @@ pub mod job;
 pub mod limits;
 pub mod metrics;
 pub mod runner_set;
+pub mod schedule;
 pub mod scheduler;
 pub mod security;
 pub mod server;

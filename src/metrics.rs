@@ -64,6 +64,18 @@ impl Metrics {
             "runyard_notices_lagged_total {}\n",
             self.lagged.load(Ordering::Relaxed)
         ));
+        let (fires, misfires, skipped) = crate::schedule::counters::snapshot();
+        s.push_str(&format!(
+            "# HELP runyard_schedule_fires_total Jobs submitted by cron schedule fires decided in this process.\n\
+             # TYPE runyard_schedule_fires_total counter\n\
+             runyard_schedule_fires_total {fires}\n\
+             # HELP runyard_schedule_misfires_total Schedule fire times missed (misfire policy, catch-up window).\n\
+             # TYPE runyard_schedule_misfires_total counter\n\
+             runyard_schedule_misfires_total {misfires}\n\
+             # HELP runyard_schedule_skipped_overlaps_total Schedule fires skipped while the previous job was active.\n\
+             # TYPE runyard_schedule_skipped_overlaps_total counter\n\
+             runyard_schedule_skipped_overlaps_total {skipped}\n"
+        ));
         s.push_str(
             "# HELP runyard_http_panics_total Request handlers that panicked (answered 500).\n\
              # TYPE runyard_http_panics_total counter\n",

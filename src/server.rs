@@ -171,6 +171,14 @@ impl ServerBuilder {
         let tasks = vec![
             tokio::spawn(metrics.follow(store.clone(), bg.clone())),
             tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
+            tokio::spawn(crate::schedule::firing::fire_loop(
+                crate::schedule::firing::Firing {
+                    store: store.clone(),
+                    runners: runners.clone(),
+                    signal_retention: config.retention.finished,
+                },
+                bg.clone(),
+            )),
             tokio::spawn(crate::scheduler::retention_loop(
                 store.clone(),
                 blobs,
@@ -324,6 +332,14 @@ impl ServerBuilder {
         );
         let bg = CancellationToken::new();
         tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
+        tokio::spawn(crate::schedule::firing::fire_loop(
+            crate::schedule::firing::Firing {
+                store: store.clone(),
+                runners: runners.clone(),
+                signal_retention: config.retention.finished,
+            },
+            bg.clone(),
+        ));
         let (st, rc, stop) = (store.clone(), config.retention.clone(), bg.clone());
         tokio::spawn(async move {
             // Jobs, logs and events; file contents live with the API, whose retention collects them.

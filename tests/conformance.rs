@@ -181,6 +181,9 @@ fn job(job_type: &str, runner: &str) -> Job {
         progress_event_at: 0,
         submit_hash: None,
         version: 0,
+        schedule: None,
+        fire_time: None,
+        emits: Vec::new(),
     }
 }
 

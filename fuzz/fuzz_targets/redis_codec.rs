@@ -92,6 +92,14 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         },
         idempotency_key: u.arbitrary()?,
         submit_hash: u.arbitrary()?,
+        schedule: u.arbitrary()?,
+        fire_time: u.arbitrary()?,
+        // Signal keys are names (no newline: the separator commit.lua splits on).
+        emits: u
+            .arbitrary::<Vec<String>>()?
+            .into_iter()
+            .filter(|k| !k.is_empty() && !k.contains('\n'))
+            .collect(),
         progress: if u.ratio(1, 2)? {
             progress
         } else {
@@ -164,7 +172,7 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     };
     let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
     let args = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
-    assert_eq!(args.len(), 14);
+    assert_eq!(args.len(), 15);
     assert_eq!(args[0], job.id.to_string());
     assert_eq!(args[1], expected.map(|v| v.to_string()).unwrap_or_default());
     assert_eq!(args[2], job.version.to_string());
@@ -207,6 +215,16 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     // The body is the job.
     let back: Job = serde_json::from_str(&args[12]).expect("the body parses");
     assert_eq!(back, job, "the job body does not read back as the job");
+    // Signals emitted on success, one per line.
+    if job.status == JobStatus::Success {
+        let sent: Vec<&str> = args[14].split('\n').filter(|k| !k.is_empty()).collect();
+        assert_eq!(
+            sent,
+            job.emits.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+    } else {
+        assert_eq!(args[14], "");
+    }
     // The event is the job's.
     match ev {
         None => assert_eq!(args[13], ""),

@@ -466,6 +466,31 @@ impl JobClient {
         .await
     }
 
+    /// `POST {hook}/signal/{key}` with `{payload?, id?}`: writes a readiness signal (an `id`
+    /// makes it idempotent); returns the server's answer `{key, seq, at, id}`.
+    pub async fn signal(
+        &self,
+        key: &str,
+        payload: Option<Value>,
+        id: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = serde_json::Map::new();
+        if let Some(p) = payload {
+            body.insert("payload".to_owned(), p);
+        }
+        if let Some(i) = id {
+            body.insert("id".to_owned(), Value::String(i.to_owned()));
+        }
+        let body = serde_json::to_vec(&body).map_err(|source| ClientError::Json {
+            context: "signal".to_owned(),
+            source,
+        })?;
+        let url = self.endpoint(&["signal", key]);
+        let context = format!("POST {}", url.path());
+        let bytes = self.hook_call(Method::POST, url, Some(body)).await?;
+        parse_json(&context, &bytes)
+    }
+
     /// `GET {hook}/job`: the job's own id, type, args and attempt.
     pub async fn job(&self) -> Result<JobSelf, ClientError> {
         let url = self.endpoint(&["job"]);

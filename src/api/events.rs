@@ -1,5 +1,7 @@
 //! Events: Superset's polling endpoint `GET /api/v1/async_event/?last_id=`, with optional
 //! `channel`, `limit` and `wait_ms` (long poll: answer as soon as an event arrives).
+//! With `[auth]`, every transport serves the channel of the caller's JWT only ([`ChannelAuth`]),
+//! and the streams check the browser `Origin` ([`StreamOrigin`]), both before any upgrade.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::auth::{ChannelAuth, StreamOrigin};
 use crate::store::Notice;
 
 /// The page size of the event endpoints.
@@ -28,9 +31,11 @@ pub struct EventParams {
 /// `GET /api/v1/async_event/`.
 pub async fn poll(
     State(st): State<AppState>,
+    auth: ChannelAuth,
     q: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let channel = auth.channel(q.channel)?;
     let limit = q.limit.unwrap_or(EVENT_PAGE).clamp(1, EVENT_PAGE);
     let last_id = q.last_id.filter(|s| !s.is_empty());
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
@@ -40,7 +45,7 @@ pub async fn poll(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let events = store
-            .events(q.channel.as_deref(), last_id.as_deref(), limit)
+            .events(channel.as_deref(), last_id.as_deref(), limit)
             .await?;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(json!({ "result": events })));
@@ -139,21 +144,24 @@ where
 /// `GET /async/events/ws?last_id=&channel=`: a WebSocket; each event is one text message (JSON).
 pub async fn websocket(
     State(st): State<AppState>,
+    _origin: StreamOrigin,
+    auth: ChannelAuth,
     q: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> ApiResult<axum::response::Response> {
     use axum::extract::ws::Message;
     use futures::{SinkExt, StreamExt};
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let channel = auth.channel(q.channel)?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
     st.app
         .store
-        .events(q.channel.as_deref(), last_id.as_deref(), 1)
+        .events(channel.as_deref(), last_id.as_deref(), 1)
         .await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let (mut sink, mut incoming) = socket.split();
-        let events = follow(st, q.channel, last_id);
+        let events = follow(st, channel, last_id);
         tokio::pin!(events);
         let mut ping = tokio::time::interval(Duration::from_secs(20));
         loop {
@@ -186,6 +194,8 @@ pub async fn websocket(
 /// `id:` the event id, `data:` the event JSON.
 pub async fn sse(
     State(st): State<AppState>,
+    _origin: StreamOrigin,
+    auth: ChannelAuth,
     q: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<
@@ -195,6 +205,7 @@ pub async fn sse(
 > {
     use futures::StreamExt;
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let channel = auth.channel(q.channel)?;
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -203,9 +214,9 @@ pub async fn sse(
         .filter(|s| !s.is_empty());
     st.app
         .store
-        .events(q.channel.as_deref(), last_id.as_deref(), 1)
+        .events(channel.as_deref(), last_id.as_deref(), 1)
         .await?;
-    let stream = follow(st, q.channel, last_id)
+    let stream = follow(st, channel, last_id)
         .take_while(|p| futures::future::ready(p.is_ok()))
         .flat_map(|page| {
             let evs: Vec<_> = page

@@ -93,6 +93,8 @@ pub struct SubmitBody {
     pub deadline: Option<Value>,
     /// What to do at the deadline (not supported yet).
     pub on_deadline: Option<Value>,
+    /// Signal keys written when the job ends SUCCESS.
+    pub emits: Option<Vec<String>>,
 }
 
 fn valid_name(s: &str, max: usize) -> bool {
@@ -142,6 +144,14 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
             return Err(bad(
                 "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
             ));
+        }
+    }
+    if let Some(keys) = &body.emits {
+        if keys.len() > 100 {
+            return Err(bad("`emits` may name at most 100 keys".into()));
+        }
+        for k in keys {
+            crate::store::signals::check_key(k).map_err(|m| bad(format!("`emits`: {m}")))?;
         }
     }
     let max_attempts = body.max_attempts.unwrap_or(slot.max_attempts);
@@ -200,6 +210,9 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         progress_event_at: 0,
         submit_hash: None,
         version: 0,
+        schedule: None,
+        fire_time: None,
+        emits: body.emits.unwrap_or_default(),
     })
 }
 

@@ -7,6 +7,8 @@ pub mod extract;
 pub mod files;
 pub mod hooks;
 pub mod jobs;
+pub mod schedules;
+pub mod signals;
 pub mod signed_url;
 
 use std::sync::Arc;
@@ -90,6 +92,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/async_event", get(events::poll))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(schedules::routes())
+        .merge(signals::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);

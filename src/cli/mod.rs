@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod client;
 pub mod launch;
+pub mod schedules;
+pub mod signal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +42,10 @@ enum Cmd {
     Retry(client::IdArgs),
     /// List jobs, newest first.
     Jobs(client::JobsArgs),
+    /// Cron schedules: list (default), get, pause, resume, trigger.
+    Schedules(schedules::SchedulesArgs),
+    /// Write a readiness signal: `runyard signal KEY [--payload JSON] [--id ID]`.
+    Signal(signal::SignalArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
@@ -209,6 +215,8 @@ pub fn main() -> ExitCode {
             Cmd::Cancel(a) => client::cancel(a).await,
             Cmd::Retry(a) => client::retry(a).await,
             Cmd::Jobs(a) => client::jobs(a).await,
+            Cmd::Schedules(a) => schedules::run(a).await,
+            Cmd::Signal(a) => signal::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }

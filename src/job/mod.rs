@@ -230,6 +230,15 @@ pub struct Job {
     pub progress_event_at: Micros,
     /// Bumped on every write; optimistic concurrency for backends that need it.
     pub version: u64,
+    /// The cron schedule whose fire submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// That fire's time (µs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire_time: Option<Micros>,
+    /// Signal keys written when the job ends SUCCESS (in the same store transaction).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emits: Vec<String>,
 }
 
 impl Job {
@@ -308,6 +317,16 @@ impl Job {
             json!(ts("finished_at", self.finished_at)),
         );
         m.insert("result_url".into(), json!(self.result_url()));
+        if !self.emits.is_empty() {
+            m.insert("emits".into(), json!(self.emits));
+        }
+        if let Some(name) = &self.schedule {
+            m.insert("schedule".into(), json!(name));
+            m.insert(
+                "fire_time".into(),
+                json!(self.fire_time.map(crate::schedule::fire_time_text)),
+            );
+        }
         let bad = bad.into_inner();
         if !bad.is_empty() {
             let msg = bad.join("; ");

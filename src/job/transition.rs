@@ -606,6 +606,9 @@ mod tests {
             progress_event_at: 0,
             submit_hash: None,
             version: 0,
+            schedule: None,
+            fire_time: None,
+            emits: Vec::new(),
         }
     }
 

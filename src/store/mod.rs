@@ -5,6 +5,8 @@
 //! change produces, so the status machine is enforced in one place whatever the backend.
 
 pub mod redis;
+pub mod schedules;
+pub mod signals;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -15,6 +17,8 @@ use uuid::Uuid;
 
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use runyard_runners::LogStream;
+pub use schedules::ScheduleStore;
+pub use signals::SignalStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +217,9 @@ pub trait Maintenance: Send + Sync {
 }
 
 /// A complete backend.
-pub trait Store: JobStore + JobQueue + LogStore + EventLog + Maintenance {
+pub trait Store:
+    JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore + SignalStore
+{
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
     /// `embedded` or `redis`.

@@ -29,6 +29,11 @@ use uuid::Uuid;
 use super::*;
 use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
 
+#[path = "sqlite_schedules.rs"]
+mod schedules;
+#[path = "sqlite_signals.rs"]
+mod signals;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -224,6 +229,8 @@ impl SqliteStore {
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
         orphan_leases(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());
@@ -449,8 +456,12 @@ fn notices_for(ctx: &mut WriteCtx<'_>, job: &Job) {
 
 fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) -> Result<()> {
     let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
+    let was = job.status;
     let ev = apply(job, cmd, &actx)?;
     save(ctx.conn, job)?;
+    if job.status == JobStatus::Success && was != JobStatus::Success && !job.emits.is_empty() {
+        signals::emit_in(ctx.conn, job, now)?;
+    }
     if let Some(kind) = ev {
         append_event(ctx, job, kind)?;
         if kind == EventKind::Status {

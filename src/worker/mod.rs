@@ -4,6 +4,10 @@
 //! - [`Worker::run`] is the claim loop; each claimed job runs in its own task ([`Worker::run_job`]).
 //! - A heartbeat task renews the leases of running jobs; jobs the store says we no longer hold
 //!   (cancelled, or taken over after our lease expired) are stopped.
+//! - A fence task (shared stores: Redis) stops, on its own, every job whose lease this worker
+//!   could not renew for nearly a lease period (Redis away, or a network partition): by the time
+//!   another worker may reap the expired lease and run the job again, this copy is gone, so two
+//!   runs of a job never overlap even when the worker cannot hear from the store.
 //! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
 //! - At shutdown the worker stops claiming, lets running jobs finish within `shutdown_grace`, then
 //!   stops the rest and gives them back to the queue.
@@ -42,6 +46,11 @@ struct Running {
     token: u64,
     stop: CancellationToken,
     reason: Arc<Mutex<StopReason>>,
+    /// When the lease was last known to be renewed: the moment before the claim, adoption or
+    /// heartbeat that set it was sent (its expiry is at least this plus `lease_ttl`).
+    renewed: tokio::time::Instant,
+    /// Stopped by the fence task (logged once).
+    fenced: bool,
 }
 
 /// One worker process's claim loop and running jobs.
@@ -95,11 +104,17 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(worker = %self.id, "worker started");
         let bg = CancellationToken::new();
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(self.clone().listen(bg.clone())),
             tokio::spawn(self.clone().heartbeats(bg.clone())),
             tokio::spawn(reaper::run(self.clone(), bg.clone())),
         ];
+        // The embedded store is held by this one process (its data dir is locked) and a worker
+        // never reaps a lease it holds: nobody else can take a job over, so fencing would only
+        // stop jobs whose heartbeat a busy machine delayed.
+        if self.store.backend_name() != "embedded" {
+            tasks.push(tokio::spawn(self.clone().fence(bg.clone())));
+        }
         let mut error_backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
             let mut failed = false;
@@ -109,6 +124,7 @@ impl Worker {
                 if free == 0 {
                     continue;
                 }
+                let asked = tokio::time::Instant::now();
                 match self
                     .store
                     .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
@@ -117,7 +133,8 @@ impl Worker {
                     Ok(jobs) => {
                         for job in jobs {
                             slot.active.fetch_add(1, Ordering::AcqRel);
-                            self.jobs.spawn(self.clone().run_job(job, slot.clone()));
+                            self.jobs
+                                .spawn(self.clone().run_job(job, slot.clone(), asked));
                         }
                     }
                     Err(e) => {
@@ -211,6 +228,14 @@ impl Worker {
         }
     }
 
+    /// True while this worker runs the job under this fencing token (and has not fenced it).
+    fn holds(&self, id: Uuid, token: u64) -> bool {
+        self.running
+            .lock()
+            .get(&id)
+            .is_some_and(|r| r.token == token && !r.fenced)
+    }
+
     fn stop_job(&self, id: Uuid, reason: StopReason) {
         if let Some(r) = self.running.lock().get(&id) {
             *r.reason.lock() = reason;
@@ -234,18 +259,67 @@ impl Worker {
             if held.is_empty() {
                 continue;
             }
+            let sent = tokio::time::Instant::now();
             match self
                 .store
                 .heartbeat(&self.id, &held, self.cfg.lease_ttl)
                 .await
             {
                 Ok(lost) => {
+                    {
+                        let mut running = self.running.lock();
+                        for (id, token) in &held {
+                            if lost.contains(id) {
+                                continue;
+                            }
+                            if let Some(r) = running.get_mut(id).filter(|r| r.token == *token) {
+                                r.renewed = r.renewed.max(sent);
+                            }
+                        }
+                    }
                     for id in lost {
                         tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
                         self.stop_job(id, StopReason::Gone);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// How long a job may go without a renewed lease before this worker stops it: the lease
+    /// period less the time a stop may take (`kill_grace`) and a tenth of the period for the
+    /// check's own delay; never less than half the lease.
+    fn fence_after(&self) -> Duration {
+        let ttl = self.cfg.lease_ttl;
+        ttl.saturating_sub(self.cfg.kill_grace)
+            .saturating_sub(ttl / 10)
+            .max(ttl / 2)
+    }
+
+    /// Stops the jobs whose lease could not be renewed in time (see the module docs). The store
+    /// is not told: it may be unreachable, and the lease simply expires; the reaper of whichever
+    /// worker sees it first requeues the job.
+    async fn fence(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.cfg.lease_ttl / 20).max(Duration::from_millis(10));
+        let limit = self.fence_after();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = tokio::time::Instant::now();
+            for (id, r) in self.running.lock().iter_mut() {
+                if !r.fenced && now.saturating_duration_since(r.renewed) >= limit {
+                    r.fenced = true;
+                    tracing::warn!(
+                        job_id = %id,
+                        unrenewed_for = ?now.saturating_duration_since(r.renewed),
+                        "lease not renewed in time (store unreachable?): stopping the job before another worker may take it over"
+                    );
+                    *r.reason.lock() = StopReason::Gone;
+                    r.stop.cancel();
+                }
             }
         }
     }
@@ -258,7 +332,12 @@ impl Worker {
     }
 
     /// Runs one claimed job to its end.
-    async fn run_job(self: Arc<Self>, job: Job, slot: Arc<RunnerSlot>) {
+    async fn run_job(
+        self: Arc<Self>,
+        job: Job,
+        slot: Arc<RunnerSlot>,
+        asked: tokio::time::Instant,
+    ) {
         let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
         let id = job.id;
         async {
@@ -271,6 +350,8 @@ impl Worker {
                     token,
                     stop: stop.clone(),
                     reason: reason.clone(),
+                    renewed: asked,
+                    fenced: false,
                 },
             );
             self.execute(&job, &slot, token, stop, reason).await;
@@ -323,16 +404,25 @@ impl Worker {
                 return;
             }
         };
-        let started = self
-            .store
-            .apply(
-                id,
-                Command::Started {
-                    token,
-                    handle: Some(exec.handle()),
-                },
-            )
-            .await;
+        // Recorded in its own task, raced against a stop: while the store is away this may take
+        // `store.retry`, and the fence task must still be able to stop the work in time.
+        let record = {
+            let store = self.store.clone();
+            let cmd = Command::Started {
+                token,
+                handle: Some(exec.handle()),
+            };
+            tokio::spawn(async move { store.apply(id, cmd).await })
+        };
+        let started = tokio::select! {
+            r = record => r.map_err(|e| StoreError::Backend(format!("recording the start: {e}"))).and_then(|r| r),
+            _ = stop.cancelled() => {
+                tracing::info!("job stopped before its start was recorded");
+                exec.stop(self.cfg.kill_grace).await;
+                reporter.flush().await;
+                return;
+            }
+        };
         if let Err(e) = started {
             // Cancelled (or lost) between claim and launch.
             tracing::info!(error = %e, "job gone before it started: stopping it");
@@ -354,6 +444,7 @@ impl Worker {
         recovered: Recovered,
         deferred: Arc<reporter::DeferredReporter>,
     ) {
+        let asked = tokio::time::Instant::now();
         let adopted = match self.store.adopt(job.id, &self.id, self.cfg.lease_ttl).await {
             Ok(j) => j,
             Err(e) => {
@@ -376,6 +467,8 @@ impl Worker {
                 token,
                 stop: stop.clone(),
                 reason: reason.clone(),
+                renewed: asked,
+                fenced: false,
             },
         );
         let reporter = JobReporter::new(self.store.clone(), id, token);

@@ -33,6 +33,13 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
     let store = &worker.store;
     let mut n = 0;
     for job in store.expired(500).await? {
+        // A lease this worker holds and renews is not expired, whatever the clock says: after a
+        // forward step of this node's wall clock its own leases look expired to it, and reaping
+        // them would start a second run next to the live one.
+        let token = job.lease.as_ref().map(|l| (l.worker.as_str(), l.token));
+        if token.is_some_and(|(w, t)| w == worker.id && worker.holds(job.id, t)) {
+            continue;
+        }
         let slot = worker.runners.get(&job.runner).cloned();
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);

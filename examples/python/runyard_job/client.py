@@ -209,6 +209,16 @@ class JobClient:
         """Report ERROR with an error message."""
         return self.status("ERROR", error=str(message))
 
+    def signal(self, key: str, payload: Any = None, id: Optional[str] = None) -> Dict[str, Any]:
+        """POST {hook}/signal/{key} ``{payload?, id?}``: a readiness signal (an ``id`` makes it
+        idempotent: the same id again returns the first record); returns ``{key, seq, at, id}``."""
+        body: Dict[str, Any] = {}
+        if payload is not None:
+            body["payload"] = payload
+        if id is not None:
+            body["id"] = id
+        return self._hook_call("POST", "/signal/" + _segment(key), body)
+
     # ----------------------------------------------------------------- the job itself
 
     def job(self) -> Dict[str, Any]:

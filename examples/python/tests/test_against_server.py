@@ -140,3 +140,15 @@ def test_unsigned_hook_call_is_refused(http):
     assert response.status_code == 401, response.text
     error = response.json()["error"]
     assert error["code"] and error["message"]
+
+
+def test_signal(http):
+    key = f"py.ready.{uuid.uuid4().hex[:8]}"
+    job_id = submit(http, {"type": "py.signal", "args": {"key": key, "payload": {"rows": 3}}})
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS", job
+    assert job["result"]["key"] == key and job["result"]["seq"] == 1, job
+    response = http.get(f"{SERVER}/async/signals/{key}", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    records = response.json()["signals"]
+    assert [(r["seq"], r["payload"]) for r in records] == [(1, {"rows": 3})], records

@@ -20,12 +20,26 @@
 //!   with `XADD MAXLEN ~` and, for channels, expiring after `retention.events` without events.
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
+//! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
+//!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
+//! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
+//!
+//! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
+//! run records, events) is Redis's clock, read with `TIME` every [`CLOCK_RESYNC`] and carried
+//! forward with this process's monotonic clock in between ([`RedisStore::now`]); a node whose
+//! wall clock agrees with Redis's within [`CLOCK_AGREE`] uses its own reading, so the records of
+//! the nodes of one host stay exactly ordered. Leases written by one node are judged by another,
+//! so they must not depend on each node's wall clock: a node whose clock is stepped forward
+//! would otherwise reap every other node's live leases, and one stepped back would write leases
+//! already expired.
 //!
 //! Connection loss: every command is retried with backoff for up to `store.retry` (claims fail
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
 //! [`Maintenance::health`] answers within a second either way.
 
 mod notices;
+mod schedules;
+mod signals;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -58,6 +72,10 @@ const CACHE_MAX: usize = 16_384;
 const COMMIT_BATCH: usize = 128;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 const COMMITTERS: usize = 1;
+/// How often [`RedisStore::now`] reads Redis's clock again.
+const CLOCK_RESYNC: Duration = Duration::from_secs(10);
+/// A wall clock this close to Redis's is taken as it is (µs).
+const CLOCK_AGREE: Micros = 100_000;
 
 /// What the Redis backend needs.
 #[derive(Debug, Clone)]
@@ -129,6 +147,10 @@ pub struct RedisStore {
     cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
     /// To the committer tasks (group commit, see [`RedisStore::commit`]).
     commits: mpsc::UnboundedSender<Pending>,
+    /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
+    clock: parking_lot::Mutex<Option<(Micros, Instant)>>,
+    /// The last time [`Self::now`] answered: it never goes back within a process.
+    clock_last: std::sync::atomic::AtomicI64,
     _stop: DropGuard,
 }
 
@@ -221,6 +243,11 @@ impl Write {
             self.files.clone(),
             self.body.clone(),
             self.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+            if j.status == JobStatus::Success {
+                j.emits.join("\n")
+            } else {
+                String::new()
+            },
         ]
     }
 }
@@ -319,7 +346,7 @@ pub fn parse_event_id(s: &str) -> Result<String> {
 const MIN_TRY: Duration = Duration::from_millis(250);
 
 /// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 14;
+const WRITE_ARGS: usize = 15;
 
 /// One caller's writes, waiting for the committer.
 struct Pending {
@@ -478,6 +505,8 @@ impl RedisStore {
                 origin,
                 cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 commits,
+                clock: parking_lot::Mutex::new(None),
+                clock_last: std::sync::atomic::AtomicI64::new(0),
                 _stop: stop.drop_guard(),
             }
         }))
@@ -485,6 +514,49 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.s.prefix)
+    }
+
+    /// The store's time (µs since the epoch): Redis's clock, read with `TIME` at most every
+    /// [`CLOCK_RESYNC`] and carried forward with the monotonic clock in between, so a step of
+    /// this node's wall clock changes nothing. When this node's wall clock agrees with Redis's
+    /// within [`CLOCK_AGREE`] at a reading, the wall clock's reading is the anchor instead (the
+    /// processes of one host then agree exactly). While Redis cannot be read, the last anchor is
+    /// carried forward; before any, the wall clock is used. Never goes back within a process.
+    async fn now(&self) -> Micros {
+        let anchor = *self.clock.lock();
+        let t = match anchor {
+            Some((at, when)) if when.elapsed() < CLOCK_RESYNC => {
+                at.saturating_add(when.elapsed().as_micros() as i64)
+            }
+            _ => {
+                let sent = Instant::now();
+                let read: Result<(i64, i64)> = self
+                    .exec(false, |mut c| async move {
+                        ::redis::cmd("TIME").query_async(&mut c).await
+                    })
+                    .await;
+                match read {
+                    Ok((secs, us)) => {
+                        let when = sent + sent.elapsed() / 2;
+                        let wall = now_us().saturating_sub(when.elapsed().as_micros() as i64);
+                        let redis = secs.saturating_mul(1_000_000).saturating_add(us);
+                        let at = if redis.abs_diff(wall) <= CLOCK_AGREE as u64 {
+                            wall
+                        } else {
+                            redis
+                        };
+                        *self.clock.lock() = Some((at, when));
+                        at.saturating_add(when.elapsed().as_micros() as i64)
+                    }
+                    Err(_) => match anchor {
+                        Some((at, when)) => at.saturating_add(when.elapsed().as_micros() as i64),
+                        None => now_us(),
+                    },
+                }
+            }
+        };
+        let last = self.clock_last.fetch_max(t, Ordering::AcqRel);
+        t.max(last)
     }
 
     fn mark(&self, up: bool, err: &str) {
@@ -734,7 +806,7 @@ impl RedisStore {
             }
             let from_cache = raw.is_empty();
             let mut next = job.clone();
-            let ev = match f(&mut next, now_us()) {
+            let ev = match f(&mut next, self.now().await) {
                 Ok(ev) => ev,
                 // A refusal must come from the stored job, not from a stale copy.
                 Err(_) if from_cache => {
@@ -1010,8 +1082,7 @@ impl JobQueue for RedisStore {
         if max == 0 {
             return Ok(vec![]);
         }
-        let now = now_us();
-        let lease_until = now + lease_ttl.as_micros() as i64;
+        let reserve_until = self.now().await + lease_ttl.as_micros() as i64;
         // While Redis is away, fail at once: the worker backs off instead of piling up claims.
         let retry = !self.down.load(Ordering::Relaxed);
         let picked: Vec<::redis::Value> = self
@@ -1020,13 +1091,17 @@ impl JobQueue for RedisStore {
                 inv.arg(&self.s.prefix)
                     .arg(runner)
                     .arg(max)
-                    .arg(lease_until);
+                    .arg(reserve_until);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
         if picked.is_empty() {
             return Ok(vec![]);
         }
+        // The claim's time is taken once the jobs are picked: a job requeued (its previous run
+        // ended) while the pick waited for Redis is never recorded as claimed before that end.
+        let now = self.now().await;
+        let lease_until = now + lease_ttl.as_micros() as i64;
         let first: u64 = ::redis::from_redis_value(&picked[0])
             .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
         let mut writes = Vec::new();
@@ -1086,7 +1161,7 @@ impl JobQueue for RedisStore {
             }
             let ids: Vec<Uuid> = todo.iter().map(|(id, _)| *id).collect();
             let bodies = self.load_many(&ids).await?;
-            let now = now_us();
+            let now = self.now().await;
             let until = now + lease_ttl.as_micros() as i64;
             let mut writes = Vec::new();
             for ((id, token), body) in todo.iter().zip(bodies) {
@@ -1142,7 +1217,7 @@ impl JobQueue for RedisStore {
 
     async fn promote_due(&self, max: usize) -> Result<usize> {
         let key = self.key("sched");
-        let now = now_us();
+        let now = self.now().await;
         let ids: Vec<String> = self
             .exec(true, |mut c| {
                 let key = key.clone();
@@ -1207,7 +1282,7 @@ impl JobQueue for RedisStore {
     }
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
-        let now = now_us();
+        let now = self.now().await;
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.expired.prepare_invoke();
@@ -1282,6 +1357,7 @@ impl EventLog for RedisStore {
     ) -> Result<Vec<Event>> {
         let last = last_id.map(parse_event_id).transpose()?.unwrap_or_default();
         let chan = channel.unwrap_or("").to_string();
+        let now_ms = self.now().await / 1000;
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.events.prepare_invoke();
@@ -1289,7 +1365,7 @@ impl EventLog for RedisStore {
                     .arg(&chan)
                     .arg(&last)
                     .arg(limit.max(1))
-                    .arg(now_us() / 1000)
+                    .arg(now_ms)
                     .arg(self.s.channel_ttl.as_millis() as u64);
                 async move { inv.invoke_async(&mut c).await }
             })

@@ -15,7 +15,8 @@
 --   channel, queued_at, run_at ('' none), lease expiry ('' none, '=' unchanged: the job was
 --   active with this same expiry at the expected version), finished_at ('' none),
 --   idempotency key ('' none), file hashes (space separated, '' none), body (JSON),
---   event (JSON, '' none)
+--   event (JSON, '' none), signal keys to write if this write makes the job SUCCESS (`emits`,
+--   separated by newlines, '' none; see signal_append.lua for the keys they touch)
 -- Returns one reply per job:
 --   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
 --   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
@@ -40,9 +41,28 @@ local function xadd(key, limit, id, ev)
   return redis.call('XADD', key, 'MAXLEN', '~', limit, id, 'e', ev)
 end
 
+-- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
+-- signalled by this job is not signalled twice), written with the job.
+local function emit(id, keys, at)
+  for skey in string.gmatch(keys, '[^\n]+') do
+    local sig = P .. ':sig:' .. skey
+    local sid = P .. ':sigid:' .. skey
+    local cid = 'job:' .. id
+    if not redis.call('HGET', sid, cid) then
+      local seq = redis.call('HINCRBY', P .. ':sigseq', skey, 1)
+      local rec = '{"key":' .. cjson.encode(skey) .. ',"seq":' .. seq .. ',"at":' .. at ..
+        ',"id":' .. cjson.encode(cid) .. ',"payload":{"job_id":' .. cjson.encode(id) .. '}}'
+      redis.call('ZADD', sig, at, rec)
+      redis.call('HSET', sid, cid, rec)
+      if redis.call('ZCARD', sig) > 10000 then redis.call('ZREMRANGEBYRANK', sig, 0, -10001) end
+      redis.call('ZADD', P .. ':sigkeys', at, skey)
+    end
+  end
+end
+
 local function commit_one(a)
-  local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev =
-    a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]
+  local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev, emits =
+    a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]
   local key = P .. ':job:' .. id
   local cur = redis.call('HMGET', key, 'v', 's')
   local old = cur[2]
@@ -102,6 +122,9 @@ local function commit_one(a)
   elseif old and TERMINAL[old] then
     redis.call('ZREM', P .. ':fin', id)
   end
+  if st == 'SUCCESS' and old ~= 'SUCCESS' and emits ~= '' and fin ~= '' then
+    emit(id, emits, fin)
+  end
   local eid = ''
   if ev ~= '' then
     eid = xadd(P .. ':ev', glimit, '*', ev)
@@ -118,8 +141,8 @@ local out = {}
 local i = 7
 for j = 1, n do
   local a = {}
-  for k = 0, 13 do a[k + 1] = ARGV[i + k] end
-  i = i + 14
+  for k = 0, 14 do a[k + 1] = ARGV[i + k] end
+  i = i + 15
   out[j] = commit_one(a)
 end
 return out

@@ -1,0 +1,458 @@
+//! The client API for cron schedules: create (idempotent), replace, read, list, delete, pause,
+//! resume, trigger, backfill. The job template is validated by the submit's own
+//! [`super::jobs::build_job`], so a schedule whose job could not be submitted is refused at once.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use super::jobs::{build_job, SubmitBody};
+use super::AppState;
+use crate::job::{Job, Micros};
+use crate::schedule::firing::Firing;
+use crate::schedule::{
+    clock, new_schedule, to_us, to_utc, CronSpec, CronSpecError, Misfire, Overlap, Schedule,
+    ScheduleSpec,
+};
+use crate::store::{StoreError, Submitted};
+
+/// Compare-and-set attempts of one request.
+const CAS_TRIES: usize = 20;
+/// Most fires one backfill submits.
+const MAX_BACKFILL: usize = 1000;
+
+/// The schedule routes (merged into the API router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/async/schedules", post(create).get(list))
+        .route(
+            "/async/schedules/{name}",
+            get(get_one).put(replace).delete(delete),
+        )
+        .route("/async/schedules/{name}/pause", post(pause))
+        .route("/async/schedules/{name}/resume", post(resume))
+        .route("/async/schedules/{name}/trigger", post(trigger))
+        .route("/async/schedules/{name}/backfill", post(backfill))
+}
+
+/// The body of `POST /async/schedules` and `PUT /async/schedules/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// Unique name (optional on PUT, where the path names it).
+    pub name: Option<String>,
+    /// Cron pattern.
+    pub cron: String,
+    /// IANA zone; UTC by default.
+    pub timezone: Option<String>,
+    /// The submit body of each fire's job.
+    pub job: Value,
+    /// Overlap policy word.
+    pub overlap: Option<String>,
+    /// Misfire policy word.
+    pub misfire: Option<String>,
+    /// Catch-up window: `"1h"` or seconds.
+    pub catchup_window: Option<Value>,
+    /// Jitter: `"30s"` or seconds.
+    pub jitter: Option<Value>,
+    /// Created paused.
+    pub paused: Option<bool>,
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::unprocessable("invalid_request", m)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn duration_ms(v: Option<&Value>, field: &str, default_ms: u64, max_ms: u64) -> ApiResult<u64> {
+    let ms = match v {
+        None | Some(Value::Null) => default_ms,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if s.is_finite() && s >= 0.0 => (s * 1000.0).round() as u64,
+            _ => {
+                return Err(bad(format!(
+                    "`{field}` must be a non-negative number of seconds or a duration like \"1h\""
+                )))
+            }
+        },
+        Some(Value::String(t)) => u64::try_from(
+            humantime::parse_duration(t)
+                .map_err(|e| bad(format!("`{field}`: `{t}` is not a duration: {e}")))?
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX),
+        Some(_) => {
+            return Err(bad(format!(
+                "`{field}` must be a duration like \"1h\" or a number of seconds"
+            )))
+        }
+    };
+    if ms > max_ms {
+        return Err(bad(format!(
+            "`{field}` must be at most {}",
+            humantime::format_duration(std::time::Duration::from_millis(max_ms))
+        )));
+    }
+    Ok(ms)
+}
+
+/// Validates a body: the spec, the job every fire submits a copy of, and the parsed pattern.
+fn validate(
+    st: &AppState,
+    body: ScheduleBody,
+    path_name: Option<&str>,
+) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
+    let name = match (body.name, path_name) {
+        (Some(n), Some(p)) if n != p => {
+            return Err(bad(format!(
+                "`name` (`{n}`) differs from the name in the path (`{p}`)"
+            )))
+        }
+        (Some(n), _) => n,
+        (None, Some(p)) => p.to_string(),
+        (None, None) => return Err(bad("`name` is required")),
+    };
+    if !valid_name(&name) {
+        return Err(bad(format!(
+            "`name` must be 1-100 characters of letters, digits, '.', '_', '-' (got `{name}`)"
+        )));
+    }
+    let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
+    let cron = CronSpec::parse(&body.cron, &timezone).map_err(|e| match e {
+        CronSpecError::Cron(m) => bad(format!("`cron`: {m}")),
+        CronSpecError::TimeZone(m) => bad(format!("`timezone`: {m}")),
+    })?;
+    if cron.next_after(to_utc(clock())).is_none() {
+        return Err(bad(format!("`cron`: `{}` never fires", body.cron)));
+    }
+    let overlap = match body.overlap.as_deref() {
+        None => Overlap::default(),
+        Some(w) => Overlap::parse(w).ok_or_else(|| {
+            bad(format!(
+                "`overlap`: `{w}` is not one of allow, forbid, buffer_one, cancel_other"
+            ))
+        })?,
+    };
+    let misfire = match body.misfire.as_deref() {
+        None => Misfire::default(),
+        Some(w) => Misfire::parse(w).ok_or_else(|| {
+            bad(format!(
+                "`misfire`: `{w}` is not one of skip, run_once, all"
+            ))
+        })?,
+    };
+    let day = 24 * 3600 * 1000;
+    let catchup_window_ms = duration_ms(
+        body.catchup_window.as_ref(),
+        "catchup_window",
+        3600 * 1000,
+        366 * day,
+    )?;
+    let jitter_ms = duration_ms(body.jitter.as_ref(), "jitter", 0, day)?;
+    let Value::Object(obj) = &body.job else {
+        return Err(bad("`job` must be a JSON object: the body of a submit"));
+    };
+    for f in ["idempotency_key", "run_at"] {
+        if obj.contains_key(f) {
+            return Err(bad(format!(
+                "`job.{f}` is set by each fire (key `schedule:{{name}}:{{fire_time}}`, run at the fire time): leave it out"
+            )));
+        }
+    }
+    let submit: SubmitBody =
+        serde_json::from_value(body.job.clone()).map_err(|e| bad(format!("`job`: {e}")))?;
+    let proto = build_job(st, submit, None).map_err(|mut e| {
+        e.message = format!("`job`: {}", e.message);
+        e
+    })?;
+    let spec = ScheduleSpec {
+        name,
+        cron: body.cron.trim().to_string(),
+        timezone,
+        job: body.job,
+        overlap,
+        misfire,
+        catchup_window_ms,
+        jitter_ms,
+        paused: body.paused.unwrap_or(false),
+    };
+    Ok((spec, proto, cron))
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("schedule `{name}` not found"))
+}
+
+fn busy(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        format!("schedule `{name}` keeps changing; try again"),
+    )
+}
+
+fn show(s: &Schedule, status: StatusCode) -> Response {
+    (status, Json(s.to_public(clock()))).into_response()
+}
+
+async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
+    st.app
+        .store
+        .schedule(name)
+        .await?
+        .ok_or_else(|| not_found(name))
+}
+
+/// `POST /async/schedules`: 201 created, 200 the same body again, 409 another body.
+async fn create(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<ScheduleBody>,
+) -> ApiResult<Response> {
+    let (spec, proto, cron) = validate(&st, body, None)?;
+    for _ in 0..CAS_TRIES {
+        if let Some(cur) = st.app.store.schedule(&spec.name).await? {
+            if cur.spec == spec {
+                return Ok(show(&cur, StatusCode::OK));
+            }
+            return Err(ApiError::conflict(
+                "schedule_exists",
+                format!(
+                    "`name`: schedule `{}` exists with another body; PUT /async/schedules/{} replaces it",
+                    spec.name, spec.name
+                ),
+            ));
+        }
+        let mut s = new_schedule(spec.clone(), proto.clone(), &cron, clock());
+        s.version = 1;
+        if st.app.store.schedule_cas(&s, None).await? {
+            return Ok(show(&s, StatusCode::CREATED));
+        }
+    }
+    Err(busy(&spec.name))
+}
+
+/// `PUT /async/schedules/{name}`: creates (201) or replaces (200), keeping the history.
+async fn replace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ScheduleBody>,
+) -> ApiResult<Response> {
+    let (spec, proto, cron) = validate(&st, body, Some(&name))?;
+    for _ in 0..CAS_TRIES {
+        let now = clock();
+        let (s, expected, status) = match st.app.store.schedule(&name).await? {
+            None => {
+                let mut s = new_schedule(spec.clone(), proto.clone(), &cron, now);
+                s.version = 1;
+                (s, None, StatusCode::CREATED)
+            }
+            Some(cur) => {
+                let mut s = cur.clone();
+                let same_times = cur.spec.cron == spec.cron && cur.spec.timezone == spec.timezone;
+                if !same_times || s.next_fire.is_none() {
+                    s.next_fire = cron.next_after(to_utc(now)).map(to_us);
+                }
+                s.paused = spec.paused;
+                s.spec = spec.clone();
+                s.proto = proto.clone();
+                s.version = cur.version + 1;
+                s.updated_at = now;
+                (s, Some(cur.version), StatusCode::OK)
+            }
+        };
+        if st.app.store.schedule_cas(&s, expected).await? {
+            return Ok(show(&s, status));
+        }
+    }
+    Err(busy(&name))
+}
+
+/// `GET /async/schedules`.
+async fn list(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let now = clock();
+    let all = st.app.store.schedules().await?;
+    Ok(Json(json!({
+        "schedules": all.iter().map(|s| s.to_public(now)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /async/schedules/{name}`.
+async fn get_one(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(show(&load(&st, &name).await?, StatusCode::OK))
+}
+
+/// `DELETE /async/schedules/{name}`: 204. Jobs already submitted are not touched.
+async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    for _ in 0..CAS_TRIES {
+        let cur = load(&st, &name).await?;
+        if st.app.store.schedule_delete(&name, cur.version).await? {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
+    Err(busy(&name))
+}
+
+/// Applies `f` to the schedule under compare-and-set.
+async fn update(
+    st: &AppState,
+    name: &str,
+    f: impl Fn(&mut Schedule, Micros),
+) -> ApiResult<Schedule> {
+    for _ in 0..CAS_TRIES {
+        let cur = load(st, name).await?;
+        let now = clock();
+        let mut s = cur.clone();
+        f(&mut s, now);
+        if s == cur {
+            return Ok(cur);
+        }
+        s.version = cur.version + 1;
+        s.updated_at = now;
+        if st.app.store.schedule_cas(&s, Some(cur.version)).await? {
+            return Ok(s);
+        }
+    }
+    Err(busy(name))
+}
+
+/// `POST /async/schedules/{name}/pause`.
+async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let s = update(&st, &name, |s, _| s.paused = true).await?;
+    Ok(show(&s, StatusCode::OK))
+}
+
+/// `POST /async/schedules/{name}/resume`: fire times that passed while paused are not caught up.
+async fn resume(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let s = update(&st, &name, |s, now| {
+        if s.paused {
+            s.paused = false;
+            if let Ok(c) = s.cron() {
+                s.next_fire = c.next_after(to_utc(now)).map(to_us);
+            }
+        }
+    })
+    .await?;
+    Ok(show(&s, StatusCode::OK))
+}
+
+fn firing(st: &AppState) -> Firing {
+    Firing {
+        store: st.app.store.clone(),
+        runners: st.app.runners.clone(),
+        signal_retention: st.app.config.retention.finished,
+    }
+}
+
+fn fired(subs: &[Submitted]) -> Vec<Value> {
+    subs.iter()
+        .map(|s| {
+            json!({
+                "job_id": s.job.id,
+                "fire_time": s.job.fire_time.map(crate::schedule::fire_time_text),
+                "status": s.job.status,
+                "created": s.created,
+                "result_url": s.job.result_url(),
+            })
+        })
+        .collect()
+}
+
+fn fire_error(name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => not_found(name),
+        e => e.into(),
+    }
+}
+
+/// `POST /async/schedules/{name}/trigger`: one fire now (also when paused; overlap is not
+/// applied), 202 with the job.
+async fn trigger(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    load(&st, &name).await?;
+    // Millisecond precision: two triggers in the same millisecond are the same fire.
+    let t = clock() / 1000 * 1000;
+    let subs = firing(&st)
+        .fire_now(&name, &[t])
+        .await
+        .map_err(|e| fire_error(&name, e))?;
+    let Some(first) = fired(&subs).into_iter().next() else {
+        return Err(ApiError::unprocessable(
+            "fire_failed",
+            format!("schedule `{name}`: the fire could not make a job (see its last_runs)"),
+        ));
+    };
+    Ok((StatusCode::ACCEPTED, Json(first)).into_response())
+}
+
+/// The body of `POST /async/schedules/{name}/backfill`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillBody {
+    /// RFC 3339, inclusive.
+    pub from: String,
+    /// RFC 3339, inclusive; not in the future.
+    pub to: String,
+}
+
+fn parse_time(s: &str, field: &str) -> ApiResult<Micros> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| bad(format!("`{field}`: `{s}` is not an RFC 3339 time: {e}")))
+}
+
+/// `POST /async/schedules/{name}/backfill {from, to}`: one job per fire time of the pattern in
+/// `[from, to]` (at most 1,000); a time that already has its job returns it (`created: false`).
+async fn backfill(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<BackfillBody>,
+) -> ApiResult<Response> {
+    let from = parse_time(&body.from, "from")?;
+    let to = parse_time(&body.to, "to")?;
+    if to < from {
+        return Err(bad("`to` must not be before `from`"));
+    }
+    if to > clock() {
+        return Err(bad(
+            "`to` must not be in the future (the schedule fires those times itself)",
+        ));
+    }
+    let s = load(&st, &name).await?;
+    let cron = s.cron().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "corrupt",
+            format!("{e:?}"),
+        )
+    })?;
+    let times: Vec<Micros> = cron
+        .between(to_utc(from), to_utc(to), MAX_BACKFILL + 1)
+        .into_iter()
+        .map(to_us)
+        .collect();
+    if times.len() > MAX_BACKFILL {
+        return Err(bad(format!(
+            "`from`..`to` holds more than {MAX_BACKFILL} fire times; backfill a shorter range"
+        )));
+    }
+    let subs = firing(&st)
+        .fire_now(&name, &times)
+        .await
+        .map_err(|e| fire_error(&name, e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"name": name, "fires": fired(&subs)})),
+    )
+        .into_response())
+}

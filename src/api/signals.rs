@@ -1,0 +1,156 @@
+//! Readiness signals: `POST /async/signals/{key}` (idempotent with an `id`), `GET
+//! /async/signals/{key}?since=`, and the job hook `POST {JOB_HOOK}/signal/{key}`, signed like
+//! `/async/status`.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{body_bytes, parse_json};
+use super::AppState;
+use crate::job::{now_us, rfc3339};
+use crate::store::signals::{check_key, Signal, MAX_ID_BYTES};
+
+/// Records one `GET` returns at most.
+const MAX_LIMIT: usize = 10_000;
+
+/// The signal routes (merged into the API router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/async/signals/{key}", post(append).get(list))
+        .route("/async/signal/{key}", post(hook_append))
+}
+
+/// The body of a signal write (may be empty).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalBody {
+    /// Free-form JSON.
+    pub payload: Option<Value>,
+    /// Makes the write idempotent: the same id for the same key returns the first record.
+    pub id: Option<String>,
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::unprocessable("invalid_request", m)
+}
+
+fn parse_body(bytes: &[u8]) -> ApiResult<SignalBody> {
+    let b: SignalBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SignalBody::default()
+    } else {
+        parse_json(bytes)?
+    };
+    if let Some(id) = &b.id {
+        if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "`id` must be 1-{MAX_ID_BYTES} bytes without control characters"
+            )));
+        }
+    }
+    Ok(b)
+}
+
+fn written(s: &Signal, created: bool) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({"key": s.key, "seq": s.seq, "at": rfc3339(s.at), "id": s.id})),
+    )
+        .into_response()
+}
+
+async fn write(st: &AppState, key: &str, bytes: &[u8]) -> ApiResult<Response> {
+    check_key(key).map_err(bad)?;
+    let b = parse_body(bytes)?;
+    let (s, created) = st
+        .app
+        .store
+        .signal_append(key, b.id, b.payload, now_us())
+        .await?;
+    Ok(written(&s, created))
+}
+
+/// `POST /async/signals/{key}` `{payload?, id?}`: `201 {key, seq, at}`; the same `id` again:
+/// `200` with the first record.
+async fn append(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let bytes = body_bytes(req, &()).await?;
+    write(&st, &key, &bytes).await
+}
+
+/// `POST {JOB_HOOK}/signal/{key}`: a running job writes a signal (signed like `/async/status`).
+async fn hook_append(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
+    let job =
+        super::hooks::authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    if !job.status.is_active() {
+        return Err(ApiError::conflict(
+            "illegal_transition",
+            format!("job is {}: it cannot send signals", job.status),
+        ));
+    }
+    write(&st, &key, &bytes).await
+}
+
+/// Query of `GET /async/signals/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /async/signals/{key}?since=&limit=`: records at or after `since` (RFC 3339), oldest
+/// first.
+async fn list(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    check_key(&key).map_err(|m| ApiError::bad_request("bad_path", m))?;
+    let since = match q.since.as_deref() {
+        None => 0,
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "bad_query",
+                    format!("`since`: `{s}` is not an RFC 3339 time: {e}"),
+                )
+            })?
+            .timestamp_micros(),
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("`limit` must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let recs = st.app.store.signals(&key, since, limit).await?;
+    Ok(Json(json!({
+        "key": key,
+        "signals": recs
+            .iter()
+            .map(|s| json!({"seq": s.seq, "at": rfc3339(s.at), "id": s.id, "payload": s.payload}))
+            .collect::<Vec<_>>(),
+    })))
+}

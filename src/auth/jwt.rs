@@ -1,0 +1,244 @@
+//! HS256 channel tokens as Superset's `AsyncQueryManager` mints them:
+//! `jwt.encode({"channel": ch, "sub": user_id, "exp": ...}, secret, algorithm="HS256")`.
+//! Verified with the `jsonwebtoken` crate; only HS256 is accepted (`alg: none` and every other
+//! algorithm are refused), `exp` is required, `nbf` is checked when present.
+
+use std::time::Duration;
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// What a valid channel token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelClaims {
+    /// The one channel the token may read.
+    pub channel: String,
+    /// The user (`sub`), when the token names one: Superset's guests have none (or `null`), and
+    /// Superset writes user ids as numbers or strings.
+    pub sub: Option<String>,
+}
+
+/// Verifies channel tokens with one secret.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// A verifier for `secret`, tolerating `leeway` of clock skew on `exp` and `nbf`; tokens
+    /// without `exp` are refused when `require_exp`.
+    pub fn new(secret: &str, leeway: Duration, require_exp: bool) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway.as_secs();
+        validation.validate_nbf = true;
+        let required: &[&str] = if require_exp { &["exp"] } else { &[] };
+        validation.set_required_spec_claims(required);
+        Self {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// The claims of `token`, or why it is refused (a message for the client; it never contains
+    /// the token or the secret).
+    pub fn verify(&self, token: &str) -> Result<ChannelClaims, String> {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| refusal(token, e.kind()))?;
+        let claims = data.claims;
+        let channel = match claims.get("channel") {
+            Some(Value::String(c)) if !c.is_empty() && c.len() <= 256 => c.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            None | Some(Value::Null) => {
+                return Err("the token has no `channel` claim".into());
+            }
+            Some(_) => {
+                return Err(
+                    "the token's `channel` claim must be a string of 1-256 characters".into(),
+                )
+            }
+        };
+        let sub = match claims.get("sub") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(_) => return Err("the token's `sub` claim must be a string or a number".into()),
+        };
+        Ok(ChannelClaims { channel, sub })
+    }
+}
+
+/// A clear message for a refused token.
+fn refusal(token: &str, kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "the token has expired (`exp`)".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (`nbf`)".into(),
+        ErrorKind::InvalidSignature => "the token's signature does not verify".into(),
+        ErrorKind::InvalidAlgorithm => "the token must be signed with HS256".into(),
+        ErrorKind::MissingRequiredClaim(c) => format!("the token has no numeric `{c}` claim"),
+        ErrorKind::InvalidAudience => "the token's `aud` claim is not accepted".into(),
+        _ => match header_alg(token) {
+            Some(alg) if alg != "HS256" => {
+                format!("the token's algorithm `{alg}` is not accepted: HS256 only")
+            }
+            _ => "the token is malformed".into(),
+        },
+    }
+}
+
+/// The `alg` of a token's header, when the header is readable JSON (for the message only).
+fn header_alg(token: &str) -> Option<String> {
+    let head = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let alg = v.get("alg")?.as_str()?;
+    Some(alg.chars().take(20).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+    fn now() -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64
+    }
+
+    fn mint(alg: Algorithm, claims: Value, secret: &str) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn b64(v: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn accepts_superset_tokens_and_refuses_the_rest() {
+        let v = Verifier::new(SECRET, Duration::from_secs(0), true);
+        let exp = now() + 300;
+        let ok = v
+            .verify(&mint(
+                Algorithm::HS256,
+                json!({"channel": "c1", "sub": 7, "exp": exp}),
+                SECRET,
+            ))
+            .unwrap();
+        assert_eq!(ok.channel, "c1");
+        assert_eq!(ok.sub.as_deref(), Some("7"));
+        for sub in [json!(null), json!("guest")] {
+            v.verify(&mint(
+                Algorithm::HS256,
+                json!({"channel": "c1", "sub": sub, "exp": exp}),
+                SECRET,
+            ))
+            .unwrap();
+        }
+        v.verify(&mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": exp}),
+            SECRET,
+        ))
+        .unwrap();
+
+        let refused = |t: &str, needle: &str| {
+            let e = v.verify(t).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(!e.contains(SECRET));
+        };
+        refused(
+            &mint(
+                Algorithm::HS256,
+                json!({"channel": "c1", "exp": now() - 100}),
+                SECRET,
+            ),
+            "expired",
+        );
+        refused(
+            &mint(
+                Algorithm::HS256,
+                json!({"channel": "c1", "exp": exp, "nbf": now() + 100}),
+                SECRET,
+            ),
+            "nbf",
+        );
+        refused(
+            &mint(Algorithm::HS256, json!({"exp": exp}), SECRET),
+            "channel",
+        );
+        refused(
+            &mint(Algorithm::HS256, json!({"channel": "c1"}), SECRET),
+            "exp",
+        );
+        refused(
+            &mint(
+                Algorithm::HS256,
+                json!({"channel": "c1", "exp": exp}),
+                "another-secret-another-secret-another",
+            ),
+            "signature",
+        );
+        refused(
+            &mint(
+                Algorithm::HS512,
+                json!({"channel": "c1", "exp": exp}),
+                SECRET,
+            ),
+            "HS256",
+        );
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&json!({"channel": "c1", "exp": exp}))
+        );
+        refused(&none, "`none`");
+        refused("not a token", "malformed");
+        refused("", "malformed");
+    }
+
+    #[test]
+    fn exp_may_be_optional_but_is_checked_when_present() {
+        let v = Verifier::new(SECRET, Duration::from_secs(0), false);
+        let stock = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "sub": null}),
+            SECRET,
+        );
+        assert_eq!(v.verify(&stock).unwrap().channel, "c1");
+        let e = Verifier::new(SECRET, Duration::from_secs(0), true)
+            .verify(&stock)
+            .unwrap_err();
+        assert!(e.contains("exp"), "{e}");
+        let old = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": now() - 100}),
+            SECRET,
+        );
+        assert!(v.verify(&old).unwrap_err().contains("expired"));
+    }
+
+    #[test]
+    fn leeway_tolerates_small_skew() {
+        let t = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": now() - 5}),
+            SECRET,
+        );
+        assert!(Verifier::new(SECRET, Duration::from_secs(0), true)
+            .verify(&t)
+            .is_err());
+        assert!(Verifier::new(SECRET, Duration::from_secs(30), true)
+            .verify(&t)
+            .is_ok());
+    }
+}

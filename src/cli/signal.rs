@@ -1,0 +1,46 @@
+//! `runyard signal KEY [--payload JSON] [--id ID]`: writes a readiness signal.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::client::{Api, ServerArg};
+
+/// `signal` flags.
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// The signal's key, e.g. `src.orders`.
+    pub key: String,
+    /// A JSON payload.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// An id that makes the write idempotent (the same id again returns the first record).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+/// Runs `runyard signal`: prints `{key, seq, at, id}`.
+pub async fn run(a: SignalArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&a.server.server)?;
+    let mut body = json!({});
+    if let Some(p) = &a.payload {
+        let v: Value = serde_json::from_str(p).context("--payload must be JSON")?;
+        body["payload"] = v;
+    }
+    if let Some(i) = a.id {
+        body["id"] = Value::String(i);
+    }
+    // The key goes in the path: percent-encode it as one segment.
+    let mut u = reqwest::Url::parse("http://x/async/signals/")?;
+    u.path_segments_mut()
+        .map_err(|_| anyhow::anyhow!("cannot build the signal URL"))?
+        .pop_if_empty()
+        .push(&a.key);
+    let v = api.post(u.path(), &body).await?;
+    println!("{}", serde_json::to_string(&v).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}

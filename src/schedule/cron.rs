@@ -1,0 +1,408 @@
+//! Fire times: a cron pattern (parsed by `croner`) in an IANA time zone (`chrono-tz`), with a
+//! defined behaviour across daylight-saving changes.
+//!
+//! - A local time skipped by a spring-forward change (02:30 on the night clocks go from 02:00 to
+//!   03:00) fires once, at the first instant after the gap (03:00 local). Several skipped times
+//!   still fire once.
+//! - A local time that occurs twice in autumn fires once, at its first occurrence, when the
+//!   pattern names its hours (`30 2 * * *`). A pattern whose hour field is `*` (`*/15 * * * *`,
+//!   `* * * * * *`) runs on the clock as it is read, through both passes of the repeated hour,
+//!   so an interval keeps its rhythm in real time.
+//!
+//! Everything is computed from the instant given, never from the system clock, so tests inject
+//! any time they like.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds};
+use croner::Cron;
+
+/// A parsed pattern in its time zone.
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    cron: Cron,
+    tz: Tz,
+    every_hour: bool,
+}
+
+/// Why a pattern or a zone was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CronSpecError {
+    /// The pattern does not parse (or never fires).
+    Cron(String),
+    /// The zone is not an IANA name.
+    TimeZone(String),
+}
+
+/// Most steps one search takes across daylight-saving transitions (a handful are enough).
+const MAX_STEPS: usize = 16;
+
+impl CronSpec {
+    /// Parses `pattern` (5 fields, 6 with seconds first, or `@hourly`-style) in `timezone`.
+    pub fn parse(pattern: &str, timezone: &str) -> Result<Self, CronSpecError> {
+        let tz = Tz::from_str(timezone).map_err(|_| {
+            CronSpecError::TimeZone(format!(
+                "`{timezone}` is not an IANA time zone name (e.g. \"UTC\", \"Europe/Berlin\")"
+            ))
+        })?;
+        let text = pattern.trim();
+        if text.is_empty() || text.len() > 200 {
+            return Err(CronSpecError::Cron("must be 1-200 characters".into()));
+        }
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        if !text.starts_with('@') && fields.len() != 5 && fields.len() != 6 {
+            return Err(CronSpecError::Cron(format!(
+                "`{text}` has {} fields: expected 5 (minute hour day month weekday), 6 (seconds \
+                 first) or a name like @hourly",
+                fields.len()
+            )));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(text)
+            .map_err(|e| CronSpecError::Cron(format!("`{text}`: {e}")))?;
+        let hour = match fields.len() {
+            5 => Some(fields[1]),
+            6 => Some(fields[2]),
+            _ => None,
+        };
+        let every_hour = match hour {
+            Some(h) => h == "*" || h == "?",
+            None => text.eq_ignore_ascii_case("@hourly"),
+        };
+        let spec = Self {
+            cron,
+            tz,
+            every_hour,
+        };
+        Ok(spec)
+    }
+
+    /// The time zone.
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
+    fn offset_at(&self, t: DateTime<Utc>) -> FixedOffset {
+        self.tz.offset_from_utc_datetime(&t.naive_utc()).fix()
+    }
+
+    /// The next fire time strictly after `after`, or `None` when the pattern never fires again.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.search(after, false)
+    }
+
+    /// The first fire time at or after `from`.
+    pub fn next_from(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.search(from, true)
+    }
+
+    fn search(&self, from: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
+        // Search on the wall clock of one fixed offset at a time: within a stretch of constant
+        // offset the wall clock is monotonic and croner finds the next match exactly.
+        // Fire times are whole seconds: from a fraction, the first one after it is the first
+        // one strictly after its whole second.
+        let whole = from.timestamp_subsec_nanos() == 0;
+        let mut x = if whole {
+            from
+        } else {
+            Utc.timestamp_opt(from.timestamp(), 0).single()?
+        };
+        let mut incl = inclusive && whole;
+        for _ in 0..MAX_STEPS {
+            let o = self.offset_at(x);
+            let c = self
+                .cron
+                .find_next_occurrence(&x.with_timezone(&o), incl)
+                .ok()?
+                .with_timezone(&Utc);
+            let oc = self.offset_at(c);
+            if oc == o && !self.transition_between(x, c, o) {
+                if !self.every_hour && self.second_pass(c, o) {
+                    // A repeated local time that already fired on its first pass.
+                    x = c;
+                    incl = false;
+                    continue;
+                }
+                return Some(c);
+            }
+            // The offset changes at T in (x, c]: no match under `o` before T.
+            let t = self.transition_after(x, c, o);
+            let new = self.offset_at(t);
+            let (before, after) = (o.local_minus_utc() as i64, new.local_minus_utc() as i64);
+            if after > before {
+                // Spring forward: wall times in [T+before, T+after) never happen. If the match
+                // found under the old offset lies in that gap, it fires once, right after it.
+                let gap_end_wall = t.timestamp() + after;
+                if c.timestamp() + before < gap_end_wall {
+                    return Some(t);
+                }
+                x = t;
+                incl = true;
+            } else {
+                // Fall back: wall times in [T+after, T+before) happen twice. A pattern with
+                // fixed hours fires only on the first pass: resume where the first pass ended.
+                x = if self.every_hour {
+                    t
+                } else {
+                    t + chrono::Duration::seconds(before - after)
+                };
+                incl = true;
+            }
+        }
+        None
+    }
+
+    /// True when `c` (at offset `o`) is the second occurrence of a local time that happens twice.
+    fn second_pass(&self, c: DateTime<Utc>, o: FixedOffset) -> bool {
+        match self
+            .tz
+            .from_local_datetime(&c.with_timezone(&o).naive_local())
+        {
+            chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc) < c,
+            _ => false,
+        }
+    }
+
+    /// True when the offset at some instant in (a, b) differs from `o` although both ends have it
+    /// (two transitions in between, e.g. a yearly pattern).
+    fn transition_between(&self, a: DateTime<Utc>, b: DateTime<Utc>, o: FixedOffset) -> bool {
+        // Transitions are months apart: sampling every 30 days finds any pair in between.
+        let step = chrono::Duration::days(30);
+        let mut t = a + step;
+        while t < b {
+            if self.offset_at(t) != o {
+                return true;
+            }
+            t += step;
+        }
+        false
+    }
+
+    /// The first instant (whole second) in (a, b] whose offset is not `o`.
+    fn transition_after(
+        &self,
+        a: DateTime<Utc>,
+        b: DateTime<Utc>,
+        o: FixedOffset,
+    ) -> DateTime<Utc> {
+        // Narrow to a 30-day window first (see `transition_between`), then bisect on seconds.
+        let step = chrono::Duration::days(30);
+        let mut lo = a;
+        let mut hi = b;
+        let mut t = a + step;
+        while t < b {
+            if self.offset_at(t) != o {
+                hi = t;
+                break;
+            }
+            lo = t;
+            t += step;
+        }
+        let (mut lo, mut hi) = (lo.timestamp(), hi.timestamp());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let m = Utc.timestamp_opt(mid, 0).single().unwrap_or(b);
+            if self.offset_at(m) == o {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Utc.timestamp_opt(hi, 0).single().unwrap_or(b)
+    }
+
+    /// Fire times in `[from, to]`, at most `max`.
+    pub fn between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max: usize,
+    ) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut t = self.next_from(from);
+        while let Some(x) = t {
+            if x > to || out.len() >= max {
+                break;
+            }
+            out.push(x);
+            t = self.next_after(x);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn fires(pattern: &str, tz: &str, from: &str, n: usize) -> Vec<String> {
+        let c = CronSpec::parse(pattern, tz).unwrap();
+        let mut t = utc(from);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            t = c.next_after(t).unwrap();
+            out.push(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+        out
+    }
+
+    #[test]
+    fn berlin_spring_forward_fires_once_right_after_the_gap() {
+        // 2026-03-29: 02:00 CET -> 03:00 CEST (01:00 UTC). 02:30 does not exist.
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Berlin", "2026-03-27T12:00:00Z", 3),
+            vec![
+                "2026-03-28T01:30:00Z", // 02:30 CET
+                "2026-03-29T01:00:00Z", // 03:00 CEST, right after the gap
+                "2026-03-30T00:30:00Z", // 02:30 CEST
+            ]
+        );
+        // Every minute of the gap still fires once, then the clock goes on from 03:00.
+        assert_eq!(
+            fires("*/20 2 * * *", "Europe/Berlin", "2026-03-29T00:30:00Z", 2),
+            vec!["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"]
+        );
+    }
+
+    #[test]
+    fn berlin_fall_back_fires_a_repeated_time_once() {
+        // 2026-10-25: 03:00 CEST -> 02:00 CET (01:00 UTC). 02:30 happens twice.
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", 3),
+            vec![
+                "2026-10-25T00:30:00Z", // 02:30 CEST, first pass
+                "2026-10-26T01:30:00Z", // 02:30 CET, the next day
+                "2026-10-27T01:30:00Z",
+            ]
+        );
+        // Starting in the second pass: the repeated time already fired.
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Berlin", "2026-10-25T01:10:00Z", 1),
+            vec!["2026-10-26T01:30:00Z"]
+        );
+        // An interval pattern keeps its rhythm in real time through both passes.
+        assert_eq!(
+            fires("*/30 * * * *", "Europe/Berlin", "2026-10-25T00:15:00Z", 4),
+            vec![
+                "2026-10-25T00:30:00Z", // 02:30 CEST
+                "2026-10-25T01:00:00Z", // 02:00 CET
+                "2026-10-25T01:30:00Z", // 02:30 CET
+                "2026-10-25T02:00:00Z", // 03:00 CET
+            ]
+        );
+    }
+
+    #[test]
+    fn new_york_both_ways() {
+        // 2026-03-08: 02:00 EST -> 03:00 EDT (07:00 UTC).
+        assert_eq!(
+            fires("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", 3),
+            vec![
+                "2026-03-08T07:00:00Z", // 03:00 EDT, right after the gap
+                "2026-03-09T06:30:00Z", // 02:30 EDT
+                "2026-03-10T06:30:00Z",
+            ]
+        );
+        // 2026-11-01: 02:00 EDT -> 01:00 EST (06:00 UTC). 01:30 happens twice.
+        assert_eq!(
+            fires("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", 2),
+            vec!["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"]
+        );
+        assert_eq!(
+            fires("0 * * * *", "America/New_York", "2026-11-01T04:30:00Z", 4),
+            vec![
+                "2026-11-01T05:00:00Z", // 01:00 EDT
+                "2026-11-01T06:00:00Z", // 01:00 EST
+                "2026-11-01T07:00:00Z", // 02:00 EST
+                "2026-11-01T08:00:00Z",
+            ]
+        );
+    }
+
+    #[test]
+    fn month_ends_leap_day_last_and_nth_weekday() {
+        assert_eq!(
+            fires("0 0 31 * *", "UTC", "2026-01-31T00:00:00Z", 3),
+            vec![
+                "2026-03-31T00:00:00Z",
+                "2026-05-31T00:00:00Z",
+                "2026-07-31T00:00:00Z"
+            ]
+        );
+        assert_eq!(
+            fires("0 0 L * *", "UTC", "2026-01-31T00:00:00Z", 2),
+            vec!["2026-02-28T00:00:00Z", "2026-03-31T00:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 0 L 2 *", "UTC", "2027-03-01T00:00:00Z", 1),
+            vec!["2028-02-29T00:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 12 29 2 *", "Europe/Berlin", "2026-01-01T00:00:00Z", 2),
+            vec!["2028-02-29T11:00:00Z", "2032-02-29T11:00:00Z"]
+        );
+        // The second Monday of the month, and the last Friday.
+        assert_eq!(
+            fires("0 9 * * MON#2", "UTC", "2026-11-30T00:00:00Z", 2),
+            vec!["2026-12-14T09:00:00Z", "2027-01-11T09:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 9 * * 5#L", "UTC", "2026-11-30T00:00:00Z", 2),
+            vec!["2026-12-25T09:00:00Z", "2027-01-29T09:00:00Z"]
+        );
+    }
+
+    #[test]
+    fn seconds_and_names() {
+        assert_eq!(
+            fires("*/1 * * * * *", "UTC", "2026-01-01T00:00:00Z", 2),
+            vec!["2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"]
+        );
+        assert_eq!(
+            fires("@hourly", "Europe/Berlin", "2026-01-01T00:10:00Z", 2),
+            vec!["2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"]
+        );
+        assert_eq!(
+            fires("@daily", "Europe/Berlin", "2026-01-01T00:10:00Z", 1),
+            vec!["2026-01-01T23:00:00Z"]
+        );
+        // From a fraction of a second, fire times stay whole seconds.
+        let c = CronSpec::parse("*/10 * * * * *", "UTC").unwrap();
+        let t = utc("2026-01-01T00:00:10.300Z");
+        assert_eq!(c.next_after(t), Some(utc("2026-01-01T00:00:20Z")));
+        assert_eq!(c.next_from(t), Some(utc("2026-01-01T00:00:20Z")));
+        let c = CronSpec::parse("0 * * * * *", "UTC").unwrap();
+        let from = utc("2026-01-01T00:00:00Z");
+        assert_eq!(c.next_from(from), Some(from));
+        assert_eq!(c.between(from, utc("2026-01-01T00:03:00Z"), 10).len(), 4);
+    }
+
+    #[test]
+    fn bad_patterns_and_zones() {
+        for p in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * * *",
+            "nonsense",
+            "@fortnightly",
+        ] {
+            assert!(
+                matches!(CronSpec::parse(p, "UTC"), Err(CronSpecError::Cron(_))),
+                "{p:?} should be refused"
+            );
+        }
+        assert!(matches!(
+            CronSpec::parse("* * * * *", "Mars/Olympus"),
+            Err(CronSpecError::TimeZone(_))
+        ));
+    }
+}

@@ -1,0 +1,269 @@
+//! The fire loop every `serve` and `worker` process runs: wakes at the earliest schedule wake
+//! time (at most a second later, so schedules created on another node are seen), decides with
+//! [`super::plan`] under a compare-and-set, and submits the decided fires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    clock, job_for_fire, plan, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US,
+};
+use crate::job::{Command, Micros};
+use crate::runner_set::RunnerSet;
+use crate::store::{Result, Store, StoreError, Submitted};
+
+/// Compare-and-set attempts before a wake-up gives up (it is retried at the next one).
+const CAS_TRIES: usize = 20;
+/// Longest sleep of the loop: how late a schedule created on another node may be seen.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Schedules handled per wake-up.
+const BATCH: usize = 200;
+
+/// What firing needs: the store and the runners (a fire's runner is chosen again at each fire,
+/// as a submit's is).
+#[derive(Clone)]
+pub struct Firing {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The runners.
+    pub runners: Arc<RunnerSet>,
+    /// Readiness signals older than this are deleted (the loop trims them once a minute).
+    pub signal_retention: Duration,
+}
+
+/// How often the fire loop trims old signals.
+const SIGNAL_TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the fire loop until `stop`.
+pub async fn fire_loop(f: Firing, stop: CancellationToken) {
+    let mut trimmed = std::time::Instant::now();
+    loop {
+        if trimmed.elapsed() >= SIGNAL_TRIM_EVERY {
+            trimmed = std::time::Instant::now();
+            let before = clock() - f.signal_retention.as_micros() as i64;
+            match f.store.signals_trim(before).await {
+                Ok(n) if n > 0 => tracing::debug!(signals = n, "old signals deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "signal retention failed"),
+            }
+        }
+        let now = clock();
+        let mut trouble = false;
+        match f.store.schedules_due(now, BATCH).await {
+            Ok(names) => {
+                for name in names {
+                    if let Err(e) = f.tick(&name).await {
+                        trouble = true;
+                        tracing::warn!(schedule = %name, error = %e, "schedule not handled; retrying");
+                    }
+                }
+            }
+            Err(e) => {
+                trouble = true;
+                tracing::warn!(error = %e, "cannot read due schedules");
+            }
+        }
+        let wait = if trouble {
+            MAX_SLEEP
+        } else {
+            match f.store.schedules_next_wake().await {
+                Ok(Some(w)) => {
+                    let us = (w - clock()).clamp(2_000, MAX_SLEEP.as_micros() as i64);
+                    Duration::from_micros(us as u64)
+                }
+                _ => MAX_SLEEP,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+impl Firing {
+    /// Whether the schedule's latest job is still active.
+    async fn previous(&self, s: &Schedule) -> Result<Previous> {
+        let Some(id) = s.last_job() else {
+            return Ok(Previous::Idle);
+        };
+        Ok(match self.store.get(id).await? {
+            Some(j) if !j.status.is_terminal() => Previous::Active(id),
+            _ => Previous::Idle,
+        })
+    }
+
+    /// One wake-up of schedule `name`: decide (compare-and-set), then submit what was decided
+    /// and any pending fire whose deciding process has not confirmed it in time.
+    pub async fn tick(&self, name: &str) -> Result<()> {
+        for _ in 0..CAS_TRIES {
+            let Some(s) = self.store.schedule(name).await? else {
+                return Ok(());
+            };
+            let now = clock();
+            let due = !s.paused && s.next_fire.is_some_and(|f| f <= now);
+            let prev = if (due && s.spec.overlap != super::Overlap::Allow) || s.buffered.is_some() {
+                self.previous(&s).await?
+            } else {
+                Previous::Idle
+            };
+            let mut next = s.clone();
+            let changed = match s.cron() {
+                Ok(c) => plan(&mut next, &c, now, prev),
+                Err(e) => {
+                    // A record this version cannot parse: stop firing it rather than spin.
+                    tracing::error!(schedule = %name, error = ?e, "schedule pattern no longer parses; not firing it");
+                    next.next_fire = None;
+                    true
+                }
+            };
+            if changed {
+                next.version = s.version + 1;
+                next.updated_at = now;
+                if !self.store.schedule_cas(&next, Some(s.version)).await? {
+                    continue;
+                }
+                use super::counters::{add, MISFIRES, SKIPPED_OVERLAPS};
+                add(
+                    &MISFIRES,
+                    next.counters.misfires.saturating_sub(s.counters.misfires),
+                );
+                add(
+                    &SKIPPED_OVERLAPS,
+                    next.counters
+                        .skipped_overlaps
+                        .saturating_sub(s.counters.skipped_overlaps),
+                );
+            }
+            let todo: Vec<PendingFire> = next
+                .pending
+                .iter()
+                .filter(|p| {
+                    (changed && p.decided_at == now) || p.decided_at + PENDING_GRACE_US <= now
+                })
+                .cloned()
+                .collect();
+            for p in todo {
+                self.submit_pending(&next, &p).await?;
+            }
+            return Ok(());
+        }
+        Err(StoreError::Backend(format!(
+            "schedule `{name}`: too many concurrent changes"
+        )))
+    }
+
+    /// Submits a decided fire (idempotent: the key is the fire's) and confirms it on the record.
+    /// Returns the job (`None` when the fire could not make a job, recorded as an error).
+    pub async fn submit_pending(&self, s: &Schedule, p: &PendingFire) -> Result<Option<Submitted>> {
+        if let Some(c) = p.cancel {
+            // cancel_other: the job may have ended meanwhile; any refusal is fine.
+            let _ = self.store.apply(c, Command::Cancel).await;
+        }
+        let runner_name = s.spec.job.get("runner").and_then(|v| v.as_str());
+        let (sub, error) = match self
+            .runners
+            .select(&s.proto.job_type, &s.proto.args, runner_name)
+        {
+            Ok(slot) => {
+                let job = job_for_fire(s, p.fire_time, Some(slot.name.clone()), clock());
+                (Some(self.store.submit(job).await?), None)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        };
+        self.confirm(&s.spec.name, p.fire_time, sub.as_ref(), error)
+            .await?;
+        Ok(sub)
+    }
+
+    async fn confirm(
+        &self,
+        name: &str,
+        fire_time: Micros,
+        sub: Option<&Submitted>,
+        error: Option<String>,
+    ) -> Result<()> {
+        for _ in 0..CAS_TRIES {
+            let Some(cur) = self.store.schedule(name).await? else {
+                return Ok(());
+            };
+            if !cur.pending.iter().any(|x| x.fire_time == fire_time) {
+                // Another process confirmed it (its submit returned the same job).
+                return Ok(());
+            }
+            let now = clock();
+            let mut next = cur.clone();
+            next.pending.retain(|x| x.fire_time != fire_time);
+            if sub.is_some() {
+                next.counters.fires += 1;
+            }
+            next.record(RunEntry {
+                fire_time,
+                outcome: if sub.is_some() { "submitted" } else { "error" }.into(),
+                job_id: sub.map(|s| s.job.id),
+                count: 1,
+                error: error.clone(),
+                at: now,
+            });
+            next.version = cur.version + 1;
+            next.updated_at = now;
+            if self.store.schedule_cas(&next, Some(cur.version)).await? {
+                if sub.is_some() {
+                    super::counters::add(&super::counters::FIRES, 1);
+                }
+                if let Some(e) = &error {
+                    tracing::warn!(schedule = %name, error = %e, "a fire could not make a job");
+                }
+                return Ok(());
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "schedule `{name}`: too many concurrent changes"
+        )))
+    }
+
+    /// Adds fires at `times` to the schedule's pending list (one compare-and-set), then submits
+    /// them. `trigger` and `backfill` use it; the keys make a time already fired return its job.
+    pub async fn fire_now(&self, name: &str, times: &[Micros]) -> Result<Vec<Submitted>> {
+        let mut decided = None;
+        for _ in 0..CAS_TRIES {
+            let Some(cur) = self.store.schedule(name).await? else {
+                return Err(StoreError::NotFound);
+            };
+            let now = clock();
+            let mut next = cur.clone();
+            for t in times {
+                if !next.pending.iter().any(|p| p.fire_time == *t) {
+                    next.pending.push(PendingFire {
+                        fire_time: *t,
+                        decided_at: now,
+                        cancel: None,
+                        manual: true,
+                    });
+                }
+            }
+            next.version = cur.version + 1;
+            next.updated_at = now;
+            if self.store.schedule_cas(&next, Some(cur.version)).await? {
+                decided = Some(next);
+                break;
+            }
+        }
+        let Some(s) = decided else {
+            return Err(StoreError::Backend(format!(
+                "schedule `{name}`: too many concurrent changes"
+            )));
+        };
+        let mut out = Vec::new();
+        for t in times {
+            if let Some(p) = s.pending.iter().find(|p| p.fire_time == *t) {
+                if let Some(sub) = self.submit_pending(&s, p).await? {
+                    out.push(sub);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,726 @@
+//! Cron schedules: each fire of a schedule submits one job, exactly once across every process
+//! that shares the store.
+//!
+//! - [`cron`]: fire times of a pattern in a time zone, daylight-saving rules included.
+//! - This module: the stored record ([`Schedule`]) and the one decision taken at a wake-up
+//!   ([`plan`]): which fire times are due, what the misfire and overlap policies make of them.
+//! - [`firing`]: the loop every `serve` and `worker` process runs.
+//!
+//! # Exactly once
+//! A process that finds a schedule due reads its record, decides ([`plan`]) and writes the
+//! decision back with a compare-and-set on the record's version
+//! ([`crate::store::ScheduleStore::schedule_cas`]): the write moves `next_fire` past the fire
+//! times it handled and lists the fires to submit in `pending`. Of several processes deciding at
+//! once, one write succeeds; the others read again and find nothing due. The winner then submits
+//! each pending fire with the idempotency key `schedule:{name}:{fire_time}` and removes it from
+//! `pending` (again by compare-and-set). If it dies in between, any process submits the pending
+//! fire after [`PENDING_GRACE`]; the key makes a second submit return the first job. So a fire
+//! time makes exactly one job whatever happens.
+
+pub mod cron;
+pub mod firing;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::job::{now_us, rfc3339, Job, JobStatus, Micros};
+pub use cron::{CronSpec, CronSpecError};
+
+/// A fire later than this after its time counts as missed (the `skip` policy drops it).
+pub const ON_TIME_US: Micros = 2_000_000;
+/// A pending fire that its deciding process has not confirmed after this long is submitted by
+/// any process (the idempotency key makes that safe).
+pub const PENDING_GRACE_US: Micros = 3_000_000;
+/// Run entries kept per schedule.
+pub const LAST_RUNS: usize = 20;
+/// Most fire times one decision looks at (a long downtime of a per-second schedule).
+pub const MAX_DUE: usize = 100_000;
+/// Most fires one decision submits under `misfire = "all"` (the newest are kept).
+pub const MAX_CATCHUP: usize = 1_000;
+/// How often a schedule with a buffered fire checks whether the job before it has ended.
+pub const BUFFER_RECHECK_US: Micros = 1_000_000;
+
+/// Process-wide counters of what this process's fire loops decided (exported by
+/// [`crate::metrics`]): each is counted once, by the process whose compare-and-set won.
+pub mod counters {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Jobs submitted by fires.
+    pub static FIRES: AtomicU64 = AtomicU64::new(0);
+    /// Fire times missed (misfire policy or catch-up window).
+    pub static MISFIRES: AtomicU64 = AtomicU64::new(0);
+    /// Fires skipped because the previous job was still active.
+    pub static SKIPPED_OVERLAPS: AtomicU64 = AtomicU64::new(0);
+
+    /// Adds to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        if n > 0 {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// (fires, misfires, skipped overlaps).
+    pub fn snapshot() -> (u64, u64, u64) {
+        (
+            FIRES.load(Ordering::Relaxed),
+            MISFIRES.load(Ordering::Relaxed),
+            SKIPPED_OVERLAPS.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What a fire does while the schedule's previous job is still active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Submit anyway.
+    #[default]
+    Allow,
+    /// Skip this fire.
+    Forbid,
+    /// Keep one fire, submitted when the active job ends; further fires meanwhile are skipped.
+    BufferOne,
+    /// Cancel the active job, then submit.
+    CancelOther,
+}
+
+impl Overlap {
+    /// Parses the API word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "allow" => Self::Allow,
+            "forbid" => Self::Forbid,
+            "buffer_one" => Self::BufferOne,
+            "cancel_other" => Self::CancelOther,
+            _ => return None,
+        })
+    }
+}
+
+/// What happens to fire times missed while no process could fire them (downtime, a paused
+/// store), within `catchup_window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// Missed times are dropped; only a fire at most 2 s late runs.
+    Skip,
+    /// One job for the newest missed time within the window.
+    #[default]
+    RunOnce,
+    /// One job per missed time within the window (at most 1,000).
+    All,
+}
+
+impl Misfire {
+    /// Parses the API word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "skip" => Self::Skip,
+            "run_once" => Self::RunOnce,
+            "all" => Self::All,
+            _ => return None,
+        })
+    }
+}
+
+/// What the client asked for, with defaults filled in: equal specs are "the same body".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// Unique name.
+    pub name: String,
+    /// The cron pattern.
+    pub cron: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// The submit body of each fire's job.
+    pub job: Value,
+    /// Overlap policy.
+    pub overlap: Overlap,
+    /// Misfire policy.
+    pub misfire: Misfire,
+    /// How far back missed fires are caught up (ms).
+    pub catchup_window_ms: u64,
+    /// Each job runs at a random-but-fixed delay in `[0, jitter)` after its fire time (ms).
+    pub jitter_ms: u64,
+    /// Created paused.
+    pub paused: bool,
+}
+
+/// A fire decided but not yet confirmed submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingFire {
+    /// The fire time (µs).
+    pub fire_time: Micros,
+    /// When it was decided.
+    pub decided_at: Micros,
+    /// A job to cancel first (`overlap = "cancel_other"`).
+    #[serde(default)]
+    pub cancel: Option<Uuid>,
+    /// From `trigger` or `backfill` rather than the clock.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// One line of a schedule's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEntry {
+    /// The fire time (µs).
+    pub fire_time: Micros,
+    /// `submitted`, `skipped_overlap`, `missed` or `error`.
+    pub outcome: String,
+    /// The job, when one was submitted.
+    #[serde(default)]
+    pub job_id: Option<Uuid>,
+    /// How many fire times this line stands for (`missed`).
+    #[serde(default = "one")]
+    pub count: u64,
+    /// Details of an error.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When it was recorded.
+    pub at: Micros,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Per-schedule counters (exported by the metrics module as totals).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Jobs submitted by fires (clock, trigger and backfill).
+    pub fires: u64,
+    /// Fire times missed (dropped by the misfire policy or the catch-up window).
+    pub misfires: u64,
+    /// Fires skipped because the previous job was still active.
+    pub skipped_overlaps: u64,
+}
+
+/// A schedule as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// What the client asked for.
+    pub spec: ScheduleSpec,
+    /// The job every fire submits a copy of (validated and built at creation).
+    pub proto: Job,
+    /// Paused now (pause/resume).
+    pub paused: bool,
+    /// The first fire time not yet handled; none when the pattern never fires again.
+    pub next_fire: Option<Micros>,
+    /// Fires decided, not yet confirmed submitted.
+    #[serde(default)]
+    pub pending: Vec<PendingFire>,
+    /// `buffer_one`: the fire waiting for the active job to end.
+    #[serde(default)]
+    pub buffered: Option<Micros>,
+    /// When a buffered fire is checked again.
+    #[serde(default)]
+    pub recheck_at: Option<Micros>,
+    /// The latest runs, oldest first.
+    #[serde(default)]
+    pub last_runs: Vec<RunEntry>,
+    /// Counters.
+    #[serde(default)]
+    pub counters: Counters,
+    /// Created.
+    pub created_at: Micros,
+    /// Last change.
+    pub updated_at: Micros,
+    /// Bumped on every write (compare-and-set).
+    pub version: u64,
+}
+
+/// Microseconds to a UTC time.
+pub fn to_utc(us: Micros) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+/// A UTC time to microseconds.
+pub fn to_us(t: DateTime<Utc>) -> Micros {
+    t.timestamp_micros()
+}
+
+/// The fire time as it appears in keys and the API (RFC 3339, UTC, fraction only when needed).
+pub fn fire_time_text(us: Micros) -> String {
+    to_utc(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// The idempotency key of a fire.
+pub fn fire_key(name: &str, fire_time: Micros) -> String {
+    format!("schedule:{name}:{}", fire_time_text(fire_time))
+}
+
+impl Schedule {
+    /// The parsed pattern (validated at creation; an error only for a corrupt record).
+    pub fn cron(&self) -> Result<CronSpec, CronSpecError> {
+        CronSpec::parse(&self.spec.cron, &self.spec.timezone)
+    }
+
+    /// When a process must look at this schedule next: its next fire (unless paused), a pending
+    /// fire's grace end, a buffered fire's recheck.
+    pub fn wake_at(&self) -> Option<Micros> {
+        let mut w: Option<Micros> = None;
+        let mut at = |t: Micros| w = Some(w.map_or(t, |x| x.min(t)));
+        if !self.paused {
+            if let Some(n) = self.next_fire {
+                at(n);
+            }
+        }
+        for p in &self.pending {
+            at(p.decided_at + PENDING_GRACE_US);
+        }
+        if self.buffered.is_some() {
+            at(self.recheck_at.unwrap_or(0));
+        }
+        w
+    }
+
+    /// Appends a run entry, keeping the last [`LAST_RUNS`].
+    pub fn record(&mut self, e: RunEntry) {
+        self.last_runs.push(e);
+        let n = self.last_runs.len();
+        if n > LAST_RUNS {
+            self.last_runs.drain(..n - LAST_RUNS);
+        }
+    }
+
+    /// The job of the latest submitted run.
+    pub fn last_job(&self) -> Option<Uuid> {
+        self.last_runs.iter().rev().find_map(|r| r.job_id)
+    }
+
+    /// The next `n` fire times after `now` (or after the pending `next_fire`).
+    pub fn next_fires(&self, now: Micros, n: usize) -> Vec<Micros> {
+        let Ok(c) = self.cron() else { return vec![] };
+        let mut out = Vec::new();
+        let mut t = match self.next_fire {
+            Some(f) if f > now => Some(to_utc(f)),
+            _ => c.next_after(to_utc(now)),
+        };
+        while let Some(x) = t {
+            if out.len() >= n {
+                break;
+            }
+            out.push(to_us(x));
+            t = c.next_after(x);
+        }
+        out
+    }
+
+    /// The schedule as the API shows it.
+    pub fn to_public(&self, now: Micros) -> Value {
+        let s = &self.spec;
+        let runs: Vec<Value> = self
+            .last_runs
+            .iter()
+            .rev()
+            .map(|r| {
+                json!({
+                    "fire_time": fire_time_text(r.fire_time),
+                    "outcome": r.outcome,
+                    "job_id": r.job_id,
+                    "count": r.count,
+                    "error": r.error,
+                    "at": rfc3339(r.at),
+                })
+            })
+            .collect();
+        json!({
+            "name": s.name,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "job": s.job,
+            "overlap": s.overlap,
+            "misfire": s.misfire,
+            "catchup_window": humantime::format_duration(std::time::Duration::from_millis(s.catchup_window_ms)).to_string(),
+            "jitter": humantime::format_duration(std::time::Duration::from_millis(s.jitter_ms)).to_string(),
+            "paused": self.paused,
+            "next_fires": if self.paused { vec![] } else {
+                self.next_fires(now, 5).into_iter().map(fire_time_text).collect::<Vec<_>>()
+            },
+            "pending": self.pending.iter().map(|p| fire_time_text(p.fire_time)).collect::<Vec<_>>(),
+            "buffered": self.buffered.map(fire_time_text),
+            "last_runs": runs,
+            "counters": self.counters,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+        })
+    }
+}
+
+/// What [`plan`] knows about the schedule's latest job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Previous {
+    /// No job, or it has ended.
+    Idle,
+    /// This job is still active (not terminal).
+    Active(Uuid),
+}
+
+/// Decides what a wake-up at `now` does to `s`: moves `next_fire` past every due fire time,
+/// applies the misfire and overlap policies, moves a buffered fire to `pending` once the job
+/// before it ended. Returns false when nothing changed (nothing to write).
+pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool {
+    let mut changed = false;
+    // A buffered fire waits for the previous job to end.
+    if let Some(b) = s.buffered {
+        if prev == Previous::Idle && s.pending.is_empty() {
+            s.pending.push(PendingFire {
+                fire_time: b,
+                decided_at: now,
+                cancel: None,
+                manual: false,
+            });
+            s.buffered = None;
+            s.recheck_at = None;
+            changed = true;
+        } else if s.recheck_at.is_none_or(|r| r <= now) {
+            s.recheck_at = Some(now + BUFFER_RECHECK_US);
+            changed = true;
+        }
+    }
+    let Some(first) = s.next_fire.filter(|f| !s.paused && *f <= now) else {
+        return changed;
+    };
+    // Every fire time in [next_fire, now].
+    let mut due = Vec::new();
+    let mut t = Some(to_utc(first));
+    while let Some(x) = t {
+        if to_us(x) > now || due.len() >= MAX_DUE {
+            break;
+        }
+        due.push(to_us(x));
+        t = c.next_after(x);
+    }
+    s.next_fire = c.next_after(to_utc(now)).map(to_us);
+    let window = (s.spec.catchup_window_ms as i64 * 1000).max(ON_TIME_US);
+    let chosen: Vec<Micros> = match s.spec.misfire {
+        Misfire::Skip => due
+            .last()
+            .copied()
+            .filter(|t| now - t <= ON_TIME_US)
+            .into_iter()
+            .collect(),
+        Misfire::RunOnce => due
+            .last()
+            .copied()
+            .filter(|t| now - t <= window)
+            .into_iter()
+            .collect(),
+        Misfire::All => {
+            let mut v: Vec<Micros> = due.iter().copied().filter(|t| now - t <= window).collect();
+            if v.len() > MAX_CATCHUP {
+                v.drain(..v.len() - MAX_CATCHUP);
+            }
+            v
+        }
+    };
+    let missed = (due.len() - chosen.len()) as u64;
+    if missed > 0 {
+        s.counters.misfires += missed;
+        let last_missed = due
+            .iter()
+            .rev()
+            .find(|t| !chosen.contains(t))
+            .copied()
+            .unwrap_or(first);
+        s.record(RunEntry {
+            fire_time: last_missed,
+            outcome: "missed".into(),
+            job_id: None,
+            count: missed,
+            error: None,
+            at: now,
+        });
+    }
+    let prev_active = match prev {
+        Previous::Active(id) => Some(id),
+        Previous::Idle => None,
+    };
+    for t in chosen {
+        let busy = prev_active.is_some() || !s.pending.is_empty();
+        let fire = PendingFire {
+            fire_time: t,
+            decided_at: now,
+            cancel: None,
+            manual: false,
+        };
+        match s.spec.overlap {
+            Overlap::Allow => s.pending.push(fire),
+            Overlap::CancelOther => s.pending.push(PendingFire {
+                cancel: prev_active,
+                ..fire
+            }),
+            Overlap::Forbid | Overlap::BufferOne if !busy => s.pending.push(fire),
+            Overlap::BufferOne if s.buffered.is_none() => {
+                s.buffered = Some(t);
+                s.recheck_at = Some(now + BUFFER_RECHECK_US);
+            }
+            Overlap::Forbid | Overlap::BufferOne => {
+                s.counters.skipped_overlaps += 1;
+                s.record(RunEntry {
+                    fire_time: t,
+                    outcome: "skipped_overlap".into(),
+                    job_id: prev_active,
+                    count: 1,
+                    error: None,
+                    at: now,
+                });
+            }
+        }
+    }
+    true
+}
+
+/// A deterministic delay in `[0, jitter_ms)` ms for a fire: every process computes the same.
+pub fn jitter_us(name: &str, fire_time: Micros, jitter_ms: u64) -> Micros {
+    if jitter_ms == 0 {
+        return 0;
+    }
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{name}\n{fire_time}").as_bytes());
+    let v = u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]));
+    ((v % (jitter_ms * 1000)) as i64).max(0)
+}
+
+/// The job of one fire: a copy of the schedule's prototype with its own id, key and times.
+pub fn job_for_fire(s: &Schedule, fire_time: Micros, runner: Option<String>, now: Micros) -> Job {
+    let mut j = s.proto.clone();
+    j.id = Uuid::now_v7();
+    if s.spec.job.get("channel").and_then(Value::as_str).is_none() {
+        j.channel_id = j.id.to_string();
+    }
+    if let Some(r) = runner {
+        j.runner = r;
+    }
+    j.idempotency_key = Some(fire_key(&s.spec.name, fire_time));
+    j.schedule = Some(s.spec.name.clone());
+    j.fire_time = Some(fire_time);
+    let run_at = fire_time + jitter_us(&s.spec.name, fire_time, s.spec.jitter_ms);
+    if run_at > now {
+        j.status = JobStatus::Scheduled;
+        j.run_at = Some(run_at);
+    } else {
+        j.status = JobStatus::Queued;
+        j.run_at = None;
+    }
+    j.created_at = now;
+    j.updated_at = now;
+    j.queued_at = now;
+    j
+}
+
+/// A new schedule record for `spec` at `now`.
+pub fn new_schedule(spec: ScheduleSpec, proto: Job, c: &CronSpec, now: Micros) -> Schedule {
+    Schedule {
+        paused: spec.paused,
+        next_fire: c.next_after(to_utc(now)).map(to_us),
+        spec,
+        proto,
+        pending: vec![],
+        buffered: None,
+        recheck_at: None,
+        last_runs: vec![],
+        counters: Counters::default(),
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    }
+}
+
+/// The current time (µs); a function so that callers can be given another clock in tests.
+pub fn clock() -> Micros {
+    now_us()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Micros = 1_000_000;
+
+    fn sched(
+        cron: &str,
+        overlap: Overlap,
+        misfire: Misfire,
+        catchup_s: u64,
+        now: Micros,
+    ) -> (Schedule, CronSpec) {
+        let c = CronSpec::parse(cron, "UTC").unwrap();
+        let spec = ScheduleSpec {
+            name: "n".into(),
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            job: json!({"type": "t"}),
+            overlap,
+            misfire,
+            catchup_window_ms: catchup_s * 1000,
+            jitter_ms: 0,
+            paused: false,
+        };
+        let proto: Job = serde_json::from_value(json!({
+            "id": Uuid::nil(), "type": "t", "args": {}, "runner": "r", "status": "QUEUED",
+            "channel_id": "c", "user_id": null, "attempt": 0, "max_attempts": 1,
+            "backoff": {"initial_ms": 1, "max_ms": 1, "multiplier": 1.0, "jitter": false},
+            "timeout_ms": null, "run_at": null, "idempotency_key": null, "progress": 0.0,
+            "status_details": null, "result": null, "error": null, "exit_code": null,
+            "lease": null, "handle": null, "runs": [], "created_at": 0, "updated_at": 0,
+            "queued_at": 0, "started_at": null, "finished_at": null, "version": 0
+        }))
+        .unwrap();
+        (new_schedule(spec, proto, &c, now), c)
+    }
+
+    fn pending(s: &Schedule) -> Vec<Micros> {
+        s.pending.iter().map(|p| p.fire_time / S).collect()
+    }
+
+    // 2026-01-01T00:00:00Z
+    const T0: Micros = 1_767_225_600 * S;
+
+    #[test]
+    fn on_time_fire_and_nothing_twice() {
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, Misfire::Skip, 0, T0);
+        assert_eq!(s.next_fire, Some(T0 + 10 * S));
+        assert!(!plan(&mut s, &c, T0 + 9 * S, Previous::Idle), "not due yet");
+        assert!(plan(&mut s, &c, T0 + 10 * S + 300_000, Previous::Idle));
+        assert_eq!(pending(&s), vec![T0 / S + 10]);
+        assert_eq!(s.next_fire, Some(T0 + 20 * S));
+        // The same wake-up again (another process that read the new record): nothing to do.
+        assert!(!plan(&mut s, &c, T0 + 10 * S + 400_000, Previous::Idle));
+        assert_eq!(pending(&s).len(), 1);
+    }
+
+    #[test]
+    fn misfire_policies_after_downtime() {
+        // Down from T0+5 to T0+47: fires at 10, 20, 30, 40 were missed.
+        let now = T0 + 47 * S;
+        let (mut s, c) = sched(
+            "*/10 * * * * *",
+            Overlap::Allow,
+            Misfire::Skip,
+            3600,
+            T0 + 5 * S,
+        );
+        plan(&mut s, &c, now, Previous::Idle);
+        assert!(pending(&s).is_empty(), "skip drops late fires");
+        assert_eq!(s.counters.misfires, 4);
+        assert_eq!(s.next_fire, Some(T0 + 50 * S));
+
+        let (mut s, c) = sched(
+            "*/10 * * * * *",
+            Overlap::Allow,
+            Misfire::RunOnce,
+            3600,
+            T0 + 5 * S,
+        );
+        plan(&mut s, &c, now, Previous::Idle);
+        assert_eq!(pending(&s), vec![T0 / S + 40]);
+        assert_eq!(s.counters.misfires, 3);
+
+        let (mut s, c) = sched(
+            "*/10 * * * * *",
+            Overlap::Allow,
+            Misfire::All,
+            3600,
+            T0 + 5 * S,
+        );
+        plan(&mut s, &c, now, Previous::Idle);
+        assert_eq!(
+            pending(&s),
+            vec![T0 / S + 10, T0 / S + 20, T0 / S + 30, T0 / S + 40]
+        );
+        assert_eq!(s.counters.misfires, 0);
+
+        // A 20 s catch-up window keeps 30 and 40 only.
+        let (mut s, c) = sched(
+            "*/10 * * * * *",
+            Overlap::Allow,
+            Misfire::All,
+            20,
+            T0 + 5 * S,
+        );
+        plan(&mut s, &c, now, Previous::Idle);
+        assert_eq!(pending(&s), vec![T0 / S + 30, T0 / S + 40]);
+        assert_eq!(s.counters.misfires, 2);
+        // Run once outside its window: nothing.
+        let (mut s, c) = sched(
+            "*/10 * * * * *",
+            Overlap::Allow,
+            Misfire::RunOnce,
+            5,
+            T0 + 5 * S,
+        );
+        plan(&mut s, &c, now, Previous::Idle);
+        assert!(pending(&s).is_empty());
+    }
+
+    #[test]
+    fn overlap_policies() {
+        let prev = Previous::Active(Uuid::now_v7());
+        let at = T0 + 10 * S;
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::Forbid, Misfire::Skip, 0, T0);
+        plan(&mut s, &c, at, prev);
+        assert!(pending(&s).is_empty());
+        assert_eq!(s.counters.skipped_overlaps, 1);
+        assert_eq!(s.last_runs.last().unwrap().outcome, "skipped_overlap");
+
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, Misfire::Skip, 0, T0);
+        plan(&mut s, &c, at, prev);
+        assert_eq!(pending(&s), vec![T0 / S + 10]);
+
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::CancelOther, Misfire::Skip, 0, T0);
+        plan(&mut s, &c, at, prev);
+        let Previous::Active(id) = prev else {
+            unreachable!()
+        };
+        assert_eq!(s.pending[0].cancel, Some(id));
+
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::BufferOne, Misfire::Skip, 0, T0);
+        plan(&mut s, &c, at, prev);
+        assert_eq!(s.buffered, Some(at));
+        assert!(pending(&s).is_empty());
+        // The next fire while still busy is skipped; the buffer keeps the first.
+        plan(&mut s, &c, at + 10 * S, prev);
+        assert_eq!(s.buffered, Some(at));
+        assert_eq!(s.counters.skipped_overlaps, 1);
+        // The job ended: the buffered fire is submitted.
+        assert!(plan(&mut s, &c, at + 12 * S, Previous::Idle));
+        assert_eq!(pending(&s), vec![T0 / S + 10]);
+        assert_eq!(s.buffered, None);
+    }
+
+    #[test]
+    fn paused_does_not_fire_and_wake_follows_state() {
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, Misfire::All, 3600, T0);
+        s.paused = true;
+        assert_eq!(s.wake_at(), None);
+        assert!(!plan(&mut s, &c, T0 + 60 * S, Previous::Idle));
+        s.paused = false;
+        assert_eq!(s.wake_at(), Some(T0 + 10 * S));
+        plan(&mut s, &c, T0 + 10 * S, Previous::Idle);
+        assert_eq!(s.wake_at(), Some(T0 + 10 * S + PENDING_GRACE_US));
+    }
+
+    #[test]
+    fn fire_jobs_carry_key_schedule_and_jitter() {
+        let (mut s, _) = sched("*/10 * * * * *", Overlap::Allow, Misfire::All, 3600, T0);
+        let j = job_for_fire(&s, T0 + 10 * S, None, T0 + 10 * S);
+        assert_eq!(
+            j.idempotency_key.as_deref(),
+            Some("schedule:n:2026-01-01T00:00:10Z")
+        );
+        assert_eq!(j.schedule.as_deref(), Some("n"));
+        assert_eq!(j.fire_time, Some(T0 + 10 * S));
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!(j.channel_id, j.id.to_string());
+        s.spec.jitter_ms = 60_000;
+        let a = job_for_fire(&s, T0 + 10 * S, None, T0 + 10 * S);
+        let b = job_for_fire(&s, T0 + 10 * S, None, T0 + 10 * S);
+        assert_eq!(a.run_at, b.run_at, "every process computes the same jitter");
+        let d = a.run_at.unwrap_or(T0 + 10 * S) - (T0 + 10 * S);
+        assert!((0..60_000_000).contains(&d));
+    }
+}

@@ -1,0 +1,27 @@
+-- Appends a readiness signal (see src/store/redis/signals.rs).
+--
+-- KEYS[1] `P:sig:{key}` records by time (score µs, member the record JSON), KEYS[2]
+-- `P:sigid:{key}` client id -> record JSON, KEYS[3] `P:sigseq` key -> last sequence number,
+-- KEYS[4] `P:sigkeys` key -> time of its last record.
+-- ARGV[1] key, ARGV[2] the key as a JSON string, ARGV[3] client id ('' = none), ARGV[4] the id as
+-- JSON, ARGV[5] time (µs), ARGV[6] payload JSON ('' = none), ARGV[7] records kept per key.
+-- Returns {1, record} when written, {0, earlier record} for an id already used.
+if ARGV[3] ~= '' then
+  local found = redis.call('HGET', KEYS[2], ARGV[3])
+  if found then return {0, found} end
+end
+local seq = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+local payload = ARGV[6]
+if payload == '' then payload = 'null' end
+local id = 'null'
+if ARGV[3] ~= '' then id = ARGV[4] end
+local rec = '{"key":' .. ARGV[2] .. ',"seq":' .. seq .. ',"at":' .. ARGV[5] .. ',"id":' .. id ..
+  ',"payload":' .. payload .. '}'
+redis.call('ZADD', KEYS[1], ARGV[5], rec)
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], rec) end
+local keep = tonumber(ARGV[7])
+if redis.call('ZCARD', KEYS[1]) > keep then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(keep + 1))
+end
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+return {1, rec}

@@ -1,0 +1,111 @@
+//! [`SignalStore`] for Redis: `P:sig:{key}` sorted set of records by time, `P:sigid:{key}` the
+//! records by client id, `P:sigseq` the sequence counter of each key, `P:sigkeys` keys by the
+//! time of their last record (retention). Appends are one script (`lua/signal_append.lua`).
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{json_err, RedisStore};
+use crate::job::Micros;
+use crate::store::signals::{Signal, SignalStore, MAX_PER_KEY};
+use crate::store::Result;
+
+static APPEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/signal_append.lua")));
+static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/signal_trim.lua")));
+
+/// Keys examined per retention call.
+const TRIM_KEYS: usize = 10_000;
+
+#[async_trait]
+impl SignalStore for RedisStore {
+    async fn signal_append(
+        &self,
+        key: &str,
+        id: Option<String>,
+        payload: Option<Value>,
+        at: Micros,
+    ) -> Result<(Signal, bool)> {
+        let keys = [
+            self.key(&format!("sig:{key}")),
+            self.key(&format!("sigid:{key}")),
+            self.key("sigseq"),
+            self.key("sigkeys"),
+        ];
+        let args = [
+            key.to_string(),
+            serde_json::to_string(key).map_err(json_err)?,
+            id.clone().unwrap_or_default(),
+            serde_json::to_string(&id).map_err(json_err)?,
+            at.to_string(),
+            payload
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(json_err)?
+                .unwrap_or_default(),
+            MAX_PER_KEY.to_string(),
+        ];
+        let (created, rec): (i64, String) = self
+            .exec(true, |mut c| {
+                let mut inv = APPEND.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                for a in &args {
+                    inv.arg(a);
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        let s: Signal = serde_json::from_str(&rec).map_err(json_err)?;
+        Ok((s, created == 1))
+    }
+
+    async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
+        let k = self.key(&format!("sig:{key}"));
+        let recs: Vec<String> = self
+            .exec(true, |mut c| {
+                let k = k.clone();
+                async move {
+                    ::redis::cmd("ZRANGEBYSCORE")
+                        .arg(k)
+                        .arg(since)
+                        .arg("+inf")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let mut out = recs
+            .iter()
+            .map(|r| serde_json::from_str::<Signal>(r).map_err(json_err))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|s| s.seq);
+        Ok(out)
+    }
+
+    async fn signals_trim(&self, before: Micros) -> Result<u64> {
+        let args = [
+            self.s.prefix.clone(),
+            before.to_string(),
+            TRIM_KEYS.to_string(),
+        ];
+        let n: i64 = self
+            .exec(true, |mut c| {
+                let mut inv = TRIM.prepare_invoke();
+                for a in &args {
+                    inv.arg(a);
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+}

@@ -1,0 +1,169 @@
+//! [`SignalStore`] for the embedded backend: table `signals` (one row per record), `signal_seqs`
+//! (the last sequence number of each key, so numbers are never reused after retention).
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+use serde_json::Value;
+
+use super::{db_err, json_err, SqliteStore};
+use crate::job::{Job, Micros};
+use crate::store::signals::{Signal, SignalStore, MAX_PER_KEY};
+use crate::store::Result;
+
+/// The tables, created at open.
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS signals (
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    sid TEXT,
+    payload TEXT,
+    PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS signals_sid ON signals(key, sid) WHERE sid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS signals_at ON signals(key, at);
+CREATE INDEX IF NOT EXISTS signals_age ON signals(at);
+CREATE TABLE IF NOT EXISTS signal_seqs (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"#;
+
+type Row = (String, i64, i64, Option<String>, Option<String>);
+
+fn to_signal(r: Row) -> Result<Signal> {
+    Ok(Signal {
+        key: r.0,
+        seq: r.1 as u64,
+        at: r.2,
+        id: r.3,
+        payload: r
+            .4
+            .as_deref()
+            .map(serde_json::from_str::<Value>)
+            .transpose()
+            .map_err(json_err)?,
+    })
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// Appends a record on the writer's connection (inside its transaction): the API's writes and a
+/// job's `emits` when it ends SUCCESS, in the same transaction as the job.
+pub(super) fn append_in(
+    conn: &rusqlite::Connection,
+    key: String,
+    id: Option<String>,
+    payload: Option<Value>,
+    at: Micros,
+) -> Result<(Signal, bool)> {
+    let body = payload
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(json_err)?;
+    if let Some(sid) = &id {
+        let found: Option<Row> = conn
+            .prepare_cached(
+                "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND sid = ?2",
+            )
+            .map_err(db_err)?
+            .query_row(params![key, sid], row)
+            .optional()
+            .map_err(db_err)?;
+        if let Some(r) = found {
+            return Ok((to_signal(r)?, false));
+        }
+    }
+    let seq: i64 = conn
+        .prepare_cached(
+            "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
+                 ON CONFLICT(key) DO UPDATE SET seq = seq + 1 RETURNING seq",
+        )
+        .map_err(db_err)?
+        .query_row([&key], |r| r.get(0))
+        .map_err(db_err)?;
+    conn.prepare_cached(
+        "INSERT INTO signals(key, seq, at, sid, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .map_err(db_err)?
+    .execute(params![key, seq, at, id, body])
+    .map_err(db_err)?;
+    conn.prepare_cached("DELETE FROM signals WHERE key = ?1 AND seq <= ?2")
+        .map_err(db_err)?
+        .execute(params![key, seq - MAX_PER_KEY as i64])
+        .map_err(db_err)?;
+    Ok((
+        Signal {
+            key,
+            seq: seq as u64,
+            at,
+            id,
+            payload,
+        },
+        true,
+    ))
+}
+
+/// The signals of a job that just ended SUCCESS: one per key of `emits`, id `job:{id}`.
+pub(super) fn emit_in(conn: &rusqlite::Connection, job: &Job, at: Micros) -> Result<()> {
+    for key in &job.emits {
+        let payload = serde_json::json!({"job_id": job.id});
+        append_in(
+            conn,
+            key.clone(),
+            Some(format!("job:{}", job.id)),
+            Some(payload),
+            at,
+        )?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SignalStore for SqliteStore {
+    async fn signal_append(
+        &self,
+        key: &str,
+        id: Option<String>,
+        payload: Option<Value>,
+        at: Micros,
+    ) -> Result<(Signal, bool)> {
+        let key = key.to_string();
+        self.write(move |ctx| append_in(ctx.conn, key, id, payload, at))
+            .await
+    }
+
+    async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
+        let key = key.to_string();
+        self.read(move |c| {
+            let rows: Vec<Row> = c
+                .prepare_cached(
+                    "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND at >= ?2
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(db_err)?
+                .query_map(params![key, since, limit as i64], row)
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            rows.into_iter().map(to_signal).collect()
+        })
+        .await
+    }
+
+    async fn signals_trim(&self, before: Micros) -> Result<u64> {
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .prepare_cached("DELETE FROM signals WHERE at < ?1")
+                .map_err(db_err)?
+                .execute([before])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}

@@ -1,0 +1,496 @@
+//! `[auth]` on the event transports: a real server on port 0, a real WebSocket client
+//! (tokio-tungstenite), a real SSE reader and the polling endpoint. Every bad token is refused with
+//! its code on all three transports (before any upgrade); a valid token reads exactly its own
+//! channel, the same event ids everywhere; without `[auth]` nothing changes.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::{TestServer, WAIT};
+use tokio_tungstenite::tungstenite;
+use tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "event-auth-test-secret-0123456789abcdef";
+const ORIGIN: &str = "https://superset.example.com";
+
+const RUNNERS: &str = r#"
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#;
+
+async fn server_with_auth() -> TestServer {
+    TestServer::builder(RUNNERS)
+        .config(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nallowed_origins = [\"{ORIGIN}\"]\n"
+        ))
+        .start()
+        .await
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn mint_with(alg: Algorithm, claims: Value, secret: &str) -> String {
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+/// A token as Superset's AsyncQueryManager mints it.
+fn token(channel: &str, sub: Value) -> String {
+    mint_with(
+        Algorithm::HS256,
+        json!({"channel": channel, "sub": sub, "exp": now() + 600}),
+        SECRET,
+    )
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+type Headers = Vec<(&'static str, String)>;
+
+fn cookie(t: &str) -> Headers {
+    vec![("cookie", format!("session=abc; async-token={t}; other=1"))]
+}
+
+/// Polling: status and body.
+async fn poll(ts: &TestServer, query: &str, headers: &Headers) -> (u16, Value) {
+    let mut req = ts
+        .client
+        .get(ts.at(&format!("/api/v1/async_event/?{query}")));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let res = req.send().await.expect("poll");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// SSE: status, and the body when it is not a stream.
+async fn sse_status(ts: &TestServer, query: &str, headers: &Headers) -> (u16, Value) {
+    let mut req = ts.client.get(ts.at(&format!("/async/events/sse?{query}")));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let res = req.send().await.expect("sse");
+    let status = res.status().as_u16();
+    if status == 200 {
+        return (status, Value::Null);
+    }
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// WebSocket: the open socket, or the HTTP status and body of the refused upgrade.
+async fn ws_connect(ts: &TestServer, query: &str, headers: &Headers) -> Result<Ws, (u16, Value)> {
+    let url = format!(
+        "{}/async/events/ws?{query}",
+        ts.url.replacen("http://", "ws://", 1)
+    );
+    let mut req = url.into_client_request().expect("ws request");
+    for (k, v) in headers {
+        req.headers_mut()
+            .append(*k, v.parse().expect("header value"));
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("ws answer in time")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(res)) => {
+            let body = res
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Err((res.status().as_u16(), body))
+        }
+        Err(e) => panic!("ws connect failed without an HTTP answer: {e}"),
+    }
+}
+
+/// The same refusal on all three transports.
+async fn refused_everywhere(
+    ts: &TestServer,
+    query: &str,
+    headers: &Headers,
+    code: u16,
+    what: &str,
+) {
+    let (s, body) = poll(ts, query, headers).await;
+    assert_eq!(s, code, "poll {what}: {body}");
+    assert_error_body(&body, code, what);
+    let (s, body) = sse_status(ts, query, headers).await;
+    assert_eq!(s, code, "sse {what}: {body}");
+    assert_error_body(&body, code, what);
+    match ws_connect(ts, query, headers).await {
+        Ok(_) => panic!("ws {what}: upgraded, expected {code}"),
+        Err((s, body)) => {
+            assert_eq!(s, code, "ws {what}: {body}");
+            assert_error_body(&body, code, what);
+        }
+    }
+}
+
+fn assert_error_body(body: &Value, code: u16, what: &str) {
+    let want = match code {
+        401 => "unauthorized",
+        403 => "forbidden",
+        431 => "header_too_large",
+        _ => return,
+    };
+    assert_eq!(body["error"]["code"], want, "{what}: {body}");
+    let msg = body["error"]["message"].as_str().unwrap_or("");
+    assert!(!msg.is_empty(), "{what}: {body}");
+    assert!(!msg.contains(SECRET), "{what}: {body}");
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_and_other_channels_403_on_every_transport() {
+    let mut ts = server_with_auth().await;
+    let good = token("chan-a", json!(1));
+    let exp = now() + 600;
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&json!({"channel": "chan-a", "exp": exp}))
+    );
+    let cases: Vec<(&str, Headers, &str)> = vec![
+        ("no token", vec![], "required"),
+        ("malformed cookie", cookie("garbage.not.jwt"), "malformed"),
+        ("alg none", cookie(&none), "none"),
+        (
+            "HS512",
+            cookie(&mint_with(
+                Algorithm::HS512,
+                json!({"channel": "chan-a", "exp": exp}),
+                SECRET,
+            )),
+            "HS256",
+        ),
+        (
+            "wrong secret",
+            cookie(&mint_with(
+                Algorithm::HS256,
+                json!({"channel": "chan-a", "exp": exp}),
+                "another-secret-another-secret-another-secret",
+            )),
+            "signature",
+        ),
+        (
+            "expired",
+            cookie(&mint_with(
+                Algorithm::HS256,
+                json!({"channel": "chan-a", "exp": now() - 600}),
+                SECRET,
+            )),
+            "expired",
+        ),
+        (
+            "future nbf",
+            cookie(&mint_with(
+                Algorithm::HS256,
+                json!({"channel": "chan-a", "exp": exp, "nbf": now() + 600}),
+                SECRET,
+            )),
+            "nbf",
+        ),
+        (
+            "no channel",
+            cookie(&mint_with(
+                Algorithm::HS256,
+                json!({"sub": 1, "exp": exp}),
+                SECRET,
+            )),
+            "channel",
+        ),
+        (
+            "no exp",
+            cookie(&mint_with(
+                Algorithm::HS256,
+                json!({"channel": "chan-a"}),
+                SECRET,
+            )),
+            "exp",
+        ),
+        (
+            "bearer garbage",
+            vec![("authorization", "Bearer nope".into())],
+            "malformed",
+        ),
+        (
+            "basic auth",
+            vec![("authorization", "Basic dXNlcjpwYXNz".into())],
+            "Bearer",
+        ),
+        (
+            "cookie under another name",
+            vec![("cookie", format!("session-token={good}"))],
+            "required",
+        ),
+    ];
+    for (what, headers, needle) in &cases {
+        refused_everywhere(&ts, "last_id=0", headers, 401, what).await;
+        let (_, body) = poll(&ts, "last_id=0", headers).await;
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(needle), "{what}: `{needle}` in {body}");
+    }
+
+    // A valid token asking for another channel.
+    refused_everywhere(
+        &ts,
+        "last_id=0&channel=chan-b",
+        &cookie(&good),
+        403,
+        "other channel",
+    )
+    .await;
+    refused_everywhere(
+        &ts,
+        "channel=chan-b",
+        &vec![("authorization", format!("Bearer {good}"))],
+        403,
+        "other channel by bearer",
+    )
+    .await;
+
+    // A browser on a foreign origin: 403 on WS and SSE before the upgrade, even with a good token.
+    let mut foreign = cookie(&good);
+    foreign.push(("origin", "https://evil.example.net".into()));
+    let (s, body) = sse_status(&ts, "last_id=0", &foreign).await;
+    assert_eq!(s, 403, "sse foreign origin: {body}");
+    assert_error_body(&body, 403, "sse foreign origin");
+    match ws_connect(&ts, "last_id=0", &foreign).await {
+        Ok(_) => panic!("ws with a foreign origin upgraded"),
+        Err((s, body)) => {
+            assert_eq!(s, 403, "ws foreign origin: {body}");
+            assert_error_body(&body, 403, "ws foreign origin");
+        }
+    }
+    // The allowed origin, and no origin at all (not a browser), are served.
+    let mut allowed = cookie(&good);
+    allowed.push(("origin", ORIGIN.into()));
+    ws_connect(&ts, "last_id=0", &allowed)
+        .await
+        .expect("allowed origin upgrades");
+    ws_connect(&ts, "last_id=0", &cookie(&good))
+        .await
+        .expect("no origin upgrades");
+    assert_eq!(sse_status(&ts, "last_id=0", &allowed).await.0, 200);
+
+    // A cookie over the bound: a clean 431 from runyard; 10 MB: a clean 4xx from the HTTP layer.
+    let big = vec![(
+        "cookie",
+        format!("pad={}; async-token={good}", "x".repeat(9 * 1024)),
+    )];
+    refused_everywhere(&ts, "last_id=0", &big, 431, "9 KiB cookie").await;
+    // 10 MB: hyper refuses the header block with 431 long before it is all read (the client may
+    // see its write fail first); read the answer over a raw socket.
+    let addr = ts.url.trim_start_matches("http://").to_string();
+    let answer = tokio::time::timeout(WAIT, async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut req = b"GET /api/v1/async_event/ HTTP/1.1\r\nHost: x\r\nCookie: pad=".to_vec();
+        req.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+        req.extend(b"\r\n\r\n");
+        let _ = sock.write_all(&req).await;
+        let mut buf = vec![0u8; 512];
+        let n = sock.read(&mut buf).await.unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    })
+    .await
+    .expect("an answer to 10 MB of cookie in time");
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "10 MB cookie answered: {answer:?}"
+    );
+    // The server is still up and serves the good token.
+    let (s, body) = poll(&ts, "last_id=0", &cookie(&good)).await;
+    assert_eq!(s, 200, "{body}");
+    ts.stop().await;
+}
+
+/// Events of one SSE response until `n` events were read (bounded).
+async fn sse_events(ts: &TestServer, headers: &Headers, n: usize) -> Vec<Value> {
+    let mut req = ts.client.get(ts.at("/async/events/sse?last_id=0"));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let res = req.send().await.expect("sse");
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("sse: {} of {n} events in time: {out:?}", out.len()))
+            .expect("sse open")
+            .expect("sse chunk");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    out.push(serde_json::from_str(data.trim()).expect("sse json"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Events of a WebSocket until `n` were read (bounded).
+async fn ws_events(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while out.len() < n {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("ws: {} of {n} events in time: {out:?}", out.len()))
+            .expect("ws open")
+            .expect("ws message");
+        if let tungstenite::Message::Text(t) = msg {
+            out.push(serde_json::from_str(t.as_str()).expect("ws json"));
+        }
+    }
+    out
+}
+
+/// Every event of the poll after 0 for these headers (following pages).
+async fn poll_all(ts: &TestServer, headers: &Headers) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut last = "0".to_string();
+    for _ in 0..1000 {
+        let (s, body) = poll(ts, &format!("last_id={last}"), headers).await;
+        assert_eq!(s, 200, "{body}");
+        let page = body["result"].as_array().expect("result").clone();
+        let Some(l) = page.last() else { return out };
+        last = l["id"].as_str().expect("id").to_string();
+        out.extend(page);
+    }
+    panic!("poll did not end");
+}
+
+fn ids(evs: &[Value]) -> Vec<String> {
+    evs.iter()
+        .map(|e| e["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_token_reads_exactly_its_channel_with_the_same_ids_on_all_transports() {
+    let mut ts = server_with_auth().await;
+    let ta = token("chan-a", json!(1));
+    let tb = token("chan-b", Value::Null);
+    let a_cookie = cookie(&ta);
+    let a_bearer: Headers = vec![("authorization", format!("Bearer {ta}"))];
+    // The socket is open before any job: it sees the events live.
+    let mut ws = ws_connect(&ts, "last_id=0", &a_cookie)
+        .await
+        .expect("ws upgrades with a valid token");
+    let mut a_jobs = Vec::new();
+    let mut b_jobs = Vec::new();
+    for _ in 0..2 {
+        a_jobs.push(
+            ts.submit_ok(json!({"type": "runyard.noop", "channel": "chan-a"}))
+                .await,
+        );
+        b_jobs.push(
+            ts.submit_ok(json!({"type": "runyard.noop", "channel": "chan-b"}))
+                .await,
+        );
+    }
+    for id in a_jobs.iter().chain(&b_jobs) {
+        let j = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(j["status"], "SUCCESS", "{j}");
+    }
+    let polled = poll_all(&ts, &a_cookie).await;
+    assert!(!polled.is_empty());
+    for e in &polled {
+        assert_eq!(e["channel_id"], "chan-a", "{e}");
+        assert!(a_jobs.iter().any(|j| e["job_id"] == j.as_str()), "{e}");
+    }
+    for j in &a_jobs {
+        assert!(
+            polled
+                .iter()
+                .any(|e| e["job_id"] == j.as_str() && e["runyard_status"] == "SUCCESS"),
+            "job {j} finished in the poll: {polled:?}"
+        );
+    }
+    // Bearer and cookie, with or without its own `?channel=`, read the same.
+    assert_eq!(ids(&poll_all(&ts, &a_bearer).await), ids(&polled));
+    let (s, own) = poll(&ts, "last_id=0&channel=chan-a", &a_cookie).await;
+    assert_eq!(s, 200, "{own}");
+    assert_eq!(ids(own["result"].as_array().unwrap()), ids(&polled));
+
+    let via_ws = ws_events(&mut ws, polled.len()).await;
+    assert_eq!(ids(&via_ws), ids(&polled), "ws: {via_ws:?}");
+    let via_sse = sse_events(&ts, &a_bearer, polled.len()).await;
+    assert_eq!(ids(&via_sse), ids(&polled), "sse: {via_sse:?}");
+    // Nothing else (no chan-b event) arrives on the socket.
+    let more = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+    if let Ok(Some(Ok(tungstenite::Message::Text(t)))) = more {
+        panic!("unexpected extra event on the socket: {t}");
+    }
+
+    // The other token reads the other channel only, never chan-a.
+    let polled_b = poll_all(&ts, &cookie(&tb)).await;
+    assert!(!polled_b.is_empty());
+    for e in &polled_b {
+        assert_eq!(e["channel_id"], "chan-b", "{e}");
+    }
+    let a_ids = ids(&polled);
+    assert!(ids(&polled_b).iter().all(|i| !a_ids.contains(i)));
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn without_auth_everything_is_open_as_before() {
+    let mut ts = TestServer::start(RUNNERS).await;
+    let id = ts
+        .submit_ok(json!({"type": "runyard.noop", "channel": "chan-x"}))
+        .await;
+    let other = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    ts.wait_terminal(&id, WAIT).await;
+    ts.wait_terminal(&other, WAIT).await;
+    // No token, the global stream, any channel, any origin: served.
+    let all = poll_all(&ts, &vec![]).await;
+    assert!(all.iter().any(|e| e["job_id"] == id.as_str()));
+    assert!(all.iter().any(|e| e["job_id"] == other.as_str()));
+    let (s, body) = poll(&ts, "last_id=0&channel=chan-x", &vec![]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["job_id"] == id.as_str()));
+    // A token that would be refused with [auth] is simply ignored.
+    let ignored = cookie("garbage");
+    assert_eq!(poll(&ts, "last_id=0", &ignored).await.0, 200);
+    let foreign: Headers = vec![("origin", "https://anything.example".into())];
+    let mut ws = ws_connect(&ts, "last_id=0", &foreign)
+        .await
+        .expect("open without [auth]");
+    let via_ws = ws_events(&mut ws, all.len()).await;
+    assert_eq!(ids(&via_ws), ids(&all));
+    let via_sse = sse_events(&ts, &foreign, all.len()).await;
+    assert_eq!(ids(&via_sse), ids(&all));
+    ts.stop().await;
+}

@@ -1,0 +1,918 @@
+//! Cron schedules through real components.
+//!
+//! - `api_embedded` / `api_redis`: create (201, same body 200, other body 409), replace, pause,
+//!   resume, trigger, backfill, delete, and every refusal (bad cron, unknown zone, unknown policy
+//!   words, a job type no runner claims...) naming its field with nothing stored; on each backend.
+//! - `redis_cluster_fires_each_second_exactly_once`: a `*/1 * * * * *` schedule on two API and
+//!   two worker processes sharing one Redis, two of them `kill -9`'d along the way: one job per
+//!   fire time, no time missing.
+//! - `embedded_restart_misfire_policies`: a `runyard serve` process `kill -9`'d for two fire
+//!   times of `*/5 * * * * *`, then restarted: `skip`, `run_once`, `all` and `all` with a short
+//!   catch-up window each make exactly the jobs they promise.
+//!
+//! Every wait is bounded; processes are killed by pid when the test ends.
+
+mod redis_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use redis_support::TestRedis;
+use support::{TestServer, WAIT};
+
+const RUNNERS: &str = r#"
+[[runners]]
+name = "svc"
+kind = "service"
+types = ["runyard.*"]
+concurrency = 16
+
+[[runners]]
+name = "loc"
+kind = "local"
+types = ["loc.*"]
+command = ["sleep", "2"]
+concurrency = 8
+"#;
+
+fn err_of(v: &Value) -> (String, String) {
+    (
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+async fn send(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let mut r = c.request(method, &url);
+    if let Some(b) = body {
+        r = r.json(b);
+    }
+    let res = r.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let st = res.status();
+    let text = res.text().await.unwrap_or_default();
+    (
+        st,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Every job, following cursors.
+async fn all_jobs(c: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/async/jobs?limit=500");
+        if let Some(cur) = &cursor {
+            url.push_str(&format!("&cursor={cur}"));
+        }
+        let (st, v) = send(c, reqwest::Method::GET, url, None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        out.extend(v["jobs"].as_array().cloned().unwrap_or_default());
+        match v["next_cursor"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => return out,
+        }
+    }
+}
+
+fn secs(rfc: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc)
+        .unwrap_or_else(|e| panic!("{rfc}: {e}"))
+        .timestamp()
+}
+
+/// Fire times (whole seconds) of the jobs of schedule `name`, with how many jobs each has.
+fn fires_of(jobs: &[Value], name: &str) -> BTreeMap<i64, usize> {
+    let mut m = BTreeMap::new();
+    for j in jobs.iter().filter(|j| j["schedule"] == name) {
+        let ft = j["fire_time"]
+            .as_str()
+            .expect("a scheduled job has fire_time");
+        assert_eq!(
+            j["idempotency_key"],
+            format!("schedule:{name}:{ft}"),
+            "the fire's idempotency key"
+        );
+        *m.entry(secs(ft)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+async fn sleep_until(t: f64) {
+    let d = t - now_s();
+    if d > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(d)).await;
+    }
+}
+
+// ---------------------------------------------------------------- API, both backends
+
+async fn api_suite(ts: &TestServer) {
+    let c = &ts.client;
+    let url = |p: &str| ts.at(p);
+    let body = json!({
+        "name": "nightly",
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        "job": {"type": "runyard.noop", "args": {"flow": "orders"}},
+        "overlap": "forbid",
+        "misfire": "run_once",
+        "catchup_window": "2h",
+        "jitter": "0s"
+    });
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let next: Vec<&str> = v["next_fires"]
+        .as_array()
+        .expect("next_fires")
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(next.len(), 5, "{v}");
+    for (a, b) in next.iter().zip(next.iter().skip(1)) {
+        assert!(secs(a) < secs(b), "increasing: {next:?}");
+        // Consecutive nights are 23, 24 or 25 hours apart (DST).
+        assert!(
+            (23 * 3600..=25 * 3600).contains(&(secs(b) - secs(a))),
+            "{next:?}"
+        );
+    }
+    for t in &next {
+        let local = chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono_tz::Europe::Berlin);
+        use chrono::Timelike;
+        assert!(
+            (local.hour(), local.minute()) == (2, 30) || (local.hour(), local.minute()) == (3, 0),
+            "02:30 Berlin time (03:00 on a spring-forward night): {t} = {local}"
+        );
+    }
+    assert_eq!(v["overlap"], "forbid");
+    assert_eq!(v["paused"], false);
+
+    // The same body again: 200, nothing new. Another body under the name: 409, unchanged.
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut other = body.clone();
+    other["cron"] = json!("0 3 * * *");
+    let (st, v) = ts.post("/async/schedules", Some(&other)).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_eq!(err_of(&v).0, "schedule_exists");
+    assert!(err_of(&v).1.contains("`name`"), "{v}");
+    let (_, v) = ts.get("/async/schedules/nightly").await;
+    assert_eq!(v["cron"], "30 2 * * *", "the 409 changed nothing");
+
+    // PUT replaces.
+    let (st, v) = send(
+        c,
+        reqwest::Method::PUT,
+        url("/async/schedules/nightly"),
+        Some(&other),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["cron"], "0 3 * * *");
+    let (_, v) = ts.get("/async/schedules/nightly").await;
+    assert_eq!(v["cron"], "0 3 * * *");
+
+    // Refusals: 4xx naming the field, nothing stored.
+    let base = json!({"name": "bad", "cron": "* * * * *", "job": {"type": "runyard.noop"}});
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({"cron": "61 * * * *"}), "`cron`", "invalid_request"),
+        (json!({"cron": "* * *"}), "`cron`", "invalid_request"),
+        (json!({"cron": "0 0 30 2 *"}), "`cron`", "invalid_request"),
+        (
+            json!({"timezone": "Mars/Olympus"}),
+            "`timezone`",
+            "invalid_request",
+        ),
+        (
+            json!({"overlap": "sometimes"}),
+            "`overlap`",
+            "invalid_request",
+        ),
+        (json!({"misfire": "never"}), "`misfire`", "invalid_request"),
+        (
+            json!({"catchup_window": "soon"}),
+            "`catchup_window`",
+            "invalid_request",
+        ),
+        (json!({"jitter": -1}), "`jitter`", "invalid_request"),
+        (json!({"jitter": "2d"}), "`jitter`", "invalid_request"),
+        (
+            json!({"catchup_window": "500000000000y"}),
+            "`catchup_window`",
+            "invalid_request",
+        ),
+        (json!({"name": "no spaces!"}), "`name`", "invalid_request"),
+        (
+            json!({"job": {"type": "nobody.claims"}}),
+            "`job`",
+            "unknown_type",
+        ),
+        (
+            json!({"job": {"type": "runyard.noop", "args": 3}}),
+            "`job`",
+            "invalid_request",
+        ),
+        (
+            json!({"job": {"type": "runyard.noop", "idempotency_key": "k"}}),
+            "`job.idempotency_key`",
+            "invalid_request",
+        ),
+        (json!({"job": "runyard.noop"}), "`job`", "invalid_request"),
+    ];
+    for (patch, field, code) in cases {
+        let mut b = base.clone();
+        for (k, val) in patch.as_object().unwrap() {
+            b[k] = val.clone();
+        }
+        let (st, v) = ts.post("/async/schedules", Some(&b)).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{b} -> {v}");
+        let (c2, m) = err_of(&v);
+        assert_eq!(c2, code, "{b} -> {v}");
+        assert!(m.contains(field), "{b}: message should name {field}: {m}");
+        let name = b["name"].as_str().unwrap();
+        let (st, _) = ts
+            .get(&format!("/async/schedules/{}", urlencode(name)))
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{b} stored nothing");
+    }
+    let (st, v) = ts.post_raw("/async/schedules", "{\"name\": ").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = ts
+        .post("/async/schedules", Some(&json!({"name": "x", "cron": "* * * * *", "job": {"type": "runyard.noop"}, "colour": "red"})))
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "unknown field: {v}");
+    assert!(err_of(&v).1.contains("colour"), "{v}");
+
+    // Pause and resume.
+    let (st, v) = ts.post("/async/schedules/nightly/pause", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["paused"], true);
+    assert_eq!(v["next_fires"], json!([]));
+    let (_, v) = ts.post("/async/schedules/nightly/resume", None).await;
+    assert_eq!(v["paused"], false);
+    assert_eq!(v["next_fires"].as_array().unwrap().len(), 5);
+
+    // Trigger: one job now, carrying the schedule and its fire time.
+    let (st, v) = ts.post("/async/schedules/nightly/trigger", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let id = v["job_id"].as_str().expect("job_id").to_string();
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["schedule"], "nightly");
+    assert_eq!(job["args"], json!({"flow": "orders"}));
+    let ft = job["fire_time"].as_str().unwrap().to_string();
+    assert_eq!(job["idempotency_key"], format!("schedule:nightly:{ft}"));
+    let (_, v) = ts.get("/async/schedules/nightly").await;
+    assert_eq!(v["last_runs"][0]["job_id"], id.as_str(), "{v}");
+    assert_eq!(v["last_runs"][0]["outcome"], "submitted");
+    assert_eq!(v["counters"]["fires"], 1);
+
+    // Backfill three past nights; again: the same three jobs, none new.
+    let bf = json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-03T23:00:00Z"});
+    let (st, v) = ts
+        .post("/async/schedules/nightly/backfill", Some(&bf))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let fires = v["fires"].as_array().unwrap().clone();
+    assert_eq!(fires.len(), 3, "{v}");
+    assert_eq!(fires[0]["fire_time"], "2026-01-01T02:00:00Z", "03:00 CET");
+    assert!(fires.iter().all(|f| f["created"] == true));
+    let (_, v2) = ts
+        .post("/async/schedules/nightly/backfill", Some(&bf))
+        .await;
+    let again = v2["fires"].as_array().unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|f| f["job_id"].clone())
+            .collect::<Vec<_>>(),
+        fires
+            .iter()
+            .map(|f| f["job_id"].clone())
+            .collect::<Vec<_>>(),
+        "a fire time makes one job"
+    );
+    assert!(again.iter().all(|f| f["created"] == false));
+    let (st, v) = ts
+        .post(
+            "/async/schedules/nightly/backfill",
+            Some(&json!({"from": "2026-01-03T00:00:00Z", "to": "2026-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(err_of(&v).1.contains("`to`"));
+
+    // List, delete, gone.
+    let (_, v) = ts.get("/async/schedules").await;
+    let names: Vec<&str> = v["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["nightly"]);
+    let (st, _) = send(
+        c,
+        reqwest::Method::DELETE,
+        url("/async/schedules/nightly"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, v) = ts.get("/async/schedules/nightly").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    let (st, _) = ts.post("/async/schedules/nightly/trigger", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, v) = ts.get("/async/schedules").await;
+    assert_eq!(v["schedules"], json!([]));
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(' ', "%20").replace('!', "%21")
+}
+
+/// A per-second schedule on a live server fires each second once.
+async fn live_fires(ts: &TestServer) {
+    let body = json!({"name": "tick", "cron": "*/1 * * * * *", "misfire": "all",
+                      "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let start = now_s();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (st, _) = send(
+        &ts.client,
+        reqwest::Method::DELETE,
+        ts.at("/async/schedules/tick"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let end = now_s();
+    let fires = fires_of(&all_jobs(&ts.client, &ts.url).await, "tick");
+    assert!(
+        fires.values().all(|n| *n == 1),
+        "one job per fire time: {fires:?}"
+    );
+    let first = *fires.keys().next().expect("fired");
+    let last = *fires.keys().last().unwrap();
+    assert_eq!(
+        fires.len() as i64,
+        last - first + 1,
+        "no second missing: {fires:?}"
+    );
+    assert!(
+        (first as f64) <= start + 2.0 && (last as f64) >= end - 2.0,
+        "{start} {end} {fires:?}"
+    );
+}
+
+/// `overlap = "forbid"` with a 2 s job every second: fires are skipped while a job runs, and no
+/// two jobs of the schedule ever run at once.
+async fn live_forbid(ts: &TestServer) {
+    let body = json!({"name": "slow", "cron": "*/1 * * * * *", "overlap": "forbid",
+                      "job": {"type": "loc.sleep"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, v) = ts.post("/async/schedules/slow/pause", None).await;
+    assert!(
+        v["counters"]["skipped_overlaps"].as_u64().unwrap() >= 2,
+        "{v}"
+    );
+    assert!(
+        v["last_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["outcome"] == "skipped_overlap"),
+        "{v}"
+    );
+    let jobs: Vec<Value> = all_jobs(&ts.client, &ts.url)
+        .await
+        .into_iter()
+        .filter(|j| j["schedule"] == "slow")
+        .collect();
+    assert!(
+        (2..=5).contains(&jobs.len()),
+        "a 2 s job every second, forbidden to overlap: {} jobs",
+        jobs.len()
+    );
+    let mut spans = Vec::new();
+    for j in &jobs {
+        let j = ts.wait_terminal(j["id"].as_str().unwrap(), WAIT).await;
+        assert_eq!(j["status"], "SUCCESS", "{j}");
+        let t = |k: &str| chrono::DateTime::parse_from_rfc3339(j[k].as_str().unwrap()).unwrap();
+        spans.push((t("created_at"), t("finished_at")));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "two jobs of a forbid schedule overlapped: {spans:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_embedded() {
+    let ts = TestServer::start(RUNNERS).await;
+    api_suite(&ts).await;
+    live_fires(&ts).await;
+    live_forbid(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    api_suite(&ts).await;
+    live_fires(&ts).await;
+    live_forbid(&ts).await;
+}
+
+// ---------------------------------------------------------------- real processes
+
+const MASTER_KEY: &str = "schedule-test-master-key-0123456789abcdef";
+
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    api_port: u16,
+    redis: Option<(&str, &str)>,
+) -> PathBuf {
+    let redis = redis
+        .map(|(u, p)| format!("redis = \"{u}\"\n[store]\nprefix = \"{p}\"\n"))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{api_port}"
+data_dir = "{data}"
+master_key = "{MASTER_KEY}"
+{redis}
+[worker]
+lease_ttl = "2s"
+poll_interval = "200ms"
+shutdown_grace = "2s"
+{RUNNERS}"#,
+        data = dir.join(format!("data-{name}")).display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(dir: &Path, name: &str, args: &[&str], config: &Path) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUNYARD_LOG", "warn")
+        .env_remove("RUNYARD_REDIS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Proc {
+        child: Some(cmd.spawn().expect("runyard starts")),
+        log,
+    }
+}
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| {
+            let s = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let start = s.len().saturating_sub(2000);
+            let start = (start..s.len())
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(0);
+            format!("--- {} ---\n{}", p.log.display(), &s[start..])
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn wait_healthy(c: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = c.get(format!("{base}/health")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{base} never healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_fires_each_second_exactly_once() {
+    let r = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (p1, p2) = (free_port(), free_port());
+    let redis = Some((r.url.as_str(), r.prefix.as_str()));
+    let api1 = spawn(
+        d,
+        "api1",
+        &["serve", "--no-worker"],
+        &write_config(d, "api1", p1, p1, redis),
+    );
+    let mut api2 = spawn(
+        d,
+        "api2",
+        &["serve", "--no-worker"],
+        &write_config(d, "api2", p2, p1, redis),
+    );
+    let mut w1 = spawn(d, "w1", &["worker"], &write_config(d, "w1", 0, p1, redis));
+    let w2 = spawn(d, "w2", &["worker"], &write_config(d, "w2", 0, p1, redis));
+    let c = http();
+    let base = format!("http://127.0.0.1:{p1}");
+    wait_healthy(&c, &base).await;
+    wait_healthy(&c, &format!("http://127.0.0.1:{p2}")).await;
+    // Let the worker nodes' loops start too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let body = json!({"name": "every-second", "cron": "*/1 * * * * *", "misfire": "all",
+                      "catchup_window": "1h", "job": {"type": "runyard.noop"}});
+    let (st, v) = send(
+        &c,
+        reqwest::Method::POST,
+        format!("{base}/async/schedules"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let created = now_s();
+    // The same body through the other API node: 200, the same schedule.
+    let (st, v) = send(
+        &c,
+        reqwest::Method::POST,
+        format!("http://127.0.0.1:{p2}/async/schedules"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    sleep_until(created + 6.3).await;
+    w1.kill9();
+    sleep_until(created + 11.6).await;
+    api2.kill9();
+    sleep_until(created + 18.0).await;
+    let (st, _) = send(
+        &c,
+        reqwest::Method::DELETE,
+        format!("{base}/async/schedules/every-second"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let deleted = now_s();
+    // A fire decided just before the delete is submitted by its decider.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let jobs = all_jobs(&c, &base).await;
+    let fires = fires_of(&jobs, "every-second");
+    let doubled: Vec<_> = fires.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "fire times with more than one job: {doubled:?}\n{}",
+        logs(&[&api1, &w2])
+    );
+    let first = *fires.keys().next().expect("it fired");
+    let last = *fires.keys().last().unwrap();
+    let missing: Vec<i64> = (first..=last).filter(|t| !fires.contains_key(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "fire times without a job: {missing:?}\n{}",
+        logs(&[&api1, &w2])
+    );
+    assert!(
+        (first as f64) <= created + 2.0,
+        "first fire {first}, created {created}"
+    );
+    assert!(
+        (last as f64) >= deleted - 4.0,
+        "last fire {last}, deleted {deleted}"
+    );
+    let n = fires.len() as f64;
+    assert!(
+        (n - (deleted - created)).abs() <= 4.0,
+        "{n} fires in {:.1}s",
+        deleted - created
+    );
+    // Every job runs (the remaining worker does them all).
+    let ids: Vec<String> = jobs
+        .iter()
+        .filter(|j| j["schedule"] == "every-second")
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = all_jobs(&c, &base).await;
+        let done = jobs
+            .iter()
+            .filter(|j| {
+                ids.contains(&j["id"].as_str().unwrap().to_string()) && j["status"] == "SUCCESS"
+            })
+            .count();
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done}/{} jobs done\n{}",
+            ids.len(),
+            logs(&[&api1, &w2])
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "{} fire times, one job each, over {:.1}s, two of four processes killed",
+        fires.len(),
+        deleted - created
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_restart_misfire_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let cfg = write_config(d, "solo", port, port, None);
+    let mut p = spawn(d, "solo", &["serve"], &cfg);
+    let c = http();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&c, &base).await;
+    let policies = [
+        ("skip", "1h"),
+        ("once", "1h"),
+        ("all", "1h"),
+        ("window", "6s"),
+    ];
+    for (name, window) in policies {
+        let misfire = match name {
+            "skip" => "skip",
+            "once" => "run_once",
+            _ => "all",
+        };
+        let body = json!({"name": name, "cron": "*/5 * * * * *", "misfire": misfire,
+                          "catchup_window": window, "job": {"type": "runyard.noop"}});
+        let (st, v) = send(
+            &c,
+            reqwest::Method::POST,
+            format!("{base}/async/schedules"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+    // F0: a fire time at least 2 s ahead; kill right after it fired for every schedule.
+    let f0 = ((now_s() + 2.0) / 5.0).ceil() as i64 * 5;
+    sleep_until(f0 as f64 + 0.4).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let jobs = all_jobs(&c, &base).await;
+        if policies
+            .iter()
+            .all(|(n, _)| fires_of(&jobs, n).contains_key(&f0))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "F0 did not fire for every schedule\n{}",
+            logs(&[&p])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.kill9();
+    // Down through F0+5 and F0+10; back 2.2 s after F0+10 (so it is late), before F0+15.
+    sleep_until(f0 as f64 + 12.2).await;
+    let mut p = spawn(d, "solo", &["serve"], &cfg);
+    wait_healthy(&c, &base).await;
+    // Back before F0+15 (a very slow start would make F0+15 the newest missed time instead).
+    let up_in_time = now_s() < f0 as f64 + 14.5;
+    sleep_until(f0 as f64 + 21.5).await;
+    let jobs = all_jobs(&c, &base).await;
+    let got = |n: &str| -> Vec<i64> {
+        let f = fires_of(&jobs, n);
+        assert!(
+            f.values().all(|k| *k == 1),
+            "{n}: one job per fire time: {f:?}"
+        );
+        f.keys().filter(|t| **t >= f0).map(|t| t - f0).collect()
+    };
+    let detail = logs(&[&p]);
+    assert_eq!(
+        got("skip"),
+        vec![0, 15, 20],
+        "skip: missed times dropped\n{detail}"
+    );
+    if up_in_time {
+        assert_eq!(
+            got("once"),
+            vec![0, 10, 15, 20],
+            "run_once: the newest missed time once\n{detail}"
+        );
+        assert_eq!(
+            got("window"),
+            vec![0, 10, 15, 20],
+            "all within a 6s window\n{detail}"
+        );
+    } else {
+        eprintln!("the restart took past F0+14.5: run_once and window checked loosely");
+        assert!(
+            !got("once").contains(&5),
+            "run_once: one job for the missed times"
+        );
+        assert!(!got("window").contains(&5), "F0+5 is outside the 6s window");
+    }
+    assert_eq!(
+        got("all"),
+        vec![0, 5, 10, 15, 20],
+        "all: every missed time\n{detail}"
+    );
+    let (_, v) = send(
+        &c,
+        reqwest::Method::GET,
+        format!("{base}/async/schedules/skip"),
+        None,
+    )
+    .await;
+    assert!(v["counters"]["misfires"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(
+        v["last_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == "missed")
+            .count(),
+        1,
+        "{v}"
+    );
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !up_in_time || m.contains("runyard_schedule_misfires_total 4\n"),
+        "2 (skip) + 1 (run_once) + 1 (6s window) missed since the restart:\n{m}"
+    );
+    p.kill9();
+}
+
+// ---------------------------------------------------------------- CLI
+
+fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args(args)
+        .arg("--server")
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runyard runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_schedules() {
+    let ts = TestServer::start(RUNNERS).await;
+    let body = json!({"name": "report.daily", "cron": "0 6 * * *", "timezone": "America/New_York",
+                      "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let url = ts.url.clone();
+    let run = move |args: Vec<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || cli(&url, &args))
+    };
+
+    let (ok, out, err) = run(vec!["schedules"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("report.daily"), "{out}");
+    assert!(
+        out.contains("active") && out.contains("America/New_York"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["schedules", "get", "report.daily"]).await.unwrap();
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).expect("get prints JSON");
+    assert_eq!(v["cron"], "0 6 * * *");
+    let (ok, out, _) = run(vec!["schedules", "pause", "report.daily"])
+        .await
+        .unwrap();
+    assert!(ok && out.contains("paused"), "{out}");
+    assert_eq!(
+        ts.get("/async/schedules/report.daily").await.1["paused"],
+        true
+    );
+    let (ok, out, _) = run(vec!["schedules", "list"]).await.unwrap();
+    assert!(ok && out.contains("paused"), "{out}");
+    let (ok, _, _) = run(vec!["schedules", "resume", "report.daily"])
+        .await
+        .unwrap();
+    assert!(ok);
+    assert_eq!(
+        ts.get("/async/schedules/report.daily").await.1["paused"],
+        false
+    );
+    let (ok, out, _) = run(vec!["schedules", "trigger", "report.daily"])
+        .await
+        .unwrap();
+    assert!(ok);
+    let job = ts.wait_terminal(out.trim(), WAIT).await;
+    assert_eq!(job["schedule"], "report.daily");
+    let (ok, _, err) = run(vec!["schedules", "get", "nope"]).await.unwrap();
+    assert!(!ok, "an unknown schedule fails");
+    assert!(err.contains("not found"), "{err}");
+}

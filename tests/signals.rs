@@ -1,0 +1,278 @@
+//! Readiness signals through real components, on both backends: `POST/GET /async/signals/{key}`
+//! (idempotent by id, `since`), refusals, the signed job hook `POST {JOB_HOOK}/signal/{key}`
+//! (through the Rust job client), the CLI, and retention.
+
+mod redis_support;
+mod support;
+
+use std::process::{Command, Stdio};
+
+use reqwest::StatusCode;
+use runyard_hooks::{derive_job_secret, JobClient};
+use serde_json::{json, Value};
+
+use redis_support::TestRedis;
+use support::{TestServer, WAIT};
+
+const MASTER_KEY: &str = "signal-test-master-key-0123456789abcdef";
+
+const RUNNERS: &str = r#"
+[[runners]]
+name = "svc"
+kind = "service"
+types = ["runyard.*"]
+
+[[runners]]
+name = "bad"
+kind = "local"
+types = ["fail.*"]
+command = ["false"]
+max_attempts = 1
+
+[[runners]]
+name = "loc"
+kind = "local"
+types = ["loc.*"]
+command = ["sleep", "30"]
+"#;
+
+fn code_msg(v: &Value) -> (String, String) {
+    (
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+async fn records(ts: &TestServer, key_path: &str, query: &str) -> Vec<Value> {
+    let (st, v) = ts.get(&format!("/async/signals/{key_path}{query}")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["signals"].as_array().cloned().unwrap_or_default()
+}
+
+async fn suite(ts: &TestServer) {
+    // Writes: 201 with increasing seq; the same id again is 200 with the first record.
+    let (st, a) = ts
+        .post(
+            "/async/signals/src.orders",
+            Some(&json!({"payload": {"rows": 1}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    assert_eq!(
+        (a["key"].as_str(), a["seq"].as_u64()),
+        (Some("src.orders"), Some(1))
+    );
+    let (st, b) = ts.post("/async/signals/src.orders", None).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    assert_eq!(b["seq"], 2);
+    let (st, c) = ts
+        .post(
+            "/async/signals/src.orders",
+            Some(&json!({"id": "load-3", "payload": [3]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    assert_eq!(c["seq"], 3);
+    let (st, again) = ts
+        .post(
+            "/async/signals/src.orders",
+            Some(&json!({"id": "load-3", "payload": "other"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert_eq!(
+        (again["seq"].clone(), again["at"].clone()),
+        (c["seq"].clone(), c["at"].clone())
+    );
+
+    let all = records(ts, "src.orders", "").await;
+    assert_eq!(all.len(), 3, "no second record for a repeated id: {all:?}");
+    assert_eq!(all[0]["payload"], json!({"rows": 1}));
+    assert_eq!(all[1]["payload"], Value::Null);
+    assert_eq!(all[2]["payload"], json!([3]));
+    assert_eq!(all[2]["id"], "load-3");
+    // since: records at or after it.
+    let since = b["at"].as_str().unwrap().replace('+', "%2B");
+    let later = records(ts, "src.orders", &format!("?since={since}")).await;
+    assert_eq!(
+        later
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert!(records(ts, "src.nothing", "").await.is_empty());
+    // Keys are any text (percent-encoded in the path).
+    let (st, v) = ts.post("/async/signals/db%2Forders%20eu", None).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["key"], "db/orders eu");
+
+    // Refusals name the field; nothing is stored.
+    let long = "k".repeat(201);
+    for (path, body, field) in [
+        (long.clone(), json!({}), "`key`"),
+        ("bad%01key".to_string(), json!({}), "`key`"),
+        ("src.orders".to_string(), json!({"id": ""}), "`id`"),
+        ("src.orders".to_string(), json!({"colour": 1}), "colour"),
+    ] {
+        let (st, v) = ts
+            .post(&format!("/async/signals/{path}"), Some(&body))
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {v}");
+        assert!(code_msg(&v).1.contains(field), "{path}: {v}");
+    }
+    let (st, _) = ts.post("/async/signals/", None).await;
+    assert!(st.is_client_error(), "an empty key: {st}");
+    let (st, v) = ts.post_raw("/async/signals/src.orders", "{").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = ts.get("/async/signals/src.orders?since=yesterday").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(code_msg(&v).1.contains("`since`"));
+    assert_eq!(
+        records(ts, "src.orders", "").await.len(),
+        3,
+        "refusals stored nothing"
+    );
+    let (st, _) = ts.get(&format!("/async/signals/{long}")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // The job hook: a running job signals through the Rust job client.
+    let id = ts.submit_ok(json!({"type": "loc.wait"})).await;
+    let job = ts.wait_status(&id, "RUNNING", WAIT).await;
+    let attempt = job["attempt"].as_u64().unwrap() as u32;
+    let secret = derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+    let client = JobClient::new(id.clone(), secret, &ts.at("/async")).expect("client");
+    let v = client
+        .signal("src.hook", Some(json!({"from": "job"})), Some("h1"))
+        .await
+        .expect("a running job can signal");
+    assert_eq!(v["seq"], 1, "{v}");
+    let v = client
+        .signal("src.hook", None, Some("h1"))
+        .await
+        .expect("idempotent");
+    assert_eq!(v["seq"], 1, "{v}");
+    let recs = records(ts, "src.hook", "").await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["payload"], json!({"from": "job"}));
+    // Unsigned: 401.
+    let (st, v) = ts.post("/async/signal/src.hook", Some(&json!({}))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    // A job that ended can no longer signal.
+    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+    ts.wait_status(&id, "CANCELLED", WAIT).await;
+    let e = client
+        .signal("src.hook", None, None)
+        .await
+        .expect_err("cancelled job");
+    assert!(e.to_string().contains("409"), "{e}");
+    assert_eq!(records(ts, "src.hook", "").await.len(), 1);
+
+    // The CLI.
+    let url = ts.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let run = || {
+            Command::new(env!("CARGO_BIN_EXE_runyard"))
+                .args([
+                    "signal",
+                    "src.cli/eu",
+                    "--payload",
+                    "{\"rows\": 7}",
+                    "--id",
+                    "x1",
+                    "--server",
+                    &url,
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("runyard runs")
+        };
+        (run(), run())
+    })
+    .await
+    .unwrap();
+    for o in [&out.0, &out.1] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("JSON line");
+        assert_eq!(
+            (v["key"].as_str(), v["seq"].as_u64()),
+            (Some("src.cli/eu"), Some(1))
+        );
+    }
+    let recs = records(ts, "src.cli%2Feu", "").await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["payload"], json!({"rows": 7}));
+
+    // emits: a job that ends SUCCESS writes its signals with its final status; one that does not
+    // writes none. A bad key is refused at submit.
+    let ok = ts
+        .submit_ok(json!({"type": "runyard.noop", "emits": ["chain.a", "chain.b"]}))
+        .await;
+    let j = ts.wait_terminal(&ok, WAIT).await;
+    assert_eq!(j["status"], "SUCCESS", "{j}");
+    assert_eq!(j["emits"], json!(["chain.a", "chain.b"]));
+    for k in ["chain.a", "chain.b"] {
+        let recs = records(ts, k, "").await;
+        assert_eq!(recs.len(), 1, "{k}: {recs:?}");
+        assert_eq!(recs[0]["payload"], json!({"job_id": ok}));
+        assert_eq!(recs[0]["id"], format!("job:{ok}"));
+    }
+    let failing = ts
+        .submit_ok(json!({"type": "fail.now", "emits": ["chain.fail"]}))
+        .await;
+    let j = ts.wait_terminal(&failing, WAIT).await;
+    assert_ne!(j["status"], "SUCCESS", "{j}");
+    let cancelled = ts
+        .submit_ok(json!({"type": "loc.wait", "emits": ["chain.fail"]}))
+        .await;
+    ts.wait_status(&cancelled, "RUNNING", WAIT).await;
+    ts.post(&format!("/async/jobs/{cancelled}/cancel"), None)
+        .await;
+    ts.wait_status(&cancelled, "CANCELLED", WAIT).await;
+    assert!(
+        records(ts, "chain.fail", "").await.is_empty(),
+        "no SUCCESS, no signal"
+    );
+    for bad in [json!([""]), json!(["a\u{7}b"]), json!(["k".repeat(201)])] {
+        let (st, v) = ts
+            .submit(json!({"type": "runyard.noop", "emits": bad}))
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+        assert!(code_msg(&v).1.contains("`emits`"), "{v}");
+    }
+
+    // Retention: records older than the cut are deleted; sequence numbers are never reused.
+    let store = ts.running().app.store.clone();
+    let n = store
+        .signals_trim(runyard::job::now_us() + 1)
+        .await
+        .expect("trim");
+    assert!(n >= 8, "{n}");
+    assert!(records(ts, "src.orders", "").await.is_empty());
+    let (_, v) = ts.post("/async/signals/src.orders", None).await;
+    assert_eq!(v["seq"], 4, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_embedded() {
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!("master_key = \"{MASTER_KEY}\""))
+        .start()
+        .await;
+    suite(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    suite(&ts).await;
+}
