@@ -50,6 +50,13 @@ failed=0
 log "cargo test"
 cargo test --workspace -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
 
+# Fuzzing (issue 9): every cargo-fuzz target of fuzz/ runs from its committed corpus for
+# RUNYARD_FUZZ_SECONDS (20 s) each, and any crash fails CI. scripts/fuzz.sh installs the nightly
+# toolchain and cargo-fuzz when missing and builds the targets into fuzz/target (no sanitizer,
+# debug assertions on). `scripts/fuzz.sh 600` is the long form. Timings: docs/reliability.md.
+log "fuzzing (short form)"
+scripts/fuzz.sh "${RUNYARD_FUZZ_SECONDS:-20}" || failed=1
+
 # Chaos suite, short form (issue 9; docs/reliability.md): ~60 s of load with kill -9 of the API,
 # a worker, Redis and the embedded server, a worker partitioned from Redis and a worker's clock
 # stepped, then: every accepted job terminal exactly once, none lost, no overlapping runs, RSS

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::Backoff;
 
+/// The longest duration any key takes (100 years).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -518,6 +521,31 @@ impl Config {
     /// Checks values that types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |k: String, m: &str| Err(ConfigError(format!("`{k}`: {m}")));
+        // Durations are added to clocks (`Instant`, µs since the epoch): a bound keeps every such
+        // sum in range (found by the `durations` fuzz target: "5222222222222222s" was accepted).
+        for (i, r) in self.runners.iter().enumerate() {
+            if r.ttl_after_finished.is_some_and(|d| d > MAX_DURATION) {
+                return err(
+                    format!("runners[{i}].ttl_after_finished"),
+                    "must be at most 100 years",
+                );
+            }
+        }
+        for (k, d) in [
+            ("worker.lease_ttl", self.worker.lease_ttl),
+            ("worker.shutdown_grace", self.worker.shutdown_grace),
+            ("worker.kill_grace", self.worker.kill_grace),
+            ("worker.poll_interval", self.worker.poll_interval),
+            ("events.progress_interval", self.events.progress_interval),
+            ("retention.finished", self.retention.finished),
+            ("retention.interval", self.retention.interval),
+            ("retention.events", self.retention.events),
+            ("store.retry", self.store.retry),
+        ] {
+            if d > MAX_DURATION {
+                return err(k.into(), "must be at most 100 years");
+            }
+        }
         if let Some(u) = &self.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return err("public_url".into(), "must start with http:// or https://");
@@ -715,6 +743,19 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn durations_are_bounded() {
+        for key in [
+            "[worker]\nkill_grace",
+            "[retention]\nevents",
+            "[retention]\nfinished",
+        ] {
+            let e = Config::from_toml(&format!("{key} = \"5222222222222222s\"")).unwrap_err();
+            assert!(e.0.contains("at most 100 years"), "{key}: {e}");
+            Config::from_toml(&format!("{key} = \"99years\"")).expect("99 years");
+        }
+    }
     use super::*;
 
     #[test]

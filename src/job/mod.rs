@@ -3,6 +3,9 @@
 pub mod status;
 pub mod transition;
 
+#[cfg(test)]
+mod proptests;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;

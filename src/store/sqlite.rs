@@ -473,7 +473,8 @@ fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) ->
     Ok(())
 }
 
-fn parse_event_id(s: &str) -> Result<i64> {
+/// Parses an event id (`last_id`) of the embedded store: a non-negative integer.
+pub fn parse_event_id(s: &str) -> Result<i64> {
     s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
         StoreError::BadInput(format!(
             "invalid event id `{s}`: expected a non-negative integer"

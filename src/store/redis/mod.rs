@@ -211,6 +211,82 @@ impl Write {
             lease_kept,
         })
     }
+
+    /// The `WRITE_ARGS` values `commit.lua` receives for this write (see the script's header).
+    fn args(&self) -> [String; WRITE_ARGS] {
+        let j = &self.job;
+        let lease = if self.lease_kept {
+            "=".to_string()
+        } else {
+            opt(j
+                .lease
+                .as_ref()
+                .filter(|_| j.status.is_active())
+                .map(|l| l.expires_at))
+        };
+        [
+            j.id.to_string(),
+            opt(self.expected),
+            j.version.to_string(),
+            j.status.as_str().to_string(),
+            j.runner.clone(),
+            j.channel_id.clone(),
+            j.queued_at.to_string(),
+            opt(j.run_at),
+            lease,
+            opt(j.finished_at),
+            if self.expected.is_none() {
+                j.idempotency_key.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            self.files.clone(),
+            self.body.clone(),
+            self.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+            if j.status == JobStatus::Success {
+                j.emits.join("\n")
+            } else {
+                String::new()
+            },
+        ]
+    }
+}
+
+/// The values `commit.lua` receives for one job write: `job` as changed from `old` (loaded at
+/// version `expected`; both `None` for a submit), with the event of kind `ev`. Exposed for the
+/// fuzz targets (`fuzz/fuzz_targets/redis_codec.rs`), which decode them back.
+pub fn commit_args(
+    expected: Option<u64>,
+    old: Option<&Job>,
+    job: &Job,
+    ev: Option<EventKind>,
+) -> Result<Vec<String>> {
+    Ok(Write::new(expected, old, job.clone(), ev)?.args().to_vec())
+}
+
+/// A log line as `logs_append.lua` receives it: `stream|ts|line` (the script prefixes `seq|`).
+pub fn log_entry(stream: LogStream, ts: Micros, line: &str) -> String {
+    format!("{}|{ts}|{line}", stream_name(stream))
+}
+
+/// A stored log entry (`seq|stream|ts|line`, as `logs_read.lua` returns it) read back.
+pub fn parse_log_entry(e: &str) -> Result<LogLine> {
+    let mut it = e.splitn(4, '|');
+    let bad = || StoreError::Backend("corrupt log entry".into());
+    let seq = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let stream = match it.next().ok_or_else(bad)? {
+        "stdout" => LogStream::Stdout,
+        "stderr" => LogStream::Stderr,
+        _ => LogStream::Job,
+    };
+    let ts = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let line = it.next().unwrap_or("").to_string();
+    Ok(LogLine {
+        seq,
+        stream,
+        ts,
+        line,
+    })
 }
 
 #[derive(Debug)]
@@ -253,8 +329,8 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-/// Normalises an event id to `ms-seq`.
-fn parse_event_id(s: &str) -> Result<String> {
+/// Normalises an event id (`last_id`) of the Redis store to `ms-seq` (`ms` alone is `ms-0`).
+pub fn parse_event_id(s: &str) -> Result<String> {
     let bad = || {
         StoreError::BadInput(format!(
             "invalid event id `{s}`: expected a stream id such as 1700000000000-0"
@@ -633,41 +709,7 @@ impl RedisStore {
         }
         let mut args = Vec::with_capacity(writes.len() * WRITE_ARGS);
         for w in writes {
-            let j = &w.job;
-            let lease = if w.lease_kept {
-                "=".to_string()
-            } else {
-                opt(j
-                    .lease
-                    .as_ref()
-                    .filter(|_| j.status.is_active())
-                    .map(|l| l.expires_at))
-            };
-            args.extend([
-                j.id.to_string(),
-                opt(w.expected),
-                j.version.to_string(),
-                j.status.as_str().to_string(),
-                j.runner.clone(),
-                j.channel_id.clone(),
-                j.queued_at.to_string(),
-                opt(j.run_at),
-                lease,
-                opt(j.finished_at),
-                if w.expected.is_none() {
-                    j.idempotency_key.clone().unwrap_or_default()
-                } else {
-                    String::new()
-                },
-                w.files.clone(),
-                w.body.clone(),
-                w.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
-                if j.status == JobStatus::Success {
-                    j.emits.join("\n")
-                } else {
-                    String::new()
-                },
-            ]);
+            args.extend(w.args());
         }
         let (tx, rx) = oneshot::channel();
         self.commits
@@ -1280,7 +1322,7 @@ impl LogStore for RedisStore {
         }
         let entries: Vec<String> = lines
             .into_iter()
-            .map(|(s, ts, line)| format!("{}|{ts}|{line}", stream_name(s)))
+            .map(|(s, ts, line)| log_entry(s, ts, &line))
             .collect();
         let keep = self.s.store.log_lines_per_job.max(1);
         let _: i64 = self
@@ -1310,26 +1352,7 @@ impl LogStore for RedisStore {
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
-        raw.iter()
-            .map(|e| {
-                let mut it = e.splitn(4, '|');
-                let bad = || StoreError::Backend("corrupt log entry".into());
-                let seq = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-                let stream = match it.next().ok_or_else(bad)? {
-                    "stdout" => LogStream::Stdout,
-                    "stderr" => LogStream::Stderr,
-                    _ => LogStream::Job,
-                };
-                let ts = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-                let line = it.next().unwrap_or("").to_string();
-                Ok(LogLine {
-                    seq,
-                    stream,
-                    ts,
-                    line,
-                })
-            })
-            .collect()
+        raw.iter().map(|e| parse_log_entry(e)).collect()
     }
 }
 

@@ -1,0 +1,262 @@
+//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the 14 values per job
+//! write that `commit.lua` receives (`commit_args`) and the log entries of `logs_append.lua` /
+//! `logs_read.lua` (`log_entry`, `parse_log_entry`).
+//!
+//! Round trip: decoding what is sent gives back what was meant: the job body (JSON) is the job,
+//! the event is the job's event, the index fields are the job's fields as decimal integers Lua's
+//! `tonumber` reads, the file hashes split back to the job's set, and a log line (any text, `|`
+//! and newlines included) reads back whole.
+#![no_main]
+
+use std::collections::BTreeSet;
+
+use arbitrary::Unstructured;
+use libfuzzer_sys::fuzz_target;
+use runyard::job::{Backoff, Event, EventKind, FileRef, Job, JobStatus, Lease, RunRecord};
+use runyard::store::redis::{commit_args, log_entry, parse_log_entry};
+use runyard::store::LogStream;
+use serde_json::Value;
+
+/// A JSON value: the input's bytes when they are JSON (floats, big numbers, escapes...), else a
+/// string of them.
+fn json(u: &mut Unstructured<'_>) -> arbitrary::Result<Value> {
+    let bytes: Vec<u8> = u.arbitrary()?;
+    Ok(serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+}
+
+fn micros(u: &mut Unstructured<'_>) -> arbitrary::Result<i64> {
+    // Mostly plausible times, sometimes anything.
+    Ok(if u.ratio(1, 8)? {
+        u.arbitrary()?
+    } else {
+        1_700_000_000_000_000 + i64::from(u.arbitrary::<i32>()?) * 1000
+    })
+}
+
+fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
+    let status = *u.choose(&JobStatus::ALL)?;
+    let files_n = u.int_in_range(0..=3)?;
+    let mut files = std::collections::BTreeMap::new();
+    for _ in 0..files_n {
+        let prop: String = u.arbitrary()?;
+        let hash: [u8; 16] = u.arbitrary()?;
+        files.entry(prop).or_insert_with(Vec::new).push(FileRef {
+            hash: hex(&hash),
+            size: u.arbitrary()?,
+            mimetype: u.arbitrary()?,
+            name: u.arbitrary()?,
+            metadata: json(u)?,
+        });
+    }
+    let runs_n = u.int_in_range(0..=2)?;
+    let mut runs = Vec::new();
+    for _ in 0..runs_n {
+        runs.push(RunRecord {
+            attempt: u.arbitrary()?,
+            worker: u.arbitrary()?,
+            token: u.arbitrary()?,
+            claimed_at: micros(u)?,
+            started_at: u.arbitrary()?,
+            ended_at: u.arbitrary()?,
+            outcome: u.arbitrary()?,
+        });
+    }
+    let progress = f64::from(u.arbitrary::<u32>()?) / f64::from(u32::MAX);
+    let multiplier = u.arbitrary::<f64>()?;
+    Ok(Job {
+        id: uuid::Uuid::from_bytes(u.arbitrary()?),
+        job_type: u.arbitrary()?,
+        args: json(u)?,
+        runner: u.arbitrary()?,
+        status,
+        channel_id: u.arbitrary()?,
+        user_id: u.arbitrary()?,
+        attempt: u.arbitrary()?,
+        max_attempts: u.arbitrary()?,
+        backoff: Backoff {
+            initial_ms: u.arbitrary()?,
+            max_ms: u.arbitrary()?,
+            multiplier: if multiplier.is_finite() {
+                multiplier
+            } else {
+                2.0
+            },
+            jitter: u.arbitrary()?,
+        },
+        timeout_ms: u.arbitrary()?,
+        run_at: if u.arbitrary()? {
+            Some(micros(u)?)
+        } else {
+            None
+        },
+        idempotency_key: u.arbitrary()?,
+        submit_hash: u.arbitrary()?,
+        schedule: u.arbitrary()?,
+        fire_time: u.arbitrary()?,
+        // Signal keys are names (no newline: the separator commit.lua splits on).
+        emits: u
+            .arbitrary::<Vec<String>>()?
+            .into_iter()
+            .filter(|k| !k.is_empty() && !k.contains('\n'))
+            .collect(),
+        progress: if u.ratio(1, 2)? {
+            progress
+        } else {
+            u.arbitrary::<u8>()? as f64 / 255.0
+        },
+        status_details: if u.arbitrary()? { Some(json(u)?) } else { None },
+        result: if u.arbitrary()? { Some(json(u)?) } else { None },
+        error: u.arbitrary()?,
+        exit_code: u.arbitrary()?,
+        lease: if u.arbitrary()? {
+            Some(Lease {
+                worker: u.arbitrary()?,
+                token: u.arbitrary()?,
+                expires_at: micros(u)?,
+            })
+        } else {
+            None
+        },
+        handle: None,
+        files,
+        runs,
+        created_at: micros(u)?,
+        // Always the clock of the last write (`apply`): a time the API can show.
+        updated_at: 1_700_000_000_000_000 + i64::from(u.arbitrary::<i32>()?) * 1000,
+        queued_at: micros(u)?,
+        started_at: u.arbitrary()?,
+        finished_at: if status.is_terminal() {
+            Some(micros(u)?)
+        } else {
+            None
+        },
+        progress_event_at: u.arbitrary()?,
+        version: u.arbitrary()?,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What Lua's `tonumber` reads exactly: an optional sign and decimal digits.
+fn lua_integer(s: &str, v: i64) {
+    assert_eq!(s, v.to_string());
+    assert!(s
+        .trim_start_matches('-')
+        .bytes()
+        .all(|b| b.is_ascii_digit()));
+}
+
+fn opt_integer(s: &str, v: Option<i64>) {
+    match v {
+        Some(v) => lua_integer(s, v),
+        None => assert_eq!(s, ""),
+    }
+}
+
+fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
+    let job = job(u)?;
+    let submit = u.arbitrary::<bool>()?;
+    let expected: Option<u64> = if submit { None } else { Some(u.arbitrary()?) };
+    // The loaded job: none for a submit, else the same job with or without its files.
+    let old = if submit {
+        None
+    } else {
+        let mut o = job.clone();
+        if u.arbitrary()? {
+            o.files.clear();
+        }
+        Some(o)
+    };
+    let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
+    let args = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
+    assert_eq!(args.len(), 15);
+    assert_eq!(args[0], job.id.to_string());
+    assert_eq!(args[1], expected.map(|v| v.to_string()).unwrap_or_default());
+    assert_eq!(args[2], job.version.to_string());
+    assert_eq!(args[3].parse::<JobStatus>(), Ok(job.status));
+    assert_eq!(args[4], job.runner);
+    assert_eq!(args[5], job.channel_id);
+    lua_integer(&args[6], job.queued_at);
+    opt_integer(&args[7], job.run_at);
+    let active_lease = job
+        .lease
+        .as_ref()
+        .filter(|_| job.status.is_active())
+        .map(|l| l.expires_at);
+    if args[8] != "=" {
+        opt_integer(&args[8], active_lease);
+    } else {
+        // "unchanged" only when the loaded job was active with the same expiry.
+        assert!(active_lease.is_some());
+    }
+    opt_integer(&args[9], job.finished_at);
+    if submit {
+        assert_eq!(args[10], job.idempotency_key.clone().unwrap_or_default());
+    } else {
+        assert_eq!(args[10], "");
+    }
+    // The file hashes, as commit.lua splits them (`%S+`).
+    let sent: BTreeSet<&str> = args[11].split_whitespace().collect();
+    let changed = old.as_ref().is_none_or(|o| o.files != job.files);
+    let hashes: BTreeSet<&str> = job
+        .files
+        .values()
+        .flatten()
+        .map(|f| f.hash.as_str())
+        .collect();
+    if changed {
+        assert_eq!(sent, hashes);
+    } else {
+        assert!(sent.is_empty());
+    }
+    // The body is the job.
+    let back: Job = serde_json::from_str(&args[12]).expect("the body parses");
+    assert_eq!(back, job, "the job body does not read back as the job");
+    // Signals emitted on success, one per line.
+    if job.status == JobStatus::Success {
+        let sent: Vec<&str> = args[14].split('\n').filter(|k| !k.is_empty()).collect();
+        assert_eq!(
+            sent,
+            job.emits.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+    } else {
+        assert_eq!(args[14], "");
+    }
+    // The event is the job's.
+    match ev {
+        None => assert_eq!(args[13], ""),
+        Some(kind) => {
+            let e: Event = serde_json::from_str(&args[13]).expect("the event parses");
+            assert_eq!(e, Event::for_job(&job, kind));
+        }
+    }
+    Ok(())
+}
+
+fn log(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
+    let stream = *u.choose(&[LogStream::Stdout, LogStream::Stderr, LogStream::Job])?;
+    let ts: i64 = u.arbitrary()?;
+    let seq: u64 = u.arbitrary()?;
+    let line: String = u.arbitrary()?;
+    let sent = log_entry(stream, ts, &line);
+    // logs_append.lua stores `seq|` .. the entry; logs_read.lua returns it as stored.
+    let stored = format!("{seq}|{sent}");
+    let back = parse_log_entry(&stored).expect("a stored entry parses");
+    assert_eq!(
+        (back.seq, back.stream, back.ts, back.line.as_str()),
+        (seq, stream, ts, line.as_str())
+    );
+    Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let _ = if u.arbitrary::<bool>().unwrap_or(false) {
+        log(&mut u)
+    } else {
+        commit(&mut u)
+    };
+});
