@@ -54,8 +54,12 @@ cargo test --workspace -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=
 # RUNYARD_FUZZ_SECONDS (20 s) each, and any crash fails CI. scripts/fuzz.sh installs the nightly
 # toolchain and cargo-fuzz when missing and builds the targets into fuzz/target (no sanitizer,
 # debug assertions on). `scripts/fuzz.sh 600` is the long form. Timings: docs/reliability.md.
+# The fuzz build (release, every dependency with coverage instrumentation) is kept in a cache
+# outside the clone, so a later run on the same machine rebuilds only runyard's own crates; cargo
+# rebuilds whatever is stale, so the cache is never trusted blindly.
 log "fuzzing (short form)"
-scripts/fuzz.sh "${RUNYARD_FUZZ_SECONDS:-20}" || failed=1
+CARGO_TARGET_DIR="${RUNYARD_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/runyard/fuzz-target}" \
+  scripts/fuzz.sh "${RUNYARD_FUZZ_SECONDS:-20}" || failed=1
 
 # Chaos suite, short form (issue 9; docs/reliability.md): ~60 s of load with kill -9 of the API,
 # a worker, Redis and the embedded server, a worker partitioned from Redis and a worker's clock
