@@ -184,6 +184,20 @@ impl Server {
         }
     }
 
+    /// The job's log once a line starts with `prefix`, bounded. A job that reports its outcome
+    /// through the hook (`runyard launch`) is terminal as soon as that report lands, while the
+    /// runner's copy of the process's output is written when the process has ended.
+    async fn logs_with(&self, id: &str, prefix: &str) -> Vec<String> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs(id).await;
+            if logs.iter().any(|l| l.starts_with(prefix)) || Instant::now() > until {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn logs(&self, id: &str) -> Vec<String> {
         self.get(&format!("/async/jobs/{id}/logs?limit=10000"))
             .await["lines"]
@@ -270,7 +284,8 @@ env = {{ DATA = {data}, BIN = {bin}, CONTROL = {control} }}
         .submit(json!({"type": "probe", "max_attempts": 1}))
         .await;
     let job = server.wait_terminal(&id).await;
-    let logs = server.logs(&id).await;
+    let control_line = format!("OPENED {}", control.display());
+    let logs = server.logs_with(&id, &control_line).await;
     let text = logs.join("\n");
     // (b) The job reported through its own hook, as nobody: the file it made was uploaded.
     assert_eq!(job["status"], "SUCCESS", "{job}\n{text}");
