@@ -48,7 +48,7 @@ fi
 
 failed=0
 log "cargo test"
-cargo test --workspace -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
+cargo test --workspace --no-fail-fast -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
 
 # Fuzzing (issue 9): every cargo-fuzz target of fuzz/ runs from its committed corpus for
 # RUNYARD_FUZZ_SECONDS (20 s) each, and any crash fails CI. scripts/fuzz.sh installs the nightly

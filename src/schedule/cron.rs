@@ -59,6 +59,16 @@ impl CronSpec {
                 fields.len()
             )));
         }
+        // croner accepts an empty item in a list (`,5`, `1,,2`) as a field that matches nothing,
+        // and its search for the next match then never ends: refuse it here.
+        if let Some(f) = fields
+            .iter()
+            .find(|f| !text.starts_with('@') && f.split(',').any(str::is_empty))
+        {
+            return Err(CronSpecError::Cron(format!(
+                "`{text}`: the field `{f}` has an empty item in its list"
+            )));
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
@@ -78,6 +88,11 @@ impl CronSpec {
             tz,
             every_hour,
         };
+        // A pattern without a year repeats forever if it fires at all (e.g. not `0 0 30 2 *`).
+        let epoch = Utc.timestamp_opt(946_684_800, 0).single();
+        if epoch.and_then(|e| spec.next_after(e)).is_none() {
+            return Err(CronSpecError::Cron(format!("`{text}` never fires")));
+        }
         Ok(spec)
     }
 
@@ -383,6 +398,29 @@ mod tests {
         let from = utc("2026-01-01T00:00:00Z");
         assert_eq!(c.next_from(from), Some(from));
         assert_eq!(c.between(from, utc("2026-01-01T00:03:00Z"), 10).len(), 4);
+    }
+
+    #[test]
+    fn patterns_that_never_fire_or_never_end_the_search_are_refused() {
+        // Found by the `cron` fuzz target: `, * * * *` parsed, then hung the next-fire search.
+        for p in [
+            ", * * * *",
+            "1,,2 * * * *",
+            "* * * * 1,",
+            "0 0 30 2 *",
+            "0 0 31 4 *",
+        ] {
+            let started = std::time::Instant::now();
+            assert!(
+                CronSpec::parse(p, "America/New_York").is_err(),
+                "`{p}` accepted"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "`{p}` slow"
+            );
+        }
+        assert!(CronSpec::parse("1,2 * * * *", "UTC").is_ok());
     }
 
     #[test]
