@@ -591,6 +591,15 @@ impl RedisStore {
         .await
     }
 
+    /// Every member of the sorted set `key`, lowest score first.
+    pub(crate) async fn zset_members(&self, key: &str) -> Result<Vec<String>> {
+        self.exec(true, |mut c| {
+            let cmd = ::redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
     /// The lowest score in the sorted set `key` (a due time), none when it is empty.
     pub(crate) async fn first_score(&self, key: &str) -> Result<Option<Micros>> {
         let first: Vec<(String, f64)> = self
@@ -920,20 +929,7 @@ impl RedisStore {
     /// workers hold, plus claim reservations), so its ids are read whole, sorted newest first,
     /// and the jobs loaded a page at a time and filtered by status.
     async fn list_active(&self, q: ListQuery) -> Result<JobPage> {
-        let key = self.key("lease");
-        let ids: Vec<String> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("ZRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let ids = self.zset_members(&self.key("lease")).await?;
         let mut ids: Vec<Uuid> = ids
             .iter()
             .filter_map(|s| Uuid::parse_str(s).ok())

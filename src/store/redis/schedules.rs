@@ -79,20 +79,7 @@ impl ScheduleStore for RedisStore {
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {
-        let names_key = self.key("sched:names");
-        let names: Vec<String> = self
-            .exec(true, |mut c| {
-                let k = names_key.clone();
-                async move {
-                    ::redis::cmd("ZRANGE")
-                        .arg(k)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let names = self.zset_members(&self.key("sched:names")).await?;
         if names.is_empty() {
             return Ok(vec![]);
         }
