@@ -94,6 +94,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
         .merge(signals::routes())
+        // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
+        // last call that adds routes: one added below it would not be checked.
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::auth::access::Access::new(state.clone()),
+            crate::auth::access::guard,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
