@@ -318,6 +318,16 @@ async fn decide(
                     grant.who
                 )));
             }
+            // The channel asked for (`?channel=`) is within the grant: refused here, before
+            // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
+            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .ok()
+                .and_then(|q| {
+                    q.0.into_iter()
+                        .find(|(k, _)| k == "channel")
+                        .map(|(_, v)| v)
+                });
+            grant.event_channel(asked)?;
         }
     }
     Ok(grant)
