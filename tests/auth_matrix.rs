@@ -678,3 +678,142 @@ async fn open_and_hook_routes_need_no_token() {
         .await
         .expect("stop");
 }
+
+/// Runs the binary with `args` to its end (bounded): exit success, stdout, stderr.
+fn run_bin(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUNYARD_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn runyard");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("runyard {args:?} did not exit within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = run_bin(
+        &[
+            "token",
+            "new",
+            "ci",
+            "--scopes",
+            "jobs:read,jobs:submit",
+            "--types",
+            "runyard.*",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let token = out.lines().next().expect("token line").trim().to_string();
+    assert!(token.starts_with("ry_") && token.len() > 40, "{out}");
+    assert_eq!(
+        out.matches(&token).count(),
+        1,
+        "the token is printed once: {out}"
+    );
+    let lines = &out[out.find("[[auth.tokens]]").expect("config lines")..];
+    assert!(lines.contains(&token_sha256(&token)), "{out}");
+    // The pasted lines configure a server that accepts the token with exactly those scopes.
+    let text = format!(
+        "data_dir = \"{}\"\n{lines}\n[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+        dir.path().join("data").display()
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = ServerBuilder::new(config)
+        .worker(false)
+        .start(listener)
+        .await
+        .expect("start");
+    let http = reqwest::Client::new();
+    let url = server.url();
+    let res = http
+        .post(format!("{url}/async/jobs"))
+        .bearer_auth(&token)
+        .json(&json!({"type": TYPE}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(res.status().as_u16(), 202);
+    let id = res.json::<Value>().await.expect("json")["job_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let res = http
+        .post(format!("{url}/async/jobs/{id}/cancel"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(res.status().as_u16(), 403, "no jobs:cancel");
+    server.stop().await.expect("stop");
+
+    // Bad input: an unknown scope, to `token new` and to `serve` (named, and the hash is not
+    // repeated); a token pasted where its hash goes.
+    let (ok, _, err) = run_bin(
+        &["token", "new", "ci", "--scopes", "jobs:write"],
+        dir.path(),
+    );
+    assert!(!ok && err.contains("jobs:write"), "{err}");
+    let h = token_sha256("x");
+    for (entry, key, secret) in [
+        (
+            format!("sha256 = \"{h}\"\nscopes = [\"jobs:write\"]"),
+            "auth.tokens[0].scopes",
+            h.as_str(),
+        ),
+        (
+            "sha256 = \"ry_pasted_token\"\nscopes = [\"admin\"]".to_string(),
+            "auth.tokens[0].sha256",
+            "ry_pasted_token",
+        ),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, format!("[[auth.tokens]]\nname = \"ci\"\n{entry}\n")).expect("write");
+        for cmd in ["serve", "worker"] {
+            let (ok, _, err) = run_bin(&[cmd, "--config", cfg.to_str().expect("utf8")], dir.path());
+            assert!(!ok, "{cmd} started with {entry}");
+            assert!(err.contains(key) && err.contains("`ci`"), "{cmd}: {err}");
+            assert!(!err.contains(secret), "{cmd} repeated the secret: {err}");
+        }
+    }
+
+    // Without auth, a public address is refused (before binding) with what to do.
+    let (ok, _, err) = run_bin(
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            dir.path().join("d2").to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("0.0.0.0:0") && err.contains("[auth]") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+}

@@ -44,6 +44,28 @@ impl FromRequestParts<AppState> for ChannelAuth {
     }
 }
 
+/// Without auth, `serve` listens on loopback only: every route would be open to whoever reaches
+/// the port. A non-loopback `listen` needs `[auth]`, or `--insecure-no-auth` /
+/// `auth.insecure_no_auth` (a proxy in front authenticates). The error says why and what to do.
+pub fn check_exposure(
+    config: &crate::config::Config,
+    insecure_no_auth: bool,
+) -> Result<(), String> {
+    let ip = config.listen.ip();
+    if ip.is_loopback() || config.auth.enabled() || insecure_no_auth || config.auth.insecure_no_auth
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "`listen`: {} is not a loopback address and no [auth] is configured: anyone who reaches \
+         the port could submit, read and cancel jobs. Configure [auth] (API tokens: `runyard \
+         token new NAME --scopes ...`; see docs/auth.md), listen on 127.0.0.1, or pass \
+         --insecure-no-auth (auth.insecure_no_auth = true) if something in front of runyard \
+         authenticates",
+        config.listen
+    ))
+}
+
 /// The token of a request: `Authorization: Bearer` first, else the cookie `cookie_name` (none
 /// when it is empty).
 pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, ApiError> {
@@ -101,6 +123,33 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Ap
 /// upgrade. Requests without `Origin` (not from a browser) pass.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOrigin;
+
+#[cfg(test)]
+mod exposure_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_public_listen_needs_auth_or_the_insecure_flag() {
+        let public = Config::from_toml("listen = \"0.0.0.0:7070\"").unwrap();
+        let e = super::check_exposure(&public, false).unwrap_err();
+        assert!(
+            e.contains("0.0.0.0:7070") && e.contains("--insecure-no-auth"),
+            "{e}"
+        );
+        assert!(super::check_exposure(&public, true).is_ok());
+        let v6 = Config::from_toml("listen = \"[::]:7070\"").unwrap();
+        assert!(super::check_exposure(&v6, false).is_err());
+        for ok in [
+            "listen = \"127.0.0.1:7070\"",
+            "listen = \"[::1]:7070\"",
+            "listen = \"0.0.0.0:7070\"\n[auth]\ninsecure_no_auth = true",
+            "listen = \"0.0.0.0:7070\"\n[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"",
+        ] {
+            let c = Config::from_toml(ok).unwrap();
+            assert!(super::check_exposure(&c, false).is_ok(), "{ok}");
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for StreamOrigin {
     type Rejection = ApiError;

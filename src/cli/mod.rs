@@ -5,6 +5,7 @@ pub mod client;
 pub mod launch;
 pub mod schedules;
 pub mod signal;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Cmd {
     Signal(signal::SignalArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+    /// API tokens: `token new NAME --scopes ...` prints a token once and its config lines.
+    Token(token::TokenArgs),
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
     /// reporting through the signed hook.
     Launch(launch::LaunchArgs),
@@ -74,6 +77,9 @@ pub struct ServeArgs {
     /// Run only the API and scheduler, no worker.
     #[arg(long)]
     no_worker: bool,
+    /// Listen on a non-loopback address without [auth] (something in front authenticates).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -218,6 +224,7 @@ pub fn main() -> ExitCode {
             Cmd::Schedules(a) => schedules::run(a).await,
             Cmd::Signal(a) => signal::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Token(a) => token::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
@@ -237,6 +244,7 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
+    crate::auth::check_exposure(&config, a.insecure_no_auth).map_err(anyhow::Error::msg)?;
     let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     ServerBuilder::new(config)
