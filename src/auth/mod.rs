@@ -124,33 +124,6 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Ap
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOrigin;
 
-#[cfg(test)]
-mod exposure_tests {
-    use crate::config::Config;
-
-    #[test]
-    fn a_public_listen_needs_auth_or_the_insecure_flag() {
-        let public = Config::from_toml("listen = \"0.0.0.0:7070\"").unwrap();
-        let e = super::check_exposure(&public, false).unwrap_err();
-        assert!(
-            e.contains("0.0.0.0:7070") && e.contains("--insecure-no-auth"),
-            "{e}"
-        );
-        assert!(super::check_exposure(&public, true).is_ok());
-        let v6 = Config::from_toml("listen = \"[::]:7070\"").unwrap();
-        assert!(super::check_exposure(&v6, false).is_err());
-        for ok in [
-            "listen = \"127.0.0.1:7070\"",
-            "listen = \"[::1]:7070\"",
-            "listen = \"0.0.0.0:7070\"\n[auth]\ninsecure_no_auth = true",
-            "listen = \"0.0.0.0:7070\"\n[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"",
-        ] {
-            let c = Config::from_toml(ok).unwrap();
-            assert!(super::check_exposure(&c, false).is_ok(), "{ok}");
-        }
-    }
-}
-
 impl FromRequestParts<AppState> for StreamOrigin {
     type Rejection = ApiError;
 
@@ -178,5 +151,32 @@ pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), ApiErro
         Err(ApiError::forbidden(
             "this Origin is not in `auth.allowed_origins`",
         ))
+    }
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_public_listen_needs_auth_or_the_insecure_flag() {
+        let public = Config::from_toml("listen = \"0.0.0.0:7070\"").unwrap();
+        let e = super::check_exposure(&public, false).unwrap_err();
+        assert!(
+            e.contains("0.0.0.0:7070") && e.contains("--insecure-no-auth"),
+            "{e}"
+        );
+        assert!(super::check_exposure(&public, true).is_ok());
+        let v6 = Config::from_toml("listen = \"[::]:7070\"").unwrap();
+        assert!(super::check_exposure(&v6, false).is_err());
+        for ok in [
+            "listen = \"127.0.0.1:7070\"",
+            "listen = \"[::1]:7070\"",
+            "listen = \"0.0.0.0:7070\"\n[auth]\ninsecure_no_auth = true",
+            "listen = \"0.0.0.0:7070\"\n[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"",
+        ] {
+            let c = Config::from_toml(ok).unwrap();
+            assert!(super::check_exposure(&c, false).is_ok(), "{ok}");
+        }
     }
 }
