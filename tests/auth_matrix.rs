@@ -681,8 +681,17 @@ async fn open_and_hook_routes_need_no_token() {
 
 /// Runs the binary with `args` to its end (bounded): exit success, stdout, stderr.
 fn run_bin(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    run_bin_env(args, dir, &[])
+}
+
+fn run_bin_env(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env_remove("RUNYARD_LOG")
         .stdout(std::process::Stdio::piped())
@@ -799,6 +808,27 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
             assert!(!err.contains(secret), "{cmd} repeated the secret: {err}");
         }
     }
+
+    // Tokens from the environment are read and checked the same way.
+    let (ok, _, err) = run_bin_env(
+        &[
+            "serve",
+            "--data-dir",
+            dir.path().join("d3").to_str().expect("utf8"),
+        ],
+        dir.path(),
+        &[(
+            "RUNYARD_AUTH__TOKENS",
+            &format!("[{{name=\"env-ci\", sha256=\"{h}\", scopes=[\"jobs:write\"]}}]"),
+        )],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("auth.tokens[0].scopes")
+            && err.contains("env-ci")
+            && err.contains("jobs:write"),
+        "{err}"
+    );
 
     // Without auth, a public address is refused (before binding) with what to do.
     let (ok, _, err) = run_bin(
