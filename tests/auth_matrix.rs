@@ -532,6 +532,17 @@ async fn listings_show_only_what_the_caller_covers() {
             .map(|j| j[field].as_str().unwrap_or("").to_string())
             .collect()
     };
+    let res = h
+        .http
+        .get(format!("{}/async/jobs", h.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status().as_u16(), 401);
+    assert_eq!(
+        res.headers().get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
     let jobs = h.call(Method::GET, "/async/jobs", None);
     let (s, all) = h.send(&jobs, Some(ADMIN)).await;
     assert_eq!(s, 200);

@@ -249,7 +249,17 @@ pub async fn guard(
     let (method, uri, headers) = (req.method(), req.uri(), req.headers());
     let grant = match decide(&access, need, (method, uri, headers), params.ok()).await {
         Ok(g) => g,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+            let mut res = e.into_response();
+            if unauthorized {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return res;
+        }
     };
     req.extensions_mut().insert(Caller(grant.clone()));
     CURRENT.scope(grant, next.run(req)).await
