@@ -788,6 +788,11 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
         .await
         .expect("cancel");
     assert_eq!(res.status().as_u16(), 403, "no jobs:cancel");
+    // `/metrics` and `/health` are open unless `auth.metrics_require_token`.
+    for open in ["/metrics", "/health"] {
+        let res = http.get(format!("{url}{open}")).send().await.expect("get");
+        assert_eq!(res.status().as_u16(), 200, "{open}");
+    }
     server.stop().await.expect("stop");
 
     // Bad input: an unknown scope, to `token new` and to `serve` (named, and the hash is not
