@@ -32,7 +32,9 @@ RUN apt-get update \
 COPY --from=build /out/runyard /usr/local/bin/runyard
 USER runyard
 WORKDIR /var/lib/runyard
-ENV RUNYARD_DATA_DIR=/var/lib/runyard/data
+# No ENV for runyard settings: every RUNYARD_* variable overrides the config file, so an image ENV
+# would silently win over a mounted runyard.toml (the Helm chart's). The defaults live in CMD,
+# which a config-driven deployment replaces.
 EXPOSE 7070
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/runyard"]
-CMD ["serve", "--listen", "0.0.0.0:7070"]
+CMD ["serve", "--listen", "0.0.0.0:7070", "--data-dir", "/var/lib/runyard/data"]

@@ -157,6 +157,8 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/async/blobs/{hash}", Need::Open),
     // Operations.
     other("GET", "/health", Need::Open),
+    other("GET", "/health/ready", Need::Open),
+    other("GET", "/health/live", Need::Open),
     other("GET", "/metrics", Need::Metrics),
 ];
 

@@ -124,6 +124,9 @@ pub struct WorkerArgs {
     /// Data directory (files of local jobs' working state; the store is in Redis).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve `/health/live` and `/health/ready` here (for Kubernetes probes), e.g. 0.0.0.0:7071.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -155,7 +158,14 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
-    ServerBuilder::new(config).work(shutdown_signal()).await
+    let mut builder = ServerBuilder::new(config);
+    if let Some(addr) = a.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("`--health-listen`: cannot listen on {addr}: {e}"))?;
+        builder = builder.health_listener(listener);
+    }
+    builder.work(shutdown_signal()).await
 }
 
 /// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
