@@ -74,6 +74,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "worker": {"lease_ttl": "20s", "kill_grace": "10s"},
             "retention": {"finished": "72h", "log_lines_per_job": 5000},
             "hooks": {"require_v2": True},
+            # What `runyard token new ci --scopes jobs:submit,jobs:read --types 'report.*'` prints.
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "ci",
+                        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                        "scopes": ["jobs:submit", "jobs:read"],
+                        "types": ["report.*"],
+                    }
+                ]
+            },
         },
         "runners": [
             {

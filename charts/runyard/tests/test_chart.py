@@ -273,6 +273,7 @@ def test_config_map_holds_the_runners(scenario):
         }
         assert batch["max_attempts"] == 5
         assert cfg["worker"] == {"lease_ttl": "20s", "kill_grace": "10s"}
+        assert cfg["auth"]["tokens"][0]["scopes"] == ["jobs:submit", "jobs:read"]
         assert cfg["public_url"] == "https://jobs.example.com"
         assert cfg["listen"] == "0.0.0.0:8080"
     else:
