@@ -7,6 +7,7 @@ pub mod extract;
 pub mod files;
 pub mod hooks;
 pub mod jobs;
+pub mod runners;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -93,6 +94,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
+        .merge(runners::routes())
+        .merge(crate::dashboard::routes())
         .merge(signals::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
