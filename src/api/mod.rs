@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod hooks;
 pub mod jobs;
+pub mod runners;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -95,6 +96,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health/live", get(health::live))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
+        .merge(runners::routes())
+        .merge(crate::dashboard::routes())
         .merge(signals::routes())
         // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
         // last call that adds routes: one added below it would not be checked.
