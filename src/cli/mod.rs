@@ -2,7 +2,12 @@
 
 pub mod bench;
 pub mod client;
+pub mod completions;
+pub mod exit;
+pub mod files;
+pub mod follow;
 pub mod launch;
+pub mod output;
 pub mod schedules;
 pub mod signal;
 
@@ -46,6 +51,10 @@ enum Cmd {
     Schedules(schedules::SchedulesArgs),
     /// Write a readiness signal: `runyard signal KEY [--payload JSON] [--id ID]`.
     Signal(signal::SignalArgs),
+    /// A job's files: `files get JOB PROPERTY [INDEX] [-o FILE]`, `files put JOB PROPERTY FILE`.
+    Files(files::FilesArgs),
+    /// Print a shell completion script: `runyard completions bash|zsh|fish`.
+    Completions(completions::CompletionsArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
@@ -217,6 +226,8 @@ pub fn main() -> ExitCode {
             Cmd::Jobs(a) => client::jobs(a).await,
             Cmd::Schedules(a) => schedules::run(a).await,
             Cmd::Signal(a) => signal::run(a).await,
+            Cmd::Files(a) => files::run(a).await,
+            Cmd::Completions(a) => Ok(completions::run(a)),
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
@@ -225,7 +236,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // docs/cli.md: 1 job not successful, 2 usage, 3 unreachable, 4 refused.
+            exit::code_of(&e)
         }
     }
 }
