@@ -701,3 +701,96 @@ fn completions_are_generated_for_each_shell() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// A stand-in server for `logs --follow`: the job and its (empty) log, and an event stream whose
+/// first connection drops after one event. Records each stream request's `Last-Event-ID`.
+fn flaky_event_server(
+    id: &'static str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut last_event_id = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("last-event-id") {
+                        last_event_id = Some(v.trim().to_string());
+                    }
+                }
+            }
+            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            let status = if done.load(std::sync::atomic::Ordering::SeqCst) {
+                "SUCCESS"
+            } else {
+                "RUNNING"
+            };
+            let event = |n: u32, st: &str| {
+                let ev = serde_json::json!({"id": n.to_string(), "job_id": id, "type": "status",
+                    "runyard_status": st, "attempt": 1});
+                format!("id: {n}\ndata: {ev}\n\n")
+            };
+            if path.starts_with("/async/events/sse") {
+                record.lock().unwrap().push(last_event_id.clone());
+                let body = match last_event_id.as_deref() {
+                    None => event(1, "RUNNING"), // then the connection drops
+                    Some(_) => {
+                        done.store(true, std::sync::atomic::Ordering::SeqCst);
+                        event(2, "SUCCESS")
+                    }
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
+                );
+                continue;
+            }
+            let body = if path.contains("/logs") {
+                serde_json::json!({"job_id": id, "status": status, "lines": [], "next": 0})
+            } else {
+                serde_json::json!({"id": id, "status": status, "channel_id": "ch", "runs": [],
+                    "exit_code": if status == "SUCCESS" { serde_json::json!(0) } else { serde_json::Value::Null }})
+            }
+            .to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn logs_follow_reconnects_from_the_last_event_id() {
+    let id = "01a22d2b-1c54-7698-be6b-3e5256c4d637";
+    let (url, seen) = flaky_event_server(id);
+    let out = cli_env(&url, &["logs", id, "--follow"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("job {id} ended SUCCESS (exit code 0)\n")
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some("1".to_string())],
+        "one reconnect, from the last event seen"
+    );
+}
