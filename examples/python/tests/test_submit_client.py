@@ -349,3 +349,34 @@ def test_an_unreachable_server_raises_server_unreachable():
     with Client(f"http://127.0.0.1:{port}", timeout=2) as c:
         with pytest.raises(ServerUnreachable):
             c.submit("py.hello")
+
+
+def test_submit_body_fields():
+    import datetime as dt
+
+    from runyard_job.api import submit_body
+
+    body = submit_body(
+        "report.daily",
+        {"day": 1},
+        wait_for=["src.orders:3", "src.stock", {"key": "k", "since": "18:00"}],
+        deadline=dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc),
+        on_deadline="skip",
+        timeout=dt.timedelta(minutes=2),
+        notify={"url": "https://example.invalid/hook", "events": ["terminal"]},
+    )
+    assert body == {
+        "type": "report.daily",
+        "args": {"day": 1},
+        "wait_for": [{"key": "src.orders", "count": 3}, {"key": "src.stock"}, {"key": "k", "since": "18:00"}],
+        "deadline": "2030-01-01T12:00:00Z",
+        "on_deadline": "skip",
+        "timeout": 120.0,
+        "notify": {"url": "https://example.invalid/hook", "events": ["terminal"]},
+    }
+    before = dt.datetime.now(dt.timezone.utc)
+    run_at = dt.datetime.fromisoformat(submit_body("t", delay=60)["run_at"].replace("Z", "+00:00"))
+    assert dt.timedelta(seconds=59) <= run_at - before <= dt.timedelta(seconds=70)
+    assert "args" not in submit_body("t") and submit_body("t", timeout="10m")["timeout"] == "10m"
+    with pytest.raises(ValueError):
+        submit_body("t", delay=1, run_at="2030-01-01T00:00:00Z")
