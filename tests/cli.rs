@@ -527,26 +527,34 @@ fn logs_follow_ends_with_the_final_status_and_exits_with_its_code() {
 
 #[test]
 fn submit_wait_and_logs_follow_read_the_event_stream_with_the_token() {
-    // With `[auth]`, the event stream needs a JWT naming the channel: following works with the
-    // token (sent as a bearer) and is refused (exit 4) without it, so the CLI follows the
-    // stream, not a poll of the job.
+    // With `[auth]` every request, the event stream included, needs a bearer token: `submit
+    // --wait` and `logs --follow` work with one (a JWT from RUNYARD_TOKEN, a static API token
+    // from --token) and are refused (exit 4) without one or outside its channel.
+    use sha2::Digest;
     let secret = "a-secret-of-at-least-thirty-two-bytes!";
+    let api_token = "ry_cli_test_token_0123456789";
+    let sha = hex::encode(sha2::Sha256::digest(api_token.as_bytes()));
     let s = serve(&format!(
-        "{FOLLOW_RUNNERS}\n[auth]\njwt_secret = \"{secret}\"\n"
+        "{FOLLOW_RUNNERS}\n[auth]\njwt_secret = \"{secret}\"\n\n[[auth.tokens]]\nname = \"ci\"\n\
+         sha256 = \"{sha}\"\nscopes = [\"jobs:submit\", \"jobs:read\", \"jobs:cancel\"]\n"
     ));
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"channel": "team-a", "sub": "ci", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap();
+    let mint = |channel: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"channel": channel, "sub": "ci", "exp": exp,
+                                "scope": "jobs:submit jobs:read jobs:cancel"}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let jwt = mint("team-a");
     let args = ["submit", "sh.ok", "--channel", "team-a", "--wait"];
-    let with = cli_env(&s.url, &args, &[("RUNYARD_TOKEN", &token)]);
+    let with = cli_env(&s.url, &args, &[("RUNYARD_TOKEN", &jwt)]);
     assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
     let job: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
     assert_eq!(job["status"], "SUCCESS");
@@ -556,34 +564,42 @@ fn submit_wait_and_logs_follow_read_the_event_stream_with_the_token() {
         "{}",
         stderr(&with)
     );
-
     let without = cli_env(&s.url, &args, &[]);
     assert_eq!(without.status.code(), Some(4), "{}", stderr(&without));
     assert!(stderr(&without).contains("401"), "{}", stderr(&without));
 
-    // logs --follow on running jobs of the channel: with the token (the flag this time) it
-    // follows to the end; without, the stream is refused.
-    let hang = cli_env(&s.url, &["submit", "hang", "--channel", "team-a"], &[]);
-    let hang = stdout(&hang).trim().to_string();
-    let flag = cli_env(&s.url, &["logs", &hang, "--follow", "--token", &token], &[]);
-    assert_eq!(flag.status.code(), Some(1), "{}", stderr(&flag));
-    assert!(stdout(&flag).contains(&format!("job {hang} ended TIMEOUT")));
-    let long = cli_env(
+    // logs --follow on a running job, with the static token as a flag: to the end.
+    let hang = cli_env(
         &s.url,
         &[
             "submit",
-            "runyard.sleep",
-            "--args",
-            r#"{"ms": 60000}"#,
+            "hang",
             "--channel",
             "team-a",
+            "--token",
+            api_token,
         ],
         &[],
     );
-    let long = stdout(&long).trim().to_string();
-    let refused = cli_env(&s.url, &["logs", &long, "--follow"], &[]);
-    assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
-    assert!(cli_env(&s.url, &["cancel", &long], &[]).status.success());
+    assert!(hang.status.success(), "{}", stderr(&hang));
+    let hang = stdout(&hang).trim().to_string();
+    let flag = cli_env(
+        &s.url,
+        &["logs", &hang, "--follow", "--token", api_token],
+        &[],
+    );
+    assert_eq!(flag.status.code(), Some(1), "{}", stderr(&flag));
+    assert!(stdout(&flag).contains(&format!("job {hang} ended TIMEOUT")));
+    // Without a token, or with one for another channel: refused.
+    let none = cli_env(&s.url, &["logs", &hang, "--follow"], &[]);
+    assert_eq!(none.status.code(), Some(4), "{}", stderr(&none));
+    let other = cli_env(
+        &s.url,
+        &["logs", &hang, "--follow"],
+        &[("RUNYARD_TOKEN", &mint("team-b"))],
+    );
+    assert_eq!(other.status.code(), Some(4), "{}", stderr(&other));
+    assert!(stderr(&other).contains("403"), "{}", stderr(&other));
 }
 
 #[test]
