@@ -331,6 +331,12 @@ async fn workload_metrics(backend: Backend) {
         m.get("runyard_job_transitions_total", &[("status", "SUCCESS")]),
         N_OK as f64
     );
+    // Queued at submit (all but none delayed) and again after each retry's backoff.
+    assert_eq!(
+        m.get("runyard_job_transitions_total", &[("status", "QUEUED")]),
+        (N_OK + M_FAIL + 3 + M_FAIL * (ATTEMPTS - 1)) as f64,
+        "{ctx}"
+    );
 
     // HTTP requests by route template, never by path.
     let http = |method, route, status| {
@@ -351,6 +357,11 @@ async fn workload_metrics(backend: Backend) {
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = ts.get("/async/jobs/not-a-uuid").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A hook call without a job signature.
+    let (st, _) = ts
+        .post("/async/status", Some(&json!({"status": "RUNNING"})))
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Store operations: timed, none failed.
     assert!(
@@ -364,6 +375,16 @@ async fn workload_metrics(backend: Backend) {
     assert!(m.has("runyard_schedule_fires_total"), "{ctx}");
 
     let m2 = scrape(&ts).await;
+    assert_eq!(
+        m2.get(
+            "runyard_hook_calls_total",
+            &[("route", "/async/status"), ("result", "unauthorized")]
+        ),
+        1.0,
+        "{}",
+        m2.1
+    );
+    assert_eq!(m2.sum("runyard_hook_calls_total", &[]), 1.0);
     assert_eq!(
         m2.get(
             "runyard_http_requests_total",
@@ -389,7 +410,7 @@ async fn workload_metrics(backend: Backend) {
             "runyard_http_requests_total",
             &[("method", "GET"), ("route", "/metrics"), ("status", "200")]
         ),
-        1.0,
+        2.0,
         "the scrapes before are counted once answered"
     );
 

@@ -307,6 +307,15 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` delayed jobs (or retries after their backoff) this process made QUEUED.
+    pub fn jobs_promoted(&self, n: usize) {
+        if n > 0 {
+            self.transitions
+                .get_or_create(&vec![("status", JobStatus::Queued.as_str().to_string())])
+                .inc_by(n as u64);
+        }
+    }
+
     /// Jobs this process claimed: their wait in the queue.
     pub fn jobs_claimed(&self, jobs: &[Job]) {
         for j in jobs {

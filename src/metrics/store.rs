@@ -107,7 +107,11 @@ impl JobQueue for MeteredStore {
             .await
     }
     async fn promote_due(&self, max: usize) -> Result<usize> {
-        self.timed("promote_due", self.inner.promote_due(max)).await
+        let r = self.timed("promote_due", self.inner.promote_due(max)).await;
+        if let Ok(n) = &r {
+            self.metrics.jobs_promoted(*n);
+        }
+        r
     }
     async fn next_due(&self) -> Result<Option<Micros>> {
         self.timed("next_due", self.inner.next_due()).await
