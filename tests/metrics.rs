@@ -519,3 +519,40 @@ async fn redis_counts_are_built_for_an_older_database_and_follow_retention() {
     );
     assert!(c.by_type_status.is_empty(), "{c:?}");
 }
+
+/// Every metric the Grafana dashboard queries is one runyard exposes (a renamed metric would
+/// leave a panel empty).
+#[test]
+fn the_dashboard_queries_only_metrics_runyard_exposes() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/runyard/dashboards/runyard.json"
+    );
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    assert!(exprs.len() > 10, "{exprs:?}");
+    // Families show on /metrics once they have a series; the registry knows them all.
+    let names = runyard::metrics::Metrics::new().metric_names();
+    let mut checked = 0;
+    for e in &exprs {
+        for (i, _) in e.match_indices("runyard_") {
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                names.iter().any(|n| n == base),
+                "the dashboard queries {name}, which runyard does not expose: {names:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "{checked}");
+}

@@ -74,6 +74,7 @@ pub struct Metrics {
     /// Serialises scrapes: the store gauges are refilled and encoded under it.
     scrape: tokio::sync::Mutex<()>,
     types: Mutex<std::collections::HashSet<String>>,
+    names: Mutex<Vec<String>>,
     http_panics: Counter,
     transitions: Family<Labels, Counter>,
     submitted: Family<Labels, Counter>,
@@ -105,6 +106,7 @@ impl Metrics {
             registry: RwLock::new(Registry::default()),
             scrape: tokio::sync::Mutex::new(()),
             types: Mutex::new(Default::default()),
+            names: Mutex::new(Vec::new()),
             http_panics: Counter::default(),
             transitions: Family::default(),
             submitted: Family::default(),
@@ -204,6 +206,27 @@ impl Metrics {
                 "Store operations that failed (store unavailable or backend error), by operation",
                 m.store_errors.clone(),
             );
+            m.names.lock().extend(
+                [
+                    "runyard_jobs",
+                    "runyard_queue_depth",
+                    "runyard_queue_oldest_age_seconds",
+                    "runyard_store_up",
+                    "runyard_jobs_submitted_total",
+                    "runyard_job_transitions_total",
+                    "runyard_job_outcomes_total",
+                    "runyard_job_retries_total",
+                    "runyard_lease_expirations_total",
+                    "runyard_job_queue_wait_seconds",
+                    "runyard_job_run_seconds",
+                    "runyard_http_requests_total",
+                    "runyard_hook_calls_total",
+                    "runyard_http_panics_total",
+                    "runyard_store_operation_seconds",
+                    "runyard_store_errors_total",
+                ]
+                .map(String::from),
+            );
         }
         use crate::schedule::counters::{FIRES, MISFIRES, SKIPPED_OVERLAPS};
         use std::sync::atomic::Ordering::Relaxed;
@@ -244,6 +267,7 @@ impl Metrics {
         help: &'static str,
         read: impl Fn() -> Vec<(Labels, u64)> + Send + Sync + 'static,
     ) {
+        self.names.lock().push(format!("{name}_total"));
         self.register_collector(FnFamily {
             name,
             help,
@@ -258,6 +282,7 @@ impl Metrics {
         help: &'static str,
         read: impl Fn() -> i64 + Send + Sync + 'static,
     ) {
+        self.names.lock().push(name.to_string());
         self.register_collector(FnFamily {
             name,
             help,
@@ -268,6 +293,12 @@ impl Metrics {
     /// Registers any collector (encoded at every scrape, after the built-in metrics).
     pub fn register_collector(&self, c: impl Collector) {
         self.registry.write().register_collector(Box::new(c));
+    }
+
+    /// The name of every metric registered (as exposed: counters with `_total`), except those of
+    /// [`Metrics::register_collector`].
+    pub fn metric_names(&self) -> Vec<String> {
+        self.names.lock().clone()
     }
 
     /// The label value for `job_type`: itself, or [`OTHER_TYPE`] once [`MAX_TYPES`] types were
