@@ -556,3 +556,69 @@ fn the_dashboard_queries_only_metrics_runyard_exposes() {
     }
     assert!(checked >= 18, "{checked}");
 }
+
+/// Every response carries a request id (the client's, or a new one); JSON responses of 1 KiB or
+/// more are gzip-compressed for a client that accepts gzip, and nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_an_id_and_large_json_is_gzipped() {
+    let ts = TestServer::builder(RUNNERS)
+        .service("m.hold", |_ctx| async { Ok(json!("ok")) })
+        .start()
+        .await;
+    for _ in 0..20 {
+        ts.submit_ok(json!({"type": "m.hold", "args": {"pad": "x".repeat(40)}}))
+            .await;
+    }
+    let get = |path: &str, gzip: bool, id: Option<&str>| {
+        let mut r = ts.client.get(ts.at(path));
+        if gzip {
+            r = r.header("accept-encoding", "gzip");
+        }
+        if let Some(id) = id {
+            r = r.header("x-request-id", id);
+        }
+        r.send()
+    };
+    let header = |r: &reqwest::Response, h: &str| {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // A large JSON list, gzip accepted: compressed.
+    let r = get("/async/jobs?limit=100", true, None)
+        .await
+        .expect("list");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    let id = header(&r, "x-request-id").expect("a request id");
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let body = r.bytes().await.expect("body");
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip magic");
+    // Not accepted: plain JSON.
+    let r = get("/async/jobs?limit=100", false, Some("client-id-42"))
+        .await
+        .expect("list");
+    assert_eq!(header(&r, "content-encoding"), None);
+    assert_eq!(header(&r, "x-request-id").as_deref(), Some("client-id-42"));
+    let v: Value = r.json().await.expect("JSON");
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(20));
+    // Small JSON and non-JSON are not compressed; error answers carry an id too.
+    let r = get("/health", true, None).await.expect("health");
+    assert_eq!(header(&r, "content-encoding"), None);
+    let r = get("/metrics", true, None).await.expect("metrics");
+    assert_eq!(header(&r, "content-encoding"), None);
+    let r = get("/no/such/route", true, None).await.expect("404");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(header(&r, "x-request-id").is_some());
+    // Two requests, two ids.
+    let a = header(
+        &get("/health", false, None).await.expect("a"),
+        "x-request-id",
+    );
+    let b = header(
+        &get("/health", false, None).await.expect("b"),
+        "x-request-id",
+    );
+    assert_ne!(a, b);
+}

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod files;
 pub mod hooks;
 pub mod jobs;
+pub mod request_trace;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -97,6 +98,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
+    let routes = request_trace::with_request_tracing(routes);
     let routes = crate::metrics::http::count_requests(routes, counters.clone());
     edge::with_edge_layers(routes, &cors, counters)
 }
