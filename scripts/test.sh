@@ -30,7 +30,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 log "python packages"
-# `[test]`: PyJWT and websockets for examples/python/tests/test_superset_events.py.
+# `[test]`: PyJWT and websockets for examples/python/tests/test_superset_events.py, prometheus-client
+# for test_metrics_two_nodes.py.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
   -e "examples/python[test]" -r charts/runyard/tests/requirements.txt -r tests/browser/requirements.txt
 

@@ -149,10 +149,12 @@ impl ServerBuilder {
         let master_key = Arc::new(load_master_key(&mut self.config)?);
         let config = Arc::new(self.config);
         let (store, redis) = open_store(&config).await?;
+        // Every store call of this process is timed and every committed change counted.
+        let metrics = Arc::new(Metrics::default());
+        let store = crate::metrics::MeteredStore::wrap(store, metrics.clone());
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
         );
-        let metrics = Arc::new(Metrics::default());
         let blobs = Arc::new(
             BlobStore::new(config.data_dir.join("files"))
                 .context("`data_dir`: cannot create the file store")?,
@@ -178,7 +180,6 @@ impl ServerBuilder {
         let bg = CancellationToken::new();
         let worker_stop = CancellationToken::new();
         let tasks = vec![
-            tokio::spawn(metrics.follow(store.clone(), bg.clone())),
             tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
             tokio::spawn(crate::schedule::firing::fire_loop(
                 crate::schedule::firing::Firing {

@@ -9,6 +9,7 @@ pub mod health;
 pub mod hooks;
 pub mod jobs;
 pub mod runners;
+pub mod request_trace;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -108,6 +109,8 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
+    let routes = request_trace::with_request_tracing(routes);
+    let routes = crate::metrics::http::count_requests(routes, counters.clone());
     edge::with_edge_layers(routes, &cors, counters)
 }
 
@@ -232,8 +235,8 @@ async fn health(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.app.metrics.render(),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        st.app.metrics.scrape(st.app.store.as_ref()).await,
     )
         .into_response()
 }

@@ -29,6 +29,8 @@ use uuid::Uuid;
 use super::*;
 use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
 
+#[path = "sqlite_counts.rs"]
+mod counts;
 #[path = "sqlite_schedules.rs"]
 mod schedules;
 #[path = "sqlite_signals.rs"]
@@ -231,6 +233,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
         conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(counts::SCHEMA).map_err(db_err)?;
         orphan_leases(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());

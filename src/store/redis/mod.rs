@@ -37,6 +37,7 @@
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
 //! [`Maintenance::health`] answers within a second either way.
 
+mod counts;
 mod notices;
 mod schedules;
 mod signals;
@@ -248,6 +249,7 @@ impl Write {
             } else {
                 String::new()
             },
+            j.job_type.clone(),
         ]
     }
 }
@@ -346,7 +348,7 @@ pub fn parse_event_id(s: &str) -> Result<String> {
 const MIN_TRY: Duration = Duration::from_millis(250);
 
 /// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 15;
+const WRITE_ARGS: usize = 16;
 
 /// One caller's writes, waiting for the committer.
 struct Pending {

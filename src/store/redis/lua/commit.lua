@@ -10,13 +10,15 @@
 --
 -- ARGV[1] prefix, ARGV[2] global stream limit, ARGV[3] channel stream limit,
 -- ARGV[4] channel stream TTL (ms), ARGV[5] number of jobs, ARGV[6] the committing process's
--- notice origin, then 14 values per job:
+-- notice origin, then 16 values per job:
 --   id, expected version ('' = the job must not exist: a submit), new version, status, runner,
 --   channel, queued_at, run_at ('' none), lease expiry ('' none, '=' unchanged: the job was
 --   active with this same expiry at the expected version), finished_at ('' none),
 --   idempotency key ('' none), file hashes (space separated, '' none), body (JSON),
 --   event (JSON, '' none), signal keys to write if this write makes the job SUCCESS (`emits`,
---   separated by newlines, '' none; see signal_append.lua for the keys they touch)
+--   separated by newlines, '' none; see signal_append.lua for the keys they touch),
+--   job type (the job counts, see counts.lua: `P:jc` counters by type and status, `P:qt:{type}`
+--   the QUEUED jobs of a type by queued_at)
 -- Returns one reply per job:
 --   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
 --   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
@@ -61,8 +63,9 @@ local function emit(id, keys, at)
 end
 
 local function commit_one(a)
-  local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev, emits =
-    a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]
+  local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev, emits, jt =
+    a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
+    a[16]
   local key = P .. ':job:' .. id
   local cur = redis.call('HMGET', key, 'v', 's')
   local old = cur[2]
@@ -79,7 +82,20 @@ local function commit_one(a)
     if not cur[1] then return 'GONE' end
     if cur[1] ~= expv then return 'CONFLICT' end
   end
-  redis.call('HSET', key, 'v', newv, 's', st, 'r', runner, 'q', qat, 'c', chan, 'b', body)
+  redis.call('HSET', key, 'v', newv, 's', st, 'r', runner, 'q', qat, 'c', chan, 'b', body, 't', jt)
+  -- Job counts (metrics): one counter per (type, status), and the type's queue by queued_at.
+  if old ~= st then
+    if old then
+      local f = jt .. '\n' .. old
+      if redis.call('HINCRBY', P .. ':jc', f, -1) <= 0 then redis.call('HDEL', P .. ':jc', f) end
+    end
+    redis.call('HINCRBY', P .. ':jc', jt .. '\n' .. st, 1)
+  end
+  if st == 'QUEUED' then
+    redis.call('ZADD', P .. ':qt:' .. jt, qat, id)
+  elseif old == 'QUEUED' then
+    redis.call('ZREM', P .. ':qt:' .. jt, id)
+  end
   if idem ~= '' then redis.call('HSET', key, 'k', idem) end
   if files ~= '' then
     redis.call('HSET', key, 'f', files)
@@ -141,8 +157,8 @@ local out = {}
 local i = 7
 for j = 1, n do
   local a = {}
-  for k = 0, 14 do a[k + 1] = ARGV[i + k] end
-  i = i + 15
+  for k = 0, 15 do a[k + 1] = ARGV[i + k] end
+  i = i + 16
   out[j] = commit_one(a)
 end
 return out

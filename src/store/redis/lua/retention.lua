@@ -7,8 +7,13 @@ local P = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', P .. ':fin', '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   local key = P .. ':job:' .. id
-  local h = redis.call('HMGET', key, 's', 'k', 'f')
+  local h = redis.call('HMGET', key, 's', 'k', 'f', 't')
   if h[1] then redis.call('ZREM', P .. ':st:' .. h[1], id) end
+  -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
+  if h[1] and h[4] then
+    local f = h[4] .. '\n' .. h[1]
+    if redis.call('HINCRBY', P .. ':jc', f, -1) <= 0 then redis.call('HDEL', P .. ':jc', f) end
+  end
   if h[2] and redis.call('GET', P .. ':idem:' .. h[2]) == id then
     redis.call('DEL', P .. ':idem:' .. h[2])
   end

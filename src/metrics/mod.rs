@@ -1,0 +1,630 @@
+//! Prometheus metrics on the `prometheus-client` crate.
+//!
+//! Two kinds of figures (see `docs/observability.md` for every metric):
+//!
+//! - **Counters and histograms of this process** (submits, outcomes, retries, lease expirations,
+//!   HTTP requests, hook calls, store latency...), counted where this process does the work: the
+//!   store wrapper [`MeteredStore`] sees every command this process commits, the HTTP layer
+//!   ([`http`]) every request it answers. On several nodes, sum them over the nodes.
+//! - **Gauges read from the store at scrape time** (jobs by type and status, queue depth, oldest
+//!   waiting job), through [`crate::store::JobCountStore`]: every node shows the same figures.
+//!
+//! Other modules add their own families without touching this file's structs: keep the counter
+//! as a plain atomic in the module and register a reader of it with
+//! [`Metrics::register_counter_fn`] / [`Metrics::register_gauge_fn`] (or any
+//! [`prometheus_client::collector::Collector`] with [`Metrics::register_collector`]), once,
+//! where the server is assembled.
+
+pub mod http;
+pub mod store;
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::job::{now_us, Job, JobStatus};
+use crate::store::counts::JobCounts;
+use crate::store::Store;
+
+pub use store::MeteredStore;
+
+/// Labels of a family: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A histogram family, with its buckets.
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// How many distinct job types the metrics keep apart; the others are counted under the type
+/// `_other` (types are configured, but a runner's `types` may be a glob).
+pub const MAX_TYPES: usize = 200;
+
+/// The label value of job types past [`MAX_TYPES`].
+pub const OTHER_TYPE: &str = "_other";
+
+/// Buckets (seconds) for how long a job waits and runs: 10 ms to 4 h.
+const JOB_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// Buckets (seconds) for one store operation: 0.1 ms to 5 s.
+const STORE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+fn job_histogram() -> Histogram {
+    Histogram::new(JOB_BUCKETS)
+}
+
+fn store_histogram() -> Histogram {
+    Histogram::new(STORE_BUCKETS)
+}
+
+/// The process's metrics and the registry they are exposed from.
+pub struct Metrics {
+    registry: RwLock<Registry>,
+    /// Serialises scrapes: the store gauges are refilled and encoded under it.
+    scrape: tokio::sync::Mutex<()>,
+    types: Mutex<std::collections::HashSet<String>>,
+    names: Mutex<Vec<String>>,
+    http_panics: Counter,
+    transitions: Family<Labels, Counter>,
+    submitted: Family<Labels, Counter>,
+    outcomes: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    lease_expirations: Family<Labels, Counter>,
+    queue_wait: Histograms,
+    run_time: Histograms,
+    http_requests: Family<Labels, Counter>,
+    hook_calls: Family<Labels, Counter>,
+    store_seconds: Histograms,
+    store_errors: Family<Labels, Counter>,
+    jobs: Family<Labels, Gauge>,
+    queue_depth: Family<Labels, Gauge>,
+    queue_oldest: Family<Labels, Gauge<f64, AtomicU64>>,
+    store_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every runyard metric, registered.
+    pub fn new() -> Self {
+        let m = Self {
+            registry: RwLock::new(Registry::default()),
+            scrape: tokio::sync::Mutex::new(()),
+            types: Mutex::new(Default::default()),
+            names: Mutex::new(Vec::new()),
+            http_panics: Counter::default(),
+            transitions: Family::default(),
+            submitted: Family::default(),
+            outcomes: Family::default(),
+            retries: Family::default(),
+            lease_expirations: Family::default(),
+            queue_wait: Family::new_with_constructor(job_histogram),
+            run_time: Family::new_with_constructor(job_histogram),
+            http_requests: Family::default(),
+            hook_calls: Family::default(),
+            store_seconds: Family::new_with_constructor(store_histogram),
+            store_errors: Family::default(),
+            jobs: Family::default(),
+            queue_depth: Family::default(),
+            queue_oldest: Family::default(),
+            store_up: Gauge::default(),
+        };
+        {
+            let mut r = m.registry.write();
+            r.register(
+                "runyard_jobs",
+                "Jobs in the store by type and status (read from the store at scrape time: the same on every node)",
+                m.jobs.clone(),
+            );
+            r.register(
+                "runyard_queue_depth",
+                "QUEUED jobs by type: ready and waiting for a worker (from the store)",
+                m.queue_depth.clone(),
+            );
+            r.register(
+                "runyard_queue_oldest_age_seconds",
+                "Age of the oldest QUEUED job by type, since it became QUEUED (from the store)",
+                m.queue_oldest.clone(),
+            );
+            r.register(
+                "runyard_store_up",
+                "1 when the last scrape could read the job counts from the store, else 0",
+                m.store_up.clone(),
+            );
+            r.register(
+                "runyard_jobs_submitted",
+                "Jobs created by submits this process accepted, by type",
+                m.submitted.clone(),
+            );
+            r.register(
+                "runyard_job_transitions",
+                "Job status changes this process committed, by new status",
+                m.transitions.clone(),
+            );
+            r.register(
+                "runyard_job_outcomes",
+                "Jobs that reached a final status through this process, by type and outcome",
+                m.outcomes.clone(),
+            );
+            r.register(
+                "runyard_job_retries",
+                "Failed attempts this process scheduled for another attempt, by type",
+                m.retries.clone(),
+            );
+            r.register(
+                "runyard_lease_expirations",
+                "Expired worker leases this process's reaper recovered, by type",
+                m.lease_expirations.clone(),
+            );
+            r.register(
+                "runyard_job_queue_wait_seconds",
+                "Time from a job becoming QUEUED (its submit, or when a delay or backoff ended) to the claim that starts an attempt, by type",
+                m.queue_wait.clone(),
+            );
+            r.register(
+                "runyard_job_run_seconds",
+                "Run time of attempts that ended through this process (start to end), by type",
+                m.run_time.clone(),
+            );
+            r.register(
+                "runyard_http_requests",
+                "HTTP requests this process answered, by method, route template and status code",
+                m.http_requests.clone(),
+            );
+            r.register(
+                "runyard_hook_calls",
+                "Calls to the job hook routes this process answered, by route and result",
+                m.hook_calls.clone(),
+            );
+            r.register(
+                "runyard_http_panics",
+                "Request handlers that panicked (answered 500)",
+                m.http_panics.clone(),
+            );
+            r.register(
+                "runyard_store_operation_seconds",
+                "Latency of store operations called by this process, by operation",
+                m.store_seconds.clone(),
+            );
+            r.register(
+                "runyard_store_errors",
+                "Store operations that failed (store unavailable or backend error), by operation",
+                m.store_errors.clone(),
+            );
+            m.names.lock().extend(
+                [
+                    "runyard_jobs",
+                    "runyard_queue_depth",
+                    "runyard_queue_oldest_age_seconds",
+                    "runyard_store_up",
+                    "runyard_jobs_submitted_total",
+                    "runyard_job_transitions_total",
+                    "runyard_job_outcomes_total",
+                    "runyard_job_retries_total",
+                    "runyard_lease_expirations_total",
+                    "runyard_job_queue_wait_seconds",
+                    "runyard_job_run_seconds",
+                    "runyard_http_requests_total",
+                    "runyard_hook_calls_total",
+                    "runyard_http_panics_total",
+                    "runyard_store_operation_seconds",
+                    "runyard_store_errors_total",
+                ]
+                .map(String::from),
+            );
+        }
+        use crate::schedule::counters::{FIRES, MISFIRES, SKIPPED_OVERLAPS};
+        use std::sync::atomic::Ordering::Relaxed;
+        m.register_counter_fn(
+            "runyard_schedule_fires",
+            "Jobs submitted by cron schedule fires decided in this process",
+            || FIRES.load(Relaxed),
+        );
+        m.register_counter_fn(
+            "runyard_schedule_misfires",
+            "Schedule fire times missed (misfire policy, catch-up window)",
+            || MISFIRES.load(Relaxed),
+        );
+        m.register_counter_fn(
+            "runyard_schedule_skipped_overlaps",
+            "Schedule fires skipped while the previous job was active",
+            || SKIPPED_OVERLAPS.load(Relaxed),
+        );
+        m
+    }
+
+    /// Registers a counter read from `read` at every scrape (for example a module's
+    /// `AtomicU64`). `name` without the `_total` suffix, which is added.
+    pub fn register_counter_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.register_counter_family_fn(name, help, move || vec![(Vec::new(), read())]);
+    }
+
+    /// Registers a family of counters read from `read` at every scrape: one `(labels, value)`
+    /// per series. Keep the label values a small fixed set (never a job id or a channel).
+    pub fn register_counter_family_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> Vec<(Labels, u64)> + Send + Sync + 'static,
+    ) {
+        self.names.lock().push(format!("{name}_total"));
+        self.register_collector(FnFamily {
+            name,
+            help,
+            kind: FnKind::Counter(Box::new(read)),
+        });
+    }
+
+    /// Registers a gauge read from `read` at every scrape.
+    pub fn register_gauge_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        self.names.lock().push(name.to_string());
+        self.register_collector(FnFamily {
+            name,
+            help,
+            kind: FnKind::Gauge(Box::new(move || vec![(Vec::new(), read())])),
+        });
+    }
+
+    /// Registers any collector (encoded at every scrape, after the built-in metrics).
+    pub fn register_collector(&self, c: impl Collector) {
+        self.registry.write().register_collector(Box::new(c));
+    }
+
+    /// The name of every metric registered (as exposed: counters with `_total`), except those of
+    /// [`Metrics::register_collector`].
+    pub fn metric_names(&self) -> Vec<String> {
+        self.names.lock().clone()
+    }
+
+    /// The label value for `job_type`: itself, or [`OTHER_TYPE`] once [`MAX_TYPES`] types were
+    /// seen.
+    pub fn type_label(&self, job_type: &str) -> String {
+        let mut seen = self.types.lock();
+        if seen.contains(job_type) {
+            return job_type.to_string();
+        }
+        if seen.len() < MAX_TYPES {
+            seen.insert(job_type.to_string());
+            return job_type.to_string();
+        }
+        OTHER_TYPE.to_string()
+    }
+
+    fn by_type(&self, job_type: &str) -> Labels {
+        vec![("type", self.type_label(job_type))]
+    }
+
+    /// Counts a request handler that panicked (answered 500 `internal`).
+    pub fn count_http_panic(&self) {
+        self.http_panics.inc();
+    }
+
+    /// Counts a job this process created.
+    pub fn job_submitted(&self, job: &Job) {
+        self.submitted
+            .get_or_create(&self.by_type(&job.job_type))
+            .inc();
+        self.transition(job.status);
+    }
+
+    fn transition(&self, to: JobStatus) {
+        self.transitions
+            .get_or_create(&vec![("status", to.as_str().to_string())])
+            .inc();
+    }
+
+    /// `n` delayed jobs (or retries after their backoff) this process made QUEUED.
+    pub fn jobs_promoted(&self, n: usize) {
+        if n > 0 {
+            self.transitions
+                .get_or_create(&vec![("status", JobStatus::Queued.as_str().to_string())])
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Jobs this process claimed: their wait in the queue.
+    pub fn jobs_claimed(&self, jobs: &[Job]) {
+        for j in jobs {
+            self.transition(j.status);
+            let claimed = j.runs.last().map_or_else(now_us, |r| r.claimed_at);
+            let wait = claimed.saturating_sub(j.queued_at).max(0) as f64 / 1e6;
+            self.queue_wait
+                .get_or_create(&self.by_type(&j.job_type))
+                .observe(wait);
+        }
+    }
+
+    /// A command this process committed; `job` as it is after it.
+    pub fn job_changed(&self, cmd: &CommandKind, job: &Job) {
+        if cmd.changes_status() {
+            self.transition(job.status);
+        }
+        let t = self.by_type(&job.job_type);
+        let ended = matches!(cmd, CommandKind::Finish | CommandKind::HookFinal);
+        if ended {
+            if let Some(r) = job.runs.last() {
+                if let Some(end) = r.ended_at {
+                    let start = r.started_at.unwrap_or(r.claimed_at);
+                    let secs = end.saturating_sub(start).max(0) as f64 / 1e6;
+                    self.run_time.get_or_create(&t).observe(secs);
+                }
+            }
+            if job.status == JobStatus::Scheduled {
+                self.retries.get_or_create(&t).inc();
+            }
+        }
+        if *cmd == CommandKind::LeaseExpired {
+            self.lease_expirations.get_or_create(&t).inc();
+        }
+        let final_by_this = ended || matches!(cmd, CommandKind::Cancel | CommandKind::LeaseExpired);
+        if final_by_this && job.status.is_terminal() {
+            let mut l = t;
+            l.push(("outcome", job.status.as_str().to_ascii_lowercase()));
+            self.outcomes.get_or_create(&l).inc();
+        }
+    }
+
+    /// A store operation `op` took `took`; `failed` when the store was unavailable or erred.
+    pub fn store_op(&self, op: &'static str, took: Duration, failed: bool) {
+        let l = vec![("op", op.to_string())];
+        self.store_seconds
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+        if failed {
+            self.store_errors.get_or_create(&l).inc();
+        }
+    }
+
+    /// An HTTP request this process answered.
+    pub fn http_request(&self, method: &str, route: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A call to a hook route and its result (`ok`, `unauthorized`, `rejected`, `error`).
+    pub fn hook_call(&self, route: &str, result: &'static str) {
+        self.hook_calls
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    fn set_counts(&self, c: &JobCounts) {
+        self.jobs.clear();
+        self.queue_depth.clear();
+        self.queue_oldest.clear();
+        let mut jobs: std::collections::HashMap<Labels, i64> = Default::default();
+        for ((t, s), n) in &c.by_type_status {
+            let l = vec![
+                ("type", self.type_label(t)),
+                ("status", s.as_str().to_string()),
+            ];
+            *jobs.entry(l).or_default() += i64::try_from(*n).unwrap_or(i64::MAX);
+            if *s == JobStatus::Queued {
+                self.queue_depth
+                    .get_or_create(&self.by_type(t))
+                    .inc_by(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }
+        for (l, n) in jobs {
+            self.jobs.get_or_create(&l).set(n);
+        }
+        let now = now_us();
+        for (t, at) in &c.oldest_queued {
+            let age = now.saturating_sub(*at).max(0) as f64 / 1e6;
+            let g = self.queue_oldest.get_or_create(&self.by_type(t));
+            if age > g.get() {
+                g.set(age);
+            }
+        }
+    }
+
+    /// Reads the store gauges from `store`, then renders everything.
+    pub async fn scrape(&self, store: &dyn Store) -> String {
+        let _one = self.scrape.lock().await;
+        match store.job_counts().await {
+            Ok(c) => {
+                self.set_counts(&c);
+                self.store_up.set(1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the job counts");
+                // Stale figures would look current: show none.
+                self.jobs.clear();
+                self.queue_depth.clear();
+                self.queue_oldest.clear();
+                self.store_up.set(0);
+            }
+        }
+        self.render()
+    }
+
+    /// The Prometheus text exposition (version 0.0.4) of what is registered, with the store
+    /// gauges as last read.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut s, &self.registry.read())
+        {
+            let _ = writeln!(s, "# encoding failed: {e}");
+        }
+        s
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What a committed command did, as far as the metrics care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// A worker's outcome of an attempt (success, failure, timeout).
+    Finish,
+    /// A job's own report through the hook that ended it (SUCCESS or ERROR).
+    HookFinal,
+    /// A client's cancel.
+    Cancel,
+    /// The reaper's recovery of an expired lease.
+    LeaseExpired,
+    /// Anything else that changes the status (start, release, retry, host failure, promote...).
+    OtherStatus,
+    /// A change that keeps the status (progress, a file, adopt).
+    Same,
+}
+
+impl CommandKind {
+    /// The kind of `cmd`.
+    pub fn of(cmd: &crate::job::Command) -> Self {
+        use crate::job::Command as C;
+        match cmd {
+            C::Finish { .. } => Self::Finish,
+            C::Hook(r) => match r.status {
+                Some(JobStatus::Success) | Some(JobStatus::Error) => Self::HookFinal,
+                Some(JobStatus::Running) => Self::OtherStatus,
+                _ => Self::Same,
+            },
+            C::Cancel => Self::Cancel,
+            C::LeaseExpired => Self::LeaseExpired,
+            C::Progress { .. } | C::AttachFile { .. } | C::Adopt { .. } => Self::Same,
+            _ => Self::OtherStatus,
+        }
+    }
+
+    fn changes_status(self) -> bool {
+        self != Self::Same
+    }
+}
+
+type ReadFamily<T> = Box<dyn Fn() -> Vec<(Labels, T)> + Send + Sync>;
+
+enum FnKind {
+    Counter(ReadFamily<u64>),
+    Gauge(ReadFamily<i64>),
+}
+
+/// A family read from a closure at every scrape.
+struct FnFamily {
+    name: &'static str,
+    help: &'static str,
+    kind: FnKind,
+}
+
+impl std::fmt::Debug for FnFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnFamily")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Collector for FnFamily {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match &self.kind {
+            FnKind::Counter(read) => {
+                let series = read();
+                let mut fam = encoder.encode_descriptor(
+                    self.name,
+                    self.help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (labels, v) in &series {
+                    let enc = fam.encode_family(labels)?;
+                    ConstCounter::new(*v).encode(enc)?;
+                }
+            }
+            FnKind::Gauge(read) => {
+                let series = read();
+                let mut fam = encoder.encode_descriptor(
+                    self.name,
+                    self.help,
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                for (labels, v) in &series {
+                    let enc = fam.encode_family(labels)?;
+                    ConstGauge::new(*v).encode(enc)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_registered_from_closures_render_as_prometheus_text() {
+        let m = Metrics::new();
+        let n = std::sync::Arc::new(AtomicU64::new(7));
+        let r = n.clone();
+        m.register_counter_fn("runyard_test_things", "Things", move || {
+            r.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        m.register_counter_family_fn("runyard_test_by_kind", "Things by kind", || {
+            vec![
+                (vec![("kind", "a".to_string())], 1),
+                (vec![("kind", "b".to_string())], 2),
+            ]
+        });
+        m.register_gauge_fn("runyard_test_open", "Open things", || -3);
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render();
+        for line in [
+            "# TYPE runyard_test_things_total counter\n",
+            "runyard_test_things_total 8\n",
+            "runyard_test_by_kind_total{kind=\"a\"} 1\n",
+            "runyard_test_by_kind_total{kind=\"b\"} 2\n",
+            "# TYPE runyard_test_open gauge\n",
+            "runyard_test_open -3\n",
+            "runyard_http_panics_total 0\n",
+            "runyard_schedule_fires_total ",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn job_types_past_the_cap_share_one_label() {
+        let m = Metrics::new();
+        for i in 0..MAX_TYPES {
+            assert_eq!(m.type_label(&format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(m.type_label("one.too.many"), OTHER_TYPE);
+        assert_eq!(m.type_label("t0"), "t0");
+    }
+}

@@ -1,0 +1,30 @@
+-- Builds the job counts once for a database written before they existed: `P:jc` (a hash of
+-- counters, field `{type}\n{status}`) and `P:qt:{type}` (the QUEUED jobs of a type, scored by
+-- queued_at), then sets `P:jc:ready`. From then on commit.lua and retention.lua keep them in step
+-- in the same script as the job. Atomic, so a commit cannot fall between the read and the write.
+-- Reads every job once (the type from the record's JSON when the job hash has no `t`).
+--
+-- ARGV[1] prefix. Returns 1 when it built the counts, 0 when they were there.
+local P = ARGV[1]
+if redis.call('EXISTS', P .. ':jc:ready') == 1 then return 0 end
+redis.call('DEL', P .. ':jc')
+for _, id in ipairs(redis.call('ZRANGE', P .. ':all', 0, -1)) do
+  local key = P .. ':job:' .. id
+  local h = redis.call('HMGET', key, 's', 't', 'b', 'q')
+  if h[1] then
+    local t = h[2]
+    if not t then
+      local ok, j = pcall(cjson.decode, h[3] or '')
+      if ok and type(j) == 'table' and type(j['type']) == 'string' then
+        t = j['type']
+        redis.call('HSET', key, 't', t)
+      end
+    end
+    if t then
+      redis.call('HINCRBY', P .. ':jc', t .. '\n' .. h[1], 1)
+      if h[1] == 'QUEUED' then redis.call('ZADD', P .. ':qt:' .. t, tonumber(h[4]) or 0, id) end
+    end
+  end
+end
+redis.call('SET', P .. ':jc:ready', '1')
+return 1
