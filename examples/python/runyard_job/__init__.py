@@ -3,13 +3,13 @@
 Layout:
 - ``client.py``: JobClient (status, progress, logs, results, job args, download, upload).
 - ``signing.py``: v1/v2 hook signatures as pure functions.
-- ``errors.py``: HookError and friends (never carrying the job's secret).
+- ``errors.py``: HookError and friends (never carrying the job's secret), NonRetryable.
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
 """
 
 from .client import JobClient, hash_file, resolve_location
 from .entry import run
-from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment
+from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment, NonRetryable
 
 __all__ = [
     "JobClient",
@@ -17,6 +17,7 @@ __all__ = [
     "IntegrityError",
     "JobClientError",
     "MissingEnvironment",
+    "NonRetryable",
     "hash_file",
     "resolve_location",
     "run",
