@@ -22,6 +22,15 @@ use runyard_runners::service::ServiceRegistry;
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Log format on stderr: `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "RUNYARD_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,13 +103,6 @@ impl ServeArgs {
             },
         )
     }
-}
-
-/// Drops log events that may carry job secrets whatever `RUNYARD_LOG` says: bollard (the docker
-/// runner's client) prints request and response bodies at debug level, and a container's create
-/// body and inspect answer hold its `JOB_SECRET_KEY`.
-fn not_secret_bearing(meta: &tracing::Metadata<'_>) -> bool {
-    !(meta.target().starts_with("bollard") && *meta.level() > tracing::Level::INFO)
 }
 
 /// Flags of `worker`.
@@ -181,17 +183,13 @@ fn load_server_config(
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(
+    crate::logging::init(
+        cli.log_format,
+        log_filter(
             std::env::var("RUNYARD_LOG").ok().as_deref(),
             std::env::var("RUST_LOG").ok().as_deref(),
-        ))
-        .with_writer(std::io::stderr)
-        .finish()
-        .with(tracing_subscriber::filter::filter_fn(not_secret_bearing))
-        .init();
+        ),
+    );
     // Before the runtime starts any thread (see `load_server_config`).
     let server_config = match &cli.command {
         Cmd::Serve(a) => Some(load_server_config(|| a.load())),

@@ -585,8 +585,10 @@ impl Worker {
             }
             End::Stopped => {
                 if *reason.lock() == StopReason::Release {
-                    if let Err(e) = self.store.apply(id, Command::Release { token }).await {
-                        tracing::debug!(error = %e, "release refused");
+                    match self.store.apply(id, Command::Release { token }).await {
+                        // A job that had reported its outcome ends with it.
+                        Ok(j) => crate::outcomes::log_change(&j),
+                        Err(e) => tracing::debug!(error = %e, "release refused"),
                     }
                 }
             }
@@ -622,7 +624,7 @@ impl Worker {
             .apply(id, Command::Finish { token, outcome })
             .await
         {
-            Ok(j) => tracing::debug!(status = %j.status, "job finished"),
+            Ok(j) => crate::outcomes::log_change(&j),
             // The job already ended (it reported its own status, or was cancelled) or was taken
             // over: nothing to do, and nothing must be overwritten.
             Err(StoreError::Transition(
