@@ -27,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod demo;
 pub mod files;
 pub mod job;
 pub mod limits;
@@ -38,6 +39,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod security;
 pub mod server;
+pub mod startup;
 pub mod store;
 pub mod worker;
 

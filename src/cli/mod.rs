@@ -83,6 +83,13 @@ pub struct ServeArgs {
     /// Run only the API and scheduler, no worker.
     #[arg(long)]
     no_worker: bool,
+    /// Start even when no runner is configured (every submit is then refused with 422).
+    #[arg(long)]
+    allow_no_runners: bool,
+    /// Add demo runners (shell, Python, a Rust function), use a fresh temporary data dir unless
+    /// --data-dir is given, run one demo job of each, then keep serving.
+    #[arg(long)]
+    demo: bool,
 }
 
 impl ServeArgs {
@@ -151,6 +158,11 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
+    let builtins = ServiceRegistry::with_builtins();
+    let services: Vec<&str> = builtins.names().collect();
+    crate::startup::refuse(&config, &services, crate::startup::Allow::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    crate::startup::warn(&config).await;
     ServerBuilder::new(config).work(shutdown_signal()).await
 }
 
@@ -192,7 +204,16 @@ pub fn main() -> ExitCode {
     );
     // Before the runtime starts any thread (see `load_server_config`).
     let server_config = match &cli.command {
-        Cmd::Serve(a) => Some(load_server_config(|| a.load())),
+        Cmd::Serve(a) => Some(load_server_config(|| {
+            let mut c = a.load()?;
+            if a.demo {
+                crate::demo::configure(&mut c);
+                if a.data_dir.is_none() {
+                    c.data_dir = crate::demo::temp_data_dir();
+                }
+            }
+            Ok(c)
+        })),
         Cmd::Worker(a) => Some(load_server_config(|| a.load())),
         _ => None,
     };
@@ -202,6 +223,11 @@ pub fn main() -> ExitCode {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // The demo's data dir, created here and removed at exit.
+    let demo_dir = match (&cli.command, &server_config) {
+        (Cmd::Serve(a), Some(Ok(c))) if a.demo && a.data_dir.is_none() => Some(c.data_dir.clone()),
+        _ => None,
     };
     let r = rt.block_on(async move {
         match cli.command {
@@ -219,6 +245,9 @@ pub fn main() -> ExitCode {
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
+    if let Some(d) = demo_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
     match r {
         Ok(code) => code,
         Err(e) => {
@@ -235,12 +264,31 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
+    let builtins = ServiceRegistry::with_builtins();
+    let mut services: Vec<&str> = builtins.names().collect();
+    if a.demo {
+        services.extend(crate::demo::SERVICES);
+    }
+    let allow = crate::startup::Allow {
+        no_runners: a.allow_no_runners || a.demo,
+    };
+    crate::startup::refuse(&config, &services, allow).map_err(|e| anyhow::anyhow!(e))?;
+    crate::startup::warn(&config).await;
     let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
-    ServerBuilder::new(config)
-        .worker(!a.no_worker)
-        .serve(listener, shutdown_signal())
-        .await
+    let mut builder = ServerBuilder::new(config).worker(!a.no_worker);
+    if !a.demo {
+        return builder.serve(listener, shutdown_signal()).await;
+    }
+    builder = crate::demo::register(builder);
+    let server = builder.start(listener).await?;
+    if !a.no_worker {
+        if let Err(e) = crate::demo::run_jobs(&server.url()).await {
+            tracing::warn!(error = %e, "the demo jobs could not be run");
+        }
+    }
+    shutdown_signal().await;
+    server.stop().await
 }
 
 /// Completes on ctrl-c or SIGTERM.
