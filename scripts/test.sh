@@ -91,6 +91,28 @@ kill $SERVER_PID 2>/dev/null || true
 log "dashboard in a browser"
 RUNYARD_BIN=target/debug/runyard python3 -m pytest -q tests/browser || failed=1
 
+# The README's first command (issue 12), on this clean clone's debug build (no second build):
+# `serve --demo` must run its demo jobs, then a job submitted with the CLI must succeed.
+log "README first command: serve --demo, then a CLI submit"
+DEMO=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/debug/runyard serve --demo --listen "127.0.0.1:$PORT" >"$DEMO/out" 2>"$DEMO/err" &
+DEMO_PID=$!
+for _ in $(seq 1 600); do
+  grep -q "Try, from another terminal" "$DEMO/out" && break
+  sleep 0.1
+done
+if grep -q "^demo job demo.python .*: SUCCESS" "$DEMO/out" \
+  && RUNYARD_SERVER="http://127.0.0.1:$PORT" ./target/debug/runyard submit demo.greet \
+       --args '{"name":"ci"}' --wait >"$DEMO/submit" \
+  && grep -q 'hello, ci!' "$DEMO/submit"; then
+  echo "serve --demo and a CLI submit: ok"
+else
+  echo "serve --demo failed:"; cat "$DEMO/out" "$DEMO/err" "$DEMO/submit" 2>/dev/null | tail -40
+  failed=1
+fi
+kill $DEMO_PID 2>/dev/null || true
+
 if [ -d charts/runyard/tests ]; then
   log "helm chart"
   python3 -m pytest -q charts/runyard/tests || failed=1

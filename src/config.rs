@@ -136,6 +136,10 @@ pub struct WorkerConfig {
     /// How often the queue is checked when nothing wakes the worker.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// After a job reported SUCCESS or ERROR through its hook, how long its process may take to
+    /// end by itself before it is stopped; the reported outcome is committed once it has ended.
+    #[serde(with = "humantime_serde")]
+    pub exit_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -146,6 +150,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
+            exit_grace: Duration::from_secs(10),
         }
     }
 }
@@ -585,6 +590,7 @@ impl Config {
             ("worker.shutdown_grace", self.worker.shutdown_grace),
             ("worker.kill_grace", self.worker.kill_grace),
             ("worker.poll_interval", self.worker.poll_interval),
+            ("worker.exit_grace", self.worker.exit_grace),
             ("events.progress_interval", self.events.progress_interval),
             ("retention.finished", self.retention.finished),
             ("retention.interval", self.retention.interval),

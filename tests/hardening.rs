@@ -732,6 +732,7 @@ fn rust_log_is_honoured_and_runyard_log_wins() {
         cmd.args([
             "serve",
             "--no-worker",
+            "--allow-no-runners",
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])

@@ -70,6 +70,8 @@ name = "launch-fail"
 kind = "local"
 types = ["launch.fail"]
 command = [{bin}, "launch", "--", "/bin/sh", "-c", "echo going down; exit 4"]
+# A reported ERROR is retried like a crash (docs/hooks.md): one attempt keeps this test short.
+max_attempts = 1
 
 [[runners]]
 name = "launch-echo"
@@ -91,6 +93,7 @@ data_dir = {data:?}
 poll_interval = "100ms"
 shutdown_grace = "300ms"
 kill_grace = "200ms"
+exit_grace = "200ms"
 
 [events]
 progress_interval = "0s"
@@ -1057,7 +1060,7 @@ async fn bad_or_missing_signatures_get_401_and_change_nothing() {
         .report(&a, &sa, json!({"status": "SUCCESS", "results": {"ok": 1}}))
         .await;
     assert_eq!(r.status, 200, "{}", r.describe());
-    let j = srv.job(&a).await;
+    let j = srv.wait_terminal(&a).await;
     assert_eq!(j["status"], "SUCCESS");
     assert_eq!(j["result"], json!({"ok": 1}));
     assert!(!srv.logs(&a).await.iter().any(|l| l.contains("forged")));
@@ -1250,6 +1253,8 @@ async fn unknown_jobs_get_404_and_jobs_that_cannot_report_get_409() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.describe());
+    // Committed once its process has ended (stopped after `worker.exit_grace`).
+    assert_eq!(srv.wait_terminal(&done).await["status"], "SUCCESS");
     // A job cancelled by a client.
     let cancelled = srv
         .submit_with_input(

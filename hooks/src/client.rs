@@ -456,11 +456,26 @@ impl JobClient {
         .await
     }
 
-    /// Reports `status: ERROR` with an error message.
+    /// Reports `status: ERROR` with an error message. Once the process has ended, the job is
+    /// retried with backoff while it has attempts left (use [`JobClient::error_no_retry`] for a
+    /// failure that another attempt cannot fix).
     pub async fn error(&self, message: impl Into<String>) -> Result<Value, ClientError> {
         self.status(&StatusReport {
             status: Some("ERROR".to_owned()),
             error_message: Some(message.into()),
+            ..StatusReport::default()
+        })
+        .await
+    }
+
+    /// Reports `status: ERROR` with `retry: false`: the job ends ERROR without another attempt
+    /// (bad arguments, missing input...), whatever its `max_attempts`. The Rust counterpart of
+    /// the Python client's `NonRetryable`.
+    pub async fn error_no_retry(&self, message: impl Into<String>) -> Result<Value, ClientError> {
+        self.status(&StatusReport {
+            status: Some("ERROR".to_owned()),
+            error_message: Some(message.into()),
+            retry: Some(false),
             ..StatusReport::default()
         })
         .await

@@ -40,6 +40,11 @@ pub struct StatusReport {
         skip_serializing_if = "Option::is_none"
     )]
     pub error_message: Option<String>,
+    /// With `status: ERROR`: `false` when the job must not be retried (the failure is final
+    /// whatever `max_attempts` says); absent or `true`: retried with backoff while attempts are
+    /// left, once the process has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<bool>,
 }
 
 /// Description of a stored file (the `Map` of a download answer).
@@ -227,11 +232,12 @@ mod tests {
             results: Some(json!([1])),
             logs: Some(vec!["a".into()]),
             error_message: Some("boom".into()),
+            retry: Some(false),
         };
         assert_eq!(
             serde_json::to_value(&report).expect("serialize"),
             json!({"status": "ERROR", "progress": 42.5, "statusDetails": {"step": 2},
-                   "results": [1], "logs": ["a"], "errorMessage": "boom"})
+                   "results": [1], "logs": ["a"], "errorMessage": "boom", "retry": false})
         );
         // Absent fields are not sent.
         assert_eq!(

@@ -93,13 +93,19 @@ pub async fn authenticate(
 }
 
 fn require_active(job: &Job, what: &str) -> ApiResult<()> {
-    if job.status.is_active() {
-        Ok(())
-    } else {
+    if !job.status.is_active() {
         Err(ApiError::conflict(
             "illegal_transition",
             format!("job is {}: it cannot {what}", job.status),
         ))
+    } else if let Some(r) = job.reported() {
+        // Its outcome is said; only its process ending is awaited.
+        Err(ApiError::conflict(
+            "illegal_transition",
+            format!("job reported {}: it cannot {what}", r.status()),
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -137,6 +143,7 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
         details: report.status_details,
         results: report.results,
         error: report.error_message,
+        retry: report.retry,
     });
     let updated = st.app.store.apply(job.id, cmd).await?;
     if !lines.is_empty() {
@@ -156,10 +163,15 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
             .collect();
         st.app.store.append_logs(job.id, lines).await?;
     }
+    if updated.reported().is_some() {
+        // The worker running it (when in this process) stops waiting for the process sooner.
+        crate::worker::reports::reported(updated.id);
+    }
     Ok(Json(json!({
         "job_id": updated.id,
         "status": updated.status,
         "progress": updated.progress,
+        "reported": updated.reported().map(|r| r.status()),
     })))
 }
 

@@ -322,6 +322,7 @@ pub async fn cancel_job(
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Json<Value>> {
     let job = st.app.store.apply(id, Command::Cancel).await?;
+    crate::outcomes::log_change(&job);
     Ok(Json(job.to_public()))
 }
 

@@ -28,6 +28,15 @@ use runyard_runners::service::ServiceRegistry;
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Log format on stderr: `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "RUNYARD_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +98,13 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without [auth] (something in front authenticates).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Start even when no runner is configured (every submit is then refused with 422).
+    #[arg(long)]
+    allow_no_runners: bool,
+    /// Add demo runners (shell, Python, a Rust function), use a fresh temporary data dir unless
+    /// --data-dir is given, run one demo job of each, then keep serving.
+    #[arg(long)]
+    demo: bool,
 }
 
 impl ServeArgs {
@@ -109,13 +125,6 @@ impl ServeArgs {
             },
         )
     }
-}
-
-/// Drops log events that may carry job secrets whatever `RUNYARD_LOG` says: bollard (the docker
-/// runner's client) prints request and response bodies at debug level, and a container's create
-/// body and inspect answer hold its `JOB_SECRET_KEY`.
-fn not_secret_bearing(meta: &tracing::Metadata<'_>) -> bool {
-    !(meta.target().starts_with("bollard") && *meta.level() > tracing::Level::INFO)
 }
 
 /// Flags of `worker`.
@@ -167,6 +176,11 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
+    let builtins = ServiceRegistry::with_builtins();
+    let services: Vec<&str> = builtins.names().collect();
+    crate::startup::refuse(&config, &services, crate::startup::Allow::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    crate::startup::warn(&config).await;
     let mut builder = ServerBuilder::new(config);
     if let Some(addr) = a.health_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -206,20 +220,25 @@ fn load_server_config(
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(
+    crate::logging::init(
+        cli.log_format,
+        log_filter(
             std::env::var("RUNYARD_LOG").ok().as_deref(),
             std::env::var("RUST_LOG").ok().as_deref(),
-        ))
-        .with_writer(std::io::stderr)
-        .finish()
-        .with(tracing_subscriber::filter::filter_fn(not_secret_bearing))
-        .init();
+        ),
+    );
     // Before the runtime starts any thread (see `load_server_config`).
     let server_config = match &cli.command {
-        Cmd::Serve(a) => Some(load_server_config(|| a.load())),
+        Cmd::Serve(a) => Some(load_server_config(|| {
+            let mut c = a.load()?;
+            if a.demo {
+                crate::demo::configure(&mut c);
+                if a.data_dir.is_none() {
+                    c.data_dir = crate::demo::temp_data_dir();
+                }
+            }
+            Ok(c)
+        })),
         Cmd::Worker(a) => Some(load_server_config(|| a.load())),
         _ => None,
     };
@@ -229,6 +248,11 @@ pub fn main() -> ExitCode {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // The demo's data dir, created here and removed at exit.
+    let demo_dir = match (&cli.command, &server_config) {
+        (Cmd::Serve(a), Some(Ok(c))) if a.demo && a.data_dir.is_none() => Some(c.data_dir.clone()),
+        _ => None,
     };
     let r = rt.block_on(async move {
         match cli.command {
@@ -249,6 +273,9 @@ pub fn main() -> ExitCode {
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
+    if let Some(d) = demo_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
     match r {
         Ok(code) => code,
         Err(e) => {
@@ -267,12 +294,31 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         None => a.load()?,
     };
     crate::auth::check_exposure(&config, a.insecure_no_auth).map_err(anyhow::Error::msg)?;
+    let builtins = ServiceRegistry::with_builtins();
+    let mut services: Vec<&str> = builtins.names().collect();
+    if a.demo {
+        services.extend(crate::demo::SERVICES);
+    }
+    let allow = crate::startup::Allow {
+        no_runners: a.allow_no_runners || a.demo,
+    };
+    crate::startup::refuse(&config, &services, allow).map_err(|e| anyhow::anyhow!(e))?;
+    crate::startup::warn(&config).await;
     let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
-    ServerBuilder::new(config)
-        .worker(!a.no_worker)
-        .serve(listener, shutdown_signal())
-        .await
+    let mut builder = ServerBuilder::new(config).worker(!a.no_worker);
+    if !a.demo {
+        return builder.serve(listener, shutdown_signal()).await;
+    }
+    builder = crate::demo::register(builder);
+    let server = builder.start(listener).await?;
+    if !a.no_worker {
+        if let Err(e) = crate::demo::run_jobs(&server.url()).await {
+            tracing::warn!(error = %e, "the demo jobs could not be run");
+        }
+    }
+    shutdown_signal().await;
+    server.stop().await
 }
 
 /// Completes on ctrl-c or SIGTERM.

@@ -138,6 +138,35 @@ pub struct RunRecord {
     pub ended_at: Option<Micros>,
     /// How it ended: a status, or `LOST`/`RELEASED`.
     pub outcome: Option<String>,
+    /// The outcome the job reported through its hook (SUCCESS or ERROR), kept until its process
+    /// has ended: the worker commits it then (docs/hooks.md, "When a job ends").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Reported>,
+}
+
+/// An outcome a job reported through its hook, not yet committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reported {
+    /// `status: SUCCESS`.
+    Success,
+    /// `status: ERROR`.
+    Error {
+        /// Its `errorMessage`.
+        message: String,
+        /// False when the report said `retry: false` (no further attempt).
+        retry: bool,
+    },
+}
+
+impl Reported {
+    /// `SUCCESS` or `ERROR`.
+    pub fn status(&self) -> JobStatus {
+        match self {
+            Reported::Success => JobStatus::Success,
+            Reported::Error { .. } => JobStatus::Error,
+        }
+    }
 }
 
 /// A file attached to a job (an input before it runs, or an output it uploaded).
@@ -242,6 +271,15 @@ pub struct Job {
 }
 
 impl Job {
+    /// The outcome the current attempt reported through its hook and that is not committed yet
+    /// (its process has not ended).
+    pub fn reported(&self) -> Option<&Reported> {
+        self.runs
+            .last()
+            .filter(|r| r.attempt == self.attempt && r.ended_at.is_none())
+            .and_then(|r| r.reported.as_ref())
+    }
+
     /// The relative URL of the job's result.
     pub fn result_url(&self) -> String {
         format!("/async/jobs/{}/result", self.id)
@@ -294,7 +332,8 @@ impl Job {
             .iter()
             .map(|r| {
                 json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": one("runs.claimed_at", r.claimed_at),
-                   "started_at": ts("runs.started_at", r.started_at), "ended_at": ts("runs.ended_at", r.ended_at), "outcome": r.outcome})
+                   "started_at": ts("runs.started_at", r.started_at), "ended_at": ts("runs.ended_at", r.ended_at), "outcome": r.outcome,
+                   "reported": r.reported.as_ref().map(Reported::status)})
             })
             .collect();
         m.insert("runs".into(), Value::Array(runs));

@@ -296,6 +296,7 @@ impl Actors {
                 details: None,
                 results: results.then(|| json!({"ok": true})),
                 error: error.clone(),
+                retry: error.as_ref().map(|e| e.len() % 2 == 0),
             }),
             Op::Finish { tok, outcome } => Command::Finish {
                 token: self.token(job, tok),

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{
-    FileRef, Job, JobStatus, Lease, Micros, RunHandle, RunRecord, MAX_FILES_PER_PROPERTY,
+    FileRef, Job, JobStatus, Lease, Micros, Reported, RunHandle, RunRecord, MAX_FILES_PER_PROPERTY,
     MAX_RUN_RECORDS,
 };
 
@@ -104,13 +104,20 @@ pub struct HookReport {
     pub results: Option<Value>,
     /// Error message (with ERROR).
     pub error: Option<String>,
+    /// With ERROR: `Some(false)` when the job must not be retried (`retry: false` in the report).
+    pub retry: Option<bool>,
 }
 
 /// How an attempt ended, as the worker saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FinishOutcome {
-    /// Success with an optional result.
+    /// Success with an optional result (a service function).
     Success(Option<Value>),
+    /// A process or container ended with exit code 0.
+    Exited {
+        /// The exit code (0).
+        exit_code: i32,
+    },
     /// Failure: retried with backoff while attempts are left, else ERROR.
     Failed {
         /// Message.
@@ -206,11 +213,18 @@ fn end_run(job: &mut Job, now: Micros, outcome: &str) {
     }
 }
 
-/// Fails the current attempt: a retry after backoff if attempts are left, else ERROR.
-fn fail_attempt(job: &mut Job, ctx: &ApplyCtx, message: String, exit_code: Option<i32>) {
+/// Fails the current attempt: a retry after backoff if attempts are left (and `retry`), else
+/// ERROR.
+fn fail_attempt(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    message: String,
+    exit_code: Option<i32>,
+    retry: bool,
+) {
     job.error = Some(message);
     job.exit_code = exit_code;
-    if job.attempt < job.max_attempts {
+    if retry && job.attempt < job.max_attempts {
         let delay = i64::try_from(job.backoff.delay_ms(job.attempt, ctx.jitter))
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
@@ -299,6 +313,7 @@ fn apply_inner(
                 started_at: None,
                 ended_at: None,
                 outcome: None,
+                reported: None,
             });
             set_status(job, Starting, now);
             Ok(Some(EventKind::Status))
@@ -342,18 +357,27 @@ fn apply_inner(
             if !job.status.is_active() {
                 return Err(illegal(job, "finish"));
             }
+            let exit_code = match &outcome {
+                FinishOutcome::Success(_) | FinishOutcome::Timeout(_) => None,
+                FinishOutcome::Exited { exit_code } => Some(*exit_code),
+                FinishOutcome::Failed { exit_code, .. } => *exit_code,
+            };
+            // What the job reported through its hook is its outcome, now that its process has
+            // ended (whatever the exit code, and even when it had to be stopped).
+            if let Some(reported) = job.reported().cloned() {
+                commit_reported(job, ctx, reported, exit_code);
+                return Ok(Some(EventKind::Status));
+            }
             match outcome {
                 FinishOutcome::Success(result) => {
                     if result.is_some() {
                         job.result = result;
                     }
-                    job.progress = 1.0;
-                    job.error = None;
-                    end_run(job, now, "SUCCESS");
-                    set_status(job, Success, now);
+                    succeed(job, now, exit_code);
                 }
+                FinishOutcome::Exited { .. } => succeed(job, now, exit_code),
                 FinishOutcome::Failed { message, exit_code } => {
-                    fail_attempt(job, ctx, message, exit_code)
+                    fail_attempt(job, ctx, message, exit_code, true)
                 }
                 FinishOutcome::Timeout(message) => {
                     job.error = Some(message);
@@ -382,6 +406,11 @@ fn apply_inner(
             if !job.status.is_active() {
                 return Err(illegal(job, "release"));
             }
+            // The job had said how it ended: that stands (its process was stopped after it).
+            if let Some(reported) = job.reported().cloned() {
+                commit_reported(job, ctx, reported, None);
+                return Ok(Some(EventKind::Status));
+            }
             end_run(job, now, "RELEASED");
             job.lease = None;
             set_status(job, Queued, now);
@@ -391,6 +420,28 @@ fn apply_inner(
             let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
             if !job.status.is_active() || !expired {
                 return Err(illegal(job, "expire a lease it does not have"));
+            }
+            match job.reported().cloned() {
+                Some(Reported::Success) => {
+                    commit_reported(job, ctx, Reported::Success, None);
+                    return Ok(Some(EventKind::Status));
+                }
+                Some(Reported::Error {
+                    retry: false,
+                    message,
+                }) => {
+                    commit_reported(
+                        job,
+                        ctx,
+                        Reported::Error {
+                            message,
+                            retry: false,
+                        },
+                        None,
+                    );
+                    return Ok(Some(EventKind::Status));
+                }
+                _ => {}
             }
             end_run(job, now, "LOST");
             job.lease = None;
@@ -456,7 +507,9 @@ fn apply_inner(
             file,
             by_job,
         } => {
-            if job.status.is_terminal() || (by_job && !job.status.is_active()) {
+            if job.status.is_terminal()
+                || (by_job && (!job.status.is_active() || job.reported().is_some()))
+            {
                 return Err(illegal(job, "attach a file"));
             }
             let list = job.files.entry(property).or_default();
@@ -476,6 +529,22 @@ fn apply_inner(
             set_status(job, Queued, now);
             Ok(Some(EventKind::Status))
         }
+    }
+}
+
+fn succeed(job: &mut Job, now: Micros, exit_code: Option<i32>) {
+    job.progress = 1.0;
+    job.error = None;
+    job.exit_code = exit_code;
+    end_run(job, now, "SUCCESS");
+    set_status(job, JobStatus::Success, now);
+}
+
+/// Commits the outcome the attempt reported through its hook (its process has ended).
+fn commit_reported(job: &mut Job, ctx: &ApplyCtx, reported: Reported, exit_code: Option<i32>) {
+    match reported {
+        Reported::Success => succeed(job, ctx.now, exit_code),
+        Reported::Error { message, retry } => fail_attempt(job, ctx, message, exit_code, retry),
     }
 }
 
@@ -517,6 +586,12 @@ fn hook_report(
     if !job.status.is_active() {
         return Err(illegal(job, "report before it was started"));
     }
+    if job.reported().is_some() {
+        return Err(illegal(
+            job,
+            "report again after it reported SUCCESS or ERROR",
+        ));
+    }
     let mut ev = progress_update(job, r.progress, r.details, ctx)?;
     if r.results.is_some() {
         job.result = r.results;
@@ -530,24 +605,27 @@ fn hook_report(
         }
         // Already RUNNING: a duplicate report changes nothing.
         Some(Running) => {}
+        // SUCCESS and ERROR are remembered on the attempt and committed by the worker once the
+        // job's process has ended (its last output stored): an ERROR is then retried with
+        // backoff like a crash, unless the report said `retry: false`, and no retry can overlap
+        // with a process that is still alive.
         Some(Success) => {
-            job.progress = 1.0;
-            job.error = None;
-            end_run(job, now, "SUCCESS");
-            set_status(job, Success, now);
-            ev = Some(EventKind::Status);
+            if let Some(run) = job.runs.last_mut() {
+                run.reported = Some(Reported::Success);
+            }
         }
         Some(Error) => {
-            // A job that says it failed is final: retrying now could overlap with its process,
-            // which is still alive. The worker leaves the job as it is when the process ends.
-            job.error = Some(
-                r.error
-                    .clone()
-                    .unwrap_or_else(|| "the job reported an error".into()),
-            );
-            end_run(job, now, "ERROR");
-            set_status(job, Error, now);
-            ev = Some(EventKind::Status);
+            let message = r
+                .error
+                .clone()
+                .unwrap_or_else(|| "the job reported an error".into());
+            job.error = Some(message.clone());
+            if let Some(run) = job.runs.last_mut() {
+                run.reported = Some(Reported::Error {
+                    message,
+                    retry: r.retry != Some(false),
+                });
+            }
         }
         Some(other) => {
             return Err(TransitionError::Invalid(format!(
@@ -840,6 +918,123 @@ mod tests {
             Err(TransitionError::Illegal { .. })
         ));
         assert_eq!(r, before);
+    }
+
+    fn hook(status: JobStatus, retry: Option<bool>) -> Command {
+        Command::Hook(HookReport {
+            status: Some(status),
+            error: (status == JobStatus::Error).then(|| "ValueError: boom".into()),
+            results: (status == JobStatus::Success).then(|| json!({"ok": 1})),
+            retry,
+            ..Default::default()
+        })
+    }
+
+    fn exited(token: u64, code: i32) -> Command {
+        Command::Finish {
+            token,
+            outcome: if code == 0 {
+                FinishOutcome::Exited { exit_code: 0 }
+            } else {
+                FinishOutcome::Failed {
+                    message: format!("process exited with code {code}"),
+                    exit_code: Some(code),
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn a_reported_error_is_retried_with_backoff_once_the_process_ended() {
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        // Remembered, not committed: the process is still alive.
+        assert_eq!(j.status, JobStatus::Starting);
+        assert_eq!(j.reported().map(Reported::status), Some(JobStatus::Error));
+        // Nothing more is taken from it.
+        assert!(apply(&mut j, hook(JobStatus::Success, None), &ctx(3)).is_err());
+        // The process ends (exit 1): retried after the backoff, with the job's message.
+        apply(&mut j, exited(1, 1), &ctx(5)).unwrap();
+        assert_eq!(j.status, JobStatus::Scheduled);
+        assert_eq!(j.run_at, Some(5 + 100_000));
+        assert_eq!(j.error.as_deref(), Some("ValueError: boom"));
+        assert_eq!(j.exit_code, Some(1));
+        assert_eq!(j.runs[0].outcome.as_deref(), Some("ERROR"));
+        // The last attempt's reported error is final.
+        apply(&mut j, Command::Promote, &ctx(6)).unwrap();
+        claim(&mut j, 2);
+        assert!(j.reported().is_none(), "a new attempt starts clean");
+        apply(&mut j, hook(JobStatus::Error, None), &ctx(7)).unwrap();
+        apply(&mut j, exited(2, 0), &ctx(8)).unwrap();
+        assert_eq!(j.status, JobStatus::Error);
+        assert_eq!(j.exit_code, Some(0));
+    }
+
+    #[test]
+    fn retry_false_ends_the_job_at_once() {
+        let mut j = job();
+        j.max_attempts = 5;
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Error, Some(false)), &ctx(2)).unwrap();
+        apply(&mut j, exited(1, 1), &ctx(3)).unwrap();
+        assert_eq!(j.status, JobStatus::Error);
+        assert_eq!(j.attempt, 1);
+        assert_eq!(j.exit_code, Some(1));
+    }
+
+    #[test]
+    fn a_reported_success_is_committed_with_the_exit_code() {
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Success, None), &ctx(2)).unwrap();
+        assert_eq!(j.status, JobStatus::Starting);
+        // Its files can no longer change once it said it is done.
+        assert!(apply(
+            &mut j,
+            Command::AttachFile {
+                property: "outputs".into(),
+                file: FileRef {
+                    hash: "5d41402abc4b2a76b9719d911017c592".into(),
+                    size: 5,
+                    mimetype: "text/plain".into(),
+                    name: "a".into(),
+                    metadata: json!({}),
+                },
+                by_job: true,
+            },
+            &ctx(3)
+        )
+        .is_err());
+        // Even a process that then fails (or times out) keeps the reported SUCCESS.
+        apply(&mut j, exited(1, 3), &ctx(4)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.result, Some(json!({"ok": 1})));
+        assert_eq!(j.exit_code, Some(3));
+        let mut k = job();
+        claim(&mut k, 1);
+        apply(&mut k, hook(JobStatus::Success, None), &ctx(2)).unwrap();
+        apply(
+            &mut k,
+            Command::Finish {
+                token: 1,
+                outcome: FinishOutcome::Timeout("timed out".into()),
+            },
+            &ctx(3),
+        )
+        .unwrap();
+        assert_eq!(k.status, JobStatus::Success);
+        // A lost worker does not lose what the job said either.
+        let mut l = job();
+        claim(&mut l, 1);
+        apply(&mut l, hook(JobStatus::Success, None), &ctx(2)).unwrap();
+        apply(&mut l, Command::LeaseExpired, &ctx(10_001)).unwrap();
+        assert_eq!(l.status, JobStatus::Success);
+        // Exit code 0 of a process that did not report.
+        let mut m = job();
+        claim(&mut m, 1);
+        apply(&mut m, exited(1, 0), &ctx(2)).unwrap();
+        assert_eq!((m.status, m.exit_code), (JobStatus::Success, Some(0)));
     }
 
     #[test]

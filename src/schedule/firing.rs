@@ -160,7 +160,9 @@ impl Firing {
     pub async fn submit_pending(&self, s: &Schedule, p: &PendingFire) -> Result<Option<Submitted>> {
         if let Some(c) = p.cancel {
             // cancel_other: the job may have ended meanwhile; any refusal is fine.
-            let _ = self.store.apply(c, Command::Cancel).await;
+            if let Ok(j) = self.store.apply(c, Command::Cancel).await {
+                crate::outcomes::log_change(&j);
+            }
         }
         let runner_name = s.spec.job.get("runner").and_then(|v| v.as_str());
         let (sub, error) = match self

@@ -14,6 +14,7 @@
 
 pub mod reaper;
 pub mod reporter;
+pub mod reports;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -374,6 +375,8 @@ impl Worker {
         let id = job.id;
         let reporter = JobReporter::new(self.store.clone(), id, token);
         let shared: SharedReporter = Arc::new(SharedJobReporter(reporter.clone()));
+        // Registered before the launch: the job may report before its start is recorded.
+        let watch = reports::Watch::new(id);
         let mut spec = self.spec_factory().spec(job);
         spec.timeout = spec.timeout.or(slot.timeout);
         let mut exec = match slot.runner.launch(spec, shared).await {
@@ -431,7 +434,12 @@ impl Worker {
             return;
         }
         let limit = time_limit(job, slot);
-        self.supervise(id, token, exec, reporter, limit, stop, reason)
+        let run = Supervised {
+            kind: slot.kind,
+            watch,
+            reported: false,
+        };
+        self.supervise(id, token, exec, reporter, limit, stop, reason, run)
             .await;
     }
 
@@ -480,12 +488,18 @@ impl Worker {
                     .map(|s| Duration::from_micros((crate::job::now_us() - s).max(0) as u64))
                     .unwrap_or_default();
                 let limit = time_limit(&adopted, &slot).saturating_sub(elapsed);
-                self.supervise(id, token, exec, reporter, limit, stop, reason)
+                let run = Supervised {
+                    kind: slot.kind,
+                    watch: reports::Watch::new(id),
+                    reported: adopted.reported().is_some(),
+                };
+                self.supervise(id, token, exec, reporter, limit, stop, reason, run)
                     .await;
             }
             Recovered::Finished(outcome) => {
                 reporter.flush().await;
-                self.finish(id, token, outcome_to_finish(outcome)).await
+                self.finish(id, token, outcome_to_finish(outcome, slot.kind))
+                    .await
             }
             Recovered::Gone => {}
         }
@@ -495,6 +509,9 @@ impl Worker {
     }
 
     /// Waits for the work to end, or stops it on cancel/timeout/shutdown; records the outcome.
+    /// Once the job has reported its outcome through the hook (`reported`: already at the
+    /// start), its process gets `exit_grace` to end by itself before it is stopped; the outcome
+    /// is committed after the process ended and its output was stored.
     #[allow(clippy::too_many_arguments)]
     async fn supervise(
         &self,
@@ -505,33 +522,97 @@ impl Worker {
         limit: Duration,
         stop: CancellationToken,
         reason: Arc<Mutex<StopReason>>,
+        run: Supervised,
     ) {
+        let Supervised {
+            kind,
+            watch,
+            mut reported,
+        } = run;
         enum End {
-            Ran(Outcome),
+            Ran,
             Stopped,
             TimedOut,
+            /// Reported its outcome, but the process did not end within `exit_grace`.
+            Lingered,
         }
-        let end = tokio::select! {
-            o = exec.wait() => End::Ran(o),
-            _ = stop.cancelled() => End::Stopped,
-            _ = tokio::time::sleep(limit) => End::TimedOut,
+        let now = tokio::time::Instant::now();
+        let limit_at = now + limit.min(crate::config::MAX_DURATION);
+        let grace = self.cfg.exit_grace;
+        let mut deadline = if reported {
+            limit_at.min(now + grace)
+        } else {
+            limit_at
         };
-        if !matches!(end, End::Ran(_)) {
+        let (end, ran) = {
+            let wait = exec.wait();
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    o = &mut wait => break (End::Ran, Some(o)),
+                    _ = stop.cancelled() => break (End::Stopped, None),
+                    _ = tokio::time::sleep_until(deadline) => {
+                        break (if reported { End::Lingered } else { End::TimedOut }, None)
+                    }
+                    _ = self.report_seen(id, &watch), if !reported => {
+                        reported = true;
+                        deadline = limit_at.min(tokio::time::Instant::now() + grace);
+                    }
+                }
+            }
+        };
+        drop(watch);
+        if ran.is_none() {
+            if matches!(end, End::Lingered) {
+                tracing::info!(
+                    exit_grace = ?grace,
+                    "the job reported its outcome but its process did not end: stopping it"
+                );
+            }
             exec.stop(self.cfg.kill_grace).await;
-            let _ = exec.wait().await;
         }
+        let last = match ran {
+            Some(o) => o,
+            None => exec.wait().await,
+        };
         reporter.flush().await;
         match end {
-            End::Ran(o) => self.finish(id, token, outcome_to_finish(o)).await,
+            // A reported outcome is what the job said; the stopped process's exit is recorded.
+            End::Ran | End::Lingered => self.finish(id, token, outcome_to_finish(last, kind)).await,
             End::TimedOut => {
                 let msg = format!("timed out after {}", humantime::format_duration(limit));
                 self.finish(id, token, FinishOutcome::Timeout(msg)).await
             }
             End::Stopped => {
                 if *reason.lock() == StopReason::Release {
-                    if let Err(e) = self.store.apply(id, Command::Release { token }).await {
-                        tracing::debug!(error = %e, "release refused");
+                    match self.store.apply(id, Command::Release { token }).await {
+                        // A job that had reported its outcome ends with it.
+                        Ok(j) => crate::outcomes::log_change(&j),
+                        Err(e) => tracing::debug!(error = %e, "release refused"),
                     }
+                }
+            }
+        }
+    }
+
+    /// Completes when the job has reported its outcome through the hook: told in-process by the
+    /// hook handler, or (the hook served by another process) seen by reading the job every
+    /// `lease_ttl / 3`.
+    async fn report_seen(&self, id: Uuid, watch: &reports::Watch) {
+        let every = if self.store.backend_name() == "embedded" {
+            // The embedded store is opened by this process only: its hook is served here.
+            crate::config::MAX_DURATION
+        } else {
+            self.cfg.lease_ttl / 3
+        };
+        loop {
+            tokio::select! {
+                _ = watch.notified() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Ok(Some(j)) = self.store.get(id).await {
+                if j.reported().is_some() {
+                    return;
                 }
             }
         }
@@ -543,7 +624,7 @@ impl Worker {
             .apply(id, Command::Finish { token, outcome })
             .await
         {
-            Ok(j) => tracing::debug!(status = %j.status, "job finished"),
+            Ok(j) => crate::outcomes::log_change(&j),
             // The job already ended (it reported its own status, or was cancelled) or was taken
             // over: nothing to do, and nothing must be overwritten.
             Err(StoreError::Transition(
@@ -556,6 +637,16 @@ impl Worker {
     }
 }
 
+/// What [`Worker::supervise`] knows of the attempt besides its execution.
+struct Supervised {
+    /// The runner's kind (a process's success is exit code 0).
+    kind: crate::config::RunnerKind,
+    /// Where the hook says the job reported its outcome.
+    watch: reports::Watch,
+    /// The job had reported its outcome already (adopted work).
+    reported: bool,
+}
+
 fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
     job.timeout_ms
         .map(Duration::from_millis)
@@ -563,8 +654,13 @@ fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
         .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-fn outcome_to_finish(o: Outcome) -> FinishOutcome {
+fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> FinishOutcome {
+    use crate::config::RunnerKind;
     match o {
+        // A process or container that succeeded exited with 0.
+        Outcome::Success { result: None } if kind != RunnerKind::Service => {
+            FinishOutcome::Exited { exit_code: 0 }
+        }
         Outcome::Success { result } => FinishOutcome::Success(result),
         Outcome::Failed { message, exit_code } => FinishOutcome::Failed { message, exit_code },
     }

@@ -62,7 +62,15 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
         }
         match store.apply(job.id, Command::LeaseExpired).await {
             Ok(j) => {
-                tracing::info!(job_id = %j.id, status = %j.status, "expired lease reaped");
+                tracing::warn!(
+                    job_id = %j.id,
+                    r#type = %j.job_type,
+                    attempt = j.attempt,
+                    status = %j.status,
+                    "lease expired (worker lost or hung): job {}",
+                    if j.status.is_terminal() { "ended" } else { "requeued" }
+                );
+                crate::outcomes::log_change(&j);
                 n += 1;
             }
             Err(e) => {

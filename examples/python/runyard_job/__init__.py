@@ -3,7 +3,7 @@
 Layout:
 - ``client.py``: JobClient (status, progress, logs, results, job args, download, upload).
 - ``signing.py``: v1/v2 hook signatures as pure functions.
-- ``errors.py``: HookError and friends (never carrying the job's secret).
+- ``errors.py``: HookError and friends (never carrying the job's secret), NonRetryable.
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
 - ``api.py``: Client and AsyncClient, the submit side: submit jobs, wait for them, follow events.
 - ``api_errors.py``: ApiError, JobFailed, WaitTimeout and friends, raised by the submit client.
@@ -11,7 +11,7 @@ Layout:
 
 from .client import JobClient, hash_file, resolve_location
 from .entry import run
-from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment
+from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment, NonRetryable
 from .api import AsyncClient, AsyncJob, Client, Job
 from .api_errors import (
     ApiError,
@@ -46,6 +46,7 @@ __all__ = [
     "IntegrityError",
     "JobClientError",
     "MissingEnvironment",
+    "NonRetryable",
     "hash_file",
     "resolve_location",
     "run",

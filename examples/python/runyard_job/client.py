@@ -175,6 +175,7 @@ class JobClient:
         results: Any = None,
         logs: Union[None, str, Iterable[str]] = None,
         error: Optional[str] = None,
+        retry: Optional[bool] = None,
     ) -> Dict[str, Any]:
         """POST {hook}/status with the given fields (None fields are left out); returns the answer."""
         if isinstance(logs, str):
@@ -188,6 +189,7 @@ class JobClient:
             ("results", results),
             ("logs", logs),
             ("errorMessage", error),
+            ("retry", retry),
         )
         return self._hook_call("POST", "/status", {key: value for key, value in fields if value is not None})
 
@@ -205,9 +207,15 @@ class JobClient:
         """Report the job's results and SUCCESS."""
         return self.status("SUCCESS", results=value)
 
-    def fail(self, message: str) -> Dict[str, Any]:
-        """Report ERROR with an error message."""
-        return self.status("ERROR", error=str(message))
+    def fail(self, message: str, retry: bool = True) -> Dict[str, Any]:
+        """Report ERROR with an error message.
+
+        Once this process has ended, runyard retries the job with backoff while it has attempts
+        left; ``retry=False`` (sent as ``"retry": false``) makes the failure final.
+        """
+        if retry:
+            return self.status("ERROR", error=str(message))
+        return self.status("ERROR", error=str(message), retry=False)
 
     def signal(self, key: str, payload: Any = None, id: Optional[str] = None) -> Dict[str, Any]:
         """POST {hook}/signal/{key} ``{payload?, id?}``: a readiness signal (an ``id`` makes it

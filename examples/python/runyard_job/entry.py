@@ -7,7 +7,7 @@ import traceback
 from typing import Any, Callable, Optional
 
 from .client import JobClient
-from .errors import JobClientError, redact
+from .errors import JobClientError, NonRetryable, redact
 
 JobFunction = Callable[[JobClient, Any], Any]
 
@@ -17,7 +17,9 @@ def run(fn: Optional[JobFunction] = None, *, client: Optional[JobClient] = None)
 
     Reports RUNNING, calls ``fn``, reports SUCCESS with its return value as ``results``. If anything
     raises, reports ERROR with ``errorMessage = str(exc)`` and exits with status 1 (2 when the
-    process was not started by runyard). Usable as ``run(main)`` or as a decorator (``@run``, which
+    process was not started by runyard). runyard retries an ERROR with backoff, once this process
+    has ended, while the job has attempts left; a ``NonRetryable`` exception is reported with
+    ``"retry": false`` and ends the job at once. Usable as ``run(main)`` or as a decorator (``@run``, which
     runs the function right away, so put it in the script, not in an importable module).
     """
     if fn is None:
@@ -36,7 +38,7 @@ def run(fn: Optional[JobFunction] = None, *, client: Optional[JobClient] = None)
         traceback.print_exc()
         message = redact(str(exc) or type(exc).__name__, job._secret.reveal())
         try:
-            job.fail(message)
+            job.fail(message, retry=not isinstance(exc, NonRetryable))
         except Exception as report_error:
             print(f"runyard_job: could not report the error: {report_error}", file=sys.stderr)
         sys.exit(1)

@@ -22,6 +22,15 @@ class MissingEnvironment(JobClientError):
         )
 
 
+class NonRetryable(Exception):
+    """Raise it (or a subclass) from a job function to fail the job without another attempt.
+
+    ``run()`` reports ERROR with ``"retry": false``: the job ends ERROR at once, whatever its
+    ``max_attempts``. Any other exception is retried with backoff while attempts are left, like a
+    crash. Use it for failures another attempt cannot fix (bad arguments, a missing input).
+    """
+
+
 class IntegrityError(JobClientError):
     """Downloaded bytes do not match the hash the server announced."""
 

@@ -152,3 +152,22 @@ def test_signal(http):
     assert response.status_code == 200, response.text
     records = response.json()["signals"]
     assert [(r["seq"], r["payload"]) for r in records] == [(1, {"rows": 3})], records
+
+
+def test_flaky_is_retried_with_backoff_until_it_succeeds(http):
+    # runyard-test.toml: max_attempts 3, backoff 300 ms then 600 ms, no jitter.
+    job_id = submit(http, {"type": "py.flaky"})
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS", job
+    assert job["attempt"] == 3 and job["result"] == {"attempt": 3}, job
+    assert job["exit_code"] == 0, job
+    assert [run["outcome"] for run in job["runs"]] == ["ERROR", "ERROR", "SUCCESS"], job
+
+
+def test_non_retryable_ends_the_job_at_once(http):
+    job_id = submit(http, {"type": "py.flaky", "args": {"fatal": True}})
+    job = wait(http, job_id)
+    assert job["status"] == "ERROR", job
+    assert job["attempt"] == 1, job
+    assert "no retry can fix it" in job["error"], job
+    assert job["exit_code"] == 1, job

@@ -65,6 +65,28 @@ def test_hello_without_args_asks_the_hook(stub):
     assert stub.reports[-1] == {"status": "SUCCESS", "results": {"hello": "world"}}
 
 
+def test_flaky_reports_a_retryable_error(stub):
+    done = run_job(stub, "flaky.py", JOB_ATTEMPT="1")
+    assert done.returncode == 1
+    assert stub.reports[-1] == {"status": "ERROR", "errorMessage": "transient failure on attempt 1"}
+    assert "ValueError" in done.stderr
+
+
+def test_flaky_succeeds_on_its_third_attempt(stub):
+    done = run_job(stub, "flaky.py", JOB_ATTEMPT="3")
+    assert done.returncode == 0, done.stderr
+    assert stub.reports[-1] == {"status": "SUCCESS", "results": {"attempt": 3}}
+
+
+def test_non_retryable_is_reported_with_retry_false(stub):
+    stub.args = {"fatal": True}
+    done = run_job(stub, "flaky.py", JOB_ATTEMPT="1", JOB_ARGS='{"fatal": true}')
+    assert done.returncode == 1
+    last = stub.reports[-1]
+    assert last["status"] == "ERROR" and last["retry"] is False, last
+    assert "no retry can fix it" in last["errorMessage"]
+
+
 def test_fail(stub):
     done = run_job(stub, "fail.py")
     assert done.returncode == 3

@@ -1,0 +1,56 @@
+//! The server's log: `RUNYARD_LOG` (else `RUST_LOG`, else `info`) picks what is logged;
+//! `--log-format text|json` how. Text has ANSI colours only when stderr is a terminal (never in
+//! files, pipes or `kubectl logs`; `NO_COLOR` turns them off there too). JSON is one object per
+//! line (tracing-subscriber's format: `timestamp`, `level`, `target`, the event's fields
+//! flattened, and `span` with the current span's fields: `job_id`, `type`, `attempt` for every
+//! line about a job).
+
+use std::io::IsTerminal;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Drops log events that may carry job secrets whatever `RUNYARD_LOG` says: bollard (the docker
+/// runner's client) prints request and response bodies at debug level, and a container's create
+/// body and inspect answer hold its `JOB_SECRET_KEY`.
+fn not_secret_bearing(meta: &tracing::Metadata<'_>) -> bool {
+    !(meta.target().starts_with("bollard") && *meta.level() > tracing::Level::INFO)
+}
+
+/// Whether text logs get ANSI colours: stderr is a terminal and `NO_COLOR` is not set.
+pub fn use_colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Installs the global subscriber (stderr).
+pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let secrets = tracing_subscriber::filter::filter_fn(not_secret_bearing);
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(use_colour())
+            .finish()
+            .with(secrets)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(secrets)
+            .init(),
+    }
+}

@@ -1,0 +1,181 @@
+//! How a job's end is decided (docs/hooks.md, "When a job ends"): an ERROR a job reports through
+//! its hook (a Python exception in `run()`) is retried with backoff once its process has ended,
+//! like a crash, unless it said `retry: false` (`NonRetryable`); the exit code is recorded for
+//! every job; and a job reads SUCCESS only once its process has ended and its output is stored.
+//!
+//! Real components: a runyard server on 127.0.0.1:0, the Python client of examples/python run by
+//! `python3` (with `requests`) as local-runner child processes.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{gap, time_of, TestServer, WAIT};
+
+fn python_runners() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    format!(
+        r#"
+[[runners]]
+name = "flaky"
+kind = "local"
+types = ["py.flaky"]
+command = ["python3", "{root}/examples/python/jobs/flaky.py"]
+env = {{ PYTHONPATH = "{root}/examples/python" }}
+max_attempts = 3
+backoff = {{ initial_ms = 700, max_ms = 5000, multiplier = 2.0, jitter = false }}
+
+[[runners]]
+name = "tail"
+kind = "local"
+types = ["py.tail"]
+command = ["python3", "-c", """
+import sys, time
+from runyard_job import JobClient
+job = JobClient.from_env()
+job.running()
+job.result({{"ok": True}})
+for i in range(50):
+    print(f"after the report {{i}}", flush=True)
+time.sleep(0.3)
+print("the very last line", flush=True)
+"""]
+env = {{ PYTHONPATH = "{root}/examples/python" }}
+
+[[runners]]
+name = "linger"
+kind = "local"
+types = ["py.linger"]
+command = ["python3", "-c", """
+import time
+from runyard_job import JobClient
+job = JobClient.from_env()
+job.result({{"done": True}})
+time.sleep(60)
+"""]
+env = {{ PYTHONPATH = "{root}/examples/python" }}
+"#
+    )
+}
+
+async fn start() -> TestServer {
+    TestServer::builder(&python_runners())
+        .config("[worker]\nexit_grace = \"3s\"")
+        .start()
+        .await
+}
+
+async fn logs(ts: &TestServer, id: &str) -> Vec<String> {
+    let (st, v) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    assert!(st.is_success(), "{v}");
+    v["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l["line"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn runs(job: &Value) -> &Vec<Value> {
+    job["runs"].as_array().expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_exception_is_retried_with_backoff_until_the_job_succeeds() {
+    let ts = start().await;
+    let id = ts.submit_ok(json!({"type": "py.flaky"})).await;
+    let job = ts.wait_terminal(&id, WAIT * 2).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(job["attempt"], 3, "{job:#}");
+    assert_eq!(job["result"], json!({"attempt": 3}));
+    assert_eq!(job["exit_code"], 0, "{job:#}");
+    let r = runs(&job);
+    let outcomes: Vec<&str> = r.iter().map(|x| x["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["ERROR", "ERROR", "SUCCESS"], "{job:#}");
+    // Backoff between the attempts: 700 ms after the first, 1400 ms after the second.
+    for (i, min) in [(1, 700), (2, 1400)] {
+        let waited = gap(time_of(&r[i - 1]["ended_at"]), time_of(&r[i]["claimed_at"]));
+        assert!(
+            waited >= Duration::from_millis(min),
+            "attempt {} started {waited:?} after attempt {i} ended (backoff {min} ms): {job:#}",
+            i + 1
+        );
+    }
+    // Each attempt's output is there, the last one's too.
+    let lines = logs(&ts, &id).await;
+    for n in 1..=3 {
+        assert!(
+            lines.iter().any(|l| l == &format!("flaky.py: attempt {n}")),
+            "{lines:?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("transient failure on attempt 2")),
+        "the traceback is logged: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_retryable_ends_the_job_at_once_with_its_exit_code() {
+    let ts = start().await;
+    let id = ts
+        .submit_ok(json!({"type": "py.flaky", "args": {"fatal": true}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "ERROR", "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(job["exit_code"], 1, "{job:#}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no retry can fix it"), "{job:#}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = ts.get_job(&id).await;
+    assert_eq!(later["status"], "ERROR");
+    assert_eq!(later["attempt"], 1, "no second attempt: {later:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_reads_success_only_once_its_last_output_is_stored() {
+    let ts = start().await;
+    let id = ts.submit_ok(json!({"type": "py.tail"})).await;
+    // Poll tightly: the moment SUCCESS shows, the process's last line must already be there.
+    let job = ts
+        .wait_for(&id, WAIT, |j| {
+            j["status"] == "SUCCESS" || support::is_terminal(&j["status"])
+        })
+        .await;
+    let lines = logs(&ts, &id).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("the very last line"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("after the report"))
+            .count(),
+        50
+    );
+    assert_eq!(job["exit_code"], 0, "{job:#}");
+    assert_eq!(job["result"], json!({"ok": true}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_lingers_after_its_report_is_stopped_and_its_outcome_kept() {
+    let ts = start().await;
+    let id = ts.submit_ok(json!({"type": "py.linger"})).await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(job["result"], json!({"done": true}));
+    // Stopped with SIGTERM after `exit_grace` (3 s): 128 + 15.
+    assert_eq!(job["exit_code"], 143, "{job:#}");
+    let took = gap(
+        time_of(&runs(&job)[0]["started_at"]),
+        time_of(&job["finished_at"]),
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}

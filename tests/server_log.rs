@@ -1,0 +1,232 @@
+//! The server log as an operator reads it: a real `runyard serve` process with its stderr
+//! captured. One `job ended` line per job (type, id, attempt, status, duration, exit code or
+//! error), a warning per retried attempt, `--log-format json` one JSON object per line with the
+//! job's `job_id`, `type` and `attempt` on every line about a job, and no colour codes when stderr
+//! is not a terminal.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runyard");
+
+const CONFIG: &str = r#"
+[worker]
+poll_interval = "100ms"
+kill_grace = "200ms"
+
+[[runners]]
+kind = "local"
+types = ["sh.*"]
+command = ["/bin/sh", "-c", "echo working; case \"$JOB_TYPE\" in sh.fail) exit 3;; sh.hold) sleep 30;; esac"]
+max_attempts = 2
+backoff = { initial_ms = 100, max_ms = 100, multiplier = 1.0, jitter = false }
+
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#;
+
+struct Server {
+    child: Child,
+    url: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(args: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("runyard.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let log = dir.path().join("server.log");
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(args)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUNYARD_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+        _dir: dir,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn submit(s: &Server, ty: &str) -> String {
+    let v: Value = http()
+        .post(format!("{}/async/jobs", s.url))
+        .json(&json!({"type": ty}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["job_id"].as_str().expect("job_id").to_string()
+}
+
+async fn job(s: &Server, id: &str) -> Value {
+    http()
+        .get(format!("{}/async/jobs/{id}", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_status(s: &Server, id: &str, want: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = job(s, id).await;
+        if want.contains(&j["status"].as_str().unwrap_or("")) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never {want:?}: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs one job of each outcome; returns (id, expected status) per job.
+async fn run_jobs(s: &Server) -> Vec<(String, &'static str)> {
+    let ok = submit(s, "sh.ok").await;
+    let fail = submit(s, "sh.fail").await;
+    let service = submit(s, "runyard.noop").await;
+    let hold = submit(s, "sh.hold").await;
+    wait_status(s, &hold, &["RUNNING"]).await;
+    let r = http()
+        .post(format!("{}/async/jobs/{hold}/cancel", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let out = vec![
+        (ok, "SUCCESS"),
+        (fail, "ERROR"),
+        (service, "SUCCESS"),
+        (hold, "CANCELLED"),
+    ];
+    for (id, st) in &out {
+        wait_status(s, id, &[st]).await;
+    }
+    // Let the worker write its last lines (the cancelled process being stopped).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_has_one_outcome_line_per_job_and_the_job_on_every_job_line() {
+    let s = serve(&["--log-format", "json"]);
+    let jobs = run_jobs(&s).await;
+    let text = std::fs::read_to_string(&s.log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a file: {text}"
+    );
+    let mut ended: HashMap<String, Vec<&Value>> = HashMap::new();
+    for l in &lines {
+        if l["message"] == "job ended" {
+            ended
+                .entry(l["job_id"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push(l);
+        }
+        // Every line about a job carries it, through its span.
+        if l["span"]["name"] == "job" {
+            for k in ["job_id", "type", "attempt"] {
+                assert!(!l["span"][k].is_null(), "{k} missing: {l}");
+            }
+        }
+    }
+    assert_eq!(ended.len(), jobs.len(), "one outcome line per job: {text}");
+    for (id, status) in &jobs {
+        let got = ended
+            .get(id)
+            .unwrap_or_else(|| panic!("no outcome line for {id}: {text}"));
+        assert_eq!(got.len(), 1, "exactly one outcome line for {id}: {got:?}");
+        let l = got[0];
+        assert_eq!(l["level"], "INFO", "{l}");
+        assert_eq!(l["status"], *status, "{l}");
+        for k in ["type", "attempt", "duration"] {
+            assert!(!l[k].is_null(), "{k} missing: {l}");
+        }
+        assert_eq!(l["span"]["job_id"], *id, "{l}");
+    }
+    let fail = &jobs[1].0;
+    let f = ended[fail][0];
+    assert_eq!(f["exit_code"], "3", "{f}");
+    assert_eq!(f["attempt"], 2, "{f}");
+    assert!(f["error"].as_str().unwrap_or("").contains("code 3"), "{f}");
+    assert_eq!(ended[&jobs[0].0][0]["exit_code"], "0");
+    // The retry of the failing job's first attempt is a warning.
+    let retries: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "job attempt failed: retrying")
+        .collect();
+    assert_eq!(retries.len(), 1, "{text}");
+    assert_eq!(retries[0]["level"], "WARN");
+    assert_eq!(retries[0]["job_id"], *fail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_has_no_colour_codes_off_a_terminal() {
+    let s = serve(&[]);
+    let jobs = run_jobs(&s).await;
+    let text = std::fs::read_to_string(&s.log).unwrap();
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text}");
+    for (id, status) in &jobs {
+        let n = text
+            .lines()
+            .filter(|l| l.contains("job ended") && l.contains(id.as_str()))
+            .count();
+        assert_eq!(n, 1, "one outcome line for {id}: {text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("job ended") && l.contains(id.as_str()) && l.contains(status)),
+            "{text}"
+        );
+    }
+}

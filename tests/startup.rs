@@ -1,0 +1,254 @@
+//! `runyard serve` / `runyard worker` start-up checks as a user meets them (a real process): a
+//! configuration that could never work is refused with a message saying what to change; what may
+//! still recover, or is only suspicious, gets a warning; and `serve --demo` runs the README's first
+//! jobs, after which the CLI submits one more to it.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runyard");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `runyard ARGS...` in a clean environment (no RUNYARD_*, no Kubernetes, HOME = the temp dir)
+/// with `config` as runyard.toml in its working directory; it must exit by itself.
+fn run(config: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("runyard.toml"), config).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    if args[0] == "serve" {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("runyard {args:?} did not stop: it must refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn refused(config: &str, args: &[&str], envs: &[(&str, &str)], wants: &[&str]) {
+    let out = run(config, args, envs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{config}: must be refused; stderr: {err}"
+    );
+    for w in wants {
+        assert!(err.contains(w), "the message names {w:?}: {err}");
+    }
+}
+
+/// Starts `runyard serve` (it must start), returns its stderr once it serves, then stops it.
+fn started(config: &str, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("runyard.toml"), config).unwrap();
+    let port = free_port();
+    let log = dir.path().join("stderr");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(extra)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "serve did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&log).unwrap()
+}
+
+const SHELL: &str = "[[runners]]\nkind = \"local\"\ntypes = [\"sh.*\"]\ncommand = [\"true\"]\n";
+
+#[test]
+fn serve_without_runners_refuses_and_says_how_to_add_one() {
+    refused(
+        "",
+        &["serve"],
+        &[],
+        &["no runners", "[[runners]]", "--demo", "--allow-no-runners"],
+    );
+    let err = started("", &["--allow-no-runners"], &[]);
+    assert!(err.contains("runyard listening"), "{err}");
+}
+
+#[test]
+fn overlapping_runner_types_are_refused() {
+    let config = format!(
+        "{SHELL}[[runners]]\nkind = \"local\"\ntypes = [\"sh.daily\"]\ncommand = [\"true\"]\n"
+    );
+    refused(
+        &config,
+        &["serve"],
+        &[],
+        &[
+            "runners[0].types",
+            "runners[1].types",
+            "sh.*",
+            "sh.daily",
+            "overlap",
+        ],
+    );
+    refused(
+        &config,
+        &[
+            "worker",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--public-url",
+            "http://127.0.0.1:1",
+        ],
+        &[("RUNYARD_MASTER_KEY", "0123456789abcdef0123")],
+        &["overlap"],
+    );
+}
+
+#[test]
+fn a_service_type_without_a_function_is_refused() {
+    refused(
+        "[[runners]]\nkind = \"service\"\ntypes = [\"thumbnail\"]\n",
+        &["serve"],
+        &[],
+        &["runners[0].types", "thumbnail", "runyard.noop"],
+    );
+    // Built-in functions are found, globs included.
+    let err = started(
+        "[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+        &[],
+        &[],
+    );
+    assert!(err.contains("runyard listening"), "{err}");
+}
+
+#[test]
+fn a_kube_runner_without_a_cluster_is_refused() {
+    refused(
+        "[[runners]]\nkind = \"kube\"\ntypes = [\"k.*\"]\nimage = \"busybox\"\n",
+        &["serve"],
+        &[],
+        &["runners[0]", "Kubernetes", "kubeconfig"],
+    );
+}
+
+#[test]
+fn a_silent_docker_engine_and_unknown_variables_only_warn() {
+    let config = format!(
+        "{SHELL}[[runners]]\nkind = \"docker\"\ntypes = [\"d.*\"]\nimage = \"busybox\"\n\
+         docker_host = \"unix:///nonexistent/docker.sock\"\n"
+    );
+    let err = started(
+        &config,
+        &[],
+        &[("RUNYARD_LISTN", "127.0.0.1:9"), ("RUNYARD_LOG", "info")],
+    );
+    assert!(err.contains("runyard listening"), "{err}");
+    assert!(
+        err.contains("Docker engine does not answer") && err.contains("runners[1]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("RUNYARD_LISTN") && err.contains("did you mean `RUNYARD_LISTEN`"),
+        "{err}"
+    );
+    // Known variables are not reported.
+    assert!(!err.contains("`RUNYARD_LOG` is not"), "{err}");
+}
+
+#[test]
+fn serve_demo_runs_its_jobs_and_takes_one_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = dir.path().join("stdout");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        if t.contains("Try, from another terminal") {
+            break t;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not finish its jobs: {t}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for ty in ["demo.shell", "demo.python", "demo.greet"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("demo job {ty} ")) && l.contains(": SUCCESS")),
+            "{ty}: {text}"
+        );
+    }
+    assert!(text.contains("counted 6 words"), "{text}");
+    let cli = Command::new(BIN)
+        .args([
+            "submit",
+            "demo.greet",
+            "--args",
+            r#"{"name":"ci"}"#,
+            "--wait",
+        ])
+        .env("RUNYARD_SERVER", &url)
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{shown} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(shown.contains("hello, ci!"), "{shown}");
+    // Nothing was written to the working directory: the demo's data is in a temporary dir.
+    assert!(!dir.path().join("runyard-data").exists());
+}
