@@ -40,6 +40,9 @@
 mod notices;
 mod schedules;
 mod signals;
+mod tail;
+
+pub use tail::EventTail;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -1388,6 +1391,10 @@ impl EventLog for RedisStore {
             out.push(ev);
         }
         Ok(out)
+    }
+
+    async fn last_event_id(&self) -> Result<Option<String>> {
+        self.newest_event_id().await.map(Some)
     }
 }
 
