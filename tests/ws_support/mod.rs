@@ -29,8 +29,23 @@ pub async fn connect(addr: &str, query: &str) -> Ws {
 
 /// Connects with a small receive buffer (a client that is slow to read fills it fast).
 pub async fn connect_small(addr: &str, query: &str) -> Ws {
+    use std::os::fd::AsRawFd;
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    // A small segment size keeps the server's send buffer small too (Linux sizes it from the
+    // segment size): the connection fills after a few dozen KB, not megabytes.
+    let mss: libc::c_int = 536;
+    // SAFETY: a valid socket, an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            &mss as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_MAXSEG");
     let stream = sock
         .connect(addr.parse().expect("addr"))
         .await
