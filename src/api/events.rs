@@ -119,12 +119,19 @@ pub async fn websocket(
         .max_message_size(64 * 1024)
         .max_frame_size(64 * 1024);
     Ok(ws.on_upgrade(move |socket| async move {
-        match app.events.subscribe(channel.as_deref()) {
+        let sub = app.events.subscribe(channel.as_deref());
+        let (store, ping, closing) = (
+            app.store.clone(),
+            app.config.events.ping_interval,
+            app.closing.clone(),
+        );
+        // A socket outlives nothing it does not need: a stop waits for the last `App`.
+        drop(app);
+        match sub {
             Err(why) => ws::refuse(socket, why).await,
             Ok(sub) => {
-                let follower = Follower::new(app.store.clone(), channel, last_id, sub);
-                let ping = app.config.events.ping_interval;
-                ws::run(socket, follower, ping, app.closing.clone()).await
+                let follower = Follower::new(store, channel, last_id, sub);
+                ws::run(socket, follower, ping, closing).await
             }
         }
     }))
