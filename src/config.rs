@@ -166,6 +166,16 @@ pub struct EventsConfig {
     /// Minimum time between two progress events of one job.
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// How often a WebSocket is pinged; one without a pong by the next ping is closed.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Most WebSocket and SSE streams open at once on this node (more: close 1013 / 503).
+    pub max_connections: usize,
+    /// Most streams open at once on one channel (or on the global stream) on this node.
+    pub max_per_channel: usize,
+    /// Events a stream may fall behind its channel before it is closed as a slow consumer
+    /// (WebSocket close 1008; the client resumes from its last id).
+    pub send_buffer: usize,
 }
 
 impl Default for EventsConfig {
@@ -174,6 +184,10 @@ impl Default for EventsConfig {
             channel_limit: 1000,
             global_limit: 100_000,
             progress_interval: Duration::from_millis(200),
+            ping_interval: Duration::from_secs(20),
+            max_connections: 20_000,
+            max_per_channel: 1_000,
+            send_buffer: 256,
         }
     }
 }
@@ -592,6 +606,7 @@ impl Config {
             ("worker.poll_interval", self.worker.poll_interval),
             ("worker.exit_grace", self.worker.exit_grace),
             ("events.progress_interval", self.events.progress_interval),
+            ("events.ping_interval", self.events.ping_interval),
             ("retention.finished", self.retention.finished),
             ("retention.interval", self.retention.interval),
             ("retention.events", self.retention.events),
@@ -696,6 +711,21 @@ impl Config {
         }
         if self.events.global_limit == 0 || self.events.channel_limit == 0 {
             return err("events".into(), "limits must be positive");
+        }
+        for (k, v) in [
+            ("events.max_connections", self.events.max_connections),
+            ("events.max_per_channel", self.events.max_per_channel),
+            ("events.send_buffer", self.events.send_buffer),
+        ] {
+            if v == 0 {
+                return err(k.into(), "must be positive");
+            }
+        }
+        if self.events.send_buffer > 1 << 20 {
+            return err("events.send_buffer".into(), "must be at most 1048576");
+        }
+        if self.events.ping_interval < Duration::from_millis(100) {
+            return err("events.ping_interval".into(), "must be at least 100ms");
         }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.runners.iter().enumerate() {

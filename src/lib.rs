@@ -29,6 +29,7 @@ pub mod config;
 pub mod connections;
 pub mod dashboard;
 pub mod demo;
+pub mod events;
 pub mod files;
 pub mod job;
 pub mod limits;

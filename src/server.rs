@@ -69,6 +69,8 @@ pub struct App {
     pub closing: CancellationToken,
     /// The Redis backend when configured: the hook replay memory is shared through it.
     pub redis: Option<Arc<RedisStore>>,
+    /// The live fan-out of events to WebSocket and SSE streams (`src/events/`).
+    pub events: Arc<crate::events::Hub>,
 }
 
 impl App {
@@ -174,12 +176,20 @@ impl ServerBuilder {
             signer: UrlSigner::new(&master_key),
             public_url,
             path_prefix,
-            redis,
+            redis: redis.clone(),
             closing: CancellationToken::new(),
+            events: crate::events::Hub::from_config(&config.events),
         });
         let bg = CancellationToken::new();
         let worker_stop = CancellationToken::new();
         let tasks = vec![
+            // Live events for this node's streams (from every node's commits on Redis).
+            tokio::spawn(crate::events::hub::tail_loop(
+                app.events.clone(),
+                store.clone(),
+                redis,
+                bg.clone(),
+            )),
             tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
             tokio::spawn(crate::schedule::firing::fire_loop(
                 crate::schedule::firing::Firing {

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::auth::{ChannelAuth, StreamOrigin};
-use crate::store::Notice;
+use crate::events::follow::Follower;
+use crate::events::{ws, EventId};
+use crate::store::{Notice, StoreError};
 
 /// The page size of the event endpoints.
 pub const EVENT_PAGE: usize = 100;
@@ -38,6 +40,7 @@ pub async fn poll(
     let channel = auth.channel(q.channel)?;
     let limit = q.limit.unwrap_or(EVENT_PAGE).clamp(1, EVENT_PAGE);
     let last_id = q.last_id.filter(|s| !s.is_empty());
+    check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
     let store = &st.app.store;
     // Subscribe before reading, so an event committed in between still wakes us.
@@ -75,73 +78,27 @@ pub struct StreamParams {
     channel: Option<String>,
 }
 
-/// Follows a stream from `last_id`: yields pages of events as they are committed, forever.
-/// A `resync` event comes first when events after `last_id` were trimmed.
-fn follow(
-    st: AppState,
-    channel: Option<String>,
-    mut last_id: Option<String>,
-) -> impl futures::Stream<Item = Result<Vec<crate::job::Event>, ApiError>> {
-    async_stream_lite(move |tx| async move {
-        let store = st.app.store.clone();
-        let closing = st.app.closing.clone();
-        let mut rx = store.subscribe();
-        loop {
-            let page = match store
-                .events(channel.as_deref(), last_id.as_deref(), EVENT_PAGE)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            let full = page.len() == EVENT_PAGE;
-            if let Some(last) = page
-                .iter()
-                .rev()
-                .find(|e| e.kind != "resync")
-                .or(page.last())
-            {
-                last_id = Some(last.id.clone());
-            }
-            if !page.is_empty() && tx.send(Ok(page)).await.is_err() {
-                return;
-            }
-            if full {
-                continue;
-            }
-            // Wait for new events (a lagging receiver just re-reads); end when the server stops.
-            loop {
-                let n = tokio::select! {
-                    n = rx.recv() => n,
-                    _ = closing.cancelled() => return,
-                };
-                match n {
-                    Ok(Notice::Events)
-                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        }
-    })
-}
-
-/// A tiny generator: runs `f` with a sender and streams what it sends.
-fn async_stream_lite<T, F, Fut>(f: F) -> impl futures::Stream<Item = T>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(f(tx));
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+/// Refuses a cursor that is not an event id of this store (400 naming `field`).
+async fn check_cursor(
+    st: &AppState,
+    channel: Option<&str>,
+    last_id: Option<&str>,
+    field: &str,
+) -> ApiResult<()> {
+    let Some(id) = last_id else { return Ok(()) };
+    let bad = |m: String| ApiError::bad_request("bad_last_id", format!("`{field}`: {m}"));
+    if EventId::parse(id).is_none() {
+        return Err(bad(format!("`{}` is not an event id", id.escape_debug())));
+    }
+    match st.app.store.events(channel, Some(id), 1).await {
+        Err(StoreError::BadInput(m)) => Err(bad(m)),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// `GET /async/events/ws?last_id=&channel=`: a WebSocket; each event is one text message (JSON).
+/// The socket itself is driven by [`crate::events::ws`].
 pub async fn websocket(
     State(st): State<AppState>,
     _origin: StreamOrigin,
@@ -149,49 +106,40 @@ pub async fn websocket(
     q: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> ApiResult<axum::response::Response> {
-    use axum::extract::ws::Message;
-    use futures::{SinkExt, StreamExt};
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let channel = auth.channel(q.channel)?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
-    st.app
-        .store
-        .events(channel.as_deref(), last_id.as_deref(), 1)
-        .await?;
+    check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
+    let app = st.app.clone();
+    // Clients only answer pings and close: small buffers keep an idle socket cheap.
+    let ws = ws
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024);
     Ok(ws.on_upgrade(move |socket| async move {
-        let (mut sink, mut incoming) = socket.split();
-        let events = follow(st, channel, last_id);
-        tokio::pin!(events);
-        let mut ping = tokio::time::interval(Duration::from_secs(20));
-        loop {
-            tokio::select! {
-                page = events.next() => {
-                    let Some(Ok(page)) = page else { break };
-                    for ev in page {
-                        let text = serde_json::to_string(&ev).unwrap_or_default();
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                msg = incoming.next() => match msg {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    _ => {}
-                },
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        break;
-                    }
-                }
+        let sub = app.events.subscribe(channel.as_deref());
+        let (store, ping, closing) = (
+            app.store.clone(),
+            app.config.events.ping_interval,
+            app.closing.clone(),
+        );
+        // A socket outlives nothing it does not need: a stop waits for the last `App`.
+        drop(app);
+        match sub {
+            Err(why) => ws::refuse(socket, why).await,
+            Ok(sub) => {
+                let follower = Follower::new(store, channel, last_id, sub);
+                ws::run(socket, follower, ping, closing).await
             }
         }
-        let _ = sink.close().await;
     }))
 }
 
 /// `GET /async/events/sse?last_id=&channel=` (or the `Last-Event-ID` header): Server-Sent Events,
-/// `id:` the event id, `data:` the event JSON.
+/// `id:` the event id, `data:` the event JSON. The stream ends when the server stops or when it
+/// falls `events.send_buffer` events behind (the browser reconnects with `Last-Event-ID`).
 pub async fn sse(
     State(st): State<AppState>,
     _origin: StreamOrigin,
@@ -206,28 +154,50 @@ pub async fn sse(
     use futures::StreamExt;
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let channel = auth.channel(q.channel)?;
-    let last_id = headers
+    let header = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(q.last_id)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .unwrap_or_else(|_| "\u{fffd}".into())
+        })
         .filter(|s| !s.is_empty());
-    st.app
-        .store
-        .events(channel.as_deref(), last_id.as_deref(), 1)
-        .await?;
-    let stream = follow(st, channel, last_id)
-        .take_while(|p| futures::future::ready(p.is_ok()))
-        .flat_map(|page| {
-            let evs: Vec<_> = page
-                .unwrap_or_default()
-                .into_iter()
-                .map(|ev| {
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    Ok(axum::response::sse::Event::default().id(ev.id).data(data))
-                })
-                .collect();
-            futures::stream::iter(evs)
-        });
+    let (last_id, field) = match header {
+        Some(h) => (Some(h), "Last-Event-ID"),
+        None => (q.last_id.filter(|s| !s.is_empty()), "last_id"),
+    };
+    check_cursor(&st, channel.as_deref(), last_id.as_deref(), field).await?;
+    let sub = st.app.events.subscribe(channel.as_deref()).map_err(|why| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            why.reason(),
+        )
+    })?;
+    let follower = Follower::new(st.app.store.clone(), channel, last_id, sub);
+    let closing = st.app.closing.clone();
+    let stream = futures::stream::unfold((follower, closing), |(mut f, closing)| async move {
+        let r = tokio::select! {
+            r = f.next() => r,
+            _ = closing.cancelled() => {
+                f.stats().shutdown_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+        };
+        match r {
+            Ok(frames) => {
+                f.delivered(frames.len());
+                Some((frames, (f, closing)))
+            }
+            Err(_) => None,
+        }
+    })
+    .flat_map(|frames| {
+        futures::stream::iter(frames.into_iter().map(|fr| {
+            Ok(axum::response::sse::Event::default()
+                .id(&*fr.id_text)
+                .data(fr.json.as_str()))
+        }))
+    });
     Ok(axum::response::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }

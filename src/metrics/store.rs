@@ -143,6 +143,10 @@ impl EventLog for MeteredStore {
         self.timed("events", self.inner.events(channel, last_id, limit))
             .await
     }
+    async fn last_event_id(&self) -> Result<Option<String>> {
+        self.timed("last_event_id", self.inner.last_event_id())
+            .await
+    }
 }
 
 #[async_trait]

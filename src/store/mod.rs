@@ -205,6 +205,9 @@ pub trait EventLog: Send + Sync {
         last_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>>;
+    /// The id of the newest event of the global stream (`None` when there never was one): where
+    /// a live reader of everything committed from now on starts.
+    async fn last_event_id(&self) -> Result<Option<String>>;
 }
 
 /// Housekeeping.

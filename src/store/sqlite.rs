@@ -889,6 +889,18 @@ impl EventLog for SqliteStore {
         })
         .await
     }
+
+    async fn last_event_id(&self) -> Result<Option<String>> {
+        self.read(|c| {
+            let id: Option<i64> = c
+                .prepare_cached("SELECT MAX(id) FROM events")
+                .map_err(db_err)?
+                .query_row([], |r| r.get(0))
+                .map_err(db_err)?;
+            Ok(id.map(|i| i.to_string()))
+        })
+        .await
+    }
 }
 
 #[async_trait]

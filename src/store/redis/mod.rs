@@ -41,6 +41,9 @@ mod counts;
 mod notices;
 mod schedules;
 mod signals;
+mod tail;
+
+pub use tail::EventTail;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -1390,6 +1393,10 @@ impl EventLog for RedisStore {
             out.push(ev);
         }
         Ok(out)
+    }
+
+    async fn last_event_id(&self) -> Result<Option<String>> {
+        self.newest_event_id().await.map(Some)
     }
 }
 

@@ -1,0 +1,131 @@
+//! One cursor for every transport: replay from the store after `last_id`, then live from the
+//! hub, with no gap and no duplicate at the handoff.
+//!
+//! Why no gap: the stream subscribes to its channel's ring *before* the replay reads the store,
+//! so every event committed after that read reaches the ring; events committed before it are in
+//! the replay. Why no duplicate: live events at or below the cursor (the replay's last id) are
+//! skipped; the ring delivers a channel's events in id order.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{EventId, Frame, Subscription, REPLAY_PAGE};
+use crate::store::{Store, StoreError};
+
+/// Why a stream stops.
+#[derive(Debug)]
+pub enum Stop {
+    /// The store failed while replaying.
+    Store(StoreError),
+}
+
+/// A stream's cursor and source (see the module docs).
+pub struct Follower {
+    store: Arc<dyn Store>,
+    channel: Option<String>,
+    cursor: Option<(EventId, String)>,
+    sub: Subscription,
+    replaying: bool,
+}
+
+impl Follower {
+    /// Follows `channel` (`None`: the global stream) after `last_id` (exclusive; `None`: from the
+    /// oldest kept). `last_id` must be a valid id of the store (checked by the handlers).
+    pub fn new(
+        store: Arc<dyn Store>,
+        channel: Option<String>,
+        last_id: Option<String>,
+        sub: Subscription,
+    ) -> Self {
+        let cursor = last_id.and_then(|s| EventId::parse(&s).map(|id| (id, s)));
+        Self {
+            store,
+            channel,
+            cursor,
+            sub,
+            replaying: true,
+        }
+    }
+
+    /// The id of the last event handed out (what a client resumes from).
+    pub fn cursor(&self) -> Option<&str> {
+        self.cursor.as_ref().map(|(_, s)| s.as_str())
+    }
+
+    /// True when the stream is more than `events.send_buffer` events behind its channel's ring.
+    pub fn lagging(&self) -> bool {
+        self.sub.rx.len() > self.sub.hub().buffer()
+    }
+
+    /// Counts `n` events written to the client.
+    pub fn delivered(&self, n: usize) {
+        self.sub
+            .hub()
+            .stats
+            .delivered
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The next events, in id order (waits for live ones).
+    pub async fn next(&mut self) -> Result<Vec<Arc<Frame>>, Stop> {
+        loop {
+            if self.replaying {
+                let page = self
+                    .store
+                    .events(self.channel.as_deref(), self.cursor(), REPLAY_PAGE)
+                    .await
+                    .map_err(Stop::Store)?;
+                let real = page.iter().filter(|e| e.kind != "resync").count();
+                let mut out = Vec::with_capacity(page.len());
+                for ev in &page {
+                    let Some(f) = Frame::of(ev) else { continue };
+                    if self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
+                        continue;
+                    }
+                    self.cursor = Some((f.id, f.id_text.to_string()));
+                    out.push(Arc::new(f));
+                }
+                if real < REPLAY_PAGE {
+                    self.replaying = false;
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+                continue;
+            }
+            match self.sub.rx.recv().await {
+                Ok(f) if f.reset => self.replaying = true,
+                Ok(f) => {
+                    if self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
+                        continue;
+                    }
+                    self.cursor = Some((f.id, f.id_text.to_string()));
+                    return Ok(vec![f]);
+                }
+                // Behind the ring (a burst, or a replay that took a while): read on from the
+                // store. A client that does not take its events is caught by the transport
+                // (a write that waits while the stream is behind, see `ws.rs`).
+                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
+                    self.sub.rx = self.sub.rx.resubscribe();
+                    self.replaying = true;
+                }
+            }
+        }
+    }
+
+    /// Counts a slow-consumer close decided outside [`Self::next`] (a write that stalled).
+    pub fn count_slow(&self) {
+        self.sub
+            .hub()
+            .stats
+            .slow_closed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> &super::hub::Stats {
+        &self.sub.hub().stats
+    }
+}

@@ -1,0 +1,370 @@
+//! The per-process fan-out of live events (see the module docs of [`crate::events`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::Frame;
+use crate::store::redis::RedisStore;
+use crate::store::{Notice, Store};
+
+/// Events the tail reads per store call.
+const TAIL_PAGE: usize = 1000;
+
+/// Why a stream was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `events.max_connections` streams are open on this node.
+    Node,
+    /// `events.max_per_channel` streams are open on this channel.
+    Channel,
+}
+
+impl Refused {
+    /// For a person (a close reason, an error message).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Node => "too many event streams on this node (events.max_connections)",
+            Refused::Channel => "too many event streams on this channel (events.max_per_channel)",
+        }
+    }
+}
+
+/// Counters of the event transports (plain atomics; read with [`Hub::stats`]).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) refused_node: AtomicU64,
+    pub(crate) refused_channel: AtomicU64,
+    pub(crate) slow_closed: AtomicU64,
+    pub(crate) ping_timeouts: AtomicU64,
+    pub(crate) shutdown_closed: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) tail_errors: AtomicU64,
+}
+
+/// A reading of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    /// Streams open now (WebSocket and SSE).
+    pub open: u64,
+    /// Channels (and the global stream) with at least one stream open.
+    pub channels: u64,
+    /// Streams refused at `events.max_connections` (WebSocket close 1013, SSE 503).
+    pub refused_node: u64,
+    /// Streams refused at `events.max_per_channel`.
+    pub refused_channel: u64,
+    /// Streams closed as slow consumers (WebSocket close 1008).
+    pub slow_closed: u64,
+    /// WebSockets closed for a missed pong.
+    pub ping_timeouts: u64,
+    /// Streams closed because the server stopped (WebSocket close 1012).
+    pub shutdown_closed: u64,
+    /// Events written to streams.
+    pub delivered: u64,
+    /// Failed reads of the global stream by the tail (retried).
+    pub tail_errors: u64,
+}
+
+struct Chan {
+    tx: broadcast::Sender<Arc<Frame>>,
+    conns: usize,
+}
+
+#[derive(Default)]
+struct Chans {
+    by_name: HashMap<Box<str>, Chan>,
+    global: Option<Chan>,
+    open: usize,
+}
+
+/// The fan-out.
+pub struct Hub {
+    chans: parking_lot::Mutex<Chans>,
+    max_connections: usize,
+    max_per_channel: usize,
+    buffer: usize,
+    pub(crate) stats: Stats,
+}
+
+impl Hub {
+    /// A hub with these caps and ring size.
+    pub fn new(max_connections: usize, max_per_channel: usize, buffer: usize) -> Arc<Self> {
+        Arc::new(Self {
+            chans: Default::default(),
+            max_connections,
+            max_per_channel,
+            buffer: buffer.max(1),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The hub of a configuration.
+    pub fn from_config(c: &crate::config::EventsConfig) -> Arc<Self> {
+        Self::new(c.max_connections, c.max_per_channel, c.send_buffer)
+    }
+
+    /// How many events a stream may fall behind.
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
+    /// Admits a stream of `channel` (`None`: the global stream) or refuses it at a cap.
+    pub fn subscribe(self: &Arc<Self>, channel: Option<&str>) -> Result<Subscription, Refused> {
+        let mut g = self.chans.lock();
+        if g.open >= self.max_connections {
+            self.stats.refused_node.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Node);
+        }
+        let buffer = self.buffer;
+        let new_chan = || Chan {
+            tx: broadcast::channel(buffer).0,
+            conns: 0,
+        };
+        let chan = match channel {
+            Some(c) => {
+                if !g.by_name.contains_key(c) {
+                    g.by_name.insert(c.into(), new_chan());
+                }
+                g.by_name.get_mut(c).expect("just inserted")
+            }
+            None => g.global.get_or_insert_with(new_chan),
+        };
+        if chan.conns >= self.max_per_channel {
+            self.stats.refused_channel.fetch_add(1, Ordering::Relaxed);
+            // A channel entry made just now for nobody is not kept.
+            if chan.conns == 0 {
+                drop_if_idle(&mut g, channel);
+            }
+            return Err(Refused::Channel);
+        }
+        chan.conns += 1;
+        let rx = chan.tx.subscribe();
+        g.open += 1;
+        Ok(Subscription {
+            hub: self.clone(),
+            channel: channel.map(Into::into),
+            rx,
+        })
+    }
+
+    /// Hands committed events to the streams listening to their channels.
+    pub fn publish(&self, frames: &[Arc<Frame>]) {
+        let g = self.chans.lock();
+        for f in frames {
+            if let Some(c) = g.by_name.get(&*f.channel) {
+                let _ = c.tx.send(f.clone());
+            }
+            if let Some(c) = &g.global {
+                let _ = c.tx.send(f.clone());
+            }
+        }
+    }
+
+    /// Tells every stream to re-read from the store (the tail may have missed events).
+    pub fn reset_all(&self) {
+        let g = self.chans.lock();
+        let f = Arc::new(Frame::reset());
+        for c in g.by_name.values().chain(g.global.iter()) {
+            let _ = c.tx.send(f.clone());
+        }
+    }
+
+    /// The counters and gauges.
+    pub fn stats(&self) -> StatsSnapshot {
+        let (open, channels) = {
+            let g = self.chans.lock();
+            (g.open, g.by_name.len() + usize::from(g.global.is_some()))
+        };
+        let s = &self.stats;
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            open: open as u64,
+            channels: channels as u64,
+            refused_node: r(&s.refused_node),
+            refused_channel: r(&s.refused_channel),
+            slow_closed: r(&s.slow_closed),
+            ping_timeouts: r(&s.ping_timeouts),
+            shutdown_closed: r(&s.shutdown_closed),
+            delivered: r(&s.delivered),
+            tail_errors: r(&s.tail_errors),
+        }
+    }
+
+    fn leave(&self, channel: Option<&str>) {
+        let mut g = self.chans.lock();
+        g.open = g.open.saturating_sub(1);
+        let chan = match channel {
+            Some(c) => g.by_name.get_mut(c),
+            None => g.global.as_mut(),
+        };
+        if let Some(chan) = chan {
+            chan.conns = chan.conns.saturating_sub(1);
+            if chan.conns == 0 {
+                drop_if_idle(&mut g, channel);
+            }
+        }
+    }
+}
+
+fn drop_if_idle(g: &mut Chans, channel: Option<&str>) {
+    match channel {
+        Some(c) => {
+            g.by_name.remove(c);
+            if g.by_name.capacity() > 64 && g.by_name.len() < g.by_name.capacity() / 4 {
+                g.by_name.shrink_to_fit();
+            }
+        }
+        None => g.global = None,
+    }
+}
+
+/// A stream's place in the hub: its ring receiver; leaving (drop) frees the slot and collects
+/// the channel's ring when it was the last.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    channel: Option<Box<str>>,
+    pub(crate) rx: broadcast::Receiver<Arc<Frame>>,
+}
+
+impl Subscription {
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.leave(self.channel.as_deref());
+    }
+}
+
+/// Reads every event committed from now on and publishes it, until `stop`: from Redis's global
+/// Stream with `XREAD BLOCK` when `redis` is set (every node sees every node's commits), else from
+/// the embedded store after each commit notice.
+pub async fn tail_loop(
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    redis: Option<Arc<RedisStore>>,
+    stop: CancellationToken,
+) {
+    // Subscribe to notices before reading the start, so no commit in between is missed.
+    let mut notices = store.subscribe();
+    let mut delay = Duration::from_millis(100);
+    let mut cursor = loop {
+        match store.last_event_id().await {
+            Ok(c) => break c,
+            Err(e) => {
+                hub.stats.tail_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "event tail: cannot read the newest event id; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    let mut tail = match redis.as_ref().map(|r| r.event_tail()) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "event tail: no Redis client; live events off");
+            return;
+        }
+        None => None,
+    };
+    let mut failing = false;
+    loop {
+        let page = match &mut tail {
+            Some(t) => {
+                let after = cursor.clone().unwrap_or_else(|| "0-0".into());
+                tokio::select! {
+                    r = t.read(&after, Duration::from_secs(1), TAIL_PAGE) => r,
+                    _ = stop.cancelled() => return,
+                }
+            }
+            None => tokio::select! {
+                r = store.events(None, cursor.as_deref(), TAIL_PAGE) => r,
+                _ = stop.cancelled() => return,
+            },
+        };
+        let page = match page {
+            Ok(p) => {
+                if failing {
+                    tracing::info!("event tail: reading again");
+                    failing = false;
+                }
+                delay = Duration::from_millis(100);
+                p
+            }
+            Err(e) => {
+                hub.stats.tail_errors.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!(error = %e, "event tail: read failed; retrying");
+                }
+                failing = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let n = page.len();
+        let mut frames = Vec::with_capacity(n);
+        for ev in page {
+            if ev.kind == "resync" {
+                // The tail fell behind the global stream's retention: streams re-read their
+                // channels from the store (which tells them of the gap).
+                hub.reset_all();
+            } else if let Some(f) = Frame::of(&ev) {
+                frames.push(Arc::new(f));
+            }
+            cursor = Some(ev.id);
+        }
+        hub.publish(&frames);
+        if n >= TAIL_PAGE || tail.is_some() {
+            continue;
+        }
+        // Embedded store: wait for the next commit of events.
+        loop {
+            let n = tokio::select! {
+                n = notices.recv() => n,
+                _ = stop.cancelled() => return,
+            };
+            match n {
+                Ok(Notice::Events) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_refuse_and_idle_channels_are_collected() {
+        let hub = Hub::new(3, 2, 8);
+        let a1 = hub.subscribe(Some("a")).unwrap();
+        let a2 = hub.subscribe(Some("a")).unwrap();
+        assert_eq!(hub.subscribe(Some("a")).err(), Some(Refused::Channel));
+        let b = hub.subscribe(Some("b")).unwrap();
+        assert_eq!(hub.subscribe(Some("c")).err(), Some(Refused::Node));
+        let s = hub.stats();
+        assert_eq!(
+            (s.open, s.channels, s.refused_node, s.refused_channel),
+            (3, 2, 1, 1)
+        );
+        drop((a1, a2, b));
+        let s = hub.stats();
+        assert_eq!((s.open, s.channels), (0, 0), "idle channels collected");
+    }
+}

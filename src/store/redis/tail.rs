@@ -1,0 +1,105 @@
+//! Following the global event stream for this process's live streams (`src/events/`):
+//! `XREAD BLOCK` on `P:ev`, on a connection of its own (a blocking read would hold up every
+//! command pipelined behind it on the shared one). Every API node reads every committed event
+//! this way, whichever node committed it: the Stream is the path, not pub/sub.
+
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::streams::{StreamReadOptions, StreamReadReply};
+use ::redis::{AsyncCommands, AsyncConnectionConfig};
+
+use super::{json_err, RedisStore};
+use crate::job::Event;
+use crate::store::{Result, StoreError};
+
+/// A reader of the global event stream (see the module docs).
+pub struct EventTail {
+    client: ::redis::Client,
+    conn: Option<MultiplexedConnection>,
+    key: String,
+}
+
+impl RedisStore {
+    /// A reader of the global event stream on a connection of its own.
+    pub fn event_tail(&self) -> Result<EventTail> {
+        let client = ::redis::Client::open(self.s.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("`redis`: {e}")))?;
+        Ok(EventTail {
+            client,
+            conn: None,
+            key: self.key("ev"),
+        })
+    }
+
+    /// The id of the newest event of the global stream (`0-0` when there is none).
+    pub(super) async fn newest_event_id(&self) -> Result<String> {
+        let key = self.key("ev");
+        let last: Vec<(String, Vec<(String, String)>)> = self
+            .exec(true, |mut c| {
+                let key = key.clone();
+                async move {
+                    ::redis::cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(last
+            .into_iter()
+            .next()
+            .map(|(id, _)| id)
+            .unwrap_or_else(|| "0-0".into()))
+    }
+}
+
+impl EventTail {
+    /// Events of the global stream after `after` (exclusive), oldest first, at most `count`;
+    /// waits up to `block` for the first one (empty when none came). An error drops the
+    /// connection; the next call connects again.
+    pub async fn read(&mut self, after: &str, block: Duration, count: usize) -> Result<Vec<Event>> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Duration::from_secs(2))
+                    .set_response_timeout(block + Duration::from_secs(5));
+                let c = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+                self.conn.insert(c)
+            }
+        };
+        let opts = StreamReadOptions::default()
+            .block(block.as_millis() as usize)
+            .count(count);
+        let reply: std::result::Result<Option<StreamReadReply>, _> =
+            conn.xread_options(&[&self.key], &[after], &opts).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(StoreError::Unavailable(format!("redis XREAD: {e}")));
+            }
+        };
+        let mut out = Vec::new();
+        for k in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in k.ids {
+                let Some(body) = entry.get::<String>("e") else {
+                    continue;
+                };
+                let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
+                ev.id = entry.id;
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+}
