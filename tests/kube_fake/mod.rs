@@ -837,7 +837,7 @@ impl Fake {
                         }
                         Pending::ImagePull | Pending::ConfigError => {
                             let (reason, message) = match why {
-                                Pending::ImagePull if round % 2 == 0 => (
+                                Pending::ImagePull if round.is_multiple_of(2) => (
                                     "ErrImagePull",
                                     "rpc error: code = NotFound desc = failed to pull and unpack image: not found",
                                 ),
@@ -2185,7 +2185,7 @@ fn pod_logs(f: Fake, ns: String, pod: String, q: &HashMap<String, String>) -> Re
             loop {
                 if let Some(n) = break_every {
                     let mut st = f.st.lock();
-                    if sent > 0 && i % n == 0 && st.broken_at.insert((pod.clone(), i)) {
+                    if sent > 0 && i.is_multiple_of(n) && st.broken_at.insert((pod.clone(), i)) {
                         st.log_breaks += 1;
                         return None;
                     }
