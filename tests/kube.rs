@@ -1398,3 +1398,84 @@ fn bad_kube_config_is_refused_naming_the_key() {
     ))
     .expect("a good kube table");
 }
+
+/// Log lines with the time each was received (what the store keeps), and the time recovery
+/// reports as the last stored line's.
+#[derive(Default)]
+struct Timed {
+    lines: Mutex<Vec<(std::time::SystemTime, String)>>,
+    last: Option<std::time::SystemTime>,
+}
+
+impl Reporter for Timed {
+    fn log(&self, _stream: LogStream, line: String) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push((std::time::SystemTime::now(), line));
+    }
+    fn progress(&self, _progress: f64, _details: Option<Value>) {}
+    fn last_log_time(&self) -> Option<std::time::SystemTime> {
+        self.last
+    }
+}
+
+impl Timed {
+    fn texts(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn after_a_restart_logs_resume_from_the_last_stored_line() {
+    let want: Vec<String> = (0..30).map(|i| format!("step {i:02}")).collect();
+    let w = want.clone();
+    let fake = scripted(move |_| kube_fake::Script {
+        lines: w.clone(),
+        exit: Some(0),
+        run_for: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let id = new_id();
+    let s = spec("report.daily", &id, 1);
+    let before = Arc::new(Timed::default());
+    let ex = runner(&fake)
+        .launch(s.clone(), before.clone())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if before.texts().len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handle = ex.handle();
+    // The server dies; lines go on being written while none runs.
+    drop(ex);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let stored = before.texts();
+    let last = before.lines.lock().unwrap().last().map(|(t, _)| *t);
+    assert!(stored.len() >= 8 && stored.len() < 30, "{stored:?}");
+    let after = Arc::new(Timed {
+        last,
+        ..Default::default()
+    });
+    let mut ex = match runner(&fake)
+        .recover(&handle, s, after.clone())
+        .await
+        .unwrap()
+    {
+        Recovered::Running(e) => e,
+        other => panic!("expected Running, got {}", matches!(other, Recovered::Gone)),
+    };
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    let mut all = stored.clone();
+    all.extend(after.texts());
+    assert_eq!(all, want, "no line lost or repeated across the restart");
+    check(&fake);
+}

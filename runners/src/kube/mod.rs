@@ -566,10 +566,12 @@ impl Runner for KubeRunner {
             return Ok(Recovered::Finished(outcome));
         }
         let uid = job.metadata.uid.clone().unwrap_or_default();
-        // Lines up to the last stored one were copied by the previous server.
+        // Lines up to the last stored one were copied by the previous server; without that
+        // time, from now on (what was written while no server ran is then not copied).
         let since = reporter
             .last_log_time()
-            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok());
+            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
         Ok(Recovered::Running(Box::new(KubeExecution::start(
             client,
             ns,
@@ -577,7 +579,7 @@ impl Runner for KubeRunner {
             uid,
             &spec,
             reporter,
-            logs::Cursor::after(since),
+            logs::Cursor::after(Some(since)),
             self.config.options.clone(),
         ))))
     }
