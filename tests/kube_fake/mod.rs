@@ -2,22 +2,40 @@
 //!
 //! It is an axum [`Router`] that `kube::Client::new` takes as its service (or that serves on
 //! `127.0.0.1:0` behind a kubeconfig), and it behaves like the parts of the API server and the
-//! controllers that the runner meets:
+//! controllers that the runner meets, each behaviour written from Kubernetes' sources (cited
+//! where it is implemented):
 //! - batch/v1 Jobs: create (validated like the API server: DNS-1123 name of at most 63
 //!   characters, valid labels, restart policy, images, no literal `JOB_SECRET_KEY`), list and
-//!   watch (with field and label selectors, resource versions, and a scripted `410 Gone`), merge
-//!   patch, delete (recording `propagationPolicy`; `Background` garbage-collects the Job's pods
-//!   and the Secrets it owns, `Orphan` leaves them).
-//! - A Job controller and kubelet: once a Job is not suspended, a pod is made for it, its env is
-//!   resolved like the kubelet does (a `secretKeyRef` to a missing Secret is a violation), it runs
-//!   a [`Script`] (log lines, then an exit code, or run until deleted), `activeDeadlineSeconds`
-//!   is enforced (in units of [`Fake::deadline_unit`]), and the Job's conditions follow
-//!   (`SuccessCriteriaMet`/`FailureTarget` first, then `Complete`/`Failed`).
-//! - core/v1 Secrets (create), Pods (list) and pod logs (`follow`, `sinceSeconds`, `container`).
+//!   watch (field and label selectors, resource versions, `BOOKMARK` events with
+//!   `allowWatchBookmarks`, the watch ended after `timeoutSeconds` scaled by
+//!   [`Fake::watch_unit`], `410 Gone` for a version older than the compacted history
+//!   ([`Fake::compact_history`]) or scripted), merge patch, delete by `propagationPolicy`:
+//!   `Foreground` keeps the Job (with `deletionTimestamp` and the `foregroundDeletion`
+//!   finalizer) until its pods are gone, `Background` removes it at once and then deletes its
+//!   pods gracefully (they run on through their grace period) and its Secrets, none or `Orphan`
+//!   leaves the pods.
+//! - A Job controller and kubelet: once a Job is not suspended, a pod is made for it (labelled
+//!   `batch.kubernetes.io/controller-uid`), its env is resolved like the kubelet does (a
+//!   `secretKeyRef` to a missing Secret is a violation), and it runs a [`Script`]: log lines, then
+//!   an exit code (or OOM kill, eviction), or run until deleted; or it never starts (Pending for
+//!   an image pull error, `CreateContainerConfigError`, or `Unschedulable`); or admission refuses
+//!   it (a `FailedCreate` event, no pod; Pod Security `restricted` with
+//!   [`Fake::enforce_restricted`], checked by [`pss::restricted_violations`]). An injected
+//!   sidecar keeps a pod Running after its job container ended. Deleted pods stay Terminating
+//!   until their process stops (`term_delay`) or their grace period ends ([`Fake::grace_unit`]).
+//!   `activeDeadlineSeconds` is enforced ([`Fake::deadline_unit`]). The Job's conditions follow
+//!   1.31+: `SuccessCriteriaMet`/`FailureTarget` first, `Complete`/`Failed` once the pods stopped.
+//!   Two pods of one runyard job running at once is recorded as a violation.
+//! - core/v1 Secrets (create), Pods (list, delete with `gracePeriodSeconds` and a uid
+//!   precondition), Events (list, field selectors), pod logs (`follow`, `timestamps`,
+//!   `sinceSeconds`, `sinceTime`, `container`; streams that break mid-way with
+//!   `break_logs_every`).
 //!
-//! Every request body is deserialised into its k8s-openapi type and serialised back; a field the
-//! type does not know (a misspelt key) or a wrong type is refused with 400/422, like a strict
-//! API server. Every call is recorded as (API group, resource, verb) for the RBAC checks.
+//! Every request body is deserialised into its k8s-openapi type and serialised back; a wrong
+//! type is refused with 400, an invalid object with 422; a field the type does not know (a
+//! misspelt key) is dropped with a `Warning` header, as a real API server does by default
+//! ([`Fake::warnings`]; the tests require none). Every call is recorded as (API group, resource,
+//! verb) for the RBAC checks.
 
 #![allow(dead_code)]
 // Handlers answer errors as ready-made responses.
