@@ -470,6 +470,10 @@ pub struct RunnerConfig {
     /// kube: a kubeconfig file; absent: in-cluster config, then the default kubeconfig.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// kube: pod settings (resources, scheduling, security) and lifecycle bounds, the
+    /// `[runners.kube]` table (see docs/kubernetes.md).
+    #[serde(default)]
+    pub kube: Option<runyard_runners::kube::KubeOptions>,
 }
 
 fn default_concurrency() -> usize {
@@ -758,6 +762,10 @@ impl Config {
             {
                 return err(k("timeout"), "must be between 1ms and 365 days");
             }
+            // kube: the `[runners.kube]` table.
+            if r.kind != RunnerKind::Kube && r.kube.is_some() {
+                return err(k("kube"), "only kube runners take it");
+            }
             if r.kind != RunnerKind::Local {
                 for (set, key) in [
                     (r.user.is_some(), "user"),
@@ -800,6 +808,21 @@ impl Config {
                         .is_some_and(|t| t.as_secs() > i32::MAX as u64)
                     {
                         return err(k("ttl_after_finished"), "is too long");
+                    }
+                    // kube: env names by Kubernetes' C_IDENTIFIER rule; the pod options.
+                    if let Some(bad) = r
+                        .env
+                        .keys()
+                        .find(|n| !runyard_runners::kube::is_env_name(n))
+                    {
+                        return err(
+                            format!("{}.{bad}", k("env")),
+                            "is not a valid environment variable name (letters, digits and `_`, \
+                             not starting with a digit)",
+                        );
+                    }
+                    if let Some(Err(e)) = r.kube.as_ref().map(|o| o.validate()) {
+                        return err(format!("{}.{}", k("kube"), e.key), &e.message);
                     }
                 }
                 RunnerKind::Docker => {

@@ -105,6 +105,7 @@ impl RunnerSet {
                         service_account: rc.service_account.clone(),
                         ttl_after_finished: rc.ttl_after_finished,
                         kubeconfig: rc.kubeconfig.clone(),
+                        options: rc.kube.clone().unwrap_or_default(),
                     })
                     .map_err(|e| {
                         // Config validation caught the rest: what is left is the kubeconfig file.

@@ -1,7 +1,11 @@
 //! The `kube` runner against a stateful fake Kubernetes API server (tests/kube_fake): success,
-//! failure, deadline, cancel (Background propagation), Job names, the secret kept out of the Job
-//! spec, a 410 on watch, reconcile after a restart, launch failures, the exact set of API calls,
-//! and a whole server using the runner through a kubeconfig.
+//! failure, deadline, cancel (Foreground propagation, waiting for the pods), Job names, the
+//! secret kept out of the Job spec, a 410 on watch, reconcile after a restart, launch failures,
+//! the exact set of API calls, a whole server using the runner through a kubeconfig; and what a
+//! real cluster does that a kind fake would not: pods that never start (image pull,
+//! unschedulable, refused by Pod Security), no overlap between attempts, stops that wait, broken
+//! log streams, evictions, OOM kills, sidecars, the `restricted` Pod Security profile, watch
+//! history compaction.
 
 mod kube_fake;
 mod support;
@@ -14,8 +18,8 @@ use std::time::Duration;
 use kube_fake::{Deletion, Fake};
 use runyard_runners::kube::k8s_openapi::api::batch::v1::Job;
 use runyard_runners::kube::{
-    is_dns_label, job_name, KubeConfig, KubeRunner, API_CALLS, LABEL_ATTEMPT, LABEL_JOB_ID,
-    LABEL_JOB_TYPE, LABEL_MANAGED_BY,
+    is_dns_label, job_name, KubeConfig, KubeOptions, KubeRunner, API_CALLS, LABEL_ATTEMPT,
+    LABEL_JOB_ID, LABEL_JOB_TYPE, LABEL_MANAGED_BY,
 };
 use runyard_runners::{
     Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, Runner, Secret,
@@ -80,6 +84,20 @@ fn config() -> KubeConfig {
         service_account: Some("runyard-job".into()),
         ttl_after_finished: Some(Duration::from_secs(600)),
         kubeconfig: None,
+        options: fast(),
+    }
+}
+
+/// The lifecycle bounds scaled down for the fake (whose grace second lasts 100 ms).
+fn fast() -> KubeOptions {
+    KubeOptions {
+        termination_grace: Duration::from_secs(2),
+        image_pull_timeout: Duration::from_millis(600),
+        start_timeout: Duration::from_millis(800),
+        finish_timeout: Duration::from_millis(500),
+        delete_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(50),
+        ..KubeOptions::default()
     }
 }
 
@@ -96,6 +114,7 @@ async fn wait(exec: &mut Box<dyn Execution>) -> Outcome {
 /// Nothing wrong seen by the fake, and no call the Role would not allow.
 fn check(fake: &Fake) {
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+    assert!(fake.warnings().is_empty(), "{:#?}", fake.warnings());
     let allowed: BTreeSet<(String, String, String)> = API_CALLS
         .iter()
         .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
@@ -155,7 +174,11 @@ async fn success_copies_logs_and_builds_the_job() {
     let js = job.spec.clone().unwrap();
     assert_eq!(js.backoff_limit, Some(0));
     assert_eq!(js.ttl_seconds_after_finished, Some(600));
-    assert_eq!(js.active_deadline_seconds, None, "no timeout, no deadline");
+    assert_eq!(
+        js.active_deadline_seconds,
+        Some(24 * 3600),
+        "no timeout: the backstop deadline"
+    );
     assert_eq!(js.suspend, Some(false), "resumed after its Secret was made");
     let labels = job.metadata.labels.clone().unwrap();
     assert_eq!(labels[LABEL_MANAGED_BY], "runyard");
@@ -228,6 +251,7 @@ async fn long_log_lines_are_split() {
         lines: vec!["x".repeat(40 * 1024), "short".into()],
         exit: Some(0),
         run_for: Duration::from_millis(10),
+        ..Default::default()
     });
     let r = runner(&fake);
     let lines = Arc::new(Lines::default());
@@ -266,7 +290,7 @@ async fn timeout_becomes_the_active_deadline() {
 }
 
 #[tokio::test]
-async fn cancel_deletes_with_background_propagation() {
+async fn cancel_deletes_with_foreground_propagation_and_waits() {
     let fake = Fake::new();
     let r = runner(&fake);
     let lines = Arc::new(Lines::default());
@@ -297,19 +321,24 @@ async fn cancel_deletes_with_background_propagation() {
         matches!(&out, Outcome::Failed { message, .. } if message.contains("stopped")),
         "{out:?}"
     );
+    // The pods got the stop's grace, the Job went in the foreground, and stop returned only
+    // once both were gone (and the Secret with the Job).
+    let d = fake.deletions();
+    assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!(
-        fake.deletions(),
-        vec![Deletion {
-            resource: "jobs".into(),
-            name: name.clone(),
-            propagation: Some("Background".into()),
-        }]
+        (d[0].resource.as_str(), d[1].resource.as_str()),
+        ("pods", "jobs")
     );
-    // Background: the garbage collector takes the pods and the Secret with the Job.
-    fake.until("pods and Secret collected", |f| {
-        f.pods().is_empty() && f.secrets().is_empty() && f.jobs().is_empty()
-    })
-    .await;
+    assert_eq!(d[1].name, name);
+    assert_eq!(d[1].propagation.as_deref(), Some("Foreground"));
+    assert!(
+        fake.pods().is_empty() && fake.jobs().is_empty() && fake.secrets().is_empty(),
+        "stop returned before the attempt was gone"
+    );
+    assert!(
+        lines.has("terminating"),
+        "the pod got SIGTERM and its last lines were kept"
+    );
     check(&fake);
 }
 
@@ -552,7 +581,7 @@ async fn reconcile_after_restart() {
         == &Deletion {
             resource: "jobs".into(),
             name: old.clone(),
-            propagation: Some("Background".into())
+            propagation: Some("Foreground".into())
         }));
     assert!(fake.job(NS, &old).is_none());
     let live: Vec<String> = fake
@@ -599,7 +628,7 @@ async fn launch_failures_leave_nothing_behind() {
     assert!(fake
         .deletions()
         .iter()
-        .all(|d| d.propagation.as_deref() == Some("Background")));
+        .all(|d| d.propagation.as_deref() == Some("Foreground")));
     // The API refuses the Job: a launch error, nothing created.
     fake.fail_next("batch", "jobs", "create", 403);
     let e = r
@@ -647,7 +676,19 @@ async fn api_calls_are_exactly_the_declared_ones() {
         _ => panic!("expected Running"),
     };
     rec.stop(Duration::from_millis(100)).await;
-    let seen = fake.api_calls();
+    // A pod refused at creation: the runner reads the Job's events.
+    let refused = Fake::new().with_script(|_, _| kube_fake::Script {
+        refuse: Some("exceeded quota: compute".into()),
+        ..Default::default()
+    });
+    let _ = fake; // (the same fake would need a per-job script; a second one is simpler)
+    let mut ex = runner(&refused)
+        .launch(spec("report.daily", &new_id(), 1), lines.clone())
+        .await
+        .unwrap();
+    wait(&mut ex).await;
+    let mut seen = fake.api_calls();
+    seen.extend(refused.api_calls());
     let declared: BTreeSet<(String, String, String)> = API_CALLS
         .iter()
         .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
@@ -656,7 +697,8 @@ async fn api_calls_are_exactly_the_declared_ones() {
     check(&fake);
 }
 
-/// The fake is strict: a malformed or invalid Job is refused, so the tests above mean something.
+/// The fake is strict where the API server is: a malformed or invalid Job is refused, so the
+/// tests above mean something; an unknown field is only warned about, as by a real server.
 #[tokio::test]
 async fn the_fake_refuses_malformed_jobs() {
     use tower::ServiceExt;
@@ -681,7 +723,12 @@ async fn the_fake_refuses_malformed_jobs() {
     let mut typo = good.clone();
     typo["metadata"]["name"] = json!("ok-2");
     typo["spec"]["backofLimit"] = json!(0);
-    assert_eq!(post(typo).await, 400, "unknown field");
+    // A real API server's default `fieldValidation` is `Warn`: accepted, with a Warning header.
+    assert_eq!(post(typo).await, 201, "unknown field");
+    assert_eq!(
+        fake.warnings(),
+        vec!["unknown field \"spec.backofLimit\"".to_string()]
+    );
     let mut wrong_type = good.clone();
     wrong_type["metadata"]["name"] = json!("ok-3");
     wrong_type["spec"]["backoffLimit"] = json!("zero");
@@ -702,7 +749,7 @@ async fn the_fake_refuses_malformed_jobs() {
 
 /// A whole server with a kube runner configured by a kubeconfig file (the real config path),
 /// the fake serving on 127.0.0.1: success with logs, worker timeout and API cancel (both delete
-/// the Job with Background propagation).
+/// the Job with Foreground propagation).
 #[tokio::test]
 async fn server_runs_kube_jobs_through_a_kubeconfig() {
     let fake = Fake::new();
@@ -717,6 +764,10 @@ image = "ghcr.io/example/runyard-job:1.2"
 command = ["runyard", "launch", "--", "python3", "job.py"]
 kubeconfig = "{}"
 ttl_after_finished = "10m"
+[runners.kube]
+termination_grace = "2s"
+poll_interval = "50ms"
+finish_timeout = "500ms"
 "#,
         kubeconfig.display()
     ))
@@ -746,7 +797,7 @@ ttl_after_finished = "10m"
         .iter()
         .all(|c| c.auth.as_deref() == Some("Bearer fake-token")));
 
-    // Timeout: the worker stops the job, the Job is deleted with Background propagation.
+    // Timeout: the worker stops the job, the Job is deleted with Foreground propagation.
     let id = ts
         .submit_ok(json!({"type": "kube.hang", "timeout": "1s"}))
         .await;
@@ -756,7 +807,7 @@ ttl_after_finished = "10m"
     fake.until("timed-out Job deleted", |f| {
         f.deletions()
             .iter()
-            .any(|d| d.name == timed_out && d.propagation.as_deref() == Some("Background"))
+            .any(|d| d.name == timed_out && d.propagation.as_deref() == Some("Foreground"))
     })
     .await;
 
@@ -777,7 +828,7 @@ ttl_after_finished = "10m"
     fake.until("cancelled Job deleted", |f| {
         f.deletions()
             .iter()
-            .any(|d| d.name == name && d.propagation.as_deref() == Some("Background"))
+            .any(|d| d.name == name && d.propagation.as_deref() == Some("Foreground"))
     })
     .await;
     fake.until("its pods and Secret collected", |f| {
@@ -824,4 +875,607 @@ fn config_requires_an_image_and_reads_the_kubeconfig() {
     .expect("a missing kubeconfig stops the server")
     .to_string();
     assert!(e.contains("runners[0].kubeconfig"), "{e}");
+}
+
+// ---- a real cluster's ways (issue 16) ----
+
+fn scripted(
+    f: impl Fn(&BTreeMap<String, String>) -> kube_fake::Script + Send + Sync + 'static,
+) -> Fake {
+    Fake::new().with_script(move |_job, env| f(env))
+}
+
+fn failed_message(o: &Outcome) -> String {
+    match o {
+        Outcome::Failed { message, .. } => message.clone(),
+        o => panic!("expected a failure, got {o:?}"),
+    }
+}
+
+/// Waits (bounded) until the attempt's Job and pods are gone from the fake.
+async fn until_gone(fake: &Fake, name: &str) {
+    let n = name.to_string();
+    fake.until("the attempt's Job and pods gone", move |f| {
+        f.job(NS, &n).is_none()
+            && !f.pods().iter().any(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with(&n)
+            })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unpullable_image_fails_the_attempt_with_the_reason() {
+    let fake = scripted(|_| kube_fake::Script {
+        pending: Some(kube_fake::Pending::ImagePull),
+        ..Default::default()
+    });
+    let id = new_id();
+    let t0 = std::time::Instant::now();
+    // No timeout: only the runner's bound ends it.
+    let mut ex = runner(&fake)
+        .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    let out = wait(&mut ex).await;
+    let m = failed_message(&out);
+    assert!(m.contains("cannot pull the image"), "{m}");
+    assert!(
+        m.contains("ErrImagePull") || m.contains("ImagePullBackOff"),
+        "{m}"
+    );
+    // image_pull_timeout is 600 ms here.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    // The attempt is over: nothing left running.
+    until_gone(&fake, &job_name("report.daily", &id, 1)).await;
+    check(&fake);
+}
+
+#[tokio::test]
+async fn an_unschedulable_pod_fails_the_attempt_with_the_reason() {
+    let fake = scripted(|_| kube_fake::Script {
+        pending: Some(kube_fake::Pending::Unschedulable),
+        ..Default::default()
+    });
+    let id = new_id();
+    let t0 = std::time::Instant::now();
+    let mut ex = runner(&fake)
+        .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    let m = failed_message(&wait(&mut ex).await);
+    assert!(m.contains("Unschedulable"), "{m}");
+    assert!(m.contains("Insufficient cpu"), "{m}");
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    until_gone(&fake, &job_name("report.daily", &id, 1)).await;
+    check(&fake);
+}
+
+#[tokio::test]
+async fn a_container_config_error_fails_the_attempt() {
+    let fake = scripted(|_| kube_fake::Script {
+        pending: Some(kube_fake::Pending::ConfigError),
+        ..Default::default()
+    });
+    let mut ex = runner(&fake)
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default()),
+        )
+        .await
+        .unwrap();
+    let m = failed_message(&wait(&mut ex).await);
+    assert!(m.contains("CreateContainerConfigError"), "{m}");
+    check(&fake);
+}
+
+#[tokio::test]
+async fn a_pod_refused_by_pod_security_fails_the_attempt() {
+    // The runner's own pods pass `restricted` (see the test below); a stricter policy (a
+    // webhook, a pinned older profile) refuses them as Pod Security admission would.
+    let fake = scripted(|_| kube_fake::Script {
+        refuse: Some(
+            "violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false".into(),
+        ),
+        ..Default::default()
+    });
+    let id = new_id();
+    let t0 = std::time::Instant::now();
+    let mut ex = runner(&fake)
+        .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    let m = failed_message(&wait(&mut ex).await);
+    assert!(m.contains("Pod Security"), "{m}");
+    assert!(m.contains("violates PodSecurity"), "{m}");
+    // At once, not after start_timeout (800 ms) + more.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    fake.until("Job gone", |f| f.jobs().is_empty()).await;
+    // A quota refusal may heal: it fails after start_timeout, with the event's message.
+    let fake = scripted(|_| kube_fake::Script {
+        refuse: Some(
+            "exceeded quota: compute, requested: cpu=1, used: cpu=4, limited: cpu=4".into(),
+        ),
+        ..Default::default()
+    });
+    let mut ex = runner(&fake)
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default()),
+        )
+        .await
+        .unwrap();
+    let m = failed_message(&wait(&mut ex).await);
+    assert!(
+        m.contains("FailedCreate") && m.contains("exceeded quota"),
+        "{m}"
+    );
+    check(&fake);
+}
+
+#[tokio::test]
+async fn the_pods_pass_the_restricted_pod_security_profile() {
+    let fake = Fake::new();
+    fake.enforce_restricted(NS);
+    let r = runner(&fake);
+    let id = new_id();
+    let mut ex = r
+        .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    let job = fake.job(NS, &job_name("report.daily", &id, 1)).unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        kube_fake::pss::restricted_violations(&pod),
+        Vec::<String>::new()
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    // The check itself refuses what the standard forbids.
+    let mut bad = pod.clone();
+    bad.containers[0].security_context = None;
+    let v = kube_fake::pss::restricted_violations(&bad);
+    assert!(
+        v.iter().any(|v| v.contains("allowPrivilegeEscalation")),
+        "{v:?}"
+    );
+    assert!(v.iter().any(|v| v.contains("capabilities")), "{v:?}");
+    let mut root = pod.clone();
+    root.security_context.as_mut().unwrap().run_as_non_root = None;
+    root.security_context.as_mut().unwrap().seccomp_profile = None;
+    root.containers[0]
+        .security_context
+        .as_mut()
+        .unwrap()
+        .run_as_non_root = None;
+    root.containers[0]
+        .security_context
+        .as_mut()
+        .unwrap()
+        .seccomp_profile = None;
+    let v = kube_fake::pss::restricted_violations(&root);
+    assert!(v.iter().any(|v| v.contains("runAsNonRoot")), "{v:?}");
+    assert!(v.iter().any(|v| v.contains("seccompProfile")), "{v:?}");
+    // Configured pod settings reach the pod.
+    let mut cfg = config();
+    cfg.options.requests = BTreeMap::from([("cpu".into(), "250m".into())]);
+    cfg.options.limits = BTreeMap::from([("memory".into(), "256Mi".into())]);
+    cfg.options.image_pull_secrets = vec!["regcred".into()];
+    cfg.options.node_selector = BTreeMap::from([("pool".into(), "batch".into())]);
+    cfg.options.annotations = BTreeMap::from([("sidecar.istio.io/inject".into(), "false".into())]);
+    cfg.options.tolerations = vec![serde_json::from_value(
+        json!({"key": "batch", "operator": "Exists", "effect": "NoSchedule"}),
+    )
+    .unwrap()];
+    let r = KubeRunner::with_client(cfg, fake.client()).unwrap();
+    let id = new_id();
+    let mut ex = r
+        .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    let job = fake.job(NS, &job_name("report.daily", &id, 1)).unwrap();
+    let tpl = job.spec.unwrap().template;
+    let pod = tpl.spec.unwrap();
+    assert_eq!(
+        kube_fake::pss::restricted_violations(&pod),
+        Vec::<String>::new()
+    );
+    let res = pod.containers[0].resources.clone().unwrap();
+    assert_eq!(res.requests.unwrap()["cpu"].0, "250m");
+    assert_eq!(res.limits.unwrap()["memory"].0, "256Mi");
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+    assert_eq!(pod.node_selector.unwrap()["pool"], "batch");
+    assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("batch"));
+    assert_eq!(
+        tpl.metadata.unwrap().annotations.unwrap()["sidecar.istio.io/inject"],
+        "false"
+    );
+    check(&fake);
+}
+
+/// Each attempt writes lines naming itself, runs until deleted, and takes a while to stop.
+fn attempt_script(env: &BTreeMap<String, String>) -> kube_fake::Script {
+    let a = env.get("JOB_ATTEMPT").cloned().unwrap_or_default();
+    kube_fake::Script {
+        lines: (0..5).map(|i| format!("attempt-{a} line {i}")).collect(),
+        exit: None,
+        term_delay: Duration::from_millis(700),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn cancel_then_retry_never_overlaps_and_never_mixes_logs() {
+    let fake = scripted(attempt_script);
+    let r = runner(&fake);
+    let id = new_id();
+    let first = Arc::new(Lines::default());
+    let mut ex = r
+        .launch(spec("etl.hang", &id, 1), first.clone())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if first.has("attempt-1 line 4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Stopped (a timeout or a cancel), then the next attempt at once.
+    // (A grace second lasts 100 ms in the fake: 20 s is 2 s, more than the pod needs.)
+    let t0 = std::time::Instant::now();
+    ex.stop(Duration::from_secs(20)).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "stop waited for the pod's SIGTERM handling: {:?}",
+        t0.elapsed()
+    );
+    let second = Arc::new(Lines::default());
+    let ex2 = r
+        .launch(spec("etl.hang", &id, 2), second.clone())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if second.has("attempt-2 line 4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A worker that died without stopping its attempt: the next launch deletes the leftover
+    // and waits for it before starting.
+    drop(ex2);
+    let third = Arc::new(Lines::default());
+    let mut ex3 = r
+        .launch(spec("etl.hang", &id, 3), third.clone())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if third.has("attempt-3 line 4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ex3.stop(Duration::from_secs(20)).await;
+    for (lines, n) in [(&first, 1), (&second, 2), (&third, 3)] {
+        let all = lines.all();
+        assert!(lines.has(&format!("attempt-{n} line 4")), "{all:?}");
+        assert!(
+            all.iter()
+                .all(|l| l == "terminating" || l.starts_with(&format!("attempt-{n} "))),
+            "attempt {n} got another attempt's lines: {all:?}"
+        );
+    }
+    // The fake records a violation when a pod starts while another pod of the job runs.
+    check(&fake);
+}
+
+#[tokio::test]
+async fn a_stop_waits_for_the_pod_to_go() {
+    let fake = scripted(|_| kube_fake::Script {
+        lines: vec!["working".into()],
+        exit: None,
+        term_delay: Duration::from_millis(800),
+        ..Default::default()
+    });
+    let lines = Arc::new(Lines::default());
+    let mut ex = runner(&fake)
+        .launch(spec("etl.hang", &new_id(), 1), lines.clone())
+        .await
+        .unwrap();
+    fake.until("pod running", |f| {
+        f.pods()
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    // (A grace second lasts 100 ms in the fake: 20 s is 2 s, more than the pod needs.)
+    let t0 = std::time::Instant::now();
+    ex.stop(Duration::from_secs(20)).await;
+    let took = t0.elapsed();
+    assert!(
+        fake.pods().is_empty(),
+        "stop returned while the pod was still there"
+    );
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // The pod was asked to stop within the stop's grace.
+    let pod_delete = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.resource == "pods" && c.verb == "delete")
+        .expect("the pods were deleted with the grace period");
+    assert_eq!(pod_delete.body.unwrap()["gracePeriodSeconds"], 20);
+    assert!(lines.has("terminating"), "{:?}", lines.all());
+    check(&fake);
+}
+
+#[tokio::test]
+async fn a_log_stream_cut_in_the_middle_loses_no_line() {
+    let want: Vec<String> = (0..40).map(|i| format!("line {i:02}")).collect();
+    let w = want.clone();
+    let fake = scripted(move |_| kube_fake::Script {
+        lines: w.clone(),
+        exit: Some(0),
+        run_for: Duration::from_millis(50),
+        break_logs_every: Some(7),
+        ..Default::default()
+    });
+    let lines = Arc::new(Lines::default());
+    let mut ex = runner(&fake)
+        .launch(spec("report.daily", &new_id(), 1), lines.clone())
+        .await
+        .unwrap();
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    assert!(fake.log_breaks() >= 5, "{}", fake.log_breaks());
+    assert_eq!(lines.all(), want, "every line once, in order");
+    check(&fake);
+}
+
+#[tokio::test]
+async fn an_evicted_pod_reads_evicted() {
+    let fake = scripted(|_| kube_fake::Script {
+        lines: vec!["working".into()],
+        evict: true,
+        ..Default::default()
+    });
+    let mut ex = runner(&fake)
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default()),
+        )
+        .await
+        .unwrap();
+    let out = wait(&mut ex).await;
+    let m = failed_message(&out);
+    assert!(m.contains("evicted"), "{m}");
+    assert!(m.contains("low on resource"), "{m}");
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                exit_code: None,
+                ..
+            }
+        ),
+        "not the job's own exit 137: {out:?}"
+    );
+    // OOM kills are named too.
+    let fake = scripted(|_| kube_fake::Script {
+        oom: true,
+        ..Default::default()
+    });
+    let mut ex = runner(&fake)
+        .launch(
+            spec("report.daily", &new_id(), 1),
+            Arc::new(Lines::default()),
+        )
+        .await
+        .unwrap();
+    let out = wait(&mut ex).await;
+    assert!(failed_message(&out).contains("OOMKilled"), "{out:?}");
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                exit_code: None,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    check(&fake);
+}
+
+#[tokio::test]
+async fn a_sidecar_does_not_hold_a_finished_job() {
+    for (exit, ok) in [(0, true), (4, false)] {
+        let fake = scripted(move |_| kube_fake::Script {
+            lines: vec!["work".into()],
+            exit: Some(exit),
+            run_for: Duration::from_millis(20),
+            sidecar: true,
+            ..Default::default()
+        });
+        let id = new_id();
+        let t0 = std::time::Instant::now();
+        let mut ex = runner(&fake)
+            .launch(spec("report.daily", &id, 1), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        let out = wait(&mut ex).await;
+        if ok {
+            assert_eq!(out, Outcome::Success { result: None });
+        } else {
+            assert_eq!(failed_message(&out), "container exited with code 4");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+        // The pod (and its sidecar) was stopped.
+        until_gone(&fake, &job_name("report.daily", &id, 1)).await;
+        check(&fake);
+    }
+}
+
+#[tokio::test]
+async fn watch_history_compaction_and_timeouts_are_survived() {
+    let fake = Fake::new();
+    let r = runner(&fake);
+    let id = new_id();
+    let mut ex = r
+        .launch(spec("etl.hang", &id, 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    let name = job_name("etl.hang", &id, 1);
+    // Watches end every ~580 ms here (timeoutSeconds=290 at 2 ms a second); compact the
+    // history several times meanwhile, so a re-watch from an old version gets 410.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Another Job's changes move the version on.
+        let _ = r
+            .launch(
+                spec("report.daily", &new_id(), 1),
+                Arc::new(Lines::default()),
+            )
+            .await
+            .unwrap();
+        fake.compact_history();
+    }
+    fake.finish_job(NS, &name, 0);
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    check(&fake);
+}
+
+#[test]
+fn bad_kube_config_is_refused_naming_the_key() {
+    use runyard::config::Config;
+    let base = "[[runners]]\nkind = \"kube\"\ntypes = [\"a\"]\nimage = \"x\"\n";
+    for (extra, key) in [
+        ("env = {\"BAD-NAME\" = \"1\"}\n", "runners[0].env.BAD-NAME"),
+        (
+            "[runners.kube]\nlimits = {memory = \"lots\"}\n",
+            "runners[0].kube.limits.memory",
+        ),
+        (
+            "[runners.kube]\nrun_as_user = 0\n",
+            "runners[0].kube.run_as_user",
+        ),
+        (
+            "[runners.kube]\nimage_pull_secrets = [\"Bad_Name\"]\n",
+            "runners[0].kube.image_pull_secrets[0]",
+        ),
+        (
+            "[runners.kube]\npoll_interval = \"0s\"\n",
+            "runners[0].kube.poll_interval",
+        ),
+    ] {
+        let e = Config::from_toml(&format!("{base}{extra}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+    // An unknown key in the kube table is refused too.
+    let e = Config::from_toml(&format!("{base}[runners.kube]\nrequest = {{}}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("request"), "{e}");
+    // Only kube runners take it.
+    let e = Config::from_toml(
+        "[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\ncommand = [\"true\"]\n[runners.kube]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("runners[0].kube"), "{e}");
+    Config::from_toml(&format!(
+        "{base}[runners.kube]\nrequests = {{cpu = \"250m\"}}\ntolerations = [{{key = \"batch\", operator = \"Exists\"}}]\n"
+    ))
+    .expect("a good kube table");
+}
+
+/// Log lines with the time each was received (what the store keeps), and the time recovery
+/// reports as the last stored line's.
+#[derive(Default)]
+struct Timed {
+    lines: Mutex<Vec<(std::time::SystemTime, String)>>,
+    last: Option<std::time::SystemTime>,
+}
+
+impl Reporter for Timed {
+    fn log(&self, _stream: LogStream, line: String) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push((std::time::SystemTime::now(), line));
+    }
+    fn progress(&self, _progress: f64, _details: Option<Value>) {}
+    fn last_log_time(&self) -> Option<std::time::SystemTime> {
+        self.last
+    }
+}
+
+impl Timed {
+    fn texts(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn after_a_restart_logs_resume_from_the_last_stored_line() {
+    let want: Vec<String> = (0..30).map(|i| format!("step {i:02}")).collect();
+    let w = want.clone();
+    let fake = scripted(move |_| kube_fake::Script {
+        lines: w.clone(),
+        exit: Some(0),
+        run_for: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let id = new_id();
+    let s = spec("report.daily", &id, 1);
+    let before = Arc::new(Timed::default());
+    let ex = runner(&fake)
+        .launch(s.clone(), before.clone())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if before.texts().len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handle = ex.handle();
+    // The server dies; lines go on being written while none runs.
+    drop(ex);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let stored = before.texts();
+    let last = before.lines.lock().unwrap().last().map(|(t, _)| *t);
+    assert!(stored.len() >= 8 && stored.len() < 30, "{stored:?}");
+    let after = Arc::new(Timed {
+        last,
+        ..Default::default()
+    });
+    let mut ex = match runner(&fake)
+        .recover(&handle, s, after.clone())
+        .await
+        .unwrap()
+    {
+        Recovered::Running(e) => e,
+        other => panic!("expected Running, got {}", matches!(other, Recovered::Gone)),
+    };
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    let mut all = stored.clone();
+    all.extend(after.texts());
+    assert_eq!(all, want, "no line lost or repeated across the restart");
+    check(&fake);
 }

@@ -68,6 +68,11 @@ pub trait Reporter: Send + Sync {
     fn log(&self, stream: LogStream, line: String);
     /// Progress between 0 and 1, with optional details.
     fn progress(&self, progress: f64, details: Option<Value>);
+    /// When the last log line already stored for this attempt was written, if known: a runner
+    /// that recovers running work (kube) copies its logs from then on.
+    fn last_log_time(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// A reporter that drops everything (tests, benchmarks).

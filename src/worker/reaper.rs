@@ -44,7 +44,13 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);
             // What the recovered work logs before it is adopted is kept for the adopting attempt.
-            let deferred = Arc::new(DeferredReporter::default());
+            // kube copies a running pod's log on from the last stored line's time.
+            let last_log = if handle.kind == "kube" {
+                last_log_time(store.as_ref(), job.id).await
+            } else {
+                None
+            };
+            let deferred = Arc::new(DeferredReporter::with_last_log(last_log));
             match slot.runner.recover(&handle, spec, deferred.clone()).await {
                 Ok(Recovered::Gone) => {}
                 Ok(r) => {
@@ -79,4 +85,20 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// When the job's last stored log line was received (pages through its log, bounded).
+async fn last_log_time(
+    store: &dyn crate::store::Store,
+    id: uuid::Uuid,
+) -> Option<std::time::SystemTime> {
+    let mut after = 0;
+    let mut last = None;
+    for _ in 0..1000 {
+        let page = store.logs(id, after, 5000).await.ok()?;
+        let Some(l) = page.last() else { break };
+        after = l.seq;
+        last = Some(l.ts);
+    }
+    last.map(|us| std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64))
 }

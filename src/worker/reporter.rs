@@ -122,6 +122,8 @@ impl Reporter for SharedJobReporter {
 #[derive(Default)]
 pub struct DeferredReporter {
     inner: Mutex<Deferred>,
+    /// When the job's last stored log line was received (kube: its logs resume from there).
+    last_log: Option<std::time::SystemTime>,
 }
 
 #[derive(Default)]
@@ -132,6 +134,14 @@ struct Deferred {
 }
 
 impl DeferredReporter {
+    /// A reporter for recovered work whose last stored log line was received at `last_log`.
+    pub fn with_last_log(last_log: Option<std::time::SystemTime>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            last_log,
+        }
+    }
+
     /// From now on, forwards to `target` (first what was kept, in order).
     pub fn attach(&self, target: runyard_runners::SharedReporter) {
         let mut d = self.inner.lock();
@@ -146,6 +156,10 @@ impl DeferredReporter {
 }
 
 impl Reporter for DeferredReporter {
+    fn last_log_time(&self) -> Option<std::time::SystemTime> {
+        self.last_log
+    }
+
     fn log(&self, stream: LogStream, line: String) {
         let mut d = self.inner.lock();
         match &d.target {

@@ -2,26 +2,46 @@
 //!
 //! It is an axum [`Router`] that `kube::Client::new` takes as its service (or that serves on
 //! `127.0.0.1:0` behind a kubeconfig), and it behaves like the parts of the API server and the
-//! controllers that the runner meets:
+//! controllers that the runner meets, each behaviour written from Kubernetes' sources (cited
+//! where it is implemented):
 //! - batch/v1 Jobs: create (validated like the API server: DNS-1123 name of at most 63
 //!   characters, valid labels, restart policy, images, no literal `JOB_SECRET_KEY`), list and
-//!   watch (with field and label selectors, resource versions, and a scripted `410 Gone`), merge
-//!   patch, delete (recording `propagationPolicy`; `Background` garbage-collects the Job's pods
-//!   and the Secrets it owns, `Orphan` leaves them).
-//! - A Job controller and kubelet: once a Job is not suspended, a pod is made for it, its env is
-//!   resolved like the kubelet does (a `secretKeyRef` to a missing Secret is a violation), it runs
-//!   a [`Script`] (log lines, then an exit code, or run until deleted), `activeDeadlineSeconds`
-//!   is enforced (in units of [`Fake::deadline_unit`]), and the Job's conditions follow
-//!   (`SuccessCriteriaMet`/`FailureTarget` first, then `Complete`/`Failed`).
-//! - core/v1 Secrets (create), Pods (list) and pod logs (`follow`, `sinceSeconds`, `container`).
+//!   watch (field and label selectors, resource versions, `BOOKMARK` events with
+//!   `allowWatchBookmarks`, the watch ended after `timeoutSeconds` scaled by
+//!   [`Fake::watch_unit`], `410 Gone` for a version older than the compacted history
+//!   ([`Fake::compact_history`]) or scripted), merge patch, delete by `propagationPolicy`:
+//!   `Foreground` keeps the Job (with `deletionTimestamp` and the `foregroundDeletion`
+//!   finalizer) until its pods are gone, `Background` removes it at once and then deletes its
+//!   pods gracefully (they run on through their grace period) and its Secrets, none or `Orphan`
+//!   leaves the pods.
+//! - A Job controller and kubelet: once a Job is not suspended, a pod is made for it (labelled
+//!   `batch.kubernetes.io/controller-uid`), its env is resolved like the kubelet does (a
+//!   `secretKeyRef` to a missing Secret is a violation), and it runs a [`Script`]: log lines, then
+//!   an exit code (or OOM kill, eviction), or run until deleted; or it never starts (Pending for
+//!   an image pull error, `CreateContainerConfigError`, or `Unschedulable`); or admission refuses
+//!   it (a `FailedCreate` event, no pod; Pod Security `restricted` with
+//!   [`Fake::enforce_restricted`], checked by [`pss::restricted_violations`]). An injected
+//!   sidecar keeps a pod Running after its job container ended. Deleted pods stay Terminating
+//!   until their process stops (`term_delay`) or their grace period ends ([`Fake::grace_unit`]).
+//!   `activeDeadlineSeconds` is enforced ([`Fake::deadline_unit`]). The Job's conditions follow
+//!   1.31+: `SuccessCriteriaMet`/`FailureTarget` first, `Complete`/`Failed` once the pods stopped.
+//!   Two pods of one runyard job running at once is recorded as a violation.
+//! - core/v1 Secrets (create), Pods (list, delete with `gracePeriodSeconds` and a uid
+//!   precondition), Events (list, field selectors), pod logs (`follow`, `timestamps`,
+//!   `sinceSeconds`, `sinceTime`, `container`; streams that break mid-way with
+//!   `break_logs_every`).
 //!
-//! Every request body is deserialised into its k8s-openapi type and serialised back; a field the
-//! type does not know (a misspelt key) or a wrong type is refused with 400/422, like a strict
-//! API server. Every call is recorded as (API group, resource, verb) for the RBAC checks.
+//! Every request body is deserialised into its k8s-openapi type and serialised back; a wrong
+//! type is refused with 400, an invalid object with 422; a field the type does not know (a
+//! misspelt key) is dropped with a `Warning` header, as a real API server does by default
+//! ([`Fake::warnings`]; the tests require none). Every call is recorded as (API group, resource,
+//! verb) for the RBAC checks.
 
 #![allow(dead_code)]
 // Handlers answer errors as ready-made responses.
 #![allow(clippy::result_large_err)]
+
+pub mod pss;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -45,7 +65,7 @@ use tokio::sync::broadcast;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod, PodSpec,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod,
     PodStatus, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -54,7 +74,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::ByteString;
 
 /// What a Job's container does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Script {
     /// Lines it writes, one every 10 ms.
     pub lines: Vec<String>,
@@ -62,6 +82,34 @@ pub struct Script {
     pub exit: Option<i32>,
     /// How long it runs after writing its lines.
     pub run_for: Duration,
+    /// The pod never starts: it stays Pending for this reason.
+    pub pending: Option<Pending>,
+    /// The pod is refused at creation (admission) with this message: the Job controller records
+    /// a `FailedCreate` Warning event on the Job and the Job has no pod.
+    pub refuse: Option<String>,
+    /// After its lines, the pod is evicted by the kubelet (node pressure).
+    pub evict: bool,
+    /// The container is killed for memory (exit 137, `OOMKilled`) instead of exiting.
+    pub oom: bool,
+    /// The pod gets an injected sidecar container (like Istio's `istio-proxy`) that never exits.
+    pub sidecar: bool,
+    /// The pod's log streams break after every this many lines of its log (each place once: a
+    /// dropped connection; the client must reopen).
+    pub break_logs_every: Option<usize>,
+    /// After SIGTERM, the process writes `terminating` and runs on this long (the kubelet kills
+    /// it when the grace period ends first).
+    pub term_delay: Duration,
+}
+
+/// Why a pod stays Pending.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    /// The image cannot be pulled: `ErrImagePull`, then `ImagePullBackOff`, again and again.
+    ImagePull,
+    /// No node fits: `PodScheduled=False`, reason `Unschedulable`.
+    Unschedulable,
+    /// The container cannot be created: `CreateContainerConfigError`.
+    ConfigError,
 }
 
 /// Picks a Job's script from the Job and its container's resolved env.
@@ -90,12 +138,14 @@ pub fn default_script(_job: &Job, env: &BTreeMap<String, String>) -> Script {
             lines,
             exit: Some(3),
             run_for: Duration::from_millis(50),
+            ..Default::default()
         }
     } else if short.starts_with("hang") {
         Script {
             lines,
             exit: None,
             run_for: Duration::ZERO,
+            ..Default::default()
         }
     } else {
         lines.push("done".into());
@@ -103,6 +153,7 @@ pub fn default_script(_job: &Job, env: &BTreeMap<String, String>) -> Script {
             lines,
             exit: Some(0),
             run_for: Duration::from_millis(50),
+            ..Default::default()
         }
     }
 }
@@ -139,6 +190,7 @@ pub struct Deletion {
 
 struct LogLine {
     at: Instant,
+    wall: k8s_openapi::jiff::Timestamp,
     text: String,
 }
 
@@ -158,6 +210,20 @@ struct St {
     expire_watches: usize,
     watch_410s: usize,
     inject: Vec<((String, String, String), u16)>,
+    /// core/v1 Events.
+    events: Vec<k8s_openapi::api::core::v1::Event>,
+    /// `Warning` headers sent (unknown fields).
+    warnings: Vec<String>,
+    /// Watch history before this version is compacted away.
+    compacted_rv: u64,
+    /// Each pod's script (log stream breaks).
+    pod_scripts: HashMap<String, Script>,
+    /// How many log streams were cut.
+    log_breaks: usize,
+    /// Where log streams were cut: (pod, line index), each place once.
+    broken_at: BTreeSet<(String, usize)>,
+    /// Namespaces labelled `pod-security.kubernetes.io/enforce: restricted`.
+    restricted: BTreeSet<String>,
 }
 
 /// The fake API server. Cheap to clone (shared state).
@@ -168,6 +234,10 @@ pub struct Fake {
     script: Arc<Mutex<ScriptFn>>,
     /// What one second of `activeDeadlineSeconds` lasts here.
     pub deadline_unit: Arc<Mutex<Duration>>,
+    /// What one second of a grace period lasts here.
+    pub grace_unit: Arc<Mutex<Duration>>,
+    /// What one second of a watch's `timeoutSeconds` lasts here.
+    pub watch_unit: Arc<Mutex<Duration>>,
 }
 
 impl Default for Fake {
@@ -185,7 +255,38 @@ impl Fake {
             events,
             script: Arc::new(Mutex::new(Arc::new(default_script))),
             deadline_unit: Arc::new(Mutex::new(Duration::from_secs(1))),
+            grace_unit: Arc::new(Mutex::new(Duration::from_millis(100))),
+            watch_unit: Arc::new(Mutex::new(Duration::from_millis(2))),
         }
+    }
+
+    /// Makes one second of a grace period last `unit` (default 100 ms).
+    pub fn with_grace_unit(self, unit: Duration) -> Self {
+        *self.grace_unit.lock() = unit;
+        self
+    }
+
+    /// Enforces the Pod Security Standards' `restricted` profile on the pods of `namespace`
+    /// (as with the label `pod-security.kubernetes.io/enforce: restricted`).
+    pub fn enforce_restricted(&self, namespace: &str) {
+        self.st.lock().restricted.insert(namespace.to_string());
+    }
+
+    /// Compacts the watch history: a watch from an older version gets `410 Gone`.
+    pub fn compact_history(&self) {
+        let mut st = self.st.lock();
+        st.compacted_rv = st.rv;
+        st.history.clear();
+    }
+
+    /// The `Warning` headers sent so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.st.lock().warnings.clone()
+    }
+
+    /// How many log streams were cut mid-way.
+    pub fn log_breaks(&self) -> usize {
+        self.st.lock().log_breaks
     }
 
     /// Replaces the script picker.
@@ -262,8 +363,11 @@ impl Fake {
         let f = self.clone();
         let (ns, name) = (namespace.to_string(), name.to_string());
         let uid = self.job(&ns, &name).and_then(|j| j.metadata.uid);
-        if let Some(uid) = uid {
-            tokio::spawn(async move { f.terminate(&ns, &name, &uid, exit).await });
+        if let (Some(uid), Some((_, pod))) = (uid.clone(), uid.and_then(|u| self.pod_of(&u))) {
+            tokio::spawn(async move {
+                f.main_exited(&ns, &name, &uid, &pod, exit, false, false)
+                    .await
+            });
         }
     }
 
@@ -451,7 +555,40 @@ impl Fake {
             .spec
             .as_ref()
             .and_then(|s| s.active_deadline_seconds)
-            .map(|s| started + *self.deadline_unit.lock() * s as u32);
+            .map(|s| started + *self.deadline_unit.lock() * s.min(u32::MAX as i64) as u32);
+        // Pod Security admission on the Job controller's pod create
+        // (staging/src/k8s.io/pod-security-admission/admission/admission.go).
+        let enforced = self.st.lock().restricted.contains(&ns);
+        let psa = enforced
+            .then(|| {
+                let spec = job
+                    .spec
+                    .clone()
+                    .unwrap_or_default()
+                    .template
+                    .spec
+                    .unwrap_or_default();
+                pss::restricted_violations(&spec)
+            })
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                format!(
+                    "violates PodSecurity \"restricted:latest\": {}",
+                    v.join(", ")
+                )
+            });
+        if let Some(message) = psa.as_ref().or(script.refuse.as_ref()) {
+            // Admission refused the pod: the Job controller records a Warning event with reason
+            // `FailedCreate` (FailedCreatePodReason, pkg/controller/controller_utils.go) on the Job
+            // and retries; the Job has no pod (kubernetes/kubernetes issue 66756).
+            self.record_event(
+                &job,
+                "FailedCreate",
+                &format!("Error creating: pods \"{name}-x\" is forbidden: {message}"),
+            );
+            self.until_deadline(&ns, &name, &uid, deadline).await;
+            return;
+        }
         // The pod.
         let pod_name = format!("{name}-{}", &uid[uid.len().saturating_sub(5)..]);
         {
@@ -468,6 +605,16 @@ impl Fake {
             labels.insert("job-name".into(), name.clone());
             labels.insert("controller-uid".into(), uid.clone());
             let rv = Self::bump(&mut st);
+            let mut spec = template.spec.clone().unwrap_or_default();
+            if script.sidecar {
+                // What a mutating webhook (Istio) injects: a plain container, not a native
+                // sidecar, so the pod runs as long as it does.
+                spec.containers.push(k8s_openapi::api::core::v1::Container {
+                    name: "istio-proxy".into(),
+                    image: Some("istio/proxyv2".into()),
+                    ..Default::default()
+                });
+            }
             let pod = Pod {
                 metadata: ObjectMeta {
                     name: Some(pod_name.clone()),
@@ -485,7 +632,7 @@ impl Fake {
                     }]),
                     ..Default::default()
                 },
-                spec: template.spec.clone().or(Some(PodSpec::default())),
+                spec: Some(spec),
                 status: Some(PodStatus {
                     phase: Some("Pending".into()),
                     ..Default::default()
@@ -493,6 +640,7 @@ impl Fake {
             };
             st.pods.insert((ns.clone(), pod_name.clone()), pod);
             st.logs.insert(pod_name.clone(), Vec::new());
+            st.pod_scripts.insert(pod_name.clone(), script.clone());
         }
         self.update_job(&ns, &name, &uid, |j| {
             let s = j.status.get_or_insert_with(JobStatus::default);
@@ -500,37 +648,149 @@ impl Fake {
             s.start_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(why) = &script.pending {
+            self.stay_pending(&ns, &name, &uid, &pod_name, why, deadline)
+                .await;
+            return;
+        }
         if !self.set_pod(&ns, &pod_name, "Running", None) {
             return;
         }
-        for line in &script.lines {
-            if !self.job_alive(&ns, &name, &uid) {
+        self.check_overlap(&ns, &pod_name);
+        let mut next_line = 0;
+        let mut end: Option<Instant> = None;
+        let mut main_done = false;
+        loop {
+            let Some(pod) = self.pod(&ns, &pod_name) else {
+                return;
+            };
+            if pod.metadata.deletion_timestamp.is_some() {
+                self.kubelet_terminate(&ns, &pod_name, &script, main_done)
+                    .await;
                 return;
             }
-            if let Some(l) = self.st.lock().logs.get_mut(&pod_name) {
-                l.push(LogLine {
-                    at: Instant::now(),
-                    text: line.clone(),
+            if !main_done && !container_running(&pod) {
+                return; // Ended from outside (finish_job).
+            }
+            let now = Instant::now();
+            if !main_done && deadline.is_some_and(|d| now >= d) && !self.job_finished(&ns, &name) {
+                // activeDeadlineSeconds: the Job controller adds FailureTarget and deletes the
+                // active pods (gracefully); Failed follows once they are gone
+                // (pkg/controller/job/job_controller.go, Kubernetes 1.31+).
+                self.update_job(&ns, &name, &uid, |j| {
+                    let s = j.status.get_or_insert_with(JobStatus::default);
+                    s.conditions = Some(vec![condition("FailureTarget", "DeadlineExceeded")]);
                 });
+                self.delete_pod(&ns, &pod_name, None);
+                continue;
+            }
+            if !main_done {
+                if next_line < script.lines.len() {
+                    self.push_log(&pod_name, &script.lines[next_line]);
+                    next_line += 1;
+                } else if script.exit.is_some() || script.evict || script.oom {
+                    let e = *end.get_or_insert(now + script.run_for);
+                    if now >= e {
+                        main_done = true;
+                        if script.evict {
+                            self.evict(&ns, &name, &uid, &pod_name).await;
+                            return;
+                        }
+                        let exit = if script.oom {
+                            137
+                        } else {
+                            script.exit.unwrap_or(0)
+                        };
+                        self.main_exited(
+                            &ns,
+                            &name,
+                            &uid,
+                            &pod_name,
+                            exit,
+                            script.oom,
+                            script.sidecar,
+                        )
+                        .await;
+                        if !script.sidecar {
+                            return;
+                        }
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let end = match script.exit {
-            Some(_) => Some(Instant::now() + script.run_for),
-            None => None,
-        };
+    }
+
+    fn pod(&self, ns: &str, name: &str) -> Option<Pod> {
+        self.st
+            .lock()
+            .pods
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    fn push_log(&self, pod: &str, line: &str) {
+        if let Some(l) = self.st.lock().logs.get_mut(pod) {
+            l.push(LogLine {
+                at: Instant::now(),
+                wall: k8s_openapi::jiff::Timestamp::now(),
+                text: line.to_string(),
+            });
+        }
+    }
+
+    /// Records a Warning event about a Job.
+    fn record_event(&self, job: &Job, reason: &str, message: &str) {
+        let mut st = self.st.lock();
+        let rv = Self::bump(&mut st);
+        let n = st.events.len();
+        st.events.push(k8s_openapi::api::core::v1::Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{n:x}",
+                    job.metadata.name.clone().unwrap_or_default()
+                )),
+                namespace: job.metadata.namespace.clone(),
+                resource_version: Some(rv),
+                ..Default::default()
+            },
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("batch/v1".into()),
+                kind: Some("Job".into()),
+                name: job.metadata.name.clone(),
+                namespace: job.metadata.namespace.clone(),
+                uid: job.metadata.uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some("Warning".into()),
+            count: Some(1),
+            last_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("job-controller".into()),
+                host: None,
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// A Job with no pod: only its deadline ends it.
+    async fn until_deadline(&self, ns: &str, name: &str, uid: &str, deadline: Option<Instant>) {
         loop {
-            if !self.job_alive(&ns, &name, &uid) || self.job_finished(&ns, &name) {
+            if !self.job_alive(ns, name, uid) {
                 return;
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                // The Job controller deletes the active pods and fails the Job.
-                self.st.lock().pods.remove(&(ns.clone(), pod_name.clone()));
-                self.update_job(&ns, &name, &uid, |j| {
+            if self
+                .job(ns, name)
+                .is_some_and(|j| j.metadata.deletion_timestamp.is_some())
+            {
+                self.gc_job_if_done(ns, name);
+                return;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.update_job(ns, name, uid, |j| {
                     let s = j.status.get_or_insert_with(JobStatus::default);
-                    s.active = Some(0);
-                    s.failed = Some(1);
                     s.conditions = Some(vec![
                         condition("FailureTarget", "DeadlineExceeded"),
                         condition("Failed", "DeadlineExceeded"),
@@ -538,24 +798,187 @@ impl Fake {
                 });
                 return;
             }
-            if end.is_some_and(|e| now >= e) {
-                self.terminate(&ns, &name, &uid, script.exit.unwrap_or(0))
-                    .await;
-                return;
-            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    async fn terminate(&self, ns: &str, name: &str, uid: &str, exit: i32) {
-        let Some((_, pod_name)) = self.pod_of(uid) else {
+    /// A pod that never starts. The kubelet reports the container `Waiting` with the pull
+    /// errors of pkg/kubelet/images/types.go (`ErrImagePull`, then `ImagePullBackOff` while it
+    /// backs off, kubernetes/kubernetes issue 122300), or `CreateContainerConfigError`
+    /// (pkg/kubelet/kuberuntime/kuberuntime_container.go); the scheduler sets
+    /// `PodScheduled=False` with reason `Unschedulable` (v1.PodReasonUnschedulable). None of
+    /// them fails the Job: only `activeDeadlineSeconds` does.
+    async fn stay_pending(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        pod_name: &str,
+        why: &Pending,
+        deadline: Option<Instant>,
+    ) {
+        let mut round = 0u32;
+        loop {
+            let Some(pod) = self.pod(ns, pod_name) else {
+                return;
+            };
+            if pod.metadata.deletion_timestamp.is_some() {
+                // Nothing runs: the pod goes at once.
+                self.remove_pod(ns, pod_name);
+                return;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) && !self.job_finished(ns, name) {
+                self.update_job(ns, name, uid, |j| {
+                    let s = j.status.get_or_insert_with(JobStatus::default);
+                    s.conditions = Some(vec![condition("FailureTarget", "DeadlineExceeded")]);
+                });
+                self.remove_pod(ns, pod_name);
+                return;
+            }
+            {
+                let mut st = self.st.lock();
+                let rv = Self::bump(&mut st);
+                if let Some(p) = st.pods.get_mut(&(ns.to_string(), pod_name.to_string())) {
+                    p.metadata.resource_version = Some(rv);
+                    let s = p.status.get_or_insert_with(Default::default);
+                    match why {
+                        Pending::Unschedulable => {
+                            s.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                                type_: "PodScheduled".into(),
+                                status: "False".into(),
+                                reason: Some("Unschedulable".into()),
+                                message: Some(
+                                    "0/3 nodes are available: 3 Insufficient cpu.".into(),
+                                ),
+                                ..Default::default()
+                            }]);
+                        }
+                        Pending::ImagePull | Pending::ConfigError => {
+                            let (reason, message) = match why {
+                                Pending::ImagePull if round.is_multiple_of(2) => (
+                                    "ErrImagePull",
+                                    "rpc error: code = NotFound desc = failed to pull and unpack image: not found",
+                                ),
+                                Pending::ImagePull => (
+                                    "ImagePullBackOff",
+                                    "Back-off pulling image \"ghcr.io/example/missing:1\"",
+                                ),
+                                _ => (
+                                    "CreateContainerConfigError",
+                                    "configmap \"settings\" not found",
+                                ),
+                            };
+                            s.container_statuses = Some(vec![ContainerStatus {
+                                name: runyard_runners::kube::CONTAINER.into(),
+                                image: "img".into(),
+                                image_id: String::new(),
+                                ready: false,
+                                restart_count: 0,
+                                state: Some(ContainerState {
+                                    waiting: Some(
+                                        k8s_openapi::api::core::v1::ContainerStateWaiting {
+                                            reason: Some(reason.into()),
+                                            message: Some(message.into()),
+                                        },
+                                    ),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }]);
+                        }
+                    }
+                }
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Two pods of one runyard job with running containers at once: what the runner must never
+    /// let happen.
+    fn check_overlap(&self, ns: &str, pod_name: &str) {
+        let mut st = self.st.lock();
+        let Some(me) = st.pods.get(&(ns.to_string(), pod_name.to_string())) else {
             return;
         };
-        let phase = if exit == 0 { "Succeeded" } else { "Failed" };
-        self.set_pod(ns, &pod_name, phase, Some(exit));
+        let id = me
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(runyard_runners::kube::LABEL_JOB_ID))
+            .cloned();
+        let Some(id) = id else { return };
+        let others: Vec<String> = st
+            .pods
+            .iter()
+            .filter(|((n, p), pod)| {
+                *n == ns
+                    && p != pod_name
+                    && pod
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(runyard_runners::kube::LABEL_JOB_ID))
+                        == Some(&id)
+                    && container_running(pod)
+            })
+            .map(|((_, p), _)| p.clone())
+            .collect();
+        if !others.is_empty() {
+            st.violations.push(format!(
+                "pod {pod_name} started while {others:?} of the same job still run"
+            ));
+        }
+    }
+
+    /// The job container ended by itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn main_exited(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        pod_name: &str,
+        exit: i32,
+        oom: bool,
+        sidecar: bool,
+    ) {
+        let phase = if sidecar {
+            // The sidecar keeps the pod Running, and the Job active (kubernetes/kubernetes
+            // issue 25908; native sidecars, KEP-753, are the fix).
+            "Running"
+        } else if exit == 0 {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
+        self.set_pod(ns, pod_name, phase, Some(exit));
+        if oom {
+            let mut st = self.st.lock();
+            if let Some(t) = st
+                .pods
+                .get_mut(&(ns.to_string(), pod_name.to_string()))
+                .and_then(|p| p.status.as_mut())
+                .and_then(|s| s.container_statuses.as_mut())
+                .and_then(|c| c.first_mut())
+                .and_then(|c| c.state.as_mut())
+                .and_then(|s| s.terminated.as_mut())
+            {
+                t.reason = Some("OOMKilled".into());
+            }
+        }
+        if sidecar {
+            return;
+        }
+        self.finish_conditions(ns, name, uid, exit == 0).await;
+    }
+
+    /// `SuccessCriteriaMet`/`FailureTarget` first, then, once the pods have stopped,
+    /// `Complete`/`Failed` (Kubernetes 1.31+, pkg/controller/job/job_controller.go: the terminal
+    /// condition waits for the pods' terminal phase).
+    async fn finish_conditions(&self, ns: &str, name: &str, uid: &str, ok: bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        // The interim condition first: it is not terminal.
-        let (interim, last, reason) = if exit == 0 {
+        let (interim, last, reason) = if ok {
             ("SuccessCriteriaMet", "Complete", "CompletionsReached")
         } else {
             ("FailureTarget", "Failed", "BackoffLimitExceeded")
@@ -563,7 +986,7 @@ impl Fake {
         self.update_job(ns, name, uid, |j| {
             let s = j.status.get_or_insert_with(JobStatus::default);
             s.active = Some(0);
-            if exit == 0 {
+            if ok {
                 s.succeeded = Some(1);
             } else {
                 s.failed = Some(1);
@@ -576,8 +999,154 @@ impl Fake {
             s.conditions
                 .get_or_insert_with(Vec::new)
                 .push(condition(last, reason));
-            s.completion_time = (exit == 0).then(|| Time(k8s_openapi::jiff::Timestamp::now()));
+            s.completion_time = ok.then(|| Time(k8s_openapi::jiff::Timestamp::now()));
         });
+    }
+
+    /// Node-pressure eviction by the kubelet: the pod fails with `status.reason: Evicted`
+    /// (pkg/kubelet/eviction/eviction_manager.go) and a `DisruptionTarget` condition with reason
+    /// `TerminationByKubelet`; the container is killed (137).
+    async fn evict(&self, ns: &str, name: &str, uid: &str, pod_name: &str) {
+        self.set_pod(ns, pod_name, "Failed", Some(137));
+        {
+            let mut st = self.st.lock();
+            if let Some(s) = st
+                .pods
+                .get_mut(&(ns.to_string(), pod_name.to_string()))
+                .and_then(|p| p.status.as_mut())
+            {
+                s.reason = Some("Evicted".into());
+                s.message = Some("The node was low on resource: memory. Threshold quantity: 100Mi, available: 12Mi.".into());
+                s.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                    reason: Some("TerminationByKubelet".into()),
+                    message: Some("The node was low on resource: memory.".into()),
+                    ..Default::default()
+                }]);
+            }
+        }
+        self.finish_conditions(ns, name, uid, false).await;
+    }
+
+    /// A pod being deleted: SIGTERM; the process runs on for `term_delay`, or until the grace
+    /// period ends (then SIGKILL); the pod object goes once its containers have stopped
+    /// (graceful deletion, pkg/registry/core/pod/strategy.go CheckGracefulDelete; the kubelet
+    /// confirms with a zero-grace delete).
+    async fn kubelet_terminate(&self, ns: &str, pod_name: &str, script: &Script, main_done: bool) {
+        let grace = self
+            .pod(ns, pod_name)
+            .and_then(|p| p.metadata.deletion_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u32;
+        let grace = *self.grace_unit.lock() * grace;
+        if !main_done {
+            self.push_log(pod_name, "terminating");
+        }
+        let runs = if main_done && !script.sidecar {
+            Duration::ZERO
+        } else {
+            script.term_delay.min(grace)
+        };
+        tokio::time::sleep(runs).await;
+        let code = if script.term_delay > grace { 137 } else { 143 };
+        if !main_done {
+            self.set_pod(ns, pod_name, "Failed", Some(code));
+        }
+        self.remove_pod(ns, pod_name);
+    }
+
+    /// Removes a pod; then the owning Job's controller and garbage collector act.
+    fn remove_pod(&self, ns: &str, pod_name: &str) {
+        let owner = {
+            let mut st = self.st.lock();
+            let p = st.pods.remove(&(ns.to_string(), pod_name.to_string()));
+            p.and_then(|p| p.metadata.owner_references)
+                .and_then(|o| o.into_iter().next())
+        };
+        let Some(owner) = owner else { return };
+        let Some(job) = self.job(ns, &owner.name) else {
+            return;
+        };
+        if job.metadata.uid.as_deref() != Some(owner.uid.as_str()) {
+            return;
+        }
+        if job.metadata.deletion_timestamp.is_some() {
+            self.gc_job_if_done(ns, &owner.name);
+            return;
+        }
+        // The pod is gone: an interim condition becomes final; a pod deleted under a running
+        // Job counts as failed (backoffLimit 0).
+        let conds = conditions(&job);
+        let has = |t: &str| conds.iter().any(|c| c.type_ == t);
+        if has("Complete") || has("Failed") {
+            return;
+        }
+        let reason = conds
+            .iter()
+            .find(|c| c.type_ == "FailureTarget")
+            .and_then(|c| c.reason.clone());
+        self.update_job(ns, &owner.name, &owner.uid, |j| {
+            let s = j.status.get_or_insert_with(JobStatus::default);
+            s.active = Some(0);
+            if has("SuccessCriteriaMet") {
+                s.conditions
+                    .get_or_insert_with(Vec::new)
+                    .push(condition("Complete", "CompletionsReached"));
+            } else {
+                let r = reason.as_deref().unwrap_or("BackoffLimitExceeded");
+                let c = s.conditions.get_or_insert_with(Vec::new);
+                if !c.iter().any(|c| c.type_ == "FailureTarget") {
+                    c.push(condition("FailureTarget", r));
+                }
+                c.push(condition("Failed", r));
+            }
+        });
+    }
+
+    /// Graceful deletion of a pod: `deletionTimestamp` and `deletionGracePeriodSeconds` (the
+    /// request's `gracePeriodSeconds`, else the pod's `terminationGracePeriodSeconds`).
+    fn delete_pod(&self, ns: &str, pod_name: &str, grace: Option<i64>) -> bool {
+        let mut st = self.st.lock();
+        let rv = Self::bump(&mut st);
+        let Some(p) = st.pods.get_mut(&(ns.to_string(), pod_name.to_string())) else {
+            return false;
+        };
+        if p.metadata.deletion_timestamp.is_none() {
+            let g = grace.unwrap_or_else(|| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+            });
+            p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            p.metadata.deletion_grace_period_seconds = Some(g);
+        } else if let Some(g) = grace {
+            // A shorter grace period can be set on a pod already terminating.
+            let cur = p.metadata.deletion_grace_period_seconds.unwrap_or(g);
+            p.metadata.deletion_grace_period_seconds = Some(cur.min(g));
+        }
+        p.metadata.resource_version = Some(rv);
+        true
+    }
+
+    /// The garbage collector on a Job being deleted in the foreground: the Job object goes (with
+    /// the Secrets it owns) once no dependent with `blockOwnerDeletion` is left
+    /// (pkg/controller/garbagecollector/garbagecollector.go, `processDeletingDependentsItem`).
+    fn gc_job_if_done(&self, ns: &str, name: &str) {
+        let mut st = self.st.lock();
+        let Some(job) = st.jobs.get(&(ns.to_string(), name.to_string())).cloned() else {
+            return;
+        };
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        if st.pods.values().any(|p| owned_by(&p.metadata, &uid)) {
+            return;
+        }
+        st.jobs.remove(&(ns.to_string(), name.to_string()));
+        st.secrets.retain(|_, s| !owned_by(&s.metadata, &uid));
+        let mut gone = job;
+        gone.metadata.resource_version = Some(Self::bump(&mut st));
+        self.emit(&mut st, "DELETED", &gone);
     }
 
     fn set_pod(&self, ns: &str, pod: &str, phase: &str, exit: Option<i32>) -> bool {
@@ -601,50 +1170,118 @@ impl Fake {
                 ..Default::default()
             },
         };
+        let mut statuses = vec![ContainerStatus {
+            name: runyard_runners::kube::CONTAINER.into(),
+            image: "img".into(),
+            image_id: String::new(),
+            ready: exit.is_none(),
+            restart_count: 0,
+            state: Some(state),
+            ..Default::default()
+        }];
+        let has_sidecar = p
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.containers.iter().any(|c| c.name == "istio-proxy"));
+        if has_sidecar && phase == "Running" {
+            statuses.push(ContainerStatus {
+                name: "istio-proxy".into(),
+                image: "istio/proxyv2".into(),
+                image_id: String::new(),
+                ready: true,
+                restart_count: 0,
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning { started_at: None }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
         p.status = Some(PodStatus {
             phase: Some(phase.into()),
-            container_statuses: Some(vec![ContainerStatus {
-                name: runyard_runners::kube::CONTAINER.into(),
-                image: "img".into(),
-                image_id: String::new(),
-                ready: exit.is_none(),
-                restart_count: 0,
-                state: Some(state),
-                ..Default::default()
-            }]),
+            container_statuses: Some(statuses),
             ..Default::default()
         });
         true
     }
 
-    /// Deletes a Job; `Background` also deletes its pods and the Secrets it owns (after a moment,
-    /// like the garbage collector).
+    /// Deletes a Job by `propagationPolicy` (pkg/registry/batch/job/strategy.go: a Job deleted
+    /// with no policy through the API orphans its pods):
+    /// - `Foreground`: the Job gets a `deletionTimestamp` and the `foregroundDeletion`
+    ///   finalizer; its pods are deleted gracefully; it goes once they are gone;
+    /// - `Background`: the Job goes now; the garbage collector then deletes its pods
+    ///   gracefully (they run on through their grace period) and its Secrets;
+    /// - `Orphan` (or none): the pods stay.
     fn delete_job(&self, ns: &str, name: &str, propagation: Option<String>) -> Option<Job> {
         let mut st = self.st.lock();
-        let job = st.jobs.remove(&(ns.to_string(), name.to_string()))?;
-        let mut gone = job.clone();
-        gone.metadata.resource_version = Some(Self::bump(&mut st));
-        self.emit(&mut st, "DELETED", &gone);
+        let key = (ns.to_string(), name.to_string());
+        let job = st.jobs.get(&key).cloned()?;
         st.deletions.push(Deletion {
             resource: "jobs".into(),
             name: name.into(),
             propagation: propagation.clone(),
         });
-        // Jobs default to Orphan for API clients that send no policy.
-        if propagation.as_deref() == Some("Background")
-            || propagation.as_deref() == Some("Foreground")
-        {
-            let uid = job.metadata.uid.clone().unwrap_or_default();
-            let f = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let mut st = f.st.lock();
-                st.pods.retain(|_, p| !owned_by(&p.metadata, &uid));
-                st.secrets.retain(|_, s| !owned_by(&s.metadata, &uid));
-            });
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        let owned: Vec<String> = st
+            .pods
+            .iter()
+            .filter(|((n, _), p)| n == ns && owned_by(&p.metadata, &uid))
+            .map(|((_, p), _)| p.clone())
+            .collect();
+        match propagation.as_deref() {
+            Some("Foreground") => {
+                if job.metadata.deletion_timestamp.is_some() {
+                    return Some(job);
+                }
+                let mut j = job.clone();
+                j.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+                j.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+                j.metadata.resource_version = Some(Self::bump(&mut st));
+                st.jobs.insert(key, j.clone());
+                self.emit(&mut st, "MODIFIED", &j);
+                drop(st);
+                for p in &owned {
+                    self.delete_pod(ns, p, None);
+                }
+                self.gc_job_if_done(ns, name);
+                Some(j)
+            }
+            other => {
+                st.jobs.remove(&key);
+                let mut gone = job.clone();
+                gone.metadata.resource_version = Some(Self::bump(&mut st));
+                self.emit(&mut st, "DELETED", &gone);
+                drop(st);
+                if other == Some("Background") {
+                    let f = self.clone();
+                    let ns = ns.to_string();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        for p in &owned {
+                            f.delete_pod(&ns, p, None);
+                        }
+                        f.st.lock()
+                            .secrets
+                            .retain(|_, s| !owned_by(&s.metadata, &uid));
+                    });
+                }
+                Some(job)
+            }
         }
-        Some(job)
     }
+}
+
+/// Whether a pod's job container runs (a terminating pod's too).
+fn container_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.name == runyard_runners::kube::CONTAINER)
+        })
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
 }
 
 fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
@@ -701,18 +1338,25 @@ fn ok_json(code: StatusCode, v: impl Serialize) -> Response {
 
 /// Deserialises strictly: a wrong type fails, and so does any field the type does not know (the
 /// value must survive a round trip through the k8s-openapi type unchanged).
+/// Unknown fields are not refused: like a real API server with the default `fieldValidation:
+/// Warn` (KEP-2885, GA in 1.27), it drops them and answers with a `Warning: 299 - "unknown
+/// field ..."` header (recorded in [`Fake::warnings`]).
 fn strict<T: DeserializeOwned + Serialize>(v: &Value, what: &str) -> Result<T, Response> {
     let t: T = serde_json::from_value(v.clone())
         .map_err(|e| status(400, "BadRequest", format!("{what}: cannot decode: {e}")))?;
     let back = serde_json::to_value(&t).expect("serialise");
     if let Some(p) = first_unknown(v, &back, "") {
-        return Err(status(
-            400,
-            "BadRequest",
-            format!("{what}: strict decoding error: unknown field \"{p}\""),
-        ));
+        WARNINGS.with(|w| {
+            w.borrow_mut()
+                .push(format!("unknown field \"{}\"", p.trim_start_matches('.')))
+        });
     }
     Ok(t)
+}
+
+thread_local! {
+    /// The warnings of the request being handled (handlers are synchronous up to their answer).
+    static WARNINGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The first path present in `orig` but not in `back`.
@@ -998,6 +1642,20 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    WARNINGS.with(|w| w.borrow_mut().clear());
+    let mut r = route(f.clone(), method, uri, headers, body);
+    let warnings = WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    for w in warnings {
+        let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = axum::http::HeaderValue::from_str(&v) {
+            r.headers_mut().append("warning", h);
+        }
+        f.st.lock().warnings.push(w);
+    }
+    r
+}
+
+fn route(f: Fake, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let Some(p) = parse_path(uri.path()) else {
         return status(404, "NotFound", format!("no route {}", uri.path()));
     };
@@ -1253,6 +1911,81 @@ async fn handle(
             )
         }
         ("", "pods/log", "get") => pod_logs(f, ns, p.name.unwrap_or_default(), &q),
+        ("", "pods", "delete") => {
+            let opts: DeleteOptions = match json_body {
+                Some(b) => match strict(&b, "DeleteOptions") {
+                    Ok(o) => o,
+                    Err(r) => return r,
+                },
+                None => DeleteOptions::default(),
+            };
+            let name = p.name.clone().unwrap_or_default();
+            let Some(pod) = f.pod(&ns, &name) else {
+                return status(404, "NotFound", format!("pods \"{name}\" not found"));
+            };
+            if let Some(want) = opts.preconditions.as_ref().and_then(|p| p.uid.as_ref()) {
+                if pod.metadata.uid.as_ref() != Some(want) {
+                    return status(409, "Conflict", "Precondition failed: UID in precondition");
+                }
+            }
+            f.st.lock().deletions.push(Deletion {
+                resource: "pods".into(),
+                name: name.clone(),
+                propagation: opts.propagation_policy.clone(),
+            });
+            let started = container_running(&pod)
+                || pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|ph| ph != "Pending");
+            f.delete_pod(&ns, &name, opts.grace_period_seconds);
+            if !started || opts.grace_period_seconds == Some(0) {
+                f.remove_pod(&ns, &name);
+            }
+            ok_json(StatusCode::OK, f.pod(&ns, &name).unwrap_or(pod))
+        }
+        ("", "events", "list") => {
+            // Field selectors of core/v1 Events: involvedObject.*, reason, type, source
+            // (pkg/apis/core/v1/conversion.go).
+            let fields = match selector(q.get("fieldSelector")) {
+                Ok(fl) => fl,
+                Err(r) => return r,
+            };
+            let st = f.st.lock();
+            let mut items = Vec::new();
+            for e in &st.events {
+                let mut ok = e.metadata.namespace.as_deref() == Some(ns.as_str());
+                for (k, v) in &fields {
+                    let got = match k.as_str() {
+                        "involvedObject.uid" => e.involved_object.uid.clone(),
+                        "involvedObject.name" => e.involved_object.name.clone(),
+                        "involvedObject.kind" => e.involved_object.kind.clone(),
+                        "reason" => e.reason.clone(),
+                        "type" => e.type_.clone(),
+                        _ => {
+                            return status(
+                                400,
+                                "BadRequest",
+                                format!("field label not supported: {k}"),
+                            )
+                        }
+                    };
+                    ok &= got.as_deref() == Some(v.as_str());
+                }
+                if ok {
+                    items.push(e);
+                }
+            }
+            ok_json(
+                StatusCode::OK,
+                json!({
+                    "apiVersion": "v1", "kind": "EventList",
+                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "items": list_items(&items),
+                }),
+            )
+        }
         _ => status(
             405,
             "MethodNotAllowed",
@@ -1308,8 +2041,13 @@ fn watch_jobs(f: Fake, ns: String, q: &HashMap<String, String>) -> Response {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let mut st = f.st.lock();
-    if st.expire_watches > 0 {
-        st.expire_watches -= 1;
+    // A version older than the compacted history is gone: `410 Expired`, "too old resource
+    // version" (the watch cache, staging/src/k8s.io/apiserver/pkg/storage/cacher).
+    let compacted = from != 0 && from < st.compacted_rv;
+    if st.expire_watches > 0 || compacted {
+        if !compacted {
+            st.expire_watches -= 1;
+        }
         st.watch_410s += 1;
         let err = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -1340,13 +2078,46 @@ fn watch_jobs(f: Fake, ns: String, q: &HashMap<String, String>) -> Response {
                     && j.metadata.namespace.as_deref() == Some(ns.as_str())
                     && matches(&j.metadata, &labels, &fields) =>
             {
-                Some(Ok::<Bytes, std::convert::Infallible>(event_line(kind, &j)))
+                Some(event_line(kind, &j))
             }
             _ => None,
         };
         futures::future::ready(out)
     });
-    let stream = futures::stream::iter(replay.into_iter().map(Ok)).chain(live);
+    // `allowWatchBookmarks`: BOOKMARK events carry only the current resourceVersion, so a
+    // client can resume from there (KEP-956).
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let fb = f.clone();
+    let marks = futures::stream::unfold(0u8, move |n| {
+        let fb = fb.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let rv = fb.st.lock().rv.to_string();
+            Some((
+                event_line(
+                    "BOOKMARK",
+                    &json!({"kind": "Job", "apiVersion": "batch/v1",
+                            "metadata": {"resourceVersion": rv}}),
+                ),
+                n,
+            ))
+        }
+    })
+    .filter(move |_| futures::future::ready(bookmarks));
+    let body = futures::stream::select(live, marks);
+    // `timeoutSeconds`: the server ends the watch then (the client watches again from its last
+    // version); scaled by `watch_unit`.
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u32>().ok())
+        .map(|t| *f.watch_unit.lock() * t);
+    let body: futures::stream::BoxStream<'static, Bytes> = match timeout {
+        Some(t) => body.take_until(tokio::time::sleep(t)).boxed(),
+        None => body.boxed(),
+    };
+    let stream = futures::stream::iter(replay)
+        .chain(body)
+        .map(Ok::<Bytes, std::convert::Infallible>);
     (
         StatusCode::OK,
         [("content-type", "application/json")],
@@ -1393,49 +2164,70 @@ fn pod_logs(f: Fake, ns: String, pod: String, q: &HashMap<String, String>) -> Re
         );
     }
     let follow = q.get("follow").is_some_and(|v| v == "true");
+    let timestamps = q.get("timestamps").is_some_and(|v| v == "true");
     let since = q
         .get("sinceSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .map(|s| Instant::now() - Duration::from_secs(s));
+    // sinceTime (RFC 3339): lines at or after it (the kubelet skips lines `Before` it,
+    // pkg/kubelet/kuberuntime/logs/logs.go).
+    let since_time = match q.get("sinceTime") {
+        Some(t) => match t.parse::<k8s_openapi::jiff::Timestamp>() {
+            Ok(t) => Some(t),
+            Err(e) => return status(400, "BadRequest", format!("sinceTime: {e}")),
+        },
+        None => None,
+    };
+    let break_every =
+        f.st.lock()
+            .pod_scripts
+            .get(&pod)
+            .and_then(|s| s.break_logs_every);
     let start = {
         let st = f.st.lock();
         st.logs
             .get(&pod)
-            .map(|l| match since {
-                Some(t) => l.iter().position(|x| x.at >= t).unwrap_or(l.len()),
-                None => 0,
+            .map(|l| {
+                l.iter()
+                    .position(|x| {
+                        since.is_none_or(|t| x.at >= t) && since_time.is_none_or(|t| x.wall >= t)
+                    })
+                    .unwrap_or(l.len())
             })
             .unwrap_or(0)
     };
+    // One line per chunk, so a stream can break between any two lines.
     let stream = futures::stream::unfold(
-        (f, ns, pod, start, false),
-        move |(f, ns, pod, mut i, done)| async move {
-            if done {
-                return None;
-            }
+        (f, ns, pod, start, 0usize),
+        move |(f, ns, pod, mut i, sent)| async move {
             loop {
-                let (chunk, ended) = {
+                if let Some(n) = break_every {
+                    let mut st = f.st.lock();
+                    if sent > 0 && i.is_multiple_of(n) && st.broken_at.insert((pod.clone(), i)) {
+                        st.log_breaks += 1;
+                        return None;
+                    }
+                }
+                let (line, ended) = {
                     let st = f.st.lock();
-                    let lines = st.logs.get(&pod);
-                    let chunk: Vec<String> = lines
-                        .map(|l| l[i.min(l.len())..].iter().map(|x| x.text.clone()).collect())
-                        .unwrap_or_default();
+                    let line = st.logs.get(&pod).and_then(|l| l.get(i)).map(|x| {
+                        if timestamps {
+                            format!("{} {}\n", x.wall, x.text)
+                        } else {
+                            format!("{}\n", x.text)
+                        }
+                    });
                     let ended = match st.pods.get(&(ns.clone(), pod.clone())) {
                         None => true,
-                        Some(p) => matches!(
-                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                            Some("Succeeded" | "Failed")
-                        ),
+                        Some(p) => !container_running(p),
                     };
-                    (chunk, ended)
+                    (line, ended)
                 };
-                if !chunk.is_empty() {
-                    i += chunk.len();
-                    let mut text = chunk.join("\n");
-                    text.push('\n');
+                if let Some(text) = line {
+                    i += 1;
                     return Some((
                         Ok::<Bytes, std::convert::Infallible>(Bytes::from(text)),
-                        (f, ns, pod, i, !follow),
+                        (f, ns, pod, i, sent + 1),
                     ));
                 }
                 if ended || !follow {

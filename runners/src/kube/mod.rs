@@ -3,52 +3,61 @@
 //! # Layout
 //! - [`KubeConfig`] / [`KubeRunner`]: the runner. Its client comes from `kubeconfig` when set,
 //!   else the in-cluster config, else the default kubeconfig; it is built on first use.
+//!   [`KubeOptions`] (`options.rs`): pod settings and lifecycle bounds, validated at start.
 //! - Launch ([`KubeRunner::launch`]):
 //!   1. reconcile: any Job already labelled with this job's id (a launch that died before its
-//!      handle was saved, an older attempt) is deleted, so one job never runs twice at once;
+//!      handle was saved, an older attempt) is deleted with Foreground propagation and the launch
+//!      waits until it and its pods are gone, so one job never runs twice at once;
 //!   2. the Job is created *suspended* (no pod can start yet);
 //!   3. a Secret holding `JOB_SECRET_KEY` (and `JOB_ARGS`) is created, owned by the Job, so
 //!      deleting the Job garbage-collects it; the Job's env reads it with `secretKeyRef`, so the
 //!      secret is never a literal in the Job spec;
 //!   4. the Job is resumed (`spec.suspend = false`).
 //!
-//!   The Job has `backoffLimit: 0` (runyard owns retries), `activeDeadlineSeconds` from the
-//!   attempt's timeout (plus [`DEADLINE_MARGIN`]: the server stops the job at its timeout, the
-//!   deadline is the backstop for when no server watches), and `ttlSecondsAfterFinished`.
-//! - [`KubeExecution`]: a watch task follows the Job with kube-runtime's watcher (which re-lists
-//!   after a `410 Gone`); `Complete` and `Failed` are both terminal. A log task copies the pods'
-//!   logs into the job's logs. `stop` deletes the Job with `propagationPolicy: Background`.
+//!   The Job has `backoffLimit: 0` (runyard owns retries), always an `activeDeadlineSeconds`
+//!   (the attempt's timeout plus [`DEADLINE_MARGIN`], else `active_deadline`), and
+//!   `ttlSecondsAfterFinished`; its pods meet the Pod Security Standards' `restricted` profile.
+//! - [`KubeExecution`]: `monitor.rs` follows the Job (watch) and its pods (by controller uid),
+//!   fails early on what does not heal, decides outcomes on the 1.31+ conditions, and tears the
+//!   Job down (Foreground) and waits when runyard ends the attempt; `logs.rs` copies the pod's
+//!   log, reopening broken streams from the last line's time.
 //! - Recovery ([`KubeRunner::recover`]): finds the attempt's Job by label; a running Job is
 //!   watched again, a finished one gives its outcome, a missing one means the job runs again.
 //! - [`API_CALLS`]: every API call the runner makes; the chart's Role grants exactly these.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ::kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use ::kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
-use ::kube::runtime::watcher::{self, Event};
-use ::kube::runtime::WatchStreamExt;
 use ::kube::Client;
 use async_trait::async_trait;
-use futures::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, Pod, PodSpec, PodTemplateSpec, Secret as K8sSecret,
-    SecretKeySelector,
+    Capabilities, Container, EnvVar, EnvVarSource, Event as K8sEvent, LocalObjectReference, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    Secret as K8sSecret, SecretKeySelector, SecurityContext,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
 
-use crate::local::MAX_LINE_BYTES;
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
-    SharedReporter,
+    Execution, JobSpec, Outcome, Recovered, RunHandle, Runner, RunnerError, SharedReporter,
+};
+
+mod logs;
+mod monitor;
+mod options;
+
+pub use options::{
+    is_dns_subdomain, is_env_name, is_label_value, is_qualified_name, is_quantity, KubeOptions,
+    OptionError, DEFAULT_UID,
 };
 
 /// The client crates, re-exported so that tests and embedders use the same versions.
@@ -108,7 +117,9 @@ pub const API_CALLS: &[ApiCall] = &[
     ("batch", "jobs", "delete"),
     ("", "secrets", "create"),
     ("", "pods", "list"),
+    ("", "pods", "delete"),
     ("", "pods/log", "get"),
+    ("", "events", "list"),
 ];
 
 /// Configuration of a kube runner.
@@ -130,6 +141,9 @@ pub struct KubeConfig {
     pub ttl_after_finished: Option<Duration>,
     /// A kubeconfig file; absent: in-cluster config, then the default kubeconfig.
     pub kubeconfig: Option<PathBuf>,
+    /// Pod settings and lifecycle bounds (`[runners.kube]`).
+    #[serde(default)]
+    pub options: KubeOptions,
 }
 
 /// Runs each attempt as a Kubernetes Job.
@@ -177,6 +191,20 @@ impl KubeRunner {
                     "`{ns}` is not a valid namespace name"
                 )));
             }
+        }
+        for k in config.env.keys() {
+            if !is_env_name(k) {
+                return Err(RunnerError::Invalid(format!(
+                    "env `{k}` is not a valid environment variable name (letters, digits and `_`, \
+                     not starting with a digit)"
+                )));
+            }
+        }
+        if let Err(e) = config.options.validate() {
+            return Err(RunnerError::Invalid(format!(
+                "kube.{}: {}",
+                e.key, e.message
+            )));
         }
         if let Some(sa) = &config.service_account {
             if sa.is_empty() || sa.len() > 253 {
@@ -244,42 +272,105 @@ impl KubeRunner {
         env.push(literal("JOB_ATTEMPT", &spec.attempt.to_string()));
         env.push(from_secret("JOB_SECRET_KEY", secret_name, SECRET_KEY));
         env.push(from_secret("JOB_ARGS", secret_name, ARGS_KEY));
+        let o = &self.config.options;
+        let quantities = |m: &BTreeMap<String, String>| {
+            (!m.is_empty()).then(|| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        let resources =
+            (!o.requests.is_empty() || !o.limits.is_empty()).then(|| ResourceRequirements {
+                requests: quantities(&o.requests),
+                limits: quantities(&o.limits),
+                ..Default::default()
+            });
         let container = Container {
             name: CONTAINER.into(),
             image: Some(self.config.image.clone()),
             command: (!self.config.command.is_empty()).then(|| self.config.command.clone()),
             env: Some(env),
+            resources,
+            // The Pod Security Standards' `restricted` profile, container level.
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: None,
+                }),
+                run_as_non_root: Some(true),
+                privileged: Some(false),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let ttl = self
             .config
             .ttl_after_finished
             .unwrap_or(DEFAULT_TTL_AFTER_FINISHED);
+        // Always a deadline: the attempt's timeout (the server stops the job first), else the
+        // configured backstop, so that a Job no server watches any more ends by itself.
+        let deadline = match spec.timeout {
+            Some(t) => t + DEADLINE_MARGIN,
+            None => o.active_deadline,
+        };
+        let mut pod_annotations = o.annotations.clone();
+        pod_annotations.extend(annotations.clone());
         Job {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(namespace.into()),
                 labels: Some(labels.clone()),
-                annotations: Some(annotations.clone()),
+                annotations: Some(annotations),
                 ..Default::default()
             },
             spec: Some(K8sJobSpec {
                 backoff_limit: Some(0),
-                active_deadline_seconds: spec.timeout.map(|t| {
-                    let t = t + DEADLINE_MARGIN;
-                    (t.as_secs() + u64::from(t.subsec_nanos() > 0)).min(i64::MAX as u64) as i64
-                }),
+                active_deadline_seconds: Some(
+                    (deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0))
+                        .min(i64::MAX as u64) as i64,
+                ),
                 ttl_seconds_after_finished: Some(ttl.as_secs().min(i32::MAX as u64) as i32),
                 suspend: Some(true),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(labels),
-                        annotations: Some(annotations),
+                        annotations: Some(pod_annotations),
                         ..Default::default()
                     }),
                     spec: Some(PodSpec {
                         restart_policy: Some("Never".into()),
                         service_account_name: self.config.service_account.clone(),
+                        // Jobs talk to runyard through the hook, not to the API server.
+                        automount_service_account_token: Some(false),
+                        termination_grace_period_seconds: Some(
+                            o.termination_grace.as_secs().min(i64::MAX as u64) as i64,
+                        ),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: o.run_as_user,
+                            run_as_group: o.run_as_group,
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".into(),
+                                localhost_profile: None,
+                            }),
+                            ..Default::default()
+                        }),
+                        image_pull_secrets: (!o.image_pull_secrets.is_empty()).then(|| {
+                            o.image_pull_secrets
+                                .iter()
+                                .map(|n| LocalObjectReference { name: n.clone() })
+                                .collect()
+                        }),
+                        node_selector: (!o.node_selector.is_empty())
+                            .then(|| o.node_selector.clone()),
+                        tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
+                        affinity: o.affinity.clone(),
                         containers: vec![container],
                         ..Default::default()
                     }),
@@ -290,27 +381,57 @@ impl KubeRunner {
         }
     }
 
-    /// Deletes the Jobs of this job id (Background propagation) except `keep`; returns the
-    /// Jobs found (all of them, `keep` included).
+    /// Deletes the Jobs of this job id except `keep` with Foreground propagation, and waits
+    /// until they (and so their pods) are gone: one job never runs twice at once. Returns the
+    /// Jobs found first (all of them, `keep` included).
     async fn reconcile(
         &self,
         jobs: &Api<Job>,
         job_id: &str,
         keep: Option<&str>,
     ) -> Result<Vec<Job>, RunnerError> {
+        let lp = ListParams::default().labels(&id_selector(job_id));
         let list = jobs
-            .list(&ListParams::default().labels(&id_selector(job_id)))
+            .list(&lp)
             .await
             .map_err(|e| RunnerError::Backend(format!("cannot list Jobs: {e}")))?;
-        for j in &list.items {
-            let Some(name) = j.metadata.name.as_deref() else {
-                continue;
-            };
-            if Some(name) == keep || j.metadata.deletion_timestamp.is_some() {
+        let o = &self.config.options;
+        let deadline = tokio::time::Instant::now() + o.termination_grace + o.delete_timeout;
+        let others = |j: &Job| j.metadata.name.as_deref().is_some_and(|n| Some(n) != keep);
+        for j in list.items.iter().filter(|j| others(j)) {
+            let name = j.metadata.name.as_deref().unwrap_or_default();
+            if j.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             tracing::info!(job = name, "deleting a leftover Kubernetes Job of this job");
-            delete_job(jobs, name).await?;
+            let uid = j.metadata.uid.as_deref().unwrap_or_default();
+            monitor::delete_job_foreground(jobs, name, uid, deadline)
+                .await
+                .map_err(RunnerError::Backend)?;
+        }
+        // Wait until they are gone (Foreground: their pods first).
+        let mut left: Vec<String> = list
+            .items
+            .iter()
+            .filter(|j| others(j))
+            .filter_map(|j| j.metadata.name.clone())
+            .collect();
+        while !left.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RunnerError::Backend(format!(
+                    "a previous attempt's Kubernetes Job is still terminating: {}",
+                    left.join(", ")
+                )));
+            }
+            tokio::time::sleep(o.poll_interval).await;
+            if let Ok(now) = jobs.list(&lp).await {
+                left = now
+                    .items
+                    .iter()
+                    .filter(|j| others(j))
+                    .filter_map(|j| j.metadata.name.clone())
+                    .collect();
+            }
         }
         Ok(list.items)
     }
@@ -377,8 +498,9 @@ impl Runner for KubeRunner {
             ])),
             ..Default::default()
         };
+        let soon = tokio::time::Instant::now() + Duration::from_secs(5);
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
-            let _ = delete_job(&jobs, &name).await;
+            let _ = monitor::delete_job_foreground(&jobs, &name, &uid, soon).await;
             return Err(RunnerError::Launch(format!(
                 "cannot create Secret {ns}/{secret_name}: {e}"
             )));
@@ -386,14 +508,21 @@ impl Runner for KubeRunner {
         // 4. Go.
         let resume = Patch::Merge(json!({"spec": {"suspend": false}}));
         if let Err(e) = jobs.patch(&name, &PatchParams::default(), &resume).await {
-            let _ = delete_job(&jobs, &name).await;
+            let _ = monitor::delete_job_foreground(&jobs, &name, &uid, soon).await;
             return Err(RunnerError::Launch(format!(
                 "cannot resume Kubernetes Job {ns}/{name}: {e}"
             )));
         }
         tracing::debug!(job = %name, namespace = %ns, "Kubernetes Job created");
         Ok(Box::new(KubeExecution::start(
-            client, ns, name, uid, &spec, reporter, None,
+            client,
+            ns,
+            name,
+            uid,
+            &spec,
+            reporter,
+            logs::Cursor::default(),
+            self.config.options.clone(),
         )))
     }
 
@@ -425,15 +554,24 @@ impl Runner for KubeRunner {
         let name = job.metadata.name.clone().unwrap_or_default();
         if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
             // The launch died before the Job was resumed: make it gone, the job runs again.
-            delete_job(&jobs, &name).await?;
+            let uid = job.metadata.uid.as_deref().unwrap_or_default();
+            let soon = tokio::time::Instant::now() + Duration::from_secs(5);
+            monitor::delete_job_foreground(&jobs, &name, uid, soon)
+                .await
+                .map_err(RunnerError::Backend)?;
             return Ok(Recovered::Gone);
         }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if let Some(outcome) = terminal_outcome(&job, &pods).await {
+        if let Some(outcome) = monitor::finished_outcome(&job, &pods).await {
             return Ok(Recovered::Finished(outcome));
         }
         let uid = job.metadata.uid.clone().unwrap_or_default();
-        // Lines written before the restart were copied by the previous server.
+        // Lines up to the last stored one were copied by the previous server; without that
+        // time, from now on (what was written while no server ran is then not copied).
+        let since = reporter
+            .last_log_time()
+            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
         Ok(Recovered::Running(Box::new(KubeExecution::start(
             client,
             ns,
@@ -441,26 +579,29 @@ impl Runner for KubeRunner {
             uid,
             &spec,
             reporter,
-            Some(1),
+            logs::Cursor::after(Some(since)),
+            self.config.options.clone(),
         ))))
     }
 }
 
 /// One attempt's Job, watched.
 pub struct KubeExecution {
-    jobs: Api<Job>,
     namespace: String,
     name: String,
     uid: String,
     job_id: String,
     attempt: u32,
     outcome: watch::Receiver<Option<Outcome>>,
-    watch_task: JoinHandle<()>,
+    stop: watch::Sender<Option<Duration>>,
+    bound: Duration,
+    monitor_task: JoinHandle<()>,
     log_task: JoinHandle<()>,
     stopped: Option<Outcome>,
 }
 
 impl KubeExecution {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         client: Client,
         namespace: String,
@@ -468,40 +609,56 @@ impl KubeExecution {
         uid: String,
         spec: &JobSpec,
         reporter: SharedReporter,
-        logs_since_seconds: Option<i64>,
+        cursor: logs::Cursor,
+        opts: KubeOptions,
     ) -> Self {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-        let pods: Api<Pod> = Api::namespaced(client, &namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let events: Api<K8sEvent> = Api::namespaced(client, &namespace);
         let (outcome_tx, outcome) = watch::channel(None);
         let (job_done_tx, job_done) = watch::channel(false);
         let (logs_done_tx, logs_done) = watch::channel(false);
-        let selector = attempt_selector(&spec.id, spec.attempt);
-        let log_task = tokio::spawn(copy_logs(
+        let (stop, stop_rx) = watch::channel(None);
+        let log_task = tokio::spawn(logs::copy_logs(
             pods.clone(),
-            selector,
+            uid.clone(),
             reporter,
             job_done,
             logs_done_tx,
-            logs_since_seconds,
+            cursor,
+            opts.poll_interval,
         ));
-        let watch_task = tokio::spawn(watch_job(
-            jobs.clone(),
+        let bound = opts.termination_grace
+            + opts.delete_timeout
+            + opts.finish_timeout.max(Duration::from_secs(5))
+            + Duration::from_secs(5);
+        let attempt = monitor::Attempt {
+            jobs,
             pods,
-            name.clone(),
-            uid.clone(),
-            outcome_tx,
-            job_done_tx,
-            logs_done,
+            events,
+            name: name.clone(),
+            uid: uid.clone(),
+            opts,
+        };
+        let monitor_task = tokio::spawn(monitor::monitor(
+            attempt,
+            monitor::Links {
+                outcome: outcome_tx,
+                job_done: job_done_tx,
+                logs_done,
+                stop: stop_rx,
+            },
         ));
         Self {
-            jobs,
             namespace,
             name,
             uid,
             job_id: spec.id.clone(),
             attempt: spec.attempt,
             outcome,
-            watch_task,
+            stop,
+            bound,
+            monitor_task,
             log_task,
             stopped: None,
         }
@@ -529,31 +686,25 @@ impl Execution for KubeExecution {
             return o.clone();
         }
         match self.outcome.wait_for(Option::is_some).await {
-            Ok(o) => o.clone().expect("waited for Some"),
+            Ok(o) => o.clone().unwrap_or_else(|| Outcome::failed("no outcome")),
             Err(_) => Outcome::failed("the watch of the Kubernetes Job ended unexpectedly"),
         }
     }
 
+    /// Deletes the pods with `grace` as their grace period, then the Job (Foreground), and
+    /// returns once both are gone (within the grace plus `delete_timeout`).
     async fn stop(&mut self, grace: Duration) {
         if self.stopped.is_some() || self.outcome.borrow().is_some() {
             return;
         }
-        // Deleting must not fail for a passing API error: retry within a bound.
-        let deadline = tokio::time::Instant::now() + grace.max(Duration::from_secs(5));
-        loop {
-            match delete_job(&self.jobs, &self.name).await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    tracing::warn!(job = %self.name, error = %e, "cannot delete the Kubernetes Job");
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
+        let _ = self.stop.send(Some(grace));
+        let waited =
+            tokio::time::timeout(grace + self.bound, self.outcome.wait_for(Option::is_some)).await;
+        if waited.is_err() {
+            tracing::warn!(job = %self.name, "the Kubernetes Job was not gone in time");
         }
-        // The pods get SIGTERM: let the log copier catch their last lines, within the grace.
-        let _ = tokio::time::timeout(grace, &mut self.log_task).await;
         self.log_task.abort();
-        self.watch_task.abort();
+        self.monitor_task.abort();
         self.stopped = Some(Outcome::failed(format!(
             "stopped: Kubernetes Job {} deleted",
             self.name
@@ -563,227 +714,8 @@ impl Execution for KubeExecution {
 
 impl Drop for KubeExecution {
     fn drop(&mut self) {
-        self.watch_task.abort();
+        self.monitor_task.abort();
         self.log_task.abort();
-    }
-}
-
-/// Follows the Job until it is terminal (or deleted), lets the logs drain, publishes the outcome.
-async fn watch_job(
-    jobs: Api<Job>,
-    pods: Api<Pod>,
-    name: String,
-    uid: String,
-    outcome_tx: watch::Sender<Option<Outcome>>,
-    job_done: watch::Sender<bool>,
-    mut logs_done: watch::Receiver<bool>,
-) {
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher::watcher(jobs, cfg).default_backoff().boxed();
-    let ours = |j: &Job| j.metadata.uid.as_deref().unwrap_or_default() == uid;
-    let mut seen_in_list = false;
-    let outcome = loop {
-        let Some(ev) = events.next().await else {
-            break Outcome::failed("the watch of the Kubernetes Job ended");
-        };
-        match ev {
-            Ok(Event::Init) => seen_in_list = false,
-            Ok(Event::InitApply(j) | Event::Apply(j)) => {
-                if !ours(&j) {
-                    continue;
-                }
-                seen_in_list = true;
-                if let Some(o) = terminal_outcome(&j, &pods).await {
-                    break o;
-                }
-            }
-            Ok(Event::InitDone) => {
-                if !seen_in_list {
-                    break Outcome::failed(format!("Kubernetes Job {name} was deleted"));
-                }
-            }
-            Ok(Event::Delete(j)) => {
-                if ours(&j) {
-                    break Outcome::failed(format!("Kubernetes Job {name} was deleted"));
-                }
-            }
-            // The watcher re-lists by itself after a 410 Gone; other errors are retried with
-            // backoff.
-            Err(e) => tracing::debug!(job = %name, error = %e, "Job watch error"),
-        }
-    };
-    let _ = job_done.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), logs_done.wait_for(|d| *d)).await;
-    let _ = outcome_tx.send(Some(outcome));
-}
-
-/// The outcome of a Job that is `Complete` or `Failed`; `None` while it runs.
-async fn terminal_outcome(job: &Job, pods: &Api<Pod>) -> Option<Outcome> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    let is = |t: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == t && c.status == "True")
-    };
-    if is("Complete").is_some() {
-        return Some(Outcome::Success { result: None });
-    }
-    let failed = is("Failed")?;
-    let reason = failed.reason.clone().unwrap_or_default();
-    if reason == "DeadlineExceeded" {
-        let secs = job
-            .spec
-            .as_ref()
-            .and_then(|s| s.active_deadline_seconds)
-            .unwrap_or_default();
-        return Some(Outcome::failed(format!(
-            "Kubernetes Job exceeded its active deadline ({secs}s)"
-        )));
-    }
-    // The container's own end says the most.
-    let labels = job.metadata.labels.clone().unwrap_or_default();
-    if let (Some(id), Some(attempt)) = (labels.get(LABEL_JOB_ID), labels.get(LABEL_ATTEMPT)) {
-        let selector = format!("{LABEL_JOB_ID}={id},{LABEL_ATTEMPT}={attempt}");
-        if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
-            for pod in list.items.iter().rev() {
-                let statuses = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref());
-                let term = statuses.and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.name == CONTAINER)
-                        .and_then(|c| c.state.as_ref())
-                        .and_then(|s| s.terminated.as_ref())
-                });
-                if let Some(t) = term {
-                    if t.exit_code == 0 {
-                        continue;
-                    }
-                    let why = match t.reason.as_deref() {
-                        Some("OOMKilled") => " (OOMKilled)",
-                        _ => "",
-                    };
-                    return Some(Outcome::Failed {
-                        message: format!("container exited with code {}{why}", t.exit_code),
-                        exit_code: Some(t.exit_code),
-                    });
-                }
-            }
-        }
-    }
-    let message = failed.message.clone().unwrap_or_default();
-    Some(Outcome::failed(
-        format!("Kubernetes Job failed: {reason} {message}")
-            .trim()
-            .to_string(),
-    ))
-}
-
-/// Copies the logs of the attempt's pods, one pod at a time, until the Job is done.
-async fn copy_logs(
-    pods: Api<Pod>,
-    selector: String,
-    reporter: SharedReporter,
-    mut job_done: watch::Receiver<bool>,
-    logs_done: watch::Sender<bool>,
-    since_seconds: Option<i64>,
-) {
-    let mut copied: HashSet<String> = HashSet::new();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let finished = *job_done.borrow_and_update();
-        match pods.list(&ListParams::default().labels(&selector)).await {
-            Ok(list) => {
-                for pod in list.items {
-                    let Some(name) = pod.metadata.name.clone() else {
-                        continue;
-                    };
-                    if copied.contains(&name) {
-                        continue;
-                    }
-                    let phase = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase.as_deref())
-                        .unwrap_or("Pending");
-                    if !matches!(phase, "Running" | "Succeeded" | "Failed") {
-                        continue;
-                    }
-                    let lp = LogParams {
-                        container: Some(CONTAINER.into()),
-                        follow: true,
-                        since_seconds,
-                        ..Default::default()
-                    };
-                    match pods.log_stream(&name, &lp).await {
-                        Ok(stream) => {
-                            forward_lines(stream, &name, &reporter).await;
-                            copied.insert(name);
-                        }
-                        Err(e) => {
-                            // E.g. the container is still being created; try again next round,
-                            // or give up on this pod once the Job is done.
-                            tracing::debug!(pod = %name, error = %e, "cannot read pod logs yet");
-                            if finished {
-                                copied.insert(name);
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot list the Job's pods"),
-        }
-        if finished {
-            break;
-        }
-        tokio::select! {
-            _ = job_done.changed() => {}
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-    let _ = logs_done.send(true);
-}
-
-/// Reports each line of a log stream; lines longer than [`MAX_LINE_BYTES`] are split.
-async fn forward_lines(stream: impl AsyncBufRead, pod: &str, reporter: &SharedReporter) {
-    let mut stream = std::pin::pin!(stream);
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        buf.clear();
-        let n = match (&mut stream)
-            .take(MAX_LINE_BYTES as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(pod, error = %e, "log stream broke");
-                return;
-            }
-        };
-        if n == 0 {
-            return;
-        }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        reporter.log(
-            LogStream::Stdout,
-            String::from_utf8_lossy(&buf).into_owned(),
-        );
-    }
-}
-
-/// Deletes a Job with `propagationPolicy: Background`; a Job already gone is fine.
-async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), RunnerError> {
-    match jobs.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(::kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(RunnerError::Backend(format!(
-            "cannot delete Kubernetes Job {name}: {e}"
-        ))),
     }
 }
 
