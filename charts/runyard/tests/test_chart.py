@@ -19,13 +19,14 @@ import render
 
 KUBE_VERSION = "1.33.0"
 
-#: What the kube runner calls (runners/src/kube.rs, API_CALLS); tests/chart.rs checks the same
+#: What the kube runner calls (runners/src/kube/mod.rs, API_CALLS); tests/chart.rs checks the same
 #: against the Rust constant.
 KUBE_RUNNER_RULES = {
     ("batch", "jobs"): {"create", "list", "watch", "patch", "delete"},
     ("", "secrets"): {"create"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "delete"},
     ("", "pods/log"): {"get"},
+    ("", "events"): {"list"},
 }
 
 
