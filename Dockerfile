@@ -2,12 +2,14 @@
 # a job's container). Multi-stage: Rust builds the binary, a slim Debian runs it.
 #
 #   docker build -t runyard .
-#   docker run -p 7070:7070 -v runyard-data:/var/lib/runyard \
+#   docker run -p 7070:7070 -v runyard-data:/var/lib/runyard -v $PWD/runyard.toml:/etc/runyard.toml:ro \
+#     -e RUNYARD_CONFIG=/etc/runyard.toml \
 #     -e RUNYARD_AUTH__TOKENS='[{name="ci", sha256="<runyard token new ...>", scopes=["admin"]}]' runyard
 #
-# `serve` listens on 0.0.0.0 here, which it refuses without [auth] (docs/auth.md): give it tokens
-# as above (or a runyard.toml with [auth]), or RUNYARD_AUTH__INSECURE_NO_AUTH=true when a proxy in
-# front authenticates.
+# `serve` needs runners (a runyard.toml with [[runners]]; it refuses to start without one and says
+# how to add one) and listens on 0.0.0.0 here, which it refuses without [auth] (docs/auth.md): give
+# it tokens as above (or [auth] in runyard.toml), or RUNYARD_AUTH__INSECURE_NO_AUTH=true when a
+# proxy in front authenticates.
 #   docker run runyard launch -- /bin/sh -c 'echo hello'     # inside a docker/kube job
 #
 # A job image usually copies the binary next to the job's own tools:
