@@ -45,6 +45,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Authentication of event channels (JWT).
     pub auth: AuthConfig,
+    /// Signed webhooks out (`[notify]`, docs/notifications.md).
+    pub notify: crate::notify::NotifyConfig,
     /// Runners, first match wins.
     pub runners: Vec<RunnerConfig>,
 }
@@ -64,6 +66,7 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
+            notify: Default::default(),
             runners: Vec::new(),
         }
     }
@@ -466,6 +469,7 @@ const ENV_KEYS: &[&str] = &[
     "hooks",
     "store",
     "auth",
+    "notify",
 ];
 
 fn is_env_key(k: &str) -> bool {
@@ -635,6 +639,9 @@ impl Config {
                     "must be an origin: scheme://host[:port], no path or trailing slash",
                 );
             }
+        }
+        if let Err((k, m)) = self.notify.validate() {
+            return err(k, &m);
         }
         if self.events.global_limit == 0 || self.events.channel_limit == 0 {
             return err("events".into(), "limits must be positive");

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod files;
 pub mod hooks;
 pub mod jobs;
+pub mod notify;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -94,6 +95,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
         .merge(signals::routes())
+        .merge(notify::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
@@ -137,7 +139,11 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
     }
     let body: jobs::SubmitBody = extract::parse_json(&bytes)?;
     let keyed = body.idempotency_key.is_some();
+    let own_notify = body.notify.is_some();
     let mut job = jobs::build_job(&st, body, None)?;
+    if own_notify {
+        notify::check_target(&st, &job).await?;
+    }
     for (property, f) in files {
         job.files.entry(property).or_default().push(f);
     }

@@ -4,6 +4,7 @@
 //! Every backend changes a job only through [`crate::job::apply`], atomically with the event the
 //! change produces, so the status machine is enforced in one place whatever the backend.
 
+pub mod deliveries;
 pub mod redis;
 pub mod schedules;
 pub mod signals;
@@ -16,6 +17,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
+pub use deliveries::DeliveryStore;
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
@@ -218,7 +220,14 @@ pub trait Maintenance: Send + Sync {
 
 /// A complete backend.
 pub trait Store:
-    JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore + SignalStore
+    JobStore
+    + JobQueue
+    + LogStore
+    + EventLog
+    + Maintenance
+    + ScheduleStore
+    + SignalStore
+    + DeliveryStore
 {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
