@@ -82,9 +82,11 @@ impl NotifySpec {
         let mut evs = Vec::new();
         match events {
             None => evs.push(NotifyEvent::Terminal),
-            Some([]) => return Err(format!(
+            Some([]) => {
+                return Err(format!(
                 "`{field}.events` must name at least one of \"terminal\", \"status\", \"progress\""
-            )),
+            ))
+            }
             Some(list) => {
                 for (i, w) in list.iter().enumerate() {
                     evs.push(
