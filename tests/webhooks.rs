@@ -164,7 +164,7 @@ fn signature_ok(key: &str, header: &str, body: &[u8]) -> bool {
     mac.update(format!("{t}.").as_bytes());
     mac.update(body);
     let want = hex::encode(mac.finalize().into_bytes());
-    v1.iter().any(|s| *s == want)
+    v1.contains(&want)
 }
 
 /// Runs the Python verifier (examples/python/runyard_job/webhook.py) on a request.

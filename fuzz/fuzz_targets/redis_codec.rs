@@ -172,7 +172,7 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     };
     let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
     let args = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
-    assert_eq!(args.len(), 15);
+    assert_eq!(args.len(), 16);
     assert_eq!(args[0], job.id.to_string());
     assert_eq!(args[1], expected.map(|v| v.to_string()).unwrap_or_default());
     assert_eq!(args[2], job.version.to_string());
