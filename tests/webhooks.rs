@@ -475,6 +475,21 @@ events = ["terminal"]
         assert!(msg.contains(field) && msg.contains(word), "{notify}: {v}");
     }
     assert_eq!(ts.count_jobs(None).await, 0, "nothing stored");
+    // A schedule's job is checked the same way.
+    let sched = json!({"name": "wh", "cron": "@hourly",
+        "job": {"type": "runyard.noop", "notify": {"url": recv.url}}});
+    let (st, v) = ts.post("/async/schedules", Some(&sched)).await;
+    assert_eq!(st, 422, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("job") && msg.contains("notify.url") && msg.contains("loopback"),
+        "{v}"
+    );
+    assert_eq!(
+        ts.get("/async/schedules/wh").await.0,
+        404,
+        "no schedule stored"
+    );
     assert!(recv.all().is_empty());
     let (st, v) = ts
         .post("/async/notify/keys", Some(&json!({"url": "gopher://x/"})))

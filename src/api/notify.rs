@@ -56,6 +56,18 @@ pub async fn check_target(state: &AppState, job: &Job) -> ApiResult<()> {
         .map_err(|m| ApiError::unprocessable("notify_refused", format!("`notify.url`: {m}")))
 }
 
+/// [`check_target`] for a schedule's `job` that has its own `notify` (the message names
+/// `job.notify.url`).
+pub async fn check_schedule_job(state: &AppState, body: &Value, proto: &Job) -> ApiResult<()> {
+    if body.get("notify").is_none() {
+        return Ok(());
+    }
+    check_target(state, proto).await.map_err(|mut e| {
+        e.message = format!("`job`: {}", e.message);
+        e
+    })
+}
+
 /// The body of `POST /async/notify/keys`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
