@@ -5,6 +5,7 @@ Layout:
 - ``signing.py``: v1/v2 hook signatures as pure functions.
 - ``errors.py``: HookError and friends (never carrying the job's secret).
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
+- ``webhook.py``: ``verify(key, header, body)`` for runyard's signed webhooks (receivers).
 """
 
 from .client import JobClient, hash_file, resolve_location
