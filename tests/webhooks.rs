@@ -620,8 +620,8 @@ async fn delivery_survives_kill_9_between_attempts() {
 {RUNNERS}
 [notify]
 allow_private = true
-retry_initial = "1s"
-retry_max = "2s"
+retry_initial = "2s"
+retry_max = "4s"
 "#,
             dir.path().join("data").display().to_string()
         ),
@@ -641,7 +641,7 @@ retry_max = "2s"
         .as_str()
         .unwrap()
         .to_string();
-    // Wait until two failed attempts are recorded (the third is 0.5-2 s away), then kill -9.
+    // Wait until two failed attempts are recorded (the third is 2-4 s away), then kill -9.
     let until = Instant::now() + WAIT;
     loop {
         let v = deliveries(&s.url, &id).await;
