@@ -674,3 +674,54 @@ retry_max = "4s"
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!logs.contains(&key), "the key is never logged");
 }
+
+/// A slow receiver never gets more than `notify.concurrency` requests at once: deliveries wait in
+/// the store, not in memory; all of them arrive in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_in_flight_are_bounded_by_concurrency() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    let now = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let (n2, m2, t2) = (now.clone(), max.clone(), total.clone());
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::post(move || {
+            let (now, max, total) = (n2.clone(), m2.clone(), t2.clone());
+            async move {
+                let cur = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                total.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!("{NOTIFY}\nconcurrency = 2\n"))
+        .start()
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(
+            ts.submit_ok(json!({"type": "runyard.noop", "notify": {"url": url}}))
+                .await,
+        );
+    }
+    for id in &ids {
+        ts.wait_terminal(id, WAIT).await;
+        wait_delivered(&ts.url, id, 1).await;
+    }
+    assert_eq!(total.load(Ordering::SeqCst), 12);
+    let m = max.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&m),
+        "at most 2 attempts in flight, saw {m}"
+    );
+}
