@@ -97,7 +97,11 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         fire_time: u.arbitrary()?,
         // A webhook (a normalised URL, as the API stores it) or none.
         notify: if u.arbitrary()? {
-            let words = [NotifyEvent::Terminal, NotifyEvent::Status, NotifyEvent::Progress];
+            let words = [
+                NotifyEvent::Terminal,
+                NotifyEvent::Status,
+                NotifyEvent::Progress,
+            ];
             Some(NotifySpec {
                 url: format!("https://hooks.example.com/{}", u.arbitrary::<u16>()?),
                 events: vec![*u.choose(&words)?],
