@@ -609,6 +609,22 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_survives_kill_9_between_attempts() {
+    kill_9_between_attempts("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_survives_kill_9_between_attempts_redis() {
+    let r = TestRedis::start();
+    kill_9_between_attempts(&format!(
+        "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+        r.url, r.prefix
+    ))
+    .await;
+}
+
+/// A real `runyard serve` (with `config` added: the store) is killed with SIGKILL once two failed
+/// attempts are recorded, and started again: the delivery goes on, accepted exactly once.
+async fn kill_9_between_attempts(store: &str) {
     let recv = Receiver::start(3).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("runyard.toml");
@@ -617,6 +633,7 @@ async fn delivery_survives_kill_9_between_attempts() {
         &config,
         format!(
             r#"data_dir = {:?}
+{store}
 {RUNNERS}
 [notify]
 allow_private = true
