@@ -5,6 +5,7 @@ pub mod client;
 pub mod launch;
 pub mod schedules;
 pub mod signal;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Cmd {
     Signal(signal::SignalArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+    /// API tokens: `token new NAME --scopes ...` prints a token once and its config lines.
+    Token(token::TokenArgs),
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
     /// reporting through the signed hook.
     Launch(launch::LaunchArgs),
@@ -74,6 +77,9 @@ pub struct ServeArgs {
     /// Run only the API and scheduler, no worker.
     #[arg(long)]
     no_worker: bool,
+    /// Listen on a non-loopback address without [auth] (something in front authenticates).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -118,6 +124,9 @@ pub struct WorkerArgs {
     /// Data directory (files of local jobs' working state; the store is in Redis).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve `/health/live` and `/health/ready` here (for Kubernetes probes), e.g. 0.0.0.0:7071.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -149,7 +158,14 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
-    ServerBuilder::new(config).work(shutdown_signal()).await
+    let mut builder = ServerBuilder::new(config);
+    if let Some(addr) = a.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("`--health-listen`: cannot listen on {addr}: {e}"))?;
+        builder = builder.health_listener(listener);
+    }
+    builder.work(shutdown_signal()).await
 }
 
 /// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
@@ -218,6 +234,7 @@ pub fn main() -> ExitCode {
             Cmd::Schedules(a) => schedules::run(a).await,
             Cmd::Signal(a) => signal::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Token(a) => token::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
@@ -237,6 +254,7 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
+    crate::auth::check_exposure(&config, a.insecure_no_auth).map_err(anyhow::Error::msg)?;
     let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     ServerBuilder::new(config)
