@@ -163,6 +163,13 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/health/ready", Need::Open),
     other("GET", "/health/live", Need::Open),
     other("GET", "/metrics", Need::Metrics),
+    // The dashboard: its page and assets are open (they hold no data; every call it makes is an
+    // API call with the user's token); the runners it shows are read with `jobs:read`.
+    other("GET", "/", Need::Open),
+    other("GET", "/ui/app.js", Need::Open),
+    other("GET", "/ui/app.css", Need::Open),
+    client("GET", "/async/runners", JobsRead, Any),
+    client("GET", "/async/whoami", JobsRead, Any),
 ];
 
 /// What [`guard`] works with.

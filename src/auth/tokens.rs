@@ -180,6 +180,15 @@ impl Grant {
         self.bits & b == b
     }
 
+    /// The names of the scopes it grants (all of them, `admin` included, for an admin).
+    pub fn scope_names(&self) -> Vec<&'static str> {
+        Scope::ALL
+            .into_iter()
+            .filter(|s| self.allows(*s))
+            .map(Scope::as_str)
+            .collect()
+    }
+
     /// May follow event streams (`jobs:read`, or a channel JWT).
     pub fn reads_events(&self) -> bool {
         self.bits & EVENTS_BIT != 0

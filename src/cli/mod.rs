@@ -2,7 +2,12 @@
 
 pub mod bench;
 pub mod client;
+pub mod completions;
+pub mod exit;
+pub mod files;
+pub mod follow;
 pub mod launch;
+pub mod output;
 pub mod schedules;
 pub mod signal;
 pub mod token;
@@ -47,6 +52,10 @@ enum Cmd {
     Schedules(schedules::SchedulesArgs),
     /// Write a readiness signal: `runyard signal KEY [--payload JSON] [--id ID]`.
     Signal(signal::SignalArgs),
+    /// A job's files: `files get JOB PROPERTY [INDEX] [-o FILE]`, `files put JOB PROPERTY FILE`.
+    Files(files::FilesArgs),
+    /// Print a shell completion script: `runyard completions bash|zsh|fish`.
+    Completions(completions::CompletionsArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
     /// API tokens: `token new NAME --scopes ...` prints a token once and its config lines.
@@ -233,6 +242,8 @@ pub fn main() -> ExitCode {
             Cmd::Jobs(a) => client::jobs(a).await,
             Cmd::Schedules(a) => schedules::run(a).await,
             Cmd::Signal(a) => signal::run(a).await,
+            Cmd::Files(a) => files::run(a).await,
+            Cmd::Completions(a) => Ok(completions::run(a)),
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Token(a) => token::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
@@ -242,7 +253,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // docs/cli.md: 1 job not successful, 2 usage, 3 unreachable, 4 refused.
+            exit::code_of(&e)
         }
     }
 }

@@ -68,7 +68,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = pathlib.Path(self.dir) / "runyard.toml"
-        cfg.write_text(extra_config + CONFIG)
+        cfg.write_text(CONFIG + extra_config)
         binary = os.environ.get("RUNYARD_BIN", str(ROOT / "target/debug/runyard"))
         self.log = open(pathlib.Path(self.dir) / "server.log", "wb")
         self.proc = subprocess.Popen(

@@ -117,3 +117,45 @@ def test_why_not_running_for_a_delayed_and_a_queued_job(server, page):
     expect(page.locator("#why")).to_contain_text("has 1 of 1 slots in use")
     server.call("POST", f"/async/jobs/{first}/cancel")
     server.call("POST", f"/async/jobs/{second}/cancel")
+
+
+def test_a_read_only_token_sees_no_action_buttons(browser):
+    """With [auth]: sign in with a token; one with `jobs:read` only is shown no button that it
+    could not use, one with `admin` is."""
+    import hashlib
+
+    from conftest import Server
+
+    tokens = {"viewer": "ry_viewer_token_for_the_browser_test", "ops": "ry_ops_token_for_the_browser_test"}
+    sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
+    srv = Server(extra_config=f"""
+[auth]
+[[auth.tokens]]
+name = "viewer"
+sha256 = "{sha['viewer']}"
+scopes = ["jobs:read"]
+[[auth.tokens]]
+name = "ops"
+sha256 = "{sha['ops']}"
+scopes = ["admin"]
+""")
+    try:
+        job = srv.submit({"type": "hang.auth"}, token=tokens["ops"])
+        srv.wait(job, {"RUNNING"}, token=tokens["ops"])
+        for name, can_act in (("viewer", False), ("ops", True)):
+            ctx = browser.new_context()
+            page = ctx.new_page()
+            page.goto(f"{srv.url}/#/job/{job}")
+            expect(page.locator("#signin")).to_be_visible(timeout=10000)
+            page.fill("#token", tokens[name])
+            page.locator("#signin button").click()
+            expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+            expect(page.locator("#live")).to_have_text("live", timeout=10000)
+            expect(page.locator("#cancel")).to_have_count(1 if can_act else 0)
+            page.goto(f"{srv.url}/#/jobs")
+            expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible(timeout=10000)
+            expect(page.locator("#bulk-cancel")).to_have_count(1 if can_act else 0)
+            ctx.close()
+        srv.call("POST", f"/async/jobs/{job}/cancel", token=tokens["ops"])
+    finally:
+        srv.stop()

@@ -36,16 +36,19 @@ async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
+// Asks the server what the token grants; false when a (valid) token is needed first.
 async function loadScopes() {
   try {
     const who = await api("/async/whoami");
     auth.scopes = who.scopes || [];
   } catch (e) {
-    // No [auth] (or a server without /async/whoami): every action is offered; the server still
-    // decides, and a refusal shows its message.
-    auth.scopes = e.status === 401 ? [] : null;
+    if (e.status === 401) return false;
+    // A server without /async/whoami: every action is offered; the server still decides, and a
+    // refusal shows its message.
+    auth.scopes = null;
   }
   document.getElementById("signout").hidden = !auth.token;
+  return true;
 }
 
 function signIn(message) {
@@ -324,7 +327,8 @@ function curlCommand(j) {
 async function jobPage(id) {
   let j;
   try { j = await api(`/async/jobs/${encodeURIComponent(id)}`); } catch (e) {
-    main.replaceChildren(h("h1", {}, "Job"), h("p", { class: "error" }, e.message)); return;
+    if (e.status !== 401) main.replaceChildren(h("h1", {}, "Job"), h("p", { class: "error" }, e.message));
+    return;
   }
   const status = h("span", { id: "status" });
   const why = h("p", { id: "why", class: "why" });
@@ -482,7 +486,8 @@ async function route() {
 }
 
 async function start() {
-  await loadScopes();
+  document.getElementById("signin")?.remove();
+  if (!(await loadScopes())) return; // the sign-in form is shown
   follow();
   await route();
 }
