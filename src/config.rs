@@ -45,6 +45,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Authentication: API tokens, JWTs (channels and scopes), `/metrics` and loopback rules.
     pub auth: AuthConfig,
+    /// Signed webhooks out (`[notify]`, docs/notifications.md).
+    pub notify: crate::notify::NotifyConfig,
     /// Runners, first match wins.
     pub runners: Vec<RunnerConfig>,
 }
@@ -64,6 +66,7 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
+            notify: Default::default(),
             runners: Vec::new(),
         }
     }
@@ -538,6 +541,7 @@ const ENV_KEYS: &[&str] = &[
     "hooks",
     "store",
     "auth",
+    "notify",
 ];
 
 fn is_env_key(k: &str) -> bool {
@@ -709,6 +713,9 @@ impl Config {
                     "must be an origin: scheme://host[:port], no path or trailing slash",
                 );
             }
+        }
+        if let Err((k, m)) = self.notify.validate() {
+            return err(k, &m);
         }
         if let Err((key, message)) = crate::auth::tokens::Authenticator::new(&self.auth) {
             return err(key, &message);

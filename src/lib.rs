@@ -17,6 +17,7 @@
 //! - [`config`]: `runyard.toml`, `RUNYARD_*`, flags.
 //! - [`security`]: the master key in memory, environment scrubbing, process hardening, private
 //!   data directory (docs/security.md).
+//! - [`notify`]: signed webhooks out (stored deliveries, the delivery loop, address checks).
 //! - [`cli`]: the `runyard` command line, including `bench`.
 //!
 //! The runners themselves live in the `runyard-runners` crate, the hook protocol in
@@ -35,6 +36,7 @@ pub mod job;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod outcomes;
 pub mod runner_set;
 pub mod schedule;

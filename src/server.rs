@@ -205,6 +205,10 @@ impl ServerBuilder {
                 config.retention.clone(),
                 bg.clone(),
             )),
+            tokio::spawn(crate::notify::deliver::delivery_loop(
+                crate::notify::deliver::Deliverer::new(&config, store.clone(), master_key.clone()),
+                bg.clone(),
+            )),
         ];
         let worker = if config.worker.enabled {
             let w = Worker::new(
@@ -358,6 +362,10 @@ impl ServerBuilder {
                 runners: runners.clone(),
                 signal_retention: config.retention.finished,
             },
+            bg.clone(),
+        ));
+        tokio::spawn(crate::notify::deliver::delivery_loop(
+            crate::notify::deliver::Deliverer::new(&config, store.clone(), master_key.clone()),
             bg.clone(),
         ));
         let (st, rc, stop) = (store.clone(), config.retention.clone(), bg.clone());

@@ -137,6 +137,7 @@ conformance!(
     file_references_follow_jobs,
     notices_reach_every_handle,
     host_failures_reschedule_and_give_the_attempt_back,
+    webhook_deliveries_follow_events_and_claims_are_fenced,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +185,7 @@ fn job(job_type: &str, runner: &str) -> Job {
         schedule: None,
         fire_time: None,
         emits: Vec::new(),
+        notify: None,
     }
 }
 
@@ -1064,4 +1066,123 @@ async fn host_failures_reschedule_and_give_the_attempt_back(mut b: Backend) {
     assert_eq!((c2.id, c2.attempt), (j.id, 2));
     let done = run_to_success(&s, &c2).await;
     assert_eq!(done.status, JobStatus::Success);
+}
+
+// ---- webhook deliveries (src/store/deliveries.rs, docs/notifications.md) ----
+
+fn attempt(status: u16) -> runyard::store::deliveries::Attempt {
+    runyard::store::deliveries::Attempt {
+        at: now_us(),
+        status: Some(status),
+        error: (status != 200).then(|| format!("the receiver answered {status}")),
+        duration_ms: 3,
+    }
+}
+
+async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::{DeliveryState, Outcome};
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let hold = Duration::from_secs(30);
+    let hour = Duration::from_secs(3600);
+    let mut j = job("wh.a", "r");
+    j.notify = Some(NotifySpec {
+        url: "https://hooks.example.com/x".into(),
+        events: vec![NotifyEvent::Terminal],
+    });
+    let j = submit(&s, j).await;
+    let plain = submit(&s, job("wh.a", "r")).await;
+    assert!(
+        s.deliveries(j.id, 10).await.unwrap().is_empty(),
+        "QUEUED is not terminal"
+    );
+    let c = claim_one(&s, "r", "w").await;
+    assert_eq!(c.id, j.id);
+    run_to_success(&s, &c).await;
+    // Written with the terminal event, carrying it.
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].state, DeliveryState::Pending);
+    assert_eq!(d[0].url, "https://hooks.example.com/x");
+    let evs = all_events(&s, Some(&j.channel_id)).await;
+    let done = evs.last().expect("events");
+    assert_eq!(done.runyard_status, Some(JobStatus::Success));
+    assert_eq!(d[0].event_id, done.id);
+    let body: runyard::job::Event = serde_json::from_str(&d[0].body()).unwrap();
+    assert_eq!(&body, done, "the body is the event, with its id");
+    // Claimed by one handle at a time.
+    let a = s.deliveries_claim(10, hold).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert!(peer.deliveries_claim(10, hold).await.unwrap().is_empty());
+    // A record under another token is refused; the holder's is taken.
+    let mut stale = a[0].clone();
+    stale.token ^= 1;
+    let failed = Outcome::Failed {
+        retry_in: Duration::ZERO,
+        horizon: hour,
+    };
+    assert_eq!(
+        peer.delivery_record(&stale, attempt(500), failed)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.delivery_record(&a[0], attempt(500), failed)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Pending)
+    );
+    // Due again at once: the peer claims it; the first claim can no longer record.
+    let again = peer.deliveries_claim(10, hold).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.attempts, 1);
+    assert_eq!(
+        s.delivery_record(&a[0], attempt(200), Outcome::Delivered)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        peer.delivery_record(&again[0], attempt(200), Outcome::Delivered)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Delivered)
+    );
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert_eq!(d[0].state, DeliveryState::Delivered);
+    assert_eq!(d[0].attempts, 2);
+    assert_eq!(
+        d[0].log.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![Some(500), Some(200)]
+    );
+    assert!(s.deliveries_claim(10, hold).await.unwrap().is_empty());
+    assert_eq!(s.deliveries_next_due().await.unwrap(), None);
+    assert!(
+        s.deliveries(plain.id, 10).await.unwrap().is_empty(),
+        "no webhook, no delivery"
+    );
+    // Past the horizon: given up.
+    let mut k = job("wh.a", "r");
+    k.notify = Some(NotifySpec {
+        url: "https://hooks.example.com/y".into(),
+        events: vec![NotifyEvent::Status],
+    });
+    let k = submit(&s, k).await;
+    let c = s.deliveries_claim(10, hold).await.unwrap();
+    assert_eq!(c.len(), 1, "the QUEUED status event");
+    assert_eq!(c[0].delivery.job_id, k.id);
+    let late = Outcome::Failed {
+        retry_in: 2 * hour,
+        horizon: hour,
+    };
+    assert_eq!(
+        s.delivery_record(&c[0], attempt(503), late).await.unwrap(),
+        Some(DeliveryState::GivenUp)
+    );
+    // Ended deliveries are trimmed.
+    assert_eq!(s.deliveries_trim(now_us() + 1_000_000).await.unwrap(), 2);
+    assert!(s.deliveries(j.id, 10).await.unwrap().is_empty());
+    assert!(s.deliveries(k.id, 10).await.unwrap().is_empty());
 }

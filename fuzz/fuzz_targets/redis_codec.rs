@@ -1,4 +1,4 @@
-//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the 14 values per job
+//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the 16 values per job
 //! write that `commit.lua` receives (`commit_args`) and the log entries of `logs_append.lua` /
 //! `logs_read.lua` (`log_entry`, `parse_log_entry`).
 //!
@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use runyard::job::{Backoff, Event, EventKind, FileRef, Job, JobStatus, Lease, RunRecord};
+use runyard::notify::{NotifyEvent, NotifySpec};
 use runyard::store::redis::{commit_args, log_entry, parse_log_entry};
 use runyard::store::LogStream;
 use serde_json::Value;
@@ -94,6 +95,20 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         submit_hash: u.arbitrary()?,
         schedule: u.arbitrary()?,
         fire_time: u.arbitrary()?,
+        // A webhook (a normalised URL, as the API stores it) or none.
+        notify: if u.arbitrary()? {
+            let words = [
+                NotifyEvent::Terminal,
+                NotifyEvent::Status,
+                NotifyEvent::Progress,
+            ];
+            Some(NotifySpec {
+                url: format!("https://hooks.example.com/{}", u.arbitrary::<u16>()?),
+                events: vec![*u.choose(&words)?],
+            })
+        } else {
+            None
+        },
         // Signal keys are names (no newline: the separator commit.lua splits on).
         emits: u
             .arbitrary::<Vec<String>>()?
@@ -172,7 +187,7 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     };
     let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
     let args = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
-    assert_eq!(args.len(), 16);
+    assert_eq!(args.len(), 17);
     assert_eq!(args[15], job.job_type);
     assert_eq!(args[0], job.id.to_string());
     assert_eq!(args[1], expected.map(|v| v.to_string()).unwrap_or_default());
@@ -225,6 +240,13 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         );
     } else {
         assert_eq!(args[14], "");
+    }
+    // The webhook delivery: `created\nurl` exactly when the job's webhook wants this event.
+    match (ev, &job.notify) {
+        (Some(kind), Some(n)) if runyard::notify::wants(&job, kind) => {
+            assert_eq!(args[16], format!("{}\n{}", job.updated_at, n.url));
+        }
+        _ => assert_eq!(args[16], ""),
     }
     // The event is the job's.
     match ev {

@@ -95,6 +95,8 @@ pub struct SubmitBody {
     pub on_deadline: Option<Value>,
     /// Signal keys written when the job ends SUCCESS.
     pub emits: Option<Vec<String>>,
+    /// A webhook for the job's events (`{url, events}`; see docs/notifications.md).
+    pub notify: Option<super::notify::NotifyBody>,
 }
 
 fn valid_name(s: &str, max: usize) -> bool {
@@ -119,6 +121,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
             "`wait_for`, `deadline` and `on_deadline` (readiness signals) are not supported by this version",
         ));
     }
+    let notify = super::notify::notify_of(state, &body)?;
     let args = match body.args {
         None | Some(Value::Null) => json!({}),
         Some(v @ Value::Object(_)) => v,
@@ -215,6 +218,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         schedule: None,
         fire_time: None,
         emits: body.emits.unwrap_or_default(),
+        notify,
     })
 }
 

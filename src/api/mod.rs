@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod hooks;
 pub mod jobs;
+pub mod notify;
 pub mod request_trace;
 pub mod runners;
 pub mod schedules;
@@ -100,6 +101,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(runners::routes())
         .merge(crate::dashboard::routes())
         .merge(signals::routes())
+        .merge(notify::routes())
         // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
         // last call that adds routes: one added below it would not be checked.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -151,7 +153,11 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
     }
     let body: jobs::SubmitBody = extract::parse_json(&bytes)?;
     let keyed = body.idempotency_key.is_some();
+    let own_notify = body.notify.is_some();
     let mut job = jobs::build_job(&st, body, None)?;
+    if own_notify {
+        notify::check_target(&st, &job).await?;
+    }
     for (property, f) in files {
         job.files.entry(property).or_default().push(f);
     }

@@ -221,6 +221,7 @@ async fn create(
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
     let (spec, proto, cron) = validate(&st, body, None)?;
+    super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
             if cur.spec == spec {
@@ -250,6 +251,7 @@ async fn replace(
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
     let (spec, proto, cron) = validate(&st, body, Some(&name))?;
+    super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         let now = clock();
         let (s, expected, status) = match st.app.store.schedule(&name).await? {

@@ -80,7 +80,7 @@ const fn other(method: &'static str, path: &'static str, need: Need) -> Route {
 }
 
 use On::{Any, Job, Schedule};
-use Scope::{JobsCancel, JobsRead, JobsSubmit, SchedulesWrite, SignalsWrite};
+use Scope::{Admin, JobsCancel, JobsRead, JobsSubmit, SchedulesWrite, SignalsWrite};
 
 /// Every route of the API and what it needs. Adding a route to the router: add its line here
 /// (docs/auth.md, "Adding a route").
@@ -100,6 +100,9 @@ pub const ROUTES: &[Route] = &[
         JobsRead,
         Job,
     ),
+    // Signed webhooks out (docs/notifications.md): a job's deliveries; an endpoint's signing key.
+    client("GET", "/async/jobs/{id}/deliveries", JobsRead, Job),
+    client("POST", "/async/notify/keys", Admin, Any),
     // Schedules.
     client("POST", "/async/schedules", SchedulesWrite, Any),
     client("GET", "/async/schedules", JobsRead, Any),

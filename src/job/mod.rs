@@ -268,6 +268,9 @@ pub struct Job {
     /// Signal keys written when the job ends SUCCESS (in the same store transaction).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emits: Vec<String>,
+    /// The webhook its events go to (signed webhooks out, [`crate::notify`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::notify::NotifySpec>,
 }
 
 impl Job {
@@ -358,6 +361,9 @@ impl Job {
         m.insert("result_url".into(), json!(self.result_url()));
         if !self.emits.is_empty() {
             m.insert("emits".into(), json!(self.emits));
+        }
+        if let Some(n) = &self.notify {
+            m.insert("notify".into(), json!(n));
         }
         if let Some(name) = &self.schedule {
             m.insert("schedule".into(), json!(name));

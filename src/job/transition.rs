@@ -687,6 +687,7 @@ mod tests {
             schedule: None,
             fire_time: None,
             emits: Vec::new(),
+            notify: None,
         }
     }
 

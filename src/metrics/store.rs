@@ -232,3 +232,43 @@ impl Store for MeteredStore {
         self.inner.backend_name()
     }
 }
+
+#[async_trait]
+impl crate::store::DeliveryStore for MeteredStore {
+    async fn deliveries_claim(
+        &self,
+        max: usize,
+        hold: Duration,
+    ) -> Result<Vec<crate::store::deliveries::Claimed>> {
+        self.timed("deliveries_claim", self.inner.deliveries_claim(max, hold))
+            .await
+    }
+    async fn delivery_record(
+        &self,
+        claimed: &crate::store::deliveries::Claimed,
+        attempt: crate::store::deliveries::Attempt,
+        outcome: crate::store::deliveries::Outcome,
+    ) -> Result<Option<crate::store::deliveries::DeliveryState>> {
+        self.timed(
+            "delivery_record",
+            self.inner.delivery_record(claimed, attempt, outcome),
+        )
+        .await
+    }
+    async fn deliveries(
+        &self,
+        job: Uuid,
+        limit: usize,
+    ) -> Result<Vec<crate::store::deliveries::Delivery>> {
+        self.timed("deliveries", self.inner.deliveries(job, limit))
+            .await
+    }
+    async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
+        self.timed("deliveries_next_due", self.inner.deliveries_next_due())
+            .await
+    }
+    async fn deliveries_trim(&self, before: Micros) -> Result<u64> {
+        self.timed("deliveries_trim", self.inner.deliveries_trim(before))
+            .await
+    }
+}

@@ -5,6 +5,7 @@
 //! change produces, so the status machine is enforced in one place whatever the backend.
 
 pub mod counts;
+pub mod deliveries;
 pub mod redis;
 pub mod schedules;
 pub mod signals;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use counts::JobCountStore;
+pub use deliveries::DeliveryStore;
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
@@ -231,6 +233,7 @@ pub trait Store:
     + ScheduleStore
     + SignalStore
     + JobCountStore
+    + DeliveryStore
 {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;

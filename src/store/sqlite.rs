@@ -31,6 +31,8 @@ use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
 
 #[path = "sqlite_counts.rs"]
 mod counts;
+#[path = "sqlite_deliveries.rs"]
+mod deliveries;
 #[path = "sqlite_schedules.rs"]
 mod schedules;
 #[path = "sqlite_signals.rs"]
@@ -234,7 +236,9 @@ impl SqliteStore {
         conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
         conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
         conn.execute_batch(counts::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
         orphan_leases(&conn)?;
+        deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());
         std::thread::Builder::new()
@@ -442,6 +446,8 @@ fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()
         .map_err(db_err)?
         .execute(params![job.channel_id, body])
         .map_err(db_err)?;
+    // A webhook delivery of this event, in the same transaction (notify).
+    deliveries::enqueue_in(ctx.conn, job, kind, ctx.conn.last_insert_rowid(), &body)?;
     Ok(())
 }
 

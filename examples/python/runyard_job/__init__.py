@@ -5,6 +5,7 @@ Layout:
 - ``signing.py``: v1/v2 hook signatures as pure functions.
 - ``errors.py``: HookError and friends (never carrying the job's secret), NonRetryable.
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
+- ``webhook.py``: ``verify(key, header, body)`` for runyard's signed webhooks (receivers).
 - ``api.py``: Client and AsyncClient, the submit side: submit jobs, wait for them, follow events.
 - ``api_errors.py``: ApiError, JobFailed, WaitTimeout and friends, raised by the submit client.
 """

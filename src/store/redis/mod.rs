@@ -23,6 +23,8 @@
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
 //!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
 //! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
+//! - `P:dlv:{n}`, `P:dlvlog:{n}`, `P:dlv:due`, `P:dlv:job:{id}`, `P:dlv:done`, `P:dlv:seq`:
+//!   webhook deliveries (`deliveries.rs`).
 //!
 //! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
 //! run records, events) is Redis's clock, read with `TIME` every [`CLOCK_RESYNC`] and carried
@@ -38,6 +40,7 @@
 //! [`Maintenance::health`] answers within a second either way.
 
 mod counts;
+mod deliveries;
 mod notices;
 mod schedules;
 mod signals;
@@ -170,6 +173,9 @@ struct Write {
     /// expiry): `commit.lua` skips the write. Sound because the write only applies at the
     /// version it was computed from.
     lease_kept: bool,
+    /// The webhook delivery of the event (`created_at` µs, newline, url), '' none: see
+    /// `deliveries.rs`.
+    delivery: String,
 }
 
 impl Write {
@@ -206,6 +212,7 @@ impl Write {
         };
         let lease_kept = expected.is_some()
             && old.is_some_and(|o| lease_of(o).is_some() && lease_of(o) == lease_of(&job));
+        let delivery = deliveries::commit_arg(&job, ev);
         Ok(Self {
             expected,
             job,
@@ -213,6 +220,7 @@ impl Write {
             files,
             event,
             lease_kept,
+            delivery,
         })
     }
 
@@ -253,6 +261,7 @@ impl Write {
                 String::new()
             },
             j.job_type.clone(),
+            self.delivery.clone(),
         ]
     }
 }
@@ -351,7 +360,7 @@ pub fn parse_event_id(s: &str) -> Result<String> {
 const MIN_TRY: Duration = Duration::from_millis(250);
 
 /// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 16;
+const WRITE_ARGS: usize = 17;
 
 /// One caller's writes, waiting for the committer.
 struct Pending {

@@ -10,7 +10,7 @@
 --
 -- ARGV[1] prefix, ARGV[2] global stream limit, ARGV[3] channel stream limit,
 -- ARGV[4] channel stream TTL (ms), ARGV[5] number of jobs, ARGV[6] the committing process's
--- notice origin, then 16 values per job:
+-- notice origin, then 17 values per job:
 --   id, expected version ('' = the job must not exist: a submit), new version, status, runner,
 --   channel, queued_at, run_at ('' none), lease expiry ('' none, '=' unchanged: the job was
 --   active with this same expiry at the expected version), finished_at ('' none),
@@ -18,7 +18,8 @@
 --   event (JSON, '' none), signal keys to write if this write makes the job SUCCESS (`emits`,
 --   separated by newlines, '' none; see signal_append.lua for the keys they touch),
 --   job type (the job counts, see counts.lua: `P:jc` counters by type and status, `P:qt:{type}`
---   the QUEUED jobs of a type by queued_at)
+--   the QUEUED jobs of a type by queued_at),
+--   webhook delivery of the event ('' none, else "<created_at µs>\n<url>"; see deliveries.rs)
 -- Returns one reply per job:
 --   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
 --   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
@@ -62,10 +63,23 @@ local function emit(id, keys, at)
   end
 end
 
+-- A webhook delivery of event `eid` (signed webhooks out, src/store/redis/deliveries.rs): a hash
+-- per delivery, due at once.
+local function deliver(id, eid, ev, dlv)
+  local at, url = string.match(dlv, '^(%d+)\n(.+)$')
+  if not at then return end
+  local n = redis.call('INCR', P .. ':dlv:seq')
+  redis.call('HSET', P .. ':dlv:' .. n, 'j', id, 'u', url, 'e', eid, 'b', ev, 't', at,
+    'st', 'pending', 'n', 0)
+  redis.call('ZADD', P .. ':dlv:due', at, n)
+  redis.call('ZADD', P .. ':dlv:job:' .. id, n, n)
+end
+
 local function commit_one(a)
   local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev, emits, jt =
     a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
     a[16]
+  local dlv = a[17]
   local key = P .. ':job:' .. id
   local cur = redis.call('HMGET', key, 'v', 's')
   local old = cur[2]
@@ -149,6 +163,7 @@ local function commit_one(a)
     local ck = P .. ':evc:' .. chan
     xadd(ck, climit, eid, ev)
     redis.call('PEXPIRE', ck, cttl)
+    if dlv ~= '' then deliver(id, eid, ev, dlv) end
   end
   return 'OK:' .. eid
 end
@@ -157,8 +172,8 @@ local out = {}
 local i = 7
 for j = 1, n do
   local a = {}
-  for k = 0, 15 do a[k + 1] = ARGV[i + k] end
-  i = i + 16
+  for k = 0, 16 do a[k + 1] = ARGV[i + k] end
+  i = i + 17
   out[j] = commit_one(a)
 end
 return out

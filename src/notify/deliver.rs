@@ -1,0 +1,274 @@
+//! The delivery loop: claims due deliveries from the store (at most `notify.concurrency` in
+//! flight), POSTs each signed, records the attempt, and sleeps until the next one is due, a commit
+//! wakes it, or a second passes (deliveries written by other processes). Nothing is held in memory
+//! beyond the attempts in flight: a receiver that is down costs stored records, not memory.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{count, endpoint_key, endpoint_of, signature, target, NotifyConfig};
+use crate::job::now_us;
+use crate::security::MasterKey;
+use crate::store::deliveries::{Attempt, Claimed, DeliveryState, Outcome};
+use crate::store::{Notice, Store};
+
+/// How often the store is looked at when nothing wakes the loop.
+const POLL: Duration = Duration::from_secs(1);
+/// The shortest pause between two looks at the store after a wake-up by a commit.
+const MIN_GAP: Duration = Duration::from_millis(20);
+/// How often delivered and given-up deliveries past retention are deleted.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// What the loop needs.
+pub struct Deliverer {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// `[notify]`.
+    pub config: NotifyConfig,
+    /// Endpoint keys derive from it.
+    pub master_key: Arc<MasterKey>,
+    /// Deliveries that ended are deleted this long after (`retention.finished`).
+    pub retention: Duration,
+}
+
+impl Deliverer {
+    /// The loop's settings from the configuration.
+    pub fn new(
+        config: &crate::config::Config,
+        store: Arc<dyn Store>,
+        master_key: Arc<MasterKey>,
+    ) -> Self {
+        Self {
+            store,
+            config: config.notify.clone(),
+            master_key,
+            retention: config.retention.finished,
+        }
+    }
+}
+
+/// The HTTP client of deliveries: names resolved through [`target::CheckedResolver`], no
+/// redirects (a 3xx is a failed attempt), no proxy from the environment.
+pub fn client(config: &NotifyConfig) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(target::CheckedResolver {
+            allow_private: config.allow_private,
+        }))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .pool_max_idle_per_host(2)
+        .user_agent(concat!("runyard/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The hold of a claim: long enough for an attempt and its record.
+fn hold(config: &NotifyConfig) -> Duration {
+    config.timeout * 2 + Duration::from_secs(5)
+}
+
+/// Runs until `stop`; attempts in flight then get a few seconds to finish and be recorded.
+pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
+    let http = match client(&d.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client: no deliveries");
+            return;
+        }
+    };
+    let d = Arc::new(d);
+    let slots = Arc::new(Semaphore::new(d.config.concurrency));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut notices = d.store.subscribe();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut last_trim = Instant::now();
+    let mut store_backoff = Duration::from_millis(100);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let mut wait = POLL;
+        let free = slots.available_permits();
+        if free > 0 {
+            let due = d.store.deliveries_next_due().await;
+            match due {
+                Ok(Some(at)) if at <= now_us() => {
+                    match d.store.deliveries_claim(free, hold(&d.config)).await {
+                        Ok(batch) => {
+                            store_backoff = Duration::from_millis(100);
+                            let full = batch.len() == free;
+                            for c in batch {
+                                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                    break;
+                                };
+                                let (d, http, done) = (d.clone(), http.clone(), done.clone());
+                                tasks.spawn(async move {
+                                    attempt(&d, &http, c).await;
+                                    drop(permit);
+                                    done.notify_one();
+                                });
+                            }
+                            if !full {
+                                wait = MIN_GAP;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "webhook deliveries: claim failed");
+                            wait = store_backoff;
+                            store_backoff = (store_backoff * 2).min(POLL * 5);
+                        }
+                    }
+                }
+                Ok(Some(at)) => {
+                    let until = Duration::from_micros((at - now_us()).max(0) as u64);
+                    wait = until.clamp(MIN_GAP, POLL);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook deliveries: store unavailable");
+                    wait = store_backoff;
+                    store_backoff = (store_backoff * 2).min(POLL * 5);
+                }
+            }
+        }
+        if last_trim.elapsed() >= TRIM_EVERY {
+            last_trim = Instant::now();
+            let before = now_us() - d.retention.as_micros() as i64;
+            if let Err(e) = d.store.deliveries_trim(before).await {
+                tracing::warn!(error = %e, "webhook deliveries: trim failed");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+            _ = done.notified() => {}
+            n = notices.recv() => {
+                match n {
+                    Ok(Notice::Events) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Commits come in bursts: one look for a burst.
+                        tokio::time::sleep(MIN_GAP).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => notices = d.store.subscribe(),
+                }
+            }
+        }
+    }
+    // Let attempts in flight finish and be recorded; a claim left behind is taken again when its
+    // hold runs out (or at the next start, embedded store).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+}
+
+/// One attempt of a claimed delivery, recorded.
+async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
+    let at = now_us();
+    let started = Instant::now();
+    let r = send(d, http, &c).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (status, error) = match r {
+        Ok(s) if (200..300).contains(&s) => (Some(s), None),
+        Ok(s) => (Some(s), Some(format!("the receiver answered {s}"))),
+        Err(e) => (None, Some(e)),
+    };
+    let outcome = if error.is_none() {
+        Outcome::Delivered
+    } else {
+        Outcome::Failed {
+            retry_in: d.config.retry_delay(c.delivery.attempts + 1),
+            horizon: d.config.horizon,
+        }
+    };
+    let rec = Attempt {
+        at,
+        status,
+        error,
+        duration_ms,
+    };
+    // The store may be away for a moment: a few tries, else the claim runs out and the delivery
+    // is attempted again (at least once, never lost).
+    let mut pause = Duration::from_millis(100);
+    for i in 0..5 {
+        match d.store.delivery_record(&c, rec.clone(), outcome).await {
+            Ok(Some(state)) => {
+                let counters = count();
+                match (outcome, state) {
+                    (Outcome::Delivered, _) => counters.delivered.fetch_add(1, Ordering::Relaxed),
+                    (_, DeliveryState::GivenUp) => {
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
+                            attempts = c.delivery.attempts + 1, "webhook delivery given up at the end of its horizon");
+                        counters.given_up.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+                };
+                return;
+            }
+            Ok(None) => {
+                tracing::info!(
+                    delivery = c.delivery.id,
+                    "webhook delivery: claim lost while attempting (taken over)"
+                );
+                return;
+            }
+            Err(e) if i < 4 => {
+                tracing::warn!(delivery = c.delivery.id, error = %e, "webhook delivery: cannot record the attempt; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => {
+                tracing::warn!(delivery = c.delivery.id, error = %e, "webhook delivery: attempt not recorded");
+            }
+        }
+    }
+}
+
+/// POSTs the delivery; the receiver's status, or what went wrong.
+async fn send(d: &Deliverer, http: &reqwest::Client, c: &Claimed) -> Result<u16, String> {
+    let u = super::parse_url("notify.url", &c.delivery.url)?;
+    // Names are checked by the client's resolver; an address written in the URL here.
+    target::check_literal(&u, d.config.allow_private)?;
+    let body = c.delivery.body();
+    let key = endpoint_key(&d.master_key, &endpoint_of(&u));
+    let t = now_us() / 1_000_000;
+    let sig = signature(&key, t, body.as_bytes());
+    let r = http
+        .post(u)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(super::SIGNATURE_HEADER, sig)
+        .header(super::DELIVERY_HEADER, c.delivery.id.to_string())
+        .body(body)
+        .send()
+        .await
+        .map_err(describe)?;
+    Ok(r.status().as_u16())
+}
+
+/// A reqwest error with its causes (the refusal of the resolver is a cause), never a key.
+fn describe(e: reqwest::Error) -> String {
+    let mut out = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    let mut last = String::new();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if m != last {
+            out.push_str(": ");
+            out.push_str(&m);
+            last = m;
+        }
+        src = s.source();
+    }
+    out
+}

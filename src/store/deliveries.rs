@@ -1,0 +1,190 @@
+//! Webhook deliveries (see [`crate::notify`]): one record per (job event, webhook), written by the
+//! store in the same commit as the event, so none is lost across a crash; claimed by one process
+//! at a time (a claim is a hold on the record until a time, with a token), attempted, and
+//! recorded. A process that dies holding a claim loses it when the hold runs out.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::Result;
+use crate::job::{rfc3339, Event, Micros};
+
+/// Attempts kept per delivery (the count goes on; the oldest records are dropped).
+pub const MAX_ATTEMPT_RECORDS: usize = 50;
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt (or being attempted).
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up at the end of the horizon.
+    GivenUp,
+}
+
+impl DeliveryState {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::GivenUp => "given_up",
+        }
+    }
+
+    /// Parses the stored word (unknown words read as pending).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "delivered" => Self::Delivered,
+            "given_up" => Self::GivenUp,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// One attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it started (µs).
+    pub at: Micros,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// What went wrong (no answer, refused address, non-2xx), none when delivered.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Its id (increasing).
+    pub id: u64,
+    /// The job.
+    pub job_id: Uuid,
+    /// The receiver.
+    pub url: String,
+    /// The event's id in the streams.
+    pub event_id: String,
+    /// The event as stored (its `id` empty: see [`Delivery::body`]).
+    pub event: String,
+    /// When the event happened (µs): the horizon counts from it.
+    pub created_at: Micros,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// When the next attempt is due (pending deliveries).
+    pub next_at: Option<Micros>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last [`MAX_ATTEMPT_RECORDS`] attempts, oldest first.
+    pub log: Vec<Attempt>,
+}
+
+impl Delivery {
+    /// The body POSTed: the event JSON with its id.
+    pub fn body(&self) -> String {
+        match serde_json::from_str::<Event>(&self.event) {
+            Ok(mut ev) => {
+                ev.id = self.event_id.clone();
+                serde_json::to_string(&ev).unwrap_or_else(|_| self.event.clone())
+            }
+            Err(_) => self.event.clone(),
+        }
+    }
+
+    /// As the API shows it.
+    pub fn to_public(&self) -> Value {
+        let ev: Option<Event> = serde_json::from_str(&self.event).ok();
+        json!({
+            "id": self.id,
+            "url": self.url,
+            "event_id": self.event_id,
+            "event_type": ev.as_ref().map(|e| e.kind.clone()),
+            "event_status": ev.as_ref().and_then(|e| e.runyard_status),
+            "state": self.state,
+            "created_at": rfc3339(self.created_at),
+            "next_attempt_at": self.next_at.filter(|_| self.state == DeliveryState::Pending).map(rfc3339),
+            "attempt_count": self.attempts,
+            "attempts": self.log.iter().map(|a| json!({
+                "at": rfc3339(a.at),
+                "status": a.status,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A delivery held by this process.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// The claim's token: only a record with it is accepted.
+    pub token: u64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// Accepted (2xx).
+    Delivered,
+    /// Failed: retry after `retry_in`, unless that passes `horizon` after the event.
+    Failed {
+        /// The backoff delay.
+        retry_in: Duration,
+        /// `notify.horizon`.
+        horizon: Duration,
+    },
+}
+
+/// The state and next due time after an attempt that ended `outcome` at `now`.
+pub fn plan(created_at: Micros, now: Micros, outcome: Outcome) -> (DeliveryState, Option<Micros>) {
+    match outcome {
+        Outcome::Delivered => (DeliveryState::Delivered, None),
+        Outcome::Failed { retry_in, horizon } => {
+            let due = now.saturating_add(retry_in.as_micros() as i64);
+            if due > created_at.saturating_add(horizon.as_micros() as i64) {
+                (DeliveryState::GivenUp, None)
+            } else {
+                (DeliveryState::Pending, Some(due))
+            }
+        }
+    }
+}
+
+/// A fresh claim token.
+pub fn new_token() -> u64 {
+    // Positive in an i64 (SQLite's integer).
+    rand::random::<u64>() >> 1
+}
+
+/// Deliveries: claim due ones, record attempts, list a job's, trim old ones.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Claims up to `max` pending deliveries due now, oldest due first, each held for `hold`.
+    async fn deliveries_claim(&self, max: usize, hold: Duration) -> Result<Vec<Claimed>>;
+    /// Records an attempt of a claimed delivery and its outcome ([`plan`], at the store's time).
+    /// `None` (nothing written) when the claim was lost (its hold ran out and another process
+    /// took it); else the new state.
+    async fn delivery_record(
+        &self,
+        claimed: &Claimed,
+        attempt: Attempt,
+        outcome: Outcome,
+    ) -> Result<Option<DeliveryState>>;
+    /// A job's deliveries, oldest first, at most `limit`.
+    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>>;
+    /// When the next pending delivery is due (claims included: a claim is due when its hold ends).
+    async fn deliveries_next_due(&self) -> Result<Option<Micros>>;
+    /// Deletes delivered and given-up deliveries that ended before `before`; returns how many.
+    async fn deliveries_trim(&self, before: Micros) -> Result<u64>;
+}

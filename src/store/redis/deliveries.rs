@@ -1,0 +1,244 @@
+//! [`DeliveryStore`] for Redis. A delivery is written by `lua/commit.lua` with its event (the
+//! 16th value of a write, [`commit_arg`]), in the same script call.
+//!
+//! Keys: `P:dlv:{n}` hash (`j` job id, `u` url, `e` event id, `b` event JSON, `t` created µs,
+//! `st` state, `n` attempts, `c` claim token, `due` next due), `P:dlvlog:{n}` list of attempts
+//! (JSON, bounded), `P:dlv:due` pending deliveries by due time (a claim moves it to the end of its
+//! hold), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done` ended deliveries by end time,
+//! `P:dlv:seq` the id counter.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::Script;
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{json_err, RedisStore};
+use crate::job::{EventKind, Job, Micros};
+use crate::store::deliveries::{
+    new_token, plan, Attempt, Claimed, Delivery, DeliveryState, DeliveryStore, Outcome,
+    MAX_ATTEMPT_RECORDS,
+};
+use crate::store::{Result, StoreError};
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/dlv_claim.lua")));
+static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/dlv_record.lua")));
+static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/dlv_trim.lua")));
+
+/// Deliveries deleted per trim call.
+const TRIM_CHUNK: usize = 1000;
+
+/// The delivery value of a `commit.lua` write: `"<created µs>\n<url>"` when the job's webhook
+/// wants its event of kind `ev`, else empty.
+pub(super) fn commit_arg(job: &Job, ev: Option<EventKind>) -> String {
+    match (ev, &job.notify) {
+        (Some(kind), Some(n)) if crate::notify::wants(job, kind) => {
+            format!("{}\n{}", job.updated_at, n.url)
+        }
+        _ => String::new(),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("corrupt delivery: {what}"))
+}
+
+#[async_trait]
+impl DeliveryStore for RedisStore {
+    async fn deliveries_claim(&self, max: usize, hold: Duration) -> Result<Vec<Claimed>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let now = self.now().await;
+        let token = new_token();
+        let args = [
+            self.s.prefix.clone(),
+            now.to_string(),
+            now.saturating_add(hold.as_micros() as i64).to_string(),
+            max.to_string(),
+            token.to_string(),
+        ];
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = CLAIM.prepare_invoke();
+                for a in &args {
+                    inv.arg(a);
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for f in raw.chunks(8) {
+            let [id, job, url, eid, ev, t, n, due] = f else {
+                return Err(corrupt("short claim reply"));
+            };
+            let created: Micros = t.parse().map_err(|_| corrupt("created"))?;
+            out.push(Claimed {
+                delivery: Delivery {
+                    id: id.parse().map_err(|_| corrupt("id"))?,
+                    job_id: Uuid::parse_str(job).map_err(|_| corrupt("job id"))?,
+                    url: url.clone(),
+                    event_id: eid.clone(),
+                    event: ev.clone(),
+                    created_at: created,
+                    state: DeliveryState::Pending,
+                    next_at: Some(due.parse().unwrap_or(created)),
+                    attempts: n.parse().unwrap_or(0),
+                    log: Vec::new(),
+                },
+                token,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delivery_record(
+        &self,
+        claimed: &Claimed,
+        attempt: Attempt,
+        outcome: Outcome,
+    ) -> Result<Option<DeliveryState>> {
+        let now = self.now().await;
+        let (state, due) = plan(claimed.delivery.created_at, now, outcome);
+        let args = [
+            self.s.prefix.clone(),
+            claimed.delivery.id.to_string(),
+            claimed.token.to_string(),
+            serde_json::to_string(&attempt).map_err(json_err)?,
+            state.as_str().to_string(),
+            due.map(|d| d.to_string()).unwrap_or_default(),
+            if due.is_none() {
+                now.to_string()
+            } else {
+                String::new()
+            },
+            MAX_ATTEMPT_RECORDS.to_string(),
+        ];
+        let ok: i64 = self
+            .exec(true, |mut c| {
+                let mut inv = RECORD.prepare_invoke();
+                for a in &args {
+                    inv.arg(a);
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok((ok == 1).then_some(state))
+    }
+
+    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
+        let idx = self.key(&format!("dlv:job:{job}"));
+        let ids: Vec<String> = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("ZRANGE")
+                    .arg(&idx)
+                    .arg(0)
+                    .arg(limit.saturating_sub(1))
+                    .clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let keys: Vec<(String, String)> = ids
+            .iter()
+            .map(|n| {
+                (
+                    self.key(&format!("dlv:{n}")),
+                    self.key(&format!("dlvlog:{n}")),
+                )
+            })
+            .collect();
+        let rows: Vec<(Fields, Vec<String>)> = self
+            .exec(true, |mut c| {
+                let mut p = ::redis::pipe();
+                for (k, l) in &keys {
+                    p.cmd("HMGET")
+                        .arg(k)
+                        .arg(&["u", "e", "b", "t", "st", "n", "due"]);
+                    p.cmd("LRANGE").arg(l).arg(0).arg(-1);
+                }
+                async move {
+                    let flat: Vec<::redis::Value> = p.query_async(&mut c).await?;
+                    let mut out = Vec::new();
+                    let mut it = flat.into_iter();
+                    while let (Some(h), Some(l)) = (it.next(), it.next()) {
+                        out.push((
+                            ::redis::from_redis_value(&h)?,
+                            ::redis::from_redis_value(&l)?,
+                        ));
+                    }
+                    Ok(out)
+                }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (id, ((u, e, b, t, st, n, due), log)) in ids.iter().zip(rows) {
+            let (Some(u), Some(e), Some(b), Some(t)) = (u, e, b, t) else {
+                continue; // trimmed meanwhile
+            };
+            let created: Micros = t.parse().map_err(|_| corrupt("created"))?;
+            let state = DeliveryState::parse(st.as_deref().unwrap_or("pending"));
+            out.push(Delivery {
+                id: id.parse().map_err(|_| corrupt("id"))?,
+                job_id: job,
+                url: u,
+                event_id: e,
+                event: b,
+                created_at: created,
+                state,
+                next_at: (state == DeliveryState::Pending)
+                    .then(|| due.and_then(|d| d.parse().ok()).unwrap_or(created)),
+                attempts: n.and_then(|n| n.parse().ok()).unwrap_or(0),
+                log: log
+                    .iter()
+                    .map(|a| serde_json::from_str::<Attempt>(a).map_err(json_err))
+                    .collect::<Result<_>>()?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
+        // Due times are the store's clock; the loop compares them with its own.
+        let first = self.first_score(&self.key("dlv:due")).await?;
+        let skew = self.now().await - crate::job::now_us();
+        Ok(first.map(|t| t - skew))
+    }
+
+    async fn deliveries_trim(&self, before: Micros) -> Result<u64> {
+        let mut total = 0u64;
+        for _ in 0..100 {
+            let args = [
+                self.s.prefix.clone(),
+                before.to_string(),
+                TRIM_CHUNK.to_string(),
+            ];
+            let n: i64 = self
+                .exec(true, |mut c| {
+                    let mut inv = TRIM.prepare_invoke();
+                    for a in &args {
+                        inv.arg(a);
+                    }
+                    async move { inv.invoke_async(&mut c).await }
+                })
+                .await?;
+            total += n.max(0) as u64;
+            if (n as usize) < TRIM_CHUNK {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,251 @@
+//! [`DeliveryStore`] for the embedded backend: table `deliveries`, written by [`enqueue_in`] in the
+//! transaction that appends the event it delivers.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+use uuid::Uuid;
+
+use super::{db_err, json_err, SqliteStore};
+use crate::job::{now_us, EventKind, Job, Micros};
+use crate::store::deliveries::{
+    new_token, plan, Attempt, Claimed, Delivery, DeliveryState, DeliveryStore, Outcome,
+    MAX_ATTEMPT_RECORDS,
+};
+use crate::store::{Result, StoreError};
+
+/// The table, created at open.
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    due_at INTEGER,             -- pending: next attempt, or the end of the current claim's hold
+    claim INTEGER,              -- the current claim's token
+    attempts INTEGER NOT NULL DEFAULT 0,
+    log TEXT NOT NULL DEFAULT '[]',
+    done_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id, id);
+CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries(done_at) WHERE done_at IS NOT NULL;
+"#;
+
+/// At open: claims found belong to a dead process (the data dir is locked to one), so they are
+/// due again at once.
+pub(super) fn orphan_claims(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "UPDATE deliveries SET claim = NULL, due_at = MIN(due_at, ?1)
+         WHERE claim IS NOT NULL AND state = 'pending'",
+        [now_us()],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Writes the delivery of the event `event_id` (`body` as stored in the events table) when the
+/// job's webhook wants it. Called in the event's transaction.
+pub(super) fn enqueue_in(
+    conn: &Connection,
+    job: &Job,
+    kind: EventKind,
+    event_id: i64,
+    body: &str,
+) -> Result<()> {
+    if !crate::notify::wants(job, kind) {
+        return Ok(());
+    }
+    let Some(n) = &job.notify else { return Ok(()) };
+    conn.prepare_cached(
+        "INSERT INTO deliveries(job_id, url, event_id, event, created_at, state, due_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?5)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        job.id.to_string(),
+        n.url,
+        event_id.to_string(),
+        body,
+        job.updated_at
+    ])
+    .map_err(db_err)?;
+    Ok(())
+}
+
+const COLUMNS: &str = "id, job_id, url, event_id, event, created_at, state, due_at, attempts, log";
+
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    i64,
+    String,
+);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn to_delivery(r: Row) -> Result<Delivery> {
+    Ok(Delivery {
+        id: r.0 as u64,
+        job_id: Uuid::parse_str(&r.1)
+            .map_err(|e| StoreError::Backend(format!("corrupt delivery: {e}")))?,
+        url: r.2,
+        event_id: r.3,
+        event: r.4,
+        created_at: r.5,
+        state: DeliveryState::parse(&r.6),
+        next_at: r.7,
+        attempts: r.8.max(0) as u32,
+        log: serde_json::from_str(&r.9).map_err(json_err)?,
+    })
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn deliveries_claim(&self, max: usize, hold: Duration) -> Result<Vec<Claimed>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        self.write(move |ctx| {
+            let now = now_us();
+            let rows: Vec<Row> = ctx
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2"
+                ))
+                .map_err(db_err)?
+                .query_map(params![now, max as i64], row)
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            let token = new_token();
+            let until = now.saturating_add(hold.as_micros() as i64);
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                ctx.conn
+                    .prepare_cached("UPDATE deliveries SET claim = ?2, due_at = ?3 WHERE id = ?1")
+                    .map_err(db_err)?
+                    .execute(params![r.0, token as i64, until])
+                    .map_err(db_err)?;
+                out.push(Claimed {
+                    delivery: to_delivery(r)?,
+                    token,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delivery_record(
+        &self,
+        claimed: &Claimed,
+        attempt: Attempt,
+        outcome: Outcome,
+    ) -> Result<Option<DeliveryState>> {
+        let (id, token, created) = (
+            claimed.delivery.id as i64,
+            claimed.token as i64,
+            claimed.delivery.created_at,
+        );
+        self.write(move |ctx| {
+            let cur: Option<(i64, String)> = rusqlite::OptionalExtension::optional(
+                ctx.conn
+                    .prepare_cached(
+                        "SELECT attempts, log FROM deliveries WHERE id = ?1 AND claim = ?2",
+                    )
+                    .map_err(db_err)?
+                    .query_row(params![id, token], |r| Ok((r.get(0)?, r.get(1)?))),
+            )
+            .map_err(db_err)?;
+            let Some((n, log)) = cur else { return Ok(None) };
+            let mut log: Vec<Attempt> = serde_json::from_str(&log).map_err(json_err)?;
+            log.push(attempt);
+            if log.len() > MAX_ATTEMPT_RECORDS {
+                log.drain(..log.len() - MAX_ATTEMPT_RECORDS);
+            }
+            let now = now_us();
+            let (state, due) = plan(created, now, outcome);
+            let done: Option<Micros> = due.is_none().then_some(now);
+            ctx.conn
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = ?2, log = ?3, state = ?4, due_at = ?5,
+                            claim = NULL, done_at = ?6 WHERE id = ?1",
+                )
+                .map_err(db_err)?
+                .execute(params![
+                    id,
+                    n + 1,
+                    serde_json::to_string(&log).map_err(json_err)?,
+                    state.as_str(),
+                    due,
+                    done
+                ])
+                .map_err(db_err)?;
+            Ok(Some(state))
+        })
+        .await
+    }
+
+    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
+        self.read(move |c| {
+            let rows: Vec<Row> = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id LIMIT ?2"
+                ))
+                .map_err(db_err)?
+                .query_map(params![job.to_string(), limit as i64], row)
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            rows.into_iter().map(to_delivery).collect()
+        })
+        .await
+    }
+
+    async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT MIN(due_at) FROM deliveries WHERE due_at IS NOT NULL")
+                .map_err(db_err)?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn deliveries_trim(&self, before: Micros) -> Result<u64> {
+        self.write(move |ctx| {
+            let n = ctx
+                .conn
+                .prepare_cached("DELETE FROM deliveries WHERE done_at IS NOT NULL AND done_at < ?1")
+                .map_err(db_err)?
+                .execute([before])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
