@@ -37,6 +37,7 @@ pub mod scheduler;
 pub mod security;
 pub mod server;
 pub mod store;
+pub mod waiting;
 pub mod worker;
 
 pub use runyard_runners::service::{ServiceContext, ServiceRegistry, ServiceResult};

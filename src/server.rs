@@ -171,6 +171,7 @@ impl ServerBuilder {
         let tasks = vec![
             tokio::spawn(metrics.follow(store.clone(), bg.clone())),
             tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
+            tokio::spawn(crate::waiting::wait_loop(store.clone(), bg.clone())),
             tokio::spawn(crate::schedule::firing::fire_loop(
                 crate::schedule::firing::Firing {
                     store: store.clone(),
@@ -332,6 +333,7 @@ impl ServerBuilder {
         );
         let bg = CancellationToken::new();
         tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
+        tokio::spawn(crate::waiting::wait_loop(store.clone(), bg.clone()));
         tokio::spawn(crate::schedule::firing::fire_loop(
             crate::schedule::firing::Firing {
                 store: store.clone(),

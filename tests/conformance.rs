@@ -184,6 +184,7 @@ fn job(job_type: &str, runner: &str) -> Job {
         schedule: None,
         fire_time: None,
         emits: Vec::new(),
+        wait: None,
     }
 }
 

@@ -94,6 +94,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         submit_hash: u.arbitrary()?,
         schedule: u.arbitrary()?,
         fire_time: u.arbitrary()?,
+        wait: None,
         // Signal keys are names (no newline: the separator commit.lua splits on).
         emits: u
             .arbitrary::<Vec<String>>()?

@@ -239,6 +239,9 @@ pub struct Job {
     /// Signal keys written when the job ends SUCCESS (in the same store transaction).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emits: Vec<String>,
+    /// Why the job waits (`wait_for`, `deadline`) and how it was released (see `crate::waiting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<crate::waiting::Wait>,
 }
 
 impl Job {
@@ -319,6 +322,9 @@ impl Job {
         m.insert("result_url".into(), json!(self.result_url()));
         if !self.emits.is_empty() {
             m.insert("emits".into(), json!(self.emits));
+        }
+        if let Some(w) = &self.wait {
+            m.insert("wait".into(), w.to_public());
         }
         if let Some(name) = &self.schedule {
             m.insert("schedule".into(), json!(name));

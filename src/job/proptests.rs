@@ -206,6 +206,7 @@ fn new_job() -> impl Strategy<Value = Job> {
                     schedule: None,
                     fire_time: None,
                     emits: Vec::new(),
+                    wait: None,
                     progress: 0.0,
                     status_details: None,
                     result: None,

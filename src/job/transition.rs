@@ -79,6 +79,15 @@ pub enum Command {
     Retry,
     /// A SCHEDULED job is due: QUEUED.
     Promote,
+    /// Every item of a WAITING job has its count of records: QUEUED, released by signals. The
+    /// store found the records (`seen`, per item: how many, their sequence numbers).
+    WaitRelease {
+        /// Per item of `wait.items`.
+        seen: crate::waiting::Seen,
+    },
+    /// A WAITING job's deadline passed: QUEUED (`run`), ERROR `deadline_missed` (`fail`) or
+    /// CANCELLED `skipped` (`skip`).
+    WaitDeadline,
     /// Attach a file to a property: by a client (any non-terminal status) or by the running job
     /// itself through the hook (`by_job`: only while active).
     AttachFile {
@@ -468,6 +477,62 @@ fn apply_inner(
             list.push(file);
             Ok(None)
         }
+        Command::WaitRelease { seen } => {
+            let met = job
+                .wait
+                .as_ref()
+                .is_some_and(|w| crate::waiting::all_met(&w.items, &seen));
+            if job.status != Waiting || !met {
+                return Err(illegal(job, "be released by signals"));
+            }
+            if let Some(w) = job.wait.as_mut() {
+                for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
+                    item.seen = n;
+                    item.signal_ids = ids;
+                }
+                w.released_by = Some(crate::waiting::ReleasedBy::Signals);
+                w.released_at = Some(now);
+            }
+            set_status(job, Queued, now);
+            Ok(Some(EventKind::Status))
+        }
+        Command::WaitDeadline => {
+            let due = job
+                .wait
+                .as_ref()
+                .and_then(|w| w.deadline)
+                .is_some_and(|d| d <= now);
+            if job.status != Waiting || !due {
+                return Err(illegal(job, "reach a deadline"));
+            }
+            let Some(w) = job.wait.as_mut() else {
+                return Err(illegal(job, "reach a deadline"));
+            };
+            w.released_by = Some(crate::waiting::ReleasedBy::Deadline);
+            w.released_at = Some(now);
+            let deadline = crate::job::rfc3339(w.deadline.unwrap_or(now));
+            let missing: Vec<String> = w.items.iter().map(|i| i.key.clone()).collect();
+            match w.on_deadline {
+                crate::waiting::OnDeadline::Run => set_status(job, Queued, now),
+                crate::waiting::OnDeadline::Fail => {
+                    job.error = Some(format!(
+                        "{}: the deadline {deadline} passed before the signals ({}) arrived",
+                        crate::waiting::DEADLINE_MISSED,
+                        missing.join(", ")
+                    ));
+                    set_status(job, Error, now);
+                }
+                crate::waiting::OnDeadline::Skip => {
+                    job.error = Some(format!(
+                        "{}: the deadline {deadline} passed before the signals ({}) arrived",
+                        crate::waiting::SKIPPED,
+                        missing.join(", ")
+                    ));
+                    set_status(job, Cancelled, now);
+                }
+            }
+            Ok(Some(EventKind::Status))
+        }
         Command::Promote => {
             if job.status != Scheduled {
                 return Err(illegal(job, "promote"));
@@ -609,6 +674,7 @@ mod tests {
             schedule: None,
             fire_time: None,
             emits: Vec::new(),
+            wait: None,
         }
     }
 

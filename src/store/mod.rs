@@ -8,6 +8,7 @@ pub mod redis;
 pub mod schedules;
 pub mod signals;
 pub mod sqlite;
+pub mod waits;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
+pub use waits::WaitStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +220,7 @@ pub trait Maintenance: Send + Sync {
 
 /// A complete backend.
 pub trait Store:
-    JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore + SignalStore
+    JobStore + JobQueue + LogStore + EventLog + Maintenance + ScheduleStore + SignalStore + WaitStore
 {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;

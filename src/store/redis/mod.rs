@@ -23,6 +23,7 @@
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
 //!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
 //! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
+//! - `P:waitk:{key}`, `P:waitdl`, `P:waitdue`, `P:waitgen`: waiting jobs (`waits.rs`).
 //!
 //! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
 //! run records, events) is Redis's clock, read with `TIME` every [`CLOCK_RESYNC`] and carried
@@ -40,6 +41,7 @@
 mod notices;
 mod schedules;
 mod signals;
+mod waits;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -990,10 +992,15 @@ impl JobStore for RedisStore {
             let w = Write::new(None, None, job.clone(), Some(EventKind::Status))?;
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => {
+                    if w.job.status == JobStatus::Waiting {
+                        crate::waiting::counters()
+                            .entered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     return Ok(Submitted {
                         job: w.job,
                         created: true,
-                    })
+                    });
                 }
                 // Our own submit, sent again after a lost reply.
                 Some(Reply::Exists) => {
