@@ -336,6 +336,69 @@ impl<T: chrono::Datelike> Ymd for T {
     }
 }
 
+/// `runyard submit --wait-for KEY[:COUNT] --since --deadline --on-deadline`.
+async fn cli_submit(ts: &TestServer) {
+    let url = ts.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
+            .args([
+                "submit",
+                "runyard.noop",
+                "--wait-for",
+                "cli.a:2",
+                "--wait-for",
+                "cli:b",
+                "--since",
+                "-1m",
+                "--deadline",
+                "+1h",
+                "--on-deadline",
+                "fail",
+                "--server",
+                &url,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("runyard runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let j = ts.get_job(&id).await;
+    assert_eq!(j["status"], "WAITING", "{j:#}");
+    let w = &j["wait"];
+    assert_eq!(w["on_deadline"], "fail");
+    assert_eq!(
+        (
+            w["items"][0]["key"].as_str(),
+            w["items"][0]["needed"].as_u64()
+        ),
+        (Some("cli.a"), Some(2))
+    );
+    assert_eq!(
+        (
+            w["items"][1]["key"].as_str(),
+            w["items"][1]["needed"].as_u64()
+        ),
+        (Some("cli:b"), Some(1))
+    );
+    let since = time_of(&w["items"][0]["since"]);
+    let created = time_of(&j["created_at"]);
+    assert_eq!(gap(since, created).as_secs(), 60, "{j:#}");
+    let dl = time_of(&w["deadline"]);
+    assert_eq!(gap(created, dl).as_secs(), 3600, "{j:#}");
+    signal(ts, "cli.a").await;
+    signal(ts, "cli:b").await;
+    still_waiting(ts, &id, Duration::from_millis(200)).await;
+    signal(ts, "cli.a").await;
+    ts.wait_status(&id, "SUCCESS", WAIT).await;
+}
+
 async fn suite(ts: &TestServer, tag: &str) {
     count_and_since(ts).await;
     deadlines(ts).await;
@@ -348,6 +411,7 @@ async fn suite(ts: &TestServer, tag: &str) {
 async fn waiting_embedded() {
     let ts = TestServer::builder(RUNNERS).start().await;
     suite(&ts, "e").await;
+    cli_submit(&ts).await;
     many_waiting(&ts, 10_000).await;
 }
 

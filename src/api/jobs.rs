@@ -180,7 +180,8 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         .transpose()?
         .or(slot.timeout)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
-    let now = now_us();
+    // One clock reading for the job's times and its wait's relative times.
+    let now = wait_now;
     let run_at = body
         .run_at
         .as_deref()
