@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{now_us, Job, JobStatus, Micros, MAX_RFC3339_US};
-use crate::store::{ListQuery, Notice, Store};
+use crate::store::{Notice, Store};
 
 /// The most records one item may wait for.
 pub const MAX_COUNT: u32 = 10_000;
@@ -494,45 +494,14 @@ const MIN_SLEEP: Duration = Duration::from_millis(5);
 /// Jobs handled per round.
 const BATCH: usize = 1000;
 
-/// Checks every WAITING job once (at start: conditions met while this process was down).
-async fn sweep(store: &Arc<dyn Store>, stop: &CancellationToken) {
-    let mut cursor = None;
-    loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        let page = match store
-            .list(ListQuery {
-                status: Some(JobStatus::Waiting),
-                job_type: None,
-                limit: BATCH,
-                cursor,
-            })
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list waiting jobs");
-                return;
-            }
-        };
-        for j in &page.jobs {
-            if let Err(e) = store.wait_check(j.id).await {
-                tracing::warn!(job_id = %j.id, error = %e, "cannot check a waiting job");
-            }
-        }
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return,
-        }
-    }
-}
-
 /// The per-process waiting loop: checks jobs marked by signal writes (Redis) and applies due
 /// deadlines, sleeping until the earliest deadline or a notice that a job started waiting.
 pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
+    // No sweep of every waiting job at start: nothing a restart can lose needs one. The embedded
+    // store releases in the signal's transaction; on Redis the marks a signal wrote stay in
+    // `P:waitdue` until a node has checked them (the first round below), and overdue deadlines
+    // are in the deadline index.
     let mut rx = store.subscribe();
-    sweep(&store, &stop).await;
     loop {
         let mut busy = false;
         match store.wait_check_marked(BATCH).await {

@@ -908,6 +908,82 @@ mod tests {
         assert_eq!(r, before);
     }
 
+    fn waiting(on: crate::waiting::OnDeadline) -> Job {
+        let mut j = job();
+        j.status = JobStatus::Waiting;
+        j.wait = Some(crate::waiting::Wait {
+            items: vec![crate::waiting::WaitItem {
+                key: "k".into(),
+                needed: 2,
+                since: None,
+                seen: 0,
+                signal_ids: vec![],
+            }],
+            deadline: Some(1_000),
+            on_deadline: on,
+            released_by: None,
+            released_at: None,
+        });
+        j
+    }
+
+    #[test]
+    fn waiting_jobs_are_released_by_all_their_records_or_their_deadline() {
+        use crate::waiting::{OnDeadline, ReleasedBy};
+        let mut j = waiting(OnDeadline::Run);
+        let before = j.clone();
+        // Not enough records, a claim, a deadline not yet due: refused, nothing changed.
+        for cmd in [
+            Command::WaitRelease {
+                seen: vec![(1, vec![4])],
+            },
+            Command::Claim {
+                worker: "w".into(),
+                token: 1,
+                lease_until: 9,
+            },
+            Command::WaitDeadline,
+        ] {
+            assert!(apply(&mut j, cmd, &ctx(999)).is_err());
+            assert_eq!(j, before);
+        }
+        apply(
+            &mut j,
+            Command::WaitRelease {
+                seen: vec![(2, vec![4, 5])],
+            },
+            &ctx(500),
+        )
+        .unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        let w = j.wait.as_ref().unwrap();
+        assert_eq!(w.released_by, Some(ReleasedBy::Signals));
+        assert_eq!(w.items[0].signal_ids, vec![4, 5]);
+        // Released once: the deadline no longer applies.
+        assert!(apply(&mut j, Command::WaitDeadline, &ctx(2_000)).is_err());
+        for (on, status, word) in [
+            (OnDeadline::Run, JobStatus::Queued, None),
+            (OnDeadline::Fail, JobStatus::Error, Some("deadline_missed")),
+            (OnDeadline::Skip, JobStatus::Cancelled, Some("skipped")),
+        ] {
+            let mut j = waiting(on);
+            apply(&mut j, Command::WaitDeadline, &ctx(1_000)).unwrap();
+            assert_eq!(j.status, status);
+            assert_eq!(
+                j.wait.as_ref().unwrap().released_by,
+                Some(ReleasedBy::Deadline)
+            );
+            match word {
+                Some(w) => assert!(j.error.as_deref().unwrap().starts_with(w)),
+                None => assert!(j.error.is_none()),
+            }
+        }
+        // A client cancels a waiting job.
+        let mut j = waiting(OnDeadline::Run);
+        apply(&mut j, Command::Cancel, &ctx(1)).unwrap();
+        assert_eq!(j.status, JobStatus::Cancelled);
+    }
+
     #[test]
     fn lease_expiry_requeues_then_fails() {
         let mut j = job();
