@@ -2,7 +2,12 @@
 # a job's container). Multi-stage: Rust builds the binary, a slim Debian runs it.
 #
 #   docker build -t runyard .
-#   docker run -p 7070:7070 -v runyard-data:/var/lib/runyard runyard
+#   docker run -p 7070:7070 -v runyard-data:/var/lib/runyard \
+#     -e RUNYARD_AUTH__TOKENS='[{name="ci", sha256="<runyard token new ...>", scopes=["admin"]}]' runyard
+#
+# `serve` listens on 0.0.0.0 here, which it refuses without [auth] (docs/auth.md): give it tokens
+# as above (or a runyard.toml with [auth]), or RUNYARD_AUTH__INSECURE_NO_AUTH=true when a proxy in
+# front authenticates.
 #   docker run runyard launch -- /bin/sh -c 'echo hello'     # inside a docker/kube job
 #
 # A job image usually copies the binary next to the job's own tools:
@@ -27,7 +32,9 @@ RUN apt-get update \
 COPY --from=build /out/runyard /usr/local/bin/runyard
 USER runyard
 WORKDIR /var/lib/runyard
-ENV RUNYARD_DATA_DIR=/var/lib/runyard/data
+# No ENV for runyard settings: every RUNYARD_* variable overrides the config file, so an image ENV
+# would silently win over a mounted runyard.toml (the Helm chart's). The defaults live in CMD,
+# which a config-driven deployment replaces.
 EXPOSE 7070
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/runyard"]
-CMD ["serve", "--listen", "0.0.0.0:7070"]
+CMD ["serve", "--listen", "0.0.0.0:7070", "--data-dir", "/var/lib/runyard/data"]

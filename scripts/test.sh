@@ -3,7 +3,7 @@
 # installs what the tests need (redis-server, Docker's engine, busybox-static, Python packages),
 # starts a private Docker engine, then runs the Rust tests (unit, integration, conformance on the
 # embedded store and Redis, docker, fake-kube, chart), the Python client's tests against a real
-# server, and the Helm chart tests.
+# server, the dashboard's browser tests (headless Chromium) and the Helm chart tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -16,6 +16,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+# Chromium for the dashboard's browser tests (tests/browser, driven by Playwright for Python).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then
@@ -30,7 +32,7 @@ fi
 log "python packages"
 # `[test]`: PyJWT and websockets for examples/python/tests/test_superset_events.py.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  -e "examples/python[test]" -r charts/runyard/tests/requirements.txt
+  -e "examples/python[test]" -r charts/runyard/tests/requirements.txt -r tests/browser/requirements.txt
 
 if [ -x scripts/start-dockerd.sh ]; then
   log "docker engine"
@@ -83,6 +85,10 @@ for _ in $(seq 1 100); do
 done
 RUNYARD_TEST_SERVER="http://127.0.0.1:$PORT" python3 -m pytest -q examples/python/tests || failed=1
 kill $SERVER_PID 2>/dev/null || true
+
+# The dashboard in headless Chromium against its own server (tests/browser/conftest.py).
+log "dashboard in a browser"
+RUNYARD_BIN=target/debug/runyard python3 -m pytest -q tests/browser || failed=1
 
 if [ -d charts/runyard/tests ]; then
   log "helm chart"

@@ -43,7 +43,7 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// Embedded store settings.
     pub store: StoreConfig,
-    /// Authentication of event channels (JWT).
+    /// Authentication: API tokens, JWTs (channels and scopes), `/metrics` and loopback rules.
     pub auth: AuthConfig,
     /// Runners, first match wins.
     pub runners: Vec<RunnerConfig>,
@@ -266,6 +266,49 @@ pub struct AuthConfig {
     /// Browser origins allowed to open a WebSocket or SSE stream. A request without an
     /// `Origin` header (not a browser) is not checked.
     pub allowed_origins: Vec<String>,
+    /// API tokens (`[[auth.tokens]]`): each the SHA-256 of a bearer token and what it grants.
+    pub tokens: Vec<TokenConfig>,
+    /// `/metrics` needs a token (or JWT) with `jobs:read` when auth is in force.
+    pub metrics_require_token: bool,
+    /// Serve without auth on a non-loopback address (`serve --insecure-no-auth`).
+    pub insecure_no_auth: bool,
+}
+
+/// One `[[auth.tokens]]` entry (docs/auth.md). The token itself is never in the file.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Shown in messages and logs instead of the token.
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// `jobs:submit`, `jobs:read`, `jobs:cancel`, `schedules:write`, `signals:write`, `admin`.
+    pub scopes: Vec<String>,
+    /// Job type globs the token is confined to (absent: every type).
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// Channel globs the token is confined to (absent: every channel).
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("sha256", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("types", &self.types)
+            .field("channels", &self.channels)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Auth is in force: a JWT secret or API tokens are configured.
+    pub fn enabled(&self) -> bool {
+        self.jwt_secret.is_some() || !self.tokens.is_empty()
+    }
 }
 
 impl Default for AuthConfig {
@@ -276,6 +319,9 @@ impl Default for AuthConfig {
             jwt_leeway: Duration::from_secs(30),
             require_exp: true,
             allowed_origins: Vec::new(),
+            tokens: Vec::new(),
+            metrics_require_token: false,
+            insecure_no_auth: false,
         }
     }
 }
@@ -291,6 +337,9 @@ impl std::fmt::Debug for AuthConfig {
             .field("jwt_leeway", &self.jwt_leeway)
             .field("require_exp", &self.require_exp)
             .field("allowed_origins", &self.allowed_origins)
+            .field("tokens", &self.tokens)
+            .field("metrics_require_token", &self.metrics_require_token)
+            .field("insecure_no_auth", &self.insecure_no_auth)
             .finish()
     }
 }
@@ -635,6 +684,9 @@ impl Config {
                     "must be an origin: scheme://host[:port], no path or trailing slash",
                 );
             }
+        }
+        if let Err((key, message)) = crate::auth::tokens::Authenticator::new(&self.auth) {
+            return err(key, &message);
         }
         if self.events.global_limit == 0 || self.events.channel_limit == 0 {
             return err("events".into(), "limits must be positive");

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod dashboard;
 pub mod files;
 pub mod job;
 pub mod limits;

@@ -22,9 +22,14 @@ use std::path::Path;
 use anyhow::Context;
 use zeroize::Zeroizing;
 
-/// Environment variables that hold secrets: the master key, and the Redis URL (it may carry a
-/// password, and whoever reaches the Redis can rewrite any job).
-pub const SECRET_ENV: &[&str] = &["RUNYARD_MASTER_KEY", "RUNYARD_REDIS"];
+/// Environment variables that hold secrets: the master key, the Redis URL (it may carry a
+/// password, and whoever reaches the Redis can rewrite any job) and the JWT secret (whoever holds
+/// it mints any token).
+pub const SECRET_ENV: &[&str] = &[
+    "RUNYARD_MASTER_KEY",
+    "RUNYARD_REDIS",
+    "RUNYARD_AUTH__JWT_SECRET",
+];
 
 /// The master key that job secrets and signed URLs derive from.
 ///

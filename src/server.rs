@@ -86,6 +86,7 @@ pub struct ServerBuilder {
     config: Config,
     services: ServiceRegistry,
     worker: Option<bool>,
+    health_listener: Option<TcpListener>,
 }
 
 impl ServerBuilder {
@@ -95,7 +96,15 @@ impl ServerBuilder {
             config,
             services: ServiceRegistry::with_builtins(),
             worker: None,
+            health_listener: None,
         }
+    }
+
+    /// A worker node ([`Self::work`]) serves `/health/live` and `/health/ready` on `listener`
+    /// (for Kubernetes probes; nothing else is served there).
+    pub fn health_listener(mut self, listener: TcpListener) -> Self {
+        self.health_listener = Some(listener);
+        self
     }
 
     /// Registers an async operation that `service` runners can call.
@@ -364,6 +373,19 @@ impl ServerBuilder {
             format!("{}/async", config.public_url()),
         );
         tracing::info!(worker = %worker.id(), store = store.backend_name(), "runyard worker node started");
+        if let Some(listener) = self.health_listener {
+            let app = crate::api::health::probe_router(store.clone());
+            let stop = bg.clone();
+            tracing::info!(addr = ?listener.local_addr().ok(), "worker health probes listening");
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "worker health listener stopped");
+                }
+            });
+        }
         let stop = CancellationToken::new();
         let w = tokio::spawn(worker.run(stop.clone()));
         shutdown.await;

@@ -12,12 +12,15 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use clap::Parser;
 use runyard::config::{Config, RunnerKind};
 use runyard::runner_set::RunnerSet;
 use runyard_runners::kube::k8s_openapi::api::apps::v1::Deployment;
 use runyard_runners::kube::k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
+use runyard_runners::kube::k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use runyard_runners::kube::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use runyard_runners::kube::k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use runyard_runners::kube::API_CALLS;
 use runyard_runners::service::ServiceRegistry;
@@ -36,6 +39,12 @@ struct Manifests {
     services: Vec<Service>,
     service_accounts: Vec<ServiceAccount>,
     pvcs: Vec<PersistentVolumeClaim>,
+    namespaces: Vec<Namespace>,
+    ingresses: Vec<Ingress>,
+    network_policies: Vec<NetworkPolicy>,
+    pdbs: Vec<PodDisruptionBudget>,
+    /// Custom resources (ServiceMonitor): no k8s-openapi type; test_chart.py checks them.
+    custom: Vec<Value>,
 }
 
 /// Deserialises, and refuses any field the k8s-openapi type does not know (a typo in a template
@@ -81,6 +90,11 @@ fn parse(docs: &[Value]) -> Manifests {
             "Service" => m.services.push(strict(d)),
             "ServiceAccount" => m.service_accounts.push(strict(d)),
             "PersistentVolumeClaim" => m.pvcs.push(strict(d)),
+            "Namespace" => m.namespaces.push(strict(d)),
+            "Ingress" => m.ingresses.push(strict(d)),
+            "NetworkPolicy" => m.network_policies.push(strict(d)),
+            "PodDisruptionBudget" => m.pdbs.push(strict(d)),
+            "ServiceMonitor" => m.custom.push(d.clone()),
             k => panic!("unexpected kind {k} in the chart"),
         }
     }
@@ -166,8 +180,18 @@ fn chart_renders_valid_objects_with_exact_rbac() {
             .runners
             .iter()
             .filter(|r| r.kind == RunnerKind::Kube)
-            .map(|r| r.namespace.clone().unwrap_or_else(|| "runyard".into()))
+            .map(|r| {
+                r.namespace.clone().unwrap_or_else(|| {
+                    panic!("{name}: the chart names every kube runner's namespace")
+                })
+            })
             .collect();
+        // Jobs never run where runyard's Secrets are (a Job's pod can mount any Secret of its
+        // namespace).
+        assert!(
+            !kube_namespaces.contains("runyard"),
+            "{name}: a kube runner in the release namespace"
+        );
 
         // RBAC: one Role per kube runner namespace, granting exactly API_CALLS.
         let rbac = name != "embedded-persistent";
@@ -229,13 +253,30 @@ fn chart_renders_valid_objects_with_exact_rbac() {
                 assert_eq!(sc.read_only_root_filesystem, Some(true));
                 assert_eq!(sc.allow_privilege_escalation, Some(false));
                 let component = &d.metadata.labels.as_ref().unwrap()["app.kubernetes.io/component"];
+                // Liveness asks the process, readiness the store (src/api/health.rs).
+                let path = |p: &Option<_>| {
+                    let p: &runyard_runners::kube::k8s_openapi::api::core::v1::Probe =
+                        p.as_ref().expect("a probe");
+                    p.http_get.as_ref().unwrap().path.clone().unwrap()
+                };
+                assert_eq!(path(&c.liveness_probe), "/health/live");
+                assert_eq!(path(&c.startup_probe), "/health/live");
+                assert_eq!(path(&c.readiness_probe), "/health/ready");
+                if component != "server" {
+                    let args = c.args.clone().unwrap();
+                    assert_eq!(args[..2], ["worker", "--health-listen"]);
+                    // The flag the binary takes.
+                    runyard::cli::Cli::try_parse_from(
+                        std::iter::once("runyard").chain(args.iter().map(String::as_str)),
+                    )
+                    .unwrap_or_else(|e| panic!("{name}: the worker's args do not parse: {e}"));
+                }
                 if component == "server" {
-                    for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe] {
-                        let get = p.as_ref().unwrap().http_get.as_ref().unwrap();
-                        assert_eq!(get.path.as_deref(), Some("/health"));
-                    }
-                } else {
-                    assert_eq!(c.args.as_deref(), Some(&["worker".to_string()][..]));
+                    let args = c.args.clone().unwrap();
+                    runyard::cli::Cli::try_parse_from(
+                        std::iter::once("runyard").chain(args.iter().map(String::as_str)),
+                    )
+                    .unwrap_or_else(|e| panic!("{name}: the server's args do not parse: {e}"));
                 }
                 for e in c.env.clone().unwrap_or_default() {
                     if e.name == "RUNYARD_MASTER_KEY" || e.name == "RUNYARD_REDIS" {
@@ -268,6 +309,7 @@ fn chart_renders_valid_objects_with_exact_rbac() {
             sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
             "{name}: the Service selects the server pods"
         );
-        let _ = (&m.secrets, &m.service_accounts, &m.pvcs);
+        let _ = (&m.secrets, &m.service_accounts, &m.pvcs, &m.custom);
+        let _ = (&m.namespaces, &m.ingresses, &m.network_policies, &m.pdbs);
     }
 }

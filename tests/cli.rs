@@ -88,8 +88,8 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
 
     let logs = cli(&s.url, &["logs", id]);
     assert_eq!(
-        String::from_utf8_lossy(&logs.stdout),
-        "line-one\nline-two\n"
+        texts_of(&String::from_utf8_lossy(&logs.stdout)),
+        ["line-one", "line-two"]
     );
     let status = cli(&s.url, &["status", id]);
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -117,8 +117,9 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
 
     let jobs = cli(&s.url, &["jobs", "--status", "ERROR"]);
     let text = String::from_utf8_lossy(&jobs.stdout);
-    assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.contains("sh.fail"));
+    assert_eq!(text.lines().count(), 2, "a header and one job: {text}");
+    assert!(text.lines().next().unwrap().starts_with("ID "), "{text}");
+    assert!(text.lines().nth(1).unwrap().contains("sh.fail"), "{text}");
 }
 
 #[test]
@@ -135,10 +136,8 @@ command = ["/bin/sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.3; done"]
     let id = String::from_utf8_lossy(&sub.stdout).trim().to_string();
     let out = cli(&s.url, &["logs", &id, "--follow"]);
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "tick 1\ntick 2\ntick 3\n"
-    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(texts_of(&text), ["tick 1", "tick 2", "tick 3"], "{text}");
 }
 
 #[test]
@@ -184,4 +183,630 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .to_lowercase()
         .contains("worker.lease_ttl"));
+}
+
+/// The text of `logs` lines (`TIME #ATTEMPT TEXT`), checking the time and attempt of each; the
+/// final status line of `--follow` (`job ... ended ...`) is left out.
+fn texts_of(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| !l.starts_with("job "))
+        .map(|l| {
+            let (time, rest) = l.split_once(' ').unwrap_or_else(|| panic!("{l}"));
+            assert!(
+                time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+                "a log line starts with its time: {l}"
+            );
+            let (attempt, text) = rest.split_once(' ').unwrap_or_else(|| panic!("{l}"));
+            assert_eq!(attempt, "#1", "then its attempt: {l}");
+            text.to_string()
+        })
+        .collect()
+}
+
+fn cli_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("RUNYARD_SERVER", url)
+        .env_remove("RUNYARD_TOKEN");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The single JSON document a command printed with `--output json`.
+fn json_doc(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(o);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one JSON document on one line: {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The JSON lines a streaming command printed with `--output json`.
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn closed_port_url() -> String {
+    format!("http://127.0.0.1:{}", free_port()) // nothing listens there any more
+}
+
+/// POST JSON with a real HTTP client (what the CLI cannot do: create a schedule).
+fn http_post(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    })
+}
+
+const FOLLOW_RUNNERS: &str = r#"
+[[runners]]
+kind = "local"
+types = ["sh.*"]
+command = ["/bin/sh", "-c", "echo line-one; echo line-two; test \"$JOB_TYPE\" != sh.fail"]
+max_attempts = 1
+
+[[runners]]
+kind = "local"
+types = ["hang"]
+command = ["/bin/sh", "-c", "echo start; exec sleep 30"]
+timeout = "1s"
+max_attempts = 1
+
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#;
+
+#[test]
+fn exit_codes_tell_success_failure_usage_unreachable_and_refusal_apart() {
+    let s = serve(FOLLOW_RUNNERS);
+    let code = |args: &[&str]| {
+        let o = cli_env(&s.url, args, &[]);
+        (o.status.code(), stderr(&o))
+    };
+    // 0: success.
+    assert_eq!(code(&["submit", "sh.ok", "--wait"]).0, Some(0));
+    // 1: the job did not succeed (ERROR, TIMEOUT), with --wait and with logs --follow.
+    assert_eq!(code(&["submit", "sh.fail", "--wait"]).0, Some(1));
+    assert_eq!(code(&["submit", "hang", "--wait"]).0, Some(1));
+    // 2: usage, from clap and from the command's own checks (nothing is sent).
+    for (args, says) in [
+        (&["submit"][..], "TYPE"),
+        (&["submit", "sh.ok", "--args", "{not json"], "--args"),
+        (&["submit", "sh.ok", "--args", "[1, 2]"], "--args"),
+        (&["submit", "sh.ok", "--input", "no-equals-sign"], "--input"),
+        (
+            &["submit", "sh.ok", "--input", "inputs=/no/such/file"],
+            "/no/such/file",
+        ),
+        (&["jobs", "--output", "xml"], "xml"),
+        (&["nonsense-command"], "nonsense"),
+        (&["submit", "sh.ok", "--server", "not a url"], "--server"),
+    ] {
+        let (c, err) = code(args);
+        assert_eq!(c, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?} names {says}: {err}");
+    }
+    let jobs_before = stdout(&cli_env(&s.url, &["jobs", "--output", "json"], &[]));
+    // 3: the server is unreachable.
+    let dead = closed_port_url();
+    for args in [
+        &["submit", "sh.ok"][..],
+        &["status", "01a22d2b-1c54-7698-be6b-3e5256c4d637"],
+        &["jobs"],
+    ] {
+        let o = cli_env(&dead, args, &[]);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+    }
+    // 4: refused by the server (4xx): unknown type, unknown job, a job that already ended.
+    let (c, err) = code(&["submit", "nope.nothing"]);
+    assert_eq!(c, Some(4), "{err}");
+    assert!(err.contains("nope.nothing") && err.contains("422"), "{err}");
+    let (c, err) = code(&["status", "01a22d2b-1c54-7698-be6b-3e5256c4d637"]);
+    assert_eq!(c, Some(4), "{err}");
+    assert!(err.contains("404"), "{err}");
+    let done = stdout(&cli_env(
+        &s.url,
+        &["submit", "sh.ok", "--wait", "--output", "json"],
+        &[],
+    ));
+    let done: serde_json::Value = serde_json::from_str(&done).unwrap();
+    let id = done["id"].as_str().unwrap();
+    assert_eq!(code(&["cancel", id]).0, Some(4));
+    assert_eq!(code(&["files", "get", id, "outputs", "3"]).0, Some(4));
+    // The refused and usage cases changed nothing: the same jobs plus the one submitted above.
+    let jobs_after: serde_json::Value = serde_json::from_str(&stdout(&cli_env(
+        &s.url,
+        &["jobs", "--output", "json"],
+        &[],
+    )))
+    .unwrap();
+    let before: serde_json::Value = serde_json::from_str(&jobs_before).unwrap();
+    assert_eq!(
+        jobs_after["jobs"].as_array().unwrap().len(),
+        before["jobs"].as_array().unwrap().len() + 1
+    );
+}
+
+#[test]
+fn output_json_parses_for_every_command() {
+    let s = serve(FOLLOW_RUNNERS);
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        cli_env(&s.url, &a, &[])
+    };
+    let sub = json_doc(&run(&["submit", "sh.ok"]));
+    let id = sub["job_id"].as_str().unwrap().to_string();
+    assert!(
+        sub["status"].is_string() && sub["channel_id"].is_string(),
+        "{sub}"
+    );
+    let waited = json_doc(&run(&["submit", "sh.ok", "--wait"]));
+    assert_eq!(waited["status"], "SUCCESS");
+    let wid = waited["id"].as_str().unwrap().to_string();
+    assert_eq!(json_doc(&run(&["status", &wid]))["id"], wid.as_str());
+
+    let lines = json_lines(&run(&["logs", &wid]));
+    let texts: Vec<_> = lines.iter().map(|l| l["line"].clone()).collect();
+    assert_eq!(texts, ["line-one", "line-two"], "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["kind"], "log");
+        assert_eq!(l["attempt"], 1);
+        assert_eq!(l["stream"], "stdout");
+        assert!(l["ts"].as_str().unwrap().ends_with('Z'), "{l}");
+    }
+    let followed = json_lines(&run(&["logs", &wid, "--follow"]));
+    let end = followed.last().unwrap();
+    assert_eq!(end["kind"], "end");
+    assert_eq!(end["status"], "SUCCESS");
+    assert_eq!(followed.len(), 3, "{followed:?}");
+
+    let page = json_doc(&run(&["jobs"]));
+    let listed: Vec<_> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert!(listed.contains(&serde_json::json!(id)) && listed.contains(&serde_json::json!(wid)));
+
+    let long = json_doc(&run(&[
+        "submit",
+        "runyard.sleep",
+        "--args",
+        r#"{"ms": 60000}"#,
+    ]));
+    let long = long["job_id"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.bin");
+    std::fs::write(&file, b"some bytes").unwrap();
+    let put = json_doc(&run(&[
+        "files",
+        "put",
+        &long,
+        "inputs",
+        file.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        (put["index"].clone(), put["size"].clone()),
+        (0.into(), 10.into())
+    );
+    let out = dir.path().join("out.bin");
+    let got = json_doc(&run(&[
+        "files",
+        "get",
+        &long,
+        "inputs",
+        "0",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(got["size"], 10);
+    assert_eq!(json_doc(&run(&["cancel", &long]))["status"], "CANCELLED");
+    assert_eq!(json_doc(&run(&["retry", &long]))["status"], "QUEUED");
+    assert_eq!(json_doc(&run(&["cancel", &long]))["status"], "CANCELLED");
+
+    let sig = json_doc(&run(&[
+        "signal",
+        "cli.ready",
+        "--payload",
+        r#"{"rows": 3}"#,
+    ]));
+    assert_eq!(
+        (sig["key"].clone(), sig["seq"].clone()),
+        ("cli.ready".into(), 1.into())
+    );
+
+    let (status, body) = http_post(
+        &format!("{}/async/schedules", s.url),
+        serde_json::json!({"name": "cli-nightly", "cron": "0 3 * * *", "job": {"type": "runyard.sleep"}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let list = json_doc(&run(&["schedules"]));
+    assert_eq!(list["schedules"][0]["name"], "cli-nightly", "{list}");
+    assert_eq!(
+        json_doc(&run(&["schedules", "list"]))["schedules"],
+        list["schedules"]
+    );
+    assert_eq!(
+        json_doc(&run(&["schedules", "get", "cli-nightly"]))["name"],
+        "cli-nightly"
+    );
+    assert_eq!(
+        json_doc(&run(&["schedules", "pause", "cli-nightly"]))["paused"],
+        true
+    );
+    assert_eq!(
+        json_doc(&run(&["schedules", "resume", "cli-nightly"]))["paused"],
+        false
+    );
+    assert!(json_doc(&run(&["schedules", "trigger", "cli-nightly"]))["job_id"].is_string());
+
+    // The text tables have a header.
+    let text = stdout(&cli_env(&s.url, &["schedules"], &[]));
+    assert!(text.starts_with("NAME "), "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("cli-nightly "),
+        "{text}"
+    );
+}
+
+#[test]
+fn logs_follow_ends_with_the_final_status_and_exits_with_its_code() {
+    let s = serve(FOLLOW_RUNNERS);
+    let id = stdout(&cli_env(&s.url, &["submit", "hang"], &[]))
+        .trim()
+        .to_string();
+    let out = cli_env(&s.url, &["logs", &id, "--follow"], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "a TIMEOUT exits 1: {text}");
+    assert_eq!(texts_of(&text), ["start"], "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!("job {id} ended TIMEOUT")),
+        "{text}"
+    );
+
+    let ok = stdout(&cli_env(&s.url, &["submit", "sh.ok"], &[]))
+        .trim()
+        .to_string();
+    let out = cli_env(&s.url, &["logs", &ok, "--follow"], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(texts_of(&text), ["line-one", "line-two"], "{text}");
+    // The exit code shows when the server recorded one (it does for a process that failed).
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("job {ok} ended SUCCESS")),
+        "{text}"
+    );
+
+    let failed = stdout(&cli_env(&s.url, &["submit", "sh.fail"], &[]))
+        .trim()
+        .to_string();
+    let out = cli_env(&s.url, &["logs", &failed, "--follow"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).ends_with(&format!(
+            "job {failed} ended ERROR (exit code 1): exited with status 1\n"
+        )) || stdout(&out).contains(&format!("job {failed} ended ERROR (exit code 1)")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn submit_wait_and_logs_follow_read_the_event_stream_with_the_token() {
+    // With `[auth]` every request, the event stream included, needs a bearer token: `submit
+    // --wait` and `logs --follow` work with one (a JWT from RUNYARD_TOKEN, a static API token
+    // from --token) and are refused (exit 4) without one or outside its channel.
+    use sha2::Digest;
+    let secret = "a-secret-of-at-least-thirty-two-bytes!";
+    let api_token = "ry_cli_test_token_0123456789";
+    let sha = hex::encode(sha2::Sha256::digest(api_token.as_bytes()));
+    let s = serve(&format!(
+        "{FOLLOW_RUNNERS}\n[auth]\njwt_secret = \"{secret}\"\n\n[[auth.tokens]]\nname = \"ci\"\n\
+         sha256 = \"{sha}\"\nscopes = [\"jobs:submit\", \"jobs:read\", \"jobs:cancel\"]\n"
+    ));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let mint = |channel: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"channel": channel, "sub": "ci", "exp": exp,
+                                "scope": "jobs:submit jobs:read jobs:cancel"}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let jwt = mint("team-a");
+    let args = ["submit", "sh.ok", "--channel", "team-a", "--wait"];
+    let with = cli_env(&s.url, &args, &[("RUNYARD_TOKEN", &jwt)]);
+    assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
+    let job: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert_eq!(job["status"], "SUCCESS");
+    // Not a terminal: the statuses as plain lines on stderr.
+    assert!(
+        stderr(&with).contains("RUNNING (attempt 1)"),
+        "{}",
+        stderr(&with)
+    );
+    let without = cli_env(&s.url, &args, &[]);
+    assert_eq!(without.status.code(), Some(4), "{}", stderr(&without));
+    assert!(stderr(&without).contains("401"), "{}", stderr(&without));
+
+    // logs --follow on a running job, with the static token as a flag: to the end.
+    let hang = cli_env(
+        &s.url,
+        &[
+            "submit",
+            "hang",
+            "--channel",
+            "team-a",
+            "--token",
+            api_token,
+        ],
+        &[],
+    );
+    assert!(hang.status.success(), "{}", stderr(&hang));
+    let hang = stdout(&hang).trim().to_string();
+    let flag = cli_env(
+        &s.url,
+        &["logs", &hang, "--follow", "--token", api_token],
+        &[],
+    );
+    assert_eq!(flag.status.code(), Some(1), "{}", stderr(&flag));
+    assert!(stdout(&flag).contains(&format!("job {hang} ended TIMEOUT")));
+    // Without a token, or with one for another channel: refused.
+    let none = cli_env(&s.url, &["logs", &hang, "--follow"], &[]);
+    assert_eq!(none.status.code(), Some(4), "{}", stderr(&none));
+    let other = cli_env(
+        &s.url,
+        &["logs", &hang, "--follow"],
+        &[("RUNYARD_TOKEN", &mint("team-b"))],
+    );
+    assert_eq!(other.status.code(), Some(4), "{}", stderr(&other));
+    assert!(stderr(&other).contains("403"), "{}", stderr(&other));
+}
+
+#[test]
+fn files_put_and_get_round_trip_and_submit_input_attaches_files() {
+    let s = serve(FOLLOW_RUNNERS);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let src = dir.path().join("data.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let other = dir.path().join("notes.txt");
+    std::fs::write(&other, "hello\n").unwrap();
+
+    // submit --input: the files are on the job when it is created.
+    let sub = cli_env(
+        &s.url,
+        &[
+            "submit",
+            "runyard.sleep",
+            "--args",
+            r#"{"ms": 60000}"#,
+            "--input",
+            &format!("inputs={}", src.display()),
+            "--input",
+            &format!("inputs={}", other.display()),
+            "--input",
+            &format!("extra={}", other.display()),
+        ],
+        &[],
+    );
+    assert!(sub.status.success(), "{}", stderr(&sub));
+    let id = stdout(&sub).trim().to_string();
+    let job: serde_json::Value =
+        serde_json::from_str(&stdout(&cli_env(&s.url, &["status", &id], &[]))).unwrap();
+    let inputs = &job["files"]["inputs"];
+    assert_eq!(inputs[0]["name"], "data.bin", "{job}");
+    assert_eq!(inputs[0]["size"], 70_000);
+    assert_eq!(inputs[1]["name"], "notes.txt");
+    assert_eq!(job["files"]["extra"][0]["size"], 6);
+
+    // files get: to a file, and to stdout, byte for byte.
+    let out = dir.path().join("copy.bin");
+    let got = cli_env(
+        &s.url,
+        &["files", "get", &id, "inputs", "-o", out.to_str().unwrap()],
+        &[],
+    );
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let piped = cli_env(&s.url, &["files", "get", &id, "inputs", "1"], &[]);
+    assert_eq!(piped.stdout, b"hello\n");
+
+    // files put: a new file under a property, then read back.
+    let put = cli_env(
+        &s.url,
+        &[
+            "files",
+            "put",
+            &id,
+            "inputs",
+            src.to_str().unwrap(),
+            "--name",
+            "again.bin",
+        ],
+        &[],
+    );
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(
+        stdout(&put).starts_with("inputs[2] 70000 bytes, md5 "),
+        "{}",
+        stdout(&put)
+    );
+    let back = cli_env(&s.url, &["files", "get", &id, "inputs", "2"], &[]);
+    assert_eq!(back.stdout, bytes);
+    // A missing file is a usage error; a file on an ended job is refused.
+    let missing = cli_env(
+        &s.url,
+        &["files", "put", &id, "inputs", "/no/such/file"],
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(cli_env(&s.url, &["cancel", &id], &[]).status.success());
+    let late = cli_env(
+        &s.url,
+        &["files", "put", &id, "inputs", src.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(late.status.code(), Some(4), "{}", stderr(&late));
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef runyard"),
+        ("fish", "complete -c runyard"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = stdout(&out);
+        assert!(
+            text.contains(marker),
+            "{shell}: {}",
+            &text[..text.len().min(300)]
+        );
+        for sub in ["submit", "logs", "files", "schedules"] {
+            assert!(text.contains(sub), "{shell} completes {sub}");
+        }
+    }
+    let bad = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// A stand-in server for `logs --follow`: the job and its (empty) log, and an event stream whose
+/// first connection drops after one event. Records each stream request's `Last-Event-ID`.
+fn flaky_event_server(
+    id: &'static str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut last_event_id = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("last-event-id") {
+                        last_event_id = Some(v.trim().to_string());
+                    }
+                }
+            }
+            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            let status = if done.load(std::sync::atomic::Ordering::SeqCst) {
+                "SUCCESS"
+            } else {
+                "RUNNING"
+            };
+            let event = |n: u32, st: &str| {
+                let ev = serde_json::json!({"id": n.to_string(), "job_id": id, "type": "status",
+                    "runyard_status": st, "attempt": 1});
+                format!("id: {n}\ndata: {ev}\n\n")
+            };
+            if path.starts_with("/async/events/sse") {
+                record.lock().unwrap().push(last_event_id.clone());
+                let body = match last_event_id.as_deref() {
+                    None => event(1, "RUNNING"), // then the connection drops
+                    Some(_) => {
+                        done.store(true, std::sync::atomic::Ordering::SeqCst);
+                        event(2, "SUCCESS")
+                    }
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
+                );
+                continue;
+            }
+            let body = if path.contains("/logs") {
+                serde_json::json!({"job_id": id, "status": status, "lines": [], "next": 0})
+            } else {
+                serde_json::json!({"id": id, "status": status, "channel_id": "ch", "runs": [],
+                    "exit_code": if status == "SUCCESS" { serde_json::json!(0) } else { serde_json::Value::Null }})
+            }
+            .to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn logs_follow_reconnects_from_the_last_event_id() {
+    let id = "01a22d2b-1c54-7698-be6b-3e5256c4d637";
+    let (url, seen) = flaky_event_server(id);
+    let out = cli_env(&url, &["logs", id, "--follow"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("job {id} ended SUCCESS (exit code 0)\n")
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some("1".to_string())],
+        "one reconnect, from the last event seen"
+    );
 }

@@ -54,6 +54,56 @@ fn token(channel: &str, sub: Value) -> String {
     )
 }
 
+/// A service's JWT: `scope` claim, no channel (submits and reads every job).
+fn service_token() -> String {
+    mint_with(
+        Algorithm::HS256,
+        json!({"scope": "jobs:submit jobs:read", "sub": "svc", "exp": now() + 600}),
+        SECRET,
+    )
+}
+
+/// With `[auth]` the client API needs a bearer too: submit with the service JWT.
+async fn submit_as_service(ts: &TestServer, body: Value) -> String {
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .bearer_auth(service_token())
+        .json(&body)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(res.status().as_u16(), 202, "submit {body}");
+    let v: Value = res.json().await.expect("json");
+    v["job_id"].as_str().expect("job_id").to_string()
+}
+
+/// Waits (bounded) for a job to finish, reading it with the service JWT.
+async fn wait_done_as_service(ts: &TestServer, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let res = ts
+            .client
+            .get(ts.at(&format!("/async/jobs/{id}")))
+            .bearer_auth(service_token())
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(res.status().as_u16(), 200);
+        let j: Value = res.json().await.expect("json");
+        if ["SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"]
+            .contains(&j["status"].as_str().unwrap_or(""))
+        {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} did not finish: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn b64(v: &Value) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -408,16 +458,14 @@ async fn a_token_reads_exactly_its_channel_with_the_same_ids_on_all_transports()
     let mut b_jobs = Vec::new();
     for _ in 0..2 {
         a_jobs.push(
-            ts.submit_ok(json!({"type": "runyard.noop", "channel": "chan-a"}))
-                .await,
+            submit_as_service(&ts, json!({"type": "runyard.noop", "channel": "chan-a"})).await,
         );
         b_jobs.push(
-            ts.submit_ok(json!({"type": "runyard.noop", "channel": "chan-b"}))
-                .await,
+            submit_as_service(&ts, json!({"type": "runyard.noop", "channel": "chan-b"})).await,
         );
     }
     for id in a_jobs.iter().chain(&b_jobs) {
-        let j = ts.wait_terminal(id, WAIT).await;
+        let j = wait_done_as_service(&ts, id).await;
         assert_eq!(j["status"], "SUCCESS", "{j}");
     }
     let polled = poll_all(&ts, &a_cookie).await;

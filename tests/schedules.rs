@@ -879,7 +879,12 @@ async fn cli_schedules() {
 
     let (ok, out, err) = run(vec!["schedules"]).await.unwrap();
     assert!(ok, "{err}");
-    assert!(out.starts_with("report.daily"), "{out}");
+    // A header, then one line per schedule.
+    assert!(out.starts_with("NAME "), "{out}");
+    assert!(
+        out.lines().nth(1).unwrap_or("").starts_with("report.daily"),
+        "{out}"
+    );
     assert!(
         out.contains("active") && out.contains("America/New_York"),
         "{out}"

@@ -159,6 +159,8 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
             ));
         }
     }
+    // The caller's types and channels (auth; nothing outside a request).
+    crate::auth::access::check_new_job(&body.job_type, body.channel.as_deref())?;
     if let Some(keys) = &body.emits {
         if keys.len() > 100 {
             return Err(bad("`emits` may name at most 100 keys".into()));
@@ -291,9 +293,11 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-/// `GET /async/jobs`.
+/// `GET /async/jobs`: only the jobs the caller's grant covers (a page may hold fewer than
+/// `limit`; follow `next_cursor`).
 pub async fn list_jobs(
     State(st): State<AppState>,
+    crate::auth::access::Caller(grant): crate::auth::access::Caller,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
@@ -323,7 +327,12 @@ pub async fn list_jobs(
         })
         .await?;
     Ok(Json(json!({
-        "jobs": page.jobs.iter().map(Job::to_public).collect::<Vec<_>>(),
+        "jobs": page
+            .jobs
+            .iter()
+            .filter(|j| grant.sees(&j.job_type, Some(&j.channel_id)))
+            .map(Job::to_public)
+            .collect::<Vec<_>>(),
         "next_cursor": page.next_cursor,
     })))
 }

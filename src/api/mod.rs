@@ -5,8 +5,10 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod files;
+pub mod health;
 pub mod hooks;
 pub mod jobs;
+pub mod runners;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -17,8 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 
 use crate::server::App;
 use error::{ApiError, ApiResult};
@@ -91,9 +92,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/async_event/", get(events::poll))
         .route("/api/v1/async_event", get(events::poll))
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(health::live))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
+        .merge(runners::routes())
+        .merge(crate::dashboard::routes())
         .merge(signals::routes())
+        // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
+        // last call that adds routes: one added below it would not be checked.
+        .route_layer(axum::middleware::from_fn_with_state(
+            crate::auth::access::Access::new(state.clone()),
+            crate::auth::access::guard,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
@@ -216,14 +227,7 @@ fn submit_hash(
 }
 
 async fn health(State(st): State<AppState>) -> Response {
-    match st.app.store.health().await {
-        Ok(()) => Json(json!({"status": "ok", "store": st.app.store.backend_name()})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "store": st.app.store.backend_name(), "error": e.to_string()})),
-        )
-            .into_response(),
-    }
+    health::ready(st.app.store.as_ref()).await
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

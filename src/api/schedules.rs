@@ -292,11 +292,21 @@ async fn replace(
 }
 
 /// `GET /async/schedules`.
-async fn list(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list(
+    State(st): State<AppState>,
+    crate::auth::access::Caller(grant): crate::auth::access::Caller,
+) -> ApiResult<Json<Value>> {
     let now = clock();
     let all = st.app.store.schedules().await?;
+    // Only the schedules whose jobs the caller's grant covers.
+    let seen = |s: &&Schedule| {
+        grant.sees(
+            &s.proto.job_type,
+            s.spec.job.get("channel").and_then(Value::as_str),
+        )
+    };
     Ok(Json(json!({
-        "schedules": all.iter().map(|s| s.to_public(now)).collect::<Vec<_>>(),
+        "schedules": all.iter().filter(seen).map(|s| s.to_public(now)).collect::<Vec<_>>(),
     })))
 }
 

@@ -41,18 +41,28 @@ impl Verifier {
         }
     }
 
-    /// The claims of `token`, or why it is refused (a message for the client; it never contains
-    /// the token or the secret).
+    /// The claims of a channel token (its `channel` is required), or why it is refused (a
+    /// message for the client; it never contains the token or the secret).
     pub fn verify(&self, token: &str) -> Result<ChannelClaims, String> {
+        let c = self.verify_claims(token)?;
+        match c.channel {
+            Some(channel) => Ok(ChannelClaims {
+                channel,
+                sub: c.sub,
+            }),
+            None => Err("the token has no `channel` claim".into()),
+        }
+    }
+
+    /// The claims of any token: a channel token (`channel`), an API token (`scope`), or both.
+    pub fn verify_claims(&self, token: &str) -> Result<Claims, String> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| refusal(token, e.kind()))?;
         let claims = data.claims;
         let channel = match claims.get("channel") {
-            Some(Value::String(c)) if !c.is_empty() && c.len() <= 256 => c.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            None | Some(Value::Null) => {
-                return Err("the token has no `channel` claim".into());
-            }
+            Some(Value::String(c)) if !c.is_empty() && c.len() <= 256 => Some(c.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            None | Some(Value::Null) => None,
             Some(_) => {
                 return Err(
                     "the token's `channel` claim must be a string of 1-256 characters".into(),
@@ -65,8 +75,38 @@ impl Verifier {
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(_) => return Err("the token's `sub` claim must be a string or a number".into()),
         };
-        Ok(ChannelClaims { channel, sub })
+        let scope = match claims.get("scope") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.split_whitespace().map(str::to_string).collect()),
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => Some(
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            Some(_) => {
+                return Err(
+                    "the token's `scope` claim must be a space-separated string of scopes".into(),
+                )
+            }
+        };
+        Ok(Claims {
+            channel,
+            sub,
+            scope,
+        })
     }
+}
+
+/// Everything a valid token may carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// `channel`: the one channel it may read (and, with `scope`, the one it is confined to).
+    pub channel: Option<String>,
+    /// `sub`, as [`ChannelClaims::sub`].
+    pub sub: Option<String>,
+    /// `scope` (space-separated in the token): the API scopes it grants.
+    pub scope: Option<Vec<String>>,
 }
 
 /// A clear message for a refused token.

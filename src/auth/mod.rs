@@ -1,9 +1,13 @@
-//! Authentication of the event transports (`[auth]`): an HS256 JWT naming one `channel`, sent as
-//! a cookie (`auth.jwt_cookie`, Superset's `async-token`) or `Authorization: Bearer`, and the
-//! browser `Origin` check of the streaming endpoints. Without `auth.jwt_secret` nothing is
-//! required and every channel is open (local development).
+//! Authentication (`[auth]`, docs/auth.md): API tokens and JWTs with scopes on the client API,
+//! checked in one place ([`access::guard`] over the route table [`access::ROUTES`]); on the event
+//! transports also an HS256 JWT naming one `channel`, sent as a cookie (`auth.jwt_cookie`,
+//! Superset's `async-token`) or `Authorization: Bearer`; and the browser `Origin` check of the
+//! streaming endpoints. Without `[auth]` nothing is required and every channel is open (local
+//! development, loopback only unless `--insecure-no-auth`).
 
+pub mod access;
 pub mod jwt;
+pub mod tokens;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,30 +16,22 @@ use axum::http::{header, HeaderMap, StatusCode};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::config::AuthConfig;
-pub use jwt::{ChannelClaims, Verifier};
+pub use jwt::{ChannelClaims, Claims, Verifier};
 
 /// The largest credential accepted: all `Cookie` headers together, or the `Authorization`
 /// header. Larger requests get 431 without being parsed.
 pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 
-/// The caller of an event endpoint: `None` when `[auth]` has no secret (open), else the claims of
-/// its valid token. Extracting it answers 401 for a missing or bad token.
+/// The caller of an event endpoint, as the access guard decided (open without `[auth]`):
+/// which channel it may read.
 #[derive(Debug, Clone)]
-pub struct ChannelAuth(pub Option<ChannelClaims>);
+pub struct ChannelAuth(pub tokens::Grant);
 
 impl ChannelAuth {
     /// The channel to serve, given the `?channel=` asked for: open, the one asked (or the global
-    /// stream); with a token, the token's channel only — another channel is 403.
+    /// stream); a caller confined to channels reads those only — another channel is 403.
     pub fn channel(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
-        let Some(claims) = &self.0 else {
-            return Ok(asked);
-        };
-        match asked {
-            Some(a) if !a.is_empty() && a != claims.channel => Err(ApiError::forbidden(
-                "the token grants its own channel only; `channel` names another",
-            )),
-            _ => Ok(Some(claims.channel.clone())),
-        }
+        self.0.event_channel(asked)
     }
 }
 
@@ -43,20 +39,36 @@ impl FromRequestParts<AppState> for ChannelAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
-        let cfg = &st.app.config.auth;
-        let Some(secret) = cfg.jwt_secret.as_deref() else {
-            return Ok(Self(None));
-        };
-        let token = token(&parts.headers, &cfg.jwt_cookie)?;
-        let claims = Verifier::new(secret, cfg.jwt_leeway, cfg.require_exp)
-            .verify(&token)
-            .map_err(ApiError::unauthorized)?;
-        Ok(Self(Some(claims)))
+        let access::Caller(grant) = access::Caller::from_request_parts(parts, st).await?;
+        Ok(Self(grant))
     }
 }
 
-/// The token of a request: `Authorization: Bearer` first, else the cookie `cookie_name`.
-fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, ApiError> {
+/// Without auth, `serve` listens on loopback only: every route would be open to whoever reaches
+/// the port. A non-loopback `listen` needs `[auth]`, or `--insecure-no-auth` /
+/// `auth.insecure_no_auth` (a proxy in front authenticates). The error says why and what to do.
+pub fn check_exposure(
+    config: &crate::config::Config,
+    insecure_no_auth: bool,
+) -> Result<(), String> {
+    let ip = config.listen.ip();
+    if ip.is_loopback() || config.auth.enabled() || insecure_no_auth || config.auth.insecure_no_auth
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "`listen`: {} is not a loopback address and no [auth] is configured: anyone who reaches \
+         the port could submit, read and cancel jobs. Configure [auth] (API tokens: `runyard \
+         token new NAME --scopes ...`; see docs/auth.md), listen on 127.0.0.1, or pass \
+         --insecure-no-auth (auth.insecure_no_auth = true) if something in front of runyard \
+         authenticates",
+        config.listen
+    ))
+}
+
+/// The token of a request: `Authorization: Bearer` first, else the cookie `cookie_name` (none
+/// when it is empty).
+pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, ApiError> {
     let too_large = |what: &str| {
         ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -87,7 +99,7 @@ fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, ApiError> {
         let Ok(v) = v.to_str() else { continue };
         for pair in v.split(';') {
             if let Some((name, value)) = pair.trim().split_once('=') {
-                if name.trim() == cookie_name {
+                if !cookie_name.is_empty() && name.trim() == cookie_name {
                     let value = value.trim().trim_matches('"');
                     if !value.is_empty() {
                         return Ok(value.to_string());
@@ -96,12 +108,17 @@ fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, ApiError> {
             }
         }
     }
+    if cookie_name.is_empty() {
+        return Err(ApiError::unauthorized(
+            "a token is required: `Authorization: Bearer <token>`",
+        ));
+    }
     Err(ApiError::unauthorized(format!(
         "a token is required: the cookie `{cookie_name}` or `Authorization: Bearer <token>`"
     )))
 }
 
-/// The `Origin` check of the WebSocket and SSE endpoints: with `[auth]` in force (a secret or
+/// The `Origin` check of the WebSocket and SSE endpoints: with `[auth]` in force (a secret, tokens or
 /// `allowed_origins` set), a browser `Origin` not in `auth.allowed_origins` gets 403 before any
 /// upgrade. Requests without `Origin` (not from a browser) pass.
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +134,7 @@ impl FromRequestParts<AppState> for StreamOrigin {
 
 /// See [`StreamOrigin`].
 pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), ApiError> {
-    if cfg.jwt_secret.is_none() && cfg.allowed_origins.is_empty() {
+    if !cfg.enabled() && cfg.allowed_origins.is_empty() {
         return Ok(());
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
@@ -134,5 +151,32 @@ pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), ApiErro
         Err(ApiError::forbidden(
             "this Origin is not in `auth.allowed_origins`",
         ))
+    }
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_public_listen_needs_auth_or_the_insecure_flag() {
+        let public = Config::from_toml("listen = \"0.0.0.0:7070\"").unwrap();
+        let e = super::check_exposure(&public, false).unwrap_err();
+        assert!(
+            e.contains("0.0.0.0:7070") && e.contains("--insecure-no-auth"),
+            "{e}"
+        );
+        assert!(super::check_exposure(&public, true).is_ok());
+        let v6 = Config::from_toml("listen = \"[::]:7070\"").unwrap();
+        assert!(super::check_exposure(&v6, false).is_err());
+        for ok in [
+            "listen = \"127.0.0.1:7070\"",
+            "listen = \"[::1]:7070\"",
+            "listen = \"0.0.0.0:7070\"\n[auth]\ninsecure_no_auth = true",
+            "listen = \"0.0.0.0:7070\"\n[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"",
+        ] {
+            let c = Config::from_toml(ok).unwrap();
+            assert!(super::check_exposure(&c, false).is_ok(), "{ok}");
+        }
     }
 }

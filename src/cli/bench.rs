@@ -81,9 +81,12 @@ pub struct BenchArgs {
     /// Give up after this long, e.g. `300s` or `10m`.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Print the results as JSON.
+    /// Print the results as JSON (the same as `--output json`).
     #[arg(long)]
     pub json: bool,
+    /// `json` prints the results as JSON, as `--json` does (the client commands' flag).
+    #[arg(long, value_enum, default_value_t = super::output::Format::Text)]
+    pub output: super::output::Format,
     /// Keep the started server's temporary data dir (its path is printed).
     #[arg(long)]
     pub keep: bool,
@@ -151,7 +154,8 @@ pub struct BenchReport {
 }
 
 /// Runs the benchmark.
-pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
+    a.json |= a.output.json();
     if a.connections == 0 || a.connections > 4096 {
         bail!("--connections must be between 1 and 4096");
     }

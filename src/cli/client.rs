@@ -3,16 +3,27 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::Args;
 use serde_json::{json, Value};
 
-/// Where the server is.
+use super::exit::{self, Failure};
+use super::follow::{self, LogTail};
+use super::output::{self, Format};
+
+/// Where the server is, how to authenticate, and how to print: flattened into every client
+/// command.
 #[derive(Debug, Args, Clone)]
 pub struct ServerArg {
     /// Base URL of the runyard server.
     #[arg(long, env = "RUNYARD_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
+    /// API token or JWT, sent as `Authorization: Bearer` on every request.
+    #[arg(long, env = "RUNYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// `text` for people, `json` for programs (one JSON document; JSON lines for `logs`).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
 }
 
 /// `submit` flags.
@@ -55,6 +66,10 @@ pub struct SubmitArgs {
     /// What the deadline does.
     #[arg(long, requires = "deadline", value_parser = ["run", "fail", "skip"])]
     pub on_deadline: Option<String>,
+    /// Attach an input file before the job can start: `PROP=FILE` (repeatable; the submit is then
+    /// multipart, the file part named PROP).
+    #[arg(long = "input", value_name = "PROP=FILE")]
+    pub inputs: Vec<String>,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -112,70 +127,231 @@ pub struct JobsArgs {
     pub server: ServerArg,
 }
 
-/// A small HTTP client for the API.
+/// A small HTTP client for the API: sends the token, maps answers to exit codes (`Failure`).
+#[derive(Clone)]
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    /// For the event stream: no overall time limit, but a bound on silence (the server sends a
+    /// keep-alive comment every 15 s).
+    stream_http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish() // never the token
+    }
 }
 
 impl Api {
-    /// A client for `base`.
+    /// A client for `base`, without a token.
     pub fn new(base: &str) -> anyhow::Result<Self> {
+        Self::with_token(base, None)
+    }
+
+    /// A client for the server, token and of these flags.
+    pub fn from_arg(a: &ServerArg) -> anyhow::Result<Self> {
+        Self::with_token(&a.server, a.token.as_deref())
+    }
+
+    /// A client for `base` that sends `token` as `Authorization: Bearer` when given.
+    pub fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(base)
+            .map_err(|e| Failure::usage(format!("--server `{base}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Failure::usage(format!(
+                "--server `{base}`: only http:// and https:// URLs"
+            )));
+        }
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        if let Some(t) = token {
+            if reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
+                return Err(Failure::usage(
+                    "--token / RUNYARD_TOKEN holds characters a header cannot carry",
+                ));
+            }
+        }
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(60))
                 .build()?,
+            stream_http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(45))
+                .build()?,
+            token: token.map(str::to_string),
         })
     }
 
-    async fn handle(&self, r: reqwest::Response) -> anyhow::Result<Value> {
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(body);
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.with_auth(self.http.request(method, format!("{}{path}", self.base)))
+    }
+
+    fn with_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
         }
-        let msg = body["error"]["message"]
+    }
+
+    /// Sends; no answer -> `Failure::Unreachable`, 4xx -> `Refused`, 5xx -> `Unavailable`.
+    async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let r = rb.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = r.status();
+        if status.is_success() {
+            return Ok(r);
+        }
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        let message = body["error"]["message"]
             .as_str()
-            .unwrap_or("request failed");
-        let code = body["error"]["code"].as_str().unwrap_or("");
-        Err(anyhow!("{msg} ({code}, HTTP {})", status.as_u16()))
+            .unwrap_or("request failed")
+            .to_string();
+        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+        let status = status.as_u16();
+        Err(if status < 500 {
+            Failure::Refused {
+                status,
+                code,
+                message,
+            }
+        } else {
+            Failure::Unavailable {
+                status,
+                code,
+                message,
+            }
+        }
+        .into())
+    }
+
+    /// The failure for a request that got no answer.
+    pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        Failure::Unreachable {
+            url: self.base.clone(),
+            detail,
+        }
+        .into()
+    }
+
+    async fn json(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let r = self.send(rb).await?;
+        Ok(r.json().await.unwrap_or(Value::Null))
     }
 
     /// GET a path (with query).
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        self.handle(r).await
+        self.json(self.request(reqwest::Method::GET, path)).await
     }
 
     /// POST JSON to a path.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
+        self.json(self.request(reqwest::Method::POST, path).json(body))
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        self.handle(r).await
+    }
+
+    /// POST a multipart form to a path.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> anyhow::Result<Value> {
+        self.json(self.request(reqwest::Method::POST, path).multipart(form))
+            .await
+    }
+
+    /// PUT a body to a path.
+    pub async fn put_body(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        content_type: &str,
+    ) -> anyhow::Result<Value> {
+        self.json(
+            self.request(reqwest::Method::PUT, path)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// GET a path; the answer's body is left to read (file bytes).
+    pub async fn get_response(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        // No overall time limit for a download of any size, only for silence.
+        self.send(self.with_auth(self.stream_http.get(format!("{}{path}", self.base))))
+            .await
+    }
+
+    /// Opens the Server-Sent Events stream of `channel`, after `last_id` when given.
+    pub async fn event_stream(
+        &self,
+        channel: &str,
+        last_id: Option<&str>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut rb = self
+            .stream_http
+            .get(format!("{}/async/events/sse", self.base))
+            .query(&[("channel", channel)])
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_id {
+            rb = rb.header("last-event-id", id);
+        }
+        self.send(self.with_auth(rb)).await
     }
 }
 
-fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// `path` with each of `segments` appended, percent-encoded as one path segment each.
+pub fn path_of(prefix: &str, segments: &[&str]) -> anyhow::Result<String> {
+    let mut u = reqwest::Url::parse("http://x/")?;
+    {
+        let mut p = u
+            .path_segments_mut()
+            .map_err(|_| anyhow!("cannot build a URL"))?;
+        p.pop_if_empty();
+        for s in prefix.split('/').filter(|s| !s.is_empty()) {
+            p.push(s);
+        }
+        for s in segments {
+            p.push(s);
+        }
+    }
+    Ok(u.path().to_string())
+}
+
+/// `/async/jobs/{id}` (`id` checked to be one path segment).
+pub fn job_path(id: &str) -> anyhow::Result<String> {
+    path_of("/async/jobs", &[id])
+}
+
+/// Parses `--args`-style JSON, or says which flag is wrong (exit 2).
+pub fn json_arg(flag: &str, s: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(s).map_err(|e| Failure::usage(format!("{flag} must be JSON: {e}")))
 }
 
 /// `runyard submit`.
 pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
+    let api = Api::from_arg(&a.server)?;
+    let format = a.server.output;
     let mut body = json!({ "type": a.job_type });
     if let Some(s) = &a.args {
-        body["args"] = serde_json::from_str(s).context("--args must be a JSON object")?;
+        let args = json_arg("--args", s)?;
+        if !args.is_object() {
+            return Err(Failure::usage("--args must be a JSON object"));
+        }
+        body["args"] = args;
     }
     for (k, v) in [
         ("timeout", a.timeout.map(Value::from)),
@@ -201,138 +377,139 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
             body[k] = v;
         }
     }
-    let r = api.post("/async/jobs", &body).await?;
+    let r = if a.inputs.is_empty() {
+        api.post("/async/jobs", &body).await?
+    } else {
+        let form = super::files::submit_form(&body, &a.inputs).await?;
+        api.post_multipart("/async/jobs", form).await?
+    };
     let id = r["job_id"]
         .as_str()
         .ok_or_else(|| anyhow!("no job_id in the answer"))?
         .to_string();
     if !a.wait {
-        println!("{id}");
+        match format {
+            Format::Json => output::json_line(&r),
+            Format::Text => println!("{id}"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("{id}");
     let channel = r["channel_id"].as_str().unwrap_or(&id).to_string();
-    let job = wait_for(&api, &id, &channel).await?;
-    print(&job);
-    Ok(if job["status"] == "SUCCESS" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// Follows the job's channel (long polling) until the job is terminal; returns the job.
-pub async fn wait_for(api: &Api, id: &str, channel: &str) -> anyhow::Result<Value> {
-    let mut last = String::new();
-    loop {
-        let q = format!("/api/v1/async_event/?channel={channel}&last_id={last}&wait_ms=20000");
-        let page = api.get(&q).await?;
-        let events = page["result"].as_array().cloned().unwrap_or_default();
-        let mut done = false;
-        for ev in &events {
-            if let Some(i) = ev["id"].as_str() {
-                last = i.to_string();
-            }
-            if ev["job_id"] != id && ev["type"] != "resync" {
-                continue;
-            }
-            match ev["type"].as_str() {
-                Some("progress") => eprintln!(
-                    "progress {:.0}%",
-                    ev["progress"].as_f64().unwrap_or(0.0) * 100.0
-                ),
-                Some("resync") => done = true, // events were trimmed: look at the job itself
-                _ => {
-                    let st = ev["runyard_status"].as_str().unwrap_or("");
-                    eprintln!("{st}");
-                    done |= matches!(st, "SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED");
-                }
-            }
-        }
-        if done {
-            let job = api.get(&format!("/async/jobs/{id}")).await?;
-            if matches!(
-                job["status"].as_str(),
-                Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
-            ) {
-                return Ok(job);
-            }
-        }
-    }
+    let job = follow::wait_job(&api, &id, &channel).await?;
+    output::document(format, &job);
+    Ok(exit::of_status(job["status"].as_str().unwrap_or("")))
 }
 
 /// `runyard status`.
 pub async fn status(a: IdArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
-    print(&api.get(&format!("/async/jobs/{}", a.id)).await?);
+    let api = Api::from_arg(&a.server)?;
+    output::document(a.server.output, &api.get(&job_path(&a.id)?).await?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `runyard cancel`.
 pub async fn cancel(a: IdArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
+    let api = Api::from_arg(&a.server)?;
     let j = api
-        .post(&format!("/async/jobs/{}/cancel", a.id), &json!({}))
+        .post(&format!("{}/cancel", job_path(&a.id)?), &json!({}))
         .await?;
-    println!("{}", j["status"].as_str().unwrap_or(""));
+    match a.server.output {
+        Format::Json => output::json_line(&j),
+        Format::Text => println!("{}", j["status"].as_str().unwrap_or("")),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `runyard retry`.
 pub async fn retry(a: IdArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
+    let api = Api::from_arg(&a.server)?;
     let j = api
-        .post(&format!("/async/jobs/{}/retry", a.id), &json!({}))
+        .post(&format!("{}/retry", job_path(&a.id)?), &json!({}))
         .await?;
-    println!("{}", j["status"].as_str().unwrap_or(""));
+    match a.server.output {
+        Format::Json => output::json_line(&j),
+        Format::Text => println!("{}", j["status"].as_str().unwrap_or("")),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `runyard logs`.
+/// `runyard logs`: the job's lines (time, attempt, text); with `--follow`, new lines as they
+/// come until the job ends, then its final status and exit code, exiting as `submit --wait` does.
 pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
-    let mut after = 0u64;
-    loop {
-        let page = api
-            .get(&format!("/async/jobs/{}/logs?after={after}", a.id))
-            .await?;
-        let lines = page["lines"].as_array().cloned().unwrap_or_default();
-        for l in &lines {
-            println!("{}", l["line"].as_str().unwrap_or(""));
-        }
-        after = page["next"].as_u64().unwrap_or(after);
-        let terminal = matches!(
-            page["status"].as_str(),
-            Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
-        );
-        if !a.follow || (terminal && lines.is_empty()) {
-            return Ok(ExitCode::SUCCESS);
-        }
-        if lines.is_empty() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+    let api = Api::from_arg(&a.server)?;
+    let format = a.server.output;
+    let mut tail = LogTail::new(&a.id)?;
+    if !a.follow {
+        loop {
+            let lines = tail.fetch(&api).await?;
+            if lines.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for l in &lines {
+                l.print(format);
+            }
         }
     }
+    let job = follow::follow_logs(&api, &mut tail, format).await?;
+    let status = job["status"].as_str().unwrap_or("");
+    let end = json!({
+        "kind": "end",
+        "job_id": job["id"],
+        "status": status,
+        "exit_code": job["exit_code"],
+        "error": job["error"],
+    });
+    match format {
+        Format::Json => output::json_line(&end),
+        Format::Text => println!("{}", follow::end_line(&job)),
+    }
+    Ok(exit::of_status(status))
 }
 
-/// `runyard jobs`.
+/// `runyard jobs`: a table with a header (ID, STATUS, TYPE, ATTEMPT, CREATED).
 pub async fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
-    let mut q = format!("/async/jobs?limit={}", a.limit);
-    if let Some(s) = &a.status {
-        q.push_str(&format!("&status={s}"));
+    let api = Api::from_arg(&a.server)?;
+    let mut u = reqwest::Url::parse("http://x/async/jobs")?;
+    {
+        let mut q = u.query_pairs_mut();
+        q.append_pair("limit", &a.limit.to_string());
+        if let Some(s) = &a.status {
+            q.append_pair("status", s);
+        }
+        if let Some(t) = &a.job_type {
+            q.append_pair("type", t);
+        }
     }
-    if let Some(t) = &a.job_type {
-        q.push_str(&format!("&type={t}"));
+    let page = api
+        .get(&format!("{}?{}", u.path(), u.query().unwrap_or("")))
+        .await?;
+    if a.server.output.json() {
+        output::json_line(&page);
+        return Ok(ExitCode::SUCCESS);
     }
-    let page = api.get(&q).await?;
-    for j in page["jobs"].as_array().cloned().unwrap_or_default() {
-        println!(
-            "{}  {:<9}  {:<24}  {}",
-            j["id"].as_str().unwrap_or(""),
-            j["status"].as_str().unwrap_or(""),
-            j["type"].as_str().unwrap_or(""),
-            j["created_at"].as_str().unwrap_or("")
-        );
-    }
+    let rows: Vec<Vec<String>> = page["jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|j| {
+            vec![
+                output::cell(&j["id"]),
+                output::cell(&j["status"]),
+                output::cell(&j["type"]),
+                format!(
+                    "{}/{}",
+                    output::cell(&j["attempt"]),
+                    output::cell(&j["max_attempts"])
+                ),
+                output::cell(&j["created_at"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["ID", "STATUS", "TYPE", "ATTEMPT", "CREATED"], &rows)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -2,9 +2,15 @@
 
 pub mod bench;
 pub mod client;
+pub mod completions;
+pub mod exit;
+pub mod files;
+pub mod follow;
 pub mod launch;
+pub mod output;
 pub mod schedules;
 pub mod signal;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,8 +52,14 @@ enum Cmd {
     Schedules(schedules::SchedulesArgs),
     /// Write a readiness signal: `runyard signal KEY [--payload JSON] [--id ID]`.
     Signal(signal::SignalArgs),
+    /// A job's files: `files get JOB PROPERTY [INDEX] [-o FILE]`, `files put JOB PROPERTY FILE`.
+    Files(files::FilesArgs),
+    /// Print a shell completion script: `runyard completions bash|zsh|fish`.
+    Completions(completions::CompletionsArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+    /// API tokens: `token new NAME --scopes ...` prints a token once and its config lines.
+    Token(token::TokenArgs),
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
     /// reporting through the signed hook.
     Launch(launch::LaunchArgs),
@@ -74,6 +86,9 @@ pub struct ServeArgs {
     /// Run only the API and scheduler, no worker.
     #[arg(long)]
     no_worker: bool,
+    /// Listen on a non-loopback address without [auth] (something in front authenticates).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -118,6 +133,9 @@ pub struct WorkerArgs {
     /// Data directory (files of local jobs' working state; the store is in Redis).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve `/health/live` and `/health/ready` here (for Kubernetes probes), e.g. 0.0.0.0:7071.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -149,7 +167,14 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
-    ServerBuilder::new(config).work(shutdown_signal()).await
+    let mut builder = ServerBuilder::new(config);
+    if let Some(addr) = a.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("`--health-listen`: cannot listen on {addr}: {e}"))?;
+        builder = builder.health_listener(listener);
+    }
+    builder.work(shutdown_signal()).await
 }
 
 /// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
@@ -217,7 +242,10 @@ pub fn main() -> ExitCode {
             Cmd::Jobs(a) => client::jobs(a).await,
             Cmd::Schedules(a) => schedules::run(a).await,
             Cmd::Signal(a) => signal::run(a).await,
+            Cmd::Files(a) => files::run(a).await,
+            Cmd::Completions(a) => Ok(completions::run(a)),
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Token(a) => token::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
@@ -225,7 +253,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // docs/cli.md: 1 job not successful, 2 usage, 3 unreachable, 4 refused.
+            exit::code_of(&e)
         }
     }
 }
@@ -237,6 +266,7 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
+    crate::auth::check_exposure(&config, a.insecure_no_auth).map_err(anyhow::Error::msg)?;
     let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     ServerBuilder::new(config)

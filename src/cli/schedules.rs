@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::client::{Api, ServerArg};
+use super::output::{self, Format};
 
 /// `schedules` flags.
 #[derive(Debug, Args)]
@@ -46,10 +47,6 @@ struct ListArgs {
     server: ServerArg,
 }
 
-fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
 fn path(name: &str) -> anyhow::Result<String> {
     // Names are letters, digits, '.', '_', '-': nothing to escape, but refuse what would be.
     if name.is_empty()
@@ -57,7 +54,9 @@ fn path(name: &str) -> anyhow::Result<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        anyhow::bail!("`{name}` is not a schedule name (letters, digits, '.', '_', '-')");
+        return Err(super::exit::Failure::usage(format!(
+            "`{name}` is not a schedule name (letters, digits, '.', '_', '-')"
+        )));
     }
     Ok(format!("/async/schedules/{name}"))
 }
@@ -72,34 +71,57 @@ pub async fn run(a: SchedulesArgs) -> anyhow::Result<ExitCode> {
         Some(Action::Resume(n)) => (Some(("resume", n.name)), n.server),
         Some(Action::Trigger(n)) => (Some(("trigger", n.name)), n.server),
     };
-    let api = Api::new(&server.server)?;
+    let api = Api::from_arg(&server)?;
+    let format = server.output;
     let Some((verb, name)) = action else {
         let v = api.get("/async/schedules").await?;
-        for s in v["schedules"].as_array().cloned().unwrap_or_default() {
-            println!(
-                "{:<32}  {:<6}  {:<24}  {:<20}  {}",
-                s["name"].as_str().unwrap_or(""),
-                if s["paused"] == true {
-                    "paused"
-                } else {
-                    "active"
-                },
-                s["next_fires"][0].as_str().unwrap_or("-"),
-                s["cron"].as_str().unwrap_or(""),
-                s["timezone"].as_str().unwrap_or(""),
-            );
+        if format.json() {
+            output::json_line(&v);
+            return Ok(ExitCode::SUCCESS);
         }
+        let rows: Vec<Vec<String>> = v["schedules"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                vec![
+                    output::cell(&s["name"]),
+                    if s["paused"] == true {
+                        "paused"
+                    } else {
+                        "active"
+                    }
+                    .to_string(),
+                    output::cell(&s["next_fires"][0]),
+                    output::cell(&s["cron"]),
+                    output::cell(&s["timezone"]),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(&["NAME", "STATE", "NEXT FIRE", "CRON", "TIMEZONE"], &rows)
+        );
         return Ok(ExitCode::SUCCESS);
     };
     let p = path(&name)?;
     match verb {
-        "get" => print(&api.get(&p).await?),
+        "get" => output::document(format, &api.get(&p).await?),
         "pause" => {
             let v = api.post(&format!("{p}/pause"), &json!({})).await?;
+            if format.json() {
+                output::json_line(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{} paused", v["name"].as_str().unwrap_or(&name));
         }
         "resume" => {
             let v = api.post(&format!("{p}/resume"), &json!({})).await?;
+            if format.json() {
+                output::json_line(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{} resumed; next fire {}",
                 v["name"].as_str().unwrap_or(&name),
@@ -108,7 +130,10 @@ pub async fn run(a: SchedulesArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {
             let v = api.post(&format!("{p}/trigger"), &json!({})).await?;
-            println!("{}", v["job_id"].as_str().unwrap_or(""));
+            match format {
+                Format::Json => output::json_line(&v),
+                Format::Text => println!("{}", v["job_id"].as_str().unwrap_or("")),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -23,13 +22,12 @@ pub struct SignalArgs {
     pub server: ServerArg,
 }
 
-/// Runs `runyard signal`: prints `{key, seq, at, id}`.
+/// Runs `runyard signal`: prints `{key, seq, at, id}` (one line of JSON, whatever `--output`).
 pub async fn run(a: SignalArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::new(&a.server.server)?;
+    let api = Api::from_arg(&a.server)?;
     let mut body = json!({});
     if let Some(p) = &a.payload {
-        let v: Value = serde_json::from_str(p).context("--payload must be JSON")?;
-        body["payload"] = v;
+        body["payload"] = super::client::json_arg("--payload", p)?;
     }
     if let Some(i) = a.id {
         body["id"] = Value::String(i);

@@ -58,15 +58,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if or .Values.redis.url .Values.redis.existingSecret -}}true{{- end -}}
 {{- end -}}
 
+{{/* The namespace of the Jobs of kube runners that name none: never the release's own. */}}
+{{- define "runyard.jobsNamespace" -}}
+{{- default (printf "%s-jobs" (default "default" .Release.Namespace)) .Values.jobs.namespace | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* The namespaces of the kube runners, as a JSON list. */}}
 {{- define "runyard.kubeNamespaces" -}}
 {{- $nss := list -}}
 {{- range .Values.runners -}}
 {{- if eq (toString .kind) "kube" -}}
-{{- $nss = append $nss (default $.Release.Namespace .namespace) -}}
+{{- $nss = append $nss (default (include "runyard.jobsNamespace" $) .namespace) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson (uniq $nss) -}}
+{{- end -}}
+
+{{/* Seconds of a runyard duration written as <n>s, <n>m or <n>h (0 for other forms, which the
+chart then cannot check). */}}
+{{- define "runyard.seconds" -}}
+{{- $d := toString . | trim -}}
+{{- if regexMatch "^[0-9]+s$" $d -}}{{- trimSuffix "s" $d | int -}}
+{{- else if regexMatch "^[0-9]+m$" $d -}}{{- mul (trimSuffix "m" $d | int) 60 -}}
+{{- else if regexMatch "^[0-9]+h$" $d -}}{{- mul (trimSuffix "h" $d | int) 3600 -}}
+{{- else -}}0{{- end -}}
+{{- end -}}
+
+{{/* runyard's shutdown window in seconds: worker.shutdown_grace + worker.kill_grace (30 s and 5 s
+unless set in `config.worker`). */}}
+{{- define "runyard.shutdownWindow" -}}
+{{- $w := .Values.config.worker | default dict -}}
+{{- $g := include "runyard.seconds" (default "30s" $w.shutdown_grace) | int -}}
+{{- $k := include "runyard.seconds" (default "5s" $w.kill_grace) | int -}}
+{{- add $g $k -}}
 {{- end -}}
 
 {{/* A value as TOML: strings, booleans, numbers, lists and (inline) tables. */}}
@@ -95,7 +119,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (gt (int .Values.server.replicas) 1) (not (include "runyard.useRedis" .)) -}}
 {{- fail "runyard: server.replicas > 1 needs Redis (redis.url or redis.existingSecret)" -}}
 {{- end -}}
+{{- if not (or .Values.secrets.existingSecret .Values.secrets.masterKey) -}}
+{{- fail "runyard: set secrets.masterKey (e.g. --set secrets.masterKey=$(openssl rand -hex 32)) or secrets.existingSecret; the chart never generates it, since a generated key changes with every render and orphans running jobs" -}}
+{{- end -}}
+{{- if and .Values.secrets.masterKey (lt (len .Values.secrets.masterKey) 32) -}}
+{{- fail "runyard: secrets.masterKey must be at least 32 characters" -}}
+{{- end -}}
+{{- if and .Values.auth.enabled (not (or .Values.secrets.existingSecret .Values.secrets.jwtSecret)) -}}
+{{- fail "runyard: auth.enabled needs secrets.jwtSecret (e.g. --set secrets.jwtSecret=$(openssl rand -hex 32)) or secrets.existingSecret with a jwt-secret key; or set auth.enabled=false to run without authentication" -}}
+{{- end -}}
+{{- if and .Values.secrets.jwtSecret (lt (len .Values.secrets.jwtSecret) 32) -}}
+{{- fail "runyard: secrets.jwtSecret must be at least 32 characters" -}}
+{{- end -}}
+{{- $window := include "runyard.shutdownWindow" . | int -}}
+{{- range $c := list "server" "worker" -}}
+{{- $grace := (get $.Values $c).terminationGracePeriodSeconds | int -}}
+{{- if le $grace $window -}}
+{{- fail (printf "runyard: %s.terminationGracePeriodSeconds (%d) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace (%d s)" $c $grace $window) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq (include "runyard.jobsNamespace" .) .Release.Namespace) -}}
+{{- fail "runyard: jobs.namespace must not be the release namespace: a Job there could mount runyard's own Secret" -}}
+{{- end -}}
 {{- range $i, $r := .Values.runners -}}
+{{- if and (eq (toString $r.kind) "kube") (eq (toString $r.namespace) $.Release.Namespace) -}}
+{{- fail (printf "runyard: runners[%d].namespace is the release namespace, where runyard's Secret is; give kube runners a namespace of their own" $i) -}}
+{{- end -}}
 {{- if not $r.kind -}}
 {{- fail (printf "runyard: runners[%d] needs a kind" $i) -}}
 {{- end -}}

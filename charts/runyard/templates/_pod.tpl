@@ -5,6 +5,7 @@ Arguments: dict "root" $ "component" "server"|"worker" "v" (.Values.server|.Valu
 {{- define "runyard.podTemplate" -}}
 {{- $root := .root -}}
 {{- $v := .v -}}
+{{- $port := ternary "http" "health" (eq .component "server") -}}
 metadata:
   labels:
     {{- include "runyard.selectorLabels" $root | nindent 4 }}
@@ -19,6 +20,7 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
 spec:
+  terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
   serviceAccountName: {{ include "runyard.serviceAccountName" $root }}
   automountServiceAccountToken: true
   # Service links would put RUNYARD_SERVICE_HOST and friends in the environment, and every
@@ -36,12 +38,16 @@ spec:
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       args:
         {{- toYaml .args | nindent 8 }}
-      {{- if eq .component "server" }}
       ports:
+        {{- if eq .component "server" }}
         - name: http
           containerPort: {{ $root.Values.server.port }}
           protocol: TCP
-      {{- end }}
+        {{- else }}
+        - name: health
+          containerPort: {{ $root.Values.worker.healthPort }}
+          protocol: TCP
+        {{- end }}
       env:
         - name: RUNYARD_CONFIG
           value: /etc/runyard/runyard.toml
@@ -50,6 +56,13 @@ spec:
             secretKeyRef:
               name: {{ include "runyard.secretName" $root }}
               key: master-key
+        {{- if $root.Values.auth.enabled }}
+        - name: RUNYARD_AUTH__JWT_SECRET
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "runyard.secretName" $root }}
+              key: jwt-secret
+        {{- end }}
         {{- if $root.Values.redis.existingSecret }}
         - name: RUNYARD_REDIS
           valueFrom:
@@ -66,28 +79,28 @@ spec:
         {{- with $v.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- if eq .component "server" }}
+      # Liveness asks the process only (a Redis outage must not restart every pod); readiness
+      # asks the store too (a pod that cannot reach it takes no traffic).
       startupProbe:
         httpGet:
-          path: /health
-          port: http
+          path: /health/live
+          port: {{ $port }}
         periodSeconds: 2
         failureThreshold: 30
       livenessProbe:
         httpGet:
-          path: /health
-          port: http
+          path: /health/live
+          port: {{ $port }}
         periodSeconds: 10
         timeoutSeconds: 5
         failureThreshold: 3
       readinessProbe:
         httpGet:
-          path: /health
-          port: http
+          path: /health/ready
+          port: {{ $port }}
         periodSeconds: 5
         timeoutSeconds: 3
         failureThreshold: 2
-      {{- end }}
       resources:
         {{- toYaml $v.resources | nindent 8 }}
       securityContext:
@@ -97,9 +110,6 @@ spec:
           mountPath: /etc/runyard/runyard.toml
           subPath: runyard.toml
           readOnly: true
-        - name: secrets
-          mountPath: /etc/runyard/secrets
-          readOnly: true
         - name: data
           mountPath: /var/lib/runyard
         - name: tmp
@@ -108,13 +118,6 @@ spec:
     - name: config
       configMap:
         name: {{ include "runyard.fullname" $root }}
-    - name: secrets
-      secret:
-        secretName: {{ include "runyard.secretName" $root }}
-        defaultMode: 0400
-        items:
-          - key: jwt-secret
-            path: jwt-secret
     - name: data
       {{- if and (eq .component "server") $root.Values.persistence.enabled (not (include "runyard.useRedis" $root)) }}
       persistentVolumeClaim:

@@ -18,9 +18,36 @@ CHART = pathlib.Path(__file__).resolve().parent.parent
 RELEASE = "runyard"
 NAMESPACE = "runyard"
 
-#: Value scenarios: the defaults, and a non-default setup touching every switch.
+#: The least an install needs: the two keys (the chart never generates them).
+KEYS = {"secrets": {"masterKey": "m" * 40, "jwtSecret": "j" * 40}}
+
+#: Value scenarios: the defaults, each documented combination, and a non-default setup touching
+#: every switch.
 SCENARIOS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "default": KEYS,
+    "redis-workers": {
+        **KEYS,
+        "redis": {"url": "redis://redis-master.redis.svc:6379/0"},
+        "worker": {"enabled": True},
+    },
+    "ingress-monitor": {
+        **KEYS,
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": [{"host": "jobs.example.com"}],
+            "tls": [{"secretName": "jobs-tls", "hosts": ["jobs.example.com"]}],
+        },
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "prometheus"},
+            "bearerTokenSecret": {"name": "runyard-metrics", "key": "token"},
+        },
+        "networkPolicy": {
+            "enabled": True,
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+        },
+    },
     "custom": {
         "fullnameOverride": "jobs-api",
         "image": {"repository": "registry.example.com/runyard", "tag": "1.2.3"},
@@ -33,7 +60,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
             "nodeSelector": {"kubernetes.io/os": "linux"},
         },
-        "worker": {"enabled": True, "replicas": 3},
+        "worker": {"enabled": True, "replicas": 3, "healthPort": 9091},
+        "ingress": {"enabled": True, "hosts": [{"host": "jobs.example.com", "paths": [{"path": "/async", "pathType": "Prefix"}]}]},
+        "networkPolicy": {"enabled": True},
+        "serviceMonitor": {"enabled": True, "interval": "15s"},
+        "jobs": {"namespace": "runyard-batch", "podSecurity": "baseline"},
         "service": {"type": "NodePort", "port": 80, "annotations": {"a.example.com/x": "y"}},
         "publicUrl": "https://jobs.example.com/",
         "redis": {"existingSecret": "redis-conn", "existingSecretKey": "url"},
@@ -43,6 +74,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "worker": {"lease_ttl": "20s", "kill_grace": "10s"},
             "retention": {"finished": "72h", "log_lines_per_job": 5000},
             "hooks": {"require_v2": True},
+            # What `runyard token new ci --scopes jobs:submit,jobs:read --types 'report.*'` prints.
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "ci",
+                        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                        "scopes": ["jobs:submit", "jobs:read"],
+                        "types": ["report.*"],
+                    }
+                ]
+            },
         },
         "runners": [
             {
@@ -64,7 +106,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "embedded-persistent": {
         "persistence": {"enabled": True, "size": "5Gi", "storageClass": "fast"},
-        "secrets": {"masterKey": "m" * 40, "jwtSecret": "j" * 40},
+        "secrets": {"masterKey": "m" * 40},
+        "auth": {"enabled": False},
+        "jobs": {"createNamespace": False},
         "redis": {"url": ""},
         "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "existing"},

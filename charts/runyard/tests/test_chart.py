@@ -49,19 +49,27 @@ def config_of(docs):
     return tomllib.loads(one(docs, "ConfigMap")["data"]["runyard.toml"])
 
 
+#: Custom resources: not in the Kubernetes schemas, checked by their own tests.
+CRDS = {"ServiceMonitor"}
+
+
 def test_every_manifest_is_valid_kubernetes(scenario):
     _, docs = scenario
     assert docs
     for d in docs:
+        if d["kind"] in CRDS:
+            continue
         kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
 
 
 def test_default_objects():
-    docs = render.render({})
+    docs = render.render(render.KEYS)
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == [
         ("ConfigMap", "runyard"),
         ("Deployment", "runyard"),
+        ("Namespace", "runyard-jobs"),
+        ("PersistentVolumeClaim", "runyard-data"),
         ("Role", "runyard-kube-runner"),
         ("RoleBinding", "runyard-kube-runner"),
         ("Secret", "runyard"),
@@ -73,32 +81,144 @@ def test_default_objects():
     assert dep["spec"]["strategy"]["type"] == "Recreate"
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["args"] == ["serve"]
-    assert c["image"] == "ghcr.io/runyard/runyard:0.1.0"
+    # An image that `docker build -t runyard:0.1.0 .` makes (runyard publishes none).
+    assert c["image"] == "runyard:0.1.0"
+    # The embedded store on a claim that survives the pod moving (and an uninstall).
     data = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "data"][0]
-    assert data == {"name": "data", "emptyDir": {}}
+    pvc = one(docs, "PersistentVolumeClaim")
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Auth on: the JWT secret reaches the server from the Secret; no --insecure-no-auth.
+    env = {e["name"]: e for e in c["env"]}
+    assert env["RUNYARD_AUTH__JWT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "jwt-secret"
+    # One replica: no PodDisruptionBudget (it would block every drain).
+    assert not by_kind(docs, "PodDisruptionBudget")
+
+
+def test_install_needs_explicit_keys():
+    """Never generated, never looked up: a render is the same every time (GitOps)."""
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({})
+    assert "secrets.masterKey" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({"secrets": {"masterKey": "m" * 40}})
+    assert "secrets.jwtSecret" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({"secrets": {"masterKey": "short", "jwtSecret": "j" * 40}})
+    assert "at least 32" in str(e.value)
+    a = one(render.render(render.KEYS), "Secret")
+    b = one(render.render(render.KEYS), "Secret")
+    assert a == b
+    for t in render.CHART.joinpath("templates").iterdir():
+        assert "lookup" not in t.read_text(), f"{t.name} uses lookup"
+
+
+def test_jobs_run_in_their_own_namespace(scenario):
+    """A Job's pod can mount any Secret of its namespace: runyard's are never there."""
+    name, docs = scenario
+    cfg = config_of(docs)
+    job_ns = {r.get("namespace") for r in cfg["runners"] if r["kind"] == "kube"}
+    secret_ns = {d["metadata"].get("namespace", "runyard") for d in by_kind(docs, "Secret")}
+    assert secret_ns <= {"runyard"}
+    assert "runyard" not in job_ns and None not in job_ns, "every kube runner names its namespace"
+    for d in by_kind(docs, "Deployment"):
+        assert d["metadata"].get("namespace", "runyard") == "runyard"
+    if name in ("default", "redis-workers", "ingress-monitor"):
+        ns = one(docs, "Namespace")
+        assert ns["metadata"]["name"] == "runyard-jobs"
+        assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        assert job_ns == {"runyard-jobs"}
+
+
+def test_a_kube_runner_in_the_release_namespace_is_refused():
+    values = {**render.KEYS, "runners": [{"kind": "kube", "types": ["x.*"], "namespace": "runyard"}]}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render(values)
+    assert "runners[0].namespace is the release namespace" in str(e.value)
 
 
 def test_security_context_and_probes(scenario):
-    _, docs = scenario
+    name, docs = scenario
     for dep in by_kind(docs, "Deployment"):
         pod = dep["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["enableServiceLinks"] is False
+        # Longer than runyard's shutdown window (30 s + 5 s by default).
+        assert pod["terminationGracePeriodSeconds"] > 35
         for c in pod["containers"]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True
             assert sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"]["drop"] == ["ALL"]
-            if dep["metadata"]["labels"]["app.kubernetes.io/component"] == "server":
-                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                    assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
-            else:
-                assert "ports" not in c, "runyard worker serves no HTTP"
+            component = dep["metadata"]["labels"]["app.kubernetes.io/component"]
+            port = "http" if component == "server" else "health"
+            assert [p["name"] for p in c["ports"]] == [port]
+            # Liveness asks the process only (a Redis outage restarts nothing); readiness the store.
+            assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": port}
+            assert c["startupProbe"]["httpGet"] == {"path": "/health/live", "port": port}
+            assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": port}
+            if component == "worker":
+                hp = c["ports"][0]["containerPort"]
+                assert c["args"] == ["worker", "--health-listen", f"0.0.0.0:{hp}"]
             assert c["resources"]["requests"]
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
             # Everything runyard writes is a volume: the root filesystem stays read-only.
             assert {"/var/lib/runyard", "/tmp"} <= mounts
+
+
+def test_grace_period_shorter_than_the_shutdown_window_is_refused():
+    values = {**render.KEYS, "config": {"worker": {"shutdown_grace": "2m"}}}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render(values)
+    assert "terminationGracePeriodSeconds (60) must be longer" in str(e.value)
+    assert "(125 s)" in str(e.value)
+    values["server"] = {"terminationGracePeriodSeconds": 150}
+    values["worker"] = {"terminationGracePeriodSeconds": 150}
+    dep = one(render.render(values), "Deployment")
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 150
+
+
+def test_values_schema_rejects_wrong_types():
+    for bad, where in [
+        ({"server": {"replicas": "two"}}, "/server/replicas"),
+        ({"persistence": {"enabled": "yes"}}, "/persistence/enabled"),
+        ({"runners": [{"kind": "kubernetes", "types": ["a"]}]}, "/runners/0/kind"),
+        ({"ingress": {"enabled": True, "hosts": [{"name": "x"}]}}, "/ingress/hosts/0"),
+        ({"imagePullPolicy": "Always"}, "imagePullPolicy"),
+    ]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, **bad})
+        assert "schema" in str(e.value) and where in str(e.value), (bad, str(e.value))
+
+
+def test_ingress_servicemonitor_networkpolicy_pdb():
+    docs = render.render(render.SCENARIOS["ingress-monitor"])
+    ing = one(docs, "Ingress")
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    rule = ing["spec"]["rules"][0]
+    assert rule["host"] == "jobs.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "runyard", "port": {"name": "http"}}
+    assert ing["spec"]["tls"] == [{"secretName": "jobs-tls", "hosts": ["jobs.example.com"]}]
+    sm = one(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    svc = one(docs, "Service")
+    assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    ep = sm["spec"]["endpoints"][0]
+    assert (ep["port"], ep["path"]) == ("http", "/metrics")
+    assert ep["authorization"]["credentials"] == {"name": "runyard-metrics", "key": "token"}
+    np = one(docs, "NetworkPolicy")
+    peers = np["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "runyard-jobs"}}} in peers
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in peers
+    assert np["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+    docs = render.render(render.SCENARIOS["custom"])
+    pdbs = {d["metadata"]["name"]: d for d in by_kind(docs, "PodDisruptionBudget")}
+    assert set(pdbs) == {"jobs-api", "jobs-api-worker"}
+    assert pdbs["jobs-api-worker"]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert {d["metadata"]["name"] for d in by_kind(docs, "NetworkPolicy")} == {"jobs-api", "jobs-api-worker"}
 
 
 def test_secrets_are_referenced_never_inlined(scenario):
@@ -108,7 +228,7 @@ def test_secrets_are_referenced_never_inlined(scenario):
         assert "value" not in env["RUNYARD_MASTER_KEY"]
         assert env["RUNYARD_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "master-key"
     if name == "custom":
-        assert not by_kind(docs, "Secret"), "existingSecret: nothing generated"
+        assert not by_kind(docs, "Secret"), "existingSecret: nothing rendered"
         dep = one(docs, "Deployment", "jobs-api")
         env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["RUNYARD_MASTER_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "runyard-keys"
@@ -119,15 +239,16 @@ def test_secrets_are_referenced_never_inlined(scenario):
     else:
         secret = one(docs, "Secret")
         keys = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-        assert len(keys["master-key"]) >= 32 and len(keys["jwt-secret"]) >= 32
+        assert keys["master-key"] == "m" * 40
         if name == "embedded-persistent":
-            assert keys["master-key"] == "m" * 40 and keys["jwt-secret"] == "j" * 40
-
-
-def test_generated_secrets_differ_between_installs():
-    a = one(render.render({}), "Secret")["data"]["master-key"]
-    b = one(render.render({}), "Secret")["data"]["master-key"]
-    assert a != b
+            # Auth off: no JWT secret, and the server is told it runs open on purpose.
+            assert "jwt-secret" not in keys
+            dep = one(docs, "Deployment")
+            c = dep["spec"]["template"]["spec"]["containers"][0]
+            assert c["args"] == ["serve", "--insecure-no-auth"]
+            assert "RUNYARD_AUTH__JWT_SECRET" not in {e["name"] for e in c["env"]}
+        else:
+            assert keys["jwt-secret"] == "j" * 40
 
 
 def test_config_map_holds_the_runners(scenario):
@@ -152,10 +273,14 @@ def test_config_map_holds_the_runners(scenario):
         }
         assert batch["max_attempts"] == 5
         assert cfg["worker"] == {"lease_ttl": "20s", "kill_grace": "10s"}
+        assert cfg["auth"]["tokens"][0]["scopes"] == ["jobs:submit", "jobs:read"]
         assert cfg["public_url"] == "https://jobs.example.com"
         assert cfg["listen"] == "0.0.0.0:8080"
     else:
         assert cfg["public_url"] == "http://runyard.runyard.svc:7070"
+        for r in cfg["runners"]:
+            if r["kind"] == "kube":
+                assert r["namespace"] == "runyard-jobs"
 
 
 def test_role_grants_exactly_the_kube_runner_calls(scenario):
@@ -164,7 +289,7 @@ def test_role_grants_exactly_the_kube_runner_calls(scenario):
     if name == "embedded-persistent":
         assert roles == [] and by_kind(docs, "RoleBinding") == []
         return
-    expected_ns = {"default": {"runyard"}, "custom": {"batch-jobs", "runyard"}}[name]
+    expected_ns = {"custom": {"batch-jobs", "runyard-batch"}}.get(name, {"runyard-jobs"})
     assert {r["metadata"]["namespace"] for r in roles} == expected_ns
     for role in roles:
         got = {}
@@ -186,7 +311,9 @@ def test_worker_deployment():
         "serve", "--no-worker", "--public-url", "https://jobs.example.com",
     ]
     assert worker["spec"]["replicas"] == 3
-    assert worker["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker"]
+    assert worker["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "worker", "--health-listen", "0.0.0.0:9091",
+    ]
     assert "strategy" not in server["spec"], "with Redis, rolling updates are fine"
     svc = one(docs, "Service")
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "server"
@@ -208,12 +335,13 @@ def test_persistence():
     [
         ({"worker": {"enabled": True}}, "worker.enabled needs Redis"),
         ({"server": {"replicas": 3}}, "server.replicas > 1 needs Redis"),
-        ({"runners": [{"kind": "kube"}]}, "runners[0] needs types"),
+        ({"runners": [{"kind": "kube", "types": []}]}, "/runners/0/types"),
+        ({"jobs": {"namespace": "runyard"}}, "jobs.namespace must not be the release namespace"),
     ],
 )
 def test_bad_values_are_refused(values, message):
     with pytest.raises(helm_python.HelmError) as e:
-        render.render(values)
+        render.render({**render.KEYS, **values})
     assert message in str(e.value)
 
 
@@ -221,3 +349,10 @@ def test_lint():
     report = helm_python.lint(str(render.CHART), strict=True, kube_version="v1.33.0")
     assert not report["errors"], report
     assert not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
+def test_image_sets_no_runyard_env():
+    """An image ENV RUNYARD_* would override the chart's runyard.toml (env beats the file)."""
+    dockerfile = (render.CHART.parent.parent / "Dockerfile").read_text()
+    env_lines = [l for l in dockerfile.splitlines() if l.strip().upper().startswith("ENV ")]
+    assert not [l for l in env_lines if "RUNYARD_" in l], env_lines

@@ -85,8 +85,20 @@ def superset_token(channel, user_id, exp=True):
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
+def service_token():
+    """With ``[auth]`` the client API needs a bearer: a JWT with a ``scope`` claim, as the
+    Superset backend (or any service that submits) mints for itself."""
+    claims = {"scope": "jobs:submit", "sub": "superset", "exp": datetime.now(tz=timezone.utc) + timedelta(minutes=10)}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
 def submit(base, channel):
-    r = requests.post(base + "/async/jobs", json={"type": "runyard.noop", "channel": channel}, timeout=10)
+    r = requests.post(
+        base + "/async/jobs",
+        json={"type": "runyard.noop", "channel": channel},
+        headers={"Authorization": "Bearer " + service_token()},
+        timeout=10,
+    )
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
 

@@ -1,0 +1,151 @@
+"""scripts/compare's bookkeeping.
+
+    report.py record SYSTEM STORE SHAPE REP < output    one JSON line for results.jsonl
+    report.py table results.jsonl [--svg FILE]          medians, ratios, a Markdown table, a plot
+
+`output` is what one run printed: `runyard bench --json` (a report with `results`), a BullMQ or
+Celery producer's JSON line, or the spawn ceiling's."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def first_json(text: str):
+    start = text.index("{")
+    obj, _ = json.JSONDecoder().raw_decode(text[start:])
+    return obj
+
+
+def record(system, store, shape, rep):
+    raw = first_json(sys.stdin.read())
+    row = {"system": system, "store": store, "shape": shape, "rep": int(rep)}
+    if "results" in raw:  # runyard bench --json
+        want = "trickle" if shape == "idle" else "burst"
+        r = next(x for x in raw["results"] if x["scenario"] == want)
+        lat = r.get("submit_to_start") or {}
+        row.update(
+            jobs=r["jobs"], e2e_rate=r["e2e_rate"], submit_rate=r["submit_rate"],
+            start_p50_ms=lat.get("p50_ms"), start_p99_ms=lat.get("p99_ms"),
+            not_success=r["not_success"], server_peak_rss_kib=raw.get("server_peak_rss_kib"),
+        )
+    else:
+        row.update({k: v for k, v in raw.items() if k not in ("system", "shape")})
+    print(json.dumps(row))
+
+
+LABELS = {
+    "sequential": "one producer, sequential, no-op jobs/s",
+    "inflight": "32 in flight, no-op jobs/s",
+    "batch": "batch submit, no-op jobs/s",
+    "idle": "submit-to-start p99 ms, idle queue (lower is better)",
+    "true": "/bin/true jobs/s (32 in flight, 16 at a time)",
+}
+COLUMNS = [("runyard", "embedded"), ("runyard", "redis"), ("bullmq", "redis"), ("celery", "redis")]
+
+
+def table(path, svg=None):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["system"], r["store"], r["shape"])].append(r)
+
+    def med(system, store, shape):
+        rs = by.get((system, store, shape))
+        if not rs:
+            return None
+        key = "start_p99_ms" if shape == "idle" else "e2e_rate"
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return (statistics.median(vals), len(vals), min(vals), max(vals)) if vals else None
+
+    out = []
+    out.append("| load | runyard embedded | runyard Redis (2 workers) | BullMQ | Celery | runyard/BullMQ (embedded, Redis) |")
+    out.append("| --- | --- | --- | --- | --- | --- |")
+    plot = []
+    for shape, label in LABELS.items():
+        cells, vals = [], {}
+        for system, store in COLUMNS:
+            m = med(system, store, shape)
+            vals[(system, store)] = m[0] if m else None
+            if m is None:
+                cells.append("not built" if system == "runyard" and shape == "batch" else "-")
+            else:
+                fmt = "{:.2f}" if shape == "idle" else "{:,.0f}"
+                cells.append(f"{fmt.format(m[0])} ({fmt.format(m[2])}-{fmt.format(m[3])}, n={m[1]})")
+        b = vals[("bullmq", "redis")]
+        ratios = []
+        for store in ("embedded", "redis"):
+            v = vals[("runyard", store)]
+            if v is None or not b:
+                ratios.append("-")
+            elif shape == "idle":
+                ratios.append(f"{v / b:.2f}x")  # lower is better: runyard's p99 over BullMQ's
+            else:
+                ratios.append(f"{v / b:.2f}x")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(ratios)} |")
+        plot.append((shape, vals))
+    ceil = med("ceiling", "machine", "true")
+    if ceil:
+        v = med("runyard", "embedded", "true")
+        share = f"; runyard embedded reaches {v[0] / ceil[0]:.2f}x of it" if v else ""
+        out.append("")
+        out.append(f"Spawn ceiling (two parallel shell loops of /bin/true): {ceil[0]:,.0f} processes/s{share}.")
+    text = "\n".join(out)
+    print(text)
+    if svg:
+        write_svg(svg, plot)
+
+
+def write_svg(path, plot):
+    """One group of bars per shape, each bar relative to BullMQ (= 1.0; for latency, BullMQ/x so
+    that taller is better everywhere)."""
+    colours = ["#1f77b4", "#6baed6", "#ff7f0e", "#2ca02c"]
+    w, h, left, top, bottom = 760, 320, 50, 30, 60
+    group_w = (w - left - 20) / len(plot)
+    bar_w = group_w / (len(COLUMNS) + 1)
+    ymax = 1.0
+    rel = []
+    for shape, vals in plot:
+        b = vals[("bullmq", "redis")]
+        row = []
+        for col in COLUMNS:
+            v = vals[col]
+            r = None if (v is None or not b) else (b / v if shape == "idle" else v / b)
+            row.append(r)
+            if r:
+                ymax = max(ymax, r)
+        rel.append((shape, row))
+    scale = (h - top - bottom) / (ymax * 1.1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="16">relative to BullMQ (1.0 = BullMQ; taller is better)</text>']
+    base = h - bottom
+    parts.append(f'<line x1="{left}" y1="{base - scale:.1f}" x2="{w - 10}" y2="{base - scale:.1f}" stroke="#999" stroke-dasharray="4"/>')
+    for gi, (shape, row) in enumerate(rel):
+        x0 = left + gi * group_w
+        for ci, r in enumerate(row):
+            if r is None:
+                continue
+            bh = r * scale
+            x = x0 + ci * bar_w
+            parts.append(f'<rect x="{x:.1f}" y="{base - bh:.1f}" width="{bar_w * 0.9:.1f}" height="{bh:.1f}" fill="{colours[ci]}"/>')
+            parts.append(f'<text x="{x:.1f}" y="{base - bh - 3:.1f}">{r:.2f}</text>')
+        parts.append(f'<text x="{x0:.1f}" y="{base + 15}">{shape}</text>')
+    for ci, (system, store) in enumerate(COLUMNS):
+        x = left + ci * 170
+        parts.append(f'<rect x="{x}" y="{h - 25}" width="10" height="10" fill="{colours[ci]}"/>')
+        parts.append(f'<text x="{x + 14}" y="{h - 16}">{system} {store}</text>')
+    parts.append("</svg>")
+    open(path, "w").write("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "record":
+        record(*sys.argv[2:6])
+    elif sys.argv[1] == "table":
+        svg = sys.argv[sys.argv.index("--svg") + 1] if "--svg" in sys.argv else None
+        table(sys.argv[2], svg)
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# runyard against BullMQ 5 (Node) and Celery 5 (Python), one protocol, one run, interleaved:
+#
+#   scripts/compare/run.sh            # REPS=3 repetitions, results in target/compare/
+#   QUICK=1 scripts/compare/run.sh    # tiny sizes, one repetition: checks that the harness runs
+#
+# Shapes (the same on every side; workers: runyard's embedded server runs its own, runyard on
+# Redis has 2 `runyard worker` nodes, BullMQ 2 worker processes x concurrency 8, Celery 2 prefork
+# workers x 8):
+#   sequential  one producer, one request at a time, no-op jobs, end to end
+#   inflight    32 requests in flight (BullMQ: 32 adds in flight; Celery: 32 producer threads)
+#   batch       bulk submit (BullMQ addBulk, Celery group) plus the workers
+#   idle        one job every 20 ms: submit-to-start p50/p99 on an idle queue
+#   true        /bin/true as a process per job, 32 in flight, 16 at a time, against the
+#               machine's spawn ceiling (two parallel shell loops of /bin/true) measured here too
+# Every run has its own redis-server on a free loopback port (no persistence: BullMQ's and
+# Celery's usual setup; runyard on Redis gets the same), killed at the end by pid.
+# Needs: cargo, node + npm (registry), python3 + pip (PyPI), redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+out=${OUT:-$root/target/compare}
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+if [ -n "${QUICK:-}" ]; then
+  REPS=${REPS:-1}; N_SEQ=300; N_INF=1000; N_BATCH=1000; N_IDLE=50; N_TRUE=200; N_CEIL=200
+else
+  REPS=${REPS:-3}; N_SEQ=${N_SEQ:-5000}; N_INF=${N_INF:-20000}; N_BATCH=${N_BATCH:-20000}
+  N_IDLE=${N_IDLE:-1000}; N_TRUE=${N_TRUE:-2000}; N_CEIL=${N_CEIL:-4000}
+fi
+log() { printf '\n== %s\n' "$*" >&2; }
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if [ -n "${RUNYARD:-}" ]; then
+  bin=$(realpath "$RUNYARD")   # a binary you built (a debug build measures nothing)
+else
+  log "build runyard (release)"
+  cargo build --release --quiet --bin runyard
+  bin=$root/target/release/runyard
+fi
+
+log "install BullMQ (npm) and Celery (PyPI)"
+(cd scripts/compare/bullmq && npm install --no-audit --no-fund --silent >/dev/null)
+venv=$out/venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q "celery[redis]==5.5.3" packaging
+node -e 'console.log("bullmq", require("./scripts/compare/bullmq/node_modules/bullmq/package.json").version)' >&2
+"$venv/bin/python" -c 'import celery; print("celery", celery.__version__)' >&2
+
+if [ -z "${QUICK:-}" ] && [ -z "${NO_PREWARM:-}" ]; then
+  log "touch 16 GiB once (this VM forks 2-4x slower until its memory has been touched)"
+  python3 -c "b=bytearray(16*1024**3); [b.__setitem__(i,1) for i in range(0,len(b),4096)]"
+fi
+
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$out/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+export COMPARE_REDIS_PORT=$rport
+
+record() { # system store shape rep <json on stdin>
+  python3 scripts/compare/report.py record "$1" "$2" "$3" "$4" >>"$results"
+}
+
+runyard_flags() { # shape -> runyard bench flags
+  case $1 in
+    sequential) echo "--only service --jobs $N_SEQ --connections 1 --trickle-jobs 0" ;;
+    inflight) echo "--only service --jobs $N_INF --connections 32 --trickle-jobs 0" ;;
+    idle) echo "--only service --jobs 0 --trickle-jobs $N_IDLE --trickle-rate 50" ;;
+    true) echo "--only local --local-jobs $N_TRUE --connections 32 --trickle-jobs 0 --local-concurrency 16" ;;
+  esac
+}
+
+run_runyard_embedded() { # shape rep
+  [ "$1" = batch ] && return 0
+  # shellcheck disable=SC2046
+  RUNYARD_LOG=warn "$bin" bench --json --warmup 200 $(runyard_flags "$1") >"$out/last.json"
+  record runyard embedded "$1" "$2" <"$out/last.json"
+}
+
+run_runyard_redis() { # shape rep
+  [ "$1" = batch ] && return 0
+  # Two worker nodes with 8 local slots each (scripts/redis-bench.sh's config): 16 at a time.
+  # shellcheck disable=SC2046
+  RUNYARD="$bin" scripts/redis-bench.sh 2 --json --warmup 200 \
+    $(runyard_flags "$1" | sed 's/--local-concurrency [0-9]*//') >"$out/last.json" 2>"$out/redis-bench.log"
+  record runyard redis "$1" "$2" <"$out/last.json"
+}
+
+start_workers() { # kind
+  wp=()
+  for i in 1 2; do
+    if [ "$1" = bullmq ]; then
+      WORKER_CONCURRENCY=8 node scripts/compare/bullmq/worker.mjs "compare" "$rport" 2>>"$out/bullmq-worker.log" &
+    else
+      (cd scripts/compare/celery && exec "$venv/bin/celery" -A tasks worker -c 8 --pool prefork \
+        -Q celery -n "w$i@%h" --loglevel WARNING) >>"$out/celery-worker.log" 2>&1 &
+    fi
+    wp+=($!)
+    pids+=($!)
+  done
+}
+stop_workers() {
+  for p in "${wp[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${wp[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+
+run_bullmq() { # shape rep
+  local n
+  case $1 in sequential) n=$N_SEQ ;; inflight) n=$N_INF ;; batch) n=$N_BATCH ;; idle) n=$N_IDLE ;; true) n=$N_TRUE ;; esac
+  local extra=""
+  case $1 in inflight|true) extra=32 ;; idle) extra=50 ;; esac
+  node scripts/compare/bullmq/bench.mjs compare "$rport" "$1" "$n" $extra >"$out/last.json"
+  record bullmq redis "$1" "$2" <"$out/last.json"
+}
+
+run_celery() { # shape rep
+  local n
+  case $1 in sequential) n=$N_SEQ ;; inflight) n=$N_INF ;; batch) n=$N_BATCH ;; idle) n=$N_IDLE ;; true) n=$N_TRUE ;; esac
+  local extra=""
+  case $1 in inflight|true) extra=32 ;; idle) extra=50 ;; esac
+  "$venv/bin/python" scripts/compare/celery/bench.py "$1" "$n" $extra >"$out/last.json"
+  record celery redis "$1" "$2" <"$out/last.json"
+}
+
+spawn_ceiling() { # rep: two parallel shell loops of /bin/true
+  local t0 t1
+  t0=$(date +%s.%N)
+  local loops=()
+  for _ in 1 2; do (for _ in $(seq "$N_CEIL"); do /bin/true; done) & loops+=($!); done
+  wait "${loops[@]}"
+  t1=$(date +%s.%N)
+  python3 -c "import json,sys; n=2*$N_CEIL; print(json.dumps({'e2e_rate': n/($t1-$t0), 'jobs': n}))" |
+    record ceiling machine true "$1"
+}
+
+shapes=(sequential inflight batch idle true)
+for rep in $(seq "$REPS"); do
+  # Interleaved: every system runs each shape once per repetition, in a rotating order.
+  for shape in "${shapes[@]}"; do
+    log "rep $rep: $shape"
+    [ "$shape" = true ] && spawn_ceiling "$rep"
+    order=(runyard_embedded runyard_redis bullmq celery)
+    rot=$(( (rep - 1) % 4 ))
+    order=("${order[@]:$rot}" "${order[@]:0:$rot}")
+    for sys in "${order[@]}"; do
+      echo "   $sys" >&2
+      case $sys in
+        # Each side warms up with 200 unmeasured jobs first, as `runyard bench --warmup 200` does
+        # (this also waits until the worker processes are up).
+        bullmq) start_workers bullmq
+          node scripts/compare/bullmq/bench.mjs compare "$rport" sequential 200 >/dev/null
+          run_bullmq "$shape" "$rep"; stop_workers ;;
+        celery) start_workers celery
+          "$venv/bin/python" scripts/compare/celery/bench.py sequential 200 >/dev/null
+          run_celery "$shape" "$rep"; stop_workers ;;
+        *) "run_$sys" "$shape" "$rep" ;;
+      esac
+    done
+  done
+done
+
+log "report"
+python3 scripts/compare/report.py table "$results" --svg "$out/compare.svg" | tee "$out/table.md"
+echo "results: $results; plot: $out/compare.svg" >&2

@@ -1,0 +1,43 @@
+//! Health for orchestrators: `/health/live` asks the process only, `/health/ready` (and the
+//! older `/health`) asks the store too. Kubernetes restarts a pod whose liveness fails, so a
+//! store outage (Redis away) must fail readiness only: a pod that cannot reach its store takes no
+//! traffic, and comes back by itself when the store does.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::store::Store;
+
+/// The process answers: its runtime schedules tasks and its accept loop runs.
+pub async fn live() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// The store answers too: 200, or 503 with the store's error.
+pub async fn ready(store: &dyn Store) -> Response {
+    match store.health().await {
+        Ok(()) => Json(json!({"status": "ok", "store": store.backend_name()})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "store": store.backend_name(), "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// The probes of a worker node (`runyard worker --health-listen`), which serves no API.
+pub fn probe_router(store: Arc<dyn Store>) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route(
+            "/health/ready",
+            get(|State(s): State<Arc<dyn Store>>| async move { ready(s.as_ref()).await }),
+        )
+        .with_state(store)
+}

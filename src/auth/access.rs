@@ -1,0 +1,428 @@
+//! The one place the API decides who may call what (docs/auth.md): [`ROUTES`] maps every route
+//! of the router to what it needs, and [`guard`] (a route layer over the whole router) enforces
+//! it before any handler runs:
+//!
+//! - client routes need `Authorization: Bearer` (an API token or a JWT) when auth is in force:
+//!   401 without one or with a bad one, 403 without the route's scope, and 403 for a job or
+//!   schedule (named in the path) outside the caller's `types` / `channels`;
+//! - event routes accept the JWT from the cookie too, and serve only the caller's channels;
+//! - hook routes pass (their handlers check the job's signature), `/health` passes, `/metrics`
+//!   passes unless `auth.metrics_require_token`;
+//! - a credential in the query string (`?token=`, `?access_token=`) is refused (400
+//!   `token_in_query`): URLs end up in logs;
+//! - a route missing from [`ROUTES`] answers 500 `route_not_in_access_table`, auth or not, so a
+//!   route added without its line here fails its first test.
+//!
+//! New jobs (a submit's body, a schedule's `job`) are checked against the caller's types and
+//! channels where every job is validated, [`crate::api::jobs::build_job`], through
+//! [`check_new_job`]: the grant of the request is in scope there. Listings show only what the
+//! grant covers ([`Caller`]).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::tokens::{Authenticator, Grant, Scope};
+use crate::api::error::ApiError;
+use crate::api::AppState;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A client route: a token or JWT with this scope; `On` names the resource in its path.
+    Client(Scope, On),
+    /// An event transport: `jobs:read` or a channel JWT (cookie accepted), its channels only.
+    Events,
+    /// A job hook: authenticated by the job's signature in the handler.
+    Hook,
+    /// Open to anyone (`/health`, signed blob URLs).
+    Open,
+    /// `/metrics`: open, or `jobs:read` with `auth.metrics_require_token`.
+    Metrics,
+}
+
+/// The resource a client route's path names, checked against the caller's types and channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// Nothing (a listing, a submit: bodies are checked in `build_job`).
+    Any,
+    /// The job `{id}`.
+    Job,
+    /// The schedule `{name}` (its job template's type and channel).
+    Schedule,
+}
+
+/// One route: method, the router's path pattern, and what it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// `GET`, `POST`, `PUT`, `DELETE`, ... (`HEAD` is looked up as `GET`).
+    pub method: &'static str,
+    /// The path exactly as given to the router (`/async/jobs/{id}`).
+    pub path: &'static str,
+    /// What it needs.
+    pub need: Need,
+}
+
+const fn client(method: &'static str, path: &'static str, scope: Scope, on: On) -> Route {
+    Route {
+        method,
+        path,
+        need: Need::Client(scope, on),
+    }
+}
+
+const fn other(method: &'static str, path: &'static str, need: Need) -> Route {
+    Route { method, path, need }
+}
+
+use On::{Any, Job, Schedule};
+use Scope::{JobsCancel, JobsRead, JobsSubmit, SchedulesWrite, SignalsWrite};
+
+/// Every route of the API and what it needs. Adding a route to the router: add its line here
+/// (docs/auth.md, "Adding a route").
+pub const ROUTES: &[Route] = &[
+    // Jobs.
+    client("POST", "/async/jobs", JobsSubmit, Any),
+    client("GET", "/async/jobs", JobsRead, Any),
+    client("GET", "/async/jobs/{id}", JobsRead, Job),
+    client("POST", "/async/jobs/{id}/cancel", JobsCancel, Job),
+    client("POST", "/async/jobs/{id}/retry", JobsSubmit, Job),
+    client("GET", "/async/jobs/{id}/logs", JobsRead, Job),
+    client("GET", "/async/jobs/{id}/result", JobsRead, Job),
+    client("PUT", "/async/jobs/{id}/files/{property}", JobsSubmit, Job),
+    client(
+        "GET",
+        "/async/jobs/{id}/files/{property}/{index}",
+        JobsRead,
+        Job,
+    ),
+    // Schedules.
+    client("POST", "/async/schedules", SchedulesWrite, Any),
+    client("GET", "/async/schedules", JobsRead, Any),
+    client("GET", "/async/schedules/{name}", JobsRead, Schedule),
+    client("PUT", "/async/schedules/{name}", SchedulesWrite, Schedule),
+    client(
+        "DELETE",
+        "/async/schedules/{name}",
+        SchedulesWrite,
+        Schedule,
+    ),
+    client(
+        "POST",
+        "/async/schedules/{name}/pause",
+        SchedulesWrite,
+        Schedule,
+    ),
+    client(
+        "POST",
+        "/async/schedules/{name}/resume",
+        SchedulesWrite,
+        Schedule,
+    ),
+    client(
+        "POST",
+        "/async/schedules/{name}/trigger",
+        SchedulesWrite,
+        Schedule,
+    ),
+    client(
+        "POST",
+        "/async/schedules/{name}/backfill",
+        SchedulesWrite,
+        Schedule,
+    ),
+    // Signals.
+    client("POST", "/async/signals/{key}", SignalsWrite, Any),
+    client("GET", "/async/signals/{key}", JobsRead, Any),
+    // Events.
+    other("GET", "/async/events/ws", Need::Events),
+    other("GET", "/async/events/sse", Need::Events),
+    other("GET", "/api/v1/async_event/", Need::Events),
+    other("GET", "/api/v1/async_event", Need::Events),
+    // Job hooks (signed by the job) and signed blob URLs.
+    other("POST", "/async/status", Need::Hook),
+    other("GET", "/async/job", Need::Hook),
+    other(
+        "GET",
+        "/async/download/{store}/{uuid}/{property}/{index}",
+        Need::Hook,
+    ),
+    other("PUT", "/async/upload/{store}/{uuid}/{property}", Need::Hook),
+    other("POST", "/async/signal/{key}", Need::Hook),
+    other("PUT", "/async/blobs/upload", Need::Open),
+    other("GET", "/async/blobs/{hash}", Need::Open),
+    // Operations.
+    other("GET", "/health", Need::Open),
+    other("GET", "/health/ready", Need::Open),
+    other("GET", "/health/live", Need::Open),
+    other("GET", "/metrics", Need::Metrics),
+    // The dashboard: its page and assets are open (they hold no data; every call it makes is an
+    // API call with the user's token); the runners it shows are read with `jobs:read`.
+    other("GET", "/", Need::Open),
+    other("GET", "/ui/app.js", Need::Open),
+    other("GET", "/ui/app.css", Need::Open),
+    client("GET", "/async/runners", JobsRead, Any),
+    client("GET", "/async/whoami", JobsRead, Any),
+];
+
+/// What [`guard`] works with.
+pub struct Access {
+    state: AppState,
+    auth: Authenticator,
+}
+
+impl Access {
+    /// The access state of `state`'s configuration. `[auth]` is validated when the config is
+    /// loaded; one that does not compile here (a config built in code) refuses every credential.
+    pub fn new(state: AppState) -> Arc<Self> {
+        let auth = Authenticator::new(&state.app.config.auth).unwrap_or_else(|(k, m)| {
+            tracing::error!(key = %k, "{m}: every credential is refused");
+            Authenticator::deny_all()
+        });
+        Arc::new(Self { state, auth })
+    }
+}
+
+/// The route of a request: its line in [`ROUTES`], or `None` when the path is not there at all.
+/// A method the table does not list on a listed path needs `admin` (the router answers 405).
+pub fn lookup(method: &Method, path: &str) -> Option<Need> {
+    let m = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let mut path_known = false;
+    for r in ROUTES {
+        if r.path == path {
+            if r.method == m {
+                return Some(r.need);
+            }
+            path_known = true;
+        }
+    }
+    path_known.then_some(Need::Client(Scope::Admin, On::Any))
+}
+
+tokio::task_local! {
+    static CURRENT: Grant;
+}
+
+/// Checks a new job (a submit, a schedule's `job`) of `job_type` on `channel` against the grant
+/// of the request being served (403 outside its types or channels). Outside a request (a
+/// schedule's fire) there is nothing to check.
+pub fn check_new_job(job_type: &str, channel: Option<&str>) -> Result<(), ApiError> {
+    CURRENT
+        .try_with(|g| g.check_job(job_type, channel))
+        .unwrap_or(Ok(()))
+}
+
+/// The route layer: see the module's docs.
+pub async fn guard(
+    State(access): State<Arc<Access>>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(matched) = matched else {
+        return next.run(req).await;
+    };
+    let Some(need) = lookup(req.method(), matched.as_str()) else {
+        tracing::error!(
+            method = %req.method(),
+            path = matched.as_str(),
+            "a route is missing from the access table (src/auth/access.rs ROUTES)"
+        );
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "route_not_in_access_table",
+            format!(
+                "the route `{} {}` has no line in the access table (src/auth/access.rs)",
+                req.method(),
+                matched.as_str()
+            ),
+        )
+        .into_response();
+    };
+    let cfg = &access.state.app.config.auth;
+    let need = match need {
+        Need::Hook | Need::Open => return next.run(req).await,
+        Need::Metrics if !cfg.metrics_require_token => return next.run(req).await,
+        Need::Metrics => Need::Client(Scope::JobsRead, On::Any),
+        n => n,
+    };
+    let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+    let grant = match decide(&access, need, (method, uri, headers), params.ok()).await {
+        Ok(g) => g,
+        Err(e) => {
+            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+            let mut res = e.into_response();
+            if unauthorized {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return res;
+        }
+    };
+    req.extensions_mut().insert(Caller(grant.clone()));
+    CURRENT.scope(grant, next.run(req)).await
+}
+
+/// The grant of a request to a client or event route, or its refusal.
+async fn decide(
+    access: &Access,
+    need: Need,
+    (method, uri, headers): (&Method, &Uri, &HeaderMap),
+    params: Option<RawPathParams>,
+) -> Result<Grant, ApiError> {
+    if let Some(q) = uri.query() {
+        if let Ok(axum::extract::Query(pairs)) =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        {
+            if let Some((k, _)) = pairs
+                .iter()
+                .find(|(k, _)| k == "token" || k == "access_token")
+            {
+                return Err(ApiError::bad_request(
+                    "token_in_query",
+                    format!(
+                        "`{k}` in the query string is refused: URLs are logged; send \
+                         `Authorization: Bearer <token>`"
+                    ),
+                ));
+            }
+        } else if q.contains("token=") {
+            return Err(ApiError::bad_request(
+                "token_in_query",
+                "a token in the query string is refused: send `Authorization: Bearer <token>`",
+            ));
+        }
+    }
+    if !access.auth.enabled() {
+        return Ok(Grant::open());
+    }
+    let cfg = &access.state.app.config.auth;
+    let credential = match need {
+        Need::Events => super::token(headers, &cfg.jwt_cookie)?,
+        _ => bearer(headers)?,
+    };
+    let grant = access
+        .auth
+        .authenticate(&credential)
+        .map_err(ApiError::unauthorized)?;
+    match need {
+        Need::Client(scope, on) => {
+            if !grant.allows(scope) {
+                return Err(ApiError::forbidden(format!(
+                    "{} does not grant `{scope}`, which `{} {}` needs",
+                    grant.who,
+                    method,
+                    uri.path()
+                )));
+            }
+            if grant.is_confined() && on != On::Any {
+                check_target(access, &grant, on, params).await?;
+            }
+        }
+        _ => {
+            if !grant.reads_events() {
+                return Err(ApiError::forbidden(format!(
+                    "{} does not grant `jobs:read`, which event streams need",
+                    grant.who
+                )));
+            }
+            // The channel asked for (`?channel=`) is within the grant: refused here, before
+            // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
+            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .ok()
+                .and_then(|q| {
+                    q.0.into_iter()
+                        .find(|(k, _)| k == "channel")
+                        .map(|(_, v)| v)
+                });
+            grant.event_channel(asked)?;
+        }
+    }
+    Ok(grant)
+}
+
+/// `Authorization: Bearer <credential>`, or 401.
+fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "a token is required: `Authorization: Bearer <token>`",
+        ));
+    };
+    // The same size bound and parsing as the event transports (no cookie: only event routes
+    // take one).
+    let mut only = HeaderMap::new();
+    only.insert(header::AUTHORIZATION, v.clone());
+    super::token(&only, "")
+}
+
+/// The job or schedule a path names is within the grant's types and channels (403 otherwise). A
+/// malformed or unknown one passes: the handler answers 400 or 404.
+async fn check_target(
+    access: &Access,
+    grant: &Grant,
+    on: On,
+    params: Option<RawPathParams>,
+) -> Result<(), ApiError> {
+    let param = |name: &str| {
+        params.as_ref().and_then(|p| {
+            p.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    let store = &access.state.app.store;
+    match on {
+        On::Any => Ok(()),
+        On::Job => {
+            let Some(id) = param("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()) else {
+                return Ok(());
+            };
+            match store.get(id).await? {
+                Some(job) => grant.check_job(&job.job_type, Some(&job.channel_id)),
+                None => Ok(()),
+            }
+        }
+        On::Schedule => {
+            let Some(name) = param("name") else {
+                return Ok(());
+            };
+            match store.schedule(&name).await? {
+                Some(s) => grant.check_job(
+                    &s.proto.job_type,
+                    s.spec.job.get("channel").and_then(|c| c.as_str()),
+                ),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// The caller of a request, as [`guard`] decided: handlers use it to show only what it covers.
+/// Extracting it on a route the guard did not run on is a 500 (never an open door).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Grant);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no_access_decision",
+                "this route is not behind the access guard",
+            )
+        })
+    }
+}

@@ -1,0 +1,520 @@
+//! API tokens and scopes (docs/auth.md): `[[auth.tokens]]` (the SHA-256 of a bearer token and
+//! what it grants) and JWTs signed with `auth.jwt_secret` carrying a `scope` claim. Both become a
+//! [`Grant`]: scopes, plus the job types and channels it is confined to.
+//!
+//! Tokens are compared by their SHA-256 in constant time; neither a token nor its hash is ever
+//! put in a message, a log line or a response (a grant names its token by `name`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::jwt::{Claims, Verifier};
+use crate::api::error::ApiError;
+use crate::config::AuthConfig;
+
+/// A scope a token or a JWT grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Submit jobs, attach their input files, retry them.
+    JobsSubmit,
+    /// Read jobs, logs, results, files, schedules, signals; follow events.
+    JobsRead,
+    /// Cancel jobs.
+    JobsCancel,
+    /// Create, replace, delete, pause, resume, trigger and backfill schedules.
+    SchedulesWrite,
+    /// Write readiness signals.
+    SignalsWrite,
+    /// Every scope.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, in the order of the docs.
+    pub const ALL: [Scope; 6] = [
+        Scope::JobsSubmit,
+        Scope::JobsRead,
+        Scope::JobsCancel,
+        Scope::SchedulesWrite,
+        Scope::SignalsWrite,
+        Scope::Admin,
+    ];
+
+    /// Its name in the config and in a JWT's `scope` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::JobsSubmit => "jobs:submit",
+            Scope::JobsRead => "jobs:read",
+            Scope::JobsCancel => "jobs:cancel",
+            Scope::SchedulesWrite => "schedules:write",
+            Scope::SignalsWrite => "signals:write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// The scope named `s`.
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Scope::JobsSubmit => 1,
+            Scope::JobsRead => 2,
+            Scope::JobsCancel => 4,
+            Scope::SchedulesWrite => 8,
+            Scope::SignalsWrite => 16,
+            Scope::Admin => ALL_BITS,
+        }
+    }
+
+    /// The known scope names, for messages.
+    pub fn names() -> String {
+        Scope::ALL.map(Scope::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const ALL_BITS: u8 = 31;
+/// Reading event streams: `jobs:read` grants it, and so does a channel JWT (its channel only).
+const EVENTS_BIT: u8 = 32;
+
+/// Globs a grant is confined to, with their text for messages.
+#[derive(Clone)]
+struct Patterns {
+    list: Vec<String>,
+    set: GlobSet,
+}
+
+impl Patterns {
+    fn new(list: &[String]) -> Result<Self, String> {
+        let mut b = GlobSetBuilder::new();
+        for g in list {
+            if g.is_empty() {
+                return Err("a glob must not be empty".into());
+            }
+            b.add(Glob::new(g).map_err(|e| format!("`{g}` is not a valid glob: {e}"))?);
+        }
+        let set = b.build().map_err(|e| e.to_string())?;
+        Ok(Self {
+            list: list.to_vec(),
+            set,
+        })
+    }
+
+    fn literal(s: &str) -> Self {
+        let mut b = GlobSetBuilder::new();
+        b.add(Glob::new(&globset::escape(s)).expect("an escaped glob is valid"));
+        Self {
+            list: vec![s.to_string()],
+            set: b.build().expect("one literal glob builds"),
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        self.set.is_match(s)
+    }
+
+    /// The single channel a grant names without wildcards, if it names exactly one.
+    fn single_literal(&self) -> Option<&str> {
+        match self.list.as_slice() {
+            [one] if !one.contains(['*', '?', '[', '{', '\\']) => Some(one),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.list.fmt(f)
+    }
+}
+
+/// What the caller of a request may do: its scopes, and the job types and channels it is
+/// confined to (`None`: all).
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Who, for messages and logs: `token \`ci\`` or `JWT (sub 42)`; never the credential.
+    pub who: String,
+    bits: u8,
+    types: Option<Arc<Patterns>>,
+    channels: Option<Arc<Patterns>>,
+}
+
+impl Grant {
+    /// Everything, everywhere: the grant of every request when auth is not configured.
+    pub fn open() -> Self {
+        Self {
+            who: "anyone (auth is not configured)".into(),
+            bits: ALL_BITS | EVENTS_BIT,
+            types: None,
+            channels: None,
+        }
+    }
+
+    fn from_scopes(who: String, scopes: &[Scope]) -> Self {
+        let mut bits = scopes.iter().fold(0, |b, s| b | s.bit());
+        if bits & Scope::JobsRead.bit() != 0 {
+            bits |= EVENTS_BIT;
+        }
+        Self {
+            who,
+            bits,
+            types: None,
+            channels: None,
+        }
+    }
+
+    /// Grants `scope` (`admin` grants every scope).
+    pub fn allows(&self, scope: Scope) -> bool {
+        let b = scope.bit();
+        self.bits & b == b
+    }
+
+    /// The names of the scopes it grants (all of them, `admin` included, for an admin).
+    pub fn scope_names(&self) -> Vec<&'static str> {
+        Scope::ALL
+            .into_iter()
+            .filter(|s| self.allows(*s))
+            .map(Scope::as_str)
+            .collect()
+    }
+
+    /// May follow event streams (`jobs:read`, or a channel JWT).
+    pub fn reads_events(&self) -> bool {
+        self.bits & EVENTS_BIT != 0
+    }
+
+    /// Confined to some types or channels (its resources must be checked).
+    pub fn is_confined(&self) -> bool {
+        self.types.is_some() || self.channels.is_some()
+    }
+
+    /// The job (of `job_type`, on `channel`) is within the grant's types and channels. A job
+    /// without a channel is outside a grant confined to channels.
+    pub fn sees(&self, job_type: &str, channel: Option<&str>) -> bool {
+        self.types.as_ref().is_none_or(|t| t.matches(job_type))
+            && self
+                .channels
+                .as_ref()
+                .is_none_or(|c| channel.is_some_and(|ch| c.matches(ch)))
+    }
+
+    /// [`Grant::sees`], or 403 saying which confinement refuses it.
+    pub fn check_job(&self, job_type: &str, channel: Option<&str>) -> Result<(), ApiError> {
+        if let Some(t) = &self.types {
+            if !t.matches(job_type) {
+                return Err(ApiError::forbidden(format!(
+                    "{} is confined to job types {:?}: `{job_type}` is not one of them",
+                    self.who, t.list
+                )));
+            }
+        }
+        if let Some(c) = &self.channels {
+            match channel {
+                None => {
+                    return Err(ApiError::forbidden(format!(
+                        "{} is confined to channels {:?}: the job must name its `channel`",
+                        self.who, c.list
+                    )))
+                }
+                Some(ch) if !c.matches(ch) => {
+                    return Err(ApiError::forbidden(format!(
+                        "{} is confined to channels {:?}: `{ch}` is not one of them",
+                        self.who, c.list
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The event channel to serve for a `?channel=` asked (`None`: the global stream). A grant
+    /// confined to channels serves only those: no channel asked is its one channel when it names
+    /// exactly one, else 403. A grant confined to types reads events only when it is also
+    /// confined to channels (events do not say their job's type).
+    pub fn event_channel(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        let asked = asked.filter(|a| !a.is_empty());
+        let Some(c) = &self.channels else {
+            if let Some(t) = &self.types {
+                return Err(ApiError::forbidden(format!(
+                    "{} is confined to job types {:?} and events do not say their job's type: \
+                     give it `channels` to read events",
+                    self.who, t.list
+                )));
+            }
+            return Ok(asked);
+        };
+        match asked {
+            Some(a) if c.matches(&a) => Ok(Some(a)),
+            Some(_) => Err(ApiError::forbidden(format!(
+                "{} grants channels {:?} only; `channel` names another",
+                self.who, c.list
+            ))),
+            None => match c.single_literal() {
+                Some(one) => Ok(Some(one.to_string())),
+                None => Err(ApiError::forbidden(format!(
+                    "{} grants channels {:?} only: name one with `channel`",
+                    self.who, c.list
+                ))),
+            },
+        }
+    }
+}
+
+struct StaticToken {
+    digest: [u8; 32],
+    grant: Grant,
+}
+
+/// Checks bearer credentials against `[auth]`: the configured tokens and, with `jwt_secret`,
+/// JWTs.
+pub struct Authenticator {
+    tokens: Vec<StaticToken>,
+    jwt: Option<Verifier>,
+    enabled: bool,
+}
+
+/// The SHA-256 of a token, in hex: what `[[auth.tokens]] sha256` holds.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Authenticator {
+    /// Compiles `[auth]`; an error names the key (`auth.tokens[1].scopes`) and never repeats a
+    /// hash.
+    pub fn new(cfg: &AuthConfig) -> Result<Self, (String, String)> {
+        let mut tokens: Vec<StaticToken> = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in cfg.tokens.iter().enumerate() {
+            let key = |f: &str| format!("auth.tokens[{i}].{f}");
+            let name = t.name.trim();
+            if name.is_empty()
+                || name.len() > 100
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c))
+            {
+                return Err((
+                    key("name"),
+                    "must be 1-100 letters, digits, '.', '_', '-', ':' or '@'".into(),
+                ));
+            }
+            if !names.insert(name.to_string()) {
+                return Err((key("name"), format!("`{name}` is used by another token")));
+            }
+            let mut digest = [0u8; 32];
+            if t.sha256.len() != 64 || hex::decode_to_slice(&t.sha256, &mut digest).is_err() {
+                return Err((
+                    key("sha256"),
+                    format!(
+                        "the SHA-256 of token `{name}` must be 64 hex characters (`runyard token \
+                         new` prints it; the token itself never goes in the file)"
+                    ),
+                ));
+            }
+            if tokens.iter().any(|o| bool::from(o.digest.ct_eq(&digest))) {
+                return Err((
+                    key("sha256"),
+                    format!("token `{name}` has the same sha256 as another token"),
+                ));
+            }
+            if t.scopes.is_empty() {
+                return Err((
+                    key("scopes"),
+                    format!(
+                        "token `{name}` needs at least one scope of: {}",
+                        Scope::names()
+                    ),
+                ));
+            }
+            let mut scopes = Vec::new();
+            for s in &t.scopes {
+                match Scope::parse(s) {
+                    Some(x) => scopes.push(x),
+                    None => {
+                        return Err((
+                            key("scopes"),
+                            format!(
+                                "token `{name}` has the unknown scope `{s}` (known: {})",
+                                Scope::names()
+                            ),
+                        ))
+                    }
+                }
+            }
+            let mut grant = Grant::from_scopes(format!("token `{name}`"), &scopes);
+            for (field, list, slot) in [
+                ("types", &t.types, &mut grant.types),
+                ("channels", &t.channels, &mut grant.channels),
+            ] {
+                if let Some(list) = list {
+                    if list.is_empty() {
+                        return Err((
+                            key(field),
+                            format!(
+                                "token `{name}`: list at least one glob, or leave `{field}` out \
+                                 for all"
+                            ),
+                        ));
+                    }
+                    let p = Patterns::new(list)
+                        .map_err(|m| (key(field), format!("token `{name}`: {m}")))?;
+                    *slot = Some(Arc::new(p));
+                }
+            }
+            tokens.push(StaticToken { digest, grant });
+        }
+        Ok(Self {
+            tokens,
+            jwt: cfg
+                .jwt_secret
+                .as_deref()
+                .map(|s| Verifier::new(s, cfg.jwt_leeway, cfg.require_exp)),
+            enabled: cfg.enabled(),
+        })
+    }
+
+    /// Auth in force with no credential valid (a configuration that does not compile).
+    pub fn deny_all() -> Self {
+        Self {
+            tokens: Vec::new(),
+            jwt: None,
+            enabled: true,
+        }
+    }
+
+    /// Auth is in force (a JWT secret or tokens are configured).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The grant of a bearer credential (an API token or a JWT), or why it is refused (401).
+    pub fn authenticate(&self, bearer: &str) -> Result<Grant, String> {
+        if bearer.split('.').count() == 3 {
+            let Some(v) = &self.jwt else {
+                return Err("JWTs are not accepted: `auth.jwt_secret` is not set".into());
+            };
+            return grant_of_claims(v.verify_claims(bearer)?);
+        }
+        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        // Every configured hash is compared, each in constant time.
+        let mut found = None;
+        for t in &self.tokens {
+            let eq = bool::from(digest.ct_eq(&t.digest));
+            if eq && found.is_none() {
+                found = Some(&t.grant);
+            }
+        }
+        found.cloned().ok_or_else(|| match &self.jwt {
+            Some(_) => "the token is neither a valid API token nor a JWT (malformed)".to_string(),
+            None => "the token is not a valid API token".to_string(),
+        })
+    }
+}
+
+/// What a JWT grants: its `scope` claim (unknown scopes are ignored), confined to its `channel`
+/// when it has one; a JWT with a `channel` and no `scope` reads that channel's events only.
+fn grant_of_claims(c: Claims) -> Result<Grant, String> {
+    let who = match &c.sub {
+        Some(s) => format!("JWT (sub `{}`)", s.chars().take(64).collect::<String>()),
+        None => "JWT".to_string(),
+    };
+    let scopes: Vec<Scope> = c
+        .scope
+        .iter()
+        .flatten()
+        .filter_map(|s| Scope::parse(s))
+        .collect();
+    let mut grant = Grant::from_scopes(who, &scopes);
+    match c.channel {
+        Some(ch) => {
+            grant.bits |= EVENTS_BIT;
+            grant.channels = Some(Arc::new(Patterns::literal(&ch)));
+        }
+        None if c.scope.is_none() => {
+            return Err("the token has no `channel` claim (nor a `scope` claim)".into());
+        }
+        None => {}
+    }
+    Ok(grant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(toml: &str) -> Result<Authenticator, (String, String)> {
+        let cfg: AuthConfig = toml::from_str(toml).expect("toml");
+        Authenticator::new(&cfg)
+    }
+
+    #[test]
+    fn config_errors_name_the_token_and_never_the_hash() {
+        let h = token_sha256("t1");
+        let e = auth(&format!(
+            "[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\nscopes = [\"jobs:write\"]"
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(e.0, "auth.tokens[0].scopes");
+        assert!(e.1.contains("ci") && e.1.contains("jobs:write"), "{e:?}");
+        let e =
+            auth("[[tokens]]\nname = \"ci\"\nsha256 = \"ry_secret_token\"\nscopes = [\"admin\"]")
+                .err()
+                .unwrap();
+        assert_eq!(e.0, "auth.tokens[0].sha256");
+        assert!(!e.1.contains("ry_secret_token"), "{e:?}");
+        let e = auth(&format!(
+            "[[tokens]]\nname = \"a\"\nsha256 = \"{h}\"\nscopes = [\"admin\"]\n\
+             [[tokens]]\nname = \"b\"\nsha256 = \"{h}\"\nscopes = [\"admin\"]"
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(e.0, "auth.tokens[1].sha256");
+        assert!(!e.1.contains(&h));
+        let e = auth(&format!(
+            "[[tokens]]\nname = \"a\"\nsha256 = \"{h}\"\nscopes = [\"admin\"]\ntypes = []"
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(e.0, "auth.tokens[0].types");
+    }
+
+    #[test]
+    fn tokens_grant_their_scopes_types_and_channels() {
+        let a = auth(&format!(
+            "[[tokens]]\nname = \"ci\"\nsha256 = \"{}\"\nscopes = [\"jobs:submit\", \"jobs:read\"]\n\
+             types = [\"report.*\"]\nchannels = [\"tenant-a\"]\n\
+             [[tokens]]\nname = \"root\"\nsha256 = \"{}\"\nscopes = [\"admin\"]",
+            token_sha256("tok-ci"),
+            token_sha256("tok-root")
+        ))
+        .unwrap();
+        let g = a.authenticate("tok-ci").unwrap();
+        assert!(g.allows(Scope::JobsSubmit) && g.allows(Scope::JobsRead));
+        assert!(!g.allows(Scope::JobsCancel) && !g.allows(Scope::Admin));
+        assert!(g.sees("report.daily", Some("tenant-a")));
+        assert!(!g.sees("mail.send", Some("tenant-a")));
+        assert!(!g.sees("report.daily", Some("tenant-b")));
+        assert!(!g.sees("report.daily", None));
+        assert_eq!(g.event_channel(None).unwrap().as_deref(), Some("tenant-a"));
+        assert!(g.event_channel(Some("tenant-b".into())).is_err());
+        let root = a.authenticate("tok-root").unwrap();
+        assert!(Scope::ALL.iter().all(|s| root.allows(*s)));
+        assert!(root.sees("x", None));
+        assert!(a.authenticate("tok-other").is_err());
+        assert!(a.authenticate("").is_err());
+        assert!(a.authenticate("a.b.c").unwrap_err().contains("jwt_secret"));
+    }
+}

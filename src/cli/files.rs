@@ -1,0 +1,235 @@
+//! `runyard files get JOB PROPERTY [INDEX] [-o FILE]`, `runyard files put JOB PROPERTY FILE`, and
+//! the multipart body of `submit --input PROP=FILE`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use super::client::{path_of, Api, ServerArg};
+use super::exit::Failure;
+use super::output::{self, Format};
+
+/// `files` flags.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Download one of a job's files (an input or an output) to FILE, or to stdout.
+    Get(GetArgs),
+    /// Attach FILE to a job as PROPERTY (before it ends; inputs before it runs). Prints its index.
+    Put(PutArgs),
+}
+
+/// Flags of `files get`.
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// The job id.
+    job: String,
+    /// The file's property, e.g. `inputs` or `outputs`.
+    property: String,
+    /// Which file of the property (from 0).
+    #[arg(default_value_t = 0)]
+    index: usize,
+    /// Write to this file instead of stdout.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Flags of `files put`.
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// The job id.
+    job: String,
+    /// The property to attach it to, e.g. `inputs`.
+    property: String,
+    /// The file to send.
+    file: PathBuf,
+    /// Its name on the job (default: the file's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Its media type.
+    #[arg(long, default_value = "application/octet-stream")]
+    mimetype: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Runs `runyard files ...`.
+pub async fn run(a: FilesArgs) -> anyhow::Result<ExitCode> {
+    match a.action {
+        Action::Get(g) => get(g).await,
+        Action::Put(p) => put(p).await,
+    }
+}
+
+async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
+    let format = a.server.output;
+    if format.json() && a.out.is_none() {
+        return Err(Failure::usage(
+            "files get --output json needs -o FILE: the file's bytes cannot share stdout with JSON",
+        ));
+    }
+    let api = Api::from_arg(&a.server)?;
+    let path = path_of(
+        "/async/jobs",
+        &[&a.job, "files", &a.property, &a.index.to_string()],
+    )?;
+    let r = api.get_response(&path).await?;
+    let mut body = r.bytes_stream();
+    match &a.out {
+        None => {
+            let mut out = tokio::io::stdout();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| api.unreachable(&e))?;
+                out.write_all(&chunk).await?;
+            }
+            out.flush().await?;
+        }
+        Some(dest) => {
+            // Into a temporary file beside the destination, renamed when complete: a failed
+            // download never leaves a truncated file under the asked name.
+            let part = part_path(dest);
+            let written = async {
+                let mut size = 0u64;
+                let mut f = tokio::fs::File::create(&part).await.map_err(|e| {
+                    Failure::usage(format!("-o {}: cannot write: {e}", dest.display()))
+                })?;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| api.unreachable(&e))?;
+                    size += chunk.len() as u64;
+                    f.write_all(&chunk).await?;
+                }
+                f.flush().await?;
+                f.sync_all().await?;
+                tokio::fs::rename(&part, dest).await?;
+                anyhow::Ok(size)
+            }
+            .await;
+            if written.is_err() {
+                let _ = tokio::fs::remove_file(&part).await;
+            }
+            let size = written?;
+            let summary = json!({
+                "job_id": a.job,
+                "property": a.property,
+                "index": a.index,
+                "path": dest.display().to_string(),
+                "size": size,
+            });
+            match format {
+                Format::Json => output::json_line(&summary),
+                Format::Text => eprintln!("{size} bytes -> {}", dest.display()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    dest.with_file_name(name)
+}
+
+async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::from_arg(&a.server)?;
+    let (body, _len) = file_body(&a.file).await?;
+    // The server refuses a file for an ended job before reading it, and a refusal that arrives
+    // while the body is still being sent reads as a broken connection: ask first, so the answer
+    // is the refusal itself (the server checks again when the file arrives).
+    let job = api.get(&path_of("/async/jobs", &[&a.job])?).await?;
+    let status = job["status"].as_str().unwrap_or("");
+    if super::follow::is_terminal(status) {
+        return Err(Failure::Refused {
+            status: 409,
+            code: "illegal_transition".into(),
+            message: format!("job is {status}: it takes no more files"),
+        }
+        .into());
+    }
+    let name = a.name.clone().unwrap_or_else(|| file_name(&a.file));
+    let mut u = reqwest::Url::parse("http://x/")?;
+    u.set_path(&path_of("/async/jobs", &[&a.job, "files", &a.property])?);
+    u.query_pairs_mut().append_pair("name", &name);
+    let path = format!("{}?{}", u.path(), u.query().unwrap_or(""));
+    let v = api.put_body(&path, body, &a.mimetype).await?;
+    match a.server.output {
+        Format::Json => output::json_line(&v),
+        Format::Text => println!(
+            "{}[{}] {} bytes, md5 {}",
+            output::cell(&v["property"]),
+            output::cell(&v["index"]),
+            output::cell(&v["size"]),
+            output::cell(&v["hash"])
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A file as a streamed request body with its length; an unreadable file is a usage error.
+async fn file_body(path: &Path) -> anyhow::Result<(reqwest::Body, u64)> {
+    let f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
+    let meta = f
+        .metadata()
+        .await
+        .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Failure::usage(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    let stream = tokio_util::io::ReaderStream::new(f);
+    Ok((reqwest::Body::wrap_stream(stream), meta.len()))
+}
+
+/// The multipart body of `submit --input PROP=FILE ...`: the `job` part, then one file part per
+/// input, named by its property, in the order given.
+pub async fn submit_form(
+    job: &Value,
+    inputs: &[String],
+) -> anyhow::Result<reqwest::multipart::Form> {
+    let mut form = reqwest::multipart::Form::new().part(
+        "job",
+        reqwest::multipart::Part::text(job.to_string()).mime_str("application/json")?,
+    );
+    for input in inputs {
+        let Some((prop, file)) = input.split_once('=').filter(|(p, f)| {
+            !p.is_empty()
+                && !f.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) else {
+            return Err(Failure::usage(format!(
+                "--input `{input}`: expected PROP=FILE, PROP of letters, digits, '_' or '-'"
+            )));
+        };
+        let path = Path::new(file);
+        let (body, len) = file_body(path).await?;
+        form = form.part(
+            prop.to_string(),
+            reqwest::multipart::Part::stream_with_length(body, len)
+                .file_name(file_name(path))
+                .mime_str("application/octet-stream")?,
+        );
+    }
+    Ok(form)
+}

@@ -1,0 +1,470 @@
+//! Following a job from the command line: its events from the Server-Sent Events stream
+//! (`GET /async/events/sse`, reconnecting from the last event id), and its log lines with their
+//! time and attempt. `submit --wait` and `logs --follow` are built on these.
+
+use std::io::IsTerminal;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use chrono::{DateTime, SecondsFormat, Utc};
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+use super::client::{job_path, Api};
+use super::exit::Failure;
+use super::output::{self, Format};
+
+/// Statuses a job does not leave (except through an explicit retry).
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
+}
+
+/// How long the event stream may stay unreachable before the command gives up (exit 3).
+const GIVE_UP: Duration = Duration::from_secs(60);
+/// Pause before reconnecting: doubles from the first to the second value.
+const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+type SseStream = Pin<
+    Box<
+        dyn Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// One job's events, read from its channel's SSE stream: the stream is opened on first use and
+/// re-opened from the last event id whenever it drops, so nothing is lost or repeated.
+pub struct JobEvents {
+    api: Api,
+    job_id: String,
+    channel: String,
+    last_id: Option<String>,
+    stream: Option<SseStream>,
+    delay: Duration,
+    failing_since: Option<Instant>,
+    /// Pause before the next connection attempt.
+    not_before: Option<Instant>,
+}
+
+impl JobEvents {
+    /// Follows `job_id` on `channel` from the oldest event the server keeps.
+    pub fn new(api: &Api, job_id: &str, channel: &str) -> Self {
+        Self {
+            api: api.clone(),
+            job_id: job_id.to_string(),
+            channel: channel.to_string(),
+            last_id: None,
+            stream: None,
+            delay: RECONNECT.0,
+            failing_since: None,
+            not_before: None,
+        }
+    }
+
+    /// The next event of the job (or a `resync`), waiting at most `within`; `None` when none
+    /// came in that time. Errors: the server refused the stream (4xx), or stayed unreachable
+    /// for a minute.
+    pub async fn next(&mut self, within: Duration) -> anyhow::Result<Option<Value>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            if self.stream.is_none() {
+                if let Some(t) = self.not_before {
+                    if t > now {
+                        tokio::time::sleep(t.min(deadline) - now).await;
+                        continue;
+                    }
+                }
+                match self
+                    .api
+                    .event_stream(&self.channel, self.last_id.as_deref())
+                    .await
+                {
+                    Ok(r) => {
+                        self.stream = Some(Box::pin(r.bytes_stream().eventsource()));
+                        self.failing_since = None;
+                        self.delay = RECONNECT.0;
+                        self.not_before = None;
+                    }
+                    Err(e) if is_transient(&e) => {
+                        let since = *self.failing_since.get_or_insert(now);
+                        if now.duration_since(since) > GIVE_UP {
+                            return Err(e);
+                        }
+                        self.pause();
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            match tokio::time::timeout(deadline - now, stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) | Ok(Some(Err(_))) => {
+                    // Dropped (a server restart, a proxy, a silence past the read bound):
+                    // reconnect from the last event id after a short pause.
+                    self.stream = None;
+                    self.pause();
+                }
+                Ok(Some(Ok(ev))) => {
+                    if !ev.id.is_empty() {
+                        self.last_id = Some(ev.id);
+                    }
+                    let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                        continue;
+                    };
+                    if v["type"] == "resync" || v["job_id"] == self.job_id.as_str() {
+                        return Ok(Some(v));
+                    }
+                }
+            }
+        }
+    }
+
+    fn pause(&mut self) {
+        self.not_before = Some(Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(RECONNECT.1);
+    }
+}
+
+/// No answer, or a 5xx: worth reconnecting.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<Failure>(),
+            Some(Failure::Unreachable { .. } | Failure::Unavailable { .. })
+        )
+    })
+}
+
+/// What a job shows while `submit --wait` follows it: a progress bar with the status and the
+/// last log lines on a terminal, plain status lines on stderr otherwise.
+enum View {
+    Bar(indicatif::ProgressBar),
+    Plain,
+}
+
+impl View {
+    fn new() -> Self {
+        if !std::io::stderr().is_terminal() {
+            return View::Plain;
+        }
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {pos:>3}% {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        View::Bar(bar)
+    }
+
+    fn status(&self, status: &str, attempt: &Value) {
+        let text = match attempt.as_u64() {
+            Some(n) if n > 0 => format!("{status} (attempt {n})"),
+            _ => status.to_string(),
+        };
+        match self {
+            View::Bar(b) => b.set_message(text),
+            View::Plain => eprintln!("{text}"),
+        }
+    }
+
+    fn progress(&self, p: f64) {
+        let pct = (p.clamp(0.0, 1.0) * 100.0).round() as u64;
+        match self {
+            View::Bar(b) => b.set_position(pct),
+            View::Plain => eprintln!("progress {pct}%"),
+        }
+    }
+
+    fn log(&self, line: &LogLine) {
+        if let View::Bar(b) = self {
+            b.println(line.text());
+        }
+    }
+
+    fn finish(&self) {
+        if let View::Bar(b) = self {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Follows the job's events until it ends; returns the final job. On a terminal, shows a
+/// progress bar with the job's log lines above it.
+pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Value> {
+    let view = View::new();
+    let mut tail = match view {
+        View::Bar(_) => Some(LogTail::new(id)?),
+        View::Plain => None,
+    };
+    let mut events = JobEvents::new(api, id, channel);
+    // Without a terminal, nothing is shown but the events: wait for them as long as it takes.
+    let within = if tail.is_some() {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3600)
+    };
+    let r = async {
+        loop {
+            let ev = events.next(within).await?;
+            if let Some(t) = tail.as_mut() {
+                for l in t.fetch(api).await? {
+                    view.log(&l);
+                }
+            }
+            let Some(ev) = ev else { continue };
+            match ev["type"].as_str() {
+                Some("progress") => view.progress(ev["progress"].as_f64().unwrap_or(0.0)),
+                Some("resync") => {
+                    // Events were trimmed: the job itself says where it is.
+                    let job = api.get(&job_path(id)?).await?;
+                    if is_terminal(job["status"].as_str().unwrap_or("")) {
+                        return Ok(job);
+                    }
+                }
+                _ => {
+                    let st = ev["runyard_status"].as_str().unwrap_or("");
+                    view.status(st, &ev["attempt"]);
+                    if let Some(p) = ev["progress"].as_f64() {
+                        if let View::Bar(b) = &view {
+                            b.set_position((p.clamp(0.0, 1.0) * 100.0).round() as u64);
+                        }
+                    }
+                    if is_terminal(st) {
+                        // An explicit retry may have followed; the job says.
+                        let job = api.get(&job_path(id)?).await?;
+                        if is_terminal(job["status"].as_str().unwrap_or("")) {
+                            return Ok(job);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let (Ok(_), Some(t)) = (&r, tail.as_mut()) {
+        for l in t.drain(api).await.unwrap_or_default() {
+            view.log(&l);
+        }
+    }
+    view.finish();
+    r
+}
+
+/// `logs --follow`: prints the job's lines as they come until it ends (the end from its event
+/// stream), then the lines its process wrote last; returns the final job.
+pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyhow::Result<Value> {
+    let job = api.get(&job_path(&tail.id)?).await?;
+    let channel = job["channel_id"].as_str().unwrap_or(&tail.id).to_string();
+    let mut done = is_terminal(job["status"].as_str().unwrap_or(""));
+    let mut events = JobEvents::new(api, &tail.id, &channel);
+    loop {
+        loop {
+            let lines = tail.fetch(api).await?;
+            if lines.is_empty() {
+                break;
+            }
+            for l in &lines {
+                l.print(format);
+            }
+        }
+        if done {
+            break;
+        }
+        // Log lines are not events: between events, new lines are read twice a second.
+        if let Some(ev) = events.next(Duration::from_millis(500)).await? {
+            let ended =
+                ev["type"] == "resync" || is_terminal(ev["runyard_status"].as_str().unwrap_or(""));
+            if ended {
+                let job = api.get(&job_path(&tail.id)?).await?;
+                done = is_terminal(job["status"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    for l in tail.drain(api).await? {
+        l.print(format);
+    }
+    api.get(&job_path(&tail.id)?).await
+}
+
+/// The last line of `logs --follow`: the job's final status, its exit code when the server
+/// knows one, and its error.
+pub fn end_line(job: &Value) -> String {
+    let mut s = format!(
+        "job {} ended {}",
+        output::cell(&job["id"]),
+        output::cell(&job["status"]),
+    );
+    if let Some(code) = job["exit_code"].as_i64() {
+        s.push_str(&format!(" (exit code {code})"));
+    }
+    if let Some(e) = job["error"].as_str().filter(|e| !e.is_empty()) {
+        s.push_str(": ");
+        s.push_str(e);
+    }
+    s
+}
+
+/// One log line, with the attempt it belongs to.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Position in the job's log.
+    pub seq: u64,
+    /// stdout, stderr or job.
+    pub stream: String,
+    /// When it was received (µs since the epoch).
+    pub ts_us: i64,
+    /// The attempt whose run it came from, when known.
+    pub attempt: Option<u64>,
+    /// The text.
+    pub line: String,
+}
+
+impl LogLine {
+    fn time(&self) -> String {
+        DateTime::<Utc>::from_timestamp_micros(self.ts_us)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .unwrap_or_else(|| "-".to_string())
+    }
+
+    /// `2026-11-30T15:55:36.430Z #1 text` (`#-` when the attempt is not known).
+    pub fn text(&self) -> String {
+        let attempt = self
+            .attempt
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".to_string());
+        format!("{} #{attempt} {}", self.time(), self.line)
+    }
+
+    /// `{"kind": "log", "seq", "stream", "ts", "attempt", "line"}`.
+    pub fn json(&self) -> Value {
+        json!({
+            "kind": "log",
+            "seq": self.seq,
+            "stream": self.stream,
+            "ts": self.time(),
+            "attempt": self.attempt,
+            "line": self.line,
+        })
+    }
+
+    /// Prints the line for `format`.
+    pub fn print(&self, format: Format) {
+        match format {
+            Format::Json => output::json_line(&self.json()),
+            Format::Text => println!("{}", self.text()),
+        }
+    }
+}
+
+/// Reads a job's log from where it left off, giving each line its attempt: the server stores
+/// lines with their time only, so the attempt is the last run (of the job's `runs`) claimed at
+/// or before the line's time.
+pub struct LogTail {
+    id: String,
+    path: String,
+    after: u64,
+    /// (claimed_at µs, attempt), by time.
+    runs: Vec<(i64, u64)>,
+}
+
+impl LogTail {
+    /// From the first line of job `id`.
+    pub fn new(id: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: id.to_string(),
+            path: format!("{}/logs", job_path(id)?),
+            after: 0,
+            runs: Vec::new(),
+        })
+    }
+
+    /// The next page of lines (empty when there is nothing new).
+    pub async fn fetch(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
+        let page = api
+            .get(&format!("{}?after={}&limit=1000", self.path, self.after))
+            .await?;
+        let raw = page["lines"].as_array().cloned().unwrap_or_default();
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.after = page["next"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("the log answer has no `next`"))?;
+        let newest = raw.iter().filter_map(|l| l["ts"].as_i64()).max();
+        if newest.is_some_and(|t| self.runs.last().is_none_or(|r| r.0 <= t)) {
+            // A line newer than the last run we know of: runs may have been added since.
+            self.load_runs(api).await?;
+        }
+        Ok(raw
+            .iter()
+            .map(|l| {
+                let ts_us = l["ts"].as_i64().unwrap_or(0);
+                LogLine {
+                    seq: l["seq"].as_u64().unwrap_or(0),
+                    stream: l["stream"].as_str().unwrap_or("").to_string(),
+                    ts_us,
+                    attempt: self
+                        .runs
+                        .iter()
+                        .rev()
+                        .find(|(at, _)| *at <= ts_us)
+                        .map(|(_, a)| *a),
+                    line: l["line"].as_str().unwrap_or("").to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// The lines a job's process wrote last: its output is stored as it is read, which can be
+    /// just after the job reported its end. Reads until 400 ms pass with nothing new (at most
+    /// 3 s).
+    pub async fn drain(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut quiet = 0;
+        let mut out = Vec::new();
+        while quiet < 2 && Instant::now() < until {
+            let lines = self.fetch(api).await?;
+            if lines.is_empty() {
+                quiet += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
+                quiet = 0;
+                out.extend(lines);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_runs(&mut self, api: &Api) -> anyhow::Result<()> {
+        let job = api.get(&job_path(&self.id)?).await?;
+        let mut runs: Vec<(i64, u64)> = job["runs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                let at = r["claimed_at"].as_str().or(r["started_at"].as_str())?;
+                let at = DateTime::parse_from_rfc3339(at).ok()?.timestamp_micros();
+                Some((at, r["attempt"].as_u64()?))
+            })
+            .collect();
+        runs.sort();
+        self.runs = runs;
+        Ok(())
+    }
+}

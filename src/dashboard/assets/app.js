@@ -1,0 +1,496 @@
+// runyard's dashboard: a client of the public API, nothing more (src/dashboard/mod.rs).
+// No framework and no build step: DOM helpers, a hash router, one live event stream.
+
+const TERMINAL = new Set(["SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"]);
+const STATUSES = ["WAITING", "SCHEDULED", "QUEUED", "STARTING", "RUNNING", "SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"];
+const main = document.getElementById("main");
+const live = document.getElementById("live");
+
+// ---------------------------------------------------------------- API and auth
+
+const auth = {
+  get token() { return sessionStorage.getItem("runyard.token") || ""; },
+  set token(t) { t ? sessionStorage.setItem("runyard.token", t) : sessionStorage.removeItem("runyard.token"); },
+  // What the token may do; null until known (no [auth]: everything).
+  scopes: null,
+  can(scope) { return this.scopes === null || this.scopes.includes("admin") || this.scopes.includes(scope); },
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { raw: text }; }
+  if (!r.ok) {
+    const e = (data && data.error) || {};
+    if (r.status === 401) { signIn(e.message || "This server needs a token."); }
+    throw new ApiError(r.status, e.code || `http_${r.status}`, e.message || r.statusText);
+  }
+  return data;
+}
+
+// Asks the server what the token grants; false when a (valid) token is needed first.
+async function loadScopes() {
+  try {
+    const who = await api("/async/whoami");
+    auth.scopes = who.scopes || [];
+  } catch (e) {
+    if (e.status === 401) return false;
+    // A server without /async/whoami: every action is offered; the server still decides, and a
+    // refusal shows its message.
+    auth.scopes = null;
+  }
+  document.getElementById("signout").hidden = !auth.token;
+  return true;
+}
+
+function signIn(message) {
+  if (document.getElementById("signin")) return;
+  main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
+    h("h1", {}, "Sign in"),
+    h("p", {}, message),
+    h("form", { onsubmit: (ev) => { ev.preventDefault(); auth.token = ev.target.token.value.trim(); start(); } },
+      h("label", { for: "token" }, "API token"),
+      h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true }),
+      h("button", { type: "submit" }, "Sign in"))));
+}
+
+document.getElementById("signout").addEventListener("click", () => { auth.token = ""; location.hash = "#/"; start(); });
+
+// ---------------------------------------------------------------- DOM helpers
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+function badge(status) { return h("span", { class: `badge s-${(status || "").toLowerCase()}`, "data-status": status }, status || "?"); }
+
+function when(ts) {
+  if (!ts) return "";
+  const d = new Date(ts);
+  return isNaN(d) ? ts : d.toLocaleString();
+}
+
+function ago(ts) {
+  if (!ts) return "";
+  const s = Math.round((Date.now() - new Date(ts)) / 1000);
+  if (Math.abs(s) < 60) return s >= 0 ? `${s} s ago` : `in ${-s} s`;
+  const m = Math.round(s / 60);
+  if (Math.abs(m) < 60) return m >= 0 ? `${m} min ago` : `in ${-m} min`;
+  const hr = Math.round(m / 60);
+  return hr >= 0 ? `${hr} h ago` : `in ${-hr} h`;
+}
+
+function toast(msg) {
+  const t = document.getElementById("toast");
+  t.textContent = msg; t.hidden = false;
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => { t.hidden = true; }, 6000);
+}
+
+// A log line's time: microseconds since the epoch (the API's `ts`), shown as local hh:mm:ss.mmm.
+function logTime(ts) {
+  if (typeof ts !== "number") return "";
+  const d = new Date(ts / 1000);
+  return isNaN(d) ? "" : d.toTimeString().slice(0, 8) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function json(v) { return h("pre", { class: "json" }, JSON.stringify(v, null, 2)); }
+
+// ---------------------------------------------------------------- live events
+
+// One stream for the whole page: the global event stream, read with fetch (headers, not URLs,
+// carry the token) and parsed as Server-Sent Events; reconnects from the last id it saw.
+const listeners = new Set();
+let lastEventId = null;
+let streamAbort = null;
+
+async function follow() {
+  if (streamAbort) streamAbort.abort();
+  const ctl = new AbortController();
+  streamAbort = ctl;
+  for (let backoff = 500; !ctl.signal.aborted; backoff = Math.min(backoff * 2, 10000)) {
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+      if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+      const r = await fetch("/async/events/sse", { headers, signal: ctl.signal });
+      if (!r.ok || !r.body) throw new Error(`events: HTTP ${r.status}`);
+      live.textContent = "live"; live.className = "live on";
+      backoff = 500;
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut); buf = buf.slice(cut + 2);
+          let id = null, data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("id:")) id = line.slice(3).trim();
+            else if (line.startsWith("data:")) data += line.slice(5).trim();
+          }
+          if (id) lastEventId = id;
+          if (data) { try { const ev = JSON.parse(data); listeners.forEach((f) => f(ev)); } catch { /* a comment or keep-alive */ } }
+        }
+      }
+    } catch (e) {
+      if (ctl.signal.aborted) return;
+    }
+    live.textContent = "reconnecting…"; live.className = "live off";
+    await new Promise((r) => setTimeout(r, backoff));
+  }
+}
+
+function onEvent(f) { listeners.add(f); return () => listeners.delete(f); }
+
+// ---------------------------------------------------------------- pages
+
+let leave = () => {};
+
+async function overview() {
+  const counts = h("div", { class: "cards", id: "counts" }, h("p", {}, "loading…"));
+  const recent = h("tbody", { id: "recent" });
+  const runners = h("div", { id: "runners" });
+  main.replaceChildren(
+    h("h1", {}, "Overview"),
+    counts,
+    h("section", { class: "card" }, h("h2", {}, "Runners"), runners),
+    h("section", { class: "card" }, h("h2", {}, "Latest jobs"),
+      h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Updated"))), recent)));
+
+  async function refreshCounts() {
+    try {
+      const s = await api("/async/stats");
+      counts.replaceChildren(...STATUSES.map((st) =>
+        h("a", { class: "count", href: `#/jobs?status=${st}`, "data-count": st },
+          h("span", { class: "n" }, String((s.by_status || {})[st] || 0)), badge(st))));
+      if (s.queues && s.queues.length) {
+        counts.append(h("table", { class: "queues" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Type"), h("th", {}, "Queued"), h("th", {}, "Oldest waiting"))),
+          h("tbody", {}, s.queues.map((q) => h("tr", {}, h("td", {}, q.type), h("td", {}, q.depth), h("td", {}, q.oldest ? ago(q.oldest) : ""))))));
+      }
+    } catch (e) {
+      counts.replaceChildren(h("p", { class: "muted" }, `Counts are not available from this server (${e.message}).`));
+    }
+  }
+  async function refreshRunners() {
+    try {
+      const r = await api("/async/runners");
+      runners.replaceChildren(h("table", {},
+        h("thead", {}, h("tr", {}, h("th", {}, "Runner"), h("th", {}, "Kind"), h("th", {}, "Types"), h("th", {}, "In use"))),
+        h("tbody", {}, (r.runners || []).map((x) => h("tr", {},
+          h("td", {}, x.name), h("td", {}, x.kind), h("td", {}, (x.types || []).join(", ")),
+          h("td", {}, x.in_use === undefined || x.in_use === null ? `of ${x.concurrency}` : `${x.in_use} / ${x.concurrency}`))))));
+    } catch (e) {
+      runners.replaceChildren(h("p", { class: "muted" }, `Runners are not listed by this server (${e.message}).`));
+    }
+  }
+  async function refreshRecent() {
+    const page = await api("/async/jobs?limit=20");
+    recent.replaceChildren(...page.jobs.map(jobRow));
+  }
+  await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message))]);
+  let pending = null;
+  leave = onEvent(() => {
+    // Many events can arrive at once: refresh at most every 500 ms.
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; refreshCounts(); refreshRecent().catch(() => {}); }, 500);
+  });
+}
+
+function jobRow(j, selectable) {
+  return h("tr", { "data-job": j.id },
+    selectable ? h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}` })) : null,
+    h("td", {}, h("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 8) + "…")),
+    h("td", {}, j.type),
+    h("td", {}, badge(j.status)),
+    h("td", {}, `${j.attempt}/${j.max_attempts}`),
+    h("td", { title: j.updated_at }, ago(j.updated_at)));
+}
+
+async function jobs(params) {
+  const status = params.get("status") || "";
+  const type = params.get("type") || "";
+  const cursors = [""];
+  const body = h("tbody", { id: "rows" });
+  const pager = h("div", { class: "pager" });
+  const actions = h("div", { class: "actions" });
+  const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => {
+      ev.preventDefault();
+      const q = new URLSearchParams();
+      if (ev.target.status.value) q.set("status", ev.target.status.value);
+      if (ev.target.type.value) q.set("type", ev.target.type.value);
+      location.hash = `#/jobs?${q}`;
+    } },
+    h("label", {}, "Status ", h("select", { name: "status", id: "f-status" }, h("option", { value: "" }, "any"),
+      STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)))),
+    h("label", {}, "Type ", h("input", { name: "type", id: "f-type", value: type, placeholder: "glob, e.g. report.*" })),
+    h("button", { type: "submit" }, "Filter"));
+  main.replaceChildren(h("h1", {}, status === "ERROR" ? "Failed jobs" : "Jobs"), form, actions,
+    h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all",
+      onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) })),
+      h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Updated"))), body),
+    pager);
+
+  const picked = () => [...body.querySelectorAll(".pick:checked")].map((c) => c.value);
+  async function bulk(verb) {
+    const ids = picked();
+    if (!ids.length) return toast("Select jobs first.");
+    const results = await Promise.allSettled(ids.map((id) => api(`/async/jobs/${id}/${verb}`, { method: "POST" })));
+    const failed = results.filter((r) => r.status === "rejected");
+    toast(`${verb}: ${ids.length - failed.length} done${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
+    load(cursors[cursors.length - 1]);
+  }
+  if (auth.can("jobs:cancel")) {
+    actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"),
+      h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
+  }
+
+  async function load(cursor) {
+    const q = new URLSearchParams({ limit: "50" });
+    if (status) q.set("status", status);
+    if (type) q.set("type", type);
+    if (cursor) q.set("cursor", cursor);
+    try {
+      const page = await api(`/async/jobs?${q}`);
+      body.replaceChildren(...page.jobs.map((j) => jobRow(j, true)));
+      if (!page.jobs.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No job matches.")));
+      pager.replaceChildren(
+        cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
+        page.next_cursor ? h("button", { id: "next-page", onclick: () => { cursors.push(page.next_cursor); load(page.next_cursor); } }, "Older →") : "");
+    } catch (e) {
+      body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
+    }
+  }
+  await load("");
+  // Rows on screen follow their jobs' events.
+  leave = onEvent((ev) => {
+    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
+    if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
+  });
+}
+
+// Why a job is not running, in plain words, from what the job says about itself.
+function whyNotRunning(j) {
+  switch (j.status) {
+    case "WAITING": {
+      const w = j.wait || {};
+      const items = (w.items || []).map((i) => `signal ${i.key} (${i.seen} of ${i.needed}${i.since ? ` since ${when(i.since)}` : ""})`);
+      return `Waiting for ${items.join(" and ") || "signals"}${w.deadline ? `; deadline ${when(w.deadline)} (then ${j.on_deadline || "run"})` : ""}.`;
+    }
+    case "SCHEDULED":
+      return j.attempt > 0
+        ? `Scheduled for ${when(j.run_at)} (${ago(j.run_at)}): retry ${j.attempt + 1} of ${j.max_attempts}, after backoff${j.error ? `; last error: ${j.error}` : ""}.`
+        : `Scheduled for ${when(j.run_at)} (${ago(j.run_at)}).`;
+    case "QUEUED":
+      return j.queue
+        ? `Queued behind ${j.queue.ahead} jobs; runner ${j.queue.runner} at ${j.queue.in_use}/${j.queue.concurrency}.`
+        : `Queued for runner ${j.runner || "?"} since ${ago(j.updated_at)}: it runs when the runner has a free slot.`;
+    case "STARTING":
+      return `Being started by worker ${j.worker || "?"} (${ago(j.updated_at)}).`;
+    case "RUNNING":
+      return `Running on worker ${j.worker || "?"} since ${ago(j.started_at)}${j.handle ? ` (${j.handle.kind} ${j.handle.id})` : ""}.`;
+    default:
+      return j.error ? `Ended ${j.status}: ${j.error}` : `Ended ${j.status} ${ago(j.finished_at)}.`;
+  }
+}
+
+function submitCommand(j) {
+  const args = JSON.stringify(j.args || {});
+  const q = (s) => `'${s.replace(/'/g, "'\\''")}'`;
+  return `runyard submit ${j.type} --args ${q(args)} --server ${location.origin}`;
+}
+
+function curlCommand(j) {
+  const body = JSON.stringify({ type: j.type, args: j.args || {} });
+  const q = (s) => `'${s.replace(/'/g, "'\\''")}'`;
+  return `curl -X POST ${location.origin}/async/jobs -H 'Content-Type: application/json'${auth.token ? " -H \"Authorization: Bearer $RUNYARD_TOKEN\"" : ""} -d ${q(body)}`;
+}
+
+async function jobPage(id) {
+  let j;
+  try { j = await api(`/async/jobs/${encodeURIComponent(id)}`); } catch (e) {
+    if (e.status !== 401) main.replaceChildren(h("h1", {}, "Job"), h("p", { class: "error" }, e.message));
+    return;
+  }
+  const status = h("span", { id: "status" });
+  const why = h("p", { id: "why", class: "why" });
+  const progress = h("progress", { id: "progress", max: 1, value: 0 });
+  const details = h("div", { id: "details" });
+  const timeline = h("ol", { id: "timeline", class: "timeline" });
+  const logs = h("pre", { id: "logs", class: "logs", tabindex: 0 });
+  const search = h("input", { id: "log-search", placeholder: "search logs", "aria-label": "search logs", oninput: () => renderLogs() });
+  const actions = h("div", { class: "actions" });
+  let lines = [];
+  let nextLog = 0;
+
+  function renderLogs() {
+    const needle = search.value.toLowerCase();
+    logs.textContent = lines.filter((l) => !needle || l.line.toLowerCase().includes(needle))
+      .map((l) => `${logTime(l.ts)} ${l.stream === "stderr" ? "!" : " "} ${l.line}`).join("\n");
+    logs.scrollTop = logs.scrollHeight;
+  }
+  async function pullLogs() {
+    for (let i = 0; i < 20; i++) {
+      const page = await api(`/async/jobs/${j.id}/logs?after=${nextLog}&limit=1000`);
+      lines.push(...page.lines);
+      const more = page.next && page.next !== nextLog && page.lines.length;
+      nextLog = page.next || nextLog;
+      if (!more) break;
+    }
+    renderLogs();
+  }
+  function render() {
+    status.replaceChildren(badge(j.status));
+    why.textContent = whyNotRunning(j);
+    if (j.status === "QUEUED" && j.runner) {
+      // How full its runner is, on this node (a worker node's slots are its own).
+      api("/async/runners").then((r) => {
+        const slot = (r.runners || []).find((x) => x.name === j.runner);
+        if (slot && j.status === "QUEUED") why.textContent = `${whyNotRunning(j)} Runner ${slot.name} has ${slot.in_use} of ${slot.concurrency} slots in use on this node.`;
+      }).catch(() => {});
+    }
+    progress.value = j.status === "SUCCESS" ? 1 : (j.progress || 0);
+    actions.replaceChildren(
+      auth.can("jobs:cancel") && !TERMINAL.has(j.status) ? h("button", { id: "cancel", class: "danger", onclick: () => act("cancel") }, "Cancel") : "",
+      auth.can("jobs:submit") && ["ERROR", "TIMEOUT", "CANCELLED"].includes(j.status) ? h("button", { id: "retry", onclick: () => act("retry") }, "Retry") : "",
+      h("button", { onclick: () => copy(submitCommand(j)) }, "Copy as runyard submit"),
+      h("button", { onclick: () => copy(curlCommand(j)) }, "Copy as curl"));
+    const files = Object.entries(j.files || {}).flatMap(([prop, list]) => list.map((f, i) =>
+      h("li", {}, h("a", { href: "#", onclick: (ev) => { ev.preventDefault(); download(`/async/jobs/${j.id}/files/${encodeURIComponent(prop)}/${i}`, f.name || `${prop}-${i}`); } },
+        `${prop}[${i}] ${f.name || ""}`), ` ${f.size} bytes`)));
+    details.replaceChildren(h("dl", { class: "facts" }));
+    const dl = details.querySelector("dl");
+    for (const [k, v] of [["Type", j.type], ["Runner", j.runner], ["Attempt", `${j.attempt} of ${j.max_attempts}`], ["Channel", j.channel_id],
+      ["Worker", j.worker], ["Handle", j.handle ? `${j.handle.kind} ${j.handle.id}` : ""], ["Exit code", j.exit_code],
+      ["Created", when(j.created_at)], ["Started", when(j.started_at)], ["Finished", when(j.finished_at)],
+      ["Schedule", j.schedule ? `${j.schedule} (${when(j.fire_time)})` : ""], ["Error", j.error]]) {
+      if (v === null || v === undefined || v === "") continue;
+      dl.append(h("dt", {}, k), h("dd", { "data-fact": k.toLowerCase() }, String(v)));
+    }
+    details.append(h("h3", {}, "Arguments"), json(j.args || {}));
+    if (j.result !== null && j.result !== undefined) details.append(h("h3", {}, "Result"), json(j.result));
+    if (files.length) details.append(h("h3", {}, "Files"), h("ul", {}, files));
+    timeline.replaceChildren(
+      h("li", {}, `${when(j.created_at)}: submitted`),
+      ...(j.runs || []).map((r) => h("li", {},
+        `attempt ${r.attempt}: claimed by ${r.worker || "?"} ${when(r.claimed_at)}`,
+        r.started_at ? `, started ${when(r.started_at)}` : "",
+        r.ended_at ? `, ended ${when(r.ended_at)}` : "",
+        r.outcome ? ` → ${typeof r.outcome === "string" ? r.outcome : JSON.stringify(r.outcome)}` : "")),
+      TERMINAL.has(j.status) ? h("li", {}, `${when(j.finished_at)}: ${j.status}${j.exit_code !== null && j.exit_code !== undefined ? ` (exit ${j.exit_code})` : ""}`) : "");
+  }
+  async function act(verb) {
+    try { j = await api(`/async/jobs/${j.id}/${verb}`, { method: "POST" }); render(); toast(`${verb}: ${j.status}`); } catch (e) { toast(`${verb} refused: ${e.message}`); }
+  }
+  async function refresh() {
+    j = await api(`/async/jobs/${j.id}`);
+    render();
+    await pullLogs();
+  }
+  main.replaceChildren(
+    h("h1", {}, "Job ", h("span", { class: "mono" }, j.id), " ", status),
+    why, progress, actions,
+    h("div", { class: "grid" },
+      h("section", { class: "card" }, h("h2", {}, "Details"), details),
+      h("section", { class: "card" }, h("h2", {}, "Timeline"), timeline)),
+    h("section", { class: "card" }, h("h2", {}, "Logs"), h("div", { class: "logbar" }, search,
+      h("button", { onclick: () => downloadText(lines.map((l) => l.line).join("\n") + "\n", `${j.id}.log`) }, "Download")), logs));
+  render();
+  await pullLogs();
+  // Follow: events of this job refresh it; logs are pulled on each event and every 2 s while
+  // it runs (log lines are not events).
+  let busy = false;
+  const tick = async () => { if (busy) return; busy = true; try { await refresh(); } catch { /* shown on the next one */ } busy = false; };
+  const off = onEvent((ev) => { if (ev.job_id === j.id) tick(); });
+  const timer = setInterval(() => { if (!TERMINAL.has(j.status)) tick(); }, 2000);
+  leave = () => { off(); clearInterval(timer); };
+}
+
+async function schedules() {
+  const body = h("tbody", { id: "schedules" });
+  main.replaceChildren(h("h1", {}, "Schedules"),
+    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Cron"), h("th", {}, "Next fires"), h("th", {}, "Last runs"), h("th", {}, ""))), body));
+  async function load() {
+    const r = await api("/async/schedules");
+    const list = r.schedules || r || [];
+    body.replaceChildren(...list.map((s) => h("tr", { "data-schedule": s.name },
+      h("td", {}, s.name, s.paused ? h("span", { class: "badge s-cancelled" }, "paused") : ""),
+      h("td", { class: "mono" }, `${s.cron} ${s.timezone || ""}`),
+      h("td", {}, (s.next_fires || []).slice(0, 3).map(when).join(", ")),
+      h("td", {}, (s.last_runs || []).slice(0, 3).map((x) => h("a", { href: `#/job/${x.job_id}` }, x.status || when(x.fire_time))).flatMap((a, i) => (i ? [", ", a] : [a]))),
+      h("td", {}, auth.can("schedules:write") ? [
+        h("button", { onclick: () => post(s.name, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
+        h("button", { onclick: () => post(s.name, "trigger") }, "Trigger")] : ""))));
+    if (!list.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No schedule.")));
+  }
+  async function post(name, verb) {
+    try { await api(`/async/schedules/${encodeURIComponent(name)}/${verb}`, { method: "POST" }); toast(`${name}: ${verb}`); load(); } catch (e) { toast(e.message); }
+  }
+  await load().catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "error" }, e.message))));
+}
+
+async function copy(text) {
+  try { await navigator.clipboard.writeText(text); toast("Copied."); } catch { prompt("Copy:", text); }
+}
+
+function downloadText(text, name) {
+  const a = h("a", { href: URL.createObjectURL(new Blob([text], { type: "text/plain" })), download: name });
+  document.body.append(a); a.click(); a.remove();
+}
+
+async function download(path, name) {
+  const headers = auth.token ? { Authorization: `Bearer ${auth.token}` } : {};
+  const r = await fetch(path, { headers });
+  if (!r.ok) return toast(`download: HTTP ${r.status}`);
+  const a = h("a", { href: URL.createObjectURL(await r.blob()), download: name });
+  document.body.append(a); a.click(); a.remove();
+}
+
+// ---------------------------------------------------------------- router
+
+async function route() {
+  leave(); leave = () => {};
+  const [path, query] = (location.hash.slice(1) || "/").split("?");
+  const params = new URLSearchParams(query || "");
+  document.querySelectorAll("[data-nav]").forEach((a) => a.removeAttribute("aria-current"));
+  const nav = path.startsWith("/jobs") ? (params.get("status") === "ERROR" ? "dead" : "jobs") : path.startsWith("/schedules") ? "schedules" : path === "/" ? "overview" : "";
+  if (nav) document.querySelector(`[data-nav="${nav}"]`).setAttribute("aria-current", "page");
+  try {
+    if (path === "/" || path === "") await overview();
+    else if (path === "/jobs") await jobs(params);
+    else if (path.startsWith("/job/")) await jobPage(decodeURIComponent(path.slice(5)));
+    else if (path === "/schedules") await schedules();
+    else main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) main.replaceChildren(h("p", { class: "error" }, e.message));
+  }
+  document.body.dataset.ready = path;
+}
+
+async function start() {
+  document.getElementById("signin")?.remove();
+  if (!(await loadScopes())) return; // the sign-in form is shown
+  follow();
+  await route();
+}
+
+window.addEventListener("hashchange", route);
+start();

@@ -1,0 +1,865 @@
+//! The auth matrix (docs/auth.md): a real server on port 0 (embedded store, no worker so nothing
+//! moves on its own) with `[auth]`, and every route of the access table x every kind of caller:
+//! no token, a bad token, a JWT signed with another secret, a token in the query string, one
+//! token per scope, an admin token confined to another type glob, one confined to another
+//! channel, JWTs with a `scope` claim (with and without a `channel`), a channel-only JWT. Each
+//! gets the code docs/auth.md documents, and nothing in the store changes on a refusal.
+//!
+//! The route list is the access table itself (`ROUTES`), checked three ways against the server:
+//! every path the router serves is in the table (the router's own path list), every line of the
+//! table is routed and guarded (no token: 401), and docs/auth.md lists exactly the table.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use reqwest::Method;
+use runyard::auth::access::{Need, On, ROUTES};
+use runyard::auth::tokens::{token_sha256, Scope};
+use runyard::config::Config;
+use runyard::server::{RunningServer, ServerBuilder};
+use runyard::store::ListQuery;
+use serde_json::{json, Value};
+
+const SECRET: &str = "auth-matrix-secret-0123456789abcdef-0123";
+const TYPE: &str = "runyard.noop";
+const CHANNEL: &str = "ch-a";
+const SCHEDULE: &str = "nightly";
+const SIGNAL: &str = "src.loaded";
+
+fn scope_token(s: Scope) -> String {
+    format!("ry_matrix_{}", s.as_str().replace(':', "_"))
+}
+const WRONG_TYPE: &str = "ry_matrix_wrong_type";
+const WRONG_CHANNEL: &str = "ry_matrix_wrong_channel";
+const CONFINED_OK: &str = "ry_matrix_confined_ok";
+const ADMIN: &str = "ry_matrix_admin";
+
+fn config_text(dir: &std::path::Path) -> String {
+    let mut t = format!(
+        "data_dir = \"{}\"\n[worker]\nlease_ttl = \"1s\"\n[events]\nprogress_interval = \"0s\"\n\
+         [auth]\njwt_secret = \"{SECRET}\"\nmetrics_require_token = true\n",
+        dir.join("data").display()
+    );
+    let mut token = |name: &str, tok: &str, extra: &str| {
+        t.push_str(&format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\n{extra}\n",
+            token_sha256(tok)
+        ));
+    };
+    for s in Scope::ALL {
+        token(
+            &format!("only-{}", s.as_str().replace(':', "-")),
+            &scope_token(s),
+            &format!("scopes = [\"{s}\"]"),
+        );
+    }
+    token(
+        "wrong-type",
+        WRONG_TYPE,
+        "scopes = [\"admin\"]\ntypes = [\"other.*\"]",
+    );
+    token(
+        "wrong-channel",
+        WRONG_CHANNEL,
+        "scopes = [\"admin\"]\nchannels = [\"elsewhere\"]",
+    );
+    token(
+        "confined-ok",
+        CONFINED_OK,
+        &format!("scopes = [\"admin\"]\ntypes = [\"runyard.*\"]\nchannels = [\"{CHANNEL}\"]"),
+    );
+    t.push_str("[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n");
+    t.push_str("[[runners]]\nkind = \"local\"\ntypes = [\"other.*\"]\ncommand = [\"true\"]\n");
+    t
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn jwt(claims: Value, secret: &str) -> String {
+    let mut c = claims;
+    c["exp"] = json!(now() + 600);
+    encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+struct Harness {
+    server: Option<RunningServer>,
+    url: String,
+    http: reqwest::Client,
+    job: String,
+    _dir: tempfile::TempDir,
+}
+
+/// One request of the matrix.
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    body: Option<Value>,
+    bytes: Option<Vec<u8>>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::from_toml(&config_text(dir.path())).expect("config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = ServerBuilder::new(config)
+            .worker(false)
+            .start(listener)
+            .await
+            .expect("start");
+        let url = server.url();
+        let mut h = Harness {
+            server: Some(server),
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+            job: String::new(),
+            _dir: dir,
+        };
+        let (s, v) = h
+            .send(
+                &h.call(Method::POST, "/async/jobs", Some(submit_body())),
+                Some(ADMIN),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        h.job = v["job_id"].as_str().expect("job_id").to_string();
+        h
+    }
+
+    fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("running")
+    }
+
+    fn call(&self, method: Method, path: &str, body: Option<Value>) -> Call {
+        Call {
+            method,
+            path: path.to_string(),
+            query: String::new(),
+            body,
+            bytes: None,
+        }
+    }
+
+    /// The request the matrix sends to a route: its path filled with the fixtures, a valid body.
+    fn call_for(&self, method: &str, pattern: &str) -> Call {
+        let path = pattern
+            .replace("{id}", &self.job)
+            .replace("{uuid}", &self.job)
+            .replace("{name}", SCHEDULE)
+            .replace("{key}", SIGNAL)
+            .replace("{property}", "inputs")
+            .replace("{index}", "0")
+            .replace("{store}", "jobs")
+            .replace("{hash}", &"0".repeat(64));
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut c = self.call(method.clone(), &path, None);
+        match (method.as_str(), pattern) {
+            ("POST", "/async/jobs") => c.body = Some(submit_body()),
+            ("POST", "/async/schedules") => {
+                c.body = Some(schedule_body("other-schedule"));
+            }
+            ("PUT", "/async/schedules/{name}") => c.body = Some(schedule_body(SCHEDULE)),
+            ("POST", "/async/schedules/{name}/backfill") => {
+                c.body = Some(json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T02:00:00Z"}))
+            }
+            ("POST", "/async/signals/{key}") => c.body = Some(json!({"payload": {"n": 1}})),
+            ("PUT", "/async/jobs/{id}/files/{property}") => c.bytes = Some(b"input".to_vec()),
+            (_, p) if p.starts_with("/async/events") || p.starts_with("/api/v1/async_event") => {
+                c.query = format!("channel={CHANNEL}&last_id=0");
+            }
+            _ => {}
+        }
+        c
+    }
+
+    /// Sends `c` with `bearer` (when given): status and JSON body (null when not JSON).
+    async fn send(&self, c: &Call, bearer: Option<&str>) -> (u16, Value) {
+        let mut url = format!("{}{}", self.url, c.path);
+        if !c.query.is_empty() {
+            url = format!("{url}?{}", c.query);
+        }
+        let mut req = self.http.request(c.method.clone(), &url);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(b) = &c.body {
+            req = req.json(b);
+        } else if let Some(b) = &c.bytes {
+            req = req
+                .header("content-type", "application/octet-stream")
+                .body(b.clone());
+        }
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} {url}: {e}", c.method));
+        let status = res.status().as_u16();
+        let streaming = res
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streaming {
+            return (status, Value::Null);
+        }
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The schedule fixture exists (a route before may have deleted it).
+    async fn ensure_schedule(&self) {
+        let c = self.call(
+            Method::PUT,
+            &format!("/async/schedules/{SCHEDULE}"),
+            Some(schedule_body(SCHEDULE)),
+        );
+        let (s, v) = self.send(&c, Some(ADMIN)).await;
+        assert!(s == 200 || s == 201, "schedule fixture: {s} {v}");
+    }
+
+    /// Everything a refused request must leave alone: jobs (status, version, files), schedules,
+    /// the signal records, the event streams.
+    async fn snapshot(&self) -> Value {
+        let store = &self.running().app.store;
+        let page = store
+            .list(ListQuery {
+                status: None,
+                job_type: None,
+                limit: 10_000,
+                cursor: None,
+            })
+            .await
+            .expect("list");
+        let jobs: Vec<Value> = page
+            .jobs
+            .iter()
+            .map(|j| json!([j.id, j.status, j.version, j.attempt, j.files.len()]))
+            .collect();
+        let schedules: Vec<Value> = store
+            .schedules()
+            .await
+            .expect("schedules")
+            .iter()
+            .map(|s| json!([s.spec.name, s.version, s.paused]))
+            .collect();
+        let signals = store
+            .signals(SIGNAL, 0, 10_000)
+            .await
+            .expect("signals")
+            .len();
+        let events: Vec<String> = store
+            .events(None, None, 10_000)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        json!({"jobs": jobs, "schedules": schedules, "signals": signals, "events": events})
+    }
+}
+
+fn submit_body() -> Value {
+    json!({"type": TYPE, "channel": CHANNEL})
+}
+
+fn schedule_body(name: &str) -> Value {
+    json!({"name": name, "cron": "0 3 * * *", "paused": true,
+           "job": {"type": TYPE, "channel": CHANNEL}})
+}
+
+/// What a caller should get on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Past the guard: the handler's own answer (never 401/403, never 5xx).
+    Allowed,
+    /// 401 `unauthorized`.
+    Unauthorized,
+    /// 403 `forbidden`.
+    Forbidden,
+    /// 400 `token_in_query`.
+    TokenInQuery,
+}
+
+/// The routes that create a job from their body (checked against types and channels there).
+fn creates_job(method: &str, path: &str) -> bool {
+    matches!(
+        (method, path),
+        ("POST", "/async/jobs") | ("POST", "/async/schedules") | ("PUT", "/async/schedules/{name}")
+    )
+}
+
+/// The callers of the matrix: (label, bearer, expectation on a client route needing `scope` on
+/// `on`, expectation on an event route).
+fn callers(method: &str, path: &str, scope: Option<(Scope, On)>) -> Vec<(String, String, Expect)> {
+    let other = "another-secret-another-secret-another-secret";
+    let mut out = Vec::new();
+    let confined_target = |on: On| on != On::Any || creates_job(method, path);
+    match scope {
+        Some((need, on)) => {
+            for s in Scope::ALL {
+                let ok = s == need || s == Scope::Admin;
+                out.push((
+                    format!("token with {s}"),
+                    scope_token(s),
+                    if ok {
+                        Expect::Allowed
+                    } else {
+                        Expect::Forbidden
+                    },
+                ));
+                out.push((
+                    format!("JWT with scope {s}"),
+                    jwt(json!({"scope": s.as_str(), "sub": "svc"}), SECRET),
+                    if ok {
+                        Expect::Allowed
+                    } else {
+                        Expect::Forbidden
+                    },
+                ));
+            }
+            let confined = if confined_target(on) {
+                Expect::Forbidden
+            } else {
+                Expect::Allowed
+            };
+            out.push(("admin, other type glob".into(), WRONG_TYPE.into(), confined));
+            out.push((
+                "admin, other channel".into(),
+                WRONG_CHANNEL.into(),
+                confined,
+            ));
+            out.push((
+                "admin, its own type and channel".into(),
+                CONFINED_OK.into(),
+                Expect::Allowed,
+            ));
+            out.push((
+                "JWT with scope and its channel".into(),
+                jwt(json!({"scope": need.as_str(), "channel": CHANNEL}), SECRET),
+                Expect::Allowed,
+            ));
+            out.push((
+                "JWT with scope and another channel".into(),
+                jwt(
+                    json!({"scope": need.as_str(), "channel": "elsewhere"}),
+                    SECRET,
+                ),
+                confined,
+            ));
+            out.push((
+                "channel JWT (no scope)".into(),
+                jwt(json!({"channel": CHANNEL, "sub": 1}), SECRET),
+                Expect::Forbidden,
+            ));
+        }
+        None => {
+            // Event routes (asked for `channel=ch-a`): `jobs:read` or a channel JWT.
+            for s in Scope::ALL {
+                let ok = s == Scope::JobsRead || s == Scope::Admin;
+                out.push((
+                    format!("token with {s}"),
+                    scope_token(s),
+                    if ok {
+                        Expect::Allowed
+                    } else {
+                        Expect::Forbidden
+                    },
+                ));
+            }
+            out.push((
+                "admin, other type glob".into(),
+                WRONG_TYPE.into(),
+                Expect::Forbidden,
+            ));
+            out.push((
+                "admin, other channel".into(),
+                WRONG_CHANNEL.into(),
+                Expect::Forbidden,
+            ));
+            out.push((
+                "admin, its own type and channel".into(),
+                CONFINED_OK.into(),
+                Expect::Allowed,
+            ));
+            out.push((
+                "channel JWT".into(),
+                jwt(json!({"channel": CHANNEL, "sub": 1}), SECRET),
+                Expect::Allowed,
+            ));
+            out.push((
+                "channel JWT of another channel".into(),
+                jwt(json!({"channel": "elsewhere", "sub": 1}), SECRET),
+                Expect::Forbidden,
+            ));
+            out.push((
+                "JWT with scope jobs:read".into(),
+                jwt(json!({"scope": "jobs:read"}), SECRET),
+                Expect::Allowed,
+            ));
+            out.push((
+                "JWT with scope jobs:submit".into(),
+                jwt(json!({"scope": "jobs:submit"}), SECRET),
+                Expect::Forbidden,
+            ));
+        }
+    }
+    out.push(("no token".into(), String::new(), Expect::Unauthorized));
+    out.push((
+        "bad token".into(),
+        "ry_not_a_configured_token".into(),
+        Expect::Unauthorized,
+    ));
+    out.push((
+        "JWT signed with another secret".into(),
+        jwt(json!({"scope": "admin", "channel": CHANNEL}), other),
+        Expect::Unauthorized,
+    ));
+    out
+}
+
+fn check(label: &str, route: &str, expect: Expect, status: u16, body: &Value) {
+    let code = body["error"]["code"].as_str().unwrap_or("");
+    let ok = match expect {
+        Expect::Allowed => {
+            status != 401
+                && status != 403
+                && status < 500
+                && code != "token_in_query"
+                && !(status == 404 && body["error"]["message"] == "no such route")
+        }
+        Expect::Unauthorized => status == 401 && code == "unauthorized",
+        Expect::Forbidden => status == 403 && code == "forbidden",
+        Expect::TokenInQuery => status == 400 && code == "token_in_query",
+    };
+    assert!(
+        ok,
+        "{route} as {label}: expected {expect:?}, got {status} {body}"
+    );
+}
+
+#[tokio::test]
+async fn every_route_times_every_caller_gets_its_documented_code() {
+    let mut h = Harness::start().await;
+    let mut client_routes = 0;
+    for r in ROUTES {
+        let need = match r.need {
+            Need::Client(s, on) => Some((s, on)),
+            Need::Metrics => Some((Scope::JobsRead, On::Any)),
+            Need::Events => None,
+            Need::Hook | Need::Open => continue,
+        };
+        client_routes += 1;
+        let route = format!("{} {}", r.method, r.path);
+        h.ensure_schedule().await;
+        let call = h.call_for(r.method, r.path);
+        let cases = callers(r.method, r.path, need);
+        let before = h.snapshot().await;
+        // Refusals first: nothing may change.
+        for (label, bearer, expect) in cases.iter().filter(|c| c.2 != Expect::Allowed) {
+            let b = (!bearer.is_empty()).then_some(bearer.as_str());
+            let (s, v) = h.send(&call, b).await;
+            check(label, &route, *expect, s, &v);
+            if *expect == Expect::Unauthorized {
+                let m = v["error"]["message"].as_str().unwrap_or("");
+                assert!(!m.contains(bearer.as_str()) || bearer.is_empty(), "{m}");
+            }
+        }
+        // A token in the query string, even next to a valid header.
+        for key in ["token", "access_token"] {
+            let mut c = h.call_for(r.method, r.path);
+            c.query = if c.query.is_empty() {
+                format!("{key}={ADMIN}")
+            } else {
+                format!("{}&{key}={ADMIN}", c.query)
+            };
+            let (s, v) = h.send(&c, Some(ADMIN)).await;
+            check(key, &route, Expect::TokenInQuery, s, &v);
+            assert!(!v.to_string().contains(ADMIN), "{v}");
+        }
+        assert_eq!(
+            h.snapshot().await,
+            before,
+            "{route}: a refused request changed the store"
+        );
+        for (label, bearer, _) in cases.iter().filter(|c| c.2 == Expect::Allowed) {
+            let (s, v) = h.send(&call, Some(bearer)).await;
+            check(label, &route, Expect::Allowed, s, &v);
+        }
+    }
+    assert!(client_routes >= 25, "{client_routes} client routes");
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
+#[tokio::test]
+async fn listings_show_only_what_the_caller_covers() {
+    let mut h = Harness::start().await;
+    h.ensure_schedule().await;
+    let other = h
+        .send(
+            &h.call(
+                Method::POST,
+                "/async/jobs",
+                Some(json!({"type": "other.kind", "channel": "elsewhere"})),
+            ),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(other.0, 202, "{}", other.1);
+    let other_id = other.1["job_id"].as_str().expect("id").to_string();
+    let list = |v: &Value, key: &str, field: &str| -> BTreeSet<String> {
+        v[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|j| j[field].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let res = h
+        .http
+        .get(format!("{}/async/jobs", h.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status().as_u16(), 401);
+    assert_eq!(
+        res.headers().get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let jobs = h.call(Method::GET, "/async/jobs", None);
+    let (s, all) = h.send(&jobs, Some(ADMIN)).await;
+    assert_eq!(s, 200);
+    assert!(list(&all, "jobs", "id").contains(&other_id));
+    for t in [CONFINED_OK, WRONG_TYPE, WRONG_CHANNEL] {
+        let (s, v) = h.send(&jobs, Some(t)).await;
+        assert_eq!(s, 200, "{v}");
+        let seen = list(&v, "jobs", "id");
+        // ch-a / runyard.noop for the confined token; other.kind on `elsewhere` for the others.
+        assert_eq!(seen.contains(&h.job), t == CONFINED_OK, "{t}: {v}");
+        assert_eq!(seen.contains(&other_id), t != CONFINED_OK, "{t}: {v}");
+    }
+    let schedules = h.call(Method::GET, "/async/schedules", None);
+    for (t, sees) in [
+        (ADMIN, true),
+        (CONFINED_OK, true),
+        (WRONG_TYPE, false),
+        (WRONG_CHANNEL, false),
+    ] {
+        let (s, v) = h.send(&schedules, Some(t)).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            list(&v, "schedules", "name").contains(SCHEDULE),
+            sees,
+            "{t}: {v}"
+        );
+    }
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
+/// The router's own path list (from its `Debug` form): every path it serves.
+fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
+    let text = format!("{router:?}");
+    // The served routes, not the fallback router's.
+    let served = text.split("fallback_router").next().unwrap_or("");
+    let mut out = BTreeSet::new();
+    let mut rest = served;
+    while let Some(i) = rest.find(": \"/") {
+        let tail = &rest[i + 3..];
+        let end = tail.find('"').unwrap_or(tail.len());
+        out.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_access_table_is_the_router_and_the_docs() {
+    let mut h = Harness::start().await;
+    // Every path the router serves has its line(s) in the table...
+    let router = runyard::api::router(h.running().app.clone());
+    let routed = routed_paths(&router);
+    assert!(routed.len() >= 25, "router paths: {routed:?}");
+    let table: BTreeSet<String> = ROUTES.iter().map(|r| r.path.to_string()).collect();
+    let missing: Vec<_> = routed.difference(&table).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without a line in src/auth/access.rs ROUTES: {missing:?}"
+    );
+    let stale: Vec<_> = table.difference(&routed).collect();
+    assert!(
+        stale.is_empty(),
+        "table lines the router does not serve: {stale:?}"
+    );
+    // ... and a method the table does not list on a path is not served (405), so each served
+    // (method, path) has its own line.
+    for path in &table {
+        for m in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if ROUTES.iter().any(|r| r.path == path && r.method == m) {
+                continue;
+            }
+            let c = h.call_for(m, path);
+            let (s, v) = h.send(&c, Some(ADMIN)).await;
+            assert_eq!(
+                s, 405,
+                "{m} {path} is served without a line in the table: {v}"
+            );
+        }
+    }
+    // docs/auth.md's route table is the access table.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/auth.md"))
+        .expect("docs/auth.md");
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(|c| c.trim().trim_matches('`')).collect();
+            (cells.len() >= 4 && cells[1].chars().all(|c| c.is_ascii_uppercase()))
+                .then(|| format!("{} {} {}", cells[1], cells[2], cells[3]))
+        })
+        .collect();
+    let expected: BTreeSet<String> = ROUTES
+        .iter()
+        .map(|r| {
+            let need = match r.need {
+                Need::Client(s, _) => s.as_str().to_string(),
+                Need::Events => "events".into(),
+                Need::Hook => "hook".into(),
+                Need::Open => "open".into(),
+                Need::Metrics => "metrics".into(),
+            };
+            format!("{} {} {need}", r.method, r.path)
+        })
+        .collect();
+    assert_eq!(documented, expected, "docs/auth.md's route table");
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
+#[tokio::test]
+async fn open_and_hook_routes_need_no_token() {
+    let mut h = Harness::start().await;
+    let (s, v) = h.send(&h.call(Method::GET, "/health", None), None).await;
+    assert_eq!(s, 200, "{v}");
+    for r in ROUTES.iter().filter(|r| r.need == Need::Hook) {
+        let (s, v) = h.send(&h.call_for(r.method, r.path), None).await;
+        let m = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            !m.contains("Authorization: Bearer"),
+            "{} {}: the hook answered with the bearer guard: {s} {v}",
+            r.method,
+            r.path
+        );
+        assert!(
+            s == 401 || s == 400 || s == 403 || s == 404,
+            "{} {}: {s} {v}",
+            r.method,
+            r.path
+        );
+    }
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
+/// Runs the binary with `args` to its end (bounded): exit success, stdout, stderr.
+fn run_bin(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    run_bin_env(args, dir, &[])
+}
+
+fn run_bin_env(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .env_remove("RUNYARD_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn runyard");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("runyard {args:?} did not exit within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = run_bin(
+        &[
+            "token",
+            "new",
+            "ci",
+            "--scopes",
+            "jobs:read,jobs:submit",
+            "--types",
+            "runyard.*",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let token = out.lines().next().expect("token line").trim().to_string();
+    assert!(token.starts_with("ry_") && token.len() > 40, "{out}");
+    assert_eq!(
+        out.matches(&token).count(),
+        1,
+        "the token is printed once: {out}"
+    );
+    let lines = &out[out.find("[[auth.tokens]]").expect("config lines")..];
+    assert!(lines.contains(&token_sha256(&token)), "{out}");
+    // The pasted lines configure a server that accepts the token with exactly those scopes.
+    let text = format!(
+        "data_dir = \"{}\"\n{lines}\n[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+        dir.path().join("data").display()
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = ServerBuilder::new(config)
+        .worker(false)
+        .start(listener)
+        .await
+        .expect("start");
+    let http = reqwest::Client::new();
+    let url = server.url();
+    let res = http
+        .post(format!("{url}/async/jobs"))
+        .bearer_auth(&token)
+        .json(&json!({"type": TYPE}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(res.status().as_u16(), 202);
+    let id = res.json::<Value>().await.expect("json")["job_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let res = http
+        .post(format!("{url}/async/jobs/{id}/cancel"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(res.status().as_u16(), 403, "no jobs:cancel");
+    // `/metrics` and `/health` are open unless `auth.metrics_require_token`.
+    for open in ["/metrics", "/health"] {
+        let res = http.get(format!("{url}{open}")).send().await.expect("get");
+        assert_eq!(res.status().as_u16(), 200, "{open}");
+    }
+    server.stop().await.expect("stop");
+
+    // Bad input: an unknown scope, to `token new` and to `serve` (named, and the hash is not
+    // repeated); a token pasted where its hash goes.
+    let (ok, _, err) = run_bin(
+        &["token", "new", "ci", "--scopes", "jobs:write"],
+        dir.path(),
+    );
+    assert!(!ok && err.contains("jobs:write"), "{err}");
+    let h = token_sha256("x");
+    for (entry, key, secret) in [
+        (
+            format!("sha256 = \"{h}\"\nscopes = [\"jobs:write\"]"),
+            "auth.tokens[0].scopes",
+            h.as_str(),
+        ),
+        (
+            "sha256 = \"ry_pasted_token\"\nscopes = [\"admin\"]".to_string(),
+            "auth.tokens[0].sha256",
+            "ry_pasted_token",
+        ),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, format!("[[auth.tokens]]\nname = \"ci\"\n{entry}\n")).expect("write");
+        for cmd in ["serve", "worker"] {
+            let (ok, _, err) = run_bin(&[cmd, "--config", cfg.to_str().expect("utf8")], dir.path());
+            assert!(!ok, "{cmd} started with {entry}");
+            assert!(err.contains(key) && err.contains("`ci`"), "{cmd}: {err}");
+            assert!(!err.contains(secret), "{cmd} repeated the secret: {err}");
+        }
+    }
+
+    // Tokens from the environment are read and checked the same way.
+    let (ok, _, err) = run_bin_env(
+        &[
+            "serve",
+            "--data-dir",
+            dir.path().join("d3").to_str().expect("utf8"),
+        ],
+        dir.path(),
+        &[(
+            "RUNYARD_AUTH__TOKENS",
+            &format!("[{{name=\"env-ci\", sha256=\"{h}\", scopes=[\"jobs:write\"]}}]"),
+        )],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("auth.tokens[0].scopes")
+            && err.contains("env-ci")
+            && err.contains("jobs:write"),
+        "{err}"
+    );
+
+    // Without auth, a public address is refused (before binding) with what to do.
+    let (ok, _, err) = run_bin(
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            dir.path().join("d2").to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("0.0.0.0:0") && err.contains("[auth]") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+}

@@ -1,0 +1,161 @@
+"""The dashboard as an operator uses it: live status without reloading, logs, cancel and retry
+from a job's page, the jobs table's filters, and the "why is it not running" line."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timedelta, timezone
+
+from playwright.sync_api import expect
+
+from conftest import screenshot
+
+
+def open_page(page, server, route="/"):
+    page.goto(f"{server.url}/#{route}")
+    expect(page.locator("body")).to_have_attribute("data-ready", re.compile(".*"), timeout=15000)
+
+
+def test_served_with_a_strict_content_security_policy(server):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/") as r:
+        csp = r.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert b'src="/ui/app.js"' in r.read()
+
+
+def test_a_job_goes_live_from_queued_to_success_without_reloading(server, page):
+    open_page(page, server, "/")
+    expect(page.locator("#live")).to_have_text("live", timeout=10000)
+    job = server.submit({"type": "slow.report", "args": {"n": 1}})
+    # The overview's latest jobs pick it up from the event stream.
+    expect(page.locator(f'#recent tr[data-job="{job}"]')).to_be_visible(timeout=10000)
+    page.evaluate("window.__same_document = true")
+    page.locator(f'#recent tr[data-job="{job}"] a').click()
+    expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=15000)
+    expect(page.locator("#why")).to_contain_text("Running on worker")
+    expect(page.locator("#status .badge")).to_have_text("SUCCESS", timeout=20000)
+    expect(page.locator("#logs")).to_contain_text("step one")
+    expect(page.locator("#logs")).to_contain_text("step two")
+    expect(page.locator("#timeline")).to_contain_text("SUCCESS (exit 0)")
+    assert page.evaluate("window.__same_document") is True, "the page was reloaded"
+    screenshot(page, "job")
+    open_page(page, server, "/")
+    expect(page.locator("#recent tr").first).to_be_visible()
+    screenshot(page, "overview")
+
+
+def test_cancel_from_the_job_page_stops_the_process(server, page):
+    job = server.submit({"type": "hang.forever"})
+    j = server.wait(job, {"RUNNING"})
+    pid = int(re.match(r"\d+", str(j["handle"]["id"])).group(0))
+    assert os.path.exists(f"/proc/{pid}")
+    open_page(page, server, f"/job/{job}")
+    expect(page.locator("#status .badge")).to_have_text("RUNNING")
+    page.locator("#cancel").click()
+    expect(page.locator("#status .badge")).to_have_text("CANCELLED", timeout=15000)
+    expect(page.locator("#cancel")).to_have_count(0)
+    deadline = time.time() + 15
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(0.1)
+    gone = not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+    assert gone, f"process {pid} still runs after cancel"
+
+
+def test_retry_a_failed_job_from_its_page(server, page):
+    job = server.submit({"type": "fail.once"})
+    server.wait(job, {"ERROR"})
+    open_page(page, server, f"/job/{job}")
+    expect(page.locator("#why")).to_contain_text("Ended ERROR")
+    expect(page.locator("#logs")).to_contain_text("boom")
+    page.locator("#retry").click()
+    expect(page.locator('[data-fact="attempt"]')).to_have_text("2 of 2", timeout=15000)
+    expect(page.locator("#status .badge")).to_have_text("ERROR", timeout=20000)
+    assert server.job(job)["attempt"] == 2
+
+
+def test_the_jobs_table_filters_by_status_and_type(server, page):
+    ok = server.submit({"type": "noop.filter"})
+    bad = server.submit({"type": "fail.filter"})
+    server.wait(ok, {"SUCCESS"})
+    server.wait(bad, {"ERROR"})
+    open_page(page, server, "/jobs")
+    expect(page.locator(f'#rows tr[data-job="{ok}"]')).to_be_visible()
+    page.select_option("#f-status", "ERROR")
+    page.locator("form.filters button").click()
+    expect(page.locator(f'#rows tr[data-job="{bad}"]')).to_be_visible()
+    expect(page.locator(f'#rows tr[data-job="{ok}"]')).to_have_count(0)
+    badges = page.locator("#rows .badge").all_inner_texts()
+    assert badges and set(badges) == {"ERROR"}, badges
+    page.fill("#f-type", "noop.*")
+    page.select_option("#f-status", "")
+    page.locator("form.filters button").click()
+    expect(page.locator(f'#rows tr[data-job="{ok}"]')).to_be_visible()
+    expect(page.locator(f'#rows tr[data-job="{bad}"]')).to_have_count(0)
+    screenshot(page, "jobs")
+
+
+def test_why_not_running_for_a_delayed_and_a_queued_job(server, page):
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    delayed = server.submit({"type": "noop.later", "run_at": later})
+    open_page(page, server, f"/job/{delayed}")
+    expect(page.locator("#status .badge")).to_have_text("SCHEDULED")
+    expect(page.locator("#why")).to_contain_text("Scheduled for")
+    expect(page.locator("#why")).to_contain_text(re.compile(r"in (59|60) min|in 1 h"))
+
+    # The hang runner runs one at a time: the second waits for the first's slot.
+    first = server.submit({"type": "hang.a"})
+    server.wait(first, {"RUNNING"})
+    second = server.submit({"type": "hang.b"})
+    open_page(page, server, f"/job/{second}")
+    expect(page.locator("#status .badge")).to_have_text("QUEUED")
+    expect(page.locator("#why")).to_contain_text("Queued for runner hang")
+    expect(page.locator("#why")).to_contain_text("has 1 of 1 slots in use")
+    server.call("POST", f"/async/jobs/{first}/cancel")
+    server.call("POST", f"/async/jobs/{second}/cancel")
+
+
+def test_a_read_only_token_sees_no_action_buttons(browser):
+    """With [auth]: sign in with a token; one with `jobs:read` only is shown no button that it
+    could not use, one with `admin` is."""
+    import hashlib
+
+    from conftest import Server
+
+    tokens = {"viewer": "ry_viewer_token_for_the_browser_test", "ops": "ry_ops_token_for_the_browser_test"}
+    sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
+    srv = Server(extra_config=f"""
+[auth]
+[[auth.tokens]]
+name = "viewer"
+sha256 = "{sha['viewer']}"
+scopes = ["jobs:read"]
+[[auth.tokens]]
+name = "ops"
+sha256 = "{sha['ops']}"
+scopes = ["admin"]
+""")
+    try:
+        job = srv.submit({"type": "hang.auth"}, token=tokens["ops"])
+        srv.wait(job, {"RUNNING"}, token=tokens["ops"])
+        for name, can_act in (("viewer", False), ("ops", True)):
+            ctx = browser.new_context()
+            page = ctx.new_page()
+            page.goto(f"{srv.url}/#/job/{job}")
+            expect(page.locator("#signin")).to_be_visible(timeout=10000)
+            page.fill("#token", tokens[name])
+            page.locator("#signin button").click()
+            expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+            expect(page.locator("#live")).to_have_text("live", timeout=10000)
+            expect(page.locator("#cancel")).to_have_count(1 if can_act else 0)
+            page.goto(f"{srv.url}/#/jobs")
+            expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible(timeout=10000)
+            expect(page.locator("#bulk-cancel")).to_have_count(1 if can_act else 0)
+            ctx.close()
+        srv.call("POST", f"/async/jobs/{job}/cancel", token=tokens["ops"])
+    finally:
+        srv.stop()

@@ -1,0 +1,114 @@
+//! Health for orchestrators (src/api/health.rs): liveness asks the process only, readiness the
+//! store too, so a Redis outage takes pods out of traffic without restarting them; a worker node
+//! serves both on `--health-listen` (the chart's worker probes).
+
+mod redis_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis_support::TestRedis;
+use runyard::config::Config;
+use runyard::server::ServerBuilder;
+use support::TestServer;
+
+async fn get(url: &str) -> Option<u16> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    c.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
+/// Polls `url` until it answers `want` (bounded).
+async fn until(url: &str, want: u16, bound: Duration) -> Option<u16> {
+    let start = Instant::now();
+    loop {
+        let got = get(url).await;
+        if got == Some(want) || start.elapsed() > bound {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_answers_live_and_ready() {
+    let server = TestServer::start("").await;
+    for path in ["/health", "/health/live", "/health/ready"] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["status"], "ok", "{path}");
+    }
+    let (_, ready) = server.get("/health/ready").await;
+    assert_eq!(ready["store"], "embedded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_node_is_live_but_not_ready_while_redis_is_away() {
+    let mut redis = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&format!(
+        r#"
+public_url = "http://127.0.0.1:9"
+data_dir = "{data}"
+redis = "{url}"
+master_key = "a-master-key-for-the-health-test-0123456789"
+
+[store]
+prefix = "{prefix}"
+retry = "1s"
+
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#,
+        data = dir.path().display(),
+        url = redis.url,
+        prefix = redis.prefix,
+    ))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(ServerBuilder::new(config).health_listener(listener).work(
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let (live, ready) = (
+        format!("{base}/health/live"),
+        format!("{base}/health/ready"),
+    );
+    assert_eq!(until(&ready, 200, Duration::from_secs(20)).await, Some(200));
+    assert_eq!(get(&live).await, Some(200));
+    // Nothing but the probes is served there.
+    assert_eq!(get(&format!("{base}/async/jobs")).await, Some(404));
+
+    redis.stop();
+    assert_eq!(
+        until(&ready, 503, Duration::from_secs(20)).await,
+        Some(503),
+        "readiness follows the store"
+    );
+    assert_eq!(
+        get(&live).await,
+        Some(200),
+        "liveness does not: no restart in an outage"
+    );
+
+    redis.restart();
+    assert_eq!(until(&ready, 200, Duration::from_secs(30)).await, Some(200));
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), node)
+        .await
+        .expect("the worker node stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        get(&live).await,
+        None,
+        "the probe listener closes with the node"
+    );
+}
