@@ -45,6 +45,7 @@ pub mod security;
 pub mod server;
 pub mod startup;
 pub mod store;
+pub mod waiting;
 pub mod worker;
 
 pub use runyard_runners::service::{ServiceContext, ServiceRegistry, ServiceResult};

@@ -191,6 +191,7 @@ impl ServerBuilder {
                 bg.clone(),
             )),
             tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
+            tokio::spawn(crate::waiting::wait_loop(store.clone(), bg.clone())),
             tokio::spawn(crate::schedule::firing::fire_loop(
                 crate::schedule::firing::Firing {
                     store: store.clone(),
@@ -356,6 +357,7 @@ impl ServerBuilder {
         );
         let bg = CancellationToken::new();
         tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
+        tokio::spawn(crate::waiting::wait_loop(store.clone(), bg.clone()));
         tokio::spawn(crate::schedule::firing::fire_loop(
             crate::schedule::firing::Firing {
                 store: store.clone(),

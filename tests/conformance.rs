@@ -186,6 +186,7 @@ fn job(job_type: &str, runner: &str) -> Job {
         fire_time: None,
         emits: Vec::new(),
         notify: None,
+        wait: None,
     }
 }
 

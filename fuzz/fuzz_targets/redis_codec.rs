@@ -109,6 +109,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         } else {
             None
         },
+        wait: None,
         // Signal keys are names (no newline: the separator commit.lua splits on).
         emits: u
             .arbitrary::<Vec<String>>()?

@@ -87,11 +87,11 @@ pub struct SubmitBody {
     pub idempotency_key: Option<String>,
     /// Event channel.
     pub channel: Option<String>,
-    /// Signals to wait for (not supported yet).
+    /// Signals to wait for: `[{key, count, since}]` (see `crate::waiting`).
     pub wait_for: Option<Value>,
-    /// Deadline for signals (not supported yet).
+    /// When the job stops waiting: RFC 3339, `"+4h"` or `"HH:MM"`.
     pub deadline: Option<Value>,
-    /// What to do at the deadline (not supported yet).
+    /// What the deadline does: `run`, `fail` or `skip`.
     pub on_deadline: Option<Value>,
     /// Signal keys written when the job ends SUCCESS.
     pub emits: Option<Vec<String>>,
@@ -115,13 +115,26 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
             body.job_type
         )));
     }
-    if body.wait_for.is_some() || body.deadline.is_some() || body.on_deadline.is_some() {
-        return Err(ApiError::unprocessable(
-            "unsupported",
-            "`wait_for`, `deadline` and `on_deadline` (readiness signals) are not supported by this version",
+    // Waiting (see crate::waiting): times relative to the submit, `HH:MM` in UTC (a schedule's
+    // template is resolved again at each fire, in the schedule's time zone).
+    let wait_req = crate::waiting::WaitRequest::from_fields(
+        body.wait_for.as_ref(),
+        body.deadline.as_ref(),
+        body.on_deadline.as_ref(),
+    )
+    .map_err(bad)?;
+    if wait_req.is_some() && body.run_at.is_some() {
+        return Err(bad(
+            "`run_at` cannot be combined with `wait_for`: a waiting job runs when its signals arrive"
+                .into(),
         ));
     }
     let notify = super::notify::notify_of(state, &body)?;
+    let wait_now = now_us();
+    let wait = wait_req
+        .map(|r| r.resolve(wait_now, "UTC", wait_now, true))
+        .transpose()
+        .map_err(bad)?;
     let args = match body.args {
         None | Some(Value::Null) => json!({}),
         Some(v @ Value::Object(_)) => v,
@@ -172,7 +185,8 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         .transpose()?
         .or(slot.timeout)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
-    let now = now_us();
+    // One clock reading for the job's times and its wait's relative times.
+    let now = wait_now;
     let run_at = body
         .run_at
         .as_deref()
@@ -185,7 +199,9 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         job_type: body.job_type,
         args,
         runner: slot.name.clone(),
-        status: if run_at.is_some() {
+        status: if wait.is_some() {
+            JobStatus::Waiting
+        } else if run_at.is_some() {
             JobStatus::Scheduled
         } else {
             JobStatus::Queued
@@ -219,6 +235,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         fire_time: None,
         emits: body.emits.unwrap_or_default(),
         notify,
+        wait,
     })
 }
 
@@ -261,7 +278,11 @@ pub async fn get_job(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Json<Value>> {
-    let job = st.job(id).await?;
+    let mut job = st.job(id).await?;
+    if job.status == JobStatus::Waiting {
+        // Why it waits, now: the records seen so far.
+        crate::waiting::fill_seen(st.app.store.as_ref(), &mut job).await?;
+    }
     Ok(Json(job.to_public()))
 }
 

@@ -177,6 +177,18 @@ fn validate(
         e.message = format!("`job`: {}", e.message);
         e
     })?;
+    // A waiting template is resolved at each fire in the schedule's time zone: check it there.
+    if let Some(req) = crate::waiting::WaitRequest::from_fields(
+        body.job.get("wait_for"),
+        body.job.get("deadline"),
+        body.job.get("on_deadline"),
+    )
+    .map_err(|e| bad(format!("`job`: {e}")))?
+    {
+        let now = clock();
+        req.resolve(now, &timezone, now, false)
+            .map_err(|e| bad(format!("`job`: {e}")))?;
+    }
     let spec = ScheduleSpec {
         name,
         cron: body.cron.trim().to_string(),

@@ -52,12 +52,42 @@ pub struct SubmitArgs {
     /// Run at this RFC 3339 time.
     #[arg(long)]
     pub run_at: Option<String>,
+    /// Wait (status WAITING, no worker slot) for COUNT records (default 1) of signal KEY before
+    /// running; repeatable, every one must be met.
+    #[arg(long = "wait-for", value_name = "KEY[:COUNT]")]
+    pub wait_for: Vec<String>,
+    /// Records before this time do not count, for every --wait-for: RFC 3339, "-4h" (before the
+    /// submit) or "HH:MM" (the last such UTC time).
+    #[arg(long, requires = "wait_for", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Stop waiting at this time: RFC 3339, "+4h" or "HH:MM" (the next such UTC time).
+    #[arg(long, requires = "wait_for")]
+    pub deadline: Option<String>,
+    /// What the deadline does.
+    #[arg(long, requires = "deadline", value_parser = ["run", "fail", "skip"])]
+    pub on_deadline: Option<String>,
     /// Attach an input file before the job can start: `PROP=FILE` (repeatable; the submit is then
     /// multipart, the file part named PROP).
     #[arg(long = "input", value_name = "PROP=FILE")]
     pub inputs: Vec<String>,
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+/// `--wait-for KEY[:COUNT]` as a `wait_for` item (a key may itself contain ':'; only a
+/// numeric last part is a count).
+fn wait_item(spec: &str, since: Option<&str>) -> Value {
+    let (key, count) = match spec.rsplit_once(':') {
+        Some((k, c)) if !k.is_empty() && c.parse::<u64>().is_ok() => {
+            (k, c.parse::<u64>().unwrap_or(1))
+        }
+        _ => (spec, 1),
+    };
+    let mut item = json!({ "key": key, "count": count });
+    if let Some(s) = since {
+        item["since"] = json!(s);
+    }
+    item
 }
 
 /// Flags of commands that take a job id.
@@ -329,6 +359,19 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         ("idempotency_key", a.idempotency_key.map(Value::from)),
         ("channel", a.channel.map(Value::from)),
         ("run_at", a.run_at.map(Value::from)),
+        (
+            "wait_for",
+            (!a.wait_for.is_empty()).then(|| {
+                Value::Array(
+                    a.wait_for
+                        .iter()
+                        .map(|w| wait_item(w, a.since.as_deref()))
+                        .collect(),
+                )
+            }),
+        ),
+        ("deadline", a.deadline.map(Value::from)),
+        ("on_deadline", a.on_deadline.map(Value::from)),
     ] {
         if let Some(v) = v {
             body[k] = v;

@@ -271,6 +271,9 @@ pub struct Job {
     /// The webhook its events go to (signed webhooks out, [`crate::notify`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<crate::notify::NotifySpec>,
+    /// Why the job waits (`wait_for`, `deadline`) and how it was released (see `crate::waiting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<crate::waiting::Wait>,
 }
 
 impl Job {
@@ -364,6 +367,9 @@ impl Job {
         }
         if let Some(n) = &self.notify {
             m.insert("notify".into(), json!(n));
+        }
+        if let Some(w) = &self.wait {
+            m.insert("wait".into(), w.to_public());
         }
         if let Some(name) = &self.schedule {
             m.insert("schedule".into(), json!(name));

@@ -207,6 +207,7 @@ fn new_job() -> impl Strategy<Value = Job> {
                     fire_time: None,
                     emits: Vec::new(),
                     notify: None,
+                    wait: None,
                     progress: 0.0,
                     status_details: None,
                     result: None,

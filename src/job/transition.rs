@@ -79,6 +79,15 @@ pub enum Command {
     Retry,
     /// A SCHEDULED job is due: QUEUED.
     Promote,
+    /// Every item of a WAITING job has its count of records: QUEUED, released by signals. The
+    /// store found the records (`seen`, per item: how many, their sequence numbers).
+    WaitRelease {
+        /// Per item of `wait.items`.
+        seen: crate::waiting::Seen,
+    },
+    /// A WAITING job's deadline passed: QUEUED (`run`), ERROR `deadline_missed` (`fail`) or
+    /// CANCELLED `skipped` (`skip`).
+    WaitDeadline,
     /// Attach a file to a property: by a client (any non-terminal status) or by the running job
     /// itself through the hook (`by_job`: only while active).
     AttachFile {
@@ -521,6 +530,62 @@ fn apply_inner(
             list.push(file);
             Ok(None)
         }
+        Command::WaitRelease { seen } => {
+            let met = job
+                .wait
+                .as_ref()
+                .is_some_and(|w| crate::waiting::all_met(&w.items, &seen));
+            if job.status != Waiting || !met {
+                return Err(illegal(job, "be released by signals"));
+            }
+            if let Some(w) = job.wait.as_mut() {
+                for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
+                    item.seen = n;
+                    item.signal_ids = ids;
+                }
+                w.released_by = Some(crate::waiting::ReleasedBy::Signals);
+                w.released_at = Some(now);
+            }
+            set_status(job, Queued, now);
+            Ok(Some(EventKind::Status))
+        }
+        Command::WaitDeadline => {
+            let due = job
+                .wait
+                .as_ref()
+                .and_then(|w| w.deadline)
+                .is_some_and(|d| d <= now);
+            if job.status != Waiting || !due {
+                return Err(illegal(job, "reach a deadline"));
+            }
+            let Some(w) = job.wait.as_mut() else {
+                return Err(illegal(job, "reach a deadline"));
+            };
+            w.released_by = Some(crate::waiting::ReleasedBy::Deadline);
+            w.released_at = Some(now);
+            let deadline = crate::job::rfc3339(w.deadline.unwrap_or(now));
+            let missing: Vec<String> = w.items.iter().map(|i| i.key.clone()).collect();
+            match w.on_deadline {
+                crate::waiting::OnDeadline::Run => set_status(job, Queued, now),
+                crate::waiting::OnDeadline::Fail => {
+                    job.error = Some(format!(
+                        "{}: the deadline {deadline} passed before the signals ({}) arrived",
+                        crate::waiting::DEADLINE_MISSED,
+                        missing.join(", ")
+                    ));
+                    set_status(job, Error, now);
+                }
+                crate::waiting::OnDeadline::Skip => {
+                    job.error = Some(format!(
+                        "{}: the deadline {deadline} passed before the signals ({}) arrived",
+                        crate::waiting::SKIPPED,
+                        missing.join(", ")
+                    ));
+                    set_status(job, Cancelled, now);
+                }
+            }
+            Ok(Some(EventKind::Status))
+        }
         Command::Promote => {
             if job.status != Scheduled {
                 return Err(illegal(job, "promote"));
@@ -688,6 +753,7 @@ mod tests {
             fire_time: None,
             emits: Vec::new(),
             notify: None,
+            wait: None,
         }
     }
 
@@ -1036,6 +1102,82 @@ mod tests {
         claim(&mut m, 1);
         apply(&mut m, exited(1, 0), &ctx(2)).unwrap();
         assert_eq!((m.status, m.exit_code), (JobStatus::Success, Some(0)));
+    }
+
+    fn waiting(on: crate::waiting::OnDeadline) -> Job {
+        let mut j = job();
+        j.status = JobStatus::Waiting;
+        j.wait = Some(crate::waiting::Wait {
+            items: vec![crate::waiting::WaitItem {
+                key: "k".into(),
+                needed: 2,
+                since: None,
+                seen: 0,
+                signal_ids: vec![],
+            }],
+            deadline: Some(1_000),
+            on_deadline: on,
+            released_by: None,
+            released_at: None,
+        });
+        j
+    }
+
+    #[test]
+    fn waiting_jobs_are_released_by_all_their_records_or_their_deadline() {
+        use crate::waiting::{OnDeadline, ReleasedBy};
+        let mut j = waiting(OnDeadline::Run);
+        let before = j.clone();
+        // Not enough records, a claim, a deadline not yet due: refused, nothing changed.
+        for cmd in [
+            Command::WaitRelease {
+                seen: vec![(1, vec![4])],
+            },
+            Command::Claim {
+                worker: "w".into(),
+                token: 1,
+                lease_until: 9,
+            },
+            Command::WaitDeadline,
+        ] {
+            assert!(apply(&mut j, cmd, &ctx(999)).is_err());
+            assert_eq!(j, before);
+        }
+        apply(
+            &mut j,
+            Command::WaitRelease {
+                seen: vec![(2, vec![4, 5])],
+            },
+            &ctx(500),
+        )
+        .unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        let w = j.wait.as_ref().unwrap();
+        assert_eq!(w.released_by, Some(ReleasedBy::Signals));
+        assert_eq!(w.items[0].signal_ids, vec![4, 5]);
+        // Released once: the deadline no longer applies.
+        assert!(apply(&mut j, Command::WaitDeadline, &ctx(2_000)).is_err());
+        for (on, status, word) in [
+            (OnDeadline::Run, JobStatus::Queued, None),
+            (OnDeadline::Fail, JobStatus::Error, Some("deadline_missed")),
+            (OnDeadline::Skip, JobStatus::Cancelled, Some("skipped")),
+        ] {
+            let mut j = waiting(on);
+            apply(&mut j, Command::WaitDeadline, &ctx(1_000)).unwrap();
+            assert_eq!(j.status, status);
+            assert_eq!(
+                j.wait.as_ref().unwrap().released_by,
+                Some(ReleasedBy::Deadline)
+            );
+            match word {
+                Some(w) => assert!(j.error.as_deref().unwrap().starts_with(w)),
+                None => assert!(j.error.is_none()),
+            }
+        }
+        // A client cancels a waiting job.
+        let mut j = waiting(OnDeadline::Run);
+        apply(&mut j, Command::Cancel, &ctx(1)).unwrap();
+        assert_eq!(j.status, JobStatus::Cancelled);
     }
 
     #[test]

@@ -272,3 +272,22 @@ impl crate::store::DeliveryStore for MeteredStore {
             .await
     }
 }
+
+#[async_trait]
+impl crate::store::waits::WaitStore for MeteredStore {
+    async fn wait_check(&self, id: Uuid) -> Result<bool> {
+        self.timed("wait_check", self.inner.wait_check(id)).await
+    }
+    async fn wait_check_marked(&self, max: usize) -> Result<usize> {
+        self.timed("wait_check_marked", self.inner.wait_check_marked(max))
+            .await
+    }
+    async fn wait_next_deadline(&self) -> Result<Option<Micros>> {
+        self.timed("wait_next_deadline", self.inner.wait_next_deadline())
+            .await
+    }
+    async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>> {
+        self.timed("wait_fire_deadlines", self.inner.wait_fire_deadlines(max))
+            .await
+    }
+}

@@ -499,7 +499,12 @@ pub fn job_for_fire(s: &Schedule, fire_time: Micros, runner: Option<String>, now
     j.schedule = Some(s.spec.name.clone());
     j.fire_time = Some(fire_time);
     let run_at = fire_time + jitter_us(&s.spec.name, fire_time, s.spec.jitter_ms);
-    if run_at > now {
+    // A waiting template: its times resolved against this fire, in the schedule's time zone.
+    j.wait = crate::waiting::for_fire(&s.spec.job, fire_time, &s.spec.timezone, now);
+    if j.wait.is_some() {
+        j.status = JobStatus::Waiting;
+        j.run_at = None;
+    } else if run_at > now {
         j.status = JobStatus::Scheduled;
         j.run_at = Some(run_at);
     } else {

@@ -10,6 +10,7 @@ pub mod redis;
 pub mod schedules;
 pub mod signals;
 pub mod sqlite;
+pub mod waits;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ pub use deliveries::DeliveryStore;
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
+pub use waits::WaitStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +236,7 @@ pub trait Store:
     + SignalStore
     + JobCountStore
     + DeliveryStore
+    + WaitStore
 {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;

@@ -37,6 +37,8 @@ mod deliveries;
 mod schedules;
 #[path = "sqlite_signals.rs"]
 mod signals;
+#[path = "sqlite_waits.rs"]
+mod waits;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -237,6 +239,7 @@ impl SqliteStore {
         conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
         conn.execute_batch(counts::SCHEMA).map_err(db_err)?;
         conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
         orphan_leases(&conn)?;
         deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
@@ -468,7 +471,12 @@ fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) ->
     let was = job.status;
     let ev = apply(job, cmd, &actx)?;
     save(ctx.conn, job)?;
-    if job.status == JobStatus::Success && was != JobStatus::Success && !job.emits.is_empty() {
+    if was == JobStatus::Waiting && job.status != JobStatus::Waiting {
+        waits::leave_in(ctx.conn, &job.id.to_string())?;
+        crate::waiting::counters().count_release(job);
+    }
+    let emitted = job.status == JobStatus::Success && was != JobStatus::Success;
+    if emitted && !job.emits.is_empty() {
         signals::emit_in(ctx.conn, job, now)?;
     }
     if let Some(kind) = ev {
@@ -477,6 +485,12 @@ fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) ->
             notices_for(ctx, job);
         } else {
             ctx.notices.push(Notice::Events);
+        }
+    }
+    if emitted {
+        // The jobs these signals complete are released in this same transaction.
+        for key in job.emits.clone() {
+            waits::on_signal(ctx, &key)?;
         }
     }
     Ok(())
@@ -533,6 +547,10 @@ impl JobStore for SqliteStore {
             save_file_refs(ctx.conn, &job)?;
             append_event(ctx, &job, EventKind::Status)?;
             notices_for(ctx, &job);
+            let mut job = job;
+            if job.status == JobStatus::Waiting {
+                waits::enter_in(ctx, &mut job)?;
+            }
             Ok(Submitted { job, created: true })
         })
         .await

@@ -132,8 +132,15 @@ impl SignalStore for SqliteStore {
         at: Micros,
     ) -> Result<(Signal, bool)> {
         let key = key.to_string();
-        self.write(move |ctx| append_in(ctx.conn, key, id, payload, at))
-            .await
+        self.write(move |ctx| {
+            let r = append_in(ctx.conn, key.clone(), id, payload, at)?;
+            if r.1 {
+                // The jobs this record completes are released in the same transaction.
+                super::waits::on_signal(ctx, &key)?;
+            }
+            Ok(r)
+        })
+        .await
     }
 
     async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {

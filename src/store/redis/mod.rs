@@ -25,6 +25,7 @@
 //! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
 //! - `P:dlv:{n}`, `P:dlvlog:{n}`, `P:dlv:due`, `P:dlv:job:{id}`, `P:dlv:done`, `P:dlv:seq`:
 //!   webhook deliveries (`deliveries.rs`).
+//! - `P:waitk:{key}`, `P:waitdl`, `P:waitdue`, `P:waitgen`: waiting jobs (`waits.rs`).
 //!
 //! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
 //! run records, events) is Redis's clock, read with `TIME` every [`CLOCK_RESYNC`] and carried
@@ -47,6 +48,7 @@ mod signals;
 mod tail;
 
 pub use tail::EventTail;
+mod waits;
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -1004,10 +1006,15 @@ impl JobStore for RedisStore {
             let w = Write::new(None, None, job.clone(), Some(EventKind::Status))?;
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => {
+                    if w.job.status == JobStatus::Waiting {
+                        crate::waiting::counters()
+                            .entered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     return Ok(Submitted {
                         job: w.job,
                         created: true,
-                    })
+                    });
                 }
                 // Our own submit, sent again after a lost reply.
                 Some(Reply::Exists) => {

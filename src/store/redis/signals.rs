@@ -34,6 +34,10 @@ impl SignalStore for RedisStore {
             self.key(&format!("sigid:{key}")),
             self.key("sigseq"),
             self.key("sigkeys"),
+            self.key(&format!("waitk:{key}")),
+            self.key("waitdue"),
+            self.key("waitgen"),
+            self.key("notices"),
         ];
         let args = [
             key.to_string(),

@@ -44,6 +44,52 @@ local function xadd(key, limit, id, ev)
   return redis.call('XADD', key, 'MAXLEN', '~', limit, id, 'e', ev)
 end
 
+-- Waiting jobs (see src/store/redis/waits.rs): `P:waitk:{key}` the jobs waiting on a signal
+-- key, `P:waitdl` WAITING jobs by deadline, `P:waitdue` jobs to check (score: a generation from
+-- `P:waitgen`, so a check only clears the mark it saw). A job that starts waiting is indexed and
+-- marked (its signals may already be there); one that stops waiting leaves the indexes; a signal
+-- marks the jobs waiting on its key. Marks are announced once per call on the notice channel (as
+-- a WAITING change of the nil job, from no origin: every process, this one too, checks them).
+local marked = false
+
+local function mark_due(id)
+  local g = redis.call('INCR', P .. ':waitgen')
+  redis.call('ZADD', P .. ':waitdue', g, id)
+  marked = true
+end
+
+local function mark_key(skey)
+  for _, wid in ipairs(redis.call('SMEMBERS', P .. ':waitk:' .. skey)) do mark_due(wid) end
+end
+
+local function wait_of(body)
+  local ok, j = pcall(cjson.decode, body)
+  local keys = {}
+  if not ok or type(j) ~= 'table' or type(j.wait) ~= 'table' then return keys, nil end
+  if type(j.wait.items) == 'table' then
+    for _, it in ipairs(j.wait.items) do
+      if type(it) == 'table' and type(it.key) == 'string' then keys[#keys + 1] = it.key end
+    end
+  end
+  local dl = j.wait.deadline
+  if type(dl) ~= 'number' then dl = nil end
+  return keys, dl
+end
+
+local function wait_enter(id, body)
+  local keys, dl = wait_of(body)
+  for _, k in ipairs(keys) do redis.call('SADD', P .. ':waitk:' .. k, id) end
+  if dl then redis.call('ZADD', P .. ':waitdl', string.format('%.0f', dl), id) end
+  mark_due(id)
+end
+
+local function wait_leave(id, body)
+  local keys = wait_of(body)
+  for _, k in ipairs(keys) do redis.call('SREM', P .. ':waitk:' .. k, id) end
+  redis.call('ZREM', P .. ':waitdl', id)
+  redis.call('ZREM', P .. ':waitdue', id)
+end
+
 -- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
 -- signalled by this job is not signalled twice), written with the job.
 local function emit(id, keys, at)
@@ -59,6 +105,7 @@ local function emit(id, keys, at)
       redis.call('HSET', sid, cid, rec)
       if redis.call('ZCARD', sig) > 10000 then redis.call('ZREMRANGEBYRANK', sig, 0, -10001) end
       redis.call('ZADD', P .. ':sigkeys', at, skey)
+      mark_key(skey)
     end
   end
 end
@@ -152,6 +199,11 @@ local function commit_one(a)
   elseif old and TERMINAL[old] then
     redis.call('ZREM', P .. ':fin', id)
   end
+  if st == 'WAITING' and old ~= 'WAITING' then
+    wait_enter(id, body)
+  elseif old == 'WAITING' and st ~= 'WAITING' then
+    wait_leave(id, body)
+  end
   if st == 'SUCCESS' and old ~= 'SUCCESS' and emits ~= '' and fin ~= '' then
     emit(id, emits, fin)
   end
@@ -175,5 +227,8 @@ for j = 1, n do
   for k = 0, 16 do a[k + 1] = ARGV[i + k] end
   i = i + 17
   out[j] = commit_one(a)
+end
+if marked then
+  redis.call('PUBLISH', P .. ':notices', '\nC 00000000-0000-0000-0000-000000000000 WAITING')
 end
 return out

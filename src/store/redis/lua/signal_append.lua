@@ -2,7 +2,9 @@
 --
 -- KEYS[1] `P:sig:{key}` records by time (score µs, member the record JSON), KEYS[2]
 -- `P:sigid:{key}` client id -> record JSON, KEYS[3] `P:sigseq` key -> last sequence number,
--- KEYS[4] `P:sigkeys` key -> time of its last record.
+-- KEYS[4] `P:sigkeys` key -> time of its last record, KEYS[5] `P:waitk:{key}` the jobs waiting
+-- on the key, KEYS[6] `P:waitdue` jobs to check, KEYS[7] `P:waitgen` check generations,
+-- KEYS[8] the notice channel (see commit.lua for the waiting keys).
 -- ARGV[1] key, ARGV[2] the key as a JSON string, ARGV[3] client id ('' = none), ARGV[4] the id as
 -- JSON, ARGV[5] time (µs), ARGV[6] payload JSON ('' = none), ARGV[7] records kept per key.
 -- Returns {1, record} when written, {0, earlier record} for an id already used.
@@ -24,4 +26,11 @@ if redis.call('ZCARD', KEYS[1]) > keep then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(keep + 1))
 end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+local waiting = redis.call('SMEMBERS', KEYS[5])
+for _, wid in ipairs(waiting) do
+  redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[7]), wid)
+end
+if #waiting > 0 then
+  redis.call('PUBLISH', KEYS[8], '\nC 00000000-0000-0000-0000-000000000000 WAITING')
+end
 return {1, rec}

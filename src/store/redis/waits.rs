@@ -1,0 +1,142 @@
+//! [`WaitStore`] for Redis. `lua/commit.lua` keeps the indexes with the job (`P:waitk:{key}` the
+//! jobs waiting on a signal key, `P:waitdl` WAITING jobs by deadline) and, like
+//! `lua/signal_append.lua`, marks the jobs to check in `P:waitdue` in the same script as the
+//! write that may complete them. Checks and deadlines change the job through the usual
+//! compare-and-set on its version, so any number of nodes may run them: one wins, the others are
+//! refused by the status machine.
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::RedisStore;
+use crate::job::{Command, Job, JobStatus, Micros};
+use crate::store::waits::WaitStore;
+use crate::store::{Result, StoreError};
+use crate::waiting::{all_met, counters, seen_now};
+
+/// Clears a check mark only if no signal marked the job again meanwhile.
+static UNMARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then \
+           return redis.call('ZREM', KEYS[1], ARGV[1]) end return 0",
+    )
+});
+
+impl RedisStore {
+    async fn zrem(&self, key: String, member: String) -> Result<()> {
+        let _: i64 = self
+            .exec(true, |mut c| {
+                let (key, member) = (key.clone(), member.clone());
+                async move {
+                    ::redis::cmd("ZREM")
+                        .arg(key)
+                        .arg(member)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WaitStore for RedisStore {
+    async fn wait_check(&self, id: Uuid) -> Result<bool> {
+        let Some((job, _)) = self.load(id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        let Some(w) = job
+            .wait
+            .as_ref()
+            .filter(|_| job.status == JobStatus::Waiting)
+        else {
+            return Ok(false);
+        };
+        let seen = seen_now(self, &w.items).await?;
+        if !all_met(&w.items, &seen) {
+            return Ok(false);
+        }
+        match self.apply_cmd(id, Command::WaitRelease { seen }).await {
+            Ok(j) => {
+                counters().count_release(&j);
+                Ok(true)
+            }
+            // Released, cancelled or timed out by someone else meanwhile.
+            Err(StoreError::Transition(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn wait_check_marked(&self, max: usize) -> Result<usize> {
+        let key = self.key("waitdue");
+        let marks: Vec<(String, String)> = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(max.saturating_sub(1))
+                    .arg("WITHSCORES")
+                    .clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        for (id, generation) in &marks {
+            if let Ok(uuid) = Uuid::parse_str(id) {
+                match self.wait_check(uuid).await {
+                    Ok(_) | Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let _: i64 = self
+                .exec(true, |mut c| {
+                    let mut inv = UNMARK.prepare_invoke();
+                    inv.key(&key).arg(id).arg(generation);
+                    async move { inv.invoke_async(&mut c).await }
+                })
+                .await?;
+        }
+        Ok(marks.len())
+    }
+
+    async fn wait_next_deadline(&self) -> Result<Option<Micros>> {
+        self.first_score(&self.key("waitdl")).await
+    }
+
+    async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>> {
+        let key = self.key("waitdl");
+        let now = self.now().await;
+        let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, max).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let Ok(uuid) = Uuid::parse_str(&id) else {
+                self.zrem(key.clone(), id).await?;
+                continue;
+            };
+            // Several nodes fire at once: the compare-and-set lets one through, the others find
+            // the job no longer WAITING and are refused.
+            match self.apply_cmd(uuid, Command::WaitDeadline).await {
+                Ok(j) => {
+                    counters().count_release(&j);
+                    out.push(j);
+                }
+                Err(StoreError::Transition(_)) => {
+                    // Still there after the winner's commit removed it: an entry left behind.
+                    if self
+                        .load(uuid)
+                        .await?
+                        .is_some_and(|(j, _)| j.status != JobStatus::Waiting)
+                    {
+                        self.zrem(key.clone(), id).await?;
+                    }
+                }
+                Err(StoreError::NotFound) => self.zrem(key.clone(), id).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,188 @@
+//! [`WaitStore`] for the embedded backend: `wait_keys` (the jobs waiting on each signal key) and
+//! `wait_deadlines` (WAITING jobs by deadline). A signal write releases the jobs it completes in
+//! its own transaction; a job that stops waiting leaves both tables in the transaction that
+//! changes it.
+
+use async_trait::async_trait;
+use rusqlite::params;
+use uuid::Uuid;
+
+use super::{apply_in, db_err, load, SqliteStore, WriteCtx};
+use crate::job::{now_us, Command, Job, JobStatus, Micros};
+use crate::store::waits::WaitStore;
+use crate::store::{Result, StoreError};
+use crate::waiting::{all_met, counters, Seen, WaitItem};
+
+/// The tables, created at open.
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS wait_keys (
+    key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (key, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wait_keys_job ON wait_keys(job_id);
+CREATE TABLE IF NOT EXISTS wait_deadlines (
+    job_id TEXT PRIMARY KEY,
+    deadline INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wait_deadlines_at ON wait_deadlines(deadline);
+"#;
+
+/// The records each item has (at most `needed`), on the writer's connection.
+fn seen_in(conn: &rusqlite::Connection, items: &[WaitItem]) -> Result<Seen> {
+    let mut stmt = conn
+        .prepare_cached("SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 ORDER BY seq LIMIT ?3")
+        .map_err(db_err)?;
+    let mut out = Vec::with_capacity(items.len());
+    for i in items {
+        let seqs: Vec<i64> = stmt
+            .query_map(params![i.key, i.since.unwrap_or(0), i.needed as i64], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_err)?;
+        out.push((
+            seqs.len() as u32,
+            seqs.into_iter().map(|s| s as u64).collect(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Releases `job` (WAITING) when its conditions hold. True when released.
+fn check_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<bool> {
+    if job.status != JobStatus::Waiting {
+        return Ok(false);
+    }
+    let Some(w) = &job.wait else {
+        return Ok(false);
+    };
+    let seen = seen_in(ctx.conn, &w.items)?;
+    if !all_met(&w.items, &seen) {
+        return Ok(false);
+    }
+    apply_in(ctx, job, Command::WaitRelease { seen }, now_us())?;
+    Ok(true)
+}
+
+/// A job was just stored WAITING: index it, then release it at once if its signals are there.
+pub(super) fn enter_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<()> {
+    let Some(w) = &job.wait else {
+        return Ok(());
+    };
+    let id = job.id.to_string();
+    for i in &w.items {
+        ctx.conn
+            .prepare_cached("INSERT OR IGNORE INTO wait_keys(key, job_id) VALUES (?1, ?2)")
+            .map_err(db_err)?
+            .execute(params![i.key, id])
+            .map_err(db_err)?;
+    }
+    if let Some(d) = w.deadline {
+        ctx.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO wait_deadlines(job_id, deadline) VALUES (?1, ?2)",
+            )
+            .map_err(db_err)?
+            .execute(params![id, d])
+            .map_err(db_err)?;
+    }
+    counters()
+        .entered
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    check_in(ctx, job)?;
+    Ok(())
+}
+
+/// A job left WAITING: out of both indexes.
+pub(super) fn leave_in(conn: &rusqlite::Connection, id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM wait_keys WHERE job_id = ?1")
+        .map_err(db_err)?
+        .execute([id])
+        .map_err(db_err)?;
+    conn.prepare_cached("DELETE FROM wait_deadlines WHERE job_id = ?1")
+        .map_err(db_err)?
+        .execute([id])
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// A record of `key` was written: check the jobs waiting on it (same transaction).
+pub(super) fn on_signal(ctx: &mut WriteCtx<'_>, key: &str) -> Result<()> {
+    let ids: Vec<String> = ctx
+        .conn
+        .prepare_cached("SELECT job_id FROM wait_keys WHERE key = ?1")
+        .map_err(db_err)?
+        .query_map([key], |r| r.get(0))
+        .map_err(db_err)?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(db_err)?;
+    for id in ids {
+        match load(ctx.conn, &id)? {
+            Some(mut job) => {
+                check_in(ctx, &mut job)?;
+            }
+            None => leave_in(ctx.conn, &id)?,
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl WaitStore for SqliteStore {
+    async fn wait_check(&self, id: Uuid) -> Result<bool> {
+        self.write(move |ctx| {
+            let Some(mut job) = load(ctx.conn, &id.to_string())? else {
+                return Err(StoreError::NotFound);
+            };
+            check_in(ctx, &mut job)
+        })
+        .await
+    }
+
+    async fn wait_check_marked(&self, _max: usize) -> Result<usize> {
+        Ok(0)
+    }
+
+    async fn wait_next_deadline(&self) -> Result<Option<Micros>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT MIN(deadline) FROM wait_deadlines")
+                .map_err(db_err)?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>> {
+        self.write(move |ctx| {
+            let now = now_us();
+            let ids: Vec<String> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT job_id FROM wait_deadlines WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2",
+                )
+                .map_err(db_err)?
+                .query_map(params![now, max as i64], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(mut job) = load(ctx.conn, &id)? else {
+                    leave_in(ctx.conn, &id)?;
+                    continue;
+                };
+                match apply_in(ctx, &mut job, Command::WaitDeadline, now) {
+                    Ok(()) => out.push(job),
+                    // No longer waiting (an index entry left behind): drop it.
+                    Err(StoreError::Transition(_)) => leave_in(ctx.conn, &id)?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
