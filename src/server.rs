@@ -180,6 +180,7 @@ impl ServerBuilder {
             closing: CancellationToken::new(),
             events: crate::events::Hub::from_config(&config.events),
         });
+        crate::metrics::features::register(&metrics, app.events.clone());
         let bg = CancellationToken::new();
         let worker_stop = CancellationToken::new();
         let tasks = vec![

@@ -622,3 +622,63 @@ async fn requests_carry_an_id_and_large_json_is_gzipped() {
     );
     assert_ne!(a, b);
 }
+
+/// The counters other rooms keep (src/metrics/features.rs) reach `/metrics`: an open event
+/// stream, a job that waits for a signal and is released by it. (The waiting and webhook
+/// counters are per process, so other servers of this test binary may add to them: deltas.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_and_waiting_counters_are_exported() {
+    let ts = TestServer::builder(RUNNERS)
+        .service("m.ok", |_ctx| async { Ok(json!("ok")) })
+        .service("m.hold", |_ctx| async { Ok(json!("ok")) })
+        .start()
+        .await;
+    let before = scrape(&ts).await;
+    for name in [
+        "runyard_event_streams_open",
+        "runyard_webhook_deliveries_total",
+        "runyard_waiting_releases_total",
+    ] {
+        assert!(before.has(name), "{name} missing:\n{}", before.1);
+    }
+    assert_eq!(before.get("runyard_event_streams_open", &[]), 0.0);
+
+    // An SSE stream held open.
+    let sse = ts
+        .client
+        .get(ts.at("/async/events/sse"))
+        .send()
+        .await
+        .expect("SSE");
+    assert_eq!(sse.status(), StatusCode::OK);
+    let mut open = 0.0;
+    for _ in 0..50 {
+        open = scrape(&ts).await.get("runyard_event_streams_open", &[]);
+        if open == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 1.0, "one stream open");
+
+    // A job waiting for one record of a key, then released by it.
+    let key = format!("metrics.{}", uuid::Uuid::now_v7().simple());
+    let id = ts
+        .submit_ok(json!({"type": "m.ok", "wait_for": [{"key": key}]}))
+        .await;
+    let (status, _) = ts
+        .post(&format!("/async/signals/{key}"), Some(&json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    ts.wait_status(&id, "SUCCESS", WAIT).await;
+    let after = scrape(&ts).await;
+    assert!(
+        after.get("runyard_waiting_jobs_entered_total", &[])
+            >= before.get("runyard_waiting_jobs_entered_total", &[]) + 1.0
+    );
+    assert!(
+        after.get("runyard_waiting_releases_total", &[("by", "signals")])
+            >= before.get("runyard_waiting_releases_total", &[("by", "signals")]) + 1.0
+    );
+    drop(sse);
+}

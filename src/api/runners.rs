@@ -1,8 +1,12 @@
 //! `GET /async/runners`: the runners this process runs, with the slots in use here (a worker
 //! node's slots are its own: with separate `runyard worker` processes, an API node shows 0).
+//! `GET /async/stats`: jobs by status and type, queue depth and oldest QUEUED job per type, from
+//! the store's counts (indexes, not a scan: [`crate::store::JobCountStore`]); the dashboard's
+//! overview.
 //! `GET /async/whoami`: what the caller's credential grants (the dashboard shows only the
 //! actions it allows; the server decides in any case).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
@@ -18,6 +22,51 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/async/runners", get(list))
         .route("/async/whoami", get(whoami))
+        .route("/async/stats", get(stats))
+}
+
+async fn stats(
+    State(st): State<AppState>,
+    Caller(grant): Caller,
+) -> crate::api::error::ApiResult<Json<Value>> {
+    if grant.confined_to_channels() {
+        return Err(crate::api::error::ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "the counts cover every channel: a credential confined to channels cannot read them",
+        ));
+    }
+    let counts = st.app.store.job_counts().await?;
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for ((job_type, status), n) in &counts.by_type_status {
+        if !grant.sees_type(job_type) {
+            continue;
+        }
+        let status = status.to_string();
+        *by_status.entry(status.clone()).or_default() += n;
+        *by_type
+            .entry(job_type.clone())
+            .or_default()
+            .entry(status)
+            .or_default() += n;
+    }
+    let queues: Vec<Value> = by_type
+        .iter()
+        .filter_map(|(t, s)| {
+            let depth = s.get("QUEUED").copied().unwrap_or(0);
+            (depth > 0).then(|| {
+                json!({
+                    "type": t,
+                    "depth": depth,
+                    "oldest": counts.oldest_queued.get(t).map(|us| crate::job::rfc3339(*us)),
+                })
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"by_status": by_status, "by_type": by_type, "queues": queues}),
+    ))
 }
 
 async fn whoami(Caller(grant): Caller) -> Json<Value> {

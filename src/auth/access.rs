@@ -170,6 +170,7 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/ui/app.css", Need::Open),
     client("GET", "/async/runners", JobsRead, Any),
     client("GET", "/async/whoami", JobsRead, Any),
+    client("GET", "/async/stats", JobsRead, Any),
 ];
 
 /// What [`guard`] works with.

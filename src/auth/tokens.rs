@@ -194,6 +194,16 @@ impl Grant {
         self.bits & EVENTS_BIT != 0
     }
 
+    /// Confined to some channels (counts over every channel would tell it about others' jobs).
+    pub fn confined_to_channels(&self) -> bool {
+        self.channels.is_some()
+    }
+
+    /// The job type is within the grant's types (channels aside).
+    pub fn sees_type(&self, job_type: &str) -> bool {
+        self.types.as_ref().is_none_or(|t| t.matches(job_type))
+    }
+
     /// Confined to some types or channels (its resources must be checked).
     pub fn is_confined(&self) -> bool {
         self.types.is_some() || self.channels.is_some()

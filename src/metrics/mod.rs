@@ -15,6 +15,7 @@
 //! [`prometheus_client::collector::Collector`] with [`Metrics::register_collector`]), once,
 //! where the server is assembled.
 
+pub mod features;
 pub mod http;
 pub mod store;
 

@@ -46,6 +46,9 @@ def test_a_job_goes_live_from_queued_to_success_without_reloading(server, page):
     screenshot(page, "job")
     open_page(page, server, "/")
     expect(page.locator("#recent tr").first).to_be_visible()
+    # Counts from the store's indexes (GET /async/stats), linked to the filtered table.
+    expect(page.locator('[data-count="SUCCESS"] .n')).not_to_have_text("0")
+    expect(page.locator('[data-count="SUCCESS"]')).to_have_attribute("href", "#/jobs?status=SUCCESS")
     screenshot(page, "overview")
 
 
