@@ -61,6 +61,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
             started_at: u.arbitrary()?,
             ended_at: u.arbitrary()?,
             outcome: u.arbitrary()?,
+            reported: None,
         });
     }
     let progress = f64::from(u.arbitrary::<u32>()?) / f64::from(u32::MAX);
