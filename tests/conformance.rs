@@ -89,6 +89,16 @@ impl Backend {
         self.first.clone().expect("opened")
     }
 
+    /// The store closed and opened again, as after a restart of the process that held it.
+    async fn reopen(&mut self) -> Arc<dyn Store> {
+        if let Some(first) = self.first.take() {
+            let weak = Arc::downgrade(&first);
+            drop(first);
+            assert!(weak.upgrade().is_none(), "the test holds no other handle");
+        }
+        self.store().await
+    }
+
     /// A second handle on the same data, as another process would have (embedded: the same).
     async fn peer(&mut self) -> Arc<dyn Store> {
         match self.kind {
@@ -128,6 +138,8 @@ conformance!(
     stale_tokens_are_fenced_off,
     expired_leases_are_reaped_then_fail,
     heartbeats_extend_and_report_lost_jobs,
+    heartbeats_leave_a_finished_attempt_alone,
+    a_restart_orphans_leases_only_of_the_sole_holder,
     adoption_gives_a_fresh_token,
     scheduled_jobs_are_promoted_when_due,
     events_are_ordered_and_exclusive,
@@ -626,6 +638,71 @@ async fn heartbeats_extend_and_report_lost_jobs(mut b: Backend) {
         .await
         .unwrap();
     assert_eq!(lost, vec![a.id]);
+}
+
+async fn heartbeats_leave_a_finished_attempt_alone(mut b: Backend) {
+    let s = b.store().await;
+    let j = submit(&s, job("t", "r")).await;
+    let c = claim_one(&s, "r", "w").await;
+    let t = token(&c);
+    s.apply(
+        j.id,
+        Command::Started {
+            token: t,
+            handle: None,
+        },
+    )
+    .await
+    .unwrap();
+    s.apply(
+        j.id,
+        Command::Finish {
+            token: t,
+            outcome: FinishOutcome::Success(None),
+        },
+    )
+    .await
+    .unwrap();
+    let done = s.get(j.id).await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Success);
+    // The worker still beats for it until its slot is freed: not lost (nothing to stop), and
+    // the finished job is not written again.
+    let lost = s.heartbeat("w", &[(j.id, t)], LEASE).await.unwrap();
+    assert!(lost.is_empty(), "a finished attempt is not reported lost");
+    let after = s.get(j.id).await.unwrap().unwrap();
+    assert_eq!(after.version, done.version, "nothing written");
+    // Another worker's beat for it, with another token, is lost.
+    let lost = s.heartbeat("w2", &[(j.id, t + 1)], LEASE).await.unwrap();
+    assert_eq!(lost, vec![j.id]);
+}
+
+async fn a_restart_orphans_leases_only_of_the_sole_holder(mut b: Backend) {
+    let s = b.store().await;
+    let j = submit(&s, job("t", "r")).await;
+    let c = claim_one(&s, "r", "w").await;
+    assert_eq!(c.id, j.id);
+    assert!(s.expired(10).await.unwrap().is_empty(), "a fresh lease");
+    drop(s);
+    let s = b.reopen().await;
+    let expired: Vec<Uuid> = s.expired(10).await.unwrap().iter().map(|j| j.id).collect();
+    let job = s.get(j.id).await.unwrap().unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Starting,
+        "the restart changes no status"
+    );
+    assert_eq!(job.attempt, 1);
+    match b.kind {
+        // One process per data dir: whoever held the lease died with the process, so the job is
+        // recoverable at once (the reaper requeues it or adopts live work).
+        Kind::Embedded(_) => {
+            assert_eq!(expired, vec![j.id]);
+            let requeued = s.apply(j.id, Command::LeaseExpired).await.unwrap();
+            assert_eq!(requeued.status, JobStatus::Queued);
+        }
+        // Other nodes may hold leases and be alive: a node's restart leaves them as they are.
+        Kind::Redis(_) => assert!(expired.is_empty(), "{expired:?}"),
+    }
 }
 
 async fn adoption_gives_a_fresh_token(mut b: Backend) {

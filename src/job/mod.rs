@@ -13,7 +13,8 @@ use uuid::Uuid;
 pub use runyard_runners::RunHandle;
 pub use status::JobStatus;
 pub use transition::{
-    apply, ApplyCtx, Command, EventKind, FinishOutcome, HookReport, TransitionError,
+    apply, heartbeat, ApplyCtx, Beat, Command, EventKind, FinishOutcome, HookReport,
+    TransitionError,
 };
 
 /// Microseconds since the Unix epoch.

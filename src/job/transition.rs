@@ -73,6 +73,21 @@ pub enum Command {
         /// Lease expiry.
         lease_until: Micros,
     },
+    /// A worker renews the lease it holds (its heartbeat): the lease runs until `lease_until`.
+    /// Refused when the lease is no longer this worker's claim (cancelled, timed out, taken
+    /// over) or the job is no longer active: see [`heartbeat`] for what the worker is told.
+    Heartbeat {
+        /// Worker id.
+        worker: String,
+        /// The claim's token.
+        token: u64,
+        /// New lease expiry.
+        lease_until: Micros,
+    },
+    /// The process that held an active job's lease is known to be gone (the embedded store is
+    /// opened again after a crash: no other process can hold it): the lease expires at once, so
+    /// the reaper decides (`LeaseExpired`, or `Adopt` of live work) as for any lost lease.
+    OrphanLease,
     /// A client cancels the job.
     Cancel,
     /// A client retries a job that did not succeed: a new attempt.
@@ -286,6 +301,43 @@ pub fn apply(
     Ok(ev)
 }
 
+/// What a worker's heartbeat found for one job it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The lease was renewed: write the job.
+    Renewed,
+    /// The attempt reported its own SUCCESS/ERROR and the job is no longer active: nothing to
+    /// write, and the work is left to exit by itself.
+    Finishing,
+    /// Cancelled, timed out or taken over: nothing to write; the worker must stop the work.
+    Lost,
+}
+
+/// A heartbeat for one held job, through [`apply`] (`Command::Heartbeat`): the one rule both
+/// backends follow for "renewed, finishing or lost". `job` is changed only when `Renewed`.
+pub fn heartbeat(
+    job: &mut Job,
+    worker: &str,
+    token: u64,
+    lease_until: Micros,
+    ctx: &ApplyCtx,
+) -> Beat {
+    let cmd = Command::Heartbeat {
+        worker: worker.to_string(),
+        token,
+        lease_until,
+    };
+    match apply(job, cmd, ctx) {
+        Ok(_) => Beat::Renewed,
+        Err(TransitionError::Illegal { .. })
+            if matches!(job.status, JobStatus::Success | JobStatus::Error) =>
+        {
+            Beat::Finishing
+        }
+        Err(_) => Beat::Lost,
+    }
+}
+
 fn apply_inner(
     job: &mut Job,
     cmd: Command,
@@ -483,6 +535,25 @@ fn apply_inner(
             }
             Ok(None)
         }
+        Command::Heartbeat {
+            worker,
+            token,
+            lease_until,
+        } => match job.lease.as_mut() {
+            Some(l) if l.token == token && l.worker == worker && job.status.is_active() => {
+                l.expires_at = lease_until;
+                Ok(None)
+            }
+            Some(l) if l.token == token && l.worker == worker => Err(illegal(job, "renew a lease")),
+            _ => Err(TransitionError::StaleLease),
+        },
+        Command::OrphanLease => match job.lease.as_mut() {
+            Some(l) if job.status.is_active() => {
+                l.expires_at = 0;
+                Ok(None)
+            }
+            _ => Err(illegal(job, "orphan a lease it does not have")),
+        },
         Command::Cancel => {
             if job.status.is_terminal() {
                 return Err(illegal(job, "cancel"));

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::*;
-use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
+use crate::job::{apply, now_us, ApplyCtx, Beat, Event, EventKind};
 
 #[path = "sqlite_counts.rs"]
 mod counts;
@@ -373,24 +373,20 @@ fn writer_loop(
 
 fn orphan_leases(conn: &Connection) -> Result<()> {
     let mut stmt = conn
-        .prepare("SELECT id, body FROM jobs WHERE status IN ('STARTING','RUNNING')")
+        .prepare("SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING')")
         .map_err(db_err)?;
-    let rows: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
         .map_err(db_err)?
         .collect::<std::result::Result<_, _>>()
         .map_err(db_err)?;
-    for (id, body) in rows {
+    let actx = ApplyCtx::at(now_us(), 0);
+    for body in rows {
         let mut job: Job = serde_json::from_str(&body).map_err(json_err)?;
-        if let Some(l) = job.lease.as_mut() {
-            l.expires_at = 0;
+        // No event: the reaper's `LeaseExpired` (or `Adopt`) that follows makes the change seen.
+        if apply(&mut job, Command::OrphanLease, &actx).is_ok() {
+            save(conn, &job)?;
         }
-        let body = serde_json::to_string(&job).map_err(json_err)?;
-        conn.execute(
-            "UPDATE jobs SET lease_expires = 0, body = ?2 WHERE id = ?1",
-            params![id, body],
-        )
-        .map_err(db_err)?;
     }
     Ok(())
 }
@@ -711,24 +707,16 @@ impl JobQueue for SqliteStore {
             let now = now_us();
             let until = now + lease_ttl.as_micros() as i64;
             let mut lost = Vec::new();
+            let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
             for (id, token) in held {
                 let Some(mut job) = load(ctx.conn, &id.to_string())? else {
                     lost.push(id);
                     continue;
                 };
-                let ours = job
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.token == token && l.worker == worker);
-                if ours && job.status.is_active() {
-                    if let Some(l) = job.lease.as_mut() {
-                        l.expires_at = until;
-                    }
-                    save(ctx.conn, &job)?;
-                } else if !(ours && matches!(job.status, JobStatus::Success | JobStatus::Error)) {
-                    // Cancelled, timed out or taken over: stop the work. (A job that reported
-                    // its own SUCCESS/ERROR is left to exit by itself.)
-                    lost.push(id);
+                match crate::job::heartbeat(&mut job, &worker, token, until, &actx) {
+                    Beat::Renewed => save(ctx.conn, &job)?,
+                    Beat::Finishing => {}
+                    Beat::Lost => lost.push(id),
                 }
             }
             Ok(lost)

@@ -65,7 +65,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::*;
-use crate::job::{apply, now_us, ApplyCtx, Event, EventKind};
+use crate::job::{apply, now_us, ApplyCtx, Beat, Event, EventKind};
 
 /// How many times a change is loaded and applied again after compare-and-set conflicts.
 const CAS_TRIES: usize = 100;
@@ -1226,19 +1226,13 @@ impl JobQueue for RedisStore {
                     continue;
                 };
                 let job: Job = serde_json::from_str(&body).map_err(json_err)?;
-                let ours = job
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.token == *token && l.worker == worker);
-                if ours && job.status.is_active() {
-                    let mut next = job.clone();
-                    if let Some(l) = next.lease.as_mut() {
-                        l.expires_at = until;
+                let mut next = job.clone();
+                match crate::job::heartbeat(&mut next, worker, *token, until, &self.actx(now)) {
+                    Beat::Renewed => {
+                        writes.push(Write::new(Some(job.version), Some(&job), next, None)?)
                     }
-                    next.version += 1;
-                    writes.push(Write::new(Some(job.version), Some(&job), next, None)?);
-                } else if !(ours && matches!(job.status, JobStatus::Success | JobStatus::Error)) {
-                    lost.push(*id);
+                    Beat::Finishing => {}
+                    Beat::Lost => lost.push(*id),
                 }
             }
             let replies = self.commit(&writes).await?;
