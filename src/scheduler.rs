@@ -60,7 +60,10 @@ pub async fn retention_loop(
 ) {
     let mut last_gc = std::time::Instant::now();
     loop {
-        if let Some(blobs) = blobs.as_ref().filter(|_| last_gc.elapsed() >= BLOB_GC_EVERY) {
+        if let Some(blobs) = blobs
+            .as_ref()
+            .filter(|_| last_gc.elapsed() >= BLOB_GC_EVERY)
+        {
             last_gc = std::time::Instant::now();
             match store.file_hashes().await {
                 Ok(used) => {

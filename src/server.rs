@@ -386,7 +386,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(r);
     }
     let full = config.store.synchronous == crate::config::Synchronous::Full;
-    Ok(Arc::new(SqliteStore::open(&config.data_dir, settings, full)?))
+    Ok(Arc::new(SqliteStore::open(
+        &config.data_dir,
+        settings,
+        full,
+    )?))
 }
 
 /// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), which is taken out of

@@ -1206,10 +1206,24 @@ async fn replay_memory_accepts_each_request_once(mut b: Backend) {
     let peer = b.peer().await;
     let exp = now_ms() + 60_000;
     let key = format!("{}\n{}\n{}", Uuid::now_v7(), now_ms(), "ab".repeat(32));
-    assert!(s.remember_once(&key, exp, now_ms()).await.unwrap(), "first use");
-    assert!(!s.remember_once(&key, exp, now_ms()).await.unwrap(), "replay, same handle");
-    assert!(!peer.remember_once(&key, exp, now_ms()).await.unwrap(), "replay, other handle");
-    assert!(s.remember_once(&format!("{key}x"), exp, now_ms()).await.unwrap(), "another key");
+    assert!(
+        s.remember_once(&key, exp, now_ms()).await.unwrap(),
+        "first use"
+    );
+    assert!(
+        !s.remember_once(&key, exp, now_ms()).await.unwrap(),
+        "replay, same handle"
+    );
+    assert!(
+        !peer.remember_once(&key, exp, now_ms()).await.unwrap(),
+        "replay, other handle"
+    );
+    assert!(
+        s.remember_once(&format!("{key}x"), exp, now_ms())
+            .await
+            .unwrap(),
+        "another key"
+    );
 
     let key = Arc::new(format!("concurrent-{}", Uuid::now_v7()));
     let tasks: Vec<_> = (0..16)
@@ -1234,14 +1248,20 @@ async fn replay_memory_forgets_a_request_after_its_expiry(mut b: Backend) {
     let key = format!("expiring-{}", Uuid::now_v7());
     let t0 = now_ms();
     assert!(s.remember_once(&key, t0 + 400, t0).await.unwrap());
-    assert!(!peer.remember_once(&key, t0 + 400, now_ms()).await.unwrap(), "inside the window");
+    assert!(
+        !peer.remember_once(&key, t0 + 400, now_ms()).await.unwrap(),
+        "inside the window"
+    );
     tokio::time::sleep(Duration::from_millis(900)).await;
     let t1 = now_ms();
     assert!(
         peer.remember_once(&key, t1 + 60_000, t1).await.unwrap(),
         "forgotten after its expiry"
     );
-    assert!(!s.remember_once(&key, t1 + 60_000, now_ms()).await.unwrap(), "remembered again");
+    assert!(
+        !s.remember_once(&key, t1 + 60_000, now_ms()).await.unwrap(),
+        "remembered again"
+    );
 }
 
 /// The live tail sees what any handle commits (on Redis: another node's commits), after the
@@ -1280,8 +1300,17 @@ async fn event_tail_reads_every_handles_commits(mut b: Backend) {
         if got.iter().any(|e| e.kind != "resync") {
             break writer.await.unwrap();
         }
-        assert!(tokio::time::Instant::now() < deadline, "no event from the peer's commit");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event from the peer's commit"
+        );
     };
-    assert!(got.iter().all(|e| e.job_id != before.id.to_string()), "only events after the start: {got:?}");
-    assert!(got.iter().any(|e| e.job_id == theirs.id.to_string()), "the peer's commit: {got:?}");
+    assert!(
+        got.iter().all(|e| e.job_id != before.id.to_string()),
+        "only events after the start: {got:?}"
+    );
+    assert!(
+        got.iter().any(|e| e.job_id == theirs.id.to_string()),
+        "the peer's commit: {got:?}"
+    );
 }

@@ -302,15 +302,14 @@ impl crate::store::ReplayMemory for MeteredStore {
     ) -> std::result::Result<bool, crate::store::replay::ReplayError> {
         let t = Instant::now();
         let r = self.inner.remember_once(key, expires_at_ms, now_ms).await;
-        self.metrics.store_op("remember_once", t.elapsed(), r.is_err());
+        self.metrics
+            .store_op("remember_once", t.elapsed(), r.is_err());
         r
     }
 }
 
 impl crate::store::EventTail for MeteredStore {
-    fn event_tail(
-        self: Arc<Self>,
-    ) -> Result<Box<dyn crate::store::tail::TailReader>> {
+    fn event_tail(self: Arc<Self>) -> Result<Box<dyn crate::store::tail::TailReader>> {
         // Not timed: a tail read waits for commits by design.
         self.inner.clone().event_tail()
     }

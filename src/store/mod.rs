@@ -24,10 +24,10 @@ use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use counts::JobCountStore;
 pub use deliveries::DeliveryStore;
 pub use replay::ReplayMemory;
-pub use tail::EventTail;
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
+pub use tail::EventTail;
 pub use waits::WaitStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.

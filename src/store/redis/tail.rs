@@ -65,7 +65,12 @@ impl EventTail {
     /// Events of the global stream after `after` (exclusive), oldest first, at most `count`;
     /// waits up to `block` for the first one (empty when none came). An error drops the
     /// connection; the next call connects again.
-    pub async fn xread(&mut self, after: &str, block: Duration, count: usize) -> Result<Vec<Event>> {
+    pub async fn xread(
+        &mut self,
+        after: &str,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<Event>> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => {
