@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, extraction and the mapping of errors to status codes.
 
+pub mod app;
 pub mod edge;
 pub mod error;
 pub mod events;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::server::App;
+pub use app::App;
 use error::{ApiError, ApiResult};
 
 /// What every handler gets.
