@@ -29,9 +29,9 @@ pub const MAX_REPORT_LINES: usize = 1000;
 /// Longest log line kept whole.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
+/// A refused signature, in the API's shape (`From<VerifyError> for ApiError`).
 fn verify_error(e: VerifyError) -> ApiError {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    ApiError::new(status, e.code(), e.to_string())
+    e.into()
 }
 
 /// Authenticates a hook call; returns the job it is for.
