@@ -12,6 +12,11 @@
 //!   cancel or retry jobs through a visitor's browser, whatever the body's type (a multipart or
 //!   `text/plain` form needs no CORS preflight);
 //! - JSON bodies must say so: [`require_json`] (415 `unsupported_media_type`).
+//!
+//! Body limits are axum's `DefaultBodyLimit` (set per route in `api::router`: JSON bodies,
+//! multipart submits with their files, file uploads streamed without one), not tower-http's
+//! `RequestBodyLimitLayer`, which would answer a plain-text 413 before the handler: a body over
+//! the limit fails its extractor and answers 413 `too_large` through `ApiError`.
 
 use std::any::Any;
 use std::sync::Arc;
