@@ -630,6 +630,12 @@ async fn heartbeats_extend_and_report_lost_jobs(mut b: Backend) {
         .unwrap()
         .expires_at;
     assert!(after > before + 1_000_000, "lease extended");
+    let claimed_a = claimed.iter().find(|j| j.id == a.id).expect("a claimed");
+    assert_eq!(
+        s.get(a.id).await.unwrap().unwrap().updated_at,
+        claimed_a.updated_at,
+        "a heartbeat is lease bookkeeping: the job's updated_at stays"
+    );
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(
         s.expired(10).await.unwrap().is_empty(),
