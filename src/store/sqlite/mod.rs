@@ -2,7 +2,8 @@
 //!
 //! Writes go to one writer thread that batches whatever is waiting into one transaction (group
 //! commit), each request in its own savepoint so one refusal does not undo the others. Replies
-//! are sent only after the commit. Reads use a small pool of read-only connections, which WAL lets
+//! are sent only after the commit. The queue to the writer is bounded ([`WRITE_QUEUE`]): under
+//! overload a request waits for room instead of memory growing without limit. Reads use a small pool of read-only connections, which WAL lets
 //! run beside the writer.
 //!
 //! A checkpoint thread copies the WAL into the database every 100 ms, so no request ever waits on
@@ -36,6 +37,8 @@ mod queue;
 mod retention;
 mod schedules;
 mod signals;
+#[cfg(test)]
+mod tests;
 mod waits;
 
 pub use events::parse_event_id;
@@ -101,7 +104,7 @@ struct WriteCtx<'a> {
 
 /// The embedded store.
 pub struct SqliteStore {
-    writer: mpsc::UnboundedSender<WriteOp>,
+    writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
     notify: broadcast::Sender<Notice>,
     settings: StoreSettings,
@@ -115,6 +118,14 @@ impl Drop for SqliteStore {
         self.checkpoints.store(false, Ordering::Release);
     }
 }
+
+/// Write requests queued for the writer thread at most; a request past it waits (asynchronously)
+/// for room. Two full group commits (`MAX_BATCH`): enough to keep the writer busy while the
+/// previous batch's replies go out, and a bound on the memory held by requests (each holds its
+/// job, a few KiB) of a few MiB whatever the load.
+pub const WRITE_QUEUE: usize = 2 * MAX_BATCH;
+/// Write requests committed in one transaction at most.
+const MAX_BATCH: usize = 512;
 
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -248,7 +259,7 @@ impl SqliteStore {
             .name("runyard-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(cp_path, cp_run))
             .map_err(|e| StoreError::Unavailable(format!("cannot start checkpoints: {e}")))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (notify, _) = broadcast::channel(4096);
         let n2 = notify.clone();
         let s2 = settings.clone();
@@ -302,11 +313,17 @@ impl SqliteStore {
                 });
             })
         });
-        self.writer
-            .send(op)
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        self.enqueue(op).await?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+    }
+
+    /// Queues one request for the writer, waiting for room when [`WRITE_QUEUE`] are queued.
+    async fn enqueue(&self, op: WriteOp) -> Result<()> {
+        self.writer
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))
     }
 
     async fn read<T: Send + 'static>(
@@ -322,14 +339,14 @@ impl SqliteStore {
 
 fn writer_loop(
     conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    mut rx: mpsc::Receiver<WriteOp>,
     notify: broadcast::Sender<Notice>,
     settings: StoreSettings,
 ) {
-    let mut batch: Vec<WriteOp> = Vec::with_capacity(256);
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < 512 {
+        while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
