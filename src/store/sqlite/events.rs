@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::{db_err, json_err, SqliteStore};
+use super::{json_err, row, rows, SqliteStore};
 use crate::job::Event;
 use crate::store::{EventLog, Result, StoreError};
 
@@ -29,11 +29,12 @@ impl EventLog for SqliteStore {
         self.read(move |c| {
             let mut out = Vec::new();
             if let Some(after) = after {
-                let trimmed: i64 = c
-                    .prepare_cached("SELECT COALESCE(MAX(upto), 0) FROM trims WHERE channel IN ('', ?1)")
-                    .map_err(db_err)?
-                    .query_row([channel.clone().unwrap_or_default()], |r| r.get(0))
-                    .map_err(db_err)?;
+                let trimmed: i64 = row(
+                    c,
+                    "SELECT COALESCE(MAX(upto), 0) FROM trims WHERE channel IN ('', ?1)",
+                    [channel.clone().unwrap_or_default()],
+                    |r| r.get(0),
+                )?;
                 if after < trimmed {
                     let mut ev = Event::resync(channel.as_deref().unwrap_or(""));
                     ev.id = trimmed.to_string();
@@ -42,22 +43,18 @@ impl EventLog for SqliteStore {
             }
             let after = after.unwrap_or(0);
             let rows: Vec<(i64, String)> = match &channel {
-                Some(ch) => c
-                    .prepare_cached(
-                        "SELECT id, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                    )
-                    .map_err(db_err)?
-                    .query_map(params![ch, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(db_err)?
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(db_err)?,
-                None => c
-                    .prepare_cached("SELECT id, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")
-                    .map_err(db_err)?
-                    .query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(db_err)?
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(db_err)?,
+                Some(ch) => rows(
+                    c,
+                    "SELECT id, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    params![ch, after, limit as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?,
+                None => rows(
+                    c,
+                    "SELECT id, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    params![after, limit as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?,
             };
             for (id, body) in rows {
                 let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
@@ -71,11 +68,7 @@ impl EventLog for SqliteStore {
 
     async fn last_event_id(&self) -> Result<Option<String>> {
         self.read(|c| {
-            let id: Option<i64> = c
-                .prepare_cached("SELECT MAX(id) FROM events")
-                .map_err(db_err)?
-                .query_row([], |r| r.get(0))
-                .map_err(db_err)?;
+            let id: Option<i64> = row(c, "SELECT MAX(id) FROM events", [], |r| r.get(0))?;
             Ok(id.map(|i| i.to_string()))
         })
         .await

@@ -1,27 +1,27 @@
 //! [`JobStore`] for the embedded backend: submit (with its idempotency key), get, list, apply.
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use uuid::Uuid;
 
 use super::{
-    append_event, apply_in, db_err, json_err, load, notices_for, save_file_refs, waits, SqliteStore,
+    append_event, apply_in, exec, json_err, load, notices_for, row_opt, rows, save_file_refs,
+    waits, SqliteStore,
 };
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
-use crate::store::{JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
+use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
 
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
         self.write(move |ctx| {
             if let Some(key) = &job.idempotency_key {
-                let existing: Option<String> = ctx
-                    .conn
-                    .prepare_cached("SELECT body FROM jobs WHERE idem_key = ?1")
-                    .map_err(db_err)?
-                    .query_row([key], |r| r.get(0))
-                    .optional()
-                    .map_err(db_err)?;
+                let existing: Option<String> = row_opt(
+                    ctx.conn,
+                    "SELECT body FROM jobs WHERE idem_key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )?;
                 if let Some(b) = existing {
                     return Ok(Submitted {
                         job: serde_json::from_str(&b).map_err(json_err)?,
@@ -30,14 +30,12 @@ impl JobStore for SqliteStore {
                 }
             }
             let body = serde_json::to_string(&job).map_err(json_err)?;
-            ctx.conn
-                .prepare_cached(
-                    "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
+            exec(
+                ctx.conn,
+                "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
                                       queued_at, finished_at, body)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, NULL, ?9)",
-                )
-                .map_err(db_err)?
-                .execute(params![
+                params![
                     job.id.to_string(),
                     job.job_type,
                     job.runner,
@@ -47,8 +45,8 @@ impl JobStore for SqliteStore {
                     job.idempotency_key,
                     job.queued_at,
                     body
-                ])
-                .map_err(db_err)?;
+                ],
+            )?;
             save_file_refs(ctx.conn, &job)?;
             append_event(ctx, &job, EventKind::Status)?;
             notices_for(ctx, &job);
@@ -74,7 +72,8 @@ impl JobStore for SqliteStore {
                 args.push(Box::new(s.as_str()));
             }
             if let Some(t) = &q.job_type {
-                sql.push_str(" AND type GLOB ?");
+                // The Rust matcher the runners and the Redis store use, not SQLite's `GLOB`.
+                sql.push_str(" AND runyard_glob(?, type)");
                 args.push(Box::new(t.clone()));
             }
             if let Some(cur) = q.cursor {
@@ -82,22 +81,12 @@ impl JobStore for SqliteStore {
                 args.push(Box::new(cur.to_string()));
             }
             sql.push_str(" ORDER BY id DESC LIMIT ?");
-            args.push(Box::new((q.limit + 1) as i64));
-            let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
-            let mut rows: Vec<(String, String)> = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            args.push(Box::new(paging::probe(q.limit) as i64));
+            let mut rows: Vec<(String, String)> =
+                rows(c, &sql, rusqlite::params_from_iter(args.iter()), |r| {
                     Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
-            let more = rows.len() > q.limit;
-            rows.truncate(q.limit);
-            let next_cursor = if more {
-                rows.last().and_then(|(id, _)| Uuid::parse_str(id).ok())
-            } else {
-                None
-            };
+                })?;
+            let next_cursor = paging::cut(&mut rows, q.limit, |(id, _)| Uuid::parse_str(id).ok());
             // A record that no longer reads as a job is reported, never a reason to fail the page.
             let jobs = rows
                 .iter()

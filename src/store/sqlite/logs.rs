@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{db_err, SqliteStore};
+use super::{db_err, exec, row, rows, SqliteStore};
 use crate::job::Micros;
 use crate::store::{LogLine, LogStore, LogStream, Result};
 
@@ -17,12 +17,12 @@ impl LogStore for SqliteStore {
         let keep = self.settings.log_lines_per_job as i64;
         self.write(move |ctx| {
             let id = id.to_string();
-            let last: i64 = ctx
-                .conn
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM logs WHERE job_id = ?1")
-                .map_err(db_err)?
-                .query_row([&id], |r| r.get(0))
-                .map_err(db_err)?;
+            let last: i64 = row(
+                ctx.conn,
+                "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE job_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )?;
             let mut ins = ctx
                 .conn
                 .prepare_cached(
@@ -40,11 +40,11 @@ impl LogStore for SqliteStore {
                     .map_err(db_err)?;
             }
             if last + n > keep {
-                ctx.conn
-                    .prepare_cached("DELETE FROM logs WHERE job_id = ?1 AND seq <= ?2")
-                    .map_err(db_err)?
-                    .execute(params![id, last + n - keep])
-                    .map_err(db_err)?;
+                exec(
+                    ctx.conn,
+                    "DELETE FROM logs WHERE job_id = ?1 AND seq <= ?2",
+                    params![id, last + n - keep],
+                )?;
             }
             Ok(())
         })
@@ -53,11 +53,11 @@ impl LogStore for SqliteStore {
 
     async fn logs(&self, id: Uuid, after: u64, limit: usize) -> Result<Vec<LogLine>> {
         self.read(move |c| {
-            c.prepare_cached(
+            rows(
+                c,
                 "SELECT seq, stream, ts, line FROM logs WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(db_err)?
-            .query_map(params![id.to_string(), after as i64, limit as i64], |r| {
+                params![id.to_string(), after as i64, limit as i64],
+                |r| {
                 let stream: String = r.get(1)?;
                 Ok(LogLine {
                     seq: r.get::<_, i64>(0)? as u64,
@@ -69,10 +69,8 @@ impl LogStore for SqliteStore {
                     ts: r.get(2)?,
                     line: r.get(3)?,
                 })
-            })
-            .map_err(db_err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)
+            },
+            )
         })
         .await
     }

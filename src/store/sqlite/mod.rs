@@ -3,8 +3,8 @@
 //! Writes go to one writer thread that batches whatever is waiting into one transaction (group
 //! commit), each request in its own savepoint so one refusal does not undo the others. Replies
 //! are sent only after the commit. The queue to the writer is bounded ([`WRITE_QUEUE`]): under
-//! overload a request waits for room instead of memory growing without limit. Reads use a small pool of read-only connections, which WAL lets
-//! run beside the writer.
+//! overload a request waits for room instead of memory growing without limit. Reads use a small
+//! pool of read-only connections, which WAL lets run beside the writer.
 //!
 //! A checkpoint thread copies the WAL into the database every 100 ms, so no request ever waits on
 //! a checkpoint inside a `COMMIT` (see [`checkpoint_loop`]).
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Notice, Result, Store, StoreError, StoreSettings};
@@ -37,11 +37,13 @@ mod queue;
 mod retention;
 mod schedules;
 mod signals;
+mod sql;
 #[cfg(test)]
 mod tests;
 mod waits;
 
 pub use events::parse_event_id;
+use sql::{exec, row, row_opt, rows};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -208,6 +210,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
             .map_err(db_err)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
+    sql::register_glob(&conn)?;
     Ok(conn)
 }
 
@@ -326,6 +329,11 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))
     }
 
+    /// The one nullable integer `sql` selects: a `MIN(...)`, when the next thing is due.
+    async fn read_min(&self, sql: &'static str) -> Result<Option<Micros>> {
+        self.read(move |c| row(c, sql, [], |r| r.get(0))).await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -389,33 +397,37 @@ fn writer_loop(
 }
 
 fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
-    let body: Option<String> = conn
-        .prepare_cached("SELECT body FROM jobs WHERE id = ?1")
-        .map_err(db_err)?
-        .query_row([id], |r| r.get(0))
-        .optional()
-        .map_err(db_err)?;
+    let body: Option<String> = row_opt(conn, "SELECT body FROM jobs WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
     body.map(|b| serde_json::from_str(&b).map_err(json_err))
         .transpose()
 }
 
+/// The jobs whose bodies `sql` selects (its first column), in its order.
+fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Job>> {
+    rows(conn, sql, p, |r| r.get::<_, String>(0))?
+        .iter()
+        .map(|b| serde_json::from_str(b).map_err(json_err))
+        .collect()
+}
+
 fn save(conn: &Connection, job: &Job) -> Result<()> {
     let body = serde_json::to_string(job).map_err(json_err)?;
-    conn.prepare_cached(
+    exec(
+        conn,
         "UPDATE jobs SET status = ?2, run_at = ?3, lease_expires = ?4, queued_at = ?5,
                 finished_at = ?6, body = ?7 WHERE id = ?1",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        job.id.to_string(),
-        job.status.as_str(),
-        job.run_at,
-        job.lease.as_ref().map(|l| l.expires_at),
-        job.queued_at,
-        job.finished_at,
-        body
-    ])
-    .map_err(db_err)?;
+        params![
+            job.id.to_string(),
+            job.status.as_str(),
+            job.run_at,
+            job.lease.as_ref().map(|l| l.expires_at),
+            job.queued_at,
+            job.finished_at,
+            body
+        ],
+    )?;
     save_file_refs(conn, job)
 }
 
@@ -437,11 +449,11 @@ fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
     let ev = Event::for_job(job, kind);
     let body = serde_json::to_string(&ev).map_err(json_err)?;
-    ctx.conn
-        .prepare_cached("INSERT INTO events(channel, body) VALUES (?1, ?2)")
-        .map_err(db_err)?
-        .execute(params![job.channel_id, body])
-        .map_err(db_err)?;
+    exec(
+        ctx.conn,
+        "INSERT INTO events(channel, body) VALUES (?1, ?2)",
+        params![job.channel_id, body],
+    )?;
     // A webhook delivery of this event, in the same transaction (notify).
     deliveries::enqueue_in(ctx.conn, job, kind, ctx.conn.last_insert_rowid(), &body)?;
     Ok(())

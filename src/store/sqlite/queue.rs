@@ -7,28 +7,35 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use super::{apply_in, db_err, json_err, load, save, SqliteStore};
+use super::{apply_in, jobs_of, load, row, rows, save, SqliteStore};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::{JobQueue, Result, StoreError};
 
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
-    let mut stmt = conn
-        .prepare("SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING')")
-        .map_err(db_err)?;
-    let rows: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .map_err(db_err)?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(db_err)?;
+    let active = jobs_of(
+        conn,
+        "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING')",
+        [],
+    )?;
     let actx = ApplyCtx::at(now_us(), 0);
-    for body in rows {
-        let mut job: Job = serde_json::from_str(&body).map_err(json_err)?;
+    for mut job in active {
         // No event: the reaper's `LeaseExpired` (or `Adopt`) that follows makes the change seen.
         if apply(&mut job, Command::OrphanLease, &actx).is_ok() {
             save(conn, &job)?;
         }
     }
     Ok(())
+}
+
+/// Takes `n` fencing tokens (one counter for the whole store); returns the first of them.
+fn take_tokens(conn: &Connection, n: usize) -> Result<u64> {
+    let last: i64 = row(
+        conn,
+        "UPDATE meta SET value = value + ?1 WHERE key = 'token' RETURNING value",
+        [n as i64],
+        |r| r.get(0),
+    )?;
+    Ok(last as u64 - n as u64 + 1)
 }
 
 #[async_trait]
@@ -46,34 +53,20 @@ impl JobQueue for SqliteStore {
         let runner = runner.to_string();
         let worker = worker.to_string();
         self.write(move |ctx| {
-            let bodies: Vec<String> = ctx
-                .conn
-                .prepare_cached(
-                    "SELECT body FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
-                     ORDER BY queued_at, id LIMIT ?2",
-                )
-                .map_err(db_err)?
-                .query_map(params![runner, max as i64], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
-            if bodies.is_empty() {
+            let queued = jobs_of(
+                ctx.conn,
+                "SELECT body FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+                 ORDER BY queued_at, id LIMIT ?2",
+                params![runner, max as i64],
+            )?;
+            if queued.is_empty() {
                 return Ok(vec![]);
             }
-            let last: i64 = ctx
-                .conn
-                .prepare_cached(
-                    "UPDATE meta SET value = value + ?1 WHERE key = 'token' RETURNING value",
-                )
-                .map_err(db_err)?
-                .query_row([bodies.len() as i64], |r| r.get(0))
-                .map_err(db_err)?;
-            let first = last as u64 - bodies.len() as u64 + 1;
+            let first = take_tokens(ctx.conn, queued.len())?;
             let now = now_us();
             let lease_until = now + lease_ttl.as_micros() as i64;
-            let mut out = Vec::with_capacity(bodies.len());
-            for (i, b) in bodies.iter().enumerate() {
-                let mut job: Job = serde_json::from_str(b).map_err(json_err)?;
+            let mut out = Vec::with_capacity(queued.len());
+            for (i, mut job) in queued.into_iter().enumerate() {
                 let cmd = Command::Claim {
                     worker: worker.clone(),
                     token: first + i as u64,
@@ -91,18 +84,11 @@ impl JobQueue for SqliteStore {
         let worker = worker.to_string();
         self.write(move |ctx| {
             let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
-            let token: i64 = ctx
-                .conn
-                .prepare_cached(
-                    "UPDATE meta SET value = value + 1 WHERE key = 'token' RETURNING value",
-                )
-                .map_err(db_err)?
-                .query_row([], |r| r.get(0))
-                .map_err(db_err)?;
+            let token = take_tokens(ctx.conn, 1)?;
             let now = now_us();
             let cmd = Command::Adopt {
                 worker,
-                token: token as u64,
+                token,
                 lease_until: now + lease_ttl.as_micros() as i64,
             };
             apply_in(ctx, &mut job, cmd, now)?;
@@ -143,16 +129,12 @@ impl JobQueue for SqliteStore {
     async fn promote_due(&self, max: usize) -> Result<usize> {
         self.write(move |ctx| {
             let now = now_us();
-            let ids: Vec<String> = ctx
-                .conn
-                .prepare_cached(
-                    "SELECT id FROM jobs WHERE status = 'SCHEDULED' AND run_at <= ?1 ORDER BY run_at LIMIT ?2",
-                )
-                .map_err(db_err)?
-                .query_map(params![now, max as i64], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+            let ids: Vec<String> = rows(
+                ctx.conn,
+                "SELECT id FROM jobs WHERE status = 'SCHEDULED' AND run_at <= ?1 ORDER BY run_at LIMIT ?2",
+                params![now, max as i64],
+                |r| r.get(0),
+            )?;
             for id in &ids {
                 if let Some(mut job) = load(ctx.conn, id)? {
                     apply_in(ctx, &mut job, Command::Promote, now)?;
@@ -164,32 +146,19 @@ impl JobQueue for SqliteStore {
     }
 
     async fn next_due(&self) -> Result<Option<Micros>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT MIN(run_at) FROM jobs WHERE status = 'SCHEDULED'")
-                .map_err(db_err)?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))
-                .map_err(db_err)
-        })
-        .await
+        self.read_min("SELECT MIN(run_at) FROM jobs WHERE status = 'SCHEDULED'")
+            .await
     }
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
         self.read(move |c| {
             let now = now_us();
-            let bodies: Vec<String> = c
-                .prepare_cached(
-                    "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING') AND lease_expires < ?1
-                     ORDER BY lease_expires LIMIT ?2",
-                )
-                .map_err(db_err)?
-                .query_map(params![now, max as i64], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
-            bodies
-                .iter()
-                .map(|b| serde_json::from_str(b).map_err(json_err))
-                .collect()
+            jobs_of(
+                c,
+                "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING') AND lease_expires < ?1
+                 ORDER BY lease_expires LIMIT ?2",
+                params![now, max as i64],
+            )
         })
         .await
     }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::{db_err, SqliteStore};
+use super::{db_err, exec, rows, SqliteStore};
 use crate::job::Micros;
 use crate::store::{Maintenance, Result, RetentionReport};
 
@@ -17,26 +17,16 @@ impl Maintenance for SqliteStore {
             let c = ctx.conn;
             let mut report = RetentionReport::default();
             // Finished jobs past retention, in bounded chunks, with their logs.
-            let ids: Vec<String> = c
-                .prepare_cached("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT 5000")
-                .map_err(db_err)?
-                .query_map([finished_before], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+            let ids: Vec<String> = rows(
+                c,
+                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT 5000",
+                [finished_before],
+                |r| r.get(0),
+            )?;
             for id in &ids {
-                c.prepare_cached("DELETE FROM logs WHERE job_id = ?1")
-                    .map_err(db_err)?
-                    .execute([id])
-                    .map_err(db_err)?;
-                c.prepare_cached("DELETE FROM file_refs WHERE job_id = ?1")
-                    .map_err(db_err)?
-                    .execute([id])
-                    .map_err(db_err)?;
-                c.prepare_cached("DELETE FROM jobs WHERE id = ?1")
-                    .map_err(db_err)?
-                    .execute([id])
-                    .map_err(db_err)?;
+                exec(c, "DELETE FROM logs WHERE job_id = ?1", [id])?;
+                exec(c, "DELETE FROM file_refs WHERE job_id = ?1", [id])?;
+                exec(c, "DELETE FROM jobs WHERE id = ?1", [id])?;
             }
             report.jobs = ids.len() as u64;
             // The global stream.
