@@ -153,6 +153,7 @@ conformance!(
     replay_memory_accepts_each_request_once,
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
+    type_globs_mean_the_same_on_both_backends,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1396,4 +1397,45 @@ async fn event_tail_reads_every_handles_commits(mut b: Backend) {
         got.iter().any(|e| e.job_id == theirs.id.to_string()),
         "the peer's commit: {got:?}"
     );
+}
+
+/// A listing's type glob means what runner `types` globs mean (`runyard_runners::glob_match`),
+/// on both backends: `*` any run, `?` one character, case counts, and `[` is an ordinary
+/// character (SQLite's `GLOB` would read `a[1]` as a class matching `a1`).
+async fn type_globs_mean_the_same_on_both_backends(mut b: Backend) {
+    let s = b.store().await;
+    let types = ["a[1]", "a1", "A1", "a.b.c", "ab"];
+    for t in types {
+        submit(&s, job(t, "r")).await;
+    }
+    let cases: [(&str, &[&str]); 7] = [
+        ("a[1]", &["a[1]"]),
+        ("a[1-9]", &[]),
+        ("a?", &["a1", "ab"]),
+        ("a*", &["a[1]", "a1", "a.b.c", "ab"]),
+        ("a**", &["a[1]", "a1", "a.b.c", "ab"]),
+        ("A*", &["A1"]),
+        ("a.*", &["a.b.c"]),
+    ];
+    for (glob, want) in cases {
+        let page = s
+            .list(ListQuery {
+                limit: 100,
+                job_type: Some(glob.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        let got: HashSet<&str> = page.jobs.iter().map(|j| j.job_type.as_str()).collect();
+        let want: HashSet<&str> = want.iter().copied().collect();
+        assert_eq!(got, want, "jobs listed for the type glob `{glob}`");
+        let rust: HashSet<&str> = types
+            .into_iter()
+            .filter(|t| runyard::runner_set::glob_match(glob, t))
+            .collect();
+        assert_eq!(
+            got, rust,
+            "the listing agrees with the runners' matcher for `{glob}`"
+        );
+    }
 }

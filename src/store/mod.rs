@@ -6,6 +6,7 @@
 
 pub mod counts;
 pub mod deliveries;
+pub mod paging;
 pub mod redis;
 pub mod replay;
 pub mod schedules;

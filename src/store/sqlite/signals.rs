@@ -2,10 +2,10 @@
 //! (the last sequence number of each key, so numbers are never reused after retention).
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use serde_json::Value;
 
-use super::{db_err, json_err, SqliteStore};
+use super::{exec, json_err, row, row_opt, rows, SqliteStore};
 use crate::job::{Job, Micros};
 use crate::store::signals::{Signal, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
@@ -46,7 +46,7 @@ fn to_signal(r: Row) -> Result<Signal> {
     })
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
@@ -65,36 +65,33 @@ pub(super) fn append_in(
         .transpose()
         .map_err(json_err)?;
     if let Some(sid) = &id {
-        let found: Option<Row> = conn
-            .prepare_cached(
-                "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND sid = ?2",
-            )
-            .map_err(db_err)?
-            .query_row(params![key, sid], row)
-            .optional()
-            .map_err(db_err)?;
+        let found: Option<Row> = row_opt(
+            conn,
+            "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND sid = ?2",
+            params![key, sid],
+            read_row,
+        )?;
         if let Some(r) = found {
             return Ok((to_signal(r)?, false));
         }
     }
-    let seq: i64 = conn
-        .prepare_cached(
-            "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
+    let seq: i64 = row(
+        conn,
+        "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
                  ON CONFLICT(key) DO UPDATE SET seq = seq + 1 RETURNING seq",
-        )
-        .map_err(db_err)?
-        .query_row([&key], |r| r.get(0))
-        .map_err(db_err)?;
-    conn.prepare_cached(
+        [&key],
+        |r| r.get(0),
+    )?;
+    exec(
+        conn,
         "INSERT INTO signals(key, seq, at, sid, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .map_err(db_err)?
-    .execute(params![key, seq, at, id, body])
-    .map_err(db_err)?;
-    conn.prepare_cached("DELETE FROM signals WHERE key = ?1 AND seq <= ?2")
-        .map_err(db_err)?
-        .execute(params![key, seq - MAX_PER_KEY as i64])
-        .map_err(db_err)?;
+        params![key, seq, at, id, body],
+    )?;
+    exec(
+        conn,
+        "DELETE FROM signals WHERE key = ?1 AND seq <= ?2",
+        params![key, seq - MAX_PER_KEY as i64],
+    )?;
     Ok((
         Signal {
             key,
@@ -146,16 +143,13 @@ impl SignalStore for SqliteStore {
     async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
         let key = key.to_string();
         self.read(move |c| {
-            let rows: Vec<Row> = c
-                .prepare_cached(
-                    "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND at >= ?2
+            let rows: Vec<Row> = rows(
+                c,
+                "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND at >= ?2
                      ORDER BY seq LIMIT ?3",
-                )
-                .map_err(db_err)?
-                .query_map(params![key, since, limit as i64], row)
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+                params![key, since, limit as i64],
+                read_row,
+            )?;
             rows.into_iter().map(to_signal).collect()
         })
         .await
@@ -163,12 +157,7 @@ impl SignalStore for SqliteStore {
 
     async fn signals_trim(&self, before: Micros) -> Result<u64> {
         self.write(move |ctx| {
-            let n = ctx
-                .conn
-                .prepare_cached("DELETE FROM signals WHERE at < ?1")
-                .map_err(db_err)?
-                .execute([before])
-                .map_err(db_err)?;
+            let n = exec(ctx.conn, "DELETE FROM signals WHERE at < ?1", [before])?;
             Ok(n as u64)
         })
         .await

@@ -4,9 +4,9 @@
 //! reader pool).
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
-use super::{db_err, json_err, SqliteStore};
+use super::{exec, json_err, row_opt, rows, SqliteStore};
 use crate::job::Micros;
 use crate::schedule::Schedule;
 use crate::store::{Result, ScheduleStore};
@@ -31,12 +31,12 @@ impl ScheduleStore for SqliteStore {
     async fn schedule(&self, name: &str) -> Result<Option<Schedule>> {
         let name = name.to_string();
         self.read(move |c| {
-            let body: Option<String> = c
-                .prepare_cached("SELECT body FROM schedules WHERE name = ?1")
-                .map_err(db_err)?
-                .query_row([name], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
+            let body: Option<String> = row_opt(
+                c,
+                "SELECT body FROM schedules WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )?;
             body.as_deref().map(parse).transpose()
         })
         .await
@@ -44,13 +44,10 @@ impl ScheduleStore for SqliteStore {
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {
         self.read(|c| {
-            let bodies: Vec<String> = c
-                .prepare_cached("SELECT body FROM schedules ORDER BY name")
-                .map_err(db_err)?
-                .query_map([], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+            let bodies: Vec<String> =
+                rows(c, "SELECT body FROM schedules ORDER BY name", [], |r| {
+                    r.get(0)
+                })?;
             bodies.iter().map(|b| parse(b)).collect()
         })
         .await
@@ -58,27 +55,19 @@ impl ScheduleStore for SqliteStore {
 
     async fn schedules_due(&self, now: Micros, max: usize) -> Result<Vec<String>> {
         self.read(move |c| {
-            c.prepare_cached(
+            rows(
+                c,
                 "SELECT name FROM schedules WHERE wake_at IS NOT NULL AND wake_at <= ?1
                  ORDER BY wake_at LIMIT ?2",
+                params![now, max as i64],
+                |r| r.get(0),
             )
-            .map_err(db_err)?
-            .query_map(params![now, max as i64], |r| r.get(0))
-            .map_err(db_err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)
         })
         .await
     }
 
     async fn schedules_next_wake(&self) -> Result<Option<Micros>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT MIN(wake_at) FROM schedules")
-                .map_err(db_err)?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))
-                .map_err(db_err)
-        })
-        .await
+        self.read_min("SELECT MIN(wake_at) FROM schedules").await
     }
 
     async fn schedule_cas(&self, s: &Schedule, expected: Option<u64>) -> Result<bool> {
@@ -86,24 +75,18 @@ impl ScheduleStore for SqliteStore {
         let (name, version, wake) = (s.spec.name.clone(), s.version as i64, s.wake_at());
         self.write(move |ctx| {
             let n = match expected {
-                None => ctx
-                    .conn
-                    .prepare_cached(
-                        "INSERT INTO schedules(name, version, wake_at, body) VALUES (?1, ?2, ?3, ?4)
+                None => exec(
+                    ctx.conn,
+                    "INSERT INTO schedules(name, version, wake_at, body) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT(name) DO NOTHING",
-                    )
-                    .map_err(db_err)?
-                    .execute(params![name, version, wake, body])
-                    .map_err(db_err)?,
-                Some(v) => ctx
-                    .conn
-                    .prepare_cached(
-                        "UPDATE schedules SET version = ?2, wake_at = ?3, body = ?4
+                    params![name, version, wake, body],
+                )?,
+                Some(v) => exec(
+                    ctx.conn,
+                    "UPDATE schedules SET version = ?2, wake_at = ?3, body = ?4
                          WHERE name = ?1 AND version = ?5",
-                    )
-                    .map_err(db_err)?
-                    .execute(params![name, version, wake, body, v as i64])
-                    .map_err(db_err)?,
+                    params![name, version, wake, body, v as i64],
+                )?,
             };
             Ok(n == 1)
         })
@@ -113,12 +96,11 @@ impl ScheduleStore for SqliteStore {
     async fn schedule_delete(&self, name: &str, expected: u64) -> Result<bool> {
         let name = name.to_string();
         self.write(move |ctx| {
-            let n = ctx
-                .conn
-                .prepare_cached("DELETE FROM schedules WHERE name = ?1 AND version = ?2")
-                .map_err(db_err)?
-                .execute(params![name, expected as i64])
-                .map_err(db_err)?;
+            let n = exec(
+                ctx.conn,
+                "DELETE FROM schedules WHERE name = ?1 AND version = ?2",
+                params![name, expected as i64],
+            )?;
             Ok(n == 1)
         })
         .await

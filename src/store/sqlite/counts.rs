@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{db_err, SqliteStore};
+use super::{rows, SqliteStore};
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::Result;
 
@@ -19,37 +19,32 @@ impl JobCountStore for SqliteStore {
     async fn job_counts(&self) -> Result<JobCounts> {
         self.read(|c| {
             let mut out = JobCounts::default();
-            let mut q = c
-                .prepare_cached("SELECT type, status, COUNT(*) FROM jobs GROUP BY type, status")
-                .map_err(db_err)?;
-            let rows = q
-                .query_map([], |r| {
+            let counts = rows(
+                c,
+                "SELECT type, status, COUNT(*) FROM jobs GROUP BY type, status",
+                [],
+                |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, i64>(2)?,
                     ))
-                })
-                .map_err(db_err)?;
-            for row in rows {
-                let (t, s, n) = row.map_err(db_err)?;
+                },
+            )?;
+            for (t, s, n) in counts {
                 // A status this build does not know (written by a newer one) is left out.
                 if let Ok(s) = s.parse() {
                     out.by_type_status.insert((t, s), n.max(0) as u64);
                 }
             }
-            let mut q = c
-                .prepare_cached(
-                    "SELECT type, MIN(queued_at) FROM jobs WHERE status = 'QUEUED' GROUP BY type",
-                )
-                .map_err(db_err)?;
-            let rows = q
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(db_err)?;
-            for row in rows {
-                let (t, at) = row.map_err(db_err)?;
-                out.oldest_queued.insert(t, at);
-            }
+            out.oldest_queued = rows(
+                c,
+                "SELECT type, MIN(queued_at) FROM jobs WHERE status = 'QUEUED' GROUP BY type",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )?
+            .into_iter()
+            .collect();
             Ok(out)
         })
         .await

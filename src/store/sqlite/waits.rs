@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{apply_in, db_err, load, SqliteStore, WriteCtx};
+use super::{apply_in, db_err, exec, load, rows, SqliteStore, WriteCtx};
 use crate::job::{now_us, Command, Job, JobStatus, Micros};
 use crate::store::waits::WaitStore;
 use crate::store::{Result, StoreError};
@@ -73,20 +73,18 @@ pub(super) fn enter_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<()> {
     };
     let id = job.id.to_string();
     for i in &w.items {
-        ctx.conn
-            .prepare_cached("INSERT OR IGNORE INTO wait_keys(key, job_id) VALUES (?1, ?2)")
-            .map_err(db_err)?
-            .execute(params![i.key, id])
-            .map_err(db_err)?;
+        exec(
+            ctx.conn,
+            "INSERT OR IGNORE INTO wait_keys(key, job_id) VALUES (?1, ?2)",
+            params![i.key, id],
+        )?;
     }
     if let Some(d) = w.deadline {
-        ctx.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO wait_deadlines(job_id, deadline) VALUES (?1, ?2)",
-            )
-            .map_err(db_err)?
-            .execute(params![id, d])
-            .map_err(db_err)?;
+        exec(
+            ctx.conn,
+            "INSERT OR REPLACE INTO wait_deadlines(job_id, deadline) VALUES (?1, ?2)",
+            params![id, d],
+        )?;
     }
     counters()
         .entered
@@ -97,27 +95,19 @@ pub(super) fn enter_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<()> {
 
 /// A job left WAITING: out of both indexes.
 pub(super) fn leave_in(conn: &rusqlite::Connection, id: &str) -> Result<()> {
-    conn.prepare_cached("DELETE FROM wait_keys WHERE job_id = ?1")
-        .map_err(db_err)?
-        .execute([id])
-        .map_err(db_err)?;
-    conn.prepare_cached("DELETE FROM wait_deadlines WHERE job_id = ?1")
-        .map_err(db_err)?
-        .execute([id])
-        .map_err(db_err)?;
+    exec(conn, "DELETE FROM wait_keys WHERE job_id = ?1", [id])?;
+    exec(conn, "DELETE FROM wait_deadlines WHERE job_id = ?1", [id])?;
     Ok(())
 }
 
 /// A record of `key` was written: check the jobs waiting on it (same transaction).
 pub(super) fn on_signal(ctx: &mut WriteCtx<'_>, key: &str) -> Result<()> {
-    let ids: Vec<String> = ctx
-        .conn
-        .prepare_cached("SELECT job_id FROM wait_keys WHERE key = ?1")
-        .map_err(db_err)?
-        .query_map([key], |r| r.get(0))
-        .map_err(db_err)?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(db_err)?;
+    let ids: Vec<String> = rows(
+        ctx.conn,
+        "SELECT job_id FROM wait_keys WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )?;
     for id in ids {
         match load(ctx.conn, &id)? {
             Some(mut job) => {
@@ -146,28 +136,19 @@ impl WaitStore for SqliteStore {
     }
 
     async fn wait_next_deadline(&self) -> Result<Option<Micros>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT MIN(deadline) FROM wait_deadlines")
-                .map_err(db_err)?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))
-                .map_err(db_err)
-        })
-        .await
+        self.read_min("SELECT MIN(deadline) FROM wait_deadlines")
+            .await
     }
 
     async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>> {
         self.write(move |ctx| {
             let now = now_us();
-            let ids: Vec<String> = ctx
-                .conn
-                .prepare_cached(
-                    "SELECT job_id FROM wait_deadlines WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2",
-                )
-                .map_err(db_err)?
-                .query_map(params![now, max as i64], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+            let ids: Vec<String> = rows(
+                ctx.conn,
+                "SELECT job_id FROM wait_deadlines WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2",
+                params![now, max as i64],
+                |r| r.get(0),
+            )?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 let Some(mut job) = load(ctx.conn, &id)? else {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use super::{db_err, json_err, SqliteStore};
+use super::{db_err, exec, json_err, rows, SqliteStore};
 use crate::job::{now_us, EventKind, Job, Micros};
 use crate::store::deliveries::{
     new_token, plan, Attempt, Claimed, Delivery, DeliveryState, DeliveryStore, Outcome,
@@ -61,19 +61,18 @@ pub(super) fn enqueue_in(
         return Ok(());
     }
     let Some(n) = &job.notify else { return Ok(()) };
-    conn.prepare_cached(
+    exec(
+        conn,
         "INSERT INTO deliveries(job_id, url, event_id, event, created_at, state, due_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?5)",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        job.id.to_string(),
-        n.url,
-        event_id.to_string(),
-        body,
-        job.updated_at
-    ])
-    .map_err(db_err)?;
+        params![
+            job.id.to_string(),
+            n.url,
+            event_id.to_string(),
+            body,
+            job.updated_at
+        ],
+    )?;
     Ok(())
 }
 
@@ -92,7 +91,7 @@ type Row = (
     String,
 );
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -131,25 +130,23 @@ impl DeliveryStore for SqliteStore {
         }
         self.write(move |ctx| {
             let now = now_us();
-            let rows: Vec<Row> = ctx
-                .conn
-                .prepare_cached(&format!(
+            let rows: Vec<Row> = rows(
+                ctx.conn,
+                &format!(
                     "SELECT {COLUMNS} FROM deliveries WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2"
-                ))
-                .map_err(db_err)?
-                .query_map(params![now, max as i64], row)
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+                ),
+                params![now, max as i64],
+                read_row,
+            )?;
             let token = new_token();
             let until = now.saturating_add(hold.as_micros() as i64);
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
-                ctx.conn
-                    .prepare_cached("UPDATE deliveries SET claim = ?2, due_at = ?3 WHERE id = ?1")
-                    .map_err(db_err)?
-                    .execute(params![r.0, token as i64, until])
-                    .map_err(db_err)?;
+                exec(
+                    ctx.conn,
+                    "UPDATE deliveries SET claim = ?2, due_at = ?3 WHERE id = ?1",
+                    params![r.0, token as i64, until],
+                )?;
                 out.push(Claimed {
                     delivery: to_delivery(r)?,
                     token,
@@ -190,21 +187,19 @@ impl DeliveryStore for SqliteStore {
             let now = now_us();
             let (state, due) = plan(created, now, outcome);
             let done: Option<Micros> = due.is_none().then_some(now);
-            ctx.conn
-                .prepare_cached(
-                    "UPDATE deliveries SET attempts = ?2, log = ?3, state = ?4, due_at = ?5,
+            exec(
+                ctx.conn,
+                "UPDATE deliveries SET attempts = ?2, log = ?3, state = ?4, due_at = ?5,
                             claim = NULL, done_at = ?6 WHERE id = ?1",
-                )
-                .map_err(db_err)?
-                .execute(params![
+                params![
                     id,
                     n + 1,
                     serde_json::to_string(&log).map_err(json_err)?,
                     state.as_str(),
                     due,
                     done
-                ])
-                .map_err(db_err)?;
+                ],
+            )?;
             Ok(Some(state))
         })
         .await
@@ -212,38 +207,29 @@ impl DeliveryStore for SqliteStore {
 
     async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
         self.read(move |c| {
-            let rows: Vec<Row> = c
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id LIMIT ?2"
-                ))
-                .map_err(db_err)?
-                .query_map(params![job.to_string(), limit as i64], row)
-                .map_err(db_err)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?;
+            let rows: Vec<Row> = rows(
+                c,
+                &format!("SELECT {COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id LIMIT ?2"),
+                params![job.to_string(), limit as i64],
+                read_row,
+            )?;
             rows.into_iter().map(to_delivery).collect()
         })
         .await
     }
 
     async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT MIN(due_at) FROM deliveries WHERE due_at IS NOT NULL")
-                .map_err(db_err)?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))
-                .map_err(db_err)
-        })
-        .await
+        self.read_min("SELECT MIN(due_at) FROM deliveries WHERE due_at IS NOT NULL")
+            .await
     }
 
     async fn deliveries_trim(&self, before: Micros) -> Result<u64> {
         self.write(move |ctx| {
-            let n = ctx
-                .conn
-                .prepare_cached("DELETE FROM deliveries WHERE done_at IS NOT NULL AND done_at < ?1")
-                .map_err(db_err)?
-                .execute([before])
-                .map_err(db_err)?;
+            let n = exec(
+                ctx.conn,
+                "DELETE FROM deliveries WHERE done_at IS NOT NULL AND done_at < ?1",
+                [before],
+            )?;
             Ok(n as u64)
         })
         .await

@@ -1,0 +1,517 @@
+//! The embedded backend: one SQLite database in WAL mode in `data_dir`.
+//!
+//! Writes go to one writer thread that batches whatever is waiting into one transaction (group
+//! commit), each request in its own savepoint so one refusal does not undo the others. Replies
+//! are sent only after the commit. The queue to the writer is bounded ([`WRITE_QUEUE`]): under
+//! overload a request waits for room instead of memory growing without limit. Reads use a small
+//! pool of read-only connections, which WAL lets run beside the writer.
+//!
+//! A checkpoint thread copies the WAL into the database every 100 ms, so no request ever waits on
+//! a checkpoint inside a `COMMIT` (see [`checkpoint_loop`]).
+//!
+//! Durability: `synchronous = NORMAL` in WAL mode survives a crash of the process (`kill -9`) with
+//! every committed transaction; only a power loss may drop the last ones. Set
+//! `store.synchronous = "full"` to fsync every commit.
+//!
+//! The data dir is locked: one server process per embedded store. So at start every lease found
+//! is an orphan of a dead process, and is expired at once for the reaper to recover.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{Notice, Result, Store, StoreError, StoreSettings};
+use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Micros};
+
+mod counts;
+mod deliveries;
+mod events;
+mod jobs;
+mod logs;
+mod queue;
+mod replay;
+mod retention;
+mod schedules;
+mod signals;
+mod sql;
+mod tail;
+#[cfg(test)]
+mod tests;
+mod waits;
+
+pub use events::parse_event_id;
+use sql::{exec, row, row_opt, rows};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    runner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    run_at INTEGER,
+    lease_expires INTEGER,
+    idem_key TEXT UNIQUE,
+    queued_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(runner, queued_at, id) WHERE status = 'QUEUED';
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE status = 'SCHEDULED';
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expires) WHERE status IN ('STARTING', 'RUNNING');
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_channel ON events(channel, id);
+CREATE TABLE IF NOT EXISTS logs (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trims (
+    channel TEXT PRIMARY KEY,   -- '' is the global stream
+    upto INTEGER NOT NULL       -- the highest event id removed
+);
+CREATE TABLE IF NOT EXISTS file_refs (
+    hash TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (hash, job_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('token', 0);
+"#;
+
+type Done = Box<dyn FnOnce(Option<String>) + Send>;
+type WriteOp = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Done + Send>;
+
+/// What a write request sees on the writer thread.
+struct WriteCtx<'a> {
+    conn: &'a Connection,
+    notices: Vec<Notice>,
+    settings: &'a StoreSettings,
+}
+
+/// The embedded store.
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<ReadPool>,
+    notify: broadcast::Sender<Notice>,
+    settings: StoreSettings,
+    checkpoints: Arc<AtomicBool>,
+    /// Hook replay memory (`replay.rs`).
+    replay: runyard_hooks::ReplayGuard,
+    _lock: std::fs::File,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Ends the checkpoint thread at its next tick.
+        self.checkpoints.store(false, Ordering::Release);
+    }
+}
+
+/// Write requests queued for the writer thread at most; a request past it waits (asynchronously)
+/// for room. Two full group commits (`MAX_BATCH`): enough to keep the writer busy while the
+/// previous batch's replies go out, and a bound on the memory held by requests (each holds its
+/// job, a few KiB) of a few MiB whatever the load.
+pub const WRITE_QUEUE: usize = 2 * MAX_BATCH;
+/// Write requests committed in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// How often the checkpoint thread copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// WAL size (in 4 KiB frames, so about 64 MiB) past which the checkpoint thread restarts the WAL
+/// from its beginning, so it stays bounded under a sustained load.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Checkpoints the WAL off the writer's path. With SQLite's automatic checkpoint, every ~1000
+/// pages one `COMMIT` also fsyncs the WAL, copies it and fsyncs the database: a 4-13 ms stall of
+/// the writer (and so of every request waiting on it). Here a passive checkpoint runs every
+/// 100 ms on its own connection, never waiting for the writer; a restart (which needs a moment
+/// without a writer, and is tried without waiting) bounds the WAL.
+fn checkpoint_loop(path: PathBuf, running: Arc<AtomicBool>) {
+    let conn = match open_conn(&path, false) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the checkpoint connection; the WAL will grow");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::ZERO);
+    let frames = |mode: &str| -> Option<i64> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            r.get::<_, i64>(1)
+        })
+        .ok()
+    };
+    while running.load(Ordering::Acquire) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        match frames("PASSIVE") {
+            Some(n) if n > 4 * WAL_RESTART_FRAMES => {
+                // Restarts keep missing a gap between writes: wait a little for one.
+                let _ = conn.busy_timeout(Duration::from_millis(100));
+                let _ = frames("RESTART");
+                let _ = conn.busy_timeout(Duration::ZERO);
+            }
+            Some(n) if n > WAL_RESTART_FRAMES => {
+                let _ = frames("RESTART");
+            }
+            _ => {}
+        }
+    }
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.idle.lock().pop() {
+            Some(c) => c,
+            None => open_conn(&self.path, true)?,
+        };
+        let r = f(&conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+        r
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("corrupt record: {e}"))
+}
+
+fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
+    if read_only {
+        conn.pragma_update(None, "query_only", true)
+            .map_err(db_err)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    sql::register_glob(&conn)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `dir`, locking it for this process.
+    pub fn open(dir: &Path, settings: StoreSettings, synchronous_full: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data_dir {}: {e}", dir.display()))
+        })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("runyard.lock"))
+            .map_err(|e| StoreError::Unavailable(format!("cannot open lock file: {e}")))?;
+        use fs4::fs_std::FileExt;
+        if !lock.try_lock_exclusive().unwrap_or(false) {
+            return Err(StoreError::Unavailable(format!(
+                "data_dir {} is in use by another runyard process",
+                dir.display()
+            )));
+        }
+        let path = dir.join("runyard.db");
+        let conn = open_conn(&path, false)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if synchronous_full { "FULL" } else { "NORMAL" },
+        )
+        .map_err(db_err)?;
+        // Checkpoints are the checkpoint thread's job; savepoint journals stay in memory.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(db_err)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(counts::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
+        queue::orphan_leases(&conn)?;
+        deliveries::orphan_claims(&conn)?;
+        let checkpoints = Arc::new(AtomicBool::new(true));
+        let (cp_path, cp_run) = (path.clone(), checkpoints.clone());
+        std::thread::Builder::new()
+            .name("runyard-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(cp_path, cp_run))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start checkpoints: {e}")))?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (notify, _) = broadcast::channel(4096);
+        let n2 = notify.clone();
+        let s2 = settings.clone();
+        std::thread::Builder::new()
+            .name("runyard-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, n2, s2))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(ReadPool {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+            notify,
+            settings,
+            checkpoints,
+            replay: runyard_hooks::ReplayGuard::new(),
+            _lock: lock,
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let op: WriteOp = Box::new(move |ctx| {
+            let mark = ctx.notices.len();
+            let r = match ctx.conn.execute_batch("SAVEPOINT op") {
+                Ok(()) => {
+                    let r = f(ctx);
+                    let end = if r.is_ok() {
+                        "RELEASE op"
+                    } else {
+                        "ROLLBACK TO op; RELEASE op"
+                    };
+                    match (r, ctx.conn.execute_batch(end)) {
+                        (Ok(v), Ok(())) => Ok(v),
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Err(e)) => Err(db_err(e)),
+                    }
+                }
+                Err(e) => Err(db_err(e)),
+            };
+            if r.is_err() {
+                ctx.notices.truncate(mark);
+            }
+            Box::new(move |commit_err: Option<String>| {
+                let _ = tx.send(match commit_err {
+                    None => r,
+                    Some(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+                });
+            })
+        });
+        self.enqueue(op).await?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+    }
+
+    /// Queues one request for the writer, waiting for room when [`WRITE_QUEUE`] are queued.
+    async fn enqueue(&self, op: WriteOp) -> Result<()> {
+        self.writer
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))
+    }
+
+    /// The one nullable integer `sql` selects: a `MIN(...)`, when the next thing is due.
+    async fn read_min(&self, sql: &'static str) -> Result<Option<Micros>> {
+        self.read(move |c| row(c, sql, [], |r| r.get(0))).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<WriteOp>,
+    notify: broadcast::Sender<Notice>,
+    settings: StoreSettings,
+) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut ctx = WriteCtx {
+            conn: &conn,
+            notices: Vec::new(),
+            settings: &settings,
+        };
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Reply to everyone with the failure; nothing ran.
+            let msg = e.to_string();
+            for op in batch.drain(..) {
+                let done = op(&mut ctx);
+                done(Some(msg.clone()));
+            }
+            let _ = conn.execute_batch("ROLLBACK");
+            continue;
+        }
+        let dones: Vec<Done> = batch.drain(..).map(|op| op(&mut ctx)).collect();
+        let commit = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+        if commit.is_some() {
+            let _ = conn.execute_batch("ROLLBACK");
+            ctx.notices.clear();
+        }
+        let notices = std::mem::take(&mut ctx.notices);
+        for d in dones {
+            d(commit.clone());
+        }
+        let mut events = false;
+        for n in notices {
+            events |= matches!(n, Notice::Changed { .. });
+            let _ = notify.send(n);
+        }
+        if events {
+            let _ = notify.send(Notice::Events);
+        }
+    }
+}
+
+fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
+    let body: Option<String> = row_opt(conn, "SELECT body FROM jobs WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    body.map(|b| serde_json::from_str(&b).map_err(json_err))
+        .transpose()
+}
+
+/// The jobs whose bodies `sql` selects (its first column), in its order.
+fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Job>> {
+    rows(conn, sql, p, |r| r.get::<_, String>(0))?
+        .iter()
+        .map(|b| serde_json::from_str(b).map_err(json_err))
+        .collect()
+}
+
+fn save(conn: &Connection, job: &Job) -> Result<()> {
+    let body = serde_json::to_string(job).map_err(json_err)?;
+    exec(
+        conn,
+        "UPDATE jobs SET status = ?2, run_at = ?3, lease_expires = ?4, queued_at = ?5,
+                finished_at = ?6, body = ?7 WHERE id = ?1",
+        params![
+            job.id.to_string(),
+            job.status.as_str(),
+            job.run_at,
+            job.lease.as_ref().map(|l| l.expires_at),
+            job.queued_at,
+            job.finished_at,
+            body
+        ],
+    )?;
+    save_file_refs(conn, job)
+}
+
+/// Records which blobs the job references (for blob garbage collection).
+fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
+    if job.files.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("INSERT OR IGNORE INTO file_refs(hash, job_id) VALUES (?1, ?2)")
+        .map_err(db_err)?;
+    let id = job.id.to_string();
+    for f in job.files.values().flatten() {
+        stmt.execute(params![f.hash, id]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
+    let ev = Event::for_job(job, kind);
+    let body = serde_json::to_string(&ev).map_err(json_err)?;
+    exec(
+        ctx.conn,
+        "INSERT INTO events(channel, body) VALUES (?1, ?2)",
+        params![job.channel_id, body],
+    )?;
+    // A webhook delivery of this event, in the same transaction (notify).
+    deliveries::enqueue_in(ctx.conn, job, kind, ctx.conn.last_insert_rowid(), &body)?;
+    Ok(())
+}
+
+fn notices_for(ctx: &mut WriteCtx<'_>, job: &Job) {
+    if job.status == JobStatus::Queued {
+        ctx.notices.push(Notice::Queued {
+            runner: job.runner.clone(),
+        });
+    }
+    ctx.notices.push(Notice::Changed {
+        job_id: job.id,
+        status: job.status,
+    });
+}
+
+fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) -> Result<()> {
+    let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
+    let was = job.status;
+    let ev = apply(job, cmd, &actx)?;
+    save(ctx.conn, job)?;
+    if was == JobStatus::Waiting && job.status != JobStatus::Waiting {
+        waits::leave_in(ctx.conn, &job.id.to_string())?;
+        crate::waiting::counters().count_release(job);
+    }
+    let emitted = job.status == JobStatus::Success && was != JobStatus::Success;
+    if emitted && !job.emits.is_empty() {
+        signals::emit_in(ctx.conn, job, now)?;
+    }
+    if let Some(kind) = ev {
+        append_event(ctx, job, kind)?;
+        if kind == EventKind::Status {
+            notices_for(ctx, job);
+        } else {
+            ctx.notices.push(Notice::Events);
+        }
+    }
+    if emitted {
+        // The jobs these signals complete are released in this same transaction.
+        for key in job.emits.clone() {
+            waits::on_signal(ctx, &key)?;
+        }
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notify.subscribe()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "embedded"
+    }
+}

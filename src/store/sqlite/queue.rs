@@ -1,0 +1,165 @@
+//! [`JobQueue`] for the embedded backend: claims with fencing tokens, leases and heartbeats,
+//! promotion of due SCHEDULED jobs, expired leases, and the orphaned leases found at open.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+use uuid::Uuid;
+
+use super::{apply_in, jobs_of, load, row, rows, save, SqliteStore};
+use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
+use crate::store::{JobQueue, Result, StoreError};
+
+pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
+    let active = jobs_of(
+        conn,
+        "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING')",
+        [],
+    )?;
+    let actx = ApplyCtx::at(now_us(), 0);
+    for mut job in active {
+        // No event: the reaper's `LeaseExpired` (or `Adopt`) that follows makes the change seen.
+        if apply(&mut job, Command::OrphanLease, &actx).is_ok() {
+            save(conn, &job)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes `n` fencing tokens (one counter for the whole store); returns the first of them.
+fn take_tokens(conn: &Connection, n: usize) -> Result<u64> {
+    let last: i64 = row(
+        conn,
+        "UPDATE meta SET value = value + ?1 WHERE key = 'token' RETURNING value",
+        [n as i64],
+        |r| r.get(0),
+    )?;
+    Ok(last as u64 - n as u64 + 1)
+}
+
+#[async_trait]
+impl JobQueue for SqliteStore {
+    async fn claim(
+        &self,
+        runner: &str,
+        worker: &str,
+        max: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Job>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let runner = runner.to_string();
+        let worker = worker.to_string();
+        self.write(move |ctx| {
+            let queued = jobs_of(
+                ctx.conn,
+                "SELECT body FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+                 ORDER BY queued_at, id LIMIT ?2",
+                params![runner, max as i64],
+            )?;
+            if queued.is_empty() {
+                return Ok(vec![]);
+            }
+            let first = take_tokens(ctx.conn, queued.len())?;
+            let now = now_us();
+            let lease_until = now + lease_ttl.as_micros() as i64;
+            let mut out = Vec::with_capacity(queued.len());
+            for (i, mut job) in queued.into_iter().enumerate() {
+                let cmd = Command::Claim {
+                    worker: worker.clone(),
+                    token: first + i as u64,
+                    lease_until,
+                };
+                apply_in(ctx, &mut job, cmd, now)?;
+                out.push(job);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
+        let worker = worker.to_string();
+        self.write(move |ctx| {
+            let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
+            let token = take_tokens(ctx.conn, 1)?;
+            let now = now_us();
+            let cmd = Command::Adopt {
+                worker,
+                token,
+                lease_until: now + lease_ttl.as_micros() as i64,
+            };
+            apply_in(ctx, &mut job, cmd, now)?;
+            Ok(job)
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        held: &[(Uuid, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Vec<Uuid>> {
+        let held = held.to_vec();
+        let worker = worker.to_string();
+        self.write(move |ctx| {
+            let now = now_us();
+            let until = now + lease_ttl.as_micros() as i64;
+            let mut lost = Vec::new();
+            let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
+            for (id, token) in held {
+                let Some(mut job) = load(ctx.conn, &id.to_string())? else {
+                    lost.push(id);
+                    continue;
+                };
+                match crate::job::heartbeat(&mut job, &worker, token, until, &actx) {
+                    Beat::Renewed => save(ctx.conn, &job)?,
+                    Beat::Finishing => {}
+                    Beat::Lost => lost.push(id),
+                }
+            }
+            Ok(lost)
+        })
+        .await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<usize> {
+        self.write(move |ctx| {
+            let now = now_us();
+            let ids: Vec<String> = rows(
+                ctx.conn,
+                "SELECT id FROM jobs WHERE status = 'SCHEDULED' AND run_at <= ?1 ORDER BY run_at LIMIT ?2",
+                params![now, max as i64],
+                |r| r.get(0),
+            )?;
+            for id in &ids {
+                if let Some(mut job) = load(ctx.conn, id)? {
+                    apply_in(ctx, &mut job, Command::Promote, now)?;
+                }
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<Micros>> {
+        self.read_min("SELECT MIN(run_at) FROM jobs WHERE status = 'SCHEDULED'")
+            .await
+    }
+
+    async fn expired(&self, max: usize) -> Result<Vec<Job>> {
+        self.read(move |c| {
+            let now = now_us();
+            jobs_of(
+                c,
+                "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING') AND lease_expires < ?1
+                 ORDER BY lease_expires LIMIT ?2",
+                params![now, max as i64],
+            )
+        })
+        .await
+    }
+}

@@ -1,0 +1,103 @@
+//! [`Maintenance`] for the embedded backend: retention of finished jobs and events, blob references,
+//! health.
+
+use async_trait::async_trait;
+use rusqlite::params;
+
+use super::{db_err, exec, rows, SqliteStore};
+use crate::job::Micros;
+use crate::store::{Maintenance, Result, RetentionReport};
+
+#[async_trait]
+impl Maintenance for SqliteStore {
+    async fn retention(&self, finished_before: Micros) -> Result<RetentionReport> {
+        let global = self.settings.global_limit as i64;
+        let per_channel = self.settings.channel_limit as i64;
+        self.write(move |ctx| {
+            let c = ctx.conn;
+            let mut report = RetentionReport::default();
+            // Finished jobs past retention, in bounded chunks, with their logs.
+            let ids: Vec<String> = rows(
+                c,
+                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT 5000",
+                [finished_before],
+                |r| r.get(0),
+            )?;
+            for id in &ids {
+                exec(c, "DELETE FROM logs WHERE job_id = ?1", [id])?;
+                exec(c, "DELETE FROM file_refs WHERE job_id = ?1", [id])?;
+                exec(c, "DELETE FROM jobs WHERE id = ?1", [id])?;
+            }
+            report.jobs = ids.len() as u64;
+            // The global stream.
+            let max: i64 = c
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+                .map_err(db_err)?;
+            let cut = max - global;
+            if cut > 0 {
+                let n = c
+                    .execute("DELETE FROM events WHERE id <= ?1", [cut])
+                    .map_err(db_err)?;
+                if n > 0 {
+                    report.events += n as u64;
+                    c.execute(
+                        "INSERT INTO trims(channel, upto) VALUES ('', ?1)
+                         ON CONFLICT(channel) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+                        [cut],
+                    )
+                    .map_err(db_err)?;
+                }
+            }
+            // Channels over their limit.
+            let over: Vec<(String, i64)> = c
+                .prepare("SELECT channel, COUNT(*) FROM events GROUP BY channel HAVING COUNT(*) > ?1")
+                .map_err(db_err)?
+                .query_map([per_channel], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)?;
+            for (ch, _) in over {
+                let upto: i64 = c
+                    .query_row(
+                        "SELECT id FROM events WHERE channel = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                        params![ch, per_channel],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                let n = c
+                    .execute("DELETE FROM events WHERE channel = ?1 AND id <= ?2", params![ch, upto])
+                    .map_err(db_err)?;
+                report.events += n as u64;
+                c.execute(
+                    "INSERT INTO trims(channel, upto) VALUES (?1, ?2)
+                     ON CONFLICT(channel) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+                    params![ch, upto],
+                )
+                .map_err(db_err)?;
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn file_hashes(&self) -> Result<std::collections::HashSet<String>> {
+        self.read(|c| {
+            c.prepare("SELECT DISTINCT hash FROM file_refs")
+                .map_err(db_err)?
+                .query_map([], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(db_err)
+                .map(|_| ())
+        })
+        .await
+    }
+}

@@ -1,0 +1,51 @@
+//! The writer queue's bound, seen from inside (the conformance suite covers the rest).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{SqliteStore, WriteOp, WRITE_QUEUE};
+use crate::store::StoreSettings;
+
+fn noop() -> WriteOp {
+    Box::new(|_| Box::new(|_| {}))
+}
+
+/// With the writer held inside a request, exactly [`WRITE_QUEUE`] more requests are queued at
+/// once; the next one waits until the writer takes requests off the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_makes_requests_wait_for_room() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let hold: WriteOp = Box::new(move |_| {
+        let _ = entered_tx.send(());
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        Box::new(|_| {})
+    });
+    store.enqueue(hold).await.expect("queued");
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .expect("join")
+        .expect("the writer runs the holding request");
+    for i in 0..WRITE_QUEUE {
+        tokio::time::timeout(Duration::from_secs(10), store.enqueue(noop()))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} of {WRITE_QUEUE} waited"))
+            .expect("queued");
+    }
+    let s2 = store.clone();
+    let extra = tokio::spawn(async move { s2.enqueue(noop()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !extra.is_finished(),
+        "a request past the bound waits for room"
+    );
+    release_tx.send(()).expect("release");
+    tokio::time::timeout(Duration::from_secs(30), extra)
+        .await
+        .expect("room once the writer drains the queue")
+        .expect("join")
+        .expect("queued");
+}
