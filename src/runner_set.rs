@@ -49,22 +49,8 @@ pub struct RunnerSet {
     slots: Vec<Arc<RunnerSlot>>,
 }
 
-/// Why no runner was chosen.
-#[derive(Debug, thiserror::Error)]
-pub enum SelectError {
-    /// No runner's globs match.
-    #[error("no runner handles job type `{0}`")]
-    NoRunner(String),
-    /// The named runner does not exist.
-    #[error("no runner named `{0}`")]
-    UnknownRunner(String),
-    /// The named runner does not claim the type.
-    #[error("runner `{0}` does not handle job type `{1}`")]
-    NotClaimed(String, String),
-    /// The runner refuses the job.
-    #[error("{0}")]
-    Refused(String),
-}
+/// Why no runner was chosen (the model's type; re-exported here for compatibility).
+pub use crate::job::SelectError;
 
 impl RunnerSet {
     /// Builds the runners of `cfg`; service runners call operations of `services`.

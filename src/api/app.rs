@@ -1,4 +1,4 @@
-//! [`App`]: what the HTTP handlers share. Built by [`crate::server`] (which re-exports it); it
+//! [`App`]: what the HTTP handlers share. Built by the server (`server.rs`, which re-exports it); it
 //! lives here, with the API, so that the API never imports the server.
 
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub struct App {
     /// The live fan-out of events to WebSocket and SSE streams (`src/events/`).
     pub events: Arc<crate::events::Hub>,
     /// Dropped with the last share of the `App` (and so of the store it holds): the server's
-    /// stop waits for that (see [`crate::server::RunningServer::stop`]).
+    /// stop waits for that (see `server::RunningServer::stop`).
     pub(crate) _dropped: oneshot::Sender<()>,
 }
 

@@ -145,7 +145,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         .runners
         .select(&body.job_type, &args, body.runner.as_deref())
         .map_err(|e| match e {
-            crate::runner_set::SelectError::NoRunner(_) => {
+            crate::job::SelectError::NoRunner(_) => {
                 ApiError::unprocessable("unknown_type", e.to_string())
             }
             _ => ApiError::unprocessable("runner_refused", e.to_string()),

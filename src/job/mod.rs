@@ -1,5 +1,6 @@
 //! The job model: what is stored about a job, and the only code that changes it ([`transition`]).
 
+pub mod select;
 pub mod status;
 pub mod transition;
 
@@ -11,6 +12,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 pub use runyard_runners::RunHandle;
+pub use select::SelectError;
 pub use status::JobStatus;
 pub use transition::{
     apply, heartbeat, ApplyCtx, Beat, Command, EventKind, FinishOutcome, HookReport,
