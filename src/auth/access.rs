@@ -4,7 +4,8 @@
 //!
 //! - client routes need `Authorization: Bearer` (an API token or a JWT) when auth is in force:
 //!   401 without one or with a bad one, 403 without the route's scope, and 403 for a job or
-//!   schedule (named in the path) outside the caller's `types` / `channels`;
+//!   schedule (named in the path) outside the caller's `types` / `channels`, and 403 on a route
+//!   whose answer covers every channel ([`Need::EveryChannel`]) for a caller confined to channels;
 //! - event routes accept the JWT from the cookie too, and serve only the caller's channels;
 //! - hook routes pass (their handlers check the job's signature), `/health` passes, `/metrics`
 //!   passes unless `auth.metrics_require_token`;
@@ -35,6 +36,10 @@ use crate::api::AppState;
 pub enum Need {
     /// A client route: a token or JWT with this scope; `On` names the resource in its path.
     Client(Scope, On),
+    /// A client route whose answer covers every channel (`/async/stats`: counts): this scope,
+    /// and a grant not confined to channels (403: the answer would tell it about other channels'
+    /// jobs). A grant confined to types passes; the handler shows only its types.
+    EveryChannel(Scope),
     /// An event transport: `jobs:read` or a channel JWT (cookie accepted), its channels only.
     Events,
     /// A job hook: authenticated by the job's signature in the handler.
@@ -170,7 +175,7 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/ui/app.css", Need::Open),
     client("GET", "/async/runners", JobsRead, Any),
     client("GET", "/async/whoami", JobsRead, Any),
-    client("GET", "/async/stats", JobsRead, Any),
+    other("GET", "/async/stats", Need::EveryChannel(JobsRead)),
 ];
 
 /// What [`guard`] works with.
@@ -320,18 +325,33 @@ async fn decide(
         .auth
         .authenticate(&credential)
         .map_err(ApiError::unauthorized)?;
+    let route = || format!("`{method} {}`", uri.path());
+    let needs = |scope: Scope| {
+        ApiError::forbidden(format!(
+            "{} does not grant `{scope}`, which {} needs",
+            grant.who,
+            route()
+        ))
+    };
     match need {
         Need::Client(scope, on) => {
             if !grant.allows(scope) {
-                return Err(ApiError::forbidden(format!(
-                    "{} does not grant `{scope}`, which `{} {}` needs",
-                    grant.who,
-                    method,
-                    uri.path()
-                )));
+                return Err(needs(scope));
             }
             if grant.is_confined() && on != On::Any {
                 check_target(access, &grant, on, params).await?;
+            }
+        }
+        Need::EveryChannel(scope) => {
+            if !grant.allows(scope) {
+                return Err(needs(scope));
+            }
+            if grant.confined_to_channels() {
+                return Err(ApiError::forbidden(format!(
+                    "{} covers every channel: {} is confined to channels",
+                    route(),
+                    grant.who
+                )));
             }
         }
         _ => {
