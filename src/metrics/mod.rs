@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::job::{now_us, Job, JobStatus};
@@ -550,37 +551,36 @@ impl std::fmt::Debug for FnFamily {
     }
 }
 
+impl FnFamily {
+    /// Writes the family's descriptor (even without series) and one `make(value)` per series.
+    fn encode_series<T: Copy, M: EncodeMetric>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        kind: MetricType,
+        series: &[(Labels, T)],
+        make: fn(T) -> M,
+    ) -> Result<(), std::fmt::Error> {
+        let mut fam = encoder.encode_descriptor(self.name, self.help, None, kind)?;
+        for (labels, v) in series {
+            make(*v).encode(fam.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for FnFamily {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         match &self.kind {
-            FnKind::Counter(read) => {
-                let series = read();
-                let mut fam = encoder.encode_descriptor(
-                    self.name,
-                    self.help,
-                    None,
-                    prometheus_client::metrics::MetricType::Counter,
-                )?;
-                for (labels, v) in &series {
-                    let enc = fam.encode_family(labels)?;
-                    ConstCounter::new(*v).encode(enc)?;
-                }
-            }
+            FnKind::Counter(read) => self.encode_series(
+                &mut encoder,
+                MetricType::Counter,
+                &read(),
+                ConstCounter::new,
+            ),
             FnKind::Gauge(read) => {
-                let series = read();
-                let mut fam = encoder.encode_descriptor(
-                    self.name,
-                    self.help,
-                    None,
-                    prometheus_client::metrics::MetricType::Gauge,
-                )?;
-                for (labels, v) in &series {
-                    let enc = fam.encode_family(labels)?;
-                    ConstGauge::new(*v).encode(enc)?;
-                }
+                self.encode_series(&mut encoder, MetricType::Gauge, &read(), ConstGauge::new)
             }
         }
-        Ok(())
     }
 }
 
