@@ -290,6 +290,66 @@ async fn decide(
     (method, uri, headers): (&Method, &Uri, &HeaderMap),
     params: Option<RawPathParams>,
 ) -> Result<Grant, ApiError> {
+    refuse_token_in_query(uri)?;
+    if !access.auth.enabled() {
+        return Ok(Grant::open());
+    }
+    let cfg = &access.state.app.config.auth;
+    let credential = match need {
+        Need::Events => super::token(headers, &cfg.jwt_cookie)?,
+        _ => bearer(headers)?,
+    };
+    let grant = access
+        .auth
+        .authenticate(&credential)
+        .map_err(ApiError::unauthorized)?;
+    match need {
+        Need::Client(scope, _) | Need::EveryChannel(scope) if !grant.allows(scope) => {
+            return Err(ApiError::forbidden(format!(
+                "{} does not grant `{scope}`, which `{} {}` needs",
+                grant.who,
+                method,
+                uri.path()
+            )));
+        }
+        Need::Client(_, on) => {
+            if grant.is_confined() && on != On::Any {
+                check_target(access, &grant, on, params).await?;
+            }
+        }
+        Need::EveryChannel(_) if grant.confined_to_channels() => {
+            return Err(ApiError::forbidden(format!(
+                "`{method} {}` covers every channel: {} is confined to channels",
+                uri.path(),
+                grant.who
+            )));
+        }
+        Need::EveryChannel(_) => {}
+        _ => {
+            if !grant.reads_events() {
+                return Err(ApiError::forbidden(format!(
+                    "{} does not grant `jobs:read`, which event streams need",
+                    grant.who
+                )));
+            }
+            // The channel asked for (`?channel=`) is within the grant: refused here, before
+            // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
+            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .ok()
+                .and_then(|q| {
+                    q.0.into_iter()
+                        .find(|(k, _)| k == "channel")
+                        .map(|(_, v)| v)
+                });
+            grant.event_channel(asked)?;
+        }
+    }
+    Ok(grant)
+}
+
+/// A credential in the query string (`?token=`, `?access_token=`) is refused (400): URLs are
+/// logged.
+fn refuse_token_in_query(uri: &Uri) -> Result<(), ApiError> {
     if let Some(q) = uri.query() {
         if let Ok(axum::extract::Query(pairs)) =
             axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
@@ -313,67 +373,7 @@ async fn decide(
             ));
         }
     }
-    if !access.auth.enabled() {
-        return Ok(Grant::open());
-    }
-    let cfg = &access.state.app.config.auth;
-    let credential = match need {
-        Need::Events => super::token(headers, &cfg.jwt_cookie)?,
-        _ => bearer(headers)?,
-    };
-    let grant = access
-        .auth
-        .authenticate(&credential)
-        .map_err(ApiError::unauthorized)?;
-    let route = || format!("`{method} {}`", uri.path());
-    let needs = |scope: Scope| {
-        ApiError::forbidden(format!(
-            "{} does not grant `{scope}`, which {} needs",
-            grant.who,
-            route()
-        ))
-    };
-    match need {
-        Need::Client(scope, on) => {
-            if !grant.allows(scope) {
-                return Err(needs(scope));
-            }
-            if grant.is_confined() && on != On::Any {
-                check_target(access, &grant, on, params).await?;
-            }
-        }
-        Need::EveryChannel(scope) => {
-            if !grant.allows(scope) {
-                return Err(needs(scope));
-            }
-            if grant.confined_to_channels() {
-                return Err(ApiError::forbidden(format!(
-                    "{} covers every channel: {} is confined to channels",
-                    route(),
-                    grant.who
-                )));
-            }
-        }
-        _ => {
-            if !grant.reads_events() {
-                return Err(ApiError::forbidden(format!(
-                    "{} does not grant `jobs:read`, which event streams need",
-                    grant.who
-                )));
-            }
-            // The channel asked for (`?channel=`) is within the grant: refused here, before
-            // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
-            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
-                .ok()
-                .and_then(|q| {
-                    q.0.into_iter()
-                        .find(|(k, _)| k == "channel")
-                        .map(|(_, v)| v)
-                });
-            grant.event_channel(asked)?;
-        }
-    }
-    Ok(grant)
+    Ok(())
 }
 
 /// `Authorization: Bearer <credential>`, or 401.
