@@ -630,47 +630,49 @@ fn no_import_circle_between_top_level_modules() {
     );
 }
 
-/// One circle through each strongly connected component of more than one module (Tarjan's
-/// algorithm, then a shortest way back to the component's first module).
-fn circles<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Vec<Vec<&'a str>> {
-    struct Tarjan<'a, 'g> {
-        graph: &'g BTreeMap<&'a str, Vec<&'a str>>,
-        index: BTreeMap<&'a str, usize>,
-        low: BTreeMap<&'a str, usize>,
-        stack: Vec<&'a str>,
-        on_stack: BTreeSet<&'a str>,
-        comps: Vec<Vec<&'a str>>,
-    }
-    impl<'a> Tarjan<'a, '_> {
-        fn visit(&mut self, v: &'a str) {
-            let n = self.index.len();
-            self.index.insert(v, n);
-            self.low.insert(v, n);
-            self.stack.push(v);
-            self.on_stack.insert(v);
-            for &w in self.graph.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-                if !self.index.contains_key(w) {
-                    self.visit(w);
-                    let l = self.low[v].min(self.low[w]);
-                    self.low.insert(v, l);
-                } else if self.on_stack.contains(w) {
-                    let l = self.low[v].min(self.index[w]);
-                    self.low.insert(v, l);
-                }
-            }
-            if self.low[v] == self.index[v] {
-                let mut comp = Vec::new();
-                while let Some(w) = self.stack.pop() {
-                    self.on_stack.remove(w);
-                    comp.push(w);
-                    if w == v {
-                        break;
-                    }
-                }
-                self.comps.push(comp);
+/// Tarjan's strongly connected components of an import graph.
+struct Tarjan<'a, 'g> {
+    graph: &'g BTreeMap<&'a str, Vec<&'a str>>,
+    index: BTreeMap<&'a str, usize>,
+    low: BTreeMap<&'a str, usize>,
+    stack: Vec<&'a str>,
+    on_stack: BTreeSet<&'a str>,
+    comps: Vec<Vec<&'a str>>,
+}
+
+impl<'a> Tarjan<'a, '_> {
+    fn visit(&mut self, v: &'a str) {
+        let n = self.index.len();
+        self.index.insert(v, n);
+        self.low.insert(v, n);
+        self.stack.push(v);
+        self.on_stack.insert(v);
+        for &w in self.graph.get(v).map(Vec::as_slice).unwrap_or(&[]) {
+            if !self.index.contains_key(w) {
+                self.visit(w);
+                let l = self.low[v].min(self.low[w]);
+                self.low.insert(v, l);
+            } else if self.on_stack.contains(w) {
+                let l = self.low[v].min(self.index[w]);
+                self.low.insert(v, l);
             }
         }
+        if self.low[v] == self.index[v] {
+            let mut comp = Vec::new();
+            while let Some(w) = self.stack.pop() {
+                self.on_stack.remove(w);
+                comp.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            self.comps.push(comp);
+        }
     }
+}
+
+/// One circle through each strongly connected component of more than one module.
+fn circles<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Vec<Vec<&'a str>> {
     let mut t = Tarjan {
         graph,
         index: BTreeMap::new(),
@@ -684,37 +686,43 @@ fn circles<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Vec<Vec<&'a str>> {
             t.visit(v);
         }
     }
-    let mut out = Vec::new();
-    for comp in t.comps.iter().filter(|c| c.len() > 1) {
-        let members: BTreeSet<&str> = comp.iter().copied().collect();
-        let start = *members.iter().next().expect("non-empty");
-        // Breadth-first from `start` inside the component, back to `start`.
-        let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
-        let mut queue = std::collections::VecDeque::from([start]);
-        let mut last = None;
-        'search: while let Some(v) = queue.pop_front() {
-            for &w in graph.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-                if w == start {
-                    last = Some(v);
-                    break 'search;
-                }
-                if members.contains(w) && !prev.contains_key(w) {
-                    prev.insert(w, v);
-                    queue.push_back(w);
-                }
+    t.comps
+        .iter()
+        .filter(|c| c.len() > 1)
+        .map(|c| circle_in(graph, c.iter().copied().collect()))
+        .collect()
+}
+
+/// A shortest way from the first module of a component back to it (breadth-first, inside it).
+fn circle_in<'a>(
+    graph: &BTreeMap<&'a str, Vec<&'a str>>,
+    members: BTreeSet<&'a str>,
+) -> Vec<&'a str> {
+    let start = *members.iter().next().expect("non-empty");
+    let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    let mut last = None;
+    'search: while let Some(v) = queue.pop_front() {
+        for &w in graph.get(v).map(Vec::as_slice).unwrap_or(&[]) {
+            if w == start {
+                last = Some(v);
+                break 'search;
+            }
+            if members.contains(w) && !prev.contains_key(w) {
+                prev.insert(w, v);
+                queue.push_back(w);
             }
         }
-        let mut cycle = Vec::new();
-        let mut at = last.expect("a component has a circle");
-        while at != start {
-            cycle.push(at);
-            at = prev[at];
-        }
-        cycle.push(start);
-        cycle.reverse();
-        out.push(cycle);
     }
-    out
+    let mut cycle = Vec::new();
+    let mut at = last.expect("a component has a circle");
+    while at != start {
+        cycle.push(at);
+        at = prev[at];
+    }
+    cycle.push(start);
+    cycle.reverse();
+    cycle
 }
 
 /// The reader itself: the paths it must see and those it must not.
