@@ -470,6 +470,7 @@ async fn every_route_times_every_caller_gets_its_documented_code() {
     for r in ROUTES {
         let need = match r.need {
             Need::Client(s, on) => Some((s, on)),
+            Need::EveryChannel(s) => Some((s, On::Any)),
             Need::Metrics => Some((Scope::JobsRead, On::Any)),
             Need::Events => None,
             Need::Hook | Need::Open => continue,
@@ -656,7 +657,7 @@ async fn the_access_table_is_the_router_and_the_docs() {
         .iter()
         .map(|r| {
             let need = match r.need {
-                Need::Client(s, _) => s.as_str().to_string(),
+                Need::Client(s, _) | Need::EveryChannel(s) => s.as_str().to_string(),
                 Need::Events => "events".into(),
                 Need::Hook => "hook".into(),
                 Need::Open => "open".into(),

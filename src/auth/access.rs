@@ -4,7 +4,8 @@
 //!
 //! - client routes need `Authorization: Bearer` (an API token or a JWT) when auth is in force:
 //!   401 without one or with a bad one, 403 without the route's scope, and 403 for a job or
-//!   schedule (named in the path) outside the caller's `types` / `channels`;
+//!   schedule (named in the path) outside the caller's `types` / `channels`, and 403 on a route
+//!   whose answer covers every channel ([`Need::EveryChannel`]) for a caller confined to channels;
 //! - event routes accept the JWT from the cookie too, and serve only the caller's channels;
 //! - hook routes pass (their handlers check the job's signature), `/health` passes, `/metrics`
 //!   passes unless `auth.metrics_require_token`;
@@ -35,6 +36,10 @@ use crate::api::AppState;
 pub enum Need {
     /// A client route: a token or JWT with this scope; `On` names the resource in its path.
     Client(Scope, On),
+    /// A client route whose answer covers every channel (`/async/stats`: counts): this scope,
+    /// and a grant not confined to channels (403: the answer would tell it about other channels'
+    /// jobs). A grant confined to types passes; the handler shows only its types.
+    EveryChannel(Scope),
     /// An event transport: `jobs:read` or a channel JWT (cookie accepted), its channels only.
     Events,
     /// A job hook: authenticated by the job's signature in the handler.
@@ -170,7 +175,7 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/ui/app.css", Need::Open),
     client("GET", "/async/runners", JobsRead, Any),
     client("GET", "/async/whoami", JobsRead, Any),
-    client("GET", "/async/stats", JobsRead, Any),
+    other("GET", "/async/stats", Need::EveryChannel(JobsRead)),
 ];
 
 /// What [`guard`] works with.
@@ -275,6 +280,66 @@ async fn decide(
     (method, uri, headers): (&Method, &Uri, &HeaderMap),
     params: Option<RawPathParams>,
 ) -> Result<Grant, ApiError> {
+    refuse_token_in_query(uri)?;
+    if !access.auth.enabled() {
+        return Ok(Grant::open());
+    }
+    let cfg = &access.state.app.config.auth;
+    let credential = match need {
+        Need::Events => super::token(headers, &cfg.jwt_cookie)?,
+        _ => bearer(headers)?,
+    };
+    let grant = access
+        .auth
+        .authenticate(&credential)
+        .map_err(ApiError::unauthorized)?;
+    match need {
+        Need::Client(scope, _) | Need::EveryChannel(scope) if !grant.allows(scope) => {
+            return Err(ApiError::forbidden(format!(
+                "{} does not grant `{scope}`, which `{} {}` needs",
+                grant.who,
+                method,
+                uri.path()
+            )));
+        }
+        Need::Client(_, on) => {
+            if grant.is_confined() && on != On::Any {
+                check_target(access, &grant, on, params).await?;
+            }
+        }
+        Need::EveryChannel(_) if grant.confined_to_channels() => {
+            return Err(ApiError::forbidden(format!(
+                "`{method} {}` covers every channel: {} is confined to channels",
+                uri.path(),
+                grant.who
+            )));
+        }
+        Need::EveryChannel(_) => {}
+        _ => {
+            if !grant.reads_events() {
+                return Err(ApiError::forbidden(format!(
+                    "{} does not grant `jobs:read`, which event streams need",
+                    grant.who
+                )));
+            }
+            // The channel asked for (`?channel=`) is within the grant: refused here, before
+            // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
+            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .ok()
+                .and_then(|q| {
+                    q.0.into_iter()
+                        .find(|(k, _)| k == "channel")
+                        .map(|(_, v)| v)
+                });
+            grant.event_channel(asked)?;
+        }
+    }
+    Ok(grant)
+}
+
+/// A credential in the query string (`?token=`, `?access_token=`) is refused (400): URLs are
+/// logged.
+fn refuse_token_in_query(uri: &Uri) -> Result<(), ApiError> {
     if let Some(q) = uri.query() {
         if let Ok(axum::extract::Query(pairs)) =
             axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
@@ -298,52 +363,7 @@ async fn decide(
             ));
         }
     }
-    if !access.auth.enabled() {
-        return Ok(Grant::open());
-    }
-    let cfg = &access.state.app.config.auth;
-    let credential = match need {
-        Need::Events => super::token(headers, &cfg.jwt_cookie)?,
-        _ => bearer(headers)?,
-    };
-    let grant = access
-        .auth
-        .authenticate(&credential)
-        .map_err(ApiError::unauthorized)?;
-    match need {
-        Need::Client(scope, on) => {
-            if !grant.allows(scope) {
-                return Err(ApiError::forbidden(format!(
-                    "{} does not grant `{scope}`, which `{} {}` needs",
-                    grant.who,
-                    method,
-                    uri.path()
-                )));
-            }
-            if grant.is_confined() && on != On::Any {
-                check_target(access, &grant, on, params).await?;
-            }
-        }
-        _ => {
-            if !grant.reads_events() {
-                return Err(ApiError::forbidden(format!(
-                    "{} does not grant `jobs:read`, which event streams need",
-                    grant.who
-                )));
-            }
-            // The channel asked for (`?channel=`) is within the grant: refused here, before
-            // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
-            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
-                .ok()
-                .and_then(|q| {
-                    q.0.into_iter()
-                        .find(|(k, _)| k == "channel")
-                        .map(|(_, v)| v)
-                });
-            grant.event_channel(asked)?;
-        }
-    }
-    Ok(grant)
+    Ok(())
 }
 
 /// `Authorization: Bearer <credential>`, or 401.

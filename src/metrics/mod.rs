@@ -15,6 +15,7 @@
 //! [`prometheus_client::collector::Collector`] with [`Metrics::register_collector`]), once,
 //! where the server is assembled.
 
+mod family;
 pub mod features;
 pub mod http;
 pub mod store;
@@ -25,10 +26,9 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -36,6 +36,7 @@ use crate::job::{now_us, Job, JobStatus};
 use crate::store::counts::JobCounts;
 use crate::store::Store;
 
+use family::{FnFamily, FnKind};
 pub use store::MeteredStore;
 
 /// Labels of a family: `(name, value)` pairs.
@@ -125,128 +126,147 @@ impl Metrics {
             queue_oldest: Family::default(),
             store_up: Gauge::default(),
         };
-        {
-            let mut r = m.registry.write();
-            r.register(
+        m.register_store_gauges();
+        m.register_own();
+        m.register_schedule_counters();
+        m
+    }
+
+    /// The gauges read from the store's counts at every scrape.
+    fn register_store_gauges(&self) {
+        let mut r = self.registry.write();
+        r.register(
+            "runyard_jobs",
+            "Jobs in the store by type and status (read from the store at scrape time: the same on every node)",
+            self.jobs.clone(),
+        );
+        r.register(
+            "runyard_queue_depth",
+            "QUEUED jobs by type: ready and waiting for a worker (from the store)",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "runyard_queue_oldest_age_seconds",
+            "Age of the oldest QUEUED job by type, since it became QUEUED (from the store)",
+            self.queue_oldest.clone(),
+        );
+        r.register(
+            "runyard_store_up",
+            "1 when the last scrape could read the job counts from the store, else 0",
+            self.store_up.clone(),
+        );
+        self.names.lock().extend(
+            [
                 "runyard_jobs",
-                "Jobs in the store by type and status (read from the store at scrape time: the same on every node)",
-                m.jobs.clone(),
-            );
-            r.register(
                 "runyard_queue_depth",
-                "QUEUED jobs by type: ready and waiting for a worker (from the store)",
-                m.queue_depth.clone(),
-            );
-            r.register(
                 "runyard_queue_oldest_age_seconds",
-                "Age of the oldest QUEUED job by type, since it became QUEUED (from the store)",
-                m.queue_oldest.clone(),
-            );
-            r.register(
                 "runyard_store_up",
-                "1 when the last scrape could read the job counts from the store, else 0",
-                m.store_up.clone(),
-            );
-            r.register(
-                "runyard_jobs_submitted",
-                "Jobs created by submits this process accepted, by type",
-                m.submitted.clone(),
-            );
-            r.register(
-                "runyard_job_transitions",
-                "Job status changes this process committed, by new status",
-                m.transitions.clone(),
-            );
-            r.register(
-                "runyard_job_outcomes",
-                "Jobs that reached a final status through this process, by type and outcome",
-                m.outcomes.clone(),
-            );
-            r.register(
-                "runyard_job_retries",
-                "Failed attempts this process scheduled for another attempt, by type",
-                m.retries.clone(),
-            );
-            r.register(
-                "runyard_lease_expirations",
-                "Expired worker leases this process's reaper recovered, by type",
-                m.lease_expirations.clone(),
-            );
-            r.register(
+            ]
+            .map(String::from),
+        );
+    }
+
+    /// The families this process writes itself: job changes, HTTP requests, store calls.
+    fn register_own(&self) {
+        let mut r = self.registry.write();
+        r.register(
+            "runyard_jobs_submitted",
+            "Jobs created by submits this process accepted, by type",
+            self.submitted.clone(),
+        );
+        r.register(
+            "runyard_job_transitions",
+            "Job status changes this process committed, by new status",
+            self.transitions.clone(),
+        );
+        r.register(
+            "runyard_job_outcomes",
+            "Jobs that reached a final status through this process, by type and outcome",
+            self.outcomes.clone(),
+        );
+        r.register(
+            "runyard_job_retries",
+            "Failed attempts this process scheduled for another attempt, by type",
+            self.retries.clone(),
+        );
+        r.register(
+            "runyard_lease_expirations",
+            "Expired worker leases this process's reaper recovered, by type",
+            self.lease_expirations.clone(),
+        );
+        r.register(
+            "runyard_job_queue_wait_seconds",
+            "Time from a job becoming QUEUED (its submit, or when a delay or backoff ended) to the claim that starts an attempt, by type",
+            self.queue_wait.clone(),
+        );
+        r.register(
+            "runyard_job_run_seconds",
+            "Run time of attempts that ended through this process (start to end), by type",
+            self.run_time.clone(),
+        );
+        r.register(
+            "runyard_http_requests",
+            "HTTP requests this process answered, by method, route template and status code",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "runyard_hook_calls",
+            "Calls to the job hook routes this process answered, by route and result",
+            self.hook_calls.clone(),
+        );
+        r.register(
+            "runyard_http_panics",
+            "Request handlers that panicked (answered 500)",
+            self.http_panics.clone(),
+        );
+        r.register(
+            "runyard_store_operation_seconds",
+            "Latency of store operations called by this process, by operation",
+            self.store_seconds.clone(),
+        );
+        r.register(
+            "runyard_store_errors",
+            "Store operations that failed (store unavailable or backend error), by operation",
+            self.store_errors.clone(),
+        );
+        self.names.lock().extend(
+            [
+                "runyard_jobs_submitted_total",
+                "runyard_job_transitions_total",
+                "runyard_job_outcomes_total",
+                "runyard_job_retries_total",
+                "runyard_lease_expirations_total",
                 "runyard_job_queue_wait_seconds",
-                "Time from a job becoming QUEUED (its submit, or when a delay or backoff ended) to the claim that starts an attempt, by type",
-                m.queue_wait.clone(),
-            );
-            r.register(
                 "runyard_job_run_seconds",
-                "Run time of attempts that ended through this process (start to end), by type",
-                m.run_time.clone(),
-            );
-            r.register(
-                "runyard_http_requests",
-                "HTTP requests this process answered, by method, route template and status code",
-                m.http_requests.clone(),
-            );
-            r.register(
-                "runyard_hook_calls",
-                "Calls to the job hook routes this process answered, by route and result",
-                m.hook_calls.clone(),
-            );
-            r.register(
-                "runyard_http_panics",
-                "Request handlers that panicked (answered 500)",
-                m.http_panics.clone(),
-            );
-            r.register(
+                "runyard_http_requests_total",
+                "runyard_hook_calls_total",
+                "runyard_http_panics_total",
                 "runyard_store_operation_seconds",
-                "Latency of store operations called by this process, by operation",
-                m.store_seconds.clone(),
-            );
-            r.register(
-                "runyard_store_errors",
-                "Store operations that failed (store unavailable or backend error), by operation",
-                m.store_errors.clone(),
-            );
-            m.names.lock().extend(
-                [
-                    "runyard_jobs",
-                    "runyard_queue_depth",
-                    "runyard_queue_oldest_age_seconds",
-                    "runyard_store_up",
-                    "runyard_jobs_submitted_total",
-                    "runyard_job_transitions_total",
-                    "runyard_job_outcomes_total",
-                    "runyard_job_retries_total",
-                    "runyard_lease_expirations_total",
-                    "runyard_job_queue_wait_seconds",
-                    "runyard_job_run_seconds",
-                    "runyard_http_requests_total",
-                    "runyard_hook_calls_total",
-                    "runyard_http_panics_total",
-                    "runyard_store_operation_seconds",
-                    "runyard_store_errors_total",
-                ]
-                .map(String::from),
-            );
-        }
+                "runyard_store_errors_total",
+            ]
+            .map(String::from),
+        );
+    }
+
+    /// The counters of the schedule fire loop.
+    fn register_schedule_counters(&self) {
         use crate::schedule::counters::{FIRES, MISFIRES, SKIPPED_OVERLAPS};
         use std::sync::atomic::Ordering::Relaxed;
-        m.register_counter_fn(
+        self.register_counter_fn(
             "runyard_schedule_fires",
             "Jobs submitted by cron schedule fires decided in this process",
             || FIRES.load(Relaxed),
         );
-        m.register_counter_fn(
+        self.register_counter_fn(
             "runyard_schedule_misfires",
             "Schedule fire times missed (misfire policy, catch-up window)",
             || MISFIRES.load(Relaxed),
         );
-        m.register_counter_fn(
+        self.register_counter_fn(
             "runyard_schedule_skipped_overlaps",
             "Schedule fires skipped while the previous job was active",
             || SKIPPED_OVERLAPS.load(Relaxed),
         );
-        m
     }
 
     /// Registers a counter read from `read` at every scrape (for example a module's
@@ -525,62 +545,6 @@ impl CommandKind {
 
     fn changes_status(self) -> bool {
         self != Self::Same
-    }
-}
-
-type ReadFamily<T> = Box<dyn Fn() -> Vec<(Labels, T)> + Send + Sync>;
-
-enum FnKind {
-    Counter(ReadFamily<u64>),
-    Gauge(ReadFamily<i64>),
-}
-
-/// A family read from a closure at every scrape.
-struct FnFamily {
-    name: &'static str,
-    help: &'static str,
-    kind: FnKind,
-}
-
-impl std::fmt::Debug for FnFamily {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FnFamily")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl Collector for FnFamily {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        match &self.kind {
-            FnKind::Counter(read) => {
-                let series = read();
-                let mut fam = encoder.encode_descriptor(
-                    self.name,
-                    self.help,
-                    None,
-                    prometheus_client::metrics::MetricType::Counter,
-                )?;
-                for (labels, v) in &series {
-                    let enc = fam.encode_family(labels)?;
-                    ConstCounter::new(*v).encode(enc)?;
-                }
-            }
-            FnKind::Gauge(read) => {
-                let series = read();
-                let mut fam = encoder.encode_descriptor(
-                    self.name,
-                    self.help,
-                    None,
-                    prometheus_client::metrics::MetricType::Gauge,
-                )?;
-                for (labels, v) in &series {
-                    let enc = fam.encode_family(labels)?;
-                    ConstGauge::new(*v).encode(enc)?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
