@@ -44,13 +44,14 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
+use crate::lines::{self, LineSplitter};
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, RunHandle, Runner, RunnerError,
+    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
     SharedReporter,
 };
 
-/// Longest log line kept whole; longer lines are split.
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest log line kept whole; longer lines are split (the one limit of [`crate::lines`]).
+pub use crate::lines::MAX_LINE_BYTES;
 
 /// Label on every container runyard creates (`true`).
 pub const LABEL_MANAGED: &str = "runyard.managed";
@@ -663,8 +664,8 @@ async fn remove(docker: &Docker, id: &str) {
 /// lines older than that are skipped (a recovered container's output is followed from then on).
 async fn follow_logs(docker: Docker, id: String, reporter: SharedReporter, since: Option<i128>) {
     let mut last_ts: Option<i128> = since.map(|s| s - 1);
-    let mut out = LineBuf::new(LogStream::Stdout);
-    let mut err = LineBuf::new(LogStream::Stderr);
+    let mut out = (LineSplitter::new(), LogStream::Stdout);
+    let mut err = (LineSplitter::new(), LogStream::Stderr);
     let mut failures = 0u32;
     loop {
         let opts = LogsOptions {
@@ -700,7 +701,10 @@ async fn follow_logs(docker: Docker, id: String, reporter: SharedReporter, since
             if ts.is_some() {
                 last_ts = ts;
             }
-            buf.push(payload, reporter.as_ref());
+            let (split, stream) = buf;
+            split.push_text(payload, &mut |t| {
+                lines::report(reporter.as_ref(), *stream, t)
+            });
         }
         let Some(e) = broken else {
             break; // the container ended and the engine closed the stream
@@ -724,8 +728,9 @@ async fn follow_logs(docker: Docker, id: String, reporter: SharedReporter, since
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    out.finish(reporter.as_ref());
-    err.finish(reporter.as_ref());
+    for (split, stream) in [&mut out, &mut err] {
+        split.finish(&mut |p| lines::report(reporter.as_ref(), *stream, p.text));
+    }
 }
 
 /// Splits the engine's `2024-05-01T12:34:56.123456789Z ` prefix off a log frame.
@@ -794,56 +799,6 @@ fn now_ns() -> i128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0)
-}
-
-/// Accumulates one stream's bytes and reports whole lines.
-struct LineBuf {
-    stream: LogStream,
-    buf: Vec<u8>,
-}
-
-impl LineBuf {
-    fn new(stream: LogStream) -> Self {
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, mut bytes: &[u8], reporter: &dyn Reporter) {
-        while !bytes.is_empty() {
-            match bytes.iter().position(|b| *b == b'\n') {
-                Some(nl) => {
-                    self.buf.extend_from_slice(&bytes[..nl]);
-                    self.emit(reporter);
-                    bytes = &bytes[nl + 1..];
-                }
-                None => {
-                    self.buf.extend_from_slice(bytes);
-                    bytes = &[];
-                }
-            }
-            while self.buf.len() >= MAX_LINE_BYTES {
-                let rest = self.buf.split_off(MAX_LINE_BYTES);
-                let line = std::mem::replace(&mut self.buf, rest);
-                reporter.log(self.stream, String::from_utf8_lossy(&line).into_owned());
-            }
-        }
-    }
-
-    fn emit(&mut self, reporter: &dyn Reporter) {
-        while matches!(self.buf.last(), Some(b'\r')) {
-            self.buf.pop();
-        }
-        let line = std::mem::take(&mut self.buf);
-        reporter.log(self.stream, String::from_utf8_lossy(&line).into_owned());
-    }
-
-    fn finish(&mut self, reporter: &dyn Reporter) {
-        if !self.buf.is_empty() {
-            self.emit(reporter);
-        }
-    }
 }
 
 /// The container name of an attempt.
@@ -939,15 +894,6 @@ pub fn nano_cpus(cpus: f64) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Lines(std::sync::Mutex<Vec<(LogStream, String)>>);
-    impl Reporter for Lines {
-        fn log(&self, stream: LogStream, line: String) {
-            self.0.lock().unwrap().push((stream, line));
-        }
-        fn progress(&self, _p: f64, _d: Option<Value>) {}
-    }
 
     fn runner(allowed: &[&str]) -> DockerRunner {
         DockerRunner::new(DockerConfig {
@@ -1054,24 +1000,6 @@ mod tests {
         assert_eq!(rest, b"hello world\n");
         let (ts, rest) = split_timestamp(b"no timestamp here");
         assert_eq!((ts, rest), (None, &b"no timestamp here"[..]));
-    }
-
-    #[test]
-    fn lines_are_split_joined_and_capped() {
-        let r = Lines::default();
-        let mut b = LineBuf::new(LogStream::Stdout);
-        b.push(b"one\r\ntw", &r);
-        b.push(b"o\nthree", &r);
-        b.finish(&r);
-        let big = vec![b'x'; MAX_LINE_BYTES + 10];
-        b.push(&big, &r);
-        b.push(b"\n", &r);
-        let got = r.0.lock().unwrap().clone();
-        let texts: Vec<usize> = got.iter().map(|(_, l)| l.len()).collect();
-        assert_eq!(got[0].1, "one");
-        assert_eq!(got[1].1, "two");
-        assert_eq!(got[2].1, "three");
-        assert_eq!(&texts[3..], &[MAX_LINE_BYTES, 10]);
     }
 
     #[test]

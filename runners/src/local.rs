@@ -20,18 +20,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, RunHandle, Runner, RunnerError,
+    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
     SharedReporter,
 };
 
-/// Longest log line kept whole; longer lines are split.
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest log line kept whole; longer lines are split (the one limit of [`crate::lines`]).
+pub use crate::lines::MAX_LINE_BYTES;
 
 /// Environment variables passed from the server's own environment by default.
 pub const DEFAULT_ENV_ALLOW: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
@@ -196,14 +195,14 @@ impl Runner for LocalRunner {
         let start_time = process_start_time(pid);
         let mut readers = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(forward_lines(
+            readers.push(tokio::spawn(crate::lines::forward_lines(
                 out,
                 LogStream::Stdout,
                 reporter.clone(),
             )));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(forward_lines(
+            readers.push(tokio::spawn(crate::lines::forward_lines(
                 err,
                 LogStream::Stderr,
                 reporter,
@@ -419,36 +418,10 @@ fn process_start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-async fn forward_lines<R: AsyncRead + Unpin>(
-    pipe: R,
-    stream: LogStream,
-    reporter: Arc<dyn Reporter>,
-) {
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        buf.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE_BYTES as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => break,
-        };
-        if n == 0 {
-            break;
-        }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        reporter.log(stream, String::from_utf8_lossy(&buf).into_owned());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Reporter;
 
     /// Collects log lines.
     #[derive(Default)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-pub use runyard_runners::RunHandle;
+pub use runyard_hooks::RunHandle;
 pub use status::JobStatus;
 pub use transition::{
     apply, ApplyCtx, Command, EventKind, FinishOutcome, HookReport, TransitionError,
