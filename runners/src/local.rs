@@ -90,17 +90,9 @@ impl LocalRunner {
     }
 }
 
-#[async_trait]
-impl Runner for LocalRunner {
-    fn kind(&self) -> &'static str {
-        "local"
-    }
-
-    async fn launch(
-        &self,
-        spec: JobSpec,
-        reporter: SharedReporter,
-    ) -> Result<Box<dyn Execution>, RunnerError> {
+impl LocalRunner {
+    /// The job's command and environment (the server's own only through `env_allow`).
+    fn command(&self, spec: &JobSpec) -> Command {
         let mut cmd = Command::new(&self.config.command[0]);
         cmd.args(&self.config.command[1..]);
         cmd.env_clear();
@@ -125,6 +117,12 @@ impl Runner for LocalRunner {
             .env("JOB_TYPE", &spec.job_type)
             .env("JOB_ATTEMPT", spec.attempt.to_string())
             .env("JOB_ARGS", spec.args.to_string());
+        cmd
+    }
+
+    /// Where the job starts, the process settings and what runs between fork and exec;
+    /// returns the directory made for the job (removed when it ends), if any.
+    fn prepare(&self, spec: &JobSpec, cmd: &mut Command) -> Result<Option<PathBuf>, RunnerError> {
         let switch = self.isolation.switches_user();
         // A job run as another user enters its directory as that user (a `cwd` it cannot use
         // fails the launch), and without `cwd` gets a fresh one of its own: the server's
@@ -159,8 +157,6 @@ impl Runner for LocalRunner {
         let workdir = workdir.and_then(|(w, create)| create.then_some(w));
         let isolation = self.isolation.clone();
         let umask = crate::isolation::job_umask();
-        // Removes the directory if the child made it but the launch failed.
-        let workdir_guard = WorkdirGuard(workdir.clone());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -186,6 +182,25 @@ impl Runner for LocalRunner {
                 Ok(())
             });
         }
+        Ok(workdir)
+    }
+}
+
+#[async_trait]
+impl Runner for LocalRunner {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn launch(
+        &self,
+        spec: JobSpec,
+        reporter: SharedReporter,
+    ) -> Result<Box<dyn Execution>, RunnerError> {
+        let mut cmd = self.command(&spec);
+        let workdir = self.prepare(&spec, &mut cmd)?;
+        // Removes the directory if the child made it but the launch failed.
+        let workdir_guard = WorkdirGuard(workdir);
         let mut child = cmd.spawn().map_err(|e| {
             RunnerError::from_launch_io(&format!("cannot start `{}`", self.config.command[0]), &e)
         })?;
