@@ -45,17 +45,7 @@ impl JobClient {
 
         let location = resolve_url(&self.hook, &answer.location, "download Location")?;
         let context = format!("GET {}", location.path());
-        let mut response = self
-            .transfer_http
-            .get(location)
-            .send()
-            .await
-            .map_err(|e| transport(&context, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(http_error(context, status, &body));
-        }
+        let mut response = send_transfer(self.transfer_http.get(location), &context).await?;
 
         let temp = dir.join(format!(
             ".{expected}.{}.{}.part",
@@ -174,19 +164,26 @@ impl JobClient {
                 source,
             })?
             .len();
-        let response = self
+        let request = self
             .transfer_http
             .request(method, target)
             .header(CONTENT_LENGTH, len)
-            .body(reqwest::Body::from(file))
-            .send()
-            .await
-            .map_err(|e| transport(&context, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(http_error(context, status, &body));
-        }
+            .body(reqwest::Body::from(file));
+        send_transfer(request, &context).await?;
         Ok(UploadOutcome::Uploaded(digest))
     }
+}
+
+/// Sends a request for the bytes (no job headers); a non-2xx answer is an error.
+async fn send_transfer(
+    request: reqwest::RequestBuilder,
+    context: &str,
+) -> Result<reqwest::Response, ClientError> {
+    let response = request.send().await.map_err(|e| transport(context, e))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        return Err(http_error(context.to_string(), status, &body));
+    }
+    Ok(response)
 }
