@@ -10,6 +10,8 @@
 //! - [`replay`]: the replay memory ([`ReplayStore`], in-memory [`ReplayGuard`]).
 //! - [`wire`]: the JSON bodies of the hook endpoints and the upload challenge.
 //! - [`client`]: [`JobClient`], the async Rust client a job uses.
+//! - [`vocab`]: the shared vocabulary of runners, job model and stores ([`LogStream`],
+//!   [`RunHandle`], [`MAX_LINE_BYTES`]), on this bottom floor so that arrows point down only.
 //!
 //! The protocol itself, for clients in other languages, is described in `docs/hooks.md`.
 
@@ -20,6 +22,7 @@ pub mod replay;
 pub mod secret;
 pub mod sign;
 pub mod verify;
+pub mod vocab;
 pub mod wire;
 
 pub use client::{ClientError, JobClient, UploadOutcome};
@@ -27,6 +30,7 @@ pub use replay::{ReplayError, ReplayGuard, ReplayStore};
 pub use secret::{derive_job_secret, Secret};
 pub use sign::{now_ms, sign_v1, sign_v2, signed_headers, signed_headers_now, SigVersion};
 pub use verify::{HookHeaders, VerifiedSignature, Verifier, VerifyError};
+pub use vocab::{LogStream, RunHandle, UnknownLogStream, MAX_LINE_BYTES};
 pub use wire::{
     upload_challenge, DownloadResponse, FileMeta, JobSelf, StatusReport, UploadDigest,
     UploadHasher, UploadRequest, UploadResponse,

@@ -162,17 +162,6 @@ impl Isolation {
         group: Option<&Principal>,
         rlimits: &Rlimits,
     ) -> Result<Self, IsolationError> {
-        use nix::unistd::{Gid, Group, Uid, User};
-        let gid_of = |g: &Principal| -> Result<libc::gid_t, IsolationError> {
-            match g {
-                Principal::Id(id) => Ok(*id),
-                Principal::Name(n) => match Group::from_name(n) {
-                    Ok(Some(g)) => Ok(g.gid.as_raw()),
-                    Ok(None) => Err(bad("group", format!("no such group `{n}`"))),
-                    Err(e) => Err(bad("group", format!("cannot look up group `{n}`: {e}"))),
-                },
-            }
-        };
         let group_id = group.map(gid_of).transpose()?;
         let identity = match user {
             None => group_id.map(|gid| Identity {
@@ -181,140 +170,11 @@ impl Isolation {
                 groups: vec![gid],
                 account: None,
             }),
-            Some(u) => {
-                let (uid, entry) = match u {
-                    Principal::Id(id) => (
-                        *id,
-                        User::from_uid(Uid::from_raw(*id))
-                            .map_err(|e| bad("user", format!("cannot look up user {id}: {e}")))?,
-                    ),
-                    Principal::Name(n) => match User::from_name(n) {
-                        Ok(Some(e)) => (e.uid.as_raw(), Some(e)),
-                        Ok(None) => return Err(bad("user", format!("no such user `{n}`"))),
-                        Err(e) => {
-                            return Err(bad("user", format!("cannot look up user `{n}`: {e}")))
-                        }
-                    },
-                };
-                let gid = match (group_id, &entry) {
-                    (Some(g), _) => g,
-                    (None, Some(e)) => e.gid.as_raw(),
-                    (None, None) => {
-                        return Err(bad(
-                            "group",
-                            format!("user {uid} is not in the user database: set `group` too"),
-                        ))
-                    }
-                };
-                let groups = match &entry {
-                    Some(e) => {
-                        let name = CString::new(e.name.clone())
-                            .map_err(|_| bad("user", "the user name holds a NUL byte"))?;
-                        let mut gs: Vec<libc::gid_t> =
-                            nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
-                                .map_err(|e| {
-                                    bad("user", format!("cannot list the groups of the user: {e}"))
-                                })?
-                                .into_iter()
-                                .map(Gid::as_raw)
-                                .collect();
-                        if !gs.contains(&gid) {
-                            gs.push(gid);
-                        }
-                        gs
-                    }
-                    None => vec![gid],
-                };
-                Some(Identity {
-                    uid: Some(uid),
-                    gid,
-                    groups,
-                    account: entry.map(|e| (e.name, e.dir.to_string_lossy().into_owned())),
-                })
-            }
+            Some(u) => Some(user_identity(u, group_id)?),
         };
         let root = nix::unistd::geteuid().is_root();
-        if let Some(id) = &identity {
-            // setgroups and setgid need CAP_SETGID, setuid CAP_SETUID: refuse now rather than fail
-            // every launch.
-            let needed = [(6, "CAP_SETGID")]
-                .into_iter()
-                .chain(id.uid.map(|_| (7, "CAP_SETUID")));
-            let missing: Vec<&str> = needed
-                .filter(|(bit, _)| !root && !has_capability(*bit))
-                .map(|(_, name)| name)
-                .collect();
-            if !missing.is_empty() {
-                return Err(bad(
-                    if id.uid.is_some() { "user" } else { "group" },
-                    format!(
-                        "running jobs as another user or group needs a server running as root \
-                         (or with {})",
-                        missing.join(" and ")
-                    ),
-                ));
-            }
-        }
-        let mut limits = Vec::new();
-        let mut add = |key: &str, res: LimitResource, v: u64| -> Result<(), IsolationError> {
-            let key = format!("rlimits.{key}");
-            let v = libc::rlim_t::try_from(v).map_err(|_| bad(&key, "is too large"))?;
-            if v == libc::RLIM_INFINITY {
-                return Err(bad(&key, "is too large"));
-            }
-            if !root {
-                // Without root, a hard limit can only be lowered.
-                let mut cur = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // Safety: plain syscall into a local struct.
-                if unsafe { libc::getrlimit(res, &mut cur) } == 0
-                    && cur.rlim_max != libc::RLIM_INFINITY
-                    && v > cur.rlim_max
-                {
-                    return Err(bad(
-                        &key,
-                        format!(
-                            "{v} is above this server's own hard limit ({}); only root can raise it",
-                            cur.rlim_max
-                        ),
-                    ));
-                }
-            }
-            limits.push((res, v));
-            Ok(())
-        };
-        if let Some(c) = &rlimits.cpu {
-            let v = parse_cpu(c).map_err(|m| bad("rlimits.cpu", m))?;
-            add("cpu", libc::RLIMIT_CPU, v)?;
-        }
-        if let Some(m) = &rlimits.memory {
-            let v = parse_size(m).map_err(|e| bad("rlimits.memory", e))?;
-            if v < 1 << 20 {
-                return Err(bad(
-                    "rlimits.memory",
-                    "must be at least 1MiB (no program starts below that)",
-                ));
-            }
-            add("memory", libc::RLIMIT_AS, v)?;
-        }
-        if let Some(n) = rlimits.nofile {
-            if n < 3 {
-                return Err(bad("rlimits.nofile", "must be at least 3"));
-            }
-            add("nofile", libc::RLIMIT_NOFILE, n)?;
-        }
-        if let Some(n) = rlimits.nproc {
-            if n == 0 {
-                return Err(bad("rlimits.nproc", "must be at least 1"));
-            }
-            add("nproc", libc::RLIMIT_NPROC, n)?;
-        }
-        if let Some(f) = &rlimits.fsize {
-            let v = parse_size(f).map_err(|e| bad("rlimits.fsize", e))?;
-            add("fsize", libc::RLIMIT_FSIZE, v)?;
-        }
+        check_capabilities(identity.as_ref(), root)?;
+        let limits = resolve_limits(rlimits, root)?;
         Ok(Isolation { identity, limits })
     }
 
@@ -360,6 +220,162 @@ impl Isolation {
         }
         Ok(())
     }
+}
+
+/// The gid of a group name or id.
+fn gid_of(g: &Principal) -> Result<libc::gid_t, IsolationError> {
+    use nix::unistd::Group;
+    match g {
+        Principal::Id(id) => Ok(*id),
+        Principal::Name(n) => match Group::from_name(n) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => Err(bad("group", format!("no such group `{n}`"))),
+            Err(e) => Err(bad("group", format!("cannot look up group `{n}`: {e}"))),
+        },
+    }
+}
+
+/// The identity of a job run as `u`: its uid, its group (`group_id`, else the user's), and its
+/// supplementary groups (from the user database, when the user is in it).
+fn user_identity(u: &Principal, group_id: Option<libc::gid_t>) -> Result<Identity, IsolationError> {
+    use nix::unistd::{Gid, Uid, User};
+    let (uid, entry) = match u {
+        Principal::Id(id) => (
+            *id,
+            User::from_uid(Uid::from_raw(*id))
+                .map_err(|e| bad("user", format!("cannot look up user {id}: {e}")))?,
+        ),
+        Principal::Name(n) => match User::from_name(n) {
+            Ok(Some(e)) => (e.uid.as_raw(), Some(e)),
+            Ok(None) => return Err(bad("user", format!("no such user `{n}`"))),
+            Err(e) => return Err(bad("user", format!("cannot look up user `{n}`: {e}"))),
+        },
+    };
+    let gid = match (group_id, &entry) {
+        (Some(g), _) => g,
+        (None, Some(e)) => e.gid.as_raw(),
+        (None, None) => {
+            return Err(bad(
+                "group",
+                format!("user {uid} is not in the user database: set `group` too"),
+            ))
+        }
+    };
+    let groups = match &entry {
+        Some(e) => {
+            let name = CString::new(e.name.clone())
+                .map_err(|_| bad("user", "the user name holds a NUL byte"))?;
+            let mut gs: Vec<libc::gid_t> = nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+                .map_err(|e| bad("user", format!("cannot list the groups of the user: {e}")))?
+                .into_iter()
+                .map(Gid::as_raw)
+                .collect();
+            if !gs.contains(&gid) {
+                gs.push(gid);
+            }
+            gs
+        }
+        None => vec![gid],
+    };
+    Ok(Identity {
+        uid: Some(uid),
+        gid,
+        groups,
+        account: entry.map(|e| (e.name, e.dir.to_string_lossy().into_owned())),
+    })
+}
+
+/// setgroups and setgid need CAP_SETGID, setuid CAP_SETUID: refuse now rather than fail every
+/// launch.
+fn check_capabilities(identity: Option<&Identity>, root: bool) -> Result<(), IsolationError> {
+    if let Some(id) = identity {
+        let needed = [(6, "CAP_SETGID")]
+            .into_iter()
+            .chain(id.uid.map(|_| (7, "CAP_SETUID")));
+        let missing: Vec<&str> = needed
+            .filter(|(bit, _)| !root && !has_capability(*bit))
+            .map(|(_, name)| name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(bad(
+                if id.uid.is_some() { "user" } else { "group" },
+                format!(
+                    "running jobs as another user or group needs a server running as root \
+                     (or with {})",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The resource limits, checked (without root, none above the server's own hard limits).
+fn resolve_limits(
+    rlimits: &Rlimits,
+    root: bool,
+) -> Result<Vec<(LimitResource, libc::rlim_t)>, IsolationError> {
+    let mut limits = Vec::new();
+    let mut add = |key: &str, res: LimitResource, v: u64| -> Result<(), IsolationError> {
+        let key = format!("rlimits.{key}");
+        let v = libc::rlim_t::try_from(v).map_err(|_| bad(&key, "is too large"))?;
+        if v == libc::RLIM_INFINITY {
+            return Err(bad(&key, "is too large"));
+        }
+        if !root {
+            // Without root, a hard limit can only be lowered.
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // Safety: plain syscall into a local struct.
+            if unsafe { libc::getrlimit(res, &mut cur) } == 0
+                && cur.rlim_max != libc::RLIM_INFINITY
+                && v > cur.rlim_max
+            {
+                return Err(bad(
+                    &key,
+                    format!(
+                        "{v} is above this server's own hard limit ({}); only root can raise it",
+                        cur.rlim_max
+                    ),
+                ));
+            }
+        }
+        limits.push((res, v));
+        Ok(())
+    };
+    if let Some(c) = &rlimits.cpu {
+        let v = parse_cpu(c).map_err(|m| bad("rlimits.cpu", m))?;
+        add("cpu", libc::RLIMIT_CPU, v)?;
+    }
+    if let Some(m) = &rlimits.memory {
+        let v = parse_size(m).map_err(|e| bad("rlimits.memory", e))?;
+        if v < 1 << 20 {
+            return Err(bad(
+                "rlimits.memory",
+                "must be at least 1MiB (no program starts below that)",
+            ));
+        }
+        add("memory", libc::RLIMIT_AS, v)?;
+    }
+    if let Some(n) = rlimits.nofile {
+        if n < 3 {
+            return Err(bad("rlimits.nofile", "must be at least 3"));
+        }
+        add("nofile", libc::RLIMIT_NOFILE, n)?;
+    }
+    if let Some(n) = rlimits.nproc {
+        if n == 0 {
+            return Err(bad("rlimits.nproc", "must be at least 1"));
+        }
+        add("nproc", libc::RLIMIT_NPROC, n)?;
+    }
+    if let Some(f) = &rlimits.fsize {
+        let v = parse_size(f).map_err(|e| bad("rlimits.fsize", e))?;
+        add("fsize", libc::RLIMIT_FSIZE, v)?;
+    }
+    Ok(limits)
 }
 
 /// Whether this process has capability number `bit` in its effective set (`CapEff` of

@@ -4,7 +4,8 @@
 //! - [`Runner`] launches a job and returns an [`Execution`]; an execution can be waited on
 //!   (cancel-safe) and stopped. Its [`RunHandle`] is saved on the job, so that after a restart the
 //!   runner can find the work again with [`Runner::recover`].
-//! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs.
+//! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs;
+//!   [`lines`] is the one line forwarder (one [`MAX_LINE_BYTES`]) every runner uses for output.
 //! - [`local`]: a child process in its own process group (any language), optionally as another
 //!   user and under resource limits ([`isolation`]).
 //! - [`service`]: an in-process async Rust function registered by name.
@@ -17,6 +18,7 @@
 pub mod docker;
 pub mod isolation;
 pub mod kube;
+pub mod lines;
 pub mod local;
 pub mod service;
 
@@ -24,10 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use runyard_hooks::Secret;
+/// The shared vocabulary, defined on the bottom floor (`runyard_hooks::vocab`) and re-exported
+/// here so that runner code and embedders keep their paths.
+pub use runyard_hooks::{LogStream, RunHandle, MAX_LINE_BYTES};
 
 /// Everything a runner needs to know to start one attempt of a job.
 #[derive(Debug, Clone)]
@@ -47,18 +51,6 @@ pub struct JobSpec {
     /// The attempt's time limit, when it has one (the worker enforces it; runners whose work can
     /// outlive the server, like `kube`, also hand it to their backend as a backstop).
     pub timeout: Option<Duration>,
-}
-
-/// Which output stream a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-    /// A line the job or the server logged through an API (hook, service context).
-    Job,
 }
 
 /// Receives what a running job says. Implementations must be cheap and never block:
@@ -81,18 +73,6 @@ pub struct NullReporter;
 impl Reporter for NullReporter {
     fn log(&self, _stream: LogStream, _line: String) {}
     fn progress(&self, _progress: f64, _details: Option<Value>) {}
-}
-
-/// What identifies a launched execution across restarts; saved on the job as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunHandle {
-    /// The runner kind that made it (`local`, `service`, `docker`, `kube`).
-    pub kind: String,
-    /// A human-readable id: a pid, a container id, a Kubernetes Job name.
-    pub id: String,
-    /// Runner-specific data needed to find the work again.
-    #[serde(default)]
-    pub data: Value,
 }
 
 /// How one execution ended, as far as the runner can tell.

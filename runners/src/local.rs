@@ -20,18 +20,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, Reporter, RunHandle, Runner, RunnerError,
+    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
     SharedReporter,
 };
 
-/// Longest log line kept whole; longer lines are split.
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest log line kept whole; longer lines are split (the one limit of [`crate::lines`]).
+pub use crate::lines::MAX_LINE_BYTES;
 
 /// Environment variables passed from the server's own environment by default.
 pub const DEFAULT_ENV_ALLOW: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
@@ -91,17 +90,9 @@ impl LocalRunner {
     }
 }
 
-#[async_trait]
-impl Runner for LocalRunner {
-    fn kind(&self) -> &'static str {
-        "local"
-    }
-
-    async fn launch(
-        &self,
-        spec: JobSpec,
-        reporter: SharedReporter,
-    ) -> Result<Box<dyn Execution>, RunnerError> {
+impl LocalRunner {
+    /// The job's command and environment (the server's own only through `env_allow`).
+    fn command(&self, spec: &JobSpec) -> Command {
         let mut cmd = Command::new(&self.config.command[0]);
         cmd.args(&self.config.command[1..]);
         cmd.env_clear();
@@ -126,6 +117,12 @@ impl Runner for LocalRunner {
             .env("JOB_TYPE", &spec.job_type)
             .env("JOB_ATTEMPT", spec.attempt.to_string())
             .env("JOB_ARGS", spec.args.to_string());
+        cmd
+    }
+
+    /// Where the job starts, the process settings and what runs between fork and exec;
+    /// returns the directory made for the job (removed when it ends), if any.
+    fn prepare(&self, spec: &JobSpec, cmd: &mut Command) -> Result<Option<PathBuf>, RunnerError> {
         let switch = self.isolation.switches_user();
         // A job run as another user enters its directory as that user (a `cwd` it cannot use
         // fails the launch), and without `cwd` gets a fresh one of its own: the server's
@@ -160,8 +157,6 @@ impl Runner for LocalRunner {
         let workdir = workdir.and_then(|(w, create)| create.then_some(w));
         let isolation = self.isolation.clone();
         let umask = crate::isolation::job_umask();
-        // Removes the directory if the child made it but the launch failed.
-        let workdir_guard = WorkdirGuard(workdir.clone());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -187,6 +182,25 @@ impl Runner for LocalRunner {
                 Ok(())
             });
         }
+        Ok(workdir)
+    }
+}
+
+#[async_trait]
+impl Runner for LocalRunner {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn launch(
+        &self,
+        spec: JobSpec,
+        reporter: SharedReporter,
+    ) -> Result<Box<dyn Execution>, RunnerError> {
+        let mut cmd = self.command(&spec);
+        let workdir = self.prepare(&spec, &mut cmd)?;
+        // Removes the directory if the child made it but the launch failed.
+        let workdir_guard = WorkdirGuard(workdir);
         let mut child = cmd.spawn().map_err(|e| {
             RunnerError::from_launch_io(&format!("cannot start `{}`", self.config.command[0]), &e)
         })?;
@@ -196,14 +210,14 @@ impl Runner for LocalRunner {
         let start_time = process_start_time(pid);
         let mut readers = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(forward_lines(
+            readers.push(tokio::spawn(crate::lines::forward_lines(
                 out,
                 LogStream::Stdout,
                 reporter.clone(),
             )));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(forward_lines(
+            readers.push(tokio::spawn(crate::lines::forward_lines(
                 err,
                 LogStream::Stderr,
                 reporter,
@@ -419,36 +433,10 @@ fn process_start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-async fn forward_lines<R: AsyncRead + Unpin>(
-    pipe: R,
-    stream: LogStream,
-    reporter: Arc<dyn Reporter>,
-) {
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        buf.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE_BYTES as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => break,
-        };
-        if n == 0 {
-            break;
-        }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        reporter.log(stream, String::from_utf8_lossy(&buf).into_owned());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Reporter;
 
     /// Collects log lines.
     #[derive(Default)]

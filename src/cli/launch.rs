@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 use runyard_hooks::wire::StatusReport;
 use runyard_hooks::JobClient;
 use runyard_runners::service::{ServiceContext, ServiceRegistry};
-use runyard_runners::{LogStream, Reporter};
+use runyard_runners::{lines, LogStream, Reporter};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
 /// `launch` flags.
@@ -198,18 +198,32 @@ async fn run_operation(
     Ok(finish(&client, outcome).await)
 }
 
+/// Echoes the command's output as is (stdout or stderr) and, with `reporter`, sends its lines
+/// through the hook, cut by the one line forwarder (at most `MAX_LINE_BYTES` a line).
 async fn forward<R: AsyncRead + Unpin>(pipe: R, reporter: Option<Arc<HookReporter>>, stderr: bool) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if stderr {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-        if let Some(r) = &reporter {
-            r.log(LogStream::Stdout, line);
-        }
-    }
+    use std::io::Write;
+    lines::read_lines(
+        pipe,
+        |raw| {
+            // Best effort, like `println!` without its panic on a closed stdout.
+            let _ = if stderr {
+                std::io::stderr().lock().write_all(raw)
+            } else {
+                std::io::stdout().lock().write_all(raw)
+            };
+        },
+        |text| {
+            if let Some(r) = &reporter {
+                lines::report(r.as_ref(), LogStream::Stdout, text);
+            }
+        },
+    )
+    .await;
+    let _ = if stderr {
+        std::io::stderr().flush()
+    } else {
+        std::io::stdout().flush()
+    };
 }
 
 /// `--output PROPERTY=FILE` values, checked before anything runs.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-pub use runyard_runners::RunHandle;
+pub use runyard_hooks::RunHandle;
 pub use select::SelectError;
 pub use status::JobStatus;
 pub use transition::{

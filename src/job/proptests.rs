@@ -272,7 +272,7 @@ impl Actors {
             },
             Op::Started { tok, handle } => Command::Started {
                 token: self.token(job, tok),
-                handle: handle.then(|| runyard_runners::RunHandle {
+                handle: handle.then(|| runyard_hooks::RunHandle {
                     kind: "local".into(),
                     id: "42".into(),
                     data: json!({"pid": 42}),

@@ -25,7 +25,7 @@ use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use counts::JobCountStore;
 pub use deliveries::DeliveryStore;
 pub use replay::ReplayMemory;
-pub use runyard_runners::LogStream;
+pub use runyard_hooks::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
 pub use tail::EventTail;

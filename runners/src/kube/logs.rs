@@ -10,14 +10,14 @@
 use std::time::Duration;
 
 use ::kube::api::{Api, ListParams, LogParams};
-use futures::{AsyncBufReadExt, AsyncReadExt};
+use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 
 use super::monitor::pod_selector;
 use super::CONTAINER;
-use crate::local::MAX_LINE_BYTES;
+use crate::lines::{self, LineSplitter, Piece};
 use crate::{LogStream, SharedReporter};
 
 /// Where a pod's log copy is.
@@ -170,7 +170,7 @@ async fn copy_pod(
 }
 
 /// Reports the new lines of one stream; returns how many were new. Lines longer than
-/// [`MAX_LINE_BYTES`] are split.
+/// [`MAX_LINE_BYTES`](crate::lines::MAX_LINE_BYTES) are split (by the one line forwarder, [`crate::lines`]).
 async fn forward(
     stream: impl futures::AsyncBufRead,
     pod: &str,
@@ -178,35 +178,17 @@ async fn forward(
     cursor: &mut Cursor,
 ) -> usize {
     let mut stream = std::pin::pin!(stream);
-    let mut skip_at_last = cursor.at_last;
-    let mut new = 0;
-    let mut buf = Vec::with_capacity(256);
-    // The current line's text not yet reported (reported in pieces of MAX_LINE_BYTES).
-    let mut pending: Vec<u8> = Vec::new();
-    // Whether the current line is copied (decided by its timestamp), and whether it goes on.
-    let mut copying = false;
-    let mut continuing = false;
-    let mut line_ts: Option<Timestamp> = None;
-    let emit = |text: &[u8], new: &mut usize| {
-        *new += 1;
-        reporter.log(
-            LogStream::Stdout,
-            String::from_utf8_lossy(text).into_owned(),
-        );
+    // Each line's timestamp is its head: the pieces' size does not count it.
+    let mut split = LineSplitter::with_heads();
+    let mut copy = Copy {
+        skip_at_last: cursor.at_last,
+        new: 0,
+        copying: false,
+        line_ts: None,
     };
+    let mut buf = vec![0u8; 8 * 1024];
     loop {
-        buf.clear();
-        // Room for the timestamp ahead of a line's first piece.
-        let room = if continuing {
-            MAX_LINE_BYTES
-        } else {
-            MAX_LINE_BYTES + 64
-        };
-        let n = match (&mut stream)
-            .take(room as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
+        let n = match stream.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(pod, error = %e, "log stream broke");
@@ -214,72 +196,65 @@ async fn forward(
             }
         };
         if n == 0 {
-            // A line cut by the end of the stream is not reported: the reopened stream brings
+            // A line cut by the end of the stream is not finished: the reopened stream brings
             // it whole (it is after the cursor).
-            return new;
+            return copy.new;
         }
-        let complete = buf.last() == Some(&b'\n');
-        if complete {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-        }
-        if continuing {
-            pending.extend_from_slice(&buf);
-        } else {
-            let (ts, rest) = match buf.iter().position(|b| *b == b' ') {
-                Some(i) => (
-                    std::str::from_utf8(&buf[..i])
-                        .ok()
-                        .and_then(|t| t.parse::<Timestamp>().ok()),
-                    &buf[i + 1..],
-                ),
-                None => (
-                    std::str::from_utf8(&buf)
-                        .ok()
-                        .and_then(|t| t.parse::<Timestamp>().ok()),
-                    &buf[buf.len()..],
-                ),
-            };
-            copying = match (ts, cursor.last) {
+        split.push(&buf[..n], &mut |p| copy.piece(p, reporter, cursor));
+    }
+}
+
+/// What [`forward`] knows about the line it copies.
+struct Copy {
+    /// Lines at the cursor's time still to skip (already copied).
+    skip_at_last: usize,
+    /// Pieces reported.
+    new: usize,
+    /// Whether the current line is copied (decided by its timestamp).
+    copying: bool,
+    /// The current line's timestamp.
+    line_ts: Option<Timestamp>,
+}
+
+impl Copy {
+    fn piece(&mut self, p: Piece<'_>, reporter: &SharedReporter, cursor: &mut Cursor) {
+        let mut text = std::borrow::Cow::Borrowed(p.text);
+        if p.first {
+            let head = p.head.unwrap_or_default();
+            let ts = std::str::from_utf8(head.strip_suffix(b" ").unwrap_or(head))
+                .ok()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            self.copying = match (ts, cursor.last) {
                 (Some(t), Some(l)) if t < l => false,
-                (Some(t), Some(l)) if t == l && skip_at_last > 0 => {
-                    skip_at_last -= 1;
+                (Some(t), Some(l)) if t == l && self.skip_at_last > 0 => {
+                    self.skip_at_last -= 1;
                     false
                 }
                 (Some(t), Some(l)) if t > l => {
-                    skip_at_last = 0;
+                    self.skip_at_last = 0;
                     true
                 }
                 // The same time as the last copied line, past those already copied; or the
                 // first line; or no timestamp (not expected with timestamps=true).
                 _ => true,
             };
-            line_ts = ts;
-            pending.clear();
-            pending.extend_from_slice(if ts.is_some() { rest } else { &buf });
-        }
-        continuing = !complete;
-        if copying {
-            while pending.len() >= MAX_LINE_BYTES && (continuing || pending.len() > MAX_LINE_BYTES)
-            {
-                let rest = pending.split_off(MAX_LINE_BYTES);
-                emit(&pending, &mut new);
-                pending = rest;
+            self.line_ts = ts;
+            if ts.is_none() && !head.is_empty() {
+                text = std::borrow::Cow::Owned([head, p.text].concat());
             }
-            if complete {
-                emit(&pending, &mut new);
-                pending.clear();
-                // Only a whole line moves the cursor: a line cut by a broken stream comes again.
-                if let Some(t) = line_ts {
-                    if cursor.last == Some(t) {
-                        cursor.at_last = cursor.at_last.saturating_add(1);
-                    } else {
-                        cursor.last = Some(t);
-                        cursor.at_last = 1;
-                    }
-                }
+        }
+        if !self.copying {
+            return;
+        }
+        self.new += 1;
+        lines::report(reporter.as_ref(), LogStream::Stdout, &text);
+        // Only a whole line moves the cursor: a line cut by a broken stream comes again.
+        if let (true, Some(t)) = (p.last, self.line_ts) {
+            if cursor.last == Some(t) {
+                cursor.at_last = cursor.at_last.saturating_add(1);
+            } else {
+                cursor.last = Some(t);
+                cursor.at_last = 1;
             }
         }
     }

@@ -26,7 +26,6 @@
 //! - [`API_CALLS`]: every API call the runner makes; the chart's Role grants exactly these.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,26 +33,25 @@ use ::kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::Client;
 use async_trait::async_trait;
-use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, Event as K8sEvent, LocalObjectReference, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    Secret as K8sSecret, SecretKeySelector, SecurityContext,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret as K8sSecret};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{watch, OnceCell};
-use tokio::task::JoinHandle;
+use tokio::sync::OnceCell;
 
-use crate::{
-    Execution, JobSpec, Outcome, Recovered, RunHandle, Runner, RunnerError, SharedReporter,
-};
+use crate::{Execution, JobSpec, Recovered, RunHandle, Runner, RunnerError, SharedReporter};
 
+mod execution;
 mod logs;
 mod monitor;
 mod options;
+mod outcome;
+mod spec;
+mod teardown;
+
+pub use execution::KubeExecution;
+use spec::random_suffix;
+pub use spec::{attempt_selector, id_selector, is_dns_label, job_name, label_value, labels};
 
 pub use options::{
     is_dns_subdomain, is_env_name, is_label_value, is_qualified_name, is_quantity, KubeOptions,
@@ -254,133 +252,6 @@ impl KubeRunner {
             .unwrap_or_else(|| client.default_namespace().to_string())
     }
 
-    /// The Job of one attempt, suspended; `secret_name` holds JOB_SECRET_KEY and JOB_ARGS.
-    pub fn build_job(&self, spec: &JobSpec, name: &str, namespace: &str, secret_name: &str) -> Job {
-        let labels = labels(spec);
-        let annotations =
-            BTreeMap::from([(ANNOTATION_JOB_TYPE.to_string(), spec.job_type.clone())]);
-        let mut env: Vec<EnvVar> = self
-            .config
-            .env
-            .iter()
-            .filter(|(k, _)| !RESERVED_ENV.contains(&k.as_str()))
-            .map(|(k, v)| literal(k, v))
-            .collect();
-        env.push(literal("JOB_ID", &spec.id));
-        env.push(literal("JOB_HOOK", &spec.hook_url));
-        env.push(literal("JOB_TYPE", &spec.job_type));
-        env.push(literal("JOB_ATTEMPT", &spec.attempt.to_string()));
-        env.push(from_secret("JOB_SECRET_KEY", secret_name, SECRET_KEY));
-        env.push(from_secret("JOB_ARGS", secret_name, ARGS_KEY));
-        let o = &self.config.options;
-        let quantities = |m: &BTreeMap<String, String>| {
-            (!m.is_empty()).then(|| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), Quantity(v.clone())))
-                    .collect::<BTreeMap<_, _>>()
-            })
-        };
-        let resources =
-            (!o.requests.is_empty() || !o.limits.is_empty()).then(|| ResourceRequirements {
-                requests: quantities(&o.requests),
-                limits: quantities(&o.limits),
-                ..Default::default()
-            });
-        let container = Container {
-            name: CONTAINER.into(),
-            image: Some(self.config.image.clone()),
-            command: (!self.config.command.is_empty()).then(|| self.config.command.clone()),
-            env: Some(env),
-            resources,
-            // The Pod Security Standards' `restricted` profile, container level.
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    add: None,
-                }),
-                run_as_non_root: Some(true),
-                privileged: Some(false),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let ttl = self
-            .config
-            .ttl_after_finished
-            .unwrap_or(DEFAULT_TTL_AFTER_FINISHED);
-        // Always a deadline: the attempt's timeout (the server stops the job first), else the
-        // configured backstop, so that a Job no server watches any more ends by itself.
-        let deadline = match spec.timeout {
-            Some(t) => t + DEADLINE_MARGIN,
-            None => o.active_deadline,
-        };
-        let mut pod_annotations = o.annotations.clone();
-        pod_annotations.extend(annotations.clone());
-        Job {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                labels: Some(labels.clone()),
-                annotations: Some(annotations),
-                ..Default::default()
-            },
-            spec: Some(K8sJobSpec {
-                backoff_limit: Some(0),
-                active_deadline_seconds: Some(
-                    (deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0))
-                        .min(i64::MAX as u64) as i64,
-                ),
-                ttl_seconds_after_finished: Some(ttl.as_secs().min(i32::MAX as u64) as i32),
-                suspend: Some(true),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels),
-                        annotations: Some(pod_annotations),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        restart_policy: Some("Never".into()),
-                        service_account_name: self.config.service_account.clone(),
-                        // Jobs talk to runyard through the hook, not to the API server.
-                        automount_service_account_token: Some(false),
-                        termination_grace_period_seconds: Some(
-                            o.termination_grace.as_secs().min(i64::MAX as u64) as i64,
-                        ),
-                        security_context: Some(PodSecurityContext {
-                            run_as_non_root: Some(true),
-                            run_as_user: o.run_as_user,
-                            run_as_group: o.run_as_group,
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".into(),
-                                localhost_profile: None,
-                            }),
-                            ..Default::default()
-                        }),
-                        image_pull_secrets: (!o.image_pull_secrets.is_empty()).then(|| {
-                            o.image_pull_secrets
-                                .iter()
-                                .map(|n| LocalObjectReference { name: n.clone() })
-                                .collect()
-                        }),
-                        node_selector: (!o.node_selector.is_empty())
-                            .then(|| o.node_selector.clone()),
-                        tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
-                        affinity: o.affinity.clone(),
-                        containers: vec![container],
-                        ..Default::default()
-                    }),
-                },
-                ..Default::default()
-            }),
-            status: None,
-        }
-    }
-
     /// Deletes the Jobs of this job id except `keep` with Foreground propagation, and waits
     /// until they (and so their pods) are gone: one job never runs twice at once. Returns the
     /// Jobs found first (all of them, `keep` included).
@@ -405,7 +276,7 @@ impl KubeRunner {
             }
             tracing::info!(job = name, "deleting a leftover Kubernetes Job of this job");
             let uid = j.metadata.uid.as_deref().unwrap_or_default();
-            monitor::delete_job_foreground(jobs, name, uid, deadline)
+            teardown::delete_job_foreground(jobs, name, uid, deadline)
                 .await
                 .map_err(RunnerError::Backend)?;
         }
@@ -476,31 +347,10 @@ impl Runner for KubeRunner {
         };
         let uid = created.metadata.uid.clone().unwrap_or_default();
         // 3. The Secret, owned by the Job: deleting the Job garbage-collects it.
-        let secret = K8sSecret {
-            metadata: ObjectMeta {
-                name: Some(secret_name.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(labels(&spec)),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "batch/v1".into(),
-                    kind: "Job".into(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            immutable: Some(true),
-            string_data: Some(BTreeMap::from([
-                (SECRET_KEY.to_string(), spec.secret.expose().to_string()),
-                (ARGS_KEY.to_string(), spec.args.to_string()),
-            ])),
-            ..Default::default()
-        };
+        let secret = spec::build_secret(&spec, &secret_name, &ns, &name, &uid);
         let soon = tokio::time::Instant::now() + Duration::from_secs(5);
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
-            let _ = monitor::delete_job_foreground(&jobs, &name, &uid, soon).await;
+            let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;
             return Err(RunnerError::Launch(format!(
                 "cannot create Secret {ns}/{secret_name}: {e}"
             )));
@@ -508,7 +358,7 @@ impl Runner for KubeRunner {
         // 4. Go.
         let resume = Patch::Merge(json!({"spec": {"suspend": false}}));
         if let Err(e) = jobs.patch(&name, &PatchParams::default(), &resume).await {
-            let _ = monitor::delete_job_foreground(&jobs, &name, &uid, soon).await;
+            let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;
             return Err(RunnerError::Launch(format!(
                 "cannot resume Kubernetes Job {ns}/{name}: {e}"
             )));
@@ -556,13 +406,13 @@ impl Runner for KubeRunner {
             // The launch died before the Job was resumed: make it gone, the job runs again.
             let uid = job.metadata.uid.as_deref().unwrap_or_default();
             let soon = tokio::time::Instant::now() + Duration::from_secs(5);
-            monitor::delete_job_foreground(&jobs, &name, uid, soon)
+            teardown::delete_job_foreground(&jobs, &name, uid, soon)
                 .await
                 .map_err(RunnerError::Backend)?;
             return Ok(Recovered::Gone);
         }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if let Some(outcome) = monitor::finished_outcome(&job, &pods).await {
+        if let Some(outcome) = outcome::finished_outcome(&job, &pods).await {
             return Ok(Recovered::Finished(outcome));
         }
         let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -583,272 +433,6 @@ impl Runner for KubeRunner {
             self.config.options.clone(),
         ))))
     }
-}
-
-/// One attempt's Job, watched.
-pub struct KubeExecution {
-    namespace: String,
-    name: String,
-    uid: String,
-    job_id: String,
-    attempt: u32,
-    outcome: watch::Receiver<Option<Outcome>>,
-    stop: watch::Sender<Option<Duration>>,
-    bound: Duration,
-    monitor_task: JoinHandle<()>,
-    log_task: JoinHandle<()>,
-    stopped: Option<Outcome>,
-}
-
-impl KubeExecution {
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        client: Client,
-        namespace: String,
-        name: String,
-        uid: String,
-        spec: &JobSpec,
-        reporter: SharedReporter,
-        cursor: logs::Cursor,
-        opts: KubeOptions,
-    ) -> Self {
-        let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        let events: Api<K8sEvent> = Api::namespaced(client, &namespace);
-        let (outcome_tx, outcome) = watch::channel(None);
-        let (job_done_tx, job_done) = watch::channel(false);
-        let (logs_done_tx, logs_done) = watch::channel(false);
-        let (stop, stop_rx) = watch::channel(None);
-        let log_task = tokio::spawn(logs::copy_logs(
-            pods.clone(),
-            uid.clone(),
-            reporter,
-            job_done,
-            logs_done_tx,
-            cursor,
-            opts.poll_interval,
-        ));
-        let bound = opts.termination_grace
-            + opts.delete_timeout
-            + opts.finish_timeout.max(Duration::from_secs(5))
-            + Duration::from_secs(5);
-        let attempt = monitor::Attempt {
-            jobs,
-            pods,
-            events,
-            name: name.clone(),
-            uid: uid.clone(),
-            opts,
-        };
-        let monitor_task = tokio::spawn(monitor::monitor(
-            attempt,
-            monitor::Links {
-                outcome: outcome_tx,
-                job_done: job_done_tx,
-                logs_done,
-                stop: stop_rx,
-            },
-        ));
-        Self {
-            namespace,
-            name,
-            uid,
-            job_id: spec.id.clone(),
-            attempt: spec.attempt,
-            outcome,
-            stop,
-            bound,
-            monitor_task,
-            log_task,
-            stopped: None,
-        }
-    }
-}
-
-#[async_trait]
-impl Execution for KubeExecution {
-    fn handle(&self) -> RunHandle {
-        RunHandle {
-            kind: "kube".into(),
-            id: self.name.clone(),
-            data: json!({
-                "namespace": self.namespace,
-                "name": self.name,
-                "uid": self.uid,
-                "job_id": self.job_id,
-                "attempt": self.attempt,
-            }),
-        }
-    }
-
-    async fn wait(&mut self) -> Outcome {
-        if let Some(o) = &self.stopped {
-            return o.clone();
-        }
-        match self.outcome.wait_for(Option::is_some).await {
-            Ok(o) => o.clone().unwrap_or_else(|| Outcome::failed("no outcome")),
-            Err(_) => Outcome::failed("the watch of the Kubernetes Job ended unexpectedly"),
-        }
-    }
-
-    /// Deletes the pods with `grace` as their grace period, then the Job (Foreground), and
-    /// returns once both are gone (within the grace plus `delete_timeout`).
-    async fn stop(&mut self, grace: Duration) {
-        if self.stopped.is_some() || self.outcome.borrow().is_some() {
-            return;
-        }
-        let _ = self.stop.send(Some(grace));
-        let waited =
-            tokio::time::timeout(grace + self.bound, self.outcome.wait_for(Option::is_some)).await;
-        if waited.is_err() {
-            tracing::warn!(job = %self.name, "the Kubernetes Job was not gone in time");
-        }
-        self.log_task.abort();
-        self.monitor_task.abort();
-        self.stopped = Some(Outcome::failed(format!(
-            "stopped: Kubernetes Job {} deleted",
-            self.name
-        )));
-    }
-}
-
-impl Drop for KubeExecution {
-    fn drop(&mut self) {
-        self.monitor_task.abort();
-        self.log_task.abort();
-    }
-}
-
-fn literal(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    }
-}
-
-fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: None,
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-/// The labels of an attempt's Job, its pods and its Secret.
-pub fn labels(spec: &JobSpec) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_MANAGED_BY.to_string(), "runyard".to_string()),
-        (LABEL_JOB_ID.to_string(), label_value(&spec.id)),
-        (LABEL_JOB_TYPE.to_string(), label_value(&spec.job_type)),
-        (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
-    ])
-}
-
-/// The label selector of every Job of a job.
-pub fn id_selector(job_id: &str) -> String {
-    format!(
-        "{LABEL_MANAGED_BY}=runyard,{LABEL_JOB_ID}={}",
-        label_value(job_id)
-    )
-}
-
-/// The label selector of one attempt's Job and pods.
-pub fn attempt_selector(job_id: &str, attempt: u32) -> String {
-    format!("{},{LABEL_ATTEMPT}={attempt}", id_selector(job_id))
-}
-
-/// The Job name of an attempt: `ry-{type}-{id}-{attempt}`, a valid DNS-1123 label of at most 63
-/// characters. The type is lowercased, other characters become `-`, and it is cut to fit; the id
-/// part is the job id's last 12 alphanumerics (a UUID v7's random bits).
-pub fn job_name(job_type: &str, job_id: &str, attempt: u32) -> String {
-    let id: String = job_id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let id = if id.is_empty() {
-        "0".to_string()
-    } else {
-        id[id.len().saturating_sub(12)..].to_string()
-    };
-    let tail = format!("-{id}-{attempt}");
-    let budget = MAX_NAME_LEN - "ry-".len() - tail.len();
-    let t = dns_part(job_type, budget);
-    if t.is_empty() {
-        format!("ry{tail}")
-    } else {
-        format!("ry-{t}{tail}")
-    }
-}
-
-/// Lowercase alphanumerics and single dashes, no dash at either end, at most `max` characters.
-fn dns_part(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.truncate(max);
-    out.trim_end_matches('-').to_string()
-}
-
-/// Whether `s` is a DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// `s` as a label value: `[A-Za-z0-9._-]`, at most 63 characters, alphanumeric at both ends.
-pub fn label_value(s: &str) -> String {
-    let mut v: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    v.truncate(63);
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string()
-}
-
-/// Five random lowercase alphanumerics (the Secret's name suffix).
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    let mut n = h.finish();
-    (0..5)
-        .map(|_| {
-            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
-            n /= ALPHABET.len() as u64;
-            c
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -29,15 +29,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ::kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use ::kube::api::{Api, ListParams};
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Event as K8sEvent, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, Event as K8sEvent, Pod, PodStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::outcome::{disruption, failure};
+use super::teardown::{teardown, wait_pods_gone};
 use super::{KubeOptions, CONTAINER};
 use crate::Outcome;
 
@@ -210,7 +212,7 @@ async fn on_job(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
     None
 }
 
-async fn list_pods(a: &Attempt) -> Option<Vec<Pod>> {
+pub(super) async fn list_pods(a: &Attempt) -> Option<Vec<Pod>> {
     match a
         .pods
         .list(&ListParams::default().labels(&pod_selector(&a.uid)))
@@ -227,33 +229,8 @@ async fn list_pods(a: &Attempt) -> Option<Vec<Pod>> {
 /// One round of reading the pods (and events): what does not heal, and bounded waits.
 async fn poll(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
     let now = Instant::now();
-    let o = &a.opts;
-    // The interim condition without its final one past the bound: decide on it.
-    if let (Some(t), Some(job)) = (seen.interim_since, seen.job.as_ref()) {
-        if now.duration_since(t) >= o.finish_timeout {
-            let conds = job
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.clone())
-                .unwrap_or_default();
-            if conds
-                .iter()
-                .any(|c| c.type_ == "SuccessCriteriaMet" && c.status == "True")
-            {
-                return Some(Decision::Early(Outcome::Success { result: None }));
-            }
-            if let Some(f) = conds
-                .iter()
-                .find(|c| c.type_ == "FailureTarget" && c.status == "True")
-            {
-                return Some(Decision::Early(failure(
-                    job,
-                    f.reason.as_deref(),
-                    f.message.as_deref(),
-                    &seen.pods,
-                )));
-            }
-        }
+    if let Some(d) = interim_decision(a, seen, now) {
+        return Some(d);
     }
     if seen
         .job
@@ -273,134 +250,212 @@ async fn poll(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
     if live.is_empty() {
         let since = *seen.no_pod_since.get_or_insert(now);
         if pods.is_empty() {
-            let refused = failed_create(a).await;
-            if let Some(m) = refused
-                .as_deref()
-                .filter(|m| m.contains("violates PodSecurity"))
-            {
-                return Some(Decision::Early(Outcome::failed(format!(
-                    "the pod was refused by Pod Security admission (FailedCreate): {m}"
-                ))));
-            }
-            if now.duration_since(since) >= o.start_timeout {
-                let why = refused
-                    .map(|m| format!("FailedCreate: {m}"))
-                    .unwrap_or_else(|| "no FailedCreate event".into());
-                return Some(Decision::Early(Outcome::failed(format!(
-                    "no pod of Kubernetes Job {} after {}: {why}",
-                    a.name,
-                    humantime::format_duration(o.start_timeout)
-                ))));
-            }
+            return no_pod_decision(a, now.duration_since(since)).await;
         }
         return None;
     }
     seen.no_pod_since = None;
     for pod in live {
-        let pname = pod.metadata.name.clone().unwrap_or_default();
-        let status = pod.status.clone().unwrap_or_default();
-        let phase = status.phase.as_deref().unwrap_or("Pending");
-        let main = status
-            .container_statuses
-            .as_ref()
-            .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
-        let waiting = main
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.waiting.as_ref());
-        let terminated = main
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.terminated.as_ref());
-        // Waiting reasons, from the kubelet (pkg/kubelet/images/types.go and
-        // pkg/kubelet/kuberuntime/kuberuntime_container.go).
-        if let Some(w) = waiting {
-            let reason = w.reason.as_deref().unwrap_or_default();
-            let message = w.message.as_deref().unwrap_or_default();
-            match reason {
-                "InvalidImageName" | "ErrImageNeverPull" => {
-                    return Some(Decision::Early(Outcome::failed(format!(
-                        "cannot pull the image: {reason}: {message}"
-                    ))))
-                }
-                "ErrImagePull"
-                | "ImagePullBackOff"
-                | "RegistryUnavailable"
-                | "ImageInspectError"
-                | "CreateContainerConfigError"
-                | "CreateContainerError" => {
-                    let since = *seen.stuck_since.entry(pname.clone()).or_insert(now);
-                    if now.duration_since(since) >= o.image_pull_timeout {
-                        let what = if reason.starts_with("Create") {
-                            "cannot create the container"
-                        } else {
-                            "cannot pull the image"
-                        };
-                        return Some(Decision::Early(Outcome::failed(format!(
-                            "{what} after {}: {reason}: {message}",
-                            humantime::format_duration(o.image_pull_timeout)
-                        ))));
-                    }
-                    continue;
-                }
-                _ => {
-                    seen.stuck_since.remove(&pname);
-                }
-            }
-        } else {
-            seen.stuck_since.remove(&pname);
-        }
-        if phase == "Pending" {
-            let since = *seen.pending_since.entry(pname.clone()).or_insert(now);
-            if now.duration_since(since) >= o.start_timeout {
-                let sched = status.conditions.as_ref().and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                });
-                let why = match sched {
-                    Some(c) => format!(
-                        "{}: {}",
-                        c.reason.as_deref().unwrap_or("not scheduled"),
-                        c.message.as_deref().unwrap_or_default()
-                    ),
-                    None => waiting
-                        .map(|w| {
-                            format!(
-                                "{}: {}",
-                                w.reason.as_deref().unwrap_or_default(),
-                                w.message.as_deref().unwrap_or_default()
-                            )
-                        })
-                        .unwrap_or_else(|| "Pending".into()),
-                };
-                return Some(Decision::Early(Outcome::failed(format!(
-                    "pod {pname} did not start within {}: {why}",
-                    humantime::format_duration(o.start_timeout)
-                ))));
-            }
-            continue;
-        }
-        seen.pending_since.remove(&pname);
-        // The job's container ended but the pod runs on: a sidecar that does not exit.
-        if terminated.is_some() && phase == "Running" {
-            let since = *seen.main_done_since.get_or_insert(now);
-            if now.duration_since(since) >= o.finish_timeout {
-                let job = seen.job.clone().unwrap_or_default();
-                let o = match terminated {
-                    Some(t) if t.exit_code == 0 => Outcome::Success { result: None },
-                    _ => failure(&job, None, None, &pods),
-                };
-                return Some(Decision::Early(o));
-            }
-        }
-        // A disrupted pod whose Job does not say Failed within the bound.
-        if phase == "Failed" && disruption(pod).is_some() {
-            let since = *seen.main_done_since.get_or_insert(now);
-            if now.duration_since(since) >= o.finish_timeout {
-                let job = seen.job.clone().unwrap_or_default();
-                return Some(Decision::Early(failure(&job, None, None, &pods)));
-            }
+        if let Some(d) = pod_decision(a, seen, now, pod, &pods) {
+            return Some(d);
         }
     }
     None
+}
+
+/// The interim condition without its final one past the bound: decide on it.
+fn interim_decision(a: &Attempt, seen: &Seen, now: Instant) -> Option<Decision> {
+    let (t, job) = (seen.interim_since?, seen.job.as_ref()?);
+    if now.duration_since(t) < a.opts.finish_timeout {
+        return None;
+    }
+    let conds = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if conds
+        .iter()
+        .any(|c| c.type_ == "SuccessCriteriaMet" && c.status == "True")
+    {
+        return Some(Decision::Early(Outcome::Success { result: None }));
+    }
+    let f = conds
+        .iter()
+        .find(|c| c.type_ == "FailureTarget" && c.status == "True")?;
+    Some(Decision::Early(failure(
+        job,
+        f.reason.as_deref(),
+        f.message.as_deref(),
+        &seen.pods,
+    )))
+}
+
+/// No pod at all for `for_how_long`: refused by Pod Security (at once), or past `start_timeout`.
+async fn no_pod_decision(a: &Attempt, for_how_long: Duration) -> Option<Decision> {
+    let o = &a.opts;
+    let refused = failed_create(a).await;
+    if let Some(m) = refused
+        .as_deref()
+        .filter(|m| m.contains("violates PodSecurity"))
+    {
+        return Some(Decision::Early(Outcome::failed(format!(
+            "the pod was refused by Pod Security admission (FailedCreate): {m}"
+        ))));
+    }
+    if for_how_long >= o.start_timeout {
+        let why = refused
+            .map(|m| format!("FailedCreate: {m}"))
+            .unwrap_or_else(|| "no FailedCreate event".into());
+        return Some(Decision::Early(Outcome::failed(format!(
+            "no pod of Kubernetes Job {} after {}: {why}",
+            a.name,
+            humantime::format_duration(o.start_timeout)
+        ))));
+    }
+    None
+}
+
+/// What one pod's `job` container waits for.
+enum Waiting {
+    /// It will not heal: decide.
+    Decide(Decision),
+    /// Stuck, within its bound: nothing more to check on this pod this round.
+    Stuck,
+    /// Not waiting, or for a reason that passes.
+    GoOn,
+}
+
+/// One live pod: what does not heal and bounded waits.
+fn pod_decision(
+    a: &Attempt,
+    seen: &mut Seen,
+    now: Instant,
+    pod: &Pod,
+    pods: &[Pod],
+) -> Option<Decision> {
+    let o = &a.opts;
+    let pname = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    let main = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER));
+    let waiting = main
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref());
+    let terminated = main
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    match waiting_decision(a, seen, now, &pname, waiting) {
+        Waiting::Decide(d) => return Some(d),
+        Waiting::Stuck => return None,
+        Waiting::GoOn => {}
+    }
+    if phase == "Pending" {
+        let since = *seen.pending_since.entry(pname.clone()).or_insert(now);
+        if now.duration_since(since) >= o.start_timeout {
+            return Some(Decision::Early(Outcome::failed(format!(
+                "pod {pname} did not start within {}: {}",
+                humantime::format_duration(o.start_timeout),
+                pending_reason(&status, waiting)
+            ))));
+        }
+        return None;
+    }
+    seen.pending_since.remove(&pname);
+    // The job's container ended but the pod runs on: a sidecar that does not exit.
+    if terminated.is_some() && phase == "Running" {
+        let since = *seen.main_done_since.get_or_insert(now);
+        if now.duration_since(since) >= o.finish_timeout {
+            let job = seen.job.clone().unwrap_or_default();
+            let o = match terminated {
+                Some(t) if t.exit_code == 0 => Outcome::Success { result: None },
+                _ => failure(&job, None, None, pods),
+            };
+            return Some(Decision::Early(o));
+        }
+    }
+    // A disrupted pod whose Job does not say Failed within the bound.
+    if phase == "Failed" && disruption(pod).is_some() {
+        let since = *seen.main_done_since.get_or_insert(now);
+        if now.duration_since(since) >= o.finish_timeout {
+            let job = seen.job.clone().unwrap_or_default();
+            return Some(Decision::Early(failure(&job, None, None, pods)));
+        }
+    }
+    None
+}
+
+/// Waiting reasons, from the kubelet (pkg/kubelet/images/types.go and
+/// pkg/kubelet/kuberuntime/kuberuntime_container.go).
+fn waiting_decision(
+    a: &Attempt,
+    seen: &mut Seen,
+    now: Instant,
+    pname: &str,
+    waiting: Option<&ContainerStateWaiting>,
+) -> Waiting {
+    let Some(w) = waiting else {
+        seen.stuck_since.remove(pname);
+        return Waiting::GoOn;
+    };
+    let reason = w.reason.as_deref().unwrap_or_default();
+    let message = w.message.as_deref().unwrap_or_default();
+    match reason {
+        "InvalidImageName" | "ErrImageNeverPull" => Waiting::Decide(Decision::Early(
+            Outcome::failed(format!("cannot pull the image: {reason}: {message}")),
+        )),
+        "ErrImagePull"
+        | "ImagePullBackOff"
+        | "RegistryUnavailable"
+        | "ImageInspectError"
+        | "CreateContainerConfigError"
+        | "CreateContainerError" => {
+            let since = *seen.stuck_since.entry(pname.to_string()).or_insert(now);
+            if now.duration_since(since) < a.opts.image_pull_timeout {
+                return Waiting::Stuck;
+            }
+            let what = if reason.starts_with("Create") {
+                "cannot create the container"
+            } else {
+                "cannot pull the image"
+            };
+            Waiting::Decide(Decision::Early(Outcome::failed(format!(
+                "{what} after {}: {reason}: {message}",
+                humantime::format_duration(a.opts.image_pull_timeout)
+            ))))
+        }
+        _ => {
+            seen.stuck_since.remove(pname);
+            Waiting::GoOn
+        }
+    }
+}
+
+/// Why a pod is still Pending: not scheduled (and why), or its container's waiting reason.
+fn pending_reason(status: &PodStatus, waiting: Option<&ContainerStateWaiting>) -> String {
+    let sched = status.conditions.as_ref().and_then(|cs| {
+        cs.iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    });
+    match sched {
+        Some(c) => format!(
+            "{}: {}",
+            c.reason.as_deref().unwrap_or("not scheduled"),
+            c.message.as_deref().unwrap_or_default()
+        ),
+        None => waiting
+            .map(|w| {
+                format!(
+                    "{}: {}",
+                    w.reason.as_deref().unwrap_or_default(),
+                    w.message.as_deref().unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "Pending".into()),
+    }
 }
 
 /// The message of the Job's latest `FailedCreate` event (the Job controller's
@@ -419,230 +474,6 @@ async fn failed_create(a: &Attempt) -> Option<String> {
         Err(e) => {
             tracing::debug!(job = %a.name, error = %e, "cannot list the Job's events");
             None
-        }
-    }
-}
-
-/// A disruption of a pod, in words: eviction (`status.reason: Evicted`, the kubelet's eviction
-/// manager), or a `DisruptionTarget` condition (pkg/apis/core/types.go: preemption, the Eviction
-/// API, the taint manager, the kubelet).
-pub(super) fn disruption(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    if status.reason.as_deref() == Some("Evicted") {
-        return Some(format!(
-            "pod {name} was evicted: {}",
-            status.message.as_deref().unwrap_or("no message")
-        ));
-    }
-    let c = status
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")?;
-    let what = match c.reason.as_deref().unwrap_or_default() {
-        "PreemptionByScheduler" => "was preempted",
-        "EvictionByEvictionAPI" => "was evicted (Eviction API)",
-        "DeletionByTaintManager" => "was deleted by the taint manager (node taint)",
-        "TerminationByKubelet" => "was terminated by the kubelet (node pressure or shutdown)",
-        _ => "was disrupted",
-    };
-    Some(format!(
-        "pod {name} {what}: {}",
-        c.message.as_deref().unwrap_or("no message")
-    ))
-}
-
-fn main_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == CONTAINER)?
-        .state
-        .as_ref()?
-        .terminated
-        .as_ref()
-}
-
-/// The outcome of a failed attempt: the deadline, a disruption, an OOM kill, the container's
-/// exit code, or the Job's reason, in that order.
-pub(super) fn failure(
-    job: &Job,
-    reason: Option<&str>,
-    message: Option<&str>,
-    pods: &[Pod],
-) -> Outcome {
-    if reason == Some("DeadlineExceeded") {
-        let secs = job
-            .spec
-            .as_ref()
-            .and_then(|s| s.active_deadline_seconds)
-            .unwrap_or_default();
-        return Outcome::failed(format!(
-            "Kubernetes Job exceeded its active deadline ({secs}s, DeadlineExceeded)"
-        ));
-    }
-    if let Some(d) = pods.iter().rev().find_map(disruption) {
-        return Outcome::failed(d);
-    }
-    for pod in pods.iter().rev() {
-        let Some(t) = main_terminated(pod) else {
-            continue;
-        };
-        if t.reason.as_deref() == Some("OOMKilled") {
-            return Outcome::failed(format!(
-                "container was OOMKilled (out of memory; exit code {})",
-                t.exit_code
-            ));
-        }
-        if t.exit_code != 0 {
-            return Outcome::Failed {
-                message: format!("container exited with code {}", t.exit_code),
-                exit_code: Some(t.exit_code),
-            };
-        }
-    }
-    Outcome::failed(
-        format!(
-            "Kubernetes Job failed: {} {}",
-            reason.unwrap_or_default(),
-            message.unwrap_or_default()
-        )
-        .trim()
-        .to_string(),
-    )
-}
-
-/// The outcome of a Job that is `Complete` or `Failed`; `None` while it runs.
-pub(super) async fn finished_outcome(job: &Job, pods: &Api<Pod>) -> Option<Outcome> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    let is = |t: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == t && c.status == "True")
-    };
-    if is("Complete").is_some() {
-        return Some(Outcome::Success { result: None });
-    }
-    let f = is("Failed")?;
-    let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    let list = pods
-        .list(&ListParams::default().labels(&pod_selector(uid)))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    Some(failure(
-        job,
-        f.reason.as_deref(),
-        f.message.as_deref(),
-        &list,
-    ))
-}
-
-/// Deletes the attempt: its pods with `grace` (a stop), then the Job with Foreground
-/// propagation; waits until the watch says the Job is gone and no pod of it is left.
-async fn teardown<S>(a: &Attempt, events: &mut S, grace: Option<Duration>)
-where
-    S: futures::Stream<Item = Result<Event<Job>, watcher::Error>> + Unpin,
-{
-    let grace_used = grace.unwrap_or(a.opts.termination_grace);
-    let bound = grace_used + a.opts.delete_timeout;
-    let deadline = Instant::now() + bound;
-    if let Some(g) = grace {
-        delete_pods(a, g).await;
-    }
-    if let Err(e) = delete_job_foreground(&a.jobs, &a.name, &a.uid, deadline).await {
-        tracing::warn!(job = %a.name, error = %e, "cannot delete the Kubernetes Job");
-    }
-    // Until the Job is gone (Foreground: after its pods).
-    let mut in_list = true;
-    let gone = tokio::time::timeout_at(deadline, async {
-        while let Some(ev) = events.next().await {
-            match ev {
-                Ok(Event::Init) => in_list = false,
-                Ok(Event::InitApply(j)) if j.metadata.uid.as_deref() == Some(a.uid.as_str()) => {
-                    in_list = true
-                }
-                Ok(Event::InitDone) if !in_list => return,
-                Ok(Event::Delete(j)) if j.metadata.uid.as_deref() == Some(a.uid.as_str()) => return,
-                _ => {}
-            }
-        }
-    })
-    .await;
-    if gone.is_err() {
-        tracing::warn!(job = %a.name, "the Kubernetes Job is still there after {bound:?}");
-    }
-    wait_pods_gone(a, deadline.saturating_duration_since(Instant::now())).await;
-}
-
-/// Deletes the attempt's pods with `gracePeriodSeconds` (each with a uid precondition).
-async fn delete_pods(a: &Attempt, grace: Duration) {
-    let Some(pods) = list_pods(a).await else {
-        return;
-    };
-    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-    for p in pods {
-        let Some(name) = p.metadata.name.clone() else {
-            continue;
-        };
-        let dp = DeleteParams {
-            grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
-            preconditions: Some(Preconditions {
-                uid: p.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match a.pods.delete(&name, &dp).await {
-            Ok(_) => {}
-            Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => tracing::debug!(pod = %name, error = %e, "cannot delete the pod"),
-        }
-    }
-}
-
-/// Waits (at most `bound`) until no pod of the attempt is left.
-async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        if list_pods(a).await.is_some_and(|p| p.is_empty()) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(job = %a.name, "pods of the Kubernetes Job still there after {bound:?}");
-            return false;
-        }
-        tokio::time::sleep(a.opts.poll_interval.min(deadline - Instant::now())).await;
-    }
-}
-
-/// Deletes a Job with `propagationPolicy: Foreground` (and a uid precondition when `uid` is not
-/// empty); a Job already gone is fine; passing API errors are retried until `deadline`.
-pub(super) async fn delete_job_foreground(
-    jobs: &Api<Job>,
-    name: &str,
-    uid: &str,
-    deadline: Instant,
-) -> Result<(), String> {
-    let mut dp = DeleteParams::foreground();
-    if !uid.is_empty() {
-        dp.preconditions = Some(Preconditions {
-            uid: Some(uid.to_string()),
-            resource_version: None,
-        });
-    }
-    loop {
-        match jobs.delete(name, &dp).await {
-            Ok(_) => return Ok(()),
-            // Gone, or another Job of that name (the precondition): not ours to delete.
-            Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("cannot delete Kubernetes Job {name}: {e}"))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }

@@ -96,10 +96,22 @@ pub struct OptionError {
     pub message: String,
 }
 
+/// A problem with `key`, as a validation result.
+fn bad(key: String, message: String) -> Result<(), OptionError> {
+    Err(OptionError { key, message })
+}
+
 impl KubeOptions {
     /// Checks every option; the first problem names its key.
     pub fn validate(&self) -> Result<(), OptionError> {
-        let bad = |key: String, message: String| Err(OptionError { key, message });
+        self.check_resources()?;
+        self.check_names()?;
+        self.check_tolerations()?;
+        self.check_bounds()
+    }
+
+    /// `requests` and `limits`.
+    fn check_resources(&self) -> Result<(), OptionError> {
         for (table, map) in [("requests", &self.requests), ("limits", &self.limits)] {
             for (k, v) in map {
                 if !is_qualified_name(k) {
@@ -113,6 +125,11 @@ impl KubeOptions {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Secret names, node selector and annotations.
+    fn check_names(&self) -> Result<(), OptionError> {
         for (i, s) in self.image_pull_secrets.iter().enumerate() {
             if !is_dns_subdomain(s) {
                 return bad(
@@ -140,6 +157,11 @@ impl KubeOptions {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Toleration operators and effects.
+    fn check_tolerations(&self) -> Result<(), OptionError> {
         for (i, t) in self.tolerations.iter().enumerate() {
             if let Some(op) = &t.operator {
                 if op != "Exists" && op != "Equal" {
@@ -158,6 +180,11 @@ impl KubeOptions {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Ids and durations within their bounds.
+    fn check_bounds(&self) -> Result<(), OptionError> {
         for (key, id) in [
             ("run_as_user", self.run_as_user),
             ("run_as_group", self.run_as_group),

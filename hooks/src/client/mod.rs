@@ -16,22 +16,21 @@
 //! `url` are short-lived signed URLs: they get the bytes without any job header, like the webda
 //! Python client does.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use md5::{Digest, Md5};
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
-use reqwest::{Method, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::{Method, Url};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+
+mod error;
+mod files;
+
+pub use error::ClientError;
+use error::{http_error, parse_json, transport};
 
 use crate::secret::Secret;
-use crate::sign::{signed_headers_now, SigVersion, SignError};
-use crate::wire::{
-    digest_file, DownloadResponse, ErrorBody, JobSelf, StatusReport, UploadDigest, UploadRequest,
-    UploadResponse,
-};
+use crate::sign::{signed_headers_now, SigVersion};
+use crate::wire::{JobSelf, StatusReport, UploadDigest};
 
 /// Environment variable holding the job id.
 pub const ENV_JOB_ID: &str = "JOB_ID";
@@ -52,111 +51,6 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 const TRANSFER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest excerpt of a non-JSON error body kept in an error message.
 const MAX_ERROR_EXCERPT: usize = 200;
-
-/// Errors of the [`JobClient`]. None of them contains the secret or a signature.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// A required environment variable is absent or empty.
-    #[error(
-        "environment variable {0} is not set (JOB_ID, JOB_SECRET_KEY and JOB_HOOK are required)"
-    )]
-    MissingEnv(&'static str),
-    /// `JOB_HOOK` is not a usable http(s) base URL.
-    #[error("invalid JOB_HOOK: {0}")]
-    InvalidHook(String),
-    /// A URL returned by the server cannot be used.
-    #[error("invalid {what} URL from the server: {reason}")]
-    InvalidUrl {
-        /// Which URL (`download Location`, `upload`).
-        what: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// An argument cannot be sent (non-finite progress, job id not a header value...).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// The server answered with a non-2xx status.
-    #[error("{context}: HTTP {status}{}: {message}", code_suffix(code))]
-    Http {
-        /// The request, e.g. `POST /async/status` (never a query string: it may hold a token).
-        context: String,
-        /// The HTTP status.
-        status: u16,
-        /// `error.code` of the server's `{"error": {"code", "message"}}` body, when present.
-        code: Option<String>,
-        /// `error.message` of that body, or an excerpt of the body, or the status reason.
-        message: String,
-    },
-    /// The request could not be sent or its answer not received.
-    #[error("{context}: {source}")]
-    Transport {
-        /// The request, e.g. `GET /async/job`.
-        context: String,
-        /// The cause (its URL removed).
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Setup(#[source] reqwest::Error),
-    /// The server's answer is not the expected JSON.
-    #[error("{context}: unexpected answer: {source}")]
-    Json {
-        /// The request.
-        context: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The server's answer is well-formed JSON but unusable.
-    #[error("{context}: unexpected answer: {reason}")]
-    BadResponse {
-        /// The request.
-        context: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Reading or writing a local file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A downloaded file's md5 does not match the announced hash (nothing was kept).
-    #[error("downloaded content has md5 {actual}, expected {expected}")]
-    HashMismatch {
-        /// The hash announced in `Map.hash`.
-        expected: String,
-        /// The md5 of the bytes received.
-        actual: String,
-    },
-}
-
-fn code_suffix(code: &Option<String>) -> String {
-    match code {
-        Some(code) => format!(" ({code})"),
-        None => String::new(),
-    }
-}
-
-impl From<SignError> for ClientError {
-    fn from(err: SignError) -> Self {
-        ClientError::InvalidArgument(err.to_string())
-    }
-}
-
-impl ClientError {
-    /// The HTTP status when the server refused the request.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Http { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
 
 /// What [`JobClient::upload`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,45 +112,8 @@ pub fn resolve_url(hook: &Url, location: &str, what: &'static str) -> Result<Url
 }
 
 /// Whether `s` looks like an md5 hex digest (also what makes it a safe file name).
-fn is_md5_hex(s: &str) -> bool {
+pub(super) fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Builds the error for a non-2xx answer from its body.
-fn http_error(context: String, status: StatusCode, body: &[u8]) -> ClientError {
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(parsed) => (Some(parsed.error.code), parsed.error.message),
-        Err(_) => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            let message = if text.is_empty() {
-                status.canonical_reason().unwrap_or("no message").to_owned()
-            } else {
-                text.chars().take(MAX_ERROR_EXCERPT).collect()
-            };
-            (None, message)
-        }
-    };
-    ClientError::Http {
-        context,
-        status: status.as_u16(),
-        code,
-        message,
-    }
-}
-
-fn transport(context: &str, err: reqwest::Error) -> ClientError {
-    ClientError::Transport {
-        context: context.to_owned(),
-        source: err.without_url(),
-    }
-}
-
-fn parse_json<T: DeserializeOwned>(context: &str, bytes: &[u8]) -> Result<T, ClientError> {
-    serde_json::from_slice(bytes).map_err(|source| ClientError::Json {
-        context: context.to_owned(),
-        source,
-    })
 }
 
 impl JobClient {
@@ -513,182 +370,6 @@ impl JobClient {
         let bytes = self.hook_call(Method::GET, url, None).await?;
         parse_json(&context, &bytes)
     }
-
-    /// Downloads file `index` of `property` of `uuid` in `store` into `dir`, named by its md5
-    /// (`Map.hash`), and returns its path. An existing file of that name is kept as is (already
-    /// downloaded). The bytes are written to a temporary file first and only renamed into place
-    /// once their md5 matches.
-    pub async fn download(
-        &self,
-        store: &str,
-        uuid: &str,
-        property: &str,
-        index: u32,
-        dir: &Path,
-    ) -> Result<PathBuf, ClientError> {
-        let index = index.to_string();
-        let url = self.endpoint(&["download", store, uuid, property, &index]);
-        let context = format!("GET {}", url.path());
-        let bytes = self.hook_call(Method::GET, url, None).await?;
-        let answer: DownloadResponse = parse_json(&context, &bytes)?;
-        let expected = answer.map.hash.to_ascii_lowercase();
-        if !is_md5_hex(&expected) {
-            return Err(ClientError::BadResponse {
-                context,
-                reason: "Map.hash is not an md5 hex digest".to_owned(),
-            });
-        }
-        let target = dir.join(&expected);
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            return Ok(target);
-        }
-
-        let location = resolve_url(&self.hook, &answer.location, "download Location")?;
-        let context = format!("GET {}", location.path());
-        let mut response = self
-            .transfer_http
-            .get(location)
-            .send()
-            .await
-            .map_err(|e| transport(&context, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(http_error(context, status, &body));
-        }
-
-        let temp = dir.join(format!(
-            ".{expected}.{}.{}.part",
-            std::process::id(),
-            crate::sign::now_ms()
-        ));
-        let io_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ClientError::Io { path, source }
-        };
-        let mut file = tokio::fs::File::create(&temp)
-            .await
-            .map_err(io_err(&temp))?;
-        let mut md5 = Md5::new();
-        let written: Result<(), ClientError> = async {
-            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&context, e))? {
-                md5.update(&chunk);
-                file.write_all(&chunk).await.map_err(io_err(&temp))?;
-            }
-            file.flush().await.map_err(io_err(&temp))?;
-            Ok(())
-        }
-        .await;
-        drop(file);
-        let result = written.and_then(|()| {
-            let actual = hex::encode(md5.finalize());
-            if actual == expected {
-                Ok(())
-            } else {
-                Err(ClientError::HashMismatch {
-                    expected: expected.clone(),
-                    actual,
-                })
-            }
-        });
-        if let Err(err) = result {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(err);
-        }
-        if let Err(source) = tokio::fs::rename(&temp, &target).await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(ClientError::Io {
-                path: target,
-                source,
-            });
-        }
-        Ok(target)
-    }
-
-    /// Uploads the file at `path` as `property` of this job (store `jobs`, uuid = the job id).
-    ///
-    /// Sends `{hash, challenge, metadata}` to `PUT {hook}/upload/jobs/{id}/{property}`; if the
-    /// server already has the content it answers `done` and nothing more is sent, otherwise the
-    /// bytes go to the returned `url` with the returned method (default `PUT`), which must answer
-    /// 2xx. `metadata` `null` is sent as `{}`.
-    pub async fn upload(
-        &self,
-        property: &str,
-        path: &Path,
-        metadata: Value,
-    ) -> Result<UploadOutcome, ClientError> {
-        let digest = digest_file(path).await.map_err(|source| ClientError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let request = UploadRequest {
-            hash: digest.hash.clone(),
-            challenge: digest.challenge.clone(),
-            metadata: if metadata.is_null() {
-                Value::Object(serde_json::Map::new())
-            } else {
-                metadata
-            },
-        };
-        let body = serde_json::to_vec(&request).map_err(|source| ClientError::Json {
-            context: "upload request".to_owned(),
-            source,
-        })?;
-        let url = self.endpoint(&["upload", JOBS_STORE, &self.id, property]);
-        let context = format!("PUT {}", url.path());
-        let bytes = self.hook_call(Method::PUT, url, Some(body)).await?;
-        let answer: UploadResponse = parse_json(&context, &bytes)?;
-        if answer.done {
-            return Ok(UploadOutcome::AlreadyStored(digest));
-        }
-
-        let method_name = answer
-            .method
-            .as_deref()
-            .unwrap_or("PUT")
-            .to_ascii_uppercase();
-        let method =
-            Method::from_bytes(method_name.as_bytes()).map_err(|_| ClientError::BadResponse {
-                context: context.clone(),
-                reason: "invalid upload method".to_owned(),
-            })?;
-        let Some(target) = answer.url.as_deref() else {
-            return Err(ClientError::BadResponse {
-                context,
-                reason: "done is false but there is no url".to_owned(),
-            });
-        };
-        let target = resolve_url(&self.hook, target, "upload")?;
-        let context = format!("{method} {}", target.path());
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| ClientError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        let len = file
-            .metadata()
-            .await
-            .map_err(|source| ClientError::Io {
-                path: path.to_owned(),
-                source,
-            })?
-            .len();
-        let response = self
-            .transfer_http
-            .request(method, target)
-            .header(CONTENT_LENGTH, len)
-            .body(reqwest::Body::from(file))
-            .send()
-            .await
-            .map_err(|e| transport(&context, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(http_error(context, status, &body));
-        }
-        Ok(UploadOutcome::Uploaded(digest))
-    }
 }
 
 #[cfg(test)]
@@ -696,6 +377,7 @@ mod tests {
     use super::*;
     use crate::sign::{JOB_HASH_HEADER, JOB_SIGNATURE_HEADER, JOB_TIME_HEADER};
     use crate::verify::{HookHeaders, Verifier};
+    use reqwest::StatusCode;
     use std::collections::HashMap;
 
     const JOB: &str = "0190a5e0-7c3a-7000-8000-00000000abcd";

@@ -1,0 +1,122 @@
+//! Shared vocabulary: the words the runners, the job model and the stores all speak.
+//!
+//! These types live on the bottom floor (this crate) so that arrows point down only:
+//! `runyard-runners` depends on them, and so do the job model and the stores of `runyard`,
+//! without the model or the stores importing anything from the runners.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest log line kept whole, in bytes: the runners' line forwarders split longer lines into
+/// pieces of this size, and the hook keeps at most this much of a reported line.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Which output stream a log line came from. On the wire (JSON, stored rows) it is the
+/// lowercase name: `stdout`, `stderr`, `job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A line the job or the server logged through an API (hook, service context).
+    Job,
+}
+
+impl LogStream {
+    /// The wire name: `stdout`, `stderr` or `job` (the same as its serde form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Job => "job",
+        }
+    }
+
+    /// The stream of a stored name; anything unknown reads as [`LogStream::Job`] (what the
+    /// stores have always done with rows they did not write).
+    pub fn from_stored(name: &str) -> Self {
+        name.parse().unwrap_or(LogStream::Job)
+    }
+}
+
+impl fmt::Display for LogStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a [`LogStream`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a log stream (stdout, stderr or job)")]
+pub struct UnknownLogStream(pub String);
+
+impl FromStr for LogStream {
+    type Err = UnknownLogStream;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(LogStream::Stdout),
+            "stderr" => Ok(LogStream::Stderr),
+            "job" => Ok(LogStream::Job),
+            other => Err(UnknownLogStream(other.to_string())),
+        }
+    }
+}
+
+/// What identifies a launched execution across restarts; saved on the job as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHandle {
+    /// The runner kind that made it (`local`, `service`, `docker`, `kube`).
+    pub kind: String,
+    /// A human-readable id: a pid, a container id, a Kubernetes Job name.
+    pub id: String,
+    /// Runner-specific data needed to find the work again.
+    #[serde(default)]
+    pub data: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn log_streams_keep_their_wire_names() {
+        for (s, name) in [
+            (LogStream::Stdout, "stdout"),
+            (LogStream::Stderr, "stderr"),
+            (LogStream::Job, "job"),
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(name));
+            assert_eq!(serde_json::from_value::<LogStream>(json!(name)).unwrap(), s);
+            assert_eq!(s.as_str(), name);
+            assert_eq!(s.to_string(), name);
+            assert_eq!(name.parse::<LogStream>().unwrap(), s);
+            assert_eq!(LogStream::from_stored(name), s);
+        }
+        assert!("STDOUT".parse::<LogStream>().is_err());
+        assert!(serde_json::from_value::<LogStream>(json!("other")).is_err());
+        assert_eq!(LogStream::from_stored("other"), LogStream::Job);
+    }
+
+    #[test]
+    fn run_handles_keep_their_json_form() {
+        let h = RunHandle {
+            kind: "local".into(),
+            id: "42".into(),
+            data: json!({"pid": 42}),
+        };
+        let v = serde_json::to_value(&h).unwrap();
+        assert_eq!(v, json!({"kind": "local", "id": "42", "data": {"pid": 42}}));
+        assert_eq!(serde_json::from_value::<RunHandle>(v).unwrap(), h);
+        // `data` may be absent (handles saved without it).
+        let bare: RunHandle =
+            serde_json::from_value(json!({"kind": "service", "id": "j"})).unwrap();
+        assert_eq!(bare.data, Value::Null);
+    }
+}

@@ -1,0 +1,160 @@
+//! Following a container's output (with the engine's timestamps, so a broken stream is resumed
+//! without repeating lines) into the job's logs, through the one line forwarder.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::*;
+use crate::lines::{self, LineSplitter};
+
+/// Follows the container's output until it ends, as log lines. With `since` (ns since the epoch),
+/// lines older than that are skipped (a recovered container's output is followed from then on).
+pub(super) async fn follow_logs(
+    docker: Docker,
+    id: String,
+    reporter: SharedReporter,
+    since: Option<i128>,
+) {
+    let mut last_ts: Option<i128> = since.map(|s| s - 1);
+    let mut out = (LineSplitter::new(), LogStream::Stdout);
+    let mut err = (LineSplitter::new(), LogStream::Stderr);
+    let mut failures = 0u32;
+    loop {
+        let opts = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: last_ts
+                .map(|t| i32::try_from(t.div_euclid(1_000_000_000)).unwrap_or(0))
+                .unwrap_or(0),
+            ..Default::default()
+        };
+        let mut stream = docker.logs(&id, Some(opts));
+        let mut broken: Option<DockerError> = None;
+        while let Some(item) = stream.next().await {
+            let (buf, message) = match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    (&mut out, message)
+                }
+                Ok(LogOutput::StdErr { message }) => (&mut err, message),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            };
+            let (ts, payload) = split_timestamp(&message);
+            if let (Some(ts), Some(last)) = (ts, last_ts) {
+                if ts <= last {
+                    continue; // already forwarded before the stream was resumed
+                }
+            }
+            if ts.is_some() {
+                last_ts = ts;
+            }
+            let (split, stream) = buf;
+            split.push_text(payload, &mut |t| {
+                lines::report(reporter.as_ref(), *stream, t)
+            });
+        }
+        let Some(e) = broken else {
+            break; // the container ended and the engine closed the stream
+        };
+        if let DockerError::DockerResponseServerError { message, .. } = &e {
+            // The engine refuses (e.g. a log driver that cannot be read): retrying will not help.
+            reporter.log(
+                LogStream::Job,
+                format!("runyard: cannot read the container's output: {message}"),
+            );
+            break;
+        }
+        // The connection broke: resume while the container still runs.
+        failures += 1;
+        let running = matches!(
+            docker.inspect_container(&id, None::<InspectContainerOptions>).await,
+            Ok(ContainerInspectResponse { state: Some(ref s), .. }) if s.running == Some(true)
+        );
+        if !running || failures > 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (split, stream) in [&mut out, &mut err] {
+        split.finish(&mut |p| lines::report(reporter.as_ref(), *stream, p.text));
+    }
+}
+
+/// Splits the engine's `2024-05-01T12:34:56.123456789Z ` prefix off a log frame.
+pub(super) fn split_timestamp(frame: &[u8]) -> (Option<i128>, &[u8]) {
+    let Some(space) = frame.iter().take(40).position(|b| *b == b' ') else {
+        return (None, frame);
+    };
+    match std::str::from_utf8(&frame[..space])
+        .ok()
+        .and_then(parse_rfc3339_ns)
+    {
+        Some(ts) => (Some(ts), &frame[space + 1..]),
+        None => (None, frame),
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into nanoseconds since the epoch.
+pub(super) fn parse_rfc3339_ns(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos: i128 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+        nanos = digits.parse().ok()?;
+    }
+    let offset_secs: i64 = match s.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
+            let oh: i64 = tz.get(1..3)?.parse().ok()?;
+            let om: i64 = tz.get(4..6)?.parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if tz.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    Some(secs as i128 * 1_000_000_000 + nanos)
+}
+
+pub(super) fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}

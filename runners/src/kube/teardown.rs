@@ -1,0 +1,118 @@
+//! Tearing an attempt down without overlap: pods with the stop's grace, then the Job with
+//! Foreground propagation, and waiting until both are gone.
+
+use std::time::Duration;
+
+use ::kube::api::{Api, DeleteParams, Preconditions};
+use ::kube::runtime::watcher::{self, Event};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use tokio::time::Instant;
+
+use super::monitor::{list_pods, Attempt};
+
+/// Deletes the attempt: its pods with `grace` (a stop), then the Job with Foreground
+/// propagation; waits until the watch says the Job is gone and no pod of it is left.
+pub(super) async fn teardown<S>(a: &Attempt, events: &mut S, grace: Option<Duration>)
+where
+    S: futures::Stream<Item = Result<Event<Job>, watcher::Error>> + Unpin,
+{
+    let grace_used = grace.unwrap_or(a.opts.termination_grace);
+    let bound = grace_used + a.opts.delete_timeout;
+    let deadline = Instant::now() + bound;
+    if let Some(g) = grace {
+        delete_pods(a, g).await;
+    }
+    if let Err(e) = delete_job_foreground(&a.jobs, &a.name, &a.uid, deadline).await {
+        tracing::warn!(job = %a.name, error = %e, "cannot delete the Kubernetes Job");
+    }
+    // Until the Job is gone (Foreground: after its pods).
+    let mut in_list = true;
+    let gone = tokio::time::timeout_at(deadline, async {
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(Event::Init) => in_list = false,
+                Ok(Event::InitApply(j)) if j.metadata.uid.as_deref() == Some(a.uid.as_str()) => {
+                    in_list = true
+                }
+                Ok(Event::InitDone) if !in_list => return,
+                Ok(Event::Delete(j)) if j.metadata.uid.as_deref() == Some(a.uid.as_str()) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    if gone.is_err() {
+        tracing::warn!(job = %a.name, "the Kubernetes Job is still there after {bound:?}");
+    }
+    wait_pods_gone(a, deadline.saturating_duration_since(Instant::now())).await;
+}
+
+/// Deletes the attempt's pods with `gracePeriodSeconds` (each with a uid precondition).
+async fn delete_pods(a: &Attempt, grace: Duration) {
+    let Some(pods) = list_pods(a).await else {
+        return;
+    };
+    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    for p in pods {
+        let Some(name) = p.metadata.name.clone() else {
+            continue;
+        };
+        let dp = DeleteParams {
+            grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
+            preconditions: Some(Preconditions {
+                uid: p.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match a.pods.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => tracing::debug!(pod = %name, error = %e, "cannot delete the pod"),
+        }
+    }
+}
+
+/// Waits (at most `bound`) until no pod of the attempt is left.
+pub(super) async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if list_pods(a).await.is_some_and(|p| p.is_empty()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(job = %a.name, "pods of the Kubernetes Job still there after {bound:?}");
+            return false;
+        }
+        tokio::time::sleep(a.opts.poll_interval.min(deadline - Instant::now())).await;
+    }
+}
+
+/// Deletes a Job with `propagationPolicy: Foreground` (and a uid precondition when `uid` is not
+/// empty); a Job already gone is fine; passing API errors are retried until `deadline`.
+pub(super) async fn delete_job_foreground(
+    jobs: &Api<Job>,
+    name: &str,
+    uid: &str,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut dp = DeleteParams::foreground();
+    if !uid.is_empty() {
+        dp.preconditions = Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        });
+    }
+    loop {
+        match jobs.delete(name, &dp).await {
+            Ok(_) => return Ok(()),
+            // Gone, or another Job of that name (the precondition): not ours to delete.
+            Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("cannot delete Kubernetes Job {name}: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
