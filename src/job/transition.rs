@@ -509,14 +509,7 @@ mod tests {
 
     pub(crate) fn job() -> Job {
         Job {
-            id: uuid::Uuid::now_v7(),
-            job_type: "t".into(),
-            args: json!({}),
-            runner: "r".into(),
-            status: JobStatus::Queued,
             channel_id: "c".into(),
-            user_id: None,
-            attempt: 0,
             max_attempts: 2,
             backoff: Backoff {
                 initial_ms: 100,
@@ -524,31 +517,7 @@ mod tests {
                 multiplier: 1.0,
                 jitter: false,
             },
-            timeout_ms: None,
-            run_at: None,
-            idempotency_key: None,
-            progress: 0.0,
-            status_details: None,
-            result: None,
-            error: None,
-            exit_code: None,
-            lease: None,
-            handle: None,
-            files: Default::default(),
-            runs: vec![],
-            created_at: 0,
-            updated_at: 0,
-            queued_at: 0,
-            started_at: None,
-            finished_at: None,
-            progress_event_at: 0,
-            submit_hash: None,
-            version: 0,
-            schedule: None,
-            fire_time: None,
-            emits: Vec::new(),
-            notify: None,
-            wait: None,
+            ..Job::new("t", "r", 0)
         }
     }
 
