@@ -9,8 +9,6 @@
 //! While it serves, try the CLI from another terminal:
 //! `cargo run --release -- submit demo.greet --args '{"name":"you"}' --wait`.
 
-use std::time::Duration;
-
 use runyard::config::Config;
 use runyard::server::ServerBuilder;
 use serde_json::{json, Value};
@@ -27,7 +25,7 @@ command = ["/bin/sh", "-c", "echo \"hello from a child process, job $JOB_ID\"; e
 concurrency = 4
 timeout = "1m"
 
-# An async Rust function, registered by the program below.
+# An async Rust function: `demo.greet`, registered below by `runyard::demo::register`.
 [[runners]]
 kind = "service"
 types = ["demo.greet", "runyard.*"]
@@ -44,16 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let exit = std::env::args().any(|a| a == "--exit");
     let config = Config::from_toml(CONFIG)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let server = ServerBuilder::new(config)
-        .service("demo.greet", |ctx| async move {
-            let name = ctx.args["name"].as_str().unwrap_or("world").to_string();
-            for i in 1..=4 {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                ctx.progress(i as f64 / 4.0, Some(json!({"step": i})));
-                ctx.log(format!("step {i} of 4"));
-            }
-            Ok(json!({ "greeting": format!("hello, {name}!") }))
-        })
+    let server = runyard::demo::register(ServerBuilder::new(config))
         .start(listener)
         .await?;
     let base = server.url();
@@ -64,36 +53,8 @@ async fn main() -> anyhow::Result<()> {
         ("demo.shell", json!({"report": "daily"})),
         ("demo.greet", json!({"name": "newcomer"})),
     ] {
-        let accepted: Value = http
-            .post(format!("{base}/async/jobs"))
-            .json(&json!({"type": ty, "args": args}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = accepted["job_id"].as_str().unwrap_or_default().to_string();
+        let (id, job, logs) = runyard::demo::run_one(&http, &base, ty, args).await?;
         println!("\nsubmitted {ty}: {id}");
-        let job = loop {
-            let job: Value = http
-                .get(format!("{base}/async/jobs/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            if matches!(
-                job["status"].as_str(),
-                Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
-            ) {
-                break job;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let logs: Value = http
-            .get(format!("{base}/async/jobs/{id}/logs"))
-            .send()
-            .await?
-            .json()
-            .await?;
         println!("  status: {}   result: {}", job["status"], job["result"]);
         for l in logs["lines"].as_array().into_iter().flatten() {
             println!("  log: {}", l["line"].as_str().unwrap_or_default());

@@ -90,6 +90,48 @@ pub fn register(b: ServerBuilder) -> ServerBuilder {
     })
 }
 
+/// Submits one job of `job_type` with `args` to `base` and waits (at most a minute) until it
+/// ended: its id, the job as `GET /async/jobs/{id}` shows it, and its log.
+pub async fn run_one(
+    http: &reqwest::Client,
+    base: &str,
+    job_type: &str,
+    args: Value,
+) -> anyhow::Result<(String, Value, Value)> {
+    let accepted: Value = http
+        .post(format!("{base}/async/jobs"))
+        .json(&json!({"type": job_type, "args": args}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = accepted["job_id"].as_str().unwrap_or_default().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job: Value = http
+            .get(format!("{base}/async/jobs/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let done = matches!(
+            job["status"].as_str(),
+            Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
+        );
+        if done || tokio::time::Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let logs: Value = http
+        .get(format!("{base}/async/jobs/{id}/logs"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((id, job, logs))
+}
+
 /// Submits one job of each demo type to `base` and prints how each ended, with its log.
 pub async fn run_jobs(base: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
@@ -100,37 +142,7 @@ pub async fn run_jobs(base: &str) -> anyhow::Result<()> {
         ("demo.python", json!({"text": "one build to a first job"})),
         ("demo.greet", json!({"name": "newcomer"})),
     ] {
-        let accepted: Value = http
-            .post(format!("{base}/async/jobs"))
-            .json(&json!({"type": ty, "args": args}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = accepted["job_id"].as_str().unwrap_or_default().to_string();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let job = loop {
-            let job: Value = http
-                .get(format!("{base}/async/jobs/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let done = matches!(
-                job["status"].as_str(),
-                Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
-            );
-            if done || tokio::time::Instant::now() > deadline {
-                break job;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let logs: Value = http
-            .get(format!("{base}/async/jobs/{id}/logs"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let (id, job, logs) = run_one(&http, base, ty, args).await?;
         println!(
             "demo job {ty} {id}: {}  result: {}",
             job["status"].as_str().unwrap_or("?"),

@@ -160,17 +160,8 @@ conformance!(
 // Builders and helpers.
 
 fn job(job_type: &str, runner: &str) -> Job {
-    let now = now_us();
-    let id = Uuid::now_v7();
     Job {
-        id,
-        job_type: job_type.into(),
         args: json!({"n": 1}),
-        runner: runner.into(),
-        status: JobStatus::Queued,
-        channel_id: id.to_string(),
-        user_id: None,
-        attempt: 0,
         max_attempts: 2,
         backoff: Backoff {
             initial_ms: 1,
@@ -178,31 +169,7 @@ fn job(job_type: &str, runner: &str) -> Job {
             multiplier: 1.0,
             jitter: false,
         },
-        timeout_ms: None,
-        run_at: None,
-        idempotency_key: None,
-        progress: 0.0,
-        status_details: None,
-        result: None,
-        error: None,
-        exit_code: None,
-        lease: None,
-        handle: None,
-        files: Default::default(),
-        runs: vec![],
-        created_at: now,
-        updated_at: now,
-        queued_at: now,
-        started_at: None,
-        finished_at: None,
-        progress_event_at: 0,
-        submit_hash: None,
-        version: 0,
-        schedule: None,
-        fire_time: None,
-        emits: Vec::new(),
-        notify: None,
-        wait: None,
+        ..Job::new(job_type, runner, now_us())
     }
 }
 

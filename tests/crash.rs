@@ -4,13 +4,15 @@
 //! gone before the next attempt starts (checked from a file the job script appends to, and from
 //! the job's `runs` on the API).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::child::ChildServer as Server;
 
 const LOCAL: &str = "crash.local";
 const SVC: &str = "crash.svc";
@@ -24,97 +26,6 @@ echo "start $JOB_ID $JOB_ATTEMPT $(date +%s%N) $$" >> "$RUNS_FILE"
 sleep "$(printf '0.%03d' "${ms:-200}")"
 echo "end $JOB_ID $JOB_ATTEMPT $(date +%s%N) $$" >> "$RUNS_FILE"
 "#;
-
-/// A `runyard serve` child process; killed (SIGKILL) and reaped when dropped, so a failing test
-/// never leaves a server behind.
-struct Server {
-    child: Option<Child>,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(config: &Path, log: &Path) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("server log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out);
-        // The developer's own RUNYARD_* settings must not leak into the server under test.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RUNYARD_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd.spawn().expect("cannot start runyard serve");
-        Server {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGKILL, and wait until the process is reaped.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    async fn wait_healthy(&mut self, http: &reqwest::Client) {
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("server exited early ({st}):\n{}", self.log_tail());
-            }
-            if let Ok(r) = http.get(format!("{}/health", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < until,
-                "server not healthy within 20s:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn now_ns() -> u128 {
     std::time::SystemTime::now()
@@ -284,7 +195,7 @@ max_attempts = 5
         .build()
         .expect("client");
     let mut server = Server::start(&config, &log);
-    server.wait_healthy(&http).await;
+    server.wait_healthy(Duration::from_secs(20)).await;
     let url = server.url.clone();
 
     // Local jobs first (they take seconds), then, once some succeeded, the service jobs (they
@@ -372,7 +283,7 @@ max_attempts = 5
 
     // Start again on the same data dir and wait (bounded) for every job to end.
     let mut server = Server::start(&config, &log);
-    server.wait_healthy(&http).await;
+    server.wait_healthy(Duration::from_secs(20)).await;
     let url = server.url.clone();
     let until = Instant::now() + Duration::from_secs(120);
     let (locals, svcs) = loop {

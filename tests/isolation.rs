@@ -11,6 +11,8 @@
 //!
 //! Switching users needs root (CI runs as root); run elsewhere, those tests say so and pass.
 
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::child::{free_port, serve_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_runyard");
 const NOBODY: u32 = 65534;
@@ -84,26 +87,10 @@ struct Server {
 impl Server {
     /// Starts `runyard serve` on `config` with `env` added, as `as_user` (uid = gid) if given.
     async fn start(config: &Path, env: &[(&str, &str)], as_user: Option<u32>) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let log = config.with_extension("log");
         let out = std::fs::File::create(&log).expect("server log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RUNYARD_") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = serve_command(config, port, out);
         cmd.envs(env.iter().copied());
         if let Some(u) = as_user {
             cmd.uid(u).gid(u);

@@ -7,8 +7,8 @@ mod redis_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
 use redis_support::TestRedis;
 use serde_json::{json, Value};
+use support::child::ChildServer as Server;
 use support::{TestServer, WAIT};
 
 const RUNNERS: &str = r#"
@@ -537,76 +538,6 @@ async fn allow_private_lets_a_loopback_receiver_in() {
 
 // ---- kill -9 of a real `runyard serve` between attempts ----
 
-/// A `runyard serve` child process; killed (SIGKILL) and reaped when dropped.
-struct Server {
-    child: Option<Child>,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(config: &Path, log: &Path) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("server log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runyard"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RUNYARD_") {
-                cmd.env_remove(k);
-            }
-        }
-        Server {
-            child: Some(cmd.spawn().expect("cannot start runyard serve")),
-            url: format!("http://127.0.0.1:{port}"),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn wait_healthy(&mut self) {
-        let until = Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/health", self.url)).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < until,
-                "server not healthy:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_survives_kill_9_between_attempts() {
     kill_9_between_attempts("").await;
@@ -645,7 +576,7 @@ retry_max = "4s"
     )
     .unwrap();
     let mut s = Server::start(&config, &log);
-    s.wait_healthy().await;
+    s.wait_healthy(WAIT).await;
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/async/jobs", s.url))
@@ -672,7 +603,7 @@ retry_max = "4s"
     s.kill9();
     assert_eq!(recv.of_job(&id).len(), 2, "killed between attempts 2 and 3");
     let mut s = Server::start(&config, &log);
-    s.wait_healthy().await;
+    s.wait_healthy(WAIT).await;
     let list = wait_delivered(&s.url, &id, 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let reqs = recv.of_job(&id);

@@ -1,5 +1,6 @@
 //! The job model: what is stored about a job, and the only code that changes it ([`transition`]).
 
+mod new;
 pub mod select;
 pub mod status;
 pub mod transition;

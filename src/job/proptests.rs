@@ -178,18 +178,13 @@ fn new_job() -> impl Strategy<Value = Job> {
             |(max_attempts, scheduled, initial_ms, multiplier, jitter)| {
                 let now: Micros = 1_700_000_000_000_000;
                 Job {
-                    id: uuid::Uuid::now_v7(),
-                    job_type: "prop.test".into(),
                     args: json!({"n": 1}),
-                    runner: "r".into(),
                     status: if scheduled {
                         JobStatus::Scheduled
                     } else {
                         JobStatus::Queued
                     },
                     channel_id: "prop".into(),
-                    user_id: None,
-                    attempt: 0,
                     max_attempts,
                     // Backoff values stay small here: a backoff large enough to overflow the clock is
                     // the submit-validation hole of issue 9, fixed and tested at the API edge.
@@ -199,31 +194,8 @@ fn new_job() -> impl Strategy<Value = Job> {
                         multiplier,
                         jitter,
                     },
-                    timeout_ms: None,
                     run_at: scheduled.then_some(now + 1_000_000),
-                    idempotency_key: None,
-                    submit_hash: None,
-                    schedule: None,
-                    fire_time: None,
-                    emits: Vec::new(),
-                    notify: None,
-                    wait: None,
-                    progress: 0.0,
-                    status_details: None,
-                    result: None,
-                    error: None,
-                    exit_code: None,
-                    lease: None,
-                    handle: None,
-                    files: Default::default(),
-                    runs: vec![],
-                    created_at: now,
-                    updated_at: now,
-                    queued_at: now,
-                    started_at: None,
-                    finished_at: None,
-                    progress_event_at: 0,
-                    version: 0,
+                    ..Job::new("prop.test", "r", now)
                 }
             },
         )

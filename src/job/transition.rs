@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use super::{
-    FileRef, Job, JobStatus, Lease, Micros, Reported, RunHandle, RunRecord, MAX_FILES_PER_PROPERTY,
-    MAX_RUN_RECORDS,
-};
+mod attempts;
+mod manage;
+
+use super::{FileRef, Job, JobStatus, Micros, Reported, RunHandle};
 
 /// A change requested of a job.
 #[derive(Debug, Clone)]
@@ -348,62 +348,13 @@ fn apply_inner(
     cmd: Command,
     ctx: &ApplyCtx,
 ) -> Result<Option<EventKind>, TransitionError> {
-    use JobStatus::*;
-    let now = ctx.now;
     match cmd {
         Command::Claim {
             worker,
             token,
             lease_until,
-        } => {
-            if job.status != Queued {
-                return Err(illegal(job, "claim"));
-            }
-            job.attempt += 1;
-            job.lease = Some(Lease {
-                worker: worker.clone(),
-                token,
-                expires_at: lease_until,
-            });
-            job.handle = None;
-            job.started_at = None;
-            job.progress = 0.0;
-            if job.runs.len() >= MAX_RUN_RECORDS {
-                job.runs.remove(0);
-            }
-            job.runs.push(RunRecord {
-                attempt: job.attempt,
-                worker,
-                token,
-                claimed_at: now,
-                started_at: None,
-                ended_at: None,
-                outcome: None,
-                reported: None,
-            });
-            set_status(job, Starting, now);
-            Ok(Some(EventKind::Status))
-        }
-        Command::Started { token, handle } => {
-            check_token(job, token)?;
-            match job.status {
-                Starting => {
-                    job.handle = handle;
-                    job.started_at = Some(now);
-                    if let Some(r) = job.runs.last_mut() {
-                        r.started_at = Some(now);
-                    }
-                    set_status(job, Running, now);
-                    Ok(Some(EventKind::Status))
-                }
-                // The job reported RUNNING through its hook before the worker wrote this.
-                Running => {
-                    job.handle = handle;
-                    Ok(None)
-                }
-                _ => Err(illegal(job, "start")),
-            }
-        }
+        } => attempts::claim(job, ctx, worker, token, lease_until),
+        Command::Started { token, handle } => attempts::started(job, ctx, token, handle),
         Command::Progress {
             token,
             progress,
@@ -418,258 +369,31 @@ fn apply_inner(
             progress_update(job, progress, details, ctx)
         }
         Command::Hook(report) => hook_report(job, report, ctx),
-        Command::Finish { token, outcome } => {
-            check_token(job, token)?;
-            if !job.status.is_active() {
-                return Err(illegal(job, "finish"));
-            }
-            let exit_code = match &outcome {
-                FinishOutcome::Success(_) | FinishOutcome::Timeout(_) => None,
-                FinishOutcome::Exited { exit_code } => Some(*exit_code),
-                FinishOutcome::Failed { exit_code, .. } => *exit_code,
-            };
-            // What the job reported through its hook is its outcome, now that its process has
-            // ended (whatever the exit code, and even when it had to be stopped).
-            if let Some(reported) = job.reported().cloned() {
-                commit_reported(job, ctx, reported, exit_code);
-                return Ok(Some(EventKind::Status));
-            }
-            match outcome {
-                FinishOutcome::Success(result) => {
-                    if result.is_some() {
-                        job.result = result;
-                    }
-                    succeed(job, now, exit_code);
-                }
-                FinishOutcome::Exited { .. } => succeed(job, now, exit_code),
-                FinishOutcome::Failed { message, exit_code } => {
-                    fail_attempt(job, ctx, message, exit_code, true)
-                }
-                FinishOutcome::Timeout(message) => {
-                    job.error = Some(message);
-                    end_run(job, now, "TIMEOUT");
-                    set_status(job, Timeout, now);
-                }
-            }
-            Ok(Some(EventKind::Status))
-        }
-        Command::HostFailure { token, message } => {
-            check_token(job, token)?;
-            if job.status != Starting {
-                return Err(illegal(job, "give back a launch"));
-            }
-            let delay = host_failure_delay_us(job, ctx.jitter);
-            end_run(job, now, HOST_FAILURE);
-            job.error = Some(message);
-            job.lease = None;
-            job.max_attempts = job.max_attempts.saturating_add(1);
-            job.run_at = Some(now.saturating_add(delay));
-            set_status(job, Scheduled, now);
-            Ok(Some(EventKind::Status))
-        }
-        Command::Release { token } => {
-            check_token(job, token)?;
-            if !job.status.is_active() {
-                return Err(illegal(job, "release"));
-            }
-            // The job had said how it ended: that stands (its process was stopped after it).
-            if let Some(reported) = job.reported().cloned() {
-                commit_reported(job, ctx, reported, None);
-                return Ok(Some(EventKind::Status));
-            }
-            end_run(job, now, "RELEASED");
-            job.lease = None;
-            set_status(job, Queued, now);
-            Ok(Some(EventKind::Status))
-        }
-        Command::LeaseExpired => {
-            let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
-            if !job.status.is_active() || !expired {
-                return Err(illegal(job, "expire a lease it does not have"));
-            }
-            match job.reported().cloned() {
-                Some(Reported::Success) => {
-                    commit_reported(job, ctx, Reported::Success, None);
-                    return Ok(Some(EventKind::Status));
-                }
-                Some(Reported::Error {
-                    retry: false,
-                    message,
-                }) => {
-                    commit_reported(
-                        job,
-                        ctx,
-                        Reported::Error {
-                            message,
-                            retry: false,
-                        },
-                        None,
-                    );
-                    return Ok(Some(EventKind::Status));
-                }
-                _ => {}
-            }
-            end_run(job, now, "LOST");
-            job.lease = None;
-            if job.attempt < job.max_attempts {
-                job.error = Some("worker lost: lease expired; requeued".into());
-                set_status(job, Queued, now);
-            } else {
-                job.error = Some("worker lost: lease expired and no attempt is left".into());
-                set_status(job, Error, now);
-            }
-            Ok(Some(EventKind::Status))
-        }
+        Command::Finish { token, outcome } => attempts::finish(job, ctx, token, outcome),
+        Command::HostFailure { token, message } => attempts::host_failure(job, ctx, token, message),
+        Command::Release { token } => attempts::release(job, ctx, token),
+        Command::LeaseExpired => attempts::lease_expired(job, ctx),
         Command::Adopt {
             worker,
             token,
             lease_until,
-        } => {
-            let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
-            if !job.status.is_active() || !expired {
-                return Err(illegal(job, "be adopted"));
-            }
-            job.lease = Some(Lease {
-                worker: worker.clone(),
-                token,
-                expires_at: lease_until,
-            });
-            if let Some(r) = job.runs.last_mut() {
-                r.worker = worker;
-                r.token = token;
-            }
-            Ok(None)
-        }
+        } => attempts::adopt(job, ctx, worker, token, lease_until),
         Command::Heartbeat {
             worker,
             token,
             lease_until,
-        } => match job.lease.as_mut() {
-            Some(l) if l.token == token && l.worker == worker && job.status.is_active() => {
-                l.expires_at = lease_until;
-                Ok(None)
-            }
-            Some(l) if l.token == token && l.worker == worker => Err(illegal(job, "renew a lease")),
-            _ => Err(TransitionError::StaleLease),
-        },
-        Command::OrphanLease => match job.lease.as_mut() {
-            Some(l) if job.status.is_active() => {
-                l.expires_at = 0;
-                Ok(None)
-            }
-            _ => Err(illegal(job, "orphan a lease it does not have")),
-        },
-        Command::Cancel => {
-            if job.status.is_terminal() {
-                return Err(illegal(job, "cancel"));
-            }
-            job.error = Some("cancelled".into());
-            end_run(job, now, "CANCELLED");
-            // The lease stays, so its holder learns from its heartbeat that the job is gone.
-            set_status(job, Cancelled, now);
-            Ok(Some(EventKind::Status))
-        }
-        Command::Retry => {
-            if !job.status.can_retry() {
-                return Err(illegal(job, "retry"));
-            }
-            job.max_attempts = job.max_attempts.max(job.attempt + 1);
-            job.result = None;
-            job.error = None;
-            job.exit_code = None;
-            job.progress = 0.0;
-            job.status_details = None;
-            job.lease = None;
-            job.finished_at = None;
-            job.run_at = None;
-            // The only way out of a terminal status.
-            job.status = Queued;
-            job.queued_at = now;
-            Ok(Some(EventKind::Status))
-        }
+        } => attempts::heartbeat_lease(job, worker, token, lease_until),
+        Command::OrphanLease => attempts::orphan_lease(job),
+        Command::Cancel => manage::cancel(job, ctx),
+        Command::Retry => manage::retry(job, ctx),
         Command::AttachFile {
             property,
             file,
             by_job,
-        } => {
-            if job.status.is_terminal()
-                || (by_job && (!job.status.is_active() || job.reported().is_some()))
-            {
-                return Err(illegal(job, "attach a file"));
-            }
-            let list = job.files.entry(property).or_default();
-            if list.len() >= MAX_FILES_PER_PROPERTY {
-                return Err(TransitionError::Invalid(format!(
-                    "a property holds at most {MAX_FILES_PER_PROPERTY} files"
-                )));
-            }
-            list.push(file);
-            Ok(None)
-        }
-        Command::WaitRelease { seen } => {
-            let met = job
-                .wait
-                .as_ref()
-                .is_some_and(|w| crate::waiting::all_met(&w.items, &seen));
-            if job.status != Waiting || !met {
-                return Err(illegal(job, "be released by signals"));
-            }
-            if let Some(w) = job.wait.as_mut() {
-                for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
-                    item.seen = n;
-                    item.signal_ids = ids;
-                }
-                w.released_by = Some(crate::waiting::ReleasedBy::Signals);
-                w.released_at = Some(now);
-            }
-            set_status(job, Queued, now);
-            Ok(Some(EventKind::Status))
-        }
-        Command::WaitDeadline => {
-            let due = job
-                .wait
-                .as_ref()
-                .and_then(|w| w.deadline)
-                .is_some_and(|d| d <= now);
-            if job.status != Waiting || !due {
-                return Err(illegal(job, "reach a deadline"));
-            }
-            let Some(w) = job.wait.as_mut() else {
-                return Err(illegal(job, "reach a deadline"));
-            };
-            w.released_by = Some(crate::waiting::ReleasedBy::Deadline);
-            w.released_at = Some(now);
-            let deadline = crate::job::rfc3339(w.deadline.unwrap_or(now));
-            let missing: Vec<String> = w.items.iter().map(|i| i.key.clone()).collect();
-            match w.on_deadline {
-                crate::waiting::OnDeadline::Run => set_status(job, Queued, now),
-                crate::waiting::OnDeadline::Fail => {
-                    job.error = Some(format!(
-                        "{}: the deadline {deadline} passed before the signals ({}) arrived",
-                        crate::waiting::DEADLINE_MISSED,
-                        missing.join(", ")
-                    ));
-                    set_status(job, Error, now);
-                }
-                crate::waiting::OnDeadline::Skip => {
-                    job.error = Some(format!(
-                        "{}: the deadline {deadline} passed before the signals ({}) arrived",
-                        crate::waiting::SKIPPED,
-                        missing.join(", ")
-                    ));
-                    set_status(job, Cancelled, now);
-                }
-            }
-            Ok(Some(EventKind::Status))
-        }
-        Command::Promote => {
-            if job.status != Scheduled {
-                return Err(illegal(job, "promote"));
-            }
-            job.run_at = None;
-            set_status(job, Queued, now);
-            Ok(Some(EventKind::Status))
-        }
+        } => manage::attach_file(job, property, file, by_job),
+        Command::WaitRelease { seen } => manage::wait_release(job, ctx, seen),
+        Command::WaitDeadline => manage::wait_deadline(job, ctx),
+        Command::Promote => manage::promote(job, ctx),
     }
 }
 
@@ -790,14 +514,7 @@ mod tests {
 
     pub(crate) fn job() -> Job {
         Job {
-            id: uuid::Uuid::now_v7(),
-            job_type: "t".into(),
-            args: json!({}),
-            runner: "r".into(),
-            status: JobStatus::Queued,
             channel_id: "c".into(),
-            user_id: None,
-            attempt: 0,
             max_attempts: 2,
             backoff: Backoff {
                 initial_ms: 100,
@@ -805,31 +522,7 @@ mod tests {
                 multiplier: 1.0,
                 jitter: false,
             },
-            timeout_ms: None,
-            run_at: None,
-            idempotency_key: None,
-            progress: 0.0,
-            status_details: None,
-            result: None,
-            error: None,
-            exit_code: None,
-            lease: None,
-            handle: None,
-            files: Default::default(),
-            runs: vec![],
-            created_at: 0,
-            updated_at: 0,
-            queued_at: 0,
-            started_at: None,
-            finished_at: None,
-            progress_event_at: 0,
-            submit_hash: None,
-            version: 0,
-            schedule: None,
-            fire_time: None,
-            emits: Vec::new(),
-            notify: None,
-            wait: None,
+            ..Job::new("t", "r", 0)
         }
     }
 

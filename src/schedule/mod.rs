@@ -363,24 +363,7 @@ pub enum Previous {
 /// applies the misfire and overlap policies, moves a buffered fire to `pending` once the job
 /// before it ended. Returns false when nothing changed (nothing to write).
 pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool {
-    let mut changed = false;
-    // A buffered fire waits for the previous job to end.
-    if let Some(b) = s.buffered {
-        if prev == Previous::Idle && s.pending.is_empty() {
-            s.pending.push(PendingFire {
-                fire_time: b,
-                decided_at: now,
-                cancel: None,
-                manual: false,
-            });
-            s.buffered = None;
-            s.recheck_at = None;
-            changed = true;
-        } else if s.recheck_at.is_none_or(|r| r <= now) {
-            s.recheck_at = Some(now + BUFFER_RECHECK_US);
-            changed = true;
-        }
-    }
+    let changed = release_buffered(s, now, prev);
     let Some(first) = s.next_fire.filter(|f| !s.paused && *f <= now) else {
         return changed;
     };
@@ -395,8 +378,57 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool
         t = c.next_after(x);
     }
     s.next_fire = c.next_after(to_utc(now)).map(to_us);
+    let chosen = by_misfire(s, &due, now);
+    let missed = (due.len() - chosen.len()) as u64;
+    if missed > 0 {
+        s.counters.misfires += missed;
+        let last_missed = due
+            .iter()
+            .rev()
+            .find(|t| !chosen.contains(t))
+            .copied()
+            .unwrap_or(first);
+        s.record(RunEntry {
+            fire_time: last_missed,
+            outcome: "missed".into(),
+            job_id: None,
+            count: missed,
+            error: None,
+            at: now,
+        });
+    }
+    by_overlap(s, chosen, now, prev);
+    true
+}
+
+/// A buffered fire waits for the previous job to end: moves it to `pending` once it did, or sets
+/// when to look again. Returns whether `s` changed.
+fn release_buffered(s: &mut Schedule, now: Micros, prev: Previous) -> bool {
+    let Some(b) = s.buffered else {
+        return false;
+    };
+    if prev == Previous::Idle && s.pending.is_empty() {
+        s.pending.push(PendingFire {
+            fire_time: b,
+            decided_at: now,
+            cancel: None,
+            manual: false,
+        });
+        s.buffered = None;
+        s.recheck_at = None;
+        true
+    } else if s.recheck_at.is_none_or(|r| r <= now) {
+        s.recheck_at = Some(now + BUFFER_RECHECK_US);
+        true
+    } else {
+        false
+    }
+}
+
+/// The misfire policy: which of the `due` fire times still fire at `now`.
+fn by_misfire(s: &Schedule, due: &[Micros], now: Micros) -> Vec<Micros> {
     let window = (s.spec.catchup_window_ms as i64 * 1000).max(ON_TIME_US);
-    let chosen: Vec<Micros> = match s.spec.misfire {
+    match s.spec.misfire {
         Misfire::Skip => due
             .last()
             .copied()
@@ -416,25 +448,11 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool
             }
             v
         }
-    };
-    let missed = (due.len() - chosen.len()) as u64;
-    if missed > 0 {
-        s.counters.misfires += missed;
-        let last_missed = due
-            .iter()
-            .rev()
-            .find(|t| !chosen.contains(t))
-            .copied()
-            .unwrap_or(first);
-        s.record(RunEntry {
-            fire_time: last_missed,
-            outcome: "missed".into(),
-            job_id: None,
-            count: missed,
-            error: None,
-            at: now,
-        });
     }
+}
+
+/// The overlap policy: each chosen fire time goes to `pending`, the buffer, or is skipped.
+fn by_overlap(s: &mut Schedule, chosen: Vec<Micros>, now: Micros, prev: Previous) {
     let prev_active = match prev {
         Previous::Active(id) => Some(id),
         Previous::Idle => None,
@@ -471,7 +489,6 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool
             }
         }
     }
-    true
 }
 
 /// A deterministic delay in `[0, jitter_ms)` ms for a fire: every process computes the same.

@@ -15,6 +15,7 @@
 pub mod reaper;
 pub mod reporter;
 pub mod reports;
+mod supervise;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,17 +23,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use runyard_runners::{Execution, JobSpec, Outcome, Recovered, SharedReporter};
+use runyard_runners::{JobSpec, Recovered, SharedReporter};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::WorkerConfig;
-use crate::job::{Command, FinishOutcome, Job, JobStatus, TransitionError};
+use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::{Notice, Store, StoreError};
 use reporter::{JobReporter, SharedJobReporter};
+use supervise::{outcome_to_finish, time_limit, Supervised};
 
 /// Why a running job is being stopped by the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +232,29 @@ impl Worker {
     }
 
     /// True while this worker runs the job under this fencing token (and has not fenced it).
+    /// Records a job this worker now runs under `token` (its lease asked for at `asked`): the
+    /// token that stops it and where the reason for stopping it is written.
+    fn track(
+        &self,
+        id: Uuid,
+        token: u64,
+        asked: tokio::time::Instant,
+    ) -> (CancellationToken, Arc<Mutex<StopReason>>) {
+        let stop = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(StopReason::Gone));
+        self.running.lock().insert(
+            id,
+            Running {
+                token,
+                stop: stop.clone(),
+                reason: reason.clone(),
+                renewed: asked,
+                fenced: false,
+            },
+        );
+        (stop, reason)
+    }
+
     fn holds(&self, id: Uuid, token: u64) -> bool {
         self.running
             .lock()
@@ -343,18 +368,7 @@ impl Worker {
         let id = job.id;
         async {
             let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
-            let stop = CancellationToken::new();
-            let reason = Arc::new(Mutex::new(StopReason::Gone));
-            self.running.lock().insert(
-                id,
-                Running {
-                    token,
-                    stop: stop.clone(),
-                    reason: reason.clone(),
-                    renewed: asked,
-                    fenced: false,
-                },
-            );
+            let (stop, reason) = self.track(id, token, asked);
             self.execute(&job, &slot, token, stop, reason).await;
             self.running.lock().remove(&id);
         }
@@ -467,18 +481,7 @@ impl Worker {
         let id = adopted.id;
         tracing::info!(job_id = %id, "adopted live work of a lost worker");
         slot.active.fetch_add(1, Ordering::AcqRel);
-        let stop = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(StopReason::Gone));
-        self.running.lock().insert(
-            id,
-            Running {
-                token,
-                stop: stop.clone(),
-                reason: reason.clone(),
-                renewed: asked,
-                fenced: false,
-            },
-        );
+        let (stop, reason) = self.track(id, token, asked);
         let reporter = JobReporter::new(self.store.clone(), id, token);
         deferred.attach(Arc::new(SharedJobReporter(reporter.clone())));
         match recovered {
@@ -506,163 +509,6 @@ impl Worker {
         self.running.lock().remove(&id);
         slot.active.fetch_sub(1, Ordering::AcqRel);
         self.wake.notify_one();
-    }
-
-    /// Waits for the work to end, or stops it on cancel/timeout/shutdown; records the outcome.
-    /// Once the job has reported its outcome through the hook (`reported`: already at the
-    /// start), its process gets `exit_grace` to end by itself before it is stopped; the outcome
-    /// is committed after the process ended and its output was stored.
-    #[allow(clippy::too_many_arguments)]
-    async fn supervise(
-        &self,
-        id: Uuid,
-        token: u64,
-        mut exec: Box<dyn Execution>,
-        reporter: Arc<JobReporter>,
-        limit: Duration,
-        stop: CancellationToken,
-        reason: Arc<Mutex<StopReason>>,
-        run: Supervised,
-    ) {
-        let Supervised {
-            kind,
-            watch,
-            mut reported,
-        } = run;
-        enum End {
-            Ran,
-            Stopped,
-            TimedOut,
-            /// Reported its outcome, but the process did not end within `exit_grace`.
-            Lingered,
-        }
-        let now = tokio::time::Instant::now();
-        let limit_at = now + limit.min(crate::config::MAX_DURATION);
-        let grace = self.cfg.exit_grace;
-        let mut deadline = if reported {
-            limit_at.min(now + grace)
-        } else {
-            limit_at
-        };
-        let (end, ran) = {
-            let wait = exec.wait();
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    o = &mut wait => break (End::Ran, Some(o)),
-                    _ = stop.cancelled() => break (End::Stopped, None),
-                    _ = tokio::time::sleep_until(deadline) => {
-                        break (if reported { End::Lingered } else { End::TimedOut }, None)
-                    }
-                    _ = self.report_seen(id, &watch), if !reported => {
-                        reported = true;
-                        deadline = limit_at.min(tokio::time::Instant::now() + grace);
-                    }
-                }
-            }
-        };
-        drop(watch);
-        if ran.is_none() {
-            if matches!(end, End::Lingered) {
-                tracing::info!(
-                    exit_grace = ?grace,
-                    "the job reported its outcome but its process did not end: stopping it"
-                );
-            }
-            exec.stop(self.cfg.kill_grace).await;
-        }
-        let last = match ran {
-            Some(o) => o,
-            None => exec.wait().await,
-        };
-        reporter.flush().await;
-        match end {
-            // A reported outcome is what the job said; the stopped process's exit is recorded.
-            End::Ran | End::Lingered => self.finish(id, token, outcome_to_finish(last, kind)).await,
-            End::TimedOut => {
-                let msg = format!("timed out after {}", humantime::format_duration(limit));
-                self.finish(id, token, FinishOutcome::Timeout(msg)).await
-            }
-            End::Stopped => {
-                if *reason.lock() == StopReason::Release {
-                    match self.store.apply(id, Command::Release { token }).await {
-                        // A job that had reported its outcome ends with it.
-                        Ok(j) => crate::outcomes::log_change(&j),
-                        Err(e) => tracing::debug!(error = %e, "release refused"),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Completes when the job has reported its outcome through the hook: told in-process by the
-    /// hook handler, or (the hook served by another process) seen by reading the job every
-    /// `lease_ttl / 3`.
-    async fn report_seen(&self, id: Uuid, watch: &reports::Watch) {
-        let every = if self.store.backend_name() == "embedded" {
-            // The embedded store is opened by this process only: its hook is served here.
-            crate::config::MAX_DURATION
-        } else {
-            self.cfg.lease_ttl / 3
-        };
-        loop {
-            tokio::select! {
-                _ = watch.notified() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            if let Ok(Some(j)) = self.store.get(id).await {
-                if j.reported().is_some() {
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn finish(&self, id: Uuid, token: u64, outcome: FinishOutcome) {
-        match self
-            .store
-            .apply(id, Command::Finish { token, outcome })
-            .await
-        {
-            Ok(j) => crate::outcomes::log_change(&j),
-            // The job already ended (it reported its own status, or was cancelled) or was taken
-            // over: nothing to do, and nothing must be overwritten.
-            Err(StoreError::Transition(
-                TransitionError::Illegal { .. } | TransitionError::StaleLease,
-            )) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the outcome; the reaper will retry the job")
-            }
-        }
-    }
-}
-
-/// What [`Worker::supervise`] knows of the attempt besides its execution.
-struct Supervised {
-    /// The runner's kind (a process's success is exit code 0).
-    kind: crate::config::RunnerKind,
-    /// Where the hook says the job reported its outcome.
-    watch: reports::Watch,
-    /// The job had reported its outcome already (adopted work).
-    reported: bool,
-}
-
-fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
-    job.timeout_ms
-        .map(Duration::from_millis)
-        .or(slot.timeout)
-        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
-fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> FinishOutcome {
-    use crate::config::RunnerKind;
-    match o {
-        // A process or container that succeeded exited with 0.
-        Outcome::Success { result: None } if kind != RunnerKind::Service => {
-            FinishOutcome::Exited { exit_code: 0 }
-        }
-        Outcome::Success { result } => FinishOutcome::Success(result),
-        Outcome::Failed { message, exit_code } => FinishOutcome::Failed { message, exit_code },
     }
 }
 

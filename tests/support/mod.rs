@@ -15,6 +15,8 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,182 @@
+//! Load generation: the burst and trickle scenarios submit jobs and time each submit.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tokio::task::JoinSet;
+
+use super::collect::*;
+use super::*;
+
+/// One accepted submit.
+pub(super) struct Sent {
+    pub(super) id: String,
+    /// Client clock just before the request was sent.
+    pub(super) at_us: i64,
+    pub(super) rtt: Duration,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Accepted {
+    pub(super) job_id: String,
+}
+
+pub(super) async fn submit_one(
+    http: &reqwest::Client,
+    url: &str,
+    body: &'static str,
+) -> anyhow::Result<Sent> {
+    let at_us = wall_us();
+    let t0 = Instant::now();
+    let r = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let bytes = r.bytes().await?;
+    let rtt = t0.elapsed();
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!(
+            "submit answered HTTP {}: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let a: Accepted = serde_json::from_slice(&bytes).context("submit answer")?;
+    Ok(Sent {
+        id: a.job_id,
+        at_us,
+        rtt,
+    })
+}
+
+pub(super) fn body_for(job_type: &str) -> &'static str {
+    match job_type {
+        SERVICE_TYPE => r#"{"type":"bench.noop"}"#,
+        _ => r#"{"type":"bench.true"}"#,
+    }
+}
+
+/// Submits `n` jobs with `ctx.connections` clients, waits for all of them, and measures.
+pub(super) async fn burst(
+    ctx: &Ctx,
+    runner: &str,
+    job_type: &str,
+    n: usize,
+) -> anyhow::Result<ScenarioResult> {
+    let url = format!("{}/async/jobs", ctx.base);
+    let body = body_for(job_type);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..ctx.connections.min(n.max(1)) {
+        // One client per task: each keeps its own keep-alive connection.
+        let http = client(1)?;
+        let next = next.clone();
+        let url = url.clone();
+        let deadline = ctx.deadline;
+        set.spawn(async move {
+            let mut sent = Vec::with_capacity(n / 8 + 1);
+            let mut errors = 0usize;
+            let mut last_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || Instant::now() >= deadline || errors >= 100 {
+                    break;
+                }
+                match submit_one(&http, &url, body).await {
+                    Ok(s) => sent.push(s),
+                    Err(e) => {
+                        errors += 1;
+                        last_error = Some(format!("{e:#}"));
+                    }
+                }
+            }
+            (sent, errors, last_error)
+        });
+    }
+    let mut sent = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut last_error = None;
+    while let Some(r) = set.join_next().await {
+        let (s, e, le) = r.context("submit task")?;
+        sent.extend(s);
+        errors += e;
+        if le.is_some() {
+            last_error = le;
+        }
+    }
+    let submit_secs = started.elapsed().as_secs_f64();
+    if let Some(e) = &last_error {
+        ctx.say(&format!("  {errors} submits failed; last error: {e}"));
+    }
+    ctx.check_deadline()?;
+    let rtt = latency(sent.iter().map(|s| s.rtt.as_micros() as i64));
+    let mut r = finish_scenario(ctx, "burst", runner, job_type, sent, errors).await?;
+    r.submit_rate = r.jobs as f64 / submit_secs.max(1e-9);
+    r.submit_rtt = rtt;
+    Ok(r)
+}
+
+/// Submits `n` jobs at `rate` per second (open loop), waits for all of them, and measures.
+pub(super) async fn trickle(
+    ctx: &Ctx,
+    runner: &str,
+    job_type: &str,
+    n: usize,
+    rate: f64,
+) -> anyhow::Result<ScenarioResult> {
+    let url = Arc::new(format!("{}/async/jobs", ctx.base));
+    let body = body_for(job_type);
+    let http = client(64)?;
+    // Open the connection first, so the first sample is not a TCP handshake.
+    let _ = http.get(format!("{}/health", ctx.base)).send().await;
+    let mut iv = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut set = JoinSet::new();
+    let mut sent = Vec::with_capacity(n);
+    let mut errors = 0usize;
+    let mut last_error = None;
+    let mut take = |r: Result<anyhow::Result<Sent>, tokio::task::JoinError>| match r {
+        Ok(Ok(s)) => sent.push(s),
+        Ok(Err(e)) => {
+            errors += 1;
+            last_error = Some(format!("{e:#}"));
+        }
+        Err(e) => {
+            errors += 1;
+            last_error = Some(e.to_string());
+        }
+    };
+    let started = Instant::now();
+    for _ in 0..n {
+        iv.tick().await;
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let http = http.clone();
+        let url = url.clone();
+        set.spawn(async move { submit_one(&http, &url, body).await });
+        while let Some(r) = set.try_join_next() {
+            take(r);
+        }
+    }
+    let submit_secs = started.elapsed().as_secs_f64();
+    while let Some(r) = set.join_next().await {
+        take(r);
+    }
+    if let Some(e) = &last_error {
+        ctx.say(&format!("  {errors} submits failed; last error: {e}"));
+    }
+    ctx.check_deadline()?;
+    let rtt = latency(sent.iter().map(|s| s.rtt.as_micros() as i64));
+    let mut r = finish_scenario(ctx, "trickle", runner, job_type, sent, errors).await?;
+    r.submit_rate = r.jobs as f64 / submit_secs.max(1e-9);
+    r.submit_rtt = rtt;
+    Ok(r)
+}

@@ -1,0 +1,336 @@
+//! `runyard bench`: the project's own load generator.
+//!
+//! By default it starts its own `runyard serve` as a child process (this very binary) on a fresh
+//! temporary data dir and a free port, with two runners made for measuring: a service runner for
+//! `bench.noop` (`runyard.noop`) and a local runner for `bench.true` (`/bin/true`). With
+//! `--server URL` it targets an existing server instead, which must have runners for those types.
+//!
+//! Two scenarios per runner:
+//! - **burst**: submit N jobs as fast as `--connections` keep-alive clients can, then wait until
+//!   every job is terminal. Reports the submit rate, end-to-end jobs/s (N / time from the first
+//!   submit to the last `finished_at`) and submit-to-start latency (client clock just before the
+//!   request is sent, to the job's `started_at`; same machine, same clock).
+//! - **trickle**: submit one job every 1/R seconds (open loop: a slow answer never delays the next
+//!   submit) and report submit-to-start latency and the HTTP round trip of a submit.
+//!
+//! Jobs are read back in pages of `GET /async/jobs?type=...` (cursor paging), never one GET per
+//! job. Every loop is bounded by count and by the `--timeout` deadline.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+mod child;
+mod collect;
+mod load;
+mod report;
+
+use child::{peak_rss_kib, wait_healthy, ChildServer};
+use load::{burst, trickle};
+use report::{one_line, print_header, print_table};
+
+/// Which runners to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Only {
+    /// The in-process service runner (`bench.noop`).
+    Service,
+    /// The child-process local runner (`bench.true`).
+    Local,
+}
+
+/// `bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Target this running server instead of starting one (it needs runners for `bench.noop`
+    /// and `bench.true`).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// With --server: the server's pid, to report its peak RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Jobs of the service burst.
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+    /// Jobs of the local burst.
+    #[arg(long, default_value_t = 1_000)]
+    pub local_jobs: usize,
+    /// Concurrent keep-alive HTTP clients of a burst.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Submits per second of the trickle.
+    #[arg(long, default_value_t = 200.0)]
+    pub trickle_rate: f64,
+    /// Jobs of the trickle (the local trickle uses at most --local-jobs).
+    #[arg(long, default_value_t = 2_000)]
+    pub trickle_jobs: usize,
+    /// Jobs run first and not measured (per runner).
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// Concurrency of the `bench.noop` service runner of the started server.
+    #[arg(long, default_value_t = 256)]
+    pub service_concurrency: usize,
+    /// Concurrency of the `bench.true` local runner of the started server.
+    #[arg(long, default_value_t = 8)]
+    pub local_concurrency: usize,
+    /// `store.synchronous` of the started server (`normal` or `full`).
+    #[arg(long, default_value = "normal")]
+    pub synchronous: String,
+    /// Only this runner.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Give up after this long, e.g. `300s` or `10m`.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print the results as JSON (the same as `--output json`).
+    #[arg(long)]
+    pub json: bool,
+    /// `json` prints the results as JSON, as `--json` does (the client commands' flag).
+    #[arg(long, value_enum, default_value_t = super::output::Format::Text)]
+    pub output: super::output::Format,
+    /// Keep the started server's temporary data dir (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Submit-to-start or round-trip figures, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+/// The figures of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    /// `burst` or `trickle`.
+    pub scenario: String,
+    /// `service` or `local`.
+    pub runner: String,
+    /// The job type.
+    pub job_type: String,
+    /// Jobs accepted.
+    pub jobs: usize,
+    /// Submits refused or failed.
+    pub submit_errors: usize,
+    /// Accepted jobs per second while submitting.
+    pub submit_rate: f64,
+    /// Jobs per second from the first submit to the last `finished_at`.
+    pub e2e_rate: f64,
+    /// Seconds from the first submit to the last `finished_at`.
+    pub e2e_secs: f64,
+    /// Client clock before sending to the job's `started_at`.
+    pub submit_to_start: Option<Latency>,
+    /// HTTP round trip of a submit.
+    pub submit_rtt: Option<Latency>,
+    /// Jobs whose final status is not SUCCESS (or that were not found).
+    pub not_success: usize,
+    /// How many of each status that is not SUCCESS.
+    pub not_success_by_status: HashMap<String, usize>,
+}
+
+/// Everything `--json` prints.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    /// The server's URL.
+    pub server: String,
+    /// Whether bench started the server.
+    pub child_server: bool,
+    /// Backend name from /health.
+    pub store: String,
+    /// Whether this binary was built with optimisations.
+    pub release_build: bool,
+    /// The scenarios.
+    pub results: Vec<ScenarioResult>,
+    /// The server's peak resident set (VmHWM), in KiB.
+    pub server_peak_rss_kib: Option<u64>,
+}
+
+/// Runs the benchmark.
+pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
+    a.json |= a.output.json();
+    if a.connections == 0 || a.connections > 4096 {
+        bail!("--connections must be between 1 and 4096");
+    }
+    if !(a.trickle_rate.is_finite() && a.trickle_rate > 0.0 && a.trickle_rate <= 100_000.0) {
+        bail!("--trickle-rate must be between 0 and 100000 jobs/s");
+    }
+    if !matches!(a.synchronous.as_str(), "normal" | "full") {
+        bail!("--synchronous must be `normal` or `full`");
+    }
+    let deadline = Instant::now() + a.timeout;
+    let mut child = match &a.server {
+        Some(_) => None,
+        None => Some(ChildServer::start(&a).await?),
+    };
+    let base = match (&a.server, &child) {
+        (Some(s), _) => s.trim_end_matches('/').to_string(),
+        (None, Some(c)) => c.url.clone(),
+        (None, None) => unreachable!("a child server was started"),
+    };
+    let ctx = Ctx {
+        base: base.clone(),
+        deadline,
+        connections: a.connections,
+        http: client(64)?,
+        quiet: a.json,
+    };
+    let store = match &mut child {
+        Some(c) => wait_healthy(&ctx, Some(c)).await,
+        None => wait_healthy(&ctx, None).await,
+    };
+    let outcome = match store {
+        Ok(store) => {
+            if !a.json {
+                print_header(&a, &base, &store, child.as_ref());
+            }
+            // The deadline is checked inside every loop; this outer bound is a safety net.
+            let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+            tokio::select! {
+                r = tokio::time::timeout(left, scenarios(&a, &ctx)) => match r {
+                    Ok(r) => r.map(|res| (store, res)),
+                    Err(_) => Err(anyhow!("timed out after {:?}", a.timeout)),
+                },
+                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let pid = child.as_ref().map(|c| c.pid).or(a.server_pid);
+    let rss = pid.and_then(peak_rss_kib);
+    if let Some(c) = child {
+        c.stop(a.keep, outcome.is_err()).await;
+    }
+    let (store, results) = outcome?;
+    let failed: usize = results
+        .iter()
+        .map(|r| r.not_success + r.submit_errors)
+        .sum();
+    let report = BenchReport {
+        server: base,
+        child_server: a.server.is_none(),
+        store,
+        release_build: !cfg!(debug_assertions),
+        results,
+        server_peak_rss_kib: rss,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} jobs did not succeed or were not accepted");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const SERVICE_TYPE: &str = "bench.noop";
+const LOCAL_TYPE: &str = "bench.true";
+
+async fn scenarios(a: &BenchArgs, ctx: &Ctx) -> anyhow::Result<Vec<ScenarioResult>> {
+    let mut out = Vec::new();
+    let plan: &[(Only, &str, usize, usize)] = &[
+        (Only::Service, SERVICE_TYPE, a.jobs, a.trickle_jobs),
+        (
+            Only::Local,
+            LOCAL_TYPE,
+            a.local_jobs,
+            a.trickle_jobs.min(a.local_jobs),
+        ),
+    ];
+    for &(runner, job_type, burst_n, trickle_n) in plan {
+        if a.only.is_some_and(|o| o != runner) {
+            continue;
+        }
+        let name = match runner {
+            Only::Service => "service",
+            Only::Local => "local",
+        };
+        if a.warmup > 0 {
+            ctx.say(&format!("{name}: warm-up ({} jobs)", a.warmup));
+            let _ = burst(ctx, name, job_type, a.warmup).await?;
+        }
+        if burst_n > 0 {
+            ctx.say(&format!(
+                "{name}: burst of {burst_n} jobs over {} connections",
+                ctx.connections
+            ));
+            let r = burst(ctx, name, job_type, burst_n).await?;
+            ctx.say(&format!("  {}", one_line(&r)));
+            out.push(r);
+        }
+        if trickle_n > 0 {
+            ctx.say(&format!(
+                "{name}: trickle of {trickle_n} jobs at {} jobs/s",
+                a.trickle_rate
+            ));
+            let r = trickle(ctx, name, job_type, trickle_n, a.trickle_rate).await?;
+            ctx.say(&format!("  {}", one_line(&r)));
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// What the scenarios share.
+struct Ctx {
+    base: String,
+    deadline: Instant,
+    connections: usize,
+    /// For health checks, polling and listing.
+    http: reqwest::Client,
+    quiet: bool,
+}
+
+impl Ctx {
+    fn say(&self, s: &str) {
+        if !self.quiet {
+            eprintln!("{s}");
+        }
+    }
+
+    fn check_deadline(&self) -> anyhow::Result<()> {
+        if Instant::now() >= self.deadline {
+            bail!("the benchmark ran out of time (--timeout)");
+        }
+        Ok(())
+    }
+}
+
+fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(pool)
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+/// Microseconds since the epoch on this machine's clock.
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_us(s: &str) -> Option<i64> {
+    humantime::parse_rfc3339_weak(s)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_micros() as i64)
+}

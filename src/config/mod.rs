@@ -1,0 +1,334 @@
+//! Configuration: one typed struct with defaults, loaded from `runyard.toml`, then `RUNYARD_*`
+//! environment variables, then command-line flags. Unknown keys and bad values stop the server
+//! with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+mod auth;
+mod runner;
+mod sections;
+mod validate;
+
+pub use auth::{AuthConfig, TokenConfig, MIN_JWT_SECRET_BYTES};
+pub use runner::{RunnerConfig, RunnerKind};
+pub use sections::{
+    ApiConfig, EventsConfig, HooksConfig, RetentionConfig, StoreConfig, Synchronous, WorkerConfig,
+};
+
+/// The longest duration any key takes (100 years).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// The URL jobs use to reach the server (JOB_HOOK is built from it). Defaults to
+    /// `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Where the embedded store and files live.
+    pub data_dir: PathBuf,
+    /// Redis URL: use Redis for store, queue and events instead of the embedded store.
+    pub redis: Option<String>,
+    /// Master key that job secrets are derived from; generated into data_dir when absent.
+    pub master_key: Option<String>,
+    /// HTTP API limits.
+    pub api: ApiConfig,
+    /// The worker.
+    pub worker: WorkerConfig,
+    /// Event streams.
+    pub events: EventsConfig,
+    /// How long things are kept.
+    pub retention: RetentionConfig,
+    /// Job hook settings.
+    pub hooks: HooksConfig,
+    /// Embedded store settings.
+    pub store: StoreConfig,
+    /// Authentication: API tokens, JWTs (channels and scopes), `/metrics` and loopback rules.
+    pub auth: AuthConfig,
+    /// Signed webhooks out (`[notify]`, docs/notifications.md).
+    pub notify: crate::notify::NotifyConfig,
+    /// Runners, first match wins.
+    pub runners: Vec<RunnerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".parse().expect("static address"),
+            public_url: None,
+            data_dir: PathBuf::from("./runyard-data"),
+            redis: None,
+            master_key: None,
+            api: ApiConfig::default(),
+            worker: WorkerConfig::default(),
+            events: EventsConfig::default(),
+            retention: RetentionConfig::default(),
+            hooks: HooksConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            notify: Default::default(),
+            runners: Vec::new(),
+        }
+    }
+}
+
+/// Command-line overrides (highest precedence).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// `--public-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// The top-level keys `RUNYARD_*` variables may set (`RUNYARD_WORKER__LEASE_TTL` sets
+/// `worker.lease_ttl`). Other `RUNYARD_*` variables are not configuration: client settings
+/// (`RUNYARD_SERVER`, `RUNYARD_LOG`) and the ones Kubernetes injects for a Service named
+/// `runyard` (`RUNYARD_SERVICE_HOST`, `RUNYARD_PORT_7070_TCP`, ...).
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "data_dir",
+    "redis",
+    "master_key",
+    "api",
+    "worker",
+    "events",
+    "retention",
+    "hooks",
+    "store",
+    "auth",
+    "notify",
+];
+
+fn is_env_key(k: &str) -> bool {
+    let top = k.split("__").next().unwrap_or("");
+    ENV_KEYS.iter().any(|n| top.eq_ignore_ascii_case(n))
+}
+
+impl Config {
+    /// Loads `path` (when it exists, or must exist when `required`), then the environment, then
+    /// `overrides`; validates the result.
+    pub fn load(path: &Path, required: bool, overrides: &Overrides) -> Result<Self, ConfigError> {
+        if required && !path.exists() {
+            return Err(ConfigError(format!(
+                "config file {} not found",
+                path.display()
+            )));
+        }
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(
+                Env::prefixed("RUNYARD_")
+                    .filter(|k| is_env_key(k.as_str()))
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(overrides.clone()));
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError(msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string (tests, embedding).
+    pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(s))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The URL jobs reach the server at.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn durations_are_bounded() {
+        for key in [
+            "[worker]\nkill_grace",
+            "[retention]\nevents",
+            "[retention]\nfinished",
+        ] {
+            let e = Config::from_toml(&format!("{key} = \"5222222222222222s\"")).unwrap_err();
+            assert!(e.0.contains("at most 100 years"), "{key}: {e}");
+            Config::from_toml(&format!("{key} = \"99years\"")).expect("99 years");
+        }
+    }
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let c = Config::from_toml(
+            r#"
+listen = "127.0.0.1:7071"
+[[runners]]
+kind = "local"
+types = ["report.*"]
+command = ["python3", "jobs/report.py"]
+concurrency = 4
+timeout = "10m"
+[[runners]]
+kind = "service"
+types = ["thumbnail"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.runners.len(), 2);
+        assert_eq!(c.runners[0].timeout, Some(Duration::from_secs(600)));
+        assert_eq!(c.runners[1].name_at(1), "service-1");
+        assert_eq!(c.public_url(), "http://127.0.0.1:7071");
+    }
+
+    #[test]
+    fn only_config_keys_are_read_from_the_environment() {
+        assert!(is_env_key("worker__lease_ttl"));
+        assert!(is_env_key("DATA_DIR"));
+        assert!(!is_env_key("service_host"));
+        assert!(!is_env_key("port_7070_tcp_addr"));
+        assert!(!is_env_key("server"));
+        assert!(!is_env_key("workers"));
+    }
+
+    #[test]
+    fn docker_runners_need_an_image_and_valid_limits() {
+        let docker = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[runners]]\nkind = \"docker\"\ntypes = [\"a\"]\n{extra}"
+            ))
+        };
+        let e = docker("").unwrap_err().to_string();
+        assert!(e.contains("runners[0].image"), "{e}");
+        let e = docker("image = \"x\"\nmemory = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].memory"), "{e}");
+        let e = docker("image = \"x\"\ncpus = 0").unwrap_err().to_string();
+        assert!(e.contains("runners[0].cpus"), "{e}");
+        let c = docker(
+            "image = \"x\"\nmemory = \"512m\"\ncpus = 1.5\nnetwork = \"host\"\n\
+             allowed_images = [\"y:*\"]\nlabels = { team = \"t\" }",
+        )
+        .unwrap();
+        assert_eq!(c.runners[0].name_at(0), "docker-0");
+    }
+
+    #[test]
+    fn local_isolation_keys_are_checked_at_load() {
+        let local = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\ncommand = [\"true\"]\n{extra}"
+            ))
+        };
+        let e = local("user = \"no-such-user-xyz\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runners[0].user") && e.contains("no-such-user-xyz"),
+            "{e}"
+        );
+        let e = local("group = \"no-such-group-xyz\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].group"), "{e}");
+        let e = local("rlimits = { memory = \"lots\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].rlimits.memory"), "{e}");
+        let e = local("rlimits = { stack = 1 }").unwrap_err().to_string();
+        assert!(e.contains("stack"), "{e}");
+        let c = local(
+            "user = \"root\"\ngroup = 0\nrlimits = { cpu = \"10m\", as = \"512MiB\", nofile = 1024, nproc = 256, fsize = \"1GiB\" }",
+        )
+        .unwrap();
+        assert_eq!(c.runners[0].rlimits.nofile, Some(1024));
+        let e =
+            Config::from_toml("[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\nuser = \"root\"")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("runners[0].user"), "{e}");
+    }
+
+    #[test]
+    fn auth_section_is_checked_and_its_secret_never_shown() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.auth.jwt_secret.is_none());
+        assert_eq!(c.auth.jwt_cookie, "async-token");
+        assert_eq!(c.auth.jwt_leeway, Duration::from_secs(30));
+        let e = Config::from_toml("[auth]\njwt_secret = \"short\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt_secret") && e.contains("32"), "{e}");
+        assert!(!e.contains("short"), "{e}");
+        let e = Config::from_toml("[auth]\nallowed_origins = [\"https://a.example/\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.allowed_origins[0]"), "{e}");
+        let e = Config::from_toml("[auth]\njwt_cookie = \"a b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt_cookie"), "{e}");
+        let secret = "0123456789abcdef0123456789abcdef-secret";
+        let c = Config::from_toml(&format!(
+            "[auth]\njwt_secret = \"{secret}\"\njwt_leeway = \"5s\"\n\
+             allowed_origins = [\"https://superset.example.com\"]"
+        ))
+        .unwrap();
+        assert_eq!(c.auth.jwt_leeway, Duration::from_secs(5));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(is_env_key("AUTH__JWT_SECRET"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[worker]\nlease_ttl = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease_ttl"), "{e}");
+        let e = Config::from_toml("[[runners]]\nkind = \"local\"\ntypes = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runners[0].command"), "{e}");
+        let e = Config::from_toml("[[runners]]\nkind = \"lokal\"\ntypes = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kind"), "{e}");
+    }
+}

@@ -1,0 +1,326 @@
+//! `Config::validate`: the checks types cannot make, one function a section, in the order a
+//! reader meets the keys (the first bad key is the one reported).
+
+use std::time::Duration;
+
+use super::{Config, ConfigError, RunnerConfig, RunnerKind, MAX_DURATION, MIN_JWT_SECRET_BYTES};
+
+/// The error for `key`: "`key`: message".
+fn err(k: String, m: &str) -> Result<(), ConfigError> {
+    Err(ConfigError(format!("`{k}`: {m}")))
+}
+
+impl Config {
+    /// Checks values that types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_durations()?;
+        self.check_urls()?;
+        self.check_api()?;
+        self.check_auth()?;
+        self.check_events()?;
+        self.check_runners()
+    }
+
+    /// Every duration key is at most [`MAX_DURATION`].
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        // Durations are added to clocks (`Instant`, µs since the epoch): a bound keeps every such
+        // sum in range (found by the `durations` fuzz target: "5222222222222222s" was accepted).
+        for (i, r) in self.runners.iter().enumerate() {
+            if r.ttl_after_finished.is_some_and(|d| d > MAX_DURATION) {
+                return err(
+                    format!("runners[{i}].ttl_after_finished"),
+                    "must be at most 100 years",
+                );
+            }
+        }
+        for (k, d) in [
+            ("worker.lease_ttl", self.worker.lease_ttl),
+            ("worker.shutdown_grace", self.worker.shutdown_grace),
+            ("worker.kill_grace", self.worker.kill_grace),
+            ("worker.poll_interval", self.worker.poll_interval),
+            ("worker.exit_grace", self.worker.exit_grace),
+            ("events.progress_interval", self.events.progress_interval),
+            ("events.ping_interval", self.events.ping_interval),
+            ("retention.finished", self.retention.finished),
+            ("retention.interval", self.retention.interval),
+            ("retention.events", self.retention.events),
+            ("store.retry", self.store.retry),
+        ] {
+            if d > MAX_DURATION {
+                return err(k.into(), "must be at most 100 years");
+            }
+        }
+        Ok(())
+    }
+
+    /// `public_url`, and with `redis`: its URL, the master key and the key prefix.
+    fn check_urls(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return err("public_url".into(), "must start with http:// or https://");
+            }
+        }
+        if let Some(r) = &self.redis {
+            if !(r.starts_with("redis://")
+                || r.starts_with("rediss://")
+                || r.starts_with("unix://"))
+            {
+                return err("redis".into(), "must be a redis:// URL");
+            }
+            if self.master_key.is_none() {
+                return err(
+                    "master_key".into(),
+                    "required with `redis`: every runyard process sharing the Redis must derive \
+                     the same job secrets, so set the same `master_key` (or RUNYARD_MASTER_KEY, \
+                     16+ characters) on all of them",
+                );
+            }
+            if self.store.prefix.is_empty()
+                || !self
+                    .store
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+            {
+                return err(
+                    "store.prefix".into(),
+                    "must be letters, digits, '.', '_', '-' or ':'",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `worker.lease_ttl` and the `[api]` limits.
+    fn check_api(&self) -> Result<(), ConfigError> {
+        if self.worker.lease_ttl < Duration::from_millis(300) {
+            return err("worker.lease_ttl".into(), "must be at least 300ms");
+        }
+        if self.api.max_body_bytes < 1024 {
+            return err("api.max_body_bytes".into(), "must be at least 1024");
+        }
+        if self.api.max_connections == 0 {
+            return err("api.max_connections".into(), "must be at least 1");
+        }
+        for (key, d) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+            ("api.request_timeout", self.api.request_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(24 * 3600) {
+                return err(key.into(), "must be between 10ms and 24h");
+            }
+        }
+        for (i, o) in self.api.cors_origins.iter().enumerate() {
+            if !crate::api::edge::valid_origin(o) {
+                return err(
+                    format!("api.cors_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], no path or trailing slash",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `[auth]` and `[notify]`.
+    fn check_auth(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                return err(
+                    "auth.jwt_secret".into(),
+                    &format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                );
+            }
+        }
+        let cookie = &self.auth.jwt_cookie;
+        if cookie.is_empty()
+            || !cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return err(
+                "auth.jwt_cookie".into(),
+                "must be a cookie name (letters, digits, and !#$%&'*+-.^_`|~)",
+            );
+        }
+        if self.auth.jwt_leeway > Duration::from_secs(3600) {
+            return err("auth.jwt_leeway".into(), "must be at most 1h");
+        }
+        for (i, o) in self.auth.allowed_origins.iter().enumerate() {
+            if !crate::api::edge::valid_origin(o) {
+                return err(
+                    format!("auth.allowed_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], no path or trailing slash",
+                );
+            }
+        }
+        if let Err((k, m)) = self.notify.validate() {
+            return err(k, &m);
+        }
+        if let Err((key, message)) = crate::auth::tokens::Authenticator::new(&self.auth) {
+            return err(key, &message);
+        }
+        Ok(())
+    }
+
+    /// `[events]` limits.
+    fn check_events(&self) -> Result<(), ConfigError> {
+        if self.events.global_limit == 0 || self.events.channel_limit == 0 {
+            return err("events".into(), "limits must be positive");
+        }
+        for (k, v) in [
+            ("events.max_connections", self.events.max_connections),
+            ("events.max_per_channel", self.events.max_per_channel),
+            ("events.send_buffer", self.events.send_buffer),
+        ] {
+            if v == 0 {
+                return err(k.into(), "must be positive");
+            }
+        }
+        if self.events.send_buffer > 1 << 20 {
+            return err("events.send_buffer".into(), "must be at most 1048576");
+        }
+        if self.events.ping_interval < Duration::from_millis(100) {
+            return err("events.ping_interval".into(), "must be at least 100ms");
+        }
+        Ok(())
+    }
+
+    /// Every `[[runners]]` entry, and their names are distinct.
+    fn check_runners(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.runners.iter().enumerate() {
+            check_runner(r, i)?;
+            if !names.insert(r.name_at(i)) {
+                return err(format!("runners[{i}].name"), "duplicate runner name");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `[[runners]]` entry at `index`: the keys every kind takes, then its kind's own.
+fn check_runner(r: &RunnerConfig, i: usize) -> Result<(), ConfigError> {
+    let k = |f: &str| format!("runners[{i}].{f}");
+    if r.types.is_empty() {
+        return err(k("types"), "must list at least one type glob");
+    }
+    for t in &r.types {
+        if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-:*?".contains(c))
+        {
+            return err(k("types"), &format!("`{t}` is not a valid type glob"));
+        }
+    }
+    if r.concurrency == 0 {
+        return err(k("concurrency"), "must be at least 1");
+    }
+    if r.max_attempts == 0 || r.max_attempts > 100 {
+        return err(k("max_attempts"), "must be between 1 and 100");
+    }
+    if let Some(b) = &r.backoff {
+        if let Err(m) = b.validate() {
+            return err(k("backoff"), &m);
+        }
+    }
+    if r.timeout
+        .is_some_and(|t| t.is_zero() || t > Duration::from_secs(365 * 24 * 3600))
+    {
+        return err(k("timeout"), "must be between 1ms and 365 days");
+    }
+    // kube: the `[runners.kube]` table.
+    if r.kind != RunnerKind::Kube && r.kube.is_some() {
+        return err(k("kube"), "only kube runners take it");
+    }
+    if r.kind != RunnerKind::Local {
+        for (set, key) in [
+            (r.user.is_some(), "user"),
+            (r.group.is_some(), "group"),
+            (!r.rlimits.is_empty(), "rlimits"),
+        ] {
+            if set {
+                return err(k(key), "only local runners take it");
+            }
+        }
+    }
+    match r.kind {
+        RunnerKind::Local => check_local(r, &k),
+        RunnerKind::Service => {
+            if !r.command.is_empty() {
+                return err(k("command"), "a service runner has no command");
+            }
+            Ok(())
+        }
+        RunnerKind::Kube => check_kube(r, &k),
+        RunnerKind::Docker => check_docker(r, &k),
+    }
+}
+
+fn check_local(r: &RunnerConfig, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if r.command.is_empty() {
+        return err(k("command"), "a local runner needs a command");
+    }
+    if let Err(e) = runyard_runners::isolation::Isolation::resolve(
+        r.user.as_ref(),
+        r.group.as_ref(),
+        &r.rlimits,
+    ) {
+        return err(k(&e.key), &e.message);
+    }
+    Ok(())
+}
+
+fn check_kube(r: &RunnerConfig, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if r.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+        return err(k("image"), "a kube runner needs an image");
+    }
+    if let Some(ns) = &r.namespace {
+        if !runyard_runners::kube::is_dns_label(ns) {
+            return err(k("namespace"), "must be a valid namespace name");
+        }
+    }
+    if r.ttl_after_finished
+        .is_some_and(|t| t.as_secs() > i32::MAX as u64)
+    {
+        return err(k("ttl_after_finished"), "is too long");
+    }
+    // kube: env names by Kubernetes' C_IDENTIFIER rule; the pod options.
+    if let Some(bad) = r
+        .env
+        .keys()
+        .find(|n| !runyard_runners::kube::is_env_name(n))
+    {
+        return err(
+            format!("{}.{bad}", k("env")),
+            "is not a valid environment variable name (letters, digits and `_`, \
+             not starting with a digit)",
+        );
+    }
+    if let Some(Err(e)) = r.kube.as_ref().map(|o| o.validate()) {
+        return err(format!("{}.{}", k("kube"), e.key), &e.message);
+    }
+    Ok(())
+}
+
+fn check_docker(r: &RunnerConfig, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if r.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+        return err(k("image"), "a docker runner needs an image");
+    }
+    if let Some(m) = &r.memory {
+        if let Err(e) = runyard_runners::docker::parse_memory(m) {
+            return err(k("memory"), &e);
+        }
+    }
+    if let Some(c) = r.cpus {
+        if let Err(e) = runyard_runners::docker::nano_cpus(c) {
+            return err(k("cpus"), &e);
+        }
+    }
+    if r.network.as_deref().is_some_and(str::is_empty) {
+        return err(k("network"), "must not be empty");
+    }
+    Ok(())
+}

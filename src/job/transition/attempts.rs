@@ -1,0 +1,260 @@
+//! The commands of one attempt and its lease: claim, start, finish, a host failure, release, a
+//! lost lease, adoption, heartbeats and a lease orphaned by a restart. [`super::apply`] is still
+//! the one entry; these are its arms.
+
+use super::{
+    check_token, commit_reported, end_run, fail_attempt, host_failure_delay_us, illegal,
+    set_status, succeed, ApplyCtx, EventKind, FinishOutcome, TransitionError, HOST_FAILURE,
+};
+use crate::job::JobStatus::*;
+use crate::job::{Job, Lease, Micros, Reported, RunHandle, RunRecord, MAX_RUN_RECORDS};
+
+/// A worker takes a queued job: a new attempt, its lease and run record.
+pub(super) fn claim(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    worker: String,
+    token: u64,
+    lease_until: Micros,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    if job.status != Queued {
+        return Err(illegal(job, "claim"));
+    }
+    job.attempt += 1;
+    job.lease = Some(Lease {
+        worker: worker.clone(),
+        token,
+        expires_at: lease_until,
+    });
+    job.handle = None;
+    job.started_at = None;
+    job.progress = 0.0;
+    if job.runs.len() >= MAX_RUN_RECORDS {
+        job.runs.remove(0);
+    }
+    job.runs.push(RunRecord {
+        attempt: job.attempt,
+        worker,
+        token,
+        claimed_at: now,
+        started_at: None,
+        ended_at: None,
+        outcome: None,
+        reported: None,
+    });
+    set_status(job, Starting, now);
+    Ok(Some(EventKind::Status))
+}
+
+/// The runner started the attempt.
+pub(super) fn started(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    token: u64,
+    handle: Option<RunHandle>,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    check_token(job, token)?;
+    match job.status {
+        Starting => {
+            job.handle = handle;
+            job.started_at = Some(now);
+            if let Some(r) = job.runs.last_mut() {
+                r.started_at = Some(now);
+            }
+            set_status(job, Running, now);
+            Ok(Some(EventKind::Status))
+        }
+        // The job reported RUNNING through its hook before the worker wrote this.
+        Running => {
+            job.handle = handle;
+            Ok(None)
+        }
+        _ => Err(illegal(job, "start")),
+    }
+}
+
+/// The attempt's process ended: what the job reported through its hook stands, else the runner's outcome.
+pub(super) fn finish(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    token: u64,
+    outcome: FinishOutcome,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    check_token(job, token)?;
+    if !job.status.is_active() {
+        return Err(illegal(job, "finish"));
+    }
+    let exit_code = match &outcome {
+        FinishOutcome::Success(_) | FinishOutcome::Timeout(_) => None,
+        FinishOutcome::Exited { exit_code } => Some(*exit_code),
+        FinishOutcome::Failed { exit_code, .. } => *exit_code,
+    };
+    // What the job reported through its hook is its outcome, now that its process has
+    // ended (whatever the exit code, and even when it had to be stopped).
+    if let Some(reported) = job.reported().cloned() {
+        commit_reported(job, ctx, reported, exit_code);
+        return Ok(Some(EventKind::Status));
+    }
+    match outcome {
+        FinishOutcome::Success(result) => {
+            if result.is_some() {
+                job.result = result;
+            }
+            succeed(job, now, exit_code);
+        }
+        FinishOutcome::Exited { .. } => succeed(job, now, exit_code),
+        FinishOutcome::Failed { message, exit_code } => {
+            fail_attempt(job, ctx, message, exit_code, true)
+        }
+        FinishOutcome::Timeout(message) => {
+            job.error = Some(message);
+            end_run(job, now, "TIMEOUT");
+            set_status(job, Timeout, now);
+        }
+    }
+    Ok(Some(EventKind::Status))
+}
+
+/// The host could not launch the attempt: it is given back, not counted.
+pub(super) fn host_failure(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    token: u64,
+    message: String,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    check_token(job, token)?;
+    if job.status != Starting {
+        return Err(illegal(job, "give back a launch"));
+    }
+    let delay = host_failure_delay_us(job, ctx.jitter);
+    end_run(job, now, HOST_FAILURE);
+    job.error = Some(message);
+    job.lease = None;
+    job.max_attempts = job.max_attempts.saturating_add(1);
+    job.run_at = Some(now.saturating_add(delay));
+    set_status(job, Scheduled, now);
+    Ok(Some(EventKind::Status))
+}
+
+/// The worker gives the job back (shutdown).
+pub(super) fn release(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    token: u64,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    check_token(job, token)?;
+    if !job.status.is_active() {
+        return Err(illegal(job, "release"));
+    }
+    // The job had said how it ended: that stands (its process was stopped after it).
+    if let Some(reported) = job.reported().cloned() {
+        commit_reported(job, ctx, reported, None);
+        return Ok(Some(EventKind::Status));
+    }
+    end_run(job, now, "RELEASED");
+    job.lease = None;
+    set_status(job, Queued, now);
+    Ok(Some(EventKind::Status))
+}
+
+/// The lease ran out: the worker is lost.
+pub(super) fn lease_expired(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
+    if !job.status.is_active() || !expired {
+        return Err(illegal(job, "expire a lease it does not have"));
+    }
+    match job.reported().cloned() {
+        Some(Reported::Success) => {
+            commit_reported(job, ctx, Reported::Success, None);
+            return Ok(Some(EventKind::Status));
+        }
+        Some(Reported::Error {
+            retry: false,
+            message,
+        }) => {
+            commit_reported(
+                job,
+                ctx,
+                Reported::Error {
+                    message,
+                    retry: false,
+                },
+                None,
+            );
+            return Ok(Some(EventKind::Status));
+        }
+        _ => {}
+    }
+    end_run(job, now, "LOST");
+    job.lease = None;
+    if job.attempt < job.max_attempts {
+        job.error = Some("worker lost: lease expired; requeued".into());
+        set_status(job, Queued, now);
+    } else {
+        job.error = Some("worker lost: lease expired and no attempt is left".into());
+        set_status(job, Error, now);
+    }
+    Ok(Some(EventKind::Status))
+}
+
+/// Another worker takes over an expired lease.
+pub(super) fn adopt(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    worker: String,
+    token: u64,
+    lease_until: Micros,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
+    if !job.status.is_active() || !expired {
+        return Err(illegal(job, "be adopted"));
+    }
+    job.lease = Some(Lease {
+        worker: worker.clone(),
+        token,
+        expires_at: lease_until,
+    });
+    if let Some(r) = job.runs.last_mut() {
+        r.worker = worker;
+        r.token = token;
+    }
+    Ok(None)
+}
+
+/// The worker renews its lease.
+pub(super) fn heartbeat_lease(
+    job: &mut Job,
+    worker: String,
+    token: u64,
+    lease_until: Micros,
+) -> Result<Option<EventKind>, TransitionError> {
+    match job.lease.as_mut() {
+        Some(l) if l.token == token && l.worker == worker && job.status.is_active() => {
+            l.expires_at = lease_until;
+            Ok(None)
+        }
+        Some(l) if l.token == token && l.worker == worker => Err(illegal(job, "renew a lease")),
+        _ => Err(TransitionError::StaleLease),
+    }
+}
+
+/// At start-up: a lease of this process's last life, to expire at once.
+pub(super) fn orphan_lease(job: &mut Job) -> Result<Option<EventKind>, TransitionError> {
+    match job.lease.as_mut() {
+        Some(l) if job.status.is_active() => {
+            l.expires_at = 0;
+            Ok(None)
+        }
+        _ => Err(illegal(job, "orphan a lease it does not have")),
+    }
+}

@@ -1,0 +1,142 @@
+//! The commands from outside an attempt: a user's cancel and retry, an attached file, the release
+//! or deadline of a waiting job, a scheduled job's promotion. [`super::apply`] is still the one
+//! entry; these are its arms.
+
+use super::{end_run, illegal, set_status, ApplyCtx, EventKind, TransitionError};
+use crate::job::JobStatus::*;
+use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
+
+/// A user cancels the job.
+pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    if job.status.is_terminal() {
+        return Err(illegal(job, "cancel"));
+    }
+    job.error = Some("cancelled".into());
+    end_run(job, now, "CANCELLED");
+    // The lease stays, so its holder learns from its heartbeat that the job is gone.
+    set_status(job, Cancelled, now);
+    Ok(Some(EventKind::Status))
+}
+
+/// A user retries a finished job: one more attempt.
+pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    if !job.status.can_retry() {
+        return Err(illegal(job, "retry"));
+    }
+    job.max_attempts = job.max_attempts.max(job.attempt + 1);
+    job.result = None;
+    job.error = None;
+    job.exit_code = None;
+    job.progress = 0.0;
+    job.status_details = None;
+    job.lease = None;
+    job.finished_at = None;
+    job.run_at = None;
+    // The only way out of a terminal status.
+    job.status = Queued;
+    job.queued_at = now;
+    Ok(Some(EventKind::Status))
+}
+
+/// A file is attached to a property of the job.
+pub(super) fn attach_file(
+    job: &mut Job,
+    property: String,
+    file: FileRef,
+    by_job: bool,
+) -> Result<Option<EventKind>, TransitionError> {
+    if job.status.is_terminal() || (by_job && (!job.status.is_active() || job.reported().is_some()))
+    {
+        return Err(illegal(job, "attach a file"));
+    }
+    let list = job.files.entry(property).or_default();
+    if list.len() >= MAX_FILES_PER_PROPERTY {
+        return Err(TransitionError::Invalid(format!(
+            "a property holds at most {MAX_FILES_PER_PROPERTY} files"
+        )));
+    }
+    list.push(file);
+    Ok(None)
+}
+
+/// Records a waiting job waits on were seen: released once all are.
+pub(super) fn wait_release(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    seen: crate::waiting::Seen,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    let met = job
+        .wait
+        .as_ref()
+        .is_some_and(|w| crate::waiting::all_met(&w.items, &seen));
+    if job.status != Waiting || !met {
+        return Err(illegal(job, "be released by signals"));
+    }
+    if let Some(w) = job.wait.as_mut() {
+        for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
+            item.seen = n;
+            item.signal_ids = ids;
+        }
+        w.released_by = Some(crate::waiting::ReleasedBy::Signals);
+        w.released_at = Some(now);
+    }
+    set_status(job, Queued, now);
+    Ok(Some(EventKind::Status))
+}
+
+/// A waiting job's deadline passed.
+pub(super) fn wait_deadline(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    let due = job
+        .wait
+        .as_ref()
+        .and_then(|w| w.deadline)
+        .is_some_and(|d| d <= now);
+    if job.status != Waiting || !due {
+        return Err(illegal(job, "reach a deadline"));
+    }
+    let Some(w) = job.wait.as_mut() else {
+        return Err(illegal(job, "reach a deadline"));
+    };
+    w.released_by = Some(crate::waiting::ReleasedBy::Deadline);
+    w.released_at = Some(now);
+    let deadline = crate::job::rfc3339(w.deadline.unwrap_or(now));
+    let missing: Vec<String> = w.items.iter().map(|i| i.key.clone()).collect();
+    match w.on_deadline {
+        crate::waiting::OnDeadline::Run => set_status(job, Queued, now),
+        crate::waiting::OnDeadline::Fail => {
+            job.error = Some(format!(
+                "{}: the deadline {deadline} passed before the signals ({}) arrived",
+                crate::waiting::DEADLINE_MISSED,
+                missing.join(", ")
+            ));
+            set_status(job, Error, now);
+        }
+        crate::waiting::OnDeadline::Skip => {
+            job.error = Some(format!(
+                "{}: the deadline {deadline} passed before the signals ({}) arrived",
+                crate::waiting::SKIPPED,
+                missing.join(", ")
+            ));
+            set_status(job, Cancelled, now);
+        }
+    }
+    Ok(Some(EventKind::Status))
+}
+
+/// A scheduled job's time came: it is queued.
+pub(super) fn promote(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    if job.status != Scheduled {
+        return Err(illegal(job, "promote"));
+    }
+    job.run_at = None;
+    set_status(job, Queued, now);
+    Ok(Some(EventKind::Status))
+}

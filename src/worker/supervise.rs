@@ -1,0 +1,175 @@
+//! How the worker sees an attempt to its end: waits for it, stops it on cancel, timeout or
+//! shutdown (or once it reported its outcome and lingers), and records the outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use runyard_runners::{Execution, Outcome};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::reporter::JobReporter;
+use super::{reports, StopReason, Worker};
+use crate::job::{Command, FinishOutcome, Job, TransitionError};
+use crate::runner_set::RunnerSlot;
+use crate::store::StoreError;
+
+impl Worker {
+    /// Waits for the work to end, or stops it on cancel/timeout/shutdown; records the outcome.
+    /// Once the job has reported its outcome through the hook (`reported`: already at the
+    /// start), its process gets `exit_grace` to end by itself before it is stopped; the outcome
+    /// is committed after the process ended and its output was stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn supervise(
+        &self,
+        id: Uuid,
+        token: u64,
+        mut exec: Box<dyn Execution>,
+        reporter: Arc<JobReporter>,
+        limit: Duration,
+        stop: CancellationToken,
+        reason: Arc<Mutex<StopReason>>,
+        run: Supervised,
+    ) {
+        let Supervised {
+            kind,
+            watch,
+            mut reported,
+        } = run;
+        enum End {
+            Ran,
+            Stopped,
+            TimedOut,
+            /// Reported its outcome, but the process did not end within `exit_grace`.
+            Lingered,
+        }
+        let now = tokio::time::Instant::now();
+        let limit_at = now + limit.min(crate::config::MAX_DURATION);
+        let grace = self.cfg.exit_grace;
+        let mut deadline = if reported {
+            limit_at.min(now + grace)
+        } else {
+            limit_at
+        };
+        let (end, ran) = {
+            let wait = exec.wait();
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    o = &mut wait => break (End::Ran, Some(o)),
+                    _ = stop.cancelled() => break (End::Stopped, None),
+                    _ = tokio::time::sleep_until(deadline) => {
+                        break (if reported { End::Lingered } else { End::TimedOut }, None)
+                    }
+                    _ = self.report_seen(id, &watch), if !reported => {
+                        reported = true;
+                        deadline = limit_at.min(tokio::time::Instant::now() + grace);
+                    }
+                }
+            }
+        };
+        drop(watch);
+        if ran.is_none() {
+            if matches!(end, End::Lingered) {
+                tracing::info!(
+                    exit_grace = ?grace,
+                    "the job reported its outcome but its process did not end: stopping it"
+                );
+            }
+            exec.stop(self.cfg.kill_grace).await;
+        }
+        let last = match ran {
+            Some(o) => o,
+            None => exec.wait().await,
+        };
+        reporter.flush().await;
+        match end {
+            // A reported outcome is what the job said; the stopped process's exit is recorded.
+            End::Ran | End::Lingered => self.finish(id, token, outcome_to_finish(last, kind)).await,
+            End::TimedOut => {
+                let msg = format!("timed out after {}", humantime::format_duration(limit));
+                self.finish(id, token, FinishOutcome::Timeout(msg)).await
+            }
+            End::Stopped => {
+                if *reason.lock() == StopReason::Release {
+                    match self.store.apply(id, Command::Release { token }).await {
+                        // A job that had reported its outcome ends with it.
+                        Ok(j) => crate::outcomes::log_change(&j),
+                        Err(e) => tracing::debug!(error = %e, "release refused"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes when the job has reported its outcome through the hook: told in-process by the
+    /// hook handler, or (the hook served by another process) seen by reading the job every
+    /// `lease_ttl / 3`.
+    async fn report_seen(&self, id: Uuid, watch: &reports::Watch) {
+        let every = if self.store.backend_name() == "embedded" {
+            // The embedded store is opened by this process only: its hook is served here.
+            crate::config::MAX_DURATION
+        } else {
+            self.cfg.lease_ttl / 3
+        };
+        loop {
+            tokio::select! {
+                _ = watch.notified() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Ok(Some(j)) = self.store.get(id).await {
+                if j.reported().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn finish(&self, id: Uuid, token: u64, outcome: FinishOutcome) {
+        match self
+            .store
+            .apply(id, Command::Finish { token, outcome })
+            .await
+        {
+            Ok(j) => crate::outcomes::log_change(&j),
+            // The job already ended (it reported its own status, or was cancelled) or was taken
+            // over: nothing to do, and nothing must be overwritten.
+            Err(StoreError::Transition(
+                TransitionError::Illegal { .. } | TransitionError::StaleLease,
+            )) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the outcome; the reaper will retry the job")
+            }
+        }
+    }
+}
+
+/// What [`Worker::supervise`] knows of the attempt besides its execution.
+pub(super) struct Supervised {
+    /// The runner's kind (a process's success is exit code 0).
+    pub(super) kind: crate::config::RunnerKind,
+    /// Where the hook says the job reported its outcome.
+    pub(super) watch: reports::Watch,
+    /// The job had reported its outcome already (adopted work).
+    pub(super) reported: bool,
+}
+
+pub(super) fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
+    job.timeout_ms
+        .map(Duration::from_millis)
+        .or(slot.timeout)
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+pub(super) fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> FinishOutcome {
+    use crate::config::RunnerKind;
+    match o {
+        // A process or container that succeeded exited with 0.
+        Outcome::Success { result: None } if kind != RunnerKind::Service => {
+            FinishOutcome::Exited { exit_code: 0 }
+        }
+        Outcome::Success { result } => FinishOutcome::Success(result),
+        Outcome::Failed { message, exit_code } => FinishOutcome::Failed { message, exit_code },
+    }
+}
