@@ -15,6 +15,10 @@ const CAS_TRIES: usize = 100;
 const CACHE_MAX: usize = 16_384;
 /// Most job writes the committer sends in one `commit.lua` call.
 const COMMIT_BATCH: usize = 128;
+/// Callers whose writes may wait for the committer: one more waits for room (group commit
+/// pushes back on overload instead of queueing without bound). Each caller holds one slot
+/// whatever its number of writes, so at most this many callers' writes are held in memory.
+pub(super) const COMMIT_QUEUE: usize = 1024;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
@@ -33,6 +37,9 @@ pub(super) struct Write {
     /// The webhook delivery of the event (`created_at` µs, newline, url), '' none: see
     /// `deliveries.rs`.
     delivery: String,
+    /// The status of the job at version `expected` (`None` for a submit): the index keys it
+    /// leaves are declared to `commit.lua`.
+    old_status: Option<JobStatus>,
 }
 
 impl Write {
@@ -78,6 +85,7 @@ impl Write {
             event,
             lease_kept,
             delivery,
+            old_status: old.map(|o| o.status),
         })
     }
 
@@ -119,8 +127,69 @@ impl Write {
             },
             j.job_type.clone(),
             self.delivery.clone(),
+            self.wait_keys().count().to_string(),
+            opt(j.wait.as_ref().and_then(|w| w.deadline)),
         ]
     }
+
+    /// The signal keys of the job's wait when this write makes it start or stop waiting (the
+    /// `P:waitk:{key}` sets it enters or leaves), else none.
+    fn wait_keys(&self) -> impl Iterator<Item = &str> {
+        let j = &self.job;
+        let moves =
+            (j.status == JobStatus::Waiting) != (self.old_status == Some(JobStatus::Waiting));
+        j.wait
+            .as_ref()
+            .filter(|_| moves)
+            .into_iter()
+            .flat_map(|w| w.items.iter().map(|i| i.key.as_str()))
+    }
+
+    /// The keys `commit.lua` touches for this write, after the shared ones ([`commit_keys`]),
+    /// in the order of the script's header.
+    fn keys(&self, s: &RedisStore, args: &[String; WRITE_ARGS]) -> Vec<String> {
+        let j = &self.job;
+        let job_key = s.key(&format!("job:{}", j.id));
+        let idem = match &args[10] {
+            k if k.is_empty() => job_key.clone(),
+            k => s.key(&format!("idem:{k}")),
+        };
+        let old_st = match self.old_status {
+            Some(st) => s.key(&format!("st:{}", st.as_str())),
+            None => job_key.clone(),
+        };
+        let mut keys = vec![
+            job_key,
+            idem,
+            old_st,
+            s.key(&format!("st:{}", j.status.as_str())),
+            s.key(&format!("qt:{}", j.job_type)),
+            s.key(&format!("q:{}", j.runner)),
+            s.key(&format!("evc:{}", j.channel_id)),
+            s.key(&format!("dlv:job:{}", j.id)),
+        ];
+        keys.extend(
+            self.files
+                .split_whitespace()
+                .map(|h| s.key(&format!("fref:{h}"))),
+        );
+        keys.extend(self.wait_keys().map(|k| s.key(&format!("waitk:{k}"))));
+        for k in args[14].split('\n').filter(|k| !k.is_empty()) {
+            keys.push(s.key(&format!("sig:{k}")));
+            keys.push(s.key(&format!("sigid:{k}")));
+            keys.push(s.key(&format!("waitk:{k}")));
+        }
+        keys
+    }
+}
+
+/// The keys every `commit.lua` call declares first (`KEYS[1..14]`, see the script's header).
+fn commit_keys(s: &RedisStore) -> [String; 14] {
+    [
+        "all", "jc", "lease", "fin", "sched", "fhashes", "waitdl", "waitdue", "waitgen", "sigseq",
+        "sigkeys", "dlv:seq", "dlv:due", "ev",
+    ]
+    .map(|k| s.key(k))
 }
 
 /// The values `commit.lua` receives for one job write: `job` as changed from `old` (loaded at
@@ -145,12 +214,14 @@ pub(super) enum Reply {
 }
 
 /// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 17;
+const WRITE_ARGS: usize = 19;
 
 /// One caller's writes, waiting for the committer.
 pub(super) struct Pending {
     /// `WRITE_ARGS` values per write.
     args: Vec<String>,
+    /// The keys of the writes (after the shared ones), in order.
+    keys: Vec<String>,
     n: usize,
     tx: oneshot::Sender<Result<Vec<String>>>,
     /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
@@ -161,7 +232,7 @@ pub(super) struct Pending {
 /// one script call, until the store is dropped.
 pub(super) async fn committer(
     store: Weak<RedisStore>,
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
 ) {
     loop {
         let batch = {
@@ -227,17 +298,27 @@ impl RedisStore {
             return Ok(vec![]);
         }
         let mut args = Vec::with_capacity(writes.len() * WRITE_ARGS);
+        let mut keys = Vec::with_capacity(writes.len() * 8);
         for w in writes {
-            args.extend(w.args());
+            let a = w.args();
+            keys.extend(w.keys(self, &a));
+            args.extend(a);
         }
         let (tx, rx) = oneshot::channel();
-        self.commits
-            .send(Pending {
-                args,
-                n: writes.len(),
-                tx,
-                deadline: Instant::now() + self.s.retry.max(MIN_TRY),
-            })
+        let deadline = Instant::now() + self.s.retry.max(MIN_TRY);
+        let pending = Pending {
+            args,
+            keys,
+            n: writes.len(),
+            tx,
+            deadline,
+        };
+        // Waits for room (overload pushes back), as long as the caller would wait for Redis.
+        tokio::time::timeout_at(deadline.into(), self.commits.send(pending))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
+            })?
             .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
         let raw = rx
             .await
@@ -293,16 +374,25 @@ impl RedisStore {
     async fn commit_batch(&self, batch: &[Pending], deadline: Instant) -> Result<Vec<String>> {
         let p = &self.s;
         let n: usize = batch.iter().map(|b| b.n).sum();
+        let shared = commit_keys(self);
+        let (dlv_prefix, notices) = (self.key("dlv:"), self.key("notices"));
         let raw: Vec<String> = self
             .exec_until(Some(deadline), |mut c| {
                 let mut inv = self.scripts.commit.prepare_invoke();
-                inv.arg(&p.prefix)
-                    .arg(p.store.global_limit)
+                for k in &shared {
+                    inv.key(k);
+                }
+                inv.arg(p.store.global_limit)
                     .arg(p.store.channel_limit)
                     .arg(p.channel_ttl.as_millis() as u64)
                     .arg(n)
-                    .arg(&self.origin);
+                    .arg(&self.origin)
+                    .arg(&dlv_prefix)
+                    .arg(&notices);
                 for b in batch {
+                    for k in &b.keys {
+                        inv.key(k);
+                    }
                     for a in &b.args {
                         inv.arg(a);
                     }

@@ -27,11 +27,17 @@ impl EventLog for RedisStore {
         let last = last_id.map(parse_event_id).transpose()?.unwrap_or_default();
         let chan = channel.unwrap_or("").to_string();
         let now_ms = self.now().await / 1000;
+        let global = self.key("ev");
+        let stream = match chan.as_str() {
+            "" => global.clone(),
+            c => self.key(&format!("evc:{c}")),
+        };
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.events.prepare_invoke();
-                inv.arg(&self.s.prefix)
-                    .arg(&chan)
+                inv.key(&stream)
+                    .key(&global)
+                    .arg(u8::from(!chan.is_empty()))
                     .arg(&last)
                     .arg(limit.max(1))
                     .arg(now_ms)

@@ -19,21 +19,22 @@ fn listable(body: &str) -> Option<Job> {
     }
 }
 
+/// A page of `limit` jobs out of `jobs` (read up to `limit + 1`): the cursor is the last job's
+/// id when there were more.
+fn page(mut jobs: Vec<Job>, limit: usize) -> JobPage {
+    let next_cursor = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    JobPage { jobs, next_cursor }
+}
+
 impl RedisStore {
     pub(super) async fn load(&self, id: Uuid) -> Result<Option<(Job, String)>> {
         let key = self.key(&format!("job:{id}"));
-        let body: Option<String> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("HGET")
-                        .arg(key)
-                        .arg("b")
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let body = self.body(&key).await?;
         match body {
             None => Ok(None),
             Some(b) => Ok(Some((serde_json::from_str(&b).map_err(json_err)?, b))),
@@ -48,14 +49,7 @@ impl RedisStore {
             .iter()
             .map(|id| self.key(&format!("job:{id}")))
             .collect();
-        self.exec(true, |mut c| {
-            let mut p = ::redis::pipe();
-            for k in &keys {
-                p.cmd("HGET").arg(k).arg("b");
-            }
-            async move { p.query_async(&mut c).await }
-        })
-        .await
+        self.bodies(&keys).await
     }
 
     /// Lists STARTING or RUNNING jobs. They have no status index (it would cost four writes
@@ -91,13 +85,7 @@ impl RedisStore {
                 break;
             }
         }
-        let next_cursor = if jobs.len() > q.limit {
-            jobs.truncate(q.limit);
-            jobs.last().map(|j| j.id)
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        Ok(page(jobs, q.limit))
     }
 }
 
@@ -214,13 +202,7 @@ impl JobStore for RedisStore {
                 });
             }
         }
-        let next_cursor = if jobs.len() > q.limit {
-            jobs.truncate(q.limit);
-            jobs.last().map(|j| j.id)
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        Ok(page(jobs, q.limit))
     }
 
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {

@@ -47,10 +47,15 @@ impl LogStore for RedisStore {
             .map(|(s, ts, line)| log_entry(s, ts, &line))
             .collect();
         let keep = self.s.store.log_lines_per_job.max(1);
+        let keys = [
+            self.key(&format!("job:{id}")),
+            self.key(&format!("logn:{id}")),
+            self.key(&format!("log:{id}")),
+        ];
         let _: i64 = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.logs_append.prepare_invoke();
-                inv.arg(&self.s.prefix).arg(id.to_string()).arg(keep);
+                inv.key(&keys[0]).key(&keys[1]).key(&keys[2]).arg(keep);
                 for e in &entries {
                     inv.arg(e);
                 }
@@ -64,13 +69,14 @@ impl LogStore for RedisStore {
         if limit == 0 {
             return Ok(vec![]);
         }
+        let (counter, key) = (
+            self.key(&format!("logn:{id}")),
+            self.key(&format!("log:{id}")),
+        );
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.logs_read.prepare_invoke();
-                inv.arg(&self.s.prefix)
-                    .arg(id.to_string())
-                    .arg(after)
-                    .arg(limit);
+                inv.key(&counter).key(&key).arg(after).arg(limit);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;

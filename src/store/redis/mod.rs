@@ -27,6 +27,13 @@
 //!   webhook deliveries (`deliveries.rs`).
 //! - `P:waitk:{key}`, `P:waitdl`, `P:waitdue`, `P:waitgen`: waiting jobs (`waits.rs`).
 //!
+//! Scripts (`lua/*.lua`) take the keys they touch through `KEYS`, named in Rust, and their
+//! arguments in a fixed order documented in each script's header and read into named locals at
+//! its top. Keys that only the script can know, because they are named by what it reads (the
+//! jobs popped from a queue or found in an index, a delivery's number from its counter), are
+//! built in the script from a prefix given as an argument: on Redis Cluster that needs every key
+//! in one hash slot (a prefix with a hash tag, e.g. `{runyard}`).
+//!
 //! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
 //! run records, events) is Redis's clock, read with `TIME` every [`CLOCK_RESYNC`] and carried
 //! forward with this process's monotonic clock in between ([`RedisStore::now`]); a node whose
@@ -54,7 +61,7 @@ mod signals;
 mod tail;
 
 pub use commit::commit_args;
-use commit::{committer, Pending, COMMITTERS};
+use commit::{committer, Pending, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
 pub use tail::EventTail;
@@ -77,6 +84,9 @@ use uuid::Uuid;
 use super::*;
 use crate::job::{apply, now_us, ApplyCtx, Beat, Event, EventKind};
 
+/// Notices waiting for the publisher (`notices.rs`), which folds up to 4096 into one message:
+/// beyond, a notice is dropped rather than queued (notices are hints).
+const RELAY_QUEUE: usize = 8192;
 /// How often [`RedisStore::now`] reads Redis's clock again.
 const CLOCK_RESYNC: Duration = Duration::from_secs(10);
 /// A wall clock this close to Redis's is taken as it is (µs).
@@ -143,7 +153,8 @@ pub struct RedisStore {
     s: RedisSettings,
     scripts: Scripts,
     notify: broadcast::Sender<Notice>,
-    relay: mpsc::UnboundedSender<Notice>,
+    /// To the notice publisher (bounded by [`RELAY_QUEUE`]).
+    relay: mpsc::Sender<Notice>,
     down: AtomicBool,
     /// This process's id on the notice channel (its own notices are not relayed back to it).
     origin: String,
@@ -151,7 +162,7 @@ pub struct RedisStore {
     /// next change starts from the cached copy, and a stale copy only costs a CAS conflict.
     cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
     /// To the committer tasks (group commit, see [`RedisStore::commit`]).
-    commits: mpsc::UnboundedSender<Pending>,
+    commits: mpsc::Sender<Pending>,
     /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
     clock: parking_lot::Mutex<Option<(Micros, Instant)>>,
     /// The last time [`Self::now`] answered: it never goes back within a process.
@@ -213,7 +224,7 @@ impl RedisStore {
         };
         let version = server_version(&mut conn).await?;
         let (notify, _) = broadcast::channel(4096);
-        let (relay, relay_rx) = mpsc::unbounded_channel();
+        let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let stop = CancellationToken::new();
         let origin = Uuid::now_v7().simple().to_string();
         let channel = format!("{}:notices", settings.prefix);
@@ -232,7 +243,7 @@ impl RedisStore {
             stop.clone(),
         ));
         tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
-        let (commits, commits_rx) = mpsc::unbounded_channel();
+        let (commits, commits_rx) = mpsc::channel(COMMIT_QUEUE);
         let commits_rx = Arc::new(tokio::sync::Mutex::new(commits_rx));
         Ok(Arc::new_cyclic(|me: &Weak<Self>| {
             for _ in 0..COMMITTERS {
@@ -359,6 +370,59 @@ impl RedisStore {
         Ok(first.first().map(|(_, s)| *s as Micros))
     }
 
+    /// The record (`b` field) of the hash `key`, none when it is absent.
+    pub(crate) async fn body(&self, key: &str) -> Result<Option<String>> {
+        self.exec(true, |mut c| {
+            let cmd = ::redis::cmd("HGET").arg(key).arg("b").clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// The records (`b` fields) of the hashes `keys`, in one round trip.
+    pub(crate) async fn bodies(&self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        self.exec(true, |mut c| {
+            let mut p = ::redis::pipe();
+            for k in keys {
+                p.cmd("HGET").arg(k).arg("b");
+            }
+            async move { p.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Removes `member` from the sorted set `key`.
+    pub(crate) async fn zrem(&self, key: String, member: String) -> Result<()> {
+        let _: i64 = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("ZREM").arg(&key).arg(&member).clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `script` with `keys` (its `KEYS`) and `args` (its `ARGV`), retrying like
+    /// [`Self::exec`].
+    pub(crate) async fn run_script<T: ::redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T> {
+        self.exec(true, |mut c| {
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a);
+            }
+            async move { inv.invoke_async(&mut c).await }
+        })
+        .await
+    }
+
     /// Runs a command, retrying transient failures with backoff for up to `store.retry` (not
     /// at all when `retry` is false).
     async fn exec<T, F, Fut>(&self, retry: bool, f: F) -> Result<T>
@@ -450,8 +514,15 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    /// Tells this process's listeners, and the other processes through the publisher. Notices
+    /// are hints (see `notices.rs`): when the publisher is [`RELAY_QUEUE`] behind, the notice
+    /// is not relayed (the other processes poll), and this caller never waits for it.
     fn tell(&self, n: Notice) {
-        let _ = self.relay.send(n.clone());
+        if notices::crosses(&n) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = self.relay.try_send(n.clone()) {
+                tracing::debug!("notice publisher behind: a notice is not relayed");
+            }
+        }
         let _ = self.notify.send(n);
     }
 

@@ -20,13 +20,17 @@ impl JobQueue for RedisStore {
         let reserve_until = self.now().await + lease_ttl.as_micros() as i64;
         // While Redis is away, fail at once: the worker backs off instead of piling up claims.
         let retry = !self.down.load(Ordering::Relaxed);
+        let (queue, tokens) = (self.key(&format!("q:{runner}")), self.key("token"));
+        let (leases, job_prefix) = (self.key("lease"), self.key("job:"));
         let picked: Vec<::redis::Value> = self
             .exec(retry, |mut c| {
                 let mut inv = self.scripts.claim.prepare_invoke();
-                inv.arg(&self.s.prefix)
-                    .arg(runner)
+                inv.key(&queue)
+                    .key(&tokens)
+                    .key(&leases)
                     .arg(max)
-                    .arg(reserve_until);
+                    .arg(reserve_until)
+                    .arg(&job_prefix);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
@@ -156,19 +160,7 @@ impl JobQueue for RedisStore {
                 Err(StoreError::Transition(_)) => {}
                 Err(StoreError::NotFound) => {
                     // An entry without its job (deleted by hand): drop it, or it comes back.
-                    let (key, id) = (key.clone(), id.to_string());
-                    let _: i64 = self
-                        .exec(true, |mut c| {
-                            let (key, id) = (key.clone(), id.clone());
-                            async move {
-                                ::redis::cmd("ZREM")
-                                    .arg(key)
-                                    .arg(id)
-                                    .query_async(&mut c)
-                                    .await
-                            }
-                        })
-                        .await?;
+                    self.zrem(key.clone(), id.to_string()).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -182,10 +174,16 @@ impl JobQueue for RedisStore {
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
         let now = self.now().await;
+        let (leases, job_prefix, queue_prefix) =
+            (self.key("lease"), self.key("job:"), self.key("q:"));
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.expired.prepare_invoke();
-                inv.arg(&self.s.prefix).arg(now).arg(max);
+                inv.key(&leases)
+                    .arg(now)
+                    .arg(max)
+                    .arg(&job_prefix)
+                    .arg(&queue_prefix);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;

@@ -12,13 +12,16 @@ const RETENTION_CHUNKS: usize = 40;
 impl Maintenance for RedisStore {
     async fn retention(&self, finished_before: Micros) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
+        let keys = ["fin", "all", "jc", "fhashes"].map(|k| self.key(k));
+        let prefix = self.key("");
         for _ in 0..RETENTION_CHUNKS {
             let n: u64 = self
                 .exec(true, |mut c| {
                     let mut inv = self.scripts.retention.prepare_invoke();
-                    inv.arg(&self.s.prefix)
-                        .arg(finished_before)
-                        .arg(RETENTION_CHUNK);
+                    for k in &keys {
+                        inv.key(k);
+                    }
+                    inv.arg(finished_before).arg(RETENTION_CHUNK).arg(&prefix);
                     async move { inv.invoke_async(&mut c).await }
                 })
                 .await?;
