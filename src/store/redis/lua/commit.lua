@@ -79,27 +79,27 @@ local function mark_due(id)
   marked = true
 end
 
--- `waitk` the keys `P:waitk:{key}` of the job's wait (see the KEYS above).
-local function wait_enter(id, waitk, deadline)
-  for _, k in ipairs(waitk) do redis.call('SADD', k, id) end
+-- KEYS[w + 1 .. w + nw] the keys `P:waitk:{key}` of the job's wait (see the KEYS above).
+local function wait_enter(id, w, nw, deadline)
+  for k = w + 1, w + nw do redis.call('SADD', KEYS[k], id) end
   if deadline ~= '' then redis.call('ZADD', WAITDL, deadline, id) end
   mark_due(id)
 end
 
-local function wait_leave(id, waitk)
-  for _, k in ipairs(waitk) do redis.call('SREM', k, id) end
+local function wait_leave(id, w, nw)
+  for k = w + 1, w + nw do redis.call('SREM', KEYS[k], id) end
   redis.call('ZREM', WAITDL, id)
   redis.call('ZREM', WAITDUE, id)
 end
 
 -- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
--- signalled by this job is not signalled twice), written with the job. `sk` the keys of each
--- signal key: {`P:sig:{key}`, `P:sigid:{key}`, `P:waitk:{key}`}.
-local function emit(id, keys, sk, at)
+-- signalled by this job is not signalled twice), written with the job. From KEYS[e + 1] on, the
+-- keys of each signal key: `P:sig:{key}`, `P:sigid:{key}`, `P:waitk:{key}`.
+local function emit(id, keys, e, at)
   local i = 0
   for skey in string.gmatch(keys, '[^\n]+') do
     i = i + 1
-    local sig, sid, wk = sk[i][1], sk[i][2], sk[i][3]
+    local sig, sid, wk = KEYS[e + 3 * i - 2], KEYS[e + 3 * i - 1], KEYS[e + 3 * i]
     local cid = 'job:' .. id
     if not redis.call('HGET', sid, cid) then
       local seq = redis.call('HINCRBY', SIGSEQ, skey, 1)
@@ -126,31 +126,22 @@ local function deliver(id, djob, eid, ev, dlv)
   redis.call('ZADD', djob, n, n)
 end
 
--- The next `count` keys from KEYS[kc + 1] on.
-local kc = FIXED_KEYS
-local function take(count)
-  local t = {}
-  for i = 1, count do t[i] = KEYS[kc + i] end
-  kc = kc + count
-  return t
+local function count(str, pattern)
+  local c = 0
+  for _ in string.gmatch(str, pattern) do c = c + 1 end
+  return c
 end
 
--- The keys of one write, taken from KEYS in the order above.
-local function keys_of(a)
-  local files, emits, nwait = a[12], a[15], tonumber(a[18])
-  local k = { w = take(WRITE_KEYS), frefs = {}, sk = {} }
-  for h in string.gmatch(files, '%S+') do k.frefs[#k.frefs + 1] = h end
-  k.frefk = take(#k.frefs)
-  k.waitk = take(nwait)
-  for _ in string.gmatch(emits, '[^\n]+') do k.sk[#k.sk + 1] = take(3) end
-  return k
-end
-
-local function commit_one(a, k)
+-- The write whose values start after ARGV[i] and whose keys start after KEYS[kb] (no table per
+-- write: this runs for every change of every job).
+local function commit_one(i, kb)
   local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev, emits, jt,
-    dlv, _, deadline = unpack(a, 1, WRITE_ARGS)
-  local key, idemk, oldk, stk, qtk, qk, ck, djob = unpack(k.w)
-  local frefs, frefk, waitk, sk = k.frefs, k.frefk, k.waitk, k.sk
+    dlv, nwait, deadline = unpack(ARGV, i + 1, i + WRITE_ARGS)
+  local key, idemk, oldk, stk, qtk, qk, ck, djob = unpack(KEYS, kb + 1, kb + WRITE_KEYS)
+  local fk = kb + WRITE_KEYS -- file references from KEYS[fk + 1]
+  local nf = count(files, '%S+')
+  local wk, nw = fk + nf, tonumber(nwait) -- waited keys from KEYS[wk + 1]
+  local ek = wk + nw -- signal keys from KEYS[ek + 1]
   local cur = redis.call('HMGET', key, 'v', 's')
   local old = cur[2]
   if expv == '' then
@@ -183,8 +174,10 @@ local function commit_one(a, k)
   if idem ~= '' then redis.call('HSET', key, 'k', idem) end
   if files ~= '' then
     redis.call('HSET', key, 'f', files)
-    for i, h in ipairs(frefs) do
-      redis.call('SADD', frefk[i], id)
+    local c = fk
+    for h in string.gmatch(files, '%S+') do
+      c = c + 1
+      redis.call('SADD', KEYS[c], id)
       redis.call('SADD', FHASHES, h)
     end
   end
@@ -222,12 +215,12 @@ local function commit_one(a, k)
     redis.call('ZREM', FIN, id)
   end
   if st == 'WAITING' and old ~= 'WAITING' then
-    wait_enter(id, waitk, deadline)
+    wait_enter(id, wk, nw, deadline)
   elseif old == 'WAITING' and st ~= 'WAITING' then
-    wait_leave(id, waitk)
+    wait_leave(id, wk, nw)
   end
   if st == 'SUCCESS' and old ~= 'SUCCESS' and emits ~= '' and fin ~= '' then
-    emit(id, emits, sk, fin)
+    emit(id, emits, ek, fin)
   end
   local eid = ''
   if ev ~= '' then
@@ -241,19 +234,21 @@ local function commit_one(a, k)
   return 'OK:' .. eid
 end
 
--- Every write's keys first: a call whose KEYS do not match its writes changes nothing.
-local writes = {}
-local i = HEAD_ARGS + 1
+-- Where every write's keys start, checked first: a call whose KEYS do not match its writes
+-- changes nothing.
+local bases = {}
+local kc = FIXED_KEYS
 for j = 1, n do
-  local a = { unpack(ARGV, i, i + WRITE_ARGS - 1) }
-  writes[j] = { a, keys_of(a) }
-  i = i + WRITE_ARGS
+  local i = HEAD_ARGS + (j - 1) * WRITE_ARGS
+  bases[j] = kc
+  kc = kc + WRITE_KEYS + count(ARGV[i + 12], '%S+') + tonumber(ARGV[i + 18]) +
+    3 * count(ARGV[i + 15], '[^\n]+')
 end
 if kc ~= #KEYS then
   return redis.error_reply('commit: ' .. #KEYS .. ' keys declared, ' .. kc .. ' expected')
 end
 local out = {}
-for j = 1, n do out[j] = commit_one(writes[j][1], writes[j][2]) end
+for j = 1, n do out[j] = commit_one(HEAD_ARGS + (j - 1) * WRITE_ARGS, bases[j]) end
 if marked then
   redis.call('PUBLISH', notices, '\nC 00000000-0000-0000-0000-000000000000 WAITING')
 end
