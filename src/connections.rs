@@ -20,6 +20,12 @@
 //! - **Graceful stop**: on `stop`, the listener closes, idle connections close, requests in flight
 //!   finish (long-lived responses end on `App::closing`), and the loop returns once every
 //!   connection has ended. Dropping the loop's task aborts the connections still open.
+//!
+//! Errors: nothing here refuses a connection with an answer (at the cap, clients wait in the
+//! backlog; a silent one is closed). The request timeout answers through `ApiError` like the
+//! routes. The only answers not in the API's error body are hyper's own, before any request
+//! reaches the router: an empty 400 for a request it cannot parse and an empty 431 for headers
+//! over its bound (docs/api.md).
 
 use std::convert::Infallible;
 use std::io;
@@ -31,7 +37,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -479,14 +485,16 @@ pub fn is_long_lived(req: &Request) -> bool {
             .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
 }
 
+/// `api.request_timeout` for ordinary requests. Not tower-http's `TimeoutLayer`: that one times
+/// every request alike and answers with an empty body, where long-lived requests are exempt here
+/// and the answer is the API's 503 `request_timeout` body.
 async fn limit_request_time(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     if is_long_lived(&req) {
         return next.run(req).await;
     }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        Err(_) => ApiError::unavailable(
             "request_timeout",
             format!(
                 "the request took longer than `api.request_timeout` ({})",

@@ -50,16 +50,20 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
 }
 
 /// Deletes finished jobs past retention, trims event streams, and deletes file contents no job
-/// references any more, every `interval`.
+/// references any more (when `blobs` is given: the file contents live with the API), every
+/// `interval`.
 pub async fn retention_loop(
     store: Arc<dyn Store>,
-    blobs: Arc<BlobStore>,
+    blobs: Option<Arc<BlobStore>>,
     cfg: RetentionConfig,
     stop: CancellationToken,
 ) {
     let mut last_gc = std::time::Instant::now();
     loop {
-        if last_gc.elapsed() >= BLOB_GC_EVERY {
+        if let Some(blobs) = blobs
+            .as_ref()
+            .filter(|_| last_gc.elapsed() >= BLOB_GC_EVERY)
+        {
             last_gc = std::time::Instant::now();
             match store.file_hashes().await {
                 Ok(used) => {

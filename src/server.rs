@@ -24,12 +24,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use runyard_runners::service::{ServiceContext, ServiceRegistry, ServiceResult};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::signed_url::UrlSigner;
 use crate::config::Config;
@@ -43,45 +46,8 @@ use crate::store::{Store, StoreSettings};
 use crate::worker::Worker;
 use runyard_hooks::Verifier;
 
-/// What the HTTP handlers share.
-pub struct App {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The backend.
-    pub store: Arc<dyn Store>,
-    /// The runners.
-    pub runners: Arc<RunnerSet>,
-    /// The key job secrets are derived from.
-    pub master_key: Arc<MasterKey>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Job files.
-    pub blobs: Arc<BlobStore>,
-    /// Hook signature checks (with replay memory).
-    pub verifier: Verifier,
-    /// Signs blob URLs.
-    pub signer: UrlSigner,
-    /// `public_url` without a trailing slash.
-    pub public_url: String,
-    /// The path part of `public_url` (e.g. `/runyard` behind a proxy), or empty.
-    pub path_prefix: String,
-    /// Cancelled when the server stops: long-lived responses (WebSocket, SSE, long polls) end.
-    pub closing: CancellationToken,
-    /// The Redis backend when configured: the hook replay memory is shared through it.
-    pub redis: Option<Arc<RedisStore>>,
-    /// The live fan-out of events to WebSocket and SSE streams (`src/events/`).
-    pub events: Arc<crate::events::Hub>,
-}
-
-impl App {
-    /// A short-lived signed URL for the bytes of a blob.
-    pub fn blob_url(&self, hash: &str) -> String {
-        let exp =
-            (crate::job::now_us() / 1_000_000 + crate::api::signed_url::URL_TTL_SECS).to_string();
-        let sig = self.signer.sign(&["get", hash, &exp]);
-        format!("{}/async/blobs/{hash}?exp={exp}&sig={sig}", self.public_url)
-    }
-}
+/// What the HTTP handlers share (it lives with the API; re-exported here for compatibility).
+pub use crate::api::App;
 
 /// Builds a server: configuration plus the service operations of an embedding program.
 pub struct ServerBuilder {
@@ -147,83 +113,42 @@ impl ServerBuilder {
             self.config.public_url = Some(format!("http://{addr}"));
         }
         crate::security::secure_data_dir(&self.config.data_dir)?;
-        // Out of the config (which is shared widely) into a zeroed-on-drop key.
-        let master_key = Arc::new(load_master_key(&mut self.config)?);
-        let config = Arc::new(self.config);
-        let (store, redis) = open_store(&config).await?;
-        // Every store call of this process is timed and every committed change counted.
-        let metrics = Arc::new(Metrics::default());
-        let store = crate::metrics::MeteredStore::wrap(store, metrics.clone());
-        let runners = Arc::new(
-            RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
-        );
         let blobs = Arc::new(
-            BlobStore::new(config.data_dir.join("files"))
+            BlobStore::new(self.config.data_dir.join("files"))
                 .context("`data_dir`: cannot create the file store")?,
         );
+        let mut core = Core::assemble(self.config, self.services, Some(blobs.clone())).await?;
+        let config = core.config.clone();
         let public_url = config.public_url();
         let path_prefix = reqwest::Url::parse(&public_url)
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
+        let (dropped, app_dropped) = oneshot::channel();
         let app = Arc::new(App {
             config: config.clone(),
-            store: store.clone(),
-            runners: runners.clone(),
-            master_key: master_key.clone(),
-            metrics: metrics.clone(),
-            blobs: blobs.clone(),
+            store: core.store.clone(),
+            runners: core.runners.clone(),
+            master_key: core.master_key.clone(),
+            metrics: core.metrics.clone(),
+            blobs,
             verifier: Verifier::new().with_require_v2(config.hooks.require_v2),
-            signer: UrlSigner::new(&master_key),
+            signer: UrlSigner::new(&core.master_key),
             public_url,
             path_prefix,
-            redis: redis.clone(),
             closing: CancellationToken::new(),
             events: crate::events::Hub::from_config(&config.events),
+            _dropped: dropped,
         });
-        crate::metrics::features::register(&metrics, app.events.clone());
-        let bg = CancellationToken::new();
-        let worker_stop = CancellationToken::new();
-        let tasks = vec![
-            // Live events for this node's streams (from every node's commits on Redis).
-            tokio::spawn(crate::events::hub::tail_loop(
-                app.events.clone(),
-                store.clone(),
-                redis,
-                bg.clone(),
-            )),
-            tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone())),
-            tokio::spawn(crate::waiting::wait_loop(store.clone(), bg.clone())),
-            tokio::spawn(crate::schedule::firing::fire_loop(
-                crate::schedule::firing::Firing {
-                    store: store.clone(),
-                    runners: runners.clone(),
-                    signal_retention: config.retention.finished,
-                },
-                bg.clone(),
-            )),
-            tokio::spawn(crate::scheduler::retention_loop(
-                store.clone(),
-                blobs,
-                config.retention.clone(),
-                bg.clone(),
-            )),
-            tokio::spawn(crate::notify::deliver::delivery_loop(
-                crate::notify::deliver::Deliverer::new(&config, store.clone(), master_key.clone()),
-                bg.clone(),
-            )),
-        ];
-        let worker = if config.worker.enabled {
-            let w = Worker::new(
-                store.clone(),
-                runners,
-                config.worker.clone(),
-                master_key,
-                format!("{}/async", config.public_url()),
-            );
-            Some(tokio::spawn(w.run(worker_stop.clone())))
-        } else {
-            None
-        };
+        crate::metrics::features::register(&core.metrics, app.events.clone());
+        // Live events for this node's streams (from every node's commits on Redis).
+        core.tasks.spawn(crate::events::hub::tail_loop(
+            app.events.clone(),
+            core.store.clone(),
+            core.bg.clone(),
+        ));
+        if config.worker.enabled {
+            core.start_worker();
+        }
         let http_stop = CancellationToken::new();
         let router = crate::api::router(app.clone());
         let limits = crate::connections::EdgeSettings::from_config(&config.api);
@@ -233,17 +158,153 @@ impl ServerBuilder {
             limits,
             http_stop.clone(),
         ));
-        tracing::info!(%addr, store = store.backend_name(), max_connections = limits.max_connections, "runyard listening");
+        tracing::info!(%addr, store = core.store.backend_name(), max_connections = limits.max_connections, "runyard listening");
         Ok(RunningServer {
             addr,
             app,
-            bg,
-            tasks,
-            worker_stop,
-            worker,
+            core,
             http_stop,
             http,
+            app_dropped,
         })
+    }
+
+    /// Runs a worker node until `shutdown` completes: the worker (with its reaper) and the
+    /// scheduler, no HTTP API. Needs `redis` (the API runs elsewhere, on the same Redis) and
+    /// `public_url` (the API's URL, which jobs report to). Then drains like [`RunningServer::stop`].
+    pub async fn work(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        if self.config.redis.is_none() {
+            anyhow::bail!(
+                "`redis`: a worker node shares the queue with the API through Redis; set `redis` \
+                 (or run `runyard serve`, which has a worker built in)"
+            );
+        }
+        if self.config.public_url.is_none() {
+            anyhow::bail!(
+                "`public_url`: a worker node needs the API's URL (jobs report to `public_url`/async)"
+            );
+        }
+        // No blobs: file contents live with the API, whose retention collects them.
+        let mut core = Core::assemble(self.config, self.services, None).await?;
+        let id = core.start_worker();
+        tracing::info!(worker = %id, store = core.store.backend_name(), "runyard worker node started");
+        if let Some(listener) = self.health_listener {
+            let app = crate::api::health::probe_router(core.store.clone());
+            let stop = core.bg.clone();
+            tracing::info!(addr = ?listener.local_addr().ok(), "worker health probes listening");
+            core.tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "worker health listener stopped");
+                }
+            });
+        }
+        shutdown.await;
+        core.stop_worker().await;
+        core.stop_loops().await;
+        Ok(())
+    }
+}
+
+/// What `serve` and `worker` both run, assembled once: the store (metered), the runners, the
+/// background loops (promotion, waiting jobs, schedules, retention, webhook deliveries) and,
+/// when started, the worker.
+struct Core {
+    config: Arc<Config>,
+    master_key: Arc<MasterKey>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    runners: Arc<RunnerSet>,
+    /// The background loops, ended by `bg`; [`Core::stop_loops`] waits for them all.
+    tasks: TaskTracker,
+    bg: CancellationToken,
+    worker_stop: CancellationToken,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Core {
+    /// Opens the store and starts the background loops. `blobs`: the file contents this node
+    /// keeps (the API's), collected by retention.
+    async fn assemble(
+        mut config: Config,
+        services: ServiceRegistry,
+        blobs: Option<Arc<BlobStore>>,
+    ) -> anyhow::Result<Self> {
+        // Out of the config (which is shared widely) into a zeroed-on-drop key.
+        let master_key = Arc::new(load_master_key(&mut config)?);
+        let config = Arc::new(config);
+        // Every store call of this process is timed and every committed change counted.
+        let metrics = Arc::new(Metrics::default());
+        let store = crate::metrics::MeteredStore::wrap(open_store(&config).await?, metrics.clone());
+        let runners = Arc::new(
+            RunnerSet::build(&config, Arc::new(services)).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let (tasks, bg) = (TaskTracker::new(), CancellationToken::new());
+        tasks.spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
+        tasks.spawn(crate::waiting::wait_loop(store.clone(), bg.clone()));
+        tasks.spawn(crate::schedule::firing::fire_loop(
+            crate::schedule::firing::Firing {
+                store: store.clone(),
+                runners: runners.clone(),
+                signal_retention: config.retention.finished,
+            },
+            bg.clone(),
+        ));
+        tasks.spawn(crate::scheduler::retention_loop(
+            store.clone(),
+            blobs,
+            config.retention.clone(),
+            bg.clone(),
+        ));
+        tasks.spawn(crate::notify::deliver::delivery_loop(
+            crate::notify::deliver::Deliverer::new(&config, store.clone(), master_key.clone()),
+            bg.clone(),
+        ));
+        Ok(Self {
+            config,
+            master_key,
+            store,
+            metrics,
+            runners,
+            tasks,
+            bg,
+            worker_stop: CancellationToken::new(),
+            worker: None,
+        })
+    }
+
+    /// Starts the worker; returns its id.
+    fn start_worker(&mut self) -> String {
+        let w = Worker::new(
+            self.store.clone(),
+            self.runners.clone(),
+            self.config.worker.clone(),
+            self.master_key.clone(),
+            format!("{}/async", self.config.public_url()),
+        );
+        let id = w.id().to_string();
+        self.worker = Some(tokio::spawn(w.run(self.worker_stop.clone())));
+        id
+    }
+
+    /// Stops the worker claiming and waits for it to drain.
+    async fn stop_worker(&mut self) {
+        self.worker_stop.cancel();
+        if let Some(w) = self.worker.take() {
+            let _ = w.await;
+        }
+    }
+
+    /// Ends the background loops and waits until every one has returned.
+    async fn stop_loops(&self) {
+        self.bg.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -253,12 +314,11 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The application state.
     pub app: Arc<App>,
-    bg: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-    worker_stop: CancellationToken,
-    worker: Option<JoinHandle<()>>,
+    core: Core,
     http_stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
+    /// Closed when the last share of `app` is dropped.
+    app_dropped: oneshot::Receiver<()>,
 }
 
 impl RunningServer {
@@ -268,43 +328,45 @@ impl RunningServer {
     }
 
     /// Graceful stop: the worker stops claiming and drains (the API stays up meanwhile, so running
-    /// jobs can still report), then the API stops.
+    /// jobs can still report), then the API stops. When it returns, every task is done and the
+    /// store is closed (the embedded data dir can be opened again).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.worker_stop.cancel();
-        if let Some(w) = self.worker {
-            let _ = w.await;
-        }
-        self.app.closing.cancel();
-        self.http_stop.cancel();
-        self.bg.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        let RunningServer {
+            app,
+            mut core,
+            http_stop,
+            mut http,
+            app_dropped,
+            ..
+        } = self;
+        core.stop_worker().await;
+        app.closing.cancel();
+        http_stop.cancel();
+        core.stop_loops().await;
         // Connections that stay open (a client that never reads) must not hold the stop forever.
-        let mut http = self.http;
-        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut http).await {
-            Ok(r) => r.context("http task")?.context("http server")?,
-            Err(_) => {
-                tracing::warn!("HTTP connections still open after 10s: closing them");
-                http.abort();
-            }
+        let served = tokio::time::timeout(Duration::from_secs(10), &mut http).await;
+        if served.is_err() {
+            tracing::warn!("HTTP connections still open after 10s: closing them");
+            http.abort();
         }
-        // The accept loop returns once its connection tasks have ended, but an upgraded WebSocket (or
-        // an aborted task) may drop its share of the router (and so `App`, the store and the
-        // embedded store's lock) a moment later. Wait for them, so that the data dir can be
-        // opened again as soon as `stop` returns.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        while Arc::strong_count(&self.app) > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        // The accept loop returns once its connection tasks have ended, but an upgraded WebSocket
+        // (or an aborted task) drops its share of the router (and so of `App`, the store and the
+        // embedded store's lock) a moment later: wait for the last one to go.
+        drop((app, core));
+        if tokio::time::timeout(Duration::from_secs(2), app_dropped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the application state is still held 2s after the stop");
+        }
+        if let Ok(r) = served {
+            r.context("http task")?.context("http server")?;
         }
         Ok(())
     }
 }
 
-/// The Redis store of a config, when there is one (also the hook replay memory).
-type RedisHandle = Option<Arc<RedisStore>>;
-
-async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, RedisHandle)> {
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let settings = StoreSettings {
         progress_interval: config.events.progress_interval,
         channel_limit: config.events.channel_limit,
@@ -321,99 +383,14 @@ async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, RedisHan
         })
         .await
         .context("`redis`")?;
-        return Ok((r.clone(), Some(r)));
+        return Ok(r);
     }
     let full = config.store.synchronous == crate::config::Synchronous::Full;
-    Ok((
-        Arc::new(SqliteStore::open(&config.data_dir, settings, full)?),
-        None,
-    ))
-}
-
-impl ServerBuilder {
-    /// Runs a worker node until `shutdown` completes: the worker (with its reaper) and the
-    /// scheduler, no HTTP API. Needs `redis` (the API runs elsewhere, on the same Redis) and
-    /// `public_url` (the API's URL, which jobs report to). Then drains like [`RunningServer::stop`].
-    pub async fn work(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let mut config = self.config;
-        if config.redis.is_none() {
-            anyhow::bail!(
-                "`redis`: a worker node shares the queue with the API through Redis; set `redis` \
-                 (or run `runyard serve`, which has a worker built in)"
-            );
-        }
-        if config.public_url.is_none() {
-            anyhow::bail!(
-                "`public_url`: a worker node needs the API's URL (jobs report to `public_url`/async)"
-            );
-        }
-        let master_key = Arc::new(load_master_key(&mut config)?);
-        let config = Arc::new(config);
-        let (store, _) = open_store(&config).await?;
-        let runners = Arc::new(
-            RunnerSet::build(&config, Arc::new(self.services)).map_err(|e| anyhow::anyhow!(e))?,
-        );
-        let bg = CancellationToken::new();
-        tokio::spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
-        tokio::spawn(crate::waiting::wait_loop(store.clone(), bg.clone()));
-        tokio::spawn(crate::schedule::firing::fire_loop(
-            crate::schedule::firing::Firing {
-                store: store.clone(),
-                runners: runners.clone(),
-                signal_retention: config.retention.finished,
-            },
-            bg.clone(),
-        ));
-        tokio::spawn(crate::notify::deliver::delivery_loop(
-            crate::notify::deliver::Deliverer::new(&config, store.clone(), master_key.clone()),
-            bg.clone(),
-        ));
-        let (st, rc, stop) = (store.clone(), config.retention.clone(), bg.clone());
-        tokio::spawn(async move {
-            // Jobs, logs and events; file contents live with the API, whose retention collects them.
-            loop {
-                let before = crate::job::now_us() - rc.finished.as_micros() as i64;
-                if let Err(e) = st.retention(before).await {
-                    tracing::warn!(error = %e, "retention pass failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(rc.interval) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-        let worker = Worker::new(
-            store.clone(),
-            runners,
-            config.worker.clone(),
-            master_key,
-            format!("{}/async", config.public_url()),
-        );
-        tracing::info!(worker = %worker.id(), store = store.backend_name(), "runyard worker node started");
-        if let Some(listener) = self.health_listener {
-            let app = crate::api::health::probe_router(store.clone());
-            let stop = bg.clone();
-            tracing::info!(addr = ?listener.local_addr().ok(), "worker health probes listening");
-            tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::warn!(error = %e, "worker health listener stopped");
-                }
-            });
-        }
-        let stop = CancellationToken::new();
-        let w = tokio::spawn(worker.run(stop.clone()));
-        shutdown.await;
-        stop.cancel();
-        let _ = w.await;
-        bg.cancel();
-        Ok(())
-    }
+    Ok(Arc::new(SqliteStore::open(
+        &config.data_dir,
+        settings,
+        full,
+    )?))
 }
 
 /// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), which is taken out of

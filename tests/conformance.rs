@@ -150,6 +150,9 @@ conformance!(
     notices_reach_every_handle,
     host_failures_reschedule_and_give_the_attempt_back,
     webhook_deliveries_follow_events_and_claims_are_fenced,
+    replay_memory_accepts_each_request_once,
+    replay_memory_forgets_a_request_after_its_expiry,
+    event_tail_reads_every_handles_commits,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -627,6 +630,12 @@ async fn heartbeats_extend_and_report_lost_jobs(mut b: Backend) {
         .unwrap()
         .expires_at;
     assert!(after > before + 1_000_000, "lease extended");
+    let claimed_a = claimed.iter().find(|j| j.id == a.id).expect("a claimed");
+    assert_eq!(
+        s.get(a.id).await.unwrap().unwrap().updated_at,
+        claimed_a.updated_at,
+        "a heartbeat is lease bookkeeping: the job's updated_at stays"
+    );
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(
         s.expired(10).await.unwrap().is_empty(),
@@ -1263,4 +1272,128 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
     assert_eq!(s.deliveries_trim(now_us() + 1_000_000).await.unwrap(), 2);
     assert!(s.deliveries(j.id, 10).await.unwrap().is_empty());
     assert!(s.deliveries(k.id, 10).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay memory and the live event tail (src/store/replay.rs, src/store/tail.rs).
+
+fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+/// A signed request is accepted once: the same key again, on this handle or another one (another
+/// API node on the same Redis), is a replay while it is remembered; even concurrent first uses
+/// are accepted exactly once.
+async fn replay_memory_accepts_each_request_once(mut b: Backend) {
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let exp = now_ms() + 60_000;
+    let key = format!("{}\n{}\n{}", Uuid::now_v7(), now_ms(), "ab".repeat(32));
+    assert!(
+        s.remember_once(&key, exp, now_ms()).await.unwrap(),
+        "first use"
+    );
+    assert!(
+        !s.remember_once(&key, exp, now_ms()).await.unwrap(),
+        "replay, same handle"
+    );
+    assert!(
+        !peer.remember_once(&key, exp, now_ms()).await.unwrap(),
+        "replay, other handle"
+    );
+    assert!(
+        s.remember_once(&format!("{key}x"), exp, now_ms())
+            .await
+            .unwrap(),
+        "another key"
+    );
+
+    let key = Arc::new(format!("concurrent-{}", Uuid::now_v7()));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let st = if i % 2 == 0 { s.clone() } else { peer.clone() };
+            let key = key.clone();
+            tokio::spawn(async move { st.remember_once(&key, exp, now_ms()).await.unwrap() })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(accepted, 1, "concurrent first uses accepted");
+}
+
+/// A request is remembered until its expiry and forgotten after it (the time window refuses it by
+/// then anyway).
+async fn replay_memory_forgets_a_request_after_its_expiry(mut b: Backend) {
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let key = format!("expiring-{}", Uuid::now_v7());
+    let t0 = now_ms();
+    assert!(s.remember_once(&key, t0 + 400, t0).await.unwrap());
+    assert!(
+        !peer.remember_once(&key, t0 + 400, now_ms()).await.unwrap(),
+        "inside the window"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let t1 = now_ms();
+    assert!(
+        peer.remember_once(&key, t1 + 60_000, t1).await.unwrap(),
+        "forgotten after its expiry"
+    );
+    assert!(
+        !s.remember_once(&key, t1 + 60_000, now_ms()).await.unwrap(),
+        "remembered again"
+    );
+}
+
+/// The live tail sees what any handle commits (on Redis: another node's commits), after the
+/// newest event at its start, and a read waiting for news is woken by the other handle's commit.
+async fn event_tail_reads_every_handles_commits(mut b: Backend) {
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let before = submit(&s, job("t", "r")).await;
+    let mut tail = s.clone().event_tail().unwrap();
+    let start = s.last_event_id().await.unwrap();
+    assert!(start.is_some(), "an event was committed before");
+    // Nothing new: an empty page (after the wait, or sooner on a stray notice).
+    let page = tail
+        .read(start.as_deref(), Duration::from_millis(300), 100)
+        .await
+        .unwrap();
+    assert!(page.is_empty(), "nothing new: {page:?}");
+    // A commit on the other handle while the tail waits wakes it.
+    let p2 = peer.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        submit(&p2, job("t", "r")).await
+    });
+    let mut got = Vec::new();
+    let mut cursor = start.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let theirs = loop {
+        let page = tail
+            .read(cursor.as_deref(), Duration::from_secs(2), 100)
+            .await
+            .unwrap();
+        for ev in page {
+            cursor = Some(ev.id.clone());
+            got.push(ev);
+        }
+        if got.iter().any(|e| e.kind != "resync") {
+            break writer.await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event from the peer's commit"
+        );
+    };
+    assert!(
+        got.iter().all(|e| e.job_id != before.id.to_string()),
+        "only events after the start: {got:?}"
+    );
+    assert!(
+        got.iter().any(|e| e.job_id == theirs.id.to_string()),
+        "the peer's commit: {got:?}"
+    );
 }

@@ -611,6 +611,17 @@ async fn requests_carry_an_id_and_large_json_is_gzipped() {
     let r = get("/no/such/route", true, None).await.expect("404");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(header(&r, "x-request-id").is_some());
+    // A refusal of the edge itself (a cross-origin write, before any route) too.
+    let r = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .header("origin", "https://elsewhere.example")
+        .header("x-request-id", "client-id-43")
+        .send()
+        .await
+        .expect("403");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(header(&r, "x-request-id").as_deref(), Some("client-id-43"));
     // Two requests, two ids.
     let a = header(
         &get("/health", false, None).await.expect("a"),

@@ -1,13 +1,22 @@
 //! What every request passes through before its handler, and browser safety (docs/security.md,
 //! "Browser safety"):
 //!
-//! - a panic in a handler answers 500 `internal` and is counted (`runyard_http_panics_total`);
+//! - every request has an id (`x-request-id`: the client's, else a new UUID) and every answer
+//!   carries it back, refusals of the layers below included;
+//! - a panic in a handler answers 500 `internal` in the error body, is logged in the request's
+//!   span (with its id) and counted (`runyard_http_panics_total`, not in the requests by status):
+//!   [`catch_panics`] around the routes, and once more outermost for the layers themselves;
 //! - CORS is closed unless `api.cors_origins` lists origins;
 //! - an unsafe request (POST, PUT, PATCH, DELETE) sent by a browser from another origin is
 //!   refused (403 `cross_origin`) unless its origin is listed: a page elsewhere cannot submit,
 //!   cancel or retry jobs through a visitor's browser, whatever the body's type (a multipart or
 //!   `text/plain` form needs no CORS preflight);
 //! - JSON bodies must say so: [`require_json`] (415 `unsupported_media_type`).
+//!
+//! Body limits are axum's `DefaultBodyLimit` (set per route in `api::router`: JSON bodies,
+//! multipart submits with their files, file uploads streamed without one), not tower-http's
+//! `RequestBodyLimitLayer`, which would answer a plain-text 413 before the handler: a body over
+//! the limit fails its extractor and answers 413 `too_large` through `ApiError`.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -19,12 +28,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::error::ApiError;
 use crate::metrics::Metrics;
 
+/// Catches a panic of `router`'s routes (handlers and route layers): 500 `internal`, logged in the
+/// request's span, counted into `metrics`. Add it before the trace layer
+/// ([`super::request_trace::with_request_tracing`]) so that the log line carries the request id.
+pub fn catch_panics<S>(router: Router<S>, metrics: Arc<Metrics>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
+        panic_response(&metrics, err)
+    }))
+}
+
 /// Adds the layers every route of the API runs under: the cross-origin check, CORS (when
-/// `cors_origins` is not empty) and, outermost, the panic catcher counting into `metrics`.
+/// `cors_origins` is not empty), a panic catcher counting into `metrics` (for panics of these
+/// layers; the routes' own are caught by [`catch_panics`]) and, outermost, the request id (set
+/// when the client sent none, copied onto every answer).
 pub fn with_edge_layers<S>(
     router: Router<S>,
     cors_origins: &[String],
@@ -48,9 +72,12 @@ where
                 .max_age(std::time::Duration::from_secs(600)),
         );
     }
-    router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
-        panic_response(&metrics, err)
-    }))
+    router
+        .layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
+            panic_response(&metrics, err)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
@@ -62,12 +89,14 @@ fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
         .unwrap_or("(no message)");
     tracing::error!(panic = %what, "a request handler panicked");
     // The panic's text stays in the log: it may describe internals.
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
+    let mut res = ApiError::internal(
         "internal",
         "the server failed while handling this request (logged)",
     )
-    .into_response()
+    .into_response();
+    // Counted above: not once more in the requests by status.
+    res.extensions_mut().insert(crate::metrics::http::Panicked);
+    res
 }
 
 /// Whether `o` is a browser origin: `http(s)://host[:port]`, nothing after.
@@ -235,17 +264,37 @@ mod tests {
                 }),
             )
             .route("/ok", post(|| async { "done" }));
+        // The stack of `api::router`, in its order.
+        let r = catch_panics(r, metrics.clone());
+        let r = super::super::request_trace::with_request_tracing(r);
+        let r = crate::metrics::http::count_requests(r, metrics.clone());
         with_edge_layers(r, cors, metrics)
+    }
+
+    fn request_id(res: &Response) -> Option<&str> {
+        res.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
     }
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_internal_and_is_counted() {
         let metrics = Arc::new(Metrics::default());
         let res = app(metrics.clone(), &[])
-            .oneshot(Request::get("/boom").body(Body::empty()).expect("req"))
+            .oneshot(
+                Request::get("/boom")
+                    .header("x-request-id", "req-7")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
             .await
             .expect("a response, not a dropped connection");
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            request_id(&res),
+            Some("req-7"),
+            "the answer names the request"
+        );
         let v = body_json(res).await;
         assert_eq!(v["error"]["code"], "internal", "{v}");
         assert!(
@@ -255,10 +304,11 @@ mod tests {
                 .contains("boom"),
             "the panic text stays in the log: {v}"
         );
+        let text = metrics.render();
+        assert!(text.contains("runyard_http_panics_total 1\n"), "{text}");
         assert!(
-            metrics.render().contains("runyard_http_panics_total 1\n"),
-            "{}",
-            metrics.render()
+            !text.contains("status=\"500\""),
+            "a panic is counted once, not also in the requests by status: {text}"
         );
     }
 
@@ -320,6 +370,10 @@ mod tests {
             .await
             .expect("r");
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert!(
+            request_id(&res).is_some(),
+            "a refusal of the edge has an id too"
+        );
         assert_eq!(body_json(res).await["error"]["code"], "cross_origin");
         assert_eq!(
             status(

@@ -1,8 +1,14 @@
 //! The one place where errors become HTTP responses: `{"error": {"code", "message"}}`.
+//!
+//! Handlers, extractors and middleware return [`ApiError`] (or a type with a `From` impl here);
+//! none builds an error status or body itself. `tests/architecture_errors.rs` checks that, with
+//! its short allow-list of answers that are not API errors (the readiness probe).
 
-use axum::http::StatusCode;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use runyard_hooks::VerifyError;
 use serde_json::json;
 
 use crate::job::TransitionError;
@@ -17,6 +23,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, for a person.
     pub message: String,
+    /// Headers the answer carries besides its body (`WWW-Authenticate`, `Retry-After`).
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -26,7 +34,41 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error, answered with the header `name: value` too.
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The same error with `WWW-Authenticate: Bearer` when it is a 401 (RFC 6750): the answer of
+    /// the access guard, which asks for a bearer token.
+    #[must_use]
+    pub fn bearer_challenge(self) -> Self {
+        if self.status == StatusCode::UNAUTHORIZED {
+            self.with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+        } else {
+            self
+        }
+    }
+
+    /// 413 `too_large`.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 500 with this code: a fault of the server, logged when answered.
+    pub fn internal(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+    }
+
+    /// 503 with this code: try again later.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
     /// 400.
@@ -65,11 +107,37 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        (
+        let mut res = (
             self.status,
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
-            .into_response()
+            .into_response();
+        for (name, value) in self.headers {
+            res.headers_mut().append(name, value);
+        }
+        res
+    }
+}
+
+/// A body that could not be read: 413 `too_large` over the limit, else `bad_body` with the
+/// rejection's own status.
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("request body is larger than the configured limit")
+        } else {
+            ApiError::new(status, "bad_body", r.body_text())
+        }
+    }
+}
+
+/// A refused job hook signature: 401 with the check's code, or 503 when the replay memory is
+/// away (the hooks crate says which: [`VerifyError::http_status`]).
+impl From<VerifyError> for ApiError {
+    fn from(e: VerifyError) -> Self {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 

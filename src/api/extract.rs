@@ -4,7 +4,6 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -13,20 +12,9 @@ use super::error::ApiError;
 /// A JSON body.
 pub struct ApiJson<T>(pub T);
 
-/// Reads the whole body, mapping the limit to 413.
+/// Reads the whole body, mapping the limit to 413 (`From<BytesRejection> for ApiError`).
 pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|r| {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "too_large",
-                "request body is larger than the configured limit",
-            )
-        } else {
-            ApiError::new(status, "bad_body", r.body_text())
-        }
-    })
+    Ok(Bytes::from_request(req, state).await?)
 }
 
 /// Parses JSON bytes with the API's error mapping. Every body of the API is a JSON object: an

@@ -29,9 +29,9 @@ pub const MAX_REPORT_LINES: usize = 1000;
 /// Longest log line kept whole.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
+/// A refused signature, in the API's shape (`From<VerifyError> for ApiError`).
 fn verify_error(e: VerifyError) -> ApiError {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    ApiError::new(status, e.code(), e.to_string())
+    e.into()
 }
 
 /// Authenticates a hook call; returns the job it is for.
@@ -61,34 +61,27 @@ pub async fn authenticate(
         .unwrap_or(uri.path());
     let now = runyard_hooks::now_ms();
     let v = &st.app.verifier;
-    if let Some(redis) = &st.app.redis {
-        // Several API processes: the replay memory is shared in Redis (SET NX PX).
-        let checked = match v.verify_signature(&hh, &secret, method.as_str(), pq, body, now) {
-            Err(VerifyError::BadSignature) if !st.app.path_prefix.is_empty() => {
-                let full = format!("{}{pq}", st.app.path_prefix);
-                v.verify_signature(&hh, &secret, method.as_str(), &full, body, now)
-            }
-            r => r,
-        }
-        .map_err(verify_error)?;
-        return match redis
-            .remember_once(&checked.replay_key, checked.expires_at_ms, now)
-            .await?
-        {
-            true => Ok(job),
-            false => Err(verify_error(VerifyError::Replay)),
-        };
-    }
-    match v.verify(&hh, &secret, method.as_str(), pq, body, now) {
-        Ok(()) => Ok(job),
+    let checked = match v.verify_signature(&hh, &secret, method.as_str(), pq, body, now) {
         // Behind a proxy that strips public_url's path prefix, the job signed the longer path.
         Err(VerifyError::BadSignature) if !st.app.path_prefix.is_empty() => {
             let full = format!("{}{pq}", st.app.path_prefix);
-            v.verify(&hh, &secret, method.as_str(), &full, body, now)
-                .map_err(verify_error)?;
-            Ok(job)
+            v.verify_signature(&hh, &secret, method.as_str(), &full, body, now)
         }
-        Err(e) => Err(verify_error(e)),
+        r => r,
+    }
+    .map_err(verify_error)?;
+    // Only now, so that forged requests cannot fill it: the store's replay memory (shared by
+    // every API node on Redis).
+    let first = st
+        .app
+        .store
+        .remember_once(&checked.replay_key, checked.expires_at_ms, now)
+        .await
+        .map_err(|e| verify_error(VerifyError::ReplayUnavailable(e)))?;
+    if first {
+        Ok(job)
+    } else {
+        Err(verify_error(VerifyError::Replay))
     }
 }
 
@@ -423,27 +416,24 @@ pub async fn blob_upload(
         ));
     }
     require_active(&job, "upload files")?;
-    // A signed upload URL works once: remembered (shared through Redis when there is one) until
-    // it expires anyway.
-    let first = match &st.app.redis {
-        Some(redis) => {
-            let now_ms = now_us() / 1000;
-            redis
-                .remember_once(
-                    &format!("upload-url:{}", t.sig),
-                    t.exp.saturating_add(1).saturating_mul(1000),
-                    now_ms,
-                )
-                .await?
-        }
-        None => st.app.signer.first_use(&t.sig, t.exp).map_err(|e| {
+    // A signed upload URL works once: remembered by the store (shared by every API node on
+    // Redis) until it expires anyway.
+    let first = st
+        .app
+        .store
+        .remember_once(
+            &format!("upload-url:{}", t.sig),
+            t.exp.saturating_add(1).saturating_mul(1000),
+            now_us() / 1000,
+        )
+        .await
+        .map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "replay_unavailable",
                 e.to_string(),
             )
-        })?,
-    };
+        })?;
     if !first {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

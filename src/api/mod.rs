@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, extraction and the mapping of errors to status codes.
 
+pub mod app;
 pub mod edge;
 pub mod error;
 pub mod events;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::server::App;
+pub use app::App;
 use error::{ApiError, ApiResult};
 
 /// What every handler gets.
@@ -111,6 +112,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
+    let routes = edge::catch_panics(routes, counters.clone());
     let routes = request_trace::with_request_tracing(routes);
     let routes = crate::metrics::http::count_requests(routes, counters.clone());
     edge::with_edge_layers(routes, &cors, counters)

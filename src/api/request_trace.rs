@@ -1,9 +1,9 @@
 //! Request tracing and response compression (tower-http):
 //!
-//! - every request gets an id: the client's `x-request-id` when it sends one, else a new UUID;
-//!   the response carries it back in `x-request-id`, and every log line written while the request
-//!   is handled is in the span `http{method, route, request_id}` (the route template, never the
-//!   query string, which may carry a signature);
+//! - every log line written while a request is handled is in the span
+//!   `http{method, route, request_id}` (the route template, never the query string, which may
+//!   carry a signature); the id is the request's `x-request-id`, set (the client's, else a new
+//!   UUID) and copied onto the answer by the outermost layers ([`super::edge::with_edge_layers`]);
 //! - JSON responses of 1 KiB or more are gzip-compressed for clients that accept it
 //!   (`Accept-Encoding: gzip`). Event streams, files and blobs are sent as they are.
 
@@ -12,7 +12,6 @@ use axum::http::{header, HeaderMap, Request, StatusCode, Version};
 use axum::Router;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 /// Smallest JSON response that is compressed, in bytes.
@@ -28,8 +27,9 @@ fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Exten
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// Adds the request id, the trace span and the compression of JSON responses to `router`'s
-/// routes (a route layer: the span knows the matched route).
+/// Adds the trace span and the compression of JSON responses to `router`'s routes (a route
+/// layer: the span knows the matched route). The request id comes from
+/// [`super::edge::with_edge_layers`].
 pub fn with_request_tracing<S>(router: Router<S>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -37,7 +37,6 @@ where
     let json_only = SizeAbove::new(COMPRESS_MIN_BYTES).and(is_json);
     router
         .layer(CompressionLayer::new().gzip(true).compress_when(json_only))
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<axum::body::Body>| {
                 let route = req
@@ -52,5 +51,4 @@ where
                 tracing::info_span!("http", method = %req.method(), route, request_id = id)
             }),
         )
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }

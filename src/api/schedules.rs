@@ -108,13 +108,9 @@ fn duration_ms(v: Option<&Value>, field: &str, default_ms: u64, max_ms: u64) -> 
     Ok(ms)
 }
 
-/// Validates a body: the spec, the job every fire submits a copy of, and the parsed pattern.
-fn validate(
-    st: &AppState,
-    body: ScheduleBody,
-    path_name: Option<&str>,
-) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
-    let name = match (body.name, path_name) {
+/// The schedule's name: the body's, the path's, or both when they agree.
+fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResult<String> {
+    let name = match (body_name, path_name) {
         (Some(n), Some(p)) if n != p => {
             return Err(bad(format!(
                 "`name` (`{n}`) differs from the name in the path (`{p}`)"
@@ -129,6 +125,50 @@ fn validate(
             "`name` must be 1-100 characters of letters, digits, '.', '_', '-' (got `{name}`)"
         )));
     }
+    Ok(name)
+}
+
+/// The job every fire submits a copy of, checked as a submit (`job.*` in the errors), with its
+/// waiting template resolved in the schedule's `timezone`.
+fn template_job(st: &AppState, job: &Value, timezone: &str) -> ApiResult<Job> {
+    let Value::Object(obj) = job else {
+        return Err(bad("`job` must be a JSON object: the body of a submit"));
+    };
+    for f in ["idempotency_key", "run_at"] {
+        if obj.contains_key(f) {
+            return Err(bad(format!(
+                "`job.{f}` is set by each fire (key `schedule:{{name}}:{{fire_time}}`, run at the fire time): leave it out"
+            )));
+        }
+    }
+    let submit: SubmitBody =
+        serde_json::from_value(job.clone()).map_err(|e| bad(format!("`job`: {e}")))?;
+    let proto = build_job(st, submit, None).map_err(|mut e| {
+        e.message = format!("`job`: {}", e.message);
+        e
+    })?;
+    // A waiting template is resolved at each fire in the schedule's time zone: check it there.
+    if let Some(req) = crate::waiting::WaitRequest::from_fields(
+        job.get("wait_for"),
+        job.get("deadline"),
+        job.get("on_deadline"),
+    )
+    .map_err(|e| bad(format!("`job`: {e}")))?
+    {
+        let now = clock();
+        req.resolve(now, timezone, now, false)
+            .map_err(|e| bad(format!("`job`: {e}")))?;
+    }
+    Ok(proto)
+}
+
+/// Validates a body: the spec, the job every fire submits a copy of, and the parsed pattern.
+fn validate(
+    st: &AppState,
+    body: ScheduleBody,
+    path_name: Option<&str>,
+) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
+    let name = schedule_name(body.name, path_name)?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
     let cron = CronSpec::parse(&body.cron, &timezone).map_err(|e| match e {
         CronSpecError::Cron(m) => bad(format!("`cron`: {m}")),
@@ -161,34 +201,7 @@ fn validate(
         366 * day,
     )?;
     let jitter_ms = duration_ms(body.jitter.as_ref(), "jitter", 0, day)?;
-    let Value::Object(obj) = &body.job else {
-        return Err(bad("`job` must be a JSON object: the body of a submit"));
-    };
-    for f in ["idempotency_key", "run_at"] {
-        if obj.contains_key(f) {
-            return Err(bad(format!(
-                "`job.{f}` is set by each fire (key `schedule:{{name}}:{{fire_time}}`, run at the fire time): leave it out"
-            )));
-        }
-    }
-    let submit: SubmitBody =
-        serde_json::from_value(body.job.clone()).map_err(|e| bad(format!("`job`: {e}")))?;
-    let proto = build_job(st, submit, None).map_err(|mut e| {
-        e.message = format!("`job`: {}", e.message);
-        e
-    })?;
-    // A waiting template is resolved at each fire in the schedule's time zone: check it there.
-    if let Some(req) = crate::waiting::WaitRequest::from_fields(
-        body.job.get("wait_for"),
-        body.job.get("deadline"),
-        body.job.get("on_deadline"),
-    )
-    .map_err(|e| bad(format!("`job`: {e}")))?
-    {
-        let now = clock();
-        req.resolve(now, &timezone, now, false)
-            .map_err(|e| bad(format!("`job`: {e}")))?;
-    }
+    let proto = template_job(st, &body.job, &timezone)?;
     let spec = ScheduleSpec {
         name,
         cron: body.cron.trim().to_string(),

@@ -11,9 +11,14 @@ pub const URL_TTL_SECS: i64 = 300;
 
 /// Signs and checks URL tokens.
 pub struct UrlSigner {
-    key: Vec<u8>,
-    /// Upload URLs already used (one API process; with Redis the memory is shared there).
-    used: runyard_hooks::ReplayGuard,
+    /// Derived from the master key: zeroed when dropped, never printed.
+    key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UrlSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UrlSigner(***)")
+    }
 }
 
 impl UrlSigner {
@@ -23,8 +28,7 @@ impl UrlSigner {
             Hmac::<Sha256>::new_from_slice(master_key).expect("HMAC takes any key length");
         mac.update(b"runyard/signed-url/v1");
         Self {
-            key: mac.finalize().into_bytes().to_vec(),
-            used: runyard_hooks::ReplayGuard::with_capacity(100_000),
+            key: zeroize::Zeroizing::new(mac.finalize().into_bytes().to_vec()),
         }
     }
 
@@ -36,18 +40,6 @@ impl UrlSigner {
             mac.update(b"\n");
         }
         hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// Remembers a (checked) token until its expiry `exp` (seconds since the epoch): true the
-    /// first time, false when it was already used. A full memory refuses (an error).
-    pub fn first_use(&self, sig: &str, exp: i64) -> Result<bool, runyard_hooks::ReplayError> {
-        use runyard_hooks::ReplayStore;
-        let now_ms = crate::job::now_us() / 1000;
-        self.used.check_and_remember(
-            &format!("url:{sig}"),
-            exp.saturating_add(1).saturating_mul(1000),
-            now_ms,
-        )
     }
 
     /// Checks a token (constant time) and its expiry (`exp`, seconds since the epoch).

@@ -262,17 +262,7 @@ pub async fn guard(
     let (method, uri, headers) = (req.method(), req.uri(), req.headers());
     let grant = match decide(&access, need, (method, uri, headers), params.ok()).await {
         Ok(g) => g,
-        Err(e) => {
-            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
-            let mut res = e.into_response();
-            if unauthorized {
-                res.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Bearer"),
-                );
-            }
-            return res;
-        }
+        Err(e) => return e.bearer_challenge().into_response(),
     };
     req.extensions_mut().insert(Caller(grant.clone()));
     CURRENT.scope(grant, next.run(req)).await

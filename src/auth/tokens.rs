@@ -300,6 +300,92 @@ pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Compiles `auth.tokens[i]`: its name unique among `names`, its hash unlike those of `earlier`.
+fn compile_token(
+    i: usize,
+    t: &crate::config::TokenConfig,
+    earlier: &[StaticToken],
+    names: &mut std::collections::HashSet<String>,
+) -> Result<StaticToken, (String, String)> {
+    let key = |f: &str| format!("auth.tokens[{i}].{f}");
+    let name = t.name.trim();
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c))
+    {
+        return Err((
+            key("name"),
+            "must be 1-100 letters, digits, '.', '_', '-', ':' or '@'".into(),
+        ));
+    }
+    if !names.insert(name.to_string()) {
+        return Err((key("name"), format!("`{name}` is used by another token")));
+    }
+    let mut digest = [0u8; 32];
+    if t.sha256.len() != 64 || hex::decode_to_slice(&t.sha256, &mut digest).is_err() {
+        return Err((
+            key("sha256"),
+            format!(
+                "the SHA-256 of token `{name}` must be 64 hex characters (`runyard token \
+                 new` prints it; the token itself never goes in the file)"
+            ),
+        ));
+    }
+    if earlier.iter().any(|o| bool::from(o.digest.ct_eq(&digest))) {
+        return Err((
+            key("sha256"),
+            format!("token `{name}` has the same sha256 as another token"),
+        ));
+    }
+    if t.scopes.is_empty() {
+        return Err((
+            key("scopes"),
+            format!(
+                "token `{name}` needs at least one scope of: {}",
+                Scope::names()
+            ),
+        ));
+    }
+    let mut scopes = Vec::new();
+    for s in &t.scopes {
+        match Scope::parse(s) {
+            Some(x) => scopes.push(x),
+            None => {
+                return Err((
+                    key("scopes"),
+                    format!(
+                        "token `{name}` has the unknown scope `{s}` (known: {})",
+                        Scope::names()
+                    ),
+                ))
+            }
+        }
+    }
+    let mut grant = Grant::from_scopes(format!("token `{name}`"), &scopes);
+    for (field, list, slot) in [
+        ("types", &t.types, &mut grant.types),
+        ("channels", &t.channels, &mut grant.channels),
+    ] {
+        if let Some(list) = list {
+            if list.is_empty() {
+                return Err((
+                    key(field),
+                    format!(
+                        "token `{name}`: list at least one glob, or leave `{field}` out \
+                         for all"
+                    ),
+                ));
+            }
+            let p =
+                Patterns::new(list).map_err(|m| (key(field), format!("token `{name}`: {m}")))?;
+            *slot = Some(Arc::new(p));
+        }
+    }
+    Ok(StaticToken { digest, grant })
+}
+
 impl Authenticator {
     /// Compiles `[auth]`; an error names the key (`auth.tokens[1].scopes`) and never repeats a
     /// hash.
@@ -307,83 +393,8 @@ impl Authenticator {
         let mut tokens: Vec<StaticToken> = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, t) in cfg.tokens.iter().enumerate() {
-            let key = |f: &str| format!("auth.tokens[{i}].{f}");
-            let name = t.name.trim();
-            if name.is_empty()
-                || name.len() > 100
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c))
-            {
-                return Err((
-                    key("name"),
-                    "must be 1-100 letters, digits, '.', '_', '-', ':' or '@'".into(),
-                ));
-            }
-            if !names.insert(name.to_string()) {
-                return Err((key("name"), format!("`{name}` is used by another token")));
-            }
-            let mut digest = [0u8; 32];
-            if t.sha256.len() != 64 || hex::decode_to_slice(&t.sha256, &mut digest).is_err() {
-                return Err((
-                    key("sha256"),
-                    format!(
-                        "the SHA-256 of token `{name}` must be 64 hex characters (`runyard token \
-                         new` prints it; the token itself never goes in the file)"
-                    ),
-                ));
-            }
-            if tokens.iter().any(|o| bool::from(o.digest.ct_eq(&digest))) {
-                return Err((
-                    key("sha256"),
-                    format!("token `{name}` has the same sha256 as another token"),
-                ));
-            }
-            if t.scopes.is_empty() {
-                return Err((
-                    key("scopes"),
-                    format!(
-                        "token `{name}` needs at least one scope of: {}",
-                        Scope::names()
-                    ),
-                ));
-            }
-            let mut scopes = Vec::new();
-            for s in &t.scopes {
-                match Scope::parse(s) {
-                    Some(x) => scopes.push(x),
-                    None => {
-                        return Err((
-                            key("scopes"),
-                            format!(
-                                "token `{name}` has the unknown scope `{s}` (known: {})",
-                                Scope::names()
-                            ),
-                        ))
-                    }
-                }
-            }
-            let mut grant = Grant::from_scopes(format!("token `{name}`"), &scopes);
-            for (field, list, slot) in [
-                ("types", &t.types, &mut grant.types),
-                ("channels", &t.channels, &mut grant.channels),
-            ] {
-                if let Some(list) = list {
-                    if list.is_empty() {
-                        return Err((
-                            key(field),
-                            format!(
-                                "token `{name}`: list at least one glob, or leave `{field}` out \
-                                 for all"
-                            ),
-                        ));
-                    }
-                    let p = Patterns::new(list)
-                        .map_err(|m| (key(field), format!("token `{name}`: {m}")))?;
-                    *slot = Some(Arc::new(p));
-                }
-            }
-            tokens.push(StaticToken { digest, grant });
+            let token = compile_token(i, t, &tokens, &mut names)?;
+            tokens.push(token);
         }
         Ok(Self {
             tokens,

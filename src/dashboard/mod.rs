@@ -4,7 +4,8 @@
 //! toolchain to build or run runyard, nothing fetched from elsewhere at run time.
 //!
 //! Pages (hash routes, so the server serves one document): the overview (`#/`), the jobs table
-//! (`#/jobs`), a job (`#/job/{id}`) and the schedules (`#/schedules`). Live updates come from the
+//! (`#/jobs`), a job (`#/job/{id}`), the schedules (`#/schedules`), the signals (`#/signals`) and
+//! the dead letters (`#/dead`). Live updates come from the
 //! global event stream (`/async/events/sse`), read with `fetch` so that the bearer token travels
 //! in a header, never in a URL.
 
@@ -14,7 +15,14 @@ use axum::routing::get;
 use axum::Router;
 
 const INDEX: &str = include_str!("assets/index.html");
-const APP_JS: &str = include_str!("assets/app.js");
+/// One script, served as `/ui/app.js`: the core (API, events, router) first, then the pages kept
+/// in their own files. They share one module scope; nothing runs before `start()` awaits.
+const APP_JS: &str = concat!(
+    include_str!("assets/app.js"),
+    include_str!("assets/chart.js"),
+    include_str!("assets/signals.js"),
+    include_str!("assets/dead.js"),
+);
 const APP_CSS: &str = include_str!("assets/app.css");
 
 /// The page may load its own scripts, styles and API only: no inline script, no third party,

@@ -9,8 +9,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::Frame;
-use crate::store::redis::RedisStore;
-use crate::store::{Notice, Store};
+use crate::store::Store;
 
 /// Events the tail reads per store call.
 const TAIL_PAGE: usize = 1000;
@@ -243,17 +242,17 @@ impl Drop for Subscription {
     }
 }
 
-/// Reads every event committed from now on and publishes it, until `stop`: from Redis's global
-/// Stream with `XREAD BLOCK` when `redis` is set (every node sees every node's commits), else from
-/// the embedded store after each commit notice.
-pub async fn tail_loop(
-    hub: Arc<Hub>,
-    store: Arc<dyn Store>,
-    redis: Option<Arc<RedisStore>>,
-    stop: CancellationToken,
-) {
-    // Subscribe to notices before reading the start, so no commit in between is missed.
-    let mut notices = store.subscribe();
+/// Reads every event committed from now on and publishes it, until `stop`, through the store's
+/// tail ([`crate::store::EventTail`]: on Redis every node sees every node's commits).
+pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationToken) {
+    // Open the tail before reading the start, so no commit in between is missed.
+    let mut tail = match store.clone().event_tail() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "event tail: cannot open; live events off");
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(100);
     let mut cursor = loop {
         match store.last_event_id().await {
@@ -269,28 +268,11 @@ pub async fn tail_loop(
             }
         }
     };
-    let mut tail = match redis.as_ref().map(|r| r.event_tail()) {
-        Some(Ok(t)) => Some(t),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "event tail: no Redis client; live events off");
-            return;
-        }
-        None => None,
-    };
     let mut failing = false;
     loop {
-        let page = match &mut tail {
-            Some(t) => {
-                let after = cursor.clone().unwrap_or_else(|| "0-0".into());
-                tokio::select! {
-                    r = t.read(&after, Duration::from_secs(1), TAIL_PAGE) => r,
-                    _ = stop.cancelled() => return,
-                }
-            }
-            None => tokio::select! {
-                r = store.events(None, cursor.as_deref(), TAIL_PAGE) => r,
-                _ = stop.cancelled() => return,
-            },
+        let page = tokio::select! {
+            r = tail.read(cursor.as_deref(), Duration::from_secs(1), TAIL_PAGE) => r,
+            _ = stop.cancelled() => return,
         };
         let page = match page {
             Ok(p) => {
@@ -315,8 +297,7 @@ pub async fn tail_loop(
                 continue;
             }
         };
-        let n = page.len();
-        let mut frames = Vec::with_capacity(n);
+        let mut frames = Vec::with_capacity(page.len());
         for ev in page {
             if ev.kind == "resync" {
                 // The tail fell behind the global stream's retention: streams re-read their
@@ -328,21 +309,6 @@ pub async fn tail_loop(
             cursor = Some(ev.id);
         }
         hub.publish(&frames);
-        if n >= TAIL_PAGE || tail.is_some() {
-            continue;
-        }
-        // Embedded store: wait for the next commit of events.
-        loop {
-            let n = tokio::select! {
-                n = notices.recv() => n,
-                _ = stop.cancelled() => return,
-            };
-            match n {
-                Ok(Notice::Events) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
     }
 }
 

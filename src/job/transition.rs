@@ -287,16 +287,21 @@ fn host_failure_delay_us(job: &Job, jitter: f64) -> i64 {
 }
 
 /// Applies `cmd` to `job`. On success the job is changed (and `version`/`updated_at` bumped) and
-/// the returned kind says which event to append; on error the job is untouched.
+/// the returned kind says which event to append; on error the job is untouched. Lease
+/// bookkeeping (`Heartbeat`, `OrphanLease`) bumps `version` (writers compare it) but not
+/// `updated_at`, which says when the job itself last changed ("started 5 min ago" stays true).
 pub fn apply(
     job: &mut Job,
     cmd: Command,
     ctx: &ApplyCtx,
 ) -> Result<Option<EventKind>, TransitionError> {
+    let bookkeeping = matches!(cmd, Command::Heartbeat { .. } | Command::OrphanLease);
     let mut next = job.clone();
     let ev = apply_inner(&mut next, cmd, ctx)?;
     next.version += 1;
-    next.updated_at = ctx.now;
+    if !bookkeeping {
+        next.updated_at = ctx.now;
+    }
     *job = next;
     Ok(ev)
 }

@@ -24,6 +24,11 @@ pub const HOOK_ROUTES: &[&str] = &[
 /// The route label of a request that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
+/// Marks an answer made by the panic catcher (src/api/edge.rs): already counted in
+/// `runyard_http_panics_total`, so not in the requests by status.
+#[derive(Debug, Clone, Copy)]
+pub struct Panicked;
+
 /// Counts every request `router` answers into `metrics`. Add it with the other route layers
 /// (it needs the matched route, which the router sets before its layers run).
 pub fn count_requests<S>(router: Router<S>, metrics: Arc<Metrics>) -> Router<S>
@@ -40,6 +45,9 @@ async fn count(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Respo
         .map(|p| p.as_str().to_string());
     let method = req.method().clone();
     let res = next.run(req).await;
+    if res.extensions().get::<Panicked>().is_some() {
+        return res;
+    }
     let status = res.status();
     let route = route.unwrap_or_else(|| UNMATCHED.to_string());
     // Methods outside the standard set would each make a series.

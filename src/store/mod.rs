@@ -7,9 +7,11 @@
 pub mod counts;
 pub mod deliveries;
 pub mod redis;
+pub mod replay;
 pub mod schedules;
 pub mod signals;
 pub mod sqlite;
+pub mod tail;
 pub mod waits;
 
 use std::time::Duration;
@@ -21,9 +23,11 @@ use uuid::Uuid;
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use counts::JobCountStore;
 pub use deliveries::DeliveryStore;
+pub use replay::ReplayMemory;
 pub use runyard_runners::LogStream;
 pub use schedules::ScheduleStore;
 pub use signals::SignalStore;
+pub use tail::EventTail;
 pub use waits::WaitStore;
 
 /// Store errors. Transition refusals carry the reason; nothing was changed.
@@ -237,6 +241,8 @@ pub trait Store:
     + JobCountStore
     + DeliveryStore
     + WaitStore
+    + ReplayMemory
+    + EventTail
 {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;

@@ -33,10 +33,14 @@ use crate::job::{apply, now_us, ApplyCtx, Beat, Event, EventKind};
 mod counts;
 #[path = "sqlite_deliveries.rs"]
 mod deliveries;
+#[path = "sqlite_replay.rs"]
+mod replay;
 #[path = "sqlite_schedules.rs"]
 mod schedules;
 #[path = "sqlite_signals.rs"]
 mod signals;
+#[path = "sqlite_tail.rs"]
+mod tail;
 #[path = "sqlite_waits.rs"]
 mod waits;
 
@@ -106,6 +110,8 @@ pub struct SqliteStore {
     notify: broadcast::Sender<Notice>,
     settings: StoreSettings,
     checkpoints: Arc<AtomicBool>,
+    /// Hook replay memory (`sqlite_replay.rs`).
+    replay: runyard_hooks::ReplayGuard,
     _lock: std::fs::File,
 }
 
@@ -265,6 +271,7 @@ impl SqliteStore {
             notify,
             settings,
             checkpoints,
+            replay: runyard_hooks::ReplayGuard::new(),
             _lock: lock,
         })
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -149,9 +150,33 @@ def browser():
         b.close()
 
 
+# The script is the concatenation src/dashboard/mod.rs serves as /ui/app.js, in that order.
+UI_PARTS = ["app.js", "chart.js", "signals.js", "dead.js"]
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def new_context(browser, **kw):
+    """A browser context. With RUNYARD_UI_SOURCE=1 the dashboard's files are served from
+    src/dashboard/assets instead of the binary (same headers), to try a change without a rebuild;
+    CI never sets it."""
+    ctx = browser.new_context(**kw)
+    if os.environ.get("RUNYARD_UI_SOURCE"):
+        assets = ROOT / "src/dashboard/assets"
+
+        def serve(route, body, ctype):
+            route.fulfill(status=200, body=body, headers={"Content-Type": ctype, "Content-Security-Policy": CSP})
+
+        ctx.route("**/ui/app.js", lambda r: serve(r, "".join((assets / p).read_text() for p in UI_PARTS), "text/javascript"))
+        ctx.route("**/ui/app.css", lambda r: serve(r, (assets / "app.css").read_text(), "text/css"))
+        ctx.route(re.compile(r"^http://127\.0\.0\.1:\d+/(#.*)?$"),
+                  lambda r: serve(r, (assets / "index.html").read_text(), "text/html; charset=utf-8"))
+    return ctx
+
+
 @pytest.fixture
 def page(browser):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx = new_context(browser, viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))

@@ -127,7 +127,7 @@ def test_a_read_only_token_sees_no_action_buttons(browser):
     could not use, one with `admin` is."""
     import hashlib
 
-    from conftest import Server
+    from conftest import Server, new_context
 
     tokens = {"viewer": "ry_viewer_token_for_the_browser_test", "ops": "ry_ops_token_for_the_browser_test"}
     sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
@@ -146,7 +146,7 @@ scopes = ["admin"]
         job = srv.submit({"type": "hang.auth"}, token=tokens["ops"])
         srv.wait(job, {"RUNNING"}, token=tokens["ops"])
         for name, can_act in (("viewer", False), ("ops", True)):
-            ctx = browser.new_context()
+            ctx = new_context(browser)
             page = ctx.new_page()
             page.goto(f"{srv.url}/#/job/{job}")
             expect(page.locator("#signin")).to_be_visible(timeout=10000)
@@ -158,6 +158,14 @@ scopes = ["admin"]
             page.goto(f"{srv.url}/#/jobs")
             expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible(timeout=10000)
             expect(page.locator("#bulk-cancel")).to_have_count(1 if can_act else 0)
+            # Dead letters and signals: no retry, no send for the read-only token.
+            page.goto(f"{srv.url}/#/dead")
+            expect(page.locator("h1")).to_have_text("Dead letters", timeout=10000)
+            expect(page.locator("body")).to_have_attribute("data-ready", "/dead", timeout=10000)
+            expect(page.locator("#retry-all")).to_have_count(1 if can_act else 0)
+            page.goto(f"{srv.url}/#/signals")
+            expect(page.locator("body")).to_have_attribute("data-ready", "/signals", timeout=10000)
+            expect(page.locator("#signal-send")).to_have_count(1 if can_act else 0)
             ctx.close()
         srv.call("POST", f"/async/jobs/{job}/cancel", token=tokens["ops"])
     finally:

@@ -168,10 +168,15 @@ async function overview() {
   const counts = h("div", { class: "cards", id: "counts" }, h("p", {}, "loading…"));
   const recent = h("tbody", { id: "recent" });
   const runners = h("div", { id: "runners" });
+  const chart = throughputChart();
+  const leases = leaseHolders();
   main.replaceChildren(
     h("h1", {}, "Overview"),
     counts,
-    h("section", { class: "card" }, h("h2", {}, "Runners"), runners),
+    h("section", { class: "card", "aria-labelledby": "h-throughput" }, h("h2", { id: "h-throughput" }, "Throughput and failures, last hour"), chart.el),
+    h("div", { class: "grid" },
+      h("section", { class: "card" }, h("h2", {}, "Runners"), runners),
+      h("section", { class: "card" }, h("h2", {}, "Nodes holding leases"), leases.el)),
     h("section", { class: "card" }, h("h2", {}, "Latest jobs"),
       h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Updated"))), recent)));
 
@@ -182,9 +187,9 @@ async function overview() {
         h("a", { class: "count", href: `#/jobs?status=${st}`, "data-count": st },
           h("span", { class: "n" }, String((s.by_status || {})[st] || 0)), badge(st))));
       if (s.queues && s.queues.length) {
-        counts.append(h("table", { class: "queues" },
+        counts.append(h("div", { class: "scroll" }, h("table", { class: "queues" },
           h("thead", {}, h("tr", {}, h("th", {}, "Type"), h("th", {}, "Queued"), h("th", {}, "Oldest waiting"))),
-          h("tbody", {}, s.queues.map((q) => h("tr", {}, h("td", {}, q.type), h("td", {}, q.depth), h("td", {}, q.oldest ? ago(q.oldest) : ""))))));
+          h("tbody", {}, s.queues.map((q) => h("tr", {}, h("td", {}, q.type), h("td", {}, q.depth), h("td", {}, q.oldest ? ago(q.oldest) : "")))))));
       }
     } catch (e) {
       counts.replaceChildren(h("p", { class: "muted" }, `Counts are not available from this server (${e.message}).`));
@@ -207,12 +212,14 @@ async function overview() {
     recent.replaceChildren(...page.jobs.map(jobRow));
   }
   await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message))]);
+  leases.refresh();
   let pending = null;
-  leave = onEvent(() => {
+  const off = onEvent(() => {
     // Many events can arrive at once: refresh at most every 500 ms.
     if (pending) return;
-    pending = setTimeout(() => { pending = null; refreshCounts(); refreshRecent().catch(() => {}); }, 500);
+    pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
   });
+  leave = () => { off(); chart.stop(); clearTimeout(pending); };
 }
 
 function jobRow(j, selectable) {
@@ -225,28 +232,49 @@ function jobRow(j, selectable) {
     h("td", { title: j.updated_at }, ago(j.updated_at)));
 }
 
+// Filters the list API does not have (channel, schedule, time range, text in args) apply to the
+// page the API returned: they narrow what is shown, they do not search further pages.
+const LOCAL_FILTERS = ["channel", "schedule", "after", "before", "text"];
+
+function localMatch(j, f) {
+  const t = Date.parse(j.created_at);
+  if (f.channel && j.channel_id !== f.channel) return false;
+  if (f.schedule && j.schedule !== f.schedule) return false;
+  if (f.after && !(t >= Date.parse(f.after))) return false;
+  if (f.before && !(t < Date.parse(f.before))) return false;
+  if (f.text && !JSON.stringify(j.args || {}).toLowerCase().includes(f.text.toLowerCase())) return false;
+  return true;
+}
+
 async function jobs(params) {
   const status = params.get("status") || "";
   const type = params.get("type") || "";
+  const local = Object.fromEntries(LOCAL_FILTERS.map((k) => [k, params.get(k) || ""]));
   const cursors = [""];
   const body = h("tbody", { id: "rows" });
   const pager = h("div", { class: "pager" });
   const actions = h("div", { class: "actions" });
+  const matched = h("p", { class: "muted", id: "local-note", role: "status" });
   const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => {
       ev.preventDefault();
       const q = new URLSearchParams();
-      if (ev.target.status.value) q.set("status", ev.target.status.value);
-      if (ev.target.type.value) q.set("type", ev.target.type.value);
+      for (const k of ["status", "type", ...LOCAL_FILTERS]) if (ev.target[k].value.trim()) q.set(k, ev.target[k].value.trim());
       location.hash = `#/jobs?${q}`;
     } },
     h("label", {}, "Status ", h("select", { name: "status", id: "f-status" }, h("option", { value: "" }, "any"),
       STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)))),
     h("label", {}, "Type ", h("input", { name: "type", id: "f-type", value: type, placeholder: "glob, e.g. report.*" })),
+    h("fieldset", { class: "local" }, h("legend", {}, "On the loaded page only"),
+      h("label", {}, "Channel ", h("input", { name: "channel", id: "f-channel", value: local.channel })),
+      h("label", {}, "Schedule ", h("input", { name: "schedule", id: "f-schedule", value: local.schedule })),
+      h("label", {}, "Created after ", h("input", { name: "after", id: "f-after", type: "datetime-local", value: local.after })),
+      h("label", {}, "before ", h("input", { name: "before", id: "f-before", type: "datetime-local", value: local.before })),
+      h("label", {}, "Text in args ", h("input", { name: "text", id: "f-text", value: local.text }))),
     h("button", { type: "submit" }, "Filter"));
-  main.replaceChildren(h("h1", {}, status === "ERROR" ? "Failed jobs" : "Jobs"), form, actions,
-    h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all",
+  main.replaceChildren(h("h1", {}, "Jobs"), form, actions, matched,
+    h("div", { class: "scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all",
       onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) })),
-      h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Updated"))), body),
+      h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Updated"))), body)),
     pager);
 
   const picked = () => [...body.querySelectorAll(".pick:checked")].map((c) => c.value);
@@ -258,10 +286,8 @@ async function jobs(params) {
     toast(`${verb}: ${ids.length - failed.length} done${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
     load(cursors[cursors.length - 1]);
   }
-  if (auth.can("jobs:cancel")) {
-    actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"),
-      h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
-  }
+  if (auth.can("jobs:cancel")) actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"));
+  if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
 
   async function load(cursor) {
     const q = new URLSearchParams({ limit: "50" });
@@ -270,8 +296,11 @@ async function jobs(params) {
     if (cursor) q.set("cursor", cursor);
     try {
       const page = await api(`/async/jobs?${q}`);
-      body.replaceChildren(...page.jobs.map((j) => jobRow(j, true)));
-      if (!page.jobs.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No job matches.")));
+      const rows = page.jobs.filter((j) => localMatch(j, local));
+      body.replaceChildren(...rows.map((j) => jobRow(j, true)));
+      if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No job matches.")));
+      matched.textContent = LOCAL_FILTERS.some((k) => local[k])
+        ? `${rows.length} of the ${page.jobs.length} jobs on this page match the page-only filters.` : "";
       pager.replaceChildren(
         cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
         page.next_cursor ? h("button", { id: "next-page", onclick: () => { cursors.push(page.next_cursor); load(page.next_cursor); } }, "Older →") : "");
@@ -471,18 +500,22 @@ async function route() {
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
   document.querySelectorAll("[data-nav]").forEach((a) => a.removeAttribute("aria-current"));
-  const nav = path.startsWith("/jobs") ? (params.get("status") === "ERROR" ? "dead" : "jobs") : path.startsWith("/schedules") ? "schedules" : path === "/" ? "overview" : "";
+  const nav = { "/": "overview", "": "overview", "/jobs": "jobs", "/dead": "dead", "/signals": "signals", "/schedules": "schedules" }[path] || "";
   if (nav) document.querySelector(`[data-nav="${nav}"]`).setAttribute("aria-current", "page");
   try {
     if (path === "/" || path === "") await overview();
     else if (path === "/jobs") await jobs(params);
     else if (path.startsWith("/job/")) await jobPage(decodeURIComponent(path.slice(5)));
     else if (path === "/schedules") await schedules();
+    else if (path === "/signals") await signalsPage(params);
+    else if (path === "/dead") await deadLetters(params);
     else main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 401)) main.replaceChildren(h("p", { class: "error" }, e.message));
   }
   document.body.dataset.ready = path;
+  // When the first page had its data on screen (ms since navigation; read by the browser tests).
+  if (!document.body.dataset.readyMs) document.body.dataset.readyMs = String(Math.round(performance.now()));
 }
 
 async function start() {

@@ -55,6 +55,7 @@ mod jobs;
 mod logs;
 mod notices;
 mod queue;
+mod replay;
 mod retention;
 mod schedules;
 mod signals;
@@ -76,7 +77,6 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisError, RedisResult, Script};
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
@@ -483,35 +483,6 @@ impl RedisStore {
             async move { ::redis::cmd("INCR").arg(key).query_async(&mut c).await }
         })
         .await
-    }
-
-    /// Remembers a verified hook request until `expires_at_ms`: true the first time, false for a
-    /// replay. Shared by every API process (`SET key 1 NX PX`).
-    pub async fn remember_once(
-        &self,
-        replay_key: &str,
-        expires_at_ms: i64,
-        now_ms: i64,
-    ) -> Result<bool> {
-        let digest = hex::encode(Sha256::digest(replay_key.as_bytes()));
-        let key = self.key(&format!("replay:{digest}"));
-        let ttl = (expires_at_ms - now_ms).max(1);
-        let set: Option<String> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("SET")
-                        .arg(key)
-                        .arg(1)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        Ok(set.is_some())
     }
 
     /// Tells this process's listeners, and the other processes through the publisher. Notices

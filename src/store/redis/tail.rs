@@ -3,14 +3,17 @@
 //! command pipelined behind it on the shared one). Every API node reads every committed event
 //! this way, whichever node committed it: the Stream is the path, not pub/sub.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::streams::{StreamReadOptions, StreamReadReply};
 use ::redis::{AsyncCommands, AsyncConnectionConfig};
+use async_trait::async_trait;
 
 use super::{json_err, RedisStore};
 use crate::job::Event;
+use crate::store::tail::TailReader;
 use crate::store::{Result, StoreError};
 
 /// A reader of the global event stream (see the module docs).
@@ -22,7 +25,7 @@ pub struct EventTail {
 
 impl RedisStore {
     /// A reader of the global event stream on a connection of its own.
-    pub fn event_tail(&self) -> Result<EventTail> {
+    pub fn stream_tail(&self) -> Result<EventTail> {
         let client = ::redis::Client::open(self.s.url.as_str())
             .map_err(|e| StoreError::Unavailable(format!("`redis`: {e}")))?;
         Ok(EventTail {
@@ -62,7 +65,12 @@ impl EventTail {
     /// Events of the global stream after `after` (exclusive), oldest first, at most `count`;
     /// waits up to `block` for the first one (empty when none came). An error drops the
     /// connection; the next call connects again.
-    pub async fn read(&mut self, after: &str, block: Duration, count: usize) -> Result<Vec<Event>> {
+    pub async fn xread(
+        &mut self,
+        after: &str,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<Event>> {
         let conn = match &mut self.conn {
             Some(c) => c,
             None => {
@@ -101,5 +109,23 @@ impl EventTail {
             }
         }
         Ok(out)
+    }
+}
+
+impl crate::store::tail::EventTail for RedisStore {
+    fn event_tail(self: Arc<Self>) -> Result<Box<dyn TailReader>> {
+        Ok(Box::new(self.stream_tail()?))
+    }
+}
+
+#[async_trait]
+impl TailReader for EventTail {
+    async fn read(
+        &mut self,
+        after: Option<&str>,
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<Event>> {
+        self.xread(after.unwrap_or("0-0"), wait, max).await
     }
 }

@@ -1,0 +1,100 @@
+
+// ---------------------------------------------------------------- chart.js: the last hour
+
+// Outcomes of the last hour, per minute, from the global event stream: on load the stream
+// replays from the oldest event the store keeps (`events.global_limit`, `retention.events`), then
+// goes on live, so the tally covers the hour before the page was opened too. A status event with
+// SUCCESS counts as done, ERROR or TIMEOUT as failed (one per attempt: a retried job can count
+// twice). Nothing is fetched for the chart itself.
+const MINUTE_MS = 60000;
+const outcomes = { ok: new Map(), failed: new Map() }; // minute number -> count
+const chartWatchers = new Set();
+
+function tallyOutcome(ev) {
+  if (ev.type !== "status") return;
+  const kind = ev.runyard_status === "SUCCESS" ? "ok" : ["ERROR", "TIMEOUT"].includes(ev.runyard_status) ? "failed" : null;
+  const t = Date.parse(ev.ts);
+  if (!kind || isNaN(t)) return;
+  const minute = Math.floor(t / MINUTE_MS);
+  const oldest = Math.floor(Date.now() / MINUTE_MS) - 59;
+  if (minute < oldest) return;
+  outcomes[kind].set(minute, (outcomes[kind].get(minute) || 0) + 1);
+  chartWatchers.forEach((f) => f());
+}
+listeners.add(tallyOutcome);
+
+const SVG = "http://www.w3.org/2000/svg";
+function s(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+}
+
+// The last 60 minutes as stacked bars (done below, failed on top), oldest left; a summary for
+// screen readers and for the eye.
+function throughputChart() {
+  const box = h("div", { id: "throughput", class: "chart" });
+  function draw() {
+    const now = Math.floor(Date.now() / MINUTE_MS);
+    const W = 600, H = 120, bw = W / 60;
+    let ok = 0, failed = 0, busiest = 0;
+    const mins = [];
+    for (let m = now - 59; m <= now; m++) {
+      const o = outcomes.ok.get(m) || 0, f = outcomes.failed.get(m) || 0;
+      ok += o; failed += f; busiest = Math.max(busiest, o + f);
+      mins.push([m, o, f]);
+    }
+    for (const map of [outcomes.ok, outcomes.failed]) for (const m of map.keys()) if (m < now - 59) map.delete(m);
+    const peak = Math.max(1, busiest);
+    const bars = [];
+    mins.forEach(([m, o, f], i) => {
+      const x = (i * bw + 0.5).toFixed(1);
+      const ho = (o / peak) * (H - 4), hf = (f / peak) * (H - 4);
+      const label = `${new Date(m * MINUTE_MS).toTimeString().slice(0, 5)}: ${o} done, ${f} failed`;
+      if (o) bars.push(s("rect", { class: "ok", x, y: (H - ho).toFixed(1), width: (bw - 1).toFixed(1), height: ho.toFixed(1) }, s("title", {}, label)));
+      if (f) bars.push(s("rect", { class: "failed", x, y: (H - ho - hf).toFixed(1), width: (bw - 1).toFixed(1), height: hf.toFixed(1) }, s("title", {}, label)));
+    });
+    const summary = `Last hour: ${ok} done, ${failed} failed; busiest minute ${busiest}.`;
+    box.dataset.ok = ok; box.dataset.failed = failed;
+    box.replaceChildren(
+      s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": summary, preserveAspectRatio: "none" },
+        s("line", { class: "axis", x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5 }), ...bars),
+      h("p", { class: "legend" }, h("span", { class: "key ok" }, `${ok} done`), " ", h("span", { class: "key failed" }, `${failed} failed`),
+        h("span", { class: "muted" }, " per minute, last 60 minutes (attempts, from the event stream)")));
+  }
+  draw();
+  let pending = null;
+  const redraw = () => { if (!pending) pending = setTimeout(() => { pending = null; draw(); }, 300); };
+  chartWatchers.add(redraw);
+  const timer = setInterval(draw, MINUTE_MS); // the window slides even when nothing happens
+  return { el: box, stop: () => { chartWatchers.delete(redraw); clearInterval(timer); clearTimeout(pending); } };
+}
+
+// The nodes that hold leases: the workers of STARTING and RUNNING jobs (first 100 of each).
+function leaseHolders() {
+  const box = h("div", { id: "leases" }, h("p", { class: "muted" }, "loading…"));
+  async function refresh() {
+    try {
+      const pages = await Promise.all(["STARTING", "RUNNING"].map((st) => api(`/async/jobs?status=${st}&limit=100`)));
+      const byWorker = new Map();
+      for (const j of pages.flatMap((p) => p.jobs)) {
+        const w = j.worker || "(unknown)";
+        if (!byWorker.has(w)) byWorker.set(w, []);
+        byWorker.get(w).push(j);
+      }
+      const capped = pages.some((p) => p.next_cursor);
+      box.replaceChildren(byWorker.size
+        ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Worker"), h("th", {}, "Leases"), h("th", {}, "Jobs"))),
+          h("tbody", {}, [...byWorker].sort().map(([w, list]) => h("tr", { "data-worker": w },
+            h("td", { class: "mono" }, w), h("td", {}, String(list.length)),
+            h("td", {}, list.slice(0, 5).flatMap((j, i) => [i ? ", " : "", h("a", { href: `#/job/${j.id}`, class: "mono" }, `${j.type} ${j.id.slice(0, 8)}`)]),
+              list.length > 5 ? ` and ${list.length - 5} more` : "")))))
+        : h("p", { class: "muted" }, "No job holds a lease: nothing is starting or running."),
+      capped ? h("p", { class: "muted" }, "Counted from the first 100 starting and 100 running jobs.") : "");
+    } catch (e) {
+      box.replaceChildren(h("p", { class: "muted" }, `Leases are not available (${e.message}).`));
+    }
+  }
+  return { el: box, refresh };
+}

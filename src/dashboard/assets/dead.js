@@ -1,0 +1,80 @@
+
+// ---------------------------------------------------------------- dead.js: #/dead
+
+// Dead letters: jobs that used up their attempts (status ERROR with attempt >= max_attempts).
+// The list API filters by status, not by attempts: pages of ERROR jobs are read newest first and
+// the rest kept, up to 50 shown or 10 pages read per screen (the pager goes on from there).
+async function deadLetters(params) {
+  const type = params.get("type") || "";
+  const body = h("tbody", { id: "rows" });
+  const pager = h("div", { class: "pager" });
+  const note = h("p", { class: "muted", id: "dead-note" });
+  const actions = h("div", { class: "actions" });
+  const cursors = [""];
+  let shown = [];
+  let nextCursor = null;
+  const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => {
+      ev.preventDefault();
+      const v = ev.target.type.value.trim();
+      location.hash = v ? `#/dead?type=${encodeURIComponent(v)}` : "#/dead";
+    } },
+    h("label", {}, "Type ", h("input", { name: "type", id: "f-type", value: type, placeholder: "glob, e.g. report.*" })),
+    h("button", { type: "submit" }, "Filter"));
+  main.replaceChildren(h("h1", {}, "Dead letters"),
+    h("p", { class: "muted" }, "Jobs that ended ERROR with every attempt used. Retry gives a job one more attempt."),
+    form, actions, note,
+    h("div", { class: "scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {},
+      h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all shown",
+        onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) })),
+      h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Ended"), h("th", {}, "Error"))), body)),
+    pager);
+
+  async function retry(ids) {
+    if (!ids.length) return toast("Select jobs first.");
+    const results = [];
+    // A few at a time: a long list must not open hundreds of requests at once.
+    for (let i = 0; i < ids.length; i += 8) {
+      results.push(...await Promise.allSettled(ids.slice(i, i + 8).map((id) => api(`/async/jobs/${id}/retry`, { method: "POST" }))));
+    }
+    const failed = results.filter((r) => r.status === "rejected");
+    toast(`retry: ${ids.length - failed.length} queued${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
+    await load(cursors[cursors.length - 1]);
+  }
+  if (auth.can("jobs:submit")) {
+    actions.append(
+      h("button", { id: "retry-selected", onclick: () => retry([...body.querySelectorAll(".pick:checked")].map((c) => c.value)) }, "Retry selected"),
+      h("button", { id: "retry-all", onclick: () => retry(shown.map((j) => j.id)) }, "Retry all shown"));
+  }
+
+  async function load(cursor) {
+    const found = [];
+    let next = cursor, pages = 0;
+    do {
+      const q = new URLSearchParams({ status: "ERROR", limit: "100" });
+      if (type) q.set("type", type);
+      if (next) q.set("cursor", next);
+      const page = await api(`/async/jobs?${q}`);
+      found.push(...page.jobs.filter((j) => j.attempt >= j.max_attempts));
+      next = page.next_cursor;
+      pages++;
+    } while (next && found.length < 50 && pages < 10);
+    shown = found;
+    nextCursor = next;
+    body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id },
+      h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}` })),
+      h("td", {}, h("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 8) + "…")),
+      h("td", {}, j.type), h("td", {}, badge(j.status)), h("td", {}, `${j.attempt}/${j.max_attempts}`),
+      h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
+    if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
+    note.textContent = `${found.length} shown (read ${pages} page${pages === 1 ? "" : "s"} of failed jobs).`;
+    pager.replaceChildren(
+      cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
+      nextCursor ? h("button", { id: "next-page", onclick: () => { cursors.push(nextCursor); load(nextCursor); } }, "Older →") : "");
+  }
+  await load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))));
+  // Rows on screen follow their jobs: a retried one leaves the list.
+  leave = onEvent((ev) => {
+    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
+    if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
+  });
+}

@@ -1,0 +1,95 @@
+
+// ---------------------------------------------------------------- signals.js: #/signals
+
+// The API reads a signal key's records (`GET /async/signals/{key}`) but has no list of every key:
+// the page shows the keys waiting jobs wait for, the keys finished jobs' `emits` name on the
+// latest page of jobs, and the keys looked up here (kept in this tab, and in the URL:
+// `#/signals?key=a&key=b`).
+const LOOKED_UP = "runyard.signal-keys";
+const SIGNAL_LIMIT = 10000; // the API's largest page; a key keeps at most its 10,000 newest
+
+function lookedUp() {
+  try { return JSON.parse(sessionStorage.getItem(LOOKED_UP) || "[]"); } catch { return []; }
+}
+
+// How many of a waiting job's records have come: the list API does not read them live (a job's
+// own page does), so they are counted here from the key's records, as the server counts them.
+function seenOf(recs, item) {
+  const since = item.since ? Date.parse(item.since) : -Infinity;
+  return Math.min(item.needed, recs.filter((r) => Date.parse(r.at) >= since).length);
+}
+
+async function signalsPage(params) {
+  const asked = params.getAll("key").filter(Boolean);
+  const remembered = [...new Set([...lookedUp(), ...asked])].slice(-50);
+  sessionStorage.setItem(LOOKED_UP, JSON.stringify(remembered));
+  const list = h("div", { id: "signals" }, h("p", { class: "muted" }, "loading…"));
+  const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => {
+      ev.preventDefault();
+      const key = ev.target.key.value.trim();
+      if (key) location.hash = `#/signals?${new URLSearchParams([...asked.map((k) => ["key", k]), ["key", key]])}`;
+    } },
+    h("label", {}, "Signal key ", h("input", { name: "key", id: "signal-key", required: true, placeholder: "e.g. src.orders" })),
+    h("button", { type: "submit" }, "Look up"));
+  const send = auth.can("signals:write") ? h("form", { class: "filters", id: "signal-send", onsubmit: async (ev) => {
+      ev.preventDefault();
+      const key = ev.target.key.value.trim();
+      let payload;
+      try { payload = ev.target.payload.value.trim() ? JSON.parse(ev.target.payload.value) : undefined; } catch { return toast("The payload must be JSON."); }
+      try {
+        const r = await api(`/async/signals/${encodeURIComponent(key)}`, { method: "POST", body: payload === undefined ? {} : { payload } });
+        toast(`Signal ${r.key} #${r.seq} written.`);
+        if (!remembered.includes(key)) location.hash = `#/signals?${new URLSearchParams([...asked.map((k) => ["key", k]), ["key", key]])}`;
+        else load();
+      } catch (e) { toast(`Signal refused: ${e.message}`); }
+    } },
+    h("label", {}, "Send signal ", h("input", { name: "key", id: "send-key", required: true, placeholder: "key" })),
+    h("label", {}, "payload ", h("input", { name: "payload", id: "send-payload", placeholder: "JSON (optional)" })),
+    h("button", { type: "submit" }, "Send")) : "";
+  main.replaceChildren(h("h1", {}, "Signals"),
+    h("p", { class: "muted" }, "The API lists a key's records but not every key: shown here are the keys waiting jobs wait for, the keys the latest jobs emit, and the keys you look up."),
+    form, send, list);
+
+  async function load() {
+    const [waiting, latest] = await Promise.all([
+      api("/async/jobs?status=WAITING&limit=100"),
+      api("/async/jobs?limit=100").catch(() => ({ jobs: [] }))]);
+    const waitersByKey = new Map();
+    for (const j of waiting.jobs) for (const it of (j.wait && j.wait.items) || []) {
+      if (!waitersByKey.has(it.key)) waitersByKey.set(it.key, []);
+      waitersByKey.get(it.key).push([j, it]);
+    }
+    const emitted = latest.jobs.flatMap((j) => j.emits || []);
+    const keys = [...new Set([...remembered, ...waitersByKey.keys(), ...emitted])].sort();
+    if (!keys.length) {
+      list.replaceChildren(h("p", { class: "muted" }, "No signal key known yet: no job waits for one. Look one up above."));
+      return;
+    }
+    const cards = await Promise.all(keys.map(async (key) => {
+      let recs, err = null;
+      try { recs = (await api(`/async/signals/${encodeURIComponent(key)}?limit=${SIGNAL_LIMIT}`)).signals || []; } catch (e) { recs = []; err = e.message; }
+      const latestFirst = recs.slice(-5).reverse();
+      const waiters = waitersByKey.get(key) || [];
+      return h("section", { class: "card", "data-signal": key, "aria-label": `signal ${key}` },
+        h("h2", { class: "mono" }, key),
+        err ? h("p", { class: "error" }, err) : h("p", { class: "muted" },
+          recs.length ? `${recs.length}${recs.length >= SIGNAL_LIMIT ? "+" : ""} record${recs.length === 1 ? "" : "s"} kept; latest ${when(recs[recs.length - 1].at)} (${ago(recs[recs.length - 1].at)}).` : "No record kept."),
+        latestFirst.length ? h("table", { class: "records" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Seq"), h("th", {}, "At"), h("th", {}, "Id"), h("th", {}, "Payload"))),
+          h("tbody", {}, latestFirst.map((r) => h("tr", { "data-seq": r.seq },
+            h("td", {}, String(r.seq)), h("td", { title: r.at }, when(r.at)), h("td", { class: "mono" }, r.id || ""),
+            h("td", { class: "mono" }, r.payload === null || r.payload === undefined ? "" : JSON.stringify(r.payload)))))) : "",
+        waiters.length ? h("div", {}, h("h3", {}, "Jobs waiting for it"), h("ul", { class: "waiters" }, waiters.map(([j, it]) => h("li", { "data-job": j.id },
+          h("a", { href: `#/job/${j.id}`, class: "mono" }, `${j.type} ${j.id.slice(0, 8)}`),
+          ` ${seenOf(recs, it)} of ${it.needed}${it.since ? ` since ${when(it.since)}` : ""}${j.wait.deadline ? `, deadline ${when(j.wait.deadline)}` : ""}`)))) : "");
+    }));
+    list.replaceChildren(...cards);
+  }
+  await load().catch((e) => list.replaceChildren(h("p", { class: "error" }, e.message)));
+  // Records are not events: re-read every 5 s, and when a job's status changes (a release).
+  let pending = null;
+  const again = () => { if (!pending) pending = setTimeout(() => { pending = null; load().catch(() => {}); }, 500); };
+  const off = onEvent(again);
+  const timer = setInterval(again, 5000);
+  leave = () => { off(); clearInterval(timer); clearTimeout(pending); };
+}

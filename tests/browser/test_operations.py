@@ -1,0 +1,166 @@
+"""The operator's pages beyond a single job: signals with their latest records, the overview's
+chart of the last hour and the nodes holding leases, dead letters with bulk retry, and the jobs
+table's page-only filters. Each check reads what a user sees, and the API for what happened."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from playwright.sync_api import expect
+
+from conftest import screenshot
+
+
+def open_page(page, server, route="/"):
+    page.goto(f"{server.url}/#{route}")
+    expect(page.locator("body")).to_have_attribute("data-ready", re.compile(".*"), timeout=15000)
+
+
+def test_the_signals_page_shows_a_signal_sent_through_the_api(server, page):
+    key = f"src.orders.{uuid.uuid4().hex[:6]}"
+    waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key, "count": 3}], "deadline": "+1h"})
+    assert server.wait(waiting, {"WAITING"})["status"] == "WAITING"
+    status, rec = server.call("POST", f"/async/signals/{key}", {"payload": {"batch": 7}, "id": "b7"})
+    assert status == 201, rec
+
+    open_page(page, server, "/signals")
+    card = page.locator(f'[data-signal="{key}"]')
+    expect(card).to_be_visible()
+    expect(card.locator('tr[data-seq="1"]')).to_contain_text("b7")
+    expect(card.locator('tr[data-seq="1"]')).to_contain_text('{"batch":7}')
+    expect(card.locator(f'.waiters li[data-job="{waiting}"]')).to_contain_text("1 of 3")
+    expect(card.locator(f'.waiters li[data-job="{waiting}"]')).to_contain_text("deadline")
+
+    # A second record shows on the open page without a reload (the page re-reads every 5 s).
+    server.call("POST", f"/async/signals/{key}", {"id": "b8"})
+    expect(card.locator('tr[data-seq="2"]')).to_contain_text("b8", timeout=15000)
+    expect(card.locator(f'.waiters li[data-job="{waiting}"]')).to_contain_text("2 of 3")
+
+    # A key no job waits for: looked up by name.
+    other = f"lookup.only.{uuid.uuid4().hex[:6]}"
+    server.call("POST", f"/async/signals/{other}", {"payload": "hello"})
+    page.fill("#signal-key", other)
+    page.locator("form[role=search] button").click()
+    expect(page.locator(f'[data-signal="{other}"] tr[data-seq="1"]')).to_contain_text('"hello"', timeout=10000)
+    screenshot(page, "signals")
+
+    # The waiting job's own page says what it waits for.
+    open_page(page, server, f"/job/{waiting}")
+    expect(page.locator("#why")).to_contain_text(f"Waiting for signal {key} (2 of 3")
+    expect(page.locator("#why")).to_contain_text("deadline")
+    server.call("POST", f"/async/jobs/{waiting}/cancel")
+
+
+def test_the_overview_charts_the_last_hour_and_shows_lease_holders(server, page):
+    ok = [server.submit({"type": "noop.chart"}) for _ in range(3)]
+    bad = [server.submit({"type": "fail.chart"}) for _ in range(2)]
+    for j in ok:
+        server.wait(j, {"SUCCESS"})
+    for j in bad:
+        server.wait(j, {"ERROR"})
+    running = server.submit({"type": "hang.lease"})
+    worker = server.wait(running, {"RUNNING"})["worker"]
+    assert worker
+
+    open_page(page, server, "/")
+    chart = page.locator("#throughput")
+    # Filled from the event stream's replay of the hour before the page was opened.
+    expect(chart).to_have_attribute("data-ok", re.compile(r"^([3-9]|\d\d+)$"), timeout=15000)
+    expect(chart).to_have_attribute("data-failed", re.compile(r"^([2-9]|\d\d+)$"), timeout=15000)
+    assert chart.locator("svg rect.ok").count() >= 1
+    assert chart.locator("svg rect.failed").count() >= 1
+    expect(chart.locator("svg")).to_have_attribute("aria-label", re.compile(r"Last hour: \d+ done, \d+ failed"))
+
+    # Live: one more failure raises the count without a reload.
+    before = int(chart.get_attribute("data-failed"))
+    server.wait(server.submit({"type": "fail.chart"}), {"ERROR"})
+    deadline = time.time() + 15
+    while int(chart.get_attribute("data-failed")) <= before and time.time() < deadline:
+        time.sleep(0.2)
+    assert int(chart.get_attribute("data-failed")) == before + 1
+
+    # The node holding the running job's lease, linked to the job.
+    row = page.locator(f'#leases tr[data-worker="{worker}"]')
+    expect(row).to_be_visible(timeout=10000)
+    expect(row.locator(f'a[href="#/job/{running}"]')).to_have_count(1)
+    expect(page.locator("#runners")).to_contain_text("hang")
+    server.call("POST", f"/async/jobs/{running}/cancel")
+    expect(page.locator(f'#leases tr[data-worker="{worker}"] a[href="#/job/{running}"]')).to_have_count(0, timeout=10000)
+
+
+def test_dead_letters_bulk_retry(server, page):
+    tag = uuid.uuid4().hex[:6]
+    dead = [server.submit({"type": f"fail.dead{tag}.{i}"}) for i in range(3)]
+    for j in dead:
+        d = server.wait(j, {"ERROR"})
+        assert d["attempt"] >= d["max_attempts"], d
+    # An ERROR that did not use its attempts (its wait ran out, nothing ran) is no dead letter.
+    missed = server.submit({"type": f"fail.dead{tag}.missed", "wait_for": [{"key": f"never.{tag}"}],
+                            "deadline": "+1s", "on_deadline": "fail"})
+    m = server.wait(missed, {"ERROR"})
+    assert m["attempt"] < m["max_attempts"], m
+
+    open_page(page, server, f"/dead?type=fail.dead{tag}.*")
+    for j in dead:
+        expect(page.locator(f'#rows tr[data-job="{j}"]')).to_be_visible()
+    expect(page.locator(f'#rows tr[data-job="{missed}"]')).to_have_count(0)
+    expect(page.locator("#rows tr")).to_have_count(3)
+    screenshot(page, "dead")
+    page.locator("#retry-all").click()
+    expect(page.locator("#toast")).to_contain_text("3 queued", timeout=15000)
+    # Each got a new attempt: QUEUED (then run again; this runner fails again).
+    for j in dead:
+        got = server.job(j)
+        assert got["attempt"] == 2, got
+        assert got["status"] in {"QUEUED", "STARTING", "RUNNING", "ERROR"}, got
+    assert server.job(missed)["attempt"] == m["attempt"], "a job not shown was retried"
+
+
+def test_the_jobs_table_filters_the_loaded_page_by_text_and_channel(server, page):
+    tag = uuid.uuid4().hex[:6]
+    a = server.submit({"type": "noop.text", "args": {"customer": f"acme-{tag}"}, "channel": f"ch-{tag}"})
+    b = server.submit({"type": "noop.text", "args": {"customer": "globex"}})
+    server.wait(a, {"SUCCESS"})
+    server.wait(b, {"SUCCESS"})
+    open_page(page, server, "/jobs?type=noop.text")
+    expect(page.locator(f'#rows tr[data-job="{b}"]')).to_be_visible()
+    page.fill("#f-text", f"ACME-{tag}")
+    page.locator("form.filters > button").click()
+    expect(page.locator(f'#rows tr[data-job="{a}"]')).to_be_visible()
+    expect(page.locator(f'#rows tr[data-job="{b}"]')).to_have_count(0)
+    expect(page.locator("#local-note")).to_contain_text("on this page match")
+    page.fill("#f-text", "")
+    page.fill("#f-channel", f"ch-{tag}")
+    page.locator("form.filters > button").click()
+    expect(page.locator(f'#rows tr[data-job="{a}"]')).to_be_visible()
+    expect(page.locator("#rows tr")).to_have_count(1)
+
+
+def test_usable_on_a_phone_in_dark_mode(browser, server):
+    from conftest import new_context
+
+    ctx = new_context(browser, viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    # Long names in every table: a queue (the hang runner runs one at a time), a dead letter.
+    long = "x" * 80
+    held = [server.submit({"type": f"hang.{long}.{i}"}) for i in range(2)]
+    server.wait(held[0], {"RUNNING"})
+    server.wait(server.submit({"type": f"fail.{long}"}), {"ERROR"})
+    try:
+        for route in ("/", "/jobs", "/dead", "/signals"):
+            open_page(page, server, route)
+            # Nothing wider than the screen but the scrolling tables inside their cards.
+            page.wait_for_timeout(500)  # late parts (runners, leases, queues) are in
+            width = page.evaluate("document.documentElement.scrollWidth")
+            wide = page.evaluate("""() => [...document.querySelectorAll('main *')]
+                .filter((e) => e.getBoundingClientRect().right > 391 && !e.closest('.scroll, .card'))
+                .slice(0, 3).map((e) => e.outerHTML.slice(0, 120))""")
+            assert width <= 390 + 1, f"{route} is {width}px wide on a 390px screen: {wide}"
+        bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert bg == "rgb(19, 19, 22)", bg
+    finally:
+        ctx.close()
+        for j in held:
+            server.call("POST", f"/async/jobs/{j}/cancel")
