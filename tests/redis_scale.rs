@@ -686,10 +686,12 @@ async fn a_dead_claimers_reservation_is_requeued() {
     let claim = redis::Script::new(include_str!("../src/store/redis/lua/claim.lua"));
     let picked: Vec<redis::Value> = claim
         .prepare_invoke()
-        .arg(&redis.prefix)
-        .arg("r")
+        .key(format!("{}:q:r", redis.prefix))
+        .key(format!("{}:token", redis.prefix))
+        .key(format!("{}:lease", redis.prefix))
         .arg(10)
         .arg(now + 1000)
+        .arg(format!("{}:job:", redis.prefix))
         .invoke_async(&mut c)
         .await
         .unwrap();

@@ -1,4 +1,4 @@
-//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the 16 values per job
+//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the 19 values per job
 //! write that `commit.lua` receives (`commit_args`) and the log entries of `logs_append.lua` /
 //! `logs_read.lua` (`log_entry`, `parse_log_entry`).
 //!
@@ -189,7 +189,10 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     };
     let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
     let args = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
-    assert_eq!(args.len(), 17);
+    assert_eq!(args.len(), 19);
+    // No wait in these jobs: no wait keys declared, no deadline.
+    assert_eq!(args[17], "0");
+    assert_eq!(args[18], "");
     assert_eq!(args[15], job.job_type);
     assert_eq!(args[0], job.id.to_string());
     assert_eq!(args[1], expected.map(|v| v.to_string()).unwrap_or_default());

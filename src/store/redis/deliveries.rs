@@ -59,15 +59,7 @@ impl DeliveryStore for RedisStore {
             max.to_string(),
             token.to_string(),
         ];
-        let raw: Vec<String> = self
-            .exec(true, |mut c| {
-                let mut inv = CLAIM.prepare_invoke();
-                for a in &args {
-                    inv.arg(a);
-                }
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
+        let raw: Vec<String> = self.run_script(&CLAIM, &[], &args).await?;
         let mut out = Vec::new();
         for f in raw.chunks(8) {
             let [id, job, url, eid, ev, t, n, due] = f else {
@@ -101,9 +93,15 @@ impl DeliveryStore for RedisStore {
     ) -> Result<Option<DeliveryState>> {
         let now = self.now().await;
         let (state, due) = plan(claimed.delivery.created_at, now, outcome);
+        let n = claimed.delivery.id;
+        let keys = [
+            self.key(&format!("dlv:{n}")),
+            self.key(&format!("dlvlog:{n}")),
+            self.key("dlv:due"),
+            self.key("dlv:done"),
+        ];
         let args = [
-            self.s.prefix.clone(),
-            claimed.delivery.id.to_string(),
+            n.to_string(),
             claimed.token.to_string(),
             serde_json::to_string(&attempt).map_err(json_err)?,
             state.as_str().to_string(),
@@ -115,15 +113,7 @@ impl DeliveryStore for RedisStore {
             },
             MAX_ATTEMPT_RECORDS.to_string(),
         ];
-        let ok: i64 = self
-            .exec(true, |mut c| {
-                let mut inv = RECORD.prepare_invoke();
-                for a in &args {
-                    inv.arg(a);
-                }
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
+        let ok: i64 = self.run_script(&RECORD, &keys, &args).await?;
         Ok((ok == 1).then_some(state))
     }
 
@@ -225,15 +215,7 @@ impl DeliveryStore for RedisStore {
                 before.to_string(),
                 TRIM_CHUNK.to_string(),
             ];
-            let n: i64 = self
-                .exec(true, |mut c| {
-                    let mut inv = TRIM.prepare_invoke();
-                    for a in &args {
-                        inv.arg(a);
-                    }
-                    async move { inv.invoke_async(&mut c).await }
-                })
-                .await?;
+            let n: i64 = self.run_script(&TRIM, &[], &args).await?;
             total += n.max(0) as u64;
             if (n as usize) < TRIM_CHUNK {
                 break;

@@ -24,12 +24,22 @@ use crate::store::Notice;
 /// Most notices folded into one message.
 const BATCH: usize = 4096;
 
+/// Whether other processes hear of `n` (the others are left out of the queue to the publisher).
+pub(super) fn crosses(n: &Notice) -> bool {
+    match n {
+        Notice::Queued { .. } | Notice::Events => true,
+        Notice::Changed { status, .. } => {
+            matches!(status, JobStatus::Cancelled | JobStatus::Scheduled)
+        }
+    }
+}
+
 /// Publishes this process's notices until `stop`.
 pub(super) async fn publish(
     mut conn: ConnectionManager,
     channel: String,
     origin: String,
-    mut rx: mpsc::UnboundedReceiver<Notice>,
+    mut rx: mpsc::Receiver<Notice>,
     stop: CancellationToken,
 ) {
     loop {

@@ -39,18 +39,7 @@ impl RedisStore {
             body,
             wake.map(|w| w.to_string()).unwrap_or_default(),
         ];
-        let n: i64 = self
-            .exec(true, |mut c| {
-                let mut inv = CAS.prepare_invoke();
-                for k in &keys {
-                    inv.key(k);
-                }
-                for a in &args {
-                    inv.arg(a);
-                }
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
+        let n: i64 = self.run_script(&CAS, &keys, &args).await?;
         Ok(n == 1)
     }
 }
@@ -63,18 +52,7 @@ fn parse(body: &str) -> Result<Schedule> {
 impl ScheduleStore for RedisStore {
     async fn schedule(&self, name: &str) -> Result<Option<Schedule>> {
         let key = self.schedule_key(name);
-        let body: Option<String> = self
-            .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("HGET")
-                        .arg(key)
-                        .arg("b")
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let body = self.body(&key).await?;
         body.as_deref().map(parse).transpose()
     }
 
@@ -84,15 +62,7 @@ impl ScheduleStore for RedisStore {
             return Ok(vec![]);
         }
         let keys: Vec<String> = names.iter().map(|n| self.schedule_key(n)).collect();
-        let bodies: Vec<Option<String>> = self
-            .exec(true, |mut c| {
-                let mut p = ::redis::pipe();
-                for k in &keys {
-                    p.cmd("HGET").arg(k).arg("b");
-                }
-                async move { p.query_async(&mut c).await }
-            })
-            .await?;
+        let bodies = self.bodies(&keys).await?;
         // A schedule deleted between the two reads is simply not listed.
         bodies.iter().flatten().map(|b| parse(b)).collect()
     }

@@ -53,18 +53,7 @@ impl SignalStore for RedisStore {
                 .unwrap_or_default(),
             MAX_PER_KEY.to_string(),
         ];
-        let (created, rec): (i64, String) = self
-            .exec(true, |mut c| {
-                let mut inv = APPEND.prepare_invoke();
-                for k in &keys {
-                    inv.key(k);
-                }
-                for a in &args {
-                    inv.arg(a);
-                }
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
+        let (created, rec): (i64, String) = self.run_script(&APPEND, &keys, &args).await?;
         let s: Signal = serde_json::from_str(&rec).map_err(json_err)?;
         Ok((s, created == 1))
     }
@@ -86,15 +75,7 @@ impl SignalStore for RedisStore {
             before.to_string(),
             TRIM_KEYS.to_string(),
         ];
-        let n: i64 = self
-            .exec(true, |mut c| {
-                let mut inv = TRIM.prepare_invoke();
-                for a in &args {
-                    inv.arg(a);
-                }
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
+        let n: i64 = self.run_script(&TRIM, &[], &args).await?;
         Ok(n.max(0) as u64)
     }
 }

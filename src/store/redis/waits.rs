@@ -25,24 +25,6 @@ static UNMARK: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-impl RedisStore {
-    async fn zrem(&self, key: String, member: String) -> Result<()> {
-        let _: i64 = self
-            .exec(true, |mut c| {
-                let (key, member) = (key.clone(), member.clone());
-                async move {
-                    ::redis::cmd("ZREM")
-                        .arg(key)
-                        .arg(member)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl WaitStore for RedisStore {
     async fn wait_check(&self, id: Uuid) -> Result<bool> {

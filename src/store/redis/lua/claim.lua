@@ -4,19 +4,24 @@
 -- is still QUEUED back in the queue. The claim itself (QUEUED -> STARTING, fencing token, lease)
 -- is applied in Rust and saved with commit.lua, which replaces the reservation by the lease.
 --
--- ARGV[1] prefix, ARGV[2] runner, ARGV[3] max, ARGV[4] reservation expiry (µs).
+-- KEYS[1] the runner's queue `P:q:{runner}`, KEYS[2] `P:token` (fencing tokens), KEYS[3]
+-- `P:lease`. The jobs' hashes `P:job:{id}` are named by the ids popped from the queue, so they
+-- cannot be declared beforehand: ARGV[3] is their prefix `P:job:` (on Redis Cluster the keys
+-- need one hash slot, e.g. a prefix with a hash tag such as `{runyard}`).
+-- ARGV[1] max, ARGV[2] reservation expiry (µs), ARGV[3] job key prefix.
 -- Returns {first fencing token, id1, version1, body1, id2, ...}, or {} when the queue is empty.
-local P = ARGV[1]
-local picked = redis.call('ZPOPMIN', P .. ':q:' .. ARGV[2], tonumber(ARGV[3]))
+local queue, tokens, leases = KEYS[1], KEYS[2], KEYS[3]
+local max, reserve_until, job_prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local picked = redis.call('ZPOPMIN', queue, max)
 if #picked == 0 then return {} end
 local n = #picked / 2
-local last = redis.call('INCRBY', P .. ':token', n)
+local last = redis.call('INCRBY', tokens, n)
 local out = { last - n + 1 }
 for i = 1, #picked, 2 do
   local id = picked[i]
-  local h = redis.call('HMGET', P .. ':job:' .. id, 'v', 'b')
+  local h = redis.call('HMGET', job_prefix .. id, 'v', 'b')
   if h[1] then
-    redis.call('ZADD', P .. ':lease', ARGV[4], id)
+    redis.call('ZADD', leases, reserve_until, id)
     out[#out + 1] = id
     out[#out + 1] = h[1]
     out[#out + 1] = h[2]

@@ -1,26 +1,26 @@
 -- Records an attempt of a claimed webhook delivery (see src/store/redis/deliveries.rs), only
 -- while the claim is still the caller's.
 --
--- ARGV[1] prefix, ARGV[2] delivery id, ARGV[3] claim token, ARGV[4] the attempt (JSON),
--- ARGV[5] new state, ARGV[6] next due (µs, '' none), ARGV[7] end time (µs, '' none),
--- ARGV[8] attempts kept.
+-- KEYS[1] the delivery `P:dlv:{n}`, KEYS[2] its attempts `P:dlvlog:{n}`, KEYS[3] `P:dlv:due`,
+-- KEYS[4] `P:dlv:done`.
+-- ARGV[1] delivery id, ARGV[2] claim token, ARGV[3] the attempt (JSON), ARGV[4] new state,
+-- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept.
 -- Returns 1 when recorded, 0 when the claim was lost.
-local P = ARGV[1]
-local id = ARGV[2]
-local k = P .. ':dlv:' .. id
-if redis.call('HGET', k, 'c') ~= ARGV[3] then return 0 end
+local k, lk, due_set, done_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, token, attempt, state, due, ended, keep =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+if redis.call('HGET', k, 'c') ~= token then return 0 end
 redis.call('HINCRBY', k, 'n', 1)
-redis.call('HSET', k, 'st', ARGV[5])
+redis.call('HSET', k, 'st', state)
 redis.call('HDEL', k, 'c')
-local lk = P .. ':dlvlog:' .. id
-redis.call('RPUSH', lk, ARGV[4])
-redis.call('LTRIM', lk, -tonumber(ARGV[8]), -1)
-if ARGV[6] ~= '' then
-  redis.call('ZADD', P .. ':dlv:due', ARGV[6], id)
-  redis.call('HSET', k, 'due', ARGV[6])
+redis.call('RPUSH', lk, attempt)
+redis.call('LTRIM', lk, -keep, -1)
+if due ~= '' then
+  redis.call('ZADD', due_set, due, id)
+  redis.call('HSET', k, 'due', due)
 else
-  redis.call('ZREM', P .. ':dlv:due', id)
+  redis.call('ZREM', due_set, id)
   redis.call('HDEL', k, 'due')
-  redis.call('ZADD', P .. ':dlv:done', ARGV[7], id)
+  redis.call('ZADD', done_set, ended, id)
 end
 return 1

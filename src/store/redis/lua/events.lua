@@ -11,17 +11,16 @@
 -- - a channel stream that expired and is absent: `last_id` older than now minus the TTL (the
 --   resync id is then the global stream's last id, which every later event follows).
 --
--- ARGV[1] prefix, ARGV[2] channel ('' = global), ARGV[3] last id ('' = from the oldest kept),
--- ARGV[4] limit, ARGV[5] now (ms), ARGV[6] channel TTL (ms).
+-- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`.
+-- ARGV[1] 1 for a channel stream, 0 for the global one, ARGV[2] last id ('' = from the oldest
+-- kept), ARGV[3] limit, ARGV[4] now (ms), ARGV[5] channel TTL (ms).
 -- Returns {resync id or '', id1, event1, id2, event2, ...}.
-local P = ARGV[1]
-local chan = ARGV[2]
-local last = ARGV[3]
-local limit = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
-local ttl = tonumber(ARGV[6])
-local key = P .. ':ev'
-if chan ~= '' then key = P .. ':evc:' .. chan end
+local key, global = KEYS[1], KEYS[2]
+local is_chan = ARGV[1] == '1'
+local last = ARGV[2]
+local limit = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -59,15 +58,15 @@ if last ~= '' then
         resync = t['last-generated-id']
       end
     end
-    if chan ~= '' and first and first[1] then
+    if is_chan and first and first[1] then
       local fms = parse(first[1])
       if lms < fms - ttl then
         local cut = (fms - ttl) .. '-0'
         if resync == '' or less(resync, cut) then resync = cut end
       end
     end
-  elseif chan ~= '' and lms < now - ttl and redis.call('EXISTS', P .. ':ev') == 1 then
-    local g = info(P .. ':ev')['last-generated-id']
+  elseif is_chan and lms < now - ttl and redis.call('EXISTS', global) == 1 then
+    local g = info(global)['last-generated-id']
     if g and less(last, g) then resync = g end
   end
 end

@@ -5,20 +5,25 @@
 -- - anything else is a stale entry and is dropped.
 -- Safe on every node at once: each step is atomic and idempotent.
 --
--- ARGV[1] prefix, ARGV[2] now (µs), ARGV[3] max. Returns {version1, body1, ...}.
-local P = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', P .. ':lease', '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+-- KEYS[1] `P:lease`. The jobs' hashes `P:job:{id}` and their runners' queues `P:q:{runner}` are
+-- named by the lease set's entries, so they cannot be declared beforehand: ARGV[3] and ARGV[4]
+-- are their prefixes (see claim.lua for Redis Cluster).
+-- ARGV[1] now (µs), ARGV[2] max, ARGV[3] job key prefix `P:job:`, ARGV[4] queue prefix `P:q:`.
+-- Returns {version1, body1, ...}.
+local leases = KEYS[1]
+local now, max, job_prefix, queue_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', 0, max)
 local out = {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', P .. ':job:' .. id, 's', 'r', 'q', 'v', 'b')
+  local h = redis.call('HMGET', job_prefix .. id, 's', 'r', 'q', 'v', 'b')
   local st = h[1]
   if st == 'STARTING' or st == 'RUNNING' then
     out[#out + 1] = h[4]
     out[#out + 1] = h[5]
   else
-    redis.call('ZREM', P .. ':lease', id)
+    redis.call('ZREM', leases, id)
     if st == 'QUEUED' then
-      redis.call('ZADD', P .. ':q:' .. h[2], h[3], id)
+      redis.call('ZADD', queue_prefix .. h[2], h[3], id)
     end
   end
 end

@@ -1,13 +1,14 @@
 -- Reads log lines with a sequence number after `after`, at most `limit`.
--- ARGV[1] prefix, ARGV[2] job id, ARGV[3] after, ARGV[4] limit. Returns the entries.
-local P = ARGV[1]
-local id = ARGV[2]
-local last = tonumber(redis.call('GET', P .. ':logn:' .. id) or '0')
-local key = P .. ':log:' .. id
+-- KEYS[1] the job's sequence counter `P:logn:{id}`, KEYS[2] its lines `P:log:{id}`.
+-- ARGV[1] after, ARGV[2] limit. Returns the entries.
+local counter, key = KEYS[1], KEYS[2]
+local after = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local last = tonumber(redis.call('GET', counter) or '0')
 local len = redis.call('LLEN', key)
 if len == 0 then return {} end
 local first = last - len + 1
-local from = math.max(tonumber(ARGV[3]) + 1, first)
+local from = math.max(after + 1, first)
 if from > last then return {} end
 local start = from - first
-return redis.call('LRANGE', key, start, start + tonumber(ARGV[4]) - 1)
+return redis.call('LRANGE', key, start, start + limit - 1)

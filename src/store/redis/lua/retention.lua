@@ -1,31 +1,36 @@
 -- Deletes finished jobs that finished before a time, with everything that belongs to them: their
 -- index entries, idempotency key, logs and file references. Safe on every node at once.
 --
--- ARGV[1] prefix, ARGV[2] finished before (µs), ARGV[3] max.
+-- KEYS[1] `P:fin`, KEYS[2] `P:all`, KEYS[3] `P:jc` (job counts), KEYS[4] `P:fhashes`. The keys of
+-- each job (`P:job:{id}`, `P:st:{status}`, `P:idem:{key}`, `P:fref:{hash}`, `P:log:{id}`,
+-- `P:logn:{id}`) are named by what `P:fin` and the job hold, so they cannot be declared
+-- beforehand: ARGV[3] is their prefix `P:` (see claim.lua for Redis Cluster).
+-- ARGV[1] finished before (µs), ARGV[2] max, ARGV[3] key prefix.
 -- Returns the number of jobs deleted.
-local P = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', P .. ':fin', '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local fin, all, jc, fhashes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local before, max, P = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. before, 'LIMIT', 0, max)
 for _, id in ipairs(ids) do
-  local key = P .. ':job:' .. id
+  local key = P .. 'job:' .. id
   local h = redis.call('HMGET', key, 's', 'k', 'f', 't')
-  if h[1] then redis.call('ZREM', P .. ':st:' .. h[1], id) end
+  if h[1] then redis.call('ZREM', P .. 'st:' .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
   if h[1] and h[4] then
     local f = h[4] .. '\n' .. h[1]
-    if redis.call('HINCRBY', P .. ':jc', f, -1) <= 0 then redis.call('HDEL', P .. ':jc', f) end
+    if redis.call('HINCRBY', jc, f, -1) <= 0 then redis.call('HDEL', jc, f) end
   end
-  if h[2] and redis.call('GET', P .. ':idem:' .. h[2]) == id then
-    redis.call('DEL', P .. ':idem:' .. h[2])
+  if h[2] and redis.call('GET', P .. 'idem:' .. h[2]) == id then
+    redis.call('DEL', P .. 'idem:' .. h[2])
   end
   if h[3] then
     for hash in string.gmatch(h[3], '%S+') do
-      local rk = P .. ':fref:' .. hash
+      local rk = P .. 'fref:' .. hash
       redis.call('SREM', rk, id)
-      if redis.call('SCARD', rk) == 0 then redis.call('SREM', P .. ':fhashes', hash) end
+      if redis.call('SCARD', rk) == 0 then redis.call('SREM', fhashes, hash) end
     end
   end
-  redis.call('DEL', key, P .. ':log:' .. id, P .. ':logn:' .. id)
-  redis.call('ZREM', P .. ':all', id)
-  redis.call('ZREM', P .. ':fin', id)
+  redis.call('DEL', key, P .. 'log:' .. id, P .. 'logn:' .. id)
+  redis.call('ZREM', all, id)
+  redis.call('ZREM', fin, id)
 end
 return #ids

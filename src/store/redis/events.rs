@@ -1,0 +1,82 @@
+//! [`EventLog`] for Redis: `P:ev` the global event stream, `P:evc:{channel}` a channel's stream
+//! (`lua/events.lua`).
+
+use super::*;
+
+/// Normalises an event id (`last_id`) of the Redis store to `ms-seq` (`ms` alone is `ms-0`).
+pub fn parse_event_id(s: &str) -> Result<String> {
+    let bad = || {
+        StoreError::BadInput(format!(
+            "invalid event id `{s}`: expected a stream id such as 1700000000000-0"
+        ))
+    };
+    let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    Ok(format!("{ms}-{seq}"))
+}
+
+#[async_trait]
+impl EventLog for RedisStore {
+    async fn events(
+        &self,
+        channel: Option<&str>,
+        last_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let last = last_id.map(parse_event_id).transpose()?.unwrap_or_default();
+        let chan = channel.unwrap_or("").to_string();
+        let now_ms = self.now().await / 1000;
+        let global = self.key("ev");
+        let stream = match chan.as_str() {
+            "" => global.clone(),
+            c => self.key(&format!("evc:{c}")),
+        };
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.events.prepare_invoke();
+                inv.key(&stream)
+                    .key(&global)
+                    .arg(u8::from(!chan.is_empty()))
+                    .arg(&last)
+                    .arg(limit.max(1))
+                    .arg(now_ms)
+                    .arg(self.s.channel_ttl.as_millis() as u64);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(raw.len() / 2 + 1);
+        let mut it = raw.into_iter();
+        if let Some(resync) = it.next().filter(|r| !r.is_empty()) {
+            let mut ev = Event::resync(&chan);
+            ev.id = resync;
+            out.push(ev);
+        }
+        while let (Some(id), Some(body)) = (it.next(), it.next()) {
+            let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
+            ev.id = id;
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    async fn last_event_id(&self) -> Result<Option<String>> {
+        self.newest_event_id().await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids() {
+        assert_eq!(parse_event_id("17").unwrap(), "17-0");
+        assert_eq!(
+            parse_event_id("1700000000000-3").unwrap(),
+            "1700000000000-3"
+        );
+        assert!(parse_event_id("x-1").is_err());
+        assert!(parse_event_id("-1").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! [`JobStore`] for Redis: submit, get, list (by the `P:all` / `P:st:{STATUS}` indexes, and the
+//! lease set for active jobs), apply.
+
+use super::commit::{Reply, Write};
+use super::*;
+
+/// Ids examined per page when listing with a type filter.
+const LIST_SCAN: usize = 10_000;
+
+/// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
+/// never fails a listing.
+fn listable(body: &str) -> Option<Job> {
+    match serde_json::from_str::<Job>(body) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable job record left out of a listing");
+            None
+        }
+    }
+}
+
+/// A page of `limit` jobs out of `jobs` (read up to `limit + 1`): the cursor is the last job's
+/// id when there were more.
+fn page(mut jobs: Vec<Job>, limit: usize) -> JobPage {
+    let next_cursor = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    JobPage { jobs, next_cursor }
+}
+
+impl RedisStore {
+    pub(super) async fn load(&self, id: Uuid) -> Result<Option<(Job, String)>> {
+        let key = self.key(&format!("job:{id}"));
+        let body = self.body(&key).await?;
+        match body {
+            None => Ok(None),
+            Some(b) => Ok(Some((serde_json::from_str(&b).map_err(json_err)?, b))),
+        }
+    }
+
+    pub(super) async fn load_many(&self, ids: &[Uuid]) -> Result<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("job:{id}")))
+            .collect();
+        self.bodies(&keys).await
+    }
+
+    /// Lists STARTING or RUNNING jobs. They have no status index (it would cost four writes
+    /// per job): every active job is in the lease set, which is small (at most the jobs the
+    /// workers hold, plus claim reservations), so its ids are read whole, sorted newest first,
+    /// and the jobs loaded a page at a time and filtered by status.
+    async fn list_active(&self, q: ListQuery) -> Result<JobPage> {
+        let ids = self.zset_members(&self.key("lease")).await?;
+        let mut ids: Vec<Uuid> = ids
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .filter(|id| q.cursor.is_none_or(|c| *id < c))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        let want = q.limit + 1;
+        let mut jobs: Vec<Job> = Vec::new();
+        for chunk in ids.chunks((q.limit + 1).clamp(16, 1000)) {
+            for b in self.load_many(chunk).await?.into_iter().flatten() {
+                let Some(j) = listable(&b) else { continue };
+                if Some(j.status) == q.status
+                    && q.job_type
+                        .as_deref()
+                        .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
+                {
+                    jobs.push(j);
+                    if jobs.len() >= want {
+                        break;
+                    }
+                }
+            }
+            if jobs.len() >= want {
+                break;
+            }
+        }
+        Ok(page(jobs, q.limit))
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    async fn submit(&self, job: Job) -> Result<Submitted> {
+        for _ in 0..3 {
+            let w = Write::new(None, None, job.clone(), Some(EventKind::Status))?;
+            match self.commit(std::slice::from_ref(&w)).await?.pop() {
+                Some(Reply::Ok) => {
+                    if w.job.status == JobStatus::Waiting {
+                        crate::waiting::counters()
+                            .entered
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(Submitted {
+                        job: w.job,
+                        created: true,
+                    });
+                }
+                // Our own submit, sent again after a lost reply.
+                Some(Reply::Exists) => {
+                    if let Some((j, _)) = self.load(job.id).await? {
+                        return Ok(Submitted {
+                            job: j,
+                            created: true,
+                        });
+                    }
+                }
+                Some(Reply::Idem(other)) => {
+                    let other = Uuid::parse_str(&other)
+                        .map_err(|_| StoreError::Backend("corrupt idempotency key".into()))?;
+                    if let Some((j, _)) = self.load(other).await? {
+                        return Ok(Submitted {
+                            job: j,
+                            created: false,
+                        });
+                    }
+                    // Deleted by retention in between: try again.
+                }
+                other => return Err(StoreError::Backend(format!("submit: unexpected {other:?}"))),
+            }
+        }
+        Err(StoreError::Backend(
+            "submit: the idempotency key keeps changing".into(),
+        ))
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>> {
+        Ok(self.load(id).await?.map(|(j, _)| j))
+    }
+
+    async fn list(&self, q: ListQuery) -> Result<JobPage> {
+        if q.status.is_some_and(|s| s.is_active()) {
+            return self.list_active(q).await;
+        }
+        let key = match q.status {
+            Some(s) => self.key(&format!("st:{}", s.as_str())),
+            None => self.key("all"),
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut cursor = q.cursor.map(|c| c.to_string());
+        let mut scanned = 0usize;
+        let want = q.limit + 1;
+        let batch = (q.limit + 1).clamp(16, 1000);
+        loop {
+            let max = match &cursor {
+                Some(c) => format!("({c}"),
+                None => "+".to_string(),
+            };
+            let ids: Vec<String> = self
+                .exec(true, |mut c| {
+                    let (key, max) = (key.clone(), max.clone());
+                    async move {
+                        ::redis::cmd("ZRANGE")
+                            .arg(key)
+                            .arg(max)
+                            .arg("-")
+                            .arg("BYLEX")
+                            .arg("REV")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(batch)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            let bodies = self.load_many(&uuids).await?;
+            for b in bodies.into_iter().flatten() {
+                let Some(j) = listable(&b) else { continue };
+                if q.job_type
+                    .as_deref()
+                    .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
+                {
+                    jobs.push(j);
+                    if jobs.len() >= want {
+                        break;
+                    }
+                }
+            }
+            scanned += ids.len();
+            if jobs.len() >= want || ids.len() < batch {
+                break;
+            }
+            cursor = ids.last().cloned();
+            if scanned >= LIST_SCAN {
+                // A sparse filter: return a short page and let the client continue from here.
+                let next = cursor.as_deref().and_then(|c| Uuid::parse_str(c).ok());
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: next,
+                });
+            }
+        }
+        Ok(page(jobs, q.limit))
+    }
+
+    async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
+        self.apply_cmd(id, cmd).await
+    }
+}

@@ -1,0 +1,195 @@
+//! [`JobQueue`] for Redis: claims (`lua/claim.lua` picks, `lua/commit.lua` saves), heartbeats,
+//! adoption, promotion of due SCHEDULED jobs and the reaper's view of expired leases
+//! (`lua/expired.lua`).
+
+use super::commit::{Reply, Write};
+use super::*;
+
+#[async_trait]
+impl JobQueue for RedisStore {
+    async fn claim(
+        &self,
+        runner: &str,
+        worker: &str,
+        max: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Job>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let reserve_until = self.now().await + lease_ttl.as_micros() as i64;
+        // While Redis is away, fail at once: the worker backs off instead of piling up claims.
+        let retry = !self.down.load(Ordering::Relaxed);
+        let (queue, tokens) = (self.key(&format!("q:{runner}")), self.key("token"));
+        let (leases, job_prefix) = (self.key("lease"), self.key("job:"));
+        let picked: Vec<::redis::Value> = self
+            .exec(retry, |mut c| {
+                let mut inv = self.scripts.claim.prepare_invoke();
+                inv.key(&queue)
+                    .key(&tokens)
+                    .key(&leases)
+                    .arg(max)
+                    .arg(reserve_until)
+                    .arg(&job_prefix);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        if picked.is_empty() {
+            return Ok(vec![]);
+        }
+        // The claim's time is taken once the jobs are picked: a job requeued (its previous run
+        // ended) while the pick waited for Redis is never recorded as claimed before that end.
+        let now = self.now().await;
+        let lease_until = now + lease_ttl.as_micros() as i64;
+        let first: u64 = ::redis::from_redis_value(&picked[0])
+            .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
+        let mut writes = Vec::new();
+        for (i, chunk) in picked[1..].chunks(3).enumerate() {
+            let body: String = ::redis::from_redis_value(&chunk[2])
+                .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
+            let job: Job = serde_json::from_str(&body).map_err(json_err)?;
+            let mut next = job.clone();
+            let cmd = Command::Claim {
+                worker: worker.to_string(),
+                token: first + i as u64,
+                lease_until,
+            };
+            match apply(&mut next, cmd, &self.actx(now)) {
+                Ok(ev) => writes.push(Write::new(Some(job.version), Some(&job), next, ev)?),
+                // Not QUEUED any more: the reaper drops the reservation.
+                Err(e) => tracing::debug!(job_id = %job.id, error = %e, "picked job not claimable"),
+            }
+        }
+        let replies = self.commit(&writes).await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for (w, r) in writes.into_iter().zip(replies) {
+            match r {
+                Reply::Ok => out.push(w.job),
+                Reply::Conflict => {
+                    // Written in between (e.g. a file attached): claim again if still QUEUED.
+                    let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
+                    let cmd = Command::Claim {
+                        worker: worker.to_string(),
+                        token,
+                        lease_until,
+                    };
+                    match self.apply_cmd(w.job.id, cmd).await {
+                        Ok(j) => out.push(j),
+                        Err(e) => {
+                            tracing::debug!(job_id = %w.job.id, error = %e, "claim lost a race")
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        held: &[(Uuid, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Vec<Uuid>> {
+        let mut lost = Vec::new();
+        let mut todo: Vec<(Uuid, u64)> = held.to_vec();
+        for _ in 0..10 {
+            if todo.is_empty() {
+                break;
+            }
+            let ids: Vec<Uuid> = todo.iter().map(|(id, _)| *id).collect();
+            let bodies = self.load_many(&ids).await?;
+            let now = self.now().await;
+            let until = now + lease_ttl.as_micros() as i64;
+            let mut writes = Vec::new();
+            for ((id, token), body) in todo.iter().zip(bodies) {
+                let Some(body) = body else {
+                    lost.push(*id);
+                    continue;
+                };
+                let job: Job = serde_json::from_str(&body).map_err(json_err)?;
+                let mut next = job.clone();
+                match crate::job::heartbeat(&mut next, worker, *token, until, &self.actx(now)) {
+                    Beat::Renewed => {
+                        writes.push(Write::new(Some(job.version), Some(&job), next, None)?)
+                    }
+                    Beat::Finishing => {}
+                    Beat::Lost => lost.push(*id),
+                }
+            }
+            let replies = self.commit(&writes).await?;
+            let mut again = Vec::new();
+            for (w, r) in writes.iter().zip(replies) {
+                match r {
+                    Reply::Ok => {}
+                    Reply::Gone => lost.push(w.job.id),
+                    _ => again.push((
+                        w.job.id,
+                        w.job.lease.as_ref().map(|l| l.token).unwrap_or_default(),
+                    )),
+                }
+            }
+            todo = again;
+        }
+        Ok(lost)
+    }
+
+    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
+        let token = self.next_token().await?;
+        self.update(id, |job, now| {
+            let cmd = Command::Adopt {
+                worker: worker.to_string(),
+                token,
+                lease_until: now + lease_ttl.as_micros() as i64,
+            };
+            Ok(apply(job, cmd, &self.actx(now))?)
+        })
+        .await
+    }
+
+    async fn promote_due(&self, max: usize) -> Result<usize> {
+        let key = self.key("sched");
+        let now = self.now().await;
+        let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, max).await?;
+        let mut n = 0;
+        for id in ids.iter().filter_map(|s| Uuid::parse_str(s).ok()) {
+            // Several nodes promote at once: the losers are refused, which is fine.
+            match self.apply_cmd(id, Command::Promote).await {
+                Ok(_) => n += 1,
+                Err(StoreError::Transition(_)) => {}
+                Err(StoreError::NotFound) => {
+                    // An entry without its job (deleted by hand): drop it, or it comes back.
+                    self.zrem(key.clone(), id.to_string()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    async fn next_due(&self) -> Result<Option<Micros>> {
+        self.first_score(&self.key("sched")).await
+    }
+
+    async fn expired(&self, max: usize) -> Result<Vec<Job>> {
+        let now = self.now().await;
+        let (leases, job_prefix, queue_prefix) =
+            (self.key("lease"), self.key("job:"), self.key("q:"));
+        let raw: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.expired.prepare_invoke();
+                inv.key(&leases)
+                    .arg(now)
+                    .arg(max)
+                    .arg(&job_prefix)
+                    .arg(&queue_prefix);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        raw.chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| serde_json::from_str(&c[1]).map_err(json_err))
+            .collect()
+    }
+}
