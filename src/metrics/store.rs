@@ -185,6 +185,30 @@ impl Store for MeteredStore {
     }
 }
 
+// Not through `metered!`: replay memory answers its own error type, and the tail is not timed.
+#[async_trait]
+impl crate::store::ReplayMemory for MeteredStore {
+    async fn remember_once(
+        &self,
+        key: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> std::result::Result<bool, crate::store::replay::ReplayError> {
+        let t = Instant::now();
+        let r = self.inner.remember_once(key, expires_at_ms, now_ms).await;
+        self.metrics
+            .store_op("remember_once", t.elapsed(), r.is_err());
+        r
+    }
+}
+
+impl crate::store::EventTail for MeteredStore {
+    fn event_tail(self: Arc<Self>) -> Result<Box<dyn crate::store::tail::TailReader>> {
+        // Not timed: a tail read waits for commits by design.
+        self.inner.clone().event_tail()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,28 +263,5 @@ mod tests {
         assert_eq!(count("health"), "2");
         assert!(!text.contains("op=\"claim\""), "{text}");
         assert!(!text.contains("runyard_store_errors_total{"), "{text}");
-    }
-}
-
-#[async_trait]
-impl crate::store::ReplayMemory for MeteredStore {
-    async fn remember_once(
-        &self,
-        key: &str,
-        expires_at_ms: i64,
-        now_ms: i64,
-    ) -> std::result::Result<bool, crate::store::replay::ReplayError> {
-        let t = Instant::now();
-        let r = self.inner.remember_once(key, expires_at_ms, now_ms).await;
-        self.metrics
-            .store_op("remember_once", t.elapsed(), r.is_err());
-        r
-    }
-}
-
-impl crate::store::EventTail for MeteredStore {
-    fn event_tail(self: Arc<Self>) -> Result<Box<dyn crate::store::tail::TailReader>> {
-        // Not timed: a tail read waits for commits by design.
-        self.inner.clone().event_tail()
     }
 }
