@@ -106,8 +106,81 @@ fn valid_name(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
 }
 
+/// The submit's key, channel (and the caller's right to it) and emitted keys, in that order.
+fn check_keys(body: &SubmitBody) -> ApiResult<()> {
+    let bad = |m: String| ApiError::unprocessable("invalid_request", m);
+    if let Some(k) = &body.idempotency_key {
+        if k.is_empty() || k.len() > 256 {
+            return Err(bad("`idempotency_key` must be 1-256 characters".into()));
+        }
+    }
+    if let Some(c) = &body.channel {
+        if !valid_name(c, 256) {
+            return Err(bad(
+                "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
+            ));
+        }
+    }
+    // The caller's types and channels (auth; nothing outside a request).
+    crate::auth::access::check_new_job(&body.job_type, body.channel.as_deref())?;
+    if let Some(keys) = &body.emits {
+        if keys.len() > 100 {
+            return Err(bad("`emits` may name at most 100 keys".into()));
+        }
+        for k in keys {
+            crate::store::signals::check_key(k).map_err(|m| bad(format!("`emits`: {m}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The runner slot for a submit; no runner for the type is `unknown_type`.
+fn select_slot<'a>(
+    state: &'a AppState,
+    job_type: &str,
+    runner: Option<&str>,
+    args: &Value,
+) -> ApiResult<&'a std::sync::Arc<crate::runner_set::RunnerSlot>> {
+    state
+        .app
+        .runners
+        .select(job_type, args, runner)
+        .map_err(|e| match e {
+            crate::job::SelectError::NoRunner(_) => {
+                ApiError::unprocessable("unknown_type", e.to_string())
+            }
+            _ => ApiError::unprocessable("runner_refused", e.to_string()),
+        })
+}
+
+/// The job's timeout in ms: the submit's, else the runner's (at least 1 ms).
+fn timeout_ms(body: &SubmitBody, default: Option<std::time::Duration>) -> ApiResult<Option<u64>> {
+    Ok(body
+        .timeout
+        .as_ref()
+        .map(|t| t.to_duration("timeout"))
+        .transpose()?
+        .or(default)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)))
+}
+
+/// A new job waits for its signals, else waits for its `run_at`, else is queued.
+fn initial_status(waits: bool, has_run_at: bool) -> JobStatus {
+    if waits {
+        JobStatus::Waiting
+    } else if has_run_at {
+        JobStatus::Scheduled
+    } else {
+        JobStatus::Queued
+    }
+}
+
 /// Validates a submit body and builds the job to store (nothing is stored here).
-pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) -> ApiResult<Job> {
+pub fn build_job(
+    state: &AppState,
+    mut body: SubmitBody,
+    user_id: Option<String>,
+) -> ApiResult<Job> {
     let bad = |m: String| ApiError::unprocessable("invalid_request", m);
     if !valid_name(&body.job_type, 200) {
         return Err(bad(format!(
@@ -135,56 +208,20 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         .map(|r| r.resolve(wait_now, "UTC", wait_now, true))
         .transpose()
         .map_err(bad)?;
-    let args = match body.args {
+    let args = match body.args.take() {
         None | Some(Value::Null) => json!({}),
         Some(v @ Value::Object(_)) => v,
         Some(_) => return Err(bad("`args` must be a JSON object".into())),
     };
-    let slot = state
-        .app
-        .runners
-        .select(&body.job_type, &args, body.runner.as_deref())
-        .map_err(|e| match e {
-            crate::job::SelectError::NoRunner(_) => {
-                ApiError::unprocessable("unknown_type", e.to_string())
-            }
-            _ => ApiError::unprocessable("runner_refused", e.to_string()),
-        })?;
-    if let Some(k) = &body.idempotency_key {
-        if k.is_empty() || k.len() > 256 {
-            return Err(bad("`idempotency_key` must be 1-256 characters".into()));
-        }
-    }
-    if let Some(c) = &body.channel {
-        if !valid_name(c, 256) {
-            return Err(bad(
-                "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
-            ));
-        }
-    }
-    // The caller's types and channels (auth; nothing outside a request).
-    crate::auth::access::check_new_job(&body.job_type, body.channel.as_deref())?;
-    if let Some(keys) = &body.emits {
-        if keys.len() > 100 {
-            return Err(bad("`emits` may name at most 100 keys".into()));
-        }
-        for k in keys {
-            crate::store::signals::check_key(k).map_err(|m| bad(format!("`emits`: {m}")))?;
-        }
-    }
+    let slot = select_slot(state, &body.job_type, body.runner.as_deref(), &args)?;
+    check_keys(&body)?;
     let max_attempts = body.max_attempts.unwrap_or(slot.max_attempts);
     if !(1..=100).contains(&max_attempts) {
         return Err(bad("`max_attempts` must be between 1 and 100".into()));
     }
     let backoff = body.backoff.unwrap_or(slot.backoff);
     backoff.validate().map_err(bad)?;
-    let timeout_ms = body
-        .timeout
-        .as_ref()
-        .map(|t| t.to_duration("timeout"))
-        .transpose()?
-        .or(slot.timeout)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+    let timeout_ms = timeout_ms(&body, slot.timeout)?;
     // One clock reading for the job's times and its wait's relative times.
     let now = wait_now;
     let run_at = body
@@ -199,13 +236,7 @@ pub fn build_job(state: &AppState, body: SubmitBody, user_id: Option<String>) ->
         job_type: body.job_type,
         args,
         runner: slot.name.clone(),
-        status: if wait.is_some() {
-            JobStatus::Waiting
-        } else if run_at.is_some() {
-            JobStatus::Scheduled
-        } else {
-            JobStatus::Queued
-        },
+        status: initial_status(wait.is_some(), run_at.is_some()),
         channel_id: body.channel.unwrap_or_else(|| id.to_string()),
         user_id,
         attempt: 0,

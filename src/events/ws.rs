@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -124,36 +125,12 @@ pub async fn run(
             };
             let n = msgs.len();
             for (i, (m, id)) in msgs.into_iter().enumerate() {
-                // Feed all but the last, then flush with the last.
-                let write = async {
-                    if i + 1 < n {
-                        sink.feed(m).await
-                    } else {
-                        sink.send(m).await
-                    }
-                };
-                tokio::pin!(write);
-                let mut check = tokio::time::interval(STALL_CHECK);
-                check.tick().await;
-                loop {
-                    tokio::select! {
-                        r = &mut write => {
-                            if r.is_err() {
-                                return End::Gone;
-                            }
-                            break;
-                        }
-                        _ = closing.cancelled() => return shutdown(&follower, &sent),
-                        _ = check.tick() => {
-                            if follower.lagging() {
-                                follower.count_slow();
-                                return slow(&sent);
-                            }
-                            if ping_deadline(ping_sent) && pong_missed(ping_sent) {
-                                return ping_timeout(&follower, &sent);
-                            }
-                        }
-                    }
+                let flush = i + 1 == n;
+                let timed_out = || ping_deadline(ping_sent) && pong_missed(ping_sent);
+                if let Some(end) =
+                    write_watched(&mut sink, m, flush, &closing, &follower, &sent, timed_out).await
+                {
+                    return end;
                 }
                 if id.is_some() {
                     follower.delivered(1);
@@ -180,6 +157,51 @@ pub async fn run(
             ping_interval.max(CLOSE_WAIT)
         };
         let _ = tokio::time::timeout(wait, sink.send(close_frame(code, reason))).await;
+    }
+}
+
+/// Writes one message (fed, or sent with a flush when `flush`), checking while it waits: the
+/// server stopping, the stream falling behind (slow consumer) and a missed pong each end the
+/// socket. `None` when the message went out.
+async fn write_watched(
+    sink: &mut SplitSink<WebSocket, Message>,
+    m: Message,
+    flush: bool,
+    closing: &CancellationToken,
+    follower: &Follower,
+    sent: &Option<Box<str>>,
+    ping_timed_out: impl Fn() -> bool,
+) -> Option<End> {
+    // Feed all but the last, then flush with the last.
+    let write = async {
+        if flush {
+            sink.send(m).await
+        } else {
+            sink.feed(m).await
+        }
+    };
+    tokio::pin!(write);
+    let mut check = tokio::time::interval(STALL_CHECK);
+    check.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut write => {
+                if r.is_err() {
+                    return Some(End::Gone);
+                }
+                return None;
+            }
+            _ = closing.cancelled() => return Some(shutdown(follower, sent)),
+            _ = check.tick() => {
+                if follower.lagging() {
+                    follower.count_slow();
+                    return Some(slow(sent));
+                }
+                if ping_timed_out() {
+                    return Some(ping_timeout(follower, sent));
+                }
+            }
+        }
     }
 }
 

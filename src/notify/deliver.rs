@@ -134,27 +134,9 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
                 }
             }
         }
-        if last_trim.elapsed() >= TRIM_EVERY {
-            last_trim = Instant::now();
-            let before = now_us() - d.retention.as_micros() as i64;
-            if let Err(e) = d.store.deliveries_trim(before).await {
-                tracing::warn!(error = %e, "webhook deliveries: trim failed");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-            _ = done.notified() => {}
-            n = notices.recv() => {
-                match n {
-                    Ok(Notice::Events) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Commits come in bursts: one look for a burst.
-                        tokio::time::sleep(MIN_GAP).await;
-                    }
-                    Ok(_) => {}
-                    Err(_) => notices = d.store.subscribe(),
-                }
-            }
+        trim_if_due(&d, &mut last_trim).await;
+        if stopped_waiting(&d, &stop, wait, &done, &mut notices).await {
+            break;
         }
     }
     // Let attempts in flight finish and be recorded; a claim left behind is taken again when its
@@ -164,6 +146,43 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
     })
     .await;
     tasks.abort_all();
+}
+
+/// Drops old delivery records, at most once per `TRIM_EVERY`.
+async fn trim_if_due(d: &Deliverer, last_trim: &mut Instant) {
+    if last_trim.elapsed() >= TRIM_EVERY {
+        *last_trim = Instant::now();
+        let before = now_us() - d.retention.as_micros() as i64;
+        if let Err(e) = d.store.deliveries_trim(before).await {
+            tracing::warn!(error = %e, "webhook deliveries: trim failed");
+        }
+    }
+}
+
+/// Waits up to `wait` for something to do (an attempt done, new events); `true` on `stop`.
+async fn stopped_waiting(
+    d: &Deliverer,
+    stop: &CancellationToken,
+    wait: Duration,
+    done: &tokio::sync::Notify,
+    notices: &mut tokio::sync::broadcast::Receiver<Notice>,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => return true,
+        _ = tokio::time::sleep(wait) => {}
+        _ = done.notified() => {}
+        n = notices.recv() => {
+            match n {
+                Ok(Notice::Events) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Commits come in bursts: one look for a burst.
+                    tokio::time::sleep(MIN_GAP).await;
+                }
+                Ok(_) => {}
+                Err(_) => *notices = d.store.subscribe(),
+            }
+        }
+    }
+    false
 }
 
 /// One attempt of a claimed delivery, recorded.
