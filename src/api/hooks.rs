@@ -380,13 +380,13 @@ pub struct UploadTarget {
     sig: String,
 }
 
-/// `PUT /async/blobs/upload?...` (signed URL from an upload answer): the bytes.
-pub async fn blob_upload(
-    State(st): State<AppState>,
+/// Checks a signed upload URL: its signature and expiry, the job's current attempt and status,
+/// and that it is used once (remembered by the store, shared by every API node on Redis, until
+/// it expires anyway). Returns the target and the job.
+async fn check_upload_url(
+    st: &AppState,
     q: Result<Query<UploadTarget>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(UploadTarget, Job)> {
     let Query(t) = q.map_err(|_| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -416,8 +416,6 @@ pub async fn blob_upload(
         ));
     }
     require_active(&job, "upload files")?;
-    // A signed upload URL works once: remembered by the store (shared by every API node on
-    // Redis) until it expires anyway.
     let first = st
         .app
         .store
@@ -441,6 +439,17 @@ pub async fn blob_upload(
             "this upload URL was already used: ask for a new one (PUT /async/upload/...)",
         ));
     }
+    Ok((t, job))
+}
+
+/// `PUT /async/blobs/upload?...` (signed URL from an upload answer): the bytes.
+pub async fn blob_upload(
+    State(st): State<AppState>,
+    q: Result<Query<UploadTarget>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let (t, job) = check_upload_url(&st, q).await?;
     let metadata: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t.meta.as_bytes())
         .ok()

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_job_id, JobIdPath};
@@ -230,43 +229,22 @@ pub fn build_job(
         .map(|s| parse_run_at(s).map_err(bad))
         .transpose()?
         .filter(|t| *t > now);
-    let id = Uuid::now_v7();
+    let fresh = Job::new(&body.job_type, &slot.name, now);
+    let channel_id = body.channel.unwrap_or_else(|| fresh.id.to_string());
     Ok(Job {
-        id,
-        job_type: body.job_type,
         args,
-        runner: slot.name.clone(),
         status: initial_status(wait.is_some(), run_at.is_some()),
-        channel_id: body.channel.unwrap_or_else(|| id.to_string()),
+        channel_id,
         user_id,
-        attempt: 0,
         max_attempts,
         backoff,
         timeout_ms,
         run_at,
         idempotency_key: body.idempotency_key,
-        progress: 0.0,
-        status_details: None,
-        result: None,
-        error: None,
-        exit_code: None,
-        lease: None,
-        handle: None,
-        files: Default::default(),
-        runs: Vec::new(),
-        created_at: now,
-        updated_at: now,
-        queued_at: now,
-        started_at: None,
-        finished_at: None,
-        progress_event_at: 0,
-        submit_hash: None,
-        version: 0,
-        schedule: None,
-        fire_time: None,
         emits: body.emits.unwrap_or_default(),
         notify,
         wait,
+        ..fresh
     })
 }
 

@@ -299,16 +299,7 @@ impl Job {
     pub fn to_public(&self) -> Value {
         // A time RFC 3339 cannot show (a job stored before input was range-checked) never fails
         // the rendering: it is shown clamped and the job carries a `render_error` naming it.
-        let bad = std::cell::RefCell::new(Vec::<String>::new());
-        let one = |field: &str, us: Micros| -> String {
-            if try_rfc3339(us).is_none() {
-                bad.borrow_mut().push(format!(
-                    "`{field}` ({us} us since the epoch) is out of range"
-                ));
-            }
-            rfc3339(us)
-        };
-        let ts = |field: &str, v: Option<Micros>| v.map(|us| one(field, us));
+        let times = PublicTimes::default();
         let mut m = Map::new();
         m.insert("id".into(), json!(self.id));
         m.insert("type".into(), json!(self.job_type));
@@ -337,35 +328,52 @@ impl Job {
                 .as_ref()
                 .map(|h| json!({"kind": h.kind, "id": h.id}))),
         );
+        self.public_runs_and_times(&mut m, &times);
+        m.insert("result_url".into(), json!(self.result_url()));
+        self.public_extras(&mut m);
+        let bad = times.bad.into_inner();
+        if !bad.is_empty() {
+            let msg = bad.join("; ");
+            tracing::warn!(job_id = %self.id, problem = %msg, "job has times that cannot be shown");
+            m.insert("render_error".into(), json!(msg));
+        }
+        Value::Object(m)
+    }
+
+    /// `to_public`'s runs, files and times.
+    fn public_runs_and_times(&self, m: &mut Map<String, Value>, t: &PublicTimes) {
         let runs: Vec<Value> = self
             .runs
             .iter()
             .map(|r| {
-                json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": one("runs.claimed_at", r.claimed_at),
-                   "started_at": ts("runs.started_at", r.started_at), "ended_at": ts("runs.ended_at", r.ended_at), "outcome": r.outcome,
+                json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": t.one("runs.claimed_at", r.claimed_at),
+                   "started_at": t.ts("runs.started_at", r.started_at), "ended_at": t.ts("runs.ended_at", r.ended_at), "outcome": r.outcome,
                    "reported": r.reported.as_ref().map(Reported::status)})
             })
             .collect();
         m.insert("runs".into(), Value::Array(runs));
         m.insert("files".into(), json!(self.files));
-        m.insert("run_at".into(), json!(ts("run_at", self.run_at)));
+        m.insert("run_at".into(), json!(t.ts("run_at", self.run_at)));
         m.insert(
             "created_at".into(),
-            json!(one("created_at", self.created_at)),
+            json!(t.one("created_at", self.created_at)),
         );
         m.insert(
             "updated_at".into(),
-            json!(one("updated_at", self.updated_at)),
+            json!(t.one("updated_at", self.updated_at)),
         );
         m.insert(
             "started_at".into(),
-            json!(ts("started_at", self.started_at)),
+            json!(t.ts("started_at", self.started_at)),
         );
         m.insert(
             "finished_at".into(),
-            json!(ts("finished_at", self.finished_at)),
+            json!(t.ts("finished_at", self.finished_at)),
         );
-        m.insert("result_url".into(), json!(self.result_url()));
+    }
+
+    /// `to_public`'s optional parts: signals emitted, webhook, wait, schedule.
+    fn public_extras(&self, m: &mut Map<String, Value>) {
         if !self.emits.is_empty() {
             m.insert("emits".into(), json!(self.emits));
         }
@@ -382,13 +390,27 @@ impl Job {
                 json!(self.fire_time.map(crate::schedule::fire_time_text)),
             );
         }
-        let bad = bad.into_inner();
-        if !bad.is_empty() {
-            let msg = bad.join("; ");
-            tracing::warn!(job_id = %self.id, problem = %msg, "job has times that cannot be shown");
-            m.insert("render_error".into(), json!(msg));
+    }
+}
+
+/// Renders `to_public`'s times, remembering those RFC 3339 cannot show.
+#[derive(Default)]
+struct PublicTimes {
+    bad: std::cell::RefCell<Vec<String>>,
+}
+
+impl PublicTimes {
+    fn one(&self, field: &str, us: Micros) -> String {
+        if try_rfc3339(us).is_none() {
+            self.bad.borrow_mut().push(format!(
+                "`{field}` ({us} us since the epoch) is out of range"
+            ));
         }
-        Value::Object(m)
+        rfc3339(us)
+    }
+
+    fn ts(&self, field: &str, v: Option<Micros>) -> Option<String> {
+        v.map(|us| self.one(field, us))
     }
 }
 
