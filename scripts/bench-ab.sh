@@ -4,7 +4,7 @@
 # interleaved repetitions of BEFORE and AFTER. Usage: scripts/bench-ab.sh BEFORE AFTER OUTDIR
 set -u
 B=$1; A=$2; O=$3; mkdir -p $O
-cd /work/main
+cd "$(dirname "$0")/.."
 for rep in 1 2; do
  for tag in before after; do
   bin=$B; [ $tag = after ] && bin=$A
