@@ -47,11 +47,6 @@ const CYCLE_EDGES_ALLOWED: &[(&str, &str, &str)] = &[
     ),
     (
         "config",
-        "api",
-        "config -> api -> config: `api.allowed_origins` is checked by `api::edge::valid_origin`",
-    ),
-    (
-        "config",
         "auth",
         "config -> auth -> config: `[auth]` is checked by building its `Authenticator`",
     ),

@@ -99,20 +99,8 @@ fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
     res
 }
 
-/// Whether `o` is a browser origin: `http(s)://host[:port]`, nothing after.
-pub fn valid_origin(o: &str) -> bool {
-    let Some(rest) = o
-        .strip_prefix("https://")
-        .or_else(|| o.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    !rest.is_empty()
-        && rest
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
-        && HeaderValue::from_str(o).is_ok()
-}
+/// Whether `o` is a browser origin (the check lives with the configuration it validates).
+pub use crate::config::valid_origin;
 
 /// The host part (`host[:port]`) of an origin.
 fn origin_host(o: &str) -> Option<&str> {

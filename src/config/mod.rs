@@ -11,11 +11,13 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod origin;
 mod runner;
 mod sections;
 mod validate;
 
 pub use auth::{AuthConfig, TokenConfig, MIN_JWT_SECRET_BYTES};
+pub use origin::valid_origin;
 pub use runner::{RunnerConfig, RunnerKind};
 pub use sections::{
     ApiConfig, EventsConfig, HooksConfig, RetentionConfig, StoreConfig, Synchronous, WorkerConfig,

@@ -113,7 +113,7 @@ impl Config {
             }
         }
         for (i, o) in self.api.cors_origins.iter().enumerate() {
-            if !crate::api::edge::valid_origin(o) {
+            if !super::valid_origin(o) {
                 return err(
                     format!("api.cors_origins[{i}]"),
                     "must be an origin: scheme://host[:port], no path or trailing slash",
@@ -148,7 +148,7 @@ impl Config {
             return err("auth.jwt_leeway".into(), "must be at most 1h");
         }
         for (i, o) in self.auth.allowed_origins.iter().enumerate() {
-            if !crate::api::edge::valid_origin(o) {
+            if !super::valid_origin(o) {
                 return err(
                     format!("auth.allowed_origins[{i}]"),
                     "must be an origin: scheme://host[:port], no path or trailing slash",
