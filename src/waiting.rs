@@ -14,12 +14,10 @@
 //! sleeping until the earliest, woken when a job starts waiting; the deadline is applied through
 //! the job's status machine (a compare-and-set on Redis), so it fires exactly once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -27,127 +25,15 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{now_us, Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::{Notice, Store};
 
+pub use crate::job::wait::{
+    all_met, OnDeadline, ReleasedBy, Seen, Wait, WaitItem, DEADLINE_MISSED, SKIPPED,
+};
+pub use crate::store::waits::{counters, seen_now, WaitCounters, WaitCounts};
+
 /// The most records one item may wait for.
 pub const MAX_COUNT: u32 = 10_000;
 /// The most items of one `wait_for`.
 pub const MAX_ITEMS: usize = 100;
-/// The error code of a job failed by its deadline (`on_deadline: "fail"`).
-pub const DEADLINE_MISSED: &str = "deadline_missed";
-/// The reason of a job cancelled by its deadline (`on_deadline: "skip"`).
-pub const SKIPPED: &str = "skipped";
-
-/// What happens at the deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnDeadline {
-    /// The job runs anyway (QUEUED).
-    #[default]
-    Run,
-    /// The job fails (ERROR, `deadline_missed`).
-    Fail,
-    /// The job is cancelled (CANCELLED, `skipped`).
-    Skip,
-}
-
-/// How a waiting job was released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReleasedBy {
-    /// Every item had its count of records.
-    Signals,
-    /// The deadline passed first.
-    Deadline,
-}
-
-/// One thing a job waits for: `needed` records of `key` written at or after `since`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WaitItem {
-    /// The signal key.
-    pub key: String,
-    /// How many records.
-    pub needed: u32,
-    /// Records before this time (µs) do not count; `None`: every record kept counts.
-    #[serde(default)]
-    pub since: Option<Micros>,
-    /// Records seen when the job was released (the API shows the live count while it waits).
-    #[serde(default)]
-    pub seen: u32,
-    /// The sequence numbers of the records that counted (at most `needed`).
-    #[serde(default)]
-    pub signal_ids: Vec<u64>,
-}
-
-/// Why a job waits, and how it was released.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Wait {
-    /// The conditions (all must hold).
-    pub items: Vec<WaitItem>,
-    /// When the job stops waiting whatever the signals (µs).
-    #[serde(default)]
-    pub deadline: Option<Micros>,
-    /// What the deadline does.
-    #[serde(default)]
-    pub on_deadline: OnDeadline,
-    /// How it was released, once it was.
-    #[serde(default)]
-    pub released_by: Option<ReleasedBy>,
-    /// When it was released.
-    #[serde(default)]
-    pub released_at: Option<Micros>,
-}
-
-impl Wait {
-    /// The `wait` object of the API.
-    pub fn to_public(&self) -> Value {
-        let items: Vec<Value> = self
-            .items
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "key": i.key,
-                    "needed": i.needed,
-                    "since": i.since.map(crate::job::rfc3339),
-                    "seen": i.seen,
-                    "signal_ids": i.signal_ids,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "items": items,
-            "deadline": self.deadline.map(crate::job::rfc3339),
-            "on_deadline": self.on_deadline,
-            "released_by": self.released_by,
-            "released_at": self.released_at.map(crate::job::rfc3339),
-        })
-    }
-}
-
-/// The records found for each item: (how many counted, their sequence numbers).
-pub type Seen = Vec<(u32, Vec<u64>)>;
-
-/// True when every item has its count.
-pub fn all_met(items: &[WaitItem], seen: &Seen) -> bool {
-    items.len() == seen.len() && items.iter().zip(seen).all(|(i, s)| s.0 >= i.needed)
-}
-
-/// The records each item of `items` has now (at most `needed` each), read from the store.
-pub async fn seen_now(
-    store: &dyn crate::store::SignalStore,
-    items: &[WaitItem],
-) -> crate::store::Result<Seen> {
-    let mut out = Vec::with_capacity(items.len());
-    for i in items {
-        let recs = store
-            .signals(&i.key, i.since.unwrap_or(0), i.needed as usize)
-            .await?;
-        out.push((
-            recs.len() as u32,
-            recs.into_iter().map(|r| r.seq).collect::<Vec<_>>(),
-        ));
-    }
-    Ok(out)
-}
-
 /// Fills a WAITING job's `seen` and `signal_ids` with what the store holds now (for display).
 pub async fn fill_seen(store: &dyn Store, job: &mut Job) -> crate::store::Result<()> {
     if let Some(w) = job.wait.as_mut() {
@@ -413,75 +299,6 @@ pub fn for_fire(template: &Value, fire_time: Micros, tz: &str, now: Micros) -> O
 
 // ---------------------------------------------------------------------------------------------
 // Counters
-
-/// Counters of waiting jobs, kept by this process (the metrics module exports them).
-#[derive(Debug, Default)]
-pub struct WaitCounters {
-    /// Jobs that started waiting.
-    pub entered: AtomicU64,
-    /// Jobs released by their signals.
-    pub released_by_signals: AtomicU64,
-    /// Deadlines that made the job run.
-    pub deadline_runs: AtomicU64,
-    /// Deadlines that failed the job.
-    pub deadline_fails: AtomicU64,
-    /// Deadlines that skipped (cancelled) the job.
-    pub deadline_skips: AtomicU64,
-}
-
-/// A copy of the counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct WaitCounts {
-    /// Jobs that started waiting.
-    pub entered: u64,
-    /// Jobs released by their signals.
-    pub released_by_signals: u64,
-    /// Deadlines that made the job run.
-    pub deadline_runs: u64,
-    /// Deadlines that failed the job.
-    pub deadline_fails: u64,
-    /// Deadlines that skipped (cancelled) the job.
-    pub deadline_skips: u64,
-}
-
-static COUNTERS: WaitCounters = WaitCounters {
-    entered: AtomicU64::new(0),
-    released_by_signals: AtomicU64::new(0),
-    deadline_runs: AtomicU64::new(0),
-    deadline_fails: AtomicU64::new(0),
-    deadline_skips: AtomicU64::new(0),
-};
-
-/// This process's counters.
-pub fn counters() -> &'static WaitCounters {
-    &COUNTERS
-}
-
-impl WaitCounters {
-    /// A consistent-enough copy (each counter read once).
-    pub fn snapshot(&self) -> WaitCounts {
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WaitCounts {
-            entered: r(&self.entered),
-            released_by_signals: r(&self.released_by_signals),
-            deadline_runs: r(&self.deadline_runs),
-            deadline_fails: r(&self.deadline_fails),
-            deadline_skips: r(&self.deadline_skips),
-        }
-    }
-
-    /// Counts a job the store moved out of WAITING (`job` as it is after the change).
-    pub fn count_release(&self, job: &Job) {
-        let c = match (job.wait.as_ref().and_then(|w| w.released_by), job.status) {
-            (Some(ReleasedBy::Signals), _) => &self.released_by_signals,
-            (Some(ReleasedBy::Deadline), JobStatus::Queued) => &self.deadline_runs,
-            (Some(ReleasedBy::Deadline), JobStatus::Error) => &self.deadline_fails,
-            (Some(ReleasedBy::Deadline), JobStatus::Cancelled) => &self.deadline_skips,
-            _ => return,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The loop

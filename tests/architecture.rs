@@ -55,39 +55,6 @@ const CYCLE_EDGES_ALLOWED: &[(&str, &str, &str)] = &[
         "notify",
         "config <-> notify: `[notify]`'s type lives in notify, whose loop reads the config",
     ),
-    (
-        "job",
-        "waiting",
-        "job <-> waiting: a job's `wait` (`waiting::Wait`, `Seen`) lives in the wait loop's room",
-    ),
-    (
-        "job",
-        "notify",
-        "job <-> notify: a job's `notify` field (`NotifySpec`) lives in notify, which reads jobs",
-    ),
-    (
-        "job",
-        "schedule",
-        "job <-> schedule: a job's `fire_time` is rendered by `schedule::fire_time_text`",
-    ),
-    (
-        "store",
-        "notify",
-        "store <-> notify: the Redis delivery claim asks `notify::wants`; the webhook loop uses \
-         the store",
-    ),
-    (
-        "store",
-        "schedule",
-        "store <-> schedule: the `Schedule` record lives in schedule, whose fire loop uses the \
-         store",
-    ),
-    (
-        "store",
-        "waiting",
-        "store <-> waiting: the backends count in `waiting::counters()`; the wait loop uses the \
-         store",
-    ),
 ];
 
 /// What a module must not import: (folder of the importing files, forbidden targets). A target

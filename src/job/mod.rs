@@ -1,9 +1,12 @@
 //! The job model: what is stored about a job, and the only code that changes it ([`transition`]).
 
+mod fire_time;
 mod new;
+pub mod notify_spec;
 pub mod select;
 pub mod status;
 pub mod transition;
+pub mod wait;
 
 #[cfg(test)]
 mod proptests;
@@ -12,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+pub use fire_time::fire_time_text;
 pub use runyard_hooks::RunHandle;
 pub use select::SelectError;
 pub use status::JobStatus;
@@ -274,10 +278,10 @@ pub struct Job {
     pub emits: Vec<String>,
     /// The webhook its events go to (signed webhooks out, [`crate::notify`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify: Option<crate::notify::NotifySpec>,
+    pub notify: Option<notify_spec::NotifySpec>,
     /// Why the job waits (`wait_for`, `deadline`) and how it was released (see `crate::waiting`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<crate::waiting::Wait>,
+    pub wait: Option<wait::Wait>,
 }
 
 impl Job {
@@ -387,7 +391,7 @@ impl Job {
             m.insert("schedule".into(), json!(name));
             m.insert(
                 "fire_time".into(),
-                json!(self.fire_time.map(crate::schedule::fire_time_text)),
+                json!(self.fire_time.map(fire_time_text)),
             );
         }
     }

@@ -98,7 +98,7 @@ pub enum Command {
     /// store found the records (`seen`, per item: how many, their sequence numbers).
     WaitRelease {
         /// Per item of `wait.items`.
-        seen: crate::waiting::Seen,
+        seen: super::wait::Seen,
     },
     /// A WAITING job's deadline passed: QUEUED (`run`), ERROR `deadline_missed` (`fail`) or
     /// CANCELLED `skipped` (`skip`).

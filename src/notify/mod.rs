@@ -22,11 +22,10 @@ pub mod target;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::Sha256;
 
-use crate::job::{EventKind, Job};
-
+pub use crate::job::notify_spec::{wants, NotifyEvent, NotifySpec};
 pub use config::{NotifyConfig, NotifyDefault};
 
 /// The longest webhook URL, in bytes.
@@ -36,42 +35,6 @@ pub const MAX_URL_BYTES: usize = 2048;
 pub const SIGNATURE_HEADER: &str = "Runyard-Signature";
 /// The header carrying the delivery id (the same on every attempt of one delivery).
 pub const DELIVERY_HEADER: &str = "Runyard-Delivery";
-
-/// Which events of a job are delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NotifyEvent {
-    /// Status events whose status is terminal (SUCCESS, ERROR, TIMEOUT, CANCELLED).
-    Terminal,
-    /// Every status event (terminal ones included).
-    Status,
-    /// Progress events (throttled by `events.progress_interval`).
-    Progress,
-}
-
-impl NotifyEvent {
-    /// Parses one event word; the error names the accepted words.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "terminal" => Ok(Self::Terminal),
-            "status" => Ok(Self::Status),
-            "progress" => Ok(Self::Progress),
-            other => Err(format!(
-                "unknown event `{other}`: expected \"terminal\", \"status\" or \"progress\""
-            )),
-        }
-    }
-}
-
-/// A job's webhook: where its events go and which ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifySpec {
-    /// The receiver (http or https), normalised.
-    pub url: String,
-    /// The events delivered (sorted, no duplicates, at least one).
-    pub events: Vec<NotifyEvent>,
-}
 
 impl NotifySpec {
     /// Checks a URL and event words (syntax only: [`target::check_url`] checks the addresses)
@@ -102,22 +65,6 @@ impl NotifySpec {
             events: evs,
         })
     }
-
-    /// True when an event of `kind` for `job` (as changed) is to be delivered.
-    pub fn wants(&self, job: &Job, kind: EventKind) -> bool {
-        self.events.iter().any(|e| match (e, kind) {
-            (NotifyEvent::Status, EventKind::Status) => true,
-            (NotifyEvent::Terminal, EventKind::Status) => job.status.is_terminal(),
-            (NotifyEvent::Progress, EventKind::Progress) => true,
-            _ => false,
-        })
-    }
-}
-
-/// True when `job` has a webhook that wants its event of `kind`: the store then writes a delivery
-/// with the event.
-pub fn wants(job: &Job, kind: EventKind) -> bool {
-    job.notify.as_ref().is_some_and(|n| n.wants(job, kind))
 }
 
 /// Parses and checks a webhook URL: http or https, a host, no user name or password (they would

@@ -21,18 +21,18 @@ pub mod cron;
 pub mod firing;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+pub use crate::job::fire_time_text;
 use crate::job::{now_us, rfc3339, Job, JobStatus, Micros};
+pub use crate::store::schedules::{
+    Counters, Misfire, Overlap, PendingFire, RunEntry, Schedule, ScheduleSpec, PENDING_GRACE_US,
+};
 pub use cron::{CronSpec, CronSpecError};
 
 /// A fire later than this after its time counts as missed (the `skip` policy drops it).
 pub const ON_TIME_US: Micros = 2_000_000;
-/// A pending fire that its deciding process has not confirmed after this long is submitted by
-/// any process (the idempotency key makes that safe).
-pub const PENDING_GRACE_US: Micros = 3_000_000;
 /// Run entries kept per schedule.
 pub const LAST_RUNS: usize = 20;
 /// Most fire times one decision looks at (a long downtime of a per-second schedule).
@@ -71,167 +71,6 @@ pub mod counters {
     }
 }
 
-/// What a fire does while the schedule's previous job is still active.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Overlap {
-    /// Submit anyway.
-    #[default]
-    Allow,
-    /// Skip this fire.
-    Forbid,
-    /// Keep one fire, submitted when the active job ends; further fires meanwhile are skipped.
-    BufferOne,
-    /// Cancel the active job, then submit.
-    CancelOther,
-}
-
-impl Overlap {
-    /// Parses the API word.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "allow" => Self::Allow,
-            "forbid" => Self::Forbid,
-            "buffer_one" => Self::BufferOne,
-            "cancel_other" => Self::CancelOther,
-            _ => return None,
-        })
-    }
-}
-
-/// What happens to fire times missed while no process could fire them (downtime, a paused
-/// store), within `catchup_window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Misfire {
-    /// Missed times are dropped; only a fire at most 2 s late runs.
-    Skip,
-    /// One job for the newest missed time within the window.
-    #[default]
-    RunOnce,
-    /// One job per missed time within the window (at most 1,000).
-    All,
-}
-
-impl Misfire {
-    /// Parses the API word.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "skip" => Self::Skip,
-            "run_once" => Self::RunOnce,
-            "all" => Self::All,
-            _ => return None,
-        })
-    }
-}
-
-/// What the client asked for, with defaults filled in: equal specs are "the same body".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleSpec {
-    /// Unique name.
-    pub name: String,
-    /// The cron pattern.
-    pub cron: String,
-    /// IANA time zone.
-    pub timezone: String,
-    /// The submit body of each fire's job.
-    pub job: Value,
-    /// Overlap policy.
-    pub overlap: Overlap,
-    /// Misfire policy.
-    pub misfire: Misfire,
-    /// How far back missed fires are caught up (ms).
-    pub catchup_window_ms: u64,
-    /// Each job runs at a random-but-fixed delay in `[0, jitter)` after its fire time (ms).
-    pub jitter_ms: u64,
-    /// Created paused.
-    pub paused: bool,
-}
-
-/// A fire decided but not yet confirmed submitted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingFire {
-    /// The fire time (µs).
-    pub fire_time: Micros,
-    /// When it was decided.
-    pub decided_at: Micros,
-    /// A job to cancel first (`overlap = "cancel_other"`).
-    #[serde(default)]
-    pub cancel: Option<Uuid>,
-    /// From `trigger` or `backfill` rather than the clock.
-    #[serde(default)]
-    pub manual: bool,
-}
-
-/// One line of a schedule's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunEntry {
-    /// The fire time (µs).
-    pub fire_time: Micros,
-    /// `submitted`, `skipped_overlap`, `missed` or `error`.
-    pub outcome: String,
-    /// The job, when one was submitted.
-    #[serde(default)]
-    pub job_id: Option<Uuid>,
-    /// How many fire times this line stands for (`missed`).
-    #[serde(default = "one")]
-    pub count: u64,
-    /// Details of an error.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// When it was recorded.
-    pub at: Micros,
-}
-
-fn one() -> u64 {
-    1
-}
-
-/// Per-schedule counters (exported by the metrics module as totals).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Jobs submitted by fires (clock, trigger and backfill).
-    pub fires: u64,
-    /// Fire times missed (dropped by the misfire policy or the catch-up window).
-    pub misfires: u64,
-    /// Fires skipped because the previous job was still active.
-    pub skipped_overlaps: u64,
-}
-
-/// A schedule as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Schedule {
-    /// What the client asked for.
-    pub spec: ScheduleSpec,
-    /// The job every fire submits a copy of (validated and built at creation).
-    pub proto: Job,
-    /// Paused now (pause/resume).
-    pub paused: bool,
-    /// The first fire time not yet handled; none when the pattern never fires again.
-    pub next_fire: Option<Micros>,
-    /// Fires decided, not yet confirmed submitted.
-    #[serde(default)]
-    pub pending: Vec<PendingFire>,
-    /// `buffer_one`: the fire waiting for the active job to end.
-    #[serde(default)]
-    pub buffered: Option<Micros>,
-    /// When a buffered fire is checked again.
-    #[serde(default)]
-    pub recheck_at: Option<Micros>,
-    /// The latest runs, oldest first.
-    #[serde(default)]
-    pub last_runs: Vec<RunEntry>,
-    /// Counters.
-    #[serde(default)]
-    pub counters: Counters,
-    /// Created.
-    pub created_at: Micros,
-    /// Last change.
-    pub updated_at: Micros,
-    /// Bumped on every write (compare-and-set).
-    pub version: u64,
-}
-
 /// Microseconds to a UTC time.
 pub fn to_utc(us: Micros) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
@@ -240,11 +79,6 @@ pub fn to_utc(us: Micros) -> DateTime<Utc> {
 /// A UTC time to microseconds.
 pub fn to_us(t: DateTime<Utc>) -> Micros {
     t.timestamp_micros()
-}
-
-/// The fire time as it appears in keys and the API (RFC 3339, UTC, fraction only when needed).
-pub fn fire_time_text(us: Micros) -> String {
-    to_utc(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// The idempotency key of a fire.
@@ -256,25 +90,6 @@ impl Schedule {
     /// The parsed pattern (validated at creation; an error only for a corrupt record).
     pub fn cron(&self) -> Result<CronSpec, CronSpecError> {
         CronSpec::parse(&self.spec.cron, &self.spec.timezone)
-    }
-
-    /// When a process must look at this schedule next: its next fire (unless paused), a pending
-    /// fire's grace end, a buffered fire's recheck.
-    pub fn wake_at(&self) -> Option<Micros> {
-        let mut w: Option<Micros> = None;
-        let mut at = |t: Micros| w = Some(w.map_or(t, |x| x.min(t)));
-        if !self.paused {
-            if let Some(n) = self.next_fire {
-                at(n);
-            }
-        }
-        for p in &self.pending {
-            at(p.decided_at + PENDING_GRACE_US);
-        }
-        if self.buffered.is_some() {
-            at(self.recheck_at.unwrap_or(0));
-        }
-        w
     }
 
     /// Appends a run entry, keeping the last [`LAST_RUNS`].

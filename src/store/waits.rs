@@ -1,11 +1,15 @@
 //! Waiting jobs in the store (see [`crate::waiting`]): the index of jobs by the signal keys they
 //! wait for, the deadline index, and the checks that release them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
+use serde::Serialize;
 use uuid::Uuid;
 
-use super::Result;
-use crate::job::{Job, Micros};
+use super::{Result, SignalStore};
+use crate::job::wait::{ReleasedBy, Seen, WaitItem};
+use crate::job::{Job, JobStatus, Micros};
 
 /// What a backend does for waiting jobs.
 #[async_trait]
@@ -22,4 +26,89 @@ pub trait WaitStore: Send + Sync {
     /// Applies the deadlines that are due (at most `max`), each exactly once; returns the jobs
     /// as they are after the change.
     async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>>;
+}
+
+/// The records each item of `items` has now (at most `needed` each), read from the store.
+pub async fn seen_now(store: &dyn SignalStore, items: &[WaitItem]) -> Result<Seen> {
+    let mut out = Vec::with_capacity(items.len());
+    for i in items {
+        let recs = store
+            .signals(&i.key, i.since.unwrap_or(0), i.needed as usize)
+            .await?;
+        out.push((
+            recs.len() as u32,
+            recs.into_iter().map(|r| r.seq).collect::<Vec<_>>(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Counters of waiting jobs, kept by this process (the metrics module exports them): counted by
+/// the backends as they move jobs in and out of WAITING.
+#[derive(Debug, Default)]
+pub struct WaitCounters {
+    /// Jobs that started waiting.
+    pub entered: AtomicU64,
+    /// Jobs released by their signals.
+    pub released_by_signals: AtomicU64,
+    /// Deadlines that made the job run.
+    pub deadline_runs: AtomicU64,
+    /// Deadlines that failed the job.
+    pub deadline_fails: AtomicU64,
+    /// Deadlines that skipped (cancelled) the job.
+    pub deadline_skips: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WaitCounts {
+    /// Jobs that started waiting.
+    pub entered: u64,
+    /// Jobs released by their signals.
+    pub released_by_signals: u64,
+    /// Deadlines that made the job run.
+    pub deadline_runs: u64,
+    /// Deadlines that failed the job.
+    pub deadline_fails: u64,
+    /// Deadlines that skipped (cancelled) the job.
+    pub deadline_skips: u64,
+}
+
+static COUNTERS: WaitCounters = WaitCounters {
+    entered: AtomicU64::new(0),
+    released_by_signals: AtomicU64::new(0),
+    deadline_runs: AtomicU64::new(0),
+    deadline_fails: AtomicU64::new(0),
+    deadline_skips: AtomicU64::new(0),
+};
+
+/// This process's counters.
+pub fn counters() -> &'static WaitCounters {
+    &COUNTERS
+}
+
+impl WaitCounters {
+    /// A consistent-enough copy (each counter read once).
+    pub fn snapshot(&self) -> WaitCounts {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WaitCounts {
+            entered: r(&self.entered),
+            released_by_signals: r(&self.released_by_signals),
+            deadline_runs: r(&self.deadline_runs),
+            deadline_fails: r(&self.deadline_fails),
+            deadline_skips: r(&self.deadline_skips),
+        }
+    }
+
+    /// Counts a job the store moved out of WAITING (`job` as it is after the change).
+    pub fn count_release(&self, job: &Job) {
+        let c = match (job.wait.as_ref().and_then(|w| w.released_by), job.status) {
+            (Some(ReleasedBy::Signals), _) => &self.released_by_signals,
+            (Some(ReleasedBy::Deadline), JobStatus::Queued) => &self.deadline_runs,
+            (Some(ReleasedBy::Deadline), JobStatus::Error) => &self.deadline_fails,
+            (Some(ReleasedBy::Deadline), JobStatus::Cancelled) => &self.deadline_skips,
+            _ => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -3,6 +3,7 @@
 //! entry; these are its arms.
 
 use super::{end_run, illegal, set_status, ApplyCtx, EventKind, TransitionError};
+use crate::job::wait::{all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, SKIPPED};
 use crate::job::JobStatus::*;
 use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
 
@@ -65,13 +66,10 @@ pub(super) fn attach_file(
 pub(super) fn wait_release(
     job: &mut Job,
     ctx: &ApplyCtx,
-    seen: crate::waiting::Seen,
+    seen: Seen,
 ) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
-    let met = job
-        .wait
-        .as_ref()
-        .is_some_and(|w| crate::waiting::all_met(&w.items, &seen));
+    let met = job.wait.as_ref().is_some_and(|w| all_met(&w.items, &seen));
     if job.status != Waiting || !met {
         return Err(illegal(job, "be released by signals"));
     }
@@ -80,7 +78,7 @@ pub(super) fn wait_release(
             item.seen = n;
             item.signal_ids = ids;
         }
-        w.released_by = Some(crate::waiting::ReleasedBy::Signals);
+        w.released_by = Some(ReleasedBy::Signals);
         w.released_at = Some(now);
     }
     set_status(job, Queued, now);
@@ -104,24 +102,24 @@ pub(super) fn wait_deadline(
     let Some(w) = job.wait.as_mut() else {
         return Err(illegal(job, "reach a deadline"));
     };
-    w.released_by = Some(crate::waiting::ReleasedBy::Deadline);
+    w.released_by = Some(ReleasedBy::Deadline);
     w.released_at = Some(now);
     let deadline = crate::job::rfc3339(w.deadline.unwrap_or(now));
     let missing: Vec<String> = w.items.iter().map(|i| i.key.clone()).collect();
     match w.on_deadline {
-        crate::waiting::OnDeadline::Run => set_status(job, Queued, now),
-        crate::waiting::OnDeadline::Fail => {
+        OnDeadline::Run => set_status(job, Queued, now),
+        OnDeadline::Fail => {
             job.error = Some(format!(
                 "{}: the deadline {deadline} passed before the signals ({}) arrived",
-                crate::waiting::DEADLINE_MISSED,
+                DEADLINE_MISSED,
                 missing.join(", ")
             ));
             set_status(job, Error, now);
         }
-        crate::waiting::OnDeadline::Skip => {
+        OnDeadline::Skip => {
             job.error = Some(format!(
                 "{}: the deadline {deadline} passed before the signals ({}) arrived",
-                crate::waiting::SKIPPED,
+                SKIPPED,
                 missing.join(", ")
             ));
             set_status(job, Cancelled, now);

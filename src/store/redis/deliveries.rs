@@ -33,7 +33,7 @@ const TRIM_CHUNK: usize = 1000;
 /// wants its event of kind `ev`, else empty.
 pub(super) fn commit_arg(job: &Job, ev: Option<EventKind>) -> String {
     match (ev, &job.notify) {
-        (Some(kind), Some(n)) if crate::notify::wants(job, kind) => {
+        (Some(kind), Some(n)) if crate::job::notify_spec::wants(job, kind) => {
             format!("{}\n{}", job.updated_at, n.url)
         }
         _ => String::new(),

@@ -97,7 +97,7 @@ impl JobStore for RedisStore {
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => {
                     if w.job.status == JobStatus::Waiting {
-                        crate::waiting::counters()
+                        crate::store::waits::counters()
                             .entered
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

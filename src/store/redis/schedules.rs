@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{json_err, RedisStore};
 use crate::job::Micros;
-use crate::schedule::Schedule;
+use crate::store::schedules::Schedule;
 use crate::store::{Result, ScheduleStore, StoreError};
 
 static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/schedule_cas.lua")));

@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::RedisStore;
+use crate::job::wait::all_met;
 use crate::job::{Command, Job, JobStatus, Micros};
-use crate::store::waits::WaitStore;
+use crate::store::waits::{counters, seen_now, WaitStore};
 use crate::store::{Result, StoreError};
-use crate::waiting::{all_met, counters, seen_now};
 
 /// Clears a check mark only if no signal marked the job again meanwhile.
 static UNMARK: LazyLock<Script> = LazyLock::new(|| {

@@ -57,7 +57,7 @@ pub(super) fn enqueue_in(
     event_id: i64,
     body: &str,
 ) -> Result<()> {
-    if !crate::notify::wants(job, kind) {
+    if !crate::job::notify_spec::wants(job, kind) {
         return Ok(());
     }
     let Some(n) = &job.notify else { return Ok(()) };

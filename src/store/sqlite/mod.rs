@@ -483,7 +483,7 @@ fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) ->
     save(ctx.conn, job)?;
     if was == JobStatus::Waiting && job.status != JobStatus::Waiting {
         waits::leave_in(ctx.conn, &job.id.to_string())?;
-        crate::waiting::counters().count_release(job);
+        crate::store::waits::counters().count_release(job);
     }
     let emitted = job.status == JobStatus::Success && was != JobStatus::Success;
     if emitted && !job.emits.is_empty() {

@@ -8,7 +8,7 @@ use rusqlite::params;
 
 use super::{exec, json_err, row_opt, rows, SqliteStore};
 use crate::job::Micros;
-use crate::schedule::Schedule;
+use crate::store::schedules::Schedule;
 use crate::store::{Result, ScheduleStore};
 
 /// The table, created at open.

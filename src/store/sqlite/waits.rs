@@ -8,10 +8,10 @@ use rusqlite::params;
 use uuid::Uuid;
 
 use super::{apply_in, db_err, exec, load, rows, SqliteStore, WriteCtx};
+use crate::job::wait::{all_met, Seen, WaitItem};
 use crate::job::{now_us, Command, Job, JobStatus, Micros};
-use crate::store::waits::WaitStore;
+use crate::store::waits::{counters, WaitStore};
 use crate::store::{Result, StoreError};
-use crate::waiting::{all_met, counters, Seen, WaitItem};
 
 /// The tables, created at open.
 pub(super) const SCHEMA: &str = r#"
