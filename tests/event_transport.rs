@@ -229,12 +229,22 @@ async fn caps_close_1013_and_a_thousand_cycles_leave_nothing_behind() {
     let a = addr(&ts);
     let c1 = connect(&a, "channel=x").await;
     let c2 = connect(&a, "channel=x").await;
+    // A socket counts once its stream is registered, just after the upgrade: wait for it, or
+    // a loaded machine lets the third connect race the first two.
+    support::eventually("two streams open", WAIT, || async {
+        (stats(&ts).open == 2).then_some(())
+    })
+    .await;
     let mut c3 = connect(&a, "channel=x").await;
     let r = read_to_close(&mut c3, WAIT).await;
     let (code, reason) = r.closed.expect("close frame");
     assert_eq!(code, 1013);
     assert!(reason.contains("events.max_per_channel"), "{reason}");
     let other = connect(&a, "channel=y").await;
+    support::eventually("three streams open", WAIT, || async {
+        (stats(&ts).open == 3).then_some(())
+    })
+    .await;
     let mut c4 = connect(&a, "channel=z").await;
     let (code, reason) = read_to_close(&mut c4, WAIT).await.closed.expect("close");
     assert_eq!(code, 1013);
