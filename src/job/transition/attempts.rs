@@ -172,27 +172,13 @@ pub(super) fn lease_expired(
     if !job.status.is_active() || !expired {
         return Err(illegal(job, "expire a lease it does not have"));
     }
-    match job.reported().cloned() {
-        Some(Reported::Success) => {
-            commit_reported(job, ctx, Reported::Success, None);
-            return Ok(Some(EventKind::Status));
-        }
-        Some(Reported::Error {
-            retry: false,
-            message,
-        }) => {
-            commit_reported(
-                job,
-                ctx,
-                Reported::Error {
-                    message,
-                    retry: false,
-                },
-                None,
-            );
-            return Ok(Some(EventKind::Status));
-        }
-        _ => {}
+    // A job that said it succeeded, or failed for good, keeps its word; any other attempt is
+    // lost with its worker.
+    if let Some(r @ (Reported::Success | Reported::Error { retry: false, .. })) =
+        job.reported().cloned()
+    {
+        commit_reported(job, ctx, r, None);
+        return Ok(Some(EventKind::Status));
     }
     end_run(job, now, "LOST");
     job.lease = None;
