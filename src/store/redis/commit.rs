@@ -145,51 +145,61 @@ impl Write {
             .flat_map(|w| w.items.iter().map(|i| i.key.as_str()))
     }
 
-    /// The keys `commit.lua` touches for this write, after the shared ones ([`commit_keys`]),
-    /// in the order of the script's header.
-    fn keys(&self, s: &RedisStore, args: &[String; WRITE_ARGS]) -> Vec<String> {
+    /// Appends the keys `commit.lua` touches for this write, after the shared ones
+    /// ([`SharedKeys`]), in the order of the script's header. `args` are [`Self::args`].
+    fn push_keys(&self, s: &RedisStore, args: &[String; WRITE_ARGS], keys: &mut Vec<String>) {
         let j = &self.job;
-        let job_key = s.key(&format!("job:{}", j.id));
+        let id = &args[0];
+        let job_key = s.keyed("job:", id);
         let idem = match &args[10] {
             k if k.is_empty() => job_key.clone(),
-            k => s.key(&format!("idem:{k}")),
+            k => s.keyed("idem:", k),
         };
         let old_st = match self.old_status {
-            Some(st) => s.key(&format!("st:{}", st.as_str())),
+            Some(st) => s.keyed("st:", st.as_str()),
             None => job_key.clone(),
         };
-        let mut keys = vec![
+        keys.extend([
             job_key,
             idem,
             old_st,
-            s.key(&format!("st:{}", j.status.as_str())),
-            s.key(&format!("qt:{}", j.job_type)),
-            s.key(&format!("q:{}", j.runner)),
-            s.key(&format!("evc:{}", j.channel_id)),
-            s.key(&format!("dlv:job:{}", j.id)),
-        ];
-        keys.extend(
-            self.files
-                .split_whitespace()
-                .map(|h| s.key(&format!("fref:{h}"))),
-        );
-        keys.extend(self.wait_keys().map(|k| s.key(&format!("waitk:{k}"))));
+            s.keyed("st:", j.status.as_str()),
+            s.keyed("qt:", &j.job_type),
+            s.keyed("q:", &j.runner),
+            s.keyed("evc:", &j.channel_id),
+            s.keyed("dlv:job:", id),
+        ]);
+        keys.extend(self.files.split_whitespace().map(|h| s.keyed("fref:", h)));
+        keys.extend(self.wait_keys().map(|k| s.keyed("waitk:", k)));
         for k in args[14].split('\n').filter(|k| !k.is_empty()) {
-            keys.push(s.key(&format!("sig:{k}")));
-            keys.push(s.key(&format!("sigid:{k}")));
-            keys.push(s.key(&format!("waitk:{k}")));
+            keys.push(s.keyed("sig:", k));
+            keys.push(s.keyed("sigid:", k));
+            keys.push(s.keyed("waitk:", k));
         }
-        keys
     }
 }
 
-/// The keys every `commit.lua` call declares first (`KEYS[1..14]`, see the script's header).
-fn commit_keys(s: &RedisStore) -> [String; 14] {
-    [
-        "all", "jc", "lease", "fin", "sched", "fhashes", "waitdl", "waitdue", "waitgen", "sigseq",
-        "sigkeys", "dlv:seq", "dlv:due", "ev",
-    ]
-    .map(|k| s.key(k))
+/// What every `commit.lua` call declares first (`KEYS[1..14]`, see the script's header) and the
+/// two prefixes it passes: they depend on the store's prefix only, so they are built once.
+pub(super) struct SharedKeys {
+    keys: [String; 14],
+    dlv_prefix: String,
+    notices: String,
+}
+
+impl SharedKeys {
+    pub(super) fn new(prefix: &str) -> Self {
+        let key = |k: &str| format!("{prefix}:{k}");
+        Self {
+            keys: [
+                "all", "jc", "lease", "fin", "sched", "fhashes", "waitdl", "waitdue", "waitgen",
+                "sigseq", "sigkeys", "dlv:seq", "dlv:due", "ev",
+            ]
+            .map(key),
+            dlv_prefix: key("dlv:"),
+            notices: key("notices"),
+        }
+    }
 }
 
 /// The values `commit.lua` receives for one job write: `job` as changed from `old` (loaded at
@@ -301,7 +311,7 @@ impl RedisStore {
         let mut keys = Vec::with_capacity(writes.len() * 8);
         for w in writes {
             let a = w.args();
-            keys.extend(w.keys(self, &a));
+            w.push_keys(self, &a, &mut keys);
             args.extend(a);
         }
         let (tx, rx) = oneshot::channel();
@@ -374,12 +384,11 @@ impl RedisStore {
     async fn commit_batch(&self, batch: &[Pending], deadline: Instant) -> Result<Vec<String>> {
         let p = &self.s;
         let n: usize = batch.iter().map(|b| b.n).sum();
-        let shared = commit_keys(self);
-        let (dlv_prefix, notices) = (self.key("dlv:"), self.key("notices"));
+        let shared = &self.shared;
         let raw: Vec<String> = self
             .exec_until(Some(deadline), |mut c| {
                 let mut inv = self.scripts.commit.prepare_invoke();
-                for k in &shared {
+                for k in &shared.keys {
                     inv.key(k);
                 }
                 inv.arg(p.store.global_limit)
@@ -387,8 +396,8 @@ impl RedisStore {
                     .arg(p.channel_ttl.as_millis() as u64)
                     .arg(n)
                     .arg(&self.origin)
-                    .arg(&dlv_prefix)
-                    .arg(&notices);
+                    .arg(&shared.dlv_prefix)
+                    .arg(&shared.notices);
                 for b in batch {
                     for k in &b.keys {
                         inv.key(k);

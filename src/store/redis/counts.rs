@@ -56,7 +56,7 @@ impl JobCountStore for RedisStore {
             .map(|(t, _)| t.clone())
             .collect();
         for t in queued {
-            if let Some(at) = self.first_score(&self.key(&format!("qt:{t}"))).await? {
+            if let Some(at) = self.first_score(&self.keyed("qt:", &t)).await? {
                 out.oldest_queued.insert(t, at);
             }
         }

@@ -95,8 +95,8 @@ impl DeliveryStore for RedisStore {
         let (state, due) = plan(claimed.delivery.created_at, now, outcome);
         let n = claimed.delivery.id;
         let keys = [
-            self.key(&format!("dlv:{n}")),
-            self.key(&format!("dlvlog:{n}")),
+            self.keyed("dlv:", n),
+            self.keyed("dlvlog:", n),
             self.key("dlv:due"),
             self.key("dlv:done"),
         ];
@@ -118,7 +118,7 @@ impl DeliveryStore for RedisStore {
     }
 
     async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
-        let idx = self.key(&format!("dlv:job:{job}"));
+        let idx = self.keyed("dlv:job:", job);
         let ids: Vec<String> = self
             .exec(true, |mut c| {
                 let cmd = ::redis::cmd("ZRANGE")
@@ -143,12 +143,7 @@ impl DeliveryStore for RedisStore {
         );
         let keys: Vec<(String, String)> = ids
             .iter()
-            .map(|n| {
-                (
-                    self.key(&format!("dlv:{n}")),
-                    self.key(&format!("dlvlog:{n}")),
-                )
-            })
+            .map(|n| (self.keyed("dlv:", n), self.keyed("dlvlog:", n)))
             .collect();
         let rows: Vec<(Fields, Vec<String>)> = self
             .exec(true, |mut c| {

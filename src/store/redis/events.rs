@@ -30,7 +30,7 @@ impl EventLog for RedisStore {
         let global = self.key("ev");
         let stream = match chan.as_str() {
             "" => global.clone(),
-            c => self.key(&format!("evc:{c}")),
+            c => self.keyed("evc:", c),
         };
         let raw: Vec<String> = self
             .exec(true, |mut c| {

@@ -19,21 +19,9 @@ fn listable(body: &str) -> Option<Job> {
     }
 }
 
-/// A page of `limit` jobs out of `jobs` (read up to `limit + 1`): the cursor is the last job's
-/// id when there were more.
-fn page(mut jobs: Vec<Job>, limit: usize) -> JobPage {
-    let next_cursor = if jobs.len() > limit {
-        jobs.truncate(limit);
-        jobs.last().map(|j| j.id)
-    } else {
-        None
-    };
-    JobPage { jobs, next_cursor }
-}
-
 impl RedisStore {
     pub(super) async fn load(&self, id: Uuid) -> Result<Option<(Job, String)>> {
-        let key = self.key(&format!("job:{id}"));
+        let key = self.keyed("job:", id);
         let body = self.body(&key).await?;
         match body {
             None => Ok(None),
@@ -45,10 +33,7 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| self.key(&format!("job:{id}")))
-            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.keyed("job:", id)).collect();
         self.bodies(&keys).await
     }
 
@@ -65,9 +50,9 @@ impl RedisStore {
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
-        let want = q.limit + 1;
+        let want = crate::store::paging::probe(q.limit);
         let mut jobs: Vec<Job> = Vec::new();
-        for chunk in ids.chunks((q.limit + 1).clamp(16, 1000)) {
+        for chunk in ids.chunks(want.clamp(16, 1000)) {
             for b in self.load_many(chunk).await?.into_iter().flatten() {
                 let Some(j) = listable(&b) else { continue };
                 if Some(j.status) == q.status
@@ -85,7 +70,7 @@ impl RedisStore {
                 break;
             }
         }
-        Ok(page(jobs, q.limit))
+        Ok(JobPage::from_probe(jobs, q.limit))
     }
 }
 
@@ -143,14 +128,14 @@ impl JobStore for RedisStore {
             return self.list_active(q).await;
         }
         let key = match q.status {
-            Some(s) => self.key(&format!("st:{}", s.as_str())),
+            Some(s) => self.keyed("st:", s.as_str()),
             None => self.key("all"),
         };
         let mut jobs: Vec<Job> = Vec::new();
         let mut cursor = q.cursor.map(|c| c.to_string());
         let mut scanned = 0usize;
-        let want = q.limit + 1;
-        let batch = (q.limit + 1).clamp(16, 1000);
+        let want = crate::store::paging::probe(q.limit);
+        let batch = want.clamp(16, 1000);
         loop {
             let max = match &cursor {
                 Some(c) => format!("({c}"),
@@ -202,7 +187,7 @@ impl JobStore for RedisStore {
                 });
             }
         }
-        Ok(page(jobs, q.limit))
+        Ok(JobPage::from_probe(jobs, q.limit))
     }
 
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {

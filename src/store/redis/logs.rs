@@ -5,7 +5,7 @@ use super::*;
 
 /// A log line as `logs_append.lua` receives it: `stream|ts|line` (the script prefixes `seq|`).
 pub fn log_entry(stream: LogStream, ts: Micros, line: &str) -> String {
-    format!("{}|{ts}|{line}", stream_name(stream))
+    format!("{}|{ts}|{line}", stream.as_str())
 }
 
 /// A stored log entry (`seq|stream|ts|line`, as `logs_read.lua` returns it) read back.
@@ -13,11 +13,7 @@ pub fn parse_log_entry(e: &str) -> Result<LogLine> {
     let mut it = e.splitn(4, '|');
     let bad = || StoreError::Backend("corrupt log entry".into());
     let seq = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-    let stream = match it.next().ok_or_else(bad)? {
-        "stdout" => LogStream::Stdout,
-        "stderr" => LogStream::Stderr,
-        _ => LogStream::Job,
-    };
+    let stream = LogStream::from_stored(it.next().ok_or_else(bad)?);
     let ts = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
     let line = it.next().unwrap_or("").to_string();
     Ok(LogLine {
@@ -26,14 +22,6 @@ pub fn parse_log_entry(e: &str) -> Result<LogLine> {
         ts,
         line,
     })
-}
-
-fn stream_name(s: LogStream) -> &'static str {
-    match s {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
-        LogStream::Job => "job",
-    }
 }
 
 #[async_trait]
@@ -48,9 +36,9 @@ impl LogStore for RedisStore {
             .collect();
         let keep = self.s.store.log_lines_per_job.max(1);
         let keys = [
-            self.key(&format!("job:{id}")),
-            self.key(&format!("logn:{id}")),
-            self.key(&format!("log:{id}")),
+            self.keyed("job:", id),
+            self.keyed("logn:", id),
+            self.keyed("log:", id),
         ];
         let _: i64 = self
             .exec(true, |mut c| {
@@ -69,10 +57,7 @@ impl LogStore for RedisStore {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let (counter, key) = (
-            self.key(&format!("logn:{id}")),
-            self.key(&format!("log:{id}")),
-        );
+        let (counter, key) = (self.keyed("logn:", id), self.keyed("log:", id));
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.logs_read.prepare_invoke();

@@ -163,6 +163,9 @@ pub struct RedisStore {
     cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
     /// To the committer tasks (group commit, see [`RedisStore::commit`]).
     commits: mpsc::Sender<Pending>,
+    /// The keys and key prefixes every `commit.lua` call declares (built once, see
+    /// `commit::SharedKeys`).
+    shared: commit::SharedKeys,
     /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
     clock: parking_lot::Mutex<Option<(Micros, Instant)>>,
     /// The last time [`Self::now`] answered: it never goes back within a process.
@@ -251,6 +254,7 @@ impl RedisStore {
             }
             Self {
                 conn,
+                shared: commit::SharedKeys::new(&settings.prefix),
                 s: settings,
                 scripts: Scripts::load(),
                 notify,
@@ -268,6 +272,11 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.s.prefix)
+    }
+
+    /// `P:{kind}{rest}` in one allocation (the hot paths' keys, e.g. `keyed("job:", id)`).
+    fn keyed(&self, kind: &str, rest: impl std::fmt::Display) -> String {
+        format!("{}:{kind}{rest}", self.s.prefix)
     }
 
     /// The store's time (µs since the epoch): Redis's clock, read with `TIME` at most every

@@ -20,7 +20,7 @@ impl JobQueue for RedisStore {
         let reserve_until = self.now().await + lease_ttl.as_micros() as i64;
         // While Redis is away, fail at once: the worker backs off instead of piling up claims.
         let retry = !self.down.load(Ordering::Relaxed);
-        let (queue, tokens) = (self.key(&format!("q:{runner}")), self.key("token"));
+        let (queue, tokens) = (self.keyed("q:", runner), self.key("token"));
         let (leases, job_prefix) = (self.key("lease"), self.key("job:"));
         let picked: Vec<::redis::Value> = self
             .exec(retry, |mut c| {

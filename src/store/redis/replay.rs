@@ -16,7 +16,7 @@ impl ReplayMemory for RedisStore {
         now_ms: i64,
     ) -> Result<bool, ReplayError> {
         let digest = hex::encode(Sha256::digest(replay_key.as_bytes()));
-        let key = self.key(&format!("replay:{digest}"));
+        let key = self.keyed("replay:", digest);
         let ttl = (expires_at_ms - now_ms).max(1);
         let set: Option<String> = self
             .exec(true, |mut c| {

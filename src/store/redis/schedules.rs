@@ -16,7 +16,7 @@ static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/sc
 
 impl RedisStore {
     fn schedule_key(&self, name: &str) -> String {
-        self.key(&format!("schedule:{name}"))
+        self.keyed("schedule:", name)
     }
 
     async fn schedule_script(

@@ -30,11 +30,11 @@ impl SignalStore for RedisStore {
         at: Micros,
     ) -> Result<(Signal, bool)> {
         let keys = [
-            self.key(&format!("sig:{key}")),
-            self.key(&format!("sigid:{key}")),
+            self.keyed("sig:", key),
+            self.keyed("sigid:", key),
             self.key("sigseq"),
             self.key("sigkeys"),
-            self.key(&format!("waitk:{key}")),
+            self.keyed("waitk:", key),
             self.key("waitdue"),
             self.key("waitgen"),
             self.key("notices"),
@@ -59,7 +59,7 @@ impl SignalStore for RedisStore {
     }
 
     async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
-        let k = self.key(&format!("sig:{key}"));
+        let k = self.keyed("sig:", key);
         let recs: Vec<String> = self.zrange_by_score(&k, since, "+inf", limit).await?;
         let mut out = recs
             .iter()

@@ -31,11 +31,7 @@ impl LogStore for SqliteStore {
                 .map_err(db_err)?;
             let n = lines.len() as i64;
             for (i, (stream, ts, line)) in lines.into_iter().enumerate() {
-                let s = match stream {
-                    LogStream::Stdout => "stdout",
-                    LogStream::Stderr => "stderr",
-                    LogStream::Job => "job",
-                };
+                let s = stream.as_str();
                 ins.execute(params![id, last + 1 + i as i64, s, ts, line])
                     .map_err(db_err)?;
             }
@@ -61,11 +57,7 @@ impl LogStore for SqliteStore {
                 let stream: String = r.get(1)?;
                 Ok(LogLine {
                     seq: r.get::<_, i64>(0)? as u64,
-                    stream: match stream.as_str() {
-                        "stdout" => LogStream::Stdout,
-                        "stderr" => LogStream::Stderr,
-                        _ => LogStream::Job,
-                    },
+                    stream: LogStream::from_stored(&stream),
                     ts: r.get(2)?,
                     line: r.get(3)?,
                 })
