@@ -93,7 +93,7 @@ impl LineSplitter {
 
     /// The end of the stream: reports what is left of an unfinished line.
     pub fn finish(&mut self, emit: &mut dyn FnMut(Piece<'_>)) {
-        if self.started || !self.text.is_empty() || !self.head.is_empty() {
+        if !self.text.is_empty() || !self.head.is_empty() {
             self.end_line(emit);
         }
     }
@@ -132,21 +132,32 @@ impl LineSplitter {
         }
     }
 
-    /// Reports whole pieces of [`MAX_LINE_BYTES`] while the line goes on.
+    /// Reports whole pieces of [`MAX_LINE_BYTES`] once more of the line follows them (a line of
+    /// exactly `MAX_LINE_BYTES` is one piece, not one and an empty one); the rest stays, moved
+    /// to the front once.
     fn cut(&mut self, emit: &mut dyn FnMut(Piece<'_>)) {
-        while self.text.len() >= MAX_LINE_BYTES {
-            let rest = self.text.split_off(MAX_LINE_BYTES);
-            let piece = std::mem::replace(&mut self.text, rest);
-            self.emit(&piece, false, emit);
+        if self.text.len() <= MAX_LINE_BYTES {
+            return;
         }
+        let text = std::mem::take(&mut self.text);
+        let mut start = 0;
+        while text.len() - start > MAX_LINE_BYTES {
+            self.emit(&text[start..start + MAX_LINE_BYTES], false, emit);
+            start += MAX_LINE_BYTES;
+        }
+        self.text = text;
+        self.text.drain(..start);
     }
 
     fn end_line(&mut self, emit: &mut dyn FnMut(Piece<'_>)) {
         while self.text.last() == Some(&b'\r') {
             self.text.pop();
         }
-        let text = std::mem::take(&mut self.text);
+        // The buffer is kept for the next line (one allocation per stream, not per line).
+        let mut text = std::mem::take(&mut self.text);
         self.emit(&text, true, emit);
+        text.clear();
+        self.text = text;
         self.head.clear();
         self.head_done = false;
         self.headless = false;
@@ -241,6 +252,25 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(lens, [MAX_LINE_BYTES, MAX_LINE_BYTES, MAX_LINE_BYTES, 1]);
+        // A line of exactly the cap is one piece, whether its end comes with it or later, and
+        // an unterminated one of twice the cap is two pieces: no empty line after them.
+        let exact = vec![b'z'; MAX_LINE_BYTES];
+        for chunks in [
+            &[&exact[..], b"\n"][..],
+            &[&[&exact[..], b"\n"].concat()[..]][..],
+        ] {
+            let lens: Vec<usize> = texts(&mut LineSplitter::new(), chunks, false)
+                .iter()
+                .map(Vec::len)
+                .collect();
+            assert_eq!(lens, [MAX_LINE_BYTES]);
+        }
+        let twice = vec![b'z'; 2 * MAX_LINE_BYTES];
+        let lens: Vec<usize> = texts(&mut LineSplitter::new(), &[&twice], true)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(lens, [MAX_LINE_BYTES, MAX_LINE_BYTES]);
         // Nothing to finish: nothing reported.
         assert!(texts(&mut LineSplitter::new(), &[], true).is_empty());
     }
