@@ -26,13 +26,8 @@ use crate::store::LogStream;
 
 /// Most log lines one report may carry.
 pub const MAX_REPORT_LINES: usize = 1000;
-/// Longest log line kept whole.
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
-
-/// A refused signature, in the API's shape (`From<VerifyError> for ApiError`).
-fn verify_error(e: VerifyError) -> ApiError {
-    e.into()
-}
+/// Longest log line kept whole: the one limit of every log path (`runyard_hooks::MAX_LINE_BYTES`).
+pub use runyard_hooks::MAX_LINE_BYTES;
 
 /// Authenticates a hook call; returns the job it is for.
 pub async fn authenticate(
@@ -42,7 +37,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Job> {
-    let mut hh = HookHeaders::from_headers(headers).map_err(verify_error)?;
+    let mut hh = HookHeaders::from_headers(headers)?;
     let id = Uuid::parse_str(&hh.job_id).map_err(|_| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -68,8 +63,7 @@ pub async fn authenticate(
             v.verify_signature(&hh, &secret, method.as_str(), &full, body, now)
         }
         r => r,
-    }
-    .map_err(verify_error)?;
+    }?;
     // Only now, so that forged requests cannot fill it: the store's replay memory (shared by
     // every API node on Redis).
     let first = st
@@ -77,11 +71,11 @@ pub async fn authenticate(
         .store
         .remember_once(&checked.replay_key, checked.expires_at_ms, now)
         .await
-        .map_err(|e| verify_error(VerifyError::ReplayUnavailable(e)))?;
+        .map_err(|e| ApiError::from(VerifyError::ReplayUnavailable(e)))?;
     if first {
         Ok(job)
     } else {
-        Err(verify_error(VerifyError::Replay))
+        Err(VerifyError::Replay.into())
     }
 }
 

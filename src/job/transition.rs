@@ -295,13 +295,17 @@ pub fn apply(
     cmd: Command,
     ctx: &ApplyCtx,
 ) -> Result<Option<EventKind>, TransitionError> {
-    let bookkeeping = matches!(cmd, Command::Heartbeat { .. } | Command::OrphanLease);
+    if matches!(cmd, Command::Heartbeat { .. } | Command::OrphanLease) {
+        // These change the lease only, after every check passed: no copy of the job needed
+        // (a heartbeat runs for every held job every `lease_ttl / 3`).
+        let ev = apply_inner(job, cmd, ctx)?;
+        job.version += 1;
+        return Ok(ev);
+    }
     let mut next = job.clone();
     let ev = apply_inner(&mut next, cmd, ctx)?;
     next.version += 1;
-    if !bookkeeping {
-        next.updated_at = ctx.now;
-    }
+    next.updated_at = ctx.now;
     *job = next;
     Ok(ev)
 }

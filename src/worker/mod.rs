@@ -231,7 +231,6 @@ impl Worker {
         }
     }
 
-    /// True while this worker runs the job under this fencing token (and has not fenced it).
     /// Records a job this worker now runs under `token` (its lease asked for at `asked`): the
     /// token that stops it and where the reason for stopping it is written.
     fn track(
@@ -255,6 +254,7 @@ impl Worker {
         (stop, reason)
     }
 
+    /// True while this worker runs the job under this fencing token (and has not fenced it).
     fn holds(&self, id: Uuid, token: u64) -> bool {
         self.running
             .lock()

@@ -217,7 +217,8 @@ pub(super) fn adopt(
     Ok(None)
 }
 
-/// The worker renews its lease.
+/// The worker renews its lease. Changes nothing unless it succeeds (`apply` runs it on the job
+/// itself, without a copy).
 pub(super) fn heartbeat_lease(
     job: &mut Job,
     worker: String,
@@ -234,7 +235,8 @@ pub(super) fn heartbeat_lease(
     }
 }
 
-/// At start-up: a lease of this process's last life, to expire at once.
+/// At start-up: a lease of this process's last life, to expire at once. Changes nothing unless
+/// it succeeds (as `heartbeat_lease`).
 pub(super) fn orphan_lease(job: &mut Job) -> Result<Option<EventKind>, TransitionError> {
     match job.lease.as_mut() {
         Some(l) if job.status.is_active() => {
