@@ -37,13 +37,37 @@ pub trait EventTail: Send + Sync {
 pub struct NoticeTail {
     store: Arc<dyn Store>,
     notices: broadcast::Receiver<Notice>,
+    /// The last read returned all there was: the next one waits for a commit's notice before
+    /// it reads (an idle tail does not query the store).
+    caught_up: bool,
 }
 
 impl NoticeTail {
     /// A tail of `store`, listening to its notices from now on.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let notices = store.subscribe();
-        Self { store, notices }
+        Self {
+            store,
+            notices,
+            caught_up: false,
+        }
+    }
+
+    /// Waits until events were committed (true) or `deadline` passed (false). Subscribed since
+    /// [`Self::new`]: a commit after the last read has left its notice.
+    async fn committed_by(&mut self, deadline: tokio::time::Instant) -> Result<bool> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.notices.recv()).await {
+                Err(_) => return Ok(false),
+                Ok(Ok(Notice::Events)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    return Ok(true)
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(StoreError::Unavailable("the store is closed".into()))
+                }
+            }
+        }
     }
 }
 
@@ -55,22 +79,17 @@ impl TailReader for NoticeTail {
         wait: Duration,
         max: usize,
     ) -> Result<Vec<Event>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        if self.caught_up && !self.committed_by(deadline).await? {
+            return Ok(Vec::new());
+        }
         let page = self.store.events(None, after, max).await?;
-        if !page.is_empty() {
+        self.caught_up = page.len() < max;
+        if page.is_empty() && self.committed_by(deadline).await? {
+            let page = self.store.events(None, after, max).await?;
+            self.caught_up = page.len() < max;
             return Ok(page);
         }
-        // Subscribed before this read: a commit after it has left a notice.
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.notices.recv()).await {
-                Err(_) => return Ok(Vec::new()),
-                Ok(Ok(Notice::Events)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                Ok(Ok(_)) => continue,
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err(StoreError::Unavailable("the store is closed".into()))
-                }
-            }
-        }
-        self.store.events(None, after, max).await
+        Ok(page)
     }
 }
