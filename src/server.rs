@@ -117,7 +117,14 @@ impl ServerBuilder {
             BlobStore::new(self.config.data_dir.join("files"))
                 .context("`data_dir`: cannot create the file store")?,
         );
-        let mut core = Core::assemble(self.config, self.services, Some(blobs.clone())).await?;
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core::assemble(
+            self.config,
+            self.services,
+            Some(blobs.clone()),
+            Some(metrics.clone()),
+        )
+        .await?;
         let config = core.config.clone();
         let public_url = config.public_url();
         let path_prefix = reqwest::Url::parse(&public_url)
@@ -129,7 +136,7 @@ impl ServerBuilder {
             store: core.store.clone(),
             runners: core.runners.clone(),
             master_key: core.master_key.clone(),
-            metrics: core.metrics.clone(),
+            metrics: metrics.clone(),
             blobs,
             verifier: Verifier::new().with_require_v2(config.hooks.require_v2),
             signer: UrlSigner::new(&core.master_key),
@@ -139,7 +146,7 @@ impl ServerBuilder {
             events: crate::events::Hub::from_config(&config.events),
             _dropped: dropped,
         });
-        crate::metrics::features::register(&core.metrics, app.events.clone());
+        crate::metrics::features::register(&metrics, app.events.clone());
         // Live events for this node's streams (from every node's commits on Redis).
         core.tasks.spawn(crate::events::hub::tail_loop(
             app.events.clone(),
@@ -188,7 +195,8 @@ impl ServerBuilder {
             );
         }
         // No blobs: file contents live with the API, whose retention collects them.
-        let mut core = Core::assemble(self.config, self.services, None).await?;
+        // A worker node serves no `/metrics`: its store calls are not metered.
+        let mut core = Core::assemble(self.config, self.services, None, None).await?;
         let id = core.start_worker();
         tracing::info!(worker = %id, store = core.store.backend_name(), "runyard worker node started");
         if let Some(listener) = self.health_listener {
@@ -218,7 +226,6 @@ struct Core {
     config: Arc<Config>,
     master_key: Arc<MasterKey>,
     store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
     runners: Arc<RunnerSet>,
     /// The background loops, ended by `bg`; [`Core::stop_loops`] waits for them all.
     tasks: TaskTracker,
@@ -229,18 +236,22 @@ struct Core {
 
 impl Core {
     /// Opens the store and starts the background loops. `blobs`: the file contents this node
-    /// keeps (the API's), collected by retention.
+    /// keeps (the API's), collected by retention. `metrics`: where this node's store calls are
+    /// timed and its committed changes counted (the node that serves `/metrics`).
     async fn assemble(
         mut config: Config,
         services: ServiceRegistry,
         blobs: Option<Arc<BlobStore>>,
+        metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<Self> {
         // Out of the config (which is shared widely) into a zeroed-on-drop key.
         let master_key = Arc::new(load_master_key(&mut config)?);
         let config = Arc::new(config);
-        // Every store call of this process is timed and every committed change counted.
-        let metrics = Arc::new(Metrics::default());
-        let store = crate::metrics::MeteredStore::wrap(open_store(&config).await?, metrics.clone());
+        let store = open_store(&config).await?;
+        let store = match metrics {
+            Some(m) => crate::metrics::MeteredStore::wrap(store, m),
+            None => store,
+        };
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(services)).map_err(|e| anyhow::anyhow!(e))?,
         );
@@ -269,7 +280,6 @@ impl Core {
             config,
             master_key,
             store,
-            metrics,
             runners,
             tasks,
             bg,
