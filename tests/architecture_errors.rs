@@ -67,7 +67,7 @@ fn code_of(source: &str) -> String {
         if l.trim() == "#[cfg(test)]"
             && lines
                 .get(i + 1)
-                .is_some_and(|n| n.trim_start().starts_with("mod "))
+                .is_some_and(|n| n.trim_start().starts_with("mod ") && n.trim_end().ends_with('{'))
         {
             end = i;
             break;
@@ -279,4 +279,9 @@ fn the_checker_catches_each_way_of_building_an_error_answer() {
         "fn a() {}\n#[cfg(test)]\nmod tests {\n  fn t() { assert_eq!(s, StatusCode::FORBIDDEN); }\n}"
     )
     .is_empty());
+    // A test module kept in its own file (`mod tests;`) hides nothing after it.
+    assert_eq!(
+        rules("#[cfg(test)]\nmod tests;\nimpl IntoResponse for E {}"),
+        [3]
+    );
 }

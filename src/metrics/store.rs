@@ -236,6 +236,12 @@ mod tests {
         store.job_counts().await.unwrap();
         store.deliveries(id, 10).await.unwrap();
         store.wait_next_deadline().await.unwrap();
+        // The one forwarder written by hand (its error type is not the store's).
+        let now_ms = crate::job::now_us() / 1000;
+        assert!(store
+            .remember_once("k", now_ms + 60_000, now_ms)
+            .await
+            .unwrap());
         assert_eq!(store.backend_name(), "embedded");
         let text = metrics.render();
         let count = |op: &str| {
@@ -257,6 +263,7 @@ mod tests {
             "job_counts",
             "deliveries",
             "wait_next_deadline",
+            "remember_once",
         ] {
             assert_eq!(count(op), "1", "{op}");
         }
