@@ -273,7 +273,12 @@ impl Core {
             bg.clone(),
         ));
         tasks.spawn(crate::notify::deliver::delivery_loop(
-            crate::notify::deliver::Deliverer::new(&config, store.clone(), master_key.clone()),
+            crate::notify::deliver::Deliverer::new(
+                &config.notify,
+                config.retention.finished,
+                store.clone(),
+                master_key.clone(),
+            ),
             bg.clone(),
         ));
         Ok(Self {

@@ -35,27 +35,10 @@ const OVERSIZED_ALLOWED: &[&str] = &[];
 /// Imports against the layering allowed anyway: none since issue 8.
 const LAYERING_ALLOWED: &[(&str, &str, &str)] = &[];
 
-/// Import circles today, each allowed through one edge `from -> to` that closes it (the edge
-/// that points up): (from, to, the circle and why). The rest of the graph must have no circle, so
-/// a new import that closes a new circle fails, unless the circle runs through an edge listed
-/// here. The lead empties this list.
-const CYCLE_EDGES_ALLOWED: &[(&str, &str, &str)] = &[
-    (
-        "auth",
-        "api",
-        "auth <-> api: the guard answers with `ApiError` (src/api/error.rs); the API mounts it",
-    ),
-    (
-        "config",
-        "auth",
-        "config -> auth -> config: `[auth]` is checked by building its `Authenticator`",
-    ),
-    (
-        "config",
-        "notify",
-        "config <-> notify: `[notify]`'s type lives in notify, whose loop reads the config",
-    ),
-];
+/// Import circles allowed through one edge `from -> to` that closes each (the edge that points
+/// up): (from, to, the circle and why). None since issue 8: a new import that closes a circle
+/// fails.
+const CYCLE_EDGES_ALLOWED: &[(&str, &str, &str)] = &[];
 
 /// What a module must not import: (folder of the importing files, forbidden targets). A target
 /// is a top-level module of `runyard` or `runyard_runners` / `runyard_hooks` / `runyard`.

@@ -11,6 +11,7 @@ use axum::Json;
 use runyard_hooks::VerifyError;
 use serde_json::json;
 
+use crate::auth::Refusal;
 use crate::job::TransitionError;
 use crate::store::StoreError;
 
@@ -162,6 +163,33 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", m)
             }
         }
+    }
+}
+
+/// A request the access rules refused (`src/auth/`): each variant's status and code. A 401 asks
+/// for a bearer token (`WWW-Authenticate: Bearer`, RFC 6750).
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unauthorized(m) => ApiError::unauthorized(m).bearer_challenge(),
+            Refusal::Forbidden(m) => ApiError::forbidden(m),
+            Refusal::TokenInQuery(m) => ApiError::bad_request("token_in_query", m),
+            Refusal::HeaderTooLarge(m) => ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+                m,
+            ),
+            Refusal::NotInTable(m) => ApiError::internal("route_not_in_access_table", m),
+            Refusal::NoDecision(m) => ApiError::internal("no_access_decision", m),
+            Refusal::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The access guard and the auth extractors answer with their refusal (see the `From` above).
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 

@@ -45,6 +45,12 @@ impl AppState {
     }
 }
 
+impl crate::auth::AuthSettings for AppState {
+    fn auth_config(&self) -> &crate::auth::AuthConfig {
+        &self.app.config.auth
+    }
+}
+
 /// The router for `app`.
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config.api.max_body_bytes;
@@ -106,7 +112,7 @@ pub fn router(app: Arc<App>) -> Router {
         // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
         // last call that adds routes: one added below it would not be checked.
         .route_layer(axum::middleware::from_fn_with_state(
-            crate::auth::access::Access::new(state.clone()),
+            crate::auth::access::Access::new(&state.app.config.auth, state.app.store.clone()),
             crate::auth::access::guard,
         ))
         .fallback(not_found)

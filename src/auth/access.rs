@@ -23,13 +23,13 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, Uri};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::tokens::{Authenticator, Grant, Scope};
-use crate::api::error::ApiError;
-use crate::api::AppState;
+use super::{AuthConfig, Refusal};
+use crate::store::Store;
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,19 +180,26 @@ pub const ROUTES: &[Route] = &[
 
 /// What [`guard`] works with.
 pub struct Access {
-    state: AppState,
+    /// `[auth]`.
+    config: AuthConfig,
+    /// Where the jobs and schedules a path names are looked up.
+    store: Arc<dyn Store>,
     auth: Authenticator,
 }
 
 impl Access {
-    /// The access state of `state`'s configuration. `[auth]` is validated when the config is
+    /// The access state of `[auth]` over `store`. `[auth]` is validated when the config is
     /// loaded; one that does not compile here (a config built in code) refuses every credential.
-    pub fn new(state: AppState) -> Arc<Self> {
-        let auth = Authenticator::new(&state.app.config.auth).unwrap_or_else(|(k, m)| {
+    pub fn new(config: &AuthConfig, store: Arc<dyn Store>) -> Arc<Self> {
+        let auth = Authenticator::new(config).unwrap_or_else(|(k, m)| {
             tracing::error!(key = %k, "{m}: every credential is refused");
             Authenticator::deny_all()
         });
-        Arc::new(Self { state, auth })
+        Arc::new(Self {
+            config: config.clone(),
+            store,
+            auth,
+        })
     }
 }
 
@@ -223,7 +230,7 @@ tokio::task_local! {
 /// Checks a new job (a submit, a schedule's `job`) of `job_type` on `channel` against the grant
 /// of the request being served (403 outside its types or channels). Outside a request (a
 /// schedule's fire) there is nothing to check.
-pub fn check_new_job(job_type: &str, channel: Option<&str>) -> Result<(), ApiError> {
+pub fn check_new_job(job_type: &str, channel: Option<&str>) -> Result<(), Refusal> {
     CURRENT
         .try_with(|g| g.check_job(job_type, channel))
         .unwrap_or(Ok(()))
@@ -236,9 +243,9 @@ pub async fn guard(
     params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     mut req: Request,
     next: Next,
-) -> Response {
+) -> Result<Response, Refusal> {
     let Some(matched) = matched else {
-        return next.run(req).await;
+        return Ok(next.run(req).await);
     };
     let Some(need) = lookup(req.method(), matched.as_str()) else {
         tracing::error!(
@@ -246,31 +253,22 @@ pub async fn guard(
             path = matched.as_str(),
             "a route is missing from the access table (src/auth/access.rs ROUTES)"
         );
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "route_not_in_access_table",
-            format!(
-                "the route `{} {}` has no line in the access table (src/auth/access.rs)",
-                req.method(),
-                matched.as_str()
-            ),
-        )
-        .into_response();
+        return Err(Refusal::NotInTable(format!(
+            "the route `{} {}` has no line in the access table (src/auth/access.rs)",
+            req.method(),
+            matched.as_str()
+        )));
     };
-    let cfg = &access.state.app.config.auth;
     let need = match need {
-        Need::Hook | Need::Open => return next.run(req).await,
-        Need::Metrics if !cfg.metrics_require_token => return next.run(req).await,
+        Need::Hook | Need::Open => return Ok(next.run(req).await),
+        Need::Metrics if !access.config.metrics_require_token => return Ok(next.run(req).await),
         Need::Metrics => Need::Client(Scope::JobsRead, On::Any),
         n => n,
     };
     let (method, uri, headers) = (req.method(), req.uri(), req.headers());
-    let grant = match decide(&access, need, (method, uri, headers), params.ok()).await {
-        Ok(g) => g,
-        Err(e) => return e.bearer_challenge().into_response(),
-    };
+    let grant = decide(&access, need, (method, uri, headers), params.ok()).await?;
     req.extensions_mut().insert(Caller(grant.clone()));
-    CURRENT.scope(grant, next.run(req)).await
+    Ok(CURRENT.scope(grant, next.run(req)).await)
 }
 
 /// The grant of a request to a client or event route, or its refusal.
@@ -279,23 +277,22 @@ async fn decide(
     need: Need,
     (method, uri, headers): (&Method, &Uri, &HeaderMap),
     params: Option<RawPathParams>,
-) -> Result<Grant, ApiError> {
+) -> Result<Grant, Refusal> {
     refuse_token_in_query(uri)?;
     if !access.auth.enabled() {
         return Ok(Grant::open());
     }
-    let cfg = &access.state.app.config.auth;
     let credential = match need {
-        Need::Events => super::token(headers, &cfg.jwt_cookie)?,
+        Need::Events => super::token(headers, &access.config.jwt_cookie)?,
         _ => bearer(headers)?,
     };
     let grant = access
         .auth
         .authenticate(&credential)
-        .map_err(ApiError::unauthorized)?;
+        .map_err(Refusal::Unauthorized)?;
     match need {
         Need::Client(scope, _) | Need::EveryChannel(scope) if !grant.allows(scope) => {
-            return Err(ApiError::forbidden(format!(
+            return Err(Refusal::Forbidden(format!(
                 "{} does not grant `{scope}`, which `{} {}` needs",
                 grant.who,
                 method,
@@ -308,7 +305,7 @@ async fn decide(
             }
         }
         Need::EveryChannel(_) if grant.confined_to_channels() => {
-            return Err(ApiError::forbidden(format!(
+            return Err(Refusal::Forbidden(format!(
                 "`{method} {}` covers every channel: {} is confined to channels",
                 uri.path(),
                 grant.who
@@ -317,7 +314,7 @@ async fn decide(
         Need::EveryChannel(_) => {}
         _ => {
             if !grant.reads_events() {
-                return Err(ApiError::forbidden(format!(
+                return Err(Refusal::Forbidden(format!(
                     "{} does not grant `jobs:read`, which event streams need",
                     grant.who
                 )));
@@ -339,7 +336,7 @@ async fn decide(
 
 /// A credential in the query string (`?token=`, `?access_token=`) is refused (400): URLs are
 /// logged.
-fn refuse_token_in_query(uri: &Uri) -> Result<(), ApiError> {
+fn refuse_token_in_query(uri: &Uri) -> Result<(), Refusal> {
     if let Some(q) = uri.query() {
         if let Ok(axum::extract::Query(pairs)) =
             axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
@@ -348,18 +345,15 @@ fn refuse_token_in_query(uri: &Uri) -> Result<(), ApiError> {
                 .iter()
                 .find(|(k, _)| k == "token" || k == "access_token")
             {
-                return Err(ApiError::bad_request(
-                    "token_in_query",
-                    format!(
-                        "`{k}` in the query string is refused: URLs are logged; send \
-                         `Authorization: Bearer <token>`"
-                    ),
-                ));
+                return Err(Refusal::TokenInQuery(format!(
+                    "`{k}` in the query string is refused: URLs are logged; send \
+                     `Authorization: Bearer <token>`"
+                )));
             }
         } else if q.contains("token=") {
-            return Err(ApiError::bad_request(
-                "token_in_query",
-                "a token in the query string is refused: send `Authorization: Bearer <token>`",
+            return Err(Refusal::TokenInQuery(
+                "a token in the query string is refused: send `Authorization: Bearer <token>`"
+                    .into(),
             ));
         }
     }
@@ -367,10 +361,10 @@ fn refuse_token_in_query(uri: &Uri) -> Result<(), ApiError> {
 }
 
 /// `Authorization: Bearer <credential>`, or 401.
-fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+fn bearer(headers: &HeaderMap) -> Result<String, Refusal> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
-            "a token is required: `Authorization: Bearer <token>`",
+        return Err(Refusal::Unauthorized(
+            "a token is required: `Authorization: Bearer <token>`".into(),
         ));
     };
     // The same size bound and parsing as the event transports (no cookie: only event routes
@@ -387,7 +381,7 @@ async fn check_target(
     grant: &Grant,
     on: On,
     params: Option<RawPathParams>,
-) -> Result<(), ApiError> {
+) -> Result<(), Refusal> {
     let param = |name: &str| {
         params.as_ref().and_then(|p| {
             p.iter()
@@ -395,7 +389,7 @@ async fn check_target(
                 .map(|(_, v)| v.to_string())
         })
     };
-    let store = &access.state.app.store;
+    let store = &access.store;
     match on {
         On::Any => Ok(()),
         On::Job => {
@@ -428,15 +422,13 @@ async fn check_target(
 pub struct Caller(pub Grant);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no_access_decision",
-                "this route is not behind the access guard",
-            )
-        })
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Refusal> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Refusal::NoDecision("this route is not behind the access guard".into()))
     }
 }

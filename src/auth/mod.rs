@@ -6,17 +6,25 @@
 //! development, loopback only unless `--insecure-no-auth`).
 
 pub mod access;
+pub mod config;
 pub mod jwt;
+mod refusal;
 pub mod tokens;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 
-use crate::api::error::ApiError;
-use crate::api::AppState;
-use crate::config::AuthConfig;
+pub use config::AuthConfig;
 pub use jwt::{ChannelClaims, Claims, Verifier};
+pub use refusal::Refusal;
+
+/// What the auth extractors need of the router's state: its `[auth]`. The API's state
+/// implements it, so that auth never names the API.
+pub trait AuthSettings {
+    /// `[auth]` in force.
+    fn auth_config(&self) -> &AuthConfig;
+}
 
 /// The largest credential accepted: all `Cookie` headers together, or the `Authorization`
 /// header. Larger requests get 431 without being parsed.
@@ -30,15 +38,15 @@ pub struct ChannelAuth(pub tokens::Grant);
 impl ChannelAuth {
     /// The channel to serve, given the `?channel=` asked for: open, the one asked (or the global
     /// stream); a caller confined to channels reads those only — another channel is 403.
-    pub fn channel(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    pub fn channel(&self, asked: Option<String>) -> Result<Option<String>, Refusal> {
         self.0.event_channel(asked)
     }
 }
 
-impl FromRequestParts<AppState> for ChannelAuth {
-    type Rejection = ApiError;
+impl<S: Send + Sync> FromRequestParts<S> for ChannelAuth {
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, Refusal> {
         let access::Caller(grant) = access::Caller::from_request_parts(parts, st).await?;
         Ok(Self(grant))
     }
@@ -48,12 +56,12 @@ impl FromRequestParts<AppState> for ChannelAuth {
 /// the port. A non-loopback `listen` needs `[auth]`, or `--insecure-no-auth` /
 /// `auth.insecure_no_auth` (a proxy in front authenticates). The error says why and what to do.
 pub fn check_exposure(
-    config: &crate::config::Config,
+    listen: std::net::SocketAddr,
+    auth: &AuthConfig,
     insecure_no_auth: bool,
 ) -> Result<(), String> {
-    let ip = config.listen.ip();
-    if ip.is_loopback() || config.auth.enabled() || insecure_no_auth || config.auth.insecure_no_auth
-    {
+    let ip = listen.ip();
+    if ip.is_loopback() || auth.enabled() || insecure_no_auth || auth.insecure_no_auth {
         return Ok(());
     }
     Err(format!(
@@ -62,19 +70,17 @@ pub fn check_exposure(
          token new NAME --scopes ...`; see docs/auth.md), listen on 127.0.0.1, or pass \
          --insecure-no-auth (auth.insecure_no_auth = true) if something in front of runyard \
          authenticates",
-        config.listen
+        listen
     ))
 }
 
 /// The token of a request: `Authorization: Bearer` first, else the cookie `cookie_name` (none
 /// when it is empty).
-pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, ApiError> {
+pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Refusal> {
     let too_large = |what: &str| {
-        ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header_too_large",
-            format!("the {what} header is larger than {MAX_CREDENTIAL_BYTES} bytes"),
-        )
+        Refusal::HeaderTooLarge(format!(
+            "the {what} header is larger than {MAX_CREDENTIAL_BYTES} bytes"
+        ))
     };
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         if v.len() > MAX_CREDENTIAL_BYTES {
@@ -85,8 +91,8 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Ap
             Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
                 Ok(t.trim().to_string())
             }
-            _ => Err(ApiError::unauthorized(
-                "the Authorization header must be `Bearer <token>`",
+            _ => Err(Refusal::Unauthorized(
+                "the Authorization header must be `Bearer <token>`".into(),
             )),
         };
     }
@@ -109,11 +115,11 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Ap
         }
     }
     if cookie_name.is_empty() {
-        return Err(ApiError::unauthorized(
-            "a token is required: `Authorization: Bearer <token>`",
+        return Err(Refusal::Unauthorized(
+            "a token is required: `Authorization: Bearer <token>`".into(),
         ));
     }
-    Err(ApiError::unauthorized(format!(
+    Err(Refusal::Unauthorized(format!(
         "a token is required: the cookie `{cookie_name}` or `Authorization: Bearer <token>`"
     )))
 }
@@ -124,16 +130,16 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Ap
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOrigin;
 
-impl FromRequestParts<AppState> for StreamOrigin {
-    type Rejection = ApiError;
+impl<S: AuthSettings + Send + Sync> FromRequestParts<S> for StreamOrigin {
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
-        check_origin(&parts.headers, &st.app.config.auth).map(|()| StreamOrigin)
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, Refusal> {
+        check_origin(&parts.headers, st.auth_config()).map(|()| StreamOrigin)
     }
 }
 
 /// See [`StreamOrigin`].
-pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), ApiError> {
+pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), Refusal> {
     if !cfg.enabled() && cfg.allowed_origins.is_empty() {
         return Ok(());
     }
@@ -148,8 +154,8 @@ pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), ApiErro
     if allowed {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "this Origin is not in `auth.allowed_origins`",
+        Err(Refusal::Forbidden(
+            "this Origin is not in `auth.allowed_origins`".into(),
         ))
     }
 }
@@ -161,14 +167,14 @@ mod exposure_tests {
     #[test]
     fn a_public_listen_needs_auth_or_the_insecure_flag() {
         let public = Config::from_toml("listen = \"0.0.0.0:7070\"").unwrap();
-        let e = super::check_exposure(&public, false).unwrap_err();
+        let e = super::check_exposure(public.listen, &public.auth, false).unwrap_err();
         assert!(
             e.contains("0.0.0.0:7070") && e.contains("--insecure-no-auth"),
             "{e}"
         );
-        assert!(super::check_exposure(&public, true).is_ok());
+        assert!(super::check_exposure(public.listen, &public.auth, true).is_ok());
         let v6 = Config::from_toml("listen = \"[::]:7070\"").unwrap();
-        assert!(super::check_exposure(&v6, false).is_err());
+        assert!(super::check_exposure(v6.listen, &v6.auth, false).is_err());
         for ok in [
             "listen = \"127.0.0.1:7070\"",
             "listen = \"[::1]:7070\"",
@@ -176,7 +182,10 @@ mod exposure_tests {
             "listen = \"0.0.0.0:7070\"\n[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"",
         ] {
             let c = Config::from_toml(ok).unwrap();
-            assert!(super::check_exposure(&c, false).is_ok(), "{ok}");
+            assert!(
+                super::check_exposure(c.listen, &c.auth, false).is_ok(),
+                "{ok}"
+            );
         }
     }
 }

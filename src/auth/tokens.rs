@@ -12,9 +12,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::config::AuthConfig;
 use super::jwt::{Claims, Verifier};
-use crate::api::error::ApiError;
-use crate::config::AuthConfig;
+use super::Refusal;
 
 /// A scope a token or a JWT grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,10 +220,10 @@ impl Grant {
     }
 
     /// [`Grant::sees`], or 403 saying which confinement refuses it.
-    pub fn check_job(&self, job_type: &str, channel: Option<&str>) -> Result<(), ApiError> {
+    pub fn check_job(&self, job_type: &str, channel: Option<&str>) -> Result<(), Refusal> {
         if let Some(t) = &self.types {
             if !t.matches(job_type) {
-                return Err(ApiError::forbidden(format!(
+                return Err(Refusal::Forbidden(format!(
                     "{} is confined to job types {:?}: `{job_type}` is not one of them",
                     self.who, t.list
                 )));
@@ -232,13 +232,13 @@ impl Grant {
         if let Some(c) = &self.channels {
             match channel {
                 None => {
-                    return Err(ApiError::forbidden(format!(
+                    return Err(Refusal::Forbidden(format!(
                         "{} is confined to channels {:?}: the job must name its `channel`",
                         self.who, c.list
                     )))
                 }
                 Some(ch) if !c.matches(ch) => {
-                    return Err(ApiError::forbidden(format!(
+                    return Err(Refusal::Forbidden(format!(
                         "{} is confined to channels {:?}: `{ch}` is not one of them",
                         self.who, c.list
                     )))
@@ -253,11 +253,11 @@ impl Grant {
     /// confined to channels serves only those: no channel asked is its one channel when it names
     /// exactly one, else 403. A grant confined to types reads events only when it is also
     /// confined to channels (events do not say their job's type).
-    pub fn event_channel(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    pub fn event_channel(&self, asked: Option<String>) -> Result<Option<String>, Refusal> {
         let asked = asked.filter(|a| !a.is_empty());
         let Some(c) = &self.channels else {
             if let Some(t) = &self.types {
-                return Err(ApiError::forbidden(format!(
+                return Err(Refusal::Forbidden(format!(
                     "{} is confined to job types {:?} and events do not say their job's type: \
                      give it `channels` to read events",
                     self.who, t.list
@@ -267,13 +267,13 @@ impl Grant {
         };
         match asked {
             Some(a) if c.matches(&a) => Ok(Some(a)),
-            Some(_) => Err(ApiError::forbidden(format!(
+            Some(_) => Err(Refusal::Forbidden(format!(
                 "{} grants channels {:?} only; `channel` names another",
                 self.who, c.list
             ))),
             None => match c.single_literal() {
                 Some(one) => Ok(Some(one.to_string())),
-                None => Err(ApiError::forbidden(format!(
+                None => Err(Refusal::Forbidden(format!(
                     "{} grants channels {:?} only: name one with `channel`",
                     self.who, c.list
                 ))),
@@ -303,7 +303,7 @@ pub fn token_sha256(token: &str) -> String {
 /// Compiles `auth.tokens[i]`: its name unique among `names`, its hash unlike those of `earlier`.
 fn compile_token(
     i: usize,
-    t: &crate::config::TokenConfig,
+    t: &super::config::TokenConfig,
     earlier: &[StaticToken],
     names: &mut std::collections::HashSet<String>,
 ) -> Result<StaticToken, (String, String)> {

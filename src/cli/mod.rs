@@ -293,7 +293,8 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         Some(c) => c?,
         None => a.load()?,
     };
-    crate::auth::check_exposure(&config, a.insecure_no_auth).map_err(anyhow::Error::msg)?;
+    crate::auth::check_exposure(config.listen, &config.auth, a.insecure_no_auth)
+        .map_err(anyhow::Error::msg)?;
     let builtins = ServiceRegistry::with_builtins();
     let mut services: Vec<&str> = builtins.names().collect();
     if a.demo {

@@ -36,17 +36,19 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// The loop's settings from the configuration.
+    /// The loop's settings: `[notify]` and `retention.finished` (notify never reads the whole
+    /// configuration: `crate::config` embeds `[notify]`, not the other way round).
     pub fn new(
-        config: &crate::config::Config,
+        config: &NotifyConfig,
+        retention: Duration,
         store: Arc<dyn Store>,
         master_key: Arc<MasterKey>,
     ) -> Self {
         Self {
             store,
-            config: config.notify.clone(),
+            config: config.clone(),
             master_key,
-            retention: config.retention.finished,
+            retention,
         }
     }
 }

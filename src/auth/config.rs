@@ -1,4 +1,6 @@
-//! `[auth]`: API tokens, JWTs for the event transports, `/metrics` and loopback rules.
+//! `[auth]`: API tokens, JWTs for the event transports, `/metrics` and loopback rules. The
+//! section's type lives here, with the room that reads it; `crate::config` assembles the file
+//! from it (and re-exports it), so auth never imports the config.
 
 use std::time::Duration;
 
