@@ -75,16 +75,11 @@ impl Config {
                      16+ characters) on all of them",
                 );
             }
-            if self.store.prefix.is_empty()
-                || !self
-                    .store
-                    .prefix
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
-            {
+            if !valid_key_prefix(&self.store.prefix) {
                 return err(
                     "store.prefix".into(),
-                    "must be letters, digits, '.', '_', '-' or ':'",
+                    "must be letters, digits, '.', '_', '-' or ':', with at most one hash tag \
+                     `{name}` (e.g. `{runyard}`: every key in one Redis Cluster hash slot)",
                 );
             }
         }
@@ -323,4 +318,50 @@ fn check_docker(r: &RunnerConfig, k: &dyn Fn(&str) -> String) -> Result<(), Conf
         return err(k("network"), "must not be empty");
     }
     Ok(())
+}
+
+/// A Redis key prefix: letters, digits, `.`, `_`, `-`, `:`, and at most one hash tag `{name}`
+/// (non-empty, of the same characters). The scripts build the keys they only learn at run time
+/// (a job named in an index, a delivery's number) from the prefix: with a hash tag every key of
+/// the deployment hashes to one slot, as Redis Cluster needs (docs/redis.md). A brace that does
+/// not form a tag would make Redis hash the whole key instead, scattering them: refused.
+pub(crate) fn valid_key_prefix(p: &str) -> bool {
+    let plain = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+    };
+    match p.split_once('{') {
+        None => !p.is_empty() && plain(p),
+        Some((before, rest)) => match rest.split_once('}') {
+            Some((tag, after)) => !tag.is_empty() && plain(before) && plain(tag) && plain(after),
+            None => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::super::Config;
+
+    #[test]
+    fn a_key_prefix_may_carry_one_hash_tag_and_nothing_else_with_braces() {
+        let with = |p: &str| {
+            Config::from_toml(&format!(
+                "redis = \"redis://127.0.0.1:6379\"\nmaster_key = \"0123456789abcdef\"\n\
+                 [store]\nprefix = \"{p}\""
+            ))
+        };
+        for ok in ["runyard", "{runyard}", "app:{runyard}", "{a}:b", "x.y-z_1:"] {
+            assert!(with(ok).is_ok(), "{ok}: {:?}", with(ok).err());
+        }
+        for bad in [
+            "", "{}", "{runyard", "runyard}", "{a}{b}", "{a}}", "a b", "{a b}",
+        ] {
+            let e = with(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("store.prefix") && e.contains("hash tag"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

@@ -23,14 +23,9 @@ static BUILT: LazyLock<parking_lot::Mutex<HashSet<String>>> = LazyLock::new(Defa
 impl JobCountStore for RedisStore {
     async fn job_counts(&self) -> Result<JobCounts> {
         if !BUILT.lock().contains(&self.origin) {
-            let prefix = self.s.prefix.clone();
-            let _: i64 = self
-                .exec(true, |mut c| {
-                    let mut inv = BUILD.prepare_invoke();
-                    inv.arg(&prefix);
-                    async move { inv.invoke_async(&mut c).await }
-                })
-                .await?;
+            let keys = ["jc:ready", "jc", "all"].map(|k| self.key(k));
+            let args = [self.key("job:"), self.key("qt:")];
+            let _: i64 = self.run_script(&BUILD, &keys, &args).await?;
             BUILT.lock().insert(self.origin.clone());
         }
         let key = self.key("jc");

@@ -53,13 +53,15 @@ impl DeliveryStore for RedisStore {
         let now = self.now().await;
         let token = new_token();
         let args = [
-            self.s.prefix.clone(),
             now.to_string(),
             now.saturating_add(hold.as_micros() as i64).to_string(),
             max.to_string(),
             token.to_string(),
+            self.key("dlv:"),
         ];
-        let raw: Vec<String> = self.run_script(&CLAIM, &[], &args).await?;
+        let raw: Vec<String> = self
+            .run_script(&CLAIM, &[self.key("dlv:due")], &args)
+            .await?;
         let mut out = Vec::new();
         for f in raw.chunks(8) {
             let [id, job, url, eid, ev, t, n, due] = f else {
@@ -206,11 +208,15 @@ impl DeliveryStore for RedisStore {
         let mut total = 0u64;
         for _ in 0..100 {
             let args = [
-                self.s.prefix.clone(),
                 before.to_string(),
                 TRIM_CHUNK.to_string(),
+                self.key("dlv:"),
+                self.key("dlvlog:"),
+                self.key("dlv:job:"),
             ];
-            let n: i64 = self.run_script(&TRIM, &[], &args).await?;
+            let n: i64 = self
+                .run_script(&TRIM, &[self.key("dlv:done")], &args)
+                .await?;
             total += n.max(0) as u64;
             if (n as usize) < TRIM_CHUNK {
                 break;

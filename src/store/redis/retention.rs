@@ -13,17 +13,15 @@ impl Maintenance for RedisStore {
     async fn retention(&self, finished_before: Micros) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         let keys = ["fin", "all", "jc", "fhashes"].map(|k| self.key(k));
-        let prefix = self.key("");
+        // The key families of each job, named by what the script reads (see retention.lua).
+        let prefixes = ["job:", "st:", "idem:", "fref:", "log:", "logn:"].map(|k| self.key(k));
+        let args: Vec<String> = [finished_before.to_string(), RETENTION_CHUNK.to_string()]
+            .into_iter()
+            .chain(prefixes)
+            .collect();
         for _ in 0..RETENTION_CHUNKS {
             let n: u64 = self
-                .exec(true, |mut c| {
-                    let mut inv = self.scripts.retention.prepare_invoke();
-                    for k in &keys {
-                        inv.key(k);
-                    }
-                    inv.arg(finished_before).arg(RETENTION_CHUNK).arg(&prefix);
-                    async move { inv.invoke_async(&mut c).await }
-                })
+                .run_script(&self.scripts.retention, &keys, &args)
                 .await?;
             report.jobs += n;
             if (n as usize) < RETENTION_CHUNK {

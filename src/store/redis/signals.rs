@@ -71,11 +71,14 @@ impl SignalStore for RedisStore {
 
     async fn signals_trim(&self, before: Micros) -> Result<u64> {
         let args = [
-            self.s.prefix.clone(),
             before.to_string(),
             TRIM_KEYS.to_string(),
+            self.key("sig:"),
+            self.key("sigid:"),
         ];
-        let n: i64 = self.run_script(&TRIM, &[], &args).await?;
+        let n: i64 = self
+            .run_script(&TRIM, &[self.key("sigkeys")], &args)
+            .await?;
         Ok(n.max(0) as u64)
     }
 }

@@ -4,12 +4,17 @@
 -- in the same script as the job. Atomic, so a commit cannot fall between the read and the write.
 -- Reads every job once (the type from the record's JSON when the job hash has no `t`).
 --
--- ARGV[1] prefix. Returns 1 when it built the counts, 0 when they were there.
-local P = ARGV[1]
-if redis.call('EXISTS', P .. ':jc:ready') == 1 then return 0 end
-redis.call('DEL', P .. ':jc')
-for _, id in ipairs(redis.call('ZRANGE', P .. ':all', 0, -1)) do
-  local key = P .. ':job:' .. id
+-- KEYS[1] `P:jc:ready`, KEYS[2] `P:jc`, KEYS[3] `P:all`. The jobs' hashes and the type queues
+-- are named by what `P:all` and the jobs hold, so they cannot be declared beforehand: ARGV[1] is
+-- the job key prefix `P:job:`, ARGV[2] the type queue prefix `P:qt:` (Redis Cluster: see
+-- docs/redis.md, every key in one hash slot through the prefix's hash tag).
+-- Returns 1 when it built the counts, 0 when they were there.
+local ready, jc, all = KEYS[1], KEYS[2], KEYS[3]
+local job_prefix, qt_prefix = ARGV[1], ARGV[2]
+if redis.call('EXISTS', ready) == 1 then return 0 end
+redis.call('DEL', jc)
+for _, id in ipairs(redis.call('ZRANGE', all, 0, -1)) do
+  local key = job_prefix .. id
   local h = redis.call('HMGET', key, 's', 't', 'b', 'q')
   if h[1] then
     local t = h[2]
@@ -21,10 +26,10 @@ for _, id in ipairs(redis.call('ZRANGE', P .. ':all', 0, -1)) do
       end
     end
     if t then
-      redis.call('HINCRBY', P .. ':jc', t .. '\n' .. h[1], 1)
-      if h[1] == 'QUEUED' then redis.call('ZADD', P .. ':qt:' .. t, tonumber(h[4]) or 0, id) end
+      redis.call('HINCRBY', jc, t .. '\n' .. h[1], 1)
+      if h[1] == 'QUEUED' then redis.call('ZADD', qt_prefix .. t, tonumber(h[4]) or 0, id) end
     end
   end
 end
-redis.call('SET', P .. ':jc:ready', '1')
+redis.call('SET', ready, '1')
 return 1

@@ -4,32 +4,35 @@
 -- KEYS[1] `P:fin`, KEYS[2] `P:all`, KEYS[3] `P:jc` (job counts), KEYS[4] `P:fhashes`. The keys of
 -- each job (`P:job:{id}`, `P:st:{status}`, `P:idem:{key}`, `P:fref:{hash}`, `P:log:{id}`,
 -- `P:logn:{id}`) are named by what `P:fin` and the job hold, so they cannot be declared
--- beforehand: ARGV[3] is their prefix `P:` (see claim.lua for Redis Cluster).
--- ARGV[1] finished before (µs), ARGV[2] max, ARGV[3] key prefix.
+-- beforehand: ARGV[3..8] are their prefixes (Redis Cluster: see docs/redis.md, every key in one
+-- hash slot through the prefix's hash tag).
+-- ARGV[1] finished before (µs), ARGV[2] max, ARGV[3] `P:job:`, ARGV[4] `P:st:`, ARGV[5]
+-- `P:idem:`, ARGV[6] `P:fref:`, ARGV[7] `P:log:`, ARGV[8] `P:logn:`.
 -- Returns the number of jobs deleted.
 local fin, all, jc, fhashes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local before, max, P = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local before, max = ARGV[1], tonumber(ARGV[2])
+local job_p, st_p, idem_p, fref_p, log_p, logn_p = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. before, 'LIMIT', 0, max)
 for _, id in ipairs(ids) do
-  local key = P .. 'job:' .. id
+  local key = job_p .. id
   local h = redis.call('HMGET', key, 's', 'k', 'f', 't')
-  if h[1] then redis.call('ZREM', P .. 'st:' .. h[1], id) end
+  if h[1] then redis.call('ZREM', st_p .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
   if h[1] and h[4] then
     local f = h[4] .. '\n' .. h[1]
     if redis.call('HINCRBY', jc, f, -1) <= 0 then redis.call('HDEL', jc, f) end
   end
-  if h[2] and redis.call('GET', P .. 'idem:' .. h[2]) == id then
-    redis.call('DEL', P .. 'idem:' .. h[2])
+  if h[2] and redis.call('GET', idem_p .. h[2]) == id then
+    redis.call('DEL', idem_p .. h[2])
   end
   if h[3] then
     for hash in string.gmatch(h[3], '%S+') do
-      local rk = P .. 'fref:' .. hash
+      local rk = fref_p .. hash
       redis.call('SREM', rk, id)
       if redis.call('SCARD', rk) == 0 then redis.call('SREM', fhashes, hash) end
     end
   end
-  redis.call('DEL', key, P .. 'log:' .. id, P .. 'logn:' .. id)
+  redis.call('DEL', key, log_p .. id, logn_p .. id)
   redis.call('ZREM', all, id)
   redis.call('ZREM', fin, id)
 end

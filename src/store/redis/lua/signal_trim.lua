@@ -1,20 +1,25 @@
 -- Signal retention (see src/store/redis/signals.rs). Safe on every node at once.
 --
--- ARGV[1] prefix, ARGV[2] delete records before this time (µs), ARGV[3] keys examined at most.
+-- KEYS[1] `P:sigkeys`. Each signal key's records and ids are named by what `P:sigkeys` holds,
+-- so they cannot be declared beforehand: ARGV[3] is the records' prefix `P:sig:`, ARGV[4] the
+-- ids' `P:sigid:` (Redis Cluster: see docs/redis.md, every key in one hash slot through the
+-- prefix's hash tag).
+-- ARGV[1] delete records before this time (µs), ARGV[2] keys examined at most.
 -- A key whose last record is older loses everything but its sequence counter; a key still in use
 -- loses its older records (its ids are kept until the key goes quiet, so a late retry with a
 -- known id still returns its record).
 -- Returns the number of records deleted.
-local P = ARGV[1]
+local sigkeys = KEYS[1]
+local before, max, sig_prefix, id_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local n = 0
-local quiet = redis.call('ZRANGEBYSCORE', P .. ':sigkeys', '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local quiet = redis.call('ZRANGEBYSCORE', sigkeys, '-inf', '(' .. before, 'LIMIT', 0, max)
 for _, key in ipairs(quiet) do
-  n = n + redis.call('ZCARD', P .. ':sig:' .. key)
-  redis.call('DEL', P .. ':sig:' .. key, P .. ':sigid:' .. key)
-  redis.call('ZREM', P .. ':sigkeys', key)
+  n = n + redis.call('ZCARD', sig_prefix .. key)
+  redis.call('DEL', sig_prefix .. key, id_prefix .. key)
+  redis.call('ZREM', sigkeys, key)
 end
-local busy = redis.call('ZRANGEBYSCORE', P .. ':sigkeys', ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+local busy = redis.call('ZRANGEBYSCORE', sigkeys, before, '+inf', 'LIMIT', 0, max)
 for _, key in ipairs(busy) do
-  n = n + redis.call('ZREMRANGEBYSCORE', P .. ':sig:' .. key, '-inf', '(' .. ARGV[2])
+  n = n + redis.call('ZREMRANGEBYSCORE', sig_prefix .. key, '-inf', '(' .. before)
 end
 return n
