@@ -91,11 +91,20 @@ pub(crate) fn secret_key_bytes(secret: &str) -> Cow<'_, [u8]> {
 
 /// Raw HMAC-SHA256 of `message` under `key`.
 pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    hmac_sha256_parts(key, &[message])
+}
+
+/// Raw HMAC-SHA256 under `key` of the concatenation of `parts` (fed in order, nothing added
+/// between them): the one HMAC of runyard (hook signatures, job secrets, webhook signatures and
+/// endpoint keys, signed blob URLs).
+pub fn hmac_sha256_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC is defined for keys of any length (long keys are hashed, short ones padded), so
     // `new_from_slice` cannot fail for it; the error type only exists for fixed-key MACs.
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length");
-    mac.update(message);
+    for p in parts {
+        mac.update(p);
+    }
     mac.finalize().into_bytes().into()
 }
 

@@ -2,8 +2,7 @@
 //! their own HMAC token (key derived from the master key), so the job sends no headers to them,
 //! as the webda clients expect.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use runyard_hooks::hmac_sha256_parts;
 use subtle::ConstantTimeEq;
 
 /// How long a signed URL works.
@@ -24,22 +23,16 @@ impl std::fmt::Debug for UrlSigner {
 impl UrlSigner {
     /// A signer whose key is derived from the master key.
     pub fn new(master_key: &[u8]) -> Self {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(master_key).expect("HMAC takes any key length");
-        mac.update(b"runyard/signed-url/v1");
+        let key = hmac_sha256_parts(master_key, &[b"runyard/signed-url/v1"]);
         Self {
-            key: zeroize::Zeroizing::new(mac.finalize().into_bytes().to_vec()),
+            key: zeroize::Zeroizing::new(key.to_vec()),
         }
     }
 
     /// The hex token of these parts.
     pub fn sign(&self, parts: &[&str]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        for p in parts {
-            mac.update(p.as_bytes());
-            mac.update(b"\n");
-        }
-        hex::encode(mac.finalize().into_bytes())
+        let fed: Vec<&[u8]> = parts.iter().flat_map(|p| [p.as_bytes(), b"\n"]).collect();
+        hex::encode(hmac_sha256_parts(&self.key, &fed))
     }
 
     /// Checks a token (constant time) and its expiry (`exp`, seconds since the epoch).

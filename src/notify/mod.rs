@@ -21,9 +21,8 @@ pub mod target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hmac::{Hmac, Mac};
+use runyard_hooks::hmac_sha256_parts;
 use serde::Serialize;
-use sha2::Sha256;
 
 pub use crate::job::notify_spec::{wants, NotifyEvent, NotifySpec};
 pub use config::{NotifyConfig, NotifyDefault};
@@ -112,21 +111,14 @@ pub fn endpoint_of(u: &reqwest::Url) -> String {
 /// `HMAC-SHA256(master_key, "runyard/notify-key/v1\n" + endpoint)`. The receiver uses the hex
 /// text's bytes as its HMAC key.
 pub fn endpoint_key(master: &[u8], endpoint: &str) -> zeroize::Zeroizing<String> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(master).expect("HMAC takes keys of any length");
-    mac.update(b"runyard/notify-key/v1\n");
-    mac.update(endpoint.as_bytes());
-    zeroize::Zeroizing::new(hex::encode(mac.finalize().into_bytes()))
+    let mac = hmac_sha256_parts(master, &[b"runyard/notify-key/v1\n", endpoint.as_bytes()]);
+    zeroize::Zeroizing::new(hex::encode(mac))
 }
 
 /// The `Runyard-Signature` value for `body` sent at `t` (unix seconds).
 pub fn signature(key: &str, t: i64, body: &[u8]) -> String {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    let mac = hmac_sha256_parts(key.as_bytes(), &[t.to_string().as_bytes(), b".", body]);
+    format!("t={t},v1={}", hex::encode(mac))
 }
 
 /// Delivery counters of this process (plain atomics; read them with [`counters`]).
@@ -220,7 +212,9 @@ mod tests {
         assert_ne!(*k1, *k3);
         // t + "." + body, keyed with the hex text.
         let sig = signature("key", 1700000000, b"{}");
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"key").unwrap();
+        use hmac::{Hmac, Mac};
+        // An independent computation with the `hmac` crate (not the shared helper).
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"key").unwrap();
         mac.update(b"1700000000.{}");
         assert_eq!(
             sig,
