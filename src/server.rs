@@ -46,8 +46,7 @@ use crate::store::{Store, StoreSettings};
 use crate::worker::Worker;
 use runyard_hooks::Verifier;
 
-/// What the HTTP handlers share (it lives with the API; re-exported here for compatibility).
-pub use crate::api::App;
+use crate::api::App;
 
 /// Builds a server: configuration plus the service operations of an embedding program.
 pub struct ServerBuilder {

@@ -99,9 +99,6 @@ fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
     res
 }
 
-/// Whether `o` is a browser origin (the check lives with the configuration it validates).
-pub use crate::config::valid_origin;
-
 /// The host part (`host[:port]`) of an origin.
 fn origin_host(o: &str) -> Option<&str> {
     o.split_once("://").map(|(_, h)| h)

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use runyard_hooks::hmac_sha256_parts;
 use serde::Serialize;
 
-pub use crate::job::notify_spec::{wants, NotifyEvent, NotifySpec};
+pub use crate::job::notify_spec::{NotifyEvent, NotifySpec};
 pub use config::{NotifyConfig, NotifyDefault};
 
 /// The longest webhook URL, in bytes.
