@@ -132,6 +132,8 @@ pub async fn serve(
         settings.request_timeout,
         limit_request_time,
     ));
+    // The request id outside the timeout too: its 503 carries `x-request-id` like every answer.
+    let router = crate::api::edge::with_request_id(router);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let (pressure, _) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();

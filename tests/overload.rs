@@ -320,11 +320,21 @@ async fn ordinary_requests_time_out_but_long_lived_ones_do_not() {
     let t0 = Instant::now();
     let res = client
         .get(format!("{url}/async/jobs/x"))
+        .header("x-request-id", "probe-timeout-1")
         .send()
         .await
         .unwrap();
     let took = t0.elapsed();
     assert_eq!(res.status(), 503);
+    // The timeout's answer carries the request's id like every answer.
+    assert_eq!(
+        res.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("probe-timeout-1"),
+        "{:?}",
+        res.headers()
+    );
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["error"]["code"], "request_timeout", "{v}");
     assert!(took < Duration::from_millis(2400), "{took:?}");

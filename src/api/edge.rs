@@ -72,10 +72,21 @@ where
                 .max_age(std::time::Duration::from_secs(600)),
         );
     }
+    let router = router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
+        panic_response(&metrics, err)
+    }));
+    with_request_id(router)
+}
+
+/// The request id, outermost: `x-request-id` set on the request (the client's, else a new UUID)
+/// and copied onto the answer. Also laid over the connection-level layers
+/// (`crate::connections::serve`: the request timeout's 503 carries it too); applying it twice
+/// keeps the first id.
+pub fn with_request_id<S>(router: Router<S>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     router
-        .layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
-            panic_response(&metrics, err)
-        }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
