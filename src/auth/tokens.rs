@@ -8,7 +8,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -88,40 +87,49 @@ const ALL_BITS: u8 = 31;
 /// Reading event streams: `jobs:read` grants it, and so does a channel JWT (its channel only).
 const EVENTS_BIT: u8 = 32;
 
-/// Globs a grant is confined to, with their text for messages.
+/// Globs a grant is confined to, with their text for messages. They mean what every glob of
+/// runyard means ([`runyard_runners::glob_match`]: runner types, webhook defaults, the store's
+/// listings): `*` any run of characters (`/` and `.` included), `?` one character, nothing
+/// else special. Brackets, braces and backslashes, which other glob dialects read as classes,
+/// alternatives or escapes, are refused in the config rather than taken literally.
 #[derive(Clone)]
 struct Patterns {
     list: Vec<String>,
-    set: GlobSet,
+    /// One name compared as it is (a JWT's `channel` claim), wildcards included.
+    exact: bool,
 }
 
 impl Patterns {
     fn new(list: &[String]) -> Result<Self, String> {
-        let mut b = GlobSetBuilder::new();
         for g in list {
             if g.is_empty() {
                 return Err("a glob must not be empty".into());
             }
-            b.add(Glob::new(g).map_err(|e| format!("`{g}` is not a valid glob: {e}"))?);
+            if let Some(c) = g.chars().find(|c| "[]{}\\".contains(*c)) {
+                return Err(format!(
+                    "`{g}` is not a valid glob: `{c}` has no meaning here (runyard globs have `*`, \
+                     any run of characters, and `?`, one character)"
+                ));
+            }
         }
-        let set = b.build().map_err(|e| e.to_string())?;
         Ok(Self {
             list: list.to_vec(),
-            set,
+            exact: false,
         })
     }
 
     fn literal(s: &str) -> Self {
-        let mut b = GlobSetBuilder::new();
-        b.add(Glob::new(&globset::escape(s)).expect("an escaped glob is valid"));
         Self {
             list: vec![s.to_string()],
-            set: b.build().expect("one literal glob builds"),
+            exact: true,
         }
     }
 
     fn matches(&self, s: &str) -> bool {
-        self.set.is_match(s)
+        if self.exact {
+            return self.list.iter().any(|l| l == s);
+        }
+        self.list.iter().any(|g| runyard_runners::glob_match(g, s))
     }
 
     /// The single channel a grant names without wildcards, if it names exactly one.
@@ -537,5 +545,30 @@ mod tests {
         assert!(a.authenticate("tok-other").is_err());
         assert!(a.authenticate("").is_err());
         assert!(a.authenticate("a.b.c").unwrap_err().contains("jwt_secret"));
+    }
+
+    #[test]
+    fn token_globs_mean_what_every_runyard_glob_means() {
+        let p = Patterns::new(&["report.*".into(), "t?".into()]).unwrap();
+        for (text, want) in [
+            ("report.a/b", true),
+            ("report.", true),
+            ("tx", true),
+            ("t", false),
+        ] {
+            assert_eq!(p.matches(text), want, "{text}");
+            assert_eq!(
+                runyard_runners::glob_match("report.*", text)
+                    || runyard_runners::glob_match("t?", text),
+                want,
+                "{text}"
+            );
+        }
+        for bad in ["[ab]", "{a,b}", "a\\*"] {
+            let e = Patterns::new(&[bad.into()]).expect_err(bad);
+            assert!(e.contains(bad) && e.contains("not a valid glob"), "{e}");
+        }
+        let exact = Patterns::literal("ch*");
+        assert!(exact.matches("ch*") && !exact.matches("chx"));
     }
 }
