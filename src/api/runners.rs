@@ -76,7 +76,7 @@ async fn whoami(Caller(grant): Caller) -> Json<Value> {
     }))
 }
 
-#[utoipa::path(get, path = "/async/runners", tag = "operations",
+#[utoipa::path(get, path = "/async/runners", tag = "operations", operation_id = "list_runners",
     responses((status = 200, description = "The runners and their slots in use", body = super::openapi::schemas::RunnerList)))]
 async fn list(State(st): State<AppState>) -> Json<Value> {
     let runners: Vec<Value> = st

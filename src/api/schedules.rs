@@ -321,7 +321,7 @@ async fn replace(
 }
 
 /// `GET /async/schedules`.
-#[utoipa::path(get, path = "/async/schedules", tag = "schedules",
+#[utoipa::path(get, path = "/async/schedules", tag = "schedules", operation_id = "list_schedules",
     responses((status = 200, description = "The schedules the caller sees", body = super::openapi::schemas::ScheduleList)))]
 async fn list(
     State(st): State<AppState>,

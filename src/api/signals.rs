@@ -138,7 +138,7 @@ pub struct ListParams {
 
 /// `GET /async/signals/{key}?since=&limit=`: records at or after `since` (RFC 3339), oldest
 /// first.
-#[utoipa::path(get, path = "/async/signals/{key}", tag = "signals", params(("key" = String, Path, description = "The signal key"), ListParams),
+#[utoipa::path(get, path = "/async/signals/{key}", tag = "signals", operation_id = "list_signals", params(("key" = String, Path, description = "The signal key"), ListParams),
     responses(
         (status = 200, description = "The key's signals since `since`", body = super::openapi::schemas::SignalList),
         (status = 400, description = "`bad_query`, `bad_path`", body = super::openapi::schemas::ErrorBody),
