@@ -46,15 +46,17 @@ python3 -m openapi_spec_validator "$WORK/openapi.json"
 # to 30 s: hence the 40 s request timeout). Checks: all but
 # positive_data_acceptance (a valid-looking request may still name a job or type that does not
 # exist: 404/422 are right answers) and use_after_free / ensure_resource_availability (they
-# follow links the document does not declare).
+# follow links the document does not declare). The long poll answers after up to 30 s by design:
+# hence the 40 s response time bound. No `coverage` phase: schemathesis 4.32 crashes in it on the
+# submit body (a KeyError in its own schema canonicalisation, not an answer of the server).
 status=0
 schemathesis run "$WORK/openapi.json" --url "$URL" \
   -H "Authorization: Bearer $TOKEN" \
   --checks all \
   --exclude-checks positive_data_acceptance,use_after_free,ensure_resource_availability \
   --exclude-path /async/events/ws --exclude-path /async/events/sse \
-  --max-examples "$EXAMPLES" --phases examples,coverage,fuzzing \
-  --request-timeout 40 --workers 2 --no-color \
+  --max-examples "$EXAMPLES" --phases examples,fuzzing \
+  --request-timeout 40 --max-response-time 40 --workers 2 --no-color \
   --seed 1 || status=$?
 if [ $status -ne 0 ]; then
   echo "server log (tail):"; tail -40 "$WORK/server.log"
