@@ -109,9 +109,9 @@ async fn check_cursor(
 #[utoipa::path(get, path = "/async/events/ws", tag = "events", params(StreamParams),
     responses(
         (status = 101, description = "A WebSocket: each event is one text message (JSON)"),
-        (status = 400, description = "`bad_query`, `bad_last_id`; `not_websocket`: not a WebSocket upgrade request", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_query`, `bad_last_id`. A request that is not a WebSocket upgrade gets axum's plain-text 400 (not the error shape)", body = super::openapi::schemas::ErrorBody),
         (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
-        (status = 426, description = "`not_websocket`: the connection cannot be upgraded", body = super::openapi::schemas::ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded (axum's plain-text answer)", content_type = "text/plain", body = String),
     ))]
 pub async fn websocket(
     State(st): State<AppState>,
