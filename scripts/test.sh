@@ -33,7 +33,8 @@ log "python packages"
 # `[test]`: PyJWT and websockets for examples/python/tests/test_superset_events.py, prometheus-client
 # for test_metrics_two_nodes.py.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  -e "examples/python[test]" -r charts/runyard/tests/requirements.txt -r tests/browser/requirements.txt
+  -e "examples/python[test]" -r charts/runyard/tests/requirements.txt -r tests/browser/requirements.txt \
+  schemathesis openapi-spec-validator
 
 if [ -x scripts/start-dockerd.sh ]; then
   log "docker engine"
@@ -72,6 +73,12 @@ if [ "${CHAOS_SECONDS:-60}" != 0 ]; then
   log "chaos suite (${CHAOS_SECONDS:-60} s)"
   RUNYARD=target/debug/runyard scripts/chaos.sh "${CHAOS_SECONDS:-60}" || failed=1
 fi
+
+# The OpenAPI document (issue 11; docs/api.md): validated with openapi-spec-validator, then
+# schemathesis against a real server (15 cases per operation, about a minute): no 5xx, no answer
+# outside the document. `scripts/openapi-check.sh 300` is the long form.
+log "OpenAPI document: validator and schemathesis"
+RUNYARD=target/debug/runyard scripts/openapi-check.sh "${RUNYARD_OPENAPI_EXAMPLES:-15}" || failed=1
 
 log "python job client against a real server"
 PYDATA=$(mktemp -d)

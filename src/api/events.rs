@@ -21,7 +21,8 @@ use crate::store::{Notice, StoreError};
 pub const EVENT_PAGE: usize = 100;
 
 /// Query of the polling endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     last_id: Option<String>,
@@ -31,6 +32,11 @@ pub struct EventParams {
 }
 
 /// `GET /api/v1/async_event/`.
+#[utoipa::path(get, path = "/api/v1/async_event/", tag = "events", params(EventParams),
+    responses(
+        (status = 200, description = "Events after `last_id` (waits up to `wait_ms` for one)", body = super::openapi::schemas::EventPage),
+        (status = 400, description = "`bad_query`, `bad_last_id`", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn poll(
     State(st): State<AppState>,
     auth: ChannelAuth,
@@ -71,7 +77,8 @@ pub async fn poll(
 }
 
 /// Query of the streaming endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     last_id: Option<String>,
@@ -99,6 +106,13 @@ async fn check_cursor(
 
 /// `GET /async/events/ws?last_id=&channel=`: a WebSocket; each event is one text message (JSON).
 /// The socket itself is driven by [`crate::events::ws`].
+#[utoipa::path(get, path = "/async/events/ws", tag = "events", params(StreamParams),
+    responses(
+        (status = 101, description = "A WebSocket: each event is one text message (JSON)"),
+        (status = 400, description = "`bad_query`, `bad_last_id`. A request that is not a WebSocket upgrade gets axum's plain-text 400 (not the error shape)", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded (axum's plain-text answer)", content_type = "text/plain", body = String),
+    ))]
 pub async fn websocket(
     State(st): State<AppState>,
     _origin: StreamOrigin,
@@ -140,6 +154,14 @@ pub async fn websocket(
 /// `GET /async/events/sse?last_id=&channel=` (or the `Last-Event-ID` header): Server-Sent Events,
 /// `id:` the event id, `data:` the event JSON. The stream ends when the server stops or when it
 /// falls `events.send_buffer` events behind (the browser reconnects with `Last-Event-ID`).
+#[utoipa::path(get, path = "/async/events/sse", tag = "events", params(StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over `last_id`)")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` the event id, `data:` the event JSON", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_query`, `bad_last_id`", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
+        (status = 503, description = "`too_many_streams`", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn sse(
     State(st): State<AppState>,
     _origin: StreamOrigin,

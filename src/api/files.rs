@@ -15,13 +15,23 @@ use super::AppState;
 use crate::job::{Command, FileRef};
 
 /// Query of the attach route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttachParams {
     name: Option<String>,
 }
 
 /// `PUT /async/jobs/{id}/files/{property}`: the body is the file; `?name=` names it.
+#[utoipa::path(put, path = "/async/jobs/{id}/files/{property}", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job id"), ("property" = String, Path, description = "1-64 letters, digits, `_`, `-`"), AttachParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes (its `Content-Type` is kept)"),
+    responses(
+        (status = 201, description = "Attached", body = super::openapi::schemas::Attached),
+        (status = 400, description = "`bad_id`, `bad_path`, `bad_query`, `bad_body`", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has finished", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: over `hooks.max_file_bytes`", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn attach(
     State(st): State<AppState>,
     Path((id, property)): Path<(String, String)>,
@@ -90,6 +100,13 @@ pub async fn attach(
 }
 
 /// `GET /async/jobs/{id}/files/{property}/{index}`: the bytes.
+#[utoipa::path(get, path = "/async/jobs/{id}/files/{property}/{index}", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job id"), ("property" = String, Path), ("index" = u64, Path, description = "0 for the first file")),
+    responses(
+        (status = 200, description = "The file's bytes, with its stored `Content-Type`", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "`bad_id`, `bad_path`", body = super::openapi::schemas::ErrorBody),
+        (status = 404, description = "`not_found`: no such job or file", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn fetch(
     State(st): State<AppState>,
     Path((id, property, index)): Path<(String, String, String)>,

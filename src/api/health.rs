@@ -15,6 +15,8 @@ use serde_json::json;
 use crate::store::Store;
 
 /// The process answers: its runtime schedules tasks and its accept loop runs.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process answers", body = super::openapi::schemas::Health)))]
 pub async fn live() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }

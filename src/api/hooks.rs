@@ -97,6 +97,16 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
 }
 
 /// `POST /async/status`.
+#[utoipa::path(post, path = "/async/status", tag = "hooks",
+    request_body(content = Option<super::openapi::schemas::StatusReport>, description = "The report; an empty body is an empty report"),
+    responses(
+        (status = 200, description = "The job after the report", body = super::openapi::schemas::StatusAnswer),
+        (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already)", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: more than 1000 log lines, or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a bad `status`", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();
     let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
@@ -163,6 +173,11 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
 }
 
 /// `GET /async/job`: the job's own id, type, args and attempt.
+#[utoipa::path(get, path = "/async/job", tag = "hooks",
+    responses(
+        (status = 200, description = "The job's description", body = super::openapi::schemas::JobSelf),
+        (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn job_self(
     State(st): State<AppState>,
     method: Method,
@@ -209,6 +224,15 @@ fn check_target(job: &Job, store: &str, uuid: &str, property: &str) -> ApiResult
 }
 
 /// `GET /async/download/{store}/{uuid}/{property}/{index}`.
+#[utoipa::path(get, path = "/async/download/{store}/{uuid}/{property}/{index}", tag = "hooks",
+    params(("store" = String, Path, description = "`jobs`"), ("uuid" = String, Path, description = "The job id (the caller's own)"), ("property" = String, Path), ("index" = u64, Path)),
+    responses(
+        (status = 200, description = "A signed URL for the file's bytes", body = super::openapi::schemas::DownloadResponse),
+        (status = 400, description = "`bad_path`", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
+        (status = 404, description = "`not_found`: no such job or file", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn download(
     State(st): State<AppState>,
     Path((store, uuid, property, index)): Path<(String, String, String, String)>,
@@ -239,6 +263,16 @@ pub async fn download(
 }
 
 /// `PUT /async/upload/{store}/{uuid}/{property}`.
+#[utoipa::path(put, path = "/async/upload/{store}/{uuid}/{property}", tag = "hooks",
+    params(("store" = String, Path, description = "`jobs`"), ("uuid" = String, Path, description = "The job id (the caller's own)"), ("property" = String, Path)), request_body = super::openapi::schemas::UploadRequest,
+    responses(
+        (status = 200, description = "Done (the server has the bytes), or a signed URL to PUT them to", body = super::openapi::schemas::UploadResponse),
+        (status = 400, description = "`bad_path`, `bad_json`", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn upload(
     State(st): State<AppState>,
     Path((store, uuid, property)): Path<(String, String, String)>,
@@ -362,7 +396,8 @@ pub fn file_error(e: FileError) -> ApiError {
 }
 
 /// Query of the signed upload URL.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadTarget {
     job: String,
     attempt: u32,
@@ -437,6 +472,18 @@ async fn check_upload_url(
 }
 
 /// `PUT /async/blobs/upload?...` (signed URL from an upload answer): the bytes.
+#[utoipa::path(put, path = "/async/blobs/upload", tag = "hooks", params(UploadTarget),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
+    responses(
+        (status = 200, description = "Stored and attached", body = super::openapi::schemas::BlobStored),
+        (status = 400, description = "`bad_id`, `bad_body`", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`bad_signature`: invalid or expired URL; `url_used`", body = super::openapi::schemas::ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`stale_attempt`, `illegal_transition`", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`md5_mismatch`: the bytes do not match `hash`", body = super::openapi::schemas::ErrorBody),
+        (status = 503, description = "`replay_unavailable`", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn blob_upload(
     State(st): State<AppState>,
     q: Result<Query<UploadTarget>, axum::extract::rejection::QueryRejection>,
@@ -479,13 +526,21 @@ pub async fn blob_upload(
 }
 
 /// Query of the signed download URL.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DownloadTarget {
     exp: i64,
     sig: String,
 }
 
 /// `GET /async/blobs/{hash}?exp=&sig=` (signed URL from a download answer): the bytes.
+#[utoipa::path(get, path = "/async/blobs/{hash}", tag = "hooks",
+    params(("hash" = String, Path, description = "MD5 hex of the content"), DownloadTarget),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "`bad_signature`: invalid or expired URL", body = super::openapi::schemas::ErrorBody),
+        (status = 404, description = "`not_found`: the content is gone", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn blob_download(
     State(st): State<AppState>,
     Path(hash): Path<String>,

@@ -16,7 +16,7 @@ use crate::job::{now_us, Backoff, Command, Job, JobStatus, Micros, MAX_RFC3339_U
 use crate::store::{ListQuery, Submitted};
 
 /// A duration given as a string (`"10m"`) or a number of seconds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum DurationSpec {
     /// Seconds.
@@ -63,7 +63,7 @@ impl DurationSpec {
 }
 
 /// The body of `POST /async/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Job type.
@@ -283,6 +283,8 @@ pub fn accepted(s: &Submitted) -> Response {
 }
 
 /// `GET /async/jobs/{id}`.
+#[utoipa::path(get, path = "/async/jobs/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
+    responses((status = 200, description = "The job", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody)))]
 pub async fn get_job(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -296,7 +298,8 @@ pub async fn get_job(
 }
 
 /// Query of `GET /async/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     status: Option<String>,
@@ -308,6 +311,11 @@ pub struct ListParams {
 
 /// `GET /async/jobs`: only the jobs the caller's grant covers (a page may hold fewer than
 /// `limit`; follow `next_cursor`).
+#[utoipa::path(get, path = "/async/jobs", tag = "jobs", params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = super::openapi::schemas::JobPage),
+        (status = 400, description = "`bad_query`: an unknown parameter, a bad `status`, `limit` out of range; `bad_id`: a bad `cursor`", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn list_jobs(
     State(st): State<AppState>,
     crate::auth::access::Caller(grant): crate::auth::access::Caller,
@@ -351,6 +359,11 @@ pub async fn list_jobs(
 }
 
 /// `POST /async/jobs/{id}/cancel`.
+#[utoipa::path(post, path = "/async/jobs/{id}/cancel", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job, cancelled", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has finished", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn cancel_job(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -361,6 +374,11 @@ pub async fn cancel_job(
 }
 
 /// `POST /async/jobs/{id}/retry`.
+#[utoipa::path(post, path = "/async/jobs/{id}/retry", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
+    responses(
+        (status = 202, description = "The job, queued again", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has not finished", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn retry_job(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -370,7 +388,8 @@ pub async fn retry_job(
 }
 
 /// Query of `GET /async/jobs/{id}/logs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogParams {
     after: Option<u64>,
@@ -378,6 +397,11 @@ pub struct LogParams {
 }
 
 /// `GET /async/jobs/{id}/logs`.
+#[utoipa::path(get, path = "/async/jobs/{id}/logs", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id"), LogParams),
+    responses(
+        (status = 200, description = "Log lines after `after`", body = super::openapi::schemas::LogPage),
+        (status = 400, description = "`bad_id`: not a UUID; `bad_query`", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn job_logs(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -399,6 +423,11 @@ pub async fn job_logs(
 }
 
 /// `GET /async/jobs/{id}/result`: 200 once the job is finished, 409 before.
+#[utoipa::path(get, path = "/async/jobs/{id}/result", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job's result", body = super::openapi::schemas::JobResult), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`not_finished`: not ready yet", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn job_result(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,

@@ -10,6 +10,7 @@ pub mod health;
 pub mod hooks;
 pub mod jobs;
 pub mod notify;
+pub mod openapi;
 pub mod request_trace;
 pub mod runners;
 pub mod schedules;
@@ -109,6 +110,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::dashboard::routes())
         .merge(signals::routes())
         .merge(notify::routes())
+        .merge(openapi::routes())
         // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
         // last call that adds routes: one added below it would not be checked.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -129,6 +131,19 @@ async fn not_found() -> ApiError {
 }
 
 /// `POST /async/jobs`: JSON body (or multipart with a `job` part and file parts).
+#[utoipa::path(post, path = "/async/jobs", tag = "jobs",
+    request_body(content(
+        (jobs::SubmitBody = "application/json"),
+        (openapi::schemas::SubmitMultipart = "multipart/form-data"),
+    )),
+    responses(
+        (status = 202, description = "Accepted (also a replayed `idempotency_key`: header `Idempotent-Replayed: true`)", body = openapi::schemas::Accepted),
+        (status = 400, description = "`bad_json`: no body or malformed JSON; `bad_multipart`", body = openapi::schemas::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body", body = openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: over `api.max_body_bytes` (or a file over `hooks.max_file_bytes`)", body = openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json` nor `multipart/form-data`", body = openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
+    ))]
 async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
     let ctype = req
         .headers()
@@ -243,10 +258,19 @@ fn submit_hash(
     hex::encode(h.finalize())
 }
 
+/// Readiness: the store answers too (the same as `/health/ready`).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = openapi::schemas::Health),
+        (status = 503, description = "The store does not answer", body = openapi::schemas::Health),
+    ))]
 async fn health(State(st): State<AppState>) -> Response {
     health::ready(st.app.store.as_ref()).await
 }
 
+/// Prometheus metrics (docs/observability.md).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(st): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

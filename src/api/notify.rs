@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// A submit's `notify`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyBody {
     /// The receiver: http(s), with a host.
@@ -69,7 +69,7 @@ pub async fn check_schedule_job(state: &AppState, body: &Value, proto: &Job) -> 
 }
 
 /// The body of `POST /async/notify/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyBody {
     /// A webhook URL.
@@ -79,6 +79,12 @@ pub struct KeyBody {
 /// `POST /async/notify/keys {url}` -> `{url, endpoint, key, header}`: the key deliveries to
 /// `url`'s endpoint are signed with (derived from the master key, never stored; asking again
 /// gives the same key). Not cached by anyone on the way.
+#[utoipa::path(post, path = "/async/notify/keys", tag = "jobs", request_body = KeyBody,
+    responses(
+        (status = 200, description = "The endpoint's signing key (`Cache-Control: no-store`)", body = super::openapi::schemas::EndpointKey),
+        (status = 400, description = "`bad_json`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, or a bad `url`", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn key(State(st): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> ApiResult<Response> {
     let u =
         parse_url("url", &body.url).map_err(|m| ApiError::unprocessable("invalid_request", m))?;
@@ -95,13 +101,19 @@ async fn key(State(st): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> Api
 }
 
 /// Query of `GET /async/jobs/{id}/deliveries`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
     limit: Option<usize>,
 }
 
 /// `GET /async/jobs/{id}/deliveries` -> `{job_id, notify, deliveries: [...]}`.
+#[utoipa::path(get, path = "/async/jobs/{id}/deliveries", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id"), DeliveryParams),
+    responses(
+        (status = 200, description = "The job's webhook deliveries", body = super::openapi::schemas::Deliveries),
+        (status = 400, description = "`bad_id`, `bad_query`", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn deliveries(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,

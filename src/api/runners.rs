@@ -25,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/async/stats", get(stats))
 }
 
+#[utoipa::path(get, path = "/async/stats", tag = "operations",
+    responses((status = 200, description = "Job counts by status and type, queue depths", body = super::openapi::schemas::Stats)))]
 async fn stats(
     State(st): State<AppState>,
     Caller(grant): Caller,
@@ -64,6 +66,8 @@ async fn stats(
     ))
 }
 
+#[utoipa::path(get, path = "/async/whoami", tag = "operations",
+    responses((status = 200, description = "Who the credential is and what it may do", body = super::openapi::schemas::WhoAmI)))]
 async fn whoami(Caller(grant): Caller) -> Json<Value> {
     Json(json!({
         "who": grant.who,
@@ -72,6 +76,8 @@ async fn whoami(Caller(grant): Caller) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/async/runners", tag = "operations", operation_id = "list_runners",
+    responses((status = 200, description = "The runners and their slots in use", body = super::openapi::schemas::RunnerList)))]
 async fn list(State(st): State<AppState>) -> Json<Value> {
     let runners: Vec<Value> = st
         .app

@@ -42,7 +42,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The body of `POST /async/schedules` and `PUT /async/schedules/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
     /// Unique name (optional on PUT, where the path names it).
@@ -241,6 +241,14 @@ async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
 }
 
 /// `POST /async/schedules`: 201 created, 200 the same body again, 409 another body.
+#[utoipa::path(post, path = "/async/schedules", tag = "schedules", request_body = ScheduleBody,
+    responses(
+        (status = 201, description = "Created", body = super::openapi::schemas::ScheduleView),
+        (status = 200, description = "The same schedule existed already", body = super::openapi::schemas::ScheduleView),
+        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`schedule_exists`: with another body (PUT replaces it)", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, or a field is invalid (the message names it, `job.` for the template); `unknown_type`, `notify_refused`", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn create(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<ScheduleBody>,
@@ -270,6 +278,12 @@ async fn create(
 }
 
 /// `PUT /async/schedules/{name}`: creates (201) or replaces (200), keeping the history.
+#[utoipa::path(put, path = "/async/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "The schedule")), request_body = ScheduleBody,
+    responses(
+        (status = 201, description = "Created", body = super::openapi::schemas::ScheduleView),
+        (status = 200, description = "Replaced", body = super::openapi::schemas::ScheduleView),
+        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 422, description = "`invalid_request`: the body does not match the schema, or a field is invalid (the message names it, `job.` for the template); `unknown_type`, `notify_refused`", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn replace(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -307,6 +321,8 @@ async fn replace(
 }
 
 /// `GET /async/schedules`.
+#[utoipa::path(get, path = "/async/schedules", tag = "schedules", operation_id = "list_schedules",
+    responses((status = 200, description = "The schedules the caller sees", body = super::openapi::schemas::ScheduleList)))]
 async fn list(
     State(st): State<AppState>,
     crate::auth::access::Caller(grant): crate::auth::access::Caller,
@@ -326,11 +342,15 @@ async fn list(
 }
 
 /// `GET /async/schedules/{name}`.
+#[utoipa::path(get, path = "/async/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "The schedule", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody)))]
 async fn get_one(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     Ok(show(&load(&st, &name).await?, StatusCode::OK))
 }
 
 /// `DELETE /async/schedules/{name}`: 204. Jobs already submitted are not touched.
+#[utoipa::path(delete, path = "/async/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
 async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     for _ in 0..CAS_TRIES {
         let cur = load(&st, &name).await?;
@@ -365,12 +385,16 @@ async fn update(
 }
 
 /// `POST /async/schedules/{name}/pause`.
+#[utoipa::path(post, path = "/async/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "Paused", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
 async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let s = update(&st, &name, |s, _| s.paused = true).await?;
     Ok(show(&s, StatusCode::OK))
 }
 
 /// `POST /async/schedules/{name}/resume`: fire times that passed while paused are not caught up.
+#[utoipa::path(post, path = "/async/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "Resumed", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
 async fn resume(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let s = update(&st, &name, |s, now| {
         if s.paused {
@@ -415,6 +439,11 @@ fn fire_error(name: &str, e: StoreError) -> ApiError {
 
 /// `POST /async/schedules/{name}/trigger`: one fire now (also when paused; overlap is not
 /// applied), 202 with the job.
+#[utoipa::path(post, path = "/async/schedules/{name}/trigger", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
+    responses(
+        (status = 202, description = "Fired now", body = super::openapi::schemas::Fired), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`fire_failed`: the fire could not make a job", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn trigger(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     load(&st, &name).await?;
     // Millisecond precision: two triggers in the same millisecond are the same fire.
@@ -433,7 +462,7 @@ async fn trigger(State(st): State<AppState>, Path(name): Path<String>) -> ApiRes
 }
 
 /// The body of `POST /async/schedules/{name}/backfill`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillBody {
     /// RFC 3339, inclusive.
@@ -450,6 +479,12 @@ fn parse_time(s: &str, field: &str) -> ApiResult<Micros> {
 
 /// `POST /async/schedules/{name}/backfill {from, to}`: one job per fire time of the pattern in
 /// `[from, to]` (at most 1,000); a time that already has its job returns it (`created: false`).
+#[utoipa::path(post, path = "/async/schedules/{name}/backfill", tag = "schedules", params(("name" = String, Path, description = "The schedule")), request_body = BackfillBody,
+    responses(
+        (status = 202, description = "The fires of `from`..`to`", body = super::openapi::schemas::Backfilled),
+        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad time, `to` before `from` or in the future, more than 1000 fire times", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn backfill(
     State(st): State<AppState>,
     Path(name): Path<String>,

@@ -27,7 +27,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The body of a signal write (may be empty).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalBody {
     /// Free-form JSON.
@@ -82,6 +82,14 @@ async fn write(st: &AppState, key: &str, bytes: &[u8]) -> ApiResult<Response> {
 
 /// `POST /async/signals/{key}` `{payload?, id?}`: `201 {key, seq, at}`; the same `id` again:
 /// `200` with the first record.
+#[utoipa::path(post, path = "/async/signals/{key}", tag = "signals", params(("key" = String, Path, description = "The signal key")),
+    request_body(content = Option<SignalBody>, description = "Optional: an empty body is a signal without payload"),
+    responses(
+        (status = 201, description = "Written", body = super::openapi::schemas::SignalWritten),
+        (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
+        (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn append(
     State(st): State<AppState>,
     Path(key): Path<String>,
@@ -92,6 +100,15 @@ async fn append(
 }
 
 /// `POST {JOB_HOOK}/signal/{key}`: a running job writes a signal (signed like `/async/status`).
+#[utoipa::path(post, path = "/async/signal/{key}", tag = "hooks", params(("key" = String, Path, description = "The signal key")),
+    request_body(content = Option<SignalBody>, description = "Optional: an empty body is a signal without payload"),
+    responses(
+        (status = 201, description = "Written", body = super::openapi::schemas::SignalWritten),
+        (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
+        (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn hook_append(
     State(st): State<AppState>,
     Path(key): Path<String>,
@@ -111,7 +128,8 @@ async fn hook_append(
 }
 
 /// Query of `GET /async/signals/{key}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     since: Option<String>,
@@ -120,6 +138,11 @@ pub struct ListParams {
 
 /// `GET /async/signals/{key}?since=&limit=`: records at or after `since` (RFC 3339), oldest
 /// first.
+#[utoipa::path(get, path = "/async/signals/{key}", tag = "signals", operation_id = "list_signals", params(("key" = String, Path, description = "The signal key"), ListParams),
+    responses(
+        (status = 200, description = "The key's signals since `since`", body = super::openapi::schemas::SignalList),
+        (status = 400, description = "`bad_query`, `bad_path`", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn list(
     State(st): State<AppState>,
     Path(key): Path<String>,

@@ -176,6 +176,12 @@ pub const ROUTES: &[Route] = &[
     client("GET", "/async/runners", JobsRead, Any),
     client("GET", "/async/whoami", JobsRead, Any),
     other("GET", "/async/stats", Need::EveryChannel(JobsRead)),
+    // The API's OpenAPI document and its browsable page (src/api/openapi/): open, like /health:
+    // they describe the API, they hold no data.
+    other("GET", "/openapi.json", Need::Open),
+    other("GET", "/docs", Need::Open),
+    other("GET", "/docs/", Need::Open),
+    other("GET", "/docs/{*file}", Need::Open),
 ];
 
 /// What [`guard`] works with.

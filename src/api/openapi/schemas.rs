@@ -1,0 +1,343 @@
+//! The schemas of answers the handlers build as JSON values (`json!`), and of the hook wire types
+//! (they live in the `runyard-hooks` crate, which does not depend on utoipa). Each mirrors the
+//! code that builds the answer, named in its doc; schemathesis checks every answer against them
+//! in CI (`scripts/openapi-check.sh`), so a field renamed on one side fails there.
+//!
+//! Fields that may be absent or null are `Option`s: not required, `null` allowed. Objects allow
+//! more properties than listed (a new field is not a breaking change).
+
+#![allow(dead_code)] // Schema-only types: never built, only described.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::job::JobStatus;
+
+/// Every error answer: `{"error": {"code", "message"}}` (src/api/error.rs).
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A stable machine code and a message for a person.
+#[derive(ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `invalid_request`, `unknown_type`, `not_found`.
+    pub code: String,
+    /// What went wrong; names the field when a field is wrong.
+    pub message: String,
+}
+
+/// The 202 of a submit (`jobs::accepted`). A replayed idempotent submit carries the header
+/// `Idempotent-Replayed: true`.
+#[derive(ToSchema)]
+pub struct Accepted {
+    pub job_id: uuid::Uuid,
+    pub channel_id: String,
+    pub status: JobStatus,
+    pub result_url: String,
+}
+
+/// A job as the API shows it (`Job::to_public`).
+#[derive(ToSchema)]
+pub struct JobView {
+    pub id: uuid::Uuid,
+    #[schema(rename = "type")]
+    pub job_type: String,
+    pub status: JobStatus,
+    pub args: Value,
+    pub runner: String,
+    pub channel_id: String,
+    pub user_id: Option<String>,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    /// 0..=1.
+    pub progress: f64,
+    pub status_details: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub idempotency_key: Option<String>,
+    /// The worker holding the job's lease.
+    pub worker: Option<String>,
+    /// What runs it: `{kind, id}` (a process id, a container, a pod).
+    pub handle: Option<Value>,
+    pub runs: Vec<Value>,
+    /// Files by property.
+    pub files: BTreeMap<String, Vec<Value>>,
+    pub run_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub result_url: String,
+    /// Signal keys written when it ends SUCCESS (only when set).
+    pub emits: Option<Vec<String>>,
+    /// Its webhook (only when set).
+    pub notify: Option<Value>,
+    /// Why it waits (only for a job with `wait_for`).
+    pub wait: Option<Value>,
+    /// The schedule that made it (only then), and its fire time.
+    pub schedule: Option<String>,
+    pub fire_time: Option<String>,
+    /// Set when a stored time cannot be shown in RFC 3339.
+    pub render_error: Option<String>,
+}
+
+/// A page of `GET /async/jobs`.
+#[derive(ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /async/jobs/{id}/logs`.
+#[derive(ToSchema)]
+pub struct LogPage {
+    pub job_id: uuid::Uuid,
+    pub status: JobStatus,
+    /// `{seq, ts, stream, line}` each.
+    pub lines: Vec<Value>,
+    /// Pass as `after` for the next lines.
+    pub next: u64,
+}
+
+/// `GET /async/jobs/{id}/result`.
+#[derive(ToSchema)]
+pub struct JobResult {
+    pub job_id: uuid::Uuid,
+    pub status: JobStatus,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+}
+
+/// `PUT /async/jobs/{id}/files/{property}`.
+#[derive(ToSchema)]
+pub struct Attached {
+    pub job_id: uuid::Uuid,
+    pub property: String,
+    /// Its index in the property's list.
+    pub index: u64,
+    /// MD5 hex of the content.
+    pub hash: String,
+    pub size: u64,
+}
+
+/// `GET /async/jobs/{id}/deliveries`.
+#[derive(ToSchema)]
+pub struct Deliveries {
+    pub job_id: uuid::Uuid,
+    pub notify: Option<Value>,
+    pub deliveries: Vec<Value>,
+}
+
+/// `POST /async/notify/keys`: an endpoint's signing key (shown to admins only; not cached).
+#[derive(ToSchema)]
+pub struct EndpointKey {
+    pub url: String,
+    pub endpoint: String,
+    pub key: String,
+    pub header: String,
+    pub scheme: String,
+}
+
+/// A schedule (`Schedule::to_public`).
+#[derive(ToSchema)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// The job template: the body of a submit.
+    pub job: Value,
+    pub overlap: String,
+    pub misfire: String,
+    pub catchup_window: String,
+    pub jitter: String,
+    pub paused: bool,
+    pub next_fires: Vec<String>,
+    pub pending: Vec<String>,
+    pub buffered: Option<String>,
+    pub last_runs: Vec<Value>,
+    pub counters: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `GET /async/schedules`.
+#[derive(ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}
+
+/// One fire of a schedule (`schedules::fired`).
+#[derive(ToSchema)]
+pub struct Fired {
+    pub job_id: uuid::Uuid,
+    pub fire_time: Option<String>,
+    pub status: JobStatus,
+    /// False when the fire time had made its job already.
+    pub created: bool,
+    pub result_url: String,
+}
+
+/// `POST /async/schedules/{name}/backfill`.
+#[derive(ToSchema)]
+pub struct Backfilled {
+    pub name: String,
+    pub fires: Vec<Fired>,
+}
+
+/// A signal written (`signals::written`).
+#[derive(ToSchema)]
+pub struct SignalWritten {
+    pub key: String,
+    pub seq: u64,
+    pub at: String,
+    pub id: Option<String>,
+}
+
+/// `GET /async/signals/{key}`.
+#[derive(ToSchema)]
+pub struct SignalList {
+    pub key: String,
+    /// `{seq, at, id, payload}` each.
+    pub signals: Vec<Value>,
+}
+
+/// `GET /async/runners`.
+#[derive(ToSchema)]
+pub struct RunnerList {
+    /// `{name, kind, types, concurrency, in_use, timeout_ms, max_attempts}` each.
+    pub runners: Vec<Value>,
+}
+
+/// `GET /async/whoami`.
+#[derive(ToSchema)]
+pub struct WhoAmI {
+    /// The token's name, `jwt:<sub>`, or `anonymous` without `[auth]`.
+    pub who: String,
+    pub scopes: Vec<String>,
+    /// True when confined to `types` or `channels`.
+    pub confined: bool,
+}
+
+/// `GET /async/stats`.
+#[derive(ToSchema)]
+pub struct Stats {
+    pub by_status: BTreeMap<String, u64>,
+    pub by_type: BTreeMap<String, BTreeMap<String, u64>>,
+    /// `{type, depth, oldest}` for each type with queued jobs.
+    pub queues: Vec<Value>,
+}
+
+/// `GET /api/v1/async_event/`: events after `last_id` (`crate::job::Event` each).
+#[derive(ToSchema)]
+pub struct EventPage {
+    pub result: Vec<Value>,
+}
+
+/// `/health`, `/health/ready`, `/health/live`.
+#[derive(ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// The store's backend (not on `/health/live`).
+    pub store: Option<String>,
+    /// The store's error (503 only).
+    pub error: Option<String>,
+}
+
+/// A job's report (`runyard_hooks::wire::StatusReport`); an empty body is an empty report.
+#[derive(ToSchema)]
+pub struct StatusReport {
+    /// `RUNNING`, `SUCCESS`, `ERROR`, ...
+    pub status: Option<String>,
+    /// 0..=1.
+    pub progress: Option<f64>,
+    pub status_details: Option<Value>,
+    pub results: Option<Value>,
+    /// Log lines (at most 1000 per report).
+    pub logs: Option<Vec<String>>,
+    pub error_message: Option<String>,
+    /// With `ERROR`: retry when attempts are left.
+    pub retry: Option<bool>,
+}
+
+/// The answer to a report (`hooks::status`).
+#[derive(ToSchema)]
+pub struct StatusAnswer {
+    pub job_id: uuid::Uuid,
+    pub status: JobStatus,
+    pub progress: Option<f64>,
+    /// The outcome the job reported, once it has.
+    pub reported: Option<String>,
+}
+
+/// `GET /async/job` (`runyard_hooks::wire::JobSelf`).
+#[derive(ToSchema)]
+pub struct JobSelf {
+    pub id: String,
+    #[schema(rename = "type")]
+    pub job_type: String,
+    pub args: Value,
+    pub attempt: u32,
+}
+
+/// `runyard_hooks::wire::FileMeta`.
+#[derive(ToSchema)]
+pub struct FileMeta {
+    pub hash: String,
+    pub size: u64,
+    pub mimetype: String,
+    pub name: String,
+}
+
+/// `runyard_hooks::wire::DownloadResponse`: a signed URL for the bytes.
+#[derive(ToSchema)]
+pub struct DownloadResponse {
+    pub location: String,
+    pub map: FileMeta,
+}
+
+/// `runyard_hooks::wire::UploadRequest`.
+#[derive(ToSchema)]
+pub struct UploadRequest {
+    /// MD5 hex of the content.
+    pub hash: String,
+    /// MD5 hex of the challenge (docs/hooks.md).
+    pub challenge: String,
+    /// Free metadata (`name`, `mimetype`; at most 4 KiB).
+    pub metadata: Option<Value>,
+}
+
+/// `runyard_hooks::wire::UploadResponse`: done (the server had the bytes), or where to PUT them.
+#[derive(ToSchema)]
+pub struct UploadResponse {
+    pub done: bool,
+    pub method: Option<String>,
+    pub url: Option<String>,
+}
+
+/// `PUT /async/blobs/upload`.
+#[derive(ToSchema)]
+pub struct BlobStored {
+    pub done: bool,
+    pub hash: String,
+    pub size: u64,
+}
+
+/// A multipart submit: a `job` part (the JSON body of a submit) and file parts named by property.
+#[derive(ToSchema)]
+pub struct SubmitMultipart {
+    /// The submit's JSON (as for `application/json`).
+    pub job: String,
+    /// Files: any other part, named by its property.
+    #[schema(value_type = Option<String>, format = Binary)]
+    pub file: Option<Vec<u8>>,
+}

@@ -1,0 +1,341 @@
+//! The OpenAPI document (`GET /openapi.json`, docs/api.md) against the real server: it lists
+//! exactly the routed operations (the access table `ROUTES`, which `tests/auth_matrix.rs` holds
+//! equal to the router), its error schema is the shape real errors have, the bad-input answers a
+//! client gets are the ones it documents, and `/docs` is served from the binary with nothing
+//! fetched from elsewhere. CI also validates it (openapi-spec-validator) and runs schemathesis
+//! against a server (scripts/openapi-check.sh).
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use reqwest::StatusCode;
+use runyard::auth::access::ROUTES;
+use serde_json::{json, Value};
+use support::TestServer;
+
+const RUNNERS: &str = r#"
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#;
+
+/// `{*file}` (axum's catch-all) is `{file}` in OpenAPI.
+fn openapi_path(axum_path: &str) -> String {
+    axum_path.replace("{*", "{")
+}
+
+/// The document's operations as `METHOD path`.
+fn documented(doc: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in [
+            "get", "put", "post", "delete", "patch", "head", "options", "trace",
+        ] {
+            if item.get(m).is_some() {
+                out.insert(format!("{} {path}", m.to_uppercase()));
+            }
+        }
+    }
+    out
+}
+
+/// Follows a `$ref` inside the document.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.trim_start_matches('#');
+            resolve(
+                doc,
+                doc.pointer(ptr)
+                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
+            )
+        }
+        None => v,
+    }
+}
+
+/// Checks `value` against a (small subset of JSON Schema) `schema`: `type`, `required`,
+/// `properties`, `$ref`; enough for the error shape.
+fn check_against(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    let schema = resolve(doc, schema);
+    if let Some(t) = schema.get("type").and_then(Value::as_str) {
+        let ok = match t {
+            "object" => value.is_object(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            _ => true,
+        };
+        assert!(ok, "{at}: {value} is not of type {t}");
+    }
+    for r in schema["required"].as_array().into_iter().flatten() {
+        let k = r.as_str().expect("required name");
+        assert!(value.get(k).is_some(), "{at}: `{k}` missing in {value}");
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, s) in props {
+            if let Some(v) = value.get(k) {
+                check_against(doc, s, v, &format!("{at}.{k}"));
+            }
+        }
+        if schema["additionalProperties"] == json!(false) {
+            for k in value.as_object().expect("object").keys() {
+                assert!(props.contains_key(k), "{at}: `{k}` is not in the schema");
+            }
+        }
+    }
+}
+
+/// The documented answer of `method path` for `status`: its description.
+fn documented_answer<'a>(doc: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
+    let op = &doc["paths"][path][method.to_lowercase()];
+    assert!(op.is_object(), "{method} {path} is not in the document");
+    let r = &op["responses"][status.to_string()];
+    assert!(
+        r.is_object(),
+        "{method} {path} answers {status} but the document does not say so: {}",
+        op["responses"]
+    );
+    r
+}
+
+/// Sends a raw body to `path` and checks the answer is `status` with `code`, in the documented
+/// error shape, and documented for the operation; returns the message.
+async fn refused(
+    ts: &TestServer,
+    doc: &Value,
+    (method, path, url): (&str, &str, &str),
+    (content_type, body): (&str, &str),
+    (status, code): (u16, &str),
+) -> String {
+    let res = reqwest::Client::new()
+        .request(method.parse().expect("method"), ts.at(url))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status().as_u16(), status, "{method} {url} with {body}");
+    let v: Value = res.json().await.expect("an error body is JSON");
+    assert_eq!(v["error"]["code"], code, "{method} {url} with {body}: {v}");
+    let answer = documented_answer(doc, method, path, status);
+    let schema = &answer["content"]["application/json"]["schema"];
+    assert_eq!(
+        schema["$ref"], "#/components/schemas/ErrorBody",
+        "{method} {path} {status}"
+    );
+    check_against(doc, schema, &v, "error answer");
+    let said = answer["description"].as_str().unwrap_or("");
+    assert!(
+        said.contains(&format!("`{code}`")),
+        "{method} {path} {status} does not name `{code}`: {said}"
+    );
+    v["error"]["message"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn the_document_lists_exactly_the_routed_operations() {
+    let ts = TestServer::start(RUNNERS).await;
+    let (st, doc) = ts.get("/openapi.json").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let listed = documented(&doc);
+    let routed: BTreeSet<String> = ROUTES
+        .iter()
+        .map(|r| format!("{} {}", r.method, openapi_path(r.path)))
+        .collect();
+    let missing: Vec<_> = routed.difference(&listed).collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from /openapi.json (add their #[utoipa::path] and a line in \
+         src/api/openapi/mod.rs `paths(...)`): {missing:?}"
+    );
+    let extra: Vec<_> = listed.difference(&routed).collect();
+    assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+
+    // Security from the access table: a client route needs the bearer, a hook the job's
+    // signature headers, an open route nothing.
+    let op = |m: &str, p: &str| doc["paths"][p][m].clone();
+    assert_eq!(
+        op("post", "/async/jobs")["security"],
+        json!([{"bearer": []}])
+    );
+    assert_eq!(op("post", "/async/jobs")["x-runyard-scope"], "jobs:submit");
+    assert_eq!(
+        op("post", "/async/status")["security"],
+        json!([{"jobId": [], "jobTime": [], "jobHash": []}])
+    );
+    assert_eq!(op("get", "/health")["security"], json!([{}]));
+    assert!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+    for code in ["401", "403"] {
+        assert!(op("get", "/async/jobs/{id}")["responses"][code].is_object());
+    }
+    // Request bodies and query parameters come from the handlers' own types.
+    let submit = resolve(
+        &doc,
+        &op("post", "/async/jobs")["requestBody"]["content"]["application/json"]["schema"],
+    )
+    .clone();
+    assert_eq!(submit["required"], json!(["type"]), "{submit}");
+    assert_eq!(submit["additionalProperties"], json!(false), "{submit}");
+    let params: BTreeSet<String> = op("get", "/async/jobs")["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["in"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        params,
+        ["query cursor", "query limit", "query status", "query type"]
+            .map(String::from)
+            .into()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_documented_answer_in_the_documented_shape() {
+    let ts = TestServer::start(RUNNERS).await;
+    let (_, doc) = ts.get("/openapi.json").await;
+    let submit = ("POST", "/async/jobs", "/async/jobs");
+    let json_ct = "application/json";
+    // A body that does not match the schema: 422 naming the field.
+    let m = refused(
+        &ts,
+        &doc,
+        submit,
+        (json_ct, r#"{"type": 5}"#),
+        (422, "invalid_request"),
+    )
+    .await;
+    assert!(m.contains("type"), "{m}");
+    let m = refused(
+        &ts,
+        &doc,
+        submit,
+        (json_ct, r#"{"type": "runyard.noop", "colour": 1}"#),
+        (422, "invalid_request"),
+    )
+    .await;
+    assert!(m.contains("colour"), "{m}");
+    refused(
+        &ts,
+        &doc,
+        submit,
+        (json_ct, r#"{"type": "#),
+        (400, "bad_json"),
+    )
+    .await;
+    refused(
+        &ts,
+        &doc,
+        submit,
+        ("text/plain", "{}"),
+        (415, "unsupported_media_type"),
+    )
+    .await;
+    refused(
+        &ts,
+        &doc,
+        submit,
+        (json_ct, r#"{"type": "no.such.type"}"#),
+        (422, "unknown_type"),
+    )
+    .await;
+    let backfill = (
+        "POST",
+        "/async/schedules/{name}/backfill",
+        "/async/schedules/nightly/backfill",
+    );
+    refused(
+        &ts,
+        &doc,
+        backfill,
+        (json_ct, r#"{"from": 1}"#),
+        (422, "invalid_request"),
+    )
+    .await;
+    let m = refused(
+        &ts,
+        &doc,
+        ("GET", "/async/jobs/{id}", "/async/jobs/not-a-uuid"),
+        (json_ct, ""),
+        (400, "bad_id"),
+    )
+    .await;
+    assert!(m.contains("not-a-uuid"), "{m}");
+    refused(
+        &ts,
+        &doc,
+        ("GET", "/async/jobs", "/async/jobs?colour=red"),
+        (json_ct, ""),
+        (400, "bad_query"),
+    )
+    .await;
+    // Nothing was stored by any of these.
+    let (_, page) = ts.get("/async/jobs").await;
+    assert_eq!(page["jobs"], json!([]), "{page}");
+}
+
+#[tokio::test]
+async fn docs_page_is_served_from_the_binary() {
+    let ts = TestServer::start(RUNNERS).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let res = http.get(ts.at("/docs")).send().await.expect("GET /docs");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "docs/");
+    let res = http.get(ts.at("/docs/")).send().await.expect("GET /docs/");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = res.text().await.expect("page");
+    assert!(page.contains("swagger-ui"), "{page}");
+    // Every script and style the page loads is served here (nothing from a CDN).
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in page.split(attr).skip(1) {
+            let url = &part[..part.find('"').expect("closing quote")];
+            assert!(
+                !url.contains("://") && !url.starts_with("//"),
+                "the page loads {url} from elsewhere"
+            );
+            assets.push(url.trim_start_matches("./").to_string());
+        }
+    }
+    assert!(assets.iter().any(|a| a.ends_with(".js")), "{assets:?}");
+    for a in &assets {
+        let res = http
+            .get(ts.at(&format!("/docs/{a}")))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(res.status(), StatusCode::OK, "/docs/{a}");
+    }
+    // The page reads the document next to it (relative: a proxy's path prefix is kept).
+    let init = http
+        .get(ts.at("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .expect("initializer")
+        .text()
+        .await
+        .expect("text");
+    assert!(init.contains("\"../openapi.json\""), "{init}");
+    // A file that is not there: 404 in the API's error shape.
+    let (st, v) = ts.get("/docs/no-such-file.js").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
+}
