@@ -157,6 +157,7 @@ conformance!(
     list_filters_find_jobs_past_the_first_page,
     list_filters_by_creation_time,
     list_filters_dead_letters,
+    signal_keys_are_listed_with_count_and_latest,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1651,4 +1652,58 @@ async fn list_filters_dead_letters(mut b: Backend) {
     // Retried, it is no longer dead.
     s.apply(dead.id, Command::Retry).await.expect("retry");
     assert!(list_all(&s, q).await.is_empty());
+}
+
+async fn signal_keys_are_listed_with_count_and_latest(mut b: Backend) {
+    let s = b.store().await;
+    assert!(s.signal_keys(None, 10).await.expect("keys").is_empty());
+    let t0 = now_us();
+    for (key, n) in [("src.orders", 3), ("a.first", 1), ("z last", 2)] {
+        for i in 0..n {
+            s.signal_append(key, None, None, t0 + i * 1000)
+                .await
+                .expect("append");
+        }
+    }
+    // An idempotent repeat writes nothing and counts nothing.
+    s.signal_append("a.first", Some("x".into()), None, t0 + 5000)
+        .await
+        .expect("append");
+    s.signal_append("a.first", Some("x".into()), None, t0 + 9000)
+        .await
+        .expect("append");
+    let all = s.signal_keys(None, 10).await.expect("keys");
+    let got: Vec<(&str, u64, i64)> = all
+        .iter()
+        .map(|k| (k.key.as_str(), k.count, k.latest))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a.first", 2, t0 + 5000),
+            ("src.orders", 3, t0 + 2000),
+            ("z last", 2, t0 + 1000),
+        ]
+    );
+    // Paged by name.
+    let p1 = s.signal_keys(None, 2).await.expect("keys");
+    assert_eq!(p1.len(), 2);
+    let p2 = s.signal_keys(Some(&p1[1].key), 2).await.expect("keys");
+    assert_eq!(
+        p2.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+        ["z last"]
+    );
+    // Retention removes a key with its records.
+    s.signals_trim(t0 + 1500).await.expect("trim");
+    let left: Vec<(String, u64)> = s
+        .signal_keys(None, 10)
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|k| (k.key, k.count))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("a.first".to_string(), 1), ("src.orders".to_string(), 1)]
+    );
 }
