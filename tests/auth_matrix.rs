@@ -240,6 +240,7 @@ impl Harness {
                 job_type: None,
                 limit: 10_000,
                 cursor: None,
+                ..Default::default()
             })
             .await
             .expect("list");

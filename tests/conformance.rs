@@ -154,6 +154,10 @@ conformance!(
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
     type_globs_mean_the_same_on_both_backends,
+    list_filters_find_jobs_past_the_first_page,
+    list_filters_by_creation_time,
+    list_filters_dead_letters,
+    signal_keys_are_listed_with_count_and_latest,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1398,4 +1402,308 @@ async fn type_globs_mean_the_same_on_both_backends(mut b: Backend) {
             "the listing agrees with the runners' matcher for `{glob}`"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The listing's filters (channel, schedule, time range, text in args, dead letters): the same
+// answer on both backends, from the store, whatever page the matching jobs are on.
+
+/// Every job the query lists, following the cursor (bounded).
+async fn list_all(s: &Arc<dyn Store>, q: ListQuery) -> Vec<Job> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    for _ in 0..1000 {
+        let page = s
+            .list(ListQuery {
+                cursor,
+                ..q.clone()
+            })
+            .await
+            .expect("list");
+        assert!(page.jobs.len() <= q.limit, "a page holds at most its limit");
+        out.extend(page.jobs);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+    panic!("list paging did not end");
+}
+
+fn ids(jobs: &[Job]) -> Vec<Uuid> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+async fn list_filters_find_jobs_past_the_first_page(mut b: Backend) {
+    let s = b.store().await;
+    let mut acme = job("report.daily", "r");
+    acme.channel_id = "orders".into();
+    acme.args = json!({"customer": "ACME Corp", "n": 7});
+    acme.schedule = Some("nightly".into());
+    let acme = submit(&s, acme).await;
+    let mut other = job("thumb", "r");
+    other.channel_id = "orders".into();
+    other.args = json!({"customer": "Initech"});
+    let other = submit(&s, other).await;
+    // 300 newer jobs that match none of the filters: the matches are on page 7 of 50.
+    for i in 0..300 {
+        let mut j = job("noise", "r");
+        j.args = json!({"i": i});
+        submit(&s, j).await;
+    }
+    let q = |f: fn(&mut ListQuery)| {
+        let mut q = ListQuery {
+            limit: 50,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    let first = |q: ListQuery| {
+        let s = s.clone();
+        async move { s.list(q).await.expect("list").jobs }
+    };
+    let by_channel = first(q(|q| q.channel = Some("orders".into()))).await;
+    assert_eq!(ids(&by_channel), vec![other.id, acme.id], "channel");
+    let by_schedule = first(q(|q| q.schedule = Some("nightly".into()))).await;
+    assert_eq!(ids(&by_schedule), vec![acme.id], "schedule");
+    assert!(first(q(|q| q.schedule = Some("hourly".into())))
+        .await
+        .is_empty());
+    // Text in args: a substring of the args as JSON, ignoring case.
+    let by_text = first(q(|q| q.text = Some("acme corp".into()))).await;
+    assert_eq!(ids(&by_text), vec![acme.id], "text");
+    let by_key = first(q(|q| q.text = Some("\"customer\"".into()))).await;
+    assert_eq!(ids(&by_key), vec![other.id, acme.id], "text matching a key");
+    // Filters combine.
+    let both = first(q(|q| {
+        q.channel = Some("orders".into());
+        q.job_type = Some("thumb".into());
+    }))
+    .await;
+    assert_eq!(ids(&both), vec![other.id]);
+    let with_status = first(q(|q| {
+        q.channel = Some("orders".into());
+        q.status = Some(JobStatus::Queued);
+        q.text = Some("initech".into());
+    }))
+    .await;
+    assert_eq!(ids(&with_status), vec![other.id]);
+    // Paging through a filter: one match per page, then the end.
+    let paged = list_all(
+        &s,
+        ListQuery {
+            limit: 1,
+            channel: Some("orders".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&paged), vec![other.id, acme.id], "paged by channel");
+    let paged = list_all(
+        &s,
+        ListQuery {
+            limit: 7,
+            text: Some("\"i\":".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(paged.len(), 300, "paged by text: every noise job once");
+    assert_eq!(
+        paged.iter().map(|j| j.id).collect::<HashSet<_>>().len(),
+        300
+    );
+}
+
+async fn list_filters_by_creation_time(mut b: Backend) {
+    let s = b.store().await;
+    let mut early = Vec::new();
+    for _ in 0..3 {
+        early.push(submit(&s, job("t", "r")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mid = now_us();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut late = Vec::new();
+    for _ in 0..3 {
+        late.push(submit(&s, job("t", "r")).await);
+    }
+    let newest_first = |v: &[Job]| v.iter().rev().map(|j| j.id).collect::<Vec<_>>();
+    let after = list_all(
+        &s,
+        ListQuery {
+            limit: 2,
+            created_after: Some(mid),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&after), newest_first(&late), "created after");
+    let before = list_all(
+        &s,
+        ListQuery {
+            limit: 2,
+            created_before: Some(mid),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&before), newest_first(&early), "created before");
+    // A window: from the second early job to (not including) the second late one.
+    let window = list_all(
+        &s,
+        ListQuery {
+            limit: 100,
+            created_after: Some(early[1].created_at),
+            created_before: Some(late[1].created_at),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        ids(&window),
+        vec![late[0].id, early[2].id, early[1].id],
+        "a window, its start included and its end not"
+    );
+    // With a status that has no index on Redis (the lease set).
+    let c = claim_one(&s, "r", "w").await;
+    let starting = list_all(
+        &s,
+        ListQuery {
+            limit: 10,
+            status: Some(JobStatus::Starting),
+            created_before: Some(mid),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&starting), vec![c.id], "the oldest job was claimed");
+    let none = list_all(
+        &s,
+        ListQuery {
+            limit: 10,
+            status: Some(JobStatus::Starting),
+            created_after: Some(mid),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(none.is_empty());
+}
+
+async fn list_filters_dead_letters(mut b: Backend) {
+    let s = b.store().await;
+    let fail = |j: Job| {
+        let s = s.clone();
+        async move {
+            let t = token(&j);
+            s.apply(
+                j.id,
+                Command::Started {
+                    token: t,
+                    handle: None,
+                },
+            )
+            .await
+            .expect("started");
+            s.apply(
+                j.id,
+                Command::Finish {
+                    token: t,
+                    outcome: FinishOutcome::Failed {
+                        message: "boom".into(),
+                        exit_code: Some(3),
+                    },
+                },
+            )
+            .await
+            .expect("failed")
+        }
+    };
+    // One attempt: its failure is final, a dead letter.
+    submit(
+        &s,
+        Job {
+            max_attempts: 1,
+            ..job("d", "r")
+        },
+    )
+    .await;
+    let dead = fail(claim_one(&s, "r", "w").await).await;
+    assert_eq!(dead.status, JobStatus::Error);
+    // Two attempts: the first failure retries it, not dead.
+    submit(&s, job("d", "r2")).await;
+    let retried_now = fail(claim_one(&s, "r2", "w").await).await;
+    assert_ne!(retried_now.status, JobStatus::Error);
+    submit(&s, job("d", "r3")).await;
+    run_to_success(&s, &claim_one(&s, "r3", "w").await).await;
+    let q = ListQuery {
+        limit: 10,
+        dead: true,
+        ..Default::default()
+    };
+    assert_eq!(ids(&list_all(&s, q.clone()).await), vec![dead.id]);
+    let typed = ListQuery {
+        job_type: Some("x".into()),
+        ..q.clone()
+    };
+    assert!(list_all(&s, typed).await.is_empty());
+    // Retried, it is no longer dead.
+    s.apply(dead.id, Command::Retry).await.expect("retry");
+    assert!(list_all(&s, q).await.is_empty());
+}
+
+async fn signal_keys_are_listed_with_count_and_latest(mut b: Backend) {
+    let s = b.store().await;
+    assert!(s.signal_keys(None, 10).await.expect("keys").is_empty());
+    let t0 = now_us();
+    for (key, n) in [("src.orders", 3), ("a.first", 1), ("z last", 2)] {
+        for i in 0..n {
+            s.signal_append(key, None, None, t0 + i * 1000)
+                .await
+                .expect("append");
+        }
+    }
+    // An idempotent repeat writes nothing and counts nothing.
+    s.signal_append("a.first", Some("x".into()), None, t0 + 5000)
+        .await
+        .expect("append");
+    s.signal_append("a.first", Some("x".into()), None, t0 + 9000)
+        .await
+        .expect("append");
+    let all = s.signal_keys(None, 10).await.expect("keys");
+    let got: Vec<(&str, u64, i64)> = all
+        .iter()
+        .map(|k| (k.key.as_str(), k.count, k.latest))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a.first", 2, t0 + 5000),
+            ("src.orders", 3, t0 + 2000),
+            ("z last", 2, t0 + 1000),
+        ]
+    );
+    // Paged by name.
+    let p1 = s.signal_keys(None, 2).await.expect("keys");
+    assert_eq!(p1.len(), 2);
+    let p2 = s.signal_keys(Some(&p1[1].key), 2).await.expect("keys");
+    assert_eq!(
+        p2.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+        ["z last"]
+    );
+    // Retention removes a key with its records.
+    s.signals_trim(t0 + 1500).await.expect("trim");
+    let left: Vec<(String, u64)> = s
+        .signal_keys(None, 10)
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|k| (k.key, k.count))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("a.first".to_string(), 1), ("src.orders".to_string(), 1)]
+    );
 }

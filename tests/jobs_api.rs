@@ -360,3 +360,84 @@ async fn a_delayed_job_waits_for_its_run_at() {
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["status"], "QUEUED", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_channel_time_text_dead_and_bad_values_name_their_field() {
+    let ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "service"
+types = ["a.*"]
+operation = "runyard.noop"
+
+[[runners]]
+kind = "service"
+types = ["b.*"]
+operation = "runyard.fail"
+max_attempts = 1
+"#,
+    )
+    .await;
+    let wanted = ts
+        .submit_ok(json!({"type": "a.x", "channel": "orders", "args": {"customer": "ACME Corp"}}))
+        .await;
+    let failed = ts.submit_ok(json!({"type": "b.x", "args": {"n": 1}})).await;
+    ts.wait_terminal(&failed, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mid = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    // Newer jobs that match none of the filters: the wanted one is past the first page.
+    for i in 0..30 {
+        ts.submit_ok(json!({"type": "a.noise", "args": {"i": i}}))
+            .await;
+    }
+    let one = |jobs: Vec<Value>| -> Vec<String> {
+        jobs.iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (st, page) = ts.get("/async/jobs?limit=5&channel=orders").await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert_eq!(
+        one(page["jobs"].as_array().unwrap().clone()),
+        vec![wanted.clone()]
+    );
+    assert_eq!(
+        one(ts.list_all(&[("text", "acme corp")], 5).await),
+        vec![wanted.clone()]
+    );
+    assert_eq!(
+        one(ts.list_all(&[("dead", "true")], 5).await),
+        vec![failed.clone()]
+    );
+    let before = ts.list_all(&[("created_before", mid.as_str())], 5).await;
+    assert_eq!(one(before), vec![failed.clone(), wanted.clone()]);
+    let after = ts.list_all(&[("created_after", mid.as_str())], 7).await;
+    assert_eq!(after.len(), 30);
+    assert!(after.iter().all(|j| j["type"] == "a.noise"));
+
+    // Bad values: 400 naming the field.
+    for (query, field) in [
+        ("status=DONE", "status"),
+        ("channel=a%20b", "channel"),
+        ("created_after=yesterday", "created_after"),
+        ("created_before=2026-13-01T00:00:00Z", "created_before"),
+        (
+            "created_after=2026-12-02T00:00:00Z&created_before=2026-12-01T00:00:00Z",
+            "created_after",
+        ),
+        ("text=", "text"),
+        ("schedule=", "schedule"),
+        ("dead=maybe", "dead"),
+    ] {
+        let (st, body) = ts.get(&format!("/async/jobs?{query}")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "bad_query", "{query}: {body}");
+        let msg = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(field),
+            "{query}: the message names `{field}`: {msg}"
+        );
+    }
+}

@@ -242,6 +242,36 @@ async fn suite(ts: &TestServer) {
         assert!(code_msg(&v).1.contains("`emits`"), "{v}");
     }
 
+    // Every key with records, by name, with its count and newest time; paged; bad values 400.
+    let (st, v) = ts.get("/async/signals?limit=1").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let first = v["keys"][0].clone();
+    assert!(first["count"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(first["latest"].is_string(), "{v}");
+    let after = v["next_after"].as_str().expect("more keys").to_string();
+    let (_, all) = ts.get("/async/signals?limit=1000").await;
+    let names: Vec<&str> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["key"].as_str())
+        .collect();
+    assert!(names.contains(&"src.orders"), "{all}");
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "by name: {all}");
+    assert_eq!(names[0], first["key"], "{all}");
+    assert_eq!(
+        names[0], after,
+        "the next page starts after the last key shown: {all}"
+    );
+    let (_, next) = ts
+        .get(&format!("/async/signals?limit=1&after={after}"))
+        .await;
+    assert_eq!(next["keys"][0]["key"], names[1], "{next}");
+    for q in ["limit=0", "limit=1001", "after=", "colour=red"] {
+        let (st, v) = ts.get(&format!("/async/signals?{q}")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{q}: {v}");
+    }
+
     // Retention: records older than the cut are deleted; sequence numbers are never reused.
     let store = ts.running().app.store.clone();
     let n = store

@@ -307,6 +307,75 @@ pub struct ListParams {
     job_type: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    channel: Option<String>,
+    schedule: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    text: Option<String>,
+    dead: Option<bool>,
+}
+
+/// An RFC 3339 time of a list filter, in µs; a bad one names its field.
+fn filter_time(field: &str, v: Option<&str>) -> ApiResult<Option<Micros>> {
+    v.map(|s| {
+        parse_run_at(s).map_err(|_| {
+            ApiError::bad_request(
+                "bad_query",
+                format!("`{field}`: `{s}` is not an RFC 3339 time (e.g. 2026-12-01T08:00:00Z)"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// The query's filters, checked (a bad one is a 400 naming its field).
+fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
+    let bad = |m: String| ApiError::bad_request("bad_query", m);
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(|e| bad(format!("`status`: {e}")))?;
+    if let Some(c) = &q.channel {
+        if !valid_name(c, 256) {
+            return Err(bad(
+                "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
+            ));
+        }
+    }
+    if q.schedule
+        .as_deref()
+        .is_some_and(|s| s.is_empty() || s.len() > 256)
+    {
+        return Err(bad("`schedule` must be 1-256 characters".into()));
+    }
+    if q.text
+        .as_deref()
+        .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
+    {
+        return Err(bad("`text` must be 1-200 characters".into()));
+    }
+    let created_after = filter_time("created_after", q.created_after.as_deref())?;
+    let created_before = filter_time("created_before", q.created_before.as_deref())?;
+    if let (Some(a), Some(b)) = (created_after, created_before) {
+        if a >= b {
+            return Err(bad("`created_after` must be before `created_before`".into()));
+        }
+    }
+    let cursor = q.cursor.as_deref().map(parse_job_id).transpose()?;
+    Ok(ListQuery {
+        status,
+        job_type: q.job_type,
+        limit,
+        cursor,
+        channel: q.channel,
+        schedule: q.schedule,
+        created_after,
+        created_before,
+        text: q.text,
+        dead: q.dead.unwrap_or(false),
+    })
 }
 
 /// `GET /async/jobs`: only the jobs the caller's grant covers (a page may hold fewer than
@@ -322,12 +391,6 @@ pub async fn list_jobs(
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let status = q
-        .status
-        .as_deref()
-        .map(str::parse::<JobStatus>)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("bad_query", e))?;
     let max = st.app.config.api.max_page;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > max {
@@ -336,17 +399,7 @@ pub async fn list_jobs(
             format!("`limit` must be between 1 and {max}"),
         ));
     }
-    let cursor = q.cursor.as_deref().map(parse_job_id).transpose()?;
-    let page = st
-        .app
-        .store
-        .list(ListQuery {
-            status,
-            job_type: q.job_type,
-            limit,
-            cursor,
-        })
-        .await?;
+    let page = st.app.store.list(list_query(q, limit)?).await?;
     Ok(Json(json!({
         "jobs": page
             .jobs

@@ -5,7 +5,7 @@
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,10 +18,13 @@ use crate::store::signals::{check_key, Signal, MAX_ID_BYTES};
 
 /// Records one `GET` returns at most.
 const MAX_LIMIT: usize = 10_000;
+/// Keys one `GET /async/signals` returns at most.
+const MAX_KEYS: usize = 1000;
 
 /// The signal routes (merged into the API router).
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/async/signals", get(list_keys))
         .route("/async/signals/{key}", post(append).get(list))
         .route("/async/signal/{key}", post(hook_append))
 }
@@ -175,5 +178,45 @@ async fn list(
             .iter()
             .map(|s| json!({"seq": s.seq, "at": rfc3339(s.at), "id": s.id, "payload": s.payload}))
             .collect::<Vec<_>>(),
+    })))
+}
+
+/// Query of `GET /async/signals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysParams {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /async/signals?after=&limit=`: the keys that keep records, by name, each with its count
+/// and the time of its newest record; `next_after` continues the listing.
+async fn list_keys(
+    State(st): State<AppState>,
+    q: Result<Query<KeysParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    if let Some(a) = &q.after {
+        check_key(a).map_err(|m| ApiError::bad_request("bad_query", format!("`after`: {m}")))?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_KEYS {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("`limit` must be between 1 and {MAX_KEYS}"),
+        ));
+    }
+    let mut keys = st
+        .app
+        .store
+        .signal_keys(q.after.as_deref(), limit.saturating_add(1))
+        .await?;
+    let next_after = crate::store::paging::cut(&mut keys, limit, |k| Some(k.key.clone()));
+    Ok(Json(json!({
+        "keys": keys
+            .iter()
+            .map(|k| json!({"key": k.key, "count": k.count, "latest": rfc3339(k.latest)}))
+            .collect::<Vec<_>>(),
+        "next_after": next_after,
     })))
 }

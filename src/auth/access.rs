@@ -146,6 +146,7 @@ pub const ROUTES: &[Route] = &[
     // Signals.
     client("POST", "/async/signals/{key}", SignalsWrite, Any),
     client("GET", "/async/signals/{key}", JobsRead, Any),
+    client("GET", "/async/signals", JobsRead, Any),
     // Events.
     other("GET", "/async/events/ws", Need::Events),
     other("GET", "/async/events/sse", Need::Events),

@@ -40,7 +40,7 @@ use crate::job::{Command, Event, Job, Micros};
 use crate::schedule::Schedule;
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::deliveries::{Attempt, Claimed, Delivery, DeliveryState, Outcome};
-use crate::store::signals::Signal;
+use crate::store::signals::{Signal, SignalKey};
 use crate::store::waits::WaitStore;
 use crate::store::{
     DeliveryStore, EventLog, JobPage, JobQueue, JobStore, ListQuery, LogLine, LogStore, LogStream,
@@ -156,6 +156,7 @@ metered! {
             -> (Signal, bool);
         signals(key: &str, since: Micros, limit: usize) -> Vec<Signal>;
         signals_trim(before: Micros) -> u64;
+        signal_keys(after: Option<&str>, limit: usize) -> Vec<SignalKey>;
     }
     JobCountStore {
         job_counts() -> JobCounts;

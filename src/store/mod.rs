@@ -98,6 +98,19 @@ pub struct ListQuery {
     pub limit: usize,
     /// Continue after this job id (exclusive).
     pub cursor: Option<Uuid>,
+    // The dashboard's filters (their one meaning: `paging::ListQuery::matches`).
+    /// Only jobs of this event channel.
+    pub channel: Option<String>,
+    /// Only jobs a fire of this schedule submitted.
+    pub schedule: Option<String>,
+    /// Only jobs created at or after this time (µs).
+    pub created_after: Option<Micros>,
+    /// Only jobs created before this time (µs).
+    pub created_before: Option<Micros>,
+    /// Only jobs whose args, as compact JSON, contain this text (ignoring case).
+    pub text: Option<String>,
+    /// Only dead letters: ERROR with every attempt used.
+    pub dead: bool,
 }
 
 /// A page of jobs.

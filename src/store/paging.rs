@@ -1,11 +1,95 @@
 //! One paging rule for the listings that go newest first with a cursor (jobs on both
 //! backends): read one item more than the page ([`probe`]); when it came, the page is cut to its
 //! size and the key of its last item is the cursor of the next page ([`cut`]).
+//!
+//! And one meaning for the job listing's filters ([`ListQuery::matches`]), which both backends
+//! apply to the records they read: what an index can answer (status, channel on SQLite, the
+//! creation time as a range of the time-ordered ids) narrows the read; what no index holds
+//! (schedule, text in args, dead letters, a type glob on Redis) is checked record by record, at
+//! most [`SCAN_BOUND`] records per page: past that a page comes back short, with a cursor to go on.
 
 use uuid::Uuid;
 
-use super::JobPage;
-use crate::job::Job;
+use super::{JobPage, ListQuery};
+use crate::job::{Job, JobStatus};
+
+/// Records examined per page at most when a filter is checked record by record.
+pub const SCAN_BOUND: usize = 10_000;
+
+/// How far a job's id time (UUID v7, milliseconds) may be from its `created_at`: both are read
+/// when the job is built, on one node; the range read is widened by this and `created_at` checked
+/// exactly.
+const ID_SKEW_MS: i64 = 60_000;
+
+/// The smallest UUID v7 of the millisecond `ms` (ids compare as their text does).
+fn id_floor(ms: i64) -> Uuid {
+    let ms = u128::try_from(ms.clamp(0, (1i64 << 48) - 1)).unwrap_or(0);
+    Uuid::from_u128(ms << 80)
+}
+
+impl ListQuery {
+    /// Whether `j` passes every filter of the query (the cursor aside).
+    pub fn matches(&self, j: &Job) -> bool {
+        self.status.is_none_or(|s| j.status == s)
+            && self
+                .job_type
+                .as_deref()
+                .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
+            && self.channel.as_deref().is_none_or(|c| j.channel_id == c)
+            && self
+                .schedule
+                .as_deref()
+                .is_none_or(|s| j.schedule.as_deref() == Some(s))
+            && self.created_after.is_none_or(|t| j.created_at >= t)
+            && self.created_before.is_none_or(|t| j.created_at < t)
+            && (!self.dead || (j.status == JobStatus::Error && j.attempt >= j.max_attempts))
+            && self.text.as_deref().is_none_or(|t| args_contain(j, t))
+    }
+
+    /// Whether some filter is checked record by record (then a read is bounded by
+    /// [`SCAN_BOUND`]). `by_index` says what the backend's indexes answer: status, type, channel.
+    pub fn scans(&self, type_by_index: bool, channel_by_index: bool) -> bool {
+        self.schedule.is_some()
+            || self.text.is_some()
+            || self.dead
+            || self.created_after.is_some()
+            || self.created_before.is_some()
+            || (self.job_type.is_some() && !type_by_index)
+            || (self.channel.is_some() && !channel_by_index)
+    }
+
+    /// The ids to read, newest first: below `upper` (exclusive: the cursor, or past
+    /// `created_before`) and from `lower` (inclusive: before `created_after`).
+    pub fn id_range(&self) -> (Option<Uuid>, Option<Uuid>) {
+        let lower = self
+            .created_after
+            .map(|t| id_floor(t.div_euclid(1000) - ID_SKEW_MS));
+        let before = self
+            .created_before
+            .map(|t| id_floor(t.div_euclid(1000) + 1 + ID_SKEW_MS));
+        let upper = match (self.cursor, before) {
+            (Some(c), Some(b)) => Some(c.min(b)),
+            (c, b) => c.or(b),
+        };
+        (lower, upper)
+    }
+
+    /// The query with `status` only (a dead letter is ERROR).
+    pub fn status_read(&self) -> Option<JobStatus> {
+        if self.dead {
+            Some(JobStatus::Error)
+        } else {
+            self.status
+        }
+    }
+}
+
+/// Text in args: the args as compact JSON contain `needle`, ignoring case (what the dashboard's
+/// search box means).
+fn args_contain(j: &Job, needle: &str) -> bool {
+    let hay = serde_json::to_string(&j.args).unwrap_or_default();
+    hay.to_lowercase().contains(&needle.to_lowercase())
+}
 
 /// How many items to read for a page of `limit`: one more, which tells whether a next page
 /// exists.

@@ -32,6 +32,17 @@ pub struct Signal {
     pub payload: Option<Value>,
 }
 
+/// One key of the listing: how many records it keeps and when its latest was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalKey {
+    /// The key.
+    pub key: String,
+    /// Records kept.
+    pub count: u64,
+    /// When its newest record was written (µs).
+    pub latest: Micros,
+}
+
 /// Checks a key: 1-200 bytes, no control characters. The error names what is wrong.
 pub fn check_key(key: &str) -> std::result::Result<(), String> {
     if key.is_empty() {
@@ -65,4 +76,6 @@ pub trait SignalStore: Send + Sync {
     async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>>;
     /// Deletes records written before `before`; returns how many.
     async fn signals_trim(&self, before: Micros) -> Result<u64>;
+    /// The keys that keep records, by name, after `after` (exclusive), at most `limit`.
+    async fn signal_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<SignalKey>>;
 }

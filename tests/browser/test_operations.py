@@ -122,7 +122,7 @@ def test_dead_letters_bulk_retry(server, page):
     assert server.job(missed)["attempt"] == m["attempt"], "a job not shown was retried"
 
 
-def test_the_jobs_table_filters_the_loaded_page_by_text_and_channel(server, page):
+def test_the_jobs_table_filters_in_the_store_by_text_and_channel(server, page):
     tag = uuid.uuid4().hex[:6]
     a = server.submit({"type": "noop.text", "args": {"customer": f"acme-{tag}"}, "channel": f"ch-{tag}"})
     b = server.submit({"type": "noop.text", "args": {"customer": "globex"}})
@@ -134,10 +134,16 @@ def test_the_jobs_table_filters_the_loaded_page_by_text_and_channel(server, page
     page.locator("form.filters > button").click()
     expect(page.locator(f'#rows tr[data-job="{a}"]')).to_be_visible()
     expect(page.locator(f'#rows tr[data-job="{b}"]')).to_have_count(0)
-    expect(page.locator("#local-note")).to_contain_text("on this page match")
+    expect(page.locator("#local-note")).to_contain_text("filtered by the server")
     page.fill("#f-text", "")
     page.fill("#f-channel", f"ch-{tag}")
     page.locator("form.filters > button").click()
+    expect(page.locator(f'#rows tr[data-job="{a}"]')).to_be_visible()
+    expect(page.locator("#rows tr")).to_have_count(1)
+    # A match far past the first page: 120 newer jobs of the same type, 50 rows a page.
+    for i in range(120):
+        server.submit({"type": "noop.text", "args": {"i": i}})
+    open_page(page, server, f"/jobs?type=noop.text&text=ACME-{tag}")
     expect(page.locator(f'#rows tr[data-job="{a}"]')).to_be_visible()
     expect(page.locator("#rows tr")).to_have_count(1)
 

@@ -232,24 +232,21 @@ function jobRow(j, selectable) {
     h("td", { title: j.updated_at }, ago(j.updated_at)));
 }
 
-// Filters the list API does not have (channel, schedule, time range, text in args) apply to the
-// page the API returned: they narrow what is shown, they do not search further pages.
-const LOCAL_FILTERS = ["channel", "schedule", "after", "before", "text"];
+// Filters the list API applies in the store (`GET /async/jobs`): a match on any page shows on the
+// first. The time range is typed in local time and sent as RFC 3339.
+const SERVER_FILTERS = ["channel", "schedule", "after", "before", "text"];
+const FILTER_PARAM = { channel: "channel", schedule: "schedule", after: "created_after", before: "created_before", text: "text" };
 
-function localMatch(j, f) {
-  const t = Date.parse(j.created_at);
-  if (f.channel && j.channel_id !== f.channel) return false;
-  if (f.schedule && j.schedule !== f.schedule) return false;
-  if (f.after && !(t >= Date.parse(f.after))) return false;
-  if (f.before && !(t < Date.parse(f.before))) return false;
-  if (f.text && !JSON.stringify(j.args || {}).toLowerCase().includes(f.text.toLowerCase())) return false;
-  return true;
+function filterValue(k, v) {
+  if (!v) return "";
+  if (k === "after" || k === "before") { const d = new Date(v); return isNaN(d) ? v : d.toISOString(); }
+  return v;
 }
 
 async function jobs(params) {
   const status = params.get("status") || "";
   const type = params.get("type") || "";
-  const local = Object.fromEntries(LOCAL_FILTERS.map((k) => [k, params.get(k) || ""]));
+  const local = Object.fromEntries(SERVER_FILTERS.map((k) => [k, params.get(k) || ""]));
   const cursors = [""];
   const body = h("tbody", { id: "rows" });
   const pager = h("div", { class: "pager" });
@@ -258,13 +255,13 @@ async function jobs(params) {
   const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => {
       ev.preventDefault();
       const q = new URLSearchParams();
-      for (const k of ["status", "type", ...LOCAL_FILTERS]) if (ev.target[k].value.trim()) q.set(k, ev.target[k].value.trim());
+      for (const k of ["status", "type", ...SERVER_FILTERS]) if (ev.target[k].value.trim()) q.set(k, ev.target[k].value.trim());
       location.hash = `#/jobs?${q}`;
     } },
     h("label", {}, "Status ", h("select", { name: "status", id: "f-status" }, h("option", { value: "" }, "any"),
       STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)))),
     h("label", {}, "Type ", h("input", { name: "type", id: "f-type", value: type, placeholder: "glob, e.g. report.*" })),
-    h("fieldset", { class: "local" }, h("legend", {}, "On the loaded page only"),
+    h("fieldset", { class: "local" }, h("legend", {}, "More filters"),
       h("label", {}, "Channel ", h("input", { name: "channel", id: "f-channel", value: local.channel })),
       h("label", {}, "Schedule ", h("input", { name: "schedule", id: "f-schedule", value: local.schedule })),
       h("label", {}, "Created after ", h("input", { name: "after", id: "f-after", type: "datetime-local", value: local.after })),
@@ -293,14 +290,15 @@ async function jobs(params) {
     const q = new URLSearchParams({ limit: "50" });
     if (status) q.set("status", status);
     if (type) q.set("type", type);
+    for (const k of SERVER_FILTERS) if (local[k]) q.set(FILTER_PARAM[k], filterValue(k, local[k]));
     if (cursor) q.set("cursor", cursor);
     try {
       const page = await api(`/async/jobs?${q}`);
-      const rows = page.jobs.filter((j) => localMatch(j, local));
+      const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
-      if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No job matches.")));
-      matched.textContent = LOCAL_FILTERS.some((k) => local[k])
-        ? `${rows.length} of the ${page.jobs.length} jobs on this page match the page-only filters.` : "";
+      if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
+      matched.textContent = SERVER_FILTERS.some((k) => local[k])
+        ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
       pager.replaceChildren(
         cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
         page.next_cursor ? h("button", { id: "next-page", onclick: () => { cursors.push(page.next_cursor); load(page.next_cursor); } }, "Older →") : "");

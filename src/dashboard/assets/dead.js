@@ -1,9 +1,8 @@
 
 // ---------------------------------------------------------------- dead.js: #/dead
 
-// Dead letters: jobs that used up their attempts (status ERROR with attempt >= max_attempts).
-// The list API filters by status, not by attempts: pages of ERROR jobs are read newest first and
-// the rest kept, up to 50 shown or 10 pages read per screen (the pager goes on from there).
+// Dead letters: jobs that used up their attempts (status ERROR with attempt >= max_attempts),
+// selected by the store (`GET /async/jobs?dead=true`), 50 a page.
 async function deadLetters(params) {
   const type = params.get("type") || "";
   const body = h("tbody", { id: "rows" });
@@ -47,17 +46,12 @@ async function deadLetters(params) {
   }
 
   async function load(cursor) {
-    const found = [];
-    let next = cursor, pages = 0;
-    do {
-      const q = new URLSearchParams({ status: "ERROR", limit: "100" });
-      if (type) q.set("type", type);
-      if (next) q.set("cursor", next);
-      const page = await api(`/async/jobs?${q}`);
-      found.push(...page.jobs.filter((j) => j.attempt >= j.max_attempts));
-      next = page.next_cursor;
-      pages++;
-    } while (next && found.length < 50 && pages < 10);
+    const q = new URLSearchParams({ dead: "true", limit: "50" });
+    if (type) q.set("type", type);
+    if (cursor) q.set("cursor", cursor);
+    const page = await api(`/async/jobs?${q}`);
+    const found = page.jobs;
+    const next = page.next_cursor;
     shown = found;
     nextCursor = next;
     body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id },
@@ -66,7 +60,7 @@ async function deadLetters(params) {
       h("td", {}, j.type), h("td", {}, badge(j.status)), h("td", {}, `${j.attempt}/${j.max_attempts}`),
       h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
     if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
-    note.textContent = `${found.length} shown (read ${pages} page${pages === 1 ? "" : "s"} of failed jobs).`;
+    note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
     pager.replaceChildren(
       cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
       nextCursor ? h("button", { id: "next-page", onclick: () => { cursors.push(nextCursor); load(nextCursor); } }, "Older →") : "");

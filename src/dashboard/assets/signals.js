@@ -1,10 +1,9 @@
 
 // ---------------------------------------------------------------- signals.js: #/signals
 
-// The API reads a signal key's records (`GET /async/signals/{key}`) but has no list of every key:
-// the page shows the keys waiting jobs wait for, the keys finished jobs' `emits` name on the
-// latest page of jobs, and the keys looked up here (kept in this tab, and in the URL:
-// `#/signals?key=a&key=b`).
+// Every key with records comes from `GET /async/signals` (by name, with its count and newest
+// time; the first 1,000 keys); added to them: the keys waiting jobs wait for (no record yet) and
+// the keys looked up here (kept in this tab, and in the URL: `#/signals?key=a&key=b`).
 const LOOKED_UP = "runyard.signal-keys";
 const SIGNAL_LIMIT = 10000; // the API's largest page; a key keeps at most its 10,000 newest
 
@@ -47,19 +46,19 @@ async function signalsPage(params) {
     h("label", {}, "payload ", h("input", { name: "payload", id: "send-payload", placeholder: "JSON (optional)" })),
     h("button", { type: "submit" }, "Send")) : "";
   main.replaceChildren(h("h1", {}, "Signals"),
-    h("p", { class: "muted" }, "The API lists a key's records but not every key: shown here are the keys waiting jobs wait for, the keys the latest jobs emit, and the keys you look up."),
+    h("p", { class: "muted" }, "Every key with records, the keys waiting jobs wait for, and the keys you look up."),
     form, send, list);
 
   async function load() {
-    const [waiting, latest] = await Promise.all([
+    const [waiting, listed] = await Promise.all([
       api("/async/jobs?status=WAITING&limit=100"),
-      api("/async/jobs?limit=100").catch(() => ({ jobs: [] }))]);
+      api("/async/signals?limit=1000").catch(() => ({ keys: [] }))]);
     const waitersByKey = new Map();
     for (const j of waiting.jobs) for (const it of (j.wait && j.wait.items) || []) {
       if (!waitersByKey.has(it.key)) waitersByKey.set(it.key, []);
       waitersByKey.get(it.key).push([j, it]);
     }
-    const emitted = latest.jobs.flatMap((j) => j.emits || []);
+    const emitted = (listed.keys || []).map((k) => k.key);
     const keys = [...new Set([...remembered, ...waitersByKey.keys(), ...emitted])].sort();
     if (!keys.length) {
       list.replaceChildren(h("p", { class: "muted" }, "No signal key known yet: no job waits for one. Look one up above."));

@@ -4,8 +4,9 @@
 use super::commit::{Reply, Write};
 use super::*;
 
-/// Ids examined per page when listing with a type filter.
-const LIST_SCAN: usize = 10_000;
+/// Ids examined per page at most when a filter is checked record by record (every filter but
+/// status and the creation time's id range: Redis keeps no index of types or channels).
+const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
 /// never fails a listing.
@@ -43,10 +44,11 @@ impl RedisStore {
     /// and the jobs loaded a page at a time and filtered by status.
     async fn list_active(&self, q: ListQuery) -> Result<JobPage> {
         let ids = self.zset_members(&self.key("lease")).await?;
+        let (lower, upper) = q.id_range();
         let mut ids: Vec<Uuid> = ids
             .iter()
             .filter_map(|s| Uuid::parse_str(s).ok())
-            .filter(|id| q.cursor.is_none_or(|c| *id < c))
+            .filter(|id| upper.is_none_or(|c| *id < c) && lower.is_none_or(|l| *id >= l))
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
@@ -55,11 +57,7 @@ impl RedisStore {
         for chunk in ids.chunks(want.clamp(16, 1000)) {
             for b in self.load_many(chunk).await?.into_iter().flatten() {
                 let Some(j) = listable(&b) else { continue };
-                if Some(j.status) == q.status
-                    && q.job_type
-                        .as_deref()
-                        .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
-                {
+                if q.matches(&j) {
                     jobs.push(j);
                     if jobs.len() >= want {
                         break;
@@ -124,15 +122,17 @@ impl JobStore for RedisStore {
     }
 
     async fn list(&self, q: ListQuery) -> Result<JobPage> {
-        if q.status.is_some_and(|s| s.is_active()) {
+        if q.status_read().is_some_and(|s| s.is_active()) {
             return self.list_active(q).await;
         }
-        let key = match q.status {
+        let key = match q.status_read() {
             Some(s) => self.keyed("st:", s.as_str()),
             None => self.key("all"),
         };
         let mut jobs: Vec<Job> = Vec::new();
-        let mut cursor = q.cursor.map(|c| c.to_string());
+        let (lower, upper) = q.id_range();
+        let min = lower.map_or_else(|| "-".to_string(), |l| format!("[{l}"));
+        let mut cursor = upper.map(|c| c.to_string());
         let mut scanned = 0usize;
         let want = crate::store::paging::probe(q.limit);
         let batch = want.clamp(16, 1000);
@@ -143,12 +143,12 @@ impl JobStore for RedisStore {
             };
             let ids: Vec<String> = self
                 .exec(true, |mut c| {
-                    let (key, max) = (key.clone(), max.clone());
+                    let (key, max, min) = (key.clone(), max.clone(), min.clone());
                     async move {
                         ::redis::cmd("ZRANGE")
                             .arg(key)
                             .arg(max)
-                            .arg("-")
+                            .arg(min)
                             .arg("BYLEX")
                             .arg("REV")
                             .arg("LIMIT")
@@ -163,10 +163,7 @@ impl JobStore for RedisStore {
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
                 let Some(j) = listable(&b) else { continue };
-                if q.job_type
-                    .as_deref()
-                    .is_none_or(|g| runyard_runners::glob_match(g, &j.job_type))
-                {
+                if q.matches(&j) {
                     jobs.push(j);
                     if jobs.len() >= want {
                         break;

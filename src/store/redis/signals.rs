@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{json_err, RedisStore};
 use crate::job::Micros;
-use crate::store::signals::{Signal, SignalStore, MAX_PER_KEY};
+use crate::store::signals::{Signal, SignalKey, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
 
 static APPEND: LazyLock<Script> =
@@ -81,4 +81,56 @@ impl SignalStore for RedisStore {
             .await?;
         Ok(n.max(0) as u64)
     }
+
+    async fn signal_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<SignalKey>> {
+        // `P:sigkeys` holds every key with records (scored by time): its names are read whole
+        // (one per key, trimmed by retention), a page is cut by name, and each key of the page
+        // answers its count and newest record from its own sorted set, in one round trip.
+        let mut names = self.zset_members(&self.key("sigkeys")).await?;
+        names.retain(|k| after.is_none_or(|a| k.as_str() > a));
+        names.sort_unstable();
+        names.truncate(limit);
+        if names.is_empty() {
+            return Ok(vec![]);
+        }
+        let sets: Vec<String> = names.iter().map(|k| self.keyed("sig:", k)).collect();
+        let replies: Vec<KeyReply> = self
+            .exec(true, |mut c| {
+                let mut pipe = ::redis::pipe();
+                for k in &sets {
+                    pipe.cmd("ZCARD").arg(k);
+                    pipe.cmd("ZRANGE").arg(k).arg(-1).arg(-1).arg("WITHSCORES");
+                }
+                async move { pipe.query_async::<Vec<::redis::Value>>(&mut c).await }
+            })
+            .await
+            .and_then(pair_up)?;
+        Ok(names
+            .into_iter()
+            .zip(replies)
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(key, (count, last))| SignalKey {
+                key,
+                count,
+                latest: last.first().map_or(0, |(_, at)| *at as Micros),
+            })
+            .collect())
+    }
+}
+
+/// A key's count and newest (record, time).
+type KeyReply = (u64, Vec<(String, f64)>);
+
+/// The pipeline's replies as (ZCARD, ZRANGE WITHSCORES) pairs.
+fn pair_up(vals: Vec<::redis::Value>) -> Result<Vec<KeyReply>> {
+    let bad = |e: ::redis::RedisError| crate::store::StoreError::Backend(e.to_string());
+    vals.chunks(2)
+        .map(|p| match p {
+            [n, last] => Ok((
+                ::redis::from_redis_value::<u64>(n).map_err(bad)?,
+                ::redis::from_redis_value::<Vec<(String, f64)>>(last).map_err(bad)?,
+            )),
+            _ => Ok((0, vec![])),
+        })
+        .collect()
 }

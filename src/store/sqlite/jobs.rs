@@ -11,6 +11,9 @@ use super::{
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
 use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
 
+/// The listing's channel index, created at open.
+pub(super) const SCHEMA: &str = "CREATE INDEX IF NOT EXISTS jobs_channel ON jobs(channel, id);";
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
@@ -64,43 +67,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn list(&self, q: ListQuery) -> Result<JobPage> {
-        self.read(move |c| {
-            let mut sql = String::from("SELECT id, body FROM jobs WHERE 1=1");
-            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-            if let Some(s) = q.status {
-                sql.push_str(" AND status = ?");
-                args.push(Box::new(s.as_str()));
-            }
-            if let Some(t) = &q.job_type {
-                // The Rust matcher the runners and the Redis store use, not SQLite's `GLOB`.
-                sql.push_str(" AND runyard_glob(?, type)");
-                args.push(Box::new(t.clone()));
-            }
-            if let Some(cur) = q.cursor {
-                sql.push_str(" AND id < ?");
-                args.push(Box::new(cur.to_string()));
-            }
-            sql.push_str(" ORDER BY id DESC LIMIT ?");
-            args.push(Box::new(paging::probe(q.limit) as i64));
-            let mut rows: Vec<(String, String)> =
-                rows(c, &sql, rusqlite::params_from_iter(args.iter()), |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            let next_cursor = paging::cut(&mut rows, q.limit, |(id, _)| Uuid::parse_str(id).ok());
-            // A record that no longer reads as a job is reported, never a reason to fail the page.
-            let jobs = rows
-                .iter()
-                .filter_map(|(id, b)| match serde_json::from_str::<Job>(b) {
-                    Ok(j) => Some(j),
-                    Err(e) => {
-                        tracing::error!(job_id = %id, error = %e, "unreadable job record left out of a listing");
-                        None
-                    }
-                })
-                .collect();
-            Ok(JobPage { jobs, next_cursor })
-        })
-        .await
+        self.read(move |c| list_in(c, &q)).await
     }
 
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
@@ -111,4 +78,83 @@ impl JobStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The `WHERE` of a listing from what the indexes answer: status (`jobs_status`), channel
+/// (`jobs_channel`), the id range (the primary key); the type glob is checked on the `type`
+/// column, before any body is read.
+fn list_where(q: &ListQuery) -> (String, Vec<Box<dyn rusqlite::ToSql>>) {
+    let mut sql = String::from("SELECT id, body FROM jobs WHERE 1=1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(s) = q.status_read() {
+        sql.push_str(" AND status = ?");
+        args.push(Box::new(s.as_str()));
+    }
+    if let Some(t) = &q.job_type {
+        // The Rust matcher the runners and the Redis store use, not SQLite's `GLOB`.
+        sql.push_str(" AND runyard_glob(?, type)");
+        args.push(Box::new(t.clone()));
+    }
+    if let Some(ch) = &q.channel {
+        sql.push_str(" AND channel = ?");
+        args.push(Box::new(ch.clone()));
+    }
+    let (lower, _) = q.id_range();
+    if let Some(lo) = lower {
+        sql.push_str(" AND id >= ?");
+        args.push(Box::new(lo.to_string()));
+    }
+    (sql, args)
+}
+
+/// A page of the listing: rows read newest first in batches below the cursor, each checked by
+/// [`ListQuery::matches`]; when a filter is checked record by record, at most
+/// [`paging::SCAN_BOUND`] rows are read, then a short page ends at the last row read.
+fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
+    let want = paging::probe(q.limit);
+    let scans = q.scans(true, true);
+    let batch = if scans { want.clamp(256, 1000) } else { want };
+    let (base, base_args) = list_where(q);
+    let mut upper = q.id_range().1.map(|u| u.to_string());
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut scanned = 0usize;
+    loop {
+        let mut sql = base.clone();
+        let mut args: Vec<&dyn rusqlite::ToSql> = base_args.iter().map(|a| a.as_ref()).collect();
+        if let Some(u) = &upper {
+            sql.push_str(" AND id < ?");
+            args.push(u);
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let lim = batch as i64;
+        args.push(&lim);
+        let got: Vec<(String, String)> = rows(c, &sql, rusqlite::params_from_iter(args), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        scanned += got.len();
+        let last = got.last().map(|(id, _)| id.clone());
+        // A record that no longer reads as a job is reported, never a reason to fail the page.
+        for (id, b) in &got {
+            match serde_json::from_str::<Job>(b) {
+                Ok(j) if q.matches(&j) => jobs.push(j),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(job_id = %id, error = %e, "unreadable job record left out of a listing");
+                }
+            }
+            if jobs.len() >= want {
+                break;
+            }
+        }
+        if jobs.len() >= want || got.len() < batch {
+            break;
+        }
+        upper = last;
+        if scanned >= paging::SCAN_BOUND {
+            // A sparse filter: a short page, and the client goes on from the last row read.
+            let next_cursor = upper.as_deref().and_then(|u| Uuid::parse_str(u).ok());
+            return Ok(JobPage { jobs, next_cursor });
+        }
+    }
+    Ok(JobPage::from_probe(jobs, q.limit))
 }

@@ -256,6 +256,7 @@ impl SqliteStore {
         conn.execute_batch(schedules::SCHEMA).map_err(db_err)?;
         conn.execute_batch(signals::SCHEMA).map_err(db_err)?;
         conn.execute_batch(counts::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(jobs::SCHEMA).map_err(db_err)?;
         conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
         conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
         queue::orphan_leases(&conn)?;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{exec, json_err, row, row_opt, rows, SqliteStore};
 use crate::job::{Job, Micros};
-use crate::store::signals::{Signal, SignalStore, MAX_PER_KEY};
+use crate::store::signals::{Signal, SignalKey, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
 
 /// The tables, created at open.
@@ -159,6 +159,30 @@ impl SignalStore for SqliteStore {
         self.write(move |ctx| {
             let n = exec(ctx.conn, "DELETE FROM signals WHERE at < ?1", [before])?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn signal_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<SignalKey>> {
+        let after = after.unwrap_or("").to_string();
+        self.read(move |c| {
+            // Grouped on the `(key, at)` index: no record row is read; a key holds at most
+            // MAX_PER_KEY records, so a page costs at most `limit` times that many index entries.
+            let got: Vec<(String, i64, i64)> = rows(
+                c,
+                "SELECT key, COUNT(*), MAX(at) FROM signals INDEXED BY signals_at
+                     WHERE key > ?1 GROUP BY key ORDER BY key LIMIT ?2",
+                params![after, limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(got
+                .into_iter()
+                .map(|(key, n, latest)| SignalKey {
+                    key,
+                    count: n.max(0) as u64,
+                    latest,
+                })
+                .collect())
         })
         .await
     }
