@@ -810,3 +810,71 @@ fn logs_follow_reconnects_from_the_last_event_id() {
         "one reconnect, from the last event seen"
     );
 }
+
+#[test]
+fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
+    let s = serve(RUNNERS);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"type\": \"runyard.noop\", \"idempotency_key\": \"cli-1\"}\n",
+            "\n",
+            "{\"type\": \"nope.nothing\"}\n",
+            "not json\n",
+            "{\"type\": \"runyard.noop\", \"idempotency_key\": \"cli-1\"}\n",
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = cli(&s.url, &["submit", "--batch", path]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "one result per job line: {text}");
+    let id = lines[0].strip_prefix("1 ").expect("line 1 accepted");
+    assert!(lines[1].starts_with("3 error unknown_type: "), "{text}");
+    assert!(lines[1].contains("nope.nothing"), "{text}");
+    assert!(lines[2].starts_with("4 error bad_json: "), "{text}");
+    assert_eq!(lines[3], format!("5 {id} replayed"), "{text}");
+    assert!(stderr(&out).contains("2 of 4"), "{}", stderr(&out));
+
+    // JSON lines from stdin; all accepted: exit 0.
+    let mut child = Command::new(BIN)
+        .args(["submit", "--batch", "-", "--output", "json"])
+        .env("RUNYARD_SERVER", &s.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 0..3 {
+            writeln!(
+                stdin,
+                "{{\"type\": \"runyard.noop\", \"args\": {{\"i\": {i}}}}}"
+            )
+            .unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let docs = json_lines(&out);
+    assert_eq!(docs.len(), 3, "{}", stdout(&out));
+    for (i, d) in docs.iter().enumerate() {
+        assert_eq!(
+            (d["line"].as_u64(), d["status_code"].as_u64()),
+            (Some(i as u64 + 1), Some(202)),
+            "{d}"
+        );
+        let job = cli(&s.url, &["status", d["job_id"].as_str().unwrap()]);
+        let job: serde_json::Value = serde_json::from_slice(&job.stdout).unwrap();
+        assert_eq!(job["args"]["i"], i, "{job}");
+    }
+    // A usage error: --batch with a type.
+    let both = cli(&s.url, &["submit", "runyard.noop", "--batch", path]);
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+}

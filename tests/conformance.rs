@@ -158,6 +158,7 @@ conformance!(
     list_filters_by_creation_time,
     list_filters_dead_letters,
     signal_keys_are_listed_with_count_and_latest,
+    batch_submits_store_each_job_on_its_own,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1705,5 +1706,82 @@ async fn signal_keys_are_listed_with_count_and_latest(mut b: Backend) {
     assert_eq!(
         left,
         vec![("a.first".to_string(), 1), ("src.orders".to_string(), 1)]
+async fn batch_submits_store_each_job_on_its_own(mut b: Backend) {
+    let s = b.store().await;
+    assert!(s.submit_many(Vec::new()).await.unwrap().is_empty());
+    let mut earlier = job("t", "r");
+    earlier.idempotency_key = Some("before".into());
+    let earlier = submit(&s, earlier).await;
+    let keyed = |k: &str| {
+        let mut j = job("t", "r");
+        j.idempotency_key = Some(k.into());
+        j.channel_id = "batch".into();
+        j
+    };
+    let mut plain = job("t", "r");
+    plain.channel_id = "batch".into();
+    let mut later = job("t", "r");
+    later.run_at = Some(now_us() + 3_600_000_000);
+    later.status = JobStatus::Scheduled;
+    let sent = vec![plain, keyed("k"), keyed("k"), keyed("before"), later];
+    let ids: Vec<Uuid> = sent.iter().map(|j| j.id).collect();
+    let got = s.submit_many(sent).await.expect("batch");
+    let got: Vec<_> = got.into_iter().map(|r| r.expect("each stored")).collect();
+    assert_eq!(
+        got.iter().map(|r| r.created).collect::<Vec<_>>(),
+        vec![true, true, false, false, true],
+        "created, in order"
+    );
+    assert_eq!(got[0].job.id, ids[0]);
+    assert_eq!(got[1].job.id, ids[1]);
+    assert_eq!(
+        got[2].job.id, ids[1],
+        "the same key inside a batch: the first job"
+    );
+    assert_eq!(
+        got[3].job.id, earlier.id,
+        "a key from before the batch: that job"
+    );
+    assert_eq!(got[4].job.status, JobStatus::Scheduled);
+    // Stored, seen by another process, queued in order, each with its event.
+    let peer = b.peer().await;
+    for id in [ids[0], ids[1], ids[4]] {
+        assert!(peer.get(id).await.unwrap().is_some(), "{id} stored");
+    }
+    assert!(
+        peer.get(ids[2]).await.unwrap().is_none(),
+        "a replay stores nothing"
+    );
+    let events = all_events(&s, Some("batch")).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.job_id.clone(), e.runyard_status))
+            .collect::<Vec<_>>(),
+        vec![
+            (ids[0].to_string(), Some(JobStatus::Queued)),
+            (ids[1].to_string(), Some(JobStatus::Queued)),
+        ],
+        "one event per new job in its channel"
+    );
+    let global = all_events(&s, None).await;
+    assert!(global.iter().any(|e| e.job_id == ids[4].to_string()));
+    let claimed = s.claim("r", "w", 10, LEASE).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![earlier.id, ids[0], ids[1]],
+        "the queue holds each new job once, oldest first"
+    );
+    // Again, from the peer: every key is taken now.
+    let again = peer
+        .submit_many(vec![keyed("k"), keyed("before")])
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .into_iter()
+            .map(|r| r.map(|x| (x.job.id, x.created)).unwrap())
+            .collect::<Vec<_>>(),
+        vec![(ids[1], false), (earlier.id, false)]
     );
 }

@@ -75,20 +75,20 @@ runyard_flags() { # shape -> runyard bench flags
   case $1 in
     sequential) echo "--only service --jobs $N_SEQ --connections 1 --trickle-jobs 0" ;;
     inflight) echo "--only service --jobs $N_INF --connections 32 --trickle-jobs 0" ;;
+    # One producer sending 1,000 jobs per request, as BullMQ's addBulk in chunks of 1,000.
+    batch) echo "--only service --jobs $N_BATCH --connections 1 --batch-size 1000 --trickle-jobs 0" ;;
     idle) echo "--only service --jobs 0 --trickle-jobs $N_IDLE --trickle-rate 50" ;;
     true) echo "--only local --local-jobs $N_TRUE --connections 32 --trickle-jobs 0 --local-concurrency 16" ;;
   esac
 }
 
 run_runyard_embedded() { # shape rep
-  [ "$1" = batch ] && return 0
   # shellcheck disable=SC2046
   RUNYARD_LOG=warn "$bin" bench --json --warmup 200 $(runyard_flags "$1") >"$out/last.json"
   record runyard embedded "$1" "$2" <"$out/last.json"
 }
 
 run_runyard_redis() { # shape rep
-  [ "$1" = batch ] && return 0
   # Two worker nodes with 8 local slots each (scripts/redis-bench.sh's config): 16 at a time.
   # shellcheck disable=SC2046
   RUNYARD="$bin" scripts/redis-bench.sh 2 --json --warmup 200 \

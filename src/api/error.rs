@@ -101,6 +101,18 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+
+    /// The error as one item of an answer holding many results (`POST /async/jobs/batch`):
+    /// `{"status_code", "error": {"code", "message"}}`, the status it would have on its own.
+    pub fn as_item(&self) -> serde_json::Value {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "batch item failed");
+        }
+        json!({
+            "status_code": self.status.as_u16(),
+            "error": {"code": self.code, "message": self.message},
+        })
+    }
 }
 
 impl IntoResponse for ApiError {

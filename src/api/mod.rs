@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extraction and the mapping of errors to status codes.
 
 pub mod app;
+pub mod batch;
 pub mod edge;
 pub mod error;
 pub mod events;
@@ -69,6 +70,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .layer(DefaultBodyLimit::max(file_limit))
                 .get(jobs::list_jobs),
         )
+        .route("/async/jobs/batch", post(batch::submit_batch))
         .route("/async/jobs/{id}", get(jobs::get_job))
         .route("/async/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/async/jobs/{id}/retry", post(jobs::retry_job))
@@ -174,24 +176,46 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
     if bytes.is_empty() {
         return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
     }
-    let body: jobs::SubmitBody = extract::parse_json(&bytes)?;
+    let job = prepare_submit(&st, &bytes, files).await?;
+    let ours = job.submit_hash.clone();
+    let submitted = st.app.store.submit(job).await?;
+    check_replay(&submitted, ours.as_deref())?;
+    Ok(jobs::accepted(&submitted))
+}
+
+/// A submit's JSON body (and its multipart files) validated into the job to store, its
+/// idempotency hash set when it has a key; nothing is stored. Shared by `POST /async/jobs` and
+/// each item of `POST /async/jobs/batch` (`batch.rs`).
+pub(crate) async fn prepare_submit(
+    st: &AppState,
+    bytes: &[u8],
+    files: Vec<(String, crate::job::FileRef)>,
+) -> ApiResult<crate::job::Job> {
+    let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
     let own_notify = body.notify.is_some();
-    let mut job = jobs::build_job(&st, body, None)?;
+    let mut job = jobs::build_job(st, body, None)?;
     if own_notify {
-        notify::check_target(&st, &job).await?;
+        notify::check_target(st, &job).await?;
     }
     for (property, f) in files {
         job.files.entry(property).or_default().push(f);
     }
     if keyed {
-        job.submit_hash = Some(submit_hash(&bytes, &job.files));
+        job.submit_hash = Some(submit_hash(bytes, &job.files));
     }
-    let ours = job.submit_hash.clone();
-    let submitted = st.app.store.submit(job).await?;
+    Ok(job)
+}
+
+/// 409 `idempotency_conflict` when a submit returned an earlier job of the same key whose body
+/// (hash `ours`) was another.
+pub(crate) fn check_replay(
+    submitted: &crate::store::Submitted,
+    ours: Option<&str>,
+) -> ApiResult<()> {
     if !submitted.created
         && submitted.job.submit_hash.is_some()
-        && submitted.job.submit_hash != ours
+        && submitted.job.submit_hash.as_deref() != ours
     {
         return Err(ApiError::conflict(
             "idempotency_conflict",
@@ -201,7 +225,7 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
             ),
         ));
     }
-    Ok(jobs::accepted(&submitted))
+    Ok(())
 }
 
 /// SHA-256 of a submit: its JSON body with object keys sorted (so spacing and key order do not

@@ -92,6 +92,7 @@ use Scope::{Admin, JobsCancel, JobsRead, JobsSubmit, SchedulesWrite, SignalsWrit
 pub const ROUTES: &[Route] = &[
     // Jobs.
     client("POST", "/async/jobs", JobsSubmit, Any),
+    client("POST", "/async/jobs/batch", JobsSubmit, Any),
     client("GET", "/async/jobs", JobsRead, Any),
     client("GET", "/async/jobs/{id}", JobsRead, Job),
     client("POST", "/async/jobs/{id}/cancel", JobsCancel, Job),

@@ -29,8 +29,13 @@ pub struct ServerArg {
 /// `submit` flags.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The job type.
-    pub job_type: String,
+    /// The job type (not with --batch).
+    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+    pub job_type: Option<String>,
+    /// Submit the jobs of FILE instead (JSON lines, one submit body per line; `-` = stdin), up
+    /// to 1,000 per request; prints one result per line, exits 4 when any line failed.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["wait", "inputs", "wait_for"])]
+    pub batch: Option<String>,
     /// Arguments as a JSON object.
     #[arg(long)]
     pub args: Option<String>,
@@ -345,6 +350,9 @@ pub fn json_arg(flag: &str, s: &str) -> anyhow::Result<Value> {
 pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let api = Api::from_arg(&a.server)?;
     let format = a.server.output;
+    if let Some(file) = &a.batch {
+        return super::submit_batch::run(&api, file, format).await;
+    }
     let mut body = json!({ "type": a.job_type });
     if let Some(s) = &a.args {
         let args = json_arg("--args", s)?;

@@ -10,6 +10,7 @@ pub mod launch;
 pub mod output;
 pub mod schedules;
 pub mod signal;
+pub mod submit_batch;
 pub mod token;
 
 use std::net::SocketAddr;

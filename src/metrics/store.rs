@@ -115,6 +115,11 @@ macro_rules! metered {
 metered! {
     JobStore {
         submit(job: Job) -> Submitted => |m, s| if s.created { m.job_submitted(&s.job) };
+        submit_many(jobs: Vec<Job>) -> Vec<Result<Submitted>> => |m, all| {
+            for s in all.iter().flatten().filter(|s| s.created) {
+                m.job_submitted(&s.job);
+            }
+        };
         get(id: Uuid) -> Option<Job>;
         list(q: ListQuery) -> JobPage;
         // The command's kind is read before the command moves into the store.

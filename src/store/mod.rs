@@ -168,6 +168,17 @@ pub struct RetentionReport {
 pub trait JobStore: Send + Sync {
     /// Stores a new job and its first event, atomically; same idempotency key -> the first job.
     async fn submit(&self, job: Job) -> Result<Submitted>;
+    /// Stores many new jobs, each as [`JobStore::submit`] would and on its own (a job that fails
+    /// leaves the others stored): one result per job, in order; `Err` when none could be tried.
+    /// Backends batch the writes (`sqlite/batch.rs`, `redis/batch.rs`); this default submits
+    /// one by one. A wrapping store must forward it (`metrics/store.rs`).
+    async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.submit(job).await);
+        }
+        Ok(out)
+    }
     /// One job.
     async fn get(&self, id: Uuid) -> Result<Option<Job>>;
     /// A page of jobs.

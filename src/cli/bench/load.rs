@@ -69,7 +69,12 @@ pub(super) async fn burst(
     job_type: &str,
     n: usize,
 ) -> anyhow::Result<ScenarioResult> {
-    let url = format!("{}/async/jobs", ctx.base);
+    let batch = ctx.batch_size.max(1);
+    let url = if batch > 1 {
+        format!("{}/async/jobs/batch", ctx.base)
+    } else {
+        format!("{}/async/jobs", ctx.base)
+    };
     let body = body_for(job_type);
     let next = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
@@ -85,14 +90,20 @@ pub(super) async fn burst(
             let mut errors = 0usize;
             let mut last_error = None;
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+                let i = next.fetch_add(batch, Ordering::Relaxed);
                 if i >= n || Instant::now() >= deadline || errors >= 100 {
                     break;
                 }
-                match submit_one(&http, &url, body).await {
-                    Ok(s) => sent.push(s),
+                let k = batch.min(n - i);
+                let r = if batch > 1 {
+                    super::batch::submit_batch(&http, &url, body, k).await
+                } else {
+                    submit_one(&http, &url, body).await.map(|s| vec![s])
+                };
+                match r {
+                    Ok(s) => sent.extend(s),
                     Err(e) => {
-                        errors += 1;
+                        errors += k;
                         last_error = Some(format!("{e:#}"));
                     }
                 }

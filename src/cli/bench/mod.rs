@@ -10,6 +10,8 @@
 //!   every job is terminal. Reports the submit rate, end-to-end jobs/s (N / time from the first
 //!   submit to the last `finished_at`) and submit-to-start latency (client clock just before the
 //!   request is sent, to the job's `started_at`; same machine, same clock).
+//!   With `--batch-size N` (N > 1) each request of a burst is one `POST /async/jobs/batch` of
+//!   N jobs; every job of a request has the request's send time and round trip.
 //! - **trickle**: submit one job every 1/R seconds (open loop: a slow answer never delays the next
 //!   submit) and report submit-to-start latency and the HTTP round trip of a submit.
 //!
@@ -24,6 +26,7 @@ use anyhow::{anyhow, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+mod batch;
 mod child;
 mod collect;
 mod load;
@@ -61,6 +64,10 @@ pub struct BenchArgs {
     /// Concurrent keep-alive HTTP clients of a burst.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Jobs per submit request of a burst: above 1, each request is one
+    /// `POST /async/jobs/batch` of this many jobs (at most 1000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
     /// Submits per second of the trickle.
     #[arg(long, default_value_t = 200.0)]
     pub trickle_rate: f64,
@@ -183,6 +190,7 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
         base: base.clone(),
         deadline,
         connections: a.connections,
+        batch_size: usize::from(a.batch_size),
         http: client(64)?,
         quiet: a.json,
     };
@@ -290,6 +298,8 @@ struct Ctx {
     base: String,
     deadline: Instant,
     connections: usize,
+    /// Jobs per submit request of a burst (`batch.rs`).
+    batch_size: usize,
     /// For health checks, polling and listing.
     http: reqwest::Client,
     quiet: bool,

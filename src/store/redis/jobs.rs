@@ -117,6 +117,10 @@ impl JobStore for RedisStore {
         ))
     }
 
+    async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {
+        self.submit_batch(jobs).await
+    }
+
     async fn get(&self, id: Uuid) -> Result<Option<Job>> {
         Ok(self.load(id).await?.map(|(j, _)| j))
     }

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     append_event, apply_in, exec, json_err, load, notices_for, row_opt, rows, save_file_refs,
-    waits, SqliteStore,
+    waits, SqliteStore, WriteCtx,
 };
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
 use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
@@ -17,49 +17,11 @@ pub(super) const SCHEMA: &str = "CREATE INDEX IF NOT EXISTS jobs_channel ON jobs
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
-        self.write(move |ctx| {
-            if let Some(key) = &job.idempotency_key {
-                let existing: Option<String> = row_opt(
-                    ctx.conn,
-                    "SELECT body FROM jobs WHERE idem_key = ?1",
-                    [key],
-                    |r| r.get(0),
-                )?;
-                if let Some(b) = existing {
-                    return Ok(Submitted {
-                        job: serde_json::from_str(&b).map_err(json_err)?,
-                        created: false,
-                    });
-                }
-            }
-            let body = serde_json::to_string(&job).map_err(json_err)?;
-            exec(
-                ctx.conn,
-                "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
-                                      queued_at, finished_at, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, NULL, ?9)",
-                params![
-                    job.id.to_string(),
-                    job.job_type,
-                    job.runner,
-                    job.status.as_str(),
-                    job.channel_id,
-                    job.run_at,
-                    job.idempotency_key,
-                    job.queued_at,
-                    body
-                ],
-            )?;
-            save_file_refs(ctx.conn, &job)?;
-            append_event(ctx, &job, EventKind::Status)?;
-            notices_for(ctx, &job);
-            let mut job = job;
-            if job.status == JobStatus::Waiting {
-                waits::enter_in(ctx, &mut job)?;
-            }
-            Ok(Submitted { job, created: true })
-        })
-        .await
+        self.write(move |ctx| submit_in(ctx, job)).await
+    }
+
+    async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {
+        self.submit_batch(jobs).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>> {
@@ -157,4 +119,47 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
         }
     }
     Ok(JobPage::from_probe(jobs, q.limit))
+/// Stores a new job and its first event in the writer's transaction; same idempotency key ->
+/// the first job (also used by [`SqliteStore::submit_batch`], one savepoint per job).
+pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
+    if let Some(key) = &job.idempotency_key {
+        let existing: Option<String> = row_opt(
+            ctx.conn,
+            "SELECT body FROM jobs WHERE idem_key = ?1",
+            [key],
+            |r| r.get(0),
+        )?;
+        if let Some(b) = existing {
+            return Ok(Submitted {
+                job: serde_json::from_str(&b).map_err(json_err)?,
+                created: false,
+            });
+        }
+    }
+    let body = serde_json::to_string(&job).map_err(json_err)?;
+    exec(
+        ctx.conn,
+        "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
+                              queued_at, finished_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, NULL, ?9)",
+        params![
+            job.id.to_string(),
+            job.job_type,
+            job.runner,
+            job.status.as_str(),
+            job.channel_id,
+            job.run_at,
+            job.idempotency_key,
+            job.queued_at,
+            body
+        ],
+    )?;
+    save_file_refs(ctx.conn, &job)?;
+    append_event(ctx, &job, EventKind::Status)?;
+    notices_for(ctx, &job);
+    let mut job = job;
+    if job.status == JobStatus::Waiting {
+        waits::enter_in(ctx, &mut job)?;
+    }
+    Ok(Submitted { job, created: true })
 }

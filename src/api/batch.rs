@@ -1,0 +1,124 @@
+//! `POST /async/jobs/batch`: up to [`MAX_BATCH`] submits in one request, each validated exactly
+//! as `POST /async/jobs` validates one ([`super::prepare_submit`]: type, channel and the
+//! caller's right to them, idempotency hash) and stored by the backend in one batch
+//! ([`crate::store::JobStore::submit_many`]). All or nothing per job: an item that fails gets
+//! its own error in its slot and nothing is stored for it; the others are stored. A body that
+//! is not `{"jobs": [...]}` with 1 to [`MAX_BATCH`] items is refused whole, nothing stored.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::{check_replay, edge, extract, prepare_submit, AppState};
+use crate::store::Submitted;
+
+/// Most jobs in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// The body of `POST /async/jobs/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    /// Submit bodies, each as `POST /async/jobs` takes it.
+    jobs: Vec<Value>,
+}
+
+/// `POST /async/jobs/batch`: `200 {"results": [...], "accepted", "failed"}`, one result per
+/// item in order (docs/api.md).
+pub async fn submit_batch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult<Json<Value>> {
+    edge::require_json(&headers)?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
+    }
+    let body: BatchBody = extract::parse_json(&bytes)?;
+    if body.jobs.is_empty() || body.jobs.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable(
+            "invalid_request",
+            format!(
+                "`jobs` must hold 1 to {MAX_BATCH} jobs (got {})",
+                body.jobs.len()
+            ),
+        ));
+    }
+    // Per item: its error, or `None` when its job went to the store.
+    let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(body.jobs.len());
+    let mut jobs = Vec::with_capacity(body.jobs.len());
+    let mut hashes = Vec::with_capacity(body.jobs.len());
+    for item in &body.jobs {
+        match prepare_item(&st, item).await {
+            Ok((job, hash)) => {
+                jobs.push(job);
+                hashes.push(hash);
+                refused.push(None);
+            }
+            Err(e) => refused.push(Some(e)),
+        }
+    }
+    let mut stored = st
+        .app
+        .store
+        .submit_many(jobs)
+        .await?
+        .into_iter()
+        .zip(hashes);
+    let mut accepted = 0usize;
+    let results: Vec<Value> = refused
+        .into_iter()
+        .map(|refusal| {
+            // A refused item took no place in the store's answer.
+            let outcome = match refusal.map_or_else(|| stored.next().ok_or(None), |e| Err(Some(e)))
+            {
+                Ok((r, hash)) => r
+                    .map_err(ApiError::from)
+                    .and_then(|s| check_replay(&s, hash.as_deref()).map(|()| s)),
+                Err(Some(e)) => Err(e),
+                Err(None) => Err(ApiError::internal(
+                    "internal",
+                    "the store answered fewer jobs than it was given",
+                )),
+            };
+            match outcome {
+                Ok(s) => {
+                    accepted += 1;
+                    item(&s)
+                }
+                Err(e) => e.as_item(),
+            }
+        })
+        .collect();
+    let failed = results.len() - accepted;
+    Ok(Json(
+        json!({"results": results, "accepted": accepted, "failed": failed}),
+    ))
+}
+
+/// One item validated as a single submit body (its own JSON text), nothing stored.
+async fn prepare_item(st: &AppState, item: &Value) -> ApiResult<(crate::job::Job, Option<String>)> {
+    let text = serde_json::to_vec(item)
+        .map_err(|e| ApiError::unprocessable("invalid_request", e.to_string()))?;
+    let job = prepare_submit(st, &text, Vec::new()).await?;
+    let hash = job.submit_hash.clone();
+    Ok((job, hash))
+}
+
+/// The result of a stored item: what `POST /async/jobs` answers, with the status it would have
+/// (`202`, or `200` and `idempotent_replayed` for the earlier job of the same key).
+fn item(s: &Submitted) -> Value {
+    let j = &s.job;
+    json!({
+        "status_code": if s.created { 202 } else { 200 },
+        "idempotent_replayed": !s.created,
+        "job_id": j.id,
+        "channel_id": j.channel_id,
+        "status": j.status,
+        "result_url": j.result_url(),
+    })
+}
