@@ -327,6 +327,22 @@ pub fn unknown_env(names: impl Iterator<Item = String>) -> Vec<(String, String)>
     out
 }
 
+/// Starts the spawner of local jobs (runners/src/spawn.rs) when a local runner is configured,
+/// so that jobs are not forked from the whole server. A spawner that cannot start is a warning:
+/// jobs are then forked by the server, as before.
+///
+/// # Safety
+/// Call it from the main thread while it is the only thread, after the secrets left the
+/// environment and the process was hardened (the spawner is a copy of the process as it is now).
+pub unsafe fn start_spawner(config: &Config) {
+    if !config.runners.iter().any(|r| r.kind == RunnerKind::Local) {
+        return;
+    }
+    if let Err(e) = runyard_runners::spawn::start_early() {
+        tracing::warn!(error = %e, "cannot start the spawner process: local jobs are forked by the server");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,8 +226,12 @@ fn open_as(uid: u32, path: &str) -> Result<(), String> {
 const PROBE: &str = r#"
 echo "who $(id -u) $(id -g) [$(id -G)]"
 echo "pwd $(pwd)"
+# The job's parent is the server's spawner (runners/src/spawn.rs), whose parent is the server.
+SERVER=$(cut -d' ' -f4 /proc/$PPID/stat)
+echo "parent $PPID"
 for f in "$DATA/master.key" "$DATA/runyard.db" "$DATA/runyard.db-wal" "$DATA/runyard.lock" \
-         "/proc/$PPID/environ" "/proc/$PPID/mem" "$CONTROL"; do
+         "/proc/$PPID/environ" "/proc/$PPID/mem" "/proc/$SERVER/environ" "/proc/$SERVER/mem" \
+         "$CONTROL"; do
   if err=$( (exec 3<"$f") 2>&1 ); then echo "OPENED $f"; else echo "DENIED $f: $err"; fi
 done
 exec "$BIN" launch --output report=report.txt -- /bin/sh -c 'echo "made by $(id -u)" > report.txt'
@@ -310,6 +314,15 @@ env = {{ DATA = {data}, BIN = {bin}, CONTROL = {control} }}
             "{f} missing: the probe would prove nothing"
         );
     }
+    let parent: u32 = logs
+        .iter()
+        .find_map(|l| l.strip_prefix("parent "))
+        .and_then(|p| p.parse().ok())
+        .expect("parent line");
+    assert_ne!(
+        parent, spid,
+        "the job was forked by the server, not its spawner"
+    );
     let secret_paths = [
         data.join("master.key").to_string_lossy().into_owned(),
         data.join("runyard.db").to_string_lossy().into_owned(),
@@ -317,6 +330,9 @@ env = {{ DATA = {data}, BIN = {bin}, CONTROL = {control} }}
         data.join("runyard.lock").to_string_lossy().into_owned(),
         format!("/proc/{spid}/environ"),
         format!("/proc/{spid}/mem"),
+        // The spawner, the job's parent: as closed as the server.
+        format!("/proc/{parent}/environ"),
+        format!("/proc/{parent}/mem"),
     ];
     for p in &secret_paths {
         let line = logs

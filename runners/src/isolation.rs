@@ -178,6 +178,28 @@ impl Isolation {
         Ok(Isolation { identity, limits })
     }
 
+    /// The limits as `(resource, value)` pairs (what the spawner process is sent).
+    // The resource and limit types differ between platforms (and C libraries).
+    #[allow(clippy::unnecessary_cast)]
+    pub(crate) fn limit_pairs(&self) -> Vec<(u32, u64)> {
+        self.limits
+            .iter()
+            .map(|(r, v)| (*r as u32, *v as u64))
+            .collect()
+    }
+
+    /// An isolation made of an identity and [`Isolation::limit_pairs`] (in the spawner process).
+    #[allow(clippy::unnecessary_cast)]
+    pub(crate) fn from_parts(identity: Option<Identity>, limits: &[(u32, u64)]) -> Self {
+        Isolation {
+            identity,
+            limits: limits
+                .iter()
+                .map(|(r, v)| (*r as LimitResource, *v as libc::rlim_t))
+                .collect(),
+        }
+    }
+
     /// Whether the job runs as another user or group.
     pub fn switches_user(&self) -> bool {
         self.identity.as_ref().is_some_and(|i| i.uid.is_some())

@@ -24,6 +24,9 @@ pub mod kube;
 pub mod lines;
 pub mod local;
 pub mod service;
+pub mod spawn;
+mod spawn_process;
+mod spawn_wire;
 
 use std::sync::Arc;
 use std::time::Duration;

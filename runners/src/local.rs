@@ -120,18 +120,15 @@ impl LocalRunner {
         cmd
     }
 
-    /// Where the job starts, the process settings and what runs between fork and exec;
-    /// returns the directory made for the job (removed when it ends), if any.
-    fn prepare(&self, spec: &JobSpec, cmd: &mut Command) -> Result<Option<PathBuf>, RunnerError> {
+    /// Where the job starts: `cwd` entered as the server, or a directory entered (and made first,
+    /// when flagged) as the job's user.
+    fn placement(&self, spec: &JobSpec) -> Result<Placement, RunnerError> {
         let switch = self.isolation.switches_user();
         // A job run as another user enters its directory as that user (a `cwd` it cannot use
         // fails the launch), and without `cwd` gets a fresh one of its own: the server's
         // directory may be closed to it.
         let workdir = match (&self.config.cwd, switch) {
-            (Some(cwd), false) => {
-                cmd.current_dir(cwd);
-                None
-            }
+            (Some(_), false) => None,
             (Some(cwd), true) => Some((cwd.clone(), false)),
             (None, true) => Some((
                 std::env::temp_dir().join(format!(
@@ -153,8 +150,25 @@ impl LocalRunner {
             )),
             None => None,
         };
-        // The directory made for the job (removed when it ends).
-        let workdir = workdir.and_then(|(w, create)| create.then_some(w));
+        Ok(Placement {
+            cwd: self.config.cwd.clone().filter(|_| !switch),
+            workdir: workdir_c,
+            // The directory made for the job (removed when it ends).
+            made: workdir.and_then(|(w, create)| create.then_some(w)),
+        })
+    }
+
+    /// Where the job starts, the process settings and what runs between fork and exec;
+    /// returns the directory made for the job (removed when it ends), if any.
+    fn prepare(&self, spec: &JobSpec, cmd: &mut Command) -> Result<Option<PathBuf>, RunnerError> {
+        let Placement {
+            cwd,
+            workdir: workdir_c,
+            made: workdir,
+        } = self.placement(spec)?;
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
         let isolation = self.isolation.clone();
         let umask = crate::isolation::job_umask();
         cmd.stdin(Stdio::null())
@@ -197,6 +211,9 @@ impl Runner for LocalRunner {
         spec: JobSpec,
         reporter: SharedReporter,
     ) -> Result<Box<dyn Execution>, RunnerError> {
+        if let Some(spawner) = crate::spawn::shared() {
+            return self.launch_spawned(spawner, &spec, reporter).await;
+        }
         let mut cmd = self.command(&spec);
         let workdir = self.prepare(&spec, &mut cmd)?;
         // Removes the directory if the child made it but the launch failed.
@@ -208,23 +225,12 @@ impl Runner for LocalRunner {
             .id()
             .ok_or_else(|| RunnerError::Launch("process exited before it had a pid".into()))?;
         let start_time = process_start_time(pid);
-        let mut readers = Vec::with_capacity(2);
-        if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(crate::lines::forward_lines(
-                out,
-                LogStream::Stdout,
-                reporter.clone(),
-            )));
-        }
-        if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(crate::lines::forward_lines(
-                err,
-                LogStream::Stderr,
-                reporter,
-            )));
-        }
+        let readers = match (child.stdout.take(), child.stderr.take()) {
+            (Some(out), Some(err)) => forward(out, err, reporter),
+            _ => Vec::new(),
+        };
         Ok(Box::new(LocalExecution {
-            child,
+            child: Proc::Forked(child),
             pid,
             start_time,
             readers,
@@ -270,8 +276,99 @@ impl Runner for LocalRunner {
     }
 }
 
+/// Where a job starts (see [`LocalRunner::placement`]).
+struct Placement {
+    /// Entered as the server.
+    cwd: Option<PathBuf>,
+    /// Entered as the job's user (made first when flagged).
+    workdir: Option<(CString, bool)>,
+    /// The directory made for the job, removed when it ends.
+    made: Option<PathBuf>,
+}
+
+impl LocalRunner {
+    /// [`Runner::launch`] through the spawner process (see [`crate::spawn`]).
+    async fn launch_spawned(
+        &self,
+        spawner: &crate::spawn::Spawner,
+        spec: &JobSpec,
+        reporter: SharedReporter,
+    ) -> Result<Box<dyn Execution>, RunnerError> {
+        let cmd = self.command(spec);
+        let place = self.placement(spec)?;
+        // Removes the directory if the child made it but the launch failed.
+        let workdir_guard = WorkdirGuard(place.made.clone());
+        let req = crate::spawn::request(
+            cmd.as_std(),
+            place.cwd.as_deref(),
+            place.workdir.as_ref().map(|(w, c)| (w.as_c_str(), *c)),
+            crate::isolation::job_umask(),
+            &self.isolation,
+        );
+        let what = format!("cannot start `{}`", self.config.command[0]);
+        let started = spawner
+            .spawn(req)
+            .await
+            .map_err(|e| RunnerError::from_launch_io(&what, &e))?;
+        let pipe = |fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| RunnerError::from_launch_io(&what, &e))
+        };
+        let (out, err) = match (pipe(started.stdout), pipe(started.stderr)) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
+                kill_group(started.pid as i32, libc::SIGKILL);
+                return Err(e);
+            }
+        };
+        Ok(Box::new(LocalExecution {
+            child: Proc::Spawned(started.child),
+            pid: started.pid,
+            start_time: started.start_time,
+            readers: forward(out, err, reporter),
+            status: None,
+            workdir: workdir_guard.disarm(),
+        }))
+    }
+}
+
+/// Forwards a job's stdout and stderr as log lines.
+fn forward<O, E>(out: O, err: E, reporter: SharedReporter) -> Vec<JoinHandle<()>>
+where
+    O: tokio::io::AsyncRead + Unpin + Send + 'static,
+    E: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    vec![
+        tokio::spawn(crate::lines::forward_lines(
+            out,
+            LogStream::Stdout,
+            reporter.clone(),
+        )),
+        tokio::spawn(crate::lines::forward_lines(
+            err,
+            LogStream::Stderr,
+            reporter,
+        )),
+    ]
+}
+
+/// A job's process: a child of the server, or of the spawner.
+enum Proc {
+    Forked(Child),
+    Spawned(crate::spawn::SpawnedChild),
+}
+
+impl Proc {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Forked(c) => c.wait().await,
+            Proc::Spawned(s) => s.wait().await,
+        }
+    }
+}
+
 struct LocalExecution {
-    child: Child,
+    child: Proc,
     pid: u32,
     start_time: Option<u64>,
     readers: Vec<JoinHandle<()>>,
@@ -426,7 +523,7 @@ fn boot_id() -> Option<String> {
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
-fn process_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     // Fields after the command: state is field 3, start time is field 22.

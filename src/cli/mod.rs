@@ -215,6 +215,10 @@ fn load_server_config(
     // writes the environment concurrently.
     unsafe { crate::security::scrub_env(crate::security::SECRET_ENV) };
     crate::security::harden_process();
+    if let Ok(c) = &config {
+        // Safety: still the only thread, secrets gone (see above).
+        unsafe { crate::startup::start_spawner(c) };
+    }
     config
 }
 

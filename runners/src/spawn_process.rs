@@ -1,0 +1,209 @@
+//! The spawner process itself (see [`crate::spawn`]): a copy of the server made before it had
+//! a second thread, so small and single-threaded. It starts the jobs the server asks for, hands
+//! their output pipes back and reports how each one ended.
+
+use std::ffi::{CString, OsStr};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use crate::isolation::{Identity, Isolation};
+use crate::spawn_wire::{send_with_fds, Reply, Request};
+
+/// Largest request accepted (the job's arguments and environment): far above what the server
+/// accepts for a job.
+const MAX_REQUEST: usize = 256 << 20;
+
+/// Runs the spawner until the server goes away; never returns.
+pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
+    // A group of its own: a terminal's ^C reaches the server, which decides what its jobs get.
+    // Safety: plain syscalls on this process.
+    let me = unsafe {
+        libc::setpgid(0, 0);
+        libc::getpid()
+    };
+    let Ok(signals) = child_signals() else {
+        // Safety: leaving at once, nothing to clean up.
+        unsafe { libc::_exit(1) }
+    };
+    let mut requests = std::fs::File::from(requests);
+    let out = replies.as_raw_fd();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: requests.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Safety: two valid pollfd entries.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue; // EINTR
+        }
+        if fds[1].revents != 0 {
+            drain(signals.as_raw_fd());
+            reap(out);
+        }
+        if fds[0].revents != 0 {
+            // The server closed its end (it is exiting) or sent garbage: leave; the jobs go with
+            // this process (their parent-death signal).
+            let Some(req) = read_request(&mut requests) else {
+                // Safety: leaving.
+                unsafe { libc::_exit(0) }
+            };
+            let (reply, fds) = match start(&req, me) {
+                Ok((pid, start_time, fds)) => (
+                    Reply::Started {
+                        id: req.id,
+                        pid,
+                        start_time,
+                    },
+                    Some(fds),
+                ),
+                Err(e) => (
+                    Reply::Failed {
+                        id: req.id,
+                        errno: e.raw_os_error().unwrap_or(0),
+                        message: e.to_string().chars().take(1000).collect(),
+                    },
+                    None,
+                ),
+            };
+            let raw: Vec<RawFd> = fds.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+            if send_with_fds(out, &reply.encode(), &raw).is_err() {
+                // Safety: leaving.
+                unsafe { libc::_exit(0) }
+            }
+        }
+    }
+}
+
+/// A signalfd for `SIGCHLD` (blocked, so it is only ever read from there).
+fn child_signals() -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // Safety: plain syscalls on a local signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Reads whatever the signalfd holds.
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 128 * 8];
+    // Safety: reads into a local buffer of the given size.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// Reaps every ended job and tells the server how each ended.
+fn reap(out: RawFd) {
+    loop {
+        let mut status = 0;
+        // Safety: plain syscall into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let msg = Reply::Exited {
+            pid: pid as u32,
+            status,
+        };
+        if send_with_fds(out, &msg.encode(), &[]).is_err() {
+            // Safety: leaving (the server is gone).
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
+/// One request frame, or `None` at the end of the stream (or on a frame that makes no sense).
+fn read_request(r: &mut std::fs::File) -> Option<Request> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).ok()?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_REQUEST {
+        return None;
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Request::decode(&body)
+}
+
+/// Starts one job: its pid, start time and the read ends of its stdout and stderr.
+fn start(req: &Request, me: libc::pid_t) -> io::Result<(u32, Option<u64>, [OwnedFd; 2])> {
+    let mut cmd = Command::new(OsStr::from_bytes(&req.program));
+    cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
+    cmd.env_clear();
+    for (k, v) in &req.env {
+        cmd.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
+    }
+    if let Some(c) = &req.cwd {
+        cmd.current_dir(OsStr::from_bytes(c));
+    }
+    let workdir = match &req.workdir {
+        Some((w, create)) => Some((
+            CString::new(w.clone()).map_err(|_| io::Error::other("`cwd` holds a NUL byte"))?,
+            *create,
+        )),
+        None => None,
+    };
+    let isolation = Isolation::from_parts(
+        req.identity.as_ref().map(|(uid, gid, groups)| Identity {
+            uid: *uid,
+            gid: *gid,
+            groups: groups.clone(),
+            account: None,
+        }),
+        &req.limits,
+    );
+    let umask = req.umask;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // Safety: only async-signal-safe calls between fork and exec (and this process has one
+    // thread anyway).
+    unsafe {
+        cmd.pre_exec(move || {
+            // The job starts with no signal blocked (this process blocks SIGCHLD).
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            // Limits, groups, user (in that order), then the private working directory.
+            isolation.apply(workdir.as_ref().map(|(w, c)| (w.as_c_str(), *c)))?;
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
+            // After setuid, which clears the parent-death signal.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The spawner may have died before prctl took effect.
+            if libc::getppid() != me {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let start_time = crate::local::process_start_time(pid);
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(io::Error::other("no pipes"));
+    };
+    // `child` is dropped without waiting: `reap` collects it.
+    Ok((pid, start_time, [out.into(), err.into()]))
+}

@@ -1,0 +1,184 @@
+//! The local runner through the spawner process (runners/src/spawn.rs): output, exit codes and
+//! signals, launch errors, stop killing the whole group, and what happens when the spawner dies.
+//! Without libtest's harness: the spawner is forked first, while this process has one thread.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use runyard_runners::local::{LocalConfig, LocalRunner};
+use runyard_runners::{JobSpec, LogStream, Outcome, Reporter, Runner, Secret};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Lines(Mutex<Vec<(LogStream, String)>>);
+
+impl Reporter for Lines {
+    fn log(&self, stream: LogStream, line: String) {
+        self.0.lock().unwrap().push((stream, line));
+    }
+    fn progress(&self, _p: f64, _d: Option<Value>) {}
+}
+
+impl Lines {
+    async fn value(&self, key: &str) -> i32 {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|(_, l)| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()));
+            if let Some(v) = v {
+                return v;
+            }
+            assert!(Instant::now() < until, "no {key} line");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn spec() -> JobSpec {
+    JobSpec {
+        id: "0190-spawn".into(),
+        job_type: "t.x".into(),
+        args: json!({"a": 1}),
+        attempt: 1,
+        secret: Secret::from_string("s3cr3t".into()),
+        hook_url: "http://127.0.0.1:1/async".into(),
+        timeout: None,
+    }
+}
+
+fn sh(script: &str) -> LocalRunner {
+    LocalRunner::new(LocalConfig {
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env_allow: vec!["PATH".into()],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_some_and(|s| !s.contains(") Z"))
+}
+
+async fn wait_dead(pid: i32, what: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < until, "{what} (pid {pid}) still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn output_env_exit_codes_and_signals(spawner: u32) {
+    let lines = Arc::new(Lines::default());
+    let r = sh("echo id=$JOB_ID args=$JOB_ARGS ppid=$PPID; echo oops >&2; exit 3");
+    let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+    let out = ex.wait().await;
+    assert_eq!(
+        out,
+        Outcome::Failed {
+            message: "process exited with code 3".into(),
+            exit_code: Some(3)
+        }
+    );
+    let got = lines.0.lock().unwrap().clone();
+    let want = format!("id=0190-spawn args={{\"a\":1}} ppid={spawner}");
+    assert!(got.contains(&(LogStream::Stdout, want)), "{got:?}");
+    assert!(got.contains(&(LogStream::Stderr, "oops".into())), "{got:?}");
+    let mut ex = sh("kill -TERM $$")
+        .launch(spec(), lines.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        ex.wait().await,
+        Outcome::Failed {
+            message: "process killed by signal 15".into(),
+            exit_code: Some(143)
+        }
+    );
+    let mut ex = sh("true").launch(spec(), lines).await.unwrap();
+    assert_eq!(ex.wait().await, Outcome::Success { result: None });
+}
+
+async fn a_program_that_cannot_start_fails_the_launch() {
+    let r = LocalRunner::new(LocalConfig {
+        command: vec!["/nonexistent/program".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let err = r
+        .launch(spec(), Arc::new(Lines::default()))
+        .await
+        .err()
+        .expect("the launch must fail")
+        .to_string();
+    assert!(
+        err.contains("cannot start `/nonexistent/program`") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+async fn stop_kills_the_whole_group() {
+    let lines = Arc::new(Lines::default());
+    let r = sh("sleep 300 & echo bg=$!; echo leader=$$; wait");
+    let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+    let (bg, leader) = (lines.value("bg=").await, lines.value("leader=").await);
+    assert_eq!(ex.handle().id, leader.to_string());
+    ex.stop(Duration::from_millis(200)).await;
+    assert!(matches!(ex.wait().await, Outcome::Failed { .. }));
+    wait_dead(leader, "stopped job").await;
+    wait_dead(bg, "stopped job's background child").await;
+}
+
+/// The spawner killed: its job dies with it and fails; later jobs are forked by this process.
+async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner: u32) {
+    let lines = Arc::new(Lines::default());
+    let mut ex = sh("echo leader=$$; sleep 300")
+        .launch(spec(), lines.clone())
+        .await
+        .unwrap();
+    let leader = lines.value("leader=").await;
+    // Safety: plain syscall on our own child.
+    unsafe { libc::kill(spawner as i32, libc::SIGKILL) };
+    wait_dead(leader, "job of a killed spawner").await;
+    let out = tokio::time::timeout(Duration::from_secs(10), ex.wait())
+        .await
+        .expect("wait returns");
+    assert!(
+        matches!(&out, Outcome::Failed { message, .. } if message.contains("spawner")),
+        "{out:?}"
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while runyard_runners::spawn::spawner_pid().is_some() {
+        assert!(Instant::now() < until, "the spawner's death went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = Arc::new(Lines::default());
+    let mut ex = sh("echo ppid=$PPID")
+        .launch(spec(), lines.clone())
+        .await
+        .unwrap();
+    assert_eq!(ex.wait().await, Outcome::Success { result: None });
+    assert_eq!(lines.value("ppid=").await, std::process::id() as i32);
+}
+
+fn main() {
+    // Safety: the only thread of this process so far, and the main one.
+    unsafe { runyard_runners::spawn::start_early() }.expect("the spawner starts");
+    let spawner = runyard_runners::spawn::spawner_pid().expect("a spawner runs");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        output_env_exit_codes_and_signals(spawner).await;
+        println!("output, exit codes and signals ... ok");
+        a_program_that_cannot_start_fails_the_launch().await;
+        println!("a program that cannot start fails the launch ... ok");
+        stop_kills_the_whole_group().await;
+        println!("stop kills the whole group ... ok");
+        a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner).await;
+        println!("a dead spawner takes its jobs, later jobs still run ... ok");
+    });
+}

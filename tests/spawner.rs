@@ -1,0 +1,183 @@
+//! Local jobs are started by the spawner process (runners/src/spawn.rs), not forked from the
+//! server, and every guarantee of the local runner holds through it: the job's environment is
+//! scrubbed (no master key, only its own secret), cancel kills the job's whole process group, and
+//! `kill -9` of the server takes the spawner and the jobs it started with it.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::child::serve_command;
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string")
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, when the process exists.
+fn stat_field(pid: i64, n: usize) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 1..];
+    after.split_whitespace().nth(n - 3).map(str::to_string)
+}
+
+/// Alive and not a zombie.
+fn alive(pid: i64) -> bool {
+    stat_field(pid, 3).is_some_and(|st| st != "Z")
+}
+
+fn wait_dead(pid: i64, within: Duration, what: &str) {
+    let until = Instant::now() + within;
+    while alive(pid) {
+        assert!(Instant::now() < until, "{what} (pid {pid}) still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn submit(http: &reqwest::Client, url: &str) -> String {
+    let r: Value = http
+        .post(format!("{url}/async/jobs"))
+        .json(&json!({"type": "sp.job", "args": {}, "max_attempts": 1}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    r["job_id"].as_str().expect("job_id").to_string()
+}
+
+/// The job's log lines once one starts with `until` (bounded).
+async fn lines(http: &reqwest::Client, url: &str, id: &str, until: &str) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r: Value = http
+            .get(format!("{url}/async/jobs/{id}/logs"))
+            .send()
+            .await
+            .expect("logs")
+            .json()
+            .await
+            .expect("json");
+        let got: Vec<String> = r["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["line"].as_str().map(str::to_string))
+            .collect();
+        if got.iter().any(|l| l.starts_with(until)) {
+            return got;
+        }
+        assert!(
+            Instant::now() < end,
+            "no `{until}` line within 30s: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn value(lines: &[String], key: &str) -> i64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+fn config(dir: &Path) -> std::path::PathBuf {
+    let script = "echo ppid=$PPID; echo leader=$$; sleep 300 & echo bg=$!; env; echo ready=1; wait";
+    let c = dir.join("runyard.toml");
+    std::fs::write(
+        &c,
+        format!(
+            "data_dir = {}\n[[runners]]\nkind = \"local\"\ntypes = [\"sp.*\"]\n\
+             command = [\"/bin/sh\", \"-c\", {}]\nenv_allow = [\"PATH\"]\n",
+            toml_str(&dir.join("data").to_string_lossy()),
+            toml_str(script)
+        ),
+    )
+    .expect("config");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_come_from_the_spawner_scrubbed_cancellable_and_die_with_a_killed_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = format!("spawner-test-key-{:016x}", rand::random::<u64>());
+    let port = support::child::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+    let mut server = serve_command(&config(dir.path()), port, log)
+        .env("RUNYARD_MASTER_KEY", &key)
+        .spawn()
+        .expect("serve");
+    let http = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < until, "server not healthy within 30s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server_pid = i64::from(server.id());
+
+    // The job's parent is the spawner, a child of the server, not the server itself.
+    let a = submit(&http, &url).await;
+    let got = lines(&http, &url, &a, "ready=").await;
+    let spawner = value(&got, "ppid=");
+    assert_ne!(spawner, server_pid, "the job was forked by the server");
+    assert_eq!(
+        stat_field(spawner, 4).as_deref(),
+        Some(server_pid.to_string().as_str()),
+        "the job's parent is not the server's spawner"
+    );
+    // Neither the spawner nor the job holds the master key; the job has its own secret only.
+    let environ = std::fs::read(format!("/proc/{spawner}/environ")).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&environ).contains(&key));
+    assert!(
+        got.iter()
+            .all(|l| !l.contains(&key) && !l.starts_with("RUNYARD_")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|l| l.starts_with("JOB_SECRET_KEY=")),
+        "{got:?}"
+    );
+
+    // Cancel kills the job's whole group: the leader and what it started in the background.
+    let (leader, bg) = (value(&got, "leader="), value(&got, "bg="));
+    let r = http
+        .post(format!("{url}/async/jobs/{a}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert!(r.status().is_success(), "cancel: {}", r.status());
+    wait_dead(leader, Duration::from_secs(15), "cancelled job");
+    wait_dead(
+        bg,
+        Duration::from_secs(15),
+        "cancelled job's background child",
+    );
+
+    // kill -9 of the server: the spawner dies with it, and the job it started with the spawner.
+    let b = submit(&http, &url).await;
+    let got = lines(&http, &url, &b, "ready=").await;
+    let (leader, bg) = (value(&got, "leader="), value(&got, "bg="));
+    assert_eq!(value(&got, "ppid="), spawner, "one spawner for every job");
+    let _ = server.kill();
+    let _ = server.wait();
+    wait_dead(
+        spawner,
+        Duration::from_secs(5),
+        "spawner of a killed server",
+    );
+    wait_dead(leader, Duration::from_secs(5), "job of a killed server");
+    // What the job left in its group is for recovery after a restart (as before): not here.
+    // Safety: plain syscall on the job's group.
+    unsafe { libc::kill(-(leader as i32), libc::SIGKILL) };
+    wait_dead(bg, Duration::from_secs(5), "test cleanup");
+}
