@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::{json_err, row, rows, SqliteStore};
+use super::{row, rows, SqliteStore};
 use crate::job::Event;
 use crate::store::{EventLog, Result, StoreError};
 
@@ -42,24 +42,22 @@ impl EventLog for SqliteStore {
                 }
             }
             let after = after.unwrap_or(0);
-            let rows: Vec<(i64, String)> = match &channel {
+            let rows: Vec<(i64, String, String)> = match &channel {
                 Some(ch) => rows(
                     c,
-                    "SELECT id, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    "SELECT id, channel, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
                     params![ch, after, limit as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?,
                 None => rows(
                     c,
-                    "SELECT id, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    "SELECT id, channel, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
                     params![after, limit as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?,
             };
-            for (id, body) in rows {
-                let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
-                ev.id = id.to_string();
-                out.push(ev);
+            for (id, channel, body) in rows {
+                out.push(super::stored::read_event(id, &channel, &body)?);
             }
             Ok(out)
         })

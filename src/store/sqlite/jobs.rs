@@ -136,7 +136,7 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
             });
         }
     }
-    let body = serde_json::to_string(&job).map_err(json_err)?;
+    let body = super::stored::job_body(&job)?;
     exec(
         ctx.conn,
         "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,

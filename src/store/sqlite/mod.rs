@@ -40,6 +40,7 @@ mod retention;
 mod schedules;
 mod signals;
 mod sql;
+mod stored;
 mod tail;
 #[cfg(test)]
 mod tests;
@@ -420,7 +421,7 @@ fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec
 }
 
 fn save(conn: &Connection, job: &Job) -> Result<()> {
-    let body = serde_json::to_string(job).map_err(json_err)?;
+    let body = stored::job_body(job)?;
     exec(
         conn,
         "UPDATE jobs SET status = ?2, run_at = ?3, lease_expires = ?4, queued_at = ?5,
@@ -455,14 +456,16 @@ fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
 
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
     let ev = Event::for_job(job, kind);
-    let body = serde_json::to_string(&ev).map_err(json_err)?;
     exec(
         ctx.conn,
         "INSERT INTO events(channel, body) VALUES (?1, ?2)",
-        params![job.channel_id, body],
+        params![job.channel_id, stored::event_body(&ev)?],
     )?;
-    // A webhook delivery of this event, in the same transaction (notify).
-    deliveries::enqueue_in(ctx.conn, job, kind, ctx.conn.last_insert_rowid(), &body)?;
+    // A webhook delivery of this event, in the same transaction (notify): the full event.
+    if crate::job::notify_spec::wants(job, kind) {
+        let body = serde_json::to_string(&ev).map_err(json_err)?;
+        deliveries::enqueue_in(ctx.conn, job, kind, ctx.conn.last_insert_rowid(), &body)?;
+    }
     Ok(())
 }
 
