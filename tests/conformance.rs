@@ -1706,6 +1706,9 @@ async fn signal_keys_are_listed_with_count_and_latest(mut b: Backend) {
     assert_eq!(
         left,
         vec![("a.first".to_string(), 1), ("src.orders".to_string(), 1)]
+    );
+}
+
 async fn batch_submits_store_each_job_on_its_own(mut b: Backend) {
     let s = b.store().await;
     assert!(s.submit_many(Vec::new()).await.unwrap().is_empty());

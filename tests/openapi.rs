@@ -195,9 +195,20 @@ async fn the_document_lists_exactly_the_routed_operations() {
         .collect();
     assert_eq!(
         params,
-        ["query cursor", "query limit", "query status", "query type"]
-            .map(String::from)
-            .into()
+        [
+            "query channel",
+            "query created_after",
+            "query created_before",
+            "query cursor",
+            "query dead",
+            "query limit",
+            "query schedule",
+            "query status",
+            "query text",
+            "query type"
+        ]
+        .map(String::from)
+        .into()
     );
 }
 

@@ -29,6 +29,15 @@ struct BatchBody {
 
 /// `POST /async/jobs/batch`: `200 {"results": [...], "accepted", "failed"}`, one result per
 /// item in order (docs/api.md).
+#[utoipa::path(post, path = "/async/jobs/batch", tag = "jobs",
+    request_body(content = super::openapi::schemas::BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One result per item, in order: `status_code` 202 (stored), 200 (a replayed `idempotency_key`) or the item's 4xx with its `error` (nothing stored for it)", body = super::openapi::schemas::BatchResults),
+        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: not `{\"jobs\": [...]}` with 1 to 1,000 jobs; nothing stored", body = super::openapi::schemas::ErrorBody),
+    ))]
 pub async fn submit_batch(
     State(st): State<AppState>,
     headers: HeaderMap,

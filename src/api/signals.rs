@@ -182,15 +182,23 @@ async fn list(
 }
 
 /// Query of `GET /async/signals`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeysParams {
+    /// Keys after this name (the previous page's `next_after`).
     after: Option<String>,
+    /// Keys in a page, 1 to 1,000 (default 100).
     limit: Option<usize>,
 }
 
 /// `GET /async/signals?after=&limit=`: the keys that keep records, by name, each with its count
 /// and the time of its newest record; `next_after` continues the listing.
+#[utoipa::path(get, path = "/async/signals", tag = "signals", operation_id = "list_signal_keys", params(KeysParams),
+    responses(
+        (status = 200, description = "The signal keys by name, each with its record count and newest time", body = super::openapi::schemas::SignalKeys),
+        (status = 400, description = "`bad_query`: an unknown parameter, a bad `after` key or `limit` out of 1..=1000", body = super::openapi::schemas::ErrorBody),
+    ))]
 async fn list_keys(
     State(st): State<AppState>,
     q: Result<Query<KeysParams>, axum::extract::rejection::QueryRejection>,

@@ -39,6 +39,7 @@ use access::FromAccessTable;
     paths(
         // Jobs.
         super::submit,
+        super::batch::submit_batch,
         super::jobs::list_jobs,
         super::jobs::get_job,
         super::jobs::cancel_job,
@@ -62,6 +63,7 @@ use access::FromAccessTable;
         // Signals.
         super::signals::append,
         super::signals::list,
+        super::signals::list_keys,
         // Events.
         super::events::websocket,
         super::events::sse,

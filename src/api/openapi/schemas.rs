@@ -210,6 +210,40 @@ pub struct SignalList {
     pub signals: Vec<Value>,
 }
 
+/// `GET /async/signals` (`signals::list_keys`).
+#[derive(ToSchema)]
+pub struct SignalKeys {
+    pub keys: Vec<SignalKey>,
+    /// The next page's `after`; null on the last page.
+    pub next_after: Option<String>,
+}
+
+/// One signal key of `GET /async/signals`.
+#[derive(ToSchema)]
+pub struct SignalKey {
+    pub key: String,
+    pub count: u64,
+    /// RFC 3339 time of the newest record.
+    pub latest: String,
+}
+
+/// The body of `POST /async/jobs/batch` (`batch::BatchBody`).
+#[derive(ToSchema)]
+pub struct BatchRequest {
+    /// 1 to 1,000 submit bodies, each as `POST /async/jobs` takes it.
+    pub jobs: Vec<Value>,
+}
+
+/// The 200 of `POST /async/jobs/batch` (`batch::submit_batch`).
+#[derive(ToSchema)]
+pub struct BatchResults {
+    /// One per item, in order: `{status_code: 202|200, idempotent_replayed, job_id, channel_id,
+    /// status, result_url}` or `{status_code: 4xx, error: {code, message}}`.
+    pub results: Vec<Value>,
+    pub accepted: u64,
+    pub failed: u64,
+}
+
 /// `GET /async/runners`.
 #[derive(ToSchema)]
 pub struct RunnerList {

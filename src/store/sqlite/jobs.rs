@@ -119,6 +119,8 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
         }
     }
     Ok(JobPage::from_probe(jobs, q.limit))
+}
+
 /// Stores a new job and its first event in the writer's transaction; same idempotency key ->
 /// the first job (also used by [`SqliteStore::submit_batch`], one savepoint per job).
 pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
