@@ -291,6 +291,15 @@ async fn bad_input_gets_the_documented_answer_in_the_documented_shape() {
         (400, "bad_query"),
     )
     .await;
+    // A plain GET on the WebSocket route: the API's error shape too, not axum's plain text.
+    refused(
+        &ts,
+        &doc,
+        ("GET", "/async/events/ws", "/async/events/ws"),
+        (json_ct, ""),
+        (400, "not_websocket"),
+    )
+    .await;
     // Nothing was stored by any of these.
     let (_, page) = ts.get("/async/jobs").await;
     assert_eq!(page["jobs"], json!([]), "{page}");

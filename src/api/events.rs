@@ -109,18 +109,24 @@ async fn check_cursor(
 #[utoipa::path(get, path = "/async/events/ws", tag = "events", params(StreamParams),
     responses(
         (status = 101, description = "A WebSocket: each event is one text message (JSON)"),
-        (status = 400, description = "`bad_query`, `bad_last_id`. A request that is not a WebSocket upgrade gets axum's plain-text 400 (not the error shape)", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_query`, `bad_last_id`; `not_websocket`: not a WebSocket upgrade request", body = super::openapi::schemas::ErrorBody),
         (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
-        (status = 426, description = "The connection cannot be upgraded (axum's plain-text answer)", content_type = "text/plain", body = String),
+        (status = 426, description = "`not_websocket`: the connection cannot be upgraded", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn websocket(
     State(st): State<AppState>,
     _origin: StreamOrigin,
     auth: ChannelAuth,
     q: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
 ) -> ApiResult<axum::response::Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    // Not an upgrade request (or one that cannot be upgraded): the API's error shape, not axum's
+    // plain text.
+    let ws = ws.map_err(|e| ApiError::new(e.status(), "not_websocket", e.body_text()))?;
     let channel = auth.channel(q.channel)?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
