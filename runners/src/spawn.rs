@@ -277,7 +277,11 @@ fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: Vec
                 done: None,
             },
         }),
-        _ => Err(io::Error::other("the spawner sent no pipes")),
+        // The spawner always sends both pipes; the kernel drops descriptors it cannot install in
+        // this process (MSG_CTRUNC) when the server is out of them. That is the host's
+        // exhaustion, not the job's failure: EMFILE, so the attempt is given back and retried
+        // (`RunnerError::from_launch_io`), as the fork path does when `pipe` fails.
+        _ => Err(io::Error::from_raw_os_error(libc::EMFILE)),
     };
     let delivered = match (tx, reply) {
         (Some(tx), Ok(r)) => tx.send(Ok(r)).is_ok(),
