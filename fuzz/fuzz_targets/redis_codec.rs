@@ -248,7 +248,7 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     }
     // The webhook delivery: `created\nurl` exactly when the job's webhook wants this event.
     match (ev, &job.notify) {
-        (Some(kind), Some(n)) if runyard::notify::wants(&job, kind) => {
+        (Some(kind), Some(n)) if runyard::job::notify_spec::wants(&job, kind) => {
             assert_eq!(args[16], format!("{}\n{}", job.updated_at, n.url));
         }
         _ => assert_eq!(args[16], ""),
