@@ -255,10 +255,8 @@ types = ["idem.*"]
     assert_eq!(status_of(&ts.get_job(&first).await), "SUCCESS");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_filters_by_status_and_type_glob_and_pages_with_a_cursor() {
-    let ts = TestServer::start(
-        r#"
+/// `a.*` jobs succeed, `b.*` jobs fail with one attempt: the listing tests' two outcomes.
+const NOOP_A_FAIL_B: &str = r#"
 [[runners]]
 kind = "service"
 types = ["a.*"]
@@ -269,9 +267,11 @@ kind = "service"
 types = ["b.*"]
 operation = "runyard.fail"
 max_attempts = 1
-"#,
-    )
-    .await;
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_by_status_and_type_glob_and_pages_with_a_cursor() {
+    let ts = TestServer::start(NOOP_A_FAIL_B).await;
     let mut submitted = Vec::new();
     for i in 0..8 {
         let t = if i % 3 == 2 { "b.broken" } else { "a.fine" };
@@ -363,21 +363,7 @@ async fn a_delayed_job_waits_for_its_run_at() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_channel_time_text_dead_and_bad_values_name_their_field() {
-    let ts = TestServer::start(
-        r#"
-[[runners]]
-kind = "service"
-types = ["a.*"]
-operation = "runyard.noop"
-
-[[runners]]
-kind = "service"
-types = ["b.*"]
-operation = "runyard.fail"
-max_attempts = 1
-"#,
-    )
-    .await;
+    let ts = TestServer::start(NOOP_A_FAIL_B).await;
     let wanted = ts
         .submit_ok(json!({"type": "a.x", "channel": "orders", "args": {"customer": "ACME Corp"}}))
         .await;
