@@ -1,0 +1,232 @@
+"""Following a job, written once for both flavours: the event stream (Server-Sent Events,
+reconnecting from the last event id), and ``wait()`` on top of it (or reading the job every half
+second when the server refuses the stream to this token). Operations of the request layer
+(``api_core.py``): they yield commands and do no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import httpx
+
+from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome, refresh
+from .api_errors import ApiError, ServerUnreachable, WaitTimeout
+from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
+
+#: Stream answers worth reconnecting for, like a dropped connection.
+RETRY_STATUSES = (502, 503, 504)
+
+
+class _Retryable(Exception):
+    """The event stream answered 502/503/504: worth reconnecting, like a dropped connection."""
+
+
+class _Sse:
+    """A Server-Sent Events parser fed one line at a time (the WHATWG rules runyard needs:
+    ``id``, ``data`` (joined by newlines), comments, dispatch on a blank line)."""
+
+    def __init__(self) -> None:
+        self.id: Optional[str] = None
+        self.data: List[str] = []
+
+    def feed(self, line: str) -> Optional[Tuple[Optional[str], str]]:
+        if line == "":
+            if not self.data:
+                return None
+            event = (self.id, "\n".join(self.data))
+            self.data = []
+            return event
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self.data.append(value)
+        elif field == "id" and "\0" not in value:
+            self.id = value
+        return None
+
+
+class _Follow:
+    """The state of following one job's events: cursor, deadline, reconnect pacing."""
+
+    def __init__(self, url: str, job_id: str, last_id: Optional[str], timeout: Optional[float]):
+        self.url = url
+        self.job_id = job_id
+        self.last_id = last_id
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.delay = RECONNECT_DELAYS[0]
+        self.failing_since: Optional[float] = None
+
+    def remaining(self) -> Optional[float]:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0
+
+    def read_timeout(self) -> float:
+        left = self.remaining()
+        return STREAM_IDLE if left is None else max(0.01, min(STREAM_IDLE, left))
+
+    def headers(self) -> Dict[str, str]:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.last_id:
+            headers["Last-Event-ID"] = self.last_id
+        return headers
+
+    def connected(self) -> None:
+        self.delay = RECONNECT_DELAYS[0]
+        self.failing_since = None
+
+    def failed(self, error: BaseException) -> float:
+        """A transport failure: how long to pause, or raise when it has lasted too long."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > RECONNECT_GIVE_UP:
+            raise ServerUnreachable(self.url, error)
+        pause = self.delay
+        self.delay = min(self.delay * 2, RECONNECT_DELAYS[1])
+        left = self.remaining()
+        return pause if left is None else max(0.0, min(pause, left))
+
+    def event(self, sse: Tuple[Optional[str], str]) -> Optional[Dict[str, Any]]:
+        """One SSE message -> the event when it concerns this job (or is a resync), else None."""
+        ev_id, data = sse
+        if ev_id:
+            self.last_id = ev_id
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        if event.get("type") == "resync" or event.get("job_id") == self.job_id:
+            return event
+        return None
+
+
+def apply(data: Dict[str, Any], event: Dict[str, Any]) -> bool:
+    """Updates a job dict from one of its events; True when the event says the job ended."""
+    if event.get("type") == "status" and event.get("runyard_status"):
+        data["status"] = event["runyard_status"]
+    if event.get("progress") is not None:
+        data["progress"] = event["progress"]
+    if event.get("attempt") is not None:
+        data["attempt"] = event["attempt"]
+    return event.get("type") == "status" and event.get("runyard_status") in TERMINAL
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations (``job`` is a ``Job`` or ``AsyncJob``)
+
+
+def follower(job: Any, last_id: Optional[str], timeout: Optional[float]) -> _Follow:
+    return _Follow(job._client.url, job.id, last_id, timeout)
+
+
+def _stream(command: Any) -> Op[Any]:
+    """One stream command; a connection that failed is answered (not raised) as ``ServerUnreachable``."""
+    try:
+        return (yield command)
+    except ServerUnreachable as e:
+        return e
+
+
+def _dropped(state: _Follow, error: ServerUnreachable) -> Op[None]:
+    yield CLOSE
+    if not isinstance(error.cause, httpx.ReadTimeout):
+        # Silence past the bound (or the caller's deadline) is no failure: the loop checks it.
+        yield Sleep(state.failed(error.cause))
+
+
+def follow(job: Any, state: _Follow) -> Op[None]:
+    """Emits the job's events, oldest first, until its terminal status (``WaitTimeout`` at the
+    deadline); reconnects from the last event id when the connection drops or the server closes
+    it (e.g. shutting down). A refusal of the stream raises its ``ApiError``."""
+    while True:
+        if state.expired():
+            raise WaitTimeout(dict(job.data), state.timeout)
+        call = Call("GET", "/async/events/sse", params={"channel": job.channel_id})
+        response = yield from _stream(Open(call, state.headers(), state.read_timeout()))
+        if isinstance(response, ServerUnreachable):
+            yield from _dropped(state, response)
+            continue
+        if response.status_code >= 400:
+            yield CLOSE
+            if response.status_code in RETRY_STATUSES:
+                yield Sleep(state.failed(_Retryable(response.status_code)))
+                continue
+            check(response)
+        state.connected()
+        ended = yield from _read(job, state)
+        yield CLOSE
+        if ended:
+            return
+
+
+def _read(job: Any, state: _Follow) -> Op[bool]:
+    """One connection's events: True when the job ended, False when the connection ended first."""
+    parser = _Sse()
+    while True:
+        line = yield from _stream(NEXT_LINE)
+        if line is None:
+            return False
+        if isinstance(line, ServerUnreachable):
+            yield from _dropped(state, line)
+            return False
+        message = parser.feed(line)
+        if message is not None:
+            event = state.event(message)
+            if event is not None:
+                ended = apply(job.data, event)
+                yield Emit(event)
+                if event.get("type") == "resync":
+                    yield from refresh(job)
+                    ended = job.done
+                if ended:
+                    return True
+        if state.expired():
+            raise WaitTimeout(dict(job.data), state.timeout)
+
+
+def _poll(job: Any, state: _Follow) -> Op[None]:
+    while True:
+        yield from refresh(job)
+        if job.done:
+            return
+        if state.expired():
+            raise WaitTimeout(dict(job.data), state.timeout)
+        left = state.remaining()
+        yield Sleep(POLL_INTERVAL if left is None else max(0.0, min(POLL_INTERVAL, left)))
+
+
+def wait(job: Any, timeout: Optional[float]) -> Op[None]:
+    """Follows the job until it ends, then raises its outcome unless ``SUCCESS``."""
+    state = follower(job, None, timeout)
+    yield from refresh(job)
+    while not job.done:
+        try:
+            yield from follow(job, state)
+        except ApiError as e:
+            if e.status not in STREAM_REFUSED:
+                raise
+            yield from _poll(job, state)
+        yield from refresh(job)
+    outcome(job.data)
+
+
+def result(job: Any, timeout: Optional[float]) -> Op[Any]:
+    """The job's result, waiting for it to end first."""
+    if not job.done or "result" not in job.data:
+        yield from wait(job, timeout)
+    outcome(job.data)
+    return job.data.get("result")
