@@ -6,14 +6,16 @@ Layout:
 - ``errors.py``: HookError and friends (never carrying the job's secret), NonRetryable.
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
 - ``webhook.py``: ``verify(key, header, body)`` for runyard's signed webhooks (receivers).
-- ``api.py``: Client and AsyncClient, the submit side: submit jobs, wait for them, follow events.
+- ``api.py``: Client and AsyncClient, the submit side: submit jobs (one or a batch), wait for them,
+  follow events; over one request layer (``api_core.py``, ``api_follow.py``, ``api_batch.py``:
+  what to send and what answers mean, no I/O) and two thin transports (``api_transport.py``).
 - ``api_errors.py``: ApiError, JobFailed, WaitTimeout and friends, raised by the submit client.
 """
 
 from .client import JobClient, hash_file, resolve_location
 from .entry import run
 from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment, NonRetryable
-from .api import AsyncClient, AsyncJob, Client, Job
+from .api import AsyncClient, AsyncJob, BatchItem, BatchResult, Client, Job
 from .api_errors import (
     ApiError,
     Forbidden,
@@ -33,6 +35,8 @@ __all__ = [
     "AsyncClient",
     "Job",
     "AsyncJob",
+    "BatchItem",
+    "BatchResult",
     "ApiError",
     "Unauthorized",
     "Forbidden",

@@ -141,8 +141,8 @@ def _stream(command: Any) -> Op[Any]:
         return e
 
 
-def _dropped(state: _Follow, error: ServerUnreachable) -> Op[None]:
-    yield CLOSE
+def _pause(state: _Follow, error: ServerUnreachable) -> Op[None]:
+    """After a dropped connection: the reconnect pause (none after mere silence)."""
     if not isinstance(error.cause, httpx.ReadTimeout):
         # Silence past the bound (or the caller's deadline) is no failure: the loop checks it.
         yield Sleep(state.failed(error.cause))
@@ -158,7 +158,8 @@ def follow(job: Any, state: _Follow) -> Op[None]:
         call = Call("GET", "/async/events/sse", params={"channel": job.channel_id})
         response = yield from _stream(Open(call, state.headers(), state.read_timeout()))
         if isinstance(response, ServerUnreachable):
-            yield from _dropped(state, response)
+            yield CLOSE
+            yield from _pause(state, response)
             continue
         if response.status_code >= 400:
             yield CLOSE
@@ -169,20 +170,20 @@ def follow(job: Any, state: _Follow) -> Op[None]:
         state.connected()
         ended = yield from _read(job, state)
         yield CLOSE
-        if ended:
+        if isinstance(ended, ServerUnreachable):
+            yield from _pause(state, ended)
+        elif ended:
             return
 
 
-def _read(job: Any, state: _Follow) -> Op[bool]:
-    """One connection's events: True when the job ended, False when the connection ended first."""
+def _read(job: Any, state: _Follow) -> Op[Any]:
+    """One connection's events: True when the job ended, False when the server closed the stream
+    first, the ``ServerUnreachable`` when the connection dropped."""
     parser = _Sse()
     while True:
         line = yield from _stream(NEXT_LINE)
-        if line is None:
-            return False
-        if isinstance(line, ServerUnreachable):
-            yield from _dropped(state, line)
-            return False
+        if line is None or isinstance(line, ServerUnreachable):
+            return False if line is None else line
         message = parser.feed(line)
         if message is not None:
             event = state.event(message)

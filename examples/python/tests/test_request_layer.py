@@ -1,0 +1,98 @@
+"""The submit client's request layer without any I/O: an operation is driven by hand, command by
+command, with answers made up here (what ``SyncTransport`` / ``AsyncTransport`` would send it).
+This is the code both flavours run; the tests against servers (test_submit_client.py) run it
+through the real transports.
+"""
+
+import httpx
+import pytest
+
+from runyard_job import Client, Forbidden, Job, ServerUnreachable
+from runyard_job import api_core as core
+from runyard_job import api_follow as follow
+from runyard_job.api_core import CLOSE, NEXT_LINE, Call, Emit, Open, Sleep
+
+JOB_ID = "0190a0a0-0000-7000-8000-000000000002"
+
+
+def answer(status, body):
+    return httpx.Response(status, json=body, request=httpx.Request("GET", "http://runyard.invalid/"))
+
+
+def job_answer(status):
+    return answer(200, {"id": JOB_ID, "status": status, "channel_id": JOB_ID, "result": {"n": 1}})
+
+
+class Driver:
+    """Steps an operation, checking each command against what the test expects next."""
+
+    def __init__(self, op):
+        self.op = op
+        self.next = op.send(None)
+
+    def expect(self, kind, reply=None, check=lambda c: True):
+        command = self.next
+        assert command is kind if isinstance(kind, core.StreamStep) else isinstance(command, kind), command
+        assert check(command), command
+        try:
+            self.next = self.op.throw(reply) if isinstance(reply, BaseException) else self.op.send(reply)
+        except StopIteration as done:
+            self.next = None
+            return done.value
+        return None
+
+
+@pytest.fixture
+def job():
+    with Client("http://runyard.invalid", token="t") as c:
+        yield Job(c, {"id": JOB_ID, "status": "QUEUED"})
+
+
+def test_list_jobs_follows_the_cursor_until_the_limit():
+    d = Driver(core.list_jobs("QUEUED", "report.*", 3))
+    page1 = answer(200, {"jobs": [{"id": "a"}, {"id": "b"}], "next_cursor": "c1"})
+    d.expect(Call, page1, lambda c: c.path == "/async/jobs" and c.params == {"limit": 3, "status": "QUEUED", "type": "report.*"})
+    page2 = answer(200, {"jobs": [{"id": "c"}, {"id": "d"}], "next_cursor": "c2"})
+    found = d.expect(Call, page2, lambda c: c.params == {"limit": 1, "status": "QUEUED", "type": "report.*", "cursor": "c1"})
+    assert [j["id"] for j in found] == ["a", "b", "c"]
+
+
+def test_an_error_answer_is_raised_typed_and_a_lost_request_passes_through():
+    d = Driver(core.get_job(JOB_ID))
+    with pytest.raises(Forbidden) as e:
+        d.expect(Call, answer(403, {"error": {"code": "forbidden", "message": "not yours"}}))
+    assert (e.value.code, e.value.message) == ("forbidden", "not yours")
+    lost = ServerUnreachable("http://runyard.invalid", httpx.ConnectError("refused"))
+    with pytest.raises(ServerUnreachable):
+        Driver(core.get_job(JOB_ID)).expect(Call, lost)
+
+
+def test_wait_reads_the_job_when_the_stream_is_refused(job):
+    d = Driver(follow.wait(job, timeout=30))
+    d.expect(Call, job_answer("RUNNING"), lambda c: c.method == "GET" and c.path == f"/async/jobs/{JOB_ID}")
+    d.expect(Open, answer(403, {"error": {"code": "forbidden", "message": "no events"}}),
+             lambda c: c.call.path == "/async/events/sse" and c.call.params == {"channel": JOB_ID})  # fmt: skip
+    d.expect(CLOSE)
+    d.expect(Call, job_answer("RUNNING"))
+    d.expect(Sleep, None, lambda c: c.seconds == follow.POLL_INTERVAL)
+    d.expect(Call, job_answer("SUCCESS"))
+    d.expect(Call, job_answer("SUCCESS"))  # read once more after following: the final job
+    assert d.next is None and job.status == "SUCCESS"
+
+
+def test_events_reconnect_after_a_drop_from_the_last_event_id(job):
+    d = Driver(follow.follow(job, follow.follower(job, None, 30)))
+    d.expect(Open, answer(200, {}), lambda c: "Last-Event-ID" not in c.headers)
+    d.expect(NEXT_LINE, "id: 7")
+    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "RUNNING"}}')
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None, lambda c: c.event["runyard_status"] == "RUNNING")
+    d.expect(NEXT_LINE, ServerUnreachable("u", httpx.ReadError("reset")))
+    d.expect(CLOSE)
+    d.expect(Sleep, None, lambda c: c.seconds == follow.RECONNECT_DELAYS[0])
+    d.expect(Open, answer(200, {}), lambda c: c.headers["Last-Event-ID"] == "7")
+    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "SUCCESS"}}')
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None, lambda c: c.event["runyard_status"] == "SUCCESS")
+    d.expect(CLOSE)
+    assert d.next is None and job.status == "SUCCESS"
