@@ -30,36 +30,11 @@ from . import api_core as core
 from . import api_follow as follow
 from .api_batch import MAX_BATCH, BatchItem, BatchResult, submit_batch
 from .api_errors import ApiError, ServerUnreachable, WaitTimeout
+# Re-exported: what api.py held before the request layer moved out of it.
 from .api_requests import DEFAULT_TIMEOUT, POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP
 from .api_requests import STREAM_IDLE, STREAM_REFUSED, TERMINAL, FileSpec, Files, Seconds, When
 from .api_requests import file_parts, submit_body
 from .api_transport import AsyncTransport, SyncTransport
-
-__all__ = [
-    "Client",
-    "AsyncClient",
-    "Job",
-    "AsyncJob",
-    "BatchItem",
-    "BatchResult",
-    "MAX_BATCH",
-    "submit_body",
-    "file_parts",
-    "ApiError",
-    "ServerUnreachable",
-    "WaitTimeout",
-    "TERMINAL",
-    "DEFAULT_TIMEOUT",
-    "STREAM_IDLE",
-    "RECONNECT_DELAYS",
-    "RECONNECT_GIVE_UP",
-    "STREAM_REFUSED",
-    "POLL_INTERVAL",
-    "FileSpec",
-    "Files",
-    "Seconds",
-    "When",
-]
 
 #: One item of ``submit_batch(jobs)``: ``submit()``'s keywords but ``files``, ``type`` required.
 BatchJob = Mapping[str, Any]

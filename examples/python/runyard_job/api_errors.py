@@ -14,10 +14,9 @@ Every one of them is a ``JobClientError``. None carries the client's token.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Optional
 
-from .errors import JobClientError
+from .errors import JobClientError, error_fields
 
 
 class ApiError(JobClientError):
@@ -35,22 +34,7 @@ class ApiError(JobClientError):
     @classmethod
     def from_response(cls, status: int, reason: str, text: str) -> "ApiError":
         """Builds the error (of the subclass matching ``status``) from an answer's parts."""
-        code = f"http_{status}"
-        message = (reason or "").strip() or "request failed"
-        try:
-            body = json.loads(text) if text else None
-        except ValueError:
-            if text.strip():
-                message = text.strip()[:500]
-        else:
-            error = body.get("error") if isinstance(body, dict) else None
-            if isinstance(error, dict):
-                code = str(error.get("code") or code)
-                message = str(error.get("message") or message)
-            elif isinstance(error, str):
-                message = error
-            elif body is not None:
-                message = json.dumps(body)[:500]
+        code, message = error_fields(status, reason, text)
         kind = {401: Unauthorized, 403: Forbidden, 404: NotFound}.get(status, cls)
         return kind(status, code, message)
 

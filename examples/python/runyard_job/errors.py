@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, Tuple
 
 
 class JobClientError(Exception):
@@ -54,24 +54,31 @@ class HookError(JobClientError):
     @classmethod
     def from_response(cls, response, secret: Optional[str] = None) -> "HookError":
         """Build from a ``requests.Response``; ``secret`` is scrubbed from the text if echoed."""
-        code = f"http_{response.status_code}"
-        message = (response.reason or "").strip() or "request failed"
-        try:
-            body = response.json()
-        except ValueError:
-            text = (response.text or "").strip()
-            if text:
-                message = text[:500]
-        else:
-            error = body.get("error") if isinstance(body, dict) else None
-            if isinstance(error, dict):
-                code = str(error.get("code") or code)
-                message = str(error.get("message") or message)
-            elif isinstance(error, str):
-                message = error
-            elif body is not None:
-                message = json.dumps(body)[:500]
+        code, message = error_fields(response.status_code, response.reason, response.text or "")
         return cls(response.status_code, redact(code, secret), redact(message, secret))
+
+
+def error_fields(status: int, reason: Optional[str], text: str) -> Tuple[str, str]:
+    """``(code, message)`` of an error answer: from runyard's ``{"error": {"code", "message"}}``
+    body, else derived from the status, the reason phrase or the body's text (at most 500
+    characters). Shared by the hook client (``HookError``) and the submit client (``ApiError``)."""
+    code = f"http_{status}"
+    message = (reason or "").strip() or "request failed"
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        if text.strip():
+            message = text.strip()[:500]
+    else:
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            code = str(error.get("code") or code)
+            message = str(error.get("message") or message)
+        elif isinstance(error, str):
+            message = error
+        elif body is not None:
+            message = json.dumps(body)[:500]
+    return code, message
 
 
 def redact(text: str, secret: Optional[str]) -> str:

@@ -6,18 +6,13 @@ client refuses before sending anything.
 
 import asyncio
 import datetime as dt
-import os
 import uuid
 
 import pytest
 
 from runyard_job import ApiError, AsyncClient, AsyncJob, BatchResult, Client, Job, JobFailed
 
-SERVER = os.environ.get("RUNYARD_TEST_SERVER", "").rstrip("/")
-TOKEN = os.environ.get("RUNYARD_TEST_TOKEN")
-BOUND = 60  # seconds: the longest any wait below may take on a loaded CI machine
-
-server = pytest.mark.skipif(not SERVER, reason="set RUNYARD_TEST_SERVER=http://127.0.0.1:7070 to run against a server")
+from submit_support import BOUND, SERVER, TOKEN, server
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ servers that misbehave on purpose.
 import asyncio
 import http.server
 import json
-import os
 import socket
 import threading
 import time
@@ -31,12 +30,9 @@ from runyard_job import (
     WaitTimeout,
 )
 
-SERVER = os.environ.get("RUNYARD_TEST_SERVER", "").rstrip("/")
-TOKEN = os.environ.get("RUNYARD_TEST_TOKEN")
-TEXT = "the quick brown fox\njumps over\n\nthe lazy dog\n"
-BOUND = 60  # seconds: the longest any wait below may take on a loaded CI machine
+from submit_support import BOUND, SERVER, TOKEN, server
 
-server = pytest.mark.skipif(not SERVER, reason="set RUNYARD_TEST_SERVER=http://127.0.0.1:7070 to run against a server")
+TEXT = "the quick brown fox\njumps over\n\nthe lazy dog\n"
 
 
 @pytest.fixture
