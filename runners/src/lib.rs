@@ -5,7 +5,8 @@
 //!   (cancel-safe) and stopped. Its [`RunHandle`] is saved on the job, so that after a restart the
 //!   runner can find the work again with [`Runner::recover`].
 //! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs;
-//!   [`lines`] is the one line forwarder (one [`MAX_LINE_BYTES`]) every runner uses for output.
+//!   [`lines`] is the one line forwarder (one [`MAX_LINE_BYTES`]) every runner uses for output;
+//!   [`buffered`] is the one buffered reporter (the worker's and `runyard launch`'s).
 //! - [`local`]: a child process in its own process group (any language), optionally as another
 //!   user and under resource limits ([`isolation`]).
 //! - [`service`]: an in-process async Rust function registered by name.
@@ -18,6 +19,7 @@
 // Issue 8's limit: no function over 80 lines (clippy.toml's threshold) outside tests.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+pub mod buffered;
 pub mod docker;
 pub mod isolation;
 pub mod kube;
