@@ -39,7 +39,7 @@ use serde_json::Value;
 pub use runyard_hooks::Secret;
 /// The shared vocabulary, defined on the bottom floor (`runyard_hooks::vocab`) and re-exported
 /// here so that runner code and embedders keep their paths.
-pub use runyard_hooks::{LogStream, RunHandle, MAX_LINE_BYTES};
+pub use runyard_hooks::{LogStream, RunHandle, RunKind, MAX_LINE_BYTES};
 
 /// Everything a runner needs to know to start one attempt of a job.
 #[derive(Debug, Clone)]

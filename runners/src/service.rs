@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
+    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, RunKind, Runner, RunnerError,
     SharedReporter,
 };
 
@@ -239,7 +239,7 @@ struct ServiceExecution {
 impl Execution for ServiceExecution {
     fn handle(&self) -> RunHandle {
         RunHandle {
-            kind: "service".into(),
+            kind: RunKind::Service,
             id: self.id.clone(),
             data: Value::Null,
         }
