@@ -98,6 +98,12 @@ pub enum Outcome {
         /// The exit code, for processes and containers.
         exit_code: Option<i32>,
     },
+    /// The work failed and said that no retry can fix it (a service function's
+    /// [`service::AbortError`]): the job ends ERROR without using its remaining attempts.
+    Aborted {
+        /// A one-line explanation.
+        message: String,
+    },
 }
 
 impl Outcome {

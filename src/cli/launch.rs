@@ -13,7 +13,7 @@ use clap::Args;
 use runyard_hooks::wire::StatusReport;
 use runyard_hooks::JobClient;
 use runyard_runners::buffered::{Batch, BatchSink, BufferedReporter};
-use runyard_runners::service::{ServiceContext, ServiceRegistry};
+use runyard_runners::service::{AbortError, ServiceContext, ServiceRegistry};
 use runyard_runners::{lines, LogStream};
 use serde_json::Value;
 use tokio::io::AsyncRead;
@@ -101,10 +101,16 @@ impl BatchSink for HookSink {
     }
 }
 
-async fn finish(client: &JobClient, outcome: Result<Option<Value>, String>) -> ExitCode {
+/// Reports the outcome; an error with `retry: false` ends the job without another attempt.
+async fn finish(
+    client: &JobClient,
+    outcome: Result<Option<Value>, String>,
+    retry: bool,
+) -> ExitCode {
     let r = match &outcome {
         Ok(v) => client.success(v.clone()).await,
-        Err(m) => client.error(m.clone()).await,
+        Err(m) if retry => client.error(m.clone()).await,
+        Err(m) => client.error_no_retry(m.clone()).await,
     };
     if let Err(e) = r {
         eprintln!("runyard launch: cannot report the outcome: {e}");
@@ -141,10 +147,15 @@ async fn run_operation(
         cancel.clone(),
     );
     let task = tokio::spawn(f(ctx));
+    let mut retry = true;
     let outcome = tokio::select! {
         r = task => match r {
             Ok(Ok(v)) => Ok((!v.is_null()).then_some(v)),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                // The operation said no retry can fix it (`AbortError`), as in a service runner.
+                retry = !AbortError::is_abort(e.as_ref());
+                Err(e.to_string())
+            }
             Err(e) => Err(format!("panicked: {e}")),
         },
         _ = crate::cli::shutdown_signal() => {
@@ -153,7 +164,7 @@ async fn run_operation(
         }
     };
     reporter.flush().await;
-    Ok(finish(&client, outcome).await)
+    Ok(finish(&client, outcome, retry).await)
 }
 
 /// Echoes the command's output as is (stdout or stderr) and, with `reporter`, sends its lines
@@ -278,7 +289,7 @@ async fn run_command(
         (None, Some(s)) => Err(format!("command killed by signal {s}")),
         _ => Err("command ended abnormally".to_string()),
     };
-    let code = finish(&client, outcome).await;
+    let code = finish(&client, outcome, true).await;
     Ok(match status.code() {
         Some(c) if code == ExitCode::SUCCESS || c != 0 => ExitCode::from(c.clamp(0, 255) as u8),
         _ => code,
