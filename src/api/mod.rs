@@ -122,8 +122,6 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
-    let routes = edge::catch_panics(routes, counters.clone());
-    let routes = request_trace::with_request_tracing(routes);
     let routes = crate::metrics::http::count_requests(routes, counters.clone());
     edge::with_edge_layers(routes, &cors, counters)
 }
