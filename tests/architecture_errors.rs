@@ -7,7 +7,9 @@
 //! - `Response::builder` or `status_mut()`: a response put together by hand;
 //! - an error status (`StatusCode::` of a 4xx or 5xx, or `StatusCode::from_u16`) anywhere but as
 //!   the first argument of `ApiError::new(`: no handler answers or compares error statuses
-//!   itself (a rejection or a library error gets a `From` impl in `src/api/error.rs`).
+//!   itself (a rejection or a library error gets a `From` impl in `src/api/error.rs`);
+//! - `ApiError::new(StatusCode::X, ..)` where `ApiError` has a constructor for X (and, for the
+//!   constructors with a fixed code, that code): the same answer spelled two ways.
 //!
 //! Success answers (`(StatusCode::ACCEPTED, Json(..))`) are the handlers' own. Client code
 //! (`reqwest::StatusCode`, the CLI reading the server's answers) is not an answer.
@@ -24,6 +26,33 @@ const ALLOWED: &[(&str, &str, &str)] = &[(
     "the readiness probe answers 503 {\"status\": \"unavailable\", \"store\", \"error\"} \
      (docs/api.md): a probe's documented body, not an API error",
 )];
+
+/// `ApiError` constructors: (status, the fixed code or "" for one taking any code, constructor).
+const HELPERS: &[(&str, &str, &str)] = &[
+    ("PAYLOAD_TOO_LARGE", "too_large", "ApiError::too_large"),
+    ("UNAUTHORIZED", "unauthorized", "ApiError::unauthorized"),
+    ("FORBIDDEN", "forbidden", "ApiError::forbidden"),
+    ("NOT_FOUND", "not_found", "ApiError::not_found"),
+    ("INTERNAL_SERVER_ERROR", "", "ApiError::internal"),
+    ("SERVICE_UNAVAILABLE", "", "ApiError::unavailable"),
+    ("BAD_REQUEST", "", "ApiError::bad_request"),
+    ("UNPROCESSABLE_ENTITY", "", "ApiError::unprocessable"),
+    ("CONFLICT", "", "ApiError::conflict"),
+];
+
+/// The constructor `ApiError::new(StatusCode::{status}, {rest}` should have used, if any.
+fn helper_for(status: &str, rest: &str) -> Option<&'static str> {
+    let code = rest
+        .trim_start()
+        .strip_prefix(',')
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix('"'))
+        .and_then(|r| r.split('"').next());
+    HELPERS
+        .iter()
+        .find(|(s, fixed, _)| *s == status && (fixed.is_empty() || Some(*fixed) == code))
+        .map(|(_, _, helper)| *helper)
+}
 
 /// Status constants that are not errors (1xx, 2xx, 3xx).
 const NOT_ERRORS: &[&str] = &[
@@ -159,6 +188,14 @@ fn findings(source: &str) -> Vec<Finding> {
             continue;
         }
         if code[..path_start].trim_end().ends_with("ApiError::new(") {
+            let rest = &code[at + "StatusCode::".len() + name.len()..];
+            if helper_for(&name, rest).is_some() {
+                push(
+                    at,
+                    "ApiError::new with a status that has its own ApiError constructor: use it",
+                    &code,
+                );
+            }
             continue;
         }
         push(
@@ -267,8 +304,22 @@ fn the_checker_catches_each_way_of_building_an_error_answer() {
     assert_eq!(rules("Response::builder().status(500)"), [1]);
     assert_eq!(rules("*res.status_mut() = s;"), [1]);
 
-    // Allowed: ApiError::new with an error status, success statuses, client code, comments,
-    // test modules, error fields that are not the error body.
+    // ApiError::new spelling an answer that has its own constructor.
+    assert_eq!(
+        rules("ApiError::new(\n    StatusCode::PAYLOAD_TOO_LARGE,\n    \"too_large\", m)"),
+        [2]
+    );
+    assert_eq!(
+        rules("ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, \"busy\", m)"),
+        [1]
+    );
+    assert_eq!(
+        rules("ApiError::new(StatusCode::FORBIDDEN, \"forbidden\", m)"),
+        [1]
+    );
+
+    // Allowed: ApiError::new with an error status (and a code no constructor has), success
+    // statuses, client code, comments, test modules, error fields that are not the error body.
     assert!(rules("ApiError::new(\n    StatusCode::FORBIDDEN,\n    \"x\", m)").is_empty());
     assert!(rules("ApiError::new(axum::http::StatusCode::FORBIDDEN, \"x\", m)").is_empty());
     assert!(rules("Ok((StatusCode::ACCEPTED, Json(job)).into_response())").is_empty());

@@ -78,6 +78,12 @@ name = "launch-echo"
 kind = "local"
 types = ["launch.echo"]
 command = [{bin}, "launch", "runyard.echo"]
+
+[[runners]]
+name = "launch-op-fail"
+kind = "local"
+types = ["launch.op_fail"]
+command = [{bin}, "launch", "runyard.fail"]
 "#
     )
 }
@@ -2314,6 +2320,30 @@ async fn launch_runs_a_registered_operation() {
     assert_eq!(j["status"], "SUCCESS", "{j:#}");
     srv.secret(&a, j["attempt"].as_u64().unwrap() as u32);
     assert_eq!(j["result"], args);
+    srv.finish().await;
+}
+
+/// An operation run by `launch` that fails with an `AbortError` (`runyard.fail` with
+/// `retry: false`) ends the job at once; a plain error is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_ends_the_job_at_once_when_an_operation_aborts() {
+    let srv = Srv::start("").await;
+    let backoff = json!({"initial_ms": 100, "max_ms": 100, "multiplier": 1.0, "jitter": false});
+    let fail = |retry: bool| {
+        json!({"type": "launch.op_fail", "max_attempts": 3, "backoff": backoff,
+               "args": {"message": "bad input", "retry": retry}})
+    };
+    let aborted = srv.submit(fail(false)).await;
+    let retried = srv.submit(fail(true)).await;
+    let j = srv.wait_terminal(&aborted).await;
+    assert_eq!(j["status"], "ERROR", "{j:#}");
+    assert_eq!(j["error"], "bad input", "{j:#}");
+    assert_eq!(j["attempt"], 1, "no second attempt: {j:#}");
+    let r = srv.wait_terminal(&retried).await;
+    assert_eq!(r["status"], "ERROR", "{r:#}");
+    assert_eq!(r["attempt"], 3, "a plain error uses every attempt: {r:#}");
+    // Still one attempt once the other job's retries are all done.
+    assert_eq!(srv.wait_terminal(&aborted).await["attempt"], 1);
     srv.finish().await;
 }
 

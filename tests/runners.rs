@@ -465,3 +465,57 @@ concurrency = 1
     let job = ts.wait_terminal(&next, WAIT).await;
     assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
 }
+
+/// A service function that returns an `AbortError` ends its job ERROR after one attempt, though
+/// the job has three; the built-in `runyard.fail` does the same with `retry: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborting_service_function_is_not_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let ts =
+        TestServer::builder(&format!(
+            r#"
+[[runners]]
+kind = "service"
+types = ["abort.*"]
+{BUILTINS}"#
+        ))
+        .service("abort.bad_input", move |_ctx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Err(runyard_runners::service::AbortError::new("the input can never work").into())
+            }
+        })
+        .start()
+        .await;
+    let backoff = json!({"initial_ms": 100, "max_ms": 100, "multiplier": 1.0, "jitter": false});
+    let id = ts
+        .submit_ok(json!({"type": "abort.bad_input", "max_attempts": 3, "backoff": backoff}))
+        .await;
+    let builtin = ts
+        .submit_ok(
+            json!({"type": "runyard.fail", "max_attempts": 3, "backoff": backoff,
+                          "args": {"message": "final", "retry": false}}),
+        )
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(job["error"], "the input can never work", "{job:#}");
+    assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+    let b = ts.wait_terminal(&builtin, WAIT).await;
+    assert_eq!(
+        (status_of(&b), &b["attempt"]),
+        ("ERROR", &json!(1)),
+        "{b:#}"
+    );
+    // Well past the backoff: no second attempt was scheduled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = ts.get_job(&id).await;
+    assert_eq!(
+        (status_of(&later), &later["attempt"]),
+        ("ERROR", &json!(1)),
+        "{later:#}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

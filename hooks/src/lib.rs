@@ -10,7 +10,7 @@
 //! - [`replay`]: the replay memory ([`ReplayStore`], in-memory [`ReplayGuard`]).
 //! - [`wire`]: the JSON bodies of the hook endpoints and the upload challenge.
 //! - [`client`]: [`JobClient`], the async Rust client a job uses.
-//! - [`vocab`]: the shared vocabulary of runners, job model and stores ([`LogStream`],
+//! - [`vocab`]: the shared vocabulary of runners, job model and stores ([`LogStream`], [`RunKind`],
 //!   [`RunHandle`], [`MAX_LINE_BYTES`]), on this bottom floor so that arrows point down only.
 //!
 //! The protocol itself, for clients in other languages, is described in `docs/hooks.md`.
@@ -34,7 +34,7 @@ pub use sign::{
     hmac_sha256_parts, now_ms, sign_v1, sign_v2, signed_headers, signed_headers_now, SigVersion,
 };
 pub use verify::{HookHeaders, VerifiedSignature, Verifier, VerifyError};
-pub use vocab::{LogStream, RunHandle, UnknownLogStream, MAX_LINE_BYTES};
+pub use vocab::{LogStream, RunHandle, RunKind, UnknownLogStream, MAX_LINE_BYTES};
 pub use wire::{
     upload_challenge, DownloadResponse, FileMeta, JobSelf, StatusReport, UploadDigest,
     UploadHasher, UploadRequest, UploadResponse,

@@ -71,13 +71,75 @@ impl FromStr for LogStream {
 /// What identifies a launched execution across restarts; saved on the job as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunHandle {
-    /// The runner kind that made it (`local`, `service`, `docker`, `kube`).
-    pub kind: String,
+    /// The runner kind that made it.
+    pub kind: RunKind,
     /// A human-readable id: a pid, a container id, a Kubernetes Job name.
     pub id: String,
     /// Runner-specific data needed to find the work again.
     #[serde(default)]
     pub data: Value,
+}
+
+/// The runner kind that made a [`RunHandle`]. Stored (in the job record) as its lowercase name:
+/// `local`, `service`, `docker`, `kube`. A name this version does not know (written by a newer
+/// one) reads as [`RunKind::Unknown`] and writes back unchanged, so a job record never fails to
+/// read because of it; no runner recovers such work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RunKind {
+    /// A child process.
+    Local,
+    /// An in-process async Rust function.
+    Service,
+    /// A container of the Docker Engine API.
+    Docker,
+    /// A Kubernetes batch/v1 Job.
+    Kube,
+    /// A kind this version does not know, kept as stored.
+    Unknown(String),
+}
+
+impl RunKind {
+    /// The stored name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RunKind::Local => "local",
+            RunKind::Service => "service",
+            RunKind::Docker => "docker",
+            RunKind::Kube => "kube",
+            RunKind::Unknown(name) => name,
+        }
+    }
+}
+
+impl From<&str> for RunKind {
+    fn from(name: &str) -> Self {
+        match name {
+            "local" => RunKind::Local,
+            "service" => RunKind::Service,
+            "docker" => RunKind::Docker,
+            "kube" => RunKind::Kube,
+            other => RunKind::Unknown(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RunKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RunKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(RunKind::from(name.as_ref()))
+    }
 }
 
 #[cfg(test)]
@@ -107,7 +169,7 @@ mod tests {
     #[test]
     fn run_handles_keep_their_json_form() {
         let h = RunHandle {
-            kind: "local".into(),
+            kind: RunKind::Local,
             id: "42".into(),
             data: json!({"pid": 42}),
         };
@@ -118,5 +180,31 @@ mod tests {
         let bare: RunHandle =
             serde_json::from_value(json!({"kind": "service", "id": "j"})).unwrap();
         assert_eq!(bare.data, Value::Null);
+    }
+
+    #[test]
+    fn run_kinds_read_every_stored_name_and_keep_unknown_ones() {
+        for (kind, name) in [
+            (RunKind::Local, "local"),
+            (RunKind::Service, "service"),
+            (RunKind::Docker, "docker"),
+            (RunKind::Kube, "kube"),
+        ] {
+            let stored = json!({"kind": name, "id": "x"});
+            let h: RunHandle = serde_json::from_value(stored.clone()).unwrap();
+            assert_eq!(h.kind, kind);
+            assert_eq!(h.kind.as_str(), name);
+            assert_eq!(serde_json::to_value(&h).unwrap()["kind"], json!(name));
+        }
+        // A kind from a newer version: read, not refused, and written back as it was.
+        let stored = json!({"kind": "lambda", "id": "f", "data": {"arn": "a"}});
+        let h: RunHandle = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(h.kind, RunKind::Unknown("lambda".into()));
+        assert_eq!(serde_json::to_value(&h).unwrap(), stored);
+        // Also from a borrowed-string reader (the stores read records from bytes).
+        let h: RunHandle = serde_json::from_slice(br#"{"kind":"kube","id":"k"}"#).unwrap();
+        assert_eq!(h.kind, RunKind::Kube);
+        let escaped: RunHandle = serde_json::from_str(r#"{"kind":"k\u0075be","id":"k"}"#).unwrap();
+        assert_eq!(escaped.kind, RunKind::Kube);
     }
 }

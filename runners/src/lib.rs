@@ -5,7 +5,8 @@
 //!   (cancel-safe) and stopped. Its [`RunHandle`] is saved on the job, so that after a restart the
 //!   runner can find the work again with [`Runner::recover`].
 //! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs;
-//!   [`lines`] is the one line forwarder (one [`MAX_LINE_BYTES`]) every runner uses for output.
+//!   [`lines`] is the one line forwarder (one [`MAX_LINE_BYTES`]) every runner uses for output;
+//!   [`buffered`] is the one buffered reporter (the worker's and `runyard launch`'s).
 //! - [`local`]: a child process in its own process group (any language), optionally as another
 //!   user and under resource limits ([`isolation`]).
 //! - [`service`]: an in-process async Rust function registered by name.
@@ -18,6 +19,7 @@
 // Issue 8's limit: no function over 80 lines (clippy.toml's threshold) outside tests.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+pub mod buffered;
 pub mod docker;
 pub mod isolation;
 pub mod kube;
@@ -37,7 +39,7 @@ use serde_json::Value;
 pub use runyard_hooks::Secret;
 /// The shared vocabulary, defined on the bottom floor (`runyard_hooks::vocab`) and re-exported
 /// here so that runner code and embedders keep their paths.
-pub use runyard_hooks::{LogStream, RunHandle, MAX_LINE_BYTES};
+pub use runyard_hooks::{LogStream, RunHandle, RunKind, MAX_LINE_BYTES};
 
 /// Everything a runner needs to know to start one attempt of a job.
 #[derive(Debug, Clone)]
@@ -95,6 +97,12 @@ pub enum Outcome {
         message: String,
         /// The exit code, for processes and containers.
         exit_code: Option<i32>,
+    },
+    /// The work failed and said that no retry can fix it (a service function's
+    /// [`service::AbortError`]): the job ends ERROR without using its remaining attempts.
+    Aborted {
+        /// A one-line explanation.
+        message: String,
     },
 }
 

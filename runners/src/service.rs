@@ -3,7 +3,8 @@
 //! Users embedding runyard register operations on a [`ServiceRegistry`]; a job of a type claimed by
 //! a service runner calls the operation named by the runner's `operation` setting, or by the job
 //! type itself. The function gets a [`ServiceContext`] (args, progress, log, cancellation). A
-//! returned error or a panic makes the attempt fail with its message.
+//! returned error or a panic makes the attempt fail with its message (retried while the job has
+//! attempts left); a returned [`AbortError`] makes the job fail at once, without a retry.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,12 +20,31 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
+    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, RunKind, Runner, RunnerError,
     SharedReporter,
 };
 
 /// What a service operation returns: a JSON result or any error.
 pub type ServiceResult = Result<Value, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Returned by a service operation (boxed, like any error) when no retry can fix the failure: the
+/// job ends ERROR with its message, without using its remaining attempts (as apalis'
+/// `AbortError`). `Err(AbortError::new("bad input").into())`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AbortError(Box<dyn std::error::Error + Send + Sync>);
+
+impl AbortError {
+    /// Wraps the error that ends the job.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+
+    /// Whether an operation's error is an [`AbortError`].
+    pub fn is_abort(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+        error.is::<AbortError>()
+    }
+}
 
 /// A registered operation.
 pub type ServiceFn = Arc<dyn Fn(ServiceContext) -> BoxFuture<'static, ServiceResult> + Send + Sync>;
@@ -43,7 +63,8 @@ impl ServiceRegistry {
 
     /// A registry with runyard's built-in operations: `runyard.noop` (returns null),
     /// `runyard.echo` (returns its args), `runyard.sleep` (`{"ms": N}`, cancellable) and
-    /// `runyard.fail` (`{"message": "..."}`).
+    /// `runyard.fail` (`{"message": "...", "retry": false}`; with `retry: false` it fails with an
+    /// [`AbortError`]).
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         r.register("runyard.noop", |_ctx| async { Ok(Value::Null) });
@@ -62,6 +83,9 @@ impl ServiceRegistry {
                 .and_then(Value::as_str)
                 .unwrap_or("failed on purpose")
                 .to_string();
+            if ctx.args.get("retry") == Some(&Value::Bool(false)) {
+                return Err(AbortError::new(msg).into());
+            }
             Err(msg.into())
         });
         r
@@ -239,7 +263,7 @@ struct ServiceExecution {
 impl Execution for ServiceExecution {
     fn handle(&self) -> RunHandle {
         RunHandle {
-            kind: "service".into(),
+            kind: RunKind::Service,
             id: self.id.clone(),
             data: Value::Null,
         }
@@ -252,6 +276,9 @@ impl Execution for ServiceExecution {
         let o = match (&mut self.join).await {
             Ok(Ok(v)) => Outcome::Success {
                 result: if v.is_null() { None } else { Some(v) },
+            },
+            Ok(Err(e)) if AbortError::is_abort(e.as_ref()) => Outcome::Aborted {
+                message: e.to_string(),
             },
             Ok(Err(e)) => Outcome::failed(e.to_string()),
             Err(e) if e.is_panic() => {
@@ -307,6 +334,9 @@ mod tests {
             let x = ctx.args["x"].as_i64().ok_or("x missing")?;
             Ok(json!(x * 2))
         });
+        reg.register("final", |_ctx| async move {
+            Err(AbortError::new("bad input").into())
+        });
         reg.register("boom", |_ctx| async move {
             if true {
                 panic!("kaboom");
@@ -327,6 +357,13 @@ mod tests {
         assert_eq!(e.wait().await, Outcome::failed("panicked: kaboom"));
         let mut e = r.launch(spec("runyard.fail"), rep.clone()).await.unwrap();
         assert_eq!(e.wait().await, Outcome::failed("failed on purpose"));
+        let mut e = r.launch(spec("final"), rep.clone()).await.unwrap();
+        assert_eq!(
+            e.wait().await,
+            Outcome::Aborted {
+                message: "bad input".into()
+            }
+        );
         assert!(r.validate("nope", &Value::Null).is_err());
         assert!(ServiceRunner::new(reg, Some("missing".into())).is_err());
     }

@@ -45,17 +45,14 @@ pub async fn submit_batch(
 ) -> ApiResult<Json<Value>> {
     edge::require_json(&headers)?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
+        return Err(ApiError::json_required());
     }
     let body: BatchBody = extract::parse_json(&bytes)?;
     if body.jobs.is_empty() || body.jobs.len() > MAX_BATCH {
-        return Err(ApiError::unprocessable(
-            "invalid_request",
-            format!(
-                "`jobs` must hold 1 to {MAX_BATCH} jobs (got {})",
-                body.jobs.len()
-            ),
-        ));
+        return Err(ApiError::invalid_request(format!(
+            "`jobs` must hold 1 to {MAX_BATCH} jobs (got {})",
+            body.jobs.len()
+        )));
     }
     // Per item: its error, or `None` when its job went to the store.
     let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(body.jobs.len());
@@ -111,8 +108,7 @@ pub async fn submit_batch(
 
 /// One item validated as a single submit body (its own JSON text), nothing stored.
 async fn prepare_item(st: &AppState, item: &Value) -> ApiResult<(crate::job::Job, Option<String>)> {
-    let text = serde_json::to_vec(item)
-        .map_err(|e| ApiError::unprocessable("invalid_request", e.to_string()))?;
+    let text = serde_json::to_vec(item).map_err(|e| ApiError::invalid_request(e.to_string()))?;
     let job = prepare_submit(st, &text, Vec::new()).await?;
     let hash = job.submit_hash.clone();
     Ok((job, hash))

@@ -3,9 +3,9 @@
 //!
 //! - every request has an id (`x-request-id`: the client's, else a new UUID) and every answer
 //!   carries it back, refusals of the layers below included;
-//! - a panic in a handler answers 500 `internal` in the error body, is logged in the request's
-//!   span (with its id) and counted (`runyard_http_panics_total`, not in the requests by status):
-//!   [`catch_panics`] around the routes, and once more outermost for the layers themselves;
+//! - a panic in a handler or in a layer below answers 500 `internal` in the error body, is logged
+//!   in the request's span (with its id) and counted (`runyard_http_panics_total`, not in the
+//!   requests by status): one catcher, just inside the trace span (see [`with_edge_layers`]);
 //! - CORS is closed unless `api.cors_origins` lists origins;
 //! - an unsafe request (POST, PUT, PATCH, DELETE) sent by a browser from another origin is
 //!   refused (403 `cross_origin`) unless its origin is listed: a page elsewhere cannot submit,
@@ -33,22 +33,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use super::error::ApiError;
 use crate::metrics::Metrics;
 
-/// Catches a panic of `router`'s routes (handlers and route layers): 500 `internal`, logged in the
-/// request's span, counted into `metrics`. Add it before the trace layer
-/// ([`super::request_trace::with_request_tracing`]) so that the log line carries the request id.
-pub fn catch_panics<S>(router: Router<S>, metrics: Arc<Metrics>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
-        panic_response(&metrics, err)
-    }))
-}
-
-/// Adds the layers every route of the API runs under: the cross-origin check, CORS (when
-/// `cors_origins` is not empty), a panic catcher counting into `metrics` (for panics of these
-/// layers; the routes' own are caught by [`catch_panics`]) and, outermost, the request id (set
-/// when the client sent none, copied onto every answer).
+/// Adds the layers every route of the API runs under, inner to outer: the cross-origin check,
+/// CORS (when `cors_origins` is not empty), the one panic catcher (counting into `metrics`), the
+/// trace span and compression ([`super::request_trace::with_request_tracing`]) and, outermost,
+/// the request id (set when the client sent none, copied onto every answer).
+///
+/// One catcher catches the handlers' panics and these layers' own: it sits inside the trace
+/// span, so its log line carries the request id and route (all of these are route layers:
+/// the matched route is known), and outside everything that can panic.
 pub fn with_edge_layers<S>(
     router: Router<S>,
     cors_origins: &[String],
@@ -75,7 +67,7 @@ where
     let router = router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
         panic_response(&metrics, err)
     }));
-    with_request_id(router)
+    with_request_id(super::request_trace::with_request_tracing(router))
 }
 
 /// The request id, outermost: `x-request-id` set on the request (the client's, else a new UUID)
@@ -261,8 +253,6 @@ mod tests {
             )
             .route("/ok", post(|| async { "done" }));
         // The stack of `api::router`, in its order.
-        let r = catch_panics(r, metrics.clone());
-        let r = super::super::request_trace::with_request_tracing(r);
         let r = crate::metrics::http::count_requests(r, metrics.clone());
         with_edge_layers(r, cors, metrics)
     }
@@ -275,6 +265,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_internal_and_is_counted() {
+        // The log line of the one panic catcher is written in the request's span (its id).
+        let logs = Arc::new(parking_lot::Mutex::new(Vec::<u8>::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
         let metrics = Arc::new(Metrics::default());
         let res = app(metrics.clone(), &[])
             .oneshot(
@@ -306,6 +304,29 @@ mod tests {
             !text.contains("status=\"500\""),
             "a panic is counted once, not also in the requests by status: {text}"
         );
+        let logged = String::from_utf8_lossy(&logs.lock()).into_owned();
+        let line = logged
+            .lines()
+            .find(|l| l.contains("a request handler panicked"))
+            .unwrap_or_else(|| panic!("no panic log line in {logged}"));
+        assert!(
+            line.contains("request_id=\"req-7\"") && line.contains("route=\"/boom\""),
+            "{line}"
+        );
+    }
+
+    /// A `tracing` writer into a shared buffer.
+    struct Capture(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     fn post_from(origin: Option<&str>, site: Option<&str>) -> Request {

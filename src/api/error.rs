@@ -77,6 +77,26 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 400 `bad_query`: a query string that does not parse or names a bad value.
+    pub fn bad_query(message: impl Into<String>) -> Self {
+        Self::bad_request("bad_query", message)
+    }
+
+    /// 400 `bad_json`: a JSON body that is missing.
+    pub fn json_required() -> Self {
+        Self::bad_request("bad_json", "a JSON body is required")
+    }
+
+    /// 400 `bad_json`: a JSON body that does not parse.
+    pub fn malformed_json(e: impl std::fmt::Display) -> Self {
+        Self::bad_request("bad_json", format!("malformed JSON: {e}"))
+    }
+
+    /// 422 `invalid_request`: a request that parses but does not fit (the message names the field).
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::unprocessable("invalid_request", message)
+    }
+
     /// 422.
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
@@ -92,9 +112,24 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 403 `bad_signature`: a signed URL (`what`: upload, download) that does not check out or
+    /// has expired.
+    pub fn bad_signed_url(what: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "bad_signature",
+            format!("invalid or expired {what} URL"),
+        )
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 404 for a job id that names no job.
+    pub fn job_not_found() -> Self {
+        Self::not_found("job not found")
     }
 
     /// 409.
@@ -157,7 +192,7 @@ impl From<VerifyError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => ApiError::not_found("job not found"),
+            StoreError::NotFound => ApiError::job_not_found(),
             StoreError::Transition(TransitionError::Invalid(m)) => {
                 ApiError::unprocessable("invalid", m)
             }
@@ -168,12 +203,8 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("stale_lease", t.to_string())
             }
             StoreError::BadInput(m) => ApiError::bad_request("bad_request", m),
-            StoreError::Unavailable(m) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
-            }
-            StoreError::Backend(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", m)
-            }
+            StoreError::Unavailable(m) => ApiError::unavailable("unavailable", m),
+            StoreError::Backend(m) => ApiError::internal("store_error", m),
         }
     }
 }

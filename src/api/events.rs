@@ -42,7 +42,7 @@ pub async fn poll(
     auth: ChannelAuth,
     q: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let channel = auth.channel(q.channel)?;
     let limit = q.limit.unwrap_or(EVENT_PAGE).clamp(1, EVENT_PAGE);
     let last_id = q.last_id.filter(|s| !s.is_empty());
@@ -123,7 +123,7 @@ pub async fn websocket(
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
 ) -> ApiResult<axum::response::Response> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     // Not an upgrade request (or one that cannot be upgraded): the API's error shape, not axum's
     // plain text.
     let ws = ws.map_err(|e| ApiError::new(e.status(), "not_websocket", e.body_text()))?;
@@ -180,7 +180,7 @@ pub async fn sse(
     >,
 > {
     use futures::StreamExt;
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let channel = auth.channel(q.channel)?;
     let header = headers
         .get("last-event-id")
@@ -195,13 +195,11 @@ pub async fn sse(
         None => (q.last_id.filter(|s| !s.is_empty()), "last_id"),
     };
     check_cursor(&st, channel.as_deref(), last_id.as_deref(), field).await?;
-    let sub = st.app.events.subscribe(channel.as_deref()).map_err(|why| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            why.reason(),
-        )
-    })?;
+    let sub = st
+        .app
+        .events
+        .subscribe(channel.as_deref())
+        .map_err(|why| ApiError::unavailable("too_many_streams", why.reason()))?;
     let follower = Follower::new(st.app.store.clone(), channel, last_id, sub);
     let closing = st.app.closing.clone();
     let stream = futures::stream::unfold((follower, closing), |(mut f, closing)| async move {

@@ -23,17 +23,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Ok(_) => {
-                    ApiError::unprocessable("invalid_request", "the body must be a JSON object")
-                }
-                Err(e) => ApiError::bad_request("bad_json", format!("malformed JSON: {e}")),
+                Ok(_) => ApiError::invalid_request("the body must be a JSON object"),
+                Err(e) => ApiError::malformed_json(e),
             },
         );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error_free(&mut de)?;
-    de.end()
-        .map_err(|e| ApiError::bad_request("bad_json", format!("malformed JSON: {e}")))?;
+    de.end().map_err(ApiError::malformed_json)?;
     Ok(v)
 }
 
@@ -45,14 +42,12 @@ fn serde_path_to_error_free<'de, T: DeserializeOwned>(
         let path = e.path().to_string();
         let e = e.into_inner();
         match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("bad_json", format!("malformed JSON: {e}"))
-            }
+            Category::Syntax | Category::Eof | Category::Io => ApiError::malformed_json(e),
             // Name the field (`backoff.max_ms`) unless the error is about the whole body.
             Category::Data if path.is_empty() || path == "." => {
-                ApiError::unprocessable("invalid_request", e.to_string())
+                ApiError::invalid_request(e.to_string())
             }
-            Category::Data => ApiError::unprocessable("invalid_request", format!("`{path}`: {e}")),
+            Category::Data => ApiError::invalid_request(format!("`{path}`: {e}")),
         }
     })
 }
@@ -63,7 +58,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = body_bytes(req, state).await?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
+            return Err(ApiError::json_required());
         }
         parse_json(&bytes).map(ApiJson)
     }

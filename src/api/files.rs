@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::parse_job_id;
-use super::hooks::{file_error, stream_blob, valid_property};
+use super::hooks::{check_property, file_error, file_index, job_file, stream_blob, valid_property};
 use super::AppState;
 use crate::job::{Command, FileRef};
 
@@ -40,13 +40,8 @@ pub async fn attach(
     body: Body,
 ) -> ApiResult<Response> {
     let id = parse_job_id(&id)?;
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    if !valid_property(&property) {
-        return Err(ApiError::bad_request(
-            "bad_path",
-            "property must be 1-64 letters, digits, '_' or '-'",
-        ));
-    }
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    check_property(&property)?;
     let job = st.job(id).await?;
     if job.status.is_terminal() {
         return Err(ApiError::conflict(
@@ -112,21 +107,10 @@ pub async fn fetch(
     Path((id, property, index)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
     let id = parse_job_id(&id)?;
-    if !valid_property(&property) {
-        return Err(ApiError::bad_request(
-            "bad_path",
-            "property must be 1-64 letters, digits, '_' or '-'",
-        ));
-    }
-    let index: usize = index
-        .parse()
-        .map_err(|_| ApiError::bad_request("bad_path", "index must be a non-negative integer"))?;
+    check_property(&property)?;
+    let index = file_index(&index)?;
     let job = st.job(id).await?;
-    let f = job
-        .files
-        .get(&property)
-        .and_then(|l| l.get(index))
-        .ok_or_else(|| ApiError::not_found(format!("no file {property}[{index}] on this job")))?;
+    let f = job_file(&job, &property, index)?;
     stream_blob(&st, &f.hash, &f.mimetype, &f.name).await
 }
 
@@ -152,11 +136,7 @@ pub async fn read_multipart(
                 .await
                 .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
             if b.len() > st.app.config.api.max_body_bytes {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the `job` part is too large",
-                ));
+                return Err(ApiError::too_large("the `job` part is too large"));
             }
             job_json = Some(b);
             continue;

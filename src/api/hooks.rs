@@ -121,18 +121,13 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
     let status = report
         .status
         .as_deref()
-        .map(|s| {
-            s.parse::<JobStatus>()
-                .map_err(|e| ApiError::unprocessable("invalid_request", e))
-        })
+        .map(|s| s.parse::<JobStatus>().map_err(ApiError::invalid_request))
         .transpose()?;
     let lines = report.logs.unwrap_or_default();
     if lines.len() > MAX_REPORT_LINES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("a report may carry at most {MAX_REPORT_LINES} log lines"),
-        ));
+        return Err(ApiError::too_large(format!(
+            "a report may carry at most {MAX_REPORT_LINES} log lines"
+        )));
     }
     let cmd = Command::Hook(HookReport {
         status,
@@ -202,6 +197,33 @@ pub fn valid_property(p: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// A path's `property` segment: 1-64 letters, digits, `_` or `-`, else 400 `bad_path`.
+pub fn check_property(property: &str) -> ApiResult<()> {
+    if valid_property(property) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_path",
+            "property must be 1-64 letters, digits, '_' or '-'",
+        ))
+    }
+}
+
+/// A path's file `index` segment: a number, else 400 `bad_path`.
+pub fn file_index(index: &str) -> ApiResult<usize> {
+    index
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_path", "index must be a non-negative integer"))
+}
+
+/// The job's file `property[index]`, or 404.
+pub fn job_file<'a>(job: &'a Job, property: &str, index: usize) -> ApiResult<&'a FileRef> {
+    job.files
+        .get(property)
+        .and_then(|l| l.get(index))
+        .ok_or_else(|| ApiError::not_found(format!("no file {property}[{index}] on this job")))
+}
+
 fn check_target(job: &Job, store: &str, uuid: &str, property: &str) -> ApiResult<()> {
     if !valid_property(property)
         || !valid_property(store)
@@ -214,9 +236,7 @@ fn check_target(job: &Job, store: &str, uuid: &str, property: &str) -> ApiResult
         ));
     }
     if store != "jobs" || uuid != job.id.to_string() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+        return Err(ApiError::forbidden(
             "a job may only touch its own files (store `jobs`, uuid = JOB_ID)",
         ));
     }
@@ -243,14 +263,7 @@ pub async fn download(
     let job = authenticate(&st, &method, &uri, &headers, b"").await?;
     check_target(&job, &store, &uuid, &property)?;
     require_active(&job, "download files")?;
-    let index: usize = index
-        .parse()
-        .map_err(|_| ApiError::bad_request("bad_path", "index must be a non-negative integer"))?;
-    let f = job
-        .files
-        .get(&property)
-        .and_then(|l| l.get(index))
-        .ok_or_else(|| ApiError::not_found(format!("no file {property}[{index}] on this job")))?;
+    let f = job_file(&job, &property, file_index(&index)?)?;
     Ok(Json(DownloadResponse {
         location: st.app.blob_url(&f.hash),
         map: FileMeta {
@@ -286,17 +299,13 @@ pub async fn upload(
     super::edge::require_json(&parts.headers)?;
     let req: UploadRequest = parse_json(&bytes)?;
     if !valid_hash(&req.hash) || !valid_hash(&req.challenge) {
-        return Err(ApiError::unprocessable(
-            "invalid_request",
+        return Err(ApiError::invalid_request(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",
         ));
     }
     let meta = serde_json::to_string(&req.metadata).unwrap_or_default();
     if meta.len() > 4096 {
-        return Err(ApiError::unprocessable(
-            "invalid_request",
-            "`metadata` is limited to 4 KiB",
-        ));
+        return Err(ApiError::invalid_request("`metadata` is limited to 4 KiB"));
     }
     let blobs = &st.app.blobs;
     if blobs.exists(&req.hash).await {
@@ -381,17 +390,11 @@ async fn attach(
 /// Maps file store errors.
 pub fn file_error(e: FileError) -> ApiError {
     match e {
-        FileError::TooLarge(_) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-        }
+        FileError::TooLarge(_) => ApiError::too_large(e.to_string()),
         FileError::Mismatch { .. } => ApiError::unprocessable("md5_mismatch", e.to_string()),
-        FileError::BadHash(_) => ApiError::unprocessable("invalid_request", e.to_string()),
+        FileError::BadHash(_) => ApiError::invalid_request(e.to_string()),
         FileError::Body(_) => ApiError::bad_request("bad_body", e.to_string()),
-        FileError::Io(_) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "file_store_error",
-            e.to_string(),
-        ),
+        FileError::Io(_) => ApiError::internal("file_store_error", e.to_string()),
     }
 }
 
@@ -416,13 +419,7 @@ async fn check_upload_url(
     st: &AppState,
     q: Result<Query<UploadTarget>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<(UploadTarget, Job)> {
-    let Query(t) = q.map_err(|_| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "invalid or expired upload URL",
-        )
-    })?;
+    let Query(t) = q.map_err(|_| ApiError::bad_signed_url("upload"))?;
     let attempt = t.attempt.to_string();
     let exp = t.exp.to_string();
     if !st.app.signer.check(
@@ -430,11 +427,7 @@ async fn check_upload_url(
         t.exp,
         &t.sig,
     ) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "invalid or expired upload URL",
-        ));
+        return Err(ApiError::bad_signed_url("upload"));
     }
     let id = Uuid::parse_str(&t.job).map_err(|_| ApiError::bad_request("bad_id", "bad job id"))?;
     let job = st.job(id).await?;
@@ -454,13 +447,7 @@ async fn check_upload_url(
             now_us() / 1000,
         )
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "replay_unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| ApiError::unavailable("replay_unavailable", e.to_string()))?;
     if !first {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -546,24 +533,14 @@ pub async fn blob_download(
     Path(hash): Path<String>,
     q: Result<Query<DownloadTarget>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(t) = q.map_err(|_| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "invalid or expired download URL",
-        )
-    })?;
+    let Query(t) = q.map_err(|_| ApiError::bad_signed_url("download"))?;
     if !valid_hash(&hash)
         || !st
             .app
             .signer
             .check(&["get", &hash, &t.exp.to_string()], t.exp, &t.sig)
     {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_signature",
-            "invalid or expired download URL",
-        ));
+        return Err(ApiError::bad_signed_url("download"));
     }
     stream_blob(&st, &hash, "application/octet-stream", "").await
 }

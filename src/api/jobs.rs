@@ -319,10 +319,9 @@ pub struct ListParams {
 fn filter_time(field: &str, v: Option<&str>) -> ApiResult<Option<Micros>> {
     v.map(|s| {
         parse_run_at(s).map_err(|_| {
-            ApiError::bad_request(
-                "bad_query",
-                format!("`{field}`: `{s}` is not an RFC 3339 time (e.g. 2026-12-01T08:00:00Z)"),
-            )
+            ApiError::bad_query(format!(
+                "`{field}`: `{s}` is not an RFC 3339 time (e.g. 2026-12-01T08:00:00Z)"
+            ))
         })
     })
     .transpose()
@@ -330,7 +329,7 @@ fn filter_time(field: &str, v: Option<&str>) -> ApiResult<Option<Micros>> {
 
 /// The query's filters, checked (a bad one is a 400 naming its field).
 fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
-    let bad = |m: String| ApiError::bad_request("bad_query", m);
+    let bad = |m: String| ApiError::bad_query(m);
     let status = q
         .status
         .as_deref()
@@ -390,14 +389,13 @@ pub async fn list_jobs(
     crate::auth::access::Caller(grant): crate::auth::access::Caller,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let max = st.app.config.api.max_page;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > max {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("`limit` must be between 1 and {max}"),
-        ));
+        return Err(ApiError::bad_query(format!(
+            "`limit` must be between 1 and {max}"
+        )));
     }
     let page = st.app.store.list(list_query(q, limit)?).await?;
     Ok(Json(json!({
@@ -460,7 +458,7 @@ pub async fn job_logs(
     JobIdPath(id): JobIdPath,
     q: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let job = st.job(id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     // Sequence numbers are stored as i64.

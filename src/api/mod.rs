@@ -21,7 +21,7 @@ pub mod signed_url;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -43,7 +43,7 @@ impl AppState {
             .store
             .get(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("job not found"))
+            .ok_or_else(ApiError::job_not_found)
     }
 }
 
@@ -122,8 +122,6 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
-    let routes = edge::catch_panics(routes, counters.clone());
-    let routes = request_trace::with_request_tracing(routes);
     let routes = crate::metrics::http::count_requests(routes, counters.clone());
     edge::with_edge_layers(routes, &cors, counters)
 }
@@ -165,16 +163,14 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
         let bytes = axum::body::to_bytes(req.into_body(), max)
             .await
             .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("request body is larger than the limit of {max} bytes"),
-                )
+                ApiError::too_large(format!(
+                    "request body is larger than the limit of {max} bytes"
+                ))
             })?;
         (bytes, Vec::new())
     };
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
+        return Err(ApiError::json_required());
     }
     let job = prepare_submit(&st, &bytes, files).await?;
     let ours = job.submit_hash.clone();

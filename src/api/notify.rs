@@ -40,7 +40,7 @@ pub fn notify_of(state: &AppState, body: &SubmitBody) -> ApiResult<Option<Notify
     match &body.notify {
         Some(n) => NotifySpec::parse("notify", &n.url, n.events.as_deref())
             .map(Some)
-            .map_err(|m| ApiError::unprocessable("invalid_request", m)),
+            .map_err(ApiError::invalid_request),
         None => Ok(state.app.config.notify.default_for(&body.job_type)),
     }
 }
@@ -49,8 +49,7 @@ pub fn notify_of(state: &AppState, body: &SubmitBody) -> ApiResult<Option<Notify
 /// `notify.url`) when an address is not allowed or the host does not resolve.
 pub async fn check_target(state: &AppState, job: &Job) -> ApiResult<()> {
     let Some(n) = &job.notify else { return Ok(()) };
-    let u = parse_url("notify.url", &n.url)
-        .map_err(|m| ApiError::unprocessable("invalid_request", m))?;
+    let u = parse_url("notify.url", &n.url).map_err(ApiError::invalid_request)?;
     target::check_url(&u, state.app.config.notify.allow_private)
         .await
         .map_err(|m| ApiError::unprocessable("notify_refused", format!("`notify.url`: {m}")))
@@ -86,8 +85,7 @@ pub struct KeyBody {
         (status = 422, description = "`invalid_request`: the body does not match the schema, or a bad `url`", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn key(State(st): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> ApiResult<Response> {
-    let u =
-        parse_url("url", &body.url).map_err(|m| ApiError::unprocessable("invalid_request", m))?;
+    let u = parse_url("url", &body.url).map_err(ApiError::invalid_request)?;
     let endpoint = endpoint_of(&u);
     let key = endpoint_key(&st.app.master_key, &endpoint);
     let out = json!({
@@ -119,13 +117,10 @@ async fn deliveries(
     JobIdPath(id): JobIdPath,
     q: Result<Query<DeliveryParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            "`limit` must be between 1 and 1000",
-        ));
+        return Err(ApiError::bad_query("`limit` must be between 1 and 1000"));
     }
     let job = st.job(id).await?;
     let list = st.app.store.deliveries(id, limit).await?;

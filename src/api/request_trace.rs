@@ -3,7 +3,8 @@
 //! - every log line written while a request is handled is in the span
 //!   `http{method, route, request_id}` (the route template, never the query string, which may
 //!   carry a signature); the id is the request's `x-request-id`, set (the client's, else a new
-//!   UUID) and copied onto the answer by the outermost layers ([`super::edge::with_edge_layers`]);
+//!   UUID) and copied onto the answer by the outermost layers ([`super::edge::with_edge_layers`],
+//!   which lays this one just outside its panic catcher);
 //! - JSON responses of 1 KiB or more are gzip-compressed for clients that accept it
 //!   (`Accept-Encoding: gzip`). Event streams, files and blobs are sent as they are.
 

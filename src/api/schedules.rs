@@ -66,7 +66,7 @@ pub struct ScheduleBody {
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
-    ApiError::unprocessable("invalid_request", m)
+    ApiError::invalid_request(m)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -221,8 +221,7 @@ fn not_found(name: &str) -> ApiError {
 }
 
 fn busy(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    ApiError::unavailable(
         "busy",
         format!("schedule `{name}` keeps changing; try again"),
     )
@@ -501,13 +500,9 @@ async fn backfill(
         ));
     }
     let s = load(&st, &name).await?;
-    let cron = s.cron().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "corrupt",
-            format!("{e:?}"),
-        )
-    })?;
+    let cron = s
+        .cron()
+        .map_err(|e| ApiError::internal("corrupt", format!("{e:?}")))?;
     let times: Vec<Micros> = cron
         .between(to_utc(from), to_utc(to), MAX_BACKFILL + 1)
         .into_iter()

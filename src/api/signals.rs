@@ -40,7 +40,7 @@ pub struct SignalBody {
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
-    ApiError::unprocessable("invalid_request", m)
+    ApiError::invalid_request(m)
 }
 
 fn parse_body(bytes: &[u8]) -> ApiResult<SignalBody> {
@@ -151,25 +151,21 @@ async fn list(
     Path(key): Path<String>,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     check_key(&key).map_err(|m| ApiError::bad_request("bad_path", m))?;
     let since = match q.since.as_deref() {
         None => 0,
         Some(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map_err(|e| {
-                ApiError::bad_request(
-                    "bad_query",
-                    format!("`since`: `{s}` is not an RFC 3339 time: {e}"),
-                )
+                ApiError::bad_query(format!("`since`: `{s}` is not an RFC 3339 time: {e}"))
             })?
             .timestamp_micros(),
     };
     let limit = q.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("`limit` must be between 1 and {MAX_LIMIT}"),
-        ));
+        return Err(ApiError::bad_query(format!(
+            "`limit` must be between 1 and {MAX_LIMIT}"
+        )));
     }
     let recs = st.app.store.signals(&key, since, limit).await?;
     Ok(Json(json!({
@@ -203,16 +199,15 @@ async fn list_keys(
     State(st): State<AppState>,
     q: Result<Query<KeysParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     if let Some(a) = &q.after {
-        check_key(a).map_err(|m| ApiError::bad_request("bad_query", format!("`after`: {m}")))?;
+        check_key(a).map_err(|m| ApiError::bad_query(format!("`after`: {m}")))?;
     }
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_KEYS {
-        return Err(ApiError::bad_request(
-            "bad_query",
-            format!("`limit` must be between 1 and {MAX_KEYS}"),
-        ));
+        return Err(ApiError::bad_query(format!(
+            "`limit` must be between 1 and {MAX_KEYS}"
+        )));
     }
     let mut keys = st
         .app

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use parking_lot::Mutex;
 use runyard_hooks::wire::StatusReport;
 use runyard_hooks::JobClient;
-use runyard_runners::service::{ServiceContext, ServiceRegistry};
-use runyard_runners::{lines, LogStream, Reporter};
+use runyard_runners::buffered::{Batch, BatchSink, BufferedReporter};
+use runyard_runners::service::{AbortError, ServiceContext, ServiceRegistry};
+use runyard_runners::{lines, LogStream};
 use serde_json::Value;
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
@@ -64,85 +64,53 @@ pub async fn run(a: LaunchArgs, registry: ServiceRegistry) -> anyhow::Result<Exi
     }
 }
 
-/// Sends logs and progress through the hook in batches (every 200 ms at most).
-struct HookReporter {
-    pending: Mutex<Pending>,
-    wake: tokio::sync::Notify,
-}
+/// Sends logs and progress through the hook: the one buffered reporter, at most every 200 ms.
+type HookReporter = BufferedReporter<HookSink>;
 
-#[derive(Default)]
-struct Pending {
-    lines: Vec<String>,
-    progress: Option<(f64, Option<Value>)>,
-}
+/// Where launch's batches go: status reports through the job's signed hook.
+struct HookSink(Arc<JobClient>);
 
-impl Reporter for HookReporter {
-    fn log(&self, _stream: LogStream, line: String) {
-        let mut p = self.pending.lock();
-        if p.lines.len() < 100_000 {
-            p.lines.push(line);
-        }
-        self.wake.notify_one();
-    }
-
-    fn progress(&self, progress: f64, details: Option<Value>) {
-        self.pending.lock().progress = Some((progress, details));
-        self.wake.notify_one();
+impl HookSink {
+    fn reporter(client: &Arc<JobClient>) -> Arc<HookReporter> {
+        BufferedReporter::new(Self(client.clone()), Duration::from_millis(200), 100_000)
     }
 }
 
-impl HookReporter {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            pending: Mutex::new(Pending::default()),
-            wake: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// Sends what is pending; the hook takes at most 1000 lines per report.
-    async fn flush(&self, client: &JobClient) {
-        loop {
-            let (lines, progress) = {
-                let mut p = self.pending.lock();
-                let n = p.lines.len().min(1000);
-                (p.lines.drain(..n).collect::<Vec<_>>(), p.progress.take())
-            };
-            if lines.is_empty() && progress.is_none() {
-                return;
-            }
-            let (progress, status_details) = match progress {
-                Some((p, d)) => (Some(p), d),
-                None => (None, None),
-            };
+#[async_trait::async_trait]
+impl BatchSink for HookSink {
+    /// The hook takes at most 1000 lines per report; the progress goes with the first.
+    async fn send(&self, batch: Batch) {
+        let mut lines = batch.lines.into_iter().map(|(_, _, line)| line).peekable();
+        let (mut progress, mut status_details) = match batch.progress {
+            Some((p, d)) => (Some(p), d),
+            None => (None, None),
+        };
+        while progress.is_some() || lines.peek().is_some() {
+            let chunk: Vec<String> = lines.by_ref().take(1000).collect();
             let report = StatusReport {
-                progress,
-                status_details,
-                logs: (!lines.is_empty()).then_some(lines),
+                progress: progress.take(),
+                status_details: status_details.take(),
+                logs: (!chunk.is_empty()).then_some(chunk),
                 ..Default::default()
             };
-            if let Err(e) = client.status(&report).await {
+            if let Err(e) = self.0.status(&report).await {
                 eprintln!("runyard launch: cannot send logs/progress: {e}");
                 return;
             }
         }
     }
-
-    async fn pump(self: Arc<Self>, client: Arc<JobClient>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = stop.cancelled() => return,
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            self.flush(&client).await;
-        }
-    }
 }
 
-async fn finish(client: &JobClient, outcome: Result<Option<Value>, String>) -> ExitCode {
+/// Reports the outcome; an error with `retry: false` ends the job without another attempt.
+async fn finish(
+    client: &JobClient,
+    outcome: Result<Option<Value>, String>,
+    retry: bool,
+) -> ExitCode {
     let r = match &outcome {
         Ok(v) => client.success(v.clone()).await,
-        Err(m) => client.error(m.clone()).await,
+        Err(m) if retry => client.error(m.clone()).await,
+        Err(m) => client.error_no_retry(m.clone()).await,
     };
     if let Err(e) = r {
         eprintln!("runyard launch: cannot report the outcome: {e}");
@@ -168,10 +136,8 @@ async fn run_operation(
         anyhow::bail!(msg);
     };
     client.running().await?;
-    let reporter = HookReporter::new();
-    let stop = CancellationToken::new();
+    let reporter = HookSink::reporter(&client);
     let cancel = CancellationToken::new();
-    let pump = tokio::spawn(reporter.clone().pump(client.clone(), stop.clone()));
     let ctx = ServiceContext::new(
         job.id,
         job.r#type,
@@ -181,10 +147,15 @@ async fn run_operation(
         cancel.clone(),
     );
     let task = tokio::spawn(f(ctx));
+    let mut retry = true;
     let outcome = tokio::select! {
         r = task => match r {
             Ok(Ok(v)) => Ok((!v.is_null()).then_some(v)),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                // The operation said no retry can fix it (`AbortError`), as in a service runner.
+                retry = !AbortError::is_abort(e.as_ref());
+                Err(e.to_string())
+            }
             Err(e) => Err(format!("panicked: {e}")),
         },
         _ = crate::cli::shutdown_signal() => {
@@ -192,10 +163,8 @@ async fn run_operation(
             Err("stopped by a signal".to_string())
         }
     };
-    stop.cancel();
-    let _ = pump.await;
-    reporter.flush(&client).await;
-    Ok(finish(&client, outcome).await)
+    reporter.flush().await;
+    Ok(finish(&client, outcome, retry).await)
 }
 
 /// Echoes the command's output as is (stdout or stderr) and, with `reporter`, sends its lines
@@ -283,9 +252,7 @@ async fn run_command(
             anyhow::bail!(msg);
         }
     };
-    let reporter = HookReporter::new();
-    let stop = CancellationToken::new();
-    let pump = tokio::spawn(reporter.clone().pump(client.clone(), stop.clone()));
+    let reporter = HookSink::reporter(&client);
     let mut readers = Vec::new();
     if let Some(o) = child.stdout.take() {
         readers.push(tokio::spawn(forward(
@@ -314,9 +281,7 @@ async fn run_command(
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
     }
-    stop.cancel();
-    let _ = pump.await;
-    reporter.flush(&client).await;
+    reporter.flush().await;
     use std::os::unix::process::ExitStatusExt;
     let outcome = match (status.code(), status.signal()) {
         (Some(0), _) => upload_outputs(&client, outputs).await.map(|()| None),
@@ -324,7 +289,7 @@ async fn run_command(
         (None, Some(s)) => Err(format!("command killed by signal {s}")),
         _ => Err("command ended abnormally".to_string()),
     };
-    let code = finish(&client, outcome).await;
+    let code = finish(&client, outcome, true).await;
     Ok(match status.code() {
         Some(c) if code == ExitCode::SUCCESS || c != 0 => ExitCode::from(c.clamp(0, 255) as u8),
         _ => code,

@@ -245,7 +245,7 @@ impl Actors {
             Op::Started { tok, handle } => Command::Started {
                 token: self.token(job, tok),
                 handle: handle.then(|| runyard_hooks::RunHandle {
-                    kind: "local".into(),
+                    kind: runyard_hooks::RunKind::Local,
                     id: "42".into(),
                     data: json!({"pid": 42}),
                 }),

@@ -151,6 +151,12 @@ pub enum FinishOutcome {
     },
     /// Ran past its timeout (final).
     Timeout(String),
+    /// Failure that no retry can fix (a service function's `AbortError`): ERROR at once, the
+    /// remaining attempts unused.
+    Aborted {
+        /// Message.
+        message: String,
+    },
 }
 
 /// Whether the change makes an event, and of which kind.

@@ -33,7 +33,7 @@ use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::{Notice, Store, StoreError};
-use reporter::{JobReporter, SharedJobReporter};
+use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
 /// Why a running job is being stopped by the worker.
@@ -387,8 +387,8 @@ impl Worker {
         reason: Arc<Mutex<StopReason>>,
     ) {
         let id = job.id;
-        let reporter = JobReporter::new(self.store.clone(), id, token);
-        let shared: SharedReporter = Arc::new(SharedJobReporter(reporter.clone()));
+        let reporter = StoreSink::reporter(self.store.clone(), id, token);
+        let shared: SharedReporter = reporter.clone();
         // Registered before the launch: the job may report before its start is recorded.
         let watch = reports::Watch::new(id);
         let mut spec = self.spec_factory().spec(job);
@@ -482,8 +482,8 @@ impl Worker {
         tracing::info!(job_id = %id, "adopted live work of a lost worker");
         slot.active.fetch_add(1, Ordering::AcqRel);
         let (stop, reason) = self.track(id, token, asked);
-        let reporter = JobReporter::new(self.store.clone(), id, token);
-        deferred.attach(Arc::new(SharedJobReporter(reporter.clone())));
+        let reporter = StoreSink::reporter(self.store.clone(), id, token);
+        deferred.attach(reporter.clone());
         match recovered {
             Recovered::Running(exec) => {
                 let elapsed = adopted

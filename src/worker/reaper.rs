@@ -45,7 +45,7 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
             let spec = worker.spec_factory().spec(&job);
             // What the recovered work logs before it is adopted is kept for the adopting attempt.
             // kube copies a running pod's log on from the last stored line's time.
-            let last_log = if handle.kind == "kube" {
+            let last_log = if handle.kind == runyard_runners::RunKind::Kube {
                 last_log_time(store.as_ref(), job.id).await
             } else {
                 None

@@ -1,86 +1,64 @@
-//! The reporter a runner writes logs and progress to: buffered in memory and written in batches
-//! (at most every 100 ms), so a chatty job costs a few store writes per second, not one per line.
+//! The reporter a runner writes logs and progress to: the one buffered reporter
+//! ([`runyard_runners::buffered`]) writing its batches to the store (at most every 100 ms), so a
+//! chatty job costs a few store writes per second, not one per line.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use parking_lot::Mutex;
+use runyard_runners::buffered::{Batch, BatchSink, BufferedReporter};
 use runyard_runners::{LogStream, Reporter};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::job::{now_us, Command, Micros};
+use crate::job::{Command, Micros};
 use crate::store::Store;
 
 /// Buffered reporter for one attempt.
-pub struct JobReporter {
+pub type JobReporter = BufferedReporter<StoreSink>;
+
+const FLUSH_DELAY: Duration = Duration::from_millis(100);
+const MAX_BUFFERED_LINES: usize = 10_000;
+
+/// Where an attempt's batches go: its logs and its progress (under its claim token) in the store.
+pub struct StoreSink {
     /// Weak: runner-side tasks (pipe readers, service contexts) hold the reporter and may
     /// outlive the attempt for a moment; they must never keep the store (and its lock) alive.
     store: std::sync::Weak<dyn Store>,
     job_id: Uuid,
     token: u64,
-    pending: Mutex<Pending>,
-    scheduled: AtomicBool,
-    /// Serialises flushes so lines reach the store in order.
-    flushing: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
-struct Pending {
-    lines: Vec<(LogStream, Micros, String)>,
-    progress: Option<(f64, Option<Value>)>,
-}
-
-const FLUSH_DELAY: Duration = Duration::from_millis(100);
-const MAX_BUFFERED_LINES: usize = 10_000;
-
-impl JobReporter {
+impl StoreSink {
     /// A reporter writing for the claim `token` of `job_id`.
-    pub fn new(store: Arc<dyn Store>, job_id: Uuid, token: u64) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn reporter(store: Arc<dyn Store>, job_id: Uuid, token: u64) -> Arc<JobReporter> {
+        let sink = Self {
             store: Arc::downgrade(&store),
             job_id,
             token,
-            pending: Mutex::new(Pending::default()),
-            scheduled: AtomicBool::new(false),
-            flushing: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    fn schedule(self: &Arc<Self>) {
-        if self.scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.scheduled.store(false, Ordering::Release);
-            return;
         };
-        // Weak: once the attempt is over (its final flush done), a pending delayed flush has
-        // nothing to do and must not keep the store alive.
-        let me = Arc::downgrade(self);
-        rt.spawn(async move {
-            tokio::time::sleep(FLUSH_DELAY).await;
-            if let Some(me) = me.upgrade() {
-                me.scheduled.store(false, Ordering::Release);
-                me.flush().await;
-            }
-        });
+        BufferedReporter::new(sink, FLUSH_DELAY, MAX_BUFFERED_LINES)
     }
+}
 
-    /// Writes whatever is buffered.
-    pub async fn flush(&self) {
-        let _order = self.flushing.lock().await;
-        let p = std::mem::take(&mut *self.pending.lock());
+#[async_trait]
+impl BatchSink for StoreSink {
+    async fn send(&self, batch: Batch) {
         let Some(store) = self.store.upgrade() else {
             return; // The server has stopped.
         };
-        if !p.lines.is_empty() {
-            if let Err(e) = store.append_logs(self.job_id, p.lines).await {
+        if !batch.lines.is_empty() {
+            let lines = batch
+                .lines
+                .into_iter()
+                .map(|(stream, at, line)| (stream, micros(at), line))
+                .collect();
+            if let Err(e) = store.append_logs(self.job_id, lines).await {
                 tracing::warn!(job_id = %self.job_id, error = %e, "cannot write job logs");
             }
         }
-        if let Some((progress, details)) = p.progress {
+        if let Some((progress, details)) = batch.progress {
             let cmd = Command::Progress {
                 token: Some(self.token),
                 progress: Some(progress),
@@ -93,26 +71,10 @@ impl JobReporter {
     }
 }
 
-/// The reporter handed to runners.
-pub struct SharedJobReporter(pub Arc<JobReporter>);
-
-impl Reporter for SharedJobReporter {
-    fn log(&self, stream: LogStream, line: String) {
-        {
-            let mut p = self.0.pending.lock();
-            if p.lines.len() >= MAX_BUFFERED_LINES {
-                // The store is slower than the job: drop rather than grow without bound.
-                return;
-            }
-            p.lines.push((stream, now_us(), line));
-        }
-        self.0.schedule();
-    }
-
-    fn progress(&self, progress: f64, details: Option<Value>) {
-        self.0.pending.lock().progress = Some((progress, details));
-        self.0.schedule();
-    }
+fn micros(at: std::time::SystemTime) -> Micros {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
 }
 
 /// The reporter the reaper hands to [`Runner::recover`](runyard_runners::Runner::recover): the

@@ -171,5 +171,7 @@ pub(super) fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> 
         }
         Outcome::Success { result } => FinishOutcome::Success(result),
         Outcome::Failed { message, exit_code } => FinishOutcome::Failed { message, exit_code },
+        // The work said no retry can fix it: ERROR now, the remaining attempts unused.
+        Outcome::Aborted { message } => FinishOutcome::Aborted { message },
     }
 }

@@ -48,7 +48,7 @@ use exec::{outcome_of, DockerExecution};
 use logs::{follow_logs, now_ns};
 
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
+    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, RunKind, Runner, RunnerError,
     SharedReporter,
 };
 
@@ -354,7 +354,7 @@ impl Runner for DockerRunner {
         tracing::debug!(container = %short(&id), %image, "container started");
         let logs = tokio::spawn(follow_logs(docker.clone(), id.clone(), reporter, None));
         let handle = RunHandle {
-            kind: "docker".into(),
+            kind: RunKind::Docker,
             id: short(&id).to_string(),
             data: json!({
                 "container_id": id,
@@ -373,7 +373,7 @@ impl Runner for DockerRunner {
         _spec: JobSpec,
         reporter: SharedReporter,
     ) -> Result<Recovered, RunnerError> {
-        if handle.kind != "docker" {
+        if handle.kind != RunKind::Docker {
             // Work of another runner kind (the configuration changed): nothing of ours to find.
             return Ok(Recovered::Gone);
         }

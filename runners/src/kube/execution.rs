@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{logs, monitor, KubeOptions};
-use crate::{Execution, JobSpec, Outcome, RunHandle, SharedReporter};
+use crate::{Execution, JobSpec, Outcome, RunHandle, RunKind, SharedReporter};
 
 /// One attempt's Job, watched.
 pub struct KubeExecution {
@@ -99,7 +99,7 @@ impl KubeExecution {
 impl Execution for KubeExecution {
     fn handle(&self) -> RunHandle {
         RunHandle {
-            kind: "kube".into(),
+            kind: RunKind::Kube,
             id: self.name.clone(),
             data: json!({
                 "namespace": self.namespace,

@@ -88,7 +88,9 @@ pub(super) fn finish(
         return Err(illegal(job, "finish"));
     }
     let exit_code = match &outcome {
-        FinishOutcome::Success(_) | FinishOutcome::Timeout(_) => None,
+        FinishOutcome::Success(_) | FinishOutcome::Timeout(_) | FinishOutcome::Aborted { .. } => {
+            None
+        }
         FinishOutcome::Exited { exit_code } => Some(*exit_code),
         FinishOutcome::Failed { exit_code, .. } => *exit_code,
     };
@@ -109,6 +111,7 @@ pub(super) fn finish(
         FinishOutcome::Failed { message, exit_code } => {
             fail_attempt(job, ctx, message, exit_code, true)
         }
+        FinishOutcome::Aborted { message } => fail_attempt(job, ctx, message, None, false),
         FinishOutcome::Timeout(message) => {
             job.error = Some(message);
             end_run(job, now, "TIMEOUT");

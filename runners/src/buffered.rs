@@ -1,0 +1,155 @@
+//! The one buffered [`Reporter`]: what a job says is kept in memory and handed on in batches (at
+//! most one batch per `delay`), so a chatty job costs a few writes per second, not one per line.
+//! The worker sends batches to the store (`src/worker/reporter.rs`), `runyard launch` through the
+//! job's signed hook (`src/cli/launch.rs`): each gives its own [`BatchSink`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::{LogStream, Reporter};
+
+/// What one flush hands on: the lines in the order they were said, and the latest progress.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Log lines with their stream and the time they were received.
+    pub lines: Vec<(LogStream, SystemTime, String)>,
+    /// The latest progress (and details) reported since the last batch.
+    pub progress: Option<(f64, Option<Value>)>,
+}
+
+/// Where a [`BufferedReporter`]'s batches go. Batches are sent one at a time, in order.
+#[async_trait]
+pub trait BatchSink: Send + Sync + 'static {
+    /// Sends one non-empty batch; failures are the sink's to log.
+    async fn send(&self, batch: Batch);
+}
+
+/// A [`Reporter`] that buffers (at most `max_lines` lines: beyond, lines are dropped rather than
+/// memory growing without bound) and flushes at most `delay` after the first unsent report.
+pub struct BufferedReporter<S> {
+    sink: S,
+    /// Itself, for the delayed flush task (which must not keep the reporter alive).
+    me: Weak<Self>,
+    delay: Duration,
+    max_lines: usize,
+    pending: Mutex<Batch>,
+    scheduled: AtomicBool,
+    /// Serialises flushes so batches reach the sink in order.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl<S: BatchSink> BufferedReporter<S> {
+    /// A reporter sending to `sink`, at most every `delay`, keeping at most `max_lines` lines.
+    pub fn new(sink: S, delay: Duration, max_lines: usize) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            sink,
+            me: me.clone(),
+            delay,
+            max_lines,
+            pending: Mutex::new(Batch::default()),
+            scheduled: AtomicBool::new(false),
+            flushing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends whatever is buffered now (the attempt's last word goes through here).
+    pub async fn flush(&self) {
+        let _order = self.flushing.lock().await;
+        let batch = std::mem::take(&mut *self.pending.lock());
+        if !batch.lines.is_empty() || batch.progress.is_some() {
+            self.sink.send(batch).await;
+        }
+    }
+
+    fn schedule(&self) {
+        if self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.scheduled.store(false, Ordering::Release);
+            return;
+        };
+        // Weak: once the work is over (its final flush done), a pending delayed flush has
+        // nothing to do and must not keep the reporter (and what its sink holds) alive.
+        let me = self.me.clone();
+        let delay = self.delay;
+        rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(me) = me.upgrade() {
+                me.scheduled.store(false, Ordering::Release);
+                me.flush().await;
+            }
+        });
+    }
+}
+
+impl<S: BatchSink> Reporter for BufferedReporter<S> {
+    fn log(&self, stream: LogStream, line: String) {
+        {
+            let mut p = self.pending.lock();
+            if p.lines.len() >= self.max_lines {
+                // The sink is slower than the job: drop rather than grow without bound.
+                return;
+            }
+            p.lines.push((stream, SystemTime::now(), line));
+        }
+        self.schedule();
+    }
+
+    fn progress(&self, progress: f64, details: Option<Value>) {
+        self.pending.lock().progress = Some((progress, details));
+        self.schedule();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Batch>>);
+
+    #[async_trait]
+    impl BatchSink for Arc<Collect> {
+        async fn send(&self, batch: Batch) {
+            self.0.lock().push(batch);
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_lines_after_the_delay_and_caps_the_buffer() {
+        let sink = Arc::new(Collect::default());
+        let r = BufferedReporter::new(sink.clone(), Duration::from_millis(50), 3);
+        for i in 0..5 {
+            r.log(LogStream::Stdout, format!("l{i}"));
+        }
+        r.progress(0.5, None);
+        assert!(sink.0.lock().is_empty(), "nothing is sent before the delay");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let batches = sink.0.lock();
+        assert_eq!(batches.len(), 1, "one batch for a burst");
+        let texts: Vec<&str> = batches[0].lines.iter().map(|l| l.2.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["l0", "l1", "l2"],
+            "lines beyond the cap are dropped"
+        );
+        assert_eq!(batches[0].progress.as_ref().map(|p| p.0), Some(0.5));
+    }
+
+    #[tokio::test]
+    async fn flush_sends_at_once_and_an_empty_flush_sends_nothing() {
+        let sink = Arc::new(Collect::default());
+        let r = BufferedReporter::new(sink.clone(), Duration::from_secs(3600), 10);
+        r.flush().await;
+        assert!(sink.0.lock().is_empty());
+        r.log(LogStream::Stderr, "x".into());
+        r.flush().await;
+        assert_eq!(sink.0.lock().len(), 1);
+    }
+}
