@@ -332,24 +332,19 @@ impl LocalRunner {
     }
 }
 
-/// Forwards a job's stdout and stderr as log lines.
+/// Forwards a job's stdout and stderr as log lines: one task for both pipes (a task per pipe
+/// cost a second spawn, wake-up and join per job).
 fn forward<O, E>(out: O, err: E, reporter: SharedReporter) -> Vec<JoinHandle<()>>
 where
     O: tokio::io::AsyncRead + Unpin + Send + 'static,
     E: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    vec![
-        tokio::spawn(crate::lines::forward_lines(
-            out,
-            LogStream::Stdout,
-            reporter.clone(),
-        )),
-        tokio::spawn(crate::lines::forward_lines(
-            err,
-            LogStream::Stderr,
-            reporter,
-        )),
-    ]
+    vec![tokio::spawn(async move {
+        tokio::join!(
+            crate::lines::forward_lines(out, LogStream::Stdout, reporter.clone()),
+            crate::lines::forward_lines(err, LogStream::Stderr, reporter),
+        );
+    })]
 }
 
 /// A job's process: a child of the server, or of the spawner.
