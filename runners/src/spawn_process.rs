@@ -2,14 +2,12 @@
 //! a second thread, so small and single-threaded. It starts the jobs the server asks for, hands
 //! their output pipes back and reports how each one ended.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
 use crate::isolation::{Identity, Isolation};
+use crate::spawn_vfork::{ChildStack, Job};
 use crate::spawn_wire::{send_with_fds, Reply, Request};
 
 /// Largest request accepted (the job's arguments and environment): far above what the server
@@ -24,10 +22,12 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
         libc::setpgid(0, 0);
         libc::getpid()
     };
-    let Ok(signals) = child_signals() else {
+    let (Ok(signals), Ok(null), Ok(mut stack)) = (child_signals(), dev_null(), ChildStack::new())
+    else {
         // Safety: leaving at once, nothing to clean up.
         unsafe { libc::_exit(1) }
     };
+    let mut spawn = |req: &Request| start(req, me, null.as_raw_fd(), &mut stack);
     let mut requests = std::fs::File::from(requests);
     let out = replies.as_raw_fd();
     loop {
@@ -58,7 +58,7 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
                 // Safety: leaving.
                 unsafe { libc::_exit(0) }
             };
-            let (reply, fds) = match start(&req, me) {
+            let (reply, fds) = match spawn(&req) {
                 Ok((pid, start_time, fds)) => (
                     Reply::Started {
                         id: req.id,
@@ -142,24 +142,55 @@ fn read_request(r: &mut std::fs::File) -> Option<Request> {
     Request::decode(&body)
 }
 
+/// `/dev/null` for the jobs' stdin; first, descriptors 0, 1 and 2 are made to exist (on
+/// `/dev/null` when the server started without them), so no pipe of a job ever lands on them.
+fn dev_null() -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // Safety: plain syscalls; a descriptor opened onto 0..=2 stays open for good, the last one is
+    // owned by the returned value.
+    unsafe {
+        for fd in 0..3 {
+            if libc::fcntl(fd, libc::F_GETFD) == -1
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 /// Starts one job: its pid, start time and the read ends of its stdout and stderr.
-fn start(req: &Request, me: libc::pid_t) -> io::Result<(u32, Option<u64>, [OwnedFd; 2])> {
-    let mut cmd = Command::new(OsStr::from_bytes(&req.program));
-    cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
-    cmd.env_clear();
-    for (k, v) in &req.env {
-        cmd.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
-    }
-    if let Some(c) = &req.cwd {
-        cmd.current_dir(OsStr::from_bytes(c));
-    }
-    let workdir = match &req.workdir {
-        Some((w, create)) => Some((
-            CString::new(w.clone()).map_err(|_| io::Error::other("`cwd` holds a NUL byte"))?,
-            *create,
-        )),
-        None => None,
+fn start(
+    req: &Request,
+    me: libc::pid_t,
+    stdin: RawFd,
+    stack: &mut ChildStack,
+) -> io::Result<(u32, Option<u64>, [OwnedFd; 2])> {
+    let c = |b: &[u8], what: &str| {
+        CString::new(b).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} holds a NUL byte"),
+            )
+        })
     };
+    let program = c(&req.program, "the program")?;
+    let mut argv = vec![program.clone()];
+    for a in &req.args {
+        argv.push(c(a, "an argument")?);
+    }
+    let mut envp = Vec::with_capacity(req.env.len());
+    for (k, v) in &req.env {
+        envp.push(c(
+            &[k.as_slice(), b"=", v.as_slice()].concat(),
+            "the environment",
+        )?);
+    }
     let isolation = Isolation::from_parts(
         req.identity.as_ref().map(|(uid, gid, groups)| Identity {
             uid: *uid,
@@ -169,41 +200,22 @@ fn start(req: &Request, me: libc::pid_t) -> io::Result<(u32, Option<u64>, [Owned
         }),
         &req.limits,
     );
-    let umask = req.umask;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // Safety: only async-signal-safe calls between fork and exec (and this process has one
-    // thread anyway).
-    unsafe {
-        cmd.pre_exec(move || {
-            // The job starts with no signal blocked (this process blocks SIGCHLD).
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            // Limits, groups, user (in that order), then the private working directory.
-            isolation.apply(workdir.as_ref().map(|(w, c)| (w.as_c_str(), *c)))?;
-            if let Some(m) = umask {
-                libc::umask(m as libc::mode_t);
-            }
-            // After setuid, which clears the parent-death signal.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The spawner may have died before prctl took effect.
-            if libc::getppid() != me {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let start_time = crate::local::process_start_time(pid);
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(io::Error::other("no pipes"));
+    let job = Job {
+        program,
+        argv,
+        envp,
+        cwd: req.cwd.as_deref().map(|d| c(d, "`cwd`")).transpose()?,
+        workdir: match &req.workdir {
+            Some((w, create)) => Some((c(w, "`cwd`")?, *create)),
+            None => None,
+        },
+        umask: req.umask,
+        isolation: &isolation,
+        stdin,
+        spawner: me,
     };
-    // `child` is dropped without waiting: `reap` collects it.
-    Ok((pid, start_time, [out.into(), err.into()]))
+    let (pid, fds) = crate::spawn_vfork::start(&job, stack)?;
+    let start_time = crate::local::process_start_time(pid);
+    // The child is not waited for here: `reap` collects it.
+    Ok((pid, start_time, fds))
 }

@@ -134,6 +134,108 @@ async fn stop_kills_the_whole_group() {
     wait_dead(bg, "stopped job's background child").await;
 }
 
+/// What a job starts with, whatever the spawner does between its fork and exec: the program found
+/// in the job's own `PATH`, no signal blocked or ignored, stdin from /dev/null, a process group of
+/// its own; a script without `#!` runs through /bin/sh; a program not in `PATH` fails the launch.
+async fn jobs_start_as_command_started_them() {
+    let lines = Arc::new(Lines::default());
+    let r = LocalRunner::new(LocalConfig {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo stdin=$(readlink /proc/$$/fd/0); echo pgrp=$(cut -d' ' -f5 /proc/$$/stat) \
+             pid=$$; exec grep -E '^Sig(Blk|Ign)' /proc/self/status"
+                .into(),
+        ],
+        env_allow: vec![],
+        env: [("PATH".to_string(), "/nonexistent:/bin:/usr/bin".to_string())].into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+    assert_eq!(ex.wait().await, Outcome::Success { result: None });
+    let got: Vec<String> = lines
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.1.clone())
+        .collect();
+    assert!(got.contains(&"SigBlk:\t0000000000000000".into()), "{got:?}");
+    // SIGPIPE (bit 12) not ignored.
+    let ign = got
+        .iter()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .unwrap();
+    assert_eq!(u64::from_str_radix(ign, 16).unwrap() & 0x1000, 0, "{got:?}");
+    assert!(got.contains(&"stdin=/dev/null".into()), "{got:?}");
+    let pgrp = got.iter().find(|l| l.starts_with("pgrp=")).unwrap();
+    let (a, b) = pgrp.split_once(' ').unwrap();
+    assert_eq!(a.strip_prefix("pgrp="), b.strip_prefix("pid="), "{pgrp}");
+
+    let dir = std::env::temp_dir().join(format!("runyard-spawner-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("no-shebang");
+    std::fs::write(&script, "echo plain=$((40 + 2))\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lines = Arc::new(Lines::default());
+    let r = LocalRunner::new(LocalConfig {
+        command: vec![script.to_string_lossy().into()],
+        env_allow: vec!["PATH".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+    assert_eq!(ex.wait().await, Outcome::Success { result: None });
+    assert_eq!(lines.value("plain=").await, 42);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let r = LocalRunner::new(LocalConfig {
+        command: vec!["runyard-no-such-program".into()],
+        env_allow: vec!["PATH".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let err = r
+        .launch(spec(), lines)
+        .await
+        .err()
+        .expect("no such program")
+        .to_string();
+    assert!(err.contains("No such file"), "{err}");
+}
+
+/// Minor page faults of a process so far (field 10 of /proc/PID/stat).
+fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(7).unwrap().parse().unwrap()
+}
+
+/// The spawner does not copy itself for each job: a `fork` would leave its writable pages
+/// copy-on-write, so it would take page faults on its own stack and heap after every job.
+async fn the_spawner_does_not_copy_itself_per_job(spawner: u32) {
+    let r = LocalRunner::new(LocalConfig {
+        command: vec!["/bin/true".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let jobs = 100;
+    // One job first: the spawner's buffers are grown once and for all.
+    let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
+    ex.wait().await;
+    let before = minor_faults(spawner);
+    for _ in 0..jobs {
+        let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+    }
+    let faults = minor_faults(spawner) - before;
+    assert!(
+        faults < jobs / 2,
+        "the spawner took {faults} page faults for {jobs} jobs"
+    );
+}
+
 /// The spawner killed: its job dies with it and fails; later jobs are forked by this process.
 async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner: u32) {
     let lines = Arc::new(Lines::default());
@@ -174,6 +276,10 @@ fn main() {
     rt.block_on(async {
         output_env_exit_codes_and_signals(spawner).await;
         println!("output, exit codes and signals ... ok");
+        jobs_start_as_command_started_them().await;
+        println!("jobs start as Command started them ... ok");
+        the_spawner_does_not_copy_itself_per_job(spawner).await;
+        println!("the spawner does not copy itself per job ... ok");
         a_program_that_cannot_start_fails_the_launch().await;
         println!("a program that cannot start fails the launch ... ok");
         stop_kills_the_whole_group().await;
