@@ -229,7 +229,10 @@ unsafe fn run(a: &ChildArgs) -> c_int {
     if libc::setpgid(0, 0) != 0 {
         return errno();
     }
-    // Limits, groups, user (in that order), then the private working directory.
+    // Limits, groups, user (in that order), then the private working directory. glibc's setuid
+    // and setgid make a plain system call here only because the spawner is single-threaded: in a
+    // threaded process they would signal every thread (setxid) and change the parent's identity
+    // too, since this child runs in its memory. Never call `start` from the server.
     if let Err(e) = job
         .isolation
         .apply(job.workdir.as_ref().map(|(w, c)| (w.as_c_str(), *c)))
