@@ -217,10 +217,11 @@ async function overview() {
   await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message)), dead.refresh(), activityReady]);
   leases.refresh();
   let pending = null;
-  const off = onEvent(() => {
+  const off = onEvent((ev) => {
+    if (changesDeadLetters(ev)) dead.later();
     // Many events can arrive at once: refresh at most every 500 ms.
     if (pending) return;
-    pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); dead.later(); }, 500);
+    pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
   });
   leave = () => { off(); chart.stop(); dead.stop(); clearTimeout(pending); };
 }

@@ -2,8 +2,14 @@
 // ---------------------------------------------------------------- dead.js: #/dead
 
 // How many dead letters there are (`GET /async/dead_letters`, counted by the store), as a card of
-// the overview linking to the page. The store reads every ERROR job for it: re-read at most every
-// 5 s while events come.
+// the overview linking to the page. The store reads every ERROR job for it, so it is re-read only
+// after an event that may change it (a job ending ERROR, or one queued or scheduled again after
+// an attempt: a retry), at most every 5 s.
+function changesDeadLetters(ev) {
+  return ev.type === "status" && (ev.runyard_status === "ERROR"
+    || (["QUEUED", "SCHEDULED"].includes(ev.runyard_status) && ev.attempt > 0));
+}
+
 function deadLetterCount() {
   const n = h("span", { class: "n" }, "…");
   const el = h("div", { class: "cards" }, h("a", { class: "count", id: "dead-count", href: "#/dead", "data-count": "DEAD" },
