@@ -34,16 +34,20 @@ if #ids == n then
   next = '(' .. last
 end
 local counts, order = {}, {}
+local lastm, mstr = nil, ''
 for i, id in ipairs(ids) do
-  local h = redis.call('HMGET', prefix .. id, 's', 't', 'b')
+  local h = redis.call('HMGET', prefix .. id, 's', 't')
   local st, t = h[1], h[2]
   if st and not t then
-    local ok, j = pcall(cjson.decode, h[3] or '')
+    -- Written before jobs had `t`: the type from the record.
+    local ok, j = pcall(cjson.decode, redis.call('HGET', prefix .. id, 'b') or '')
     if ok and type(j) == 'table' and type(j['type']) == 'string' then t = j['type'] end
   end
   if st and t then
+    -- Scores come in order: the minute's text changes once a minute.
     local m = math.floor(tonumber(scores[i]) / minute)
-    local key = string.format('%d', m) .. '\n' .. t .. '\n' .. st
+    if m ~= lastm then lastm, mstr = m, string.format('%d', m) .. '\n' end
+    local key = mstr .. t .. '\n' .. st
     if not counts[key] then
       counts[key] = 0
       order[#order + 1] = key
