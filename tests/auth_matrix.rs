@@ -336,9 +336,16 @@ fn callers(method: &str, path: &str, scope: Option<(Scope, On)>) -> Vec<(String,
             } else {
                 Expect::Allowed
             };
-            // Counts over every channel (GET /async/stats) are refused to any credential confined
-            // to channels, even its own: they would tell it about the other channels' jobs.
-            let counts_all = (method, path) == ("GET", "/async/stats");
+            // Counts over every channel (GET /async/stats, /async/activity, /async/dead_letters:
+            // `Need::EveryChannel`) are refused to any credential confined to channels, even its
+            // own: they would tell it about the other channels' jobs.
+            let counts_all = matches!(
+                runyard::auth::access::lookup(
+                    &Method::from_bytes(method.as_bytes()).expect("method"),
+                    path
+                ),
+                Some(Need::EveryChannel(_))
+            );
             let own_channel = if counts_all {
                 Expect::Forbidden
             } else {

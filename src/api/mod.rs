@@ -1,5 +1,6 @@
 //! The HTTP edge: routes, extraction and the mapping of errors to status codes.
 
+pub mod activity;
 pub mod app;
 pub mod batch;
 pub mod edge;
@@ -109,6 +110,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
         .merge(runners::routes())
+        .merge(activity::routes())
         .merge(crate::dashboard::routes())
         .merge(signals::routes())
         .merge(notify::routes())

@@ -178,6 +178,9 @@ pub const ROUTES: &[Route] = &[
     client("GET", "/async/runners", JobsRead, Any),
     client("GET", "/async/whoami", JobsRead, Any),
     other("GET", "/async/stats", Need::EveryChannel(JobsRead)),
+    // The dashboard's aggregates (src/api/activity.rs): counts over every channel, like stats.
+    other("GET", "/async/activity", Need::EveryChannel(JobsRead)),
+    other("GET", "/async/dead_letters", Need::EveryChannel(JobsRead)),
     // The API's OpenAPI document and its browsable page (src/api/openapi/): open, like /health:
     // they describe the API, they hold no data.
     other("GET", "/openapi.json", Need::Open),

@@ -38,6 +38,7 @@ use uuid::Uuid;
 use super::{CommandKind, Metrics};
 use crate::job::{Command, Event, Job, Micros};
 use crate::schedule::Schedule;
+use crate::store::activity::{Activity, ActivityStore};
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::deliveries::{Attempt, Claimed, Delivery, DeliveryState, Outcome};
 use crate::store::signals::{Signal, SignalKey};
@@ -165,6 +166,10 @@ metered! {
     }
     JobCountStore {
         job_counts() -> JobCounts;
+    }
+    ActivityStore {
+        finished_per_minute(minutes: u32) -> Activity;
+        dead_letters() -> std::collections::BTreeMap<String, u64>;
     }
     DeliveryStore {
         deliveries_claim(max: usize, hold: Duration) -> Vec<Claimed>;

@@ -4,6 +4,7 @@
 //! Every backend changes a job only through [`crate::job::apply`], atomically with the event the
 //! change produces, so the status machine is enforced in one place whatever the backend.
 
+pub mod activity;
 pub mod counts;
 pub mod deliveries;
 pub mod paging;
@@ -22,6 +23,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
+pub use activity::ActivityStore;
 pub use counts::JobCountStore;
 pub use deliveries::DeliveryStore;
 pub use replay::ReplayMemory;
@@ -264,6 +266,7 @@ pub trait Store:
     + ScheduleStore
     + SignalStore
     + JobCountStore
+    + ActivityStore
     + DeliveryStore
     + WaitStore
     + ReplayMemory

@@ -85,6 +85,8 @@ use access::FromAccessTable;
         super::runners::list,
         super::runners::whoami,
         super::runners::stats,
+        super::activity::activity,
+        super::activity::dead_letters,
         // The dashboard and this document.
         stubs::dashboard_page,
         stubs::dashboard_js,

@@ -119,8 +119,10 @@ const listeners = new Set();
 let lastEventId = null;
 let streamAbort = null;
 
-async function follow() {
+// `from`: the id to go on after (undefined: from the oldest event the store keeps).
+async function follow(from) {
   if (streamAbort) streamAbort.abort();
+  lastEventId = from || null;
   const ctl = new AbortController();
   streamAbort = ctl;
   for (let backoff = 500; !ctl.signal.aborted; backoff = Math.min(backoff * 2, 10000)) {
@@ -166,13 +168,14 @@ let leave = () => {};
 
 async function overview() {
   const counts = h("div", { class: "cards", id: "counts" }, h("p", {}, "loading…"));
+  const dead = deadLetterCount();
   const recent = h("tbody", { id: "recent" });
   const runners = h("div", { id: "runners" });
   const chart = throughputChart();
   const leases = leaseHolders();
   main.replaceChildren(
     h("h1", {}, "Overview"),
-    counts,
+    counts, dead.el,
     h("section", { class: "card", "aria-labelledby": "h-throughput" }, h("h2", { id: "h-throughput" }, "Throughput and failures, last hour"), chart.el),
     h("div", { class: "grid" },
       h("section", { class: "card" }, h("h2", {}, "Runners"), runners),
@@ -211,15 +214,16 @@ async function overview() {
     const page = await api("/async/jobs?limit=20");
     recent.replaceChildren(...page.jobs.map(jobRow));
   }
-  await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message))]);
+  await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message)), dead.refresh(), activityReady]);
   leases.refresh();
   let pending = null;
-  const off = onEvent(() => {
+  const off = onEvent((ev) => {
+    if (changesDeadLetters(ev)) dead.later();
     // Many events can arrive at once: refresh at most every 500 ms.
     if (pending) return;
     pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
   });
-  leave = () => { off(); chart.stop(); clearTimeout(pending); };
+  leave = () => { off(); chart.stop(); dead.stop(); clearTimeout(pending); };
 }
 
 function jobRow(j, selectable) {
@@ -516,10 +520,14 @@ async function route() {
   if (!document.body.dataset.readyMs) document.body.dataset.readyMs = String(Math.round(performance.now()));
 }
 
+// The chart's hour from the store, then the live stream from the newest event of that read
+// (chart.js); the overview waits for it before it says its data is on screen.
+let activityReady = Promise.resolve();
+
 async function start() {
   document.getElementById("signin")?.remove();
   if (!(await loadScopes())) return; // the sign-in form is shown
-  follow();
+  activityReady = loadActivity().then((from) => { follow(from); }); // follow() runs until the page goes
   await route();
 }
 

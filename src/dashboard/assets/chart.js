@@ -1,25 +1,47 @@
 
 // ---------------------------------------------------------------- chart.js: the last hour
 
-// Outcomes of the last hour, per minute, from the global event stream: on load the stream
-// replays from the oldest event the store keeps (`events.global_limit`, `retention.events`), then
-// goes on live, so the tally covers the hour before the page was opened too. A status event with
-// SUCCESS counts as done, ERROR or TIMEOUT as failed (one per attempt: a retried job can count
-// twice). Nothing is fetched for the chart itself.
+// Outcomes of the last hour, per minute: jobs that finished, by their final status (SUCCESS
+// counts as done, ERROR or TIMEOUT as failed). Read once from the store (`GET /async/activity`,
+// an index range, however many jobs are stored); the global event stream then goes on from the
+// newest event of that read, and each status event after the read's `as_of` adds one. Without the
+// route (an older server, a token confined to channels) the stream replays from its oldest event
+// instead, and the tally counts what it replays (`events.global_limit`).
 const MINUTE_MS = 60000;
 const outcomes = { ok: new Map(), failed: new Map() }; // minute number -> count
 const chartWatchers = new Set();
+let tallyAfter = -Infinity; // ms: finishes up to this time came from the store
+let tallySource = "the event stream";
 
 function tallyOutcome(ev) {
   if (ev.type !== "status") return;
   const kind = ev.runyard_status === "SUCCESS" ? "ok" : ["ERROR", "TIMEOUT"].includes(ev.runyard_status) ? "failed" : null;
   const t = Date.parse(ev.ts);
-  if (!kind || isNaN(t)) return;
+  if (!kind || isNaN(t) || t <= tallyAfter) return;
   const minute = Math.floor(t / MINUTE_MS);
   const oldest = Math.floor(Date.now() / MINUTE_MS) - 59;
   if (minute < oldest) return;
   outcomes[kind].set(minute, (outcomes[kind].get(minute) || 0) + 1);
   chartWatchers.forEach((f) => f());
+}
+
+// The last hour from the store; returns the event id the live stream goes on from (null: from
+// the stream's start, no event yet), or undefined when the store's counts are not available.
+async function loadActivity() {
+  outcomes.ok.clear(); outcomes.failed.clear();
+  tallyAfter = -Infinity; tallySource = "the event stream";
+  let a;
+  try { a = await api("/async/activity"); } catch { return undefined; }
+  for (const m of a.minutes || []) {
+    const minute = Math.floor(Date.parse(m.at) / MINUTE_MS);
+    if (isNaN(minute)) continue;
+    if (m.SUCCESS) outcomes.ok.set(minute, m.SUCCESS);
+    if (m.ERROR || m.TIMEOUT) outcomes.failed.set(minute, (m.ERROR || 0) + (m.TIMEOUT || 0));
+  }
+  tallyAfter = Date.parse(a.as_of);
+  tallySource = "the store, live from the event stream";
+  chartWatchers.forEach((f) => f());
+  return a.last_event_id ?? null;
 }
 listeners.add(tallyOutcome);
 
@@ -61,7 +83,7 @@ function throughputChart() {
       s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": summary, preserveAspectRatio: "none" },
         s("line", { class: "axis", x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5 }), ...bars),
       h("p", { class: "legend" }, h("span", { class: "key ok" }, `${ok} done`), " ", h("span", { class: "key failed" }, `${failed} failed`),
-        h("span", { class: "muted" }, " per minute, last 60 minutes (attempts, from the event stream)")));
+        h("span", { class: "muted" }, ` jobs ended per minute, last 60 minutes (from ${tallySource})`)));
   }
   draw();
   let pending = null;

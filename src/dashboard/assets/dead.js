@@ -1,6 +1,35 @@
 
 // ---------------------------------------------------------------- dead.js: #/dead
 
+// How many dead letters there are (`GET /async/dead_letters`, counted by the store), as a card of
+// the overview linking to the page. The store reads every ERROR job for it, so it is re-read only
+// after an event that may change it (a job ending ERROR, or one queued or scheduled again after
+// an attempt: a retry), at most every 5 s.
+function changesDeadLetters(ev) {
+  return ev.type === "status" && (ev.runyard_status === "ERROR"
+    || (["QUEUED", "SCHEDULED"].includes(ev.runyard_status) && ev.attempt > 0));
+}
+
+function deadLetterCount() {
+  const n = h("span", { class: "n" }, "…");
+  const el = h("div", { class: "cards" }, h("a", { class: "count", id: "dead-count", href: "#/dead", "data-count": "DEAD" },
+    n, h("span", { class: "badge s-error" }, "DEAD LETTERS")));
+  let timer = null;
+  async function refresh() {
+    try {
+      const d = await api("/async/dead_letters");
+      n.textContent = String(d.count);
+    } catch (e) {
+      n.textContent = "?"; n.title = e.message;
+    }
+  }
+  return {
+    el, refresh,
+    later: () => { if (!timer) timer = setTimeout(() => { timer = null; refresh(); }, 5000); },
+    stop: () => clearTimeout(timer),
+  };
+}
+
 // Dead letters: jobs that used up their attempts (status ERROR with attempt >= max_attempts),
 // selected by the store (`GET /async/jobs?dead=true`), 50 a page.
 async function deadLetters(params) {
@@ -8,6 +37,16 @@ async function deadLetters(params) {
   const body = h("tbody", { id: "rows" });
   const pager = h("div", { class: "pager" });
   const note = h("p", { class: "muted", id: "dead-note" });
+  const total = h("p", { id: "dead-total", role: "status" });
+  async function countAll() {
+    try {
+      const d = await api(`/async/dead_letters${type ? `?type=${encodeURIComponent(type)}` : ""}`);
+      total.textContent = `${d.count} dead letter${d.count === 1 ? "" : "s"} in all${type ? ` of types ${type}` : ""}.`;
+      total.dataset.count = d.count;
+    } catch (e) {
+      total.textContent = `The count is not available (${e.message}).`;
+    }
+  }
   const actions = h("div", { class: "actions" });
   const cursors = [""];
   let shown = [];
@@ -21,7 +60,7 @@ async function deadLetters(params) {
     h("button", { type: "submit" }, "Filter"));
   main.replaceChildren(h("h1", {}, "Dead letters"),
     h("p", { class: "muted" }, "Jobs that ended ERROR with every attempt used. Retry gives a job one more attempt."),
-    form, actions, note,
+    form, total, actions, note,
     h("div", { class: "scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {},
       h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all shown",
         onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) })),
@@ -37,7 +76,7 @@ async function deadLetters(params) {
     }
     const failed = results.filter((r) => r.status === "rejected");
     toast(`retry: ${ids.length - failed.length} queued${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
-    await load(cursors[cursors.length - 1]);
+    await Promise.all([load(cursors[cursors.length - 1]), countAll()]);
   }
   if (auth.can("jobs:submit")) {
     actions.append(
@@ -65,7 +104,7 @@ async function deadLetters(params) {
       cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
       nextCursor ? h("button", { id: "next-page", onclick: () => { cursors.push(nextCursor); load(nextCursor); } }, "Older →") : "");
   }
-  await load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))));
+  await Promise.all([countAll(), load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
   // Rows on screen follow their jobs: a retried one leaves the list.
   leave = onEvent((ev) => {
     const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);

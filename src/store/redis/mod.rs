@@ -47,6 +47,7 @@
 //! at once instead, so a worker stops claiming while Redis is away and its claim loop backs off);
 //! [`Maintenance::health`] answers within a second either way.
 
+mod activity;
 mod batch;
 mod commit;
 mod counts;

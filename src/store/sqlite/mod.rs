@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::{Notice, Result, Store, StoreError, StoreSettings};
 use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Micros};
 
+mod activity;
 mod batch;
 mod counts;
 mod deliveries;
