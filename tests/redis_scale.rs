@@ -689,8 +689,11 @@ async fn a_dead_claimers_reservation_is_requeued() {
         .key(format!("{}:q:r", redis.prefix))
         .key(format!("{}:token", redis.prefix))
         .key(format!("{}:lease", redis.prefix))
+        .arg("max")
         .arg(10)
+        .arg("until")
         .arg(now + 1000)
+        .arg("jobp")
         .arg(format!("{}:job:", redis.prefix))
         .invoke_async(&mut c)
         .await
