@@ -83,7 +83,7 @@ for name in string.gmatch(H.shared or '', '%S+') do
   S[name] = KEYS[slot]
 end
 for _, w in ipairs(W) do
-  local K = { fref = {}, waitk = {}, sig = {}, sigid = {}, sigw = {} }
+  local K = {}
   for name in string.gmatch(w.keys or '', '%S+') do
     if SHARED[name] then
       if not S[name] then return redis.error_reply('commit: shared key ' .. name .. ' not declared') end
@@ -92,6 +92,10 @@ for _, w in ipairs(W) do
       slot = slot + 1
       if LISTS[name] then
         local l = K[name]
+        if not l then
+          l = {}
+          K[name] = l
+        end
         l[#l + 1] = KEYS[slot]
       else
         K[name] = KEYS[slot]
@@ -133,11 +137,11 @@ end
 
 local function wait_move(w, K)
   if w.wait == 'enter' then
-    for _, k in ipairs(K.waitk) do redis.call('SADD', k, w.id) end
+    for _, k in ipairs(K.waitk or {}) do redis.call('SADD', k, w.id) end
     if w.dl then redis.call('ZADD', K.waitdl, w.dl, w.id) end
     mark_due(K, w.id)
   elseif w.wait == 'leave' then
-    for _, k in ipairs(K.waitk) do redis.call('SREM', k, w.id) end
+    for _, k in ipairs(K.waitk or {}) do redis.call('SREM', k, w.id) end
     redis.call('ZREM', K.waitdl, w.id)
     redis.call('ZREM', K.waitdue, w.id)
   end
