@@ -374,3 +374,27 @@ impl RedisStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channel_ttl_is_refreshed_less_often_only_when_long() {
+        let mut s = RedisSettings::new("redis://127.0.0.1");
+        // Default: 24 h, 30 s retry, 5 s per try.
+        assert_eq!(
+            channel_ttl_slack(&s),
+            Some(Duration::from_secs(24 * 3600 / 64))
+        );
+        // Short TTLs (tests, small deployments): every event refreshes.
+        s.channel_ttl = Duration::from_secs(2);
+        assert_eq!(channel_ttl_slack(&s), None);
+        s.channel_ttl = Duration::from_secs(3599);
+        assert_eq!(channel_ttl_slack(&s), None);
+        // An hour, but a retry so long that a commit may wait longer than the slack allows for.
+        s.channel_ttl = Duration::from_secs(3600);
+        s.retry = Duration::from_secs(900);
+        assert_eq!(channel_ttl_slack(&s), None);
+    }
+}
