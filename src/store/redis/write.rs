@@ -192,14 +192,13 @@ impl Write {
     /// key of its wait).
     fn wait_parts(&self, p: &mut Parts) {
         let j = &self.job;
-        let Some(w) = &j.wait else { return };
         let waiting = j.status == JobStatus::Waiting;
         if waiting == (self.old_status == Some(JobStatus::Waiting)) {
             return;
         }
         p.val("wait", if waiting { "enter" } else { "leave" }.into());
         if waiting {
-            if let Some(dl) = w.deadline {
+            if let Some(dl) = j.wait.as_ref().and_then(|w| w.deadline) {
                 p.val("dl", dl.to_string());
                 p.shared(WAITDL);
             }
@@ -208,7 +207,7 @@ impl Write {
             p.shared(WAITDL);
         }
         p.shared(WAITDUE);
-        for i in &w.items {
+        for i in j.wait.iter().flat_map(|w| &w.items) {
             p.own("waitk", "waitk:", &i.key);
         }
     }
