@@ -25,7 +25,8 @@ rport=$(free_port)
 aport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir" --save '' \
   --appendonly "${APPENDONLY:-no}" >"$dir/redis.log" 2>&1 &
-pids+=($!)
+rpid=$!
+pids+=($rpid)
 for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
 cat >"$dir/runyard.toml" <<TOML
 listen = "127.0.0.1:$aport"
@@ -57,6 +58,9 @@ done
 "$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
 redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
 echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
+# CPU time of redis-server over the whole run (utime + stime, start-up and warm-up included): a
+# figure that depends less on the machine's load than wall-clock rates.
+echo "redis-server cpu: $(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f s", ($14 + $15) / hz}' /proc/$rpid/stat)"
 for i in $(seq "$workers"); do
   pid=${pids[$((i + 1))]}
   echo "worker $i peak RSS: $(grep VmHWM /proc/$pid/status 2>/dev/null | awk '{print $2 " " $3}')"

@@ -5,7 +5,8 @@
 #   embedded: bytes of database (pages in use after a full checkpoint, by table and index),
 #             WAL frames written, write transactions (the WAL write lock taken) per job;
 #   redis:    commands (INFO commandstats deltas) and round trips (reads by redis-server of a
-#             client request) per job, and bytes of used memory per job.
+#             client request) per job, and bytes of used memory per job (about 1.1 HGET per job
+#             is `runyard bench` listing the jobs at its end, not the jobs' own cost).
 # Counting uses strace on the server (embedded) or on redis-server: the rates it prints are
 # meaningless, the counts are exact. Kills only the processes it started.
 #

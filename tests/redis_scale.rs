@@ -689,8 +689,11 @@ async fn a_dead_claimers_reservation_is_requeued() {
         .key(format!("{}:q:r", redis.prefix))
         .key(format!("{}:token", redis.prefix))
         .key(format!("{}:lease", redis.prefix))
+        .arg("max")
         .arg(10)
+        .arg("until")
         .arg(now + 1000)
+        .arg("jobp")
         .arg(format!("{}:job:", redis.prefix))
         .invoke_async(&mut c)
         .await
@@ -791,4 +794,46 @@ async fn hook_replays_are_refused_across_api_nodes() {
     .unwrap();
     let (st, v) = report(url2, fresh).await;
     assert_eq!(st, 409, "{v}");
+}
+
+/// A process refreshes a channel stream's TTL at most once per 1/64 of `retention.events` (see
+/// `RedisStore::ttl_due`): every channel stream still gets its TTL, and every event its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_channel_stream_expires_though_refreshes_are_skipped() {
+    let redis = TestRedis::start();
+    let store = RedisStore::connect(RedisSettings {
+        prefix: redis.prefix.clone(),
+        ..RedisSettings::new(redis.url.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.settings().channel_ttl, Duration::from_secs(24 * 3600));
+    let s: Arc<dyn Store> = store.clone();
+    let now = runyard::job::now_us();
+    for chan in ["a", "a", "a", "b"] {
+        let job = Job {
+            channel_id: chan.into(),
+            ..Job::new("t", "r", now)
+        };
+        s.submit(job).await.unwrap();
+    }
+    let mut c = redis_conn(&redis.url).await;
+    for (chan, n) in [("a", 3), ("b", 1)] {
+        let key = format!("{}:evc:{chan}", redis.prefix);
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(len, n, "every event in the channel stream {chan}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 23 * 3600 * 1000 && ttl <= 24 * 3600 * 1000,
+            "channel {chan}: PTTL {ttl} ms"
+        );
+    }
 }

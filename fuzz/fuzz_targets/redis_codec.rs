@@ -1,4 +1,4 @@
-//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the 19 values per job
+//! The Lua-facing encoders of the Redis store (`src/store/redis/mod.rs`): the named values per job
 //! write that `commit.lua` receives (`commit_args`) and the log entries of `logs_append.lua` /
 //! `logs_read.lua` (`log_entry`, `parse_log_entry`).
 //!
@@ -188,39 +188,55 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         Some(o)
     };
     let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
-    let args = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
-    assert_eq!(args.len(), 19);
-    // No wait in these jobs: no wait keys declared, no deadline.
-    assert_eq!(args[17], "0");
-    assert_eq!(args[18], "");
-    assert_eq!(args[15], job.job_type);
-    assert_eq!(args[0], job.id.to_string());
-    assert_eq!(args[1], expected.map(|v| v.to_string()).unwrap_or_default());
-    assert_eq!(args[2], job.version.to_string());
-    assert_eq!(args[3].parse::<JobStatus>(), Ok(job.status));
-    assert_eq!(args[4], job.runner);
-    assert_eq!(args[5], job.channel_id);
-    lua_integer(&args[6], job.queued_at);
-    opt_integer(&args[7], job.run_at);
+    let pairs = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
+    // Named values: each name once, the write's first value its id.
+    let mut args = std::collections::HashMap::new();
+    for (k, v) in &pairs {
+        assert!(args.insert(k.as_str(), v.as_str()).is_none(), "`{k}` sent twice");
+    }
+    assert_eq!(pairs[0].0, "id");
+    let arg = |k: &str| args.get(k).copied().unwrap_or("");
+    // No wait in these jobs: no wait movement, no deadline.
+    assert_eq!(arg("wait"), "");
+    assert_eq!(arg("dl"), "");
+    assert_eq!(arg("t"), job.job_type);
+    assert_eq!(arg("id"), job.id.to_string());
+    assert_eq!(arg("v"), expected.map(|v| v.to_string()).unwrap_or_default());
+    assert_eq!(arg("nv"), job.version.to_string());
+    assert_eq!(arg("st").parse::<JobStatus>(), Ok(job.status));
+    assert_eq!(arg("r"), job.runner);
+    assert_eq!(arg("c"), job.channel_id);
+    lua_integer(arg("q"), job.queued_at);
+    opt_integer(
+        arg("runat"),
+        job.run_at.filter(|_| job.status == JobStatus::Scheduled),
+    );
     let active_lease = job
         .lease
         .as_ref()
         .filter(|_| job.status.is_active())
         .map(|l| l.expires_at);
-    if args[8] != "=" {
-        opt_integer(&args[8], active_lease);
+    if args.contains_key("lease") {
+        opt_integer(arg("lease"), active_lease);
+    } else if let Some(o) = &old {
+        // Left out when the loaded job was active with the same expiry, or neither is active.
+        let old_lease = o
+            .lease
+            .as_ref()
+            .filter(|_| o.status.is_active())
+            .map(|l| l.expires_at);
+        assert_eq!(old_lease, active_lease);
     } else {
-        // "unchanged" only when the loaded job was active with the same expiry.
-        assert!(active_lease.is_some());
+        assert!(active_lease.is_none());
     }
-    opt_integer(&args[9], job.finished_at);
+    opt_integer(arg("fin"), job.finished_at);
     if submit {
-        assert_eq!(args[10], job.idempotency_key.clone().unwrap_or_default());
+        assert_eq!(arg("idem"), job.idempotency_key.clone().unwrap_or_default());
     } else {
-        assert_eq!(args[10], "");
+        assert_eq!(arg("idem"), "");
     }
     // The file hashes, as commit.lua splits them (`%S+`).
-    let sent: BTreeSet<&str> = args[11].split_whitespace().collect();
+    let sent: BTreeSet<&str> = arg("files").split_whitespace().collect();
     let changed = old.as_ref().is_none_or(|o| o.files != job.files);
     let hashes: BTreeSet<&str> = job
         .files
@@ -234,30 +250,31 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         assert!(sent.is_empty());
     }
     // The body is the job.
-    let back: Job = serde_json::from_str(&args[12]).expect("the body parses");
+    let back: Job = serde_json::from_str(arg("b")).expect("the body parses");
     assert_eq!(back, job, "the job body does not read back as the job");
-    // Signals emitted on success, one per line.
-    if job.status == JobStatus::Success {
-        let sent: Vec<&str> = args[14].split('\n').filter(|k| !k.is_empty()).collect();
+    // Signals emitted when the job becomes SUCCESS (the loaded job has the same status), one per
+    // line.
+    if submit && job.status == JobStatus::Success && job.finished_at.is_some() {
+        let sent: Vec<&str> = arg("emits").split('\n').filter(|k| !k.is_empty()).collect();
         assert_eq!(
             sent,
             job.emits.iter().map(String::as_str).collect::<Vec<_>>()
         );
     } else {
-        assert_eq!(args[14], "");
+        assert_eq!(arg("emits"), "");
     }
     // The webhook delivery: `created\nurl` exactly when the job's webhook wants this event.
     match (ev, &job.notify) {
         (Some(kind), Some(n)) if runyard::job::notify_spec::wants(&job, kind) => {
-            assert_eq!(args[16], format!("{}\n{}", job.updated_at, n.url));
+            assert_eq!(arg("dlv"), format!("{}\n{}", job.updated_at, n.url));
         }
-        _ => assert_eq!(args[16], ""),
+        _ => assert_eq!(arg("dlv"), ""),
     }
     // The event is the job's.
     match ev {
-        None => assert_eq!(args[13], ""),
+        None => assert_eq!(arg("event"), ""),
         Some(kind) => {
-            let e: Event = serde_json::from_str(&args[13]).expect("the event parses");
+            let e: Event = serde_json::from_str(arg("event")).expect("the event parses");
             assert_eq!(e, Event::for_job(&job, kind));
         }
     }

@@ -13,6 +13,10 @@ use crate::store::Store;
 
 /// Events the tail reads per store call.
 const TAIL_PAGE: usize = 1000;
+/// While no stream is open on this node, the tail reads at most this often: it keeps its place
+/// (nothing is skipped), a stream that opens wakes it at once, and it saves the store a read per
+/// commit that nobody here listens to (on Redis an `XREAD` round trip per commit call).
+const IDLE_PACE: Duration = Duration::from_millis(250);
 
 /// Why a stream was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +91,8 @@ pub struct Hub {
     max_per_channel: usize,
     buffer: usize,
     pub(crate) stats: Stats,
+    /// Woken when a stream opens (the tail stops pacing, see [`IDLE_PACE`]).
+    opened: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -98,6 +104,7 @@ impl Hub {
             max_per_channel,
             buffer: buffer.max(1),
             stats: Stats::default(),
+            opened: tokio::sync::Notify::new(),
         })
     }
 
@@ -143,6 +150,7 @@ impl Hub {
         chan.conns += 1;
         let rx = chan.tx.subscribe();
         g.open += 1;
+        self.opened.notify_waiters();
         Ok(Subscription {
             hub: self.clone(),
             channel: channel.map(Into::into),
@@ -309,6 +317,23 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
             cursor = Some(ev.id);
         }
         hub.publish(&frames);
+        idle_pace(&hub, &stop).await;
+    }
+}
+
+/// While no stream is open, waits up to [`IDLE_PACE`] or until one opens.
+async fn idle_pace(hub: &Hub, stop: &CancellationToken) {
+    let opened = hub.opened.notified();
+    tokio::pin!(opened);
+    // Registered before the check: a stream opening in between still wakes us.
+    opened.as_mut().enable();
+    if hub.chans.lock().open > 0 {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(IDLE_PACE) => {}
+        _ = opened => {}
+        _ = stop.cancelled() => {}
     }
 }
 

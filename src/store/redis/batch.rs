@@ -3,7 +3,8 @@
 //! and answered on its own by the script, so a job that fails leaves the others stored (all or
 //! nothing per job, docs/api.md `POST /async/jobs/batch`).
 
-use super::commit::{Reply, Write};
+use super::commit::Reply;
+use super::write::Write;
 use super::RedisStore;
 use crate::job::{EventKind, Job, JobStatus};
 use crate::store::{JobStore, Result, StoreError, Submitted};

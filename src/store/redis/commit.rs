@@ -2,11 +2,11 @@
 //! task that sends the writes of every waiting caller in one script call, and the
 //! load-apply-commit loop ([`RedisStore::update`]) every change of a job goes through.
 
-use std::collections::BTreeSet;
 use std::sync::Weak;
 
 use tokio::sync::oneshot;
 
+use super::write::{Write, DLVSEQ, SHARED};
 use super::*;
 
 /// How many times a change is loaded and applied again after compare-and-set conflicts.
@@ -22,196 +22,14 @@ pub(super) const COMMIT_QUEUE: usize = 1024;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
-/// One job write for `commit.lua`.
-pub(super) struct Write {
-    /// The version the job had when loaded; `None` for a new job.
-    expected: Option<u64>,
-    pub(super) job: Job,
-    pub(super) body: String,
-    files: String,
-    pub(super) event: Option<(EventKind, String)>,
-    /// The lease set already holds this job's lease expiry (active before and after, same
-    /// expiry): `commit.lua` skips the write. Sound because the write only applies at the
-    /// version it was computed from.
-    lease_kept: bool,
-    /// The webhook delivery of the event (`created_at` µs, newline, url), '' none: see
-    /// `deliveries.rs`.
-    delivery: String,
-    /// The status of the job at version `expected` (`None` for a submit): the index keys it
-    /// leaves are declared to `commit.lua`.
-    old_status: Option<JobStatus>,
-}
-
-impl Write {
-    pub(super) fn new(
-        expected: Option<u64>,
-        old: Option<&Job>,
-        job: Job,
-        ev: Option<EventKind>,
-    ) -> Result<Self> {
-        let body = serde_json::to_string(&job).map_err(json_err)?;
-        let files = if !job.files.is_empty() && old.is_none_or(|o| o.files != job.files) {
-            let set: BTreeSet<&str> = job
-                .files
-                .values()
-                .flatten()
-                .map(|f| f.hash.as_str())
-                .collect();
-            set.into_iter().collect::<Vec<_>>().join(" ")
-        } else {
-            String::new()
-        };
-        let event = match ev {
-            Some(kind) => Some((
-                kind,
-                serde_json::to_string(&Event::for_job(&job, kind)).map_err(json_err)?,
-            )),
-            None => None,
-        };
-        let lease_of = |j: &Job| {
-            j.lease
-                .as_ref()
-                .filter(|_| j.status.is_active())
-                .map(|l| l.expires_at)
-        };
-        let lease_kept = expected.is_some()
-            && old.is_some_and(|o| lease_of(o).is_some() && lease_of(o) == lease_of(&job));
-        let delivery = deliveries::commit_arg(&job, ev);
-        Ok(Self {
-            expected,
-            job,
-            body,
-            files,
-            event,
-            lease_kept,
-            delivery,
-            old_status: old.map(|o| o.status),
-        })
-    }
-
-    /// The `WRITE_ARGS` values `commit.lua` receives for this write (see the script's header).
-    fn args(&self) -> [String; WRITE_ARGS] {
-        let j = &self.job;
-        let lease = if self.lease_kept {
-            "=".to_string()
-        } else {
-            opt(j
-                .lease
-                .as_ref()
-                .filter(|_| j.status.is_active())
-                .map(|l| l.expires_at))
-        };
-        [
-            j.id.to_string(),
-            opt(self.expected),
-            j.version.to_string(),
-            j.status.as_str().to_string(),
-            j.runner.clone(),
-            j.channel_id.clone(),
-            j.queued_at.to_string(),
-            opt(j.run_at),
-            lease,
-            opt(j.finished_at),
-            if self.expected.is_none() {
-                j.idempotency_key.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-            self.files.clone(),
-            self.body.clone(),
-            self.event.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
-            if j.status == JobStatus::Success {
-                j.emits.join("\n")
-            } else {
-                String::new()
-            },
-            j.job_type.clone(),
-            self.delivery.clone(),
-            self.wait_keys().count().to_string(),
-            opt(j.wait.as_ref().and_then(|w| w.deadline)),
-        ]
-    }
-
-    /// The signal keys of the job's wait when this write makes it start or stop waiting (the
-    /// `P:waitk:{key}` sets it enters or leaves), else none.
-    fn wait_keys(&self) -> impl Iterator<Item = &str> {
-        let j = &self.job;
-        let moves =
-            (j.status == JobStatus::Waiting) != (self.old_status == Some(JobStatus::Waiting));
-        j.wait
-            .as_ref()
-            .filter(|_| moves)
-            .into_iter()
-            .flat_map(|w| w.items.iter().map(|i| i.key.as_str()))
-    }
-
-    /// Appends the keys `commit.lua` touches for this write, after the shared ones
-    /// ([`SharedKeys`]), in the order of the script's header. `args` are [`Self::args`].
-    fn push_keys(&self, s: &RedisStore, args: &[String; WRITE_ARGS], keys: &mut Vec<String>) {
-        let j = &self.job;
-        let id = &args[0];
-        let job_key = s.keyed("job:", id);
-        let idem = match &args[10] {
-            k if k.is_empty() => job_key.clone(),
-            k => s.keyed("idem:", k),
-        };
-        let old_st = match self.old_status {
-            Some(st) => s.keyed("st:", st.as_str()),
-            None => job_key.clone(),
-        };
-        keys.extend([
-            job_key,
-            idem,
-            old_st,
-            s.keyed("st:", j.status.as_str()),
-            s.keyed("qt:", &j.job_type),
-            s.keyed("q:", &j.runner),
-            s.keyed("evc:", &j.channel_id),
-            s.keyed("dlv:job:", id),
-        ]);
-        keys.extend(self.files.split_whitespace().map(|h| s.keyed("fref:", h)));
-        keys.extend(self.wait_keys().map(|k| s.keyed("waitk:", k)));
-        for k in args[14].split('\n').filter(|k| !k.is_empty()) {
-            keys.push(s.keyed("sig:", k));
-            keys.push(s.keyed("sigid:", k));
-            keys.push(s.keyed("waitk:", k));
-        }
-    }
-}
-
-/// What every `commit.lua` call declares first (`KEYS[1..14]`, see the script's header) and the
-/// two prefixes it passes: they depend on the store's prefix only, so they are built once.
-pub(super) struct SharedKeys {
-    keys: [String; 14],
-    dlv_prefix: String,
-    notices: String,
-}
-
-impl SharedKeys {
-    pub(super) fn new(prefix: &str) -> Self {
-        let key = |k: &str| format!("{prefix}:{k}");
-        Self {
-            keys: [
-                "all", "jc", "lease", "fin", "sched", "fhashes", "waitdl", "waitdue", "waitgen",
-                "sigseq", "sigkeys", "dlv:seq", "dlv:due", "ev",
-            ]
-            .map(key),
-            dlv_prefix: key("dlv:"),
-            notices: key("notices"),
-        }
-    }
-}
-
-/// The values `commit.lua` receives for one job write: `job` as changed from `old` (loaded at
-/// version `expected`; both `None` for a submit), with the event of kind `ev`. Exposed for the
-/// fuzz targets (`fuzz/fuzz_targets/redis_codec.rs`), which decode them back.
-pub fn commit_args(
-    expected: Option<u64>,
-    old: Option<&Job>,
-    job: &Job,
-    ev: Option<EventKind>,
-) -> Result<Vec<String>> {
-    Ok(Write::new(expected, old, job.clone(), ev)?.args().to_vec())
+/// How long a process may go without refreshing a channel stream's TTL: 1/64 of
+/// `retention.events`, when that is at least an hour and so long that the slack and a commit's
+/// longest wait take little of it (else every event refreshes).
+fn channel_ttl_slack(s: &RedisSettings) -> Option<Duration> {
+    let ttl = s.channel_ttl;
+    let slack = ttl / 64;
+    (ttl >= Duration::from_secs(3600) && (slack + s.retry + s.command_timeout) * 4 < ttl)
+        .then_some(slack)
 }
 
 #[derive(Debug)]
@@ -223,15 +41,14 @@ pub(super) enum Reply {
     Idem(String),
 }
 
-/// Values per job write in `commit.lua`'s arguments.
-const WRITE_ARGS: usize = 19;
-
 /// One caller's writes, waiting for the committer.
 pub(super) struct Pending {
-    /// `WRITE_ARGS` values per write.
+    /// The writes' name/value pairs, in order.
     args: Vec<String>,
-    /// The keys of the writes (after the shared ones), in order.
+    /// The writes' own keys (after the shared ones), in order.
     keys: Vec<String>,
+    /// The shared keys the writes touch (a bit per `SHARED` entry).
+    shared: u16,
     n: usize,
     tx: oneshot::Sender<Result<Vec<String>>>,
     /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
@@ -307,18 +124,26 @@ impl RedisStore {
         if writes.is_empty() {
             return Ok(vec![]);
         }
-        let mut args = Vec::with_capacity(writes.len() * WRITE_ARGS);
+        let mut args = Vec::with_capacity(writes.len() * 24);
         let mut keys = Vec::with_capacity(writes.len() * 8);
+        let mut shared = 0;
+        let sent = Instant::now();
+        let mut ttl = Vec::with_capacity(writes.len());
         for w in writes {
-            let a = w.args();
-            w.push_keys(self, &a, &mut keys);
+            ttl.push(w.event.is_some() && self.ttl_due(&w.job.channel_id));
+            let (a, k, sh) = w
+                .parts(&self.s.prefix, *ttl.last().unwrap_or(&true))
+                .into_args();
             args.extend(a);
+            keys.extend(k);
+            shared |= sh;
         }
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.s.retry.max(MIN_TRY);
         let pending = Pending {
             args,
             keys,
+            shared,
             n: writes.len(),
             tx,
             deadline,
@@ -335,7 +160,7 @@ impl RedisStore {
             .map_err(|_| StoreError::Unavailable("redis: committer stopped".into()))??;
         let mut out = Vec::with_capacity(raw.len());
         let mut any = false;
-        for (w, r) in writes.iter().zip(raw) {
+        for ((w, r), ttl) in writes.iter().zip(raw).zip(ttl) {
             let reply = if r.starts_with("OK:") {
                 Reply::Ok
             } else if let Some(other) = r.strip_prefix("IDEM:") {
@@ -351,53 +176,82 @@ impl RedisStore {
                 }
             };
             if matches!(reply, Reply::Ok) {
-                self.remember(&w.job);
+                self.committed(w, ttl.then_some(sent));
+                any |= w.event.is_some();
             } else {
                 self.cache.lock().remove(&w.job.id);
-            }
-            if matches!(reply, Reply::Ok) {
-                if let Some((kind, _)) = &w.event {
-                    any = true;
-                    if *kind == EventKind::Status {
-                        if w.job.status == JobStatus::Queued {
-                            // Other processes heard of it from commit.lua itself.
-                            let _ = self.notify.send(Notice::Queued {
-                                runner: w.job.runner.clone(),
-                            });
-                        }
-                        self.tell(Notice::Changed {
-                            job_id: w.job.id,
-                            status: w.job.status,
-                        });
-                    }
-                }
             }
             out.push(reply);
         }
         if any {
-            self.tell(Notice::Events);
+            // Other processes heard of them from commit.lua itself.
+            let _ = self.notify.send(Notice::Events);
         }
         Ok(out)
+    }
+
+    /// What follows a committed write in this process: the cache, the TTL refreshed at `ttl`
+    /// (when sent), the delivery generation, the notices of its status event.
+    fn committed(&self, w: &Write, ttl: Option<Instant>) {
+        self.remember(&w.job);
+        if let Some(sent) = ttl {
+            self.ttl_refreshed(&w.job.channel_id, sent);
+        }
+        if !w.delivery.is_empty() {
+            self.dlv_gen.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some((EventKind::Status, _)) = &w.event {
+            if w.job.status == JobStatus::Queued {
+                // Other processes heard of it from commit.lua itself.
+                let _ = self.notify.send(Notice::Queued {
+                    runner: w.job.runner.clone(),
+                });
+            }
+            self.tell(Notice::Changed {
+                job_id: w.job.id,
+                status: w.job.status,
+            });
+        }
     }
 
     /// Sends the writes of several callers in one `commit.lua` call; one reply per write.
     async fn commit_batch(&self, batch: &[Pending], deadline: Instant) -> Result<Vec<String>> {
         let p = &self.s;
         let n: usize = batch.iter().map(|b| b.n).sum();
-        let shared = &self.shared;
+        let shared = batch.iter().fold(0, |m, b| m | b.shared);
+        let sk = &self.shared;
+        let mut names = String::new();
+        for (i, (name, _)) in SHARED.iter().enumerate() {
+            if shared & (1 << i) != 0 {
+                if !names.is_empty() {
+                    names.push(' ');
+                }
+                names.push_str(name);
+            }
+        }
         let raw: Vec<String> = self
             .exec_until(Some(deadline), |mut c| {
                 let mut inv = self.scripts.commit.prepare_invoke();
-                for k in &shared.keys {
-                    inv.key(k);
+                for (i, k) in sk.keys.iter().enumerate() {
+                    if shared & (1 << i) != 0 {
+                        inv.key(k);
+                    }
                 }
-                inv.arg(p.store.global_limit)
+                inv.arg("shared")
+                    .arg(&names)
+                    .arg("glimit")
+                    .arg(p.store.global_limit)
+                    .arg("climit")
                     .arg(p.store.channel_limit)
+                    .arg("cttl")
                     .arg(p.channel_ttl.as_millis() as u64)
-                    .arg(n)
+                    .arg("origin")
                     .arg(&self.origin)
-                    .arg(&shared.dlv_prefix)
-                    .arg(&shared.notices);
+                    .arg("notices")
+                    .arg(&sk.notices);
+                if shared & (1 << DLVSEQ) != 0 {
+                    inv.arg("dlvp").arg(&sk.dlv_prefix);
+                }
                 for b in batch {
                     for k in &b.keys {
                         inv.key(k);
@@ -416,6 +270,40 @@ impl RedisStore {
             )));
         }
         Ok(raw)
+    }
+
+    /// Whether a write's event should refresh its channel stream's TTL. Each event used to
+    /// (a `PEXPIRE` per event); now a process refreshes a channel at most once per
+    /// [`channel_ttl_slack`] (when the TTL is long enough for that, see there), so a channel
+    /// stream lives at least `retention.events` minus that slack after its last event, which
+    /// `events.lua` is told ([`RedisStore::channel_ttl_read`]).
+    fn ttl_due(&self, channel: &str) -> bool {
+        let Some(slack) = channel_ttl_slack(&self.s) else {
+            return true;
+        };
+        !matches!(self.ttl_set.lock().get(channel), Some(t) if t.elapsed() < slack)
+    }
+
+    /// A refresh of `channel`'s TTL sent at `sent` was committed.
+    fn ttl_refreshed(&self, channel: &str, sent: Instant) {
+        if channel_ttl_slack(&self.s).is_none() {
+            return;
+        }
+        let mut m = self.ttl_set.lock();
+        if m.len() >= CACHE_MAX {
+            m.clear();
+        }
+        m.insert(channel.to_string(), sent);
+    }
+
+    /// The channel TTL `events.lua` reads with: `retention.events` less what a stream may lose
+    /// to refreshes skipped (the slack, and a commit's longest wait: `store.retry` plus a try).
+    pub(super) fn channel_ttl_read(&self) -> Duration {
+        let ttl = self.s.channel_ttl;
+        match channel_ttl_slack(&self.s) {
+            Some(slack) => ttl.saturating_sub(slack + self.s.retry + self.s.command_timeout),
+            None => ttl,
+        }
     }
 
     fn remember(&self, job: &Job) {
@@ -484,5 +372,29 @@ impl RedisStore {
             Ok(apply(job, cmd.clone(), &ctx)?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channel_ttl_is_refreshed_less_often_only_when_long() {
+        let mut s = RedisSettings::new("redis://127.0.0.1");
+        // Default: 24 h, 30 s retry, 5 s per try.
+        assert_eq!(
+            channel_ttl_slack(&s),
+            Some(Duration::from_secs(24 * 3600 / 64))
+        );
+        // Short TTLs (tests, small deployments): every event refreshes.
+        s.channel_ttl = Duration::from_secs(2);
+        assert_eq!(channel_ttl_slack(&s), None);
+        s.channel_ttl = Duration::from_secs(3599);
+        assert_eq!(channel_ttl_slack(&s), None);
+        // An hour, but a retry so long that a commit may wait longer than the slack allows for.
+        s.channel_ttl = Duration::from_secs(3600);
+        s.retry = Duration::from_secs(900);
+        assert_eq!(channel_ttl_slack(&s), None);
     }
 }

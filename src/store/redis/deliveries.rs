@@ -7,14 +7,15 @@
 //! hold), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done` ended deliveries by end time,
 //! `P:dlv:seq` the id counter.
 
+use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::Script;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{json_err, RedisStore};
+use super::{json_err, RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
     new_token, plan, Attempt, Claimed, Delivery, DeliveryState, DeliveryStore, Outcome,
@@ -198,8 +199,17 @@ impl DeliveryStore for RedisStore {
     }
 
     async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
+        // None stored a moment ago, and none committed by this process since: still none (the
+        // delivery loop asks after every commit; see `RedisStore::dlv_idle`).
+        let seen = self.dlv_gen.load(Ordering::Acquire);
+        if matches!(*self.dlv_idle.lock(), Some((at, g)) if g == seen && at.elapsed() < DLV_IDLE) {
+            return Ok(None);
+        }
         // Due times are the store's clock; the loop compares them with its own.
         let first = self.first_score(&self.key("dlv:due")).await?;
+        if first.is_none() {
+            *self.dlv_idle.lock() = Some((Instant::now(), seen));
+        }
         let skew = self.now().await - crate::job::now_us();
         Ok(first.map(|t| t - skew))
     }

@@ -37,11 +37,16 @@ impl EventLog for RedisStore {
                 let mut inv = self.scripts.events.prepare_invoke();
                 inv.key(&stream)
                     .key(&global)
+                    .arg("chan")
                     .arg(u8::from(!chan.is_empty()))
+                    .arg("last")
                     .arg(&last)
+                    .arg("limit")
                     .arg(limit.max(1))
+                    .arg("now")
                     .arg(now_ms)
-                    .arg(self.s.channel_ttl.as_millis() as u64);
+                    .arg("ttl")
+                    .arg(self.channel_ttl_read().as_millis() as u64);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;

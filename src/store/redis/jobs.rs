@@ -1,7 +1,8 @@
 //! [`JobStore`] for Redis: submit, get, list (by the `P:all` / `P:st:{STATUS}` indexes, and the
 //! lease set for active jobs), apply.
 
-use super::commit::{Reply, Write};
+use super::commit::Reply;
+use super::write::Write;
 use super::*;
 
 /// Ids examined per page at most when a filter is checked record by record (every filter but

@@ -63,12 +63,13 @@ mod schedules;
 mod signals;
 mod tail;
 
-pub use commit::commit_args;
 use commit::{committer, Pending, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
 pub use tail::EventTail;
+pub use write::commit_args;
 mod waits;
+mod write;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -89,6 +90,9 @@ use crate::job::{apply, now_us, ApplyCtx, Beat, Event, EventKind};
 /// Notices waiting for the publisher (`notices.rs`), which folds up to 4096 into one message:
 /// beyond, a notice is dropped rather than queued (notices are hints).
 const RELAY_QUEUE: usize = 8192;
+/// How long "no webhook delivery stored" is believed without asking again (see
+/// [`RedisStore::dlv_idle`]): the delivery loop's idle poll.
+const DLV_IDLE: Duration = Duration::from_secs(1);
 /// How often [`RedisStore::now`] reads Redis's clock again.
 const CLOCK_RESYNC: Duration = Duration::from_secs(10);
 /// A wall clock this close to Redis's is taken as it is (µs).
@@ -166,8 +170,19 @@ pub struct RedisStore {
     /// To the committer tasks (group commit, see [`RedisStore::commit`]).
     commits: mpsc::Sender<Pending>,
     /// The keys and key prefixes every `commit.lua` call declares (built once, see
-    /// `commit::SharedKeys`).
-    shared: commit::SharedKeys,
+    /// `write::SharedKeys`).
+    shared: write::SharedKeys,
+    /// When the delivery loop last found no webhook delivery stored, and [`Self::dlv_gen`] then:
+    /// the loop asks after every commit, and until this process commits a delivery (which bumps
+    /// the generation) or [`DLV_IDLE`] passes the answer stays "none" without a round trip.
+    /// Another process's new delivery is taken by that process at once, by this one within
+    /// [`DLV_IDLE`].
+    dlv_idle: parking_lot::Mutex<Option<(Instant, u64)>>,
+    /// The channels whose stream TTL this process refreshed, and when (see
+    /// `RedisStore::ttl_due` in commit.rs).
+    ttl_set: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Bumped by each commit of this process that stores a webhook delivery.
+    dlv_gen: std::sync::atomic::AtomicU64,
     /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
     clock: parking_lot::Mutex<Option<(Micros, Instant)>>,
     /// The last time [`Self::now`] answered: it never goes back within a process.
@@ -188,10 +203,6 @@ fn transient(e: &RedisError) -> bool {
     ) || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
-}
-
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
 /// The shortest try of a command, however little of `store.retry` is left.
@@ -256,7 +267,7 @@ impl RedisStore {
             }
             Self {
                 conn,
-                shared: commit::SharedKeys::new(&settings.prefix),
+                shared: write::SharedKeys::new(&settings.prefix),
                 s: settings,
                 scripts: Scripts::load(),
                 notify,
@@ -265,6 +276,9 @@ impl RedisStore {
                 origin,
                 cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 commits,
+                dlv_idle: parking_lot::Mutex::new(None),
+                ttl_set: parking_lot::Mutex::new(std::collections::HashMap::new()),
+                dlv_gen: std::sync::atomic::AtomicU64::new(0),
                 clock: parking_lot::Mutex::new(None),
                 clock_last: std::sync::atomic::AtomicI64::new(0),
                 _stop: stop.drop_guard(),

@@ -3,9 +3,10 @@
 //! new events). Each process publishes its notices in batches on `P:notices` and relays the other
 //! processes' notices into its store's local broadcast channel.
 //!
-//! Only what other processes act on crosses: `Queued` (published by `lua/commit.lua` itself, in
-//! the commit, so a worker wakes without waiting for the committing process), `Changed` for
-//! CANCELLED and SCHEDULED, and `Events` (one per batch). Notices are hints: a lost one costs a
+//! Only what other processes act on crosses: `Queued` and `Events` (published by `lua/commit.lua`
+//! itself, one message per commit call, so a worker wakes without waiting for the committing
+//! process and without a round trip of its own), `Changed` for CANCELLED and SCHEDULED (by the
+//! publisher here, in batches). Notices are hints: a lost one costs a
 //! poll interval, never a job, so a publish that fails is dropped, and after the subscription
 //! comes back every listener is woken once.
 

@@ -2,7 +2,8 @@
 //! adoption, promotion of due SCHEDULED jobs and the reaper's view of expired leases
 //! (`lua/expired.lua`).
 
-use super::commit::{Reply, Write};
+use super::commit::Reply;
+use super::write::Write;
 use super::*;
 
 #[async_trait]
@@ -28,8 +29,11 @@ impl JobQueue for RedisStore {
                 inv.key(&queue)
                     .key(&tokens)
                     .key(&leases)
+                    .arg("max")
                     .arg(max)
+                    .arg("until")
                     .arg(reserve_until)
+                    .arg("jobp")
                     .arg(&job_prefix);
                 async move { inv.invoke_async(&mut c).await }
             })
@@ -55,7 +59,11 @@ impl JobQueue for RedisStore {
                 lease_until,
             };
             match apply(&mut next, cmd, &self.actx(now)) {
-                Ok(ev) => writes.push(Write::new(Some(job.version), Some(&job), next, ev)?),
+                Ok(ev) => {
+                    let mut w = Write::new(Some(job.version), Some(&job), next, ev)?;
+                    w.popped = true;
+                    writes.push(w);
+                }
                 // Not QUEUED any more: the reaper drops the reservation.
                 Err(e) => tracing::debug!(job_id = %job.id, error = %e, "picked job not claimable"),
             }
@@ -180,9 +188,13 @@ impl JobQueue for RedisStore {
             .exec(true, |mut c| {
                 let mut inv = self.scripts.expired.prepare_invoke();
                 inv.key(&leases)
+                    .arg("now")
                     .arg(now)
+                    .arg("max")
                     .arg(max)
+                    .arg("jobp")
                     .arg(&job_prefix)
+                    .arg("qp")
                     .arg(&queue_prefix);
                 async move { inv.invoke_async(&mut c).await }
             })

@@ -6,12 +6,15 @@
 --
 -- KEYS[1] the runner's queue `P:q:{runner}`, KEYS[2] `P:token` (fencing tokens), KEYS[3]
 -- `P:lease`. The jobs' hashes `P:job:{id}` are named by the ids popped from the queue, so they
--- cannot be declared beforehand: ARGV[3] is their prefix `P:job:` (on Redis Cluster the keys
--- need one hash slot, e.g. a prefix with a hash tag such as `{runyard}`).
--- ARGV[1] max, ARGV[2] reservation expiry (µs), ARGV[3] job key prefix.
+-- cannot be declared beforehand: they are built from the job key prefix `P:job:` (argument
+-- `jobp`; Redis Cluster: see docs/redis.md, every key in one hash slot through the prefix's hash
+-- tag).
+-- ARGV is name/value pairs: `max` most jobs to pick, `until` reservation expiry (µs), `jobp`.
 -- Returns {first fencing token, id1, version1, body1, id2, ...}, or {} when the queue is empty.
 local queue, tokens, leases = KEYS[1], KEYS[2], KEYS[3]
-local max, reserve_until, job_prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local A = {}
+for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
+local max, reserve_until, job_prefix = tonumber(A.max), A['until'], A.jobp
 local picked = redis.call('ZPOPMIN', queue, max)
 if #picked == 0 then return {} end
 local n = #picked / 2

@@ -1,60 +1,116 @@
 -- Commits job writes, each with a compare-and-set on the job's version, together with everything
 -- that depends on the job: its index entries, its idempotency key, its file references and its
--- event (global stream + channel stream). The status rules ran in Rust (`crate::job::apply`);
--- this script only checks that nobody wrote the job in between. One call carries the writes of
--- several callers of one process (group commit, see `RedisStore::commit`): each write is checked
--- and applied on its own, in order, and gets its own reply.
+-- event (global stream + channel stream). The status rules ran in Rust (`crate::job::apply`), and
+-- so did the choice of what each write touches (`Write::parts` in src/store/redis/commit.rs):
+-- this script checks that nobody wrote the job in between, then does what the write declares and
+-- nothing else (an index entry, a counter, an event, only when the write names its key). One call
+-- carries the writes of several callers of one process (group commit, see `RedisStore::commit`):
+-- each write is checked and applied on its own, in order, and gets its own reply.
 --
--- A job that becomes QUEUED is announced on the notice channel from here (one message per runner
--- per call), so idle workers of every process wake without another round trip.
+-- The call's notices go out from here, in one message on the notice channel (see
+-- src/store/redis/notices.rs): a runner that got a new QUEUED job (`Q`), so idle workers of every
+-- process wake, and `E` when the call appended events (long polls and delivery loops of the
+-- other processes wake), without another round trip.
 --
--- Every key the script touches is declared in KEYS (as Redis Cluster needs), computed in Rust
--- (`Write::keys` in src/store/redis/commit.rs), except one: a webhook delivery's hash
--- `P:dlv:<n>`, whose number comes from `INCR P:dlv:seq` in this same script (ARGV[6] is its
--- prefix `P:dlv:`).
+-- Every key the script touches comes through KEYS (as Redis Cluster needs), except a webhook
+-- delivery's hash, whose number comes from `INCR P:dlv:seq` here: it is built from the delivery
+-- prefix `P:dlv:` (argument `dlvp`).
 --
--- KEYS[1..14], shared by every write of the call: `P:all`, `P:jc` (job counts, see counts.lua),
---   `P:lease`, `P:fin`, `P:sched`, `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`,
---   `P:sigkeys`, `P:dlv:seq`, `P:dlv:due`, `P:ev`;
--- then per write, in the order of the writes: 8 keys `P:job:{id}`, `P:idem:{key}` (the job's
---   key when none), `P:st:{old status}` (the job's key for a submit), `P:st:{new status}`,
---   `P:qt:{type}` (the QUEUED jobs of a type), `P:q:{runner}`, `P:evc:{channel}`,
---   `P:dlv:job:{id}`; then `P:fref:{hash}` per file hash of the file-hashes value (in its order),
---   `P:waitk:{key}` per waited key (the count is the write's value `nwait`), and per signal key of
---   `emits` (in its order) `P:sig:{key}`, `P:sigid:{key}`, `P:waitk:{key}`.
---
--- ARGV, named (see the locals below): global stream limit, channel stream limit, channel stream
--- TTL (ms), number of writes, the committing process's notice origin, the delivery hash prefix,
--- the notice channel; then 19 values per write, in the order of the `local` in `commit_one`:
---   id, expected version ('' = the job must not exist: a submit), new version, status, runner,
---   channel, queued_at, run_at ('' none), lease expiry ('' none, '=' unchanged: the job was
---   active with this same expiry at the expected version), finished_at ('' none),
---   idempotency key ('' none), file hashes (space separated, '' none), body (JSON),
---   event (JSON, '' none), signal keys to write if this write makes the job SUCCESS (`emits`,
---   separated by newlines, '' none; see signal_append.lua for the keys they touch),
---   job type (the job counts, see counts.lua: `P:jc` counters by type and status, `P:qt:{type}`
---   the QUEUED jobs of a type by queued_at),
---   webhook delivery of the event ('' none, else "<created_at µs>\n<url>"; see deliveries.rs),
---   nwait (the `P:waitk:{key}` keys declared for the job's wait: its keys when it starts or stops
---   waiting, else 0), wait deadline (µs, '' none)
+-- ARGV is name/value pairs (names below). First the call's own:
+--   `shared` the names of the keys shared by the call's writes, declared first in KEYS in that
+--     order (space separated, any of: all jc lease fin sched fhashes waitdl waitdue waitgen
+--     sigseq sigkeys dlvseq dlvdue ev, for `P:all`, `P:jc`, `P:lease`, `P:fin`, `P:sched`,
+--     `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`, `P:dlv:seq`,
+--     `P:dlv:due`, `P:ev`),
+--   `glimit`, `climit` the global and channel stream limits, `cttl` the channel stream TTL (ms),
+--   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
+--   delivery prefix (only when a write has a delivery).
+-- Then per write, starting with `id`: the write's values (absent = none)
+--   `id`, `v` expected version (absent: the job must not exist, a submit), `nv` new version,
+--   `st` status, `r` runner, `c` channel, `q` queued_at, `t` job type, `b` body (JSON),
+--   `runat`, `lease` expiry (µs), `fin` finished_at, `idem` idempotency key (submits),
+--   `files` file hashes (space separated), `event` (JSON), `wait` (`enter` or `leave`: the job
+--   starts or stops waiting), `dl` wait deadline (µs), `emits` signal keys to write (separated by
+--   newlines; see signal_append.lua for what they touch), `dlv` webhook delivery of the event
+--   (`<created_at µs>\n<url>`, see deliveries.rs), `ttl` (1: refresh the channel stream's TTL),
+--   and `keys`, the names of the keys the write touches, in order (space separated). A name of a
+--   shared key refers to the call's declaration; any other takes the next KEYS entry: `job`
+--   `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
+--   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evc` `P:evc:{channel}`, `djob`
+--   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
+--   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
+--   `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
+-- What a declared key means:
+--   all: ZADD (a submit); idem: the submit's key is checked and set; jc: the job counts move
+--   from the stored status to `st` (see counts.lua); stold / stnew: the status index entries
+--   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
+--   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
+--   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
+--   waitgen: see `wait`; ev, evc: the event is appended.
 -- Returns one reply per job:
 --   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
 --   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
 --   stored: a retried submit), 'IDEM:<job id>' (a submit whose idempotency key is taken).
-local ALL, JC, LEASE, FIN, SCHED, FHASHES, WAITDL, WAITDUE, WAITGEN, SIGSEQ, SIGKEYS, DLVSEQ,
-  DLVDUE, EV = unpack(KEYS, 1, 14)
-local FIXED_KEYS, WRITE_KEYS, WRITE_ARGS, HEAD_ARGS = 14, 8, 19, 7
-local glimit = tonumber(ARGV[1])
-local climit = tonumber(ARGV[2])
-local cttl = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-local origin = ARGV[5]
-local dlv_prefix = ARGV[6]
-local notices = ARGV[7]
-local announced = {}
+local SHARED = {
+  all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
+  waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
+  ev = true,
+}
+local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigw = true }
 
-local ACTIVE = { STARTING = true, RUNNING = true }
-local TERMINAL = { SUCCESS = true, ERROR = true, TIMEOUT = true, CANCELLED = true }
+-- The call's values (H) and its writes (W), read from the name/value pairs.
+local H, W = {}, {}
+do
+  local w
+  for i = 1, #ARGV, 2 do
+    local k, v = ARGV[i], ARGV[i + 1]
+    if k == 'id' then
+      w = { id = v }
+      W[#W + 1] = w
+    elseif w then
+      w[k] = v
+    else
+      H[k] = v
+    end
+  end
+end
+
+-- The keys: the shared ones first, then each write's own, checked before anything is written
+-- (a call whose KEYS do not match its names changes nothing).
+local S, slot = {}, 0
+for name in string.gmatch(H.shared or '', '%S+') do
+  slot = slot + 1
+  S[name] = KEYS[slot]
+end
+for _, w in ipairs(W) do
+  local K = {}
+  for name in string.gmatch(w.keys or '', '%S+') do
+    if SHARED[name] then
+      if not S[name] then return redis.error_reply('commit: shared key ' .. name .. ' not declared') end
+      K[name] = S[name]
+    else
+      slot = slot + 1
+      if LISTS[name] then
+        local l = K[name]
+        if not l then
+          l = {}
+          K[name] = l
+        end
+        l[#l + 1] = KEYS[slot]
+      else
+        K[name] = KEYS[slot]
+      end
+    end
+  end
+  if not K.job then return redis.error_reply('commit: a write without its job key') end
+  w.K = K
+end
+if slot ~= #KEYS then
+  return redis.error_reply('commit: ' .. #KEYS .. ' keys declared, ' .. slot .. ' named')
+end
+
+local glimit, climit, cttl = tonumber(H.glimit), tonumber(H.climit), tonumber(H.cttl)
+local announced, notice, evented = {}, H.origin, false
 
 -- `MAXLEN ~` trims whole stream nodes (100 entries by default), so it cannot keep a smaller
 -- stream bounded: small limits are exact.
@@ -73,183 +129,145 @@ end
 -- a WAITING change of the nil job, from no origin: every process, this one too, checks them).
 local marked = false
 
-local function mark_due(id)
-  local g = redis.call('INCR', WAITGEN)
-  redis.call('ZADD', WAITDUE, g, id)
+local function mark_due(K, id)
+  local g = redis.call('INCR', K.waitgen)
+  redis.call('ZADD', K.waitdue, g, id)
   marked = true
 end
 
--- KEYS[w + 1 .. w + nw] the keys `P:waitk:{key}` of the job's wait (see the KEYS above).
-local function wait_enter(id, w, nw, deadline)
-  for k = w + 1, w + nw do redis.call('SADD', KEYS[k], id) end
-  if deadline ~= '' then redis.call('ZADD', WAITDL, deadline, id) end
-  mark_due(id)
-end
-
-local function wait_leave(id, w, nw)
-  for k = w + 1, w + nw do redis.call('SREM', KEYS[k], id) end
-  redis.call('ZREM', WAITDL, id)
-  redis.call('ZREM', WAITDUE, id)
+local function wait_move(w, K)
+  if w.wait == 'enter' then
+    for _, k in ipairs(K.waitk or {}) do redis.call('SADD', k, w.id) end
+    if w.dl then redis.call('ZADD', K.waitdl, w.dl, w.id) end
+    mark_due(K, w.id)
+  elseif w.wait == 'leave' then
+    for _, k in ipairs(K.waitk or {}) do redis.call('SREM', k, w.id) end
+    redis.call('ZREM', K.waitdl, w.id)
+    redis.call('ZREM', K.waitdue, w.id)
+  end
 end
 
 -- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
--- signalled by this job is not signalled twice), written with the job. From KEYS[e + 1] on, the
--- keys of each signal key: `P:sig:{key}`, `P:sigid:{key}`, `P:waitk:{key}`.
-local function emit(id, keys, e, at)
-  local i = 0
-  for skey in string.gmatch(keys, '[^\n]+') do
+-- signalled by this job is not signalled twice), written with the job.
+local function emit(w, K)
+  local i, id = 0, w.id
+  for skey in string.gmatch(w.emits, '[^\n]+') do
     i = i + 1
-    local sig, sid, wk = KEYS[e + 3 * i - 2], KEYS[e + 3 * i - 1], KEYS[e + 3 * i]
+    local sig, sid, wk = K.sig[i], K.sigid[i], K.sigw[i]
     local cid = 'job:' .. id
     if not redis.call('HGET', sid, cid) then
-      local seq = redis.call('HINCRBY', SIGSEQ, skey, 1)
-      local rec = '{"key":' .. cjson.encode(skey) .. ',"seq":' .. seq .. ',"at":' .. at ..
+      local seq = redis.call('HINCRBY', K.sigseq, skey, 1)
+      local rec = '{"key":' .. cjson.encode(skey) .. ',"seq":' .. seq .. ',"at":' .. w.fin ..
         ',"id":' .. cjson.encode(cid) .. ',"payload":{"job_id":' .. cjson.encode(id) .. '}}'
-      redis.call('ZADD', sig, at, rec)
+      redis.call('ZADD', sig, w.fin, rec)
       redis.call('HSET', sid, cid, rec)
       if redis.call('ZCARD', sig) > 10000 then redis.call('ZREMRANGEBYRANK', sig, 0, -10001) end
-      redis.call('ZADD', SIGKEYS, at, skey)
-      for _, wid in ipairs(redis.call('SMEMBERS', wk)) do mark_due(wid) end
+      redis.call('ZADD', K.sigkeys, w.fin, skey)
+      for _, wid in ipairs(redis.call('SMEMBERS', wk)) do mark_due(K, wid) end
     end
   end
 end
 
 -- A webhook delivery of event `eid` (signed webhooks out, src/store/redis/deliveries.rs): a hash
--- per delivery, due at once; `djob` is `P:dlv:job:{id}`.
-local function deliver(id, djob, eid, ev, dlv)
-  local at, url = string.match(dlv, '^(%d+)\n(.+)$')
+-- per delivery, due at once.
+local function deliver(w, K, eid)
+  local at, url = string.match(w.dlv, '^(%d+)\n(.+)$')
   if not at then return end
-  local n = redis.call('INCR', DLVSEQ)
-  redis.call('HSET', dlv_prefix .. n, 'j', id, 'u', url, 'e', eid, 'b', ev, 't', at,
+  local n = redis.call('INCR', K.dlvseq)
+  redis.call('HSET', H.dlvp .. n, 'j', w.id, 'u', url, 'e', eid, 'b', w.event, 't', at,
     'st', 'pending', 'n', 0)
-  redis.call('ZADD', DLVDUE, at, n)
-  redis.call('ZADD', djob, n, n)
+  redis.call('ZADD', K.dlvdue, at, n)
+  redis.call('ZADD', K.djob, n, n)
 end
 
-local function count(str, pattern)
-  local c = 0
-  for _ in string.gmatch(str, pattern) do c = c + 1 end
-  return c
-end
-
--- The write whose values start after ARGV[i] and whose keys start after KEYS[kb] (no table per
--- write: this runs for every change of every job).
-local function commit_one(i, kb)
-  local id, expv, newv, st, runner, chan, qat, runat, lease, fin, idem, files, body, ev, emits, jt,
-    dlv, nwait, deadline = unpack(ARGV, i + 1, i + WRITE_ARGS)
-  local key, idemk, oldk, stk, qtk, qk, ck, djob = unpack(KEYS, kb + 1, kb + WRITE_KEYS)
-  local fk = kb + WRITE_KEYS -- file references from KEYS[fk + 1]
-  local nf = count(files, '%S+')
-  local wk, nw = fk + nf, tonumber(nwait) -- waited keys from KEYS[wk + 1]
-  local ek = wk + nw -- signal keys from KEYS[ek + 1]
-  local cur = redis.call('HMGET', key, 'v', 's')
-  local old = cur[2]
-  if expv == '' then
-    if cur[1] then return 'EXISTS' end
-    if idem ~= '' then
-      local other = redis.call('GET', idemk)
-      if other then return 'IDEM:' .. other end
-      redis.call('SET', idemk, id)
+-- The job's index entries, as the write declares them.
+local function index(w, K, old)
+  local id, st = w.id, w.st
+  if K.jc and old ~= st then
+    if old then redis.call('HINCRBY', K.jc, w.t .. '\n' .. old, -1) end
+    redis.call('HINCRBY', K.jc, w.t .. '\n' .. st, 1)
+  end
+  if K.qt then
+    if st == 'QUEUED' then redis.call('ZADD', K.qt, w.q, id) else redis.call('ZREM', K.qt, id) end
+  end
+  if K.stold then redis.call('ZREM', K.stold, id) end
+  if K.stnew then redis.call('ZADD', K.stnew, 0, id) end
+  if K.q then
+    if st == 'QUEUED' then
+      redis.call('ZADD', K.q, w.q, id)
+      if old ~= 'QUEUED' and not announced[w.r] then
+        announced[w.r] = true
+        notice = notice .. '\nQ ' .. w.r
+      end
+    else
+      redis.call('ZREM', K.q, id)
     end
-    redis.call('ZADD', ALL, 0, id)
+  end
+  if K.sched then
+    if st == 'SCHEDULED' and w.runat then
+      redis.call('ZADD', K.sched, w.runat, id)
+    else
+      redis.call('ZREM', K.sched, id)
+    end
+  end
+  -- Removing a job that is not active also drops a claim reservation (see claim.lua).
+  if K.lease then
+    if w.lease then redis.call('ZADD', K.lease, w.lease, id) else redis.call('ZREM', K.lease, id) end
+  end
+  if K.fin then
+    if w.fin then redis.call('ZADD', K.fin, w.fin, id) else redis.call('ZREM', K.fin, id) end
+  end
+end
+
+local function commit_one(w)
+  local K, id = w.K, w.id
+  local cur = redis.call('HMGET', K.job, 'v', 's')
+  local old = cur[2]
+  if not w.v then
+    if cur[1] then return 'EXISTS' end
+    if K.idem then
+      local other = redis.call('GET', K.idem)
+      if other then return 'IDEM:' .. other end
+      redis.call('SET', K.idem, id)
+    end
+    if K.all then redis.call('ZADD', K.all, 0, id) end
     old = false
   else
     if not cur[1] then return 'GONE' end
-    if cur[1] ~= expv then return 'CONFLICT' end
+    if cur[1] ~= w.v then return 'CONFLICT' end
   end
-  redis.call('HSET', key, 'v', newv, 's', st, 'r', runner, 'q', qat, 'c', chan, 'b', body, 't', jt)
-  -- Job counts (metrics): one counter per (type, status), and the type's queue by queued_at.
-  if old ~= st then
-    if old then
-      local f = jt .. '\n' .. old
-      if redis.call('HINCRBY', JC, f, -1) <= 0 then redis.call('HDEL', JC, f) end
-    end
-    redis.call('HINCRBY', JC, jt .. '\n' .. st, 1)
-  end
-  if st == 'QUEUED' then
-    redis.call('ZADD', qtk, qat, id)
-  elseif old == 'QUEUED' then
-    redis.call('ZREM', qtk, id)
-  end
-  if idem ~= '' then redis.call('HSET', key, 'k', idem) end
-  if files ~= '' then
-    redis.call('HSET', key, 'f', files)
-    local c = fk
-    for h in string.gmatch(files, '%S+') do
+  redis.call('HSET', K.job, 'v', w.nv, 's', w.st, 'r', w.r, 'q', w.q, 'c', w.c, 'b', w.b, 't', w.t)
+  if w.idem then redis.call('HSET', K.job, 'k', w.idem) end
+  if w.files then
+    redis.call('HSET', K.job, 'f', w.files)
+    local c = 0
+    for h in string.gmatch(w.files, '%S+') do
       c = c + 1
-      redis.call('SADD', KEYS[c], id)
-      redis.call('SADD', FHASHES, h)
+      redis.call('SADD', K.fref[c], id)
+      redis.call('SADD', K.fhashes, h)
     end
   end
-  -- Index entries follow the status. STARTING and RUNNING have none: those jobs are listed from
-  -- the lease set, which holds every active job.
-  if old ~= st then
-    if old and not ACTIVE[old] then redis.call('ZREM', oldk, id) end
-    if not ACTIVE[st] then redis.call('ZADD', stk, 0, id) end
-  end
-  if st == 'QUEUED' then
-    redis.call('ZADD', qk, qat, id)
-    if old ~= 'QUEUED' and not announced[runner] then
-      announced[runner] = true
-      redis.call('PUBLISH', notices, origin .. '\nQ ' .. runner)
-    end
-  elseif old == 'QUEUED' then
-    redis.call('ZREM', qk, id)
-  end
-  if st == 'SCHEDULED' and runat ~= '' then
-    redis.call('ZADD', SCHED, runat, id)
-  elseif old == 'SCHEDULED' then
-    redis.call('ZREM', SCHED, id)
-  end
-  -- Removing a non-active job also drops a claim reservation (see claim.lua).
-  if ACTIVE[st] and lease == '=' then
-    -- Unchanged (active before and after, same expiry): the entry is already there.
-  elseif ACTIVE[st] and lease ~= '' then
-    redis.call('ZADD', LEASE, lease, id)
-  elseif old then
-    redis.call('ZREM', LEASE, id)
-  end
-  if fin ~= '' then
-    redis.call('ZADD', FIN, fin, id)
-  elseif old and TERMINAL[old] then
-    redis.call('ZREM', FIN, id)
-  end
-  if st == 'WAITING' and old ~= 'WAITING' then
-    wait_enter(id, wk, nw, deadline)
-  elseif old == 'WAITING' and st ~= 'WAITING' then
-    wait_leave(id, wk, nw)
-  end
-  if st == 'SUCCESS' and old ~= 'SUCCESS' and emits ~= '' and fin ~= '' then
-    emit(id, emits, ek, fin)
-  end
+  index(w, K, old)
+  if w.wait then wait_move(w, K) end
+  if w.emits then emit(w, K) end
   local eid = ''
-  if ev ~= '' then
-    eid = xadd(EV, glimit, '*', ev)
+  if w.event then
+    eid = xadd(K.ev, glimit, '*', w.event)
+    evented = true
     -- Same id in the channel stream: channel ids are a subsequence of the global ones, so they
     -- increase too, and a client may use one id in both.
-    xadd(ck, climit, eid, ev)
-    redis.call('PEXPIRE', ck, cttl)
-    if dlv ~= '' then deliver(id, djob, eid, ev, dlv) end
+    xadd(K.evc, climit, eid, w.event)
+    if w.ttl then redis.call('PEXPIRE', K.evc, cttl) end
+    if w.dlv then deliver(w, K, eid) end
   end
   return 'OK:' .. eid
 end
 
--- Where every write's keys start, checked first: a call whose KEYS do not match its writes
--- changes nothing.
-local bases = {}
-local kc = FIXED_KEYS
-for j = 1, n do
-  local i = HEAD_ARGS + (j - 1) * WRITE_ARGS
-  bases[j] = kc
-  kc = kc + WRITE_KEYS + count(ARGV[i + 12], '%S+') + tonumber(ARGV[i + 18]) +
-    3 * count(ARGV[i + 15], '[^\n]+')
-end
-if kc ~= #KEYS then
-  return redis.error_reply('commit: ' .. #KEYS .. ' keys declared, ' .. kc .. ' expected')
-end
 local out = {}
-for j = 1, n do out[j] = commit_one(HEAD_ARGS + (j - 1) * WRITE_ARGS, bases[j]) end
+for j, w in ipairs(W) do out[j] = commit_one(w) end
+if evented then notice = notice .. '\nE' end
+if notice ~= H.origin then redis.call('PUBLISH', H.notices, notice) end
 if marked then
-  redis.call('PUBLISH', notices, '\nC 00000000-0000-0000-0000-000000000000 WAITING')
+  redis.call('PUBLISH', H.notices, '\nC 00000000-0000-0000-0000-000000000000 WAITING')
 end
 return out

@@ -12,15 +12,17 @@
 --   resync id is then the global stream's last id, which every later event follows).
 --
 -- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`.
--- ARGV[1] 1 for a channel stream, 0 for the global one, ARGV[2] last id ('' = from the oldest
--- kept), ARGV[3] limit, ARGV[4] now (ms), ARGV[5] channel TTL (ms).
+-- ARGV is name/value pairs: `chan` 1 for a channel stream, 0 for the global one, `last` last id
+-- ('' = from the oldest kept), `limit`, `now` (ms), `ttl` the channel TTL (ms).
 -- Returns {resync id or '', id1, event1, id2, event2, ...}.
 local key, global = KEYS[1], KEYS[2]
-local is_chan = ARGV[1] == '1'
-local last = ARGV[2]
-local limit = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-local ttl = tonumber(ARGV[5])
+local A = {}
+for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
+local is_chan = A.chan == '1'
+local last = A.last
+local limit = tonumber(A.limit)
+local now = tonumber(A.now)
+local ttl = tonumber(A.ttl)
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')

@@ -6,12 +6,15 @@
 -- Safe on every node at once: each step is atomic and idempotent.
 --
 -- KEYS[1] `P:lease`. The jobs' hashes `P:job:{id}` and their runners' queues `P:q:{runner}` are
--- named by the lease set's entries, so they cannot be declared beforehand: ARGV[3] and ARGV[4]
--- are their prefixes (see claim.lua for Redis Cluster).
--- ARGV[1] now (µs), ARGV[2] max, ARGV[3] job key prefix `P:job:`, ARGV[4] queue prefix `P:q:`.
+-- named by the lease set's entries, so they cannot be declared beforehand: they are built from
+-- one prefix per family, `jobp` (`P:job:`) and `qp` (`P:q:`) (Redis Cluster: see docs/redis.md,
+-- every key in one hash slot through the prefix's hash tag).
+-- ARGV is name/value pairs: `now` (µs), `max` most entries to look at, `jobp`, `qp`.
 -- Returns {version1, body1, ...}.
 local leases = KEYS[1]
-local now, max, job_prefix, queue_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local A = {}
+for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
+local now, max, job_prefix, queue_prefix = A.now, tonumber(A.max), A.jobp, A.qp
 local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', 0, max)
 local out = {}
 for _, id in ipairs(ids) do

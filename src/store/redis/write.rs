@@ -1,0 +1,476 @@
+//! A job write as `lua/commit.lua` receives it: its named values, its own keys and the shared
+//! keys it touches, chosen in Rust so that each kind of write declares only what it changes
+//! (see the script's header).
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+/// One job write for `commit.lua`.
+pub(super) struct Write {
+    /// The version the job had when loaded; `None` for a new job.
+    pub(super) expected: Option<u64>,
+    pub(super) job: Job,
+    pub(super) body: String,
+    pub(super) files: String,
+    pub(super) event: Option<(EventKind, String)>,
+    /// The lease set already holds this job's lease expiry (active before and after, same
+    /// expiry): `commit.lua` skips the write. Sound because the write only applies at the
+    /// version it was computed from.
+    pub(super) lease_kept: bool,
+    /// The webhook delivery of the event (`created_at` µs, newline, url), '' none: see
+    /// `deliveries.rs`.
+    pub(super) delivery: String,
+    /// The status of the job at version `expected` (`None` for a submit): the index keys it
+    /// leaves are declared to `commit.lua`.
+    pub(super) old_status: Option<JobStatus>,
+    /// A claim of a job `lua/claim.lua` popped from its runner's queue at version `expected`:
+    /// the queue entry is gone already.
+    pub(super) popped: bool,
+}
+
+impl Write {
+    pub(super) fn new(
+        expected: Option<u64>,
+        old: Option<&Job>,
+        job: Job,
+        ev: Option<EventKind>,
+    ) -> Result<Self> {
+        let body = serde_json::to_string(&job).map_err(json_err)?;
+        let files = if !job.files.is_empty() && old.is_none_or(|o| o.files != job.files) {
+            let set: BTreeSet<&str> = job
+                .files
+                .values()
+                .flatten()
+                .map(|f| f.hash.as_str())
+                .collect();
+            set.into_iter().collect::<Vec<_>>().join(" ")
+        } else {
+            String::new()
+        };
+        let event = match ev {
+            Some(kind) => Some((
+                kind,
+                serde_json::to_string(&Event::for_job(&job, kind)).map_err(json_err)?,
+            )),
+            None => None,
+        };
+        let lease_kept = expected.is_some()
+            && old.is_some_and(|o| lease_of(o).is_some() && lease_of(o) == lease_of(&job));
+        let delivery = deliveries::commit_arg(&job, ev);
+        Ok(Self {
+            expected,
+            job,
+            body,
+            files,
+            event,
+            lease_kept,
+            delivery,
+            old_status: old.map(|o| o.status),
+            popped: false,
+        })
+    }
+
+    /// What `commit.lua` receives for this write: its named values, its own keys and the shared
+    /// keys it touches (see the script's header). Only what this kind of write changes is
+    /// declared: a heartbeat names its job and the lease set, nothing else. `prefix` is the
+    /// store's key prefix; `ttl`: refresh the channel stream's TTL with the event (see
+    /// [`RedisStore::ttl_due`]).
+    pub(super) fn parts(&self, prefix: &str, ttl: bool) -> Parts {
+        let j = &self.job;
+        let old = self.old_status;
+        let st = j.status;
+        let mut p = Parts::new(prefix);
+        p.val("id", j.id.to_string());
+        if let Some(v) = self.expected {
+            p.val("v", v.to_string());
+        }
+        p.val("nv", j.version.to_string());
+        p.val("st", st.as_str().to_string());
+        p.val("r", j.runner.clone());
+        p.val("c", j.channel_id.clone());
+        p.val("q", j.queued_at.to_string());
+        p.val("t", j.job_type.clone());
+        p.val("b", self.body.clone());
+        p.own("job", "job:", j.id);
+        if self.expected.is_none() {
+            p.shared(ALL);
+            if let Some(k) = &j.idempotency_key {
+                p.val("idem", k.clone());
+                p.own("idem", "idem:", k);
+            }
+        }
+        self.index_parts(&mut p, old, st);
+        if !self.files.is_empty() {
+            p.val("files", self.files.clone());
+            p.shared(FHASHES);
+            for h in self.files.split_whitespace() {
+                p.own("fref", "fref:", h);
+            }
+        }
+        self.wait_parts(&mut p);
+        if st == JobStatus::Success
+            && old != Some(JobStatus::Success)
+            && !j.emits.is_empty()
+            && j.finished_at.is_some()
+        {
+            p.val("emits", j.emits.join("\n"));
+            p.shared(SIGSEQ);
+            p.shared(SIGKEYS);
+            p.shared(WAITGEN);
+            p.shared(WAITDUE);
+            for k in &j.emits {
+                p.own("sig", "sig:", k);
+                p.own("sigid", "sigid:", k);
+                p.own("sigw", "waitk:", k);
+            }
+        }
+        if let Some((_, ev)) = &self.event {
+            p.val("event", ev.clone());
+            p.shared(EV);
+            p.own("evc", "evc:", &j.channel_id);
+            if ttl {
+                p.val("ttl", "1".into());
+            }
+            if !self.delivery.is_empty() {
+                p.val("dlv", self.delivery.clone());
+                p.shared(DLVSEQ);
+                p.shared(DLVDUE);
+                p.own("djob", "dlv:job:", j.id);
+            }
+        }
+        p
+    }
+
+    /// The index entries the write moves: counts, status indexes, queues, leases, finished.
+    fn index_parts(&self, p: &mut Parts, old: Option<JobStatus>, st: JobStatus) {
+        let j = &self.job;
+        if old != Some(st) {
+            p.shared(JC);
+            if let Some(o) = old.filter(|o| !o.is_active()) {
+                p.own("stold", "st:", o.as_str());
+            }
+            if !st.is_active() {
+                p.own("stnew", "st:", st.as_str());
+            }
+        }
+        let queued = st == JobStatus::Queued;
+        let was_queued = old == Some(JobStatus::Queued);
+        if queued || was_queued {
+            p.own("qt", "qt:", &j.job_type);
+        }
+        // A claim's pick was popped from the runner's queue by claim.lua at this same version.
+        if queued || (was_queued && !self.popped) {
+            p.own("q", "q:", &j.runner);
+        }
+        if (st == JobStatus::Scheduled && j.run_at.is_some()) || old == Some(JobStatus::Scheduled) {
+            p.shared(SCHED);
+            if let Some(at) = j.run_at.filter(|_| st == JobStatus::Scheduled) {
+                p.val("runat", at.to_string());
+            }
+        }
+        match lease_of(j) {
+            // Active before and after with the same expiry: the entry is already there.
+            Some(_) if self.lease_kept => {}
+            Some(e) => {
+                p.shared(LEASE);
+                p.val("lease", e.to_string());
+            }
+            // Not active: out of the lease set (a claim reservation too, see claim.lua).
+            None if self.expected.is_some() => p.shared(LEASE),
+            None => {}
+        }
+        if let Some(f) = j.finished_at {
+            p.shared(FIN);
+            p.val("fin", f.to_string());
+        } else if old.is_some_and(JobStatus::is_terminal) {
+            p.shared(FIN);
+        }
+    }
+
+    /// A job that starts or stops waiting enters or leaves the wait indexes (`P:waitk:{key}` per
+    /// key of its wait).
+    fn wait_parts(&self, p: &mut Parts) {
+        let j = &self.job;
+        let waiting = j.status == JobStatus::Waiting;
+        if waiting == (self.old_status == Some(JobStatus::Waiting)) {
+            return;
+        }
+        p.val("wait", if waiting { "enter" } else { "leave" }.into());
+        if waiting {
+            if let Some(dl) = j.wait.as_ref().and_then(|w| w.deadline) {
+                p.val("dl", dl.to_string());
+                p.shared(WAITDL);
+            }
+            p.shared(WAITGEN);
+        } else {
+            p.shared(WAITDL);
+        }
+        p.shared(WAITDUE);
+        for i in j.wait.iter().flat_map(|w| &w.items) {
+            p.own("waitk", "waitk:", &i.key);
+        }
+    }
+}
+
+/// The active lease expiry of a job (none when it is not active).
+fn lease_of(j: &Job) -> Option<Micros> {
+    j.lease
+        .as_ref()
+        .filter(|_| j.status.is_active())
+        .map(|l| l.expires_at)
+}
+
+/// The shared keys (`shared` in commit.lua): their names in the script, their key after the
+/// prefix; bit `i` of a [`Parts::shared`] mask is entry `i`.
+pub(super) const SHARED: [(&str, &str); 14] = [
+    ("all", "all"),
+    ("jc", "jc"),
+    ("lease", "lease"),
+    ("fin", "fin"),
+    ("sched", "sched"),
+    ("fhashes", "fhashes"),
+    ("waitdl", "waitdl"),
+    ("waitdue", "waitdue"),
+    ("waitgen", "waitgen"),
+    ("sigseq", "sigseq"),
+    ("sigkeys", "sigkeys"),
+    ("dlvseq", "dlv:seq"),
+    ("dlvdue", "dlv:due"),
+    ("ev", "ev"),
+];
+const ALL: usize = 0;
+const JC: usize = 1;
+const LEASE: usize = 2;
+const FIN: usize = 3;
+const SCHED: usize = 4;
+const FHASHES: usize = 5;
+const WAITDL: usize = 6;
+const WAITDUE: usize = 7;
+const WAITGEN: usize = 8;
+const SIGSEQ: usize = 9;
+const SIGKEYS: usize = 10;
+pub(super) const DLVSEQ: usize = 11;
+const DLVDUE: usize = 12;
+const EV: usize = 13;
+
+/// One write as `commit.lua` receives it (see [`Write::parts`]).
+pub(super) struct Parts {
+    prefix_len: usize,
+    /// Name/value pairs, flat.
+    args: Vec<String>,
+    /// The write's own keys, in the order of `names`.
+    keys: Vec<String>,
+    /// The names of the keys the write touches (its `keys` value).
+    names: String,
+    /// The shared keys it touches, a bit per [`SHARED`] entry.
+    shared: u16,
+    prefix: String,
+}
+
+impl Parts {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix_len: prefix.len(),
+            args: Vec::with_capacity(24),
+            keys: Vec::with_capacity(8),
+            names: String::with_capacity(48),
+            shared: 0,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn val(&mut self, name: &str, v: String) {
+        self.args.push(name.to_string());
+        self.args.push(v);
+    }
+
+    fn name(&mut self, name: &str) {
+        if !self.names.is_empty() {
+            self.names.push(' ');
+        }
+        self.names.push_str(name);
+    }
+
+    /// A key of this write, `P:{kind}{rest}`, named `name`.
+    fn own(&mut self, name: &str, kind: &str, rest: impl std::fmt::Display) {
+        self.name(name);
+        let mut k = String::with_capacity(self.prefix_len + 48);
+        k.push_str(&self.prefix);
+        k.push(':');
+        k.push_str(kind);
+        use std::fmt::Write as _;
+        let _ = write!(k, "{rest}");
+        self.keys.push(k);
+    }
+
+    /// A shared key this write touches.
+    fn shared(&mut self, i: usize) {
+        if self.shared & (1 << i) == 0 {
+            self.shared |= 1 << i;
+            self.name(SHARED[i].0);
+        }
+    }
+
+    /// The pairs with the `keys` value last.
+    pub(super) fn into_args(mut self) -> (Vec<String>, Vec<String>, u16) {
+        let names = std::mem::take(&mut self.names);
+        self.val("keys", names);
+        (self.args, self.keys, self.shared)
+    }
+}
+
+/// The shared keys of the store (built once: they depend on its prefix only) and the two
+/// prefixes every call may pass.
+pub(super) struct SharedKeys {
+    pub(super) keys: [String; 14],
+    pub(super) dlv_prefix: String,
+    pub(super) notices: String,
+}
+
+impl SharedKeys {
+    pub(super) fn new(prefix: &str) -> Self {
+        let key = |k: &str| format!("{prefix}:{k}");
+        Self {
+            keys: SHARED.map(|(_, k)| key(k)),
+            dlv_prefix: key("dlv:"),
+            notices: key("notices"),
+        }
+    }
+}
+
+/// The name/value pairs `commit.lua` receives for one job write (see the script's header):
+/// `job` as changed from `old` (loaded at version `expected`; both `None` for a submit), with
+/// the event of kind `ev`. Exposed for the fuzz targets (`fuzz/fuzz_targets/redis_codec.rs`),
+/// which decode them back.
+pub fn commit_args(
+    expected: Option<u64>,
+    old: Option<&Job>,
+    job: &Job,
+    ev: Option<EventKind>,
+) -> Result<Vec<(String, String)>> {
+    let (args, _, _) = Write::new(expected, old, job.clone(), ev)?
+        .parts("P", true)
+        .into_args();
+    let mut it = args.into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::wait::Wait;
+    use crate::job::Lease;
+
+    /// The names a write declares, split into its own keys and the shared ones.
+    fn declared(w: &Write, ttl: bool) -> (Vec<String>, Vec<&'static str>, Vec<String>) {
+        let p = w.parts("P", ttl);
+        let shared = SHARED
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| p.shared & (1 << i) != 0)
+            .map(|(_, (n, _))| *n)
+            .collect();
+        let (args, keys, _) = p.into_args();
+        let names = args.chunks(2).map(|c| c[0].clone()).collect();
+        (keys, shared, names)
+    }
+
+    fn active(status: JobStatus, expires_at: Micros) -> Job {
+        Job {
+            status,
+            lease: Some(Lease {
+                worker: "w".into(),
+                token: 7,
+                expires_at,
+            }),
+            ..Job::new("t", "r", 1)
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_declares_its_job_and_the_lease_set_only() {
+        let old = active(JobStatus::Running, 100);
+        let mut next = old.clone();
+        next.lease.as_mut().unwrap().expires_at = 200;
+        next.version += 1;
+        let w = Write::new(Some(old.version), Some(&old), next.clone(), None).unwrap();
+        let (keys, shared, names) = declared(&w, true);
+        assert_eq!(keys, [format!("P:job:{}", next.id)]);
+        assert_eq!(shared, ["lease"]);
+        assert!(names.contains(&"lease".to_string()));
+        assert!(!names
+            .iter()
+            .any(|n| n == "event" || n == "ttl" || n == "idem"));
+        // Same expiry (e.g. progress without a renewal): not even the lease set.
+        let w = Write::new(Some(old.version), Some(&old), old.clone(), None).unwrap();
+        let (keys, shared, _) = declared(&w, true);
+        assert_eq!((keys.len(), shared.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_submit_declares_its_indexes_queue_and_event() {
+        let mut j = Job::new("t", "r", 1);
+        j.idempotency_key = Some("k".into());
+        let w = Write::new(None, None, j.clone(), Some(EventKind::Status)).unwrap();
+        let (keys, shared, names) = declared(&w, true);
+        let id = j.id;
+        assert_eq!(
+            keys,
+            [
+                format!("P:job:{id}"),
+                "P:idem:k".into(),
+                "P:st:QUEUED".into(),
+                "P:qt:t".into(),
+                "P:q:r".into(),
+                format!("P:evc:{id}"),
+            ]
+        );
+        assert_eq!(shared, ["all", "jc", "ev"]);
+        assert!(
+            !names.contains(&"v".to_string()),
+            "a submit has no expected version"
+        );
+        assert!(names.contains(&"ttl".to_string()));
+    }
+
+    #[test]
+    fn a_claim_of_a_popped_job_leaves_the_runner_queue_alone() {
+        let old = Job::new("t", "r", 1);
+        let mut next = active(JobStatus::Starting, 100);
+        next.id = old.id;
+        next.channel_id = old.channel_id.clone();
+        next.version = old.version + 1;
+        let mut w = Write::new(Some(0), Some(&old), next.clone(), Some(EventKind::Status)).unwrap();
+        let q = "P:q:r".to_string();
+        assert!(declared(&w, true).0.contains(&q));
+        w.popped = true;
+        let (keys, shared, names) = declared(&w, false);
+        assert!(!keys.contains(&q));
+        assert!(keys.contains(&"P:st:QUEUED".to_string()) && keys.contains(&"P:qt:t".into()));
+        assert_eq!(shared, ["jc", "lease", "ev"]);
+        assert!(!names.contains(&"ttl".to_string()));
+    }
+
+    #[test]
+    fn a_job_leaving_a_wait_declares_each_waited_key() {
+        let mut old = Job::new("t", "r", 1);
+        old.status = JobStatus::Waiting;
+        let wait: Wait = serde_json::from_value(serde_json::json!({
+            "items": [{"key": "a", "needed": 1}, {"key": "b", "needed": 1}]
+        }))
+        .unwrap();
+        old.wait = Some(wait);
+        let mut next = old.clone();
+        next.status = JobStatus::Queued;
+        let w = Write::new(Some(0), Some(&old), next, Some(EventKind::Status)).unwrap();
+        let (keys, shared, names) = declared(&w, true);
+        assert!(keys.contains(&"P:waitk:a".to_string()) && keys.contains(&"P:waitk:b".into()));
+        assert!(shared.contains(&"waitdl") && shared.contains(&"waitdue"));
+        assert!(names.contains(&"wait".to_string()));
+    }
+}
