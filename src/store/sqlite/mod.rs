@@ -70,8 +70,11 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE status = 'SCHEDULED';
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expires) WHERE status IN ('STARTING', 'RUNNING');
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
+-- Event ids only grow without AUTOINCREMENT (which rewrote `sqlite_sequence`, one more page per
+-- transaction): a new row takes the largest id + 1, and retention never deletes the newest event
+-- (retention.rs). Databases created with AUTOINCREMENT keep it; both read the same.
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     channel TEXT NOT NULL,
     body TEXT NOT NULL
 );

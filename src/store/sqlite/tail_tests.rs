@@ -109,3 +109,41 @@ async fn a_tail_behind_the_writers_batches_reads_the_store_without_a_gap() {
     assert_eq!(got.len(), n);
     assert!(got == want, "the tail's events differ from the store's");
 }
+
+/// Event ids (the table has no AUTOINCREMENT in new databases) keep growing across retention,
+/// even with limits that would trim every event: the newest is always kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_keep_growing_after_retention_trims_everything_it_may() {
+    use crate::store::Maintenance;
+    for (global, channel) in [(1, 1000), (1000, 1), (0, 0)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = StoreSettings {
+            global_limit: global,
+            channel_limit: channel,
+            ..StoreSettings::default()
+        };
+        let store = SqliteStore::open(dir.path(), settings, false).expect("open");
+        for _ in 0..3 {
+            // One channel, so that the channel limit trims too.
+            let mut job = Job::new("t", "r", now_us());
+            job.channel_id = "c".into();
+            store.submit(job).await.expect("submit");
+        }
+        let before: i64 = store
+            .last_event_id()
+            .await
+            .unwrap()
+            .expect("events")
+            .parse()
+            .unwrap();
+        let report = store.retention(0).await.expect("retention");
+        assert!(report.events >= 2, "limits {global}/{channel}: {report:?}");
+        submit(&store, 1).await;
+        let after = store
+            .events(None, Some(&before.to_string()), 10)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = after.iter().map(|e| e.id.parse().unwrap()).collect();
+        assert_eq!(ids, vec![before + 1], "limits {global}/{channel}");
+    }
+}
