@@ -18,13 +18,13 @@ impl SqliteStore {
                 ctx.conn
                     .execute_batch("SAVEPOINT batch_job")
                     .map_err(db_err)?;
-                let mark = ctx.notices.len();
+                let mark = ctx.mark();
                 let r = submit_in(ctx, job);
                 let end = if r.is_ok() {
                     "RELEASE batch_job"
                 } else {
                     // Only this job's rows go; its notices were never sent.
-                    ctx.notices.truncate(mark);
+                    ctx.undo(mark);
                     "ROLLBACK TO batch_job; RELEASE batch_job"
                 };
                 ctx.conn.execute_batch(end).map_err(db_err)?;

@@ -44,6 +44,8 @@ mod sql;
 mod stored;
 mod tail;
 #[cfg(test)]
+mod tail_tests;
+#[cfg(test)]
 mod tests;
 mod waits;
 
@@ -69,8 +71,11 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE status = 'SCHEDULED';
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expires) WHERE status IN ('STARTING', 'RUNNING');
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
+-- Event ids only grow without AUTOINCREMENT (which rewrote `sqlite_sequence`, one more page per
+-- transaction): a new row takes the largest id + 1, and retention never deletes the newest event
+-- (retention.rs). Databases created with AUTOINCREMENT keep it; both read the same.
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     channel TEXT NOT NULL,
     body TEXT NOT NULL
 );
@@ -106,6 +111,8 @@ type WriteOp = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Done + Send>;
 struct WriteCtx<'a> {
     conn: &'a Connection,
     notices: Vec<Notice>,
+    /// The events this transaction appended, with their ids, for the event tail (`tail.rs`).
+    events: Vec<Event>,
     settings: &'a StoreSettings,
 }
 
@@ -114,6 +121,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
     notify: broadcast::Sender<Notice>,
+    /// Each committed transaction's events, in commit order (`tail.rs`).
+    committed: broadcast::Sender<tail::Batch>,
     settings: StoreSettings,
     checkpoints: Arc<AtomicBool>,
     /// Hook replay memory (`replay.rs`).
@@ -217,6 +226,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
             .map_err(db_err)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
+    sql::stable_plans(&conn)?;
     sql::register_glob(&conn)?;
     Ok(conn)
 }
@@ -272,11 +282,12 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start checkpoints: {e}")))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (notify, _) = broadcast::channel(4096);
-        let n2 = notify.clone();
+        let (committed, _) = broadcast::channel(tail::BATCHES);
+        let (n2, c2) = (notify.clone(), committed.clone());
         let s2 = settings.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, n2, s2))
+            .spawn(move || writer_loop(conn, rx, (n2, c2), s2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -285,6 +296,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             notify,
+            committed,
             settings,
             checkpoints,
             replay: runyard_hooks::ReplayGuard::new(),
@@ -298,16 +310,17 @@ impl SqliteStore {
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let op: WriteOp = Box::new(move |ctx| {
-            let mark = ctx.notices.len();
-            let r = match ctx.conn.execute_batch("SAVEPOINT op") {
+            let mark = ctx.mark();
+            let r = match sql::control(ctx.conn, "SAVEPOINT op") {
                 Ok(()) => {
                     let r = f(ctx);
                     let end = if r.is_ok() {
-                        "RELEASE op"
+                        sql::control(ctx.conn, "RELEASE op")
                     } else {
-                        "ROLLBACK TO op; RELEASE op"
+                        sql::control(ctx.conn, "ROLLBACK TO op")
+                            .and_then(|()| sql::control(ctx.conn, "RELEASE op"))
                     };
-                    match (r, ctx.conn.execute_batch(end)) {
+                    match (r, end) {
                         (Ok(v), Ok(())) => Ok(v),
                         (Err(e), _) => Err(e),
                         (Ok(_), Err(e)) => Err(db_err(e)),
@@ -316,7 +329,7 @@ impl SqliteStore {
                 Err(e) => Err(db_err(e)),
             };
             if r.is_err() {
-                ctx.notices.truncate(mark);
+                ctx.undo(mark);
             }
             Box::new(move |commit_err: Option<String>| {
                 let _ = tx.send(match commit_err {
@@ -354,10 +367,23 @@ impl SqliteStore {
     }
 }
 
+impl WriteCtx<'_> {
+    /// Where a request's notices and events start, to drop them if it is undone.
+    fn mark(&self) -> (usize, usize) {
+        (self.notices.len(), self.events.len())
+    }
+
+    /// Drops the notices and events recorded since `mark` (their writes were rolled back).
+    fn undo(&mut self, (notices, events): (usize, usize)) {
+        self.notices.truncate(notices);
+        self.events.truncate(events);
+    }
+}
+
 fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
-    notify: broadcast::Sender<Notice>,
+    (notify, committed): (broadcast::Sender<Notice>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
@@ -372,9 +398,10 @@ fn writer_loop(
         let mut ctx = WriteCtx {
             conn: &conn,
             notices: Vec::new(),
+            events: Vec::new(),
             settings: &settings,
         };
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
             // Reply to everyone with the failure; nothing ran.
             let msg = e.to_string();
             for op in batch.drain(..) {
@@ -385,12 +412,16 @@ fn writer_loop(
             continue;
         }
         let dones: Vec<Done> = batch.drain(..).map(|op| op(&mut ctx)).collect();
-        let commit = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+        let commit = sql::control(&conn, "COMMIT").err().map(|e| e.to_string());
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
-            ctx.notices.clear();
+            ctx.undo((0, 0));
         }
         let notices = std::mem::take(&mut ctx.notices);
+        // Before the notices: a tail woken by `Notice::Events` finds the batch already sent.
+        if !ctx.events.is_empty() && committed.receiver_count() > 0 {
+            let _ = committed.send(std::mem::take(&mut ctx.events).into());
+        }
         for d in dones {
             d(commit.clone());
         }
@@ -456,17 +487,21 @@ fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
 }
 
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
-    let ev = Event::for_job(job, kind);
+    let mut ev = Event::for_job(job, kind);
     exec(
         ctx.conn,
         "INSERT INTO events(channel, body) VALUES (?1, ?2)",
         params![job.channel_id, stored::event_body(&ev)?],
     )?;
+    let id = ctx.conn.last_insert_rowid();
     // A webhook delivery of this event, in the same transaction (notify): the full event.
     if crate::job::notify_spec::wants(job, kind) {
         let body = serde_json::to_string(&ev).map_err(json_err)?;
-        deliveries::enqueue_in(ctx.conn, job, kind, ctx.conn.last_insert_rowid(), &body)?;
+        deliveries::enqueue_in(ctx.conn, job, kind, id, &body)?;
     }
+    // As `events` reads it back (`stored::read_event`), for the event tail.
+    ev.id = id.to_string();
+    ctx.events.push(ev);
     Ok(())
 }
 

@@ -33,7 +33,8 @@ impl Maintenance for SqliteStore {
             let max: i64 = c
                 .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
                 .map_err(db_err)?;
-            let cut = max - global;
+            // Never the newest event: the next event id is the largest kept + 1 (mod.rs).
+            let cut = (max - global).min(max - 1);
             if cut > 0 {
                 let n = c
                     .execute("DELETE FROM events WHERE id <= ?1", [cut])
@@ -64,6 +65,7 @@ impl Maintenance for SqliteStore {
                         |r| r.get(0),
                     )
                     .map_err(db_err)?;
+                let upto = upto.min(max - 1);
                 let n = c
                     .execute("DELETE FROM events WHERE channel = ?1 AND id <= ?2", params![ch, upto])
                     .map_err(db_err)?;
