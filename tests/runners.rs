@@ -466,6 +466,54 @@ concurrency = 1
     assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
 }
 
+/// A service function that returns a `RetryAfterError` is tried again after the delay it named,
+/// not after the job's (much shorter) backoff, and the retry counts as an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_function_can_say_when_to_retry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["later.*"]
+"#,
+    )
+    .service("later.rate_limited", move |_ctx| {
+        let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                let e = runyard_runners::service::RetryAfterError::new(
+                    "rate limited",
+                    Duration::from_millis(1500),
+                );
+                return Err(e.into());
+            }
+            Ok(json!("done"))
+        }
+    })
+    .start()
+    .await;
+    let backoff = json!({"initial_ms": 50, "max_ms": 50, "multiplier": 1.0, "jitter": false});
+    let id = ts
+        .submit_ok(json!({"type": "later.rate_limited", "max_attempts": 3, "backoff": backoff}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["attempt"], 2, "{job:#}");
+    let runs = job["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{job:#}");
+    let waited = gap(
+        time_of(&runs[0]["ended_at"]),
+        time_of(&runs[1]["claimed_at"]),
+    );
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "the second attempt came {waited:?} after the first, not after the 1.5 s asked for: {job:#}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 /// A service function that returns an `AbortError` ends its job ERROR after one attempt, though
 /// the job has three; the built-in `runyard.fail` does the same with `retry: false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

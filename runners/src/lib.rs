@@ -105,6 +105,15 @@ pub enum Outcome {
         /// A one-line explanation.
         message: String,
     },
+    /// The work failed and said when a retry may work (a service function's
+    /// [`service::RetryAfterError`]): the next attempt, if any is left, runs `after` from now
+    /// instead of after the job's backoff.
+    RetryAfter {
+        /// A one-line explanation.
+        message: String,
+        /// How long to wait before the next attempt.
+        after: std::time::Duration,
+    },
 }
 
 impl Outcome {

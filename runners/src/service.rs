@@ -46,6 +46,35 @@ impl AbortError {
     }
 }
 
+/// Returned by a service operation (boxed, like any error) when the failure may pass but not
+/// before `after` (a rate limit, a resource not ready yet; as apalis' `RetryAfterError`): the
+/// attempt fails and, while attempts are left, the next one runs `after` from now instead of after
+/// the job's backoff. `Err(RetryAfterError::new("rate limited", Duration::from_secs(30)).into())`.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RetryAfterError {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    after: Duration,
+}
+
+impl RetryAfterError {
+    /// Wraps the error of this attempt and the time before the next one.
+    pub fn new(
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        after: Duration,
+    ) -> Self {
+        Self {
+            error: error.into(),
+            after,
+        }
+    }
+
+    /// The delay an operation's error asks for, when it is a [`RetryAfterError`].
+    pub fn delay_of(error: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<Duration> {
+        error.downcast_ref::<RetryAfterError>().map(|e| e.after)
+    }
+}
+
 /// A registered operation.
 pub type ServiceFn = Arc<dyn Fn(ServiceContext) -> BoxFuture<'static, ServiceResult> + Send + Sync>;
 
@@ -280,6 +309,10 @@ impl Execution for ServiceExecution {
             Ok(Err(e)) if AbortError::is_abort(e.as_ref()) => Outcome::Aborted {
                 message: e.to_string(),
             },
+            Ok(Err(e)) if RetryAfterError::delay_of(e.as_ref()).is_some() => Outcome::RetryAfter {
+                message: e.to_string(),
+                after: RetryAfterError::delay_of(e.as_ref()).unwrap_or_default(),
+            },
             Ok(Err(e)) => Outcome::failed(e.to_string()),
             Err(e) if e.is_panic() => {
                 let p = e.into_panic();
@@ -337,6 +370,9 @@ mod tests {
         reg.register("final", |_ctx| async move {
             Err(AbortError::new("bad input").into())
         });
+        reg.register("later", |_ctx| async move {
+            Err(RetryAfterError::new("not yet", Duration::from_millis(1500)).into())
+        });
         reg.register("boom", |_ctx| async move {
             if true {
                 panic!("kaboom");
@@ -357,6 +393,14 @@ mod tests {
         assert_eq!(e.wait().await, Outcome::failed("panicked: kaboom"));
         let mut e = r.launch(spec("runyard.fail"), rep.clone()).await.unwrap();
         assert_eq!(e.wait().await, Outcome::failed("failed on purpose"));
+        let mut e = r.launch(spec("later"), rep.clone()).await.unwrap();
+        assert_eq!(
+            e.wait().await,
+            Outcome::RetryAfter {
+                message: "not yet".into(),
+                after: Duration::from_millis(1500)
+            }
+        );
         let mut e = r.launch(spec("final"), rep.clone()).await.unwrap();
         assert_eq!(
             e.wait().await,

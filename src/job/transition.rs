@@ -157,6 +157,14 @@ pub enum FinishOutcome {
         /// Message.
         message: String,
     },
+    /// Failure that asked for its next attempt after `after_ms` (a service function's
+    /// `RetryAfterError`): retried then, instead of after the backoff, while attempts are left.
+    RetryAfter {
+        /// Message.
+        message: String,
+        /// Milliseconds before the next attempt.
+        after_ms: u64,
+    },
 }
 
 /// Whether the change makes an event, and of which kind.
@@ -245,19 +253,33 @@ fn end_run(job: &mut Job, now: Micros, outcome: &str) {
 
 /// Fails the current attempt: a retry after backoff if attempts are left (and `retry`), else
 /// ERROR.
+/// Whether and when a failed attempt is tried again (while attempts are left).
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// After the job's backoff.
+    Backoff,
+    /// After this many milliseconds.
+    After(u64),
+    /// Not at all: ERROR now.
+    Never,
+}
+
 fn fail_attempt(
     job: &mut Job,
     ctx: &ApplyCtx,
     message: String,
     exit_code: Option<i32>,
-    retry: bool,
+    retry: Retry,
 ) {
     job.error = Some(message);
     job.exit_code = exit_code;
-    if retry && job.attempt < job.max_attempts {
-        let delay = i64::try_from(job.backoff.delay_ms(job.attempt, ctx.jitter))
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000);
+    let after_ms = match retry {
+        Retry::Backoff => Some(job.backoff.delay_ms(job.attempt, ctx.jitter)),
+        Retry::After(ms) => Some(ms),
+        Retry::Never => None,
+    };
+    if let (Some(ms), true) = (after_ms, job.attempt < job.max_attempts) {
+        let delay = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1000);
         end_run(job, ctx.now, "ERROR");
         job.lease = None;
         job.run_at = Some(ctx.now.saturating_add(delay));
@@ -419,7 +441,10 @@ fn succeed(job: &mut Job, now: Micros, exit_code: Option<i32>) {
 fn commit_reported(job: &mut Job, ctx: &ApplyCtx, reported: Reported, exit_code: Option<i32>) {
     match reported {
         Reported::Success => succeed(job, ctx.now, exit_code),
-        Reported::Error { message, retry } => fail_attempt(job, ctx, message, exit_code, retry),
+        Reported::Error { message, retry } => {
+            let retry = if retry { Retry::Backoff } else { Retry::Never };
+            fail_attempt(job, ctx, message, exit_code, retry)
+        }
     }
 }
 

@@ -173,5 +173,10 @@ pub(super) fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> 
         Outcome::Failed { message, exit_code } => FinishOutcome::Failed { message, exit_code },
         // The work said no retry can fix it: ERROR now, the remaining attempts unused.
         Outcome::Aborted { message } => FinishOutcome::Aborted { message },
+        // The work said when to try again: that delay instead of the backoff.
+        Outcome::RetryAfter { message, after } => FinishOutcome::RetryAfter {
+            message,
+            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        },
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{
     check_token, commit_reported, end_run, fail_attempt, host_failure_delay_us, illegal,
-    set_status, succeed, ApplyCtx, EventKind, FinishOutcome, TransitionError, HOST_FAILURE,
+    set_status, succeed, ApplyCtx, EventKind, FinishOutcome, Retry, TransitionError, HOST_FAILURE,
 };
 use crate::job::JobStatus::*;
 use crate::job::{Job, Lease, Micros, Reported, RunHandle, RunRecord, MAX_RUN_RECORDS};
@@ -88,9 +88,10 @@ pub(super) fn finish(
         return Err(illegal(job, "finish"));
     }
     let exit_code = match &outcome {
-        FinishOutcome::Success(_) | FinishOutcome::Timeout(_) | FinishOutcome::Aborted { .. } => {
-            None
-        }
+        FinishOutcome::Success(_)
+        | FinishOutcome::Timeout(_)
+        | FinishOutcome::Aborted { .. }
+        | FinishOutcome::RetryAfter { .. } => None,
         FinishOutcome::Exited { exit_code } => Some(*exit_code),
         FinishOutcome::Failed { exit_code, .. } => *exit_code,
     };
@@ -109,9 +110,12 @@ pub(super) fn finish(
         }
         FinishOutcome::Exited { .. } => succeed(job, now, exit_code),
         FinishOutcome::Failed { message, exit_code } => {
-            fail_attempt(job, ctx, message, exit_code, true)
+            fail_attempt(job, ctx, message, exit_code, Retry::Backoff)
         }
-        FinishOutcome::Aborted { message } => fail_attempt(job, ctx, message, None, false),
+        FinishOutcome::Aborted { message } => fail_attempt(job, ctx, message, None, Retry::Never),
+        FinishOutcome::RetryAfter { message, after_ms } => {
+            fail_attempt(job, ctx, message, None, Retry::After(after_ms))
+        }
         FinishOutcome::Timeout(message) => {
             job.error = Some(message);
             end_run(job, now, "TIMEOUT");
