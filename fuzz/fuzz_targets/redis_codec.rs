@@ -196,8 +196,15 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     }
     assert_eq!(pairs[0].0, "id");
     let arg = |k: &str| args.get(k).copied().unwrap_or("");
-    // No wait in these jobs: no wait movement, no deadline.
-    assert_eq!(arg("wait"), "");
+    // A job entering or leaving WAITING moves in the wait indexes, with or without a wait
+    // record (these jobs have none: so no deadline). The loaded job has the same status.
+    let was_waiting = old.as_ref().map(|o| o.status == JobStatus::Waiting);
+    let movement = match (job.status == JobStatus::Waiting, was_waiting) {
+        (true, Some(true)) | (false, Some(false) | None) => "",
+        (true, _) => "enter",
+        (false, Some(true)) => "leave",
+    };
+    assert_eq!(arg("wait"), movement);
     assert_eq!(arg("dl"), "");
     assert_eq!(arg("t"), job.job_type);
     assert_eq!(arg("id"), job.id.to_string());
