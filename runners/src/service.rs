@@ -309,11 +309,13 @@ impl Execution for ServiceExecution {
             Ok(Err(e)) if AbortError::is_abort(e.as_ref()) => Outcome::Aborted {
                 message: e.to_string(),
             },
-            Ok(Err(e)) if RetryAfterError::delay_of(e.as_ref()).is_some() => Outcome::RetryAfter {
-                message: e.to_string(),
-                after: RetryAfterError::delay_of(e.as_ref()).unwrap_or_default(),
+            Ok(Err(e)) => match RetryAfterError::delay_of(e.as_ref()) {
+                Some(after) => Outcome::RetryAfter {
+                    message: e.to_string(),
+                    after,
+                },
+                None => Outcome::failed(e.to_string()),
             },
-            Ok(Err(e)) => Outcome::failed(e.to_string()),
             Err(e) if e.is_panic() => {
                 let p = e.into_panic();
                 let msg = p
