@@ -11,8 +11,14 @@ use super::{
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
 use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
 
-/// The listing's channel index, created at open.
-pub(super) const SCHEMA: &str = "CREATE INDEX IF NOT EXISTS jobs_channel ON jobs(channel, id);";
+/// The listing's channel index, created at open: only jobs in a channel other than their own
+/// (by default a job's channel is its id), so a default submit writes no entry here (about 100
+/// bytes of database per job). A job in its own channel is found by its id ([`list_sql`]).
+/// Databases opened by the build that indexed every job (`jobs_channel`) drop that index.
+pub(super) const SCHEMA: &str = "
+CREATE INDEX IF NOT EXISTS jobs_shared_channel ON jobs(channel, id) WHERE channel <> id;
+DROP INDEX IF EXISTS jobs_channel;
+";
 
 #[async_trait]
 impl JobStore for SqliteStore {
@@ -42,31 +48,58 @@ impl JobStore for SqliteStore {
     }
 }
 
-/// The `WHERE` of a listing from what the indexes answer: status (`jobs_status`), channel
-/// (`jobs_channel`), the id range (the primary key); the type glob is checked on the `type`
-/// column, before any body is read.
-fn list_where(q: &ListQuery) -> (String, Vec<Box<dyn rusqlite::ToSql>>) {
-    let mut sql = String::from("SELECT id, body FROM jobs WHERE 1=1");
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+type Args = Vec<Box<dyn rusqlite::ToSql>>;
+
+/// The filters of a listing the indexes answer but the channel, as `AND` terms: status
+/// (`jobs_status`), the id range (the primary key) below `upper`; the type glob is checked on the
+/// `type` column, before any body is read.
+fn list_filter(q: &ListQuery, upper: Option<&str>) -> (String, Args) {
+    let mut filter = String::new();
+    let mut args: Args = Vec::new();
     if let Some(s) = q.status_read() {
-        sql.push_str(" AND status = ?");
+        filter.push_str(" AND status = ?");
         args.push(Box::new(s.as_str()));
     }
     if let Some(t) = &q.job_type {
         // The Rust matcher the runners and the Redis store use, not SQLite's `GLOB`.
-        sql.push_str(" AND runyard_glob(?, type)");
+        filter.push_str(" AND runyard_glob(?, type)");
         args.push(Box::new(t.clone()));
-    }
-    if let Some(ch) = &q.channel {
-        sql.push_str(" AND channel = ?");
-        args.push(Box::new(ch.clone()));
     }
     let (lower, _) = q.id_range();
     if let Some(lo) = lower {
-        sql.push_str(" AND id >= ?");
+        filter.push_str(" AND id >= ?");
         args.push(Box::new(lo.to_string()));
     }
-    (sql, args)
+    if let Some(u) = upper {
+        filter.push_str(" AND id < ?");
+        args.push(Box::new(u.to_string()));
+    }
+    (filter, args)
+}
+
+/// One batch of a listing, newest first, below `upper`. A channel is read as the jobs in it that
+/// are not their own channel (`jobs_shared_channel`) and the job whose id it is (the primary key).
+pub(super) fn list_sql(q: &ListQuery, upper: Option<&str>, limit: usize) -> (String, Args) {
+    let (filter, mut args) = list_filter(q, upper);
+    let Some(ch) = &q.channel else {
+        args.push(Box::new(limit as i64));
+        let sql = format!("SELECT id, body FROM jobs WHERE 1=1{filter} ORDER BY id DESC LIMIT ?");
+        return (sql, args);
+    };
+    // `channel <> id` as in the partial index's `WHERE`, so that the planner can use it.
+    let sql = format!(
+        "SELECT id, body FROM jobs WHERE channel = ? AND channel <> id{filter} \
+         UNION ALL \
+         SELECT id, body FROM jobs WHERE id = ? AND channel = ?{filter} \
+         ORDER BY id DESC LIMIT ?"
+    );
+    let mut all: Args = vec![Box::new(ch.clone())];
+    all.append(&mut args);
+    all.push(Box::new(ch.clone()));
+    all.push(Box::new(ch.clone()));
+    all.append(&mut list_filter(q, upper).1);
+    all.push(Box::new(limit as i64));
+    (sql, all)
 }
 
 /// A page of the listing: rows read newest first in batches below the cursor, each checked by
@@ -76,23 +109,17 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
     let want = paging::probe(q.limit);
     let scans = q.scans(true, true);
     let batch = if scans { want.clamp(256, 1000) } else { want };
-    let (base, base_args) = list_where(q);
     let mut upper = q.id_range().1.map(|u| u.to_string());
     let mut jobs: Vec<Job> = Vec::new();
     let mut scanned = 0usize;
     loop {
-        let mut sql = base.clone();
-        let mut args: Vec<&dyn rusqlite::ToSql> = base_args.iter().map(|a| a.as_ref()).collect();
-        if let Some(u) = &upper {
-            sql.push_str(" AND id < ?");
-            args.push(u);
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        let lim = batch as i64;
-        args.push(&lim);
-        let got: Vec<(String, String)> = rows(c, &sql, rusqlite::params_from_iter(args), |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        let (sql, args) = list_sql(q, upper.as_deref(), batch);
+        let got: Vec<(String, String)> = rows(
+            c,
+            &sql,
+            rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         scanned += got.len();
         let last = got.last().map(|(id, _)| id.clone());
         // A record that no longer reads as a job is reported, never a reason to fail the page.

@@ -34,6 +34,8 @@ mod counts;
 mod deliveries;
 mod events;
 mod jobs;
+#[cfg(test)]
+mod list_tests;
 mod logs;
 mod queue;
 mod replay;
