@@ -37,6 +37,8 @@ mod jobs;
 #[cfg(test)]
 mod list_tests;
 mod logs;
+#[cfg(test)]
+mod page_tests;
 mod queue;
 mod replay;
 mod retention;
@@ -147,10 +149,19 @@ pub const WRITE_QUEUE: usize = 2 * MAX_BATCH;
 /// Write requests committed in one transaction at most.
 const MAX_BATCH: usize = 512;
 
+/// Page size of new databases. Each write transaction writes every page it touched to the WAL
+/// (about a dozen: the job row, its indexes, the event and its index), so a smaller page writes
+/// fewer bytes per job: 2 KiB pages wrote 0.61x the WAL bytes of 4 KiB ones (docs/benchmarks.md
+/// "Session 7: embedded store writes"). A row up to about 2 KiB (a no-op job's is 0.9 KiB) stays
+/// on its page; a larger one spills into overflow pages, as one over 4 KiB did before. Databases
+/// made with 4 KiB pages keep them.
+const PAGE_SIZE: i64 = 2048;
+
 /// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// WAL size (in 4 KiB frames, so about 64 MiB) past which the checkpoint thread restarts the WAL
-/// from its beginning, so it stays bounded under a sustained load.
+/// WAL size (in frames: 32 MiB with 2 KiB pages, 64 MiB with 4 KiB ones) past which the
+/// checkpoint thread restarts the WAL from its beginning, so it stays bounded under a sustained
+/// load.
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Checkpoints the WAL off the writer's path. With SQLite's automatic checkpoint, every ~1000
@@ -221,6 +232,12 @@ fn json_err(e: serde_json::Error) -> StoreError {
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     let conn = Connection::open(path).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
+    if !read_only {
+        // Only a new (empty) database takes it, before WAL mode writes its first page; an existing
+        // one keeps the page size it was made with.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(db_err)?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(db_err)?;
     if read_only {
