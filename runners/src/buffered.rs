@@ -66,6 +66,17 @@ impl<S: BatchSink> BufferedReporter<S> {
         }
     }
 
+    /// True when everything reported so far has reached the sink: nothing buffered, no flush
+    /// under way. (The worker then may record the attempt's end without a flush first.)
+    pub fn is_idle(&self) -> bool {
+        // Held while looking: a flush that took the buffer has finished sending it.
+        let Ok(_order) = self.flushing.try_lock() else {
+            return false;
+        };
+        let p = self.pending.lock();
+        p.lines.is_empty() && p.progress.is_none()
+    }
+
     fn schedule(&self) {
         if self.scheduled.swap(true, Ordering::AcqRel) {
             return;
@@ -151,5 +162,41 @@ mod tests {
         r.log(LogStream::Stderr, "x".into());
         r.flush().await;
         assert_eq!(sink.0.lock().len(), 1);
+    }
+
+    /// A sink that holds each batch until told to go on.
+    struct Gate(Arc<tokio::sync::Semaphore>);
+
+    #[async_trait]
+    impl BatchSink for Gate {
+        async fn send(&self, _batch: Batch) {
+            let _ = self.0.acquire().await.map(|p| p.forget());
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_only_once_everything_reported_was_sent() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let r = BufferedReporter::new(Gate(gate.clone()), Duration::from_secs(3600), 10);
+        assert!(r.is_idle(), "nothing reported");
+        r.progress(0.5, None);
+        assert!(!r.is_idle(), "progress buffered");
+        let flushing = tokio::spawn({
+            let r = r.clone();
+            async move { r.flush().await }
+        });
+        // The flush took the buffer and waits on the sink: still not idle.
+        for _ in 0..100 {
+            if r.pending.lock().progress.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!r.is_idle(), "a flush is under way");
+        gate.add_permits(1);
+        flushing.await.unwrap();
+        assert!(r.is_idle(), "sent");
+        r.log(LogStream::Stdout, "l".into());
+        assert!(!r.is_idle(), "a line buffered");
     }
 }

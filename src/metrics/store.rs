@@ -44,9 +44,9 @@ use crate::store::deliveries::{Attempt, Claimed, Delivery, DeliveryState, Outcom
 use crate::store::signals::{Signal, SignalKey};
 use crate::store::waits::WaitStore;
 use crate::store::{
-    DeliveryStore, EventLog, JobPage, JobQueue, JobStore, ListQuery, LogLine, LogStore, LogStream,
-    Maintenance, Notice, Result, RetentionReport, ScheduleStore, SignalStore, Store, StoreError,
-    Submitted,
+    DeliveryStore, EventLog, FinishSlot, JobPage, JobQueue, JobStore, ListQuery, LogLine, LogStore,
+    LogStream, Maintenance, Notice, Result, RetentionReport, ScheduleStore, SignalStore, Store,
+    StoreError, Submitted,
 };
 
 /// A store that reports to [`Metrics`]; otherwise the store it wraps.
@@ -126,6 +126,15 @@ metered! {
         // The command's kind is read before the command moves into the store.
         apply(id: Uuid, cmd: Command) -> Job [kind = CommandKind::of(&cmd)]
             => |m, job| m.job_changed(&kind, job);
+        // A start and the finish that came with it (`store/finish_slot.rs`): two changes.
+        apply_start(id: Uuid, start: Command, finish: Arc<FinishSlot>) -> (Job, Option<Result<Job>>)
+            [kind = CommandKind::of(&start)]
+            => |m, (job, end)| {
+                m.job_changed(&kind, job);
+                if let Some(Ok(j)) = end {
+                    m.job_changed(&CommandKind::Finish, j);
+                }
+            };
     }
     JobQueue {
         claim(runner: &str, worker: &str, max: usize, lease_ttl: Duration) -> Vec<Job>

@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod counts;
 pub mod deliveries;
+pub mod finish_slot;
 pub mod paging;
 pub mod redis;
 pub mod replay;
@@ -26,6 +27,7 @@ use crate::job::{Command, Event, Job, JobStatus, Micros, TransitionError};
 pub use activity::ActivityStore;
 pub use counts::JobCountStore;
 pub use deliveries::DeliveryStore;
+pub use finish_slot::FinishSlot;
 pub use replay::ReplayMemory;
 pub use runyard_hooks::LogStream;
 pub use schedules::ScheduleStore;
@@ -187,6 +189,17 @@ pub trait JobStore: Send + Sync {
     async fn list(&self, q: ListQuery) -> Result<JobPage>;
     /// Applies a command through [`crate::job::apply`] and appends its event, atomically.
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job>;
+    /// Applies `start` (an attempt's [`Command::Started`]) as [`JobStore::apply`] does, then the
+    /// finish offered to `finish` by the time the start is applied, if any (the attempt ended
+    /// first): in the same transaction where the backend can ([`finish_slot`]). Returns the job
+    /// after the start and, when a finish was taken, its own result; `Err` when the start was
+    /// refused (then no finish was applied).
+    async fn apply_start(
+        &self,
+        id: Uuid,
+        start: Command,
+        finish: std::sync::Arc<FinishSlot>,
+    ) -> Result<(Job, Option<Result<Job>>)>;
 }
 
 /// The queue: claims with leases, heartbeats, delayed jobs, expired leases.

@@ -15,6 +15,7 @@
 pub mod reaper;
 pub mod reporter;
 pub mod reports;
+mod start;
 mod supervise;
 
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::{Notice, Store, StoreError};
+use crate::store::{Notice, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
@@ -421,31 +422,12 @@ impl Worker {
                 return;
             }
         };
-        // Recorded in its own task, raced against a stop: while the store is away this may take
-        // `store.retry`, and the fence task must still be able to stop the work in time.
-        let record = {
-            let store = self.store.clone();
-            let cmd = Command::Started {
-                token,
-                handle: Some(exec.handle()),
-            };
-            tokio::spawn(async move { store.apply(id, cmd).await })
-        };
-        let started = tokio::select! {
-            r = record => r.map_err(|e| StoreError::Backend(format!("recording the start: {e}"))).and_then(|r| r),
-            _ = stop.cancelled() => {
-                tracing::info!("job stopped before its start was recorded");
-                exec.stop(self.cfg.kill_grace).await;
-                reporter.flush().await;
-                return;
-            }
-        };
-        if let Err(e) = started {
-            // Cancelled (or lost) between claim and launch.
-            tracing::info!(error = %e, "job gone before it started: stopping it");
-            exec.stop(self.cfg.kill_grace).await;
-            reporter.flush().await;
-            return;
+        match self
+            .record_start(id, token, slot.kind, &mut exec, &reporter, &stop)
+            .await
+        {
+            start::Start::Running => {}
+            start::Start::Finished | start::Start::Gone => return,
         }
         let limit = time_limit(job, slot);
         let run = Supervised {

@@ -127,11 +127,16 @@ impl Worker {
     }
 
     pub(super) async fn finish(&self, id: Uuid, token: u64, outcome: FinishOutcome) {
-        match self
+        let r = self
             .store
             .apply(id, Command::Finish { token, outcome })
-            .await
-        {
+            .await;
+        self.finished(r);
+    }
+
+    /// What the store answered to an attempt's finish.
+    pub(super) fn finished(&self, r: Result<Job, StoreError>) {
+        match r {
             Ok(j) => crate::outcomes::log_change(&j),
             // The job already ended (it reported its own status, or was cancelled) or was taken
             // over: nothing to do, and nothing must be overwritten.

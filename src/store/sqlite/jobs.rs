@@ -46,6 +46,16 @@ impl JobStore for SqliteStore {
         })
         .await
     }
+
+    async fn apply_start(
+        &self,
+        id: Uuid,
+        start: Command,
+        finish: std::sync::Arc<crate::store::FinishSlot>,
+    ) -> Result<(Job, Option<Result<Job>>)> {
+        self.write(move |ctx| super::start::start_in(ctx, id, start, &finish))
+            .await
+    }
 }
 
 type Args = Vec<Box<dyn rusqlite::ToSql>>;

@@ -45,6 +45,7 @@ mod retention;
 mod schedules;
 mod signals;
 mod sql;
+mod start;
 mod stored;
 mod tail;
 #[cfg(test)]

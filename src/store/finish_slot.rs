@@ -1,0 +1,95 @@
+//! An attempt that ends before its start is recorded: under load a no-op service job ends long
+//! before the store's writer gets to its `Started`. The worker then leaves the attempt's finish in
+//! a [`FinishSlot`], and [`JobStore::apply_start`](super::JobStore::apply_start) applies it right
+//! after the start, in the same change where the backend can (the embedded store: one row write
+//! instead of two, one write request instead of two). Both events (RUNNING, then the outcome) are
+//! still appended, each status change notified.
+//!
+//! The slot is taken (and closed) by the backend when it applies the start: an offer made after
+//! that is refused, and the worker records the finish on its own, as it always did.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::job::{Command, FinishOutcome};
+
+/// Where a worker may leave an attempt's finish for the change that records its start.
+#[derive(Debug, Default)]
+pub struct FinishSlot(Mutex<Slot>);
+
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Empty,
+    Offered(Command),
+    Closed,
+}
+
+impl FinishSlot {
+    /// An empty, open slot.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Leaves the finish of the attempt holding `token`; false when the start was already
+    /// applied (or another finish offered): then the finish must be recorded on its own.
+    pub fn offer(&self, token: u64, outcome: FinishOutcome) -> bool {
+        let mut s = self.0.lock();
+        if !matches!(*s, Slot::Empty) {
+            return false;
+        }
+        *s = Slot::Offered(Command::Finish { token, outcome });
+        true
+    }
+
+    /// The finish offered so far, if any (a [`Command::Finish`]); closes the slot. Called by the
+    /// backend as it applies the start.
+    pub fn take(&self) -> Option<Command> {
+        match std::mem::replace(&mut *self.0.lock(), Slot::Closed) {
+            Slot::Offered(c) => Some(c),
+            Slot::Empty | Slot::Closed => None,
+        }
+    }
+}
+
+/// [`JobStore::apply_start`](super::JobStore::apply_start) for a backend without a joint
+/// change: the start, then the finish taken from the slot (if any), one after the other.
+pub async fn one_by_one<S: super::JobStore + ?Sized>(
+    store: &S,
+    id: uuid::Uuid,
+    start: Command,
+    finish: &FinishSlot,
+) -> super::Result<(crate::job::Job, Option<super::Result<crate::job::Job>>)> {
+    let job = store.apply(id, start).await;
+    // Closed even when the start was refused: an offer after this is recorded on its own.
+    let end = finish.take();
+    let job = job?;
+    Ok(match end {
+        Some(cmd) => (job, Some(store.apply(id, cmd).await)),
+        None => (job, None),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offer_is_taken_once_and_none_after_the_take() {
+        let s = FinishSlot::new();
+        assert!(s.offer(7, FinishOutcome::Success(None)));
+        assert!(
+            !s.offer(7, FinishOutcome::Success(None)),
+            "one finish per slot"
+        );
+        assert!(matches!(s.take(), Some(Command::Finish { token: 7, .. })));
+        assert!(s.take().is_none());
+        let s = FinishSlot::new();
+        assert!(s.take().is_none());
+        assert!(
+            !s.offer(1, FinishOutcome::Success(None)),
+            "the start was applied: too late"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Recording an attempt's start once it was launched; when the attempt ends before the store got to
+//! its start (a quick service job while the store's writer is busy), its finish goes with the
+//! start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
+
+use std::sync::Arc;
+
+use runyard_runners::Execution;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::reporter::JobReporter;
+use super::supervise::outcome_to_finish;
+use super::Worker;
+use crate::config::RunnerKind;
+use crate::job::Command;
+use crate::store::{FinishSlot, StoreError};
+
+/// What recording the start left to do.
+pub(super) enum Start {
+    /// The start is recorded: supervise the attempt.
+    Running,
+    /// The attempt had ended and its outcome was recorded with its start: nothing left.
+    Finished,
+    /// Refused (cancelled or lost between claim and launch) or stopped first: the work was
+    /// stopped, nothing left.
+    Gone,
+}
+
+impl Worker {
+    /// Records the start of the launched attempt (its lease's `token`), raced against a stop:
+    /// while the store is away this may take `store.retry`, and the fence task must still be
+    /// able to stop the work in time.
+    pub(super) async fn record_start(
+        &self,
+        id: Uuid,
+        token: u64,
+        kind: RunnerKind,
+        exec: &mut Box<dyn Execution>,
+        reporter: &Arc<JobReporter>,
+        stop: &CancellationToken,
+    ) -> Start {
+        let finish = FinishSlot::new();
+        let mut record = {
+            let store = self.store.clone();
+            let cmd = Command::Started {
+                token,
+                handle: Some(exec.handle()),
+            };
+            let finish = finish.clone();
+            tokio::spawn(async move { store.apply_start(id, cmd, finish).await })
+        };
+        // A service's `wait` only polls its task: dropped when the start comes first, nothing is
+        // lost. (A process's `wait` drains its log pipes and removes its work dir after the
+        // exit, which a drop would cut short.)
+        let mut watch_end = kind == RunnerKind::Service;
+        let started = loop {
+            tokio::select! {
+                r = &mut record => {
+                    break r
+                        .map_err(|e| StoreError::Backend(format!("recording the start: {e}")))
+                        .and_then(|r| r);
+                }
+                o = exec.wait(), if watch_end => {
+                    watch_end = false;
+                    // Its finish may go with its start only when everything it reported is
+                    // stored (a finish is recorded after the job's last logs and progress).
+                    if reporter.is_idle() {
+                        finish.offer(token, outcome_to_finish(o, kind));
+                    }
+                }
+                _ = stop.cancelled() => {
+                    tracing::info!("job stopped before its start was recorded");
+                    exec.stop(self.cfg.kill_grace).await;
+                    reporter.flush().await;
+                    return Start::Gone;
+                }
+            }
+        };
+        match started {
+            Ok((_, None)) => Start::Running,
+            Ok((_, Some(end))) => {
+                self.finished(end);
+                Start::Finished
+            }
+            Err(e) => {
+                // Cancelled (or lost) between claim and launch.
+                tracing::info!(error = %e, "job gone before it started: stopping it");
+                exec.stop(self.cfg.kill_grace).await;
+                reporter.flush().await;
+                Start::Gone
+            }
+        }
+    }
+}

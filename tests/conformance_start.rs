@@ -1,0 +1,239 @@
+//! `JobStore::apply_start` on both backends (the same bodies against the embedded store and a
+//! real Redis): an attempt's start, and the finish a worker offered before the start was applied
+//! (`store/finish_slot.rs`). Whatever the backend does inside, the job reads the same as after a
+//! start and a finish of their own: both events in order, both status notices, the start and end
+//! times; a finish offered too late is refused (the worker records it on its own), a refused
+//! start applies no finish, a refused finish leaves the start stored.
+
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runyard::job::{now_us, Command, FinishOutcome, Job, JobStatus, TransitionError};
+use runyard::store::redis::{RedisSettings, RedisStore};
+use runyard::store::sqlite::SqliteStore;
+use runyard::store::{FinishSlot, Notice, Store, StoreError, StoreSettings};
+use serde_json::json;
+
+use redis_support::TestRedis;
+
+/// A backend under test; the guard keeps its data alive.
+enum Guard {
+    Embedded(#[allow(dead_code)] tempfile::TempDir),
+    Redis(#[allow(dead_code)] TestRedis),
+}
+
+async fn embedded() -> (Guard, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
+    (Guard::Embedded(dir), Arc::new(s))
+}
+
+async fn redis() -> (Guard, Arc<dyn Store>) {
+    let r = TestRedis::start();
+    let s = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    (Guard::Redis(r), s)
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_guard, s) = super::embedded().await;
+                    super::$name(s).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_guard, s) = super::redis().await;
+                    super::$name(s).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    a_finish_offered_first_is_applied_after_the_start,
+    without_an_offer_only_the_start_is_applied_and_the_slot_closes,
+    a_refused_start_applies_no_finish,
+    a_refused_finish_leaves_the_start_stored,
+);
+
+/// A submitted and claimed job: (the job, its fencing token).
+async fn claimed(s: &Arc<dyn Store>) -> (Job, u64) {
+    let j = Job {
+        max_attempts: 1,
+        ..Job::new("t.start", "r", now_us())
+    };
+    s.submit(j).await.expect("submit");
+    let mut v = s
+        .claim("r", "w1", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let j = v.pop().expect("one job claimed");
+    let token = j.lease.as_ref().expect("a lease").token;
+    (j, token)
+}
+
+fn started(token: u64) -> Command {
+    Command::Started {
+        token,
+        handle: None,
+    }
+}
+
+/// The statuses of the job's own channel events, oldest first.
+async fn statuses(s: &Arc<dyn Store>, j: &Job) -> Vec<String> {
+    let evs = s
+        .events(Some(&j.channel_id), None, 100)
+        .await
+        .expect("events");
+    evs.iter()
+        .filter(|e| e.kind == "status")
+        .map(|e| {
+            e.runyard_status
+                .expect("a status event's status")
+                .as_str()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The status notices received so far for `id`, in order.
+fn notices(rx: &mut tokio::sync::broadcast::Receiver<Notice>, id: uuid::Uuid) -> Vec<JobStatus> {
+    let mut out = Vec::new();
+    while let Ok(n) = rx.try_recv() {
+        if let Notice::Changed { job_id, status } = n {
+            if job_id == id {
+                out.push(status);
+            }
+        }
+    }
+    out
+}
+
+async fn a_finish_offered_first_is_applied_after_the_start(s: Arc<dyn Store>) {
+    let mut rx = s.subscribe();
+    let (j, token) = claimed(&s).await;
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(Some(json!({"ok": 1})))));
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot.clone())
+        .await
+        .expect("start");
+    assert_eq!(at_start.status, JobStatus::Running);
+    assert!(at_start.started_at.is_some());
+    let done = end
+        .expect("the offered finish was taken")
+        .expect("finished");
+    assert_eq!(done.status, JobStatus::Success);
+    assert_eq!(done.result, Some(json!({"ok": 1})));
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Success);
+    assert_eq!(stored.started_at, at_start.started_at, "the start's time");
+    assert!(stored.finished_at >= stored.started_at);
+    let run = stored.runs.last().expect("a run record");
+    assert!(run.started_at.is_some() && run.ended_at.is_some());
+    assert_eq!(
+        statuses(&s, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SUCCESS"],
+        "both events, in order"
+    );
+    // Notices are sent once the change is committed; give them a moment.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.extend(notices(&mut rx, j.id));
+        if seen.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    use JobStatus::*;
+    assert_eq!(seen, [Queued, Starting, Running, Success]);
+    assert!(
+        !slot.offer(token, FinishOutcome::Success(None)),
+        "the slot is closed"
+    );
+}
+
+async fn without_an_offer_only_the_start_is_applied_and_the_slot_closes(s: Arc<dyn Store>) {
+    let (j, token) = claimed(&s).await;
+    let slot = FinishSlot::new();
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot.clone())
+        .await
+        .expect("start");
+    assert_eq!(at_start.status, JobStatus::Running);
+    assert!(end.is_none(), "nothing offered, nothing finished");
+    assert!(
+        !slot.offer(token, FinishOutcome::Success(None)),
+        "an offer after the start is refused: the worker records the finish on its own"
+    );
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Running);
+    assert_eq!(statuses(&s, &j).await, ["QUEUED", "STARTING", "RUNNING"]);
+    let done = s
+        .apply(
+            j.id,
+            Command::Finish {
+                token,
+                outcome: FinishOutcome::Success(None),
+            },
+        )
+        .await
+        .expect("finish on its own");
+    assert_eq!(done.status, JobStatus::Success);
+}
+
+async fn a_refused_start_applies_no_finish(s: Arc<dyn Store>) {
+    let (j, token) = claimed(&s).await;
+    s.apply(j.id, Command::Cancel).await.expect("cancel");
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    let e = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect_err("a cancelled job does not start");
+    assert!(
+        matches!(e, StoreError::Transition(TransitionError::Illegal { .. })),
+        "{e:?}"
+    );
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Cancelled);
+    assert_eq!(stored.started_at, None);
+    assert_eq!(statuses(&s, &j).await, ["QUEUED", "STARTING", "CANCELLED"]);
+}
+
+async fn a_refused_finish_leaves_the_start_stored(s: Arc<dyn Store>) {
+    let (j, token) = claimed(&s).await;
+    let slot = FinishSlot::new();
+    // A finish under another lease's token is fenced off; the start stands.
+    assert!(slot.offer(token + 1000, FinishOutcome::Success(None)));
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(at_start.status, JobStatus::Running);
+    let e = end.expect("the finish was tried").expect_err("stale token");
+    assert!(
+        matches!(e, StoreError::Transition(TransitionError::StaleLease)),
+        "{e:?}"
+    );
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Running, "the start was stored");
+    assert_eq!(stored.started_at, at_start.started_at);
+    assert_eq!(statuses(&s, &j).await, ["QUEUED", "STARTING", "RUNNING"]);
+}
