@@ -525,9 +525,26 @@ fn boot_id() -> Option<String> {
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+///
+/// Read with one `read` into a buffer on the stack (`open`, `read`, `close`): the spawner does this
+/// for every job it starts, and `read_to_string` made 7 system calls of it (a `statx`, then reads
+/// of growing size, since `/proc` files report a size of 0).
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    // The line is about 300 bytes (the command name is at most 16) and ends with a newline.
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].ends_with(b"\n") {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let stat = &buf[..n];
+    let after = std::str::from_utf8(&stat[stat.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
     // Fields after the command: state is field 3, start time is field 22.
     after.split_whitespace().nth(19)?.parse().ok()
 }

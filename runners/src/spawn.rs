@@ -225,28 +225,13 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
         if n == 0 {
             break;
         }
-        match Reply::decode(&buf[..n]) {
-            Some(Reply::Started {
-                id,
-                pid,
-                start_time,
-            }) => started(shared, id, pid, start_time, fds),
-            Some(Reply::Failed { id, errno, message }) => {
-                let e = if errno != 0 {
-                    io::Error::from_raw_os_error(errno)
-                } else {
-                    io::Error::other(message)
-                };
-                if let Some(tx) = lock(&shared.pending).remove(&id) {
-                    let _ = tx.send(Err(e));
-                }
-            }
-            Some(Reply::Exited { pid, status }) => {
-                if let Some(tx) = lock(&shared.exits).remove(&pid) {
-                    let _ = tx.send(status);
-                }
-            }
-            None => break,
+        let Some(replies) = Reply::decode_all(&buf[..n]) else {
+            break;
+        };
+        // A start comes alone with its pipes; exits may come several to a message.
+        let mut fds = Some(fds);
+        for reply in replies {
+            deliver(shared, reply, &mut fds);
         }
     }
     shared.dead.store(true, Ordering::SeqCst);
@@ -257,6 +242,33 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
     tracing::error!("the spawner process ended: local jobs are now started by forking the server");
     // Safety: reaps our own child.
     unsafe { libc::waitpid(spawner, std::ptr::null_mut(), 0) };
+}
+
+/// Hands one reply to whoever waits for it (`fds`: the descriptors that came with the message,
+/// taken by a start).
+fn deliver(shared: &Shared, reply: Reply, fds: &mut Option<Vec<OwnedFd>>) {
+    match reply {
+        Reply::Started {
+            id,
+            pid,
+            start_time,
+        } => started(shared, id, pid, start_time, fds.take().unwrap_or_default()),
+        Reply::Failed { id, errno, message } => {
+            let e = if errno != 0 {
+                io::Error::from_raw_os_error(errno)
+            } else {
+                io::Error::other(message)
+            };
+            if let Some(tx) = lock(&shared.pending).remove(&id) {
+                let _ = tx.send(Err(e));
+            }
+        }
+        Reply::Exited { pid, status } => {
+            if let Some(tx) = lock(&shared.exits).remove(&pid) {
+                let _ = tx.send(status);
+            }
+        }
+    }
 }
 
 /// A job started: its exit goes to a new waiter, and the rest to the launch waiting for it (or,

@@ -3,7 +3,7 @@
 //! their output pipes back and reports how each one ended.
 
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::isolation::{Identity, Isolation};
@@ -28,12 +28,14 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
         unsafe { libc::_exit(1) }
     };
     let mut spawn = |req: &Request| start(req, me, null.as_raw_fd(), &mut stack);
-    let mut requests = std::fs::File::from(requests);
+    // Buffered: one `read` takes every request the server has queued (a burst of jobs arrives
+    // together), and they are all served before the next `poll`.
+    let mut requests = BufReader::with_capacity(64 << 10, std::fs::File::from(requests));
     let out = replies.as_raw_fd();
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: requests.as_raw_fd(),
+                fd: requests.get_ref().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -52,36 +54,46 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
             reap(out);
         }
         if fds[0].revents != 0 {
-            // The server closed its end (it is exiting) or sent garbage: leave; the jobs go with
-            // this process (their parent-death signal).
-            let Some(req) = read_request(&mut requests) else {
-                // Safety: leaving.
-                unsafe { libc::_exit(0) }
-            };
-            let (reply, fds) = match spawn(&req) {
-                Ok((pid, start_time, fds)) => (
-                    Reply::Started {
-                        id: req.id,
-                        pid,
-                        start_time,
-                    },
-                    Some(fds),
-                ),
-                Err(e) => (
-                    Reply::Failed {
-                        id: req.id,
-                        errno: e.raw_os_error().unwrap_or(0),
-                        message: e.to_string().chars().take(1000).collect(),
-                    },
-                    None,
-                ),
-            };
-            let raw: Vec<RawFd> = fds.iter().flatten().map(AsRawFd::as_raw_fd).collect();
-            if send_with_fds(out, &reply.encode(), &raw).is_err() {
-                // Safety: leaving.
-                unsafe { libc::_exit(0) }
+            loop {
+                // The server closed its end (it is exiting) or sent garbage: leave; the jobs go
+                // with this process (their parent-death signal).
+                let Some(req) = read_request(&mut requests) else {
+                    // Safety: leaving.
+                    unsafe { libc::_exit(0) }
+                };
+                answer(&req, spawn(&req), out);
+                if requests.buffer().is_empty() {
+                    break;
+                }
             }
         }
+    }
+}
+
+/// Tells the server how a request went (leaves when the server is gone).
+fn answer(req: &Request, started: io::Result<(u32, Option<u64>, [OwnedFd; 2])>, out: RawFd) {
+    let (reply, fds) = match started {
+        Ok((pid, start_time, fds)) => (
+            Reply::Started {
+                id: req.id,
+                pid,
+                start_time,
+            },
+            Some(fds),
+        ),
+        Err(e) => (
+            Reply::Failed {
+                id: req.id,
+                errno: e.raw_os_error().unwrap_or(0),
+                message: e.to_string().chars().take(1000).collect(),
+            },
+            None,
+        ),
+    };
+    let raw: Vec<RawFd> = fds.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+    if send_with_fds(out, &reply.encode(), &raw).is_err() {
+        // Safety: leaving.
+        unsafe { libc::_exit(0) }
     }
 }
 
@@ -102,35 +114,50 @@ fn child_signals() -> io::Result<OwnedFd> {
     }
 }
 
-/// Reads whatever the signalfd holds.
+/// Reads what the signalfd holds: one read, since a standard signal such as `SIGCHLD` is pending
+/// at most once (a second read only ever said `EAGAIN`); `reap` collects every ended job anyway.
 fn drain(fd: RawFd) {
     let mut buf = [0u8; 128 * 8];
     // Safety: reads into a local buffer of the given size.
-    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
 }
 
-/// Reaps every ended job and tells the server how each ended.
+/// Exits sent in one message at most (9 bytes each: well within the server's 4 KiB buffer).
+const EXITS_PER_MESSAGE: usize = 256;
+
+/// Reaps every ended job and tells the server how each ended: the exits reaped together go in
+/// one message (one `sendmsg` here, one `recvmsg` and wake-up in the server).
 fn reap(out: RawFd) {
+    let mut msg = Vec::new();
+    let mut n = 0;
     loop {
         let mut status = 0;
         // Safety: plain syscall into a local.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            let exit = Reply::Exited {
+                pid: pid as u32,
+                status,
+            };
+            msg.extend_from_slice(&exit.encode());
+            n += 1;
+        }
+        if (pid <= 0 || n == EXITS_PER_MESSAGE) && n > 0 {
+            if send_with_fds(out, &msg, &[]).is_err() {
+                // Safety: leaving (the server is gone).
+                unsafe { libc::_exit(0) }
+            }
+            msg.clear();
+            n = 0;
+        }
         if pid <= 0 {
             return;
-        }
-        let msg = Reply::Exited {
-            pid: pid as u32,
-            status,
-        };
-        if send_with_fds(out, &msg.encode(), &[]).is_err() {
-            // Safety: leaving (the server is gone).
-            unsafe { libc::_exit(0) }
         }
     }
 }
 
 /// One request frame, or `None` at the end of the stream (or on a frame that makes no sense).
-fn read_request(r: &mut std::fs::File) -> Option<Request> {
+fn read_request(r: &mut impl Read) -> Option<Request> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).ok()?;
     let len = u32::from_le_bytes(len) as usize;

@@ -246,8 +246,24 @@ impl Reply {
     }
 
     /// A reply from one message.
+    #[cfg(test)]
     pub(crate) fn decode(msg: &[u8]) -> Option<Self> {
         let mut i = In(msg);
+        Self::decode_from(&mut i)
+    }
+
+    /// Every reply of one message: the spawner sends the exits it reaps together as one message
+    /// (their encodings back to back; a job's start, which carries descriptors, always alone).
+    pub(crate) fn decode_all(msg: &[u8]) -> Option<Vec<Self>> {
+        let mut i = In(msg);
+        let mut all = Vec::new();
+        while !i.0.is_empty() {
+            all.push(Self::decode_from(&mut i)?);
+        }
+        Some(all)
+    }
+
+    fn decode_from(i: &mut In<'_>) -> Option<Self> {
         match i.u8()? {
             1 => Some(Reply::Started {
                 id: i.u64()?,
@@ -403,6 +419,13 @@ mod tests {
         ] {
             assert_eq!(Reply::decode(&rep.encode()), Some(rep));
         }
+        // Several exits in one message come out in order; a torn one refuses the message.
+        let exits: Vec<Reply> = (1..=3)
+            .map(|pid| Reply::Exited { pid, status: 0 })
+            .collect();
+        let msg: Vec<u8> = exits.iter().flat_map(Reply::encode).collect();
+        assert_eq!(Reply::decode_all(&msg), Some(exits));
+        assert_eq!(Reply::decode_all(&msg[..msg.len() - 1]), None);
         // Short or absurd input is refused, not trusted.
         assert_eq!(Request::decode(&frame[4..frame.len() - 1]), None);
         assert_eq!(Request::decode(&[0; 8]), None);
