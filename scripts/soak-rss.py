@@ -10,8 +10,8 @@ whether the end is within 10% of the 10% mark; bytes of database per job held in
 
 Env: N (jobs, default 1000000), STORE (embedded | redis: `serve --no-worker` + `runyard worker`
 and a private redis-server whose used_memory is sampled too), RUNYARD (binary, default
-target/release/runyard), RETENTION (`retention.finished`, default 60s; `retention.interval` is
-1s), BATCH (jobs per POST /async/jobs/batch, default 1000), CONNECTIONS (submitting
+target/release/runyard), RETENTION (`retention.finished`, default 60s), INTERVAL
+(`retention.interval`, default 1s), BATCH (jobs per POST /async/jobs/batch, default 1000), CONNECTIONS (submitting
 connections, default 2), BACKLOG (most jobs submitted and not yet done, default 20000),
 SAMPLE (seconds between table rows, default 5), TIMEOUT (whole run, seconds, default 3600),
 KEEP=1 keeps the temporary directory. Only the processes it starts are stopped, by pid.
@@ -34,6 +34,7 @@ N = int(os.environ.get("N", "1000000"))
 STORE = os.environ.get("STORE", "embedded")
 BIN = os.environ.get("RUNYARD", "target/release/runyard")
 RETENTION = os.environ.get("RETENTION", "60s")
+INTERVAL = os.environ.get("INTERVAL", "1s")
 BATCH = max(1, min(1000, int(os.environ.get("BATCH", "1000"))))
 CONNS = max(1, int(os.environ.get("CONNECTIONS", "2")))
 BACKLOG = max(BATCH, int(os.environ.get("BACKLOG", "20000")))
@@ -145,6 +146,7 @@ max_attempts = 1
 """
     lines = [
         f'listen = "127.0.0.1:{port}"',
+        f'public_url = "http://127.0.0.1:{port}"',
         f'data_dir = "{tmp}/data"',
     ]
     if redis_url:
@@ -152,7 +154,7 @@ max_attempts = 1
     lines += [
         "[retention]",
         f'finished = "{RETENTION}"',
-        'interval = "1s"',
+        f'interval = "{INTERVAL}"',
         "log_lines_per_job = 100",
     ]
     if redis_url:
@@ -246,7 +248,7 @@ def main():
         wait_health(port, "runyard serve", server)
         worker = start("worker", [BIN, "worker", "--config", cfg], tmp) if redis_url else None
         db = os.path.join(tmp, "data", "runyard.db")
-        print(f"soak-rss: {N} jobs, store {STORE}, retention.finished {RETENTION} (interval 1s), "
+        print(f"soak-rss: {N} jobs, store {STORE}, retention.finished {RETENTION} (interval {INTERVAL}), "
               f"batches of {BATCH}, {CONNS} connections, backlog <= {BACKLOG}, binary {BIN}")
         print(f"server pid {server.pid}" + (f", worker pid {worker.pid}" if worker else ""))
         head = f"{'t(s)':>7} {'done':>9} {'held':>8} {'jobs/s':>7} {'RSS MiB':>8}"
