@@ -82,7 +82,7 @@ pub async fn retention_loop(
             }
         }
         let before = now_us() - cfg.finished.as_micros() as i64;
-        match store.retention(before).await {
+        match retention_round(store.as_ref(), before).await {
             Ok(r) if r.jobs > 0 || r.events > 0 => {
                 tracing::debug!(jobs = r.jobs, events = r.events, "retention pass")
             }
@@ -93,5 +93,68 @@ pub async fn retention_loop(
             _ = tokio::time::sleep(cfg.interval) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// Passes of one retention round at most (a pass deletes a bounded chunk: 5,000 jobs embedded,
+/// 20,000 on Redis).
+const RETENTION_PASSES: usize = 200;
+
+/// One round of retention: passes with the same cut until one deletes no job. A single pass
+/// deletes at most a chunk, so at the default `retention.interval` (10 s) finished jobs piled up
+/// without bound once more than 500 a second finished on the embedded store (issue 14).
+pub(crate) async fn retention_round(
+    store: &dyn Store,
+    before: crate::job::Micros,
+) -> crate::store::Result<crate::store::RetentionReport> {
+    let mut total = crate::store::RetentionReport::default();
+    for _ in 0..RETENTION_PASSES {
+        let r = store.retention(before).await?;
+        total.jobs += r.jobs;
+        total.events += r.events;
+        if r.jobs == 0 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Command, Job};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{JobStore, ListQuery, StoreSettings};
+
+    /// More finished jobs than one pass deletes (5,000 on the embedded store) go in one round.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_deletes_more_finished_jobs_than_one_pass_may() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
+        let n = 5_500;
+        let jobs = (0..n).map(|_| Job::new("t", "r", now_us())).collect();
+        let ids: Vec<_> = store
+            .submit_many(jobs)
+            .await
+            .expect("submit")
+            .into_iter()
+            .map(|r| r.expect("stored").job.id)
+            .collect();
+        for chunk in ids.chunks(500) {
+            let cancels = chunk.iter().map(|id| store.apply(*id, Command::Cancel));
+            for r in futures::future::join_all(cancels).await {
+                r.expect("cancel");
+            }
+        }
+        let r = retention_round(&store, now_us() + 1).await.expect("round");
+        assert_eq!(r.jobs, n as u64);
+        let left = store
+            .list(ListQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert!(left.jobs.is_empty(), "{} jobs left", left.jobs.len());
     }
 }

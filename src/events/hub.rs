@@ -305,6 +305,8 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
                 continue;
             }
         };
+        // A full page: behind the writer, read on without pacing (issue 14).
+        let full = page.len() >= TAIL_PAGE;
         let mut frames = Vec::with_capacity(page.len());
         for ev in page {
             if ev.kind == "resync" {
@@ -317,7 +319,9 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
             cursor = Some(ev.id);
         }
         hub.publish(&frames);
-        idle_pace(&hub, &stop).await;
+        if !full {
+            idle_pace(&hub, &stop).await;
+        }
     }
 }
 

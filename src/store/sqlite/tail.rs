@@ -24,20 +24,21 @@ pub(super) type Batch = Arc<[Event]>;
 /// Committed batches a slow tail may be behind before it reads the store instead.
 pub(super) const BATCHES: usize = 1024;
 
+/// Events a tail may hold taken from the batches and not yet returned. A reader slower than the
+/// writer (the hub's tail reads at most 1,000 events per 250 ms while no stream is open) would
+/// otherwise grow `pending` without bound (issue 14: server RSS 194 -> 636 MiB over 1,000,000
+/// jobs with no stream open); past it the tail drops them and reads the store instead, as when
+/// it lagged.
+pub(super) const PENDING_MAX: usize = 16 * 1024;
+
 impl EventTail for SqliteStore {
     fn event_tail(self: Arc<Self>) -> Result<Box<dyn TailReader>> {
-        let batches = self.committed.subscribe();
-        Ok(Box::new(CommitTail {
-            store: self,
-            batches,
-            synced: None,
-            pending: VecDeque::new(),
-        }))
+        Ok(Box::new(CommitTail::new(self)))
     }
 }
 
 /// The tail of one follower.
-struct CommitTail {
+pub(super) struct CommitTail {
     store: Arc<SqliteStore>,
     /// Subscribed when the tail was opened: every batch committed since.
     batches: broadcast::Receiver<Batch>,
@@ -49,12 +50,33 @@ struct CommitTail {
 }
 
 impl CommitTail {
+    pub(super) fn new(store: Arc<SqliteStore>) -> Self {
+        let batches = store.committed.subscribe();
+        Self {
+            store,
+            batches,
+            synced: None,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Events held taken from the batches and not yet returned.
+    #[cfg(test)]
+    pub(super) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Moves the batches already committed into `pending`, keeping the events after `synced`.
     /// False when batches were missed (the channel lagged).
     fn drain(&mut self, synced: i64) -> bool {
         loop {
             match self.batches.try_recv() {
-                Ok(b) => self.take(&b, synced),
+                Ok(b) => {
+                    self.take(&b, synced);
+                    if self.pending.len() > PENDING_MAX {
+                        return false;
+                    }
+                }
                 Err(broadcast::error::TryRecvError::Empty) => return true,
                 Err(broadcast::error::TryRecvError::Lagged(_)) => return false,
                 Err(broadcast::error::TryRecvError::Closed) => return true,

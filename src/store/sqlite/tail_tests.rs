@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{tail::BATCHES, SqliteStore};
+use super::{
+    tail::{CommitTail, BATCHES, PENDING_MAX},
+    SqliteStore,
+};
 use crate::job::{now_us, Event, Job};
 use crate::store::tail::{EventTail, TailReader};
 use crate::store::{EventLog, JobStore, StoreSettings};
@@ -107,6 +110,57 @@ async fn a_tail_behind_the_writers_batches_reads_the_store_without_a_gap() {
         .expect("events");
     assert_eq!(want.len(), n);
     assert_eq!(got.len(), n);
+    assert!(got == want, "the tail's events differ from the store's");
+}
+
+/// A reader slower than the writer (the hub's idle tail: 1,000 events per 250 ms) holds a
+/// bounded number of events, however far behind it is, and still returns every event in order
+/// (issue 14: its queue grew while jobs passed through faster than it read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tail_holds_a_bounded_number_of_events_and_misses_none() {
+    let (_dir, store) = open();
+    let mut tail = CommitTail::new(store.clone());
+    submit(&store, 1).await;
+    let first = tail.read(None, Duration::from_secs(5), 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let start = first.last().map(|e| e.id.clone());
+    // Few transactions (well under BATCHES), many events: the batches never lag.
+    let per = 1000;
+    let rounds = 3 * PENDING_MAX / per;
+    for _ in 0..rounds {
+        let jobs = (0..per).map(|_| Job::new("t", "r", now_us())).collect();
+        let r = store.submit_many(jobs).await.expect("submit_many");
+        assert!(r.iter().all(Result::is_ok));
+    }
+    let (total, max) = (rounds * per, 100);
+    let mut cursor = start.clone();
+    let mut got = Vec::new();
+    let mut most_held = 0;
+    while got.len() < total {
+        let page = tail
+            .read(cursor.as_deref(), Duration::from_secs(5), max)
+            .await
+            .expect("read");
+        most_held = most_held.max(tail.pending_len());
+        assert!(
+            !page.is_empty(),
+            "the tail stopped after {} events",
+            got.len()
+        );
+        cursor = page.last().map(|e| e.id.clone());
+        got.extend(page);
+        if got.len() >= 5 * PENDING_MAX / 4 {
+            break;
+        }
+    }
+    assert!(
+        most_held <= PENDING_MAX + per,
+        "the tail held {most_held} events (bound {PENDING_MAX} + one transaction)"
+    );
+    let want = store
+        .events(None, start.as_deref(), got.len())
+        .await
+        .expect("events");
     assert!(got == want, "the tail's events differ from the store's");
 }
 
