@@ -6,7 +6,9 @@
 #   scripts/redis-bench.sh WORKERS [bench flags...]
 #   e.g. scripts/redis-bench.sh 2 --only service --jobs 20000
 #
-# Env: RUNYARD (binary, default target/release/runyard), APPENDONLY (yes|no, default no).
+# Env: RUNYARD (binary, default target/release/runyard), APPENDONLY (yes|no, default no),
+# PERF (a file: perf profile of redis-server during the bench). Prints the CPU time of
+# redis-server, the API and each worker over the whole run (start-up and warm-up included).
 set -euo pipefail
 workers=${1:-1}
 shift || true
@@ -55,13 +57,22 @@ for i in $(seq "$workers"); do
     2>"$dir/worker$i.log" &
   pids+=($!)
 done
+# PERF=FILE: a perf profile of redis-server over the bench (`perf report -i FILE`).
+perf_pid=
+if [ -n "${PERF:-}" ]; then
+  perf record -q -F 999 -g -o "$PERF" -p "$rpid" 2>/dev/null &
+  perf_pid=$!
+fi
 "$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
+if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
 redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
 echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
 # CPU time of redis-server over the whole run (utime + stime, start-up and warm-up included): a
 # figure that depends less on the machine's load than wall-clock rates.
 echo "redis-server cpu: $(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f s", ($14 + $15) / hz}' /proc/$rpid/stat)"
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f s", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null; }
+echo "api cpu: $(cpu "$api")"
 for i in $(seq "$workers"); do
   pid=${pids[$((i + 1))]}
-  echo "worker $i peak RSS: $(grep VmHWM /proc/$pid/status 2>/dev/null | awk '{print $2 " " $3}')"
+  echo "worker $i peak RSS: $(grep VmHWM /proc/$pid/status 2>/dev/null | awk '{print $2 " " $3}'), cpu: $(cpu "$pid")"
 done

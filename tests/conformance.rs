@@ -1062,6 +1062,9 @@ async fn notices_reach_every_handle(mut b: Backend) {
     let peer = b.peer().await;
     let mut mine = s.subscribe();
     let mut theirs = peer.subscribe();
+    // The peer reads events, as a long poll does before it waits (Redis: `Events` crosses to
+    // the processes only while some process reads events, see src/store/redis/events.rs).
+    peer.events(None, None, 1).await.unwrap();
     // Let a fresh subscription settle (Redis: the relay subscribes in the background).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let j = submit(&s, job("t", "runner-x")).await;

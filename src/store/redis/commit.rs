@@ -203,6 +203,7 @@ impl RedisStore {
         if let Some((EventKind::Status, _)) = &w.event {
             if w.job.status == JobStatus::Queued {
                 // Other processes heard of it from commit.lua itself.
+                self.hints.queued(&w.job.runner);
                 let _ = self.notify.send(Notice::Queued {
                     runner: w.job.runner.clone(),
                 });

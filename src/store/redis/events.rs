@@ -16,6 +16,43 @@ pub fn parse_event_id(s: &str) -> Result<String> {
     Ok(format!("{ms}-{seq}"))
 }
 
+/// How long `P:evwant` lives after a read of events set it (see [`RedisStore::want_events`]).
+const EV_WANT_TTL: Duration = Duration::from_secs(90);
+/// A process sets `P:evwant` again when its last setting is older than this: it then lives at
+/// least `EV_WANT_TTL - EV_WANT_REFRESH` (60 s) after any read, longer than a long poll waits
+/// (30 s at most).
+const EV_WANT_REFRESH: Duration = Duration::from_secs(30);
+
+impl RedisStore {
+    /// Says that this process reads events: while `P:evwant` exists, `commit.lua` announces
+    /// every call that appended events (`E` on the notice channel), which wakes the long polls
+    /// of every process; without it, a commit of a job's status announces nothing but new
+    /// QUEUED jobs (workers alone have no use for `E`: a notice less to every process per
+    /// commit). Set before the read it precedes, so an event committed after that read is
+    /// announced: a long poll (read, then wait for `Notice::Events`) misses nothing.
+    async fn want_events(&self) -> Result<()> {
+        let fresh = matches!(*self.ev_want.lock(), Some(at) if at.elapsed() < EV_WANT_REFRESH);
+        if fresh {
+            return Ok(());
+        }
+        let sent = Instant::now();
+        let key = self.key("evwant");
+        let _: () = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(EV_WANT_TTL.as_millis() as u64)
+                    .clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        *self.ev_want.lock() = Some(sent);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl EventLog for RedisStore {
     async fn events(
@@ -25,6 +62,8 @@ impl EventLog for RedisStore {
         limit: usize,
     ) -> Result<Vec<Event>> {
         let last = last_id.map(parse_event_id).transpose()?.unwrap_or_default();
+        // Before the read: an event committed after it is announced to this process.
+        self.want_events().await?;
         let chan = channel.unwrap_or("").to_string();
         let now_ms = self.now().await / 1000;
         let global = self.key("ev");

@@ -53,6 +53,7 @@ mod commit;
 mod counts;
 mod deliveries;
 mod events;
+mod hints;
 mod jobs;
 mod logs;
 mod notices;
@@ -181,6 +182,10 @@ pub struct RedisStore {
     /// The channels whose stream TTL this process refreshed, and when (see
     /// `RedisStore::ttl_due` in commit.rs).
     ttl_set: parking_lot::Mutex<std::collections::HashMap<String, Instant>>,
+    /// The runner queues known to be empty (see `hints.rs`): a claim of one costs no round trip.
+    hints: Arc<hints::QueueHints>,
+    /// When this process last set `P:evwant` (see `RedisStore::want_events` in events.rs).
+    ev_want: parking_lot::Mutex<Option<Instant>>,
     /// Bumped by each commit of this process that stores a webhook delivery.
     dlv_gen: std::sync::atomic::AtomicU64,
     /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
@@ -244,6 +249,7 @@ impl RedisStore {
         let stop = CancellationToken::new();
         let origin = Uuid::now_v7().simple().to_string();
         let channel = format!("{}:notices", settings.prefix);
+        let hints = Arc::new(hints::QueueHints::default());
         tokio::spawn(notices::publish(
             conn.clone(),
             channel.clone(),
@@ -255,7 +261,10 @@ impl RedisStore {
             client,
             channel,
             origin.clone(),
-            notify.clone(),
+            notices::Listeners {
+                notify: notify.clone(),
+                hints: hints.clone(),
+            },
             stop.clone(),
         ));
         tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
@@ -278,6 +287,8 @@ impl RedisStore {
                 commits,
                 dlv_idle: parking_lot::Mutex::new(None),
                 ttl_set: parking_lot::Mutex::new(std::collections::HashMap::new()),
+                hints,
+                ev_want: parking_lot::Mutex::new(None),
                 dlv_gen: std::sync::atomic::AtomicU64::new(0),
                 clock: parking_lot::Mutex::new(None),
                 clock_last: std::sync::atomic::AtomicI64::new(0),

@@ -121,12 +121,29 @@ fn parse(msg: &str, origin: &str) -> Vec<Notice> {
         .collect()
 }
 
-/// Relays the other processes' notices into `notify` until `stop`, resubscribing after a loss.
+/// Where the notices received go.
+pub(super) struct Listeners {
+    /// This process's listeners.
+    pub(super) notify: broadcast::Sender<Notice>,
+    /// Told of every QUEUED announcement before the listeners are (see hints.rs).
+    pub(super) hints: std::sync::Arc<super::hints::QueueHints>,
+}
+
+impl Listeners {
+    fn send(&self, n: Notice) {
+        if let Notice::Queued { runner } = &n {
+            self.hints.queued(runner);
+        }
+        let _ = self.notify.send(n);
+    }
+}
+
+/// Relays the other processes' notices to `to` until `stop`, resubscribing after a loss.
 pub(super) async fn subscribe(
     client: redis::Client,
     channel: String,
     origin: String,
-    notify: broadcast::Sender<Notice>,
+    to: Listeners,
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
@@ -144,10 +161,11 @@ pub(super) async fn subscribe(
         match ps {
             Ok(Ok(mut ps)) => {
                 delay = Duration::from_millis(100);
+                to.hints.live(true);
                 if !first {
                     // Notices may have been missed while away: wake everyone once.
-                    let _ = notify.send(Notice::Queued { runner: "*".into() });
-                    let _ = notify.send(Notice::Events);
+                    to.send(Notice::Queued { runner: "*".into() });
+                    to.send(Notice::Events);
                 }
                 first = false;
                 let mut stream = ps.on_message();
@@ -161,9 +179,10 @@ pub(super) async fn subscribe(
                         continue;
                     };
                     for n in parse(&text, &origin) {
-                        let _ = notify.send(n);
+                        to.send(n);
                     }
                 }
+                to.hints.live(false);
                 tracing::warn!("redis notice subscription lost; resubscribing");
             }
             _ => {

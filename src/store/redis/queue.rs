@@ -6,18 +6,16 @@ use super::commit::Reply;
 use super::write::Write;
 use super::*;
 
-#[async_trait]
-impl JobQueue for RedisStore {
-    async fn claim(
+impl RedisStore {
+    /// Runs `lua/claim.lua` for up to `max` jobs of `runner`'s queue (its reply), and records
+    /// the queue as empty when the pick emptied it (see hints.rs).
+    async fn pick(
         &self,
         runner: &str,
-        worker: &str,
         max: usize,
         lease_ttl: Duration,
-    ) -> Result<Vec<Job>> {
-        if max == 0 {
-            return Ok(vec![]);
-        }
+    ) -> Result<Vec<::redis::Value>> {
+        let seq = self.hints.before_pick();
         let reserve_until = self.now().await + lease_ttl.as_micros() as i64;
         // While Redis is away, fail at once: the worker backs off instead of piling up claims.
         let retry = !self.down.load(Ordering::Relaxed);
@@ -38,6 +36,31 @@ impl JobQueue for RedisStore {
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
+        let popped: usize = match picked.get(1) {
+            Some(v) => ::redis::from_redis_value(v)
+                .map_err(|e| StoreError::Backend(format!("claim: {e}")))?,
+            None => 0,
+        };
+        if popped < max {
+            self.hints.emptied(runner, seq);
+        }
+        Ok(picked)
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisStore {
+    async fn claim(
+        &self,
+        runner: &str,
+        worker: &str,
+        max: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Job>> {
+        if max == 0 || self.hints.known_empty(runner) {
+            return Ok(vec![]);
+        }
+        let picked = self.pick(runner, max, lease_ttl).await?;
         if picked.is_empty() {
             return Ok(vec![]);
         }
@@ -48,7 +71,12 @@ impl JobQueue for RedisStore {
         let first: u64 = ::redis::from_redis_value(&picked[0])
             .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
         let mut writes = Vec::new();
-        for (i, chunk) in picked[1..].chunks(3).enumerate() {
+        for (i, chunk) in picked
+            .get(2..)
+            .unwrap_or_default()
+            .chunks_exact(3)
+            .enumerate()
+        {
             let body: String = ::redis::from_redis_value(&chunk[2])
                 .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
             let job: Job = serde_json::from_str(&body).map_err(json_err)?;
@@ -195,10 +223,15 @@ impl JobQueue for RedisStore {
                     .arg("jobp")
                     .arg(&job_prefix)
                     .arg("qp")
-                    .arg(&queue_prefix);
+                    .arg(&queue_prefix)
+                    .arg("notices")
+                    .arg(&self.shared.notices);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
+        // Reservations may have gone back to their queues: announced to every process by the
+        // script, known here at once (a claim right after this finds them).
+        self.hints.queued("*");
         raw.chunks(2)
             .filter(|c| c.len() == 2)
             .map(|c| serde_json::from_str(&c[1]).map_err(json_err))

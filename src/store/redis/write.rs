@@ -128,6 +128,7 @@ impl Write {
         if let Some((_, ev)) = &self.event {
             p.val("event", ev.clone());
             p.shared(EV);
+            p.shared(EVWANT);
             p.own("evc", "evc:", &j.channel_id);
             if ttl {
                 p.val("ttl", "1".into());
@@ -223,7 +224,7 @@ fn lease_of(j: &Job) -> Option<Micros> {
 
 /// The shared keys (`shared` in commit.lua): their names in the script, their key after the
 /// prefix; bit `i` of a [`Parts::shared`] mask is entry `i`.
-pub(super) const SHARED: [(&str, &str); 14] = [
+pub(super) const SHARED: [(&str, &str); 15] = [
     ("all", "all"),
     ("jc", "jc"),
     ("lease", "lease"),
@@ -238,6 +239,7 @@ pub(super) const SHARED: [(&str, &str); 14] = [
     ("dlvseq", "dlv:seq"),
     ("dlvdue", "dlv:due"),
     ("ev", "ev"),
+    ("evwant", "evwant"),
 ];
 const ALL: usize = 0;
 const JC: usize = 1;
@@ -253,6 +255,7 @@ const SIGKEYS: usize = 10;
 pub(super) const DLVSEQ: usize = 11;
 const DLVDUE: usize = 12;
 const EV: usize = 13;
+const EVWANT: usize = 14;
 
 /// One write as `commit.lua` receives it (see [`Write::parts`]).
 pub(super) struct Parts {
@@ -323,7 +326,7 @@ impl Parts {
 /// The shared keys of the store (built once: they depend on its prefix only) and the two
 /// prefixes every call may pass.
 pub(super) struct SharedKeys {
-    pub(super) keys: [String; 14],
+    pub(super) keys: [String; 15],
     pub(super) dlv_prefix: String,
     pub(super) notices: String,
 }
@@ -430,7 +433,7 @@ mod tests {
                 format!("P:evc:{id}"),
             ]
         );
-        assert_eq!(shared, ["all", "jc", "ev"]);
+        assert_eq!(shared, ["all", "jc", "ev", "evwant"]);
         assert!(
             !names.contains(&"v".to_string()),
             "a submit has no expected version"
@@ -452,7 +455,7 @@ mod tests {
         let (keys, shared, names) = declared(&w, false);
         assert!(!keys.contains(&q));
         assert!(keys.contains(&"P:st:QUEUED".to_string()) && keys.contains(&"P:qt:t".into()));
-        assert_eq!(shared, ["jc", "lease", "ev"]);
+        assert_eq!(shared, ["jc", "lease", "ev", "evwant"]);
         assert!(!names.contains(&"ttl".to_string()));
     }
 

@@ -10,7 +10,8 @@
 -- `jobp`; Redis Cluster: see docs/redis.md, every key in one hash slot through the prefix's hash
 -- tag).
 -- ARGV is name/value pairs: `max` most jobs to pick, `until` reservation expiry (µs), `jobp`.
--- Returns {first fencing token, id1, version1, body1, id2, ...}, or {} when the queue is empty.
+-- Returns {first fencing token, jobs popped, id1, version1, body1, id2, ...}, or {} when the
+-- queue is empty (fewer popped than `max`: this pick emptied the queue, see hints.rs).
 local queue, tokens, leases = KEYS[1], KEYS[2], KEYS[3]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
@@ -19,7 +20,7 @@ local picked = redis.call('ZPOPMIN', queue, max)
 if #picked == 0 then return {} end
 local n = #picked / 2
 local last = redis.call('INCRBY', tokens, n)
-local out = { last - n + 1 }
+local out = { last - n + 1, n }
 for i = 1, #picked, 2 do
   local id = picked[i]
   local h = redis.call('HMGET', job_prefix .. id, 'v', 'b')

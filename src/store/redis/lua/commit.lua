@@ -9,8 +9,9 @@
 --
 -- The call's notices go out from here, in one message on the notice channel (see
 -- src/store/redis/notices.rs): a runner that got a new QUEUED job (`Q`), so idle workers of every
--- process wake, and `E` when the call appended events (long polls and delivery loops of the
--- other processes wake), without another round trip.
+-- process wake, and `E` when the call appended events and some process reads events (`P:evwant`
+-- exists: set by the readers, see src/store/redis/events.rs; long polls of the other processes
+-- wake), without another round trip. A call with nothing to announce publishes nothing.
 --
 -- Every key the script touches comes through KEYS (as Redis Cluster needs), except a webhook
 -- delivery's hash, whose number comes from `INCR P:dlv:seq` here: it is built from the delivery
@@ -19,9 +20,9 @@
 -- ARGV is name/value pairs (names below). First the call's own:
 --   `shared` the names of the keys shared by the call's writes, declared first in KEYS in that
 --     order (space separated, any of: all jc lease fin sched fhashes waitdl waitdue waitgen
---     sigseq sigkeys dlvseq dlvdue ev, for `P:all`, `P:jc`, `P:lease`, `P:fin`, `P:sched`,
+--     sigseq sigkeys dlvseq dlvdue ev evwant, for `P:all`, `P:jc`, `P:lease`, `P:fin`, `P:sched`,
 --     `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`, `P:dlv:seq`,
---     `P:dlv:due`, `P:ev`),
+--     `P:dlv:due`, `P:ev`, `P:evwant`),
 --   `glimit`, `climit` the global and channel stream limits, `cttl` the channel stream TTL (ms),
 --   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
 --   delivery prefix (only when a write has a delivery).
@@ -46,7 +47,7 @@
 --   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
 --   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
 --   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
---   waitgen: see `wait`; ev, evc: the event is appended.
+--   waitgen: see `wait`; ev, evc: the event is appended; evwant: whether `E` is announced.
 -- Returns one reply per job:
 --   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
 --   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
@@ -54,7 +55,7 @@
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
-  ev = true,
+  ev = true, evwant = true,
 }
 local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigw = true }
 
@@ -265,7 +266,7 @@ end
 
 local out = {}
 for j, w in ipairs(W) do out[j] = commit_one(w) end
-if evented then notice = notice .. '\nE' end
+if evented and S.evwant and redis.call('EXISTS', S.evwant) == 1 then notice = notice .. '\nE' end
 if notice ~= H.origin then redis.call('PUBLISH', H.notices, notice) end
 if marked then
   redis.call('PUBLISH', H.notices, '\nC 00000000-0000-0000-0000-000000000000 WAITING')

@@ -9,12 +9,15 @@
 -- named by the lease set's entries, so they cannot be declared beforehand: they are built from
 -- one prefix per family, `jobp` (`P:job:`) and `qp` (`P:q:`) (Redis Cluster: see docs/redis.md,
 -- every key in one hash slot through the prefix's hash tag).
--- ARGV is name/value pairs: `now` (µs), `max` most entries to look at, `jobp`, `qp`.
+-- ARGV is name/value pairs: `now` (µs), `max` most entries to look at, `jobp`, `qp`, `notices`
+-- the notice channel: a job put back in its queue is announced there (`Q {runner}`, from no
+-- origin: every process hears it, this one too), as commit.lua announces new QUEUED jobs.
 -- Returns {version1, body1, ...}.
 local leases = KEYS[1]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
 local now, max, job_prefix, queue_prefix = A.now, tonumber(A.max), A.jobp, A.qp
+local announced, notice = {}, ''
 local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', 0, max)
 local out = {}
 for _, id in ipairs(ids) do
@@ -27,7 +30,12 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', leases, id)
     if st == 'QUEUED' then
       redis.call('ZADD', queue_prefix .. h[2], h[3], id)
+      if not announced[h[2]] then
+        announced[h[2]] = true
+        notice = notice .. '\nQ ' .. h[2]
+      end
     end
   end
 end
+if notice ~= '' and A.notices then redis.call('PUBLISH', A.notices, notice) end
 return out
