@@ -8,6 +8,7 @@ pub mod files;
 pub mod follow;
 pub mod launch;
 pub mod output;
+mod runtime;
 pub mod schedules;
 pub mod signal;
 pub mod submit_batch;
@@ -247,7 +248,12 @@ pub fn main() -> ExitCode {
         Cmd::Worker(a) => Some(load_server_config(|| a.load())),
         _ => None,
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    // A `serve` on the embedded store leaves a core to its SQLite writer (`runtime.rs`).
+    let embedded_server = matches!(
+        (&cli.command, &server_config),
+        (Cmd::Serve(_), Some(Ok(c))) if c.redis.is_none()
+    );
+    let rt = match runtime::build(embedded_server) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
