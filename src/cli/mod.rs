@@ -8,7 +8,6 @@ pub mod files;
 pub mod follow;
 pub mod launch;
 pub mod output;
-mod runtime;
 pub mod schedules;
 pub mod signal;
 pub mod submit_batch;
@@ -248,12 +247,7 @@ pub fn main() -> ExitCode {
         Cmd::Worker(a) => Some(load_server_config(|| a.load())),
         _ => None,
     };
-    // A `serve` on the embedded store leaves a core to its SQLite writer (`runtime.rs`).
-    let embedded_server = matches!(
-        (&cli.command, &server_config),
-        (Cmd::Serve(_), Some(Ok(c))) if c.redis.is_none()
-    );
-    let rt = match runtime::build(embedded_server) {
+    let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
