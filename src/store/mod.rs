@@ -199,7 +199,10 @@ pub trait JobStore: Send + Sync {
         id: Uuid,
         start: Command,
         finish: std::sync::Arc<FinishSlot>,
-    ) -> Result<(Job, Option<Result<Job>>)>;
+    ) -> Result<(Job, Option<Result<Job>>)> {
+        // A backend without one transaction for both applies them one after the other.
+        finish_slot::one_by_one(self, id, start, &finish).await
+    }
 }
 
 /// The queue: claims with leases, heartbeats, delayed jobs, expired leases.

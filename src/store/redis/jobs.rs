@@ -195,13 +195,4 @@ impl JobStore for RedisStore {
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
         self.apply_cmd(id, cmd).await
     }
-
-    async fn apply_start(
-        &self,
-        id: Uuid,
-        start: Command,
-        finish: std::sync::Arc<crate::store::FinishSlot>,
-    ) -> Result<(Job, Option<Result<Job>>)> {
-        crate::store::finish_slot::one_by_one(self, id, start, &finish).await
-    }
 }
