@@ -4,6 +4,8 @@
 //! made (their own `finished_at`, status and attempts), also past one read chunk (1,000 jobs).
 
 mod redis_support;
+#[macro_use]
+mod store_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,66 +13,14 @@ use std::time::Duration;
 
 use runyard::job::{now_us, Backoff, Command, FinishOutcome, HookReport, Job, JobStatus};
 use runyard::store::activity::{minute_of, window_start};
-use runyard::store::redis::{RedisSettings, RedisStore};
-use runyard::store::sqlite::SqliteStore;
 use runyard::store::{Store, StoreSettings};
 use serde_json::json;
-
-use redis_support::TestRedis;
-
-/// A backend under test; the guard keeps its data alive.
-enum Guard {
-    Embedded(#[allow(dead_code)] tempfile::TempDir),
-    Redis(#[allow(dead_code)] TestRedis),
-}
 
 fn settings() -> StoreSettings {
     StoreSettings {
         progress_interval: Duration::ZERO,
         ..StoreSettings::default()
     }
-}
-
-async fn embedded() -> (Guard, Arc<dyn Store>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let s = SqliteStore::open(dir.path(), settings(), false).expect("open");
-    (Guard::Embedded(dir), Arc::new(s))
-}
-
-async fn redis() -> (Guard, Arc<dyn Store>) {
-    let r = TestRedis::start();
-    let s = RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        store: settings(),
-        retry: Duration::from_secs(5),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect");
-    (Guard::Redis(r), s)
-}
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_guard, s) = super::embedded().await;
-                    super::$name(s).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_guard, s) = super::redis().await;
-                    super::$name(s).await;
-                }
-            )*
-        }
-    };
 }
 
 both!(

@@ -6,63 +6,19 @@
 //! start applies no finish, a refused finish leaves the start stored.
 
 mod redis_support;
+#[macro_use]
+mod store_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use runyard::job::{now_us, Command, FinishOutcome, Job, JobStatus, TransitionError};
-use runyard::store::redis::{RedisSettings, RedisStore};
-use runyard::store::sqlite::SqliteStore;
 use runyard::store::{FinishSlot, Notice, Store, StoreError, StoreSettings};
 use serde_json::json;
 
-use redis_support::TestRedis;
-
-/// A backend under test; the guard keeps its data alive.
-enum Guard {
-    Embedded(#[allow(dead_code)] tempfile::TempDir),
-    Redis(#[allow(dead_code)] TestRedis),
-}
-
-async fn embedded() -> (Guard, Arc<dyn Store>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let s = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
-    (Guard::Embedded(dir), Arc::new(s))
-}
-
-async fn redis() -> (Guard, Arc<dyn Store>) {
-    let r = TestRedis::start();
-    let s = RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_secs(5),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect");
-    (Guard::Redis(r), s)
-}
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_guard, s) = super::embedded().await;
-                    super::$name(s).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_guard, s) = super::redis().await;
-                    super::$name(s).await;
-                }
-            )*
-        }
-    };
+/// The stores' settings for these tests.
+fn settings() -> StoreSettings {
+    StoreSettings::default()
 }
 
 both!(

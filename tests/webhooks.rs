@@ -673,3 +673,58 @@ async fn attempts_in_flight_are_bounded_by_concurrency() {
         "at most 2 attempts in flight, saw {m}"
     );
 }
+
+/// `runyard_store_operation_seconds_count{op="deliveries_next_due"}` of the server's /metrics.
+async fn next_due_looks(ts: &TestServer) -> f64 {
+    let text = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("runyard_store_operation_seconds_count{"))
+        .filter(|l| l.contains("op=\"deliveries_next_due\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// With no webhook configured, jobs cost the delivery loop no reads: it looks at the store after
+/// a burst of commits that appended events (one look per 20 ms at most) or once a second, not at
+/// every status notice (several per job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_loop_does_not_read_the_store_for_every_job() {
+    const N: usize = 1000;
+    let ts = TestServer::start(RUNNERS).await;
+    let items: Vec<Value> = (0..N)
+        .map(|n| json!({"type": "runyard.echo", "args": {"n": n}}))
+        .collect();
+    let before = next_due_looks(&ts).await;
+    let t0 = Instant::now();
+    let (st, v) = ts
+        .post("/async/jobs/batch", Some(&json!({"jobs": items})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = ts.list_all(&[("type", "runyard.echo")], 1000).await;
+        if all.len() == N && all.iter().all(|j| support::is_terminal(&j["status"])) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs not finished in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = t0.elapsed();
+    let looks = next_due_looks(&ts).await - before;
+    // The design's bound: one look per 20 ms gap after events, one per second of polling, and a
+    // few for the batch's own commit and the attempts' `done` wake-ups.
+    let bound = elapsed.as_millis() as f64 / 20.0 + elapsed.as_secs_f64() + 10.0;
+    assert!(
+        looks <= bound,
+        "{looks} looks at the deliveries for {N} jobs in {elapsed:?} (bound {bound})"
+    );
+    eprintln!("{N} jobs in {elapsed:?}: {looks} looks at the deliveries");
+}

@@ -169,22 +169,30 @@ async fn stopped_waiting(
     done: &tokio::sync::Notify,
     notices: &mut tokio::sync::broadcast::Receiver<Notice>,
 ) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => return true,
-        _ = tokio::time::sleep(wait) => {}
-        _ = done.notified() => {}
-        n = notices.recv() => {
-            match n {
+    let until = tokio::time::sleep(wait);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return true,
+            _ = &mut until => return false,
+            _ = done.notified() => return false,
+            n = notices.recv() => match n {
+                // A delivery is only ever stored with an event (`append_event`), so only a
+                // commit that appended events can have added one; status and queue notices
+                // (several per job) are not worth a look at the store.
                 Ok(Notice::Events) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Commits come in bursts: one look for a burst.
                     tokio::time::sleep(MIN_GAP).await;
+                    return false;
                 }
                 Ok(_) => {}
-                Err(_) => *notices = d.store.subscribe(),
-            }
+                Err(_) => {
+                    *notices = d.store.subscribe();
+                    return false;
+                }
+            },
         }
     }
-    false
 }
 
 /// One attempt of a claimed delivery, recorded.
