@@ -621,6 +621,45 @@ mod tests {
         assert!(got.contains(&(LogStream::Stderr, "oops".into())));
     }
 
+    /// The worker races `wait` against recording the start and may drop it at any step: a
+    /// dropped `wait` that had seen the exit and was draining the log pipes must leave the rest
+    /// of the draining to the next call (the output is all there when the outcome is).
+    #[tokio::test]
+    async fn a_dropped_wait_resumes_draining_the_logs() {
+        let dir = tempfile_dir();
+        let go = dir.join("go");
+        let lines = Arc::new(Lines::default());
+        // A process of another session (out of reach of the group kill) keeps the pipe open and
+        // writes a line once told to.
+        let r = sh(&format!(
+            "setsid sh -c 'touch {r}; while [ ! -e {g} ]; do sleep 0.01; done; echo late' & \
+             while [ ! -e {r} ]; do sleep 0.01; done; echo early",
+            r = dir.join("ready").display(),
+            g = go.display()
+        ));
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        let leader: u32 = ex.handle().id.parse().unwrap();
+        // Dropped `wait`s, until one of them has reaped the leader (it then drains the pipes).
+        loop {
+            let w = tokio::time::timeout(Duration::from_millis(20), ex.wait()).await;
+            assert!(w.is_err(), "the pipe is held open: {w:?}");
+            if !Path::new(&format!("/proc/{leader}")).exists() {
+                break;
+            }
+        }
+        std::fs::write(&go, b"").unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let got: Vec<String> = lines.0.lock().unwrap().iter().map(|l| l.1.clone()).collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got, ["early", "late"]);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("runyard-test-wait-{:016x}", rand_u64()));
+        std::fs::create_dir(&d).unwrap();
+        d
+    }
+
     #[tokio::test]
     async fn stop_kills_the_whole_tree() {
         let lines = Arc::new(Lines::default());
