@@ -289,7 +289,11 @@ max_attempts = 1
         }
     }
     for (i, id) in ids.iter().enumerate() {
-        let end = if kind(i) == "fail" { "ERROR" } else { "SUCCESS" };
+        let end = if kind(i) == "fail" {
+            "ERROR"
+        } else {
+            "SUCCESS"
+        };
         assert_eq!(
             by_job.get(id).map(Vec::as_slice),
             Some(&["QUEUED", "STARTING", "RUNNING", end].map(String::from)[..]),

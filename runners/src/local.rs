@@ -649,7 +649,13 @@ mod tests {
         }
         std::fs::write(&go, b"").unwrap();
         assert_eq!(ex.wait().await, Outcome::Success { result: None });
-        let got: Vec<String> = lines.0.lock().unwrap().iter().map(|l| l.1.clone()).collect();
+        let got: Vec<String> = lines
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.1.clone())
+            .collect();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(got, ["early", "late"]);
     }

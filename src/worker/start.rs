@@ -1,6 +1,6 @@
 //! Recording an attempt's start once it was launched; when the attempt ends before the store got to
-//! its start (a quick service job while the store's writer is busy), its finish goes with the
-//! start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
+//! its start (a quick service or local job while the store's writer is busy), its finish goes with
+//! the start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
 
 use std::sync::Arc;
 
