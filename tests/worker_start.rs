@@ -206,3 +206,135 @@ async fn quick_jobs_in_bulk_keep_every_event_outcome_and_count() {
     );
     eprintln!("{total} jobs: {applies} finishes on their own");
 }
+
+/// Quick local jobs (child processes) in bulk: most exit before the store's writer gets to their
+/// start, and their finish then goes with it (the process runner's `wait` may be dropped and
+/// called again: `runners/src/local.rs`). Every job still reads as if written apart: its four
+/// status events in order, its exit code, its log line stored before its outcome, its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_local_jobs_in_bulk_keep_every_event_outcome_and_log() {
+    const N: usize = 240;
+    // Every third job fails with code 3, every third other one prints a line first.
+    let script = r#"case "$JOB_ARGS" in *fail*) exit 3;; *log*) echo "line of $JOB_ID";; esac"#;
+    let ts = TestServer::start(&format!(
+        r#"
+[[runners]]
+name = "quick-local"
+kind = "local"
+types = ["ql.*"]
+command = ["/bin/sh", "-c", {}]
+env_allow = ["PATH"]
+concurrency = 16
+max_attempts = 1
+"#,
+        serde_json::to_string(script).expect("toml string")
+    ))
+    .await;
+    let kind = |i: usize| match i % 3 {
+        0 => "fail",
+        1 => "log",
+        _ => "ok",
+    };
+    let before = ts.last_event_id().await;
+    let items: Vec<Value> = (0..N)
+        .map(|i| json!({"type": "ql.job", "args": {"k": kind(i)}}))
+        .collect();
+    let (st, v) = ts
+        .post("/async/jobs/batch", Some(&json!({"jobs": items})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let ids: Vec<String> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["job_id"].as_str().expect("stored").to_string())
+        .collect();
+    assert_eq!(ids.len(), N);
+    for (i, id) in ids.iter().enumerate() {
+        let j = ts.wait_terminal(id, Duration::from_secs(60)).await;
+        let runs = j["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{j:#}");
+        assert!(
+            time_of(&j["started_at"]) <= time_of(&j["finished_at"]),
+            "started before it finished: {j:#}"
+        );
+        if kind(i) == "fail" {
+            assert_eq!(status_of(&j), "ERROR", "{j:#}");
+            assert_eq!(j["exit_code"], 3, "{j:#}");
+            assert_eq!(runs[0]["outcome"], "ERROR", "{j:#}");
+        } else {
+            assert_eq!(status_of(&j), "SUCCESS", "{j:#}");
+            assert_eq!(runs[0]["outcome"], "SUCCESS", "{j:#}");
+        }
+        if kind(i) == "log" {
+            let (st, v) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            let lines: Vec<&str> = v["lines"]
+                .as_array()
+                .expect("lines")
+                .iter()
+                .filter_map(|l| l["line"].as_str())
+                .collect();
+            assert_eq!(lines, [format!("line of {id}")], "{v}");
+        }
+    }
+    // Every job's status events, in order.
+    let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
+    for e in ts.all_events(&before).await {
+        if e["type"] == "status" {
+            by_job
+                .entry(e["job_id"].as_str().expect("job id").to_string())
+                .or_default()
+                .push(e["runyard_status"].as_str().expect("status").to_string());
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let end = if kind(i) == "fail" {
+            "ERROR"
+        } else {
+            "SUCCESS"
+        };
+        assert_eq!(
+            by_job.get(id).map(Vec::as_slice),
+            Some(&["QUEUED", "STARTING", "RUNNING", end].map(String::from)[..]),
+            "job {id}"
+        );
+    }
+    let text = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    let total = N as f64;
+    assert_eq!(
+        metric(
+            &text,
+            "runyard_job_transitions_total",
+            &["status=\"RUNNING\""]
+        ),
+        total,
+        "{text}"
+    );
+    let starts = metric(
+        &text,
+        "runyard_store_operation_seconds_count",
+        &["op=\"apply_start\""],
+    );
+    let applies = metric(
+        &text,
+        "runyard_store_operation_seconds_count",
+        &["op=\"apply\""],
+    );
+    assert_eq!(starts, total, "one start request per job");
+    // Each finish not recorded with its start is an `apply` of its own; 16 processes at a time
+    // keep the writer behind at least once.
+    assert!(
+        applies < total,
+        "no finish was recorded with its start: {applies} finish requests for {total} jobs"
+    );
+    eprintln!("{total} local jobs: {applies} finishes on their own");
+}

@@ -234,6 +234,7 @@ impl Runner for LocalRunner {
             pid,
             start_time,
             readers,
+            drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
         }))
@@ -326,6 +327,7 @@ impl LocalRunner {
             pid: started.pid,
             start_time: started.start_time,
             readers: forward(out, err, reporter),
+            drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
         }))
@@ -367,6 +369,8 @@ struct LocalExecution {
     pid: u32,
     start_time: Option<u64>,
     readers: Vec<JoinHandle<()>>,
+    /// Until when the log readers may drain, once the exit was seen (and the group killed).
+    drain_by: Option<tokio::time::Instant>,
     status: Option<Outcome>,
     /// The private working directory made for the job, removed once it has ended.
     workdir: Option<PathBuf>,
@@ -439,24 +443,38 @@ impl Execution for LocalExecution {
         }
     }
 
+    /// Cancel-safe at every step (the worker races it against recording the start): the exit
+    /// status is kept once reaped, the group is killed once, a log reader is let go only once it
+    /// has drained (or its deadline passed, kept across calls), the directory is forgotten only
+    /// once removed; a call after a dropped one picks up where it stopped.
     async fn wait(&mut self) -> Outcome {
         if let Some(o) = &self.status {
             return o.clone();
         }
         let status = self.child.wait().await;
-        // The leader is gone: whatever it left behind in its group goes with it.
-        kill_group(self.pid as i32, libc::SIGKILL);
-        // Let the log readers drain what was written before the exit (bounded: a grandchild that
-        // left the group could hold the pipe open).
-        for r in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+        let drain_by = match self.drain_by {
+            Some(t) => t,
+            None => {
+                // The leader is gone: whatever it left behind in its group goes with it.
+                kill_group(self.pid as i32, libc::SIGKILL);
+                // Bounded: a grandchild that left the group could hold the pipe open.
+                let t = tokio::time::Instant::now() + Duration::from_secs(2);
+                self.drain_by = Some(t);
+                t
+            }
+        };
+        // Let the log readers drain what was written before the exit.
+        while let Some(r) = self.readers.last_mut() {
+            let _ = tokio::time::timeout_at(drain_by, r).await;
+            self.readers.pop();
         }
         let outcome = match status {
             Ok(s) => outcome_of(s),
             Err(e) => Outcome::failed(format!("cannot wait for process: {e}")),
         };
-        if let Some(dir) = self.workdir.take() {
-            remove_workdir(dir).await;
+        if let Some(dir) = &self.workdir {
+            remove_workdir(dir.clone()).await;
+            self.workdir = None;
         }
         self.status = Some(outcome.clone());
         outcome
@@ -601,6 +619,51 @@ mod tests {
         let got = lines.0.lock().unwrap().clone();
         assert!(got.contains(&(LogStream::Stdout, "id=0190-test args={\"a\":1}".into())));
         assert!(got.contains(&(LogStream::Stderr, "oops".into())));
+    }
+
+    /// The worker races `wait` against recording the start and may drop it at any step: a
+    /// dropped `wait` that had seen the exit and was draining the log pipes must leave the rest
+    /// of the draining to the next call (the output is all there when the outcome is).
+    #[tokio::test]
+    async fn a_dropped_wait_resumes_draining_the_logs() {
+        let dir = tempfile_dir();
+        let go = dir.join("go");
+        let lines = Arc::new(Lines::default());
+        // A process of another session (out of reach of the group kill) keeps the pipe open and
+        // writes a line once told to.
+        let r = sh(&format!(
+            "setsid sh -c 'touch {r}; while [ ! -e {g} ]; do sleep 0.01; done; echo late' & \
+             while [ ! -e {r} ]; do sleep 0.01; done; echo early",
+            r = dir.join("ready").display(),
+            g = go.display()
+        ));
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        let leader: u32 = ex.handle().id.parse().unwrap();
+        // Dropped `wait`s, until one of them has reaped the leader (it then drains the pipes).
+        loop {
+            let w = tokio::time::timeout(Duration::from_millis(20), ex.wait()).await;
+            assert!(w.is_err(), "the pipe is held open: {w:?}");
+            if !Path::new(&format!("/proc/{leader}")).exists() {
+                break;
+            }
+        }
+        std::fs::write(&go, b"").unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let got: Vec<String> = lines
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.1.clone())
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got, ["early", "late"]);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("runyard-test-wait-{:016x}", rand_u64()));
+        std::fs::create_dir(&d).unwrap();
+        d
     }
 
     #[tokio::test]

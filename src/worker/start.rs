@@ -1,6 +1,6 @@
 //! Recording an attempt's start once it was launched; when the attempt ends before the store got to
-//! its start (a quick service job while the store's writer is busy), its finish goes with the
-//! start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
+//! its start (a quick service or local job while the store's writer is busy), its finish goes with
+//! the start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
 
 use std::sync::Arc;
 
@@ -49,10 +49,10 @@ impl Worker {
             let finish = finish.clone();
             tokio::spawn(async move { store.apply_start(id, cmd, finish).await })
         };
-        // A service's `wait` only polls its task: dropped when the start comes first, nothing is
-        // lost. (A process's `wait` drains its log pipes and removes its work dir after the
-        // exit, which a drop would cut short.)
-        let mut watch_end = kind == RunnerKind::Service;
+        // Whose `wait` may be dropped when the start comes first, and called again: a service's
+        // only polls its task; a process's keeps every step it took (the exit status, the group
+        // kill, the drained log pipes, the removed directory) and resumes from there.
+        let mut watch_end = matches!(kind, RunnerKind::Service | RunnerKind::Local);
         let started = loop {
             tokio::select! {
                 r = &mut record => {
