@@ -292,6 +292,7 @@ impl SqliteStore {
         conn.execute_batch(jobs::SCHEMA).map_err(db_err)?;
         conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
         conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
+        events::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
         deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
@@ -457,18 +458,17 @@ fn writer_loop(
 }
 
 fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
-    let body: Option<String> = row_opt(conn, "SELECT body FROM jobs WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })?;
-    body.map(|b| serde_json::from_str(&b).map_err(json_err))
+    row_opt(conn, stored::LOAD, [id], stored::JobRow::read)?
+        .map(stored::JobRow::into_job)
         .transpose()
 }
 
-/// The jobs whose bodies `sql` selects (its first column), in its order.
+/// The jobs `sql` selects, in its order: `SELECT body FROM jobs ...`, read as a whole stored job
+/// (`stored::JOB_COLUMNS`).
 fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Job>> {
-    rows(conn, sql, p, |r| r.get::<_, String>(0))?
-        .iter()
-        .map(|b| serde_json::from_str(b).map_err(json_err))
+    rows(conn, &stored::select_jobs(sql)?, p, stored::JobRow::read)?
+        .into_iter()
+        .map(stored::JobRow::into_job)
         .collect()
 }
 
@@ -511,7 +511,10 @@ fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()
     exec(
         ctx.conn,
         "INSERT INTO events(channel, body) VALUES (?1, ?2)",
-        params![job.channel_id, stored::event_body(&ev)?],
+        params![
+            events::ChannelKey::of(&job.channel_id),
+            stored::event_body(&ev, job.updated_at)?
+        ],
     )?;
     let id = ctx.conn.last_insert_rowid();
     // A webhook delivery of this event, in the same transaction (notify): the full event.
