@@ -30,6 +30,8 @@ use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Mic
 
 mod activity;
 mod batch;
+#[cfg(test)]
+mod compat_tests;
 mod counts;
 mod deliveries;
 mod events;
