@@ -109,7 +109,7 @@ impl JobRow {
             .status
             .parse::<JobStatus>()
             .map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))?;
-        Ok(s.into_job(self, id, status))
+        s.into_job(self, id, status)
     }
 }
 
@@ -190,12 +190,15 @@ struct StoredJob<'a> {
     wait: Option<Cow<'a, Wait>>,
 }
 
-/// A [`Lease`] in a stored job (`x`: its end, from `created_at`).
+/// A [`Lease`] in a stored job (`x`: its end, from `created_at`); its worker and token (`w`,
+/// `k`) are left out when they are the last run's (a claim writes both).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredLease<'a> {
-    w: Cow<'a, str>,
-    k: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    w: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<u64>,
     x: Micros,
 }
 
@@ -338,10 +341,15 @@ pub(super) fn job_body(job: &Job) -> Result<String> {
         result: result.as_ref().map(Cow::Borrowed),
         error: error.as_deref().map(Cow::Borrowed),
         exit_code: *exit_code,
-        lease: lease.as_ref().map(|l| StoredLease {
-            w: Cow::Borrowed(&l.worker),
-            k: l.token,
-            x: rel(l.expires_at, base),
+        lease: lease.as_ref().map(|l| {
+            let of_last_run = runs
+                .last()
+                .is_some_and(|r| r.worker == l.worker && r.token == l.token);
+            StoredLease {
+                w: (!of_last_run).then_some(Cow::Borrowed(&l.worker)),
+                k: (!of_last_run).then_some(l.token),
+                x: rel(l.expires_at, base),
+            }
         }),
         handle: handle.as_ref().map(|h| StoredHandle {
             k: Cow::Borrowed(&h.kind),
@@ -377,9 +385,28 @@ pub(super) fn job_body(job: &Job) -> Result<String> {
 }
 
 impl StoredJob<'static> {
-    fn into_job(self, row: JobRow, id: Uuid, status: JobStatus) -> Job {
+    fn into_job(self, row: JobRow, id: Uuid, status: JobStatus) -> Result<Job> {
         let base = self.created_at;
-        Job {
+        let lease = match self.lease {
+            None => None,
+            Some(l) => {
+                let (worker, token) = match (l.w, l.k, self.runs.last()) {
+                    (Some(w), Some(k), _) => (w.into_owned(), k),
+                    (None, None, Some(r)) => (r.w.to_string(), r.k),
+                    _ => {
+                        return Err(StoreError::Backend(
+                            "corrupt record: a lease without its worker".into(),
+                        ))
+                    }
+                };
+                Some(Lease {
+                    worker,
+                    token,
+                    expires_at: abs(l.x, base),
+                })
+            }
+        };
+        Ok(Job {
             id,
             job_type: row.job_type,
             runner: row.runner,
@@ -401,11 +428,7 @@ impl StoredJob<'static> {
             result: self.result.map(Cow::into_owned),
             error: self.error.map(Cow::into_owned),
             exit_code: self.exit_code,
-            lease: self.lease.map(|l| Lease {
-                worker: l.w.into_owned(),
-                token: l.k,
-                expires_at: abs(l.x, base),
-            }),
+            lease,
             handle: self.handle.map(|h| RunHandle {
                 kind: h.k.into_owned(),
                 id: h.i.map_or_else(|| id.to_string(), Cow::into_owned),
@@ -436,7 +459,7 @@ impl StoredJob<'static> {
             emits: self.emits.into_owned(),
             notify: self.notify.map(Cow::into_owned),
             wait: self.wait.map(Cow::into_owned),
-        }
+        })
     }
 }
 
@@ -602,7 +625,11 @@ mod tests {
 
     #[test]
     fn a_job_body_reads_back_the_same_without_its_columns() {
-        for j in [job(), everything(), Job::new("t", "r", 5)] {
+        // A lease of the last run's worker and token (stored as its end alone), and another.
+        let mut other_lease = everything();
+        other_lease.lease.as_mut().unwrap().token = 40;
+        assert!(job_body(&everything()).unwrap().contains(r#""l":{"x":"#));
+        for j in [job(), everything(), other_lease, Job::new("t", "r", 5)] {
             let body = job_body(&j).unwrap();
             let got = row_of(&j, body.clone()).into_job().unwrap();
             assert_eq!(got, j, "{body}");
