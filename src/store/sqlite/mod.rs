@@ -155,9 +155,9 @@ const MAX_BATCH: usize = 512;
 /// Page size of new databases. Each write transaction writes every page it touched to the WAL
 /// (about a dozen: the job row, its indexes, the event and its index), so a smaller page writes
 /// fewer bytes per job: 2 KiB pages wrote 0.61x the WAL bytes of 4 KiB ones (docs/benchmarks.md
-/// "Session 7: embedded store writes"). A row up to about 2 KiB (a no-op job's is 0.9 KiB) stays
-/// on its page; a larger one spills into overflow pages, as one over 4 KiB did before. Databases
-/// made with 4 KiB pages keep them.
+/// "Session 7: embedded store writes"). A row up to about 2 KiB (a finished no-op job's is about
+/// 0.4 KiB) stays on its page; a larger one spills into overflow pages, as one over 4 KiB did
+/// before. Databases made with 4 KiB pages keep them.
 const PAGE_SIZE: i64 = 2048;
 
 /// How often the checkpoint thread copies the WAL into the database.
