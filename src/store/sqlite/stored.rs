@@ -214,7 +214,7 @@ struct StoredHandle<'a> {
     d: Cow<'a, Value>,
 }
 
-fn is_null(v: &Cow<'_, Value>) -> bool {
+fn is_null(v: &Value) -> bool {
     v.is_null()
 }
 
@@ -239,7 +239,7 @@ struct StoredRun<'a> {
 fn empty_args() -> Cow<'static, Value> {
     Cow::Owned(Value::Object(Default::default()))
 }
-fn is_empty_object(v: &Cow<'_, Value>) -> bool {
+fn is_empty_object(v: &Value) -> bool {
     v.as_object().is_some_and(|o| o.is_empty())
 }
 fn one() -> u32 {
@@ -267,10 +267,10 @@ fn usual_backoff() -> Backoff {
 fn is_usual_backoff(b: &Backoff) -> bool {
     *b == USUAL_BACKOFF
 }
-fn is_empty_map(m: &Cow<'_, BTreeMap<String, Vec<FileRef>>>) -> bool {
+fn is_empty_map(m: &BTreeMap<String, Vec<FileRef>>) -> bool {
     m.is_empty()
 }
-fn is_empty_slice(v: &Cow<'_, [String]>) -> bool {
+fn is_empty_slice(v: &[String]) -> bool {
     v.is_empty()
 }
 
@@ -282,6 +282,32 @@ fn rel(t: Micros, base: Micros) -> Micros {
 /// `t` as read back.
 fn abs(t: Micros, base: Micros) -> Micros {
     t.wrapping_add(base)
+}
+
+/// A lease as stored ([`StoredLease`]).
+fn stored_lease<'a>(l: &'a Lease, runs: &[RunRecord], base: Micros) -> StoredLease<'a> {
+    let of_last_run = runs
+        .last()
+        .is_some_and(|r| r.worker == l.worker && r.token == l.token);
+    StoredLease {
+        w: (!of_last_run).then_some(Cow::Borrowed(&l.worker)),
+        k: (!of_last_run).then_some(l.token),
+        x: rel(l.expires_at, base),
+    }
+}
+
+/// A run record as stored ([`StoredRun`]).
+fn stored_run(r: &RunRecord, base: Micros) -> StoredRun<'_> {
+    StoredRun {
+        a: r.attempt,
+        w: Cow::Borrowed(&r.worker),
+        k: r.token,
+        c: rel(r.claimed_at, base),
+        s: r.started_at.map(|t| rel(t, base)),
+        e: r.ended_at.map(|t| rel(t, base)),
+        o: r.outcome.as_deref().map(Cow::Borrowed),
+        r: r.reported.as_ref().map(Cow::Borrowed),
+    }
 }
 
 /// The job's body as stored in `jobs.body` (its columns are written beside it: see `save` and
@@ -341,35 +367,14 @@ pub(super) fn job_body(job: &Job) -> Result<String> {
         result: result.as_ref().map(Cow::Borrowed),
         error: error.as_deref().map(Cow::Borrowed),
         exit_code: *exit_code,
-        lease: lease.as_ref().map(|l| {
-            let of_last_run = runs
-                .last()
-                .is_some_and(|r| r.worker == l.worker && r.token == l.token);
-            StoredLease {
-                w: (!of_last_run).then_some(Cow::Borrowed(&l.worker)),
-                k: (!of_last_run).then_some(l.token),
-                x: rel(l.expires_at, base),
-            }
-        }),
+        lease: lease.as_ref().map(|l| stored_lease(l, runs, base)),
         handle: handle.as_ref().map(|h| StoredHandle {
             k: Cow::Borrowed(&h.kind),
             i: (h.id != id).then_some(Cow::Borrowed(&h.id)),
             d: Cow::Borrowed(&h.data),
         }),
         files: Cow::Borrowed(files),
-        runs: runs
-            .iter()
-            .map(|r| StoredRun {
-                a: r.attempt,
-                w: Cow::Borrowed(&r.worker),
-                k: r.token,
-                c: rel(r.claimed_at, base),
-                s: r.started_at.map(|t| rel(t, base)),
-                e: r.ended_at.map(|t| rel(t, base)),
-                o: r.outcome.as_deref().map(Cow::Borrowed),
-                r: r.reported.as_ref().map(Cow::Borrowed),
-            })
-            .collect(),
+        runs: runs.iter().map(|r| stored_run(r, base)).collect(),
         created_at: base,
         updated_at: rel(*updated_at, base),
         started_at: started_at.map(|t| rel(t, base)),
