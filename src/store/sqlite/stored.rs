@@ -6,12 +6,15 @@
 //!   `idem_key`, `queued_at`, `finished_at`) and a `body` with the rest ([`StoredJob`]): short
 //!   keys, no field that reads back the same when absent (`None`s, empty lists, the usual
 //!   backoff, `max_attempts` 1, ...), times after `created_at` as differences from it. Every
-//!   reader of a job selects [`JOB_COLUMNS`] and reads them with [`JobRow`]. Bodies written
-//!   before (the job's whole JSON, which always has `id`) are still read, as they are.
+//!   reader of a job selects [`JOB_COLUMNS`] and reads them with [`JobRow`]: a query that read
+//!   `body` alone would miss those fields. `type`, `runner`, `channel` and `idem_key` are written
+//!   at submit only (no command changes them); `save` writes the others at every change. Bodies
+//!   written before (the job's whole JSON, which always has `id`) are still read, as they are.
 //! - An event body keeps only what cannot be derived: the row id is the event id, the `channel`
 //!   column its channel, the job id is the channel's unless given, the Superset word and the
-//!   result URL follow from the status and the job id. Bodies written before (the full event
-//!   JSON) are still read.
+//!   result URL follow from the status and the job id, the time is µs (`m`) when its text is
+//!   what the µs read as. Bodies written before (the full event JSON; `t`, the text) are still
+//!   read.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
