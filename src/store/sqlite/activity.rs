@@ -18,10 +18,13 @@ use crate::store::Result;
 const FINISHED: &str = "SELECT finished_at / ?3, type, status, COUNT(*) FROM jobs \
      WHERE finished_at >= ?1 AND finished_at <= ?2 GROUP BY 1, 2, 3";
 
-/// Dead letters by type: the ERROR rows (`jobs_status`) whose attempts are used up. A body
-/// without `attempt` is a job that never ran (attempt 0).
+/// Dead letters by type: the ERROR rows (`jobs_status`) whose attempts are used up. In a body of
+/// today's form (stored.rs) `n` is the attempt (absent: 0, a job that never ran) and `m` the
+/// attempts allowed (absent: 1); a body written before has `attempt` (absent: 0) and
+/// `max_attempts`.
 const DEAD: &str = "SELECT type, COUNT(*) FROM jobs WHERE status = 'ERROR' \
-     AND COALESCE(json_extract(body, '$.attempt'), 0) >= json_extract(body, '$.max_attempts') \
+     AND COALESCE(json_extract(body, '$.attempt'), json_extract(body, '$.n'), 0) \
+      >= COALESCE(json_extract(body, '$.max_attempts'), json_extract(body, '$.m'), 1) \
      GROUP BY type";
 
 #[async_trait]

@@ -1,11 +1,96 @@
 //! [`EventLog`] for the embedded backend: table `events` (ids are its rowids), `trims` for resync.
+//!
+//! `events.channel` holds a channel that is a UUID in its usual text form (a job's own channel,
+//! the common case) as its 16 bytes, any other channel as its text ([`ChannelKey`]): 20 bytes
+//! less in each event row and in each entry of `events_channel`. Every query of `events` binds
+//! and reads the channel through [`ChannelKey`] and [`channel_name`]; the rows written before (the
+//! text of every channel) are rewritten once at open ([`migrate`]).
 
 use async_trait::async_trait;
 use rusqlite::params;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ToSql};
+use uuid::Uuid;
 
-use super::{row, rows, SqliteStore};
+use super::{db_err, row, row_opt, rows, SqliteStore};
 use crate::job::Event;
 use crate::store::{EventLog, Result, StoreError};
+
+/// A channel as `events.channel` holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum ChannelKey<'a> {
+    /// A UUID written as `Uuid` writes it (lower case, hyphens): its bytes.
+    Uuid(Uuid),
+    /// Any other channel: its text.
+    Text(&'a str),
+}
+
+impl<'a> ChannelKey<'a> {
+    pub(super) fn of(channel: &'a str) -> Self {
+        if channel.len() == 36 {
+            if let Ok(u) = Uuid::try_parse(channel) {
+                let mut buf = Uuid::encode_buffer();
+                if u.hyphenated().encode_lower(&mut buf) == channel {
+                    return ChannelKey::Uuid(u);
+                }
+            }
+        }
+        ChannelKey::Text(channel)
+    }
+}
+
+impl ToSql for ChannelKey<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            ChannelKey::Uuid(u) => ToSqlOutput::Borrowed(ValueRef::Blob(u.as_bytes())),
+            ChannelKey::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+        })
+    }
+}
+
+/// The channel a stored `events.channel` names.
+pub(super) fn channel_name(v: ValueRef<'_>) -> rusqlite::Result<String> {
+    match v {
+        ValueRef::Blob(b) => Uuid::from_slice(b)
+            .map(|u| u.to_string())
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, v.data_type(), Box::new(e))),
+        _ => v.as_str().map(str::to_string).map_err(Into::into),
+    }
+}
+
+/// Marks (in `meta`) that every UUID channel of `events` is stored as bytes.
+const MIGRATED: &str = "events_channel_bytes";
+
+/// Rewrites the UUID channels of `events` written before as text into bytes, once per database
+/// (a database made by this build has none: the mark is set at once).
+pub(super) fn migrate(conn: &Connection) -> Result<()> {
+    let done: Option<i64> = row_opt(
+        conn,
+        "SELECT value FROM meta WHERE key = ?1",
+        [MIGRATED],
+        |r| r.get(0),
+    )?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let hex = "[0-9a-f]";
+    let glob = [8, 4, 4, 4, 12].map(|n| hex.repeat(n)).join("-");
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    let r = conn
+        .execute(
+            "UPDATE events SET channel = unhex(replace(channel, '-', ''))
+             WHERE typeof(channel) = 'text' AND channel GLOB ?1",
+            [glob],
+        )
+        .and_then(|_| conn.execute("INSERT INTO meta(key, value) VALUES (?1, 1)", [MIGRATED]));
+    match r {
+        Ok(_) => conn.execute_batch("COMMIT").map_err(db_err),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(db_err(e))
+        }
+    }
+}
 
 /// Parses an event id (`last_id`) of the embedded store: a non-negative integer.
 pub fn parse_event_id(s: &str) -> Result<i64> {
@@ -42,18 +127,21 @@ impl EventLog for SqliteStore {
                 }
             }
             let after = after.unwrap_or(0);
+            let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, String)> {
+                Ok((r.get(0)?, channel_name(r.get_ref(1)?)?, r.get(2)?))
+            };
             let rows: Vec<(i64, String, String)> = match &channel {
                 Some(ch) => rows(
                     c,
                     "SELECT id, channel, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                    params![ch, after, limit as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    params![ChannelKey::of(ch), after, limit as i64],
+                    read,
                 )?,
                 None => rows(
                     c,
                     "SELECT id, channel, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
                     params![after, limit as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    read,
                 )?,
             };
             for (id, channel, body) in rows {

@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
+use super::stored::{JobRow, JOB_COLUMNS};
 use super::{
-    append_event, apply_in, exec, json_err, load, notices_for, row_opt, rows, save_file_refs,
-    waits, SqliteStore, WriteCtx,
+    append_event, apply_in, exec, load, notices_for, row_opt, rows, save_file_refs, waits,
+    SqliteStore, WriteCtx,
 };
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
 use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
@@ -93,14 +94,15 @@ pub(super) fn list_sql(q: &ListQuery, upper: Option<&str>, limit: usize) -> (Str
     let (filter, mut args) = list_filter(q, upper);
     let Some(ch) = &q.channel else {
         args.push(Box::new(limit as i64));
-        let sql = format!("SELECT id, body FROM jobs WHERE 1=1{filter} ORDER BY id DESC LIMIT ?");
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1{filter} ORDER BY id DESC LIMIT ?");
         return (sql, args);
     };
     // `channel <> id` as in the partial index's `WHERE`, so that the planner can use it.
     let sql = format!(
-        "SELECT id, body FROM jobs WHERE channel = ? AND channel <> id{filter} \
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE channel = ? AND channel <> id{filter} \
          UNION ALL \
-         SELECT id, body FROM jobs WHERE id = ? AND channel = ?{filter} \
+         SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND channel = ?{filter} \
          ORDER BY id DESC LIMIT ?"
     );
     let mut all: Args = vec![Box::new(ch.clone())];
@@ -124,17 +126,19 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
     let mut scanned = 0usize;
     loop {
         let (sql, args) = list_sql(q, upper.as_deref(), batch);
-        let got: Vec<(String, String)> = rows(
+        let got: Vec<JobRow> = rows(
             c,
             &sql,
             rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            JobRow::read,
         )?;
-        scanned += got.len();
-        let last = got.last().map(|(id, _)| id.clone());
+        let n = got.len();
+        scanned += n;
+        let last = got.last().map(|r| r.id().to_string());
         // A record that no longer reads as a job is reported, never a reason to fail the page.
-        for (id, b) in &got {
-            match serde_json::from_str::<Job>(b) {
+        for r in got {
+            let id = r.id().to_string();
+            match r.into_job() {
                 Ok(j) if q.matches(&j) => jobs.push(j),
                 Ok(_) => {}
                 Err(e) => {
@@ -145,7 +149,7 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
                 break;
             }
         }
-        if jobs.len() >= want || got.len() < batch {
+        if jobs.len() >= want || n < batch {
             break;
         }
         upper = last;
@@ -162,25 +166,21 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
 /// the first job (also used by [`SqliteStore::submit_batch`], one savepoint per job).
 pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
     if let Some(key) = &job.idempotency_key {
-        let existing: Option<String> = row_opt(
-            ctx.conn,
-            "SELECT body FROM jobs WHERE idem_key = ?1",
-            [key],
-            |r| r.get(0),
-        )?;
-        if let Some(b) = existing {
+        let existing = row_opt(ctx.conn, super::stored::BY_IDEM_KEY, [key], JobRow::read)?;
+        if let Some(r) = existing {
             return Ok(Submitted {
-                job: serde_json::from_str(&b).map_err(json_err)?,
+                job: r.into_job()?,
                 created: false,
             });
         }
     }
     let body = super::stored::job_body(&job)?;
+    // Every column: the body holds only the rest (stored.rs).
     exec(
         ctx.conn,
         "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
                               queued_at, finished_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, NULL, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             job.id.to_string(),
             job.job_type,
@@ -188,8 +188,10 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
             job.status.as_str(),
             job.channel_id,
             job.run_at,
+            job.lease.as_ref().map(|l| l.expires_at),
             job.idempotency_key,
             job.queued_at,
+            job.finished_at,
             body
         ],
     )?;

@@ -30,6 +30,8 @@ use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Mic
 
 mod activity;
 mod batch;
+#[cfg(test)]
+mod compat_tests;
 mod counts;
 mod deliveries;
 mod events;
@@ -153,9 +155,9 @@ const MAX_BATCH: usize = 512;
 /// Page size of new databases. Each write transaction writes every page it touched to the WAL
 /// (about a dozen: the job row, its indexes, the event and its index), so a smaller page writes
 /// fewer bytes per job: 2 KiB pages wrote 0.61x the WAL bytes of 4 KiB ones (docs/benchmarks.md
-/// "Session 7: embedded store writes"). A row up to about 2 KiB (a no-op job's is 0.9 KiB) stays
-/// on its page; a larger one spills into overflow pages, as one over 4 KiB did before. Databases
-/// made with 4 KiB pages keep them.
+/// "Session 7: embedded store writes"). A row up to about 2 KiB (a finished no-op job's is about
+/// 0.4 KiB) stays on its page; a larger one spills into overflow pages, as one over 4 KiB did
+/// before. Databases made with 4 KiB pages keep them.
 const PAGE_SIZE: i64 = 2048;
 
 /// How often the checkpoint thread copies the WAL into the database.
@@ -292,6 +294,7 @@ impl SqliteStore {
         conn.execute_batch(jobs::SCHEMA).map_err(db_err)?;
         conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
         conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
+        events::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
         deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
@@ -457,18 +460,17 @@ fn writer_loop(
 }
 
 fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
-    let body: Option<String> = row_opt(conn, "SELECT body FROM jobs WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })?;
-    body.map(|b| serde_json::from_str(&b).map_err(json_err))
+    row_opt(conn, stored::LOAD, [id], stored::JobRow::read)?
+        .map(stored::JobRow::into_job)
         .transpose()
 }
 
-/// The jobs whose bodies `sql` selects (its first column), in its order.
+/// The jobs `sql` selects, in its order: `SELECT body FROM jobs ...`, read as a whole stored job
+/// (`stored::JOB_COLUMNS`).
 fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Job>> {
-    rows(conn, sql, p, |r| r.get::<_, String>(0))?
-        .iter()
-        .map(|b| serde_json::from_str(b).map_err(json_err))
+    rows(conn, &stored::select_jobs(sql)?, p, stored::JobRow::read)?
+        .into_iter()
+        .map(stored::JobRow::into_job)
         .collect()
 }
 
@@ -511,7 +513,10 @@ fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()
     exec(
         ctx.conn,
         "INSERT INTO events(channel, body) VALUES (?1, ?2)",
-        params![job.channel_id, stored::event_body(&ev)?],
+        params![
+            events::ChannelKey::of(&job.channel_id),
+            stored::event_body(&ev, job.updated_at)?
+        ],
     )?;
     let id = ctx.conn.last_insert_rowid();
     // A webhook delivery of this event, in the same transaction (notify): the full event.

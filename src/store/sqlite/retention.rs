@@ -49,8 +49,8 @@ impl Maintenance for SqliteStore {
                     .map_err(db_err)?;
                 }
             }
-            // Channels over their limit.
-            let over: Vec<(String, i64)> = c
+            // Channels over their limit (`events.channel` as stored: see events.rs).
+            let over: Vec<(rusqlite::types::Value, i64)> = c
                 .prepare("SELECT channel, COUNT(*) FROM events GROUP BY channel HAVING COUNT(*) > ?1")
                 .map_err(db_err)?
                 .query_map([per_channel], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -70,10 +70,11 @@ impl Maintenance for SqliteStore {
                     .execute("DELETE FROM events WHERE channel = ?1 AND id <= ?2", params![ch, upto])
                     .map_err(db_err)?;
                 report.events += n as u64;
+                let name = super::events::channel_name((&ch).into()).map_err(db_err)?;
                 c.execute(
                     "INSERT INTO trims(channel, upto) VALUES (?1, ?2)
                      ON CONFLICT(channel) DO UPDATE SET upto = MAX(upto, excluded.upto)",
-                    params![ch, upto],
+                    params![name, upto],
                 )
                 .map_err(db_err)?;
             }
