@@ -37,9 +37,7 @@ impl RedisStore {
         finish: &Arc<FinishSlot>,
     ) -> Result<(Job, Option<Result<Job>>)> {
         let mut source = Some(LateFinish::Slot(finish.clone()));
-        // The bodies of the last try's two writes, when its replies said CONFLICT: a call whose
-        // reply was lost and that was sent again finds its own writes stored.
-        let mut mine: Option<(Write, Option<(Command, Box<Write>)>)> = None;
+        let mut mine: Option<Tried> = None;
         for _ in 0..CAS_TRIES {
             let cached = self.cache.lock().get(&id).cloned();
             let (job, raw) = match cached {
@@ -49,30 +47,9 @@ impl RedisStore {
                     None => return Err(StoreError::NotFound),
                 },
             };
-            if let Some((w, end)) = mine.take() {
-                if let Some((cmd, w2)) = end {
-                    if w2.body == raw {
-                        self.remember(&w2.job);
-                        return Ok((w.job, Some(Ok(w2.job))));
-                    }
-                    source = Some(LateFinish::Taken(cmd));
-                }
-                if w.body == raw {
-                    // The start alone was stored (its finish then belongs to a call of its own).
-                    return Ok(match source.take() {
-                        Some(LateFinish::Taken(cmd)) => {
-                            let end = self.apply_cmd(id, cmd).await;
-                            (w.job, Some(end))
-                        }
-                        Some(LateFinish::Slot(s)) => match s.take() {
-                            Some(cmd) => {
-                                let end = self.apply_cmd(id, cmd).await;
-                                (w.job, Some(end))
-                            }
-                            None => (w.job, None),
-                        },
-                        None => (w.job, None),
-                    });
+            if let Some(tried) = mine.take() {
+                if let Some(done) = self.stored_already(id, tried, &raw, &mut source).await {
+                    return Ok(done);
                 }
             }
             let from_cache = raw.is_empty();
@@ -107,7 +84,7 @@ impl RedisStore {
                         }
                         LateOutcome::None => None,
                     };
-                    mine = Some((w, end));
+                    mine = Some(Tried { start: w, end });
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -129,4 +106,46 @@ impl RedisStore {
             "job {id}: gave up after {CAS_TRIES} conflicting writes"
         )))
     }
+
+    /// A try answered CONFLICT may have been stored after all (its reply was lost and the call
+    /// sent again): `raw` is the stored body. Returns the result when it was; else leaves the
+    /// finish the try took in `source` for the next try.
+    async fn stored_already(
+        &self,
+        id: Uuid,
+        tried: Tried,
+        raw: &str,
+        source: &mut Option<LateFinish>,
+    ) -> Option<(Job, Option<Result<Job>>)> {
+        if let Some((cmd, w2)) = tried.end {
+            if w2.body == raw {
+                self.remember(&w2.job);
+                return Some((tried.start.job, Some(Ok(w2.job))));
+            }
+            *source = Some(LateFinish::Taken(cmd));
+        }
+        if tried.start.body != raw {
+            return None;
+        }
+        // The start alone was stored: its finish, if any, is a change of its own.
+        let cmd = match source.take() {
+            Some(LateFinish::Taken(cmd)) => Some(cmd),
+            Some(LateFinish::Slot(s)) => s.take(),
+            None => None,
+        };
+        Some(match cmd {
+            Some(cmd) => {
+                let end = self.apply_cmd(id, cmd).await;
+                (tried.start.job, Some(end))
+            }
+            None => (tried.start.job, None),
+        })
+    }
+}
+
+/// A try's writes answered CONFLICT: the start and, when it went with it, the finish (its
+/// command and write).
+struct Tried {
+    start: Write,
+    end: Option<(Command, Box<Write>)>,
 }
