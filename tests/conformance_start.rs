@@ -193,3 +193,66 @@ async fn a_refused_finish_leaves_the_start_stored(s: Arc<dyn Store>) {
     assert_eq!(stored.started_at, at_start.started_at);
     assert_eq!(statuses(&s, &j).await, ["QUEUED", "STARTING", "RUNNING"]);
 }
+
+/// `commit.lua` calls Redis has run so far (`INFO commandstats`, `EVALSHA` and `EVAL`).
+async fn script_calls(url: &str) -> u64 {
+    let client = ::redis::Client::open(url).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Redis: a start and the finish offered before it reach Redis in ONE script call (two job
+/// writes, each its own compare-and-set and event: `src/store/redis/start.rs`), where the
+/// start and the finish one after the other took two calls and two round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
+    // A private server: a shared one counts other tests' calls too.
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    let (j, token) = claimed(&s).await;
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    let before = script_calls(&r.url).await;
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    let after = script_calls(&r.url).await;
+    assert_eq!(at_start.status, JobStatus::Running);
+    let done = end.expect("the finish was taken").expect("finished");
+    assert_eq!(done.status, JobStatus::Success);
+    assert_eq!(
+        after - before,
+        1,
+        "one script call for the start and its finish"
+    );
+    assert_eq!(
+        statuses(&s, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SUCCESS"],
+        "both events, in order"
+    );
+}

@@ -680,7 +680,42 @@ async fn a_dead_claimers_reservation_is_requeued() {
         "version": 0
     }))
     .unwrap();
-    s.submit(job).await.unwrap();
+    s.submit(job.clone()).await.unwrap();
+    // This process hears other processes' notices (its subscription is up), so a claim that
+    // finds the queue empty is remembered as empty (src/store/redis/hints.rs) and the reaper's
+    // requeue below must be known here at once, not only when its notice comes back.
+    let peer = RedisStore::connect(RedisSettings {
+        prefix: redis.prefix.clone(),
+        ..RedisSettings::new(redis.url.clone())
+    })
+    .await
+    .unwrap();
+    let mut rx = s.subscribe();
+    let heard = async {
+        loop {
+            let other = Job {
+                id: Uuid::now_v7(),
+                runner: "other".into(),
+                ..job.clone()
+            };
+            peer.submit(other).await.unwrap();
+            let wait = tokio::time::sleep(Duration::from_millis(100));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    n = rx.recv() => {
+                        if matches!(n, Ok(runyard::store::Notice::Queued { ref runner }) if runner == "other") {
+                            return;
+                        }
+                    }
+                    _ = &mut wait => break,
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), heard)
+        .await
+        .expect("the notice subscription comes up");
     // A worker runs the claim script, then dies before it saves the claim.
     let mut c = redis_conn(&redis.url).await;
     let claim = redis::Script::new(include_str!("../src/store/redis/lua/claim.lua"));

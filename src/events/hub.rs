@@ -305,8 +305,7 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
                 continue;
             }
         };
-        // A full page: behind the writer, read on without pacing (issue 14).
-        let full = page.len() >= TAIL_PAGE;
+        let full = reads_on(page.len(), tail.as_ref());
         let mut frames = Vec::with_capacity(page.len());
         for ev in page {
             if ev.kind == "resync" {
@@ -323,6 +322,14 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
             idle_pace(&hub, &stop).await;
         }
     }
+}
+
+/// Whether the tail reads on at once after a page of `len` events, even while no stream is open:
+/// a full page means it is behind the writer, and a reader that holds what it has not read yet
+/// must catch up (issue 14); one whose store keeps the events for it (Redis) keeps its idle pace,
+/// or an idle API node would read and parse every event of a burst while the burst runs.
+fn reads_on(len: usize, tail: &dyn crate::store::tail::TailReader) -> bool {
+    len >= TAIL_PAGE && tail.read_on_when_behind()
 }
 
 /// While no stream is open, waits up to [`IDLE_PACE`] or until one opens.
@@ -361,5 +368,31 @@ mod tests {
         drop((a1, a2, b));
         let s = hub.stats();
         assert_eq!((s.open, s.channels), (0, 0), "idle channels collected");
+    }
+
+    struct Reader(bool);
+
+    #[async_trait::async_trait]
+    impl crate::store::tail::TailReader for Reader {
+        async fn read(
+            &mut self,
+            _: Option<&str>,
+            _: Duration,
+            _: usize,
+        ) -> crate::store::Result<Vec<crate::job::Event>> {
+            Ok(vec![])
+        }
+        fn read_on_when_behind(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn an_idle_tail_reads_on_after_a_full_page_only_where_the_reader_needs_it() {
+        // The embedded store's reader holds the writer's events: it catches up at once.
+        assert!(reads_on(TAIL_PAGE, &Reader(true)));
+        assert!(!reads_on(TAIL_PAGE - 1, &Reader(true)), "not behind");
+        // Redis keeps them in the stream: the idle tail keeps its pace.
+        assert!(!reads_on(TAIL_PAGE, &Reader(false)));
     }
 }

@@ -20,6 +20,14 @@ pub trait TailReader: Send {
     /// Starts with a `resync` event when events after `after` were trimmed.
     async fn read(&mut self, after: Option<&str>, wait: Duration, max: usize)
         -> Result<Vec<Event>>;
+    /// Whether a follower behind the writer must read on at once even while nobody on this
+    /// process listens (`src/events/hub.rs` paces an idle follower otherwise). True where the
+    /// reader holds the events it has not read yet (the embedded store's writer hands them over
+    /// in memory); a backend whose log keeps them for the reader (Redis) says false: an idle
+    /// node then reads every event of a burst at its pace, not as fast as they come.
+    fn read_on_when_behind(&self) -> bool {
+        true
+    }
 }
 
 /// Following everything committed, for live delivery.

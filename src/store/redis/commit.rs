@@ -8,9 +8,10 @@ use tokio::sync::oneshot;
 
 use super::write::{Write, DLVSEQ, SHARED};
 use super::*;
+use crate::store::FinishSlot;
 
 /// How many times a change is loaded and applied again after compare-and-set conflicts.
-const CAS_TRIES: usize = 100;
+pub(super) const CAS_TRIES: usize = 100;
 /// Active jobs this process last wrote, kept to skip a load before its next write of them.
 const CACHE_MAX: usize = 16_384;
 /// Most job writes the committer sends in one `commit.lua` call.
@@ -41,6 +42,35 @@ pub(super) enum Reply {
     Idem(String),
 }
 
+/// A write the committer decides as it builds its batch: the finish of an attempt whose start
+/// is the caller's write, taken from the attempt's [`FinishSlot`] at that moment (the latest
+/// moment before the call is sent: a quick job's finish is there by then), see `start.rs`.
+pub(super) struct Late {
+    /// The job as the caller's write leaves it.
+    pub(super) after: Job,
+    /// Where the finish comes from.
+    pub(super) finish: LateFinish,
+}
+
+/// Where a [`Late`] finish comes from.
+pub(super) enum LateFinish {
+    /// The attempt's slot, taken (and closed) when the batch is built.
+    Slot(Arc<FinishSlot>),
+    /// Taken by an earlier try whose start lost a compare-and-set.
+    Taken(Command),
+}
+
+/// What became of a [`Late`] write.
+pub(super) enum LateOutcome {
+    /// No finish was offered (or the call carried no late write).
+    None,
+    /// The finish, refused by the status rules before anything of it was sent.
+    Refused(Command, StoreError),
+    /// The finish, sent as the call's write right after the caller's: the write, and whether
+    /// its event refreshed the channel stream's TTL.
+    Sent(Command, Box<Write>, bool),
+}
+
 /// One caller's writes, waiting for the committer.
 pub(super) struct Pending {
     /// The writes' name/value pairs, in order.
@@ -50,7 +80,9 @@ pub(super) struct Pending {
     /// The shared keys the writes touch (a bit per `SHARED` entry).
     shared: u16,
     n: usize,
-    tx: oneshot::Sender<Result<Vec<String>>>,
+    /// A write decided when the batch is built, sent after these (see [`Late`]).
+    late: Option<Late>,
+    tx: oneshot::Sender<Result<(Vec<String>, LateOutcome)>>,
     /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
     deadline: Instant,
 }
@@ -92,13 +124,21 @@ pub(super) async fn committer(
             continue;
         };
         let Some(store) = store.upgrade() else { return };
+        let mut batch = batch;
+        let mut lates = Vec::with_capacity(batch.len());
+        for p in &mut batch {
+            lates.push(match p.late.take() {
+                Some(l) => store.late_write(p, l).await,
+                None => LateOutcome::None,
+            });
+        }
         let r = store.commit_batch(&batch, deadline).await;
         drop(store);
         match r {
             Ok(raw) => {
                 let mut it = raw.into_iter();
-                for p in batch {
-                    let _ = p.tx.send(Ok(it.by_ref().take(p.n).collect()));
+                for (p, late) in batch.into_iter().zip(lates) {
+                    let _ = p.tx.send(Ok((it.by_ref().take(p.n).collect(), late)));
                 }
             }
             Err(e) => {
@@ -124,6 +164,16 @@ impl RedisStore {
         if writes.is_empty() {
             return Ok(vec![]);
         }
+        Ok(self.commit_late(writes, None).await?.0)
+    }
+
+    /// [`Self::commit`], with a write decided by the committer as it builds its batch (see
+    /// [`Late`]): its reply (when it was sent) and what became of it.
+    pub(super) async fn commit_late(
+        &self,
+        writes: &[Write],
+        late: Option<Late>,
+    ) -> Result<(Vec<Reply>, LateOutcome, Option<Reply>)> {
         let mut args = Vec::with_capacity(writes.len() * 24);
         let mut keys = Vec::with_capacity(writes.len() * 8);
         let mut shared = 0;
@@ -145,6 +195,7 @@ impl RedisStore {
             keys,
             shared,
             n: writes.len(),
+            late,
             tx,
             deadline,
         };
@@ -155,39 +206,85 @@ impl RedisStore {
                 StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
             })?
             .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
-        let raw = rx
+        let (raw, late) = rx
             .await
             .map_err(|_| StoreError::Unavailable("redis: committer stopped".into()))??;
         let mut out = Vec::with_capacity(raw.len());
         let mut any = false;
-        for ((w, r), ttl) in writes.iter().zip(raw).zip(ttl) {
-            let reply = if r.starts_with("OK:") {
-                Reply::Ok
-            } else if let Some(other) = r.strip_prefix("IDEM:") {
-                Reply::Idem(other.to_string())
-            } else {
-                match r.as_str() {
-                    "CONFLICT" => Reply::Conflict,
-                    "GONE" => Reply::Gone,
-                    "EXISTS" => Reply::Exists,
-                    other => {
-                        return Err(StoreError::Backend(format!("commit: unexpected `{other}`")))
-                    }
-                }
-            };
-            if matches!(reply, Reply::Ok) {
-                self.committed(w, ttl.then_some(sent));
-                any |= w.event.is_some();
-            } else {
-                self.cache.lock().remove(&w.job.id);
-            }
+        let mut raw = raw.into_iter();
+        for (w, ttl) in writes.iter().zip(ttl) {
+            let reply = self.settle_reply(w, raw.next().as_deref(), ttl.then_some(sent))?;
+            any |= matches!(reply, Reply::Ok) && w.event.is_some();
             out.push(reply);
         }
+        let late_reply = match &late {
+            LateOutcome::Sent(_, w, ttl) => {
+                let reply = self.settle_reply(w, raw.next().as_deref(), ttl.then_some(sent))?;
+                any |= matches!(reply, Reply::Ok) && w.event.is_some();
+                Some(reply)
+            }
+            _ => None,
+        };
         if any {
             // Other processes heard of them from commit.lua itself.
             let _ = self.notify.send(Notice::Events);
         }
-        Ok(out)
+        Ok((out, late, late_reply))
+    }
+
+    /// The reply `r` of commit.lua to `w`, and what follows it in this process (see
+    /// [`Self::committed`]; a write not committed leaves the cache).
+    fn settle_reply(&self, w: &Write, r: Option<&str>, ttl: Option<Instant>) -> Result<Reply> {
+        let r = r.ok_or_else(|| StoreError::Backend("commit: a reply missing".into()))?;
+        let reply = if r.starts_with("OK:") {
+            Reply::Ok
+        } else if let Some(other) = r.strip_prefix("IDEM:") {
+            Reply::Idem(other.to_string())
+        } else {
+            match r {
+                "CONFLICT" => Reply::Conflict,
+                "GONE" => Reply::Gone,
+                "EXISTS" => Reply::Exists,
+                other => return Err(StoreError::Backend(format!("commit: unexpected `{other}`"))),
+            }
+        };
+        if matches!(reply, Reply::Ok) {
+            self.committed(w, ttl);
+        } else {
+            self.cache.lock().remove(&w.job.id);
+        }
+        Ok(reply)
+    }
+
+    /// Decides `late` for the pending call `p` as its batch is built: the finish is taken from
+    /// its slot (or was taken before), applied to the job as `p`'s write leaves it, and added
+    /// to `p` as its last write.
+    async fn late_write(&self, p: &mut Pending, late: Late) -> LateOutcome {
+        let cmd = match late.finish {
+            LateFinish::Slot(slot) => match slot.take() {
+                Some(c) => c,
+                None => return LateOutcome::None,
+            },
+            LateFinish::Taken(c) => c,
+        };
+        let before = late.after;
+        let mut next = before.clone();
+        let now = self.now().await;
+        let ev = match apply(&mut next, cmd.clone(), &self.actx(now)) {
+            Ok(ev) => ev,
+            Err(e) => return LateOutcome::Refused(cmd, e.into()),
+        };
+        let w = match Write::new(Some(before.version), Some(&before), next, ev) {
+            Ok(w) => w,
+            Err(e) => return LateOutcome::Refused(cmd, e),
+        };
+        let ttl = w.event.is_some() && self.ttl_due(&w.job.channel_id);
+        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_args();
+        p.args.extend(a);
+        p.keys.extend(k);
+        p.shared |= sh;
+        p.n += 1;
+        LateOutcome::Sent(cmd, Box::new(w), ttl)
     }
 
     /// What follows a committed write in this process: the cache, the TTL refreshed at `ttl`
@@ -307,7 +404,7 @@ impl RedisStore {
         }
     }
 
-    fn remember(&self, job: &Job) {
+    pub(super) fn remember(&self, job: &Job) {
         let mut c = self.cache.lock();
         if job.status.is_active() {
             if c.len() >= CACHE_MAX {

@@ -195,4 +195,14 @@ impl JobStore for RedisStore {
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
         self.apply_cmd(id, cmd).await
     }
+
+    async fn apply_start(
+        &self,
+        id: Uuid,
+        start: Command,
+        finish: Arc<crate::store::FinishSlot>,
+    ) -> Result<(Job, Option<Result<Job>>)> {
+        // The start and the finish offered by then in one script call (start.rs).
+        self.start_and_finish(id, start, finish).await
+    }
 }

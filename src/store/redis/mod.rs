@@ -62,9 +62,10 @@ mod replay;
 mod retention;
 mod schedules;
 mod signals;
+mod start;
 mod tail;
 
-use commit::{committer, Pending, COMMITTERS, COMMIT_QUEUE};
+use commit::{committer, Pending, CAS_TRIES, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
 pub use tail::EventTail;

@@ -128,4 +128,29 @@ impl TailReader for EventTail {
     ) -> Result<Vec<Event>> {
         self.xread(after.unwrap_or("0-0"), wait, max).await
     }
+
+    /// The global stream keeps the events (up to `events.global_limit`): an idle node keeps
+    /// its pace while behind, as it did before issue 14's change to the embedded tail.
+    fn read_on_when_behind(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_redis_tail_keeps_its_pace_when_behind() {
+        // No connection is made until the first read.
+        let tail = EventTail {
+            client: ::redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            conn: None,
+            key: "P:ev".into(),
+        };
+        assert!(
+            !tail.read_on_when_behind(),
+            "the global stream keeps the events: an idle API node need not read a burst as it runs"
+        );
+    }
 }

@@ -1,0 +1,151 @@
+//! [`JobStore::apply_start`] for Redis: an attempt's start and, when the attempt ended before
+//! the start was sent (a quick service job), its finish, in ONE `commit.lua` call: two writes of
+//! the job, each its own compare-and-set and event, the second checked against the version the
+//! first leaves (one round trip and one script call instead of two, with every event and notice
+//! of the two changes).
+//!
+//! The finish is taken from the attempt's [`FinishSlot`] by the committer as it builds the batch
+//! that carries the start ([`super::commit::Late`]): the latest moment before the call is sent,
+//! as the embedded store takes it when its writer gets to the start. An offer made after that is
+//! refused and the worker records the finish on its own.
+
+use super::commit::{Late, LateFinish, LateOutcome, Reply};
+use super::write::Write;
+use super::*;
+use crate::store::FinishSlot;
+
+impl RedisStore {
+    /// See the module docs; the result as [`JobStore::apply_start`] gives it.
+    pub(super) async fn start_and_finish(
+        &self,
+        id: Uuid,
+        start: Command,
+        finish: Arc<FinishSlot>,
+    ) -> Result<(Job, Option<Result<Job>>)> {
+        let r = self.start_inner(id, start, &finish).await;
+        if r.is_err() {
+            // Closed whatever happened: an offer after a refused start is recorded on its own.
+            finish.take();
+        }
+        r
+    }
+
+    async fn start_inner(
+        &self,
+        id: Uuid,
+        start: Command,
+        finish: &Arc<FinishSlot>,
+    ) -> Result<(Job, Option<Result<Job>>)> {
+        let mut source = Some(LateFinish::Slot(finish.clone()));
+        let mut mine: Option<Tried> = None;
+        for _ in 0..CAS_TRIES {
+            let cached = self.cache.lock().get(&id).cloned();
+            let (job, raw) = match cached {
+                Some(j) => (j, String::new()),
+                None => match self.load(id).await? {
+                    Some(v) => v,
+                    None => return Err(StoreError::NotFound),
+                },
+            };
+            if let Some(tried) = mine.take() {
+                if let Some(done) = self.stored_already(id, tried, &raw, &mut source).await {
+                    return Ok(done);
+                }
+            }
+            let from_cache = raw.is_empty();
+            let mut next = job.clone();
+            let ev = match apply(&mut next, start.clone(), &self.actx(self.now().await)) {
+                Ok(ev) => ev,
+                // A refusal must come from the stored job, not from a stale copy.
+                Err(_) if from_cache => {
+                    self.cache.lock().remove(&id);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let w = Write::new(Some(job.version), Some(&job), next, ev)?;
+            let late = source.take().map(|finish| Late {
+                after: w.job.clone(),
+                finish,
+            });
+            let (mut replies, outcome, late_reply) =
+                self.commit_late(std::slice::from_ref(&w), late).await?;
+            match replies.pop() {
+                Some(Reply::Ok) => {}
+                Some(Reply::Gone) => return Err(StoreError::NotFound),
+                _ => {
+                    // Lost the compare-and-set (or the reply): load and apply again, with the
+                    // finish taken, if one was.
+                    let end = match outcome {
+                        LateOutcome::Sent(cmd, w2, _) => Some((cmd, w2)),
+                        LateOutcome::Refused(cmd, _) => {
+                            source = Some(LateFinish::Taken(cmd));
+                            None
+                        }
+                        LateOutcome::None => None,
+                    };
+                    mine = Some(Tried { start: w, end });
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            }
+            let started = w.job;
+            return Ok(match (outcome, late_reply) {
+                (LateOutcome::None, _) => (started, None),
+                (LateOutcome::Refused(_, e), _) => (started, Some(Err(e))),
+                (LateOutcome::Sent(_, w2, _), Some(Reply::Ok)) => (started, Some(Ok(w2.job))),
+                (LateOutcome::Sent(cmd, _, _), _) => {
+                    // Not possible in one atomic call after the start was stored; should it
+                    // happen, the finish is applied on its own.
+                    let end = self.apply_cmd(id, cmd).await;
+                    (started, Some(end))
+                }
+            });
+        }
+        Err(StoreError::Backend(format!(
+            "job {id}: gave up after {CAS_TRIES} conflicting writes"
+        )))
+    }
+
+    /// A try answered CONFLICT may have been stored after all (its reply was lost and the call
+    /// sent again): `raw` is the stored body. Returns the result when it was; else leaves the
+    /// finish the try took in `source` for the next try.
+    async fn stored_already(
+        &self,
+        id: Uuid,
+        tried: Tried,
+        raw: &str,
+        source: &mut Option<LateFinish>,
+    ) -> Option<(Job, Option<Result<Job>>)> {
+        if let Some((cmd, w2)) = tried.end {
+            if w2.body == raw {
+                self.remember(&w2.job);
+                return Some((tried.start.job, Some(Ok(w2.job))));
+            }
+            *source = Some(LateFinish::Taken(cmd));
+        }
+        if tried.start.body != raw {
+            return None;
+        }
+        // The start alone was stored: its finish, if any, is a change of its own.
+        let cmd = match source.take() {
+            Some(LateFinish::Taken(cmd)) => Some(cmd),
+            Some(LateFinish::Slot(s)) => s.take(),
+            None => None,
+        };
+        Some(match cmd {
+            Some(cmd) => {
+                let end = self.apply_cmd(id, cmd).await;
+                (tried.start.job, Some(end))
+            }
+            None => (tried.start.job, None),
+        })
+    }
+}
+
+/// A try's writes answered CONFLICT: the start and, when it went with it, the finish (its
+/// command and write).
+struct Tried {
+    start: Write,
+    end: Option<(Command, Box<Write>)>,
+}
