@@ -19,7 +19,7 @@ mod start;
 mod supervise;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::{Notice, Store};
+use crate::store::{Notice, Parked, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
@@ -67,6 +67,8 @@ pub struct Worker {
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
+    /// A job was QUEUED (or notices were missed) since the claim loop last looked.
+    queued: AtomicBool,
     /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
     /// worker holds nothing (the embedded store's lock included).
     jobs: TaskTracker,
@@ -95,6 +97,7 @@ impl Worker {
             hook_url,
             running: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            queued: AtomicBool::new(false),
             jobs: TaskTracker::new(),
         })
     }
@@ -120,12 +123,19 @@ impl Worker {
             tasks.push(tokio::spawn(self.clone().fence(bg.clone())));
         }
         let mut error_backoff = Duration::from_millis(50);
+        // Claim in this round: at the start, after the poll interval, when a slot was full or
+        // filled up (more may be queued), and on every round where the store cannot hand jobs
+        // over; otherwise only when a job was QUEUED since the last round (`listen`).
+        let mut must_claim = true;
         while !shutdown.is_cancelled() {
             let mut failed = false;
-            for slot in self.runners.iter() {
+            let claim = self.queued.swap(false, Ordering::AcqRel) || must_claim;
+            must_claim = false;
+            for slot in self.runners.iter().filter(|_| claim) {
                 let active = slot.active.load(Ordering::Acquire);
                 let free = slot.concurrency.saturating_sub(active);
                 if free == 0 {
+                    must_claim = true;
                     continue;
                 }
                 let asked = tokio::time::Instant::now();
@@ -135,10 +145,9 @@ impl Worker {
                     .await
                 {
                     Ok(jobs) => {
+                        must_claim |= jobs.len() >= free;
                         for job in jobs {
-                            slot.active.fetch_add(1, Ordering::AcqRel);
-                            self.jobs
-                                .spawn(self.clone().run_job(job, slot.clone(), asked));
+                            self.spawn_job(job, slot, asked);
                         }
                     }
                     Err(e) => {
@@ -156,11 +165,35 @@ impl Worker {
                 continue;
             }
             error_backoff = Duration::from_millis(50);
+            // Nothing more queued for the slots with room: wait there for a submit to hand a job
+            // over (`store/handoff.rs`), where the store can.
+            let asked = tokio::time::Instant::now();
+            let mut parked = Vec::new();
+            for slot in self.runners.iter() {
+                if slot.concurrency <= slot.active.load(Ordering::Acquire) {
+                    continue;
+                }
+                match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl) {
+                    Some(p) => parked.push((slot.clone(), p)),
+                    None => must_claim = true,
+                }
+            }
             // A job ending frees a slot and wakes this loop; so does new work.
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.cfg.poll_interval) => must_claim = true,
+                _ = shutdown.cancelled() => {}
+                (slot, job) = handed(&mut parked) => match job {
+                    Some(job) => self.spawn_job(job, &slot, asked),
+                    // Taken by a submit that rolled back.
+                    None => must_claim = true,
+                },
+            }
+            // Whatever woke this loop: a worker the store took meanwhile gets its job.
+            for (slot, p) in parked {
+                if let Some(job) = p.withdraw().await {
+                    self.spawn_job(job, &slot, asked);
+                }
             }
         }
         self.drain().await;
@@ -179,6 +212,13 @@ impl Worker {
             tracing::warn!(worker = %self.id, "some job tasks did not end after the shutdown");
         }
         tracing::info!(worker = %self.id, "worker stopped");
+    }
+
+    /// Runs a job claimed (or handed over) for `slot` in its own task.
+    fn spawn_job(self: &Arc<Self>, job: Job, slot: &Arc<RunnerSlot>, asked: tokio::time::Instant) {
+        slot.active.fetch_add(1, Ordering::AcqRel);
+        self.jobs
+            .spawn(self.clone().run_job(job, slot.clone(), asked));
     }
 
     async fn drain(&self) {
@@ -219,14 +259,20 @@ impl Worker {
                 _ = stop.cancelled() => return,
             };
             match n {
-                Ok(Notice::Queued { .. }) => self.wake.notify_one(),
+                Ok(Notice::Queued { .. }) => {
+                    self.queued.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                }
                 Ok(Notice::Changed { job_id, status }) if status.is_terminal() => {
                     if matches!(status, JobStatus::Cancelled) {
                         self.stop_job(job_id, StopReason::Gone);
                     }
                 }
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wake.notify_one(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.queued.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
@@ -518,4 +564,16 @@ impl SpecFactory {
             timeout: job.timeout_ms.map(Duration::from_millis),
         }
     }
+}
+
+/// The first of the parked slots to get an answer: its slot and the job handed over (`None`: the
+/// submit that took it rolled back). Never resolves when nothing is parked.
+async fn handed(parked: &mut [(Arc<RunnerSlot>, Parked)]) -> (Arc<RunnerSlot>, Option<Job>) {
+    if parked.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = parked
+        .iter_mut()
+        .map(|(slot, p)| Box::pin(async move { (slot.clone(), p.recv().await) }));
+    futures::future::select_all(waits).await.0
 }

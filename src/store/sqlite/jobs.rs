@@ -175,25 +175,21 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
             });
         }
     }
-    let body = super::stored::job_body(&job)?;
-    exec(
-        ctx.conn,
-        "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
-                              queued_at, finished_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, NULL, ?9)",
-        params![
-            job.id.to_string(),
-            job.job_type,
-            job.runner,
-            job.status.as_str(),
-            job.channel_id,
-            job.run_at,
-            job.idempotency_key,
-            job.queued_at,
-            body
-        ],
-    )?;
-    save_file_refs(ctx.conn, &job)?;
+    // A worker parked for this runner takes the job in this transaction, unless an older one
+    // waits (first in, first out).
+    let taken = if job.status == JobStatus::Queued
+        && ctx.handoffs.any(&job.runner)
+        && !super::handoff::queued_for(ctx.conn, &job.runner)?
+    {
+        ctx.handoffs.take(&job.runner)
+    } else {
+        None
+    };
+    if let Some(taken) = taken {
+        super::handoff::hand_over(ctx, &job, taken)?;
+        return Ok(Submitted { job, created: true });
+    }
+    insert(ctx, &job)?;
     append_event(ctx, &job, EventKind::Status)?;
     notices_for(ctx, &job);
     let mut job = job;
@@ -201,4 +197,28 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
         waits::enter_in(ctx, &mut job)?;
     }
     Ok(Submitted { job, created: true })
+}
+
+/// Writes a new job's row (and its file references).
+pub(super) fn insert(ctx: &WriteCtx<'_>, job: &Job) -> Result<()> {
+    let body = super::stored::job_body(job)?;
+    exec(
+        ctx.conn,
+        "INSERT INTO jobs(id, type, runner, status, channel, run_at, lease_expires, idem_key,
+                              queued_at, finished_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+        params![
+            job.id.to_string(),
+            job.job_type,
+            job.runner,
+            job.status.as_str(),
+            job.channel_id,
+            job.run_at,
+            job.lease.as_ref().map(|l| l.expires_at),
+            job.idempotency_key,
+            job.queued_at,
+            body
+        ],
+    )?;
+    save_file_refs(ctx.conn, job)
 }
