@@ -53,10 +53,9 @@ pub struct Taken {
 }
 
 impl Taken {
-    /// Passes the claimed job over (after the commit); `Err` gives it back when the worker is
-    /// gone.
-    pub fn deliver(self, job: Job) -> Result<(), Job> {
-        self.tx.send(job)
+    /// Passes the claimed job over (after the commit); gives it back when the worker is gone.
+    pub fn deliver(self, job: Job) -> Option<Job> {
+        self.tx.send(job).err()
     }
 }
 
@@ -193,7 +192,7 @@ mod tests {
         let j = job();
         let id = j.id;
         let w = tokio::spawn(p.withdraw());
-        t.deliver(j).expect("the worker waits for it");
+        assert!(t.deliver(j).is_none(), "the worker waits for it");
         assert_eq!(w.await.unwrap().map(|j| j.id), Some(id));
     }
 
@@ -203,7 +202,7 @@ mod tests {
         let p = h.park("r", "w", Duration::from_secs(1));
         let t = h.take("r").expect("parked");
         drop(p);
-        assert!(t.deliver(job()).is_err(), "given back to the store");
+        assert!(t.deliver(job()).is_some(), "given back to the store");
         let mut p = h.park("r", "w", Duration::from_secs(1));
         drop(h.take("r").expect("parked"));
         assert!(p.recv().await.is_none());

@@ -128,34 +128,9 @@ impl Worker {
         // over; otherwise only when a job was QUEUED since the last round (`listen`).
         let mut must_claim = true;
         while !shutdown.is_cancelled() {
-            let mut failed = false;
-            let claim = self.queued.swap(false, Ordering::AcqRel) || must_claim;
-            must_claim = false;
-            for slot in self.runners.iter().filter(|_| claim) {
-                let active = slot.active.load(Ordering::Acquire);
-                let free = slot.concurrency.saturating_sub(active);
-                if free == 0 {
-                    must_claim = true;
-                    continue;
-                }
-                let asked = tokio::time::Instant::now();
-                match self
-                    .store
-                    .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
-                    .await
-                {
-                    Ok(jobs) => {
-                        must_claim |= jobs.len() >= free;
-                        for job in jobs {
-                            self.spawn_job(job, slot, asked);
-                        }
-                    }
-                    Err(e) => {
-                        failed = true;
-                        tracing::warn!(runner = %slot.name, error = %e, "claim failed");
-                    }
-                }
-            }
+            let (failed, full) = self.claim_round(must_claim).await;
+            // A failed claim is tried again after the backoff.
+            must_claim = full || failed;
             if failed {
                 tokio::select! {
                     _ = tokio::time::sleep(error_backoff) => {}
@@ -165,36 +140,7 @@ impl Worker {
                 continue;
             }
             error_backoff = Duration::from_millis(50);
-            // Nothing more queued for the slots with room: wait there for a submit to hand a job
-            // over (`store/handoff.rs`), where the store can.
-            let asked = tokio::time::Instant::now();
-            let mut parked = Vec::new();
-            for slot in self.runners.iter() {
-                if slot.concurrency <= slot.active.load(Ordering::Acquire) {
-                    continue;
-                }
-                match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl) {
-                    Some(p) => parked.push((slot.clone(), p)),
-                    None => must_claim = true,
-                }
-            }
-            // A job ending frees a slot and wakes this loop; so does new work.
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.cfg.poll_interval) => must_claim = true,
-                _ = shutdown.cancelled() => {}
-                (slot, job) = handed(&mut parked) => match job {
-                    Some(job) => self.spawn_job(job, &slot, asked),
-                    // Taken by a submit that rolled back.
-                    None => must_claim = true,
-                },
-            }
-            // Whatever woke this loop: a worker the store took meanwhile gets its job.
-            for (slot, p) in parked {
-                if let Some(job) = p.withdraw().await {
-                    self.spawn_job(job, &slot, asked);
-                }
-            }
+            must_claim |= self.wait_for_work(&shutdown).await;
         }
         self.drain().await;
         bg.cancel();
@@ -212,6 +158,77 @@ impl Worker {
             tracing::warn!(worker = %self.id, "some job tasks did not end after the shutdown");
         }
         tracing::info!(worker = %self.id, "worker stopped");
+    }
+
+    /// Claims for every slot with room, when `must` or a job was QUEUED since the last round:
+    /// whether a claim failed, and whether a slot was or became full (claim again next round).
+    async fn claim_round(self: &Arc<Self>, must: bool) -> (bool, bool) {
+        let (mut failed, mut full) = (false, false);
+        if !(self.queued.swap(false, Ordering::AcqRel) || must) {
+            return (failed, full);
+        }
+        for slot in self.runners.iter() {
+            let active = slot.active.load(Ordering::Acquire);
+            let free = slot.concurrency.saturating_sub(active);
+            if free == 0 {
+                full = true;
+                continue;
+            }
+            let asked = tokio::time::Instant::now();
+            match self
+                .store
+                .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
+                .await
+            {
+                Ok(jobs) => {
+                    full |= jobs.len() >= free;
+                    for job in jobs {
+                        self.spawn_job(job, slot, asked);
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(runner = %slot.name, error = %e, "claim failed");
+                }
+            }
+        }
+        (failed, full)
+    }
+
+    /// Waits for work: parked for a hand-off in every slot with room (`store/handoff.rs`, where
+    /// the store can), until a job is handed over, new work or a free slot wakes the loop, the
+    /// poll interval passes or shutdown. True when the next round must claim (the poll
+    /// interval, or a store that cannot park).
+    async fn wait_for_work(self: &Arc<Self>, shutdown: &CancellationToken) -> bool {
+        let mut must_claim = false;
+        let asked = tokio::time::Instant::now();
+        let mut parked = Vec::new();
+        for slot in self.runners.iter() {
+            if slot.concurrency <= slot.active.load(Ordering::Acquire) {
+                continue;
+            }
+            match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl) {
+                Some(p) => parked.push((slot.clone(), p)),
+                None => must_claim = true,
+            }
+        }
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(self.cfg.poll_interval) => must_claim = true,
+            _ = shutdown.cancelled() => {}
+            (slot, job) = handed(&mut parked) => match job {
+                Some(job) => self.spawn_job(job, &slot, asked),
+                // Taken by a submit that rolled back.
+                None => must_claim = true,
+            },
+        }
+        // Whatever woke this loop: a worker the store took meanwhile gets its job.
+        for (slot, p) in parked {
+            if let Some(job) = p.withdraw().await {
+                self.spawn_job(job, &slot, asked);
+            }
+        }
+        must_claim
     }
 
     /// Runs a job claimed (or handed over) for `slot` in its own task.

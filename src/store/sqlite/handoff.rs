@@ -14,7 +14,7 @@ use crate::store::{Notice, Result, StoreError};
 /// queue by a write queued first in the writer's next batch (`batch`).
 pub(super) fn deliver(handed: Vec<(Taken, Job)>, batch: &mut Vec<WriteOp>) {
     for (taken, job) in handed {
-        if let Err(job) = taken.deliver(job) {
+        if let Some(job) = taken.deliver(job) {
             batch.push(give_back(job));
         }
     }
