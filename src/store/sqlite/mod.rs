@@ -55,7 +55,6 @@ mod tail_tests;
 #[cfg(test)]
 mod tests;
 mod waits;
-mod writer;
 
 pub use events::parse_event_id;
 use sql::{exec, row, row_opt, rows};
@@ -131,9 +130,6 @@ struct WriteCtx<'a> {
 /// The embedded store.
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
-    /// The write connection, taken by the writer thread for each batch, or by a request itself
-    /// when the writer is idle (`writer.rs`).
-    inline: Arc<Mutex<writer::Writer>>,
     readers: Arc<ReadPool>,
     notify: broadcast::Sender<Notice>,
     /// Each committed transaction's events, in commit order (`tail.rs`).
@@ -315,21 +311,14 @@ impl SqliteStore {
         let (notify, _) = broadcast::channel(4096);
         let (committed, _) = broadcast::channel(tail::BATCHES);
         let handoffs = Handoffs::new();
-        let inline = Arc::new(Mutex::new(writer::Writer {
-            conn,
-            notify: notify.clone(),
-            committed: committed.clone(),
-            settings: settings.clone(),
-            handoffs: handoffs.clone(),
-        }));
-        let w2 = inline.clone();
+        let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
+        let s2 = settings.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer::writer_loop(w2, rx))
+            .spawn(move || writer_loop(conn, rx, (n2, c2), s2, h2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
-            inline,
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -378,13 +367,7 @@ impl SqliteStore {
                 });
             })
         });
-        let mut op = Some(op);
-        if let Some(w) = self.idle_writer() {
-            w.run(&mut op.take().into_iter().collect());
-        }
-        if let Some(op) = op {
-            self.enqueue(op).await?;
-        }
+        self.enqueue(op).await?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
     }
@@ -424,6 +407,73 @@ impl WriteCtx<'_> {
         self.notices.truncate(notices);
         self.events.truncate(events);
         self.handed.truncate(handed);
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<WriteOp>,
+    (notify, committed): (broadcast::Sender<Notice>, broadcast::Sender<tail::Batch>),
+    settings: StoreSettings,
+    handoffs: Arc<Handoffs>,
+) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
+        if batch.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut ctx = WriteCtx {
+            conn: &conn,
+            notices: Vec::new(),
+            events: Vec::new(),
+            settings: &settings,
+            handoffs: &handoffs,
+            handed: Vec::new(),
+        };
+        if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
+            // Reply to everyone with the failure; nothing ran.
+            let msg = e.to_string();
+            for op in batch.drain(..) {
+                let done = op(&mut ctx);
+                done(Some(msg.clone()));
+            }
+            let _ = conn.execute_batch("ROLLBACK");
+            continue;
+        }
+        let dones: Vec<Done> = batch.drain(..).map(|op| op(&mut ctx)).collect();
+        let commit = sql::control(&conn, "COMMIT").err().map(|e| e.to_string());
+        if commit.is_some() {
+            let _ = conn.execute_batch("ROLLBACK");
+            ctx.undo((0, 0, 0));
+        }
+        // The committed hand-offs first: the worker starts while the replies go out.
+        handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
+        let notices = std::mem::take(&mut ctx.notices);
+        // Before the notices: a tail woken by `Notice::Events` finds the batch already sent.
+        if !ctx.events.is_empty() && committed.receiver_count() > 0 {
+            let _ = committed.send(std::mem::take(&mut ctx.events).into());
+        }
+        for d in dones {
+            d(commit.clone());
+        }
+        let mut events = false;
+        for n in notices {
+            events |= matches!(n, Notice::Changed { .. });
+            let _ = notify.send(n);
+        }
+        if events {
+            let _ = notify.send(Notice::Events);
+        }
     }
 }
 
