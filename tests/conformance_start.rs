@@ -13,8 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runyard::job::{now_us, Command, FinishOutcome, Job, JobStatus, TransitionError};
+use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::{FinishSlot, Notice, Store, StoreError, StoreSettings};
 use serde_json::json;
+
+use redis_support::TestRedis;
 
 /// The stores' settings for these tests.
 fn settings() -> StoreSettings {

@@ -338,3 +338,86 @@ max_attempts = 1
     );
     eprintln!("{total} local jobs: {applies} finishes on their own");
 }
+
+/// One producer, one job at a time (`runyard bench --connections 1`): the worker waits parked
+/// between jobs and each submit claims its job for it in the submit's own transaction
+/// (`store/handoff.rs`), instead of a claim request per job. Every job still reads as claimed:
+/// its events in order, one run by the worker, and the claim counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_at_a_time_is_handed_to_the_waiting_worker() {
+    const N: usize = 24;
+    // No claims on a timer during the test: each one counted is the worker's own decision.
+    let ts = TestServer::builder(RUNNERS)
+        .config("[worker]\npoll_interval = \"1h\"")
+        .service("q.ok", |ctx| async move { Ok(json!({"n": ctx.args["n"]})) })
+        .start()
+        .await;
+    let before = ts.last_event_id().await;
+    let mut ids = Vec::new();
+    for n in 0..N {
+        let id = ts
+            .submit_ok(json!({"type": "q.ok", "args": {"n": n}}))
+            .await;
+        let j = ts.wait_terminal(&id, WAIT).await;
+        assert_eq!(status_of(&j), "SUCCESS", "{j:#}");
+        assert_eq!(j["result"], json!({"n": n}), "{j:#}");
+        ids.push(id);
+    }
+    // (The fencing tokens are not shown by the API: `store/sqlite/handoff_tests.rs` checks them.)
+    for id in &ids {
+        let j = ts.get_job(id).await;
+        let runs = j["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{j:#}");
+        assert_eq!(runs[0]["attempt"], 1, "{j:#}");
+        assert_eq!(runs[0]["outcome"], "SUCCESS", "{j:#}");
+        assert!(
+            runs[0]["worker"].as_str().is_some_and(|w| !w.is_empty()),
+            "{j:#}"
+        );
+    }
+    let events = ts.all_events(&before).await;
+    let mut by_job: HashMap<&str, Vec<&str>> = HashMap::new();
+    for e in &events {
+        if e["type"] == "status" {
+            by_job
+                .entry(e["job_id"].as_str().expect("job id"))
+                .or_default()
+                .push(e["runyard_status"].as_str().expect("status"));
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            by_job.get(id.as_str()).map(Vec::as_slice),
+            Some(&["QUEUED", "STARTING", "RUNNING", "SUCCESS"][..]),
+            "job {id}"
+        );
+    }
+    let text = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        metric(
+            &text,
+            "runyard_job_transitions_total",
+            &["status=\"STARTING\""]
+        ),
+        N as f64,
+        "every hand-off counted as a claim"
+    );
+    let claims = metric(
+        &text,
+        "runyard_store_operation_seconds_count",
+        &["op=\"claim\""],
+    );
+    // Without the hand-off every job is a claim of its own (woken by its QUEUED notice).
+    assert!(
+        claims <= (N / 4) as f64,
+        "{claims} claim requests for {N} jobs one at a time"
+    );
+}

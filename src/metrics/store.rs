@@ -24,7 +24,9 @@
 //! `=> |m, ok| ...` (called with the [`Metrics`] and the `Ok` value); one that needs something
 //! from its arguments before they move into the store takes `[name = expr]` first (see `apply`).
 //! A method missing from its block does not compile, as long as the trait gives it no default
-//! body (keep it so: a default body would run instead of the wrapped store's).
+//! body (keep it so: a default body would run instead of the wrapped store's). A method that is
+//! not forwarded as above goes, written out, in the block's `@by_hand { ... }` (as `park`, which
+//! has a default body: forward such a method there, or the default runs).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -41,12 +43,13 @@ use crate::schedule::Schedule;
 use crate::store::activity::{Activity, ActivityStore};
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::deliveries::{Attempt, Claimed, Delivery, DeliveryState, Outcome};
+use crate::store::handoff::Observer;
 use crate::store::signals::{Signal, SignalKey};
 use crate::store::waits::WaitStore;
 use crate::store::{
     DeliveryStore, EventLog, FinishSlot, JobPage, JobQueue, JobStore, ListQuery, LogLine, LogStore,
-    LogStream, Maintenance, Notice, Result, RetentionReport, ScheduleStore, SignalStore, Store,
-    StoreError, Submitted,
+    LogStream, Maintenance, Notice, Parked, Result, RetentionReport, ScheduleStore, SignalStore,
+    Store, StoreError, Submitted,
 };
 
 /// A store that reports to [`Metrics`]; otherwise the store it wraps.
@@ -97,6 +100,7 @@ macro_rules! metered {
                     $([$pre:ident = $pre_e:expr])?
                     $(=> $count:expr)?;
             )*
+            $(@by_hand { $($hand:tt)* })?
         }
     )*) => {$(
         #[async_trait]
@@ -109,6 +113,7 @@ macro_rules! metered {
                     r
                 }
             )*
+            $($($hand)*)?
         }
     )*};
 }
@@ -144,6 +149,16 @@ metered! {
         promote_due(max: usize) -> usize => |m, n| m.jobs_promoted(*n);
         next_due() -> Option<Micros>;
         expired(max: usize) -> Vec<Job>;
+        @by_hand {
+            // Not timed (it waits for a submit by design); a job handed over counts as claimed.
+            fn park(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<Parked> {
+                let metrics = self.metrics.clone();
+                let count: Observer = Arc::new(move |j: &Job| metrics.jobs_claimed(std::slice::from_ref(j)));
+                self.inner
+                    .park(runner, worker, lease_ttl)
+                    .map(|p| p.observe(count))
+            }
+        }
     }
     LogStore {
         append_logs(id: Uuid, lines: Vec<(LogStream, Micros, String)>) -> ();

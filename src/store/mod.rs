@@ -8,6 +8,7 @@ pub mod activity;
 pub mod counts;
 pub mod deliveries;
 pub mod finish_slot;
+pub mod handoff;
 pub mod paging;
 pub mod redis;
 pub mod replay;
@@ -28,6 +29,7 @@ pub use activity::ActivityStore;
 pub use counts::JobCountStore;
 pub use deliveries::DeliveryStore;
 pub use finish_slot::FinishSlot;
+pub use handoff::Parked;
 pub use replay::ReplayMemory;
 pub use runyard_hooks::LogStream;
 pub use schedules::ScheduleStore;
@@ -234,6 +236,16 @@ pub trait JobQueue: Send + Sync {
     async fn next_due(&self) -> Result<Option<Micros>>;
     /// Active jobs whose lease expired.
     async fn expired(&self, max: usize) -> Result<Vec<Job>>;
+    /// Parks `worker`, which has a free slot and whose claim found nothing QUEUED for `runner`,
+    /// for a direct hand-off ([`handoff`]): a backend that supports it claims the next job
+    /// submitted for `runner` in the submit's own transaction (when no older one is QUEUED) and
+    /// passes it over after the commit, instead of a notice and a claim of the worker's own.
+    /// `None` (this default) where the backend does not (Redis). A wrapping store must forward
+    /// it (`metrics/store.rs`).
+    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<Parked> {
+        let _ = (runner, worker, lease_ttl);
+        None
+    }
 }
 
 /// Job logs, bounded per job.

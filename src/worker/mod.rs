@@ -19,7 +19,7 @@ mod start;
 mod supervise;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::{Notice, Store};
+use crate::store::{Notice, Parked, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
@@ -67,6 +67,8 @@ pub struct Worker {
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
+    /// A job was QUEUED (or notices were missed) since the claim loop last looked.
+    queued: AtomicBool,
     /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
     /// worker holds nothing (the embedded store's lock included).
     jobs: TaskTracker,
@@ -95,6 +97,7 @@ impl Worker {
             hook_url,
             running: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            queued: AtomicBool::new(false),
             jobs: TaskTracker::new(),
         })
     }
@@ -120,33 +123,14 @@ impl Worker {
             tasks.push(tokio::spawn(self.clone().fence(bg.clone())));
         }
         let mut error_backoff = Duration::from_millis(50);
+        // Claim in this round: at the start, after the poll interval, when a slot was full or
+        // filled up (more may be queued), and on every round where the store cannot hand jobs
+        // over; otherwise only when a job was QUEUED since the last round (`listen`).
+        let mut must_claim = true;
         while !shutdown.is_cancelled() {
-            let mut failed = false;
-            for slot in self.runners.iter() {
-                let active = slot.active.load(Ordering::Acquire);
-                let free = slot.concurrency.saturating_sub(active);
-                if free == 0 {
-                    continue;
-                }
-                let asked = tokio::time::Instant::now();
-                match self
-                    .store
-                    .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
-                    .await
-                {
-                    Ok(jobs) => {
-                        for job in jobs {
-                            slot.active.fetch_add(1, Ordering::AcqRel);
-                            self.jobs
-                                .spawn(self.clone().run_job(job, slot.clone(), asked));
-                        }
-                    }
-                    Err(e) => {
-                        failed = true;
-                        tracing::warn!(runner = %slot.name, error = %e, "claim failed");
-                    }
-                }
-            }
+            let (failed, full) = self.claim_round(must_claim).await;
+            // A failed claim is tried again after the backoff.
+            must_claim = full || failed;
             if failed {
                 tokio::select! {
                     _ = tokio::time::sleep(error_backoff) => {}
@@ -156,12 +140,7 @@ impl Worker {
                 continue;
             }
             error_backoff = Duration::from_millis(50);
-            // A job ending frees a slot and wakes this loop; so does new work.
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-                _ = shutdown.cancelled() => break,
-            }
+            must_claim |= self.wait_for_work(&shutdown).await;
         }
         self.drain().await;
         bg.cancel();
@@ -179,6 +158,84 @@ impl Worker {
             tracing::warn!(worker = %self.id, "some job tasks did not end after the shutdown");
         }
         tracing::info!(worker = %self.id, "worker stopped");
+    }
+
+    /// Claims for every slot with room, when `must` or a job was QUEUED since the last round:
+    /// whether a claim failed, and whether a slot was or became full (claim again next round).
+    async fn claim_round(self: &Arc<Self>, must: bool) -> (bool, bool) {
+        let (mut failed, mut full) = (false, false);
+        if !(self.queued.swap(false, Ordering::AcqRel) || must) {
+            return (failed, full);
+        }
+        for slot in self.runners.iter() {
+            let active = slot.active.load(Ordering::Acquire);
+            let free = slot.concurrency.saturating_sub(active);
+            if free == 0 {
+                full = true;
+                continue;
+            }
+            let asked = tokio::time::Instant::now();
+            match self
+                .store
+                .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
+                .await
+            {
+                Ok(jobs) => {
+                    full |= jobs.len() >= free;
+                    for job in jobs {
+                        self.spawn_job(job, slot, asked);
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(runner = %slot.name, error = %e, "claim failed");
+                }
+            }
+        }
+        (failed, full)
+    }
+
+    /// Waits for work: parked for a hand-off in every slot with room (`store/handoff.rs`, where
+    /// the store can), until a job is handed over, new work or a free slot wakes the loop, the
+    /// poll interval passes or shutdown. True when the next round must claim (the poll
+    /// interval, or a store that cannot park).
+    async fn wait_for_work(self: &Arc<Self>, shutdown: &CancellationToken) -> bool {
+        let mut must_claim = false;
+        let asked = tokio::time::Instant::now();
+        let mut parked = Vec::new();
+        for slot in self.runners.iter() {
+            if slot.concurrency <= slot.active.load(Ordering::Acquire) {
+                continue;
+            }
+            match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl) {
+                Some(p) => parked.push((slot.clone(), p)),
+                None => must_claim = true,
+            }
+        }
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(self.cfg.poll_interval) => must_claim = true,
+            _ = shutdown.cancelled() => {}
+            (slot, job) = handed(&mut parked) => match job {
+                Some(job) => self.spawn_job(job, &slot, asked),
+                // Taken by a submit that rolled back.
+                None => must_claim = true,
+            },
+        }
+        // Whatever woke this loop: a worker the store took meanwhile gets its job.
+        for (slot, p) in parked {
+            if let Some(job) = p.withdraw().await {
+                self.spawn_job(job, &slot, asked);
+            }
+        }
+        must_claim
+    }
+
+    /// Runs a job claimed (or handed over) for `slot` in its own task.
+    fn spawn_job(self: &Arc<Self>, job: Job, slot: &Arc<RunnerSlot>, asked: tokio::time::Instant) {
+        slot.active.fetch_add(1, Ordering::AcqRel);
+        self.jobs
+            .spawn(self.clone().run_job(job, slot.clone(), asked));
     }
 
     async fn drain(&self) {
@@ -219,14 +276,20 @@ impl Worker {
                 _ = stop.cancelled() => return,
             };
             match n {
-                Ok(Notice::Queued { .. }) => self.wake.notify_one(),
+                Ok(Notice::Queued { .. }) => {
+                    self.queued.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                }
                 Ok(Notice::Changed { job_id, status }) if status.is_terminal() => {
                     if matches!(status, JobStatus::Cancelled) {
                         self.stop_job(job_id, StopReason::Gone);
                     }
                 }
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.wake.notify_one(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.queued.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
@@ -518,4 +581,16 @@ impl SpecFactory {
             timeout: job.timeout_ms.map(Duration::from_millis),
         }
     }
+}
+
+/// The first of the parked slots to get an answer: its slot and the job handed over (`None`: the
+/// submit that took it rolled back). Never resolves when nothing is parked.
+async fn handed(parked: &mut [(Arc<RunnerSlot>, Parked)]) -> (Arc<RunnerSlot>, Option<Job>) {
+    if parked.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = parked
+        .iter_mut()
+        .map(|(slot, p)| Box::pin(async move { (slot.clone(), p.recv().await) }));
+    futures::future::select_all(waits).await.0
 }

@@ -174,7 +174,33 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
             });
         }
     }
-    let body = super::stored::job_body(&job)?;
+    // A worker parked for this runner takes the job in this transaction, unless an older one
+    // waits (first in, first out).
+    let taken = if job.status == JobStatus::Queued
+        && ctx.handoffs.any(&job.runner)
+        && !super::handoff::queued_for(ctx.conn, &job.runner)?
+    {
+        ctx.handoffs.take(&job.runner)
+    } else {
+        None
+    };
+    if let Some(taken) = taken {
+        super::handoff::hand_over(ctx, &job, taken)?;
+        return Ok(Submitted { job, created: true });
+    }
+    insert(ctx, &job)?;
+    append_event(ctx, &job, EventKind::Status)?;
+    notices_for(ctx, &job);
+    let mut job = job;
+    if job.status == JobStatus::Waiting {
+        waits::enter_in(ctx, &mut job)?;
+    }
+    Ok(Submitted { job, created: true })
+}
+
+/// Writes a new job's row (and its file references).
+pub(super) fn insert(ctx: &WriteCtx<'_>, job: &Job) -> Result<()> {
+    let body = super::stored::job_body(job)?;
     // Every column: the body holds only the rest (stored.rs).
     exec(
         ctx.conn,
@@ -195,12 +221,5 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
             body
         ],
     )?;
-    save_file_refs(ctx.conn, &job)?;
-    append_event(ctx, &job, EventKind::Status)?;
-    notices_for(ctx, &job);
-    let mut job = job;
-    if job.status == JobStatus::Waiting {
-        waits::enter_in(ctx, &mut job)?;
-    }
-    Ok(Submitted { job, created: true })
+    save_file_refs(ctx.conn, job)
 }

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::handoff::{Handoffs, Taken};
 use super::{Notice, Result, Store, StoreError, StoreSettings};
 use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Micros};
 
@@ -35,6 +36,7 @@ mod compat_tests;
 mod counts;
 mod deliveries;
 mod events;
+mod handoff;
 mod jobs;
 #[cfg(test)]
 mod list_tests;
@@ -121,6 +123,10 @@ struct WriteCtx<'a> {
     /// The events this transaction appended, with their ids, for the event tail (`tail.rs`).
     events: Vec<Event>,
     settings: &'a StoreSettings,
+    /// Workers parked for a direct hand-off (`handoff.rs`, `jobs.rs`).
+    handoffs: &'a Handoffs,
+    /// The jobs this transaction claimed for parked workers, passed over after the commit.
+    handed: Vec<(Taken, Job)>,
 }
 
 /// The embedded store.
@@ -131,6 +137,7 @@ pub struct SqliteStore {
     /// Each committed transaction's events, in commit order (`tail.rs`).
     committed: broadcast::Sender<tail::Batch>,
     settings: StoreSettings,
+    handoffs: Arc<Handoffs>,
     checkpoints: Arc<AtomicBool>,
     /// Hook replay memory (`replay.rs`).
     replay: runyard_hooks::ReplayGuard,
@@ -306,11 +313,12 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (notify, _) = broadcast::channel(4096);
         let (committed, _) = broadcast::channel(tail::BATCHES);
-        let (n2, c2) = (notify.clone(), committed.clone());
+        let handoffs = Handoffs::new();
+        let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
         let s2 = settings.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, (n2, c2), s2))
+            .spawn(move || writer_loop(conn, rx, (n2, c2), s2, h2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -321,6 +329,7 @@ impl SqliteStore {
             notify,
             committed,
             settings,
+            handoffs,
             checkpoints,
             replay: runyard_hooks::ReplayGuard::new(),
             _lock: lock,
@@ -391,15 +400,16 @@ impl SqliteStore {
 }
 
 impl WriteCtx<'_> {
-    /// Where a request's notices and events start, to drop them if it is undone.
-    fn mark(&self) -> (usize, usize) {
-        (self.notices.len(), self.events.len())
+    /// Where a request's notices, events and hand-offs start, to drop them if it is undone.
+    fn mark(&self) -> (usize, usize, usize) {
+        (self.notices.len(), self.events.len(), self.handed.len())
     }
 
-    /// Drops the notices and events recorded since `mark` (their writes were rolled back).
-    fn undo(&mut self, (notices, events): (usize, usize)) {
+    /// Drops what was recorded since `mark` (rolled back; a dropped hand-off tells its worker).
+    fn undo(&mut self, (notices, events, handed): (usize, usize, usize)) {
         self.notices.truncate(notices);
         self.events.truncate(events);
+        self.handed.truncate(handed);
     }
 }
 
@@ -408,10 +418,17 @@ fn writer_loop(
     mut rx: mpsc::Receiver<WriteOp>,
     (notify, committed): (broadcast::Sender<Notice>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
+    handoffs: Arc<Handoffs>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+    loop {
+        // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
+        if batch.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
@@ -423,6 +440,8 @@ fn writer_loop(
             notices: Vec::new(),
             events: Vec::new(),
             settings: &settings,
+            handoffs: &handoffs,
+            handed: Vec::new(),
         };
         if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
             // Reply to everyone with the failure; nothing ran.
@@ -438,8 +457,10 @@ fn writer_loop(
         let commit = sql::control(&conn, "COMMIT").err().map(|e| e.to_string());
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
-            ctx.undo((0, 0));
+            ctx.undo((0, 0, 0));
         }
+        // The committed hand-offs first: the worker starts while the replies go out.
+        handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
         let notices = std::mem::take(&mut ctx.notices);
         // Before the notices: a tail woken by `Notice::Events` finds the batch already sent.
         if !ctx.events.is_empty() && committed.receiver_count() > 0 {

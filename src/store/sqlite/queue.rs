@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{apply_in, jobs_of, load, row, rows, save, SqliteStore};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
-use crate::store::{JobQueue, Result, StoreError};
+use crate::store::{JobQueue, Parked, Result, StoreError};
 
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
     let active = jobs_of(
@@ -28,7 +28,7 @@ pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
 }
 
 /// Takes `n` fencing tokens (one counter for the whole store); returns the first of them.
-fn take_tokens(conn: &Connection, n: usize) -> Result<u64> {
+pub(super) fn take_tokens(conn: &Connection, n: usize) -> Result<u64> {
     let last: i64 = row(
         conn,
         "UPDATE meta SET value = value + ?1 WHERE key = 'token' RETURNING value",
@@ -148,6 +148,10 @@ impl JobQueue for SqliteStore {
     async fn next_due(&self) -> Result<Option<Micros>> {
         self.read_min("SELECT MIN(run_at) FROM jobs WHERE status = 'SCHEDULED'")
             .await
+    }
+
+    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<Parked> {
+        Some(self.handoffs.park(runner, worker, lease_ttl))
     }
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {

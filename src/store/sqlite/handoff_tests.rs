@@ -1,0 +1,185 @@
+//! Direct hand-off at submit (`store/handoff.rs`, `jobs.rs`), seen from inside: the submit's
+//! transaction claims the job for a parked worker, first in first out, and a job whose worker is
+//! gone by the commit goes back to the queue.
+
+use std::time::Duration;
+
+use crate::job::{now_us, Command, Job, JobStatus};
+use crate::store::sqlite::{jobs::submit_in, SqliteStore};
+use crate::store::{EventLog, JobQueue, JobStore, StoreError, StoreSettings};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
+    (dir, store)
+}
+
+fn job(runner: &str) -> Job {
+    Job::new("t.x", runner, now_us())
+}
+
+/// The statuses of the job's events, in order (its own channel).
+async fn statuses(s: &SqliteStore, j: &Job) -> Vec<JobStatus> {
+    s.events(Some(&j.channel_id), None, 100)
+        .await
+        .expect("events")
+        .iter()
+        .filter_map(|e| e.runyard_status)
+        .collect()
+}
+
+fn token(j: &Job) -> u64 {
+    j.lease.as_ref().expect("a lease").token
+}
+
+#[tokio::test]
+async fn a_parked_worker_gets_the_next_submit_claimed_in_its_transaction() {
+    let (_dir, s) = open();
+    let mut parked = s
+        .park("r", "w1", LEASE)
+        .expect("the embedded store hands jobs over");
+    let other = s.park("other", "w2", LEASE).expect("parked");
+    let sub = s.submit(job("r")).await.expect("submit");
+    assert!(sub.created);
+    assert_eq!(
+        sub.job.status,
+        JobStatus::Queued,
+        "the submit answers QUEUED"
+    );
+    let got = parked.recv().await.expect("handed over");
+    assert_eq!(got.id, sub.job.id);
+    assert_eq!(got.status, JobStatus::Starting);
+    assert_eq!(got.attempt, 1);
+    let lease = got.lease.clone().expect("a lease");
+    assert_eq!(lease.worker, "w1");
+    assert!(lease.expires_at > now_us() + 20_000_000, "{lease:?}");
+    assert_eq!(got.runs.len(), 1);
+    assert_eq!(
+        (got.runs[0].worker.as_str(), got.runs[0].token),
+        ("w1", lease.token)
+    );
+    // What is stored is what the worker got; both events are there, in order.
+    let stored = s.get(got.id).await.unwrap().expect("stored");
+    assert_eq!(stored.status, JobStatus::Starting);
+    assert_eq!(token(&stored), lease.token);
+    assert_eq!(
+        statuses(&s, &got).await,
+        [JobStatus::Queued, JobStatus::Starting]
+    );
+    // Nothing is left to claim; the next claim takes a fresh token.
+    assert!(s.claim("r", "w3", 10, LEASE).await.unwrap().is_empty());
+    s.submit(job("r")).await.expect("submit");
+    let next = s.claim("r", "w3", 10, LEASE).await.unwrap();
+    assert_eq!(next.len(), 1, "not handed over: nobody parked any more");
+    assert!(token(&next[0]) > lease.token);
+    // The worker parked for another runner got nothing and withdraws cleanly.
+    assert!(other.withdraw().await.is_none());
+    // The job runs on with the hand-off's token.
+    let t = lease.token;
+    let started = s
+        .apply(
+            got.id,
+            Command::Started {
+                token: t,
+                handle: None,
+            },
+        )
+        .await
+        .expect("started with the hand-off's token");
+    assert_eq!(started.status, JobStatus::Running);
+}
+
+#[tokio::test]
+async fn an_older_queued_job_goes_first() {
+    let (_dir, s) = open();
+    let older = s.submit(job("r")).await.expect("submit").job;
+    let parked = s.park("r", "w1", LEASE).expect("parked");
+    let newer = s.submit(job("r")).await.expect("submit").job;
+    assert!(
+        parked.withdraw().await.is_none(),
+        "no hand-off past a QUEUED job"
+    );
+    assert_eq!(
+        s.get(newer.id).await.unwrap().expect("stored").status,
+        JobStatus::Queued
+    );
+    let ids: Vec<_> = s
+        .claim("r", "w1", 10, LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, [older.id, newer.id]);
+}
+
+#[tokio::test]
+async fn a_withdrawn_worker_is_not_given_jobs() {
+    let (_dir, s) = open();
+    let parked = s.park("r", "w1", LEASE).expect("parked");
+    assert!(parked.withdraw().await.is_none());
+    let j = s.submit(job("r")).await.expect("submit").job;
+    assert_eq!(
+        s.get(j.id).await.unwrap().expect("stored").status,
+        JobStatus::Queued
+    );
+    // Dropped is withdrawn too.
+    drop(s.park("r", "w1", LEASE).expect("parked"));
+    let k = s.submit(job("r")).await.expect("submit").job;
+    assert_eq!(
+        s.get(k.id).await.unwrap().expect("stored").status,
+        JobStatus::Queued
+    );
+}
+
+/// The worker stops waiting after the store took it, before the commit: its job is given back to
+/// the queue (a RELEASED run) and claimed again with a new token.
+#[tokio::test]
+async fn a_job_handed_to_a_worker_gone_by_the_commit_is_requeued() {
+    let (_dir, s) = open();
+    let parked = s.park("r", "w1", LEASE).expect("parked");
+    let j = job("r");
+    let id = j.id;
+    s.write(move |ctx| {
+        let r = submit_in(ctx, j);
+        assert!(ctx.handed.len() == 1, "taken in this transaction");
+        drop(parked);
+        r
+    })
+    .await
+    .expect("submit");
+    // The give-back is the writer's next write: done by the time this one is.
+    s.write(|_| Ok(())).await.expect("a write after it");
+    let back = s.get(id).await.unwrap().expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:?}");
+    assert_eq!(back.runs.len(), 1);
+    assert_eq!(back.runs[0].outcome.as_deref(), Some("RELEASED"));
+    assert_eq!(
+        statuses(&s, &back).await,
+        [JobStatus::Queued, JobStatus::Starting, JobStatus::Queued]
+    );
+    let again = s.claim("r", "w2", 1, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(token(&again[0]) > back.runs[0].token);
+}
+
+/// A submit that rolls back after taking the worker tells it that nothing came; nothing is
+/// stored.
+#[tokio::test]
+async fn a_rolled_back_hand_off_tells_the_worker_nothing_came() {
+    let (_dir, s) = open();
+    let mut parked = s.park("r", "w1", LEASE).expect("parked");
+    let j = job("r");
+    let id = j.id;
+    let r = s
+        .write(move |ctx| {
+            submit_in(ctx, j)?;
+            Err::<(), _>(StoreError::Backend("refused on purpose".into()))
+        })
+        .await;
+    assert!(r.is_err());
+    assert!(parked.recv().await.is_none());
+    assert!(s.get(id).await.unwrap().is_none());
+}
