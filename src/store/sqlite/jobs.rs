@@ -1,13 +1,13 @@
 //! [`JobStore`] for the embedded backend: submit (with its idempotency key), get, list, apply.
 
 use async_trait::async_trait;
-use rusqlite::params;
+use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::{JobRow, JOB_COLUMNS};
 use super::{
-    append_event, apply_in, exec, load, notices_for, row_opt, rows, save_file_refs, waits,
-    SqliteStore, WriteCtx,
+    append_event, apply_in, db_err, exec, load, notices_for, row_opt, rows, waits, SqliteStore,
+    WriteCtx,
 };
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
 use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
@@ -222,4 +222,19 @@ pub(super) fn insert(ctx: &WriteCtx<'_>, job: &Job) -> Result<()> {
         ],
     )?;
     save_file_refs(ctx.conn, job)
+}
+
+/// Records which blobs the job references (for blob garbage collection).
+pub(super) fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
+    if job.files.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("INSERT OR IGNORE INTO file_refs(hash, job_id) VALUES (?1, ?2)")
+        .map_err(db_err)?;
+    let id = job.id.to_string();
+    for f in job.files.values().flatten() {
+        stmt.execute(params![f.hash, id]).map_err(db_err)?;
+    }
+    Ok(())
 }

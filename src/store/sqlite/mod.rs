@@ -511,22 +511,7 @@ fn save(conn: &Connection, job: &Job) -> Result<()> {
             body
         ],
     )?;
-    save_file_refs(conn, job)
-}
-
-/// Records which blobs the job references (for blob garbage collection).
-fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
-    if job.files.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached("INSERT OR IGNORE INTO file_refs(hash, job_id) VALUES (?1, ?2)")
-        .map_err(db_err)?;
-    let id = job.id.to_string();
-    for f in job.files.values().flatten() {
-        stmt.execute(params![f.hash, id]).map_err(db_err)?;
-    }
-    Ok(())
+    jobs::save_file_refs(conn, job)
 }
 
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
