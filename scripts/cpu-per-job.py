@@ -30,7 +30,12 @@ if perf: perf.wait()
 jobs = 0
 def arg(n, d):
     return int(args[args.index(n) + 1]) if n in args else d
-jobs = arg('--jobs', 10000) + arg('--trickle-jobs', 2000) + arg('--warmup', 200)
+if 'local' in args[args.index('--only') + 1:args.index('--only') + 2] if '--only' in args else False:
+    # `--only local`: the local jobs, their trickle (at most as many) and the warm-up.
+    n = arg('--local-jobs', 2000)
+    jobs = n + min(arg('--trickle-jobs', 2000), n) + arg('--warmup', 200)
+else:
+    jobs = arg('--jobs', 10000) + arg('--trickle-jobs', 2000) + arg('--warmup', 200)
 res = {'server_cpu_s': last, 'jobs': jobs, 'cpu_ms_per_job': round(last * 1000 / jobs, 4) if last else None, 'wall_s': round(time.time() - t0, 1)}
 try:
     d = json.JSONDecoder().raw_decode(out.decode().lstrip())[0]
