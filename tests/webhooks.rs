@@ -676,16 +676,9 @@ async fn attempts_in_flight_are_bounded_by_concurrency() {
 
 /// `runyard_store_operation_seconds_count{op="deliveries_next_due"}` of the server's /metrics.
 async fn next_due_looks(ts: &TestServer) -> f64 {
-    let text = ts
-        .client
-        .get(ts.at("/metrics"))
-        .send()
+    ts.metrics_text()
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("runyard_store_operation_seconds_count{"))
         .filter(|l| l.contains("op=\"deliveries_next_due\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

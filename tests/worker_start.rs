@@ -37,6 +37,25 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// One start request per job, and fewer finish requests than jobs: each finish not recorded with
+/// its start is an `apply` of its own (`store/finish_slot.rs`).
+fn some_finishes_went_with_their_starts(text: &str, total: f64, what: &str) {
+    let op = |name: &str| {
+        metric(
+            text,
+            "runyard_store_operation_seconds_count",
+            &[&format!("op=\"{name}\"")],
+        )
+    };
+    let (starts, applies) = (op("apply_start"), op("apply"));
+    assert_eq!(starts, total, "one start request per job");
+    assert!(
+        applies < total,
+        "no finish was recorded with its start: {applies} finish requests for {total} {what}"
+    );
+    eprintln!("{total} {what}: {applies} finishes on their own");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_jobs_in_bulk_keep_every_event_outcome_and_count() {
     let ts = TestServer::builder(RUNNERS)
@@ -156,15 +175,7 @@ async fn quick_jobs_in_bulk_keep_every_event_outcome_and_count() {
     // Every start and every outcome counted, however they were written.
     let (st, _) = ts.get("/health").await;
     assert_eq!(st, StatusCode::OK);
-    let text = ts
-        .client
-        .get(ts.at("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = ts.metrics_text().await;
     let total = ids.len() as f64;
     assert_eq!(
         metric(
@@ -187,24 +198,9 @@ async fn quick_jobs_in_bulk_keep_every_event_outcome_and_count() {
         metric(&text, "runyard_job_outcomes_total", &["outcome=\"error\""]),
         N_FAIL as f64
     );
-    let starts = metric(
-        &text,
-        "runyard_store_operation_seconds_count",
-        &["op=\"apply_start\""],
-    );
-    let applies = metric(
-        &text,
-        "runyard_store_operation_seconds_count",
-        &["op=\"apply\""],
-    );
-    assert_eq!(starts, total, "one start request per job");
-    // Each finish not recorded with its start is an `apply` of its own. With 400 jobs and 64 at
-    // a time the writer is behind at least once, so some finishes went with their starts.
-    assert!(
-        applies < total,
-        "no finish was recorded with its start: {applies} finish requests for {total} jobs"
-    );
-    eprintln!("{total} jobs: {applies} finishes on their own");
+    // With 400 jobs and 64 at a time the writer is behind at least once, so some finishes went
+    // with their starts.
+    some_finishes_went_with_their_starts(&text, total, "jobs");
 }
 
 /// Quick local jobs (child processes) in bulk: most exit before the store's writer gets to their
@@ -300,15 +296,7 @@ max_attempts = 1
             "job {id}"
         );
     }
-    let text = ts
-        .client
-        .get(ts.at("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = ts.metrics_text().await;
     let total = N as f64;
     assert_eq!(
         metric(
@@ -319,24 +307,8 @@ max_attempts = 1
         total,
         "{text}"
     );
-    let starts = metric(
-        &text,
-        "runyard_store_operation_seconds_count",
-        &["op=\"apply_start\""],
-    );
-    let applies = metric(
-        &text,
-        "runyard_store_operation_seconds_count",
-        &["op=\"apply\""],
-    );
-    assert_eq!(starts, total, "one start request per job");
-    // Each finish not recorded with its start is an `apply` of its own; 16 processes at a time
-    // keep the writer behind at least once.
-    assert!(
-        applies < total,
-        "no finish was recorded with its start: {applies} finish requests for {total} jobs"
-    );
-    eprintln!("{total} local jobs: {applies} finishes on their own");
+    // 16 processes at a time keep the writer behind at least once.
+    some_finishes_went_with_their_starts(&text, total, "local jobs");
 }
 
 /// One producer, one job at a time (`runyard bench --connections 1`): the worker waits parked
@@ -392,15 +364,7 @@ async fn one_job_at_a_time_is_handed_to_the_waiting_worker() {
             "job {id}"
         );
     }
-    let text = ts
-        .client
-        .get(ts.at("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = ts.metrics_text().await;
     assert_eq!(
         metric(
             &text,

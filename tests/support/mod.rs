@@ -243,6 +243,19 @@ impl TestServer {
         Self::parse(res).await
     }
 
+    /// The text of `GET /metrics` (Prometheus exposition format).
+    #[allow(dead_code)]
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.at("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// `POST path` with a JSON body (or none).
     pub async fn post(&self, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
         let mut req = self.client.post(self.at(path));

@@ -416,6 +416,15 @@ impl RedisStore {
         }
     }
 
+    /// The job as this process last wrote it (cached, without its stored text), or as stored.
+    pub(super) async fn current(&self, id: Uuid) -> Result<(Job, String)> {
+        let cached = self.cache.lock().get(&id).cloned();
+        match cached {
+            Some(j) => Ok((j, String::new())),
+            None => self.load(id).await?.ok_or(StoreError::NotFound),
+        }
+    }
+
     /// Loads, changes with `f` and commits one job, again after each conflict.
     pub(super) async fn update<F>(&self, id: Uuid, mut f: F) -> Result<Job>
     where
@@ -423,14 +432,7 @@ impl RedisStore {
     {
         let mut mine: Option<(String, Job)> = None;
         for _ in 0..CAS_TRIES {
-            let cached = self.cache.lock().get(&id).cloned();
-            let (job, raw) = match cached {
-                Some(j) => (j, String::new()),
-                None => match self.load(id).await? {
-                    Some(v) => v,
-                    None => return Err(StoreError::NotFound),
-                },
-            };
+            let (job, raw) = self.current(id).await?;
             // A commit whose reply was lost (connection dropped) and that was sent again: the
             // stored job is exactly what we wrote.
             if let Some((body, j)) = mine.take() {

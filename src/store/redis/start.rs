@@ -39,14 +39,7 @@ impl RedisStore {
         let mut source = Some(LateFinish::Slot(finish.clone()));
         let mut mine: Option<Tried> = None;
         for _ in 0..CAS_TRIES {
-            let cached = self.cache.lock().get(&id).cloned();
-            let (job, raw) = match cached {
-                Some(j) => (j, String::new()),
-                None => match self.load(id).await? {
-                    Some(v) => v,
-                    None => return Err(StoreError::NotFound),
-                },
-            };
+            let (job, raw) = self.current(id).await?;
             if let Some(tried) = mine.take() {
                 if let Some(done) = self.stored_already(id, tried, &raw, &mut source).await {
                     return Ok(done);
