@@ -486,10 +486,10 @@ fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
         .transpose()
 }
 
-/// The jobs `sql` selects, in its order: `SELECT body FROM jobs ...`, read as a whole stored job
-/// (`stored::JOB_COLUMNS`).
+/// The jobs `sql` selects, in its order: `SELECT {stored::JOB_COLUMNS} FROM jobs ...` (written
+/// with `stored::job_columns!`), each read as a whole stored job.
 fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Job>> {
-    rows(conn, &stored::select_jobs(sql)?, p, stored::JobRow::read)?
+    rows(conn, sql, p, stored::JobRow::read)?
         .into_iter()
         .map(stored::JobRow::into_job)
         .collect()

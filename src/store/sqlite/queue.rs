@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
+use super::stored::job_columns;
 use super::{apply_in, jobs_of, load, row, rows, save, SqliteStore};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::{JobQueue, Parked, Result, StoreError};
@@ -14,7 +15,11 @@ use crate::store::{JobQueue, Parked, Result, StoreError};
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
     let active = jobs_of(
         conn,
-        "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING')",
+        concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE status IN ('STARTING','RUNNING')"
+        ),
         [],
     )?;
     let actx = ApplyCtx::at(now_us(), 0);
@@ -55,8 +60,12 @@ impl JobQueue for SqliteStore {
         self.write(move |ctx| {
             let queued = jobs_of(
                 ctx.conn,
-                "SELECT body FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
-                 ORDER BY queued_at, id LIMIT ?2",
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+                     ORDER BY queued_at, id LIMIT ?2"
+                ),
                 params![runner, max as i64],
             )?;
             if queued.is_empty() {
@@ -159,8 +168,12 @@ impl JobQueue for SqliteStore {
             let now = now_us();
             jobs_of(
                 c,
-                "SELECT body FROM jobs WHERE status IN ('STARTING','RUNNING') AND lease_expires < ?1
-                 ORDER BY lease_expires LIMIT ?2",
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE status IN ('STARTING','RUNNING') AND lease_expires < ?1
+                     ORDER BY lease_expires LIMIT ?2"
+                ),
                 params![now, max as i64],
             )
         })

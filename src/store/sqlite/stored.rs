@@ -39,6 +39,7 @@ macro_rules! job_columns {
         "body, id, type, runner, status, channel, run_at, idem_key, queued_at, finished_at"
     };
 }
+pub(super) use job_columns;
 
 /// The columns a job is read from, in the order [`JobRow::read`] takes them:
 /// `SELECT {JOB_COLUMNS} FROM jobs ...`.
@@ -50,16 +51,6 @@ pub(super) const LOAD: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHE
 /// The job whose idempotency key is `?1`.
 pub(super) const BY_IDEM_KEY: &str =
     concat!("SELECT ", job_columns!(), " FROM jobs WHERE idem_key = ?1");
-
-/// `SELECT body FROM jobs ...` (the form the callers of `jobs_of` write) as a select of
-/// [`JOB_COLUMNS`].
-pub(super) fn select_jobs(sql: &str) -> Result<String> {
-    let rest = sql
-        .trim_start()
-        .strip_prefix("SELECT body FROM jobs")
-        .ok_or_else(|| StoreError::Backend(format!("not a select of jobs: {sql}")))?;
-    Ok(format!("SELECT {JOB_COLUMNS} FROM jobs{rest}"))
-}
 
 /// One job's row as read ([`JOB_COLUMNS`]); [`JobRow::into_job`] makes the job of it. A row that
 /// does not read as a job is an error of `into_job`, not of the query, so that a listing can
