@@ -37,6 +37,20 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Submits `items` in one `POST /async/jobs/batch`: the stored jobs' ids, in order.
+async fn submit_batch(ts: &TestServer, items: Vec<Value>) -> Vec<String> {
+    let (st, v) = ts
+        .post("/async/jobs/batch", Some(&json!({"jobs": items})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["job_id"].as_str().expect("stored").to_string())
+        .collect()
+}
+
 /// One start request per job, and fewer finish requests than jobs: each finish not recorded with
 /// its start is an `apply` of its own (`store/finish_slot.rs`).
 fn some_finishes_went_with_their_starts(text: &str, total: f64, what: &str) {
@@ -80,16 +94,7 @@ async fn quick_jobs_in_bulk_keep_every_event_outcome_and_count() {
     for n in 0..N_FAIL {
         items.push(json!({"type": "q.fail", "args": {"n": n}}));
     }
-    let (st, v) = ts
-        .post("/async/jobs/batch", Some(&json!({"jobs": items})))
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let ids: Vec<String> = v["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["job_id"].as_str().expect("stored").to_string())
-        .collect();
+    let ids = submit_batch(&ts, items).await;
     assert_eq!(ids.len(), N_OK + N_LOG + N_FAIL);
 
     // All terminal (bounded).
@@ -235,16 +240,7 @@ max_attempts = 1
     let items: Vec<Value> = (0..N)
         .map(|i| json!({"type": "ql.job", "args": {"k": kind(i)}}))
         .collect();
-    let (st, v) = ts
-        .post("/async/jobs/batch", Some(&json!({"jobs": items})))
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let ids: Vec<String> = v["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["job_id"].as_str().expect("stored").to_string())
-        .collect();
+    let ids = submit_batch(&ts, items).await;
     assert_eq!(ids.len(), N);
     for (i, id) in ids.iter().enumerate() {
         let j = ts.wait_terminal(id, Duration::from_secs(60)).await;
