@@ -347,12 +347,7 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let op: WriteOp = Box::new(move |ctx| {
             let mark = ctx.mark();
-            // A doomed transaction (`whole.rs`) runs nothing more; its requests all fail.
-            let begin = match ctx.doomed {
-                Some(_) => Err(StoreError::Backend("transaction undone".into())),
-                None => sql::control(ctx.conn, "SAVEPOINT op").map_err(db_err),
-            };
-            let r = match begin {
+            let r = match whole::savepoint(ctx) {
                 Ok(()) => {
                     let r = f(ctx);
                     let end = if r.is_ok() {

@@ -37,6 +37,15 @@ pub(super) fn attempt<T>(
     r
 }
 
+/// Opens a request's savepoint ([`SqliteStore::write`]); in a doomed transaction the request
+/// fails without running.
+pub(super) fn savepoint(ctx: &WriteCtx<'_>) -> Result<()> {
+    match &ctx.doomed {
+        Some(e) => Err(StoreError::Backend(format!("transaction undone: {e}"))),
+        None => super::sql::control(ctx.conn, "SAVEPOINT op").map_err(super::db_err),
+    }
+}
+
 impl SqliteStore {
     /// [`SqliteStore::write`] without the request's savepoint (see the module docs): for requests
     /// whose refusals all come before their first write.

@@ -23,7 +23,7 @@ async fn savepoints(s: &SqliteStore) -> i32 {
         let run = |sql: &str| -> i32 {
             ctx.conn
                 .prepare_cached(sql)
-                .map(|st| st.get_status(StatementStatus::RunCount))
+                .map(|st| st.get_status(StatementStatus::Run))
                 .unwrap_or(0)
         };
         Ok(run("SAVEPOINT op") + run("SAVEPOINT batch_job"))
