@@ -8,11 +8,13 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
+use super::jobs::SubmitAnswer;
 use super::{check_replay, edge, extract, prepare_submit, AppState};
 use crate::store::Submitted;
 
@@ -42,7 +44,7 @@ pub async fn submit_batch(
     State(st): State<AppState>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     edge::require_json(&headers)?;
     if bytes.is_empty() {
         return Err(ApiError::json_required());
@@ -75,8 +77,7 @@ pub async fn submit_batch(
         .await?
         .into_iter()
         .zip(hashes);
-    let mut accepted = 0usize;
-    let results: Vec<Value> = refused
+    let outcomes: Vec<Result<Submitted, Value>> = refused
         .into_iter()
         .map(|refusal| {
             // A refused item took no place in the store's answer.
@@ -91,19 +92,41 @@ pub async fn submit_batch(
                     "the store answered fewer jobs than it was given",
                 )),
             };
-            match outcome {
-                Ok(s) => {
-                    accepted += 1;
-                    item(&s)
-                }
-                Err(e) => e.as_item(),
-            }
+            outcome.map_err(|e| e.as_item())
         })
         .collect();
-    let failed = results.len() - accepted;
-    Ok(Json(
-        json!({"results": results, "accepted": accepted, "failed": failed}),
-    ))
+    let accepted = outcomes.iter().filter(|o| o.is_ok()).count();
+    let answer = Answer {
+        accepted,
+        failed: outcomes.len() - accepted,
+        results: outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(s) => Item::Stored(SubmitAnswer::of(s, true)),
+                Err(e) => Item::Refused(e),
+            })
+            .collect(),
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// The answer of a batch, serialized as it is (no `Value` per job); the keys in the order
+/// `json!` wrote them (sorted).
+#[derive(Serialize)]
+struct Answer<'a> {
+    accepted: usize,
+    failed: usize,
+    results: Vec<Item<'a>>,
+}
+
+/// One item of a batch's results: what `POST /async/jobs` answers, with the status it would
+/// have (`202`, or `200` and `idempotent_replayed` for the earlier job of the same key), or the
+/// item's error ([`ApiError::as_item`]).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Item<'a> {
+    Stored(SubmitAnswer<'a>),
+    Refused(&'a Value),
 }
 
 /// One item validated as a single submit body (its own JSON text), nothing stored.
@@ -112,18 +135,4 @@ async fn prepare_item(st: &AppState, item: &Value) -> ApiResult<(crate::job::Job
     let job = prepare_submit(st, &text, Vec::new()).await?;
     let hash = job.submit_hash.clone();
     Ok((job, hash))
-}
-
-/// The result of a stored item: what `POST /async/jobs` answers, with the status it would have
-/// (`202`, or `200` and `idempotent_replayed` for the earlier job of the same key).
-fn item(s: &Submitted) -> Value {
-    let j = &s.job;
-    json!({
-        "status_code": if s.created { 202 } else { 200 },
-        "idempotent_replayed": !s.created,
-        "job_id": j.id,
-        "channel_id": j.channel_id,
-        "status": j.status,
-        "result_url": j.result_url(),
-    })
 }

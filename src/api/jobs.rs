@@ -260,19 +260,39 @@ pub fn parse_run_at(s: &str) -> Result<Micros, String> {
         .ok_or_else(|| format!("`run_at`: `{s}` is after the year 9999"))
 }
 
+/// What a submit answers (`POST /async/jobs`; with its `status_code` and `idempotent_replayed`,
+/// each stored item of a batch), serialized straight from the job: no `Value` built per job. The
+/// keys are in the order `json!` wrote them (sorted).
+#[derive(serde::Serialize)]
+pub(super) struct SubmitAnswer<'a> {
+    channel_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotent_replayed: Option<bool>,
+    job_id: uuid::Uuid,
+    result_url: String,
+    status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<u16>,
+}
+
+impl<'a> SubmitAnswer<'a> {
+    /// The answer of `POST /async/jobs`; `item`: as an item of a batch's results.
+    pub(super) fn of(s: &'a Submitted, item: bool) -> Self {
+        let j = &s.job;
+        Self {
+            channel_id: &j.channel_id,
+            idempotent_replayed: item.then_some(!s.created),
+            job_id: j.id,
+            result_url: j.result_url(),
+            status: j.status,
+            status_code: item.then_some(if s.created { 202 } else { 200 }),
+        }
+    }
+}
+
 /// The 202 response of a submit.
 pub fn accepted(s: &Submitted) -> Response {
-    let j = &s.job;
-    let mut res = (
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "job_id": j.id,
-            "channel_id": j.channel_id,
-            "status": j.status,
-            "result_url": j.result_url(),
-        })),
-    )
-        .into_response();
+    let mut res = (StatusCode::ACCEPTED, Json(SubmitAnswer::of(s, false))).into_response();
     if !s.created {
         res.headers_mut().insert(
             "idempotent-replayed",

@@ -1,9 +1,12 @@
 //! Batch submit for the embedded backend: every job of a batch in ONE write of the writer
-//! thread (one transaction), each job in its own savepoint so that a job that fails leaves the
-//! others stored (all or nothing per job, docs/api.md `POST /async/jobs/batch`).
+//! thread (one transaction), all or nothing per job (docs/api.md `POST /async/jobs/batch`): a job
+//! refused leaves the others stored. A job's refusals come before its first write (`whole.rs`),
+//! but for a WAITING job, whose entry may be refused after its row is written: that one gets a
+//! savepoint of its own.
 
-use super::{db_err, jobs::submit_in, SqliteStore};
-use crate::job::Job;
+use super::whole::attempt;
+use super::{db_err, jobs::submit_in, sql, SqliteStore};
+use crate::job::{Job, JobStatus};
 use crate::store::{Result, Submitted};
 
 impl SqliteStore {
@@ -12,22 +15,22 @@ impl SqliteStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |ctx| {
+        self.write_whole(move |ctx| {
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
-                ctx.conn
-                    .execute_batch("SAVEPOINT batch_job")
-                    .map_err(db_err)?;
+                if job.status != JobStatus::Waiting {
+                    out.push(attempt(ctx, |ctx| submit_in(ctx, job)));
+                    continue;
+                }
+                sql::control(ctx.conn, "SAVEPOINT batch_job").map_err(db_err)?;
                 let mark = ctx.mark();
                 let r = submit_in(ctx, job);
-                let end = if r.is_ok() {
-                    "RELEASE batch_job"
-                } else {
+                if r.is_err() {
                     // Only this job's rows go; its notices were never sent.
                     ctx.undo(mark);
-                    "ROLLBACK TO batch_job; RELEASE batch_job"
-                };
-                ctx.conn.execute_batch(end).map_err(db_err)?;
+                    sql::control(ctx.conn, "ROLLBACK TO batch_job").map_err(db_err)?;
+                }
+                sql::control(ctx.conn, "RELEASE batch_job").map_err(db_err)?;
                 out.push(r);
             }
             Ok(out)

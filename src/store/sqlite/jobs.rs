@@ -24,7 +24,11 @@ DROP INDEX IF EXISTS jobs_channel;
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
-        self.write(move |ctx| submit_in(ctx, job)).await
+        // Entering WAITING may be refused after the row is written: that one keeps a savepoint.
+        if job.status == JobStatus::Waiting {
+            return self.write(move |ctx| submit_in(ctx, job)).await;
+        }
+        self.write_whole(move |ctx| submit_in(ctx, job)).await
     }
 
     async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {
@@ -54,7 +58,8 @@ impl JobStore for SqliteStore {
         start: Command,
         finish: std::sync::Arc<crate::store::FinishSlot>,
     ) -> Result<(Job, Option<Result<Job>>)> {
-        self.write(move |ctx| super::start::start_in(ctx, id, start, &finish))
+        // Its refusals (no such job, a refused transition) all come before its first write.
+        self.write_whole(move |ctx| super::start::start_in(ctx, id, start, &finish))
             .await
     }
 }

@@ -57,6 +57,7 @@ mod tail_tests;
 #[cfg(test)]
 mod tests;
 mod waits;
+mod whole;
 
 pub use events::parse_event_id;
 use sql::{exec, row, row_opt, rows};
@@ -127,6 +128,9 @@ struct WriteCtx<'a> {
     handoffs: &'a Handoffs,
     /// The jobs this transaction claimed for parked workers, passed over after the commit.
     handed: Vec<(Taken, Job)>,
+    /// Why the transaction must be rolled back whole (`whole.rs`): the rest of the batch does
+    /// not run, and every request is answered with this error.
+    doomed: Option<String>,
 }
 
 /// The embedded store.
@@ -343,7 +347,7 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let op: WriteOp = Box::new(move |ctx| {
             let mark = ctx.mark();
-            let r = match sql::control(ctx.conn, "SAVEPOINT op") {
+            let r = match whole::savepoint(ctx) {
                 Ok(()) => {
                     let r = f(ctx);
                     let end = if r.is_ok() {
@@ -358,7 +362,7 @@ impl SqliteStore {
                         (Ok(_), Err(e)) => Err(db_err(e)),
                     }
                 }
-                Err(e) => Err(db_err(e)),
+                Err(e) => Err(e),
             };
             if r.is_err() {
                 ctx.undo(mark);
@@ -442,6 +446,7 @@ fn writer_loop(
             settings: &settings,
             handoffs: &handoffs,
             handed: Vec::new(),
+            doomed: None,
         };
         if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
             // Reply to everyone with the failure; nothing ran.
@@ -454,7 +459,10 @@ fn writer_loop(
             continue;
         }
         let dones: Vec<Done> = batch.drain(..).map(|op| op(&mut ctx)).collect();
-        let commit = sql::control(&conn, "COMMIT").err().map(|e| e.to_string());
+        let commit = match ctx.doomed.take() {
+            Some(e) => Some(e),
+            None => sql::control(&conn, "COMMIT").err().map(|e| e.to_string()),
+        };
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
             ctx.undo((0, 0, 0));

@@ -57,7 +57,9 @@ impl JobQueue for SqliteStore {
         }
         let runner = runner.to_string();
         let worker = worker.to_string();
-        self.write(move |ctx| {
+        // Only QUEUED jobs are read, and a claim of a QUEUED job is never refused: nothing is
+        // refused after the first write.
+        self.write_whole(move |ctx| {
             let queued = jobs_of(
                 ctx.conn,
                 concat!(
