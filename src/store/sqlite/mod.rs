@@ -41,6 +41,7 @@ mod jobs;
 #[cfg(test)]
 mod list_tests;
 mod logs;
+mod notices;
 #[cfg(test)]
 mod page_tests;
 mod queue;
@@ -133,7 +134,7 @@ struct WriteCtx<'a> {
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
-    notify: broadcast::Sender<Notice>,
+    notify: Arc<notices::Listeners>,
     /// Each committed transaction's events, in commit order (`tail.rs`).
     committed: broadcast::Sender<tail::Batch>,
     settings: StoreSettings,
@@ -311,7 +312,7 @@ impl SqliteStore {
             .spawn(move || checkpoint_loop(cp_path, cp_run))
             .map_err(|e| StoreError::Unavailable(format!("cannot start checkpoints: {e}")))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let (notify, _) = broadcast::channel(4096);
+        let notify = Arc::new(notices::Listeners::new());
         let (committed, _) = broadcast::channel(tail::BATCHES);
         let handoffs = Handoffs::new();
         let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
@@ -416,7 +417,7 @@ impl WriteCtx<'_> {
 fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
-    (notify, committed): (broadcast::Sender<Notice>, broadcast::Sender<tail::Batch>),
+    (notify, committed): (Arc<notices::Listeners>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
 ) {
@@ -461,7 +462,7 @@ fn writer_loop(
         }
         // The committed hand-offs first: the worker starts while the replies go out.
         handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
-        let notices = std::mem::take(&mut ctx.notices);
+        let mut notices = std::mem::take(&mut ctx.notices);
         // Before the notices: a tail woken by `Notice::Events` finds the batch already sent.
         if !ctx.events.is_empty() && committed.receiver_count() > 0 {
             let _ = committed.send(std::mem::take(&mut ctx.events).into());
@@ -469,14 +470,10 @@ fn writer_loop(
         for d in dones {
             d(commit.clone());
         }
-        let mut events = false;
-        for n in notices {
-            events |= matches!(n, Notice::Changed { .. });
-            let _ = notify.send(n);
+        if notices.iter().any(|n| matches!(n, Notice::Changed { .. })) {
+            notices.push(Notice::Events);
         }
-        if events {
-            let _ = notify.send(Notice::Events);
-        }
+        notify.send(&notices);
     }
 }
 
@@ -581,6 +578,10 @@ fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) ->
 impl Store for SqliteStore {
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notify.subscribe()
+    }
+
+    fn subscribe_to(&self, wants: super::NoticeFilter) -> broadcast::Receiver<Notice> {
+        self.notify.subscribe_to(wants)
     }
 
     fn backend_name(&self) -> &'static str {
