@@ -58,6 +58,7 @@ mod tail_tests;
 #[cfg(test)]
 mod tests;
 mod waits;
+mod walvfs;
 
 pub use events::parse_event_id;
 use sql::{exec, row, row_opt, rows};
@@ -240,8 +241,15 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("corrupt record: {e}"))
 }
 
+/// A connection; one that writes (the writer's) writes each transaction's WAL frames at once
+/// (`walvfs.rs`).
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(db_err)?;
+    let conn = if !read_only && walvfs::register() {
+        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), walvfs::NAME)
+    } else {
+        Connection::open(path)
+    }
+    .map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
     if !read_only {
         // Only a new (empty) database takes it, before WAL mode writes its first page; an existing
