@@ -74,7 +74,7 @@ mod tests {
     use crate::job::{now_us, Job, JobStatus};
     use crate::metrics::{MeteredStore, Metrics};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{Notice, Store, StoreSettings};
+    use crate::store::{Notice, StoreSettings};
 
     fn scheduled(n: &Notice) -> bool {
         matches!(
@@ -116,13 +116,12 @@ mod tests {
         assert!(matches!(only.try_recv(), Err(TryRecvError::Empty)));
         let mut seen = Vec::new();
         while seen.len() < 2 {
-            match tokio::time::timeout(Duration::from_secs(30), all.recv())
+            let n = tokio::time::timeout(Duration::from_secs(30), all.recv())
                 .await
                 .expect("a notice")
-                .expect("not lagged")
-            {
-                Notice::Changed { job_id, .. } => seen.push(job_id),
-                _ => {}
+                .expect("not lagged");
+            if let Notice::Changed { job_id, .. } = n {
+                seen.push(job_id);
             }
         }
         assert_eq!(seen, vec![queued.id, later.id]);

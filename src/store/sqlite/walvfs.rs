@@ -126,7 +126,10 @@ unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
     if w.gathered.is_empty() {
         return ffi::SQLITE_OK;
     }
-    let write = methods(f).xWrite.expect("a file can be written");
+    let Some(write) = methods(f).xWrite else {
+        w.gathered.clear();
+        return ffi::SQLITE_IOERR_WRITE;
+    };
     let rc = write(
         w.real,
         w.gathered.as_ptr() as *const c_void,
