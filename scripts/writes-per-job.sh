@@ -69,11 +69,18 @@ embedded() {
   local psize; psize=$(sqlite3 "$db" "PRAGMA page_size;")
   local tx frames
   tx=$(grep -c 'runyard.db-shm>, F_SETLK, {l_type=F_WRLCK, l_whence=SEEK_SET, l_start=120, l_len=1}) = 0' "$dir/emb/strace" || true)
-  frames=$(grep -E 'pwrite64\([0-9]+<[^>]*runyard.db-wal>, .*, 24, [0-9]+\) = 24' -c "$dir/emb/strace" || true)
+  # Frames from the bytes written to the WAL (a frame is its 24-byte header and a page, written
+  # as two calls by SQLite's own VFS, gathered into one call per transaction since session 9).
+  local walbytes calls
+  walbytes=$(grep -E 'pwrite64\([0-9]+<[^>]*runyard.db-wal>, .*\) = [0-9]+$' "$dir/emb/strace" |
+    sed -E 's/.* = ([0-9]+)$/\1/' | awk '{s+=$1} END {print s+0}')
+  calls=$(grep -cE 'pwrite64\([0-9]+<[^>]*runyard.db-wal>' "$dir/emb/strace" || true)
+  frames=$((walbytes / (psize + 24)))
   echo "embedded: $n no-op service jobs, $conns connection(s)"
-  python3 - "$n" "$before" "$after" "$psize" "$tx" "$frames" "$dir/emb/before" "$dir/emb/after" <<'PY'
+  python3 - "$n" "$before" "$after" "$psize" "$tx" "$frames" "$dir/emb/before" "$dir/emb/after" "$calls" <<'PY'
 import sys
 n, before, after, psize, tx, frames = (int(x) for x in sys.argv[1:7])
+calls = int(sys.argv[9])
 def load(p):
     d = {}
     for line in open(p):
@@ -88,6 +95,7 @@ for k in sorted(a, key=lambda k: -(a[k] - b.get(k, 0))):
         print(f"    {k:24} {d / n:8.0f} B/job")
 print(f"  write transactions per job: {tx / n:.2f} ({tx})")
 print(f"  WAL frames per job: {frames / n:.2f} ({frames}; {frames * (psize + 24) / n:.0f} B of WAL per job)")
+print(f"  WAL write calls per job: {calls / n:.2f} ({calls})")
 PY
 }
 

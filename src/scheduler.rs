@@ -18,7 +18,15 @@ use crate::store::{Notice, Store};
 
 /// Promotes due jobs; sleeps until the next one is due or something new is scheduled.
 pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
-    let mut rx = store.subscribe();
+    let mut rx = store.subscribe_to(|n| {
+        matches!(
+            n,
+            Notice::Changed {
+                status: crate::job::JobStatus::Scheduled,
+                ..
+            }
+        )
+    });
     loop {
         let mut wait = Duration::from_secs(1);
         match store.promote_due(1000).await {

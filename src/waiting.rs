@@ -318,7 +318,15 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
     // store releases in the signal's transaction; on Redis the marks a signal wrote stay in
     // `P:waitdue` until a node has checked them (the first round below), and overdue deadlines
     // are in the deadline index.
-    let mut rx = store.subscribe();
+    let mut rx = store.subscribe_to(|n| {
+        matches!(
+            n,
+            Notice::Changed {
+                status: JobStatus::Waiting,
+                ..
+            }
+        )
+    });
     loop {
         let mut busy = false;
         match store.wait_check_marked(BATCH).await {

@@ -215,6 +215,9 @@ impl Store for MeteredStore {
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.inner.subscribe()
     }
+    fn subscribe_to(&self, wants: crate::store::NoticeFilter) -> broadcast::Receiver<Notice> {
+        self.inner.subscribe_to(wants)
+    }
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }

@@ -86,7 +86,7 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
     let d = Arc::new(d);
     let slots = Arc::new(Semaphore::new(d.config.concurrency));
     let done = Arc::new(tokio::sync::Notify::new());
-    let mut notices = d.store.subscribe();
+    let mut notices = d.store.subscribe_to(only_events);
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_trim = Instant::now();
     let mut store_backoff = Duration::from_millis(100);
@@ -150,6 +150,11 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
     tasks.abort_all();
 }
 
+/// The notices the loop acts on: a delivery is only ever stored with an event.
+fn only_events(n: &Notice) -> bool {
+    matches!(n, Notice::Events)
+}
+
 /// Drops old delivery records, at most once per `TRIM_EVERY`.
 async fn trim_if_due(d: &Deliverer, last_trim: &mut Instant) {
     if last_trim.elapsed() >= TRIM_EVERY {
@@ -187,7 +192,7 @@ async fn stopped_waiting(
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    *notices = d.store.subscribe();
+                    *notices = d.store.subscribe_to(only_events);
                     return false;
                 }
             },

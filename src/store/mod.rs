@@ -160,6 +160,9 @@ pub enum Notice {
     Events,
 }
 
+/// Which notices a listener acts on ([`Store::subscribe_to`]); lagging is always reported.
+pub type NoticeFilter = fn(&Notice) -> bool;
+
 /// What retention removed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RetentionReport {
@@ -302,6 +305,14 @@ pub trait Store:
 {
     /// Listens to what this store commits.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// Listens to what this store commits, for a listener that acts only on the notices `wants`
+    /// accepts: a store may leave the others out, so the listener is not woken for them (the
+    /// embedded store: [`NoticeFilter`]). Others may still arrive (the default: all of them),
+    /// so the listener checks each notice as with [`Store::subscribe`].
+    fn subscribe_to(&self, wants: NoticeFilter) -> broadcast::Receiver<Notice> {
+        let _ = wants;
+        self.subscribe()
+    }
     /// `embedded` or `redis`.
     fn backend_name(&self) -> &'static str;
 }

@@ -269,7 +269,7 @@ impl Worker {
 
     /// Reacts to what the store commits: new work wakes the claim loop, a cancelled job is stopped.
     async fn listen(self: Arc<Self>, stop: CancellationToken) {
-        let mut rx = self.store.subscribe();
+        let mut rx = self.store.subscribe_to(supervise::listened);
         loop {
             let n = tokio::select! {
                 n = rx.recv() => n,

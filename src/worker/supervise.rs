@@ -185,3 +185,18 @@ pub(super) fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> 
         },
     }
 }
+
+/// The store notices the worker's listener (`Worker::listen`) acts on: new work, and a cancel
+/// (which stops the job if it runs here).
+pub(super) fn listened(n: &crate::store::Notice) -> bool {
+    use crate::job::JobStatus;
+    use crate::store::Notice;
+    matches!(
+        n,
+        Notice::Queued { .. }
+            | Notice::Changed {
+                status: JobStatus::Cancelled,
+                ..
+            }
+    )
+}

@@ -7,7 +7,7 @@
 //! pool of read-only connections, which WAL lets run beside the writer.
 //!
 //! A checkpoint thread copies the WAL into the database every 100 ms, so no request ever waits on
-//! a checkpoint inside a `COMMIT` (see [`checkpoint_loop`]).
+//! a checkpoint inside a `COMMIT` (see [`checkpoint::checkpoint_loop`]).
 //!
 //! Durability: `synchronous = NORMAL` in WAL mode survives a crash of the process (`kill -9`) with
 //! every committed transaction; only a power loss may drop the last ones. Set
@@ -31,6 +31,7 @@ use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Mic
 
 mod activity;
 mod batch;
+mod checkpoint;
 #[cfg(test)]
 mod compat_tests;
 mod counts;
@@ -41,6 +42,7 @@ mod jobs;
 #[cfg(test)]
 mod list_tests;
 mod logs;
+mod notices;
 #[cfg(test)]
 mod page_tests;
 mod queue;
@@ -57,6 +59,7 @@ mod tail_tests;
 #[cfg(test)]
 mod tests;
 mod waits;
+mod walvfs;
 mod whole;
 
 pub use events::parse_event_id;
@@ -137,7 +140,7 @@ struct WriteCtx<'a> {
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
-    notify: broadcast::Sender<Notice>,
+    notify: Arc<notices::Listeners>,
     /// Each committed transaction's events, in commit order (`tail.rs`).
     committed: broadcast::Sender<tail::Batch>,
     settings: StoreSettings,
@@ -171,50 +174,6 @@ const MAX_BATCH: usize = 512;
 /// before. Databases made with 4 KiB pages keep them.
 const PAGE_SIZE: i64 = 2048;
 
-/// How often the checkpoint thread copies the WAL into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// WAL size (in frames: 32 MiB with 2 KiB pages, 64 MiB with 4 KiB ones) past which the
-/// checkpoint thread restarts the WAL from its beginning, so it stays bounded under a sustained
-/// load.
-const WAL_RESTART_FRAMES: i64 = 16_384;
-
-/// Checkpoints the WAL off the writer's path. With SQLite's automatic checkpoint, every ~1000
-/// pages one `COMMIT` also fsyncs the WAL, copies it and fsyncs the database: a 4-13 ms stall of
-/// the writer (and so of every request waiting on it). Here a passive checkpoint runs every
-/// 100 ms on its own connection, never waiting for the writer; a restart (which needs a moment
-/// without a writer, and is tried without waiting) bounds the WAL.
-fn checkpoint_loop(path: PathBuf, running: Arc<AtomicBool>) {
-    let conn = match open_conn(&path, false) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the checkpoint connection; the WAL will grow");
-            return;
-        }
-    };
-    let _ = conn.busy_timeout(Duration::ZERO);
-    let frames = |mode: &str| -> Option<i64> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
-        })
-        .ok()
-    };
-    while running.load(Ordering::Acquire) {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        match frames("PASSIVE") {
-            Some(n) if n > 4 * WAL_RESTART_FRAMES => {
-                // Restarts keep missing a gap between writes: wait a little for one.
-                let _ = conn.busy_timeout(Duration::from_millis(100));
-                let _ = frames("RESTART");
-                let _ = conn.busy_timeout(Duration::ZERO);
-            }
-            Some(n) if n > WAL_RESTART_FRAMES => {
-                let _ = frames("RESTART");
-            }
-            _ => {}
-        }
-    }
-}
-
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
@@ -243,8 +202,15 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("corrupt record: {e}"))
 }
 
+/// A connection; one that writes (the writer's) writes each transaction's WAL frames at once
+/// (`walvfs.rs`).
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(db_err)?;
+    let conn = if !read_only && walvfs::register() {
+        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), walvfs::NAME)
+    } else {
+        Connection::open(path)
+    }
+    .map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(db_err)?;
     if !read_only {
         // Only a new (empty) database takes it, before WAL mode writes its first page; an existing
@@ -312,10 +278,10 @@ impl SqliteStore {
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());
         std::thread::Builder::new()
             .name("runyard-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(cp_path, cp_run))
+            .spawn(move || checkpoint::checkpoint_loop(cp_path, cp_run))
             .map_err(|e| StoreError::Unavailable(format!("cannot start checkpoints: {e}")))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let (notify, _) = broadcast::channel(4096);
+        let notify = Arc::new(notices::Listeners::new());
         let (committed, _) = broadcast::channel(tail::BATCHES);
         let handoffs = Handoffs::new();
         let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
@@ -420,7 +386,7 @@ impl WriteCtx<'_> {
 fn writer_loop(
     conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
-    (notify, committed): (broadcast::Sender<Notice>, broadcast::Sender<tail::Batch>),
+    (notify, committed): (Arc<notices::Listeners>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
 ) {
@@ -469,7 +435,7 @@ fn writer_loop(
         }
         // The committed hand-offs first: the worker starts while the replies go out.
         handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
-        let notices = std::mem::take(&mut ctx.notices);
+        let mut notices = std::mem::take(&mut ctx.notices);
         // Before the notices: a tail woken by `Notice::Events` finds the batch already sent.
         if !ctx.events.is_empty() && committed.receiver_count() > 0 {
             let _ = committed.send(std::mem::take(&mut ctx.events).into());
@@ -477,14 +443,10 @@ fn writer_loop(
         for d in dones {
             d(commit.clone());
         }
-        let mut events = false;
-        for n in notices {
-            events |= matches!(n, Notice::Changed { .. });
-            let _ = notify.send(n);
+        if notices.iter().any(|n| matches!(n, Notice::Changed { .. })) {
+            notices.push(Notice::Events);
         }
-        if events {
-            let _ = notify.send(Notice::Events);
-        }
+        notify.send(&notices);
     }
 }
 
@@ -589,6 +551,10 @@ fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) ->
 impl Store for SqliteStore {
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notify.subscribe()
+    }
+
+    fn subscribe_to(&self, wants: super::NoticeFilter) -> broadcast::Receiver<Notice> {
+        self.notify.subscribe_to(wants)
     }
 
     fn backend_name(&self) -> &'static str {
