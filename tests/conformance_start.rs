@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use runyard::job::{now_us, Command, FinishOutcome, Job, JobStatus, TransitionError};
 use runyard::store::redis::{RedisSettings, RedisStore};
-use runyard::store::{FinishSlot, Notice, Store, StoreError, StoreSettings};
+use runyard::store::{FinishSlot, ListQuery, Notice, Store, StoreError, StoreSettings};
 use serde_json::json;
 
 use redis_support::TestRedis;
@@ -199,6 +199,12 @@ async fn a_refused_finish_leaves_the_start_stored(s: Arc<dyn Store>) {
 
 /// `commit.lua` calls Redis has run so far (`INFO commandstats`, `EVALSHA` and `EVAL`).
 async fn script_calls(url: &str) -> u64 {
+    calls(url, &["evalsha", "eval"]).await
+}
+
+/// Calls of the commands `names` (lower case) Redis has run so far, scripts' own included
+/// (`INFO commandstats`).
+async fn calls(url: &str, names: &[&str]) -> u64 {
     let client = ::redis::Client::open(url).expect("client");
     let mut c = client
         .get_multiplexed_async_connection()
@@ -210,7 +216,11 @@ async fn script_calls(url: &str) -> u64 {
         .await
         .expect("info");
     info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            names
+                .iter()
+                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
+        })
         .filter_map(|l| {
             l.split("calls=")
                 .nth(1)?
@@ -258,4 +268,153 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
         ["QUEUED", "STARTING", "RUNNING", "SUCCESS"],
         "both events, in order"
     );
+}
+
+/// Redis: the index changes of one `commit.lua` call are netted and sent once per key
+/// (`lua/commit.lua`, `flush_index`): a batch of submits moves the job counts with one
+/// `HINCRBY` and each sorted set with one `ZADD`, the claims of all of them with one `HINCRBY`
+/// per status and one `ZREM`/`ZADD` per key, where each write used to send its own (400 `ZADD`
+/// and 100 `HINCRBY` for 100 submits). What a user reads stays exact: counts, listings, queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_calls_index_changes_go_once_per_key() {
+    // A private server: a shared one counts other tests' calls too.
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    const N: usize = 100;
+    let jobs: Vec<Job> = (0..N).map(|_| Job::new("t.net", "rn", now_us())).collect();
+    let idx = ["hincrby", "zadd", "zrem"];
+    let before = calls(&r.url, &idx).await;
+    let out = s.submit_many(jobs).await.expect("batch");
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    let submitted = calls(&r.url, &idx).await - before;
+    // One HINCRBY (t.net QUEUED) and one ZADD for each of `P:all`, `P:qt:`, `P:q:`, `P:st:`.
+    assert!(submitted <= 5, "{submitted} index commands for {N} submits");
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.net", JobStatus::Queued), N as u64);
+
+    let before = calls(&r.url, &idx).await;
+    let claimed = s
+        .claim("rn", "w1", N, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), N);
+    let moved = calls(&r.url, &idx).await - before;
+    // The pick's reservations (one ZADD, claim.lua), then the claims' one call: two HINCRBY,
+    // ZREM from `P:qt:`, `P:q:`, `P:st:QUEUED`, ZADD to `P:st:STARTING`, `P:lease`.
+    assert!(moved <= 8, "{moved} index commands for {N} claims");
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.net", JobStatus::Queued), 0);
+    assert_eq!(counts.count("t.net", JobStatus::Starting), N as u64);
+    let page = s
+        .list(ListQuery {
+            status: Some(JobStatus::Starting),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.jobs.len(), N);
+    let queued = s
+        .list(ListQuery {
+            status: Some(JobStatus::Queued),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(queued.jobs.is_empty());
+    assert!(s
+        .claim("rn", "w2", N, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .is_empty());
+
+    // A start and its finish in one call leave RUNNING as it was: counted once, listed never.
+    let j = &claimed[0];
+    let token = j.lease.as_ref().expect("a lease").token;
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    let (_, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(
+        end.expect("finish taken").expect("finished").status,
+        JobStatus::Success
+    );
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.net", JobStatus::Running), 0);
+    assert_eq!(counts.count("t.net", JobStatus::Success), 1);
+    assert_eq!(counts.count("t.net", JobStatus::Starting), N as u64 - 1);
+    for status in [JobStatus::Running, JobStatus::Success] {
+        let page = s
+            .list(ListQuery {
+                status: Some(status),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        let want = usize::from(status == JobStatus::Success);
+        assert_eq!(page.jobs.len(), want, "{status:?}");
+    }
+}
+
+/// Redis: a quick job's claim, start and finish by another process than its submit's refresh no
+/// channel TTL (`RedisStore::ttl_due`): the submit set it a moment before, so one `PEXPIRE` per
+/// job where the worker's process sent one more; the stream still lives `retention.events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let connect = || {
+        RedisStore::connect(RedisSettings {
+            prefix: r.prefix.clone(),
+            retry: Duration::from_secs(5),
+            ..RedisSettings::new(r.url.clone())
+        })
+    };
+    // Two stores: an API node and a worker node.
+    let api: Arc<dyn Store> = connect().await.expect("connect");
+    let worker: Arc<dyn Store> = connect().await.expect("connect");
+    let before = calls(&r.url, &["pexpire"]).await;
+    let j = Job {
+        max_attempts: 1,
+        ..Job::new("t.ttl", "rt", now_us())
+    };
+    api.submit(j.clone()).await.expect("submit");
+    let mut v = worker
+        .claim("rt", "w1", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let token = v.pop().expect("claimed").lease.expect("a lease").token;
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    let (_, end) = worker
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    end.expect("finish taken").expect("finished");
+    let sent = calls(&r.url, &["pexpire"]).await - before;
+    assert_eq!(sent, 1, "the submit's refresh only");
+    assert_eq!(
+        statuses(&api, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SUCCESS"]
+    );
+    let client = ::redis::Client::open(r.url.as_str()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{}:evc:{}", r.prefix, j.channel_id))
+        .query_async(&mut c)
+        .await
+        .expect("pttl");
+    assert!(ttl > 23 * 3600 * 1000, "channel stream PTTL {ttl} ms");
 }

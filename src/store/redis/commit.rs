@@ -29,7 +29,7 @@ pub(super) const COMMITTERS: usize = 1;
 fn channel_ttl_slack(s: &RedisSettings) -> Option<Duration> {
     let ttl = s.channel_ttl;
     let slack = ttl / 64;
-    (ttl >= Duration::from_secs(3600) && (slack + s.retry + s.command_timeout) * 4 < ttl)
+    (ttl >= Duration::from_secs(3600) && (slack * 2 + s.retry + s.command_timeout) * 4 < ttl)
         .then_some(slack)
 }
 
@@ -180,7 +180,7 @@ impl RedisStore {
         let sent = Instant::now();
         let mut ttl = Vec::with_capacity(writes.len());
         for w in writes {
-            ttl.push(w.event.is_some() && self.ttl_due(&w.job.channel_id));
+            ttl.push(w.event.is_some() && self.ttl_due(w));
             let (a, k, sh) = w
                 .parts(&self.s.prefix, *ttl.last().unwrap_or(&true))
                 .into_args();
@@ -278,7 +278,7 @@ impl RedisStore {
             Ok(w) => w,
             Err(e) => return LateOutcome::Refused(cmd, e),
         };
-        let ttl = w.event.is_some() && self.ttl_due(&w.job.channel_id);
+        let ttl = w.event.is_some() && self.ttl_due(&w);
         let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_args();
         p.args.extend(a);
         p.keys.extend(k);
@@ -372,14 +372,22 @@ impl RedisStore {
 
     /// Whether a write's event should refresh its channel stream's TTL. Each event used to
     /// (a `PEXPIRE` per event); now a process refreshes a channel at most once per
-    /// [`channel_ttl_slack`] (when the TTL is long enough for that, see there), so a channel
-    /// stream lives at least `retention.events` minus that slack after its last event, which
-    /// `events.lua` is told ([`RedisStore::channel_ttl_read`]).
-    fn ttl_due(&self, channel: &str) -> bool {
+    /// [`channel_ttl_slack`] (when the TTL is long enough for that, see there), and not at all
+    /// for a change of a job created less than half that slack ago (by its time `created_at`,
+    /// so a skew of the nodes' clocks up to half the slack is allowed for): its submit
+    /// refreshed the channel, or its process had within the slack before (a worker's claim,
+    /// start and finish of a quick job send none). A channel stream so lives at least
+    /// `retention.events` minus twice that slack after its last event, which `events.lua` is
+    /// told ([`RedisStore::channel_ttl_read`]).
+    fn ttl_due(&self, w: &Write) -> bool {
         let Some(slack) = channel_ttl_slack(&self.s) else {
             return true;
         };
-        !matches!(self.ttl_set.lock().get(channel), Some(t) if t.elapsed() < slack)
+        let age = crate::job::now_us().saturating_sub(w.job.created_at);
+        if w.expected.is_some() && age < (slack / 2).as_micros() as i64 {
+            return false;
+        }
+        !matches!(self.ttl_set.lock().get(&w.job.channel_id), Some(t) if t.elapsed() < slack)
     }
 
     /// A refresh of `channel`'s TTL sent at `sent` was committed.
@@ -395,11 +403,12 @@ impl RedisStore {
     }
 
     /// The channel TTL `events.lua` reads with: `retention.events` less what a stream may lose
-    /// to refreshes skipped (the slack, and a commit's longest wait: `store.retry` plus a try).
+    /// to refreshes skipped (twice the slack, see [`Self::ttl_due`], and a commit's longest
+    /// wait: `store.retry` plus a try).
     pub(super) fn channel_ttl_read(&self) -> Duration {
         let ttl = self.s.channel_ttl;
         match channel_ttl_slack(&self.s) {
-            Some(slack) => ttl.saturating_sub(slack + self.s.retry + self.s.command_timeout),
+            Some(slack) => ttl.saturating_sub(slack * 2 + self.s.retry + self.s.command_timeout),
             None => ttl,
         }
     }

@@ -21,14 +21,20 @@ if #picked == 0 then return {} end
 local n = #picked / 2
 local last = redis.call('INCRBY', tokens, n)
 local out = { last - n + 1, n }
+-- The reservations go in one ZADD (the pick is at most a worker's free slots).
+local reserve = {}
 for i = 1, #picked, 2 do
   local id = picked[i]
   local h = redis.call('HMGET', job_prefix .. id, 'v', 'b')
   if h[1] then
-    redis.call('ZADD', leases, reserve_until, id)
+    reserve[#reserve + 1] = reserve_until
+    reserve[#reserve + 1] = id
     out[#out + 1] = id
     out[#out + 1] = h[1]
     out[#out + 1] = h[2]
   end
+end
+for i = 1, #reserve, 4000 do
+  redis.call('ZADD', leases, unpack(reserve, i, math.min(i + 3999, #reserve)))
 end
 return out

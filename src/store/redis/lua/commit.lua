@@ -181,42 +181,98 @@ local function deliver(w, K, eid)
   redis.call('ZADD', K.djob, n, n)
 end
 
+-- The call's index changes, netted: the job counts by (type, status) summed per field, and the
+-- sorted-set entries (`all`, `qt`, `q`, `stold`/`stnew`, `sched`, `lease`, `fin`) kept as the
+-- last state each write left per key and member; both are applied once, at the end of the call,
+-- with one HINCRBY per field that moved and one variadic ZREM/ZADD per key. A group commit's
+-- writes (and a batch submit's) share most of these keys: a claim's -1 QUEUED and a submit's +1
+-- cancel out, a start and its finish in one call leave RUNNING as it was. Nothing in the script
+-- reads these keys, so applying them at the end changes no reply.
+local JC, JCF = {}, {}
+local Z, ZK = {}, {}
+
+local function count(field, d)
+  local c = JC[field]
+  if not c then JCF[#JCF + 1] = field end
+  JC[field] = (c or 0) + d
+end
+
+-- `score` false: not in the set.
+local function zset(key, id, score)
+  local t = Z[key]
+  if not t then
+    t = {}
+    Z[key] = t
+    ZK[#ZK + 1] = key
+  end
+  t[id] = score
+end
+
+-- At most this many arguments per unpack (Lua's C stack).
+local CHUNK = 4000
+
+local function zcall(cmd, key, args)
+  for i = 1, #args, CHUNK do
+    redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
+  end
+end
+
+local function flush_index()
+  for _, field in ipairs(JCF) do
+    local d = JC[field]
+    if d ~= 0 then redis.call('HINCRBY', S.jc, field, d) end
+  end
+  for _, key in ipairs(ZK) do
+    local add, rem = {}, {}
+    for id, score in pairs(Z[key]) do
+      if score then
+        add[#add + 1] = score
+        add[#add + 1] = id
+      else
+        rem[#rem + 1] = id
+      end
+    end
+    if #rem > 0 then zcall('ZREM', key, rem) end
+    if #add > 0 then zcall('ZADD', key, add) end
+  end
+end
+
 -- The job's index entries, as the write declares them.
 local function index(w, K, old)
   local id, st = w.id, w.st
   if K.jc and old ~= st then
-    if old then redis.call('HINCRBY', K.jc, w.t .. '\n' .. old, -1) end
-    redis.call('HINCRBY', K.jc, w.t .. '\n' .. st, 1)
+    if old then count(w.t .. '\n' .. old, -1) end
+    count(w.t .. '\n' .. st, 1)
   end
   if K.qt then
-    if st == 'QUEUED' then redis.call('ZADD', K.qt, w.q, id) else redis.call('ZREM', K.qt, id) end
+    if st == 'QUEUED' then zset(K.qt, id, w.q) else zset(K.qt, id, false) end
   end
-  if K.stold then redis.call('ZREM', K.stold, id) end
-  if K.stnew then redis.call('ZADD', K.stnew, 0, id) end
+  if K.stold then zset(K.stold, id, false) end
+  if K.stnew then zset(K.stnew, id, 0) end
   if K.q then
     if st == 'QUEUED' then
-      redis.call('ZADD', K.q, w.q, id)
+      zset(K.q, id, w.q)
       if old ~= 'QUEUED' and not announced[w.r] then
         announced[w.r] = true
         notice = notice .. '\nQ ' .. w.r
       end
     else
-      redis.call('ZREM', K.q, id)
+      zset(K.q, id, false)
     end
   end
   if K.sched then
     if st == 'SCHEDULED' and w.runat then
-      redis.call('ZADD', K.sched, w.runat, id)
+      zset(K.sched, id, w.runat)
     else
-      redis.call('ZREM', K.sched, id)
+      zset(K.sched, id, false)
     end
   end
   -- Removing a job that is not active also drops a claim reservation (see claim.lua).
   if K.lease then
-    if w.lease then redis.call('ZADD', K.lease, w.lease, id) else redis.call('ZREM', K.lease, id) end
+    if w.lease then zset(K.lease, id, w.lease) else zset(K.lease, id, false) end
   end
   if K.fin then
-    if w.fin then redis.call('ZADD', K.fin, w.fin, id) else redis.call('ZREM', K.fin, id) end
+    if w.fin then zset(K.fin, id, w.fin) else zset(K.fin, id, false) end
   end
 end
 
@@ -231,7 +287,7 @@ local function commit_one(w)
       if other then return 'IDEM:' .. other end
       redis.call('SET', K.idem, id)
     end
-    if K.all then redis.call('ZADD', K.all, 0, id) end
+    if K.all then zset(K.all, id, 0) end
     old = false
   else
     if not cur[1] then return 'GONE' end
@@ -266,6 +322,7 @@ end
 
 local out = {}
 for j, w in ipairs(W) do out[j] = commit_one(w) end
+flush_index()
 if evented and S.evwant and redis.call('EXISTS', S.evwant) == 1 then notice = notice .. '\nE' end
 if notice ~= H.origin then redis.call('PUBLISH', H.notices, notice) end
 if marked then
