@@ -67,7 +67,7 @@ pub(super) fn give_back(job: Job) -> WriteOp {
     let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
     Box::new(move |ctx| {
         let r = (|| {
-            sql::control(ctx.conn, "SAVEPOINT op").map_err(db_err)?;
+            super::whole::savepoint(ctx)?;
             let mark = ctx.mark();
             let r = load(ctx.conn, &job.id.to_string())?
                 .ok_or(StoreError::NotFound)

@@ -415,8 +415,11 @@ fn writer_loop(
             doomed: None,
         };
         if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
-            // Reply to everyone with the failure; nothing ran.
+            // Reply to everyone with the failure. Each request is called only for its reply: in
+            // a doomed transaction it fails before its first statement (`whole.rs`), which
+            // here, outside a transaction, would commit on its own.
             let msg = e.to_string();
+            ctx.doomed = Some(msg.clone());
             for op in batch.drain(..) {
                 let done = op(&mut ctx);
                 done(Some(msg.clone()));

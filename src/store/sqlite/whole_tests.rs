@@ -143,3 +143,37 @@ async fn a_whole_request_refused_before_writing_fails_alone() {
     b.expect("the submit beside it is stored");
     assert!(s.get(job.id).await.expect("get").is_some());
 }
+
+/// A transaction that cannot begin (the database locked past the writer's busy timeout) runs none
+/// of its requests: each is answered with the failure and nothing of it is stored, also when the
+/// lock is gone by the time the request would have run (outside a transaction each statement
+/// would have committed on its own while the request was told it failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_cannot_begin_runs_none_of_its_requests() {
+    let (dir, s) = open();
+    let path = dir.path().join("runyard.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    // Another connection holds the write lock for 12 s: the writer's `BEGIN IMMEDIATE` gives up
+    // after its 10 s busy timeout, and a statement run after that would get the lock at 12 s.
+    let holder = std::thread::spawn(move || {
+        let other = rusqlite::Connection::open(path).expect("open");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let _ = locked_tx.send(());
+        std::thread::sleep(Duration::from_secs(12));
+        other.execute_batch("ROLLBACK").expect("unlock");
+    });
+    tokio::task::spawn_blocking(move || locked_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .expect("join")
+        .expect("locked");
+    let job = Job::new("t.x", "r", now_us());
+    let e = s.submit(job.clone()).await.expect_err("the submit fails");
+    assert!(e.to_string().contains("locked"), "{e}");
+    holder.join().expect("holder");
+    assert!(
+        s.get(job.id).await.expect("get").is_none(),
+        "a submit answered with an error is not stored"
+    );
+    s.submit(job.clone()).await.expect("the writer goes on");
+    assert!(s.get(job.id).await.expect("get").is_some());
+}
