@@ -335,7 +335,7 @@ max_attempts = 1
     .start()
     .await;
     let before = ts.last_event_id().await;
-    let fails = |i: usize| i % 4 == 0;
+    let fails = |i: usize| i.is_multiple_of(4);
     let items: Vec<Value> = (0..N)
         .map(|i| json!({"type": "ql.job", "args": {"k": if fails(i) { "fail" } else { "ok" }}}))
         .collect();
