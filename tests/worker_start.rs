@@ -307,6 +307,92 @@ max_attempts = 1
     some_finishes_went_with_their_starts(&text, total, "local jobs");
 }
 
+/// A local job whose process ends within `worker.quick_exit_wait` of its start has its start and
+/// its outcome written in one store change (`worker/start.rs`): the worker waits that long for
+/// the exit before it asks for the start, instead of racing the store's writer (which usually
+/// won). With a wait far longer than `/bin/sh -c 'exit N'` takes, every finish goes with its
+/// start, and every job still reads as started, then ended: its four status events in order, its
+/// exit code, one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_job_ending_within_the_quick_exit_wait_is_started_and_finished_in_one_write() {
+    const N: usize = 40;
+    // Every fourth job fails with code 3: its outcome goes with its start too.
+    let script = r#"case "$JOB_ARGS" in *fail*) exit 3;; esac"#;
+    let ts = TestServer::builder(&format!(
+        r#"
+[[runners]]
+name = "quick-local"
+kind = "local"
+types = ["ql.*"]
+command = ["/bin/sh", "-c", {}]
+env_allow = ["PATH"]
+concurrency = 4
+max_attempts = 1
+"#,
+        serde_json::to_string(script).expect("toml string")
+    ))
+    .config("[worker]\nquick_exit_wait = \"60s\"")
+    .start()
+    .await;
+    let before = ts.last_event_id().await;
+    let fails = |i: usize| i.is_multiple_of(4);
+    let items: Vec<Value> = (0..N)
+        .map(|i| json!({"type": "ql.job", "args": {"k": if fails(i) { "fail" } else { "ok" }}}))
+        .collect();
+    let ids = submit_batch(&ts, items).await;
+    assert_eq!(ids.len(), N);
+    for (i, id) in ids.iter().enumerate() {
+        let j = ts.wait_terminal(id, Duration::from_secs(60)).await;
+        let (end, code) = if fails(i) {
+            ("ERROR", json!(3))
+        } else {
+            ("SUCCESS", Value::Null)
+        };
+        assert_eq!(status_of(&j), end, "{j:#}");
+        if fails(i) {
+            assert_eq!(j["exit_code"], code, "{j:#}");
+        }
+        let runs = j["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{j:#}");
+        assert_eq!(runs[0]["outcome"], end, "{j:#}");
+        assert!(
+            time_of(&j["started_at"]) <= time_of(&j["finished_at"]),
+            "started before it finished: {j:#}"
+        );
+    }
+    let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
+    for e in ts.all_events(&before).await {
+        if e["type"] == "status" {
+            by_job
+                .entry(e["job_id"].as_str().expect("job id").to_string())
+                .or_default()
+                .push(e["runyard_status"].as_str().expect("status").to_string());
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let end = if fails(i) { "ERROR" } else { "SUCCESS" };
+        assert_eq!(
+            by_job.get(id).map(Vec::as_slice),
+            Some(&["QUEUED", "STARTING", "RUNNING", end].map(String::from)[..]),
+            "job {id}"
+        );
+    }
+    let text = ts.metrics_text().await;
+    let op = |name: &str| {
+        metric(
+            &text,
+            "runyard_store_operation_seconds_count",
+            &[&format!("op=\"{name}\"")],
+        )
+    };
+    assert_eq!(op("apply_start"), N as f64, "one start request per job");
+    assert_eq!(
+        op("apply"),
+        0.0,
+        "every finish went with its start: no finish request of its own"
+    );
+}
+
 /// One producer, one job at a time (`runyard bench --connections 1`): the worker waits parked
 /// between jobs and each submit claims its job for it in the submit's own transaction
 /// (`store/handoff.rs`), instead of a claim request per job. Every job still reads as claimed:

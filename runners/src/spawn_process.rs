@@ -65,6 +65,12 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
                 if requests.buffer().is_empty() {
                     break;
                 }
+                // More to start: the jobs that ended meanwhile are told first (a quick job's
+                // exit waits for no queue of starts; the worker may then record its start and
+                // finish in one write).
+                if drain(signals.as_raw_fd()) {
+                    reap(out);
+                }
             }
         }
     }
@@ -116,10 +122,11 @@ fn child_signals() -> io::Result<OwnedFd> {
 
 /// Reads what the signalfd holds: one read, since a standard signal such as `SIGCHLD` is pending
 /// at most once (a second read only ever said `EAGAIN`); `reap` collects every ended job anyway.
-fn drain(fd: RawFd) {
+/// True when it held a signal.
+fn drain(fd: RawFd) -> bool {
     let mut buf = [0u8; 128 * 8];
     // Safety: reads into a local buffer of the given size.
-    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 }
 }
 
 /// Exits sent in one message at most (9 bytes each: well within the server's 4 KiB buffer).

@@ -76,6 +76,11 @@ pub struct WorkerConfig {
     /// end by itself before it is stopped; the reported outcome is committed once it has ended.
     #[serde(with = "humantime_serde")]
     pub exit_grace: Duration,
+    /// How long, after starting a local job's process, the worker waits for it to end before it
+    /// records the start: a process that ends within it has its start and outcome written in one
+    /// store change instead of two. `0s` records the start at once.
+    #[serde(with = "humantime_serde")]
+    pub quick_exit_wait: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -87,6 +92,7 @@ impl Default for WorkerConfig {
             kill_grace: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             exit_grace: Duration::from_secs(10),
+            quick_exit_wait: Duration::from_millis(5),
         }
     }
 }

@@ -39,6 +39,7 @@ impl Config {
             ("worker.kill_grace", self.worker.kill_grace),
             ("worker.poll_interval", self.worker.poll_interval),
             ("worker.exit_grace", self.worker.exit_grace),
+            ("worker.quick_exit_wait", self.worker.quick_exit_wait),
             ("events.progress_interval", self.events.progress_interval),
             ("events.ping_interval", self.events.ping_interval),
             ("retention.finished", self.retention.finished),

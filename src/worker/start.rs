@@ -1,6 +1,9 @@
 //! Recording an attempt's start once it was launched; when the attempt ends before the store got to
 //! its start (a quick service or local job while the store's writer is busy), its finish goes with
 //! the start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
+//! A local job's start is asked for only once its process has ended or `worker.quick_exit_wait`
+//! has passed: a process that ends that quickly (`/bin/true`) is always written once, not only
+//! when it wins a race against the writer.
 
 use std::sync::Arc;
 
@@ -40,32 +43,59 @@ impl Worker {
         stop: &CancellationToken,
     ) -> Start {
         let finish = FinishSlot::new();
-        let mut record = {
+        let handle = exec.handle();
+        let started_cmd = || Command::Started {
+            token,
+            handle: Some(handle.clone()),
+        };
+        // A task of its own while the work runs: a stop must not wait for the store.
+        let spawn_record = |finish: &Arc<FinishSlot>| {
             let store = self.store.clone();
-            let cmd = Command::Started {
-                token,
-                handle: Some(exec.handle()),
-            };
+            let cmd = started_cmd();
             let finish = finish.clone();
             tokio::spawn(async move { store.apply_start(id, cmd, finish).await })
         };
+        // A process that ends within `quick_exit_wait` has its finish written with its start.
+        let linger = match kind {
+            RunnerKind::Local => self.cfg.quick_exit_wait,
+            _ => std::time::Duration::ZERO,
+        };
+        let mut record = if linger.is_zero() {
+            Some(spawn_record(&finish))
+        } else {
+            None
+        };
+        let lingering = tokio::time::sleep(linger);
+        tokio::pin!(lingering);
         // Whose `wait` may be dropped when the start comes first, and called again: a service's
         // only polls its task; a process's keeps every step it took (the exit status, the group
         // kill, the drained log pipes, the removed directory) and resumes from there.
         let mut watch_end = matches!(kind, RunnerKind::Service | RunnerKind::Local);
         let started = loop {
             tokio::select! {
-                r = &mut record => {
+                r = async { record.as_mut().expect("guarded").await }, if record.is_some() => {
                     break r
                         .map_err(|e| StoreError::Backend(format!("recording the start: {e}")))
                         .and_then(|r| r);
                 }
+                _ = &mut lingering, if record.is_none() => {
+                    record = Some(spawn_record(&finish));
+                }
                 o = exec.wait(), if watch_end => {
                     watch_end = false;
+                    if record.is_none() {
+                        // Its start is not asked for yet: its output goes first (one write),
+                        // then its start with its finish (one more), not three writes.
+                        reporter.flush().await;
+                    }
                     // Its finish may go with its start only when everything it reported is
                     // stored (a finish is recorded after the job's last logs and progress).
                     if reporter.is_idle() {
                         finish.offer(token, outcome_to_finish(o, kind));
+                    }
+                    if record.is_none() {
+                        // The work has ended: nothing left to stop, so no task of its own.
+                        break self.store.apply_start(id, started_cmd(), finish.clone()).await;
                     }
                 }
                 _ = stop.cancelled() => {
