@@ -427,7 +427,17 @@ fn writer_loop(
             let _ = conn.execute_batch("ROLLBACK");
             continue;
         }
-        let dones: Vec<Done> = batch.drain(..).map(|op| op(&mut ctx)).collect();
+        let dones: Vec<Done> = batch
+            .drain(..)
+            .map(|op| {
+                // SQLite may roll the whole transaction back itself (a full disk, an I/O error):
+                // the requests after must not run outside one, where each would commit alone.
+                if ctx.doomed.is_none() && conn.is_autocommit() {
+                    ctx.doomed = Some("the database rolled the transaction back".into());
+                }
+                op(&mut ctx)
+            })
+            .collect();
         let commit = match ctx.doomed.take() {
             Some(e) => Some(e),
             None => sql::control(&conn, "COMMIT").err().map(|e| e.to_string()),

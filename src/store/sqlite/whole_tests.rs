@@ -177,3 +177,47 @@ async fn a_transaction_that_cannot_begin_runs_none_of_its_requests() {
     s.submit(job.clone()).await.expect("the writer goes on");
     assert!(s.get(job.id).await.expect("get").is_some());
 }
+
+/// A request during which SQLite rolled the whole transaction back (as it may on a full disk or
+/// an I/O error; here the request rolls it back itself): the requests after it in the batch do
+/// not run outside a transaction, so nothing of the batch is stored and all are told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_a_transaction_rolled_back_by_the_database_do_not_run() {
+    let (_dir, s) = open();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let hold: WriteOp = Box::new(move |_| {
+        let _ = entered_tx.send(());
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        Box::new(|_| {})
+    });
+    s.enqueue(hold).await.expect("queued");
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .expect("join")
+        .expect("the writer runs the holding request");
+    let after = Job::new("t.x", "r", now_us());
+    let (s1, s2) = (s.clone(), s.clone());
+    let a = tokio::spawn(async move {
+        s1.write(|ctx| {
+            ctx.conn
+                .execute_batch("ROLLBACK")
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            Err::<(), _>(StoreError::Backend("disk full".into()))
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let j = after.clone();
+    let b = tokio::spawn(async move { s2.submit(j).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release_tx.send(()).expect("release");
+    a.await.expect("join").expect_err("the failed request");
+    b.await.expect("join").expect_err("the submit after it");
+    assert!(
+        s.get(after.id).await.expect("get").is_none(),
+        "a submit answered with an error is not stored"
+    );
+    s.submit(after.clone()).await.expect("the writer goes on");
+    assert!(s.get(after.id).await.expect("get").is_some());
+}
