@@ -310,8 +310,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = oneshot::channel::<Result<T>>();
-        let op: WriteOp = Box::new(move |ctx| {
+        self.request(move |ctx| {
             let mark = ctx.mark();
             let r = match whole::savepoint(ctx) {
                 Ok(()) => {
@@ -333,6 +332,20 @@ impl SqliteStore {
             if r.is_err() {
                 ctx.undo(mark);
             }
+            r
+        })
+        .await
+    }
+
+    /// Runs `f` on the writer in the next transaction; its result once that has committed (the
+    /// commit's failure instead when it did not).
+    async fn request<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let op: WriteOp = Box::new(move |ctx| {
+            let r = f(ctx);
             Box::new(move |commit_err: Option<String>| {
                 let _ = tx.send(match commit_err {
                     None => r,

@@ -6,17 +6,9 @@ use std::time::Duration;
 use super::{SqliteStore, WriteOp, WRITE_QUEUE};
 use crate::store::StoreSettings;
 
-fn noop() -> WriteOp {
-    Box::new(|_| Box::new(|_| {}))
-}
-
-/// With the writer held inside a request, exactly [`WRITE_QUEUE`] more requests are queued at
-/// once; the next one waits until the writer takes requests off the queue.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_write_queue_makes_requests_wait_for_room() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store =
-        Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
+/// Holds the writer inside a request until the returned sender sends (or 60 s pass), so the
+/// requests queued meanwhile go in one transaction; returns once the writer is held.
+pub(super) async fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let hold: WriteOp = Box::new(move |_| {
@@ -29,6 +21,21 @@ async fn a_full_write_queue_makes_requests_wait_for_room() {
         .await
         .expect("join")
         .expect("the writer runs the holding request");
+    release_tx
+}
+
+fn noop() -> WriteOp {
+    Box::new(|_| Box::new(|_| {}))
+}
+
+/// With the writer held inside a request, exactly [`WRITE_QUEUE`] more requests are queued at
+/// once; the next one waits until the writer takes requests off the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_makes_requests_wait_for_room() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
+    let release_tx = hold_writer(&store).await;
     for i in 0..WRITE_QUEUE {
         tokio::time::timeout(Duration::from_secs(10), store.enqueue(noop()))
             .await

@@ -12,7 +12,7 @@
 //! rolls the whole transaction back and every request of it is answered with the error, as when a
 //! `COMMIT` fails. Nothing is half written and nobody is told "done" for a write that was undone.
 
-use super::{SqliteStore, WriteCtx, WriteOp};
+use super::{SqliteStore, WriteCtx};
 use crate::store::{Result, StoreError};
 
 /// Runs `f` without a savepoint: on an error after a write, dooms the transaction.
@@ -53,19 +53,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T>>();
-        let op: WriteOp = Box::new(move |ctx| {
-            let r = attempt(ctx, f);
-            Box::new(move |commit_err: Option<String>| {
-                let _ = tx.send(match commit_err {
-                    None => r,
-                    Some(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
-                });
-            })
-        });
-        self.enqueue(op).await?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+        self.request(move |ctx| attempt(ctx, f)).await
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rusqlite::StatementStatus;
 
-use super::super::{jobs::insert, SqliteStore, WriteOp};
+use super::super::tests::hold_writer;
+use super::super::{jobs::insert, SqliteStore};
 use crate::job::{now_us, Command, FinishOutcome, Job, JobStatus};
 use crate::store::{FinishSlot, JobQueue, JobStore, StoreError, StoreSettings};
 
@@ -76,18 +77,7 @@ async fn submits_claims_and_starts_open_no_savepoint() {
 async fn a_whole_request_failing_after_a_write_undoes_its_transaction() {
     let (_dir, s) = open();
     // Hold the writer, so the next three requests go in one transaction.
-    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let hold: WriteOp = Box::new(move |_| {
-        let _ = entered_tx.send(());
-        let _ = release_rx.recv_timeout(Duration::from_secs(60));
-        Box::new(|_| {})
-    });
-    s.enqueue(hold).await.expect("queued");
-    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
-        .await
-        .expect("join")
-        .expect("the writer runs the holding request");
+    let release_tx = hold_writer(&s).await;
     let first = Job::new("t.x", "r", now_us());
     let broken = Job::new("t.x", "r", now_us());
     let last = Job::new("t.x", "r", now_us());
@@ -184,18 +174,7 @@ async fn a_transaction_that_cannot_begin_runs_none_of_its_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_after_a_transaction_rolled_back_by_the_database_do_not_run() {
     let (_dir, s) = open();
-    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let hold: WriteOp = Box::new(move |_| {
-        let _ = entered_tx.send(());
-        let _ = release_rx.recv_timeout(Duration::from_secs(60));
-        Box::new(|_| {})
-    });
-    s.enqueue(hold).await.expect("queued");
-    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)))
-        .await
-        .expect("join")
-        .expect("the writer runs the holding request");
+    let release_tx = hold_writer(&s).await;
     let after = Job::new("t.x", "r", now_us());
     let (s1, s2) = (s.clone(), s.clone());
     let a = tokio::spawn(async move {
