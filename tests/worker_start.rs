@@ -217,20 +217,7 @@ async fn quick_local_jobs_in_bulk_keep_every_event_outcome_and_log() {
     const N: usize = 240;
     // Every third job fails with code 3, every third other one prints a line first.
     let script = r#"case "$JOB_ARGS" in *fail*) exit 3;; *log*) echo "line of $JOB_ID";; esac"#;
-    let ts = TestServer::start(&format!(
-        r#"
-[[runners]]
-name = "quick-local"
-kind = "local"
-types = ["ql.*"]
-command = ["/bin/sh", "-c", {}]
-env_allow = ["PATH"]
-concurrency = 16
-max_attempts = 1
-"#,
-        serde_json::to_string(script).expect("toml string")
-    ))
-    .await;
+    let ts = TestServer::start(&quick_local_runner(script, 16)).await;
     let kind = |i: usize| match i % 3 {
         0 => "fail",
         1 => "log",
@@ -318,22 +305,10 @@ async fn a_local_job_ending_within_the_quick_exit_wait_is_started_and_finished_i
     const N: usize = 40;
     // Every fourth job fails with code 3: its outcome goes with its start too.
     let script = r#"case "$JOB_ARGS" in *fail*) exit 3;; esac"#;
-    let ts = TestServer::builder(&format!(
-        r#"
-[[runners]]
-name = "quick-local"
-kind = "local"
-types = ["ql.*"]
-command = ["/bin/sh", "-c", {}]
-env_allow = ["PATH"]
-concurrency = 4
-max_attempts = 1
-"#,
-        serde_json::to_string(script).expect("toml string")
-    ))
-    .config("[worker]\nquick_exit_wait = \"60s\"")
-    .start()
-    .await;
+    let ts = TestServer::builder(&quick_local_runner(script, 4))
+        .config("[worker]\nquick_exit_wait = \"60s\"")
+        .start()
+        .await;
     let before = ts.last_event_id().await;
     let fails = |i: usize| i.is_multiple_of(4);
     let items: Vec<Value> = (0..N)
@@ -466,4 +441,21 @@ async fn one_job_at_a_time_is_handed_to_the_waiting_worker() {
         claims <= (N / 4) as f64,
         "{claims} claim requests for {N} jobs one at a time"
     );
+}
+
+/// The `quick-local` runner (types `ql.*`): `/bin/sh -c script`, one attempt.
+fn quick_local_runner(script: &str, concurrency: usize) -> String {
+    format!(
+        r#"
+[[runners]]
+name = "quick-local"
+kind = "local"
+types = ["ql.*"]
+command = ["/bin/sh", "-c", {}]
+env_allow = ["PATH"]
+concurrency = {concurrency}
+max_attempts = 1
+"#,
+        serde_json::to_string(script).expect("toml string")
+    )
 }
