@@ -239,13 +239,7 @@ async fn calls(url: &str, names: &[&str]) -> u64 {
 async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
     // A private server: a shared one counts other tests' calls too.
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_secs(5),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect");
+    let s = redis_store(&r).await;
     let (j, token) = claimed(&s).await;
     let slot = FinishSlot::new();
     assert!(slot.offer(token, FinishOutcome::Success(None)));
@@ -279,13 +273,7 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
 async fn redis_a_calls_index_changes_go_once_per_key() {
     // A private server: a shared one counts other tests' calls too.
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_secs(5),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect");
+    let s = redis_store(&r).await;
     const N: usize = 100;
     let jobs: Vec<Job> = (0..N).map(|_| Job::new("t.net", "rn", now_us())).collect();
     let idx = ["hincrby", "zadd", "zrem"];
@@ -372,16 +360,9 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let connect = || {
-        RedisStore::connect(RedisSettings {
-            prefix: r.prefix.clone(),
-            retry: Duration::from_secs(5),
-            ..RedisSettings::new(r.url.clone())
-        })
-    };
     // Two stores: an API node and a worker node.
-    let api: Arc<dyn Store> = connect().await.expect("connect");
-    let worker: Arc<dyn Store> = connect().await.expect("connect");
+    let api = redis_store(&r).await;
+    let worker = redis_store(&r).await;
     let before = calls(&r.url, &["pexpire"]).await;
     let j = Job {
         max_attempts: 1,
@@ -417,4 +398,15 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
         .await
         .expect("pttl");
     assert!(ttl > 23 * 3600 * 1000, "channel stream PTTL {ttl} ms");
+}
+
+/// A store on `r` (its own prefix), as a node would open it.
+async fn redis_store(r: &TestRedis) -> Arc<dyn Store> {
+    RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect")
 }

@@ -258,15 +258,7 @@ async fn quick_local_jobs_in_bulk_keep_every_event_outcome_and_log() {
         }
     }
     // Every job's status events, in order.
-    let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
-    for e in ts.all_events(&before).await {
-        if e["type"] == "status" {
-            by_job
-                .entry(e["job_id"].as_str().expect("job id").to_string())
-                .or_default()
-                .push(e["runyard_status"].as_str().expect("status").to_string());
-        }
-    }
+    let by_job = statuses_by_job(&ts, &before).await;
     for (i, id) in ids.iter().enumerate() {
         let end = if kind(i) == "fail" {
             "ERROR"
@@ -335,15 +327,7 @@ async fn a_local_job_ending_within_the_quick_exit_wait_is_started_and_finished_i
             "started before it finished: {j:#}"
         );
     }
-    let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
-    for e in ts.all_events(&before).await {
-        if e["type"] == "status" {
-            by_job
-                .entry(e["job_id"].as_str().expect("job id").to_string())
-                .or_default()
-                .push(e["runyard_status"].as_str().expect("status").to_string());
-        }
-    }
+    let by_job = statuses_by_job(&ts, &before).await;
     for (i, id) in ids.iter().enumerate() {
         let end = if fails(i) { "ERROR" } else { "SUCCESS" };
         assert_eq!(
@@ -458,4 +442,18 @@ max_attempts = 1
 "#,
         serde_json::to_string(script).expect("toml string")
     )
+}
+
+/// Every job's status events since `before`, in order, by job id.
+async fn statuses_by_job(ts: &TestServer, before: &str) -> HashMap<String, Vec<String>> {
+    let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
+    for e in ts.all_events(before).await {
+        if e["type"] == "status" {
+            by_job
+                .entry(e["job_id"].as_str().expect("job id").to_string())
+                .or_default()
+                .push(e["runyard_status"].as_str().expect("status").to_string());
+        }
+    }
+    by_job
 }

@@ -326,6 +326,20 @@ mod tests {
         c
     }
 
+    /// Inserts `n` rows of two `width`-character keys spread over both indexes.
+    fn fill(c: &Connection, n: i64, width: usize) {
+        for i in 0..n {
+            c.execute(
+                "INSERT INTO t(a, b) VALUES (?1, ?2)",
+                (
+                    format!("{:0>width$}", i * 31 % 997),
+                    format!("{i:0>width$}"),
+                ),
+            )
+            .expect("insert");
+        }
+    }
+
     fn count(path: &std::path::Path) -> i64 {
         let c = Connection::open(path).expect("open with the default VFS");
         assert_eq!(
@@ -366,13 +380,7 @@ mod tests {
         // A commit larger than one write (group commit): in parts, read back whole.
         let before = writes();
         c.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        for i in 0..400i64 {
-            c.execute(
-                "INSERT INTO t(a, b) VALUES (?1, ?2)",
-                (format!("{:0>200}", i * 31 % 997), format!("{i:0>200}")),
-            )
-            .expect("insert");
-        }
+        fill(&c, 400, 200);
         c.execute_batch("COMMIT").expect("commit");
         let parts = writes() - before;
         assert!((2..=8).contains(&parts), "{parts} writes");
@@ -389,24 +397,15 @@ mod tests {
         let c = writer(&path);
         c.pragma_update(None, "cache_size", 8)
             .expect("a small cache");
-        let fill = |c: &Connection, n: i64| {
-            for i in 0..n {
-                c.execute(
-                    "INSERT INTO t(a, b) VALUES (?1, ?2)",
-                    (format!("{:0>300}", i * 31 % 997), format!("{i:0>300}")),
-                )
-                .expect("insert");
-            }
-        };
         c.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        fill(&c, 3000);
+        fill(&c, 3000, 300);
         c.execute_batch("UPDATE t SET a = 'x' || a WHERE id % 3 = 0; COMMIT")
             .expect("update, commit");
         c.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        fill(&c, 2000);
+        fill(&c, 2000, 300);
         c.execute_batch("ROLLBACK").expect("rollback");
         c.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        fill(&c, 10);
+        fill(&c, 10, 300);
         c.execute_batch("COMMIT").expect("commit");
         assert_eq!(count(&path), 3010);
         drop(c);
@@ -458,13 +457,7 @@ mod tests {
         c.pragma_update(None, "cache_size", 8)
             .expect("a small cache");
         c.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        for i in 0..2000i64 {
-            c.execute(
-                "INSERT INTO t(a, b) VALUES (?1, ?2)",
-                (format!("{:0>300}", i * 31 % 997), format!("{i:0>300}")),
-            )
-            .expect("insert");
-        }
+        fill(&c, 2000, 300);
         c.execute_batch("UPDATE t SET a = 'x' || a WHERE id % 3 = 0; COMMIT")
             .expect("update, commit");
         assert_eq!(crash_image(&path), rows + 2000, "a spilled transaction");
