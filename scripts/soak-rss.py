@@ -75,15 +75,19 @@ def start(name, args, log_dir):
     return p
 
 
-def rss_kib(pid):
+def status_kib(pid, field):
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid):
+    return status_kib(pid, "VmRSS")
 
 
 def fsize(path):
@@ -112,7 +116,8 @@ METRIC = re.compile(r"^(runyard_job_outcomes_total|runyard_jobs)\{([^}]*)\} ([0-
 
 
 def scrape(port):
-    """(jobs that ended through this process, jobs held in the store, held and not finished)."""
+    """(jobs that ended through this process, jobs held in the store, held and not finished,
+    bytes on SQLite's heap: 0 on Redis and from builds without the gauge)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
@@ -124,7 +129,8 @@ def scrape(port):
             held += int(float(v))
             if not re.search(r'status="(SUCCESS|ERROR|CANCELLED)"', labels):
                 open_ += int(float(v))
-    return done, held, open_
+    m = re.search(r"^runyard_sqlite_heap_bytes (\S+)$", text, re.M)
+    return done, held, open_, int(float(m.group(1))) if m else 0
 
 
 def redis_used_memory(port):
@@ -251,7 +257,8 @@ def main():
         print(f"soak-rss: {N} jobs, store {STORE}, retention.finished {RETENTION} (interval {INTERVAL}), "
               f"batches of {BATCH}, {CONNS} connections, backlog <= {BACKLOG}, binary {BIN}")
         print(f"server pid {server.pid}" + (f", worker pid {worker.pid}" if worker else ""))
-        head = f"{'t(s)':>7} {'done':>9} {'held':>8} {'jobs/s':>7} {'RSS MiB':>8}"
+        # RSS = anonymous (heap, stacks) + file-backed (the binary, libraries) + shmem; sqlite: SQLite heap (part of anon)
+        head = f"{'t(s)':>7} {'done':>9} {'held':>8} {'jobs/s':>7} {'RSS MiB':>8} {'anon':>6} {'file':>6} {'sqlite':>6}"
         if worker:
             head += f" {'wRSS MiB':>8} {'redis MiB':>9}"
         else:
@@ -271,7 +278,7 @@ def main():
             for name, p in procs:
                 if p.poll() is not None:
                     sys.exit(f"{name} exited with {p.returncode} (logs in {tmp}; KEEP=1 keeps them)")
-            done, held, open_ = scrape(port)
+            done, held, open_, sqlite_heap = scrape(port)
             with sub.lock:
                 if worker:  # the worker process ends the jobs: done = accepted - not finished
                     done = sub.accepted - open_
@@ -283,13 +290,17 @@ def main():
                     "t": now - t0, "done": done, "held": held,
                     "rate": (done - last_done) / max(1e-9, now - last_t),
                     "rss": rss_kib(server.pid),
+                    "anon": status_kib(server.pid, "RssAnon"),
+                    "file": status_kib(server.pid, "RssFile"),
+                    "sqlite": sqlite_heap // 1024,
                     "db": fsize(db), "wal": fsize(db + "-wal"),
                 }
                 if worker:
                     row["wrss"] = rss_kib(worker.pid)
                     row["redis"] = redis_used_memory(redis_port)
                 rows.append(row)
-                line = f"{row['t']:7.0f} {done:9d} {held:8d} {row['rate']:7.0f} {fmt_kib(row['rss']):>8}"
+                line = (f"{row['t']:7.0f} {done:9d} {held:8d} {row['rate']:7.0f} {fmt_kib(row['rss']):>8}"
+                        f" {fmt_kib(row['anon']):>6} {fmt_kib(row['file']):>6} {fmt_kib(row['sqlite']):>6}")
                 if worker:
                     line += f" {fmt_kib(row['wrss']):>8} {row['redis'] / 2**20:9.1f}"
                 else:

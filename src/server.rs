@@ -146,6 +146,7 @@ impl ServerBuilder {
             _dropped: dropped,
         });
         crate::metrics::features::register(&metrics, app.events.clone());
+        crate::metrics::process::register(&metrics);
         // Live events for this node's streams (from every node's commits on Redis).
         core.tasks.spawn(crate::events::hub::tail_loop(
             app.events.clone(),

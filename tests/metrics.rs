@@ -693,3 +693,57 @@ async fn event_stream_and_waiting_counters_are_exported() {
     );
     drop(sse);
 }
+
+/// The process's own resources reach `/metrics` (src/metrics/process.rs): resident memory as the
+/// kernel reports it, CPU seconds that grow with work, open descriptors that count a socket held
+/// open, and the embedded store's SQLite heap. The test server runs in this process, so the test
+/// reads the same figures from /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_memory_cpu_and_descriptors_are_exported() {
+    let ts = TestServer::builder(RUNNERS)
+        .service("m.ok", |_ctx| async { Ok(json!("ok")) })
+        .service("m.hold", |_ctx| async { Ok(json!("ok")) })
+        .start()
+        .await;
+    let id = ts.submit_ok(json!({"type": "m.ok"})).await;
+    ts.wait_status(&id, "SUCCESS", WAIT).await;
+    let before = scrape(&ts).await;
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let vm_rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    let rss = before.get("process_resident_memory_bytes", &[]);
+    let ratio = rss / (vm_rss_kib * 1024.0);
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "resident memory {rss} B against VmRSS {vm_rss_kib} KiB"
+    );
+    // An open store has its page cache and statements on SQLite's heap.
+    assert!(
+        before.get("runyard_sqlite_heap_bytes", &[]) > 64.0 * 1024.0,
+        "{}",
+        before.1
+    );
+    // A socket held open is one more descriptor.
+    let fds = before.get("process_open_fds", &[]);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let after = scrape(&ts).await;
+    assert!(
+        after.get("process_open_fds", &[]) >= fds + 1.0,
+        "{fds} -> {}",
+        after.get("process_open_fds", &[])
+    );
+    drop(held);
+    // CPU time spent between two scrapes shows.
+    let cpu = after.get("process_cpu_seconds_total", &[]);
+    let spin = std::time::Instant::now();
+    let mut x = 0u64;
+    while spin.elapsed() < Duration::from_millis(300) {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+    let later = scrape(&ts).await.get("process_cpu_seconds_total", &[]);
+    assert!(cpu > 0.0 && later >= cpu + 0.2, "{cpu} -> {later}");
+}

@@ -13,6 +13,7 @@ pub(super) type ReadFamily<T> = Box<dyn Fn() -> Vec<(Labels, T)> + Send + Sync>;
 
 pub(super) enum FnKind {
     Counter(ReadFamily<u64>),
+    CounterF64(ReadFamily<f64>),
     Gauge(ReadFamily<i64>),
 }
 
@@ -52,6 +53,12 @@ impl Collector for FnFamily {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         match &self.kind {
             FnKind::Counter(read) => self.encode_series(
+                &mut encoder,
+                MetricType::Counter,
+                &read(),
+                ConstCounter::new,
+            ),
+            FnKind::CounterF64(read) => self.encode_series(
                 &mut encoder,
                 MetricType::Counter,
                 &read(),

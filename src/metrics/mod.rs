@@ -18,6 +18,7 @@
 mod family;
 pub mod features;
 pub mod http;
+pub mod process;
 pub mod store;
 
 use std::fmt::Write as _;
@@ -293,6 +294,21 @@ impl Metrics {
             name,
             help,
             kind: FnKind::Counter(Box::new(read)),
+        });
+    }
+
+    /// Registers a counter of seconds (or any fractional count) read from `read` at every scrape.
+    pub fn register_counter_f64_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        self.names.lock().push(format!("{name}_total"));
+        self.register_collector(FnFamily {
+            name,
+            help,
+            kind: FnKind::CounterF64(Box::new(move || vec![(Vec::new(), read())])),
         });
     }
 
