@@ -88,20 +88,15 @@ pub(super) struct Pending {
 }
 
 /// Group commit: takes every pending caller's writes (up to `COMMIT_BATCH`) and sends them in
-/// one script call, until the store is dropped. A caller that finds no call in flight and
-/// nobody waiting sends its writes itself ([`RedisStore::commit_late`]); the task takes what
-/// queued meanwhile once that call is back (`sending` is held while a call is in flight).
+/// one script call, until the store is dropped.
 pub(super) async fn committer(
     store: Weak<RedisStore>,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
-    sending: Arc<tokio::sync::Mutex<()>>,
 ) {
     loop {
-        let (batch, guard) = {
+        let batch = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
-            // Whatever queued while a caller's own call was in flight goes in this one.
-            let guard = sending.clone().lock_owned().await;
             let mut n = first.n;
             let mut batch = vec![first];
             while n < COMMIT_BATCH {
@@ -113,22 +108,12 @@ pub(super) async fn committer(
                     Err(_) => break,
                 }
             }
-            (batch, guard)
+            batch
         };
-        let Some(store) = store.upgrade() else { return };
-        store.send_batch(batch).await;
-        drop(guard);
-    }
-}
-
-impl RedisStore {
-    /// Sends the writes of `batch` (one caller's or several) in one `commit.lua` call and
-    /// answers each caller.
-    async fn send_batch(&self, batch: Vec<Pending>) {
         // A caller whose wait is over has been answered "unavailable": its writes must not be
         // sent any more.
         let now = Instant::now();
-        let (mut batch, late): (Vec<Pending>, Vec<Pending>) =
+        let (batch, late): (Vec<Pending>, Vec<Pending>) =
             batch.into_iter().partition(|p| p.deadline > now);
         for p in late {
             let _ = p.tx.send(Err(StoreError::Unavailable(
@@ -136,16 +121,20 @@ impl RedisStore {
             )));
         }
         let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
-            return;
+            continue;
         };
+        let Some(store) = store.upgrade() else { return };
+        let mut batch = batch;
         let mut lates = Vec::with_capacity(batch.len());
         for p in &mut batch {
             lates.push(match p.late.take() {
-                Some(l) => self.late_write(p, l).await,
+                Some(l) => store.late_write(p, l).await,
                 None => LateOutcome::None,
             });
         }
-        match self.commit_batch(&batch, deadline).await {
+        let r = store.commit_batch(&batch, deadline).await;
+        drop(store);
+        match r {
             Ok(raw) => {
                 let mut it = raw.into_iter();
                 for (p, late) in batch.into_iter().zip(lates) {
@@ -163,7 +152,9 @@ impl RedisStore {
             }
         }
     }
+}
 
+impl RedisStore {
     /// Commits writes (each its own compare-and-set) and tells listeners about the committed ones.
     ///
     /// The writes go to the committer task, which sends the writes of every caller waiting at
@@ -208,16 +199,13 @@ impl RedisStore {
             tx,
             deadline,
         };
-        // No call in flight and nobody waiting: the caller sends its writes itself (no hop
-        // through the committer task and back). Else they wait for the committer, which sends
-        // them with everything else waiting once the call in flight is back.
-        let idle = self.commits.capacity() == COMMIT_QUEUE;
-        if let Some(guard) = idle.then(|| self.sending.try_lock().ok()).flatten() {
-            self.send_batch(vec![pending]).await;
-            drop(guard);
-        } else {
-            self.queue_commit(pending, deadline).await?;
-        }
+        // Waits for room (overload pushes back), as long as the caller would wait for Redis.
+        tokio::time::timeout_at(deadline.into(), self.commits.send(pending))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
+            })?
+            .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
         let (raw, late) = rx
             .await
             .map_err(|_| StoreError::Unavailable("redis: committer stopped".into()))??;
@@ -242,17 +230,6 @@ impl RedisStore {
             let _ = self.notify.send(Notice::Events);
         }
         Ok((out, late, late_reply))
-    }
-
-    /// Queues `pending` for the committer task, waiting for room (overload pushes back) as long
-    /// as the caller would wait for Redis.
-    async fn queue_commit(&self, pending: Pending, deadline: Instant) -> Result<()> {
-        tokio::time::timeout_at(deadline.into(), self.commits.send(pending))
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
-            })?
-            .map_err(|_| StoreError::Unavailable("redis: store closed".into()))
     }
 
     /// The reply `r` of commit.lua to `w`, and what follows it in this process (see

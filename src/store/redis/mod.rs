@@ -171,9 +171,6 @@ pub struct RedisStore {
     cache: parking_lot::Mutex<std::collections::HashMap<Uuid, Job>>,
     /// To the committer tasks (group commit, see [`RedisStore::commit`]).
     commits: mpsc::Sender<Pending>,
-    /// Held while a `commit.lua` call is in flight (by the committer task or a caller sending
-    /// its own writes, see `RedisStore::commit_late`).
-    sending: Arc<tokio::sync::Mutex<()>>,
     /// The keys and key prefixes every `commit.lua` call declares (built once, see
     /// `write::SharedKeys`).
     shared: write::SharedKeys,
@@ -274,10 +271,9 @@ impl RedisStore {
         tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
         let (commits, commits_rx) = mpsc::channel(COMMIT_QUEUE);
         let commits_rx = Arc::new(tokio::sync::Mutex::new(commits_rx));
-        let sending = Arc::new(tokio::sync::Mutex::new(()));
         Ok(Arc::new_cyclic(|me: &Weak<Self>| {
             for _ in 0..COMMITTERS {
-                tokio::spawn(committer(me.clone(), commits_rx.clone(), sending.clone()));
+                tokio::spawn(committer(me.clone(), commits_rx.clone()));
             }
             Self {
                 conn,
@@ -290,7 +286,6 @@ impl RedisStore {
                 origin,
                 cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 commits,
-                sending,
                 dlv_idle: parking_lot::Mutex::new(None),
                 ttl_set: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 hints,
