@@ -1,6 +1,31 @@
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
+    fix_malloc_thresholds();
     runyard::cli::main()
+}
+
+/// Blocks at or above this size are mapped on their own and unmapped when freed, and a heap
+/// returns its free top to the system past it (glibc's defaults, held fixed).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_THRESHOLD: i32 = 128 * 1024;
+
+/// glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed, and the
+/// trim threshold with it: after the first large request body or response, such blocks came from
+/// the heaps and stayed there, and the server's RSS followed the load's peaks
+/// (docs/benchmarks.md "Memory with short retention", session 10). Held at 128 KiB, large
+/// blocks go back to the system when freed. `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_`
+/// in the environment, read by glibc itself, win. Called before any thread starts.
+fn fix_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
+        && std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none()
+    {
+        // SAFETY: mallopt only sets malloc parameters; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_THRESHOLD);
+        }
+    }
 }
 
 /// glibc's malloc gives each thread that contends for it an arena of its own, up to 8 per core,
