@@ -93,6 +93,21 @@ def table(path, svg=None):
         share = f"; runyard embedded reaches {v[0] / ceil[0]:.2f}x of it" if v else ""
         out.append("")
         out.append(f"Spawn ceiling (two parallel shell loops of /bin/true): {ceil[0]:,.0f} processes/s{share}.")
+    if any(system == "runyard-base" for system, _, _ in by):
+        # RUNYARD_BASE: this build against an older one, interleaved in the same run.
+        out.append("")
+        out.append("| load | this build, embedded / base | this build, Redis / base |")
+        out.append("| --- | --- | --- |")
+        for shape, label in LABELS.items():
+            cells = []
+            for store in ("embedded", "redis"):
+                new, old = med("runyard", store, shape), med("runyard-base", store, shape)
+                if not new or not old:
+                    cells.append("-")
+                    continue
+                fmt = "{:.2f}" if shape == "idle" else "{:,.0f}"
+                cells.append(f"{new[0] / old[0]:.2f}x ({fmt.format(new[0])} vs {fmt.format(old[0])})")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(out)
     print(text)
     if svg:

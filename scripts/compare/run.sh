@@ -3,6 +3,8 @@
 #
 #   scripts/compare/run.sh            # REPS=3 repetitions, results in target/compare/
 #   QUICK=1 scripts/compare/run.sh    # tiny sizes, one repetition: checks that the harness runs
+#   RUNYARD=new RUNYARD_BASE=old scripts/compare/run.sh  # also an older build, in the same rotation:
+#                                     # the report adds this build against it, shape by shape
 #
 # Shapes (the same on every side; workers: runyard's embedded server runs its own, runyard on
 # Redis has 2 `runyard worker` nodes, BullMQ 2 worker processes x concurrency 8, Celery 2 prefork
@@ -82,19 +84,26 @@ runyard_flags() { # shape -> runyard bench flags
   esac
 }
 
-run_runyard_embedded() { # shape rep
+run_runyard_embedded() { # shape rep [binary system-name]
   # shellcheck disable=SC2046
-  RUNYARD_LOG=warn "$bin" bench --json --warmup 200 $(runyard_flags "$1") >"$out/last.json"
-  record runyard embedded "$1" "$2" <"$out/last.json"
+  RUNYARD_LOG=warn "${3:-$bin}" bench --json --warmup 200 $(runyard_flags "$1") >"$out/last.json"
+  record "${4:-runyard}" embedded "$1" "$2" <"$out/last.json"
 }
 
-run_runyard_redis() { # shape rep
+run_runyard_redis() { # shape rep [binary system-name]
   # Two worker nodes with 8 local slots each (scripts/redis-bench.sh's config): 16 at a time.
   # shellcheck disable=SC2046
-  RUNYARD="$bin" scripts/redis-bench.sh 2 --json --warmup 200 \
+  RUNYARD="${3:-$bin}" scripts/redis-bench.sh 2 --json --warmup 200 \
     $(runyard_flags "$1" | sed 's/--local-concurrency [0-9]*//') >"$out/last.json" 2>"$out/redis-bench.log"
-  record runyard redis "$1" "$2" <"$out/last.json"
+  record "${4:-runyard}" redis "$1" "$2" <"$out/last.json"
 }
+
+# RUNYARD_BASE=binary: an older build runs every shape too, in the same rotation, recorded as
+# `runyard-base`; the report adds a table of this build against it (the same run, the same hour).
+base_bin=""
+[ -n "${RUNYARD_BASE:-}" ] && base_bin=$(realpath "$RUNYARD_BASE")
+run_base_embedded() { run_runyard_embedded "$1" "$2" "$base_bin" runyard-base; }
+run_base_redis() { run_runyard_redis "$1" "$2" "$base_bin" runyard-base; }
 
 start_workers() { # kind
   wp=()
@@ -150,7 +159,8 @@ for rep in $(seq "$REPS"); do
     log "rep $rep: $shape"
     [ "$shape" = true ] && spawn_ceiling "$rep"
     order=(runyard_embedded runyard_redis bullmq celery)
-    rot=$(( (rep - 1) % 4 ))
+    [ -n "$base_bin" ] && order+=(base_embedded base_redis)
+    rot=$(( (rep - 1) % ${#order[@]} ))
     order=("${order[@]:$rot}" "${order[@]:0:$rot}")
     for sys in "${order[@]}"; do
       echo "   $sys" >&2
