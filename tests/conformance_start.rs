@@ -410,3 +410,77 @@ async fn redis_store(r: &TestRedis) -> Arc<dyn Store> {
     .await
     .expect("connect")
 }
+
+/// Redis: a command that fails in the middle of a commit call (here the third job's channel
+/// stream is a plain string, so its `XADD` fails) ends the script with the writes before it
+/// made. Those jobs are stored, so they must also be counted, listed and queued: a worker claims
+/// them and they run. (When the call's index changes were applied only at its very end, they
+/// were stored and in no index: never run, a lost job.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_millis(300),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    let jobs: Vec<Job> = (0..3)
+        .map(|_| Job {
+            max_attempts: 1,
+            ..Job::new("t.mid", "rm", now_us())
+        })
+        .collect();
+    // The third job's channel stream key holds a string: its event cannot be appended.
+    r.cli(&[
+        "SET",
+        &format!("{}:evc:{}", r.prefix, jobs[2].channel_id),
+        "not a stream",
+    ]);
+    let out = s.submit_many(jobs.clone()).await;
+    assert!(
+        out.as_ref().map_or(true, |v| v.iter().any(|x| x.is_err())),
+        "the failing job cannot be reported stored: {out:?}"
+    );
+    let mut stored = Vec::new();
+    for j in &jobs {
+        if s.get(j.id).await.expect("get").is_some() {
+            stored.push(j.id);
+        }
+    }
+    assert!(
+        stored.contains(&jobs[0].id) && stored.contains(&jobs[1].id),
+        "the writes before the failure stay (Redis does not roll a script back): {stored:?}"
+    );
+    // Every stored job is counted, listed as QUEUED and claimable.
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(
+        counts.count("t.mid", JobStatus::Queued),
+        stored.len() as u64,
+        "counted"
+    );
+    let queued = s
+        .list(ListQuery {
+            status: Some(JobStatus::Queued),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    let mut listed: Vec<_> = queued.jobs.iter().map(|j| j.id).collect();
+    listed.sort();
+    stored.sort();
+    assert_eq!(listed, stored, "listed");
+    // Once the bad key is gone, a worker claims every stored job.
+    r.cli(&["DEL", &format!("{}:evc:{}", r.prefix, jobs[2].channel_id)]);
+    let mut claimed: Vec<_> = s
+        .claim("rm", "w1", 10, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    claimed.sort();
+    assert_eq!(claimed, stored, "claimed");
+}

@@ -187,7 +187,8 @@ end
 -- with one HINCRBY per field that moved and one variadic ZREM/ZADD per key. A group commit's
 -- writes (and a batch submit's) share most of these keys: a claim's -1 QUEUED and a submit's +1
 -- cancel out, a start and its finish in one call leave RUNNING as it was. Nothing in the script
--- reads these keys, so applying them at the end changes no reply.
+-- reads these keys, so applying them at the end changes no reply (also when a command fails
+-- mid-call: see the end).
 local JC, JCF = {}, {}
 local Z, ZK = {}, {}
 
@@ -320,9 +321,16 @@ local function commit_one(w)
   return 'OK:' .. eid
 end
 
+-- A command that fails mid-call (a key of the wrong type, say) ends the script, and what it
+-- wrote stays: the index changes of the writes already made are applied before the error goes
+-- back, so a job whose hash was written is counted, listed and queued (a retried submit finds it
+-- as `EXISTS`), never stored but out of every index.
 local out = {}
-for j, w in ipairs(W) do out[j] = commit_one(w) end
+local ok, err = pcall(function()
+  for j, w in ipairs(W) do out[j] = commit_one(w) end
+end)
 flush_index()
+if not ok then error(err, 0) end
 if evented and S.evwant and redis.call('EXISTS', S.evwant) == 1 then notice = notice .. '\nE' end
 if notice ~= H.origin then redis.call('PUBLISH', H.notices, notice) end
 if marked then
