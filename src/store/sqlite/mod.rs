@@ -39,6 +39,7 @@ mod deliveries;
 mod events;
 mod handoff;
 mod jobs;
+mod lazy;
 #[cfg(test)]
 mod list_tests;
 mod logs;
@@ -138,7 +139,7 @@ struct WriteCtx<'a> {
 
 /// The embedded store.
 pub struct SqliteStore {
-    writer: mpsc::Sender<WriteOp>,
+    writer: mpsc::Sender<lazy::Queued>,
     readers: Arc<ReadPool>,
     notify: Arc<notices::Listeners>,
     /// Each committed transaction's events, in commit order (`tail.rs`).
@@ -233,6 +234,16 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (or creates) the store in `dir`, locking it for this process.
     pub fn open(dir: &Path, settings: StoreSettings, synchronous_full: bool) -> Result<Self> {
+        Self::open_with(dir, settings, synchronous_full, lazy::Window::default())
+    }
+
+    /// [`SqliteStore::open`] with the writer's wait for lazy requests (`lazy.rs`) given.
+    fn open_with(
+        dir: &Path,
+        settings: StoreSettings,
+        synchronous_full: bool,
+        window: lazy::Window,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
@@ -288,7 +299,7 @@ impl SqliteStore {
         let s2 = settings.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, (n2, c2), s2, h2))
+            .spawn(move || writer_loop(conn, (rx, window), (n2, c2), s2, h2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -343,6 +354,15 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.request_as(false, f).await
+    }
+
+    /// [`SqliteStore::request`], `lazy`: it may wait for the next commit (`lazy.rs`).
+    async fn request_as<T: Send + 'static>(
+        &self,
+        lazy: bool,
+        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let op: WriteOp = Box::new(move |ctx| {
             let r = f(ctx);
@@ -353,15 +373,21 @@ impl SqliteStore {
                 });
             })
         });
-        self.enqueue(op).await?;
+        self.enqueue_as(op, lazy).await?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
     }
 
     /// Queues one request for the writer, waiting for room when [`WRITE_QUEUE`] are queued.
+    #[cfg(test)]
     async fn enqueue(&self, op: WriteOp) -> Result<()> {
+        self.enqueue_as(op, false).await
+    }
+
+    /// [`SqliteStore::enqueue`], `lazy`: it may wait for the next commit (`lazy.rs`).
+    async fn enqueue_as(&self, op: WriteOp, lazy: bool) -> Result<()> {
         self.writer
-            .send(op)
+            .send(lazy::Queued { op, lazy })
             .await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))
     }
@@ -398,7 +424,7 @@ impl WriteCtx<'_> {
 
 fn writer_loop(
     conn: Connection,
-    mut rx: mpsc::Receiver<WriteOp>,
+    (mut rx, mut window): (mpsc::Receiver<lazy::Queued>, lazy::Window),
     (notify, committed): (Arc<notices::Listeners>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
@@ -406,17 +432,8 @@ fn writer_loop(
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     loop {
         // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
-        if batch.is_empty() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
-            batch.push(first);
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        if !lazy::gather(&mut rx, &mut batch, &mut window, MAX_BATCH) {
+            break;
         }
         let mut ctx = WriteCtx {
             conn: &conn,
