@@ -4,25 +4,56 @@
 //! transaction instead of committing alone: with one producer submitting one job at a time, one
 //! transaction per job instead of two (docs/benchmarks.md "Session 10: seq").
 //!
-//! A batch holding only lazy requests waits for an urgent one (any other request) only while
-//! urgent requests arrive closer together than [`Window::max`] (1 ms by default), and at most until
-//! twice the last gap between them after the last one, never more than `max` from now. With an
-//! idle queue (submits further apart) nothing waits. Every guarantee stands as before: a request
-//! is answered, its events published and its notices sent only after the commit that holds it.
+//! Lazy requests do not go through the writer's channel: they wait in [`Lazy`], which wakes the
+//! writer only when it sleeps without a deadline (nothing expected soon), so a start that will
+//! ride in the next commit costs no wake-up of the writer thread either. The writer takes them
+//! with the next urgent request (any other). While urgent requests arrive closer together than
+//! [`Window::max`] (1 ms by default) it waits for one at most until twice the last gap between
+//! them after the last one, never more than `max` from when it looks, then commits the lazy ones
+//! alone. With an idle queue (submits further apart) nothing waits. Every guarantee stands as
+//! before: a request is answered, its events published and its notices sent only after the
+//! commit that holds it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::WriteOp;
 
-/// A write request as queued for the writer thread.
-pub(super) struct Queued {
-    pub(super) op: WriteOp,
-    /// May wait for the next commit (see the module docs).
-    pub(super) lazy: bool,
+/// The lazy requests waiting for the writer.
+#[derive(Default)]
+pub(super) struct Lazy {
+    ops: Mutex<Vec<WriteOp>>,
+    /// The writer sleeps without a deadline: a lazy request must wake it.
+    asleep: AtomicBool,
+    /// The writer thread, to wake it.
+    writer: OnceLock<std::thread::Thread>,
+}
+
+impl Lazy {
+    /// Queues a lazy request (waking the writer only when it sleeps without a deadline).
+    pub(super) fn push(&self, op: WriteOp) {
+        self.ops.lock().push(op);
+        if self.asleep.load(Ordering::SeqCst) {
+            if let Some(t) = self.writer.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// How many lazy requests wait.
+    #[cfg(test)]
+    pub(super) fn pending(&self) -> usize {
+        self.ops.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ops.lock().is_empty()
+    }
 }
 
 /// When a batch of lazy requests waits for an urgent one.
@@ -88,57 +119,64 @@ impl Window {
     }
 }
 
-/// Gathers the next batch into `batch` (which may hold give-backs already: urgent): blocks for
-/// the first request, takes whatever else is queued, and when all of it is lazy waits for an
-/// urgent request within the [`Window`]. False once the channel is closed and nothing is left.
+/// Gathers the next batch into `batch` (which may hold give-backs already: urgent): waits for an
+/// urgent request, or for lazy ones as the [`Window`] says (module docs), then takes whatever else
+/// is waiting, the lazy requests too. False once the channel is closed and nothing is left.
 pub(super) fn gather(
-    rx: &mut mpsc::Receiver<Queued>,
+    (rx, lazy): (&mut mpsc::Receiver<WriteOp>, &Lazy),
     batch: &mut Vec<WriteOp>,
     window: &mut Window,
     max_batch: usize,
 ) -> bool {
-    let mut only_lazy = batch.is_empty();
-    if batch.is_empty() {
-        let Some(first) = rx.blocking_recv() else {
-            return false;
-        };
-        only_lazy = first.lazy;
-        batch.push(first.op);
+    let me = lazy.writer.get_or_init(std::thread::current);
+    let waker = Waker::from(Arc::new(Unpark(me.clone())));
+    let mut cx = Context::from_waker(&waker);
+    let mut urgent = !batch.is_empty();
+    let mut closed = false;
+    while !urgent {
+        match rx.poll_recv(&mut cx) {
+            Poll::Ready(Some(op)) => {
+                batch.push(op);
+                urgent = true;
+                break;
+            }
+            Poll::Ready(None) => {
+                closed = true;
+                break;
+            }
+            Poll::Pending => {}
+        }
+        let now = Instant::now();
+        let until = window.deadline(now);
+        if until.is_none() && !lazy.is_empty() {
+            break; // Nothing urgent expected soon: the lazy requests go alone.
+        }
+        match until {
+            Some(until) => std::thread::park_timeout(until - now),
+            None => {
+                // Sleeps until woken: by an urgent request (the waker) or a lazy one (`push`).
+                lazy.asleep.store(true, Ordering::SeqCst);
+                if lazy.is_empty() {
+                    std::thread::park();
+                }
+                lazy.asleep.store(false, Ordering::SeqCst);
+            }
+        }
     }
     while batch.len() < max_batch {
         match rx.try_recv() {
-            Ok(q) => {
-                only_lazy &= q.lazy;
-                batch.push(q.op);
-            }
+            Ok(op) => batch.push(op),
             Err(_) => break,
         }
     }
-    if only_lazy {
-        if let Some(until) = window.deadline(Instant::now()) {
-            while only_lazy && batch.len() < max_batch {
-                let Some(q) = recv_until(rx, until) else {
-                    break;
-                };
-                only_lazy &= q.lazy;
-                batch.push(q.op);
-            }
-            // What else came with the urgent request.
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(q) => batch.push(q.op),
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    if !only_lazy {
+    batch.append(&mut lazy.ops.lock());
+    if urgent {
         window.urgent(Instant::now());
     }
-    true
+    !(closed && batch.is_empty())
 }
 
-/// Wakes the writer thread parked in [`recv_until`].
+/// Wakes the writer thread parked in [`gather`].
 struct Unpark(std::thread::Thread);
 
 impl Wake for Unpark {
@@ -147,25 +185,6 @@ impl Wake for Unpark {
     }
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.unpark();
-    }
-}
-
-/// The next request, waiting on this (non-async) thread until `until` at most; `None` when the
-/// time ran out or the channel is closed.
-fn recv_until(rx: &mut mpsc::Receiver<Queued>, until: Instant) -> Option<Queued> {
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        match rx.poll_recv(&mut cx) {
-            Poll::Ready(q) => return q,
-            Poll::Pending => {
-                let now = Instant::now();
-                if now >= until {
-                    return None;
-                }
-                std::thread::park_timeout(until - now);
-            }
-        }
     }
 }
 

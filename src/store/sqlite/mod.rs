@@ -139,7 +139,9 @@ struct WriteCtx<'a> {
 
 /// The embedded store.
 pub struct SqliteStore {
-    writer: mpsc::Sender<lazy::Queued>,
+    writer: mpsc::Sender<WriteOp>,
+    /// Lazy write requests (`lazy.rs`).
+    lazy: Arc<lazy::Lazy>,
     readers: Arc<ReadPool>,
     notify: Arc<notices::Listeners>,
     /// Each committed transaction's events, in commit order (`tail.rs`).
@@ -297,12 +299,15 @@ impl SqliteStore {
         let handoffs = Handoffs::new();
         let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
         let s2 = settings.clone();
+        let lazy = Arc::new(lazy::Lazy::default());
+        let l2 = lazy.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, (rx, window), (n2, c2), s2, h2))
+            .spawn(move || writer_loop(conn, (rx, l2, window), (n2, c2), s2, h2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
+            lazy,
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -373,21 +378,19 @@ impl SqliteStore {
                 });
             })
         });
-        self.enqueue_as(op, lazy).await?;
+        if lazy {
+            self.lazy.push(op);
+        } else {
+            self.enqueue(op).await?;
+        }
         rx.await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
     }
 
     /// Queues one request for the writer, waiting for room when [`WRITE_QUEUE`] are queued.
-    #[cfg(test)]
     async fn enqueue(&self, op: WriteOp) -> Result<()> {
-        self.enqueue_as(op, false).await
-    }
-
-    /// [`SqliteStore::enqueue`], `lazy`: it may wait for the next commit (`lazy.rs`).
-    async fn enqueue_as(&self, op: WriteOp, lazy: bool) -> Result<()> {
         self.writer
-            .send(lazy::Queued { op, lazy })
+            .send(op)
             .await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))
     }
@@ -424,7 +427,7 @@ impl WriteCtx<'_> {
 
 fn writer_loop(
     conn: Connection,
-    (mut rx, mut window): (mpsc::Receiver<lazy::Queued>, lazy::Window),
+    (mut rx, lazy, mut window): (mpsc::Receiver<WriteOp>, Arc<lazy::Lazy>, lazy::Window),
     (notify, committed): (Arc<notices::Listeners>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
@@ -432,7 +435,7 @@ fn writer_loop(
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     loop {
         // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
-        if !lazy::gather(&mut rx, &mut batch, &mut window, MAX_BATCH) {
+        if !lazy::gather((&mut rx, &lazy), &mut batch, &mut window, MAX_BATCH) {
             break;
         }
         let mut ctx = WriteCtx {
