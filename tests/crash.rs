@@ -428,10 +428,10 @@ max_attempts = 5
 
 const NOOP: &str = "crash.noop";
 
-/// One producer submitting one no-op job at a time (where a worker's start and finish ride in the
-/// next submit's commit, `store/sqlite/lazy.rs`), killed with SIGKILL three times mid-stream:
-/// every job seen SUCCESS before a kill is still SUCCESS after it, with the same finish time, and
-/// every job answered `202` is still there.
+/// One producer submitting one no-op job at a time (the shape where the embedded store's group
+/// commit, direct hand-off and joint start+finish all come into play), killed with SIGKILL three
+/// times mid-stream: every job seen SUCCESS before a kill is still SUCCESS after it, with the same
+/// finish time, and every job answered `202` is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_keeps_every_success_a_sequential_producer_saw() {
     let dir = tempfile::tempdir().expect("temp dir");

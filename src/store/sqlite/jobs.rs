@@ -58,12 +58,9 @@ impl JobStore for SqliteStore {
         start: Command,
         finish: std::sync::Arc<crate::store::FinishSlot>,
     ) -> Result<(Job, Option<Result<Job>>)> {
-        // Its refusals (no such job, a refused transition) all come before its first write. Lazy:
-        // only the worker's slot waits on it, so it may ride in the next submit's commit.
-        self.request_as(true, move |ctx| {
-            super::whole::attempt(ctx, |ctx| super::start::start_in(ctx, id, start, &finish))
-        })
-        .await
+        // Its refusals (no such job, a refused transition) all come before its first write.
+        self.write_whole(move |ctx| super::start::start_in(ctx, id, start, &finish))
+            .await
     }
 }
 

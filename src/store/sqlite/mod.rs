@@ -39,7 +39,6 @@ mod deliveries;
 mod events;
 mod handoff;
 mod jobs;
-mod lazy;
 #[cfg(test)]
 mod list_tests;
 mod logs;
@@ -140,8 +139,6 @@ struct WriteCtx<'a> {
 /// The embedded store.
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
-    /// Lazy write requests (`lazy.rs`).
-    lazy: Arc<lazy::Lazy>,
     readers: Arc<ReadPool>,
     notify: Arc<notices::Listeners>,
     /// Each committed transaction's events, in commit order (`tail.rs`).
@@ -236,16 +233,6 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (or creates) the store in `dir`, locking it for this process.
     pub fn open(dir: &Path, settings: StoreSettings, synchronous_full: bool) -> Result<Self> {
-        Self::open_with(dir, settings, synchronous_full, lazy::Window::default())
-    }
-
-    /// [`SqliteStore::open`] with the writer's wait for lazy requests (`lazy.rs`) given.
-    fn open_with(
-        dir: &Path,
-        settings: StoreSettings,
-        synchronous_full: bool,
-        window: lazy::Window,
-    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
@@ -299,15 +286,12 @@ impl SqliteStore {
         let handoffs = Handoffs::new();
         let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
         let s2 = settings.clone();
-        let lazy = Arc::new(lazy::Lazy::default());
-        let l2 = lazy.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, (rx, l2, window), (n2, c2), s2, h2))
+            .spawn(move || writer_loop(conn, rx, (n2, c2), s2, h2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
-            lazy,
             readers: Arc::new(ReadPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -359,15 +343,6 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.request_as(false, f).await
-    }
-
-    /// [`SqliteStore::request`], `lazy`: it may wait for the next commit (`lazy.rs`).
-    async fn request_as<T: Send + 'static>(
-        &self,
-        lazy: bool,
-        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let op: WriteOp = Box::new(move |ctx| {
             let r = f(ctx);
@@ -378,11 +353,7 @@ impl SqliteStore {
                 });
             })
         });
-        if lazy {
-            self.lazy.push(op);
-        } else {
-            self.enqueue(op).await?;
-        }
+        self.enqueue(op).await?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
     }
@@ -427,7 +398,7 @@ impl WriteCtx<'_> {
 
 fn writer_loop(
     conn: Connection,
-    (mut rx, lazy, mut window): (mpsc::Receiver<WriteOp>, Arc<lazy::Lazy>, lazy::Window),
+    mut rx: mpsc::Receiver<WriteOp>,
     (notify, committed): (Arc<notices::Listeners>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
@@ -435,8 +406,17 @@ fn writer_loop(
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     loop {
         // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
-        if !lazy::gather((&mut rx, &lazy), &mut batch, &mut window, MAX_BATCH) {
-            break;
+        if batch.is_empty() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
         }
         let mut ctx = WriteCtx {
             conn: &conn,
