@@ -425,3 +425,116 @@ max_attempts = 5
         interrupted.len()
     );
 }
+
+const NOOP: &str = "crash.noop";
+
+/// One producer submitting one no-op job at a time (the shape where the embedded store's group
+/// commit, direct hand-off and joint start+finish all come into play), killed with SIGKILL three
+/// times mid-stream: every job seen SUCCESS before a kill is still SUCCESS after it, with the same
+/// finish time, and every job answered `202` is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_every_success_a_sequential_producer_saw() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("server.log");
+    let config = dir.path().join("runyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = {data}
+
+[worker]
+shutdown_grace = "2s"
+
+[[runners]]
+name = "crash-noop"
+kind = "service"
+types = ["{NOOP}"]
+operation = "runyard.noop"
+concurrency = 256
+max_attempts = 1
+"#,
+            data = toml_str(&dir.path().join("data").to_string_lossy()),
+        ),
+    )
+    .expect("config");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut accepted: Vec<String> = Vec::new();
+    let mut seen: HashMap<String, Value> = HashMap::new();
+    for round in 1..=3usize {
+        let mut server = Server::start(&config, &log);
+        server.wait_healthy(Duration::from_secs(20)).await;
+        let url = server.url.clone();
+        // The producer: one submit at a time until the server is gone (at most 3,000).
+        let producer = {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..3_000 {
+                    let r = http
+                        .post(format!("{url}/async/jobs"))
+                        .json(&json!({"type": NOOP}))
+                        .send()
+                        .await;
+                    let Ok(r) = r else { break };
+                    if r.status() != reqwest::StatusCode::ACCEPTED {
+                        break;
+                    }
+                    let Ok(v) = r.json::<Value>().await else {
+                        break;
+                    };
+                    ids.push(v["job_id"].as_str().expect("job_id").to_string());
+                }
+                ids
+            })
+        };
+        // Watch until this round's successes pass 100 more than the last, then kill at once.
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut now_seen;
+        loop {
+            now_seen = list(&http, &url, NOOP).await;
+            if count(&now_seen, "SUCCESS") >= seen.len() + 100 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "no successes within 60s:\n{}",
+                server.log_tail()
+            );
+        }
+        server.kill9();
+        for j in now_seen.iter().filter(|j| j["status"] == "SUCCESS") {
+            seen.insert(j["id"].as_str().unwrap_or("").to_string(), j.clone());
+        }
+        accepted.extend(producer.await.expect("producer"));
+        eprintln!(
+            "round {round}: {} accepted, {} seen SUCCESS",
+            accepted.len(),
+            seen.len()
+        );
+    }
+
+    let mut server = Server::start(&config, &log);
+    server.wait_healthy(Duration::from_secs(20)).await;
+    let after: HashMap<String, Value> = list(&http, &server.url, NOOP)
+        .await
+        .into_iter()
+        .map(|j| (j["id"].as_str().unwrap_or("").to_string(), j))
+        .collect();
+    for id in &accepted {
+        assert!(after.contains_key(id), "job {id} answered 202 is lost");
+    }
+    for (id, was) in &seen {
+        let now = &after[id];
+        assert_eq!(
+            now["status"], "SUCCESS",
+            "job {id} seen SUCCESS is now {now:#}"
+        );
+        assert_eq!(
+            now["finished_at"], was["finished_at"],
+            "job {id} seen SUCCESS has another finish now"
+        );
+    }
+}
