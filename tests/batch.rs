@@ -239,3 +239,59 @@ async fn an_item_outside_the_callers_types_gets_403_in_its_slot() {
     assert_eq!(jobs.len(), 1, "{list}");
     assert_eq!(jobs[0]["id"].as_str(), Some(job_id(&r[0]).as_str()));
 }
+
+/// Each item is read from its own text, exactly as `POST /async/jobs` reads that text: a key
+/// given twice in an item is refused in its slot as the single submit refuses it (not silently
+/// the last value), and an idempotent replay does not depend on spacing or key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_are_read_from_their_own_text_as_a_single_submit_reads_it() {
+    let ts = TestServer::start(BUILTINS).await;
+    let twice = r#"{"type": "runyard.noop", "type": "runyard.echo"}"#;
+    let (st, single) = ts.post_raw("/async/jobs", twice).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{single}");
+    let before = ts.last_event_id().await;
+    let body = format!(
+        r#"{{"jobs": [{twice},
+            {{ "idempotency_key" : "spaced", "args":{{"b":2, "a":1}}, "type":"runyard.noop" }},
+            {{"type": "runyard.noop"}}]}}"#
+    );
+    let (st, v) = ts.post_raw(BATCH, body).await;
+    let r = results(st, &v, 3);
+    assert_eq!(
+        r.iter().map(code).collect::<Vec<_>>(),
+        vec![422, 202, 202],
+        "{v:#}"
+    );
+    assert_eq!(r[0]["error"]["code"], single["error"]["code"], "{v:#}");
+    assert!(
+        r[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field `type`"),
+        "{}",
+        r[0]
+    );
+    // Only the two good items are stored, each with its QUEUED event, and each runs.
+    assert_eq!(ts.count_jobs(None).await, 2);
+    let events = ts.all_events(&before).await;
+    for x in &r[1..] {
+        let id = job_id(x);
+        let queued = events
+            .iter()
+            .filter(|e| e["job_id"] == id.as_str() && e["runyard_status"] == "QUEUED")
+            .count();
+        assert_eq!(queued, 1, "one QUEUED event for {id}: {events:#?}");
+        let job = ts.wait_terminal(&id, WAIT).await;
+        assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    }
+    // The same key with the same body, spaced and ordered otherwise: the first job, replayed.
+    let (st, again) = ts
+        .post_raw(
+            "/async/jobs",
+            r#"{"type":"runyard.noop","args":{"a":1,"b":2},"idempotency_key":"spaced"}"#,
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["job_id"].as_str(), Some(job_id(&r[1]).as_str()));
+    assert_eq!(ts.count_jobs(None).await, 2);
+}

@@ -4,6 +4,10 @@
 //! ([`crate::store::JobStore::submit_many`]). All or nothing per job: an item that fails gets
 //! its own error in its slot and nothing is stored for it; the others are stored. A body that
 //! is not `{"jobs": [...]}` with 1 to [`MAX_BATCH`] items is refused whole, nothing stored.
+//!
+//! The body is parsed once: the outer object only checks each item's syntax and keeps its text
+//! (`&RawValue`, borrowed from the request's bytes); each item is then parsed from that text by
+//! the same code as a single submit's body (duplicate keys in an item are refused as there).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -11,6 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
@@ -24,9 +29,10 @@ pub const MAX_BATCH: usize = 1000;
 /// The body of `POST /async/jobs/batch`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchBody {
-    /// Submit bodies, each as `POST /async/jobs` takes it.
-    jobs: Vec<Value>,
+struct BatchBody<'a> {
+    /// Submit bodies, each as `POST /async/jobs` takes it: their JSON text, syntax checked.
+    #[serde(borrow)]
+    jobs: Vec<&'a RawValue>,
 }
 
 /// `POST /async/jobs/batch`: `200 {"results": [...], "accepted", "failed"}`, one result per
@@ -60,7 +66,7 @@ pub async fn submit_batch(
     let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(body.jobs.len());
     let mut jobs = Vec::with_capacity(body.jobs.len());
     let mut hashes = Vec::with_capacity(body.jobs.len());
-    for item in &body.jobs {
+    for item in body.jobs {
         match prepare_item(&st, item).await {
             Ok((job, hash)) => {
                 jobs.push(job);
@@ -130,9 +136,11 @@ enum Item<'a> {
 }
 
 /// One item validated as a single submit body (its own JSON text), nothing stored.
-async fn prepare_item(st: &AppState, item: &Value) -> ApiResult<(crate::job::Job, Option<String>)> {
-    let text = serde_json::to_vec(item).map_err(|e| ApiError::invalid_request(e.to_string()))?;
-    let job = prepare_submit(st, &text, Vec::new()).await?;
+async fn prepare_item(
+    st: &AppState,
+    item: &RawValue,
+) -> ApiResult<(crate::job::Job, Option<String>)> {
+    let job = prepare_submit(st, item.get().as_bytes(), Vec::new()).await?;
     let hash = job.submit_hash.clone();
     Ok((job, hash))
 }

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -18,8 +19,9 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
 }
 
 /// Parses JSON bytes with the API's error mapping. Every body of the API is a JSON object: an
-/// array would otherwise fill a struct by position.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// array would otherwise fill a struct by position. `T` may borrow from `bytes` (a batch's items
+/// as `&RawValue`).
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
@@ -34,7 +36,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(v)
 }
 
-fn serde_path_to_error_free<'de, T: DeserializeOwned>(
+fn serde_path_to_error_free<'de, T: Deserialize<'de>>(
     de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
 ) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {

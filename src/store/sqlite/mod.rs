@@ -45,6 +45,8 @@ mod logs;
 mod notices;
 #[cfg(test)]
 mod page_tests;
+#[cfg(test)]
+mod plan_tests;
 mod queue;
 mod replay;
 mod retention;
