@@ -484,3 +484,52 @@ async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
     claimed.sort();
     assert_eq!(claimed, stored, "claimed");
 }
+
+/// Redis: a commit that reaches a server demoted to a replica (a failover) is answered
+/// `READONLY`, which the store retries for `store.retry` and then reports as unavailable (a
+/// submit or a cancel answers 503, nothing changed), never as a backend error; once the server is
+/// a primary again, writes go through. A cancel's first write fails inside the commit script's
+/// guarded part with nothing else to write after it, so the script must hand back the command's
+/// own error code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_commit_on_a_demoted_server_is_unavailable_not_an_error() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_millis(400),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    let job = || Job::new("t.ro", "rr", now_us());
+    let queued = job();
+    s.submit(queued.clone())
+        .await
+        .expect("a submit to the primary");
+    // Demoted: a replica of a primary that cannot be reached keeps its data, read-only.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    r.cli(&["REPLICAOF", "127.0.0.1", &gone.to_string()]);
+    match s.apply(queued.id, Command::Cancel).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("a cancel on a replica: {other:?}"),
+    }
+    match s.submit(job()).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("a submit to a replica: {other:?}"),
+    }
+    let stored = s.get(queued.id).await.expect("get").expect("still there");
+    assert_eq!(stored.status, JobStatus::Queued, "nothing changed");
+    r.cli(&["REPLICAOF", "NO", "ONE"]);
+    let cancelled = s
+        .apply(queued.id, Command::Cancel)
+        .await
+        .expect("a cancel once it is a primary again");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    s.submit(job())
+        .await
+        .expect("a submit once it is a primary again");
+}

@@ -322,18 +322,26 @@ local function commit_one(w)
 end
 
 -- A command that fails mid-call (a key of the wrong type, say) ends the script, and what it
--- wrote stays: the index changes of the writes already made are applied before the error goes
--- back, so a job whose hash was written is counted, listed and queued (a retried submit finds it
--- as `EXISTS`), never stored but out of every index.
+-- wrote stays: the index changes of the writes already made are applied and announced before the
+-- error goes back, so a job whose hash was written is counted, listed and queued (a retried
+-- submit finds it as `EXISTS`), never stored but out of every index.
 local out = {}
 local ok, err = pcall(function()
   for j, w in ipairs(W) do out[j] = commit_one(w) end
 end)
 flush_index()
-if not ok then error(err, 0) end
 if evented and S.evwant and redis.call('EXISTS', S.evwant) == 1 then notice = notice .. '\nE' end
 if notice ~= H.origin then redis.call('PUBLISH', H.notices, notice) end
 if marked then
   redis.call('PUBLISH', H.notices, '\nC 00000000-0000-0000-0000-000000000000 WAITING')
+end
+if not ok then
+  -- Redis 7.0 hands pcall a failed command's error as its text ("READONLY ...", "WRONGTYPE
+  -- ..."): reply with it as it is, so its code (which the caller retries on, for READONLY)
+  -- stays; anything else (a table from newer Redis, a Lua error) is raised again.
+  if type(err) == 'string' and string.match(err, '^%u[%u%d_]* ') then
+    return redis.error_reply(err)
+  end
+  error(err, 0)
 end
 return out
