@@ -14,11 +14,14 @@ const MALLOC_THRESHOLD: i32 = 128 * 1024;
 /// the heaps and stayed there, and the server's RSS followed the load's peaks
 /// (docs/benchmarks.md "Memory with short retention", session 10). Held at 128 KiB, large
 /// blocks go back to the system when freed. `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_`
-/// in the environment, read by glibc itself, win. Called before any thread starts.
+/// in the environment (or either tunable in `GLIBC_TUNABLES`), read by glibc itself, win. Called
+/// before any thread starts.
 fn fix_malloc_thresholds() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
         && std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none()
+        && !tuned("glibc.malloc.mmap_threshold")
+        && !tuned("glibc.malloc.trim_threshold")
     {
         // SAFETY: mallopt only sets malloc parameters; no other thread exists yet.
         unsafe {
@@ -32,11 +35,12 @@ fn fix_malloc_thresholds() {
 /// and keeps what each arena freed: the server's request, SQLite and blocking-pool threads each
 /// grew one and its RSS rose with the load's peaks (docs/benchmarks.md "Memory with short
 /// retention", session 9: 67-75 MiB with the default, 47-57 MiB with the limit, the same rate).
-/// One arena per core (at least two); `MALLOC_ARENA_MAX` in the environment, read by glibc
-/// itself, wins. Called first, before any thread starts.
+/// One arena per core (at least two); `MALLOC_ARENA_MAX` in the environment (or
+/// `glibc.malloc.arena_max` in `GLIBC_TUNABLES`), read by glibc itself, wins. Called first,
+/// before any thread starts.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tuned("glibc.malloc.arena_max") {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let arenas = i32::try_from(cores.max(2)).unwrap_or(i32::MAX);
         // SAFETY: mallopt only sets a malloc parameter; it is called before any other thread
@@ -45,4 +49,13 @@ fn limit_malloc_arenas() {
             libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
+}
+
+/// Whether `GLIBC_TUNABLES` sets this tunable (`name=value`, entries separated by `:`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tuned(name: &str) -> bool {
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
+        t.split(':')
+            .any(|e| e.split_once('=').is_some_and(|(k, _)| k == name))
+    })
 }

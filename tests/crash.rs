@@ -503,6 +503,8 @@ max_attempts = 1
                 "no successes within 60s:\n{}",
                 server.log_tail()
             );
+            // Listings are not free for the server under test: a pause between them.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         server.kill9();
         for j in now_seen.iter().filter(|j| j["status"] == "SUCCESS") {
