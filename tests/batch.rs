@@ -295,3 +295,26 @@ async fn items_are_read_from_their_own_text_as_a_single_submit_reads_it() {
     assert_eq!(again["job_id"].as_str(), Some(job_id(&r[1]).as_str()));
     assert_eq!(ts.count_jobs(None).await, 2);
 }
+
+/// An item that is well-formed JSON but that a single submit cannot read (a number out of range)
+/// gets the single submit's `400 bad_json` in its own slot, as docs/api.md says; nothing is
+/// stored for it and the other items are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_a_single_submit_cannot_read_gets_bad_json_in_its_slot() {
+    let ts = TestServer::start(BUILTINS).await;
+    let huge = r#"{"type": "runyard.noop", "args": {"x": 1e400}}"#;
+    let (st, single) = ts.post_raw("/async/jobs", huge).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{single}");
+    let body = format!(r#"{{"jobs": [{{"type": "runyard.noop"}}, {huge}]}}"#);
+    let (st, v) = ts.post_raw(BATCH, body).await;
+    let r = results(st, &v, 2);
+    assert_eq!(
+        r.iter().map(code).collect::<Vec<_>>(),
+        vec![202, 400],
+        "{v:#}"
+    );
+    assert_eq!(r[1]["error"]["code"], single["error"]["code"], "{v:#}");
+    assert_eq!(ts.count_jobs(None).await, 1);
+    let job = ts.wait_terminal(&job_id(&r[0]), WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+}
