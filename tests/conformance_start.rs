@@ -402,9 +402,14 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
 
 /// A store on `r` (its own prefix), as a node would open it.
 async fn redis_store(r: &TestRedis) -> Arc<dyn Store> {
+    redis_store_retrying(r, Duration::from_secs(5)).await
+}
+
+/// The same, retrying a failed Redis command for `retry` (`store.retry`).
+async fn redis_store_retrying(r: &TestRedis, retry: Duration) -> Arc<dyn Store> {
     RedisStore::connect(RedisSettings {
         prefix: r.prefix.clone(),
-        retry: Duration::from_secs(5),
+        retry,
         ..RedisSettings::new(r.url.clone())
     })
     .await
@@ -419,13 +424,7 @@ async fn redis_store(r: &TestRedis) -> Arc<dyn Store> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_millis(300),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect");
+    let s: Arc<dyn Store> = redis_store_retrying(&r, Duration::from_millis(300)).await;
     let jobs: Vec<Job> = (0..3)
         .map(|_| Job {
             max_attempts: 1,
@@ -494,13 +493,7 @@ async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_commit_on_a_demoted_server_is_unavailable_not_an_error() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_millis(400),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect");
+    let s: Arc<dyn Store> = redis_store_retrying(&r, Duration::from_millis(400)).await;
     let job = || Job::new("t.ro", "rr", now_us());
     let queued = job();
     s.submit(queued.clone())
