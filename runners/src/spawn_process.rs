@@ -248,8 +248,8 @@ fn start(
         stdin,
         spawner: me,
     };
-    let (pid, fds) = crate::spawn_vfork::start(&job, stack)?;
-    let start_time = crate::local::process_start_time(pid);
+    let (pid, start_time, fds) = crate::spawn_vfork::start(&job, stack)?;
+    let start_time = start_time.or_else(|| crate::local::process_start_time(pid));
     // The child is not waited for here: `reap` collects it.
     Ok((pid, start_time, fds))
 }
