@@ -9,7 +9,8 @@
 //! socket); the spawner forks, applies them exactly as the local runner did (own process group,
 //! `PR_SET_PDEATHSIG(SIGKILL)` on the spawner, [`crate::isolation`]) and execs, then sends back
 //! the pid, its start time and the read ends of the job's stdout and stderr (`SCM_RIGHTS` on a
-//! `SOCK_SEQPACKET` socket), and later the job's wait status once it has reaped it.
+//! `SOCK_SEQPACKET` socket; in a burst, a few starts to a message), and later the job's wait
+//! status once it has reaped it (with the next starts, or on its own).
 //!
 //! The spawner has `PR_SET_PDEATHSIG(SIGKILL)` on the server's main thread and leaves when the
 //! server closes its socket, so `kill -9` of the server kills the spawner, which kills its jobs:
@@ -228,8 +229,8 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
         let Some(replies) = Reply::decode_all(&buf[..n]) else {
             break;
         };
-        // A start comes alone with its pipes; exits may come several to a message.
-        let mut fds = Some(fds);
+        // Each start takes the next two descriptors (its pipes), in order.
+        let mut fds = fds.into_iter();
         for reply in replies {
             deliver(shared, reply, &mut fds);
         }
@@ -244,15 +245,15 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
     unsafe { libc::waitpid(spawner, std::ptr::null_mut(), 0) };
 }
 
-/// Hands one reply to whoever waits for it (`fds`: the descriptors that came with the message,
-/// taken by a start).
-fn deliver(shared: &Shared, reply: Reply, fds: &mut Option<Vec<OwnedFd>>) {
+/// Hands one reply to whoever waits for it (`fds`: the descriptors of the message not yet taken;
+/// a start takes two).
+fn deliver(shared: &Shared, reply: Reply, fds: &mut std::vec::IntoIter<OwnedFd>) {
     match reply {
         Reply::Started {
             id,
             pid,
             start_time,
-        } => started(shared, id, pid, start_time, fds.take().unwrap_or_default()),
+        } => started(shared, id, pid, start_time, [fds.next(), fds.next()]),
         Reply::Failed { id, errno, message } => {
             let e = if errno != 0 {
                 io::Error::from_raw_os_error(errno)
@@ -273,12 +274,12 @@ fn deliver(shared: &Shared, reply: Reply, fds: &mut Option<Vec<OwnedFd>>) {
 
 /// A job started: its exit goes to a new waiter, and the rest to the launch waiting for it (or,
 /// when nobody waits any more, the job is killed).
-fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: Vec<OwnedFd>) {
+fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: [Option<OwnedFd>; 2]) {
     let (etx, erx) = oneshot::channel();
     lock(&shared.exits).insert(pid, etx);
     let tx = lock(&shared.pending).remove(&id);
-    let mut fds = fds.into_iter();
-    let reply = match (fds.next(), fds.next()) {
+    let [stdout, stderr] = fds;
+    let reply = match (stdout, stderr) {
         (Some(stdout), Some(stderr)) => Ok(Started {
             pid,
             start_time,

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::isolation::{Identity, Isolation};
 use crate::spawn_vfork::{ChildStack, Job};
-use crate::spawn_wire::{send_with_fds, Reply, Request};
+use crate::spawn_wire::{send_with_fds, Reply, Request, STARTS_PER_MESSAGE};
 
 /// Largest request accepted (the job's arguments and environment): far above what the server
 /// accepts for a job.
@@ -51,9 +51,12 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
         }
         if fds[1].revents != 0 {
             drain(signals.as_raw_fd());
-            reap(out);
+            reap(out, Vec::new(), Vec::new());
         }
         if fds[0].revents != 0 {
+            // The starts of a burst go a few to a message, with the exits reaped meanwhile: one
+            // `sendmsg` here, one `recvmsg` and wake-up in the server for several jobs.
+            let (mut msg, mut pipes, mut starts) = (Vec::new(), Vec::new(), 0);
             loop {
                 // The server closed its end (it is exiting) or sent garbage: leave; the jobs go
                 // with this process (their parent-death signal).
@@ -61,43 +64,61 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
                     // Safety: leaving.
                     unsafe { libc::_exit(0) }
                 };
-                answer(&req, spawn(&req), out);
-                if requests.buffer().is_empty() {
-                    break;
+                answer(&req, spawn(&req), &mut msg, &mut pipes);
+                starts += 1;
+                let last = requests.buffer().is_empty();
+                if last || starts == STARTS_PER_MESSAGE {
+                    // The jobs that ended meanwhile are told with these starts (a quick job's
+                    // exit waits for no queue of starts; the worker may then record its start
+                    // and finish in one write), after them: a job that has already ended is
+                    // told of after its start.
+                    let ended = drain(signals.as_raw_fd());
+                    if ended {
+                        reap(out, std::mem::take(&mut msg), std::mem::take(&mut pipes));
+                    } else {
+                        send(out, &msg, &pipes);
+                        msg.clear();
+                        pipes.clear();
+                    }
+                    starts = 0;
                 }
-                // More to start: the jobs that ended meanwhile are told first (a quick job's
-                // exit waits for no queue of starts; the worker may then record its start and
-                // finish in one write).
-                if drain(signals.as_raw_fd()) {
-                    reap(out);
+                if last {
+                    break;
                 }
             }
         }
     }
 }
 
-/// Tells the server how a request went (leaves when the server is gone).
-fn answer(req: &Request, started: io::Result<(u32, Option<u64>, [OwnedFd; 2])>, out: RawFd) {
-    let (reply, fds) = match started {
-        Ok((pid, start_time, fds)) => (
+/// Adds how a request went to the next message (`msg`, with the job's pipes in `pipes`).
+fn answer(
+    req: &Request,
+    started: io::Result<(u32, Option<u64>, [OwnedFd; 2])>,
+    msg: &mut Vec<u8>,
+    pipes: &mut Vec<OwnedFd>,
+) {
+    let reply = match started {
+        Ok((pid, start_time, fds)) => {
+            pipes.extend(fds);
             Reply::Started {
                 id: req.id,
                 pid,
                 start_time,
-            },
-            Some(fds),
-        ),
-        Err(e) => (
-            Reply::Failed {
-                id: req.id,
-                errno: e.raw_os_error().unwrap_or(0),
-                message: e.to_string().chars().take(1000).collect(),
-            },
-            None,
-        ),
+            }
+        }
+        Err(e) => Reply::Failed {
+            id: req.id,
+            errno: e.raw_os_error().unwrap_or(0),
+            message: e.to_string().chars().take(1000).collect(),
+        },
     };
-    let raw: Vec<RawFd> = fds.iter().flatten().map(AsRawFd::as_raw_fd).collect();
-    if send_with_fds(out, &reply.encode(), &raw).is_err() {
+    msg.extend_from_slice(&reply.encode());
+}
+
+/// Sends one message with its pipes (leaves when the server is gone).
+fn send(out: RawFd, msg: &[u8], pipes: &[OwnedFd]) {
+    let raw: Vec<RawFd> = pipes.iter().map(AsRawFd::as_raw_fd).collect();
+    if send_with_fds(out, msg, &raw).is_err() {
         // Safety: leaving.
         unsafe { libc::_exit(0) }
     }
@@ -129,13 +150,13 @@ fn drain(fd: RawFd) -> bool {
     unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 }
 }
 
-/// Exits sent in one message at most (9 bytes each: well within the server's 4 KiB buffer).
+/// Exits sent in one message at most (9 bytes each, with at most [`STARTS_PER_MESSAGE`] starts
+/// of 22 bytes: well within the server's 4 KiB buffer).
 const EXITS_PER_MESSAGE: usize = 256;
 
-/// Reaps every ended job and tells the server how each ended: the exits reaped together go in
-/// one message (one `sendmsg` here, one `recvmsg` and wake-up in the server).
-fn reap(out: RawFd) {
-    let mut msg = Vec::new();
+/// Reaps every ended job and tells the server how each ended, after what `msg` already holds
+/// (starts, with their `pipes`): the exits reaped together go in one message.
+fn reap(out: RawFd, mut msg: Vec<u8>, mut pipes: Vec<OwnedFd>) {
     let mut n = 0;
     loop {
         let mut status = 0;
@@ -149,12 +170,10 @@ fn reap(out: RawFd) {
             msg.extend_from_slice(&exit.encode());
             n += 1;
         }
-        if (pid <= 0 || n == EXITS_PER_MESSAGE) && n > 0 {
-            if send_with_fds(out, &msg, &[]).is_err() {
-                // Safety: leaving (the server is gone).
-                unsafe { libc::_exit(0) }
-            }
+        if (pid <= 0 || n == EXITS_PER_MESSAGE) && !msg.is_empty() {
+            send(out, &msg, &pipes);
             msg.clear();
+            pipes.clear();
             n = 0;
         }
         if pid <= 0 {
@@ -248,8 +267,8 @@ fn start(
         stdin,
         spawner: me,
     };
-    let (pid, fds) = crate::spawn_vfork::start(&job, stack)?;
-    let start_time = crate::local::process_start_time(pid);
+    let (pid, start_time, fds) = crate::spawn_vfork::start(&job, stack)?;
+    let start_time = start_time.or_else(|| crate::local::process_start_time(pid));
     // The child is not waited for here: `reap` collects it.
     Ok((pid, start_time, fds))
 }

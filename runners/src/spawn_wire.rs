@@ -252,8 +252,9 @@ impl Reply {
         Self::decode_from(&mut i)
     }
 
-    /// Every reply of one message: the spawner sends the exits it reaps together as one message
-    /// (their encodings back to back; a job's start, which carries descriptors, always alone).
+    /// Every reply of one message: the spawner sends a few starts and the exits it reaps together
+    /// as one message (their encodings back to back; the pipes of the starts ride along, two per
+    /// start, in the order of the starts).
     pub(crate) fn decode_all(msg: &[u8]) -> Option<Vec<Self>> {
         let mut i = In(msg);
         let mut all = Vec::new();
@@ -284,6 +285,14 @@ impl Reply {
     }
 }
 
+/// Job starts sent in one message at most (each with its two pipes). A few: the first start of a
+/// burst waits for the clones of the others.
+pub(crate) const STARTS_PER_MESSAGE: usize = 4;
+
+/// Room for the descriptors of one message, aligned for `cmsghdr`: a header of 16 bytes and the
+/// pipes of [`STARTS_PER_MESSAGE`] starts, with room to spare.
+const CONTROL_WORDS: usize = 2 + STARTS_PER_MESSAGE + 4;
+
 /// Sends one message with `fds` as `SCM_RIGHTS` (never raises `SIGPIPE`).
 pub(crate) fn send_with_fds(sock: RawFd, msg: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
@@ -291,7 +300,7 @@ pub(crate) fn send_with_fds(sock: RawFd, msg: &[u8], fds: &[RawFd]) -> io::Resul
         iov_len: msg.len(),
     };
     // Room for a few descriptors, aligned for `cmsghdr`.
-    let mut control = [0u64; 8];
+    let mut control = [0u64; CONTROL_WORDS];
     // Safety: a zeroed msghdr is valid; the pointers set below outlive the call.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_iov = &mut iov;
@@ -337,7 +346,7 @@ pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, V
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut control = [0u64; 8];
+    let mut control = [0u64; CONTROL_WORDS];
     // Safety: a zeroed msghdr is valid; the pointers set here outlive the call.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_iov = &mut iov;

@@ -236,6 +236,59 @@ async fn the_spawner_does_not_copy_itself_per_job(spawner: u32) {
     );
 }
 
+/// The start time a job's handle carries (what recovery after a restart matches the pid against)
+/// is the one `/proc/PID/stat` gives for that process, for every job of a burst.
+async fn handles_carry_the_start_time_the_kernel_reports() {
+    let r = sh("sleep 300");
+    let mut jobs = Vec::new();
+    for _ in 0..60 {
+        jobs.push(r.launch(spec(), Arc::new(Lines::default())).await.unwrap());
+    }
+    for ex in &jobs {
+        let h = ex.handle();
+        let pid: u32 = h.id.parse().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        let kernel: u64 = after.split_whitespace().nth(19).unwrap().parse().unwrap();
+        assert_eq!(h.data["start_time"], json!(kernel), "pid {pid}");
+    }
+    for mut ex in jobs {
+        ex.stop(Duration::from_millis(200)).await;
+        ex.wait().await;
+    }
+}
+
+/// A burst of jobs started at once (their starts come back a few to a message): each job's
+/// output reaches its own execution, and each ends with its own exit code.
+async fn a_burst_of_jobs_each_gets_its_own_pipes_and_exit() {
+    let launches = (0..48).map(|i| async move {
+        let lines = Arc::new(Lines::default());
+        let mut ex = sh(&format!("echo out={i}; echo err={i} >&2; exit {}", i % 7))
+            .launch(spec(), lines.clone())
+            .await
+            .unwrap();
+        (i, ex.wait().await, lines)
+    });
+    for (i, out, lines) in futures::future::join_all(launches).await {
+        let code = i % 7;
+        match &out {
+            Outcome::Success { .. } => assert_eq!(code, 0, "job {i}"),
+            Outcome::Failed { exit_code, .. } => assert_eq!(*exit_code, Some(code), "job {i}"),
+            other => panic!("job {i}: {other:?}"),
+        }
+        let got = lines.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "job {i}: {got:?}");
+        assert!(
+            got.contains(&(LogStream::Stdout, format!("out={i}"))),
+            "job {i}: {got:?}"
+        );
+        assert!(
+            got.contains(&(LogStream::Stderr, format!("err={i}"))),
+            "job {i}: {got:?}"
+        );
+    }
+}
+
 /// The spawner killed: its job dies with it and fails; later jobs are forked by this process.
 async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner: u32) {
     let lines = Arc::new(Lines::default());
@@ -284,6 +337,10 @@ fn main() {
         println!("a program that cannot start fails the launch ... ok");
         stop_kills_the_whole_group().await;
         println!("stop kills the whole group ... ok");
+        handles_carry_the_start_time_the_kernel_reports().await;
+        println!("handles carry the start time the kernel reports ... ok");
+        a_burst_of_jobs_each_gets_its_own_pipes_and_exit().await;
+        println!("a burst of jobs each gets its own pipes and exit ... ok");
         a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner).await;
         println!("a dead spawner takes its jobs, later jobs still run ... ok");
     });
