@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use crate::isolation::{Identity, Isolation};
 use crate::spawn_vfork::{ChildStack, Job};
@@ -57,6 +58,18 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
             // The starts of a burst go a few to a message, with the exits reaped meanwhile: one
             // `sendmsg` here, one `recvmsg` and wake-up in the server for several jobs.
             let (mut msg, mut pipes, mut starts) = (Vec::new(), Vec::new(), 0);
+            // The jobs that ended meanwhile are told with the starts held (a quick job's exit
+            // waits for no queue of starts; the worker may then record its start and finish in
+            // one write), after them: a job that has already ended is told of after its start.
+            let flush = |msg: &mut Vec<u8>, pipes: &mut Vec<OwnedFd>| {
+                if drain(signals.as_raw_fd()) {
+                    reap(out, std::mem::take(msg), std::mem::take(pipes));
+                } else {
+                    send(out, msg, pipes);
+                    msg.clear();
+                    pipes.clear();
+                }
+            };
             loop {
                 // The server closed its end (it is exiting) or sent garbage: leave; the jobs go
                 // with this process (their parent-death signal).
@@ -64,22 +77,23 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
                     // Safety: leaving.
                     unsafe { libc::_exit(0) }
                 };
+                // Steps before `exec` that touch the file system (a directory to enter or make,
+                // another identity) may take long (a slow or hung mount): the starts held go
+                // first, so running jobs are never held behind them.
+                if starts > 0 && may_stall(&req) {
+                    flush(&mut msg, &mut pipes);
+                    starts = 0;
+                }
+                let clone_began = Instant::now();
                 answer(&req, spawn(&req), &mut msg, &mut pipes);
                 starts += 1;
                 let last = requests.buffer().is_empty();
-                if last || starts == STARTS_PER_MESSAGE {
-                    // The jobs that ended meanwhile are told with these starts (a quick job's
-                    // exit waits for no queue of starts; the worker may then record its start
-                    // and finish in one write), after them: a job that has already ended is
-                    // told of after its start.
-                    let ended = drain(signals.as_raw_fd());
-                    if ended {
-                        reap(out, std::mem::take(&mut msg), std::mem::take(&mut pipes));
-                    } else {
-                        send(out, &msg, &pipes);
-                        msg.clear();
-                        pipes.clear();
-                    }
+                if last
+                    || starts == STARTS_PER_MESSAGE
+                    || clone_began.elapsed() > SLOW_START
+                    || msg.len() > MESSAGE_BYTES
+                {
+                    flush(&mut msg, &mut pipes);
                     starts = 0;
                 }
                 if last {
@@ -88,6 +102,19 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
             }
         }
     }
+}
+
+/// A start that took longer than this (clone to `exec`) is sent at once with those held: the
+/// machine is slow, and holding starts would only delay them.
+const SLOW_START: Duration = Duration::from_millis(1);
+
+/// A message is sent once it holds this many bytes (a failed start's reply carries its error
+/// text), well within the server's 4 KiB buffer with the exits that follow it.
+const MESSAGE_BYTES: usize = 1024;
+
+/// Whether a request's steps before `exec` touch the file system beyond finding the program.
+fn may_stall(req: &Request) -> bool {
+    req.cwd.is_some() || req.workdir.is_some() || req.identity.is_some()
 }
 
 /// Adds how a request went to the next message (`msg`, with the job's pipes in `pipes`).
@@ -109,7 +136,7 @@ fn answer(
         Err(e) => Reply::Failed {
             id: req.id,
             errno: e.raw_os_error().unwrap_or(0),
-            message: e.to_string().chars().take(1000).collect(),
+            message: e.to_string().chars().take(200).collect(),
         },
     };
     msg.extend_from_slice(&reply.encode());
@@ -150,9 +177,13 @@ fn drain(fd: RawFd) -> bool {
     unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 }
 }
 
-/// Exits sent in one message at most (9 bytes each, with at most [`STARTS_PER_MESSAGE`] starts
-/// of 22 bytes: well within the server's 4 KiB buffer).
+/// Exits sent in one message at most (9 bytes each, after at most [`MESSAGE_BYTES`] of starts
+/// and one more start: within [`MESSAGE_LIMIT`]).
 const EXITS_PER_MESSAGE: usize = 256;
+
+/// A message never grows past this many bytes, well within the server's 4 KiB buffer (a message
+/// cut short there would be read as a broken spawner).
+const MESSAGE_LIMIT: usize = 3072;
 
 /// Reaps every ended job and tells the server how each ended, after what `msg` already holds
 /// (starts, with their `pipes`): the exits reaped together go in one message.
@@ -170,7 +201,8 @@ fn reap(out: RawFd, mut msg: Vec<u8>, mut pipes: Vec<OwnedFd>) {
             msg.extend_from_slice(&exit.encode());
             n += 1;
         }
-        if (pid <= 0 || n == EXITS_PER_MESSAGE) && !msg.is_empty() {
+        if (pid <= 0 || n == EXITS_PER_MESSAGE || msg.len() + 9 > MESSAGE_LIMIT) && !msg.is_empty()
+        {
             send(out, &msg, &pipes);
             msg.clear();
             pipes.clear();

@@ -365,6 +365,9 @@ pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, V
         }
     };
     let mut fds = Vec::new();
+    // Data cut short (not descriptors: the kernel cuts those when this process is out of them,
+    // and the starts short of pipes fail on their own, see `deliver`).
+    let cut = hdr.msg_flags & libc::MSG_TRUNC != 0;
     // Safety: the kernel filled `control` with well-formed headers up to `msg_controllen`; each
     // SCM_RIGHTS payload is an array of descriptors now owned by this process.
     unsafe {
@@ -379,6 +382,13 @@ pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, V
             }
             c = libc::CMSG_NXTHDR(&hdr, c);
         }
+    }
+    if cut {
+        // A message cut short cannot be read whole: the descriptors that came are closed here.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "spawner message larger than the buffer",
+        ));
     }
     Ok((n, fds))
 }

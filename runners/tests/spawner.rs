@@ -267,7 +267,11 @@ async fn a_burst_of_jobs_each_gets_its_own_pipes_and_exit() {
             .launch(spec(), lines.clone())
             .await
             .unwrap();
-        (i, ex.wait().await, lines)
+        // Bounded: an exit told before its start would be lost, and the wait would hang.
+        let out = tokio::time::timeout(Duration::from_secs(30), ex.wait())
+            .await
+            .unwrap_or_else(|_| panic!("job {i} never reported its end"));
+        (i, out, lines)
     });
     for (i, out, lines) in futures::future::join_all(launches).await {
         let code = i % 7;
