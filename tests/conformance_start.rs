@@ -299,24 +299,8 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
     let counts = s.job_counts().await.expect("counts");
     assert_eq!(counts.count("t.net", JobStatus::Queued), 0);
     assert_eq!(counts.count("t.net", JobStatus::Starting), N as u64);
-    let page = s
-        .list(ListQuery {
-            status: Some(JobStatus::Starting),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("list");
-    assert_eq!(page.jobs.len(), N);
-    let queued = s
-        .list(ListQuery {
-            status: Some(JobStatus::Queued),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("list");
-    assert!(queued.jobs.is_empty());
+    assert_eq!(listed(&s, JobStatus::Starting).await.len(), N);
+    assert!(listed(&s, JobStatus::Queued).await.is_empty());
     assert!(s
         .claim("rn", "w2", N, Duration::from_secs(30))
         .await
@@ -341,16 +325,8 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
     assert_eq!(counts.count("t.net", JobStatus::Success), 1);
     assert_eq!(counts.count("t.net", JobStatus::Starting), N as u64 - 1);
     for status in [JobStatus::Running, JobStatus::Success] {
-        let page = s
-            .list(ListQuery {
-                status: Some(status),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .expect("list");
         let want = usize::from(status == JobStatus::Success);
-        assert_eq!(page.jobs.len(), want, "{status:?}");
+        assert_eq!(listed(&s, status).await.len(), want, "{status:?}");
     }
 }
 
@@ -398,6 +374,18 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
         .await
         .expect("pttl");
     assert!(ttl > 23 * 3600 * 1000, "channel stream PTTL {ttl} ms");
+}
+
+/// The jobs `s` lists with this status (one page, up to 1,000).
+async fn listed(s: &Arc<dyn Store>, status: JobStatus) -> Vec<Job> {
+    s.list(ListQuery {
+        status: Some(status),
+        limit: 1000,
+        ..Default::default()
+    })
+    .await
+    .expect("list")
+    .jobs
 }
 
 /// A store on `r` (its own prefix), as a node would open it.
@@ -459,18 +447,14 @@ async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
         stored.len() as u64,
         "counted"
     );
-    let queued = s
-        .list(ListQuery {
-            status: Some(JobStatus::Queued),
-            limit: 100,
-            ..Default::default()
-        })
+    let mut queued: Vec<_> = listed(&s, JobStatus::Queued)
         .await
-        .expect("list");
-    let mut listed: Vec<_> = queued.jobs.iter().map(|j| j.id).collect();
-    listed.sort();
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    queued.sort();
     stored.sort();
-    assert_eq!(listed, stored, "listed");
+    assert_eq!(queued, stored, "listed");
     // Once the bad key is gone, a worker claims every stored job.
     r.cli(&["DEL", &format!("{}:evc:{}", r.prefix, jobs[2].channel_id)]);
     let mut claimed: Vec<_> = s
