@@ -13,16 +13,7 @@ set -euo pipefail
 workers=${1:-1}
 shift || true
 bin=${RUNYARD:-target/release/runyard}
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
 rport=$(free_port)
 aport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir" --save '' \

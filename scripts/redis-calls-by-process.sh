@@ -16,16 +16,7 @@ cd "$(dirname "$0")/.."
 n=${1:-300}
 workers=${2:-2}
 bin=${RUNYARD:-target/release/runyard}
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/procs.sh
 rport=$(free_port)
 aport=$(free_port)
 url="http://127.0.0.1:$aport"

@@ -18,16 +18,7 @@ what=${1:-both}
 n=${2:-1000}
 bin=${RUNYARD:-target/debug/runyard}
 conns=${CONNECTIONS:-1}
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] && echo "kept $dir" >&2 || rm -rf "$dir"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/procs.sh
 wait_http() { for _ in $(seq 200); do curl -fs "$1/health" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 bench() { "$bin" bench --server "$1" --only service --warmup 0 --trickle-jobs 0 --connections "$conns" --jobs "$2" --timeout 600s >"$dir/bench.out" 2>&1 || { cat "$dir/bench.out" >&2; return 1; }; }
 stop_strace() { kill -INT "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
