@@ -37,6 +37,10 @@ pub(super) async fn follow_logs(
             ..Default::default()
         };
         let mut stream = docker.logs(&id, Some(opts));
+        // Lines up to here were forwarded before this stream was (re)opened. Only those are
+        // skipped: stdout and stderr are timestamped apart, and the engine may hand over an
+        // earlier stderr line after a later stdout one.
+        let resumed_after = last_ts;
         let mut broken: Option<DockerError> = None;
         while let Some(item) = stream.next().await {
             let (buf, message) = match item {
@@ -51,12 +55,12 @@ pub(super) async fn follow_logs(
                 }
             };
             let (ts, payload) = split_timestamp(&message);
-            if let (Some(ts), Some(last)) = (ts, last_ts) {
+            if let (Some(ts), Some(last)) = (ts, resumed_after) {
                 if ts <= last {
                     continue; // already forwarded before the stream was resumed
                 }
             }
-            if ts.is_some() {
+            if ts > last_ts {
                 last_ts = ts;
             }
             let (split, stream) = buf;
