@@ -21,7 +21,7 @@ pub(super) async fn follow_logs(
     reporter: SharedReporter,
     since: Option<i128>,
 ) {
-    let mut last_ts: Option<i128> = since.map(|s| s - 1);
+    let mut cursor = Cursor::new(since);
     let mut out = (LineSplitter::new(), LogStream::Stdout);
     let mut err = (LineSplitter::new(), LogStream::Stderr);
     let mut failures = 0u32;
@@ -31,23 +31,18 @@ pub(super) async fn follow_logs(
             stdout: true,
             stderr: true,
             timestamps: true,
-            since: last_ts
-                .map(|t| i32::try_from(t.div_euclid(1_000_000_000)).unwrap_or(0))
-                .unwrap_or(0),
+            since: cursor.reopen_since(),
             ..Default::default()
         };
         let mut stream = docker.logs(&id, Some(opts));
-        // Lines up to here were forwarded before this stream was (re)opened. Only those are
-        // skipped: stdout and stderr are timestamped apart, and the engine may hand over an
-        // earlier stderr line after a later stdout one.
-        let resumed_after = last_ts;
+        cursor.reopen();
         let mut broken: Option<DockerError> = None;
         while let Some(item) = stream.next().await {
-            let (buf, message) = match item {
+            let (buf, message, which) = match item {
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                    (&mut out, message)
+                    (&mut out, message, Side::Out)
                 }
-                Ok(LogOutput::StdErr { message }) => (&mut err, message),
+                Ok(LogOutput::StdErr { message }) => (&mut err, message, Side::Err),
                 Ok(LogOutput::StdIn { .. }) => continue,
                 Err(e) => {
                     broken = Some(e);
@@ -55,13 +50,8 @@ pub(super) async fn follow_logs(
                 }
             };
             let (ts, payload) = split_timestamp(&message);
-            if let (Some(ts), Some(last)) = (ts, resumed_after) {
-                if ts <= last {
-                    continue; // already forwarded before the stream was resumed
-                }
-            }
-            if ts > last_ts {
-                last_ts = ts;
+            if !cursor.take(which, ts) {
+                continue; // forwarded before the stream was reopened
             }
             let (split, stream) = buf;
             split.push_text(payload, &mut |t| {
@@ -92,6 +82,64 @@ pub(super) async fn follow_logs(
     }
     for (split, stream) in [&mut out, &mut err] {
         split.finish(&mut |p| lines::report(reporter.as_ref(), *stream, p.text));
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Out,
+    Err,
+}
+
+/// Where the follower is in each of the container's two streams, so a reopened stream repeats no
+/// line and loses none. stdout and stderr are timestamped apart and the engine may hand over an
+/// earlier stderr line after a later stdout one, so each stream has its own mark; a reopened
+/// stream asks for everything since the older of the two marks and skips, per stream, the lines
+/// at or before that stream's mark when it was reopened.
+#[derive(Debug)]
+struct Cursor {
+    /// The newest timestamp forwarded per stream (stdout, stderr), or `since - 1` for a
+    /// recovered container's output.
+    last: [Option<i128>; 2],
+    /// `last` as it was when the current stream was opened: lines up to it were forwarded.
+    skip_upto: [Option<i128>; 2],
+}
+
+impl Cursor {
+    fn new(since: Option<i128>) -> Self {
+        let start = since.map(|s| s - 1);
+        Cursor {
+            last: [start; 2],
+            skip_upto: [start; 2],
+        }
+    }
+
+    /// The engine's `since` (whole seconds) for (re)opening: the older stream's mark, rounded
+    /// down, or 0 (the start) while a stream has forwarded nothing.
+    fn reopen_since(&self) -> i32 {
+        match self.last {
+            [Some(a), Some(b)] => i32::try_from(a.min(b).div_euclid(1_000_000_000)).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// A stream was (re)opened: what was forwarded so far is skipped when it comes again.
+    fn reopen(&mut self) {
+        self.skip_upto = self.last;
+    }
+
+    /// Whether a frame of `side` stamped `ts` is to be forwarded (and if so, marks it).
+    fn take(&mut self, side: Side, ts: Option<i128>) -> bool {
+        let i = side as usize;
+        if let (Some(ts), Some(upto)) = (ts, self.skip_upto[i]) {
+            if ts <= upto {
+                return false;
+            }
+        }
+        if ts > self.last[i] {
+            self.last[i] = ts;
+        }
+        true
     }
 }
 
@@ -161,4 +209,77 @@ pub(super) fn now_ns() -> i128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i128 = 1_000_000_000;
+
+    #[test]
+    fn an_earlier_stderr_line_after_a_later_stdout_line_is_kept() {
+        let mut c = Cursor::new(None);
+        c.reopen();
+        assert!(c.take(Side::Out, Some(5 * S)));
+        assert!(
+            c.take(Side::Err, Some(4 * S)),
+            "stderr's own line is not a repeat"
+        );
+        assert!(c.take(Side::Out, Some(6 * S)));
+    }
+
+    #[test]
+    fn a_reopened_stream_repeats_no_line_and_loses_none_of_either_stream() {
+        let mut c = Cursor::new(None);
+        assert_eq!(c.reopen_since(), 0);
+        c.reopen();
+        // Forwarded before the break: stdout up to 7.5 s, stderr up to 3.2 s.
+        for (side, t) in [
+            (Side::Out, 2 * S),
+            (Side::Err, 3 * S + S / 5),
+            (Side::Out, 7 * S + S / 2),
+        ] {
+            assert!(c.take(side, Some(t)));
+        }
+        // Reopened from the older mark, stderr's 3 s (whole seconds: the engine's `since`).
+        assert_eq!(c.reopen_since(), 3);
+        c.reopen();
+        // The engine sends again everything since 3 s, in its own order.
+        assert!(
+            !c.take(Side::Err, Some(3 * S + S / 5)),
+            "stderr's line at 3.2 s again"
+        );
+        assert!(
+            c.take(Side::Err, Some(6 * S)),
+            "stderr's line at 6 s was never forwarded"
+        );
+        assert!(
+            !c.take(Side::Out, Some(7 * S + S / 2)),
+            "stdout's line at 7.5 s again"
+        );
+        assert!(c.take(Side::Out, Some(8 * S)));
+        assert!(
+            c.take(Side::Err, Some(7 * S)),
+            "a later stderr line before stdout's mark"
+        );
+    }
+
+    #[test]
+    fn a_recovered_containers_output_starts_at_since_and_a_stream_without_lines_reopens_from_the_start(
+    ) {
+        let mut c = Cursor::new(Some(10 * S));
+        c.reopen();
+        assert!(!c.take(Side::Out, Some(9 * S)), "older than `since`");
+        assert!(c.take(Side::Out, Some(10 * S)));
+        assert!(c.take(Side::Err, Some(11 * S)));
+        let mut fresh = Cursor::new(None);
+        fresh.reopen();
+        assert!(fresh.take(Side::Out, Some(20 * S)));
+        assert_eq!(fresh.reopen_since(), 0, "stderr has forwarded nothing yet");
+        assert!(
+            fresh.take(Side::Out, None),
+            "a frame without a timestamp is forwarded"
+        );
+    }
 }
