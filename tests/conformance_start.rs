@@ -510,3 +510,43 @@ async fn redis_a_commit_on_a_demoted_server_is_unavailable_not_an_error() {
         .await
         .expect("a submit once it is a primary again");
 }
+
+/// Redis: a job cancelled by another node after a worker's claim, before its start, stays
+/// CANCELLED even when the worker's finish was offered with the start: the start is refused
+/// (the cancel moved the version) and so is the finish chained to it (`ch` in `commit.lua`).
+/// Versions only count up: the finish, computed from the start, expects exactly the version
+/// the cancel left, and without the chain it was applied over the cancel (SUCCESS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_job_cancelled_between_its_claim_and_its_start_stays_cancelled() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let api = redis_store(&r).await;
+    let w = redis_store(&r).await;
+    api.submit(Job {
+        max_attempts: 1,
+        ..Job::new("t.cancel", "rc", now_us())
+    })
+    .await
+    .expect("submit");
+    let j = w
+        .claim("rc", "w1", 1, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    let token = j.lease.as_ref().expect("a lease").token;
+    let cancelled = api.apply(j.id, Command::Cancel).await.expect("cancel");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    match w.apply_start(j.id, started(token), slot.clone()).await {
+        Err(StoreError::Transition(_)) => {}
+        other => panic!("the start of a cancelled job: {other:?}"),
+    }
+    let stored = api.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Cancelled, "still cancelled");
+    assert!(stored.started_at.is_none(), "never started");
+    assert_eq!(
+        statuses(&api, &j).await,
+        ["QUEUED", "STARTING", "CANCELLED"]
+    );
+}

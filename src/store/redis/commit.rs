@@ -275,7 +275,11 @@ impl RedisStore {
             Err(e) => return LateOutcome::Refused(cmd, e.into()),
         };
         let w = match Write::new(Some(before.version), Some(&before), next, ev) {
-            Ok(w) => w,
+            Ok(mut w) => {
+                // Computed from the caller's last write, sent right before it.
+                w.chained = true;
+                w
+            }
             Err(e) => return LateOutcome::Refused(cmd, e),
         };
         let ttl = w.event.is_some() && self.ttl_due(&w);

@@ -27,6 +27,9 @@ pub(super) struct Write {
     /// A claim of a job `lua/claim.lua` popped from its runner's queue at version `expected`:
     /// the queue entry is gone already.
     pub(super) popped: bool,
+    /// Applied only when the write before it in the same `commit.lua` call was (`ch`): a finish
+    /// computed from the start sent with it.
+    pub(super) chained: bool,
 }
 
 impl Write {
@@ -68,6 +71,7 @@ impl Write {
             delivery,
             old_status: old.map(|o| o.status),
             popped: false,
+            chained: false,
         })
     }
 
@@ -86,6 +90,9 @@ impl Write {
             p.val("v", v.to_string());
         }
         p.val("nv", j.version.to_string());
+        if self.chained {
+            p.val("ch", "1".into());
+        }
         p.val("st", st.as_str().to_string());
         p.val("r", j.runner.clone());
         p.val("c", j.channel_id.clone());

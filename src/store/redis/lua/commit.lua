@@ -34,6 +34,7 @@
 --   starts or stops waiting), `dl` wait deadline (µs), `emits` signal keys to write (separated by
 --   newlines; see signal_append.lua for what they touch), `dlv` webhook delivery of the event
 --   (`<created_at µs>\n<url>`, see deliveries.rs), `ttl` (1: refresh the channel stream's TTL),
+--   `ch` (1: chained, applied only when the write before it in the call was: see the end),
 --   and `keys`, the names of the keys the write touches, in order (space separated). A name of a
 --   shared key refers to the call's declaration; any other takes the next KEYS entry: `job`
 --   `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
@@ -327,7 +328,16 @@ end
 -- submit finds it as `EXISTS`), never stored but out of every index.
 local out = {}
 local ok, err = pcall(function()
-  for j, w in ipairs(W) do out[j] = commit_one(w) end
+  for j, w in ipairs(W) do
+    -- A write chained to the one before it (`ch`) applies only after that one did: a finish
+    -- computed from the start sent with it. Versions only count up, so without this a chained
+    -- write could match the version someone else's write left (a cancel after the claim).
+    if w.ch and (j == 1 or string.sub(out[j - 1], 1, 3) ~= 'OK:') then
+      out[j] = 'CONFLICT'
+    else
+      out[j] = commit_one(w)
+    end
+  end
 end)
 flush_index()
 if evented and S.evwant and redis.call('EXISTS', S.evwant) == 1 then notice = notice .. '\nE' end
