@@ -204,10 +204,14 @@ impl Worker {
         let asked = tokio::time::Instant::now();
         let mut parked = Vec::new();
         for slot in self.runners.iter() {
-            if slot.concurrency <= slot.active.load(Ordering::Acquire) {
+            let free = slot
+                .concurrency
+                .saturating_sub(slot.active.load(Ordering::Acquire));
+            if free == 0 {
                 continue;
             }
-            match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl) {
+            // For every free slot: a group commit of many submits hands each of them over.
+            match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl, free) {
                 Some(p) => parked.push((slot.clone(), p)),
                 None => must_claim = true,
             }
@@ -222,9 +226,9 @@ impl Worker {
                 None => must_claim = true,
             },
         }
-        // Whatever woke this loop: a worker the store took meanwhile gets its job.
+        // Whatever woke this loop: the jobs the store took for this worker meanwhile.
         for (slot, p) in parked {
-            if let Some(job) = p.withdraw().await {
+            for job in p.withdraw().await {
                 self.spawn_job(job, &slot, asked);
             }
         }
