@@ -167,9 +167,15 @@ impl Parked {
     /// took this worker but its transaction rolled back (or after the last place's answer).
     /// Cancel-safe (for `select!`).
     pub async fn recv(&mut self) -> Option<Job> {
-        let rx = self.rx.as_mut()?;
-        let got = rx.recv().await.flatten();
-        self.seen(got)
+        self.answer().await.flatten()
+    }
+
+    /// The next answer of a job taken: `Some(Some(job))` handed over, `Some(None)` its
+    /// transaction rolled back, `None` when no more can come (every place taken and answered,
+    /// or withdrawn). Cancel-safe (for `select!`).
+    pub async fn answer(&mut self) -> Option<Option<Job>> {
+        let got = self.rx.as_mut()?.recv().await?;
+        Some(self.seen(got))
     }
 
     /// Stops waiting: the jobs handed over and not yet received, after waiting for the end of
