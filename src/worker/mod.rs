@@ -140,7 +140,7 @@ impl Worker {
                 continue;
             }
             error_backoff = Duration::from_millis(50);
-            must_claim |= self.wait_for_work(&shutdown).await;
+            must_claim |= self.wait_for_work(&shutdown, must_claim).await;
         }
         self.drain().await;
         bg.cancel();
@@ -202,8 +202,10 @@ impl Worker {
     /// once, and the worker stays parked: with 32 requests in flight a job ends and a hand-off
     /// comes every few dozen microseconds, and a worker that left the registry for each of them
     /// left most submits QUEUED, for a claim of their own. True when the next round must claim
-    /// (the poll interval, a rolled-back hand-off, or a store that cannot park).
-    async fn wait_for_work(self: &Arc<Self>, shutdown: &CancellationToken) -> bool {
+    /// (the poll interval, a rolled-back hand-off, or a store that cannot park). `behind`: the
+    /// last round filled a slot, so jobs may still be QUEUED (and no submit hands over past
+    /// them): then any free slot wakes the loop to claim them.
+    async fn wait_for_work(self: &Arc<Self>, shutdown: &CancellationToken, behind: bool) -> bool {
         let mut must_claim = false;
         let asked = tokio::time::Instant::now();
         let mut parked = Vec::new();
@@ -215,7 +217,10 @@ impl Worker {
                 continue;
             }
             // For every free slot: a group commit of many submits hands each of them over.
-            match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl, free) {
+            match self
+                .store
+                .park(&slot.name, &self.id, self.cfg.lease_ttl, free)
+            {
                 Some(p) => parked.push((slot.clone(), p)),
                 None => must_claim = true,
             }
@@ -227,7 +232,11 @@ impl Worker {
                 _ = self.wake.notified() => {
                     // A job ended: its slot's parked places stay (the next park counts it). New
                     // work, or room in a slot that is not parked, needs a round.
-                    if must_claim || self.queued.load(Ordering::Acquire) || self.unparked_room(&parked) {
+                    if behind
+                        || must_claim
+                        || self.queued.load(Ordering::Acquire)
+                        || self.unparked_room(&parked)
+                    {
                         break;
                     }
                 }
