@@ -75,7 +75,7 @@ async fn a_parked_worker_gets_the_next_submit_claimed_in_its_transaction() {
     assert_eq!(next.len(), 1, "not handed over: nobody parked any more");
     assert!(token(&next[0]) > lease.token);
     // The worker parked for another runner got nothing and withdraws cleanly.
-    assert!(other.withdraw().await.is_none());
+    assert!(other.withdraw().await.is_empty());
     // The job runs on with the hand-off's token.
     let t = lease.token;
     let started = s
