@@ -457,3 +457,35 @@ async fn statuses_by_job(ts: &TestServer, before: &str) -> HashMap<String, Vec<S
     }
     by_job
 }
+
+/// A batch of ten times more jobs than the worker has slots, with a poll interval of an hour: the
+/// jobs its free slots hold are handed over in the batch's own transaction, the rest are QUEUED,
+/// and each slot that frees takes the next of them, so every job ends without the poll (a worker
+/// that stayed parked through job ends while jobs were QUEUED waited for it: issue 14).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_slots_ends_without_waiting_for_the_poll_interval() {
+    const SMALL: &str = r#"
+[[runners]]
+name = "small"
+kind = "service"
+types = ["s.*"]
+concurrency = 4
+max_attempts = 1
+"#;
+    let ts = TestServer::builder(SMALL)
+        .config("[worker]\npoll_interval = \"1h\"")
+        .service("s.ok", |ctx| async move { Ok(json!({"n": ctx.args["n"]})) })
+        .start()
+        .await;
+    for round in 0..3 {
+        let items: Vec<Value> = (0..40)
+            .map(|n| json!({"type": "s.ok", "args": {"n": n}}))
+            .collect();
+        let ids = submit_batch(&ts, items).await;
+        for (n, id) in ids.iter().enumerate() {
+            let job = ts.wait_terminal(id, Duration::from_secs(60)).await;
+            assert_eq!(status_of(&job), "SUCCESS", "round {round}, job {n}: {job}");
+            assert_eq!(job["result"]["n"], json!(n), "{job}");
+        }
+    }
+}

@@ -284,9 +284,13 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
         }
     };
     let mut failing = false;
+    // Only the events a stream listens to now are taken (the embedded store's tail then copies
+    // no other event out of the writer's batches); the others are replayed from the store by a
+    // stream that opens later, as for `frames_of`.
+    let keep = |e: &crate::job::Event| hub.listens(&e.channel_id);
     loop {
         let page = tokio::select! {
-            r = tail.read(cursor.as_deref(), Duration::from_secs(1), TAIL_PAGE) => r,
+            r = tail.read_kept(cursor.as_deref(), Duration::from_secs(1), TAIL_PAGE, &keep) => r,
             _ = stop.cancelled() => return,
         };
         let page = match page {
@@ -312,8 +316,11 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
                 continue;
             }
         };
-        let full = reads_on(page.len(), tail.as_ref());
-        let frames = frames_of(&hub, page, &mut cursor);
+        let full = reads_on(page.read, tail.as_ref());
+        let frames = frames_of(&hub, page.events, &mut cursor);
+        if page.last.is_some() {
+            cursor = page.last;
+        }
         hub.publish(&frames);
         if !full {
             idle_pace(&hub, &stop).await;

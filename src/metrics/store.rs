@@ -151,11 +151,11 @@ metered! {
         expired(max: usize) -> Vec<Job>;
         @by_hand {
             // Not timed (it waits for a submit by design); a job handed over counts as claimed.
-            fn park(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<Parked> {
+            fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
                 let metrics = self.metrics.clone();
                 let count: Observer = Arc::new(move |j: &Job| metrics.jobs_claimed(std::slice::from_ref(j)));
                 self.inner
-                    .park(runner, worker, lease_ttl)
+                    .park(runner, worker, lease_ttl, max)
                     .map(|p| p.observe(count))
             }
         }

@@ -1,17 +1,21 @@
 //! Direct hand-off of a new job to a worker waiting for work ([`JobQueue::park`]).
 //!
-//! A worker whose claim found nothing queued for a runner, with a free slot, parks itself here
-//! ([`Handoffs::park`]). A store that supports it (the embedded one: `sqlite/jobs.rs`) then claims
-//! the next job submitted for that runner in the submit's own transaction, for the parked worker
-//! (fencing token, lease, the QUEUED and STARTING events), only when no older job of the runner is
-//! QUEUED (first in, first out), and passes it over after the commit: one transaction and two
-//! thread hops fewer per job than a submit, a notice, a wake-up and a claim of its own.
+//! A worker whose claim found nothing queued for a runner, with free slots, parks itself here
+//! for up to as many jobs as it has free slots ([`Handoffs::park`]). A store that supports it
+//! (the embedded one: `sqlite/jobs.rs`) then claims the next jobs submitted for that runner in
+//! the submits' own transactions, for the parked worker (fencing token, lease, the QUEUED and
+//! STARTING events), only when no older job of the runner is QUEUED (first in, first out), and
+//! passes them over after the commit: one transaction and two thread hops fewer per job than a
+//! submit, a notice, a wake-up and a claim of its own. With many submits in one group commit
+//! (32 in flight, a batch), every one of them up to the worker's free slots is handed over, not
+//! only the first (docs/benchmarks.md "Session 11: tput").
 //!
 //! The races, and who wins each:
-//! - The store takes a parked worker out of the registry under its lock ([`Handoffs::take`]); a
-//!   worker that stops waiting (woken for another reason, shutdown) withdraws under the same
-//!   lock ([`Parked::withdraw`]). When the store took it first, the worker waits for what was
-//!   given: the job after the commit, or nothing when the transaction rolled back.
+//! - The store takes a parked worker's place for one job out of the registry under its lock
+//!   ([`Handoffs::take`]); a worker that stops waiting (woken for another reason, shutdown)
+//!   withdraws under the same lock ([`Parked::withdraw`]). For every job the store took before
+//!   that, the worker waits for what is given: the job after the commit, or nothing when the
+//!   transaction rolled back.
 //! - A hand-off whose worker is gone (its [`Parked`] dropped) cannot be delivered: the store
 //!   gives the job back to the queue (`Release` with the hand-off's token: QUEUED again, a
 //!   `RELEASED` run record, as at a graceful shutdown). Nothing is lost.
@@ -23,12 +27,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use crate::job::Job;
 
 /// Called with each job a hand-off delivers (the metrics count it as claimed).
 pub type Observer = Arc<dyn Fn(&Job) + Send + Sync>;
+
+/// One answer per job taken: the job, or `None` when its transaction rolled back.
+type Answers = mpsc::UnboundedSender<Option<Job>>;
 
 /// The workers parked for a hand-off, per store.
 #[derive(Default)]
@@ -40,22 +47,36 @@ pub struct Handoffs {
 struct Waiting {
     id: u64,
     runner: String,
-    taken: Taken,
+    /// Jobs the store may still take for this worker.
+    left: usize,
+    worker: String,
+    lease_ttl: Duration,
+    tx: Answers,
 }
 
-/// A parked worker taken by the store for one job: who claims it, and where it goes.
+/// A parked worker taken by the store for one job: who claims it, and where it goes. Dropped
+/// without [`Taken::deliver`] (a rolled-back transaction), it tells the worker nothing came.
 pub struct Taken {
     /// The worker's id, as recorded on the lease.
     pub worker: String,
     /// The lease to give.
     pub lease_ttl: Duration,
-    tx: oneshot::Sender<Job>,
+    tx: Option<Answers>,
 }
 
 impl Taken {
     /// Passes the claimed job over (after the commit); gives it back when the worker is gone.
-    pub fn deliver(self, job: Job) -> Option<Job> {
-        self.tx.send(job).err()
+    pub fn deliver(mut self, job: Job) -> Option<Job> {
+        let tx = self.tx.take()?;
+        tx.send(Some(job)).err().and_then(|e| e.0)
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None);
+        }
     }
 }
 
@@ -65,18 +86,24 @@ impl Handoffs {
         Arc::new(Self::default())
     }
 
-    /// Parks `worker` for one job of `runner`, claimed with a lease of `lease_ttl`.
-    pub fn park(self: &Arc<Self>, runner: &str, worker: &str, lease_ttl: Duration) -> Parked {
+    /// Parks `worker` for up to `max` jobs of `runner` (at least one), each claimed with a lease
+    /// of `lease_ttl`.
+    pub fn park(
+        self: &Arc<Self>,
+        runner: &str,
+        worker: &str,
+        lease_ttl: Duration,
+        max: usize,
+    ) -> Parked {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         self.waiting.lock().push(Waiting {
             id,
             runner: runner.to_string(),
-            taken: Taken {
-                worker: worker.to_string(),
-                lease_ttl,
-                tx,
-            },
+            left: max.max(1),
+            worker: worker.to_string(),
+            lease_ttl,
+            tx,
         });
         Parked {
             id,
@@ -92,22 +119,29 @@ impl Handoffs {
         !w.is_empty() && w.iter().any(|p| p.runner == runner)
     }
 
-    /// Takes the longest-parked worker of `runner` out of the registry, if any.
+    /// Takes one job's place of the longest-parked worker of `runner`, if any; the worker leaves
+    /// the registry with its last place.
     pub fn take(&self, runner: &str) -> Option<Taken> {
         let mut w = self.waiting.lock();
         let i = w.iter().position(|p| p.runner == runner)?;
-        Some(w.remove(i).taken)
+        let p = &mut w[i];
+        p.left -= 1;
+        let taken = Taken {
+            worker: p.worker.clone(),
+            lease_ttl: p.lease_ttl,
+            tx: Some(p.tx.clone()),
+        };
+        if p.left == 0 {
+            w.remove(i);
+        }
+        Some(taken)
     }
 
-    /// Removes a parked worker; false when the store took it first.
-    fn withdraw(&self, id: u64) -> bool {
+    /// Removes a parked worker (if the store has not taken all its places).
+    fn withdraw(&self, id: u64) {
         let mut w = self.waiting.lock();
-        match w.iter().position(|p| p.id == id) {
-            Some(i) => {
-                w.remove(i);
-                true
-            }
-            None => false,
+        if let Some(i) = w.iter().position(|p| p.id == id) {
+            w.remove(i);
         }
     }
 }
@@ -117,8 +151,8 @@ impl Handoffs {
 pub struct Parked {
     id: u64,
     registry: Arc<Handoffs>,
-    /// `None` once it answered.
-    rx: Option<oneshot::Receiver<Job>>,
+    /// `None` once withdrawn.
+    rx: Option<mpsc::UnboundedReceiver<Option<Job>>>,
     observer: Option<Observer>,
 }
 
@@ -129,24 +163,38 @@ impl Parked {
         self
     }
 
-    /// Waits for a job handed over; `None` when the store took this worker but its transaction
-    /// rolled back, or once it answered. Cancel-safe (for `select!`).
+    /// Waits for the next answer of a job taken: the job handed over, or `None` when the store
+    /// took this worker but its transaction rolled back (or after the last place's answer).
+    /// Cancel-safe (for `select!`).
     pub async fn recv(&mut self) -> Option<Job> {
-        let rx = self.rx.as_mut()?;
-        let got = rx.await.ok();
-        self.rx = None;
-        self.seen(got)
+        self.answer().await.flatten()
     }
 
-    /// Stops waiting: `None` when withdrawn in time; otherwise the store took this worker, and
-    /// this waits for the end of that transaction (the job, or `None` if it rolled back).
-    pub async fn withdraw(mut self) -> Option<Job> {
-        let rx = self.rx.take()?;
-        if self.registry.withdraw(self.id) {
-            return None;
+    /// The next answer of a job taken: `Some(Some(job))` handed over, `Some(None)` its
+    /// transaction rolled back, `None` when no more can come (every place taken and answered,
+    /// or withdrawn). Cancel-safe (for `select!`).
+    pub async fn answer(&mut self) -> Option<Option<Job>> {
+        let got = self.rx.as_mut()?.recv().await?;
+        Some(self.seen(got))
+    }
+
+    /// Stops waiting: the jobs handed over and not yet received, after waiting for the end of
+    /// the transactions of every job the store took before the withdrawal (none when withdrawn
+    /// before any was taken).
+    pub async fn withdraw(mut self) -> Vec<Job> {
+        let Some(mut rx) = self.rx.take() else {
+            return Vec::new();
+        };
+        // Out of the registry, its sender goes: the channel closes once every job taken has
+        // been answered (each `Taken` answers once, delivered or dropped).
+        self.registry.withdraw(self.id);
+        let mut out = Vec::new();
+        while let Some(got) = rx.recv().await {
+            if let Some(job) = self.seen(got) {
+                out.push(job);
+            }
         }
-        let got = rx.await.ok();
-        self.seen(got)
+        out
     }
 
     fn seen(&self, got: Option<Job>) -> Option<Job> {
@@ -176,9 +224,9 @@ mod tests {
     #[tokio::test]
     async fn withdrawn_in_time_gets_nothing_and_is_not_taken() {
         let h = Handoffs::new();
-        let p = h.park("r", "w", Duration::from_secs(1));
+        let p = h.park("r", "w", Duration::from_secs(1), 1);
         assert!(h.any("r"));
-        assert!(p.withdraw().await.is_none());
+        assert!(p.withdraw().await.is_empty());
         assert!(!h.any("r"));
         assert!(h.take("r").is_none());
     }
@@ -186,26 +234,46 @@ mod tests {
     #[tokio::test]
     async fn taken_before_the_withdrawal_delivers_the_job() {
         let h = Handoffs::new();
-        let p = h.park("r", "w", Duration::from_secs(1));
+        let p = h.park("r", "w", Duration::from_secs(1), 1);
         let t = h.take("r").expect("parked");
         assert_eq!(t.worker, "w");
         let j = job();
         let id = j.id;
         let w = tokio::spawn(p.withdraw());
         assert!(t.deliver(j).is_none(), "the worker waits for it");
-        assert_eq!(w.await.unwrap().map(|j| j.id), Some(id));
+        assert_eq!(ids(w.await.unwrap()), [id]);
     }
 
     #[tokio::test]
     async fn a_dropped_worker_refuses_the_job_and_a_rolled_back_one_gets_none() {
         let h = Handoffs::new();
-        let p = h.park("r", "w", Duration::from_secs(1));
+        let p = h.park("r", "w", Duration::from_secs(1), 1);
         let t = h.take("r").expect("parked");
         drop(p);
         assert!(t.deliver(job()).is_some(), "given back to the store");
-        let mut p = h.park("r", "w", Duration::from_secs(1));
+        let mut p = h.park("r", "w", Duration::from_secs(1), 1);
         drop(h.take("r").expect("parked"));
         assert!(p.recv().await.is_none());
         assert!(p.recv().await.is_none(), "answers once");
+    }
+
+    fn ids(jobs: Vec<Job>) -> Vec<uuid::Uuid> {
+        jobs.iter().map(|j| j.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_worker_parked_for_three_is_taken_three_times_then_leaves() {
+        let h = Handoffs::new();
+        let p = h.park("r", "w", Duration::from_secs(1), 3);
+        let (a, c) = (job(), job());
+        let (ta, tb, tc) = (h.take("r"), h.take("r"), h.take("r"));
+        assert!(h.take("r").is_none(), "three places only");
+        assert!(!h.any("r"));
+        drop(tb.expect("second place")); // its transaction rolled back
+        let want = [a.id, c.id];
+        assert!(ta.expect("first place").deliver(a).is_none());
+        let w = tokio::spawn(p.withdraw());
+        assert!(tc.expect("third place").deliver(c).is_none());
+        assert_eq!(ids(w.await.unwrap()), want, "both delivered, in order");
     }
 }

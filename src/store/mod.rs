@@ -239,14 +239,14 @@ pub trait JobQueue: Send + Sync {
     async fn next_due(&self) -> Result<Option<Micros>>;
     /// Active jobs whose lease expired.
     async fn expired(&self, max: usize) -> Result<Vec<Job>>;
-    /// Parks `worker`, which has a free slot and whose claim found nothing QUEUED for `runner`,
-    /// for a direct hand-off ([`handoff`]): a backend that supports it claims the next job
-    /// submitted for `runner` in the submit's own transaction (when no older one is QUEUED) and
-    /// passes it over after the commit, instead of a notice and a claim of the worker's own.
-    /// `None` (this default) where the backend does not (Redis). A wrapping store must forward
-    /// it (`metrics/store.rs`).
-    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<Parked> {
-        let _ = (runner, worker, lease_ttl);
+    /// Parks `worker`, which has `max` free slots and whose claim found nothing QUEUED for
+    /// `runner`, for a direct hand-off ([`handoff`]): a backend that supports it claims each of
+    /// the next (up to `max`) jobs submitted for `runner` in the submit's own transaction (when
+    /// no older one is QUEUED) and passes it over after the commit, instead of a notice and a
+    /// claim of the worker's own. `None` (this default) where the backend does not (Redis). A
+    /// wrapping store must forward it (`metrics/store.rs`).
+    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
+        let _ = (runner, worker, lease_ttl, max);
         None
     }
 }

@@ -28,6 +28,46 @@ pub trait TailReader: Send {
     fn read_on_when_behind(&self) -> bool {
         true
     }
+    /// [`TailReader::read`] keeping only the events `keep` accepts (and every `resync`), with
+    /// the id of the last event read, kept or not (the next cursor), and how many were read. A
+    /// reader that holds the writer's events in memory (the embedded store) copies only those
+    /// kept; this default reads them all and drops the rest.
+    async fn read_kept(
+        &mut self,
+        after: Option<&str>,
+        wait: Duration,
+        max: usize,
+        keep: Keep<'_>,
+    ) -> Result<Kept> {
+        Ok(Kept::of(self.read(after, wait, max).await?, keep))
+    }
+}
+
+/// Which events a follower keeps ([`TailReader::read_kept`]).
+pub type Keep<'a> = &'a (dyn Fn(&Event) -> bool + Send + Sync);
+
+/// A page of [`TailReader::read_kept`].
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The events kept, oldest first.
+    pub events: Vec<Event>,
+    /// The id of the last event read, kept or not: where the next read starts.
+    pub last: Option<String>,
+    /// How many events were read, kept or not.
+    pub read: usize,
+}
+
+impl Kept {
+    /// The events of `page` that `keep` accepts, and every `resync`.
+    pub fn of(page: Vec<Event>, keep: Keep<'_>) -> Self {
+        let read = page.len();
+        let last = page.last().map(|e| e.id.clone());
+        let events = page
+            .into_iter()
+            .filter(|e| e.kind == "resync" || keep(e))
+            .collect();
+        Self { events, last, read }
+    }
 }
 
 /// Following everything committed, for live delivery.

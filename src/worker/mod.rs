@@ -12,6 +12,7 @@
 //! - At shutdown the worker stops claiming, lets running jobs finish within `shutdown_grace`, then
 //!   stops the rest and gives them back to the queue.
 
+mod park;
 pub mod reaper;
 pub mod reporter;
 pub mod reports;
@@ -33,7 +34,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::{Notice, Parked, Store};
+use crate::store::{Notice, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
@@ -140,7 +141,7 @@ impl Worker {
                 continue;
             }
             error_backoff = Duration::from_millis(50);
-            must_claim |= self.wait_for_work(&shutdown).await;
+            must_claim |= self.wait_for_work(&shutdown, must_claim).await;
         }
         self.drain().await;
         bg.cancel();
@@ -193,42 +194,6 @@ impl Worker {
             }
         }
         (failed, full)
-    }
-
-    /// Waits for work: parked for a hand-off in every slot with room (`store/handoff.rs`, where
-    /// the store can), until a job is handed over, new work or a free slot wakes the loop, the
-    /// poll interval passes or shutdown. True when the next round must claim (the poll
-    /// interval, or a store that cannot park).
-    async fn wait_for_work(self: &Arc<Self>, shutdown: &CancellationToken) -> bool {
-        let mut must_claim = false;
-        let asked = tokio::time::Instant::now();
-        let mut parked = Vec::new();
-        for slot in self.runners.iter() {
-            if slot.concurrency <= slot.active.load(Ordering::Acquire) {
-                continue;
-            }
-            match self.store.park(&slot.name, &self.id, self.cfg.lease_ttl) {
-                Some(p) => parked.push((slot.clone(), p)),
-                None => must_claim = true,
-            }
-        }
-        tokio::select! {
-            _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(self.cfg.poll_interval) => must_claim = true,
-            _ = shutdown.cancelled() => {}
-            (slot, job) = handed(&mut parked) => match job {
-                Some(job) => self.spawn_job(job, &slot, asked),
-                // Taken by a submit that rolled back.
-                None => must_claim = true,
-            },
-        }
-        // Whatever woke this loop: a worker the store took meanwhile gets its job.
-        for (slot, p) in parked {
-            if let Some(job) = p.withdraw().await {
-                self.spawn_job(job, &slot, asked);
-            }
-        }
-        must_claim
     }
 
     /// Runs a job claimed (or handed over) for `slot` in its own task.
@@ -581,16 +546,4 @@ impl SpecFactory {
             timeout: job.timeout_ms.map(Duration::from_millis),
         }
     }
-}
-
-/// The first of the parked slots to get an answer: its slot and the job handed over (`None`: the
-/// submit that took it rolled back). Never resolves when nothing is parked.
-async fn handed(parked: &mut [(Arc<RunnerSlot>, Parked)]) -> (Arc<RunnerSlot>, Option<Job>) {
-    if parked.is_empty() {
-        return std::future::pending().await;
-    }
-    let waits = parked
-        .iter_mut()
-        .map(|(slot, p)| Box::pin(async move { (slot.clone(), p.recv().await) }));
-    futures::future::select_all(waits).await.0
 }

@@ -38,9 +38,9 @@ fn token(j: &Job) -> u64 {
 async fn a_parked_worker_gets_the_next_submit_claimed_in_its_transaction() {
     let (_dir, s) = open();
     let mut parked = s
-        .park("r", "w1", LEASE)
+        .park("r", "w1", LEASE, 1)
         .expect("the embedded store hands jobs over");
-    let other = s.park("other", "w2", LEASE).expect("parked");
+    let other = s.park("other", "w2", LEASE, 1).expect("parked");
     let sub = s.submit(job("r")).await.expect("submit");
     assert!(sub.created);
     assert_eq!(
@@ -75,7 +75,7 @@ async fn a_parked_worker_gets_the_next_submit_claimed_in_its_transaction() {
     assert_eq!(next.len(), 1, "not handed over: nobody parked any more");
     assert!(token(&next[0]) > lease.token);
     // The worker parked for another runner got nothing and withdraws cleanly.
-    assert!(other.withdraw().await.is_none());
+    assert!(other.withdraw().await.is_empty());
     // The job runs on with the hand-off's token.
     let t = lease.token;
     let started = s
@@ -95,10 +95,10 @@ async fn a_parked_worker_gets_the_next_submit_claimed_in_its_transaction() {
 async fn an_older_queued_job_goes_first() {
     let (_dir, s) = open();
     let older = s.submit(job("r")).await.expect("submit").job;
-    let parked = s.park("r", "w1", LEASE).expect("parked");
+    let parked = s.park("r", "w1", LEASE, 1).expect("parked");
     let newer = s.submit(job("r")).await.expect("submit").job;
     assert!(
-        parked.withdraw().await.is_none(),
+        parked.withdraw().await.is_empty(),
         "no hand-off past a QUEUED job"
     );
     assert_eq!(
@@ -118,15 +118,15 @@ async fn an_older_queued_job_goes_first() {
 #[tokio::test]
 async fn a_withdrawn_worker_is_not_given_jobs() {
     let (_dir, s) = open();
-    let parked = s.park("r", "w1", LEASE).expect("parked");
-    assert!(parked.withdraw().await.is_none());
+    let parked = s.park("r", "w1", LEASE, 1).expect("parked");
+    assert!(parked.withdraw().await.is_empty());
     let j = s.submit(job("r")).await.expect("submit").job;
     assert_eq!(
         s.get(j.id).await.unwrap().expect("stored").status,
         JobStatus::Queued
     );
     // Dropped is withdrawn too.
-    drop(s.park("r", "w1", LEASE).expect("parked"));
+    drop(s.park("r", "w1", LEASE, 1).expect("parked"));
     let k = s.submit(job("r")).await.expect("submit").job;
     assert_eq!(
         s.get(k.id).await.unwrap().expect("stored").status,
@@ -139,7 +139,7 @@ async fn a_withdrawn_worker_is_not_given_jobs() {
 #[tokio::test]
 async fn a_job_handed_to_a_worker_gone_by_the_commit_is_requeued() {
     let (_dir, s) = open();
-    let parked = s.park("r", "w1", LEASE).expect("parked");
+    let parked = s.park("r", "w1", LEASE, 1).expect("parked");
     let j = job("r");
     let id = j.id;
     s.write(move |ctx| {
@@ -170,7 +170,7 @@ async fn a_job_handed_to_a_worker_gone_by_the_commit_is_requeued() {
 #[tokio::test]
 async fn a_rolled_back_hand_off_tells_the_worker_nothing_came() {
     let (_dir, s) = open();
-    let mut parked = s.park("r", "w1", LEASE).expect("parked");
+    let mut parked = s.park("r", "w1", LEASE, 1).expect("parked");
     let j = job("r");
     let id = j.id;
     let r = s
@@ -182,4 +182,34 @@ async fn a_rolled_back_hand_off_tells_the_worker_nothing_came() {
     assert!(r.is_err());
     assert!(parked.recv().await.is_none());
     assert!(s.get(id).await.unwrap().is_none());
+}
+
+/// A worker parked for three free slots gets each of the three jobs of one batch submit (one
+/// transaction), claimed for it in that transaction: none is left QUEUED for a claim of its own.
+#[tokio::test]
+async fn a_worker_parked_for_three_gets_all_three_jobs_of_one_transaction() {
+    let (_dir, s) = open();
+    let parked = s.park("r", "w1", LEASE, 3).expect("parked");
+    let jobs = vec![job("r"), job("r"), job("r"), job("r")];
+    let want: Vec<_> = jobs.iter().map(|j| j.id).collect();
+    let subs = s.submit_many(jobs).await.expect("batch");
+    assert!(subs.iter().all(|r| r.as_ref().is_ok_and(|s| s.created)));
+    let got = parked.withdraw().await;
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        want[..3],
+        "the first three, in order"
+    );
+    for j in &got {
+        assert_eq!(j.status, JobStatus::Starting);
+        assert_eq!(j.lease.as_ref().expect("a lease").worker, "w1");
+        let stored = s.get(j.id).await.unwrap().expect("stored");
+        assert_eq!(stored.status, JobStatus::Starting);
+        assert_eq!(token(&stored), token(j));
+    }
+    let tokens: std::collections::BTreeSet<_> = got.iter().map(token).collect();
+    assert_eq!(tokens.len(), 3, "a fencing token each");
+    // The fourth found no place: QUEUED, for a claim.
+    let rest = s.claim("r", "w2", 10, LEASE).await.unwrap();
+    assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), want[3..]);
 }

@@ -175,8 +175,8 @@ impl JobQueue for SqliteStore {
         self.read_min(NEXT_DUE_SQL).await
     }
 
-    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<Parked> {
-        Some(self.handoffs.park(runner, worker, lease_ttl))
+    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
+        Some(self.handoffs.park(runner, worker, lease_ttl, max))
     }
 
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {

@@ -15,7 +15,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{events::parse_event_id, SqliteStore};
 use crate::job::Event;
-use crate::store::tail::{EventTail, TailReader};
+use crate::store::tail::{EventTail, Keep, Kept, TailReader};
 use crate::store::{EventLog, Result, StoreError};
 
 /// One committed transaction's events, oldest first.
@@ -42,11 +42,20 @@ pub(super) struct CommitTail {
     store: Arc<SqliteStore>,
     /// Subscribed when the tail was opened: every batch committed since.
     batches: broadcast::Receiver<Batch>,
-    /// The id of the last event returned (0: none yet), while everything committed after it is
-    /// in `pending` or still in `batches`; `None` when the store must be read first.
+    /// The id of the last event returned (0: none yet), or of the last one dropped unkept after
+    /// it, while everything committed after it is in `pending` or still in `batches`; `None`
+    /// when the store must be read first.
     synced: Option<i64>,
-    /// Events of a batch past the last page's `max`.
+    /// The id of the last event taken from the batches, kept or not (`None`: none since the
+    /// store was read).
+    upto: Option<i64>,
+    /// Events of a batch past the last page's `max`, those kept only.
     pending: VecDeque<Event>,
+}
+
+/// Keeps every event ([`TailReader::read`]).
+fn all(_: &Event) -> bool {
+    true
 }
 
 impl CommitTail {
@@ -56,6 +65,7 @@ impl CommitTail {
             store,
             batches,
             synced: None,
+            upto: None,
             pending: VecDeque::new(),
         }
     }
@@ -66,36 +76,57 @@ impl CommitTail {
         self.pending.len()
     }
 
-    /// Moves the batches already committed into `pending`, keeping the events after `synced`.
-    /// False when batches were missed (the channel lagged).
-    fn drain(&mut self, synced: i64) -> bool {
+    /// Moves the batches already committed into `pending`, keeping the events after `synced`
+    /// that `keep` accepts: how many events it took, or `None` when batches were missed (the
+    /// channel lagged).
+    fn drain(&mut self, synced: i64, keep: Keep<'_>) -> Option<usize> {
+        let mut read = 0;
         loop {
             match self.batches.try_recv() {
                 Ok(b) => {
-                    self.take(&b, synced);
+                    read += self.take(&b, synced, keep);
                     if self.pending.len() > PENDING_MAX {
-                        return false;
+                        return None;
                     }
                 }
-                Err(broadcast::error::TryRecvError::Empty) => return true,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => return false,
-                Err(broadcast::error::TryRecvError::Closed) => return true,
+                Err(broadcast::error::TryRecvError::Empty) => return Some(read),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+                Err(broadcast::error::TryRecvError::Closed) => return Some(read),
             }
         }
     }
 
-    fn take(&mut self, batch: &Batch, synced: i64) {
-        let after = self.pending.back().map_or(synced, id_of);
-        self.pending
-            .extend(batch.iter().filter(|e| id_of(e) > after).cloned());
+    /// Takes the events of `batch` after what was taken (or `synced`); copies those `keep`
+    /// accepts into `pending`. How many it took.
+    fn take(&mut self, batch: &Batch, synced: i64, keep: Keep<'_>) -> usize {
+        let after = self.upto.map_or(synced, |u| u.max(synced));
+        let mut read = 0;
+        for e in batch.iter() {
+            let id = id_of(e);
+            if id <= after {
+                continue;
+            }
+            read += 1;
+            self.upto = Some(id);
+            if keep(e) {
+                self.pending.push_back(e.clone());
+            }
+        }
+        read
     }
 
-    /// Up to `max` pending events; `synced` follows the last.
+    /// Up to `max` pending events; `synced` follows the last, or the last event taken once
+    /// nothing kept is left.
     fn page(&mut self, max: usize) -> Vec<Event> {
         let n = self.pending.len().min(max);
         let page: Vec<Event> = self.pending.drain(..n).collect();
         if let Some(last) = page.last() {
             self.synced = Some(id_of(last));
+        }
+        if self.pending.is_empty() {
+            if let (Some(u), Some(s)) = (self.upto, self.synced) {
+                self.synced = Some(u.max(s));
+            }
         }
         page
     }
@@ -105,6 +136,7 @@ impl CommitTail {
     async fn read_store(&mut self, after: Option<&str>, max: usize) -> Result<Vec<Event>> {
         self.pending.clear();
         self.synced = None;
+        self.upto = None;
         let page = self.store.events(None, after, max).await?;
         if page.len() < max {
             let last = match page.last() {
@@ -130,6 +162,16 @@ impl TailReader for CommitTail {
         wait: Duration,
         max: usize,
     ) -> Result<Vec<Event>> {
+        Ok(self.read_kept(after, wait, max, &all).await?.events)
+    }
+
+    async fn read_kept(
+        &mut self,
+        after: Option<&str>,
+        wait: Duration,
+        max: usize,
+        keep: Keep<'_>,
+    ) -> Result<Kept> {
         let cursor = after.map(parse_event_id).transpose()?.unwrap_or(0);
         let synced = match self.synced {
             // Asked for what this tail returned last: the batches carry on from there.
@@ -137,32 +179,39 @@ impl TailReader for CommitTail {
             _ => {
                 let page = self.read_store(after, max).await?;
                 if !page.is_empty() || self.synced.is_none() {
-                    return Ok(page);
+                    return Ok(Kept::of(page, keep));
                 }
                 cursor
             }
         };
-        if !self.drain(synced) {
-            return self.read_store(after, max).await;
-        }
-        if self.pending.is_empty() {
+        let Some(mut read) = self.drain(synced, keep) else {
+            return Ok(Kept::of(self.read_store(after, max).await?, keep));
+        };
+        if read == 0 {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 match tokio::time::timeout_at(deadline, self.batches.recv()).await {
-                    Err(_) => return Ok(Vec::new()),
+                    Err(_) => return Ok(Kept::default()),
                     Ok(Ok(b)) => {
-                        self.take(&b, synced);
-                        if !self.pending.is_empty() {
+                        read += self.take(&b, synced, keep);
+                        if read > 0 {
                             break;
                         }
                     }
-                    Ok(Err(RecvError::Lagged(_))) => return self.read_store(after, max).await,
+                    Ok(Err(RecvError::Lagged(_))) => {
+                        return Ok(Kept::of(self.read_store(after, max).await?, keep))
+                    }
                     Ok(Err(RecvError::Closed)) => {
                         return Err(StoreError::Unavailable("the store is closed".into()))
                     }
                 }
             }
         }
-        Ok(self.page(max))
+        let events = self.page(max);
+        Ok(Kept {
+            events,
+            last: self.synced.map(|s| s.to_string()),
+            read,
+        })
     }
 }

@@ -201,3 +201,43 @@ async fn event_ids_keep_growing_after_retention_trims_everything_it_may() {
         assert_eq!(ids, vec![before + 1], "limits {global}/{channel}");
     }
 }
+
+/// A follower that keeps one channel (the event hub with one stream open) gets that channel's
+/// events, in order, and a cursor past every event read; the events it does not keep are not
+/// copied out of the writer's batches (none held), and the next read goes on from the cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeping_one_channel_gets_its_events_and_holds_no_other() {
+    let (_dir, store) = open();
+    let mut tail = CommitTail::new(store.clone());
+    submit(&store, 1).await;
+    let first = tail.read(None, Duration::from_secs(5), 10).await.unwrap();
+    let start = first.last().map(|e| e.id.clone());
+    let mine = Job::new("t", "r", now_us());
+    let channel = mine.channel_id.clone();
+    submit(&store, 10).await;
+    store.submit(mine).await.expect("submit");
+    submit(&store, 10).await;
+    let keep = |e: &Event| e.channel_id == channel;
+    let page = tail
+        .read_kept(start.as_deref(), Duration::from_secs(5), 5, &keep)
+        .await
+        .expect("read");
+    let want = store.events(None, start.as_deref(), 100).await.unwrap();
+    assert_eq!(want.len(), 21);
+    assert_eq!(page.read, 21, "every event committed was read");
+    assert_eq!(page.last, want.last().map(|e| e.id.clone()), "the cursor");
+    let kept: Vec<_> = want.iter().filter(|e| keep(e)).cloned().collect();
+    assert_eq!(page.events, kept);
+    assert_eq!(tail.pending_len(), 0, "nothing unkept held");
+    // On from the cursor: the next commit only.
+    submit(&store, 1).await;
+    let next = tail
+        .read(page.last.as_deref(), Duration::from_secs(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        store.events(None, page.last.as_deref(), 10).await.unwrap()
+    );
+    assert_eq!(next.len(), 1);
+}
