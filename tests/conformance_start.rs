@@ -29,6 +29,7 @@ both!(
     without_an_offer_only_the_start_is_applied_and_the_slot_closes,
     a_refused_start_applies_no_finish,
     a_refused_finish_leaves_the_start_stored,
+    a_cancel_racing_a_start_with_its_finish_never_ends_both,
 );
 
 /// A submitted and claimed job: (the job, its fencing token).
@@ -195,6 +196,59 @@ async fn a_refused_finish_leaves_the_start_stored(s: Arc<dyn Store>) {
     assert_eq!(stored.status, JobStatus::Running, "the start was stored");
     assert_eq!(stored.started_at, at_start.started_at);
     assert_eq!(statuses(&s, &j).await, ["QUEUED", "STARTING", "RUNNING"]);
+}
+
+/// A cancel through the API racing a worker's start that carries its finish (the job claimed,
+/// its attempt already ended): whichever the store applies first, the other is refused whole.
+/// Either CANCELLED with no RUNNING or SUCCESS event or notice and the start refused, or SUCCESS
+/// after RUNNING with the cancel refused; never a finish applied over the cancel. Run many times
+/// so that the two land in one writer transaction (embedded) or one `commit.lua` call (Redis:
+/// the cancel and the start computed from the same cached version) in either order.
+async fn a_cancel_racing_a_start_with_its_finish_never_ends_both(s: Arc<dyn Store>) {
+    use JobStatus::*;
+    let (mut cancelled, mut finished) = (0, 0);
+    for _ in 0..40 {
+        let mut rx = s.subscribe();
+        let (j, token) = claimed(&s).await;
+        let slot = FinishSlot::new();
+        assert!(slot.offer(token, FinishOutcome::Success(None)));
+        let (a, b) = (s.clone(), s.clone());
+        let id = j.id;
+        let cancel = tokio::spawn(async move { a.apply(id, Command::Cancel).await });
+        let start = tokio::spawn(async move { b.apply_start(id, started(token), slot).await });
+        let (cancel, start) = (cancel.await.expect("join"), start.await.expect("join"));
+        let stored = s.get(j.id).await.expect("get").expect("stored");
+        let evs = statuses(&s, &j).await;
+        // Notices go out after the commit's replies; give them a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let seen = notices(&mut rx, j.id);
+        match (&cancel, &start) {
+            (Ok(c), Err(StoreError::Transition(_))) => {
+                cancelled += 1;
+                assert_eq!(c.status, Cancelled);
+                assert_eq!(stored.status, Cancelled, "{evs:?}");
+                assert!(stored.started_at.is_none(), "never started");
+                assert_eq!(evs, ["QUEUED", "STARTING", "CANCELLED"]);
+                assert!(
+                    !seen.contains(&Running) && !seen.contains(&Success),
+                    "{seen:?}"
+                );
+            }
+            (Err(StoreError::Transition(_)), Ok((at_start, Some(Ok(done))))) => {
+                finished += 1;
+                assert_eq!(at_start.status, Running);
+                assert_eq!(done.status, Success);
+                assert_eq!(stored.status, Success);
+                assert_eq!(evs, ["QUEUED", "STARTING", "RUNNING", "SUCCESS"]);
+                assert!(!seen.contains(&Cancelled), "{seen:?}");
+            }
+            other => panic!(
+                "both or neither applied: {other:?}; stored {:?}, events {evs:?}",
+                stored.status
+            ),
+        }
+    }
+    eprintln!("cancel first: {cancelled}, start first: {finished}");
 }
 
 /// `commit.lua` calls Redis has run so far (`INFO commandstats`, `EVALSHA` and `EVAL`).

@@ -98,19 +98,25 @@ enum Side {
 /// at or before that stream's mark when it was reopened.
 #[derive(Debug)]
 struct Cursor {
-    /// The newest timestamp forwarded per stream (stdout, stderr), or `since - 1` for a
-    /// recovered container's output.
+    /// The newest timestamp forwarded per stream (stdout, stderr), or `since` for a recovered
+    /// container's output.
     last: [Option<i128>; 2],
-    /// `last` as it was when the current stream was opened: lines up to it were forwarded.
+    /// How many frames stamped exactly `last` were forwarded: the engine stamps every part of a
+    /// line it split (over 16 KiB) with the line's time, and a coarse clock stamps lines alike.
+    at_last: [u32; 2],
+    /// `last` and `at_last` as they were when the current stream was opened: the frames up to
+    /// that mark were forwarded, and that many stamped exactly with it.
     skip_upto: [Option<i128>; 2],
+    skip_at: [u32; 2],
 }
 
 impl Cursor {
     fn new(since: Option<i128>) -> Self {
-        let start = since.map(|s| s - 1);
         Cursor {
-            last: [start; 2],
-            skip_upto: [start; 2],
+            last: [since; 2],
+            at_last: [0; 2],
+            skip_upto: [since; 2],
+            skip_at: [0; 2],
         }
     }
 
@@ -126,18 +132,29 @@ impl Cursor {
     /// A stream was (re)opened: what was forwarded so far is skipped when it comes again.
     fn reopen(&mut self) {
         self.skip_upto = self.last;
+        self.skip_at = self.at_last;
     }
 
     /// Whether a frame of `side` stamped `ts` is to be forwarded (and if so, marks it).
     fn take(&mut self, side: Side, ts: Option<i128>) -> bool {
         let i = side as usize;
-        if let (Some(ts), Some(upto)) = (ts, self.skip_upto[i]) {
-            if ts <= upto {
+        let Some(t) = ts else {
+            return true;
+        };
+        if let Some(upto) = self.skip_upto[i] {
+            if t < upto {
+                return false;
+            }
+            if t == upto && self.skip_at[i] > 0 {
+                self.skip_at[i] -= 1;
                 return false;
             }
         }
-        if ts > self.last[i] {
-            self.last[i] = ts;
+        if Some(t) > self.last[i] {
+            self.last[i] = Some(t);
+            self.at_last[i] = 1;
+        } else if Some(t) == self.last[i] {
+            self.at_last[i] += 1;
         }
         true
     }
@@ -262,6 +279,32 @@ mod tests {
         assert!(
             c.take(Side::Err, Some(7 * S)),
             "a later stderr line before stdout's mark"
+        );
+    }
+
+    #[test]
+    fn the_parts_of_a_split_line_after_a_reopen_are_not_lost() {
+        // A line over 16 KiB comes as parts that all carry the line's time.
+        let mut c = Cursor::new(None);
+        c.reopen();
+        assert!(c.take(Side::Out, Some(4 * S)));
+        assert!(c.take(Side::Out, Some(5 * S)), "part 1 of the long line");
+        assert!(c.take(Side::Err, Some(5 * S)));
+        // The connection broke after part 1; the engine sends every part again.
+        c.reopen();
+        assert!(!c.take(Side::Out, Some(4 * S)));
+        assert!(!c.take(Side::Out, Some(5 * S)), "part 1 again");
+        assert!(c.take(Side::Out, Some(5 * S)), "part 2 was never forwarded");
+        assert!(c.take(Side::Out, Some(5 * S)), "part 3 was never forwarded");
+        assert!(!c.take(Side::Err, Some(5 * S)), "stderr's line again");
+        // A second break: parts 1-3 are all skipped, the next line is not.
+        c.reopen();
+        for _ in 0..3 {
+            assert!(!c.take(Side::Out, Some(5 * S)));
+        }
+        assert!(
+            c.take(Side::Out, Some(5 * S)),
+            "a fourth frame stamped alike"
         );
     }
 
