@@ -465,4 +465,43 @@ mod tests {
         // Redis keeps them in the stream: the idle tail keeps its pace.
         assert!(!reads_on(TAIL_PAGE, &Reader(false)));
     }
+
+    /// A burst of more events than a page reaches an open stream whole, with no later commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_larger_than_a_page_reaches_an_open_stream() {
+        use crate::store::JobStore;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            crate::store::sqlite::SqliteStore::open(
+                dir.path(),
+                crate::store::StoreSettings::default(),
+                false,
+            )
+            .expect("open"),
+        );
+        let hub = Hub::new(8, 8, 8192);
+        let mut all = hub.subscribe(None).expect("subscribe");
+        let stop = CancellationToken::new();
+        let t = tokio::spawn(tail_loop(hub.clone(), store.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = TAIL_PAGE + 500;
+        let jobs = (0..n)
+            .map(|_| crate::job::Job::new("t", "r", crate::job::now_us()))
+            .collect();
+        store.submit_many(jobs).await.expect("submit");
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while got < n {
+            match tokio::time::timeout_at(deadline, all.rx.recv()).await {
+                Ok(Ok(_)) => got += 1,
+                _ => break,
+            }
+        }
+        stop.cancel();
+        let _ = t.await;
+        assert_eq!(
+            got, n,
+            "frames of the burst's {n} events received within 5 s"
+        );
+    }
 }

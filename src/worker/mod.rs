@@ -203,10 +203,20 @@ impl Worker {
             .spawn(self.clone().run_job(job, slot.clone(), asked));
     }
 
+    /// No job of this worker runs: none tracked, and none spawned but not yet tracked (a job
+    /// handed over or claimed at shutdown counts in its slot's `active` before its task runs).
+    fn idle(&self) -> bool {
+        self.running.lock().is_empty()
+            && self
+                .runners
+                .iter()
+                .all(|s| s.active.load(Ordering::Acquire) == 0)
+    }
+
     async fn drain(&self) {
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
         loop {
-            if self.running.lock().is_empty() {
+            if self.idle() {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -227,7 +237,7 @@ impl Worker {
             "shutdown grace over: stopping and requeueing running jobs"
         );
         let hard = tokio::time::Instant::now() + self.cfg.kill_grace + Duration::from_secs(5);
-        while !self.running.lock().is_empty() && tokio::time::Instant::now() < hard {
+        while !self.idle() && tokio::time::Instant::now() < hard {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -187,7 +187,8 @@ impl TailReader for CommitTail {
         let Some(mut read) = self.drain(synced, keep) else {
             return Ok(Kept::of(self.read_store(after, max).await?, keep));
         };
-        if read == 0 {
+        // Nothing new, and nothing held from an earlier call past its page: wait for a commit.
+        if read == 0 && self.pending.is_empty() {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 match tokio::time::timeout_at(deadline, self.batches.recv()).await {

@@ -241,3 +241,41 @@ async fn a_follower_keeping_one_channel_gets_its_events_and_holds_no_other() {
     );
     assert_eq!(next.len(), 1);
 }
+
+/// Events held from a page past `max` come at the next read, without waiting for another
+/// commit (a quiet system may have none: a client following the stream would hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_held_past_a_page_come_without_a_new_commit() {
+    let (_dir, store) = open();
+    let mut tail = CommitTail::new(store.clone());
+    submit(&store, 1).await;
+    let first = tail
+        .read(None, Duration::from_secs(5), 10)
+        .await
+        .expect("read");
+    assert_eq!(first.len(), 1);
+    let start = first.last().map(|e| e.id.clone());
+    submit(&store, 5).await;
+    let page = tail
+        .read(start.as_deref(), Duration::from_secs(5), 2)
+        .await
+        .expect("read");
+    assert_eq!(page.len(), 2);
+    assert_eq!(tail.pending_len(), 3, "three held");
+    let t = std::time::Instant::now();
+    let next = tail
+        .read(
+            page.last().map(|e| e.id.as_str()),
+            Duration::from_millis(500),
+            10,
+        )
+        .await
+        .expect("read");
+    assert_eq!(
+        next.len(),
+        3,
+        "the three held events, got {} after {:?}",
+        next.len(),
+        t.elapsed()
+    );
+}
