@@ -878,3 +878,29 @@ fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
     let both = cli(&s.url, &["submit", "runyard.noop", "--batch", path]);
     assert_eq!(both.status.code(), Some(2), "{both:?}");
 }
+
+/// `bench --http-ceiling` (scripts/compare's HTTP ceiling): a bare server answers every request
+/// as a submit would, and the report counts them all, with a rate, round trips and the bare
+/// server's CPU per request; it cannot be mixed with a target server.
+#[test]
+fn bench_http_ceiling_answers_every_request_and_reports_them() {
+    let o = Command::new(BIN)
+        .args(["bench", "--http-ceiling", "--json", "--warmup", "10"])
+        .args(["--connections", "4", "--jobs", "300"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json_doc(&o);
+    assert_eq!(v["system"], "http-ceiling");
+    assert_eq!(v["connections"], 4);
+    assert_eq!(v["jobs"], 300);
+    assert_eq!(v["submit_errors"], 0);
+    assert!(v["e2e_rate"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["server_cpu_ms_per_request"].as_f64().is_some(), "{v}");
+    assert_eq!(v["submit_rtt"]["count"], 300);
+    let o = Command::new(BIN)
+        .args(["bench", "--http-ceiling", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

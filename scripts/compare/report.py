@@ -4,7 +4,7 @@
     report.py table results.jsonl [--svg FILE]          medians, ratios, a Markdown table, a plot
 
 `output` is what one run printed: `runyard bench --json` (a report with `results`), a BullMQ or
-Celery producer's JSON line, or the spawn ceiling's."""
+Celery producer's JSON line, the spawn ceiling's, or `runyard bench --http-ceiling --json`."""
 
 from __future__ import annotations
 
@@ -93,6 +93,24 @@ def table(path, svg=None):
         share = f"; runyard embedded reaches {v[0] / ceil[0]:.2f}x of it" if v else ""
         out.append("")
         out.append(f"Spawn ceiling (two parallel shell loops of /bin/true): {ceil[0]:,.0f} processes/s{share}.")
+    # `runyard bench --http-ceiling`: a bare hyper server (no store) answering each submit 202,
+    # driven by bench's own client in the same shape.
+    http = [(shape, med("ceiling", "http", shape)) for shape in ("sequential", "inflight")]
+    if any(c for _, c in http):
+        out.append("")
+        for shape, c in http:
+            if not c:
+                continue
+            shares = []
+            for system, store in (("runyard", "embedded"), ("runyard", "redis"), ("bullmq", "redis")):
+                v = med(system, store, shape)
+                if v:
+                    shares.append(f"{system} {store} {v[0] / c[0]:.2f}x")
+            out.append(
+                f"HTTP ceiling, {LABELS[shape].split(',')[0]} (a bare HTTP server answering 202 without a store, "
+                f"runyard bench's client): {c[0]:,.0f} requests/s (n={c[1]}); of it: {', '.join(shares)} "
+                "(BullMQ does not use HTTP: its share is for scale)."
+            )
     if any(system == "runyard-base" for system, _, _ in by):
         # RUNYARD_BASE: this build against an older one, interleaved in the same run.
         out.append("")

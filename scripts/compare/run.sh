@@ -15,6 +15,9 @@
 #   idle        one job every 20 ms: submit-to-start p50/p99 on an idle queue
 #   true        /bin/true as a process per job, 32 in flight, 16 at a time, against the
 #               machine's spawn ceiling (two parallel shell loops of /bin/true) measured here too
+# The sequential and 32-in-flight shapes also measure the machine's HTTP ceiling in each
+# repetition (`runyard bench --http-ceiling`: a bare server answering 202 without a store, the
+# same client), so the report can say what share of a bare round trip each system keeps.
 # Every run has its own redis-server on a free loopback port (no persistence: BullMQ's and
 # Celery's usual setup; runyard on Redis gets the same), killed at the end by pid.
 # Needs: cargo, node + npm (registry), python3 + pip (PyPI), redis-server.
@@ -152,12 +155,20 @@ spawn_ceiling() { # rep: two parallel shell loops of /bin/true
     record ceiling machine true "$1"
 }
 
+http_ceiling() { # shape rep: `runyard bench --http-ceiling`, the same client and connections
+  local c=1 n=$N_SEQ
+  [ "$1" = inflight ] && { c=32; n=$N_INF; }
+  RUNYARD_LOG=warn "$bin" bench --http-ceiling --json --warmup 200 --connections "$c" --jobs "$n" >"$out/last.json"
+  record ceiling http "$1" "$2" <"$out/last.json"
+}
+
 shapes=(sequential inflight batch idle true)
 for rep in $(seq "$REPS"); do
   # Interleaved: every system runs each shape once per repetition, in a rotating order.
   for shape in "${shapes[@]}"; do
     log "rep $rep: $shape"
     [ "$shape" = true ] && spawn_ceiling "$rep"
+    case $shape in sequential|inflight) http_ceiling "$shape" "$rep" ;; esac
     order=(runyard_embedded runyard_redis bullmq celery)
     [ -n "$base_bin" ] && order+=(base_embedded base_redis)
     rot=$(( (rep - 1) % ${#order[@]} ))

@@ -68,6 +68,9 @@ enum Cmd {
     Completions(completions::CompletionsArgs),
     /// Measure end-to-end throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+    /// The bare HTTP server of `bench --http-ceiling` (prints its port; serves until killed).
+    #[command(hide = true)]
+    BenchBareServer,
     /// API tokens: `token new NAME --scopes ...` prints a token once and its config lines.
     Token(token::TokenArgs),
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
@@ -274,6 +277,7 @@ pub fn main() -> ExitCode {
             Cmd::Files(a) => files::run(a).await,
             Cmd::Completions(a) => Ok(completions::run(a)),
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::BenchBareServer => bench::serve_bare().await,
             Cmd::Token(a) => token::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }

@@ -76,6 +76,24 @@ pub(super) async fn burst(
         format!("{}/async/jobs", ctx.base)
     };
     let body = body_for(job_type);
+    let (sent, errors, submit_secs) = send_all(ctx, &url, body, n, batch).await?;
+    ctx.check_deadline()?;
+    let rtt = latency(sent.iter().map(|s| s.rtt.as_micros() as i64));
+    let mut r = finish_scenario(ctx, "burst", runner, job_type, sent, errors).await?;
+    r.submit_rate = r.jobs as f64 / submit_secs.max(1e-9);
+    r.submit_rtt = rtt;
+    Ok(r)
+}
+
+/// The burst's submits: `n` jobs (`batch` per request) over `ctx.connections` keep-alive clients,
+/// each its own connection. Returns the accepted submits, the failed count and the seconds taken.
+pub(super) async fn send_all(
+    ctx: &Ctx,
+    url: &str,
+    body: &'static str,
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<(Vec<Sent>, usize, f64)> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
     let started = Instant::now();
@@ -83,7 +101,7 @@ pub(super) async fn burst(
         // One client per task: each keeps its own keep-alive connection.
         let http = client(1)?;
         let next = next.clone();
-        let url = url.clone();
+        let url = url.to_string();
         let deadline = ctx.deadline;
         set.spawn(async move {
             let mut sent = Vec::with_capacity(n / 8 + 1);
@@ -126,12 +144,7 @@ pub(super) async fn burst(
     if let Some(e) = &last_error {
         ctx.say(&format!("  {errors} submits failed; last error: {e}"));
     }
-    ctx.check_deadline()?;
-    let rtt = latency(sent.iter().map(|s| s.rtt.as_micros() as i64));
-    let mut r = finish_scenario(ctx, "burst", runner, job_type, sent, errors).await?;
-    r.submit_rate = r.jobs as f64 / submit_secs.max(1e-9);
-    r.submit_rtt = rtt;
-    Ok(r)
+    Ok((sent, errors, submit_secs))
 }
 
 /// Submits `n` jobs at `rate` per second (open loop), waits for all of them, and measures.

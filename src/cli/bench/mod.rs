@@ -15,6 +15,8 @@
 //! - **trickle**: submit one job every 1/R seconds (open loop: a slow answer never delays the next
 //!   submit) and report submit-to-start latency and the HTTP round trip of a submit.
 //!
+//! With `--http-ceiling` it measures the machine's bare HTTP round trip instead (`ceiling.rs`).
+//!
 //! Jobs are read back in pages of `GET /async/jobs?type=...` (cursor paging), never one GET per
 //! job. Every loop is bounded by count and by the `--timeout` deadline.
 
@@ -27,11 +29,13 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 mod batch;
+mod ceiling;
 mod child;
 mod collect;
 mod load;
 mod report;
 
+pub use ceiling::serve_bare;
 use child::{peak_rss_kib, wait_healthy, ChildServer};
 use load::{burst, trickle};
 use report::{one_line, print_header, print_table};
@@ -101,6 +105,11 @@ pub struct BenchArgs {
     /// Keep the started server's temporary data dir (its path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Measure the machine's HTTP ceiling instead: a bare server (hyper alone: no store, no
+    /// layers, no worker) answering each submit `202`, driven by the burst's own client with
+    /// `--connections` and `--jobs` requests.
+    #[arg(long, conflicts_with_all = ["server", "only"])]
+    pub http_ceiling: bool,
 }
 
 /// Submit-to-start or round-trip figures, in milliseconds.
@@ -167,14 +176,9 @@ pub struct BenchReport {
 /// Runs the benchmark.
 pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
     a.json |= a.output.json();
-    if a.connections == 0 || a.connections > 4096 {
-        bail!("--connections must be between 1 and 4096");
-    }
-    if !(a.trickle_rate.is_finite() && a.trickle_rate > 0.0 && a.trickle_rate <= 100_000.0) {
-        bail!("--trickle-rate must be between 0 and 100000 jobs/s");
-    }
-    if !matches!(a.synchronous.as_str(), "normal" | "full") {
-        bail!("--synchronous must be `normal` or `full`");
+    check_args(&a)?;
+    if a.http_ceiling {
+        return ceiling::run(&a).await;
     }
     let deadline = Instant::now() + a.timeout;
     let mut child = match &a.server {
@@ -243,6 +247,19 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
+    if a.connections == 0 || a.connections > 4096 {
+        bail!("--connections must be between 1 and 4096");
+    }
+    if !(a.trickle_rate.is_finite() && a.trickle_rate > 0.0 && a.trickle_rate <= 100_000.0) {
+        bail!("--trickle-rate must be between 0 and 100000 jobs/s");
+    }
+    if !matches!(a.synchronous.as_str(), "normal" | "full") {
+        bail!("--synchronous must be `normal` or `full`");
+    }
+    Ok(())
 }
 
 const SERVICE_TYPE: &str = "bench.noop";
