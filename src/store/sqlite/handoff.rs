@@ -54,8 +54,6 @@ pub(super) fn hand_over(ctx: &mut WriteCtx<'_>, job: &Job, taken: Taken) -> Resu
     let mut claimed = job.clone();
     let ev = apply(&mut claimed, cmd, &actx)?;
     insert(ctx, &claimed)?;
-    // The row just inserted (the file references after it are in a `WITHOUT ROWID` table).
-    ctx.recent.keep(ctx.conn.last_insert_rowid(), &claimed);
     if let Some(kind) = ev {
         append_event(ctx, &claimed, kind)?;
         notices_for(ctx, &claimed);

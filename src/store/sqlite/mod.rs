@@ -48,7 +48,6 @@ mod page_tests;
 #[cfg(test)]
 mod plan_tests;
 mod queue;
-mod recent;
 mod replay;
 mod retention;
 mod schedules;
@@ -134,8 +133,6 @@ struct WriteCtx<'a> {
     handoffs: &'a Handoffs,
     /// The jobs this transaction claimed for parked workers, passed over after the commit.
     handed: Vec<(Taken, Job)>,
-    /// The jobs last claimed, as written, for their start (`recent.rs`).
-    recent: &'a recent::Recent,
     /// Why the transaction must be rolled back whole (`whole.rs`): the rest of the batch does
     /// not run, and every request is answered with this error.
     doomed: Option<String>,
@@ -393,10 +390,8 @@ impl WriteCtx<'_> {
         (self.notices.len(), self.events.len(), self.handed.len())
     }
 
-    /// Drops what was recorded since `mark` (rolled back; a dropped hand-off tells its worker),
-    /// and every kept job (`recent.rs`: a kept job may be one the rollback undid).
+    /// Drops what was recorded since `mark` (rolled back; a dropped hand-off tells its worker).
     fn undo(&mut self, (notices, events, handed): (usize, usize, usize)) {
-        self.recent.clear();
         self.notices.truncate(notices);
         self.events.truncate(events);
         self.handed.truncate(handed);
@@ -411,7 +406,6 @@ fn writer_loop(
     handoffs: Arc<Handoffs>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
-    let recent = recent::Recent::watch(&conn);
     loop {
         // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
         if batch.is_empty() {
@@ -433,7 +427,6 @@ fn writer_loop(
             settings: &settings,
             handoffs: &handoffs,
             handed: Vec::new(),
-            recent: &recent,
             doomed: None,
         };
         if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use super::stored::{job_columns, JobRow};
+use super::stored::job_columns;
 use super::{apply_in, jobs_of, load, row, rows, save, SqliteStore};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::{JobQueue, Parked, Result, StoreError};
@@ -80,21 +80,16 @@ impl JobQueue for SqliteStore {
         // Only QUEUED jobs are read, and a claim of a QUEUED job is never refused: nothing is
         // refused after the first write.
         self.write_whole(move |ctx| {
-            // With each row's rowid, to keep the claimed job for its start (`recent.rs`).
-            let queued = rows(
+            let queued = jobs_of(
                 ctx.conn,
                 concat!(
                     "SELECT ",
                     job_columns!(),
-                    ", rowid FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+                    " FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
                      ORDER BY queued_at, id LIMIT ?2"
                 ),
                 params![runner, max as i64],
-                |r| Ok((JobRow::read(r)?, r.get::<_, i64>(10)?)),
-            )?
-            .into_iter()
-            .map(|(row, rowid)| Ok((row.into_job()?, rowid)))
-            .collect::<Result<Vec<_>>>()?;
+            )?;
             if queued.is_empty() {
                 return Ok(vec![]);
             }
@@ -102,14 +97,13 @@ impl JobQueue for SqliteStore {
             let now = now_us();
             let lease_until = now + lease_ttl.as_micros() as i64;
             let mut out = Vec::with_capacity(queued.len());
-            for (i, (mut job, rowid)) in queued.into_iter().enumerate() {
+            for (i, mut job) in queued.into_iter().enumerate() {
                 let cmd = Command::Claim {
                     worker: worker.clone(),
                     token: first + i as u64,
                     lease_until,
                 };
                 apply_in(ctx, &mut job, cmd, now)?;
-                ctx.recent.keep(rowid, &job);
                 out.push(job);
             }
             Ok(out)

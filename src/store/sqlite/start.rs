@@ -15,19 +15,7 @@ pub(super) fn start_in(
     start: Command,
     finish: &FinishSlot,
 ) -> Result<(Job, Option<Result<Job>>)> {
-    let mut job = match ctx.recent.take(id) {
-        Some(kept) => {
-            // The kept job is its row (`recent.rs`): checked in every debug build's tests.
-            #[cfg(debug_assertions)]
-            assert_eq!(
-                Some(&kept),
-                load(ctx.conn, &id.to_string())?.as_ref(),
-                "a kept job differs from its row"
-            );
-            kept
-        }
-        None => load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?,
-    };
+    let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
     let now = now_us();
     // Taken (and closed) now whatever follows: an offer made after this is recorded on its own.
     // A job whose success emits signals finishes on its own: releasing the jobs waiting on them
