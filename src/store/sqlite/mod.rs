@@ -461,6 +461,8 @@ fn writer_loop(
             let _ = conn.execute_batch("ROLLBACK");
             ctx.undo((0, 0, 0));
         }
+        // The committed hand-offs first: the worker starts while the replies go out.
+        handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
         let mut notices = std::mem::take(&mut ctx.notices);
         // Before the notices: a tail woken by `Notice::Events` finds the batch already sent.
         if !ctx.events.is_empty() && committed.receiver_count() > 0 {
@@ -469,10 +471,6 @@ fn writer_loop(
         for d in dones {
             d(commit.clone());
         }
-        // The committed hand-offs after the replies: a submit's answer is the client's round
-        // trip, the job's start is not. Both wake the runtime; delivered first, the hand-off's
-        // task ran its job (and queued its start for this writer) before the answer went out.
-        handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
         if notices.iter().any(|n| matches!(n, Notice::Changed { .. })) {
             notices.push(Notice::Events);
         }
