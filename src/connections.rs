@@ -16,7 +16,7 @@
 //! - **Body timeout**: a request body may pause at most `body_timeout` between two pieces.
 //! - **Request timeout**: an ordinary request gets `request_timeout` in all (503
 //!   `request_timeout`); event streams, long polls, WebSocket upgrades and file transfers are
-//!   exempt (see [`is_long_lived`]), they only have the body timeout.
+//!   exempt (see [`crate::api::gate::is_long_lived`]), they only have the body timeout.
 //! - **Graceful stop**: on `stop`, the listener closes, idle connections close, requests in flight
 //!   finish (long-lived responses end on `App::closing`), and the loop returns once every
 //!   connection has ended. Dropping the loop's task aborts the connections still open.
@@ -36,10 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,8 +46,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer,
+};
 
-use crate::api::error::ApiError;
+use crate::api::gate::{TimeLimit, TimeLimitLayer};
+
+/// What serves each request: the router under the request id and the request timeout.
+type Stack = SetRequestId<PropagateRequestId<TimeLimit<Router>>, MakeRequestUuid>;
 
 /// How long a silent connection may stay while the connection cap is reached.
 pub const PRESSURE_GRACE: Duration = Duration::from_millis(500);
@@ -128,12 +131,13 @@ pub async fn serve(
     settings: EdgeSettings,
     stop: CancellationToken,
 ) -> io::Result<()> {
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        settings.request_timeout,
-        limit_request_time,
-    ));
-    // The request id outside the timeout too: its 503 carries `x-request-id` like every answer.
-    let router = crate::api::edge::with_request_id(router);
+    // Around the router, not in it (no route box): the request id outermost, so the timeout's
+    // 503 carries `x-request-id` like every answer (the router's own id layer then keeps it).
+    let router = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TimeLimitLayer(settings.request_timeout))
+        .service(router);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let (pressure, _) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();
@@ -401,7 +405,7 @@ impl AsyncWrite for Tracked {
 async fn serve_connection(
     stream: TcpStream,
     slot: OwnedSemaphorePermit,
-    router: Router,
+    router: Stack,
     settings: EdgeSettings,
     mut pressure: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
@@ -470,46 +474,10 @@ async fn serve_connection(
     }
 }
 
-/// Requests that may legitimately take long: event streams, long polls, WebSocket upgrades and
-/// file transfers (a multipart submit carries files too).
-pub fn is_long_lived(req: &Request) -> bool {
-    let p = req.uri().path();
-    p.starts_with("/async/events/")
-        || p.starts_with("/api/v1/async_event")
-        || p.starts_with("/async/download/")
-        || p.starts_with("/async/upload/")
-        || p.starts_with("/async/blobs/")
-        || (p.starts_with("/async/jobs/") && p.contains("/files/"))
-        || req.headers().contains_key(header::UPGRADE)
-        || req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
-}
-
-/// `api.request_timeout` for ordinary requests. Not tower-http's `TimeoutLayer`: that one times
-/// every request alike and answers with an empty body, where long-lived requests are exempt here
-/// and the answer is the API's 503 `request_timeout` body.
-async fn limit_request_time(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    if is_long_lived(&req) {
-        return next.run(req).await;
-    }
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::unavailable(
-            "request_timeout",
-            format!(
-                "the request took longer than `api.request_timeout` ({})",
-                humantime::format_duration(limit)
-            ),
-        )
-        .into_response(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::gate::is_long_lived;
 
     #[test]
     fn cap_keeps_the_reserve() {

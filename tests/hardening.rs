@@ -791,3 +791,29 @@ fn health_ok(port: u16) -> bool {
     let mut buf = [0u8; 12];
     matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf.starts_with(b"HTTP/1.1 200"))
 }
+
+/// Without `[auth]` the access guard still refuses a credential in the query string (400
+/// `token_in_query`: URLs end up in logs), on a client route and an event route alike, and the
+/// same client route without one answers as usual (its listing open to everyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auth_a_token_in_the_query_is_still_refused() {
+    let mut ts = TestServer::builder(RUNNERS)
+        .service("edge.ok", |_ctx| async { Ok(json!("ok")) })
+        .start()
+        .await;
+    let id = ts.submit_ok(json!({"type": "edge.ok"})).await;
+    for path in [
+        "/async/jobs?token=abc".to_string(),
+        format!("/async/jobs/{id}?access_token=abc"),
+        "/api/v1/async_event?token=abc".to_string(),
+    ] {
+        let (s, v) = ts.get(&path).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert_eq!(error_of(&v).0, "token_in_query", "{path}: {v}");
+        assert!(!v.to_string().contains("abc"), "{path}: {v}");
+    }
+    let (s, v) = ts.get("/async/jobs").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["jobs"].as_array().is_some_and(|j| j.len() == 1), "{v}");
+    ts.stop().await;
+}

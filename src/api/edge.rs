@@ -21,26 +21,30 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::error::ApiError;
+use super::gate::GateLayer;
 use crate::metrics::Metrics;
 
-/// Adds the layers every route of the API runs under, inner to outer: the cross-origin check,
-/// CORS (when `cors_origins` is not empty), the one panic catcher (counting into `metrics`), the
-/// trace span and compression ([`super::request_trace::with_request_tracing`]) and, outermost,
-/// the request id (set when the client sent none, copied onto every answer).
+/// Adds the layers every route of the API runs under, inner to outer: the cross-origin check
+/// and the request count ([`super::gate::GateLayer`]), CORS (when `cors_origins` is not empty),
+/// the one panic catcher (counting into `metrics`), compression and the trace span
+/// ([`super::request_trace`]) and, outermost, the request id (set when the client sent none,
+/// copied onto every answer).
 ///
 /// One catcher catches the handlers' panics and these layers' own: it sits inside the trace
 /// span, so its log line carries the request id and route (all of these are route layers:
 /// the matched route is known), and outside everything that can panic.
+///
+/// The layers are one stack, added with one `Router::layer`: axum boxes each route once per
+/// `layer` call and clones every box on every request, so ten calls cost ten boxes a request.
 pub fn with_edge_layers<S>(
     router: Router<S>,
     cors_origins: &[String],
@@ -49,38 +53,30 @@ pub fn with_edge_layers<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    let allowed: Arc<Vec<String>> = Arc::new(cors_origins.to_vec());
-    let mut router = router.layer(axum::middleware::from_fn_with_state(allowed, origin_guard));
-    if !cors_origins.is_empty() {
+    let cors = (!cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = cors_origins
             .iter()
             .filter_map(|o| HeaderValue::from_str(o).ok())
             .collect();
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
-                .max_age(std::time::Duration::from_secs(600)),
-        );
-    }
-    let router = router.layer(CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| {
-        panic_response(&metrics, err)
-    }));
-    with_request_id(super::request_trace::with_request_tracing(router))
-}
-
-/// The request id, outermost: `x-request-id` set on the request (the client's, else a new UUID)
-/// and copied onto the answer. Also laid over the connection-level layers
-/// (`crate::connections::serve`: the request timeout's 503 carries it too); applying it twice
-/// keeps the first id.
-pub fn with_request_id<S>(router: Router<S>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    router
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+            .max_age(std::time::Duration::from_secs(600))
+    });
+    let gate = GateLayer::new(cors_origins, metrics.clone());
+    let catcher =
+        CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| panic_response(&metrics, err));
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(super::request_trace::trace_layer())
+            .layer(super::request_trace::compression_layer())
+            .layer(catcher)
+            .option_layer(cors)
+            .layer(gate),
+    )
 }
 
 fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
@@ -100,57 +96,6 @@ fn panic_response(metrics: &Metrics, err: Box<dyn Any + Send>) -> Response {
     // Counted above: not once more in the requests by status.
     res.extensions_mut().insert(crate::metrics::http::Panicked);
     res
-}
-
-/// The host part (`host[:port]`) of an origin.
-fn origin_host(o: &str) -> Option<&str> {
-    o.split_once("://").map(|(_, h)| h)
-}
-
-/// Refuses unsafe requests a browser sends from another origin (the way Go's
-/// `CrossOriginProtection` does): `Sec-Fetch-Site` when the browser sends it, else `Origin`
-/// against `Host`. A request with neither comes from a program, not a page: allowed.
-async fn origin_guard(
-    State(allowed): State<Arc<Vec<String>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) {
-        return next.run(req).await;
-    }
-    let h = req.headers();
-    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let listed = origin.is_some_and(|o| allowed.iter().any(|a| a == o));
-    let ok = match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        Some("same-origin" | "none") => true,
-        Some(_) => listed,
-        None => match origin {
-            None => true,
-            Some(o) => {
-                listed
-                    || h.get(header::HOST)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|host| origin_host(o) == Some(host))
-            }
-        },
-    };
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cross_origin",
-            format!(
-                "cross-origin {} refused: origin `{}` is not in `api.cors_origins`",
-                req.method(),
-                origin.unwrap_or("(unknown)")
-            ),
-        )
-        .into_response()
-    }
 }
 
 /// Checks that a request's body is declared as JSON: `application/json`, optionally with
@@ -228,6 +173,7 @@ pub fn content_disposition(name: &str) -> Option<HeaderValue> {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::Request;
     use axum::routing::{get, post};
     use tower::ServiceExt;
 
@@ -252,8 +198,7 @@ mod tests {
                 }),
             )
             .route("/ok", post(|| async { "done" }));
-        // The stack of `api::router`, in its order.
-        let r = crate::metrics::http::count_requests(r, metrics.clone());
+        // The stack of `api::router`.
         with_edge_layers(r, cors, metrics)
     }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod files;
+pub mod gate;
 pub mod health;
 pub mod hooks;
 pub mod jobs;
@@ -117,14 +118,12 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(openapi::routes())
         // Auth: every route above needs its line in src/auth/access.rs (ROUTES). Keep this the
         // last call that adds routes: one added below it would not be checked.
-        .route_layer(axum::middleware::from_fn_with_state(
+        .route_layer(crate::auth::access::AccessLayer::new(
             crate::auth::access::Access::new(&state.app.config.auth, state.app.store.clone()),
-            crate::auth::access::guard,
         ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
-    let routes = crate::metrics::http::count_requests(routes, counters.clone());
     edge::with_edge_layers(routes, &cors, counters)
 }
 

@@ -10,16 +10,18 @@
 
 use axum::extract::MatchedPath;
 use axum::http::{header, HeaderMap, Request, StatusCode, Version};
-use axum::Router;
-use tower_http::compression::predicate::{Predicate, SizeAbove};
+use tower_http::compression::predicate::{And, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{HttpMakeClassifier, MakeSpan, TraceLayer};
 
 /// Smallest JSON response that is compressed, in bytes.
 pub const COMPRESS_MIN_BYTES: u16 = 1024;
 
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// The predicate "the answer is JSON".
+type JsonOnly = fn(StatusCode, Version, &HeaderMap, &axum::http::Extensions) -> bool;
 
 fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Extensions) -> bool {
     headers
@@ -28,28 +30,35 @@ fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Exten
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// Adds the trace span and the compression of JSON responses to `router`'s routes (a route
-/// layer: the span knows the matched route). The request id comes from
-/// [`super::edge::with_edge_layers`].
-pub fn with_request_tracing<S>(router: Router<S>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    let json_only = SizeAbove::new(COMPRESS_MIN_BYTES).and(is_json);
-    router
-        .layer(CompressionLayer::new().gzip(true).compress_when(json_only))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<axum::body::Body>| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", |p| p.as_str());
-                let id = req
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("http", method = %req.method(), route, request_id = id)
-            }),
-        )
+/// The compression of JSON answers of [`COMPRESS_MIN_BYTES`] or more, for clients that accept
+/// gzip. Laid by [`super::edge::with_edge_layers`].
+pub fn compression_layer() -> CompressionLayer<And<SizeAbove, JsonOnly>> {
+    CompressionLayer::new()
+        .gzip(true)
+        .compress_when(SizeAbove::new(COMPRESS_MIN_BYTES).and(is_json as JsonOnly))
+}
+
+/// The trace span of every request: `http{method, route, request_id}` (a route layer: the span
+/// knows the matched route; the request id comes from [`super::edge::with_edge_layers`]).
+pub fn trace_layer() -> TraceLayer<HttpMakeClassifier, RequestSpan> {
+    TraceLayer::new_for_http().make_span_with(RequestSpan)
+}
+
+/// Makes the span of [`trace_layer`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, req: &Request<B>) -> tracing::Span {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| p.as_str());
+        let id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!("http", method = %req.method(), route, request_id = id)
+    }
 }

@@ -1,5 +1,5 @@
 //! The one place the API decides who may call what (docs/auth.md): [`ROUTES`] maps every route
-//! of the router to what it needs, and [`guard`] (a route layer over the whole router) enforces
+//! of the router to what it needs, and [`AccessLayer`] (a route layer over the whole router) enforces
 //! it before any handler runs:
 //!
 //! - client routes need `Authorization: Bearer` (an API token or a JWT) when auth is in force:
@@ -19,13 +19,17 @@
 //! [`check_new_job`]: the grant of the request is in scope there. Listings show only what the
 //! grant covers ([`Caller`]).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, Uri};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use futures::future::{BoxFuture, Either};
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 
 use super::tokens::{Authenticator, Grant, Scope};
 use super::{AuthConfig, Refusal};
@@ -189,7 +193,7 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/docs/{*file}", Need::Open),
 ];
 
-/// What [`guard`] works with.
+/// What [`Guard`] works with.
 pub struct Access {
     /// `[auth]`.
     config: AuthConfig,
@@ -247,16 +251,106 @@ pub fn check_new_job(job_type: &str, channel: Option<&str>) -> Result<(), Refusa
         .unwrap_or(Ok(()))
 }
 
-/// The route layer: see the module's docs.
-pub async fn guard(
-    State(access): State<Arc<Access>>,
-    matched: Option<MatchedPath>,
-    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, Refusal> {
-    let Some(matched) = matched else {
-        return Ok(next.run(req).await);
+/// The route layer over the whole router (see the module's docs): a plain tower layer, so a
+/// request that needs no credential (or meets a server without auth) costs no allocation;
+/// only a credential check runs as a boxed future.
+#[derive(Clone)]
+pub struct AccessLayer(Arc<Access>);
+
+impl AccessLayer {
+    /// The layer enforcing `access`.
+    pub fn new(access: Arc<Access>) -> Self {
+        Self(access)
+    }
+}
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            access: self.0.clone(),
+        }
+    }
+}
+
+/// See [`AccessLayer`].
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    access: Arc<Access>,
+}
+
+/// The answer of a [`Guard`]: the route's own, within the grant's scope, or a refusal.
+type GuardFuture<F> =
+    Either<Either<F, TaskLocalFuture<Grant, F>>, BoxFuture<'static, Result<Response, Infallible>>>;
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let need = match need_of(&self.access, &req) {
+            Ok(None) => return Either::Left(Either::Left(self.inner.call(req))),
+            Ok(Some(need)) => need,
+            Err(refused) => return refused_now(refused),
+        };
+        if !self.access.auth.enabled() {
+            // Nothing to wait for: the open grant, without a boxed future.
+            if let Err(refused) = refuse_token_in_query(req.uri()) {
+                return refused_now(refused);
+            }
+            let grant = Grant::open();
+            req.extensions_mut().insert(Caller(grant.clone()));
+            return Either::Left(Either::Right(CURRENT.scope(grant, self.inner.call(req))));
+        }
+        // The service that was made ready answers; a clone stays for the next request.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let access = self.access.clone();
+        Either::Right(Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let params = RawPathParams::from_request_parts(&mut parts, &())
+                .await
+                .ok();
+            let grant = match decide(
+                &access,
+                need,
+                (&parts.method, &parts.uri, &parts.headers),
+                params,
+            )
+            .await
+            {
+                Ok(g) => g,
+                Err(refused) => return Ok(refused.into_response()),
+            };
+            parts.extensions.insert(Caller(grant.clone()));
+            let req = Request::from_parts(parts, body);
+            CURRENT.scope(grant, inner.call(req)).await
+        }))
+    }
+}
+
+fn refused_now<F>(refused: Refusal) -> GuardFuture<F> {
+    let answer = refused.into_response();
+    Either::Right(Box::pin(std::future::ready(Ok(answer))))
+}
+
+/// What `req` needs: `None` when it passes as it is (no route matched: the fallback's 404; a
+/// hook, open or open metrics route), or its refusal when its route has no line in [`ROUTES`].
+fn need_of(access: &Access, req: &Request) -> Result<Option<Need>, Refusal> {
+    let Some(matched) = req.extensions().get::<MatchedPath>() else {
+        return Ok(None);
     };
     let Some(need) = lookup(req.method(), matched.as_str()) else {
         tracing::error!(
@@ -270,16 +364,12 @@ pub async fn guard(
             matched.as_str()
         )));
     };
-    let need = match need {
-        Need::Hook | Need::Open => return Ok(next.run(req).await),
-        Need::Metrics if !access.config.metrics_require_token => return Ok(next.run(req).await),
-        Need::Metrics => Need::Client(Scope::JobsRead, On::Any),
-        n => n,
-    };
-    let (method, uri, headers) = (req.method(), req.uri(), req.headers());
-    let grant = decide(&access, need, (method, uri, headers), params.ok()).await?;
-    req.extensions_mut().insert(Caller(grant.clone()));
-    Ok(CURRENT.scope(grant, next.run(req)).await)
+    Ok(match need {
+        Need::Hook | Need::Open => None,
+        Need::Metrics if !access.config.metrics_require_token => None,
+        Need::Metrics => Some(Need::Client(Scope::JobsRead, On::Any)),
+        n => Some(n),
+    })
 }
 
 /// The grant of a request to a client or event route, or its refusal.
@@ -427,7 +517,7 @@ async fn check_target(
     }
 }
 
-/// The caller of a request, as [`guard`] decided: handlers use it to show only what it covers.
+/// The caller of a request, as [`Guard`] decided: handlers use it to show only what it covers.
 /// Extracting it on a route the guard did not run on is a 500 (never an open door).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Grant);

@@ -1,5 +1,5 @@
 //! Authentication (`[auth]`, docs/auth.md): API tokens and JWTs with scopes on the client API,
-//! checked in one place ([`access::guard`] over the route table [`access::ROUTES`]); on the event
+//! checked in one place ([`access::AccessLayer`] over the route table [`access::ROUTES`]); on the event
 //! transports also an HS256 JWT naming one `channel`, sent as a cookie (`auth.jwt_cookie`,
 //! Superset's `async-token`) or `Authorization: Bearer`; and the browser `Origin` check of the
 //! streaming endpoints. Without `[auth]` nothing is required and every channel is open (local

@@ -1,12 +1,8 @@
 //! The HTTP layer of the metrics: every request this process answers, by method, route template
 //! (`/async/jobs/{id}`, never the path itself) and status; the job hook routes also by result.
 
-use std::sync::Arc;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::http::Method;
 use axum::response::Response;
-use axum::Router;
 
 use super::Metrics;
 
@@ -29,41 +25,38 @@ pub const UNMATCHED: &str = "unmatched";
 #[derive(Debug, Clone, Copy)]
 pub struct Panicked;
 
-/// Counts every request `router` answers into `metrics`. Add it with the other route layers
-/// (it needs the matched route, which the router sets before its layers run).
-pub fn count_requests<S>(router: Router<S>, metrics: Arc<Metrics>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    router.layer(axum::middleware::from_fn_with_state(metrics, count))
+/// The method label of a request: one of the standard methods, else `other` (methods outside
+/// the standard set would each make a series).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
-async fn count(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let method = req.method().clone();
-    let res = next.run(req).await;
+/// Counts an answer `res` to a request with this method label and matched route (`None`: no
+/// route matched) into `m`. The request layer that calls this is `api::gate::Gate`: a route
+/// layer, so the matched route is known.
+pub fn record(m: &Metrics, method: &'static str, route: Option<&str>, res: &Response) {
     if res.extensions().get::<Panicked>().is_some() {
-        return res;
+        return;
     }
     let status = res.status();
-    let route = route.unwrap_or_else(|| UNMATCHED.to_string());
-    // Methods outside the standard set would each make a series.
-    let method = match method.as_str() {
-        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m,
-        _ => "other",
-    };
-    m.http_request(method, &route, status.as_u16());
-    if HOOK_ROUTES.contains(&route.as_str()) {
+    let route = route.unwrap_or(UNMATCHED);
+    m.http_request(method, route, status.as_u16());
+    if HOOK_ROUTES.contains(&route) {
         let result = match status.as_u16() {
             401 | 403 => "unauthorized",
             400..=499 => "rejected",
             500..=599 => "error",
             _ => "ok",
         };
-        m.hook_call(&route, result);
+        m.hook_call(route, result);
     }
-    res
 }

@@ -1,0 +1,279 @@
+//! The hand-written services of the request path: each is a plain tower [`Service`] whose
+//! future is a small state machine, so a request passing them allocates nothing for them (an
+//! `axum::middleware::from_fn` layer boxes its future and clones a boxed copy of everything
+//! below it on every request; one layer per `Router::layer` call boxes the whole route again).
+//!
+//! - [`GateLayer`]: the cross-origin check of unsafe requests (module docs of `super::edge`) and,
+//!   inside it, the count of every request by method, route template and status
+//!   (`crate::metrics::http`);
+//! - [`TimeLimitLayer`]: `api.request_timeout` for ordinary requests (laid by
+//!   `crate::connections` around the router).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
+
+use super::error::ApiError;
+use crate::metrics::Metrics;
+
+/// The cross-origin check and the request count, as one layer (see the module docs).
+#[derive(Clone)]
+pub struct GateLayer {
+    allowed: Arc<[String]>,
+    metrics: Arc<Metrics>,
+}
+
+impl GateLayer {
+    /// Origins in `api.cors_origins` may send unsafe requests; every request is counted into
+    /// `metrics`.
+    pub fn new(cors_origins: &[String], metrics: Arc<Metrics>) -> Self {
+        Self {
+            allowed: cors_origins.into(),
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`GateLayer`].
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    layer: GateLayer,
+}
+
+impl<S> Service<Request> for Gate<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Err(refused) = check_origin(&self.layer.allowed, &req) {
+            // Refused before the count, as before the layers were one.
+            return GateFuture::Refused {
+                answer: Some(refused.into_response()),
+            };
+        }
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = crate::metrics::http::method_label(req.method());
+        GateFuture::Counted {
+            inner: self.inner.call(req),
+            count: Some((self.layer.metrics.clone(), method, route)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Gate`].
+    #[project = GateProj]
+    pub enum GateFuture<F> {
+        /// Refused by the cross-origin check.
+        Refused { answer: Option<Response> },
+        /// Passed on; counted when it answers.
+        Counted {
+            #[pin]
+            inner: F,
+            count: Option<(Arc<Metrics>, &'static str, Option<MatchedPath>)>,
+        },
+    }
+}
+
+impl<F> Future for GateFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GateProj::Refused { answer } => {
+                Poll::Ready(Ok(answer.take().unwrap_or_else(already_answered)))
+            }
+            GateProj::Counted { inner, count } => {
+                let Ok(res) = std::task::ready!(inner.poll(cx));
+                if let Some((m, method, route)) = count.take() {
+                    let route = route.as_ref().map(MatchedPath::as_str);
+                    crate::metrics::http::record(&m, method, route, &res);
+                }
+                Poll::Ready(Ok(res))
+            }
+        }
+    }
+}
+
+/// A future polled again after it answered: a bug of its caller, answered 500 rather than a panic.
+fn already_answered() -> Response {
+    ApiError::internal("internal", "the request was answered already").into_response()
+}
+
+/// The host part (`host[:port]`) of an origin.
+fn origin_host(o: &str) -> Option<&str> {
+    o.split_once("://").map(|(_, h)| h)
+}
+
+/// Refuses unsafe requests a browser sends from another origin (the way Go's
+/// `CrossOriginProtection` does): `Sec-Fetch-Site` when the browser sends it, else `Origin`
+/// against `Host`. A request with neither comes from a program, not a page: allowed.
+fn check_origin(allowed: &[String], req: &Request) -> Result<(), ApiError> {
+    if matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) {
+        return Ok(());
+    }
+    let h = req.headers();
+    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let listed = origin.is_some_and(|o| allowed.iter().any(|a| a == o));
+    let ok = match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin" | "none") => true,
+        Some(_) => listed,
+        None => match origin {
+            None => true,
+            Some(o) => {
+                listed
+                    || h.get(header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|host| origin_host(o) == Some(host))
+            }
+        },
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "cross_origin",
+        format!(
+            "cross-origin {} refused: origin `{}` is not in `api.cors_origins`",
+            req.method(),
+            origin.unwrap_or("(unknown)")
+        ),
+    ))
+}
+
+/// `api.request_timeout` for ordinary requests (long-lived ones, see [`is_long_lived`], are
+/// exempt). Not tower-http's `TimeoutLayer`: that one
+/// times every request alike and answers with an empty body, where this answers the API's 503
+/// `request_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeLimitLayer(pub Duration);
+
+impl<S> Layer<S> for TimeLimitLayer {
+    type Service = TimeLimit<S>;
+
+    fn layer(&self, inner: S) -> TimeLimit<S> {
+        TimeLimit {
+            inner,
+            limit: self.0,
+        }
+    }
+}
+
+/// See [`TimeLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct TimeLimit<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> Service<Request> for TimeLimit<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TimeLimitFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if is_long_lived(&req) {
+            return TimeLimitFuture::Free {
+                inner: self.inner.call(req),
+            };
+        }
+        TimeLimitFuture::Timed {
+            inner: tokio::time::timeout(self.limit, self.inner.call(req)),
+            limit: self.limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`TimeLimit`].
+    #[project = TimeLimitProj]
+    pub enum TimeLimitFuture<F> {
+        /// A long-lived request: no limit.
+        Free { #[pin] inner: F },
+        /// An ordinary request.
+        Timed { #[pin] inner: tokio::time::Timeout<F>, limit: Duration },
+    }
+}
+
+impl<F> Future for TimeLimitFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TimeLimitProj::Free { inner } => inner.poll(cx),
+            TimeLimitProj::Timed { inner, limit } => match std::task::ready!(inner.poll(cx)) {
+                Ok(r) => Poll::Ready(r),
+                Err(_) => Poll::Ready(Ok(ApiError::unavailable(
+                    "request_timeout",
+                    format!(
+                        "the request took longer than `api.request_timeout` ({})",
+                        humantime::format_duration(*limit)
+                    ),
+                )
+                .into_response())),
+            },
+        }
+    }
+}
+
+/// Requests that may legitimately take long: event streams, long polls, WebSocket upgrades and
+/// file transfers (a multipart submit carries files too).
+pub fn is_long_lived(req: &Request) -> bool {
+    let p = req.uri().path();
+    p.starts_with("/async/events/")
+        || p.starts_with("/api/v1/async_event")
+        || p.starts_with("/async/download/")
+        || p.starts_with("/async/upload/")
+        || p.starts_with("/async/blobs/")
+        || (p.starts_with("/async/jobs/") && p.contains("/files/"))
+        || req.headers().contains_key(header::UPGRADE)
+        || req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
+}
