@@ -92,18 +92,7 @@ pub(super) async fn run(a: &BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Starts `runyard bench-bare-server`; returns it, its pid and its port.
 async fn start_bare() -> anyhow::Result<(tokio::process::Child, u32, u16)> {
-    let exe = std::env::current_exe().context("cannot find the runyard binary")?;
-    let mut cmd = tokio::process::Command::new(exe);
-    #[cfg(target_os = "linux")]
-    // Safety: only an async-signal-safe syscall between fork and exec. If bench itself is
-    // killed, the bare server goes too.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-            Ok(())
-        });
-    }
-    let mut child = cmd
+    let mut child = super::child::this_binary()?
         .arg("bench-bare-server")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

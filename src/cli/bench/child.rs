@@ -66,17 +66,7 @@ impl ChildServer {
         let config = dir.join("runyard.toml");
         std::fs::write(&config, child_config(a, &dir.join("data")))?;
         let log = std::fs::File::create(dir.join("server.log"))?;
-        let exe = std::env::current_exe().context("cannot find the runyard binary")?;
-        let mut cmd = tokio::process::Command::new(exe);
-        #[cfg(target_os = "linux")]
-        // Safety: only an async-signal-safe syscall between fork and exec. If bench itself is
-        // killed, its server goes too.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-                Ok(())
-            });
-        }
+        let mut cmd = this_binary()?;
         let child = cmd
             .arg("serve")
             .arg("--config")
@@ -140,6 +130,21 @@ impl ChildServer {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A command running this very binary that goes when bench goes (SIGTERM on bench's death).
+pub(super) fn this_binary() -> anyhow::Result<tokio::process::Command> {
+    let exe = std::env::current_exe().context("cannot find the runyard binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    #[cfg(target_os = "linux")]
+    // Safety: only an async-signal-safe syscall between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 pub(super) fn free_port() -> anyhow::Result<u16> {
