@@ -528,5 +528,30 @@ mod tests {
         ] {
             assert!(!is_long_lived(&req(p)), "{p}");
         }
+        // A multipart submit carries files; the headers lift the limit nowhere else.
+        let with = |method: &str, p: &str, name: &str, value: &str| {
+            Request::builder()
+                .method(method)
+                .uri(p)
+                .header(name, value)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let multipart = "multipart/form-data; boundary=x";
+        assert!(is_long_lived(&with(
+            "POST",
+            "/async/jobs",
+            "content-type",
+            multipart
+        )));
+        for r in [
+            with("GET", "/async/jobs", "upgrade", "websocket"),
+            with("POST", "/async/jobs/batch", "upgrade", "x"),
+            with("POST", "/async/jobs/batch", "content-type", multipart),
+            with("POST", "/async/jobs/0190/cancel", "content-type", multipart),
+            with("GET", "/async/jobs", "content-type", multipart),
+        ] {
+            assert!(!is_long_lived(&r), "{} {}", r.method(), r.uri());
+        }
     }
 }

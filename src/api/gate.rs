@@ -261,8 +261,10 @@ where
     }
 }
 
-/// Requests that may legitimately take long: event streams, long polls, WebSocket upgrades and
-/// file transfers (a multipart submit carries files too).
+/// Requests that may legitimately take long: event streams and the WebSocket (`/async/events/`),
+/// long polls, and file transfers (a multipart submit, `POST /async/jobs`, carries files too).
+/// Decided by the route alone: a header (`Upgrade`, a multipart content type) on any other route
+/// does not lift the limit.
 pub fn is_long_lived(req: &Request) -> bool {
     let p = req.uri().path();
     p.starts_with("/async/events/")
@@ -271,9 +273,10 @@ pub fn is_long_lived(req: &Request) -> bool {
         || p.starts_with("/async/upload/")
         || p.starts_with("/async/blobs/")
         || (p.starts_with("/async/jobs/") && p.contains("/files/"))
-        || req.headers().contains_key(header::UPGRADE)
-        || req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
+        || (p == "/async/jobs"
+            && req.method() == axum::http::Method::POST
+            && req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"multipart/")))
 }

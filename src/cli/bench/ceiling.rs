@@ -148,21 +148,17 @@ pub async fn serve_bare() -> anyhow::Result<ExitCode> {
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                let read = axum::body::to_bytes(Body::new(req.into_body()), 1 << 20).await;
-                let (status, text) = match read {
-                    Ok(_) => (
-                        StatusCode::ACCEPTED,
-                        format!(
-                            r#"{{"job_id":"{}","status":"QUEUED"}}"#,
-                            uuid::Uuid::now_v7()
-                        ),
-                    ),
-                    Err(_) => (StatusCode::PAYLOAD_TOO_LARGE, "{}".to_string()),
-                };
+                // A body that cannot be read (over 1 MiB, broken) closes the connection.
+                axum::body::to_bytes(Body::new(req.into_body()), 1 << 20).await?;
+                let text = format!(
+                    r#"{{"job_id":"{}","status":"QUEUED"}}"#,
+                    uuid::Uuid::now_v7()
+                );
                 Response::builder()
-                    .status(status)
+                    .status(StatusCode::ACCEPTED)
                     .header(hyper::header::CONTENT_TYPE, "application/json")
                     .body(Body::from(text))
+                    .map_err(axum::Error::new)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(s), svc)
