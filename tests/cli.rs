@@ -881,7 +881,7 @@ fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
 
 /// `bench --http-ceiling` (scripts/compare's HTTP ceiling): a bare server answers every request
 /// as a submit would, and the report counts them all, with a rate, round trips and the bare
-/// server's CPU per request; it cannot be mixed with a target server.
+/// server's CPU per request; it cannot be mixed with a target server or a job shape's flags.
 #[test]
 fn bench_http_ceiling_answers_every_request_and_reports_them() {
     let o = Command::new(BIN)
@@ -898,9 +898,17 @@ fn bench_http_ceiling_answers_every_request_and_reports_them() {
     assert!(v["e2e_rate"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["server_cpu_ms_per_request"].as_f64().is_some(), "{v}");
     assert_eq!(v["submit_rtt"]["count"], 300);
-    let o = Command::new(BIN)
-        .args(["bench", "--http-ceiling", "--server", "http://127.0.0.1:9"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Flags of the job shapes have no meaning here: refused, not ignored.
+    for extra in [
+        ["--server", "http://127.0.0.1:9"],
+        ["--batch-size", "10"],
+        ["--trickle-jobs", "5"],
+    ] {
+        let o = Command::new(BIN)
+            .args(["bench", "--http-ceiling"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+    }
 }

@@ -106,10 +106,12 @@ def table(path, svg=None):
                 v = med(system, store, shape)
                 if v:
                     shares.append(f"{system} {store} {v[0] / c[0]:.2f}x")
+            of_it = f"; of it: {', '.join(shares)}" if shares else ""
+            if any(x.startswith("bullmq") for x in shares):
+                of_it += " (BullMQ does not use HTTP: its share is for scale)"
             out.append(
                 f"HTTP ceiling, {LABELS[shape].split(',')[0]} (a bare HTTP server answering 202 without a store, "
-                f"runyard bench's client): {c[0]:,.0f} requests/s (n={c[1]}); of it: {', '.join(shares)} "
-                "(BullMQ does not use HTTP: its share is for scale)."
+                f"runyard bench's client): {c[0]:,.0f} requests/s (n={c[1]}){of_it}."
             )
     if any(system == "runyard-base" for system, _, _ in by):
         # RUNYARD_BASE: this build against an older one, interleaved in the same run.

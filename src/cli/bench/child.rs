@@ -137,12 +137,19 @@ pub(super) fn this_binary() -> anyhow::Result<tokio::process::Command> {
     let exe = std::env::current_exe().context("cannot find the runyard binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     #[cfg(target_os = "linux")]
-    // Safety: only an async-signal-safe syscall between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-            Ok(())
-        });
+    {
+        let bench = std::process::id();
+        // Safety: only async-signal-safe syscalls between fork and exec. A bench that died
+        // before the `prctl` sends no signal: then the child is not started at all.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                if libc::getppid() as u32 != bench {
+                    return Err(std::io::Error::other("bench is gone"));
+                }
+                Ok(())
+            });
+        }
     }
     Ok(cmd)
 }

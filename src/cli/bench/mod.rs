@@ -108,7 +108,10 @@ pub struct BenchArgs {
     /// Measure the machine's HTTP ceiling instead: a bare server (hyper alone: no store, no
     /// layers, no worker) answering each submit `202`, driven by the burst's own client with
     /// `--connections` and `--jobs` requests.
-    #[arg(long, conflicts_with_all = ["server", "only"])]
+    #[arg(long, conflicts_with_all = [
+        "server", "server_pid", "only", "batch_size", "local_jobs", "trickle_rate",
+        "trickle_jobs", "service_concurrency", "local_concurrency", "synchronous", "keep",
+    ])]
     pub http_ceiling: bool,
 }
 
