@@ -77,9 +77,22 @@ pub(super) async fn burst(
     };
     let body = body_for(job_type);
     let (sent, errors, submit_secs) = send_all(ctx, &url, body, n, batch).await?;
+    measured(ctx, "burst", (runner, job_type), sent, errors, submit_secs).await
+}
+
+/// A scenario's figures once its submits are done: the jobs read back ([`finish_scenario`]),
+/// the submit rate and the submits' round trips.
+async fn measured(
+    ctx: &Ctx,
+    scenario: &str,
+    (runner, job_type): (&str, &str),
+    sent: Vec<Sent>,
+    errors: usize,
+    submit_secs: f64,
+) -> anyhow::Result<ScenarioResult> {
     ctx.check_deadline()?;
     let rtt = latency(sent.iter().map(|s| s.rtt.as_micros() as i64));
-    let mut r = finish_scenario(ctx, "burst", runner, job_type, sent, errors).await?;
+    let mut r = finish_scenario(ctx, scenario, runner, job_type, sent, errors).await?;
     r.submit_rate = r.jobs as f64 / submit_secs.max(1e-9);
     r.submit_rtt = rtt;
     Ok(r)
@@ -197,10 +210,13 @@ pub(super) async fn trickle(
     if let Some(e) = &last_error {
         ctx.say(&format!("  {errors} submits failed; last error: {e}"));
     }
-    ctx.check_deadline()?;
-    let rtt = latency(sent.iter().map(|s| s.rtt.as_micros() as i64));
-    let mut r = finish_scenario(ctx, "trickle", runner, job_type, sent, errors).await?;
-    r.submit_rate = r.jobs as f64 / submit_secs.max(1e-9);
-    r.submit_rtt = rtt;
-    Ok(r)
+    measured(
+        ctx,
+        "trickle",
+        (runner, job_type),
+        sent,
+        errors,
+        submit_secs,
+    )
+    .await
 }
