@@ -47,6 +47,21 @@ LABELS = {
 COLUMNS = [("runyard", "embedded"), ("runyard", "redis"), ("bullmq", "redis"), ("celery", "redis")]
 
 
+def adjacent_shares(by, system):
+    """Each `true` run of `system` (embedded) over the mean of the spawn ceilings measured right
+    before and right after it (`store` = next-to-runyard_embedded / next-to-base_embedded)."""
+    store = "next-to-runyard_embedded" if system == "runyard" else "next-to-base_embedded"
+    ceilings = defaultdict(list)
+    for r in by.get(("ceiling", store, "true"), []):
+        ceilings[r["rep"]].append(r["e2e_rate"])
+    shares = []
+    for r in sorted(by.get((system, "embedded", "true"), []), key=lambda r: r["rep"]):
+        c = ceilings.get(r["rep"])
+        if c and r.get("e2e_rate"):
+            shares.append(r["e2e_rate"] / statistics.mean(c))
+    return shares
+
+
 def table(path, svg=None):
     rows = [json.loads(l) for l in open(path) if l.strip()]
     by = defaultdict(list)
@@ -93,6 +108,15 @@ def table(path, svg=None):
         share = f"; runyard embedded reaches {v[0] / ceil[0]:.2f}x of it" if v else ""
         out.append("")
         out.append(f"Spawn ceiling (two parallel shell loops of /bin/true): {ceil[0]:,.0f} processes/s{share}.")
+    # The same ceiling measured right before and right after each runyard embedded run: each run
+    # against the mean of its own two, then the median of those shares over the repetitions.
+    for system, label in (("runyard", "runyard embedded"), ("runyard-base", "the base build, embedded")):
+        shares = adjacent_shares(by, system)
+        if shares:
+            out.append(
+                f"Measured next to each run (the ceiling right before and right after it), {label} reaches "
+                f"{statistics.median(shares):.2f}x of it (median; {', '.join(f'{x:.2f}' for x in shares)})."
+            )
     # `runyard bench --http-ceiling`: a bare hyper server (no store) answering each submit 202,
     # driven by bench's own client in the same shape.
     http = [(shape, med("ceiling", "http", shape)) for shape in ("sequential", "inflight")]

@@ -14,7 +14,9 @@
 #   batch       bulk submit (BullMQ addBulk, Celery group) plus the workers
 #   idle        one job every 20 ms: submit-to-start p50/p99 on an idle queue
 #   true        /bin/true as a process per job, 32 in flight, 16 at a time, against the
-#               machine's spawn ceiling (two parallel shell loops of /bin/true) measured here too
+#               machine's spawn ceiling (two parallel shell loops of /bin/true) measured here too:
+#               once per repetition, and right before and after each runyard embedded run (the
+#               report pairs each run with the mean of those two, repetition by repetition)
 # The sequential and 32-in-flight shapes also measure the machine's HTTP ceiling in each
 # repetition (`runyard bench --http-ceiling`: a bare server answering 202 without a store, the
 # same client), so the report can say what share of a bare round trip each system keeps.
@@ -144,7 +146,7 @@ run_celery() { # shape rep
   record celery redis "$1" "$2" <"$out/last.json"
 }
 
-spawn_ceiling() { # rep: two parallel shell loops of /bin/true
+spawn_ceiling() { # rep [store]: two parallel shell loops of /bin/true
   local t0 t1
   t0=$(date +%s.%N)
   local loops=()
@@ -152,7 +154,7 @@ spawn_ceiling() { # rep: two parallel shell loops of /bin/true
   wait "${loops[@]}"
   t1=$(date +%s.%N)
   python3 -c "import json,sys; n=2*$N_CEIL; print(json.dumps({'e2e_rate': n/($t1-$t0), 'jobs': n}))" |
-    record ceiling machine true "$1"
+    record ceiling "${2:-machine}" true "$1"
 }
 
 http_ceiling() { # shape rep: `runyard bench --http-ceiling`, the same client and connections
@@ -184,6 +186,12 @@ for rep in $(seq "$REPS"); do
         celery) start_workers celery
           "$venv/bin/python" scripts/compare/celery/bench.py sequential 200 >/dev/null
           run_celery "$shape" "$rep"; stop_workers ;;
+        # The spawn ceiling swings by minutes on this VM: for runyard's own local runs it is
+        # also measured right before and right after, and the report pairs them by repetition.
+        runyard_embedded|base_embedded)
+          if [ "$shape" = true ]; then spawn_ceiling "$rep" "next-to-$sys"; fi
+          "run_$sys" "$shape" "$rep"
+          if [ "$shape" = true ]; then spawn_ceiling "$rep" "next-to-$sys"; fi ;;
         *) "run_$sys" "$shape" "$rep" ;;
       esac
     done
