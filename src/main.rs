@@ -1,3 +1,14 @@
+/// The binary's allocator is jemalloc (feature `jemalloc`, on by default): each thread allocates
+/// from a cache of its own, where glibc's malloc took an arena lock for most blocks and
+/// consolidated its free lists on the request and writer threads (malloc and free were about 30%
+/// of the server's samples at 32 in flight). Against glibc, in interleaved runs: 0.66-0.74x the
+/// server's CPU per job in the batch shape, 0.87-0.88x at 32 in flight, RSS flat in the 1,000,000
+/// job soak at about 10 MiB more (docs/benchmarks.md "Session 13: the allocator"). C code (SQLite)
+/// keeps glibc's malloc, tuned below.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     fix_malloc_thresholds();
