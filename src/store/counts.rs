@@ -2,8 +2,9 @@
 //! oldest QUEUED job was queued. Read from the store at scrape time, so every node of a Redis
 //! deployment shows the same figures.
 //!
-//! Neither backend reads every job record: SQLite groups a covering index (`jobs_type_status`)
-//! and a partial index of the queue by type (`jobs_queued_type`); Redis keeps a hash of counters
+//! Neither backend reads every job record: SQLite keeps a table of counts (`job_counts`, written
+//! by its writer once per transaction) and a partial index of the queue by type
+//! (`jobs_queued_type`); Redis keeps a hash of counters
 //! and a sorted set of QUEUED jobs per type, both changed by `commit.lua` and `retention.lua` in
 //! the same script as the job itself (see `store/redis/counts.rs`).
 

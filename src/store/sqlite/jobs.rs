@@ -204,7 +204,7 @@ pub(super) fn submit_in(ctx: &mut WriteCtx<'_>, job: Job) -> Result<Submitted> {
 }
 
 /// Writes a new job's row (and its file references).
-pub(super) fn insert(ctx: &WriteCtx<'_>, job: &Job) -> Result<()> {
+pub(super) fn insert(ctx: &mut WriteCtx<'_>, job: &Job) -> Result<()> {
     let body = super::stored::job_body(job)?;
     // Every column: the body holds only the rest (stored.rs).
     exec(
@@ -226,6 +226,7 @@ pub(super) fn insert(ctx: &WriteCtx<'_>, job: &Job) -> Result<()> {
             body
         ],
     )?;
+    ctx.counts.add(&job.job_type, job.status.as_str(), 1);
     save_file_refs(ctx.conn, job)
 }
 

@@ -27,14 +27,17 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::handoff::{Handoffs, Taken};
 use super::{Notice, Result, Store, StoreError, StoreSettings};
-use crate::job::{apply, ApplyCtx, Command, Event, EventKind, Job, JobStatus, Micros};
+use crate::job::{Event, EventKind, Job, JobStatus, Micros};
 
 mod activity;
+mod apply;
 mod batch;
 mod checkpoint;
 #[cfg(test)]
 mod compat_tests;
 mod counts;
+#[cfg(test)]
+mod counts_tests;
 mod deliveries;
 mod events;
 mod handoff;
@@ -64,6 +67,7 @@ mod waits;
 mod walvfs;
 mod whole;
 
+use apply::{apply_in, apply_stored, save, save_row};
 pub use events::parse_event_id;
 use sql::{exec, row, row_opt, rows};
 
@@ -136,6 +140,9 @@ struct WriteCtx<'a> {
     /// Why the transaction must be rolled back whole (`whole.rs`): the rest of the batch does
     /// not run, and every request is answered with this error.
     doomed: Option<String>,
+    /// The changes of the jobs' counts, written into `job_counts` before the `COMMIT`
+    /// (`counts.rs`).
+    counts: counts::Deltas,
 }
 
 /// The embedded store.
@@ -274,6 +281,7 @@ impl SqliteStore {
         conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
         conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
         events::migrate(&conn)?;
+        counts::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
         deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
@@ -384,17 +392,28 @@ impl SqliteStore {
     }
 }
 
+/// Where a request's records start in a [`WriteCtx`] ([`WriteCtx::mark`]).
+#[derive(Clone, Copy)]
+struct Mark(usize, usize, usize, usize);
+
 impl WriteCtx<'_> {
-    /// Where a request's notices, events and hand-offs start, to drop them if it is undone.
-    fn mark(&self) -> (usize, usize, usize) {
-        (self.notices.len(), self.events.len(), self.handed.len())
+    /// Where a request's notices, events, hand-offs and count changes start, to drop them if
+    /// it is undone.
+    fn mark(&self) -> Mark {
+        Mark(
+            self.notices.len(),
+            self.events.len(),
+            self.handed.len(),
+            self.counts.mark(),
+        )
     }
 
     /// Drops what was recorded since `mark` (rolled back; a dropped hand-off tells its worker).
-    fn undo(&mut self, (notices, events, handed): (usize, usize, usize)) {
+    fn undo(&mut self, Mark(notices, events, handed, counts): Mark) {
         self.notices.truncate(notices);
         self.events.truncate(events);
         self.handed.truncate(handed);
+        self.counts.undo(counts);
     }
 }
 
@@ -406,6 +425,7 @@ fn writer_loop(
     handoffs: Arc<Handoffs>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
+    let mut counts = counts::Deltas::default();
     loop {
         // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
         if batch.is_empty() {
@@ -428,6 +448,7 @@ fn writer_loop(
             handoffs: &handoffs,
             handed: Vec::new(),
             doomed: None,
+            counts: std::mem::take(&mut counts),
         };
         if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
             // Reply to everyone with the failure. Each request is called only for its reply: in
@@ -440,6 +461,8 @@ fn writer_loop(
                 done(Some(msg.clone()));
             }
             let _ = conn.execute_batch("ROLLBACK");
+            ctx.undo(Mark(0, 0, 0, 0));
+            counts = ctx.counts;
             continue;
         }
         let dones: Vec<Done> = batch
@@ -455,12 +478,16 @@ fn writer_loop(
             .collect();
         let commit = match ctx.doomed.take() {
             Some(e) => Some(e),
-            None => sql::control(&conn, "COMMIT").err().map(|e| e.to_string()),
+            None => match ctx.counts.flush(&conn) {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => sql::control(&conn, "COMMIT").err().map(|e| e.to_string()),
+            },
         };
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
-            ctx.undo((0, 0, 0));
+            ctx.undo(Mark(0, 0, 0, 0));
         }
+        counts = std::mem::take(&mut ctx.counts);
         // The committed hand-offs first: the worker starts while the replies go out.
         handoff::deliver(std::mem::take(&mut ctx.handed), &mut batch);
         let mut notices = std::mem::take(&mut ctx.notices);
@@ -491,25 +518,6 @@ fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec
         .into_iter()
         .map(stored::JobRow::into_job)
         .collect()
-}
-
-fn save(conn: &Connection, job: &Job) -> Result<()> {
-    let body = stored::job_body(job)?;
-    exec(
-        conn,
-        "UPDATE jobs SET status = ?2, run_at = ?3, lease_expires = ?4, queued_at = ?5,
-                finished_at = ?6, body = ?7 WHERE id = ?1",
-        params![
-            job.id.to_string(),
-            job.status.as_str(),
-            job.run_at,
-            job.lease.as_ref().map(|l| l.expires_at),
-            job.queued_at,
-            job.finished_at,
-            body
-        ],
-    )?;
-    jobs::save_file_refs(conn, job)
 }
 
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
@@ -544,36 +552,6 @@ fn notices_for(ctx: &mut WriteCtx<'_>, job: &Job) {
         job_id: job.id,
         status: job.status,
     });
-}
-
-fn apply_in(ctx: &mut WriteCtx<'_>, job: &mut Job, cmd: Command, now: Micros) -> Result<()> {
-    let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
-    let was = job.status;
-    let ev = apply(job, cmd, &actx)?;
-    save(ctx.conn, job)?;
-    if was == JobStatus::Waiting && job.status != JobStatus::Waiting {
-        waits::leave_in(ctx.conn, &job.id.to_string())?;
-        crate::store::waits::counters().count_release(job);
-    }
-    let emitted = job.status == JobStatus::Success && was != JobStatus::Success;
-    if emitted && !job.emits.is_empty() {
-        signals::emit_in(ctx.conn, job, now)?;
-    }
-    if let Some(kind) = ev {
-        append_event(ctx, job, kind)?;
-        if kind == EventKind::Status {
-            notices_for(ctx, job);
-        } else {
-            ctx.notices.push(Notice::Events);
-        }
-    }
-    if emitted {
-        // The jobs these signals complete are released in this same transaction.
-        for key in job.emits.clone() {
-            waits::on_signal(ctx, &key)?;
-        }
-    }
-    Ok(())
 }
 
 impl Store for SqliteStore {

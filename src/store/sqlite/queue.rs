@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::job_columns;
-use super::{apply_in, jobs_of, load, row, rows, save, SqliteStore};
+use super::{apply_in, jobs_of, load, row, rows, save, save_row, SqliteStore};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::{JobQueue, Parked, Result, StoreError};
 
@@ -25,8 +25,10 @@ pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
     let actx = ApplyCtx::at(now_us(), 0);
     for mut job in active {
         // No event: the reaper's `LeaseExpired` (or `Adopt`) that follows makes the change seen.
+        // The lease only: the status, and so the counts (`counts.rs`), stay.
+        let stored = job.status;
         if apply(&mut job, Command::OrphanLease, &actx).is_ok() {
-            save(conn, &job)?;
+            save_row(conn, &job, stored)?;
         }
     }
     Ok(())
@@ -146,8 +148,9 @@ impl JobQueue for SqliteStore {
                     lost.push(id);
                     continue;
                 };
+                let stored = job.status;
                 match crate::job::heartbeat(&mut job, &worker, token, until, &actx) {
-                    Beat::Renewed => save(ctx.conn, &job)?,
+                    Beat::Renewed => save(ctx, &job, stored)?,
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(id),
                 }

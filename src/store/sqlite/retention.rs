@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::{db_err, exec, rows, SqliteStore};
+use super::{db_err, exec, row_opt, rows, SqliteStore};
 use crate::job::Micros;
 use crate::store::{Maintenance, Result, RetentionReport};
 
@@ -16,6 +16,7 @@ impl Maintenance for SqliteStore {
         self.write(move |ctx| {
             let c = ctx.conn;
             let mut report = RetentionReport::default();
+            let counts = &mut ctx.counts;
             // Finished jobs past retention, in bounded chunks, with their logs.
             let ids: Vec<String> = rows(
                 c,
@@ -26,7 +27,16 @@ impl Maintenance for SqliteStore {
             for id in &ids {
                 exec(c, "DELETE FROM logs WHERE job_id = ?1", [id])?;
                 exec(c, "DELETE FROM file_refs WHERE job_id = ?1", [id])?;
-                exec(c, "DELETE FROM jobs WHERE id = ?1", [id])?;
+                // The counts kept by the writer lose the job (`counts.rs`).
+                let gone: Option<(String, String)> = row_opt(
+                    c,
+                    "DELETE FROM jobs WHERE id = ?1 RETURNING type, status",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if let Some((job_type, status)) = gone {
+                    counts.add(&job_type, &status, -1);
+                }
             }
             report.jobs = ids.len() as u64;
             // The global stream.

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::{append_event, apply_in, load, notices_for, save, WriteCtx};
+use super::{append_event, apply_in, apply_stored, load, notices_for, save, WriteCtx};
 use crate::job::{apply, now_us, ApplyCtx, Command, EventKind, Job, JobStatus};
 use crate::store::{FinishSlot, Notice, Result, StoreError};
 
@@ -44,12 +44,13 @@ pub(super) fn start_in(
         }
     }
     let started = job.clone();
-    match apply_in(ctx, &mut job, end, now_us()) {
+    // The row is still in `was`: the start is written with the end, or alone below.
+    match apply_stored(ctx, &mut job, end, now_us(), was) {
         Ok(()) => Ok((started, Some(Ok(job)))),
         // Refused by the transition (no signals to emit: nothing else refuses), before anything
         // of it was written: the start alone is.
         Err(e @ StoreError::Transition(_)) => {
-            save(ctx.conn, &started)?;
+            save(ctx, &started, was)?;
             Ok((started, Some(Err(e))))
         }
         // The write failed: the whole request (the start included) is rolled back.
