@@ -250,7 +250,20 @@ pub fn main() -> ExitCode {
         Cmd::Worker(a) => Some(load_server_config(|| a.load())),
         _ => None,
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    // `serve` on the embedded store with its worker: the HTTP side on one thread, the worker on
+    // a thread of its own (`server.rs`, `WorkerThread`), the SQLite writer on a third.
+    let single = match (&cli.command, &server_config) {
+        (Cmd::Serve(a), Some(Ok(c))) => c.redis.is_none() && c.worker.enabled && !a.no_worker,
+        _ => false,
+    };
+    let rt = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
