@@ -232,6 +232,55 @@ struct Core {
     bg: CancellationToken,
     worker_stop: CancellationToken,
     worker: Option<JoinHandle<()>>,
+    /// The worker's own thread, when the server's runtime has one thread ([`WorkerThread`]).
+    worker_thread: Option<WorkerThread>,
+}
+
+/// A thread of the worker's own, with a single-thread runtime: the worker and its jobs' tasks run
+/// there when the server runs on a single-thread runtime (`runyard serve` on the embedded store,
+/// `cli/mod.rs`). The HTTP side keeps its thread, the worker gets the other core, and the
+/// SQLite writer's replies wake only the runtime they are for: a multi-thread runtime's workers
+/// wake each other to search for every task woken from outside (about 1.3 extra wake-ups per
+/// job with one producer, docs/benchmarks.md "Session 13: seq").
+struct WorkerThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped (or sent) to end the thread; its runtime drops whatever task is left.
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WorkerThread {
+    fn start() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("runyard-worker".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Self {
+            handle,
+            stop,
+            thread,
+        })
+    }
+
+    /// Ends the thread (its runtime and every task still on it) and waits for it.
+    async fn end(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the worker's thread did not end cleanly");
+        }
+    }
 }
 
 impl Core {
@@ -290,6 +339,7 @@ impl Core {
             bg,
             worker_stop: CancellationToken::new(),
             worker: None,
+            worker_thread: None,
         })
     }
 
@@ -303,7 +353,26 @@ impl Core {
             format!("{}/async", self.config.public_url()),
         );
         let id = w.id().to_string();
-        self.worker = Some(tokio::spawn(w.run(self.worker_stop.clone())));
+        let run = w.run(self.worker_stop.clone());
+        // On a single-thread runtime the worker gets a thread (and a core) of its own.
+        let single = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
+        let own = if single {
+            match WorkerThread::start() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the worker's thread: the worker shares the server's");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.worker = Some(match &own {
+            Some(t) => t.handle.spawn(run),
+            None => tokio::spawn(run),
+        });
+        self.worker_thread = own;
         id
     }
 
@@ -312,6 +381,9 @@ impl Core {
         self.worker_stop.cancel();
         if let Some(w) = self.worker.take() {
             let _ = w.await;
+        }
+        if let Some(t) = self.worker_thread.take() {
+            t.end().await;
         }
     }
 

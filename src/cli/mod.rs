@@ -250,7 +250,24 @@ pub fn main() -> ExitCode {
         Cmd::Worker(a) => Some(load_server_config(|| a.load())),
         _ => None,
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    // `serve` on the embedded store with its worker, on up to 2 cores: the HTTP side on one
+    // thread, the worker on a thread of its own (`server.rs`, `WorkerThread`), the SQLite writer
+    // on a third. Measured on 2 cores only (docs/benchmarks.md "Session 13: seq"); with more,
+    // the HTTP side keeps the multi-thread runtime's threads.
+    let few_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2;
+    let single = few_cores
+        && match (&cli.command, &server_config) {
+            (Cmd::Serve(a), Some(Ok(c))) => c.redis.is_none() && c.worker.enabled && !a.no_worker,
+            _ => false,
+        };
+    let rt = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
