@@ -3,9 +3,9 @@
 /// consolidated its free lists on the request and writer threads (malloc and free were about 30%
 /// of the server's samples at 32 in flight). Against glibc, in interleaved runs: 0.66-0.74x the
 /// server's CPU per job in the batch shape, 0.87-0.88x at 32 in flight, RSS flat in the 1,000,000
-/// job soak at about 10 MiB more (docs/benchmarks.md "Session 13: the allocator"). C code (SQLite)
-/// keeps glibc's malloc, tuned below.
-#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+/// job soak at 8-20 MiB more (docs/benchmarks.md "Session 13: the allocator"). C code (SQLite)
+/// keeps glibc's malloc, tuned below. jemalloc reads its own settings from `_RJEM_MALLOC_CONF`.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::{db_err, exec, row, row_opt, rows, SqliteStore};
+use crate::job::JobStatus;
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::Result;
 
@@ -140,6 +141,10 @@ impl Deltas {
     }
 }
 
+/// A type's oldest QUEUED job: the first entry of the partial index `jobs_queued_type`.
+pub(super) const OLDEST_QUEUED_SQL: &str =
+    "SELECT MIN(queued_at) FROM jobs WHERE status = 'QUEUED' AND type = ?1";
+
 #[async_trait]
 impl JobCountStore for SqliteStore {
     async fn job_counts(&self) -> Result<JobCounts> {
@@ -163,14 +168,19 @@ impl JobCountStore for SqliteStore {
                     out.by_type_status.insert((t, s), n.max(0) as u64);
                 }
             }
-            out.oldest_queued = rows(
-                c,
-                "SELECT type, MIN(queued_at) FROM jobs WHERE status = 'QUEUED' GROUP BY type",
-                [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-            )?
-            .into_iter()
-            .collect();
+            // One seek into `jobs_queued_type` per type with QUEUED jobs: a `GROUP BY type`
+            // over every QUEUED job was planned on `jobs_status` and read each QUEUED row.
+            let queued: Vec<String> = out
+                .by_type_status
+                .iter()
+                .filter(|((_, s), n)| *s == JobStatus::Queued && **n > 0)
+                .map(|((t, _), _)| t.clone())
+                .collect();
+            for t in queued {
+                if let Some(at) = row(c, OLDEST_QUEUED_SQL, [&t], |r| r.get::<_, Option<i64>>(0))? {
+                    out.oldest_queued.insert(t, at);
+                }
+            }
             Ok(out)
         })
         .await

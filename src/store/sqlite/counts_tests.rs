@@ -172,3 +172,54 @@ async fn a_database_an_older_build_wrote_since_is_counted_again_at_open() {
         .ok();
     assert_eq!(index, None, "the index is dropped again");
 }
+
+/// SQLite rolls a transaction back by itself on a full disk or an I/O error. When that happens
+/// in the last request of a batch, the counts noted by the requests before it must not be
+/// written (outside any transaction they would commit alone and count jobs that do not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_not_written_after_the_database_rolled_the_transaction_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Arc::new(open(dir.path()));
+    // Holds the writer, so that the next two requests share one transaction.
+    let s1 = s.clone();
+    let blocker = tokio::spawn(async move {
+        s1.write(|_| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let s2 = s.clone();
+    let submit = tokio::spawn(async move { s2.submit(Job::new("a", "r", now_us())).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let s3 = s.clone();
+    let last = tokio::spawn(async move {
+        s3.write(|ctx| {
+            // What SQLite does itself on SQLITE_FULL or SQLITE_IOERR.
+            ctx.conn.execute_batch("ROLLBACK").expect("rollback");
+            Err::<(), _>(StoreError::Backend("database or disk is full".into()))
+        })
+        .await
+    });
+    blocker.await.expect("join").expect("blocker");
+    let submitted = submit.await.expect("join");
+    let _ = last.await.expect("join");
+    assert!(
+        submitted.is_err(),
+        "the submit was rolled back: {submitted:?}"
+    );
+    assert!(counted(dir.path()).is_empty());
+    let kept = s.job_counts().await.expect("counts").by_type_status;
+    assert!(kept.is_empty(), "the kept counts drifted: {kept:?}");
+    drop(s);
+    let kept = open(dir.path())
+        .job_counts()
+        .await
+        .expect("counts")
+        .by_type_status;
+    assert!(
+        kept.is_empty(),
+        "the kept counts drifted (reopened): {kept:?}"
+    );
+}

@@ -478,6 +478,9 @@ fn writer_loop(
             .collect();
         let commit = match ctx.doomed.take() {
             Some(e) => Some(e),
+            // Rolled back by SQLite itself during the last request: the counts' sums must not
+            // be written outside a transaction, where they would commit alone.
+            None if conn.is_autocommit() => Some("the database rolled the transaction back".into()),
             None => match ctx.counts.flush(&conn) {
                 Err(e) => Some(e.to_string()),
                 Ok(()) => sql::control(&conn, "COMMIT").err().map(|e| e.to_string()),

@@ -60,3 +60,30 @@ async fn due_and_expired_read_their_partial_index_and_find_the_right_jobs() {
         assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
     }
 }
+
+/// `/metrics`' oldest QUEUED job per type is one seek into the partial index
+/// `jobs_queued_type` per type, not a read of every QUEUED job's row, and is the right one.
+#[tokio::test]
+async fn the_oldest_queued_job_per_type_is_read_from_its_partial_index() {
+    use crate::store::counts::JobCountStore;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
+    let now = now_us();
+    let queued = |ty: &str, at| Job {
+        queued_at: at,
+        ..Job::new(ty, "r", now)
+    };
+    let mut jobs: Vec<Job> = (0..200).map(|i| queued("a", now + 1_000 + i)).collect();
+    jobs.push(queued("a", now - 5_000));
+    jobs.push(queued("b", now - 7_000));
+    s.submit_many(jobs).await.expect("jobs");
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.oldest_queued.get("a"), Some(&(now - 5_000)));
+    assert_eq!(counts.oldest_queued.get("b"), Some(&(now - 7_000)));
+    assert_eq!(counts.oldest_queued.len(), 2);
+
+    let c = rusqlite::Connection::open(dir.path().join("runyard.db")).expect("db");
+    let p = plan(&c, super::counts::OLDEST_QUEUED_SQL);
+    assert!(p.contains("jobs_queued_type"), "{p}");
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+}
