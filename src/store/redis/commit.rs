@@ -6,7 +6,7 @@ use std::sync::Weak;
 
 use tokio::sync::oneshot;
 
-use super::write::{Write, DLVSEQ, SHARED};
+use super::write::{Packed, Write, DLVSEQ, SHARED};
 use super::*;
 use crate::store::FinishSlot;
 
@@ -74,9 +74,9 @@ pub(super) enum LateOutcome {
 /// One caller's writes, waiting for the committer.
 pub(super) struct Pending {
     /// The writes' name/value pairs, in order.
-    args: Vec<String>,
+    args: Packed,
     /// The writes' own keys (after the shared ones), in order.
-    keys: Vec<String>,
+    keys: Packed,
     /// The shared keys the writes touch (a bit per `SHARED` entry).
     shared: u16,
     n: usize,
@@ -174,8 +174,8 @@ impl RedisStore {
         writes: &[Write],
         late: Option<Late>,
     ) -> Result<(Vec<Reply>, LateOutcome, Option<Reply>)> {
-        let mut args = Vec::with_capacity(writes.len() * 24);
-        let mut keys = Vec::with_capacity(writes.len() * 8);
+        let mut args = Packed::default();
+        let mut keys = Packed::default();
         let mut shared = 0;
         let sent = Instant::now();
         let mut ttl = Vec::with_capacity(writes.len());
@@ -183,9 +183,13 @@ impl RedisStore {
             ttl.push(w.event.is_some() && self.ttl_due(w));
             let (a, k, sh) = w
                 .parts(&self.s.prefix, *ttl.last().unwrap_or(&true))
-                .into_args();
-            args.extend(a);
-            keys.extend(k);
+                .into_packed();
+            if writes.len() == 1 {
+                (args, keys) = (a, k);
+            } else {
+                args.extend(&a);
+                keys.extend(&k);
+            }
             shared |= sh;
         }
         let (tx, rx) = oneshot::channel();
@@ -283,9 +287,9 @@ impl RedisStore {
             Err(e) => return LateOutcome::Refused(cmd, e),
         };
         let ttl = w.event.is_some() && self.ttl_due(&w);
-        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_args();
-        p.args.extend(a);
-        p.keys.extend(k);
+        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_packed();
+        p.args.extend(&a);
+        p.keys.extend(&k);
         p.shared |= sh;
         p.n += 1;
         LateOutcome::Sent(cmd, Box::new(w), ttl)
@@ -331,15 +335,37 @@ impl RedisStore {
                 names.push_str(name);
             }
         }
+        // One command built straight from the writes' packed arguments (not a
+        // `ScriptInvocation`, which keeps a buffer per argument and copies them all again).
+        let nkeys = sk
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| shared & (1 << i) != 0)
+            .count()
+            + batch.iter().map(|b| b.keys.len()).sum::<usize>();
+        let nargs = 3 + nkeys + 12 + 2 + batch.iter().map(|b| b.args.len()).sum::<usize>();
+        let bytes = 256
+            + batch
+                .iter()
+                .map(|b| b.keys.bytes() + b.args.bytes())
+                .sum::<usize>();
+        let script = &self.scripts.commit;
         let raw: Vec<String> = self
             .exec_until(Some(deadline), |mut c| {
-                let mut inv = self.scripts.commit.prepare_invoke();
+                let mut cmd = ::redis::Cmd::with_capacity(nargs, bytes);
+                cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
                 for (i, k) in sk.keys.iter().enumerate() {
                     if shared & (1 << i) != 0 {
-                        inv.key(k);
+                        cmd.arg(k);
                     }
                 }
-                inv.arg("shared")
+                for b in batch {
+                    for k in b.keys.iter() {
+                        cmd.arg(k);
+                    }
+                }
+                cmd.arg("shared")
                     .arg(&names)
                     .arg("glimit")
                     .arg(p.store.global_limit)
@@ -352,17 +378,24 @@ impl RedisStore {
                     .arg("notices")
                     .arg(&sk.notices);
                 if shared & (1 << DLVSEQ) != 0 {
-                    inv.arg("dlvp").arg(&sk.dlv_prefix);
+                    cmd.arg("dlvp").arg(&sk.dlv_prefix);
                 }
                 for b in batch {
-                    for k in &b.keys {
-                        inv.key(k);
-                    }
-                    for a in &b.args {
-                        inv.arg(a);
+                    for a in b.args.iter() {
+                        cmd.arg(a);
                     }
                 }
-                async move { inv.invoke_async(&mut c).await }
+                async move {
+                    match cmd.query_async(&mut c).await {
+                        // Not loaded (a restarted or flushed Redis): load it and call again,
+                        // as `ScriptInvocation::invoke_async` does.
+                        Err(e) if e.kind() == ::redis::ErrorKind::NoScriptError => {
+                            script.load_async(&mut c).await?;
+                            cmd.query_async(&mut c).await
+                        }
+                        r => r,
+                    }
+                }
             })
             .await?;
         if raw.len() != n {
