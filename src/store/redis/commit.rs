@@ -322,69 +322,12 @@ impl RedisStore {
 
     /// Sends the writes of several callers in one `commit.lua` call; one reply per write.
     async fn commit_batch(&self, batch: &[Pending], deadline: Instant) -> Result<Vec<String>> {
-        let p = &self.s;
         let n: usize = batch.iter().map(|b| b.n).sum();
-        let shared = batch.iter().fold(0, |m, b| m | b.shared);
-        let sk = &self.shared;
-        let mut names = String::new();
-        for (i, (name, _)) in SHARED.iter().enumerate() {
-            if shared & (1 << i) != 0 {
-                if !names.is_empty() {
-                    names.push(' ');
-                }
-                names.push_str(name);
-            }
-        }
-        // One command built straight from the writes' packed arguments (not a
-        // `ScriptInvocation`, which keeps a buffer per argument and copies them all again).
-        let nkeys = sk
-            .keys
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| shared & (1 << i) != 0)
-            .count()
-            + batch.iter().map(|b| b.keys.len()).sum::<usize>();
-        let nargs = 3 + nkeys + 12 + 2 + batch.iter().map(|b| b.args.len()).sum::<usize>();
-        let bytes = 256
-            + batch
-                .iter()
-                .map(|b| b.keys.bytes() + b.args.bytes())
-                .sum::<usize>();
+        let cmd = self.commit_cmd(batch);
         let script = &self.scripts.commit;
         let raw: Vec<String> = self
             .exec_until(Some(deadline), |mut c| {
-                let mut cmd = ::redis::Cmd::with_capacity(nargs, bytes);
-                cmd.arg("EVALSHA").arg(script.get_hash()).arg(nkeys);
-                for (i, k) in sk.keys.iter().enumerate() {
-                    if shared & (1 << i) != 0 {
-                        cmd.arg(k);
-                    }
-                }
-                for b in batch {
-                    for k in b.keys.iter() {
-                        cmd.arg(k);
-                    }
-                }
-                cmd.arg("shared")
-                    .arg(&names)
-                    .arg("glimit")
-                    .arg(p.store.global_limit)
-                    .arg("climit")
-                    .arg(p.store.channel_limit)
-                    .arg("cttl")
-                    .arg(p.channel_ttl.as_millis() as u64)
-                    .arg("origin")
-                    .arg(&self.origin)
-                    .arg("notices")
-                    .arg(&sk.notices);
-                if shared & (1 << DLVSEQ) != 0 {
-                    cmd.arg("dlvp").arg(&sk.dlv_prefix);
-                }
-                for b in batch {
-                    for a in b.args.iter() {
-                        cmd.arg(a);
-                    }
-                }
+                let cmd = &cmd;
                 async move {
                     match cmd.query_async(&mut c).await {
                         // Not loaded (a restarted or flushed Redis): load it and call again,
@@ -405,6 +348,64 @@ impl RedisStore {
             )));
         }
         Ok(raw)
+    }
+
+    /// The `EVALSHA` of `commit.lua` for `batch`: one command built straight from the writes'
+    /// packed arguments (not a `ScriptInvocation`, which keeps a buffer per argument and
+    /// copies them all again).
+    fn commit_cmd(&self, batch: &[Pending]) -> ::redis::Cmd {
+        let p = &self.s;
+        let sk = &self.shared;
+        let shared = batch.iter().fold(0, |m, b| m | b.shared);
+        let mut names = String::new();
+        let mut nshared = 0;
+        for (i, (name, _)) in SHARED.iter().enumerate() {
+            if shared & (1 << i) != 0 {
+                if !names.is_empty() {
+                    names.push(' ');
+                }
+                names.push_str(name);
+                nshared += 1;
+            }
+        }
+        let nkeys = nshared + batch.iter().map(|b| b.keys.len()).sum::<usize>();
+        let nargs = 3 + nkeys + 14 + batch.iter().map(|b| b.args.len()).sum::<usize>();
+        let bytes = 256
+            + batch
+                .iter()
+                .map(|b| b.keys.bytes() + b.args.bytes())
+                .sum::<usize>();
+        let mut cmd = ::redis::Cmd::with_capacity(nargs, bytes);
+        cmd.arg("EVALSHA")
+            .arg(self.scripts.commit.get_hash())
+            .arg(nkeys);
+        for (i, k) in sk.keys.iter().enumerate() {
+            if shared & (1 << i) != 0 {
+                cmd.arg(k);
+            }
+        }
+        for k in batch.iter().flat_map(|b| b.keys.iter()) {
+            cmd.arg(k);
+        }
+        cmd.arg("shared")
+            .arg(&names)
+            .arg("glimit")
+            .arg(p.store.global_limit)
+            .arg("climit")
+            .arg(p.store.channel_limit)
+            .arg("cttl")
+            .arg(p.channel_ttl.as_millis() as u64)
+            .arg("origin")
+            .arg(&self.origin)
+            .arg("notices")
+            .arg(&sk.notices);
+        if shared & (1 << DLVSEQ) != 0 {
+            cmd.arg("dlvp").arg(&sk.dlv_prefix);
+        }
+        for a in batch.iter().flat_map(|b| b.args.iter()) {
+            cmd.arg(a);
+        }
+        cmd
     }
 
     /// Whether a write's event should refresh its channel stream's TTL. Each event used to
