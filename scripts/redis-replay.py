@@ -17,6 +17,7 @@ blocking XREAD waits out its timeout). Uses free loopback ports; stops only its 
 import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,6 +130,11 @@ def run(cmds, a_dir, b_dir, pipe, verbose):
         s.close()
     finally:
         os.kill(pid, 15)
+        for _ in range(100):
+            if not os.path.exists(d + '/pid'):
+                break
+            time.sleep(0.05)
+        shutil.rmtree(d, ignore_errors=True)
     ev = re.search(r'cmdstat_evalsha:calls=(\d+),usec=(\d+)', info)
     if verbose:
         print('\n'.join(x for x in info.splitlines() if x.startswith('cmdstat')))
