@@ -7,7 +7,9 @@
 #   e.g. scripts/redis-bench.sh 2 --only service --jobs 20000
 #
 # Env: RUNYARD (binary, default target/release/runyard), APPENDONLY (yes|no, default no),
-# PERF (a file: perf profile of redis-server during the bench). Prints the CPU time of
+# PERF, PERF_API, PERF_WORKER (files: perf profiles of redis-server, the API, the first worker
+# during the bench; for the API and the worker PERF_F sets the frequency, default 999, and
+# PERF_CG the call graph option, default -g, e.g. "--call-graph dwarf,32768"). Prints the CPU time of
 # redis-server, the API and each worker over the whole run (start-up and warm-up included).
 set -euo pipefail
 workers=${1:-1}
@@ -48,14 +50,23 @@ for i in $(seq "$workers"); do
     2>"$dir/worker$i.log" &
   pids+=($!)
 done
-# PERF=FILE: a perf profile of redis-server over the bench (`perf report -i FILE`).
-perf_pid=
+# PERF=FILE: a perf profile of redis-server over the bench (`perf report -i FILE`);
+# PERF_API=FILE and PERF_WORKER=FILE the same of the API and of the first worker node.
+perf_pids=()
 if [ -n "${PERF:-}" ]; then
   perf record -q -F 999 -g -o "$PERF" -p "$rpid" 2>/dev/null &
-  perf_pid=$!
+  perf_pids+=($!)
+fi
+if [ -n "${PERF_API:-}" ]; then
+  perf record -q -F ${PERF_F:-999} ${PERF_CG:--g} -o "$PERF_API" -p "$api" 2>/dev/null &
+  perf_pids+=($!)
+fi
+if [ -n "${PERF_WORKER:-}" ]; then
+  perf record -q -F ${PERF_F:-999} ${PERF_CG:--g} -o "$PERF_WORKER" -p "${pids[2]}" 2>/dev/null &
+  perf_pids+=($!)
 fi
 "$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
-if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true; fi
+for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
 echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
 # CPU time of redis-server over the whole run (utime + stime, start-up and warm-up included): a

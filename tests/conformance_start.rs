@@ -458,6 +458,30 @@ async fn redis_store_retrying(r: &TestRedis, retry: Duration) -> Arc<dyn Store> 
     .expect("connect")
 }
 
+/// Redis: a commit after Redis lost its scripts (a restart without persistence, `SCRIPT FLUSH`)
+/// loads `commit.lua` again and is stored. The commit call is built by the store itself (not by
+/// redis-rs's `ScriptInvocation`, which reloads on its own), so the reload is the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_commit_after_the_scripts_are_flushed_loads_them_again() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s: Arc<dyn Store> = redis_store_retrying(&r, Duration::from_millis(300)).await;
+    let first = Job::new("t.flush", "rf", now_us());
+    s.submit(first.clone()).await.expect("first submit");
+    r.cli(&["SCRIPT", "FLUSH"]);
+    let second = Job::new("t.flush", "rf", now_us());
+    s.submit(second.clone())
+        .await
+        .expect("a submit after SCRIPT FLUSH is stored");
+    for j in [&first, &second] {
+        assert_eq!(
+            s.get(j.id).await.expect("get").expect("stored").status,
+            JobStatus::Queued
+        );
+    }
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.flush", JobStatus::Queued), 2);
+}
+
 /// Redis: a command that fails in the middle of a commit call (here the third job's channel
 /// stream is a plain string, so its `XADD` fails) ends the script with the writes before it
 /// made. Those jobs are stored, so they must also be counted, listed and queued: a worker claims

@@ -6,7 +6,7 @@ use std::sync::Weak;
 
 use tokio::sync::oneshot;
 
-use super::write::{Write, DLVSEQ, SHARED};
+use super::write::{Packed, Write, DLVSEQ, SHARED};
 use super::*;
 use crate::store::FinishSlot;
 
@@ -74,9 +74,9 @@ pub(super) enum LateOutcome {
 /// One caller's writes, waiting for the committer.
 pub(super) struct Pending {
     /// The writes' name/value pairs, in order.
-    args: Vec<String>,
+    args: Packed,
     /// The writes' own keys (after the shared ones), in order.
-    keys: Vec<String>,
+    keys: Packed,
     /// The shared keys the writes touch (a bit per `SHARED` entry).
     shared: u16,
     n: usize,
@@ -174,8 +174,8 @@ impl RedisStore {
         writes: &[Write],
         late: Option<Late>,
     ) -> Result<(Vec<Reply>, LateOutcome, Option<Reply>)> {
-        let mut args = Vec::with_capacity(writes.len() * 24);
-        let mut keys = Vec::with_capacity(writes.len() * 8);
+        let mut args = Packed::default();
+        let mut keys = Packed::default();
         let mut shared = 0;
         let sent = Instant::now();
         let mut ttl = Vec::with_capacity(writes.len());
@@ -183,9 +183,13 @@ impl RedisStore {
             ttl.push(w.event.is_some() && self.ttl_due(w));
             let (a, k, sh) = w
                 .parts(&self.s.prefix, *ttl.last().unwrap_or(&true))
-                .into_args();
-            args.extend(a);
-            keys.extend(k);
+                .into_packed();
+            if writes.len() == 1 {
+                (args, keys) = (a, k);
+            } else {
+                args.extend(&a);
+                keys.extend(&k);
+            }
             shared |= sh;
         }
         let (tx, rx) = oneshot::channel();
@@ -283,9 +287,9 @@ impl RedisStore {
             Err(e) => return LateOutcome::Refused(cmd, e),
         };
         let ttl = w.event.is_some() && self.ttl_due(&w);
-        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_args();
-        p.args.extend(a);
-        p.keys.extend(k);
+        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_packed();
+        p.args.extend(&a);
+        p.keys.extend(&k);
         p.shared |= sh;
         p.n += 1;
         LateOutcome::Sent(cmd, Box::new(w), ttl)
@@ -318,51 +322,23 @@ impl RedisStore {
 
     /// Sends the writes of several callers in one `commit.lua` call; one reply per write.
     async fn commit_batch(&self, batch: &[Pending], deadline: Instant) -> Result<Vec<String>> {
-        let p = &self.s;
         let n: usize = batch.iter().map(|b| b.n).sum();
-        let shared = batch.iter().fold(0, |m, b| m | b.shared);
-        let sk = &self.shared;
-        let mut names = String::new();
-        for (i, (name, _)) in SHARED.iter().enumerate() {
-            if shared & (1 << i) != 0 {
-                if !names.is_empty() {
-                    names.push(' ');
-                }
-                names.push_str(name);
-            }
-        }
+        let cmd = self.commit_cmd(batch);
+        let script = &self.scripts.commit;
         let raw: Vec<String> = self
             .exec_until(Some(deadline), |mut c| {
-                let mut inv = self.scripts.commit.prepare_invoke();
-                for (i, k) in sk.keys.iter().enumerate() {
-                    if shared & (1 << i) != 0 {
-                        inv.key(k);
+                let cmd = &cmd;
+                async move {
+                    match cmd.query_async(&mut c).await {
+                        // Not loaded (a restarted or flushed Redis): load it and call again,
+                        // as `ScriptInvocation::invoke_async` does.
+                        Err(e) if e.kind() == ::redis::ErrorKind::NoScriptError => {
+                            script.load_async(&mut c).await?;
+                            cmd.query_async(&mut c).await
+                        }
+                        r => r,
                     }
                 }
-                inv.arg("shared")
-                    .arg(&names)
-                    .arg("glimit")
-                    .arg(p.store.global_limit)
-                    .arg("climit")
-                    .arg(p.store.channel_limit)
-                    .arg("cttl")
-                    .arg(p.channel_ttl.as_millis() as u64)
-                    .arg("origin")
-                    .arg(&self.origin)
-                    .arg("notices")
-                    .arg(&sk.notices);
-                if shared & (1 << DLVSEQ) != 0 {
-                    inv.arg("dlvp").arg(&sk.dlv_prefix);
-                }
-                for b in batch {
-                    for k in &b.keys {
-                        inv.key(k);
-                    }
-                    for a in &b.args {
-                        inv.arg(a);
-                    }
-                }
-                async move { inv.invoke_async(&mut c).await }
             })
             .await?;
         if raw.len() != n {
@@ -372,6 +348,64 @@ impl RedisStore {
             )));
         }
         Ok(raw)
+    }
+
+    /// The `EVALSHA` of `commit.lua` for `batch`: one command built straight from the writes'
+    /// packed arguments (not a `ScriptInvocation`, which keeps a buffer per argument and
+    /// copies them all again).
+    fn commit_cmd(&self, batch: &[Pending]) -> ::redis::Cmd {
+        let p = &self.s;
+        let sk = &self.shared;
+        let shared = batch.iter().fold(0, |m, b| m | b.shared);
+        let mut names = String::new();
+        let mut nshared = 0;
+        for (i, (name, _)) in SHARED.iter().enumerate() {
+            if shared & (1 << i) != 0 {
+                if !names.is_empty() {
+                    names.push(' ');
+                }
+                names.push_str(name);
+                nshared += 1;
+            }
+        }
+        let nkeys = nshared + batch.iter().map(|b| b.keys.len()).sum::<usize>();
+        let nargs = 3 + nkeys + 14 + batch.iter().map(|b| b.args.len()).sum::<usize>();
+        let bytes = 256
+            + batch
+                .iter()
+                .map(|b| b.keys.bytes() + b.args.bytes())
+                .sum::<usize>();
+        let mut cmd = ::redis::Cmd::with_capacity(nargs, bytes);
+        cmd.arg("EVALSHA")
+            .arg(self.scripts.commit.get_hash())
+            .arg(nkeys);
+        for (i, k) in sk.keys.iter().enumerate() {
+            if shared & (1 << i) != 0 {
+                cmd.arg(k);
+            }
+        }
+        for k in batch.iter().flat_map(|b| b.keys.iter()) {
+            cmd.arg(k);
+        }
+        cmd.arg("shared")
+            .arg(&names)
+            .arg("glimit")
+            .arg(p.store.global_limit)
+            .arg("climit")
+            .arg(p.store.channel_limit)
+            .arg("cttl")
+            .arg(p.channel_ttl.as_millis() as u64)
+            .arg("origin")
+            .arg(&self.origin)
+            .arg("notices")
+            .arg(&sk.notices);
+        if shared & (1 << DLVSEQ) != 0 {
+            cmd.arg("dlvp").arg(&sk.dlv_prefix);
+        }
+        for a in batch.iter().flat_map(|b| b.args.iter()) {
+            cmd.arg(a);
+        }
+        cmd
     }
 
     /// Whether a write's event should refresh its channel stream's TTL. Each event used to

@@ -80,36 +80,39 @@ impl Write {
     /// declared: a heartbeat names its job and the lease set, nothing else. `prefix` is the
     /// store's key prefix; `ttl`: refresh the channel stream's TTL with the event (see
     /// [`RedisStore::ttl_due`]).
-    pub(super) fn parts(&self, prefix: &str, ttl: bool) -> Parts {
+    pub(super) fn parts<'a>(&self, prefix: &'a str, ttl: bool) -> Parts<'a> {
         let j = &self.job;
         let old = self.old_status;
         let st = j.status;
-        let mut p = Parts::new(prefix);
-        p.val("id", j.id.to_string());
+        let mut p = Parts::new(
+            prefix,
+            self.body.len() + self.event.as_ref().map_or(0, |(_, e)| e.len()),
+        );
+        p.val("id", j.id);
         if let Some(v) = self.expected {
-            p.val("v", v.to_string());
+            p.val("v", v);
         }
-        p.val("nv", j.version.to_string());
+        p.val("nv", j.version);
         if self.chained {
-            p.val("ch", "1".into());
+            p.val("ch", 1);
         }
-        p.val("st", st.as_str().to_string());
-        p.val("r", j.runner.clone());
-        p.val("c", j.channel_id.clone());
-        p.val("q", j.queued_at.to_string());
-        p.val("t", j.job_type.clone());
-        p.val("b", self.body.clone());
+        p.val("st", st.as_str());
+        p.val("r", &j.runner);
+        p.val("c", &j.channel_id);
+        p.val("q", j.queued_at);
+        p.val("t", &j.job_type);
+        p.val("b", &self.body);
         p.own("job", "job:", j.id);
         if self.expected.is_none() {
             p.shared(ALL);
             if let Some(k) = &j.idempotency_key {
-                p.val("idem", k.clone());
+                p.val("idem", k);
                 p.own("idem", "idem:", k);
             }
         }
         self.index_parts(&mut p, old, st);
         if !self.files.is_empty() {
-            p.val("files", self.files.clone());
+            p.val("files", &self.files);
             p.shared(FHASHES);
             for h in self.files.split_whitespace() {
                 p.own("fref", "fref:", h);
@@ -133,15 +136,15 @@ impl Write {
             }
         }
         if let Some((_, ev)) = &self.event {
-            p.val("event", ev.clone());
+            p.val("event", ev);
             p.shared(EV);
             p.shared(EVWANT);
             p.own("evc", "evc:", &j.channel_id);
             if ttl {
-                p.val("ttl", "1".into());
+                p.val("ttl", 1);
             }
             if !self.delivery.is_empty() {
-                p.val("dlv", self.delivery.clone());
+                p.val("dlv", &self.delivery);
                 p.shared(DLVSEQ);
                 p.shared(DLVDUE);
                 p.own("djob", "dlv:job:", j.id);
@@ -174,7 +177,7 @@ impl Write {
         if (st == JobStatus::Scheduled && j.run_at.is_some()) || old == Some(JobStatus::Scheduled) {
             p.shared(SCHED);
             if let Some(at) = j.run_at.filter(|_| st == JobStatus::Scheduled) {
-                p.val("runat", at.to_string());
+                p.val("runat", at);
             }
         }
         match lease_of(j) {
@@ -182,7 +185,7 @@ impl Write {
             Some(_) if self.lease_kept => {}
             Some(e) => {
                 p.shared(LEASE);
-                p.val("lease", e.to_string());
+                p.val("lease", e);
             }
             // Not active: out of the lease set (a claim reservation too, see claim.lua).
             None if self.expected.is_some() => p.shared(LEASE),
@@ -190,7 +193,7 @@ impl Write {
         }
         if let Some(f) = j.finished_at {
             p.shared(FIN);
-            p.val("fin", f.to_string());
+            p.val("fin", f);
         } else if old.is_some_and(JobStatus::is_terminal) {
             p.shared(FIN);
         }
@@ -204,10 +207,10 @@ impl Write {
         if waiting == (self.old_status == Some(JobStatus::Waiting)) {
             return;
         }
-        p.val("wait", if waiting { "enter" } else { "leave" }.into());
+        p.val("wait", if waiting { "enter" } else { "leave" });
         if waiting {
             if let Some(dl) = j.wait.as_ref().and_then(|w| w.deadline) {
-                p.val("dl", dl.to_string());
+                p.val("dl", dl);
                 p.shared(WAITDL);
             }
             p.shared(WAITGEN);
@@ -264,35 +267,100 @@ const DLVDUE: usize = 12;
 const EV: usize = 13;
 const EVWANT: usize = 14;
 
+/// Arguments packed in one buffer, each argument's end kept: a write's name/value pairs or its
+/// keys, copied once into the `commit.lua` call (see `commit.rs`), without a string per
+/// argument on the way.
+#[derive(Default)]
+pub(super) struct Packed {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Packed {
+    fn with_capacity(args: usize, bytes: usize) -> Self {
+        Self {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(args),
+        }
+    }
+
+    /// Appends one argument.
+    fn push(&mut self, arg: &[u8]) {
+        self.data.extend_from_slice(arg);
+        self.end();
+    }
+
+    /// Ends the argument written into `data` since the last end.
+    fn end(&mut self) {
+        self.ends.push(self.data.len());
+    }
+
+    /// Appends the arguments of `other`, in order.
+    pub(super) fn extend(&mut self, other: &Packed) {
+        let base = self.data.len();
+        self.data.extend_from_slice(&other.data);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+    }
+
+    /// The arguments, in order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let a = &self.data[start..end];
+            start = end;
+            a
+        })
+    }
+
+    /// How many arguments.
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Their bytes, all together.
+    pub(super) fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The arguments as strings (tests and the fuzz targets' [`commit_args`]).
+    fn strings(&self) -> Vec<String> {
+        self.iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+}
+
 /// One write as `commit.lua` receives it (see [`Write::parts`]).
-pub(super) struct Parts {
-    prefix_len: usize,
+pub(super) struct Parts<'a> {
     /// Name/value pairs, flat.
-    args: Vec<String>,
+    args: Packed,
     /// The write's own keys, in the order of `names`.
-    keys: Vec<String>,
+    keys: Packed,
     /// The names of the keys the write touches (its `keys` value).
     names: String,
     /// The shared keys it touches, a bit per [`SHARED`] entry.
     shared: u16,
-    prefix: String,
+    prefix: &'a str,
 }
 
-impl Parts {
-    fn new(prefix: &str) -> Self {
+impl<'a> Parts<'a> {
+    fn new(prefix: &'a str, body: usize) -> Self {
         Self {
-            prefix_len: prefix.len(),
-            args: Vec::with_capacity(24),
-            keys: Vec::with_capacity(8),
+            args: Packed::with_capacity(48, body + 512),
+            keys: Packed::with_capacity(8, 8 * (prefix.len() + 48)),
             names: String::with_capacity(48),
             shared: 0,
-            prefix: prefix.to_string(),
+            prefix,
         }
     }
 
-    fn val(&mut self, name: &str, v: String) {
-        self.args.push(name.to_string());
-        self.args.push(v);
+    /// A name/value pair; the value as `Display` writes it (a string as it is).
+    fn val(&mut self, name: &str, v: impl std::fmt::Display) {
+        use std::io::Write as _;
+        self.args.push(name.as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.args.data, "{v}");
+        self.args.end();
     }
 
     fn name(&mut self, name: &str) {
@@ -304,14 +372,15 @@ impl Parts {
 
     /// A key of this write, `P:{kind}{rest}`, named `name`.
     fn own(&mut self, name: &str, kind: &str, rest: impl std::fmt::Display) {
+        use std::io::Write as _;
         self.name(name);
-        let mut k = String::with_capacity(self.prefix_len + 48);
-        k.push_str(&self.prefix);
-        k.push(':');
-        k.push_str(kind);
-        use std::fmt::Write as _;
+        let k = &mut self.keys.data;
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.push(b':');
+        k.extend_from_slice(kind.as_bytes());
+        // Writing into a Vec cannot fail.
         let _ = write!(k, "{rest}");
-        self.keys.push(k);
+        self.keys.end();
     }
 
     /// A shared key this write touches.
@@ -322,11 +391,17 @@ impl Parts {
         }
     }
 
-    /// The pairs with the `keys` value last.
-    pub(super) fn into_args(mut self) -> (Vec<String>, Vec<String>, u16) {
+    /// The pairs with the `keys` value last, the write's own keys and its shared keys.
+    pub(super) fn into_packed(mut self) -> (Packed, Packed, u16) {
         let names = std::mem::take(&mut self.names);
         self.val("keys", names);
         (self.args, self.keys, self.shared)
+    }
+
+    /// [`Self::into_packed`] as strings.
+    pub(super) fn into_args(self) -> (Vec<String>, Vec<String>, u16) {
+        let (a, k, sh) = self.into_packed();
+        (a.strings(), k.strings(), sh)
     }
 }
 
