@@ -127,14 +127,12 @@ pub async fn run(
             for (i, (m, id)) in msgs.into_iter().enumerate() {
                 let flush = i + 1 == n;
                 let timed_out = || ping_deadline(ping_sent) && pong_missed(ping_sent);
-                if let Some(end) =
-                    write_watched(&mut sink, m, flush, &closing, &follower, &sent, timed_out).await
+                if let Some(end) = write_watched(
+                    &mut sink, m, id, flush, &closing, &follower, &mut sent, timed_out,
+                )
+                .await
                 {
                     return end;
-                }
-                if id.is_some() {
-                    follower.delivered(1);
-                    sent = id;
                 }
             }
         }
@@ -160,26 +158,43 @@ pub async fn run(
     }
 }
 
-/// Writes one message (fed, or sent with a flush when `flush`), checking while it waits: the
-/// server stopping, the stream falling behind (slow consumer) and a missed pong each end the
-/// socket. `None` when the message went out.
+/// Writes one message (fed, then flushed when `flush`), checking while it waits: the server
+/// stopping, the stream falling behind (slow consumer) and a missed pong each end the socket.
+/// An event is the socket's once fed (the sink holds it, and writes it before any close frame),
+/// so `sent` moves to its id then, before a flush that may wait: a close while the flush waits
+/// names it as the last one sent. `None` when the message went out.
+#[allow(clippy::too_many_arguments)]
 async fn write_watched(
     sink: &mut SplitSink<WebSocket, Message>,
     m: Message,
+    id: Option<Box<str>>,
     flush: bool,
     closing: &CancellationToken,
     follower: &Follower,
-    sent: &Option<Box<str>>,
+    sent: &mut Option<Box<str>>,
     ping_timed_out: impl Fn() -> bool,
 ) -> Option<End> {
-    // Feed all but the last, then flush with the last.
-    let write = async {
-        if flush {
-            sink.send(m).await
-        } else {
-            sink.feed(m).await
-        }
-    };
+    if let Some(end) = watched(sink.feed(m), closing, follower, sent, &ping_timed_out).await {
+        return Some(end);
+    }
+    if id.is_some() {
+        follower.delivered(1);
+        *sent = id;
+    }
+    if flush {
+        return watched(sink.flush(), closing, follower, sent, &ping_timed_out).await;
+    }
+    None
+}
+
+/// Waits for one write of the sink, ending the socket meanwhile as [`write_watched`] says.
+async fn watched<E>(
+    write: impl std::future::Future<Output = Result<(), E>>,
+    closing: &CancellationToken,
+    follower: &Follower,
+    sent: &Option<Box<str>>,
+    ping_timed_out: &impl Fn() -> bool,
+) -> Option<End> {
     tokio::pin!(write);
     let mut check = tokio::time::interval(STALL_CHECK);
     check.tick().await;
