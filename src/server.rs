@@ -251,18 +251,31 @@ struct WorkerThread {
 
 impl WorkerThread {
     fn start() -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (ready, handle) = std::sync::mpsc::sync_channel(1);
+        // The runtime is built on its own thread (so a thread that cannot be created drops no
+        // runtime inside the server's, which tokio refuses with a panic) and its handle sent back.
         let thread = std::thread::Builder::new()
             .name("runyard-worker".into())
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(rt.handle().clone()));
                 rt.block_on(async {
                     let _ = stopped.await;
                 });
             })?;
+        let handle = handle
+            .recv()
+            .map_err(|_| std::io::Error::other("the worker's thread ended at start"))??;
         Ok(Self {
             handle,
             stop,
@@ -274,10 +287,10 @@ impl WorkerThread {
     async fn end(self) {
         let _ = self.stop.send(());
         let thread = self.thread;
-        if tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .is_err()
-        {
+        if !matches!(
+            tokio::task::spawn_blocking(move || thread.join()).await,
+            Ok(Ok(()))
+        ) {
             tracing::warn!("the worker's thread did not end cleanly");
         }
     }

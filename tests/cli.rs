@@ -912,3 +912,20 @@ fn bench_http_ceiling_answers_every_request_and_reports_them() {
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
     }
 }
+
+/// `worker.enabled = false` in the file runs no worker in `serve` (as `--no-worker`): a job
+/// stays QUEUED. (The flag used to override the file's value with `true`.)
+#[test]
+fn worker_enabled_false_in_the_config_runs_no_worker() {
+    let s = serve(&format!(
+        "[worker]\nenabled = false\npoll_interval = \"100ms\"\n{RUNNERS}"
+    ));
+    let out = cli(&s.url, &["submit", "runyard.noop", "--output", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let job = json_doc(&out);
+    let id = job["job_id"].as_str().expect("an id").to_string();
+    // Ten of the worker's poll intervals: a worker would have run it long before.
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = json_doc(&cli(&s.url, &["status", &id, "--output", "json"]));
+    assert_eq!(st["status"], "QUEUED", "{st}");
+}

@@ -333,13 +333,15 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
     crate::startup::warn(&config).await;
     let listener = crate::connections::listen(config.listen)
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
-    let mut builder = ServerBuilder::new(config).worker(!a.no_worker);
+    // `--no-worker` beats `worker.enabled`; neither runs a worker in this process.
+    let worker = !a.no_worker && config.worker.enabled;
+    let mut builder = ServerBuilder::new(config).worker(worker);
     if !a.demo {
         return builder.serve(listener, shutdown_signal()).await;
     }
     builder = crate::demo::register(builder);
     let server = builder.start(listener).await?;
-    if !a.no_worker {
+    if worker {
         if let Err(e) = crate::demo::run_jobs(&server.url()).await {
             tracing::warn!(error = %e, "the demo jobs could not be run");
         }
