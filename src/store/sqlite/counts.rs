@@ -5,7 +5,7 @@
 //! The counts were a `GROUP BY` over an index `jobs_type_status(type, status)`, whose entry every
 //! status change deleted and inserted again: two b-tree writes per change, eight per job. Now the
 //! writer notes each change of a row's status in memory ([`Deltas`]: where a row is inserted,
-//! updated or deleted, `jobs.rs`, `mod.rs` `save`, `retention.rs`) and writes their sums into
+//! updated or deleted, `jobs.rs`, `apply.rs` `save`, `retention.rs`) and writes their sums into
 //! `job_counts` once per transaction, before its `COMMIT` (a few rows, one page). A request that
 //! is rolled back drops its notes with its rows (`WriteCtx::undo`); a transaction that fails is
 //! rolled back whole, its sums with it. So `job_counts` is always the `GROUP BY` of the committed
