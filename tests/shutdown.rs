@@ -129,6 +129,40 @@ types = ["long.*"]
     ts.stop().await;
 }
 
+/// A job stopped at shutdown before its start was recorded is given back to the queue at once,
+/// as a RUNNING one is, not left STARTING under the stopped worker's lease until it expires. A
+/// local job's start waits for `worker.quick_exit_wait` (here longer than the test), so the stop
+/// always comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stopped_before_its_start_was_recorded_is_requeued_at_once() {
+    let mut ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "local"
+types = ["slow.*"]
+command = ["/bin/sh", "-c", "sleep 30"]
+"#,
+    )
+    .config("[worker]\nshutdown_grace = \"200ms\"\nquick_exit_wait = \"60s\"")
+    .start()
+    .await;
+    let id = ts.submit_ok(json!({"type": "slow.job"})).await;
+    ts.wait_status(&id, "STARTING", WAIT).await;
+    let store = ts.running().app.store.clone();
+    ts.stop().await;
+    let job = stored(&store, &id).await;
+    assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
+    assert!(job.lease.is_none(), "{job:#?}");
+    drop(store);
+
+    ts.restart(false).await;
+    let job = ts.get_job(&id).await;
+    assert_eq!(status_of(&job), "QUEUED", "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "RELEASED", "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    ts.stop().await;
+}
+
 /// `RunningServer::stop()` releases the data dir, so that a new server can open it at once (an
 /// embedding program restarting in-process): 50 restarts, each while a job runs. It fails when
 /// anything (a job task, a reporter, an HTTP connection task) still holds the store after `stop`.

@@ -466,6 +466,12 @@ impl Worker {
         {
             start::Start::Running => {}
             start::Start::Finished | start::Start::Gone => return,
+            start::Start::Stopped(record) => {
+                if *reason.lock() == StopReason::Release {
+                    self.release_unstarted(id, token, record).await;
+                }
+                return;
+            }
         }
         let limit = time_limit(job, slot);
         let run = Supervised {
@@ -475,6 +481,33 @@ impl Worker {
         };
         self.supervise(id, token, exec, reporter, limit, stop, reason, run)
             .await;
+    }
+
+    /// Gives back to the queue a job stopped at shutdown before its start was recorded (a
+    /// local job's start waits up to `worker.quick_exit_wait`), as a running one is: not left
+    /// STARTING under this worker's lease until it expires. A start still on its way to the
+    /// store lands first; if its finish went with it, the job has ended and stays so.
+    async fn release_unstarted(&self, id: Uuid, token: u64, record: Option<start::RecordTask>) {
+        if let Some(task) = record {
+            match task.await {
+                Ok(Ok((_, None))) => {}
+                Ok(Ok((_, Some(end)))) => {
+                    self.finished(end);
+                    return;
+                }
+                // Refused (cancelled meanwhile, or taken over): nothing to give back.
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "start refused");
+                    return;
+                }
+                // The store may still hold the start: the release below settles it either way.
+                Err(e) => tracing::warn!(error = %e, "recording the start failed"),
+            }
+        }
+        match self.store.apply(id, Command::Release { token }).await {
+            Ok(j) => crate::outcomes::log_change(&j),
+            Err(e) => tracing::debug!(error = %e, "release refused"),
+        }
     }
 
     /// Takes over live work found by the reaper (its worker died): runs it to its end under a

@@ -24,10 +24,17 @@ pub(super) enum Start {
     Running,
     /// The attempt had ended and its outcome was recorded with its start: nothing left.
     Finished,
-    /// Refused (cancelled or lost between claim and launch) or stopped first: the work was
-    /// stopped, nothing left.
+    /// Refused (cancelled or lost between claim and launch): the work was stopped, nothing left.
     Gone,
+    /// Stopped (shutdown or fencing) before the start was recorded: the work was stopped; the
+    /// start may still be on its way to the store, in this task.
+    Stopped(Option<RecordTask>),
 }
+
+/// The task recording a start: the stored job, and its outcome when its finish went with it.
+pub(super) type RecordTask = tokio::task::JoinHandle<
+    Result<(crate::job::Job, Option<Result<crate::job::Job, StoreError>>), StoreError>,
+>;
 
 impl Worker {
     /// Records the start of the launched attempt (its lease's `token`), raced against a stop:
@@ -48,12 +55,14 @@ impl Worker {
             token,
             handle: Some(handle.clone()),
         };
-        // A task of its own while the work runs: a stop must not wait for the store.
+        // A task of its own while the work runs: a stop must not wait for the store. Tracked
+        // with the jobs, so that a stopping worker's runtime does not end with it half-way.
         let spawn_record = |finish: &Arc<FinishSlot>| {
             let store = self.store.clone();
             let cmd = started_cmd();
             let finish = finish.clone();
-            tokio::spawn(async move { store.apply_start(id, cmd, finish).await })
+            self.jobs
+                .spawn(async move { store.apply_start(id, cmd, finish).await })
         };
         // A process that ends within `quick_exit_wait` has its finish written with its start.
         let linger = match kind {
@@ -102,7 +111,7 @@ impl Worker {
                     tracing::info!("job stopped before its start was recorded");
                     exec.stop(self.cfg.kill_grace).await;
                     reporter.flush().await;
-                    return Start::Gone;
+                    return Start::Stopped(record);
                 }
             }
         };
