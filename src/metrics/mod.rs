@@ -87,7 +87,7 @@ pub struct Metrics {
     store_ops: Mutex<std::collections::HashMap<&'static str, Histogram>>,
     /// `http_requests`' series by method, route and status, once counted (bounded: routes are
     /// templates).
-    http_series: Mutex<std::collections::HashMap<String, Vec<(&'static str, u16, Counter)>>>,
+    http_series: Mutex<std::collections::HashMap<String, Vec<series::HttpSeries>>>,
     names: Mutex<Vec<String>>,
     http_panics: Counter,
     transitions: Family<Labels, Counter>,

@@ -24,6 +24,9 @@ pub(super) struct TypeSeries {
     pub(super) outcomes: [Option<Counter>; 9],
 }
 
+/// A request's series of one route: its method, its status and the counter.
+pub(super) type HttpSeries = (&'static str, u16, Counter);
+
 /// The labels `type=label`.
 pub(super) fn type_labels(label: &str) -> Labels {
     vec![("type", label.to_string())]
