@@ -19,11 +19,11 @@ mod family;
 pub mod features;
 pub mod http;
 pub mod process;
+mod series;
 pub mod store;
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::collector::Collector;
@@ -38,6 +38,7 @@ use crate::store::counts::JobCounts;
 use crate::store::Store;
 
 use family::{FnFamily, FnKind};
+use series::{cached, TypeSeries};
 pub use store::MeteredStore;
 
 /// Labels of a family: `(name, value)` pairs.
@@ -76,7 +77,17 @@ pub struct Metrics {
     registry: RwLock<Registry>,
     /// Serialises scrapes: the store gauges are refilled and encoded under it.
     scrape: tokio::sync::Mutex<()>,
-    types: Mutex<std::collections::HashSet<String>>,
+    /// The job types kept apart (at most [`MAX_TYPES`]), each with the handles of its series
+    /// this process counts per job; `other` the same for the types counted as [`OTHER_TYPE`].
+    types: Mutex<std::collections::HashMap<String, TypeSeries>>,
+    other: Mutex<TypeSeries>,
+    /// `transitions`' series by status ([`JobStatus::ALL`]'s order), once counted.
+    by_status: [std::sync::OnceLock<Counter>; 9],
+    /// `store_seconds`' series by operation, once observed.
+    store_ops: Mutex<std::collections::HashMap<&'static str, Histogram>>,
+    /// `http_requests`' series by method, route and status, once counted (bounded: routes are
+    /// templates).
+    http_series: Mutex<std::collections::HashMap<String, Vec<series::HttpSeries>>>,
     names: Mutex<Vec<String>>,
     http_panics: Counter,
     transitions: Family<Labels, Counter>,
@@ -109,6 +120,10 @@ impl Metrics {
             registry: RwLock::new(Registry::default()),
             scrape: tokio::sync::Mutex::new(()),
             types: Mutex::new(Default::default()),
+            other: Mutex::new(Default::default()),
+            by_status: Default::default(),
+            store_ops: Mutex::new(Default::default()),
+            http_series: Mutex::new(Default::default()),
             names: Mutex::new(Vec::new()),
             http_panics: Counter::default(),
             transitions: Family::default(),
@@ -341,15 +356,7 @@ impl Metrics {
     /// The label value for `job_type`: itself, or [`OTHER_TYPE`] once [`MAX_TYPES`] types were
     /// seen.
     pub fn type_label(&self, job_type: &str) -> String {
-        let mut seen = self.types.lock();
-        if seen.contains(job_type) {
-            return job_type.to_string();
-        }
-        if seen.len() < MAX_TYPES {
-            seen.insert(job_type.to_string());
-            return job_type.to_string();
-        }
-        OTHER_TYPE.to_string()
+        self.with_type(job_type, |label, _| label.to_string())
     }
 
     fn by_type(&self, job_type: &str) -> Labels {
@@ -363,16 +370,10 @@ impl Metrics {
 
     /// Counts a job this process created.
     pub fn job_submitted(&self, job: &Job) {
-        self.submitted
-            .get_or_create(&self.by_type(&job.job_type))
-            .inc();
+        self.with_type(&job.job_type, |label, s| {
+            cached(&mut s.submitted, &self.submitted, label).inc()
+        });
         self.transition(job.status);
-    }
-
-    fn transition(&self, to: JobStatus) {
-        self.transitions
-            .get_or_create(&vec![("status", to.as_str().to_string())])
-            .inc();
     }
 
     /// `n` delayed jobs (or retries after their backoff) this process made QUEUED.
@@ -390,62 +391,10 @@ impl Metrics {
             self.transition(j.status);
             let claimed = j.runs.last().map_or_else(now_us, |r| r.claimed_at);
             let wait = claimed.saturating_sub(j.queued_at).max(0) as f64 / 1e6;
-            self.queue_wait
-                .get_or_create(&self.by_type(&j.job_type))
-                .observe(wait);
+            self.with_type(&j.job_type, |label, s| {
+                cached(&mut s.queue_wait, &self.queue_wait, label).observe(wait)
+            });
         }
-    }
-
-    /// A command this process committed; `job` as it is after it.
-    pub fn job_changed(&self, cmd: &CommandKind, job: &Job) {
-        if cmd.changes_status() {
-            self.transition(job.status);
-        }
-        let t = self.by_type(&job.job_type);
-        let ended = matches!(cmd, CommandKind::Finish | CommandKind::HookFinal);
-        if ended {
-            if let Some(r) = job.runs.last() {
-                if let Some(end) = r.ended_at {
-                    let start = r.started_at.unwrap_or(r.claimed_at);
-                    let secs = end.saturating_sub(start).max(0) as f64 / 1e6;
-                    self.run_time.get_or_create(&t).observe(secs);
-                }
-            }
-            if job.status == JobStatus::Scheduled {
-                self.retries.get_or_create(&t).inc();
-            }
-        }
-        if *cmd == CommandKind::LeaseExpired {
-            self.lease_expirations.get_or_create(&t).inc();
-        }
-        let final_by_this = ended || matches!(cmd, CommandKind::Cancel | CommandKind::LeaseExpired);
-        if final_by_this && job.status.is_terminal() {
-            let mut l = t;
-            l.push(("outcome", job.status.as_str().to_ascii_lowercase()));
-            self.outcomes.get_or_create(&l).inc();
-        }
-    }
-
-    /// A store operation `op` took `took`; `failed` when the store was unavailable or erred.
-    pub fn store_op(&self, op: &'static str, took: Duration, failed: bool) {
-        let l = vec![("op", op.to_string())];
-        self.store_seconds
-            .get_or_create(&l)
-            .observe(took.as_secs_f64());
-        if failed {
-            self.store_errors.get_or_create(&l).inc();
-        }
-    }
-
-    /// An HTTP request this process answered.
-    pub fn http_request(&self, method: &str, route: &str, status: u16) {
-        self.http_requests
-            .get_or_create(&vec![
-                ("method", method.to_string()),
-                ("route", route.to_string()),
-                ("status", status.to_string()),
-            ])
-            .inc();
     }
 
     /// A call to a hook route and its result (`ok`, `unauthorized`, `rejected`, `error`).
