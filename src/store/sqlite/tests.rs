@@ -71,7 +71,10 @@ fn sqlite_gives_each_connection_a_page_cache_of_its_own() {
         .expect("rows")
         .collect::<rusqlite::Result<_>>()
         .expect("options");
-    assert!(opts.iter().any(|o| o.starts_with("THREADSAFE=1")), "{opts:?}");
+    assert!(
+        opts.iter().any(|o| o.starts_with("THREADSAFE=1")),
+        "{opts:?}"
+    );
     assert!(
         !opts.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
         "{opts:?}"
