@@ -56,3 +56,27 @@ async fn a_full_write_queue_makes_requests_wait_for_room() {
         .expect("join")
         .expect("queued");
 }
+
+/// The bundled SQLite is built without `SQLITE_ENABLE_MEMORY_MANAGEMENT` (`.cargo/config.toml`):
+/// with it every connection shares one page cache under one mutex, taken on each page the writer
+/// touches (docs/benchmarks.md "Session 14: store"). A build that lost the setting (the flag
+/// dropped from the config, or a build outside this repository's cargo configuration) fails here.
+#[test]
+fn sqlite_gives_each_connection_a_page_cache_of_its_own() {
+    let c = rusqlite::Connection::open_in_memory().expect("db");
+    let opts: Vec<String> = c
+        .prepare("PRAGMA compile_options")
+        .expect("pragma")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<rusqlite::Result<_>>()
+        .expect("options");
+    assert!(
+        opts.iter().any(|o| o.starts_with("THREADSAFE=1")),
+        "{opts:?}"
+    );
+    assert!(
+        !opts.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "{opts:?}"
+    );
+}
