@@ -10,8 +10,8 @@
 //!   the processes' RSS come back to where they were (`RUNYARD_MEMORY_JOBS`, default 20,000;
 //!   docs/benchmarks.md has the 100,000-job run).
 //! - `a_dead_claimers_reservation_is_requeued`: a claim picked but never saved is not lost.
-//! - `on_two_cores_the_api_and_worker_nodes_work_on_their_main_thread`: the runtime of `serve
-//!   --no-worker` and `runyard worker` on up to 2 cores.
+//! - `on_two_cores_a_worker_node_works_on_its_main_thread`: the runtime of `runyard worker` on
+//!   up to 2 cores.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
 //! the test dies first).
@@ -905,16 +905,16 @@ fn process_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// On a machine of up to 2 cores the API without a worker and each worker node run on one
-/// thread, their main one (`top -H` shows it): each shares the cores with redis-server and the
-/// other nodes, and a second runtime thread only cost wake-ups (docs/benchmarks.md "Session 14:
-/// redis"). Jobs run and finish as before.
+/// On a machine of up to 2 cores a worker node runs on one thread, its main one (`top -H` shows
+/// it): it shares the cores with redis-server, the API and the other nodes, and a second
+/// runtime thread only cost wake-ups (docs/benchmarks.md "Session 14: redis"). Jobs run and
+/// finish as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_two_cores_the_api_and_worker_nodes_work_on_their_main_thread() {
+async fn on_two_cores_a_worker_node_works_on_its_main_thread() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let redis = TestRedis::start();
     let mut cl = Cluster::new(&redis, "");
-    let api = cl.spawn("api", &["serve", "--no-worker"]);
+    cl.spawn("api", &["serve", "--no-worker"]);
     let http = http();
     cl.wait_healthy(&http).await;
     let w = cl.spawn("worker-a", &["worker"]);
@@ -942,20 +942,18 @@ async fn on_two_cores_the_api_and_worker_nodes_work_on_their_main_thread() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for (i, name) in [(api, "the API"), (w, "the worker node")] {
-        let pid = cl.procs[i].pid();
-        let (main, all) = (thread_ticks(pid, pid), process_ticks(pid));
-        assert!(all > 0, "{name} used no CPU time");
-        if cores <= 2 {
-            assert!(
-                main * 10 >= all * 6,
-                "{name}: its main thread did {main} of its {all} ticks of CPU: it should do the work"
-            );
-        } else {
-            assert!(
-                main * 2 < all,
-                "{name}: on {cores} cores the multi-thread runtime's workers do the work ({main} of {all})"
-            );
-        }
+    let pid = cl.procs[w].pid();
+    let (main, all) = (thread_ticks(pid, pid), process_ticks(pid));
+    assert!(all > 0, "the worker node used no CPU time");
+    if cores <= 2 {
+        assert!(
+            main * 10 >= all * 6,
+            "the worker node: its main thread did {main} of its {all} ticks of CPU: it should do the work"
+        );
+    } else {
+        assert!(
+            main * 2 < all,
+            "the worker node: on {cores} cores the multi-thread runtime's workers do the work ({main} of {all})"
+        );
     }
 }
