@@ -154,7 +154,7 @@ impl ServerBuilder {
             core.bg.clone(),
         ));
         if config.worker.enabled {
-            core.start_worker();
+            core.start_worker(true);
         }
         let http_stop = CancellationToken::new();
         let router = crate::api::router(app.clone());
@@ -197,7 +197,8 @@ impl ServerBuilder {
         // No blobs: file contents live with the API, whose retention collects them.
         // A worker node serves no `/metrics`: its store calls are not metered.
         let mut core = Core::assemble(self.config, self.services, None, None).await?;
-        let id = core.start_worker();
+        // A worker node has nothing else to run: its worker stays on the node's runtime.
+        let id = core.start_worker(false);
         tracing::info!(worker = %id, store = core.store.backend_name(), "runyard worker node started");
         if let Some(listener) = self.health_listener {
             let app = crate::api::health::probe_router(core.store.clone());
@@ -356,8 +357,9 @@ impl Core {
         })
     }
 
-    /// Starts the worker; returns its id.
-    fn start_worker(&mut self) -> String {
+    /// Starts the worker; returns its id. `own_thread`: on a single-thread runtime, the worker
+    /// gets a thread of its own ([`WorkerThread`]), apart from the HTTP side.
+    fn start_worker(&mut self, own_thread: bool) -> String {
         let w = Worker::new(
             self.store.clone(),
             self.runners.clone(),
@@ -369,7 +371,8 @@ impl Core {
         let run = w.run(self.worker_stop.clone());
         // On a single-thread runtime the worker gets a thread (and a core) of its own.
         let single = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread;
+            == tokio::runtime::RuntimeFlavor::CurrentThread
+            && own_thread;
         let own = if single {
             match WorkerThread::start() {
                 Ok(t) => Some(t),

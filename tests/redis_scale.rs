@@ -10,6 +10,8 @@
 //!   the processes' RSS come back to where they were (`RUNYARD_MEMORY_JOBS`, default 20,000;
 //!   docs/benchmarks.md has the 100,000-job run).
 //! - `a_dead_claimers_reservation_is_requeued`: a claim picked but never saved is not lost.
+//! - `on_two_cores_a_worker_node_works_on_its_main_thread`: the runtime of `runyard worker` on
+//!   up to 2 cores.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
 //! the test dies first).
@@ -873,6 +875,85 @@ async fn every_channel_stream_expires_though_refreshes_are_skipped() {
         assert!(
             ttl > 23 * 3600 * 1000 && ttl <= 24 * 3600 * 1000,
             "channel {chan}: PTTL {ttl} ms"
+        );
+    }
+}
+
+/// CPU time (utime + stime, in clock ticks) of `pid`'s thread `tid`.
+fn thread_ticks(pid: u32, tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    n(14) + n(15)
+}
+
+/// CPU time of every thread of `pid`.
+fn process_ticks(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .map(|tid| thread_ticks(pid, tid))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// On a machine of up to 2 cores a worker node runs on one thread, its main one (`top -H` shows
+/// it): it shares the cores with redis-server, the API and the other nodes, and a second
+/// runtime thread only cost wake-ups (docs/benchmarks.md "Session 14: redis"). Jobs run and
+/// finish as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_cores_a_worker_node_works_on_its_main_thread() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let w = cl.spawn("worker-a", &["worker"]);
+    let n = 600;
+    let bodies = (0..n)
+        .map(|_| json!({"type": "runyard.sleep", "args": {"ms": 0}}))
+        .collect();
+    let (ids, refused) = submit_all(&http, &cl.url(), bodies, 8).await;
+    assert_eq!((ids.len(), refused), (n, 0), "{}", cl.logs());
+    let store = cl.store().await;
+    let start = Instant::now();
+    loop {
+        let jobs = all_jobs(&store).await;
+        let done = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Success)
+            .count();
+        if done == n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{done} of {n} done\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = cl.procs[w].pid();
+    let (main, all) = (thread_ticks(pid, pid), process_ticks(pid));
+    assert!(all > 0, "the worker node used no CPU time");
+    if cores <= 2 {
+        assert!(
+            main * 10 >= all * 6,
+            "the worker node: its main thread did {main} of its {all} ticks of CPU: it should do the work"
+        );
+    } else {
+        assert!(
+            main * 2 < all,
+            "the worker node: on {cores} cores the multi-thread runtime's workers do the work ({main} of {all})"
         );
     }
 }

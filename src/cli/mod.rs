@@ -253,11 +253,17 @@ pub fn main() -> ExitCode {
     // `serve` on the embedded store with its worker, on up to 2 cores: the HTTP side on one
     // thread, the worker on a thread of its own (`server.rs`, `WorkerThread`), the SQLite writer
     // on a third. Measured on 2 cores only (docs/benchmarks.md "Session 13: seq"); with more,
-    // the HTTP side keeps the multi-thread runtime's threads.
+    // the HTTP side keeps the multi-thread runtime's threads. A worker node (`runyard worker`,
+    // Redis) on up to 2 cores runs on one thread: it is one of several processes sharing the
+    // cores (redis-server, the API, the other nodes), and its runtime's second thread only
+    // added wake-ups (docs/benchmarks.md "Session 14: redis": about a quarter of the worker
+    // nodes' CPU per job with one producer). The API keeps its threads (on one thread, batch
+    // submits measured slower).
     let few_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2;
     let single = few_cores
         && match (&cli.command, &server_config) {
-            (Cmd::Serve(a), Some(Ok(c))) => c.redis.is_none() && c.worker.enabled && !a.no_worker,
+            (Cmd::Serve(a), Some(Ok(c))) if c.redis.is_none() => c.worker.enabled && !a.no_worker,
+            (Cmd::Worker(_), Some(Ok(_))) => true,
             _ => false,
         };
     let rt = if single {
