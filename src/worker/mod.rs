@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::{Notice, Store};
+use crate::store::{Notice, Store, StoreError};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
@@ -466,9 +466,9 @@ impl Worker {
         {
             start::Start::Running => {}
             start::Start::Finished | start::Start::Gone => return,
-            start::Start::Stopped(record) => {
+            start::Start::Stopped(record, ended) => {
                 if *reason.lock() == StopReason::Release {
-                    self.release_unstarted(id, token, record).await;
+                    self.release_unstarted(id, token, record, ended).await;
                 }
                 return;
             }
@@ -486,23 +486,42 @@ impl Worker {
     /// Gives back to the queue a job stopped at shutdown before its start was recorded (a
     /// local job's start waits up to `worker.quick_exit_wait`), as a running one is: not left
     /// STARTING under this worker's lease until it expires. A start still on its way to the
-    /// store lands first; if its finish went with it, the job has ended and stays so.
-    async fn release_unstarted(&self, id: Uuid, token: u64, record: Option<start::RecordTask>) {
-        if let Some(task) = record {
-            match task.await {
-                Ok(Ok((_, None))) => {}
+    /// store lands first; if its finish went with it, the job has ended and stays so, and an
+    /// attempt that had `ended` by itself is finished with its outcome, not run again.
+    async fn release_unstarted(
+        &self,
+        id: Uuid,
+        token: u64,
+        record: Option<start::RecordTask>,
+        ended: Option<FinishOutcome>,
+    ) {
+        let started = match record {
+            None => false,
+            Some(task) => match task.await {
+                Ok(Ok((_, None))) => true,
                 Ok(Ok((_, Some(end)))) => {
                     self.finished(end);
                     return;
                 }
                 // Refused (cancelled meanwhile, or taken over): nothing to give back.
-                Ok(Err(e)) => {
+                Ok(Err(e @ (StoreError::Transition(_) | StoreError::NotFound))) => {
                     tracing::debug!(error = %e, "start refused");
                     return;
                 }
-                // The store may still hold the start: the release below settles it either way.
-                Err(e) => tracing::warn!(error = %e, "recording the start failed"),
-            }
+                // The store may or may not hold the start (unreachable, or the task failed):
+                // the release below, fenced by the token, settles it either way.
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "recording the start failed");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording the start failed");
+                    false
+                }
+            },
+        };
+        if let (true, Some(outcome)) = (started, ended) {
+            return self.finish(id, token, outcome).await;
         }
         match self.store.apply(id, Command::Release { token }).await {
             Ok(j) => crate::outcomes::log_change(&j),

@@ -15,7 +15,7 @@ use super::reporter::JobReporter;
 use super::supervise::outcome_to_finish;
 use super::Worker;
 use crate::config::RunnerKind;
-use crate::job::Command;
+use crate::job::{Command, FinishOutcome};
 use crate::store::{FinishSlot, StoreError};
 
 /// What recording the start left to do.
@@ -27,8 +27,9 @@ pub(super) enum Start {
     /// Refused (cancelled or lost between claim and launch): the work was stopped, nothing left.
     Gone,
     /// Stopped (shutdown or fencing) before the start was recorded: the work was stopped; the
-    /// start may still be on its way to the store, in this task.
-    Stopped(Option<RecordTask>),
+    /// start may still be on its way to the store, in this task; and how the attempt ended when
+    /// it had ended by itself before the stop without its finish going with the start.
+    Stopped(Option<RecordTask>, Option<FinishOutcome>),
 }
 
 /// The task recording a start: the stored job, and its outcome when its finish went with it.
@@ -80,6 +81,9 @@ impl Worker {
         // only polls its task; a process's keeps every step it took (the exit status, the group
         // kill, the drained log pipes, the removed directory) and resumes from there.
         let mut watch_end = matches!(kind, RunnerKind::Service | RunnerKind::Local);
+        // The attempt's end when it was not handed to the start (its reports not all stored yet,
+        // or the start already taken by the store): a stop before the start lands still has it.
+        let mut ended = None;
         let started = loop {
             tokio::select! {
                 r = async { record.as_mut().expect("guarded").await }, if record.is_some() => {
@@ -99,8 +103,9 @@ impl Worker {
                     }
                     // Its finish may go with its start only when everything it reported is
                     // stored (a finish is recorded after the job's last logs and progress).
-                    if reporter.is_idle() {
-                        finish.offer(token, outcome_to_finish(o, kind));
+                    let outcome = outcome_to_finish(o, kind);
+                    if !(reporter.is_idle() && finish.offer(token, outcome.clone())) {
+                        ended = Some(outcome);
                     }
                     if record.is_none() {
                         // The work has ended: nothing left to stop, so no task of its own.
@@ -111,7 +116,7 @@ impl Worker {
                     tracing::info!("job stopped before its start was recorded");
                     exec.stop(self.cfg.kill_grace).await;
                     reporter.flush().await;
-                    return Start::Stopped(record);
+                    return Start::Stopped(record, ended);
                 }
             }
         };
