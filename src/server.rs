@@ -179,6 +179,8 @@ impl ServerBuilder {
     /// Runs a worker node until `shutdown` completes: the worker (with its reaper) and the
     /// scheduler, no HTTP API. Needs `redis` (the API runs elsewhere, on the same Redis) and
     /// `public_url` (the API's URL, which jobs report to). Then drains like [`RunningServer::stop`].
+    /// The worker runs on the caller's runtime, also a single-thread one (`runyard worker` on up
+    /// to 2 cores): unlike [`ServerBuilder::start`], no thread of its own.
     pub async fn work(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -233,13 +235,14 @@ struct Core {
     bg: CancellationToken,
     worker_stop: CancellationToken,
     worker: Option<JoinHandle<()>>,
-    /// The worker's own thread, when the server's runtime has one thread ([`WorkerThread`]).
+    /// The worker's own thread, when a server started by `serve`/`start` runs on a single-thread
+    /// runtime ([`WorkerThread`]; a worker node's worker stays on its runtime).
     worker_thread: Option<WorkerThread>,
 }
 
 /// A thread of the worker's own, with a single-thread runtime: the worker and its jobs' tasks run
-/// there when the server runs on a single-thread runtime (`runyard serve` on the embedded store,
-/// `cli/mod.rs`). The HTTP side keeps its thread, the worker gets the other core, and the
+/// there when a server started by `serve`/`start` runs on a single-thread runtime (`runyard
+/// serve` on the embedded store, `cli/mod.rs`; not a worker node, `ServerBuilder::work`). The HTTP side keeps its thread, the worker gets the other core, and the
 /// SQLite writer's replies wake only the runtime they are for: a multi-thread runtime's workers
 /// wake each other to search for every task woken from outside (about 1.3 extra wake-ups per
 /// job with one producer, docs/benchmarks.md "Session 13: seq").

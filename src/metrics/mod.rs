@@ -82,7 +82,7 @@ pub struct Metrics {
     types: Mutex<std::collections::HashMap<String, TypeSeries>>,
     other: Mutex<TypeSeries>,
     /// `transitions`' series by status ([`JobStatus::ALL`]'s order), once counted.
-    by_status: [std::sync::OnceLock<Counter>; 9],
+    by_status: [std::sync::OnceLock<Counter>; JobStatus::ALL.len()],
     /// `store_seconds`' series by operation, once observed.
     store_ops: Mutex<std::collections::HashMap<&'static str, Histogram>>,
     /// `http_requests`' series by method, route and status, once counted (bounded: routes are

@@ -21,7 +21,7 @@ pub(super) struct TypeSeries {
     pub(super) queue_wait: Option<Histogram>,
     pub(super) run_time: Option<Histogram>,
     /// `outcomes` by status, in [`JobStatus::ALL`]'s order.
-    pub(super) outcomes: [Option<Counter>; 9],
+    pub(super) outcomes: [Option<Counter>; JobStatus::ALL.len()],
 }
 
 /// A request's series of one route: its method, its status and the counter.
@@ -43,7 +43,8 @@ pub(super) fn cached<'a, M: Clone, C: MetricConstructor<M>>(
 
 impl Metrics {
     /// Runs `f` with the label value of `job_type` (itself, or [`OTHER_TYPE`] once
-    /// [`MAX_TYPES`] types were seen) and the handles cached for it.
+    /// [`MAX_TYPES`] types were seen) and the handles cached for it. `f` runs under the types'
+    /// lock, which is not reentrant: it must not call back into `with_type` (or `type_label`).
     pub(super) fn with_type<R>(
         &self,
         job_type: &str,

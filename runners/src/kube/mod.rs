@@ -238,7 +238,12 @@ impl KubeRunner {
                         }
                     },
                 };
-                Client::try_from(cfg)
+                // Off the runtime's thread: building the client runs the kubeconfig's exec
+                // credential plugin (`aws eks get-token`, ...) as a blocking child process, and
+                // a worker on a single-thread runtime must keep renewing its leases meanwhile.
+                tokio::task::spawn_blocking(move || Client::try_from(cfg))
+                    .await
+                    .map_err(|e| RunnerError::Backend(format!("cannot build the client: {e}")))?
                     .map_err(|e| RunnerError::Backend(format!("cannot build the client: {e}")))
             })
             .await
