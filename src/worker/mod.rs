@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::{Notice, Store, StoreError};
+use crate::store::{Notice, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
@@ -481,52 +481,6 @@ impl Worker {
         };
         self.supervise(id, token, exec, reporter, limit, stop, reason, run)
             .await;
-    }
-
-    /// Gives back to the queue a job stopped at shutdown before its start was recorded (a
-    /// local job's start waits up to `worker.quick_exit_wait`), as a running one is: not left
-    /// STARTING under this worker's lease until it expires. A start still on its way to the
-    /// store lands first; if its finish went with it, the job has ended and stays so, and an
-    /// attempt that had `ended` by itself is finished with its outcome, not run again.
-    async fn release_unstarted(
-        &self,
-        id: Uuid,
-        token: u64,
-        record: Option<start::RecordTask>,
-        ended: Option<FinishOutcome>,
-    ) {
-        let started = match record {
-            None => false,
-            Some(task) => match task.await {
-                Ok(Ok((_, None))) => true,
-                Ok(Ok((_, Some(end)))) => {
-                    self.finished(end);
-                    return;
-                }
-                // Refused (cancelled meanwhile, or taken over): nothing to give back.
-                Ok(Err(e @ (StoreError::Transition(_) | StoreError::NotFound))) => {
-                    tracing::debug!(error = %e, "start refused");
-                    return;
-                }
-                // The store may or may not hold the start (unreachable, or the task failed):
-                // the release below, fenced by the token, settles it either way.
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "recording the start failed");
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording the start failed");
-                    false
-                }
-            },
-        };
-        if let (true, Some(outcome)) = (started, ended) {
-            return self.finish(id, token, outcome).await;
-        }
-        match self.store.apply(id, Command::Release { token }).await {
-            Ok(j) => crate::outcomes::log_change(&j),
-            Err(e) => tracing::debug!(error = %e, "release refused"),
-        }
     }
 
     /// Takes over live work found by the reaper (its worker died): runs it to its end under a
