@@ -89,7 +89,9 @@ async fn a_finish_offered_first_is_applied_after_the_start(s: Arc<dyn Store>) {
     let mut rx = s.subscribe();
     let (j, token) = claimed(&s).await;
     let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(Some(json!({"ok": 1})))));
+    assert!(slot
+        .offer(token, FinishOutcome::Success(Some(json!({"ok": 1}))))
+        .is_ok());
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot.clone())
         .await
@@ -124,7 +126,7 @@ async fn a_finish_offered_first_is_applied_after_the_start(s: Arc<dyn Store>) {
     use JobStatus::*;
     assert_eq!(seen, [Queued, Starting, Running, Success]);
     assert!(
-        !slot.offer(token, FinishOutcome::Success(None)),
+        slot.offer(token, FinishOutcome::Success(None)).is_err(),
         "the slot is closed"
     );
 }
@@ -139,7 +141,7 @@ async fn without_an_offer_only_the_start_is_applied_and_the_slot_closes(s: Arc<d
     assert_eq!(at_start.status, JobStatus::Running);
     assert!(end.is_none(), "nothing offered, nothing finished");
     assert!(
-        !slot.offer(token, FinishOutcome::Success(None)),
+        slot.offer(token, FinishOutcome::Success(None)).is_err(),
         "an offer after the start is refused: the worker records the finish on its own"
     );
     let stored = s.get(j.id).await.expect("get").expect("stored");
@@ -162,7 +164,7 @@ async fn a_refused_start_applies_no_finish(s: Arc<dyn Store>) {
     let (j, token) = claimed(&s).await;
     s.apply(j.id, Command::Cancel).await.expect("cancel");
     let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
     let e = s
         .apply_start(j.id, started(token), slot)
         .await
@@ -181,7 +183,9 @@ async fn a_refused_finish_leaves_the_start_stored(s: Arc<dyn Store>) {
     let (j, token) = claimed(&s).await;
     let slot = FinishSlot::new();
     // A finish under another lease's token is fenced off; the start stands.
-    assert!(slot.offer(token + 1000, FinishOutcome::Success(None)));
+    assert!(slot
+        .offer(token + 1000, FinishOutcome::Success(None))
+        .is_ok());
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot)
         .await
@@ -211,7 +215,7 @@ async fn a_cancel_racing_a_start_with_its_finish_never_ends_both(s: Arc<dyn Stor
         let mut rx = s.subscribe();
         let (j, token) = claimed(&s).await;
         let slot = FinishSlot::new();
-        assert!(slot.offer(token, FinishOutcome::Success(None)));
+        assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
         let (a, b) = (s.clone(), s.clone());
         let id = j.id;
         let cancel = tokio::spawn(async move { a.apply(id, Command::Cancel).await });
@@ -296,7 +300,7 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
     let s = redis_store(&r).await;
     let (j, token) = claimed(&s).await;
     let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
     let before = script_calls(&r.url).await;
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot)
@@ -365,7 +369,7 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
     let j = &claimed[0];
     let token = j.lease.as_ref().expect("a lease").token;
     let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
     let (_, end) = s
         .apply_start(j.id, started(token), slot)
         .await
@@ -405,7 +409,7 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
         .expect("claim");
     let token = v.pop().expect("claimed").lease.expect("a lease").token;
     let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
     let (_, end) = worker
         .apply_start(j.id, started(token), slot)
         .await
@@ -615,7 +619,7 @@ async fn redis_a_job_cancelled_between_its_claim_and_its_start_stays_cancelled()
     let cancelled = api.apply(j.id, Command::Cancel).await.expect("cancel");
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)));
+    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
     match w.apply_start(j.id, started(token), slot.clone()).await {
         Err(StoreError::Transition(_)) => {}
         other => panic!("the start of a cancelled job: {other:?}"),

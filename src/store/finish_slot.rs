@@ -32,15 +32,15 @@ impl FinishSlot {
         Arc::default()
     }
 
-    /// Leaves the finish of the attempt holding `token`; false when the start was already
-    /// applied (or another finish offered): then the finish must be recorded on its own.
-    pub fn offer(&self, token: u64, outcome: FinishOutcome) -> bool {
+    /// Leaves the finish of the attempt holding `token`; the outcome back when the start was
+    /// already applied (or another finish offered): then the finish must be recorded on its own.
+    pub fn offer(&self, token: u64, outcome: FinishOutcome) -> Result<(), FinishOutcome> {
         let mut s = self.0.lock();
         if !matches!(*s, Slot::Empty) {
-            return false;
+            return Err(outcome);
         }
         *s = Slot::Offered(Command::Finish { token, outcome });
-        true
+        Ok(())
     }
 
     /// The finish offered so far, if any (a [`Command::Finish`]); closes the slot. Called by the
@@ -78,9 +78,9 @@ mod tests {
     #[test]
     fn an_offer_is_taken_once_and_none_after_the_take() {
         let s = FinishSlot::new();
-        assert!(s.offer(7, FinishOutcome::Success(None)));
+        assert!(s.offer(7, FinishOutcome::Success(None)).is_ok());
         assert!(
-            !s.offer(7, FinishOutcome::Success(None)),
+            s.offer(7, FinishOutcome::Success(None)).is_err(),
             "one finish per slot"
         );
         assert!(matches!(s.take(), Some(Command::Finish { token: 7, .. })));
@@ -88,7 +88,7 @@ mod tests {
         let s = FinishSlot::new();
         assert!(s.take().is_none());
         assert!(
-            !s.offer(1, FinishOutcome::Success(None)),
+            s.offer(1, FinishOutcome::Success(None)).is_err(),
             "the start was applied: too late"
         );
     }

@@ -104,9 +104,11 @@ impl Worker {
                     // Its finish may go with its start only when everything it reported is
                     // stored (a finish is recorded after the job's last logs and progress).
                     let outcome = outcome_to_finish(o, kind);
-                    if !(reporter.is_idle() && finish.offer(token, outcome.clone())) {
-                        ended = Some(outcome);
-                    }
+                    ended = if reporter.is_idle() {
+                        finish.offer(token, outcome).err()
+                    } else {
+                        Some(outcome)
+                    };
                     if record.is_none() {
                         // The work has ended: nothing left to stop, so no task of its own.
                         break self.store.apply_start(id, started_cmd(), finish.clone()).await;

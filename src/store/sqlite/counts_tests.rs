@@ -91,7 +91,9 @@ async fn the_kept_counts_are_the_rows_counts_after_every_kind_of_write() {
     // A start with its finish: STARTING -> SUCCESS in one row write; a start alone.
     let token = |j: &Job| j.lease.as_ref().expect("lease").token;
     let slot = FinishSlot::new();
-    assert!(slot.offer(token(&claimed[0]), FinishOutcome::Success(None)));
+    assert!(slot
+        .offer(token(&claimed[0]), FinishOutcome::Success(None))
+        .is_ok());
     let started = |j: &Job| Command::Started {
         token: token(j),
         handle: None,

@@ -54,7 +54,7 @@ async fn submits_claims_and_starts_open_no_savepoint() {
     for job in claimed {
         let token = job.lease.as_ref().expect("a lease").token;
         let finish = FinishSlot::new();
-        assert!(finish.offer(token, FinishOutcome::Success(None)));
+        assert!(finish.offer(token, FinishOutcome::Success(None)).is_ok());
         let start = Command::Started {
             token,
             handle: None,
