@@ -28,11 +28,16 @@ fn free_port() -> u16 {
 }
 
 fn serve(config: &str) -> Serve {
+    serve_with_env(config, &[])
+}
+
+fn serve_with_env(config: &str, env: &[(&str, &str)]) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("runyard.toml");
     std::fs::write(&cfg, config).unwrap();
     let port = free_port();
     let child = Command::new(BIN)
+        .envs(env.iter().copied())
         .args(["serve", "--config"])
         .arg(&cfg)
         .arg("--data-dir")
@@ -928,4 +933,49 @@ fn worker_enabled_false_in_the_config_runs_no_worker() {
     std::thread::sleep(Duration::from_millis(1000));
     let st = json_doc(&cli(&s.url, &["status", &id, "--output", "json"]));
     assert_eq!(st["status"], "QUEUED", "{st}");
+}
+
+/// The names of a process's threads (`/proc/PID/task/*/comm`, at most 15 bytes each).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// `serve` on the embedded store with its worker, on up to 2 cores, runs the worker on a thread
+/// of its own (`runyard-worker`) beside a single-thread HTTP runtime; `TOKIO_WORKER_THREADS` set
+/// asks for tokio's multi-thread runtime with that many workers instead (a pod with its 2 vCPUs
+/// to itself), and the worker then shares its threads. A job runs either way.
+#[test]
+fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
+    let two_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2;
+    let s = serve(RUNNERS);
+    let names = thread_names(s.child.id());
+    assert_eq!(
+        names.iter().any(|n| n == "runyard-worker"),
+        two_cores,
+        "threads: {names:?}"
+    );
+    drop(s);
+
+    let s = serve_with_env(RUNNERS, &[("TOKIO_WORKER_THREADS", "3")]);
+    let names = thread_names(s.child.id());
+    assert!(
+        !names.iter().any(|n| n == "runyard-worker"),
+        "threads: {names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .filter(|n| *n == "tokio-rt-worker" || *n == "tokio-runtime-w")
+            .count()
+            >= 3,
+        "three runtime workers: {names:?}"
+    );
+    let out = cli(&s.url, &["submit", "sh.ok", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["status"], "SUCCESS", "{job}");
 }

@@ -259,7 +259,10 @@ pub fn main() -> ExitCode {
     // added wake-ups (docs/benchmarks.md "Session 14: redis": about a quarter of the worker
     // nodes' CPU per job with one producer). The API keeps its threads (on one thread, batch
     // submits measured slower).
-    let few_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2;
+    // `TOKIO_WORKER_THREADS` set asks for tokio's multi-thread runtime with that many workers
+    // (tokio reads it), e.g. a worker pod on 2 vCPUs that has them to itself.
+    let few_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2
+        && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
     let single = few_cores
         && match (&cli.command, &server_config) {
             (Cmd::Serve(a), Some(Ok(c))) if c.redis.is_none() => c.worker.enabled && !a.no_worker,
