@@ -261,9 +261,9 @@ pub fn main() -> ExitCode {
     // submits measured slower).
     // `TOKIO_WORKER_THREADS` set asks for tokio's multi-thread runtime with that many workers
     // (tokio reads it), e.g. a worker pod on 2 vCPUs that has them to itself.
-    let few_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2
+    let one_thread_fits = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2
         && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
-    let single = few_cores
+    let single = one_thread_fits
         && match (&cli.command, &server_config) {
             (Cmd::Serve(a), Some(Ok(c))) if c.redis.is_none() => c.worker.enabled && !a.no_worker,
             (Cmd::Worker(_), Some(Ok(_))) => true,

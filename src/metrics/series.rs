@@ -27,6 +27,14 @@ pub(super) struct TypeSeries {
 /// A request's series of one route: its method, its status and the counter.
 pub(super) type HttpSeries = (&'static str, u16, Counter);
 
+/// Where `status` stands in [`JobStatus::ALL`] (the arrays of handles by status follow it).
+fn status_index(status: JobStatus) -> usize {
+    JobStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(0)
+}
+
 /// The labels `type=label`.
 pub(super) fn type_labels(label: &str) -> Labels {
     vec![("type", label.to_string())]
@@ -63,8 +71,7 @@ impl Metrics {
     }
 
     pub(super) fn transition(&self, to: JobStatus) {
-        let i = JobStatus::ALL.iter().position(|s| *s == to).unwrap_or(0);
-        self.by_status[i]
+        self.by_status[status_index(to)]
             .get_or_init(|| {
                 self.transitions
                     .get_or_create(&vec![("status", to.as_str().to_string())])
@@ -147,11 +154,7 @@ impl Metrics {
                     .inc();
             }
             if outcome {
-                let i = JobStatus::ALL
-                    .iter()
-                    .position(|x| *x == job.status)
-                    .unwrap_or(0);
-                s.outcomes[i]
+                s.outcomes[status_index(job.status)]
                     .get_or_insert_with(|| {
                         let mut l = type_labels(label);
                         l.push(("outcome", job.status.as_str().to_ascii_lowercase()));
