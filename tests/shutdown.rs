@@ -23,6 +23,23 @@ async fn stored(store: &Arc<dyn Store>, id: &str) -> runyard::job::Job {
         .expect("job exists")
 }
 
+/// Stops the server and checks that job `id` was given back by the stop: QUEUED with no lease
+/// when `stop()` returned, and, read back through a new server without a worker, QUEUED with its
+/// attempt recorded as released (not failed). Returns the job as read back.
+async fn stop_and_read_given_back(ts: &mut TestServer, id: &str) -> Value {
+    let store = ts.running().app.store.clone();
+    ts.stop().await;
+    let job = stored(&store, id).await;
+    assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
+    assert!(job.lease.is_none(), "{job:#?}");
+    drop(store);
+    ts.restart(false).await;
+    let job = ts.get_job(id).await;
+    assert_eq!(status_of(&job), "QUEUED", "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "RELEASED", "{job:#}");
+    job
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_finishes_within_the_shutdown_grace() {
     // The job cannot end before the gate opens, and the gate opens only once stop() has begun.
@@ -94,18 +111,7 @@ types = ["long.*"]
     .await;
     let id = ts.submit_ok(json!({"type": "long.job"})).await;
     ts.wait_status(&id, "RUNNING", WAIT).await;
-    let store = ts.running().app.store.clone();
-    ts.stop().await;
-    let job = stored(&store, &id).await;
-    assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
-    assert!(job.lease.is_none(), "{job:#?}");
-    drop(store);
-
-    // Given back: QUEUED, its attempt recorded as released, not failed.
-    ts.restart(false).await;
-    let job = ts.get_job(&id).await;
-    assert_eq!(status_of(&job), "QUEUED", "{job:#}");
-    assert_eq!(job["runs"][0]["outcome"], "RELEASED", "{job:#}");
+    let job = stop_and_read_given_back(&mut ts, &id).await;
     assert_eq!(job["worker"], Value::Null, "no lease is left: {job:#}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
@@ -148,17 +154,7 @@ command = ["/bin/sh", "-c", "sleep 30"]
     .await;
     let id = ts.submit_ok(json!({"type": "slow.job"})).await;
     ts.wait_status(&id, "STARTING", WAIT).await;
-    let store = ts.running().app.store.clone();
-    ts.stop().await;
-    let job = stored(&store, &id).await;
-    assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
-    assert!(job.lease.is_none(), "{job:#?}");
-    drop(store);
-
-    ts.restart(false).await;
-    let job = ts.get_job(&id).await;
-    assert_eq!(status_of(&job), "QUEUED", "{job:#}");
-    assert_eq!(job["runs"][0]["outcome"], "RELEASED", "{job:#}");
+    let job = stop_and_read_given_back(&mut ts, &id).await;
     assert_eq!(job["attempt"], 1, "{job:#}");
     ts.stop().await;
 }
