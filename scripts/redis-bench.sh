@@ -10,7 +10,8 @@
 # PERF, PERF_API, PERF_WORKER (files: perf profiles of redis-server, the API, the first worker
 # during the bench; for the API and the worker PERF_F sets the frequency, default 999, and
 # PERF_CG the call graph option, default -g, e.g. "--call-graph dwarf,32768"). Prints the CPU time of
-# redis-server, the API and each worker over the whole run (start-up and warm-up included).
+# redis-server, the API and each worker over the whole run (start-up and warm-up included), and
+# the bench client's (`bench client: X s of cpu`).
 set -euo pipefail
 workers=${1:-1}
 shift || true
@@ -65,7 +66,9 @@ if [ -n "${PERF_WORKER:-}" ]; then
   perf record -q -F ${PERF_F:-999} ${PERF_CG:--g} -o "$PERF_WORKER" -p "${pids[2]}" 2>/dev/null &
   perf_pids+=($!)
 fi
-"$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
+# The bench client's own CPU time is taken too (printed at the end, for scripts/compare).
+python3 "$(dirname "${BASH_SOURCE[0]}")/compare/cpu.py" run "$dir/client-cpu" \
+  "$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
 for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
 echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
@@ -78,3 +81,5 @@ for i in $(seq "$workers"); do
   pid=${pids[$((i + 1))]}
   echo "worker $i peak RSS: $(grep VmHWM /proc/$pid/status 2>/dev/null | awk '{print $2 " " $3}'), cpu: $(cpu "$pid")"
 done
+# Not in the "cpu: X s" form that A/B scripts sum (redis-server, the API, the workers).
+echo "bench client: $(cat "$dir/client-cpu") s of cpu"

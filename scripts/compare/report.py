@@ -9,6 +9,7 @@ Celery producer's JSON line, the spawn ceiling's, or `runyard bench --http-ceili
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -34,6 +35,12 @@ def record(system, store, shape, rep):
         )
     else:
         row.update({k: v for k, v in raw.items() if k not in ("system", "shape")})
+    # run.sh's CPU_S: the CPU seconds of the system's processes over the run (see run.sh), plus
+    # what a BullMQ or Celery producer reported of its own (`cpu_s`); CPU_JOBS the jobs they ran.
+    cpu, jobs = os.environ.get("CPU_S"), os.environ.get("CPU_JOBS")
+    if cpu and jobs:
+        row["cpu_s"] = float(cpu) + float(raw.get("cpu_s") or 0)
+        row["cpu_jobs"] = int(jobs)
     print(json.dumps(row))
 
 
@@ -45,6 +52,7 @@ LABELS = {
     "true": "/bin/true jobs/s (32 in flight, 16 at a time)",
 }
 COLUMNS = [("runyard", "embedded"), ("runyard", "redis"), ("bullmq", "redis"), ("celery", "redis")]
+CPU_SHAPES = ("sequential", "inflight", "batch")
 
 
 def adjacent_shares(by, system):
@@ -137,6 +145,41 @@ def table(path, svg=None):
                 f"HTTP ceiling, {LABELS[shape].split(',')[0]} (a bare HTTP server answering 202 without a store, "
                 f"runyard bench's client): {c[0]:,.0f} requests/s (n={c[1]}){of_it}."
             )
+    # CPU per job: every process of the system (producer, server or API, workers, redis-server);
+    # what each side's figure covers is in run.sh's header.
+    def cpu_med(system, store, shape):
+        vals = [
+            r["cpu_s"] * 1e6 / r["cpu_jobs"]
+            for r in by.get((system, store, shape), [])
+            if r.get("cpu_s") and r.get("cpu_jobs")
+        ]
+        return (statistics.median(vals), len(vals), min(vals), max(vals)) if vals else None
+
+    cpu_rows, have_cpu = [], False
+    for shape in CPU_SHAPES:
+        cells, vals = [], {}
+        for system, store in COLUMNS:
+            m = cpu_med(system, store, shape)
+            vals[(system, store)] = m[0] if m else None
+            have_cpu = have_cpu or m is not None
+            cells.append(f"{m[0]:,.0f} ({m[2]:,.0f}-{m[3]:,.0f}, n={m[1]})" if m else "-")
+        b = vals[("bullmq", "redis")]
+        ratios = [
+            f"{b / vals[('runyard', store)]:.2f}x" if b and vals[("runyard", store)] else "-"
+            for store in ("embedded", "redis")
+        ]
+        cpu_rows.append(f"| {LABELS[shape].split(',')[0]} | " + " | ".join(cells) + f" | {', '.join(ratios)} |")
+    if have_cpu:
+        out.append("")
+        out.append(
+            "CPU per job, µs (user + system of every process of the system: producer, server or API, "
+            "workers, redis-server; runyard's start-up and warm-up included, BullMQ's and Celery's "
+            "not: see scripts/compare/run.sh; lower is better):"
+        )
+        out.append("")
+        out.append("| load | runyard embedded | runyard Redis (2 workers) | BullMQ | Celery | BullMQ's CPU per job / runyard's (embedded, Redis) |")
+        out.append("| --- | --- | --- | --- | --- | --- |")
+        out += cpu_rows
     if any(system == "runyard-base" for system, _, _ in by):
         # RUNYARD_BASE: this build against an older one, interleaved in the same run.
         out.append("")

@@ -22,6 +22,16 @@
 # same client), so the report can say what share of a bare round trip each system keeps.
 # Every run has its own redis-server on a free loopback port (no persistence: BullMQ's and
 # Celery's usual setup; runyard on Redis gets the same), killed at the end by pid.
+# CPU per job (user + system time of every process of a system; the report's second table, for
+# sequential, inflight and batch), taken with scripts/compare/cpu.py:
+#   runyard embedded  `runyard bench` with its server, over the whole run (start-up and the 200
+#                     warm-up jobs included), per job of the run and of the warm-up
+#   runyard on Redis  redis-server, the API, both worker nodes and the bench client, the same
+#                     (as scripts/redis-bench.sh prints them)
+#   BullMQ, Celery    from the end of the warm-up to the end of the run: the producer's own CPU
+#                     over its run (it reports it), the two workers' (with Celery's pool
+#                     processes) and the shared redis-server's, per job of the run. Their Node
+#                     and Python start-ups (hundreds of ms each) are left out; runyard's are not.
 # Needs: cargo, node + npm (registry), python3 + pip (PyPI), redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -70,12 +80,21 @@ fi
 
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$out/redis.log" 2>&1 &
-pids+=($!)
+redis_pid=$!
+pids+=($redis_pid)
 for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
 export COMPARE_REDIS_PORT=$rport
 
-record() { # system store shape rep <json on stdin>
+record() { # system store shape rep <json on stdin>; env CPU_S, CPU_JOBS: see report.py record
   python3 scripts/compare/report.py record "$1" "$2" "$3" "$4" >>"$results"
+}
+cpu_run() { python3 scripts/compare/cpu.py run "$@"; }   # FILE CMD...: CMD's CPU time into FILE
+cpu_tree() { python3 scripts/compare/cpu.py tree "$@"; } # PID...: their CPU time so far
+add() { python3 -c "import sys; print(f'{sum(float(x) for x in sys.argv[1:]):.3f}')" "$@"; }
+sub() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$1" "$2"; }
+shape_n() { # shape -> its job count
+  case $1 in sequential) echo "$N_SEQ" ;; inflight) echo "$N_INF" ;; batch) echo "$N_BATCH" ;;
+    idle) echo "$N_IDLE" ;; true) echo "$N_TRUE" ;; esac
 }
 
 runyard_flags() { # shape -> runyard bench flags
@@ -91,8 +110,10 @@ runyard_flags() { # shape -> runyard bench flags
 
 run_runyard_embedded() { # shape rep [binary system-name]
   # shellcheck disable=SC2046
-  RUNYARD_LOG=warn "${3:-$bin}" bench --json --warmup 200 $(runyard_flags "$1") >"$out/last.json"
-  record "${4:-runyard}" embedded "$1" "$2" <"$out/last.json"
+  RUNYARD_LOG=warn cpu_run "$out/cpu" "${3:-$bin}" bench --json --warmup 200 $(runyard_flags "$1") \
+    >"$out/last.json"
+  CPU_S=$(cat "$out/cpu") CPU_JOBS=$(( $(shape_n "$1") + 200 )) \
+    record "${4:-runyard}" embedded "$1" "$2" <"$out/last.json"
 }
 
 run_runyard_redis() { # shape rep [binary system-name]
@@ -100,7 +121,9 @@ run_runyard_redis() { # shape rep [binary system-name]
   # shellcheck disable=SC2046
   RUNYARD="${3:-$bin}" scripts/redis-bench.sh 2 --json --warmup 200 \
     $(runyard_flags "$1" | sed 's/--local-concurrency [0-9]*//') >"$out/last.json" 2>"$out/redis-bench.log"
-  record "${4:-runyard}" redis "$1" "$2" <"$out/last.json"
+  # Its processes' CPU as it prints them: redis-server, the API, each worker, the bench client.
+  CPU_S=$(add $(grep -oE '(cpu: [0-9.]+ s|[0-9.]+ s of cpu)' "$out/last.json" | grep -oE '[0-9.]+')) \
+    CPU_JOBS=$(( $(shape_n "$1") + 200 )) record "${4:-runyard}" redis "$1" "$2" <"$out/last.json"
 }
 
 # RUNYARD_BASE=binary: an older build runs every shape too, in the same rotation, recorded as
@@ -128,22 +151,29 @@ stop_workers() {
   for p in "${wp[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 
+# BullMQ and Celery: the workers' and the shared redis-server's CPU from the end of the warm-up
+# (`cpu_mark`) to the end of the run; the producer adds its own (`cpu_s` in its JSON line).
+cpu_mark() { r0=$(cpu_tree "$redis_pid"); w0=$(cpu_tree "${wp[@]}"); }
+cpu_since_mark() {
+  add "$(sub "$(cpu_tree "$redis_pid")" "$r0")" "$(sub "$(cpu_tree "${wp[@]}")" "$w0")"
+}
+
 run_bullmq() { # shape rep
   local n
-  case $1 in sequential) n=$N_SEQ ;; inflight) n=$N_INF ;; batch) n=$N_BATCH ;; idle) n=$N_IDLE ;; true) n=$N_TRUE ;; esac
+  n=$(shape_n "$1")
   local extra=""
   case $1 in inflight|true) extra=32 ;; idle) extra=50 ;; esac
   node scripts/compare/bullmq/bench.mjs compare "$rport" "$1" "$n" $extra >"$out/last.json"
-  record bullmq redis "$1" "$2" <"$out/last.json"
+  CPU_S=$(cpu_since_mark) CPU_JOBS=$n record bullmq redis "$1" "$2" <"$out/last.json"
 }
 
 run_celery() { # shape rep
   local n
-  case $1 in sequential) n=$N_SEQ ;; inflight) n=$N_INF ;; batch) n=$N_BATCH ;; idle) n=$N_IDLE ;; true) n=$N_TRUE ;; esac
+  n=$(shape_n "$1")
   local extra=""
   case $1 in inflight|true) extra=32 ;; idle) extra=50 ;; esac
   "$venv/bin/python" scripts/compare/celery/bench.py "$1" "$n" $extra >"$out/last.json"
-  record celery redis "$1" "$2" <"$out/last.json"
+  CPU_S=$(cpu_since_mark) CPU_JOBS=$n record celery redis "$1" "$2" <"$out/last.json"
 }
 
 spawn_ceiling() { # rep [store]: two parallel shell loops of /bin/true
@@ -182,10 +212,10 @@ for rep in $(seq "$REPS"); do
         # (this also waits until the worker processes are up).
         bullmq) start_workers bullmq
           node scripts/compare/bullmq/bench.mjs compare "$rport" sequential 200 >/dev/null
-          run_bullmq "$shape" "$rep"; stop_workers ;;
+          cpu_mark; run_bullmq "$shape" "$rep"; stop_workers ;;
         celery) start_workers celery
           "$venv/bin/python" scripts/compare/celery/bench.py sequential 200 >/dev/null
-          run_celery "$shape" "$rep"; stop_workers ;;
+          cpu_mark; run_celery "$shape" "$rep"; stop_workers ;;
         # The spawn ceiling swings by minutes on this VM: for runyard's own local runs it is
         # also measured right before and right after, and the report pairs them by repetition.
         runyard_embedded|base_embedded)

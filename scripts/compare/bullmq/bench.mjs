@@ -23,6 +23,7 @@ async function add(i) {
 }
 
 const t0 = now();
+const cpu0 = process.cpuUsage(); // this process's CPU over the run (scripts/compare's CPU table)
 if (shape === "sequential") {
   for (let i = 0; i < n; i++) await add(i);
 } else if (shape === "inflight" || shape === "true") {
@@ -77,6 +78,7 @@ for (let start = 0; start < n; start += 1000) {
 lat.sort((a, b) => a - b);
 const pct = (p) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] : null);
 const e2eSecs = (last - t0) / 1000;
+const cpu = process.cpuUsage(cpu0);
 console.log(
   JSON.stringify({
     system: "bullmq",
@@ -86,6 +88,7 @@ console.log(
     e2e_rate: n / e2eSecs,
     start_p50_ms: pct(50),
     start_p99_ms: pct(99),
+    cpu_s: (cpu.user + cpu.system) / 1e6,
   }),
 );
 await queue.obliterate({ force: true });

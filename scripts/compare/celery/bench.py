@@ -21,6 +21,7 @@ def main():
     task = true if shape == "true" else noop
     r = _redis()
     t0 = time.time()
+    cpu0 = time.process_time()  # this process's CPU over the run (scripts/compare's CPU table)
     if shape == "sequential":
         for _ in range(n):
             task.delay(run, time.time())
@@ -69,6 +70,7 @@ def main():
         "system": "celery", "shape": shape, "jobs": n,
         "submit_rate": n / submit_secs, "e2e_rate": n / (last - t0),
         "start_p50_ms": pct(50), "start_p99_ms": pct(99),
+        "cpu_s": time.process_time() - cpu0,
     }))
 
 
