@@ -947,11 +947,19 @@ fn thread_names(pid: u32) -> Vec<String> {
 /// `serve` on the embedded store with its worker, on up to 2 cores, runs the worker on a thread
 /// of its own (`runyard-worker`) beside a single-thread HTTP runtime; `TOKIO_WORKER_THREADS` set
 /// asks for tokio's multi-thread runtime with that many workers instead (a pod with its 2 vCPUs
-/// to itself), and the worker then shares its threads. A job runs either way.
+/// to itself), and the worker then shares its threads. A job runs either way. The threads are
+/// read once a job has run: the port answers before the worker (and its thread) has started.
 #[test]
 fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
     let two_cores = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2;
+    let run_one = |url: &str| {
+        let out = cli(url, &["submit", "sh.ok", "--wait"]);
+        assert!(out.status.success(), "{out:?}");
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+    };
     let s = serve(RUNNERS);
+    run_one(&s.url);
     let names = thread_names(s.child.id());
     assert_eq!(
         names.iter().any(|n| n == "runyard-worker"),
@@ -961,6 +969,7 @@ fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
     drop(s);
 
     let s = serve_with_env(RUNNERS, &[("TOKIO_WORKER_THREADS", "3")]);
+    run_one(&s.url);
     let names = thread_names(s.child.id());
     assert!(
         !names.iter().any(|n| n == "runyard-worker"),
@@ -974,8 +983,4 @@ fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
             >= 3,
         "three runtime workers: {names:?}"
     );
-    let out = cli(&s.url, &["submit", "sh.ok", "--wait"]);
-    assert!(out.status.success(), "{out:?}");
-    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(job["status"], "SUCCESS", "{job}");
 }
