@@ -16,6 +16,9 @@ use crate::job::Event;
 use crate::store::tail::TailReader;
 use crate::store::{Result, StoreError};
 
+/// Stream entries as `XRANGE`/`XREVRANGE` answer them: ids and their fields.
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
 /// A reader of the global event stream (see the module docs).
 pub struct EventTail {
     client: ::redis::Client,
@@ -38,7 +41,7 @@ impl RedisStore {
     /// The id of the newest event of the global stream (`0-0` when there is none).
     pub(super) async fn newest_event_id(&self) -> Result<String> {
         let key = self.key("ev");
-        let last: Vec<(String, Vec<(String, String)>)> = self
+        let last: Entries = self
             .exec(true, |mut c| {
                 let key = key.clone();
                 async move {
@@ -83,15 +86,14 @@ impl EventTail {
     pub async fn newest_id(&mut self) -> Result<String> {
         let key = self.key.clone();
         let conn = self.conn(Duration::from_secs(1)).await?;
-        let last: std::result::Result<Vec<(String, Vec<(String, String)>)>, _> =
-            ::redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(conn)
-                .await;
+        let last: std::result::Result<Entries, _> = ::redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await;
         match last {
             Ok(l) => Ok(l
                 .into_iter()
