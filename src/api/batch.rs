@@ -17,6 +17,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::error::{ApiError, ApiResult};
 use super::jobs::SubmitAnswer;
@@ -58,8 +59,10 @@ pub async fn submit_batch(
     if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
         && st.app.config.redis.is_some()
     {
+        // In the request's span, so its logs keep the request's fields.
+        let span = tracing::Span::current();
         return tokio::task::spawn_blocking(move || {
-            rt.block_on(submit_batch_here(st, headers, bytes))
+            rt.block_on(submit_batch_here(st, headers, bytes).instrument(span))
         })
         .await
         .unwrap_or_else(|e| {
