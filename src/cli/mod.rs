@@ -258,7 +258,7 @@ pub fn main() -> ExitCode {
     // cores (redis-server, the API, the other nodes), and its runtime's second thread only
     // added wake-ups (docs/benchmarks.md "Session 14: redis": about a quarter of the worker
     // nodes' CPU per job with one producer). The API node on Redis (`serve --no-worker`) too:
-    // about a sixth of its CPU per job; a batch submit's work runs on the blocking pool there,
+    // about a fifth of its CPU per job; a batch submit's work runs on the blocking pool there,
     // not on the one thread that answers everything else (docs/benchmarks.md "Session 15:
     // redis (the API node)").
     // `TOKIO_WORKER_THREADS` set asks for tokio's multi-thread runtime with that many workers
