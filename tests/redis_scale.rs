@@ -12,6 +12,8 @@
 //! - `a_dead_claimers_reservation_is_requeued`: a claim picked but never saved is not lost.
 //! - `on_two_cores_a_worker_node_works_on_its_main_thread`: the runtime of `runyard worker` on
 //!   up to 2 cores.
+//! - `on_two_cores_the_api_node_answers_on_its_main_thread_and_batches_off_it`: the runtime of
+//!   `serve --no-worker` on up to 2 cores, and where a batch submit's work runs.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
 //! the test dies first).
@@ -954,6 +956,68 @@ async fn on_two_cores_a_worker_node_works_on_its_main_thread() {
         assert!(
             main * 2 < all,
             "the worker node: on {cores} cores the multi-thread runtime's workers do the work ({main} of {all})"
+        );
+    }
+}
+
+/// On a machine of up to 2 cores the API node on Redis (`serve --no-worker`) answers on one
+/// thread, its main one: it shares the cores with redis-server and the worker nodes, and the
+/// multi-thread runtime's second thread only cost wake-ups (docs/benchmarks.md "Session 15:
+/// redis (the API node)"). A batch submit's work (parsing, checks, writes, answer) runs on a
+/// thread of the blocking pool, so the main thread keeps answering. Every submit is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_cores_the_api_node_answers_on_its_main_thread_and_batches_off_it() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    let api = cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let pid = cl.procs[api].pid();
+    // Single submits (no worker node: the jobs wait in the queue).
+    let n = 3000;
+    let bodies = (0..n)
+        .map(|_| json!({"type": "runyard.sleep", "args": {"ms": 0}}))
+        .collect();
+    let (ids, refused) = submit_all(&http, &cl.url(), bodies, 4).await;
+    assert_eq!((ids.len(), refused), (n, 0), "{}", cl.logs());
+    let (main, all) = (thread_ticks(pid, pid), process_ticks(pid));
+    assert!(all > 0, "the API node used no CPU time");
+    // Batches of 1,000.
+    for b in 0..20 {
+        let jobs: Vec<Value> = (0..1000)
+            .map(|_| json!({"type": "runyard.sleep", "args": {"ms": 0}}))
+            .collect();
+        let r = http
+            .post(format!("{}/async/jobs/batch", cl.url()))
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "batch {b}\n{}", cl.logs());
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (v["accepted"].as_u64(), v["failed"].as_u64()),
+            (Some(1000), Some(0)),
+            "{v}"
+        );
+    }
+    let (batch_main, batch_all) = (thread_ticks(pid, pid) - main, process_ticks(pid) - all);
+    assert!(batch_all > 0, "the batches used no CPU time");
+    if cores <= 2 {
+        assert!(
+            main * 10 >= all * 6,
+            "the API node: its main thread did {main} of its {all} ticks of CPU: it should answer"
+        );
+        assert!(
+            batch_main * 2 < batch_all,
+            "the API node: its main thread did {batch_main} of the batches' {batch_all} ticks: \
+             a batch's work should run off it"
+        );
+    } else {
+        assert!(
+            main * 2 < all,
+            "the API node: on {cores} cores the multi-thread runtime's workers answer ({main} of {all})"
         );
     }
 }

@@ -257,8 +257,10 @@ pub fn main() -> ExitCode {
     // Redis) on up to 2 cores runs on one thread: it is one of several processes sharing the
     // cores (redis-server, the API, the other nodes), and its runtime's second thread only
     // added wake-ups (docs/benchmarks.md "Session 14: redis": about a quarter of the worker
-    // nodes' CPU per job with one producer). The API keeps its threads (on one thread, batch
-    // submits measured slower).
+    // nodes' CPU per job with one producer). The API node on Redis (`serve --no-worker`) too:
+    // about a fifth of its CPU per job; a batch submit's work runs on the blocking pool there,
+    // not on the one thread that answers everything else (docs/benchmarks.md "Session 15:
+    // redis (the API node)").
     // `TOKIO_WORKER_THREADS` set asks for tokio's multi-thread runtime with that many workers
     // (tokio reads it), e.g. a worker pod on 2 vCPUs that has them to itself.
     let one_thread_fits = std::thread::available_parallelism().map_or(1, |n| n.get()) <= 2
@@ -267,6 +269,9 @@ pub fn main() -> ExitCode {
         && match (&cli.command, &server_config) {
             (Cmd::Serve(a), Some(Ok(c))) if c.redis.is_none() => c.worker.enabled && !a.no_worker,
             (Cmd::Worker(_), Some(Ok(_))) => true,
+            // The API alone on Redis (`serve --no-worker`): a batch's work goes to the
+            // blocking pool (`api/batch.rs`).
+            (Cmd::Serve(a), Some(Ok(c))) if c.redis.is_some() => a.no_worker || !c.worker.enabled,
             _ => false,
         };
     let rt = if single {

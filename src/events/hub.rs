@@ -171,6 +171,11 @@ impl Hub {
         }
     }
 
+    /// Whether no stream is open on this node.
+    fn idle(&self) -> bool {
+        self.chans.lock().open == 0
+    }
+
     /// Whether a stream open now receives the events of `channel` (its own ring, or the global
     /// stream's).
     fn listens(&self, channel: &str) -> bool {
@@ -261,7 +266,7 @@ impl Drop for Subscription {
 /// tail ([`crate::store::EventTail`]: on Redis every node sees every node's commits).
 pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationToken) {
     // Open the tail before reading the start, so no commit in between is missed.
-    let mut tail = match store.clone().event_tail() {
+    let tail = match store.clone().event_tail() {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "event tail: cannot open; live events off");
@@ -269,7 +274,7 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
         }
     };
     let mut delay = Duration::from_millis(100);
-    let mut cursor = loop {
+    let cursor = loop {
         match store.last_event_id().await {
             Ok(c) => break c,
             Err(e) => {
@@ -283,12 +288,41 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
             }
         }
     };
+    follow_tail(hub, tail, cursor, stop).await;
+}
+
+/// [`tail_loop`] once the tail is open and its start (`cursor`) read.
+async fn follow_tail(
+    hub: Arc<Hub>,
+    mut tail: Box<dyn crate::store::tail::TailReader>,
+    mut cursor: Option<String>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
     let mut failing = false;
     // Only the events a stream listens to now are taken (the embedded store's tail then copies
     // no other event out of the writer's batches); the others are replayed from the store by a
     // stream that opens later, as for `frames_of`.
     let keep = |e: &crate::job::Event| hub.listens(&e.channel_id);
     loop {
+        // No stream open here: move the cursor to the newest event instead of reading what
+        // nobody here listens to (when the store can tell it cheaply: Redis). The newest id is
+        // read *before* the check, so a stream that opens after the check replays from the
+        // store everything up to it (it subscribes before it replays, `follow.rs`), and one
+        // that opened before it keeps the tail reading from where it was.
+        if hub.idle() {
+            let newest = tokio::select! {
+                r = tail.newest() => r,
+                _ = stop.cancelled() => return,
+            };
+            if let Ok(Some(id)) = newest {
+                if hub.idle() {
+                    cursor = Some(id);
+                    idle_pace(&hub, &stop).await;
+                    continue;
+                }
+            }
+        }
         let page = tokio::select! {
             r = tail.read_kept(cursor.as_deref(), Duration::from_secs(1), TAIL_PAGE, &keep) => r,
             _ = stop.cancelled() => return,
@@ -415,6 +449,80 @@ mod tests {
         fn read_on_when_behind(&self) -> bool {
             self.0
         }
+    }
+
+    /// A tail whose log ends at `newest`, with one event after it: reports each call.
+    struct Skipping {
+        newest: &'static str,
+        calls: tokio::sync::mpsc::UnboundedSender<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::tail::TailReader for Skipping {
+        async fn read(
+            &mut self,
+            after: Option<&str>,
+            _: Duration,
+            _: usize,
+        ) -> crate::store::Result<Vec<crate::job::Event>> {
+            let _ = self.calls.send(format!("read after {after:?}"));
+            // The event committed after the newest one (once), then nothing for a while.
+            if after == Some(self.newest) {
+                return Ok(vec![event(6, "a")]);
+            }
+            std::future::pending::<()>().await;
+            Ok(vec![])
+        }
+        async fn newest(&mut self) -> crate::store::Result<Option<String>> {
+            let _ = self.calls.send("newest".into());
+            Ok(Some(self.newest.into()))
+        }
+        fn read_on_when_behind(&self) -> bool {
+            false
+        }
+    }
+
+    /// With no stream open, the tail reads no event (it moves its cursor to the newest one);
+    /// a stream that opens then gets the events committed after that from the tail, and those
+    /// before from its replay (`follow.rs`: it subscribes before it replays).
+    #[tokio::test]
+    async fn an_idle_tail_skips_to_the_newest_event_and_reads_on_from_there() {
+        let hub = Hub::new(8, 8, 8);
+        let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
+        let tail = Box::new(Skipping {
+            newest: "5",
+            calls: tx,
+        });
+        let stop = CancellationToken::new();
+        let t = tokio::spawn(follow_tail(
+            hub.clone(),
+            tail,
+            Some("1".into()),
+            stop.clone(),
+        ));
+        // Two idle rounds: the newest id each time, no read.
+        assert_eq!(calls.recv().await.as_deref(), Some("newest"));
+        assert_eq!(calls.recv().await.as_deref(), Some("newest"));
+        let mut sub = hub.subscribe(Some("a")).unwrap();
+        let first_read = loop {
+            match calls.recv().await {
+                Some(c) if c == "newest" => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(
+            first_read.as_deref(),
+            Some("read after Some(\"5\")"),
+            "the tail reads on from the newest event it saw while idle, not from its start"
+        );
+        let f = sub
+            .rx
+            .recv()
+            .await
+            .expect("the event after the newest reaches the stream");
+        assert_eq!(f.id.0, 6);
+        stop.cancel();
+        let _ = t.await;
     }
 
     fn event(id: u64, channel: &str) -> crate::job::Event {

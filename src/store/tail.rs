@@ -28,6 +28,13 @@ pub trait TailReader: Send {
     fn read_on_when_behind(&self) -> bool {
         true
     }
+    /// The id of the newest event of the global stream now, when the reader can tell it
+    /// cheaply; `None` otherwise (the default). While no stream is open on this process the
+    /// follower moves its cursor there instead of reading and parsing events nobody here
+    /// listens to (`src/events/hub.rs`): a stream that opens later replays from the store.
+    async fn newest(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// [`TailReader::read`] keeping only the events `keep` accepts (and every `resync`), with
     /// the id of the last event read, kept or not (the next cursor), and how many were read. A
     /// reader that holds the writer's events in memory (the embedded store) copies only those

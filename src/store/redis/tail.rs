@@ -16,6 +16,9 @@ use crate::job::Event;
 use crate::store::tail::TailReader;
 use crate::store::{Result, StoreError};
 
+/// Stream entries as `XRANGE`/`XREVRANGE` answer them: ids and their fields.
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
 /// A reader of the global event stream (see the module docs).
 pub struct EventTail {
     client: ::redis::Client,
@@ -38,7 +41,7 @@ impl RedisStore {
     /// The id of the newest event of the global stream (`0-0` when there is none).
     pub(super) async fn newest_event_id(&self) -> Result<String> {
         let key = self.key("ev");
-        let last: Vec<(String, Vec<(String, String)>)> = self
+        let last: Entries = self
             .exec(true, |mut c| {
                 let key = key.clone();
                 async move {
@@ -62,6 +65,48 @@ impl RedisStore {
 }
 
 impl EventTail {
+    /// The tail's own connection, made on first use (`block`: the longest read it serves).
+    async fn conn(&mut self, block: Duration) -> Result<&mut MultiplexedConnection> {
+        if self.conn.is_none() {
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Duration::from_secs(2))
+                .set_response_timeout(block + Duration::from_secs(5));
+            let c = self
+                .client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("just made"))
+    }
+
+    /// The id of the newest event of the global stream (`0-0` when there is none), on the
+    /// tail's connection. An error drops the connection.
+    pub async fn newest_id(&mut self) -> Result<String> {
+        let key = self.key.clone();
+        let conn = self.conn(Duration::from_secs(1)).await?;
+        let last: std::result::Result<Entries, _> = ::redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await;
+        match last {
+            Ok(l) => Ok(l
+                .into_iter()
+                .next()
+                .map(|(id, _)| id)
+                .unwrap_or_else(|| "0-0".into())),
+            Err(e) => {
+                self.conn = None;
+                Err(StoreError::Unavailable(format!("redis XREVRANGE: {e}")))
+            }
+        }
+    }
+
     /// Events of the global stream after `after` (exclusive), oldest first, at most `count`;
     /// waits up to `block` for the first one (empty when none came). An error drops the
     /// connection; the next call connects again.
@@ -71,25 +116,13 @@ impl EventTail {
         block: Duration,
         count: usize,
     ) -> Result<Vec<Event>> {
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            None => {
-                let cfg = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Duration::from_secs(2))
-                    .set_response_timeout(block + Duration::from_secs(5));
-                let c = self
-                    .client
-                    .get_multiplexed_async_connection_with_config(&cfg)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
-                self.conn.insert(c)
-            }
-        };
+        let key = self.key.clone();
+        let conn = self.conn(block).await?;
         let opts = StreamReadOptions::default()
             .block(block.as_millis() as usize)
             .count(count);
         let reply: std::result::Result<Option<StreamReadReply>, _> =
-            conn.xread_options(&[&self.key], &[after], &opts).await;
+            conn.xread_options(&[&key], &[after], &opts).await;
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
@@ -127,6 +160,13 @@ impl TailReader for EventTail {
         max: usize,
     ) -> Result<Vec<Event>> {
         self.xread(after.unwrap_or("0-0"), wait, max).await
+    }
+
+    /// One `XREVRANGE ... COUNT 1`: an idle API node skips what nobody on it listens to instead
+    /// of reading and parsing every event (about 4 µs of redis-server's and as much of the
+    /// API's CPU per job at 32 in flight, docs/benchmarks.md "Session 14: redis").
+    async fn newest(&mut self) -> Result<Option<String>> {
+        self.newest_id().await.map(Some)
     }
 
     /// The global stream keeps the events (up to `events.global_limit`): an idle node keeps
