@@ -4,8 +4,10 @@
 //! refused whole, the caller's types are checked per item, and every stored job has its event
 //! and runs.
 
+mod redis_support;
 mod support;
 
+use redis_support::TestRedis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::*;
@@ -198,9 +200,27 @@ async fn a_body_that_is_not_a_list_of_1_to_1000_jobs_is_refused_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_outside_the_callers_types_gets_403_in_its_slot() {
+    a_confined_callers_batch("").await;
+}
+
+/// On Redis, a server on a single-thread runtime (the API node on up to 2 cores, `cli/mod.rs`)
+/// runs a batch on the blocking pool (`api/batch.rs`): the caller's types are checked there too.
+#[tokio::test(flavor = "current_thread")]
+async fn on_one_thread_with_redis_an_item_outside_the_callers_types_gets_403_in_its_slot() {
+    let r = TestRedis::start();
+    let store = format!(
+        "redis = {:?}\nmaster_key = \"batch-test-master-key-0123456789\"\n[store]\nprefix = {:?}\n",
+        r.url, r.prefix
+    );
+    a_confined_callers_batch(&store).await;
+}
+
+/// A token confined to `runyard.*` sends a batch with one of its types and one outside them;
+/// then a token without `jobs:submit` sends it again.
+async fn a_confined_callers_batch(store: &str) {
     let sha = runyard::auth::tokens::token_sha256;
     let auth = format!(
-        "[auth]\n\
+        "{store}\n[auth]\n\
          [[auth.tokens]]\nname = \"confined\"\nsha256 = \"{}\"\nscopes = [\"jobs:submit\", \"jobs:read\"]\ntypes = [\"runyard.*\"]\n\
          [[auth.tokens]]\nname = \"reader\"\nsha256 = \"{}\"\nscopes = [\"jobs:read\"]\n",
         sha("ry_confined"),

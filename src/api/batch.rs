@@ -59,18 +59,22 @@ pub async fn submit_batch(
     if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
         && st.app.config.redis.is_some()
     {
-        // In the request's span, so its logs keep the request's fields.
+        // In the request's span, so its logs keep the request's fields, and under the caller's
+        // grant, so each item is checked against the token's types and channels there too.
         let span = tracing::Span::current();
-        return tokio::task::spawn_blocking(move || {
-            rt.block_on(submit_batch_here(st, headers, bytes).instrument(span))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::internal(
+        let work = crate::auth::access::with_current_grant(
+            submit_batch_here(st, headers, bytes).instrument(span),
+        );
+        return match tokio::task::spawn_blocking(move || rt.block_on(work)).await {
+            Ok(answer) => answer,
+            // A panic goes on to the edge's panic layer, which answers without its text and
+            // counts it, as for any handler.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ApiError::internal(
                 "internal",
                 format!("the batch's task failed: {e}"),
-            ))
-        });
+            )),
+        };
     }
     submit_batch_here(st, headers, bytes).await
 }

@@ -251,6 +251,16 @@ pub fn check_new_job(job_type: &str, channel: Option<&str>) -> Result<(), Refusa
         .unwrap_or(Ok(()))
 }
 
+/// `fut` under the grant of the request being served, for work that request hands to another
+/// thread (a task-local does not follow a future to `spawn_blocking`'s `block_on`: there
+/// [`check_new_job`] would find no request and check nothing); `fut` as it is outside a request.
+pub fn with_current_grant<F: std::future::Future>(fut: F) -> Either<TaskLocalFuture<Grant, F>, F> {
+    match CURRENT.try_with(Grant::clone) {
+        Ok(g) => Either::Left(CURRENT.scope(g, fut)),
+        Err(_) => Either::Right(fut),
+    }
+}
+
 /// The route layer over the whole router (see the module's docs): a plain tower layer, so a
 /// request that needs no credential (or meets a server without auth) costs no allocation;
 /// only a credential check runs as a boxed future.
