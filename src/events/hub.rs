@@ -13,9 +13,10 @@ use crate::store::Store;
 
 /// Events the tail reads per store call.
 const TAIL_PAGE: usize = 1000;
-/// While no stream is open on this node, the tail reads at most this often: it keeps its place
-/// (nothing is skipped), a stream that opens wakes it at once, and it saves the store a read per
-/// commit that nobody here listens to (on Redis an `XREAD` round trip per commit call).
+/// While no stream is open on this node, the tail reads at most this often (on Redis only the
+/// newest id, [`follow_tail`]: nobody here listens to the events in between), a stream that
+/// opens wakes it at once, and it saves the store a read per commit that nobody here listens to
+/// (on Redis an `XREAD` round trip per commit call).
 const IDLE_PACE: Duration = Duration::from_millis(250);
 
 /// Why a stream was not admitted.
@@ -315,12 +316,23 @@ async fn follow_tail(
                 r = tail.newest() => r,
                 _ = stop.cancelled() => return,
             };
-            if let Ok(Some(id)) = newest {
-                if hub.idle() {
-                    cursor = Some(id);
-                    idle_pace(&hub, &stop).await;
+            match newest {
+                Ok(Some(id)) => {
+                    recovered(&mut failing, &mut delay);
+                    if hub.idle() {
+                        cursor = Some(id);
+                        idle_pace(&hub, &stop).await;
+                        continue;
+                    }
+                }
+                // The store is away: counted, logged and retried as a failed read.
+                Err(e) => {
+                    if !read_failed(&hub, &e, &mut failing, &mut delay, &stop).await {
+                        return;
+                    }
                     continue;
                 }
+                Ok(None) => {}
             }
         }
         let page = tokio::select! {
@@ -329,24 +341,13 @@ async fn follow_tail(
         };
         let page = match page {
             Ok(p) => {
-                if failing {
-                    tracing::info!("event tail: reading again");
-                    failing = false;
-                }
-                delay = Duration::from_millis(100);
+                recovered(&mut failing, &mut delay);
                 p
             }
             Err(e) => {
-                hub.stats.tail_errors.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    tracing::warn!(error = %e, "event tail: read failed; retrying");
+                if !read_failed(&hub, &e, &mut failing, &mut delay, &stop).await {
+                    return;
                 }
-                failing = true;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
@@ -360,6 +361,38 @@ async fn follow_tail(
             idle_pace(&hub, &stop).await;
         }
     }
+}
+
+/// A read of the tail (or of its newest id) succeeded: said once after failures, and the retry
+/// delay back to its start.
+fn recovered(failing: &mut bool, delay: &mut Duration) {
+    if *failing {
+        tracing::info!("event tail: reading again");
+        *failing = false;
+    }
+    *delay = Duration::from_millis(100);
+}
+
+/// A read of the tail failed: counted, logged once until a read succeeds, and waited for with a
+/// backoff (up to 2 s). False when the tail is to stop.
+async fn read_failed(
+    hub: &Hub,
+    e: &crate::store::StoreError,
+    failing: &mut bool,
+    delay: &mut Duration,
+    stop: &CancellationToken,
+) -> bool {
+    hub.stats.tail_errors.fetch_add(1, Ordering::Relaxed);
+    if !*failing {
+        tracing::warn!(error = %e, "event tail: read failed; retrying");
+    }
+    *failing = true;
+    tokio::select! {
+        _ = tokio::time::sleep(*delay) => {}
+        _ = stop.cancelled() => return false,
+    }
+    *delay = (*delay * 2).min(Duration::from_secs(2));
+    true
 }
 
 /// The frames of a page of events for the streams open now, the cursor moved past the page. An
