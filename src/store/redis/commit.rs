@@ -20,6 +20,9 @@ const COMMIT_BATCH: usize = 128;
 /// pushes back on overload instead of queueing without bound). Each caller holds one slot
 /// whatever its number of writes, so at most this many callers' writes are held in memory.
 pub(super) const COMMIT_QUEUE: usize = 1024;
+/// How many times the committer lets ready tasks run before it builds a batch holding a start
+/// whose finish is not offered yet (see [`committer`]).
+const LATE_YIELDS: usize = 2;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
@@ -132,6 +135,17 @@ pub(super) async fn committer(
         let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
             continue;
         };
+        // A start whose attempt is still running here (a quick service job's task is ready
+        // to run on this runtime): let the ready tasks run first, so that its finish is in the
+        // slot when the batch is built and goes in the same write (see `start.rs`).
+        if batch
+            .iter()
+            .any(|p| matches!(&p.late, Some(l) if matches!(&l.finish, LateFinish::Slot(s) if !s.offered())))
+        {
+            for _ in 0..LATE_YIELDS {
+                tokio::task::yield_now().await;
+            }
+        }
         let Some(store) = store.upgrade() else { return };
         let mut batch = batch;
         let mut lates = Vec::with_capacity(batch.len());
