@@ -23,6 +23,9 @@ pub(super) const COMMIT_QUEUE: usize = 1024;
 /// How many times the committer lets ready tasks run before it builds a batch holding a start
 /// whose finish is not offered yet (see [`committer`]).
 const LATE_YIELDS: usize = 2;
+/// The committer lets ready tasks run for a start's finish only when its batch holds at most
+/// this many callers and nobody else waits for it (see [`committer`]).
+const LATE_BATCH_MAX: usize = 8;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
@@ -92,11 +95,19 @@ pub(super) struct Pending {
     /// The shared keys the writes touch (a bit per `SHARED` entry).
     shared: u16,
     n: usize,
-    /// A write decided when the batch is built, sent after these (see [`Late`]).
+    /// A change decided when the batch is built, whose write then replaces the caller's (see
+    /// [`Late`]).
     late: Option<Late>,
     tx: oneshot::Sender<Result<(Vec<String>, LateOutcome)>>,
     /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
     deadline: Instant,
+}
+
+impl Pending {
+    /// Carries a start whose finish may still come: its slot is open and holds nothing yet.
+    fn awaits_finish(&self) -> bool {
+        matches!(&self.late, Some(Late { finish: LateFinish::Slot(s), .. }) if !s.offered())
+    }
 }
 
 /// Group commit: takes every pending caller's writes (up to `COMMIT_BATCH`) and sends them in
@@ -106,7 +117,7 @@ pub(super) async fn committer(
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
 ) {
     loop {
-        let batch = {
+        let (batch, queued) = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
             let mut n = first.n;
@@ -120,7 +131,7 @@ pub(super) async fn committer(
                     Err(_) => break,
                 }
             }
-            batch
+            (batch, !rx.is_empty())
         };
         // A caller whose wait is over has been answered "unavailable": its writes must not be
         // sent any more.
@@ -137,13 +148,17 @@ pub(super) async fn committer(
         };
         // A start whose attempt is still running here (a quick service job's task is ready
         // to run on this runtime): let the ready tasks run first, so that its finish is in the
-        // slot when the batch is built and goes in the same write (see `start.rs`).
-        if batch
-            .iter()
-            .any(|p| matches!(&p.late, Some(l) if matches!(&l.finish, LateFinish::Slot(s) if !s.offered())))
-        {
+        // slot when the batch is built and goes in the same write (see `start.rs`). A yield may
+        // last until the worker thread has polled dozens of tasks, and it delays every write of
+        // the batch and every caller behind it: only for a small batch with nobody waiting
+        // behind it, and no longer once the finish is there or another caller comes.
+        if !queued && batch.len() <= LATE_BATCH_MAX && batch.iter().any(Pending::awaits_finish) {
             for _ in 0..LATE_YIELDS {
                 tokio::task::yield_now().await;
+                let behind = rx.try_lock().map_or(true, |rx| !rx.is_empty());
+                if behind || !batch.iter().any(Pending::awaits_finish) {
+                    break;
+                }
             }
         }
         let Some(store) = store.upgrade() else { return };
