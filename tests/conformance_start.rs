@@ -438,7 +438,6 @@ async fn redis_a_start_with_its_finish_delivers_both_events_once() {
         .map(|d| {
             let ev: serde_json::Value = serde_json::from_str(&d.body()).expect("json body");
             assert_eq!(d.job_id, j.id);
-            assert_eq!(ev["id"], json!(d.event_id), "the body names its event");
             (
                 d.event_id.clone(),
                 ev["runyard_status"].as_str().expect("status").to_string(),

@@ -223,12 +223,13 @@ impl RedisStore {
     }
 
     /// [`Self::commit`], with a change decided by the committer as it builds its batch (see
-    /// [`Late`]; `writes` is then one write): its reply (when it was sent) and what became of it.
+    /// [`Late`]; `writes` is then one write): the replies and what became of the change (when it
+    /// was sent, the one reply is that of the write carrying both).
     pub(super) async fn commit_late(
         &self,
         writes: &[Write],
         late: Option<Late>,
-    ) -> Result<(Vec<Reply>, LateOutcome, Option<Reply>)> {
+    ) -> Result<(Vec<Reply>, LateOutcome)> {
         if late.is_some() && writes.len() != 1 {
             return Err(StoreError::Backend(
                 "commit: a late change goes with one write".into(),
@@ -276,7 +277,6 @@ impl RedisStore {
         let mut out = Vec::with_capacity(raw.len());
         let mut any = false;
         let mut raw = raw.into_iter();
-        let mut late_reply = None;
         for (w, ttl) in writes.iter().zip(ttl) {
             let reply = match &late {
                 // The caller's write went within the finish's: one reply for both.
@@ -288,7 +288,6 @@ impl RedisStore {
                     } else {
                         self.cache.lock().remove(&w.job.id);
                     }
-                    late_reply = Some(reply.clone());
                     reply
                 }
                 _ => self.settle_reply(w, raw.next().as_deref(), ttl.then_some(sent))?,
@@ -300,7 +299,7 @@ impl RedisStore {
             // Other processes heard of them from commit.lua itself.
             let _ = self.notify.send(Notice::Events);
         }
-        Ok((out, late, late_reply))
+        Ok((out, late))
     }
 
     /// The reply `r` of commit.lua to `w`, and what follows it in this process (see

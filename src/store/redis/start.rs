@@ -66,8 +66,7 @@ impl RedisStore {
                 delivery: w.delivery.clone(),
                 finish,
             });
-            let (mut replies, outcome, late_reply) =
-                self.commit_late(std::slice::from_ref(&w), late).await?;
+            let (mut replies, outcome) = self.commit_late(std::slice::from_ref(&w), late).await?;
             match replies.pop() {
                 Some(Reply::Ok) => {}
                 Some(Reply::Gone) => return Err(StoreError::NotFound),
@@ -88,16 +87,11 @@ impl RedisStore {
                 }
             }
             let started = w.job;
-            return Ok(match (outcome, late_reply) {
-                (LateOutcome::None, _) => (started, None),
-                (LateOutcome::Refused(_, e), _) => (started, Some(Err(e))),
-                (LateOutcome::Sent(_, w2, _), Some(Reply::Ok)) => (started, Some(Ok(w2.job))),
-                (LateOutcome::Sent(cmd, _, _), _) => {
-                    // Not possible: the start and the finish were one write, with one reply;
-                    // should it happen, the finish is applied on its own.
-                    let end = self.apply_cmd(id, cmd).await;
-                    (started, Some(end))
-                }
+            // The reply was OK: when the finish was sent, it was in the same write.
+            return Ok(match outcome {
+                LateOutcome::None => (started, None),
+                LateOutcome::Refused(_, e) => (started, Some(Err(e))),
+                LateOutcome::Sent(_, w2, _) => (started, Some(Ok(w2.job))),
             });
         }
         Err(StoreError::Backend(format!(
@@ -125,7 +119,10 @@ impl RedisStore {
         if tried.start.body != raw {
             return None;
         }
-        // The start alone was stored: its finish, if any, is a change of its own.
+        // The start alone was stored: its finish, if any, is a change of its own. Only a try
+        // that sent the start alone gets here (a finish in its write makes that write's body
+        // differ from the start's): no finish was offered in time, or it was refused by the
+        // status rules before anything was sent.
         let cmd = match source.take() {
             Some(LateFinish::Taken(cmd)) => Some(cmd),
             Some(LateFinish::Slot(s)) => s.take(),
