@@ -384,6 +384,130 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_job_write() {
     assert!(key(run) < key(end), "{run} then {end}");
 }
 
+/// Redis: a start with its finish in one write, refused because the job changed after the
+/// worker last read it (here a heartbeat written through another node between the claim and the
+/// start): `start.rs` loads the job again and sends the start with the finish it took once more,
+/// in a second call. The job ends SUCCESS once, with each of its events once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_with_its_finish_refused_by_a_conflict_is_applied_again() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = redis_store(&r).await;
+    let other = redis_store(&r).await;
+    let (j, token) = claimed(&s).await;
+    let beat = Command::Heartbeat {
+        worker: "w1".into(),
+        token,
+        lease_until: now_us() + 60_000_000,
+    };
+    other.apply(j.id, beat).await.expect("heartbeat");
+    let slot = FinishSlot::new();
+    assert!(slot
+        .offer(token, FinishOutcome::Success(Some(json!({"n": 2}))))
+        .is_ok());
+    let before = calls(&r.url, &["evalsha"]).await;
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(
+        calls(&r.url, &["evalsha"]).await - before,
+        2,
+        "the first write refused (CONFLICT), the second stored"
+    );
+    assert_eq!(at_start.status, JobStatus::Running);
+    let done = end
+        .expect("the finish went with the start again")
+        .expect("finished");
+    assert_eq!(done.status, JobStatus::Success);
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Success);
+    assert_eq!(stored.result, Some(json!({"n": 2})));
+    assert_eq!(
+        statuses(&s, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SUCCESS"]
+    );
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.start", JobStatus::Success), 1);
+    assert_eq!(counts.count("t.start", JobStatus::Starting), 0);
+    assert_eq!(counts.count("t.start", JobStatus::Running), 0);
+}
+
+/// Redis: a start with a finish that is a retry (a failure with attempts left), in one write:
+/// the job goes from STARTING to SCHEDULED, in the schedule (due at its backoff) and out of the
+/// lease set, counted once as SCHEDULED, and is promoted to QUEUED when due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_with_a_failure_to_retry_schedules_the_job_in_one_write() {
+    use runyard::job::Backoff;
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = redis_store(&r).await;
+    let j = Job {
+        max_attempts: 2,
+        backoff: Backoff {
+            initial_ms: 1,
+            max_ms: 1,
+            multiplier: 1.0,
+            jitter: false,
+        },
+        ..Job::new("t.retry", "rr", now_us())
+    };
+    s.submit(j).await.expect("submit");
+    let j = s
+        .claim("rr", "w1", 1, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    let token = j.lease.as_ref().expect("a lease").token;
+    let slot = FinishSlot::new();
+    let failed = FinishOutcome::Failed {
+        message: "boom".into(),
+        exit_code: None,
+    };
+    assert!(slot.offer(token, failed).is_ok());
+    let before = calls(&r.url, &["evalsha"]).await;
+    let (_, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(calls(&r.url, &["evalsha"]).await - before, 1, "one call");
+    let done = end.expect("taken").expect("a retry");
+    assert_eq!(done.status, JobStatus::Scheduled);
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Scheduled);
+    assert!(stored.lease.is_none());
+    let id = j.id.to_string();
+    let sched = format!("{}:sched", r.prefix);
+    let lease = format!("{}:lease", r.prefix);
+    assert!(
+        !r.cli(&["ZSCORE", &sched, &id]).trim().is_empty(),
+        "in the schedule"
+    );
+    assert!(
+        r.cli(&["ZSCORE", &lease, &id]).trim().is_empty(),
+        "out of the lease set"
+    );
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.retry", JobStatus::Scheduled), 1);
+    for st in [JobStatus::Starting, JobStatus::Running, JobStatus::Queued] {
+        assert_eq!(counts.count("t.retry", st), 0, "{st:?}");
+    }
+    assert_eq!(listed(&s, JobStatus::Scheduled).await.len(), 1);
+    assert_eq!(
+        statuses(&s, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SCHEDULED"]
+    );
+    // Due after its 1 ms backoff: promoted (the wait is for the store's clock to pass it).
+    let due = s.next_due().await.expect("next due").expect("a due time");
+    while now_us() <= due + 20_000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(s.promote_due(10).await.expect("promote"), 1);
+    assert_eq!(
+        s.get(j.id).await.expect("get").expect("stored").status,
+        JobStatus::Queued
+    );
+}
+
 /// Redis: a job whose webhook wants every status event, started with its finish in one write:
 /// a delivery for each of the two events (RUNNING and SUCCESS), once each, each naming its own
 /// event (id and body), as when the start and the finish were written one after the other.
