@@ -37,8 +37,9 @@
 --   delivery) appended right before `event`: the write is two changes of the job in one (an
 --   attempt's start and its finish, see src/store/redis/start.rs: the job goes from the stored
 --   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel stream's
---   TTL), and `keys`, the names of the keys the write touches, in order (space separated). A name of a
---   shared key refers to the call's declaration; any other takes the next KEYS entry: `job`
+--   TTL), and `keys`, the names of the keys the write touches, in order (space separated). A
+--   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
+--   `job`
 --   `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evc` `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
@@ -52,9 +53,10 @@
 --   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
 --   waitgen: see `wait`; ev, evc: the events are appended; evwant: whether `E` is announced.
 -- Returns one reply per job:
---   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT' (version changed: reload and
---   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
---   stored: a retried submit), 'IDEM:<job id>' (a submit whose idempotency key is taken).
+--   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT'
+--   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
+--   submit whose id is already stored: a retried submit), 'IDEM:<job id>' (a submit whose
+--   idempotency key is taken).
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
@@ -189,10 +191,9 @@ end
 -- last state each write left per key and member; both are applied once, at the end of the call,
 -- with one HINCRBY per field that moved and one variadic ZREM/ZADD per key. A group commit's
 -- writes (and a batch submit's) share most of these keys: a claim's -1 QUEUED and a submit's +1
--- cancel out (a start with its finish is one write, `event0`: STARTING to the end at once, RUNNING
--- never counted). Nothing in the script
--- reads these keys, so applying them at the end changes no reply (also when a command fails
--- mid-call: see the end).
+-- cancel out (a start with its finish is one write, `event0`: STARTING to the end at once,
+-- RUNNING never counted). Nothing in the script reads these keys, so applying them at the end
+-- changes no reply (also when a command fails mid-call: see the end).
 local JC, JCF = {}, {}
 local Z, ZK = {}, {}
 
