@@ -39,8 +39,7 @@
 --   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel stream's
 --   TTL), and `keys`, the names of the keys the write touches, in order (space separated). A
 --   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
---   `job`
---   `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
+--   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evc` `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
