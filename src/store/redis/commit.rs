@@ -24,8 +24,8 @@ pub(super) const COMMIT_QUEUE: usize = 1024;
 /// whose finish is not offered yet (see [`committer`]).
 const LATE_YIELDS: usize = 2;
 /// The committer lets ready tasks run for a start's finish only when its batch holds at most
-/// this many callers and nobody else waits for it (see [`committer`]).
-const LATE_BATCH_MAX: usize = 8;
+/// this many callers (see [`committer`]).
+const LATE_BATCH_MAX: usize = 32;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
@@ -117,7 +117,7 @@ pub(super) async fn committer(
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
 ) {
     loop {
-        let (batch, queued) = {
+        let batch = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
             let mut n = first.n;
@@ -131,7 +131,7 @@ pub(super) async fn committer(
                     Err(_) => break,
                 }
             }
-            (batch, !rx.is_empty())
+            batch
         };
         // A caller whose wait is over has been answered "unavailable": its writes must not be
         // sent any more.
@@ -150,13 +150,14 @@ pub(super) async fn committer(
         // to run on this runtime): let the ready tasks run first, so that its finish is in the
         // slot when the batch is built and goes in the same write (see `start.rs`). A yield may
         // last until the worker thread has polled dozens of tasks, and it delays every write of
-        // the batch and every caller behind it: only for a small batch with nobody waiting
-        // behind it, and no longer once the finish is there or another caller comes.
-        if !queued && batch.len() <= LATE_BATCH_MAX && batch.iter().any(Pending::awaits_finish) {
+        // the batch and every caller behind it: not for a large batch (a burst of heartbeats or
+        // submits), and no longer once the finish is there. (Yielding only when nobody waits
+        // behind the batch cost 5-13% more CPU per job at 32 in flight: the yields also let the
+        // next batch fill, see docs/benchmarks.md.)
+        if batch.len() <= LATE_BATCH_MAX && batch.iter().any(Pending::awaits_finish) {
             for _ in 0..LATE_YIELDS {
                 tokio::task::yield_now().await;
-                let behind = rx.try_lock().map_or(true, |rx| !rx.is_empty());
-                if behind || !batch.iter().any(Pending::awaits_finish) {
+                if !batch.iter().any(Pending::awaits_finish) {
                     break;
                 }
             }
