@@ -290,9 +290,9 @@ async fn calls(url: &str, names: &[&str]) -> u64 {
         .sum()
 }
 
-/// Redis: a start and the finish offered before it reach Redis in ONE script call (two job
-/// writes, each its own compare-and-set and event: `src/store/redis/start.rs`), where the
-/// start and the finish one after the other took two calls and two round trips.
+/// Redis: a start and the finish offered before it reach Redis in ONE script call (one job
+/// write carrying both events: `src/store/redis/start.rs`), where the start and the finish one
+/// after the other took two calls and two round trips.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
     // A private server: a shared one counts other tests' calls too.
@@ -319,6 +319,264 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
         statuses(&s, &j).await,
         ["QUEUED", "STARTING", "RUNNING", "SUCCESS"],
         "both events, in order"
+    );
+}
+
+/// Redis: a start and the finish offered before it are ONE write of the job
+/// (`src/store/redis/start.rs`, `event0` in `lua/commit.lua`): the job hash read and written
+/// once where the two changes each read it and wrote it whole (two `HMGET`, two `HSET` of its
+/// ~1.4 KB), yet both events are there, in order, each with its own id in the global and the
+/// channel stream, and the job reads as finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_and_the_finish_offered_first_are_one_job_write() {
+    // A private server: a shared one counts other tests' calls too.
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = redis_store(&r).await;
+    let (j, token) = claimed(&s).await;
+    let slot = FinishSlot::new();
+    assert!(slot
+        .offer(token, FinishOutcome::Success(Some(json!({"n": 1}))))
+        .is_ok());
+    let before = calls(&r.url, &["hset", "hmget"]).await;
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    let written = calls(&r.url, &["hset", "hmget"]).await - before;
+    let done = end.expect("the finish was taken").expect("finished");
+    assert_eq!(
+        written, 2,
+        "the job hash read (HMGET) and written (HSET) once for the start and its finish"
+    );
+    assert_eq!(at_start.status, JobStatus::Running);
+    assert_eq!(done.status, JobStatus::Success);
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Success);
+    assert_eq!(stored.result, Some(json!({"n": 1})));
+    assert_eq!(stored.started_at, at_start.started_at);
+    assert_eq!(stored.version, done.version);
+    // Both events, in order, with increasing ids, the same in both streams.
+    let mine = s
+        .events(Some(&j.channel_id), None, 100)
+        .await
+        .expect("events");
+    let all = s.events(None, None, 1000).await.expect("events");
+    let ids = |evs: &[runyard::job::Event]| -> Vec<(String, Option<JobStatus>)> {
+        evs.iter()
+            .filter(|e| e.job_id == j.id.to_string())
+            .map(|e| (e.id.clone(), e.runyard_status))
+            .collect()
+    };
+    let (mine, all) = (ids(&mine), ids(&all));
+    use JobStatus::*;
+    assert_eq!(
+        mine.iter().map(|e| e.1).collect::<Vec<_>>(),
+        [Some(Queued), Some(Starting), Some(Running), Some(Success)]
+    );
+    assert_eq!(mine, all, "one id per event in both streams");
+    let (run, end) = (&mine[2].0, &mine[3].0);
+    assert_ne!(run, end, "each event its own id");
+    // Redis stream ids `ms-seq`, increasing.
+    let key = |id: &str| -> (u64, u64) {
+        let (a, b) = id.split_once('-').expect("a stream id");
+        (a.parse().expect("ms"), b.parse().expect("seq"))
+    };
+    assert!(key(run) < key(end), "{run} then {end}");
+}
+
+/// Redis: a start with its finish in one write, refused because the job changed after the
+/// worker last read it (here a heartbeat written through another node between the claim and the
+/// start): `start.rs` loads the job again and sends the start with the finish it took once more,
+/// in a second call. The job ends SUCCESS once, with each of its events once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_with_its_finish_refused_by_a_conflict_is_applied_again() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = redis_store(&r).await;
+    let other = redis_store(&r).await;
+    let (j, token) = claimed(&s).await;
+    let beat = Command::Heartbeat {
+        worker: "w1".into(),
+        token,
+        lease_until: now_us() + 60_000_000,
+    };
+    other.apply(j.id, beat).await.expect("heartbeat");
+    let slot = FinishSlot::new();
+    assert!(slot
+        .offer(token, FinishOutcome::Success(Some(json!({"n": 2}))))
+        .is_ok());
+    let before = calls(&r.url, &["evalsha"]).await;
+    let (at_start, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(
+        calls(&r.url, &["evalsha"]).await - before,
+        2,
+        "the first write refused (CONFLICT), the second stored"
+    );
+    assert_eq!(at_start.status, JobStatus::Running);
+    let done = end
+        .expect("the finish went with the start again")
+        .expect("finished");
+    assert_eq!(done.status, JobStatus::Success);
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Success);
+    assert_eq!(stored.result, Some(json!({"n": 2})));
+    assert_eq!(
+        statuses(&s, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SUCCESS"]
+    );
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.start", JobStatus::Success), 1);
+    assert_eq!(counts.count("t.start", JobStatus::Starting), 0);
+    assert_eq!(counts.count("t.start", JobStatus::Running), 0);
+}
+
+/// Redis: a start with a finish that is a retry (a failure with attempts left), in one write:
+/// the job goes from STARTING to SCHEDULED, in the schedule (due at its backoff) and out of the
+/// lease set, counted once as SCHEDULED, and is promoted to QUEUED when due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_with_a_failure_to_retry_schedules_the_job_in_one_write() {
+    use runyard::job::Backoff;
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = redis_store(&r).await;
+    let j = Job {
+        max_attempts: 2,
+        backoff: Backoff {
+            initial_ms: 1,
+            max_ms: 1,
+            multiplier: 1.0,
+            jitter: false,
+        },
+        ..Job::new("t.retry", "rr", now_us())
+    };
+    s.submit(j).await.expect("submit");
+    let j = s
+        .claim("rr", "w1", 1, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    let token = j.lease.as_ref().expect("a lease").token;
+    let slot = FinishSlot::new();
+    let failed = FinishOutcome::Failed {
+        message: "boom".into(),
+        exit_code: None,
+    };
+    assert!(slot.offer(token, failed).is_ok());
+    let before = calls(&r.url, &["evalsha"]).await;
+    let (_, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(calls(&r.url, &["evalsha"]).await - before, 1, "one call");
+    let done = end.expect("taken").expect("a retry");
+    assert_eq!(done.status, JobStatus::Scheduled);
+    let stored = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(stored.status, JobStatus::Scheduled);
+    assert!(stored.lease.is_none());
+    let id = j.id.to_string();
+    let sched = format!("{}:sched", r.prefix);
+    let lease = format!("{}:lease", r.prefix);
+    assert!(
+        !r.cli(&["ZSCORE", &sched, &id]).trim().is_empty(),
+        "in the schedule"
+    );
+    assert!(
+        r.cli(&["ZSCORE", &lease, &id]).trim().is_empty(),
+        "out of the lease set"
+    );
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.count("t.retry", JobStatus::Scheduled), 1);
+    for st in [JobStatus::Starting, JobStatus::Running, JobStatus::Queued] {
+        assert_eq!(counts.count("t.retry", st), 0, "{st:?}");
+    }
+    assert_eq!(listed(&s, JobStatus::Scheduled).await.len(), 1);
+    assert_eq!(
+        statuses(&s, &j).await,
+        ["QUEUED", "STARTING", "RUNNING", "SCHEDULED"]
+    );
+    // Due after its 1 ms backoff: promoted (the wait is for the store's clock to pass it).
+    let due = s.next_due().await.expect("next due").expect("a due time");
+    while now_us() <= due + 20_000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(s.promote_due(10).await.expect("promote"), 1);
+    assert_eq!(
+        s.get(j.id).await.expect("get").expect("stored").status,
+        JobStatus::Queued
+    );
+}
+
+/// Redis: a job whose webhook wants every status event, started with its finish in one write:
+/// a delivery for each of the two events (RUNNING and SUCCESS), once each, each naming its own
+/// event (id and body), as when the start and the finish were written one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_start_with_its_finish_delivers_both_events_once() {
+    use runyard::job::notify_spec::{NotifyEvent, NotifySpec};
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = redis_store(&r).await;
+    let j = Job {
+        max_attempts: 1,
+        notify: Some(NotifySpec {
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec![NotifyEvent::Status],
+        }),
+        ..Job::new("t.hook", "rh", now_us())
+    };
+    s.submit(j.clone()).await.expect("submit");
+    let j = s
+        .claim("rh", "w1", 1, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    let token = j.lease.as_ref().expect("a lease").token;
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let (_, end) = s
+        .apply_start(j.id, started(token), slot)
+        .await
+        .expect("start");
+    assert_eq!(
+        end.expect("taken").expect("finished").status,
+        JobStatus::Success
+    );
+    let evs: Vec<_> = s
+        .events(Some(&j.channel_id), None, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| (e.id, e.runyard_status.expect("a status")))
+        .collect();
+    let mut got: Vec<_> = s
+        .deliveries_claim(100, Duration::from_secs(60))
+        .await
+        .expect("claim deliveries")
+        .into_iter()
+        .map(|c| c.delivery)
+        .collect();
+    got.sort_by_key(|d| d.id);
+    let delivered: Vec<_> = got
+        .iter()
+        .map(|d| {
+            let ev: serde_json::Value = serde_json::from_str(&d.body()).expect("json body");
+            assert_eq!(d.job_id, j.id);
+            (
+                d.event_id.clone(),
+                ev["runyard_status"].as_str().expect("status").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<_> = evs
+        .iter()
+        .map(|(id, st)| (id.clone(), st.as_str().to_string()))
+        .collect();
+    // Every status event of the job delivered once, in order, with its own id.
+    assert_eq!(delivered, want);
+    assert_eq!(
+        want.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(),
+        ["QUEUED", "STARTING", "RUNNING", "SUCCESS"]
     );
 }
 
@@ -365,7 +623,8 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
         .expect("claim")
         .is_empty());
 
-    // A start and its finish in one call leave RUNNING as it was: counted once, listed never.
+    // A start and its finish in one write move STARTING to SUCCESS: RUNNING counted and listed
+    // never.
     let j = &claimed[0];
     let token = j.lease.as_ref().expect("a lease").token;
     let slot = FinishSlot::new();
@@ -595,9 +854,10 @@ async fn redis_a_commit_on_a_demoted_server_is_unavailable_not_an_error() {
 
 /// Redis: a job cancelled by another node after a worker's claim, before its start, stays
 /// CANCELLED even when the worker's finish was offered with the start: the start is refused
-/// (the cancel moved the version) and so is the finish chained to it (`ch` in `commit.lua`).
-/// Versions only count up: the finish, computed from the start, expects exactly the version
-/// the cancel left, and without the chain it was applied over the cancel (SUCCESS).
+/// (the cancel moved the version) and so is the finish written with it (one write, checked
+/// against the version before the start). Versions only count up: a finish written on its own
+/// after the start, computed from it, would expect exactly the version the cancel left, and was
+/// once applied over the cancel (SUCCESS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_job_cancelled_between_its_claim_and_its_start_stays_cancelled() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);

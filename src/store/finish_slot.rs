@@ -43,6 +43,11 @@ impl FinishSlot {
         Ok(())
     }
 
+    /// Whether a finish was offered and not taken yet.
+    pub fn offered(&self) -> bool {
+        matches!(*self.0.lock(), Slot::Offered(_))
+    }
+
     /// The finish offered so far, if any (a [`Command::Finish`]); closes the slot. Called by the
     /// backend as it applies the start.
     pub fn take(&self) -> Option<Command> {

@@ -20,6 +20,12 @@ const COMMIT_BATCH: usize = 128;
 /// pushes back on overload instead of queueing without bound). Each caller holds one slot
 /// whatever its number of writes, so at most this many callers' writes are held in memory.
 pub(super) const COMMIT_QUEUE: usize = 1024;
+/// How many times the committer lets ready tasks run before it builds a batch holding a start
+/// whose finish is not offered yet (see [`committer`]).
+const LATE_YIELDS: usize = 2;
+/// The committer lets ready tasks run for a start's finish only when its batch holds at most
+/// this many callers (see [`committer`]).
+const LATE_BATCH_MAX: usize = 32;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
@@ -33,7 +39,7 @@ fn channel_ttl_slack(s: &RedisSettings) -> Option<Duration> {
         .then_some(slack)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Reply {
     Ok,
     Conflict,
@@ -42,12 +48,20 @@ pub(super) enum Reply {
     Idem(String),
 }
 
-/// A write the committer decides as it builds its batch: the finish of an attempt whose start
-/// is the caller's write, taken from the attempt's [`FinishSlot`] at that moment (the latest
-/// moment before the call is sent: a quick job's finish is there by then), see `start.rs`.
+/// A change the committer decides as it builds its batch: the finish of an attempt whose start
+/// is the caller's write (its only one), taken from the attempt's [`FinishSlot`] at that moment
+/// (the latest moment before the call is sent: a quick job's finish is there by then), see
+/// `start.rs`. When there is one, the start and the finish go as ONE write of the job in place
+/// of the start's: checked against the version before the start, the job written once as the
+/// finish leaves it, both events appended in order (`event0` in `commit.lua`).
 pub(super) struct Late {
+    /// The job as stored before the caller's write (what it was computed from).
+    pub(super) before: Job,
     /// The job as the caller's write leaves it.
     pub(super) after: Job,
+    /// The caller's event and its webhook delivery (see [`Write`]).
+    pub(super) event: Option<(EventKind, String)>,
+    pub(super) delivery: String,
     /// Where the finish comes from.
     pub(super) finish: LateFinish,
 }
@@ -66,8 +80,9 @@ pub(super) enum LateOutcome {
     None,
     /// The finish, refused by the status rules before anything of it was sent.
     Refused(Command, StoreError),
-    /// The finish, sent as the call's write right after the caller's: the write, and whether
-    /// its event refreshed the channel stream's TTL.
+    /// The finish, sent in one write with the caller's (in its place): that write (the job as
+    /// the finish leaves it, both events), and whether it refreshed the channel stream's TTL.
+    /// Its reply is the caller's.
     Sent(Command, Box<Write>, bool),
 }
 
@@ -80,11 +95,19 @@ pub(super) struct Pending {
     /// The shared keys the writes touch (a bit per `SHARED` entry).
     shared: u16,
     n: usize,
-    /// A write decided when the batch is built, sent after these (see [`Late`]).
+    /// A change decided when the batch is built, whose write then replaces the caller's (see
+    /// [`Late`]).
     late: Option<Late>,
     tx: oneshot::Sender<Result<(Vec<String>, LateOutcome)>>,
     /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
     deadline: Instant,
+}
+
+impl Pending {
+    /// Carries a start whose finish may still come: its slot is open and holds nothing yet.
+    fn awaits_finish(&self) -> bool {
+        matches!(&self.late, Some(Late { finish: LateFinish::Slot(s), .. }) if !s.offered())
+    }
 }
 
 /// Group commit: takes every pending caller's writes (up to `COMMIT_BATCH`) and sends them in
@@ -123,6 +146,22 @@ pub(super) async fn committer(
         let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
             continue;
         };
+        // A start whose attempt is still running here (a quick service job's task is ready
+        // to run on this runtime): let the ready tasks run first, so that its finish is in the
+        // slot when the batch is built and goes in the same write (see `start.rs`). A yield may
+        // last until the worker thread has polled dozens of tasks, and it delays every write of
+        // the batch and every caller behind it: not for a large batch (a burst of heartbeats or
+        // submits), and no longer once the finish is there. (Yielding only when nobody waits
+        // behind the batch cost 5-13% more CPU per job at 32 in flight: the yields also let the
+        // next batch fill, see docs/benchmarks.md.)
+        if batch.len() <= LATE_BATCH_MAX && batch.iter().any(Pending::awaits_finish) {
+            for _ in 0..LATE_YIELDS {
+                tokio::task::yield_now().await;
+                if !batch.iter().any(Pending::awaits_finish) {
+                    break;
+                }
+            }
+        }
         let Some(store) = store.upgrade() else { return };
         let mut batch = batch;
         let mut lates = Vec::with_capacity(batch.len());
@@ -154,6 +193,23 @@ pub(super) async fn committer(
     }
 }
 
+/// A reply of `commit.lua` to one write.
+fn parse_reply(r: Option<&str>) -> Result<Reply> {
+    let r = r.ok_or_else(|| StoreError::Backend("commit: a reply missing".into()))?;
+    Ok(if r.starts_with("OK:") {
+        Reply::Ok
+    } else if let Some(other) = r.strip_prefix("IDEM:") {
+        Reply::Idem(other.to_string())
+    } else {
+        match r {
+            "CONFLICT" => Reply::Conflict,
+            "GONE" => Reply::Gone,
+            "EXISTS" => Reply::Exists,
+            other => return Err(StoreError::Backend(format!("commit: unexpected `{other}`"))),
+        }
+    })
+}
+
 impl RedisStore {
     /// Commits writes (each its own compare-and-set) and tells listeners about the committed ones.
     ///
@@ -167,13 +223,19 @@ impl RedisStore {
         Ok(self.commit_late(writes, None).await?.0)
     }
 
-    /// [`Self::commit`], with a write decided by the committer as it builds its batch (see
-    /// [`Late`]): its reply (when it was sent) and what became of it.
+    /// [`Self::commit`], with a change decided by the committer as it builds its batch (see
+    /// [`Late`]; `writes` is then one write): the replies and what became of the change (when it
+    /// was sent, the one reply is that of the write carrying both).
     pub(super) async fn commit_late(
         &self,
         writes: &[Write],
         late: Option<Late>,
-    ) -> Result<(Vec<Reply>, LateOutcome, Option<Reply>)> {
+    ) -> Result<(Vec<Reply>, LateOutcome)> {
+        if late.is_some() && writes.len() != 1 {
+            return Err(StoreError::Backend(
+                "commit: a late change goes with one write".into(),
+            ));
+        }
         let mut args = Packed::default();
         let mut keys = Packed::default();
         let mut shared = 0;
@@ -217,41 +279,34 @@ impl RedisStore {
         let mut any = false;
         let mut raw = raw.into_iter();
         for (w, ttl) in writes.iter().zip(ttl) {
-            let reply = self.settle_reply(w, raw.next().as_deref(), ttl.then_some(sent))?;
+            let reply = match &late {
+                // The caller's write went within the finish's: one reply for both.
+                LateOutcome::Sent(_, w2, ttl2) => {
+                    let reply = parse_reply(raw.next().as_deref())?;
+                    if matches!(reply, Reply::Ok) {
+                        self.told(w);
+                        self.committed(w2, ttl2.then_some(sent));
+                    } else {
+                        self.cache.lock().remove(&w.job.id);
+                    }
+                    reply
+                }
+                _ => self.settle_reply(w, raw.next().as_deref(), ttl.then_some(sent))?,
+            };
             any |= matches!(reply, Reply::Ok) && w.event.is_some();
             out.push(reply);
         }
-        let late_reply = match &late {
-            LateOutcome::Sent(_, w, ttl) => {
-                let reply = self.settle_reply(w, raw.next().as_deref(), ttl.then_some(sent))?;
-                any |= matches!(reply, Reply::Ok) && w.event.is_some();
-                Some(reply)
-            }
-            _ => None,
-        };
         if any {
             // Other processes heard of them from commit.lua itself.
             let _ = self.notify.send(Notice::Events);
         }
-        Ok((out, late, late_reply))
+        Ok((out, late))
     }
 
     /// The reply `r` of commit.lua to `w`, and what follows it in this process (see
     /// [`Self::committed`]; a write not committed leaves the cache).
     fn settle_reply(&self, w: &Write, r: Option<&str>, ttl: Option<Instant>) -> Result<Reply> {
-        let r = r.ok_or_else(|| StoreError::Backend("commit: a reply missing".into()))?;
-        let reply = if r.starts_with("OK:") {
-            Reply::Ok
-        } else if let Some(other) = r.strip_prefix("IDEM:") {
-            Reply::Idem(other.to_string())
-        } else {
-            match r {
-                "CONFLICT" => Reply::Conflict,
-                "GONE" => Reply::Gone,
-                "EXISTS" => Reply::Exists,
-                other => return Err(StoreError::Backend(format!("commit: unexpected `{other}`"))),
-            }
-        };
+        let reply = parse_reply(r)?;
         if matches!(reply, Reply::Ok) {
             self.committed(w, ttl);
         } else {
@@ -261,8 +316,8 @@ impl RedisStore {
     }
 
     /// Decides `late` for the pending call `p` as its batch is built: the finish is taken from
-    /// its slot (or was taken before), applied to the job as `p`'s write leaves it, and added
-    /// to `p` as its last write.
+    /// its slot (or was taken before) and applied to the job as `p`'s write leaves it; `p`'s
+    /// write is then replaced by one write of both changes (see [`Late`]).
     async fn late_write(&self, p: &mut Pending, late: Late) -> LateOutcome {
         let cmd = match late.finish {
             LateFinish::Slot(slot) => match slot.take() {
@@ -271,27 +326,24 @@ impl RedisStore {
             },
             LateFinish::Taken(c) => c,
         };
-        let before = late.after;
-        let mut next = before.clone();
+        let mut next = late.after;
         let now = self.now().await;
         let ev = match apply(&mut next, cmd.clone(), &self.actx(now)) {
             Ok(ev) => ev,
             Err(e) => return LateOutcome::Refused(cmd, e.into()),
         };
-        let w = match Write::new(Some(before.version), Some(&before), next, ev) {
-            Ok(mut w) => {
-                // Computed from the caller's last write, sent right before it.
-                w.chained = true;
-                w
-            }
+        // From the stored job to the finished one: one version check, one write of the job, its
+        // indexes moved from the stored status to the last; the start's event first.
+        let before = late.before;
+        let mut w = match Write::new(Some(before.version), Some(&before), next, ev) {
+            Ok(w) => w,
             Err(e) => return LateOutcome::Refused(cmd, e),
         };
-        let ttl = w.event.is_some() && self.ttl_due(&w);
+        w.event0 = late.event;
+        w.delivery0 = late.delivery;
+        let ttl = (w.event.is_some() || w.event0.is_some()) && self.ttl_due(&w);
         let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_packed();
-        p.args.extend(&a);
-        p.keys.extend(&k);
-        p.shared |= sh;
-        p.n += 1;
+        (p.args, p.keys, p.shared) = (a, k, sh);
         LateOutcome::Sent(cmd, Box::new(w), ttl)
     }
 
@@ -302,9 +354,14 @@ impl RedisStore {
         if let Some(sent) = ttl {
             self.ttl_refreshed(&w.job.channel_id, sent);
         }
-        if !w.delivery.is_empty() {
+        if !w.delivery.is_empty() || !w.delivery0.is_empty() {
             self.dlv_gen.fetch_add(1, Ordering::AcqRel);
         }
+        self.told(w);
+    }
+
+    /// The notices of a committed write's status event in this process.
+    fn told(&self, w: &Write) {
         if let Some((EventKind::Status, _)) = &w.event {
             if w.job.status == JobStatus::Queued {
                 // Other processes heard of it from commit.lua itself.

@@ -1,8 +1,10 @@
 //! [`JobStore::apply_start`] for Redis: an attempt's start and, when the attempt ended before
-//! the start was sent (a quick service job), its finish, in ONE `commit.lua` call: two writes of
-//! the job, each its own compare-and-set and event, the second checked against the version the
-//! first leaves (one round trip and one script call instead of two, with every event and notice
-//! of the two changes).
+//! the start was sent (a quick service job), its finish, as ONE write of the job in one
+//! `commit.lua` call: one compare-and-set against the version the start was computed from, the
+//! job written once as the finish leaves it, its indexes moved from the stored status to the
+//! last, and both events (RUNNING, then the finish's) appended in order with their deliveries
+//! (one round trip, one script call and one job write instead of two, with every event and
+//! notice of the two changes).
 //!
 //! The finish is taken from the attempt's [`FinishSlot`] by the committer as it builds the batch
 //! that carries the start ([`super::commit::Late`]): the latest moment before the call is sent,
@@ -58,11 +60,13 @@ impl RedisStore {
             };
             let w = Write::new(Some(job.version), Some(&job), next, ev)?;
             let late = source.take().map(|finish| Late {
+                before: job,
                 after: w.job.clone(),
+                event: w.event.clone(),
+                delivery: w.delivery.clone(),
                 finish,
             });
-            let (mut replies, outcome, late_reply) =
-                self.commit_late(std::slice::from_ref(&w), late).await?;
+            let (mut replies, outcome) = self.commit_late(std::slice::from_ref(&w), late).await?;
             match replies.pop() {
                 Some(Reply::Ok) => {}
                 Some(Reply::Gone) => return Err(StoreError::NotFound),
@@ -83,16 +87,11 @@ impl RedisStore {
                 }
             }
             let started = w.job;
-            return Ok(match (outcome, late_reply) {
-                (LateOutcome::None, _) => (started, None),
-                (LateOutcome::Refused(_, e), _) => (started, Some(Err(e))),
-                (LateOutcome::Sent(_, w2, _), Some(Reply::Ok)) => (started, Some(Ok(w2.job))),
-                (LateOutcome::Sent(cmd, _, _), _) => {
-                    // Not possible in one atomic call after the start was stored; should it
-                    // happen, the finish is applied on its own.
-                    let end = self.apply_cmd(id, cmd).await;
-                    (started, Some(end))
-                }
+            // The reply was OK: when the finish was sent, it was in the same write.
+            return Ok(match outcome {
+                LateOutcome::None => (started, None),
+                LateOutcome::Refused(_, e) => (started, Some(Err(e))),
+                LateOutcome::Sent(_, w2, _) => (started, Some(Ok(w2.job))),
             });
         }
         Err(StoreError::Backend(format!(
@@ -120,7 +119,10 @@ impl RedisStore {
         if tried.start.body != raw {
             return None;
         }
-        // The start alone was stored: its finish, if any, is a change of its own.
+        // The start alone was stored: its finish, if any, is a change of its own. Only a try
+        // that sent the start alone gets here (a finish in its write makes that write's body
+        // differ from the start's): no finish was offered in time, or it was refused by the
+        // status rules before anything was sent.
         let cmd = match source.take() {
             Some(LateFinish::Taken(cmd)) => Some(cmd),
             Some(LateFinish::Slot(s)) => s.take(),

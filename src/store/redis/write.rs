@@ -27,9 +27,11 @@ pub(super) struct Write {
     /// A claim of a job `lua/claim.lua` popped from its runner's queue at version `expected`:
     /// the queue entry is gone already.
     pub(super) popped: bool,
-    /// Applied only when the write before it in the same `commit.lua` call was (`ch`): a finish
-    /// computed from the start sent with it.
-    pub(super) chained: bool,
+    /// An event of an earlier change of the job made in this same write, appended right before
+    /// `event` (`event0`): an attempt's start carried by the write of its finish (see
+    /// `start.rs`), with its webhook delivery (`dlv0`, '' none).
+    pub(super) event0: Option<(EventKind, String)>,
+    pub(super) delivery0: String,
 }
 
 impl Write {
@@ -71,7 +73,8 @@ impl Write {
             delivery,
             old_status: old.map(|o| o.status),
             popped: false,
-            chained: false,
+            event0: None,
+            delivery0: String::new(),
         })
     }
 
@@ -86,16 +89,15 @@ impl Write {
         let st = j.status;
         let mut p = Parts::new(
             prefix,
-            self.body.len() + self.event.as_ref().map_or(0, |(_, e)| e.len()),
+            self.body.len()
+                + self.event.as_ref().map_or(0, |(_, e)| e.len())
+                + self.event0.as_ref().map_or(0, |(_, e)| e.len()),
         );
         p.val("id", j.id);
         if let Some(v) = self.expected {
             p.val("v", v);
         }
         p.val("nv", j.version);
-        if self.chained {
-            p.val("ch", 1);
-        }
         p.val("st", st.as_str());
         p.val("r", &j.runner);
         p.val("c", &j.channel_id);
@@ -135,16 +137,27 @@ impl Write {
                 p.own("sigw", "waitk:", k);
             }
         }
-        if let Some((_, ev)) = &self.event {
-            p.val("event", ev);
+        if self.event.is_some() || self.event0.is_some() {
             p.shared(EV);
             p.shared(EVWANT);
             p.own("evc", "evc:", &j.channel_id);
             if ttl {
                 p.val("ttl", 1);
             }
-            if !self.delivery.is_empty() {
-                p.val("dlv", &self.delivery);
+            let mut dlv = false;
+            for (name, ev, dname, d) in [
+                ("event0", &self.event0, "dlv0", &self.delivery0),
+                ("event", &self.event, "dlv", &self.delivery),
+            ] {
+                if let Some((_, ev)) = ev {
+                    p.val(name, ev);
+                    if !d.is_empty() {
+                        p.val(dname, d);
+                        dlv = true;
+                    }
+                }
+            }
+            if dlv {
                 p.shared(DLVSEQ);
                 p.shared(DLVDUE);
                 p.own("djob", "dlv:job:", j.id);

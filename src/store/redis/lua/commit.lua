@@ -1,7 +1,7 @@
 -- Commits job writes, each with a compare-and-set on the job's version, together with everything
 -- that depends on the job: its index entries, its idempotency key, its file references and its
 -- event (global stream + channel stream). The status rules ran in Rust (`crate::job::apply`), and
--- so did the choice of what each write touches (`Write::parts` in src/store/redis/commit.rs):
+-- so did the choice of what each write touches (`Write::parts` in src/store/redis/write.rs):
 -- this script checks that nobody wrote the job in between, then does what the write declares and
 -- nothing else (an index entry, a counter, an event, only when the write names its key). One call
 -- carries the writes of several callers of one process (group commit, see `RedisStore::commit`):
@@ -33,11 +33,13 @@
 --   `files` file hashes (space separated), `event` (JSON), `wait` (`enter` or `leave`: the job
 --   starts or stops waiting), `dl` wait deadline (µs), `emits` signal keys to write (separated by
 --   newlines; see signal_append.lua for what they touch), `dlv` webhook delivery of the event
---   (`<created_at µs>\n<url>`, see deliveries.rs), `ttl` (1: refresh the channel stream's TTL),
---   `ch` (1: chained, applied only when the write before it in the call was: see the end),
---   and `keys`, the names of the keys the write touches, in order (space separated). A name of a
---   shared key refers to the call's declaration; any other takes the next KEYS entry: `job`
---   `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
+--   (`<created_at µs>\n<url>`, see deliveries.rs), `event0` and `dlv0` an event (and its
+--   delivery) appended right before `event`: the write is two changes of the job in one (an
+--   attempt's start and its finish, see src/store/redis/start.rs: the job goes from the stored
+--   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel stream's
+--   TTL), and `keys`, the names of the keys the write touches, in order (space separated). A
+--   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
+--   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evc` `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
@@ -48,11 +50,12 @@
 --   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
 --   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
 --   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
---   waitgen: see `wait`; ev, evc: the event is appended; evwant: whether `E` is announced.
+--   waitgen: see `wait`; ev, evc: the events are appended; evwant: whether `E` is announced.
 -- Returns one reply per job:
---   'OK:<event id>' (event id empty without event), 'CONFLICT' (version changed: reload and
---   apply again), 'GONE' (the job no longer exists), 'EXISTS' (a submit whose id is already
---   stored: a retried submit), 'IDEM:<job id>' (a submit whose idempotency key is taken).
+--   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT'
+--   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
+--   submit whose id is already stored: a retried submit), 'IDEM:<job id>' (a submit whose
+--   idempotency key is taken).
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
@@ -172,11 +175,11 @@ end
 
 -- A webhook delivery of event `eid` (signed webhooks out, src/store/redis/deliveries.rs): a hash
 -- per delivery, due at once.
-local function deliver(w, K, eid)
-  local at, url = string.match(w.dlv, '^(%d+)\n(.+)$')
+local function deliver(w, K, eid, ev, dlv)
+  local at, url = string.match(dlv, '^(%d+)\n(.+)$')
   if not at then return end
   local n = redis.call('INCR', K.dlvseq)
-  redis.call('HSET', H.dlvp .. n, 'j', w.id, 'u', url, 'e', eid, 'b', w.event, 't', at,
+  redis.call('HSET', H.dlvp .. n, 'j', w.id, 'u', url, 'e', eid, 'b', ev, 't', at,
     'st', 'pending', 'n', 0)
   redis.call('ZADD', K.dlvdue, at, n)
   redis.call('ZADD', K.djob, n, n)
@@ -187,9 +190,9 @@ end
 -- last state each write left per key and member; both are applied once, at the end of the call,
 -- with one HINCRBY per field that moved and one variadic ZREM/ZADD per key. A group commit's
 -- writes (and a batch submit's) share most of these keys: a claim's -1 QUEUED and a submit's +1
--- cancel out, a start and its finish in one call leave RUNNING as it was. Nothing in the script
--- reads these keys, so applying them at the end changes no reply (also when a command fails
--- mid-call: see the end).
+-- cancel out (a start with its finish is one write, `event0`: STARTING to the end at once,
+-- RUNNING never counted). Nothing in the script reads these keys, so applying them at the end
+-- changes no reply (also when a command fails mid-call: see the end).
 local JC, JCF = {}, {}
 local Z, ZK = {}, {}
 
@@ -278,6 +281,17 @@ local function index(w, K, old)
   end
 end
 
+-- Appends event `ev` of write `w` (with its delivery `dlv`, if any); returns its id.
+local function append(w, K, ev, dlv)
+  local eid = xadd(K.ev, glimit, '*', ev)
+  evented = true
+  -- Same id in the channel stream: channel ids are a subsequence of the global ones, so they
+  -- increase too, and a client may use one id in both.
+  xadd(K.evc, climit, eid, ev)
+  if dlv then deliver(w, K, eid, ev, dlv) end
+  return eid
+end
+
 local function commit_one(w)
   local K, id = w.K, w.id
   local cur = redis.call('HMGET', K.job, 'v', 's')
@@ -310,15 +324,9 @@ local function commit_one(w)
   if w.wait then wait_move(w, K) end
   if w.emits then emit(w, K) end
   local eid = ''
-  if w.event then
-    eid = xadd(K.ev, glimit, '*', w.event)
-    evented = true
-    -- Same id in the channel stream: channel ids are a subsequence of the global ones, so they
-    -- increase too, and a client may use one id in both.
-    xadd(K.evc, climit, eid, w.event)
-    if w.ttl then redis.call('PEXPIRE', K.evc, cttl) end
-    if w.dlv then deliver(w, K, eid) end
-  end
+  if w.event0 then eid = append(w, K, w.event0, w.dlv0) end
+  if w.event then eid = append(w, K, w.event, w.dlv) end
+  if w.ttl and (w.event0 or w.event) then redis.call('PEXPIRE', K.evc, cttl) end
   return 'OK:' .. eid
 end
 
@@ -329,14 +337,7 @@ end
 local out = {}
 local ok, err = pcall(function()
   for j, w in ipairs(W) do
-    -- A write chained to the one before it (`ch`) applies only after that one did: a finish
-    -- computed from the start sent with it. Versions only count up, so without this a chained
-    -- write could match the version someone else's write left (a cancel after the claim).
-    if w.ch and (j == 1 or string.sub(out[j - 1], 1, 3) ~= 'OK:') then
-      out[j] = 'CONFLICT'
-    else
-      out[j] = commit_one(w)
-    end
+    out[j] = commit_one(w)
   end
 end)
 flush_index()
