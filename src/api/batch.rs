@@ -9,6 +9,9 @@
 //! (`&RawValue`, borrowed from the request's bytes); each item is then parsed from that text by
 //! the same code as a single submit's body (duplicate keys in an item are refused as there).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -17,6 +20,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::error::{ApiError, ApiResult};
@@ -62,8 +66,16 @@ pub async fn submit_batch(
         // In the request's span, so its logs keep the request's fields, and under the caller's
         // grant, so each item is checked against the token's types and channels there too.
         let span = tracing::Span::current();
+        // At most POOL_BATCHES at once (waiting here ends with the request); one whose request
+        // ended (its client gone, the request timed out, shutdown) stops before its next item,
+        // storing nothing, as a batch on the request's task stops when it is dropped.
+        let _permit = POOL_BATCHES
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("internal", "the batch pool is closed"))?;
+        let gone = GoneOnDrop(Arc::new(AtomicBool::new(false)));
         let work = crate::auth::access::with_current_grant(
-            submit_batch_here(st, headers, bytes).instrument(span),
+            submit_batch_here(st, headers, bytes, Some(gone.0.clone())).instrument(span),
         );
         return match tokio::task::spawn_blocking(move || rt.block_on(work)).await {
             Ok(answer) => answer,
@@ -76,11 +88,29 @@ pub async fn submit_batch(
             )),
         };
     }
-    submit_batch_here(st, headers, bytes).await
+    submit_batch_here(st, headers, bytes, None).await
 }
 
-/// [`submit_batch`] on the thread it runs on.
-async fn submit_batch_here(st: AppState, headers: HeaderMap, bytes: Bytes) -> ApiResult<Response> {
+/// Batches on the blocking pool at once (each holds a pool thread while it runs).
+static POOL_BATCHES: Semaphore = Semaphore::const_new(4);
+
+/// Set when the request that started a batch on the blocking pool is dropped.
+struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// [`submit_batch`] on the thread it runs on; `gone`: set when its request has ended (a batch
+/// on the blocking pool), checked before each item.
+async fn submit_batch_here(
+    st: AppState,
+    headers: HeaderMap,
+    bytes: Bytes,
+    gone: Option<Arc<AtomicBool>>,
+) -> ApiResult<Response> {
     edge::require_json(&headers)?;
     if bytes.is_empty() {
         return Err(ApiError::json_required());
@@ -97,6 +127,12 @@ async fn submit_batch_here(st: AppState, headers: HeaderMap, bytes: Bytes) -> Ap
     let mut jobs = Vec::with_capacity(body.jobs.len());
     let mut hashes = Vec::with_capacity(body.jobs.len());
     for item in body.jobs {
+        if gone.as_ref().is_some_and(|g| g.load(Ordering::Relaxed)) {
+            return Err(ApiError::unavailable(
+                "request_ended",
+                "the request ended before its batch was stored; nothing was stored",
+            ));
+        }
         match prepare_item(&st, item).await {
             Ok((job, hash)) => {
                 jobs.push(job);
