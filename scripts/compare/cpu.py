@@ -35,11 +35,19 @@ def run(path, cmd):
 def children(pid):
     out = []
     try:
-        for t in os.listdir(f"/proc/{pid}/task"):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out  # the process has ended
+    for t in tasks:
+        try:
             with open(f"/proc/{pid}/task/{t}/children") as f:
                 out += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{t}"):
+                continue  # the thread has ended
+            # A kernel without CONFIG_PROC_CHILDREN: the children cannot be found, and a figure
+            # without them would be wrong rather than missing.
+            raise SystemExit(f"cpu.py: /proc/{pid}/task/{t}/children is missing")
     return out
 
 

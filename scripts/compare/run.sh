@@ -30,8 +30,11 @@
 #                     (as scripts/redis-bench.sh prints them)
 #   BullMQ, Celery    from the end of the warm-up to the end of the run: the producer's own CPU
 #                     over its run (it reports it), the two workers' (with Celery's pool
-#                     processes) and the shared redis-server's, per job of the run. Their Node
-#                     and Python start-ups (hundreds of ms each) are left out; runyard's are not.
+#                     processes) and the shared redis-server's, per job of the run (BullMQ's
+#                     queue is emptied after the figures are taken). Their Node and Python
+#                     start-ups (hundreds of ms each) are left out; runyard's are not. Celery's
+#                     tasks mark themselves done in Redis (three commands in one round trip per
+#                     task: this harness's, not Celery's own cost, counted with it).
 # Needs: cargo, node + npm (registry), python3 + pip (PyPI), redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -121,9 +124,13 @@ run_runyard_redis() { # shape rep [binary system-name]
   # shellcheck disable=SC2046
   RUNYARD="${3:-$bin}" scripts/redis-bench.sh 2 --json --warmup 200 \
     $(runyard_flags "$1" | sed 's/--local-concurrency [0-9]*//') >"$out/last.json" 2>"$out/redis-bench.log"
-  # Its processes' CPU as it prints them: redis-server, the API, each worker, the bench client.
-  CPU_S=$(add $(grep -oE '(cpu: [0-9.]+ s|[0-9.]+ s of cpu)' "$out/last.json" | grep -oE '[0-9.]+')) \
-    CPU_JOBS=$(( $(shape_n "$1") + 200 )) record "${4:-runyard}" redis "$1" "$2" <"$out/last.json"
+  # Its processes' CPU as it prints them: redis-server, the API, each worker, the bench client
+  # (five figures; with any missing, none is recorded and the report shows "-").
+  local cpus
+  cpus=$(grep -oE '(cpu: [0-9.]+ s|[0-9.]+ s of cpu)' "$out/last.json" | grep -oE '[0-9.]+' || true)
+  [ "$(echo "$cpus" | grep -c .)" -eq 5 ] || cpus=""
+  CPU_S=$([ -n "$cpus" ] && add $cpus) CPU_JOBS=$(( $(shape_n "$1") + 200 )) \
+    record "${4:-runyard}" redis "$1" "$2" <"$out/last.json"
 }
 
 # RUNYARD_BASE=binary: an older build runs every shape too, in the same rotation, recorded as
@@ -163,8 +170,9 @@ run_bullmq() { # shape rep
   n=$(shape_n "$1")
   local extra=""
   case $1 in inflight|true) extra=32 ;; idle) extra=50 ;; esac
-  node scripts/compare/bullmq/bench.mjs compare "$rport" "$1" "$n" $extra >"$out/last.json"
+  KEEP_JOBS=1 node scripts/compare/bullmq/bench.mjs compare "$rport" "$1" "$n" $extra >"$out/last.json"
   CPU_S=$(cpu_since_mark) CPU_JOBS=$n record bullmq redis "$1" "$2" <"$out/last.json"
+  node scripts/compare/bullmq/bench.mjs compare "$rport" cleanup # not counted: after the figures
 }
 
 run_celery() { # shape rep

@@ -4,6 +4,7 @@
 //   node bench.mjs QUEUE PORT batch N           addBulk in chunks of 1000
 //   node bench.mjs QUEUE PORT idle N RATE       one add every 1/RATE s (idle queue latency)
 //   node bench.mjs QUEUE PORT true N C          /bin/true jobs, C adds in flight
+//   node bench.mjs QUEUE PORT cleanup           empties the queue (after a run with KEEP_JOBS=1)
 // End to end = first add (client clock) -> the last job's finishedOn. Workers run in their own
 // processes (worker.mjs), started by run.sh.
 import { Queue } from "bullmq";
@@ -22,6 +23,11 @@ async function add(i) {
   sent.set(job.id, t);
 }
 
+if (shape === "cleanup") {
+  await queue.obliterate({ force: true });
+  await queue.close();
+  process.exit(0);
+}
 const t0 = now();
 const cpu0 = process.cpuUsage(); // this process's CPU over the run (scripts/compare's CPU table)
 if (shape === "sequential") {
@@ -91,5 +97,7 @@ console.log(
     cpu_s: (cpu.user + cpu.system) / 1e6,
   }),
 );
-await queue.obliterate({ force: true });
+// KEEP_JOBS=1: the queue is left as it is, for `cleanup` to empty once scripts/compare has
+// taken its CPU figures (so the deletion is not counted as the run's).
+if (!process.env.KEEP_JOBS) await queue.obliterate({ force: true });
 await queue.close();
