@@ -55,6 +55,14 @@ fn started(token: u64) -> Command {
     }
 }
 
+/// A finish slot with `outcome` offered under `token`: an attempt that ended before its start
+/// was sent.
+fn offered(token: u64, outcome: FinishOutcome) -> Arc<FinishSlot> {
+    let slot = FinishSlot::new();
+    assert!(slot.offer(token, outcome).is_ok(), "offered");
+    slot
+}
+
 /// The statuses of the job's own channel events, oldest first.
 async fn statuses(s: &Arc<dyn Store>, j: &Job) -> Vec<String> {
     let evs = s
@@ -88,10 +96,7 @@ fn notices(rx: &mut tokio::sync::broadcast::Receiver<Notice>, id: uuid::Uuid) ->
 async fn a_finish_offered_first_is_applied_after_the_start(s: Arc<dyn Store>) {
     let mut rx = s.subscribe();
     let (j, token) = claimed(&s).await;
-    let slot = FinishSlot::new();
-    assert!(slot
-        .offer(token, FinishOutcome::Success(Some(json!({"ok": 1}))))
-        .is_ok());
+    let slot = offered(token, FinishOutcome::Success(Some(json!({"ok": 1}))));
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot.clone())
         .await
@@ -163,8 +168,7 @@ async fn without_an_offer_only_the_start_is_applied_and_the_slot_closes(s: Arc<d
 async fn a_refused_start_applies_no_finish(s: Arc<dyn Store>) {
     let (j, token) = claimed(&s).await;
     s.apply(j.id, Command::Cancel).await.expect("cancel");
-    let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let slot = offered(token, FinishOutcome::Success(None));
     let e = s
         .apply_start(j.id, started(token), slot)
         .await
@@ -214,8 +218,7 @@ async fn a_cancel_racing_a_start_with_its_finish_never_ends_both(s: Arc<dyn Stor
     for _ in 0..40 {
         let mut rx = s.subscribe();
         let (j, token) = claimed(&s).await;
-        let slot = FinishSlot::new();
-        assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+        let slot = offered(token, FinishOutcome::Success(None));
         let (a, b) = (s.clone(), s.clone());
         let id = j.id;
         let cancel = tokio::spawn(async move { a.apply(id, Command::Cancel).await });
@@ -299,8 +302,7 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
     let s = redis_store(&r).await;
     let (j, token) = claimed(&s).await;
-    let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let slot = offered(token, FinishOutcome::Success(None));
     let before = script_calls(&r.url).await;
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot)
@@ -333,10 +335,7 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_job_write() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
     let s = redis_store(&r).await;
     let (j, token) = claimed(&s).await;
-    let slot = FinishSlot::new();
-    assert!(slot
-        .offer(token, FinishOutcome::Success(Some(json!({"n": 1}))))
-        .is_ok());
+    let slot = offered(token, FinishOutcome::Success(Some(json!({"n": 1}))));
     let before = calls(&r.url, &["hset", "hmget"]).await;
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot)
@@ -400,10 +399,7 @@ async fn redis_a_start_with_its_finish_refused_by_a_conflict_is_applied_again() 
         lease_until: now_us() + 60_000_000,
     };
     other.apply(j.id, beat).await.expect("heartbeat");
-    let slot = FinishSlot::new();
-    assert!(slot
-        .offer(token, FinishOutcome::Success(Some(json!({"n": 2}))))
-        .is_ok());
+    let slot = offered(token, FinishOutcome::Success(Some(json!({"n": 2}))));
     let before = calls(&r.url, &["evalsha"]).await;
     let (at_start, end) = s
         .apply_start(j.id, started(token), slot)
@@ -532,8 +528,7 @@ async fn redis_a_start_with_its_finish_delivers_both_events_once() {
         .pop()
         .expect("claimed");
     let token = j.lease.as_ref().expect("a lease").token;
-    let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let slot = offered(token, FinishOutcome::Success(None));
     let (_, end) = s
         .apply_start(j.id, started(token), slot)
         .await
@@ -627,8 +622,7 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
     // never.
     let j = &claimed[0];
     let token = j.lease.as_ref().expect("a lease").token;
-    let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let slot = offered(token, FinishOutcome::Success(None));
     let (_, end) = s
         .apply_start(j.id, started(token), slot)
         .await
@@ -667,8 +661,7 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
         .await
         .expect("claim");
     let token = v.pop().expect("claimed").lease.expect("a lease").token;
-    let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let slot = offered(token, FinishOutcome::Success(None));
     let (_, end) = worker
         .apply_start(j.id, started(token), slot)
         .await
@@ -878,8 +871,7 @@ async fn redis_a_job_cancelled_between_its_claim_and_its_start_stays_cancelled()
     let token = j.lease.as_ref().expect("a lease").token;
     let cancelled = api.apply(j.id, Command::Cancel).await.expect("cancel");
     assert_eq!(cancelled.status, JobStatus::Cancelled);
-    let slot = FinishSlot::new();
-    assert!(slot.offer(token, FinishOutcome::Success(None)).is_ok());
+    let slot = offered(token, FinishOutcome::Success(None));
     match w.apply_start(j.id, started(token), slot.clone()).await {
         Err(StoreError::Transition(_)) => {}
         other => panic!("the start of a cancelled job: {other:?}"),
