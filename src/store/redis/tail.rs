@@ -43,25 +43,27 @@ impl RedisStore {
         let key = self.key("ev");
         let last: Entries = self
             .exec(true, |mut c| {
-                let key = key.clone();
-                async move {
-                    ::redis::cmd("XREVRANGE")
-                        .arg(&key)
-                        .arg("+")
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(1)
-                        .query_async(&mut c)
-                        .await
-                }
+                let cmd = newest_cmd(&key);
+                async move { cmd.query_async(&mut c).await }
             })
             .await?;
-        Ok(last
-            .into_iter()
-            .next()
-            .map(|(id, _)| id)
-            .unwrap_or_else(|| "0-0".into()))
+        Ok(newest_of(last))
     }
+}
+
+/// `XREVRANGE key + - COUNT 1`: the newest entry of the stream `key`.
+fn newest_cmd(key: &str) -> ::redis::Cmd {
+    let mut cmd = ::redis::cmd("XREVRANGE");
+    cmd.arg(key).arg("+").arg("-").arg("COUNT").arg(1);
+    cmd
+}
+
+/// The id [`newest_cmd`] answered, `0-0` for an empty stream.
+fn newest_of(last: Entries) -> String {
+    last.into_iter()
+        .next()
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| "0-0".into())
 }
 
 impl EventTail {
@@ -86,20 +88,9 @@ impl EventTail {
     pub async fn newest_id(&mut self) -> Result<String> {
         let key = self.key.clone();
         let conn = self.conn(Duration::from_secs(1)).await?;
-        let last: std::result::Result<Entries, _> = ::redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(conn)
-            .await;
+        let last: std::result::Result<Entries, _> = newest_cmd(&key).query_async(conn).await;
         match last {
-            Ok(l) => Ok(l
-                .into_iter()
-                .next()
-                .map(|(id, _)| id)
-                .unwrap_or_else(|| "0-0".into())),
+            Ok(l) => Ok(newest_of(l)),
             Err(e) => {
                 self.conn = None;
                 Err(StoreError::Unavailable(format!("redis XREVRANGE: {e}")))
