@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
+use runyard::api::jobs::{build_job, SubmitBody};
+use runyard::api::AppState;
 use runyard::auth::access::{Need, On, ROUTES};
-use runyard::auth::tokens::{token_sha256, Scope};
+use runyard::auth::tokens::{token_sha256, Authenticator, Scope};
 use runyard::config::Config;
 use runyard::server::{RunningServer, ServerBuilder};
 use runyard::store::ListQuery;
@@ -592,6 +594,53 @@ async fn listings_show_only_what_the_caller_covers() {
             "{t}: {v}"
         );
     }
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
+/// A new job is checked against its caller's grant wherever it is built (docs/auth.md, "In the
+/// code"): `build_job` takes the grant, so a job built on another thread than its request's (as
+/// a batch on the blocking pool builds its items) is refused outside the caller's types and
+/// channels, and a grant that covers it builds it. When the grant was a task-local of the
+/// request, a job built where it did not follow was checked against nothing and passed.
+#[tokio::test]
+async fn a_job_built_off_the_requests_task_is_checked_against_its_callers_grant() {
+    let mut h = Harness::start().await;
+    let app = h.server.as_ref().expect("running").app.clone();
+    let auth = Authenticator::new(&app.config.auth).expect("[auth] compiles");
+    let grant = |t: &str| auth.authenticate(t).expect("token accepted");
+    let grants = [grant(WRONG_TYPE), grant(WRONG_CHANNEL), grant(CONFINED_OK)];
+    let st = AppState { app };
+    // A plain thread: no runtime, no request, nothing of the request's task in sight.
+    let built = std::thread::spawn(move || {
+        grants.map(|g| {
+            let body: SubmitBody =
+                serde_json::from_value(json!({"type": TYPE, "channel": CHANNEL})).expect("body");
+            build_job(&st, &g, body, None)
+                .map(|job| (job.job_type, job.channel_id))
+                .map_err(|e| (e.status.as_u16(), e.code, e.message))
+        })
+    })
+    .join()
+    .expect("the thread ends");
+    let [wrong_type, wrong_channel, ok] = built;
+    let (status, code, message) = wrong_type.expect_err("outside the token's types");
+    assert_eq!((status, code), (403, "forbidden"), "{message}");
+    assert!(
+        message.contains("other.*") && message.contains(TYPE),
+        "{message}"
+    );
+    let (status, code, message) = wrong_channel.expect_err("outside the token's channels");
+    assert_eq!((status, code), (403, "forbidden"), "{message}");
+    assert!(
+        message.contains("elsewhere") && message.contains(CHANNEL),
+        "{message}"
+    );
+    assert_eq!(ok, Ok((TYPE.to_string(), CHANNEL.to_string())));
     h.server
         .take()
         .expect("running")

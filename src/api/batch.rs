@@ -26,6 +26,8 @@ use tracing::Instrument;
 use super::error::{ApiError, ApiResult};
 use super::jobs::SubmitAnswer;
 use super::{check_replay, edge, extract, prepare_submit, AppState};
+use crate::auth::access::Caller;
+use crate::auth::tokens::Grant;
 use crate::store::Submitted;
 
 /// Most jobs in one batch.
@@ -53,6 +55,7 @@ struct BatchBody<'a> {
     ))]
 pub async fn submit_batch(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
@@ -63,8 +66,8 @@ pub async fn submit_batch(
     if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
         && st.app.config.redis.is_some()
     {
-        // In the request's span, so its logs keep the request's fields, and under the caller's
-        // grant, so each item is checked against the token's types and channels there too.
+        // In the request's span, so its logs keep the request's fields; the caller's grant goes
+        // with it, so each item is checked against the token's types and channels there too.
         let span = tracing::Span::current();
         // At most POOL_BATCHES at once (waiting here ends with the request); one whose request
         // ended (its client gone, the request timed out, shutdown) stops before its next item,
@@ -74,9 +77,8 @@ pub async fn submit_batch(
             .await
             .map_err(|_| ApiError::internal("internal", "the batch pool is closed"))?;
         let gone = GoneOnDrop(Arc::new(AtomicBool::new(false)));
-        let work = crate::auth::access::with_current_grant(
-            submit_batch_here(st, headers, bytes, Some(gone.0.clone())).instrument(span),
-        );
+        let work =
+            submit_batch_here(st, caller, headers, bytes, Some(gone.0.clone())).instrument(span);
         return match tokio::task::spawn_blocking(move || rt.block_on(work)).await {
             Ok(answer) => answer,
             // A panic goes on to the edge's panic layer, which answers without its text and
@@ -88,7 +90,7 @@ pub async fn submit_batch(
             )),
         };
     }
-    submit_batch_here(st, headers, bytes, None).await
+    submit_batch_here(st, caller, headers, bytes, None).await
 }
 
 /// Batches on the blocking pool at once (each holds a pool thread while it runs).
@@ -103,10 +105,11 @@ impl Drop for GoneOnDrop {
     }
 }
 
-/// [`submit_batch`] on the thread it runs on; `gone`: set when its request has ended (a batch
-/// on the blocking pool), checked before each item.
+/// [`submit_batch`] on the thread it runs on, for `caller`; `gone`: set when its request has
+/// ended (a batch on the blocking pool), checked before each item.
 async fn submit_batch_here(
     st: AppState,
+    caller: Grant,
     headers: HeaderMap,
     bytes: Bytes,
     gone: Option<Arc<AtomicBool>>,
@@ -133,7 +136,7 @@ async fn submit_batch_here(
                 "the request ended before its batch was stored; nothing was stored",
             ));
         }
-        match prepare_item(&st, item).await {
+        match prepare_item(&st, &caller, item).await {
             Ok((job, hash)) => {
                 jobs.push(job);
                 hashes.push(hash);
@@ -204,9 +207,10 @@ enum Item<'a> {
 /// One item validated as a single submit body (its own JSON text), nothing stored.
 async fn prepare_item(
     st: &AppState,
+    caller: &Grant,
     item: &RawValue,
 ) -> ApiResult<(crate::job::Job, Option<String>)> {
-    let job = prepare_submit(st, item.get().as_bytes(), Vec::new()).await?;
+    let job = prepare_submit(st, caller, item.get().as_bytes(), Vec::new()).await?;
     let hash = job.submit_hash.clone();
     Ok((job, hash))
 }

@@ -145,7 +145,11 @@ async fn not_found() -> ApiError {
         (status = 415, description = "`unsupported_media_type`: not `application/json` nor `multipart/form-data`", body = openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
     ))]
-async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
+async fn submit(
+    State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
+    req: Request,
+) -> ApiResult<Response> {
     let ctype = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -173,25 +177,26 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
     if bytes.is_empty() {
         return Err(ApiError::json_required());
     }
-    let job = prepare_submit(&st, &bytes, files).await?;
+    let job = prepare_submit(&st, &caller, &bytes, files).await?;
     let ours = job.submit_hash.clone();
     let submitted = st.app.store.submit(job).await?;
     check_replay(&submitted, ours.as_deref())?;
     Ok(jobs::accepted(&submitted))
 }
 
-/// A submit's JSON body (and its multipart files) validated into the job to store, its
-/// idempotency hash set when it has a key; nothing is stored. Shared by `POST /async/jobs` and
-/// each item of `POST /async/jobs/batch` (`batch.rs`).
+/// A submit's JSON body (and its multipart files) validated into the job to store (its type
+/// and channel within `caller`'s grant), its idempotency hash set when it has a key; nothing is
+/// stored. Shared by `POST /async/jobs` and each item of `POST /async/jobs/batch` (`batch.rs`).
 pub(crate) async fn prepare_submit(
     st: &AppState,
+    caller: &crate::auth::tokens::Grant,
     bytes: &[u8],
     files: Vec<(String, crate::job::FileRef)>,
 ) -> ApiResult<crate::job::Job> {
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
     let own_notify = body.notify.is_some();
-    let mut job = jobs::build_job(st, body, None)?;
+    let mut job = jobs::build_job(st, caller, body, None)?;
     if own_notify {
         notify::check_target(st, &job).await?;
     }
