@@ -934,3 +934,107 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
         "{err}"
     );
 }
+
+/// Idempotency keys are one space for every job, whoever stored it: a caller reusing a key
+/// taken by a job outside its grant gets `409 idempotency_conflict`, single submit and batch
+/// item alike, and the answer names nothing of that job (not its id, not its channel). A job
+/// without a body hash (a schedule fire's, a job stored by an older version: here one stored
+/// through the store) was replayed to anyone with its key: its id and channel. A
+/// caller whose grant covers the job still gets its replay (the same id).
+#[tokio::test]
+async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job() {
+    let mut h = Harness::start().await;
+    let app = h.server.as_ref().expect("running").app.clone();
+    let submit = |body: Value| h.call(Method::POST, "/async/jobs", Some(body));
+    let keyed = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "shared-key"});
+    let (s, v) = h.send(&submit(keyed.clone()), Some(ADMIN)).await;
+    assert_eq!(s, 202, "{v}");
+    let hashed = v["job_id"].as_str().expect("id").to_string();
+    // A job with a key and no body hash, on ch-a.
+    let auth = Authenticator::new(&app.config.auth).expect("[auth] compiles");
+    let admin = auth.authenticate(ADMIN).expect("token accepted");
+    let body: SubmitBody = serde_json::from_value(
+        json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "hashless-key"}),
+    )
+    .expect("body");
+    let job = build_job(&AppState { app: app.clone() }, &admin, body, None).expect("built");
+    assert_eq!(job.submit_hash, None);
+    let hashless = app
+        .store
+        .submit(job)
+        .await
+        .expect("stored")
+        .job
+        .id
+        .to_string();
+    let before = h.snapshot().await;
+    let theirs = |key: &str| json!({"type": TYPE, "channel": "elsewhere", "idempotency_key": key});
+    let leaks = |v: &Value| {
+        let text = v.to_string();
+        [hashed.as_str(), hashless.as_str(), CHANNEL]
+            .into_iter()
+            .find(|x| text.contains(x))
+            .map(str::to_string)
+    };
+    for key in ["shared-key", "hashless-key"] {
+        let (s, v) = h.send(&submit(theirs(key)), Some(WRONG_CHANNEL)).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (409, &json!("idempotency_conflict")),
+            "{key}: {v}"
+        );
+        assert_eq!(leaks(&v), None, "{key}: {v}");
+    }
+    let batch = h.call(
+        Method::POST,
+        "/async/jobs/batch",
+        Some(json!({"jobs": [theirs("shared-key"), theirs("hashless-key")]})),
+    );
+    let (s, v) = h.send(&batch, Some(WRONG_CHANNEL)).await;
+    assert_eq!(s, 200, "{v}");
+    for r in v["results"].as_array().expect("results") {
+        assert_eq!(r["status_code"], 409, "{v}");
+        assert_eq!(r["error"]["code"], "idempotency_conflict", "{v}");
+    }
+    assert_eq!(leaks(&v), None, "{v}");
+    assert_eq!(h.snapshot().await, before, "nothing stored or changed");
+    // A grant that covers the jobs replays them, as before (the single submit: 202 with the
+    // earlier job, batch items: 200).
+    let (s, v) = h.send(&submit(keyed.clone()), Some(CONFINED_OK)).await;
+    assert_eq!(
+        (s, v["job_id"].as_str()),
+        (202, Some(hashed.as_str())),
+        "{v}"
+    );
+    let mine = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "hashless-key"});
+    let (s, v) = h.send(&submit(mine.clone()), Some(CONFINED_OK)).await;
+    assert_eq!(
+        (s, v["job_id"].as_str()),
+        (202, Some(hashless.as_str())),
+        "{v}"
+    );
+    let batch = h.call(
+        Method::POST,
+        "/async/jobs/batch",
+        Some(json!({"jobs": [keyed, mine]})),
+    );
+    let (s, v) = h.send(&batch, Some(CONFINED_OK)).await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<_> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["status_code"].clone(), r["job_id"].clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        [(json!(200), json!(hashed)), (json!(200), json!(hashless))]
+    );
+    assert_eq!(h.snapshot().await, before, "replays store nothing");
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}

@@ -200,7 +200,7 @@ async fn submit_batch_here(
             {
                 Ok((r, hash)) => r
                     .map_err(ApiError::from)
-                    .and_then(|s| check_replay(&s, hash.as_deref()).map(|()| s)),
+                    .and_then(|s| check_replay(&s, hash.as_deref(), &caller).map(|()| s)),
                 Err(Some(e)) => Err(e),
                 Err(None) => Err(ApiError::internal(
                     "internal",

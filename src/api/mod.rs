@@ -180,7 +180,7 @@ async fn submit(
     let job = prepare_submit(&st, &caller, &bytes, files).await?;
     let ours = job.submit_hash.clone();
     let submitted = st.app.store.submit(job).await?;
-    check_replay(&submitted, ours.as_deref())?;
+    check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))
 }
 
@@ -209,22 +209,27 @@ pub(crate) async fn prepare_submit(
     Ok(job)
 }
 
-/// 409 `idempotency_conflict` when a submit returned an earlier job of the same key whose body
-/// (hash `ours`) was another.
+/// 409 `idempotency_conflict` when a submit returned an earlier job of the same key (not
+/// `created`) that `caller` may not see (another tenant's: keys are one space for all jobs), or
+/// whose body (hash `ours`) was another. The answer never names that job: its id, type and
+/// channel stay with whoever may see it.
 pub(crate) fn check_replay(
     submitted: &crate::store::Submitted,
     ours: Option<&str>,
+    caller: &crate::auth::tokens::Grant,
 ) -> ApiResult<()> {
-    if !submitted.created
-        && submitted.job.submit_hash.is_some()
-        && submitted.job.submit_hash.as_deref() != ours
-    {
+    if submitted.created {
+        return Ok(());
+    }
+    let job = &submitted.job;
+    let foreign = caller
+        .check_job(&job.job_type, Some(&job.channel_id))
+        .is_err();
+    if foreign || (job.submit_hash.is_some() && job.submit_hash.as_deref() != ours) {
         return Err(ApiError::conflict(
             "idempotency_conflict",
-            format!(
-                "`idempotency_key` was already used by job {} with a different body",
-                submitted.job.id
-            ),
+            "`idempotency_key` was already used by another submit (another body, or a job \
+             outside your grant); use another key",
         ));
     }
     Ok(())
