@@ -1038,3 +1038,76 @@ async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job
         .await
         .expect("stop");
 }
+
+/// A fire's idempotency key (`schedule:{name}:{fire_time}`, predictable) is the schedules'
+/// own: a submit giving a key that starts with `schedule:` is `422 invalid_request` (single and
+/// batch item), nothing is stored, and the fire of that time still makes its own job. When a
+/// caller could take the key first, the fire found the caller's job under it and recorded it
+/// as the schedule's run.
+#[tokio::test]
+async fn a_key_starting_with_schedule_is_refused_and_the_fire_keeps_its_key() {
+    let mut h = Harness::start().await;
+    h.ensure_schedule().await;
+    let key = format!("schedule:{SCHEDULE}:2026-01-01T03:00:00Z");
+    let body = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": key});
+    let before = h.snapshot().await;
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs", Some(body.clone())),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (422, &json!("invalid_request")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().expect("message");
+    assert!(message.contains("`schedule:`"), "{message}");
+    let batch = json!({"jobs": [body, {"type": TYPE, "channel": CHANNEL, "idempotency_key": "schedule:x"}]});
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs/batch", Some(batch)),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for r in v["results"].as_array().expect("results") {
+        assert_eq!(r["status_code"], 422, "{v}");
+        assert_eq!(r["error"]["code"], "invalid_request", "{v}");
+    }
+    assert_eq!(h.snapshot().await, before, "nothing stored");
+    let backfill = h.call(
+        Method::POST,
+        &format!("/async/schedules/{SCHEDULE}/backfill"),
+        Some(json!({"from": "2026-01-01T02:00:00Z", "to": "2026-01-01T04:00:00Z"})),
+    );
+    let (s, v) = h.send(&backfill, Some(ADMIN)).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        v["fires"][0]["created"], true,
+        "the fire made its own job: {v}"
+    );
+    let job = h
+        .send(
+            &h.call(
+                Method::GET,
+                &format!(
+                    "/async/jobs/{}",
+                    v["fires"][0]["job_id"].as_str().expect("id")
+                ),
+                None,
+            ),
+            Some(ADMIN),
+        )
+        .await
+        .1;
+    assert_eq!(job["idempotency_key"], json!(key), "{job}");
+    assert_eq!(job["schedule"], SCHEDULE, "{job}");
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}

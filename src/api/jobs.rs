@@ -114,6 +114,12 @@ fn check_keys(body: &SubmitBody, caller: &Grant) -> ApiResult<()> {
         if k.is_empty() || k.len() > 256 {
             return Err(bad("`idempotency_key` must be 1-256 characters".into()));
         }
+        if k.starts_with(crate::schedule::FIRE_KEY_PREFIX) {
+            return Err(bad(format!(
+                "`idempotency_key` may not start with `{}`: those keys are the schedules' own",
+                crate::schedule::FIRE_KEY_PREFIX
+            )));
+        }
     }
     if let Some(c) = &body.channel {
         if !valid_name(c, 256) {
