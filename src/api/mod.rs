@@ -140,7 +140,7 @@ async fn not_found() -> ApiError {
     responses(
         (status = 202, description = "Accepted (also a replayed `idempotency_key`: header `Idempotent-Replayed: true`)", body = openapi::schemas::Accepted),
         (status = 400, description = "`bad_json`: no body or malformed JSON; `bad_multipart`", body = openapi::schemas::ErrorBody),
-        (status = 409, description = "`idempotency_conflict`: the key was used with another body", body = openapi::schemas::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body, or by a job outside the caller's grant", body = openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `api.max_body_bytes` (or a file over `hooks.max_file_bytes`)", body = openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json` nor `multipart/form-data`", body = openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
@@ -211,25 +211,33 @@ pub(crate) async fn prepare_submit(
 
 /// 409 `idempotency_conflict` when a submit returned an earlier job of the same key (not
 /// `created`) that `caller` may not see (another tenant's: keys are one space for all jobs), or
-/// whose body (hash `ours`) was another. The answer never names that job: its id, type and
-/// channel stay with whoever may see it.
+/// whose body (hash `ours`) was another. Only a caller whose grant covers that job is told its
+/// id; for any other, the answer names nothing of it (id, type, channel).
 pub(crate) fn check_replay(
     submitted: &crate::store::Submitted,
     ours: Option<&str>,
     caller: &crate::auth::tokens::Grant,
 ) -> ApiResult<()> {
+    let job = &submitted.job;
     if submitted.created {
         return Ok(());
     }
-    let job = &submitted.job;
-    let foreign = caller
+    if caller
         .check_job(&job.job_type, Some(&job.channel_id))
-        .is_err();
-    if foreign || (job.submit_hash.is_some() && job.submit_hash.as_deref() != ours) {
+        .is_err()
+    {
         return Err(ApiError::conflict(
             "idempotency_conflict",
-            "`idempotency_key` was already used by another submit (another body, or a job \
-             outside your grant); use another key",
+            "`idempotency_key` is already used by a job outside your grant; use another key",
+        ));
+    }
+    if job.submit_hash.is_some() && job.submit_hash.as_deref() != ours {
+        return Err(ApiError::conflict(
+            "idempotency_conflict",
+            format!(
+                "`idempotency_key` was already used by job {} with a different body",
+                job.id
+            ),
         ));
     }
     Ok(())
