@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
+use runyard::api::jobs::{build_job, SubmitBody};
+use runyard::api::AppState;
 use runyard::auth::access::{Need, On, ROUTES};
-use runyard::auth::tokens::{token_sha256, Scope};
+use runyard::auth::tokens::{token_sha256, Authenticator, Scope};
 use runyard::config::Config;
 use runyard::server::{RunningServer, ServerBuilder};
 use runyard::store::ListQuery;
@@ -600,6 +602,53 @@ async fn listings_show_only_what_the_caller_covers() {
         .expect("stop");
 }
 
+/// A new job is checked against its caller's grant wherever it is built (docs/auth.md, "In the
+/// code"): `build_job` takes the grant, so a job built on another thread than its request's (as
+/// a batch on the blocking pool builds its items) is refused outside the caller's types and
+/// channels, and a grant that covers it builds it. When the grant was a task-local of the
+/// request, a job built where it did not follow was checked against nothing and passed.
+#[tokio::test]
+async fn a_job_built_off_the_requests_task_is_checked_against_its_callers_grant() {
+    let mut h = Harness::start().await;
+    let app = h.server.as_ref().expect("running").app.clone();
+    let auth = Authenticator::new(&app.config.auth).expect("[auth] compiles");
+    let grant = |t: &str| auth.authenticate(t).expect("token accepted");
+    let grants = [grant(WRONG_TYPE), grant(WRONG_CHANNEL), grant(CONFINED_OK)];
+    let st = AppState { app };
+    // A plain thread: no runtime, no request, nothing of the request's task in sight.
+    let built = std::thread::spawn(move || {
+        grants.map(|g| {
+            let body: SubmitBody =
+                serde_json::from_value(json!({"type": TYPE, "channel": CHANNEL})).expect("body");
+            build_job(&st, &g, body, None)
+                .map(|job| (job.job_type, job.channel_id))
+                .map_err(|e| (e.status.as_u16(), e.code, e.message))
+        })
+    })
+    .join()
+    .expect("the thread ends");
+    let [wrong_type, wrong_channel, ok] = built;
+    let (status, code, message) = wrong_type.expect_err("outside the token's types");
+    assert_eq!((status, code), (403, "forbidden"), "{message}");
+    assert!(
+        message.contains("other.*") && message.contains(TYPE),
+        "{message}"
+    );
+    let (status, code, message) = wrong_channel.expect_err("outside the token's channels");
+    assert_eq!((status, code), (403, "forbidden"), "{message}");
+    assert!(
+        message.contains("elsewhere") && message.contains(CHANNEL),
+        "{message}"
+    );
+    assert_eq!(ok, Ok((TYPE.to_string(), CHANNEL.to_string())));
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
 /// The router's own path list (from its `Debug` form): every path it serves.
 fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
     let text = format!("{router:?}");
@@ -884,4 +933,181 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
         err.contains("0.0.0.0:0") && err.contains("[auth]") && err.contains("--insecure-no-auth"),
         "{err}"
     );
+}
+
+/// Idempotency keys are one space for every job, whoever stored it: a caller reusing a key
+/// taken by a job outside its grant gets `409 idempotency_conflict`, single submit and batch
+/// item alike, and the answer names nothing of that job (not its id, not its channel). A job
+/// without a body hash (a schedule fire's, a job stored by an older version: here one stored
+/// through the store) was replayed to anyone with its key: its id and channel. A
+/// caller whose grant covers the job still gets its replay (the same id).
+#[tokio::test]
+async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job() {
+    let mut h = Harness::start().await;
+    let app = h.server.as_ref().expect("running").app.clone();
+    let submit = |body: Value| h.call(Method::POST, "/async/jobs", Some(body));
+    let keyed = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "shared-key"});
+    let (s, v) = h.send(&submit(keyed.clone()), Some(ADMIN)).await;
+    assert_eq!(s, 202, "{v}");
+    let hashed = v["job_id"].as_str().expect("id").to_string();
+    // A job with a key and no body hash, on ch-a.
+    let auth = Authenticator::new(&app.config.auth).expect("[auth] compiles");
+    let admin = auth.authenticate(ADMIN).expect("token accepted");
+    let body: SubmitBody = serde_json::from_value(
+        json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "hashless-key"}),
+    )
+    .expect("body");
+    let job = build_job(&AppState { app: app.clone() }, &admin, body, None).expect("built");
+    assert_eq!(job.submit_hash, None);
+    let hashless = app
+        .store
+        .submit(job)
+        .await
+        .expect("stored")
+        .job
+        .id
+        .to_string();
+    let before = h.snapshot().await;
+    let theirs = |key: &str| json!({"type": TYPE, "channel": "elsewhere", "idempotency_key": key});
+    let leaks = |v: &Value| {
+        let text = v.to_string();
+        [hashed.as_str(), hashless.as_str(), CHANNEL]
+            .into_iter()
+            .find(|x| text.contains(x))
+            .map(str::to_string)
+    };
+    for key in ["shared-key", "hashless-key"] {
+        let (s, v) = h.send(&submit(theirs(key)), Some(WRONG_CHANNEL)).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (409, &json!("idempotency_conflict")),
+            "{key}: {v}"
+        );
+        assert_eq!(leaks(&v), None, "{key}: {v}");
+    }
+    let batch = h.call(
+        Method::POST,
+        "/async/jobs/batch",
+        Some(json!({"jobs": [theirs("shared-key"), theirs("hashless-key")]})),
+    );
+    let (s, v) = h.send(&batch, Some(WRONG_CHANNEL)).await;
+    assert_eq!(s, 200, "{v}");
+    for r in v["results"].as_array().expect("results") {
+        assert_eq!(r["status_code"], 409, "{v}");
+        assert_eq!(r["error"]["code"], "idempotency_conflict", "{v}");
+    }
+    assert_eq!(leaks(&v), None, "{v}");
+    assert_eq!(h.snapshot().await, before, "nothing stored or changed");
+    // A grant that covers the jobs replays them, as before (the single submit: 202 with the
+    // earlier job, batch items: 200).
+    let (s, v) = h.send(&submit(keyed.clone()), Some(CONFINED_OK)).await;
+    assert_eq!(
+        (s, v["job_id"].as_str()),
+        (202, Some(hashed.as_str())),
+        "{v}"
+    );
+    let mine = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "hashless-key"});
+    let (s, v) = h.send(&submit(mine.clone()), Some(CONFINED_OK)).await;
+    assert_eq!(
+        (s, v["job_id"].as_str()),
+        (202, Some(hashless.as_str())),
+        "{v}"
+    );
+    let batch = h.call(
+        Method::POST,
+        "/async/jobs/batch",
+        Some(json!({"jobs": [keyed, mine]})),
+    );
+    let (s, v) = h.send(&batch, Some(CONFINED_OK)).await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<_> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["status_code"].clone(), r["job_id"].clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        [(json!(200), json!(hashed)), (json!(200), json!(hashless))]
+    );
+    assert_eq!(h.snapshot().await, before, "replays store nothing");
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
+}
+
+/// A fire's idempotency key (`schedule:{name}:{fire_time}`, predictable) is the schedules'
+/// own: a submit giving a key that starts with `schedule:` is `422 invalid_request` (single and
+/// batch item), nothing is stored, and the fire of that time still makes its own job. When a
+/// caller could take the key first, the fire found the caller's job under it and recorded it
+/// as the schedule's run.
+#[tokio::test]
+async fn a_key_starting_with_schedule_is_refused_and_the_fire_keeps_its_key() {
+    let mut h = Harness::start().await;
+    h.ensure_schedule().await;
+    let key = format!("schedule:{SCHEDULE}:2026-01-01T03:00:00Z");
+    let body = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": key});
+    let before = h.snapshot().await;
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs", Some(body.clone())),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (422, &json!("invalid_request")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().expect("message");
+    assert!(message.contains("`schedule:`"), "{message}");
+    let batch = json!({"jobs": [body, {"type": TYPE, "channel": CHANNEL, "idempotency_key": "schedule:x"}]});
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs/batch", Some(batch)),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for r in v["results"].as_array().expect("results") {
+        assert_eq!(r["status_code"], 422, "{v}");
+        assert_eq!(r["error"]["code"], "invalid_request", "{v}");
+    }
+    assert_eq!(h.snapshot().await, before, "nothing stored");
+    let backfill = h.call(
+        Method::POST,
+        &format!("/async/schedules/{SCHEDULE}/backfill"),
+        Some(json!({"from": "2026-01-01T02:00:00Z", "to": "2026-01-01T04:00:00Z"})),
+    );
+    let (s, v) = h.send(&backfill, Some(ADMIN)).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        v["fires"][0]["created"], true,
+        "the fire made its own job: {v}"
+    );
+    let job = h
+        .send(
+            &h.call(
+                Method::GET,
+                &format!(
+                    "/async/jobs/{}",
+                    v["fires"][0]["job_id"].as_str().expect("id")
+                ),
+                None,
+            ),
+            Some(ADMIN),
+        )
+        .await
+        .1;
+    assert_eq!(job["idempotency_key"], json!(key), "{job}");
+    assert_eq!(job["schedule"], SCHEDULE, "{job}");
+    h.server
+        .take()
+        .expect("running")
+        .stop()
+        .await
+        .expect("stop");
 }

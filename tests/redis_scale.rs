@@ -14,6 +14,9 @@
 //!   up to 2 cores.
 //! - `on_two_cores_the_api_node_answers_on_its_main_thread_and_batches_off_it`: the runtime of
 //!   `serve --no-worker` on up to 2 cores, and where a batch submit's work runs.
+//! - `an_idle_event_tail_says_it_failed_and_recovered_across_redis_outages`: an API node nobody
+//!   listens to while Redis goes away twice: its event tail counts and logs each outage, says it
+//!   reads again once Redis is back, and a stream opened after gets events.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
 //! the test dies first).
@@ -54,6 +57,12 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// How many lines of its log hold `text`.
+    fn log_count(&self, text: &str) -> usize {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.lines().filter(|l| l.contains(text)).count()
     }
 
     fn log_tail(&self) -> String {
@@ -162,6 +171,11 @@ max_attempts = 5
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        self.spawn_logging(name, args, "warn")
+    }
+
+    /// [`Cluster::spawn`] with this `RUNYARD_LOG` level.
+    fn spawn_logging(&mut self, name: &str, args: &[&str], level: &str) -> usize {
         let cfg = self.config(name);
         let log = self.dir.path().join(format!("{name}.log"));
         let f = std::fs::File::create(&log).unwrap();
@@ -169,7 +183,7 @@ max_attempts = 5
         cmd.args(args)
             .arg("--config")
             .arg(&cfg)
-            .env("RUNYARD_LOG", "warn")
+            .env("RUNYARD_LOG", level)
             .env_remove("RUNYARD_REDIS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1023,4 +1037,104 @@ async fn on_two_cores_the_api_node_answers_on_its_main_thread_and_batches_off_it
             "the API node: on {cores} cores the multi-thread runtime's workers answer ({main} of {all})"
         );
     }
+}
+
+/// Waits (bounded) until the API node's log holds `text` `n` times.
+async fn until_logged(cl: &Cluster, api: usize, text: &str, n: usize, bound: Duration) {
+    let start = Instant::now();
+    while cl.procs[api].log_count(text) < n {
+        assert!(
+            start.elapsed() < bound,
+            "`{text}` not logged {n} times within {bound:?}\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `runyard_event_tail_errors_total` of the node at `url`.
+async fn tail_errors(http: &reqwest::Client, url: &str) -> u64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("runyard_event_tail_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no runyard_event_tail_errors_total in\n{text}"))
+}
+
+/// An API node with no stream open (its event tail idle: it only reads the newest event id)
+/// while Redis goes away and comes back, twice. What an operator sees: each outage warned once
+/// in the log ("read failed") and counted (`runyard_event_tail_errors_total`), and "reading
+/// again" once Redis is back, while still nobody listens (the idle tail resets its failure
+/// state on a good newest-id read, commit bc7ba8e: before, it stayed "failing", so it never
+/// said it read again and the second outage was not warned); then a stream opened after the
+/// outages gets the events committed from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_event_tail_says_it_failed_and_recovered_across_redis_outages() {
+    const FAILED: &str = "event tail: read failed; retrying";
+    const AGAIN: &str = "event tail: reading again";
+    let mut redis = TestRedis::private(&["--appendonly", "yes", "--save", ""]);
+    let mut cl = Cluster::new(&redis, "");
+    let api = cl.spawn_logging("api", &["serve", "--no-worker"], "info");
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let url = cl.url();
+    assert_eq!(tail_errors(&http, &url).await, 0);
+    for outage in 1..=2 {
+        // Nobody listens: the tail paces on the newest id (every 250 ms).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        redis.stop();
+        until_logged(&cl, api, FAILED, outage, Duration::from_secs(15)).await;
+        // A few failed reads, backed off (100 ms, 200 ms, ...).
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        redis.restart();
+        cl.wait_healthy(&http).await;
+        until_logged(&cl, api, AGAIN, outage, Duration::from_secs(15)).await;
+        let errors = tail_errors(&http, &url).await;
+        assert!(
+            errors >= outage as u64,
+            "outage {outage}: {errors} tail errors counted"
+        );
+        assert_eq!(
+            cl.procs[api].log_count(FAILED),
+            outage,
+            "warned once per outage"
+        );
+    }
+    // A stream opened now gets what is committed from now on, through the tail.
+    let mut sse = http
+        .get(format!("{url}/async/events/sse"))
+        .send()
+        .await
+        .expect("sse opens");
+    assert_eq!(sse.status(), 200);
+    let r = http
+        .post(format!("{url}/async/jobs"))
+        .json(&json!({"type": "runyard.noop", "channel": "after-the-outages"}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.expect("json")["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while !text.contains(&id) {
+        let chunk = tokio::time::timeout_at(deadline, sse.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no event of {id} on the stream: {text}\n{}", cl.logs()))
+            .expect("the stream reads")
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("QUEUED"), "{text}");
 }

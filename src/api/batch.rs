@@ -9,6 +9,7 @@
 //! (`&RawValue`, borrowed from the request's bytes); each item is then parsed from that text by
 //! the same code as a single submit's body (duplicate keys in an item are refused as there).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -20,12 +21,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::error::{ApiError, ApiResult};
 use super::jobs::SubmitAnswer;
 use super::{check_replay, edge, extract, prepare_submit, AppState};
+use crate::auth::access::Caller;
+use crate::auth::tokens::Grant;
 use crate::store::Submitted;
 
 /// Most jobs in one batch.
@@ -53,46 +57,62 @@ struct BatchBody<'a> {
     ))]
 pub async fn submit_batch(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
     // The API node on Redis on one thread (`cli/mod.rs`): a batch's parsing, checks, writes
     // and answer (milliseconds for 1,000 jobs) run on a thread of the blocking pool, its store
     // calls still driven by the runtime, so the runtime's thread keeps answering the others.
-    let rt = tokio::runtime::Handle::current();
+    let rt = Handle::current();
     if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
         && st.app.config.redis.is_some()
     {
-        // In the request's span, so its logs keep the request's fields, and under the caller's
-        // grant, so each item is checked against the token's types and channels there too.
+        // In the request's span, so its logs keep the request's fields; the caller's grant goes
+        // with it, so each item is checked against the token's types and channels there too.
         let span = tracing::Span::current();
-        // At most POOL_BATCHES at once (waiting here ends with the request); one whose request
-        // ended (its client gone, the request timed out, shutdown) stops before its next item,
-        // storing nothing, as a batch on the request's task stops when it is dropped.
-        let _permit = POOL_BATCHES
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal("internal", "the batch pool is closed"))?;
-        let gone = GoneOnDrop(Arc::new(AtomicBool::new(false)));
-        let work = crate::auth::access::with_current_grant(
-            submit_batch_here(st, headers, bytes, Some(gone.0.clone())).instrument(span),
-        );
-        return match tokio::task::spawn_blocking(move || rt.block_on(work)).await {
-            Ok(answer) => answer,
-            // A panic goes on to the edge's panic layer, which answers without its text and
-            // counts it, as for any handler.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(ApiError::internal(
-                "internal",
-                format!("the batch's task failed: {e}"),
-            )),
-        };
+        return on_pool(&POOL_BATCHES, rt, move |gone| {
+            submit_batch_here(st, caller, headers, bytes, Some(gone)).instrument(span)
+        })
+        .await;
     }
-    submit_batch_here(st, headers, bytes, None).await
+    submit_batch_here(st, caller, headers, bytes, None).await
 }
 
-/// Batches on the blocking pool at once (each holds a pool thread while it runs).
-static POOL_BATCHES: Semaphore = Semaphore::const_new(4);
+/// Most batches on the blocking pool at once (each holds a pool thread while it runs).
+const POOL_SIZE: usize = 4;
+
+/// Room for [`POOL_SIZE`] batches on the blocking pool.
+static POOL_BATCHES: Semaphore = Semaphore::const_new(POOL_SIZE);
+
+/// `work` on a thread of the blocking pool, its store calls still driven by the runtime of `rt`,
+/// once `pool` has room (waiting for it ends with the request). `work` is given the flag set
+/// when this future is dropped (its request ended: the client gone, the request timed out,
+/// shutdown): a batch checks it before each item ([`each_item`]), so it stops storing nothing,
+/// as a batch on the request's task stops when it is dropped.
+async fn on_pool<W, F, T>(pool: &'static Semaphore, rt: Handle, work: W) -> ApiResult<T>
+where
+    W: FnOnce(Arc<AtomicBool>) -> F,
+    F: Future<Output = ApiResult<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let _permit = pool
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("internal", "the batch pool is closed"))?;
+    let gone = GoneOnDrop(Arc::new(AtomicBool::new(false)));
+    let work = work(gone.0.clone());
+    match tokio::task::spawn_blocking(move || rt.block_on(work)).await {
+        Ok(answer) => answer,
+        // A panic goes on to the edge's panic layer, which answers without its text and
+        // counts it, as for any handler.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(ApiError::internal(
+            "internal",
+            format!("the batch's task failed: {e}"),
+        )),
+    }
+}
 
 /// Set when the request that started a batch on the blocking pool is dropped.
 struct GoneOnDrop(Arc<AtomicBool>);
@@ -103,10 +123,34 @@ impl Drop for GoneOnDrop {
     }
 }
 
-/// [`submit_batch`] on the thread it runs on; `gone`: set when its request has ended (a batch
-/// on the blocking pool), checked before each item.
+/// `prepare` on each item in order, each outcome handed to `take`. Before each item, `gone` set
+/// (the request ended) stops it: `503 request_ended`, and its caller stores nothing.
+async fn each_item<I, T, F>(
+    items: Vec<I>,
+    gone: Option<&AtomicBool>,
+    mut prepare: impl FnMut(I) -> F,
+    mut take: impl FnMut(ApiResult<T>),
+) -> ApiResult<()>
+where
+    F: Future<Output = ApiResult<T>>,
+{
+    for item in items {
+        if gone.is_some_and(|g| g.load(Ordering::Relaxed)) {
+            return Err(ApiError::unavailable(
+                "request_ended",
+                "the request ended before its batch was stored; nothing was stored",
+            ));
+        }
+        take(prepare(item).await);
+    }
+    Ok(())
+}
+
+/// [`submit_batch`] on the thread it runs on, for `caller`; `gone`: set when its request has
+/// ended (a batch on the blocking pool), checked before each item.
 async fn submit_batch_here(
     st: AppState,
+    caller: Grant,
     headers: HeaderMap,
     bytes: Bytes,
     gone: Option<Arc<AtomicBool>>,
@@ -126,22 +170,21 @@ async fn submit_batch_here(
     let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(body.jobs.len());
     let mut jobs = Vec::with_capacity(body.jobs.len());
     let mut hashes = Vec::with_capacity(body.jobs.len());
-    for item in body.jobs {
-        if gone.as_ref().is_some_and(|g| g.load(Ordering::Relaxed)) {
-            return Err(ApiError::unavailable(
-                "request_ended",
-                "the request ended before its batch was stored; nothing was stored",
-            ));
-        }
-        match prepare_item(&st, item).await {
+    let (st_ref, caller_ref) = (&st, &caller);
+    each_item(
+        body.jobs,
+        gone.as_deref(),
+        move |item| prepare_item(st_ref, caller_ref, item),
+        |outcome| match outcome {
             Ok((job, hash)) => {
                 jobs.push(job);
                 hashes.push(hash);
                 refused.push(None);
             }
             Err(e) => refused.push(Some(e)),
-        }
-    }
+        },
+    )
+    .await?;
     let mut stored = st
         .app
         .store
@@ -157,7 +200,7 @@ async fn submit_batch_here(
             {
                 Ok((r, hash)) => r
                     .map_err(ApiError::from)
-                    .and_then(|s| check_replay(&s, hash.as_deref()).map(|()| s)),
+                    .and_then(|s| check_replay(&s, hash.as_deref(), &caller).map(|()| s)),
                 Err(Some(e)) => Err(e),
                 Err(None) => Err(ApiError::internal(
                     "internal",
@@ -204,9 +247,139 @@ enum Item<'a> {
 /// One item validated as a single submit body (its own JSON text), nothing stored.
 async fn prepare_item(
     st: &AppState,
+    caller: &Grant,
     item: &RawValue,
 ) -> ApiResult<(crate::job::Job, Option<String>)> {
-    let job = prepare_submit(st, item.get().as_bytes(), Vec::new()).await?;
+    let job = prepare_submit(st, caller, item.get().as_bytes(), Vec::new()).await?;
     let hash = job.submit_hash.clone();
     Ok((job, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    /// Closes its gate when dropped (the test's end, or its panic): a batch still waiting on
+    /// it ends, so the runtime's shutdown, which waits for the blocking pool, does not hang.
+    struct Gate(Arc<Semaphore>);
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+
+    /// Waits until `holds` (bounded: 10 s).
+    async fn until(what: &str, holds: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if holds() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{what}: not within 10 s");
+    }
+
+    /// Six requests start a batch on the pool at once (on one thread, as the API node on Redis
+    /// runs): four run, the fifth and sixth wait for room, the fifth starts when one ends, and
+    /// all six end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_most_four_batches_run_on_the_blocking_pool_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        // Each batch runs until the test lets it end.
+        let gate = Arc::new(Semaphore::new(0));
+        let _closes = Gate(gate.clone());
+        let requests: Vec<_> = (0..6)
+            .map(|_| {
+                let (running, ended, gate) = (running.clone(), ended.clone(), gate.clone());
+                tokio::spawn(on_pool(&POOL_BATCHES, Handle::current(), |_| async move {
+                    running.fetch_add(1, SeqCst);
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                    running.fetch_sub(1, SeqCst);
+                    ended.fetch_add(1, SeqCst);
+                    Ok(())
+                }))
+            })
+            .collect();
+        until("four batches run", || running.load(SeqCst) == 4).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(running.load(SeqCst), 4, "the fifth and sixth wait for room");
+        gate.add_permits(1);
+        // `running` drops to 3 before `ended` counts the first: 4 again is the fifth.
+        until("one ends and the fifth starts", || {
+            ended.load(SeqCst) == 1 && running.load(SeqCst) == 4
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(running.load(SeqCst), 4, "the sixth still waits");
+        gate.add_permits(5);
+        for r in requests {
+            r.await.expect("no panic").expect("the batch answers");
+        }
+        assert_eq!(ended.load(SeqCst), 6);
+    }
+
+    /// A batch on the pool whose request ended (its future dropped, as hyper drops it when the
+    /// client goes or the request times out) stops before its next item: the item under way
+    /// ends, none after it is prepared, and the batch answers `503 request_ended`, so
+    /// `submit_batch_here` stores nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_whose_request_ended_stops_before_its_next_item() {
+        static POOL: Semaphore = Semaphore::const_new(POOL_SIZE);
+        let started = Arc::new(AtomicUsize::new(0));
+        let prepared = Arc::new(Mutex::new(Vec::new()));
+        // Each item is prepared when the test lets it.
+        let gate = Arc::new(Semaphore::new(0));
+        let _closes = Gate(gate.clone());
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let request = {
+            let (started, prepared, gate) = (started.clone(), prepared.clone(), gate.clone());
+            tokio::spawn(on_pool(&POOL, Handle::current(), |gone| async move {
+                let prepare = |i: usize| {
+                    let (started, gate) = (started.clone(), gate.clone());
+                    async move {
+                        started.fetch_add(1, SeqCst);
+                        let _ = gate.acquire().await.map(|p| p.forget());
+                        Ok(i)
+                    }
+                };
+                let take = |o: ApiResult<usize>| {
+                    prepared.lock().expect("lock").push(o.map_err(|e| e.code));
+                };
+                let ended = each_item((0..10).collect(), Some(&*gone), prepare, take).await;
+                let _ = answer.send(ended.map_err(|e| (e.status, e.code)));
+                Ok(())
+            }))
+        };
+        gate.add_permits(3);
+        // Three items prepared and the fourth under way (past its check).
+        until("three items prepared, the fourth started", || {
+            prepared.lock().expect("lock").len() == 3 && started.load(SeqCst) == 4
+        })
+        .await;
+        request.abort();
+        assert!(request.await.expect_err("aborted").is_cancelled());
+        gate.add_permits(10);
+        let ended = tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("the batch ends")
+            .expect("it answers");
+        assert_eq!(
+            ended,
+            Err((StatusCode::SERVICE_UNAVAILABLE, "request_ended"))
+        );
+        assert_eq!(
+            *prepared.lock().expect("lock"),
+            vec![Ok(0), Ok(1), Ok(2), Ok(3)]
+        );
+        assert_eq!(started.load(SeqCst), 4, "no item after the request ended");
+    }
 }

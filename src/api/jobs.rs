@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_job_id, JobIdPath};
 use super::AppState;
+use crate::auth::tokens::Grant;
 use crate::job::{now_us, Backoff, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::{ListQuery, Submitted};
 
@@ -105,12 +106,19 @@ fn valid_name(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
 }
 
-/// The submit's key, channel (and the caller's right to it) and emitted keys, in that order.
-fn check_keys(body: &SubmitBody) -> ApiResult<()> {
+/// The submit's key, channel (and `caller`'s right to its type and channel) and emitted keys,
+/// in that order.
+fn check_keys(body: &SubmitBody, caller: &Grant) -> ApiResult<()> {
     let bad = |m: String| ApiError::unprocessable("invalid_request", m);
     if let Some(k) = &body.idempotency_key {
         if k.is_empty() || k.len() > 256 {
             return Err(bad("`idempotency_key` must be 1-256 characters".into()));
+        }
+        if k.starts_with(crate::schedule::FIRE_KEY_PREFIX) {
+            return Err(bad(format!(
+                "`idempotency_key` may not start with `{}`: those keys are the schedules' own",
+                crate::schedule::FIRE_KEY_PREFIX
+            )));
         }
     }
     if let Some(c) = &body.channel {
@@ -120,8 +128,8 @@ fn check_keys(body: &SubmitBody) -> ApiResult<()> {
             ));
         }
     }
-    // The caller's types and channels (auth; nothing outside a request).
-    crate::auth::access::check_new_job(&body.job_type, body.channel.as_deref())?;
+    // The caller's types and channels (auth: 403 outside them; the open grant without auth).
+    caller.check_job(&body.job_type, body.channel.as_deref())?;
     if let Some(keys) = &body.emits {
         if keys.len() > 100 {
             return Err(bad("`emits` may name at most 100 keys".into()));
@@ -174,9 +182,12 @@ fn initial_status(waits: bool, has_run_at: bool) -> JobStatus {
     }
 }
 
-/// Validates a submit body and builds the job to store (nothing is stored here).
+/// Validates a submit body and builds the job to store (nothing is stored here). `caller`: the
+/// grant of the request that submits it ([`crate::auth::access::Caller`]), which must cover the
+/// job's type and channel (403).
 pub fn build_job(
     state: &AppState,
+    caller: &Grant,
     mut body: SubmitBody,
     user_id: Option<String>,
 ) -> ApiResult<Job> {
@@ -213,7 +224,7 @@ pub fn build_job(
         Some(_) => return Err(bad("`args` must be a JSON object".into())),
     };
     let slot = select_slot(state, &body.job_type, body.runner.as_deref(), &args)?;
-    check_keys(&body)?;
+    check_keys(&body, caller)?;
     let max_attempts = body.max_attempts.unwrap_or(slot.max_attempts);
     if !(1..=100).contains(&max_attempts) {
         return Err(bad("`max_attempts` must be between 1 and 100".into()));

@@ -140,12 +140,16 @@ async fn not_found() -> ApiError {
     responses(
         (status = 202, description = "Accepted (also a replayed `idempotency_key`: header `Idempotent-Replayed: true`)", body = openapi::schemas::Accepted),
         (status = 400, description = "`bad_json`: no body or malformed JSON; `bad_multipart`", body = openapi::schemas::ErrorBody),
-        (status = 409, description = "`idempotency_conflict`: the key was used with another body", body = openapi::schemas::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body, or by a job outside the caller's grant", body = openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `api.max_body_bytes` (or a file over `hooks.max_file_bytes`)", body = openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json` nor `multipart/form-data`", body = openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
     ))]
-async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
+async fn submit(
+    State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
+    req: Request,
+) -> ApiResult<Response> {
     let ctype = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -173,25 +177,26 @@ async fn submit(State(st): State<AppState>, req: Request) -> ApiResult<Response>
     if bytes.is_empty() {
         return Err(ApiError::json_required());
     }
-    let job = prepare_submit(&st, &bytes, files).await?;
+    let job = prepare_submit(&st, &caller, &bytes, files).await?;
     let ours = job.submit_hash.clone();
     let submitted = st.app.store.submit(job).await?;
-    check_replay(&submitted, ours.as_deref())?;
+    check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))
 }
 
-/// A submit's JSON body (and its multipart files) validated into the job to store, its
-/// idempotency hash set when it has a key; nothing is stored. Shared by `POST /async/jobs` and
-/// each item of `POST /async/jobs/batch` (`batch.rs`).
+/// A submit's JSON body (and its multipart files) validated into the job to store (its type
+/// and channel within `caller`'s grant), its idempotency hash set when it has a key; nothing is
+/// stored. Shared by `POST /async/jobs` and each item of `POST /async/jobs/batch` (`batch.rs`).
 pub(crate) async fn prepare_submit(
     st: &AppState,
+    caller: &crate::auth::tokens::Grant,
     bytes: &[u8],
     files: Vec<(String, crate::job::FileRef)>,
 ) -> ApiResult<crate::job::Job> {
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
     let own_notify = body.notify.is_some();
-    let mut job = jobs::build_job(st, body, None)?;
+    let mut job = jobs::build_job(st, caller, body, None)?;
     if own_notify {
         notify::check_target(st, &job).await?;
     }
@@ -204,21 +209,34 @@ pub(crate) async fn prepare_submit(
     Ok(job)
 }
 
-/// 409 `idempotency_conflict` when a submit returned an earlier job of the same key whose body
-/// (hash `ours`) was another.
+/// 409 `idempotency_conflict` when a submit returned an earlier job of the same key (not
+/// `created`) that `caller` may not see (another tenant's: keys are one space for all jobs), or
+/// whose body (hash `ours`) was another. Only a caller whose grant covers that job is told its
+/// id; for any other, the answer names nothing of it (id, type, channel).
 pub(crate) fn check_replay(
     submitted: &crate::store::Submitted,
     ours: Option<&str>,
+    caller: &crate::auth::tokens::Grant,
 ) -> ApiResult<()> {
-    if !submitted.created
-        && submitted.job.submit_hash.is_some()
-        && submitted.job.submit_hash.as_deref() != ours
+    let job = &submitted.job;
+    if submitted.created {
+        return Ok(());
+    }
+    if caller
+        .check_job(&job.job_type, Some(&job.channel_id))
+        .is_err()
     {
+        return Err(ApiError::conflict(
+            "idempotency_conflict",
+            "`idempotency_key` is already used by a job outside your grant; use another key",
+        ));
+    }
+    if job.submit_hash.is_some() && job.submit_hash.as_deref() != ours {
         return Err(ApiError::conflict(
             "idempotency_conflict",
             format!(
                 "`idempotency_key` was already used by job {} with a different body",
-                submitted.job.id
+                job.id
             ),
         ));
     }

@@ -14,6 +14,8 @@ use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use super::jobs::{build_job, SubmitBody};
 use super::AppState;
+use crate::auth::access::Caller;
+use crate::auth::tokens::Grant;
 use crate::job::{Job, Micros};
 use crate::schedule::firing::Firing;
 use crate::schedule::{
@@ -130,7 +132,7 @@ fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResul
 
 /// The job every fire submits a copy of, checked as a submit (`job.*` in the errors), with its
 /// waiting template resolved in the schedule's `timezone`.
-fn template_job(st: &AppState, job: &Value, timezone: &str) -> ApiResult<Job> {
+fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> ApiResult<Job> {
     let Value::Object(obj) = job else {
         return Err(bad("`job` must be a JSON object: the body of a submit"));
     };
@@ -143,7 +145,7 @@ fn template_job(st: &AppState, job: &Value, timezone: &str) -> ApiResult<Job> {
     }
     let submit: SubmitBody =
         serde_json::from_value(job.clone()).map_err(|e| bad(format!("`job`: {e}")))?;
-    let proto = build_job(st, submit, None).map_err(|mut e| {
+    let proto = build_job(st, caller, submit, None).map_err(|mut e| {
         e.message = format!("`job`: {}", e.message);
         e
     })?;
@@ -162,9 +164,11 @@ fn template_job(st: &AppState, job: &Value, timezone: &str) -> ApiResult<Job> {
     Ok(proto)
 }
 
-/// Validates a body: the spec, the job every fire submits a copy of, and the parsed pattern.
+/// Validates a body: the spec, the job every fire submits a copy of (within `caller`'s types
+/// and channels), and the parsed pattern.
 fn validate(
     st: &AppState,
+    caller: &Grant,
     body: ScheduleBody,
     path_name: Option<&str>,
 ) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
@@ -201,7 +205,7 @@ fn validate(
         366 * day,
     )?;
     let jitter_ms = duration_ms(body.jitter.as_ref(), "jitter", 0, day)?;
-    let proto = template_job(st, &body.job, &timezone)?;
+    let proto = template_job(st, caller, &body.job, &timezone)?;
     let spec = ScheduleSpec {
         name,
         cron: body.cron.trim().to_string(),
@@ -250,9 +254,10 @@ async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
     ))]
 async fn create(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
-    let (spec, proto, cron) = validate(&st, body, None)?;
+    let (spec, proto, cron) = validate(&st, &caller, body, None)?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
@@ -285,10 +290,11 @@ async fn create(
     ))]
 async fn replace(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
-    let (spec, proto, cron) = validate(&st, body, Some(&name))?;
+    let (spec, proto, cron) = validate(&st, &caller, body, Some(&name))?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         let now = clock();
@@ -322,10 +328,7 @@ async fn replace(
 /// `GET /async/schedules`.
 #[utoipa::path(get, path = "/async/schedules", tag = "schedules", operation_id = "list_schedules",
     responses((status = 200, description = "The schedules the caller sees", body = super::openapi::schemas::ScheduleList)))]
-async fn list(
-    State(st): State<AppState>,
-    crate::auth::access::Caller(grant): crate::auth::access::Caller,
-) -> ApiResult<Json<Value>> {
+async fn list(State(st): State<AppState>, Caller(grant): Caller) -> ApiResult<Json<Value>> {
     let now = clock();
     let all = st.app.store.schedules().await?;
     // Only the schedules whose jobs the caller's grant covers.

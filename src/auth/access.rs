@@ -14,10 +14,12 @@
 //! - a route missing from [`ROUTES`] answers 500 `route_not_in_access_table`, auth or not, so a
 //!   route added without its line here fails its first test.
 //!
-//! New jobs (a submit's body, a schedule's `job`) are checked against the caller's types and
-//! channels where every job is validated, [`crate::api::jobs::build_job`], through
-//! [`check_new_job`]: the grant of the request is in scope there. Listings show only what the
-//! grant covers ([`Caller`]).
+//! The guard hands its decision to the handlers as a [`Caller`] (a request extension; the open
+//! grant without `[auth]`). New jobs (a submit's body, each item of a batch, a schedule's `job`)
+//! are checked against the caller's types and channels where every job is validated,
+//! [`crate::api::jobs::build_job`], which takes that grant as an argument: there is no ambient
+//! "current request" to lose on another task or thread, so no path can build a job unchecked.
+//! Listings show only what the grant covers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,7 +30,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, Either};
-use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use super::tokens::{Authenticator, Grant, Scope};
@@ -238,29 +239,6 @@ pub fn lookup(method: &Method, path: &str) -> Option<Need> {
     path_known.then_some(Need::Client(Scope::Admin, On::Any))
 }
 
-tokio::task_local! {
-    static CURRENT: Grant;
-}
-
-/// Checks a new job (a submit, a schedule's `job`) of `job_type` on `channel` against the grant
-/// of the request being served (403 outside its types or channels). Outside a request (a
-/// schedule's fire) there is nothing to check.
-pub fn check_new_job(job_type: &str, channel: Option<&str>) -> Result<(), Refusal> {
-    CURRENT
-        .try_with(|g| g.check_job(job_type, channel))
-        .unwrap_or(Ok(()))
-}
-
-/// `fut` under the grant of the request being served, for work that request hands to another
-/// thread (a task-local does not follow a future to `spawn_blocking`'s `block_on`: there
-/// [`check_new_job`] would find no request and check nothing); `fut` as it is outside a request.
-pub fn with_current_grant<F: std::future::Future>(fut: F) -> Either<TaskLocalFuture<Grant, F>, F> {
-    match CURRENT.try_with(Grant::clone) {
-        Ok(g) => Either::Left(CURRENT.scope(g, fut)),
-        Err(_) => Either::Right(fut),
-    }
-}
-
 /// The route layer over the whole router (see the module's docs): a plain tower layer, so a
 /// request that needs no credential (or meets a server without auth) costs no allocation;
 /// only a credential check runs as a boxed future.
@@ -292,9 +270,9 @@ pub struct Guard<S> {
     access: Arc<Access>,
 }
 
-/// The answer of a [`Guard`]: the route's own, within the grant's scope, or a refusal.
-type GuardFuture<F> =
-    Either<Either<F, TaskLocalFuture<Grant, F>>, BoxFuture<'static, Result<Response, Infallible>>>;
+/// The answer of a [`Guard`]: the route's own, or a refusal (or the route's own after a
+/// credential check).
+type GuardFuture<F> = Either<F, BoxFuture<'static, Result<Response, Infallible>>>;
 
 impl<S> Service<Request> for Guard<S>
 where
@@ -311,7 +289,7 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let need = match need_of(&self.access, &req) {
-            Ok(None) => return Either::Left(Either::Left(self.inner.call(req))),
+            Ok(None) => return Either::Left(self.inner.call(req)),
             Ok(Some(need)) => need,
             Err(refused) => return refused_now(refused),
         };
@@ -320,9 +298,8 @@ where
             if let Err(refused) = refuse_token_in_query(req.uri()) {
                 return refused_now(refused);
             }
-            let grant = Grant::open();
-            req.extensions_mut().insert(Caller(grant.clone()));
-            return Either::Left(Either::Right(CURRENT.scope(grant, self.inner.call(req))));
+            req.extensions_mut().insert(Caller(Grant::open()));
+            return Either::Left(self.inner.call(req));
         }
         // The service that was made ready answers; a clone stays for the next request.
         let ready = self.inner.clone();
@@ -344,9 +321,9 @@ where
                 Ok(g) => g,
                 Err(refused) => return Ok(refused.into_response()),
             };
-            parts.extensions.insert(Caller(grant.clone()));
+            parts.extensions.insert(Caller(grant));
             let req = Request::from_parts(parts, body);
-            CURRENT.scope(grant, inner.call(req)).await
+            inner.call(req).await
         }))
     }
 }
@@ -527,8 +504,9 @@ async fn check_target(
     }
 }
 
-/// The caller of a request, as [`Guard`] decided: handlers use it to show only what it covers.
-/// Extracting it on a route the guard did not run on is a 500 (never an open door).
+/// The caller of a request, as [`Guard`] decided: handlers use it to show only what it covers,
+/// and hand it to [`crate::api::jobs::build_job`] for the jobs it submits. Extracting it on a
+/// route the guard did not run on is a 500 (never an open door).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Grant);
 

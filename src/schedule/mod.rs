@@ -81,9 +81,13 @@ pub fn to_us(t: DateTime<Utc>) -> Micros {
     t.timestamp_micros()
 }
 
+/// How every fire's idempotency key starts; reserved: a submit's own key may not start so
+/// (`api/jobs.rs`), so no caller can take or read a fire's job through its key.
+pub const FIRE_KEY_PREFIX: &str = "schedule:";
+
 /// The idempotency key of a fire.
 pub fn fire_key(name: &str, fire_time: Micros) -> String {
-    format!("schedule:{name}:{}", fire_time_text(fire_time))
+    format!("{FIRE_KEY_PREFIX}{name}:{}", fire_time_text(fire_time))
 }
 
 impl Schedule {
