@@ -1,7 +1,7 @@
 //! `POST /async/jobs/batch` over real HTTP: each item gets its own result in order (stored,
 //! replayed, or its own error with nothing stored for it), idempotency keys hold inside a batch,
 //! across batches and against the single submit, a body that is not a list of 1-1000 jobs is
-//! refused whole, the caller's types are checked per item, and every stored job has its event
+//! refused whole, the caller's types and channels are checked per item, and every stored job has its event
 //! and runs.
 
 mod redis_support;
@@ -199,14 +199,16 @@ async fn a_body_that_is_not_a_list_of_1_to_1000_jobs_is_refused_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_outside_the_callers_types_gets_403_in_its_slot() {
+async fn an_item_outside_the_callers_types_or_channels_gets_403_in_its_slot() {
     a_confined_callers_batch("").await;
 }
 
 /// On Redis, a server on a single-thread runtime (the API node on up to 2 cores, `cli/mod.rs`)
-/// runs a batch on the blocking pool (`api/batch.rs`): the caller's types are checked there too.
+/// runs a batch on the blocking pool (`api/batch.rs`): the caller's types and channels are checked
+/// there too.
 #[tokio::test(flavor = "current_thread")]
-async fn on_one_thread_with_redis_an_item_outside_the_callers_types_gets_403_in_its_slot() {
+async fn on_one_thread_with_redis_an_item_outside_the_callers_types_or_channels_gets_403_in_its_slot(
+) {
     let r = TestRedis::start();
     let store = format!(
         "redis = {:?}\nmaster_key = \"batch-test-master-key-0123456789\"\n[store]\nprefix = {:?}\n",
@@ -216,14 +218,17 @@ async fn on_one_thread_with_redis_an_item_outside_the_callers_types_gets_403_in_
 }
 
 /// A token confined to `runyard.*` sends a batch with one of its types and one outside them;
-/// then a token without `jobs:submit` sends it again.
+/// a token confined to the channel `tenant-a` sends one with a job on `tenant-a`, one on
+/// `tenant-b` and one naming no channel; then a token without `jobs:submit` sends a batch.
 async fn a_confined_callers_batch(store: &str) {
     let sha = runyard::auth::tokens::token_sha256;
     let auth = format!(
         "{store}\n[auth]\n\
          [[auth.tokens]]\nname = \"confined\"\nsha256 = \"{}\"\nscopes = [\"jobs:submit\", \"jobs:read\"]\ntypes = [\"runyard.*\"]\n\
+         [[auth.tokens]]\nname = \"channeled\"\nsha256 = \"{}\"\nscopes = [\"jobs:submit\"]\nchannels = [\"tenant-a\"]\n\
          [[auth.tokens]]\nname = \"reader\"\nsha256 = \"{}\"\nscopes = [\"jobs:read\"]\n",
         sha("ry_confined"),
+        sha("ry_channeled"),
         sha("ry_reader"),
     );
     let runners = format!(
@@ -243,6 +248,25 @@ async fn a_confined_callers_batch(store: &str) {
     let r = results(st, &v, 2);
     assert_eq!((code(&r[0]), code(&r[1])), (202, 403), "{v}");
     assert_eq!(r[1]["error"]["code"], "forbidden");
+    let (st, v) = post(
+        "ry_channeled",
+        json!({"jobs": [
+            {"type": "runyard.noop", "channel": "tenant-a"},
+            {"type": "runyard.noop", "channel": "tenant-b"},
+            {"type": "runyard.noop"},
+        ]}),
+    )
+    .await;
+    let c = results(st, &v, 3);
+    assert_eq!(
+        (code(&c[0]), code(&c[1]), code(&c[2])),
+        (202, 403, 403),
+        "{v}"
+    );
+    assert_eq!(c[0]["channel_id"], "tenant-a", "{v}");
+    for refused in &c[1..] {
+        assert_eq!(refused["error"]["code"], "forbidden", "{v}");
+    }
     // Without `jobs:submit`: one 403 for the whole batch.
     let (st, v) = post("ry_reader", body).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
@@ -255,9 +279,16 @@ async fn a_confined_callers_batch(store: &str) {
         .await
         .expect("list");
     let list: Value = res.json().await.expect("json");
-    let jobs = list["jobs"].as_array().expect("jobs");
-    assert_eq!(jobs.len(), 1, "{list}");
-    assert_eq!(jobs[0]["id"].as_str(), Some(job_id(&r[0]).as_str()));
+    let mut ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    ids.sort();
+    let mut allowed = [job_id(&r[0]), job_id(&c[0])];
+    allowed.sort();
+    assert_eq!(ids, allowed, "only the allowed jobs exist: {list}");
 }
 
 /// Each item is read from its own text, exactly as `POST /async/jobs` reads that text: a key

@@ -89,20 +89,26 @@ static POOL_BATCHES: Semaphore = Semaphore::const_new(POOL_SIZE);
 /// once `pool` has room (waiting for it ends with the request). `work` is given the flag set
 /// when this future is dropped (its request ended: the client gone, the request timed out,
 /// shutdown): a batch checks it before each item ([`each_item`]), so it stops storing nothing,
-/// as a batch on the request's task stops when it is dropped.
+/// as a batch on the request's task stops when it is dropped. The room is held by the pool's
+/// thread until `work` ends, not by this future: a request that ends first does not free it
+/// while its batch still runs (the item under way, its `submit_many`).
 async fn on_pool<W, F, T>(pool: &'static Semaphore, rt: Handle, work: W) -> ApiResult<T>
 where
     W: FnOnce(Arc<AtomicBool>) -> F,
     F: Future<Output = ApiResult<T>> + Send + 'static,
     T: Send + 'static,
 {
-    let _permit = pool
+    let permit = pool
         .acquire()
         .await
         .map_err(|_| ApiError::internal("internal", "the batch pool is closed"))?;
     let gone = GoneOnDrop(Arc::new(AtomicBool::new(false)));
     let work = work(gone.0.clone());
-    match tokio::task::spawn_blocking(move || rt.block_on(work)).await {
+    let run = move || {
+        let _room = permit;
+        rt.block_on(work)
+    };
+    match tokio::task::spawn_blocking(run).await {
         Ok(answer) => answer,
         // A panic goes on to the edge's panic layer, which answers without its text and
         // counts it, as for any handler.
@@ -292,6 +298,7 @@ mod tests {
     /// all six end.
     #[tokio::test(flavor = "current_thread")]
     async fn at_most_four_batches_run_on_the_blocking_pool_at_once() {
+        static POOL: Semaphore = Semaphore::const_new(POOL_SIZE);
         let running = Arc::new(AtomicUsize::new(0));
         let ended = Arc::new(AtomicUsize::new(0));
         // Each batch runs until the test lets it end.
@@ -300,7 +307,7 @@ mod tests {
         let requests: Vec<_> = (0..6)
             .map(|_| {
                 let (running, ended, gate) = (running.clone(), ended.clone(), gate.clone());
-                tokio::spawn(on_pool(&POOL_BATCHES, Handle::current(), |_| async move {
+                tokio::spawn(on_pool(&POOL, Handle::current(), |_| async move {
                     running.fetch_add(1, SeqCst);
                     let _ = gate.acquire().await.map(|p| p.forget());
                     running.fetch_sub(1, SeqCst);
@@ -381,5 +388,53 @@ mod tests {
             vec![Ok(0), Ok(1), Ok(2), Ok(3)]
         );
         assert_eq!(started.load(SeqCst), 4, "no item after the request ended");
+    }
+
+    /// A request whose batch runs on the pool ends (its future dropped) while its batch's work
+    /// still runs: the batch keeps its room until that work ends, so with four running the
+    /// fifth does not start when the request ends, only when the work does.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_keeps_its_room_on_the_pool_until_its_work_ends_not_its_request() {
+        static POOL: Semaphore = Semaphore::const_new(POOL_SIZE);
+        // What the batches' works did, in order: ("start" | "end", batch).
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = |what: &'static str, n: usize| log.lock().expect("lock").contains(&(what, n));
+        // Batch 0's work runs until `first` opens, the others' until `rest` does.
+        let (first, rest) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+        let _closes = (Gate(first.clone()), Gate(rest.clone()));
+        let batch = |n: usize, gate: &Arc<Semaphore>| {
+            let (log, gate) = (log.clone(), gate.clone());
+            tokio::spawn(on_pool(&POOL, Handle::current(), move |_| async move {
+                log.lock().expect("lock").push(("start", n));
+                let _ = gate.acquire().await.map(|p| p.forget());
+                log.lock().expect("lock").push(("end", n));
+                Ok(())
+            }))
+        };
+        let aborted = batch(0, &first);
+        let others: Vec<_> = (1..4).map(|n| batch(n, &rest)).collect();
+        until("four batches run", || (0..4).all(|n| seen("start", n))).await;
+        let fifth = batch(4, &rest);
+        aborted.abort();
+        assert!(aborted.await.expect_err("aborted").is_cancelled());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = log.lock().expect("lock").clone();
+        assert!(
+            !now.contains(&("start", 4)),
+            "the fifth waits while the ended request's batch still runs: {now:?}"
+        );
+        first.add_permits(1);
+        until("the fifth starts", || seen("start", 4)).await;
+        {
+            let log = log.lock().expect("lock");
+            let at = |e| log.iter().position(|x| *x == e);
+            let (ended, fifth) = (at(("end", 0)), at(("start", 4)));
+            assert!(ended.is_some() && ended < fifth, "{log:?}");
+        }
+        rest.add_permits(4);
+        for r in others.into_iter().chain([fifth]) {
+            r.await.expect("no panic").expect("the batch answers");
+        }
+        assert!((1..5).all(|n| seen("end", n)));
     }
 }
