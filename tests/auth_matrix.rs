@@ -109,6 +109,16 @@ struct Call {
 }
 
 impl Harness {
+    /// Stops the server (its errors fail the test).
+    async fn stop(mut self) {
+        self.server
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("stop");
+    }
+
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = Config::from_toml(&config_text(dir.path())).expect("config");
@@ -475,7 +485,7 @@ fn check(label: &str, route: &str, expect: Expect, status: u16, body: &Value) {
 
 #[tokio::test]
 async fn every_route_times_every_caller_gets_its_documented_code() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let mut client_routes = 0;
     for r in ROUTES {
         let need = match r.need {
@@ -524,17 +534,12 @@ async fn every_route_times_every_caller_gets_its_documented_code() {
         }
     }
     assert!(client_routes >= 25, "{client_routes} client routes");
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
 
 #[tokio::test]
 async fn listings_show_only_what_the_caller_covers() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     h.ensure_schedule().await;
     let other = h
         .send(
@@ -594,12 +599,7 @@ async fn listings_show_only_what_the_caller_covers() {
             "{t}: {v}"
         );
     }
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
 
 /// A new job is checked against its caller's grant wherever it is built (docs/auth.md, "In the
@@ -609,7 +609,7 @@ async fn listings_show_only_what_the_caller_covers() {
 /// request, a job built where it did not follow was checked against nothing and passed.
 #[tokio::test]
 async fn a_job_built_off_the_requests_task_is_checked_against_its_callers_grant() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let app = h.server.as_ref().expect("running").app.clone();
     let auth = Authenticator::new(&app.config.auth).expect("[auth] compiles");
     let grant = |t: &str| auth.authenticate(t).expect("token accepted");
@@ -641,12 +641,7 @@ async fn a_job_built_off_the_requests_task_is_checked_against_its_callers_grant(
         "{message}"
     );
     assert_eq!(ok, Ok((TYPE.to_string(), CHANNEL.to_string())));
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
 
 /// The router's own path list (from its `Debug` form): every path it serves.
@@ -667,7 +662,7 @@ fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn the_access_table_is_the_router_and_the_docs() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     // Every path the router serves has its line(s) in the table...
     let router = runyard::api::router(h.running().app.clone());
     let routed = routed_paths(&router);
@@ -724,17 +719,12 @@ async fn the_access_table_is_the_router_and_the_docs() {
         })
         .collect();
     assert_eq!(documented, expected, "docs/auth.md's route table");
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
 
 #[tokio::test]
 async fn open_and_hook_routes_need_no_token() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let (s, v) = h.send(&h.call(Method::GET, "/health", None), None).await;
     assert_eq!(s, 200, "{v}");
     for r in ROUTES.iter().filter(|r| r.need == Need::Hook) {
@@ -753,12 +743,7 @@ async fn open_and_hook_routes_need_no_token() {
             r.path
         );
     }
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
 
 /// Runs the binary with `args` to its end (bounded): exit success, stdout, stderr.
@@ -943,7 +928,7 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
 /// caller whose grant covers the job still gets its replay (the same id).
 #[tokio::test]
 async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let app = h.server.as_ref().expect("running").app.clone();
     let submit = |body: Value| h.call(Method::POST, "/async/jobs", Some(body));
     let keyed = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "shared-key"});
@@ -1031,12 +1016,7 @@ async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job
         [(json!(200), json!(hashed)), (json!(200), json!(hashless))]
     );
     assert_eq!(h.snapshot().await, before, "replays store nothing");
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
 
 /// A fire's idempotency key (`schedule:{name}:{fire_time}`, predictable) is the schedules'
@@ -1046,7 +1026,7 @@ async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job
 /// as the schedule's run.
 #[tokio::test]
 async fn a_key_starting_with_schedule_is_refused_and_the_fire_keeps_its_key() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     h.ensure_schedule().await;
     let key = format!("schedule:{SCHEDULE}:2026-01-01T03:00:00Z");
     let body = json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": key});
@@ -1104,10 +1084,5 @@ async fn a_key_starting_with_schedule_is_refused_and_the_fire_keeps_its_key() {
         .1;
     assert_eq!(job["idempotency_key"], json!(key), "{job}");
     assert_eq!(job["schedule"], SCHEDULE, "{job}");
-    h.server
-        .take()
-        .expect("running")
-        .stop()
-        .await
-        .expect("stop");
+    h.stop().await;
 }
