@@ -1086,3 +1086,80 @@ async fn a_key_starting_with_schedule_is_refused_and_the_fire_keeps_its_key() {
     assert_eq!(job["schedule"], SCHEDULE, "{job}");
     h.stop().await;
 }
+
+/// A multipart submit whose `job` part comes first is checked before any file part is read: a
+/// job the caller may not submit (another channel, another type) or an invalid one answers its
+/// error and stores none of its files; an accepted one stores them.
+#[tokio::test]
+async fn a_refused_multipart_submit_stores_none_of_its_files() {
+    use md5::{Digest, Md5};
+    let h = Harness::start().await;
+    let files = h._dir.path().join("data").join("files");
+    let blob = |content: &str| {
+        let hash = hex::encode(Md5::digest(content.as_bytes()));
+        files.join(&hash[..2]).join(hash)
+    };
+    let send = |job: Value, content: String, bearer: &'static str| {
+        let form = reqwest::multipart::Form::new()
+            .text("job", job.to_string())
+            .part(
+                "inputs",
+                reqwest::multipart::Part::bytes(content.into_bytes()).file_name("in.txt"),
+            );
+        h.http
+            .post(format!("{}/async/jobs", h.url))
+            .bearer_auth(bearer)
+            .multipart(form)
+            .send()
+    };
+    let refused = [
+        (submit_body(), WRONG_CHANNEL, 403, "forbidden"),
+        (submit_body(), WRONG_TYPE, 403, "forbidden"),
+        (
+            json!({"type": TYPE, "channel": CHANNEL, "max_attempts": 0}),
+            ADMIN,
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"type": "no.such.type", "channel": CHANNEL}),
+            ADMIN,
+            422,
+            "unknown_type",
+        ),
+    ];
+    let before = h.snapshot().await;
+    for (i, (job, bearer, code, error)) in refused.into_iter().enumerate() {
+        let content = format!("refused upload {i} {}", uuid::Uuid::now_v7());
+        let r = send(job.clone(), content.clone(), bearer)
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (code, Some(error)),
+            "{job} by {bearer}: {body}"
+        );
+        assert!(
+            !blob(&content).exists(),
+            "{job} by {bearer} was refused ({status}) but its file was stored"
+        );
+    }
+    assert_eq!(
+        h.snapshot().await,
+        before,
+        "a refused submit changed the store"
+    );
+    // The same upload by a caller who may submit that job: its file is stored where looked for.
+    let content = format!("accepted upload {}", uuid::Uuid::now_v7());
+    let r = send(submit_body(), content.clone(), CONFINED_OK)
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+    assert!(
+        blob(&content).exists(),
+        "the accepted submit's file is not stored"
+    );
+    h.stop().await;
+}

@@ -115,11 +115,16 @@ pub async fn fetch(
 }
 
 /// Reads a multipart submit: the `job` part (JSON) and file parts named by property. Files are
-/// stored first (content-addressed, harmless if the submit then fails) and attached to the job
-/// before it is stored, so they are there before it can start.
+/// stored as they come (content-addressed) and attached to the job before it is stored, so they
+/// are there before it can start. `check` runs on the `job` part as soon as it is read: when it
+/// refuses the job (an invalid body, a type or channel outside the caller's grant), its error is
+/// the answer and no later file part is read or stored. File parts sent before the `job` part
+/// are stored before the job can be checked; if the submit then fails they stay unreferenced
+/// until retention's file collection (`BlobStore::gc`) removes them.
 pub async fn read_multipart(
     st: &AppState,
     mut mp: axum::extract::Multipart,
+    check: impl Fn(&[u8]) -> ApiResult<()>,
 ) -> ApiResult<(bytes::Bytes, Vec<(String, FileRef)>)> {
     let mut job_json = None;
     let mut files = Vec::new();
@@ -138,6 +143,7 @@ pub async fn read_multipart(
             if b.len() > st.app.config.api.max_body_bytes {
                 return Err(ApiError::too_large("the `job` part is too large"));
             }
+            check(&b)?;
             job_json = Some(b);
             continue;
         }

@@ -161,7 +161,7 @@ async fn submit(
         let mp = axum::extract::Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
-        files::read_multipart(&st, mp).await?
+        files::read_multipart(&st, mp, |b| check_submit(&st, &caller, b)).await?
     } else {
         edge::require_json(req.headers())?;
         let max = st.app.config.api.max_body_bytes;
@@ -182,6 +182,17 @@ async fn submit(
     let submitted = st.app.store.submit(job).await?;
     check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))
+}
+
+/// A submit's JSON body checked as [`prepare_submit`] checks it, but for what needs its files or
+/// the network (its `notify` target): run on a multipart submit's `job` part before any later
+/// file part is stored, so a refused submit stores no file.
+fn check_submit(st: &AppState, caller: &crate::auth::tokens::Grant, bytes: &[u8]) -> ApiResult<()> {
+    if bytes.is_empty() {
+        return Err(ApiError::json_required());
+    }
+    let body: jobs::SubmitBody = extract::parse_json(bytes)?;
+    jobs::build_job(st, caller, body, None).map(drop)
 }
 
 /// A submit's JSON body (and its multipart files) validated into the job to store (its type
