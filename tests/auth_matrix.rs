@@ -351,13 +351,15 @@ fn callers(method: &str, path: &str, scope: Option<(Scope, On)>) -> Vec<(String,
             // Counts over every channel (GET /async/stats, /async/activity, /async/dead_letters:
             // `Need::EveryChannel`) are refused to any credential confined to channels, even its
             // own: they would tell it about the other channels' jobs.
-            let counts_all = matches!(
-                runyard::auth::access::lookup(
-                    &Method::from_bytes(method.as_bytes()).expect("method"),
-                    path
-                ),
-                Some(Need::EveryChannel(_))
+            // Answers over every job that cannot be narrowed (`/metrics` when protected, an
+            // endpoint's signing key: `Need::Unconfined`) are refused to any confined
+            // credential, by types or by channels.
+            let looked = runyard::auth::access::lookup(
+                &Method::from_bytes(method.as_bytes()).expect("method"),
+                path,
             );
+            let every_job = matches!(looked, Some(Need::Unconfined(_) | Need::Metrics));
+            let counts_all = every_job || matches!(looked, Some(Need::EveryChannel(_)));
             let own_channel = if counts_all {
                 Expect::Forbidden
             } else {
@@ -368,7 +370,16 @@ fn callers(method: &str, path: &str, scope: Option<(Scope, On)>) -> Vec<(String,
             } else {
                 confined
             };
-            out.push(("admin, other type glob".into(), WRONG_TYPE.into(), confined));
+            let other_type = if every_job {
+                Expect::Forbidden
+            } else {
+                confined
+            };
+            out.push((
+                "admin, other type glob".into(),
+                WRONG_TYPE.into(),
+                other_type,
+            ));
             out.push((
                 "admin, other channel".into(),
                 WRONG_CHANNEL.into(),
@@ -490,7 +501,7 @@ async fn every_route_times_every_caller_gets_its_documented_code() {
     for r in ROUTES {
         let need = match r.need {
             Need::Client(s, on) => Some((s, on)),
-            Need::EveryChannel(s) => Some((s, On::Any)),
+            Need::EveryChannel(s) | Need::Unconfined(s) => Some((s, On::Any)),
             Need::Metrics => Some((Scope::JobsRead, On::Any)),
             Need::Events => None,
             Need::Hook | Need::Open => continue,
@@ -709,7 +720,9 @@ async fn the_access_table_is_the_router_and_the_docs() {
         .iter()
         .map(|r| {
             let need = match r.need {
-                Need::Client(s, _) | Need::EveryChannel(s) => s.as_str().to_string(),
+                Need::Client(s, _) | Need::EveryChannel(s) | Need::Unconfined(s) => {
+                    s.as_str().to_string()
+                }
                 Need::Events => "events".into(),
                 Need::Hook => "hook".into(),
                 Need::Open => "open".into(),
@@ -1161,5 +1174,235 @@ async fn a_refused_multipart_submit_stores_none_of_its_files() {
         blob(&content).exists(),
         "the accepted submit's file is not stored"
     );
+    h.stop().await;
+}
+
+/// A submit's `emits` writes signals when the job succeeds: it needs `signals:write` besides
+/// `jobs:submit` (403, nothing stored), single and in a schedule's job template, and a caller
+/// with both scopes is served.
+#[tokio::test]
+async fn emits_needs_signals_write() {
+    let h = Harness::start().await;
+    let submitter = jwt(json!({"scope": "jobs:submit", "sub": "svc"}), SECRET);
+    let scheduler = jwt(
+        json!({"scope": "schedules:write jobs:submit", "sub": "svc"}),
+        SECRET,
+    );
+    let both = jwt(
+        json!({"scope": "jobs:submit signals:write", "sub": "svc"}),
+        SECRET,
+    );
+    let body = json!({"type": TYPE, "channel": CHANNEL, "emits": ["b.ready"]});
+    let before = h.snapshot().await;
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs", Some(body.clone())),
+            Some(&submitter),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("signals:write"),
+        "{v}"
+    );
+    let mut sched = schedule_body("emitter");
+    sched["job"]["emits"] = json!(["b.ready"]);
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/schedules", Some(sched)),
+            Some(&scheduler),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert_eq!(
+        h.snapshot().await,
+        before,
+        "a refused submit changed the store"
+    );
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs", Some(body)),
+            Some(&both),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    h.stop().await;
+}
+
+/// A schedule created again under the name of a deleted one (by a caller confined to another
+/// channel) has the same fire keys: its backfill of a time the earlier one fired must not
+/// adopt that job (return it, record it as its run, so later cancel it with `cancel_other`);
+/// the fire is recorded as an error naming no job, and the earlier job is left alone.
+#[tokio::test]
+async fn a_schedule_made_again_under_a_deleted_ones_name_does_not_adopt_its_jobs() {
+    let h = Harness::start().await;
+    let name = "reused";
+    let range = json!({"from": "2026-01-01T02:30:00Z", "to": "2026-01-01T03:30:00Z"});
+    let backfill = format!("/async/schedules/{name}/backfill");
+    let mut theirs = schedule_body(name);
+    theirs["job"]["channel"] = json!("elsewhere");
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/schedules", Some(theirs)),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, &backfill, Some(range.clone())),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let old = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
+    let (s, v) = h
+        .send(
+            &h.call(Method::DELETE, &format!("/async/schedules/{name}"), None),
+            Some(ADMIN),
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    // The same name, by a token confined to CHANNEL, with `cancel_other`.
+    let mut ours = schedule_body(name);
+    ours["overlap"] = json!("cancel_other");
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/schedules", Some(ours)),
+            Some(CONFINED_OK),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, &backfill, Some(range)),
+            Some(CONFINED_OK),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert!(
+        !v.to_string().contains(&old),
+        "the backfill answered the deleted schedule's job: {v}"
+    );
+    let (s, v) = h
+        .send(
+            &h.call(Method::GET, &format!("/async/schedules/{name}"), None),
+            Some(CONFINED_OK),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v.to_string().contains(&old), "its runs name that job: {v}");
+    let run = &v["last_runs"][0];
+    assert_eq!(
+        (run["outcome"].as_str(), run["job_id"].is_null()),
+        (Some("error"), true),
+        "{v}"
+    );
+    // The earlier job is as it was: still queued (no worker runs here), on its own channel.
+    let (s, v) = h
+        .send(
+            &h.call(Method::GET, &format!("/async/jobs/{old}"), None),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["channel_id"].as_str()),
+        (Some("QUEUED"), Some("elsewhere")),
+        "{v}"
+    );
+    h.stop().await;
+}
+
+/// A job's file is served as a download whatever type its uploader gave it: a `text/html`
+/// file never renders on the API's origin.
+#[tokio::test]
+async fn a_jobs_file_is_always_a_download_never_rendered() {
+    let h = Harness::start().await;
+    for file_name in ["", "page.html"] {
+        let form = reqwest::multipart::Form::new()
+            .text("job", submit_body().to_string())
+            .part(
+                "page",
+                reqwest::multipart::Part::bytes(b"<script>alert(1)</script>".to_vec())
+                    .file_name(file_name)
+                    .mime_str("text/html")
+                    .expect("mime"),
+            );
+        let r = h
+            .http
+            .post(format!("{}/async/jobs", h.url))
+            .bearer_auth(ADMIN)
+            .multipart(form)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 202);
+        let id = r.json::<Value>().await.expect("json")["job_id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let r = h
+            .http
+            .get(format!("{}/async/jobs/{id}/files/page/0", h.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 200);
+        let header = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        assert!(
+            header("content-disposition").starts_with("attachment"),
+            "{file_name:?}: {:?}",
+            r.headers()
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert!(header("content-security-policy").contains("sandbox"));
+    }
+    h.stop().await;
+}
+
+/// `GET /async/jobs?type=` is a glob matched against every listed job: over 256 characters
+/// (or empty) it is refused, as `/async/activity` refuses it.
+#[tokio::test]
+async fn a_listing_type_glob_is_bounded() {
+    let h = Harness::start().await;
+    for (glob, want) in [
+        ("*".repeat(257), 400),
+        (String::new(), 400),
+        ("*".repeat(256), 200),
+    ] {
+        let r = h
+            .http
+            .get(format!("{}/async/jobs", h.url))
+            .query(&[("type", glob.as_str())])
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            r.status().as_u16(),
+            want,
+            "type of {} characters",
+            glob.len()
+        );
+    }
     h.stop().await;
 }

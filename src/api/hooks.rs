@@ -310,7 +310,11 @@ pub async fn upload(
     let blobs = &st.app.blobs;
     if blobs.exists(&req.hash).await {
         let proven = blobs.challenge(&req.hash).await.map_err(file_error)?;
-        if proven == req.challenge {
+        // The proof that the job holds the content: compared in constant time.
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            proven.as_bytes(),
+            req.challenge.as_bytes(),
+        )) {
             let size = tokio::fs::metadata(blobs.path(&req.hash).map_err(file_error)?)
                 .await
                 .map(|m| m.len())
@@ -564,8 +568,21 @@ pub async fn stream_blob(
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, len.into());
-    if let Some(v) = super::edge::content_disposition(name) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
+    // The type is the uploader's word: never rendered by a browser on the API's origin (a
+    // `text/html` file would run its script there). Always a download, never sniffed, and
+    // sandboxed should a browser show it anyway.
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        super::edge::content_disposition(name)
+            .unwrap_or(axum::http::HeaderValue::from_static("attachment")),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
     Ok(res)
 }

@@ -137,6 +137,17 @@ fn check_keys(body: &SubmitBody, caller: &Grant) -> ApiResult<()> {
         for k in keys {
             crate::store::signals::check_key(k).map_err(|m| bad(format!("`emits`: {m}")))?;
         }
+        // Its signals are written when the job succeeds: the caller must be allowed to write
+        // signals itself (as `POST /async/signals/{key}` needs), or a submit would wake waiting
+        // jobs it could not wake otherwise.
+        let scope = crate::auth::tokens::Scope::SignalsWrite;
+        if !keys.is_empty() && !caller.allows(scope) {
+            return Err(ApiError::forbidden(format!(
+                "{} does not grant `{}`, which a job's `emits` needs (its signals are written when it succeeds)",
+                caller.who,
+                scope.as_str()
+            )));
+        }
     }
     Ok(())
 }
@@ -385,6 +396,13 @@ fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
         .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
     {
         return Err(bad("`text` must be 1-200 characters".into()));
+    }
+    // A glob matched against every listed job's type: bounded, as `/async/activity` bounds it.
+    if q.job_type
+        .as_deref()
+        .is_some_and(|t| t.is_empty() || t.chars().count() > 256)
+    {
+        return Err(bad("`type` must be a glob of 1-256 characters".into()));
     }
     let created_after = filter_time("created_after", q.created_after.as_deref())?;
     let created_before = filter_time("created_before", q.created_before.as_deref())?;

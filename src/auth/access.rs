@@ -45,6 +45,10 @@ pub enum Need {
     /// and a grant not confined to channels (403: the answer would tell it about other channels'
     /// jobs). A grant confined to types passes; the handler shows only its types.
     EveryChannel(Scope),
+    /// A client route whose answer covers every job and cannot be narrowed to a grant's types
+    /// or channels (`/metrics` when protected, an endpoint's signing key): this scope, and a
+    /// grant confined to neither (403).
+    Unconfined(Scope),
     /// An event transport: `jobs:read` or a channel JWT (cookie accepted), its channels only.
     Events,
     /// A job hook: authenticated by the job's signature in the handler.
@@ -113,7 +117,7 @@ pub const ROUTES: &[Route] = &[
     ),
     // Signed webhooks out (docs/notifications.md): a job's deliveries; an endpoint's signing key.
     client("GET", "/async/jobs/{id}/deliveries", JobsRead, Job),
-    client("POST", "/async/notify/keys", Admin, Any),
+    other("POST", "/async/notify/keys", Need::Unconfined(Admin)),
     // Schedules.
     client("POST", "/async/schedules", SchedulesWrite, Any),
     client("GET", "/async/schedules", JobsRead, Any),
@@ -354,7 +358,7 @@ fn need_of(access: &Access, req: &Request) -> Result<Option<Need>, Refusal> {
     Ok(match need {
         Need::Hook | Need::Open => None,
         Need::Metrics if !access.config.metrics_require_token => None,
-        Need::Metrics => Some(Need::Client(Scope::JobsRead, On::Any)),
+        Need::Metrics => Some(Need::Unconfined(Scope::JobsRead)),
         n => Some(n),
     })
 }
@@ -379,7 +383,9 @@ async fn decide(
         .authenticate(&credential)
         .map_err(Refusal::Unauthorized)?;
     match need {
-        Need::Client(scope, _) | Need::EveryChannel(scope) if !grant.allows(scope) => {
+        Need::Client(scope, _) | Need::EveryChannel(scope) | Need::Unconfined(scope)
+            if !grant.allows(scope) =>
+        {
             return Err(Refusal::Forbidden(format!(
                 "{} does not grant `{scope}`, which `{} {}` needs",
                 grant.who,
@@ -400,6 +406,14 @@ async fn decide(
             )));
         }
         Need::EveryChannel(_) => {}
+        Need::Unconfined(_) if grant.is_confined() => {
+            return Err(Refusal::Forbidden(format!(
+                "`{method} {}` covers every job type and channel: {} is confined to some",
+                uri.path(),
+                grant.who
+            )));
+        }
+        Need::Unconfined(_) => {}
         _ => {
             if !grant.reads_events() {
                 return Err(Refusal::Forbidden(format!(

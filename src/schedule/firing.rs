@@ -171,7 +171,20 @@ impl Firing {
         {
             Ok(slot) => {
                 let job = job_for_fire(s, p.fire_time, Some(slot.name.clone()), clock());
-                (Some(self.store.submit(job).await?), None)
+                let sub = self.store.submit(job).await?;
+                if sub.created || made_by(s, &sub.job) {
+                    (Some(sub), None)
+                } else {
+                    // Neither recorded, returned nor ever cancelled: another tenant's, maybe.
+                    (
+                        None,
+                        Some(format!(
+                            "the fire's key is held by a job of an earlier schedule named `{}` \
+                             (deleted, then created again); this fire makes no job",
+                            s.spec.name
+                        )),
+                    )
+                }
             }
             Err(e) => (None, Some(e.to_string())),
         };
@@ -268,4 +281,26 @@ impl Firing {
         }
         Ok(out)
     }
+}
+
+/// How much earlier than its schedule a job of one of its fires may say it was made: the
+/// nodes' clocks may differ by this much.
+const CLOCK_MARGIN_US: Micros = 60_000_000;
+
+/// Whether `job`, the job a submit of one of `s`'s fire keys returned without making it, was
+/// made by this schedule (another node's submit of the same fire, or this one's before a crash)
+/// and not by an earlier schedule of the same name, deleted and created again, whose fire keys
+/// are the same: its type is the template's, and so is its channel when the template names one,
+/// and it was made after the schedule was created (less [`CLOCK_MARGIN_US`]). A schedule's
+/// creator may be confined to other types and channels than the earlier one's: its fires must
+/// not adopt (record, return, later cancel) that one's jobs.
+fn made_by(s: &Schedule, job: &crate::job::Job) -> bool {
+    let channel = s
+        .spec
+        .job
+        .get("channel")
+        .and_then(serde_json::Value::as_str);
+    job.job_type == s.proto.job_type
+        && channel.is_none_or(|c| job.channel_id == c)
+        && job.created_at.saturating_add(CLOCK_MARGIN_US) >= s.created_at
 }

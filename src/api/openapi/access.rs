@@ -110,7 +110,7 @@ fn bearer_only() -> Vec<SecurityRequirement> {
 
 fn apply(op: &mut Operation, need: Need) {
     let scope = match need {
-        Need::Client(s, _) | Need::EveryChannel(s) => Some(s.as_str()),
+        Need::Client(s, _) | Need::EveryChannel(s) | Need::Unconfined(s) => Some(s.as_str()),
         Need::Events | Need::Metrics => Some("jobs:read"),
         Need::Hook | Need::Open => None,
     };
@@ -120,7 +120,7 @@ fn apply(op: &mut Operation, need: Need) {
             .insert("x-runyard-scope".into(), serde_json::json!(s));
     }
     match need {
-        Need::Client(..) | Need::EveryChannel(_) => {
+        Need::Client(..) | Need::EveryChannel(_) | Need::Unconfined(_) => {
             op.security = Some(bearer_only());
             add(op, "401", "`unauthorized`: no credential or a bad one (`[auth]` only; `WWW-Authenticate: Bearer`)");
             add(op, "403", "`forbidden`: the credential lacks the scope, or the job or schedule is outside its `types` / `channels` (`[auth]` only)");
