@@ -542,3 +542,115 @@ async fn without_auth_everything_is_open_as_before() {
     assert_eq!(ids(&via_sse), ids(&all));
     ts.stop().await;
 }
+
+/// A stream does not outlive the JWT it was opened with: at the token's `exp` (plus
+/// `auth.jwt_leeway`, 0 here) the WebSocket closes with 1008 and a reason saying where to resume,
+/// the SSE stream ends and a long poll answers, while a stream opened with a longer-lived token
+/// stays open and keeps delivering.
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let mut ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\njwt_leeway = \"0s\"\n"
+        ))
+        .start()
+        .await;
+    let channel = "chan-exp";
+    let exp = now() + 3;
+    let short = mint_with(
+        Algorithm::HS256,
+        json!({"channel": channel, "sub": 1, "exp": exp}),
+        SECRET,
+    );
+    let long = token(channel, json!(2));
+    let opened = tokio::time::Instant::now();
+    let mut ws_short = ws_connect(&ts, "", &cookie(&short))
+        .await
+        .expect("ws short");
+    let mut ws_long = ws_connect(&ts, "", &cookie(&long)).await.expect("ws long");
+    let res = ts
+        .client
+        .get(ts.at("/async/events/sse"))
+        .header("cookie", format!("async-token={short}"))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(res.status(), 200);
+    let mut sse = res.bytes_stream();
+    // Both sockets deliver while the short token is valid.
+    let first = submit_as_service(&ts, json!({"type": "runyard.noop", "channel": channel})).await;
+    assert!(ws_events(&mut ws_short, 1).await[0]["job_id"] == first.as_str());
+    assert!(ws_events(&mut ws_long, 1).await[0]["job_id"] == first.as_str());
+    wait_done_as_service(&ts, &first).await;
+    let poll_headers = cookie(&short);
+    let seen = poll_all(&ts, &poll_headers).await;
+    let newest = seen.last().expect("events")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let poll_query = format!("last_id={newest}&wait_ms=30000");
+    let poll = poll(&ts, &poll_query, &poll_headers);
+    // The expired socket: a close frame with 1008 (not before about the token's `exp`).
+    let bound = Duration::from_secs(10);
+    let close = tokio::time::timeout(bound, async {
+        loop {
+            match ws_short.next().await {
+                Some(Ok(tungstenite::Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("ws short ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the expired socket closed in time")
+    .expect("a close frame with a code");
+    let closed_after = opened.elapsed();
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.contains("expired"), "{close:?}");
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "closed after {closed_after:?}"
+    );
+    // SSE: the stream ends (skipping what it delivered).
+    tokio::time::timeout(bound, async {
+        while let Some(chunk) = sse.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the expired SSE stream ended in time");
+    // The long poll answered at the expiry, not after its 30 s.
+    let (s, body) = tokio::time::timeout(bound, poll)
+        .await
+        .expect("the long poll answered at the token's expiry");
+    assert_eq!(s, 200, "{body}");
+    // Both expiries counted where an operator looks.
+    let metrics = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let expired: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("runyard_event_streams_closed_total{"))
+        .filter(|l| l.contains("reason=\"credential_expired\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(expired, 2.0, "the WebSocket and the SSE stream: {metrics}");
+    // The long-lived socket is still open and delivers the next event.
+    let second = submit_as_service(&ts, json!({"type": "runyard.noop", "channel": channel})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ws_events(&mut ws_long, 1).await[0]["job_id"] != second.as_str() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long-lived socket did not deliver the second job's event"
+        );
+    }
+    ts.stop().await;
+}

@@ -47,7 +47,11 @@ pub async fn poll(
     let limit = q.limit.unwrap_or(EVENT_PAGE).clamp(1, EVENT_PAGE);
     let last_id = q.last_id.filter(|s| !s.is_empty());
     check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+    let mut wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+    // A long poll does not outlive its credential.
+    if let Some(left) = auth.0.remaining() {
+        wait = wait.min(left);
+    }
     let store = &st.app.store;
     // Subscribe before reading, so an event committed in between still wakes us.
     let mut rx = store.subscribe();
@@ -132,6 +136,7 @@ pub async fn websocket(
     // Refuse a malformed last_id before the upgrade.
     check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
     let app = st.app.clone();
+    let expires = auth.0.remaining();
     // Clients only answer pings and close: small buffers keep an idle socket cheap.
     let ws = ws
         .read_buffer_size(4096)
@@ -151,7 +156,7 @@ pub async fn websocket(
             Err(why) => ws::refuse(socket, why).await,
             Ok(sub) => {
                 let follower = Follower::new(store, channel, last_id, sub);
-                ws::run(socket, follower, ping, closing).await
+                ws::run(socket, follower, ping, closing, expires).await
             }
         }
     }))
@@ -202,18 +207,26 @@ pub async fn sse(
         .map_err(|why| ApiError::unavailable("too_many_streams", why.reason()))?;
     let follower = Follower::new(st.app.store.clone(), channel, last_id, sub);
     let closing = st.app.closing.clone();
-    let stream = futures::stream::unfold((follower, closing), |(mut f, closing)| async move {
+    // The stream ends when the credential it was opened with expires (the browser reconnects
+    // with `Last-Event-ID` and a new one).
+    let expiry = Box::pin(crate::events::follow::until(auth.0.remaining()));
+    let state = (follower, closing, expiry);
+    let stream = futures::stream::unfold(state, |(mut f, closing, mut expiry)| async move {
         let r = tokio::select! {
             r = f.next() => r,
             _ = closing.cancelled() => {
                 f.stats().shutdown_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return None;
             }
+            _ = &mut expiry => {
+                f.stats().expired_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
         };
         match r {
             Ok(frames) => {
                 f.delivered(frames.len());
-                Some((frames, (f, closing)))
+                Some((frames, (f, closing, expiry)))
             }
             Err(_) => None,
         }

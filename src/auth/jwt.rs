@@ -90,10 +90,17 @@ impl Verifier {
                 )
             }
         };
+        // Verified above: `exp` (when present) is a time not yet past, give or take the leeway.
+        let valid_until = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .map(|e| (e as u64).saturating_add(self.validation.leeway));
         Ok(Claims {
             channel,
             sub,
             scope,
+            valid_until,
         })
     }
 }
@@ -107,6 +114,8 @@ pub struct Claims {
     pub sub: Option<String>,
     /// `scope` (space-separated in the token): the API scopes it grants.
     pub scope: Option<Vec<String>>,
+    /// Until when it verifies (unix seconds): its `exp` plus the leeway; `None` without `exp`.
+    pub valid_until: Option<u64>,
 }
 
 /// A clear message for a refused token.

@@ -156,6 +156,8 @@ pub struct Grant {
     bits: u8,
     types: Option<Arc<Patterns>>,
     channels: Option<Arc<Patterns>>,
+    /// When the credential stops verifying (a JWT's `exp` plus the leeway; unix seconds).
+    valid_until: Option<u64>,
 }
 
 impl Grant {
@@ -166,6 +168,7 @@ impl Grant {
             bits: ALL_BITS | EVENTS_BIT,
             types: None,
             channels: None,
+            valid_until: None,
         }
     }
 
@@ -179,7 +182,19 @@ impl Grant {
             bits,
             types: None,
             channels: None,
+            valid_until: None,
         }
+    }
+
+    /// How long the credential still verifies (a JWT with `exp`: until then, plus the leeway);
+    /// `None` for one that does not expire. A stream opened with it ends then.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.valid_until?);
+        Some(
+            until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
     }
 
     /// Grants `scope` (`admin` grants every scope).
@@ -466,6 +481,7 @@ fn grant_of_claims(c: Claims) -> Result<Grant, String> {
         .filter_map(|s| Scope::parse(s))
         .collect();
     let mut grant = Grant::from_scopes(who, &scopes);
+    grant.valid_until = c.valid_until;
     match c.channel {
         Some(ch) => {
             grant.bits |= EVENTS_BIT;

@@ -14,6 +14,15 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{EventId, Frame, Subscription, REPLAY_PAGE};
 use crate::store::{Store, StoreError};
 
+/// Resolves once `d` has passed (never for `None`): the end of a stream opened with a credential
+/// that expires ([`crate::auth::tokens::Grant::remaining`]).
+pub async fn until(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Why a stream stops.
 #[derive(Debug)]
 pub enum Stop {

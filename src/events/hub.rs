@@ -46,6 +46,7 @@ pub struct Stats {
     pub(crate) slow_closed: AtomicU64,
     pub(crate) ping_timeouts: AtomicU64,
     pub(crate) shutdown_closed: AtomicU64,
+    pub(crate) expired_closed: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) tail_errors: AtomicU64,
 }
@@ -67,6 +68,8 @@ pub struct StatsSnapshot {
     pub ping_timeouts: u64,
     /// Streams closed because the server stopped (WebSocket close 1012).
     pub shutdown_closed: u64,
+    /// Streams closed when the JWT they were opened with expired (WebSocket close 1008).
+    pub expired_closed: u64,
     /// Events written to streams.
     pub delivered: u64,
     /// Failed reads of the global stream by the tail (retried).
@@ -209,6 +212,7 @@ impl Hub {
             slow_closed: r(&s.slow_closed),
             ping_timeouts: r(&s.ping_timeouts),
             shutdown_closed: r(&s.shutdown_closed),
+            expired_closed: r(&s.expired_closed),
             delivered: r(&s.delivered),
             tail_errors: r(&s.tail_errors),
         }

@@ -36,6 +36,8 @@ pub mod code {
     pub const GOING_AWAY: u16 = 1001;
     /// The store failed.
     pub const ERROR: u16 = 1011;
+    /// The credential the socket was opened with expired (policy): reconnect with a new one.
+    pub const EXPIRED: u16 = 1008;
 }
 
 /// How long a close frame may take to leave.
@@ -69,12 +71,14 @@ fn close_frame(code: u16, reason: String) -> Message {
     }))
 }
 
-/// Serves one socket until it ends.
+/// Serves one socket until it ends; `expires`: how long the credential it was opened with still
+/// verifies (a JWT's `exp`), after which it closes with [`code::EXPIRED`].
 pub async fn run(
     socket: WebSocket,
     mut follower: Follower,
     ping_interval: Duration,
     closing: CancellationToken,
+    expires: Option<Duration>,
 ) {
     let (mut sink, mut incoming) = socket.split();
     let started = tokio::time::Instant::now();
@@ -99,12 +103,15 @@ pub async fn run(
         let mut ping_sent = 0u64;
         // The id of the last event the socket took (what the client resumes from).
         let mut sent: Option<Box<str>> = None;
+        let expiry = super::follow::until(expires);
+        tokio::pin!(expiry);
         let pong_missed = |sent: u64| sent > 0 && last_pong.load(Ordering::Relaxed) < sent;
         let ping_deadline = |sent: u64| sent > 0 && ms() >= sent + ping_interval.as_millis() as u64;
         loop {
             let msgs: Vec<(Message, Option<Box<str>>)> = tokio::select! {
                 biased;
                 _ = closing.cancelled() => return shutdown(&follower, &sent),
+                _ = &mut expiry => return expired(&follower, &sent),
                 _ = ping.tick() => {
                     if pong_missed(ping_sent) {
                         return ping_timeout(&follower, &sent);
@@ -223,6 +230,11 @@ async fn watched<E>(
 fn shutdown(f: &Follower, sent: &Option<Box<str>>) -> End {
     f.stats().shutdown_closed.fetch_add(1, Ordering::Relaxed);
     End::Close(code::RESTART, resume("server restarting", sent))
+}
+
+fn expired(f: &Follower, sent: &Option<Box<str>>) -> End {
+    f.stats().expired_closed.fetch_add(1, Ordering::Relaxed);
+    End::Close(code::EXPIRED, resume("credential expired", sent))
 }
 
 fn ping_timeout(f: &Follower, sent: &Option<Box<str>>) -> End {

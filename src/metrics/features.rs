@@ -28,7 +28,7 @@ const FAMILIES: &[Family] = &[
     ),
     (
         "runyard_event_streams_closed",
-        "Event streams closed by the server: slow consumers (1008), missed pongs, shutdown (1012)",
+        "Event streams closed by the server: slow consumers (1008), missed pongs, shutdown (1012), an expired JWT (1008)",
         "reason",
         |h| {
             let s = h.stats();
@@ -36,6 +36,7 @@ const FAMILIES: &[Family] = &[
                 ("slow_consumer", s.slow_closed),
                 ("ping_timeout", s.ping_timeouts),
                 ("shutdown", s.shutdown_closed),
+                ("credential_expired", s.expired_closed),
             ]
         },
     ),
