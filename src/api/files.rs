@@ -118,9 +118,10 @@ pub async fn fetch(
 /// stored as they come (content-addressed) and attached to the job before it is stored, so they
 /// are there before it can start. `check` runs on the `job` part as soon as it is read: when it
 /// refuses the job (an invalid body, a type or channel outside the caller's grant), its error is
-/// the answer and no later file part is read or stored. File parts sent before the `job` part
-/// are stored before the job can be checked; if the submit then fails they stay unreferenced
-/// until retention's file collection (`BlobStore::gc`) removes them.
+/// the answer and no later file part is read or stored. File parts sent before the `job` part,
+/// and the files of a submit refused after they were read (a `notify` address refused by its
+/// DNS check, an idempotency conflict), stay unreferenced until retention's file collection
+/// (`BlobStore::gc`) removes them.
 pub async fn read_multipart(
     st: &AppState,
     mut mp: axum::extract::Multipart,

@@ -137,19 +137,24 @@ fn check_keys(body: &SubmitBody, caller: &Grant) -> ApiResult<()> {
         for k in keys {
             crate::store::signals::check_key(k).map_err(|m| bad(format!("`emits`: {m}")))?;
         }
-        // Its signals are written when the job succeeds: the caller must be allowed to write
-        // signals itself (as `POST /async/signals/{key}` needs), or a submit would wake waiting
-        // jobs it could not wake otherwise.
-        let scope = crate::auth::tokens::Scope::SignalsWrite;
-        if !keys.is_empty() && !caller.allows(scope) {
-            return Err(ApiError::forbidden(format!(
-                "{} does not grant `{}`, which a job's `emits` needs (its signals are written when it succeeds)",
-                caller.who,
-                scope.as_str()
-            )));
-        }
+        require_emit_scope(caller, keys)?;
     }
     Ok(())
+}
+
+/// A job's `emits` are signals written when it succeeds: whoever makes it run (a submit, a
+/// retry, a schedule's trigger or backfill) must be allowed to write signals itself (as
+/// `POST /async/signals/{key}` needs), or it would wake waiting jobs it could not wake otherwise.
+pub(crate) fn require_emit_scope(caller: &Grant, emits: &[String]) -> ApiResult<()> {
+    let scope = crate::auth::tokens::Scope::SignalsWrite;
+    if emits.is_empty() || caller.allows(scope) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "{} does not grant `{}`, which a job with `emits` needs (its signals are written when it succeeds)",
+        caller.who,
+        scope.as_str()
+    )))
 }
 
 /// The runner slot for a submit; no runner for the type is `unknown_type`.
@@ -481,8 +486,11 @@ pub async fn cancel_job(
     ))]
 pub async fn retry_job(
     State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Response> {
+    // `emits` never changes after the submit: checking it before the retry is not a race.
+    require_emit_scope(&caller, &st.job(id).await?.emits)?;
     let job = st.app.store.apply(id, Command::Retry).await?;
     Ok((StatusCode::ACCEPTED, Json(job.to_public())).into_response())
 }

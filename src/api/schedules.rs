@@ -446,8 +446,13 @@ fn fire_error(name: &str, e: StoreError) -> ApiError {
         (status = 202, description = "Fired now", body = super::openapi::schemas::Fired), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`fire_failed`: the fire could not make a job", body = super::openapi::schemas::ErrorBody),
     ))]
-async fn trigger(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    load(&st, &name).await?;
+async fn trigger(
+    State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let s = load(&st, &name).await?;
+    super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
     // Millisecond precision: two triggers in the same millisecond are the same fire.
     let t = clock() / 1000 * 1000;
     let subs = firing(&st)
@@ -489,6 +494,7 @@ fn parse_time(s: &str, field: &str) -> ApiResult<Micros> {
     ))]
 async fn backfill(
     State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<BackfillBody>,
 ) -> ApiResult<Response> {
@@ -503,6 +509,7 @@ async fn backfill(
         ));
     }
     let s = load(&st, &name).await?;
+    super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
     let cron = s
         .cron()
         .map_err(|e| ApiError::internal("corrupt", format!("{e:?}")))?;

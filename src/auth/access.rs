@@ -5,10 +5,12 @@
 //! - client routes need `Authorization: Bearer` (an API token or a JWT) when auth is in force:
 //!   401 without one or with a bad one, 403 without the route's scope, and 403 for a job or
 //!   schedule (named in the path) outside the caller's `types` / `channels`, and 403 on a route
-//!   whose answer covers every channel ([`Need::EveryChannel`]) for a caller confined to channels;
+//!   whose answer covers every channel ([`Need::EveryChannel`]) for a caller confined to channels,
+//!   and on one whose answer covers every job and cannot be narrowed ([`Need::Unconfined`]) for
+//!   a caller confined to types or channels;
 //! - event routes accept the JWT from the cookie too, and serve only the caller's channels;
 //! - hook routes pass (their handlers check the job's signature), `/health` passes, `/metrics`
-//!   passes unless `auth.metrics_require_token`;
+//!   passes unless `auth.metrics_require_token` (then as [`Need::Unconfined`] with `jobs:read`);
 //! - a credential in the query string (`?token=`, `?access_token=`) is refused (400
 //!   `token_in_query`): URLs end up in logs;
 //! - a route missing from [`ROUTES`] answers 500 `route_not_in_access_table`, auth or not, so a
@@ -55,7 +57,8 @@ pub enum Need {
     Hook,
     /// Open to anyone (`/health`, signed blob URLs).
     Open,
-    /// `/metrics`: open, or `jobs:read` with `auth.metrics_require_token`.
+    /// `/metrics`: open, or with `auth.metrics_require_token` `jobs:read` from a grant confined
+    /// to neither types nor channels (as [`Need::Unconfined`]).
     Metrics,
 }
 

@@ -179,8 +179,9 @@ impl Firing {
                     (
                         None,
                         Some(format!(
-                            "the fire's key is held by a job of an earlier schedule named `{}` \
-                             (deleted, then created again); this fire makes no job",
+                            "the fire's key is held by a job this schedule did not make (one of \
+                             an earlier schedule named `{}`, deleted, then created again); this \
+                             fire makes no job",
                             s.spec.name
                         )),
                     )
@@ -288,13 +289,20 @@ impl Firing {
 const CLOCK_MARGIN_US: Micros = 60_000_000;
 
 /// Whether `job`, the job a submit of one of `s`'s fire keys returned without making it, was
-/// made by this schedule (another node's submit of the same fire, or this one's before a crash)
-/// and not by an earlier schedule of the same name, deleted and created again, whose fire keys
-/// are the same: its type is the template's, and so is its channel when the template names one,
-/// and it was made after the schedule was created (less [`CLOCK_MARGIN_US`]). A schedule's
-/// creator may be confined to other types and channels than the earlier one's: its fires must
-/// not adopt (record, return, later cancel) that one's jobs.
-fn made_by(s: &Schedule, job: &crate::job::Job) -> bool {
+/// made by this schedule (another node's submit of the same fire, or this one's before a crash,
+/// maybe before a `PUT` changed the template) and not by an earlier schedule of the same name,
+/// deleted and created again, whose fire keys are the same. A schedule's creator may be confined
+/// to other types and channels than the earlier one's: its fires must not adopt (record, return,
+/// later cancel) that one's jobs. An earlier schedule's jobs were all made before this one was
+/// created (it was deleted first), give or take the nodes' clocks ([`CLOCK_MARGIN_US`]): a job
+/// made later is this one's, and so is one its runs recorded; one made around its creation is
+/// taken only if it has the template's type, and its channel when the template names one.
+pub(super) fn made_by(s: &Schedule, job: &crate::job::Job) -> bool {
+    if job.created_at > s.created_at.saturating_add(CLOCK_MARGIN_US)
+        || s.last_runs.iter().any(|r| r.job_id == Some(job.id))
+    {
+        return true;
+    }
     let channel = s
         .spec
         .job

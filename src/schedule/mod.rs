@@ -564,4 +564,61 @@ mod tests {
         let d = a.run_at.unwrap_or(T0 + 10 * S) - (T0 + 10 * S);
         assert!((0..60_000_000).contains(&d));
     }
+
+    /// A job a fire key returned is this schedule's when made after it (a `PUT` may have
+    /// changed the template since), or recorded as one of its runs; one made around its
+    /// creation only with the template's type (and channel, when it names one); an earlier
+    /// schedule's job of the same name never.
+    #[test]
+    fn a_fire_adopts_only_this_schedules_jobs() {
+        let (mut s, _) = sched("0 3 * * *", Overlap::Allow, Misfire::Skip, 0, T0);
+        assert_eq!(s.created_at, T0);
+        let proto = s.proto.clone();
+        let job = |ty: &str, channel: &str, at: Micros| {
+            let mut j = proto.clone();
+            j.id = Uuid::now_v7();
+            j.job_type = ty.into();
+            j.channel_id = channel.into();
+            j.created_at = at;
+            j
+        };
+        let made_by = |s: &Schedule, j: &Job| firing::made_by(s, j);
+        assert!(made_by(&s, &job("t", "x", T0 + 120 * S)), "made after it");
+        assert!(
+            made_by(&s, &job("other", "x", T0 + 120 * S)),
+            "after a PUT changed the type"
+        );
+        assert!(
+            made_by(&s, &job("t", "x", T0 - 30 * S)),
+            "its type, the clocks' margin"
+        );
+        assert!(
+            !made_by(&s, &job("t", "x", T0 - 300 * S)),
+            "made before it: an earlier one's"
+        );
+        assert!(
+            !made_by(&s, &job("other", "x", T0 - 30 * S)),
+            "another type, made then"
+        );
+        let recorded = job("other", "x", T0 - 30 * S);
+        s.record(RunEntry {
+            fire_time: T0,
+            outcome: "submitted".into(),
+            job_id: Some(recorded.id),
+            count: 1,
+            error: None,
+            at: T0,
+        });
+        assert!(made_by(&s, &recorded), "one of its recorded runs");
+        s.spec.job = json!({"type": "t", "channel": "c1"});
+        assert!(made_by(&s, &job("t", "c1", T0)), "its type and channel");
+        assert!(
+            !made_by(&s, &job("t", "c2", T0)),
+            "another channel, made then"
+        );
+        assert!(
+            made_by(&s, &job("t", "c2", T0 + 120 * S)),
+            "after a PUT changed the channel"
+        );
+    }
 }

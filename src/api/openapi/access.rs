@@ -120,10 +120,15 @@ fn apply(op: &mut Operation, need: Need) {
             .insert("x-runyard-scope".into(), serde_json::json!(s));
     }
     match need {
-        Need::Client(..) | Need::EveryChannel(_) | Need::Unconfined(_) => {
+        Need::Client(..) | Need::EveryChannel(_) => {
             op.security = Some(bearer_only());
             add(op, "401", "`unauthorized`: no credential or a bad one (`[auth]` only; `WWW-Authenticate: Bearer`)");
             add(op, "403", "`forbidden`: the credential lacks the scope, or the job or schedule is outside its `types` / `channels` (`[auth]` only)");
+        }
+        Need::Unconfined(_) => {
+            op.security = Some(bearer_only());
+            add(op, "401", "`unauthorized`: no credential or a bad one (`[auth]` only; `WWW-Authenticate: Bearer`)");
+            add(op, "403", "`forbidden`: the credential lacks the scope, or is confined to `types` or `channels`: the answer covers every job (`[auth]` only)");
         }
         Need::Events => {
             op.security = Some(vec![
@@ -148,7 +153,7 @@ fn apply(op: &mut Operation, need: Need) {
                 SecurityRequirement::new(BEARER, Vec::<String>::new()),
             ]);
             add(op, "401", "`unauthorized`: `auth.metrics_require_token` is set and no good credential was sent");
-            add(op, "403", "`forbidden`: the credential lacks `jobs:read`");
+            add(op, "403", "`forbidden`: the credential lacks `jobs:read`, or is confined to `types` or `channels`");
         }
         Need::Hook => {
             op.security = Some(vec![SecurityRequirement::new(
