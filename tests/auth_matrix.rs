@@ -1177,6 +1177,17 @@ async fn a_refused_multipart_submit_stores_none_of_its_files() {
     h.stop().await;
 }
 
+/// A 403 that names `signals:write` (a job with `emits`, by a caller without it).
+fn refused_without_signals_write((s, v): (u16, Value)) {
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("signals:write"), "{v}");
+}
+
 /// A submit's `emits` writes signals when the job succeeds: it needs `signals:write` besides
 /// `jobs:submit` (403, nothing stored), single and in a schedule's job template, and a caller
 /// with both scopes is served.
@@ -1200,18 +1211,7 @@ async fn emits_needs_signals_write() {
             Some(&submitter),
         )
         .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("signals:write"),
-        "{v}"
-    );
+    refused_without_signals_write((s, v));
     let mut sched = schedule_body("emitter");
     sched["job"]["emits"] = json!(["b.ready"]);
     let (s, v) = h
@@ -1220,18 +1220,7 @@ async fn emits_needs_signals_write() {
             Some(&scheduler),
         )
         .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("signals:write"),
-        "{v}"
-    );
+    refused_without_signals_write((s, v));
     assert_eq!(
         h.snapshot().await,
         before,
@@ -1422,20 +1411,6 @@ async fn running_a_job_with_emits_again_needs_signals_write() {
     let h = Harness::start().await;
     let submitter = jwt(json!({"scope": "jobs:submit", "sub": "svc"}), SECRET);
     let scheduler = jwt(json!({"scope": "schedules:write", "sub": "svc"}), SECRET);
-    let refused = |(s, v): (u16, Value)| {
-        assert_eq!(
-            (s, v["error"]["code"].as_str()),
-            (403, Some("forbidden")),
-            "{v}"
-        );
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("signals:write"),
-            "{v}"
-        );
-    };
     let body = json!({"type": TYPE, "channel": CHANNEL, "emits": ["b.ready"]});
     let (s, v) = h
         .send(
@@ -1469,9 +1444,9 @@ async fn running_a_job_with_emits_again_needs_signals_write() {
         Some(json!({"from": "2026-01-01T02:30:00Z", "to": "2026-01-01T03:30:00Z"})),
     );
     let before = h.snapshot().await;
-    refused(h.send(&retry, Some(&submitter)).await);
-    refused(h.send(&trigger, Some(&scheduler)).await);
-    refused(h.send(&backfill, Some(&scheduler)).await);
+    refused_without_signals_write(h.send(&retry, Some(&submitter)).await);
+    refused_without_signals_write(h.send(&trigger, Some(&scheduler)).await);
+    refused_without_signals_write(h.send(&backfill, Some(&scheduler)).await);
     assert_eq!(
         h.snapshot().await,
         before,
