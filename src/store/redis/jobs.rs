@@ -6,7 +6,8 @@ use super::write::Write;
 use super::*;
 
 /// Ids examined per page at most when a filter is checked record by record (every filter but
-/// status and the creation time's id range: Redis keeps no index of types or channels).
+/// status and the creation time's id range: Redis keeps no index of types or channels). For a
+/// caller confined by its grant, the jobs it sees examined (the others are read past unbounded).
 const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
@@ -141,6 +142,12 @@ impl JobStore for RedisStore {
         let mut scanned = 0usize;
         let want = crate::store::paging::probe(q.limit);
         let batch = want.clamp(16, 1000);
+        // A confined caller: the jobs it does not see are skipped first; its scan bound counts
+        // the ones it sees, and a short page's cursor is the last of them (`paging`).
+        let confined = q.visible.is_some();
+        let mut seen = 0usize;
+        let mut last_seen: Option<Uuid> = None;
+        let mut short = false;
         loop {
             let max = match &cursor {
                 Some(c) => format!("({c}"),
@@ -168,19 +175,39 @@ impl JobStore for RedisStore {
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
                 let Some(j) = listable(&b) else { continue };
+                if confined {
+                    if !q.visible_to(&j) {
+                        continue;
+                    }
+                    seen += 1;
+                    last_seen = Some(j.id);
+                }
                 if q.matches(&j) {
                     jobs.push(j);
                     if jobs.len() >= want {
                         break;
                     }
                 }
+                if confined && seen >= LIST_SCAN {
+                    short = true;
+                    break;
+                }
             }
             scanned += ids.len();
-            if jobs.len() >= want || ids.len() < batch {
+            if jobs.len() >= want {
+                break;
+            }
+            if short {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: last_seen,
+                });
+            }
+            if ids.len() < batch {
                 break;
             }
             cursor = ids.last().cloned();
-            if scanned >= LIST_SCAN {
+            if !confined && scanned >= LIST_SCAN {
                 // A sparse filter: return a short page and let the client continue from here.
                 let next = cursor.as_deref().and_then(|c| Uuid::parse_str(c).ok());
                 return Ok(JobPage {
