@@ -40,6 +40,33 @@ impl RedisStore {
         self.bodies(&keys).await
     }
 
+    /// Up to `batch` members of the lex index `key` from `max` down to `min`.
+    async fn ids_newest_first(
+        &self,
+        key: &str,
+        max: &str,
+        min: &str,
+        batch: usize,
+    ) -> Result<Vec<String>> {
+        self.exec(true, |mut c| {
+            let (key, max, min) = (key.to_string(), max.to_string(), min.to_string());
+            async move {
+                ::redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(max)
+                    .arg(min)
+                    .arg("BYLEX")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(batch)
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
     /// Lists STARTING or RUNNING jobs. They have no status index (it would cost four writes
     /// per job): every active job is in the lease set, which is small (at most the jobs the
     /// workers hold, plus claim reservations), so its ids are read whole, sorted newest first,
@@ -153,24 +180,7 @@ impl JobStore for RedisStore {
                 Some(c) => format!("({c}"),
                 None => "+".to_string(),
             };
-            let ids: Vec<String> = self
-                .exec(true, |mut c| {
-                    let (key, max, min) = (key.clone(), max.clone(), min.clone());
-                    async move {
-                        ::redis::cmd("ZRANGE")
-                            .arg(key)
-                            .arg(max)
-                            .arg(min)
-                            .arg("BYLEX")
-                            .arg("REV")
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(batch)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
+            let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
             let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
