@@ -29,6 +29,8 @@ const ADMIN: &str = "ry_list_admin";
 const CHANNEL_A: &str = "ry_list_channel_a";
 const TYPE_A: &str = "ry_list_type_a";
 const READER: &str = "ry_list_reader";
+/// Confined to literal channels, one of them twice (the embedded store reads them by index).
+const CHANNELS_A: &str = "ry_list_channels_a";
 const SECRET_ARGS: &str = "s3cret-XYZ";
 
 fn config(dir: &std::path::Path, redis: Option<&TestRedis>) -> String {
@@ -56,6 +58,11 @@ fn config(dir: &std::path::Path, redis: Option<&TestRedis>) -> String {
             "scopes = [\"jobs:read\"]\ntypes = [\"a.*\"]",
         ),
         ("reader", READER, "scopes = [\"jobs:read\"]"),
+        (
+            "channels-a",
+            CHANNELS_A,
+            "scopes = [\"jobs:read\"]\nchannels = [\"tenant-a\", \"tenant-c\", \"tenant-a\"]",
+        ),
     ] {
         t.push_str(&format!(
             "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\n{extra}\n",
@@ -269,6 +276,7 @@ async fn confined_callers_page_their_own_jobs_only(redis: Option<TestRedis>) {
     for (who, bearer, sees) in [
         ("channel token", CHANNEL_A, on_a),
         ("channel JWT", jwt.as_str(), on_a),
+        ("literal channels token", CHANNELS_A, on_a),
         ("type token", TYPE_A, type_a),
         ("unconfined token", READER, everyone),
         ("admin", ADMIN, everyone),

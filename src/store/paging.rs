@@ -101,11 +101,13 @@ impl ListQuery {
 impl Visibility {
     /// Whether the job's type and channel are both within it.
     pub fn sees(&self, j: &Job) -> bool {
-        self.types.as_ref().is_none_or(|t| t.matches(&j.job_type))
-            && self
-                .channels
-                .as_ref()
-                .is_none_or(|c| c.matches(&j.channel_id))
+        self.sees_fields(&j.job_type, &j.channel_id)
+    }
+
+    /// [`Self::sees`] of a job of `job_type` on `channel` (read without its body).
+    pub fn sees_fields(&self, job_type: &str, channel: &str) -> bool {
+        self.types.as_ref().is_none_or(|t| t.matches(job_type))
+            && self.channels.as_ref().is_none_or(|c| c.matches(channel))
     }
 }
 

@@ -40,6 +40,34 @@ impl RedisStore {
         self.bodies(&keys).await
     }
 
+    /// The jobs of `ids` that `v` may see, by the type and channel fields of their hashes (`t`,
+    /// `c`): one pipelined `HMGET` each, without loading the bodies of the others' jobs.
+    async fn visible_ids(&self, v: &crate::store::Visibility, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let fields: Vec<(Option<String>, Option<String>)> = self
+            .exec(true, |mut c| {
+                let mut p = ::redis::pipe();
+                for id in &ids {
+                    p.cmd("HMGET").arg(self.keyed("job:", id)).arg("t").arg("c");
+                }
+                async move { p.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(fields)
+            // A hash without them (none is written so; a job gone meanwhile) is decided by its
+            // body, as before.
+            .filter(|(_, f)| match f {
+                (Some(t), Some(c)) => v.sees_fields(t, c),
+                _ => true,
+            })
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Up to `batch` members of the lex index `key` from `max` down to `min`.
     async fn ids_newest_first(
         &self,
@@ -168,7 +196,13 @@ impl JobStore for RedisStore {
         let mut cursor = upper.map(|c| c.to_string());
         let mut scanned = 0usize;
         let want = crate::store::paging::probe(q.limit);
-        let batch = want.clamp(16, 1000);
+        // A confined caller reads past the jobs it does not see by their type and channel alone
+        // (`visible_ids`): in large batches, since most may be others'.
+        let batch = if q.visible.is_some() {
+            1000
+        } else {
+            want.clamp(16, 1000)
+        };
         // A confined caller: the jobs it does not see are skipped first; its scan bound counts
         // the ones it sees, and a short page's cursor is the last of them (`paging`).
         let confined = q.visible.is_some();
@@ -181,7 +215,10 @@ impl JobStore for RedisStore {
                 None => "+".to_string(),
             };
             let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
-            let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            let mut uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            if let Some(v) = &q.visible {
+                uuids = self.visible_ids(v, uuids).await?;
+            }
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
                 let Some(j) = listable(&b) else { continue };

@@ -133,8 +133,13 @@ fn indexed_channels(q: &ListQuery) -> Option<Vec<&str>> {
     }
     let n = q.visible.as_ref()?.channels.as_ref()?;
     let literal = |s: &String| n.exact || !s.contains(['*', '?']);
-    (!n.list.is_empty() && n.list.len() <= 8 && n.list.iter().all(literal))
-        .then(|| n.list.iter().map(String::as_str).collect())
+    (!n.list.is_empty() && n.list.len() <= 8 && n.list.iter().all(literal)).then(|| {
+        // Each channel once: the union of its reads would list a repeated one's jobs twice.
+        let mut v: Vec<&str> = n.list.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    })
 }
 
 /// One batch of a listing, newest first, below `upper`. A channel is read as the jobs in it that
