@@ -17,7 +17,9 @@ use runyard::job::{
 };
 use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::sqlite::SqliteStore;
-use runyard::store::{ListQuery, LogStream, Notice, Store, StoreError, StoreSettings};
+use runyard::store::{
+    ListQuery, LogStream, Names, Notice, Store, StoreError, StoreSettings, Visibility,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -157,6 +159,7 @@ conformance!(
     list_filters_find_jobs_past_the_first_page,
     list_filters_by_creation_time,
     list_filters_dead_letters,
+    a_confined_listing_is_made_of_the_jobs_it_sees_only,
     signal_keys_are_listed_with_count_and_latest,
     batch_submits_store_each_job_on_its_own,
 );
@@ -1656,6 +1659,102 @@ async fn list_filters_dead_letters(mut b: Backend) {
     // Retried, it is no longer dead.
     s.apply(dead.id, Command::Retry).await.expect("retry");
     assert!(list_all(&s, q).await.is_empty());
+}
+
+/// A caller confined by its grant (`ListQuery::visible`) is answered as if the jobs it does not
+/// see were not stored: more of them than a scan examines (`paging::SCAN_BOUND`), all newer than
+/// its one job, neither end its scan early with a cursor naming one of them, nor tell a text
+/// that matches their args from one that does not.
+async fn a_confined_listing_is_made_of_the_jobs_it_sees_only(mut b: Backend) {
+    let s = b.store().await;
+    let mut mine = job("a.job", "r");
+    mine.channel_id = "tenant-a".into();
+    let mine = submit(&s, mine).await;
+    let foreign = runyard::store::paging::SCAN_BOUND + 50;
+    let mut batch = Vec::new();
+    for i in 0..foreign {
+        let mut j = job("b.job", "r");
+        j.channel_id = "tenant-b".into();
+        j.args = json!({"api_key": "s3cret-XYZ", "i": i});
+        batch.push(j);
+        if batch.len() == 500 || i + 1 == foreign {
+            for r in s
+                .submit_many(std::mem::take(&mut batch))
+                .await
+                .expect("batch")
+            {
+                r.expect("submit");
+            }
+        }
+    }
+    let names = |l: &str| Names {
+        list: vec![l.to_string()],
+        exact: false,
+    };
+    let by_channel = Visibility {
+        channels: Some(names("tenant-a")),
+        ..Default::default()
+    };
+    let by_type = Visibility {
+        types: Some(names("a.*")),
+        ..Default::default()
+    };
+    let by_exact_channel = Visibility {
+        channels: Some(Names {
+            list: vec!["tenant-a".into()],
+            exact: true,
+        }),
+        ..Default::default()
+    };
+    let by_channel_glob = Visibility {
+        channels: Some(names("tenant-a*")),
+        ..Default::default()
+    };
+    for v in [by_channel, by_type, by_exact_channel, by_channel_glob] {
+        let q = |f: fn(&mut ListQuery)| {
+            let mut q = ListQuery {
+                limit: 1,
+                visible: Some(v.clone()),
+                ..Default::default()
+            };
+            f(&mut q);
+            q
+        };
+        let page = s.list(q(|_| {})).await.expect("list");
+        assert_eq!(ids(&page.jobs), vec![mine.id], "{v:?}");
+        assert_eq!(page.next_cursor, None, "{v:?}: its only job");
+        for f in [
+            (|q: &mut ListQuery| q.text = Some("\"api_key\":\"s3c".into())) as fn(&mut ListQuery),
+            |q| q.text = Some("\"api_key\":\"zzz".into()),
+            |q| q.channel = Some("tenant-b".into()),
+            |q| q.job_type = Some("b.*".into()),
+            |q| q.status = Some(JobStatus::Queued),
+        ] {
+            let asked = q(f);
+            let page = s.list(asked.clone()).await.expect("list");
+            let expected: Vec<Uuid> = if asked.status.is_some() {
+                vec![mine.id]
+            } else {
+                vec![]
+            };
+            assert_eq!(ids(&page.jobs), expected, "{asked:?}");
+            assert_eq!(
+                page.next_cursor, None,
+                "{asked:?}: a cursor past {foreign} jobs it does not see"
+            );
+        }
+    }
+    // Unconfined: the same text finds the foreign jobs, a page of one with a cursor.
+    let open = s
+        .list(ListQuery {
+            limit: 1,
+            text: Some("\"api_key\":\"s3c".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(open.jobs.len(), 1);
+    assert_eq!(open.next_cursor, Some(open.jobs[0].id));
 }
 
 async fn signal_keys_are_listed_with_count_and_latest(mut b: Backend) {

@@ -232,6 +232,22 @@ impl Grant {
         self.types.is_some() || self.channels.is_some()
     }
 
+    /// The jobs a listing may show it, in the store's terms (`None`: every job, for a grant
+    /// not confined).
+    pub fn visibility(&self) -> Option<crate::store::Visibility> {
+        if !self.is_confined() {
+            return None;
+        }
+        let names = |p: &Arc<Patterns>| crate::store::Names {
+            list: p.list.clone(),
+            exact: p.exact,
+        };
+        Some(crate::store::Visibility {
+            types: self.types.as_ref().map(names),
+            channels: self.channels.as_ref().map(names),
+        })
+    }
+
     /// The job (of `job_type`, on `channel`) is within the grant's types and channels. A job
     /// without a channel is outside a grant confined to channels.
     pub fn sees(&self, job_type: &str, channel: Option<&str>) -> bool {

@@ -117,6 +117,30 @@ pub struct ListQuery {
     pub text: Option<String>,
     /// Only dead letters: ERROR with every attempt used.
     pub dead: bool,
+    /// Only the jobs a caller confined by its grant may see (`None`: every job). Unlike the
+    /// filters above it bounds what the page, its cursor and its scan bound are made of: a
+    /// confined caller's answer is a function of the jobs it sees only (`paging`).
+    pub visible: Option<Visibility>,
+}
+
+/// The jobs a caller confined to some job types or channels sees (`crate::auth::tokens::Grant`
+/// in the store's terms): a job whose type and channel both match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Visibility {
+    /// The job types (`None`: every type).
+    pub types: Option<Names>,
+    /// The channels (`None`: every channel).
+    pub channels: Option<Names>,
+}
+
+/// Names as a grant holds them: runyard globs (`*`, `?`), or, with `exact`, literal names (a
+/// JWT's channel claim).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// The globs or names (none: nothing matches).
+    pub list: Vec<String>,
+    /// Compared as they are, not as globs.
+    pub exact: bool,
 }
 
 /// A page of jobs.

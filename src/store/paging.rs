@@ -7,10 +7,17 @@
 //! creation time as a range of the time-ordered ids) narrows the read; what no index holds
 //! (schedule, text in args, dead letters, a type glob on Redis) is checked record by record, at
 //! most [`SCAN_BOUND`] records per page: past that a page comes back short, with a cursor to go on.
+//!
+//! A caller confined by its grant ([`ListQuery::visible`]) is answered as if the jobs it does not
+//! see were not stored: they are skipped before anything else looks at them, so the page, the
+//! cursor (always the id of a job it sees, or none) and the point where a scan stops (counted in
+//! jobs it sees) are the same whatever other tenants store. The price: the jobs it does not see
+//! are read past without bound (on SQLite by the `type` and `channel` columns, in SQL; on Redis
+//! record by record).
 
 use uuid::Uuid;
 
-use super::{JobPage, ListQuery};
+use super::{JobPage, ListQuery, Names, Visibility};
 use crate::job::{Job, JobStatus};
 
 /// Records examined per page at most when a filter is checked record by record.
@@ -44,6 +51,12 @@ impl ListQuery {
             && self.created_before.is_none_or(|t| j.created_at < t)
             && (!self.dead || (j.status == JobStatus::Error && j.attempt >= j.max_attempts))
             && self.text.as_deref().is_none_or(|t| args_contain(j, t))
+            && self.visible_to(j)
+    }
+
+    /// Whether the caller the query is for sees `j` (always, for an unconfined caller).
+    pub fn visible_to(&self, j: &Job) -> bool {
+        self.visible.as_ref().is_none_or(|v| v.sees(j))
     }
 
     /// Whether some filter is checked record by record (then a read is bounded by
@@ -56,6 +69,7 @@ impl ListQuery {
             || self.created_before.is_some()
             || (self.job_type.is_some() && !type_by_index)
             || (self.channel.is_some() && !channel_by_index)
+            || (self.visible.is_some() && !(type_by_index && channel_by_index))
     }
 
     /// The ids to read, newest first: below `upper` (exclusive: the cursor, or past
@@ -81,6 +95,29 @@ impl ListQuery {
         } else {
             self.status
         }
+    }
+}
+
+impl Visibility {
+    /// Whether the job's type and channel are both within it.
+    pub fn sees(&self, j: &Job) -> bool {
+        self.sees_fields(&j.job_type, &j.channel_id)
+    }
+
+    /// [`Self::sees`] of a job of `job_type` on `channel` (read without its body).
+    pub fn sees_fields(&self, job_type: &str, channel: &str) -> bool {
+        self.types.as_ref().is_none_or(|t| t.matches(job_type))
+            && self.channels.as_ref().is_none_or(|c| c.matches(channel))
+    }
+}
+
+impl Names {
+    /// Whether `s` is one of the names, or matches one of the globs.
+    pub fn matches(&self, s: &str) -> bool {
+        if self.exact {
+            return self.list.iter().any(|l| l == s);
+        }
+        self.list.iter().any(|g| runyard_runners::glob_match(g, s))
     }
 }
 

@@ -6,7 +6,8 @@ use super::write::Write;
 use super::*;
 
 /// Ids examined per page at most when a filter is checked record by record (every filter but
-/// status and the creation time's id range: Redis keeps no index of types or channels).
+/// status and the creation time's id range: Redis keeps no index of types or channels). For a
+/// caller confined by its grant, the jobs it sees examined (the others are read past unbounded).
 const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
@@ -37,6 +38,61 @@ impl RedisStore {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.keyed("job:", id)).collect();
         self.bodies(&keys).await
+    }
+
+    /// The jobs of `ids` that `v` may see, by the type and channel fields of their hashes (`t`,
+    /// `c`): one pipelined `HMGET` each, without loading the bodies of the others' jobs.
+    async fn visible_ids(&self, v: &crate::store::Visibility, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let fields: Vec<(Option<String>, Option<String>)> = self
+            .exec(true, |mut c| {
+                let mut p = ::redis::pipe();
+                for id in &ids {
+                    p.cmd("HMGET").arg(self.keyed("job:", id)).arg("t").arg("c");
+                }
+                async move { p.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(fields)
+            // A hash without them (none is written so; a job gone meanwhile) is decided by its
+            // body, as before.
+            .filter(|(_, f)| match f {
+                (Some(t), Some(c)) => v.sees_fields(t, c),
+                _ => true,
+            })
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Up to `batch` members of the lex index `key` from `max` down to `min`.
+    async fn ids_newest_first(
+        &self,
+        key: &str,
+        max: &str,
+        min: &str,
+        batch: usize,
+    ) -> Result<Vec<String>> {
+        self.exec(true, |mut c| {
+            let (key, max, min) = (key.to_string(), max.to_string(), min.to_string());
+            async move {
+                ::redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(max)
+                    .arg(min)
+                    .arg("BYLEX")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(batch)
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
     }
 
     /// Lists STARTING or RUNNING jobs. They have no status index (it would cost four writes
@@ -140,47 +196,65 @@ impl JobStore for RedisStore {
         let mut cursor = upper.map(|c| c.to_string());
         let mut scanned = 0usize;
         let want = crate::store::paging::probe(q.limit);
-        let batch = want.clamp(16, 1000);
+        // A confined caller reads past the jobs it does not see by their type and channel alone
+        // (`visible_ids`): in large batches, since most may be others'.
+        let batch = if q.visible.is_some() {
+            1000
+        } else {
+            want.clamp(16, 1000)
+        };
+        // A confined caller: the jobs it does not see are skipped first; its scan bound counts
+        // the ones it sees, and a short page's cursor is the last of them (`paging`).
+        let confined = q.visible.is_some();
+        let mut seen = 0usize;
+        let mut last_seen: Option<Uuid> = None;
+        let mut short = false;
         loop {
             let max = match &cursor {
                 Some(c) => format!("({c}"),
                 None => "+".to_string(),
             };
-            let ids: Vec<String> = self
-                .exec(true, |mut c| {
-                    let (key, max, min) = (key.clone(), max.clone(), min.clone());
-                    async move {
-                        ::redis::cmd("ZRANGE")
-                            .arg(key)
-                            .arg(max)
-                            .arg(min)
-                            .arg("BYLEX")
-                            .arg("REV")
-                            .arg("LIMIT")
-                            .arg(0)
-                            .arg(batch)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
-            let uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
+            let mut uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+            if let Some(v) = &q.visible {
+                uuids = self.visible_ids(v, uuids).await?;
+            }
             let bodies = self.load_many(&uuids).await?;
             for b in bodies.into_iter().flatten() {
                 let Some(j) = listable(&b) else { continue };
+                if confined {
+                    if !q.visible_to(&j) {
+                        continue;
+                    }
+                    seen += 1;
+                    last_seen = Some(j.id);
+                }
                 if q.matches(&j) {
                     jobs.push(j);
                     if jobs.len() >= want {
                         break;
                     }
                 }
+                if confined && seen >= LIST_SCAN {
+                    short = true;
+                    break;
+                }
             }
             scanned += ids.len();
-            if jobs.len() >= want || ids.len() < batch {
+            if jobs.len() >= want {
+                break;
+            }
+            if short {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: last_seen,
+                });
+            }
+            if ids.len() < batch {
                 break;
             }
             cursor = ids.last().cloned();
-            if scanned >= LIST_SCAN {
+            if !confined && scanned >= LIST_SCAN {
                 // A sparse filter: return a short page and let the client continue from here.
                 let next = cursor.as_deref().and_then(|c| Uuid::parse_str(c).ok());
                 return Ok(JobPage {

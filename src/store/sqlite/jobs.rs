@@ -10,7 +10,7 @@ use super::{
     WriteCtx,
 };
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
-use crate::store::{paging, JobPage, JobStore, ListQuery, Result, StoreError, Submitted};
+use crate::store::{paging, JobPage, JobStore, ListQuery, Names, Result, StoreError, Submitted};
 
 /// The listing's channel index, created at open: only jobs in a channel other than their own
 /// (by default a job's channel is its id), so a default submit writes no entry here (about 100
@@ -68,10 +68,18 @@ type Args = Vec<Box<dyn rusqlite::ToSql>>;
 
 /// The filters of a listing the indexes answer but the channel, as `AND` terms: status
 /// (`jobs_status`), the id range (the primary key) below `upper`; the type glob is checked on the
-/// `type` column, before any body is read.
+/// `type` column, before any body is read; so is a confined caller's visibility, on the `type`
+/// and `channel` columns, so that every row read is one it sees (`paging`).
 fn list_filter(q: &ListQuery, upper: Option<&str>) -> (String, Args) {
     let mut filter = String::new();
     let mut args: Args = Vec::new();
+    if let Some(v) = &q.visible {
+        visible_terms(&mut filter, &mut args, "type", v.types.as_ref());
+        // Channels read by name from the index are the caller's own already.
+        if q.channel.is_some() || indexed_channels(q).is_none() {
+            visible_terms(&mut filter, &mut args, "channel", v.channels.as_ref());
+        }
+    }
     if let Some(s) = q.status_read() {
         filter.push_str(" AND status = ?");
         args.push(Box::new(s.as_str()));
@@ -93,35 +101,84 @@ fn list_filter(q: &ListQuery, upper: Option<&str>) -> (String, Args) {
     (filter, args)
 }
 
+/// `AND (col matches one of names)`: `=` for exact names, else the runyard glob matcher.
+fn visible_terms(filter: &mut String, args: &mut Args, col: &str, names: Option<&Names>) {
+    let Some(n) = names else { return };
+    if n.list.is_empty() {
+        filter.push_str(" AND 0");
+        return;
+    }
+    let one = if n.exact {
+        format!("{col} = ?")
+    } else {
+        format!("runyard_glob(?, {col})")
+    };
+    filter.push_str(" AND (");
+    for (i, name) in n.list.iter().enumerate() {
+        if i > 0 {
+            filter.push_str(" OR ");
+        }
+        filter.push_str(&one);
+        args.push(Box::new(name.clone()));
+    }
+    filter.push(')');
+}
+
+/// The channels a listing reads from the channel index: the one asked for, else those a
+/// confined caller sees when they are a few names without wildcards (a JWT's channel, a token's
+/// `channels = ["tenant-a"]`); `None`: read by id.
+fn indexed_channels(q: &ListQuery) -> Option<Vec<&str>> {
+    if let Some(ch) = &q.channel {
+        return Some(vec![ch.as_str()]);
+    }
+    let n = q.visible.as_ref()?.channels.as_ref()?;
+    let literal = |s: &String| n.exact || !s.contains(['*', '?']);
+    (!n.list.is_empty() && n.list.len() <= 8 && n.list.iter().all(literal)).then(|| {
+        // Each channel once: the union of its reads would list a repeated one's jobs twice.
+        let mut v: Vec<&str> = n.list.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    })
+}
+
 /// One batch of a listing, newest first, below `upper`. A channel is read as the jobs in it that
-/// are not their own channel (`jobs_shared_channel`) and the job whose id it is (the primary key).
+/// are not their own channel (`jobs_shared_channel`) and the job whose id it is (the primary key);
+/// several channels ([`indexed_channels`]) as the union of those reads.
 pub(super) fn list_sql(q: &ListQuery, upper: Option<&str>, limit: usize) -> (String, Args) {
     let (filter, mut args) = list_filter(q, upper);
-    let Some(ch) = &q.channel else {
+    let Some(channels) = indexed_channels(q) else {
         args.push(Box::new(limit as i64));
         let sql =
             format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1{filter} ORDER BY id DESC LIMIT ?");
         return (sql, args);
     };
     // `channel <> id` as in the partial index's `WHERE`, so that the planner can use it.
-    let sql = format!(
+    let one = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE channel = ? AND channel <> id{filter} \
          UNION ALL \
-         SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND channel = ?{filter} \
-         ORDER BY id DESC LIMIT ?"
+         SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND channel = ?{filter}"
     );
-    let mut all: Args = vec![Box::new(ch.clone())];
-    all.append(&mut args);
-    all.push(Box::new(ch.clone()));
-    all.push(Box::new(ch.clone()));
-    all.append(&mut list_filter(q, upper).1);
+    let mut all: Args = Vec::new();
+    for ch in &channels {
+        all.push(Box::new(ch.to_string()));
+        all.append(&mut list_filter(q, upper).1);
+        all.push(Box::new(ch.to_string()));
+        all.push(Box::new(ch.to_string()));
+        all.append(&mut list_filter(q, upper).1);
+    }
     all.push(Box::new(limit as i64));
+    let sql = format!(
+        "{} ORDER BY id DESC LIMIT ?",
+        vec![one; channels.len()].join(" UNION ALL ")
+    );
     (sql, all)
 }
 
 /// A page of the listing: rows read newest first in batches below the cursor, each checked by
 /// [`ListQuery::matches`]; when a filter is checked record by record, at most
-/// [`paging::SCAN_BOUND`] rows are read, then a short page ends at the last row read.
+/// [`paging::SCAN_BOUND`] rows are read, then a short page ends at the last row read (for a
+/// confined caller, every row read is one it sees: [`list_filter`]).
 fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
     let want = paging::probe(q.limit);
     let scans = q.scans(true, true);

@@ -101,26 +101,41 @@ fn the_channel_listing_reads_the_partial_index() {
     let dir = tempfile::tempdir().expect("temp dir");
     drop(open(dir.path()));
     let c = rusqlite::Connection::open(dir.path().join("runyard.db")).expect("db");
-    let q = ListQuery {
+    super::sql::register_glob(&c).expect("glob");
+    let asked = ListQuery {
         limit: 10,
         channel: Some("orders".into()),
         ..Default::default()
     };
-    let (sql, args) = super::jobs::list_sql(&q, Some("zzz"), 11);
-    let mut st = c
-        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-        .expect("plan");
-    let plan: Vec<String> = st
-        .query_map(
-            rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
-            |r| r.get::<_, String>(3),
-        )
-        .expect("plan")
-        .collect::<rusqlite::Result<_>>()
-        .expect("plan");
-    let plan = plan.join("\n");
-    assert!(plan.contains("jobs_shared_channel"), "{plan}");
-    assert!(!plan.contains("SCAN jobs"), "{plan}");
+    // A caller confined to named channels: the same read, once per channel.
+    let confined = ListQuery {
+        limit: 10,
+        visible: Some(crate::store::Visibility {
+            types: None,
+            channels: Some(crate::store::Names {
+                list: vec!["orders".into(), "refunds".into()],
+                exact: false,
+            }),
+        }),
+        ..Default::default()
+    };
+    for q in [asked, confined] {
+        let (sql, args) = super::jobs::list_sql(&q, Some("zzz"), 11);
+        let mut st = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan");
+        let plan: Vec<String> = st
+            .query_map(
+                rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
+                |r| r.get::<_, String>(3),
+            )
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan");
+        let plan = plan.join("\n");
+        assert!(plan.contains("jobs_shared_channel"), "{plan}");
+        assert!(!plan.contains("SCAN jobs"), "{plan}");
+    }
 }
 
 #[tokio::test]
