@@ -163,8 +163,9 @@ pub async fn websocket(
 }
 
 /// `GET /async/events/sse?last_id=&channel=` (or the `Last-Event-ID` header): Server-Sent Events,
-/// `id:` the event id, `data:` the event JSON. The stream ends when the server stops or when it
-/// falls `events.send_buffer` events behind (the browser reconnects with `Last-Event-ID`).
+/// `id:` the event id, `data:` the event JSON. The stream ends when the server stops, when it
+/// falls `events.send_buffer` events behind, or when the JWT it was opened with expires (the
+/// browser reconnects with `Last-Event-ID`).
 #[utoipa::path(get, path = "/async/events/sse", tag = "events", params(StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over `last_id`)")),
     responses(
@@ -213,7 +214,9 @@ pub async fn sse(
     let state = (follower, closing, expiry);
     let stream = futures::stream::unfold(state, |(mut f, closing, mut expiry)| async move {
         let r = tokio::select! {
-            r = f.next() => r,
+            // Nothing more once the server stops or the credential expired, however much is
+            // ready to send.
+            biased;
             _ = closing.cancelled() => {
                 f.stats().shutdown_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return None;
@@ -222,6 +225,7 @@ pub async fn sse(
                 f.stats().expired_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return None;
             }
+            r = f.next() => r,
         };
         match r {
             Ok(frames) => {

@@ -90,12 +90,23 @@ impl Verifier {
                 )
             }
         };
-        // Verified above: `exp` (when present) is a time not yet past, give or take the leeway.
-        let valid_until = claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .filter(|e| e.is_finite() && *e >= 0.0)
-            .map(|e| (e as u64).saturating_add(self.validation.leeway));
+        // Until when it verifies: jsonwebtoken refuses it once `exp < now - leeway` in whole
+        // seconds (a fractional `exp` rounded), so through `exp + leeway + 1`. A present `exp`
+        // must be a time (without `require_exp` the library lets any other value through).
+        let valid_until = match claims.get("exp") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => {
+                let exp = match n.as_u64() {
+                    Some(e) => e,
+                    None => match n.as_f64() {
+                        Some(f) if f.is_finite() && f >= 0.0 => f.round() as u64,
+                        _ => return Err("the token's `exp` claim must be a time (seconds)".into()),
+                    },
+                };
+                Some(exp.saturating_add(self.validation.leeway).saturating_add(1))
+            }
+            Some(_) => return Err("the token's `exp` claim must be a time (seconds)".into()),
+        };
         Ok(Claims {
             channel,
             sub,

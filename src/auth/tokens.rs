@@ -187,9 +187,11 @@ impl Grant {
     }
 
     /// How long the credential still verifies (a JWT with `exp`: until then, plus the leeway);
-    /// `None` for one that does not expire. A stream opened with it ends then.
+    /// `None` for one that does not expire (or whose `exp` is past what the clock can hold). A
+    /// stream opened with it ends then.
     pub fn remaining(&self) -> Option<std::time::Duration> {
-        let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.valid_until?);
+        let until =
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(self.valid_until?))?;
         Some(
             until
                 .duration_since(std::time::SystemTime::now())
@@ -577,6 +579,42 @@ mod tests {
         assert!(a.authenticate("tok-other").is_err());
         assert!(a.authenticate("").is_err());
         assert!(a.authenticate("a.b.c").unwrap_err().contains("jwt_secret"));
+    }
+
+    /// How long a JWT's grant lasts: through `exp + leeway + 1` (when jsonwebtoken starts to
+    /// refuse it), none for an API token; an `exp` too far for the clock (`i64::MAX`, the usual
+    /// "never") is no end, and never a panic; an `exp` that is not a time is refused.
+    #[test]
+    fn a_jwt_grant_lasts_until_its_token_stops_verifying() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let secret = "a-jwt-secret-a-jwt-secret-a-jwt-secret";
+        let a = auth(&format!(
+            "jwt_secret = \"{secret}\"\njwt_leeway = \"30s\"\nrequire_exp = false\n\
+             [[tokens]]\nname = \"ci\"\nsha256 = \"{}\"\nscopes = [\"admin\"]",
+            token_sha256("tok-ci")
+        ))
+        .unwrap();
+        let mint = |exp: serde_json::Value| {
+            let claims = serde_json::json!({"scope": "jobs:read", "exp": exp});
+            let key = EncodingKey::from_secret(secret.as_bytes());
+            encode(&Header::default(), &claims, &key).unwrap()
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let left = a
+            .authenticate(&mint(serde_json::json!(now + 300)))
+            .unwrap()
+            .remaining()
+            .expect("an end");
+        assert!((329..=331).contains(&left.as_secs()), "{left:?}");
+        for never in [serde_json::json!(i64::MAX), serde_json::json!(u64::MAX)] {
+            let g = a.authenticate(&mint(never.clone())).unwrap();
+            assert_eq!(g.remaining(), None, "{never}");
+        }
+        assert_eq!(a.authenticate("tok-ci").unwrap().remaining(), None);
+        for bad in [serde_json::json!("123"), serde_json::json!(-5)] {
+            let e = a.authenticate(&mint(bad.clone())).unwrap_err();
+            assert!(e.contains("`exp`"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | 1013 | refused at a cap (`events.max_connections`, `events.max_per_channel`) |
 //! | 1008 | slow consumer: `events.send_buffer` events behind; resume with `last_id` |
+//! | 1008 | the JWT it was opened with expired (`credential expired`): reconnect with a new one |
 //! | 1001 | no pong within `events.ping_interval` of a ping |
 //! | 1012 | the server stops: reconnect (to another node) with `last_id` |
 //! | 1011 | the store failed |
