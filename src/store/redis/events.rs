@@ -13,6 +13,12 @@ pub fn parse_event_id(s: &str) -> Result<String> {
     let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
     let ms: u64 = ms.parse().map_err(|_| bad())?;
     let seq: u64 = seq.parse().map_err(|_| bad())?;
+    if (ms, seq) == (u64::MAX, u64::MAX) {
+        // No stream id follows it: Redis refuses a range after it (`XRANGE (id`).
+        return Err(StoreError::BadInput(format!(
+            "invalid event id `{s}`: the largest stream id, which no event can follow"
+        )));
+    }
     Ok(format!("{ms}-{seq}"))
 }
 
@@ -122,5 +128,11 @@ mod tests {
         );
         assert!(parse_event_id("x-1").is_err());
         assert!(parse_event_id("-1").is_err());
+        let max = format!("{}-{}", u64::MAX, u64::MAX);
+        assert!(
+            parse_event_id(&max).is_err(),
+            "a range after it is refused by Redis"
+        );
+        assert!(parse_event_id(&format!("{}-{}", u64::MAX, u64::MAX - 1)).is_ok());
     }
 }
