@@ -126,6 +126,15 @@ async fn run(s: Arc<dyn Store>, backend: &str) {
             own,
         )
         .await;
+        // Dense: a caller that sees nearly every job (the other tenant's channel).
+        let dense = sees(None, Some(("tenant-b", true)));
+        time(
+            &s,
+            &format!("{backend} dense limit={limit}"),
+            q(dense),
+            None,
+        )
+        .await;
     }
     let other = ListQuery {
         limit: 1,

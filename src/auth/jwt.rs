@@ -125,7 +125,8 @@ pub struct Claims {
     pub sub: Option<String>,
     /// `scope` (space-separated in the token): the API scopes it grants.
     pub scope: Option<Vec<String>>,
-    /// Until when it verifies (unix seconds): its `exp` plus the leeway; `None` without `exp`.
+    /// Until when it verifies (unix seconds): its `exp` plus the leeway plus 1 (jsonwebtoken
+    /// compares whole seconds); `None` without `exp`.
     pub valid_until: Option<u64>,
 }
 

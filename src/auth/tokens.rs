@@ -156,7 +156,7 @@ pub struct Grant {
     bits: u8,
     types: Option<Arc<Patterns>>,
     channels: Option<Arc<Patterns>>,
-    /// When the credential stops verifying (a JWT's `exp` plus the leeway; unix seconds).
+    /// When the credential stops verifying (a JWT's `exp` plus the leeway plus 1; unix seconds).
     valid_until: Option<u64>,
 }
 
@@ -186,7 +186,7 @@ impl Grant {
         }
     }
 
-    /// How long the credential still verifies (a JWT with `exp`: until then, plus the leeway);
+    /// How long the credential still verifies (a JWT with `exp`: until `exp` + leeway + 1 s);
     /// `None` for one that does not expire (or whose `exp` is past what the clock can hold). A
     /// stream opened with it ends then.
     pub fn remaining(&self) -> Option<std::time::Duration> {

@@ -146,7 +146,13 @@ impl Firing {
                 .cloned()
                 .collect();
             for p in todo {
-                self.submit_pending(&next, &p).await?;
+                match self.submit_pending(&next, &p).await {
+                    // Deleted meanwhile: its fires are no more.
+                    Err(StoreError::NotFound) => return Ok(()),
+                    r => {
+                        r?;
+                    }
+                }
             }
             return Ok(());
         }
@@ -156,14 +162,15 @@ impl Firing {
     }
 
     /// Submits a decided fire (idempotent: the key is the fire's) and confirms it on the record.
-    /// Returns the job (`None` when the fire could not make a job, recorded as an error).
+    /// Returns the job (`None` when the fire could not make a job, recorded as an error);
+    /// `NotFound` when the schedule was deleted (or made again) since the fire was decided.
     pub async fn submit_pending(&self, s: &Schedule, p: &PendingFire) -> Result<Option<Submitted>> {
         // Deleted since the fire was decided (and maybe made again under its name, by another
         // caller): its fires are no more, and a job made now would be stamped as made after the
         // new one was created (see `made_by`). A backfill checks before each of its fires.
         match self.store.schedule(&s.spec.name).await? {
             Some(cur) if cur.created_at == s.created_at => {}
-            _ => return Ok(None),
+            _ => return Err(StoreError::NotFound),
         }
         if let Some(c) = p.cancel {
             // cancel_other: the job may have ended meanwhile; any refusal is fine.

@@ -197,12 +197,8 @@ impl JobStore for RedisStore {
         let mut scanned = 0usize;
         let want = crate::store::paging::probe(q.limit);
         // A confined caller reads past the jobs it does not see by their type and channel alone
-        // (`visible_ids`): in large batches, since most may be others'.
-        let batch = if q.visible.is_some() {
-            1000
-        } else {
-            want.clamp(16, 1000)
-        };
+        // (`visible_ids`), in batches growing 4x up to 1,000 (most may be others').
+        let mut batch = want.clamp(16, 1000);
         // A confined caller: the jobs it does not see are skipped first; its scan bound counts
         // the ones it sees, and a short page's cursor is the last of them (`paging`).
         let confined = q.visible.is_some();
@@ -219,25 +215,28 @@ impl JobStore for RedisStore {
             if let Some(v) = &q.visible {
                 uuids = self.visible_ids(v, uuids).await?;
             }
-            let bodies = self.load_many(&uuids).await?;
-            for b in bodies.into_iter().flatten() {
-                let Some(j) = listable(&b) else { continue };
-                if confined {
-                    if !q.visible_to(&j) {
-                        continue;
+            // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
+            // past the page or the scan bound.
+            'chunks: for chunk in uuids.chunks(want.clamp(16, 1000)) {
+                for b in self.load_many(chunk).await?.into_iter().flatten() {
+                    let Some(j) = listable(&b) else { continue };
+                    if confined {
+                        if !q.visible_to(&j) {
+                            continue;
+                        }
+                        seen += 1;
+                        last_seen = Some(j.id);
                     }
-                    seen += 1;
-                    last_seen = Some(j.id);
-                }
-                if q.matches(&j) {
-                    jobs.push(j);
-                    if jobs.len() >= want {
-                        break;
+                    if q.matches(&j) {
+                        jobs.push(j);
+                        if jobs.len() >= want {
+                            break 'chunks;
+                        }
                     }
-                }
-                if confined && seen >= LIST_SCAN {
-                    short = true;
-                    break;
+                    if confined && seen >= LIST_SCAN {
+                        short = true;
+                        break 'chunks;
+                    }
                 }
             }
             scanned += ids.len();
@@ -252,6 +251,9 @@ impl JobStore for RedisStore {
             }
             if ids.len() < batch {
                 break;
+            }
+            if confined {
+                batch = (batch * 4).min(1000);
             }
             cursor = ids.last().cloned();
             if !confined && scanned >= LIST_SCAN {
