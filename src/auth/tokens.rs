@@ -92,11 +92,18 @@ const EVENTS_BIT: u8 = 32;
 /// listings): `*` any run of characters (`/` and `.` included), `?` one character, nothing
 /// else special. Brackets, braces and backslashes, which other glob dialects read as classes,
 /// alternatives or escapes, are refused in the config rather than taken literally.
+/// The store's [`Names`](crate::store::Names) (with `exact`: one name compared as it is, a
+/// JWT's `channel` claim, wildcards included), so that a grant and a listing's visibility match
+/// names the same way.
 #[derive(Clone)]
-struct Patterns {
-    list: Vec<String>,
-    /// One name compared as it is (a JWT's `channel` claim), wildcards included.
-    exact: bool,
+struct Patterns(crate::store::Names);
+
+impl std::ops::Deref for Patterns {
+    type Target = crate::store::Names;
+
+    fn deref(&self) -> &crate::store::Names {
+        &self.0
+    }
 }
 
 impl Patterns {
@@ -112,24 +119,17 @@ impl Patterns {
                 ));
             }
         }
-        Ok(Self {
+        Ok(Self(crate::store::Names {
             list: list.to_vec(),
             exact: false,
-        })
+        }))
     }
 
     fn literal(s: &str) -> Self {
-        Self {
+        Self(crate::store::Names {
             list: vec![s.to_string()],
             exact: true,
-        }
-    }
-
-    fn matches(&self, s: &str) -> bool {
-        if self.exact {
-            return self.list.iter().any(|l| l == s);
-        }
-        self.list.iter().any(|g| runyard_runners::glob_match(g, s))
+        })
     }
 
     /// The single channel a grant names without wildcards, if it names exactly one.
@@ -240,10 +240,7 @@ impl Grant {
         if !self.is_confined() {
             return None;
         }
-        let names = |p: &Arc<Patterns>| crate::store::Names {
-            list: p.list.clone(),
-            exact: p.exact,
-        };
+        let names = |p: &Arc<Patterns>| p.0.clone();
         Some(crate::store::Visibility {
             types: self.types.as_ref().map(names),
             channels: self.channels.as_ref().map(names),

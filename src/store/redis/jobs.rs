@@ -198,7 +198,8 @@ impl JobStore for RedisStore {
         let want = crate::store::paging::probe(q.limit);
         // A confined caller reads past the jobs it does not see by their type and channel alone
         // (`visible_ids`), in batches growing 4x up to 1,000 (most may be others').
-        let mut batch = want.clamp(16, 1000);
+        let page = want.clamp(16, 1000);
+        let mut batch = page;
         // A confined caller: the jobs it does not see are skipped first; its scan bound counts
         // the ones it sees, and a short page's cursor is the last of them (`paging`).
         let confined = q.visible.is_some();
@@ -217,7 +218,7 @@ impl JobStore for RedisStore {
             }
             // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
             // past the page or the scan bound.
-            'chunks: for chunk in uuids.chunks(want.clamp(16, 1000)) {
+            'chunks: for chunk in uuids.chunks(page) {
                 for b in self.load_many(chunk).await?.into_iter().flatten() {
                     let Some(j) = listable(&b) else { continue };
                     if confined {
