@@ -170,3 +170,60 @@ scopes = ["admin"]
         srv.call("POST", f"/async/jobs/{job}/cancel", token=tokens["ops"])
     finally:
         srv.stop()
+
+
+def _jwt(secret: str, claims: dict) -> str:
+    """An HS256 JWT, as a service minting its own credentials signs one (docs/auth.md)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def test_an_expired_sign_in_asks_to_sign_in_again_and_stops_reconnecting(browser):
+    """Signed in with a short-lived JWT: when it expires the server ends the live stream; the
+    dashboard then shows the sign-in form saying why, and does not keep reconnecting with the
+    dead credential. A new token brings the page back live."""
+    from conftest import Server, new_context
+
+    secret = "a-jwt-secret-for-the-browser-test-0123456789"
+    srv = Server(extra_config=f"""
+[auth]
+jwt_secret = "{secret}"
+jwt_leeway = "0s"
+""")
+    try:
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        streams = []
+        page.on("request", lambda r: streams.append(time.time()) if r.url.endswith("/async/events/sse") else None)
+        page.goto(f"{srv.url}/#/jobs")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        exp = int(time.time()) + 4
+        page.fill("#token", _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": exp}))
+        page.locator("#signin button").click()
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        expect(page.locator("#signin")).to_have_count(0)
+        # The server closes the stream at exp + leeway + 1; the reconnect is refused.
+        expect(page.locator("#signin")).to_be_visible(timeout=15000)
+        assert time.time() >= exp, "asked to sign in again before the token expired"
+        expect(page.locator("#signin")).to_contain_text("sign in again")
+        expect(page.locator("#live")).to_have_text("signed out")
+        settled = len(streams)
+        page.wait_for_timeout(3000)
+        assert len(streams) == settled, f"kept reconnecting with an expired token: {len(streams) - settled} more"
+        # Signing in again with a fresh token makes the page live again.
+        page.fill("#token", _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": int(time.time()) + 600}))
+        page.locator("#signin button").click()
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        ctx.close()
+    finally:
+        srv.stop()

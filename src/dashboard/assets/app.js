@@ -131,8 +131,25 @@ async function follow(from) {
       if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
       if (lastEventId) headers["Last-Event-ID"] = lastEventId;
       const r = await fetch("/async/events/sse", { headers, signal: ctl.signal });
+      // Refused, not failed: retrying cannot help. An expired or revoked credential (the server
+      // also ends a stream when its JWT expires, and the reconnect lands here) asks to sign in
+      // again; a token without `jobs:read` simply has no live updates.
+      if (r.status === 401 || r.status === 403) {
+        let message = "";
+        try { message = ((await r.json()).error || {}).message || ""; } catch { /* not JSON */ }
+        if (streamAbort === ctl) streamAbort = null;
+        live.className = "live off";
+        if (r.status === 401) {
+          live.textContent = "signed out";
+          signIn(`Your sign-in ended (${message || "the token is no longer accepted"}): sign in again.`);
+        } else {
+          live.textContent = "no live updates";
+          live.title = message;
+        }
+        return;
+      }
       if (!r.ok || !r.body) throw new Error(`events: HTTP ${r.status}`);
-      live.textContent = "live"; live.className = "live on";
+      live.textContent = "live"; live.className = "live on"; live.title = "";
       backoff = 500;
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
