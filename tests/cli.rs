@@ -608,6 +608,62 @@ fn submit_wait_and_logs_follow_read_the_event_stream_with_the_token() {
 }
 
 #[test]
+fn a_wait_that_outlives_its_jwt_ends_with_the_job_id_and_leaves_the_job_running() {
+    // `submit --wait` with a JWT that expires while the job runs: the server ends the event
+    // stream at its expiry and refuses the reconnect. The command exits 4 (refused) saying the
+    // job was accepted and is not cancelled, naming it; the job runs on.
+    use sha2::Digest;
+    let secret = "a-secret-of-at-least-thirty-two-bytes!";
+    let api_token = "ry_cli_test_token_0123456789";
+    let sha = hex::encode(sha2::Sha256::digest(api_token.as_bytes()));
+    let s = serve(&format!(
+        "{FOLLOW_RUNNERS}\n[[runners]]\nkind = \"local\"\ntypes = [\"long\"]\n\
+         command = [\"sleep\", \"60\"]\ntimeout = \"90s\"\nmax_attempts = 1\n\n\
+         [auth]\njwt_secret = \"{secret}\"\njwt_leeway = \"0s\"\n\n[[auth.tokens]]\n\
+         name = \"ci\"\nsha256 = \"{sha}\"\nscopes = [\"jobs:read\", \"jobs:cancel\"]\n"
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "ci", "exp": now + 3, "scope": "jobs:submit jobs:read"}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = cli_env(
+        &s.url,
+        &["submit", "long", "--wait"],
+        &[("RUNYARD_TOKEN", &jwt)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(45),
+        "waited for the job, not for the token: {err}"
+    );
+    let id = err.lines().next().unwrap_or("").trim().to_string();
+    assert!(
+        err.contains(&format!(
+            "stopped waiting for job {id}, which was accepted and is not cancelled"
+        )) && err.contains(&format!("runyard status {id}"))
+            && err.contains("401"),
+        "{err}"
+    );
+    let status = cli_env(
+        &s.url,
+        &["status", &id, "--output", "json", "--token", api_token],
+        &[],
+    );
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert_eq!(json_doc(&status)["status"], "RUNNING", "the job goes on");
+    let cancel = cli_env(&s.url, &["cancel", &id, "--token", api_token], &[]);
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+}
+
+#[test]
 fn files_put_and_get_round_trip_and_submit_input_attaches_files() {
     let s = serve(FOLLOW_RUNNERS);
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -404,7 +404,16 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{id}");
     let channel = r["channel_id"].as_str().unwrap_or(&id).to_string();
-    let job = follow::wait_job(&api, &id, &channel).await?;
+    // The job was accepted: a failure from here on (the token expired, the server went away)
+    // ends the wait, not the job, and the message says so with how to find it.
+    let job = follow::wait_job(&api, &id, &channel)
+        .await
+        .with_context(|| {
+            format!(
+                "stopped waiting for job {id}, which was accepted and is not cancelled \
+                 (`runyard status {id}` shows where it is)"
+            )
+        })?;
     output::document(format, &job);
     Ok(exit::of_status(job["status"].as_str().unwrap_or("")))
 }
