@@ -402,6 +402,93 @@ async fn json_bodies_need_a_json_content_type_and_cross_origin_writes_are_refuse
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
 
+/// A request as a browser sends it for a page of `host` (all of its requests are same-origin).
+async fn as_page_of(
+    ts: &TestServer,
+    host: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> (StatusCode, Value) {
+    let port = ts.url.rsplit(':').next().expect("port");
+    let host = format!("{host}:{port}");
+    let mut req = ts
+        .client
+        .request(method.clone(), ts.at(path))
+        .header("host", &host)
+        .header("sec-fetch-site", "same-origin");
+    if method == reqwest::Method::POST {
+        req = req
+            .header("origin", format!("http://{host}"))
+            .header("content-type", "application/json")
+            .body(r#"{"type": "edge.ok"}"#);
+    }
+    let res = req.send().await.expect("send");
+    let status = res.status();
+    let text = res.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auth_a_page_on_a_rebound_host_name_is_refused() {
+    // DNS rebinding: a page on rebind.evil.example has its name resolve to 127.0.0.1; the
+    // browser then sends its requests as same-origin, with the page's own Origin, so only the
+    // Host it names tells it apart from the dashboard.
+    let ts = Backend::Embedded.server("").await;
+    let before = ts.count_jobs(None).await;
+    for method in [reqwest::Method::POST, reqwest::Method::GET] {
+        let (st, v) = as_page_of(&ts, "rebind.evil.example", method.clone(), "/async/jobs").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{method}: {v}");
+        assert_eq!(error_of(&v).0, "host_not_allowed", "{v}");
+        assert!(
+            error_of(&v).1.contains("api.allowed_hosts"),
+            "says what to do: {v}"
+        );
+    }
+    let (st, _) = as_page_of(&ts, "rebind.evil.example", reqwest::Method::GET, "/").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "the dashboard too");
+    assert_eq!(ts.count_jobs(None).await, before, "nothing was created");
+    // Loopback names and IP addresses (which cannot be rebound) are served.
+    for host in ["localhost", "app.localhost", "127.0.0.1", "LOCALHOST"] {
+        let (st, v) = as_page_of(&ts, host, reqwest::Method::POST, "/async/jobs").await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{host}: {v}");
+    }
+    let (st, v) = as_page_of(&ts, "[::1]", reqwest::Method::GET, "/async/jobs?limit=1").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    drop(ts);
+
+    // A name the operator lists is served (and `public_url`'s host, which jobs call).
+    let ts = Backend::Embedded
+        .server("public_url = \"http://runyard-hooks.internal:9\"\n[api]\nallowed_hosts = [\"runyard.internal\"]\n")
+        .await;
+    for host in [
+        "runyard.internal",
+        "Runyard.Internal",
+        "runyard-hooks.internal",
+    ] {
+        let (st, v) = as_page_of(&ts, host, reqwest::Method::GET, "/async/jobs?limit=1").await;
+        assert_eq!(st, StatusCode::OK, "{host}: {v}");
+    }
+    let (st, _) = as_page_of(&ts, "other.internal", reqwest::Method::GET, "/async/jobs").await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    drop(ts);
+
+    // With [auth] every request needs a credential the page does not have: no host check.
+    let ts = Backend::Embedded
+        .server("[auth]\n[[auth.tokens]]\nname = \"t\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nscopes = [\"jobs:read\"]\n")
+        .await;
+    let (st, v) = as_page_of(
+        &ts,
+        "rebind.evil.example",
+        reqwest::Method::GET,
+        "/async/jobs",
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_cors_origins_get_cors_answers_and_may_write() {
     let ts = Backend::Embedded

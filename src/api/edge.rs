@@ -11,6 +11,10 @@
 //!   refused (403 `cross_origin`) unless its origin is listed: a page elsewhere cannot submit,
 //!   cancel or retry jobs through a visitor's browser, whatever the body's type (a multipart or
 //!   `text/plain` form needs no CORS preflight);
+//! - without `[auth]`, a request must name an IP address, `localhost` or a configured host name
+//!   (`api.allowed_hosts`, `public_url`'s host): a page whose host name was made to resolve to
+//!   127.0.0.1 (DNS rebinding) is same-origin to the browser, so only `Host` tells it apart (403
+//!   `host_not_allowed`);
 //! - JSON bodies must say so: [`require_json`] (415 `unsupported_media_type`).
 //!
 //! Body limits are axum's `DefaultBodyLimit` (set per route in `api::router`: JSON bodies,
@@ -33,8 +37,8 @@ use super::error::ApiError;
 use super::gate::GateLayer;
 use crate::metrics::Metrics;
 
-/// Adds the layers every route of the API runs under, inner to outer: the cross-origin check
-/// and the request count ([`super::gate::GateLayer`]), CORS (when `cors_origins` is not empty),
+/// Adds the layers every route of the API runs under, inner to outer: the host check (`hosts`:
+/// without `[auth]`, see [`super::gate::HostRule`]), the cross-origin check and the request count ([`super::gate::GateLayer`]), CORS (when `cors_origins` is not empty),
 /// the one panic catcher (counting into `metrics`), compression and the trace span
 /// ([`super::request_trace`]) and, outermost, the request id (set when the client sent none,
 /// copied onto every answer).
@@ -48,6 +52,7 @@ use crate::metrics::Metrics;
 pub fn with_edge_layers<S>(
     router: Router<S>,
     cors_origins: &[String],
+    hosts: Option<super::gate::HostRule>,
     metrics: Arc<Metrics>,
 ) -> Router<S>
 where
@@ -64,7 +69,7 @@ where
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
             .max_age(std::time::Duration::from_secs(600))
     });
-    let gate = GateLayer::new(cors_origins, metrics.clone());
+    let gate = GateLayer::new(cors_origins, metrics.clone()).with_hosts(hosts);
     let catcher =
         CatchPanicLayer::custom(move |err: Box<dyn Any + Send>| panic_response(&metrics, err));
     router.layer(
@@ -199,7 +204,7 @@ mod tests {
             )
             .route("/ok", post(|| async { "done" }));
         // The stack of `api::router`.
-        with_edge_layers(r, cors, metrics)
+        with_edge_layers(r, cors, None, metrics)
     }
 
     fn request_id(res: &Response) -> Option<&str> {

@@ -3,7 +3,8 @@
 //! `axum::middleware::from_fn` layer boxes its future and clones a boxed copy of everything
 //! below it on every request; one layer per `Router::layer` call boxes the whole route again).
 //!
-//! - [`GateLayer`]: the cross-origin check of unsafe requests (module docs of `super::edge`) and,
+//! - [`GateLayer`]: without `[auth]`, the check of the host a request names (DNS rebinding,
+//!   [`HostRule`]); the cross-origin check of unsafe requests (module docs of `super::edge`) and,
 //!   inside it, the count of every request by method, route template and status
 //!   (`crate::metrics::http`);
 //! - [`TimeLimitLayer`]: `api.request_timeout` for ordinary requests (laid by
@@ -28,6 +29,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct GateLayer {
     allowed: Arc<[String]>,
+    hosts: Option<Arc<HostRule>>,
     metrics: Arc<Metrics>,
 }
 
@@ -37,8 +39,92 @@ impl GateLayer {
     pub fn new(cors_origins: &[String], metrics: Arc<Metrics>) -> Self {
         Self {
             allowed: cors_origins.into(),
+            hosts: None,
             metrics,
         }
+    }
+
+    /// Refuses requests naming a host `rule` does not allow (see [`HostRule`]).
+    pub fn with_hosts(mut self, rule: Option<HostRule>) -> Self {
+        self.hosts = rule.map(Arc::new);
+        self
+    }
+}
+
+/// The host names a server without `[auth]` answers for. A page on a host name an attacker
+/// controls can make the name resolve to 127.0.0.1 (DNS rebinding): the browser then counts
+/// runyard as that page's own origin, sends its requests as same-origin and lets it read the
+/// answers, so the cross-origin check cannot tell. The `Host` it sends still names the
+/// attacker's host: only IP addresses (which cannot be rebound), `localhost` and `*.localhost`
+/// (which browsers resolve to loopback themselves), and the names configured pass.
+#[derive(Debug, Clone, Default)]
+pub struct HostRule {
+    /// Lowercase host names allowed besides those (`api.allowed_hosts`, `public_url`'s host).
+    names: Vec<String>,
+    /// `api.allowed_hosts` holds `*`: no check.
+    any: bool,
+}
+
+impl HostRule {
+    /// The rule for `allowed_hosts` plus the host of `public_url`, when set.
+    pub fn new(allowed_hosts: &[String], public_url: Option<&str>) -> Self {
+        let mut names: Vec<String> = allowed_hosts
+            .iter()
+            .filter(|h| *h != "*")
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        if let Some(h) = public_url
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        {
+            names.push(h);
+        }
+        Self {
+            names,
+            any: allowed_hosts.iter().any(|h| h == "*"),
+        }
+    }
+
+    /// Whether a request naming `host` (a `Host` header: `name[:port]` or `[v6][:port]`) passes.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.any || host.starts_with('[') {
+            return true;
+        }
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.names.contains(&name)
+    }
+}
+
+/// The host a request names: its `Host` header, else its URI's authority (HTTP/2); none for a
+/// program that sent neither (HTTP/1.0), which a browser never does.
+fn request_host(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// Refuses a request whose host `rule` does not allow.
+fn check_host(rule: &HostRule, req: &Request) -> Result<(), ApiError> {
+    match request_host(req) {
+        Some(h) if !rule.allows(h) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "a request for host `{}` refused: without [auth] this server answers only for IP \
+                 addresses, localhost, the host of `public_url` and `api.allowed_hosts` (a guard \
+                 against DNS rebinding); add the name to `api.allowed_hosts`",
+                h.chars().take(100).collect::<String>()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -73,7 +159,11 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if let Err(refused) = check_origin(&self.layer.allowed, &req) {
+        let host = match &self.layer.hosts {
+            Some(rule) => check_host(rule, &req),
+            None => Ok(()),
+        };
+        if let Err(refused) = host.and_then(|()| check_origin(&self.layer.allowed, &req)) {
             // Refused before the count, as before the layers were one.
             return GateFuture::Refused {
                 answer: Some(refused.into_response()),
@@ -92,7 +182,7 @@ pin_project_lite::pin_project! {
     /// The answer of a [`Gate`].
     #[project = GateProj]
     pub enum GateFuture<F> {
-        /// Refused by the cross-origin check.
+        /// Refused by the host or the cross-origin check.
         Refused { answer: Option<Response> },
         /// Passed on; counted when it answers.
         Counted {
@@ -279,4 +369,41 @@ pub fn is_long_lived(req: &Request) -> bool {
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"multipart/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostRule;
+
+    #[test]
+    fn only_ip_addresses_loopback_names_and_listed_names_pass() {
+        let rule = HostRule::new(
+            &["runyard.internal".into()],
+            Some("https://hooks.example:8443/x"),
+        );
+        for ok in [
+            "127.0.0.1:7071",
+            "10.1.2.3",
+            "[::1]:7071",
+            "localhost",
+            "localhost.:80",
+            "app.localhost:3000",
+            "RUNYARD.internal:7071",
+            "hooks.example",
+        ] {
+            assert!(rule.allows(ok), "{ok}");
+        }
+        for refused in [
+            "rebind.evil.example:7071",
+            "127.0.0.1.nip.io",
+            "localhost.evil.example",
+            "runyard.internal.evil.example",
+            "evil.example:80:80",
+            "0x7f.1",
+            "",
+        ] {
+            assert!(!rule.allows(refused), "{refused}");
+        }
+        assert!(HostRule::new(&["*".into()], None).allows("anything.example"));
+    }
 }

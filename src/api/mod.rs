@@ -63,6 +63,13 @@ pub fn router(app: Arc<App>) -> Router {
         .unwrap_or(usize::MAX)
         .saturating_add(limit);
     let cors = app.config.api.cors_origins.clone();
+    // Without [auth] nothing but the host a request names tells a rebound page from a local one.
+    let hosts = (!app.config.auth.enabled()).then(|| {
+        gate::HostRule::new(
+            &app.config.api.allowed_hosts,
+            app.config.public_url.as_deref(),
+        )
+    });
     let counters = app.metrics.clone();
     let state = AppState { app };
     let routes = Router::new()
@@ -124,7 +131,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
-    edge::with_edge_layers(routes, &cors, counters)
+    edge::with_edge_layers(routes, &cors, hosts, counters)
 }
 
 async fn not_found() -> ApiError {

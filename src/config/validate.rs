@@ -116,6 +116,19 @@ impl Config {
                 );
             }
         }
+        for (i, h) in self.api.allowed_hosts.iter().enumerate() {
+            let name_ok = !h.is_empty()
+                && h.len() <= 253
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+            if h != "*" && !name_ok {
+                return err(
+                    format!("api.allowed_hosts[{i}]"),
+                    "must be a host name (letters, digits, `-`, `.`, `_`; no scheme, port or \
+                     path), or `*` for any",
+                );
+            }
+        }
         Ok(())
     }
 
