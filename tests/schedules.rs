@@ -444,6 +444,45 @@ async fn api_embedded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_patterns_that_never_fire_does_not_stall_the_api() {
+    // Refusing a pattern that never fires searches croner's whole range (about 0.4 s of CPU in
+    // a release build): done inline, a few such requests held every worker thread and
+    // `/health` waited seconds.
+    let ts = TestServer::start(RUNNERS).await;
+    let c = ts.client.clone();
+    let url = format!("{}/async/schedules", ts.url);
+    let body = json!({"name": "never", "cron": "0-59 0-59 0-23 31 2,4,6,9,11 *",
+                      "job": {"type": "runyard.noop"}});
+    let started = Instant::now();
+    let (st, v) = send(&c, reqwest::Method::POST, url.clone(), Some(&body)).await;
+    let one = started.elapsed();
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(err_of(&v).1.contains("never fires"), "{v}");
+    let refusals: Vec<_> = (0..6)
+        .map(|_| {
+            let (c, url, body) = (c.clone(), url.clone(), body.clone());
+            tokio::spawn(async move { send(&c, reqwest::Method::POST, url, Some(&body)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    let (st, _) = send(&c, reqwest::Method::GET, format!("{}/health", ts.url), None).await;
+    let health = asked.elapsed();
+    eprintln!("one refusal alone: {one:?}; /health meanwhile: {health:?}");
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        health < one / 2,
+        "/health took {health:?} while six refusals ran (one alone: {one:?})"
+    );
+    for r in refusals {
+        let (st, v) = r.await.expect("refusal");
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    }
+    let (st, _) = send(&c, reqwest::Method::GET, format!("{url}/never"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)

@@ -164,9 +164,42 @@ fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> A
     Ok(proto)
 }
 
+/// Pattern checks in flight at once (see [`parse_cron`]).
+static CRON_CHECKS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
+
+/// Parses a pattern and checks that it fires again, off the async threads and one at a time:
+/// refusing a pattern that never fires (`0 0 31 2,4 *`) searches croner's whole range, about
+/// 0.4 s of CPU, which inline would stall every request of a worker thread (of the whole node
+/// on a current-thread runtime). The permit lives as long as the search, even when the request
+/// is given up.
+async fn parse_cron(pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
+    let permit = CRON_CHECKS
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("internal", "the pattern check is closed"))?;
+    let (p, tz, now) = (pattern.to_string(), timezone.to_string(), to_utc(clock()));
+    let checked = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        CronSpec::parse(&p, &tz).map(|c| {
+            let fires = c.next_after(now).is_some();
+            (c, fires)
+        })
+    })
+    .await
+    .map_err(|_| ApiError::internal("internal", "the pattern check failed"))?;
+    match checked {
+        Ok((c, true)) => Ok(c),
+        Ok((_, false)) => Err(bad(format!("`cron`: `{pattern}` never fires"))),
+        Err(CronSpecError::Cron(m)) => Err(bad(format!("`cron`: {m}"))),
+        Err(CronSpecError::TimeZone(m)) => Err(bad(format!("`timezone`: {m}"))),
+    }
+}
+
 /// Validates a body: the spec, the job every fire submits a copy of (within `caller`'s types
 /// and channels), and the parsed pattern.
-fn validate(
+async fn validate(
     st: &AppState,
     caller: &Grant,
     body: ScheduleBody,
@@ -174,13 +207,7 @@ fn validate(
 ) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
     let name = schedule_name(body.name, path_name)?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
-    let cron = CronSpec::parse(&body.cron, &timezone).map_err(|e| match e {
-        CronSpecError::Cron(m) => bad(format!("`cron`: {m}")),
-        CronSpecError::TimeZone(m) => bad(format!("`timezone`: {m}")),
-    })?;
-    if cron.next_after(to_utc(clock())).is_none() {
-        return Err(bad(format!("`cron`: `{}` never fires", body.cron)));
-    }
+    let cron = parse_cron(&body.cron, &timezone).await?;
     let overlap = match body.overlap.as_deref() {
         None => Overlap::default(),
         Some(w) => Overlap::parse(w).ok_or_else(|| {
@@ -257,7 +284,7 @@ async fn create(
     Caller(caller): Caller,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
-    let (spec, proto, cron) = validate(&st, &caller, body, None)?;
+    let (spec, proto, cron) = validate(&st, &caller, body, None).await?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
@@ -294,7 +321,7 @@ async fn replace(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
-    let (spec, proto, cron) = validate(&st, &caller, body, Some(&name))?;
+    let (spec, proto, cron) = validate(&st, &caller, body, Some(&name)).await?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         let now = clock();

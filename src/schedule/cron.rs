@@ -36,8 +36,11 @@ pub enum CronSpecError {
     TimeZone(String),
 }
 
-/// Most steps one search takes across daylight-saving transitions (a handful are enough).
-const MAX_STEPS: usize = 16;
+/// Most steps one search takes across daylight-saving transitions: each step passes at least
+/// one transition, and a zone has at most a few a year, so this covers a fire 400 years away,
+/// the calendar's whole cycle (a pattern that fires at all fires within it: `0 12 * 2 1#5`, the
+/// fifth Monday of February, comes every 28 to 40 years).
+const MAX_STEPS: usize = 2_000;
 
 impl CronSpec {
     /// Parses `pattern` (5 fields, 6 with seconds first, or `@hourly`-style) in `timezone`.
@@ -421,6 +424,26 @@ mod tests {
             );
         }
         assert!(CronSpec::parse("1,2 * * * *", "UTC").is_ok());
+    }
+
+    #[test]
+    fn a_rare_pattern_fires_in_a_zone_with_daylight_saving_as_in_utc() {
+        // The fifth Monday of February: only when February 29 is a Monday (2016, 2044, 2072).
+        // The search crossed at most 16 transitions (8 years) and refused it in such zones.
+        for tz in ["Europe/Berlin", "America/New_York", "UTC"] {
+            let started = std::time::Instant::now();
+            let c = CronSpec::parse("0 12 * 2 1#5", tz).unwrap_or_else(|e| panic!("{tz}: {e:?}"));
+            let next = c
+                .next_after(utc("2026-12-02T00:00:00Z"))
+                .expect("a next fire");
+            let local = next.with_timezone(&c.tz()).to_rfc3339();
+            assert!(local.starts_with("2044-02-29T12:00:00"), "{tz}: {local}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{tz}: {:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[test]
