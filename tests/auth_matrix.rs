@@ -1032,6 +1032,51 @@ async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job
     h.stop().await;
 }
 
+/// A token confined elsewhere asking for another tenant's job or schedule by its path gets a
+/// 403 that names only the token's own confinement: not the job's channel or type, which are
+/// the other tenant's.
+#[tokio::test]
+async fn a_refusal_of_another_tenants_job_names_nothing_of_it() {
+    let h = Harness::start().await;
+    let (s, v) = h
+        .send(
+            &h.call(
+                Method::PUT,
+                &format!("/async/schedules/{SCHEDULE}"),
+                Some(schedule_body(SCHEDULE)),
+            ),
+            Some(ADMIN),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{v}");
+    let job = h.job.clone();
+    let paths = [
+        (Method::GET, format!("/async/jobs/{job}")),
+        (Method::GET, format!("/async/jobs/{job}/logs")),
+        (Method::GET, format!("/async/jobs/{job}/result")),
+        (Method::POST, format!("/async/jobs/{job}/cancel")),
+        (Method::GET, format!("/async/schedules/{SCHEDULE}")),
+        (Method::POST, format!("/async/schedules/{SCHEDULE}/pause")),
+    ];
+    for token in [WRONG_TYPE, WRONG_CHANNEL] {
+        for (method, path) in &paths {
+            let (s, v) = h
+                .send(&h.call(method.clone(), path, None), Some(token))
+                .await;
+            assert_eq!(s, 403, "{method} {path}: {v}");
+            let text = v.to_string();
+            for theirs in [CHANNEL, TYPE] {
+                assert!(
+                    !text.contains(theirs),
+                    "{method} {path} names `{theirs}`: {v}"
+                );
+            }
+            assert!(text.contains("confined to"), "{v}");
+        }
+    }
+    h.stop().await;
+}
+
 /// A fire's idempotency key (`schedule:{name}:{fire_time}`, predictable) is the schedules'
 /// own: a submit giving a key that starts with `schedule:` is `422 invalid_request` (single and
 /// batch item), nothing is stored, and the fire of that time still makes its own job. When a

@@ -502,7 +502,7 @@ async fn check_target(
                 return Ok(());
             };
             match store.get(id).await? {
-                Some(job) => grant.check_job(&job.job_type, Some(&job.channel_id)),
+                Some(job) => grant.check_existing(&job.job_type, Some(&job.channel_id)),
                 None => Ok(()),
             }
         }
@@ -511,7 +511,7 @@ async fn check_target(
                 return Ok(());
             };
             match store.schedule(&name).await? {
-                Some(s) => grant.check_job(
+                Some(s) => grant.check_existing(
                     &s.proto.job_type,
                     s.spec.job.get("channel").and_then(|c| c.as_str()),
                 ),

@@ -287,6 +287,27 @@ impl Grant {
         Ok(())
     }
 
+    /// [`Grant::sees`] for a job or schedule that exists (named by a path), or a 403 that names
+    /// only the grant's own confinement: not the resource's type or channel, which belong to
+    /// whoever it is (the detailed [`Grant::check_job`] is for the caller's own new bodies).
+    pub fn check_existing(&self, job_type: &str, channel: Option<&str>) -> Result<(), Refusal> {
+        if self.sees(job_type, channel) {
+            return Ok(());
+        }
+        let mut within = Vec::new();
+        if let Some(t) = &self.types {
+            within.push(format!("job types {:?}", t.list));
+        }
+        if let Some(c) = &self.channels {
+            within.push(format!("channels {:?}", c.list));
+        }
+        Err(Refusal::Forbidden(format!(
+            "{} is confined to {}: what this path names is outside them",
+            self.who,
+            within.join(" and ")
+        )))
+    }
+
     /// The event channel to serve for a `?channel=` asked (`None`: the global stream). A grant
     /// confined to channels serves only those: no channel asked is its one channel when it names
     /// exactly one, else 403. A grant confined to types reads events only when it is also
