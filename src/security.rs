@@ -24,10 +24,12 @@ use zeroize::Zeroizing;
 
 /// Environment variables that hold secrets: the master key, the Redis URL (it may carry a
 /// password, and whoever reaches the Redis can rewrite any job) and the JWT secret (whoever holds
-/// it mints any token).
+/// it mints any token), also as part of the whole `[auth]` table (`RUNYARD_AUTH='{jwt_secret =
+/// ...}'`). Matched without regard to case, as the configuration reads them.
 pub const SECRET_ENV: &[&str] = &[
     "RUNYARD_MASTER_KEY",
     "RUNYARD_REDIS",
+    "RUNYARD_AUTH",
     "RUNYARD_AUTH__JWT_SECRET",
 ];
 
@@ -83,9 +85,10 @@ extern "C" {
     static mut environ: *mut *mut libc::c_char;
 }
 
-/// Removes `names` from the environment and zeroes their bytes where the kernel shows them
-/// (`/proc/PID/environ` reads the environment block the process started with, which `unsetenv`
-/// does not change).
+/// Removes `names` (in any case: `RUNYARD_Master_Key` configures the server as
+/// `RUNYARD_MASTER_KEY` does) from the environment and zeroes their bytes where the kernel shows
+/// them (`/proc/PID/environ` reads the environment block the process started with, which
+/// `unsetenv` does not change).
 ///
 /// # Safety
 /// Changes the process environment: call it while no other thread can read or write the
@@ -93,23 +96,29 @@ extern "C" {
 pub unsafe fn scrub_env(names: &[&str]) {
     let (start, end) = initial_env_block().unwrap_or((0, 0));
     let mut in_block = Vec::new();
+    let mut found: Vec<std::ffi::OsString> = Vec::new();
     // Safety (caller): no other thread touches `environ` meanwhile.
     let mut p = environ;
     while !p.is_null() && !(*p).is_null() {
         let entry = *p;
         let bytes = std::ffi::CStr::from_ptr(entry).to_bytes();
         let addr = entry as usize;
-        if names
-            .iter()
-            .any(|n| bytes.starts_with(n.as_bytes()) && bytes.get(n.len()) == Some(&b'='))
-            && addr >= start
-            && addr.saturating_add(bytes.len()) < end
-        {
-            in_block.push((entry, bytes.len()));
+        let named = names.iter().find(|n| {
+            bytes.get(n.len()) == Some(&b'=')
+                && bytes
+                    .get(..n.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(n.as_bytes()))
+        });
+        if let Some(n) = named {
+            use std::os::unix::ffi::OsStrExt;
+            found.push(std::ffi::OsStr::from_bytes(&bytes[..n.len()]).to_os_string());
+            if addr >= start && addr.saturating_add(bytes.len()) < end {
+                in_block.push((entry, bytes.len()));
+            }
         }
         p = p.add(1);
     }
-    for n in names {
+    for n in found {
         std::env::remove_var(n);
     }
     // No longer referenced by `environ`; the block itself lives as long as the process.
@@ -127,6 +136,56 @@ fn initial_env_block() -> Option<(usize, usize)> {
     let start = f.next()?.parse().ok()?;
     let end = f.next()?.parse().ok()?;
     Some((start, end))
+}
+
+/// Warns when the configuration file at `path` holds a secret (`master_key`, `auth.jwt_secret`,
+/// a `redis` URL with a password) and users other than its owner may read it: a local job run
+/// as another `user` (the recommended isolation) cannot open `data_dir/master.key` but could read
+/// such a file, and whoever holds `jwt_secret` mints any scope.
+pub fn warn_if_config_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 == 0 {
+        return;
+    }
+    let Ok(table) = std::fs::read_to_string(path).map(|t| t.parse::<toml::Table>()) else {
+        return;
+    };
+    let Ok(table) = table else {
+        return;
+    };
+    let mut held = Vec::new();
+    if table.contains_key("master_key") {
+        held.push("master_key");
+    }
+    if table
+        .get("auth")
+        .and_then(|a| a.get("jwt_secret"))
+        .is_some()
+    {
+        held.push("auth.jwt_secret");
+    }
+    if table
+        .get("redis")
+        .and_then(|r| r.as_str())
+        .and_then(|u| url::Url::parse(u).ok())
+        .is_some_and(|u| u.password().is_some())
+    {
+        held.push("redis (its password)");
+    }
+    if !held.is_empty() {
+        tracing::warn!(
+            file = %path.display(),
+            mode = %format!("{mode:o}"),
+            secrets = %held.join(", "),
+            "the configuration file holds secrets and other users may read it (a job run as \
+             another `user` could): `chmod 600` it, or pass them as RUNYARD_* environment \
+             variables (docs/security.md)"
+        );
+    }
 }
 
 /// Creates the data directory with mode 0700, or narrows an existing one to 0700 (with a warning

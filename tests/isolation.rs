@@ -468,6 +468,57 @@ env_allow = ["PATH"]
     assert_eq!(job["status"], "SUCCESS", "{job}\n{}", server.log_text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_set_under_other_spellings_leave_the_environment_too() {
+    // The configuration reads RUNYARD_* names in any case, and whole tables: these configure
+    // the server as RUNYARD_MASTER_KEY and RUNYARD_AUTH__JWT_SECRET do, and must leave its
+    // environment (and the block /proc/PID/environ shows) as they do.
+    let t = open_dir();
+    let key = format!("isolation-mixed-key-{:016x}", rand::random::<u64>());
+    let jwt = format!(
+        "isolation-jwt-secret-{:016x}-0123456789",
+        rand::random::<u64>()
+    );
+    let data = t.path().join("data");
+    let config = t.path().join("mixed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {}\n[[runners]]\nkind = \"local\"\ntypes = [\"x.*\"]\ncommand = [\"true\"]\n",
+            toml_str(&data.to_string_lossy())
+        ),
+    )
+    .expect("config");
+    let auth = format!("{{jwt_secret=\"{jwt}\"}}");
+    let server = Server::start(
+        &config,
+        &[
+            ("RUNYARD_Master_Key", &key),
+            ("RUNYARD_auth", &auth),
+            ("UNRELATED_VAR", "stays"),
+        ],
+        None,
+    )
+    .await;
+    let environ = std::fs::read(format!("/proc/{}/environ", server.pid())).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains("UNRELATED_VAR=stays"),
+        "the test reads the wrong block: {environ}"
+    );
+    for (what, secret) in [("master key", key.as_str()), ("JWT secret", jwt.as_str())] {
+        assert!(
+            !environ.contains(secret),
+            "the {what} is still in /proc/PID/environ"
+        );
+    }
+    assert!(
+        !data.join("master.key").exists(),
+        "the key from RUNYARD_Master_Key was not used"
+    );
+    drop(server);
+}
+
 #[tokio::test]
 async fn the_data_dir_and_everything_in_it_are_private() {
     let t = open_dir();

@@ -63,8 +63,16 @@ fn refused(config: &str, args: &[&str], envs: &[(&str, &str)], wants: &[&str]) {
 
 /// Starts `runyard serve` (it must start), returns its stderr once it serves, then stops it.
 fn started(config: &str, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    started_with_mode(config, 0o600, extra, envs)
+}
+
+/// [`started`] with the config file's mode.
+fn started_with_mode(config: &str, mode: u32, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("runyard.toml"), config).unwrap();
+    let file = dir.path().join("runyard.toml");
+    std::fs::write(&file, config).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
     let port = free_port();
     let log = dir.path().join("stderr");
     let mut cmd = Command::new(BIN);
@@ -194,6 +202,32 @@ fn a_silent_docker_engine_and_unknown_variables_only_warn() {
     );
     // Known variables are not reported.
     assert!(!err.contains("`RUNYARD_LOG` is not"), "{err}");
+}
+
+#[test]
+fn a_config_file_with_secrets_that_others_may_read_draws_a_warning() {
+    let config =
+        format!("{SHELL}[auth]\njwt_secret = \"a-jwt-secret-of-at-least-32-bytes-0123\"\n");
+    let err = started_with_mode(&config, 0o644, &[], &[]);
+    assert!(err.contains("runyard listening"), "{err}");
+    assert!(
+        err.contains("other users may read it")
+            && err.contains("auth.jwt_secret")
+            && err.contains("runyard.toml")
+            && err.contains("644"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("a-jwt-secret-of-at-least"),
+        "the secret itself is not logged: {err}"
+    );
+    let err = started_with_mode(&config, 0o600, &[], &[]);
+    assert!(!err.contains("other users may read it"), "{err}");
+    let err = started_with_mode(SHELL, 0o644, &[], &[]);
+    assert!(
+        !err.contains("other users may read it"),
+        "no secret in it: {err}"
+    );
 }
 
 #[test]

@@ -118,7 +118,7 @@ impl ServeArgs {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("runyard.toml"), false),
         };
-        Config::load(
+        let config = Config::load(
             &path,
             required,
             &Overrides {
@@ -127,7 +127,9 @@ impl ServeArgs {
                 redis: self.redis.clone(),
                 public_url: self.public_url.clone(),
             },
-        )
+        )?;
+        crate::security::warn_if_config_readable(&path);
+        Ok(config)
     }
 }
 
@@ -158,7 +160,7 @@ impl WorkerArgs {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("runyard.toml"), false),
         };
-        Config::load(
+        let config = Config::load(
             &path,
             required,
             &Overrides {
@@ -167,7 +169,9 @@ impl WorkerArgs {
                 data_dir: self.data_dir.clone(),
                 ..Default::default()
             },
-        )
+        )?;
+        crate::security::warn_if_config_readable(&path);
+        Ok(config)
     }
 }
 
