@@ -1040,3 +1040,32 @@ fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
         "three runtime workers: {names:?}"
     );
 }
+
+/// Audit 18, L3: a job's output cannot drive the operator's terminal: in text output its control
+/// characters (ESC, BEL, CR, C1) are shown as escapes; JSON output keeps the line as it is.
+#[test]
+fn logs_show_control_characters_of_a_job_as_escapes() {
+    let s = serve(
+        r#"
+[[runners]]
+kind = "local"
+types = ["esc"]
+command = ["/bin/sh", "-c", "printf 'a\\033]0;title\\007b\\rc\\302\\233d\\te\\n'"]
+"#,
+    );
+    let sub = cli(&s.url, &["submit", "esc", "--wait"]);
+    assert!(sub.status.success(), "{sub:?}");
+    let job: serde_json::Value = serde_json::from_slice(&sub.stdout).unwrap();
+    let id = job["id"].as_str().unwrap();
+    let out = cli(&s.url, &["logs", id]);
+    assert!(out.status.success(), "{out:?}");
+    for b in [0x1b, 0x07, b'\r'] {
+        assert!(!out.stdout.contains(&b), "byte {b:#x} printed raw: {out:?}");
+    }
+    assert_eq!(
+        texts_of(&stdout(&out)),
+        [r"a\x1b]0;title\x07b\rc\u{9b}d".to_string() + "\te"]
+    );
+    let json = json_lines(&cli(&s.url, &["logs", id, "--output", "json"]));
+    assert_eq!(json[0]["line"], "a\x1b]0;title\x07b\rc\u{9b}d\te");
+}
