@@ -205,6 +205,8 @@ impl LocalRunner {
                 if libc::getppid() == 1 {
                     libc::_exit(137);
                 }
+                // 0, 1 and 2 (the job's pipes, already in place) and nothing the server inherited.
+                crate::isolation::cloexec_inherited();
                 Ok(())
             });
         }
