@@ -149,7 +149,8 @@ pub async fn run_jobs(base: &str) -> anyhow::Result<()> {
             job["result"]
         );
         for l in logs["lines"].as_array().into_iter().flatten() {
-            println!("    | {}", l["line"].as_str().unwrap_or_default());
+            let line = l["line"].as_str().unwrap_or_default();
+            println!("    | {}", crate::logging::visible(line));
         }
         if job["status"] != "SUCCESS" {
             println!("    error: {}", job["error"]);

@@ -54,3 +54,25 @@ pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
             .init(),
     }
 }
+
+/// `s` as a terminal may show it: every C0 control but the tab, DEL and every C1 control (ESC,
+/// `\r`, BEL, `\u{9b}`, ...) replaced by a visible escape (`\x1b`, `\r`, `\x07`, `\u{9b}`), so
+/// that a job's output printed as text cannot move the cursor, erase lines, set the title or
+/// write the clipboard. Text output only: JSON output escapes them already.
+pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
+    let shown = |c: char| c == '\t' || !(c.is_control());
+    if s.chars().all(shown) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            c if shown(c) => out.push(c),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}

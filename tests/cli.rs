@@ -32,11 +32,18 @@ fn serve(config: &str) -> Serve {
 }
 
 fn serve_with_env(config: &str, env: &[(&str, &str)]) -> Serve {
+    serve_with(config, env, |_| {})
+}
+
+/// [`serve_with_env`], `prepare` changing the server's command before it starts.
+fn serve_with(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&mut Command)) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("runyard.toml");
     std::fs::write(&cfg, config).unwrap();
     let port = free_port();
-    let child = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    prepare(&mut cmd);
+    let child = cmd
         .envs(env.iter().copied())
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -1039,4 +1046,75 @@ fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
             >= 3,
         "three runtime workers: {names:?}"
     );
+}
+
+/// Audit 18, L3: a job's output cannot drive the operator's terminal: in text output its control
+/// characters (ESC, BEL, CR, C1) are shown as escapes; JSON output keeps the line as it is.
+#[test]
+fn logs_show_control_characters_of_a_job_as_escapes() {
+    let s = serve(
+        r#"
+[[runners]]
+kind = "local"
+types = ["esc"]
+command = ["/bin/sh", "-c", "printf 'a\\033]0;title\\007b\\rc\\302\\233d\\te\\n'"]
+"#,
+    );
+    let sub = cli(&s.url, &["submit", "esc", "--wait"]);
+    assert!(sub.status.success(), "{sub:?}");
+    let job: serde_json::Value = serde_json::from_slice(&sub.stdout).unwrap();
+    let id = job["id"].as_str().unwrap();
+    let out = cli(&s.url, &["logs", id]);
+    assert!(out.status.success(), "{out:?}");
+    for b in [0x1b, 0x07, b'\r'] {
+        assert!(!out.stdout.contains(&b), "byte {b:#x} printed raw: {out:?}");
+    }
+    assert_eq!(
+        texts_of(&stdout(&out)),
+        [r"a\x1b]0;title\x07b\rc\u{9b}d".to_string() + "\te"]
+    );
+    let json = json_lines(&cli(&s.url, &["logs", id, "--output", "json"]));
+    assert_eq!(json[0]["line"], "a\x1b]0;title\x07b\rc\u{9b}d\te");
+}
+
+/// Audit 18, L5: a local job gets 0, 1 and 2 (its pipes) and no descriptor the server inherited
+/// from whoever started it (here a pipe left open, without close-on-exec, as descriptor 100).
+#[test]
+fn a_local_job_does_not_inherit_descriptors_the_server_inherited() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (reader, _writer) = std::io::pipe().unwrap();
+    let fd = reader.as_raw_fd();
+    let s = serve_with(
+        r#"
+[[runners]]
+kind = "local"
+types = ["fds"]
+command = ["/bin/sh", "-c", "ls /proc/self/fd"]
+"#,
+        &[],
+        |cmd| {
+            // Safety: dup2 only, in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 100) != 100 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let server = s.child.id();
+    assert!(
+        std::fs::read_link(format!("/proc/{server}/fd/100")).is_ok(),
+        "the server holds descriptor 100"
+    );
+    let sub = cli(&s.url, &["submit", "fds", "--wait"]);
+    assert!(sub.status.success(), "{sub:?}");
+    let job: serde_json::Value = serde_json::from_slice(&sub.stdout).unwrap();
+    let out = cli(&s.url, &["logs", job["id"].as_str().unwrap()]);
+    let fds = texts_of(&stdout(&out));
+    // `ls` itself holds the directory it reads (3).
+    assert_eq!(fds, ["0", "1", "2", "3"], "{out:?}");
 }

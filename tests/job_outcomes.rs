@@ -55,7 +55,30 @@ job.result({{"done": True}})
 time.sleep(60)
 """]
 env = {{ PYTHONPATH = "{root}/examples/python" }}
-"#
+
+[[runners]]
+name = "big"
+kind = "local"
+types = ["py.big"]
+max_attempts = 3
+command = ["python3", "-c", """
+import os
+from runyard_job import JobClient
+job = JobClient.from_env()
+args = job.args()
+job.result({{"len": len(args["x"]), "env": "JOB_ARGS" in os.environ, "size": os.environ.get("JOB_ARGS_SIZE")}})
+"""]
+env = {{ PYTHONPATH = "{root}/examples/python" }}
+
+[[runners]]
+name = "toobig"
+kind = "local"
+types = ["sh.toobig"]
+max_attempts = 3
+command = ["/bin/sh", "-c", "exit 0"]
+env = {{ BIG = "{big}" }}
+"#,
+        big = "B".repeat(200_000)
     )
 }
 
@@ -178,4 +201,44 @@ async fn a_process_that_lingers_after_its_report_is_stopped_and_its_outcome_kept
         time_of(&job["finished_at"]),
     );
     assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+/// Audit 18, L2: args over what Linux takes in one environment string (128 KiB) reach the job
+/// through its hook: the Python client fetches them when `JOB_ARGS` is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_300_kb_of_args_starts_and_reads_them() {
+    let ts = start().await;
+    let x = "A".repeat(300_000);
+    let id = ts
+        .submit_ok(json!({"type": "py.big", "args": {"x": x}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(job["result"]["len"], 300_000, "{job:#}");
+    assert_eq!(job["result"]["env"], false, "{job:#}");
+    assert_eq!(job["result"]["size"], "300008", "{job:#}");
+    // Small args still come in the environment.
+    let id = ts
+        .submit_ok(json!({"type": "py.big", "args": {"x": "small"}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(
+        job["result"],
+        json!({"len": 5, "env": true, "size": null}),
+        "{job:#}"
+    );
+}
+
+/// A launch the kernel refuses for its size (`E2BIG`: here an environment string of 200 KB from
+/// the runner's `env`) fails the same way every time: the job ends ERROR at its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_refused_as_too_big_is_not_retried() {
+    let ts = start().await;
+    let id = ts.submit_ok(json!({"type": "sh.toobig"})).await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "ERROR", "{job:#}");
+    assert_eq!(job["attempt"], 1, "no attempt spent again: {job:#}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Argument list too long"), "{job:#}");
 }

@@ -429,6 +429,25 @@ pub fn job_umask() -> Option<u32> {
     (m != u32::MAX).then_some(m)
 }
 
+/// In the child, before `exec`: marks every descriptor above 2 close-on-exec, so that the job
+/// gets 0, 1 and 2 (already its own pipes) and nothing the server inherited from whoever started
+/// it (a supervisor's log pipe, a shell's open file). `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`
+/// (Linux 5.11); on an older kernel, `FD_CLOEXEC` on each of descriptors 3 to 65,535.
+///
+/// # Safety
+/// Only in a freshly forked or cloned child with its own descriptor table (`pre_exec`, the
+/// spawner's child): it makes only async-signal-safe calls.
+pub unsafe fn cloexec_inherited() {
+    let all = libc::c_uint::MAX;
+    let flag = libc::CLOSE_RANGE_CLOEXEC as libc::c_uint;
+    if libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, all, flag) == 0 {
+        return;
+    }
+    for fd in 3..65_536 {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,6 +142,10 @@ pub enum RunnerError {
     /// the job's fault, so the worker retries it shortly without using one of its attempts.
     #[error("host out of resources, will retry: {0}")]
     HostResources(String),
+    /// Launching failed in a way no retry can fix (`E2BIG`: the job's arguments and environment
+    /// exceed what the kernel takes): the job ends ERROR without using its remaining attempts.
+    #[error("launch failed, not retried: {0}")]
+    LaunchFinal(String),
 }
 
 impl RunnerError {
@@ -152,6 +156,8 @@ impl RunnerError {
         let msg = format!("{what}: {e}");
         if is_host_exhaustion(e) {
             RunnerError::HostResources(msg)
+        } else if e.raw_os_error() == Some(libc::E2BIG) {
+            RunnerError::LaunchFinal(msg)
         } else {
             RunnerError::Launch(msg)
         }
@@ -160,6 +166,11 @@ impl RunnerError {
     /// True when retrying later may succeed because the host, not the job, was the problem.
     pub fn is_host_resources(&self) -> bool {
         matches!(self, RunnerError::HostResources(_))
+    }
+
+    /// True when no retry can fix it ([`RunnerError::LaunchFinal`]).
+    pub fn is_final(&self) -> bool {
+        matches!(self, RunnerError::LaunchFinal(_))
     }
 }
 

@@ -90,6 +90,11 @@ impl LocalRunner {
     }
 }
 
+/// The largest args (as JSON, in bytes) given in `JOB_ARGS`: the kernel refuses an environment
+/// string over 128 KiB (`MAX_ARG_STRLEN`, `NAME=value` and its NUL included). Larger args are
+/// left out, `JOB_ARGS_SIZE` says their size, and the job reads them from its hook.
+pub const MAX_ENV_ARGS: usize = 120 * 1024;
+
 impl LocalRunner {
     /// The job's command and environment (the server's own only through `env_allow`).
     fn command(&self, spec: &JobSpec) -> Command {
@@ -115,8 +120,15 @@ impl LocalRunner {
             .env("JOB_SECRET_KEY", spec.secret.expose())
             .env("JOB_HOOK", &spec.hook_url)
             .env("JOB_TYPE", &spec.job_type)
-            .env("JOB_ATTEMPT", spec.attempt.to_string())
-            .env("JOB_ARGS", spec.args.to_string());
+            .env("JOB_ATTEMPT", spec.attempt.to_string());
+        let args = spec.args.to_string();
+        if args.len() <= MAX_ENV_ARGS {
+            cmd.env("JOB_ARGS", args);
+        } else {
+            // Linux takes no environment string over 128 KiB (`E2BIG`): the job reads its args
+            // from `GET {JOB_HOOK}/job`, as the Python client does when `JOB_ARGS` is unset.
+            cmd.env("JOB_ARGS_SIZE", args.len().to_string());
+        }
         cmd
     }
 
@@ -193,6 +205,8 @@ impl LocalRunner {
                 if libc::getppid() == 1 {
                     libc::_exit(137);
                 }
+                // 0, 1 and 2 (the job's pipes, already in place) and nothing the server inherited.
+                crate::isolation::cloexec_inherited();
                 Ok(())
             });
         }

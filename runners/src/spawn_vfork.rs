@@ -260,6 +260,8 @@ unsafe fn run(a: &ChildArgs) -> c_int {
     if !install(job.stdin, 0) || !install(a.stdout, 1) || !install(a.stderr, 2) {
         return errno();
     }
+    // Nothing else reaches the job: not the pipes' other ends, not what the server inherited.
+    crate::isolation::cloexec_inherited();
     if let Some(c) = &job.cwd {
         if libc::chdir(c.as_ptr()) != 0 {
             return errno();

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse_job_id, JobIdPath};
+use super::pages::{self, Page};
 use super::AppState;
 use crate::auth::tokens::Grant;
 use crate::job::{now_us, Backoff, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
@@ -443,7 +444,7 @@ pub async fn list_jobs(
     State(st): State<AppState>,
     crate::auth::access::Caller(grant): crate::auth::access::Caller,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let max = st.app.config.api.max_page;
     let limit = q.limit.unwrap_or(100);
@@ -457,17 +458,7 @@ pub async fn list_jobs(
     // stops are the same whatever other tenants store (filtering a page after it was made would
     // hand out a cursor, and a yes/no on the filters, about their jobs).
     query.visible = grant.visibility();
-    let page = st.app.store.list(query).await?;
-    Ok(Json(json!({
-        "jobs": page
-            .jobs
-            .iter()
-            // Never reached for a job the store should not have listed; kept as a second lock.
-            .filter(|j| grant.sees(&j.job_type, Some(&j.channel_id)))
-            .map(Job::to_public)
-            .collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    pages::jobs(&st, &grant, query).await
 }
 
 /// `POST /async/jobs/{id}/cancel`.
@@ -524,20 +515,30 @@ pub async fn job_logs(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
     q: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let job = st.job(id).await?;
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let mut left = q.limit.unwrap_or(1000).clamp(1, 10_000);
     // Sequence numbers are stored as i64.
-    let after = q.after.unwrap_or(0).min(i64::MAX as u64);
-    let lines = st.app.store.logs(id, after, limit).await?;
-    let next = lines.last().map(|l| l.seq).unwrap_or(after);
-    Ok(Json(json!({
-        "job_id": id,
-        "status": job.status,
-        "lines": lines,
-        "next": next,
-    })))
+    let mut next = q.after.unwrap_or(0).min(i64::MAX as u64);
+    // Read in chunks and written line by line within the page's bytes (`pages`); `next` is the
+    // last line written.
+    let mut page = Page::open(&format!(r#"{{"job_id":"{id}","lines":["#));
+    while left > 0 && !page.full {
+        let asked = left.min(pages::LOG_CHUNK);
+        let lines = st.app.store.logs(id, next, asked).await?;
+        for l in &lines {
+            if !page.push(l)? {
+                break;
+            }
+            next = l.seq;
+            left -= 1;
+        }
+        if lines.len() < asked {
+            break;
+        }
+    }
+    page.close(&[("next", &next), ("status", &job.status)])
 }
 
 /// `GET /async/jobs/{id}/result`: 200 once the job is finished, 409 before.

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod jobs;
 pub mod notify;
 pub mod openapi;
+pub mod pages;
 pub mod request_trace;
 pub mod runners;
 pub mod schedules;

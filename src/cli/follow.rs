@@ -314,7 +314,7 @@ pub fn end_line(job: &Value) -> String {
     }
     if let Some(e) = job["error"].as_str().filter(|e| !e.is_empty()) {
         s.push_str(": ");
-        s.push_str(e);
+        s.push_str(&crate::logging::visible(e));
     }
     s
 }
@@ -341,13 +341,19 @@ impl LogLine {
             .unwrap_or_else(|| "-".to_string())
     }
 
-    /// `2026-11-30T15:55:36.430Z #1 text` (`#-` when the attempt is not known).
+    /// `2026-11-30T15:55:36.430Z #1 text` (`#-` when the attempt is not known), its control
+    /// characters shown as escapes ([`crate::logging::visible`]): the job's output never drives
+    /// the operator's terminal.
     pub fn text(&self) -> String {
         let attempt = self
             .attempt
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".to_string());
-        format!("{} #{attempt} {}", self.time(), self.line)
+        format!(
+            "{} #{attempt} {}",
+            self.time(),
+            crate::logging::visible(&self.line)
+        )
     }
 
     /// `{"kind": "log", "seq", "stream", "ts", "attempt", "line"}`.

@@ -76,7 +76,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
+        // A job's text (its type, an error it reported) shown with its controls escaped.
+        Value::String(s) => crate::logging::visible(s).into_owned(),
         other => other.to_string(),
     }
 }

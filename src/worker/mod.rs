@@ -448,15 +448,17 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "launch failed");
-                self.finish(
-                    id,
-                    token,
+                let message = e.to_string();
+                let outcome = if e.is_final() {
+                    // The same launch would fail the same way: no attempt is spent on it.
+                    FinishOutcome::Aborted { message }
+                } else {
                     FinishOutcome::Failed {
-                        message: e.to_string(),
+                        message,
                         exit_code: None,
-                    },
-                )
-                .await;
+                    }
+                };
+                self.finish(id, token, outcome).await;
                 return;
             }
         };
