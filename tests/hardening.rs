@@ -449,6 +449,9 @@ async fn without_auth_a_page_on_a_rebound_host_name_is_refused() {
     }
     let (st, _) = as_page_of(&ts, "rebind.evil.example", reqwest::Method::GET, "/").await;
     assert_eq!(st, StatusCode::FORBIDDEN, "the dashboard too");
+    // Health probes name hosts of their own (a load balancer's): served.
+    let (st, _) = as_page_of(&ts, "lb.example", reqwest::Method::GET, "/health").await;
+    assert_eq!(st, StatusCode::OK, "/health");
     assert_eq!(ts.count_jobs(None).await, before, "nothing was created");
     // Loopback names and IP addresses (which cannot be rebound) are served.
     for host in ["localhost", "app.localhost", "127.0.0.1", "LOCALHOST"] {
