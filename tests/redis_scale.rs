@@ -853,10 +853,10 @@ async fn hook_replays_are_refused_across_api_nodes() {
     assert_eq!(st, 409, "{v}");
 }
 
-/// A process refreshes a channel stream's TTL at most once per 1/64 of `retention.events` (see
-/// `RedisStore::ttl_due`): every channel stream still gets its TTL, and every event its entry.
+/// A process refreshes a channel's TTL at most once per 1/64 of `retention.events` (see
+/// `RedisStore::ttl_due`): every channel list still gets its TTL, and every event its entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_channel_stream_expires_though_refreshes_are_skipped() {
+async fn every_channel_list_expires_though_refreshes_are_skipped() {
     let redis = TestRedis::start();
     let store = RedisStore::connect(RedisSettings {
         prefix: redis.prefix.clone(),
@@ -876,13 +876,13 @@ async fn every_channel_stream_expires_though_refreshes_are_skipped() {
     }
     let mut c = redis_conn(&redis.url).await;
     for (chan, n) in [("a", 3), ("b", 1)] {
-        let key = format!("{}:evc:{chan}", redis.prefix);
-        let len: u64 = redis::cmd("XLEN")
+        let key = format!("{}:evl:{chan}", redis.prefix);
+        let len: u64 = redis::cmd("LLEN")
             .arg(&key)
             .query_async(&mut c)
             .await
             .unwrap();
-        assert_eq!(len, n, "every event in the channel stream {chan}");
+        assert_eq!(len, n, "every event in the channel list {chan}");
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut c)

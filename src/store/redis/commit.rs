@@ -29,7 +29,7 @@ const LATE_BATCH_MAX: usize = 32;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
-/// How long a process may go without refreshing a channel stream's TTL: 1/64 of
+/// How long a process may go without refreshing a channel's TTL: 1/64 of
 /// `retention.events`, when that is at least an hour and so long that the slack and a commit's
 /// longest wait take little of it (else every event refreshes).
 fn channel_ttl_slack(s: &RedisSettings) -> Option<Duration> {
@@ -81,7 +81,7 @@ pub(super) enum LateOutcome {
     /// The finish, refused by the status rules before anything of it was sent.
     Refused(Command, StoreError),
     /// The finish, sent in one write with the caller's (in its place): that write (the job as
-    /// the finish leaves it, both events), and whether it refreshed the channel stream's TTL.
+    /// the finish leaves it, both events), and whether it refreshed the channel's TTL.
     /// Its reply is the caller's.
     Sent(Command, Box<Write>, bool),
 }
@@ -465,13 +465,13 @@ impl RedisStore {
         cmd
     }
 
-    /// Whether a write's event should refresh its channel stream's TTL. Each event used to
+    /// Whether a write's event should refresh its channel's TTL. Each event used to
     /// (a `PEXPIRE` per event); now a process refreshes a channel at most once per
     /// [`channel_ttl_slack`] (when the TTL is long enough for that, see there), and not at all
     /// for a change of a job created less than half that slack ago (by its time `created_at`,
     /// so a skew of the nodes' clocks up to half the slack is allowed for): its submit
     /// refreshed the channel, or its process had within the slack before (a worker's claim,
-    /// start and finish of a quick job send none). A channel stream so lives at least
+    /// start and finish of a quick job send none). A channel list so lives at least
     /// `retention.events` minus twice that slack after its last event, which `events.lua` is
     /// told ([`RedisStore::channel_ttl_read`]).
     fn ttl_due(&self, w: &Write) -> bool {

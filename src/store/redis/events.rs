@@ -1,5 +1,5 @@
-//! [`EventLog`] for Redis: `P:ev` the global event stream, `P:evc:{channel}` a channel's stream
-//! (`lua/events.lua`).
+//! [`EventLog`] for Redis: `P:ev` the global event stream, `P:evl:{channel}` a channel's list, and
+//! `P:evc:{channel}` a channel's stream as builds before the list wrote it (`lua/events.lua`).
 
 use super::*;
 
@@ -73,16 +73,19 @@ impl EventLog for RedisStore {
         let chan = channel.unwrap_or("").to_string();
         let now_ms = self.now().await / 1000;
         let global = self.key("ev");
-        let stream = match chan.as_str() {
-            "" => global.clone(),
-            c => self.keyed("evc:", c),
+        // A channel: its stream (older builds) and its list.
+        let (stream, list) = match chan.as_str() {
+            "" => (global.clone(), None),
+            c => (self.keyed("evc:", c), Some(self.keyed("evl:", c))),
         };
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.events.prepare_invoke();
-                inv.key(&stream)
-                    .key(&global)
-                    .arg("chan")
+                inv.key(&stream).key(&global);
+                if let Some(l) = &list {
+                    inv.key(l);
+                }
+                inv.arg("chan")
                     .arg(u8::from(!chan.is_empty()))
                     .arg("last")
                     .arg(&last)

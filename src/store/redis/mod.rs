@@ -2,8 +2,8 @@
 //!
 //! The status rules stay in Rust: a change loads the job, runs [`crate::job::apply`] and commits
 //! with `lua/commit.lua`, a compare-and-set on the job's `version` that also updates the index
-//! keys and appends the event to the global and the channel stream, atomically. A conflict means
-//! another process wrote the job in between: load and apply again.
+//! keys and appends the event to the global stream and the channel list, atomically. A conflict
+//! means another process wrote the job in between: load and apply again.
 //!
 //! # Keys (all under the configured prefix `P`, so several deployments can share one Redis)
 //! - `P:job:{id}` hash: `v` version, `s` status, `r` runner, `q` queued_at, `c` channel,
@@ -16,8 +16,11 @@
 //! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
 //!   `P:fhashes` every referenced file hash.
 //! - `P:log:{id}` list of log lines, `P:logn:{id}` their sequence counter.
-//! - `P:ev` the global event stream, `P:evc:{channel}` a channel's stream (same ids), trimmed
-//!   with `XADD MAXLEN ~` and, for channels, expiring after `retention.events` without events.
+//! - `P:ev` the global event stream, trimmed with `XADD MAXLEN ~`; `P:evl:{channel}` a
+//!   channel's list of `<id> <event>` (the global stream's ids), exactly `events.channel_limit`
+//!   (a head `~` once trimmed), expiring after `retention.events` without events;
+//!   `P:evc:{channel}` a channel's stream as builds before the list wrote it, still read.
+//!   (See `lua/commit.lua` `chan_push`, `lua/events.lua`.)
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake

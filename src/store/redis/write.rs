@@ -81,7 +81,7 @@ impl Write {
     /// What `commit.lua` receives for this write: its named values, its own keys and the shared
     /// keys it touches (see the script's header). Only what this kind of write changes is
     /// declared: a heartbeat names its job and the lease set, nothing else. `prefix` is the
-    /// store's key prefix; `ttl`: refresh the channel stream's TTL with the event (see
+    /// store's key prefix; `ttl`: refresh the channel list's TTL with the event (see
     /// [`RedisStore::ttl_due`]).
     pub(super) fn parts<'a>(&self, prefix: &'a str, ttl: bool) -> Parts<'a> {
         let j = &self.job;
@@ -140,7 +140,7 @@ impl Write {
         if self.event.is_some() || self.event0.is_some() {
             p.shared(EV);
             p.shared(EVWANT);
-            p.own("evc", "evc:", &j.channel_id);
+            p.own("evl", "evl:", &j.channel_id);
             if ttl {
                 p.val("ttl", 1);
             }
@@ -525,7 +525,7 @@ mod tests {
                 "P:st:QUEUED".into(),
                 "P:qt:t".into(),
                 "P:q:r".into(),
-                format!("P:evc:{id}"),
+                format!("P:evl:{id}"),
             ]
         );
         assert_eq!(shared, ["all", "jc", "ev", "evwant"]);

@@ -1,21 +1,29 @@
--- Reads events after `last_id` (exclusive) from the global or a channel stream, and says first
--- whether events after `last_id` are gone (a resync), never leaving a silent gap:
--- - trimmed (MAXLEN at XADD, XTRIM at retention; trimming only ever removes the oldest entries,
---   and runyard never XDELs): when the stream lost entries (entries-added > length), every
---   removed id is below the first kept one, so `last_id` below the first kept id's predecessor
---   may have missed some. The resync id is that predecessor: reading on from it is gap-free.
---   (A client whose `last_id` was itself the last removed entry gets a resync it did not
---   strictly need: safe, and rare.)
--- - a channel stream that expired (idle for the channel TTL) and was created again: events of
---   the old stream are older than the new first entry minus the TTL;
--- - a channel stream that expired and is absent: `last_id` older than now minus the TTL (the
---   resync id is then the global stream's last id, which every later event follows).
+-- Reads events after `last_id` (exclusive) from the global stream or a channel, and says first
+-- whether events after `last_id` are gone (a resync), never leaving a silent gap.
 --
--- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`.
--- ARGV is name/value pairs: `chan` 1 for a channel stream, 0 for the global one, `last` last id
+-- A channel's events are in its list `P:evl:{channel}` (entries `<id> <event>`, oldest first,
+-- see `chan_push` in commit.lua), and, when builds before the list wrote them, in its stream
+-- `P:evc:{channel}` (which lives on until it expires): both are read and merged by id.
+--
+-- Resync rules (each gives an id; the greatest applies; events up to it may be missing):
+-- - trimmed (a stream: MAXLEN at XADD, XTRIM at retention, when entries-added > length; a
+--   list: its head is the marker `~`; trimming only ever removes the oldest entries, and
+--   runyard never XDELs): every removed id is below the first kept one, so `last_id` below the
+--   first kept id's predecessor may have missed some. The resync id is that predecessor:
+--   reading on from it is gap-free. (A client whose `last_id` was itself the last removed entry
+--   gets a resync it did not strictly need: safe, and rare.)
+-- - a channel that expired (idle for the channel TTL) and was created again: events of the old
+--   one are older than the oldest kept entry minus the TTL;
+-- - a channel that expired and is absent: `last_id` older than now minus the TTL (the resync id
+--   is then the global stream's last id, which every later event follows).
+-- The events returned are those after `last_id` and after the resync id.
+--
+-- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`,
+-- KEYS[3] (channel reads) the channel's list `P:evl:{channel}`.
+-- ARGV is name/value pairs: `chan` 1 for a channel, 0 for the global stream, `last` last id
 -- ('' = from the oldest kept), `limit`, `now` (ms), `ttl` the channel TTL (ms).
 -- Returns {resync id or '', id1, event1, id2, event2, ...}.
-local key, global = KEYS[1], KEYS[2]
+local key, global, lkey = KEYS[1], KEYS[2], KEYS[3]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
 local is_chan = A.chan == '1'
@@ -45,46 +53,138 @@ local function info(k)
   for i = 1, #r, 2 do t[r[i]] = r[i + 1] end
   return t
 end
+-- The id of a list entry (nil for the marker).
+local function id_of(e)
+  return string.match(e, '^(%d+%-%d+) ')
+end
+
+-- A list this short is read whole at once (one command); a longer one is searched by index.
+local SMALL = 64
+-- The channel's list: its length `n`, `off` 1 when its head is the marker (else 0), `first`
+-- the oldest kept entry's id, `all` its elements when it is short.
+local L
+if is_chan and lkey then
+  local n = redis.call('LLEN', lkey)
+  if n > 0 then
+    local all = n <= SMALL and redis.call('LRANGE', lkey, 0, -1) or nil
+    local function at(i)
+      if all then return all[i + 1] end
+      return redis.call('LINDEX', lkey, i)
+    end
+    local off = at(0) == '~' and 1 or 0
+    local fe = at(off)
+    L = { n = n, off = off, first = fe and id_of(fe), all = all }
+  end
+end
+local has_stream = redis.call('EXISTS', key) == 1
 
 local resync = ''
+local function raise(id)
+  if resync == '' or less(resync, id) then resync = id end
+end
 if last ~= '' then
   local lms = parse(last)
-  if redis.call('EXISTS', key) == 1 then
+  -- The oldest entry the channel keeps (stream and list).
+  local first
+  if has_stream then
     local t = info(key)
-    local first = t['first-entry']
+    local f = t['first-entry']
     if tonumber(t['entries-added']) > tonumber(t['length']) then
-      if first and first[1] then
-        local p = pred(first[1])
-        if less(last, p) then resync = p end
+      if f and f[1] then
+        local p = pred(f[1])
+        if less(last, p) then raise(p) end
       elseif less(last, t['last-generated-id']) then
-        resync = t['last-generated-id']
+        raise(t['last-generated-id'])
       end
     end
-    if is_chan and first and first[1] then
-      local fms = parse(first[1])
-      if lms < fms - ttl then
-        local cut = (fms - ttl) .. '-0'
-        if resync == '' or less(resync, cut) then resync = cut end
-      end
+    if f and f[1] then first = f[1] end
+  end
+  if L and L.first then
+    if L.off == 1 then
+      local p = pred(L.first)
+      if less(last, p) then raise(p) end
     end
-  elseif is_chan and lms < now - ttl and redis.call('EXISTS', global) == 1 then
-    local g = info(global)['last-generated-id']
-    if g and less(last, g) then resync = g end
+    if not first or less(L.first, first) then first = L.first end
+  end
+  if is_chan then
+    if first then
+      local fms = parse(first)
+      if lms < fms - ttl then raise((fms - ttl) .. '-0') end
+    elseif not has_stream and not L and lms < now - ttl
+      and redis.call('EXISTS', global) == 1 then
+      local g = info(global)['last-generated-id']
+      if g and less(last, g) then raise(g) end
+    end
   end
 end
 
-local entries
-if last == '' then
-  entries = redis.call('XRANGE', key, '-', '+', 'COUNT', limit)
-else
-  entries = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', limit)
+-- Everything returned is after `from`.
+local from = last
+if resync ~= '' and (from == '' or less(from, resync)) then from = resync end
+
+-- The stream's entries after `from`: ids and events.
+local sid, sev = {}, {}
+if has_stream then
+  local entries
+  if from == '' then
+    entries = redis.call('XRANGE', key, '-', '+', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', key, '(' .. from, '+', 'COUNT', limit)
+  end
+  for _, e in ipairs(entries) do
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'e' then
+        sid[#sid + 1] = e[1]
+        sev[#sev + 1] = f[i + 1]
+      end
+    end
+  end
 end
+
+-- The list's entries after `from` (at most `limit`).
+local lent = {}
+if L then
+  local items
+  if L.all then
+    items = {}
+    for i = L.off + 1, #L.all do items[#items + 1] = L.all[i] end
+  else
+    -- The first index whose id is after `from` (ids increase along the list).
+    local lo, hi = L.off, L.n
+    if from ~= '' then
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        local id = id_of(redis.call('LINDEX', lkey, mid) or '')
+        if id and less(from, id) then hi = mid else lo = mid + 1 end
+      end
+    end
+    items = lo < L.n and redis.call('LRANGE', lkey, lo, lo + limit - 1) or {}
+  end
+  for _, e in ipairs(items) do
+    local id = id_of(e)
+    if id and (from == '' or less(from, id)) then
+      lent[#lent + 1] = e
+      if #lent >= limit then break end
+    end
+  end
+end
+
+-- Both merged by id, at most `limit` (an id in both, which no writer makes, once).
 local out = { resync }
-for _, e in ipairs(entries) do
-  out[#out + 1] = e[1]
-  local f = e[2]
-  for i = 1, #f, 2 do
-    if f[i] == 'e' then out[#out + 1] = f[i + 1] end
+local i, j = 1, 1
+for _ = 1, limit do
+  local sid_i, lid = sid[i], lent[j] and id_of(lent[j])
+  if not sid_i and not lid then break end
+  if sid_i and (not lid or not less(lid, sid_i)) then
+    out[#out + 1] = sid_i
+    out[#out + 1] = sev[i]
+    i = i + 1
+    if lid == sid_i then j = j + 1 end
+  else
+    out[#out + 1] = lid
+    out[#out + 1] = string.sub(lent[j], #lid + 2)
+    j = j + 1
   end
 end
 return out
