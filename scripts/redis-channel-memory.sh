@@ -4,7 +4,7 @@
 # bytes (a job's four by default: QUEUED, STARTING, RUNNING, SUCCESS) into a fresh key the way
 # builds before session 16 did (a stream, `XADD ... e EVENT`) and the way they do now (a list of
 # `<id> <event>`), each with a TTL, and prints `MEMORY USAGE` of each and the `used_memory`
-# growth per channel over K channels. Kills only the redis-server it started.
+# growth per channel over K channels, and the time Redis spent in those commands per channel. Kills only the redis-server it started.
 #
 #   scripts/redis-channel-memory.sh [N events per channel] [K channels]   (default: 4 1000)
 set -euo pipefail
@@ -74,6 +74,7 @@ for kind in ("stream", "list"):
     fill(kind, key, job)
     one = int(cmd("MEMORY", "USAGE", key, "SAMPLES", 0))
     cmd("FLUSHALL")
+    cmd("CONFIG", "RESETSTAT")
     def used():
         info = cmd("INFO", "memory").decode()
         return int(next(l.split(":")[1] for l in info.splitlines() if l.startswith("used_memory:")))
@@ -82,7 +83,16 @@ for kind in ("stream", "list"):
         job = str(uuid.uuid4())
         fill(kind, "runyard:ev%s:%s" % ("c" if kind == "stream" else "l", job), job)
     grow = (used() - before) / k
+    stats = cmd("INFO", "commandstats").decode()
+    def usec(name):
+        for l in stats.splitlines():
+            if l.startswith("cmdstat_%s:" % name):
+                return int(l.split("usec=")[1].split(",")[0])
+        return 0
+    spent = usec("xadd" if kind == "stream" else "rpush") + usec("pexpire")
+    cmd("CONFIG", "RESETSTAT")
     cmd("FLUSHALL")
-    print("%-6s %d events: MEMORY USAGE %d bytes; used_memory growth %.0f bytes per channel (%d channels)"
-          % (kind, n, one, grow, k))
+    print("%-6s %d events: MEMORY USAGE %d bytes; used_memory growth %.0f bytes per channel (%d channels); "
+          "command time %.2f us per channel (INFO commandstats: the appends and PEXPIRE)"
+          % (kind, n, one, grow, k, spent / k))
 PY
