@@ -96,22 +96,14 @@ async fn paged(s: &Arc<dyn Store>, channel: &str, limit: usize) -> Vec<Event> {
     panic!("paging did not end");
 }
 
-/// A channel stream written by a build before the list (XADD into `P:evc:{channel}` with the
-/// global id, field `e`) is read as it was, and once new events go to the list, both are read
-/// as one channel, in order, page by page.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_stream_written_by_an_older_build_is_still_read() {
-    let r = TestRedis::start();
-    let s = open(&r, 1000, DAY).await;
-    submit_into(&s, "up", 3).await;
-    let before = s.events(Some("up"), None, 100).await.expect("events");
-    assert_eq!(before.len(), 3);
-    // Turn the channel into what an older build left: its stream, same ids and bodies.
+/// Turns `channel`'s list into what a build before the list left: its stream `P:evc:{channel}`
+/// (same ids, field `e`, the list's TTL), the list deleted. Returns how many entries moved.
+async fn to_old_stream(r: &TestRedis, channel: &str) -> usize {
     let (list, stream) = (
-        format!("{}:evl:up", r.prefix),
-        format!("{}:evc:up", r.prefix),
+        format!("{}:evl:{channel}", r.prefix),
+        format!("{}:evc:{channel}", r.prefix),
     );
-    let mut c = conn(&r).await;
+    let mut c = conn(r).await;
     let raw: Vec<String> = ::redis::cmd("LRANGE")
         .arg(&list)
         .arg(0)
@@ -119,7 +111,11 @@ async fn a_channel_stream_written_by_an_older_build_is_still_read() {
         .query_async(&mut c)
         .await
         .expect("lrange");
-    assert_eq!(raw.len(), 3, "one list entry per event: {raw:?}");
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&list)
+        .query_async(&mut c)
+        .await
+        .expect("pttl");
     for e in &raw {
         let (id, body) = e.split_once(' ').expect("`<id> <event>`");
         let _: String = ::redis::cmd("XADD")
@@ -131,11 +127,36 @@ async fn a_channel_stream_written_by_an_older_build_is_still_read() {
             .await
             .expect("xadd");
     }
+    if ttl > 0 {
+        let _: i64 = ::redis::cmd("PEXPIRE")
+            .arg(&stream)
+            .arg(ttl)
+            .query_async(&mut c)
+            .await
+            .expect("pexpire");
+    }
     let _: () = ::redis::cmd("DEL")
         .arg(&list)
         .query_async(&mut c)
         .await
         .expect("del");
+    raw.len()
+}
+
+/// A channel stream written by a build before the list (XADD into `P:evc:{channel}` with the
+/// global id, field `e`) is read as it was, and once new events go to the list, both are read
+/// as one channel, in order, page by page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_stream_written_by_an_older_build_is_still_read() {
+    let r = TestRedis::start();
+    let s = open(&r, 1000, DAY).await;
+    submit_into(&s, "up", 3).await;
+    let before = s.events(Some("up"), None, 100).await.expect("events");
+    assert_eq!(before.len(), 3);
+    // Turn the channel into what an older build left: its stream, same ids and bodies.
+    let stream = format!("{}:evc:up", r.prefix);
+    let mut c = conn(&r).await;
+    assert_eq!(to_old_stream(&r, "up").await, 3, "one list entry per event");
     // The old stream alone: the same events, from the start and from each id.
     assert_eq!(s.events(Some("up"), None, 100).await.unwrap(), before);
     for (i, e) in before.iter().enumerate() {
@@ -181,11 +202,7 @@ async fn a_channel_past_its_limit_keeps_its_newest_events_and_says_resync() {
     let all = in_global(&s, "c").await;
     assert_eq!(all.len(), 5);
     let kept = s.events(Some("c"), None, 100).await.unwrap();
-    assert_eq!(
-        ids(&kept),
-        ids(&all[2..]),
-        "exactly the newest 3, no resync"
-    );
+    assert_eq!(ids(&kept), ids(&all[2..]), "exactly the newest 3");
     let page = s.events(Some("c"), Some(&all[0].id), 100).await.unwrap();
     assert_eq!(page[0].kind, "resync", "never a silent gap: {page:?}");
     assert_eq!(page[0].channel_id, "c");
@@ -261,17 +278,18 @@ async fn a_long_channel_reads_the_same_from_every_id() {
     }
 }
 
-/// A channel that expired (`retention.events` without an event, here 1 s): a reader behind it
+/// A channel that expired (`retention.events` without an event, here 3 s, long
+/// enough that a busy machine does not expire it between the test's first steps): a reader behind it
 /// gets a resync, whether the channel is gone or was created again by a newer event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_channel_says_resync_gone_or_created_again() {
     let r = TestRedis::start();
-    let s = open(&r, 1000, Duration::from_secs(1)).await;
+    let s = open(&r, 1000, Duration::from_secs(3)).await;
     let j = s.submit(job_in("x")).await.expect("submit").job;
     s.apply(j.id, Command::Cancel).await.expect("cancel");
     let first = s.events(Some("x"), None, 10).await.unwrap();
     assert_eq!(first.len(), 2, "QUEUED, CANCELLED");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     // Gone: the events after the first were there and are no more.
     let page = s.events(Some("x"), Some(&first[0].id), 10).await.unwrap();
     assert_eq!(page.len(), 1, "{page:?}");
@@ -371,4 +389,30 @@ async fn a_jobs_own_channel_is_small_and_expires() {
         "a job's channel takes {bytes} bytes"
     );
     assert!(ttl > 23 * 3600 * 1000, "the channel expires: PTTL {ttl} ms");
+}
+
+/// Upgrade: a job submitted by a build before the list (its channel's stream got the TTL) and
+/// changed by this build within the slack (which skips the TTL refresh: "its submit set it"):
+/// the list that change creates still expires, as every channel key must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_created_by_a_change_that_skips_the_ttl_refresh_still_expires() {
+    let r = TestRedis::start();
+    let s = open(&r, 1000, DAY).await;
+    let j = s.submit(job_in("mixed")).await.expect("submit").job;
+    // The submit as an older build made it: its event in the stream, with the TTL.
+    assert_eq!(to_old_stream(&r, "mixed").await, 1);
+    // This build cancels it (a change of a job just created: no refresh asked).
+    s.apply(j.id, Command::Cancel).await.expect("cancel");
+    let evs = s.events(Some("mixed"), None, 10).await.unwrap();
+    assert_eq!(evs.len(), 2, "QUEUED (stream), CANCELLED (list): {evs:?}");
+    let mut c = conn(&r).await;
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{}:evl:mixed", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl > 23 * 3600 * 1000,
+        "the new list expires with the channel: PTTL {ttl} ms"
+    );
 }

@@ -471,7 +471,9 @@ impl RedisStore {
     /// for a change of a job created less than half that slack ago (by its time `created_at`,
     /// so a skew of the nodes' clocks up to half the slack is allowed for): its submit
     /// refreshed the channel, or its process had within the slack before (a worker's claim,
-    /// start and finish of a quick job send none). A channel list so lives at least
+    /// start and finish of a quick job send none). A push that creates the list sets its TTL
+    /// whatever this says (`commit.lua`): a submit by a build before the list set it on the
+    /// channel's stream, not on the list. A channel list so lives at least
     /// `retention.events` minus twice that slack after its last event, which `events.lua` is
     /// told ([`RedisStore::channel_ttl_read`]).
     fn ttl_due(&self, w: &Write) -> bool {

@@ -37,7 +37,7 @@
 --   delivery) appended right before `event`: the write is two changes of the job in one (an
 --   attempt's start and its finish, see src/store/redis/start.rs: the job goes from the stored
 --   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel list's
---   TTL), and `keys`, the names of the keys the write touches, in order (space separated). A
+--   TTL; a push that creates the list sets it anyway), and `keys`, the names of the keys the write touches, in order (space separated). A
 --   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `djob`
@@ -287,25 +287,30 @@ end
 -- (Redis 7.0 preallocates 4 KB for a new stream node) and less CPU to create. Once the channel
 -- lost entries to `climit`, the list's head is the marker `~` in place of the entries dropped
 -- (what `events.lua` reads as "trimmed", as a stream's entries-added > length): exactly
--- `climit` entries are kept after it.
+-- `climit` entries are kept after it. Returns the list's length after the push, before any trim
+-- (1: the push created it).
 local function chan_push(key, eid, ev)
   local n = redis.call('RPUSH', key, eid .. ' ' .. ev)
-  if n <= climit then return end
-  local marked = redis.call('LINDEX', key, 0) == '~'
-  if marked and n == climit + 1 then return end
+  if n <= climit then return n end
   -- Keep the newest `climit` + 1 elements, the first of them (the marker, or an entry past the
   -- limit) becoming the marker.
-  if n > climit + 1 then redis.call('LTRIM', key, n - climit - 1, -1) end
+  if n == climit + 1 then
+    if redis.call('LINDEX', key, 0) == '~' then return n end
+  else
+    redis.call('LTRIM', key, n - climit - 1, -1)
+  end
   redis.call('LSET', key, 0, '~')
+  return n
 end
 
 -- Appends event `ev` of write `w` (with its delivery `dlv`, if any); returns its id.
+-- `created`: whether the push created the channel's list.
 local function append(w, K, ev, dlv)
   local eid = xadd(K.ev, glimit, ev)
   evented = true
-  chan_push(K.evl, eid, ev)
+  local created = chan_push(K.evl, eid, ev) == 1
   if dlv then deliver(w, K, eid, ev, dlv) end
-  return eid
+  return eid, created
 end
 
 local function commit_one(w)
@@ -339,10 +344,14 @@ local function commit_one(w)
   index(w, K, old)
   if w.wait then wait_move(w, K) end
   if w.emits then emit(w, K) end
-  local eid = ''
-  if w.event0 then eid = append(w, K, w.event0, w.dlv0) end
-  if w.event then eid = append(w, K, w.event, w.dlv) end
-  if w.ttl and (w.event0 or w.event) then redis.call('PEXPIRE', K.evl, cttl) end
+  local eid, made0, made = '', false, false
+  if w.event0 then eid, made0 = append(w, K, w.event0, w.dlv0) end
+  if w.event then eid, made = append(w, K, w.event, w.dlv) end
+  -- A list just created gets its TTL whatever `w.ttl` says: a write skips the refresh when the
+  -- job's submit set it, but a submit by a build before the list set it on the old stream.
+  if w.ttl and (w.event0 or w.event) or made0 or made then
+    redis.call('PEXPIRE', K.evl, cttl)
+  end
   return 'OK:' .. eid
 end
 
