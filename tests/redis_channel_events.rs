@@ -416,3 +416,171 @@ async fn a_list_created_by_a_change_that_skips_the_ttl_refresh_still_expires() {
         "the new list expires with the channel: PTTL {ttl} ms"
     );
 }
+
+/// `events.lua` run as the store runs it, on keys the test writes: the stream `P:evc:ch`
+/// (entries `id`), the list `P:evl:ch` (entries `id` or the marker `~`), a read after `last`
+/// at `now` (ms) with the channel TTL `ttl` (ms). Returns (resync id, the ids returned).
+async fn read_at(
+    r: &TestRedis,
+    stream: &[&str],
+    trim_stream_to: Option<usize>,
+    list: &[&str],
+    last: &str,
+    now: u64,
+    ttl: u64,
+) -> (String, Vec<String>) {
+    let p = &r.prefix;
+    let (skey, lkey, gkey) = (
+        format!("{p}:evc:ch"),
+        format!("{p}:evl:ch"),
+        format!("{p}:ev"),
+    );
+    let mut c = conn(r).await;
+    let _: () = ::redis::cmd("DEL")
+        .arg(&skey)
+        .arg(&lkey)
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    for id in stream {
+        let _: String = ::redis::cmd("XADD")
+            .arg(&skey)
+            .arg(*id)
+            .arg("e")
+            .arg(format!("ev{id}"))
+            .query_async(&mut c)
+            .await
+            .expect("xadd");
+    }
+    if let Some(n) = trim_stream_to {
+        let _: i64 = ::redis::cmd("XTRIM")
+            .arg(&skey)
+            .arg("MAXLEN")
+            .arg(n)
+            .query_async(&mut c)
+            .await
+            .expect("xtrim");
+    }
+    for e in list {
+        let v = if *e == "~" {
+            "~".to_string()
+        } else {
+            format!("{e} ev{e}")
+        };
+        let _: i64 = ::redis::cmd("RPUSH")
+            .arg(&lkey)
+            .arg(v)
+            .query_async(&mut c)
+            .await
+            .expect("rpush");
+    }
+    let out: Vec<String> = ::redis::Script::new(include_str!("../src/store/redis/lua/events.lua"))
+        .key(&skey)
+        .key(&gkey)
+        .key(&lkey)
+        .arg("chan")
+        .arg(1)
+        .arg("last")
+        .arg(last)
+        .arg("limit")
+        .arg(100)
+        .arg("now")
+        .arg(now)
+        .arg("ttl")
+        .arg(ttl)
+        .invoke_async(&mut c)
+        .await
+        .expect("events.lua");
+    let ids = out[1..].chunks(2).map(|e| e[0].clone()).collect();
+    for e in out[1..].chunks(2) {
+        assert_eq!(e[1], format!("ev{}", e[0]), "each event with its id");
+    }
+    (out[0].clone(), ids)
+}
+
+/// Upgrade: the older build's stream (4000, 4500) expired, the list (4600, 6000, 8000) lives. A
+/// reader at 4000 missed 4500, which no key holds any more: a resync, never a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_stream_beside_a_live_list_says_resync() {
+    let r = TestRedis::start();
+    let list = ["4600-0", "6000-0", "8000-0"];
+    let (resync, got) = read_at(&r, &[], None, &list, "4000-0", 8500, 3000).await;
+    assert_ne!(resync, "", "4500 is gone: {got:?}");
+    assert!(pos(&resync) >= pos("4500-0"), "resync {resync}");
+    let rest: Vec<&str> = list.into_iter().filter(|i| pos(i) > pos(&resync)).collect();
+    assert_eq!(got, rest, "the list after the resync id");
+    // A reader at 4600 (within the TTL: nothing of the stream was after it): no resync.
+    let (resync, got) = read_at(&r, &[], None, &list, "6000-0", 8500, 3000).await;
+    assert_eq!((resync.as_str(), got), ("", vec!["8000-0".to_string()]));
+}
+
+/// The list expired while the older build's stream lived (1000, 7000), then was created again
+/// (9000): a reader at 2000 (an entry of the expired list) gets a resync, though the stream's
+/// oldest entry is older than the TTL before the list's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_created_again_beside_a_live_stream_says_resync() {
+    let r = TestRedis::start();
+    let (resync, got) = read_at(
+        &r,
+        &["1000-0", "7000-0"],
+        None,
+        &["9000-0"],
+        "2000-0",
+        9500,
+        3000,
+    )
+    .await;
+    assert_ne!(
+        resync, "",
+        "the expired list's events after 2000 are gone: {got:?}"
+    );
+    assert!(pos(&resync) < pos("7000-0"), "resync {resync}");
+    assert_eq!(got, ["7000-0", "9000-0"]);
+    // A reader at 7000 (the stream kept everything after it, the list is newer): no resync.
+    let (resync, got) = read_at(
+        &r,
+        &["1000-0", "7000-0"],
+        None,
+        &["9000-0"],
+        "7000-0",
+        9500,
+        3000,
+    )
+    .await;
+    assert_eq!((resync.as_str(), got), ("", vec!["9000-0".to_string()]));
+}
+
+/// Both keys trimmed: the stream kept 1002 (1001 dropped), the list dropped 1004 and kept 1005.
+/// A read from the oldest kept starts after the last dropped event: 1005 alone, no gap in the
+/// middle (1002 then 1005 would hide the loss of 1004).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_the_oldest_kept_has_no_gap_when_both_keys_were_trimmed() {
+    let r = TestRedis::start();
+    let (resync, got) = read_at(
+        &r,
+        &["1001-0", "1002-0"],
+        Some(1),
+        &["~", "1005-0"],
+        "",
+        1010,
+        100_000,
+    )
+    .await;
+    assert_eq!((resync.as_str(), got), ("", vec!["1005-0".to_string()]));
+    // The same from 1002: a resync (1004 is gone), then 1005.
+    let (resync, got) = read_at(
+        &r,
+        &["1001-0", "1002-0"],
+        Some(1),
+        &["~", "1005-0"],
+        "1002-0",
+        1010,
+        100_000,
+    )
+    .await;
+    assert!(
+        pos(&resync) >= pos("1004-0") && pos(&resync) < pos("1005-0"),
+        "resync {resync}"
+    );
+    assert_eq!(got, ["1005-0"]);
+}

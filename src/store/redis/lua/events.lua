@@ -12,11 +12,16 @@
 --   first kept id's predecessor may have missed some. The resync id is that predecessor:
 --   reading on from it is gap-free. (A client whose `last_id` was itself the last removed entry
 --   gets a resync it did not strictly need: safe, and rare.)
--- - a channel that expired (idle for the channel TTL) and was created again: events of the old
---   one are older than the oldest kept entry minus the TTL;
--- - a channel that expired and is absent: `last_id` older than now minus the TTL (the resync id
---   is then the global stream's last id, which every later event follows).
--- The events returned are those after `last_id` and after the resync id.
+-- - a channel that expired (idle for the channel TTL): each of its two keys on its own, as
+--   either may have expired while the other lived (an upgrade: the stream written by an older
+--   build expires, the list lives on): a key that exists may have been created again, the
+--   events of the expired one being older than its oldest kept entry minus the TTL; a key that
+--   is absent may have expired, its events older than now minus the TTL (so a `last_id` older
+--   than the TTL gets a resync, needless when that key never existed: safe); both absent: the
+--   resync id is the global stream's last id, which every later event follows.
+-- The events returned are those after `last_id` and after the resync id. A channel read from
+-- the oldest kept (`last_id` '') starts after the greatest trimmed key's cut, so that what one
+-- key kept before the other's dropped events does not leave a gap in the middle.
 --
 -- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`,
 -- KEYS[3] (channel reads) the channel's list `P:evl:{channel}`.
@@ -82,45 +87,58 @@ local resync = ''
 local function raise(id)
   if resync == '' or less(resync, id) then resync = id end
 end
+-- Each trimmed key's cut: the predecessor of its oldest kept entry (events up to it may be
+-- gone), or, for an emptied stream, its last id. `sfirst`: the stream's oldest kept entry.
+local cuts, sfirst = {}, nil
+if has_stream then
+  local t = info(key)
+  local f = t['first-entry']
+  if f and f[1] then sfirst = f[1] end
+  if tonumber(t['entries-added']) > tonumber(t['length']) then
+    cuts[#cuts + 1] = sfirst and pred(sfirst) or t['last-generated-id']
+  end
+end
+if L and L.first and L.off == 1 then cuts[#cuts + 1] = pred(L.first) end
 if last ~= '' then
   local lms = parse(last)
-  -- The oldest entry the channel keeps (stream and list).
-  local first
-  if has_stream then
-    local t = info(key)
-    local f = t['first-entry']
-    if tonumber(t['entries-added']) > tonumber(t['length']) then
-      if f and f[1] then
-        local p = pred(f[1])
-        if less(last, p) then raise(p) end
-      elseif less(last, t['last-generated-id']) then
-        raise(t['last-generated-id'])
-      end
-    end
-    if f and f[1] then first = f[1] end
-  end
-  if L and L.first then
-    if L.off == 1 then
-      local p = pred(L.first)
-      if less(last, p) then raise(p) end
-    end
-    if not first or less(L.first, first) then first = L.first end
+  for _, c in ipairs(cuts) do
+    if less(last, c) then raise(c) end
   end
   if is_chan then
-    if first then
-      local fms = parse(first)
-      if lms < fms - ttl then raise((fms - ttl) .. '-0') end
-    elseif not has_stream and not L and lms < now - ttl
-      and redis.call('EXISTS', global) == 1 then
+    -- The stream and the list each on its own (either may have expired while the other lived):
+    -- a key that exists and whose oldest entry is `first` may have expired before it was created
+    -- again, holding only events older than `first` minus the TTL; a key that is absent may
+    -- have expired, holding only events older than now minus the TTL.
+    local function expiry(present, first)
+      if present then
+        if first then
+          local fms = parse(first)
+          if lms < fms - ttl then raise((fms - ttl) .. '-0') end
+        end
+      elseif lms < now - ttl then
+        raise((now - ttl) .. '-0')
+      end
+    end
+    expiry(has_stream, sfirst)
+    expiry(L ~= nil, L and L.first)
+    -- Both absent: every later event of the channel follows the global stream's last id.
+    if not has_stream and not L and lms < now - ttl and redis.call('EXISTS', global) == 1 then
       local g = info(global)['last-generated-id']
       if g and less(last, g) then raise(g) end
     end
   end
 end
 
--- Everything returned is after `from`.
+-- Everything returned is after `from`. A channel read from the oldest kept ('') starts after
+-- the greatest cut: what a key kept before another key's dropped events is not returned (the
+-- client asked from the oldest kept, so no resync is due), and the read is gap-free.
 local from = last
 if resync ~= '' and (from == '' or less(from, resync)) then from = resync end
+if last == '' and is_chan then
+  for _, c in ipairs(cuts) do
+    if from == '' or less(from, c) then from = c end
+  end
+end
 
 -- The stream's entries after `from`: ids and events.
 local sid, sev = {}, {}
