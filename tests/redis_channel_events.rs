@@ -509,6 +509,13 @@ async fn an_expired_stream_beside_a_live_list_says_resync() {
     assert!(pos(&resync) >= pos("4500-0"), "resync {resync}");
     let rest: Vec<&str> = list.into_iter().filter(|i| pos(i) > pos(&resync)).collect();
     assert_eq!(got, rest, "the list after the resync id");
+    // Read on from the resync id a little later: no second resync (else a long poll from it
+    // would loop), until it is older than twice the TTL (a later list could have come and gone).
+    let (again, got) = read_at(&r, &[], None, &list, &resync, 8600, 3000).await;
+    assert_eq!(again, "", "read on from the resync id");
+    assert_eq!(got, rest);
+    let (again, _) = read_at(&r, &[], None, &list, &resync, 11_600, 3000).await;
+    assert_ne!(again, "", "older than twice the TTL: a resync");
     // A reader at 4600 (within the TTL: nothing of the stream was after it): no resync.
     let (resync, got) = read_at(&r, &[], None, &list, "6000-0", 8500, 3000).await;
     assert_eq!((resync.as_str(), got), ("", vec!["8000-0".to_string()]));

@@ -63,6 +63,9 @@ local function id_of(e)
   return string.match(e, '^(%d+%-%d+) ')
 end
 
+-- The sequence of a resync id the absent-key rule gives (2^53 - 1: exact in Lua's numbers, and
+-- above any real id's sequence).
+local ABSENT = '9007199254740991'
 -- A list this short is read whole at once (one command); a longer one is searched by index.
 local SMALL = 64
 -- The channel's list: its length `n`, `off` 1 when its head is the marker (else 0), `first`
@@ -108,15 +111,21 @@ if last ~= '' then
     -- The stream and the list each on its own (either may have expired while the other lived):
     -- a key that exists and whose oldest entry is `first` may have expired before it was created
     -- again, holding only events older than `first` minus the TTL; a key that is absent may
-    -- have expired, holding only events older than now minus the TTL.
+    -- have expired, holding only events older than now minus the TTL. The resync id of that
+    -- last rule has the sequence ABSENT: a reader reading on from it (`last` with that
+    -- sequence) read when the absent key was already absent, so its events are older than
+    -- `last`, and a later incarnation's are after `last` plus the TTL: the rule then applies
+    -- only to a `last` older than now minus twice the TTL (else every read from that id would
+    -- resync again, a long poll's loop).
+    local span = string.match(last, '%-(%d+)$') == ABSENT and 2 * ttl or ttl
     local function expiry(present, first)
       if present then
         if first then
           local fms = parse(first)
           if lms < fms - ttl then raise((fms - ttl) .. '-0') end
         end
-      elseif lms < now - ttl then
-        raise((now - ttl) .. '-0')
+      elseif lms < now - span then
+        raise((now - ttl) .. '-' .. ABSENT)
       end
     end
     expiry(has_stream, sfirst)
