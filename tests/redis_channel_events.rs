@@ -591,3 +591,49 @@ async fn a_read_from_the_oldest_kept_has_no_gap_when_both_keys_were_trimmed() {
     );
     assert_eq!(got, ["1005-0"]);
 }
+
+/// Upgrade, the other way round: an older build's worker appended to the channel of a job a new
+/// node submitted and left its stream without a TTL (it skipped the refresh for a young job).
+/// Retention gives such streams one (`retention.events`) and leaves a stream's TTL, and every
+/// other key, as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_gives_an_old_channel_stream_without_a_ttl_one() {
+    let r = TestRedis::start();
+    let s = open(&r, 1000, DAY).await;
+    let p = &r.prefix;
+    let mut c = conn(&r).await;
+    let keys = [
+        format!("{p}:evc:old"),
+        format!("{p}:evc:timed"),
+        format!("{p}:other:evc:x"),
+    ];
+    for k in &keys {
+        let _: String = ::redis::cmd("XADD")
+            .arg(k)
+            .arg("*")
+            .arg("e")
+            .arg("{}")
+            .query_async(&mut c)
+            .await
+            .expect("xadd");
+    }
+    let _: i64 = ::redis::cmd("PEXPIRE")
+        .arg(&keys[1])
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .expect("pexpire");
+    s.retention(0).await.expect("retention");
+    let mut ttl = Vec::new();
+    for k in &keys {
+        let t: i64 = ::redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut c)
+            .await
+            .expect("pttl");
+        ttl.push(t);
+    }
+    assert!(ttl[0] > 23 * 3600 * 1000, "given a TTL: {ttl:?}");
+    assert!(ttl[1] > 0 && ttl[1] <= 60_000, "its own TTL kept: {ttl:?}");
+    assert_eq!(ttl[2], -1, "not a channel stream: {ttl:?}");
+}

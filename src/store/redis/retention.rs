@@ -1,7 +1,25 @@
 //! [`Maintenance`] for Redis: retention of finished jobs (`lua/retention.lua`) and of the global
 //! event stream, the referenced file hashes, health.
 
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
 use super::*;
+
+/// `SCAN` calls (of about 1,000 keys each) per retention pass in [`RedisStore::sweep_old_streams`].
+const SWEEP_CALLS: usize = 10;
+
+/// Gives each key of KEYS without a TTL one of ARGV[1] ms; returns how many it gave one.
+static GIVE_TTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local n = 0 \
+         for _, k in ipairs(KEYS) do \
+           if redis.call('PTTL', k) == -1 then redis.call('PEXPIRE', k, ARGV[1]); n = n + 1 end \
+         end \
+         return n",
+    )
+});
 
 /// Jobs deleted per retention script call.
 const RETENTION_CHUNK: usize = 500;
@@ -44,6 +62,7 @@ impl Maintenance for RedisStore {
                 }
             })
             .await?;
+        self.sweep_old_streams().await?;
         Ok(report)
     }
 
@@ -99,5 +118,72 @@ impl Maintenance for RedisStore {
                 ))
             }
         }
+    }
+}
+
+impl RedisStore {
+    /// Gives each channel stream `P:evc:{channel}` that has no TTL one of `retention.events`: an
+    /// older build's worker, during a rolling upgrade to channel lists, creates such a stream for
+    /// a job a new node submitted, as it skips the TTL refresh for a young job whose submit "set
+    /// it" (docs/redis.md); nothing writes these streams any more, so `retention.events` from now
+    /// is later than any reader needs. Bounded: [`SWEEP_CALLS`] `SCAN`s per pass, going on from
+    /// where the last pass of any node stopped (its cursor in `P:evcsweep`), round the keyspace
+    /// again once through it. Returns how many it gave a TTL.
+    async fn sweep_old_streams(&self) -> Result<u64> {
+        let pattern = format!("{}:evc:*", self.s.prefix);
+        let ttl = self.s.channel_ttl.as_millis().max(1) as u64;
+        let at = self.key("evcsweep");
+        let saved: Option<String> = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("GET").arg(&at).clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        let mut cursor: u64 = saved.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut given = 0;
+        for _ in 0..SWEEP_CALLS {
+            let (next, keys): (u64, Vec<String>) = self
+                .exec(true, |mut c| {
+                    let cmd = ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("TYPE")
+                        .arg("stream")
+                        .clone();
+                    async move { cmd.query_async(&mut c).await }
+                })
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = self
+                    .run_script(&GIVE_TTL, &keys, &[ttl.to_string()])
+                    .await?;
+                given += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let _: () = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("SET")
+                    .arg(&at)
+                    .arg(cursor)
+                    .arg("EX")
+                    .arg(24 * 3600)
+                    .clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        if given > 0 {
+            tracing::info!(
+                streams = given,
+                "gave old channel streams without a TTL one (left by an older build's worker)"
+            );
+        }
+        Ok(given)
     }
 }
