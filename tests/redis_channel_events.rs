@@ -417,42 +417,57 @@ async fn a_list_created_by_a_change_that_skips_the_ttl_refresh_still_expires() {
     );
 }
 
-/// `events.lua` run as the store runs it, on keys the test writes: the stream `P:evc:ch`
-/// (entries `id`), the list `P:evl:ch` (entries `id` or the marker `~`), a read after `last`
-/// at `now` (ms) with the channel TTL `ttl` (ms). Returns (resync id, the ids returned).
-async fn read_at(
-    r: &TestRedis,
-    stream: &[&str],
+/// A channel's keys as a test writes them for `events.lua`: the stream `P:evc:ch` (entries
+/// `id`, trimmed to `trim_stream_to`), the list `P:evl:ch` (entries `id` or the marker `~`), and
+/// `P:evcgone` (`since`, `until`: the sweep saw no stream since then, vouched for until then).
+#[derive(Default)]
+struct Chan {
+    stream: Vec<String>,
     trim_stream_to: Option<usize>,
-    list: &[&str],
+    list: Vec<String>,
+    gone: Option<(u64, u64)>,
+}
+
+fn strs(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+/// `events.lua` run as the store runs it, on the keys of `ch`: a read after `last` at `now`
+/// (ms) with the channel TTL `ttl` (ms), at most `limit`. Returns (resync id, the ids returned).
+async fn read(
+    r: &TestRedis,
+    ch: &Chan,
     last: &str,
     now: u64,
     ttl: u64,
+    limit: usize,
 ) -> (String, Vec<String>) {
     let p = &r.prefix;
-    let (skey, lkey, gkey) = (
+    let (skey, lkey, gkey, gone) = (
         format!("{p}:evc:ch"),
         format!("{p}:evl:ch"),
         format!("{p}:ev"),
+        format!("{p}:evcgone"),
     );
     let mut c = conn(r).await;
     let _: () = ::redis::cmd("DEL")
         .arg(&skey)
         .arg(&lkey)
+        .arg(&gone)
         .query_async(&mut c)
         .await
         .expect("del");
-    for id in stream {
+    for id in &ch.stream {
         let _: String = ::redis::cmd("XADD")
             .arg(&skey)
-            .arg(*id)
+            .arg(id)
             .arg("e")
             .arg(format!("ev{id}"))
             .query_async(&mut c)
             .await
             .expect("xadd");
     }
-    if let Some(n) = trim_stream_to {
+    if let Some(n) = ch.trim_stream_to {
         let _: i64 = ::redis::cmd("XTRIM")
             .arg(&skey)
             .arg("MAXLEN")
@@ -461,8 +476,8 @@ async fn read_at(
             .await
             .expect("xtrim");
     }
-    for e in list {
-        let v = if *e == "~" {
+    for e in &ch.list {
+        let v = if e == "~" {
             "~".to_string()
         } else {
             format!("{e} ev{e}")
@@ -474,16 +489,28 @@ async fn read_at(
             .await
             .expect("rpush");
     }
+    if let Some((since, until)) = ch.gone {
+        let _: i64 = ::redis::cmd("HSET")
+            .arg(&gone)
+            .arg("since")
+            .arg(since)
+            .arg("until")
+            .arg(until)
+            .query_async(&mut c)
+            .await
+            .expect("hset");
+    }
     let out: Vec<String> = ::redis::Script::new(include_str!("../src/store/redis/lua/events.lua"))
         .key(&skey)
         .key(&gkey)
         .key(&lkey)
+        .key(&gone)
         .arg("chan")
         .arg(1)
         .arg("last")
         .arg(last)
         .arg("limit")
-        .arg(100)
+        .arg(limit)
         .arg("now")
         .arg(now)
         .arg("ttl")
@@ -496,6 +523,25 @@ async fn read_at(
         assert_eq!(e[1], format!("ev{}", e[0]), "each event with its id");
     }
     (out[0].clone(), ids)
+}
+
+/// [`read`] of a stream and a list, no `P:evcgone`, at most 100.
+async fn read_at(
+    r: &TestRedis,
+    stream: &[&str],
+    trim_stream_to: Option<usize>,
+    list: &[&str],
+    last: &str,
+    now: u64,
+    ttl: u64,
+) -> (String, Vec<String>) {
+    let ch = Chan {
+        stream: strs(stream),
+        trim_stream_to,
+        list: strs(list),
+        gone: None,
+    };
+    read(r, &ch, last, now, ttl, 100).await
 }
 
 /// Upgrade: the older build's stream (4000, 4500) expired, the list (4600, 6000, 8000) lives. A
@@ -592,48 +638,434 @@ async fn a_read_from_the_oldest_kept_has_no_gap_when_both_keys_were_trimmed() {
     assert_eq!(got, ["1005-0"]);
 }
 
-/// Upgrade, the other way round: an older build's worker appended to the channel of a job a new
-/// node submitted and left its stream without a TTL (it skipped the refresh for a young job).
-/// Retention gives such streams one (`retention.events`) and leaves a stream's TTL, and every
-/// other key, as it is.
+/// The sequence of the absent-key rule's resync ids (`ABSENT` in events.lua).
+const ABSENT: &str = "9007199254740991";
+
+/// Review item 2: a channel that only ever had a list (every channel since the upgrade). Once
+/// the sweep saw no stream for a full cycle (`P:evcgone`, since 500), a reader behind by more
+/// than the TTL gets no needless resync, page by page; without it (during an upgrade, before
+/// the first full cycle), or once its claim lapsed, the rule counts from now as before; and a
+/// reader older than `since` minus the TTL still gets one (a stream may have expired then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_gives_an_old_channel_stream_without_a_ttl_one() {
+async fn a_list_only_channel_gets_no_needless_resync_once_the_sweep_saw_no_stream() {
     let r = TestRedis::start();
-    let s = open(&r, 1000, DAY).await;
+    let (now, ttl) = (500_000, 100_000);
+    let mut ch = Chan {
+        list: strs(&["1000-0", "2000-0", "3000-0", "450000-0"]),
+        gone: Some((500, 600_000)),
+        ..Default::default()
+    };
+    let mut last = "2000-0".to_string();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let (resync, page) = read(&r, &ch, &last, now, ttl, 1).await;
+        assert_eq!(resync, "", "no stream since 500: after {last}, {got:?}");
+        let Some(id) = page.last() else { break };
+        last = id.clone();
+        got.extend(page);
+    }
+    assert_eq!(got, ["3000-0", "450000-0"], "the kept 3000 too");
+    // No `P:evcgone`: a stream could have expired up to now, holding events up to now - TTL.
+    ch.gone = None;
+    let (resync, page) = read(&r, &ch, "2000-0", now, ttl, 10).await;
+    assert_eq!(resync, format!("400000-{ABSENT}"));
+    assert_eq!(page, ["450000-0"]);
+    // Its claim lapsed (`until` passed: the sweep stopped vouching): as without.
+    ch.gone = Some((500, now));
+    let (resync, _) = read(&r, &ch, "2000-0", now, ttl, 10).await;
+    assert_eq!(resync, format!("400000-{ABSENT}"));
+    // No stream since 300000: one may have expired before, holding events up to 200000.
+    ch.gone = Some((300_000, 600_000));
+    let (resync, page) = read(&r, &ch, "2000-0", now, ttl, 10).await;
+    assert_eq!(resync, format!("200000-{ABSENT}"));
+    assert_eq!(page, ["450000-0"]);
+    let (resync, page) = read(&r, &ch, &resync, now, ttl, 10).await;
+    assert_eq!((resync.as_str(), page), ("", strs(&["450000-0"])));
+    let (resync, page) = read(&r, &ch, "250000-0", now, ttl, 10).await;
+    assert_eq!((resync.as_str(), page), ("", strs(&["450000-0"])));
+    // The list's own rules do not change: the list absent (expired), a resync from now.
+    ch.list = Vec::new();
+    ch.stream = strs(&["449000-0"]);
+    ch.gone = Some((500, 600_000));
+    let (resync, page) = read(&r, &ch, "2000-0", now, ttl, 10).await;
+    assert_eq!(resync, format!("400000-{ABSENT}"));
+    assert_eq!(page, ["449000-0"]);
+}
+
+/// Review item 1: a read from the oldest kept (no `last_id`) applies the expiry rules as a read
+/// from the very beginning, starting after their ids, without a resync. Case A: the stream
+/// (which held 2000) expired beside the list (1000, 3000, 9000), now - TTL between 3000 and
+/// 9000: 9000 alone (1000, 3000, 9000 would hide the loss of 2000). Case B: the list expired
+/// and was created again (9000) while the stream (1000, 7000) lives: the stream's entries older
+/// than 9000 minus the TTL are not returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_the_oldest_kept_starts_after_what_an_expired_key_may_have_lost() {
+    let r = TestRedis::start();
+    let list = ["1000-0", "3000-0", "9000-0"];
+    let (resync, got) = read_at(&r, &[], None, &list, "", 10_000, 5_000).await;
+    assert_eq!((resync.as_str(), got), ("", strs(&["9000-0"])), "case A");
+    // The same with `P:evcgone` since 500: no stream expired after, all three.
+    let ch = Chan {
+        list: strs(&list),
+        gone: Some((500, 20_000)),
+        ..Default::default()
+    };
+    let (resync, got) = read(&r, &ch, "", 10_000, 5_000, 100).await;
+    assert_eq!((resync.as_str(), got), ("", strs(&list)), "no stream since");
+    // `P:evcgone` since 7000: a stream may have expired holding events up to 2000.
+    let ch = Chan {
+        gone: Some((7000, 20_000)),
+        ..ch
+    };
+    let (resync, got) = read(&r, &ch, "", 10_000, 5_000, 100).await;
+    assert_eq!((resync.as_str(), got), ("", strs(&["3000-0", "9000-0"])));
+    let stream = ["1000-0", "7000-0"];
+    let (resync, got) = read_at(&r, &stream, None, &["9000-0"], "", 9500, 3000).await;
+    assert_eq!(
+        (resync.as_str(), got),
+        ("", strs(&["7000-0", "9000-0"])),
+        "case B"
+    );
+    // The list gone (expired) beside the live stream: its entries older than now - TTL.
+    let (resync, got) = read_at(&r, &stream, None, &[], "", 9500, 3000).await;
+    assert_eq!((resync.as_str(), got), ("", strs(&["7000-0"])));
+}
+
+/// A list over 64 entries (searched by index, not read whole) under the per-key rules: the
+/// absent stream's rule with and without `P:evcgone`, a list created again beside a live stream
+/// whose entries fall between the list's, a trimmed list; from an id and from the oldest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_list_is_read_by_index_under_the_per_key_rules() {
+    let r = TestRedis::start();
+    let ms = |v: std::ops::RangeInclusive<u64>| -> Vec<String> {
+        v.map(|i| format!("{}-0", i * 1000)).collect()
+    };
+    // 1000 .. 80000, the stream absent, now - TTL = 50000.
+    let mut ch = Chan {
+        list: ms(1..=80),
+        ..Default::default()
+    };
+    let (resync, got) = read(&r, &ch, "10000-0", 100_000, 50_000, 5).await;
+    assert_eq!(resync, format!("50000-{ABSENT}"));
+    assert_eq!(got, ms(51..=55));
+    let (resync, got) = read(&r, &ch, "", 100_000, 50_000, 5).await;
+    assert_eq!((resync.as_str(), got), ("", ms(51..=55)));
+    let (resync, got) = read(&r, &ch, "60000-0", 100_000, 50_000, 5).await;
+    assert_eq!((resync.as_str(), got), ("", ms(61..=65)));
+    // No stream since 500: from any id, the next five.
+    ch.gone = Some((500, 200_000));
+    let (resync, got) = read(&r, &ch, "10000-0", 100_000, 50_000, 5).await;
+    assert_eq!((resync.as_str(), got), ("", ms(11..=15)));
+    let (resync, got) = read(&r, &ch, "", 100_000, 50_000, 5).await;
+    assert_eq!((resync.as_str(), got), ("", ms(1..=5)));
+    // The list (101000 .. 180000) created again beside a live stream (50500, 120500); TTL 30000:
+    // the list's earlier incarnation held events up to 71000.
+    let ch = Chan {
+        stream: strs(&["50500-0", "120500-0"]),
+        list: ms(101..=180),
+        ..Default::default()
+    };
+    let (resync, got) = read(&r, &ch, "60000-0", 181_000, 30_000, 5).await;
+    assert_eq!(resync, "71000-0");
+    assert_eq!(got, ms(101..=105));
+    let (resync, got) = read(&r, &ch, "120000-0", 181_000, 30_000, 3).await;
+    assert_eq!(resync, "");
+    assert_eq!(got, strs(&["120500-0", "121000-0", "122000-0"]), "merged");
+    let (resync, got) = read(&r, &ch, "", 181_000, 30_000, 3).await;
+    assert_eq!((resync.as_str(), got), ("", ms(101..=103)), "not 50500");
+    // The same list trimmed (its head `~`): the cut is just before 101000.
+    let ch = Chan {
+        list: std::iter::once("~".to_string())
+            .chain(ms(101..=180))
+            .collect(),
+        ..ch
+    };
+    let (resync, got) = read(&r, &ch, "60000-0", 181_000, 30_000, 5).await;
+    assert_eq!(resync, "100999-18446744073709551615");
+    assert_eq!(got, ms(101..=105));
+    let (resync, got) = read(&r, &ch, "", 181_000, 30_000, 2).await;
+    assert_eq!((resync.as_str(), got), ("", ms(101..=102)));
+}
+
+/// A store on `url` (another user's credentials, say) with the prefix of `r`.
+async fn open_url(r: &TestRedis, url: &str, ttl: Duration) -> Arc<dyn Store> {
+    RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        channel_ttl: ttl,
+        retry: Duration::from_secs(2),
+        ..RedisSettings::new(url.to_string())
+    })
+    .await
+    .expect("connect")
+}
+
+/// One sweep: a retention pass of a new store (a process sweeps at most every 10 s), channel
+/// TTL 60 s (under an hour: TTL reads use it as it is).
+async fn sweep(r: &TestRedis) {
+    let s = open(r, 1000, Duration::from_secs(60)).await;
+    s.retention(0).await.expect("retention");
+}
+
+async fn xadd(c: &mut ::redis::aio::MultiplexedConnection, key: &str, id: &str) {
+    let _: String = ::redis::cmd("XADD")
+        .arg(key)
+        .arg(id)
+        .arg("e")
+        .arg("{}")
+        .query_async(c)
+        .await
+        .expect("xadd");
+}
+
+async fn pttl(c: &mut ::redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    ::redis::cmd("PTTL")
+        .arg(key)
+        .query_async(c)
+        .await
+        .expect("pttl")
+}
+
+async fn hash(
+    c: &mut ::redis::aio::MultiplexedConnection,
+    key: &str,
+) -> std::collections::HashMap<String, u64> {
+    ::redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(c)
+        .await
+        .expect("hgetall")
+}
+
+fn now_ms() -> u64 {
+    (now_us() / 1000) as u64
+}
+
+/// Review item 3 and the "gone since" bound: the sweep deletes a channel stream without a TTL
+/// idle for longer than the TTL (an older build's worker left it), leaves a younger one (an old
+/// worker may still write to it without refreshing its TTL: never a shorter life), one with a
+/// TTL, and keys outside `P:evc:`. Seeing a stream deletes `P:evcgone`; a full cycle that sees
+/// none sets it (since about then); a stream that appears again deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_idle_streams_without_a_ttl_and_says_when_none_is_left() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
     let p = &r.prefix;
     let mut c = conn(&r).await;
-    let keys = [
-        format!("{p}:evc:old"),
+    let (idle, young, timed, other) = (
+        format!("{p}:evc:idle"),
+        format!("{p}:evc:young"),
         format!("{p}:evc:timed"),
         format!("{p}:other:evc:x"),
-    ];
-    for k in &keys {
-        let _: String = ::redis::cmd("XADD")
-            .arg(k)
-            .arg("*")
-            .arg("e")
-            .arg("{}")
-            .query_async(&mut c)
-            .await
-            .expect("xadd");
-    }
+    );
+    let gone = format!("{p}:evcgone");
+    xadd(&mut c, &idle, "1000-0").await;
+    xadd(&mut c, &young, "*").await;
+    xadd(&mut c, &timed, "1000-0").await;
+    xadd(&mut c, &other, "1000-0").await;
     let _: i64 = ::redis::cmd("PEXPIRE")
-        .arg(&keys[1])
-        .arg(60_000)
+        .arg(&timed)
+        .arg(600_000)
         .query_async(&mut c)
         .await
         .expect("pexpire");
+    sweep(&r).await;
+    assert_eq!(
+        pttl(&mut c, &idle).await,
+        -2,
+        "the idle stream without a TTL is deleted"
+    );
+    assert_eq!(
+        pttl(&mut c, &young).await,
+        -1,
+        "the young one left as it is"
+    );
+    let t = pttl(&mut c, &timed).await;
+    assert!(t > 0 && t <= 600_000, "its own TTL kept: {t}");
+    assert_eq!(pttl(&mut c, &other).await, -1, "not a channel stream");
+    assert!(hash(&mut c, &gone).await.is_empty(), "streams seen");
+    // A claim left from before is deleted as soon as a stream is seen.
+    let _: i64 = ::redis::cmd("HSET")
+        .arg(&gone)
+        .arg("since")
+        .arg(1)
+        .arg("until")
+        .arg(u64::MAX / 2)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    sweep(&r).await;
+    assert!(hash(&mut c, &gone).await.is_empty(), "a stream is there");
+    // None left: the next full cycle says since when.
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(&young)
+        .arg(&timed)
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    let before = now_ms();
+    sweep(&r).await;
+    let after = now_ms();
+    let g = hash(&mut c, &gone).await;
+    let (since, until) = (g["since"], g["until"]);
+    assert!(
+        before <= since && since <= after + 2000,
+        "since {since} in [{before}, {after}]"
+    );
+    assert!(until > after + 50_000, "vouched for about the TTL: {g:?}");
+    // It keeps the earliest time while cycles see none.
+    sweep(&r).await;
+    assert_eq!(hash(&mut c, &gone).await["since"], since);
+    // An older build writes a stream again: deleted at the next sweep that sees it.
+    xadd(&mut c, &young, "*").await;
+    sweep(&r).await;
+    assert!(hash(&mut c, &gone).await.is_empty(), "a stream came back");
+    assert_eq!(pttl(&mut c, &young).await, -1);
+}
+
+/// Review item 4: one process sweeps at most every 10 s, not in every pass of a round: a
+/// second pass right after the first does not sweep (an idle stream made in between is still
+/// there), a new process's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_at_most_once_a_round() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = open(&r, 1000, Duration::from_secs(60)).await;
     s.retention(0).await.expect("retention");
-    let mut ttl = Vec::new();
-    for k in &keys {
-        let t: i64 = ::redis::cmd("PTTL")
-            .arg(k)
-            .query_async(&mut c)
-            .await
-            .expect("pttl");
-        ttl.push(t);
+    let mut c = conn(&r).await;
+    let idle = format!("{}:evc:idle", r.prefix);
+    xadd(&mut c, &idle, "1000-0").await;
+    s.retention(0).await.expect("retention");
+    assert_eq!(pttl(&mut c, &idle).await, -1, "not swept in the same round");
+    sweep(&r).await;
+    assert_eq!(pttl(&mut c, &idle).await, -2, "swept by the next");
+}
+
+/// What `tracing` writes, kept for the test.
+#[derive(Clone)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
     }
-    assert!(ttl[0] > 23 * 3600 * 1000, "given a TTL: {ttl:?}");
-    assert!(ttl[1] > 0 && ttl[1] <= 60_000, "its own TTL kept: {ttl:?}");
-    assert_eq!(ttl[2], -1, "not a channel stream: {ttl:?}");
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Review item 4: a sweep Redis refuses (an ACL user without `SCAN`) does not fail retention:
+/// finished jobs are still deleted, the error is logged once (without the password), and
+/// `P:evcgone` stays unset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_refused_by_an_acl_does_not_fail_retention() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let out = r.cli(&[
+        "ACL",
+        "SETUSER",
+        "noscan",
+        "on",
+        ">pw-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+        "-scan",
+    ]);
+    assert!(out.contains("OK"), "{out}");
+    let url = format!("redis://noscan:pw-s3cret@127.0.0.1:{}", r.port);
+    let s = open_url(&r, &url, Duration::from_secs(60)).await;
+    let j = s.submit(job_in("acl")).await.expect("submit").job;
+    s.apply(j.id, Command::Cancel).await.expect("cancel");
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Capture(logs.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let report = {
+        let _logging = tracing::subscriber::set_default(subscriber);
+        s.retention(now_us() + 1).await
+    };
+    let report = report.expect("retention goes on without its sweep");
+    assert_eq!(report.jobs, 1, "the finished job deleted");
+    let logs = String::from_utf8_lossy(&logs.lock().expect("log buffer")).to_string();
+    assert_eq!(
+        logs.matches("sweep of old channel streams failed").count(),
+        1,
+        "{logs}"
+    );
+    assert!(logs.contains("WARN") && !logs.contains("s3cret"), "{logs}");
+    let mut c = conn(&r).await;
+    assert!(hash(&mut c, &format!("{}:evcgone", r.prefix))
+        .await
+        .is_empty());
+    // The channel still reads (its list: a read needs no SCAN).
+    assert_eq!(s.events(Some("acl"), None, 10).await.unwrap().len(), 2);
+}
+
+/// The sweep's cycle goes on across passes and processes (10 `SCAN`s of about 1,000 keys per
+/// pass): on 25,000 keys, a pass ends mid-cycle, and `P:evcgone` is set only once a whole cycle
+/// saw no stream. A segment another process already went through is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_cycle_goes_on_across_passes() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let p = &r.prefix;
+    let mut c = conn(&r).await;
+    let _: () = ::redis::cmd("EVAL")
+        .arg("for i = 1, 25000 do redis.call('SET', ARGV[1] .. i, 1) end")
+        .arg(0)
+        .arg(format!("{p}:filler:"))
+        .query_async(&mut c)
+        .await
+        .expect("filler");
+    let young = format!("{p}:evc:young");
+    let (state, gone) = (format!("{p}:evcsweep"), format!("{p}:evcgone"));
+    xadd(&mut c, &young, "*").await;
+    sweep(&r).await;
+    let st = hash(&mut c, &state).await;
+    assert_ne!(st["cursor"], 0, "one pass is not a cycle: {st:?}");
+    assert_eq!(st["gen"], 1);
+    // Another process goes on from there; its passes end the cycle, which saw the stream.
+    let mut passes = 1;
+    while hash(&mut c, &state).await["gen"] == 1 && passes < 20 {
+        sweep(&r).await;
+        passes += 1;
+    }
+    assert!(passes >= 3, "25,000 keys take 3 passes or more: {passes}");
+    assert_eq!(hash(&mut c, &state).await["gen"], 2);
+    assert!(
+        hash(&mut c, &gone).await.is_empty(),
+        "the cycle saw a stream"
+    );
+    // The stream gone: once a whole cycle went by, since when.
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(&young)
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    sweep(&r).await;
+    assert!(hash(&mut c, &gone).await.is_empty(), "mid-cycle: not yet");
+    let st = hash(&mut c, &state).await;
+    // A segment from where this cycle started, ended by a slow process: dropped.
+    let stale: u64 = ::redis::Script::new(include_str!("../src/store/redis/lua/evc_sweep.lua"))
+        .key(&state)
+        .key(&gone)
+        .arg("end")
+        .arg(0)
+        .arg(st["gen"])
+        .arg(0)
+        .arg(now_ms())
+        .arg(60_000)
+        .arg(1000)
+        .invoke_async(&mut c)
+        .await
+        .expect("evc_sweep.lua");
+    assert_eq!(stale, 0, "dropped");
+    assert_eq!(hash(&mut c, &state).await, st, "nothing changed");
+    for _ in 0..20 {
+        if !hash(&mut c, &gone).await.is_empty() {
+            break;
+        }
+        sweep(&r).await;
+    }
+    assert!(hash(&mut c, &gone).await.contains_key("since"));
+    assert_eq!(hash(&mut c, &state).await["gen"], 3);
 }

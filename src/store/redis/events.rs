@@ -1,5 +1,6 @@
 //! [`EventLog`] for Redis: `P:ev` the global event stream, `P:evl:{channel}` a channel's list, and
-//! `P:evc:{channel}` a channel's stream as builds before the list wrote it (`lua/events.lua`).
+//! `P:evc:{channel}` a channel's stream as builds before the list wrote it (`lua/events.lua`), with
+//! `P:evcgone`, since when the retention sweep has seen no such stream (retention.rs).
 
 use super::*;
 
@@ -73,17 +74,20 @@ impl EventLog for RedisStore {
         let chan = channel.unwrap_or("").to_string();
         let now_ms = self.now().await / 1000;
         let global = self.key("ev");
-        // A channel: its stream (older builds) and its list.
+        // A channel: its stream (older builds), its list, and since when no stream exists.
         let (stream, list) = match chan.as_str() {
             "" => (global.clone(), None),
-            c => (self.keyed("evc:", c), Some(self.keyed("evl:", c))),
+            c => (
+                self.keyed("evc:", c),
+                Some((self.keyed("evl:", c), self.key("evcgone"))),
+            ),
         };
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.events.prepare_invoke();
                 inv.key(&stream).key(&global);
-                if let Some(l) = &list {
-                    inv.key(l);
+                if let Some((l, gone)) = &list {
+                    inv.key(l).key(gone);
                 }
                 inv.arg("chan")
                     .arg(u8::from(!chan.is_empty()))

@@ -19,8 +19,8 @@
 //! - `P:ev` the global event stream, trimmed with `XADD MAXLEN ~`; `P:evl:{channel}` a
 //!   channel's list of `<id> <event>` (the global stream's ids), exactly `events.channel_limit`
 //!   (a head `~` once trimmed), expiring after `retention.events` without events;
-//!   `P:evc:{channel}` a channel's stream as builds before the list wrote it, still read.
-//!   (See `lua/commit.lua` `chan_push`, `lua/events.lua`.)
+//!   `P:evc:{channel}` a channel's stream as builds before the list wrote it, still read, and
+//!   swept (`P:evcsweep`, `P:evcgone`; see `lua/commit.lua`, `events.lua`, `evc_sweep.lua`).
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
@@ -190,6 +190,8 @@ pub struct RedisStore {
     hints: Arc<hints::QueueHints>,
     /// When this process last set `P:evwant` (see `RedisStore::want_events` in events.rs).
     ev_want: parking_lot::Mutex<Option<Instant>>,
+    /// When this process last swept channel streams (`RedisStore::sweep_due`, retention.rs).
+    sweep_at: parking_lot::Mutex<Option<Instant>>,
     /// Bumped by each commit of this process that stores a webhook delivery.
     dlv_gen: std::sync::atomic::AtomicU64,
     /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
@@ -229,8 +231,7 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_factor(50)
             .set_max_delay(1000);
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let (start, mut delay) = (Instant::now(), Duration::from_millis(100));
         let mut conn = loop {
             match ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
                 Ok(c) => break c,
@@ -293,6 +294,7 @@ impl RedisStore {
                 ttl_set: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 hints,
                 ev_want: parking_lot::Mutex::new(None),
+                sweep_at: parking_lot::Mutex::new(None),
                 dlv_gen: std::sync::atomic::AtomicU64::new(0),
                 clock: parking_lot::Mutex::new(None),
                 clock_last: std::sync::atomic::AtomicI64::new(0),

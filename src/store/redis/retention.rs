@@ -7,19 +7,17 @@ use ::redis::Script;
 
 use super::*;
 
-/// `SCAN` calls (of about 1,000 keys each) per retention pass in [`RedisStore::sweep_old_streams`].
+/// `SCAN` calls (of about 1,000 keys each) per sweep in [`RedisStore::sweep_old_streams`].
 const SWEEP_CALLS: usize = 10;
+/// The least time between two sweeps of one process (the default `retention.interval`): a round
+/// of retention, up to 200 passes in a backlog, sweeps about once (every 10 s in a long one).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How far the nodes' clocks (Redis's, carried by each node, see `RedisStore::now`) may
+/// disagree: the sweep's times are moved by it towards more resyncs.
+const SWEEP_CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
-/// Gives each key of KEYS without a TTL one of ARGV[1] ms; returns how many it gave one.
-static GIVE_TTL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local n = 0 \
-         for _, k in ipairs(KEYS) do \
-           if redis.call('PTTL', k) == -1 then redis.call('PEXPIRE', k, ARGV[1]); n = n + 1 end \
-         end \
-         return n",
-    )
-});
+/// The sweep's steps (`lua/evc_sweep.lua`).
+static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/evc_sweep.lua")));
 
 /// Jobs deleted per retention script call.
 const RETENTION_CHUNK: usize = 500;
@@ -62,7 +60,13 @@ impl Maintenance for RedisStore {
                 }
             })
             .await?;
-        self.sweep_old_streams().await?;
+        // At most every SWEEP_EVERY, and never failing the pass: a sweep refused for good (an
+        // ACL without SCAN) only leaves `P:evcgone` unset (docs/redis.md).
+        if self.sweep_due() {
+            if let Err(e) = self.sweep_old_streams().await {
+                tracing::warn!(error = %e, "retention: the sweep of old channel streams failed");
+            }
+        }
         Ok(report)
     }
 
@@ -122,30 +126,44 @@ impl Maintenance for RedisStore {
 }
 
 impl RedisStore {
-    /// Gives each channel stream `P:evc:{channel}` that has no TTL one of `retention.events`: an
-    /// older build's worker, during a rolling upgrade to channel lists, creates such a stream for
-    /// a job a new node submitted, as it skips the TTL refresh for a young job whose submit "set
-    /// it" (docs/redis.md); nothing writes these streams any more, so `retention.events` from now
-    /// is later than any reader needs. Bounded: [`SWEEP_CALLS`] `SCAN`s per pass, going on from
-    /// where the last pass of any node stopped (its cursor in `P:evcsweep`), round the keyspace
-    /// again once through it. Returns how many it gave a TTL.
+    /// Whether this process should sweep now (at most every [`SWEEP_EVERY`]; a failed sweep
+    /// counts, so a refused one is not tried again in every pass).
+    fn sweep_due(&self) -> bool {
+        let mut at = self.sweep_at.lock();
+        let due = !matches!(*at, Some(t) if t.elapsed() < SWEEP_EVERY);
+        if due {
+            *at = Some(Instant::now());
+        }
+        due
+    }
+
+    /// One segment of the sweep of channel streams `P:evc:{channel}` (builds before the channel
+    /// list wrote them; `lua/evc_sweep.lua` says what each step does and why): up to
+    /// [`SWEEP_CALLS`] `SCAN ... TYPE stream` calls, going on from where the last segment of any
+    /// node stopped. Each stream without a TTL that is idle for longer than the TTL reads allow
+    /// for ([`Self::channel_ttl_read`]) is deleted: an older build's worker, during a rolling
+    /// upgrade, creates one for a job a new node submitted, as it skips the TTL refresh for a
+    /// young job whose submit "set it". Any other stream is left as it is (a younger one may
+    /// still be written by an old worker that does not refresh its TTL). A full cycle through
+    /// the keyspace that saw no stream sets `P:evcgone`, which bounds `events.lua`'s resyncs
+    /// for absent streams. Returns how many streams it deleted.
     async fn sweep_old_streams(&self) -> Result<u64> {
         let pattern = format!("{}:evc:*", self.s.prefix);
-        let ttl = self.s.channel_ttl.as_millis().max(1) as u64;
-        let at = self.key("evcsweep");
-        let saved: Option<String> = self
-            .exec(true, |mut c| {
-                let cmd = ::redis::cmd("GET").arg(&at).clone();
-                async move { cmd.query_async(&mut c).await }
-            })
+        let ttl = self.channel_ttl_read().as_millis() as u64;
+        let margin = SWEEP_CLOCK_MARGIN.as_millis() as u64;
+        let state = [self.key("evcsweep"), self.key("evcgone")];
+        let t0 = (self.now().await / 1000).max(0) as u64;
+        let (from, gen): (String, String) = self
+            .run_script(&SWEEP, &state, &["begin".into(), t0.to_string()])
             .await?;
-        let mut cursor: u64 = saved.and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut given = 0;
+        let idle_before = t0.saturating_sub(ttl + margin).to_string();
+        let mut cursor = from.clone();
+        let mut deleted = 0;
         for _ in 0..SWEEP_CALLS {
-            let (next, keys): (u64, Vec<String>) = self
+            let (next, keys): (String, Vec<String>) = self
                 .exec(true, |mut c| {
                     let cmd = ::redis::cmd("SCAN")
-                        .arg(cursor)
+                        .arg(&cursor)
                         .arg("MATCH")
                         .arg(&pattern)
                         .arg("COUNT")
@@ -157,33 +175,33 @@ impl RedisStore {
                 })
                 .await?;
             if !keys.is_empty() {
-                let n: u64 = self
-                    .run_script(&GIVE_TTL, &keys, &[ttl.to_string()])
-                    .await?;
-                given += n;
+                let keys: Vec<String> = state.iter().cloned().chain(keys).collect();
+                let args = ["batch".to_string(), idle_before.clone()];
+                deleted += self.run_script::<u64>(&SWEEP, &keys, &args).await?;
             }
             cursor = next;
-            if cursor == 0 {
+            if cursor == "0" {
                 break;
             }
         }
-        let _: () = self
-            .exec(true, |mut c| {
-                let cmd = ::redis::cmd("SET")
-                    .arg(&at)
-                    .arg(cursor)
-                    .arg("EX")
-                    .arg(24 * 3600)
-                    .clone();
-                async move { cmd.query_async(&mut c).await }
-            })
-            .await?;
-        if given > 0 {
-            tracing::info!(
-                streams = given,
-                "gave old channel streams without a TTL one (left by an older build's worker)"
+        let t1 = (self.now().await / 1000).max(0) as u64;
+        let args = ["end".into(), from, gen, cursor, t1.to_string()]
+            .into_iter()
+            .chain([ttl, margin].map(|v| v.to_string()))
+            .collect::<Vec<String>>();
+        let ended: u64 = self.run_script(&SWEEP, &state, &args).await?;
+        if ended >= 2 {
+            tracing::debug!(
+                clean = ended == 2,
+                "retention: a sweep cycle through the channel streams ended"
             );
         }
-        Ok(given)
+        if deleted > 0 {
+            tracing::info!(
+                streams = deleted,
+                "retention: deleted idle channel streams without a TTL (left by an older build)"
+            );
+        }
+        Ok(deleted)
     }
 }

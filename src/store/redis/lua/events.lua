@@ -18,17 +18,26 @@
 --   events of the expired one being older than its oldest kept entry minus the TTL; a key that
 --   is absent may have expired, its events older than now minus the TTL (so a `last_id` older
 --   than the TTL gets a resync, needless when that key never existed: safe); both absent: the
---   resync id is the global stream's last id, which every later event follows.
+--   resync id is the global stream's last id, which every later event follows. For an absent
+--   stream, "now" is the time since which no channel stream has existed when the retention
+--   sweep vouches for it (`P:evcgone`, see `sweep_old_streams` in retention.rs): a stream
+--   that expired did so before it, so its events are older than that time minus the TTL, and a
+--   channel that only ever had a list gets no needless resync once the sweep has seen no stream
+--   for a full cycle.
 -- The events returned are those after `last_id` and after the resync id. A channel read from
--- the oldest kept (`last_id` '') starts after the greatest trimmed key's cut, so that what one
--- key kept before the other's dropped events does not leave a gap in the middle.
+-- the oldest kept (`last_id` '') applies the same rules as a read from the very beginning
+-- (`last_id` 0) and starts after the greatest of their ids and the trimmed keys' cuts, without
+-- a resync (the client asked from the oldest kept): what one key kept before events that the
+-- other key lost (trimmed, or expired) is not returned, so the read has no gap in the middle.
 --
 -- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`,
--- KEYS[3] (channel reads) the channel's list `P:evl:{channel}`.
+-- KEYS[3] (channel reads) the channel's list `P:evl:{channel}`, KEYS[4] (channel reads)
+-- `P:evcgone`, a hash: `since` (ms) no channel stream has existed since then, as far as the
+-- sweep saw, a bound it vouches for until `until` (ms).
 -- ARGV is name/value pairs: `chan` 1 for a channel, 0 for the global stream, `last` last id
 -- ('' = from the oldest kept), `limit`, `now` (ms), `ttl` the channel TTL (ms).
 -- Returns {resync id or '', id1, event1, id2, event2, ...}.
-local key, global, lkey = KEYS[1], KEYS[2], KEYS[3]
+local key, global, lkey, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
 local is_chan = A.chan == '1'
@@ -86,6 +95,16 @@ if is_chan and lkey then
 end
 local has_stream = redis.call('EXISTS', key) == 1
 
+-- The time the absent-stream rule counts from: now, or the time since which the sweep saw no
+-- channel stream while it vouches for it (an earlier `since` than now: a stream absent now that
+-- expired did so before `since`).
+local sgone = now
+if is_chan and gone then
+  local g = redis.call('HMGET', gone, 'since', 'until')
+  local since, till = tonumber(g[1]), tonumber(g[2])
+  if since and till and now < till and since < now then sgone = since end
+end
+
 local resync = ''
 local function raise(id)
   if resync == '' or less(resync, id) then resync = id end
@@ -102,34 +121,40 @@ if has_stream then
   end
 end
 if L and L.first and L.off == 1 then cuts[#cuts + 1] = pred(L.first) end
+
+-- The expiry rules of a channel for a reader at `lms` (ms): each id that applies goes to `hit`.
+-- The stream and the list each on its own (either may have expired while the other lived): a
+-- key that exists and whose oldest entry is `first` may have expired before it was created
+-- again, holding only events older than `first` minus the TTL; a key that is absent may have
+-- expired, holding only events older than `at` (now, or `sgone` for the stream) minus the TTL.
+-- The resync id of that last rule has the sequence ABSENT: a reader reading on from it (`last`
+-- with that sequence) read when the absent key was already absent, so its events are older
+-- than `last`, and a later incarnation's are after `last` plus the TTL: the rule then applies
+-- only to a `last` older than `at` minus twice the TTL (else every read from that id would
+-- resync again, a long poll's loop).
+local function expiry_rules(lms, span, hit)
+  local function expiry(present, first, at)
+    if present then
+      if first then
+        local fms = parse(first)
+        if lms < fms - ttl then hit((fms - ttl) .. '-0') end
+      end
+    elseif lms < at - span then
+      hit((at - ttl) .. '-' .. ABSENT)
+    end
+  end
+  expiry(has_stream, sfirst, sgone)
+  expiry(L ~= nil, L and L.first, now)
+end
+
 if last ~= '' then
   local lms = parse(last)
   for _, c in ipairs(cuts) do
     if less(last, c) then raise(c) end
   end
   if is_chan then
-    -- The stream and the list each on its own (either may have expired while the other lived):
-    -- a key that exists and whose oldest entry is `first` may have expired before it was created
-    -- again, holding only events older than `first` minus the TTL; a key that is absent may
-    -- have expired, holding only events older than now minus the TTL. The resync id of that
-    -- last rule has the sequence ABSENT: a reader reading on from it (`last` with that
-    -- sequence) read when the absent key was already absent, so its events are older than
-    -- `last`, and a later incarnation's are after `last` plus the TTL: the rule then applies
-    -- only to a `last` older than now minus twice the TTL (else every read from that id would
-    -- resync again, a long poll's loop).
     local span = string.match(last, '%-(%d+)$') == ABSENT and 2 * ttl or ttl
-    local function expiry(present, first)
-      if present then
-        if first then
-          local fms = parse(first)
-          if lms < fms - ttl then raise((fms - ttl) .. '-0') end
-        end
-      elseif lms < now - span then
-        raise((now - ttl) .. '-' .. ABSENT)
-      end
-    end
-    expiry(has_stream, sfirst)
-    expiry(L ~= nil, L and L.first)
+    expiry_rules(lms, span, raise)
     -- Both absent: every later event of the channel follows the global stream's last id.
     if not has_stream and not L and lms < now - ttl and redis.call('EXISTS', global) == 1 then
       local g = info(global)['last-generated-id']
@@ -139,14 +164,17 @@ if last ~= '' then
 end
 
 -- Everything returned is after `from`. A channel read from the oldest kept ('') starts after
--- the greatest cut: what a key kept before another key's dropped events is not returned (the
--- client asked from the oldest kept, so no resync is due), and the read is gap-free.
+-- the greatest cut and the greatest id the expiry rules give a read from the very beginning:
+-- what a key kept before another key's lost events is not returned (the client asked from the
+-- oldest kept, so no resync is due), and the read is gap-free.
 local from = last
 if resync ~= '' and (from == '' or less(from, resync)) then from = resync end
 if last == '' and is_chan then
-  for _, c in ipairs(cuts) do
-    if from == '' or less(from, c) then from = c end
+  local function after(id)
+    if from == '' or less(from, id) then from = id end
   end
+  for _, c in ipairs(cuts) do after(c) end
+  expiry_rules(0, ttl, after)
 end
 
 -- The stream's entries after `from`: ids and events.
