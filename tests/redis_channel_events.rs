@@ -882,7 +882,8 @@ async fn the_sweep_deletes_idle_streams_without_a_ttl_and_says_when_none_is_left
     assert!(t > 0 && t <= 600_000, "its own TTL kept: {t}");
     assert_eq!(pttl(&mut c, &other).await, -1, "not a channel stream");
     assert!(hash(&mut c, &gone).await.is_empty(), "streams seen");
-    // A claim left from before is deleted as soon as a stream is seen.
+    // A claim left from before is deleted as soon as a stream is seen, in the same script call
+    // as the SCAN batch that saw it (not only at the cycle's end).
     let _: i64 = ::redis::cmd("HSET")
         .arg(&gone)
         .arg("since")
@@ -892,6 +893,17 @@ async fn the_sweep_deletes_idle_streams_without_a_ttl_and_says_when_none_is_left
         .query_async(&mut c)
         .await
         .expect("hset");
+    let deleted: u64 = ::redis::Script::new(include_str!("../src/store/redis/lua/evc_sweep.lua"))
+        .key(format!("{p}:evcsweep"))
+        .key(&gone)
+        .key(&young)
+        .arg("batch")
+        .arg(0)
+        .invoke_async(&mut c)
+        .await
+        .expect("evc_sweep.lua");
+    assert_eq!(deleted, 0);
+    assert!(hash(&mut c, &gone).await.is_empty(), "a stream is there");
     sweep(&r).await;
     assert!(hash(&mut c, &gone).await.is_empty(), "a stream is there");
     // None left: the next full cycle says since when.
@@ -1067,5 +1079,30 @@ async fn the_sweep_cycle_goes_on_across_passes() {
         sweep(&r).await;
     }
     assert!(hash(&mut c, &gone).await.contains_key("since"));
-    assert_eq!(hash(&mut c, &state).await["gen"], 3);
+    let st = hash(&mut c, &state).await;
+    assert_eq!(st["gen"], 3);
+    // A cycle that took longer than half the TTL (60 s) says nothing (a stream could have come
+    // and gone unseen meanwhile): `P:evcgone` is deleted.
+    let _: i64 = ::redis::cmd("HSET")
+        .arg(&state)
+        .arg("start")
+        .arg(now_ms() - 40_000)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    let ended: u64 = ::redis::Script::new(include_str!("../src/store/redis/lua/evc_sweep.lua"))
+        .key(&state)
+        .key(&gone)
+        .arg("end")
+        .arg(st["cursor"])
+        .arg(3)
+        .arg(0)
+        .arg(now_ms())
+        .arg(60_000)
+        .arg(1000)
+        .invoke_async(&mut c)
+        .await
+        .expect("evc_sweep.lua");
+    assert_eq!(ended, 3, "a cycle too long");
+    assert!(hash(&mut c, &gone).await.is_empty());
 }
