@@ -1,5 +1,6 @@
 //! [`Maintenance`] for Redis: retention of finished jobs (`lua/retention.lua`) and of the global
-//! event stream, the referenced file hashes, health.
+//! event stream, the sweep of old channel streams (`lua/evc_sweep.lua`), the referenced file
+//! hashes, health.
 
 use std::sync::LazyLock;
 

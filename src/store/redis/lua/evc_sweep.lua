@@ -30,6 +30,8 @@ local sweep, gone = KEYS[1], KEYS[2]
 local op = ARGV[1]
 
 if op == 'begin' then
+  -- (An unreleased build kept the cursor alone in a string here.)
+  if redis.call('TYPE', sweep)['ok'] == 'string' then redis.call('DEL', sweep) end
   local s = redis.call('HMGET', sweep, 'cursor', 'gen')
   if not s[1] or not s[2] then
     redis.call('DEL', gone)
