@@ -417,6 +417,125 @@ async fn a_list_created_by_a_change_that_skips_the_ttl_refresh_still_expires() {
     );
 }
 
+async fn pexpire(c: &mut ::redis::aio::MultiplexedConnection, key: &str, ms: u64) {
+    let set: i64 = ::redis::cmd("PEXPIRE")
+        .arg(key)
+        .arg(ms)
+        .query_async(c)
+        .await
+        .expect("pexpire");
+    assert_eq!(set, 1, "{key} exists");
+}
+
+/// Rolling upgrade (review of 2026-12-02, 1a): an older build's submit refreshed the channel's
+/// stream, and its worker's changes of the young job refresh nothing. A new node's submit into
+/// a channel whose stream an older build left refreshes that stream's TTL too, as an old submit
+/// did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_refreshes_an_older_builds_stream_of_its_channel() {
+    let r = TestRedis::start();
+    let s = open(&r, 1000, DAY).await;
+    let mut c = conn(&r).await;
+    let stream = format!("{}:evc:shared", r.prefix);
+    xadd(&mut c, &stream, "1000-0").await;
+    pexpire(&mut c, &stream, 5000).await;
+    submit_into(&s, "shared", 1).await;
+    let ttl = pttl(&mut c, &stream).await;
+    assert!(
+        ttl > 23 * 3600 * 1000,
+        "the stream lives on with the channel: PTTL {ttl} ms"
+    );
+    // A channel with no stream gets none.
+    submit_into(&s, "fresh", 1).await;
+    let none: i64 = ::redis::cmd("EXISTS")
+        .arg(format!("{}:evc:fresh", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("exists");
+    assert_eq!(none, 0);
+}
+
+/// Rolling upgrade (review of 2026-12-02, 1b): a change of a young job skips the TTL refresh
+/// (its submit refreshed the channel), but an older build's submit refreshed only the stream: the
+/// change finds the list's TTL short (last refreshed long ago) and refreshes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_skips_the_refresh_restores_a_short_list_ttl() {
+    let r = TestRedis::start();
+    let s = open(&r, 1000, DAY).await;
+    let j = s.submit(job_in("quick")).await.expect("submit").job;
+    let list = format!("{}:evl:quick", r.prefix);
+    let mut c = conn(&r).await;
+    pexpire(&mut c, &list, 5000).await;
+    // Another process (nothing cached) changes the job, created just now: no refresh asked.
+    let s2 = open(&r, 1000, DAY).await;
+    s2.apply(j.id, Command::Cancel).await.expect("cancel");
+    assert_eq!(s2.events(Some("quick"), None, 10).await.unwrap().len(), 2);
+    let ttl = pttl(&mut c, &list).await;
+    assert!(
+        ttl > 23 * 3600 * 1000,
+        "the list lives on with the channel: PTTL {ttl} ms"
+    );
+}
+
+/// The reviewer's sequence (API nodes upgraded first): an old API node's submit of A left the
+/// stream of a shared channel about to expire; a new API node submits B (to the list); a reader
+/// reads B's QUEUED; an old worker claims B (a young job: its STARTING goes to the stream with
+/// no refresh); later B's next event goes to the list. Read on from B's QUEUED: B's STARTING,
+/// or a resync, never a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_workers_event_after_a_new_submit_is_never_a_silent_gap() {
+    let r = TestRedis::start();
+    let p = &r.prefix;
+    let (stream, list, global) = (
+        format!("{p}:evc:c"),
+        format!("{p}:evl:c"),
+        format!("{p}:ev"),
+    );
+    let mut c = conn(&r).await;
+    let old = open(&r, 1000, DAY).await;
+    old.submit(job_in("c")).await.expect("submit A");
+    assert_eq!(to_old_stream(&r, "c").await, 1);
+    pexpire(&mut c, &stream, 1500).await;
+    // A new API node (nothing cached) submits B.
+    let s = open(&r, 1000, DAY).await;
+    let b = s.submit(job_in("c")).await.expect("submit B").job;
+    let evs = s.events(Some("c"), None, 10).await.unwrap();
+    assert_eq!(evs.len(), 2, "A's QUEUED (stream), B's (list): {evs:?}");
+    let last = evs[1].id.clone();
+    // The old worker's STARTING of B: the global stream and the channel's stream, no refresh.
+    let entry: String = ::redis::cmd("LINDEX")
+        .arg(&list)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .expect("lindex");
+    let body = entry.split_once(' ').expect("`<id> <event>`").1.to_string();
+    let started: String = ::redis::cmd("XADD")
+        .arg(&global)
+        .arg("*")
+        .arg("e")
+        .arg(&body)
+        .query_async(&mut c)
+        .await
+        .expect("xadd");
+    let _: String = ::redis::cmd("XADD")
+        .arg(&stream)
+        .arg(&started)
+        .arg("e")
+        .arg(&body)
+        .query_async(&mut c)
+        .await
+        .expect("xadd");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // B's next event, to the list (a young job: no refresh asked).
+    s.apply(b.id, Command::Cancel).await.expect("cancel");
+    let evs = s.events(Some("c"), Some(&last), 10).await.unwrap();
+    assert!(
+        evs.first().is_some_and(|e| e.kind == "resync") || evs.iter().any(|e| e.id == started),
+        "B's STARTING ({started}) or a resync, not a silent gap: {evs:?}"
+    );
+}
+
 /// A channel's keys as a test writes them for `events.lua`: the stream `P:evc:ch` (entries
 /// `id`, trimmed to `trim_stream_to`), the list `P:evl:ch` (entries `id` or the marker `~`), and
 /// `P:evcgone` (`since`, `until`: the sweep saw no stream since then, vouched for until then).

@@ -426,7 +426,7 @@ impl RedisStore {
             }
         }
         let nkeys = nshared + batch.iter().map(|b| b.keys.len()).sum::<usize>();
-        let nargs = 3 + nkeys + 14 + batch.iter().map(|b| b.args.len()).sum::<usize>();
+        let nargs = 3 + nkeys + 16 + batch.iter().map(|b| b.args.len()).sum::<usize>();
         let bytes = 256
             + batch
                 .iter()
@@ -459,6 +459,10 @@ impl RedisStore {
         if shared & (1 << DLVSEQ) != 0 {
             cmd.arg("dlvp").arg(&sk.dlv_prefix);
         }
+        if let Some(slack) = channel_ttl_slack(p) {
+            let min = p.channel_ttl.saturating_sub(slack * 2);
+            cmd.arg("cmin").arg(min.as_millis() as u64);
+        }
         for a in batch.iter().flat_map(|b| b.args.iter()) {
             cmd.arg(a);
         }
@@ -473,9 +477,12 @@ impl RedisStore {
     /// refreshed the channel, or its process had within the slack before (a worker's claim,
     /// start and finish of a quick job send none). A push that creates the list sets its TTL
     /// whatever this says (`commit.lua`): a submit by a build before the list set it on the
-    /// channel's stream, not on the list. A channel list so lives at least
-    /// `retention.events` minus twice that slack after its last event, which `events.lua` is
-    /// told ([`RedisStore::channel_ttl_read`]).
+    /// channel's stream, not on the list. For the same reason a write that skips the refresh
+    /// has `commit.lua` check the list's PTTL (`cmin`: refreshed when under the TTL less twice
+    /// the slack), and a refresh also refreshes the older build's stream of the channel (an
+    /// older build's worker changing the young job relies on its submit for that). A channel
+    /// list so lives at least `retention.events` minus twice that slack after its last event,
+    /// which `events.lua` is told ([`RedisStore::channel_ttl_read`]).
     fn ttl_due(&self, w: &Write) -> bool {
         let Some(slack) = channel_ttl_slack(&self.s) else {
             return true;

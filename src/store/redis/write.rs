@@ -143,6 +143,9 @@ impl Write {
             p.own("evl", "evl:", &j.channel_id);
             if ttl {
                 p.val("ttl", 1);
+                // An older build's stream of the channel gets its TTL refreshed too (see
+                // `chan_ttl` in commit.lua).
+                p.own("evc", "evc:", &j.channel_id);
             }
             let mut dlv = false;
             for (name, ev, dname, d) in [

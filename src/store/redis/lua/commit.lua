@@ -24,6 +24,8 @@
 --     `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`, `P:dlv:seq`,
 --     `P:dlv:due`, `P:ev`, `P:evwant`),
 --   `glimit`, `climit` the global stream and channel limits, `cttl` the channel list's TTL (ms),
+--   `cmin` (ms, absent: every event refreshes) the least PTTL a channel list may be left with
+--   by a write that skips the refresh (see `chan_ttl`),
 --   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
 --   delivery prefix (only when a write has a delivery).
 -- Then per write, starting with `id`: the write's values (absent = none)
@@ -37,10 +39,13 @@
 --   delivery) appended right before `event`: the write is two changes of the job in one (an
 --   attempt's start and its finish, see src/store/redis/start.rs: the job goes from the stored
 --   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel list's
---   TTL; a push that creates the list sets it anyway), and `keys`, the names of the keys the write touches, in order (space separated). A
+--   TTL, and that of the older build's stream `evc` when there is one; a push that creates the
+--   list sets it anyway), and `keys`, the names of the keys the write touches, in order (space
+--   separated). A
 --   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
---   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `djob`
+--   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
+--   `P:evc:{channel}` (declared only with `ttl`), `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
 --   `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
@@ -50,7 +55,8 @@
 --   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
 --   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
 --   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
---   waitgen: see `wait`; ev, evl: the events are appended; evwant: whether `E` is announced.
+--   waitgen: see `wait`; ev, evl: the events are appended; evc: its TTL is refreshed with the
+--   list's (a no-op when it does not exist); evwant: whether `E` is announced.
 -- Returns one reply per job:
 --   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT'
 --   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
@@ -115,6 +121,7 @@ if slot ~= #KEYS then
 end
 
 local glimit, climit, cttl = tonumber(H.glimit), tonumber(H.climit), tonumber(H.cttl)
+local cmin = tonumber(H.cmin)
 local announced, notice, evented = {}, H.origin, false
 
 -- `MAXLEN ~` trims whole stream nodes (100 entries by default), so it cannot keep a smaller
@@ -313,6 +320,24 @@ local function append(w, K, ev, dlv)
   return eid, created
 end
 
+-- The TTL of a channel the write appended to (`made`: the push created its list). `w.ttl`: the
+-- list's TTL and that of the older build's stream `P:evc:{channel}` (if any) are refreshed. An
+-- older build's submit refreshed only the stream, and its changes of a young job refresh
+-- nothing, "the submit did": so a new node's submit refreshes the stream as an old node's did,
+-- for an old worker's changes of the job during a rolling upgrade. A write that skips the
+-- refresh (a change of a young job, whose submit refreshed the channel, or a channel this
+-- process refreshed within the slack) checks the list's PTTL instead (one read) and refreshes
+-- it when below `cmin`: the job's submit may have been an older build's, which refreshed the
+-- stream and not the list. A list just created gets its TTL in any case.
+local function chan_ttl(w, K, made)
+  if w.ttl or made then
+    redis.call('PEXPIRE', K.evl, cttl)
+  elseif cmin and redis.call('PTTL', K.evl) < cmin then
+    redis.call('PEXPIRE', K.evl, cttl)
+  end
+  if w.ttl and K.evc then redis.call('PEXPIRE', K.evc, cttl) end
+end
+
 local function commit_one(w)
   local K, id = w.K, w.id
   local cur = redis.call('HMGET', K.job, 'v', 's')
@@ -347,11 +372,7 @@ local function commit_one(w)
   local eid, made0, made = '', false, false
   if w.event0 then eid, made0 = append(w, K, w.event0, w.dlv0) end
   if w.event then eid, made = append(w, K, w.event, w.dlv) end
-  -- A list just created gets its TTL whatever `w.ttl` says: a write skips the refresh when the
-  -- job's submit set it, but a submit by a build before the list set it on the old stream.
-  if w.ttl and (w.event0 or w.event) or made0 or made then
-    redis.call('PEXPIRE', K.evl, cttl)
-  end
+  if w.event0 or w.event then chan_ttl(w, K, made0 or made) end
   return 'OK:' .. eid
 end
 
