@@ -562,10 +562,9 @@ async fn read(
     limit: usize,
 ) -> (String, Vec<String>) {
     let p = &r.prefix;
-    let (skey, lkey, gkey, gone) = (
+    let (skey, lkey, gone) = (
         format!("{p}:evc:ch"),
         format!("{p}:evl:ch"),
-        format!("{p}:ev"),
         format!("{p}:evcgone"),
     );
     let mut c = conn(r).await;
@@ -619,11 +618,24 @@ async fn read(
             .await
             .expect("hset");
     }
+    run_events(r, last, now, ttl, limit).await
+}
+
+/// `events.lua` on the keys of channel `ch` as they are (see [`read`]).
+async fn run_events(
+    r: &TestRedis,
+    last: &str,
+    now: u64,
+    ttl: u64,
+    limit: usize,
+) -> (String, Vec<String>) {
+    let p = &r.prefix;
+    let mut c = conn(r).await;
     let out: Vec<String> = ::redis::Script::new(include_str!("../src/store/redis/lua/events.lua"))
-        .key(&skey)
-        .key(&gkey)
-        .key(&lkey)
-        .key(&gone)
+        .key(format!("{p}:evc:ch"))
+        .key(format!("{p}:ev"))
+        .key(format!("{p}:evl:ch"))
+        .key(format!("{p}:evcgone"))
         .arg("chan")
         .arg(1)
         .arg("last")
@@ -848,6 +860,46 @@ async fn a_read_from_the_oldest_kept_starts_after_what_an_expired_key_may_have_l
     // The list gone (expired) beside the live stream: its entries older than now - TTL.
     let (resync, got) = read_at(&r, &stream, None, &[], "", 9500, 3000).await;
     assert_eq!((resync.as_str(), got), ("", strs(&["7000-0"])));
+}
+
+/// How many times Redis ran `cmd` (`INFO commandstats`; a script's commands count too).
+fn calls(r: &TestRedis, cmd: &str) -> u64 {
+    let info = r.cli(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .map_or(0, |v| v.parse().expect("calls"))
+}
+
+/// Review of 2026-12-02, 3: a long poll re-reads its channel each time it wakes; on a list
+/// longer than a few entries that read costs a few commands, not the whole list (nor a search
+/// by index): up to date, the list's ends only; one event behind, its newest few in one LRANGE.
+/// The answers are those of the whole list's read (other tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_reads_only_the_newest_entries_of_a_long_list() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    for n in [64u64, 1000] {
+        let ids: Vec<String> = (1..=n).map(|i| format!("{}-0", 1000 + i)).collect();
+        let ch = Chan {
+            list: ids.clone(),
+            ..Default::default()
+        };
+        let (now, ttl) = (2000 + n, 1_000_000);
+        read(&r, &ch, "", now, ttl, 100).await;
+        let (newest, behind) = (&ids[ids.len() - 1], &ids[ids.len() - 2]);
+        r.cli(&["CONFIG", "RESETSTAT"]);
+        let got = run_events(&r, newest, now, ttl, 100).await;
+        assert_eq!(got, (String::new(), vec![]), "up to date");
+        let (lrange, lindex) = (calls(&r, "lrange"), calls(&r, "lindex"));
+        assert_eq!(lrange, 0, "{n}: up to date, no LRANGE");
+        assert!(lindex <= 2, "{n}: up to date, {lindex} LINDEX");
+        r.cli(&["CONFIG", "RESETSTAT"]);
+        let got = run_events(&r, behind, now, ttl, 100).await;
+        assert_eq!(got, (String::new(), vec![newest.clone()]), "one behind");
+        let (lrange, lindex) = (calls(&r, "lrange"), calls(&r, "lindex"));
+        assert_eq!(lrange, 1, "{n}: one behind, one LRANGE");
+        assert!(lindex <= 2, "{n}: one behind, {lindex} LINDEX (no search)");
+    }
 }
 
 /// A list over 64 entries (searched by index, not read whole) under the per-key rules: the

@@ -75,8 +75,10 @@ end
 -- The sequence of a resync id the absent-key rule gives (2^53 - 1: exact in Lua's numbers, and
 -- above any real id's sequence).
 local ABSENT = '9007199254740991'
--- A list this short is read whole at once (one command); a longer one is searched by index.
-local SMALL = 64
+-- A list this short is read whole at once (one command); a longer one is read from its tail
+-- (`TAIL` entries: a long poll reads the newest few), else searched by index.
+local SMALL = 8
+local TAIL = 8
 -- The channel's list: its length `n`, `off` 1 when its head is the marker (else 0), `first`
 -- the oldest kept entry's id, `all` its elements when it is short.
 local L
@@ -84,12 +86,10 @@ if is_chan and lkey then
   local n = redis.call('LLEN', lkey)
   if n > 0 then
     local all = n <= SMALL and redis.call('LRANGE', lkey, 0, -1) or nil
-    local function at(i)
-      if all then return all[i + 1] end
-      return redis.call('LINDEX', lkey, i)
-    end
-    local off = at(0) == '~' and 1 or 0
-    local fe = at(off)
+    local head = all and all[1] or redis.call('LINDEX', lkey, 0)
+    local off = head == '~' and 1 or 0
+    local fe = head
+    if off == 1 then fe = all and all[2] or redis.call('LINDEX', lkey, 1) end
     L = { n = n, off = off, first = fe and id_of(fe), all = all }
   end
 end
@@ -197,30 +197,56 @@ if has_stream then
   end
 end
 
--- The list's entries after `from` (at most `limit`).
-local lent = {}
-if L then
-  local items
-  if L.all then
-    items = {}
-    for i = L.off + 1, #L.all do items[#items + 1] = L.all[i] end
-  else
-    -- The first index whose id is after `from` (ids increase along the list).
-    local lo, hi = L.off, L.n
-    if from ~= '' then
-      while lo < hi do
-        local mid = math.floor((lo + hi) / 2)
-        local id = id_of(redis.call('LINDEX', lkey, mid) or '')
-        if id and less(from, id) then hi = mid else lo = mid + 1 end
-      end
+-- The list's entries after `from` (at most `limit`), oldest first: ids `lid`, events `lev`.
+-- `from` is parsed once, each entry's id once.
+local fms, fseq
+if from ~= '' then fms, fseq = parse(from) end
+-- The id of list entry `e` when it is after `from` (else nil: the marker too).
+local function after_from(e)
+  local id, ms, seq = string.match(e, '^((%d+)%-(%d+)) ')
+  if not id or not fms then return id end
+  ms, seq = tonumber(ms), tonumber(seq)
+  if ms > fms or (ms == fms and seq > fseq) then return id end
+end
+local lid, lev = {}, {}
+-- Takes the entries of `items` (from index `i0`) after `from`: once one is, every later one is
+-- (ids increase along the list), so only the ids before it are compared.
+local function take(items, i0)
+  local past = not fms
+  for i = i0, #items do
+    local e = items[i]
+    local sp = string.find(e, ' ', 1, true)
+    if sp and (past or after_from(e)) then
+      past = true
+      lid[#lid + 1] = string.sub(e, 1, sp - 1)
+      lev[#lev + 1] = string.sub(e, sp + 1)
+      if #lid >= limit then break end
     end
-    items = lo < L.n and redis.call('LRANGE', lkey, lo, lo + limit - 1) or {}
   end
-  for _, e in ipairs(items) do
-    local id = id_of(e)
-    if id and (from == '' or less(from, id)) then
-      lent[#lent + 1] = e
-      if #lent >= limit then break end
+end
+if L then
+  if L.all then
+    take(L.all, 1)
+  elseif fms and not after_from(redis.call('LINDEX', lkey, -1) or '') then
+    -- Nothing after `from` (an up-to-date poll): one command.
+  else
+    -- The newest `TAIL` entries (never the marker): when `from` falls among them (a woken long
+    -- poll), they hold the answer; else the first index after `from`, searched.
+    local k = math.min(TAIL, L.n - L.off)
+    local tail = fms and redis.call('LRANGE', lkey, -k, -1) or {}
+    local i = #tail
+    while i >= 1 and after_from(tail[i]) do i = i - 1 end
+    if fms and (i >= 1 or k == L.n - L.off) then
+      take(tail, i + 1)
+    else
+      local lo, hi = L.off, L.n
+      if fms then
+        while lo < hi do
+          local mid = math.floor((lo + hi) / 2)
+          if after_from(redis.call('LINDEX', lkey, mid) or '') then hi = mid else lo = mid + 1 end
+        end
+      end
+      if lo < L.n then take(redis.call('LRANGE', lkey, lo, lo + limit - 1), 1) end
     end
   end
 end
@@ -229,16 +255,16 @@ end
 local out = { resync }
 local i, j = 1, 1
 for _ = 1, limit do
-  local sid_i, lid = sid[i], lent[j] and id_of(lent[j])
-  if not sid_i and not lid then break end
-  if sid_i and (not lid or not less(lid, sid_i)) then
+  local sid_i, lid_j = sid[i], lid[j]
+  if not sid_i and not lid_j then break end
+  if sid_i and (not lid_j or not less(lid_j, sid_i)) then
     out[#out + 1] = sid_i
     out[#out + 1] = sev[i]
     i = i + 1
-    if lid == sid_i then j = j + 1 end
+    if lid_j == sid_i then j = j + 1 end
   else
-    out[#out + 1] = lid
-    out[#out + 1] = string.sub(lent[j], #lid + 2)
+    out[#out + 1] = lid_j
+    out[#out + 1] = lev[j]
     j = j + 1
   end
 end
