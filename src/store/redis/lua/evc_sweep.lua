@@ -2,7 +2,7 @@
 -- them; see `sweep_old_streams` in retention.rs, which runs `SCAN ... TYPE stream` between the
 -- calls). The nodes share one pass through the keyspace (a cycle): `P:evcsweep`, a hash:
 -- `cursor` where the next segment of SCAN calls starts, `gen` the cycle's number, `start` (ms)
--- when it began, `found` 1 once it saw a stream. A cycle that saw none and took at most half the
+-- when it began, `found` 1 once it saw a stream, `run` the run id of its server. A cycle that saw none and took at most half the
 -- channel TTL (less the clock margin) vouches that no stream exists: `P:evcgone`, a hash:
 -- `since` (ms) the end of the first of the clean cycles in a row (a stream that expired did so
 -- before it), `until` (ms) the start of the last one plus the TTL (less twice the margin), after
@@ -11,7 +11,10 @@
 -- without a TTL is deleted here only once idle that long), so any stream that existed after
 -- `since` and before `until` was there for the whole of one of those cycles, and SCAN returns a
 -- key present for a whole cycle: that cycle saw it. Seeing a stream deletes `P:evcgone` in the
--- same call (an older build came back, or the upgrade is not over).
+-- same call (an older build came back, or the upgrade is not over). SCAN's cursor means nothing
+-- on another server: the cycle keeps the run id of the server it began on (`run`), and one that
+-- finds another (Redis restarted, or a replica took over) counts as having seen a stream (the
+-- keys before the cursor were not necessarily seen).
 --
 -- KEYS[1] `P:evcsweep`, KEYS[2] `P:evcgone`, KEYS[3..] (op `batch`) the streams a SCAN returned.
 -- ARGV[1] the op:
@@ -29,16 +32,31 @@
 local sweep, gone = KEYS[1], KEYS[2]
 local op = ARGV[1]
 
+-- The server's run id (`INFO server`), new at each start of a redis-server.
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+end
+
+-- The cycle's server: another one than the cycle began on marks it as not clean.
+local function same_server(stored)
+  local run = run_id()
+  if stored == run then return true end
+  redis.call('HSET', sweep, 'run', run, 'found', '1')
+  return false
+end
+
 if op == 'begin' then
   -- (An unreleased build kept the cursor alone in a string here.)
   if redis.call('TYPE', sweep)['ok'] == 'string' then redis.call('DEL', sweep) end
-  local s = redis.call('HMGET', sweep, 'cursor', 'gen')
+  local s = redis.call('HMGET', sweep, 'cursor', 'gen', 'run')
   if not s[1] or not s[2] then
     redis.call('DEL', gone)
-    redis.call('HSET', sweep, 'cursor', '0', 'gen', '1', 'start', ARGV[2], 'found', '0')
+    redis.call('HSET', sweep, 'cursor', '0', 'gen', '1', 'start', ARGV[2], 'found', '0',
+      'run', run_id())
     return { '0', '1' }
   end
-  return s
+  same_server(s[3])
+  return { s[1], s[2] }
 end
 
 if op == 'batch' then
@@ -72,8 +90,9 @@ end
 if op == 'end' then
   local from, gen, next = ARGV[2], ARGV[3], ARGV[4]
   local now, ttl, margin = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-  local s = redis.call('HMGET', sweep, 'cursor', 'gen', 'start', 'found')
+  local s = redis.call('HMGET', sweep, 'cursor', 'gen', 'start', 'found', 'run')
   if s[1] ~= from or s[2] ~= gen then return 0 end
+  if not same_server(s[5]) then s[4] = '1' end
   if next ~= '0' then
     redis.call('HSET', sweep, 'cursor', next)
     return 1
