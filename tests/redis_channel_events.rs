@@ -973,9 +973,17 @@ async fn open_url(r: &TestRedis, url: &str, ttl: Duration) -> Arc<dyn Store> {
 /// One sweep: a retention pass of a new store (a process sweeps at most every 10 s), channel
 /// TTL 60 s (under an hour: TTL reads use it as it is).
 async fn sweep(r: &TestRedis) {
-    let s = open(r, 1000, Duration::from_secs(60)).await;
+    sweep_ttl(r, Duration::from_secs(60)).await;
+}
+
+/// One sweep with this channel TTL: the sweep's calls are sized to go through the keyspace in
+/// about a quarter of it (an hour: 10 calls of 1,000 keys up to 870,000 keys).
+async fn sweep_ttl(r: &TestRedis, ttl: Duration) {
+    let s = open(r, 1000, ttl).await;
     s.retention(0).await.expect("retention");
 }
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 async fn xadd(c: &mut ::redis::aio::MultiplexedConnection, key: &str, id: &str) {
     let _: String = ::redis::cmd("XADD")
@@ -1032,7 +1040,7 @@ async fn a_sweep_cycle_across_a_redis_restart_is_not_clean() {
             .query_async(&mut c)
             .await
             .expect("filler");
-        sweep(&r).await;
+        sweep_ttl(&r, HOUR).await;
         let st = hash(&mut c, &state).await;
         assert_ne!(st["cursor"], 0, "one pass is not a cycle: {st:?}");
     }
@@ -1041,7 +1049,7 @@ async fn a_sweep_cycle_across_a_redis_restart_is_not_clean() {
     assert_eq!(hash(&mut c, &state).await["gen"], 1, "the state was kept");
     let mut passes = 0;
     while hash(&mut c, &state).await["gen"] == 1 && passes < 20 {
-        sweep(&r).await;
+        sweep_ttl(&r, HOUR).await;
         passes += 1;
     }
     assert_eq!(hash(&mut c, &state).await["gen"], 2);
@@ -1050,7 +1058,7 @@ async fn a_sweep_cycle_across_a_redis_restart_is_not_clean() {
         "a cycle across a restart vouches for nothing"
     );
     while hash(&mut c, &state).await["gen"] == 2 && passes < 40 {
-        sweep(&r).await;
+        sweep_ttl(&r, HOUR).await;
         passes += 1;
     }
     assert!(
@@ -1254,14 +1262,14 @@ async fn the_sweep_cycle_goes_on_across_passes() {
     let young = format!("{p}:evc:young");
     let (state, gone) = (format!("{p}:evcsweep"), format!("{p}:evcgone"));
     xadd(&mut c, &young, "*").await;
-    sweep(&r).await;
+    sweep_ttl(&r, HOUR).await;
     let st = hash(&mut c, &state).await;
     assert_ne!(st["cursor"], 0, "one pass is not a cycle: {st:?}");
     assert_eq!(st["gen"], 1);
     // Another process goes on from there; its passes end the cycle, which saw the stream.
     let mut passes = 1;
     while hash(&mut c, &state).await["gen"] == 1 && passes < 20 {
-        sweep(&r).await;
+        sweep_ttl(&r, HOUR).await;
         passes += 1;
     }
     assert!(passes >= 3, "25,000 keys take 3 passes or more: {passes}");
@@ -1276,7 +1284,7 @@ async fn the_sweep_cycle_goes_on_across_passes() {
         .query_async(&mut c)
         .await
         .expect("del");
-    sweep(&r).await;
+    sweep_ttl(&r, HOUR).await;
     assert!(hash(&mut c, &gone).await.is_empty(), "mid-cycle: not yet");
     let st = hash(&mut c, &state).await;
     // A segment from where this cycle started, ended by a slow process: dropped.
@@ -1299,7 +1307,7 @@ async fn the_sweep_cycle_goes_on_across_passes() {
         if !hash(&mut c, &gone).await.is_empty() {
             break;
         }
-        sweep(&r).await;
+        sweep_ttl(&r, HOUR).await;
     }
     assert!(hash(&mut c, &gone).await.contains_key("since"));
     let st = hash(&mut c, &state).await;
@@ -1328,4 +1336,29 @@ async fn the_sweep_cycle_goes_on_across_passes() {
         .expect("evc_sweep.lua");
     assert_eq!(ended, 3, "a cycle too long");
     assert!(hash(&mut c, &gone).await.is_empty());
+}
+
+/// Review of 2026-12-02, 4: a sweep's `SCAN` calls grow with the keyspace (`DBSIZE`) so that a
+/// cycle takes about a quarter of the TTL: with a TTL of 60 s, one sweep goes through 25,000
+/// keys, and a keyspace without a stream is vouched for after one retention pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_goes_through_a_keyspace_in_a_quarter_of_the_ttl() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let p = &r.prefix;
+    let mut c = conn(&r).await;
+    let _: () = ::redis::cmd("EVAL")
+        .arg("for i = 1, 25000 do redis.call('SET', ARGV[1] .. i, 1) end")
+        .arg(0)
+        .arg(format!("{p}:filler:"))
+        .query_async(&mut c)
+        .await
+        .expect("filler");
+    sweep(&r).await;
+    assert_eq!(hash(&mut c, &format!("{p}:evcsweep")).await["gen"], 2);
+    assert!(
+        hash(&mut c, &format!("{p}:evcgone"))
+            .await
+            .contains_key("since"),
+        "one pass was a whole clean cycle"
+    );
 }

@@ -8,8 +8,12 @@ use ::redis::Script;
 
 use super::*;
 
-/// `SCAN` calls (of about 1,000 keys each) per sweep in [`RedisStore::sweep_old_streams`].
-const SWEEP_CALLS: usize = 10;
+/// The least and the most `SCAN` calls per sweep in [`RedisStore::sweep_old_streams`] (see
+/// [`sweep_calls`]).
+const SWEEP_CALLS_MIN: u64 = 10;
+const SWEEP_CALLS_MAX: u64 = 100;
+/// Keys per `SCAN` call (`COUNT`): about 1.5 ms of Redis time on a keyspace of a million keys.
+const SCAN_COUNT: u64 = 1000;
 /// The least time between two sweeps of one process (the default `retention.interval`): a round
 /// of retention, up to 200 passes in a backlog, sweeps about once (every 10 s in a long one).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -24,6 +28,18 @@ static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 const RETENTION_CHUNK: usize = 500;
 /// Retention script calls per [`Maintenance::retention`] (bounds one pass).
 const RETENTION_CHUNKS: usize = 40;
+
+/// `SCAN` calls per sweep for a keyspace of `keys` keys (`DBSIZE`) and the channel TTL reads
+/// use, `ttl`: enough that one node's sweeps (one per [`SWEEP_EVERY`]) go through the keyspace
+/// in about a quarter of the TTL (a cycle counts only if it took at most half of it, see
+/// `lua/evc_sweep.lua`), from [`SWEEP_CALLS_MIN`] to [`SWEEP_CALLS_MAX`]. Several nodes share
+/// the cycle, so it then goes faster; a keyspace over `SWEEP_CALLS_MAX` * 1,000 keys per sweep
+/// takes longer (docs/redis.md).
+fn sweep_calls(keys: u64, ttl: Duration) -> u64 {
+    let sweeps = (ttl.as_millis() as u64 / 4 / SWEEP_EVERY.as_millis() as u64).max(1);
+    keys.div_ceil(sweeps * SCAN_COUNT)
+        .clamp(SWEEP_CALLS_MIN, SWEEP_CALLS_MAX)
+}
 
 #[async_trait]
 impl Maintenance for RedisStore {
@@ -140,7 +156,7 @@ impl RedisStore {
 
     /// One segment of the sweep of channel streams `P:evc:{channel}` (builds before the channel
     /// list wrote them; `lua/evc_sweep.lua` says what each step does and why): up to
-    /// [`SWEEP_CALLS`] `SCAN ... TYPE stream` calls, going on from where the last segment of any
+    /// [`sweep_calls`] `SCAN ... TYPE stream` calls, going on from where the last segment of any
     /// node stopped. Each stream without a TTL that is idle for longer than the TTL reads allow
     /// for ([`Self::channel_ttl_read`]) is deleted: an older build's worker, during a rolling
     /// upgrade, creates one for a job a new node submitted, as it skips the TTL refresh for a
@@ -158,9 +174,14 @@ impl RedisStore {
             .run_script(&SWEEP, &state, &["begin".into(), t0.to_string()])
             .await?;
         let idle_before = t0.saturating_sub(ttl + margin).to_string();
+        let keys: u64 = self
+            .exec(true, |mut c| async move {
+                ::redis::cmd("DBSIZE").query_async(&mut c).await
+            })
+            .await?;
         let mut cursor = from.clone();
         let mut deleted = 0;
-        for _ in 0..SWEEP_CALLS {
+        for _ in 0..sweep_calls(keys, Duration::from_millis(ttl)) {
             let (next, keys): (String, Vec<String>) = self
                 .exec(true, |mut c| {
                     let cmd = ::redis::cmd("SCAN")
@@ -168,7 +189,7 @@ impl RedisStore {
                         .arg("MATCH")
                         .arg(&pattern)
                         .arg("COUNT")
-                        .arg(1000)
+                        .arg(SCAN_COUNT)
                         .arg("TYPE")
                         .arg("stream")
                         .clone();
@@ -204,5 +225,25 @@ impl RedisStore {
             );
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_cycle_takes_about_a_quarter_of_the_ttl() {
+        let hour = Duration::from_secs(3600);
+        // An hour: 90 sweeps of 10 s in a quarter of it.
+        assert_eq!(sweep_calls(1_000_000, hour), 12);
+        assert_eq!(sweep_calls(5_000_000, hour), 56);
+        // Small keyspaces: the least; huge ones: the most (the cycle then takes longer).
+        assert_eq!(sweep_calls(1000, hour), SWEEP_CALLS_MIN);
+        assert_eq!(sweep_calls(50_000_000, hour), SWEEP_CALLS_MAX);
+        // A day: 2,160 sweeps.
+        assert_eq!(sweep_calls(30_000_000, hour * 24), 14);
+        // Shorter than 40 s: the whole keyspace in each sweep (up to the most).
+        assert_eq!(sweep_calls(25_000, Duration::from_secs(20)), 25);
     }
 }

@@ -529,6 +529,8 @@ mod tests {
                 "P:qt:t".into(),
                 "P:q:r".into(),
                 format!("P:evl:{id}"),
+                // An older build's stream of the channel: its TTL refreshed with the list's.
+                format!("P:evc:{id}"),
             ]
         );
         assert_eq!(shared, ["all", "jc", "ev", "evwant"]);
@@ -537,6 +539,10 @@ mod tests {
             "a submit has no expected version"
         );
         assert!(names.contains(&"ttl".to_string()));
+        // Without a refresh, no stream key.
+        let (keys, _, names) = declared(&w, false);
+        assert_eq!(keys.last(), Some(&format!("P:evl:{id}")));
+        assert!(!names.contains(&"ttl".to_string()));
     }
 
     #[test]
