@@ -81,8 +81,9 @@ impl Write {
     /// What `commit.lua` receives for this write: its named values, its own keys and the shared
     /// keys it touches (see the script's header). Only what this kind of write changes is
     /// declared: a heartbeat names its job and the lease set, nothing else. `prefix` is the
-    /// store's key prefix; `ttl`: refresh the channel list's TTL with the event (see
-    /// [`RedisStore::ttl_due`]).
+    /// store's key prefix; `ttl`: refresh the channel list's TTL with the event, and that of an
+    /// older build's stream of the channel, declared then (see [`RedisStore::ttl_due`] and
+    /// `chan_ttl` in commit.lua).
     pub(super) fn parts<'a>(&self, prefix: &'a str, ttl: bool) -> Parts<'a> {
         let j = &self.job;
         let old = self.old_status;
@@ -137,15 +138,20 @@ impl Write {
                 p.own("sigw", "waitk:", k);
             }
         }
+        self.event_parts(&mut p, ttl);
+        p
+    }
+
+    /// The write's events (the global stream, the channel's list, with `ttl` the refresh of its
+    /// TTL and of an older build's stream of the channel) and their webhook deliveries.
+    fn event_parts(&self, p: &mut Parts<'_>, ttl: bool) {
         if self.event.is_some() || self.event0.is_some() {
             p.shared(EV);
             p.shared(EVWANT);
-            p.own("evl", "evl:", &j.channel_id);
+            p.own("evl", "evl:", &self.job.channel_id);
             if ttl {
                 p.val("ttl", 1);
-                // An older build's stream of the channel gets its TTL refreshed too (see
-                // `chan_ttl` in commit.lua).
-                p.own("evc", "evc:", &j.channel_id);
+                p.own("evc", "evc:", &self.job.channel_id);
             }
             let mut dlv = false;
             for (name, ev, dname, d) in [
@@ -163,10 +169,9 @@ impl Write {
             if dlv {
                 p.shared(DLVSEQ);
                 p.shared(DLVDUE);
-                p.own("djob", "dlv:job:", j.id);
+                p.own("djob", "dlv:job:", self.job.id);
             }
         }
-        p
     }
 
     /// The index entries the write moves: counts, status indexes, queues, leases, finished.
