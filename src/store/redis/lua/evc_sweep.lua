@@ -19,7 +19,8 @@
 -- KEYS[1] `P:evcsweep`, KEYS[2] `P:evcgone`, KEYS[3..] (op `batch`) the streams a SCAN returned.
 -- ARGV[1] the op:
 -- - `begin`, ARGV[2] now (ms): the cycle to go on with, started at now when there is none (then
---   nothing is known of the time before: `P:evcgone` is deleted). Returns {cursor, gen}.
+--   nothing is known of the time before: `P:evcgone` is deleted); a cycle that began on another
+--   server (`run`) goes on marked as not clean. Returns {cursor, gen}.
 -- - `batch`, ARGV[2] a time (ms): each stream without a TTL whose last id is older is deleted
 --   (its events are older than what `events.lua` resyncs over for an absent stream); one with a
 --   TTL is left to expire, one younger is left (an older build's worker may still write to it
@@ -28,7 +29,7 @@
 --   the TTL, the margin (ms): moves the cycle on when no other node did meanwhile (else returns
 --   0: the segment is dropped, another node went through it); at the cycle's end (cursor 0)
 --   writes or deletes `P:evcgone` and starts the next cycle. Returns 1 moved on, 2 a cycle ended
---   clean, 3 a cycle ended that saw a stream or took too long.
+--   clean, 3 a cycle ended that saw a stream, took too long, or ran on more than one server.
 local sweep, gone = KEYS[1], KEYS[2]
 local op = ARGV[1]
 
