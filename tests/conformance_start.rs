@@ -327,8 +327,8 @@ async fn redis_a_start_and_the_finish_offered_first_are_one_script_call() {
 /// Redis: a start and the finish offered before it are ONE write of the job
 /// (`src/store/redis/start.rs`, `event0` in `lua/commit.lua`): the job hash read and written
 /// once where the two changes each read it and wrote it whole (two `HMGET`, two `HSET` of its
-/// ~1.4 KB), yet both events are there, in order, each with its own id in the global stream and
-/// the channel list, and the job reads as finished.
+/// ~1.4 KB), yet both events are there, in order, each with its own id in the global and the
+/// channel stream, and the job reads as finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_start_and_the_finish_offered_first_are_one_job_write() {
     // A private server: a shared one counts other tests' calls too.
@@ -642,9 +642,8 @@ async fn redis_a_calls_index_changes_go_once_per_key() {
 }
 
 /// Redis: a quick job's claim, start and finish by another process than its submit's refresh no
-/// channel TTL (`RedisStore::ttl_due`): the submit set it a moment before, so the submit's
-/// `PEXPIRE`s only (the list's, and that of an older build's stream of the channel, none here)
-/// where the worker's process sent more; the channel list still lives `retention.events`.
+/// channel TTL (`RedisStore::ttl_due`): the submit set it a moment before, so one `PEXPIRE` per
+/// job where the worker's process sent one more; the stream still lives `retention.events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
@@ -669,7 +668,7 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
         .expect("start");
     end.expect("finish taken").expect("finished");
     let sent = calls(&r.url, &["pexpire"]).await - before;
-    assert_eq!(sent, 2, "the submit's refresh only");
+    assert_eq!(sent, 1, "the submit's refresh only");
     assert_eq!(
         statuses(&api, &j).await,
         ["QUEUED", "STARTING", "RUNNING", "SUCCESS"]
@@ -680,11 +679,11 @@ async fn redis_a_young_jobs_changes_leave_the_channel_ttl_to_its_submit() {
         .await
         .expect("connect");
     let ttl: i64 = ::redis::cmd("PTTL")
-        .arg(format!("{}:evl:{}", r.prefix, j.channel_id))
+        .arg(format!("{}:evc:{}", r.prefix, j.channel_id))
         .query_async(&mut c)
         .await
         .expect("pttl");
-    assert!(ttl > 23 * 3600 * 1000, "channel list PTTL {ttl} ms");
+    assert!(ttl > 23 * 3600 * 1000, "channel stream PTTL {ttl} ms");
 }
 
 /// The jobs `s` lists with this status (one page, up to 1,000).
@@ -740,7 +739,7 @@ async fn redis_a_commit_after_the_scripts_are_flushed_loads_them_again() {
 }
 
 /// Redis: a command that fails in the middle of a commit call (here the third job's channel
-/// list is a plain string, so its `RPUSH` fails) ends the script with the writes before it
+/// stream is a plain string, so its `XADD` fails) ends the script with the writes before it
 /// made. Those jobs are stored, so they must also be counted, listed and queued: a worker claims
 /// them and they run. (When the call's index changes were applied only at its very end, they
 /// were stored and in no index: never run, a lost job.)
@@ -754,10 +753,10 @@ async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
             ..Job::new("t.mid", "rm", now_us())
         })
         .collect();
-    // The third job's channel list key holds a string: its event cannot be appended.
+    // The third job's channel stream key holds a string: its event cannot be appended.
     r.cli(&[
         "SET",
-        &format!("{}:evl:{}", r.prefix, jobs[2].channel_id),
+        &format!("{}:evc:{}", r.prefix, jobs[2].channel_id),
         "not a stream",
     ]);
     let out = s.submit_many(jobs.clone()).await;
@@ -791,7 +790,7 @@ async fn redis_a_commit_that_fails_midway_leaves_what_it_stored_indexed() {
     stored.sort();
     assert_eq!(queued, stored, "listed");
     // Once the bad key is gone, a worker claims every stored job.
-    r.cli(&["DEL", &format!("{}:evl:{}", r.prefix, jobs[2].channel_id)]);
+    r.cli(&["DEL", &format!("{}:evc:{}", r.prefix, jobs[2].channel_id)]);
     let mut claimed: Vec<_> = s
         .claim("rm", "w1", 10, Duration::from_secs(30))
         .await

@@ -1,9 +1,11 @@
-//! Redis: a channel's events live in a list (`P:evl:{channel}`, see `chan_push` in
-//! `src/store/redis/lua/commit.lua`), read by `lua/events.lua` together with the stream
-//! `P:evc:{channel}` that builds before the list wrote. What a reader sees is what the stream
-//! gave: every event of the channel with its global id, in order, at most
-//! `events.channel_limit` of them, and a `resync` event first when events after its `last_id` are
-//! gone (trimmed, or the channel expired), never a silent gap.
+//! Redis: a channel's events live in its stream `P:evc:{channel}` (`store.channel_events`
+//! "stream", the default, as builds before the list) or its list `P:evl:{channel}` ("list", see
+//! `chan_push` in `src/store/redis/lua/commit.lua`), and `lua/events.lua` reads both, merged,
+//! whatever the node writes. What a reader sees is what the stream gave: every event of the
+//! channel with its global id, in order, at most `events.channel_limit` of them, and a `resync`
+//! event first when events after its `last_id` are gone (trimmed, or the channel expired),
+//! never a silent gap. Most tests here run in list mode (they test the list); the stream mode
+//! and a cluster of both are tested at the end.
 
 mod redis_support;
 
@@ -18,9 +20,21 @@ use redis_support::TestRedis;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// A store on `r` with this channel limit and channel TTL (`retention.events`).
+/// A store on `r` writing channel lists, with this channel limit and channel TTL
+/// (`retention.events`).
 async fn open(r: &TestRedis, channel_limit: usize, ttl: Duration) -> Arc<dyn Store> {
+    open_mode(r, channel_limit, ttl, true).await
+}
+
+/// [`open`] writing channel lists (`lists`) or streams (`store.channel_events`).
+async fn open_mode(
+    r: &TestRedis,
+    channel_limit: usize,
+    ttl: Duration,
+    lists: bool,
+) -> Arc<dyn Store> {
     RedisStore::connect(RedisSettings {
+        channel_lists: lists,
         prefix: r.prefix.clone(),
         store: StoreSettings {
             channel_limit,
@@ -537,14 +551,18 @@ async fn an_old_workers_event_after_a_new_submit_is_never_a_silent_gap() {
 }
 
 /// A channel's keys as a test writes them for `events.lua`: the stream `P:evc:ch` (entries
-/// `id`, trimmed to `trim_stream_to`), the list `P:evl:ch` (entries `id` or the marker `~`), and
-/// `P:evcgone` (`since`, `until`: the sweep saw no stream since then, vouched for until then).
+/// `id`, trimmed to `trim_stream_to`), the list `P:evl:ch` (entries `id` or the marker `~`),
+/// `P:evcgone` (`since`, `until`: the sweep saw no stream since then, vouched for until then),
+/// and `P:evlsince` (since when lists exist: `lists_since`, 0 when `None`, as if lists had
+/// been written forever; absent with `never_a_list`, a deployment that only wrote streams).
 #[derive(Default)]
 struct Chan {
     stream: Vec<String>,
     trim_stream_to: Option<usize>,
     list: Vec<String>,
     gone: Option<(u64, u64)>,
+    lists_since: Option<u64>,
+    never_a_list: bool,
 }
 
 fn strs(ids: &[&str]) -> Vec<String> {
@@ -562,19 +580,29 @@ async fn read(
     limit: usize,
 ) -> (String, Vec<String>) {
     let p = &r.prefix;
-    let (skey, lkey, gone) = (
+    let (skey, lkey, gone, lsince) = (
         format!("{p}:evc:ch"),
         format!("{p}:evl:ch"),
         format!("{p}:evcgone"),
+        format!("{p}:evlsince"),
     );
     let mut c = conn(r).await;
     let _: () = ::redis::cmd("DEL")
         .arg(&skey)
         .arg(&lkey)
         .arg(&gone)
+        .arg(&lsince)
         .query_async(&mut c)
         .await
         .expect("del");
+    if !ch.never_a_list {
+        let _: () = ::redis::cmd("SET")
+            .arg(&lsince)
+            .arg(ch.lists_since.unwrap_or(0))
+            .query_async(&mut c)
+            .await
+            .expect("set");
+    }
     for id in &ch.stream {
         let _: String = ::redis::cmd("XADD")
             .arg(&skey)
@@ -636,6 +664,7 @@ async fn run_events(
         .key(format!("{p}:ev"))
         .key(format!("{p}:evl:ch"))
         .key(format!("{p}:evcgone"))
+        .key(format!("{p}:evlsince"))
         .arg("chan")
         .arg(1)
         .arg("last")
@@ -670,7 +699,7 @@ async fn read_at(
         stream: strs(stream),
         trim_stream_to,
         list: strs(list),
-        gone: None,
+        ..Default::default()
     };
     read(r, &ch, last, now, ttl, 100).await
 }
@@ -961,6 +990,7 @@ async fn a_long_list_is_read_by_index_under_the_per_key_rules() {
 /// A store on `url` (another user's credentials, say) with the prefix of `r`.
 async fn open_url(r: &TestRedis, url: &str, ttl: Duration) -> Arc<dyn Store> {
     RedisStore::connect(RedisSettings {
+        channel_lists: true,
         prefix: r.prefix.clone(),
         channel_ttl: ttl,
         retry: Duration::from_secs(2),
@@ -1361,4 +1391,215 @@ async fn a_sweep_goes_through_a_keyspace_in_a_quarter_of_the_ttl() {
             .contains_key("since"),
         "one pass was a whole clean cycle"
     );
+}
+
+/// `store.channel_events` "stream" (the default): a node writes a channel's events to its
+/// stream `P:evc:{channel}` as builds before the list did (the global stream's ids, field `e`,
+/// the channel TTL), and no list, nor `P:evlsince`; they read back with those ids, from the
+/// start and from each id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_mode_writes_the_channel_stream_and_no_list() {
+    let r = TestRedis::start();
+    let s = open_mode(&r, 1000, DAY, false).await;
+    submit_into(&s, "sc", 3).await;
+    let j = s.submit(job_in("sc")).await.expect("submit").job;
+    s.apply(j.id, Command::Cancel).await.expect("cancel");
+    let want = in_global(&s, "sc").await;
+    assert_eq!(want.len(), 5, "4 QUEUED, 1 CANCELLED");
+    let p = &r.prefix;
+    let mut c = conn(&r).await;
+    let stream = format!("{p}:evc:sc");
+    let kind: String = ::redis::cmd("TYPE")
+        .arg(&stream)
+        .query_async(&mut c)
+        .await
+        .expect("type");
+    assert_eq!(kind, "stream");
+    let entries: Vec<(String, Vec<String>)> = ::redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("xrange");
+    let stored: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(stored, ids(&want), "the global stream's ids");
+    assert!(entries.iter().all(|(_, f)| f.len() == 2 && f[0] == "e"));
+    let ttl = pttl(&mut c, &stream).await;
+    assert!(ttl > 23 * 3600 * 1000, "the stream's TTL: {ttl} ms");
+    let lists: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{p}:evl*"))
+        .query_async(&mut c)
+        .await
+        .expect("keys");
+    assert!(lists.is_empty(), "no list, no P:evlsince: {lists:?}");
+    assert_eq!(s.events(Some("sc"), None, 100).await.unwrap(), want);
+    for (i, e) in want.iter().enumerate() {
+        let rest = s.events(Some("sc"), Some(&e.id), 100).await.unwrap();
+        assert_eq!(rest, want[i + 1..], "after {}", e.id);
+    }
+}
+
+/// The fourth review's rolling update, now with both nodes on this build: node S writes
+/// streams, node L lists, on one Redis, taking turns on one channel (S submits J1 and L cancels
+/// it, L submits J2 and S cancels it, ...). A reader whose polls go to each node in turn sees
+/// every event exactly once, in order, with no resync; so does a read from any id on either
+/// node. (With a reader of streams only, as builds before the list had, L's events were lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_stream_and_list_writers_loses_no_event() {
+    let r = TestRedis::start();
+    let sn = open_mode(&r, 1000, DAY, false).await;
+    let ln = open_mode(&r, 1000, DAY, true).await;
+    let nodes = [&sn, &ln];
+    let (mut seen, mut polls): (Vec<Event>, usize) = (Vec::new(), 0);
+    for i in 0..6 {
+        let (w, o) = (nodes[i % 2], nodes[(i + 1) % 2]);
+        let j = w.submit(job_in("u")).await.expect("submit").job;
+        for step in 0..2 {
+            if step == 1 {
+                o.apply(j.id, Command::Cancel).await.expect("cancel");
+            }
+            let last = seen.last().map(|e| e.id.clone());
+            let page = nodes[polls % 2]
+                .events(Some("u"), last.as_deref(), 100)
+                .await
+                .expect("poll");
+            polls += 1;
+            assert!(page.iter().all(|e| e.kind != "resync"), "{page:?}");
+            assert_eq!(
+                page.len(),
+                1,
+                "job {i}, step {step}: one new event: {page:?}"
+            );
+            seen.extend(page);
+        }
+    }
+    let want = in_global(&sn, "u").await;
+    assert_eq!(want.len(), 12);
+    assert_eq!(ids(&seen), ids(&want), "every event once, in order");
+    let p = &r.prefix;
+    let mut c = conn(&r).await;
+    for (key, n) in [(format!("{p}:evc:u"), 6u64), (format!("{p}:evl:u"), 6)] {
+        let len: u64 = ::redis::cmd(if key.contains(":evc:") {
+            "XLEN"
+        } else {
+            "LLEN"
+        })
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .expect("len");
+        assert_eq!(len, n, "{key}: half the events each");
+    }
+    for node in nodes {
+        assert_eq!(
+            ids(&node.events(Some("u"), None, 100).await.unwrap()),
+            ids(&want)
+        );
+        for (i, e) in want.iter().enumerate() {
+            let rest = node.events(Some("u"), Some(&e.id), 100).await.unwrap();
+            assert_eq!(ids(&rest), ids(&want[i + 1..]), "after {}", e.id);
+        }
+    }
+}
+
+/// The absent list's rule applies only once a list may have expired (`P:evlsince`, events.lua's
+/// header). A stream holds 1000 and 450000; now 500000, TTL 100000; no list. A reader at 500
+/// (before 1000): both, no resync, when no list was ever written, or the first one less than
+/// the TTL ago; a resync (past now - TTL) once a list could have expired. The same for a read
+/// from the oldest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_absent_list_rule_waits_for_a_list_that_could_have_expired() {
+    let r = TestRedis::start();
+    let (now, ttl) = (500_000, 100_000);
+    let both = strs(&["1000-0", "450000-0"]);
+    let mut ch = Chan {
+        stream: both.clone(),
+        never_a_list: true,
+        ..Default::default()
+    };
+    for last in ["500-0", ""] {
+        let got = read(&r, &ch, last, now, ttl, 100).await;
+        assert_eq!(
+            got,
+            (String::new(), both.clone()),
+            "never a list, from {last:?}"
+        );
+    }
+    ch.never_a_list = false;
+    ch.lists_since = Some(now - ttl + 1);
+    for last in ["500-0", ""] {
+        let got = read(&r, &ch, last, now, ttl, 100).await;
+        assert_eq!(
+            got,
+            (String::new(), both.clone()),
+            "lists too young, from {last:?}"
+        );
+    }
+    ch.lists_since = Some(now - ttl);
+    let (resync, got) = read(&r, &ch, "500-0", now, ttl, 100).await;
+    assert_eq!(
+        resync,
+        format!("400000-{ABSENT}"),
+        "a list could have expired"
+    );
+    assert_eq!(got, ["450000-0"]);
+    let got = read(&r, &ch, "", now, ttl, 100).await;
+    assert_eq!(got, (String::new(), strs(&["450000-0"])));
+}
+
+/// Stream mode, end to end: a channel whose stream holds an event older than the TTL (3 s here;
+/// events keep coming, so the stream lives) reads whole from before it, with no resync, as it
+/// did before the list (the absent list's rule fired here, a needless resync). Then a list
+/// node writes one event to a channel whose stream lives on; its list expires: a reader from
+/// before that event gets a resync (the event is gone), then the stream's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_mode_gives_no_needless_resync_and_an_expired_list_still_says_resync() {
+    let r = TestRedis::start();
+    let ttl = Duration::from_secs(3);
+    let (sn, ln) = (
+        open_mode(&r, 1000, ttl, false).await,
+        open_mode(&r, 1000, ttl, true).await,
+    );
+    submit_into(&sn, "before", 1).await;
+    let before = in_global(&sn, "before").await[0].id.clone();
+    for _ in 0..4 {
+        submit_into(&sn, "old", 1).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let want = in_global(&sn, "old").await;
+    assert_eq!(want.len(), 4);
+    for node in [&sn, &ln] {
+        let got = node.events(Some("old"), Some(&before), 100).await.unwrap();
+        assert_eq!(ids(&got), ids(&want), "every event, no resync");
+        let got = node.events(Some("old"), None, 100).await.unwrap();
+        assert_eq!(ids(&got), ids(&want), "from the oldest kept");
+    }
+    // The list node's event (a list, and `P:evlsince`), then stream events past its TTL.
+    let before = want[3].id.clone();
+    submit_into(&ln, "mix", 1).await;
+    let listed = in_global(&ln, "mix").await;
+    for _ in 0..4 {
+        submit_into(&sn, "mix", 1).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let mut c = conn(&r).await;
+    let n: u64 = ::redis::cmd("EXISTS")
+        .arg(format!("{}:evl:mix", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("exists");
+    assert_eq!(n, 0, "the list expired");
+    let all = in_global(&sn, "mix").await;
+    assert_eq!(ids(&all[..1]), ids(&listed));
+    for node in [&sn, &ln] {
+        let got = node.events(Some("mix"), Some(&before), 100).await.unwrap();
+        assert_eq!(got[0].kind, "resync", "{} is gone: {got:?}", listed[0].id);
+        assert!(pos(&got[0].id) >= pos(&listed[0].id));
+        let rest: Vec<&str> = ids(&all)
+            .into_iter()
+            .filter(|i| pos(i) > pos(&got[0].id))
+            .collect();
+        assert_eq!(ids(&got[1..]), rest, "the stream's events after it");
+    }
 }

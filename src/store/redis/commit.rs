@@ -244,7 +244,11 @@ impl RedisStore {
         for w in writes {
             ttl.push(w.event.is_some() && self.ttl_due(w));
             let (a, k, sh) = w
-                .parts(&self.s.prefix, *ttl.last().unwrap_or(&true))
+                .parts(
+                    &self.s.prefix,
+                    *ttl.last().unwrap_or(&true),
+                    self.s.channel_lists,
+                )
                 .into_packed();
             if writes.len() == 1 {
                 (args, keys) = (a, k);
@@ -342,7 +346,9 @@ impl RedisStore {
         w.event0 = late.event;
         w.delivery0 = late.delivery;
         let ttl = (w.event.is_some() || w.event0.is_some()) && self.ttl_due(&w);
-        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_packed();
+        let (a, k, sh) = w
+            .parts(&self.s.prefix, ttl, self.s.channel_lists)
+            .into_packed();
         (p.args, p.keys, p.shared) = (a, k, sh);
         LateOutcome::Sent(cmd, Box::new(w), ttl)
     }
@@ -459,7 +465,7 @@ impl RedisStore {
         if shared & (1 << DLVSEQ) != 0 {
             cmd.arg("dlvp").arg(&sk.dlv_prefix);
         }
-        if let Some(slack) = channel_ttl_slack(p) {
+        if let Some(slack) = channel_ttl_slack(p).filter(|_| p.channel_lists) {
             let min = p.channel_ttl.saturating_sub(slack * 2);
             cmd.arg("cmin").arg(min.as_millis() as u64);
         }

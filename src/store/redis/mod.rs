@@ -2,7 +2,7 @@
 //!
 //! The status rules stay in Rust: a change loads the job, runs [`crate::job::apply`] and commits
 //! with `lua/commit.lua`, a compare-and-set on the job's `version` that also updates the index
-//! keys and appends the event to the global stream and the channel list, atomically. A conflict
+//! keys and appends the event to the global stream and the channel's, atomically. A conflict
 //! means another process wrote the job in between: load and apply again.
 //!
 //! # Keys (all under the configured prefix `P`, so several deployments can share one Redis)
@@ -16,11 +16,10 @@
 //! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
 //!   `P:fhashes` every referenced file hash.
 //! - `P:log:{id}` list of log lines, `P:logn:{id}` their sequence counter.
-//! - `P:ev` the global event stream, trimmed with `XADD MAXLEN ~`; `P:evl:{channel}` a
-//!   channel's list of `<id> <event>` (the global stream's ids), exactly `events.channel_limit`
-//!   (a head `~` once trimmed), expiring after `retention.events` without events;
-//!   `P:evc:{channel}` a channel's stream as builds before the list wrote it, still read, and
-//!   swept (`P:evcsweep`, `P:evcgone`; see `lua/commit.lua`, `events.lua`, `evc_sweep.lua`).
+//! - `P:ev` the global event stream (`XADD MAXLEN ~`); a channel's events (the global ids),
+//!   expiring after `retention.events` without events: `P:evc:{channel}` its stream or
+//!   `P:evl:{channel}` its list (`store.channel_events`; both read, see `lua/commit.lua`,
+//!   `events.lua`), `P:evlsince`, `P:evcsweep`, `P:evcgone` (`evc_sweep.lua`).
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
@@ -112,12 +111,14 @@ pub struct RedisSettings {
     pub prefix: String,
     /// The knobs every backend has.
     pub store: StoreSettings,
-    /// A channel's event stream is deleted after this long without an event.
+    /// A channel's events are deleted after this long without an event.
     pub channel_ttl: Duration,
     /// How long a command is retried while Redis cannot be reached.
     pub retry: Duration,
     /// How long one command may take.
     pub command_timeout: Duration,
+    /// Channel events go to lists, not streams (`store.channel_events`); both are read anyway.
+    pub channel_lists: bool,
 }
 
 impl RedisSettings {
@@ -130,6 +131,7 @@ impl RedisSettings {
             channel_ttl: Duration::from_secs(24 * 3600),
             retry: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5),
+            channel_lists: false,
         }
     }
 }

@@ -1,6 +1,6 @@
 -- Commits job writes, each with a compare-and-set on the job's version, together with everything
 -- that depends on the job: its index entries, its idempotency key, its file references and its
--- event (global stream + channel list). The status rules ran in Rust (`crate::job::apply`), and
+-- event (global stream + the channel's stream or list). The status rules ran in Rust (`crate::job::apply`), and
 -- so did the choice of what each write touches (`Write::parts` in src/store/redis/write.rs):
 -- this script checks that nobody wrote the job in between, then does what the write declares and
 -- nothing else (an index entry, a counter, an event, only when the write names its key). One call
@@ -20,12 +20,12 @@
 -- ARGV is name/value pairs (names below). First the call's own:
 --   `shared` the names of the keys shared by the call's writes, declared first in KEYS in that
 --     order (space separated, any of: all jc lease fin sched fhashes waitdl waitdue waitgen
---     sigseq sigkeys dlvseq dlvdue ev evwant, for `P:all`, `P:jc`, `P:lease`, `P:fin`, `P:sched`,
---     `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`, `P:dlv:seq`,
---     `P:dlv:due`, `P:ev`, `P:evwant`),
---   `glimit`, `climit` the global stream and channel limits, `cttl` the channel list's TTL (ms),
---   `cmin` (ms, absent: every event refreshes) the least PTTL a channel list may be left with
---   by a write that skips the refresh (see `chan_ttl`),
+--     sigseq sigkeys dlvseq dlvdue ev evwant evlsince, for `P:all`, `P:jc`, `P:lease`, `P:fin`,
+--     `P:sched`, `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`,
+--     `P:dlv:seq`, `P:dlv:due`, `P:ev`, `P:evwant`, `P:evlsince`),
+--   `glimit`, `climit` the global stream and channel limits, `cttl` the channel's TTL (ms),
+--   `cmin` (ms, lists only; absent: every event refreshes) the least PTTL a channel list may be
+--   left with by a write that skips the refresh (see `chan_ttl`),
 --   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
 --   delivery prefix (only when a write has a delivery).
 -- Then per write, starting with `id`: the write's values (absent = none)
@@ -38,14 +38,13 @@
 --   (`<created_at µs>\n<url>`, see deliveries.rs), `event0` and `dlv0` an event (and its
 --   delivery) appended right before `event`: the write is two changes of the job in one (an
 --   attempt's start and its finish, see src/store/redis/start.rs: the job goes from the stored
---   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel list's
---   TTL, and that of the older build's stream `evc` when there is one; a push that creates the
---   list sets it anyway), and `keys`, the names of the keys the write touches, in order (space
+--   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel's TTL:
+--   see `chan_ttl`), and `keys`, the names of the keys the write touches, in order (space
 --   separated). A
 --   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
---   `P:evc:{channel}` (declared only with `ttl`), `djob`
+--   `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
 --   `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
@@ -55,8 +54,13 @@
 --   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
 --   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
 --   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
---   waitgen: see `wait`; ev, evl: the events are appended; evc: its TTL is refreshed with the
---   list's (a no-op when it does not exist); evwant: whether `E` is announced.
+--   waitgen: see `wait`; ev: the events are appended; the channel's (`store.channel_events`):
+--   with `evl` (lists), the events are pushed to the list, `evc` (declared only with `ttl`)
+--   has its TTL refreshed with the list's (a no-op when it does not exist), and a push that
+--   creates the list sets `evlsince` if it is not set (see events.lua); without `evl`
+--   (streams), the events are appended to the stream `evc` as builds before the list did (the
+--   global id, `climit`, PEXPIRE with `ttl`), and no list is touched; evwant: whether `E` is
+--   announced.
 -- Returns one reply per job:
 --   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT'
 --   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
@@ -65,7 +69,7 @@
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
-  ev = true, evwant = true,
+  ev = true, evwant = true, evlsince = true,
 }
 local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigw = true }
 
@@ -126,11 +130,11 @@ local announced, notice, evented = {}, H.origin, false
 
 -- `MAXLEN ~` trims whole stream nodes (100 entries by default), so it cannot keep a smaller
 -- stream bounded: small limits are exact.
-local function xadd(key, limit, ev)
+local function xadd(key, limit, id, ev)
   if limit < 100 then
-    return redis.call('XADD', key, 'MAXLEN', limit, '*', 'e', ev)
+    return redis.call('XADD', key, 'MAXLEN', limit, id, 'e', ev)
   end
-  return redis.call('XADD', key, 'MAXLEN', '~', limit, '*', 'e', ev)
+  return redis.call('XADD', key, 'MAXLEN', '~', limit, id, 'e', ev)
 end
 
 -- Waiting jobs (see src/store/redis/waits.rs): `P:waitk:{key}` the jobs waiting on a signal
@@ -310,26 +314,41 @@ local function chan_push(key, eid, ev)
   return n
 end
 
--- Appends event `ev` of write `w` (with its delivery `dlv`, if any); returns its id.
--- `created`: whether the push created the channel's list.
+-- Appends event `ev` of write `w` (with its delivery `dlv`, if any); returns its id and, for a
+-- list, whether the push created it. Streams (no `evl` declared): the channel's stream, with
+-- the same id (channel ids are a subsequence of the global ones, so they increase too, and a
+-- client may use one id in both). Lists: a push that creates one records the time of the
+-- first list ever (`P:evlsince`, kept: events.lua's rule for an absent list needs it).
 local function append(w, K, ev, dlv)
-  local eid = xadd(K.ev, glimit, ev)
+  local eid = xadd(K.ev, glimit, '*', ev)
   evented = true
-  local created = chan_push(K.evl, eid, ev) == 1
+  local created = false
+  if K.evl then
+    created = chan_push(K.evl, eid, ev) == 1
+    if created then redis.call('SET', K.evlsince, string.match(eid, '^%d+'), 'NX') end
+  else
+    xadd(K.evc, climit, eid, ev)
+  end
   if dlv then deliver(w, K, eid, ev, dlv) end
   return eid, created
 end
 
--- The TTL of a channel the write appended to (`made`: the push created its list). `w.ttl`: the
--- list's TTL and that of the older build's stream `P:evc:{channel}` (if any) are refreshed. An
--- older build's submit refreshed only the stream, and its changes of a young job refresh
--- nothing, "the submit did": so a new node's submit refreshes the stream as an old node's did,
--- for an old worker's changes of the job during a rolling upgrade. A write that skips the
--- refresh (a change of a young job, whose submit refreshed the channel, or a channel this
--- process refreshed within the slack) checks the list's PTTL instead (one read) and refreshes
--- it when below `cmin`: the job's submit may have been an older build's, which refreshed the
--- stream and not the list. A list just created gets its TTL in any case.
+-- The TTL of a channel the write appended to (`made`: the push created its list). Streams:
+-- `w.ttl` refreshes the stream's TTL (builds before the list did just that). Lists: `w.ttl`: the
+-- list's TTL and that of the channel's stream `P:evc:{channel}` (if any) are refreshed. A
+-- stream writer's submit (a build before the list, or a node writing streams) refreshes only
+-- the stream, and its changes of a young job refresh nothing, "the submit did": so a list
+-- writer's submit refreshes the stream as a stream writer's does, for a stream writer's
+-- changes of the job while both kinds run (a rolling update). A write that skips the refresh (a
+-- change of a young job, whose submit refreshed the channel, or a channel this process
+-- refreshed within the slack) checks the list's PTTL instead (one read) and refreshes it when
+-- below `cmin`: the job's submit may have been a stream writer's, which refreshed the stream
+-- and not the list. A list just created gets its TTL in any case.
 local function chan_ttl(w, K, made)
+  if not K.evl then
+    if w.ttl then redis.call('PEXPIRE', K.evc, cttl) end
+    return
+  end
   if w.ttl or made then
     redis.call('PEXPIRE', K.evl, cttl)
   elseif cmin and redis.call('PTTL', K.evl) < cmin then

@@ -1,9 +1,11 @@
 -- Reads events after `last_id` (exclusive) from the global stream or a channel, and says first
 -- whether events after `last_id` are gone (a resync), never leaving a silent gap.
 --
--- A channel's events are in its list `P:evl:{channel}` (entries `<id> <event>`, oldest first,
--- see `chan_push` in commit.lua), and, when builds before the list wrote them, in its stream
--- `P:evc:{channel}` (which lives on until it expires): both are read and merged by id.
+-- A channel's events are in its stream `P:evc:{channel}` (written by builds before the list,
+-- and by nodes with `store.channel_events = "stream"`), or in its list `P:evl:{channel}`
+-- (entries `<id> <event>`, oldest first, see `chan_push` in commit.lua; nodes with "list"), or
+-- in both while writers of both kinds run or the other key lives on until it expires: both
+-- are read and merged by id.
 --
 -- Resync rules (each gives an id; the greatest applies; events up to it may be missing):
 -- - trimmed (a stream: MAXLEN at XADD, XTRIM at retention, when entries-added > length; a
@@ -23,7 +25,20 @@
 --   sweep vouches for it (`P:evcgone`, see `sweep_old_streams` in retention.rs): a stream
 --   that expired did so before it, so its events are older than that time minus the TTL, and a
 --   channel that only ever had a list gets no needless resync once the sweep has seen no stream
---   for a full cycle.
+--   for a full cycle. For an absent list, the rule applies only once a list may have expired:
+--   `P:evlsince` (ms, set with `SET NX` by the push that created the first list, see `append`
+--   in commit.lua) exists and is at most now minus the TTL. Why that suffices: every list was
+--   created at `since` or later, and lives at least the TTL this script is told after its last
+--   event (`channel_ttl_read`: the TTL less the refresh slack, the same bound the other rules
+--   use), so none expired before `since` plus the TTL; without `P:evlsince` no list ever
+--   existed. So a deployment that writes streams (the default) gives no resync for a list it
+--   never had: a reader behind by more than the TTL in a channel whose live stream holds its
+--   events reads them, as builds before the list did (the absent list's rule fired there
+--   otherwise, and on a read from the oldest kept skipped the stream's entries older than the
+--   TTL). `P:evlsince` must stay (no DEL, no eviction: runyard needs `noeviction`, see
+--   docs/redis.md): deleted, the next list created sets it later, and a list that expired
+--   before could be missed. It is never cleared: after a switch back to streams the rule keeps
+--   applying (a resync for a reader behind by more than the TTL: safe).
 -- The events returned are those after `last_id` and after the resync id. A channel read from
 -- the oldest kept (`last_id` '') applies the same rules as a read from the very beginning
 -- (`last_id` 0) and starts after the greatest of their ids and the trimmed keys' cuts, without
@@ -33,11 +48,11 @@
 -- KEYS[1] the stream read (`P:ev`, or `P:evc:{channel}`), KEYS[2] the global stream `P:ev`,
 -- KEYS[3] (channel reads) the channel's list `P:evl:{channel}`, KEYS[4] (channel reads)
 -- `P:evcgone`, a hash: `since` (ms) no channel stream has existed since then, as far as the
--- sweep saw, a bound it vouches for until `until` (ms).
+-- sweep saw, a bound it vouches for until `until` (ms), KEYS[5] (channel reads) `P:evlsince`.
 -- ARGV is name/value pairs: `chan` 1 for a channel, 0 for the global stream, `last` last id
 -- ('' = from the oldest kept), `limit`, `now` (ms), `ttl` the channel TTL (ms).
 -- Returns {resync id or '', id1, event1, id2, event2, ...}.
-local key, global, lkey, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local key, global, lkey, gone, lsince = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
 local is_chan = A.chan == '1'
@@ -105,6 +120,16 @@ if is_chan and gone then
   if since and till and now < till and since < now then sgone = since end
 end
 
+-- Whether a list may have expired (read once, only when a rule needs it): see the header.
+local lists_expired
+local function list_may_have_expired()
+  if lists_expired == nil then
+    local t = tonumber(lsince and redis.call('GET', lsince) or '')
+    lists_expired = t ~= nil and t <= now - ttl
+  end
+  return lists_expired
+end
+
 local resync = ''
 local function raise(id)
   if resync == '' or less(resync, id) then resync = id end
@@ -126,25 +151,26 @@ if L and L.first and L.off == 1 then cuts[#cuts + 1] = pred(L.first) end
 -- The stream and the list each on its own (either may have expired while the other lived): a
 -- key that exists and whose oldest entry is `first` may have expired before it was created
 -- again, holding only events older than `first` minus the TTL; a key that is absent may have
--- expired, holding only events older than `at` (now, or `sgone` for the stream) minus the TTL.
+-- expired (`may`: a list only once one may have, see `P:evlsince` in the header), holding only
+-- events older than `at` (now, or `sgone` for the stream) minus the TTL.
 -- The resync id of that last rule has the sequence ABSENT: a reader reading on from it (`last`
 -- with that sequence) read when the absent key was already absent, so its events are older
 -- than `last`, and a later incarnation's are after `last` plus the TTL: the rule then applies
 -- only to a `last` older than `at` minus twice the TTL (else every read from that id would
 -- resync again, a long poll's loop).
 local function expiry_rules(lms, span, hit)
-  local function expiry(present, first, at)
+  local function expiry(present, first, at, may)
     if present then
       if first then
         local fms = parse(first)
         if lms < fms - ttl then hit((fms - ttl) .. '-0') end
       end
-    elseif lms < at - span then
+    elseif lms < at - span and may() then
       hit((at - ttl) .. '-' .. ABSENT)
     end
   end
-  expiry(has_stream, sfirst, sgone)
-  expiry(L ~= nil, L and L.first, now)
+  expiry(has_stream, sfirst, sgone, function() return true end)
+  expiry(L ~= nil, L and L.first, now, list_may_have_expired)
 end
 
 if last ~= '' then
