@@ -481,14 +481,14 @@ impl RedisStore {
     /// for a change of a job created less than half that slack ago (by its time `created_at`,
     /// so a skew of the nodes' clocks up to half the slack is allowed for): its submit
     /// refreshed the channel, or its process had within the slack before (a worker's claim,
-    /// start and finish of a quick job send none). A push that creates the list sets its TTL
-    /// whatever this says (`commit.lua`): a submit by a build before the list set it on the
+    /// start and finish of a quick job send none). With lists, a push that creates the list
+    /// sets its TTL whatever this says (`commit.lua`): a stream writer's submit set it on the
     /// channel's stream, not on the list. For the same reason a write that skips the refresh
     /// has `commit.lua` check the list's PTTL (`cmin`: refreshed when under the TTL less twice
-    /// the slack), and a refresh also refreshes the older build's stream of the channel (an
-    /// older build's worker changing the young job relies on its submit for that). A channel
-    /// list so lives at least `retention.events` minus twice that slack after its last event,
-    /// which `events.lua` is told ([`RedisStore::channel_ttl_read`]).
+    /// the slack), and a refresh also refreshes the channel's stream (a stream writer changing
+    /// the young job relies on its submit for that). A channel's stream or list so lives at
+    /// least `retention.events` minus twice that slack after its last event, which
+    /// `events.lua` is told ([`RedisStore::channel_ttl_read`]).
     fn ttl_due(&self, w: &Write) -> bool {
         let Some(slack) = channel_ttl_slack(&self.s) else {
             return true;

@@ -154,14 +154,15 @@ impl RedisStore {
         due
     }
 
-    /// One segment of the sweep of channel streams `P:evc:{channel}` (builds before the channel
-    /// list wrote them; `lua/evc_sweep.lua` says what each step does and why): up to
+    /// One segment of the sweep of channel streams `P:evc:{channel}` (written by nodes with
+    /// `store.channel_events = "stream"` and older builds; `lua/evc_sweep.lua` says what each
+    /// step does and why; it runs whatever this node writes): up to
     /// [`sweep_calls`] `SCAN ... TYPE stream` calls, going on from where the last segment of any
     /// node stopped. Each stream without a TTL that is idle for longer than the TTL reads allow
-    /// for ([`Self::channel_ttl_read`]) is deleted: an older build's worker, during a rolling
-    /// upgrade, creates one for a job a new node submitted, as it skips the TTL refresh for a
-    /// young job whose submit "set it". Any other stream is left as it is (a younger one may
-    /// still be written by an old worker that does not refresh its TTL). A full cycle through
+    /// for ([`Self::channel_ttl_read`]) is deleted: a stream writer, beside list writers,
+    /// creates one for a job a list writer submitted, as it skips the TTL refresh for a young
+    /// job whose submit "set it". Any other stream is left as it is (a younger one may still be
+    /// written by a stream writer that does not refresh its TTL). A full cycle through
     /// the keyspace that saw no stream sets `P:evcgone`, which bounds `events.lua`'s resyncs
     /// for absent streams. Returns how many streams it deleted.
     async fn sweep_old_streams(&self) -> Result<u64> {
@@ -221,7 +222,7 @@ impl RedisStore {
         if deleted > 0 {
             tracing::info!(
                 streams = deleted,
-                "retention: deleted idle channel streams without a TTL (left by an older build)"
+                "retention: deleted idle channel streams without a TTL (left beside list writers)"
             );
         }
         Ok(deleted)

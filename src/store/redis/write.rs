@@ -565,7 +565,7 @@ mod tests {
         let (keys, _, names) = declared(&w, false);
         assert_eq!(keys.last(), Some(&format!("P:evc:{id}")));
         assert!(!names.contains(&"ttl".to_string()));
-        // Lists: the list, and with a refresh an older build's stream of the channel (its TTL
+        // Lists: the list, and with a refresh the channel's stream, if any (its TTL
         // refreshed with the list's); `P:evlsince`.
         let (keys, shared, _) = declared_in(&w, true, true);
         own.extend([format!("P:evl:{id}"), format!("P:evc:{id}")]);

@@ -1,6 +1,6 @@
--- The retention sweep of channel streams `P:evc:{channel}` (builds before the channel list wrote
--- them; see `sweep_old_streams` in retention.rs, which runs `SCAN ... TYPE stream` between the
--- calls). The nodes share one pass through the keyspace (a cycle): `P:evcsweep`, a hash:
+-- The retention sweep of channel streams `P:evc:{channel}` (written by nodes with
+-- `store.channel_events = "stream"` and builds before session 18; see `sweep_old_streams` in
+-- retention.rs, which runs `SCAN ... TYPE stream` between the calls). The nodes share one pass through the keyspace (a cycle): `P:evcsweep`, a hash:
 -- `cursor` where the next segment of SCAN calls starts, `gen` the cycle's number, `start` (ms)
 -- when it began, `found` 1 once it saw a stream, `run` the run id of its server. A cycle that saw none and took at most half the
 -- channel TTL (less the clock margin) vouches that no stream exists: `P:evcgone`, a hash:
@@ -11,7 +11,7 @@
 -- without a TTL is deleted here only once idle that long), so any stream that existed after
 -- `since` and before `until` was there for the whole of one of those cycles, and SCAN returns a
 -- key present for a whole cycle: that cycle saw it. Seeing a stream deletes `P:evcgone` in the
--- same call (an older build came back, or the upgrade is not over). SCAN's cursor means nothing
+-- same call (a stream writer came back, or the switch to lists is not over). SCAN's cursor means nothing
 -- on another server: the cycle keeps the run id of the server it began on (`run`), and one that
 -- finds another (Redis restarted, or a replica took over) counts as having seen a stream (the
 -- keys before the cursor were not necessarily seen).
@@ -23,7 +23,7 @@
 --   server (`run`) goes on marked as not clean. Returns {cursor, gen}.
 -- - `batch`, ARGV[2] a time (ms): each stream without a TTL whose last id is older is deleted
 --   (its events are older than what `events.lua` resyncs over for an absent stream); one with a
---   TTL is left to expire, one younger is left (an older build's worker may still write to it
+--   TTL is left to expire, one younger is left (a stream writer may still write to it
 --   without refreshing its TTL). Every stream there counts as seen. Returns how many it deleted.
 -- - `end`, ARGV[2..8] the cursor and gen the segment started from, the cursor it reached, now,
 --   the TTL, the margin (ms): moves the cycle on when no other node did meanwhile (else returns
