@@ -1007,7 +1007,7 @@ async fn sweep(r: &TestRedis) {
 }
 
 /// One sweep with this channel TTL: the sweep's calls are sized to go through the keyspace in
-/// about a quarter of it (an hour: 10 calls of 1,000 keys up to 870,000 keys).
+/// about a quarter of it (an hour: 10 calls of 1,000 keys up to 720,000 keys).
 async fn sweep_ttl(r: &TestRedis, ttl: Duration) {
     let s = open(r, 1000, ttl).await;
     s.retention(0).await.expect("retention");

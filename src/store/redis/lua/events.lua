@@ -31,7 +31,11 @@
 --   created at `since` or later, and lives at least the TTL this script is told after its last
 --   event (`channel_ttl_read`: the TTL less the refresh slack, the same bound the other rules
 --   use), so none expired before `since` plus the TTL; without `P:evlsince` no list ever
---   existed. So a deployment that writes streams (the default) gives no resync for a list it
+--   existed. Put another way: the rule's resync covers events up to `now` minus the TTL, and
+--   the gate lets it off only when every event a list ever held is after that (at `since` or
+--   later), events its resync would not cover anyway; so the gate adds no exposure of its own,
+--   also to a `now` behind Redis's clock (which the TTL's slack allows for, as for every rule
+--   here). So a deployment that writes streams (the default) gives no resync for a list it
 --   never had: a reader behind by more than the TTL in a channel whose live stream holds its
 --   events reads them, as builds before the list did (the absent list's rule fired there
 --   otherwise, and on a read from the oldest kept skipped the stream's entries older than the
