@@ -1009,8 +1009,64 @@ async fn sweep(r: &TestRedis) {
 /// One sweep with this channel TTL: the sweep's calls are sized to go through the keyspace in
 /// about a quarter of it (an hour: 10 calls of 1,000 keys up to 720,000 keys).
 async fn sweep_ttl(r: &TestRedis, ttl: Duration) {
+    lists_written(r).await;
     let s = open(r, 1000, ttl).await;
     s.retention(0).await.expect("retention");
+}
+
+/// Records that lists were written (`P:evlsince`, as a list writer's first push does): the
+/// sweep runs only then.
+async fn lists_written(r: &TestRedis) {
+    let mut c = conn(r).await;
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("{}:evlsince", r.prefix))
+        .arg(1)
+        .arg("NX")
+        .query_async(&mut c)
+        .await
+        .expect("set");
+}
+
+/// Review (session 18): on a deployment that never wrote a list, retention does not sweep
+/// (a stream without a TTL only appears beside list writers); once a list was written, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_waits_for_a_list_to_have_been_written() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let mut c = conn(&r).await;
+    let idle = format!("{}:evc:idle", r.prefix);
+    xadd(&mut c, &idle, "1000-0").await;
+    let s = open(&r, 1000, Duration::from_secs(60)).await;
+    s.retention(0).await.expect("retention");
+    assert_eq!(pttl(&mut c, &idle).await, -1, "no sweep without a list ever written");
+    let calls = r.cli(&["INFO", "commandstats"]);
+    assert!(!calls.contains("cmdstat_scan"), "no SCAN: {calls}");
+    sweep(&r).await;
+    assert_eq!(pttl(&mut c, &idle).await, -2, "swept once a list was written");
+}
+
+/// Review (session 18): with neither key of a channel, a read answers as builds before the list
+/// did (the global stream's last id rule alone), whether or not lists were ever written: a
+/// reader at the global stream's last id a day later gets no resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_with_neither_key_reads_as_before_the_list() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let mut c = conn(&r).await;
+    let t = 1_764_000_000_000u64;
+    xadd(&mut c, &format!("{}:ev", r.prefix), &format!("{t}-0")).await;
+    let day = 86_400_000u64;
+    for ch in [
+        Chan {
+            never_a_list: true,
+            ..Chan::default()
+        },
+        Chan::default(),
+    ] {
+        let (resync, ids) = read(&r, &ch, &format!("{t}-0"), t + day, 60_000, 10).await;
+        assert_eq!((resync.as_str(), ids.len()), ("", 0), "never_a_list: {}", ch.never_a_list);
+        // An older reader: the global stream's last id, as before.
+        let (resync, _) = read(&r, &ch, &format!("{}-0", t - 1), t + day, 60_000, 10).await;
+        assert_eq!(resync, format!("{t}-0"));
+    }
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -81,7 +81,9 @@ impl Maintenance for RedisStore {
             .await?;
         // At most every SWEEP_EVERY, and never failing the pass: a sweep refused for good (an
         // ACL without SCAN) only leaves `P:evcgone` unset (docs/redis.md).
-        if self.sweep_due() {
+        // Only once a list was ever written (`P:evlsince`): a stream without a TTL appears only
+        // beside list writers, and `P:evcgone` matters only to channels with a list.
+        if self.sweep_due() && self.lists_ever_written().await.unwrap_or(true) {
             if let Err(e) = self.sweep_old_streams().await {
                 tracing::warn!(error = %e, "retention: the sweep of old channel streams failed");
             }
@@ -154,6 +156,16 @@ impl RedisStore {
             *at = Some(Instant::now());
         }
         due
+    }
+
+    /// Whether any node ever wrote a channel list (`P:evlsince` exists).
+    async fn lists_ever_written(&self) -> Result<bool> {
+        let key = self.key("evlsince");
+        self.exec(true, |mut c| {
+            let cmd = ::redis::cmd("EXISTS").arg(&key).clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
     }
 
     /// One segment of the sweep of channel streams `P:evc:{channel}` (written by nodes with

@@ -163,6 +163,9 @@ if L and L.first and L.off == 1 then cuts[#cuts + 1] = pred(L.first) end
 -- only to a `last` older than `at` minus twice the TTL (else every read from that id would
 -- resync again, a long poll's loop).
 local function expiry_rules(lms, span, hit)
+  -- Both keys absent: the "both absent" rule below alone, as builds before the list read (the
+  -- global stream's last id; an ABSENT id here would resync where they did not).
+  if not has_stream and not L then return end
   local function expiry(present, first, at, may)
     if present then
       if first then
