@@ -7,7 +7,8 @@
 #   e.g. scripts/redis-bench.sh 2 --only service --jobs 20000
 #
 # Env: RUNYARD (binary, default target/release/runyard), APPENDONLY (yes|no, default no),
-# PERF, PERF_API, PERF_WORKER (files: perf profiles of redis-server, the API, the first worker
+# MONITOR (a file: the commands redis-server received, for scripts/redis-replay.py), PERF, PERF_API,
+# PERF_WORKER (files: perf profiles of redis-server, the API, the first worker
 # during the bench; for the API and the worker PERF_F sets the frequency, default 999, and
 # PERF_CG the call graph option, default -g, e.g. "--call-graph dwarf,32768"). Prints the CPU time of
 # redis-server, the API and each worker over the whole run (start-up and warm-up included), and
@@ -64,6 +65,12 @@ if [ -n "${PERF_API:-}" ]; then
 fi
 if [ -n "${PERF_WORKER:-}" ]; then
   perf record -q -F ${PERF_F:-999} ${PERF_CG:--g} -o "$PERF_WORKER" -p "${pids[2]}" 2>/dev/null &
+  perf_pids+=($!)
+fi
+# MONITOR=FILE: every command redis-server receives during the bench (`redis-cli monitor`),
+# for scripts/redis-replay.py.
+if [ -n "${MONITOR:-}" ]; then
+  redis-cli -p "$rport" monitor >"$MONITOR" &
   perf_pids+=($!)
 fi
 # The bench client's own CPU time is taken too (printed at the end, for scripts/compare).

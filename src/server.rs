@@ -493,6 +493,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             store: settings,
             channel_ttl: config.retention.events,
             retry: config.store.retry,
+            channel_lists: config.store.channel_events == crate::config::ChannelEvents::List,
             ..RedisSettings::new(url.clone())
         })
         .await

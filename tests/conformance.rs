@@ -70,6 +70,7 @@ impl Backend {
                 prefix: r.prefix.clone(),
                 store: self.settings.clone(),
                 retry: Duration::from_secs(5),
+                channel_lists: redis_support::channel_lists(),
                 ..RedisSettings::new(r.url.clone())
             })
             .await

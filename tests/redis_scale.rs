@@ -853,45 +853,54 @@ async fn hook_replays_are_refused_across_api_nodes() {
     assert_eq!(st, 409, "{v}");
 }
 
-/// A process refreshes a channel stream's TTL at most once per 1/64 of `retention.events` (see
-/// `RedisStore::ttl_due`): every channel stream still gets its TTL, and every event its entry.
+/// A process refreshes a channel's TTL at most once per 1/64 of `retention.events` (see
+/// `RedisStore::ttl_due`): every channel stream (`store.channel_events` "stream", the default)
+/// or list ("list") still gets its TTL, and every event its entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_stream_expires_though_refreshes_are_skipped() {
-    let redis = TestRedis::start();
-    let store = RedisStore::connect(RedisSettings {
-        prefix: redis.prefix.clone(),
-        ..RedisSettings::new(redis.url.clone())
-    })
-    .await
-    .unwrap();
-    assert_eq!(store.settings().channel_ttl, Duration::from_secs(24 * 3600));
-    let s: Arc<dyn Store> = store.clone();
-    let now = runyard::job::now_us();
-    for chan in ["a", "a", "a", "b"] {
-        let job = Job {
-            channel_id: chan.into(),
-            ..Job::new("t", "r", now)
+    for lists in [false, true] {
+        let redis = TestRedis::start();
+        let store = RedisStore::connect(RedisSettings {
+            prefix: redis.prefix.clone(),
+            channel_lists: lists,
+            ..RedisSettings::new(redis.url.clone())
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.settings().channel_ttl, Duration::from_secs(24 * 3600));
+        let s: Arc<dyn Store> = store.clone();
+        let now = runyard::job::now_us();
+        for chan in ["a", "a", "a", "b"] {
+            let job = Job {
+                channel_id: chan.into(),
+                ..Job::new("t", "r", now)
+            };
+            s.submit(job).await.unwrap();
+        }
+        let mut c = redis_conn(&redis.url).await;
+        let (kind, len_cmd) = if lists {
+            ("evl", "LLEN")
+        } else {
+            ("evc", "XLEN")
         };
-        s.submit(job).await.unwrap();
-    }
-    let mut c = redis_conn(&redis.url).await;
-    for (chan, n) in [("a", 3), ("b", 1)] {
-        let key = format!("{}:evc:{chan}", redis.prefix);
-        let len: u64 = redis::cmd("XLEN")
-            .arg(&key)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(len, n, "every event in the channel stream {chan}");
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert!(
-            ttl > 23 * 3600 * 1000 && ttl <= 24 * 3600 * 1000,
-            "channel {chan}: PTTL {ttl} ms"
-        );
+        for (chan, n) in [("a", 3), ("b", 1)] {
+            let key = format!("{}:{kind}:{chan}", redis.prefix);
+            let len: u64 = redis::cmd(len_cmd)
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(len, n, "every event in the channel's {kind} {chan}");
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert!(
+                ttl > 23 * 3600 * 1000 && ttl <= 24 * 3600 * 1000,
+                "channel {chan} ({kind}): PTTL {ttl} ms"
+            );
+        }
     }
 }
 

@@ -21,7 +21,8 @@ pub use crate::auth::config::{AuthConfig, TokenConfig, MIN_JWT_SECRET_BYTES};
 pub use origin::valid_origin;
 pub use runner::{RunnerConfig, RunnerKind};
 pub use sections::{
-    ApiConfig, EventsConfig, HooksConfig, RetentionConfig, StoreConfig, Synchronous, WorkerConfig,
+    ApiConfig, ChannelEvents, EventsConfig, HooksConfig, RetentionConfig, StoreConfig, Synchronous,
+    WorkerConfig,
 };
 
 /// The longest duration any key takes (100 years).
@@ -315,6 +316,19 @@ types = ["thumbnail"]
         assert!(!shown.contains(secret), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
         assert!(is_env_key("AUTH__JWT_SECRET"));
+    }
+
+    #[test]
+    fn channel_events_is_stream_or_list() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.store.channel_events, ChannelEvents::Stream, "the default");
+        let c = Config::from_toml("[store]\nchannel_events = \"list\"").unwrap();
+        assert_eq!(c.store.channel_events, ChannelEvents::List);
+        let e = Config::from_toml("[store]\nchannel_events = \"lists\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.channel_events"), "{e}");
+        assert!(e.contains("`stream`") && e.contains("`list`"), "{e}");
     }
 
     #[test]

@@ -200,6 +200,8 @@ pub struct StoreConfig {
     /// Redis: how long a command is retried (with backoff) while Redis cannot be reached.
     #[serde(with = "humantime_serde")]
     pub retry: Duration,
+    /// Redis: what this node writes a channel's events to (every node reads both).
+    pub channel_events: ChannelEvents,
 }
 
 impl Default for StoreConfig {
@@ -208,8 +210,23 @@ impl Default for StoreConfig {
             synchronous: Synchronous::default(),
             prefix: "runyard".into(),
             retry: Duration::from_secs(30),
+            channel_events: ChannelEvents::default(),
         }
     }
+}
+
+/// Redis: what a node writes a channel's events to (`store.channel_events`). Every node reads
+/// both, whatever this says (docs/redis.md, "Channel events: stream or list").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelEvents {
+    /// The channel's stream `P:evc:{channel}`, as builds before the list did: a rolling update
+    /// from such a build, and a rollback to one, lose nothing.
+    #[default]
+    Stream,
+    /// The channel's list `P:evl:{channel}`: a third of a stream's memory for a small channel.
+    /// Only once every node reads lists (runs this build or later).
+    List,
 }
 
 /// SQLite synchronous mode.

@@ -9,6 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether the tests' stores write channel events to lists (`store.channel_events = "list"`):
+/// `RUNYARD_TEST_CHANNEL_EVENTS=list`, else streams (the default), for the suites that run
+/// either way (conformance).
+pub fn channel_lists() -> bool {
+    std::env::var("RUNYARD_TEST_CHANNEL_EVENTS").is_ok_and(|v| v == "list")
+}
+
 /// A Redis server for one test.
 pub struct TestRedis {
     /// `redis://127.0.0.1:PORT`.

@@ -32,6 +32,7 @@ pub async fn redis(settings: StoreSettings) -> (Guard, Arc<dyn Store>) {
         prefix: r.prefix.clone(),
         store: settings,
         retry: Duration::from_secs(5),
+        channel_lists: crate::redis_support::channel_lists(),
         ..RedisSettings::new(r.url.clone())
     })
     .await

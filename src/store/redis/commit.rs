@@ -29,7 +29,7 @@ const LATE_BATCH_MAX: usize = 32;
 /// Committer tasks: how many grouped `commit.lua` calls may be in flight at once.
 pub(super) const COMMITTERS: usize = 1;
 
-/// How long a process may go without refreshing a channel stream's TTL: 1/64 of
+/// How long a process may go without refreshing a channel's TTL: 1/64 of
 /// `retention.events`, when that is at least an hour and so long that the slack and a commit's
 /// longest wait take little of it (else every event refreshes).
 fn channel_ttl_slack(s: &RedisSettings) -> Option<Duration> {
@@ -81,7 +81,7 @@ pub(super) enum LateOutcome {
     /// The finish, refused by the status rules before anything of it was sent.
     Refused(Command, StoreError),
     /// The finish, sent in one write with the caller's (in its place): that write (the job as
-    /// the finish leaves it, both events), and whether it refreshed the channel stream's TTL.
+    /// the finish leaves it, both events), and whether it refreshed the channel's TTL.
     /// Its reply is the caller's.
     Sent(Command, Box<Write>, bool),
 }
@@ -244,7 +244,11 @@ impl RedisStore {
         for w in writes {
             ttl.push(w.event.is_some() && self.ttl_due(w));
             let (a, k, sh) = w
-                .parts(&self.s.prefix, *ttl.last().unwrap_or(&true))
+                .parts(
+                    &self.s.prefix,
+                    *ttl.last().unwrap_or(&true),
+                    self.s.channel_lists,
+                )
                 .into_packed();
             if writes.len() == 1 {
                 (args, keys) = (a, k);
@@ -342,7 +346,9 @@ impl RedisStore {
         w.event0 = late.event;
         w.delivery0 = late.delivery;
         let ttl = (w.event.is_some() || w.event0.is_some()) && self.ttl_due(&w);
-        let (a, k, sh) = w.parts(&self.s.prefix, ttl).into_packed();
+        let (a, k, sh) = w
+            .parts(&self.s.prefix, ttl, self.s.channel_lists)
+            .into_packed();
         (p.args, p.keys, p.shared) = (a, k, sh);
         LateOutcome::Sent(cmd, Box::new(w), ttl)
     }
@@ -426,7 +432,7 @@ impl RedisStore {
             }
         }
         let nkeys = nshared + batch.iter().map(|b| b.keys.len()).sum::<usize>();
-        let nargs = 3 + nkeys + 14 + batch.iter().map(|b| b.args.len()).sum::<usize>();
+        let nargs = 3 + nkeys + 16 + batch.iter().map(|b| b.args.len()).sum::<usize>();
         let bytes = 256
             + batch
                 .iter()
@@ -459,21 +465,30 @@ impl RedisStore {
         if shared & (1 << DLVSEQ) != 0 {
             cmd.arg("dlvp").arg(&sk.dlv_prefix);
         }
+        if let Some(slack) = channel_ttl_slack(p).filter(|_| p.channel_lists) {
+            let min = p.channel_ttl.saturating_sub(slack * 2);
+            cmd.arg("cmin").arg(min.as_millis() as u64);
+        }
         for a in batch.iter().flat_map(|b| b.args.iter()) {
             cmd.arg(a);
         }
         cmd
     }
 
-    /// Whether a write's event should refresh its channel stream's TTL. Each event used to
+    /// Whether a write's event should refresh its channel's TTL. Each event used to
     /// (a `PEXPIRE` per event); now a process refreshes a channel at most once per
     /// [`channel_ttl_slack`] (when the TTL is long enough for that, see there), and not at all
     /// for a change of a job created less than half that slack ago (by its time `created_at`,
     /// so a skew of the nodes' clocks up to half the slack is allowed for): its submit
     /// refreshed the channel, or its process had within the slack before (a worker's claim,
-    /// start and finish of a quick job send none). A channel stream so lives at least
-    /// `retention.events` minus twice that slack after its last event, which `events.lua` is
-    /// told ([`RedisStore::channel_ttl_read`]).
+    /// start and finish of a quick job send none). With lists, a push that creates the list
+    /// sets its TTL whatever this says (`commit.lua`): a stream writer's submit set it on the
+    /// channel's stream, not on the list. For the same reason a write that skips the refresh
+    /// has `commit.lua` check the list's PTTL (`cmin`: refreshed when under the TTL less twice
+    /// the slack), and a refresh also refreshes the channel's stream (a stream writer changing
+    /// the young job relies on its submit for that). A channel's stream or list so lives at
+    /// least `retention.events` minus twice that slack after its last event, which
+    /// `events.lua` is told ([`RedisStore::channel_ttl_read`]).
     fn ttl_due(&self, w: &Write) -> bool {
         let Some(slack) = channel_ttl_slack(&self.s) else {
             return true;

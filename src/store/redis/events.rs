@@ -1,5 +1,7 @@
 //! [`EventLog`] for Redis: `P:ev` the global event stream, `P:evc:{channel}` a channel's stream
-//! (`lua/events.lua`).
+//! and `P:evl:{channel}` its list, both read whatever this node writes (`lua/events.lua`), with
+//! `P:evcgone`, since when the retention sweep has seen no such stream (retention.rs), and
+//! `P:evlsince`, since when lists exist (`lua/commit.lua`).
 
 use super::*;
 
@@ -73,16 +75,26 @@ impl EventLog for RedisStore {
         let chan = channel.unwrap_or("").to_string();
         let now_ms = self.now().await / 1000;
         let global = self.key("ev");
-        let stream = match chan.as_str() {
-            "" => global.clone(),
-            c => self.keyed("evc:", c),
+        // A channel: its stream, its list, since when no stream exists, since when lists do.
+        let (stream, list) = match chan.as_str() {
+            "" => (global.clone(), None),
+            c => (
+                self.keyed("evc:", c),
+                Some((
+                    self.keyed("evl:", c),
+                    self.key("evcgone"),
+                    self.key("evlsince"),
+                )),
+            ),
         };
         let raw: Vec<String> = self
             .exec(true, |mut c| {
                 let mut inv = self.scripts.events.prepare_invoke();
-                inv.key(&stream)
-                    .key(&global)
-                    .arg("chan")
+                inv.key(&stream).key(&global);
+                if let Some((l, gone, since)) = &list {
+                    inv.key(l).key(gone).key(since);
+                }
+                inv.arg("chan")
                     .arg(u8::from(!chan.is_empty()))
                     .arg("last")
                     .arg(&last)

@@ -2,8 +2,8 @@
 //!
 //! The status rules stay in Rust: a change loads the job, runs [`crate::job::apply`] and commits
 //! with `lua/commit.lua`, a compare-and-set on the job's `version` that also updates the index
-//! keys and appends the event to the global and the channel stream, atomically. A conflict means
-//! another process wrote the job in between: load and apply again.
+//! keys and appends the event to the global stream and the channel's, atomically. A conflict
+//! means another process wrote the job in between: load and apply again.
 //!
 //! # Keys (all under the configured prefix `P`, so several deployments can share one Redis)
 //! - `P:job:{id}` hash: `v` version, `s` status, `r` runner, `q` queued_at, `c` channel,
@@ -16,8 +16,10 @@
 //! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
 //!   `P:fhashes` every referenced file hash.
 //! - `P:log:{id}` list of log lines, `P:logn:{id}` their sequence counter.
-//! - `P:ev` the global event stream, `P:evc:{channel}` a channel's stream (same ids), trimmed
-//!   with `XADD MAXLEN ~` and, for channels, expiring after `retention.events` without events.
+//! - `P:ev` the global event stream (`XADD MAXLEN ~`); a channel's events (the global ids),
+//!   expiring after `retention.events` without events: `P:evc:{channel}` its stream or
+//!   `P:evl:{channel}` its list (`store.channel_events`; both read, see `lua/commit.lua`,
+//!   `events.lua`), `P:evlsince`, `P:evcsweep`, `P:evcgone` (`evc_sweep.lua`).
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
 //!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
@@ -109,12 +111,14 @@ pub struct RedisSettings {
     pub prefix: String,
     /// The knobs every backend has.
     pub store: StoreSettings,
-    /// A channel's event stream is deleted after this long without an event.
+    /// A channel's events are deleted after this long without an event.
     pub channel_ttl: Duration,
     /// How long a command is retried while Redis cannot be reached.
     pub retry: Duration,
     /// How long one command may take.
     pub command_timeout: Duration,
+    /// Channel events go to lists, not streams (`store.channel_events`); both are read anyway.
+    pub channel_lists: bool,
 }
 
 impl RedisSettings {
@@ -127,6 +131,7 @@ impl RedisSettings {
             channel_ttl: Duration::from_secs(24 * 3600),
             retry: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5),
+            channel_lists: false,
         }
     }
 }
@@ -187,6 +192,8 @@ pub struct RedisStore {
     hints: Arc<hints::QueueHints>,
     /// When this process last set `P:evwant` (see `RedisStore::want_events` in events.rs).
     ev_want: parking_lot::Mutex<Option<Instant>>,
+    /// When this process last swept channel streams (`RedisStore::sweep_due`, retention.rs).
+    sweep_at: parking_lot::Mutex<Option<Instant>>,
     /// Bumped by each commit of this process that stores a webhook delivery.
     dlv_gen: std::sync::atomic::AtomicU64,
     /// Redis's clock (µs) at a moment of this process's monotonic clock (see [`Self::now`]).
@@ -226,8 +233,7 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_factor(50)
             .set_max_delay(1000);
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let (start, mut delay) = (Instant::now(), Duration::from_millis(100));
         let mut conn = loop {
             match ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
                 Ok(c) => break c,
@@ -290,6 +296,7 @@ impl RedisStore {
                 ttl_set: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 hints,
                 ev_want: parking_lot::Mutex::new(None),
+                sweep_at: parking_lot::Mutex::new(None),
                 dlv_gen: std::sync::atomic::AtomicU64::new(0),
                 clock: parking_lot::Mutex::new(None),
                 clock_last: std::sync::atomic::AtomicI64::new(0),

@@ -81,9 +81,10 @@ impl Write {
     /// What `commit.lua` receives for this write: its named values, its own keys and the shared
     /// keys it touches (see the script's header). Only what this kind of write changes is
     /// declared: a heartbeat names its job and the lease set, nothing else. `prefix` is the
-    /// store's key prefix; `ttl`: refresh the channel stream's TTL with the event (see
-    /// [`RedisStore::ttl_due`]).
-    pub(super) fn parts<'a>(&self, prefix: &'a str, ttl: bool) -> Parts<'a> {
+    /// store's key prefix; `ttl`: refresh the channel's TTL with the event (see
+    /// [`RedisStore::ttl_due`] and `chan_ttl` in commit.lua); `list`: the event goes to the
+    /// channel's list, not its stream (`store.channel_events`).
+    pub(super) fn parts<'a>(&self, prefix: &'a str, ttl: bool, list: bool) -> Parts<'a> {
         let j = &self.job;
         let old = self.old_status;
         let st = j.status;
@@ -137,12 +138,30 @@ impl Write {
                 p.own("sigw", "waitk:", k);
             }
         }
+        self.event_parts(&mut p, ttl, list);
+        p
+    }
+
+    /// The write's events and their webhook deliveries: the global stream, and the channel's
+    /// stream as builds before the list wrote it (with `ttl` the refresh of its TTL), or with
+    /// `list` the channel's list (with `ttl` the refresh of its TTL and of the stream's, declared
+    /// then) and `P:evlsince` (set by a push that creates a list: see events.lua).
+    fn event_parts(&self, p: &mut Parts<'_>, ttl: bool, list: bool) {
         if self.event.is_some() || self.event0.is_some() {
             p.shared(EV);
             p.shared(EVWANT);
-            p.own("evc", "evc:", &j.channel_id);
+            let ch = &self.job.channel_id;
+            if !list {
+                p.own("evc", "evc:", ch);
+            } else {
+                p.shared(EVLSINCE);
+                p.own("evl", "evl:", ch);
+            }
             if ttl {
                 p.val("ttl", 1);
+                if list {
+                    p.own("evc", "evc:", ch);
+                }
             }
             let mut dlv = false;
             for (name, ev, dname, d) in [
@@ -160,10 +179,9 @@ impl Write {
             if dlv {
                 p.shared(DLVSEQ);
                 p.shared(DLVDUE);
-                p.own("djob", "dlv:job:", j.id);
+                p.own("djob", "dlv:job:", self.job.id);
             }
         }
-        p
     }
 
     /// The index entries the write moves: counts, status indexes, queues, leases, finished.
@@ -247,7 +265,7 @@ fn lease_of(j: &Job) -> Option<Micros> {
 
 /// The shared keys (`shared` in commit.lua): their names in the script, their key after the
 /// prefix; bit `i` of a [`Parts::shared`] mask is entry `i`.
-pub(super) const SHARED: [(&str, &str); 15] = [
+pub(super) const SHARED: [(&str, &str); 16] = [
     ("all", "all"),
     ("jc", "jc"),
     ("lease", "lease"),
@@ -263,6 +281,7 @@ pub(super) const SHARED: [(&str, &str); 15] = [
     ("dlvdue", "dlv:due"),
     ("ev", "ev"),
     ("evwant", "evwant"),
+    ("evlsince", "evlsince"),
 ];
 const ALL: usize = 0;
 const JC: usize = 1;
@@ -279,6 +298,7 @@ pub(super) const DLVSEQ: usize = 11;
 const DLVDUE: usize = 12;
 const EV: usize = 13;
 const EVWANT: usize = 14;
+const EVLSINCE: usize = 15;
 
 /// Arguments packed in one buffer, each argument's end kept: a write's name/value pairs or its
 /// keys, copied once into the `commit.lua` call (see `commit.rs`), without a string per
@@ -421,7 +441,7 @@ impl<'a> Parts<'a> {
 /// The shared keys of the store (built once: they depend on its prefix only) and the two
 /// prefixes every call may pass.
 pub(super) struct SharedKeys {
-    pub(super) keys: [String; 15],
+    pub(super) keys: [String; 16],
     pub(super) dlv_prefix: String,
     pub(super) notices: String,
 }
@@ -448,7 +468,7 @@ pub fn commit_args(
     ev: Option<EventKind>,
 ) -> Result<Vec<(String, String)>> {
     let (args, _, _) = Write::new(expected, old, job.clone(), ev)?
-        .parts("P", true)
+        .parts("P", true, false)
         .into_args();
     let mut it = args.into_iter();
     let mut out = Vec::new();
@@ -464,9 +484,19 @@ mod tests {
     use crate::job::wait::Wait;
     use crate::job::Lease;
 
-    /// The names a write declares, split into its own keys and the shared ones.
+    /// The names a write declares, split into its own keys and the shared ones (channel events
+    /// to streams, the default).
     fn declared(w: &Write, ttl: bool) -> (Vec<String>, Vec<&'static str>, Vec<String>) {
-        let p = w.parts("P", ttl);
+        declared_in(w, ttl, false)
+    }
+
+    /// [`declared`], channel events to lists with `list`.
+    fn declared_in(
+        w: &Write,
+        ttl: bool,
+        list: bool,
+    ) -> (Vec<String>, Vec<&'static str>, Vec<String>) {
+        let p = w.parts("P", ttl, list);
         let shared = SHARED
             .iter()
             .enumerate()
@@ -517,23 +547,34 @@ mod tests {
         let w = Write::new(None, None, j.clone(), Some(EventKind::Status)).unwrap();
         let (keys, shared, names) = declared(&w, true);
         let id = j.id;
-        assert_eq!(
-            keys,
-            [
-                format!("P:job:{id}"),
-                "P:idem:k".into(),
-                "P:st:QUEUED".into(),
-                "P:qt:t".into(),
-                "P:q:r".into(),
-                format!("P:evc:{id}"),
-            ]
-        );
+        let mut own: Vec<String> = vec![
+            format!("P:job:{id}"),
+            "P:idem:k".into(),
+            "P:st:QUEUED".into(),
+            "P:qt:t".into(),
+            "P:q:r".into(),
+        ];
+        // Streams (the default): the channel's stream, as builds before the list declared it.
+        assert_eq!(keys, [own.clone(), vec![format!("P:evc:{id}")]].concat());
         assert_eq!(shared, ["all", "jc", "ev", "evwant"]);
         assert!(
             !names.contains(&"v".to_string()),
             "a submit has no expected version"
         );
         assert!(names.contains(&"ttl".to_string()));
+        let (keys, _, names) = declared(&w, false);
+        assert_eq!(keys.last(), Some(&format!("P:evc:{id}")));
+        assert!(!names.contains(&"ttl".to_string()));
+        // Lists: the list, and with a refresh the channel's stream, if any (its TTL
+        // refreshed with the list's); `P:evlsince`.
+        let (keys, shared, _) = declared_in(&w, true, true);
+        own.extend([format!("P:evl:{id}"), format!("P:evc:{id}")]);
+        assert_eq!(keys, own);
+        assert_eq!(shared, ["all", "jc", "ev", "evwant", "evlsince"]);
+        // Without a refresh, no stream key.
+        let (keys, _, names) = declared_in(&w, false, true);
+        assert_eq!(keys.last(), Some(&format!("P:evl:{id}")));
+        assert!(!names.contains(&"ttl".to_string()));
     }
 
     #[test]

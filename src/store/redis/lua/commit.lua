@@ -1,6 +1,6 @@
 -- Commits job writes, each with a compare-and-set on the job's version, together with everything
 -- that depends on the job: its index entries, its idempotency key, its file references and its
--- event (global stream + channel stream). The status rules ran in Rust (`crate::job::apply`), and
+-- event (global stream + the channel's stream or list). The status rules ran in Rust (`crate::job::apply`), and
 -- so did the choice of what each write touches (`Write::parts` in src/store/redis/write.rs):
 -- this script checks that nobody wrote the job in between, then does what the write declares and
 -- nothing else (an index entry, a counter, an event, only when the write names its key). One call
@@ -20,10 +20,12 @@
 -- ARGV is name/value pairs (names below). First the call's own:
 --   `shared` the names of the keys shared by the call's writes, declared first in KEYS in that
 --     order (space separated, any of: all jc lease fin sched fhashes waitdl waitdue waitgen
---     sigseq sigkeys dlvseq dlvdue ev evwant, for `P:all`, `P:jc`, `P:lease`, `P:fin`, `P:sched`,
---     `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`, `P:dlv:seq`,
---     `P:dlv:due`, `P:ev`, `P:evwant`),
---   `glimit`, `climit` the global and channel stream limits, `cttl` the channel stream TTL (ms),
+--     sigseq sigkeys dlvseq dlvdue ev evwant evlsince, for `P:all`, `P:jc`, `P:lease`, `P:fin`,
+--     `P:sched`, `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`,
+--     `P:dlv:seq`, `P:dlv:due`, `P:ev`, `P:evwant`, `P:evlsince`),
+--   `glimit`, `climit` the global stream and channel limits, `cttl` the channel's TTL (ms),
+--   `cmin` (ms, lists only; absent: every event refreshes) the least PTTL a channel list may be
+--   left with by a write that skips the refresh (see `chan_ttl`),
 --   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
 --   delivery prefix (only when a write has a delivery).
 -- Then per write, starting with `id`: the write's values (absent = none)
@@ -36,11 +38,13 @@
 --   (`<created_at µs>\n<url>`, see deliveries.rs), `event0` and `dlv0` an event (and its
 --   delivery) appended right before `event`: the write is two changes of the job in one (an
 --   attempt's start and its finish, see src/store/redis/start.rs: the job goes from the stored
---   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel stream's
---   TTL), and `keys`, the names of the keys the write touches, in order (space separated). A
+--   status to `st` at once, each change keeps its event), `ttl` (1: refresh the channel's TTL:
+--   see `chan_ttl`), and `keys`, the names of the keys the write touches, in order (space
+--   separated). A
 --   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
---   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evc` `P:evc:{channel}`, `djob`
+--   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
+--   `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
 --   `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
@@ -50,7 +54,13 @@
 --   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
 --   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
 --   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
---   waitgen: see `wait`; ev, evc: the events are appended; evwant: whether `E` is announced.
+--   waitgen: see `wait`; ev: the events are appended; the channel's (`store.channel_events`):
+--   with `evl` (lists), the events are pushed to the list, `evc` (declared only with `ttl`)
+--   has its TTL refreshed with the list's (a no-op when it does not exist), and a push that
+--   creates the list sets `evlsince` if it is not set (see events.lua); without `evl`
+--   (streams), the events are appended to the stream `evc` as builds before the list did (the
+--   global id, `climit`, PEXPIRE with `ttl`), and no list is touched; evwant: whether `E` is
+--   announced.
 -- Returns one reply per job:
 --   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT'
 --   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
@@ -59,7 +69,7 @@
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
-  ev = true, evwant = true,
+  ev = true, evwant = true, evlsince = true,
 }
 local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigw = true }
 
@@ -115,6 +125,7 @@ if slot ~= #KEYS then
 end
 
 local glimit, climit, cttl = tonumber(H.glimit), tonumber(H.climit), tonumber(H.cttl)
+local cmin = tonumber(H.cmin)
 local announced, notice, evented = {}, H.origin, false
 
 -- `MAXLEN ~` trims whole stream nodes (100 entries by default), so it cannot keep a smaller
@@ -281,15 +292,69 @@ local function index(w, K, old)
   end
 end
 
--- Appends event `ev` of write `w` (with its delivery `dlv`, if any); returns its id.
+-- A channel's events: the list `P:evl:{channel}`, one entry per event, `<id> <event>`, oldest
+-- first, with the ids of the global stream (a subsequence of them: they increase too, and a
+-- client may use one id in both). A list of a few entries costs a third of a stream's memory
+-- (Redis 7.0 preallocates 4 KB for a new stream node) and less CPU to create. Once the channel
+-- lost entries to `climit`, the list's head is the marker `~` in place of the entries dropped
+-- (what `events.lua` reads as "trimmed", as a stream's entries-added > length): exactly
+-- `climit` entries are kept after it. Returns the list's length after the push, before any trim
+-- (1: the push created it).
+local function chan_push(key, eid, ev)
+  local n = redis.call('RPUSH', key, eid .. ' ' .. ev)
+  if n <= climit then return n end
+  -- Keep the newest `climit` + 1 elements, the first of them (the marker, or an entry past the
+  -- limit) becoming the marker.
+  if n == climit + 1 then
+    if redis.call('LINDEX', key, 0) == '~' then return n end
+  else
+    redis.call('LTRIM', key, n - climit - 1, -1)
+  end
+  redis.call('LSET', key, 0, '~')
+  return n
+end
+
+-- Appends event `ev` of write `w` (with its delivery `dlv`, if any); returns its id and, for a
+-- list, whether the push created it. Streams (no `evl` declared): the channel's stream, with
+-- the same id (channel ids are a subsequence of the global ones, so they increase too, and a
+-- client may use one id in both). Lists: a push that creates one records the time of the
+-- first list ever (`P:evlsince`, kept: events.lua's rule for an absent list needs it).
 local function append(w, K, ev, dlv)
   local eid = xadd(K.ev, glimit, '*', ev)
   evented = true
-  -- Same id in the channel stream: channel ids are a subsequence of the global ones, so they
-  -- increase too, and a client may use one id in both.
-  xadd(K.evc, climit, eid, ev)
+  local created = false
+  if K.evl then
+    created = chan_push(K.evl, eid, ev) == 1
+    if created then redis.call('SET', K.evlsince, string.match(eid, '^%d+'), 'NX') end
+  else
+    xadd(K.evc, climit, eid, ev)
+  end
   if dlv then deliver(w, K, eid, ev, dlv) end
-  return eid
+  return eid, created
+end
+
+-- The TTL of a channel the write appended to (`made`: the push created its list). Streams:
+-- `w.ttl` refreshes the stream's TTL (builds before the list did just that). Lists: `w.ttl`: the
+-- list's TTL and that of the channel's stream `P:evc:{channel}` (if any) are refreshed. A
+-- stream writer's submit (a build before the list, or a node writing streams) refreshes only
+-- the stream, and its changes of a young job refresh nothing, "the submit did": so a list
+-- writer's submit refreshes the stream as a stream writer's does, for a stream writer's
+-- changes of the job while both kinds run (a rolling update). A write that skips the refresh (a
+-- change of a young job, whose submit refreshed the channel, or a channel this process
+-- refreshed within the slack) checks the list's PTTL instead (one read) and refreshes it when
+-- below `cmin`: the job's submit may have been a stream writer's, which refreshed the stream
+-- and not the list. A list just created gets its TTL in any case.
+local function chan_ttl(w, K, made)
+  if not K.evl then
+    if w.ttl then redis.call('PEXPIRE', K.evc, cttl) end
+    return
+  end
+  if w.ttl or made then
+    redis.call('PEXPIRE', K.evl, cttl)
+  elseif cmin and redis.call('PTTL', K.evl) < cmin then
+    redis.call('PEXPIRE', K.evl, cttl)
+  end
+  if w.ttl and K.evc then redis.call('PEXPIRE', K.evc, cttl) end
 end
 
 local function commit_one(w)
@@ -323,10 +388,10 @@ local function commit_one(w)
   index(w, K, old)
   if w.wait then wait_move(w, K) end
   if w.emits then emit(w, K) end
-  local eid = ''
-  if w.event0 then eid = append(w, K, w.event0, w.dlv0) end
-  if w.event then eid = append(w, K, w.event, w.dlv) end
-  if w.ttl and (w.event0 or w.event) then redis.call('PEXPIRE', K.evc, cttl) end
+  local eid, made0, made = '', false, false
+  if w.event0 then eid, made0 = append(w, K, w.event0, w.dlv0) end
+  if w.event then eid, made = append(w, K, w.event, w.dlv) end
+  if w.event0 or w.event then chan_ttl(w, K, made0 or made) end
   return 'OK:' .. eid
 end
 
