@@ -85,7 +85,8 @@ extern "C" {
     static mut environ: *mut *mut libc::c_char;
 }
 
-/// Removes `names` (in any case: `RUNYARD_Master_Key` configures the server as
+/// Removes `names` (in any case and with blanks around, as the configuration reads them:
+/// `RUNYARD_Master_Key` configures the server as
 /// `RUNYARD_MASTER_KEY` does) from the environment and zeroes their bytes where the kernel shows
 /// them (`/proc/PID/environ` reads the environment block the process started with, which
 /// `unsetenv` does not change).
@@ -103,15 +104,16 @@ pub unsafe fn scrub_env(names: &[&str]) {
         let entry = *p;
         let bytes = std::ffi::CStr::from_ptr(entry).to_bytes();
         let addr = entry as usize;
-        let named = names.iter().find(|n| {
-            bytes.get(n.len()) == Some(&b'=')
-                && bytes
-                    .get(..n.len())
-                    .is_some_and(|b| b.eq_ignore_ascii_case(n.as_bytes()))
+        // The name as the configuration reads it: trimmed, in any case.
+        let name = bytes.iter().position(|&b| b == b'=').map(|eq| &bytes[..eq]);
+        let named = name.filter(|name| {
+            names
+                .iter()
+                .any(|n| name.trim_ascii().eq_ignore_ascii_case(n.as_bytes()))
         });
-        if let Some(n) = named {
+        if let Some(name) = named {
             use std::os::unix::ffi::OsStrExt;
-            found.push(std::ffi::OsStr::from_bytes(&bytes[..n.len()]).to_os_string());
+            found.push(std::ffi::OsStr::from_bytes(name).to_os_string());
             if addr >= start && addr.saturating_add(bytes.len()) < end {
                 in_block.push((entry, bytes.len()));
             }
@@ -147,8 +149,10 @@ pub fn warn_if_config_readable(path: &Path) {
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
+    // Readable by anyone, or writable by more than its owner (worse: a writer sets the commands
+    // the server runs). A file its group may read (`root:runyard 0640`) is the usual way.
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o044 == 0 {
+    if mode & 0o026 == 0 {
         return;
     }
     let Ok(table) = std::fs::read_to_string(path).map(|t| t.parse::<toml::Table>()) else {
@@ -182,8 +186,8 @@ pub fn warn_if_config_readable(path: &Path) {
             mode = %format!("{mode:o}"),
             secrets = %held.join(", "),
             "the configuration file holds secrets and other users may read it (a job run as \
-             another `user` could): `chmod 600` it, or pass them as RUNYARD_* environment \
-             variables (docs/security.md)"
+             another `user` could) or write it: `chmod 600` (or 640) it, or pass them as \
+             RUNYARD_* environment variables (docs/security.md)"
         );
     }
 }

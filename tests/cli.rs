@@ -635,7 +635,7 @@ fn a_wait_that_outlives_its_jwt_ends_with_the_job_id_and_leaves_the_job_running(
         .as_secs();
     let jwt = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": "ci", "exp": now + 3, "scope": "jobs:submit jobs:read"}),
+        &serde_json::json!({"sub": "ci", "exp": now + 10, "scope": "jobs:submit jobs:read"}),
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap();

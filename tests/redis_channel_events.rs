@@ -1037,11 +1037,19 @@ async fn the_sweep_waits_for_a_list_to_have_been_written() {
     xadd(&mut c, &idle, "1000-0").await;
     let s = open(&r, 1000, Duration::from_secs(60)).await;
     s.retention(0).await.expect("retention");
-    assert_eq!(pttl(&mut c, &idle).await, -1, "no sweep without a list ever written");
+    assert_eq!(
+        pttl(&mut c, &idle).await,
+        -1,
+        "no sweep without a list ever written"
+    );
     let calls = r.cli(&["INFO", "commandstats"]);
     assert!(!calls.contains("cmdstat_scan"), "no SCAN: {calls}");
     sweep(&r).await;
-    assert_eq!(pttl(&mut c, &idle).await, -2, "swept once a list was written");
+    assert_eq!(
+        pttl(&mut c, &idle).await,
+        -2,
+        "swept once a list was written"
+    );
 }
 
 /// Review (session 18): with neither key of a channel, a read answers as builds before the list
@@ -1062,7 +1070,12 @@ async fn a_channel_with_neither_key_reads_as_before_the_list() {
         Chan::default(),
     ] {
         let (resync, ids) = read(&r, &ch, &format!("{t}-0"), t + day, 60_000, 10).await;
-        assert_eq!((resync.as_str(), ids.len()), ("", 0), "never_a_list: {}", ch.never_a_list);
+        assert_eq!(
+            (resync.as_str(), ids.len()),
+            ("", 0),
+            "never_a_list: {}",
+            ch.never_a_list
+        );
         // An older reader: the global stream's last id, as before.
         let (resync, _) = read(&r, &ch, &format!("{}-0", t - 1), t + day, 60_000, 10).await;
         assert_eq!(resync, format!("{t}-0"));

@@ -475,8 +475,13 @@ async fn refusing_patterns_that_never_fire_does_not_stall_the_api() {
         "/health took {health:?} while six refusals ran (one alone: {one:?})"
     );
     for r in refusals {
+        // Refused, or told to try again after waiting its turn for a bounded time.
         let (st, v) = r.await.expect("refusal");
-        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(
+            st == StatusCode::UNPROCESSABLE_ENTITY
+                || (st == StatusCode::SERVICE_UNAVAILABLE && err_of(&v).0 == "busy"),
+            "{st}: {v}"
+        );
     }
     let (st, _) = send(&c, reqwest::Method::GET, format!("{url}/never"), None).await;
     assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");

@@ -221,8 +221,18 @@ fn a_config_file_with_secrets_that_others_may_read_draws_a_warning() {
         !err.contains("a-jwt-secret-of-at-least"),
         "the secret itself is not logged: {err}"
     );
-    let err = started_with_mode(&config, 0o600, &[], &[]);
-    assert!(!err.contains("other users may read it"), "{err}");
+    for private in [0o600, 0o640] {
+        let err = started_with_mode(&config, private, &[], &[]);
+        assert!(
+            !err.contains("other users may read it"),
+            "{private:o}: {err}"
+        );
+    }
+    let err = started_with_mode(&config, 0o620, &[], &[]);
+    assert!(
+        err.contains("other users may read it"),
+        "group-writable: {err}"
+    );
     let err = started_with_mode(SHELL, 0o644, &[], &[]);
     assert!(
         !err.contains("other users may read it"),

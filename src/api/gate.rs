@@ -71,11 +71,14 @@ impl HostRule {
         let mut names: Vec<String> = allowed_hosts
             .iter()
             .filter(|h| *h != "*")
-            .map(|h| h.to_ascii_lowercase())
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
             .collect();
         if let Some(h) = public_url
             .and_then(|u| url::Url::parse(u).ok())
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            })
         {
             names.push(h);
         }
@@ -119,17 +122,42 @@ fn check_host(rule: &HostRule, req: &Request) -> Result<(), ApiError> {
         return Ok(());
     }
     match request_host(req) {
-        Some(h) if !rule.allows(h) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "host_not_allowed",
-            format!(
+        Some(h) if !rule.allows(h) => {
+            warn_refused_host(h);
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                format!(
                 "a request for host `{}` refused: without [auth] this server answers only for IP \
                  addresses, localhost, the host of `public_url` and `api.allowed_hosts` (a guard \
                  against DNS rebinding); add the name to `api.allowed_hosts`",
                 h.chars().take(100).collect::<String>()
             ),
-        )),
+            ))
+        }
         _ => Ok(()),
+    }
+}
+
+/// Logs a refused host at most once a minute (a page may send many): an operator whose own
+/// name is refused sees why.
+fn warn_refused_host(host: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last.saturating_add(60)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            host = %host.chars().take(100).collect::<String>(),
+            "a request for a host this server does not answer for without [auth] was refused \
+             (403 host_not_allowed; add it to `api.allowed_hosts`); logged once a minute"
+        );
     }
 }
 

@@ -65,7 +65,10 @@ pub fn router(app: Arc<App>) -> Router {
         .saturating_add(limit);
     let cors = app.config.api.cors_origins.clone();
     // Without [auth] nothing but the host a request names tells a rebound page from a local one.
-    let hosts = (!app.config.auth.enabled()).then(|| {
+    // Only on loopback (a developer's machine, the case DNS rebinding reaches): a server exposed
+    // without [auth] (`--insecure-no-auth`, behind an authenticating proxy) is named by the
+    // proxy's or the cluster's host names, which it cannot know.
+    let hosts = (!app.config.auth.enabled() && app.config.listen.ip().is_loopback()).then(|| {
         gate::HostRule::new(
             &app.config.api.allowed_hosts,
             app.config.public_url.as_deref(),

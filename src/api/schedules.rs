@@ -164,6 +164,9 @@ fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> A
     Ok(proto)
 }
 
+/// How long a pattern check waits for its turn before the request is answered 503 `busy`.
+const CRON_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pattern checks in flight at once (see [`parse_cron`]).
 static CRON_CHECKS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
@@ -174,10 +177,16 @@ static CRON_CHECKS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> 
 /// on a current-thread runtime). The permit lives as long as the search, even when the request
 /// is given up.
 async fn parse_cron(pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
-    let permit = CRON_CHECKS
-        .clone()
-        .acquire_owned()
+    // A bounded wait: a caller sending many patterns that never fire delays others' schedule
+    // writes by this much at most, then they are told to try again.
+    let permit = tokio::time::timeout(CRON_WAIT, CRON_CHECKS.clone().acquire_owned())
         .await
+        .map_err(|_| {
+            ApiError::unavailable(
+                "busy",
+                "too many schedule patterns are being checked; try again",
+            )
+        })?
         .map_err(|_| ApiError::internal("internal", "the pattern check is closed"))?;
     let (p, tz, now) = (pattern.to_string(), timezone.to_string(), to_utc(clock()));
     let checked = tokio::task::spawn_blocking(move || {
@@ -191,7 +200,10 @@ async fn parse_cron(pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
     .map_err(|_| ApiError::internal("internal", "the pattern check failed"))?;
     match checked {
         Ok((c, true)) => Ok(c),
-        Ok((_, false)) => Err(bad(format!("`cron`: `{pattern}` never fires"))),
+        Ok((_, false)) => Err(bad(format!(
+            "`cron`: `{pattern}` never fires (or less often than once in {} years)",
+            crate::schedule::cron::HORIZON_YEARS
+        ))),
         Err(CronSpecError::Cron(m)) => Err(bad(format!("`cron`: {m}"))),
         Err(CronSpecError::TimeZone(m)) => Err(bad(format!("`timezone`: {m}"))),
     }

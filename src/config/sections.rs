@@ -36,7 +36,7 @@ pub struct ApiConfig {
     /// Browser origins (`https://app.example.com`) allowed to call the API cross-origin (CORS,
     /// and the cross-origin check of unsafe methods). Empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
-    /// Without `[auth]`: the host names (the `Host` header, without its port) requests may name
+    /// Without `[auth]`, listening on loopback: the host names (the `Host` header, without its port) requests may name
     /// besides IP addresses, `localhost`, `*.localhost` and `public_url`'s host; any other is
     /// refused (403 `host_not_allowed`), a guard against DNS rebinding. `["*"]`: any. Unused
     /// with `[auth]` (every request needs a credential a rebinding page does not have).
