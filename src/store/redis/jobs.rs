@@ -1,13 +1,15 @@
-//! [`JobStore`] for Redis: submit, get, list (by the `P:all` / `P:st:{STATUS}` indexes, and the
-//! lease set for active jobs), apply.
+//! [`JobStore`] for Redis: submit, get, list (by the `P:all` / `P:st:{STATUS}` indexes, a
+//! channel's `P:jch:{channel}` (`chanidx.rs`), and the lease set for active jobs), apply.
 
 use super::commit::Reply;
 use super::write::Write;
 use super::*;
 
 /// Ids examined per page at most when a filter is checked record by record (every filter but
-/// status and the creation time's id range: Redis keeps no index of types or channels). For a
-/// caller confined by its grant, the jobs it sees examined (the others are read past unbounded).
+/// status, the creation time's id range and one literal channel: Redis keeps no index of types,
+/// and of channels one read at a time, `chanidx.rs`). For a caller confined by its grant, the
+/// jobs it sees examined (the others are read past unbounded, but a grant of one literal
+/// channel reads that channel's jobs only).
 const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
@@ -69,7 +71,7 @@ impl RedisStore {
     }
 
     /// Up to `batch` members of the lex index `key` from `max` down to `min`.
-    async fn ids_newest_first(
+    pub(super) async fn ids_newest_first(
         &self,
         key: &str,
         max: &str,
@@ -186,6 +188,26 @@ impl JobStore for RedisStore {
         if q.status_read().is_some_and(|s| s.is_active()) {
             return self.list_active(q).await;
         }
+        // A channel asked for that the grant does not see: none of its jobs may be listed.
+        if let (Some(c), Some(v)) = (&q.channel, &q.visible) {
+            if !v.channels.as_ref().is_none_or(|n| n.matches(c)) {
+                return Ok(JobPage {
+                    jobs: vec![],
+                    next_cursor: None,
+                });
+            }
+        }
+        // One literal channel: read from the channel index when it holds every job committed
+        // before now (`chanidx.rs`), with the job whose id the channel is; the status is then
+        // checked record by record.
+        let indexed = match super::chanidx::indexed_channel(&q) {
+            Some(c) if self.chanidx_ready().await? => Some(c.to_string()),
+            _ => None,
+        };
+        let mut own = match &indexed {
+            Some(c) => self.own_channel_job(c).await?,
+            None => None,
+        };
         let key = match q.status_read() {
             Some(s) => self.keyed("st:", s.as_str()),
             None => self.key("all"),
@@ -211,7 +233,14 @@ impl JobStore for RedisStore {
                 Some(c) => format!("({c}"),
                 None => "+".to_string(),
             };
-            let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
+            let (ids, read) = match &indexed {
+                Some(c) => self.channel_ids(c, &mut own, &max, &min, batch).await?,
+                None => {
+                    let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
+                    let n = ids.len();
+                    (ids, n)
+                }
+            };
             let mut uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             if let Some(v) = &q.visible {
                 uuids = self.visible_ids(v, uuids).await?;
@@ -240,7 +269,7 @@ impl JobStore for RedisStore {
                     }
                 }
             }
-            scanned += ids.len();
+            scanned += read;
             if jobs.len() >= want {
                 break;
             }
@@ -250,7 +279,7 @@ impl JobStore for RedisStore {
                     next_cursor: last_seen,
                 });
             }
-            if ids.len() < batch {
+            if read < batch {
                 break;
             }
             if confined {

@@ -49,6 +49,7 @@
 
 mod activity;
 mod batch;
+mod chanidx;
 mod commit;
 mod counts;
 mod deliveries;
@@ -115,6 +116,9 @@ pub struct RedisSettings {
     pub retry: Duration,
     /// How long one command may take.
     pub command_timeout: Duration,
+    /// Whether this process keeps the channel index up to date and lists one channel's jobs
+    /// from it (`chanidx.rs`; off: every listing reads by id, as before it existed).
+    pub channel_index: bool,
 }
 
 impl RedisSettings {
@@ -127,6 +131,7 @@ impl RedisSettings {
             channel_ttl: Duration::from_secs(24 * 3600),
             retry: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5),
+            channel_index: true,
         }
     }
 }
@@ -139,6 +144,7 @@ struct Scripts {
     logs_append: Script,
     logs_read: Script,
     retention: Script,
+    chanidx: Script,
 }
 
 impl Scripts {
@@ -151,6 +157,7 @@ impl Scripts {
             logs_append: Script::new(include_str!("lua/logs_append.lua")),
             logs_read: Script::new(include_str!("lua/logs_read.lua")),
             retention: Script::new(include_str!("lua/retention.lua")),
+            chanidx: Script::new(include_str!("lua/chanidx.lua")),
         }
     }
 }
@@ -274,6 +281,9 @@ impl RedisStore {
         Ok(Arc::new_cyclic(|me: &Weak<Self>| {
             for _ in 0..COMMITTERS {
                 tokio::spawn(committer(me.clone(), commits_rx.clone()));
+            }
+            if settings.channel_index {
+                tokio::spawn(chanidx::maintain(me.clone(), stop.clone()));
             }
             Self {
                 conn,

@@ -1,0 +1,219 @@
+//! The channel index: `P:jch:{channel}`, the jobs of each channel that is not the job's own id,
+//! so that a listing of one literal channel (`channel=`, or a grant confined to one channel)
+//! reads that channel's jobs only instead of every job (`jobs.rs`).
+//!
+//! It is derived from the global event stream `P:ev`, not written by `commit.lua`: every build
+//! appends a submit's event (with the job's id and channel) to `P:ev` in the same script call
+//! that stores the job, so jobs written by builds that know nothing of the index (a rolling
+//! upgrade) are indexed too. Each node catches up from the stream every [`TICK`], and a listing
+//! that reads the index first catches up itself (at most [`LIST_CATCHUP`] batches: further
+//! behind, it reads by id as before). When events were trimmed before they were indexed, or the
+//! index was never built (a new deployment, an upgrade), it is rebuilt from `P:all` under a lock
+//! while listings read by id. See `lua/chanidx.lua` for the keys and the proof of completeness,
+//! docs/redis.md "Channel index".
+
+use std::sync::Weak;
+
+use super::*;
+
+/// How often each node catches the index up from the event stream.
+const TICK: Duration = Duration::from_secs(1);
+/// Events indexed per script call.
+const BATCH: usize = 1000;
+/// Script calls a tick makes at most (a tick indexes up to 100,000 events).
+const TICK_BATCHES: usize = 100;
+/// Script calls a listing makes at most before it reads the index: further behind, it reads by
+/// id (the background catch-up is late: a burst of commits).
+const LIST_CATCHUP: usize = 4;
+/// Jobs of `P:all` read per rebuild script call.
+const WALK: usize = 1000;
+/// The rebuild lock's lifetime, refreshed by each of its script calls: a node that dies while
+/// rebuilding holds it this long.
+const LOCK_MS: u64 = 30_000;
+
+/// The catch-up's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Caught {
+    /// Every event up to the stream's end is indexed.
+    Done,
+    /// Indexed a batch; more follow.
+    More,
+    /// The index is not usable (never built, being rebuilt, or events were lost before they were
+    /// indexed): listings read by id until a rebuild ends.
+    Off,
+}
+
+impl RedisStore {
+    fn chanidx_keys(&self) -> [String; 4] {
+        ["ev", "jchidx", "all", "jchidx:lock"].map(|k| self.key(k))
+    }
+
+    async fn chanidx(&self, op: &str, rest: &[String]) -> Result<Vec<String>> {
+        let mut args = vec![op.to_string(), self.key("job:"), self.key("jch:")];
+        args.extend_from_slice(rest);
+        self.run_script(&self.scripts.chanidx, &self.chanidx_keys(), &args)
+            .await
+    }
+
+    /// One catch-up batch (see `lua/chanidx.lua`).
+    async fn catch_up(&self) -> Result<Caught> {
+        let r = self.chanidx("catchup", &[BATCH.to_string()]).await?;
+        Ok(match r.first().map(String::as_str) {
+            Some("ok") if r.get(2).is_some_and(|d| d == "1") => Caught::Done,
+            Some("ok") => Caught::More,
+            _ => Caught::Off,
+        })
+    }
+
+    /// Whether a listing may read the channel index: it is built and, after this call's
+    /// catch-up, holds every job committed before the call.
+    pub(super) async fn chanidx_ready(&self) -> Result<bool> {
+        if !self.s.channel_index {
+            return Ok(false);
+        }
+        for _ in 0..LIST_CATCHUP {
+            match self.catch_up().await? {
+                Caught::Done => return Ok(true),
+                Caught::More => {}
+                Caught::Off => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    /// A node's turn: catch up, or rebuild when the index is not usable.
+    async fn chanidx_tick(&self) -> Result<()> {
+        for _ in 0..TICK_BATCHES {
+            match self.catch_up().await? {
+                Caught::Done => return Ok(()),
+                Caught::More => {}
+                Caught::Off => return self.rebuild().await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the index from `P:all` unless another node is at it: the jobs stored before the
+    /// stream's end at the start are read from `P:all`, those after from the stream (the
+    /// catch-up goes on from there). A rebuild overtaken by a newer one (its lock expired) does
+    /// not mark the index built.
+    async fn rebuild(&self) -> Result<()> {
+        let token = self.origin.clone();
+        let r = self
+            .chanidx("begin", &[token.clone(), LOCK_MS.to_string()])
+            .await?;
+        let (Some("go"), Some(gen)) = (r.first().map(String::as_str), r.get(1)) else {
+            return Ok(());
+        };
+        let gen = gen.clone();
+        let started = Instant::now();
+        tracing::info!(gen = %gen, "building the redis channel index");
+        let mut after = String::new();
+        let mut jobs = 0usize;
+        loop {
+            let r = self
+                .chanidx(
+                    "walk",
+                    &[
+                        token.clone(),
+                        LOCK_MS.to_string(),
+                        gen.clone(),
+                        after.clone(),
+                        WALK.to_string(),
+                    ],
+                )
+                .await?;
+            if r.first().map(String::as_str) != Some("ok") {
+                tracing::info!(gen = %gen, "channel index rebuild overtaken by another");
+                return Ok(());
+            }
+            let n: usize = r.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+            jobs += n;
+            match r.get(1) {
+                Some(last) if n >= WALK && !last.is_empty() => after = last.clone(),
+                _ => break,
+            }
+        }
+        let marked: Vec<String> = self.chanidx("finish", &[token, gen.clone()]).await?;
+        let ok = marked.first().is_some_and(|m| m == "1");
+        tracing::info!(gen = %gen, jobs, ok, took_ms = started.elapsed().as_millis() as u64,
+            "redis channel index built");
+        Ok(())
+    }
+
+    /// The ids of the listing of `channel` newest first from `max` down to `min` (lex bounds as
+    /// for `P:all`), up to `batch` of its set; and the job whose id the channel is, when it is
+    /// in that range and its channel is its own (`own`, taken once). Returns the ids and how
+    /// many came from the set (fewer than `batch`: the set is read to its end).
+    pub(super) async fn channel_ids(
+        &self,
+        channel: &str,
+        own: &mut Option<String>,
+        max: &str,
+        min: &str,
+        batch: usize,
+    ) -> Result<(Vec<String>, usize)> {
+        let key = self.keyed("jch:", channel);
+        let mut ids = self.ids_newest_first(&key, max, min, batch).await?;
+        let read = ids.len();
+        if let Some(o) = own.as_deref() {
+            let below_max = max == "+" || max.strip_prefix('(').is_some_and(|c| o < c);
+            let above_min = min == "-" || min.strip_prefix('[').is_some_and(|l| o >= l);
+            let here = read < batch || ids.last().is_some_and(|l| o > l.as_str());
+            if below_max && above_min && here {
+                let at = ids.partition_point(|i| i.as_str() > o);
+                ids.insert(at, o.to_string());
+                *own = None;
+            }
+        }
+        Ok((ids, read))
+    }
+
+    /// The job whose id `channel` is, when its channel is its own: listed with the channel's
+    /// set (which leaves such jobs out).
+    pub(super) async fn own_channel_job(&self, channel: &str) -> Result<Option<String>> {
+        let Ok(id) = Uuid::parse_str(channel) else {
+            return Ok(None);
+        };
+        if id.to_string() != channel {
+            return Ok(None);
+        }
+        let key = self.keyed("job:", id);
+        let c: Option<String> = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("HGET").arg(&key).arg("c").clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(c.filter(|c| c == channel).map(|_| channel.to_string()))
+    }
+}
+
+/// The one channel a listing may read from the index: the one asked for, else the grant's when
+/// it is one literal channel (a channel JWT, `channels = ["tenant-a"]`).
+pub(super) fn indexed_channel(q: &ListQuery) -> Option<&str> {
+    if let Some(c) = &q.channel {
+        return Some(c.as_str());
+    }
+    let n = q.visible.as_ref()?.channels.as_ref()?;
+    let first = n.list.first()?;
+    let literal = |s: &String| n.exact || !s.contains(['*', '?']);
+    n.list
+        .iter()
+        .all(|s| s == first && literal(s))
+        .then_some(first.as_str())
+}
+
+/// Catches the channel index up on this node every [`TICK`] until the store is dropped.
+pub(super) async fn maintain(me: Weak<RedisStore>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(s) = me.upgrade() else { return };
+        if let Err(e) = s.chanidx_tick().await {
+            tracing::warn!(error = %e, "redis channel index: catch-up failed");
+        }
+    }
+}
