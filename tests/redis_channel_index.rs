@@ -12,8 +12,11 @@
 //!   read again.
 //! - `jobs_of_an_old_build_are_found_after_the_rebuild`: jobs written by a process that keeps
 //!   no index (`channel_index: false`, as an older build) before the index existed.
-//! - `retention_takes_a_job_out_of_its_channel`: a job deleted by retention leaves the set.
+//! - `retention_takes_a_job_out_of_its_channel`: a job deleted by retention leaves the set; one
+//!   deleted by an older build's retention (which leaves it there) is left out of a listing and
+//!   taken out of the set by it.
 //! - `a_job_whose_channel_is_its_own_id_is_listed_by_it`: the default channel (no set entry).
+//! - `channels_with_escapes_in_their_events_are_indexed`: quotes, backslashes, non-ASCII.
 
 mod redis_support;
 
@@ -207,6 +210,8 @@ async fn a_channel_listing_reads_its_channel_only() {
     let r = TestRedis::start();
     let s = store(&r, true, None).await;
     let mut c = conn(&r).await;
+    // Built (empty) first: the jobs below are indexed from their events.
+    wait_indexed(&mut c, &r, 0).await;
     let mut mine = Vec::new();
     for _ in 0..5 {
         mine.push(s.submit(on("tenant-a")).await.expect("submit").job.id);
@@ -309,6 +314,8 @@ async fn retention_takes_a_job_out_of_its_channel() {
     let r = TestRedis::start();
     let s = store(&r, true, None).await;
     let mut c = conn(&r).await;
+    // Built (empty) first: the jobs below are indexed from their events.
+    wait_indexed(&mut c, &r, 0).await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         ids.push(s.submit(on("tenant-a")).await.expect("submit").job.id);
@@ -336,6 +343,30 @@ async fn retention_takes_a_job_out_of_its_channel() {
         .expect("ZRANGE");
     assert_eq!(left, vec![kept.to_string()]);
     assert_eq!(page_all(&s, channel("tenant-a")).await, vec![kept]);
+    // An older build's retention deletes a job and leaves it in the set: a listing leaves it
+    // out, and takes it out of the set.
+    let newer = s.submit(on("tenant-a")).await.expect("submit").job.id;
+    wait_indexed(&mut c, &r, 0).await;
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{}:job:{newer}", r.prefix))
+        .ignore()
+        .cmd("ZREM")
+        .arg(format!("{}:all", r.prefix))
+        .arg(newer.to_string())
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .expect("delete as an older build");
+    assert_eq!(page_all(&s, channel("tenant-a")).await, vec![kept]);
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&set)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(left, vec![kept.to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,6 +374,8 @@ async fn a_job_whose_channel_is_its_own_id_is_listed_by_it() {
     let r = TestRedis::start();
     let s = store(&r, true, None).await;
     let mut c = conn(&r).await;
+    // Built (empty) first: the jobs below are indexed from their events.
+    wait_indexed(&mut c, &r, 0).await;
     let x = s
         .submit(Job::new("t.job", "r", now_us()))
         .await
@@ -373,4 +406,31 @@ async fn a_job_whose_channel_is_its_own_id_is_listed_by_it() {
     assert_eq!(page_all(&s, channel(&z.to_string())).await, vec![z]);
     let n = reads(&mut c).await;
     assert!(n < 60, "{n} job reads: not from the index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_with_escapes_in_their_events_are_indexed() {
+    let r = TestRedis::start();
+    let s = store(&r, true, None).await;
+    let mut c = conn(&r).await;
+    // Built (empty) first: the jobs below are indexed from their events.
+    wait_indexed(&mut c, &r, 0).await;
+    let names = ["a\"b\\c", "ü-kanal", "tab\there", "{x}:y"];
+    let mut ids = Vec::new();
+    for n in names {
+        ids.push(s.submit(on(n)).await.expect("submit").job.id);
+    }
+    others(&s, 100).await;
+    wait_indexed(&mut c, &r, 0).await;
+    for (n, id) in names.iter().zip(&ids) {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{}:jch:{n}", r.prefix))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .expect("ZRANGE");
+        assert_eq!(members, vec![id.to_string()], "{n:?}");
+        assert_eq!(page_all(&s, channel(n)).await, vec![*id], "{n:?}");
+    }
 }

@@ -169,6 +169,15 @@ impl RedisStore {
         Ok((ids, read))
     }
 
+    /// Takes the jobs of `ids` that no longer exist out of `channel`'s set (best effort).
+    pub(super) async fn chanidx_prune(&self, channel: &str, ids: &[Uuid]) {
+        let mut rest = vec![channel.to_string()];
+        rest.extend(ids.iter().map(Uuid::to_string));
+        if let Err(e) = self.chanidx("prune", &rest).await {
+            tracing::debug!(error = %e, "redis channel index: prune failed");
+        }
+    }
+
     /// The job whose id `channel` is, when its channel is its own: listed with the channel's
     /// set (which leaves such jobs out).
     pub(super) async fn own_channel_job(&self, channel: &str) -> Result<Option<String>> {

@@ -247,8 +247,14 @@ impl JobStore for RedisStore {
             }
             // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
             // past the page or the scan bound.
+            // Jobs of the channel index deleted by a build whose retention leaves them there.
+            let mut gone: Vec<Uuid> = Vec::new();
             'chunks: for chunk in uuids.chunks(page) {
-                for b in self.load_many(chunk).await?.into_iter().flatten() {
+                for (id, b) in chunk.iter().zip(self.load_many(chunk).await?) {
+                    let Some(b) = b else {
+                        gone.push(*id);
+                        continue;
+                    };
                     let Some(j) = listable(&b) else { continue };
                     if confined {
                         if !q.visible_to(&j) {
@@ -268,6 +274,9 @@ impl JobStore for RedisStore {
                         break 'chunks;
                     }
                 }
+            }
+            if let Some(c) = indexed.as_deref().filter(|_| !gone.is_empty()) {
+                self.chanidx_prune(c, &gone).await;
             }
             scanned += read;
             if jobs.len() >= want {

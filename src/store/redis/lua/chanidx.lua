@@ -23,6 +23,9 @@
 --   `walk` ARGV[4] token, ARGV[5] lock ms, ARGV[6] gen, ARGV[7] after (a job id, '' from the
 --     oldest), ARGV[8] batch: indexes the next jobs of `P:all` (refreshing the lock). Returns
 --     {'ok', last id read or '', count read} or {'stale'} (the lock or the generation is another's).
+--   `prune` ARGV[4] a channel, ARGV[5..] job ids: takes those whose job no longer exists out
+--     of the channel's set (a job deleted by an older build's retention, which leaves it there).
+--     Returns {'ok'}.
 --   `finish` ARGV[4] token, ARGV[5] gen: state `ok` from `s0`/`n0` if the generation is still
 --     this rebuild's; frees the lock. Returns 1 when marked ok.
 local ev, idx, all, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -53,17 +56,23 @@ local function job_of(e)
   local c, j = string.match(e, '^{"id":"[^"\\]*","channel_id":"(.-)","job_id":"([^"\\]*)"')
   if c and not string.find(c, '\\', 1, true) then return j, c end
   local ok, d = pcall(cjson.decode, e)
-  if ok and type(d) == 'table' and type(d.job_id) == 'string' and type(d.channel_id) == 'string' then
-    return d.job_id, d.channel_id
-  end
-  return nil, nil
+  if not ok or type(d) ~= 'table' or type(d.job_id) ~= 'string' then return nil, nil end
+  -- Without its channel: the job's own says.
+  if type(d.channel_id) ~= 'string' then return d.job_id, nil end
+  return d.job_id, d.channel_id
 end
 
 -- A job whose channel is not its own id, in its channel's set, if it (still) exists with it.
+-- False when the event names no job (none is written so): the index cannot say what it missed.
 local function add(id, c)
-  if id and c and id ~= '' and c ~= id and redis.call('HGET', job_p .. id, 'c') == c then
-    redis.call('ZADD', jch_p .. c, 0, id)
+  if not id or id == '' then return false end
+  if c ~= id then
+    local stored = redis.call('HGET', job_p .. id, 'c')
+    if stored and stored ~= id and (c == nil or stored == c) then
+      redis.call('ZADD', jch_p .. stored, 0, id)
+    end
   end
+  return true
 end
 
 if op == 'catchup' then
@@ -90,9 +99,13 @@ if op == 'catchup' then
     return { 'lost', 0, 0 }
   end
   for _, e in ipairs(es) do
-    local f = e[2]
+    local f, named = e[2], false
     for i = 1, #f, 2 do
-      if f[i] == 'e' then add(job_of(f[i + 1])) end
+      if f[i] == 'e' then named = add(job_of(f[i + 1])) end
+    end
+    if not named then
+      redis.call('HSET', idx, 'state', 'lost')
+      return { 'lost', 0, 0 }
     end
   end
   redis.call('HSET', idx, 'at', es[#es][1], 'n', n + #es)
@@ -122,6 +135,12 @@ elseif op == 'walk' then
     if c and c ~= id then redis.call('ZADD', jch_p .. c, 0, id) end
   end
   return { 'ok', ids[#ids] or '', #ids }
+elseif op == 'prune' then
+  local set = jch_p .. ARGV[4]
+  for i = 5, #ARGV do
+    if redis.call('EXISTS', job_p .. ARGV[i]) == 0 then redis.call('ZREM', set, ARGV[i]) end
+  end
+  return { 'ok' }
 elseif op == 'finish' then
   local marked = 0
   local h = redis.call('HMGET', idx, 'gen', 'state', 's0', 'n0')
