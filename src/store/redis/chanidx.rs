@@ -24,7 +24,7 @@ const BATCH: usize = 1000;
 const TICK_BATCHES: usize = 100;
 /// Script calls a listing makes at most before it reads the index: further behind, it reads by
 /// id (the background catch-up is late: a burst of commits).
-const LIST_CATCHUP: usize = 4;
+const LIST_CATCHUP: usize = 8;
 /// Jobs of `P:all` read per rebuild script call.
 const WALK: usize = 1000;
 /// The rebuild lock's lifetime, refreshed by each of its script calls: a node that dies while
@@ -224,5 +224,42 @@ pub(super) async fn maintain(me: Weak<RedisStore>, stop: CancellationToken) {
         if let Err(e) = s.chanidx_tick().await {
             tracing::warn!(error = %e, "redis channel index: catch-up failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(list: &[&str], exact: bool) -> ListQuery {
+        ListQuery {
+            visible: Some(crate::store::Visibility {
+                types: None,
+                channels: Some(crate::store::Names {
+                    list: list.iter().map(|s| s.to_string()).collect(),
+                    exact,
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_literal_channel_is_read_from_the_index() {
+        // The query's channel first, whatever the grant.
+        let q = ListQuery {
+            channel: Some("c".into()),
+            ..grant(&["a*"], false)
+        };
+        assert_eq!(indexed_channel(&q), Some("c"));
+        assert_eq!(indexed_channel(&grant(&["a"], false)), Some("a"));
+        assert_eq!(indexed_channel(&grant(&["a*"], true)), Some("a*"));
+        assert_eq!(indexed_channel(&grant(&["a", "a"], false)), Some("a"));
+        // Globs, several channels, none, no channel grant: read by id.
+        assert_eq!(indexed_channel(&grant(&["a*"], false)), None);
+        assert_eq!(indexed_channel(&grant(&["a?"], false)), None);
+        assert_eq!(indexed_channel(&grant(&["a", "b"], true)), None);
+        assert_eq!(indexed_channel(&grant(&[], true)), None);
+        assert_eq!(indexed_channel(&ListQuery::default()), None);
     }
 }

@@ -245,10 +245,10 @@ impl JobStore for RedisStore {
             if let Some(v) = &q.visible {
                 uuids = self.visible_ids(v, uuids).await?;
             }
-            // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
-            // past the page or the scan bound.
             // Jobs of the channel index deleted by a build whose retention leaves them there.
             let mut gone: Vec<Uuid> = Vec::new();
+            // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
+            // past the page or the scan bound.
             'chunks: for chunk in uuids.chunks(page) {
                 for (id, b) in chunk.iter().zip(self.load_many(chunk).await?) {
                     let Some(b) = b else {

@@ -13,6 +13,9 @@
 //!   queue by queued_at; `P:sched` SCHEDULED jobs by run_at;
 //!   `P:lease` active jobs by lease expiry (and claim reservations, see `lua/claim.lua`);
 //!   `P:fin` finished jobs by finished_at (retention).
+//! - `P:jch:{channel}` the jobs of a channel that is not their own id (lex, as `P:all`), and
+//!   `P:jchidx`, `P:jchidx:lock` how far it holds the global stream and its rebuild's lock: the
+//!   channel index, derived from `P:ev` (see `chanidx.rs`, `lua/chanidx.lua`).
 //! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
 //!   `P:fhashes` every referenced file hash.
 //! - `P:log:{id}` list of log lines, `P:logn:{id}` their sequence counter.
@@ -62,6 +65,7 @@ mod queue;
 mod replay;
 mod retention;
 mod schedules;
+mod server_info;
 mod signals;
 mod start;
 mod tail;
@@ -69,6 +73,7 @@ mod tail;
 use commit::{committer, Pending, CAS_TRIES, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
+use server_info::{redact, server_version};
 pub use tail::EventTail;
 pub use write::commit_args;
 mod waits;
@@ -551,44 +556,6 @@ impl RedisStore {
     /// The settings in use.
     pub fn settings(&self) -> &RedisSettings {
         &self.s
-    }
-}
-
-/// The server's version, refused below Redis 7.
-async fn server_version(conn: &mut ConnectionManager) -> Result<String> {
-    let info: String = ::redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("redis INFO: {e}")))?;
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("0")
-        .trim()
-        .to_string();
-    let major: u32 = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 7 {
-        return Err(StoreError::Unavailable(format!(
-            "redis {version} is too old: runyard needs Redis 7.0 or later (stream trimming \
-                 metadata used to detect gaps in event streams)"
-        )));
-    }
-    Ok(version)
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 
