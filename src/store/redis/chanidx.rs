@@ -31,6 +31,16 @@ const WALK: usize = 1000;
 /// rebuilding holds it this long.
 const LOCK_MS: u64 = 30_000;
 
+/// Where a listing reads its ids (`RedisStore::id_source`).
+pub(super) struct IdSource {
+    /// `P:all`, `P:st:{STATUS}` or `P:jch:{channel}`.
+    key: String,
+    /// The channel of `P:jch:{channel}`.
+    channel: Option<String>,
+    /// The job whose id the channel is, its channel its own, until it is listed.
+    own: Option<String>,
+}
+
 /// The catch-up's answer.
 #[derive(Debug, PartialEq, Eq)]
 enum Caught {
@@ -141,21 +151,50 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The ids of the listing of `channel` newest first from `max` down to `min` (lex bounds as
-    /// for `P:all`), up to `batch` of its set; and the job whose id the channel is, when it is
-    /// in that range and its channel is its own (`own`, taken once). Returns the ids and how
-    /// many came from the set (fewer than `batch`: the set is read to its end).
-    pub(super) async fn channel_ids(
+    /// Where the listing `q` reads its ids from; `None`: nothing can be listed (a `channel=`
+    /// outside the caller's grant). One literal channel is read from its set when the index
+    /// holds every job committed before now, with the job whose id the channel is (the status
+    /// is then checked record by record); anything else from `P:all` or the status's set.
+    pub(super) async fn id_source(&self, q: &ListQuery) -> Result<Option<IdSource>> {
+        if let (Some(c), Some(v)) = (&q.channel, &q.visible) {
+            if !v.channels.as_ref().is_none_or(|n| n.matches(c)) {
+                return Ok(None);
+            }
+        }
+        if let Some(c) = indexed_channel(q) {
+            if self.chanidx_ready().await? {
+                return Ok(Some(IdSource {
+                    key: self.keyed("jch:", c),
+                    own: self.own_channel_job(c).await?,
+                    channel: Some(c.to_string()),
+                }));
+            }
+        }
+        let key = match q.status_read() {
+            Some(s) => self.keyed("st:", s.as_str()),
+            None => self.key("all"),
+        };
+        Ok(Some(IdSource {
+            key,
+            channel: None,
+            own: None,
+        }))
+    }
+
+    /// The next ids of `src` newest first from `max` down to `min` (lex bounds as for `P:all`),
+    /// up to `batch` of its set; for a channel also the job whose id the channel is, when it is
+    /// in that range and its channel is its own (taken once). Returns the ids and how many came
+    /// from the set (fewer than `batch`: the set is read to its end).
+    pub(super) async fn next_ids(
         &self,
-        channel: &str,
-        own: &mut Option<String>,
+        src: &mut IdSource,
         max: &str,
         min: &str,
         batch: usize,
     ) -> Result<(Vec<String>, usize)> {
-        let key = self.keyed("jch:", channel);
-        let mut ids = self.ids_newest_first(&key, max, min, batch).await?;
+        let mut ids = self.ids_newest_first(&src.key, max, min, batch).await?;
         let read = ids.len();
+        let own = &mut src.own;
         if let Some(o) = own.as_deref() {
             let below_max = max == "+" || max.strip_prefix('(').is_some_and(|c| o < c);
             let above_min = min == "-" || min.strip_prefix('[').is_some_and(|l| o >= l);
@@ -169,8 +208,12 @@ impl RedisStore {
         Ok((ids, read))
     }
 
-    /// Takes the jobs of `ids` that no longer exist out of `channel`'s set (best effort).
-    pub(super) async fn chanidx_prune(&self, channel: &str, ids: &[Uuid]) {
+    /// Takes the jobs of `ids`, read from `src`, that no longer exist out of its channel's set
+    /// (best effort; nothing for other sources).
+    pub(super) async fn forget_gone(&self, src: &IdSource, ids: &[Uuid]) {
+        let Some(channel) = src.channel.as_ref().filter(|_| !ids.is_empty()) else {
+            return;
+        };
         let mut rest = vec![channel.to_string()];
         rest.extend(ids.iter().map(Uuid::to_string));
         if let Err(e) = self.chanidx("prune", &rest).await {

@@ -42,6 +42,22 @@ impl RedisStore {
         self.bodies(&keys).await
     }
 
+    /// The bodies of the jobs of `ids` that still exist, in order; the ids of the others go to
+    /// `gone`.
+    async fn load_present(&self, ids: &[Uuid], gone: &mut Vec<Uuid>) -> Result<Vec<String>> {
+        let bodies = self.load_many(ids).await?;
+        Ok(ids
+            .iter()
+            .zip(bodies)
+            .filter_map(|(id, b)| {
+                if b.is_none() {
+                    gone.push(*id);
+                }
+                b
+            })
+            .collect())
+    }
+
     /// The jobs of `ids` that `v` may see, by the type and channel fields of their hashes (`t`,
     /// `c`): one pipelined `HMGET` each, without loading the bodies of the others' jobs.
     async fn visible_ids(&self, v: &crate::store::Visibility, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
@@ -188,29 +204,9 @@ impl JobStore for RedisStore {
         if q.status_read().is_some_and(|s| s.is_active()) {
             return self.list_active(q).await;
         }
-        // A channel asked for that the grant does not see: none of its jobs may be listed.
-        if let (Some(c), Some(v)) = (&q.channel, &q.visible) {
-            if !v.channels.as_ref().is_none_or(|n| n.matches(c)) {
-                return Ok(JobPage {
-                    jobs: vec![],
-                    next_cursor: None,
-                });
-            }
-        }
-        // One literal channel: read from the channel index when it holds every job committed
-        // before now (`chanidx.rs`), with the job whose id the channel is; the status is then
-        // checked record by record.
-        let indexed = match super::chanidx::indexed_channel(&q) {
-            Some(c) if self.chanidx_ready().await? => Some(c.to_string()),
-            _ => None,
-        };
-        let mut own = match &indexed {
-            Some(c) => self.own_channel_job(c).await?,
-            None => None,
-        };
-        let key = match q.status_read() {
-            Some(s) => self.keyed("st:", s.as_str()),
-            None => self.key("all"),
+        // Where the ids come from: `P:all`, a status's set, or one channel's (`chanidx.rs`).
+        let Some(mut src) = self.id_source(&q).await? else {
+            return Ok(JobPage::from_probe(Vec::new(), q.limit));
         };
         let mut jobs: Vec<Job> = Vec::new();
         let (lower, upper) = q.id_range();
@@ -233,14 +229,7 @@ impl JobStore for RedisStore {
                 Some(c) => format!("({c}"),
                 None => "+".to_string(),
             };
-            let (ids, read) = match &indexed {
-                Some(c) => self.channel_ids(c, &mut own, &max, &min, batch).await?,
-                None => {
-                    let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
-                    let n = ids.len();
-                    (ids, n)
-                }
-            };
+            let (ids, read) = self.next_ids(&mut src, &max, &min, batch).await?;
             let mut uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             if let Some(v) = &q.visible {
                 uuids = self.visible_ids(v, uuids).await?;
@@ -250,11 +239,7 @@ impl JobStore for RedisStore {
             // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
             // past the page or the scan bound.
             'chunks: for chunk in uuids.chunks(page) {
-                for (id, b) in chunk.iter().zip(self.load_many(chunk).await?) {
-                    let Some(b) = b else {
-                        gone.push(*id);
-                        continue;
-                    };
+                for b in self.load_present(chunk, &mut gone).await? {
                     let Some(j) = listable(&b) else { continue };
                     if confined {
                         if !q.visible_to(&j) {
@@ -275,9 +260,7 @@ impl JobStore for RedisStore {
                     }
                 }
             }
-            if let Some(c) = indexed.as_deref().filter(|_| !gone.is_empty()) {
-                self.chanidx_prune(c, &gone).await;
-            }
+            self.forget_gone(&src, &gone).await;
             scanned += read;
             if jobs.len() >= want {
                 break;

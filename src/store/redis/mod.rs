@@ -261,25 +261,20 @@ impl RedisStore {
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let stop = CancellationToken::new();
         let origin = Uuid::now_v7().simple().to_string();
-        let channel = format!("{}:notices", settings.prefix);
         let hints = Arc::new(hints::QueueHints::default());
-        tokio::spawn(notices::publish(
+        let to = notices::Listeners {
+            notify: notify.clone(),
+            hints: hints.clone(),
+        };
+        notices::start(
             conn.clone(),
-            channel.clone(),
-            origin.clone(),
-            relay_rx,
-            stop.clone(),
-        ));
-        tokio::spawn(notices::subscribe(
             client,
-            channel,
-            origin.clone(),
-            notices::Listeners {
-                notify: notify.clone(),
-                hints: hints.clone(),
-            },
-            stop.clone(),
-        ));
+            &settings.prefix,
+            &origin,
+            relay_rx,
+            to,
+            &stop,
+        );
         tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
         let (commits, commits_rx) = mpsc::channel(COMMIT_QUEUE);
         let commits_rx = Arc::new(tokio::sync::Mutex::new(commits_rx));
