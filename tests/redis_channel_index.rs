@@ -11,7 +11,8 @@
 //!   before they were indexed: the listing stays complete (read by id), the index is rebuilt and
 //!   read again.
 //! - `jobs_of_an_old_build_are_found_after_the_rebuild`: jobs written by a process that keeps
-//!   no index (`channel_index: false`, as an older build) before the index existed.
+//!   no index (`channel_index: false`, as an older build) before the index existed, two nodes
+//!   of the new build starting at once (one rebuild).
 //! - `retention_takes_a_job_out_of_its_channel`: a job deleted by retention leaves the set; one
 //!   deleted by an older build's retention (which leaves it there) is left out of a listing and
 //!   taken out of the set by it.
@@ -297,10 +298,14 @@ async fn jobs_of_an_old_build_are_found_after_the_rebuild() {
     mine.reverse();
     let mut c = conn(&r).await;
     assert_eq!(index_state(&mut c, &r).await.0, None, "no index yet");
+    // Two nodes of the new build: one rebuilds (the lock), the other waits for it.
     let s = store(&r, true, None).await;
+    let s2 = store(&r, true, None).await;
     // Read by id until the index is built.
     assert_eq!(page_all(&s, channel("tenant-a")).await, mine);
     wait_indexed(&mut c, &r, 0).await;
+    assert_eq!(page_all(&s2, confined("tenant-a")).await, mine);
+    assert_eq!(index_state(&mut c, &r).await.2, Some(1), "one rebuild");
     reset(&mut c).await;
     assert_eq!(page_all(&s, channel("tenant-a")).await, mine);
     assert_eq!(page_all(&s, confined("tenant-a")).await, mine);
