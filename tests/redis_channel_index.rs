@@ -18,6 +18,9 @@
 //!   taken out of the set by it.
 //! - `a_job_whose_channel_is_its_own_id_is_listed_by_it`: the default channel (no set entry).
 //! - `channels_with_escapes_in_their_events_are_indexed`: quotes, backslashes, non-ASCII.
+//! - `an_overtaken_rebuild_does_not_mark_the_index_built` and
+//!   `a_rebuild_indexes_the_events_that_arrive_during_its_walk` (more than `global_limit` of
+//!   them): the rebuild's steps of `lua/chanidx.lua`, called one by one.
 
 mod redis_support;
 
@@ -438,4 +441,171 @@ async fn channels_with_escapes_in_their_events_are_indexed() {
         assert_eq!(members, vec![id.to_string()], "{n:?}");
         assert_eq!(page_all(&s, channel(n)).await, vec![*id], "{n:?}");
     }
+}
+
+/// One operation of `lua/chanidx.lua` (read from the source: the steps of a rebuild, called by
+/// the test one by one).
+async fn op(
+    c: &mut redis::aio::MultiplexedConnection,
+    r: &TestRedis,
+    args: &[&str],
+) -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/store/redis/lua/chanidx.lua"
+    );
+    let script = std::fs::read_to_string(path).expect("chanidx.lua");
+    let p = &r.prefix;
+    redis::cmd("EVAL")
+        .arg(script)
+        .arg(4)
+        .arg(format!("{p}:ev"))
+        .arg(format!("{p}:jchidx"))
+        .arg(format!("{p}:all"))
+        .arg(format!("{p}:jchidx:lock"))
+        .arg(args[0])
+        .arg(format!("{p}:job:"))
+        .arg(format!("{p}:jch:"))
+        .arg(&args[1..])
+        .query_async(c)
+        .await
+        .expect("chanidx.lua")
+}
+
+/// `n` jobs submitted by a process that keeps no index, one in ten on tenant-a (added to `mine`).
+async fn submit_some(s: &RedisStore, n: usize, mine: &mut Vec<Uuid>) {
+    let jobs: Vec<Job> = (0..n)
+        .map(|i| on(if i % 10 == 0 { "tenant-a" } else { "tenant-b" }))
+        .collect();
+    mine.extend(
+        jobs.iter()
+            .filter(|j| j.channel_id == "tenant-a")
+            .map(|j| j.id),
+    );
+    for r in s.submit_many(jobs).await.expect("batch") {
+        r.expect("submit");
+    }
+}
+
+/// The walk of `gen` to its end, 50 jobs a call.
+async fn walk_all(
+    c: &mut redis::aio::MultiplexedConnection,
+    r: &TestRedis,
+    token: &str,
+    gen: &str,
+) {
+    let mut after = String::new();
+    for _ in 0..1000 {
+        let w = op(c, r, &["walk", token, "30000", gen, &after, "50"]).await;
+        assert_eq!(w[0], "ok", "{w:?}");
+        if w[2] != "50" {
+            return;
+        }
+        after = w[1].clone();
+    }
+    panic!("walk did not end");
+}
+
+async fn members(c: &mut redis::aio::MultiplexedConnection, r: &TestRedis, ch: &str) -> Vec<Uuid> {
+    let m: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{}:jch:{ch}", r.prefix))
+        .arg(0)
+        .arg(-1)
+        .query_async(c)
+        .await
+        .expect("ZRANGE");
+    m.iter().map(|m| m.parse().expect("a job id")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overtaken_rebuild_does_not_mark_the_index_built() {
+    let r = TestRedis::start();
+    let old = store(&r, false, None).await;
+    let mut mine = Vec::new();
+    submit_some(&old, 300, &mut mine).await;
+    let mut c = conn(&r).await;
+    let a = op(&mut c, &r, &["begin", "node-a", "30000"]).await;
+    assert_eq!(a[0], "go");
+    // Node a stalls and its lock expires: node b begins a newer generation.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:jchidx:lock", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    let b = op(&mut c, &r, &["begin", "node-b", "30000"]).await;
+    assert_eq!(b[0], "go");
+    assert_ne!(a[1], b[1]);
+    // Node a wakes up: its walk and its finish are refused, the index is not built.
+    assert_eq!(
+        op(&mut c, &r, &["walk", "node-a", "30000", &a[1], "", "50"]).await,
+        ["stale"]
+    );
+    assert_eq!(
+        op(&mut c, &r, &["finish", "node-a", &a[1], "60000"]).await,
+        ["stale"]
+    );
+    assert_eq!(index_state(&mut c, &r).await.0.as_deref(), Some("rebuild"));
+    let lock: Option<String> = redis::cmd("GET")
+        .arg(format!("{}:jchidx:lock", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("GET");
+    assert_eq!(lock.as_deref(), Some("node-b"), "node b keeps its lock");
+    // Node b's rebuild ends it.
+    walk_all(&mut c, &r, "node-b", &b[1]).await;
+    assert_eq!(
+        op(&mut c, &r, &["finish", "node-b", &b[1], "60000"]).await,
+        ["ok"]
+    );
+    mine.sort_unstable();
+    assert_eq!(members(&mut c, &r, "tenant-a").await, mine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_indexes_the_events_that_arrive_during_its_walk() {
+    let r = TestRedis::start();
+    // `global_limit` 50: the stream keeps about 50 events.
+    let old = store(&r, false, Some(50)).await;
+    let mut mine = Vec::new();
+    // Jobs before the rebuild begins (their events trimmed: only the walk finds them).
+    submit_some(&old, 300, &mut mine).await;
+    let mut c = conn(&r).await;
+    let go = op(&mut c, &r, &["begin", "node-a", "30000"]).await;
+    assert_eq!(go[0], "go");
+    let gen = go[1].clone();
+    // During the walk, 400 jobs (8 times `global_limit` events), 20 at a time, each 20 caught up
+    // before the stream is trimmed past them (as every node's catch-up does during a rebuild).
+    let mut after = String::new();
+    for step in 0..1000 {
+        assert!(step < 999, "walk did not end");
+        if step < 20 {
+            submit_some(&old, 20, &mut mine).await;
+            let caught = op(&mut c, &r, &["catchup", "1000"]).await;
+            let caught = (caught[0].as_str(), caught[2].as_str());
+            assert_eq!(caught, ("rebuild", "1"), "indexed during the rebuild");
+        }
+        let w = op(&mut c, &r, &["walk", "node-a", "30000", &gen, &after, "50"]).await;
+        assert_eq!(w[0], "ok", "{w:?}");
+        if w[2] != "50" && step >= 20 {
+            break;
+        }
+        if w[2] == "50" {
+            after = w[1].clone();
+        }
+    }
+    assert_eq!(
+        op(&mut c, &r, &["finish", "node-a", &gen, "60000"]).await,
+        ["ok"]
+    );
+    // Built, and not lost at the next catch-up: every job of the channel is in its set.
+    assert_eq!(op(&mut c, &r, &["catchup", "1000"]).await, ["ok", "0", "1"]);
+    let mut sorted = mine.clone();
+    sorted.sort_unstable();
+    assert_eq!(members(&mut c, &r, "tenant-a").await, sorted);
+    assert_eq!(mine.len(), 70);
+    // A node of the new build lists them from the index.
+    let s = store(&r, true, Some(50)).await;
+    sorted.reverse();
+    assert_eq!(page_all(&s, channel("tenant-a")).await, sorted);
+    assert_eq!(index_state(&mut c, &r).await.0.as_deref(), Some("ok"));
 }

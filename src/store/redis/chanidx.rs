@@ -8,9 +8,9 @@
 //! upgrade) are indexed too. Each node catches up from the stream every [`TICK`], and a listing
 //! that reads the index first catches up itself (at most [`LIST_CATCHUP`] batches: further
 //! behind, it reads by id as before). When events were trimmed before they were indexed, or the
-//! index was never built (a new deployment, an upgrade), it is rebuilt from `P:all` under a lock
-//! while listings read by id. See `lua/chanidx.lua` for the keys and the proof of completeness,
-//! docs/redis.md "Channel index".
+//! index was never built (a new deployment, an upgrade), it is rebuilt from `P:all` under a lock,
+//! paced, while the catch-up goes on and listings read by id. See `lua/chanidx.lua` for the keys
+//! and the proof of completeness, docs/redis.md "Channel index".
 
 use std::sync::Weak;
 
@@ -23,11 +23,16 @@ const BATCH: usize = 1000;
 /// Script calls a tick makes at most (a tick indexes up to 100,000 events).
 const TICK_BATCHES: usize = 100;
 /// Script calls a listing makes at most before it reads the index: further behind, it reads by
-/// id (the background catch-up is late). 32,000 events: more than a [`TICK`]'s worth of commits
-/// at the rates measured (about 3,000 jobs/s, 4-5 events each), in tens of ms.
-const LIST_CATCHUP: usize = 32;
-/// Jobs of `P:all` read per rebuild script call.
-const WALK: usize = 1000;
+/// id (the background catch-up is late). Every event is indexed, not only submits (4-5 a job),
+/// at about 20 ms of Redis time per 1,000 events of jobs on shared channels (measured): 4,000
+/// events, up to about 80 ms inside the request.
+const LIST_CATCHUP: usize = 4;
+/// Jobs of `P:all` read per rebuild script call (about 4 ms of Redis time).
+const WALK: usize = 250;
+/// The rebuild's pause between two script calls, so that it leaves Redis to the other commands.
+const WALK_PAUSE: Duration = Duration::from_millis(8);
+/// How long no node rebuilds after a rebuild that ended `lost` (the rebuild lock is kept).
+const LOST_BACKOFF_MS: u64 = 60_000;
 /// The rebuild lock's lifetime, refreshed by each of its script calls: a node that dies while
 /// rebuilding holds it this long.
 const LOCK_MS: u64 = 30_000;
@@ -43,14 +48,13 @@ pub(super) struct IdSource {
 }
 
 /// The catch-up's answer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Caught {
-    /// Every event up to the stream's end is indexed.
-    Done,
-    /// Indexed a batch; more follow.
-    More,
-    /// The index is not usable (never built, being rebuilt, or events were lost before they were
-    /// indexed): listings read by id until a rebuild ends.
+    /// Indexed a batch (or nothing new). `done`: every event up to the stream's end is indexed;
+    /// `built`: the index is `ok` (not being rebuilt), so listings may read it.
+    Indexed { done: bool, built: bool },
+    /// The index is not built, or events were lost before they were indexed: listings read by
+    /// id until a rebuild ends.
     Off,
 }
 
@@ -69,11 +73,24 @@ impl RedisStore {
     /// One catch-up batch (see `lua/chanidx.lua`).
     async fn catch_up(&self) -> Result<Caught> {
         let r = self.chanidx("catchup", &[BATCH.to_string()]).await?;
+        let done = r.get(2).is_some_and(|d| d == "1");
         Ok(match r.first().map(String::as_str) {
-            Some("ok") if r.get(2).is_some_and(|d| d == "1") => Caught::Done,
-            Some("ok") => Caught::More,
+            Some("ok") => Caught::Indexed { done, built: true },
+            Some("rebuild") => Caught::Indexed { done, built: false },
             _ => Caught::Off,
         })
+    }
+
+    /// Catch-up batches until the stream's end, at most [`TICK_BATCHES`]; the last answer.
+    async fn catch_up_to_end(&self) -> Result<Caught> {
+        let mut last = Caught::Off;
+        for _ in 0..TICK_BATCHES {
+            last = self.catch_up().await?;
+            if !matches!(last, Caught::Indexed { done: false, .. }) {
+                break;
+            }
+        }
+        Ok(last)
     }
 
     /// Whether a listing may read the channel index: it is built and, after this call's
@@ -84,30 +101,29 @@ impl RedisStore {
         }
         for _ in 0..LIST_CATCHUP {
             match self.catch_up().await? {
-                Caught::Done => return Ok(true),
-                Caught::More => {}
-                Caught::Off => return Ok(false),
+                Caught::Indexed { built: false, .. } | Caught::Off => return Ok(false),
+                Caught::Indexed { done: true, .. } => return Ok(true),
+                Caught::Indexed { done: false, .. } => {}
             }
         }
         Ok(false)
     }
 
-    /// A node's turn: catch up, or rebuild when the index is not usable.
+    /// A node's turn: catch up (also while a rebuild runs), or rebuild when the index is not
+    /// usable.
     async fn chanidx_tick(&self) -> Result<()> {
-        for _ in 0..TICK_BATCHES {
-            match self.catch_up().await? {
-                Caught::Done => return Ok(()),
-                Caught::More => {}
-                Caught::Off => return self.rebuild().await,
-            }
+        match self.catch_up_to_end().await? {
+            Caught::Off => self.rebuild().await,
+            Caught::Indexed { .. } => Ok(()),
         }
-        Ok(())
     }
 
     /// Rebuilds the index from `P:all` unless another node is at it: the jobs stored before the
-    /// stream's end at the start are read from `P:all`, those after from the stream (the
-    /// catch-up goes on from there). A rebuild overtaken by a newer one (its lock expired) does
-    /// not mark the index built.
+    /// stream's end at the start are read from `P:all` ([`WALK`] a call, [`WALK_PAUSE`] apart),
+    /// those after from the stream (this node catches up every [`TICK`] during the walk, as the
+    /// others do). A rebuild overtaken by a newer one (its lock expired) does not mark the index
+    /// built; one that ends `lost` (events trimmed before the catch-up read them) keeps the lock
+    /// for [`LOST_BACKOFF_MS`].
     async fn rebuild(&self) -> Result<()> {
         let token = self.origin.clone();
         let r = self
@@ -121,6 +137,7 @@ impl RedisStore {
         tracing::info!(gen = %gen, "building the redis channel index");
         let mut after = String::new();
         let mut jobs = 0usize;
+        let mut caught = Instant::now();
         loop {
             let r = self
                 .chanidx(
@@ -144,11 +161,29 @@ impl RedisStore {
                 Some(last) if n >= WALK && !last.is_empty() => after = last.clone(),
                 _ => break,
             }
+            if caught.elapsed() >= TICK {
+                // Lost: stop walking (`finish` answers `lost`).
+                if self.catch_up_to_end().await? == Caught::Off {
+                    break;
+                }
+                caught = Instant::now();
+            }
+            tokio::time::sleep(WALK_PAUSE).await;
         }
-        let marked: Vec<String> = self.chanidx("finish", &[token, gen.clone()]).await?;
-        let ok = marked.first().is_some_and(|m| m == "1");
-        tracing::info!(gen = %gen, jobs, ok, took_ms = started.elapsed().as_millis() as u64,
-            "redis channel index built");
+        let backoff = LOST_BACKOFF_MS.to_string();
+        let r: Vec<String> = self
+            .chanidx("finish", &[token, gen.clone(), backoff])
+            .await?;
+        let state = r.first().map(String::as_str).unwrap_or("");
+        let took_ms = started.elapsed().as_millis() as u64;
+        if state == "lost" {
+            tracing::warn!(gen = %gen, jobs, took_ms, backoff_ms = LOST_BACKOFF_MS,
+                "redis channel index rebuild ended lost (events trimmed before they were \
+                 indexed); no rebuild before the backoff, listings read by id");
+        } else {
+            tracing::info!(gen = %gen, jobs, ok = state == "ok", took_ms,
+                "redis channel index built");
+        }
         Ok(())
     }
 
@@ -163,7 +198,13 @@ impl RedisStore {
             }
         }
         if let Some(c) = indexed_channel(q) {
-            if self.chanidx_ready().await? {
+            // An error (e.g. Redis at `maxmemory`, the catch-up's writes refused): read by id,
+            // which only reads.
+            let ready = self.chanidx_ready().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "redis channel index: catch-up failed; listing by id");
+                false
+            });
+            if ready {
                 return Ok(Some(IdSource {
                     key: self.keyed("jch:", c),
                     own: self.own_channel_job(c).await?,

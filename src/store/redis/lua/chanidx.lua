@@ -7,27 +7,36 @@
 -- which every event was indexed and `n` its ordinal (the events ever added to the stream up to
 -- and including `at`: trimming removes the oldest first and runyard never XDELs, so events were
 -- lost before they were indexed iff more were removed, `entries-added - length`, than indexed,
--- `n`), `gen` the rebuild generation, `s0`/`n0` the stream position the running rebuild starts
--- the catch-up from.
+-- `n`), `gen` the rebuild generation, `s0`/`n0` the stream's end when the running rebuild began.
 --
 -- KEYS[1] `P:ev`, KEYS[2] `P:jchidx`, KEYS[3] `P:all`, KEYS[4] `P:jchidx:lock`. The jobs' hashes
 -- and the channels' sets are named by what the stream and `P:all` hold: ARGV[2] `P:job:`,
 -- ARGV[3] `P:jch:` (Redis Cluster: one hash slot through the prefix's hash tag).
 -- ARGV[1] the operation, then its own arguments:
---   `catchup` ARGV[4] events at most: indexes the events after `at`. Returns {state, events
---     indexed, 1 when the stream's end was reached}; state `ok`, or (nothing done) `off` while
---     the index is not built or `lost` (events trimmed before they were indexed: marked so).
+--   `catchup` ARGV[4] events at most: indexes the events after `at`, also while a rebuild runs
+--     (so that events arriving during its walk are not lost to trimming). Returns {state, events
+--     indexed, 1 when the stream's end was reached}; state `ok` or `rebuild` (listings read the
+--     index only when `ok`), or (nothing done) `off` while the index is not built or `lost`
+--     (events trimmed before they were indexed: marked so).
 --   `begin` ARGV[4] token, ARGV[5] lock ms: starts a rebuild when the index is not ok and no
---     other rebuild runs (the lock `SET NX PX`): state `rebuild`, a new generation, `s0`/`n0` the stream's end now. Returns
---     {'go', gen} or {'busy'}.
+--     other rebuild runs (the lock `SET NX PX`): state `rebuild`, a new generation, `at`/`n`
+--     (and `s0`/`n0`) the stream's end now, from which the catch-up goes on during the walk.
+--     Returns {'go', gen} or {'busy'}.
 --   `walk` ARGV[4] token, ARGV[5] lock ms, ARGV[6] gen, ARGV[7] after (a job id, '' from the
 --     oldest), ARGV[8] batch: indexes the next jobs of `P:all` (refreshing the lock). Returns
 --     {'ok', last id read or '', count read} or {'stale'} (the lock or the generation is another's).
 --   `prune` ARGV[4] a channel, ARGV[5..] job ids: takes those whose job no longer exists out
 --     of the channel's set (a job deleted by an older build's retention, which leaves it there).
 --     Returns {'ok'}.
---   `finish` ARGV[4] token, ARGV[5] gen: state `ok` from `s0`/`n0` if the generation is still
---     this rebuild's; frees the lock. Returns 1 when marked ok.
+--   `finish` ARGV[4] token, ARGV[5] gen, ARGV[6] backoff ms: state `ok` if the generation is
+--     still this rebuild's and no catch-up found it `lost` (`at`/`n` stay where the catch-up
+--     took them, at or after `s0`/`n0`); frees the lock, or, when `lost`, keeps it for the
+--     backoff so that no node rebuilds again at once. Returns the state: `ok` when marked,
+--     `lost`, or `stale` (another generation's).
+-- Completeness: a job committed before `begin` is in `P:all` then (commit.lua adds it and
+-- appends its event in one call), so the walk finds it; one committed after has its event
+-- after `s0`, indexed by a catch-up from `at` = `s0` on; a catch-up that finds such an event
+-- trimmed marks `lost`, and `finish` then does not mark `ok`.
 local ev, idx, all, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, job_p, jch_p = ARGV[1], ARGV[2], ARGV[3]
 
@@ -78,7 +87,10 @@ end
 if op == 'catchup' then
   local max = tonumber(ARGV[4])
   local h = redis.call('HMGET', idx, 'state', 'at', 'n')
-  if h[1] ~= 'ok' or not h[2] or not h[3] then return { 'off', 0, 0 } end
+  local state = h[1]
+  if (state ~= 'ok' and state ~= 'rebuild') or not h[2] or not h[3] then
+    return { 'off', 0, 0 }
+  end
   local at, n = h[2], tonumber(h[3])
   local t = info()
   local added, len, last = 0, 0, '0-0'
@@ -91,7 +103,7 @@ if op == 'catchup' then
     redis.call('HSET', idx, 'state', 'lost')
     return { 'lost', 0, 0 }
   end
-  if added == n then return { 'ok', 0, 1 } end
+  if added == n then return { state, 0, 1 } end
   local es = redis.call('XRANGE', ev, '(' .. at, '+', 'COUNT', max)
   -- Events after `at` counted but none there: `at` and `n` disagree; build again.
   if #es == 0 then
@@ -111,7 +123,7 @@ if op == 'catchup' then
   redis.call('HSET', idx, 'at', es[#es][1], 'n', n + #es)
   local done = 0
   if n + #es >= added then done = 1 end
-  return { 'ok', #es, done }
+  return { state, #es, done }
 elseif op == 'begin' then
   if redis.call('HGET', idx, 'state') == 'ok' then return { 'busy' } end
   if not redis.call('SET', lock, ARGV[4], 'NX', 'PX', ARGV[5]) then return { 'busy' } end
@@ -119,8 +131,7 @@ elseif op == 'begin' then
   local t = info()
   local s0, n0 = '0-0', 0
   if t then s0, n0 = t['last-generated-id'], tonumber(t['entries-added']) end
-  redis.call('HSET', idx, 'state', 'rebuild', 's0', s0, 'n0', n0)
-  redis.call('HDEL', idx, 'at', 'n')
+  redis.call('HSET', idx, 'state', 'rebuild', 's0', s0, 'n0', n0, 'at', s0, 'n', n0)
   return { 'go', gen }
 elseif op == 'walk' then
   if redis.call('GET', lock) ~= ARGV[4] or redis.call('HGET', idx, 'gen') ~= ARGV[6] then
@@ -142,13 +153,21 @@ elseif op == 'prune' then
   end
   return { 'ok' }
 elseif op == 'finish' then
-  local marked = 0
-  local h = redis.call('HMGET', idx, 'gen', 'state', 's0', 'n0')
-  if h[1] == ARGV[5] and h[2] == 'rebuild' and h[3] and h[4] then
-    redis.call('HSET', idx, 'state', 'ok', 'at', h[3], 'n', h[4])
-    marked = 1
+  local h = redis.call('HMGET', idx, 'gen', 'state')
+  local state = 'stale'
+  if h[1] == ARGV[5] and h[2] == 'rebuild' then
+    redis.call('HSET', idx, 'state', 'ok')
+    state = 'ok'
+  elseif h[1] == ARGV[5] and h[2] == 'lost' then
+    state = 'lost'
   end
-  if redis.call('GET', lock) == ARGV[4] then redis.call('DEL', lock) end
-  return marked
+  if redis.call('GET', lock) == ARGV[4] then
+    if state == 'lost' then
+      redis.call('PEXPIRE', lock, ARGV[6])
+    else
+      redis.call('DEL', lock)
+    end
+  end
+  return state
 end
 return redis.error_reply('chanidx: unknown operation ' .. tostring(op))
