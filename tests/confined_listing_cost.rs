@@ -6,6 +6,7 @@
 //!     COST_N=50000 cargo test --release --test confined_listing_cost -- --ignored --nocapture
 //!
 //! It checks what each answer must be (the caller's own jobs only) and prints the times.
+//! `COST_REDIS_INDEX=off` runs the Redis store without its channel index (docs/redis.md).
 
 mod redis_support;
 
@@ -167,6 +168,8 @@ async fn redis() {
     let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
         prefix: r.prefix.clone(),
         retry: Duration::from_secs(5),
+        // `COST_REDIS_INDEX=off`: without the channel index (as before session 18).
+        channel_index: std::env::var("COST_REDIS_INDEX").as_deref() != Ok("off"),
         ..RedisSettings::new(r.url.clone())
     })
     .await

@@ -5,7 +5,8 @@
 //! with `limit=1`, with no filter and with filters naming the other tenant (`channel`, `type`,
 //! `status`, `text` in its args), and get their own jobs only: every `next_cursor` the id of a
 //! job of theirs (or null), and the same answers for a `text` that matches the other tenant's
-//! args and one that does not. An unconfined token pages every job, as an admin does.
+//! args and one that does not. An unconfined token pages every job, as an admin does. On Redis
+//! the walks start once the channel index holds every job, so the channel-confined ones read it.
 //!
 //! The hole this closes: the store paged every job and the handler dropped the ones outside the
 //! grant afterwards, so `next_cursor` (and whether there was one) told a confined caller other
@@ -233,6 +234,50 @@ fn expected(all: &[Fixture], sees: fn(&Fixture) -> bool, filter: Keep) -> Vec<St
     ids
 }
 
+/// Waits (bounded) until the Redis channel index holds every event: the walks below of the
+/// channel-confined callers and of `channel=` then read it (docs/redis.md "Channel index").
+async fn channel_index_caught_up(r: &TestRedis) {
+    let mut c = redis::Client::open(r.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let start = std::time::Instant::now();
+    loop {
+        let (state, n): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(format!("{}:jchidx", r.prefix))
+            .arg("state")
+            .arg("n")
+            .query_async(&mut c)
+            .await
+            .expect("HMGET");
+        let info: redis::Value = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(format!("{}:ev", r.prefix))
+            .query_async(&mut c)
+            .await
+            .expect("XINFO");
+        let added = match info {
+            redis::Value::Array(a) => a
+                .chunks(2)
+                .find(|p| {
+                    redis::from_redis_value::<String>(&p[0]).ok().as_deref()
+                        == Some("entries-added")
+                })
+                .and_then(|p| redis::from_redis_value::<u64>(&p[1]).ok()),
+            _ => None,
+        };
+        if state.as_deref() == Some("ok") && n.is_some() && n == added {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "channel index not caught up: {state:?} {n:?} {added:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn confined_callers_page_their_own_jobs_only(redis: Option<TestRedis>) {
     let s = Server::start(redis.as_ref()).await;
     // Interleaved, so that the other tenant's jobs are newest, oldest and in between. `a.job` on
@@ -248,6 +293,9 @@ async fn confined_callers_page_their_own_jobs_only(redis: Option<TestRedis>) {
         ("b.job", "tenant-b", true),
     ] {
         all.push(s.submit(t, c, secret).await);
+    }
+    if let Some(r) = &redis {
+        channel_index_caught_up(r).await;
     }
     let on_a: fn(&Fixture) -> bool = |f| f.channel == "tenant-a";
     let type_a: fn(&Fixture) -> bool = |f| f.job_type.starts_with("a.");

@@ -1,13 +1,15 @@
-//! [`JobStore`] for Redis: submit, get, list (by the `P:all` / `P:st:{STATUS}` indexes, and the
-//! lease set for active jobs), apply.
+//! [`JobStore`] for Redis: submit, get, list (by the `P:all` / `P:st:{STATUS}` indexes, a
+//! channel's `P:jch:{channel}` (`chanidx.rs`), and the lease set for active jobs), apply.
 
 use super::commit::Reply;
 use super::write::Write;
 use super::*;
 
 /// Ids examined per page at most when a filter is checked record by record (every filter but
-/// status and the creation time's id range: Redis keeps no index of types or channels). For a
-/// caller confined by its grant, the jobs it sees examined (the others are read past unbounded).
+/// status, the creation time's id range and one literal channel: Redis keeps no index of types,
+/// and of channels one read at a time, `chanidx.rs`). For a caller confined by its grant, the
+/// jobs it sees examined (the others are read past unbounded, but a grant of one literal
+/// channel reads that channel's jobs only).
 const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
@@ -40,6 +42,22 @@ impl RedisStore {
         self.bodies(&keys).await
     }
 
+    /// The bodies of the jobs of `ids` that still exist, in order; the ids of the others go to
+    /// `gone`.
+    async fn load_present(&self, ids: &[Uuid], gone: &mut Vec<Uuid>) -> Result<Vec<String>> {
+        let bodies = self.load_many(ids).await?;
+        Ok(ids
+            .iter()
+            .zip(bodies)
+            .filter_map(|(id, b)| {
+                if b.is_none() {
+                    gone.push(*id);
+                }
+                b
+            })
+            .collect())
+    }
+
     /// The jobs of `ids` that `v` may see, by the type and channel fields of their hashes (`t`,
     /// `c`): one pipelined `HMGET` each, without loading the bodies of the others' jobs.
     async fn visible_ids(&self, v: &crate::store::Visibility, ids: Vec<Uuid>) -> Result<Vec<Uuid>> {
@@ -69,7 +87,7 @@ impl RedisStore {
     }
 
     /// Up to `batch` members of the lex index `key` from `max` down to `min`.
-    async fn ids_newest_first(
+    pub(super) async fn ids_newest_first(
         &self,
         key: &str,
         max: &str,
@@ -186,9 +204,9 @@ impl JobStore for RedisStore {
         if q.status_read().is_some_and(|s| s.is_active()) {
             return self.list_active(q).await;
         }
-        let key = match q.status_read() {
-            Some(s) => self.keyed("st:", s.as_str()),
-            None => self.key("all"),
+        // Where the ids come from: `P:all`, a status's set, or one channel's (`chanidx.rs`).
+        let Some(mut src) = self.id_source(&q).await? else {
+            return Ok(JobPage::from_probe(Vec::new(), q.limit));
         };
         let mut jobs: Vec<Job> = Vec::new();
         let (lower, upper) = q.id_range();
@@ -211,15 +229,17 @@ impl JobStore for RedisStore {
                 Some(c) => format!("({c}"),
                 None => "+".to_string(),
             };
-            let ids = self.ids_newest_first(&key, &max, &min, batch).await?;
+            let (ids, read) = self.next_ids(&mut src, &max, &min, batch).await?;
             let mut uuids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
             if let Some(v) = &q.visible {
                 uuids = self.visible_ids(v, uuids).await?;
             }
+            // Jobs of the channel index deleted by a build whose retention leaves them there.
+            let mut gone: Vec<Uuid> = Vec::new();
             // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
             // past the page or the scan bound.
             'chunks: for chunk in uuids.chunks(page) {
-                for b in self.load_many(chunk).await?.into_iter().flatten() {
+                for b in self.load_present(chunk, &mut gone).await? {
                     let Some(j) = listable(&b) else { continue };
                     if confined {
                         if !q.visible_to(&j) {
@@ -240,7 +260,8 @@ impl JobStore for RedisStore {
                     }
                 }
             }
-            scanned += ids.len();
+            self.forget_gone(&src, &gone).await;
+            scanned += read;
             if jobs.len() >= want {
                 break;
             }
@@ -250,7 +271,7 @@ impl JobStore for RedisStore {
                     next_cursor: last_seen,
                 });
             }
-            if ids.len() < batch {
+            if read < batch {
                 break;
             }
             if confined {

@@ -13,6 +13,9 @@
 //!   queue by queued_at; `P:sched` SCHEDULED jobs by run_at;
 //!   `P:lease` active jobs by lease expiry (and claim reservations, see `lua/claim.lua`);
 //!   `P:fin` finished jobs by finished_at (retention).
+//! - `P:jch:{channel}` the jobs of a channel that is not their own id (lex, as `P:all`), and
+//!   `P:jchidx`, `P:jchidx:lock` how far it holds the global stream and its rebuild's lock: the
+//!   channel index, derived from `P:ev` (see `chanidx.rs`, `lua/chanidx.lua`).
 //! - `P:idem:{key}` the job of an idempotency key; `P:fref:{hash}` the jobs referencing a file,
 //!   `P:fhashes` every referenced file hash.
 //! - `P:log:{id}` list of log lines, `P:logn:{id}` their sequence counter.
@@ -51,6 +54,7 @@
 
 mod activity;
 mod batch;
+mod chanidx;
 mod commit;
 mod counts;
 mod deliveries;
@@ -63,6 +67,7 @@ mod queue;
 mod replay;
 mod retention;
 mod schedules;
+mod server_info;
 mod signals;
 mod start;
 mod tail;
@@ -70,6 +75,7 @@ mod tail;
 use commit::{committer, Pending, CAS_TRIES, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
+use server_info::{redact, server_version};
 pub use tail::EventTail;
 pub use write::commit_args;
 mod waits;
@@ -119,6 +125,9 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Channel events go to lists, not streams (`store.channel_events`); both are read anyway.
     pub channel_lists: bool,
+    /// Whether this process keeps the channel index up to date and lists one channel's jobs
+    /// from it (`chanidx.rs`; off: every listing reads by id, as before it existed).
+    pub channel_index: bool,
 }
 
 impl RedisSettings {
@@ -132,6 +141,7 @@ impl RedisSettings {
             retry: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5),
             channel_lists: false,
+            channel_index: true,
         }
     }
 }
@@ -144,6 +154,7 @@ struct Scripts {
     logs_append: Script,
     logs_read: Script,
     retention: Script,
+    chanidx: Script,
 }
 
 impl Scripts {
@@ -156,6 +167,7 @@ impl Scripts {
             logs_append: Script::new(include_str!("lua/logs_append.lua")),
             logs_read: Script::new(include_str!("lua/logs_read.lua")),
             retention: Script::new(include_str!("lua/retention.lua")),
+            chanidx: Script::new(include_str!("lua/chanidx.lua")),
         }
     }
 }
@@ -255,31 +267,29 @@ impl RedisStore {
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let stop = CancellationToken::new();
         let origin = Uuid::now_v7().simple().to_string();
-        let channel = format!("{}:notices", settings.prefix);
         let hints = Arc::new(hints::QueueHints::default());
-        tokio::spawn(notices::publish(
+        let to = notices::Listeners {
+            notify: notify.clone(),
+            hints: hints.clone(),
+        };
+        notices::start(
             conn.clone(),
-            channel.clone(),
-            origin.clone(),
-            relay_rx,
-            stop.clone(),
-        ));
-        tokio::spawn(notices::subscribe(
             client,
-            channel,
-            origin.clone(),
-            notices::Listeners {
-                notify: notify.clone(),
-                hints: hints.clone(),
-            },
-            stop.clone(),
-        ));
+            &settings.prefix,
+            &origin,
+            relay_rx,
+            to,
+            &stop,
+        );
         tracing::info!(url = %redact(&settings.url), prefix = %settings.prefix, %version, "redis store connected");
         let (commits, commits_rx) = mpsc::channel(COMMIT_QUEUE);
         let commits_rx = Arc::new(tokio::sync::Mutex::new(commits_rx));
         Ok(Arc::new_cyclic(|me: &Weak<Self>| {
             for _ in 0..COMMITTERS {
                 tokio::spawn(committer(me.clone(), commits_rx.clone()));
+            }
+            if settings.channel_index {
+                tokio::spawn(chanidx::maintain(me.clone(), stop.clone()));
             }
             Self {
                 conn,
@@ -548,44 +558,6 @@ impl RedisStore {
     /// The settings in use.
     pub fn settings(&self) -> &RedisSettings {
         &self.s
-    }
-}
-
-/// The server's version, refused below Redis 7.
-async fn server_version(conn: &mut ConnectionManager) -> Result<String> {
-    let info: String = ::redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("redis INFO: {e}")))?;
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("0")
-        .trim()
-        .to_string();
-    let major: u32 = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 7 {
-        return Err(StoreError::Unavailable(format!(
-            "redis {version} is too old: runyard needs Redis 7.0 or later (stream trimming \
-                 metadata used to detect gaps in event streams)"
-        )));
-    }
-    Ok(version)
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -35,8 +35,24 @@ pub(super) fn crosses(n: &Notice) -> bool {
     }
 }
 
+/// Starts the publisher and the subscriber of the notice channel `P:notices` (`P`: `prefix`).
+pub(super) fn start(
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: &str,
+    origin: &str,
+    rx: mpsc::Receiver<Notice>,
+    to: Listeners,
+    stop: &CancellationToken,
+) {
+    let channel = format!("{prefix}:notices");
+    let o = origin.to_string();
+    tokio::spawn(publish(conn, channel.clone(), o.clone(), rx, stop.clone()));
+    tokio::spawn(subscribe(client, channel, o, to, stop.clone()));
+}
+
 /// Publishes this process's notices until `stop`.
-pub(super) async fn publish(
+async fn publish(
     mut conn: ConnectionManager,
     channel: String,
     origin: String,
@@ -139,7 +155,7 @@ impl Listeners {
 }
 
 /// Relays the other processes' notices to `to` until `stop`, resubscribing after a loss.
-pub(super) async fn subscribe(
+async fn subscribe(
     client: redis::Client,
     channel: String,
     origin: String,

@@ -49,7 +49,8 @@ impl Maintenance for RedisStore {
         let mut report = RetentionReport::default();
         let keys = ["fin", "all", "jc", "fhashes"].map(|k| self.key(k));
         // The key families of each job, named by what the script reads (see retention.lua).
-        let prefixes = ["job:", "st:", "idem:", "fref:", "log:", "logn:"].map(|k| self.key(k));
+        let prefixes =
+            ["job:", "st:", "idem:", "fref:", "log:", "logn:", "jch:"].map(|k| self.key(k));
         let args: Vec<String> = [finished_before.to_string(), RETENTION_CHUNK.to_string()]
             .into_iter()
             .chain(prefixes)

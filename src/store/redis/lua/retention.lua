@@ -3,19 +3,21 @@
 --
 -- KEYS[1] `P:fin`, KEYS[2] `P:all`, KEYS[3] `P:jc` (job counts), KEYS[4] `P:fhashes`. The keys of
 -- each job (`P:job:{id}`, `P:st:{status}`, `P:idem:{key}`, `P:fref:{hash}`, `P:log:{id}`,
--- `P:logn:{id}`) are named by what `P:fin` and the job hold, so they cannot be declared
--- beforehand: ARGV[3..8] are their prefixes (Redis Cluster: see docs/redis.md, every key in one
+-- `P:logn:{id}`, `P:jch:{channel}`) are named by what `P:fin` and the job hold, so they cannot be
+-- declared beforehand: ARGV[3..9] are their prefixes (Redis Cluster: see docs/redis.md, every key in one
 -- hash slot through the prefix's hash tag).
 -- ARGV[1] finished before (µs), ARGV[2] max, ARGV[3] `P:job:`, ARGV[4] `P:st:`, ARGV[5]
--- `P:idem:`, ARGV[6] `P:fref:`, ARGV[7] `P:log:`, ARGV[8] `P:logn:`.
+-- `P:idem:`, ARGV[6] `P:fref:`, ARGV[7] `P:log:`, ARGV[8] `P:logn:`, ARGV[9] `P:jch:` (the
+-- channel index, src/store/redis/chanidx.rs: a job leaves its channel's set).
 -- Returns the number of jobs deleted.
 local fin, all, jc, fhashes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local before, max = ARGV[1], tonumber(ARGV[2])
 local job_p, st_p, idem_p, fref_p, log_p, logn_p = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local jch_p = ARGV[9]
 local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. before, 'LIMIT', 0, max)
 for _, id in ipairs(ids) do
   local key = job_p .. id
-  local h = redis.call('HMGET', key, 's', 'k', 'f', 't')
+  local h = redis.call('HMGET', key, 's', 'k', 'f', 't', 'c')
   if h[1] then redis.call('ZREM', st_p .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
   if h[1] and h[4] then
@@ -32,6 +34,7 @@ for _, id in ipairs(ids) do
       if redis.call('SCARD', rk) == 0 then redis.call('SREM', fhashes, hash) end
     end
   end
+  if h[5] and h[5] ~= id then redis.call('ZREM', jch_p .. h[5], id) end
   redis.call('DEL', key, log_p .. id, logn_p .. id)
   redis.call('ZREM', all, id)
   redis.call('ZREM', fin, id)
