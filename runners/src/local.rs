@@ -126,8 +126,10 @@ impl LocalRunner {
             cmd.env("JOB_ARGS", args);
         } else {
             // Linux takes no environment string over 128 KiB (`E2BIG`): the job reads its args
-            // from `GET {JOB_HOOK}/job`, as the Python client does when `JOB_ARGS` is unset.
-            cmd.env("JOB_ARGS_SIZE", args.len().to_string());
+            // from `GET {JOB_HOOK}/job`, as the Python client does when `JOB_ARGS` is unset. A
+            // `JOB_ARGS` of the runner's `env` must not stand in for them.
+            cmd.env_remove("JOB_ARGS")
+                .env("JOB_ARGS_SIZE", args.len().to_string());
         }
         cmd
     }
