@@ -155,10 +155,10 @@ pub fn warn_if_config_readable(path: &Path) {
     if mode & 0o026 == 0 {
         return;
     }
-    let Ok(table) = std::fs::read_to_string(path).map(|t| t.parse::<toml::Table>()) else {
-        return;
-    };
-    let Ok(table) = table else {
+    let Some(table) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+    else {
         return;
     };
     let mut held = Vec::new();
