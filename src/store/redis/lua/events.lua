@@ -117,11 +117,19 @@ local has_stream = redis.call('EXISTS', key) == 1
 -- The time the absent-stream rule counts from: now, or the time since which the sweep saw no
 -- channel stream while it vouches for it (an earlier `since` than now: a stream absent now that
 -- expired did so before `since`).
-local sgone = now
-if is_chan and gone then
-  local g = redis.call('HMGET', gone, 'since', 'until')
-  local since, till = tonumber(g[1]), tonumber(g[2])
-  if since and till and now < till and since < now then sgone = since end
+-- Read once, only when the absent-stream rule needs it (a stream-mode channel read, whose stream
+-- exists, never does).
+local sgone
+local function stream_gone_at()
+  if sgone == nil then
+    sgone = now
+    if is_chan and gone then
+      local g = redis.call('HMGET', gone, 'since', 'until')
+      local since, till = tonumber(g[1]), tonumber(g[2])
+      if since and till and now < till and since < now then sgone = since end
+    end
+  end
+  return sgone
 end
 
 -- Whether a list may have expired (read once, only when a rule needs it): see the header.
@@ -166,18 +174,19 @@ local function expiry_rules(lms, span, hit)
   -- Both keys absent: the "both absent" rule below alone, as builds before the list read (the
   -- global stream's last id; an ABSENT id here would resync where they did not).
   if not has_stream and not L then return end
-  local function expiry(present, first, at, may)
+  local function expiry(present, first, at_of, may)
     if present then
       if first then
         local fms = parse(first)
         if lms < fms - ttl then hit((fms - ttl) .. '-0') end
       end
-    elseif lms < at - span and may() then
-      hit((at - ttl) .. '-' .. ABSENT)
+    else
+      local at = at_of()
+      if lms < at - span and may() then hit((at - ttl) .. '-' .. ABSENT) end
     end
   end
-  expiry(has_stream, sfirst, sgone, function() return true end)
-  expiry(L ~= nil, L and L.first, now, list_may_have_expired)
+  expiry(has_stream, sfirst, stream_gone_at, function() return true end)
+  expiry(L ~= nil, L and L.first, function() return now end, list_may_have_expired)
 end
 
 if last ~= '' then
