@@ -143,6 +143,7 @@ impl ServerBuilder {
             path_prefix,
             closing: CancellationToken::new(),
             events: crate::events::Hub::from_config(&config.events),
+            cron_checks: Arc::new(tokio::sync::Semaphore::new(1)),
             _dropped: dropped,
         });
         crate::metrics::features::register(&metrics, app.events.clone());

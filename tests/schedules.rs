@@ -488,6 +488,53 @@ async fn refusing_patterns_that_never_fire_does_not_stall_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_checks_queued_on_one_server_do_not_hold_up_another() {
+    // The check runs one at a time per server: two servers embedded in one process (this test
+    // binary, an application embedding runyard) each have their own turn. With one turn per
+    // process, a queue of refusals on one server made the other's valid create wait its 5 s
+    // and answer 503 `busy`.
+    let (a, b) = (
+        TestServer::start(RUNNERS).await,
+        TestServer::start(RUNNERS).await,
+    );
+    let c = a.client.clone();
+    let never = json!({"name": "never", "cron": "0-59 0-59 0-23 31 2,4,6,9,11 *",
+                       "job": {"type": "runyard.noop"}});
+    let url = format!("{}/async/schedules", a.url);
+    let started = Instant::now();
+    let (st, v) = send(&c, reqwest::Method::POST, url.clone(), Some(&never)).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    eprintln!("one refusal alone: {:?}", started.elapsed());
+    // Enough refusals queued on `a` to fill twice the 5 s wait, at most 12.
+    let n = (10_000 / started.elapsed().as_millis().max(1) + 2).min(12) as usize;
+    let refusals: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, url, body) = (c.clone(), url.clone(), never.clone());
+            tokio::spawn(async move { send(&c, reqwest::Method::POST, url, Some(&body)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let valid = json!({"name": "nightly", "cron": "0 3 * * *", "job": {"type": "runyard.noop"}});
+    let (st, v) = send(
+        &c,
+        reqwest::Method::POST,
+        format!("{}/async/schedules", b.url),
+        Some(&valid),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "the other server's create: {v}");
+    assert_eq!(b.get("/async/schedules/nightly").await.0, StatusCode::OK);
+    for r in refusals {
+        let (st, v) = r.await.expect("refusal");
+        assert!(
+            st == StatusCode::UNPROCESSABLE_ENTITY
+                || (st == StatusCode::SERVICE_UNAVAILABLE && err_of(&v).0 == "busy"),
+            "{st}: {v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)

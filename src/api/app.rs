@@ -41,6 +41,8 @@ pub struct App {
     pub closing: CancellationToken,
     /// The live fan-out of events to WebSocket and SSE streams (`src/events/`).
     pub events: Arc<crate::events::Hub>,
+    /// Cron pattern checks in flight at once: one per server (see `api::schedules::parse_cron`).
+    pub cron_checks: Arc<tokio::sync::Semaphore>,
     /// Dropped with the last share of the `App` (and so of the store it holds): the server's
     /// stop waits for that (see `server::RunningServer::stop`).
     pub(crate) _dropped: oneshot::Sender<()>,

@@ -167,19 +167,16 @@ fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> A
 /// How long a pattern check waits for its turn before the request is answered 503 `busy`.
 const CRON_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Pattern checks in flight at once (see [`parse_cron`]).
-static CRON_CHECKS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
-
-/// Parses a pattern and checks that it fires again, off the async threads and one at a time:
+/// Parses a pattern and checks that it fires again, off the async threads and one at a time per
+/// server (`App::cron_checks`; servers embedded in one process do not share it):
 /// refusing a pattern that never fires (`0 0 31 2,4 *`) searches croner's whole range, about
 /// 0.4 s of CPU, which inline would stall every request of a worker thread (of the whole node
 /// on a current-thread runtime). The permit lives as long as the search, even when the request
 /// is given up.
-async fn parse_cron(pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
+async fn parse_cron(st: &AppState, pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
     // A bounded wait: a caller sending many patterns that never fire delays others' schedule
     // writes by this much at most, then they are told to try again.
-    let permit = tokio::time::timeout(CRON_WAIT, CRON_CHECKS.clone().acquire_owned())
+    let permit = tokio::time::timeout(CRON_WAIT, st.app.cron_checks.clone().acquire_owned())
         .await
         .map_err(|_| {
             ApiError::unavailable(
@@ -219,7 +216,7 @@ async fn validate(
 ) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
     let name = schedule_name(body.name, path_name)?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
-    let cron = parse_cron(&body.cron, &timezone).await?;
+    let cron = parse_cron(st, &body.cron, &timezone).await?;
     let overlap = match body.overlap.as_deref() {
         None => Overlap::default(),
         Some(w) => Overlap::parse(w).ok_or_else(|| {
