@@ -4,8 +4,10 @@
 //! then continues as any short page does: from its `next` (logs) or `next_cursor` (jobs), the
 //! key of the last item it holds, so nothing is skipped or repeated.
 //!
-//! The items are also read from the store in chunks ([`LOG_CHUNK`], [`first_jobs_chunk`]), so
-//! that a large `limit` over large items never holds more than about one budget of them.
+//! The items are also read from the store in chunks ([`LOG_CHUNK`], [`first_jobs_chunk`],
+//! [`next_jobs_chunk`]), and a read of jobs stops at [`READ_BYTES`](crate::store::paging::READ_BYTES) of them, so that a
+//! large `limit` over large items never holds much more than a page of them: see [`jobs`] for
+//! the bound.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -29,25 +31,50 @@ pub fn first_jobs_chunk(limit: usize) -> usize {
     limit.min(8)
 }
 
-/// How many more jobs to read, from the bytes the page holds so far: as many as fit the budget
-/// at the mean size seen, at least 1, at most `left`.
-pub fn next_jobs_chunk(page: &Page, left: usize) -> usize {
+/// Jobs one read asks for at most.
+pub const JOBS_CHUNK_MAX: usize = 1000;
+
+/// Store reads behind one page at most: past them the page ends short, its `next_cursor` the
+/// last job it holds. Reads growing 2x from 8 up to [`JOBS_CHUNK_MAX`] take 16 for the largest
+/// `limit` (10,000); more come when the room left holds few jobs at their mean size (small jobs
+/// after large ones, read 1 at a time) or the store cut reads at their bytes.
+pub const MAX_READS: usize = 32;
+
+/// How many more jobs to read after a read that returned `prev` jobs, all written: at most twice
+/// `prev` (a run of small jobs says nothing of the next ones), as many as fit the room left at
+/// the mean size seen, [`JOBS_CHUNK_MAX`]; at least 1, at most `left`.
+pub fn next_jobs_chunk(page: &Page, left: usize, prev: usize) -> usize {
     let mean = page.body_bytes() / page.items.max(1);
     let room = PAGE_BYTES.saturating_sub(page.buf.len());
-    (room / mean.max(1)).clamp(1, left.max(1))
+    (room / mean.max(1))
+        .min(prev.saturating_mul(2))
+        .min(JOBS_CHUNK_MAX)
+        .clamp(1, left.max(1))
 }
 
 /// The answer of `GET /async/jobs` for `query` (its filters checked, `visible` set): jobs read
 /// in chunks, written job by job within the budget; a cut page's `next_cursor` is its last job,
 /// where the store would have put it (the next page lists the jobs below it).
+///
+/// The memory behind one answer, counted as JSON: the answer (at most [`PAGE_BYTES`], or its
+/// first job alone), one read's jobs (at most [`READ_BYTES`](crate::store::paging::READ_BYTES) as stored plus the job that
+/// passed it), and within the read one record more (SQLite reads row by row; Redis loads 1 MiB
+/// of records a round trip, or one larger record). With `J` the largest job listed: about
+/// 9 MiB + 3 J. A job's large parts each came in one request body of at most
+/// `api.max_body_bytes` (1 MiB by default): its args (the submit), its result and its status
+/// details (a report each), the error message of each run (one report per attempt); so `J` is
+/// about 3 MiB plus 1 MiB per run that reported a long error. Parsed, a job takes a few times
+/// its JSON (serde_json's tree: up to ~16x for an array of one-digit numbers).
 pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResult<Response> {
     let mut page = Page::open(r#"{"jobs":["#);
     let mut left = query.limit;
     let mut last: Option<uuid::Uuid> = None;
     query.limit = first_jobs_chunk(left);
+    let mut reads = 0;
     let next_cursor = loop {
         let asked = query.limit;
         let got = st.app.store.list(query.clone()).await?;
+        reads += 1;
         let n = got.jobs.len();
         // Never reached for a job the store should not have listed; kept as a second lock.
         for j in got
@@ -65,11 +92,12 @@ pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResu
         }
         left = left.saturating_sub(n);
         match got.next_cursor {
-            // A full chunk and more wanted: on from the store's cursor. Otherwise its cursor is
-            // the page's (none at the end; after a scan's bound, the last job read).
-            Some(c) if left > 0 && n == asked => {
+            // A full chunk, or one the store cut at its bytes, and more wanted: on from the
+            // store's cursor. Otherwise its cursor is the page's (none at the end; after a scan's
+            // bound, the last job read; after MAX_READS, the page's last job).
+            Some(c) if left > 0 && (n == asked || got.bytes_cut) && reads < MAX_READS => {
                 query.cursor = Some(c);
-                query.limit = next_jobs_chunk(&page, left);
+                query.limit = next_jobs_chunk(&page, left, n);
             }
             c => break c,
         }
@@ -180,5 +208,28 @@ mod tests {
         let tail: &[(&str, &dyn erased::Field)] = &[("next", &7u64), ("status", &"SUCCESS")];
         let res = p.close(tail).unwrap();
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn after_small_jobs_a_read_asks_at_most_twice_as_many_as_the_last_one() {
+        // 8 small jobs written, 992 more wanted: the next read is at most 16 jobs, whatever
+        // the room left at their mean size (about 20,000 jobs of ~200 bytes).
+        let mut p = Page::open(r#"{"jobs":["#);
+        let small = serde_json::json!({"id": "x".repeat(180)});
+        for _ in 0..8 {
+            assert!(p.push(&small).unwrap());
+        }
+        assert_eq!(next_jobs_chunk(&p, 992, 8), 16);
+        // Never more than `left` or JOBS_CHUNK_MAX, never below 1.
+        assert_eq!(next_jobs_chunk(&p, 5, 8), 5);
+        assert_eq!(next_jobs_chunk(&p, 9_000, 4_000), JOBS_CHUNK_MAX);
+        assert_eq!(next_jobs_chunk(&p, 992, 0), 1);
+        // Large jobs: as many as the room holds at their mean size, at least 1.
+        let mut p = Page::open(r#"{"jobs":["#);
+        let big = "x".repeat(1 << 20);
+        for _ in 0..3 {
+            assert!(p.push(&big).unwrap());
+        }
+        assert_eq!(next_jobs_chunk(&p, 992, 3), 1);
     }
 }
