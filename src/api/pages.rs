@@ -5,9 +5,11 @@
 //! key of the last item it holds, so nothing is skipped or repeated.
 //!
 //! The items are also read from the store in chunks ([`LOG_CHUNK`], [`first_jobs_chunk`],
-//! [`next_jobs_chunk`]), and a read of jobs stops at [`READ_BYTES`](crate::store::paging::READ_BYTES) of them, so that a
-//! large `limit` over large items never holds much more than a page of them: see [`jobs`] for
-//! the bound.
+//! [`next_jobs_chunk`]), and a read of jobs stops at [`READ_BYTES`] of them, so that a large
+//! `limit` over large items never holds much more than a page of them: see [`jobs`] for the
+//! bound.
+//!
+//! [`READ_BYTES`]: crate::store::paging::READ_BYTES
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -35,9 +37,10 @@ pub fn first_jobs_chunk(limit: usize) -> usize {
 pub const JOBS_CHUNK_MAX: usize = 1000;
 
 /// Store reads behind one page at most: past them the page ends short, its `next_cursor` the
-/// last job it holds. Reads growing 2x from 8 up to [`JOBS_CHUNK_MAX`] take 16 for the largest
-/// `limit` (10,000); more come when the room left holds few jobs at their mean size (small jobs
-/// after large ones, read 1 at a time) or the store cut reads at their bytes.
+/// last job it holds. Reads growing 2x from 8 up to [`JOBS_CHUNK_MAX`] fill a page in at most
+/// 14 (a job is at least ~500 bytes of JSON: at most ~8,400 in a page); more come when the room
+/// left holds few jobs at their mean size (small jobs after large ones, read 1 at a time) or
+/// the store cut reads at their bytes.
 pub const MAX_READS: usize = 32;
 
 /// How many more jobs to read after a read that returned `prev` jobs, all written: at most twice
@@ -57,14 +60,16 @@ pub fn next_jobs_chunk(page: &Page, left: usize, prev: usize) -> usize {
 /// where the store would have put it (the next page lists the jobs below it).
 ///
 /// The memory behind one answer, counted as JSON: the answer (at most [`PAGE_BYTES`], or its
-/// first job alone), one read's jobs (at most [`READ_BYTES`](crate::store::paging::READ_BYTES) as stored plus the job that
-/// passed it), and within the read one record more (SQLite reads row by row; Redis loads 1 MiB
-/// of records a round trip, or one larger record). With `J` the largest job listed: about
+/// first job alone), one read's jobs (at most [`READ_BYTES`] as stored plus the job that passed
+/// it), and within the read one record more (SQLite reads row by row; Redis loads 1 MiB of
+/// records a round trip, or one larger record). With `J` the largest job listed: about
 /// 9 MiB + 3 J. A job's large parts each came in one request body of at most
 /// `api.max_body_bytes` (1 MiB by default): its args (the submit), its result and its status
 /// details (a report each), the error message of each run (one report per attempt); so `J` is
 /// about 3 MiB plus 1 MiB per run that reported a long error. Parsed, a job takes a few times
 /// its JSON (serde_json's tree: up to ~16x for an array of one-digit numbers).
+///
+/// [`READ_BYTES`]: crate::store::paging::READ_BYTES
 pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResult<Response> {
     let mut page = Page::open(r#"{"jobs":["#);
     let mut left = query.limit;
