@@ -6,7 +6,8 @@
 //! small ones alternating, on both backends: the read after the 8 small jobs asks at most 16
 //! (it asked for every job left), the page is cut within the budget, and the pages list each
 //! job once; the jobs read per page are seen in `/metrics` (`runyard_store_listed_jobs_total`,
-//! and the reads in `runyard_store_operation_seconds_count{op="list"}`).
+//! and the reads in `runyard_store_operation_seconds_count{op="list"}`). Small jobs behind
+//! large ones, read one at a time, end a page after `pages::MAX_READS` reads.
 
 mod redis_support;
 mod support;
@@ -228,4 +229,55 @@ async fn small_then_large_jobs_alternating_are_cut_after_a_second_read_and_liste
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_then_large_jobs_alternating_are_cut_after_a_second_read_and_listed_once_redis() {
     a_page_cut_after_a_second_read(Some(redis_support::TestRedis::start())).await;
+}
+
+/// 7 jobs of ~590 KB of JSON (newest) in front of 60 small ones: after the first read the room
+/// left holds no job at their mean size, so each read asks 1; a page takes at most
+/// `pages::MAX_READS` reads (without that bound this page took 60, one per small job), then ends
+/// short with its last job as cursor, and the pages list each job once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_jobs_behind_large_ones_take_at_most_max_reads_a_page() {
+    let ts = TestServer::start(RUNNERS).await;
+    let pending = "2099-01-01T00:00:00Z";
+    let mut ids = BTreeSet::new();
+    for i in 0..60 {
+        ids.insert(
+            ts.submit_ok(json!({"type": "runyard.noop", "run_at": pending, "args": {"s": i}}))
+                .await,
+        );
+    }
+    let big = "\u{1}".repeat(98_000);
+    for i in 0..7 {
+        ids.insert(
+            ts.submit_ok(
+                json!({"type": "runyard.noop", "run_at": pending, "args": {"i": i, "big": big}}),
+            )
+            .await,
+        );
+    }
+    let max = runyard::api::pages::MAX_READS as u64;
+    let (_, reads0) = reads(&ts).await;
+    let (size, v) = get_sized(&ts, "/async/jobs?limit=1000").await;
+    let (_, reads1) = reads(&ts).await;
+    assert!(size <= BUDGET, "a page of {size} bytes");
+    assert_eq!(reads1 - reads0, max, "reads behind the first page");
+    let jobs = v["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 8 + (max as usize - 1), "8, then 1 a read");
+    assert_eq!(v["next_cursor"], jobs.last().unwrap()["id"]);
+    let mut listed: Vec<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut cursor = v["next_cursor"].as_str().map(String::from);
+    while let Some(c) = cursor {
+        let (_, v) = get_sized(&ts, &format!("/async/jobs?limit=1000&cursor={c}")).await;
+        for j in v["jobs"].as_array().expect("jobs") {
+            listed.push(j["id"].as_str().unwrap().to_string());
+        }
+        cursor = v["next_cursor"].as_str().map(String::from);
+        assert!(listed.len() <= 2 * ids.len(), "no end");
+    }
+    let unique: BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(unique.len(), listed.len(), "no job twice");
+    assert_eq!(unique, ids, "every job listed");
 }
