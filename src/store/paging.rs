@@ -6,7 +6,8 @@
 //! apply to the records they read: what an index can answer (status, channel on SQLite, the
 //! creation time as a range of the time-ordered ids) narrows the read; what no index holds
 //! (schedule, text in args, dead letters, a type glob on Redis) is checked record by record, at
-//! most [`SCAN_BOUND`] records per page: past that a page comes back short, with a cursor to go on.
+//! most [`SCAN_BOUND`] records and [`SCAN_BYTES`] of them per read: past that a page comes back
+//! short, with a cursor to go on. And one bound on what a read holds: [`Kept`], [`READ_BYTES`].
 //!
 //! A caller confined by its grant ([`ListQuery::visible`]) is answered as if the jobs it does not
 //! see were not stored: they are skipped before anything else looks at them, so the page, the

@@ -176,10 +176,11 @@ pub(super) fn list_sql(q: &ListQuery, upper: Option<&str>, limit: usize) -> (Str
 
 /// A page of the listing: rows read newest first in batches below the cursor, one row at a time
 /// (a row that does not match is dropped before the next is read), each checked by
-/// [`ListQuery::matches`] and kept in a [`paging::Kept`], which ends the read at [`paging::READ_BYTES`]
-/// of jobs kept. When a filter is checked record by record, at most [`paging::SCAN_BOUND`] rows
-/// and [`paging::SCAN_BYTES`] of them are read, then a short page ends at the last row read (for a
-/// confined caller, every row read is one it sees: [`list_filter`]).
+/// [`ListQuery::matches`] and kept in a [`paging::Kept`], which ends the read at
+/// [`paging::READ_BYTES`] of jobs kept. When a filter is checked record by record, at most
+/// [`paging::SCAN_BOUND`] rows and [`paging::SCAN_BYTES`] of them are read, then a short page
+/// ends at the last row read (for a confined caller, every row read is one it sees:
+/// [`list_filter`]).
 fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
     let want = paging::probe(q.limit);
     let scans = q.scans(true, true);
