@@ -37,20 +37,21 @@ pub fn first_jobs_chunk(limit: usize) -> usize {
 pub const JOBS_CHUNK_MAX: usize = 1000;
 
 /// Store reads behind one page at most: past them the page ends short, its `next_cursor` the
-/// last job it holds. Reads growing 2x from 8 up to [`JOBS_CHUNK_MAX`] fill a page in at most
-/// 14 (a job is at least ~500 bytes of JSON: at most ~8,400 in a page); more come when the room
-/// left holds few jobs at their mean size (small jobs after large ones, read 1 at a time) or
-/// the store cut reads at their bytes.
+/// last job it holds. Reads fill a page in one or two when its jobs are alike; more come when
+/// the room left holds few jobs at their mean size (small jobs after large ones, read 1 at a
+/// time) or the store cut reads at their bytes.
 pub const MAX_READS: usize = 32;
 
-/// How many more jobs to read after a read that returned `prev` jobs, all written: at most twice
-/// `prev` (a run of small jobs says nothing of the next ones), as many as fit the room left at
-/// the mean size seen, [`JOBS_CHUNK_MAX`]; at least 1, at most `left`.
-pub fn next_jobs_chunk(page: &Page, left: usize, prev: usize) -> usize {
+/// How many more jobs to read: as many as fit the room left at the mean size seen, at most
+/// [`JOBS_CHUNK_MAX`]; at least 1, at most `left`. What bounds the memory of a read is the
+/// store's own cut at [`READ_BYTES`] of jobs, not this estimate (small jobs in front of large
+/// ones make it ask for many).
+///
+/// [`READ_BYTES`]: crate::store::paging::READ_BYTES
+pub fn next_jobs_chunk(page: &Page, left: usize) -> usize {
     let mean = page.body_bytes() / page.items.max(1);
     let room = PAGE_BYTES.saturating_sub(page.buf.len());
     (room / mean.max(1))
-        .min(prev.saturating_mul(2))
         .min(JOBS_CHUNK_MAX)
         .clamp(1, left.max(1))
 }
@@ -102,7 +103,7 @@ pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResu
             // bound, the last job read; after MAX_READS, the page's last job).
             Some(c) if left > 0 && (n == asked || got.bytes_cut) && reads < MAX_READS => {
                 query.cursor = Some(c);
-                query.limit = next_jobs_chunk(&page, left, n);
+                query.limit = next_jobs_chunk(&page, left);
             }
             c => break c,
         }
@@ -213,28 +214,5 @@ mod tests {
         let tail: &[(&str, &dyn erased::Field)] = &[("next", &7u64), ("status", &"SUCCESS")];
         let res = p.close(tail).unwrap();
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
-    }
-
-    #[test]
-    fn after_small_jobs_a_read_asks_at_most_twice_as_many_as_the_last_one() {
-        // 8 small jobs written, 992 more wanted: the next read is at most 16 jobs, whatever
-        // the room left at their mean size (about 20,000 jobs of ~200 bytes).
-        let mut p = Page::open(r#"{"jobs":["#);
-        let small = serde_json::json!({"id": "x".repeat(180)});
-        for _ in 0..8 {
-            assert!(p.push(&small).unwrap());
-        }
-        assert_eq!(next_jobs_chunk(&p, 992, 8), 16);
-        // Never more than `left` or JOBS_CHUNK_MAX, never below 1.
-        assert_eq!(next_jobs_chunk(&p, 5, 8), 5);
-        assert_eq!(next_jobs_chunk(&p, 9_000, 4_000), JOBS_CHUNK_MAX);
-        assert_eq!(next_jobs_chunk(&p, 992, 0), 1);
-        // Large jobs: as many as the room holds at their mean size, at least 1.
-        let mut p = Page::open(r#"{"jobs":["#);
-        let big = "x".repeat(1 << 20);
-        for _ in 0..3 {
-            assert!(p.push(&big).unwrap());
-        }
-        assert_eq!(next_jobs_chunk(&p, 992, 3), 1);
     }
 }

@@ -383,3 +383,26 @@ impl JobStore for RedisStore {
         self.start_and_finish(id, start, finish).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{group_end, LOAD_BYTES};
+
+    #[test]
+    fn a_round_trip_loads_records_up_to_a_mebibyte_and_a_larger_one_alone() {
+        let kib = 1024;
+        // Small records: all in one round trip.
+        assert_eq!(group_end(&[kib; 100], 0), 100);
+        // 300 KiB each: three fit 1 MiB, the fourth goes to the next round trip.
+        let sizes = [300 * kib; 7];
+        assert_eq!(group_end(&sizes, 0), 3);
+        assert_eq!(group_end(&sizes, 3), 6);
+        assert_eq!(group_end(&sizes, 6), 7);
+        // A record over 1 MiB is loaded alone, never skipped.
+        let sizes = [kib, 2 * LOAD_BYTES, kib];
+        assert_eq!(group_end(&sizes, 0), 1);
+        assert_eq!(group_end(&sizes, 1), 2);
+        assert_eq!(group_end(&sizes, 2), 3);
+        assert_eq!(group_end(&sizes, 3), 3);
+    }
+}
