@@ -4,8 +4,12 @@
 //! then continues as any short page does: from its `next` (logs) or `next_cursor` (jobs), the
 //! key of the last item it holds, so nothing is skipped or repeated.
 //!
-//! The items are also read from the store in chunks ([`LOG_CHUNK`], [`first_jobs_chunk`]), so
-//! that a large `limit` over large items never holds more than about one budget of them.
+//! The items are also read from the store in chunks ([`LOG_CHUNK`], [`first_jobs_chunk`],
+//! [`next_jobs_chunk`]), and a read of jobs stops at [`READ_BYTES`] of them, so that a large
+//! `limit` over large items never holds much more than a page of them: see [`jobs`] for the
+//! bound.
+//!
+//! [`READ_BYTES`]: crate::store::paging::READ_BYTES
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -29,25 +33,54 @@ pub fn first_jobs_chunk(limit: usize) -> usize {
     limit.min(8)
 }
 
-/// How many more jobs to read, from the bytes the page holds so far: as many as fit the budget
-/// at the mean size seen, at least 1, at most `left`.
+/// Jobs one read asks for at most.
+pub const JOBS_CHUNK_MAX: usize = 1000;
+
+/// Store reads behind one page at most: past them the page ends short, its `next_cursor` the
+/// last job it holds. Reads fill a page in one or two when its jobs are alike; more come when
+/// the room left holds few jobs at their mean size (small jobs after large ones, read 1 at a
+/// time) or the store cut reads at their bytes.
+pub const MAX_READS: usize = 32;
+
+/// How many more jobs to read: as many as fit the room left at the mean size seen, at most
+/// [`JOBS_CHUNK_MAX`]; at least 1, at most `left`. What bounds the memory of a read is the
+/// store's own cut at [`READ_BYTES`] of jobs, not this estimate (small jobs in front of large
+/// ones make it ask for many).
+///
+/// [`READ_BYTES`]: crate::store::paging::READ_BYTES
 pub fn next_jobs_chunk(page: &Page, left: usize) -> usize {
     let mean = page.body_bytes() / page.items.max(1);
     let room = PAGE_BYTES.saturating_sub(page.buf.len());
-    (room / mean.max(1)).clamp(1, left.max(1))
+    (room / mean.max(1))
+        .min(JOBS_CHUNK_MAX)
+        .clamp(1, left.max(1))
 }
 
 /// The answer of `GET /async/jobs` for `query` (its filters checked, `visible` set): jobs read
 /// in chunks, written job by job within the budget; a cut page's `next_cursor` is its last job,
 /// where the store would have put it (the next page lists the jobs below it).
+///
+/// The memory behind one answer, counted as JSON: the answer (at most [`PAGE_BYTES`], or its
+/// first job alone), one read's jobs (at most [`READ_BYTES`] as stored plus the job that passed
+/// it), and within the read one record more (SQLite reads row by row; Redis loads 1 MiB of
+/// records a round trip, or one larger record). With `J` the largest job listed: about
+/// 9 MiB + 3 J. A job's large parts each came in one request body of at most
+/// `api.max_body_bytes` (1 MiB by default): its args (the submit), its result and its status
+/// details (a report each), the error message of each run (one report per attempt); so `J` is
+/// about 3 MiB plus 1 MiB per run that reported a long error. Parsed, a job takes a few times
+/// its JSON (serde_json's tree: up to ~16x for an array of one-digit numbers).
+///
+/// [`READ_BYTES`]: crate::store::paging::READ_BYTES
 pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResult<Response> {
     let mut page = Page::open(r#"{"jobs":["#);
     let mut left = query.limit;
     let mut last: Option<uuid::Uuid> = None;
     query.limit = first_jobs_chunk(left);
+    let mut reads = 0;
     let next_cursor = loop {
         let asked = query.limit;
         let got = st.app.store.list(query.clone()).await?;
+        reads += 1;
         let n = got.jobs.len();
         // Never reached for a job the store should not have listed; kept as a second lock.
         for j in got
@@ -65,9 +98,10 @@ pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResu
         }
         left = left.saturating_sub(n);
         match got.next_cursor {
-            // A full chunk and more wanted: on from the store's cursor. Otherwise its cursor is
-            // the page's (none at the end; after a scan's bound, the last job read).
-            Some(c) if left > 0 && n == asked => {
+            // A full chunk, or one the store cut at its bytes, and more wanted: on from the
+            // store's cursor. Otherwise its cursor is the page's (none at the end; after a scan's
+            // bound, the last job read; after MAX_READS, the page's last job).
+            Some(c) if left > 0 && (n == asked || got.bytes_cut) && reads < MAX_READS => {
                 query.cursor = Some(c);
                 query.limit = next_jobs_chunk(&page, left);
             }

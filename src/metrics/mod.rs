@@ -90,6 +90,7 @@ pub struct Metrics {
     http_series: Mutex<std::collections::HashMap<String, Vec<series::HttpSeries>>>,
     names: Mutex<Vec<String>>,
     http_panics: Counter,
+    listed: Counter,
     transitions: Family<Labels, Counter>,
     submitted: Family<Labels, Counter>,
     outcomes: Family<Labels, Counter>,
@@ -126,6 +127,7 @@ impl Metrics {
             http_series: Mutex::new(Default::default()),
             names: Mutex::new(Vec::new()),
             http_panics: Counter::default(),
+            listed: Counter::default(),
             transitions: Family::default(),
             submitted: Family::default(),
             outcomes: Family::default(),
@@ -144,6 +146,7 @@ impl Metrics {
         };
         m.register_store_gauges();
         m.register_own();
+        m.register_listed();
         m.register_schedule_counters();
         m
     }
@@ -264,6 +267,18 @@ impl Metrics {
         );
     }
 
+    /// The jobs the store's listing reads returned.
+    fn register_listed(&self) {
+        self.registry.write().register(
+            "runyard_store_listed_jobs",
+            "Jobs the store's listing reads returned to this process (each read's jobs are held until its answer is written)",
+            self.listed.clone(),
+        );
+        self.names
+            .lock()
+            .push("runyard_store_listed_jobs_total".into());
+    }
+
     /// The counters of the schedule fire loop.
     fn register_schedule_counters(&self) {
         use crate::schedule::counters::{FIRES, MISFIRES, SKIPPED_OVERLAPS};
@@ -374,6 +389,11 @@ impl Metrics {
             cached(&mut s.submitted, &self.submitted, label).inc()
         });
         self.transition(job.status);
+    }
+
+    /// `n` jobs a listing read of the store returned.
+    pub fn jobs_listed(&self, n: usize) {
+        self.listed.inc_by(n as u64);
     }
 
     /// `n` delayed jobs (or retries after their backoff) this process made QUEUED.

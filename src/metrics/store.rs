@@ -127,7 +127,7 @@ metered! {
             }
         };
         get(id: Uuid) -> Option<Job>;
-        list(q: ListQuery) -> JobPage;
+        list(q: ListQuery) -> JobPage => |m, page| m.jobs_listed(page.jobs.len());
         // The command's kind is read before the command moves into the store.
         apply(id: Uuid, cmd: Command) -> Job [kind = CommandKind::of(&cmd)]
             => |m, job| m.job_changed(&kind, job);

@@ -150,6 +150,10 @@ pub struct JobPage {
     pub jobs: Vec<Job>,
     /// Pass as `cursor` for the next page; none at the end.
     pub next_cursor: Option<Uuid>,
+    /// The read stopped at [`paging::READ_BYTES`] of jobs kept, before `limit` (and before any
+    /// scan bound): `next_cursor` is its last job, and reading on from it costs no more than
+    /// this read did (`api/pages.rs` goes on; a scan bound's short page it returns as it is).
+    pub bytes_cut: bool,
 }
 
 /// One stored log line.

@@ -6,7 +6,8 @@
 //! apply to the records they read: what an index can answer (status, channel on SQLite, the
 //! creation time as a range of the time-ordered ids) narrows the read; what no index holds
 //! (schedule, text in args, dead letters, a type glob on Redis) is checked record by record, at
-//! most [`SCAN_BOUND`] records per page: past that a page comes back short, with a cursor to go on.
+//! most [`SCAN_BOUND`] records and [`SCAN_BYTES`] of them per read: past that a page comes back
+//! short, with a cursor to go on. And one bound on what a read holds: [`Kept`], [`READ_BYTES`].
 //!
 //! A caller confined by its grant ([`ListQuery::visible`]) is answered as if the jobs it does not
 //! see were not stored: they are skipped before anything else looks at them, so the page, the
@@ -22,6 +23,17 @@ use crate::job::{Job, JobStatus};
 
 /// Records examined per page at most when a filter is checked record by record.
 pub const SCAN_BOUND: usize = 10_000;
+
+/// Bytes of jobs (as stored) one read of a listing keeps, past which it stops: a read holds at
+/// most this plus the one job that passed it, whatever its `limit`. Its page is then short
+/// ([`JobPage::bytes_cut`]) and goes on from its last job.
+pub const READ_BYTES: usize = 4 << 20;
+
+/// Bytes of records (as stored) one read examines, with [`SCAN_BOUND`] records: past either a
+/// page comes back short, its cursor the last record examined. Only a filter checked record by
+/// record reaches it (otherwise every record examined is kept, and [`READ_BYTES`] comes first);
+/// it bounds the work of a read over large jobs (10,000 records of 1 MiB were 10 GB of JSON).
+pub const SCAN_BYTES: usize = 16 << 20;
 
 /// How far a job's id time (UUID v7, milliseconds) may be from its `created_at`: both are read
 /// when the job is built, on one node; the range read is widened by this and `created_at` checked
@@ -148,7 +160,78 @@ impl JobPage {
     /// A page of jobs from jobs read with [`probe`] (newest first).
     pub fn from_probe(mut jobs: Vec<Job>, limit: usize) -> Self {
         let next_cursor: Option<Uuid> = cut(&mut jobs, limit, |j| Some(j.id));
-        Self { jobs, next_cursor }
+        Self {
+            jobs,
+            next_cursor,
+            bytes_cut: false,
+        }
+    }
+}
+
+/// The jobs one read of a listing keeps for its page, newest first: [`probe`] of them, or fewer
+/// once they pass [`READ_BYTES`] as stored; and the bytes of the records it examined, against
+/// [`SCAN_BYTES`]. Both backends read record by record into it and stop as soon as it says so,
+/// so that the last job kept is the last record examined.
+pub struct Kept {
+    limit: usize,
+    jobs: Vec<Job>,
+    bytes: usize,
+    scanned_bytes: usize,
+}
+
+impl Kept {
+    /// Nothing kept yet, for a page of `limit`.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            jobs: Vec::new(),
+            bytes: 0,
+            scanned_bytes: 0,
+        }
+    }
+
+    /// Counts a record of `bytes` (as stored) examined; `true` once the read has examined
+    /// [`SCAN_BYTES`]: it ends with a short page ([`Self::short`]) unless [`Self::keep`] said
+    /// it is done.
+    pub fn examined(&mut self, bytes: usize) -> bool {
+        self.scanned_bytes = self.scanned_bytes.saturating_add(bytes);
+        self.scanned_bytes >= SCAN_BYTES
+    }
+
+    /// Keeps `j`, `bytes` as stored; `true` when the read is done ([`Self::done`]).
+    pub fn keep(&mut self, j: Job, bytes: usize) -> bool {
+        self.jobs.push(j);
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.done()
+    }
+
+    /// Whether the read is done: [`probe`] jobs kept, or [`READ_BYTES`] of them.
+    pub fn done(&self) -> bool {
+        self.jobs.len() >= probe(self.limit) || self.bytes >= READ_BYTES
+    }
+
+    /// The page of a read that is done or read to the end: the probe's, or, stopped at
+    /// [`READ_BYTES`] before it, the jobs kept with the last one as cursor.
+    pub fn page(self) -> JobPage {
+        if self.jobs.len() > self.limit || self.bytes < READ_BYTES {
+            return JobPage::from_probe(self.jobs, self.limit);
+        }
+        let next_cursor = self.jobs.last().map(|j| j.id);
+        JobPage {
+            jobs: self.jobs,
+            next_cursor,
+            bytes_cut: true,
+        }
+    }
+
+    /// The short page of a read stopped by a scan bound: the jobs kept, then `cursor` (the last
+    /// record examined).
+    pub fn short(self, cursor: Option<Uuid>) -> JobPage {
+        JobPage {
+            jobs: self.jobs,
+            next_cursor: cursor,
+            bytes_cut: false,
+        }
     }
 }
 

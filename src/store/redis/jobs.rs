@@ -12,6 +12,10 @@ use super::*;
 /// channel reads that channel's jobs only).
 const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 
+/// Bytes of job records a listing loads per round trip at most, by their sizes read first
+/// (`HSTRLEN`); a record larger than this is loaded alone.
+const LOAD_BYTES: usize = 1 << 20;
+
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
 /// never fails a listing.
 fn listable(body: &str) -> Option<Job> {
@@ -20,6 +24,73 @@ fn listable(body: &str) -> Option<Job> {
         Err(e) => {
             tracing::error!(error = %e, "unreadable job record left out of a listing");
             None
+        }
+    }
+}
+
+/// The end of the group of records from `at` loaded in one round trip: as many as fit
+/// [`LOAD_BYTES`] by `sizes`, at least one.
+fn group_end(sizes: &[usize], at: usize) -> usize {
+    let mut end = at;
+    let mut bytes = 0usize;
+    while end < sizes.len() && (end == at || bytes + sizes[end] <= LOAD_BYTES) {
+        bytes += sizes[end];
+        end += 1;
+    }
+    end
+}
+
+/// What a listing does after one record.
+enum Step {
+    /// Read on.
+    On,
+    /// The read is done ([`paging::Kept::done`]).
+    Done,
+    /// A scan bound: a short page with this cursor.
+    Short(Option<Uuid>),
+}
+
+/// One read of a listing, record by record: the jobs kept, and for a caller confined by its
+/// grant the jobs it sees examined (its scan bound counts those, and its short page's cursor is
+/// the last of them: `paging`).
+struct Scan<'q> {
+    q: &'q ListQuery,
+    kept: paging::Kept,
+    seen: usize,
+    last_seen: Option<Uuid>,
+}
+
+impl<'q> Scan<'q> {
+    fn new(q: &'q ListQuery) -> Self {
+        Self {
+            q,
+            kept: paging::Kept::new(q.limit),
+            seen: 0,
+            last_seen: None,
+        }
+    }
+
+    /// The record `body` of the job `id`.
+    fn step(&mut self, id: Uuid, body: &str) -> Step {
+        let job = listable(body);
+        if self.q.visible.is_some() {
+            // The jobs a confined caller does not see are skipped before anything counts them.
+            let Some(j) = job.as_ref().filter(|j| self.q.visible_to(j)) else {
+                return Step::On;
+            };
+            self.seen += 1;
+            self.last_seen = Some(j.id);
+        }
+        let spent = self.kept.examined(body.len());
+        if let Some(j) = job.filter(|j| self.q.matches(j)) {
+            if self.kept.keep(j, body.len()) {
+                return Step::Done;
+            }
+        }
+        match self.q.visible {
+            Some(_) if spent || self.seen >= LIST_SCAN => Step::Short(self.last_seen),
+            None if spent => Step::Short(Some(id)),
+            _ => Step::On,
         }
     }
 }
@@ -42,9 +113,13 @@ impl RedisStore {
         self.bodies(&keys).await
     }
 
-    /// The bodies of the jobs of `ids` that still exist, in order; the ids of the others go to
-    /// `gone`.
-    async fn load_present(&self, ids: &[Uuid], gone: &mut Vec<Uuid>) -> Result<Vec<String>> {
+    /// The jobs of `ids` that still exist with their bodies, in order; the ids of the others go
+    /// to `gone`.
+    async fn load_present(
+        &self,
+        ids: &[Uuid],
+        gone: &mut Vec<Uuid>,
+    ) -> Result<Vec<(Uuid, String)>> {
         let bodies = self.load_many(ids).await?;
         Ok(ids
             .iter()
@@ -53,9 +128,44 @@ impl RedisStore {
                 if b.is_none() {
                     gone.push(*id);
                 }
-                b
+                b.map(|b| (*id, b))
             })
             .collect())
+    }
+
+    /// The sizes of the records of `ids` (0: gone), one pipelined `HSTRLEN` each.
+    async fn body_sizes(&self, ids: &[Uuid]) -> Result<Vec<usize>> {
+        self.exec(true, |mut c| {
+            let mut p = ::redis::pipe();
+            for id in ids {
+                p.cmd("HSTRLEN").arg(self.keyed("job:", id)).arg("b");
+            }
+            async move { p.query_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// Reads the records of `ids` into `scan`, [`LOAD_BYTES`] a round trip, until a step says
+    /// stop; the ids of the jobs gone go to `gone`.
+    async fn scan_ids(
+        &self,
+        scan: &mut Scan<'_>,
+        ids: &[Uuid],
+        gone: &mut Vec<Uuid>,
+    ) -> Result<Step> {
+        let sizes = self.body_sizes(ids).await?;
+        let mut at = 0;
+        while at < ids.len() {
+            let end = group_end(&sizes, at);
+            for (id, b) in self.load_present(&ids[at..end], gone).await? {
+                match scan.step(id, &b) {
+                    Step::On => {}
+                    stop => return Ok(stop),
+                }
+            }
+            at = end;
+        }
+        Ok(Step::On)
     }
 
     /// The jobs of `ids` that `v` may see, by the type and channel fields of their hashes (`t`,
@@ -116,7 +226,7 @@ impl RedisStore {
     /// Lists STARTING or RUNNING jobs. They have no status index (it would cost four writes
     /// per job): every active job is in the lease set, which is small (at most the jobs the
     /// workers hold, plus claim reservations), so its ids are read whole, sorted newest first,
-    /// and the jobs loaded a page at a time and filtered by status.
+    /// and the jobs loaded and filtered by status, within the bounds of a read ([`Scan`]).
     async fn list_active(&self, q: ListQuery) -> Result<JobPage> {
         let ids = self.zset_members(&self.key("lease")).await?;
         let (lower, upper) = q.id_range();
@@ -128,22 +238,16 @@ impl RedisStore {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
         let want = crate::store::paging::probe(q.limit);
-        let mut jobs: Vec<Job> = Vec::new();
+        let mut scan = Scan::new(&q);
+        let mut gone = Vec::new();
         for chunk in ids.chunks(want.clamp(16, 1000)) {
-            for b in self.load_many(chunk).await?.into_iter().flatten() {
-                let Some(j) = listable(&b) else { continue };
-                if q.matches(&j) {
-                    jobs.push(j);
-                    if jobs.len() >= want {
-                        break;
-                    }
-                }
-            }
-            if jobs.len() >= want {
-                break;
+            match self.scan_ids(&mut scan, chunk, &mut gone).await? {
+                Step::On => {}
+                Step::Done => break,
+                Step::Short(c) => return Ok(scan.kept.short(c)),
             }
         }
-        Ok(JobPage::from_probe(jobs, q.limit))
+        Ok(scan.kept.page())
     }
 }
 
@@ -208,7 +312,6 @@ impl JobStore for RedisStore {
         let Some(mut src) = self.id_source(&q).await? else {
             return Ok(JobPage::from_probe(Vec::new(), q.limit));
         };
-        let mut jobs: Vec<Job> = Vec::new();
         let (lower, upper) = q.id_range();
         let min = lower.map_or_else(|| "-".to_string(), |l| format!("[{l}"));
         let mut cursor = upper.map(|c| c.to_string());
@@ -219,11 +322,9 @@ impl JobStore for RedisStore {
         let page = want.clamp(16, 1000);
         let mut batch = page;
         // A confined caller: the jobs it does not see are skipped first; its scan bound counts
-        // the ones it sees, and a short page's cursor is the last of them (`paging`).
+        // the ones it sees, and a short page's cursor is the last of them (`paging`, `Scan`).
         let confined = q.visible.is_some();
-        let mut seen = 0usize;
-        let mut last_seen: Option<Uuid> = None;
-        let mut short = false;
+        let mut scan = Scan::new(&q);
         loop {
             let max = match &cursor {
                 Some(c) => format!("({c}"),
@@ -236,40 +337,21 @@ impl JobStore for RedisStore {
             }
             // Jobs of the channel index deleted by a build whose retention leaves them there.
             let mut gone: Vec<Uuid> = Vec::new();
-            // Bodies a page's worth at a time (a confined caller's batch is large): none loaded
-            // past the page or the scan bound.
-            'chunks: for chunk in uuids.chunks(page) {
-                for b in self.load_present(chunk, &mut gone).await? {
-                    let Some(j) = listable(&b) else { continue };
-                    if confined {
-                        if !q.visible_to(&j) {
-                            continue;
-                        }
-                        seen += 1;
-                        last_seen = Some(j.id);
-                    }
-                    if q.matches(&j) {
-                        jobs.push(j);
-                        if jobs.len() >= want {
-                            break 'chunks;
-                        }
-                    }
-                    if confined && seen >= LIST_SCAN {
-                        short = true;
-                        break 'chunks;
-                    }
+            // Bodies a page's worth of ids at a time, LOAD_BYTES a round trip (a confined
+            // caller's batch is large): none loaded past the read's bounds.
+            let mut step = Step::On;
+            for chunk in uuids.chunks(page) {
+                step = self.scan_ids(&mut scan, chunk, &mut gone).await?;
+                if !matches!(step, Step::On) {
+                    break;
                 }
             }
             self.forget_gone(&src, &gone).await;
             scanned += read;
-            if jobs.len() >= want {
-                break;
-            }
-            if short {
-                return Ok(JobPage {
-                    jobs,
-                    next_cursor: last_seen,
-                });
+            match step {
+                Step::Done => break,
+                Step::Short(c) => return Ok(scan.kept.short(c)),
+                Step::On => {}
             }
             if read < batch {
                 break;
@@ -281,13 +363,10 @@ impl JobStore for RedisStore {
             if !confined && scanned >= LIST_SCAN {
                 // A sparse filter: return a short page and let the client continue from here.
                 let next = cursor.as_deref().and_then(|c| Uuid::parse_str(c).ok());
-                return Ok(JobPage {
-                    jobs,
-                    next_cursor: next,
-                });
+                return Ok(scan.kept.short(next));
             }
         }
-        Ok(JobPage::from_probe(jobs, q.limit))
+        Ok(scan.kept.page())
     }
 
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
@@ -302,5 +381,28 @@ impl JobStore for RedisStore {
     ) -> Result<(Job, Option<Result<Job>>)> {
         // The start and the finish offered by then in one script call (start.rs).
         self.start_and_finish(id, start, finish).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{group_end, LOAD_BYTES};
+
+    #[test]
+    fn a_round_trip_loads_records_up_to_a_mebibyte_and_a_larger_one_alone() {
+        let kib = 1024;
+        // Small records: all in one round trip.
+        assert_eq!(group_end(&[kib; 100], 0), 100);
+        // 300 KiB each: three fit 1 MiB, the fourth goes to the next round trip.
+        let sizes = [300 * kib; 7];
+        assert_eq!(group_end(&sizes, 0), 3);
+        assert_eq!(group_end(&sizes, 3), 6);
+        assert_eq!(group_end(&sizes, 6), 7);
+        // A record over 1 MiB is loaded alone, never skipped.
+        let sizes = [kib, 2 * LOAD_BYTES, kib];
+        assert_eq!(group_end(&sizes, 0), 1);
+        assert_eq!(group_end(&sizes, 1), 2);
+        assert_eq!(group_end(&sizes, 2), 3);
+        assert_eq!(group_end(&sizes, 3), 3);
     }
 }

@@ -6,8 +6,7 @@ use uuid::Uuid;
 
 use super::stored::{JobRow, JOB_COLUMNS};
 use super::{
-    append_event, apply_in, db_err, exec, load, notices_for, row_opt, rows, waits, SqliteStore,
-    WriteCtx,
+    append_event, apply_in, db_err, exec, load, notices_for, row_opt, waits, SqliteStore, WriteCtx,
 };
 use crate::job::{now_us, Command, EventKind, Job, JobStatus};
 use crate::store::{paging, JobPage, JobStore, ListQuery, Names, Result, StoreError, Submitted};
@@ -175,53 +174,61 @@ pub(super) fn list_sql(q: &ListQuery, upper: Option<&str>, limit: usize) -> (Str
     (sql, all)
 }
 
-/// A page of the listing: rows read newest first in batches below the cursor, each checked by
-/// [`ListQuery::matches`]; when a filter is checked record by record, at most
-/// [`paging::SCAN_BOUND`] rows are read, then a short page ends at the last row read (for a
-/// confined caller, every row read is one it sees: [`list_filter`]).
+/// A page of the listing: rows read newest first in batches below the cursor, one row at a time
+/// (a row that does not match is dropped before the next is read), each checked by
+/// [`ListQuery::matches`] and kept in a [`paging::Kept`], which ends the read at
+/// [`paging::READ_BYTES`] of jobs kept. When a filter is checked record by record, at most
+/// [`paging::SCAN_BOUND`] rows and [`paging::SCAN_BYTES`] of them are read, then a short page
+/// ends at the last row read (for a confined caller, every row read is one it sees:
+/// [`list_filter`]).
 fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
     let want = paging::probe(q.limit);
     let scans = q.scans(true, true);
     let batch = if scans { want.clamp(256, 1000) } else { want };
     let mut upper = q.id_range().1.map(|u| u.to_string());
-    let mut jobs: Vec<Job> = Vec::new();
+    let mut kept = paging::Kept::new(q.limit);
     let mut scanned = 0usize;
     loop {
         let (sql, args) = list_sql(q, upper.as_deref(), batch);
-        let got: Vec<JobRow> = rows(
-            c,
-            &sql,
-            rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
-            JobRow::read,
-        )?;
-        let n = got.len();
-        scanned += n;
-        let last = got.last().map(|r| r.id().to_string());
-        // A record that no longer reads as a job is reported, never a reason to fail the page.
-        for r in got {
-            let id = r.id().to_string();
+        let mut st = c.prepare_cached(&sql).map_err(db_err)?;
+        let mut got = st
+            .query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))
+            .map_err(db_err)?;
+        let mut n = 0usize;
+        let mut spent = false;
+        while let Some(row) = got.next().map_err(db_err)? {
+            let r = JobRow::read(row).map_err(db_err)?;
+            n += 1;
+            upper = Some(r.id().to_string());
+            let bytes = r.bytes();
+            spent = kept.examined(bytes);
+            // A record that no longer reads as a job is reported, never a reason to fail the page.
             match r.into_job() {
-                Ok(j) if q.matches(&j) => jobs.push(j),
+                Ok(j) if q.matches(&j) => {
+                    if kept.keep(j, bytes) {
+                        return Ok(kept.page());
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
+                    let id = upper.as_deref().unwrap_or_default();
                     tracing::error!(job_id = %id, error = %e, "unreadable job record left out of a listing");
                 }
             }
-            if jobs.len() >= want {
+            if spent {
                 break;
             }
         }
-        if jobs.len() >= want || n < batch {
-            break;
+        scanned += n;
+        if !spent && n < batch {
+            return Ok(kept.page());
         }
-        upper = last;
-        if scanned >= paging::SCAN_BOUND {
+        if spent || scanned >= paging::SCAN_BOUND {
             // A sparse filter: a short page, and the client goes on from the last row read.
             let next_cursor = upper.as_deref().and_then(|u| Uuid::parse_str(u).ok());
-            return Ok(JobPage { jobs, next_cursor });
+            return Ok(kept.short(next_cursor));
         }
     }
-    Ok(JobPage::from_probe(jobs, q.limit))
 }
 
 /// Stores a new job and its first event in the writer's transaction; same idempotency key ->

@@ -90,6 +90,16 @@ impl JobRow {
         &self.id
     }
 
+    /// The bytes of its text columns (a listing's measure of what it reads and keeps).
+    pub(super) fn bytes(&self) -> usize {
+        self.body.len()
+            + self.id.len()
+            + self.job_type.len()
+            + self.runner.len()
+            + self.channel.len()
+            + self.idem_key.as_ref().map_or(0, String::len)
+    }
+
     /// The job: its body and columns, or a body written before (the whole job) as it is.
     pub(super) fn into_job(self) -> Result<Job> {
         let s: StoredJob<'static> = match serde_json::from_str(&self.body) {
