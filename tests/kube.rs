@@ -1542,7 +1542,12 @@ async fn args_too_large_for_the_environment_are_refused_by_default_or_read_throu
         .find(|e| e.name == "JOB_ARGS_SIZE")
         .expect("JOB_ARGS_SIZE");
     assert_eq!(size.value.as_deref(), Some("200000"));
-    assert!(env.iter().all(|e| e.name != "JOB_ARGS"), "{env:?}");
+    // `JOB_ARGS` empty (an image's `ENV JOB_ARGS` does not stand in for the args), not from
+    // the Secret.
+    let args: Vec<_> = env.iter().filter(|e| e.name == "JOB_ARGS").collect();
+    assert_eq!(args.len(), 1, "{env:?}");
+    assert_eq!(args[0].value.as_deref(), Some(""), "{env:?}");
+    assert!(args[0].value_from.is_none(), "{env:?}");
     for s in fake.secrets() {
         let keys: Vec<&String> = s
             .data

@@ -226,9 +226,10 @@ impl DockerRunner {
                 env.remove("JOB_ARGS_SIZE");
                 env.insert("JOB_ARGS".into(), args)
             }
-            // A `JOB_ARGS` of the runner's `env` must not stand in for them.
+            // A `JOB_ARGS` of the runner's `env` or of the image (`ENV JOB_ARGS`) must not stand
+            // in for them: set empty, which the Python client reads as unset.
             EnvArgs::Hook { size } => {
-                env.remove("JOB_ARGS");
+                env.insert("JOB_ARGS".into(), String::new());
                 env.insert("JOB_ARGS_SIZE".into(), size.to_string())
             }
         };
@@ -525,7 +526,9 @@ mod tests {
         assert!(hook.validate("t.x", &big).is_ok());
         let env = env(&hook, &big).unwrap();
         assert!(env.contains(&"JOB_ARGS_SIZE=200000".to_string()), "{env:?}");
-        assert!(!env.iter().any(|e| e.starts_with("JOB_ARGS=")), "{env:?}");
+        // Empty, so that an image's `ENV JOB_ARGS` does not stand in for them either.
+        assert!(env.contains(&"JOB_ARGS=".to_string()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("JOB_ARGS={")), "{env:?}");
     }
 
     #[test]

@@ -94,10 +94,15 @@ impl KubeRunner {
         env.push(literal("JOB_TYPE", &spec.job_type));
         env.push(literal("JOB_ATTEMPT", &spec.attempt.to_string()));
         env.push(from_secret("JOB_SECRET_KEY", secret_name, SECRET_KEY));
-        env.push(match args {
-            EnvArgs::Inline(_) => from_secret("JOB_ARGS", secret_name, ARGS_KEY),
-            EnvArgs::Hook { size } => literal("JOB_ARGS_SIZE", &size.to_string()),
-        });
+        match args {
+            EnvArgs::Inline(_) => env.push(from_secret("JOB_ARGS", secret_name, ARGS_KEY)),
+            EnvArgs::Hook { size } => {
+                // Empty, so that an image's `ENV JOB_ARGS` does not stand in for the args (the
+                // Python client reads an empty value as unset).
+                env.push(literal("JOB_ARGS", ""));
+                env.push(literal("JOB_ARGS_SIZE", &size.to_string()));
+            }
+        }
         let o = &self.config.options;
         let quantities = |m: &BTreeMap<String, String>| {
             (!m.is_empty()).then(|| {
