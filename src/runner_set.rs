@@ -10,7 +10,7 @@ pub use runyard_runners::glob_match;
 use runyard_runners::kube::{KubeConfig, KubeRunner};
 use runyard_runners::local::{LocalConfig, LocalRunner, DEFAULT_ENV_ALLOW};
 use runyard_runners::service::{ServiceRegistry, ServiceRunner};
-use runyard_runners::Runner;
+use runyard_runners::{Runner, RunnerError};
 
 use crate::config::{Config, ConfigError, RunnerKind};
 use crate::job::Backoff;
@@ -70,6 +70,7 @@ impl RunnerSet {
                         user: rc.user.clone(),
                         group: rc.group.clone(),
                         rlimits: rc.rlimits.clone(),
+                        large_args: rc.large_args.unwrap_or_default(),
                     };
                     lc.isolation()
                         .map_err(|e| ConfigError(format!("`{}`: {}", key(&e.key), e.message)))?;
@@ -92,11 +93,12 @@ impl RunnerSet {
                         ttl_after_finished: rc.ttl_after_finished,
                         kubeconfig: rc.kubeconfig.clone(),
                         options: rc.kube.clone().unwrap_or_default(),
+                        large_args: rc.large_args.unwrap_or_default(),
                     })
                     .map_err(|e| {
                         // Config validation caught the rest: what is left is the kubeconfig file.
                         let m = match e {
-                            runyard_runners::RunnerError::Invalid(m) => m,
+                            RunnerError::Invalid(m) => m,
                             e => e.to_string(),
                         };
                         ConfigError(format!("`{}`: {m}", key("kubeconfig")))
@@ -114,6 +116,7 @@ impl RunnerSet {
                         allowed_images: rc.allowed_images.clone(),
                         labels: rc.labels.clone(),
                         docker_host: rc.docker_host.clone(),
+                        large_args: rc.large_args.unwrap_or_default(),
                     })
                     // Config validation caught the rest: what is left is the engine address.
                     .map_err(|e| ConfigError(format!("`{}`: {e}", key("docker_host"))))?,
@@ -157,9 +160,12 @@ impl RunnerSet {
                 .find(|s| s.claims(job_type))
                 .ok_or_else(|| SelectError::NoRunner(job_type.to_string()))?,
         };
-        slot.runner
-            .validate(job_type, args)
-            .map_err(|e| SelectError::Refused(e.to_string()))?;
+        slot.runner.validate(job_type, args).map_err(|e| match e {
+            RunnerError::ArgsTooLarge { .. } => {
+                SelectError::InvalidRequest(format!("runner `{}`: {e}", slot.name))
+            }
+            e => SelectError::Refused(e.to_string()),
+        })?;
         Ok(slot)
     }
 

@@ -61,6 +61,7 @@ name = "big"
 kind = "local"
 types = ["py.big"]
 max_attempts = 3
+large_args = "hook"
 command = ["python3", "-c", """
 import os
 from runyard_job import JobClient
@@ -69,6 +70,13 @@ args = job.args()
 job.result({{"len": len(args["x"]), "env": "JOB_ARGS" in os.environ, "size": os.environ.get("JOB_ARGS_SIZE")}})
 """]
 env = {{ PYTHONPATH = "{root}/examples/python" }}
+
+[[runners]]
+name = "shell"
+kind = "local"
+types = ["sh.args"]
+max_attempts = 3
+command = ["/bin/sh", "-c", "printf %s \"$JOB_ARGS\" | wc -c"]
 
 [[runners]]
 name = "toobig"
@@ -204,7 +212,8 @@ async fn a_process_that_lingers_after_its_report_is_stopped_and_its_outcome_kept
 }
 
 /// Audit 18, L2: args over what Linux takes in one environment string (128 KiB) reach the job
-/// through its hook: the Python client fetches them when `JOB_ARGS` is left out.
+/// through its hook on a runner set to `large_args = "hook"`: the Python client fetches them
+/// when `JOB_ARGS` is left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_300_kb_of_args_starts_and_reads_them() {
     let ts = start().await;
@@ -241,4 +250,120 @@ async fn a_launch_refused_as_too_big_is_not_retried() {
     assert_eq!(job["attempt"], 1, "no attempt spent again: {job:#}");
     let error = job["error"].as_str().unwrap_or_default();
     assert!(error.contains("Argument list too long"), "{job:#}");
+}
+
+/// Args of 200 KB as JSON (`{"x":"AAA…"}`).
+fn args_200_kb() -> Value {
+    json!({"x": "A".repeat(200_000 - 8)})
+}
+
+/// A refusal of 200 KB args by the shell runner: 422 `invalid_request` naming `args`, their
+/// size, the limit and the setting that allows them.
+fn assert_refused_for_size(status: u64, error: &Value, what: &str) {
+    assert_eq!(status, 422, "{what}: {error}");
+    assert_eq!(error["code"], "invalid_request", "{what}: {error}");
+    let m = error["message"].as_str().unwrap_or_default();
+    for part in [
+        "`args`",
+        "200000 bytes",
+        "122880",
+        "large_args = \"hook\"",
+        "`shell`",
+    ] {
+        assert!(m.contains(part), "{what}: `{part}` in {m}");
+    }
+}
+
+/// Review 18: a shell command reading `$JOB_ARGS` on a runner with the default `large_args`
+/// (`refuse`) never starts with empty args: args too large for its environment are refused at
+/// submit time, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_too_large_for_the_environment_are_refused_at_submit_by_default() {
+    let ts = start().await;
+    let (st, v) = ts
+        .submit(json!({"type": "sh.args", "args": args_200_kb()}))
+        .await;
+    assert_refused_for_size(u64::from(st.as_u16()), &v["error"], "submit");
+    assert_eq!(ts.count_jobs(None).await, 0, "nothing stored");
+
+    // A batch: the item is refused in its slot, the small one beside it is stored.
+    let batch = json!({"jobs": [
+        {"type": "sh.args", "args": args_200_kb()},
+        {"type": "sh.args", "args": {"x": "small"}},
+    ]});
+    let (st, v) = ts.post("/async/jobs/batch", Some(&batch)).await;
+    assert_eq!(st, 200, "{v}");
+    let results = v["results"].as_array().expect("results");
+    assert_refused_for_size(
+        results[0]["status_code"].as_u64().unwrap_or_default(),
+        &results[0]["error"],
+        "batch",
+    );
+    assert_eq!(results[1]["status_code"], 202, "{v}");
+    assert_eq!(ts.count_jobs(None).await, 1, "only the small item: {v}");
+
+    // A schedule whose job template has such args is refused at create time.
+    let body = json!({"name": "big", "cron": "* * * * *",
+        "job": {"type": "sh.args", "args": args_200_kb()}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_refused_for_size(u64::from(st.as_u16()), &v["error"], "schedule");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`job`"),
+        "{v}"
+    );
+    let (st, v) = ts.get("/async/schedules/big").await;
+    assert_eq!(st, 404, "no schedule stored: {v}");
+    let (_, v) = ts.get("/async/schedules").await;
+    assert_eq!(v["schedules"], json!([]), "{v}");
+
+    // Args up to the limit still go in the environment.
+    let id = ts
+        .submit_ok(json!({"type": "sh.args", "args": {"x": "A".repeat(120 * 1024 - 8)}}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(logs(&ts, &id).await, [(120 * 1024).to_string()]);
+}
+
+/// A job stored with args too large for the environment (here: submitted while its runner took
+/// them through the hook) that reaches a runner set to refuse them ends ERROR at its first
+/// launch, with a message saying why: no attempt is retried, no process starts without args.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_job_whose_args_the_runner_refuses_ends_error_at_launch() {
+    let hook = r#"
+[[runners]]
+name = "shell"
+kind = "local"
+types = ["sh.args"]
+max_attempts = 3
+large_args = "hook"
+command = ["/bin/sh", "-c", "echo started"]
+"#;
+    let mut ts = TestServer::start(hook).await;
+    let run_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let id = ts
+        .submit_ok(json!({"type": "sh.args", "args": args_200_kb(),
+            "run_at": run_at.to_rfc3339()}))
+        .await;
+    ts.stop().await;
+    ts.set_runners(&hook.replace("large_args = \"hook\"\n", ""));
+    // Another test's server in this process may fork a job between our stop and the restart:
+    // its child shares the data dir's lock until it execs, for a moment.
+    let mut tries = 0;
+    while let Err(e) = ts.try_restart(true).await {
+        tries += 1;
+        assert!(tries < 50, "restart: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "ERROR", "{job:#}");
+    assert_eq!(job["attempt"], 1, "no attempt spent again: {job:#}");
+    let error = job["error"].as_str().unwrap_or_default();
+    for part in ["`args`", "200000 bytes", "large_args = \"hook\""] {
+        assert!(error.contains(part), "`{part}` in {job:#}");
+    }
+    assert!(logs(&ts, &id).await.iter().all(|l| l != "started"));
 }

@@ -85,6 +85,7 @@ fn config() -> KubeConfig {
         ttl_after_finished: Some(Duration::from_secs(600)),
         kubeconfig: None,
         options: fast(),
+        large_args: Default::default(),
     }
 }
 
@@ -1478,4 +1479,121 @@ async fn after_a_restart_logs_resume_from_the_last_stored_line() {
     all.extend(after.texts());
     assert_eq!(all, want, "no line lost or repeated across the restart");
     check(&fake);
+}
+
+/// Args of 200 KB as JSON (`{"x":"AAA…"}`): over the 120 KiB a job's `JOB_ARGS` may hold.
+fn args_200_kb() -> Value {
+    json!({"x": "A".repeat(200_000 - 8)})
+}
+
+/// Review 18: a container's `JOB_ARGS` over 128 KiB fails at exec (`E2BIG`), which used to be
+/// retried as if transient. By default such args are refused (at submit, and at launch before
+/// any API call, not retried); with `large_args = "hook"` the container gets `JOB_ARGS_SIZE`
+/// instead, and neither its env nor its Secret holds the args: the job reads them from its hook.
+#[tokio::test]
+async fn args_too_large_for_the_environment_are_refused_by_default_or_read_through_the_hook() {
+    let fake = Fake::new();
+    let refuse = runner(&fake);
+    let e = refuse
+        .validate("report.daily", &args_200_kb())
+        .expect_err("refused at submit");
+    let m = e.to_string();
+    for part in ["`args`", "200000 bytes", "122880", "large_args = \"hook\""] {
+        assert!(m.contains(part), "`{part}` in {m}");
+    }
+    assert!(refuse.validate("report.daily", &json!({"n": 1})).is_ok());
+    let mut big = spec("report.daily", &new_id(), 1);
+    big.args = args_200_kb();
+    let e = match refuse.launch(big.clone(), Arc::new(Lines::default())).await {
+        Ok(_) => panic!("launched with args too large for its environment"),
+        Err(e) => e,
+    };
+    assert!(
+        e.is_final() && e.to_string().contains("200000 bytes"),
+        "{e}"
+    );
+    assert!(
+        fake.calls().is_empty(),
+        "no API call: {:?}",
+        fake.calls().len()
+    );
+
+    let hook = KubeRunner::with_client(
+        KubeConfig {
+            large_args: runyard_runners::args::LargeArgs::Hook,
+            ..config()
+        },
+        fake.client(),
+    )
+    .expect("runner");
+    assert!(hook.validate("report.daily", &args_200_kb()).is_ok());
+    let lines = Arc::new(Lines::default());
+    let mut ex = hook
+        .launch(big.clone(), lines.clone())
+        .await
+        .expect("launch");
+    assert_eq!(wait(&mut ex).await, Outcome::Success { result: None });
+    let job = fake
+        .job(NS, &job_name("report.daily", &big.id, 1))
+        .expect("the Job exists");
+    let env = env_of(&job);
+    let size = env
+        .iter()
+        .find(|e| e.name == "JOB_ARGS_SIZE")
+        .expect("JOB_ARGS_SIZE");
+    assert_eq!(size.value.as_deref(), Some("200000"));
+    // `JOB_ARGS` empty (an image's `ENV JOB_ARGS` does not stand in for the args), not from
+    // the Secret.
+    let args: Vec<_> = env.iter().filter(|e| e.name == "JOB_ARGS").collect();
+    assert_eq!(args.len(), 1, "{env:?}");
+    assert_eq!(args[0].value.as_deref(), Some(""), "{env:?}");
+    assert!(args[0].value_from.is_none(), "{env:?}");
+    for s in fake.secrets() {
+        let keys: Vec<&String> = s
+            .data
+            .as_ref()
+            .map(|d| d.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["JOB_SECRET_KEY"], "the Secret holds the key only");
+    }
+    assert!(lines.has("args="), "{:?}", lines.all());
+    assert!(!lines.has("AAAA"), "no args in the env");
+    check(&fake);
+}
+
+/// Review 18, through a server: a kube runner with the default `large_args` refuses a submit
+/// with 200 KB of args (422 `invalid_request` naming `args`), and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refuses_args_too_large_for_a_kube_job_at_submit() {
+    let fake = Fake::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
+    let ts = TestServer::start(&format!(
+        r#"
+[[runners]]
+kind = "kube"
+types = ["kube.*"]
+image = "ghcr.io/example/runyard-job:1.2"
+kubeconfig = "{}"
+"#,
+        kubeconfig.display()
+    ))
+    .await;
+    let (st, v) = ts
+        .submit(json!({"type": "kube.report", "args": args_200_kb()}))
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    let m = v["error"]["message"].as_str().unwrap_or_default();
+    for part in [
+        "`args`",
+        "200000 bytes",
+        "122880",
+        "large_args = \"hook\"",
+        "`kube-0`",
+    ] {
+        assert!(m.contains(part), "`{part}` in {m}");
+    }
+    assert_eq!(ts.count_jobs(None).await, 0, "nothing stored");
+    assert!(fake.jobs().is_empty() && fake.secrets().is_empty());
 }

@@ -567,3 +567,57 @@ types = ["abort.*"]
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Review 18: a docker runner with the default `large_args` refuses args too large for a
+/// container's `JOB_ARGS` at submit (422 `invalid_request` naming `args`, before any engine is
+/// asked: this one has none), nothing stored; set to `hook` it takes them; a service runner
+/// takes its args in-process and has no such limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_too_large_for_a_containers_environment_are_refused_unless_the_runner_says_hook() {
+    let ts = TestServer::builder(&format!(
+        r#"
+[[runners]]
+name = "box"
+kind = "docker"
+types = ["box.*"]
+image = "busybox:local"
+docker_host = "unix:///nonexistent/docker.sock"
+
+[[runners]]
+name = "box-hook"
+kind = "docker"
+types = ["hookbox.*"]
+image = "busybox:local"
+docker_host = "unix:///nonexistent/docker.sock"
+large_args = "hook"
+max_attempts = 1
+{BUILTINS}"#
+    ))
+    .start()
+    .await;
+    let big = json!({"x": "A".repeat(200_000 - 8)});
+    let (st, v) = ts.submit(json!({"type": "box.run", "args": big})).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    let m = v["error"]["message"].as_str().unwrap_or_default();
+    for part in [
+        "`args`",
+        "200000 bytes",
+        "122880",
+        "large_args = \"hook\"",
+        "`box`",
+    ] {
+        assert!(m.contains(part), "`{part}` in {m}");
+    }
+    assert_eq!(ts.count_jobs(None).await, 0, "nothing stored");
+    // Set to `hook`, the runner takes them (the launch then fails here: no engine).
+    let (st, v) = ts.submit(json!({"type": "hookbox.run", "args": big})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    // In-process, no environment: no limit.
+    let id = ts
+        .submit_ok(json!({"type": "runyard.echo", "args": big}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{}", job["error"]);
+    assert_eq!(job["result"]["x"].as_str().map(str::len), Some(200_000 - 8));
+}

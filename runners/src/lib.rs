@@ -19,6 +19,7 @@
 // Issue 8's limit: no function over 80 lines (clippy.toml's threshold) outside tests.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+pub mod args;
 pub mod buffered;
 pub mod docker;
 pub mod isolation;
@@ -146,6 +147,19 @@ pub enum RunnerError {
     /// exceed what the kernel takes): the job ends ERROR without using its remaining attempts.
     #[error("launch failed, not retried: {0}")]
     LaunchFinal(String),
+    /// The job's args are too large for this runner's environment (its `large_args` is
+    /// `refuse`, see [`args`]): refused at submit time.
+    #[error(
+        "`args` are {size} bytes of JSON, over the {limit}-byte limit of a job's environment \
+         (`JOB_ARGS`; Linux takes no environment string over 128 KiB): the runner's setting \
+         `large_args = \"hook\"` allows them (the job then reads them from `GET {{JOB_HOOK}}/job`)"
+    )]
+    ArgsTooLarge {
+        /// Their size as JSON, in bytes.
+        size: usize,
+        /// [`args::MAX_ENV_ARGS`].
+        limit: usize,
+    },
 }
 
 impl RunnerError {

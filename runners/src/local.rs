@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
 use crate::{
     Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
@@ -57,6 +58,9 @@ pub struct LocalConfig {
     /// Resource limits of the job's processes.
     #[serde(default)]
     pub rlimits: Rlimits,
+    /// What is done with args too large for `JOB_ARGS` (see [`crate::args`]).
+    #[serde(default)]
+    pub large_args: LargeArgs,
 }
 
 impl LocalConfig {
@@ -90,14 +94,13 @@ impl LocalRunner {
     }
 }
 
-/// The largest args (as JSON, in bytes) given in `JOB_ARGS`: the kernel refuses an environment
-/// string over 128 KiB (`MAX_ARG_STRLEN`, `NAME=value` and its NUL included). Larger args are
-/// left out, `JOB_ARGS_SIZE` says their size, and the job reads them from its hook.
-pub const MAX_ENV_ARGS: usize = 120 * 1024;
+/// The largest args (as JSON, in bytes) given in `JOB_ARGS` (see [`crate::args`]).
+pub use crate::args::MAX_ENV_ARGS;
 
 impl LocalRunner {
-    /// The job's command and environment (the server's own only through `env_allow`).
-    fn command(&self, spec: &JobSpec) -> Command {
+    /// The job's command and environment (the server's own only through `env_allow`); args too
+    /// large for `JOB_ARGS` that `large_args` refuses are [`RunnerError::LaunchFinal`].
+    fn command(&self, spec: &JobSpec) -> Result<Command, RunnerError> {
         let mut cmd = Command::new(&self.config.command[0]);
         cmd.args(&self.config.command[1..]);
         cmd.env_clear();
@@ -121,17 +124,15 @@ impl LocalRunner {
             .env("JOB_HOOK", &spec.hook_url)
             .env("JOB_TYPE", &spec.job_type)
             .env("JOB_ATTEMPT", spec.attempt.to_string());
-        let args = spec.args.to_string();
-        if args.len() <= MAX_ENV_ARGS {
-            cmd.env("JOB_ARGS", args);
-        } else {
-            // Linux takes no environment string over 128 KiB (`E2BIG`): the job reads its args
-            // from `GET {JOB_HOOK}/job`, as the Python client does when `JOB_ARGS` is unset. A
-            // `JOB_ARGS` of the runner's `env` must not stand in for them.
-            cmd.env_remove("JOB_ARGS")
-                .env("JOB_ARGS_SIZE", args.len().to_string());
-        }
-        cmd
+        match self.config.large_args.env(&spec.args)? {
+            // Nor a `JOB_ARGS_SIZE` of the runner's `env` say they were left out.
+            EnvArgs::Inline(args) => cmd.env_remove("JOB_ARGS_SIZE").env("JOB_ARGS", args),
+            // A `JOB_ARGS` of the runner's `env` must not stand in for them.
+            EnvArgs::Hook { size } => cmd
+                .env_remove("JOB_ARGS")
+                .env("JOB_ARGS_SIZE", size.to_string()),
+        };
+        Ok(cmd)
     }
 
     /// Where the job starts: `cwd` entered as the server, or a directory entered (and made first,
@@ -222,6 +223,10 @@ impl Runner for LocalRunner {
         "local"
     }
 
+    fn validate(&self, _job_type: &str, args: &Value) -> Result<(), RunnerError> {
+        self.config.large_args.check(args)
+    }
+
     async fn launch(
         &self,
         spec: JobSpec,
@@ -230,7 +235,7 @@ impl Runner for LocalRunner {
         if let Some(spawner) = crate::spawn::shared() {
             return self.launch_spawned(spawner, &spec, reporter).await;
         }
-        let mut cmd = self.command(&spec);
+        let mut cmd = self.command(&spec)?;
         let workdir = self.prepare(&spec, &mut cmd)?;
         // Removes the directory if the child made it but the launch failed.
         let workdir_guard = WorkdirGuard(workdir);
@@ -311,7 +316,7 @@ impl LocalRunner {
         spec: &JobSpec,
         reporter: SharedReporter,
     ) -> Result<Box<dyn Execution>, RunnerError> {
-        let cmd = self.command(spec);
+        let cmd = self.command(spec)?;
         let place = self.placement(spec)?;
         // Removes the directory if the child made it but the launch failed.
         let workdir_guard = WorkdirGuard(place.made.clone());
@@ -599,10 +604,14 @@ mod tests {
     }
 
     fn spec() -> JobSpec {
+        spec_with(json!({"a": 1}))
+    }
+
+    fn spec_with(args: Value) -> JobSpec {
         JobSpec {
             id: "0190-test".into(),
             job_type: "t.x".into(),
-            args: json!({"a": 1}),
+            args,
             attempt: 1,
             secret: crate::Secret::from_string("s3cr3t".into()),
             hook_url: "http://127.0.0.1:1/async".into(),
@@ -617,6 +626,48 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    /// Review 18: args too large for `JOB_ARGS` are refused by default (at submit, and at
+    /// launch without a retry), never given to a command as no args; with `large_args = "hook"`
+    /// the job gets `JOB_ARGS_SIZE` instead (a `JOB_ARGS` of the runner's `env` left out too).
+    #[tokio::test]
+    async fn args_too_large_for_the_environment_are_refused_or_left_to_the_hook() {
+        let with = |large_args| {
+            LocalRunner::new(LocalConfig {
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo args=${JOB_ARGS-unset} size=$JOB_ARGS_SIZE".into(),
+                ],
+                env: BTreeMap::from([("JOB_ARGS".into(), "{}".into())]),
+                large_args,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let big = spec_with(json!({"x": "A".repeat(200_000 - 8)}));
+        let refuse = with(LargeArgs::Refuse);
+        let e = refuse.validate("t.x", &big.args).unwrap_err();
+        assert!(
+            matches!(e, RunnerError::ArgsTooLarge { size: 200_000, .. }),
+            "{e:?}"
+        );
+        let e = match refuse.launch(big.clone(), Arc::new(Lines::default())).await {
+            Ok(_) => panic!("launched with args too large"),
+            Err(e) => e,
+        };
+        assert!(
+            e.is_final() && e.to_string().contains("large_args"),
+            "{e:?}"
+        );
+
+        let hook = with(LargeArgs::Hook);
+        assert!(hook.validate("t.x", &big.args).is_ok());
+        let lines = Arc::new(Lines::default());
+        let mut ex = hook.launch(big, lines.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        assert_eq!(lines.0.lock().unwrap()[0].1, "args=unset size=200000");
     }
 
     #[tokio::test]

@@ -173,6 +173,7 @@ fn select_slot<'a>(
             crate::job::SelectError::NoRunner(_) => {
                 ApiError::unprocessable("unknown_type", e.to_string())
             }
+            crate::job::SelectError::InvalidRequest(_) => ApiError::invalid_request(e.to_string()),
             _ => ApiError::unprocessable("runner_refused", e.to_string()),
         })
 }

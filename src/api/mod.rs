@@ -154,7 +154,7 @@ async fn not_found() -> ApiError {
         (status = 409, description = "`idempotency_conflict`: the key was used with another body, or by a job outside the caller's grant", body = openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `api.max_body_bytes` (or a file over `hooks.max_file_bytes`)", body = openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json` nor `multipart/form-data`", body = openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it, e.g. `args` over 120 KiB for a runner whose `large_args` is `refuse`), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
     ))]
 async fn submit(
     State(st): State<AppState>,

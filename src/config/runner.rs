@@ -104,6 +104,11 @@ pub struct RunnerConfig {
     /// kube: a kubeconfig file; absent: in-cluster config, then the default kubeconfig.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// local, docker, kube: what is done with args whose JSON is over 120 KiB (too large for
+    /// `JOB_ARGS`): `refuse` (the default: the submit is refused, 422) or `hook` (`JOB_ARGS` left
+    /// out, `JOB_ARGS_SIZE` set, the job reads them from its hook).
+    #[serde(default)]
+    pub large_args: Option<runyard_runners::args::LargeArgs>,
     /// kube: pod settings (resources, scheduling, security) and lifecycle bounds, the
     /// `[runners.kube]` table (see docs/kubernetes.md).
     #[serde(default)]
@@ -130,5 +135,40 @@ impl RunnerConfig {
             };
             format!("{kind}-{index}")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn with_runner(kind_and_more: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("[[runners]]\ntypes = [\"t.*\"]\n{kind_and_more}"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn large_args_is_refuse_or_hook_on_local_docker_and_kube_runners() {
+        let local = "kind = \"local\"\ncommand = [\"true\"]\n";
+        let docker = "kind = \"docker\"\nimage = \"busybox\"\n";
+        let kube = "kind = \"kube\"\nimage = \"busybox\"\n";
+        for base in [local, docker, kube] {
+            let c = with_runner(base).expect(base);
+            assert_eq!(c.runners[0].large_args, None, "{base}");
+            for word in ["refuse", "hook"] {
+                let c = with_runner(&format!("{base}large_args = \"{word}\"")).expect(word);
+                assert_eq!(c.runners[0].large_args.map(|l| l.as_str()), Some(word));
+            }
+            let e = with_runner(&format!("{base}large_args = \"env\"")).unwrap_err();
+            assert!(
+                e.contains("large_args") && e.contains("env") && e.contains("refuse"),
+                "{e}"
+            );
+        }
+        let e = with_runner("kind = \"service\"\nlarge_args = \"hook\"").unwrap_err();
+        assert!(
+            e.contains("runners[0].large_args") && e.contains("only local, docker and kube"),
+            "{e}"
+        );
     }
 }

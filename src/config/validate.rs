@@ -255,6 +255,13 @@ fn check_runner(r: &RunnerConfig, i: usize) -> Result<(), ConfigError> {
             }
         }
     }
+    if r.kind == RunnerKind::Service && r.large_args.is_some() {
+        // In-process: a service operation takes its args whatever their size.
+        return err(
+            k("large_args"),
+            "only local, docker and kube runners take it",
+        );
+    }
     match r.kind {
         RunnerKind::Local => check_local(r, &k),
         RunnerKind::Service => {

@@ -16,4 +16,8 @@ pub enum SelectError {
     /// The runner refuses the job.
     #[error("{0}")]
     Refused(String),
+    /// The runner refuses the request's own values (args too large for it): the message names
+    /// the field.
+    #[error("{0}")]
+    InvalidRequest(String),
 }

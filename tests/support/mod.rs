@@ -208,6 +208,11 @@ impl TestServer {
         self.launch(worker).await.expect("server restarts");
     }
 
+    /// Replaces the `[[runners]]` (TOML) the next [`TestServer::restart`] starts with.
+    pub fn set_runners(&mut self, runners: &str) {
+        self.runners = runners.to_string();
+    }
+
     /// Stops (if running) and starts again at once, without waiting for the data dir's lock.
     pub async fn try_restart(&mut self, worker: bool) -> Result<(), String> {
         self.stop().await;

@@ -236,8 +236,9 @@ class JobClient:
     def args(self) -> Any:
         """The job's args: JOB_ARGS (JSON) when set, else asked from the hook. ``{}`` when null.
 
-        A local runner leaves JOB_ARGS out when the args are larger than Linux takes in one
-        environment string (it sets JOB_ARGS_SIZE instead): they are then read from the hook.
+        A runner set to ``large_args = "hook"`` leaves JOB_ARGS out when the args are larger than
+        Linux takes in one environment string (it sets JOB_ARGS_SIZE instead): they are then read
+        from the hook.
         """
         raw = os.environ.get("JOB_ARGS")
         if raw is not None and raw.strip():

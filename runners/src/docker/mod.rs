@@ -6,7 +6,8 @@
 //! - The container is named `runyard-{job id}-{attempt}` and labelled with the job id
 //!   ([`LABEL_JOB_ID`]), the attempt, the job type and the runner, plus the runner's own `labels`.
 //!   It gets the runner's `env` and the job's `JOB_ID`, `JOB_SECRET_KEY`, `JOB_HOOK`, `JOB_TYPE`,
-//!   `JOB_ARGS` and `JOB_ATTEMPT`, the runner's memory/CPU limits and network mode.
+//!   `JOB_ARGS` (or `JOB_ARGS_SIZE`, see [`crate::args`]) and `JOB_ATTEMPT`, the runner's
+//!   memory/CPU limits and network mode.
 //! - Its stdout and stderr are followed (with the engine's timestamps, so a broken log stream is
 //!   resumed without repeating lines) and become the job's logs, line by line.
 //! - Its exit code is the outcome: 0 is success, anything else a failure carrying the code (bollard
@@ -47,6 +48,7 @@ pub use engine::{container_name, nano_cpus, parse_memory};
 use exec::{outcome_of, DockerExecution};
 use logs::{follow_logs, now_ns};
 
+use crate::args::{EnvArgs, LargeArgs};
 use crate::{
     Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, RunKind, Runner, RunnerError,
     SharedReporter,
@@ -97,6 +99,8 @@ pub struct DockerConfig {
     pub labels: BTreeMap<String, String>,
     /// The engine: `unix:///path`, `tcp://host:port` or `http://host:port`.
     pub docker_host: Option<String>,
+    /// What is done with args too large for `JOB_ARGS` (see [`crate::args`]).
+    pub large_args: LargeArgs,
 }
 
 /// Runs jobs as containers.
@@ -208,16 +212,29 @@ impl DockerRunner {
         labels
     }
 
-    /// The create body. It holds the job's secret: never log it.
-    fn create_body(&self, spec: &JobSpec, image: &str) -> ContainerCreateBody {
+    /// The create body. It holds the job's secret: never log it. Args too large for `JOB_ARGS`
+    /// that `large_args` refuses are [`RunnerError::LaunchFinal`].
+    fn create_body(&self, spec: &JobSpec, image: &str) -> Result<ContainerCreateBody, RunnerError> {
         let mut env = self.config.env.clone();
         env.insert("JOB_ID".into(), spec.id.clone());
         env.insert("JOB_SECRET_KEY".into(), spec.secret.expose().to_string());
         env.insert("JOB_HOOK".into(), spec.hook_url.clone());
         env.insert("JOB_TYPE".into(), spec.job_type.clone());
-        env.insert("JOB_ARGS".into(), spec.args.to_string());
+        match self.config.large_args.env(&spec.args)? {
+            EnvArgs::Inline(args) => {
+                // Nor a `JOB_ARGS_SIZE` of the runner's `env` say they were left out.
+                env.remove("JOB_ARGS_SIZE");
+                env.insert("JOB_ARGS".into(), args)
+            }
+            // A `JOB_ARGS` of the runner's `env` or of the image (`ENV JOB_ARGS`) must not stand
+            // in for them: set empty, which the Python client reads as unset.
+            EnvArgs::Hook { size } => {
+                env.insert("JOB_ARGS".into(), String::new());
+                env.insert("JOB_ARGS_SIZE".into(), size.to_string())
+            }
+        };
         env.insert("JOB_ATTEMPT".into(), spec.attempt.to_string());
-        ContainerCreateBody {
+        Ok(ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: (!self.config.command.is_empty()).then(|| self.config.command.clone()),
             env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -235,7 +252,7 @@ impl DockerRunner {
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        })
     }
 
     /// Removes every container of this job (earlier attempts whose worker died before it could
@@ -292,6 +309,7 @@ impl Runner for DockerRunner {
     }
 
     fn validate(&self, _job_type: &str, args: &Value) -> Result<(), RunnerError> {
+        self.config.large_args.check(args)?;
         self.image_for(args).map(|_| ())
     }
 
@@ -301,6 +319,7 @@ impl Runner for DockerRunner {
         reporter: SharedReporter,
     ) -> Result<Box<dyn Execution>, RunnerError> {
         let image = self.image_for(&spec.args)?;
+        let body = self.create_body(&spec, &image)?;
         let docker = self.client().await?;
         let secret = spec.secret.expose().to_string();
         let scrub = |m: String| {
@@ -316,15 +335,12 @@ impl Runner for DockerRunner {
             name: Some(name.clone()),
             ..Default::default()
         };
-        let created = match docker
-            .create_container(Some(opts()), self.create_body(&spec, &image))
-            .await
-        {
+        let created = match docker.create_container(Some(opts()), body.clone()).await {
             Ok(c) => c,
             Err(e) if is_missing_image(&e) => {
                 self.pull(&docker, &image).await?;
                 docker
-                    .create_container(Some(opts()), self.create_body(&spec, &image))
+                    .create_container(Some(opts()), body)
                     .await
                     .map_err(|e| {
                         RunnerError::Launch(scrub(format!(
@@ -457,6 +473,62 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    /// Review 18: a container's `JOB_ARGS` over 128 KiB fails at exec (`E2BIG`): by default
+    /// such args are refused at submit (and at launch, not retried); with `large_args = "hook"`
+    /// they are left out (a `JOB_ARGS` of the runner's `env` too) and `JOB_ARGS_SIZE` is set.
+    #[test]
+    fn args_too_large_for_the_environment_are_refused_or_left_to_the_hook() {
+        let with = |large_args| {
+            DockerRunner::new(DockerConfig {
+                name: "d".into(),
+                image: "busybox:local".into(),
+                env: BTreeMap::from([("JOB_ARGS".into(), "{}".into())]),
+                docker_host: Some("unix:///nonexistent.sock".into()),
+                large_args,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let spec = |args: Value| JobSpec {
+            id: "0190-test".into(),
+            job_type: "t.x".into(),
+            args,
+            attempt: 1,
+            secret: crate::Secret::from_string("s3cr3t".into()),
+            hook_url: "http://127.0.0.1:1/async".into(),
+            timeout: None,
+        };
+        let big = json!({"x": "A".repeat(200_000 - 8)});
+        let env = |r: &DockerRunner, args: &Value| {
+            r.create_body(&spec(args.clone()), "busybox:local")
+                .map(|b| b.env.unwrap_or_default())
+        };
+        let refuse = with(LargeArgs::default());
+        let e = refuse.validate("t.x", &big).unwrap_err();
+        assert!(
+            matches!(e, RunnerError::ArgsTooLarge { size: 200_000, .. }),
+            "{e:?}"
+        );
+        let e = env(&refuse, &big).unwrap_err();
+        assert!(
+            e.is_final() && e.to_string().contains("large_args"),
+            "{e:?}"
+        );
+        let small = env(&refuse, &json!({"x": 1})).unwrap();
+        assert!(
+            small.contains(&r#"JOB_ARGS={"x":1}"#.to_string()),
+            "{small:?}"
+        );
+
+        let hook = with(LargeArgs::Hook);
+        assert!(hook.validate("t.x", &big).is_ok());
+        let env = env(&hook, &big).unwrap();
+        assert!(env.contains(&"JOB_ARGS_SIZE=200000".to_string()), "{env:?}");
+        // Empty, so that an image's `ENV JOB_ARGS` does not stand in for them either.
+        assert!(env.contains(&"JOB_ARGS=".to_string()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("JOB_ARGS={")), "{env:?}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!      handle was saved, an older attempt) is deleted with Foreground propagation and the launch
 //!      waits until it and its pods are gone, so one job never runs twice at once;
 //!   2. the Job is created *suspended* (no pod can start yet);
-//!   3. a Secret holding `JOB_SECRET_KEY` (and `JOB_ARGS`) is created, owned by the Job, so
+//!   3. a Secret holding `JOB_SECRET_KEY` (and `JOB_ARGS`, unless they are too large for the
+//!      environment and `large_args = "hook"`: see [`crate::args`]) is created, owned by the Job, so
 //!      deleting the Job garbage-collects it; the Job's env reads it with `secretKeyRef`, so the
 //!      secret is never a literal in the Job spec;
 //!   4. the Job is resumed (`spec.suspend = false`).
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
+use crate::args::LargeArgs;
 use crate::{Execution, JobSpec, Recovered, RunHandle, Runner, RunnerError, SharedReporter};
 
 mod execution;
@@ -100,6 +102,7 @@ const RESERVED_ENV: &[&str] = &[
     "JOB_TYPE",
     "JOB_ATTEMPT",
     "JOB_ARGS",
+    "JOB_ARGS_SIZE",
 ];
 
 /// One kind of Kubernetes API call: API group (`""` is core), resource (with subresource), verb.
@@ -142,6 +145,9 @@ pub struct KubeConfig {
     /// Pod settings and lifecycle bounds (`[runners.kube]`).
     #[serde(default)]
     pub options: KubeOptions,
+    /// What is done with args too large for `JOB_ARGS` (see [`crate::args`]).
+    #[serde(default)]
+    pub large_args: LargeArgs,
 }
 
 /// Runs each attempt as a Kubernetes Job.
@@ -319,11 +325,17 @@ impl Runner for KubeRunner {
         "kube"
     }
 
+    fn validate(&self, _job_type: &str, args: &Value) -> Result<(), RunnerError> {
+        self.config.large_args.check(args)
+    }
+
     async fn launch(
         &self,
         spec: JobSpec,
         reporter: SharedReporter,
     ) -> Result<Box<dyn Execution>, RunnerError> {
+        // Args `large_args` refuses (stored before it was set) fail before any API call.
+        let args = self.config.large_args.env(&spec.args)?;
         let client = self.client().await?;
         let ns = self.namespace(&client);
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
@@ -334,7 +346,7 @@ impl Runner for KubeRunner {
         // 2. The Job, suspended until its Secret exists. A same-named leftover that the
         //    reconcile just deleted may take a moment to go.
         let secret_name = format!("{name}-{}", random_suffix());
-        let job = self.build_job(&spec, &name, &ns, &secret_name);
+        let job = self.build_job(&spec, &args, &name, &ns, &secret_name);
         let mut tries = 0;
         let created = loop {
             match jobs.create(&PostParams::default(), &job).await {
@@ -352,7 +364,7 @@ impl Runner for KubeRunner {
         };
         let uid = created.metadata.uid.clone().unwrap_or_default();
         // 3. The Secret, owned by the Job: deleting the Job garbage-collects it.
-        let secret = spec::build_secret(&spec, &secret_name, &ns, &name, &uid);
+        let secret = spec::build_secret(&spec, &args, &secret_name, &ns, &name, &uid);
         let soon = tokio::time::Instant::now() + Duration::from_secs(5);
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
             let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;

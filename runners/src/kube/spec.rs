@@ -18,11 +18,20 @@ use super::{
     DEFAULT_TTL_AFTER_FINISHED, LABEL_ATTEMPT, LABEL_JOB_ID, LABEL_JOB_TYPE, LABEL_MANAGED_BY,
     MAX_NAME_LEN, RESERVED_ENV, SECRET_KEY,
 };
+use crate::args::EnvArgs;
 use crate::JobSpec;
 
 impl KubeRunner {
-    /// The Job of one attempt, suspended; `secret_name` holds JOB_SECRET_KEY and JOB_ARGS.
-    pub fn build_job(&self, spec: &JobSpec, name: &str, namespace: &str, secret_name: &str) -> Job {
+    /// The Job of one attempt, suspended; `secret_name` holds JOB_SECRET_KEY, and JOB_ARGS when
+    /// `args` go in the environment.
+    pub fn build_job(
+        &self,
+        spec: &JobSpec,
+        args: &EnvArgs,
+        name: &str,
+        namespace: &str,
+        secret_name: &str,
+    ) -> Job {
         let labels = labels(spec);
         let annotations =
             BTreeMap::from([(ANNOTATION_JOB_TYPE.to_string(), spec.job_type.clone())]);
@@ -61,7 +70,7 @@ impl KubeRunner {
                         annotations: Some(pod_annotations),
                         ..Default::default()
                     }),
-                    spec: Some(self.pod_spec(self.container(spec, secret_name))),
+                    spec: Some(self.pod_spec(self.container(spec, args, secret_name))),
                 },
                 ..Default::default()
             }),
@@ -69,9 +78,10 @@ impl KubeRunner {
         }
     }
 
-    /// The job's container: its env (the secret and the args read from the Secret), resources
-    /// and the `restricted` profile's container settings.
-    fn container(&self, spec: &JobSpec, secret_name: &str) -> Container {
+    /// The job's container: its env (the secret and the args read from the Secret, or the args'
+    /// size when the job reads them from its hook), resources and the `restricted` profile's
+    /// container settings.
+    fn container(&self, spec: &JobSpec, args: &EnvArgs, secret_name: &str) -> Container {
         let mut env: Vec<EnvVar> = self
             .config
             .env
@@ -84,7 +94,15 @@ impl KubeRunner {
         env.push(literal("JOB_TYPE", &spec.job_type));
         env.push(literal("JOB_ATTEMPT", &spec.attempt.to_string()));
         env.push(from_secret("JOB_SECRET_KEY", secret_name, SECRET_KEY));
-        env.push(from_secret("JOB_ARGS", secret_name, ARGS_KEY));
+        match args {
+            EnvArgs::Inline(_) => env.push(from_secret("JOB_ARGS", secret_name, ARGS_KEY)),
+            EnvArgs::Hook { size } => {
+                // Empty, so that an image's `ENV JOB_ARGS` does not stand in for the args (the
+                // Python client reads an empty value as unset).
+                env.push(literal("JOB_ARGS", ""));
+                env.push(literal("JOB_ARGS_SIZE", &size.to_string()));
+            }
+        }
         let o = &self.config.options;
         let quantities = |m: &BTreeMap<String, String>| {
             (!m.is_empty()).then(|| {
@@ -160,10 +178,12 @@ impl KubeRunner {
     }
 }
 
-/// The Secret of an attempt (its job secret and args), owned by the Job `name` / `uid`:
-/// deleting the Job garbage-collects it.
+/// The Secret of an attempt (its job secret, and its args when they go in the environment; a
+/// job that reads them from its hook finds them there, and a Secret holds at most 1 MiB), owned
+/// by the Job `name` / `uid`: deleting the Job garbage-collects it.
 pub(super) fn build_secret(
     spec: &JobSpec,
+    args: &EnvArgs,
     secret_name: &str,
     namespace: &str,
     name: &str,
@@ -185,10 +205,16 @@ pub(super) fn build_secret(
         },
         type_: Some("Opaque".into()),
         immutable: Some(true),
-        string_data: Some(BTreeMap::from([
-            (SECRET_KEY.to_string(), spec.secret.expose().to_string()),
-            (ARGS_KEY.to_string(), spec.args.to_string()),
-        ])),
+        string_data: Some(
+            [(SECRET_KEY, spec.secret.expose())]
+                .into_iter()
+                .chain(match args {
+                    EnvArgs::Inline(json) => Some((ARGS_KEY, json.as_str())),
+                    EnvArgs::Hook { .. } => None,
+                })
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
         ..Default::default()
     }
 }
