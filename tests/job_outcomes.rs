@@ -366,4 +366,23 @@ command = ["/bin/sh", "-c", "echo started"]
         assert!(error.contains(part), "`{part}` in {job:#}");
     }
     assert!(logs(&ts, &id).await.iter().all(|l| l != "started"));
+    // A retry would only end ERROR again, an attempt spent: refused, nothing changed.
+    let res = ts
+        .client
+        .post(format!("{}/async/jobs/{id}/retry", ts.url))
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(res.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let v: Value = res.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`args`"),
+        "{v}"
+    );
+    let job = ts.get_job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_u64()),
+        (Some("ERROR"), Some(1))
+    );
 }

@@ -482,16 +482,30 @@ pub async fn cancel_job(
     responses(
         (status = 202, description = "The job, queued again", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job has not finished", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the job's runner refuses its args (`large_args`), nothing changed", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn retry_job(
     State(st): State<AppState>,
     crate::auth::access::Caller(caller): crate::auth::access::Caller,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Response> {
-    // `emits` never changes after the submit: checking it before the retry is not a race. A
-    // caller that may write signals needs no read of the job.
+    // `emits`, the type, args and runner never change after the submit: checking them before
+    // the retry is not a race.
+    let job = st.job(id).await?;
     if !caller.allows(crate::auth::tokens::Scope::SignalsWrite) {
-        require_emit_scope(&caller, &st.job(id).await?.emits)?;
+        require_emit_scope(&caller, &job.emits)?;
+    }
+    // Args its runner refuses (`large_args = "refuse"` set after the submit) would only end
+    // ERROR again at launch, an attempt spent: refused here, nothing changed.
+    if let Some(slot) = st.app.runners.get(&job.runner) {
+        if let Err(e @ runyard_runners::RunnerError::ArgsTooLarge { .. }) =
+            slot.runner.validate(&job.job_type, &job.args)
+        {
+            return Err(ApiError::invalid_request(format!(
+                "runner `{}`: {e}",
+                slot.name
+            )));
+        }
     }
     let job = st.app.store.apply(id, Command::Retry).await?;
     Ok((StatusCode::ACCEPTED, Json(job.to_public())).into_response())
