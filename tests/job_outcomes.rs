@@ -348,6 +348,11 @@ command = ["/bin/sh", "-c", "echo started"]
         .submit_ok(json!({"type": "sh.args", "args": args_200_kb(),
             "run_at": run_at.to_rfc3339()}))
         .await;
+    // One that has not run yet: a retry of it is the 409 of any unfinished job.
+    let later = ts
+        .submit_ok(json!({"type": "sh.args", "args": args_200_kb(),
+            "run_at": "2099-01-01T00:00:00Z"}))
+        .await;
     ts.stop().await;
     ts.set_runners(&hook.replace("large_args = \"hook\"\n", ""));
     // Another test's server in this process may fork a job between our stop and the restart:
@@ -385,4 +390,11 @@ command = ["/bin/sh", "-c", "echo started"]
         (job["status"].as_str(), job["attempt"].as_u64()),
         (Some("ERROR"), Some(1))
     );
+    let res = ts
+        .client
+        .post(format!("{}/async/jobs/{later}/retry", ts.url))
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(res.status(), reqwest::StatusCode::CONFLICT);
 }

@@ -1548,6 +1548,7 @@ async fn args_too_large_for_the_environment_are_refused_by_default_or_read_throu
     assert_eq!(args.len(), 1, "{env:?}");
     assert_eq!(args[0].value.as_deref(), Some(""), "{env:?}");
     assert!(args[0].value_from.is_none(), "{env:?}");
+    assert!(!fake.secrets().is_empty(), "the job's Secret exists");
     for s in fake.secrets() {
         let keys: Vec<&String> = s
             .data

@@ -496,8 +496,11 @@ pub async fn retry_job(
         require_emit_scope(&caller, &job.emits)?;
     }
     // Args its runner refuses (`large_args = "refuse"` set after the submit) would only end
-    // ERROR again at launch, an attempt spent: refused here, nothing changed.
-    if let Some(slot) = st.app.runners.get(&job.runner) {
+    // ERROR again at launch, an attempt spent: refused here, nothing changed. Only for a job a
+    // retry would queue; any other is the store's 409.
+    use crate::job::JobStatus::{Cancelled, Error, Timeout};
+    let retryable = matches!(job.status, Error | Timeout | Cancelled);
+    if let Some(slot) = st.app.runners.get(&job.runner).filter(|_| retryable) {
         if let Err(e @ runyard_runners::RunnerError::ArgsTooLarge { .. }) =
             slot.runner.validate(&job.job_type, &job.args)
         {
