@@ -327,9 +327,10 @@ impl RedisStore {
     /// The store's time (µs since the epoch): Redis's clock, read with `TIME` at most every
     /// [`CLOCK_RESYNC`] and carried forward with the monotonic clock in between, so a step of
     /// this node's wall clock changes nothing. When this node's wall clock agrees with Redis's
-    /// within [`CLOCK_AGREE`] at a reading, the wall clock's reading is the anchor instead (the
-    /// processes of one host then agree exactly). While Redis cannot be read, the last anchor is
-    /// carried forward; before any, the wall clock is used. Never goes back within a process.
+    /// within [`CLOCK_AGREE`] plus half the reading's round trip, the wall clock's reading is the
+    /// anchor instead (the processes of one host then agree exactly). While Redis cannot be
+    /// read, the last anchor is carried forward; before any, the wall clock is used. Never goes
+    /// back within a process.
     async fn now(&self) -> Micros {
         let anchor = *self.clock.lock();
         let t = match anchor {
@@ -345,10 +346,16 @@ impl RedisStore {
                     .await;
                 match read {
                     Ok((secs, us)) => {
-                        let when = sent + sent.elapsed() / 2;
+                        let rtt = sent.elapsed();
+                        let when = sent + rtt / 2;
                         let wall = now_us().saturating_sub(when.elapsed().as_micros() as i64);
                         let redis = secs.saturating_mul(1_000_000).saturating_add(us);
-                        let at = if redis.abs_diff(wall) <= CLOCK_AGREE as u64 {
+                        // Redis read its clock anywhere within the round trip: a slow reply (a
+                        // Redis just restarted, loading its file) leaves the midpoint up to half
+                        // of it off, which alone must not make a node that agrees with Redis
+                        // stamp by a time that is off by as much.
+                        let slack = CLOCK_AGREE as u64 + rtt.as_micros() as u64 / 2;
+                        let at = if redis.abs_diff(wall) <= slack {
                             wall
                         } else {
                             redis
