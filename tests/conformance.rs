@@ -162,6 +162,8 @@ conformance!(
     list_filters_dead_letters,
     a_confined_listing_is_made_of_the_jobs_it_sees_only,
     signal_keys_are_listed_with_count_and_latest,
+    signal_pages_stop_at_their_bytes_and_go_on_exactly_once,
+    signal_numbers_are_read_without_their_payloads,
     batch_submits_store_each_job_on_its_own,
 );
 
@@ -1810,6 +1812,118 @@ async fn signal_keys_are_listed_with_count_and_latest(mut b: Backend) {
         left,
         vec![("a.first".to_string(), 1), ("src.orders".to_string(), 1)]
     );
+}
+
+/// Follows a key's pages from `since` (the next one from one microsecond after the last record),
+/// checking each against its bounds; returns the records' numbers, in the order read, and the
+/// pages' sizes.
+async fn follow_signal_pages(
+    s: &Arc<dyn Store>,
+    key: &str,
+    since: i64,
+    limit: usize,
+    bytes: usize,
+) -> (Vec<u64>, Vec<usize>) {
+    let (mut seqs, mut sizes, mut since) = (vec![], vec![], since);
+    for _ in 0..1000 {
+        let page = s
+            .signals_page(key, since, limit, bytes)
+            .await
+            .expect("page");
+        sizes.push(page.records.len());
+        let times: Vec<i64> = page.records.iter().map(|r| r.at).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "by time: {times:?}");
+        seqs.extend(page.records.iter().map(|r| r.seq));
+        match page.records.last() {
+            Some(last) if page.more => since = last.at + 1,
+            _ => return (seqs, sizes),
+        }
+    }
+    panic!("1000 pages and no end");
+}
+
+async fn signal_pages_stop_at_their_bytes_and_go_on_exactly_once(mut b: Backend) {
+    let s = b.store().await;
+    let t0 = now_us();
+    let big = "x".repeat(200_000);
+    // 20 records of 200 KB, the 9th to the 13th written in one microsecond.
+    let mut at = t0;
+    for i in 0..20 {
+        if !(9..=12).contains(&i) {
+            at += 10;
+        }
+        s.signal_append("big", None, Some(json!({"i": i, "pad": big})), at)
+            .await
+            .expect("append");
+    }
+    let all: Vec<u64> = (1..=20).collect();
+    // 1 MB pages: a page ends once it holds five records (just over 1 MB), but the one reaching
+    // into the 9th-13th takes all five of them.
+    let (seqs, sizes) = follow_signal_pages(&s, "big", 0, 10_000, 1_000_000).await;
+    assert_eq!(seqs, all, "every record once, in order");
+    assert_eq!(
+        sizes,
+        vec![5, 8, 5, 2],
+        "pages of about 1 MB, one microsecond never split"
+    );
+    // The count ends a page the same way; `since` inside the key starts there.
+    let (seqs, sizes) = follow_signal_pages(&s, "big", 0, 4, usize::MAX).await;
+    assert_eq!(seqs, all);
+    assert_eq!(sizes, vec![4, 4, 5, 4, 3]);
+    let (seqs, _) = follow_signal_pages(&s, "big", t0 + 80, 3, 300_000).await;
+    assert_eq!(seqs, (8..=20).collect::<Vec<u64>>());
+    // A page holding everything says so; an empty key has one empty page.
+    let page = s
+        .signals_page("big", 0, 20, usize::MAX)
+        .await
+        .expect("page");
+    assert_eq!((page.records.len(), page.more), (20, false));
+    let page = s
+        .signals_page("big", 0, 19, usize::MAX)
+        .await
+        .expect("page");
+    assert_eq!((page.records.len(), page.more), (19, true));
+    let page = s.signals_page("none", 0, 10, 100).await.expect("page");
+    assert_eq!(page, Default::default());
+    // The records come back whole.
+    let page = s.signals_page("big", t0 + 10, 1, 1).await.expect("page");
+    assert_eq!(page.records.len(), 1);
+    let r = &page.records[0];
+    assert_eq!((r.key.as_str(), r.seq, r.at), ("big", 1, t0 + 10));
+    assert_eq!(r.payload, Some(json!({"i": 0, "pad": big})));
+}
+
+async fn signal_numbers_are_read_without_their_payloads(mut b: Backend) {
+    let s = b.store().await;
+    let t0 = now_us();
+    // A key whose own text looks like a record's number.
+    let key = r#"k,"seq":99,"at":1"#;
+    for i in 0..6 {
+        s.signal_append(
+            key,
+            Some(format!("id{i}")),
+            Some(json!({"i": i})),
+            t0 + i * 100,
+        )
+        .await
+        .expect("append");
+    }
+    assert_eq!(
+        s.signal_seqs(key, 0, 100).await.expect("seqs"),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        s.signal_seqs(key, t0 + 200, 100).await.expect("seqs"),
+        vec![3, 4, 5, 6]
+    );
+    assert_eq!(
+        s.signal_seqs(key, t0 + 200, 2).await.expect("seqs"),
+        vec![3, 4]
+    );
+    assert!(s.signal_seqs("none", 0, 5).await.expect("seqs").is_empty());
+    // Retention's cut shows.
+    s.signals_trim(t0 + 450).await.expect("trim");
+    assert_eq!(s.signal_seqs(key, 0, 100).await.expect("seqs"), vec![6]);
 }
 
 async fn batch_submits_store_each_job_on_its_own(mut b: Backend) {

@@ -284,6 +284,108 @@ async fn suite(ts: &TestServer) {
     assert_eq!(v["seq"], 4, "{v}");
 }
 
+/// How many times this process's store ran `op`, from `/metrics`.
+async fn store_calls(ts: &TestServer, op: &str) -> u64 {
+    let text = reqwest::get(ts.at("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    let head = format!("runyard_store_operation_seconds_count{{op=\"{op}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&head))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+}
+
+/// Records of 900 KB: a `GET` answers about 4 MiB of them a page, `next_since` goes on; a waiting
+/// job shown on them reads their numbers, not their payloads.
+async fn large_records(ts: &TestServer) {
+    let pad = "p".repeat(900_000);
+    for i in 0..12 {
+        let (st, v) = ts
+            .post(
+                "/async/signals/big.one",
+                Some(&json!({"payload": {"i": i, "pad": pad}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+    let (mut seen, mut query, mut pages) = (vec![], String::new(), 0);
+    loop {
+        pages += 1;
+        assert!(pages <= 12, "no end after 12 pages");
+        let res = reqwest::get(ts.at(&format!("/async/signals/big.one{query}")))
+            .await
+            .expect("GET");
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = res.bytes().await.expect("body");
+        assert!(body.len() < 6 << 20, "a page of {} bytes", body.len());
+        let v: Value = serde_json::from_slice(&body).expect("JSON");
+        let recs = v["signals"].as_array().expect("signals");
+        assert!(!recs.is_empty(), "{query}");
+        for r in recs {
+            assert_eq!(r["payload"]["pad"].as_str().map(str::len), Some(900_000));
+            seen.push(r["seq"].as_u64().expect("seq"));
+        }
+        match v["next_since"].as_str() {
+            Some(next) => {
+                // One microsecond after the page's last record.
+                let last = chrono::DateTime::parse_from_rfc3339(
+                    recs[recs.len() - 1]["at"].as_str().expect("at"),
+                )
+                .expect("at")
+                .timestamp_micros();
+                let next_us = chrono::DateTime::parse_from_rfc3339(next)
+                    .expect("next_since")
+                    .timestamp_micros();
+                assert_eq!(next_us, last + 1);
+                query = format!("?since={}", next.replace('+', "%2B"));
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=12).collect::<Vec<u64>>(),
+        "each record once, in order"
+    );
+    assert!(pages >= 3, "12 records of 900 KB in {pages} page(s)");
+    // `limit` ends a page too, with its continuation; a page reaching the end has none.
+    let (_, v) = ts.get("/async/signals/big.one?limit=2").await;
+    assert_eq!(v["signals"].as_array().map(Vec::len), Some(2));
+    assert!(v["next_since"].is_string(), "{}", v["next_since"]);
+    let (_, v) = ts.get("/async/signals/src.orders?limit=1000").await;
+    assert!(v["next_since"].is_null(), "{}", v["next_since"]);
+
+    // A job waiting on the key: shown with every number, no payload read.
+    let id = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "big.one", "count": 100}],
+            "deadline": "+1h"}),
+        )
+        .await;
+    let (pages_before, seqs_before) = (
+        store_calls(ts, "signals_page").await,
+        store_calls(ts, "signal_seqs").await,
+    );
+    for _ in 0..3 {
+        let (st, v) = ts.get(&format!("/async/jobs/{id}")).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["status"], "WAITING", "{v}");
+        assert_eq!(v["wait"]["items"][0]["seen"], 12, "{v}");
+        assert_eq!(
+            v["wait"]["items"][0]["signal_ids"],
+            json!((1..=12).collect::<Vec<u64>>()),
+            "{v}"
+        );
+    }
+    assert_eq!(store_calls(ts, "signals_page").await, pages_before);
+    assert!(store_calls(ts, "signal_seqs").await >= seqs_before + 3);
+    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_embedded() {
     let ts = TestServer::builder(RUNNERS)
@@ -291,6 +393,7 @@ async fn signals_embedded() {
         .start()
         .await;
     suite(&ts).await;
+    large_records(&ts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,4 +408,5 @@ async fn signals_redis() {
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
     suite(&ts).await;
+    large_records(&ts).await;
 }

@@ -14,6 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{body_bytes, parse_json};
 use super::AppState;
 use crate::job::{now_us, rfc3339};
+use crate::store::paging::READ_BYTES;
 use crate::store::signals::{check_key, Signal, MAX_ID_BYTES};
 
 /// Records one `GET` returns at most.
@@ -139,8 +140,9 @@ pub struct ListParams {
     limit: Option<usize>,
 }
 
-/// `GET /async/signals/{key}?since=&limit=`: records at or after `since` (RFC 3339), oldest
-/// first.
+/// `GET /async/signals/{key}?since=&limit=`: records at or after `since` (RFC 3339), by time
+/// (ties by number), a page of at most `limit` and about 4 MiB of records (the store's
+/// `READ_BYTES`; one microsecond's records are never split); `next_since` goes on.
 #[utoipa::path(get, path = "/async/signals/{key}", tag = "signals", operation_id = "list_signals", params(("key" = String, Path, description = "The signal key"), ListParams),
     responses(
         (status = 200, description = "The key's signals since `since`", body = super::openapi::schemas::SignalList),
@@ -167,13 +169,23 @@ async fn list(
             "`limit` must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let recs = st.app.store.signals(&key, since, limit).await?;
+    let page = st
+        .app
+        .store
+        .signals_page(&key, since, limit, READ_BYTES)
+        .await?;
+    let next_since = page
+        .records
+        .last()
+        .filter(|_| page.more)
+        .map(|s| rfc3339(s.at.saturating_add(1)));
     Ok(Json(json!({
         "key": key,
-        "signals": recs
+        "signals": page.records
             .iter()
             .map(|s| json!({"seq": s.seq, "at": rfc3339(s.at), "id": s.id, "payload": s.payload}))
             .collect::<Vec<_>>(),
+        "next_since": next_since,
     })))
 }
 

@@ -44,7 +44,7 @@ use crate::store::activity::{Activity, ActivityStore};
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::deliveries::{Attempt, Claimed, Delivery, DeliveryState, Outcome};
 use crate::store::handoff::Observer;
-use crate::store::signals::{Signal, SignalKey};
+use crate::store::signals::{Signal, SignalKey, SignalPage};
 use crate::store::waits::WaitStore;
 use crate::store::{
     DeliveryStore, EventLog, FinishSlot, JobPage, JobQueue, JobStore, ListQuery, LogLine, LogStore,
@@ -184,7 +184,8 @@ metered! {
     SignalStore {
         signal_append(key: &str, id: Option<String>, payload: Option<Value>, at: Micros)
             -> (Signal, bool);
-        signals(key: &str, since: Micros, limit: usize) -> Vec<Signal>;
+        signals_page(key: &str, since: Micros, limit: usize, bytes: usize) -> SignalPage;
+        signal_seqs(key: &str, since: Micros, limit: usize) -> Vec<u64>;
         signals_trim(before: Micros) -> u64;
         signal_keys(after: Option<&str>, limit: usize) -> Vec<SignalKey>;
     }
@@ -270,7 +271,7 @@ mod tests {
         store.health().await.unwrap();
         store.health().await.unwrap();
         store.schedule("nightly").await.unwrap();
-        store.signals("k", 0, 10).await.unwrap();
+        store.signals_page("k", 0, 10, 1 << 20).await.unwrap();
         store.job_counts().await.unwrap();
         store.deliveries(id, 10).await.unwrap();
         store.wait_next_deadline().await.unwrap();
@@ -297,7 +298,7 @@ mod tests {
             "logs",
             "events",
             "schedule",
-            "signals",
+            "signals_page",
             "job_counts",
             "deliveries",
             "wait_next_deadline",

@@ -43,6 +43,31 @@ pub struct SignalKey {
     pub latest: Micros,
 }
 
+/// A page of a key's records (see [`SignalStore::signals_page`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SignalPage {
+    /// The records, by time, ties by `seq`.
+    pub records: Vec<Signal>,
+    /// The page was cut (by its `limit` or its bytes): records after its last may exist.
+    pub more: bool,
+}
+
+/// Where a page of records read in time order ends: before a record at `at` once the page holds
+/// `kept` records of `bytes` stored bytes, of which the last was written at `last`. A page ends
+/// at its `limit` or once its bytes reach `budget`, never between two records of one microsecond
+/// (so that `since` = the last time + 1 µs goes on with nothing skipped or repeated). The Redis
+/// read (`lua/signal_page.lua`) applies the same rule.
+pub fn page_ends(
+    kept: usize,
+    bytes: usize,
+    last: Option<Micros>,
+    at: Micros,
+    limit: usize,
+    budget: usize,
+) -> bool {
+    (kept >= limit || bytes >= budget) && last != Some(at)
+}
+
 /// Checks a key: 1-200 bytes, no control characters. The error names what is wrong.
 pub fn check_key(key: &str) -> std::result::Result<(), String> {
     if key.is_empty() {
@@ -72,8 +97,21 @@ pub trait SignalStore: Send + Sync {
         payload: Option<Value>,
         at: Micros,
     ) -> Result<(Signal, bool)>;
-    /// Records of `key` written at or after `since`, oldest first, at most `limit`.
-    async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>>;
+    /// One page of `key`'s records written at or after `since`, in the order of their times
+    /// (ties by `seq`): at most `limit`, and no more once the records kept pass `bytes` as stored
+    /// ([`page_ends`]), except that a page never ends between two records of the same
+    /// microsecond. `more` says whether records after the page's last may exist: go on with
+    /// `since` one microsecond after its last record's time.
+    async fn signals_page(
+        &self,
+        key: &str,
+        since: Micros,
+        limit: usize,
+        bytes: usize,
+    ) -> Result<SignalPage>;
+    /// The numbers (`seq`) of at most `limit` of `key`'s records written at or after `since`,
+    /// lowest first; no payload leaves the store.
+    async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>>;
     /// Deletes records written before `before`; returns how many.
     async fn signals_trim(&self, before: Micros) -> Result<u64>;
     /// The keys that keep records, by name, after `after` (exclusive), at most `limit`.

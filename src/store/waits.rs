@@ -28,17 +28,15 @@ pub trait WaitStore: Send + Sync {
     async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>>;
 }
 
-/// The records each item of `items` has now (at most `needed` each), read from the store.
+/// The records each item of `items` has now (at most `needed` each), read from the store: their
+/// numbers only, never their payloads.
 pub async fn seen_now(store: &dyn SignalStore, items: &[WaitItem]) -> Result<Seen> {
     let mut out = Vec::with_capacity(items.len());
     for i in items {
-        let recs = store
-            .signals(&i.key, i.since.unwrap_or(0), i.needed as usize)
+        let seqs = store
+            .signal_seqs(&i.key, i.since.unwrap_or(0), i.needed as usize)
             .await?;
-        out.push((
-            recs.len() as u32,
-            recs.into_iter().map(|r| r.seq).collect::<Vec<_>>(),
-        ));
+        out.push((seqs.len() as u32, seqs));
     }
     Ok(out)
 }

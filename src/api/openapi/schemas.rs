@@ -206,8 +206,11 @@ pub struct SignalWritten {
 #[derive(ToSchema)]
 pub struct SignalList {
     pub key: String,
-    /// `{seq, at, id, payload}` each.
+    /// `{seq, at, id, payload}` each, by time (ties by `seq`).
     pub signals: Vec<Value>,
+    /// Pass as `since` for the next page: one microsecond after the last record's time, when the
+    /// page ended at its `limit` or at 4 MiB of records; null when no record follows.
+    pub next_since: Option<String>,
 }
 
 /// `GET /async/signals` (`signals::list_keys`).

@@ -7,6 +7,24 @@
 const LOOKED_UP = "runyard.signal-keys";
 const SIGNAL_LIMIT = 10000; // the API's largest page; a key keeps at most its 10,000 newest
 
+// A key's records, page by page (a page ends at about 4 MiB of records; `next_since` goes on):
+// the seq and time of each, and the newest five whole (payloads of the others are not kept).
+async function recordsOf(key) {
+  const times = [], newest = [];
+  let since = null;
+  do {
+    const q = `limit=${SIGNAL_LIMIT}${since === null ? "" : `&since=${encodeURIComponent(since)}`}`;
+    const page = await api(`/async/signals/${encodeURIComponent(key)}?${q}`);
+    for (const r of page.signals || []) {
+      times.push({ seq: r.seq, at: r.at });
+      newest.push(r);
+      if (newest.length > 5) newest.shift();
+    }
+    since = page.next_since ?? null;
+  } while (since !== null && times.length < SIGNAL_LIMIT);
+  return { times, newest };
+}
+
 function lookedUp() {
   try { return JSON.parse(sessionStorage.getItem(LOOKED_UP) || "[]"); } catch { return []; }
 }
@@ -65,9 +83,9 @@ async function signalsPage(params) {
       return;
     }
     const cards = await Promise.all(keys.map(async (key) => {
-      let recs, err = null;
-      try { recs = (await api(`/async/signals/${encodeURIComponent(key)}?limit=${SIGNAL_LIMIT}`)).signals || []; } catch (e) { recs = []; err = e.message; }
-      const latestFirst = recs.slice(-5).reverse();
+      let recs = [], newest = [], err = null;
+      try { ({ times: recs, newest } = await recordsOf(key)); } catch (e) { err = e.message; }
+      const latestFirst = newest.slice().reverse();
       const waiters = waitersByKey.get(key) || [];
       return h("section", { class: "card", "data-signal": key, "aria-label": `signal ${key}` },
         h("h2", { class: "mono" }, key),

@@ -1,6 +1,8 @@
 //! [`SignalStore`] for Redis: `P:sig:{key}` sorted set of records by time, `P:sigid:{key}` the
 //! records by client id, `P:sigseq` the sequence counter of each key, `P:sigkeys` keys by the
-//! time of their last record (retention). Appends are one script (`lua/signal_append.lua`).
+//! time of their last record (retention). Appends are one script (`lua/signal_append.lua`), reads
+//! another (`lua/signal_page.lua`: by rank, within a byte budget, so a read never copies a key's
+//! every payload).
 
 use std::sync::LazyLock;
 
@@ -10,11 +12,12 @@ use serde_json::Value;
 
 use super::{json_err, RedisStore};
 use crate::job::Micros;
-use crate::store::signals::{Signal, SignalKey, SignalStore, MAX_PER_KEY};
+use crate::store::signals::{Signal, SignalKey, SignalPage, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
 
 static APPEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/signal_append.lua")));
+static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/signal_page.lua")));
 static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/signal_trim.lua")));
 
 /// Keys examined per retention call.
@@ -58,15 +61,46 @@ impl SignalStore for RedisStore {
         Ok((s, created == 1))
     }
 
-    async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
-        let k = self.keyed("sig:", key);
-        let recs: Vec<String> = self.zrange_by_score(&k, since, "+inf", limit).await?;
-        let mut out = recs
+    async fn signals_page(
+        &self,
+        key: &str,
+        since: Micros,
+        limit: usize,
+        bytes: usize,
+    ) -> Result<SignalPage> {
+        let args = [
+            since.to_string(),
+            limit.to_string(),
+            bytes.to_string(),
+            "page".into(),
+        ];
+        let (more, recs): (i64, Vec<String>) = self
+            .run_script(&PAGE, &[self.keyed("sig:", key)], &args)
+            .await?;
+        let mut records = recs
             .iter()
             .map(|r| serde_json::from_str::<Signal>(r).map_err(json_err))
             .collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|s| s.seq);
-        Ok(out)
+        // The sorted set orders one microsecond's records by their text, the page by number.
+        records.sort_by_key(|s| (s.at, s.seq));
+        Ok(SignalPage {
+            records,
+            more: more == 1,
+        })
+    }
+
+    async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>> {
+        let args = [
+            since.to_string(),
+            limit.to_string(),
+            "0".into(),
+            "seqs".into(),
+        ];
+        let (_, mut seqs): (i64, Vec<u64>) = self
+            .run_script(&PAGE, &[self.keyed("sig:", key)], &args)
+            .await?;
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 
     async fn signals_trim(&self, before: Micros) -> Result<u64> {

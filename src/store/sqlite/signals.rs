@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{exec, json_err, row, row_opt, rows, SqliteStore};
 use crate::job::{Job, Micros};
-use crate::store::signals::{Signal, SignalKey, SignalStore, MAX_PER_KEY};
+use crate::store::signals::{page_ends, Signal, SignalKey, SignalPage, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
 
 /// The tables, created at open.
@@ -44,6 +44,11 @@ fn to_signal(r: Row) -> Result<Signal> {
             .transpose()
             .map_err(json_err)?,
     })
+}
+
+/// A record's size as stored, about as the Redis store counts it (its JSON text).
+fn stored_bytes(r: &Row) -> usize {
+    64 + r.0.len() + r.3.as_ref().map_or(0, String::len) + r.4.as_ref().map_or(0, String::len)
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -140,17 +145,52 @@ impl SignalStore for SqliteStore {
         .await
     }
 
-    async fn signals(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<Signal>> {
+    async fn signals_page(
+        &self,
+        key: &str,
+        since: Micros,
+        limit: usize,
+        bytes: usize,
+    ) -> Result<SignalPage> {
         let key = key.to_string();
         self.read(move |c| {
-            let rows: Vec<Row> = rows(
+            // Row by row on the `(key, at)` index (its entries end with the primary key's `seq`,
+            // so the order needs no sort): a record is parsed only once it is kept.
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT key, seq, at, sid, payload FROM signals INDEXED BY signals_at
+                         WHERE key = ?1 AND at >= ?2 ORDER BY at, seq",
+                )
+                .map_err(super::db_err)?;
+            let mut cur = stmt.query(params![key, since]).map_err(super::db_err)?;
+            let mut page = SignalPage::default();
+            let (mut used, mut last) = (0usize, None);
+            while let Some(r) = cur.next().map_err(super::db_err)? {
+                let at: i64 = r.get(2).map_err(super::db_err)?;
+                if page_ends(page.records.len(), used, last, at, limit, bytes) {
+                    page.more = true;
+                    break;
+                }
+                let row = read_row(r).map_err(super::db_err)?;
+                used += stored_bytes(&row);
+                last = Some(at);
+                page.records.push(to_signal(row)?);
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>> {
+        let key = key.to_string();
+        self.read(move |c| {
+            let seqs: Vec<i64> = rows(
                 c,
-                "SELECT key, seq, at, sid, payload FROM signals WHERE key = ?1 AND at >= ?2
-                     ORDER BY seq LIMIT ?3",
+                "SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 ORDER BY seq LIMIT ?3",
                 params![key, since, limit as i64],
-                read_row,
+                |r| r.get(0),
             )?;
-            rows.into_iter().map(to_signal).collect()
+            Ok(seqs.into_iter().map(|s| s.max(0) as u64).collect())
         })
         .await
     }
