@@ -55,6 +55,25 @@ def test_the_signals_page_shows_a_signal_sent_through_the_api(server, page):
     server.call("POST", f"/async/jobs/{waiting}/cancel")
 
 
+def test_the_signals_page_counts_records_past_one_answer(server, page):
+    # Seven records of 900 KB: the API answers them in pages of about 4 MiB (five, then two);
+    # the page follows `next_since` and shows all seven, the newest first.
+    key = f"big.loads.{uuid.uuid4().hex[:6]}"
+    waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key, "count": 10}], "deadline": "+1h"})
+    for i in range(7):
+        status, rec = server.call("POST", f"/async/signals/{key}", {"payload": {"i": i, "pad": "p" * 900_000}})
+        assert status == 201, rec
+    status, first = server.call("GET", f"/async/signals/{key}?limit=10000")
+    assert status == 200 and len(first["signals"]) < 7 and first["next_since"], len(first["signals"])
+
+    open_page(page, server, "/signals")
+    card = page.locator(f'[data-signal="{key}"]')
+    expect(card).to_contain_text("7 records kept", timeout=15000)
+    expect(card.locator('tr[data-seq="7"]')).to_contain_text('"i":6')
+    expect(card.locator(f'.waiters li[data-job="{waiting}"]')).to_contain_text("7 of 10")
+    server.call("POST", f"/async/jobs/{waiting}/cancel")
+
+
 def test_the_overview_charts_the_last_hour_and_shows_lease_holders(server, page):
     ok = [server.submit({"type": "noop.chart"}) for _ in range(3)]
     bad = [server.submit({"type": "fail.chart"}) for _ in range(2)]
