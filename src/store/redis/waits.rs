@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::RedisStore;
-use crate::job::wait::all_met;
+use crate::job::wait::{all_met, WaitItem};
 use crate::job::{Command, Job, JobStatus, Micros};
 use crate::store::waits::{counters, seen_now, WaitStore};
 use crate::store::{Result, StoreError};
@@ -24,6 +24,33 @@ static UNMARK: LazyLock<Script> = LazyLock::new(|| {
            return redis.call('ZREM', KEYS[1], ARGV[1]) end return 0",
     )
 });
+
+impl RedisStore {
+    /// Whether each item's key holds at least its `needed` records since its `since`
+    /// (`ZCOUNT`, pipelined).
+    async fn counts_reach(&self, items: &[WaitItem]) -> Result<bool> {
+        if items.is_empty() {
+            return Ok(true);
+        }
+        let keys: Vec<(String, Micros, u32)> = items
+            .iter()
+            .map(|i| (self.keyed("sig:", &i.key), i.since.unwrap_or(0), i.needed))
+            .collect();
+        let counts: Vec<u64> = self
+            .exec(true, |mut c| {
+                let mut pipe = ::redis::pipe();
+                for (k, since, _) in &keys {
+                    pipe.cmd("ZCOUNT").arg(k).arg(*since).arg("+inf");
+                }
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(keys
+            .iter()
+            .zip(counts)
+            .all(|((_, _, needed), n)| n >= u64::from(*needed)))
+    }
+}
 
 #[async_trait]
 impl WaitStore for RedisStore {
@@ -38,6 +65,11 @@ impl WaitStore for RedisStore {
         else {
             return Ok(false);
         };
+        // Counted first (one round trip, no record read): a signal marks every job waiting on
+        // its key, and most such checks find an item short.
+        if !self.counts_reach(&w.items).await? {
+            return Ok(false);
+        }
         let seen = seen_now(self, &w.items).await?;
         if !all_met(&w.items, &seen) {
             return Ok(false);
