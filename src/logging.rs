@@ -58,9 +58,17 @@ pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
 /// `s` as a terminal may show it: every C0 control but the tab, DEL and every C1 control (ESC,
 /// `\r`, BEL, `\u{9b}`, ...) replaced by a visible escape (`\x1b`, `\r`, `\x07`, `\u{9b}`), so
 /// that a job's output printed as text cannot move the cursor, erase lines, set the title or
-/// write the clipboard. Text output only: JSON output escapes them already.
+/// write the clipboard; the Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E,
+/// U+200F, U+061C) too, so that it cannot show its text in another order than it has; and a
+/// backslash doubled (`\\`), so that an escape shown is never text the job wrote. Text output
+/// only: JSON output escapes control characters already.
 pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
-    let shown = |c: char| c == '\t' || !(c.is_control());
+    let bidi = |c: char| {
+        matches!(c, '\u{200e}' | '\u{200f}' | '\u{61c}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    let shown = |c: char| c == '\t' || !(c.is_control() || bidi(c) || c == '\\');
     if s.chars().all(shown) {
         return std::borrow::Cow::Borrowed(s);
     }
@@ -68,6 +76,7 @@ pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
     for c in s.chars() {
         match c {
             c if shown(c) => out.push(c),
+            '\\' => out.push_str("\\\\"),
             '\r' => out.push_str("\\r"),
             '\n' => out.push_str("\\n"),
             c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
@@ -75,4 +84,25 @@ pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn controls_bidi_marks_and_backslashes_are_shown_as_escapes() {
+        assert!(matches!(
+            visible("plain text\tand é"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(visible("a\x1b[2Jb\r\n"), r"a\x1b[2Jb\r\n");
+        assert_eq!(
+            visible("x\u{202e}y\u{2066}z\u{200f}"),
+            r"x\u{202e}y\u{2066}z\u{200f}"
+        );
+        // A job writing an escape's text is told apart from one writing the character.
+        assert_eq!(visible(r"\x1b"), r"\\x1b");
+        assert_ne!(visible(r"\x1b"), visible("\x1b"));
+    }
 }

@@ -1049,7 +1049,9 @@ fn tokio_worker_threads_chooses_the_multi_thread_runtime() {
 }
 
 /// Audit 18, L3: a job's output cannot drive the operator's terminal: in text output its control
-/// characters (ESC, BEL, CR, C1) are shown as escapes; JSON output keeps the line as it is.
+/// characters (ESC, BEL, CR, C1) and bidirectional controls (U+202E) are shown as escapes, and a
+/// backslash it wrote is doubled (its `\x1b` text is not taken for an ESC); JSON output keeps
+/// the line as it is.
 #[test]
 fn logs_show_control_characters_of_a_job_as_escapes() {
     let s = serve(
@@ -1057,7 +1059,7 @@ fn logs_show_control_characters_of_a_job_as_escapes() {
 [[runners]]
 kind = "local"
 types = ["esc"]
-command = ["/bin/sh", "-c", "printf 'a\\033]0;title\\007b\\rc\\302\\233d\\te\\n'"]
+command = ["/bin/sh", "-c", "printf 'a\\033]0;title\\007b\\rc\\302\\233d\\te\\134x1b\\342\\200\\256z\\n'"]
 "#,
     );
     let sub = cli(&s.url, &["submit", "esc", "--wait"]);
@@ -1071,10 +1073,13 @@ command = ["/bin/sh", "-c", "printf 'a\\033]0;title\\007b\\rc\\302\\233d\\te\\n'
     }
     assert_eq!(
         texts_of(&stdout(&out)),
-        [r"a\x1b]0;title\x07b\rc\u{9b}d".to_string() + "\te"]
+        [r"a\x1b]0;title\x07b\rc\u{9b}d".to_string() + "\te" + r"\\x1b\u{202e}z"]
     );
     let json = json_lines(&cli(&s.url, &["logs", id, "--output", "json"]));
-    assert_eq!(json[0]["line"], "a\x1b]0;title\x07b\rc\u{9b}d\te");
+    assert_eq!(
+        json[0]["line"],
+        "a\x1b]0;title\x07b\rc\u{9b}d\te\\x1b\u{202e}z"
+    );
 }
 
 /// Audit 18, L5: a local job gets 0, 1 and 2 (its pipes) and no descriptor the server inherited
