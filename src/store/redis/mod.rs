@@ -55,6 +55,7 @@
 mod activity;
 mod batch;
 mod chanidx;
+mod clock;
 mod commit;
 mod counts;
 mod deliveries;
@@ -81,6 +82,8 @@ pub use write::commit_args;
 mod waits;
 mod write;
 
+use clock::{clock_anchor, CLOCK_AGREE};
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,8 +108,6 @@ const RELAY_QUEUE: usize = 8192;
 const DLV_IDLE: Duration = Duration::from_secs(1);
 /// How often [`RedisStore::now`] reads Redis's clock again.
 const CLOCK_RESYNC: Duration = Duration::from_secs(10);
-/// A wall clock this close to Redis's is taken as it is (µs).
-const CLOCK_AGREE: Micros = 100_000;
 
 /// What the Redis backend needs.
 #[derive(Debug, Clone)]
@@ -350,16 +351,7 @@ impl RedisStore {
                         let when = sent + rtt / 2;
                         let wall = now_us().saturating_sub(when.elapsed().as_micros() as i64);
                         let redis = secs.saturating_mul(1_000_000).saturating_add(us);
-                        // Redis read its clock anywhere within the round trip: a slow reply (a
-                        // Redis just restarted, loading its file) leaves the midpoint up to half
-                        // of it off, which alone must not make a node that agrees with Redis
-                        // stamp by a time that is off by as much.
-                        let slack = CLOCK_AGREE as u64 + rtt.as_micros() as u64 / 2;
-                        let at = if redis.abs_diff(wall) <= slack {
-                            wall
-                        } else {
-                            redis
-                        };
+                        let at = clock_anchor(redis, wall, rtt);
                         *self.clock.lock() = Some((at, when));
                         at.saturating_add(when.elapsed().as_micros() as i64)
                     }
