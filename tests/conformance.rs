@@ -163,7 +163,7 @@ conformance!(
     a_confined_listing_is_made_of_the_jobs_it_sees_only,
     signal_keys_are_listed_with_count_and_latest,
     signal_pages_stop_at_their_bytes_and_go_on_exactly_once,
-    signal_numbers_are_read_without_their_payloads,
+    signal_numbers_are_read_lowest_first_and_at_most_the_count,
     batch_submits_store_each_job_on_its_own,
 );
 
@@ -1893,7 +1893,7 @@ async fn signal_pages_stop_at_their_bytes_and_go_on_exactly_once(mut b: Backend)
     assert_eq!(r.payload, Some(json!({"i": 0, "pad": big})));
 }
 
-async fn signal_numbers_are_read_without_their_payloads(mut b: Backend) {
+async fn signal_numbers_are_read_lowest_first_and_at_most_the_count(mut b: Backend) {
     let s = b.store().await;
     let t0 = now_us();
     // A key whose own text looks like a record's number.
@@ -1921,6 +1921,22 @@ async fn signal_numbers_are_read_without_their_payloads(mut b: Backend) {
         vec![3, 4]
     );
     assert!(s.signal_seqs("none", 0, 5).await.expect("seqs").is_empty());
+    // Ten records of one microsecond (jobs finished together): a count of 3 reads 3, not the
+    // microsecond's ten; a payload holding the text of a record's number changes nothing.
+    for i in 0..10 {
+        let payload = json!({"note": format!(r#","seq":{},"at":5,"#, 900 + i)});
+        s.signal_append("tied", None, Some(payload), t0)
+            .await
+            .expect("append");
+    }
+    assert_eq!(
+        s.signal_seqs("tied", 0, 3).await.expect("seqs"),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        s.signal_seqs("tied", 0, 100).await.expect("seqs"),
+        (1..=10).collect::<Vec<u64>>()
+    );
     // Retention's cut shows.
     s.signals_trim(t0 + 450).await.expect("trim");
     assert_eq!(s.signal_seqs(key, 0, 100).await.expect("seqs"), vec![6]);

@@ -179,12 +179,15 @@ async fn list(
         .last()
         .filter(|_| page.more)
         .map(|s| rfc3339(s.at.saturating_add(1)));
+    // Each record moved into the answer (its payload is not copied).
+    let signals: Vec<Value> = page
+        .records
+        .into_iter()
+        .map(|s| json!({"seq": s.seq, "at": rfc3339(s.at), "id": s.id, "payload": s.payload}))
+        .collect();
     Ok(Json(json!({
         "key": key,
-        "signals": page.records
-            .iter()
-            .map(|s| json!({"seq": s.seq, "at": rfc3339(s.at), "id": s.id, "payload": s.payload}))
-            .collect::<Vec<_>>(),
+        "signals": signals,
         "next_since": next_since,
     })))
 }

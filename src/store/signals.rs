@@ -55,8 +55,9 @@ pub struct SignalPage {
 /// Where a page of records read in time order ends: before a record at `at` once the page holds
 /// `kept` records of `bytes` stored bytes, of which the last was written at `last`. A page ends
 /// at its `limit` or once its bytes reach `budget`, never between two records of one microsecond
-/// (so that `since` = the last time + 1 µs goes on with nothing skipped or repeated). The Redis
-/// read (`lua/signal_page.lua`) applies the same rule.
+/// (so that `since` = the last time + 1 µs goes on with nothing skipped or repeated), and never
+/// before its first record (a page that says more follows is never empty). The Redis read
+/// (`lua/signal_page.lua`) applies the same rule.
 pub fn page_ends(
     kept: usize,
     bytes: usize,
@@ -65,7 +66,7 @@ pub fn page_ends(
     limit: usize,
     budget: usize,
 ) -> bool {
-    (kept >= limit || bytes >= budget) && last != Some(at)
+    kept > 0 && (kept >= limit || bytes >= budget) && last != Some(at)
 }
 
 /// Checks a key: 1-200 bytes, no control characters. The error names what is wrong.

@@ -103,9 +103,18 @@ async function signalsPage(params) {
     list.replaceChildren(...cards);
   }
   await load().catch((e) => list.replaceChildren(h("p", { class: "error" }, e.message)));
-  // Records are not events: re-read every 5 s, and when a job's status changes (a release).
-  let pending = null;
-  const again = () => { if (!pending) pending = setTimeout(() => { pending = null; load().catch(() => {}); }, 500); };
+  // Records are not events: re-read every 5 s, and when a job's status changes (a release). One
+  // read at a time: a read still going (a key of large records takes many pages) is not joined
+  // by another.
+  let pending = null, reading = false;
+  const again = () => {
+    if (pending || reading) return;
+    pending = setTimeout(() => {
+      pending = null;
+      reading = true;
+      load().catch(() => {}).finally(() => { reading = false; });
+    }, 500);
+  };
   const off = onEvent(again);
   const timer = setInterval(again, 5000);
   leave = () => { off(); clearInterval(timer); clearTimeout(pending); };

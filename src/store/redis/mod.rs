@@ -42,7 +42,7 @@
 //! Time: every time the store writes or compares (lease expiries, the reaper's "expired",
 //! run records, events) is Redis's clock, read with `TIME` every [`CLOCK_RESYNC`] and carried
 //! forward with this process's monotonic clock in between ([`RedisStore::now`]); a node whose
-//! wall clock agrees with Redis's within [`CLOCK_AGREE`] uses its own reading, so the records of
+//! wall clock agrees with Redis's within [`clock::CLOCK_AGREE`] uses its own reading, so the records of
 //! the nodes of one host stay exactly ordered. Leases written by one node are judged by another,
 //! so they must not depend on each node's wall clock: a node whose clock is stepped forward
 //! would otherwise reap every other node's live leases, and one stepped back would write leases
@@ -82,7 +82,7 @@ pub use write::commit_args;
 mod waits;
 mod write;
 
-use clock::{clock_anchor, CLOCK_AGREE};
+use clock::clock_anchor;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -328,7 +328,7 @@ impl RedisStore {
     /// The store's time (µs since the epoch): Redis's clock, read with `TIME` at most every
     /// [`CLOCK_RESYNC`] and carried forward with the monotonic clock in between, so a step of
     /// this node's wall clock changes nothing. When this node's wall clock agrees with Redis's
-    /// within [`CLOCK_AGREE`] plus half the reading's round trip, the wall clock's reading is the
+    /// within [`clock::CLOCK_AGREE`] plus half the reading's round trip, the wall clock's reading is the
     /// anchor instead (the processes of one host then agree exactly). While Redis cannot be
     /// read, the last anchor is carried forward; before any, the wall clock is used. Never goes
     /// back within a process.
