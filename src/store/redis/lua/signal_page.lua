@@ -6,8 +6,9 @@
 -- numbers, read from each record's `"seq":N`; no byte budget, and at most the count: the lowest
 -- numbers of the last microsecond read).
 -- The rule of `page_ends` (src/store/signals.rs): a page ends at its count or its bytes, never
--- between two records of the same microsecond, and never before its first record. Records are read 8 at a time by rank, so the
--- script holds at most the page and 8 records more, whatever the key holds.
+-- between two records of the same microsecond, and never before its first record. Records are
+-- read 8 at a time by rank, so the script holds at most the page and 8 records more, whatever
+-- the key holds.
 -- Returns {more, items}: more = 1 when the page was cut (records after its last may exist).
 local k = KEYS[1]
 local since, limit, budget, mode = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
