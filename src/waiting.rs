@@ -211,6 +211,20 @@ fn to_us(t: DateTime<Utc>) -> Micros {
     t.timestamp_micros()
 }
 
+/// The instant right after the gap a spring-forward leaves in `tz`'s local times, for a local
+/// time `naive` inside it: the first whole minute after it that exists (transitions fall on whole
+/// minutes), as the schedule's fires do (`schedule::cron`). Looks up to two days on (a zone that
+/// skipped a whole day, as Samoa at the end of 2011).
+fn after_gap(tz: chrono_tz::Tz, naive: chrono::NaiveDateTime) -> Option<DateTime<chrono_tz::Tz>> {
+    (1..=2 * 24 * 60).find_map(|m| {
+        match tz.from_local_datetime(&(naive + chrono::Duration::minutes(m))) {
+            chrono::LocalResult::Single(x) => Some(x),
+            chrono::LocalResult::Ambiguous(a, _) => Some(a),
+            chrono::LocalResult::None => None,
+        }
+    })
+}
+
 /// One of: RFC 3339; `+DURATION` / `-DURATION` (from `base`; `-` only for `since`); `HH:MM`
 /// local time in `tz` (the last one at or before `base` for `since`, the next one after it for
 /// `deadline`).
@@ -248,13 +262,10 @@ fn resolve_time(s: &str, base: Micros, tz: chrono_tz::Tz, dir: Dir) -> Result<Mi
             let at = match tz.from_local_datetime(&naive) {
                 chrono::LocalResult::Single(x) => x,
                 chrono::LocalResult::Ambiguous(a, _) => a,
-                chrono::LocalResult::None => {
-                    match tz.from_local_datetime(&(naive + chrono::Duration::hours(1))) {
-                        chrono::LocalResult::Single(x) => x,
-                        chrono::LocalResult::Ambiguous(a, _) => a,
-                        chrono::LocalResult::None => continue,
-                    }
-                }
+                chrono::LocalResult::None => match after_gap(tz, naive) {
+                    Some(x) => x,
+                    None => continue,
+                },
             };
             let us = to_us(at.with_timezone(&Utc));
             let ok = match dir {
@@ -423,11 +434,32 @@ mod tests {
         assert!(resolve_time("-30m", base, chrono_tz::UTC, Dir::After).is_err());
         assert!(resolve_time("25:00", base, chrono_tz::UTC, Dir::After).is_err());
         assert!(resolve_time("tomorrow", base, chrono_tz::UTC, Dir::After).is_err());
-        // 02:30 does not exist in Berlin on 2026-03-29: right after the gap (03:30 local).
+        // 02:30 does not exist in Berlin on 2026-03-29: right after the gap (03:00 local, 01:00Z).
         let spring = at("2026-03-29T12:00:00Z");
         assert_eq!(
             resolve_time("02:30", spring, berlin, Dir::Before).unwrap(),
-            at("2026-03-29T01:30:00Z")
+            at("2026-03-29T01:00:00Z")
+        );
+        // A schedule `30 2 * * *` fires right after the gap too (01:00Z): its `since: "02:30"`
+        // is that instant, not the day before's 02:30 (which would count yesterday's records).
+        let fire = at("2026-03-29T01:00:00Z");
+        assert_eq!(
+            resolve_time("02:30", fire, berlin, Dir::Before).unwrap(),
+            fire
+        );
+        assert_eq!(
+            resolve_time("02:30", at("2026-03-29T01:20:00Z"), berlin, Dir::Before).unwrap(),
+            fire
+        );
+        // A deadline of 02:30 asked before the gap: right after it, not half an hour later.
+        assert_eq!(
+            resolve_time("02:30", at("2026-03-28T22:00:00Z"), berlin, Dir::After).unwrap(),
+            fire
+        );
+        let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        assert_eq!(
+            resolve_time("02:30", at("2026-03-08T07:00:00Z"), ny, Dir::Before).unwrap(),
+            at("2026-03-08T07:00:00Z")
         );
     }
 
