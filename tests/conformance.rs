@@ -164,6 +164,7 @@ conformance!(
     signal_keys_are_listed_with_count_and_latest,
     signal_pages_stop_at_their_bytes_and_go_on_exactly_once,
     signal_numbers_are_read_lowest_first_and_at_most_the_count,
+    a_signal_id_is_kept_as_long_as_its_record,
     batch_submits_store_each_job_on_its_own,
 );
 
@@ -1940,6 +1941,62 @@ async fn signal_numbers_are_read_lowest_first_and_at_most_the_count(mut b: Backe
     // Retention's cut shows.
     s.signals_trim(t0 + 450).await.expect("trim");
     assert_eq!(s.signal_seqs(key, 0, 100).await.expect("seqs"), vec![6]);
+}
+
+async fn a_signal_id_is_kept_as_long_as_its_record(mut b: Backend) {
+    let s = b.store().await;
+    let t0 = now_us();
+    let put = |id: &'static str, at: i64| {
+        let s = s.clone();
+        async move {
+            let (rec, created) = s
+                .signal_append("k", Some(id.into()), Some(json!(id)), at)
+                .await
+                .expect("append");
+            (rec.seq, created)
+        }
+    };
+    assert_eq!(put("a", t0).await, (1, true));
+    assert_eq!(put("b", t0 + 100).await, (2, true));
+    // A retry with a kept record's id writes nothing.
+    assert_eq!(put("a", t0 + 200).await, (1, false));
+    // Retention takes a's record, and its id with it: the same id is a new record.
+    s.signals_trim(t0 + 50).await.expect("trim");
+    assert_eq!(put("b", t0 + 300).await, (2, false));
+    assert_eq!(put("a", t0 + 400).await, (3, true));
+    assert_eq!(put("a", t0 + 500).await, (3, false));
+    // The cap (the newest 10,000 records of a key) takes ids the same way.
+    let first = s
+        .signal_append("capped", Some("first".into()), None, t0)
+        .await
+        .expect("append");
+    assert!(first.1);
+    for i in 1..10_000 {
+        s.signal_append("capped", None, None, t0 + i)
+            .await
+            .expect("append");
+    }
+    let again = s
+        .signal_append("capped", Some("first".into()), None, t0 + 20_000)
+        .await
+        .expect("append");
+    assert_eq!(
+        (again.0.seq, again.1),
+        (1, false),
+        "still kept: 10,000 records"
+    );
+    s.signal_append("capped", None, None, t0 + 20_001)
+        .await
+        .expect("append");
+    let after_cap = s
+        .signal_append("capped", Some("first".into()), None, t0 + 20_002)
+        .await
+        .expect("append");
+    assert_eq!(
+        (after_cap.0.seq, after_cap.1),
+        (10_002, true),
+        "cut by the cap"
+    );
 }
 
 async fn batch_submits_store_each_job_on_its_own(mut b: Backend) {

@@ -41,6 +41,7 @@ impl SignalStore for RedisStore {
             self.key("waitdue"),
             self.key("waitgen"),
             self.key("notices"),
+            self.keyed("sigidt:", key),
         ];
         let args = [
             key.to_string(),
@@ -109,6 +110,7 @@ impl SignalStore for RedisStore {
             TRIM_KEYS.to_string(),
             self.key("sig:"),
             self.key("sigid:"),
+            self.key("sigidt:"),
         ];
         let n: i64 = self
             .run_script(&TRIM, &[self.key("sigkeys")], &args)

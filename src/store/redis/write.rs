@@ -135,6 +135,7 @@ impl Write {
             for k in &j.emits {
                 p.own("sig", "sig:", k);
                 p.own("sigid", "sigid:", k);
+                p.own("sigidt", "sigidt:", k);
                 p.own("sigw", "waitk:", k);
             }
         }

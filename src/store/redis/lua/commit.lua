@@ -46,8 +46,8 @@
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
 --   `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
---   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigw`
---   `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
+--   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigidt`
+--   `P:sigidt:{key}`, `sigw` `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
 -- What a declared key means:
 --   all: ZADD (a submit); idem: the submit's key is checked and set; jc: the job counts move
 --   from the stored status to `st` (see counts.lua); stold / stnew: the status index entries
@@ -71,7 +71,7 @@ local SHARED = {
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
   ev = true, evwant = true, evlsince = true,
 }
-local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigw = true }
+local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigidt = true, sigw = true }
 
 -- The call's values (H) and its writes (W), read from the name/value pairs.
 local H, W = {}, {}
@@ -163,6 +163,17 @@ local function wait_move(w, K)
   end
 end
 
+-- After records of a signal key were cut by rank: the client ids of records older than its oldest
+-- kept one are forgotten with them (`P:sigidt:{key}` holds each id by its record's time; see
+-- signal_append.lua, which does the same).
+local function forget_ids_before(sig, sid, sidt)
+  local oldest = redis.call('ZRANGE', sig, 0, 0, 'WITHSCORES')[2]
+  if not oldest then return end
+  local gone = redis.call('ZRANGEBYSCORE', sidt, '-inf', '(' .. oldest)
+  for _, cid in ipairs(gone) do redis.call('HDEL', sid, cid) end
+  redis.call('ZREMRANGEBYSCORE', sidt, '-inf', '(' .. oldest)
+end
+
 -- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
 -- signalled by this job is not signalled twice), written with the job.
 local function emit(w, K)
@@ -170,6 +181,7 @@ local function emit(w, K)
   for skey in string.gmatch(w.emits, '[^\n]+') do
     i = i + 1
     local sig, sid, wk = K.sig[i], K.sigid[i], K.sigw[i]
+    local sidt = (K.sigidt or {})[i]
     local cid = 'job:' .. id
     if not redis.call('HGET', sid, cid) then
       local seq = redis.call('HINCRBY', K.sigseq, skey, 1)
@@ -177,7 +189,11 @@ local function emit(w, K)
         ',"id":' .. cjson.encode(cid) .. ',"payload":{"job_id":' .. cjson.encode(id) .. '}}'
       redis.call('ZADD', sig, w.fin, rec)
       redis.call('HSET', sid, cid, rec)
-      if redis.call('ZCARD', sig) > 10000 then redis.call('ZREMRANGEBYRANK', sig, 0, -10001) end
+      if sidt then redis.call('ZADD', sidt, w.fin, cid) end
+      if redis.call('ZCARD', sig) > 10000 then
+        redis.call('ZREMRANGEBYRANK', sig, 0, -10001)
+        if sidt then forget_ids_before(sig, sid, sidt) end
+      end
       redis.call('ZADD', K.sigkeys, w.fin, skey)
       for _, wid in ipairs(redis.call('SMEMBERS', wk)) do mark_due(K, wid) end
     end

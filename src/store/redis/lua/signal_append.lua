@@ -4,7 +4,9 @@
 -- `P:sigid:{key}` client id -> record JSON, KEYS[3] `P:sigseq` key -> last sequence number,
 -- KEYS[4] `P:sigkeys` key -> time of its last record, KEYS[5] `P:waitk:{key}` the jobs waiting
 -- on the key, KEYS[6] `P:waitdue` jobs to check, KEYS[7] `P:waitgen` check generations,
--- KEYS[8] the notice channel (see commit.lua for the waiting keys).
+-- KEYS[8] the notice channel (see commit.lua for the waiting keys), KEYS[9] `P:sigidt:{key}` the
+-- client ids by the time of their record (so that an id is forgotten with its record: by the cap
+-- here, by retention in signal_trim.lua).
 -- ARGV[1] key, ARGV[2] the key as a JSON string, ARGV[3] client id ('' = none), ARGV[4] the id as
 -- JSON, ARGV[5] time (µs), ARGV[6] payload JSON ('' = none), ARGV[7] records kept per key.
 -- Returns {1, record} when written, {0, earlier record} for an id already used.
@@ -20,10 +22,19 @@ if ARGV[3] ~= '' then id = ARGV[4] end
 local rec = '{"key":' .. ARGV[2] .. ',"seq":' .. seq .. ',"at":' .. ARGV[5] .. ',"id":' .. id ..
   ',"payload":' .. payload .. '}'
 redis.call('ZADD', KEYS[1], ARGV[5], rec)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], rec) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[3], rec)
+  redis.call('ZADD', KEYS[9], ARGV[5], ARGV[3])
+end
 local keep = tonumber(ARGV[7])
 if redis.call('ZCARD', KEYS[1]) > keep then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(keep + 1))
+  -- The ids of the records cut go with them: those older than the oldest record kept (an id
+  -- written in the same microsecond as it stays, until retention).
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', '(' .. oldest)
+  for _, cid in ipairs(gone) do redis.call('HDEL', KEYS[2], cid) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. oldest)
 end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 local waiting = redis.call('SMEMBERS', KEYS[5])
