@@ -430,6 +430,35 @@ async fn waiting_redis() {
     many_waiting(&ts, 10_000).await;
 }
 
+/// Redis checks a waiting job after a signal's write, not in it (`P:waitdue`): a record that came
+/// before the deadline while its check had not run yet (here written with no mark at all, as a
+/// check stuck behind thousands of others) releases the job at its deadline, as the embedded
+/// store would have at the record, instead of failing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"waiting-test-master-key-0123456789\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    let id = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "late.k"}],
+            "deadline": "+1500ms", "on_deadline": "fail"}),
+        )
+        .await;
+    let at = runyard::job::now_us().to_string();
+    let rec = format!(r#"{{"key":"late.k","seq":1,"at":{at},"id":null,"payload":null}}"#);
+    let key = format!("{}:sig:late.k", r.prefix);
+    assert_eq!(r.cli(&["ZADD", &key, &at, &rec]).trim(), "1");
+    let j = ts.wait_status(&id, "SUCCESS", WAIT).await;
+    assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
+    assert_eq!(j["wait"]["items"][0]["signal_ids"], json!([1]), "{j:#}");
+}
+
 /// The embedded store across a restart: a record written before and one after release the job;
 /// a deadline that passed while the server was down fires at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

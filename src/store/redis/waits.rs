@@ -130,6 +130,18 @@ impl WaitStore for RedisStore {
                 self.zrem(key.clone(), id).await?;
                 continue;
             };
+            // Signals are checked after their write here, not in it (`P:waitdue`): a job whose
+            // records all came while its mark waited is released by them, as the embedded store
+            // would have done at the last record, not failed or skipped by its deadline.
+            match self.wait_check(uuid).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(StoreError::NotFound) => {
+                    self.zrem(key.clone(), id).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             // Several nodes fire at once: the compare-and-set lets one through, the others find
             // the job no longer WAITING and are refused.
             match self.apply_cmd(uuid, Command::WaitDeadline).await {
