@@ -115,6 +115,19 @@ async fn deadlines(ts: &TestServer) {
     let forever = ts
         .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "never.sent"}]}))
         .await;
+    // Part of what it waits for came: the error names only the key short of its count, and the
+    // job keeps the records it had.
+    let (a, b) = (
+        format!("part.a.{}", ids.len()),
+        format!("part.b.{}", ids.len()),
+    );
+    let partial = ts
+        .submit_ok(json!({"type": "runyard.noop",
+            "wait_for": [{"key": a}, {"key": b, "count": 2}],
+            "deadline": "+1500ms", "on_deadline": "fail"}))
+        .await;
+    let sa = signal(ts, &a).await["seq"].as_u64().expect("seq");
+    let sb = signal(ts, &b).await["seq"].as_u64().expect("seq");
     // Not before the deadline.
     for id in &ids {
         assert_eq!(ts.get_job(id).await["status"], "WAITING");
@@ -137,6 +150,22 @@ async fn deadlines(ts: &TestServer) {
         fail["runs"],
         json!([]),
         "a failed deadline never ran: {fail:#}"
+    );
+    let part = ts.wait_status(&partial, "ERROR", WAIT).await;
+    let err = part["error"].as_str().unwrap_or("");
+    assert!(err.starts_with("deadline_missed"), "{part:#}");
+    assert!(
+        err.contains(&b) && !err.contains(&a),
+        "names {b} only: {err}"
+    );
+    let items = &part["wait"]["items"];
+    assert_eq!(
+        (items[0]["seen"].clone(), items[0]["signal_ids"].clone()),
+        (json!(1), json!([sa]))
+    );
+    assert_eq!(
+        (items[1]["seen"].clone(), items[1]["signal_ids"].clone()),
+        (json!(1), json!([sb]))
     );
     let skip = ts.wait_status(&ids[2], "CANCELLED", WAIT).await;
     assert!(

@@ -101,8 +101,12 @@ pub enum Command {
         seen: super::wait::Seen,
     },
     /// A WAITING job's deadline passed: QUEUED (`run`), ERROR `deadline_missed` (`fail`) or
-    /// CANCELLED `skipped` (`skip`).
-    WaitDeadline,
+    /// CANCELLED `skipped` (`skip`). The store read the records there are (`seen`, as for
+    /// `WaitRelease`): the job keeps them, and the error names the keys still short.
+    WaitDeadline {
+        /// Per item of `wait.items`.
+        seen: super::wait::Seen,
+    },
     /// Attach a file to a property: by a client (any non-terminal status) or by the running job
     /// itself through the hook (`by_job`: only while active).
     AttachFile {
@@ -424,7 +428,7 @@ fn apply_inner(
             by_job,
         } => manage::attach_file(job, property, file, by_job),
         Command::WaitRelease { seen } => manage::wait_release(job, ctx, seen),
-        Command::WaitDeadline => manage::wait_deadline(job, ctx),
+        Command::WaitDeadline { seen } => manage::wait_deadline(job, ctx, seen),
         Command::Promote => manage::promote(job, ctx),
     }
 }
@@ -942,7 +946,7 @@ mod tests {
                 token: 1,
                 lease_until: 9,
             },
-            Command::WaitDeadline,
+            Command::WaitDeadline { seen: vec![] },
         ] {
             assert!(apply(&mut j, cmd, &ctx(999)).is_err());
             assert_eq!(j, before);
@@ -960,14 +964,14 @@ mod tests {
         assert_eq!(w.released_by, Some(ReleasedBy::Signals));
         assert_eq!(w.items[0].signal_ids, vec![4, 5]);
         // Released once: the deadline no longer applies.
-        assert!(apply(&mut j, Command::WaitDeadline, &ctx(2_000)).is_err());
+        assert!(apply(&mut j, Command::WaitDeadline { seen: vec![] }, &ctx(2_000)).is_err());
         for (on, status, word) in [
             (OnDeadline::Run, JobStatus::Queued, None),
             (OnDeadline::Fail, JobStatus::Error, Some("deadline_missed")),
             (OnDeadline::Skip, JobStatus::Cancelled, Some("skipped")),
         ] {
             let mut j = waiting(on);
-            apply(&mut j, Command::WaitDeadline, &ctx(1_000)).unwrap();
+            apply(&mut j, Command::WaitDeadline { seen: vec![] }, &ctx(1_000)).unwrap();
             assert_eq!(j.status, status);
             assert_eq!(
                 j.wait.as_ref().unwrap().released_by,

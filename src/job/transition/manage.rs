@@ -89,6 +89,7 @@ pub(super) fn wait_release(
 pub(super) fn wait_deadline(
     job: &mut Job,
     ctx: &ApplyCtx,
+    seen: Seen,
 ) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
     let due = job
@@ -105,7 +106,17 @@ pub(super) fn wait_deadline(
     w.released_by = Some(ReleasedBy::Deadline);
     w.released_at = Some(now);
     let deadline = crate::job::rfc3339(w.deadline.unwrap_or(now));
-    let missing: Vec<String> = w.items.iter().map(|i| i.key.clone()).collect();
+    // What came is kept (a `count` of 3 with 2 records shows 2); the error names the keys short.
+    for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
+        item.seen = n;
+        item.signal_ids = ids;
+    }
+    let missing: Vec<String> = w
+        .items
+        .iter()
+        .filter(|i| i.seen < i.needed)
+        .map(|i| i.key.clone())
+        .collect();
     match w.on_deadline {
         OnDeadline::Run => set_status(job, Queued, now),
         OnDeadline::Fail => {

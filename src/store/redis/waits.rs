@@ -130,24 +130,31 @@ impl WaitStore for RedisStore {
                 self.zrem(key.clone(), id).await?;
                 continue;
             };
+            let Some((job, _)) = self.load(uuid).await? else {
+                self.zrem(key.clone(), id).await?;
+                continue;
+            };
+            let items = job
+                .wait
+                .as_ref()
+                .map(|w| w.items.clone())
+                .unwrap_or_default();
+            let seen = seen_now(self, &items).await?;
             // Signals are checked after their write here, not in it (`P:waitdue`): a job whose
             // records all came while its mark waited is released by them, as the embedded store
             // would have done at the last record, not failed or skipped by its deadline.
-            match self.wait_check(uuid).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(StoreError::NotFound) => {
-                    self.zrem(key.clone(), id).await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            // Several nodes fire at once: the compare-and-set lets one through, the others find
-            // the job no longer WAITING and are refused.
-            match self.apply_cmd(uuid, Command::WaitDeadline).await {
+            let cmd = if all_met(&items, &seen) {
+                Command::WaitRelease { seen }
+            } else {
+                Command::WaitDeadline { seen }
+            };
+            let by_signals = matches!(cmd, Command::WaitRelease { .. });
+            match self.apply_cmd(uuid, cmd).await {
                 Ok(j) => {
                     counters().count_release(&j);
-                    out.push(j);
+                    if !by_signals {
+                        out.push(j);
+                    }
                 }
                 Err(StoreError::Transition(_)) => {
                     // Still there after the winner's commit removed it: an entry left behind.

@@ -155,7 +155,13 @@ impl WaitStore for SqliteStore {
                     leave_in(ctx.conn, &id)?;
                     continue;
                 };
-                match apply_in(ctx, &mut job, Command::WaitDeadline, now) {
+                let items = job
+                    .wait
+                    .as_ref()
+                    .map(|w| w.items.clone())
+                    .unwrap_or_default();
+                let seen = seen_in(ctx.conn, &items)?;
+                match apply_in(ctx, &mut job, Command::WaitDeadline { seen }, now) {
                     Ok(()) => out.push(job),
                     // No longer waiting (an index entry left behind): drop it.
                     Err(StoreError::Transition(_)) => leave_in(ctx.conn, &id)?,
