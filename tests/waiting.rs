@@ -488,6 +488,32 @@ async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
     assert_eq!(j["wait"]["items"][0]["signal_ids"], json!([1]), "{j:#}");
 }
 
+/// A waiting job Redis cannot check (its hash unreadable, as one written by a build this one
+/// cannot read) does not hold up the checks marked after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"waiting-test-master-key-0123456789\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    let bad = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}]}))
+        .await;
+    let good = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.b"}]}))
+        .await;
+    let job_key = format!("{}:job:{bad}", r.prefix);
+    assert_eq!(r.cli(&["HSET", &job_key, "b", "not a job"]).trim(), "0");
+    signal(&ts, "blk.a").await;
+    signal(&ts, "blk.b").await;
+    let j = ts.wait_status(&good, "SUCCESS", WAIT).await;
+    assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
+}
+
 /// The embedded store across a restart: a record written before and one after release the job;
 /// a deadline that passed while the server was down fires at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
