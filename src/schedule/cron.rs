@@ -86,7 +86,7 @@ impl CronSpec {
             _ => None,
         };
         let every_hour = match hour {
-            Some(h) => h == "*" || h == "?",
+            Some(h) => covers_every_hour(h),
             None => text.eq_ignore_ascii_case("@hourly"),
         };
         let spec = Self {
@@ -166,8 +166,10 @@ impl CronSpec {
             if after > before {
                 // Spring forward: wall times in [T+before, T+after) never happen. If the match
                 // found under the old offset lies in that gap, it fires once, right after it.
+                // A pattern of every hour follows the new clock instead (as cron does): its
+                // times in the missing hour are not made up, the next is an hour after the last.
                 let gap_end_wall = t.timestamp() + after;
-                if c.timestamp() + before < gap_end_wall {
+                if c.timestamp() + before < gap_end_wall && !self.every_hour {
                     return Some(t);
                 }
                 x = t;
@@ -265,6 +267,40 @@ impl CronSpec {
     }
 }
 
+/// Whether an hour field names all 24 hours (`*`, `?`, `*/1`, `0-23`, `0-11,12-23`, ...): such a
+/// pattern follows the clock through daylight-saving changes (see [`CronSpec::next_after`]); a
+/// field it cannot read counts as naming fixed hours.
+fn covers_every_hour(field: &str) -> bool {
+    let mut hours = [false; 24];
+    for item in field.split(',') {
+        // `a/n` starts at `a` and runs to the field's end.
+        let (range, step, stepped) = match item.split_once('/') {
+            Some((r, s)) => match s.parse::<usize>() {
+                Ok(s) if s > 0 => (r, s, true),
+                _ => return false,
+            },
+            None => (item, 1, false),
+        };
+        let (lo, hi) = match range {
+            "*" | "?" => (0, 23),
+            r => match r.split_once('-') {
+                Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                    (Ok(a), Ok(b)) if a <= b && b < 24 => (a, b),
+                    _ => return false,
+                },
+                None => match r.parse::<usize>() {
+                    Ok(h) if h < 24 => (h, if stepped { 23 } else { h }),
+                    _ => return false,
+                },
+            },
+        };
+        for h in (lo..=hi).step_by(step) {
+            hours[h] = true;
+        }
+    }
+    hours.iter().all(|h| *h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +336,45 @@ mod tests {
             fires("*/20 2 * * *", "Europe/Berlin", "2026-03-29T00:30:00Z", 2),
             vec!["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"]
         );
+    }
+
+    #[test]
+    fn a_pattern_of_every_hour_follows_the_new_clock_at_spring_forward() {
+        // 2026-03-29 in Paris: 02:30 does not exist. `30 * * * *` fires 01:30 CET, then 03:30
+        // CEST, an hour later (it fired at 03:00 too, half an hour after 01:30 and before 03:30).
+        for pattern in [
+            "30 * * * *",
+            "30 */1 * * *",
+            "30 0-23 * * *",
+            "30 0-11,12-23 * * *",
+        ] {
+            assert_eq!(
+                fires(pattern, "Europe/Paris", "2026-03-29T00:00:00Z", 3),
+                vec![
+                    "2026-03-29T00:30:00Z", // 01:30 CET
+                    "2026-03-29T01:30:00Z", // 03:30 CEST
+                    "2026-03-29T02:30:00Z",
+                ],
+                "{pattern}"
+            );
+        }
+        // Fixed hours keep their one fire right after the gap.
+        assert_eq!(
+            fires("30 1-2 * * *", "Europe/Paris", "2026-03-29T00:00:00Z", 2),
+            vec!["2026-03-29T00:30:00Z", "2026-03-29T01:00:00Z"]
+        );
+    }
+
+    #[test]
+    fn hour_fields_that_name_every_hour() {
+        for f in ["*", "?", "*/1", "0-23", "0-23/1", "0-11,12-23", "0/1"] {
+            assert!(covers_every_hour(f), "{f}");
+        }
+        for f in [
+            "*/2", "0-22", "1-23", "2", "0-23/2", "x", "5-3", "*/0", "0-24",
+        ] {
+            assert!(!covers_every_hour(f), "{f}");
+        }
     }
 
     #[test]
