@@ -3,6 +3,8 @@
 //! - `api_embedded` / `api_redis`: create (201, same body 200, other body 409), replace, pause,
 //!   resume, trigger, backfill, delete, and every refusal (bad cron, unknown zone, unknown policy
 //!   words, a job type no runner claims...) naming its field with nothing stored; on each backend.
+//! - `put_pause_state_embedded` / `_redis`: a `PUT` without `paused` keeps a paused schedule
+//!   paused; `paused: false` resumes it without making up the paused period (`misfire: all`).
 //! - `redis_cluster_fires_each_second_exactly_once`: a `*/1 * * * * *` schedule on two API and
 //!   two worker processes sharing one Redis, two of them `kill -9`'d along the way: one job per
 //!   fire time, no time missing.
@@ -433,6 +435,101 @@ async fn live_forbid(ts: &TestServer) {
             "two jobs of a forbid schedule overlapped: {spans:?}"
         );
     }
+}
+
+/// A `PUT` that leaves `paused` out keeps the schedule paused (a deploy tool re-sending the
+/// body with a changed `job.args`); one saying `paused: false` resumes it as `.../resume` does:
+/// with `misfire: all` and a 1 h window, the seconds it was paused are still not made up; one
+/// saying `paused: true` pauses it.
+async fn put_keeps_or_sets_pause(ts: &TestServer) {
+    let name = "paused-put";
+    let path = format!("/async/schedules/{name}");
+    let put = |b: Value| {
+        let url = ts.at(&path);
+        async move { send(&ts.client, reqwest::Method::PUT, url, Some(&b)).await }
+    };
+    let mut body = json!({"name": name, "cron": "*/1 * * * * *", "misfire": "all",
+                          "catchup_window": "1h",
+                          "job": {"type": "runyard.noop", "args": {"v": 1}}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = ts.post(&format!("{path}/pause"), None).await;
+    assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(true)), "{v}");
+    let paused_at = now_s();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    // The same body with other args, `paused` left out: still paused, nothing fires.
+    body["job"]["args"] = json!({"v": 2});
+    let (st, v) = put(body.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["job"]["args"], json!({"v": 2}), "{v}");
+    assert_eq!(
+        v["paused"], true,
+        "a PUT without `paused` keeps it paused: {v}"
+    );
+    assert_eq!(v["next_fires"], json!([]), "{v}");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ts.get(&path).await.1["paused"], true);
+    let fires = fires_of(&all_jobs(&ts.client, &ts.url).await, name);
+    assert!(
+        fires.keys().all(|t| (*t as f64) <= paused_at),
+        "fires while paused (paused at {paused_at}): {fires:?}"
+    );
+
+    // `paused: false`: resumes from the next fire time; the paused period is not made up.
+    body["paused"] = json!(false);
+    let resumed_at = now_s();
+    let (st, v) = put(body.clone()).await;
+    assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(false)), "{v}");
+    let next = v["next_fires"].as_array().cloned().unwrap_or_default();
+    assert_eq!(next.len(), 5, "{v}");
+    assert!(
+        next.iter()
+            .all(|t| secs(t.as_str().unwrap()) as f64 > resumed_at),
+        "resumed at {resumed_at}: {v}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fires = fires_of(&all_jobs(&ts.client, &ts.url).await, name);
+    let made_up: Vec<_> = fires
+        .keys()
+        .filter(|t| (**t as f64) > paused_at && (**t as f64) < resumed_at)
+        .collect();
+    assert!(
+        made_up.is_empty(),
+        "the paused period ({paused_at}..{resumed_at}) was made up: {made_up:?} of {fires:?}"
+    );
+    assert!(
+        fires.keys().any(|t| (*t as f64) > resumed_at),
+        "fires again after the resume: {fires:?}"
+    );
+
+    // `paused: true`: pauses, as `.../pause`.
+    body["paused"] = json!(true);
+    let (st, v) = put(body.clone()).await;
+    assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(true)), "{v}");
+    assert_eq!(ts.get(&path).await.1["paused"], true);
+    let (st, _) = send(&ts.client, reqwest::Method::DELETE, ts.at(&path), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_pause_state_embedded() {
+    let ts = TestServer::start(RUNNERS).await;
+    put_keeps_or_sets_pause(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_pause_state_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    put_keeps_or_sets_pause(&ts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

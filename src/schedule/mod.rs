@@ -110,6 +110,23 @@ impl Schedule {
         self.last_runs.iter().rev().find_map(|r| r.job_id)
     }
 
+    /// Pauses (`POST .../pause`, a `PUT` saying `paused: true`): no fire until resumed.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resumes a paused schedule at `now` (`POST .../resume`, a `PUT` saying `paused: false`):
+    /// it goes on from the next fire time after `now`; the times that passed while it was
+    /// paused are not made up (the misfire policy never sees them). Nothing when not paused.
+    pub fn resume(&mut self, now: Micros) {
+        if self.paused {
+            self.paused = false;
+            if let Ok(c) = self.cron() {
+                self.next_fire = c.next_after(to_utc(now)).map(to_us);
+            }
+        }
+    }
+
     /// The next `n` fire times after `now` (or after the pending `next_fire`).
     pub fn next_fires(&self, now: Micros, n: usize) -> Vec<Micros> {
         let Ok(c) = self.cron() else { return vec![] };

@@ -113,7 +113,8 @@ pub struct ScheduleSpec {
     pub catchup_window_ms: u64,
     /// Each job runs at a random-but-fixed delay in `[0, jitter)` after its fire time (ms).
     pub jitter_ms: u64,
-    /// Created paused.
+    /// The body's `paused` (false when left out): created paused. The state now is
+    /// [`Schedule::paused`].
     pub paused: bool,
 }
 
