@@ -3,6 +3,10 @@
 //! - `api_embedded` / `api_redis`: create (201, same body 200, other body 409), replace, pause,
 //!   resume, trigger, backfill, delete, and every refusal (bad cron, unknown zone, unknown policy
 //!   words, a job type no runner claims...) naming its field with nothing stored; on each backend.
+//! - `put_pause_state_embedded` / `_redis`: a `PUT` without `paused` keeps a paused schedule
+//!   paused; `paused: false` resumes it without making up the paused period (`misfire: all`).
+//! - `overlap_every_active_job_embedded` / `_redis`: `forbid` and `cancel_other` see every
+//!   active job of the schedule, a trigger's job does not hide the clock fire's still running.
 //! - `redis_cluster_fires_each_second_exactly_once`: a `*/1 * * * * *` schedule on two API and
 //!   two worker processes sharing one Redis, two of them `kill -9`'d along the way: one job per
 //!   fire time, no time missing.
@@ -433,6 +437,220 @@ async fn live_forbid(ts: &TestServer) {
             "two jobs of a forbid schedule overlapped: {spans:?}"
         );
     }
+}
+
+/// A `PUT` that leaves `paused` out keeps the schedule paused (a deploy tool re-sending the
+/// body with a changed `job.args`); one saying `paused: false` resumes it as `.../resume` does:
+/// with `misfire: all` and a 1 h window, the seconds it was paused are still not made up; one
+/// saying `paused: true` pauses it.
+async fn put_keeps_or_sets_pause(ts: &TestServer) {
+    let name = "paused-put";
+    let path = format!("/async/schedules/{name}");
+    let put = |b: Value| {
+        let url = ts.at(&path);
+        async move { send(&ts.client, reqwest::Method::PUT, url, Some(&b)).await }
+    };
+    let mut body = json!({"name": name, "cron": "*/1 * * * * *", "misfire": "all",
+                          "catchup_window": "1h",
+                          "job": {"type": "runyard.noop", "args": {"v": 1}}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = ts.post(&format!("{path}/pause"), None).await;
+    assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(true)), "{v}");
+    let paused_at = now_s();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    // The same body with other args, `paused` left out: still paused, nothing fires.
+    body["job"]["args"] = json!({"v": 2});
+    let (st, v) = put(body.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["job"]["args"], json!({"v": 2}), "{v}");
+    assert_eq!(
+        v["paused"], true,
+        "a PUT without `paused` keeps it paused: {v}"
+    );
+    assert_eq!(v["next_fires"], json!([]), "{v}");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(ts.get(&path).await.1["paused"], true);
+    let fires = fires_of(&all_jobs(&ts.client, &ts.url).await, name);
+    assert!(
+        fires.keys().all(|t| (*t as f64) <= paused_at),
+        "fires while paused (paused at {paused_at}): {fires:?}"
+    );
+
+    // `paused: false`: resumes from the next fire time; the paused period is not made up.
+    body["paused"] = json!(false);
+    let resumed_at = now_s();
+    let (st, v) = put(body.clone()).await;
+    assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(false)), "{v}");
+    let next = v["next_fires"].as_array().cloned().unwrap_or_default();
+    assert_eq!(next.len(), 5, "{v}");
+    assert!(
+        next.iter()
+            .all(|t| secs(t.as_str().unwrap()) as f64 > resumed_at),
+        "resumed at {resumed_at}: {v}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fires = fires_of(&all_jobs(&ts.client, &ts.url).await, name);
+    let made_up: Vec<_> = fires
+        .keys()
+        .filter(|t| (**t as f64) > paused_at && (**t as f64) < resumed_at)
+        .collect();
+    assert!(
+        made_up.is_empty(),
+        "the paused period ({paused_at}..{resumed_at}) was made up: {made_up:?} of {fires:?}"
+    );
+    assert!(
+        fires.keys().any(|t| (*t as f64) > resumed_at),
+        "fires again after the resume: {fires:?}"
+    );
+
+    // `paused: true`: pauses, as `.../pause`.
+    body["paused"] = json!(true);
+    let (st, v) = put(body.clone()).await;
+    assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(true)), "{v}");
+    assert_eq!(ts.get(&path).await.1["paused"], true);
+    let (st, _) = send(&ts.client, reqwest::Method::DELETE, ts.at(&path), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_pause_state_embedded() {
+    let ts = TestServer::start(RUNNERS).await;
+    put_keeps_or_sets_pause(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_pause_state_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    put_keeps_or_sets_pause(&ts).await;
+}
+
+/// Runners of the overlap test: a job of `long.*` runs 30 s (cancelled before then).
+const LONG_RUNNERS: &str = r#"
+[[runners]]
+name = "long"
+kind = "local"
+types = ["long.*"]
+command = ["sleep", "30"]
+concurrency = 16
+"#;
+
+/// The jobs of schedule `name`, oldest first.
+async fn jobs_of(ts: &TestServer, name: &str) -> Vec<Value> {
+    let mut jobs: Vec<Value> = all_jobs(&ts.client, &ts.url)
+        .await
+        .into_iter()
+        .filter(|j| j["schedule"] == name)
+        .collect();
+    jobs.sort_by_key(|j| j["created_at"].as_str().unwrap_or("").to_string());
+    jobs
+}
+
+/// The overlap policy looks at every active job of the schedule, not only the last one it
+/// recorded: a trigger's job that ended (or runs) does not hide the clock fire's job still
+/// running. `forbid`: a per-second schedule whose first job runs 30 s, with a trigger whose job
+/// is cancelled at once, submits nothing more. `cancel_other`: with a trigger's job running next
+/// to a clock fire's, the next fire cancels both, so one job runs at a time.
+async fn overlap_sees_every_active_job(ts: &TestServer) {
+    let first_job = |name: &'static str| async move {
+        support::eventually(&format!("`{name}` fires"), WAIT, || async {
+            jobs_of(ts, name).await.into_iter().next()
+        })
+        .await
+    };
+    // forbid
+    let body = json!({"name": "fb", "cron": "*/1 * * * * *", "overlap": "forbid",
+                      "misfire": "skip", "job": {"type": "long.run"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let a = first_job("fb").await;
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let (st, t) = ts.post("/async/schedules/fb/trigger", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{t}");
+    let t_id = t["job_id"].as_str().unwrap().to_string();
+    let (st, v) = ts.post(&format!("/async/jobs/{t_id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    ts.wait_terminal(&t_id, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = ts.post("/async/schedules/fb/pause", None).await;
+    let ids: Vec<String> = jobs_of(ts, "fb")
+        .await
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![a_id.clone(), t_id.clone()],
+        "forbid: no fire while the first job runs, though the trigger's job ended: {v}"
+    );
+    assert!(!support::is_terminal(&ts.get_job(&a_id).await["status"]));
+    assert!(
+        v["counters"]["skipped_overlaps"].as_u64().unwrap() >= 2,
+        "{v}"
+    );
+    let (st, _) = ts.post(&format!("/async/jobs/{a_id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // cancel_other
+    let body = json!({"name": "co", "cron": "*/1 * * * * *", "overlap": "cancel_other",
+                      "misfire": "skip", "job": {"type": "long.run"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    first_job("co").await;
+    let (st, t) = ts.post("/async/schedules/co/trigger", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{t}");
+    // Two more fires at least, each deciding after the trigger's job was recorded.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = ts.post("/async/schedules/co/pause", None).await;
+    // The last fire's cancels are done before its job is submitted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let jobs = jobs_of(ts, "co").await;
+    assert!(jobs.len() >= 3, "{jobs:?}");
+    let active: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| !support::is_terminal(&j["status"]))
+        .collect();
+    assert_eq!(
+        active.len(),
+        1,
+        "cancel_other: only the newest job runs; active: {active:?}; schedule: {v}"
+    );
+    for j in active {
+        ts.post(
+            &format!("/async/jobs/{}/cancel", j["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_every_active_job_embedded() {
+    let ts = TestServer::start(LONG_RUNNERS).await;
+    overlap_sees_every_active_job(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_every_active_job_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(LONG_RUNNERS)
+        .config(&format!(
+            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+            r.url, r.prefix
+        ))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    overlap_sees_every_active_job(&ts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,8 @@ pub struct ScheduleBody {
     pub catchup_window: Option<Value>,
     /// Jitter: `"30s"` or seconds.
     pub jitter: Option<Value>,
-    /// Created paused.
+    /// POST: create paused (default false). PUT: `true` pauses, `false` resumes (as
+    /// `.../resume`: the paused period is not made up), left out keeps the current state.
     pub paused: Option<bool>,
 }
 
@@ -330,6 +331,9 @@ async fn replace(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
+    // `paused` left out keeps the schedule's state: re-sending a body (a deploy tool) neither
+    // resumes what an operator paused nor pauses what runs.
+    let asked_paused = body.paused;
     let (spec, proto, cron) = validate(&st, &caller, body, Some(&name)).await?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
@@ -346,9 +350,15 @@ async fn replace(
                 if !same_times || s.next_fire.is_none() {
                     s.next_fire = cron.next_after(to_utc(now)).map(to_us);
                 }
-                s.paused = spec.paused;
                 s.spec = spec.clone();
                 s.proto = proto.clone();
+                // As `.../pause` and `.../resume` (after the new pattern is in place: a resume
+                // goes on from its next time, the paused period is not made up).
+                match asked_paused {
+                    Some(true) => s.pause(),
+                    Some(false) => s.resume(now),
+                    None => {}
+                }
                 s.version = cur.version + 1;
                 s.updated_at = now;
                 (s, Some(cur.version), StatusCode::OK)
@@ -426,7 +436,7 @@ async fn update(
 #[utoipa::path(post, path = "/async/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
     responses((status = 200, description = "Paused", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
 async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    let s = update(&st, &name, |s, _| s.paused = true).await?;
+    let s = update(&st, &name, |s, _| s.pause()).await?;
     Ok(show(&s, StatusCode::OK))
 }
 
@@ -434,15 +444,7 @@ async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResul
 #[utoipa::path(post, path = "/async/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
     responses((status = 200, description = "Resumed", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
 async fn resume(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    let s = update(&st, &name, |s, now| {
-        if s.paused {
-            s.paused = false;
-            if let Ok(c) = s.cron() {
-                s.next_fire = c.next_after(to_utc(now)).map(to_us);
-            }
-        }
-    })
-    .await?;
+    let s = update(&st, &name, |s, now| s.resume(now)).await?;
     Ok(show(&s, StatusCode::OK))
 }
 

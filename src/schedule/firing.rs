@@ -84,14 +84,22 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
 }
 
 impl Firing {
-    /// Whether the schedule's latest job is still active.
+    /// Which of the schedule's recent jobs ([`Schedule::recent_jobs`]: its last
+    /// [`super::LAST_RUNS`] recorded runs, triggers and backfills included) are still active:
+    /// at most that many reads, made at once.
     async fn previous(&self, s: &Schedule) -> Result<Previous> {
-        let Some(id) = s.last_job() else {
-            return Ok(Previous::Idle);
-        };
-        Ok(match self.store.get(id).await? {
-            Some(j) if !j.status.is_terminal() => Previous::Active(id),
-            _ => Previous::Idle,
+        let ids = s.recent_jobs();
+        let jobs = futures::future::try_join_all(ids.iter().map(|id| self.store.get(*id))).await?;
+        let active: Vec<_> = ids
+            .into_iter()
+            .zip(jobs)
+            .filter(|(_, j)| j.as_ref().is_some_and(|j| !j.status.is_terminal()))
+            .map(|(id, _)| id)
+            .collect();
+        Ok(if active.is_empty() {
+            Previous::Idle
+        } else {
+            Previous::Active(active)
         })
     }
 
@@ -111,7 +119,7 @@ impl Firing {
             };
             let mut next = s.clone();
             let changed = match s.cron() {
-                Ok(c) => plan(&mut next, &c, now, prev),
+                Ok(c) => plan(&mut next, &c, now, &prev),
                 Err(e) => {
                     // A record this version cannot parse: stop firing it rather than spin.
                     tracing::error!(schedule = %name, error = ?e, "schedule pattern no longer parses; not firing it");
@@ -172,9 +180,9 @@ impl Firing {
             Some(cur) if cur.created_at == s.created_at => {}
             _ => return Err(StoreError::NotFound),
         }
-        if let Some(c) = p.cancel {
+        for c in p.cancel.iter().chain(&p.cancel_also) {
             // cancel_other: the job may have ended meanwhile; any refusal is fine.
-            if let Ok(j) = self.store.apply(c, Command::Cancel).await {
+            if let Ok(j) = self.store.apply(*c, Command::Cancel).await {
                 crate::outcomes::log_change(&j);
             }
         }
@@ -270,6 +278,7 @@ impl Firing {
                         fire_time: *t,
                         decided_at: now,
                         cancel: None,
+                        cancel_also: vec![],
                         manual: true,
                     });
                 }

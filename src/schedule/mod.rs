@@ -51,7 +51,7 @@ pub mod counters {
     pub static FIRES: AtomicU64 = AtomicU64::new(0);
     /// Fire times missed (misfire policy or catch-up window).
     pub static MISFIRES: AtomicU64 = AtomicU64::new(0);
-    /// Fires skipped because the previous job was still active.
+    /// Fires skipped because a job of the schedule was still active.
     pub static SKIPPED_OVERLAPS: AtomicU64 = AtomicU64::new(0);
 
     /// Adds to a counter.
@@ -105,9 +105,33 @@ impl Schedule {
         }
     }
 
-    /// The job of the latest submitted run.
-    pub fn last_job(&self) -> Option<Uuid> {
-        self.last_runs.iter().rev().find_map(|r| r.job_id)
+    /// The jobs its recorded runs name (the last [`LAST_RUNS`]: clock fires, triggers and
+    /// backfills alike), newest first, each once.
+    pub fn recent_jobs(&self) -> Vec<Uuid> {
+        let mut out: Vec<Uuid> = Vec::new();
+        for id in self.last_runs.iter().rev().filter_map(|r| r.job_id) {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Pauses (`POST .../pause`, a `PUT` saying `paused: true`): no fire until resumed.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resumes a paused schedule at `now` (`POST .../resume`, a `PUT` saying `paused: false`):
+    /// it goes on from the next fire time after `now`; the times that passed while it was
+    /// paused are not made up (the misfire policy never sees them). Nothing when not paused.
+    pub fn resume(&mut self, now: Micros) {
+        if self.paused {
+            self.paused = false;
+            if let Ok(c) = self.cron() {
+                self.next_fire = c.next_after(to_utc(now)).map(to_us);
+            }
+        }
     }
 
     /// The next `n` fire times after `now` (or after the pending `next_fire`).
@@ -169,19 +193,31 @@ impl Schedule {
     }
 }
 
-/// What [`plan`] knows about the schedule's latest job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`plan`] knows about the schedule's jobs: whether any of its recent ones
+/// ([`Schedule::recent_jobs`]) is still active, a trigger's or a backfill's as well as a clock
+/// fire's.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Previous {
-    /// No job, or it has ended.
+    /// None is active.
     Idle,
-    /// This job is still active (not terminal).
-    Active(Uuid),
+    /// These jobs are still active (not terminal), newest first; never empty.
+    Active(Vec<Uuid>),
+}
+
+impl Previous {
+    /// The active jobs, newest first.
+    pub fn jobs(&self) -> &[Uuid] {
+        match self {
+            Self::Idle => &[],
+            Self::Active(ids) => ids,
+        }
+    }
 }
 
 /// Decides what a wake-up at `now` does to `s`: moves `next_fire` past every due fire time,
 /// applies the misfire and overlap policies, moves a buffered fire to `pending` once the job
 /// before it ended. Returns false when nothing changed (nothing to write).
-pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool {
+pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> bool {
     let changed = release_buffered(s, now, prev);
     let Some(first) = s.next_fire.filter(|f| !s.paused && *f <= now) else {
         return changed;
@@ -220,17 +256,18 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: Previous) -> bool
     true
 }
 
-/// A buffered fire waits for the previous job to end: moves it to `pending` once it did, or sets
-/// when to look again. Returns whether `s` changed.
-fn release_buffered(s: &mut Schedule, now: Micros, prev: Previous) -> bool {
+/// A buffered fire waits for the schedule's active jobs to end: moves it to `pending` once they
+/// did, or sets when to look again. Returns whether `s` changed.
+fn release_buffered(s: &mut Schedule, now: Micros, prev: &Previous) -> bool {
     let Some(b) = s.buffered else {
         return false;
     };
-    if prev == Previous::Idle && s.pending.is_empty() {
+    if prev.jobs().is_empty() && s.pending.is_empty() {
         s.pending.push(PendingFire {
             fire_time: b,
             decided_at: now,
             cancel: None,
+            cancel_also: vec![],
             manual: false,
         });
         s.buffered = None;
@@ -271,23 +308,23 @@ fn by_misfire(s: &Schedule, due: &[Micros], now: Micros) -> Vec<Micros> {
 }
 
 /// The overlap policy: each chosen fire time goes to `pending`, the buffer, or is skipped.
-fn by_overlap(s: &mut Schedule, chosen: Vec<Micros>, now: Micros, prev: Previous) {
-    let prev_active = match prev {
-        Previous::Active(id) => Some(id),
-        Previous::Idle => None,
-    };
+fn by_overlap(s: &mut Schedule, chosen: Vec<Micros>, now: Micros, prev: &Previous) {
+    let active = prev.jobs();
+    let prev_active = active.first().copied();
     for t in chosen {
         let busy = prev_active.is_some() || !s.pending.is_empty();
         let fire = PendingFire {
             fire_time: t,
             decided_at: now,
             cancel: None,
+            cancel_also: vec![],
             manual: false,
         };
         match s.spec.overlap {
             Overlap::Allow => s.pending.push(fire),
             Overlap::CancelOther => s.pending.push(PendingFire {
                 cancel: prev_active,
+                cancel_also: active.get(1..).unwrap_or_default().to_vec(),
                 ..fire
             }),
             Overlap::Forbid | Overlap::BufferOne if !busy => s.pending.push(fire),
@@ -425,12 +462,15 @@ mod tests {
     fn on_time_fire_and_nothing_twice() {
         let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, Misfire::Skip, 0, T0);
         assert_eq!(s.next_fire, Some(T0 + 10 * S));
-        assert!(!plan(&mut s, &c, T0 + 9 * S, Previous::Idle), "not due yet");
-        assert!(plan(&mut s, &c, T0 + 10 * S + 300_000, Previous::Idle));
+        assert!(
+            !plan(&mut s, &c, T0 + 9 * S, &Previous::Idle),
+            "not due yet"
+        );
+        assert!(plan(&mut s, &c, T0 + 10 * S + 300_000, &Previous::Idle));
         assert_eq!(pending(&s), vec![T0 / S + 10]);
         assert_eq!(s.next_fire, Some(T0 + 20 * S));
         // The same wake-up again (another process that read the new record): nothing to do.
-        assert!(!plan(&mut s, &c, T0 + 10 * S + 400_000, Previous::Idle));
+        assert!(!plan(&mut s, &c, T0 + 10 * S + 400_000, &Previous::Idle));
         assert_eq!(pending(&s).len(), 1);
     }
 
@@ -445,7 +485,7 @@ mod tests {
             3600,
             T0 + 5 * S,
         );
-        plan(&mut s, &c, now, Previous::Idle);
+        plan(&mut s, &c, now, &Previous::Idle);
         assert!(pending(&s).is_empty(), "skip drops late fires");
         assert_eq!(s.counters.misfires, 4);
         assert_eq!(s.next_fire, Some(T0 + 50 * S));
@@ -457,7 +497,7 @@ mod tests {
             3600,
             T0 + 5 * S,
         );
-        plan(&mut s, &c, now, Previous::Idle);
+        plan(&mut s, &c, now, &Previous::Idle);
         assert_eq!(pending(&s), vec![T0 / S + 40]);
         assert_eq!(s.counters.misfires, 3);
 
@@ -468,7 +508,7 @@ mod tests {
             3600,
             T0 + 5 * S,
         );
-        plan(&mut s, &c, now, Previous::Idle);
+        plan(&mut s, &c, now, &Previous::Idle);
         assert_eq!(
             pending(&s),
             vec![T0 / S + 10, T0 / S + 20, T0 / S + 30, T0 / S + 40]
@@ -483,7 +523,7 @@ mod tests {
             20,
             T0 + 5 * S,
         );
-        plan(&mut s, &c, now, Previous::Idle);
+        plan(&mut s, &c, now, &Previous::Idle);
         assert_eq!(pending(&s), vec![T0 / S + 30, T0 / S + 40]);
         assert_eq!(s.counters.misfires, 2);
         // Run once outside its window: nothing.
@@ -494,13 +534,14 @@ mod tests {
             5,
             T0 + 5 * S,
         );
-        plan(&mut s, &c, now, Previous::Idle);
+        plan(&mut s, &c, now, &Previous::Idle);
         assert!(pending(&s).is_empty());
     }
 
     #[test]
     fn overlap_policies() {
-        let prev = Previous::Active(Uuid::now_v7());
+        let id = Uuid::now_v7();
+        let prev = &Previous::Active(vec![id]);
         let at = T0 + 10 * S;
         let (mut s, c) = sched("*/10 * * * * *", Overlap::Forbid, Misfire::Skip, 0, T0);
         plan(&mut s, &c, at, prev);
@@ -514,10 +555,15 @@ mod tests {
 
         let (mut s, c) = sched("*/10 * * * * *", Overlap::CancelOther, Misfire::Skip, 0, T0);
         plan(&mut s, &c, at, prev);
-        let Previous::Active(id) = prev else {
-            unreachable!()
-        };
         assert_eq!(s.pending[0].cancel, Some(id));
+        // Every active job is cancelled, a trigger's as well as a clock fire's.
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::CancelOther, Misfire::Skip, 0, T0);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        plan(&mut s, &c, at, &Previous::Active(vec![b, a]));
+        assert_eq!(
+            (s.pending[0].cancel, &s.pending[0].cancel_also),
+            (Some(b), &vec![a])
+        );
 
         let (mut s, c) = sched("*/10 * * * * *", Overlap::BufferOne, Misfire::Skip, 0, T0);
         plan(&mut s, &c, at, prev);
@@ -528,7 +574,7 @@ mod tests {
         assert_eq!(s.buffered, Some(at));
         assert_eq!(s.counters.skipped_overlaps, 1);
         // The job ended: the buffered fire is submitted.
-        assert!(plan(&mut s, &c, at + 12 * S, Previous::Idle));
+        assert!(plan(&mut s, &c, at + 12 * S, &Previous::Idle));
         assert_eq!(pending(&s), vec![T0 / S + 10]);
         assert_eq!(s.buffered, None);
     }
@@ -538,10 +584,10 @@ mod tests {
         let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, Misfire::All, 3600, T0);
         s.paused = true;
         assert_eq!(s.wake_at(), None);
-        assert!(!plan(&mut s, &c, T0 + 60 * S, Previous::Idle));
+        assert!(!plan(&mut s, &c, T0 + 60 * S, &Previous::Idle));
         s.paused = false;
         assert_eq!(s.wake_at(), Some(T0 + 10 * S));
-        plan(&mut s, &c, T0 + 10 * S, Previous::Idle);
+        plan(&mut s, &c, T0 + 10 * S, &Previous::Idle);
         assert_eq!(s.wake_at(), Some(T0 + 10 * S + PENDING_GRACE_US));
     }
 

@@ -40,7 +40,8 @@ pub trait ScheduleStore: Send + Sync {
 // ---------------------------------------------------------------------------------------------
 // The stored record (its planning is `crate::schedule`'s)
 
-/// What a fire does while the schedule's previous job is still active.
+/// What a fire does while a job of the schedule is still active (any job its recorded runs
+/// name, a trigger's or a backfill's too: `crate::schedule::Previous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
@@ -49,9 +50,10 @@ pub enum Overlap {
     Allow,
     /// Skip this fire.
     Forbid,
-    /// Keep one fire, submitted when the active job ends; further fires meanwhile are skipped.
+    /// Keep one fire, submitted when no job is active any more; further fires meanwhile are
+    /// skipped.
     BufferOne,
-    /// Cancel the active job, then submit.
+    /// Cancel every active job, then submit.
     CancelOther,
 }
 
@@ -113,7 +115,8 @@ pub struct ScheduleSpec {
     pub catchup_window_ms: u64,
     /// Each job runs at a random-but-fixed delay in `[0, jitter)` after its fire time (ms).
     pub jitter_ms: u64,
-    /// Created paused.
+    /// The body's `paused` (false when left out): created paused. The state now is
+    /// [`Schedule::paused`].
     pub paused: bool,
 }
 
@@ -124,9 +127,13 @@ pub struct PendingFire {
     pub fire_time: Micros,
     /// When it was decided.
     pub decided_at: Micros,
-    /// A job to cancel first (`overlap = "cancel_other"`).
+    /// A job to cancel first (`overlap = "cancel_other"`): the newest active one.
     #[serde(default)]
     pub cancel: Option<Uuid>,
+    /// The schedule's other active jobs, cancelled first too (`cancel_other`). A field of its
+    /// own, left out when empty, so that a process of an earlier version still reads the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel_also: Vec<Uuid>,
     /// From `trigger` or `backfill` rather than the clock.
     #[serde(default)]
     pub manual: bool,
@@ -163,7 +170,7 @@ pub struct Counters {
     pub fires: u64,
     /// Fire times missed (dropped by the misfire policy or the catch-up window).
     pub misfires: u64,
-    /// Fires skipped because the previous job was still active.
+    /// Fires skipped because a job of the schedule was still active.
     pub skipped_overlaps: u64,
 }
 
