@@ -228,6 +228,8 @@ async fn api_suite(ts: &TestServer) {
             "invalid_request",
         ),
         (json!({"name": "no spaces!"}), "`name`", "invalid_request"),
+        (json!({"name": ".."}), "`name`", "invalid_request"),
+        (json!({"name": "."}), "`name`", "invalid_request"),
         (
             json!({"job": {"type": "nobody.claims"}}),
             "`job`",

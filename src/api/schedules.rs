@@ -72,8 +72,12 @@ fn bad(m: impl Into<String>) -> ApiError {
     ApiError::invalid_request(m)
 }
 
+/// A name that can stand in a URL path: `.` and `..` are refused, since clients resolve them as
+/// path segments (`/async/schedules/..` reaches `/async/`).
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= 100
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -125,7 +129,7 @@ fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResul
     };
     if !valid_name(&name) {
         return Err(bad(format!(
-            "`name` must be 1-100 characters of letters, digits, '.', '_', '-' (got `{name}`)"
+            "`name` must be 1-100 characters of letters, digits, '.', '_', '-', not `.` or `..` (got `{name}`)"
         )));
     }
     Ok(name)
