@@ -479,6 +479,19 @@ async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
             "deadline": "+1500ms", "on_deadline": "fail"}),
         )
         .await;
+    // The job's own mark (set as it starts waiting) is checked first, so that the record below
+    // is found by the deadline, not by that check.
+    let due = format!("{}:waitdue", r.prefix);
+    for _ in 0..100 {
+        if r.cli(&["ZSCORE", &due, &id]).trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        r.cli(&["ZSCORE", &due, &id]).trim().is_empty(),
+        "its mark was never checked"
+    );
     let at = runyard::job::now_us().to_string();
     let rec = format!(r#"{{"key":"late.k","seq":1,"at":{at},"id":null,"payload":null}}"#);
     let key = format!("{}:sig:late.k", r.prefix);
@@ -489,7 +502,7 @@ async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
 }
 
 /// A waiting job Redis cannot check (its hash unreadable, as one written by a build this one
-/// cannot read) does not hold up the checks marked after it.
+/// cannot read) does not hold up the checks marked after it, nor the deadlines after its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
     let r = TestRedis::start();
@@ -501,7 +514,16 @@ async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
         .start()
         .await;
     let bad = ts
-        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}]}))
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}],
+            "deadline": "+1s"}),
+        )
+        .await;
+    let later = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.never"}],
+            "deadline": "+1500ms", "on_deadline": "fail"}),
+        )
         .await;
     let good = ts
         .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.b"}]}))
@@ -512,6 +534,9 @@ async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
     signal(&ts, "blk.b").await;
     let j = ts.wait_status(&good, "SUCCESS", WAIT).await;
     assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
+    // Nor the deadlines after its own.
+    let j = ts.wait_status(&later, "ERROR", WAIT).await;
+    assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
 }
 
 /// The embedded store across a restart: a record written before and one after release the job;

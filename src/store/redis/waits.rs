@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::RedisStore;
-use crate::job::wait::{all_met, WaitItem};
+use crate::job::wait::{all_met, Seen, WaitItem};
 use crate::job::{Command, Job, JobStatus, Micros};
 use crate::store::waits::{counters, seen_now, WaitStore};
 use crate::store::{Result, StoreError};
@@ -26,6 +26,17 @@ static UNMARK: LazyLock<Script> = LazyLock::new(|| {
 });
 
 impl RedisStore {
+    /// A job's wait items and the records each has now, for its deadline (`None`: the job is
+    /// gone): one read of the numbers per item.
+    async fn deadline_seen(&self, id: Uuid) -> Result<Option<(Vec<WaitItem>, Seen)>> {
+        let Some((job, _)) = self.load(id).await? else {
+            return Ok(None);
+        };
+        let items = job.wait.map(|w| w.items).unwrap_or_default();
+        let seen = seen_now(self, &items).await?;
+        Ok(Some((items, seen)))
+    }
+
     /// Whether each item's key holds at least its `needed` records since its `since`
     /// (`ZCOUNT`, pipelined).
     async fn counts_reach(&self, items: &[WaitItem]) -> Result<bool> {
@@ -98,6 +109,9 @@ impl WaitStore for RedisStore {
                 async move { cmd.query_async(&mut c).await }
             })
             .await?;
+        // Marks passed over do not count: a round full of jobs that cannot be checked is not
+        // "busy" (the caller would go round again at once, on the same marks).
+        let mut done = 0;
         for (id, generation) in &marks {
             if let Ok(uuid) = Uuid::parse_str(id) {
                 match self.wait_check(uuid).await {
@@ -111,6 +125,7 @@ impl WaitStore for RedisStore {
                     }
                 }
             }
+            done += 1;
             let _: i64 = self
                 .exec(true, |mut c| {
                     let mut inv = UNMARK.prepare_invoke();
@@ -119,7 +134,7 @@ impl WaitStore for RedisStore {
                 })
                 .await?;
         }
-        Ok(marks.len())
+        Ok(done)
     }
 
     async fn wait_next_deadline(&self) -> Result<Option<Micros>> {
@@ -136,16 +151,21 @@ impl WaitStore for RedisStore {
                 self.zrem(key.clone(), id).await?;
                 continue;
             };
-            let Some((job, _)) = self.load(uuid).await? else {
-                self.zrem(key.clone(), id).await?;
-                continue;
+            // A job this build cannot read (its hash unreadable) is passed over, its entry kept:
+            // the deadlines after it still fire.
+            let seen = match self.deadline_seen(uuid).await {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    self.zrem(key.clone(), id).await?;
+                    continue;
+                }
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(job = %uuid, error = %e, "cannot apply a waiting job's deadline");
+                    continue;
+                }
             };
-            let items = job
-                .wait
-                .as_ref()
-                .map(|w| w.items.clone())
-                .unwrap_or_default();
-            let seen = seen_now(self, &items).await?;
+            let (items, seen) = seen;
             // Signals are checked after their write here, not in it (`P:waitdue`): a job whose
             // records all came while its mark waited is released by them, as the embedded store
             // would have done at the last record, not failed or skipped by its deadline.
@@ -173,7 +193,10 @@ impl WaitStore for RedisStore {
                     }
                 }
                 Err(StoreError::NotFound) => self.zrem(key.clone(), id).await?,
-                Err(e) => return Err(e),
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(job = %uuid, error = %e, "cannot apply a waiting job's deadline")
+                }
             }
         }
         Ok(out)

@@ -164,13 +164,19 @@ local function wait_move(w, K)
 end
 
 -- After records of a signal key were cut by rank: the client ids of records older than its oldest
--- kept one are forgotten with them (`P:sigidt:{key}` holds each id by its record's time; see
+-- kept one are forgotten with them (`P:sigidt:{key}` holds each id by its record's time; an id
+-- that now names a record of another time, written again by an older build, stays; see
 -- signal_append.lua, which does the same).
 local function forget_ids_before(sig, sid, sidt)
   local oldest = redis.call('ZRANGE', sig, 0, 0, 'WITHSCORES')[2]
   if not oldest then return end
-  local gone = redis.call('ZRANGEBYSCORE', sidt, '-inf', '(' .. oldest)
-  for _, cid in ipairs(gone) do redis.call('HDEL', sid, cid) end
+  local gone = redis.call('ZRANGEBYSCORE', sidt, '-inf', '(' .. oldest, 'WITHSCORES')
+  for i = 1, #gone, 2 do
+    local r = redis.call('HGET', sid, gone[i])
+    if r and tonumber(string.match(r, ',"at":(%-?%d+),')) == tonumber(gone[i + 1]) then
+      redis.call('HDEL', sid, gone[i])
+    end
+  end
   redis.call('ZREMRANGEBYSCORE', sidt, '-inf', '(' .. oldest)
 end
 
