@@ -259,7 +259,8 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
 /// A buffered fire waits for the schedule's active jobs to end: moves it to `pending` once they
 /// did, or sets when to look again. Returns whether `s` changed.
 fn release_buffered(s: &mut Schedule, now: Micros, prev: &Previous) -> bool {
-    let Some(b) = s.buffered else {
+    // A paused schedule does not fire: its buffered fire waits for the resume.
+    let Some(b) = s.buffered.filter(|_| !s.paused) else {
         return false;
     };
     if prev.jobs().is_empty() && s.pending.is_empty() {
@@ -589,6 +590,20 @@ mod tests {
         assert_eq!(s.wake_at(), Some(T0 + 10 * S));
         plan(&mut s, &c, T0 + 10 * S, &Previous::Idle);
         assert_eq!(s.wake_at(), Some(T0 + 10 * S + PENDING_GRACE_US));
+
+        // A fire buffered behind a running job, then a pause: the job's end submits nothing
+        // until the resume.
+        let (mut s, c) = sched("*/10 * * * * *", Overlap::BufferOne, Misfire::Skip, 0, T0);
+        let at = T0 + 10 * S;
+        plan(&mut s, &c, at, &Previous::Active(vec![Uuid::now_v7()]));
+        assert_eq!(s.buffered, Some(at));
+        s.pause();
+        assert_eq!(s.wake_at(), None);
+        assert!(!plan(&mut s, &c, at + 5 * S, &Previous::Idle));
+        assert!(pending(&s).is_empty());
+        s.resume(at + 6 * S);
+        assert!(plan(&mut s, &c, at + 7 * S, &Previous::Idle));
+        assert_eq!(pending(&s), vec![T0 / S + 10]);
     }
 
     #[test]

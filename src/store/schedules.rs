@@ -209,8 +209,8 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// When a process must look at this schedule next: its next fire (unless paused), a pending
-    /// fire's grace end, a buffered fire's recheck.
+    /// When a process must look at this schedule next: its next fire and a buffered fire's
+    /// recheck (unless paused), a pending fire's grace end.
     pub fn wake_at(&self) -> Option<Micros> {
         let mut w: Option<Micros> = None;
         let mut at = |t: Micros| w = Some(w.map_or(t, |x| x.min(t)));
@@ -222,7 +222,7 @@ impl Schedule {
         for p in &self.pending {
             at(p.decided_at + PENDING_GRACE_US);
         }
-        if self.buffered.is_some() {
+        if self.buffered.is_some() && !self.paused {
             at(self.recheck_at.unwrap_or(0));
         }
         w
