@@ -321,6 +321,14 @@ async fn api_suite(ts: &TestServer) {
         "a fire time makes one job"
     );
     assert!(again.iter().all(|f| f["created"] == false));
+    // Fired again, recorded and counted once: the trigger's and the three nights'.
+    let (_, v) = ts.get("/async/schedules/nightly").await;
+    assert_eq!(v["counters"]["fires"], 4, "{v}");
+    let runs = v["last_runs"].as_array().unwrap();
+    for f in &fires {
+        let n = runs.iter().filter(|r| r["job_id"] == f["job_id"]).count();
+        assert_eq!(n, 1, "one run entry for {}: {v}", f["job_id"]);
+    }
     let (st, v) = ts
         .post(
             "/async/schedules/nightly/backfill",

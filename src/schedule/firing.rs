@@ -234,6 +234,20 @@ impl Firing {
             let now = clock();
             let mut next = cur.clone();
             next.pending.retain(|x| x.fire_time != fire_time);
+            // A time fired again (a trigger or backfill of a time that has its job, or a
+            // repeated backfill) returns the job it made: recorded and counted once. A fire
+            // whose first submit was never confirmed (its node died) is recorded now.
+            let seen = sub.is_some_and(|s| {
+                !s.created && cur.last_runs.iter().any(|r| r.job_id == Some(s.job.id))
+            });
+            if seen {
+                next.version = cur.version + 1;
+                next.updated_at = now;
+                if self.store.schedule_cas(&next, Some(cur.version)).await? {
+                    return Ok(());
+                }
+                continue;
+            }
             if sub.is_some() {
                 next.counters.fires += 1;
             }
