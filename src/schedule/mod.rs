@@ -222,9 +222,24 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
     let Some(first) = s.next_fire.filter(|f| !s.paused && *f <= now) else {
         return changed;
     };
-    // Every fire time in [next_fire, now].
-    let mut due = Vec::new();
+    // The times before the catch-up window can only be missed: counted (up to MAX_DUE), not
+    // kept, and the window's own times are read from its start, so a long outage of a frequent
+    // schedule still fires what its window holds (reading from the oldest, the window was never
+    // reached past MAX_DUE times).
+    let window = (s.spec.catchup_window_ms as i64 * 1000).max(ON_TIME_US);
+    let (mut early, mut last_early) = (0u64, None);
     let mut t = Some(to_utc(first));
+    while let Some(x) = t.filter(|x| to_us(*x) < now - window) {
+        if early >= MAX_DUE as u64 {
+            t = c.next_after(to_utc(now - window - 1));
+            break;
+        }
+        early += 1;
+        last_early = Some(to_us(x));
+        t = c.next_after(x);
+    }
+    // Every fire time in [the window's start, now].
+    let mut due = Vec::new();
     while let Some(x) = t {
         if to_us(x) > now || due.len() >= MAX_DUE {
             break;
@@ -234,7 +249,7 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
     }
     s.next_fire = c.next_after(to_utc(now)).map(to_us);
     let chosen = by_misfire(s, &due, now);
-    let missed = (due.len() - chosen.len()) as u64;
+    let missed = early + (due.len() - chosen.len()) as u64;
     if missed > 0 {
         s.counters.misfires += missed;
         let last_missed = due
@@ -242,6 +257,7 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
             .rev()
             .find(|t| !chosen.contains(t))
             .copied()
+            .or(last_early)
             .unwrap_or(first);
         s.record(RunEntry {
             fire_time: last_missed,
@@ -537,6 +553,22 @@ mod tests {
         );
         plan(&mut s, &c, now, &Previous::Idle);
         assert!(pending(&s).is_empty());
+
+        // 30 hours down, a fire every second: the window's last hour still fires (read from the
+        // window's start, not from the oldest missed time, which stopped at 100,000 times).
+        let down = T0 + 30 * 3600 * S;
+        let (mut s, c) = sched("* * * * * *", Overlap::Allow, Misfire::RunOnce, 3600, T0);
+        plan(&mut s, &c, down, &Previous::Idle);
+        assert_eq!(pending(&s), vec![down / S]);
+        assert!(
+            s.counters.misfires >= MAX_DUE as u64,
+            "{}",
+            s.counters.misfires
+        );
+        let (mut s, c) = sched("* * * * * *", Overlap::Allow, Misfire::All, 3600, T0);
+        plan(&mut s, &c, down, &Previous::Idle);
+        assert_eq!(pending(&s).len(), MAX_CATCHUP);
+        assert_eq!(pending(&s).last(), Some(&(down / S)));
     }
 
     #[test]
