@@ -89,13 +89,23 @@ impl Firing {
     /// at most that many reads, made at once.
     async fn previous(&self, s: &Schedule) -> Result<Previous> {
         let ids = s.recent_jobs();
-        let jobs = futures::future::try_join_all(ids.iter().map(|id| self.store.get(*id))).await?;
-        let active: Vec<_> = ids
-            .into_iter()
-            .zip(jobs)
-            .filter(|(_, j)| j.as_ref().is_some_and(|j| !j.status.is_terminal()))
-            .map(|(id, _)| id)
-            .collect();
+        let jobs = futures::future::join_all(ids.iter().map(|id| self.store.get(*id))).await;
+        let mut active = Vec::new();
+        for (id, j) in ids.into_iter().zip(jobs) {
+            match j {
+                Ok(Some(j)) if j.status.is_terminal() => {}
+                Ok(Some(_)) => active.push(id),
+                Ok(None) => {}
+                // Redis unreachable: the tick waits (as before).
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                // A job this build cannot read: taken as still active (the overlap policy
+                // errs on the side of not running two), and the schedule goes on.
+                Err(e) => {
+                    tracing::warn!(schedule = %s.spec.name, job = %id, error = %e, "cannot read a schedule's job");
+                    active.push(id);
+                }
+            }
+        }
         Ok(if active.is_empty() {
             Previous::Idle
         } else {
@@ -237,8 +247,17 @@ impl Firing {
             // A time fired again (a trigger or backfill of a time that has its job, or a
             // repeated backfill) returns the job it made: recorded and counted once. A fire
             // whose first submit was never confirmed (its node died) is recorded now.
+            // Such a job is in `last_runs`, or, pushed out of it, was made before this fire was
+            // decided (a fire left by a dead node is submitted by it after its decision).
+            let decided = cur
+                .pending
+                .iter()
+                .find(|x| x.fire_time == fire_time)
+                .map(|x| x.decided_at);
             let seen = sub.is_some_and(|s| {
-                !s.created && cur.last_runs.iter().any(|r| r.job_id == Some(s.job.id))
+                !s.created
+                    && (cur.last_runs.iter().any(|r| r.job_id == Some(s.job.id))
+                        || decided.is_some_and(|d| s.job.created_at < d))
             });
             if seen {
                 next.version = cur.version + 1;

@@ -96,12 +96,18 @@ impl Schedule {
         CronSpec::parse(&self.spec.cron, &self.spec.timezone)
     }
 
-    /// Appends a run entry, keeping the last [`LAST_RUNS`].
+    /// Appends a run entry, keeping [`LAST_RUNS`].
     pub fn record(&mut self, e: RunEntry) {
         self.last_runs.push(e);
-        let n = self.last_runs.len();
-        if n > LAST_RUNS {
-            self.last_runs.drain(..n - LAST_RUNS);
+        // Past the bound, the oldest entry without a job goes first (a skip, a miss, an error):
+        // the jobs the overlap policy looks at are not pushed out by the skips they cause.
+        while self.last_runs.len() > LAST_RUNS {
+            let at = self
+                .last_runs
+                .iter()
+                .position(|r| r.job_id.is_none())
+                .unwrap_or(0);
+            self.last_runs.remove(at);
         }
     }
 
@@ -610,6 +616,37 @@ mod tests {
         assert!(plan(&mut s, &c, at + 12 * S, &Previous::Idle));
         assert_eq!(pending(&s), vec![T0 / S + 10]);
         assert_eq!(s.buffered, None);
+    }
+
+    #[test]
+    fn skips_do_not_push_out_the_job_they_wait_for() {
+        let (mut s, _) = sched("* * * * * *", Overlap::Forbid, Misfire::Skip, 0, T0);
+        let entry = |t: Micros, job_id: Option<Uuid>| RunEntry {
+            fire_time: t,
+            outcome: if job_id.is_some() {
+                "submitted"
+            } else {
+                "skipped_overlap"
+            }
+            .into(),
+            job_id,
+            count: 1,
+            error: None,
+            at: t,
+        };
+        let long = Uuid::now_v7();
+        s.record(entry(T0, Some(long)));
+        for i in 1..=25 {
+            s.record(entry(T0 + i * S, None));
+        }
+        assert_eq!(s.last_runs.len(), LAST_RUNS);
+        assert_eq!(s.recent_jobs(), vec![long]);
+        // Jobs push out the oldest job once no entry without one is left.
+        for i in 0..LAST_RUNS as i64 {
+            s.record(entry(T0 + (100 + i) * S, Some(Uuid::now_v7())));
+        }
+        assert!(!s.recent_jobs().contains(&long));
+        assert_eq!(s.last_runs.len(), LAST_RUNS);
     }
 
     #[test]
