@@ -361,6 +361,50 @@ async fn api_suite(ts: &TestServer) {
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (_, v) = ts.get("/async/schedules").await;
     assert_eq!(v["schedules"], json!([]));
+
+    // Deleted and created again: a write of the first schedule (a tick, a pause or a trigger that
+    // read it just before the delete) no longer matches, whatever its version.
+    let body = json!({"name": "again", "cron": "0 3 * * *", "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let store = ts.running().app.store.clone();
+    let old = store
+        .schedule("again")
+        .await
+        .expect("read")
+        .expect("stored");
+    let (st, _) = send(
+        c,
+        reqwest::Method::DELETE,
+        url("/async/schedules/again"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let body2 = json!({"name": "again", "cron": "0 4 * * *", "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body2)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let mut stale = old.clone();
+    stale.paused = true;
+    stale.version = old.version + 1;
+    assert!(!store
+        .schedule_cas(&stale, Some(old.version))
+        .await
+        .expect("cas"));
+    let (_, v) = ts.get("/async/schedules/again").await;
+    assert_eq!(
+        (v["cron"].as_str(), v["paused"].as_bool()),
+        (Some("0 4 * * *"), Some(false)),
+        "{v}"
+    );
+    let (st, _) = send(
+        c,
+        reqwest::Method::DELETE,
+        url("/async/schedules/again"),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
 }
 
 fn urlencode(s: &str) -> String {

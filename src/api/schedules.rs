@@ -313,8 +313,7 @@ async fn create(
                 ),
             ));
         }
-        let mut s = new_schedule(spec.clone(), proto.clone(), &cron, clock());
-        s.version = 1;
+        let s = new_schedule(spec.clone(), proto.clone(), &cron, clock());
         if st.app.store.schedule_cas(&s, None).await? {
             return Ok(show(&s, StatusCode::CREATED));
         }
@@ -344,8 +343,7 @@ async fn replace(
         let now = clock();
         let (s, expected, status) = match st.app.store.schedule(&name).await? {
             None => {
-                let mut s = new_schedule(spec.clone(), proto.clone(), &cron, now);
-                s.version = 1;
+                let s = new_schedule(spec.clone(), proto.clone(), &cron, now);
                 (s, None, StatusCode::CREATED)
             }
             Some(cur) => {

@@ -427,7 +427,10 @@ pub fn new_schedule(spec: ScheduleSpec, proto: Job, c: &CronSpec, now: Micros) -
         counters: Counters::default(),
         created_at: now,
         updated_at: now,
-        version: 0,
+        // The first version is the creation time (µs), not 1: a name deleted and created again
+        // never has a version that a write of the earlier schedule, read before the delete, can
+        // expect.
+        version: u64::try_from(now).unwrap_or(0).max(1),
     }
 }
 
