@@ -161,7 +161,10 @@ struct Scripts {
 impl Scripts {
     fn load() -> Self {
         Self {
-            commit: Script::new(include_str!("lua/commit.lua")),
+            commit: Script::new(concat!(
+                include_str!("lua/sig_ids.lua"),
+                include_str!("lua/commit.lua")
+            )),
             claim: Script::new(include_str!("lua/claim.lua")),
             expired: Script::new(include_str!("lua/expired.lua")),
             events: Script::new(include_str!("lua/events.lua")),

@@ -15,10 +15,19 @@ use crate::job::Micros;
 use crate::store::signals::{Signal, SignalKey, SignalPage, SignalStore, MAX_PER_KEY};
 use crate::store::Result;
 
-static APPEND: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/signal_append.lua")));
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/sig_ids.lua"),
+        include_str!("lua/signal_append.lua")
+    ))
+});
 static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/signal_page.lua")));
-static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/signal_trim.lua")));
+static TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/sig_ids.lua"),
+        include_str!("lua/signal_trim.lua")
+    ))
+});
 
 /// Keys examined per retention call.
 const TRIM_KEYS: usize = 10_000;

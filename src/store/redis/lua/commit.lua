@@ -163,23 +163,6 @@ local function wait_move(w, K)
   end
 end
 
--- After records of a signal key were cut by rank: the client ids of records older than its oldest
--- kept one are forgotten with them (`P:sigidt:{key}` holds each id by its record's time; an id
--- that now names a record of another time, written again by an older build, stays; see
--- signal_append.lua, which does the same).
-local function forget_ids_before(sig, sid, sidt)
-  local oldest = redis.call('ZRANGE', sig, 0, 0, 'WITHSCORES')[2]
-  if not oldest then return end
-  local gone = redis.call('ZRANGEBYSCORE', sidt, '-inf', '(' .. oldest, 'WITHSCORES')
-  for i = 1, #gone, 2 do
-    local r = redis.call('HGET', sid, gone[i])
-    if r and tonumber(string.match(r, ',"at":(%-?%d+),')) == tonumber(gone[i + 1]) then
-      redis.call('HDEL', sid, gone[i])
-    end
-  end
-  redis.call('ZREMRANGEBYSCORE', sidt, '-inf', '(' .. oldest)
-end
-
 -- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
 -- signalled by this job is not signalled twice), written with the job.
 local function emit(w, K)
@@ -198,7 +181,7 @@ local function emit(w, K)
       if sidt then redis.call('ZADD', sidt, w.fin, cid) end
       if redis.call('ZCARD', sig) > 10000 then
         redis.call('ZREMRANGEBYRANK', sig, 0, -10001)
-        if sidt then forget_ids_before(sig, sid, sidt) end
+        if sidt then forget_cut_ids(sig, sid, sidt) end
       end
       redis.call('ZADD', K.sigkeys, w.fin, skey)
       for _, wid in ipairs(redis.call('SMEMBERS', wk)) do mark_due(K, wid) end

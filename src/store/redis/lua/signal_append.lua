@@ -29,19 +29,7 @@ end
 local keep = tonumber(ARGV[7])
 if redis.call('ZCARD', KEYS[1]) > keep then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(keep + 1))
-  -- The ids of the records cut go with them: those older than the oldest record kept (an id
-  -- written in the same microsecond as it stays, until retention).
-  -- An id is forgotten only while it still names a record of that time (a build before
-  -- `P:sigidt` may have written it again since).
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', '(' .. oldest, 'WITHSCORES')
-  for i = 1, #gone, 2 do
-    local r = redis.call('HGET', KEYS[2], gone[i])
-    if r and tonumber(string.match(r, ',"at":(%-?%d+),')) == tonumber(gone[i + 1]) then
-      redis.call('HDEL', KEYS[2], gone[i])
-    end
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. oldest)
+  forget_cut_ids(KEYS[1], KEYS[2], KEYS[9])
 end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 local waiting = redis.call('SMEMBERS', KEYS[5])

@@ -24,17 +24,6 @@ end
 local busy = redis.call('ZRANGEBYSCORE', sigkeys, before, '+inf', 'LIMIT', 0, max)
 for _, key in ipairs(busy) do
   n = n + redis.call('ZREMRANGEBYSCORE', sig_prefix .. key, '-inf', '(' .. before)
-  local idt = idt_prefix .. key
-  local ids = id_prefix .. key
-  local gone = redis.call('ZRANGEBYSCORE', idt, '-inf', '(' .. before, 'WITHSCORES')
-  for i = 1, #gone, 2 do
-    -- Only while the id still names a record of that time (an older build may have written
-    -- it again since).
-    local r = redis.call('HGET', ids, gone[i])
-    if r and tonumber(string.match(r, ',"at":(%-?%d+),')) == tonumber(gone[i + 1]) then
-      redis.call('HDEL', ids, gone[i])
-    end
-  end
-  redis.call('ZREMRANGEBYSCORE', idt, '-inf', '(' .. before)
+  forget_ids_before(id_prefix .. key, idt_prefix .. key, before)
 end
 return n
