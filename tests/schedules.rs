@@ -578,10 +578,7 @@ async fn put_pause_state_embedded() {
 async fn put_pause_state_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config(MASTER_KEY))
         .start()
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
@@ -697,10 +694,7 @@ async fn overlap_every_active_job_embedded() {
 async fn overlap_every_active_job_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(LONG_RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config(MASTER_KEY))
         .start()
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
@@ -811,10 +805,7 @@ async fn pattern_checks_queued_on_one_server_do_not_hold_up_another() {
 async fn api_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config(MASTER_KEY))
         .start()
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");

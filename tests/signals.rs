@@ -400,10 +400,7 @@ async fn signals_embedded() {
 async fn signals_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config(MASTER_KEY))
         .start()
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");

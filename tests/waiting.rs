@@ -448,10 +448,7 @@ async fn waiting_embedded() {
 async fn waiting_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"waiting-test-master-key-0123456789\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config("waiting-test-master-key-0123456789"))
         .start()
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
@@ -467,10 +464,7 @@ async fn waiting_redis() {
 async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"waiting-test-master-key-0123456789\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config("waiting-test-master-key-0123456789"))
         .start()
         .await;
     let id = ts
@@ -507,10 +501,7 @@ async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
 async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
     let r = TestRedis::start();
     let ts = TestServer::builder(RUNNERS)
-        .config(&format!(
-            "redis = \"{}\"\nmaster_key = \"waiting-test-master-key-0123456789\"\n[store]\nprefix = \"{}\"\n",
-            r.url, r.prefix
-        ))
+        .config(&r.server_config("waiting-test-master-key-0123456789"))
         .start()
         .await;
     let bad = ts

@@ -42,6 +42,14 @@ fn unique_prefix() -> String {
 }
 
 impl TestRedis {
+    /// The configuration of a server on this Redis (its URL and key prefix) with `master_key`.
+    pub fn server_config(&self, master_key: &str) -> String {
+        format!(
+            "redis = \"{}\"\nmaster_key = \"{master_key}\"\n[store]\nprefix = \"{}\"\n",
+            self.url, self.prefix
+        )
+    }
+
     /// The shared test Redis when `RUNYARD_TEST_REDIS` is set, else a private one without
     /// persistence.
     pub fn start() -> Self {
