@@ -129,22 +129,13 @@ async fn a_listing_of_jobs_with_large_args_stays_under_the_budget_and_the_cursor
 
 /// The jobs the store's listing reads returned and the reads made, from `/metrics`.
 async fn reads(ts: &TestServer) -> (u64, u64) {
-    let text = reqwest::get(ts.at("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics");
-    let value = |head: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(head))
-            .map(|v| v.trim().parse::<f64>().expect("a number") as u64)
-    };
     (
         // Always there (0 before any listing): a missing counter must not read as 0.
-        value("runyard_store_listed_jobs_total ").expect("the listed-jobs counter in /metrics"),
+        ts.metric("runyard_store_listed_jobs_total")
+            .await
+            .expect("the listed-jobs counter in /metrics") as u64,
         // Absent until the first listing.
-        value("runyard_store_operation_seconds_count{op=\"list\"} ").unwrap_or(0),
+        ts.store_calls("list").await,
     )
 }
 

@@ -329,6 +329,34 @@ async fn api_suite(ts: &TestServer) {
         let n = runs.iter().filter(|r| r["job_id"] == f["job_id"]).count();
         assert_eq!(n, 1, "one run entry for {}: {v}", f["job_id"]);
     }
+    // A backfill of 1,000 nights: one job each, and the schedule's record written a few times
+    // (one write per 100 fires, with their jobs submitted together), not once per fire.
+    let writes = ts.store_calls("schedule_cas").await;
+    let big = json!({"from": "2023-01-01T00:00:00Z", "to": "2025-09-26T12:00:00Z"});
+    let (st, v) = ts
+        .post("/async/schedules/nightly/backfill", Some(&big))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let many = v["fires"].as_array().unwrap();
+    assert_eq!(many.len(), 1000, "one fire a night");
+    assert!(many.iter().all(|f| f["created"] == true));
+    let ids: std::collections::BTreeSet<&str> =
+        many.iter().filter_map(|f| f["job_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1000, "a job per fire");
+    let writes = ts.store_calls("schedule_cas").await - writes;
+    assert!(
+        (11..=15).contains(&writes),
+        "the record written once for the decision and once per 100 fires, not per fire: {writes}"
+    );
+    let (_, v) = ts.get("/async/schedules/nightly").await;
+    assert_eq!(v["counters"]["fires"], 1004, "{v}");
+    assert!(v["pending"].as_array().is_none_or(|p| p.is_empty()), "{v}");
+    let runs = v["last_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 20, "{v}");
+    assert!(runs
+        .iter()
+        .all(|r| r["outcome"] == "submitted"
+            && r["job_id"].as_str().is_some_and(|id| ids.contains(id))));
     let (st, v) = ts
         .post(
             "/async/schedules/nightly/backfill",

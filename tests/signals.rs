@@ -284,20 +284,6 @@ async fn suite(ts: &TestServer) {
     assert_eq!(v["seq"], 4, "{v}");
 }
 
-/// How many times this process's store ran `op`, from `/metrics`.
-async fn store_calls(ts: &TestServer, op: &str) -> u64 {
-    let text = reqwest::get(ts.at("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics");
-    let head = format!("runyard_store_operation_seconds_count{{op=\"{op}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
-}
-
 /// Records of 900 KB: a `GET` answers about 4 MiB of them a page, `next_since` goes on; a waiting
 /// job shown on them reads their numbers, not their payloads.
 async fn large_records(ts: &TestServer) {
@@ -366,8 +352,8 @@ async fn large_records(ts: &TestServer) {
         )
         .await;
     let (pages_before, seqs_before) = (
-        store_calls(ts, "signals_page").await,
-        store_calls(ts, "signal_seqs").await,
+        ts.store_calls("signals_page").await,
+        ts.store_calls("signal_seqs").await,
     );
     for _ in 0..3 {
         let (st, v) = ts.get(&format!("/async/jobs/{id}")).await;
@@ -380,8 +366,8 @@ async fn large_records(ts: &TestServer) {
             "{v}"
         );
     }
-    assert_eq!(store_calls(ts, "signals_page").await, pages_before);
-    assert!(store_calls(ts, "signal_seqs").await >= seqs_before + 3);
+    assert_eq!(ts.store_calls("signals_page").await, pages_before);
+    assert!(ts.store_calls("signal_seqs").await >= seqs_before + 3);
     let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
     assert_eq!(st, StatusCode::OK);
 }

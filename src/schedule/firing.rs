@@ -20,6 +20,19 @@ const CAS_TRIES: usize = 20;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Schedules handled per wake-up.
 const BATCH: usize = 200;
+/// Fires submitted with one `submit_many` and confirmed with one write of the schedule's
+/// record: a catch-up or backfill of 1,000 fires writes its (up to ~90 KB) record 10 times, not
+/// 1,000, and so ends well within [`PENDING_GRACE_US`] (past it, every node would join in).
+const FIRES_PER_WRITE: usize = 100;
+
+/// What became of one decided fire.
+struct Fired {
+    fire_time: Micros,
+    /// Its job, if it made one.
+    sub: Option<Submitted>,
+    /// Why it made none.
+    error: Option<String>,
+}
 
 /// What firing needs: the store and the runners (a fire's runner is chosen again at each fire,
 /// as a submit's is).
@@ -163,8 +176,8 @@ impl Firing {
                 })
                 .cloned()
                 .collect();
-            for p in todo {
-                match self.submit_pending(&next, &p).await {
+            for batch in todo.chunks(FIRES_PER_WRITE) {
+                match self.submit_pending(&next, batch).await {
                     // Deleted meanwhile: its fires are no more.
                     Err(StoreError::NotFound) => return Ok(()),
                     r => {
@@ -179,112 +192,169 @@ impl Firing {
         )))
     }
 
-    /// Submits a decided fire (idempotent: the key is the fire's) and confirms it on the record.
-    /// Returns the job (`None` when the fire could not make a job, recorded as an error);
-    /// `NotFound` when the schedule was deleted (or made again) since the fire was decided.
-    pub async fn submit_pending(&self, s: &Schedule, p: &PendingFire) -> Result<Option<Submitted>> {
-        // Deleted since the fire was decided (and maybe made again under its name, by another
-        // caller): its fires are no more, and a job made now would be stamped as made after the
-        // new one was created (see `made_by`). A backfill checks before each of its fires.
+    /// Submits decided fires (idempotent: each key is its fire's) with one `submit_many`, and
+    /// confirms them on the record with one compare-and-set. Returns each fire's job, in order
+    /// (`None` when the fire could not make a job, recorded as an error); `NotFound` when the
+    /// schedule was deleted (or made again) since the fires were decided. A fire the store
+    /// could not take stays pending (any node submits it again after [`PENDING_GRACE_US`]) and
+    /// its error is returned, after the others are confirmed.
+    pub async fn submit_pending(
+        &self,
+        s: &Schedule,
+        fires: &[PendingFire],
+    ) -> Result<Vec<Option<Submitted>>> {
+        // Deleted since the fires were decided (and maybe made again under its name, by
+        // another caller): its fires are no more, and a job made now would be stamped as made
+        // after the new one was created (see `made_by`). Checked before each batch.
         match self.store.schedule(&s.spec.name).await? {
             Some(cur) if cur.created_at == s.created_at => {}
             _ => return Err(StoreError::NotFound),
         }
-        for c in p.cancel.iter().chain(&p.cancel_also) {
+        let mut cancel: Vec<uuid::Uuid> = Vec::new();
+        for p in fires {
+            cancel.extend(p.cancel.iter().chain(&p.cancel_also));
+        }
+        cancel.sort_unstable();
+        cancel.dedup();
+        for c in cancel {
             // cancel_other: the job may have ended meanwhile; any refusal is fine.
-            if let Ok(j) = self.store.apply(*c, Command::Cancel).await {
+            if let Ok(j) = self.store.apply(c, Command::Cancel).await {
                 crate::outcomes::log_change(&j);
             }
         }
         let runner_name = s.spec.job.get("runner").and_then(|v| v.as_str());
-        let (sub, error) = match self
-            .runners
-            .select(&s.proto.job_type, &s.proto.args, runner_name)
-        {
-            Ok(slot) => {
-                let job = job_for_fire(s, p.fire_time, Some(slot.name.clone()), clock());
-                let sub = self.store.submit(job).await?;
-                if sub.created || made_by(s, &sub.job) {
-                    (Some(sub), None)
-                } else {
-                    // Neither recorded, returned nor ever cancelled: another tenant's, maybe.
-                    (
-                        None,
-                        Some(format!(
-                            "the fire's key is held by a job this schedule did not make (one of \
-                             an earlier schedule named `{}`, deleted, then created again); this \
-                             fire makes no job",
-                            s.spec.name
-                        )),
-                    )
+        let mut out: Vec<Fired> = fires
+            .iter()
+            .map(|p| Fired {
+                fire_time: p.fire_time,
+                sub: None,
+                error: None,
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        let mut made = Vec::new();
+        for (i, p) in fires.iter().enumerate() {
+            match self
+                .runners
+                .select(&s.proto.job_type, &s.proto.args, runner_name)
+            {
+                Ok(slot) => {
+                    jobs.push(job_for_fire(
+                        s,
+                        p.fire_time,
+                        Some(slot.name.clone()),
+                        clock(),
+                    ));
+                    made.push(i);
+                }
+                Err(e) => out[i].error = Some(e.to_string()),
+            }
+        }
+        let stored = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.store.submit_many(jobs).await?
+        };
+        let mut left = None;
+        let mut untaken = std::collections::HashSet::new();
+        for (i, r) in made.into_iter().zip(stored) {
+            match r {
+                Ok(sub) if sub.created || made_by(s, &sub.job) => out[i].sub = Some(sub),
+                // Neither recorded, returned nor ever cancelled: another tenant's, maybe.
+                Ok(_) => {
+                    out[i].error = Some(format!(
+                        "the fire's key is held by a job this schedule did not make (one of an \
+                         earlier schedule named `{}`, deleted, then created again); this fire \
+                         makes no job",
+                        s.spec.name
+                    ))
+                }
+                Err(e) => {
+                    untaken.insert(i);
+                    left.get_or_insert(e);
                 }
             }
-            Err(e) => (None, Some(e.to_string())),
-        };
-        self.confirm(&s.spec.name, p.fire_time, sub.as_ref(), error)
-            .await?;
-        Ok(sub)
+        }
+        let done: Vec<&Fired> = out
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !untaken.contains(i))
+            .map(|(_, f)| f)
+            .collect();
+        self.confirm(&s.spec.name, &done).await?;
+        if let Some(e) = left {
+            return Err(e);
+        }
+        Ok(out.into_iter().map(|f| f.sub).collect())
     }
 
-    async fn confirm(
-        &self,
-        name: &str,
-        fire_time: Micros,
-        sub: Option<&Submitted>,
-        error: Option<String>,
-    ) -> Result<()> {
+    /// Records `fires` on the schedule and takes them off its pending list: one
+    /// compare-and-set for all of them.
+    async fn confirm(&self, name: &str, fires: &[&Fired]) -> Result<()> {
+        if fires.is_empty() {
+            return Ok(());
+        }
         for _ in 0..CAS_TRIES {
             let Some(cur) = self.store.schedule(name).await? else {
                 return Ok(());
             };
-            if !cur.pending.iter().any(|x| x.fire_time == fire_time) {
-                // Another process confirmed it (its submit returned the same job).
-                return Ok(());
-            }
             let now = clock();
             let mut next = cur.clone();
-            next.pending.retain(|x| x.fire_time != fire_time);
-            // A time fired again (a trigger or backfill of a time that has its job, or a
-            // repeated backfill) returns the job it made: recorded and counted once. A fire
-            // whose first submit was never confirmed (its node died) is recorded now.
-            // Such a job is in `last_runs`, or, pushed out of it, was made before this fire was
-            // decided (a fire left by a dead node is submitted by it after its decision).
-            let decided = cur
-                .pending
-                .iter()
-                .find(|x| x.fire_time == fire_time)
-                .map(|x| x.decided_at);
-            let seen = sub.is_some_and(|s| {
-                !s.created
-                    && (cur.last_runs.iter().any(|r| r.job_id == Some(s.job.id))
-                        || decided.is_some_and(|d| s.job.created_at < d))
-            });
-            if seen {
-                next.version = cur.version + 1;
-                next.updated_at = now;
-                if self.store.schedule_cas(&next, Some(cur.version)).await? {
-                    return Ok(());
+            let mut counted = 0;
+            let mut errors = Vec::new();
+            for f in fires {
+                // Not pending: another process confirmed it (its submit returned the same job).
+                let Some(decided) = cur
+                    .pending
+                    .iter()
+                    .find(|x| x.fire_time == f.fire_time)
+                    .map(|x| x.decided_at)
+                else {
+                    continue;
+                };
+                next.pending.retain(|x| x.fire_time != f.fire_time);
+                // A time fired again (a trigger or backfill of a time that has its job, or a
+                // repeated backfill) returns the job it made: recorded and counted once. A fire
+                // whose first submit was never confirmed (its node died) is recorded now. Such
+                // a job is in `last_runs`, or, pushed out of it, was made before this fire was
+                // decided (a fire left by a dead node is submitted by it after its decision).
+                let seen = f.sub.as_ref().is_some_and(|s| {
+                    !s.created
+                        && (next.last_runs.iter().any(|r| r.job_id == Some(s.job.id))
+                            || s.job.created_at < decided)
+                });
+                if seen {
+                    continue;
                 }
-                continue;
+                if f.sub.is_some() {
+                    counted += 1;
+                }
+                if let Some(e) = &f.error {
+                    errors.push(e.clone());
+                }
+                next.record(RunEntry {
+                    fire_time: f.fire_time,
+                    outcome: if f.sub.is_some() {
+                        "submitted"
+                    } else {
+                        "error"
+                    }
+                    .into(),
+                    job_id: f.sub.as_ref().map(|s| s.job.id),
+                    count: 1,
+                    error: f.error.clone(),
+                    at: now,
+                });
             }
-            if sub.is_some() {
-                next.counters.fires += 1;
+            if next.pending.len() == cur.pending.len() {
+                return Ok(());
             }
-            next.record(RunEntry {
-                fire_time,
-                outcome: if sub.is_some() { "submitted" } else { "error" }.into(),
-                job_id: sub.map(|s| s.job.id),
-                count: 1,
-                error: error.clone(),
-                at: now,
-            });
+            next.counters.fires += counted;
             next.version = cur.version + 1;
             next.updated_at = now;
             if self.store.schedule_cas(&next, Some(cur.version)).await? {
-                if sub.is_some() {
-                    super::counters::add(&super::counters::FIRES, 1);
-                }
-                if let Some(e) = &error {
+                super::counters::add(&super::counters::FIRES, counted);
+                for e in errors {
                     tracing::warn!(schedule = %name, error = %e, "a fire could not make a job");
                 }
                 return Ok(());
@@ -328,13 +398,13 @@ impl Firing {
                 "schedule `{name}`: too many concurrent changes"
             )));
         };
+        let fires: Vec<PendingFire> = times
+            .iter()
+            .filter_map(|t| s.pending.iter().find(|p| p.fire_time == *t).cloned())
+            .collect();
         let mut out = Vec::new();
-        for t in times {
-            if let Some(p) = s.pending.iter().find(|p| p.fire_time == *t) {
-                if let Some(sub) = self.submit_pending(&s, p).await? {
-                    out.push(sub);
-                }
-            }
+        for batch in fires.chunks(FIRES_PER_WRITE) {
+            out.extend(self.submit_pending(&s, batch).await?.into_iter().flatten());
         }
         Ok(out)
     }

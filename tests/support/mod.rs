@@ -261,6 +261,26 @@ impl TestServer {
             .expect("metrics text")
     }
 
+    /// The value of one series of `GET /metrics`, named with its labels as the text shows it
+    /// (`runyard_store_listed_jobs_total`, `runyard_store_operation_seconds_count{op="list"}`);
+    /// `None` when the series is not there.
+    #[allow(dead_code)]
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        let head = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .map(|v| v.trim().parse::<f64>().expect("a number"))
+    }
+
+    /// How many times this server's store ran `op` (`schedule_cas`, `signals_page`...), from
+    /// `/metrics`: 0 before the first.
+    #[allow(dead_code)]
+    pub async fn store_calls(&self, op: &str) -> u64 {
+        let series = format!("runyard_store_operation_seconds_count{{op=\"{op}\"}}");
+        self.metric(&series).await.map_or(0, |v| v as u64)
+    }
+
     /// `POST path` with a JSON body (or none).
     pub async fn post(&self, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
         let mut req = self.client.post(self.at(path));
