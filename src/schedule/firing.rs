@@ -21,8 +21,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Schedules handled per wake-up.
 const BATCH: usize = 200;
 /// Fires submitted with one `submit_many` and confirmed with one write of the schedule's
-/// record: a catch-up or backfill of 1,000 fires writes its (up to ~90 KB) record 10 times, not
-/// 1,000, and so ends well within [`PENDING_GRACE_US`] (past it, every node would join in).
+/// record: a catch-up or backfill of 1,000 fires confirms them with 10 writes of its (up to
+/// ~90 KB) record, not 1,000, and so ends well within [`PENDING_GRACE_US`] (past it, every node
+/// would join in).
 const FIRES_PER_WRITE: usize = 100;
 
 /// What became of one decided fire.
