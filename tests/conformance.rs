@@ -102,6 +102,68 @@ impl Backend {
         self.store().await
     }
 
+    /// Writes `payloads.len()` records of `key` all at `at`, as a runyard from before records
+    /// were stamped in order could (jobs finished together, each emitting the key), numbered on
+    /// from the key's last: straight into the database, as that version left them.
+    async fn legacy_tied_signals(&self, key: &str, at: i64, payloads: &[serde_json::Value]) {
+        match &self.kind {
+            Kind::Embedded(dir) => {
+                let c = rusqlite::Connection::open(dir.path().join("runyard.db")).expect("open");
+                c.busy_timeout(Duration::from_secs(10)).expect("timeout");
+                for p in payloads {
+                    let seq: i64 = c
+                        .query_row(
+                            "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
+                             ON CONFLICT(key) DO UPDATE SET seq = seq + 1 RETURNING seq",
+                            [key],
+                            |r| r.get(0),
+                        )
+                        .expect("seq");
+                    c.execute(
+                        "INSERT INTO signals(key, seq, at, sid, payload) VALUES (?1, ?2, ?3, NULL, ?4)",
+                        rusqlite::params![key, seq, at, p.to_string()],
+                    )
+                    .expect("insert");
+                }
+            }
+            Kind::Redis(r) => {
+                let client = ::redis::Client::open(r.url.as_str()).expect("client");
+                let mut c = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect");
+                for p in payloads {
+                    let seq: i64 = ::redis::cmd("HINCRBY")
+                        .arg(format!("{}:sigseq", r.prefix))
+                        .arg(key)
+                        .arg(1)
+                        .query_async(&mut c)
+                        .await
+                        .expect("seq");
+                    // The stored form: these fields, in this order.
+                    let rec = format!(
+                        r#"{{"key":{},"seq":{seq},"at":{at},"id":null,"payload":{p}}}"#,
+                        serde_json::to_string(key).expect("json")
+                    );
+                    ::redis::cmd("ZADD")
+                        .arg(format!("{}:sig:{key}", r.prefix))
+                        .arg(at)
+                        .arg(rec)
+                        .query_async::<()>(&mut c)
+                        .await
+                        .expect("zadd");
+                }
+                ::redis::cmd("ZADD")
+                    .arg(format!("{}:sigkeys", r.prefix))
+                    .arg(at)
+                    .arg(key)
+                    .query_async::<()>(&mut c)
+                    .await
+                    .expect("zadd");
+            }
+        }
+    }
+
     /// A second handle on the same data, as another process would have (embedded: the same).
     async fn peer(&mut self) -> Arc<dyn Store> {
         match self.kind {
@@ -164,6 +226,7 @@ conformance!(
     signal_keys_are_listed_with_count_and_latest,
     signal_pages_stop_at_their_bytes_and_go_on_exactly_once,
     signal_numbers_are_read_lowest_first_and_at_most_the_count,
+    signals_are_stamped_in_the_order_they_are_written,
     a_signal_id_is_kept_as_long_as_its_record,
     batch_submits_store_each_job_on_its_own,
 );
@@ -1847,11 +1910,19 @@ async fn signal_pages_stop_at_their_bytes_and_go_on_exactly_once(mut b: Backend)
     let s = b.store().await;
     let t0 = now_us();
     let big = "x".repeat(200_000);
-    // 20 records of 200 KB, the 9th to the 13th written in one microsecond.
+    // 20 records of 200 KB, the 9th to the 13th in one microsecond (written by an older
+    // version: records are stamped in order now).
     let mut at = t0;
     for i in 0..20 {
         if !(9..=12).contains(&i) {
             at += 10;
+        }
+        if (8..=12).contains(&i) {
+            if i == 8 {
+                let tied: Vec<_> = (8..=12).map(|i| json!({"i": i, "pad": big})).collect();
+                b.legacy_tied_signals("big", at, &tied).await;
+            }
+            continue;
         }
         s.signal_append("big", None, Some(json!({"i": i, "pad": big})), at)
             .await
@@ -1922,14 +1993,13 @@ async fn signal_numbers_are_read_lowest_first_and_at_most_the_count(mut b: Backe
         vec![3, 4]
     );
     assert!(s.signal_seqs("none", 0, 5).await.expect("seqs").is_empty());
-    // Ten records of one microsecond (jobs finished together): a count of 3 reads 3, not the
-    // microsecond's ten; a payload holding the text of a record's number changes nothing.
-    for i in 0..10 {
-        let payload = json!({"note": format!(r#","seq":{},"at":5,"#, 900 + i)});
-        s.signal_append("tied", None, Some(payload), t0)
-            .await
-            .expect("append");
-    }
+    // Ten records of one microsecond (jobs finished together, written by an older version): a
+    // count of 3 reads 3, not the microsecond's ten; a payload holding the text of a record's
+    // number changes nothing.
+    let tied: Vec<_> = (0..10)
+        .map(|i| json!({"note": format!(r#","seq":{},"at":5,"#, 900 + i)}))
+        .collect();
+    b.legacy_tied_signals("tied", t0, &tied).await;
     assert_eq!(
         s.signal_seqs("tied", 0, 3).await.expect("seqs"),
         vec![1, 2, 3]
@@ -1941,6 +2011,66 @@ async fn signal_numbers_are_read_lowest_first_and_at_most_the_count(mut b: Backe
     // Retention's cut shows.
     s.signals_trim(t0 + 450).await.expect("trim");
     assert_eq!(s.signal_seqs(key, 0, 100).await.expect("seqs"), vec![6]);
+}
+
+async fn signals_are_stamped_in_the_order_they_are_written(mut b: Backend) {
+    let s = b.store().await;
+    let t0 = now_us();
+    // A record from a node whose clock runs a minute ahead; a reader reads it.
+    let (first, _) = s
+        .signal_append("late", None, Some(json!(1)), t0 + 60_000_000)
+        .await
+        .expect("append");
+    assert_eq!(
+        first.at,
+        t0 + 60_000_000,
+        "a time ahead of the key's is kept"
+    );
+    let page = s
+        .signals_page("late", 0, 100, usize::MAX)
+        .await
+        .expect("page");
+    assert_eq!(page.records, vec![first.clone()]);
+    let next = first.at + 1;
+    // Then records whose writers took earlier times, or the same one: each comes after the
+    // one before it.
+    let (second, _) = s
+        .signal_append("late", Some("two".into()), Some(json!(2)), t0)
+        .await
+        .expect("append");
+    let (third, _) = s
+        .signal_append("late", None, Some(json!(3)), second.at)
+        .await
+        .expect("append");
+    assert_eq!((second.at, third.at), (first.at + 1, first.at + 2));
+    // A retry of an id returns its record as stamped.
+    let (again, created) = s
+        .signal_append("late", Some("two".into()), Some(json!(2)), t0 + 5)
+        .await
+        .expect("append");
+    assert_eq!((again, created), (second.clone(), false));
+    // A job whose `emits` name the key, finishing now (before the key's newest time).
+    let mut j = job("conf.emit", "r1");
+    j.emits = vec!["late".into()];
+    let j = submit(&s, j).await;
+    let claimed = claim_one(&s, "r1", "w1").await;
+    run_to_success(&s, &claimed).await;
+    // The reader, going on from where it was, gets every record written since, once, in order.
+    let page = s
+        .signals_page("late", next, 100, usize::MAX)
+        .await
+        .expect("page");
+    let got: Vec<(u64, i64)> = page.records.iter().map(|r| (r.seq, r.at)).collect();
+    assert_eq!(
+        got,
+        vec![(2, first.at + 1), (3, first.at + 2), (4, first.at + 3)],
+        "{page:?}"
+    );
+    assert_eq!(page.records[2].id, Some(format!("job:{}", j.id)));
+    // The key's listing shows the newest time.
+    let keys = s.signal_keys(None, 100).await.expect("keys");
+    let late = keys.iter().find(|k| k.key == "late").expect("listed");
+    assert_eq!((late.count, late.latest), (4, first.at + 3));
 }
 
 async fn a_signal_id_is_kept_as_long_as_its_record(mut b: Backend) {

@@ -89,8 +89,11 @@ pub fn check_key(key: &str) -> std::result::Result<(), String> {
 /// Signals: append (idempotent by id), read since a time, trim.
 #[async_trait]
 pub trait SignalStore: Send + Sync {
-    /// Appends a record at `at`; with an `id` already used for this key, returns that record and
-    /// false (nothing written).
+    /// Appends a record at `at` (the writer's clock), or one microsecond after the key's newest
+    /// record when `at` is not later: a key's records are stamped in the order the store writes
+    /// them, so a reader following a page's `next_since` misses no record written after the page
+    /// was read (only records of an older version may share a microsecond). With an `id` already
+    /// used for this key, returns that record and false (nothing written).
     async fn signal_append(
         &self,
         key: &str,

@@ -80,6 +80,15 @@ pub(super) fn append_in(
             return Ok((to_signal(r)?, false));
         }
     }
+    // A key's records are stamped in the order they are written: one written after another is
+    // at least a microsecond later, whatever time its caller took (`SignalStore::signal_append`).
+    let last: Option<i64> = row(
+        conn,
+        "SELECT max(at) FROM signals WHERE key = ?1",
+        [&key],
+        |r| r.get(0),
+    )?;
+    let at = last.map_or(at, |l| at.max(l.saturating_add(1)));
     let seq: i64 = row(
         conn,
         "INSERT INTO signal_seqs(key, seq) VALUES (?1, 1)
@@ -107,6 +116,23 @@ pub(super) fn append_in(
         },
         true,
     ))
+}
+
+/// The numbers of `key`'s records written at or after `since`, lowest first, at most `limit`:
+/// [`SignalStore::signal_seqs`] on a reader, a waiting job's check in the writer's transaction.
+pub(super) fn seqs_in(
+    conn: &rusqlite::Connection,
+    key: &str,
+    since: Micros,
+    limit: usize,
+) -> Result<Vec<u64>> {
+    let seqs: Vec<i64> = rows(
+        conn,
+        "SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 ORDER BY seq LIMIT ?3",
+        params![key, since, limit as i64],
+        |r| r.get(0),
+    )?;
+    Ok(seqs.into_iter().map(|s| s.max(0) as u64).collect())
 }
 
 /// The signals of a job that just ended SUCCESS: one per key of `emits`, id `job:{id}`.
@@ -183,16 +209,7 @@ impl SignalStore for SqliteStore {
 
     async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>> {
         let key = key.to_string();
-        self.read(move |c| {
-            let seqs: Vec<i64> = rows(
-                c,
-                "SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 ORDER BY seq LIMIT ?3",
-                params![key, since, limit as i64],
-                |r| r.get(0),
-            )?;
-            Ok(seqs.into_iter().map(|s| s.max(0) as u64).collect())
-        })
-        .await
+        self.read(move |c| seqs_in(c, &key, since, limit)).await
     }
 
     async fn signals_trim(&self, before: Micros) -> Result<u64> {

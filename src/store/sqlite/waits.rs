@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{apply_in, db_err, exec, load, rows, SqliteStore, WriteCtx};
+use super::{apply_in, exec, load, rows, SqliteStore, WriteCtx};
 use crate::job::wait::{all_met, Seen, WaitItem};
 use crate::job::{now_us, Command, Job, JobStatus, Micros};
 use crate::store::waits::{counters, WaitStore};
@@ -30,24 +30,14 @@ CREATE INDEX IF NOT EXISTS wait_deadlines_at ON wait_deadlines(deadline);
 
 /// The records each item has (at most `needed`), on the writer's connection.
 fn seen_in(conn: &rusqlite::Connection, items: &[WaitItem]) -> Result<Seen> {
-    let mut stmt = conn
-        .prepare_cached("SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 ORDER BY seq LIMIT ?3")
-        .map_err(db_err)?;
-    let mut out = Vec::with_capacity(items.len());
-    for i in items {
-        let seqs: Vec<i64> = stmt
-            .query_map(params![i.key, i.since.unwrap_or(0), i.needed as i64], |r| {
-                r.get(0)
-            })
-            .map_err(db_err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err)?;
-        out.push((
-            seqs.len() as u32,
-            seqs.into_iter().map(|s| s as u64).collect(),
-        ));
-    }
-    Ok(out)
+    items
+        .iter()
+        .map(|i| {
+            let seqs =
+                super::signals::seqs_in(conn, &i.key, i.since.unwrap_or(0), i.needed as usize)?;
+            Ok((seqs.len() as u32, seqs))
+        })
+        .collect()
 }
 
 /// Releases `job` (WAITING) when its conditions hold. True when released.

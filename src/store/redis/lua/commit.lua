@@ -173,17 +173,18 @@ local function emit(w, K)
     local sidt = (K.sigidt or {})[i]
     local cid = 'job:' .. id
     if not redis.call('HGET', sid, cid) then
+      local at = stamp(sig, w.fin)
       local seq = redis.call('HINCRBY', K.sigseq, skey, 1)
-      local rec = '{"key":' .. cjson.encode(skey) .. ',"seq":' .. seq .. ',"at":' .. w.fin ..
+      local rec = '{"key":' .. cjson.encode(skey) .. ',"seq":' .. seq .. ',"at":' .. at ..
         ',"id":' .. cjson.encode(cid) .. ',"payload":{"job_id":' .. cjson.encode(id) .. '}}'
-      redis.call('ZADD', sig, w.fin, rec)
+      redis.call('ZADD', sig, at, rec)
       redis.call('HSET', sid, cid, rec)
-      if sidt then redis.call('ZADD', sidt, w.fin, cid) end
+      if sidt then redis.call('ZADD', sidt, at, cid) end
       if redis.call('ZCARD', sig) > 10000 then
         redis.call('ZREMRANGEBYRANK', sig, 0, -10001)
         if sidt then forget_cut_ids(sig, sid, sidt) end
       end
-      redis.call('ZADD', K.sigkeys, w.fin, skey)
+      redis.call('ZADD', K.sigkeys, at, skey)
       for _, wid in ipairs(redis.call('SMEMBERS', wk)) do mark_due(K, wid) end
     end
   end

@@ -1,6 +1,17 @@
--- Signal client ids (see src/store/redis/signals.rs), prepended to signal_append.lua,
--- signal_trim.lua and commit.lua: `P:sigidt:{key}` holds each id of `P:sigid:{key}` by its
--- record's time, so that an id goes with its record.
+-- Signal rules (see src/store/redis/signals.rs), prepended to signal_append.lua,
+-- signal_trim.lua and commit.lua. Client ids: `P:sigidt:{key}` holds each id of `P:sigid:{key}`
+-- by its record's time, so that an id goes with its record. Times: a key's records are stamped
+-- in the order they are written.
+
+-- The time (µs, as text) of a new record of `sig` (`P:sig:{key}`) its writer took at `at`: one
+-- microsecond after the key's newest record when `at` is not later (another node's clock, a
+-- write that waited), so that a reader following `next_since` misses no record written later.
+local function stamp(sig, at)
+  local t = tonumber(at)
+  local last = redis.call('ZRANGE', sig, -1, -1, 'WITHSCORES')[2]
+  if last and tonumber(last) >= t then t = tonumber(last) + 1 end
+  return string.format('%d', t)
+end
 
 -- Forgets the ids of records written before `cut` (µs): each only while it still names a record
 -- of that time (a build before `P:sigidt` may have written it again since).
