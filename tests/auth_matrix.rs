@@ -40,7 +40,7 @@ const ADMIN: &str = "ry_matrix_admin";
 fn config_text(dir: &std::path::Path) -> String {
     let mut t = format!(
         "data_dir = \"{}\"\n[worker]\nlease_ttl = \"1s\"\n[events]\nprogress_interval = \"0s\"\n\
-         [auth]\njwt_secret = \"{SECRET}\"\nmetrics_require_token = true\n",
+         [auth]\njwt_secret = \"{SECRET}\"\n",
         dir.join("data").display()
     );
     let mut token = |name: &str, tok: &str, extra: &str| {
@@ -857,11 +857,23 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
         .await
         .expect("cancel");
     assert_eq!(res.status().as_u16(), 403, "no jobs:cancel");
-    // `/metrics` and `/health` are open unless `auth.metrics_require_token`.
-    for open in ["/metrics", "/health"] {
-        let res = http.get(format!("{url}{open}")).send().await.expect("get");
-        assert_eq!(res.status().as_u16(), 200, "{open}");
-    }
+    // `/health` is open; `/metrics` needs a credential by default (`auth.metrics_require_token`)
+    // and one confined to no types: this token's covers `runyard.*` only.
+    let res = http.get(format!("{url}/health")).send().await.expect("get");
+    assert_eq!(res.status().as_u16(), 200, "/health");
+    let res = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status().as_u16(), 401, "/metrics without a credential");
+    let res = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status().as_u16(), 403, "/metrics with a confined token");
     server.stop().await.expect("stop");
 
     // Bad input: an unknown scope, to `token new` and to `serve` (named, and the hash is not

@@ -655,6 +655,7 @@ async fn a_stream_ends_when_its_token_expires() {
     let metrics = ts
         .client
         .get(ts.at("/metrics"))
+        .bearer_auth(service_token())
         .send()
         .await
         .expect("metrics")

@@ -10,7 +10,8 @@
 //!   a caller confined to types or channels;
 //! - event routes accept the JWT from the cookie too, and serve only the caller's channels;
 //! - hook routes pass (their handlers check the job's signature), `/health` passes, `/metrics`
-//!   passes unless `auth.metrics_require_token` (then as [`Need::Unconfined`] with `jobs:read`);
+//!   needs what [`Need::Unconfined`] with `jobs:read` needs unless `auth.metrics_require_token`
+//!   is turned off (it is on by default);
 //! - a credential in the query string (`?token=`, `?access_token=`) is refused (400
 //!   `token_in_query`): URLs end up in logs;
 //! - a route missing from [`ROUTES`] answers 500 `route_not_in_access_table`, auth or not, so a
@@ -57,8 +58,8 @@ pub enum Need {
     Hook,
     /// Open to anyone (`/health`, signed blob URLs).
     Open,
-    /// `/metrics`: open, or with `auth.metrics_require_token` `jobs:read` from a grant confined
-    /// to neither types nor channels (as [`Need::Unconfined`]).
+    /// `/metrics`: with `auth.metrics_require_token` (the default) `jobs:read` from a grant
+    /// confined to neither types nor channels (as [`Need::Unconfined`]); open without it.
     Metrics,
 }
 

@@ -29,7 +29,9 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
     /// API tokens (`[[auth.tokens]]`): each the SHA-256 of a bearer token and what it grants.
     pub tokens: Vec<TokenConfig>,
-    /// `/metrics` needs a token (or JWT) with `jobs:read` when auth is in force.
+    /// `/metrics` needs a token (or JWT) with `jobs:read` when auth is in force (the default:
+    /// the contract opens `/health` alone; `false` serves it to anyone, for a scrape without a
+    /// token).
     pub metrics_require_token: bool,
     /// Serve without auth on a non-loopback address (`serve --insecure-no-auth`).
     pub insecure_no_auth: bool,
@@ -81,7 +83,7 @@ impl Default for AuthConfig {
             require_exp: true,
             allowed_origins: Vec::new(),
             tokens: Vec::new(),
-            metrics_require_token: false,
+            metrics_require_token: true,
             insecure_no_auth: false,
         }
     }

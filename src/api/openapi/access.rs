@@ -147,12 +147,12 @@ fn apply(op: &mut Operation, need: Need) {
             );
         }
         Need::Metrics => {
-            // Open unless `auth.metrics_require_token`.
+            // Protected unless `auth.metrics_require_token = false`.
             op.security = Some(vec![
                 SecurityRequirement::default(),
                 SecurityRequirement::new(BEARER, Vec::<String>::new()),
             ]);
-            add(op, "401", "`unauthorized`: `auth.metrics_require_token` is set and no good credential was sent");
+            add(op, "401", "`unauthorized`: no good credential was sent (and `auth.metrics_require_token` is not turned off)");
             add(op, "403", "`forbidden`: the credential lacks `jobs:read`, or is confined to `types` or `channels`");
         }
         Need::Hook => {
