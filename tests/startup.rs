@@ -123,6 +123,31 @@ fn serve_without_runners_refuses_and_says_how_to_add_one() {
 }
 
 #[test]
+fn a_redis_password_on_the_command_line_is_refused() {
+    // Every user of the host reads a command line (`ps`): the password must come another way.
+    // The Redis port is closed: the refusal comes before any connection.
+    let closed = free_port();
+    for cmd in ["serve", "worker"] {
+        let url = format!("redis://:hunter2-pw@127.0.0.1:{closed}/0");
+        let out = run(SHELL, &[cmd, "--redis", &url], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: must be refused: {err}");
+        for w in [
+            "`--redis`",
+            "password",
+            "RUNYARD_REDIS",
+            "configuration file",
+        ] {
+            assert!(err.contains(w), "{cmd}: the message names {w:?}: {err}");
+        }
+        assert!(
+            !err.contains("hunter2"),
+            "the password is not repeated: {err}"
+        );
+    }
+}
+
+#[test]
 fn overlapping_runner_types_are_refused() {
     let config = format!(
         "{SHELL}[[runners]]\nkind = \"local\"\ntypes = [\"sh.daily\"]\ncommand = [\"true\"]\n"

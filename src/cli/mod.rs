@@ -118,6 +118,7 @@ impl ServeArgs {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("runyard.toml"), false),
         };
+        refuse_redis_password(self.redis.as_deref())?;
         let config = Config::load(
             &path,
             required,
@@ -160,6 +161,7 @@ impl WorkerArgs {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("runyard.toml"), false),
         };
+        refuse_redis_password(self.redis.as_deref())?;
         let config = Config::load(
             &path,
             required,
@@ -172,6 +174,22 @@ impl WorkerArgs {
         )?;
         crate::security::warn_if_config_readable(&path);
         Ok(config)
+    }
+}
+
+/// Refuses a `--redis` URL holding a password: a process's command line is readable by every
+/// user of the host (`ps`, `/proc/PID/cmdline`), a job run as another user included, and the
+/// Redis password opens the whole store. `RUNYARD_REDIS` (scrubbed from the environment at
+/// start) and the configuration file (0600) keep it.
+fn refuse_redis_password(redis: Option<&str>) -> Result<(), crate::config::ConfigError> {
+    match redis.map(url::Url::parse) {
+        Some(Ok(u)) if u.password().is_some() => Err(crate::config::ConfigError(
+            "`--redis`: the URL holds a password, which every user of this host can read in the \
+             process's command line (`ps`, /proc/PID/cmdline); give the URL as RUNYARD_REDIS or \
+             as `redis` in the configuration file instead"
+                .into(),
+        )),
+        _ => Ok(()),
     }
 }
 
