@@ -127,24 +127,45 @@ fn a_redis_password_on_the_command_line_is_refused() {
     // Every user of the host reads a command line (`ps`): the password must come another way.
     // The Redis port is closed: the refusal comes before any connection.
     let closed = free_port();
-    for cmd in ["serve", "worker"] {
-        let url = format!("redis://:hunter2-pw@127.0.0.1:{closed}/0");
-        let out = run(SHELL, &[cmd, "--redis", &url], &[]);
+    let with_password = [
+        ("serve", format!("redis://:hunter2-pw@127.0.0.1:{closed}/0")),
+        (
+            "worker",
+            format!("redis://app:hunter2-pw@127.0.0.1:{closed}"),
+        ),
+        (
+            "serve",
+            "unix:///tmp/no-such-redis.sock?pass=hunter2-pw".to_string(),
+        ),
+    ];
+    for (cmd, url) in &with_password {
+        let out = run(SHELL, &[cmd, "--redis", url], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{cmd}: must be refused: {err}");
+        assert!(!out.status.success(), "{cmd} {url}: must be refused: {err}");
         for w in [
             "`--redis`",
             "password",
             "RUNYARD_REDIS",
             "configuration file",
         ] {
-            assert!(err.contains(w), "{cmd}: the message names {w:?}: {err}");
+            assert!(
+                err.contains(w),
+                "{cmd} {url}: the message names {w:?}: {err}"
+            );
         }
         assert!(
             !err.contains("hunter2"),
             "the password is not repeated: {err}"
         );
     }
+    // What the driver cannot read is refused without being repeated.
+    let out = run(SHELL, &["serve", "--redis", "redis://:hunter2@[::1"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a Redis URL"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]

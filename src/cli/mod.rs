@@ -182,13 +182,17 @@ impl WorkerArgs {
 /// Redis password opens the whole store. `RUNYARD_REDIS` (scrubbed from the environment at
 /// start) and the configuration file (0600) keep it.
 fn refuse_redis_password(redis: Option<&str>) -> Result<(), crate::config::ConfigError> {
-    match redis.map(url::Url::parse) {
-        Some(Ok(u)) if u.password().is_some() => Err(crate::config::ConfigError(
-            "`--redis`: the URL holds a password, which every user of this host can read in the \
-             process's command line (`ps`, /proc/PID/cmdline); give the URL as RUNYARD_REDIS or \
-             as `redis` in the configuration file instead"
-                .into(),
-        )),
+    use ::redis::IntoConnectionInfo;
+    let refuse = |why: &str| Err(crate::config::ConfigError(format!("`--redis`: {why}")));
+    match redis.map(IntoConnectionInfo::into_connection_info) {
+        // The driver's own reading: `user:password@` and `unix://...?pass=` alike.
+        Some(Ok(info)) if info.redis.password.is_some() => refuse(
+            "the URL holds a password, which every user of this host can read in the process's \
+             command line (`ps`, /proc/PID/cmdline); give the URL as RUNYARD_REDIS or as `redis` \
+             in the configuration file instead",
+        ),
+        // Not repeated: it may hold a password the driver could not find.
+        Some(Err(_)) => refuse("not a Redis URL (redis://, rediss:// or unix://)"),
         _ => Ok(()),
     }
 }
