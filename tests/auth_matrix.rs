@@ -797,6 +797,47 @@ fn run_bin_env(
     )
 }
 
+/// `auth.metrics_require_token = false` opens `/metrics` to a scrape without a credential (by
+/// default it needs one: the matrix); every client route still needs one.
+#[tokio::test]
+async fn metrics_can_be_opened_on_purpose() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "data_dir = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\nmetrics_require_token = false\n\
+         [[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+        dir.path().join("data").display()
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = ServerBuilder::new(config)
+        .worker(false)
+        .start(listener)
+        .await
+        .expect("start");
+    let http = reqwest::Client::new();
+    let url = server.url();
+    let res = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status().as_u16(), 200, "/metrics opened");
+    assert!(res.text().await.expect("text").contains("runyard_"));
+    let res = http
+        .get(format!("{url}/async/jobs"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        res.status().as_u16(),
+        401,
+        "the API still needs a credential"
+    );
+    server.stop().await.expect("stop");
+}
+
 #[tokio::test]
 async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
     let dir = tempfile::tempdir().expect("tempdir");

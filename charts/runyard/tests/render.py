@@ -63,7 +63,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "worker": {"enabled": True, "replicas": 3, "healthPort": 9091},
         "ingress": {"enabled": True, "hosts": [{"host": "jobs.example.com", "paths": [{"path": "/async", "pathType": "Prefix"}]}]},
         "networkPolicy": {"enabled": True},
-        "serviceMonitor": {"enabled": True, "interval": "15s"},
+        "serviceMonitor": {
+            "enabled": True,
+            "interval": "15s",
+            "bearerTokenSecret": {"name": "jobs-api-metrics", "key": "token"},
+        },
         "jobs": {"namespace": "runyard-batch", "podSecurity": "baseline"},
         "service": {"type": "NodePort", "port": 80, "annotations": {"a.example.com/x": "y"}},
         "publicUrl": "https://jobs.example.com/",

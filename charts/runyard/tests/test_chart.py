@@ -131,6 +131,23 @@ def test_jobs_run_in_their_own_namespace(scenario):
         assert job_ns == {"runyard-jobs"}
 
 
+def test_a_service_monitor_with_auth_needs_a_token():
+    """With auth, /metrics answers 401 to a scrape without a token: refused at render, not a target
+    that goes down after the install."""
+    monitor = {"enabled": True}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "serviceMonitor": monitor})
+    assert "serviceMonitor.bearerTokenSecret" in str(e.value)
+    # Without auth, or with /metrics opened on purpose, no token is needed.
+    for values in [
+        {**render.KEYS, "serviceMonitor": monitor, "auth": {"enabled": False}},
+        {**render.KEYS, "serviceMonitor": monitor, "config": {"auth": {"metrics_require_token": False}}},
+    ]:
+        ep = one(render.render(values), "ServiceMonitor")["spec"]["endpoints"][0]
+        assert "authorization" not in ep
+        assert config_of(render.render(values)).get("auth", {}).get("metrics_require_token", False) is False
+
+
 def test_a_kube_runner_in_the_release_namespace_is_refused():
     values = {**render.KEYS, "runners": [{"kind": "kube", "types": ["x.*"], "namespace": "runyard"}]}
     with pytest.raises(helm_python.HelmError) as e:

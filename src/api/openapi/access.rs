@@ -149,8 +149,8 @@ fn apply(op: &mut Operation, need: Need) {
         Need::Metrics => {
             // Protected unless `auth.metrics_require_token = false`.
             op.security = Some(vec![
-                SecurityRequirement::default(),
                 SecurityRequirement::new(BEARER, Vec::<String>::new()),
+                SecurityRequirement::default(),
             ]);
             add(op, "401", "`unauthorized`: no good credential was sent (and `auth.metrics_require_token` is not turned off)");
             add(op, "403", "`forbidden`: the credential lacks `jobs:read`, or is confined to `types` or `channels`");
