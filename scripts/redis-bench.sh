@@ -69,14 +69,19 @@ if [ -n "${PERF_WORKER:-}" ]; then
 fi
 # MONITOR=FILE: every command redis-server receives during the bench (`redis-cli monitor`),
 # for scripts/redis-replay.py.
+# Stopped with TERM: a background job of a non-interactive shell ignores SIGINT, and redis-cli
+# does not catch it (the INT that stops perf left the script waiting forever).
+monitor_pid=
 if [ -n "${MONITOR:-}" ]; then
   redis-cli -p "$rport" monitor >"$MONITOR" &
-  perf_pids+=($!)
+  monitor_pid=$!
+  pids+=($monitor_pid)
 fi
 # The bench client's own CPU time is taken too (printed at the end, for scripts/compare).
 python3 "$(dirname "${BASH_SOURCE[0]}")/compare/cpu.py" run "$dir/client-cpu" \
   "$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
 for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+if [ -n "$monitor_pid" ]; then kill -TERM "$monitor_pid" 2>/dev/null || true; wait "$monitor_pid" 2>/dev/null || true; fi
 redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
 echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
 # CPU time of redis-server over the whole run (utime + stime, start-up and warm-up included): a
