@@ -131,7 +131,13 @@ unless set in `config.worker`). */}}
 {{- if and .Values.secrets.jwtSecret (lt (len .Values.secrets.jwtSecret) 32) -}}
 {{- fail "runyard: secrets.jwtSecret must be at least 32 characters" -}}
 {{- end -}}
-{{- if and .Values.serviceMonitor.enabled .Values.auth.enabled (not .Values.serviceMonitor.bearerTokenSecret) (ne (toString (dig "auth" "metrics_require_token" "" .Values.config)) "false") -}}
+{{- $metricsOpen := false -}}
+{{- $cfgAuth := (.Values.config | default dict).auth -}}
+{{- if kindIs "map" $cfgAuth -}}
+{{- $v := get $cfgAuth "metrics_require_token" -}}
+{{- $metricsOpen = and (kindIs "bool" $v) (not $v) -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled .Values.auth.enabled (not .Values.serviceMonitor.bearerTokenSecret) (not $metricsOpen) -}}
 {{- fail "runyard: serviceMonitor.enabled with auth.enabled needs serviceMonitor.bearerTokenSecret (a Secret with a runyard token that has jobs:read and no types or channels): with auth, /metrics answers 401 without one; or set config.auth.metrics_require_token=false to serve /metrics to anyone" -}}
 {{- end -}}
 {{- $window := include "runyard.shutdownWindow" . | int -}}

@@ -135,9 +135,11 @@ def test_a_service_monitor_with_auth_needs_a_token():
     """With auth, /metrics answers 401 to a scrape without a token: refused at render, not a target
     that goes down after the install."""
     monitor = {"enabled": True}
-    with pytest.raises(helm_python.HelmError) as e:
-        render.render({**render.KEYS, "serviceMonitor": monitor})
-    assert "serviceMonitor.bearerTokenSecret" in str(e.value)
+    # No token; an empty `config.auth`; the string "false" (the server wants a boolean there).
+    for config in [{}, {"auth": None}, {"auth": {"metrics_require_token": "false"}}]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "serviceMonitor": monitor, "config": config})
+        assert "serviceMonitor.bearerTokenSecret" in str(e.value), (config, str(e.value))
     # Without auth, or with /metrics opened on purpose, no token is needed.
     for values in [
         {**render.KEYS, "serviceMonitor": monitor, "auth": {"enabled": False}},

@@ -1,7 +1,8 @@
 -- Signal rules (see src/store/redis/signals.rs), prepended to signal_append.lua,
 -- signal_trim.lua and commit.lua. Client ids: `P:sigidt:{key}` holds each id of `P:sigid:{key}`
 -- by its record's time, so that an id goes with its record. Times: a key's records are stamped
--- in the order they are written.
+-- in the order they are written. (Redis reports errors of those scripts with line numbers that
+-- count this file's lines first.)
 
 -- The time (µs, as text) of a new record of `sig` (`P:sig:{key}`) its writer took at `at`: one
 -- microsecond after the key's newest record when `at` is not later (another node's clock, a
