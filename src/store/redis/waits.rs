@@ -27,7 +27,7 @@ static UNMARK: LazyLock<Script> = LazyLock::new(|| {
 
 impl RedisStore {
     /// A job's wait items and the records each has now, for its deadline (`None`: the job is
-    /// gone): one read of the numbers per item.
+    /// gone): the numbers of each item, read at once ([`seen_now`]).
     async fn deadline_seen(&self, id: Uuid) -> Result<Option<(Vec<WaitItem>, Seen)>> {
         let Some((job, _)) = self.load(id).await? else {
             return Ok(None);
