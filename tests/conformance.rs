@@ -2127,6 +2127,30 @@ async fn a_signal_id_is_kept_as_long_as_its_record(mut b: Backend) {
         (10_002, true),
         "cut by the cap"
     );
+    // A job's `emits` cut the oldest record the same way (its own script on Redis).
+    let key = "capped-by-emits";
+    s.signal_append(key, Some("oldest".into()), None, t0)
+        .await
+        .expect("append");
+    for i in 1..10_000 {
+        s.signal_append(key, None, None, t0 + i)
+            .await
+            .expect("append");
+    }
+    let mut j = job("conf.emit", "r1");
+    j.emits = vec![key.into()];
+    submit(&s, j).await;
+    let claimed = claim_one(&s, "r1", "w1").await;
+    run_to_success(&s, &claimed).await;
+    let again = s
+        .signal_append(key, Some("oldest".into()), None, t0 + 30_000)
+        .await
+        .expect("append");
+    assert_eq!(
+        (again.0.seq, again.1),
+        (10_002, true),
+        "the id went with its record, cut by the job's emit"
+    );
 }
 
 async fn batch_submits_store_each_job_on_its_own(mut b: Backend) {
