@@ -244,18 +244,11 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
         last_early = Some(to_us(x));
         t = c.next_after(x);
     }
-    // Every fire time in [the window's start, now].
-    let mut due = Vec::new();
-    while let Some(x) = t {
-        if to_us(x) > now || due.len() >= MAX_DUE {
-            break;
-        }
-        due.push(to_us(x));
-        t = c.next_after(x);
-    }
+    // The newest MAX_DUE fire times in [the window's start, now] (every policy keeps the newest).
+    let (due, dropped) = newest_due(c, t, now);
     s.next_fire = c.next_after(to_utc(now)).map(to_us);
     let chosen = by_misfire(s, &due, now);
-    let missed = early + (due.len() - chosen.len()) as u64;
+    let missed = early + dropped + (due.len() - chosen.len()) as u64;
     if missed > 0 {
         s.counters.misfires += missed;
         let last_missed = due
@@ -276,6 +269,38 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
     }
     by_overlap(s, chosen, now, prev);
     true
+}
+
+/// The newest [`MAX_DUE`] fire times of `c` from `t` to `now`, oldest first, and how many older
+/// ones were passed over (counted as missed). A window holding more (a per-second schedule down
+/// for more than a day with a window as long) is not walked time by time to its end: after
+/// [`MAX_DUE`] times short of `now` the reading jumps to as far before `now` as the last
+/// [`MAX_DUE`] times spanned, so at most about three times [`MAX_DUE`] times are computed; the
+/// times jumped over are missed but not counted.
+fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<Micros>, u64) {
+    let mut due = std::collections::VecDeque::with_capacity(MAX_DUE.min(1024));
+    let (mut dropped, mut read, mut jumped) = (0u64, 0usize, false);
+    while let Some(x) = t.filter(|x| to_us(*x) <= now) {
+        if due.len() == MAX_DUE {
+            due.pop_front();
+            dropped += 1;
+        }
+        due.push_back(to_us(x));
+        read += 1;
+        t = c.next_after(x);
+        if read >= 3 * MAX_DUE {
+            break;
+        }
+        if read == MAX_DUE && !jumped {
+            jumped = true;
+            let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
+            let from = now - span;
+            if t.is_some_and(|n| to_us(n) < from) {
+                t = c.next_after(to_utc(from - 1));
+            }
+        }
+    }
+    (due.into(), dropped)
 }
 
 /// A buffered fire waits for the schedule's active jobs to end: moves it to `pending` once they
@@ -578,6 +603,26 @@ mod tests {
         plan(&mut s, &c, down, &Previous::Idle);
         assert_eq!(pending(&s).len(), MAX_CATCHUP);
         assert_eq!(pending(&s).last(), Some(&(down / S)));
+        // A window holding more than three times MAX_DUE times (5 days of seconds, down as
+        // long): still the newest fire, or the newest MAX_CATCHUP, up to the wake-up.
+        let days = 5 * 24 * 3600;
+        let down = T0 + days * S;
+        let (mut s, c) = sched(
+            "* * * * * *",
+            Overlap::Allow,
+            Misfire::RunOnce,
+            days as u64,
+            T0,
+        );
+        plan(&mut s, &c, down, &Previous::Idle);
+        assert_eq!(pending(&s), vec![down / S]);
+        assert!(s.counters.misfires >= MAX_DUE as u64);
+        let (mut s, c) = sched("* * * * * *", Overlap::Allow, Misfire::All, days as u64, T0);
+        plan(&mut s, &c, down, &Previous::Idle);
+        let p = pending(&s);
+        assert_eq!(p.len(), MAX_CATCHUP);
+        assert_eq!(p.first(), Some(&(down / S - MAX_CATCHUP as i64 + 1)));
+        assert_eq!(p.last(), Some(&(down / S)));
     }
 
     #[test]
