@@ -271,15 +271,19 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
     true
 }
 
-/// The newest [`MAX_DUE`] fire times of `c` from `t` to `now`, oldest first, and how many older
-/// ones were passed over (counted as missed). A window holding more (a per-second schedule down
-/// for more than a day with a window as long) is not walked time by time to its end: after
-/// [`MAX_DUE`] times short of `now` the reading jumps to as far before `now` as the last
-/// [`MAX_DUE`] times spanned, so at most about three times [`MAX_DUE`] times are computed; the
-/// times jumped over are missed but not counted.
+/// Jumps ahead [`newest_due`] may take.
+const MAX_JUMPS: usize = 4;
+
+/// The newest fire times of `c` from `t` to `now` (at most [`MAX_DUE`]), oldest first, and how
+/// many older ones were read and passed over (counted as missed). A window holding more (a
+/// per-second schedule down for days with a window as long) is not walked time by time to its
+/// end: each time [`MAX_DUE`] times were read short of `now`, the reading drops them and jumps
+/// to as far before `now` as they spanned (at most [`MAX_JUMPS`] times, so at most
+/// `(MAX_JUMPS + 1) * MAX_DUE` times are computed). The times jumped over are missed but not
+/// counted.
 fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<Micros>, u64) {
     let mut due = std::collections::VecDeque::with_capacity(MAX_DUE.min(1024));
-    let (mut dropped, mut read, mut jumped) = (0u64, 0usize, false);
+    let (mut dropped, mut read, mut jumps) = (0u64, 0usize, 0usize);
     while let Some(x) = t.filter(|x| to_us(*x) <= now) {
         if due.len() == MAX_DUE {
             due.pop_front();
@@ -288,16 +292,19 @@ fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<M
         due.push_back(to_us(x));
         read += 1;
         t = c.next_after(x);
-        if read >= 3 * MAX_DUE {
+        if read % MAX_DUE != 0 {
+            continue;
+        }
+        if jumps == MAX_JUMPS {
             break;
         }
-        if read == MAX_DUE && !jumped {
-            jumped = true;
-            let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
-            let from = now - span;
-            if t.is_some_and(|n| to_us(n) < from) {
-                t = c.next_after(to_utc(from - 1));
-            }
+        let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
+        let from = now - span;
+        if t.is_some_and(|n| to_us(n) < from) {
+            dropped += due.len() as u64;
+            due.clear();
+            jumps += 1;
+            t = c.next_after(to_utc(from - 1));
         }
     }
     (due.into(), dropped)
@@ -623,6 +630,17 @@ mod tests {
         assert_eq!(p.len(), MAX_CATCHUP);
         assert_eq!(p.first(), Some(&(down / S - MAX_CATCHUP as i64 + 1)));
         assert_eq!(p.last(), Some(&(down / S)));
+        // A window whose first 100,000 times span a month's gap: every second of the 1st-3rd,
+        // the window from January 3rd, noon, woken on March 3rd at 23:59:59.5. The jump from
+        // the first 100,000 lands in February; a second one reaches March.
+        let start = T0 + (2 * 24 + 12) * 3600 * S;
+        let down = T0 + (61 * 86_400 + 86_399) * S + S / 2;
+        let window = ((down - start) / S) as u64;
+        for misfire in [Misfire::RunOnce, Misfire::Skip] {
+            let (mut s, c) = sched("* * * 1-3 * *", Overlap::Allow, misfire, window, T0);
+            plan(&mut s, &c, down, &Previous::Idle);
+            assert_eq!(pending(&s), vec![down / S], "{misfire:?}");
+        }
     }
 
     #[test]

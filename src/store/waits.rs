@@ -28,15 +28,24 @@ pub trait WaitStore: Send + Sync {
     async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>>;
 }
 
+/// Reads of one [`seen_now`] in flight at once.
+const SEEN_READS_AT_ONCE: usize = 8;
+
 /// The records each item of `items` has now (at most `needed` each), read from the store: their
-/// numbers only, never their payloads. The items' reads are made at once (on Redis they share
-/// one round trip through the multiplexed connection, not one each: up to 100 items).
+/// numbers only, never their payloads. Up to [`SEEN_READS_AT_ONCE`] items are read at once (on
+/// Redis they go out together on the multiplexed connection; the embedded store's pool keeps
+/// that many readers open), in order: the first failing item's error is returned.
 pub async fn seen_now(store: &dyn SignalStore, items: &[WaitItem]) -> Result<Seen> {
-    let reads = items
-        .iter()
-        .map(|i| store.signal_seqs(&i.key, i.since.unwrap_or(0), i.needed as usize));
-    Ok(futures::future::try_join_all(reads)
-        .await?
+    use futures::{StreamExt, TryStreamExt};
+    let mut reads = Vec::with_capacity(items.len());
+    for i in items {
+        reads.push(store.signal_seqs(&i.key, i.since.unwrap_or(0), i.needed as usize));
+    }
+    let seqs: Vec<Vec<u64>> = futures::stream::iter(reads)
+        .buffered(SEEN_READS_AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(seqs
         .into_iter()
         .map(|seqs| (seqs.len() as u32, seqs))
         .collect())
