@@ -278,9 +278,10 @@ const MAX_JUMPS: usize = 4;
 /// many older ones were read and passed over (counted as missed). A window holding more (a
 /// per-second schedule down for days with a window as long) is not walked time by time to its
 /// end: each time [`MAX_DUE`] times were read short of `now`, the reading drops them and jumps
-/// to as far before `now` as they spanned (at most [`MAX_JUMPS`] times, so at most
-/// `(MAX_JUMPS + 1) * MAX_DUE` times are computed). The times jumped over are missed but not
-/// counted.
+/// ahead to the first time at or after `now` less what they spanned (looking twice, four
+/// times... as far back when that stretch holds no time, so that the newest time is never
+/// jumped over), at most [`MAX_JUMPS`] times; it stops after `10 * MAX_DUE` times in all. The
+/// times jumped over are missed but not counted.
 fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<Micros>, u64) {
     let mut due = std::collections::VecDeque::with_capacity(MAX_DUE.min(1024));
     let (mut dropped, mut read, mut jumps) = (0u64, 0usize, 0usize);
@@ -292,19 +293,28 @@ fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<M
         due.push_back(to_us(x));
         read += 1;
         t = c.next_after(x);
-        if read % MAX_DUE != 0 {
-            continue;
-        }
-        if jumps == MAX_JUMPS {
+        if read >= 10 * MAX_DUE {
             break;
         }
-        let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
-        let from = now - span;
-        if t.is_some_and(|n| to_us(n) < from) {
-            dropped += due.len() as u64;
-            due.clear();
-            jumps += 1;
-            t = c.next_after(to_utc(from - 1));
+        if read % MAX_DUE != 0 || jumps == MAX_JUMPS {
+            continue;
+        }
+        let Some(next) = t.map(to_us).filter(|n| *n <= now) else {
+            break;
+        };
+        let mut back = (due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now))
+            .max(1_000_000);
+        while now - back > next {
+            match c.next_after(to_utc(now - back - 1)) {
+                Some(y) if to_us(y) <= now => {
+                    dropped += due.len() as u64;
+                    due.clear();
+                    jumps += 1;
+                    t = Some(y);
+                    break;
+                }
+                _ => back = back.saturating_mul(2),
+            }
         }
     }
     (due.into(), dropped)
@@ -641,6 +651,19 @@ mod tests {
             plan(&mut s, &c, down, &Previous::Idle);
             assert_eq!(pending(&s), vec![down / S], "{misfire:?}");
         }
+        // Woken a week after the last of those times: no jump lands past it (a stretch of
+        // 100,000 seconds before the wake-up holds no time, so the reading looks further back).
+        let late = down + 7 * 86_400 * S;
+        let window = ((late - start) / S) as u64;
+        let (mut s, c) = sched(
+            "* * * 1-3 * *",
+            Overlap::Allow,
+            Misfire::RunOnce,
+            window,
+            T0,
+        );
+        plan(&mut s, &c, late, &Previous::Idle);
+        assert_eq!(pending(&s), vec![down / S]);
     }
 
     #[test]
