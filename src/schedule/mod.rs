@@ -245,7 +245,7 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
         t = c.next_after(x);
     }
     // The newest MAX_DUE fire times in [the window's start, now] (every policy keeps the newest).
-    let (due, dropped) = newest_due(c, t, now);
+    let (due, dropped, last_dropped) = newest_due(c, t, now);
     s.next_fire = c.next_after(to_utc(now)).map(to_us);
     let chosen = by_misfire(s, &due, now);
     let missed = early + dropped + (due.len() - chosen.len()) as u64;
@@ -256,6 +256,7 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
             .rev()
             .find(|t| !chosen.contains(t))
             .copied()
+            .or(last_dropped)
             .or(last_early)
             .unwrap_or(first);
         s.record(RunEntry {
@@ -274,20 +275,24 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
 /// Jumps ahead [`newest_due`] may take.
 const MAX_JUMPS: usize = 4;
 
-/// The newest fire times of `c` from `t` to `now` (at most [`MAX_DUE`]), oldest first, and how
-/// many older ones were read and passed over (counted as missed). A window holding more (a
-/// per-second schedule down for days with a window as long) is not walked time by time to its
-/// end: each time [`MAX_DUE`] times were read short of `now`, the reading drops them and jumps
-/// ahead to the first time at or after `now` less what they spanned (looking twice, four
-/// times... as far back when that stretch holds no time, so that the newest time is never
-/// jumped over), at most [`MAX_JUMPS`] times; it stops after `10 * MAX_DUE` times in all. The
-/// times jumped over are missed but not counted.
-fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<Micros>, u64) {
+/// The newest fire times of `c` from `t` to `now` (at most [`MAX_DUE`]), oldest first; how many
+/// older ones were read and passed over (counted as missed), and the newest of those. A window
+/// holding more (a per-second schedule down for days with a window as long) is not walked time
+/// by time to its end: each time [`MAX_DUE`] times were read short of `now`, the reading drops
+/// them and jumps ahead to the first time at or after the newest fire time (at or before
+/// `now`, found by bisection) less what they spanned, at most [`MAX_JUMPS`] times; it stops
+/// after `10 * MAX_DUE` times in all. The times jumped over are missed but not counted.
+fn newest_due(
+    c: &CronSpec,
+    mut t: Option<DateTime<Utc>>,
+    now: Micros,
+) -> (Vec<Micros>, u64, Option<Micros>) {
     let mut due = std::collections::VecDeque::with_capacity(MAX_DUE.min(1024));
-    let (mut dropped, mut read, mut jumps) = (0u64, 0usize, 0usize);
+    let (mut dropped, mut last_dropped, mut read, mut jumps) = (0u64, None, 0usize, 0usize);
+    let mut newest = None;
     while let Some(x) = t.filter(|x| to_us(*x) <= now) {
         if due.len() == MAX_DUE {
-            due.pop_front();
+            last_dropped = due.pop_front();
             dropped += 1;
         }
         due.push_back(to_us(x));
@@ -302,22 +307,35 @@ fn newest_due(c: &CronSpec, mut t: Option<DateTime<Utc>>, now: Micros) -> (Vec<M
         let Some(next) = t.map(to_us).filter(|n| *n <= now) else {
             break;
         };
-        let mut back = (due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now))
-            .max(1_000_000);
-        while now - back > next {
-            match c.next_after(to_utc(now - back - 1)) {
-                Some(y) if to_us(y) <= now => {
-                    dropped += due.len() as u64;
-                    due.clear();
-                    jumps += 1;
-                    t = Some(y);
-                    break;
-                }
-                _ => back = back.saturating_mul(2),
+        let newest = *newest.get_or_insert_with(|| newest_at_or_before(c, next, now));
+        let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
+        if let Some(y) = c.next_after(to_utc(newest - span - 1)) {
+            if to_us(y) > next && to_us(y) <= now {
+                dropped += due.len() as u64;
+                last_dropped = due.back().copied();
+                due.clear();
+                jumps += 1;
+                t = Some(y);
             }
         }
     }
-    (due.into(), dropped)
+    (due.into(), dropped, last_dropped)
+}
+
+/// The newest fire time of `c` in `[lo, now]`, given that `lo` is one: by bisection on
+/// [`CronSpec::next_after`] (about 45 calls for a year in microseconds).
+fn newest_at_or_before(c: &CronSpec, lo: Micros, now: Micros) -> Micros {
+    // Invariant: a fire time lies in (a, now]; none lies in (b, now].
+    let (mut a, mut b) = (lo - 1, now);
+    while b - a > 1 {
+        let m = a + (b - a) / 2;
+        if c.next_after(to_utc(m)).is_some_and(|y| to_us(y) <= now) {
+            a = m;
+        } else {
+            b = m;
+        }
+    }
+    c.next_after(to_utc(a)).map_or(lo, to_us)
 }
 
 /// A buffered fire waits for the schedule's active jobs to end: moves it to `pending` once they
@@ -664,6 +682,29 @@ mod tests {
         );
         plan(&mut s, &c, late, &Previous::Idle);
         assert_eq!(pending(&s), vec![down / S]);
+        // Every second of January, woken on February 19th at 13:00 with a year's window: the
+        // first jump must land near the newest time, not up to twice the gap before the
+        // wake-up (the reading then ran out of its budget on January 23rd).
+        let (mut s, c) = sched(
+            "* * * * 1 *",
+            Overlap::Allow,
+            Misfire::RunOnce,
+            366 * 86_400,
+            T0 - 200 * 86_400 * S,
+        );
+        let woken = T0 + 49 * 86_400 * S + 13 * 3600 * S;
+        plan(&mut s, &c, woken, &Previous::Idle);
+        assert_eq!(pending(&s), vec![T0 / S + 31 * 86_400 - 1]);
+        let missed = s
+            .last_runs
+            .iter()
+            .find(|r| r.outcome == "missed")
+            .expect("missed");
+        assert_eq!(
+            missed.fire_time / S,
+            T0 / S + 31 * 86_400 - 2,
+            "the newest missed time"
+        );
     }
 
     #[test]
