@@ -76,6 +76,19 @@ fn config_text(dir: &std::path::Path) -> String {
     t
 }
 
+/// A server (API only, no worker) of configuration `text`, on a free loopback port.
+async fn serve(text: &str) -> RunningServer {
+    let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    ServerBuilder::new(config)
+        .worker(false)
+        .start(listener)
+        .await
+        .expect("start")
+}
+
 fn now() -> i64 {
     jsonwebtoken::get_current_timestamp() as i64
 }
@@ -121,15 +134,7 @@ impl Harness {
 
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config::from_toml(&config_text(dir.path())).expect("config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let server = ServerBuilder::new(config)
-            .worker(false)
-            .start(listener)
-            .await
-            .expect("start");
+        let server = serve(&config_text(dir.path())).await;
         let url = server.url();
         let mut h = Harness {
             server: Some(server),
@@ -807,15 +812,7 @@ async fn metrics_can_be_opened_on_purpose() {
          [[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
         dir.path().join("data").display()
     );
-    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let server = ServerBuilder::new(config)
-        .worker(false)
-        .start(listener)
-        .await
-        .expect("start");
+    let server = serve(&text).await;
     let http = reqwest::Client::new();
     let url = server.url();
     let res = http
@@ -868,15 +865,7 @@ async fn token_new_prints_a_token_once_and_lines_that_serve_accepts() {
         "data_dir = \"{}\"\n{lines}\n[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
         dir.path().join("data").display()
     );
-    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let server = ServerBuilder::new(config)
-        .worker(false)
-        .start(listener)
-        .await
-        .expect("start");
+    let server = serve(&text).await;
     let http = reqwest::Client::new();
     let url = server.url();
     let res = http

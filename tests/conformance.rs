@@ -44,6 +44,22 @@ fn test_settings() -> StoreSettings {
     }
 }
 
+/// `ZADD key score member` (the tests' own writes, as an older version left them).
+async fn zadd(
+    c: &mut ::redis::aio::MultiplexedConnection,
+    key: String,
+    score: i64,
+    member: String,
+) {
+    ::redis::cmd("ZADD")
+        .arg(key)
+        .arg(score)
+        .arg(member)
+        .query_async::<()>(c)
+        .await
+        .expect("zadd");
+}
+
 impl Backend {
     fn embedded() -> Self {
         Self {
@@ -145,21 +161,9 @@ impl Backend {
                         r#"{{"key":{},"seq":{seq},"at":{at},"id":null,"payload":{p}}}"#,
                         serde_json::to_string(key).expect("json")
                     );
-                    ::redis::cmd("ZADD")
-                        .arg(format!("{}:sig:{key}", r.prefix))
-                        .arg(at)
-                        .arg(rec)
-                        .query_async::<()>(&mut c)
-                        .await
-                        .expect("zadd");
+                    zadd(&mut c, format!("{}:sig:{key}", r.prefix), at, rec).await;
                 }
-                ::redis::cmd("ZADD")
-                    .arg(format!("{}:sigkeys", r.prefix))
-                    .arg(at)
-                    .arg(key)
-                    .query_async::<()>(&mut c)
-                    .await
-                    .expect("zadd");
+                zadd(&mut c, format!("{}:sigkeys", r.prefix), at, key.into()).await;
             }
         }
     }
