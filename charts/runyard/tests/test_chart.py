@@ -148,6 +148,17 @@ def test_a_service_monitor_with_auth_needs_a_token():
         ep = one(render.render(values), "ServiceMonitor")["spec"]["endpoints"][0]
         assert "authorization" not in ep
         assert config_of(render.render(values)).get("auth", {}).get("metrics_require_token", False) is False
+    # A token Secret is rendered as given, and one named without its key (or its name) is refused
+    # rather than rendered with an empty one.
+    secret = {"name": "runyard-metrics-token", "key": "token"}
+    ep = one(render.render({**render.KEYS, "serviceMonitor": {**monitor, "bearerTokenSecret": secret}}),
+             "ServiceMonitor")["spec"]["endpoints"][0]
+    assert ep["authorization"] == {"type": "Bearer", "credentials": secret}
+    for part in ["key", "name"]:
+        partial = {k: v for k, v in secret.items() if k != part}
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "serviceMonitor": {**monitor, "bearerTokenSecret": partial}})
+        assert f"serviceMonitor.bearerTokenSecret.{part}" in str(e.value), str(e.value)
 
 
 def test_a_kube_runner_in_the_release_namespace_is_refused():
