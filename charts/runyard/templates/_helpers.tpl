@@ -137,6 +137,12 @@ unless set in `config.worker`). */}}
 {{- $v := get $cfgAuth "metrics_require_token" -}}
 {{- $metricsOpen = and (kindIs "bool" $v) (not $v) -}}
 {{- end -}}
+{{- /* RUNYARD_AUTH__METRICS_REQUIRE_TOKEN in server.extraEnv overrides the file, as in the server: only the value "false" opens /metrics. */ -}}
+{{- range $e := (.Values.server.extraEnv | default list) -}}
+{{- if eq (toString (get $e "name")) "RUNYARD_AUTH__METRICS_REQUIRE_TOKEN" -}}
+{{- $metricsOpen = eq (toString (get $e "value")) "false" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.serviceMonitor.enabled .Values.auth.enabled (not .Values.serviceMonitor.bearerTokenSecret) (not $metricsOpen) -}}
 {{- fail "runyard: serviceMonitor.enabled with auth.enabled needs serviceMonitor.bearerTokenSecret (a Secret with a runyard token that has jobs:read and no types or channels): with auth, /metrics answers 401 without one; or set config.auth.metrics_require_token=false to serve /metrics to anyone" -}}
 {{- end -}}
