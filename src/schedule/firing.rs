@@ -143,7 +143,19 @@ impl Firing {
             };
             let mut next = s.clone();
             let changed = match s.cron() {
-                Ok(c) => plan(&mut next, &c, now, &prev),
+                // Off the async runtime: after a long outage a frequent schedule's catch-up reads
+                // up to about a million fire times (seconds of CPU), which would hold a runtime
+                // thread and every request and tick queued behind it.
+                Ok(c) => {
+                    let (planned, changed) = tokio::task::spawn_blocking(move || {
+                        let changed = plan(&mut next, &c, now, &prev);
+                        (next, changed)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("schedule `{name}`: plan: {e}")))?;
+                    next = planned;
+                    changed
+                }
                 Err(e) => {
                     // A record this version cannot parse: stop firing it rather than spin.
                     tracing::error!(schedule = %name, error = ?e, "schedule pattern no longer parses; not firing it");
