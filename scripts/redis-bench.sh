@@ -10,7 +10,8 @@
 # MONITOR (a file: the commands redis-server received, for scripts/redis-replay.py), PERF, PERF_API,
 # PERF_WORKER (files: perf profiles of redis-server, the API, the first worker
 # during the bench; for the API and the worker PERF_F sets the frequency, default 999, and
-# PERF_CG the call graph option, default -g, e.g. "--call-graph dwarf,32768"). Prints the CPU time of
+# PERF_CG the call graph option, default -g, e.g. "--call-graph dwarf,32768"). CMDSTATS: how many
+# lines of redis-server's `INFO commandstats` to print at the end, busiest first (default 14). Prints the CPU time of
 # redis-server, the API and each worker over the whole run (start-up and warm-up included), and
 # the bench client's (`bench client: X s of cpu`).
 set -euo pipefail
@@ -82,7 +83,7 @@ python3 "$(dirname "${BASH_SOURCE[0]}")/compare/cpu.py" run "$dir/client-cpu" \
   "$bin" bench --server "http://127.0.0.1:$aport" --server-pid "$api" "$@"
 for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 if [ -n "$monitor_pid" ]; then kill -TERM "$monitor_pid" 2>/dev/null || true; wait "$monitor_pid" 2>/dev/null || true; fi
-redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -14 | cut -c1-110 || true
+redis-cli -p "$rport" info all | grep -E "^cmdstat" | sort -t= -k3 -n -r | head -${CMDSTATS:-14} | cut -c1-110 || true
 echo "redis used_memory_peak: $(redis-cli -p "$rport" info memory | grep '^used_memory_peak_human' | cut -d: -f2)"
 # CPU time of redis-server over the whole run (utime + stime, start-up and warm-up included): a
 # figure that depends less on the machine's load than wall-clock rates.
