@@ -33,6 +33,8 @@ struct Fired {
     sub: Option<Submitted>,
     /// Why it made none.
     error: Option<String>,
+    /// The store did not take it: it stays pending (not confirmed).
+    untaken: bool,
 }
 
 /// What firing needs: the store and the runners (a fire's runner is chosen again at each fire,
@@ -242,6 +244,7 @@ impl Firing {
                 fire_time: p.fire_time,
                 sub: None,
                 error: None,
+                untaken: false,
             })
             .collect();
         let mut jobs = Vec::new();
@@ -269,7 +272,6 @@ impl Firing {
             self.store.submit_many(jobs).await?
         };
         let mut left = None;
-        let mut untaken = std::collections::HashSet::new();
         for (i, r) in made.into_iter().zip(stored) {
             match r {
                 Ok(sub) if sub.created || made_by(s, &sub.job) => out[i].sub = Some(sub),
@@ -283,17 +285,12 @@ impl Firing {
                     ))
                 }
                 Err(e) => {
-                    untaken.insert(i);
+                    out[i].untaken = true;
                     left.get_or_insert(e);
                 }
             }
         }
-        let done: Vec<&Fired> = out
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !untaken.contains(i))
-            .map(|(_, f)| f)
-            .collect();
+        let done: Vec<&Fired> = out.iter().filter(|f| !f.untaken).collect();
         self.confirm(&s.spec.name, &done).await?;
         if let Some(e) = left {
             return Err(e);
