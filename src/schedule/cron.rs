@@ -151,11 +151,15 @@ impl CronSpec {
             }
             let oc = self.offset_at(c);
             if oc == o && !self.transition_between(x, c, o) {
-                if !self.every_hour && self.second_pass(c, o) {
-                    // A repeated local time that already fired on its first pass.
-                    x = c;
-                    incl = false;
-                    continue;
+                if !self.every_hour {
+                    if let Some(first) = self.first_pass(c, o) {
+                        // A repeated local time that already fired on its first pass: so did
+                        // every other time of this second pass. Resume where it ends (stepping
+                        // match by match, a pattern with seconds ran out of steps inside it).
+                        x = self.second_pass_end(first, c);
+                        incl = true;
+                        continue;
+                    }
                 }
                 return Some(c);
             }
@@ -188,15 +192,30 @@ impl CronSpec {
         None
     }
 
-    /// True when `c` (at offset `o`) is the second occurrence of a local time that happens twice.
-    fn second_pass(&self, c: DateTime<Utc>, o: FixedOffset) -> bool {
+    /// When `c` (at offset `o`) is the second occurrence of a local time that happens twice: its
+    /// first occurrence.
+    fn first_pass(&self, c: DateTime<Utc>, o: FixedOffset) -> Option<DateTime<Utc>> {
         match self
             .tz
             .from_local_datetime(&c.with_timezone(&o).naive_local())
         {
-            chrono::LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc) < c,
-            _ => false,
+            chrono::LocalResult::Ambiguous(first, _) => {
+                Some(first.with_timezone(&Utc)).filter(|f| *f < c)
+            }
+            _ => None,
         }
+    }
+
+    /// The end of the second pass that `c` lies in, given `first`, the first occurrence of `c`'s
+    /// local time: the change back at T (in `(first, c]`) repeats the wall times of
+    /// `before - after` seconds, so the second pass ends at `T + (before - after)`, after `c`.
+    fn second_pass_end(&self, first: DateTime<Utc>, c: DateTime<Utc>) -> DateTime<Utc> {
+        let before = self.offset_at(first);
+        let t = self.transition_after(first, c, before);
+        let repeated = (before.local_minus_utc() - self.offset_at(t).local_minus_utc()) as i64;
+        let end = t + chrono::Duration::seconds(repeated.max(1));
+        // Never backwards (a zone whose data disagrees with the ambiguity chrono reported).
+        end.max(c + chrono::Duration::seconds(1))
     }
 
     /// True when the offset at some instant in (a, b) differs from `o` although both ends have it
@@ -403,6 +422,50 @@ mod tests {
                 "2026-10-25T02:00:00Z", // 03:00 CET
             ]
         );
+    }
+
+    #[test]
+    fn a_pattern_with_seconds_skips_the_whole_second_pass_from_any_instant_in_it() {
+        // `* * 2 * * *`: every second of 02:xx, first pass only. Stepping match by match through
+        // the second pass (3,600 of them) ran out of search steps and answered "never again":
+        // the schedule stopped for good. From every second of the repeated hour (and from the
+        // last second of the first pass), the next fire time is the next day's 02:00:00.
+        // (pattern, zone, the first pass's last fire, the next one after it)
+        let cases = [
+            (
+                "* * 2 * * *",
+                "Europe/Berlin",
+                "2026-10-25T00:59:59Z",
+                "2026-10-26T01:00:00Z",
+            ),
+            (
+                "*/10 * 1 * * *",
+                "America/New_York",
+                "2026-11-01T05:59:50Z",
+                "2026-11-02T06:00:00Z",
+            ),
+        ];
+        for (pattern, tz, last, next) in cases {
+            let c = CronSpec::parse(pattern, tz).unwrap();
+            let (last, next) = (utc(last), utc(next));
+            let from = Utc
+                .timestamp_opt(last.timestamp() - last.timestamp() % 60 + 59, 0)
+                .unwrap();
+            for s in 0..=3600 {
+                let at = from + chrono::Duration::seconds(s);
+                assert_eq!(c.next_after(at), Some(next), "{pattern} {tz} after {at}");
+                let frac = at + chrono::Duration::milliseconds(500);
+                assert_eq!(
+                    c.next_after(frac),
+                    Some(next),
+                    "{pattern} {tz} after {frac}"
+                );
+            }
+            // The first pass itself still fires every match.
+            let before = last - chrono::Duration::seconds(1);
+            assert_eq!(c.next_after(before), Some(last), "{pattern} {tz}");
+            assert_eq!(c.next_after(last), Some(next), "{pattern} {tz}");
+        }
     }
 
     #[test]

@@ -307,12 +307,17 @@ fn newest_due(
         let Some(next) = t.map(to_us).filter(|n| *n <= now) else {
             break;
         };
-        let newest = *newest.get_or_insert_with(|| newest_at_or_before(c, next, now));
+        // None: the bisection's answer did not check out; read on without jumping.
+        let Some(newest) = *newest.get_or_insert_with(|| newest_at_or_before(c, next, now)) else {
+            continue;
+        };
         let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
         if let Some(y) = c.next_after(to_utc(newest - span - 1)) {
             if to_us(y) > next && to_us(y) <= now {
                 dropped += due.len() as u64;
-                last_dropped = due.back().copied();
+                // The newest time passed over is the last one before `y` (jumped over), or,
+                // when none was jumped over, the newest one read.
+                last_dropped = newest_at_or_before(c, next, to_us(y) - 1).or(due.back().copied());
                 due.clear();
                 jumps += 1;
                 t = Some(y);
@@ -323,8 +328,10 @@ fn newest_due(
 }
 
 /// The newest fire time of `c` in `[lo, now]`, given that `lo` is one: by bisection on
-/// [`CronSpec::next_after`] (about 45 calls for a year in microseconds).
-fn newest_at_or_before(c: &CronSpec, lo: Micros, now: Micros) -> Micros {
+/// [`CronSpec::next_after`] (about 45 calls for a year in microseconds). `None` when the answer
+/// does not check out (a fire time after it at or before `now`: `next_after` was not monotone,
+/// which a bisection cannot see), so a caller never takes a wrong "newest" for a fact.
+fn newest_at_or_before(c: &CronSpec, lo: Micros, now: Micros) -> Option<Micros> {
     // Invariant: a fire time lies in (a, now]; none lies in (b, now].
     let (mut a, mut b) = (lo - 1, now);
     while b - a > 1 {
@@ -335,7 +342,9 @@ fn newest_at_or_before(c: &CronSpec, lo: Micros, now: Micros) -> Micros {
             b = m;
         }
     }
-    c.next_after(to_utc(a)).map_or(lo, to_us)
+    let r = c.next_after(to_utc(a)).map(to_us).filter(|r| *r <= now)?;
+    let after = c.next_after(to_utc(r)).map(to_us);
+    after.is_none_or(|n| n > now).then_some(r)
 }
 
 /// A buffered fire waits for the schedule's active jobs to end: moves it to `pending` once they
@@ -558,6 +567,69 @@ mod tests {
         // The same wake-up again (another process that read the new record): nothing to do.
         assert!(!plan(&mut s, &c, T0 + 10 * S + 400_000, &Previous::Idle));
         assert_eq!(pending(&s).len(), 1);
+    }
+
+    fn at(x: &str) -> Micros {
+        DateTime::parse_from_rfc3339(x).unwrap().timestamp_micros()
+    }
+
+    /// `sched` in Europe/Berlin, run_once, a year's window, `next_fire` at `next`.
+    fn berlin(cron: &str, next: Micros, created: Micros) -> (Schedule, CronSpec) {
+        let (mut s, _) = sched(
+            cron,
+            Overlap::Allow,
+            Misfire::RunOnce,
+            366 * 86_400,
+            created,
+        );
+        s.spec.timezone = "Europe/Berlin".into();
+        let c = s.cron().unwrap();
+        s.next_fire = Some(next);
+        (s, c)
+    }
+
+    #[test]
+    fn a_wake_up_in_the_repeated_hour_keeps_the_schedule_firing() {
+        // Every second of 02:xx, first pass only; clocks go back at 01:00 UTC on 2026-10-25.
+        // Woken in the second pass: the first pass's last second fires, and the schedule goes
+        // on the next night (it had no next fire time at all: stopped for good, silently).
+        let (mut s, c) = berlin(
+            "* * 2 * * *",
+            at("2026-10-25T00:00:00Z"),
+            at("2026-10-24T00:00:00Z"),
+        );
+        plan(&mut s, &c, at("2026-10-25T01:30:00Z"), &Previous::Idle);
+        assert_eq!(pending(&s), vec![at("2026-10-25T00:59:59Z") / S]);
+        assert_eq!(s.next_fire, Some(at("2026-10-26T01:00:00Z")));
+    }
+
+    #[test]
+    fn a_catch_up_across_a_fall_back_fires_the_newest_time() {
+        // A year down, across the night clocks go back: run_once fires the newest due time
+        // (a wrong "newest" from the bisection fired one 35 days old).
+        let (mut s, c) = berlin(
+            "* * 2-23 * * *",
+            at("2025-12-08T15:30:43Z"),
+            at("2025-12-08T15:30:00Z"),
+        );
+        plan(&mut s, &c, at("2026-12-09T15:30:42.123Z"), &Previous::Idle);
+        assert_eq!(pending(&s), vec![at("2026-12-09T15:30:42Z") / S]);
+    }
+
+    #[test]
+    fn a_catch_up_jump_names_the_newest_time_it_passed_over() {
+        // Every second of the 1st, 2nd and 31st, `all`, a 40-day window, woken May 1st: the
+        // reading jumps over part of April 1st-2nd; the missed line names their newest second.
+        let (mut s, c) = sched(
+            "* * * 1,2,31 * *",
+            Overlap::Allow,
+            Misfire::All,
+            40 * 86_400,
+            at("2026-03-30T00:00:00Z"),
+        );
+        plan(&mut s, &c, at("2026-05-01T00:05:00Z"), &Previous::Idle);
+        let missed = s.last_runs.iter().find(|r| r.outcome == "missed").unwrap();
+        assert_eq!(missed.fire_time, at("2026-04-02T23:59:59Z"));
     }
 
     #[test]
