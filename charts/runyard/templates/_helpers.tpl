@@ -137,10 +137,10 @@ unless set in `config.worker`). */}}
 {{- $v := get $cfgAuth "metrics_require_token" -}}
 {{- $metricsOpen = and (kindIs "bool" $v) (not $v) -}}
 {{- end -}}
-{{- /* RUNYARD_AUTH__METRICS_REQUIRE_TOKEN in server.extraEnv overrides the file, as in the server: only the value "false" opens /metrics. */ -}}
+{{- /* RUNYARD_AUTH__METRICS_REQUIRE_TOKEN in server.extraEnv overrides the file, as in the server: only the value "false" opens /metrics; the server reads the name in any case and trims the value. */ -}}
 {{- range $e := (.Values.server.extraEnv | default list) -}}
-{{- if eq (toString (get $e "name")) "RUNYARD_AUTH__METRICS_REQUIRE_TOKEN" -}}
-{{- $metricsOpen = eq (toString (get $e "value")) "false" -}}
+{{- if eq (upper (toString (get $e "name"))) "RUNYARD_AUTH__METRICS_REQUIRE_TOKEN" -}}
+{{- $metricsOpen = eq (trim (toString (get $e "value"))) "false" -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.serviceMonitor.enabled .Values.auth.enabled (not .Values.serviceMonitor.bearerTokenSecret) (not $metricsOpen) -}}

@@ -150,16 +150,20 @@ def test_a_service_monitor_with_auth_needs_a_token():
         assert config_of(render.render(values)).get("auth", {}).get("metrics_require_token", False) is False
     # The server's environment overrides its file, and the chart reads it so: "false" opens, any
     # other value (or a value from a Secret) does not, whatever config.auth says.
-    def env(value):
-        return {"server": {"extraEnv": [{"name": "RUNYARD_AUTH__METRICS_REQUIRE_TOKEN", **value}]}}
-    opened = {**render.KEYS, "serviceMonitor": monitor, **env({"value": "false"})}
-    assert "authorization" not in one(render.render(opened), "ServiceMonitor")["spec"]["endpoints"][0]
-    for value in [{"value": "true"}, {"value": "0"}, {"valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]:
-        values = {**render.KEYS, "serviceMonitor": monitor, **env(value),
+    def env(value, name="RUNYARD_AUTH__METRICS_REQUIRE_TOKEN"):
+        return {"server": {"extraEnv": [{"name": name, **value}]}}
+    for opening in [env({"value": "false"}), env({"value": " false "}),
+                    env({"value": "false"}, name="runyard_auth__metrics_require_token")]:
+        opened = {**render.KEYS, "serviceMonitor": monitor, **opening}
+        assert "authorization" not in one(render.render(opened), "ServiceMonitor")["spec"]["endpoints"][0]
+    for closing in [env({"value": "true"}), env({"value": "0"}),
+                    env({"valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+                    env({"value": "true"}, name="Runyard_Auth__Metrics_Require_Token")]:
+        values = {**render.KEYS, "serviceMonitor": monitor, **closing,
                   "config": {"auth": {"metrics_require_token": False}}}
         with pytest.raises(helm_python.HelmError) as e:
             render.render(values)
-        assert "serviceMonitor.bearerTokenSecret" in str(e.value), (value, str(e.value))
+        assert "serviceMonitor.bearerTokenSecret" in str(e.value), (closing, str(e.value))
     # A token Secret is rendered as given, and one named without its key (or its name) is refused
     # rather than rendered with an empty one.
     secret = {"name": "runyard-metrics-token", "key": "token"}
