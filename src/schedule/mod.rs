@@ -308,7 +308,16 @@ fn newest_due(
             break;
         };
         // None: the bisection's answer did not check out; read on without jumping.
-        let Some(newest) = *newest.get_or_insert_with(|| newest_at_or_before(c, next, now)) else {
+        let Some(newest) = *newest.get_or_insert_with(|| {
+            let r = newest_at_or_before(c, next, now);
+            if r.is_none() {
+                tracing::warn!(
+                    "a catch-up's search for the newest fire time did not check out: reading on \
+                     without jumping (the newest due time may not be reached)"
+                );
+            }
+            r
+        }) else {
             continue;
         };
         let span = due.back().copied().unwrap_or(now) - due.front().copied().unwrap_or(now);
