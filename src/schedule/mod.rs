@@ -582,19 +582,21 @@ mod tests {
         DateTime::parse_from_rfc3339(x).unwrap().timestamp_micros()
     }
 
-    /// `sched` in Europe/Berlin, run_once, a year's window, `next_fire` at `next`.
-    fn berlin(cron: &str, next: Micros, created: Micros) -> (Schedule, CronSpec) {
+    /// A wake-up at `woken` of `cron` in Europe/Berlin (run_once, a year's window, created at
+    /// `created`, `next_fire` at `next`): the schedule as `plan` leaves it.
+    fn berlin_woken(cron: &str, created: &str, next: &str, woken: &str) -> Schedule {
         let (mut s, _) = sched(
             cron,
             Overlap::Allow,
             Misfire::RunOnce,
             366 * 86_400,
-            created,
+            at(created),
         );
         s.spec.timezone = "Europe/Berlin".into();
         let c = s.cron().unwrap();
-        s.next_fire = Some(next);
-        (s, c)
+        s.next_fire = Some(at(next));
+        plan(&mut s, &c, at(woken), &Previous::Idle);
+        s
     }
 
     #[test]
@@ -602,26 +604,22 @@ mod tests {
         // Every second of 02:xx, first pass only; clocks go back at 01:00 UTC on 2026-10-25.
         // Woken in the second pass: the first pass's last second fires, and the schedule goes
         // on the next night (it had no next fire time at all: stopped for good, silently).
-        let (mut s, c) = berlin(
+        let s = berlin_woken(
             "* * 2 * * *",
-            at("2026-10-25T00:00:00Z"),
-            at("2026-10-24T00:00:00Z"),
+            "2026-10-24T00:00:00Z",
+            "2026-10-25T00:00:00Z",
+            "2026-10-25T01:30:00Z",
         );
-        plan(&mut s, &c, at("2026-10-25T01:30:00Z"), &Previous::Idle);
         assert_eq!(pending(&s), vec![at("2026-10-25T00:59:59Z") / S]);
         assert_eq!(s.next_fire, Some(at("2026-10-26T01:00:00Z")));
-    }
-
-    #[test]
-    fn a_catch_up_across_a_fall_back_fires_the_newest_time() {
         // A year down, across the night clocks go back: run_once fires the newest due time
         // (a wrong "newest" from the bisection fired one 35 days old).
-        let (mut s, c) = berlin(
+        let s = berlin_woken(
             "* * 2-23 * * *",
-            at("2025-12-08T15:30:43Z"),
-            at("2025-12-08T15:30:00Z"),
+            "2025-12-08T15:30:00Z",
+            "2025-12-08T15:30:43Z",
+            "2026-12-09T15:30:42.123Z",
         );
-        plan(&mut s, &c, at("2026-12-09T15:30:42.123Z"), &Previous::Idle);
         assert_eq!(pending(&s), vec![at("2026-12-09T15:30:42Z") / S]);
     }
 
