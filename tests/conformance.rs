@@ -2100,16 +2100,7 @@ async fn a_signal_id_is_kept_as_long_as_its_record(mut b: Backend) {
     assert_eq!(put("a", t0 + 400).await, (3, true));
     assert_eq!(put("a", t0 + 500).await, (3, false));
     // The cap (the newest 10,000 records of a key) takes ids the same way.
-    let first = s
-        .signal_append("capped", Some("first".into()), None, t0)
-        .await
-        .expect("append");
-    assert!(first.1);
-    for i in 1..10_000 {
-        s.signal_append("capped", None, None, t0 + i)
-            .await
-            .expect("append");
-    }
+    assert!(fill_to_cap(&s, "capped", "first", t0).await);
     let again = s
         .signal_append("capped", Some("first".into()), None, t0 + 20_000)
         .await
@@ -2133,14 +2124,7 @@ async fn a_signal_id_is_kept_as_long_as_its_record(mut b: Backend) {
     );
     // A job's `emits` cut the oldest record the same way (its own script on Redis).
     let key = "capped-by-emits";
-    s.signal_append(key, Some("oldest".into()), None, t0)
-        .await
-        .expect("append");
-    for i in 1..10_000 {
-        s.signal_append(key, None, None, t0 + i)
-            .await
-            .expect("append");
-    }
+    fill_to_cap(&s, key, "oldest", t0).await;
     let mut j = job("conf.emit", "r1");
     j.emits = vec![key.into()];
     submit(&s, j).await;
@@ -2155,6 +2139,21 @@ async fn a_signal_id_is_kept_as_long_as_its_record(mut b: Backend) {
         (10_002, true),
         "the id went with its record, cut by the job's emit"
     );
+}
+
+/// Writes 10,000 records of `key` (the cap), the first with id `id` at `t0`, the others
+/// without an id a microsecond apart; whether the first was new.
+async fn fill_to_cap(s: &Arc<dyn Store>, key: &str, id: &str, t0: i64) -> bool {
+    let first = s
+        .signal_append(key, Some(id.into()), None, t0)
+        .await
+        .expect("append");
+    for i in 1..10_000 {
+        s.signal_append(key, None, None, t0 + i)
+            .await
+            .expect("append");
+    }
+    first.1
 }
 
 async fn batch_submits_store_each_job_on_its_own(mut b: Backend) {
