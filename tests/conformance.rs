@@ -27,7 +27,8 @@ use redis_support::TestRedis;
 
 enum Kind {
     Embedded(tempfile::TempDir),
-    Redis(TestRedis),
+    /// `true`: the first store writes compact job records ([`Backend::redis_compact`]).
+    Redis(TestRedis, bool),
 }
 
 /// A backend under test.
@@ -71,7 +72,18 @@ impl Backend {
 
     fn redis() -> Self {
         Self {
-            kind: Kind::Redis(TestRedis::start()),
+            kind: Kind::Redis(TestRedis::start(), false),
+            settings: test_settings(),
+            first: None,
+        }
+    }
+
+    /// Redis, the store writing compact job records (`store.job_record = "compact"`) and its
+    /// peers the job's JSON: every test on the compact form, and those with a peer on the two
+    /// forms side by side, as during a rolling update.
+    fn redis_compact() -> Self {
+        Self {
+            kind: Kind::Redis(TestRedis::start(), true),
             settings: test_settings(),
             first: None,
         }
@@ -82,11 +94,12 @@ impl Backend {
             Kind::Embedded(dir) => {
                 Arc::new(SqliteStore::open(dir.path(), self.settings.clone(), false).expect("open"))
             }
-            Kind::Redis(r) => RedisStore::connect(RedisSettings {
+            Kind::Redis(r, compact) => RedisStore::connect(RedisSettings {
                 prefix: r.prefix.clone(),
                 store: self.settings.clone(),
                 retry: Duration::from_secs(5),
                 channel_lists: redis_support::channel_lists(),
+                compact_jobs: *compact && self.first.is_none(),
                 ..RedisSettings::new(r.url.clone())
             })
             .await
@@ -142,7 +155,7 @@ impl Backend {
                     .expect("insert");
                 }
             }
-            Kind::Redis(r) => {
+            Kind::Redis(r, _) => {
                 let client = ::redis::Client::open(r.url.as_str()).expect("client");
                 let mut c = client
                     .get_multiplexed_async_connection()
@@ -172,7 +185,7 @@ impl Backend {
     async fn peer(&mut self) -> Arc<dyn Store> {
         match self.kind {
             Kind::Embedded(_) => self.store().await,
-            Kind::Redis(_) => self.open_new().await,
+            Kind::Redis(..) => self.open_new().await,
         }
     }
 }
@@ -192,6 +205,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::redis()).await;
+                }
+            )*
+        }
+        mod redis_compact {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::redis_compact()).await;
                 }
             )*
         }
@@ -757,7 +778,7 @@ async fn a_restart_orphans_leases_only_of_the_sole_holder(mut b: Backend) {
             assert_eq!(requeued.status, JobStatus::Queued);
         }
         // Other nodes may hold leases and be alive: a node's restart leaves them as they are.
-        Kind::Redis(_) => assert!(expired.is_empty(), "{expired:?}"),
+        Kind::Redis(..) => assert!(expired.is_empty(), "{expired:?}"),
     }
 }
 

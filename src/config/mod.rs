@@ -21,8 +21,8 @@ pub use crate::auth::config::{AuthConfig, TokenConfig, MIN_JWT_SECRET_BYTES};
 pub use origin::valid_origin;
 pub use runner::{RunnerConfig, RunnerKind};
 pub use sections::{
-    ApiConfig, ChannelEvents, EventsConfig, HooksConfig, RetentionConfig, StoreConfig, Synchronous,
-    WorkerConfig,
+    ApiConfig, ChannelEvents, EventsConfig, HooksConfig, JobRecord, RetentionConfig, StoreConfig,
+    Synchronous, WorkerConfig,
 };
 
 /// The longest duration any key takes (100 years).
@@ -329,6 +329,19 @@ types = ["thumbnail"]
             .to_string();
         assert!(e.contains("store.channel_events"), "{e}");
         assert!(e.contains("`stream`") && e.contains("`list`"), "{e}");
+    }
+
+    #[test]
+    fn job_record_is_json_or_compact() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.store.job_record, JobRecord::Json, "the default");
+        let c = Config::from_toml("[store]\njob_record = \"compact\"").unwrap();
+        assert_eq!(c.store.job_record, JobRecord::Compact);
+        let e = Config::from_toml("[store]\njob_record = \"small\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.job_record"), "{e}");
+        assert!(e.contains("`json`") && e.contains("`compact`"), "{e}");
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub struct StoreConfig {
     pub retry: Duration,
     /// Redis: what this node writes a channel's events to (every node reads both).
     pub channel_events: ChannelEvents,
+    /// Redis: the form this node writes job records in (every node of this build reads both).
+    pub job_record: JobRecord,
 }
 
 impl Default for StoreConfig {
@@ -211,6 +213,7 @@ impl Default for StoreConfig {
             prefix: "runyard".into(),
             retry: Duration::from_secs(30),
             channel_events: ChannelEvents::default(),
+            job_record: JobRecord::default(),
         }
     }
 }
@@ -227,6 +230,20 @@ pub enum ChannelEvents {
     /// The channel's list `P:evl:{channel}`: a third of a stream's memory for a small channel.
     /// Only once every node reads lists (runs this build or later).
     List,
+}
+
+/// Redis: the form a node writes job records in (`store.job_record`, the job hash's `b`). Every
+/// node of this build reads both (docs/redis.md, "Job records: json or compact").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobRecord {
+    /// The job's whole JSON, as builds before the compact form: a rolling update from such a
+    /// build, and a rollback to one, lose nothing.
+    #[default]
+    Json,
+    /// The compact form (`store/job_record.rs`): about a quarter of the JSON's bytes for a
+    /// finished job. Only once every node reads it (runs this build or later).
+    Compact,
 }
 
 /// SQLite synchronous mode.

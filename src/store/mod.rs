@@ -9,6 +9,7 @@ pub mod counts;
 pub mod deliveries;
 pub mod finish_slot;
 pub mod handoff;
+pub(crate) mod job_record;
 pub mod paging;
 pub mod redis;
 pub mod replay;

@@ -27,12 +27,19 @@ pub async fn embedded(settings: StoreSettings) -> (Guard, Arc<dyn Store>) {
 
 /// The Redis store on a new redis-server.
 pub async fn redis(settings: StoreSettings) -> (Guard, Arc<dyn Store>) {
+    redis_with(settings, false).await
+}
+
+/// The Redis store on a new redis-server, writing compact job records (`store.job_record =
+/// "compact"`) with `compact`.
+pub async fn redis_with(settings: StoreSettings, compact: bool) -> (Guard, Arc<dyn Store>) {
     let r = TestRedis::start();
     let s = RedisStore::connect(RedisSettings {
         prefix: r.prefix.clone(),
         store: settings,
         retry: Duration::from_secs(5),
         channel_lists: crate::redis_support::channel_lists(),
+        compact_jobs: compact,
         ..RedisSettings::new(r.url.clone())
     })
     .await
@@ -40,7 +47,8 @@ pub async fn redis(settings: StoreSettings) -> (Guard, Arc<dyn Store>) {
     (Guard::Redis(r), s)
 }
 
-/// `both!(a, b, ...)`: the modules `embedded` and `redis`, each with one test per body.
+/// `both!(a, b, ...)`: the modules `embedded`, `redis` and `redis_compact` (Redis writing
+/// compact job records), each with one test per body.
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -57,6 +65,16 @@ macro_rules! both {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let (_guard, s) = crate::store_support::redis(super::settings()).await;
+                    super::$name(s).await;
+                }
+            )*
+        }
+        mod redis_compact {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_guard, s) =
+                        crate::store_support::redis_with(super::settings(), true).await;
                     super::$name(s).await;
                 }
             )*

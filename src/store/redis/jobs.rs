@@ -19,7 +19,7 @@ const LOAD_BYTES: usize = 1 << 20;
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
 /// never fails a listing.
 fn listable(body: &str) -> Option<Job> {
-    match serde_json::from_str::<Job>(body) {
+    match read_job(body) {
         Ok(j) => Some(j),
         Err(e) => {
             tracing::error!(error = %e, "unreadable job record left out of a listing");
@@ -101,7 +101,7 @@ impl RedisStore {
         let body = self.body(&key).await?;
         match body {
             None => Ok(None),
-            Some(b) => Ok(Some((serde_json::from_str(&b).map_err(json_err)?, b))),
+            Some(b) => Ok(Some((read_job(&b)?, b))),
         }
     }
 
@@ -255,7 +255,13 @@ impl RedisStore {
 impl JobStore for RedisStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
         for _ in 0..3 {
-            let w = Write::new(None, None, job.clone(), Some(EventKind::Status))?;
+            let w = Write::new(
+                None,
+                None,
+                job.clone(),
+                Some(EventKind::Status),
+                self.s.compact_jobs,
+            )?;
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => {
                     if w.job.status == JobStatus::Waiting {

@@ -129,6 +129,9 @@ pub struct RedisSettings {
     /// Whether this process keeps the channel index up to date and lists one channel's jobs
     /// from it (`chanidx.rs`; off: every listing reads by id, as before it existed).
     pub channel_index: bool,
+    /// Job records in the compact form (`store.job_record = "compact"`); both forms are read
+    /// anyway.
+    pub compact_jobs: bool,
 }
 
 impl RedisSettings {
@@ -143,6 +146,7 @@ impl RedisSettings {
             command_timeout: Duration::from_secs(5),
             channel_lists: false,
             channel_index: true,
+            compact_jobs: false,
         }
     }
 }
@@ -217,6 +221,12 @@ pub struct RedisStore {
     /// The last time [`Self::now`] answered: it never goes back within a process.
     clock_last: std::sync::atomic::AtomicI64,
     _stop: DropGuard,
+}
+
+/// A job record (a job hash's `b`): the job's JSON, or the compact form
+/// (`store.job_record = "compact"`): every node reads both.
+fn read_job(body: &str) -> Result<Job> {
+    crate::store::job_record::read_inline(body)
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {

@@ -79,7 +79,7 @@ impl JobQueue for RedisStore {
         {
             let body: String = ::redis::from_redis_value(&chunk[2])
                 .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
-            let job: Job = serde_json::from_str(&body).map_err(json_err)?;
+            let job = read_job(&body)?;
             let mut next = job.clone();
             let cmd = Command::Claim {
                 worker: worker.to_string(),
@@ -88,7 +88,8 @@ impl JobQueue for RedisStore {
             };
             match apply(&mut next, cmd, &self.actx(now)) {
                 Ok(ev) => {
-                    let mut w = Write::new(Some(job.version), Some(&job), next, ev)?;
+                    let mut w =
+                        Write::new(Some(job.version), Some(&job), next, ev, self.s.compact_jobs)?;
                     w.popped = true;
                     writes.push(w);
                 }
@@ -144,12 +145,16 @@ impl JobQueue for RedisStore {
                     lost.push(*id);
                     continue;
                 };
-                let job: Job = serde_json::from_str(&body).map_err(json_err)?;
+                let job = read_job(&body)?;
                 let mut next = job.clone();
                 match crate::job::heartbeat(&mut next, worker, *token, until, &self.actx(now)) {
-                    Beat::Renewed => {
-                        writes.push(Write::new(Some(job.version), Some(&job), next, None)?)
-                    }
+                    Beat::Renewed => writes.push(Write::new(
+                        Some(job.version),
+                        Some(&job),
+                        next,
+                        None,
+                        self.s.compact_jobs,
+                    )?),
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(*id),
                 }
@@ -234,7 +239,7 @@ impl JobQueue for RedisStore {
         self.hints.queued("*");
         raw.chunks(2)
             .filter(|c| c.len() == 2)
-            .map(|c| serde_json::from_str(&c[1]).map_err(json_err))
+            .map(|c| read_job(&c[1]))
             .collect()
     }
 }

@@ -35,13 +35,21 @@ pub(super) struct Write {
 }
 
 impl Write {
+    /// The write of `job` (at version `expected`, `old` as loaded); `compact`: its record in the
+    /// inline compact form (`store.job_record = "compact"`, `store/job_record.rs`), else the
+    /// job's JSON.
     pub(super) fn new(
         expected: Option<u64>,
         old: Option<&Job>,
         job: Job,
         ev: Option<EventKind>,
+        compact: bool,
     ) -> Result<Self> {
-        let body = serde_json::to_string(&job).map_err(json_err)?;
+        let body = if compact {
+            crate::store::job_record::compact(&job, true)?
+        } else {
+            serde_json::to_string(&job).map_err(json_err)?
+        };
         let files = if !job.files.is_empty() && old.is_none_or(|o| o.files != job.files) {
             let set: BTreeSet<&str> = job
                 .files
@@ -468,7 +476,7 @@ pub fn commit_args(
     job: &Job,
     ev: Option<EventKind>,
 ) -> Result<Vec<(String, String)>> {
-    let (args, _, _) = Write::new(expected, old, job.clone(), ev)?
+    let (args, _, _) = Write::new(expected, old, job.clone(), ev, false)?
         .parts("P", true, false)
         .into_args();
     let mut it = args.into_iter();
@@ -527,7 +535,7 @@ mod tests {
         let mut next = old.clone();
         next.lease.as_mut().unwrap().expires_at = 200;
         next.version += 1;
-        let w = Write::new(Some(old.version), Some(&old), next.clone(), None).unwrap();
+        let w = Write::new(Some(old.version), Some(&old), next.clone(), None, false).unwrap();
         let (keys, shared, names) = declared(&w, true);
         assert_eq!(keys, [format!("P:job:{}", next.id)]);
         assert_eq!(shared, ["lease"]);
@@ -536,7 +544,7 @@ mod tests {
             .iter()
             .any(|n| n == "event" || n == "ttl" || n == "idem"));
         // Same expiry (e.g. progress without a renewal): not even the lease set.
-        let w = Write::new(Some(old.version), Some(&old), old.clone(), None).unwrap();
+        let w = Write::new(Some(old.version), Some(&old), old.clone(), None, false).unwrap();
         let (keys, shared, _) = declared(&w, true);
         assert_eq!((keys.len(), shared.len()), (1, 0));
     }
@@ -545,7 +553,7 @@ mod tests {
     fn a_submit_declares_its_indexes_queue_and_event() {
         let mut j = Job::new("t", "r", 1);
         j.idempotency_key = Some("k".into());
-        let w = Write::new(None, None, j.clone(), Some(EventKind::Status)).unwrap();
+        let w = Write::new(None, None, j.clone(), Some(EventKind::Status), false).unwrap();
         let (keys, shared, names) = declared(&w, true);
         let id = j.id;
         let mut own: Vec<String> = vec![
@@ -585,7 +593,14 @@ mod tests {
         next.id = old.id;
         next.channel_id = old.channel_id.clone();
         next.version = old.version + 1;
-        let mut w = Write::new(Some(0), Some(&old), next.clone(), Some(EventKind::Status)).unwrap();
+        let mut w = Write::new(
+            Some(0),
+            Some(&old),
+            next.clone(),
+            Some(EventKind::Status),
+            false,
+        )
+        .unwrap();
         let q = "P:q:r".to_string();
         assert!(declared(&w, true).0.contains(&q));
         w.popped = true;
@@ -607,7 +622,7 @@ mod tests {
         old.wait = Some(wait);
         let mut next = old.clone();
         next.status = JobStatus::Queued;
-        let w = Write::new(Some(0), Some(&old), next, Some(EventKind::Status)).unwrap();
+        let w = Write::new(Some(0), Some(&old), next, Some(EventKind::Status), false).unwrap();
         let (keys, shared, names) = declared(&w, true);
         assert!(keys.contains(&"P:waitk:a".to_string()) && keys.contains(&"P:waitk:b".into()));
         assert!(shared.contains(&"waitdl") && shared.contains(&"waitdue"));

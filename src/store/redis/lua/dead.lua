@@ -1,5 +1,6 @@
 -- One chunk of the dead letters, counted by type (src/store/redis/activity.rs): the ERROR jobs
--- of `P:st:ERROR` whose attempts are used up (`attempt >= max_attempts` in the job's JSON). Read
+-- of `P:st:ERROR` whose attempts are used up (`attempt >= max_attempts` in the job's record, the
+-- job's JSON or the compact form of `store.job_record = "compact"`). Read
 -- only; at most `n` jobs per call, so Redis is never held for long.
 --
 -- KEYS[1] `P:st:ERROR` (ERROR jobs, score 0, ordered by id). The jobs' hashes are named by what
@@ -15,9 +16,17 @@ for _, id in ipairs(ids) do
   local h = redis.call('HMGET', prefix .. id, 's', 'b')
   if h[1] == 'ERROR' then
     local ok, j = pcall(cjson.decode, h[2] or '')
-    if ok and type(j) == 'table' and type(j['type']) == 'string'
-      and (tonumber(j['attempt']) or 0) >= (tonumber(j['max_attempts']) or 0) then
-      local t = j['type']
+    local t, attempt, max
+    if ok and type(j) == 'table' then
+      if j['id'] ~= nil then
+        -- The job's JSON.
+        t, attempt, max = j['type'], tonumber(j['attempt']) or 0, tonumber(j['max_attempts']) or 0
+      else
+        -- The compact form (src/store/job_record.rs): `n` absent is 0, `m` absent 1.
+        t, attempt, max = j['ty'], tonumber(j['n']) or 0, tonumber(j['m']) or 1
+      end
+    end
+    if type(t) == 'string' and attempt >= max then
       if not counts[t] then
         counts[t] = 0
         order[#order + 1] = t
