@@ -176,6 +176,11 @@ max_attempts = 5
 
     /// [`Cluster::spawn`] with this `RUNYARD_LOG` level.
     fn spawn_logging(&mut self, name: &str, args: &[&str], level: &str) -> usize {
+        self.spawn_env(name, args, level, &[])
+    }
+
+    /// [`Cluster::spawn_logging`] with these environment variables.
+    fn spawn_env(&mut self, name: &str, args: &[&str], level: &str, env: &[(&str, &str)]) -> usize {
         let cfg = self.config(name);
         let log = self.dir.path().join(format!("{name}.log"));
         let f = std::fs::File::create(&log).unwrap();
@@ -185,6 +190,7 @@ max_attempts = 5
             .arg(&cfg)
             .env("RUNYARD_LOG", level)
             .env_remove("RUNYARD_REDIS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f);
@@ -487,6 +493,98 @@ async fn scale_out_survives_a_killed_worker() {
     );
     assert!(workers.len() >= 2, "both workers ran jobs");
     assert!(lost_runs > 0, "the killed worker had jobs in hand");
+}
+
+/// A rolling update to compact job records (`store.job_record`, docs/redis.md): the API node
+/// writes the job's JSON (the default), the worker node the compact form
+/// (`RUNYARD_STORE__JOB_RECORD=compact`). Every job runs once and ends; the records the worker
+/// wrote last are compact and about a third of the JSON's size; the API node reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    // Submitted before any worker runs: written by the API node only.
+    let (queued, _) = submit_all(&http, &cl.url(), vec![json!({"type": "runyard.noop"})], 1).await;
+    let mut rc = redis_conn(&cl.redis_url).await;
+    let (prefix, conn) = (cl.prefix.clone(), rc.clone());
+    let record = move |id: String| {
+        let key = format!("{prefix}:job:{id}");
+        let mut rc = conn.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg("b")
+                .query_async::<String>(&mut rc)
+                .await
+                .expect("record")
+        }
+    };
+    let json_record = record(queued[0].clone()).await;
+    assert!(json_record.starts_with(r#"{"id":"#), "{json_record}");
+    cl.spawn_env(
+        "worker",
+        &["worker"],
+        "warn",
+        &[("RUNYARD_STORE__JOB_RECORD", "compact")],
+    );
+    let n = 200;
+    let bodies = (0..n)
+        .map(|i| json!({"type": "runyard.noop", "args": {"i": i}}))
+        .collect();
+    let (mut ids, refused) = submit_all(&http, &cl.url(), bodies, 8).await;
+    assert_eq!(refused, 0);
+    ids.extend(queued);
+    let fin = format!("{}:fin", cl.prefix);
+    let start = Instant::now();
+    while (zcard(&mut rc, &fin).await as usize) < ids.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "jobs left unfinished\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = cl.store().await;
+    for id in &ids {
+        let r = http
+            .get(format!("{}/async/jobs/{id}", cl.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "SUCCESS", "{v}");
+        assert_eq!(v["attempt"], 1, "{v}");
+        let rec = record(id.clone()).await;
+        assert!(rec.starts_with(r#"{"i":"#), "{rec}");
+        let job: Job = store
+            .get(id.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("stored");
+        let json_len = serde_json::to_string(&job).unwrap().len();
+        assert!(
+            rec.len() * 3 < json_len,
+            "{} against {json_len}: {rec}",
+            rec.len()
+        );
+    }
+    let listed: Value = http
+        .get(format!("{}/async/jobs?status=SUCCESS&limit=1000", cl.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["jobs"].as_array().map(Vec::len),
+        Some(ids.len()),
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

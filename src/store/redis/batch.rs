@@ -17,13 +17,7 @@ impl RedisStore {
         // Slot of `out` each write answers.
         let mut slots = Vec::with_capacity(jobs.len());
         for job in jobs {
-            match Write::new(
-                None,
-                None,
-                job,
-                Some(EventKind::Status),
-                self.s.compact_jobs,
-            ) {
+            match self.write(None, None, job, Some(EventKind::Status)) {
                 Ok(w) => {
                     slots.push(out.len());
                     writes.push(w);

@@ -339,13 +339,7 @@ impl RedisStore {
         // From the stored job to the finished one: one version check, one write of the job, its
         // indexes moved from the stored status to the last; the start's event first.
         let before = late.before;
-        let mut w = match Write::new(
-            Some(before.version),
-            Some(&before),
-            next,
-            ev,
-            self.s.compact_jobs,
-        ) {
+        let mut w = match self.write(Some(before.version), Some(&before), next, ev) {
             Ok(w) => w,
             Err(e) => return LateOutcome::Refused(cmd, e),
         };
@@ -576,7 +570,7 @@ impl RedisStore {
                 }
                 Err(e) => return Err(e),
             };
-            let w = Write::new(Some(job.version), Some(&job), next, ev, self.s.compact_jobs)?;
+            let w = self.write(Some(job.version), Some(&job), next, ev)?;
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => return Ok(w.job),
                 Some(Reply::Gone) => return Err(StoreError::NotFound),

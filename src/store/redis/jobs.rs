@@ -2,7 +2,6 @@
 //! channel's `P:jch:{channel}` (`chanidx.rs`), and the lease set for active jobs), apply.
 
 use super::commit::Reply;
-use super::write::Write;
 use super::*;
 
 /// Ids examined per page at most when a filter is checked record by record (every filter but
@@ -255,13 +254,7 @@ impl RedisStore {
 impl JobStore for RedisStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
         for _ in 0..3 {
-            let w = Write::new(
-                None,
-                None,
-                job.clone(),
-                Some(EventKind::Status),
-                self.s.compact_jobs,
-            )?;
+            let w = self.write(None, None, job.clone(), Some(EventKind::Status))?;
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => {
                     if w.job.status == JobStatus::Waiting {

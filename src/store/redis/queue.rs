@@ -3,7 +3,6 @@
 //! (`lua/expired.lua`).
 
 use super::commit::Reply;
-use super::write::Write;
 use super::*;
 
 impl RedisStore {
@@ -88,8 +87,7 @@ impl JobQueue for RedisStore {
             };
             match apply(&mut next, cmd, &self.actx(now)) {
                 Ok(ev) => {
-                    let mut w =
-                        Write::new(Some(job.version), Some(&job), next, ev, self.s.compact_jobs)?;
+                    let mut w = self.write(Some(job.version), Some(&job), next, ev)?;
                     w.popped = true;
                     writes.push(w);
                 }
@@ -148,13 +146,9 @@ impl JobQueue for RedisStore {
                 let job = read_job(&body)?;
                 let mut next = job.clone();
                 match crate::job::heartbeat(&mut next, worker, *token, until, &self.actx(now)) {
-                    Beat::Renewed => writes.push(Write::new(
-                        Some(job.version),
-                        Some(&job),
-                        next,
-                        None,
-                        self.s.compact_jobs,
-                    )?),
+                    Beat::Renewed => {
+                        writes.push(self.write(Some(job.version), Some(&job), next, None)?)
+                    }
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(*id),
                 }

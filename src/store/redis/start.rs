@@ -58,7 +58,7 @@ impl RedisStore {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let w = Write::new(Some(job.version), Some(&job), next, ev, self.s.compact_jobs)?;
+            let w = self.write(Some(job.version), Some(&job), next, ev)?;
             let late = source.take().map(|finish| Late {
                 before: job,
                 after: w.job.clone(),

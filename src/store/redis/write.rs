@@ -6,6 +6,19 @@ use std::collections::BTreeSet;
 
 use super::*;
 
+impl RedisStore {
+    /// [`Write::new`] in the form this store writes job records in (`store.job_record`).
+    pub(super) fn write(
+        &self,
+        expected: Option<u64>,
+        old: Option<&Job>,
+        job: Job,
+        ev: Option<EventKind>,
+    ) -> Result<Write> {
+        Write::new(expected, old, job, ev, self.s.compact_jobs)
+    }
+}
+
 /// One job write for `commit.lua`.
 pub(super) struct Write {
     /// The version the job had when loaded; `None` for a new job.
