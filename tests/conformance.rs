@@ -181,6 +181,24 @@ impl Backend {
         }
     }
 
+    /// Redis: the record of job `id` begins with `prefix`; embedded: nothing to check.
+    async fn assert_record(&self, id: Uuid, prefix: &str) {
+        if let Kind::Redis(r, _) = &self.kind {
+            let client = ::redis::Client::open(r.url.as_str()).expect("client");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let rec: String = ::redis::cmd("HGET")
+                .arg(format!("{}:job:{id}", r.prefix))
+                .arg("b")
+                .query_async(&mut c)
+                .await
+                .expect("record");
+            assert!(rec.starts_with(prefix), "{rec}");
+        }
+    }
+
     /// A second handle on the same data, as another process would have (embedded: the same).
     async fn peer(&mut self) -> Arc<dyn Store> {
         match self.kind {
@@ -254,6 +272,7 @@ conformance!(
     signals_are_stamped_in_the_order_they_are_written,
     a_signal_id_is_kept_as_long_as_its_record,
     batch_submits_store_each_job_on_its_own,
+    a_job_record_is_in_the_form_of_its_last_writer,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -338,6 +357,26 @@ fn is_stale(e: &StoreError) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // The bodies.
+
+/// Redis: a job's record (`b`) is in the form of the node that wrote it last
+/// (`store.job_record`), and each node reads the other's; embedded: two handles see the same job.
+async fn a_job_record_is_in_the_form_of_its_last_writer(mut b: Backend) {
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let (first, other) = match &b.kind {
+        Kind::Redis(_, true) => (r#"{"i":"#, r#"{"id":"#),
+        _ => (r#"{"id":"#, r#"{"id":"#),
+    };
+    let j = submit(&s, job("t.form", "r")).await;
+    b.assert_record(j.id, first).await;
+    let claimed = claim_one(&peer, "r", "w").await;
+    b.assert_record(j.id, other).await;
+    assert_eq!(s.get(j.id).await.unwrap().expect("stored"), claimed);
+    let done = run_to_success(&s, &claimed).await;
+    b.assert_record(j.id, first).await;
+    assert_eq!(peer.get(j.id).await.unwrap().expect("stored"), done);
+    assert_eq!(done.status, JobStatus::Success);
+}
 
 async fn submit_get_and_list(mut b: Backend) {
     let s = b.store().await;

@@ -498,7 +498,7 @@ async fn scale_out_survives_a_killed_worker() {
 /// A rolling update to compact job records (`store.job_record`, docs/redis.md): the API node
 /// writes the job's JSON (the default), the worker node the compact form
 /// (`RUNYARD_STORE__JOB_RECORD=compact`). Every job runs once and ends; the records the worker
-/// wrote last are compact and about a third of the JSON's size; the API node reads them.
+/// wrote last are compact and under 40% of the JSON's size; the API node reads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
     let redis = TestRedis::start();
@@ -548,6 +548,7 @@ async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let store = cl.store().await;
+    let (mut rec_bytes, mut json_bytes) = (0, 0);
     for id in &ids {
         let r = http
             .get(format!("{}/async/jobs/{id}", cl.url()))
@@ -566,8 +567,9 @@ async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
             .unwrap()
             .expect("stored");
         let json_len = serde_json::to_string(&job).unwrap().len();
+        (rec_bytes, json_bytes) = (rec_bytes + rec.len(), json_bytes + json_len);
         assert!(
-            rec.len() * 3 < json_len,
+            rec.len() * 5 < json_len * 2,
             "{} against {json_len}: {rec}",
             rec.len()
         );
@@ -584,6 +586,11 @@ async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
         listed["jobs"].as_array().map(Vec::len),
         Some(ids.len()),
         "{listed}"
+    );
+    eprintln!(
+        "job records: {} bytes compact against {} bytes of JSON on average",
+        rec_bytes / ids.len(),
+        json_bytes / ids.len()
     );
 }
 

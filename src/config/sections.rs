@@ -241,7 +241,7 @@ pub enum JobRecord {
     /// build, and a rollback to one, lose nothing.
     #[default]
     Json,
-    /// The compact form (`store/job_record.rs`): about a quarter of the JSON's bytes for a
+    /// The compact form (`store/job_record.rs`): about a third of the JSON's bytes for a
     /// finished job. Only once every node reads it (runs this build or later).
     Compact,
 }

@@ -47,14 +47,15 @@ pub(crate) fn read_with(body: &str, cols: impl FnOnce() -> Result<Columns>) -> R
     }
 }
 
-/// The job of a record that holds all of it: the inline compact form, or the whole job's JSON.
+/// The job of a record that holds all of it: the inline compact form (it begins with its `i`),
+/// or the whole job's JSON (it begins with its `id`).
 pub(crate) fn read_inline(body: &str) -> Result<Job> {
-    match serde_json::from_str::<StoredJob<'static>>(body) {
-        Ok(mut s) => {
-            let cols = s.inline_columns()?;
-            s.into_job(cols)
-        }
-        Err(_) => serde_json::from_str::<Job>(body).map_err(json_err),
+    if body.starts_with(r#"{"i":"#) {
+        let mut s: StoredJob<'static> = serde_json::from_str(body).map_err(json_err)?;
+        let cols = s.inline_columns()?;
+        s.into_job(cols)
+    } else {
+        serde_json::from_str::<Job>(body).map_err(json_err)
     }
 }
 
@@ -67,11 +68,12 @@ const USUAL_BACKOFF: Backoff = Backoff {
     jitter: true,
 };
 
-/// A job's `body`: what its columns do not hold. Times but `created_at` (`c`),
+/// A job's `body`: what its columns do not hold. Unknown keys are ignored, as the job's JSON
+/// ignores them (a later build's new field does not make a record unreadable); the whole job's
+/// JSON never reads as this form all the same: it has none of these keys, and `c` is required. Times but `created_at` (`c`),
 /// `progress_event_at` and `fire_time` are stored as differences from `created_at` (wrapping, so
 /// any value reads back).
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredJob<'a> {
     /// The fields SQLite keeps in the row's columns ([`Columns`]), in the body itself in the
     /// inline form (Redis, `store.job_record = "compact"`); never in SQLite's bodies. Times from
@@ -160,7 +162,6 @@ struct StoredJob<'a> {
 /// A [`Lease`] in a stored job (`x`: its end, from `created_at`); its worker and token (`w`,
 /// `k`) are left out when they are the last run's (a claim writes both).
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredLease<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     w: Option<Cow<'a, str>>,
@@ -172,7 +173,6 @@ struct StoredLease<'a> {
 /// A [`RunHandle`] in a stored job: `i` absent when the handle's id is the job's (a service
 /// job's), `d` absent when `null`.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredHandle<'a> {
     k: Cow<'a, RunKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +187,6 @@ fn is_null(v: &Value) -> bool {
 
 /// A [`RunRecord`] in a stored job (times from the job's `created_at`).
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredRun<'a> {
     a: u32,
     w: Cow<'a, str>,
@@ -600,13 +599,49 @@ mod tests {
         let j = job();
         let full: serde_json::Map<String, Value> =
             serde_json::from_str(&compact(&j, true).unwrap()).unwrap();
-        for key in ["i", "ty", "ru", "s", "q"] {
+        for key in ["ty", "ru", "s", "q"] {
             let mut m = full.clone();
             m.remove(key);
-            let e = read_inline(&Value::Object(m).to_string()).unwrap_err();
+            m.remove("i");
+            // `i` first, as written (the map sorts its keys).
+            let rest = Value::Object(m).to_string();
+            let e = read_inline(&format!(r#"{{"i":"{}",{}"#, j.id, &rest[1..])).unwrap_err();
             assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}");
         }
+        // Without its `i` first it is not an inline record, nor the job's JSON.
+        let mut m = full.clone();
+        m.remove("i");
+        assert!(read_inline(&Value::Object(m).to_string()).is_err());
         assert!(read_inline(&compact(&j, false).unwrap()).is_err());
+        // A broken inline record says what is wrong with it, not what the job's JSON lacks.
+        let e = read_inline(r#"{"i":"x","c":1}"#).unwrap_err().to_string();
+        assert!(e.contains("UUID") || e.contains("uuid"), "{e}");
+    }
+
+    /// A key a later build adds is ignored, as the job's JSON ignores one: the record still reads.
+    #[test]
+    fn a_record_with_a_key_this_build_does_not_know_reads() {
+        for j in jobs() {
+            let inline = compact(&j, true).unwrap();
+            let with = format!(r#"{},"zz":[1,{{"a":2}}]}}"#, &inline[..inline.len() - 1]);
+            assert_eq!(read_inline(&with).unwrap(), j, "{with}");
+            let body = compact(&j, false).unwrap();
+            let with = format!(r#"{{"zz":1,{}"#, &body[1..]);
+            let got = read_with(&with, || {
+                Ok(Columns {
+                    id: j.id,
+                    job_type: j.job_type.clone(),
+                    runner: j.runner.clone(),
+                    status: j.status,
+                    channel: j.channel_id.clone(),
+                    run_at: j.run_at,
+                    idem_key: j.idempotency_key.clone(),
+                    queued_at: j.queued_at,
+                    finished_at: j.finished_at,
+                })
+            });
+            assert_eq!(got.unwrap(), j, "{with}");
+        }
     }
 
     /// A finished no-op job's record is less than a third of its JSON.
