@@ -53,6 +53,12 @@ fi
 failed=0
 log "cargo test"
 cargo test --workspace --no-fail-fast -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
+# The Redis channel index and channel events once more on compact records (`store.records =
+# "compact"`: events in their compact form, which the index's rebuild parses in Lua); the
+# conformance suites run on them already (their `redis_compact` modules). About a minute.
+log "cargo test: Redis channel index and events on compact records"
+RUNYARD_TEST_RECORDS=compact cargo test --test redis_channel_index --test redis_channel_events \
+  -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
 
 # Fuzzing (issue 9): every cargo-fuzz target of fuzz/ runs from its committed corpus for
 # RUNYARD_FUZZ_SECONDS (20 s) each, and any crash fails CI. scripts/fuzz.sh installs the nightly

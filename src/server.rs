@@ -495,7 +495,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             channel_ttl: config.retention.events,
             retry: config.store.retry,
             channel_lists: config.store.channel_events == crate::config::ChannelEvents::List,
-            compact_jobs: config.store.job_record == crate::config::JobRecord::Compact,
+            compact_records: config.store.records == crate::config::RecordForm::Compact,
             // A diagnostic switch (docs/redis.md "Channel index"): off, this node neither keeps
             // the index nor lists from it.
             channel_index: std::env::var("RUNYARD_REDIS_CHANNEL_INDEX").as_deref() != Ok("off"),

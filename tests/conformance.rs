@@ -78,7 +78,7 @@ impl Backend {
         }
     }
 
-    /// Redis, the store writing compact job records (`store.job_record = "compact"`) and its
+    /// Redis, the store writing compact job records (`store.records = "compact"`) and its
     /// peers the job's JSON: every test on the compact form, and those with a peer on the two
     /// forms side by side, as during a rolling update.
     fn redis_compact() -> Self {
@@ -99,7 +99,7 @@ impl Backend {
                 store: self.settings.clone(),
                 retry: Duration::from_secs(5),
                 channel_lists: redis_support::channel_lists(),
-                compact_jobs: *compact && self.first.is_none(),
+                compact_records: *compact && self.first.is_none(),
                 ..RedisSettings::new(r.url.clone())
             })
             .await
@@ -359,7 +359,7 @@ fn is_stale(e: &StoreError) -> bool {
 // The bodies.
 
 /// Redis: a job's record (`b`) is in the form of the node that wrote it last
-/// (`store.job_record`), and each node reads the other's; embedded: two handles see the same job.
+/// (`store.records`), and each node reads the other's; embedded: two handles see the same job.
 async fn a_job_record_is_in_the_form_of_its_last_writer(mut b: Backend) {
     let s = b.store().await;
     let peer = b.peer().await;

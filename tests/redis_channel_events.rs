@@ -35,6 +35,7 @@ async fn open_mode(
 ) -> Arc<dyn Store> {
     RedisStore::connect(RedisSettings {
         channel_lists: lists,
+        compact_records: redis_support::compact_records(),
         prefix: r.prefix.clone(),
         store: StoreSettings {
             channel_limit,

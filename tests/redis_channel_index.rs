@@ -44,6 +44,7 @@ async fn store(r: &TestRedis, index: bool, global_limit: Option<usize>) -> Arc<R
         store,
         retry: Duration::from_secs(5),
         channel_index: index,
+        compact_records: redis_support::compact_records(),
         ..RedisSettings::new(r.url.clone())
     })
     .await

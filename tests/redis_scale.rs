@@ -495,9 +495,9 @@ async fn scale_out_survives_a_killed_worker() {
     assert!(lost_runs > 0, "the killed worker had jobs in hand");
 }
 
-/// A rolling update to compact job records (`store.job_record`, docs/redis.md): the API node
+/// A rolling update to compact job records (`store.records`, docs/redis.md): the API node
 /// writes the job's JSON (the default), the worker node the compact form
-/// (`RUNYARD_STORE__JOB_RECORD=compact`). Every job runs once and ends; the records the worker
+/// (`RUNYARD_STORE__RECORDS=compact`). Every job runs once and ends; the records the worker
 /// wrote last are compact and under 40% of the JSON's size; the API node reads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
@@ -528,7 +528,7 @@ async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
         "worker",
         &["worker"],
         "warn",
-        &[("RUNYARD_STORE__JOB_RECORD", "compact")],
+        &[("RUNYARD_STORE__RECORDS", "compact")],
     );
     let n = 200;
     let bodies = (0..n)

@@ -21,7 +21,7 @@ pub use crate::auth::config::{AuthConfig, TokenConfig, MIN_JWT_SECRET_BYTES};
 pub use origin::valid_origin;
 pub use runner::{RunnerConfig, RunnerKind};
 pub use sections::{
-    ApiConfig, ChannelEvents, EventsConfig, HooksConfig, JobRecord, RetentionConfig, StoreConfig,
+    ApiConfig, ChannelEvents, EventsConfig, HooksConfig, RecordForm, RetentionConfig, StoreConfig,
     Synchronous, WorkerConfig,
 };
 
@@ -332,15 +332,15 @@ types = ["thumbnail"]
     }
 
     #[test]
-    fn job_record_is_json_or_compact() {
+    fn records_are_json_or_compact() {
         let c = Config::from_toml("").unwrap();
-        assert_eq!(c.store.job_record, JobRecord::Json, "the default");
-        let c = Config::from_toml("[store]\njob_record = \"compact\"").unwrap();
-        assert_eq!(c.store.job_record, JobRecord::Compact);
-        let e = Config::from_toml("[store]\njob_record = \"small\"")
+        assert_eq!(c.store.records, RecordForm::Json, "the default");
+        let c = Config::from_toml("[store]\nrecords = \"compact\"").unwrap();
+        assert_eq!(c.store.records, RecordForm::Compact);
+        let e = Config::from_toml("[store]\nrecords = \"small\"")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("store.job_record"), "{e}");
+        assert!(e.contains("store.records"), "{e}");
         assert!(e.contains("`json`") && e.contains("`compact`"), "{e}");
     }
 

@@ -203,7 +203,7 @@ pub struct StoreConfig {
     /// Redis: what this node writes a channel's events to (every node reads both).
     pub channel_events: ChannelEvents,
     /// Redis: the form this node writes job records in (every node of this build reads both).
-    pub job_record: JobRecord,
+    pub records: RecordForm,
 }
 
 impl Default for StoreConfig {
@@ -213,7 +213,7 @@ impl Default for StoreConfig {
             prefix: "runyard".into(),
             retry: Duration::from_secs(30),
             channel_events: ChannelEvents::default(),
-            job_record: JobRecord::default(),
+            records: RecordForm::default(),
         }
     }
 }
@@ -232,11 +232,11 @@ pub enum ChannelEvents {
     List,
 }
 
-/// Redis: the form a node writes job records in (`store.job_record`, the job hash's `b`). Every
+/// Redis: the form a node writes job records in (`store.records`, the job hash's `b`). Every
 /// node of this build reads both (docs/redis.md, "Job records: json or compact").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum JobRecord {
+pub enum RecordForm {
     /// The job's whole JSON, as builds before the compact form: a rolling update from such a
     /// build, and a rollback to one, lose nothing.
     #[default]

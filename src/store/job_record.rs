@@ -2,7 +2,7 @@
 //! short keys, no field that reads back the same when absent (`None`s, empty lists, the usual
 //! backoff, `max_attempts` 1, ...), times after `created_at` as differences from it. SQLite
 //! keeps a job's [`Columns`] in its row and this record without them in `body`
-//! (`sqlite/stored.rs`); Redis, with `store.job_record = "compact"`, keeps the record with them
+//! (`sqlite/stored.rs`); Redis, with `store.records = "compact"`, keeps the record with them
 //! (inline) as its `b` field (docs/redis.md). Records written before in the whole job's JSON
 //! (it always has `id`, which this form never has) are read as they are.
 
@@ -76,7 +76,7 @@ const USUAL_BACKOFF: Backoff = Backoff {
 #[derive(Serialize, Deserialize)]
 struct StoredJob<'a> {
     /// The fields SQLite keeps in the row's columns ([`Columns`]), in the body itself in the
-    /// inline form (Redis, `store.job_record = "compact"`); never in SQLite's bodies. Times from
+    /// inline form (Redis, `store.records = "compact"`); never in SQLite's bodies. Times from
     /// `created_at`, as the others.
     #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
     id: Option<Uuid>,
@@ -287,7 +287,7 @@ fn stored_run(r: &RunRecord, base: Micros) -> StoredRun<'_> {
 
 /// The job's compact record: without its [`Columns`] (SQLite's `jobs.body`, the columns written
 /// beside it: see `save` and `submit_in`), or with them, `inline` (Redis's `b` with
-/// `store.job_record = "compact"`: the record is the whole job).
+/// `store.records = "compact"`: the record is the whole job).
 pub(crate) fn compact(job: &Job, inline: bool) -> Result<String> {
     let mut buf = Uuid::encode_buffer();
     let id: &str = job.id.hyphenated().encode_lower(&mut buf);
@@ -581,7 +581,7 @@ mod tests {
         );
     }
 
-    /// The job's JSON, as every build writes with `store.job_record = "json"` and wrote before
+    /// The job's JSON, as every build writes with `store.records = "json"` and wrote before
     /// the compact form, reads as it is.
     #[test]
     fn the_jobs_json_reads_as_it_is() {

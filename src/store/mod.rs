@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod counts;
 pub mod deliveries;
+pub(crate) mod event_record;
 pub mod finish_slot;
 pub mod handoff;
 pub(crate) mod job_record;

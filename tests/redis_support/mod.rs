@@ -16,6 +16,13 @@ pub fn channel_lists() -> bool {
     std::env::var("RUNYARD_TEST_CHANNEL_EVENTS").is_ok_and(|v| v == "list")
 }
 
+/// Whether the tests' stores that follow it write compact records (`store.records =
+/// "compact"`): `RUNYARD_TEST_RECORDS=compact` (scripts/test.sh runs the channel index and
+/// channel event suites so too), else the job's JSON (the default).
+pub fn compact_records() -> bool {
+    std::env::var("RUNYARD_TEST_RECORDS").is_ok_and(|v| v == "compact")
+}
+
 /// A Redis server for one test.
 pub struct TestRedis {
     /// `redis://127.0.0.1:PORT`.

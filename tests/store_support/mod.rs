@@ -30,7 +30,7 @@ pub async fn redis(settings: StoreSettings) -> (Guard, Arc<dyn Store>) {
     redis_with(settings, false).await
 }
 
-/// The Redis store on a new redis-server, writing compact job records (`store.job_record =
+/// The Redis store on a new redis-server, writing compact job records (`store.records =
 /// "compact"`) with `compact`.
 pub async fn redis_with(settings: StoreSettings, compact: bool) -> (Guard, Arc<dyn Store>) {
     let r = TestRedis::start();
@@ -39,7 +39,7 @@ pub async fn redis_with(settings: StoreSettings, compact: bool) -> (Guard, Arc<d
         store: settings,
         retry: Duration::from_secs(5),
         channel_lists: crate::redis_support::channel_lists(),
-        compact_jobs: compact,
+        compact_records: compact,
         ..RedisSettings::new(r.url.clone())
     })
     .await

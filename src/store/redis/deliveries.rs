@@ -183,7 +183,8 @@ impl DeliveryStore for RedisStore {
                 job_id: job,
                 url: u,
                 event_id: e,
-                event: b,
+                // The event's JSON, as a delivery's body is (a compact event is expanded).
+                event: crate::store::event_record::full(&b).unwrap_or(b),
                 created_at: created,
                 state,
                 next_at: (state == DeliveryState::Pending)

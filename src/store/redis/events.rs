@@ -115,7 +115,7 @@ impl EventLog for RedisStore {
             out.push(ev);
         }
         while let (Some(id), Some(body)) = (it.next(), it.next()) {
-            let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
+            let mut ev = crate::store::event_record::read_inline(&body)?;
             ev.id = id;
             out.push(ev);
         }

@@ -129,9 +129,9 @@ pub struct RedisSettings {
     /// Whether this process keeps the channel index up to date and lists one channel's jobs
     /// from it (`chanidx.rs`; off: every listing reads by id, as before it existed).
     pub channel_index: bool,
-    /// Job records in the compact form (`store.job_record = "compact"`); both forms are read
+    /// Job records in the compact form (`store.records = "compact"`); both forms are read
     /// anyway.
-    pub compact_jobs: bool,
+    pub compact_records: bool,
 }
 
 impl RedisSettings {
@@ -146,7 +146,7 @@ impl RedisSettings {
             command_timeout: Duration::from_secs(5),
             channel_lists: false,
             channel_index: true,
-            compact_jobs: false,
+            compact_records: false,
         }
     }
 }
@@ -224,7 +224,7 @@ pub struct RedisStore {
 }
 
 /// A job record (a job hash's `b`): the job's JSON, or the compact form
-/// (`store.job_record = "compact"`): every node reads both.
+/// (`store.records = "compact"`): every node reads both.
 fn read_job(body: &str) -> Result<Job> {
     crate::store::job_record::read_inline(body)
 }

@@ -11,7 +11,7 @@ use ::redis::streams::{StreamReadOptions, StreamReadReply};
 use ::redis::{AsyncCommands, AsyncConnectionConfig};
 use async_trait::async_trait;
 
-use super::{json_err, RedisStore};
+use super::RedisStore;
 use crate::job::Event;
 use crate::store::tail::TailReader;
 use crate::store::{Result, StoreError};
@@ -127,7 +127,7 @@ impl EventTail {
                 let Some(body) = entry.get::<String>("e") else {
                     continue;
                 };
-                let mut ev: Event = serde_json::from_str(&body).map_err(json_err)?;
+                let mut ev = crate::store::event_record::read_inline(&body)?;
                 ev.id = entry.id;
                 out.push(ev);
             }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::*;
 
 impl RedisStore {
-    /// [`Write::new`] in the form this store writes job records in (`store.job_record`).
+    /// [`Write::new`] in the form this store writes job records in (`store.records`).
     pub(super) fn write(
         &self,
         expected: Option<u64>,
@@ -15,7 +15,7 @@ impl RedisStore {
         job: Job,
         ev: Option<EventKind>,
     ) -> Result<Write> {
-        Write::new(expected, old, job, ev, self.s.compact_jobs)
+        Write::new(expected, old, job, ev, self.s.compact_records)
     }
 }
 
@@ -49,7 +49,7 @@ pub(super) struct Write {
 
 impl Write {
     /// The write of `job` (at version `expected`, `old` as loaded); `compact`: its record in the
-    /// inline compact form (`store.job_record = "compact"`, `store/job_record.rs`), else the
+    /// inline compact form (`store.records = "compact"`, `store/job_record.rs`), else the
     /// job's JSON.
     pub(super) fn new(
         expected: Option<u64>,
@@ -75,10 +75,15 @@ impl Write {
             String::new()
         };
         let event = match ev {
-            Some(kind) => Some((
-                kind,
-                serde_json::to_string(&Event::for_job(&job, kind)).map_err(json_err)?,
-            )),
+            Some(kind) => {
+                let ev = Event::for_job(&job, kind);
+                let body = if compact {
+                    crate::store::event_record::compact(&ev, job.updated_at, true)?
+                } else {
+                    serde_json::to_string(&ev).map_err(json_err)?
+                };
+                Some((kind, body))
+            }
             None => None,
         };
         let lease_kept = expected.is_some()

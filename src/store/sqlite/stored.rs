@@ -18,12 +18,9 @@
 //!   read.
 
 use rusqlite::Row;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::json_err;
-use crate::job::{rfc3339, try_rfc3339, Event, Job, JobStatus, Micros};
+use crate::job::{Event, Job, JobStatus, Micros};
 use crate::store::job_record::Columns;
 use crate::store::{Result, StoreError};
 
@@ -122,89 +119,15 @@ pub(super) fn job_body(job: &Job) -> Result<String> {
     crate::store::job_record::compact(job, false)
 }
 
-/// An event as stored in `events.body`.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoredEvent {
-    /// The job id, when it is not the channel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    j: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    u: Option<String>,
-    /// `true` for a progress event (else a status event).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    p: bool,
-    s: JobStatus,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    g: f64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    e: Vec<Value>,
-    a: u32,
-    /// The time, when it is not `m`'s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    t: Option<String>,
-    /// The time in µs, when its RFC 3339 text is the event's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    m: Option<Micros>,
-}
-
-fn is_zero(v: &f64) -> bool {
-    *v == 0.0
-}
-
-/// The event's body as stored in `events.body` (its channel goes in `events.channel`); `at` is
-/// the time its `ts` shows (the job's `updated_at`), stored as a number when it reads back as
-/// the same text.
+/// The event's body as stored in `events.body` (its channel goes in `events.channel`): the
+/// compact form of `store/event_record.rs` without its channel.
 pub(super) fn event_body(ev: &Event, at: Micros) -> Result<String> {
-    let m = (try_rfc3339(at).as_deref() == Some(ev.ts.as_str())).then_some(at);
-    let s = ev
-        .runyard_status
-        .ok_or_else(|| crate::store::StoreError::Backend("an event without a status".into()))?;
-    serde_json::to_string(&StoredEvent {
-        j: (ev.job_id != ev.channel_id).then(|| ev.job_id.clone()),
-        u: ev.user_id.clone(),
-        p: ev.kind == "progress",
-        s,
-        g: ev.progress,
-        e: ev.errors.clone(),
-        a: ev.attempt,
-        t: m.is_none().then(|| ev.ts.clone()),
-        m,
-    })
-    .map_err(json_err)
+    crate::store::event_record::compact(ev, at, false)
 }
 
 /// The event stored as `body` in `channel` with row id `id`.
 pub(super) fn read_event(id: i64, channel: &str, body: &str) -> Result<Event> {
-    let mut ev = match serde_json::from_str::<StoredEvent>(body) {
-        Ok(s) => {
-            let job_id = s.j.unwrap_or_else(|| channel.to_string());
-            Event {
-                id: String::new(),
-                channel_id: channel.to_string(),
-                result_url: Some(format!("/async/jobs/{job_id}/result")),
-                job_id,
-                user_id: s.u,
-                kind: if s.p { "progress" } else { "status" }.into(),
-                status: s.s.superset().into(),
-                runyard_status: Some(s.s),
-                progress: s.g,
-                errors: s.e,
-                attempt: s.a,
-                ts: match (s.t, s.m) {
-                    (Some(t), _) => t,
-                    (None, Some(m)) => rfc3339(m),
-                    (None, None) => {
-                        return Err(json_err(
-                            <serde_json::Error as serde::de::Error>::missing_field("t"),
-                        ))
-                    }
-                },
-            }
-        }
-        // Written before the compact form.
-        Err(_) => serde_json::from_str::<Event>(body).map_err(json_err)?,
-    };
+    let mut ev = crate::store::event_record::read_with(channel, body)?;
     ev.id = id.to_string();
     Ok(ev)
 }

@@ -59,13 +59,24 @@ local function less(a, b)
 end
 
 -- The job and channel of an event (JSON written by serde in the fields' order, `{"id":"",
--- "channel_id":...,"job_id":...`): read with a pattern (a JSON string holds no unescaped quote,
--- so the first `","job_id":"` ends the channel), decoded in full when escaped or in another shape.
+-- "channel_id":...,"job_id":...`; or the compact form of `store.records = "compact"`,
+-- `{"c":channel,"j":job,...`, the job the channel's own when `j` is absent, see
+-- src/store/event_record.rs): read with a pattern (a JSON string holds no unescaped quote, so
+-- the first `","job_id":"` ends the channel), decoded in full when escaped or in another shape.
 local function job_of(e)
   local c, j = string.match(e, '^{"id":"[^"\\]*","channel_id":"(.-)","job_id":"([^"\\]*)"')
   if c and not string.find(c, '\\', 1, true) then return j, c end
+  c, j = string.match(e, '^{"c":"([^"\\]*)","j":"([^"\\]*)"')
+  if c then return j, c end
+  c = string.match(e, '^{"c":"([^"\\]*)"')
+  if c and string.sub(e, #c + 8, #c + 12) ~= ',"j":' then return c, c end
   local ok, d = pcall(cjson.decode, e)
-  if not ok or type(d) ~= 'table' or type(d.job_id) ~= 'string' then return nil, nil end
+  if not ok or type(d) ~= 'table' then return nil, nil end
+  if type(d.c) == 'string' then
+    if type(d.j) == 'string' then return d.j, d.c end
+    return d.c, d.c
+  end
+  if type(d.job_id) ~= 'string' then return nil, nil end
   -- Without its channel: the job's own says.
   if type(d.channel_id) ~= 'string' then return d.job_id, nil end
   return d.job_id, d.channel_id

@@ -31,7 +31,7 @@
 -- Then per write, starting with `id`: the write's values (absent = none)
 --   `id`, `v` expected version (absent: the job must not exist, a submit), `nv` new version,
 --   `st` status, `r` runner, `c` channel, `q` queued_at, `t` job type, `b` the job record (its JSON or
---   the compact form, `store.job_record`),
+--   the compact form, `store.records`),
 --   `runat`, `lease` expiry (µs), `fin` finished_at, `idem` idempotency key (submits),
 --   `files` file hashes (space separated), `event` (JSON), `wait` (`enter` or `leave`: the job
 --   starts or stops waiting), `dl` wait deadline (µs), `emits` signal keys to write (separated by

@@ -1,6 +1,6 @@
 -- One chunk of the dead letters, counted by type (src/store/redis/activity.rs): the ERROR jobs
 -- of `P:st:ERROR` whose attempts are used up (`attempt >= max_attempts` in the job's record, the
--- job's JSON or the compact form of `store.job_record = "compact"`). Read
+-- job's JSON or the compact form of `store.records = "compact"`). Read
 -- only; at most `n` jobs per call, so Redis is never held for long.
 --
 -- KEYS[1] `P:st:ERROR` (ERROR jobs, score 0, ordered by id). The jobs' hashes are named by what
