@@ -199,6 +199,28 @@ impl Backend {
         }
     }
 
+    /// Redis: the newest entry of the global stream (its field `e`) begins with `prefix`.
+    async fn assert_last_event(&self, prefix: &str) {
+        if let Kind::Redis(r, _) = &self.kind {
+            let client = ::redis::Client::open(r.url.as_str()).expect("client");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let last: Vec<(String, Vec<(String, String)>)> = ::redis::cmd("XREVRANGE")
+                .arg(format!("{}:ev", r.prefix))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut c)
+                .await
+                .expect("xrevrange");
+            let e = &last[0].1[0].1;
+            assert!(e.starts_with(prefix), "{e}");
+        }
+    }
+
     /// A second handle on the same data, as another process would have (embedded: the same).
     async fn peer(&mut self) -> Arc<dyn Store> {
         match self.kind {
@@ -374,6 +396,13 @@ async fn a_job_record_is_in_the_form_of_its_last_writer(mut b: Backend) {
     assert_eq!(s.get(j.id).await.unwrap().expect("stored"), claimed);
     let done = run_to_success(&s, &claimed).await;
     b.assert_record(j.id, first).await;
+    // The newest event (the finish's) is in the form of its writer too.
+    b.assert_last_event(if first == other {
+        "{\"id\":"
+    } else {
+        "{\"c\":"
+    })
+    .await;
     assert_eq!(peer.get(j.id).await.unwrap().expect("stored"), done);
     assert_eq!(done.status, JobStatus::Success);
 }
@@ -1311,6 +1340,9 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
     // Claimed by one handle at a time.
     let a = s.deliveries_claim(10, hold).await.unwrap();
     assert_eq!(a.len(), 1);
+    // What a claim gives the sender to POST is the event's JSON too, whatever its stored form.
+    let posted: runyard::job::Event = serde_json::from_str(&a[0].delivery.body()).unwrap();
+    assert_eq!(&posted, done, "the claimed body is the event, with its id");
     assert!(peer.deliveries_claim(10, hold).await.unwrap().is_empty());
     // A record under another token is refused; the holder's is taken.
     let mut stale = a[0].clone();

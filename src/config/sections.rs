@@ -202,7 +202,8 @@ pub struct StoreConfig {
     pub retry: Duration,
     /// Redis: what this node writes a channel's events to (every node reads both).
     pub channel_events: ChannelEvents,
-    /// Redis: the form this node writes job records in (every node of this build reads both).
+    /// Redis: the form this node writes job records and events in (every node of this build
+    /// reads both).
     pub records: RecordForm,
 }
 
@@ -232,17 +233,18 @@ pub enum ChannelEvents {
     List,
 }
 
-/// Redis: the form a node writes job records in (`store.records`, the job hash's `b`). Every
-/// node of this build reads both (docs/redis.md, "Job records: json or compact").
+/// Redis: the form a node writes job records (the job hash's `b`) and events in
+/// (`store.records`). Every node of this build reads both (docs/redis.md, "Records: json or
+/// compact").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordForm {
-    /// The job's whole JSON, as builds before the compact form: a rolling update from such a
-    /// build, and a rollback to one, lose nothing.
+    /// The job's and the event's whole JSON, as builds before the compact form: a rolling
+    /// update from such a build, and a rollback to one, lose nothing.
     #[default]
     Json,
-    /// The compact form (`store/job_record.rs`): about a third of the JSON's bytes for a
-    /// finished job. Only once every node reads it (runs this build or later).
+    /// The compact forms (`store/job_record.rs`, `store/event_record.rs`): about a third of the
+    /// JSON's bytes. Only once every node reads them (runs this build or later).
     Compact,
 }
 

@@ -74,7 +74,8 @@ pub struct Delivery {
     pub url: String,
     /// The event's id in the streams.
     pub event_id: String,
-    /// The event as stored (its `id` empty: see [`Delivery::body`]).
+    /// The event as stored (its `id` empty: see [`Delivery::body`]): its JSON, or on Redis with
+    /// `store.records = "compact"` the compact form (`store/event_record.rs`).
     pub event: String,
     /// When the event happened (µs): the horizon counts from it.
     pub created_at: Micros,
@@ -89,9 +90,14 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The body POSTed: the event JSON with its id.
+    /// The event, either form as stored.
+    fn parsed(&self) -> Option<Event> {
+        crate::store::event_record::read_inline(&self.event).ok()
+    }
+
+    /// The body POSTed: the event JSON with its id, whichever form it is stored in.
     pub fn body(&self) -> String {
-        match serde_json::from_str::<Event>(&self.event) {
+        match self.parsed().ok_or(()) {
             Ok(mut ev) => {
                 ev.id = self.event_id.clone();
                 serde_json::to_string(&ev).unwrap_or_else(|_| self.event.clone())
@@ -102,7 +108,7 @@ impl Delivery {
 
     /// As the API shows it.
     pub fn to_public(&self) -> Value {
-        let ev: Option<Event> = serde_json::from_str(&self.event).ok();
+        let ev = self.parsed();
         json!({
             "id": self.id,
             "url": self.url,

@@ -1,7 +1,8 @@
 //! [`DeliveryStore`] for Redis. A delivery is written by `lua/commit.lua` with its event (the
 //! 16th value of a write, [`commit_arg`]), in the same script call.
 //!
-//! Keys: `P:dlv:{n}` hash (`j` job id, `u` url, `e` event id, `b` event JSON, `t` created µs,
+//! Keys: `P:dlv:{n}` hash (`j` job id, `u` url, `e` event id, `b` the event as the
+//! streams hold it, JSON or compact: `Delivery::body` posts its JSON either way, `t` created µs,
 //! `st` state, `n` attempts, `c` claim token, `due` next due), `P:dlvlog:{n}` list of attempts
 //! (JSON, bounded), `P:dlv:due` pending deliveries by due time (a claim moves it to the end of its
 //! hold), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done` ended deliveries by end time,
@@ -183,8 +184,7 @@ impl DeliveryStore for RedisStore {
                 job_id: job,
                 url: u,
                 event_id: e,
-                // The event's JSON, as a delivery's body is (a compact event is expanded).
-                event: crate::store::event_record::full(&b).unwrap_or(b),
+                event: b,
                 created_at: created,
                 state,
                 next_at: (state == DeliveryState::Pending)

@@ -33,7 +33,7 @@
 --   `st` status, `r` runner, `c` channel, `q` queued_at, `t` job type, `b` the job record (its JSON or
 --   the compact form, `store.records`),
 --   `runat`, `lease` expiry (µs), `fin` finished_at, `idem` idempotency key (submits),
---   `files` file hashes (space separated), `event` (JSON), `wait` (`enter` or `leave`: the job
+--   `files` file hashes (space separated), `event` (its JSON or compact form), `wait` (`enter` or `leave`: the job
 --   starts or stops waiting), `dl` wait deadline (µs), `emits` signal keys to write (separated by
 --   newlines; see signal_append.lua for what they touch), `dlv` webhook delivery of the event
 --   (`<created_at µs>\n<url>`, see deliveries.rs), `event0` and `dlv0` an event (and its
