@@ -181,16 +181,24 @@ impl Backend {
         }
     }
 
+    /// Redis: a connection of the test's own and the store's key prefix.
+    async fn raw(&self) -> Option<(::redis::aio::MultiplexedConnection, &str)> {
+        let Kind::Redis(r, _) = &self.kind else {
+            return None;
+        };
+        let client = ::redis::Client::open(r.url.as_str()).expect("client");
+        let c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        Some((c, r.prefix.as_str()))
+    }
+
     /// Redis: the record of job `id` begins with `prefix`; embedded: nothing to check.
     async fn assert_record(&self, id: Uuid, prefix: &str) {
-        if let Kind::Redis(r, _) = &self.kind {
-            let client = ::redis::Client::open(r.url.as_str()).expect("client");
-            let mut c = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect");
+        if let Some((mut c, p)) = self.raw().await {
             let rec: String = ::redis::cmd("HGET")
-                .arg(format!("{}:job:{id}", r.prefix))
+                .arg(format!("{p}:job:{id}"))
                 .arg("b")
                 .query_async(&mut c)
                 .await
@@ -201,14 +209,9 @@ impl Backend {
 
     /// Redis: the newest entry of the global stream (its field `e`) begins with `prefix`.
     async fn assert_last_event(&self, prefix: &str) {
-        if let Kind::Redis(r, _) = &self.kind {
-            let client = ::redis::Client::open(r.url.as_str()).expect("client");
-            let mut c = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect");
+        if let Some((mut c, p)) = self.raw().await {
             let last: Vec<(String, Vec<(String, String)>)> = ::redis::cmd("XREVRANGE")
-                .arg(format!("{}:ev", r.prefix))
+                .arg(format!("{p}:ev"))
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
