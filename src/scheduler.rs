@@ -31,10 +31,16 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
         let mut wait = Duration::from_secs(1);
         match store.promote_due(1000).await {
             Ok(1000) => continue,
-            Ok(_) => {
+            Ok(n) => {
                 if let Ok(Some(due)) = store.next_due().await {
                     let until = u64::try_from(due.saturating_sub(now_us())).unwrap_or(0);
-                    wait = wait.min(Duration::from_micros(until));
+                    // Nothing promoted and the first due job is already past: one that cannot
+                    // be promoted now (a record this build cannot read, logged by the store)
+                    // or one due since the round read the time. Wait the second, as after an
+                    // error, rather than spin on it.
+                    if n > 0 || until > 0 {
+                        wait = wait.min(Duration::from_micros(until));
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot promote scheduled jobs"),

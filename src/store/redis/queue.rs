@@ -78,7 +78,13 @@ impl JobQueue for RedisStore {
         {
             let body: String = ::redis::from_redis_value(&chunk[2])
                 .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
-            let job = read_job(&body)?;
+            // A record this build cannot read is left out, not the whole claim (logged): the
+            // reaper puts its reservation back in its queue (its hash says QUEUED), so it is
+            // picked again, and left out again, each reservation cycle.
+            let id: String = ::redis::from_redis_value(&chunk[0]).unwrap_or_default();
+            let Some(job) = readable(&body, &id, "claim") else {
+                continue;
+            };
             let mut next = job.clone();
             let cmd = Command::Claim {
                 worker: worker.to_string(),
@@ -143,7 +149,13 @@ impl JobQueue for RedisStore {
                     lost.push(*id);
                     continue;
                 };
-                let job = read_job(&body)?;
+                // Unreadable: reported lost, so that its worker stops it (it could not be
+                // renewed, and a run on an expired lease is what the fence forbids); the others
+                // are renewed.
+                let Some(job) = readable(&body, &id.to_string(), "heartbeat") else {
+                    lost.push(*id);
+                    continue;
+                };
                 let mut next = job.clone();
                 match crate::job::heartbeat(&mut next, worker, *token, until, &self.actx(now)) {
                     Beat::Renewed => {
@@ -197,6 +209,10 @@ impl JobQueue for RedisStore {
                     // An entry without its job (deleted by hand): drop it, or it comes back.
                     self.zrem(key.clone(), id.to_string()).await?;
                 }
+                // A record this build cannot read: the others due are promoted all the same.
+                Err(StoreError::Backend(e)) if e.starts_with("corrupt record") => {
+                    tracing::error!(job_id = %id, error = %e, "unreadable job record not promoted");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -231,9 +247,24 @@ impl JobQueue for RedisStore {
         // Reservations may have gone back to their queues: announced to every process by the
         // script, known here at once (a claim right after this finds them).
         self.hints.queued("*");
-        raw.chunks(2)
+        Ok(raw
+            .chunks(2)
             .filter(|c| c.len() == 2)
-            .map(|c| read_job(&c[1]))
-            .collect()
+            // Pairs of version and record: the log cannot name the job.
+            .filter_map(|c| readable(&c[1], "?", "expired lease"))
+            .collect())
+    }
+}
+
+/// The job of a record met by a round over many jobs (a claim, heartbeats, expired leases), or
+/// `None`, logged, when this build cannot read it: one such record must not fail the round and
+/// hold up every other job it meets, round after round.
+fn readable(body: &str, id: &str, what: &str) -> Option<Job> {
+    match read_job(body) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::error!(job_id = id, error = %e, round = what, "unreadable job record left out");
+            None
+        }
     }
 }

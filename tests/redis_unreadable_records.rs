@@ -1,0 +1,171 @@
+//! Redis: a job record this build cannot read (written by hand, by a bug, or in a form a build
+//! before it never knew) is left out of the rounds that meet it with others (a claim, the
+//! heartbeats, the expired leases, the promotion of due jobs), logged, instead of failing the
+//! whole round and so holding up every other job it meets, round after round.
+
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runyard::job::{now_us, Job, JobStatus};
+use runyard::store::redis::{RedisSettings, RedisStore};
+use runyard::store::Store;
+use uuid::Uuid;
+
+use redis_support::TestRedis;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn open(r: &TestRedis) -> Arc<dyn Store> {
+    RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect")
+}
+
+/// Overwrites the record of job `id` with text no build reads.
+async fn spoil(r: &TestRedis, id: Uuid) {
+    let client = ::redis::Client::open(r.url.as_str()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{}:job:{id}", r.prefix))
+        .arg("b")
+        .arg(r#"{"broken"#)
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+}
+
+async fn submit(s: &Arc<dyn Store>, j: Job) -> Job {
+    s.submit(j).await.expect("submit").job
+}
+
+fn ids(jobs: &[Job]) -> Vec<Uuid> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_takes_the_readable_jobs_past_an_unreadable_one() {
+    let r = TestRedis::start();
+    let s = open(&r).await;
+    let bad = submit(&s, Job::new("t", "r", now_us())).await;
+    let a = submit(&s, Job::new("t", "r", now_us())).await;
+    let b = submit(&s, Job::new("t", "r", now_us())).await;
+    spoil(&r, bad.id).await;
+    let got = s.claim("r", "w", 10, LEASE).await.expect("claim");
+    assert_eq!(ids(&got), vec![a.id, b.id]);
+    assert!(got.iter().all(|j| j.status == JobStatus::Starting));
+}
+
+/// A held job whose record becomes unreadable is reported lost (its worker stops it: its lease
+/// cannot be renewed); the others held are renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_reports_an_unreadable_job_lost_and_renews_the_others() {
+    let r = TestRedis::start();
+    let s = open(&r).await;
+    let bad = submit(&s, Job::new("t", "r", now_us())).await;
+    let a = submit(&s, Job::new("t", "r", now_us())).await;
+    let got = s
+        .claim("r", "w", 10, Duration::from_secs(5))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&got), vec![bad.id, a.id]);
+    let token = |j: &Job| j.lease.as_ref().expect("lease").token;
+    let before = got[1].lease.as_ref().expect("lease").expires_at;
+    spoil(&r, bad.id).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let held = [(bad.id, token(&got[0])), (a.id, token(&got[1]))];
+    let lost = s.heartbeat("w", &held, LEASE).await.expect("heartbeat");
+    assert_eq!(lost, vec![bad.id]);
+    let renewed = s.get(a.id).await.expect("get").expect("stored");
+    assert!(renewed.lease.expect("lease").expires_at > before);
+}
+
+/// `INFO commandstats` calls of `cmd` so far.
+async fn calls(r: &TestRedis, cmd: &str) -> u64 {
+    let client = ::redis::Client::open(r.url.as_str()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The promote loop, meeting a due job it cannot promote, waits its second instead of asking
+/// Redis again at once, round after round; the readable due job is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promote_loop_does_not_spin_on_an_unreadable_due_job() {
+    let r = TestRedis::start();
+    let s = open(&r).await;
+    let due = || {
+        let mut j = Job::new("t", "sched", now_us());
+        j.status = JobStatus::Scheduled;
+        j.run_at = Some(now_us() + 20_000);
+        j
+    };
+    let first = submit(&s, due()).await;
+    let second = submit(&s, due()).await;
+    spoil(&r, first.id).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let before = calls(&r, "zrangebyscore").await;
+    let task = tokio::spawn(runyard::scheduler::promote_loop(s.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let rounds = calls(&r, "zrangebyscore").await - before;
+    stop.cancel();
+    task.await.expect("loop ends");
+    assert!(
+        (1..=3).contains(&rounds),
+        "{rounds} promotion rounds in 0.7 s"
+    );
+    let now = s.get(second.id).await.expect("get").expect("stored");
+    assert_eq!(now.status, JobStatus::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_and_the_promotion_pass_an_unreadable_record() {
+    let r = TestRedis::start();
+    let s = open(&r).await;
+    // Expired leases: two claimed with a lease of 1 ms, one spoiled.
+    let x = submit(&s, Job::new("t", "short", now_us())).await;
+    let y = submit(&s, Job::new("t", "short", now_us())).await;
+    let claimed = s
+        .claim("short", "w", 10, Duration::from_millis(1))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), vec![x.id, y.id]);
+    spoil(&r, x.id).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expired = s.expired(100).await.expect("expired");
+    assert_eq!(ids(&expired), vec![y.id]);
+    // Due scheduled jobs: the spoiled one first, the other promoted all the same.
+    let due = || {
+        let mut j = Job::new("t", "sched", now_us());
+        j.status = JobStatus::Scheduled;
+        j.run_at = Some(now_us() + 30_000);
+        j
+    };
+    let first = submit(&s, due()).await;
+    let second = submit(&s, due()).await;
+    spoil(&r, first.id).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(s.promote_due(100).await.expect("promote"), 1);
+    let now = s.get(second.id).await.expect("get").expect("stored");
+    assert_eq!(now.status, JobStatus::Queued);
+}
