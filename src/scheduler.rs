@@ -13,7 +13,7 @@ use crate::files::BlobStore;
 const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
 /// File contents younger than this are never collected (an upload may be attaching them).
 const BLOB_GC_GRACE: Duration = Duration::from_secs(3600);
-use crate::job::now_us;
+use crate::job::{now_us, Micros};
 use crate::store::{Notice, Store};
 
 /// Promotes due jobs; sleeps until the next one is due or something new is scheduled.
@@ -27,6 +27,9 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             }
         )
     });
+    // A due time that a round left due (nothing promoted, and it is past by this node's clock):
+    // the wait before asking again, doubled while it stays (10 ms up to the usual second).
+    let mut stuck: Option<(Micros, Duration)> = None;
     loop {
         let mut wait = Duration::from_secs(1);
         match store.promote_due(1000).await {
@@ -34,12 +37,21 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             Ok(n) => {
                 if let Ok(Some(due)) = store.next_due().await {
                     let until = u64::try_from(due.saturating_sub(now_us())).unwrap_or(0);
-                    // Nothing promoted and the first due job is already past: one that cannot
-                    // be promoted now (a record this build cannot read, logged by the store)
-                    // or one due since the round read the time. Wait the second, as after an
-                    // error, rather than spin on it.
-                    if n > 0 || until > 0 {
-                        wait = wait.min(Duration::from_micros(until));
+                    wait = wait.min(Duration::from_micros(until));
+                    // Nothing promoted and the first due job already past by this clock: not due
+                    // yet by the store's (a node whose clock is ahead), or one that cannot be
+                    // promoted now (a record this build cannot read, logged by the store). Ask
+                    // again after a wait that doubles while that stays so, instead of at once,
+                    // round after round.
+                    if n == 0 && until == 0 {
+                        let back = match stuck {
+                            Some((d, w)) if d == due => (w * 2).min(Duration::from_secs(1)),
+                            _ => Duration::from_millis(10),
+                        };
+                        stuck = Some((due, back));
+                        wait = back;
+                    } else {
+                        stuck = None;
                     }
                 }
             }
