@@ -17,7 +17,7 @@ use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::{FinishSlot, ListQuery, Notice, Store, StoreError, StoreSettings};
 use serde_json::json;
 
-use redis_support::TestRedis;
+use redis_support::{calls, TestRedis};
 
 /// The stores' settings for these tests.
 fn settings() -> StoreSettings {
@@ -261,36 +261,6 @@ async fn a_cancel_racing_a_start_with_its_finish_never_ends_both(s: Arc<dyn Stor
 /// `commit.lua` calls Redis has run so far (`INFO commandstats`, `EVALSHA` and `EVAL`).
 async fn script_calls(url: &str) -> u64 {
     calls(url, &["evalsha", "eval"]).await
-}
-
-/// Calls of the commands `names` (lower case) Redis has run so far, scripts' own included
-/// (`INFO commandstats`).
-async fn calls(url: &str, names: &[&str]) -> u64 {
-    let client = ::redis::Client::open(url).expect("client");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .expect("info");
-    info.lines()
-        .filter(|l| {
-            names
-                .iter()
-                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 /// Redis: a start and the finish offered before it reach Redis in ONE script call (one job

@@ -88,25 +88,6 @@ async fn a_heartbeat_reports_an_unreadable_job_lost_and_renews_the_others() {
     assert!(renewed.lease.expect("lease").expires_at > before);
 }
 
-/// `INFO commandstats` calls of `cmd` so far.
-async fn calls(r: &TestRedis, cmd: &str) -> u64 {
-    let client = ::redis::Client::open(r.url.as_str()).expect("client");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .expect("info");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The promote loop, meeting a due job it cannot promote, asks again after a wait that doubles
 /// (10 ms up to a second: about 8 rounds in 0.7 s) instead of at once, round after round; the
 /// readable due job is promoted. (Its own redis-server: the count is of the whole server.)
@@ -125,10 +106,10 @@ async fn the_promote_loop_does_not_spin_on_an_unreadable_due_job() {
     spoil(&r, first.id).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let before = calls(&r, "zrangebyscore").await;
+    let before = redis_support::calls(&r.url, &["zrangebyscore"]).await;
     let task = tokio::spawn(runyard::scheduler::promote_loop(s.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let rounds = calls(&r, "zrangebyscore").await - before;
+    let rounds = redis_support::calls(&r.url, &["zrangebyscore"]).await - before;
     stop.cancel();
     task.await.expect("loop ends");
     assert!(

@@ -12,9 +12,7 @@ use serde_json::Value;
 use crate::job::{rfc3339, try_rfc3339, Event, JobStatus, Micros};
 use crate::store::{Result, StoreError};
 
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Backend(format!("corrupt record: {e}"))
-}
+use super::job_record::{is_plus_zero, json_err};
 
 /// An event as stored. Unknown keys are ignored (a later build's new field does not make an
 /// event unreadable); the event's JSON never reads as this form all the same: it has none of
@@ -35,7 +33,7 @@ struct StoredEvent {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     p: bool,
     s: JobStatus,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_plus_zero")]
     g: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     e: Vec<Value>,
@@ -46,11 +44,6 @@ struct StoredEvent {
     /// The time in µs, when its RFC 3339 text is the event's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<Micros>,
-}
-
-/// `0.0` exactly (a `-0.0` is kept, as the job keeps it).
-fn is_zero(v: &f64) -> bool {
-    v.to_bits() == 0
 }
 
 /// The event's compact form; `at` is the time its `ts` shows (the job's `updated_at`), stored as

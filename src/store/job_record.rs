@@ -4,7 +4,7 @@
 //! keeps a job's [`Columns`] in its row and this record without them in `body`
 //! (`sqlite/stored.rs`); Redis, with `store.records = "compact"`, keeps the record with them
 //! (inline) as its `b` field (docs/redis.md). Records written before in the whole job's JSON
-//! (it always has `id`, which this form never has) are read as they are.
+//! (it never has this form's required `c`) are read as they are.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use crate::job::{Backoff, FileRef, Job, JobStatus, Lease, Micros, Reported, RunH
 use crate::store::{Result, StoreError};
 use runyard_hooks::RunKind;
 
-fn json_err(e: serde_json::Error) -> StoreError {
+pub(super) fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("corrupt record: {e}"))
 }
 
@@ -42,7 +42,7 @@ pub(crate) struct Columns {
 pub(crate) fn read_with(body: &str, cols: impl FnOnce() -> Result<Columns>) -> Result<Job> {
     match serde_json::from_str::<StoredJob<'static>>(body) {
         Ok(s) => s.into_job(cols()?),
-        // The whole job's JSON (it has `id`, which a compact record never has).
+        // The whole job's JSON (it has no `c`, which a compact record always has).
         Err(_) => serde_json::from_str::<Job>(body).map_err(json_err),
     }
 }
@@ -70,9 +70,9 @@ const USUAL_BACKOFF: Backoff = Backoff {
 
 /// A job's `body`: what its columns do not hold. Unknown keys are ignored, as the job's JSON
 /// ignores them (a later build's new field does not make a record unreadable); the whole job's
-/// JSON never reads as this form all the same: it has none of these keys, and `c` is required. Times but `created_at` (`c`),
-/// `progress_event_at` and `fire_time` are stored as differences from `created_at` (wrapping, so
-/// any value reads back).
+/// JSON never reads as this form all the same: it has none of these keys, and `c` is required.
+/// Times but `created_at` (`c`), `progress_event_at` and `fire_time` are stored as differences
+/// from `created_at` (wrapping, so any value reads back).
 #[derive(Serialize, Deserialize)]
 struct StoredJob<'a> {
     /// The fields SQLite keeps in the row's columns ([`Columns`]), in the body itself in the
@@ -215,7 +215,7 @@ fn is_one(v: &u32) -> bool {
     *v == 1
 }
 /// `0.0` exactly (a `-0.0` is kept as it is).
-fn is_plus_zero(v: &f64) -> bool {
+pub(super) fn is_plus_zero(v: &f64) -> bool {
     v.to_bits() == 0
 }
 fn is_zero_u32(v: &u32) -> bool {

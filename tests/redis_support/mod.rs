@@ -23,6 +23,36 @@ pub fn compact_records() -> bool {
     std::env::var("RUNYARD_TEST_RECORDS").is_ok_and(|v| v == "compact")
 }
 
+/// Calls of the commands `names` (lower case) Redis has run so far, scripts' own included
+/// (`INFO commandstats`).
+pub async fn calls(url: &str, names: &[&str]) -> u64 {
+    let client = ::redis::Client::open(url).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    info.lines()
+        .filter(|l| {
+            names
+                .iter()
+                .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A Redis server for one test.
 pub struct TestRedis {
     /// `redis://127.0.0.1:PORT`.

@@ -81,8 +81,8 @@ impl JobQueue for RedisStore {
             // A record this build cannot read is left out, not the whole claim (logged): the
             // reaper puts its reservation back in its queue (its hash says QUEUED), so it is
             // picked again, and left out again, each reservation cycle.
-            let id: String = ::redis::from_redis_value(&chunk[0]).unwrap_or_default();
-            let Some(job) = readable(&body, &id, "claim") else {
+            let id = || ::redis::from_redis_value::<String>(&chunk[0]).unwrap_or_default();
+            let Some(job) = readable(&body, id, "claim") else {
                 continue;
             };
             let mut next = job.clone();
@@ -152,7 +152,7 @@ impl JobQueue for RedisStore {
                 // Unreadable: reported lost, so that its worker stops it (it could not be
                 // renewed, and a run on an expired lease is what the fence forbids); the others
                 // are renewed.
-                let Some(job) = readable(&body, &id.to_string(), "heartbeat") else {
+                let Some(job) = readable(&body, || id.to_string(), "heartbeat") else {
                     lost.push(*id);
                     continue;
                 };
@@ -251,19 +251,21 @@ impl JobQueue for RedisStore {
             .chunks(2)
             .filter(|c| c.len() == 2)
             // Pairs of version and record: the log cannot name the job.
-            .filter_map(|c| readable(&c[1], "?", "expired lease"))
+            .filter_map(|c| readable(&c[1], || "?".into(), "expired lease"))
             .collect())
     }
 }
 
 /// The job of a record met by a round over many jobs (a claim, heartbeats, expired leases), or
 /// `None`, logged, when this build cannot read it: one such record must not fail the round and
-/// hold up every other job it meets, round after round.
-fn readable(body: &str, id: &str, what: &str) -> Option<Job> {
+/// hold up every other job it meets, round after round. `id` names the job in the log (made
+/// only then: the rounds are hot paths).
+fn readable(body: &str, id: impl FnOnce() -> String, what: &str) -> Option<Job> {
     match read_job(body) {
         Ok(j) => Some(j),
         Err(e) => {
-            tracing::error!(job_id = id, error = %e, round = what, "unreadable job record left out");
+            let id = id();
+            tracing::error!(job_id = %id, error = %e, round = what, "unreadable job record left out");
             None
         }
     }
