@@ -2,8 +2,9 @@
 //! write that `commit.lua` receives (`commit_args`) and the log entries of `logs_append.lua` /
 //! `logs_read.lua` (`log_entry`, `parse_log_entry`).
 //!
-//! Round trip: decoding what is sent gives back what was meant: the job body (JSON) is the job,
-//! the event is the job's event, the index fields are the job's fields as decimal integers Lua's
+//! Round trip: decoding what is sent gives back what was meant: the job record is the job and
+//! the event is the job's event, in either form (`store.records`: the JSON, or the compact form,
+//! read back with `read_job_record` / `read_event_record` as every node reads them), the index fields are the job's fields as decimal integers Lua's
 //! `tonumber` reads, the file hashes split back to the job's set, and a log line (any text, `|`
 //! and newlines included) reads back whole.
 #![no_main]
@@ -14,7 +15,9 @@ use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use runyard::job::{Backoff, Event, EventKind, FileRef, Job, JobStatus, Lease, RunRecord};
 use runyard::notify::{NotifyEvent, NotifySpec};
-use runyard::store::redis::{commit_args, log_entry, parse_log_entry};
+use runyard::store::redis::{
+    commit_args, log_entry, parse_log_entry, read_event_record, read_job_record,
+};
 use runyard::store::LogStream;
 use serde_json::Value;
 
@@ -188,7 +191,9 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         Some(o)
     };
     let ev = *u.choose(&[None, Some(EventKind::Status), Some(EventKind::Progress)])?;
-    let pairs = commit_args(expected, old.as_ref(), &job, ev).expect("a job always encodes");
+    let compact: bool = u.arbitrary()?;
+    let pairs =
+        commit_args(expected, old.as_ref(), &job, ev, compact).expect("a job always encodes");
     // Named values: each name once, the write's first value its id.
     let mut args = std::collections::HashMap::new();
     for (k, v) in &pairs {
@@ -256,9 +261,15 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     } else {
         assert!(sent.is_empty());
     }
-    // The body is the job.
-    let back: Job = serde_json::from_str(arg("b")).expect("the body parses");
+    // The body is the job, in the form asked for.
+    let b = arg("b");
+    assert_eq!(b.starts_with(r#"{"i":"#), compact, "record form: {b}");
+    let back = read_job_record(b).expect("the body parses");
     assert_eq!(back, job, "the job body does not read back as the job");
+    if !compact {
+        let plain: Job = serde_json::from_str(b).expect("the JSON body parses");
+        assert_eq!(plain, job);
+    }
     // Signals emitted when the job becomes SUCCESS (the loaded job has the same status), one per
     // line.
     if submit && job.status == JobStatus::Success && job.finished_at.is_some() {
@@ -281,8 +292,9 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     match ev {
         None => assert_eq!(arg("event"), ""),
         Some(kind) => {
-            let e: Event = serde_json::from_str(arg("event")).expect("the event parses");
+            let e = read_event_record(arg("event")).expect("the event parses");
             assert_eq!(e, Event::for_job(&job, kind));
+            assert_eq!(arg("event").starts_with(r#"{"c":"#), compact);
         }
     }
     Ok(())
@@ -304,7 +316,20 @@ fn log(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     Ok(())
 }
 
+/// Any stored text, as a record or an event: an error or a value, never a panic.
+fn stored(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
+    let prefix = *u.choose(&["", r#"{"i":"#, r#"{"c":"#, r#"{"id":"#])?;
+    let text = format!("{prefix}{}", u.arbitrary::<&str>()?);
+    let _ = read_job_record(&text);
+    let _ = read_event_record(&text);
+    Ok(())
+}
+
 fuzz_target!(|data: &[u8]| {
+    if data.first() == Some(&0xff) {
+        let _ = stored(&mut Unstructured::new(&data[1..]));
+        return;
+    }
     let mut u = Unstructured::new(data);
     let _ = if u.arbitrary::<bool>().unwrap_or(false) {
         log(&mut u)

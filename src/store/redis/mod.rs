@@ -78,7 +78,7 @@ pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
 use server_info::{redact, server_version};
 pub use tail::EventTail;
-pub use write::commit_args;
+pub use write::{commit_args, read_event_record, read_job_record};
 mod waits;
 mod write;
 
