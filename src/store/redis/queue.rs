@@ -248,10 +248,9 @@ impl JobQueue for RedisStore {
         // script, known here at once (a claim right after this finds them).
         self.hints.queued("*");
         Ok(raw
-            .chunks(2)
-            .filter(|c| c.len() == 2)
-            // Pairs of version and record: the log cannot name the job.
-            .filter_map(|c| readable(&c[1], || "?".into(), "expired lease"))
+            .chunks(3)
+            .filter(|c| c.len() == 3)
+            .filter_map(|c| readable(&c[2], || c[0].clone(), "expired lease"))
             .collect())
     }
 }
