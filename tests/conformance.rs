@@ -225,10 +225,15 @@ impl Backend {
     }
 
     /// A second handle on the same data, as another process would have (embedded: the same).
+    /// On Redis the first store is opened first, so that a peer is never the one writing
+    /// compact records ([`Backend::redis_compact`]) whichever a test asks for first.
     async fn peer(&mut self) -> Arc<dyn Store> {
         match self.kind {
             Kind::Embedded(_) => self.store().await,
-            Kind::Redis(..) => self.open_new().await,
+            Kind::Redis(..) => {
+                self.store().await;
+                self.open_new().await
+            }
         }
     }
 }
