@@ -109,6 +109,10 @@ impl Backend {
 
     /// The store, with these settings.
     async fn store_with(&mut self, settings: StoreSettings) -> Arc<dyn Store> {
+        assert!(
+            self.first.is_none(),
+            "store_with before the store (or a peer) is opened, or its settings are not used"
+        );
         self.settings = settings;
         self.store().await
     }

@@ -4,9 +4,10 @@
 //!
 //! Round trip: decoding what is sent gives back what was meant: the job record is the job and
 //! the event is the job's event, in either form (`store.records`: the JSON, or the compact form,
-//! read back with `read_job_record` / `read_event_record` as every node reads them), the index fields are the job's fields as decimal integers Lua's
-//! `tonumber` reads, the file hashes split back to the job's set, and a log line (any text, `|`
-//! and newlines included) reads back whole.
+//! read back with `read_job_record` / `read_event_record` as every node reads them), the index
+//! fields are the job's fields as decimal integers Lua's `tonumber` reads, the file hashes split
+//! back to the job's set, and a log line (any text, `|` and newlines included) reads back whole.
+//! Any text read as a job record or an event is an error or a value, never a panic.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -125,8 +126,9 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         } else {
             u.arbitrary::<u8>()? as f64 / 255.0
         },
-        status_details: if u.arbitrary()? { Some(json(u)?) } else { None },
-        result: if u.arbitrary()? { Some(json(u)?) } else { None },
+        // `Some(null)` is stored as `null`, which reads back as `None` (both forms, as the API).
+        status_details: if u.arbitrary()? { Some(json(u)?).filter(|v| !v.is_null()) } else { None },
+        result: if u.arbitrary()? { Some(json(u)?).filter(|v| !v.is_null()) } else { None },
         error: u.arbitrary()?,
         exit_code: u.arbitrary()?,
         lease: if u.arbitrary()? {

@@ -71,8 +71,8 @@ const USUAL_BACKOFF: Backoff = Backoff {
 /// A job's `body`: what its columns do not hold. Unknown keys are ignored, as the job's JSON
 /// ignores them (a later build's new field does not make a record unreadable); the whole job's
 /// JSON never reads as this form all the same: it has none of these keys, and `c` is required.
-/// Times but `created_at` (`c`), `progress_event_at` and `fire_time` are stored as differences
-/// from `created_at` (wrapping, so any value reads back).
+/// Every time but `created_at` (`c`), `progress_event_at` and `fire_time` (these three kept as
+/// they are) is stored as its difference from `created_at` (wrapping, so any value reads back).
 #[derive(Serialize, Deserialize)]
 struct StoredJob<'a> {
     /// The fields SQLite keeps in the row's columns ([`Columns`]), in the body itself in the

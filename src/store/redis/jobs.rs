@@ -18,7 +18,7 @@ const LOAD_BYTES: usize = 1 << 20;
 /// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
 /// never fails a listing.
 fn listable(body: &str) -> Option<Job> {
-    match read_job(body) {
+    match read_job_record(body) {
         Ok(j) => Some(j),
         Err(e) => {
             tracing::error!(error = %e, "unreadable job record left out of a listing");
@@ -100,7 +100,7 @@ impl RedisStore {
         let body = self.body(&key).await?;
         match body {
             None => Ok(None),
-            Some(b) => Ok(Some((read_job(&b)?, b))),
+            Some(b) => Ok(Some((read_job_record(&b)?, b))),
         }
     }
 

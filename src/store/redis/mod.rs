@@ -78,7 +78,7 @@ pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
 use server_info::{redact, server_version};
 pub use tail::EventTail;
-pub use write::{commit_args, read_event_record, read_job_record};
+pub use write::{commit_args, read_event_record};
 mod waits;
 mod write;
 
@@ -224,8 +224,8 @@ pub struct RedisStore {
 }
 
 /// A job record (a job hash's `b`): the job's JSON, or the compact form
-/// (`store.records = "compact"`): every node reads both.
-fn read_job(body: &str) -> Result<Job> {
+/// (`store.records = "compact"`): every node reads both. Public for the fuzz targets.
+pub fn read_job_record(body: &str) -> Result<Job> {
     crate::store::job_record::read_inline(body)
 }
 

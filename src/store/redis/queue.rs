@@ -248,9 +248,8 @@ impl JobQueue for RedisStore {
         // script, known here at once (a claim right after this finds them).
         self.hints.queued("*");
         Ok(raw
-            .chunks(3)
-            .filter(|c| c.len() == 3)
-            .filter_map(|c| readable(&c[2], || c[0].clone(), "expired lease"))
+            .chunks_exact(2)
+            .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease"))
             .collect())
     }
 }
@@ -260,7 +259,7 @@ impl JobQueue for RedisStore {
 /// hold up every other job it meets, round after round. `id` names the job in the log (made
 /// only then: the rounds are hot paths).
 fn readable(body: &str, id: impl FnOnce() -> String, what: &str) -> Option<Job> {
-    match read_job(body) {
+    match read_job_record(body) {
         Ok(j) => Some(j),
         Err(e) => {
             let id = id();

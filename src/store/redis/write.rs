@@ -488,8 +488,8 @@ impl SharedKeys {
 /// `job` as changed from `old` (loaded at version `expected`; both `None` for a submit), with
 /// the event of kind `ev`, the job record and the event as their JSON, or in the compact forms
 /// with `compact` (`store.records`). Exposed for the fuzz targets
-/// (`fuzz/fuzz_targets/redis_codec.rs`), which decode them back with [`read_job_record`] and
-/// [`read_event_record`].
+/// (`fuzz/fuzz_targets/redis_codec.rs`), which decode them back with
+/// [`super::read_job_record`] and [`read_event_record`].
 pub fn commit_args(
     expected: Option<u64>,
     old: Option<&Job>,
@@ -506,11 +506,6 @@ pub fn commit_args(
         out.push((k, v));
     }
     Ok(out)
-}
-
-/// A job record as every node reads it (`b` of `P:job:{id}`, either form). For the fuzz targets.
-pub fn read_job_record(body: &str) -> Result<Job> {
-    crate::store::job_record::read_inline(body)
 }
 
 /// An event as every node reads it (either form), its id empty. For the fuzz targets.

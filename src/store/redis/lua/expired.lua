@@ -12,7 +12,7 @@
 -- ARGV is name/value pairs: `now` (µs), `max` most entries to look at, `jobp`, `qp`, `notices`
 -- the notice channel: a job put back in its queue is announced there (`Q {runner}`, from no
 -- origin: every process hears it, this one too), as commit.lua announces new QUEUED jobs.
--- Returns {id1, version1, body1, ...}.
+-- Returns {id1, record1, id2, record2, ...}.
 local leases = KEYS[1]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
@@ -21,12 +21,11 @@ local announced, notice = {}, ''
 local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', 0, max)
 local out = {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', job_prefix .. id, 's', 'r', 'q', 'v', 'b')
+  local h = redis.call('HMGET', job_prefix .. id, 's', 'r', 'q', 'b')
   local st = h[1]
   if st == 'STARTING' or st == 'RUNNING' then
     out[#out + 1] = id
     out[#out + 1] = h[4]
-    out[#out + 1] = h[5]
   else
     redis.call('ZREM', leases, id)
     if st == 'QUEUED' then
