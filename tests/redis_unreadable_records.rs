@@ -151,3 +151,35 @@ async fn the_reaper_and_the_promotion_pass_an_unreadable_record() {
     let now = s.get(second.id).await.expect("get").expect("stored");
     assert_eq!(now.status, JobStatus::Queued);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
+    let r = TestRedis::start();
+    let s = open(&r).await;
+    // Five expired leases, the three oldest spoiled: a reaper asking for two at a time gets
+    // the readable ones all the same, oldest first.
+    let mut jobs = Vec::new();
+    for _ in 0..5 {
+        jobs.push(submit(&s, Job::new("t", "short", now_us())).await);
+    }
+    let claimed = s
+        .claim("short", "w", 10, Duration::from_millis(1))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), ids(&jobs));
+    for j in &jobs[..3] {
+        spoil(&r, j.id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expired = s.expired(2).await.expect("expired");
+    assert_eq!(ids(&expired), vec![jobs[3].id, jobs[4].id]);
+    // Never more than asked for.
+    assert_eq!(ids(&s.expired(1).await.expect("expired")), vec![jobs[3].id]);
+    // Nothing readable left once those are reaped: none returned, the spoiled ones stay.
+    for j in &jobs[3..] {
+        s.apply(j.id, runyard::job::Command::LeaseExpired)
+            .await
+            .expect("reap");
+    }
+    assert!(s.expired(2).await.expect("expired").is_empty());
+}

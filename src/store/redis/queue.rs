@@ -227,32 +227,55 @@ impl JobQueue for RedisStore {
         let now = self.now().await;
         let (leases, job_prefix, queue_prefix) =
             (self.key("lease"), self.key("job:"), self.key("q:"));
-        let raw: Vec<String> = self
-            .exec(true, |mut c| {
-                let mut inv = self.scripts.expired.prepare_invoke();
-                inv.key(&leases)
-                    .arg("now")
-                    .arg(now)
-                    .arg("max")
-                    .arg(max)
-                    .arg("jobp")
-                    .arg(&job_prefix)
-                    .arg("qp")
-                    .arg(&queue_prefix)
-                    .arg("notices")
-                    .arg(&self.shared.notices);
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
-        // Reservations may have gone back to their queues: announced to every process by the
-        // script, known here at once (a claim right after this finds them).
-        self.hints.queued("*");
-        Ok(raw
-            .chunks_exact(2)
-            .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease"))
-            .collect())
+        let (mut out, mut skip) = (Vec::new(), 0);
+        for _ in 0..EXPIRED_PAGES {
+            let raw: Vec<String> = self
+                .exec(true, |mut c| {
+                    let mut inv = self.scripts.expired.prepare_invoke();
+                    inv.key(&leases)
+                        .arg("now")
+                        .arg(now)
+                        .arg("max")
+                        .arg(max)
+                        .arg("skip")
+                        .arg(skip)
+                        .arg("jobp")
+                        .arg(&job_prefix)
+                        .arg("qp")
+                        .arg(&queue_prefix)
+                        .arg("notices")
+                        .arg(&self.shared.notices);
+                    async move { inv.invoke_async(&mut c).await }
+                })
+                .await?;
+            // Reservations may have gone back to their queues: announced to every process by
+            // the script, known here at once (a claim right after this finds them).
+            self.hints.queued("*");
+            let looked: usize = raw.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let active = raw.get(1..).unwrap_or_default();
+            let before = out.len();
+            out.extend(
+                active
+                    .chunks_exact(2)
+                    .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease")),
+            );
+            // Records this build cannot read stay in the lease set, oldest first: a page they
+            // filled is passed (the active entries stay where they are, the script removed the
+            // others), so that they do not keep the readable ones behind them from the reaper.
+            let unreadable = active.len() / 2 - (out.len() - before);
+            if looked < max || unreadable == 0 || out.len() >= max {
+                break;
+            }
+            skip += active.len() / 2;
+        }
+        out.truncate(max);
+        Ok(out)
     }
 }
+
+/// Most pages of `max` expired leases one call of [`JobQueue::expired`] reads, when records this
+/// build cannot read fill them.
+const EXPIRED_PAGES: usize = 10;
 
 /// The job of a record met by a round over many jobs (a claim, heartbeats, expired leases), or
 /// `None`, logged, when this build cannot read it: one such record must not fail the round and

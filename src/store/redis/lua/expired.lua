@@ -9,17 +9,19 @@
 -- named by the lease set's entries, so they cannot be declared beforehand: they are built from
 -- one prefix per family, `jobp` (`P:job:`) and `qp` (`P:q:`) (Redis Cluster: see docs/redis.md,
 -- every key in one hash slot through the prefix's hash tag).
--- ARGV is name/value pairs: `now` (µs), `max` most entries to look at, `jobp`, `qp`, `notices`
+-- ARGV is name/value pairs: `now` (µs), `max` most entries to look at, `skip` how many of the
+-- oldest expired entries to pass first (default 0: they are active ones a page before this one
+-- returned, still in the set; see `RedisStore::expired`), `jobp`, `qp`, `notices`
 -- the notice channel: a job put back in its queue is announced there (`Q {runner}`, from no
 -- origin: every process hears it, this one too), as commit.lua announces new QUEUED jobs.
--- Returns {id1, record1, id2, record2, ...}.
+-- Returns {entries looked at, id1, record1, id2, record2, ...} (the active ones).
 local leases = KEYS[1]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
 local now, max, job_prefix, queue_prefix = A.now, tonumber(A.max), A.jobp, A.qp
 local announced, notice = {}, ''
-local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', 0, max)
-local out = {}
+local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', tonumber(A.skip) or 0, max)
+local out = { tostring(#ids) }
 for _, id in ipairs(ids) do
   local h = redis.call('HMGET', job_prefix .. id, 's', 'r', 'q', 'b')
   local st = h[1]
