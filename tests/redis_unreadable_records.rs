@@ -183,3 +183,28 @@ async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
     }
     assert!(s.expired(2).await.expect("expired").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_due_jobs_do_not_hold_back_the_readable_ones_behind_them() {
+    let r = TestRedis::start();
+    let s = open(&r).await;
+    // Five due jobs, the three oldest spoiled: a promotion of two at a time promotes the two
+    // readable ones.
+    let mut jobs = Vec::new();
+    for i in 0..5 {
+        let mut j = Job::new("t", "sched", now_us());
+        j.status = JobStatus::Scheduled;
+        j.run_at = Some(now_us() + 30_000 + i);
+        jobs.push(submit(&s, j).await);
+    }
+    for j in &jobs[..3] {
+        spoil(&r, j.id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(s.promote_due(2).await.expect("promote"), 2);
+    for j in &jobs[3..] {
+        let now = s.get(j.id).await.expect("get").expect("stored");
+        assert_eq!(now.status, JobStatus::Queued);
+    }
+    assert_eq!(s.promote_due(2).await.expect("promote"), 0);
+}

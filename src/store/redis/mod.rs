@@ -388,14 +388,14 @@ impl RedisStore {
         }
     }
 
-    /// Members of the sorted set `key` scored from `min` to `max` (`-inf`/`+inf` allowed), at most
-    /// `limit`, lowest score first.
+    /// Members of the sorted set `key` scored from `min` to `max` (`-inf`/`+inf` allowed), lowest
+    /// score first: `limit` at most, after the first `skip`.
     pub(crate) async fn zrange_by_score<T: ::redis::FromRedisValue>(
         &self,
         key: &str,
         min: impl ::redis::ToRedisArgs + Clone + Send + Sync,
         max: impl ::redis::ToRedisArgs + Clone + Send + Sync,
-        limit: usize,
+        (skip, limit): (usize, usize),
     ) -> Result<Vec<T>> {
         self.exec(true, |mut c| {
             let cmd = ::redis::cmd("ZRANGEBYSCORE")
@@ -403,7 +403,7 @@ impl RedisStore {
                 .arg(min.clone())
                 .arg(max.clone())
                 .arg("LIMIT")
-                .arg(0)
+                .arg(skip)
                 .arg(limit)
                 .clone();
             async move { cmd.query_async(&mut c).await }

@@ -198,23 +198,33 @@ impl JobQueue for RedisStore {
     async fn promote_due(&self, max: usize) -> Result<usize> {
         let key = self.key("sched");
         let now = self.now().await;
-        let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, max).await?;
-        let mut n = 0;
-        for id in ids.iter().filter_map(|s| Uuid::parse_str(s).ok()) {
-            // Several nodes promote at once: the losers are refused, which is fine.
-            match self.apply_cmd(id, Command::Promote).await {
-                Ok(_) => n += 1,
-                Err(StoreError::Transition(_)) => {}
-                Err(StoreError::NotFound) => {
-                    // An entry without its job (deleted by hand): drop it, or it comes back.
-                    self.zrem(key.clone(), id.to_string()).await?;
+        let (mut n, mut skip) = (0, 0);
+        // Records this build cannot read stay due, oldest first: a page they filled is passed
+        // (up to PAGES_PAST_UNREADABLE), so that they do not keep the readable ones behind them.
+        for _ in 0..PAGES_PAST_UNREADABLE {
+            let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, (skip, max)).await?;
+            let mut unreadable = 0;
+            for id in ids.iter().filter_map(|s| Uuid::parse_str(s).ok()) {
+                // Several nodes promote at once: the losers are refused, which is fine.
+                match self.apply_cmd(id, Command::Promote).await {
+                    Ok(_) => n += 1,
+                    Err(StoreError::Transition(_)) => {}
+                    Err(StoreError::NotFound) => {
+                        // An entry without its job (deleted by hand): drop it, or it comes back.
+                        self.zrem(key.clone(), id.to_string()).await?;
+                    }
+                    // A record this build cannot read: the others due are promoted all the same.
+                    Err(StoreError::Backend(e)) if e.starts_with("corrupt record") => {
+                        tracing::error!(job_id = %id, error = %e, "unreadable job record not promoted");
+                        unreadable += 1;
+                    }
+                    Err(e) => return Err(e),
                 }
-                // A record this build cannot read: the others due are promoted all the same.
-                Err(StoreError::Backend(e)) if e.starts_with("corrupt record") => {
-                    tracing::error!(job_id = %id, error = %e, "unreadable job record not promoted");
-                }
-                Err(e) => return Err(e),
             }
+            if ids.len() < max || unreadable == 0 || n >= max {
+                break;
+            }
+            skip += unreadable;
         }
         Ok(n)
     }
@@ -228,7 +238,7 @@ impl JobQueue for RedisStore {
         let (leases, job_prefix, queue_prefix) =
             (self.key("lease"), self.key("job:"), self.key("q:"));
         let (mut out, mut skip) = (Vec::new(), 0);
-        for _ in 0..EXPIRED_PAGES {
+        for _ in 0..PAGES_PAST_UNREADABLE {
             let raw: Vec<String> = self
                 .exec(true, |mut c| {
                     let mut inv = self.scripts.expired.prepare_invoke();
@@ -273,9 +283,9 @@ impl JobQueue for RedisStore {
     }
 }
 
-/// Most pages of `max` expired leases one call of [`JobQueue::expired`] reads, when records this
-/// build cannot read fill them.
-const EXPIRED_PAGES: usize = 10;
+/// Most pages of `max` entries one call of [`JobQueue::expired`] or [`JobQueue::promote_due`]
+/// reads, when records this build cannot read fill them.
+const PAGES_PAST_UNREADABLE: usize = 10;
 
 /// The job of a record met by a round over many jobs (a claim, heartbeats, expired leases), or
 /// `None`, logged, when this build cannot read it: one such record must not fail the round and

@@ -68,7 +68,7 @@ impl ScheduleStore for RedisStore {
     }
 
     async fn schedules_due(&self, now: Micros, max: usize) -> Result<Vec<String>> {
-        self.zrange_by_score(&self.key("sched:wake"), "-inf", now, max)
+        self.zrange_by_score(&self.key("sched:wake"), "-inf", now, (0, max))
             .await
     }
 

@@ -144,7 +144,7 @@ impl WaitStore for RedisStore {
     async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>> {
         let key = self.key("waitdl");
         let now = self.now().await;
-        let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, max).await?;
+        let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, (0, max)).await?;
         let mut out = Vec::new();
         for id in ids {
             let Ok(uuid) = Uuid::parse_str(&id) else {
