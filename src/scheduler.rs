@@ -27,23 +27,24 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             }
         )
     });
-    // A due time that a round left due (nothing promoted, and it is past by this node's clock):
-    // the wait before asking again, doubled while it stays (10 ms up to the usual second).
+    // A due time that a round left due (past by this node's clock after the round): the wait
+    // before asking again, doubled while it stays (10 ms up to the usual second).
     let mut stuck: Option<(Micros, Duration)> = None;
     loop {
         let mut wait = Duration::from_secs(1);
         match store.promote_due(1000).await {
             Ok(1000) => continue,
-            Ok(n) => {
+            Ok(_) => {
                 if let Ok(Some(due)) = store.next_due().await {
                     let until = u64::try_from(due.saturating_sub(now_us())).unwrap_or(0);
                     wait = wait.min(Duration::from_micros(until));
-                    // Nothing promoted and the first due job already past by this clock: not due
-                    // yet by the store's (a node whose clock is ahead), or one that cannot be
-                    // promoted now (a record this build cannot read, logged by the store). Ask
-                    // again after a wait that doubles while that stays so, instead of at once,
-                    // round after round.
-                    if n == 0 && until == 0 {
+                    // The first due job still past by this clock after the round: not due yet
+                    // by the store's (a node whose clock is ahead), or one that cannot be
+                    // promoted (a record this build cannot read, logged by the store), whether
+                    // or not jobs behind it were promoted. Ask again after a wait that doubles
+                    // while that stays so, instead of at once, round after round: the jobs due
+                    // behind such a one are promoted at most that wait (a second) late.
+                    if until == 0 {
                         let back = match stuck {
                             Some((d, w)) if d == due => (w * 2).min(Duration::from_secs(1)),
                             _ => Duration::from_millis(10),

@@ -27,13 +27,18 @@ async fn open(r: &TestRedis) -> Arc<dyn Store> {
     .expect("connect")
 }
 
-/// Overwrites the record of job `id` with text no build reads.
-async fn spoil(r: &TestRedis, id: Uuid) {
+/// A connection of the test's own to its redis-server.
+async fn raw(r: &TestRedis) -> ::redis::aio::MultiplexedConnection {
     let client = ::redis::Client::open(r.url.as_str()).expect("client");
-    let mut c = client
+    client
         .get_multiplexed_async_connection()
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// Overwrites the record of job `id` with text no build reads.
+async fn spoil(r: &TestRedis, id: Uuid) {
+    let mut c = raw(r).await;
     let _: () = ::redis::cmd("HSET")
         .arg(format!("{}:job:{id}", r.prefix))
         .arg("b")
@@ -95,16 +100,55 @@ async fn a_heartbeat_reports_an_unreadable_job_lost_and_renews_the_others() {
 async fn the_promote_loop_does_not_spin_on_an_unreadable_due_job() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
     let s = open(&r).await;
-    let due = || {
-        let mut j = Job::new("t", "sched", now_us());
-        j.status = JobStatus::Scheduled;
-        j.run_at = Some(now_us() + 20_000);
-        j
-    };
-    let first = submit(&s, due()).await;
-    let second = submit(&s, due()).await;
+    let first = submit(&s, due_in(20_000)).await;
+    let second = submit(&s, due_in(20_000)).await;
     spoil(&r, first.id).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
+    let rounds = promote_rounds(&r, &s).await;
+    assert!(
+        (2..=12).contains(&rounds),
+        "{rounds} promotion rounds in 0.7 s"
+    );
+    let now = s.get(second.id).await.expect("get").expect("stored");
+    assert_eq!(now.status, JobStatus::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promote_loop_does_not_spin_while_jobs_come_due_behind_an_unreadable_one() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = open(&r).await;
+    let first = submit(&s, due_in(20_000)).await;
+    spoil(&r, first.id).await;
+    // A readable job coming due every 50 ms behind it: each promoted one restarted the wait at
+    // 10 ms, and the loop asked about four times per job.
+    let mut later = Vec::new();
+    for i in 1..=14 {
+        later.push(submit(&s, due_in(40_000 + i * 50_000)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let rounds = promote_rounds(&r, &s).await;
+    assert!(
+        (2..=16).contains(&rounds),
+        "{rounds} promotion rounds in 0.7 s"
+    );
+    let mut promoted = 0;
+    for j in &later {
+        let now = s.get(j.id).await.expect("get").expect("stored");
+        promoted += usize::from(now.status == JobStatus::Queued);
+    }
+    assert!(promoted >= 1, "the jobs behind it are promoted");
+}
+
+/// A job SCHEDULED `us` from now.
+fn due_in(us: i64) -> Job {
+    let mut j = Job::new("t", "sched", now_us());
+    j.status = JobStatus::Scheduled;
+    j.run_at = Some(now_us() + us);
+    j
+}
+
+/// How many promotion rounds the promote loop makes in 0.7 s (`ZRANGEBYSCORE` calls).
+async fn promote_rounds(r: &TestRedis, s: &Arc<dyn Store>) -> u64 {
     let stop = tokio_util::sync::CancellationToken::new();
     let before = redis_support::calls(&r.url, &["zrangebyscore"]).await;
     let task = tokio::spawn(runyard::scheduler::promote_loop(s.clone(), stop.clone()));
@@ -112,12 +156,7 @@ async fn the_promote_loop_does_not_spin_on_an_unreadable_due_job() {
     let rounds = redis_support::calls(&r.url, &["zrangebyscore"]).await - before;
     stop.cancel();
     task.await.expect("loop ends");
-    assert!(
-        (2..=12).contains(&rounds),
-        "{rounds} promotion rounds in 0.7 s"
-    );
-    let now = s.get(second.id).await.expect("get").expect("stored");
-    assert_eq!(now.status, JobStatus::Queued);
+    rounds
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,8 +195,10 @@ async fn the_reaper_and_the_promotion_pass_an_unreadable_record() {
 async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
     let r = TestRedis::start();
     let s = open(&r).await;
-    // Five expired leases, the three oldest spoiled: a reaper asking for two at a time gets
-    // the readable ones all the same, oldest first.
+    // Five expired leases, the first, third and fourth spoiled: a reaper asking for two at a
+    // time gets the readable ones all the same, oldest first (one claim: one expiry for all
+    // five, so they are in the order of their ids, which `Uuid::now_v7` makes the order of
+    // submission).
     let mut jobs = Vec::new();
     for _ in 0..5 {
         jobs.push(submit(&s, Job::new("t", "short", now_us())).await);
@@ -167,29 +208,49 @@ async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
         .await
         .expect("claim");
     assert_eq!(ids(&claimed), ids(&jobs));
-    for j in &jobs[..3] {
-        spoil(&r, j.id).await;
+    for i in [0, 2, 3] {
+        spoil(&r, jobs[i].id).await;
     }
+    // And, oldest of all, an entry without its job, which the script drops on its way: it
+    // must not count as one of the entries still in front of the next page.
+    let mut c = raw(&r).await;
+    let lease = format!("{}:lease", r.prefix);
+    let _: () = ::redis::cmd("ZADD")
+        .arg(&lease)
+        .arg(0)
+        .arg(Uuid::now_v7().to_string())
+        .query_async(&mut c)
+        .await
+        .expect("zadd");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = s.expired(2).await.expect("expired");
-    assert_eq!(ids(&expired), vec![jobs[3].id, jobs[4].id]);
+    assert_eq!(ids(&expired), vec![jobs[1].id, jobs[4].id]);
     // Never more than asked for.
-    assert_eq!(ids(&s.expired(1).await.expect("expired")), vec![jobs[3].id]);
+    assert_eq!(ids(&s.expired(1).await.expect("expired")), vec![jobs[1].id]);
     // Nothing readable left once those are reaped: none returned, the spoiled ones stay.
-    for j in &jobs[3..] {
+    for j in [&jobs[1], &jobs[4]] {
         s.apply(j.id, runyard::job::Command::LeaseExpired)
             .await
             .expect("reap");
     }
     assert!(s.expired(2).await.expect("expired").is_empty());
+    let left: usize = ::redis::cmd("ZCARD")
+        .arg(&lease)
+        .query_async(&mut c)
+        .await
+        .expect("zcard");
+    assert_eq!(
+        left, 3,
+        "the three spoiled leases stay for a build that reads them"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_due_jobs_do_not_hold_back_the_readable_ones_behind_them() {
     let r = TestRedis::start();
     let s = open(&r).await;
-    // Five due jobs, the three oldest spoiled: a promotion of two at a time promotes the two
-    // readable ones.
+    // Five due jobs, the three oldest spoiled: promotions of one or two at a time promote the
+    // two readable ones.
     let mut jobs = Vec::new();
     for i in 0..5 {
         let mut j = Job::new("t", "sched", now_us());
@@ -201,10 +262,20 @@ async fn unreadable_due_jobs_do_not_hold_back_the_readable_ones_behind_them() {
         spoil(&r, j.id).await;
     }
     tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(s.promote_due(2).await.expect("promote"), 2);
+    // Never more than asked for: one of the two, then the other.
+    assert_eq!(s.promote_due(1).await.expect("promote"), 1);
+    assert_eq!(s.promote_due(2).await.expect("promote"), 1);
     for j in &jobs[3..] {
         let now = s.get(j.id).await.expect("get").expect("stored");
         assert_eq!(now.status, JobStatus::Queued);
     }
     assert_eq!(s.promote_due(2).await.expect("promote"), 0);
+    // Three more due behind the spoiled ones: a page that holds the last spoiled one and a
+    // readable one, then one with two readable ones: still no more than asked for.
+    for i in 0..3 {
+        submit(&s, due_in(30_000 + i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(s.promote_due(2).await.expect("promote"), 2);
+    assert_eq!(s.promote_due(2).await.expect("promote"), 1);
 }

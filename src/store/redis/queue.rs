@@ -2,6 +2,8 @@
 //! adoption, promotion of due SCHEDULED jobs and the reaper's view of expired leases
 //! (`lua/expired.lua`).
 
+use std::collections::HashSet;
+
 use super::commit::Reply;
 use super::*;
 
@@ -205,6 +207,10 @@ impl JobQueue for RedisStore {
             let ids: Vec<String> = self.zrange_by_score(&key, "-inf", now, (skip, max)).await?;
             let mut unreadable = 0;
             for id in ids.iter().filter_map(|s| Uuid::parse_str(s).ok()) {
+                if n >= max {
+                    // The rest stay due for the next round: never more than `max`.
+                    break;
+                }
                 // Several nodes promote at once: the losers are refused, which is fine.
                 match self.apply_cmd(id, Command::Promote).await {
                     Ok(_) => n += 1,
@@ -264,10 +270,17 @@ impl JobQueue for RedisStore {
             let looked: usize = raw.first().and_then(|n| n.parse().ok()).unwrap_or(0);
             let active = raw.get(1..).unwrap_or_default();
             let before = out.len();
+            let seen: HashSet<Uuid> = if skip > 0 {
+                out.iter().map(|j: &Job| j.id).collect()
+            } else {
+                HashSet::new()
+            };
             out.extend(
                 active
                     .chunks_exact(2)
-                    .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease")),
+                    .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease"))
+                    // A later page may meet an entry again (another node wrote between pages).
+                    .filter(|j| !seen.contains(&j.id)),
             );
             // Records this build cannot read stay in the lease set, oldest first: a page they
             // filled is passed (the active entries stay where they are, the script removed the

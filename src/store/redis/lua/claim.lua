@@ -31,7 +31,7 @@ for i = 1, #picked, 2 do
     reserve[#reserve + 1] = id
     out[#out + 1] = id
     out[#out + 1] = h[1]
-    out[#out + 1] = h[2]
+    out[#out + 1] = h[2] or ''
   end
 end
 for i = 1, #reserve, 4000 do

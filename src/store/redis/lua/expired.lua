@@ -27,7 +27,7 @@ for _, id in ipairs(ids) do
   local st = h[1]
   if st == 'STARTING' or st == 'RUNNING' then
     out[#out + 1] = id
-    out[#out + 1] = h[4]
+    out[#out + 1] = h[4] or ''
   else
     redis.call('ZREM', leases, id)
     if st == 'QUEUED' then
