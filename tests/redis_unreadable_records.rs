@@ -139,6 +139,20 @@ async fn the_promote_loop_does_not_spin_while_jobs_come_due_behind_an_unreadable
     assert!(promoted >= 1, "the jobs behind it are promoted");
 }
 
+/// `n` jobs submitted, then claimed in one claim with a lease of 1 ms (in the order submitted).
+async fn claimed_for_1_ms(s: &Arc<dyn Store>, n: usize) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for _ in 0..n {
+        jobs.push(submit(s, Job::new("t", "short", now_us())).await);
+    }
+    let claimed = s
+        .claim("short", "w", 10, Duration::from_millis(1))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), ids(&jobs));
+    claimed
+}
+
 /// A job SCHEDULED `us` from now.
 fn due_in(us: i64) -> Job {
     let mut j = Job::new("t", "sched", now_us());
@@ -164,26 +178,15 @@ async fn the_reaper_and_the_promotion_pass_an_unreadable_record() {
     let r = TestRedis::start();
     let s = open(&r).await;
     // Expired leases: two claimed with a lease of 1 ms, one spoiled.
-    let x = submit(&s, Job::new("t", "short", now_us())).await;
-    let y = submit(&s, Job::new("t", "short", now_us())).await;
-    let claimed = s
-        .claim("short", "w", 10, Duration::from_millis(1))
-        .await
-        .expect("claim");
-    assert_eq!(ids(&claimed), vec![x.id, y.id]);
+    let claimed = claimed_for_1_ms(&s, 2).await;
+    let (x, y) = (&claimed[0], &claimed[1]);
     spoil(&r, x.id).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = s.expired(100).await.expect("expired");
     assert_eq!(ids(&expired), vec![y.id]);
     // Due scheduled jobs: the spoiled one first, the other promoted all the same.
-    let due = || {
-        let mut j = Job::new("t", "sched", now_us());
-        j.status = JobStatus::Scheduled;
-        j.run_at = Some(now_us() + 30_000);
-        j
-    };
-    let first = submit(&s, due()).await;
-    let second = submit(&s, due()).await;
+    let first = submit(&s, due_in(30_000)).await;
+    let second = submit(&s, due_in(30_000)).await;
     spoil(&r, first.id).await;
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(s.promote_due(100).await.expect("promote"), 1);
@@ -199,15 +202,7 @@ async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
     // time gets the readable ones all the same, oldest first (one claim: one expiry for all
     // five, so they are in the order of their ids, which `Uuid::now_v7` makes the order of
     // submission).
-    let mut jobs = Vec::new();
-    for _ in 0..5 {
-        jobs.push(submit(&s, Job::new("t", "short", now_us())).await);
-    }
-    let claimed = s
-        .claim("short", "w", 10, Duration::from_millis(1))
-        .await
-        .expect("claim");
-    assert_eq!(ids(&claimed), ids(&jobs));
+    let jobs = claimed_for_1_ms(&s, 5).await;
     for i in [0, 2] {
         spoil(&r, jobs[i].id).await;
     }

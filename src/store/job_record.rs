@@ -19,8 +19,15 @@ use crate::job::{Backoff, FileRef, Job, JobStatus, Lease, Micros, Reported, RunH
 use crate::store::{Result, StoreError};
 use runyard_hooks::RunKind;
 
-pub(super) fn json_err(e: serde_json::Error) -> StoreError {
+/// A stored record that does not parse (every backend's records; see [`is_corrupt`]).
+pub(crate) fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Backend(format!("corrupt record: {e}"))
+}
+
+/// Whether `e` says a stored record does not read ([`json_err`] and this module's other
+/// refusals of a record).
+pub(crate) fn is_corrupt(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(m) if m.starts_with("corrupt record"))
 }
 
 /// The fields of a job SQLite keeps in its row's columns, beside the compact body; an inline

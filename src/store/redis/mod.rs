@@ -99,6 +99,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::job::{apply, now_us, ApplyCtx, Beat, Event, EventKind};
+use crate::store::job_record::json_err;
 
 /// Notices waiting for the publisher (`notices.rs`), which folds up to 4096 into one message:
 /// beyond, a notice is dropped rather than queued (notices are hints).
@@ -227,10 +228,6 @@ pub struct RedisStore {
 /// (`store.records = "compact"`): every node reads both. Public for the fuzz targets.
 pub fn read_job_record(body: &str) -> Result<Job> {
     crate::store::job_record::read_inline(body)
-}
-
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Backend(format!("corrupt record: {e}"))
 }
 
 /// Errors worth retrying: the connection, or a Redis that is starting or failing over.

@@ -220,7 +220,7 @@ impl JobQueue for RedisStore {
                         self.zrem(key.clone(), id.to_string()).await?;
                     }
                     // A record this build cannot read: the others due are promoted all the same.
-                    Err(StoreError::Backend(e)) if e.starts_with("corrupt record") => {
+                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
                         tracing::error!(job_id = %id, error = %e, "unreadable job record not promoted");
                         unreadable += 1;
                     }
@@ -269,27 +269,24 @@ impl JobQueue for RedisStore {
             self.hints.queued("*");
             let looked: usize = raw.first().and_then(|n| n.parse().ok()).unwrap_or(0);
             let active = raw.get(1..).unwrap_or_default();
-            let before = out.len();
-            let seen: HashSet<Uuid> = if skip > 0 {
-                out.iter().map(|j: &Job| j.id).collect()
-            } else {
-                HashSet::new()
-            };
-            out.extend(
-                active
-                    .chunks_exact(2)
-                    .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease"))
-                    // A later page may meet an entry again (another node wrote between pages).
-                    .filter(|j| !seen.contains(&j.id)),
-            );
+            let page: Vec<Job> = active
+                .chunks_exact(2)
+                .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease"))
+                .collect();
             // Records this build cannot read stay in the lease set, oldest first: a page they
             // filled is passed (the active entries stay where they are, the script removed the
             // others), so that they do not keep the readable ones behind them from the reaper.
-            let unreadable = active.len() / 2 - (out.len() - before);
+            let unreadable = active.len() / 2 - page.len();
+            out.extend(page);
             if looked < max || unreadable == 0 || out.len() >= max {
                 break;
             }
             skip += active.len() / 2;
+        }
+        if skip > 0 {
+            // A later page may meet an entry again (another node wrote between pages).
+            let mut seen = HashSet::new();
+            out.retain(|j| seen.insert(j.id));
         }
         out.truncate(max);
         Ok(out)

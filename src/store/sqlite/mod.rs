@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::handoff::{Handoffs, Taken};
 use super::{Notice, Result, Store, StoreError, StoreSettings};
 use crate::job::{Event, EventKind, Job, JobStatus, Micros};
+use crate::store::job_record::json_err;
 
 mod activity;
 mod apply;
@@ -205,10 +206,6 @@ impl ReadPool {
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Backend(format!("corrupt record: {e}"))
 }
 
 /// A connection; one that writes (the writer's) writes each transaction's WAL frames at once
