@@ -621,3 +621,63 @@ max_attempts = 1
     assert_eq!(status_of(&job), "SUCCESS", "{}", job["error"]);
     assert_eq!(job["result"]["x"].as_str().map(str::len), Some(200_000 - 8));
 }
+
+/// Jobs queued behind a runner whose one slot is busy: each starts when the one before it ends
+/// (its finish claims the next, `store/handoff.rs` `Refill`), in the order they were submitted,
+/// each runs once, and `/metrics` counts each claimed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_behind_a_busy_slot_run_in_order_each_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let order = dir.path().join("order");
+    let ts = TestServer::start(&format!(
+        r#"
+[[runners]]
+name = "one"
+kind = "local"
+types = ["line.*"]
+concurrency = 1
+command = ["/bin/sh", "-c", "sleep 0.2; echo $JOB_ID >> {}"]
+"#,
+        order.display()
+    ))
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(ts.submit_ok(json!({"type": "line.up"})).await);
+    }
+    for id in &ids {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+        assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+    }
+    let ran = std::fs::read_to_string(&order).expect("the jobs' lines");
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        ids,
+        "submit order, once each"
+    );
+    let text = ts
+        .client
+        .get(ts.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        value(r#"runyard_job_queue_wait_seconds_count{type="line.up"}"#),
+        6.0,
+        "each job counted claimed once\n{text}"
+    );
+    // The five behind the first were claimed by the finishes before them, not each by a claim
+    // of its own (the claim loop's rounds: at start, and once the queue is empty).
+    let claims = value(r#"runyard_store_operation_seconds_count{op="claim"}"#);
+    assert!(claims < 5.0, "{claims} claims\n{text}");
+}

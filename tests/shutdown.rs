@@ -135,6 +135,65 @@ types = ["long.*"]
     ts.stop().await;
 }
 
+/// The finish of the job running when the shutdown began starts nothing: the job its finish
+/// claimed for the busy slot (`store/handoff.rs`, `Refill`) is given back at once, never
+/// started, and the jobs queued behind stay QUEUED; all of them run after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_job_queued_behind_a_busy_slot_starts_once_the_shutdown_began() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    let mut ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["gated"]
+concurrency = 1
+"#,
+    )
+    .config("[worker]\nshutdown_grace = \"5s\"")
+    .service("gated", move |_ctx| {
+        let g = g.clone();
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            g.acquire().await.expect("gate").forget();
+            Ok(json!("done"))
+        }
+    })
+    .start()
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(ts.submit_ok(json!({"type": "gated"})).await);
+    }
+    ts.wait_status(&ids[0], "RUNNING", WAIT).await;
+    let store = ts.running().app.store.clone();
+    tokio::join!(ts.stop(), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gate.add_permits(1);
+    });
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the job running when the shutdown began"
+    );
+    assert_eq!(stored(&store, &ids[0]).await.status, JobStatus::Success);
+    for id in &ids[1..] {
+        let job = stored(&store, id).await;
+        assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
+        assert!(job.lease.is_none(), "{job:#?}");
+    }
+    drop(store);
+    gate.add_permits(2);
+    ts.restart(true).await;
+    for id in &ids[1..] {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    ts.stop().await;
+}
+
 /// A job stopped at shutdown before its start was recorded is given back to the queue at once,
 /// as a RUNNING one is, not left STARTING under the stopped worker's lease until it expires. A
 /// local job's start waits for `worker.quick_exit_wait` (here longer than the test), so the stop

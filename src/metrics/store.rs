@@ -43,7 +43,7 @@ use crate::schedule::Schedule;
 use crate::store::activity::{Activity, ActivityStore};
 use crate::store::counts::{JobCountStore, JobCounts};
 use crate::store::deliveries::{Attempt, Claimed, Delivery, DeliveryState, Outcome};
-use crate::store::handoff::Observer;
+use crate::store::handoff::{NextJob, Observer, Refill};
 use crate::store::signals::{Signal, SignalKey, SignalPage};
 use crate::store::waits::WaitStore;
 use crate::store::{
@@ -131,6 +131,9 @@ metered! {
         // The command's kind is read before the command moves into the store.
         apply(id: Uuid, cmd: Command) -> Job [kind = CommandKind::of(&cmd)]
             => |m, job| m.job_changed(&kind, job);
+        finish(id: Uuid, cmd: Command, refill: Option<Arc<Refill>>) -> Job
+            [kind = CommandKind::of(&cmd)]
+            => |m, job| m.job_changed(&kind, job);
         // A start and the finish that came with it (`store/finish_slot.rs`): two changes.
         apply_start(id: Uuid, start: Command, finish: Arc<FinishSlot>) -> (Job, Option<Result<Job>>)
             [kind = CommandKind::of(&start)]
@@ -157,6 +160,12 @@ metered! {
                 self.inner
                     .park(runner, worker, lease_ttl, max)
                     .map(|p| p.observe(count))
+            }
+            // A job claimed with a finish counts as claimed when it arrives.
+            fn refill(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<(Arc<Refill>, NextJob)> {
+                let metrics = self.metrics.clone();
+                let count: Observer = Arc::new(move |j: &Job| metrics.jobs_claimed(std::slice::from_ref(j)));
+                self.inner.refill(runner, worker, lease_ttl).inspect(|(r, _)| r.observe(count))
             }
         }
     }

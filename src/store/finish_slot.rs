@@ -6,17 +6,23 @@
 //! still appended, each status change notified.
 //!
 //! The slot is taken (and closed) by the backend when it applies the start: an offer made after
-//! that is refused, and the worker records the finish on its own, as it always did.
+//! that is refused, and the worker records the finish on its own, as it always did. A slot made
+//! with [`FinishSlot::refilling`] also carries the worker's [`Refill`]: the finish taken with the
+//! start claims the runner's next QUEUED job in the same change (`store/handoff.rs`).
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::handoff::Refill;
 use crate::job::{Command, FinishOutcome};
 
 /// Where a worker may leave an attempt's finish for the change that records its start.
 #[derive(Debug, Default)]
-pub struct FinishSlot(Mutex<Slot>);
+pub struct FinishSlot {
+    slot: Mutex<Slot>,
+    refill: Option<Arc<Refill>>,
+}
 
 #[derive(Debug, Default)]
 enum Slot {
@@ -32,10 +38,24 @@ impl FinishSlot {
         Arc::default()
     }
 
+    /// An empty, open slot whose finish, when taken with the start, claims the next job into
+    /// `refill` (when there is one).
+    pub fn refilling(refill: Option<Arc<Refill>>) -> Arc<Self> {
+        Arc::new(Self {
+            slot: Mutex::default(),
+            refill,
+        })
+    }
+
+    /// The refill a finish taken from this slot claims into.
+    pub fn refill(&self) -> Option<&Refill> {
+        self.refill.as_deref()
+    }
+
     /// Leaves the finish of the attempt holding `token`; the outcome back when the start was
     /// already applied (or another finish offered): then the finish must be recorded on its own.
     pub fn offer(&self, token: u64, outcome: FinishOutcome) -> Result<(), FinishOutcome> {
-        let mut s = self.0.lock();
+        let mut s = self.slot.lock();
         if !matches!(*s, Slot::Empty) {
             return Err(outcome);
         }
@@ -45,13 +65,13 @@ impl FinishSlot {
 
     /// Whether a finish was offered and not taken yet.
     pub fn offered(&self) -> bool {
-        matches!(*self.0.lock(), Slot::Offered(_))
+        matches!(*self.slot.lock(), Slot::Offered(_))
     }
 
     /// The finish offered so far, if any (a [`Command::Finish`]); closes the slot. Called by the
     /// backend as it applies the start.
     pub fn take(&self) -> Option<Command> {
-        match std::mem::replace(&mut *self.0.lock(), Slot::Closed) {
+        match std::mem::replace(&mut *self.slot.lock(), Slot::Closed) {
             Slot::Offered(c) => Some(c),
             Slot::Empty | Slot::Closed => None,
         }

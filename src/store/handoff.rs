@@ -146,6 +146,80 @@ impl Handoffs {
     }
 }
 
+/// A worker's finish that may claim the next job of its runner in its own transaction (BullMQ's
+/// `moveToFinished`): when a job of `runner` is QUEUED as the store records the finish, the
+/// oldest is claimed for the worker there (fencing token, lease, its events) and passed over
+/// after the commit ([`NextJob`]), instead of a wake-up of the claim loop and a claim of its own.
+/// Taken once, by the first finish written with it. Made by [`JobQueue::refill`].
+///
+/// [`JobQueue::refill`]: crate::store::JobQueue::refill
+pub struct Refill {
+    /// The runner whose oldest QUEUED job is claimed.
+    pub runner: String,
+    taken: Mutex<Option<Taken>>,
+    /// When the store took the place: before the lease of the job it claims was asked for.
+    taken_at: Mutex<Option<std::time::Instant>>,
+    observer: Mutex<Option<Observer>>,
+}
+
+impl std::fmt::Debug for Refill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refill")
+            .field("runner", &self.runner)
+            .finish()
+    }
+}
+
+/// Where a [`Refill`]'s job arrives.
+pub struct NextJob(mpsc::UnboundedReceiver<Option<Job>>);
+
+/// A refill for `worker`'s place in `runner`, each job claimed with a lease of `lease_ttl`.
+pub fn refill(runner: &str, worker: &str, lease_ttl: Duration) -> (Arc<Refill>, NextJob) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let taken = Taken {
+        worker: worker.to_string(),
+        lease_ttl,
+        tx: Some(tx),
+    };
+    let refill = Refill {
+        runner: runner.to_string(),
+        taken: Mutex::new(Some(taken)),
+        taken_at: Mutex::new(None),
+        observer: Mutex::new(None),
+    };
+    (Arc::new(refill), NextJob(rx))
+}
+
+impl Refill {
+    /// The worker's place, once: the store claims a job into it, or drops it (nothing queued).
+    pub fn take(&self) -> Option<Taken> {
+        let taken = self.taken.lock().take()?;
+        *self.taken_at.lock() = Some(std::time::Instant::now());
+        Some(taken)
+    }
+
+    /// Calls `f` with the job this refill delivers.
+    pub fn observe(&self, f: Observer) {
+        *self.observer.lock() = Some(f);
+    }
+}
+
+impl NextJob {
+    /// The job claimed with the finish, once the finish has been answered, and a moment before
+    /// its lease was asked for: `None` when nothing was queued, the store did not take the
+    /// place, or its transaction rolled back.
+    pub async fn get(mut self, refill: &Refill) -> Option<(Job, std::time::Instant)> {
+        // Not taken by the finish: nothing will come.
+        drop(refill.taken.lock().take());
+        let job = self.0.recv().await.flatten()?;
+        if let Some(f) = &*refill.observer.lock() {
+            f(&job);
+        }
+        let at = (*refill.taken_at.lock())?;
+        Some((job, at))
+    }
+}
+
 /// A worker's place in the registry; dropping it withdraws it (a job already taken for it is
 /// then given back to the queue by the store).
 pub struct Parked {
@@ -255,6 +329,32 @@ mod tests {
         drop(h.take("r").expect("parked"));
         assert!(p.recv().await.is_none());
         assert!(p.recv().await.is_none(), "answers once");
+    }
+
+    #[tokio::test]
+    async fn a_refill_brings_the_job_delivered_into_it_and_nothing_otherwise() {
+        let (r, next) = refill("r", "w", Duration::from_secs(1));
+        let t = r.take().expect("the place, once");
+        assert!(r.take().is_none());
+        assert_eq!((t.worker.as_str(), r.runner.as_str()), ("w", "r"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        r.observe(Arc::new(move |j: &Job| s.lock().push(j.id)));
+        let j = job();
+        let id = j.id;
+        assert!(t.deliver(j).is_none(), "the worker waits for it");
+        assert_eq!(next.get(&r).await.map(|(j, _)| j.id), Some(id));
+        assert_eq!(*seen.lock(), [id], "observed once");
+        // Not taken by any finish, or taken and dropped (nothing queued, or rolled back).
+        let (r, next) = refill("r", "w", Duration::from_secs(1));
+        assert!(next.get(&r).await.is_none());
+        let (r, next) = refill("r", "w", Duration::from_secs(1));
+        drop(r.take());
+        assert!(next.get(&r).await.is_none());
+        // The worker gone: the job is given back to the store.
+        let (r, next) = refill("r", "w", Duration::from_secs(1));
+        drop(next);
+        assert!(r.take().expect("place").deliver(job()).is_some());
     }
 
     fn ids(jobs: Vec<Job>) -> Vec<uuid::Uuid> {

@@ -238,6 +238,19 @@ pub trait JobStore: Send + Sync {
         // A backend without one transaction for both applies them one after the other.
         finish_slot::one_by_one(self, id, start, &finish).await
     }
+    /// Applies a worker's [`Command::Finish`] as [`JobStore::apply`] does and, when `refill` is
+    /// given (made by [`JobQueue::refill`]) and the finish is recorded, claims the oldest QUEUED
+    /// job of its runner for the worker in the same transaction ([`handoff::Refill`]). This
+    /// default applies the finish alone. A wrapping store must forward it (`metrics/store.rs`).
+    async fn finish(
+        &self,
+        id: Uuid,
+        cmd: Command,
+        refill: Option<std::sync::Arc<handoff::Refill>>,
+    ) -> Result<Job> {
+        let _ = refill;
+        self.apply(id, cmd).await
+    }
 }
 
 /// The queue: claims with leases, heartbeats, delayed jobs, expired leases.
@@ -277,6 +290,19 @@ pub trait JobQueue: Send + Sync {
     /// wrapping store must forward it (`metrics/store.rs`).
     fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
         let _ = (runner, worker, lease_ttl, max);
+        None
+    }
+    /// A refill for the place of `worker` in `runner` that one of its jobs' finish frees
+    /// ([`handoff::Refill`], given to [`JobStore::finish`] or a [`FinishSlot`]). `None` (this
+    /// default) where the backend cannot claim in a finish's transaction (Redis). A wrapping
+    /// store must forward it (`metrics/store.rs`).
+    fn refill(
+        &self,
+        runner: &str,
+        worker: &str,
+        lease_ttl: Duration,
+    ) -> Option<(std::sync::Arc<handoff::Refill>, handoff::NextJob)> {
+        let _ = (runner, worker, lease_ttl);
         None
     }
 }

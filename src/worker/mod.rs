@@ -34,6 +34,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
+use crate::store::handoff::Refill;
 use crate::store::{Notice, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
@@ -70,6 +71,8 @@ pub struct Worker {
     wake: tokio::sync::Notify,
     /// A job was QUEUED (or notices were missed) since the claim loop last looked.
     queued: AtomicBool,
+    /// The claim loop has stopped (shutdown): no finish claims a next job.
+    stopping: AtomicBool,
     /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
     /// worker holds nothing (the embedded store's lock included).
     jobs: TaskTracker,
@@ -99,6 +102,7 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             queued: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             jobs: TaskTracker::new(),
         })
     }
@@ -143,6 +147,7 @@ impl Worker {
             error_backoff = Duration::from_millis(50);
             must_claim |= self.wait_for_work(&shutdown, must_claim).await;
         }
+        self.stopping.store(true, Ordering::Release);
         self.drain().await;
         bg.cancel();
         for t in tasks {
@@ -396,27 +401,47 @@ impl Worker {
         }
     }
 
-    /// Runs one claimed job to its end.
+    /// Runs one claimed job to its end, then each job its finish claimed for the slot
+    /// (`Worker::execute`) in the same place.
     async fn run_job(
         self: Arc<Self>,
-        job: Job,
+        mut job: Job,
         slot: Arc<RunnerSlot>,
-        asked: tokio::time::Instant,
+        mut asked: tokio::time::Instant,
     ) {
-        let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
-        let id = job.id;
-        async {
-            let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
-            let (stop, reason) = self.track(id, token, asked);
-            self.execute(&job, &slot, token, stop, reason).await;
-            self.running.lock().remove(&id);
+        loop {
+            let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
+            let id = job.id;
+            let next = async {
+                let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
+                let (stop, reason) = self.track(id, token, asked);
+                let next = self.execute(&job, &slot, token, stop, reason).await;
+                self.running.lock().remove(&id);
+                next
+            }
+            .instrument(span)
+            .await;
+            let Some((next, at)) = next else { break };
+            if self.stopping.load(Ordering::Acquire) {
+                // Claimed as the shutdown began: back to the queue, not started.
+                let token = next.lease.as_ref().map(|l| l.token).unwrap_or_default();
+                if let Err(e) = self.store.apply(next.id, Command::Release { token }).await {
+                    tracing::info!(job_id = %next.id, error = %e, "cannot give back a job claimed at shutdown");
+                }
+                break;
+            }
+            (job, asked) = (next, at);
         }
-        .instrument(span)
-        .await;
         slot.active.fetch_sub(1, Ordering::AcqRel);
         self.wake.notify_one();
     }
 
+    /// Runs one attempt to its end. When it starts in a full slot (jobs are likely QUEUED
+    /// behind it), its finish claims the slot's next QUEUED job where the store can
+    /// (`store/handoff.rs`, `Refill`): that job and when its lease was asked for, for this task
+    /// to run next, without a wake-up of the claim loop and a claim of its own. Not in a slot
+    /// with room: there new jobs are handed over at submit or claimed many at a time, and a
+    /// query in every finish cost more than it saved (docs/benchmarks.md, "Session 25").
     async fn execute(
         &self,
         job: &Job,
@@ -424,6 +449,28 @@ impl Worker {
         token: u64,
         stop: CancellationToken,
         reason: Arc<Mutex<StopReason>>,
+    ) -> Option<(Job, tokio::time::Instant)> {
+        let full = slot.active.load(Ordering::Acquire) >= slot.concurrency;
+        let (refill, next) = if !full || self.stopping.load(Ordering::Acquire) {
+            None
+        } else {
+            self.store.refill(&slot.name, &self.id, self.cfg.lease_ttl)
+        }
+        .unzip();
+        self.attempt(job, slot, token, stop, reason, refill.clone())
+            .await;
+        let (job, asked) = next?.get(refill.as_deref()?).await?;
+        Some((job, tokio::time::Instant::from_std(asked)))
+    }
+
+    async fn attempt(
+        &self,
+        job: &Job,
+        slot: &RunnerSlot,
+        token: u64,
+        stop: CancellationToken,
+        reason: Arc<Mutex<StopReason>>,
+        refill: Option<Arc<Refill>>,
     ) {
         let id = job.id;
         let reporter = StoreSink::reporter(self.store.clone(), id, token);
@@ -458,12 +505,20 @@ impl Worker {
                         exit_code: None,
                     }
                 };
-                self.finish(id, token, outcome).await;
+                self.finish(id, token, outcome, refill).await;
                 return;
             }
         };
         match self
-            .record_start(id, token, slot.kind, &mut exec, &reporter, &stop)
+            .record_start(
+                id,
+                token,
+                slot.kind,
+                &mut exec,
+                &reporter,
+                &stop,
+                refill.clone(),
+            )
             .await
         {
             start::Start::Running => {}
@@ -480,6 +535,7 @@ impl Worker {
             kind: slot.kind,
             watch,
             reported: false,
+            refill,
         };
         self.supervise(id, token, exec, reporter, limit, stop, reason, run)
             .await;
@@ -523,13 +579,14 @@ impl Worker {
                     kind: slot.kind,
                     watch: reports::Watch::new(id),
                     reported: adopted.reported().is_some(),
+                    refill: None,
                 };
                 self.supervise(id, token, exec, reporter, limit, stop, reason, run)
                     .await;
             }
             Recovered::Finished(outcome) => {
                 reporter.flush().await;
-                self.finish(id, token, outcome_to_finish(outcome, slot.kind))
+                self.finish(id, token, outcome_to_finish(outcome, slot.kind), None)
                     .await
             }
             Recovered::Gone => {}

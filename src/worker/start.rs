@@ -16,6 +16,7 @@ use super::supervise::outcome_to_finish;
 use super::Worker;
 use crate::config::RunnerKind;
 use crate::job::{Command, FinishOutcome};
+use crate::store::handoff::Refill;
 use crate::store::{FinishSlot, StoreError};
 
 /// What recording the start left to do.
@@ -41,6 +42,7 @@ impl Worker {
     /// Records the start of the launched attempt (its lease's `token`), raced against a stop:
     /// while the store is away this may take `store.retry`, and the fence task must still be
     /// able to stop the work in time.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn record_start(
         &self,
         id: Uuid,
@@ -49,8 +51,10 @@ impl Worker {
         exec: &mut Box<dyn Execution>,
         reporter: &Arc<JobReporter>,
         stop: &CancellationToken,
+        refill: Option<Arc<Refill>>,
     ) -> Start {
-        let finish = FinishSlot::new();
+        // A finish that goes with the start claims the slot's next job with it.
+        let finish = FinishSlot::refilling(refill);
         let handle = exec.handle();
         let started_cmd = || Command::Started {
             token,
@@ -176,7 +180,8 @@ impl Worker {
             },
         };
         if let (true, Some(outcome)) = (started, ended) {
-            return self.finish(id, token, outcome).await;
+            // Shutting down: no next job.
+            return self.finish(id, token, outcome, None).await;
         }
         match self.store.apply(id, Command::Release { token }).await {
             Ok(j) => crate::outcomes::log_change(&j),

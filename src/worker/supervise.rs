@@ -13,6 +13,7 @@ use super::reporter::JobReporter;
 use super::{reports, StopReason, Worker};
 use crate::job::{Command, FinishOutcome, Job, TransitionError};
 use crate::runner_set::RunnerSlot;
+use crate::store::handoff::Refill;
 use crate::store::StoreError;
 
 impl Worker {
@@ -36,6 +37,7 @@ impl Worker {
             kind,
             watch,
             mut reported,
+            refill,
         } = run;
         enum End {
             Ran,
@@ -86,10 +88,14 @@ impl Worker {
         reporter.flush().await;
         match end {
             // A reported outcome is what the job said; the stopped process's exit is recorded.
-            End::Ran | End::Lingered => self.finish(id, token, outcome_to_finish(last, kind)).await,
+            End::Ran | End::Lingered => {
+                let outcome = outcome_to_finish(last, kind);
+                self.finish(id, token, outcome, refill).await
+            }
             End::TimedOut => {
                 let msg = format!("timed out after {}", humantime::format_duration(limit));
-                self.finish(id, token, FinishOutcome::Timeout(msg)).await
+                self.finish(id, token, FinishOutcome::Timeout(msg), refill)
+                    .await
             }
             End::Stopped => {
                 if *reason.lock() == StopReason::Release {
@@ -126,11 +132,17 @@ impl Worker {
         }
     }
 
-    pub(super) async fn finish(&self, id: Uuid, token: u64, outcome: FinishOutcome) {
-        let r = self
-            .store
-            .apply(id, Command::Finish { token, outcome })
-            .await;
+    /// Records an attempt's outcome; with `refill`, the finish may claim the slot's next job
+    /// (`Worker::execute`).
+    pub(super) async fn finish(
+        &self,
+        id: Uuid,
+        token: u64,
+        outcome: FinishOutcome,
+        refill: Option<Arc<Refill>>,
+    ) {
+        let cmd = Command::Finish { token, outcome };
+        let r = self.store.finish(id, cmd, refill).await;
         self.finished(r);
     }
 
@@ -158,6 +170,8 @@ pub(super) struct Supervised {
     pub(super) watch: reports::Watch,
     /// The job had reported its outcome already (adopted work).
     pub(super) reported: bool,
+    /// Where the finish claims the slot's next job, if it may.
+    pub(super) refill: Option<Arc<Refill>>,
 }
 
 pub(super) fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {

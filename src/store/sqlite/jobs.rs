@@ -51,6 +51,23 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn finish(
+        &self,
+        id: Uuid,
+        cmd: Command,
+        refill: Option<std::sync::Arc<crate::store::handoff::Refill>>,
+    ) -> Result<Job> {
+        self.write(move |ctx| {
+            let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
+            apply_in(ctx, &mut job, cmd, now_us())?;
+            if let Some(r) = &refill {
+                super::queue::refill_in(ctx, r)?;
+            }
+            Ok(job)
+        })
+        .await
+    }
+
     async fn apply_start(
         &self,
         id: Uuid,

@@ -8,8 +8,9 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::job_columns;
-use super::{apply_in, jobs_of, load, row, rows, save, save_row, SqliteStore};
+use super::{apply_in, jobs_of, load, row, rows, save, save_row, SqliteStore, WriteCtx};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
+use crate::store::handoff::{NextJob, Refill};
 use crate::store::{JobQueue, Parked, Result, StoreError};
 
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
@@ -65,6 +66,58 @@ pub(super) const EXPIRED_SQL: &str = concat!(
      ORDER BY lease_expires LIMIT ?2"
 );
 
+/// Claims the oldest (up to `max`) QUEUED jobs of `runner` for `worker`, in the writer's
+/// transaction: [`JobQueue::claim`], and a finish's [`Refill`] ([`refill_in`]).
+fn claim_in(
+    ctx: &mut WriteCtx<'_>,
+    runner: &str,
+    worker: &str,
+    max: usize,
+    lease_ttl: Duration,
+) -> Result<Vec<Job>> {
+    let queued = jobs_of(
+        ctx.conn,
+        concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+             ORDER BY queued_at, id LIMIT ?2"
+        ),
+        params![runner, max as i64],
+    )?;
+    if queued.is_empty() {
+        return Ok(vec![]);
+    }
+    let first = take_tokens(ctx.conn, queued.len())?;
+    let now = now_us();
+    let lease_until = now + lease_ttl.as_micros() as i64;
+    let mut out = Vec::with_capacity(queued.len());
+    for (i, mut job) in queued.into_iter().enumerate() {
+        let cmd = Command::Claim {
+            worker: worker.to_string(),
+            token: first + i as u64,
+            lease_until,
+        };
+        apply_in(ctx, &mut job, cmd, now)?;
+        out.push(job);
+    }
+    Ok(out)
+}
+
+/// After a worker's finish in the same transaction: claims the oldest QUEUED job of the
+/// refill's runner for its worker, passed over after the commit (`handoff::Refill`). Nothing
+/// queued: the place is dropped (the worker hears "nothing" at once). A claim of a QUEUED job is
+/// never refused, so only the database failing fails this, and with it the finish's request.
+pub(super) fn refill_in(ctx: &mut WriteCtx<'_>, refill: &Refill) -> Result<()> {
+    let Some(taken) = refill.take() else {
+        return Ok(());
+    };
+    if let Some(job) = claim_in(ctx, &refill.runner, &taken.worker, 1, taken.lease_ttl)?.pop() {
+        ctx.handed.push((taken, job));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl JobQueue for SqliteStore {
     async fn claim(
@@ -81,36 +134,8 @@ impl JobQueue for SqliteStore {
         let worker = worker.to_string();
         // Only QUEUED jobs are read, and a claim of a QUEUED job is never refused: nothing is
         // refused after the first write.
-        self.write_whole(move |ctx| {
-            let queued = jobs_of(
-                ctx.conn,
-                concat!(
-                    "SELECT ",
-                    job_columns!(),
-                    " FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
-                     ORDER BY queued_at, id LIMIT ?2"
-                ),
-                params![runner, max as i64],
-            )?;
-            if queued.is_empty() {
-                return Ok(vec![]);
-            }
-            let first = take_tokens(ctx.conn, queued.len())?;
-            let now = now_us();
-            let lease_until = now + lease_ttl.as_micros() as i64;
-            let mut out = Vec::with_capacity(queued.len());
-            for (i, mut job) in queued.into_iter().enumerate() {
-                let cmd = Command::Claim {
-                    worker: worker.clone(),
-                    token: first + i as u64,
-                    lease_until,
-                };
-                apply_in(ctx, &mut job, cmd, now)?;
-                out.push(job);
-            }
-            Ok(out)
-        })
-        .await
+        self.write_whole(move |ctx| claim_in(ctx, &runner, &worker, max, lease_ttl))
+            .await
     }
 
     async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
@@ -182,6 +207,15 @@ impl JobQueue for SqliteStore {
         Some(self.handoffs.park(runner, worker, lease_ttl, max))
     }
 
+    fn refill(
+        &self,
+        runner: &str,
+        worker: &str,
+        lease_ttl: Duration,
+    ) -> Option<(std::sync::Arc<Refill>, NextJob)> {
+        Some(crate::store::handoff::refill(runner, worker, lease_ttl))
+    }
+
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
         self.read(move |c| {
             let now = now_us();
@@ -190,3 +224,7 @@ impl JobQueue for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+#[path = "refill_tests.rs"]
+mod refill_tests;

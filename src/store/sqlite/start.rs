@@ -46,7 +46,12 @@ pub(super) fn start_in(
     let started = job.clone();
     // The row is still in `was`: the start is written with the end, or alone below.
     match apply_stored(ctx, &mut job, end, now_us(), was) {
-        Ok(()) => Ok((started, Some(Ok(job)))),
+        Ok(()) => {
+            if let Some(r) = finish.refill() {
+                super::queue::refill_in(ctx, r)?;
+            }
+            Ok((started, Some(Ok(job))))
+        }
         // Refused by the transition (no signals to emit: nothing else refuses), before anything
         // of it was written: the start alone is.
         Err(e @ StoreError::Transition(_)) => {
