@@ -135,14 +135,15 @@ types = ["long.*"]
     ts.stop().await;
 }
 
-/// The finish of the job running when the shutdown began starts nothing: the job its finish
-/// claimed for the busy slot (`store/handoff.rs`, `Refill`) is given back at once, never
-/// started, and the jobs queued behind stay QUEUED; all of them run after a restart.
+/// The finish of the job running when the shutdown began claims nothing for its busy slot
+/// (`store/handoff.rs`, `Refill`): the jobs queued behind it stay QUEUED as they were (no
+/// attempt spent, their place in the queue kept) and run after a restart, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_job_queued_behind_a_busy_slot_starts_once_the_shutdown_began() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
-    let (g, c) = (gate.clone(), calls.clone());
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (g, c, r) = (gate.clone(), calls.clone(), ran.clone());
     let mut ts = TestServer::builder(
         r#"
 [[runners]]
@@ -152,9 +153,10 @@ concurrency = 1
 "#,
     )
     .config("[worker]\nshutdown_grace = \"5s\"")
-    .service("gated", move |_ctx| {
+    .service("gated", move |ctx| {
         let g = g.clone();
         c.fetch_add(1, Ordering::SeqCst);
+        r.lock().unwrap().push(ctx.job_id.clone());
         async move {
             g.acquire().await.expect("gate").forget();
             Ok(json!("done"))
@@ -169,7 +171,7 @@ concurrency = 1
     ts.wait_status(&ids[0], "RUNNING", WAIT).await;
     let store = ts.running().app.store.clone();
     tokio::join!(ts.stop(), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         gate.add_permits(1);
     });
     assert_eq!(
@@ -182,6 +184,7 @@ concurrency = 1
         let job = stored(&store, id).await;
         assert_eq!(job.status, JobStatus::Queued, "{job:#?}");
         assert!(job.lease.is_none(), "{job:#?}");
+        assert_eq!((job.attempt, job.runs.len()), (0, 0), "untouched: {job:#?}");
     }
     drop(store);
     gate.add_permits(2);
@@ -189,8 +192,9 @@ concurrency = 1
     for id in &ids[1..] {
         let job = ts.wait_terminal(id, WAIT).await;
         assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+        assert_eq!(job["attempt"], 1, "{job:#}");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(*ran.lock().unwrap(), ids, "each once, in submit order");
     ts.stop().await;
 }
 

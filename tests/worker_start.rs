@@ -52,7 +52,7 @@ async fn submit_batch(ts: &TestServer, items: Vec<Value>) -> Vec<String> {
 }
 
 /// One start request per job, and fewer finish requests than jobs: each finish not recorded with
-/// its start is an `apply` of its own (`store/finish_slot.rs`).
+/// its start is a `finish` of its own (`store/finish_slot.rs`).
 fn some_finishes_went_with_their_starts(text: &str, total: f64, what: &str) {
     let op = |name: &str| {
         metric(
@@ -61,7 +61,7 @@ fn some_finishes_went_with_their_starts(text: &str, total: f64, what: &str) {
             &[&format!("op=\"{name}\"")],
         )
     };
-    let (starts, applies) = (op("apply_start"), op("apply"));
+    let (starts, applies) = (op("apply_start"), op("finish"));
     assert_eq!(starts, total, "one start request per job");
     assert!(
         applies < total,
@@ -346,7 +346,7 @@ async fn a_local_job_ending_within_the_quick_exit_wait_is_started_and_finished_i
     };
     assert_eq!(op("apply_start"), N as f64, "one start request per job");
     assert_eq!(
-        op("apply"),
+        op("finish"),
         0.0,
         "every finish went with its start: no finish request of its own"
     );

@@ -20,6 +20,14 @@
 //!   gives the job back to the queue (`Release` with the hand-off's token: QUEUED again, a
 //!   `RELEASED` run record, as at a graceful shutdown). Nothing is lost.
 //!
+//! A [`Refill`] is the same hand-off from a worker's finish instead of a submit: the finish's
+//! transaction claims the runner's oldest QUEUED job for the worker. Its place is taken once,
+//! under its lock, by whichever comes first: the store applying the finish ([`Refill::take`]),
+//! or the worker closing it (stopping, or done waiting: [`Refill::close`], [`NextJob::get`]).
+//! Taken by the store, it delivers the job after the commit or nothing when the transaction
+//! rolled back, and the worker waits for that answer; a worker gone by then gets its job given
+//! back as above.
+//!
 //! [`JobQueue::park`]: crate::store::JobQueue::park
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,8 +165,9 @@ pub struct Refill {
     /// The runner whose oldest QUEUED job is claimed.
     pub runner: String,
     taken: Mutex<Option<Taken>>,
-    /// When the store took the place: before the lease of the job it claims was asked for.
-    taken_at: Mutex<Option<std::time::Instant>>,
+    /// When the store took the place (until then, when the refill was made): before the lease
+    /// of the job it claims was asked for.
+    taken_at: Mutex<std::time::Instant>,
     observer: Mutex<Option<Observer>>,
 }
 
@@ -184,7 +193,7 @@ pub fn refill(runner: &str, worker: &str, lease_ttl: Duration) -> (Arc<Refill>, 
     let refill = Refill {
         runner: runner.to_string(),
         taken: Mutex::new(Some(taken)),
-        taken_at: Mutex::new(None),
+        taken_at: Mutex::new(std::time::Instant::now()),
         observer: Mutex::new(None),
     };
     (Arc::new(refill), NextJob(rx))
@@ -194,8 +203,14 @@ impl Refill {
     /// The worker's place, once: the store claims a job into it, or drops it (nothing queued).
     pub fn take(&self) -> Option<Taken> {
         let taken = self.taken.lock().take()?;
-        *self.taken_at.lock() = Some(std::time::Instant::now());
+        *self.taken_at.lock() = std::time::Instant::now();
         Some(taken)
+    }
+
+    /// No finish may claim into this refill any more (the worker is stopping). A finish that
+    /// took it already still delivers its job.
+    pub fn close(&self) {
+        drop(self.taken.lock().take());
     }
 
     /// Calls `f` with the job this refill delivers.
@@ -210,12 +225,12 @@ impl NextJob {
     /// place, or its transaction rolled back.
     pub async fn get(mut self, refill: &Refill) -> Option<(Job, std::time::Instant)> {
         // Not taken by the finish: nothing will come.
-        drop(refill.taken.lock().take());
+        refill.close();
         let job = self.0.recv().await.flatten()?;
         if let Some(f) = &*refill.observer.lock() {
             f(&job);
         }
-        let at = (*refill.taken_at.lock())?;
+        let at = *refill.taken_at.lock();
         Some((job, at))
     }
 }

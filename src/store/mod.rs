@@ -240,17 +240,14 @@ pub trait JobStore: Send + Sync {
     }
     /// Applies a worker's [`Command::Finish`] as [`JobStore::apply`] does and, when `refill` is
     /// given (made by [`JobQueue::refill`]) and the finish is recorded, claims the oldest QUEUED
-    /// job of its runner for the worker in the same transaction ([`handoff::Refill`]). This
-    /// default applies the finish alone. A wrapping store must forward it (`metrics/store.rs`).
+    /// job of its runner for the worker in the same transaction ([`handoff::Refill`]). A backend
+    /// without refills (Redis) applies the finish alone.
     async fn finish(
         &self,
         id: Uuid,
         cmd: Command,
         refill: Option<std::sync::Arc<handoff::Refill>>,
-    ) -> Result<Job> {
-        let _ = refill;
-        self.apply(id, cmd).await
-    }
+    ) -> Result<Job>;
 }
 
 /// The queue: claims with leases, heartbeats, delayed jobs, expired leases.

@@ -1,7 +1,8 @@
 //! The worker: claims QUEUED jobs with a lease, launches them on their runner, heartbeats the
 //! leases, enforces timeouts and cancellation, and writes the outcome with its fencing token.
 //!
-//! - [`Worker::run`] is the claim loop; each claimed job runs in its own task ([`Worker::run_job`]).
+//! - [`Worker::run`] is the claim loop; each claimed job runs in its own task ([`Worker::run_job`]),
+//!   which then runs each job its finish claimed for the slot (`store/handoff.rs`, `Refill`).
 //! - A heartbeat task renews the leases of running jobs; jobs the store says we no longer hold
 //!   (cancelled, or taken over after our lease expired) are stopped.
 //! - A fence task (shared stores: Redis) stops, on its own, every job whose lease this worker
@@ -9,9 +10,10 @@
 //!   another worker may reap the expired lease and run the job again, this copy is gone, so two
 //!   runs of a job never overlap even when the worker cannot hear from the store.
 //! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
-//! - At shutdown the worker stops claiming, lets running jobs finish within `shutdown_grace`, then
-//!   stops the rest and gives them back to the queue.
+//! - At shutdown the worker stops claiming (its loop and its jobs' finishes), lets running jobs
+//!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue.
 
+mod leases;
 mod park;
 pub mod reaper;
 pub mod reporter;
@@ -57,6 +59,8 @@ struct Running {
     renewed: tokio::time::Instant,
     /// Stopped by the fence task (logged once).
     fenced: bool,
+    /// Where the job's finish may claim the slot's next job; closed when the worker stops.
+    refill: Option<Arc<Refill>>,
 }
 
 /// One worker process's claim loop and running jobs.
@@ -71,7 +75,7 @@ pub struct Worker {
     wake: tokio::sync::Notify,
     /// A job was QUEUED (or notices were missed) since the claim loop last looked.
     queued: AtomicBool,
-    /// The claim loop has stopped (shutdown): no finish claims a next job.
+    /// Shutdown has begun: no finish claims a next job (`Worker::begin_stopping`).
     stopping: AtomicBool,
     /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
     /// worker holds nothing (the embedded store's lock included).
@@ -147,7 +151,7 @@ impl Worker {
             error_backoff = Duration::from_millis(50);
             must_claim |= self.wait_for_work(&shutdown, must_claim).await;
         }
-        self.stopping.store(true, Ordering::Release);
+        self.begin_stopping();
         self.drain().await;
         bg.cancel();
         for t in tasks {
@@ -206,6 +210,18 @@ impl Worker {
         slot.active.fetch_add(1, Ordering::AcqRel);
         self.jobs
             .spawn(self.clone().run_job(job, slot.clone(), asked));
+    }
+
+    /// From now on no finish claims a next job: the refills of the running jobs are closed
+    /// (a finish already on its way with one still brings its job, run as one claimed in the
+    /// worker's last moments is), and no new one is asked for.
+    fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for r in self.running.lock().values() {
+            if let Some(f) = &r.refill {
+                f.close();
+            }
+        }
     }
 
     /// No job of this worker runs: none tracked, and none spawned but not yet tracked (a job
@@ -293,6 +309,7 @@ impl Worker {
                 reason: reason.clone(),
                 renewed: asked,
                 fenced: false,
+                refill: None,
             },
         );
         (stop, reason)
@@ -310,87 +327,6 @@ impl Worker {
         if let Some(r) = self.running.lock().get(&id) {
             *r.reason.lock() = reason;
             r.stop.cancel();
-        }
-    }
-
-    async fn heartbeats(self: Arc<Self>, stop: CancellationToken) {
-        let every = self.cfg.lease_ttl / 3;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => return,
-            }
-            let held: Vec<(Uuid, u64)> = self
-                .running
-                .lock()
-                .iter()
-                .map(|(id, r)| (*id, r.token))
-                .collect();
-            if held.is_empty() {
-                continue;
-            }
-            let sent = tokio::time::Instant::now();
-            match self
-                .store
-                .heartbeat(&self.id, &held, self.cfg.lease_ttl)
-                .await
-            {
-                Ok(lost) => {
-                    {
-                        let mut running = self.running.lock();
-                        for (id, token) in &held {
-                            if lost.contains(id) {
-                                continue;
-                            }
-                            if let Some(r) = running.get_mut(id).filter(|r| r.token == *token) {
-                                r.renewed = r.renewed.max(sent);
-                            }
-                        }
-                    }
-                    for id in lost {
-                        tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
-                        self.stop_job(id, StopReason::Gone);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-            }
-        }
-    }
-
-    /// How long a job may go without a renewed lease before this worker stops it: the lease
-    /// period less the time a stop may take (`kill_grace`) and a tenth of the period for the
-    /// check's own delay; never less than half the lease.
-    fn fence_after(&self) -> Duration {
-        let ttl = self.cfg.lease_ttl;
-        ttl.saturating_sub(self.cfg.kill_grace)
-            .saturating_sub(ttl / 10)
-            .max(ttl / 2)
-    }
-
-    /// Stops the jobs whose lease could not be renewed in time (see the module docs). The store
-    /// is not told: it may be unreachable, and the lease simply expires; the reaper of whichever
-    /// worker sees it first requeues the job.
-    async fn fence(self: Arc<Self>, stop: CancellationToken) {
-        let every = (self.cfg.lease_ttl / 20).max(Duration::from_millis(10));
-        let limit = self.fence_after();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => return,
-            }
-            let now = tokio::time::Instant::now();
-            for (id, r) in self.running.lock().iter_mut() {
-                if !r.fenced && now.saturating_duration_since(r.renewed) >= limit {
-                    r.fenced = true;
-                    tracing::warn!(
-                        job_id = %id,
-                        unrenewed_for = ?now.saturating_duration_since(r.renewed),
-                        "lease not renewed in time (store unreachable?): stopping the job before another worker may take it over"
-                    );
-                    *r.reason.lock() = StopReason::Gone;
-                    r.stop.cancel();
-                }
-            }
         }
     }
 
@@ -422,14 +358,6 @@ impl Worker {
             .instrument(span)
             .await;
             let Some((next, at)) = next else { break };
-            if self.stopping.load(Ordering::Acquire) {
-                // Claimed as the shutdown began: back to the queue, not started.
-                let token = next.lease.as_ref().map(|l| l.token).unwrap_or_default();
-                if let Err(e) = self.store.apply(next.id, Command::Release { token }).await {
-                    tracing::info!(job_id = %next.id, error = %e, "cannot give back a job claimed at shutdown");
-                }
-                break;
-            }
             (job, asked) = (next, at);
         }
         slot.active.fetch_sub(1, Ordering::AcqRel);
@@ -451,12 +379,21 @@ impl Worker {
         reason: Arc<Mutex<StopReason>>,
     ) -> Option<(Job, tokio::time::Instant)> {
         let full = slot.active.load(Ordering::Acquire) >= slot.concurrency;
-        let (refill, next) = if !full || self.stopping.load(Ordering::Acquire) {
+        let (refill, next) = if !full || self.stopping.load(Ordering::SeqCst) {
             None
         } else {
             self.store.refill(&slot.name, &self.id, self.cfg.lease_ttl)
         }
         .unzip();
+        if let Some(f) = &refill {
+            if let Some(r) = self.running.lock().get_mut(&job.id) {
+                r.refill = Some(f.clone());
+            }
+            // Registered first: either `begin_stopping` closes it, or this sees the flag.
+            if self.stopping.load(Ordering::SeqCst) {
+                f.close();
+            }
+        }
         self.attempt(job, slot, token, stop, reason, refill.clone())
             .await;
         let (job, asked) = next?.get(refill.as_deref()?).await?;

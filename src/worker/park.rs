@@ -65,7 +65,11 @@ impl Worker {
                     must_claim = true;
                     break;
                 }
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    // Before waiting for the withdrawal: no finish claims from now on.
+                    self.begin_stopping();
+                    break;
+                }
                 (slot, answer) = handed(&mut parked) => match answer {
                     Some(Some(job)) => self.spawn_job(job, &slot, asked),
                     // Taken by a submit that rolled back.

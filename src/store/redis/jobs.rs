@@ -372,6 +372,16 @@ impl JobStore for RedisStore {
         self.apply_cmd(id, cmd).await
     }
 
+    /// The finish alone: Redis has no refills (`JobQueue::refill` is `None`).
+    async fn finish(
+        &self,
+        id: Uuid,
+        cmd: Command,
+        _refill: Option<Arc<crate::store::handoff::Refill>>,
+    ) -> Result<Job> {
+        self.apply_cmd(id, cmd).await
+    }
+
     async fn apply_start(
         &self,
         id: Uuid,

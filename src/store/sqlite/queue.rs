@@ -66,17 +66,10 @@ pub(super) const EXPIRED_SQL: &str = concat!(
      ORDER BY lease_expires LIMIT ?2"
 );
 
-/// Claims the oldest (up to `max`) QUEUED jobs of `runner` for `worker`, in the writer's
-/// transaction: [`JobQueue::claim`], and a finish's [`Refill`] ([`refill_in`]).
-fn claim_in(
-    ctx: &mut WriteCtx<'_>,
-    runner: &str,
-    worker: &str,
-    max: usize,
-    lease_ttl: Duration,
-) -> Result<Vec<Job>> {
-    let queued = jobs_of(
-        ctx.conn,
+/// The oldest (up to `max`) QUEUED jobs of `runner`.
+fn oldest_queued(conn: &Connection, runner: &str, max: usize) -> Result<Vec<Job>> {
+    jobs_of(
+        conn,
         concat!(
             "SELECT ",
             job_columns!(),
@@ -84,7 +77,29 @@ fn claim_in(
              ORDER BY queued_at, id LIMIT ?2"
         ),
         params![runner, max as i64],
-    )?;
+    )
+}
+
+/// Claims the oldest (up to `max`) QUEUED jobs of `runner` for `worker`, in the writer's
+/// transaction: [`JobQueue::claim`].
+fn claim_in(
+    ctx: &mut WriteCtx<'_>,
+    runner: &str,
+    worker: &str,
+    max: usize,
+    lease_ttl: Duration,
+) -> Result<Vec<Job>> {
+    let queued = oldest_queued(ctx.conn, runner, max)?;
+    claim_these(ctx, queued, worker, lease_ttl)
+}
+
+/// Claims `queued` (QUEUED jobs just read) for `worker`.
+fn claim_these(
+    ctx: &mut WriteCtx<'_>,
+    queued: Vec<Job>,
+    worker: &str,
+    lease_ttl: Duration,
+) -> Result<Vec<Job>> {
     if queued.is_empty() {
         return Ok(vec![]);
     }
@@ -106,13 +121,22 @@ fn claim_in(
 
 /// After a worker's finish in the same transaction: claims the oldest QUEUED job of the
 /// refill's runner for its worker, passed over after the commit (`handoff::Refill`). Nothing
-/// queued: the place is dropped (the worker hears "nothing" at once). A claim of a QUEUED job is
-/// never refused, so only the database failing fails this, and with it the finish's request.
+/// queued, or the oldest unreadable (a record of a newer build, a hand edit: `claim` stalls on
+/// it as before, and says so), and nothing was written: the place is dropped (the worker hears
+/// "nothing" at once) and the finish stands. A claim of a QUEUED job is never refused, so only
+/// the database failing while writing it fails this, and with it the finish's request.
 pub(super) fn refill_in(ctx: &mut WriteCtx<'_>, refill: &Refill) -> Result<()> {
     let Some(taken) = refill.take() else {
         return Ok(());
     };
-    if let Some(job) = claim_in(ctx, &refill.runner, &taken.worker, 1, taken.lease_ttl)?.pop() {
+    let queued = match oldest_queued(ctx.conn, &refill.runner, 1) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::debug!(runner = %refill.runner, error = %e, "no job claimed with the finish");
+            return Ok(());
+        }
+    };
+    if let Some(job) = claim_these(ctx, queued, &taken.worker, taken.lease_ttl)?.pop() {
         ctx.handed.push((taken, job));
     }
     Ok(())

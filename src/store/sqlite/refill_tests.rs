@@ -187,3 +187,41 @@ async fn a_job_claimed_for_a_worker_gone_is_given_back() {
         .expect("claimed again");
     assert!(token(again) > back.runs[0].token);
 }
+
+/// The oldest QUEUED job's record cannot be read (a newer build's, a hand edit): the finish is
+/// recorded all the same and claims nothing; the claim loop's own claim stalls on that record as
+/// it always did, and says so.
+#[tokio::test]
+async fn an_unreadable_queued_job_does_not_undo_the_finish() {
+    let (_dir, s) = open();
+    let (first, second, third) = running_with_a_queue(&s).await;
+    let id = second.id.to_string();
+    s.write(move |ctx| {
+        ctx.conn
+            .execute("UPDATE jobs SET body = x'ff00' WHERE id = ?1", [id])
+            .map_err(super::super::db_err)?;
+        Ok(())
+    })
+    .await
+    .expect("spoil the record");
+    let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
+    let ended = s.finish(first.id, done(&first), Some(refill.clone())).await;
+    assert_eq!(ended.expect("the finish stands").status, JobStatus::Success);
+    assert!(next.get(&refill).await.is_none());
+    assert_eq!(status(&s, &first).await, JobStatus::Success);
+    assert_eq!(status(&s, &third).await, JobStatus::Queued);
+    // With the start too: the joint write is not undone (nor the others of its transaction).
+    submit(&s, "r2").await;
+    let other = s.claim("r2", "w1", 1, LEASE).await.unwrap().remove(0);
+    let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
+    let slot = FinishSlot::refilling(Some(refill.clone()));
+    slot.offer(token(&other), FinishOutcome::Success(None))
+        .expect("offered");
+    let start = Command::Started {
+        token: token(&other),
+        handle: None,
+    };
+    let (_, end) = s.apply_start(other.id, start, slot).await.expect("start");
+    assert_eq!(end.expect("finished").unwrap().status, JobStatus::Success);
+    assert!(next.get(&refill).await.is_none());
+}

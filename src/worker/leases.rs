@@ -1,0 +1,94 @@
+//! Keeping the leases of the jobs this worker runs: the heartbeat task renews them and stops
+//! the jobs the store says this worker no longer holds; the fence task (shared stores) stops the
+//! jobs whose lease could not be renewed in time (see the module docs of `worker`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{StopReason, Worker};
+
+impl Worker {
+    pub(super) async fn heartbeats(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.cfg.lease_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let held: Vec<(Uuid, u64)> = self
+                .running
+                .lock()
+                .iter()
+                .map(|(id, r)| (*id, r.token))
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            let sent = tokio::time::Instant::now();
+            match self
+                .store
+                .heartbeat(&self.id, &held, self.cfg.lease_ttl)
+                .await
+            {
+                Ok(lost) => {
+                    {
+                        let mut running = self.running.lock();
+                        for (id, token) in &held {
+                            if lost.contains(id) {
+                                continue;
+                            }
+                            if let Some(r) = running.get_mut(id).filter(|r| r.token == *token) {
+                                r.renewed = r.renewed.max(sent);
+                            }
+                        }
+                    }
+                    for id in lost {
+                        tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
+                        self.stop_job(id, StopReason::Gone);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// How long a job may go without a renewed lease before this worker stops it: the lease
+    /// period less the time a stop may take (`kill_grace`) and a tenth of the period for the
+    /// check's own delay; never less than half the lease.
+    fn fence_after(&self) -> Duration {
+        let ttl = self.cfg.lease_ttl;
+        ttl.saturating_sub(self.cfg.kill_grace)
+            .saturating_sub(ttl / 10)
+            .max(ttl / 2)
+    }
+
+    /// Stops the jobs whose lease could not be renewed in time (see the module docs). The store
+    /// is not told: it may be unreachable, and the lease simply expires; the reaper of whichever
+    /// worker sees it first requeues the job.
+    pub(super) async fn fence(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.cfg.lease_ttl / 20).max(Duration::from_millis(10));
+        let limit = self.fence_after();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = tokio::time::Instant::now();
+            for (id, r) in self.running.lock().iter_mut() {
+                if !r.fenced && now.saturating_duration_since(r.renewed) >= limit {
+                    r.fenced = true;
+                    tracing::warn!(
+                        job_id = %id,
+                        unrenewed_for = ?now.saturating_duration_since(r.renewed),
+                        "lease not renewed in time (store unreachable?): stopping the job before another worker may take it over"
+                    );
+                    *r.reason.lock() = StopReason::Gone;
+                    r.stop.cancel();
+                }
+            }
+        }
+    }
+}
