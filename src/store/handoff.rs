@@ -158,7 +158,8 @@ impl Handoffs {
 /// `moveToFinished`): when a job of `runner` is QUEUED as the store records the finish, the
 /// oldest is claimed for the worker there (fencing token, lease, its events) and passed over
 /// after the commit ([`NextJob`]), instead of a wake-up of the claim loop and a claim of its own.
-/// Taken once, by the first finish written with it. Made by [`JobQueue::refill`].
+/// Its place is taken once: by the first finish written with it, or by the worker closing it
+/// ([`Refill::close`]). Made by [`JobQueue::refill`].
 ///
 /// [`JobQueue::refill`]: crate::store::JobQueue::refill
 pub struct Refill {
@@ -200,7 +201,8 @@ pub fn refill(runner: &str, worker: &str, lease_ttl: Duration) -> (Arc<Refill>, 
 }
 
 impl Refill {
-    /// The worker's place, once: the store claims a job into it, or drops it (nothing queued).
+    /// The worker's place, once: the store claims a job into it, or drops it (nothing queued,
+    /// or the oldest queued record unreadable).
     pub fn take(&self) -> Option<Taken> {
         let taken = self.taken.lock().take()?;
         *self.taken_at.lock() = std::time::Instant::now();

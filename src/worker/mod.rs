@@ -77,6 +77,9 @@ pub struct Worker {
     queued: AtomicBool,
     /// Shutdown has begun: no finish claims a next job (`Worker::begin_stopping`).
     stopping: AtomicBool,
+    /// The shutdown grace is over and the running jobs were told to stop: a job tracked after
+    /// that is stopped at once (`Worker::drain`).
+    swept: AtomicBool,
     /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
     /// worker holds nothing (the embedded store's lock included).
     jobs: TaskTracker,
@@ -107,6 +110,7 @@ impl Worker {
             wake: tokio::sync::Notify::new(),
             queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            swept: AtomicBool::new(false),
             jobs: TaskTracker::new(),
         })
     }
@@ -120,7 +124,16 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(worker = %self.id, "worker started");
         let bg = CancellationToken::new();
+        let stopping = {
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                me.begin_stopping()
+            }
+        };
         let mut tasks = vec![
+            // Wherever the claim loop is when the shutdown comes, finishes stop claiming.
+            tokio::spawn(stopping),
             tokio::spawn(self.clone().listen(bg.clone())),
             tokio::spawn(self.clone().heartbeats(bg.clone())),
             tokio::spawn(reaper::run(self.clone(), bg.clone())),
@@ -247,6 +260,8 @@ impl Worker {
         }
         let n = {
             let running = self.running.lock();
+            // Under the lock: a job tracked after this sees the flag (`run_job`).
+            self.swept.store(true, Ordering::SeqCst);
             for r in running.values() {
                 *r.reason.lock() = StopReason::Release;
                 r.stop.cancel();
@@ -351,6 +366,12 @@ impl Worker {
             let next = async {
                 let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
                 let (stop, reason) = self.track(id, token, asked);
+                if self.swept.load(Ordering::SeqCst) {
+                    // Came after the grace's sweep (handed over, claimed, or claimed by a
+                    // finish just before the shutdown): stopped and given back at once.
+                    *reason.lock() = StopReason::Release;
+                    stop.cancel();
+                }
                 let next = self.execute(&job, &slot, token, stop, reason).await;
                 self.running.lock().remove(&id);
                 next

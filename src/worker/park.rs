@@ -65,11 +65,7 @@ impl Worker {
                     must_claim = true;
                     break;
                 }
-                _ = shutdown.cancelled() => {
-                    // Before waiting for the withdrawal: no finish claims from now on.
-                    self.begin_stopping();
-                    break;
-                }
+                _ = shutdown.cancelled() => break,
                 (slot, answer) = handed(&mut parked) => match answer {
                     Some(Some(job)) => self.spawn_job(job, &slot, asked),
                     // Taken by a submit that rolled back.

@@ -124,17 +124,18 @@ fn claim_these(
 /// queued, or the oldest unreadable (a record of a newer build, a hand edit: `claim` stalls on
 /// it as before, and says so), and nothing was written: the place is dropped (the worker hears
 /// "nothing" at once) and the finish stands. A claim of a QUEUED job is never refused, so only
-/// the database failing while writing it fails this, and with it the finish's request.
+/// the database failing fails this, and with it the finish's request.
 pub(super) fn refill_in(ctx: &mut WriteCtx<'_>, refill: &Refill) -> Result<()> {
     let Some(taken) = refill.take() else {
         return Ok(());
     };
     let queued = match oldest_queued(ctx.conn, &refill.runner, 1) {
         Ok(q) => q,
-        Err(e) => {
+        Err(e) if crate::store::job_record::is_corrupt(&e) => {
             tracing::debug!(runner = %refill.runner, error = %e, "no job claimed with the finish");
             return Ok(());
         }
+        Err(e) => return Err(e),
     };
     if let Some(job) = claim_these(ctx, queued, &taken.worker, taken.lease_ttl)?.pop() {
         ctx.handed.push((taken, job));

@@ -198,7 +198,7 @@ async fn an_unreadable_queued_job_does_not_undo_the_finish() {
     let id = second.id.to_string();
     s.write(move |ctx| {
         ctx.conn
-            .execute("UPDATE jobs SET body = x'ff00' WHERE id = ?1", [id])
+            .execute("UPDATE jobs SET body = 'not a record' WHERE id = ?1", [id])
             .map_err(super::super::db_err)?;
         Ok(())
     })
@@ -210,7 +210,7 @@ async fn an_unreadable_queued_job_does_not_undo_the_finish() {
     assert!(next.get(&refill).await.is_none());
     assert_eq!(status(&s, &first).await, JobStatus::Success);
     assert_eq!(status(&s, &third).await, JobStatus::Queued);
-    // With the start too: the joint write is not undone (nor the others of its transaction).
+    // With the start too: the joint write is not undone.
     submit(&s, "r2").await;
     let other = s.claim("r2", "w1", 1, LEASE).await.unwrap().remove(0);
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
