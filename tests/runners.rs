@@ -656,15 +656,7 @@ command = ["/bin/sh", "-c", "sleep 0.2; echo $JOB_ID >> {}"]
         ids,
         "submit order, once each"
     );
-    let text = ts
-        .client
-        .get(ts.at("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = ts.metrics_text().await;
     let value = |prefix: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(prefix))

@@ -3,9 +3,11 @@
 //! worker, after the finish is recorded; nothing when nothing is queued or the finish is refused;
 //! given back to the queue when the worker is gone by the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{now_us, Command, FinishOutcome, Job, JobStatus};
+use crate::store::handoff::Refill;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{EventLog, FinishSlot, JobQueue, JobStore, StoreSettings};
 
@@ -46,6 +48,25 @@ async fn running_with_a_queue(s: &SqliteStore) -> (Job, Job, Job) {
 
 async fn status(s: &SqliteStore, j: &Job) -> JobStatus {
     s.get(j.id).await.unwrap().expect("stored").status
+}
+
+/// `j`'s start, with its finish (a success) offered first: one write,
+/// whose finish claims into `refill`: the finish's status.
+async fn start_and_finish(s: &SqliteStore, j: &Job, refill: &Arc<Refill>) -> JobStatus {
+    let slot = FinishSlot::refilling(Some(refill.clone()));
+    slot.offer(token(j), FinishOutcome::Success(None))
+        .expect("offered before the start");
+    let (_, end) = s.apply_start(j.id, started(j), slot).await.expect("start");
+    end.expect("finished with the start")
+        .expect("finish")
+        .status
+}
+
+fn started(j: &Job) -> Command {
+    Command::Started {
+        token: token(j),
+        handle: None,
+    }
 }
 
 #[tokio::test]
@@ -136,29 +157,21 @@ async fn a_finish_written_with_its_start_claims_the_next_job_too() {
     let (_dir, s) = open();
     let (first, second, _) = running_with_a_queue(&s).await;
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
-    let slot = FinishSlot::refilling(Some(refill.clone()));
-    slot.offer(token(&first), FinishOutcome::Success(None))
-        .expect("offered before the start");
-    let start = Command::Started {
-        token: token(&first),
-        handle: None,
-    };
-    let (_, end) = s.apply_start(first.id, start, slot).await.expect("start");
     assert_eq!(
-        end.expect("finished with it").unwrap().status,
+        start_and_finish(&s, &first, &refill).await,
         JobStatus::Success
     );
     let (got, _) = next.get(&refill).await.expect("claimed with the finish");
     assert_eq!((got.id, got.status), (second.id, JobStatus::Starting));
     // A start whose attempt has not ended claims nothing.
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
-    let start = Command::Started {
-        token: token(&got),
-        handle: None,
-    };
-    s.apply_start(got.id, start, FinishSlot::refilling(Some(refill.clone())))
-        .await
-        .expect("start");
+    s.apply_start(
+        got.id,
+        started(&got),
+        FinishSlot::refilling(Some(refill.clone())),
+    )
+    .await
+    .expect("start");
     assert!(next.get(&refill).await.is_none());
 }
 
@@ -214,14 +227,9 @@ async fn an_unreadable_queued_job_does_not_undo_the_finish() {
     submit(&s, "r2").await;
     let other = s.claim("r2", "w1", 1, LEASE).await.unwrap().remove(0);
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
-    let slot = FinishSlot::refilling(Some(refill.clone()));
-    slot.offer(token(&other), FinishOutcome::Success(None))
-        .expect("offered");
-    let start = Command::Started {
-        token: token(&other),
-        handle: None,
-    };
-    let (_, end) = s.apply_start(other.id, start, slot).await.expect("start");
-    assert_eq!(end.expect("finished").unwrap().status, JobStatus::Success);
+    assert_eq!(
+        start_and_finish(&s, &other, &refill).await,
+        JobStatus::Success
+    );
     assert!(next.get(&refill).await.is_none());
 }
