@@ -81,6 +81,12 @@ impl MeteredStore {
         r
     }
 
+    /// Counts each job a hand-off or a refill delivers as claimed.
+    fn count_claimed(&self) -> Observer {
+        let metrics = self.metrics.clone();
+        Arc::new(move |j: &Job| metrics.jobs_claimed(std::slice::from_ref(j)))
+    }
+
     /// Calls `count` with the metrics and the value of a committed operation.
     fn count<T>(&self, r: &Result<T>, count: impl FnOnce(&Metrics, &T)) {
         if let Ok(v) = r {
@@ -155,17 +161,15 @@ metered! {
         @by_hand {
             // Not timed (it waits for a submit by design); a job handed over counts as claimed.
             fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
-                let metrics = self.metrics.clone();
-                let count: Observer = Arc::new(move |j: &Job| metrics.jobs_claimed(std::slice::from_ref(j)));
                 self.inner
                     .park(runner, worker, lease_ttl, max)
-                    .map(|p| p.observe(count))
+                    .map(|p| p.observe(self.count_claimed()))
             }
             // A job claimed with a finish counts as claimed when it arrives.
             fn refill(&self, runner: &str, worker: &str, lease_ttl: Duration) -> Option<(Arc<Refill>, NextJob)> {
-                let metrics = self.metrics.clone();
-                let count: Observer = Arc::new(move |j: &Job| metrics.jobs_claimed(std::slice::from_ref(j)));
-                self.inner.refill(runner, worker, lease_ttl).inspect(|(r, _)| r.observe(count))
+                self.inner
+                    .refill(runner, worker, lease_ttl)
+                    .inspect(|(r, _)| r.observe(self.count_claimed()))
             }
         }
     }

@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::config::WorkerConfig;
 use crate::job::{Command, FinishOutcome, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
-use crate::store::handoff::Refill;
+use crate::store::handoff::{NextJob, Refill};
 use crate::store::{Notice, Store};
 use reporter::StoreSink;
 use supervise::{outcome_to_finish, time_limit, Supervised};
@@ -306,13 +306,15 @@ impl Worker {
         }
     }
 
-    /// Records a job this worker now runs under `token` (its lease asked for at `asked`): the
-    /// token that stops it and where the reason for stopping it is written.
+    /// Records a job this worker now runs under `token` (its lease asked for at `asked`), with
+    /// the refill its finish may claim into: the token that stops it and where the reason for
+    /// stopping it is written.
     fn track(
         &self,
         id: Uuid,
         token: u64,
         asked: tokio::time::Instant,
+        refill: Option<Arc<Refill>>,
     ) -> (CancellationToken, Arc<Mutex<StopReason>>) {
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(StopReason::Gone));
@@ -324,7 +326,7 @@ impl Worker {
                 reason: reason.clone(),
                 renewed: asked,
                 fenced: false,
-                refill: None,
+                refill,
             },
         );
         (stop, reason)
@@ -353,7 +355,7 @@ impl Worker {
     }
 
     /// Runs one claimed job to its end, then each job its finish claimed for the slot
-    /// (`Worker::execute`) in the same place.
+    /// (`Worker::refill`) in the same place.
     async fn run_job(
         self: Arc<Self>,
         mut job: Job,
@@ -365,16 +367,26 @@ impl Worker {
             let id = job.id;
             let next = async {
                 let token = job.lease.as_ref().map(|l| l.token).unwrap_or_default();
-                let (stop, reason) = self.track(id, token, asked);
+                let (refill, next) = self.refill(&slot);
+                let (stop, reason) = self.track(id, token, asked, refill.clone());
+                if let Some(f) = refill
+                    .as_ref()
+                    .filter(|_| self.stopping.load(Ordering::SeqCst))
+                {
+                    // Tracked first: either `begin_stopping` closed it, or this sees the flag.
+                    f.close();
+                }
                 if self.swept.load(Ordering::SeqCst) {
                     // Came after the grace's sweep (handed over, claimed, or claimed by a
                     // finish just before the shutdown): stopped and given back at once.
                     *reason.lock() = StopReason::Release;
                     stop.cancel();
                 }
-                let next = self.execute(&job, &slot, token, stop, reason).await;
+                self.execute(&job, &slot, token, stop, reason, refill.clone())
+                    .await;
                 self.running.lock().remove(&id);
-                next
+                let (job, asked) = next?.get(refill.as_deref()?).await?;
+                Some((job, tokio::time::Instant::from_std(asked)))
             }
             .instrument(span)
             .await;
@@ -385,43 +397,24 @@ impl Worker {
         self.wake.notify_one();
     }
 
-    /// Runs one attempt to its end. When it starts in a full slot (jobs are likely QUEUED
-    /// behind it), its finish claims the slot's next QUEUED job where the store can
-    /// (`store/handoff.rs`, `Refill`): that job and when its lease was asked for, for this task
-    /// to run next, without a wake-up of the claim loop and a claim of its own. Not in a slot
-    /// with room: there new jobs are handed over at submit or claimed many at a time, and a
-    /// query in every finish cost more than it saved (docs/benchmarks.md, "Session 25").
-    async fn execute(
-        &self,
-        job: &Job,
-        slot: &RunnerSlot,
-        token: u64,
-        stop: CancellationToken,
-        reason: Arc<Mutex<StopReason>>,
-    ) -> Option<(Job, tokio::time::Instant)> {
+    /// Where the finish of a job starting now in `slot` may claim the slot's next QUEUED job
+    /// (`store/handoff.rs`, `Refill`), for this task to run next without a wake-up of the claim
+    /// loop and a claim of its own: only when the slot is full (jobs are likely QUEUED behind
+    /// it), the store can, and the worker is not stopping. Not in a slot with room: there new
+    /// jobs are handed over at submit or claimed many at a time, and a query in every finish
+    /// cost more than it saved (docs/benchmarks.md, "Session 25").
+    fn refill(&self, slot: &RunnerSlot) -> (Option<Arc<Refill>>, Option<NextJob>) {
         let full = slot.active.load(Ordering::Acquire) >= slot.concurrency;
-        let (refill, next) = if !full || self.stopping.load(Ordering::SeqCst) {
-            None
-        } else {
-            self.store.refill(&slot.name, &self.id, self.cfg.lease_ttl)
+        if !full || self.stopping.load(Ordering::SeqCst) {
+            return (None, None);
         }
-        .unzip();
-        if let Some(f) = &refill {
-            if let Some(r) = self.running.lock().get_mut(&job.id) {
-                r.refill = Some(f.clone());
-            }
-            // Registered first: either `begin_stopping` closes it, or this sees the flag.
-            if self.stopping.load(Ordering::SeqCst) {
-                f.close();
-            }
-        }
-        self.attempt(job, slot, token, stop, reason, refill.clone())
-            .await;
-        let (job, asked) = next?.get(refill.as_deref()?).await?;
-        Some((job, tokio::time::Instant::from_std(asked)))
+        self.store
+            .refill(&slot.name, &self.id, self.cfg.lease_ttl)
+            .unzip()
     }
 
-    async fn attempt(
+    /// Runs one attempt to its end; its finish claims into `refill`, if given.
+    async fn execute(
         &self,
         job: &Job,
         slot: &RunnerSlot,
@@ -523,7 +516,7 @@ impl Worker {
         let id = adopted.id;
         tracing::info!(job_id = %id, "adopted live work of a lost worker");
         slot.active.fetch_add(1, Ordering::AcqRel);
-        let (stop, reason) = self.track(id, token, asked);
+        let (stop, reason) = self.track(id, token, asked, None);
         let reporter = StoreSink::reporter(self.store.clone(), id, token);
         deferred.attach(reporter.clone());
         match recovered {

@@ -133,7 +133,7 @@ impl Worker {
     }
 
     /// Records an attempt's outcome; with `refill`, the finish may claim the slot's next job
-    /// (`Worker::execute`).
+    /// (`Worker::refill`).
     pub(super) async fn finish(
         &self,
         id: Uuid,

@@ -43,12 +43,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn apply(&self, id: Uuid, cmd: Command) -> Result<Job> {
-        self.write(move |ctx| {
-            let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
-            apply_in(ctx, &mut job, cmd, now_us())?;
-            Ok(job)
-        })
-        .await
+        self.write(move |ctx| apply_to(ctx, id, cmd)).await
     }
 
     async fn finish(
@@ -58,8 +53,7 @@ impl JobStore for SqliteStore {
         refill: Option<std::sync::Arc<crate::store::handoff::Refill>>,
     ) -> Result<Job> {
         self.write(move |ctx| {
-            let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
-            apply_in(ctx, &mut job, cmd, now_us())?;
+            let job = apply_to(ctx, id, cmd)?;
             if let Some(r) = &refill {
                 super::queue::refill_in(ctx, r)?;
             }
@@ -78,6 +72,13 @@ impl JobStore for SqliteStore {
         self.write_whole(move |ctx| super::start::start_in(ctx, id, start, &finish))
             .await
     }
+}
+
+/// Applies `cmd` to the stored job `id` in the writer's transaction ([`apply_in`]).
+fn apply_to(ctx: &mut super::WriteCtx<'_>, id: Uuid, cmd: Command) -> Result<Job> {
+    let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
+    apply_in(ctx, &mut job, cmd, now_us())?;
+    Ok(job)
 }
 
 type Args = Vec<Box<dyn rusqlite::ToSql>>;

@@ -80,20 +80,8 @@ fn oldest_queued(conn: &Connection, runner: &str, max: usize) -> Result<Vec<Job>
     )
 }
 
-/// Claims the oldest (up to `max`) QUEUED jobs of `runner` for `worker`, in the writer's
-/// transaction: [`JobQueue::claim`].
-fn claim_in(
-    ctx: &mut WriteCtx<'_>,
-    runner: &str,
-    worker: &str,
-    max: usize,
-    lease_ttl: Duration,
-) -> Result<Vec<Job>> {
-    let queued = oldest_queued(ctx.conn, runner, max)?;
-    claim_these(ctx, queued, worker, lease_ttl)
-}
-
-/// Claims `queued` (QUEUED jobs just read) for `worker`.
+/// Claims `queued` (QUEUED jobs just read) for `worker`, in the writer's transaction:
+/// [`JobQueue::claim`], and a finish's refill ([`refill_in`]).
 fn claim_these(
     ctx: &mut WriteCtx<'_>,
     queued: Vec<Job>,
@@ -159,8 +147,11 @@ impl JobQueue for SqliteStore {
         let worker = worker.to_string();
         // Only QUEUED jobs are read, and a claim of a QUEUED job is never refused: nothing is
         // refused after the first write.
-        self.write_whole(move |ctx| claim_in(ctx, &runner, &worker, max, lease_ttl))
-            .await
+        self.write_whole(move |ctx| {
+            let queued = oldest_queued(ctx.conn, &runner, max)?;
+            claim_these(ctx, queued, &worker, lease_ttl)
+        })
+        .await
     }
 
     async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
