@@ -327,8 +327,9 @@ pub fn unknown_env(names: impl Iterator<Item = String>) -> Vec<(String, String)>
     out
 }
 
-/// Starts the spawner of local jobs (runners/src/spawn.rs) when a local runner is configured,
-/// so that jobs are not forked from the whole server. A spawner that cannot start is a warning:
+/// Starts the spawners of local jobs (runners/src/spawn.rs, `worker.spawners`) when a local
+/// runner is configured, so that jobs are not forked from the whole server. A spawner that cannot
+/// start is a warning:
 /// jobs are then forked by the server, as before.
 ///
 /// # Safety
@@ -338,8 +339,8 @@ pub unsafe fn start_spawner(config: &Config) {
     if !config.runners.iter().any(|r| r.kind == RunnerKind::Local) {
         return;
     }
-    if let Err(e) = runyard_runners::spawn::start_early() {
-        tracing::warn!(error = %e, "cannot start the spawner process: local jobs are forked by the server");
+    if let Err(e) = runyard_runners::spawn::start_early(config.worker.spawners) {
+        tracing::warn!(error = %e, "cannot start the spawner processes: local jobs are forked by the server");
     }
 }
 

@@ -1,7 +1,7 @@
-//! Local jobs are started by the spawner process (runners/src/spawn.rs), not forked from the
+//! Local jobs are started by the spawner processes (runners/src/spawn.rs), not forked from the
 //! server, and every guarantee of the local runner holds through it: the job's environment is
 //! scrubbed (no master key, only its own secret), cancel kills the job's whole process group, and
-//! `kill -9` of the server takes the spawner and the jobs it started with it.
+//! `kill -9` of the server takes the spawners and the jobs they started with it.
 
 mod support;
 
@@ -91,7 +91,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         &c,
         format!(
-            "data_dir = {}\n[[runners]]\nkind = \"local\"\ntypes = [\"sp.*\"]\n\
+            "data_dir = {}\n[worker]\nspawners = 2\n[[runners]]\nkind = \"local\"\ntypes = [\"sp.*\"]\n\
              command = [\"/bin/sh\", \"-c\", {}]\nenv_allow = [\"PATH\"]\n",
             toml_str(&dir.join("data").to_string_lossy()),
             toml_str(script)
@@ -124,20 +124,31 @@ async fn jobs_come_from_the_spawner_scrubbed_cancellable_and_die_with_a_killed_s
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let server_pid = i64::from(server.id());
+    // `worker.spawners = 2`: two children of the server, made before its first thread.
+    let spawners: Vec<i64> =
+        std::fs::read_to_string(format!("/proc/{server_pid}/task/{server_pid}/children"))
+            .expect("the server's children")
+            .split_whitespace()
+            .map(|p| p.parse().expect("pid"))
+            .collect();
+    assert_eq!(spawners.len(), 2, "the server's children: {spawners:?}");
 
     // The job's parent is the spawner, a child of the server, not the server itself.
     let a = submit(&http, &url).await;
     let got = lines(&http, &url, &a, "ready=").await;
     let spawner = value(&got, "ppid=");
     assert_ne!(spawner, server_pid, "the job was forked by the server");
+    assert!(spawners.contains(&spawner), "{spawner} of {spawners:?}");
     assert_eq!(
         stat_field(spawner, 4).as_deref(),
         Some(server_pid.to_string().as_str()),
         "the job's parent is not the server's spawner"
     );
-    // Neither the spawner nor the job holds the master key; the job has its own secret only.
-    let environ = std::fs::read(format!("/proc/{spawner}/environ")).unwrap_or_default();
-    assert!(!String::from_utf8_lossy(&environ).contains(&key));
+    // Neither the spawners nor the job hold the master key; the job has its own secret only.
+    for s in &spawners {
+        let environ = std::fs::read(format!("/proc/{s}/environ")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&environ).contains(&key));
+    }
     assert!(
         got.iter()
             .all(|l| !l.contains(&key) && !l.starts_with("RUNYARD_")),
@@ -163,18 +174,16 @@ async fn jobs_come_from_the_spawner_scrubbed_cancellable_and_die_with_a_killed_s
         "cancelled job's background child",
     );
 
-    // kill -9 of the server: the spawner dies with it, and the job it started with the spawner.
+    // kill -9 of the server: the spawners die with it, and the job one started with them.
     let b = submit(&http, &url).await;
     let got = lines(&http, &url, &b, "ready=").await;
     let (leader, bg) = (value(&got, "leader="), value(&got, "bg="));
-    assert_eq!(value(&got, "ppid="), spawner, "one spawner for every job");
+    assert!(spawners.contains(&value(&got, "ppid=")), "{got:?}");
     let _ = server.kill();
     let _ = server.wait();
-    wait_dead(
-        spawner,
-        Duration::from_secs(5),
-        "spawner of a killed server",
-    );
+    for s in spawners {
+        wait_dead(s, Duration::from_secs(5), "spawner of a killed server");
+    }
     wait_dead(leader, Duration::from_secs(5), "job of a killed server");
     // What the job left in its group is for recovery after a restart (as before): not here.
     // Safety: plain syscall on the job's group.

@@ -12,12 +12,17 @@
 //! `SOCK_SEQPACKET` socket; in a burst, a few starts to a message), and later the job's wait
 //! status once it has reaped it (with the next starts, or on its own).
 //!
-//! The spawner has `PR_SET_PDEATHSIG(SIGKILL)` on the server's main thread and leaves when the
-//! server closes its socket, so `kill -9` of the server kills the spawner, which kills its jobs:
-//! no orphan, as before. The server still signals a job's group itself (cancel, timeout) and
-//! still recovers by pid and start time after a restart. Should the spawner die while the server
-//! runs, running jobs fail (their status is unknown; they died with it) and later jobs are
-//! forked by the server as before.
+//! There are several spawners (`worker.spawners`; by default one per CPU, at most
+//! [`MAX_AUTO_SPAWNERS`]): a spawner starts one job at a time and waits in `clone` until that job
+//! has called `execve`, so on a busy machine one alone paces every local job. Each job goes to the
+//! spawner with the fewest starts under way ([`shared`]).
+//!
+//! Each spawner has `PR_SET_PDEATHSIG(SIGKILL)` on the server's main thread and leaves when the
+//! server closes its socket, so `kill -9` of the server kills the spawners, which kill their
+//! jobs: no orphan, as before. The server still signals a job's group itself (cancel, timeout)
+//! and still recovers by pid and start time after a restart. Should a spawner die while the
+//! server runs, its running jobs fail (their status is unknown; they died with it) and later jobs
+//! go to the other spawners; once none is left, they are forked by the server as before.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -34,64 +39,127 @@ use tokio::sync::oneshot;
 use crate::isolation::Isolation;
 use crate::spawn_wire::{recv_with_fds, Reply, Request};
 
-static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+static SPAWNERS: OnceLock<Vec<Spawner>> = OnceLock::new();
 
-/// Starts the spawner process (once; later calls do nothing).
+/// Spawners started when the caller asks for none in particular: one per CPU, at most this many.
+/// One spawner starts one job at a time: it waits in `clone` until the job has called `execve`
+/// (`CLONE_VFORK`), so on a busy machine a single one paces every local job (with `/bin/true`
+/// jobs on two cores it waited on its children half of the time and never on the server).
+pub const MAX_AUTO_SPAWNERS: usize = 4;
+
+/// The server's and the spawner's ends of one spawner's two sockets.
+struct Ends {
+    req_server: UnixStream,
+    req_spawner: UnixStream,
+    rep_spawner: OwnedFd,
+    rep_server: OwnedFd,
+}
+
+/// Starts `count` spawner processes (0: one per CPU, at most [`MAX_AUTO_SPAWNERS`]); once, later
+/// calls do nothing. Jobs go to the spawner with the fewest starts under way, so one held by a
+/// slow start (a hung mount) does not hold the others'.
 ///
 /// # Safety
 /// Call it while the process has a single thread, from the thread that lives as long as the
-/// process (the main thread): the spawner is a `fork` of the caller, and its parent-death signal
+/// process (the main thread): each spawner is a `fork` of the caller, and its parent-death signal
 /// follows that thread. Call it after secrets were taken out of the environment and the process
-/// was made non-dumpable: the spawner keeps the environment and the flags it was forked with.
-pub unsafe fn start_early() -> io::Result<()> {
-    if SPAWNER.get().is_some() {
+/// was made non-dumpable: a spawner keeps the environment and the flags it was forked with.
+pub unsafe fn start_early(count: usize) -> io::Result<()> {
+    if SPAWNERS.get().is_some() {
         return Ok(());
     }
-    let (req_server, req_spawner) = UnixStream::pair()?;
-    let (rep_spawner, rep_server) = seqpacket_pair()?;
+    let count = match count {
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_AUTO_SPAWNERS),
+        n => n,
+    };
+    let mut ends = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (req_server, req_spawner) = UnixStream::pair()?;
+        let (rep_spawner, rep_server) = seqpacket_pair()?;
+        ends.push(Ends {
+            req_server,
+            req_spawner,
+            rep_spawner,
+            rep_server,
+        });
+    }
     let server = libc::getpid();
-    match libc::fork() {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            drop(req_server);
-            drop(rep_server);
-            // Dies with the server; the server may already be gone.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
-                || libc::getppid() != server
-            {
-                libc::_exit(0);
+    let mut started = Vec::with_capacity(count);
+    for i in 0..count {
+        match libc::fork() {
+            -1 if started.is_empty() => return Err(io::Error::last_os_error()),
+            // Fewer spawners than asked: the ones started serve.
+            -1 => break,
+            0 => {
+                // Its own spawner-side ends only: every other descriptor of the pairs is closed.
+                let mine = ends.swap_remove(i);
+                drop(ends);
+                drop(mine.req_server);
+                drop(mine.rep_server);
+                // Dies with the server; the server may already be gone.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                    || libc::getppid() != server
+                {
+                    libc::_exit(0);
+                }
+                crate::spawn_process::serve(mine.req_spawner.into(), mine.rep_spawner)
             }
-            crate::spawn_process::serve(req_spawner.into(), rep_spawner)
-        }
-        pid => {
-            drop(req_spawner);
-            drop(rep_spawner);
-            let shared = Arc::new(Shared::default());
-            let reader = shared.clone();
-            std::thread::Builder::new()
-                .name("runyard-spawner".into())
-                .spawn(move || read_replies(rep_server, &reader, pid))?;
-            let _ = SPAWNER.set(Spawner {
-                pid: pid as u32,
-                requests: Mutex::new(req_server),
-                shared,
-                next_id: AtomicU64::new(1),
-            });
-            Ok(())
+            pid => started.push(pid),
         }
     }
+    let mut spawners = Vec::with_capacity(started.len());
+    for (pid, e) in started.into_iter().zip(ends) {
+        drop(e.req_spawner);
+        drop(e.rep_spawner);
+        let shared = Arc::new(Shared::default());
+        let reader = shared.clone();
+        let rep_server = e.rep_server;
+        std::thread::Builder::new()
+            .name("runyard-spawner".into())
+            .spawn(move || read_replies(rep_server, &reader, pid))?;
+        spawners.push(Spawner {
+            pid: pid as u32,
+            requests: Mutex::new(e.req_server),
+            shared,
+            next_id: AtomicU64::new(1),
+        });
+    }
+    let _ = SPAWNERS.set(spawners);
+    Ok(())
 }
 
-/// The spawner, when one was started and is still there.
+/// The spawner to start the next job: of those still there, the one with the fewest starts
+/// under way (the next in turn among equals); `None` when none was started or all are gone.
 pub(crate) fn shared() -> Option<&'static Spawner> {
-    SPAWNER
-        .get()
-        .filter(|s| !s.shared.dead.load(Ordering::SeqCst))
+    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let all = SPAWNERS.get()?;
+    let loads = all
+        .iter()
+        .map(|s| (!s.shared.dead.load(Ordering::SeqCst)).then(|| lock(&s.shared.pending).len()));
+    pick(loads, TURN.fetch_add(1, Ordering::Relaxed)).map(|i| &all[i])
 }
 
-/// The pid of the spawner process, when one runs (for tests and diagnostics).
-pub fn spawner_pid() -> Option<u32> {
-    shared().map(|s| s.pid)
+/// Of spawners with these starts under way (`None`: gone), the index of the one with the fewest,
+/// the first at or after `turn` (modulo their number) among equals.
+fn pick(loads: impl ExactSizeIterator<Item = Option<usize>>, turn: usize) -> Option<usize> {
+    let n = loads.len();
+    loads
+        .enumerate()
+        .filter_map(|(i, load)| Some((load?, (i + n - turn % n.max(1)) % n.max(1), i)))
+        .min()
+        .map(|(_, _, i)| i)
+}
+
+/// The pids of the spawner processes still there (for tests and diagnostics).
+pub fn spawner_pids() -> Vec<u32> {
+    SPAWNERS.get().map_or_else(Vec::new, |all| {
+        all.iter()
+            .filter(|s| !s.shared.dead.load(Ordering::SeqCst))
+            .map(|s| s.pid)
+            .collect()
+    })
 }
 
 fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -240,7 +308,17 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
         let _ = tx.send(Err(gone()));
     }
     lock(&shared.exits).clear();
-    tracing::error!("the spawner process ended: local jobs are now started by forking the server");
+    if spawner_pids().is_empty() {
+        tracing::error!(
+            spawner = spawner,
+            "the last spawner process ended: local jobs are now started by forking the server"
+        );
+    } else {
+        tracing::error!(
+            spawner = spawner,
+            "a spawner process ended: its running jobs failed, the other spawners start the next"
+        );
+    }
     // Safety: reaps our own child.
     unsafe { libc::waitpid(spawner, std::ptr::null_mut(), 0) };
 }
@@ -308,5 +386,27 @@ fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: [Op
         lock(&shared.exits).remove(&pid);
         // Safety: plain syscall on the job's own group.
         unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn a_job_goes_to_the_least_busy_spawner_still_there_in_turn_among_equals() {
+        let pick = |loads: &[Option<usize>], turn| pick(loads.iter().copied(), turn);
+        // In turn when all are equal.
+        assert_eq!(pick(&[Some(0), Some(0)], 0), Some(0));
+        assert_eq!(pick(&[Some(0), Some(0)], 1), Some(1));
+        assert_eq!(pick(&[Some(0), Some(0), Some(0)], 5), Some(2));
+        // The one with fewer starts under way, whoever's turn it is.
+        assert_eq!(pick(&[Some(3), Some(1)], 0), Some(1));
+        assert_eq!(pick(&[Some(0), Some(2)], 1), Some(0));
+        // Never one that is gone; none when all are.
+        assert_eq!(pick(&[None, Some(9)], 0), Some(1));
+        assert_eq!(pick(&[Some(0), None], 1), Some(0));
+        assert_eq!(pick(&[None, None], 0), None);
+        assert_eq!(pick(&[], 3), None);
     }
 }

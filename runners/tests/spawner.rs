@@ -1,6 +1,7 @@
-//! The local runner through the spawner process (runners/src/spawn.rs): output, exit codes and
-//! signals, launch errors, stop killing the whole group, and what happens when the spawner dies.
-//! Without libtest's harness: the spawner is forked first, while this process has one thread.
+//! The local runner through two spawner processes (runners/src/spawn.rs): output, exit codes and
+//! signals, launch errors, stop killing the whole group, jobs shared among the spawners, and what
+//! happens when a spawner dies, then the other. Without libtest's harness: the spawners are
+//! forked first, while this process has one thread.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,7 +74,7 @@ async fn wait_dead(pid: i32, what: &str) {
     }
 }
 
-async fn output_env_exit_codes_and_signals(spawner: u32) {
+async fn output_env_exit_codes_and_signals(spawners: &[u32]) {
     let lines = Arc::new(Lines::default());
     let r = sh("echo id=$JOB_ID args=$JOB_ARGS ppid=$PPID; echo oops >&2; exit 3");
     let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
@@ -86,8 +87,14 @@ async fn output_env_exit_codes_and_signals(spawner: u32) {
         }
     );
     let got = lines.0.lock().unwrap().clone();
-    let want = format!("id=0190-spawn args={{\"a\":1}} ppid={spawner}");
-    assert!(got.contains(&(LogStream::Stdout, want)), "{got:?}");
+    let parent = got.iter().find_map(|(s, l)| {
+        let ppid = l.strip_prefix("id=0190-spawn args={\"a\":1} ppid=")?;
+        (*s == LogStream::Stdout).then(|| ppid.parse::<u32>().ok())?
+    });
+    assert!(
+        parent.is_some_and(|p| spawners.contains(&p)),
+        "not a spawner's job: {got:?}, spawners {spawners:?}"
+    );
     assert!(got.contains(&(LogStream::Stderr, "oops".into())), "{got:?}");
     let mut ex = sh("kill -TERM $$")
         .launch(spec(), lines.clone())
@@ -214,7 +221,7 @@ fn minor_faults(pid: u32) -> u64 {
 
 /// The spawner does not copy itself for each job: a `fork` would leave its writable pages
 /// copy-on-write, so it would take page faults on its own stack and heap after every job.
-async fn the_spawner_does_not_copy_itself_per_job(spawner: u32) {
+async fn the_spawner_does_not_copy_itself_per_job(spawners: &[u32]) {
     let r = LocalRunner::new(LocalConfig {
         command: vec!["/bin/true".into()],
         ..Default::default()
@@ -224,15 +231,16 @@ async fn the_spawner_does_not_copy_itself_per_job(spawner: u32) {
     // One job first: the spawner's buffers are grown once and for all.
     let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
     ex.wait().await;
-    let before = minor_faults(spawner);
+    let faults = || spawners.iter().map(|&p| minor_faults(p)).sum::<u64>();
+    let before = faults();
     for _ in 0..jobs {
         let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
         assert_eq!(ex.wait().await, Outcome::Success { result: None });
     }
-    let faults = minor_faults(spawner) - before;
+    let faults = faults() - before;
     assert!(
         faults < jobs / 2,
-        "the spawner took {faults} page faults for {jobs} jobs"
+        "the spawners took {faults} page faults for {jobs} jobs"
     );
 }
 
@@ -259,29 +267,33 @@ async fn handles_carry_the_start_time_the_kernel_reports() {
 }
 
 /// A burst of jobs started at once (their starts come back a few to a message): each job's
-/// output reaches its own execution, and each ends with its own exit code.
-async fn a_burst_of_jobs_each_gets_its_own_pipes_and_exit() {
+/// output reaches its own execution, and each ends with its own exit code; every spawner starts
+/// some of them.
+async fn a_burst_of_jobs_each_gets_its_own_pipes_and_exit(spawners: &[u32]) {
     let launches = (0..48).map(|i| async move {
         let lines = Arc::new(Lines::default());
-        let mut ex = sh(&format!("echo out={i}; echo err={i} >&2; exit {}", i % 7))
-            .launch(spec(), lines.clone())
-            .await
-            .unwrap();
+        let script = format!(
+            "echo out={i}; echo err={i} >&2; echo ppid=$PPID; exit {}",
+            i % 7
+        );
+        let mut ex = sh(&script).launch(spec(), lines.clone()).await.unwrap();
         // Bounded: an exit told before its start would be lost, and the wait would hang.
         let out = tokio::time::timeout(Duration::from_secs(30), ex.wait())
             .await
             .unwrap_or_else(|_| panic!("job {i} never reported its end"));
         (i, out, lines)
     });
+    let mut parents = std::collections::HashSet::new();
     for (i, out, lines) in futures::future::join_all(launches).await {
         let code = i % 7;
+        parents.insert(lines.value("ppid=").await as u32);
         match &out {
             Outcome::Success { .. } => assert_eq!(code, 0, "job {i}"),
             Outcome::Failed { exit_code, .. } => assert_eq!(*exit_code, Some(code), "job {i}"),
             other => panic!("job {i}: {other:?}"),
         }
         let got = lines.0.lock().unwrap().clone();
-        assert_eq!(got.len(), 2, "job {i}: {got:?}");
+        assert_eq!(got.len(), 3, "job {i}: {got:?}");
         assert!(
             got.contains(&(LogStream::Stdout, format!("out={i}"))),
             "job {i}: {got:?}"
@@ -291,18 +303,23 @@ async fn a_burst_of_jobs_each_gets_its_own_pipes_and_exit() {
             "job {i}: {got:?}"
         );
     }
+    let want: std::collections::HashSet<u32> = spawners.iter().copied().collect();
+    assert_eq!(parents, want, "the spawners that started the burst's jobs");
 }
 
-/// The spawner killed: its job dies with it and fails; later jobs are forked by this process.
-async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner: u32) {
+/// A spawner killed: its job dies with it and fails, later jobs go to the other spawner; with
+/// both gone, later jobs are forked by this process.
+async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawners: &[u32]) {
     let lines = Arc::new(Lines::default());
-    let mut ex = sh("echo leader=$$; sleep 300")
+    let mut ex = sh("echo leader=$$; echo ppid=$PPID; sleep 300")
         .launch(spec(), lines.clone())
         .await
         .unwrap();
     let leader = lines.value("leader=").await;
+    let first = lines.value("ppid=").await as u32;
+    assert!(spawners.contains(&first), "{first} of {spawners:?}");
     // Safety: plain syscall on our own child.
-    unsafe { libc::kill(spawner as i32, libc::SIGKILL) };
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
     wait_dead(leader, "job of a killed spawner").await;
     let out = tokio::time::timeout(Duration::from_secs(10), ex.wait())
         .await
@@ -312,8 +329,29 @@ async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner: u32) {
         "{out:?}"
     );
     let until = Instant::now() + Duration::from_secs(10);
-    while runyard_runners::spawn::spawner_pid().is_some() {
+    while runyard_runners::spawn::spawner_pids().contains(&first) {
         assert!(Instant::now() < until, "the spawner's death went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<u32> = spawners.iter().copied().filter(|&p| p != first).collect();
+    assert_eq!(runyard_runners::spawn::spawner_pids(), left);
+    // Later jobs: from the spawner left, every one of them.
+    for _ in 0..4 {
+        let lines = Arc::new(Lines::default());
+        let mut ex = sh("echo ppid=$PPID")
+            .launch(spec(), lines.clone())
+            .await
+            .unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        assert_eq!(lines.value("ppid=").await as u32, left[0]);
+    }
+    // Safety: plain syscall on our own child.
+    unsafe { libc::kill(left[0] as i32, libc::SIGKILL) };
+    while !runyard_runners::spawn::spawner_pids().is_empty() {
+        assert!(
+            Instant::now() < until,
+            "the last spawner's death went unnoticed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lines = Arc::new(Lines::default());
@@ -327,15 +365,16 @@ async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner: u32) {
 
 fn main() {
     // Safety: the only thread of this process so far, and the main one.
-    unsafe { runyard_runners::spawn::start_early() }.expect("the spawner starts");
-    let spawner = runyard_runners::spawn::spawner_pid().expect("a spawner runs");
+    unsafe { runyard_runners::spawn::start_early(2) }.expect("the spawners start");
+    let spawners = runyard_runners::spawn::spawner_pids();
+    assert_eq!(spawners.len(), 2, "{spawners:?}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        output_env_exit_codes_and_signals(spawner).await;
+        output_env_exit_codes_and_signals(&spawners).await;
         println!("output, exit codes and signals ... ok");
         jobs_start_as_command_started_them().await;
         println!("jobs start as Command started them ... ok");
-        the_spawner_does_not_copy_itself_per_job(spawner).await;
+        the_spawner_does_not_copy_itself_per_job(&spawners).await;
         println!("the spawner does not copy itself per job ... ok");
         a_program_that_cannot_start_fails_the_launch().await;
         println!("a program that cannot start fails the launch ... ok");
@@ -343,9 +382,11 @@ fn main() {
         println!("stop kills the whole group ... ok");
         handles_carry_the_start_time_the_kernel_reports().await;
         println!("handles carry the start time the kernel reports ... ok");
-        a_burst_of_jobs_each_gets_its_own_pipes_and_exit().await;
+        a_burst_of_jobs_each_gets_its_own_pipes_and_exit(&spawners).await;
         println!("a burst of jobs each gets its own pipes and exit ... ok");
-        a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawner).await;
-        println!("a dead spawner takes its jobs, later jobs still run ... ok");
+        a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(&spawners).await;
+        println!(
+            "a dead spawner takes its jobs, later jobs go to the other, then to a fork ... ok"
+        );
     });
 }

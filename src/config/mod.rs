@@ -345,6 +345,20 @@ types = ["thumbnail"]
     }
 
     #[test]
+    fn spawners_are_one_per_cpu_by_default_and_bounded() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.worker.spawners, 0, "the default: one per CPU, at most 4");
+        let c = Config::from_toml("[worker]\nspawners = 3").unwrap();
+        assert_eq!(c.worker.spawners, 3);
+        for bad in ["65", "-1", "\"two\""] {
+            let e = Config::from_toml(&format!("[worker]\nspawners = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("spawners"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = Config::from_toml("lisen = \"x\"").unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");

@@ -87,6 +87,8 @@ pub struct WorkerConfig {
     /// store change instead of two. `0s` records the start at once.
     #[serde(with = "humantime_serde")]
     pub quick_exit_wait: Duration,
+    /// Spawner processes that start local jobs (runners/src/spawn.rs); 0: one per CPU, at most 4.
+    pub spawners: usize,
 }
 
 impl Default for WorkerConfig {
@@ -99,6 +101,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_secs(1),
             exit_grace: Duration::from_secs(10),
             quick_exit_wait: Duration::from_millis(5),
+            spawners: 0,
         }
     }
 }

@@ -87,10 +87,16 @@ impl Config {
         Ok(())
     }
 
-    /// `worker.lease_ttl` and the `[api]` limits.
+    /// `worker.lease_ttl`, `worker.spawners` and the `[api]` limits.
     fn check_api(&self) -> Result<(), ConfigError> {
         if self.worker.lease_ttl < Duration::from_millis(300) {
             return err("worker.lease_ttl".into(), "must be at least 300ms");
+        }
+        if self.worker.spawners > 64 {
+            return err(
+                "worker.spawners".into(),
+                "must be at most 64 (0: one per CPU, at most 4)",
+            );
         }
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes".into(), "must be at least 1024");
