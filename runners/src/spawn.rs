@@ -116,15 +116,32 @@ pub unsafe fn start_early(count: usize) -> io::Result<()> {
         let shared = Arc::new(Shared::default());
         let reader = shared.clone();
         let rep_server = e.rep_server;
-        std::thread::Builder::new()
+        let read = std::thread::Builder::new()
             .name("runyard-spawner".into())
-            .spawn(move || read_replies(rep_server, &reader, pid))?;
+            .spawn(move || read_replies(rep_server, &reader, pid));
+        if let Err(err) = read {
+            // No reader, no spawner: stopped and reaped here, never left a zombie.
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+            tracing::warn!(error = %err, "cannot start a spawner's reader thread");
+            continue;
+        }
         spawners.push(Spawner {
             pid: pid as u32,
             requests: Mutex::new(e.req_server),
             shared,
             next_id: AtomicU64::new(1),
         });
+    }
+    if spawners.is_empty() {
+        return Err(io::Error::other("no spawner's reader thread could start"));
+    }
+    if spawners.len() < count {
+        tracing::warn!(
+            started = spawners.len(),
+            asked = count,
+            "fewer spawner processes than asked for"
+        );
     }
     let _ = SPAWNERS.set(spawners);
     Ok(())
