@@ -328,9 +328,8 @@ pub fn unknown_env(names: impl Iterator<Item = String>) -> Vec<(String, String)>
 }
 
 /// Starts the spawners of local jobs (runners/src/spawn.rs, `worker.spawners`) when a local
-/// runner is configured, so that jobs are not forked from the whole server. A spawner that cannot
-/// start is a warning:
-/// jobs are then forked by the server, as before.
+/// runner is configured, so that jobs are not forked from the whole server. Spawners that cannot
+/// start are a warning: jobs are then forked by the server, as before.
 ///
 /// # Safety
 /// Call it from the main thread while it is the only thread, after the secrets left the

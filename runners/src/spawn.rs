@@ -56,8 +56,8 @@ struct Ends {
 }
 
 /// Starts `count` spawner processes (0: one per CPU, at most [`MAX_AUTO_SPAWNERS`]); once, later
-/// calls do nothing. Jobs go to the spawner with the fewest starts under way, so one held by a
-/// slow start (a hung mount) does not hold the others'.
+/// calls do nothing. Jobs go to the spawner with the fewest starts under way (one held by a slow
+/// start, a hung mount, still gets jobs when the others are as busy).
 ///
 /// # Safety
 /// Call it while the process has a single thread, from the thread that lives as long as the
@@ -154,7 +154,7 @@ pub(crate) fn shared() -> Option<&'static Spawner> {
     let all = SPAWNERS.get()?;
     let loads = all
         .iter()
-        .map(|s| (!s.shared.dead.load(Ordering::SeqCst)).then(|| lock(&s.shared.pending).len()));
+        .map(|s| s.alive().then(|| lock(&s.shared.pending).len()));
     pick(loads, TURN.fetch_add(1, Ordering::Relaxed)).map(|i| &all[i])
 }
 
@@ -172,10 +172,7 @@ fn pick(loads: impl ExactSizeIterator<Item = Option<usize>>, turn: usize) -> Opt
 /// The pids of the spawner processes still there (for tests and diagnostics).
 pub fn spawner_pids() -> Vec<u32> {
     SPAWNERS.get().map_or_else(Vec::new, |all| {
-        all.iter()
-            .filter(|s| !s.shared.dead.load(Ordering::SeqCst))
-            .map(|s| s.pid)
-            .collect()
+        all.iter().filter(|s| s.alive()).map(|s| s.pid).collect()
     })
 }
 
@@ -251,6 +248,11 @@ fn gone() -> io::Error {
 }
 
 impl Spawner {
+    /// Its reader has not seen it end.
+    fn alive(&self) -> bool {
+        !self.shared.dead.load(Ordering::SeqCst)
+    }
+
     /// Starts a job; returns once it runs (or could not start).
     pub(crate) async fn spawn(&self, mut req: Request) -> io::Result<Started> {
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);

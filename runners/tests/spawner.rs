@@ -337,13 +337,7 @@ async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawners: &[u32]
     assert_eq!(runyard_runners::spawn::spawner_pids(), left);
     // Later jobs: from the spawner left, every one of them.
     for _ in 0..4 {
-        let lines = Arc::new(Lines::default());
-        let mut ex = sh("echo ppid=$PPID")
-            .launch(spec(), lines.clone())
-            .await
-            .unwrap();
-        assert_eq!(ex.wait().await, Outcome::Success { result: None });
-        assert_eq!(lines.value("ppid=").await as u32, left[0]);
+        assert_eq!(parent_of_a_job().await as u32, left[0]);
     }
     // Safety: plain syscall on our own child.
     unsafe { libc::kill(left[0] as i32, libc::SIGKILL) };
@@ -354,13 +348,18 @@ async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawners: &[u32]
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(parent_of_a_job().await, std::process::id() as i32);
+}
+
+/// Runs a job that prints its parent's pid; returns that pid once the job has succeeded.
+async fn parent_of_a_job() -> i32 {
     let lines = Arc::new(Lines::default());
     let mut ex = sh("echo ppid=$PPID")
         .launch(spec(), lines.clone())
         .await
         .unwrap();
     assert_eq!(ex.wait().await, Outcome::Success { result: None });
-    assert_eq!(lines.value("ppid=").await, std::process::id() as i32);
+    lines.value("ppid=").await
 }
 
 fn main() {
