@@ -232,8 +232,11 @@ impl Runner for LocalRunner {
         spec: JobSpec,
         reporter: SharedReporter,
     ) -> Result<Box<dyn Execution>, RunnerError> {
-        if let Some(spawner) = crate::spawn::shared() {
-            return self.launch_spawned(spawner, &spec, reporter).await;
+        if crate::spawn::available() {
+            if let Some(execution) = self.launch_spawned(&spec, reporter.clone()).await? {
+                return Ok(execution);
+            }
+            // Every spawner went away before the request reached one: forked, as below.
         }
         let mut cmd = self.command(&spec)?;
         let workdir = self.prepare(&spec, &mut cmd)?;
@@ -309,13 +312,13 @@ struct Placement {
 }
 
 impl LocalRunner {
-    /// [`Runner::launch`] through the spawner process (see [`crate::spawn`]).
+    /// [`Runner::launch`] through a spawner process (see [`crate::spawn`]); `None` when none was
+    /// left to take the job.
     async fn launch_spawned(
         &self,
-        spawner: &crate::spawn::Spawner,
         spec: &JobSpec,
         reporter: SharedReporter,
-    ) -> Result<Box<dyn Execution>, RunnerError> {
+    ) -> Result<Option<Box<dyn Execution>>, RunnerError> {
         let cmd = self.command(spec)?;
         let place = self.placement(spec)?;
         // Removes the directory if the child made it but the launch failed.
@@ -328,10 +331,10 @@ impl LocalRunner {
             &self.isolation,
         );
         let what = format!("cannot start `{}`", self.config.command[0]);
-        let started = spawner
-            .spawn(req)
-            .await
-            .map_err(|e| RunnerError::from_launch_io(&what, &e))?;
+        let Some(started) = crate::spawn::start(req).await else {
+            return Ok(None);
+        };
+        let started = started.map_err(|e| RunnerError::from_launch_io(&what, &e))?;
         let pipe = |fd| {
             tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| RunnerError::from_launch_io(&what, &e))
@@ -343,7 +346,7 @@ impl LocalRunner {
                 return Err(e);
             }
         };
-        Ok(Box::new(LocalExecution {
+        Ok(Some(Box::new(LocalExecution {
             child: Proc::Spawned(started.child),
             pid: started.pid,
             start_time: started.start_time,
@@ -351,7 +354,7 @@ impl LocalRunner {
             drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
-        }))
+        })))
     }
 }
 

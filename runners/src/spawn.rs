@@ -15,7 +15,7 @@
 //! There are several spawners (`worker.spawners`; by default one per CPU, at most
 //! [`MAX_AUTO_SPAWNERS`]): a spawner starts one job at a time and waits in `clone` until that job
 //! has called `execve`, so on a busy machine one alone paces every local job. Each job goes to the
-//! spawner with the fewest starts under way ([`shared`]).
+//! spawner with the fewest starts under way, one stalled in a start last ([`start`]).
 //!
 //! Each spawner has `PR_SET_PDEATHSIG(SIGKILL)` on the server's main thread and leaves when the
 //! server closes its socket, so `kill -9` of the server kills the spawners, which kill their
@@ -33,6 +33,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -47,6 +48,17 @@ static SPAWNERS: OnceLock<Vec<Spawner>> = OnceLock::new();
 /// jobs on two cores it waited on its children half of the time and never on the server).
 pub const MAX_AUTO_SPAWNERS: usize = 4;
 
+/// The most spawners there can be (more asked for: this many).
+pub const MAX_SPAWNERS: usize = 64;
+
+/// How many spawners [`start_early`] starts when asked for `asked` on `cpus` CPUs.
+pub fn spawner_count(asked: usize, cpus: usize) -> usize {
+    match asked {
+        0 => cpus.clamp(1, MAX_AUTO_SPAWNERS),
+        n => n.min(MAX_SPAWNERS),
+    }
+}
+
 /// The server's and the spawner's ends of one spawner's two sockets.
 struct Ends {
     req_server: UnixStream,
@@ -55,9 +67,9 @@ struct Ends {
     rep_server: OwnedFd,
 }
 
-/// Starts `count` spawner processes (0: one per CPU, at most [`MAX_AUTO_SPAWNERS`]); once, later
-/// calls do nothing. Jobs go to the spawner with the fewest starts under way (one held by a slow
-/// start, a hung mount, still gets jobs when the others are as busy).
+/// Starts `count` spawner processes (0: one per CPU, at most [`MAX_AUTO_SPAWNERS`]; never more
+/// than [`MAX_SPAWNERS`]); once, later calls do nothing. Jobs go to the spawner with the fewest
+/// starts under way; one stalled in a start (a hung mount) gets jobs only when all are.
 ///
 /// # Safety
 /// Call it while the process has a single thread, from the thread that lives as long as the
@@ -68,12 +80,8 @@ pub unsafe fn start_early(count: usize) -> io::Result<()> {
     if SPAWNERS.get().is_some() {
         return Ok(());
     }
-    let count = match count {
-        0 => std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_AUTO_SPAWNERS),
-        n => n,
-    };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let count = spawner_count(count, cpus);
     let mut ends = Vec::with_capacity(count);
     for _ in 0..count {
         let (req_server, req_spawner) = UnixStream::pair()?;
@@ -147,20 +155,66 @@ pub unsafe fn start_early(count: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The spawner to start the next job: of those still there, the one with the fewest starts
-/// under way (the next in turn among equals); `None` when none was started or all are gone.
-pub(crate) fn shared() -> Option<&'static Spawner> {
-    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let all = SPAWNERS.get()?;
-    let loads = all
-        .iter()
-        .map(|s| s.alive().then(|| lock(&s.shared.pending).len()));
-    pick(loads, TURN.fetch_add(1, Ordering::Relaxed)).map(|i| &all[i])
+/// How long a start may stay unanswered before its spawner counts as stalled (held in a step
+/// before `exec`: a hung mount, a slow identity lookup): a stalled spawner gets a job only when
+/// every other one is stalled too. A start takes about a millisecond, a heavy one under load a
+/// few hundred.
+pub const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// Starts a job on a spawner: the one [`choose`] picks; if the request cannot reach it (it is
+/// gone, its socket broken), the next, each at most once. `None` when no spawner is left to take
+/// it: the caller forks. A request that reached a spawner is never sent again, even if that
+/// spawner died before it answered (the job may have begun).
+pub(crate) async fn start(mut req: Request) -> Option<io::Result<Started>> {
+    start_on(SPAWNERS.get()?, &mut req).await
 }
 
-/// Of spawners with these starts under way (`None`: gone), the index of the one with the fewest,
+async fn start_on(all: &[Spawner], req: &mut Request) -> Option<io::Result<Started>> {
+    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut tried = 0u64;
+    loop {
+        let i = choose(all, tried, TURN.fetch_add(1, Ordering::Relaxed))?;
+        tried |= 1 << i;
+        match all[i].spawn(req).await {
+            Ok(started) => return Some(Ok(started)),
+            Err(Start::Failed(e)) => return Some(Err(e)),
+            Err(Start::NotSent(e)) => tracing::warn!(
+                spawner = all[i].pid,
+                error = %e,
+                "a spawner could not take a job; another one is asked"
+            ),
+        }
+    }
+}
+
+/// Some spawner is still there to start jobs.
+pub(crate) fn available() -> bool {
+    SPAWNERS
+        .get()
+        .is_some_and(|all| all.iter().any(Spawner::alive))
+}
+
+/// Of the spawners still there and not in `tried` (a bit each), the one to start the next job:
+/// one not stalled before one that is ([`STALLED_AFTER`]), then the one with the fewest starts
+/// under way, then the next in turn among equals.
+fn choose(all: &[Spawner], tried: u64, turn: usize) -> Option<usize> {
+    let now = Instant::now();
+    let loads = all.iter().enumerate().map(|(i, s)| {
+        if tried & (1 << i) != 0 || !s.alive() {
+            return None;
+        }
+        let pending = lock(&s.shared.pending);
+        let stalled = pending
+            .values()
+            .any(|(sent, _)| now.saturating_duration_since(*sent) > STALLED_AFTER);
+        Some((stalled, pending.len()))
+    });
+    pick(loads, turn)
+}
+
+/// Of spawners with these loads (`None`: not to be asked), the index of the one with the least,
 /// the first at or after `turn` (modulo their number) among equals.
-fn pick(loads: impl ExactSizeIterator<Item = Option<usize>>, turn: usize) -> Option<usize> {
+fn pick<L: Ord>(loads: impl ExactSizeIterator<Item = Option<L>>, turn: usize) -> Option<usize> {
     let n = loads.len();
     loads
         .enumerate()
@@ -194,7 +248,7 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// The server's side of the spawner.
-pub(crate) struct Spawner {
+struct Spawner {
     pid: u32,
     requests: Mutex<UnixStream>,
     shared: Arc<Shared>,
@@ -205,8 +259,8 @@ type StartReply = io::Result<Started>;
 
 #[derive(Default)]
 struct Shared {
-    /// Requests sent, by id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<StartReply>>>,
+    /// Requests sent, by id, with when they were.
+    pending: Mutex<HashMap<u64, (Instant, oneshot::Sender<StartReply>)>>,
     /// Running jobs, by pid: where their wait status goes.
     exits: Mutex<HashMap<u32, oneshot::Sender<i32>>>,
     /// The spawner is gone.
@@ -254,23 +308,46 @@ impl Spawner {
     }
 
     /// Starts a job; returns once it runs (or could not start).
-    pub(crate) async fn spawn(&self, mut req: Request) -> io::Result<Started> {
+    async fn spawn(&self, req: &mut Request) -> Result<Started, Start> {
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.shared.pending).insert(req.id, tx);
-        if self.shared.dead.load(Ordering::SeqCst) {
+        lock(&self.shared.pending).insert(req.id, (Instant::now(), tx));
+        if !self.alive() {
             lock(&self.shared.pending).remove(&req.id);
-            return Err(gone());
+            return Err(Start::NotSent(gone()));
         }
-        // A short blocking write: the spawner reads requests as fast as it forks, and the socket
-        // buffer holds many.
-        let sent = lock(&self.requests).write_all(&req.encode());
-        if let Err(e) = sent {
+        if let Err(e) = self.send(req) {
             lock(&self.shared.pending).remove(&req.id);
-            return Err(e);
+            return Err(Start::NotSent(e));
         }
-        rx.await.unwrap_or_else(|_| Err(gone()))
+        match rx.await {
+            Ok(reply) => reply.map_err(Start::Failed),
+            Err(_) => Err(Start::Failed(gone())),
+        }
     }
+}
+
+impl Spawner {
+    /// Writes a request. A short blocking write: the spawner reads requests as fast as it forks,
+    /// the socket buffer holds many, and a stalled spawner gets new jobs only when all are
+    /// ([`choose`]).
+    fn send(&self, req: &Request) -> io::Result<()> {
+        let mut requests = lock(&self.requests);
+        requests.write_all(&req.encode()).inspect_err(|_| {
+            // Gone, or its stream cut mid-request: retired either way (closing our end makes it
+            // leave; its reader then fails what it had under way).
+            self.shared.dead.store(true, Ordering::SeqCst);
+            let _ = requests.shutdown(std::net::Shutdown::Write);
+        })
+    }
+}
+
+/// Why a spawner did not start a job.
+enum Start {
+    /// The request never reached it: another spawner (or a fork) may take the job.
+    NotSent(io::Error),
+    /// It was sent, and the start failed (or the spawner ended before it answered).
+    Failed(io::Error),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -323,7 +400,7 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
         }
     }
     shared.dead.store(true, Ordering::SeqCst);
-    for (_, tx) in lock(&shared.pending).drain() {
+    for (_, (_, tx)) in lock(&shared.pending).drain() {
         let _ = tx.send(Err(gone()));
     }
     lock(&shared.exits).clear();
@@ -338,8 +415,12 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
             "a spawner process ended: its running jobs failed, the other spawners start the next"
         );
     }
-    // Safety: reaps our own child.
-    unsafe { libc::waitpid(spawner, std::ptr::null_mut(), 0) };
+    // It ended, or sent what makes no sense (then it is stopped here: its answers can no longer
+    // be trusted, and its jobs go with it). Safety: signals and reaps our own child.
+    unsafe {
+        libc::kill(spawner, libc::SIGKILL);
+        libc::waitpid(spawner, std::ptr::null_mut(), 0);
+    }
 }
 
 /// Hands one reply to whoever waits for it (`fds`: the descriptors of the message not yet taken;
@@ -357,7 +438,7 @@ fn deliver(shared: &Shared, reply: Reply, fds: &mut std::vec::IntoIter<OwnedFd>)
             } else {
                 io::Error::other(message)
             };
-            if let Some(tx) = lock(&shared.pending).remove(&id) {
+            if let Some((_, tx)) = lock(&shared.pending).remove(&id) {
                 let _ = tx.send(Err(e));
             }
         }
@@ -374,7 +455,7 @@ fn deliver(shared: &Shared, reply: Reply, fds: &mut std::vec::IntoIter<OwnedFd>)
 fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: [Option<OwnedFd>; 2]) {
     let (etx, erx) = oneshot::channel();
     lock(&shared.exits).insert(pid, etx);
-    let tx = lock(&shared.pending).remove(&id);
+    let tx = lock(&shared.pending).remove(&id).map(|(_, tx)| tx);
     let [stdout, stderr] = fds;
     let reply = match (stdout, stderr) {
         (Some(stdout), Some(stderr)) => Ok(Started {
@@ -410,7 +491,106 @@ fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: [Op
 
 #[cfg(test)]
 mod tests {
-    use super::pick;
+    use super::*;
+    use crate::spawn_wire::send_with_fds;
+    use std::io::Read;
+
+    /// A spawner whose request socket's other end is closed, as when it died an instant ago
+    /// and its reader has not noticed yet.
+    fn just_died() -> Spawner {
+        let (requests, _peer) = UnixStream::pair().unwrap();
+        Spawner {
+            pid: 1,
+            requests: Mutex::new(requests),
+            shared: Arc::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A spawner played by a thread: it answers the first request with a start of `pid`.
+    fn answering(pid: u32) -> Spawner {
+        let (requests, mut theirs) = UnixStream::pair().unwrap();
+        let (replies, ours) = seqpacket_pair().unwrap();
+        let shared = Arc::new(Shared::default());
+        let reader = shared.clone();
+        std::thread::spawn(move || read_replies(ours, &reader, libc::pid_t::MAX));
+        std::thread::spawn(move || {
+            let mut len = [0u8; 4];
+            theirs.read_exact(&mut len).unwrap();
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            theirs.read_exact(&mut body).unwrap();
+            let id = Request::decode(&body).unwrap().id;
+            let (out, err) = (seqpacket_pair().unwrap(), seqpacket_pair().unwrap());
+            let reply = Reply::Started {
+                id,
+                pid,
+                start_time: None,
+            };
+            let fds = [out.0.as_raw_fd(), err.0.as_raw_fd()];
+            send_with_fds(replies.as_raw_fd(), &reply.encode(), &fds).unwrap();
+            // Stays until the test is over.
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        Spawner {
+            pid,
+            requests: Mutex::new(requests),
+            shared,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn true_request() -> Request {
+        let cmd = std::process::Command::new("/bin/true");
+        request(&cmd, None, None, None, &Isolation::default())
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_reach_a_spawner_goes_to_the_next() {
+        // The one that just died is chosen first (the other has a start under way), and the
+        // job ends up started by the one that answers, wherever it stands.
+        let busy = || {
+            let s = answering(4242);
+            let (tx, _) = oneshot::channel();
+            lock(&s.shared.pending).insert(0, (Instant::now(), tx));
+            s
+        };
+        for order in 0..2 {
+            let all = if order == 0 {
+                [just_died(), busy()]
+            } else {
+                [busy(), just_died()]
+            };
+            let started = start_on(&all, &mut true_request()).await;
+            assert_eq!(started.map(|s| s.unwrap().pid), Some(4242));
+        }
+        // None left to take it: the caller forks; those that could not take it are retired, and
+        // no longer chosen.
+        let all = [just_died(), just_died()];
+        assert!(start_on(&all, &mut true_request()).await.is_none());
+        assert!(all.iter().all(|s| !s.alive()));
+        assert_eq!(choose(&all, 0, 0), None);
+    }
+
+    #[test]
+    fn one_spawner_per_cpu_unless_asked_never_more_than_the_bounds() {
+        assert_eq!(spawner_count(0, 1), 1);
+        assert_eq!(spawner_count(0, 2), 2);
+        assert_eq!(spawner_count(0, 96), MAX_AUTO_SPAWNERS);
+        assert_eq!(spawner_count(3, 1), 3);
+        assert_eq!(spawner_count(1, 8), 1);
+        assert_eq!(spawner_count(1000, 2), MAX_SPAWNERS);
+    }
+
+    #[test]
+    fn a_spawner_stalled_in_a_start_gets_a_job_only_when_all_are() {
+        let stalled = |n: usize| (true, n);
+        let fine = |n: usize| (false, n);
+        let pick = |loads: &[Option<(bool, usize)>], turn| pick(loads.iter().copied(), turn);
+        assert_eq!(pick(&[Some(stalled(1)), Some(fine(5))], 0), Some(1));
+        assert_eq!(pick(&[Some(fine(5)), Some(stalled(0))], 1), Some(0));
+        assert_eq!(pick(&[Some(stalled(3)), Some(stalled(1))], 0), Some(1));
+        assert_eq!(pick(&[Some(stalled(1)), None], 1), Some(0));
+    }
 
     #[test]
     fn a_job_goes_to_the_least_busy_spawner_still_there_in_turn_among_equals() {

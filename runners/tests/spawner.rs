@@ -1,7 +1,7 @@
 //! The local runner through two spawner processes (runners/src/spawn.rs): output, exit codes and
-//! signals, launch errors, stop killing the whole group, jobs shared among the spawners, and what
-//! happens when a spawner dies, then the other. Without libtest's harness: the spawners are
-//! forked first, while this process has one thread.
+//! signals, launch errors, stop killing the whole group, jobs shared among the spawners, a stalled
+//! spawner passed over, and what happens when a spawner dies, then the other. Without libtest's
+//! harness: the spawners are forked first, while this process has one thread.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -351,6 +351,45 @@ async fn a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(spawners: &[u32]
     assert_eq!(parent_of_a_job().await, std::process::id() as i32);
 }
 
+/// A spawner stopped (as one held by a hung mount while it starts a job): once its start has
+/// gone unanswered for `STALLED_AFTER`, jobs go to the other one, even when that one is as busy;
+/// when it goes on, its start completes.
+async fn a_stalled_spawner_gets_no_jobs_while_another_answers(spawners: &[u32]) {
+    let stopped = spawners[0];
+    // Safety: plain syscall on our own child.
+    unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
+    // Jobs one at a time until one is held: it went to the stopped spawner (they take turns).
+    let mut held = None;
+    for _ in 0..6 {
+        let job = tokio::spawn(parent_of_a_job());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !job.is_finished() {
+            held = Some(job);
+            break;
+        }
+        assert_eq!(job.await.unwrap() as u32, spawners[1]);
+    }
+    let held = held.expect("no job went to the stopped spawner");
+    tokio::time::sleep(runyard_runners::spawn::STALLED_AFTER + Duration::from_millis(300)).await;
+    // A burst: the other spawner soon has as many starts under way as the stopped one, and
+    // still takes every job (one sent to the stopped spawner would not start).
+    let burst = futures::future::join_all((0..12).map(|_| parent_of_a_job()));
+    let parents = tokio::time::timeout(Duration::from_secs(20), burst)
+        .await
+        .expect("a job of the burst went to the stalled spawner");
+    assert!(
+        parents.iter().all(|&p| p as u32 == spawners[1]),
+        "{parents:?}"
+    );
+    // Safety: plain syscall on our own child.
+    unsafe { libc::kill(stopped as i32, libc::SIGCONT) };
+    let parent = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held job starts once its spawner goes on")
+        .unwrap();
+    assert_eq!(parent as u32, stopped);
+}
+
 /// Runs a job that prints its parent's pid; returns that pid once the job has succeeded.
 async fn parent_of_a_job() -> i32 {
     let lines = Arc::new(Lines::default());
@@ -383,6 +422,8 @@ fn main() {
         println!("handles carry the start time the kernel reports ... ok");
         a_burst_of_jobs_each_gets_its_own_pipes_and_exit(&spawners).await;
         println!("a burst of jobs each gets its own pipes and exit ... ok");
+        a_stalled_spawner_gets_no_jobs_while_another_answers(&spawners).await;
+        println!("a stalled spawner gets no jobs while another answers ... ok");
         a_dead_spawner_takes_its_jobs_and_later_jobs_still_run(&spawners).await;
         println!(
             "a dead spawner takes its jobs, later jobs go to the other, then to a fork ... ok"

@@ -235,20 +235,47 @@ pub fn log_filter(
 }
 
 /// `serve` and `worker`: reads the configuration, then, still in the only thread, takes the
-/// secrets out of the environment and hardens the process (docs/security.md).
+/// secrets out of the environment and hardens the process (docs/security.md), and starts the
+/// spawners when this process runs jobs (`worker`: not `serve --no-worker`).
 fn load_server_config(
     load: impl FnOnce() -> Result<Config, crate::config::ConfigError>,
+    worker: bool,
 ) -> Result<Config, crate::config::ConfigError> {
     let config = load();
     // Safety: no other thread exists yet (the runtime starts after this), so nothing reads or
     // writes the environment concurrently.
     unsafe { crate::security::scrub_env(crate::security::SECRET_ENV) };
     crate::security::harden_process();
-    if let Ok(c) = &config {
-        // Safety: still the only thread, secrets gone (see above).
-        unsafe { crate::startup::start_spawner(c) };
+    match &config {
+        Ok(c) if worker && c.worker.enabled => {
+            // Safety: still the only thread, secrets gone (see above).
+            unsafe { crate::startup::start_spawner(c) }
+        }
+        _ => {}
     }
     config
+}
+
+/// The configuration of `serve` and `worker` (`None` for the client commands), read before the
+/// runtime starts any thread (see [`load_server_config`]).
+fn server_config(command: &Cmd) -> Option<Result<Config, crate::config::ConfigError>> {
+    match command {
+        Cmd::Serve(a) => Some(load_server_config(
+            || {
+                let mut c = a.load()?;
+                if a.demo {
+                    crate::demo::configure(&mut c);
+                    if a.data_dir.is_none() {
+                        c.data_dir = crate::demo::temp_data_dir();
+                    }
+                }
+                Ok(c)
+            },
+            !a.no_worker,
+        )),
+        Cmd::Worker(a) => Some(load_server_config(|| a.load(), true)),
+        _ => None,
+    }
 }
 
 /// Entry point of the binary.
@@ -262,20 +289,7 @@ pub fn main() -> ExitCode {
         ),
     );
     // Before the runtime starts any thread (see `load_server_config`).
-    let server_config = match &cli.command {
-        Cmd::Serve(a) => Some(load_server_config(|| {
-            let mut c = a.load()?;
-            if a.demo {
-                crate::demo::configure(&mut c);
-                if a.data_dir.is_none() {
-                    c.data_dir = crate::demo::temp_data_dir();
-                }
-            }
-            Ok(c)
-        })),
-        Cmd::Worker(a) => Some(load_server_config(|| a.load())),
-        _ => None,
-    };
+    let server_config = server_config(&cli.command);
     // `serve` on the embedded store with its worker, on up to 2 cores: the HTTP side on one
     // thread, the worker on a thread of its own (`server.rs`, `WorkerThread`), the SQLite writer
     // on a third. Measured on 2 cores only (docs/benchmarks.md "Session 13: seq"); with more,

@@ -345,9 +345,11 @@ types = ["thumbnail"]
     }
 
     #[test]
-    fn spawners_are_one_per_cpu_by_default_and_bounded() {
+    fn spawners_default_to_one_per_cpu_and_are_bounded() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.worker.spawners, 0, "the default: one per CPU, at most 4");
+        // What 0 becomes: runners/src/spawn.rs, `spawner_count`.
+        assert_eq!(runyard_runners::spawn::spawner_count(0, 2), 2);
         let c = Config::from_toml("[worker]\nspawners = 3").unwrap();
         assert_eq!(c.worker.spawners, 3);
         for bad in ["65", "-1", "\"two\""] {

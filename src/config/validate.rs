@@ -92,10 +92,13 @@ impl Config {
         if self.worker.lease_ttl < Duration::from_millis(300) {
             return err("worker.lease_ttl".into(), "must be at least 300ms");
         }
-        if self.worker.spawners > 64 {
+        use runyard_runners::spawn::{MAX_AUTO_SPAWNERS, MAX_SPAWNERS};
+        if self.worker.spawners > MAX_SPAWNERS {
             return err(
                 "worker.spawners".into(),
-                "must be at most 64 (0: one per CPU, at most 4)",
+                &format!(
+                    "must be at most {MAX_SPAWNERS} (0: one per CPU, at most {MAX_AUTO_SPAWNERS})"
+                ),
             );
         }
         if self.api.max_body_bytes < 1024 {
