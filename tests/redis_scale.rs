@@ -429,10 +429,13 @@ async fn scale_out_survives_a_killed_worker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let a_pid = cl.procs[wa].pid();
-    let kids = children_of(a_pid);
+    // Its children (the spawners) and theirs (the local jobs they started).
+    let mut kids = children_of(a_pid);
+    let jobs: Vec<u32> = kids.iter().flat_map(|&k| children_of(k)).collect();
+    kids.extend(jobs);
     cl.procs[wa].kill9();
     let killed_at = Instant::now();
-    // Its children (local jobs) must not live on.
+    // None of them must live on.
     loop {
         let alive: Vec<u32> = kids.iter().copied().filter(|p| !pid_gone(*p)).collect();
         if alive.is_empty() {

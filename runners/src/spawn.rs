@@ -2,9 +2,9 @@
 //!
 //! `fork` copies the page tables of the whole process, and a server with a runtime, a SQLite
 //! writer and their heaps pays for it on every job (and the kernel's copy-on-write faults after),
-//! while `posix_spawn` cannot set `PR_SET_PDEATHSIG` in the child. So the server makes, once and
-//! early, before its first thread, a copy of itself that does nothing else: the **spawner**
-//! ([`start_early`]). It is small and single-threaded, so its forks are cheap. For each job the
+//! while `posix_spawn` cannot set `PR_SET_PDEATHSIG` in the child. So a server that runs local
+//! jobs makes, early, before its first thread, copies of itself that do nothing else: the
+//! **spawners** ([`start_early`]). Each is small and single-threaded, so its forks are cheap. For each job the
 //! server sends it the program, arguments, environment, directory, identity and limits (a stream
 //! socket); the spawner forks, applies them exactly as the local runner did (own process group,
 //! `PR_SET_PDEATHSIG(SIGKILL)` on the spawner, [`crate::isolation`]) and execs, then sends back
@@ -24,8 +24,8 @@
 //! server runs, its running jobs fail (their status is unknown; they died with it) and later jobs
 //! go to the other spawners; once none is left, they are forked by the server as before.
 
-use std::collections::HashMap;
-use std::io::{self, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -76,6 +76,8 @@ struct Ends {
 /// process (the main thread): each spawner is a `fork` of the caller, and its parent-death signal
 /// follows that thread. Call it after secrets were taken out of the environment and the process
 /// was made non-dumpable: a spawner keeps the environment and the flags it was forked with.
+/// Nothing else in the process may reap children it did not start (`waitpid(-1)`, `SIGCHLD`
+/// ignored): each spawner is reaped, and signalled, by its own reader thread.
 pub unsafe fn start_early(count: usize) -> io::Result<()> {
     if SPAWNERS.get().is_some() {
         return Ok(());
@@ -204,9 +206,10 @@ fn choose(all: &[Spawner], tried: u64, turn: usize) -> Option<usize> {
             return None;
         }
         let pending = lock(&s.shared.pending);
+        // Ids only grow: the first is the oldest.
         let stalled = pending
-            .values()
-            .any(|(sent, _)| now.saturating_duration_since(*sent) > STALLED_AFTER);
+            .first_key_value()
+            .is_some_and(|(_, (sent, _))| now.saturating_duration_since(*sent) > STALLED_AFTER);
         Some((stalled, pending.len()))
     });
     pick(loads, turn)
@@ -260,7 +263,7 @@ type StartReply = io::Result<Started>;
 #[derive(Default)]
 struct Shared {
     /// Requests sent, by id, with when they were.
-    pending: Mutex<HashMap<u64, (Instant, oneshot::Sender<StartReply>)>>,
+    pending: Mutex<BTreeMap<u64, (Instant, oneshot::Sender<StartReply>)>>,
     /// Running jobs, by pid: where their wait status goes.
     exits: Mutex<HashMap<u32, oneshot::Sender<i32>>>,
     /// The spawner is gone.
@@ -328,17 +331,47 @@ impl Spawner {
 }
 
 impl Spawner {
-    /// Writes a request. A short blocking write: the spawner reads requests as fast as it forks,
-    /// the socket buffer holds many, and a stalled spawner gets new jobs only when all are
-    /// ([`choose`]).
+    /// Writes a request (`MSG_NOSIGNAL`: a spawner gone is `EPIPE`, never `SIGPIPE`). A blocking
+    /// write, short in practice: the spawner reads requests as fast as it forks and the socket
+    /// buffer holds many. It can wait only on a spawner stalled before `exec` (a hung mount),
+    /// and [`choose`] passes those over while another answers; with one spawner, or all
+    /// stalled, it waits as a fork of the server would.
     fn send(&self, req: &Request) -> io::Result<()> {
-        let mut requests = lock(&self.requests);
-        requests.write_all(&req.encode()).inspect_err(|_| {
-            // Gone, or its stream cut mid-request: retired either way (closing our end makes it
-            // leave; its reader then fails what it had under way).
-            self.shared.dead.store(true, Ordering::SeqCst);
-            let _ = requests.shutdown(std::net::Shutdown::Write);
-        })
+        let frame = req.encode();
+        let requests = lock(&self.requests);
+        let mut sent = 0;
+        while sent < frame.len() {
+            let rest = &frame[sent..];
+            // Safety: sends from a live buffer of that length.
+            let n = unsafe {
+                libc::send(
+                    requests.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            let e = match n {
+                1.. => {
+                    sent += n as usize;
+                    continue;
+                }
+                0 => io::Error::from(io::ErrorKind::WriteZero),
+                _ => io::Error::last_os_error(),
+            };
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if sent > 0 || matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                // Gone, or its stream cut mid-request: retired (closing our end makes it leave;
+                // its reader then fails what it had under way). Otherwise nothing was written,
+                // and it stays in service.
+                self.shared.dead.store(true, Ordering::SeqCst);
+                let _ = requests.shutdown(std::net::Shutdown::Write);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -399,8 +432,12 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
             deliver(shared, reply, &mut fds);
         }
     }
+    // It ended, or sent what makes no sense: stopped first (its answers can no longer be trusted,
+    // and its jobs go with it), before its starts and jobs are failed here and may be retried.
+    // Safety: signals our own child, which nothing but this thread reaps.
+    unsafe { libc::kill(spawner, libc::SIGKILL) };
     shared.dead.store(true, Ordering::SeqCst);
-    for (_, (_, tx)) in lock(&shared.pending).drain() {
+    for (_, (_, tx)) in std::mem::take(&mut *lock(&shared.pending)) {
         let _ = tx.send(Err(gone()));
     }
     lock(&shared.exits).clear();
@@ -415,12 +452,8 @@ fn read_replies(sock: OwnedFd, shared: &Shared, spawner: libc::pid_t) {
             "a spawner process ended: its running jobs failed, the other spawners start the next"
         );
     }
-    // It ended, or sent what makes no sense (then it is stopped here: its answers can no longer
-    // be trusted, and its jobs go with it). Safety: signals and reaps our own child.
-    unsafe {
-        libc::kill(spawner, libc::SIGKILL);
-        libc::waitpid(spawner, std::ptr::null_mut(), 0);
-    }
+    // Safety: reaps our own child.
+    unsafe { libc::waitpid(spawner, std::ptr::null_mut(), 0) };
 }
 
 /// Hands one reply to whoever waits for it (`fds`: the descriptors of the message not yet taken;
@@ -495,12 +528,16 @@ mod tests {
     use crate::spawn_wire::send_with_fds;
     use std::io::Read;
 
+    /// A pid no process has (above `pid_max`): what a fake spawner reports, and is killed at
+    /// the end (harmlessly).
+    const NO_PID: u32 = libc::pid_t::MAX as u32;
+
     /// A spawner whose request socket's other end is closed, as when it died an instant ago
     /// and its reader has not noticed yet.
     fn just_died() -> Spawner {
         let (requests, _peer) = UnixStream::pair().unwrap();
         Spawner {
-            pid: 1,
+            pid: NO_PID,
             requests: Mutex::new(requests),
             shared: Arc::default(),
             next_id: AtomicU64::new(1),
@@ -513,7 +550,7 @@ mod tests {
         let (replies, ours) = seqpacket_pair().unwrap();
         let shared = Arc::new(Shared::default());
         let reader = shared.clone();
-        std::thread::spawn(move || read_replies(ours, &reader, libc::pid_t::MAX));
+        std::thread::spawn(move || read_replies(ours, &reader, NO_PID as libc::pid_t));
         std::thread::spawn(move || {
             let mut len = [0u8; 4];
             theirs.read_exact(&mut len).unwrap();
@@ -549,7 +586,7 @@ mod tests {
         // The one that just died is chosen first (the other has a start under way), and the
         // job ends up started by the one that answers, wherever it stands.
         let busy = || {
-            let s = answering(4242);
+            let s = answering(NO_PID);
             let (tx, _) = oneshot::channel();
             lock(&s.shared.pending).insert(0, (Instant::now(), tx));
             s
@@ -561,7 +598,9 @@ mod tests {
                 [busy(), just_died()]
             };
             let started = start_on(&all, &mut true_request()).await;
-            assert_eq!(started.map(|s| s.unwrap().pid), Some(4242));
+            assert_eq!(started.map(|s| s.unwrap().pid), Some(NO_PID));
+            // It was asked first, and retired.
+            assert_eq!(all.iter().filter(|s| !s.alive()).count(), 1);
         }
         // None left to take it: the caller forks; those that could not take it are retired, and
         // no longer chosen.

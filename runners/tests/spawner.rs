@@ -219,6 +219,24 @@ fn minor_faults(pid: u32) -> u64 {
     after.split_whitespace().nth(7).unwrap().parse().unwrap()
 }
 
+/// Each spawner holds its own two sockets and none of another's: they were all made before the
+/// first fork.
+fn each_spawner_holds_only_its_own_sockets(spawners: &[u32]) {
+    let sockets = |pid: u32| -> std::collections::HashSet<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the spawner's descriptors")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .filter(|l| l.starts_with("socket:"))
+            .collect()
+    };
+    let held: Vec<_> = spawners.iter().map(|&p| sockets(p)).collect();
+    for (pid, s) in spawners.iter().zip(&held) {
+        assert_eq!(s.len(), 2, "the sockets of spawner {pid}: {s:?}");
+    }
+    assert!(held[0].is_disjoint(&held[1]), "{held:?}");
+}
+
 /// The spawner does not copy itself for each job: a `fork` would leave its writable pages
 /// copy-on-write, so it would take page faults on its own stack and heap after every job.
 async fn the_spawner_does_not_copy_itself_per_job(spawners: &[u32]) {
@@ -228,9 +246,11 @@ async fn the_spawner_does_not_copy_itself_per_job(spawners: &[u32]) {
     })
     .unwrap();
     let jobs = 100;
-    // One job first: the spawner's buffers are grown once and for all.
-    let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
-    ex.wait().await;
+    // A few jobs first, to every spawner in turn: their buffers are grown once and for all.
+    for _ in 0..2 * spawners.len() {
+        let mut ex = r.launch(spec(), Arc::new(Lines::default())).await.unwrap();
+        ex.wait().await;
+    }
     let faults = || spawners.iter().map(|&p| minor_faults(p)).sum::<u64>();
     let before = faults();
     for _ in 0..jobs {
@@ -361,13 +381,15 @@ async fn a_stalled_spawner_gets_no_jobs_while_another_answers(spawners: &[u32]) 
     // Jobs one at a time until one is held: it went to the stopped spawner (they take turns).
     let mut held = None;
     for _ in 0..6 {
-        let job = tokio::spawn(parent_of_a_job());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if !job.is_finished() {
-            held = Some(job);
-            break;
+        let mut job = tokio::spawn(parent_of_a_job());
+        // A job the other spawner starts ends at once; 5 s leaves room for a loaded machine.
+        match tokio::time::timeout(Duration::from_secs(5), &mut job).await {
+            Ok(parent) => assert_eq!(parent.unwrap() as u32, spawners[1]),
+            Err(_) => {
+                held = Some(job);
+                break;
+            }
         }
-        assert_eq!(job.await.unwrap() as u32, spawners[1]);
     }
     let held = held.expect("no job went to the stopped spawner");
     tokio::time::sleep(runyard_runners::spawn::STALLED_AFTER + Duration::from_millis(300)).await;
@@ -407,6 +429,8 @@ fn main() {
     let spawners = runyard_runners::spawn::spawner_pids();
     assert_eq!(spawners.len(), 2, "{spawners:?}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    each_spawner_holds_only_its_own_sockets(&spawners);
+    println!("each spawner holds only its own sockets ... ok");
     rt.block_on(async {
         output_env_exit_codes_and_signals(&spawners).await;
         println!("output, exit codes and signals ... ok");

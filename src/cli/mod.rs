@@ -236,10 +236,10 @@ pub fn log_filter(
 
 /// `serve` and `worker`: reads the configuration, then, still in the only thread, takes the
 /// secrets out of the environment and hardens the process (docs/security.md), and starts the
-/// spawners when this process runs jobs (`worker`: not `serve --no-worker`).
+/// spawners when this process runs jobs (`runs_jobs`).
 fn load_server_config(
     load: impl FnOnce() -> Result<Config, crate::config::ConfigError>,
-    worker: bool,
+    runs_jobs: impl FnOnce(&Config) -> bool,
 ) -> Result<Config, crate::config::ConfigError> {
     let config = load();
     // Safety: no other thread exists yet (the runtime starts after this), so nothing reads or
@@ -247,7 +247,7 @@ fn load_server_config(
     unsafe { crate::security::scrub_env(crate::security::SECRET_ENV) };
     crate::security::harden_process();
     match &config {
-        Ok(c) if worker && c.worker.enabled => {
+        Ok(c) if runs_jobs(c) => {
             // Safety: still the only thread, secrets gone (see above).
             unsafe { crate::startup::start_spawner(c) }
         }
@@ -271,9 +271,11 @@ fn server_config(command: &Cmd) -> Option<Result<Config, crate::config::ConfigEr
                 }
                 Ok(c)
             },
-            !a.no_worker,
+            // `--no-worker` beats `worker.enabled` (see `serve`).
+            |c| !a.no_worker && c.worker.enabled,
         )),
-        Cmd::Worker(a) => Some(load_server_config(|| a.load(), true)),
+        // A worker node runs its worker whatever `worker.enabled` says.
+        Cmd::Worker(a) => Some(load_server_config(|| a.load(), |_| true)),
         _ => None,
     }
 }
