@@ -427,6 +427,57 @@ async fn one_job_at_a_time_is_handed_to_the_waiting_worker() {
     );
 }
 
+/// A job that comes QUEUED while the worker waits parked (a delayed job come due) is claimed into
+/// the parked places (`JobQueue::claim_parked`), and the worker stays parked: no claim request of
+/// its own, and the submits after it are still handed over (before, it left the park and
+/// claimed, and the submits meanwhile were stored QUEUED for further claims: 76% of the jobs at
+/// 32 in flight, docs/benchmarks.md "Session 27").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_while_the_worker_is_parked_is_claimed_into_its_places() {
+    let ts = TestServer::builder(RUNNERS)
+        .config("[worker]\npoll_interval = \"1h\"")
+        .service("q.ok", |ctx| async move { Ok(json!({"n": ctx.args["n"]})) })
+        .start()
+        .await;
+    // Idle: the worker's first round claimed nothing and it parked.
+    let first = ts
+        .submit_ok(json!({"type": "q.ok", "args": {"n": 0}}))
+        .await;
+    assert_eq!(status_of(&ts.wait_terminal(&first, WAIT).await), "SUCCESS");
+    let count = |text: &str, op: &str| {
+        metric(
+            text,
+            "runyard_store_operation_seconds_count",
+            &[&format!("op=\"{op}\"")],
+        )
+    };
+    let before = ts.metrics_text().await;
+    let run_at = (chrono::Utc::now() + chrono::Duration::milliseconds(300))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let due = ts
+        .submit_ok(json!({"type": "q.ok", "args": {"n": 1}, "run_at": run_at}))
+        .await;
+    let j = ts.wait_terminal(&due, WAIT).await;
+    assert_eq!(status_of(&j), "SUCCESS", "{j:#}");
+    for n in 2..8 {
+        let id = ts
+            .submit_ok(json!({"type": "q.ok", "args": {"n": n}}))
+            .await;
+        let j = ts.wait_terminal(&id, WAIT).await;
+        assert_eq!(j["result"], json!({"n": n}), "{j:#}");
+    }
+    let after = ts.metrics_text().await;
+    assert_eq!(
+        count(&after, "claim") - count(&before, "claim"),
+        0.0,
+        "claim requests of the worker's own"
+    );
+    assert!(
+        count(&after, "claim_parked") - count(&before, "claim_parked") >= 1.0,
+        "the due job was not claimed into the parked places"
+    );
+}
+
 /// The `quick-local` runner (types `ql.*`): `/bin/sh -c script`, one attempt.
 fn quick_local_runner(script: &str, concurrency: usize) -> String {
     format!(

@@ -158,6 +158,8 @@ metered! {
         promote_due(max: usize) -> usize => |m, n| m.jobs_promoted(*n);
         next_due() -> Option<Micros>;
         expired(max: usize) -> Vec<Job>;
+        // Its jobs count as claimed when they arrive (the parked worker's observer).
+        claim_parked(parked: &[u64]) -> bool;
         @by_hand {
             // Not timed (it waits for a submit by design); a job handed over counts as claimed.
             fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {

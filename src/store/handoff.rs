@@ -145,6 +145,38 @@ impl Handoffs {
         Some(taken)
     }
 
+    /// The runner of the parked worker `id` and how many places it has left; `None` once it has
+    /// withdrawn or every place was taken.
+    pub fn places(&self, id: u64) -> Option<(String, usize)> {
+        let w = self.waiting.lock();
+        w.iter()
+            .find(|p| p.id == id)
+            .map(|p| (p.runner.clone(), p.left))
+    }
+
+    /// Takes up to `n` places of the parked worker `id` (fewer when it has fewer left, none once
+    /// it has withdrawn); it leaves the registry with its last place.
+    pub fn take_places(&self, id: u64, n: usize) -> Vec<Taken> {
+        let mut w = self.waiting.lock();
+        let Some(i) = w.iter().position(|p| p.id == id) else {
+            return Vec::new();
+        };
+        let p = &mut w[i];
+        let n = n.min(p.left);
+        p.left -= n;
+        let taken = (0..n)
+            .map(|_| Taken {
+                worker: p.worker.clone(),
+                lease_ttl: p.lease_ttl,
+                tx: Some(p.tx.clone()),
+            })
+            .collect();
+        if p.left == 0 {
+            w.remove(i);
+        }
+        taken
+    }
+
     /// Removes a parked worker (if the store has not taken all its places).
     fn withdraw(&self, id: u64) {
         let mut w = self.waiting.lock();
@@ -248,6 +280,13 @@ pub struct Parked {
 }
 
 impl Parked {
+    /// Its id in the registry ([`JobQueue::claim_parked`]).
+    ///
+    /// [`JobQueue::claim_parked`]: crate::store::JobQueue::claim_parked
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Calls `f` with each job this hand-off delivers.
     pub fn observe(mut self, f: Observer) -> Self {
         self.observer = Some(f);

@@ -289,6 +289,19 @@ pub trait JobQueue: Send + Sync {
         let _ = (runner, worker, lease_ttl, max);
         None
     }
+    /// Claims the oldest QUEUED jobs of each parked worker's runner into its places (those with
+    /// these [`Parked::id`]s), passed over after the commit as hand-offs are: the worker stays
+    /// parked through its own claim, so the submits after it in the store's order find nothing
+    /// older QUEUED and are handed over, instead of being stored QUEUED for the next claim.
+    /// Nothing for one that has withdrawn or had every place taken. True when each of them
+    /// still has a place after it, so nothing of their runners is left QUEUED; false (some may
+    /// be: the worker claims as before) otherwise, and in this default where the backend does
+    /// not park (Redis: [`JobQueue::park`] gives `None`). A wrapping store must forward it
+    /// (`metrics/store.rs`).
+    async fn claim_parked(&self, parked: &[u64]) -> Result<bool> {
+        let _ = parked;
+        Ok(false)
+    }
     /// A refill for the place of `worker` in `runner` that one of its jobs' finish frees
     /// ([`handoff::Refill`], given to [`JobStore::finish`] or a [`FinishSlot`]). `None` (this
     /// default) where the backend cannot claim in a finish's transaction (Redis). A wrapping

@@ -51,14 +51,35 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {
-                    // A job ended: its slot's parked places stay (the next park counts it). New
-                    // work, or room in a slot that is not parked, needs a round.
-                    if behind
-                        || must_claim
-                        || self.queued.load(Ordering::Acquire)
-                        || self.unparked_room(&parked)
-                    {
+                    // A job ended: its slot's parked places stay (the next park counts it). Room
+                    // in a slot that is not parked needs a round.
+                    if behind || must_claim || self.unparked_room(&parked) {
                         break;
+                    }
+                    if !self.queued.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    // New work. Every slot parked: claimed into their places, and the worker
+                    // stays parked (the submits after that claim are handed over again).
+                    // Otherwise a round (a full slot's jobs are claimed when it has room).
+                    if parked.len() < self.runners.iter().count() {
+                        break;
+                    }
+                    // (A notice during the claim sets the flag again.)
+                    self.queued.store(false, Ordering::Release);
+                    let ids: Vec<u64> = parked.iter().map(|(_, p)| p.id()).collect();
+                    match self.store.claim_parked(&ids).await {
+                        Ok(true) => {}
+                        // A place ran out: jobs may still be QUEUED; a round claims them.
+                        Ok(false) => {
+                            self.queued.store(true, Ordering::Release);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claim into the parked places failed");
+                            must_claim = true;
+                            break;
+                        }
                     }
                 }
                 _ = &mut poll => {

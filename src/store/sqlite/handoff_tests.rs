@@ -30,6 +30,10 @@ async fn statuses(s: &SqliteStore, j: &Job) -> Vec<JobStatus> {
         .collect()
 }
 
+async fn status(s: &SqliteStore, id: uuid::Uuid) -> JobStatus {
+    s.get(id).await.unwrap().expect("stored").status
+}
+
 fn token(j: &Job) -> u64 {
     j.lease.as_ref().expect("a lease").token
 }
@@ -212,4 +216,64 @@ async fn a_worker_parked_for_three_gets_all_three_jobs_of_one_transaction() {
     // The fourth found no place: QUEUED, for a claim.
     let rest = s.claim("r", "w2", 10, LEASE).await.unwrap();
     assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), want[3..]);
+}
+
+/// A parked worker's own claim (`JobQueue::claim_parked`) takes the QUEUED jobs into its places,
+/// oldest first, each claimed for it, and leaves it parked with the places left: the next
+/// submit is handed over instead of stored QUEUED behind them. A worker whose places are all
+/// taken, or that withdrew, gets nothing more.
+#[tokio::test]
+async fn a_claim_into_the_parked_places_takes_the_queue_and_the_next_submit_is_handed_over() {
+    let (_dir, s) = open();
+    // Queued while nobody was parked.
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(s.submit(job("r")).await.expect("submit").job);
+    }
+    let mut parked = s.park("r", "w1", LEASE, 2).expect("parked");
+    // Older jobs wait: a submit now is stored QUEUED behind them (first in, first out).
+    let d = s.submit(job("r")).await.expect("submit").job;
+    assert_eq!(status(&s, d.id).await, JobStatus::Queued);
+    let drained = s.claim_parked(&[parked.id()]).await.expect("claim");
+    assert!(!drained, "every place taken: more may wait");
+    // Two places: the two oldest, in order, claimed for it as a claim would.
+    for want in &queued[..2] {
+        let got = parked.recv().await.expect("claimed into a place");
+        assert_eq!(got.id, want.id);
+        assert_eq!(got.status, JobStatus::Starting);
+        assert_eq!(got.lease.as_ref().expect("lease").worker, "w1");
+        assert_eq!(status(&s, got.id).await, JobStatus::Starting);
+        assert_eq!(
+            statuses(&s, &got).await,
+            [JobStatus::Queued, JobStatus::Starting]
+        );
+    }
+    assert!(parked.answer().await.is_none(), "no place left");
+    assert_eq!(status(&s, queued[2].id).await, JobStatus::Queued);
+    assert_eq!(status(&s, d.id).await, JobStatus::Queued);
+
+    // Parked with room to spare: its claim takes both, and it stays parked for the next submit.
+    let mut parked = s.park("r", "w2", LEASE, 4).expect("parked");
+    let drained = s.claim_parked(&[parked.id()]).await.expect("claim");
+    assert!(drained, "places left: nothing of its runner still QUEUED");
+    for want in [&queued[2], &d] {
+        assert_eq!(parked.recv().await.expect("claimed").id, want.id);
+    }
+    let e = s.submit(job("r")).await.expect("submit").job;
+    let got = parked.recv().await.expect("handed over");
+    assert_eq!((got.id, got.status), (e.id, JobStatus::Starting));
+    // Withdrawn: a claim into its places takes nothing.
+    let id = parked.id();
+    assert!(parked.withdraw().await.is_empty());
+    let f = s.submit(job("r")).await.expect("submit").job;
+    assert!(!s.claim_parked(&[id]).await.expect("claim"), "no places");
+    assert_eq!(status(&s, f.id).await, JobStatus::Queued);
+    // Nothing queued: nothing taken, the worker still parked.
+    let mut other = s.park("empty", "w3", LEASE, 1).expect("parked");
+    assert!(
+        s.claim_parked(&[other.id()]).await.expect("claim"),
+        "nothing queued"
+    );
+    let g = s.submit(job("empty")).await.expect("submit").job;
+    assert_eq!(other.recv().await.expect("handed over").id, g.id);
 }

@@ -223,6 +223,34 @@ impl JobQueue for SqliteStore {
         Some(self.handoffs.park(runner, worker, lease_ttl, max))
     }
 
+    async fn claim_parked(&self, parked: &[u64]) -> Result<bool> {
+        let parked = parked.to_vec();
+        // In the writer, as the submits' hand-offs are: nothing between its read of the queue
+        // and the places it takes.
+        self.write_whole(move |ctx| {
+            let mut drained = true;
+            for id in parked {
+                let Some((runner, left)) = ctx.handoffs.places(id) else {
+                    drained = false;
+                    continue;
+                };
+                let queued = oldest_queued(ctx.conn, &runner, left)?;
+                // As many as its places: more may wait.
+                drained &= queued.len() < left;
+                let taken = ctx.handoffs.take_places(id, queued.len());
+                let Some(first) = taken.first() else {
+                    continue;
+                };
+                let (worker, lease_ttl) = (first.worker.clone(), first.lease_ttl);
+                let queued = queued.into_iter().take(taken.len()).collect();
+                let claimed = claim_these(ctx, queued, &worker, lease_ttl)?;
+                ctx.handed.extend(taken.into_iter().zip(claimed));
+            }
+            Ok(drained)
+        })
+        .await
+    }
+
     fn refill(
         &self,
         runner: &str,
