@@ -13,9 +13,11 @@ use crate::store::Parked;
 
 impl Worker {
     /// Waits for work: parked for a hand-off in every slot with room (`store/handoff.rs`, where
-    /// the store can), for as many jobs as the slot has room, until new work (a job QUEUED), a
-    /// free slot that is not parked, a rolled-back hand-off or the last place taken wakes the
-    /// loop, the poll interval passes or shutdown. Each job handed over meanwhile starts at
+    /// the store can), for as many jobs as the slot has room, until a free slot that is not
+    /// parked, a rolled-back hand-off or the last place taken wakes the loop, the poll interval
+    /// passes or shutdown. New work (a job QUEUED) is claimed into the parked places when every
+    /// slot is parked (none full) and the claim leaves a place in each; otherwise it too wakes
+    /// the loop. Each job handed over meanwhile starts at
     /// once, and the worker stays parked: with 32 requests in flight a job ends and a hand-off
     /// comes every few dozen microseconds, and a worker that left the registry for each of them
     /// left most submits QUEUED, for a claim of their own. True when the next round must claim
@@ -62,7 +64,7 @@ impl Worker {
                     // New work. Every slot parked: claimed into their places, and the worker
                     // stays parked (the submits after that claim are handed over again).
                     // Otherwise a round (a full slot's jobs are claimed when it has room).
-                    if parked.len() < self.runners.iter().count() {
+                    if parked.len() < self.runners.iter().count() || shutdown.is_cancelled() {
                         break;
                     }
                     // (A notice during the claim sets the flag again.)

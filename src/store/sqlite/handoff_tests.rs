@@ -277,3 +277,32 @@ async fn a_claim_into_the_parked_places_takes_the_queue_and_the_next_submit_is_h
     let g = s.submit(job("empty")).await.expect("submit").job;
     assert_eq!(other.recv().await.expect("handed over").id, g.id);
 }
+
+/// One parked runner's oldest QUEUED record cannot be read (a newer build's, a hand edit): the
+/// claim into the places still takes the other runner's jobs, and says the queue may not be
+/// empty (the claim loop's own claim then stalls on that record, and says so).
+#[tokio::test]
+async fn an_unreadable_queued_record_leaves_the_other_runners_claim_standing() {
+    let (_dir, s) = open();
+    let good = s.submit(job("r")).await.expect("submit").job;
+    let bad = s.submit(job("bad")).await.expect("submit").job;
+    let id = bad.id.to_string();
+    s.write(move |ctx| {
+        ctx.conn
+            .execute("UPDATE jobs SET body = 'not a record' WHERE id = ?1", [id])
+            .map_err(super::super::db_err)?;
+        Ok(())
+    })
+    .await
+    .expect("spoil the record");
+    let mut first = s.park("r", "w1", LEASE, 2).expect("parked");
+    let second = s.park("bad", "w1", LEASE, 2).expect("parked");
+    let drained = s
+        .claim_parked(&[first.id(), second.id()])
+        .await
+        .expect("the claim stands");
+    assert!(!drained, "the unreadable job may still be QUEUED");
+    let got = first.recv().await.expect("claimed into a place");
+    assert_eq!((got.id, got.status), (good.id, JobStatus::Starting));
+    assert!(second.withdraw().await.is_empty());
+}

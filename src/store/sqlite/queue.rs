@@ -229,14 +229,28 @@ impl JobQueue for SqliteStore {
         // and the places it takes.
         self.write_whole(move |ctx| {
             let mut drained = true;
+            // Every read first: a whole request refuses only before its first write
+            // (`whole.rs`), so one runner's unreadable record cannot undo the others' claims,
+            // nor the rest of the group commit.
+            let mut reads = Vec::with_capacity(parked.len());
             for id in parked {
                 let Some((runner, left)) = ctx.handoffs.places(id) else {
                     drained = false;
                     continue;
                 };
-                let queued = oldest_queued(ctx.conn, &runner, left)?;
-                // As many as its places: more may wait.
-                drained &= queued.len() < left;
+                match oldest_queued(ctx.conn, &runner, left) {
+                    Ok(queued) => {
+                        // As many as its places: more may wait.
+                        drained &= queued.len() < left;
+                        reads.push((id, queued));
+                    }
+                    // A newer build's record, a hand edit: left to the claim loop's claim,
+                    // which stalls on it and says so, as `refill_in` does.
+                    Err(e) if crate::store::job_record::is_corrupt(&e) => drained = false,
+                    Err(e) => return Err(e),
+                }
+            }
+            for (id, queued) in reads {
                 let taken = ctx.handoffs.take_places(id, queued.len());
                 let Some(first) = taken.first() else {
                     continue;
