@@ -307,6 +307,7 @@ conformance!(
     a_signal_id_is_kept_as_long_as_its_record,
     batch_submits_store_each_job_on_its_own,
     a_job_record_is_in_the_form_of_its_last_writer,
+    a_job_given_back_goes_ahead_of_the_jobs_queued_since,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -546,6 +547,37 @@ async fn claims_take_the_oldest_with_unique_tokens(mut b: Backend) {
     assert_eq!(tokens.len(), 5, "fencing tokens are unique");
     assert_eq!(s.claim("b", "w3", 10, LEASE).await.unwrap().len(), 1);
     assert!(s.claim("a", "w1", 0, LEASE).await.unwrap().is_empty());
+}
+
+/// A job a worker gives back (shutdown, a hand-off whose worker was gone) is QUEUED again in its
+/// place: the next claim takes it before the jobs submitted while it was out.
+async fn a_job_given_back_goes_ahead_of_the_jobs_queued_since(mut b: Backend) {
+    let s = b.store().await;
+    let first = submit(&s, job("t", "a")).await;
+    let out = claim_one(&s, "a", "w1").await;
+    assert_eq!(out.id, first.id);
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        later.push(submit(&s, job("t", "a")).await.id);
+    }
+    let back = s
+        .apply(out.id, Command::Release { token: token(&out) })
+        .await
+        .expect("given back");
+    assert_eq!(back.status, JobStatus::Queued);
+    assert_eq!(back.queued_at, first.queued_at, "its place kept");
+    assert_eq!(
+        back.runs.last().and_then(|r| r.outcome.as_deref()),
+        Some("RELEASED")
+    );
+    let next = s.claim("a", "w2", 10, LEASE).await.unwrap();
+    let order: Vec<Uuid> = next.iter().map(|j| j.id).collect();
+    let mut want = vec![first.id];
+    want.extend(later);
+    assert_eq!(
+        order, want,
+        "the job given back first, then the others in order"
+    );
 }
 
 async fn concurrent_claims_never_share_a_job(mut b: Backend) {

@@ -256,7 +256,8 @@ pub struct Job {
     pub created_at: Micros,
     /// Last change.
     pub updated_at: Micros,
-    /// When it last became QUEUED.
+    /// When it last became QUEUED (a job given back keeps the one it had: its place in the
+    /// queue).
     pub queued_at: Micros,
     /// When the current/last attempt started running.
     pub started_at: Option<Micros>,

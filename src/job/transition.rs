@@ -587,6 +587,34 @@ mod tests {
     }
 
     #[test]
+    fn a_job_given_back_keeps_its_place_and_a_retry_goes_to_the_back() {
+        // (A release spends the attempt's number: the retry below is the third.)
+        let mut j = Job {
+            max_attempts: 3,
+            ..job()
+        };
+        let place = j.queued_at;
+        claim(&mut j, 7);
+        apply(&mut j, Command::Release { token: 7 }, &ctx(50)).unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!(j.queued_at, place);
+        assert_eq!(j.runs[0].outcome.as_deref(), Some("RELEASED"));
+        // A retry after a failure is queued anew: behind the jobs queued meanwhile.
+        claim(&mut j, 8);
+        let fail = Command::Finish {
+            token: 8,
+            outcome: FinishOutcome::Failed {
+                message: "exit 1".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, fail, &ctx(60)).unwrap();
+        apply(&mut j, Command::Promote, &ctx(200_000)).unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!(j.queued_at, 200_000);
+    }
+
+    #[test]
     fn failure_retries_with_backoff_then_errors() {
         let mut j = job();
         claim(&mut j, 7);

@@ -147,7 +147,9 @@ pub(super) fn host_failure(
     Ok(Some(EventKind::Status))
 }
 
-/// The worker gives the job back (shutdown).
+/// The worker gives the job back (shutdown, a hand-off whose worker was gone): QUEUED again,
+/// in its place (its `queued_at` kept), ahead of the jobs queued since, as a job a stopping
+/// Sidekiq or BullMQ worker gives back goes first.
 pub(super) fn release(
     job: &mut Job,
     ctx: &ApplyCtx,
@@ -165,7 +167,9 @@ pub(super) fn release(
     }
     end_run(job, now, "RELEASED");
     job.lease = None;
+    let place = job.queued_at;
     set_status(job, Queued, now);
+    job.queued_at = place;
     Ok(Some(EventKind::Status))
 }
 

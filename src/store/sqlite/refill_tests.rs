@@ -192,12 +192,10 @@ async fn a_job_claimed_for_a_worker_gone_is_given_back() {
     assert_eq!(back.status, JobStatus::Queued, "{back:?}");
     assert_eq!(back.runs.len(), 1);
     assert_eq!(back.runs[0].outcome.as_deref(), Some("RELEASED"));
-    // QUEUED again (as a release at shutdown leaves it: behind the jobs queued meanwhile).
+    // QUEUED again in its place (as a release at shutdown leaves it): the next claim's first.
     let again = s.claim("r", "w2", 2, LEASE).await.unwrap();
-    let again = again
-        .iter()
-        .find(|j| j.id == second.id)
-        .expect("claimed again");
+    let again = again.first().expect("claimed again");
+    assert_eq!(again.id, second.id);
     assert!(token(again) > back.runs[0].token);
 }
 
