@@ -56,10 +56,17 @@ def main(path, pids):
                 move(nxt, "running", t)
             if nxt == "0":
                 idle_since[cpu] = t
-            elif prev == "0" and cpu in idle_since:
-                idle += t - idle_since.pop(cpu)
+            elif prev == "0":
+                # Idle since the window began when no switch to idle was seen on this CPU.
+                idle += t - idle_since.pop(cpu, first)
     if first is None:
         raise SystemExit(f"no scheduler events in {path}")
+    # What is still open at the window's end counts up to it: each pid's last state, and the
+    # CPUs idle then. (A pid's time before its first event is not known, and not counted.)
+    for pid, (st, since) in state.items():
+        spent[pid][st] += last - since
+    for since in idle_since.values():
+        idle += last - since
     cpus = os.cpu_count() or 1
     window = last - first
     print(f"window {window:.3f} s; idle {idle:.3f} CPU-s, {100 * idle / (cpus * window):.1f}% of {cpus} CPUs")
