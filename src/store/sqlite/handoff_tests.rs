@@ -286,15 +286,7 @@ async fn an_unreadable_queued_record_leaves_the_other_runners_claim_standing() {
     let (_dir, s) = open();
     let good = s.submit(job("r")).await.expect("submit").job;
     let bad = s.submit(job("bad")).await.expect("submit").job;
-    let id = bad.id.to_string();
-    s.write(move |ctx| {
-        ctx.conn
-            .execute("UPDATE jobs SET body = 'not a record' WHERE id = ?1", [id])
-            .map_err(super::super::db_err)?;
-        Ok(())
-    })
-    .await
-    .expect("spoil the record");
+    super::super::tests::spoil_record(&s, bad.id).await;
     let mut first = s.park("r", "w1", LEASE, 2).expect("parked");
     let second = s.park("bad", "w1", LEASE, 2).expect("parked");
     let drained = s

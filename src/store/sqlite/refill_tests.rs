@@ -206,15 +206,7 @@ async fn a_job_claimed_for_a_worker_gone_is_given_back() {
 async fn an_unreadable_queued_job_does_not_undo_the_finish() {
     let (_dir, s) = open();
     let (first, second, third) = running_with_a_queue(&s).await;
-    let id = second.id.to_string();
-    s.write(move |ctx| {
-        ctx.conn
-            .execute("UPDATE jobs SET body = 'not a record' WHERE id = ?1", [id])
-            .map_err(super::super::db_err)?;
-        Ok(())
-    })
-    .await
-    .expect("spoil the record");
+    super::super::tests::spoil_record(&s, second.id).await;
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
     let ended = s.finish(first.id, done(&first), Some(refill.clone())).await;
     assert_eq!(ended.expect("the finish stands").status, JobStatus::Success);

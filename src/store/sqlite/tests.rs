@@ -24,6 +24,20 @@ pub(super) async fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<
     release_tx
 }
 
+/// Makes job `id`'s stored record unreadable (as a newer build's record, or a hand edit).
+pub(super) async fn spoil_record(store: &SqliteStore, id: uuid::Uuid) {
+    let id = id.to_string();
+    store
+        .write(move |ctx| {
+            ctx.conn
+                .execute("UPDATE jobs SET body = 'not a record' WHERE id = ?1", [id])
+                .map_err(super::db_err)?;
+            Ok(())
+        })
+        .await
+        .expect("spoil the record");
+}
+
 fn noop() -> WriteOp {
     Box::new(|_| Box::new(|_| {}))
 }
