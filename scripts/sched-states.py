@@ -10,7 +10,6 @@ there for its child's exec), and how idle the machine's CPUs were over the windo
 Session 26 used it on the spawner of local jobs while `runyard bench --only local` ran
 (docs/benchmarks.md, "Session 26: more than one spawner")."""
 import collections
-import os
 import re
 import sys
 
@@ -23,6 +22,7 @@ def main(path, pids):
     state = {}  # pid -> (state, since)
     spent = {p: collections.Counter() for p in pids}
     idle_since, idle, first, last = {}, 0.0, None, None
+    cpus_seen, switched = set(), set()
 
     def move(pid, new, t):
         old, since = state.get(pid, (None, None))
@@ -37,6 +37,7 @@ def main(path, pids):
                 continue
             _, _, cpu, t, kind, rest = m.groups()
             t, cpu = float(t), int(cpu)
+            cpus_seen.add(cpu)
             first = t if first is None else first
             last = t
             if kind == "sched_wakeup":
@@ -50,6 +51,7 @@ def main(path, pids):
             if not s:
                 continue
             prev, prev_state, nxt = s.groups()
+            switched.add(cpu)
             if prev in spent:
                 move(prev, "waiting for a CPU (preempted)" if prev_state.startswith("R") else prev_state, t)
             if nxt in spent:
@@ -67,7 +69,11 @@ def main(path, pids):
         spent[pid][st] += last - since
     for since in idle_since.values():
         idle += last - since
-    cpus = os.cpu_count() or 1
+    # The recorded machine's CPUs (the highest seen), not this one's.
+    cpus = max(cpus_seen) + 1
+    quiet = sorted(set(range(cpus)) - switched)
+    if quiet:
+        print(f"note: no switch on CPU {quiet} in the window (idle or busy throughout: not counted as idle)")
     window = last - first
     print(f"window {window:.3f} s; idle {idle:.3f} CPU-s, {100 * idle / (cpus * window):.1f}% of {cpus} CPUs")
     for p in pids:

@@ -570,6 +570,9 @@ async fn a_job_given_back_goes_ahead_of_the_jobs_queued_since(mut b: Backend) {
         back.runs.last().and_then(|r| r.outcome.as_deref()),
         Some("RELEASED")
     );
+    // The type's oldest QUEUED job (`/async/stats`, the metrics) is it, from its place.
+    let counts = s.job_counts().await.expect("counts");
+    assert_eq!(counts.oldest_queued.get("t"), Some(&first.queued_at));
     let next = s.claim("a", "w2", 10, LEASE).await.unwrap();
     let order: Vec<Uuid> = next.iter().map(|j| j.id).collect();
     let mut want = vec![first.id];

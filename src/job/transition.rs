@@ -56,7 +56,8 @@ pub enum Command {
         /// What failed, e.g. `cannot start `sh`: Too many open files (os error 24)`.
         message: String,
     },
-    /// The worker gives the job back (graceful shutdown): QUEUED again.
+    /// The worker gives the job back (graceful shutdown, a hand-off or refill whose worker was
+    /// gone): QUEUED again in its place (its `queued_at` kept), ahead of the jobs queued since.
     Release {
         /// The claim's token.
         token: u64,

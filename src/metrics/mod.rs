@@ -33,7 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::job::{now_us, Job, JobStatus};
+use crate::job::{now_us, Job, JobStatus, Micros};
 use crate::store::counts::JobCounts;
 use crate::store::Store;
 
@@ -166,7 +166,7 @@ impl Metrics {
         );
         r.register(
             "runyard_queue_oldest_age_seconds",
-            "Age of the oldest QUEUED job by type, since it became QUEUED (from the store)",
+            "Age of the oldest QUEUED job by type, since it became QUEUED (a job a worker gave back: since it was queued before that run, its place in the queue; from the store)",
             self.queue_oldest.clone(),
         );
         r.register(
@@ -215,7 +215,7 @@ impl Metrics {
         );
         r.register(
             "runyard_job_queue_wait_seconds",
-            "Time from a job becoming QUEUED (its submit, or when a delay or backoff ended) to the claim that starts an attempt, by type",
+            "Time from a job becoming QUEUED (its submit, when a delay or backoff ended, or when the run a worker gave it back from ended) to the claim that starts an attempt, by type",
             self.queue_wait.clone(),
         );
         r.register(
@@ -405,12 +405,12 @@ impl Metrics {
         }
     }
 
-    /// Jobs this process claimed: their wait in the queue.
+    /// Jobs this process claimed: their wait in the queue (since [`queued_since`]).
     pub fn jobs_claimed(&self, jobs: &[Job]) {
         for j in jobs {
             self.transition(j.status);
             let claimed = j.runs.last().map_or_else(now_us, |r| r.claimed_at);
-            let wait = claimed.saturating_sub(j.queued_at).max(0) as f64 / 1e6;
+            let wait = claimed.saturating_sub(queued_since(j)).max(0) as f64 / 1e6;
             self.with_type(&j.job_type, |label, s| {
                 cached(&mut s.queue_wait, &self.queue_wait, label).observe(wait)
             });
@@ -533,6 +533,20 @@ impl CommandKind {
     }
 }
 
+/// When a claimed job's current wait began: when it became QUEUED, or, for a job a worker gave
+/// back (its `queued_at` kept: its place in the queue), when that run ended; the run it was
+/// given back from is not waiting.
+fn queued_since(j: &Job) -> Micros {
+    let given_back = j
+        .runs
+        .len()
+        .checked_sub(2)
+        .map(|i| &j.runs[i])
+        .filter(|r| r.outcome.as_deref() == Some("RELEASED"))
+        .and_then(|r| r.ended_at);
+    given_back.map_or(j.queued_at, |ended| ended.max(j.queued_at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +580,35 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_job_given_back_waits_from_the_end_of_the_run_it_was_given_back_from() {
+        use crate::job::{apply, ApplyCtx, Command};
+        let claim = |j: &mut Job, token, at| {
+            let cmd = Command::Claim {
+                worker: "w".into(),
+                token,
+                lease_until: at + 60_000_000,
+            };
+            apply(j, cmd, &ApplyCtx::at(at, 0)).unwrap();
+        };
+        let mut j = Job::new("t", "r", 0);
+        claim(&mut j, 1, 100);
+        assert_eq!(queued_since(&j), 0, "a first claim: since it was queued");
+        apply(
+            &mut j,
+            Command::Release { token: 1 },
+            &ApplyCtx::at(7_000_000, 0),
+        )
+        .unwrap();
+        assert_eq!(j.queued_at, 0, "its place kept");
+        claim(&mut j, 2, 7_500_000);
+        assert_eq!(
+            queued_since(&j),
+            7_000_000,
+            "not the run it was given back from"
+        );
     }
 
     #[test]

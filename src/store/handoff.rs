@@ -17,8 +17,8 @@
 //!   that, the worker waits for what is given: the job after the commit, or nothing when the
 //!   transaction rolled back.
 //! - A hand-off whose worker is gone (its [`Parked`] dropped) cannot be delivered: the store
-//!   gives the job back to the queue (`Release` with the hand-off's token: QUEUED again, a
-//!   `RELEASED` run record, as at a graceful shutdown). Nothing is lost.
+//!   gives the job back to the queue (`Release` with the hand-off's token: QUEUED again in its
+//!   place, a `RELEASED` run record, as at a graceful shutdown). Nothing is lost.
 //!
 //! A [`Refill`] is the same hand-off from a worker's finish instead of a submit: the finish's
 //! transaction claims the runner's oldest QUEUED job for the worker. Its place is taken once,
