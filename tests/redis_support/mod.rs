@@ -114,17 +114,24 @@ impl TestRedis {
     /// temporary directory.
     pub fn private(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut r = Self {
-            url: format!("redis://127.0.0.1:{port}"),
+            url: String::new(),
             prefix: unique_prefix(),
-            port,
+            port: 0,
             child: None,
             dir: Some(dir),
             args: extra.iter().map(|s| s.to_string()).collect(),
         };
-        r.spawn();
-        r
+        // A port found free may be taken by another test's server before redis binds it: then
+        // redis exits at once, and another port is tried.
+        for _ in 0..5 {
+            r.port = free_port();
+            r.url = format!("redis://127.0.0.1:{}", r.port);
+            if r.try_spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server exited at start five times (its ports taken?)");
     }
 
     /// The server's directory (private servers).
@@ -133,6 +140,16 @@ impl TestRedis {
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server on port {} exited at start",
+            self.port
+        );
+    }
+
+    /// Starts redis-server on `self.port` and waits until it answers; false when it exited
+    /// first (its port taken).
+    fn try_spawn(&mut self) -> bool {
         let dir: PathBuf = self.dir().to_path_buf();
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
@@ -154,7 +171,20 @@ impl TestRedis {
             .spawn()
             .expect("redis-server starts (apt-get install redis-server)");
         self.child = Some(child);
-        self.wait_up(Duration::from_secs(20));
+        let start = Instant::now();
+        while !self.ping() {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis on port {} did not come up",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Waits until the server answers PING.
