@@ -567,6 +567,11 @@ async fn a_job_given_back_goes_ahead_of_the_jobs_queued_since(mut b: Backend) {
     assert_eq!(back.status, JobStatus::Queued);
     assert_eq!(back.queued_at, first.queued_at, "its place kept");
     assert_eq!(
+        (back.attempt, back.max_attempts),
+        (1, out.max_attempts + 1),
+        "the attempt given back"
+    );
+    assert_eq!(
         back.runs.last().and_then(|r| r.outcome.as_deref()),
         Some("RELEASED")
     );

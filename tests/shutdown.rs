@@ -25,7 +25,8 @@ async fn stored(store: &Arc<dyn Store>, id: &str) -> runyard::job::Job {
 
 /// Stops the server and checks that job `id` was given back by the stop: QUEUED with no lease
 /// when `stop()` returned, and, read back through a new server without a worker, QUEUED with its
-/// attempt recorded as released (not failed). Returns the job as read back.
+/// attempt recorded as released (not failed) and given back: as many attempts left as it was
+/// submitted with (the runner's default, 3). Returns the job as read back.
 async fn stop_and_read_given_back(ts: &mut TestServer, id: &str) -> Value {
     let store = ts.running().app.store.clone();
     ts.stop().await;
@@ -37,6 +38,9 @@ async fn stop_and_read_given_back(ts: &mut TestServer, id: &str) -> Value {
     let job = ts.get_job(id).await;
     assert_eq!(status_of(&job), "QUEUED", "{job:#}");
     assert_eq!(job["runs"][0]["outcome"], "RELEASED", "{job:#}");
+    let left = job["max_attempts"].as_u64().expect("max_attempts")
+        - job["attempt"].as_u64().expect("attempt");
+    assert_eq!(left, 3, "the released attempt is given back: {job:#}");
     job
 }
 

@@ -57,7 +57,8 @@ pub enum Command {
         message: String,
     },
     /// The worker gives the job back (graceful shutdown, a hand-off or refill whose worker was
-    /// gone): QUEUED again in its place (its `queued_at` kept), ahead of the jobs queued since.
+    /// gone): QUEUED again in its place (its `queued_at` kept), ahead of the jobs queued since,
+    /// and the attempt given back (`max_attempts` + 1), as after a host failure.
     Release {
         /// The claim's token.
         token: u64,
@@ -589,7 +590,6 @@ mod tests {
 
     #[test]
     fn a_job_given_back_keeps_its_place_and_a_retry_goes_to_the_back() {
-        // (A release spends the attempt's number: the retry below is the third.)
         let mut j = Job {
             max_attempts: 3,
             ..job()
@@ -600,6 +600,8 @@ mod tests {
         assert_eq!(j.status, JobStatus::Queued);
         assert_eq!(j.queued_at, place);
         assert_eq!(j.runs[0].outcome.as_deref(), Some("RELEASED"));
+        // The attempt is given back: its number stays spent, one more is allowed.
+        assert_eq!((j.attempt, j.max_attempts), (1, 4));
         // A retry after a failure is queued anew: behind the jobs queued meanwhile.
         claim(&mut j, 8);
         let fail = Command::Finish {

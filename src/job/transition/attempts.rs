@@ -149,7 +149,9 @@ pub(super) fn host_failure(
 
 /// The worker gives the job back (shutdown, a hand-off whose worker was gone): QUEUED again,
 /// in its place (its `queued_at` kept), ahead of the jobs queued since, as a job a stopping
-/// Sidekiq or BullMQ worker gives back goes first.
+/// Sidekiq or BullMQ worker gives back goes first. The attempt is not the job's fault, so it is
+/// given back as a host failure's is (`max_attempts` + 1; `attempt` itself never decreases), as
+/// Sidekiq's retry count is untouched by a job pushed back at shutdown.
 pub(super) fn release(
     job: &mut Job,
     ctx: &ApplyCtx,
@@ -167,6 +169,7 @@ pub(super) fn release(
     }
     end_run(job, now, "RELEASED");
     job.lease = None;
+    job.max_attempts = job.max_attempts.saturating_add(1);
     let place = job.queued_at;
     set_status(job, Queued, now);
     job.queued_at = place;
