@@ -235,7 +235,7 @@ struct Core {
     tasks: TaskTracker,
     bg: CancellationToken,
     worker_stop: CancellationToken,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<(Arc<Worker>, JoinHandle<()>)>,
     /// The worker's own thread, when a server started by `serve`/`start` runs on a single-thread
     /// runtime ([`WorkerThread`]; a worker node's worker stays on its runtime).
     worker_thread: Option<WorkerThread>,
@@ -372,7 +372,7 @@ impl Core {
             format!("{}/async", self.config.public_url()),
         );
         let id = w.id().to_string();
-        let run = w.run(self.worker_stop.clone());
+        let run = w.clone().run(self.worker_stop.clone());
         // On a single-thread runtime the worker gets a thread (and a core) of its own.
         let single = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread
@@ -388,19 +388,25 @@ impl Core {
         } else {
             None
         };
-        self.worker = Some(match &own {
+        let task = match &own {
             Some(t) => t.handle.spawn(run),
             None => tokio::spawn(run),
-        });
+        };
+        self.worker = Some((w, task));
         self.worker_thread = own;
         id
     }
 
     /// Stops the worker claiming and waits for it to drain.
     async fn stop_worker(&mut self) {
+        // Before anything else, on this thread: once `stop()` has been polled, no finish claims
+        // a next job, however long the worker's own thread takes to see the cancellation.
+        if let Some((w, _)) = &self.worker {
+            w.begin_stopping();
+        }
         self.worker_stop.cancel();
-        if let Some(w) = self.worker.take() {
-            let _ = w.await;
+        if let Some((_, task)) = self.worker.take() {
+            let _ = task.await;
         }
         if let Some(t) = self.worker_thread.take() {
             t.end().await;

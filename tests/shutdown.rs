@@ -174,6 +174,9 @@ concurrency = 1
     }
     ts.wait_status(&ids[0], "RUNNING", WAIT).await;
     let store = ts.running().app.store.clone();
+    // `stop()` closes the refills as it is first polled (`Core::stop_worker`), long before the
+    // gate opens: however late the worker's thread sees the shutdown, job 1's finish must claim
+    // nothing.
     tokio::join!(ts.stop(), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         gate.add_permits(1);

@@ -227,8 +227,9 @@ impl Worker {
 
     /// From now on no finish claims a next job: the refills of the running jobs are closed
     /// (a finish already on its way with one still brings its job, run as one claimed in the
-    /// worker's last moments is), and no new one is asked for.
-    fn begin_stopping(&self) {
+    /// worker's last moments is), and no new one is asked for. Called again by `run` when it
+    /// sees the shutdown; more than once is harmless.
+    pub(crate) fn begin_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for r in self.running.lock().values() {
             if let Some(f) = &r.refill {
