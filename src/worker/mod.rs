@@ -20,6 +20,8 @@ pub mod reporter;
 pub mod reports;
 mod start;
 mod supervise;
+#[cfg(test)]
+mod sweep_tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
