@@ -30,6 +30,52 @@ pub(crate) fn is_corrupt(e: &StoreError) -> bool {
     matches!(e, StoreError::Backend(m) if m.starts_with("corrupt record"))
 }
 
+/// How long after logging a job's unreadable record at ERROR the same job's is logged at DEBUG
+/// only: the rounds (claims, heartbeats, expired leases, promotion) meet such a record every
+/// second or so, for as long as it is there.
+const UNREADABLE_QUIET: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Jobs remembered by [`log_unreadable`]; past this, those logged before the quiet period are
+/// forgotten (and if that is not enough, all are: they are logged loudly once more).
+const UNREADABLE_REMEMBERED: usize = 4096;
+
+/// Logs that this build cannot read job `id`'s record, met by `what` (a round, a listing): at
+/// ERROR the first time, and again once [`UNREADABLE_QUIET`] has passed; at DEBUG in between.
+/// Returns whether it logged at ERROR.
+pub(crate) fn log_unreadable(id: &str, what: &str, error: &dyn std::fmt::Display) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static LOGGED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let now = Instant::now();
+    let loud = {
+        let mut logged = LOGGED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match logged.get(id) {
+            Some(at) if now.duration_since(*at) < UNREADABLE_QUIET => false,
+            _ => {
+                if logged.len() >= UNREADABLE_REMEMBERED {
+                    logged.retain(|_, at| now.duration_since(*at) < UNREADABLE_QUIET);
+                    if logged.len() >= UNREADABLE_REMEMBERED {
+                        logged.clear();
+                    }
+                }
+                logged.insert(id.to_owned(), now);
+                true
+            }
+        }
+    };
+    if loud {
+        tracing::error!(job_id = %id, error = %error, met_by = what,
+            "unreadable job record left out (logged again in 10 minutes if still there)");
+    } else {
+        tracing::debug!(job_id = %id, error = %error, met_by = what, "unreadable job record left out");
+    }
+    loud
+}
+
 /// The fields of a job SQLite keeps in its row's columns, beside the compact body; an inline
 /// record holds them itself.
 pub(crate) struct Columns {
@@ -547,6 +593,21 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unreadable_record_is_logged_loudly_once_per_quiet_period() {
+        let id = Uuid::now_v7().to_string();
+        let other = Uuid::now_v7().to_string();
+        assert!(super::log_unreadable(&id, "a claim", &"bad"));
+        assert!(
+            !super::log_unreadable(&id, "the reaper", &"bad"),
+            "quiet the second time"
+        );
+        assert!(
+            super::log_unreadable(&other, "a claim", &"bad"),
+            "another job is its own"
+        );
+    }
+
     use super::fixtures::{everything, job};
     use super::*;
 

@@ -15,13 +15,13 @@ const LIST_SCAN: usize = crate::store::paging::SCAN_BOUND;
 /// (`HSTRLEN`); a record larger than this is loaded alone.
 const LOAD_BYTES: usize = 1 << 20;
 
-/// A listed job record, or `None` (reported) when it no longer reads as a job: one bad record
-/// never fails a listing.
-fn listable(body: &str) -> Option<Job> {
+/// Job `id`'s listed record, or `None` (reported) when it no longer reads as a job: one bad
+/// record never fails a listing.
+fn listable(id: Uuid, body: &str) -> Option<Job> {
     match read_job_record(body) {
         Ok(j) => Some(j),
         Err(e) => {
-            tracing::error!(error = %e, "unreadable job record left out of a listing");
+            crate::store::job_record::log_unreadable(&id.to_string(), "a listing", &e);
             None
         }
     }
@@ -71,7 +71,7 @@ impl<'q> Scan<'q> {
 
     /// The record `body` of the job `id`.
     fn step(&mut self, id: Uuid, body: &str) -> Step {
-        let job = listable(body);
+        let job = listable(id, body);
         if self.q.visible.is_some() {
             // The jobs a confined caller does not see are skipped before anything counts them.
             let Some(j) = job.as_ref().filter(|j| self.q.visible_to(j)) else {

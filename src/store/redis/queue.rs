@@ -221,7 +221,7 @@ impl JobQueue for RedisStore {
                     }
                     // A record this build cannot read: the others due are promoted all the same.
                     Err(e) if crate::store::job_record::is_corrupt(&e) => {
-                        tracing::error!(job_id = %id, error = %e, "unreadable job record not promoted");
+                        crate::store::job_record::log_unreadable(&id.to_string(), "promotion", &e);
                         unreadable += 1;
                     }
                     Err(e) => return Err(e),
@@ -305,8 +305,7 @@ fn readable(body: &str, id: impl FnOnce() -> String, what: &str) -> Option<Job> 
     match read_job_record(body) {
         Ok(j) => Some(j),
         Err(e) => {
-            let id = id();
-            tracing::error!(job_id = %id, error = %e, round = what, "unreadable job record left out");
+            crate::store::job_record::log_unreadable(&id(), what, &e);
             None
         }
     }

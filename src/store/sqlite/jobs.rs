@@ -230,7 +230,7 @@ fn list_in(c: &rusqlite::Connection, q: &ListQuery) -> Result<JobPage> {
                 Ok(_) => {}
                 Err(e) => {
                     let id = upper.as_deref().unwrap_or_default();
-                    tracing::error!(job_id = %id, error = %e, "unreadable job record left out of a listing");
+                    crate::store::job_record::log_unreadable(id, "a listing", &e);
                 }
             }
             if spent {
