@@ -23,7 +23,9 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use serde_json::json;
 
-use super::transition::{apply, ApplyCtx, Command, EventKind, FinishOutcome, HookReport};
+use super::transition::{
+    apply, ApplyCtx, Command, EventKind, FinishOutcome, HookReport, RELEASED, RELEASES_GIVEN_BACK,
+};
 use super::{Backoff, Event, FileRef, Job, JobStatus, Micros, MAX_RUN_RECORDS};
 use crate::job::TransitionError;
 
@@ -371,6 +373,30 @@ fn check_step(
                     "illegal move {} -> {}",
                     before.status,
                     after.status
+                );
+            }
+            // Only an attempt given back (a release, a host failure) or a retry changes
+            // `max_attempts`; a release only for a bounded row of releases.
+            if after.max_attempts != before.max_attempts {
+                match cmd {
+                    Command::Release { .. } | Command::HostFailure { .. } => {
+                        prop_assert_eq!(after.max_attempts, before.max_attempts + 1);
+                    }
+                    Command::Retry => prop_assert_eq!(after.max_attempts, before.attempt + 1),
+                    _ => prop_assert!(false, "{:?} changed max_attempts", cmd),
+                }
+            }
+            if matches!(cmd, Command::Release { .. }) && after.max_attempts > before.max_attempts {
+                let in_a_row = after
+                    .runs
+                    .iter()
+                    .rev()
+                    .take_while(|r| r.outcome.as_deref() == Some(RELEASED))
+                    .count();
+                prop_assert!(
+                    in_a_row <= RELEASES_GIVEN_BACK,
+                    "{} releases given back",
+                    in_a_row
                 );
             }
             if let Some(kind) = ev {

@@ -299,6 +299,13 @@ fn fail_attempt(
 /// The run outcome of an attempt given back by [`Command::HostFailure`].
 pub const HOST_FAILURE: &str = "HOST_FAILURE";
 
+/// The run outcome of an attempt its worker gave back ([`Command::Release`]).
+pub const RELEASED: &str = "RELEASED";
+
+/// Releases in a row whose attempt is given back (`max_attempts` + 1); later ones in the same
+/// row spend theirs, and end the job ERROR when none is left.
+pub const RELEASES_GIVEN_BACK: usize = 5;
+
 /// The backoff after a host failure: 500 ms doubled for each host failure just before this one
 /// (at most 30 s), with ±25 % jitter, in microseconds.
 fn host_failure_delay_us(job: &Job, jitter: f64) -> i64 {
@@ -615,6 +622,62 @@ mod tests {
         apply(&mut j, Command::Promote, &ctx(200_000)).unwrap();
         assert_eq!(j.status, JobStatus::Queued);
         assert_eq!(j.queued_at, 200_000);
+    }
+
+    #[test]
+    fn releases_in_a_row_give_their_attempt_back_only_so_many_times() {
+        let mut j = Job {
+            max_attempts: 2,
+            ..job()
+        };
+        let mut token = 0;
+        let release = |j: &mut Job, token: &mut u64| {
+            *token += 1;
+            claim(j, *token);
+            let cmd = Command::Release { token: *token };
+            apply(j, cmd, &ctx(50)).unwrap();
+        };
+        for n in 1..=RELEASES_GIVEN_BACK as u32 {
+            release(&mut j, &mut token);
+            assert_eq!(j.status, JobStatus::Queued);
+            assert_eq!((j.attempt, j.max_attempts), (n, n + 2), "given back");
+        }
+        // From the next one in the row on, a release spends its attempt...
+        let given = RELEASES_GIVEN_BACK as u32;
+        release(&mut j, &mut token);
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!((j.attempt, j.max_attempts), (given + 1, given + 2));
+        // ...and with none left the job ends, said why.
+        release(&mut j, &mut token);
+        assert_eq!(j.status, JobStatus::Error);
+        assert_eq!((j.attempt, j.max_attempts), (given + 2, given + 2));
+        assert!(j.finished_at.is_some() && j.lease.is_none());
+        let why = j.error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("given back by its worker 7 times in a row"),
+            "{why}"
+        );
+        assert_eq!(j.runs.last().unwrap().outcome.as_deref(), Some(RELEASED));
+
+        // A run that ended otherwise breaks the row: the count starts again.
+        let mut j = Job {
+            max_attempts: 1,
+            ..job()
+        };
+        for _ in 0..RELEASES_GIVEN_BACK {
+            release(&mut j, &mut token);
+        }
+        token += 1;
+        claim(&mut j, token);
+        let host = Command::HostFailure {
+            token,
+            message: "EMFILE".into(),
+        };
+        apply(&mut j, host, &ctx(60)).unwrap();
+        apply(&mut j, Command::Promote, &ctx(100_000_000)).unwrap();
+        let before = j.max_attempts;
+        release(&mut j, &mut token);
+        assert_eq!(j.max_attempts, before + 1, "a new row");
     }
 
     #[test]

@@ -542,7 +542,7 @@ fn queued_since(j: &Job) -> Micros {
         .len()
         .checked_sub(2)
         .map(|i| &j.runs[i])
-        .filter(|r| r.outcome.as_deref() == Some("RELEASED"))
+        .filter(|r| r.outcome.as_deref() == Some(crate::job::transition::RELEASED))
         .and_then(|r| r.ended_at);
     given_back.map_or(j.queued_at, |ended| ended.max(j.queued_at))
 }

@@ -5,6 +5,7 @@
 use super::{
     check_token, commit_reported, end_run, fail_attempt, host_failure_delay_us, illegal,
     set_status, succeed, ApplyCtx, EventKind, FinishOutcome, Retry, TransitionError, HOST_FAILURE,
+    RELEASED, RELEASES_GIVEN_BACK,
 };
 use crate::job::JobStatus::*;
 use crate::job::{Job, Lease, Micros, Reported, RunHandle, RunRecord, MAX_RUN_RECORDS};
@@ -151,7 +152,11 @@ pub(super) fn host_failure(
 /// in its place (its `queued_at` kept), ahead of the jobs queued since, as a job a stopping
 /// Sidekiq or BullMQ worker gives back goes first. The attempt is not the job's fault, so it is
 /// given back as a host failure's is (`max_attempts` + 1; `attempt` itself never decreases), as
-/// Sidekiq's retry count is untouched by a job pushed back at shutdown.
+/// Sidekiq's retry count is untouched by a job pushed back at shutdown; but only for
+/// [`RELEASES_GIVEN_BACK`] releases in a row. After those a release spends its attempt as a lost
+/// worker's does, and one with no attempt left ends the job ERROR: a job that stops its own
+/// worker each time (a deploy job that restarts runyard, a pod evicted for the job's memory)
+/// is not given back for ever (Sidekiq Pro's super_fetch kills a job recovered 3 times).
 pub(super) fn release(
     job: &mut Job,
     ctx: &ApplyCtx,
@@ -167,9 +172,25 @@ pub(super) fn release(
         commit_reported(job, ctx, reported, None);
         return Ok(Some(EventKind::Status));
     }
-    end_run(job, now, "RELEASED");
+    end_run(job, now, RELEASED);
     job.lease = None;
-    job.max_attempts = job.max_attempts.saturating_add(1);
+    // This release included.
+    let in_a_row = job
+        .runs
+        .iter()
+        .rev()
+        .take_while(|r| r.outcome.as_deref() == Some(RELEASED))
+        .count();
+    if in_a_row <= RELEASES_GIVEN_BACK {
+        job.max_attempts = job.max_attempts.saturating_add(1);
+    } else if job.attempt >= job.max_attempts {
+        job.error = Some(format!(
+            "given back by its worker {in_a_row} times in a row (stopped at shutdown, or its \
+             worker gone before it started) and no attempt left"
+        ));
+        set_status(job, Error, now);
+        return Ok(Some(EventKind::Status));
+    }
     let place = job.queued_at;
     set_status(job, Queued, now);
     job.queued_at = place;
