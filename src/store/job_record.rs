@@ -35,43 +35,65 @@ pub(crate) fn is_corrupt(e: &StoreError) -> bool {
 /// second or so, for as long as it is there.
 const UNREADABLE_QUIET: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Jobs remembered by [`log_unreadable`]; past this, those logged before the quiet period are
-/// forgotten (and if that is not enough, all are: they are logged loudly once more).
-const UNREADABLE_REMEMBERED: usize = 4096;
+/// Jobs remembered by [`log_unreadable`] (about 100 bytes each). Past this, those logged before
+/// the quiet period are forgotten; if all are newer, a job not remembered is logged at DEBUG,
+/// with one ERROR in each quiet period saying that more records than this are unreadable.
+const UNREADABLE_REMEMBERED: usize = 16384;
+
+/// What [`log_unreadable`] remembers.
+#[derive(Default)]
+struct UnreadableLog {
+    /// When each job's record was last logged at ERROR.
+    logged: std::collections::HashMap<String, std::time::Instant>,
+    /// When "too many to name" was last logged.
+    overflow: Option<std::time::Instant>,
+}
+
+impl UnreadableLog {
+    /// Notes that job `id`'s record was met at `now`: whether to log it at ERROR, and whether
+    /// to log that more than `cap` are unreadable.
+    fn note(&mut self, id: &str, now: std::time::Instant, cap: usize) -> (bool, bool) {
+        let quiet = |at: &std::time::Instant| now.duration_since(*at) < UNREADABLE_QUIET;
+        if self.logged.get(id).is_some_and(quiet) {
+            return (false, false);
+        }
+        if self.logged.len() >= cap && !self.logged.contains_key(id) {
+            self.logged.retain(|_, at| quiet(at));
+        }
+        if self.logged.len() < cap || self.logged.contains_key(id) {
+            self.logged.insert(id.to_owned(), now);
+            (true, false)
+        } else if self.overflow.as_ref().is_some_and(quiet) {
+            (false, false)
+        } else {
+            self.overflow = Some(now);
+            (false, true)
+        }
+    }
+}
 
 /// Logs that this build cannot read job `id`'s record, met by `what` (a round, a listing): at
 /// ERROR the first time, and again once [`UNREADABLE_QUIET`] has passed; at DEBUG in between.
-/// Returns whether it logged at ERROR.
+/// Returns whether it logged this job at ERROR.
 pub(crate) fn log_unreadable(id: &str, what: &str, error: &dyn std::fmt::Display) -> bool {
-    use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    use std::time::Instant;
-    static LOGGED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    let now = Instant::now();
-    let loud = {
-        let mut logged = LOGGED
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match logged.get(id) {
-            Some(at) if now.duration_since(*at) < UNREADABLE_QUIET => false,
-            _ => {
-                if logged.len() >= UNREADABLE_REMEMBERED {
-                    logged.retain(|_, at| now.duration_since(*at) < UNREADABLE_QUIET);
-                    if logged.len() >= UNREADABLE_REMEMBERED {
-                        logged.clear();
-                    }
-                }
-                logged.insert(id.to_owned(), now);
-                true
-            }
-        }
-    };
+    static LOG: OnceLock<Mutex<UnreadableLog>> = OnceLock::new();
+    let (loud, overflow) = LOG
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .note(id, std::time::Instant::now(), UNREADABLE_REMEMBERED);
     if loud {
         tracing::error!(job_id = %id, error = %error, met_by = what,
             "unreadable job record left out (logged again in 10 minutes if still there)");
     } else {
         tracing::debug!(job_id = %id, error = %error, met_by = what, "unreadable job record left out");
+    }
+    if overflow {
+        tracing::error!(
+            remembered = UNREADABLE_REMEMBERED,
+            "more unreadable job records than can be named every 10 minutes: the others are logged at DEBUG"
+        );
     }
     loud
 }
@@ -606,6 +628,23 @@ mod tests {
             super::log_unreadable(&other, "a claim", &"bad"),
             "another job is its own"
         );
+    }
+
+    #[test]
+    fn past_the_cap_unreadable_records_are_summed_up_once_per_quiet_period() {
+        use std::time::{Duration, Instant};
+        let mut log = super::UnreadableLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note("a", t0, 2), (true, false));
+        assert_eq!(log.note("b", t0, 2), (true, false));
+        // Full of jobs logged within the quiet period: no one named, one summary.
+        assert_eq!(log.note("c", t0, 2), (false, true));
+        assert_eq!(log.note("d", t0, 2), (false, false));
+        assert_eq!(log.note("a", t0, 2), (false, false), "a is still quiet");
+        // Once the period has passed, the old ones make room.
+        let later = t0 + super::UNREADABLE_QUIET + Duration::from_secs(1);
+        assert_eq!(log.note("c", later, 2), (true, false));
+        assert_eq!(log.logged.len(), 1);
     }
 
     use super::fixtures::{everything, job};
