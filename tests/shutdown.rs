@@ -174,13 +174,16 @@ concurrency = 1
     }
     ts.wait_status(&ids[0], "RUNNING", WAIT).await;
     let store = ts.running().app.store.clone();
-    // `stop()` closes the refills as it is first polled (`Core::stop_worker`), long before the
-    // gate opens: however late the worker's thread sees the shutdown, job 1's finish must claim
-    // nothing.
-    tokio::join!(ts.stop(), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // `stop()` closes the refills as it is first polled (`Core::stop_worker`): the gate opens
+    // right after that first poll, and however late the worker's own task sees the shutdown,
+    // job 1's finish must claim nothing.
+    {
+        let stop = ts.stop();
+        tokio::pin!(stop);
+        assert!(futures::poll!(&mut stop).is_pending(), "job 1 still runs");
         gate.add_permits(1);
-    });
+        stop.await;
+    }
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
