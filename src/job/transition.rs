@@ -280,7 +280,7 @@ fn fail_attempt(
     job.error = Some(message);
     job.exit_code = exit_code;
     let after_ms = match retry {
-        Retry::Backoff => Some(job.backoff.delay_ms(job.attempt, ctx.jitter)),
+        Retry::Backoff => Some(job.backoff.delay_ms(counted_attempts(job), ctx.jitter)),
         Retry::After(ms) => Some(ms),
         Retry::Never => None,
     };
@@ -305,6 +305,30 @@ pub const RELEASED: &str = "RELEASED";
 /// Releases in a row whose attempt is given back (`max_attempts` + 1); later ones in the same
 /// row spend theirs, and end the job ERROR when none is left.
 pub const RELEASES_GIVEN_BACK: usize = 5;
+
+/// The attempts that counted against the job, for its backoff: its `attempt` less the runs that
+/// gave theirs back (host failures, and releases within their row's bound), so that a job
+/// stopped by three deploys waits after its first failure as long as any other. Only the run
+/// records kept (the last `MAX_RUN_RECORDS`) are counted; older ones count against it.
+fn counted_attempts(job: &Job) -> u32 {
+    let (mut given_back, mut row) = (0u32, 0usize);
+    for r in &job.runs {
+        match r.outcome.as_deref() {
+            Some(HOST_FAILURE) => {
+                given_back += 1;
+                row = 0;
+            }
+            Some(RELEASED) => {
+                row += 1;
+                if row <= RELEASES_GIVEN_BACK {
+                    given_back += 1;
+                }
+            }
+            _ => row = 0,
+        }
+    }
+    job.attempt.saturating_sub(given_back).max(1)
+}
 
 /// The backoff after a host failure: 500 ms doubled for each host failure just before this one
 /// (at most 30 s), with ±25 % jitter, in microseconds.
@@ -678,6 +702,44 @@ mod tests {
         let before = j.max_attempts;
         release(&mut j, &mut token);
         assert_eq!(j.max_attempts, before + 1, "a new row");
+    }
+
+    #[test]
+    fn attempts_given_back_do_not_lengthen_the_backoff() {
+        let mut j = Job {
+            max_attempts: 2,
+            backoff: Backoff {
+                initial_ms: 1000,
+                max_ms: 600_000,
+                multiplier: 2.0,
+                jitter: false,
+            },
+            ..job()
+        };
+        for token in 1..=3 {
+            claim(&mut j, token);
+            apply(&mut j, Command::Release { token }, &ctx(50)).unwrap();
+        }
+        claim(&mut j, 4);
+        let host = Command::HostFailure {
+            token: 4,
+            message: "EMFILE".into(),
+        };
+        apply(&mut j, host, &ctx(60)).unwrap();
+        apply(&mut j, Command::Promote, &ctx(100_000_000)).unwrap();
+        claim(&mut j, 5);
+        let fail = Command::Finish {
+            token: 5,
+            outcome: FinishOutcome::Failed {
+                message: "exit 1".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, fail, &ctx(200_000_000)).unwrap();
+        assert_eq!(j.status, JobStatus::Scheduled, "attempts left: {j:#?}");
+        assert_eq!(j.attempt, 5);
+        // The first failure that counted waits the first backoff (1 s), not 2^4 of it.
+        assert_eq!(j.run_at, Some(200_000_000 + 1_000_000));
     }
 
     #[test]
