@@ -1123,3 +1123,47 @@ command = ["/bin/sh", "-c", "ls /proc/self/fd"]
     // `ls` itself holds the directory it reads (3).
     assert_eq!(fds, ["0", "1", "2", "3"], "{out:?}");
 }
+
+/// `serve` reads `./runyard.toml` of the directory it runs in, never one of a parent directory
+/// (a `runyard.toml` planted in `/tmp` must not decide what a server started below it runs).
+#[test]
+fn serve_reads_no_config_of_a_parent_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let below = dir.path().join("a").join("b");
+    std::fs::create_dir_all(&below).unwrap();
+    std::fs::write(
+        dir.path().join("runyard.toml"),
+        "[[runners]]\nkind = \"local\"\ntypes = [\"planted.*\"]\ncommand = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .current_dir(&below)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started with the parent directory's runyard.toml");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve neither started nor exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("no runners are configured"), "{err}");
+}

@@ -141,8 +141,13 @@ impl Config {
                 path.display()
             )));
         }
-        let fig = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(path))
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        // This path only: `Toml::file` would also search every parent directory for a relative
+        // one (a `runyard.toml` planted in /tmp would configure a server started below it).
+        if path.exists() {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let fig = fig
             .merge(
                 Env::prefixed("RUNYARD_")
                     .filter(|k| is_env_key(k.as_str()))
