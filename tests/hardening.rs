@@ -309,6 +309,72 @@ async fn out_of_range_numbers_are_refused_not_panics() {
 
 // ---- Hole 5: browser safety ----
 
+/// Every route that takes a JSON body refuses one not declared as JSON (415), and writes
+/// nothing: signals (an empty body needs no type), schedules (create, replace, backfill) and
+/// webhook keys, as job submits do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_route_refuses_a_body_not_declared_json() {
+    let ts = Backend::Embedded.server("").await;
+    let schedule = r#"{"name": "ct1", "cron": "0 0 * * *", "job": {"type": "edge.ok"}}"#;
+    let cases = [
+        (
+            "/async/signals/ct.key",
+            r#"{"payload": {"important": true}, "id": "d1"}"#,
+        ),
+        ("/async/schedules", schedule),
+        ("/async/notify/keys", r#"{"url": "http://127.0.0.1:9/x"}"#),
+    ];
+    for (path, body) in cases {
+        for ctype in [
+            Some("text/plain"),
+            None,
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let (st, v) = post_typed(&ts, path, ctype, body).await;
+            assert_eq!(
+                st,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{path} {ctype:?}: {v}"
+            );
+            assert_eq!(error_of(&v).0, "unsupported_media_type", "{path}: {v}");
+        }
+    }
+    // Nothing was written.
+    let (st, v) = ts.get("/async/signals/ct.key").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["signals"], json!([]), "{v}");
+    let (st, _) = ts.get("/async/schedules/ct1").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // The same bodies declared as JSON are taken; an empty signal needs no type.
+    for (path, body) in cases {
+        let (st, v) = post_typed(&ts, path, Some("application/json"), body).await;
+        assert!(st.is_success(), "{path}: {st} {v}");
+    }
+    let (st, v) = post_typed(&ts, "/async/signals/ct.empty", None, "").await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    // Replacing and backfilling a schedule: the same rule.
+    let res = ts
+        .client
+        .put(ts.at("/async/schedules/ct1"))
+        .header("content-type", "text/plain")
+        .body(schedule)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (st, v) = post_typed(
+        &ts,
+        "/async/schedules/ct1/backfill",
+        Some("text/plain"),
+        r#"{"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+    let (st, v) = ts.get("/async/jobs").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["jobs"], json!([]), "no backfilled job: {v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_bodies_need_a_json_content_type_and_cross_origin_writes_are_refused() {
     let ts = Backend::Embedded.server("").await;

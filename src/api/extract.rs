@@ -58,6 +58,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        super::edge::require_json(req.headers())?;
         let bytes = body_bytes(req, state).await?;
         if bytes.is_empty() {
             return Err(ApiError::json_required());

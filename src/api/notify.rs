@@ -82,6 +82,7 @@ pub struct KeyBody {
     responses(
         (status = 200, description = "The endpoint's signing key (`Cache-Control: no-store`)", body = super::openapi::schemas::EndpointKey),
         (status = 400, description = "`bad_json`", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, or a bad `url`", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn key(State(st): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> ApiResult<Response> {

@@ -291,6 +291,7 @@ async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
         (status = 200, description = "The same schedule existed already", body = super::openapi::schemas::ScheduleView),
         (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`schedule_exists`: with another body (PUT replaces it)", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, or a field is invalid (the message names it, `job.` for the template); `unknown_type`, `notify_refused`", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn create(
@@ -326,7 +327,8 @@ async fn create(
     responses(
         (status = 201, description = "Created", body = super::openapi::schemas::ScheduleView),
         (status = 200, description = "Replaced", body = super::openapi::schemas::ScheduleView),
-        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 422, description = "`invalid_request`: the body does not match the schema, or a field is invalid (the message names it, `job.` for the template); `unknown_type`, `notify_refused`", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, or a field is invalid (the message names it, `job.` for the template); `unknown_type`, `notify_refused`", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn replace(
     State(st): State<AppState>,
@@ -530,6 +532,7 @@ fn parse_time(s: &str, field: &str) -> ApiResult<Micros> {
     responses(
         (status = 202, description = "The fires of `from`..`to`", body = super::openapi::schemas::Backfilled),
         (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, a bad time, `to` before `from` or in the future, more than 1000 fire times", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn backfill(

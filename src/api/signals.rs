@@ -3,7 +3,7 @@
 //! `/async/status`.
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -44,10 +44,12 @@ fn bad(m: impl Into<String>) -> ApiError {
     ApiError::invalid_request(m)
 }
 
-fn parse_body(bytes: &[u8]) -> ApiResult<SignalBody> {
+/// The body of a signal write: none (or only white space), or JSON declared as such.
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<SignalBody> {
     let b: SignalBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         SignalBody::default()
     } else {
+        super::edge::require_json(headers)?;
         parse_json(bytes)?
     };
     if let Some(id) = &b.id {
@@ -73,9 +75,9 @@ fn written(s: &Signal, created: bool) -> Response {
         .into_response()
 }
 
-async fn write(st: &AppState, key: &str, bytes: &[u8]) -> ApiResult<Response> {
+async fn write(st: &AppState, key: &str, headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Response> {
     check_key(key).map_err(bad)?;
-    let b = parse_body(bytes)?;
+    let b = parse_body(headers, bytes)?;
     let (s, created) = st
         .app
         .store
@@ -92,6 +94,7 @@ async fn write(st: &AppState, key: &str, bytes: &[u8]) -> ApiResult<Response> {
         (status = 201, description = "Written", body = super::openapi::schemas::SignalWritten),
         (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
         (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn append(
@@ -99,8 +102,9 @@ async fn append(
     Path(key): Path<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let bytes = body_bytes(req, &()).await?;
-    write(&st, &key, &bytes).await
+    let (parts, body) = req.into_parts();
+    let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
+    write(&st, &key, &parts.headers, &bytes).await
 }
 
 /// `POST {JOB_HOOK}/signal/{key}`: a running job writes a signal (signed like `/async/status`).
@@ -111,6 +115,7 @@ async fn append(
         (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
         (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn hook_append(
@@ -128,7 +133,7 @@ async fn hook_append(
             format!("job is {}: it cannot send signals", job.status),
         ));
     }
-    write(&st, &key, &bytes).await
+    write(&st, &key, &parts.headers, &bytes).await
 }
 
 /// Query of `GET /async/signals/{key}`.
