@@ -86,6 +86,30 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
             Some("timeout"),
         ),
         (
+            "timeout under 1 ms (seconds)",
+            json!({"type": "runyard.noop", "timeout": 0.0001}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("timeout"),
+        ),
+        (
+            "timeout under 1 ms (text)",
+            json!({"type": "runyard.noop", "timeout": "0.5ms"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("timeout"),
+        ),
+        (
+            "partial backoff, bad multiplier",
+            json!({"type": "runyard.noop", "backoff": {"multiplier": 0.5}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("multiplier"),
+        ),
+        (
+            "backoff, unknown field",
+            json!({"type": "runyard.noop", "backoff": {"initial": 5}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("initial"),
+        ),
+        (
             "bad run_at",
             json!({"type": "runyard.noop", "run_at": "tomorrow"}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -193,10 +217,25 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
     assert_eq!(ts.last_event_id().await, events_before);
     assert_eq!(ts.get_job(&known).await, known_job);
 
-    // And the API still accepts good work.
+    // And the API still accepts good work; a partial backoff takes the rest from the runner.
     let ok = ts
-        .submit_ok(json!({"type": "runyard.noop", "timeout": "10s", "max_attempts": 1}))
+        .submit_ok(
+            json!({"type": "runyard.noop", "timeout": "10s", "max_attempts": 1,
+            "backoff": {"initial_ms": 50}}),
+        )
         .await;
+    let stored = ts
+        .running()
+        .app
+        .store
+        .get(ok.parse().expect("uuid"))
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(
+        serde_json::to_value(stored.backoff).expect("json"),
+        json!({"initial_ms": 50, "max_ms": 300000, "multiplier": 2.0, "jitter": true})
+    );
     assert_eq!(status_of(&ts.wait_terminal(&ok, WAIT).await), "SUCCESS");
     assert_eq!(ts.count_jobs(None).await, jobs_before + 1);
 }

@@ -54,13 +54,39 @@ impl DurationSpec {
                 ))
             }
         };
-        if d.is_zero() || d > Duration::from_secs_f64(MAX_DURATION_SECS) {
+        if d < Duration::from_millis(1) || d > Duration::from_secs_f64(MAX_DURATION_SECS) {
             return Err(ApiError::unprocessable(
                 "invalid_request",
                 format!("`{field}` must be between 1ms and 30 days"),
             ));
         }
         Ok(d)
+    }
+}
+
+/// A submit's `backoff`: any of the policy's fields; those left out are the runner's.
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffPatch {
+    /// Delay before the first retry, in milliseconds.
+    pub initial_ms: Option<u64>,
+    /// Upper bound of a delay, in milliseconds.
+    pub max_ms: Option<u64>,
+    /// Growth factor per attempt (>= 1).
+    pub multiplier: Option<f64>,
+    /// Randomise each delay within its upper half.
+    pub jitter: Option<bool>,
+}
+
+impl BackoffPatch {
+    /// `base` with the fields given here.
+    pub fn over(self, base: Backoff) -> Backoff {
+        Backoff {
+            initial_ms: self.initial_ms.unwrap_or(base.initial_ms),
+            max_ms: self.max_ms.unwrap_or(base.max_ms),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
     }
 }
 
@@ -82,8 +108,8 @@ pub struct SubmitBody {
     pub timeout: Option<DurationSpec>,
     /// Attempts.
     pub max_attempts: Option<u32>,
-    /// Backoff policy.
-    pub backoff: Option<Backoff>,
+    /// Backoff policy: the fields given replace the runner's.
+    pub backoff: Option<BackoffPatch>,
     /// Idempotency key.
     pub idempotency_key: Option<String>,
     /// Event channel.
@@ -247,7 +273,7 @@ pub fn build_job(
     if !(1..=100).contains(&max_attempts) {
         return Err(bad("`max_attempts` must be between 1 and 100".into()));
     }
-    let backoff = body.backoff.unwrap_or(slot.backoff);
+    let backoff = body.backoff.unwrap_or_default().over(slot.backoff);
     backoff.validate().map_err(bad)?;
     let timeout_ms = timeout_ms(&body, slot.timeout)?;
     // One clock reading for the job's times and its wait's relative times.
