@@ -156,10 +156,16 @@ pub async fn run_jobs(base: &str) -> anyhow::Result<()> {
             println!("    error: {}", job["error"]);
         }
     }
+    // The client commands default to http://127.0.0.1:7070: name the server when it is not that.
+    let server = if base.trim_end_matches('/') == "http://127.0.0.1:7070" {
+        String::new()
+    } else {
+        format!(" --server {base}")
+    };
     println!(
         "\nrunyard is serving on {base} with the demo runners (demo.shell, demo.python, demo.greet, runyard.*).\n\
-         Try, from another terminal:\n  runyard submit demo.greet --args '{{\"name\":\"you\"}}' --wait\n  \
-         runyard jobs\n(with `cargo run --release --` in place of `runyard` if it is not installed). ctrl-c stops it."
+         Try, from another terminal:\n  runyard submit demo.greet --args '{{\"name\":\"you\"}}' --wait{server}\n  \
+         runyard jobs{server}\n(with `cargo run --release --` in place of `runyard` if it is not installed). ctrl-c stops it."
     );
     Ok(())
 }

@@ -319,6 +319,8 @@ fn serve_demo_runs_its_jobs_and_takes_one_from_the_cli() {
         );
     }
     assert!(text.contains("counted 6 words"), "{text}");
+    // The hint names this server (not the client's default port).
+    assert!(text.contains(&format!("--wait --server {url}\n")), "{text}");
     let cli = Command::new(BIN)
         .args([
             "submit",

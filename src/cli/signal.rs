@@ -11,6 +11,7 @@ use super::client::{Api, ServerArg};
 #[derive(Debug, Args)]
 pub struct SignalArgs {
     /// The signal's key, e.g. `src.orders`.
+    #[arg(value_parser = signal_key)]
     pub key: String,
     /// A JSON payload.
     #[arg(long)]
@@ -20,6 +21,11 @@ pub struct SignalArgs {
     pub id: Option<String>,
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+/// A key the server would take (checked here: a usage error, exit 2, before any request).
+fn signal_key(key: &str) -> Result<String, String> {
+    crate::store::signals::check_key(key).map(|()| key.to_string())
 }
 
 /// Runs `runyard signal`: prints `{key, seq, at, id}` (one line of JSON, whatever `--output`).
