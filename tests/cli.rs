@@ -1174,5 +1174,9 @@ fn serve_reads_no_config_of_a_parent_directory() {
 fn signal_refuses_a_bad_key_before_asking_the_server() {
     let o = cli("http://127.0.0.1:1", &["signal", ""]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("`key` must not be empty"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`key` must not be empty"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -712,9 +712,17 @@ async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
     // An upload URL works once.
     let content = b"hello, once";
     let hash = hex::encode(<md5::Md5 as md5::Digest>::digest(content));
+    let path = format!("/async/upload/jobs/{id}/outputs");
+    // A name that is a path is refused before any URL is made.
+    for bad in [json!("../../etc/x"), json!(7)] {
+        let req = json!({"hash": hash, "challenge": upload_challenge([content]),
+                         "metadata": {"name": bad}});
+        let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(error_of(&v).1.contains("metadata.name"), "{v}");
+    }
     let req = json!({"hash": hash, "challenge": upload_challenge([content]),
                      "metadata": {"name": "once.txt"}});
-    let path = format!("/async/upload/jobs/{id}/outputs");
     let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let url = v["url"].as_str().expect("an upload url").to_string();
@@ -796,18 +804,78 @@ async fn redis_hook_inputs_are_checked_and_upload_urls_work_once() {
     hook_inputs_are_checked_and_upload_urls_work_once(Backend::redis()).await;
 }
 
+/// A file's name is a label, never a path: one with `/`, `\\`, control characters, `.`/`..` or
+/// over 255 bytes is refused wherever it comes in (`?name=`, a multipart part's `filename`) and
+/// attaches nothing; one taken cannot break the download's `Content-Disposition`. A multipart
+/// submit with two `job` parts is refused too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_names_cannot_break_content_disposition() {
+async fn file_names_are_checked_and_cannot_break_content_disposition() {
     let ts = Backend::Embedded.server("").await;
     let id = ts.submit_ok(json!({"type": "edge.hold"})).await;
+    let long = "n".repeat(256);
+    for name in [
+        "../../../../tmp/pwned.txt",
+        "a\\b.txt",
+        "tab\there\r\nSet-Cookie: a=b",
+        "..",
+        long.as_str(),
+    ] {
+        let res = ts
+            .client
+            .put(ts.at(&format!("/async/jobs/{id}/files/inputs")))
+            .query(&[("name", name)])
+            .body("x")
+            .send()
+            .await
+            .expect("attach");
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "name {name:?}");
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(error_of(&v).0, "bad_query", "{v}");
+        assert!(error_of(&v).1.contains("`name`"), "{v}");
+    }
+    assert_eq!(
+        ts.get_job(&id).await["files"],
+        json!({}),
+        "nothing attached"
+    );
+    let before = ts.count_jobs(None).await;
+    let part =
+        |name: &str| reqwest::multipart::Part::bytes(b"x".to_vec()).file_name(name.to_string());
+    let forms = [
+        reqwest::multipart::Form::new()
+            .text("job", r#"{"type": "edge.ok"}"#)
+            .part("inputs", part("../../evil.txt")),
+        reqwest::multipart::Form::new()
+            .text("job", r#"{"type": "edge.ok"}"#)
+            .text("job", r#"{"type": "edge.fail"}"#),
+    ];
+    for form in forms {
+        let res = ts
+            .client
+            .post(ts.at("/async/jobs"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(error_of(&v).0, "bad_multipart", "{v}");
+    }
+    assert_eq!(ts.count_jobs(None).await, before, "no job was made");
+
     for (name, want) in [
-        ("plain.txt", "attachment; filename=\"plain.txt\"; filename*=UTF-8''plain.txt"),
         (
-            "a\\\"; x=\"y.txt",
-            "attachment; filename=\"a__; x=_y.txt\"; filename*=UTF-8''a%5C%22%3B%20x%3D%22y.txt",
+            "plain.txt",
+            "attachment; filename=\"plain.txt\"; filename*=UTF-8''plain.txt",
         ),
-        ("r\u{e9}sum\u{e9}.pdf", "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
-        ("tab\there\r\nSet-Cookie: a=b", "attachment; filename=\"tab_here__Set-Cookie: a=b\"; filename*=UTF-8''tab%09here%0D%0ASet-Cookie%3A%20a%3Db"),
+        (
+            "a\"; x=\"y.txt",
+            "attachment; filename=\"a_; x=_y.txt\"; filename*=UTF-8''a%22%3B%20x%3D%22y.txt",
+        ),
+        (
+            "r\u{e9}sum\u{e9}.pdf",
+            "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
+        ),
     ] {
         let res = ts
             .client

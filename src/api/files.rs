@@ -14,6 +14,33 @@ use super::hooks::{check_property, file_error, file_index, job_file, stream_blob
 use super::AppState;
 use crate::job::{Command, FileRef};
 
+/// Longest file name taken, in bytes (as most file systems' names).
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Checks a file's name (`?name=`, a multipart part's `filename`, a job's upload `metadata.name`):
+/// empty (no name), or at most [`MAX_FILE_NAME_BYTES`] bytes without `/`, `\\` or control
+/// characters, and not `.` or `..`. A name is a label for downloads (`Content-Disposition`), never
+/// a path: one that looks like a path is refused rather than cut, so the caller knows.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_FILE_NAME_BYTES {
+        return Err(format!(
+            "a file name is at most {MAX_FILE_NAME_BYTES} bytes (got {})",
+            name.len()
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        return Err(format!(
+            "a file name may not be `.` or `..`, nor hold `/`, `\\` or control characters (got {name:?})"
+        ));
+    }
+    Ok(())
+}
+
 /// Query of the attach route.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -42,6 +69,9 @@ pub async fn attach(
     let id = parse_job_id(&id)?;
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     check_property(&property)?;
+    if let Some(n) = &q.name {
+        check_file_name(n).map_err(|m| ApiError::bad_query(format!("`name`: {m}")))?;
+    }
     let job = st.job(id).await?;
     if job.status.is_terminal() {
         return Err(ApiError::conflict(
@@ -137,6 +167,12 @@ pub async fn read_multipart(
         let Some(field) = field else { break };
         let name = field.name().unwrap_or("").to_string();
         if name == "job" {
+            if job_json.is_some() {
+                return Err(ApiError::bad_request(
+                    "bad_multipart",
+                    "more than one `job` part: a submit is one job",
+                ));
+            }
             let b = field
                 .bytes()
                 .await
@@ -157,6 +193,9 @@ pub async fn read_multipart(
             ));
         }
         let file_name = field.file_name().unwrap_or("").to_string();
+        check_file_name(&file_name).map_err(|m| {
+            ApiError::bad_request("bad_multipart", format!("file part `{name}`: {m}"))
+        })?;
         let mimetype = field
             .content_type()
             .unwrap_or("application/octet-stream")

@@ -303,6 +303,13 @@ pub async fn upload(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",
         ));
     }
+    if let Some(n) = req.metadata.get("name") {
+        let n = n
+            .as_str()
+            .ok_or_else(|| ApiError::invalid_request("`metadata.name` must be a string"))?;
+        super::files::check_file_name(n)
+            .map_err(|m| ApiError::invalid_request(format!("`metadata.name`: {m}")))?;
+    }
     let meta = serde_json::to_string(&req.metadata).unwrap_or_default();
     if meta.len() > 4096 {
         return Err(ApiError::invalid_request("`metadata` is limited to 4 KiB"));
