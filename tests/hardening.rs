@@ -1041,3 +1041,114 @@ async fn without_auth_a_token_in_the_query_is_still_refused() {
     assert!(v["jobs"].as_array().is_some_and(|j| j.len() == 1), "{v}");
     ts.stop().await;
 }
+
+/// Sends `head` (a request line and headers, CRLF-terminated) and `body` on a raw connection,
+/// then reads the answer until the server closes or `wait` passes: (status, body as JSON).
+async fn raw_request(ts: &TestServer, head: &str, body: &[u8], wait: Duration) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ts.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(body).await.expect("body");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    // One answer: stop once its body (by Content-Length) is in.
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                        let len = h
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if b.len() >= len {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+    )
+}
+
+/// Every error is JSON in the API's shape, also those axum makes before a handler runs (a method
+/// a route does not take, a path that is not UTF-8, a batch over the body limit); a body shorter
+/// than its `Content-Length` is a 408 once it stalls past `api.body_timeout`, not a 413; one
+/// declared over the limit is a 413 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json_and_says_what_it_is() {
+    let ts = Backend::Embedded
+        .server("[api]\nbody_timeout = \"300ms\"\nmax_body_bytes = 4096\n")
+        .await;
+    let res = ts
+        .client
+        .patch(ts.at("/async/jobs"))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = res
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    assert!(
+        allow.as_deref().is_some_and(|a| a.contains("POST")),
+        "{allow:?}"
+    );
+    let v: Value = res.json().await.expect("405 is JSON");
+    assert_eq!(error_of(&v).0, "method_not_allowed", "{v}");
+    let (st, v) = ts.get("/async/schedules/%FF").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(error_of(&v).0, "bad_path", "{v}");
+    let big = format!(
+        r#"{{"jobs": [{{"type": "edge.ok", "args": {{"x": "{}"}}}}]}}"#,
+        "y".repeat(8000)
+    );
+    let (st, v) = post_typed(&ts, "/async/jobs/batch", Some("application/json"), &big).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(error_of(&v).0, "too_large", "{v}");
+
+    let host = ts.url.trim_start_matches("http://").to_string();
+    let body = br#"{"type": "edge.ok"}"#;
+    let started = std::time::Instant::now();
+    let (st, v) = raw_request(
+        &ts,
+        &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"),
+        body,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(st, 408, "{v}");
+    assert_eq!(error_of(&v).0, "body_timeout", "{v}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let (st, v) = raw_request(
+        &ts,
+        &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n"),
+        b"",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(st, 413, "{v}");
+    assert_eq!(error_of(&v).0, "too_large", "{v}");
+    assert_eq!(ts.count_jobs(None).await, 0, "nothing was submitted");
+}

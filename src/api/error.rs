@@ -167,17 +167,39 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A body that could not be read: 413 `too_large` over the limit, else `bad_body` with the
-/// rejection's own status.
+/// A body that could not be read ([`body_error`]).
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large("request body is larger than the configured limit")
-        } else {
-            ApiError::new(status, "bad_body", r.body_text())
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::too_large("request body is larger than the configured limit");
         }
+        body_error(&r)
     }
+}
+
+/// What a request body that could not be read answers, by the cause in `e`'s chain: 413
+/// `too_large` over the limit; 408 `body_timeout` when it stopped arriving for `api.body_timeout`
+/// (a body shorter than its `Content-Length` ends so); else 400 `bad_body`.
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return ApiError::too_large("request body is larger than the configured limit");
+        }
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body stopped arriving before its end (`api.body_timeout`): \
+                 is it shorter than its `Content-Length`?",
+            );
+        }
+        cause = c.source();
+    }
+    ApiError::bad_request(
+        "bad_body",
+        format!("the request body could not be read: {e}"),
+    )
 }
 
 /// A refused job hook signature: 401 with the check's code, or 503 when the replay memory is

@@ -18,6 +18,20 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
     Ok(Bytes::from_request(req, state).await?)
 }
 
+/// 413 at once for a body whose `Content-Length` is over `max`, rather than after reading it.
+pub fn refuse_declared_over(headers: &axum::http::HeaderMap, max: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max as u64 => Err(ApiError::too_large(format!(
+            "request body is larger than the limit of {max} bytes (`Content-Length: {n}`)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Parses JSON bytes with the API's error mapping. Every body of the API is a JSON object: an
 /// array would otherwise fill a struct by position. `T` may borrow from `bytes` (a batch's items
 /// as `&RawValue`).
