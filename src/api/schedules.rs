@@ -109,10 +109,21 @@ fn duration_ms(v: Option<&Value>, field: &str, default_ms: u64, max_ms: u64) -> 
     if ms > max_ms {
         return Err(bad(format!(
             "`{field}` must be at most {}",
-            humantime::format_duration(std::time::Duration::from_millis(max_ms))
+            plain_duration(max_ms)
         )));
     }
     Ok(ms)
+}
+
+/// `ms` as a person writes it: whole days as days (humantime's `1year 18h` is 366 days), else
+/// humantime's form.
+fn plain_duration(ms: u64) -> String {
+    const DAY: u64 = 86_400_000;
+    match ms / DAY {
+        1 if ms % DAY == 0 => "1 day".to_string(),
+        d if ms % DAY == 0 && d > 1 => format!("{d} days"),
+        _ => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+    }
 }
 
 /// The schedule's name: the body's, the path's, or both when they agree.
@@ -575,4 +586,14 @@ async fn backfill(
         Json(json!({"name": name, "fires": fired(&subs)})),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn limits_are_said_in_days() {
+        assert_eq!(super::plain_duration(366 * 86_400_000), "366 days");
+        assert_eq!(super::plain_duration(86_400_000), "1 day");
+        assert_eq!(super::plain_duration(90 * 60_000), "1h 30m");
+    }
 }

@@ -58,6 +58,21 @@ impl CronSpec {
             return Err(CronSpecError::Cron("must be 1-200 characters".into()));
         }
         let fields: Vec<&str> = text.split_whitespace().collect();
+        const NAMES: [&str; 6] = [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@hourly",
+        ];
+        if text.starts_with('@') && !NAMES.iter().any(|n| n.eq_ignore_ascii_case(text)) {
+            return Err(CronSpecError::Cron(format!(
+                "`{text}` is not a schedule name: use one of {} or 5 fields (minute hour day \
+                 month weekday)",
+                NAMES.join(", ")
+            )));
+        }
         if !text.starts_with('@') && fields.len() != 5 && fields.len() != 6 {
             return Err(CronSpecError::Cron(format!(
                 "`{text}` has {} fields: expected 5 (minute hour day month weekday), 6 (seconds \
@@ -337,6 +352,29 @@ mod tests {
             out.push(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
         out
+    }
+
+    #[test]
+    fn names_are_the_known_ones_and_an_unknown_one_is_named() {
+        for name in [
+            "@hourly",
+            "@DAILY",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+        ] {
+            assert!(CronSpec::parse(name, "UTC").is_ok(), "{name}");
+        }
+        for name in ["@reboot", "@fortnightly", "@"] {
+            let Err(CronSpecError::Cron(e)) = CronSpec::parse(name, "UTC") else {
+                panic!("{name} was taken");
+            };
+            assert!(
+                e.contains("is not a schedule name") && e.contains("@hourly"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
