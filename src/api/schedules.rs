@@ -120,8 +120,8 @@ fn duration_ms(v: Option<&Value>, field: &str, default_ms: u64, max_ms: u64) -> 
 fn plain_duration(ms: u64) -> String {
     const DAY: u64 = 86_400_000;
     match ms / DAY {
-        1 if ms % DAY == 0 => "1 day".to_string(),
-        d if ms % DAY == 0 && d > 1 => format!("{d} days"),
+        1 if ms.is_multiple_of(DAY) => "1 day".to_string(),
+        d if ms.is_multiple_of(DAY) && d > 1 => format!("{d} days"),
         _ => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
     }
 }
