@@ -204,11 +204,17 @@ async fn bad_requests_get_their_4xx_and_leave_the_store_unchanged() {
         "/async/jobs?colour=blue",
         "/api/v1/async_event/?last_id=abc",
         "/api/v1/async_event/?last_id=-3",
+        "/api/v1/async_event/?channel=",
+        "/api/v1/async_event/?channel=a%20b%2F..%00x",
+        "/async/events/sse?channel=%2F",
     ] {
         let (st, v) = ts.get(q).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "GET {q}: {v}");
         error_of(&v);
     }
+    let long = format!("/async/events/sse?channel={}", "c".repeat(5000));
+    let (st, v) = ts.get(&long).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "a 5000-character channel: {v}");
     let (_, v) = ts.get("/async/jobs?status=FINISHED").await;
     assert!(error_of(&v).1.contains("FINISHED"), "{v}");
 

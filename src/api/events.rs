@@ -43,7 +43,7 @@ pub async fn poll(
     q: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
-    let channel = auth.channel(q.channel)?;
+    let channel = auth.channel(asked_channel(q.channel)?)?;
     let limit = q.limit.unwrap_or(EVENT_PAGE).clamp(1, EVENT_PAGE);
     let last_id = q.last_id.filter(|s| !s.is_empty());
     check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
@@ -90,6 +90,18 @@ pub struct StreamParams {
 }
 
 /// Refuses a cursor that is not an event id of this store (400 naming `field`).
+/// A `?channel=` as asked: left out, or a channel a job can have (1-256 letters, digits, `.`,
+/// `_`, `-`, `:`). An empty one is refused rather than read as "every channel".
+fn asked_channel(asked: Option<String>) -> ApiResult<Option<String>> {
+    match asked {
+        Some(c) if !super::jobs::valid_name(&c, 256) => Err(ApiError::bad_query(
+            "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':' \
+             (leave it out for every channel the caller may read)",
+        )),
+        c => Ok(c),
+    }
+}
+
 async fn check_cursor(
     st: &AppState,
     channel: Option<&str>,
@@ -131,7 +143,7 @@ pub async fn websocket(
     // Not an upgrade request (or one that cannot be upgraded): the API's error shape, not axum's
     // plain text.
     let ws = ws.map_err(|e| ApiError::new(e.status(), "not_websocket", e.body_text()))?;
-    let channel = auth.channel(q.channel)?;
+    let channel = auth.channel(asked_channel(q.channel)?)?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
     check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
@@ -187,7 +199,7 @@ pub async fn sse(
 > {
     use futures::StreamExt;
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
-    let channel = auth.channel(q.channel)?;
+    let channel = auth.channel(asked_channel(q.channel)?)?;
     let header = headers
         .get("last-event-id")
         .map(|v| {

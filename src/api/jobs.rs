@@ -126,7 +126,7 @@ pub struct SubmitBody {
     pub notify: Option<super::notify::NotifyBody>,
 }
 
-fn valid_name(s: &str, max: usize) -> bool {
+pub(crate) fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.chars()
