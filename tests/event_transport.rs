@@ -545,3 +545,24 @@ async fn a_socket_behind_retention_gets_resync_first_then_the_kept_events() {
     assert_eq!(ids(&r.events), ids(&kept));
     assert_eq!(r.events.len(), 9, "resync + the 8 kept");
 }
+
+/// A client message over the size the server reads (64 KiB) gets a close frame 1009 saying so,
+/// not a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_big_is_closed_with_1009() {
+    use futures::SinkExt;
+    let ts = TestServer::builder(BUILTINS).start().await;
+    let mut ws = connect(&addr(&ts), "channel=big").await;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "x".repeat(70_000),
+    ))
+    .await
+    .expect("send");
+    let r = read_to_close(&mut ws, WAIT).await;
+    let (code, reason) = r
+        .closed
+        .clone()
+        .unwrap_or_else(|| panic!("no close frame: {r:?}"));
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.contains("64 KiB"), "{reason}");
+}

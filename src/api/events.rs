@@ -153,7 +153,7 @@ pub async fn websocket(
     let ws = ws
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_message_size(64 * 1024)
+        .max_message_size(ws::MAX_MESSAGE_KIB * 1024)
         .max_frame_size(64 * 1024);
     Ok(ws.on_upgrade(move |socket| async move {
         let sub = app.events.subscribe(channel.as_deref());

@@ -39,6 +39,18 @@ pub mod code {
     pub const ERROR: u16 = 1011;
     /// The credential the socket was opened with expired (policy): reconnect with a new one.
     pub const EXPIRED: u16 = 1008;
+    /// The client sent a message over the size the server reads.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// The largest message a client may send, in KiB (it has nothing to send but pings and pongs).
+pub const MAX_MESSAGE_KIB: usize = 64;
+
+/// Whether a read failed for a message over the limit: tungstenite's capacity error ("Space limit
+/// exceeded: Message too long: ..."), seen through axum's error, which names no type of its own.
+fn too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Message too long") || text.contains("Space limit exceeded")
 }
 
 /// How long a close frame may take to leave.
@@ -91,11 +103,14 @@ pub async fn run(
         while let Some(m) = incoming.next().await {
             match m {
                 Ok(Message::Pong(_)) => last_pong.store(ms(), Ordering::Relaxed),
+                // Over `max_message_size`: the socket still writes, so it says why (1009).
+                Err(e) if too_big(&e) => return true,
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
         peer_closed.store(true, Ordering::Relaxed);
+        false
     };
     let writer = async {
         let mut ping = tokio::time::interval_at(started + ping_interval, ping_interval);
@@ -147,7 +162,11 @@ pub async fn run(
     };
     let end = tokio::select! {
         e = writer => e,
-        _ = reader => End::Gone,
+        big = reader => if big {
+            End::Close(code::TOO_BIG, format!("a message over {MAX_MESSAGE_KIB} KiB"))
+        } else {
+            End::Gone
+        },
     };
     // Out of the hub before waiting on the close frame: the slot and the ring are free.
     drop(follower);
@@ -155,15 +174,24 @@ pub async fn run(
         return;
     }
     if let End::Close(code, reason) = end {
-        // A client that does not read takes the close frame only once it reads what is in
-        // flight: wait for it up to a ping interval (at a stop, briefly), then drop the socket.
-        let wait = if code == code::RESTART {
-            CLOSE_WAIT
-        } else {
-            ping_interval.max(CLOSE_WAIT)
-        };
-        let _ = tokio::time::timeout(wait, sink.send(close_frame(code, reason))).await;
+        send_close(&mut sink, code, reason, ping_interval).await;
     }
+}
+
+/// Sends the close frame: a client that does not read takes it only once it reads what is in
+/// flight, so this waits for it up to a ping interval (at a stop, briefly), then gives up.
+async fn send_close(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    code: u16,
+    reason: String,
+    ping_interval: Duration,
+) {
+    let wait = if code == code::RESTART {
+        CLOSE_WAIT
+    } else {
+        ping_interval.max(CLOSE_WAIT)
+    };
+    let _ = tokio::time::timeout(wait, sink.send(close_frame(code, reason))).await;
 }
 
 /// Writes one message (fed, then flushed when `flush`), checking while it waits: the server
