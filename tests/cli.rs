@@ -1180,3 +1180,27 @@ fn signal_refuses_a_bad_key_before_asking_the_server() {
         stderr(&o)
     );
 }
+
+/// `files put --name` is checked as the server checks a file name: a usage error (exit 2) before
+/// any byte is sent.
+#[test]
+fn files_put_refuses_a_name_that_is_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("in.txt");
+    std::fs::write(&f, "x").unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    let o = cli(
+        "http://127.0.0.1:1",
+        &[
+            "files",
+            "put",
+            &id,
+            "inputs",
+            f.to_str().unwrap(),
+            "--name",
+            "../x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("file name"), "{}", stderr(&o));
+}

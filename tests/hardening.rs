@@ -713,7 +713,7 @@ async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
     let content = b"hello, once";
     let hash = hex::encode(<md5::Md5 as md5::Digest>::digest(content));
     let path = format!("/async/upload/jobs/{id}/outputs");
-    // A name that is a path is refused before any URL is made.
+    // A name that is a path is refused before any URL is made (no name, or null, is fine).
     for bad in [json!("../../etc/x"), json!(7)] {
         let req = json!({"hash": hash, "challenge": upload_challenge([content]),
                          "metadata": {"name": bad}});
@@ -721,6 +721,10 @@ async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         assert!(error_of(&v).1.contains("metadata.name"), "{v}");
     }
+    let req = json!({"hash": hash, "challenge": upload_challenge([content]),
+                     "metadata": {"name": null}});
+    let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
+    assert_eq!(st, StatusCode::OK, "a null name is no name: {v}");
     let req = json!({"hash": hash, "challenge": upload_challenge([content]),
                      "metadata": {"name": "once.txt"}});
     let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
@@ -819,6 +823,7 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
         "tab\there\r\nSet-Cookie: a=b",
         "..",
         long.as_str(),
+        "invoice\u{202E}fdp.exe",
     ] {
         let res = ts
             .client
@@ -1117,6 +1122,7 @@ async fn every_error_is_json_and_says_what_it_is() {
     );
     let v: Value = res.json().await.expect("405 is JSON");
     assert_eq!(error_of(&v).0, "method_not_allowed", "{v}");
+    assert!(error_of(&v).1.contains("`Allow`"), "{v}");
     let (st, v) = ts.get("/async/schedules/%FF").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(error_of(&v).0, "bad_path", "{v}");
@@ -1141,6 +1147,15 @@ async fn every_error_is_json_and_says_what_it_is() {
     assert_eq!(st, 408, "{v}");
     assert_eq!(error_of(&v).0, "body_timeout", "{v}");
     assert!(started.elapsed() >= Duration::from_millis(300));
+    // The same on the batch route.
+    let (st, v) = raw_request(
+        &ts,
+        &format!("POST /async/jobs/batch HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"),
+        br#"{"jobs": [{"type": "edge.ok"}]}"#,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!((st, error_of(&v).0), (408, "body_timeout"), "{v}");
     let (st, v) = raw_request(
         &ts,
         &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n"),

@@ -177,6 +177,24 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// A multipart body that could not be read: a stall or the limit as [`body_error`] says, else
+/// 400 `bad_multipart` (also for what axum calls a 500: a stream cut short by the client).
+pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let read = body_error(&e);
+    if matches!(
+        read.status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        return read;
+    }
+    let status = if e.status().is_client_error() {
+        e.status()
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, "bad_multipart", e.body_text())
+}
+
 /// What a request body that could not be read answers, by the cause in `e`'s chain: 413
 /// `too_large` over the limit; 408 `body_timeout` when it stopped arriving for `api.body_timeout`
 /// (a body shorter than its `Content-Length` ends so); else 400 `bad_body`.
@@ -260,3 +278,46 @@ impl IntoResponse for Refusal {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// An error answer that is not JSON, made by axum rather than by a handler (a route without the
+/// request's method: 405, its `Allow` added by axum further out; a path segment that is not
+/// UTF-8; a body an extractor could not read), gets the API's error body, its status and other
+/// headers kept: every error of the API is JSON (`api::router` maps every answer through it).
+pub async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/json"))
+    {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    // Such bodies are a line of text, if anything.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::BAD_REQUEST if text.starts_with("Invalid URL") => "bad_path",
+        _ if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = match (text.is_empty(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => {
+            "this route does not take this method: its `Allow` header lists those it takes"
+                .to_string()
+        }
+        (true, _) => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let json = ApiError::new(status, code, message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let (jparts, jbody) = json.into_parts();
+    parts.headers.extend(jparts.headers);
+    Response::from_parts(parts, jbody)
+}

@@ -89,7 +89,6 @@ pub struct StreamParams {
     channel: Option<String>,
 }
 
-/// Refuses a cursor that is not an event id of this store (400 naming `field`).
 /// A `?channel=` as asked: left out, or a channel a job can have (1-256 letters, digits, `.`,
 /// `_`, `-`, `:`). An empty one is refused rather than read as "every channel".
 fn asked_channel(asked: Option<String>) -> ApiResult<Option<String>> {
@@ -102,6 +101,7 @@ fn asked_channel(asked: Option<String>) -> ApiResult<Option<String>> {
     }
 }
 
+/// Refuses a cursor that is not an event id of this store (400 naming `field`).
 async fn check_cursor(
     st: &AppState,
     channel: Option<&str>,

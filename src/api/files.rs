@@ -32,13 +32,20 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+            .any(|c| c == '/' || c == '\\' || c.is_control() || invisible(c))
     {
         return Err(format!(
-            "a file name may not be `.` or `..`, nor hold `/`, `\\` or control characters (got {name:?})"
+            "a file name may not be `.` or `..`, nor hold `/`, `\\`, control or invisible \
+             formatting characters (got {name:?})"
         ));
     }
     Ok(())
+}
+
+/// Characters that change how a name shows without showing themselves: zero-width ones,
+/// direction marks and overrides (`invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Query of the attach route.
@@ -163,7 +170,7 @@ pub async fn read_multipart(
         let field = mp
             .next_field()
             .await
-            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+            .map_err(super::error::multipart_error)?;
         let Some(field) = field else { break };
         let name = field.name().unwrap_or("").to_string();
         if name == "job" {
@@ -173,10 +180,7 @@ pub async fn read_multipart(
                     "more than one `job` part: a submit is one job",
                 ));
             }
-            let b = field
-                .bytes()
-                .await
-                .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+            let b = field.bytes().await.map_err(super::error::multipart_error)?;
             if b.len() > st.app.config.api.max_body_bytes {
                 return Err(ApiError::too_large("the `job` part is too large"));
             }

@@ -284,7 +284,7 @@ pub async fn download(
         (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn upload(
     State(st): State<AppState>,
@@ -303,7 +303,7 @@ pub async fn upload(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",
         ));
     }
-    if let Some(n) = req.metadata.get("name") {
+    if let Some(n) = req.metadata.get("name").filter(|n| !n.is_null()) {
         let n = n
             .as_str()
             .ok_or_else(|| ApiError::invalid_request("`metadata.name` must be a string"))?;

@@ -24,7 +24,7 @@ pub mod signed_url;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -133,61 +133,18 @@ pub fn router(app: Arc<App>) -> Router {
             crate::auth::access::Access::new(&state.app.config.auth, state.app.store.clone()),
         ))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(json_errors))
-        .layer(DefaultBodyLimit::max(limit))
+        // One `layer` call: axum boxes every route once per call (see `edge.rs`).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::map_response(error::json_errors)),
+        )
         .with_state(state);
     edge::with_edge_layers(routes, &cors, hosts, counters)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
-}
-
-/// An error answer that is not JSON, made by axum rather than by a handler (a route without the
-/// request's method: 405 with its `Allow`; a path segment that is not UTF-8; a body an extractor
-/// could not read), gets the API's error body, its status and other headers kept: every error of
-/// the API is JSON.
-async fn json_errors(res: Response) -> Response {
-    let status = res.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|c| c.as_bytes().starts_with(b"application/json"))
-    {
-        return res;
-    }
-    let (mut parts, body) = res.into_parts();
-    // Such bodies are a line of text, if anything.
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text).trim().to_string();
-    let code = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::BAD_REQUEST if text.starts_with("Invalid URL") => "bad_path",
-        _ if status.is_server_error() => "internal",
-        _ => "bad_request",
-    };
-    let message = if !text.is_empty() {
-        text
-    } else if status == StatusCode::METHOD_NOT_ALLOWED {
-        let allow = parts
-            .headers
-            .get(header::ALLOW)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        format!("this route does not take that method (it takes: {allow})")
-    } else {
-        status.canonical_reason().unwrap_or("error").to_string()
-    };
-    let json = ApiError::new(status, code, message).into_response();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::CONTENT_TYPE);
-    let (jparts, jbody) = json.into_parts();
-    parts.headers.extend(jparts.headers);
-    Response::from_parts(parts, jbody)
 }
 
 /// `POST /async/jobs`: JSON body (or multipart with a `job` part and file parts).

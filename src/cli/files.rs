@@ -54,8 +54,9 @@ struct PutArgs {
     property: String,
     /// The file to send.
     file: PathBuf,
-    /// Its name on the job (default: the file's name).
-    #[arg(long)]
+    /// Its name on the job (default: the file's name); checked as the server checks it (a usage
+    /// error before any byte is sent).
+    #[arg(long, value_parser = file_label)]
     name: Option<String>,
     /// Its media type.
     #[arg(long, default_value = "application/octet-stream")]
@@ -174,6 +175,11 @@ async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `--name` the server would take.
+fn file_label(name: &str) -> Result<String, String> {
+    crate::api::files::check_file_name(name).map(|()| name.to_string())
 }
 
 fn file_name(p: &Path) -> String {

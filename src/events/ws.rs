@@ -9,6 +9,7 @@
 //! | 1001 | no pong within `events.ping_interval` of a ping |
 //! | 1012 | the server stops: reconnect (to another node) with `last_id` |
 //! | 1011 | the store failed |
+//! | 1009 | the client sent a message over 64 KiB |
 //!
 //! Reading and writing run side by side in one task: a pong is seen even while a write waits
 //! on a full socket, and a write that waits while the stream falls behind ends the socket

@@ -73,6 +73,32 @@ pub struct Backoff {
     pub jitter: bool,
 }
 
+/// A submit's `backoff`: any of the policy's fields; those left out are the runner's.
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffPatch {
+    /// Delay before the first retry, in milliseconds.
+    pub initial_ms: Option<u64>,
+    /// Upper bound of a delay, in milliseconds.
+    pub max_ms: Option<u64>,
+    /// Growth factor per attempt (>= 1).
+    pub multiplier: Option<f64>,
+    /// Randomise each delay within its upper half.
+    pub jitter: Option<bool>,
+}
+
+impl BackoffPatch {
+    /// `base` with the fields given here.
+    pub fn over(self, base: Backoff) -> Backoff {
+        Backoff {
+            initial_ms: self.initial_ms.unwrap_or(base.initial_ms),
+            max_ms: self.max_ms.unwrap_or(base.max_ms),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
+    }
+}
+
 impl Default for Backoff {
     fn default() -> Self {
         Self {
