@@ -808,6 +808,17 @@ async fn redis_hook_inputs_are_checked_and_upload_urls_work_once() {
     hook_inputs_are_checked_and_upload_urls_work_once(Backend::redis()).await;
 }
 
+/// `PUT /async/jobs/{id}/files/inputs?name=NAME` with a one-byte file.
+async fn attach_named(ts: &TestServer, id: &str, name: &str) -> reqwest::Response {
+    ts.client
+        .put(ts.at(&format!("/async/jobs/{id}/files/inputs")))
+        .query(&[("name", name)])
+        .body("x")
+        .send()
+        .await
+        .expect("attach")
+}
+
 /// A file's name is a label, never a path: one with `/`, `\\`, control characters, `.`/`..` or
 /// over 255 bytes is refused wherever it comes in (`?name=`, a multipart part's `filename`) and
 /// attaches nothing; one taken cannot break the download's `Content-Disposition`. A multipart
@@ -825,14 +836,7 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
         long.as_str(),
         "invoice\u{202E}fdp.exe",
     ] {
-        let res = ts
-            .client
-            .put(ts.at(&format!("/async/jobs/{id}/files/inputs")))
-            .query(&[("name", name)])
-            .body("x")
-            .send()
-            .await
-            .expect("attach");
+        let res = attach_named(&ts, &id, name).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "name {name:?}");
         let v: Value = res.json().await.expect("json");
         assert_eq!(error_of(&v).0, "bad_query", "{v}");
@@ -882,14 +886,7 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
             "attachment; filename=\"r_sum_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
         ),
     ] {
-        let res = ts
-            .client
-            .put(ts.at(&format!("/async/jobs/{id}/files/inputs")))
-            .query(&[("name", name)])
-            .body("x")
-            .send()
-            .await
-            .expect("attach");
+        let res = attach_named(&ts, &id, name).await;
         assert_eq!(res.status(), StatusCode::CREATED);
         let v: Value = res.json().await.expect("json");
         let index = v["index"].as_u64().expect("index");
@@ -1047,43 +1044,15 @@ async fn without_auth_a_token_in_the_query_is_still_refused() {
     ts.stop().await;
 }
 
-/// Sends `head` (a request line and headers, CRLF-terminated) and `body` on a raw connection,
-/// then reads the answer until the server closes or `wait` passes: (status, body as JSON).
-async fn raw_request(ts: &TestServer, head: &str, body: &[u8], wait: Duration) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Sends `head` (a request line and headers, CRLF-terminated) and `body` on a raw connection
+/// and reads the answer: (status, body as JSON).
+async fn raw_request(ts: &TestServer, head: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::AsyncWriteExt;
     let addr = ts.url.trim_start_matches("http://").to_string();
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(head.as_bytes()).await.expect("head");
     s.write_all(body).await.expect("body");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(wait, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    got.extend_from_slice(&buf[..n]);
-                    // One answer: stop once its body (by Content-Length) is in.
-                    let text = String::from_utf8_lossy(&got);
-                    if let Some((h, b)) = text.split_once("\r\n\r\n") {
-                        let len = h
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if b.len() >= len {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&got).to_string();
+    let text = support::read_response(&mut s).await;
     let status = text
         .split_whitespace()
         .nth(1)
@@ -1141,7 +1110,6 @@ async fn every_error_is_json_and_says_what_it_is() {
         &ts,
         &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"),
         body,
-        Duration::from_secs(10),
     )
     .await;
     assert_eq!(st, 408, "{v}");
@@ -1152,7 +1120,6 @@ async fn every_error_is_json_and_says_what_it_is() {
         &ts,
         &format!("POST /async/jobs/batch HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"),
         br#"{"jobs": [{"type": "edge.ok"}]}"#,
-        Duration::from_secs(10),
     )
     .await;
     assert_eq!((st, error_of(&v).0), (408, "body_timeout"), "{v}");
@@ -1160,7 +1127,6 @@ async fn every_error_is_json_and_says_what_it_is() {
         &ts,
         &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n"),
         b"",
-        Duration::from_secs(10),
     )
     .await;
     assert_eq!(st, 413, "{v}");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
-use support::{is_terminal, TestServer, WAIT};
+use support::{is_terminal, read_response, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -185,36 +185,6 @@ async fn submits_stay_fast_and_jobs_run_with_1000_idle_and_100_slowloris_clients
         max < Duration::from_millis(500),
         "slowest submit took {max:?}"
     );
-}
-
-/// Reads one HTTP response (head and a `Content-Length` body) from `s`.
-async fn read_response(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return text;
-            }
-        }
-        assert!(Instant::now() < deadline, "no full response: {text:?}");
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("response within 10s")
-            .expect("read");
-        assert!(n > 0, "closed mid-response: {text:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// Waits (bounded) until the server closes `s`; returns how long that took from `t0`.

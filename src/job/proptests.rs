@@ -24,7 +24,8 @@ use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use serde_json::json;
 
 use super::transition::{
-    apply, ApplyCtx, Command, EventKind, FinishOutcome, HookReport, RELEASED, RELEASES_GIVEN_BACK,
+    apply, releases_in_a_row, ApplyCtx, Command, EventKind, FinishOutcome, HookReport,
+    RELEASES_GIVEN_BACK,
 };
 use super::{Backoff, Event, FileRef, Job, JobStatus, Micros, MAX_RUN_RECORDS};
 use crate::job::TransitionError;
@@ -387,12 +388,7 @@ fn check_step(
                 }
             }
             if matches!(cmd, Command::Release { .. }) && after.max_attempts > before.max_attempts {
-                let in_a_row = after
-                    .runs
-                    .iter()
-                    .rev()
-                    .take_while(|r| r.outcome.as_deref() == Some(RELEASED))
-                    .count();
+                let in_a_row = releases_in_a_row(after);
                 prop_assert!(
                     in_a_row <= RELEASES_GIVEN_BACK,
                     "{} releases given back",

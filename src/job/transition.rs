@@ -302,6 +302,15 @@ pub const HOST_FAILURE: &str = "HOST_FAILURE";
 /// The run outcome of an attempt its worker gave back ([`Command::Release`]).
 pub const RELEASED: &str = "RELEASED";
 
+/// How many of the job's last runs in a row were given back by their worker (`RELEASED`).
+pub fn releases_in_a_row(job: &Job) -> usize {
+    job.runs
+        .iter()
+        .rev()
+        .take_while(|r| r.outcome.as_deref() == Some(RELEASED))
+        .count()
+}
+
 /// Releases in a row whose attempt is given back (`max_attempts` + 1); later ones in the same
 /// row spend theirs, and end the job ERROR when none is left.
 pub const RELEASES_GIVEN_BACK: usize = 5;

@@ -175,12 +175,7 @@ pub(super) fn release(
     end_run(job, now, RELEASED);
     job.lease = None;
     // This release included.
-    let in_a_row = job
-        .runs
-        .iter()
-        .rev()
-        .take_while(|r| r.outcome.as_deref() == Some(RELEASED))
-        .count();
+    let in_a_row = super::releases_in_a_row(job);
     if in_a_row <= RELEASES_GIVEN_BACK {
         job.max_attempts = job.max_attempts.saturating_add(1);
     } else if job.attempt >= job.max_attempts {
