@@ -1123,6 +1123,15 @@ async fn every_error_is_json_and_says_what_it_is() {
     )
     .await;
     assert_eq!((st, error_of(&v).0), (408, "body_timeout"), "{v}");
+    // And on a multipart submit, cut in its `job` part.
+    let part = "--XyZ\r\nContent-Disposition: form-data; name=\"job\"\r\n\r\n{\"type\": \"edge";
+    let (st, v) = raw_request(
+        &ts,
+        &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 500\r\n\r\n"),
+        part.as_bytes(),
+    )
+    .await;
+    assert_eq!((st, error_of(&v).0), (408, "body_timeout"), "{v}");
     let (st, v) = raw_request(
         &ts,
         &format!("POST /async/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n"),
