@@ -167,7 +167,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A body that could not be read ([`body_error`]).
+/// A body that could not be read: 413 over the limit (the rejection says so by its status: its
+/// causes do not reach `LengthLimitError`), else [`body_error`].
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -93,10 +93,10 @@ pub struct StreamParams {
 /// `_`, `-`, `:`). An empty one is refused rather than read as "every channel".
 fn asked_channel(asked: Option<String>) -> ApiResult<Option<String>> {
     match asked {
-        Some(c) if !super::jobs::valid_name(&c, 256) => Err(ApiError::bad_query(
-            "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':' \
-             (leave it out for every channel the caller may read)",
-        )),
+        Some(c) if !super::jobs::valid_name(&c, 256) => Err(ApiError::bad_query(format!(
+            "{} (leave it out for every channel the caller may read)",
+            super::jobs::CHANNEL_RULE
+        ))),
         c => Ok(c),
     }
 }

@@ -100,6 +100,10 @@ pub struct SubmitBody {
     pub notify: Option<super::notify::NotifyBody>,
 }
 
+/// What a channel name must be ([`valid_name`] with 256), as the refusals say it.
+pub(crate) const CHANNEL_RULE: &str =
+    "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'";
+
 pub(crate) fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
@@ -124,9 +128,7 @@ fn check_keys(body: &SubmitBody, caller: &Grant) -> ApiResult<()> {
     }
     if let Some(c) = &body.channel {
         if !valid_name(c, 256) {
-            return Err(bad(
-                "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
-            ));
+            return Err(bad(CHANNEL_RULE.into()));
         }
     }
     // The caller's types and channels (auth: 403 outside them; the open grant without auth).

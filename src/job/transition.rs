@@ -304,10 +304,14 @@ pub const RELEASED: &str = "RELEASED";
 
 /// How many of the job's last runs in a row were given back by their worker (`RELEASED`).
 pub fn releases_in_a_row(job: &Job) -> usize {
-    job.runs
-        .iter()
+    ended_in_a_row(&job.runs, RELEASED)
+}
+
+/// How many of `runs`, counted back from the last, ended with `outcome` in a row.
+fn ended_in_a_row(runs: &[super::RunRecord], outcome: &str) -> usize {
+    runs.iter()
         .rev()
-        .take_while(|r| r.outcome.as_deref() == Some(RELEASED))
+        .take_while(|r| r.outcome.as_deref() == Some(outcome))
         .count()
 }
 
@@ -343,14 +347,8 @@ fn counted_attempts(job: &Job) -> u32 {
 /// (at most 30 s), with ±25 % jitter, in microseconds.
 fn host_failure_delay_us(job: &Job, jitter: f64) -> i64 {
     // The current run (being ended) is not yet marked; count the ones before it.
-    let earlier = job
-        .runs
-        .iter()
-        .rev()
-        .skip(1)
-        .take_while(|r| r.outcome.as_deref() == Some(HOST_FAILURE))
-        .count()
-        .min(6) as u32;
+    let before = &job.runs[..job.runs.len().saturating_sub(1)];
+    let earlier = ended_in_a_row(before, HOST_FAILURE).min(6) as u32;
     let base_ms = (500u64 << earlier).min(30_000) as f64;
     let jitter = if jitter.is_finite() {
         jitter.clamp(0.0, 1.0)
