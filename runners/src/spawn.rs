@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use crate::isolation::Isolation;
@@ -138,7 +139,7 @@ pub unsafe fn start_early(count: usize) -> io::Result<()> {
         }
         spawners.push(Spawner {
             pid: pid as u32,
-            requests: Mutex::new(e.req_server),
+            requests: tokio::sync::Mutex::new(e.req_server),
             shared,
             next_id: AtomicU64::new(1),
         });
@@ -253,7 +254,8 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The server's side of the spawner.
 struct Spawner {
     pid: u32,
-    requests: Mutex<UnixStream>,
+    /// Requests go one at a time ([`Spawner::send`]).
+    requests: tokio::sync::Mutex<UnixStream>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
 }
@@ -310,68 +312,130 @@ impl Spawner {
         !self.shared.dead.load(Ordering::SeqCst)
     }
 
-    /// Starts a job; returns once it runs (or could not start).
+    /// Starts a job; returns once it runs (or could not start). Cancel-safe: given up before
+    /// its request went out, the start is not left counted as under way; given up part way
+    /// through the request, the spawner is retired ([`Spawner::send`]).
     async fn spawn(&self, req: &mut Request) -> Result<Started, Start> {
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(req.id, (Instant::now(), tx));
+        let unsent = Unsent(&self.shared, req.id);
         if !self.alive() {
-            lock(&self.shared.pending).remove(&req.id);
             return Err(Start::NotSent(gone()));
         }
-        if let Err(e) = self.send(req) {
-            lock(&self.shared.pending).remove(&req.id);
+        if let Err(e) = self.send(req).await {
             return Err(Start::NotSent(e));
         }
+        std::mem::forget(unsent);
         match rx.await {
             Ok(reply) => reply.map_err(Start::Failed),
             Err(_) => Err(Start::Failed(gone())),
         }
     }
-}
 
-impl Spawner {
-    /// Writes a request (`MSG_NOSIGNAL`: a spawner gone is `EPIPE`, never `SIGPIPE`). A blocking
-    /// write, short in practice: the spawner reads requests as fast as it forks and the socket
-    /// buffer holds many. It can wait only on a spawner stalled before `exec` (a hung mount),
-    /// and [`choose`] passes those over while another answers; with one spawner, or all
-    /// stalled, it waits as a fork of the server would.
-    fn send(&self, req: &Request) -> io::Result<()> {
+    /// Writes a request (`MSG_NOSIGNAL`: a spawner gone is `EPIPE`, never `SIGPIPE`), one at a
+    /// time and whole, without holding the thread: when the socket's buffer is full (a spawner
+    /// stalled before `exec`, a hung mount, with requests queued behind it) the caller waits for
+    /// room as for any other I/O, and the thread's other tasks run meanwhile; [`choose`] passes
+    /// a stalled spawner over while another answers. Needs a Tokio runtime with I/O (the
+    /// worker's) when it has to wait. A request cut part way (an error, or the caller gave up
+    /// while it waited) retires the spawner: the rest of its stream would make no sense.
+    async fn send(&self, req: &Request) -> io::Result<()> {
         let frame = req.encode();
-        let requests = lock(&self.requests);
-        let mut sent = 0;
-        while sent < frame.len() {
-            let rest = &frame[sent..];
+        let requests = self.requests.lock().await;
+        let mut cut = Cut {
+            spawner: self,
+            stream: &requests,
+            sent: 0,
+            len: frame.len(),
+        };
+        let mut room: Option<AsyncFd<UnixStream>> = None;
+        while cut.sent < frame.len() {
+            let rest = &frame[cut.sent..];
             // Safety: sends from a live buffer of that length.
             let n = unsafe {
                 libc::send(
                     requests.as_raw_fd(),
                     rest.as_ptr().cast(),
                     rest.len(),
-                    libc::MSG_NOSIGNAL,
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
                 )
             };
             let e = match n {
                 1.. => {
-                    sent += n as usize;
+                    cut.sent += n as usize;
                     continue;
                 }
                 0 => io::Error::from(io::ErrorKind::WriteZero),
                 _ => io::Error::last_os_error(),
             };
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    let room = match &mut room {
+                        Some(room) => room,
+                        // Registered on a copy of the descriptor, only while it waits: the
+                        // spawners outlive any one runtime.
+                        None => {
+                            let copy = requests.try_clone()?;
+                            tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+                            // Safety: the copy is owned by the `AsyncFd`, open and the same
+                            // descriptor for as long as it lives.
+                            room.insert(unsafe {
+                                AsyncFd::register_with_interest(
+                                    copy,
+                                    tokio::io::Interest::WRITABLE,
+                                )?
+                            })
+                        }
+                    };
+                    // Cleared before the next try: room made after it wakes this wait again.
+                    room.writable().await?.clear_ready();
+                    continue;
+                }
+                _ => {}
             }
-            if sent > 0 || matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
-                // Gone, or its stream cut mid-request: retired (closing our end makes it leave;
-                // its reader then fails what it had under way). Otherwise nothing was written,
-                // and it stays in service.
-                self.shared.dead.store(true, Ordering::SeqCst);
-                let _ = requests.shutdown(std::net::Shutdown::Write);
+            if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                // Gone. Otherwise, with nothing written, it stays in service.
+                cut.retire();
             }
             return Err(e);
         }
         Ok(())
+    }
+}
+
+/// A start counted as under way ([`Shared::pending`]) whose request has not gone out: dropped,
+/// it is counted no more.
+struct Unsent<'a>(&'a Shared, u64);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.pending).remove(&self.1);
+    }
+}
+
+/// A request being written: dropped part way (an error, or the caller gave up), its spawner is
+/// retired; closing our end makes it leave, and its reader then fails what it had under way.
+struct Cut<'a> {
+    spawner: &'a Spawner,
+    stream: &'a UnixStream,
+    sent: usize,
+    len: usize,
+}
+
+impl Cut<'_> {
+    fn retire(&self) {
+        self.spawner.shared.dead.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Drop for Cut<'_> {
+    fn drop(&mut self) {
+        if self.sent > 0 && self.sent < self.len {
+            self.retire();
+        }
     }
 }
 
@@ -538,7 +602,7 @@ mod tests {
         let (requests, _peer) = UnixStream::pair().unwrap();
         Spawner {
             pid: NO_PID,
-            requests: Mutex::new(requests),
+            requests: tokio::sync::Mutex::new(requests),
             shared: Arc::default(),
             next_id: AtomicU64::new(1),
         }
@@ -570,7 +634,7 @@ mod tests {
         });
         Spawner {
             pid,
-            requests: Mutex::new(requests),
+            requests: tokio::sync::Mutex::new(requests),
             shared,
             next_id: AtomicU64::new(1),
         }
@@ -608,6 +672,89 @@ mod tests {
         assert!(start_on(&all, &mut true_request()).await.is_none());
         assert!(all.iter().all(|s| !s.alive()));
         assert_eq!(choose(&all, 0, 0), None);
+    }
+
+    /// A spawner that never reads its requests (stalled before `exec`, a hung mount), and the
+    /// other end of its request socket.
+    fn not_reading() -> (Spawner, UnixStream) {
+        let (requests, theirs) = UnixStream::pair().unwrap();
+        let s = Spawner {
+            pid: NO_PID,
+            requests: tokio::sync::Mutex::new(requests),
+            shared: Arc::default(),
+            next_id: AtomicU64::new(1),
+        };
+        (s, theirs)
+    }
+
+    /// A request far larger than the socket's buffer, as a full buffer of requests queued
+    /// behind a stalled start would be.
+    fn big_request() -> Request {
+        let mut cmd = std::process::Command::new("/bin/true");
+        cmd.arg("x".repeat(4 << 20));
+        request(&cmd, None, None, None, &Isolation::default())
+    }
+
+    // One thread, as the worker's: a blocking write would hold every other task on it.
+    #[tokio::test]
+    async fn a_spawner_that_does_not_read_holds_up_its_request_not_the_thread() {
+        let (s, mut theirs) = not_reading();
+        let reading = Arc::new(AtomicBool::new(false));
+        let r = reading.clone();
+        let spawner = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            r.store(true, Ordering::SeqCst);
+            let mut len = [0u8; 4];
+            theirs.read_exact(&mut len).unwrap();
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            theirs.read_exact(&mut body).unwrap();
+            Request::decode(&body).unwrap()
+        });
+        let req = big_request();
+        let (ran_meanwhile, sent) = tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                !reading.load(Ordering::SeqCst)
+            },
+            s.send(&req)
+        );
+        sent.unwrap();
+        assert!(ran_meanwhile, "the thread was held until the spawner read");
+        // Once read, the request arrives whole.
+        assert_eq!(spawner.join().unwrap(), req);
+        assert!(s.alive());
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_part_way_retires_its_spawner() {
+        let (s, mut theirs) = not_reading();
+        let mut req = big_request();
+        let given_up = tokio::time::timeout(Duration::from_millis(100), s.spawn(&mut req)).await;
+        assert!(
+            given_up.is_err(),
+            "a 4 MiB request fitted the socket's buffer"
+        );
+        assert!(!s.alive());
+        assert_eq!(choose(std::slice::from_ref(&s), 0, 0), None);
+        assert!(lock(&s.shared.pending).is_empty());
+        // The spawner's stream ends after the part sent: it leaves.
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        assert!(!got.is_empty() && got.len() < req.encode().len());
+    }
+
+    #[tokio::test]
+    async fn a_start_given_up_before_its_request_went_out_is_not_counted_as_under_way() {
+        let (s, _theirs) = not_reading();
+        // Another request is being written.
+        let other = s.requests.lock().await;
+        let mut req = true_request();
+        let given_up = tokio::time::timeout(Duration::from_millis(50), s.spawn(&mut req)).await;
+        assert!(given_up.is_err());
+        drop(other);
+        assert!(lock(&s.shared.pending).is_empty());
+        assert!(s.alive());
+        assert_eq!(choose(std::slice::from_ref(&s), 0, 0), Some(0));
     }
 
     #[test]
