@@ -443,7 +443,17 @@ fn output_json_parses_for_every_command() {
     ]));
     assert_eq!(got["size"], 10);
     assert_eq!(json_doc(&run(&["cancel", &long]))["status"], "CANCELLED");
-    assert_eq!(json_doc(&run(&["retry", &long]))["status"], "QUEUED");
+    // A retry waits for the cancelled attempt to have stopped (409 until then).
+    let retried = (0..100)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            run(&["retry", &long])
+        })
+        .find(|o| o.status.success())
+        .expect("the retry accepted once the cancelled attempt stopped");
+    assert_eq!(json_doc(&retried)["status"], "QUEUED");
     assert_eq!(json_doc(&run(&["cancel", &long]))["status"], "CANCELLED");
 
     let sig = json_doc(&run(&[

@@ -308,6 +308,7 @@ conformance!(
     batch_submits_store_each_job_on_its_own,
     a_job_record_is_in_the_form_of_its_last_writer,
     a_job_given_back_goes_ahead_of_the_jobs_queued_since,
+    a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -835,6 +836,32 @@ async fn heartbeats_extend_and_report_lost_jobs(mut b: Backend) {
         .await
         .unwrap();
     assert_eq!(lost, vec![a.id]);
+}
+
+async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut b: Backend) {
+    let s = b.store().await;
+    let j = submit(&s, job("t", "r")).await;
+    let claimed = claim_one(&s, "r", "w").await;
+    s.apply(j.id, Command::Cancel).await.unwrap();
+    // Its worker has not said the work stopped: no retry, nothing changed.
+    let before = s.get(j.id).await.unwrap().unwrap();
+    assert!(s.apply(j.id, Command::Retry).await.is_err());
+    // Not the claim's token: refused.
+    let other = Command::Stopped {
+        token: token(&claimed) + 1,
+    };
+    assert!(s.apply(j.id, other).await.is_err());
+    assert_eq!(s.get(j.id).await.unwrap().unwrap(), before);
+    let stopped = Command::Stopped {
+        token: token(&claimed),
+    };
+    let after = s.apply(j.id, stopped).await.unwrap();
+    assert_eq!(after.status, JobStatus::Cancelled);
+    assert_eq!(after.lease, None);
+    assert_eq!(s.get(j.id).await.unwrap().unwrap(), after);
+    let retried = s.apply(j.id, Command::Retry).await.unwrap();
+    assert_eq!(retried.status, JobStatus::Queued);
+    assert_eq!(claim_one(&s, "r", "w2").await.attempt, 2);
 }
 
 async fn heartbeats_leave_a_finished_attempt_alone(mut b: Backend) {

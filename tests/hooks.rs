@@ -2008,12 +2008,21 @@ async fn an_explicit_retry_gets_a_new_secret() {
         .await;
     assert_eq!(status, 200, "{v}");
     srv.wait_status(&a, "CANCELLED").await;
-    let (status, v) = srv
-        .send_json(
-            "retry",
-            srv.http.post(format!("{}/async/jobs/{a}/retry", srv.url)),
-        )
-        .await;
+    // Refused (409) until attempt 1's process has stopped: retried until accepted.
+    let mut tries = 0;
+    let (status, v) = loop {
+        let (status, v) = srv
+            .send_json(
+                "retry",
+                srv.http.post(format!("{}/async/jobs/{a}/retry", srv.url)),
+            )
+            .await;
+        tries += 1;
+        if status != 409 || tries == 200 {
+            break (status, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status, 202, "{v}");
     let j = srv
         .wait_until(&a, "RUNNING at attempt 2", |j| {

@@ -236,6 +236,56 @@ command = ["/bin/sh", "-c", "exit 0"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_cancel_never_runs_beside_the_attempt_being_stopped() {
+    // Attempt 1 takes a second to clean up after SIGTERM. The lease (30 s) outlives the test's
+    // waits: the retry is accepted because the worker said attempt 1 stopped, not because its
+    // lease ran out.
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "local"
+types = ["slow.stop"]
+command = ["/bin/sh", "-c", "t=$TRACE; trap 'echo stopping $JOB_ATTEMPT >> $t; sleep 1; echo stopped $JOB_ATTEMPT >> $t; exit 143' TERM; echo started $JOB_ATTEMPT >> $t; if [ $JOB_ATTEMPT = 1 ]; then while :; do sleep 0.05; done; fi; sleep 1; echo done $JOB_ATTEMPT >> $t"]
+env = { TRACE = "@DIR@/trace" }
+"#,
+    )
+    .config("[worker]\nlease_ttl = \"30s\"\nkill_grace = \"4s\"")
+    .start()
+    .await;
+    let trace = ts.dir().join("trace");
+    let lines = || std::fs::read_to_string(&trace).unwrap_or_default();
+    let id = ts.submit_ok(json!({"type": "slow.stop"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    eventually("attempt 1 started", WAIT, || async {
+        lines().contains("started 1").then_some(())
+    })
+    .await;
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // Attempt 1 is still cleaning up: the retry is refused, and changes nothing.
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{body}");
+    assert!(error_of(&body).1.contains("still being stopped"), "{body}");
+    assert_eq!(status_of(&ts.get_job(&id).await), "CANCELLED");
+    // Accepted once its process has ended.
+    let retried = eventually("the retry accepted", WAIT, || async {
+        let (st, body) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
+        (st == StatusCode::ACCEPTED).then_some(body)
+    })
+    .await;
+    assert_eq!(retried["status"], "QUEUED", "{retried}");
+    let job = ts.wait_terminal(&id, WAIT).await;
+    // Attempt 2 ran to its end, after attempt 1 had stopped.
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["attempt"], 2, "{job:#}");
+    let t = lines();
+    let at = |l: &str| t.find(l).unwrap_or_else(|| panic!("no `{l}` in:\n{t}"));
+    assert!(at("stopped 1") < at("started 2"), "{t}");
+    assert!(at("started 2") < at("done 2"), "{t}");
+    assert!(!t.contains("stopping 2"), "attempt 2 was stopped:\n{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_stops_a_process_and_a_service_that_ignores_cancellation() {
     let dropped = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));

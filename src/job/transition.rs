@@ -92,6 +92,13 @@ pub enum Command {
     OrphanLease,
     /// A client cancels the job.
     Cancel,
+    /// The worker that held a job when it ended elsewhere (cancelled) has stopped its work: the
+    /// lease it kept goes, and a retry may run a new attempt (refused while the lease holds, so
+    /// that two attempts never overlap). Refused for an active job or another lease.
+    Stopped {
+        /// The claim's token.
+        token: u64,
+    },
     /// A client retries a job that did not succeed: a new attempt.
     Retry,
     /// A SCHEDULED job is due: QUEUED.
@@ -461,6 +468,7 @@ fn apply_inner(
         } => attempts::heartbeat_lease(job, worker, token, lease_until),
         Command::OrphanLease => attempts::orphan_lease(job),
         Command::Cancel => manage::cancel(job, ctx),
+        Command::Stopped { token } => manage::stopped(job, token),
         Command::Retry => manage::retry(job, ctx),
         Command::AttachFile {
             property,
@@ -832,12 +840,32 @@ mod tests {
                 ..Default::default()
             }),
             Command::LeaseExpired,
+            // Its worker has not said the work stopped, and the lease holds: no new attempt
+            // may run beside the old one yet.
+            Command::Retry,
+            // Not this claim's.
+            Command::Stopped { token: 2 },
         ] {
             assert!(apply(&mut j, cmd, &ctx(3)).is_err());
             assert_eq!(j, before);
         }
+        apply(&mut j, Command::Stopped { token: 1 }, &ctx(4)).unwrap();
+        assert_eq!(j.lease, None);
+        assert_eq!(j.status, JobStatus::Cancelled);
         apply(&mut j, Command::Retry, &ctx(4)).unwrap();
         assert_eq!(j.status, JobStatus::Queued);
+        // Without the worker's word, once the lease has run out.
+        let mut k = job();
+        claim(&mut k, 1);
+        apply(&mut k, Command::Cancel, &ctx(2)).unwrap();
+        assert!(apply(&mut k, Command::Retry, &ctx(9_999)).is_err());
+        apply(&mut k, Command::Retry, &ctx(10_000)).unwrap();
+        assert_eq!(k.status, JobStatus::Queued);
+        // An active job keeps the lease it needs.
+        let mut r = job();
+        claim(&mut r, 1);
+        assert!(apply(&mut r, Command::Stopped { token: 1 }, &ctx(2)).is_err());
+        assert!(r.lease.is_some());
     }
 
     #[test]

@@ -335,6 +335,15 @@ impl Worker {
         (stop, reason)
     }
 
+    /// Forgets a job this worker ran under `token`, unless a later attempt of it is tracked
+    /// already (claimed here once this one's lease went).
+    fn untrack(&self, id: Uuid, token: u64) {
+        let mut running = self.running.lock();
+        if running.get(&id).is_some_and(|r| r.token == token) {
+            running.remove(&id);
+        }
+    }
+
     /// True while this worker runs the job under this fencing token (and has not fenced it).
     fn holds(&self, id: Uuid, token: u64) -> bool {
         self.running
@@ -387,7 +396,7 @@ impl Worker {
                 }
                 self.execute(&job, &slot, token, stop, reason, refill.clone())
                     .await;
-                self.running.lock().remove(&id);
+                self.untrack(id, token);
                 let (job, asked) = next?.get(refill.as_deref()?).await?;
                 Some((job, tokio::time::Instant::from_std(asked)))
             }
@@ -476,10 +485,13 @@ impl Worker {
             .await
         {
             start::Start::Running => {}
-            start::Start::Finished | start::Start::Gone => return,
+            start::Start::Finished => return,
+            start::Start::Gone => return self.stopped_gone(id, token).await,
             start::Start::Stopped(record, ended) => {
                 if *reason.lock() == StopReason::Release {
                     self.release_unstarted(id, token, record, ended).await;
+                } else {
+                    self.stopped_gone(id, token).await;
                 }
                 return;
             }
@@ -545,7 +557,7 @@ impl Worker {
             }
             Recovered::Gone => {}
         }
-        self.running.lock().remove(&id);
+        self.untrack(id, token);
         slot.active.fetch_sub(1, Ordering::AcqRel);
         self.wake.notify_one();
     }

@@ -104,8 +104,19 @@ impl Worker {
                         Ok(j) => crate::outcomes::log_change(&j),
                         Err(e) => tracing::debug!(error = %e, "release refused"),
                     }
+                } else {
+                    self.stopped_gone(id, token).await;
                 }
             }
+        }
+    }
+
+    /// The work of a job that ended elsewhere (cancelled) has stopped: gives up the lease the
+    /// job kept, so a retry may start a new attempt (`Command::Stopped`). Refused, and nothing
+    /// to do, when the job is no longer this claim's or is still active.
+    pub(super) async fn stopped_gone(&self, id: Uuid, token: u64) {
+        if let Err(e) = self.store.apply(id, Command::Stopped { token }).await {
+            tracing::debug!(error = %e, "lease of a stopped job not given up");
         }
     }
 

@@ -2,7 +2,7 @@
 //! or deadline of a waiting job, a scheduled job's promotion. [`super::apply`] is still the one
 //! entry; these are its arms.
 
-use super::{end_run, illegal, set_status, ApplyCtx, EventKind, TransitionError};
+use super::{check_token, end_run, illegal, set_status, ApplyCtx, EventKind, TransitionError};
 use crate::job::wait::{all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, SKIPPED};
 use crate::job::JobStatus::*;
 use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
@@ -20,11 +20,30 @@ pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>,
     Ok(Some(EventKind::Status))
 }
 
+/// The worker of a job cancelled while it ran has stopped the work: the lease goes.
+pub(super) fn stopped(job: &mut Job, token: u64) -> Result<Option<EventKind>, TransitionError> {
+    check_token(job, token)?;
+    if !job.status.is_terminal() {
+        return Err(illegal(job, "release a lease it still needs"));
+    }
+    job.lease = None;
+    Ok(None)
+}
+
 /// A user retries a finished job: one more attempt.
 pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
     if !job.status.can_retry() {
         return Err(illegal(job, "retry"));
+    }
+    // Cancelled while it ran, and its worker has not said its work stopped (`Stopped`), nor
+    // has its lease run out: a new attempt now could run beside the old one.
+    if job.status == Cancelled && job.lease.as_ref().is_some_and(|l| l.expires_at > now) {
+        return Err(illegal(
+            job,
+            "retry while its last attempt is still being stopped (retry once it has ended: \
+             within the worker's kill_grace, or when its lease runs out)",
+        ));
     }
     job.max_attempts = job.max_attempts.max(job.attempt + 1);
     job.result = None;
