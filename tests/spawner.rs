@@ -212,6 +212,20 @@ async fn jobs_come_from_the_spawner_scrubbed_cancellable_and_die_with_a_killed_s
         "cancelled job's background child",
     );
 
+    // A SIGTERM while the server runs (systemd's stop sends one to every process of the unit)
+    // is not the server's end: the spawners stay, and start the next job below.
+    for s in &spawners {
+        // Safety: plain syscall on a child of the server this test started.
+        unsafe { libc::kill(*s as i32, libc::SIGTERM) };
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &spawners {
+        assert!(
+            alive(*s),
+            "spawner {s} left on a SIGTERM while the server ran"
+        );
+    }
+
     // kill -9 of the server: the spawners die with it, and the job one started with them.
     let b = submit(&http, &url).await;
     let got = lines(&http, &url, &b, "ready=").await;
@@ -223,8 +237,18 @@ async fn jobs_come_from_the_spawner_scrubbed_cancellable_and_die_with_a_killed_s
         wait_dead(s, Duration::from_secs(5), "spawner of a killed server");
     }
     wait_dead(leader, Duration::from_secs(5), "job of a killed server");
-    // What the job left in its group is for recovery after a restart (as before): not here.
-    // Safety: plain syscall on the job's group.
-    unsafe { libc::kill(-(leader as i32), libc::SIGKILL) };
-    wait_dead(bg, Duration::from_secs(5), "test cleanup");
+    // And the rest of the job's group (a spawner kills its jobs' groups as it leaves); the
+    // test kills it itself if not, before it fails.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !alive(bg)
+    });
+    if !gone {
+        // Safety: plain syscall on the job's group.
+        unsafe { libc::kill(-(leader as i32), libc::SIGKILL) };
+    }
+    assert!(
+        gone,
+        "the background child of a killed server's job outlived it"
+    );
 }

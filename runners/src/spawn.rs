@@ -17,9 +17,10 @@
 //! has called `execve`, so on a busy machine one alone paces every local job. Each job goes to the
 //! spawner with the fewest starts under way, one stalled in a start last ([`start`]).
 //!
-//! Each spawner has `PR_SET_PDEATHSIG(SIGKILL)` on the server's main thread and leaves when the
-//! server closes its socket, so `kill -9` of the server kills the spawners, which kill their
-//! jobs: no orphan, as before. The server still signals a job's group itself (cancel, timeout)
+//! Each spawner has `PR_SET_PDEATHSIG(SIGTERM)` on the server's main thread and leaves when it
+//! gets it, the server no longer its parent, or when the server closes its socket, killing the
+//! group of every job it still runs first; so `kill -9` of the server kills the spawners, which
+//! kill their jobs and what the jobs started in their groups: no orphan. The server still signals a job's group itself (cancel, timeout)
 //! and still recovers by pid and start time after a restart. Should a spawner die while the
 //! server runs, its running jobs fail (their status is unknown; they died with it) and later jobs
 //! go to the other spawners; once none is left, they are forked by the server as before.
@@ -109,8 +110,10 @@ pub unsafe fn start_early(count: usize) -> io::Result<()> {
                 drop(ends);
                 drop(mine.req_server);
                 drop(mine.rep_server);
-                // Dies with the server; the server may already be gone.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                // Told when the server dies (`SIGTERM`, taken from its signalfd: it kills its
+                // jobs' groups and leaves; the default action until then); the server may
+                // already be gone.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0
                     || libc::getppid() != server
                 {
                     libc::_exit(0);

@@ -19,15 +19,17 @@ const MAX_REQUEST: usize = 256 << 20;
 pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
     // A group of its own: a terminal's ^C reaches the server, which decides what its jobs get.
     // Safety: plain syscalls on this process.
-    let me = unsafe {
+    let (me, server) = unsafe {
         libc::setpgid(0, 0);
-        libc::getpid()
+        (libc::getpid(), libc::getppid())
     };
     let (Ok(signals), Ok(null), Ok(mut stack)) = (child_signals(), dev_null(), ChildStack::new())
     else {
         // Safety: leaving at once, nothing to clean up.
         unsafe { libc::_exit(1) }
     };
+    // The jobs started and not yet reaped: their groups are killed when the spawner leaves.
+    let mut live = Live::default();
     let mut spawn = |req: &Request| start(req, me, null.as_raw_fd(), &mut stack);
     // Buffered: one `read` takes every request the server has queued (a burst of jobs arrives
     // together), and they are all served before the next `poll`.
@@ -51,8 +53,11 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
             continue; // EINTR
         }
         if fds[1].revents != 0 {
-            drain(signals.as_raw_fd());
-            reap(out, Vec::new(), Vec::new());
+            let got = drain(signals.as_raw_fd());
+            reap(out, Vec::new(), Vec::new(), &mut live);
+            if got.server_gone(server) {
+                live.leave();
+            }
         }
         if fds[0].revents != 0 {
             // The starts of a burst go a few to a message, with the exits reaped meanwhile: one
@@ -61,31 +66,38 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
             // The jobs that ended meanwhile are told with the starts held (a quick job's exit
             // waits for no queue of starts; the worker may then record its start and finish in
             // one write), after them: a job that has already ended is told of after its start.
-            let flush = |msg: &mut Vec<u8>, pipes: &mut Vec<OwnedFd>| {
-                if drain(signals.as_raw_fd()) {
-                    reap(out, std::mem::take(msg), std::mem::take(pipes));
+            let flush = |msg: &mut Vec<u8>, pipes: &mut Vec<OwnedFd>, live: &mut Live| {
+                let got = drain(signals.as_raw_fd());
+                if got.any {
+                    reap(out, std::mem::take(msg), std::mem::take(pipes), live);
                 } else {
-                    send(out, msg, pipes);
+                    send(out, msg, pipes, live);
                     msg.clear();
                     pipes.clear();
                 }
+                if got.server_gone(server) {
+                    live.leave();
+                }
             };
             loop {
-                // The server closed its end (it is exiting) or sent garbage: leave; the jobs go
-                // with this process (their parent-death signal).
+                // The server closed its end (it is exiting) or sent garbage: leave, and the jobs
+                // with it.
                 let Some(req) = read_request(&mut requests) else {
-                    // Safety: leaving.
-                    unsafe { libc::_exit(0) }
+                    live.leave()
                 };
                 // Steps before `exec` that touch the file system (a directory to enter or make,
                 // another identity) may take long (a slow or hung mount): the starts held go
                 // first, so running jobs are never held behind them.
                 if starts > 0 && may_stall(&req) {
-                    flush(&mut msg, &mut pipes);
+                    flush(&mut msg, &mut pipes, &mut live);
                     starts = 0;
                 }
                 let clone_began = Instant::now();
-                answer(&req, spawn(&req), &mut msg, &mut pipes);
+                let started = spawn(&req);
+                if let Ok((pid, ..)) = &started {
+                    live.0.insert(*pid);
+                }
+                answer(&req, started, &mut msg, &mut pipes);
                 starts += 1;
                 let last = requests.buffer().is_empty();
                 if last
@@ -93,7 +105,7 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
                     || clone_began.elapsed() > SLOW_START
                     || msg.len() > MESSAGE_BYTES
                 {
-                    flush(&mut msg, &mut pipes);
+                    flush(&mut msg, &mut pipes, &mut live);
                     starts = 0;
                 }
                 if last {
@@ -143,22 +155,49 @@ fn answer(
 }
 
 /// Sends one message with its pipes (leaves when the server is gone).
-fn send(out: RawFd, msg: &[u8], pipes: &[OwnedFd]) {
+fn send(out: RawFd, msg: &[u8], pipes: &[OwnedFd], live: &Live) {
     let raw: Vec<RawFd> = pipes.iter().map(AsRawFd::as_raw_fd).collect();
     if send_with_fds(out, msg, &raw).is_err() {
+        live.leave()
+    }
+}
+
+/// The jobs this spawner started and has not reaped, by pid (each leads its own group).
+#[derive(Default)]
+struct Live(std::collections::HashSet<u32>);
+
+impl Live {
+    /// Leaves, killing the group of every job still running: what a job started in its group
+    /// (a shell's background command, a Python `Popen`) dies with the server too, not only the
+    /// job's first process (whose parent-death signal is this process's end). A job that left
+    /// its group on purpose (`setsid`) is not followed; the server's recovery after a restart
+    /// still stops it by pid and start time.
+    fn leave(&self) -> ! {
+        for pid in &self.0 {
+            // Safety: plain syscall on the group of a child not yet reaped (its pid, and so
+            // its group's id, cannot have been reused).
+            unsafe { libc::kill(-(*pid as libc::pid_t), libc::SIGKILL) };
+        }
         // Safety: leaving.
         unsafe { libc::_exit(0) }
     }
 }
 
-/// A signalfd for `SIGCHLD` (blocked, so it is only ever read from there).
+/// The signals this spawner takes from its signalfd: `SIGCHLD`, and `SIGTERM`, its
+/// parent-death signal (`spawn::start_early`): the server is gone.
+const SIGNALS: [libc::c_int; 2] = [libc::SIGCHLD, libc::SIGTERM];
+
+/// A signalfd for [`SIGNALS`] (blocked, so they are only ever read from there; the jobs start
+/// with an empty mask, `spawn_vfork`).
 fn child_signals() -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     // Safety: plain syscalls on a local signal set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for sig in SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         if fd < 0 {
@@ -168,13 +207,37 @@ fn child_signals() -> io::Result<OwnedFd> {
     }
 }
 
-/// Reads what the signalfd holds: one read, since a standard signal such as `SIGCHLD` is pending
-/// at most once (a second read only ever said `EAGAIN`); `reap` collects every ended job anyway.
-/// True when it held a signal.
-fn drain(fd: RawFd) -> bool {
-    let mut buf = [0u8; 128 * 8];
+/// What [`drain`] read.
+struct Drained {
+    /// Some signal was pending.
+    any: bool,
+    /// `SIGTERM`: the server is gone, if it is no longer the parent.
+    term: bool,
+}
+
+impl Drained {
+    /// The server is gone: a `SIGTERM` (the parent-death signal) and the server no longer the
+    /// parent. A `SIGTERM` while it still is (systemd's stop sends one to every process of the
+    /// unit) is not the server's end: the server stops its jobs as it decides.
+    fn server_gone(&self, server: libc::pid_t) -> bool {
+        // Safety: plain syscall.
+        self.term && unsafe { libc::getppid() } != server
+    }
+}
+
+/// Reads what the signalfd holds: one read, since a standard signal is pending at most once (a
+/// second read only ever said `EAGAIN`); `reap` collects every ended job anyway.
+fn drain(fd: RawFd) -> Drained {
+    const INFO: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+    let mut buf = [0u8; INFO * 8];
     // Safety: reads into a local buffer of the given size.
-    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 }
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let n = usize::try_from(n).unwrap_or(0);
+    let term = buf[..n].chunks_exact(INFO).any(|info| {
+        // `ssi_signo` is the record's first field, a u32 in native order.
+        u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) == libc::SIGTERM as u32
+    });
+    Drained { any: n > 0, term }
 }
 
 /// Exits sent in one message at most (9 bytes each, after at most [`MESSAGE_BYTES`] of starts
@@ -187,13 +250,14 @@ const MESSAGE_LIMIT: usize = 3072;
 
 /// Reaps every ended job and tells the server how each ended, after what `msg` already holds
 /// (starts, with their `pipes`): the exits reaped together go in one message.
-fn reap(out: RawFd, mut msg: Vec<u8>, mut pipes: Vec<OwnedFd>) {
+fn reap(out: RawFd, mut msg: Vec<u8>, mut pipes: Vec<OwnedFd>, live: &mut Live) {
     let mut n = 0;
     loop {
         let mut status = 0;
         // Safety: plain syscall into a local.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid > 0 {
+            live.0.remove(&(pid as u32));
             let exit = Reply::Exited {
                 pid: pid as u32,
                 status,
@@ -203,7 +267,7 @@ fn reap(out: RawFd, mut msg: Vec<u8>, mut pipes: Vec<OwnedFd>) {
         }
         if (pid <= 0 || n == EXITS_PER_MESSAGE || msg.len() + 9 > MESSAGE_LIMIT) && !msg.is_empty()
         {
-            send(out, &msg, &pipes);
+            send(out, &msg, &pipes, live);
             msg.clear();
             pipes.clear();
             n = 0;
