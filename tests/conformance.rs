@@ -843,6 +843,16 @@ async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut 
     let j = submit(&s, job("t", "r")).await;
     let claimed = claim_one(&s, "r", "w").await;
     s.apply(j.id, Command::Cancel).await.unwrap();
+    // Its worker's heartbeat is told to stop the work, and renews the lease it kept meanwhile
+    // (a stop may outlast a lease); another worker's is only told.
+    let kept = s.get(j.id).await.unwrap().unwrap().lease.unwrap();
+    let lost = s.heartbeat("w", &[(j.id, token(&claimed))], LEASE).await;
+    assert_eq!(lost.unwrap(), vec![j.id]);
+    let renewed = s.get(j.id).await.unwrap().unwrap().lease.unwrap();
+    assert!(renewed.expires_at > kept.expires_at, "{renewed:?} {kept:?}");
+    let lost = s.heartbeat("w2", &[(j.id, token(&claimed))], LEASE).await;
+    assert_eq!(lost.unwrap(), vec![j.id]);
+    assert_eq!(s.get(j.id).await.unwrap().unwrap().lease.unwrap(), renewed);
     // Its worker has not said the work stopped: no retry, nothing changed.
     let before = s.get(j.id).await.unwrap().unwrap();
     assert!(s.apply(j.id, Command::Retry).await.is_err());

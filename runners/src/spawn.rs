@@ -142,7 +142,7 @@ pub unsafe fn start_early(count: usize) -> io::Result<()> {
         }
         spawners.push(Spawner {
             pid: pid as u32,
-            requests: tokio::sync::Mutex::new(e.req_server),
+            requests: Arc::new(tokio::sync::Mutex::new(e.req_server)),
             shared,
             next_id: AtomicU64::new(1),
         });
@@ -258,7 +258,7 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 struct Spawner {
     pid: u32,
     /// Requests go one at a time ([`Spawner::send`]).
-    requests: tokio::sync::Mutex<UnixStream>,
+    requests: Arc<tokio::sync::Mutex<UnixStream>>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
 }
@@ -316,8 +316,9 @@ impl Spawner {
     }
 
     /// Starts a job; returns once it runs (or could not start). Cancel-safe: given up before
-    /// its request went out, the start is not left counted as under way; given up part way
-    /// through the request, the spawner is retired ([`Spawner::send`]).
+    /// its request went out, the start is not left counted as under way; given up once part of
+    /// it went out, the request is still written whole ([`Spawner::send`]) and the job, started
+    /// for nobody, is killed when its start is told ([`started`]).
     async fn spawn(&self, req: &mut Request) -> Result<Started, Start> {
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -326,10 +327,9 @@ impl Spawner {
         if !self.alive() {
             return Err(Start::NotSent(gone()));
         }
-        if let Err(e) = self.send(req).await {
+        if let Err(e) = self.send(req, unsent).await {
             return Err(Start::NotSent(e));
         }
-        std::mem::forget(unsent);
         match rx.await {
             Ok(reply) => reply.map_err(Start::Failed),
             Err(_) => Err(Start::Failed(gone())),
@@ -340,72 +340,104 @@ impl Spawner {
     /// time and whole, without holding the thread: when the socket's buffer is full (a spawner
     /// stalled before `exec`, a hung mount, with requests queued behind it) the caller waits for
     /// room as for any other I/O, and the thread's other tasks run meanwhile; [`choose`] passes
-    /// a stalled spawner over while another answers. Needs a Tokio runtime with I/O (the
-    /// worker's) when it has to wait. A request cut part way (an error, or the caller gave up
-    /// while it waited) retires the spawner: the rest of its stream would make no sense.
-    async fn send(&self, req: &Request) -> io::Result<()> {
+    /// a stalled spawner over while another answers. Once part of the request is out, the rest
+    /// is written by a task of its own, which finishes even if the caller gives up: the spawner
+    /// never sees a request cut short but by an error, which retires it (the rest of its stream
+    /// would make no sense). `unsent` is forgotten once a byte is out. Needs a Tokio runtime
+    /// with I/O (the worker's).
+    async fn send(&self, req: &Request, unsent: Unsent<'_>) -> io::Result<()> {
         let frame = req.encode();
-        let requests = self.requests.lock().await;
-        let mut cut = Cut {
-            spawner: self,
-            stream: &requests,
-            sent: 0,
-            len: frame.len(),
-        };
-        let mut room: Option<AsyncFd<UnixStream>> = None;
-        while cut.sent < frame.len() {
-            let rest = &frame[cut.sent..];
-            // Safety: sends from a live buffer of that length.
-            let n = unsafe {
-                libc::send(
-                    requests.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            let e = match n {
-                1.. => {
-                    cut.sent += n as usize;
-                    continue;
-                }
-                0 => io::Error::from(io::ErrorKind::WriteZero),
-                _ => io::Error::last_os_error(),
-            };
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    let room = match &mut room {
-                        Some(room) => room,
-                        // Registered on a copy of the descriptor, only while it waits: the
-                        // spawners outlive any one runtime.
-                        None => {
-                            let copy = requests.try_clone()?;
-                            tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-                            // Safety: the copy is owned by the `AsyncFd`, open and the same
-                            // descriptor for as long as it lives.
-                            room.insert(unsafe {
-                                AsyncFd::register_with_interest(
-                                    copy,
-                                    tokio::io::Interest::WRITABLE,
-                                )?
-                            })
-                        }
-                    };
-                    // Cleared before the next try: room made after it wakes this wait again.
-                    room.writable().await?.clear_ready();
-                    continue;
-                }
-                _ => {}
-            }
-            if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
-                // Gone. Otherwise, with nothing written, it stays in service.
-                cut.retire();
+        let requests = self.requests.clone().lock_owned().await;
+        let mut sent = 0;
+        let first = write(&requests, &frame, &mut sent, true).await;
+        if sent > 0 {
+            std::mem::forget(unsent);
+        }
+        if let Err(e) = first {
+            if sent > 0 || matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                // Gone, or its stream cut. Otherwise, with nothing written, it stays in service.
+                retire(&self.shared, &requests);
             }
             return Err(e);
         }
-        Ok(())
+        if sent == frame.len() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let rest = write(&requests, &frame, &mut sent, false).await;
+            if rest.is_err() {
+                retire(&shared, &requests);
+            }
+            rest
+        })
+        .await
+        .map_err(io::Error::other)?
     }
+}
+
+/// Sends `frame` from `sent` on (counting what goes out in `sent`) until all of it is sent, or,
+/// with `until_part`, until some of it is; waits for room when the buffer is full.
+async fn write(
+    stream: &UnixStream,
+    frame: &[u8],
+    sent: &mut usize,
+    until_part: bool,
+) -> io::Result<()> {
+    let mut room: Option<AsyncFd<UnixStream>> = None;
+    while *sent < frame.len() {
+        let rest = &frame[*sent..];
+        // Safety: sends from a live buffer of that length.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        let e = match n {
+            1.. => {
+                *sent += n as usize;
+                if until_part && *sent < frame.len() {
+                    return Ok(());
+                }
+                continue;
+            }
+            0 => io::Error::from(io::ErrorKind::WriteZero),
+            _ => io::Error::last_os_error(),
+        };
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                let room = match &mut room {
+                    Some(room) => room,
+                    // Registered on a copy of the descriptor, only while it waits: the spawners
+                    // outlive any one runtime.
+                    None => {
+                        let copy = stream.try_clone()?;
+                        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+                        // Safety: the copy is owned by the `AsyncFd`, open and the same
+                        // descriptor for as long as it lives.
+                        room.insert(unsafe {
+                            AsyncFd::register_with_interest(copy, tokio::io::Interest::WRITABLE)?
+                        })
+                    }
+                };
+                // Cleared before the next try: room made after it wakes this wait again.
+                room.writable().await?.clear_ready();
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Retires a spawner: no request goes to it any more, and closing our end of its requests makes
+/// it leave; its reader then fails what it had under way.
+fn retire(shared: &Shared, requests: &UnixStream) {
+    shared.dead.store(true, Ordering::SeqCst);
+    let _ = requests.shutdown(std::net::Shutdown::Write);
 }
 
 /// A start counted as under way ([`Shared::pending`]) whose request has not gone out: dropped,
@@ -415,30 +447,6 @@ struct Unsent<'a>(&'a Shared, u64);
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
         lock(&self.0.pending).remove(&self.1);
-    }
-}
-
-/// A request being written: dropped part way (an error, or the caller gave up), its spawner is
-/// retired; closing our end makes it leave, and its reader then fails what it had under way.
-struct Cut<'a> {
-    spawner: &'a Spawner,
-    stream: &'a UnixStream,
-    sent: usize,
-    len: usize,
-}
-
-impl Cut<'_> {
-    fn retire(&self) {
-        self.spawner.shared.dead.store(true, Ordering::SeqCst);
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-    }
-}
-
-impl Drop for Cut<'_> {
-    fn drop(&mut self) {
-        if self.sent > 0 && self.sent < self.len {
-            self.retire();
-        }
     }
 }
 
@@ -605,7 +613,7 @@ mod tests {
         let (requests, _peer) = UnixStream::pair().unwrap();
         Spawner {
             pid: NO_PID,
-            requests: tokio::sync::Mutex::new(requests),
+            requests: Arc::new(tokio::sync::Mutex::new(requests)),
             shared: Arc::default(),
             next_id: AtomicU64::new(1),
         }
@@ -637,7 +645,7 @@ mod tests {
         });
         Spawner {
             pid,
-            requests: tokio::sync::Mutex::new(requests),
+            requests: Arc::new(tokio::sync::Mutex::new(requests)),
             shared,
             next_id: AtomicU64::new(1),
         }
@@ -683,7 +691,7 @@ mod tests {
         let (requests, theirs) = UnixStream::pair().unwrap();
         let s = Spawner {
             pid: NO_PID,
-            requests: tokio::sync::Mutex::new(requests),
+            requests: Arc::new(tokio::sync::Mutex::new(requests)),
             shared: Arc::default(),
             next_id: AtomicU64::new(1),
         };
@@ -714,13 +722,18 @@ mod tests {
             Request::decode(&body).unwrap()
         });
         let req = big_request();
-        let (ran_meanwhile, sent) = tokio::join!(
-            async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                !reading.load(Ordering::SeqCst)
-            },
-            s.send(&req)
-        );
+        let both = async {
+            tokio::join!(
+                async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    !reading.load(Ordering::SeqCst)
+                },
+                s.send(&req, Unsent(&s.shared, 0))
+            )
+        };
+        let (ran_meanwhile, sent) = tokio::time::timeout(Duration::from_secs(20), both)
+            .await
+            .expect("the request never went out");
         sent.unwrap();
         assert!(ran_meanwhile, "the thread was held until the spawner read");
         // Once read, the request arrives whole.
@@ -728,8 +741,17 @@ mod tests {
         assert!(s.alive());
     }
 
+    /// Reads one request off a spawner's socket (blocking).
+    fn read_one(theirs: &mut UnixStream) -> Request {
+        let mut len = [0u8; 4];
+        theirs.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        theirs.read_exact(&mut body).unwrap();
+        Request::decode(&body).unwrap()
+    }
+
     #[tokio::test]
-    async fn a_request_given_up_part_way_retires_its_spawner() {
+    async fn a_request_given_up_part_way_is_still_written_whole() {
         let (s, mut theirs) = not_reading();
         let mut req = big_request();
         let given_up = tokio::time::timeout(Duration::from_millis(100), s.spawn(&mut req)).await;
@@ -737,13 +759,35 @@ mod tests {
             given_up.is_err(),
             "a 4 MiB request fitted the socket's buffer"
         );
+        // The spawner stays, its stream intact: the rest follows as it reads, and the start,
+        // made for nobody, stays counted until its answer (which kills the job).
+        assert!(s.alive());
+        assert_eq!(lock(&s.shared.pending).len(), 1);
+        let got = tokio::task::spawn_blocking(move || read_one(&mut theirs));
+        let got = tokio::time::timeout(Duration::from_secs(20), got)
+            .await
+            .expect("the rest of the request never came")
+            .unwrap();
+        assert_eq!(got, req);
+        assert!(s.alive());
+    }
+
+    #[tokio::test]
+    async fn a_spawner_gone_while_a_request_waits_for_room_is_retired() {
+        let (s, theirs) = not_reading();
+        let req = big_request();
+        let gone = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(theirs);
+        };
+        let (sent, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(s.send(&req, Unsent(&s.shared, 0)), gone)
+        })
+        .await
+        .expect("the wait for room did not end with the spawner");
+        assert!(sent.is_err());
         assert!(!s.alive());
         assert_eq!(choose(std::slice::from_ref(&s), 0, 0), None);
-        assert!(lock(&s.shared.pending).is_empty());
-        // The spawner's stream ends after the part sent: it leaves.
-        let mut got = Vec::new();
-        theirs.read_to_end(&mut got).unwrap();
-        assert!(!got.is_empty() && got.len() < req.encode().len());
     }
 
     #[tokio::test]

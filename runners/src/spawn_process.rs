@@ -93,10 +93,7 @@ pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
                     starts = 0;
                 }
                 let clone_began = Instant::now();
-                let started = spawn(&req);
-                if let Ok((pid, ..)) = &started {
-                    live.0.insert(*pid);
-                }
+                let started = live.start(server, || spawn(&req));
                 answer(&req, started, &mut msg, &mut pipes);
                 starts += 1;
                 let last = requests.buffer().is_empty();
@@ -162,11 +159,40 @@ fn send(out: RawFd, msg: &[u8], pipes: &[OwnedFd], live: &Live) {
     }
 }
 
+/// Sets the signal this process gets when the server dies.
+fn set_parent_death(sig: libc::c_int) {
+    // Safety: plain syscall on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) };
+}
+
 /// The jobs this spawner started and has not reaped, by pid (each leads its own group).
 #[derive(Default)]
 struct Live(std::collections::HashSet<u32>);
 
 impl Live {
+    /// Starts a job with `spawn`, and counts it. While it starts one this process waits in
+    /// `clone` until the child has called `execve`, which only a fatal signal breaks (a hung
+    /// mount can hold it for ever): meanwhile the server's death kills it outright, as it kills
+    /// a job's first process (the rest of their groups then waits for the recovery after a
+    /// restart). A server gone before the death signal was `SIGTERM` again sends none: seen here.
+    fn start(
+        &mut self,
+        server: libc::pid_t,
+        spawn: impl FnOnce() -> io::Result<(u32, Option<u64>, [OwnedFd; 2])>,
+    ) -> io::Result<(u32, Option<u64>, [OwnedFd; 2])> {
+        set_parent_death(libc::SIGKILL);
+        let started = spawn();
+        set_parent_death(libc::SIGTERM);
+        if let Ok((pid, ..)) = &started {
+            self.0.insert(*pid);
+        }
+        // Safety: plain syscall.
+        if unsafe { libc::getppid() } != server {
+            self.leave();
+        }
+        started
+    }
+
     /// Leaves, killing the group of every job still running: what a job started in its group
     /// (a shell's background command, a Python `Popen`) dies with the server too, not only the
     /// job's first process (whose parent-death signal is this process's end). A job that left
@@ -184,7 +210,8 @@ impl Live {
 }
 
 /// The signals this spawner takes from its signalfd: `SIGCHLD`, and `SIGTERM`, its
-/// parent-death signal (`spawn::start_early`): the server is gone.
+/// parent-death signal (`spawn::start_early`; `SIGKILL` while it starts a job): the server is
+/// gone.
 const SIGNALS: [libc::c_int; 2] = [libc::SIGCHLD, libc::SIGTERM];
 
 /// A signalfd for [`SIGNALS`] (blocked, so they are only ever read from there; the jobs start

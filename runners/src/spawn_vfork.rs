@@ -250,7 +250,7 @@ unsafe fn run(a: &ChildArgs) -> c_int {
             .unwrap_or(libc::EINVAL)
     };
     let job = a.job;
-    // The job starts with no signal blocked (the spawner blocks SIGCHLD) and with SIGPIPE at its
+    // The job starts with no signal blocked (the spawner blocks SIGCHLD and SIGTERM) and with SIGPIPE at its
     // default (Rust ignores it); the handler table is the child's own (no CLONE_SIGHAND).
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);

@@ -5,7 +5,10 @@
 use serde_json::Value;
 
 mod attempts;
+mod beat;
 mod manage;
+
+pub use beat::{heartbeat, Beat};
 
 use super::{FileRef, Job, JobStatus, Micros, Reported, RunHandle};
 
@@ -387,43 +390,6 @@ pub fn apply(
     next.updated_at = ctx.now;
     *job = next;
     Ok(ev)
-}
-
-/// What a worker's heartbeat found for one job it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Beat {
-    /// The lease was renewed: write the job.
-    Renewed,
-    /// The attempt reported its own SUCCESS/ERROR and the job is no longer active: nothing to
-    /// write, and the work is left to exit by itself.
-    Finishing,
-    /// Cancelled, timed out or taken over: nothing to write; the worker must stop the work.
-    Lost,
-}
-
-/// A heartbeat for one held job, through [`apply`] (`Command::Heartbeat`): the one rule both
-/// backends follow for "renewed, finishing or lost". `job` is changed only when `Renewed`.
-pub fn heartbeat(
-    job: &mut Job,
-    worker: &str,
-    token: u64,
-    lease_until: Micros,
-    ctx: &ApplyCtx,
-) -> Beat {
-    let cmd = Command::Heartbeat {
-        worker: worker.to_string(),
-        token,
-        lease_until,
-    };
-    match apply(job, cmd, ctx) {
-        Ok(_) => Beat::Renewed,
-        Err(TransitionError::Illegal { .. })
-            if matches!(job.status, JobStatus::Success | JobStatus::Error) =>
-        {
-            Beat::Finishing
-        }
-        Err(_) => Beat::Lost,
-    }
 }
 
 fn apply_inner(

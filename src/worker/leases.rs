@@ -46,8 +46,14 @@ impl Worker {
                         }
                     }
                     for id in lost {
-                        tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
-                        self.stop_job(id, StopReason::Gone);
+                        // The attempt this heartbeat was for, not a later one claimed since.
+                        let Some((_, token)) = held.iter().find(|(h, _)| *h == id) else {
+                            continue;
+                        };
+                        if self.holds(id, *token) {
+                            tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
+                            self.stop_job(id, StopReason::Gone);
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),

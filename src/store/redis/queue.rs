@@ -165,6 +165,11 @@ impl JobQueue for RedisStore {
                     }
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(*id),
+                    Beat::Stopping => {
+                        // Told now; the lease's write is tried like a renewal's.
+                        lost.push(*id);
+                        writes.push(self.write(Some(job.version), Some(&job), next, None)?);
+                    }
                 }
             }
             let replies = self.commit(&writes).await?;
@@ -181,6 +186,8 @@ impl JobQueue for RedisStore {
             }
             todo = again;
         }
+        lost.sort_unstable();
+        lost.dedup();
         Ok(lost)
     }
 

@@ -194,6 +194,10 @@ impl JobQueue for SqliteStore {
                     Beat::Renewed => save(ctx, &job, stored)?,
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(id),
+                    Beat::Stopping => {
+                        save(ctx, &job, stored)?;
+                        lost.push(id);
+                    }
                 }
             }
             Ok(lost)
