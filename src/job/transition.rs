@@ -97,7 +97,7 @@ pub enum Command {
     Cancel,
     /// The worker that held a job when it ended elsewhere (cancelled) has stopped its work: the
     /// lease it kept goes, and a retry may run a new attempt (refused while the lease holds, so
-    /// that two attempts never overlap). Refused for an active job or another lease.
+    /// that two attempts never overlap). Refused for a job not cancelled or another lease.
     Stopped {
         /// The claim's token.
         token: u64,

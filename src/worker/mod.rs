@@ -451,7 +451,12 @@ impl Worker {
                     token,
                     message: e.to_string(),
                 };
-                if let Err(e) = self.store.apply(id, cmd).await {
+                let r = self.store.apply(id, cmd).await;
+                if supervise::refused(&r) {
+                    // Cancelled while it launched: nothing runs, the lease it kept goes.
+                    self.stopped_gone(id, token).await;
+                }
+                if let Err(e) = r {
                     tracing::info!(error = %e, "cannot give the launch back");
                 }
                 return;

@@ -99,7 +99,12 @@ impl Worker {
             }
             End::Stopped => {
                 if *reason.lock() == StopReason::Release {
-                    match self.store.apply(id, Command::Release { token }).await {
+                    let r = self.store.apply(id, Command::Release { token }).await;
+                    if refused(&r) {
+                        // Cancelled meanwhile (swept at shutdown after the cancel).
+                        self.stopped_gone(id, token).await;
+                    }
+                    match r {
                         // A job that had reported its outcome ends with it.
                         Ok(j) => crate::outcomes::log_change(&j),
                         Err(e) => tracing::debug!(error = %e, "release refused"),
@@ -154,6 +159,10 @@ impl Worker {
     ) {
         let cmd = Command::Finish { token, outcome };
         let r = self.store.finish(id, cmd, refill).await;
+        if refused(&r) {
+            // Cancelled meanwhile: the work has ended, so the lease it kept goes.
+            self.stopped_gone(id, token).await;
+        }
         self.finished(r);
     }
 
@@ -171,6 +180,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// The store refused an attempt's own change because the job is no longer active (cancelled
+/// meanwhile, or it reported its end).
+pub(super) fn refused(r: &Result<Job, StoreError>) -> bool {
+    matches!(
+        r,
+        Err(StoreError::Transition(TransitionError::Illegal { .. }))
+    )
 }
 
 /// What [`Worker::supervise`] knows of the attempt besides its execution.

@@ -23,8 +23,9 @@ pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>,
 /// The worker of a job cancelled while it ran has stopped the work: the lease goes.
 pub(super) fn stopped(job: &mut Job, token: u64) -> Result<Option<EventKind>, TransitionError> {
     check_token(job, token)?;
-    if !job.status.is_terminal() {
-        return Err(illegal(job, "release a lease it still needs"));
+    // Only a cancel keeps a lease for this; any other end keeps its record as it is.
+    if job.status != Cancelled {
+        return Err(illegal(job, "give up the lease of a job not cancelled"));
     }
     job.lease = None;
     Ok(None)
