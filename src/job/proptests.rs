@@ -79,6 +79,9 @@ enum Op {
     HostFailure {
         tok: Tok,
     },
+    Stopped {
+        tok: Tok,
+    },
     LeaseExpired,
     Adopt {
         worker: u8,
@@ -146,6 +149,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(tok, outcome)| Op::Finish { tok, outcome }),
         1 => tok().prop_map(|tok| Op::Release { tok }),
         1 => tok().prop_map(|tok| Op::HostFailure { tok }),
+        1 => tok().prop_map(|tok| Op::Stopped { tok }),
         2 => Just(Op::LeaseExpired),
         1 => (0u8..3, prop::bool::weighted(0.8))
             .prop_map(|(worker, lease_ok)| Op::Adopt { worker, lease_ok }),
@@ -293,6 +297,9 @@ impl Actors {
                 token: self.token(job, tok),
                 message: "cannot start: Too many open files".into(),
             },
+            Op::Stopped { tok } => Command::Stopped {
+                token: self.token(job, tok),
+            },
             Op::LeaseExpired => Command::LeaseExpired,
             Op::Adopt { worker, lease_ok } => Command::Adopt {
                 worker: format!("w{worker}"),
@@ -323,6 +330,7 @@ fn carried_token(cmd: &Command) -> Option<u64> {
         Command::Started { token, .. }
         | Command::Finish { token, .. }
         | Command::Release { token }
+        | Command::Stopped { token }
         | Command::HostFailure { token, .. } => Some(*token),
         Command::Progress { token, .. } => *token,
         _ => None,
@@ -344,11 +352,28 @@ fn check_step(
         Ok(ev) => {
             prop_assert_eq!(after.version, before.version + 1, "version not bumped once");
             if before.status.is_terminal() {
+                // A retry; or, of a job cancelled while it ran, its worker giving up the lease
+                // it kept (nothing else changes).
+                let stopped = matches!(cmd, Command::Stopped { .. })
+                    && before.status == JobStatus::Cancelled
+                    && after.lease.is_none()
+                    && after.status == before.status;
                 prop_assert!(
-                    matches!(cmd, Command::Retry),
+                    matches!(cmd, Command::Retry) || stopped,
                     "a terminal job ({}) accepted {:?}",
                     before.status,
                     cmd
+                );
+            }
+            // A retry never runs beside an attempt whose worker may still stop it.
+            if matches!(cmd, Command::Retry) && before.status == JobStatus::Cancelled {
+                prop_assert!(
+                    before
+                        .lease
+                        .as_ref()
+                        .is_none_or(|l| l.expires_at <= after.updated_at),
+                    "retried while the cancelled attempt's lease held: {:?}",
+                    before.lease
                 );
             }
             if let Some(t) = carried_token(cmd) {
