@@ -237,7 +237,7 @@ command = ["/bin/sh", "-c", "exit 0"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_cancel_never_runs_beside_the_attempt_being_stopped() {
-    // Attempt 1 takes a second to clean up after SIGTERM. The lease (30 s) outlives the test's
+    // Attempt 1 takes 3 s to clean up after SIGTERM. The lease (30 s) outlives the test's
     // waits: the retry is accepted because the worker said attempt 1 stopped, not because its
     // lease ran out.
     let ts = TestServer::builder(
@@ -245,7 +245,7 @@ async fn a_retry_after_a_cancel_never_runs_beside_the_attempt_being_stopped() {
 [[runners]]
 kind = "local"
 types = ["slow.stop"]
-command = ["/bin/sh", "-c", "t=$TRACE; trap 'echo stopping $JOB_ATTEMPT >> $t; sleep 1; echo stopped $JOB_ATTEMPT >> $t; exit 143' TERM; echo started $JOB_ATTEMPT >> $t; if [ $JOB_ATTEMPT = 1 ]; then while :; do sleep 0.05; done; fi; sleep 1; echo done $JOB_ATTEMPT >> $t"]
+command = ["/bin/sh", "-c", "t=$TRACE; trap 'echo stopping $JOB_ATTEMPT >> $t; sleep 3; echo stopped $JOB_ATTEMPT >> $t; exit 143' TERM; echo started $JOB_ATTEMPT >> $t; if [ $JOB_ATTEMPT = 1 ]; then while :; do sleep 0.05; done; fi; sleep 1; echo done $JOB_ATTEMPT >> $t"]
 env = { TRACE = "@DIR@/trace" }
 "#,
     )

@@ -365,9 +365,12 @@ impl Spawner {
         }
         let shared = self.shared.clone();
         tokio::spawn(async move {
+            // Ended before the request is whole (an error, or the task dropped with its
+            // runtime): the spawner is retired.
+            let cut = Cut(&shared, &requests);
             let rest = write(&requests, &frame, &mut sent, false).await;
-            if rest.is_err() {
-                retire(&shared, &requests);
+            if rest.is_ok() {
+                std::mem::forget(cut);
             }
             rest
         })
@@ -438,6 +441,15 @@ async fn write(
 fn retire(shared: &Shared, requests: &UnixStream) {
     shared.dead.store(true, Ordering::SeqCst);
     let _ = requests.shutdown(std::net::Shutdown::Write);
+}
+
+/// A request partly written: dropped, its spawner is retired ([`retire`]).
+struct Cut<'a>(&'a Shared, &'a UnixStream);
+
+impl Drop for Cut<'_> {
+    fn drop(&mut self) {
+        retire(self.0, self.1);
+    }
 }
 
 /// A start counted as under way ([`Shared::pending`]) whose request has not gone out: dropped,

@@ -129,7 +129,7 @@ impl Worker {
         match started {
             Ok((_, None)) => Start::Running,
             Ok((_, Some(end))) => {
-                self.finished(end);
+                self.finished_ended(id, token, end).await;
                 Start::Finished
             }
             Err(e) => {
@@ -159,12 +159,14 @@ impl Worker {
             Some(task) => match task.await {
                 Ok(Ok((_, None))) => true,
                 Ok(Ok((_, Some(end)))) => {
-                    self.finished(end);
+                    self.finished_ended(id, token, end).await;
                     return;
                 }
-                // Refused (cancelled meanwhile, or taken over): nothing to give back.
+                // Refused (cancelled meanwhile, or taken over): nothing to give back; the lease
+                // a cancel kept goes (refused when taken over).
                 Ok(Err(e @ (StoreError::Transition(_) | StoreError::NotFound))) => {
                     tracing::debug!(error = %e, "start refused");
+                    self.stopped_gone(id, token).await;
                     return;
                 }
                 // The store may or may not hold the start (unreachable, or the task failed):
@@ -183,7 +185,11 @@ impl Worker {
             // Shutting down: no next job.
             return self.finish(id, token, outcome, None).await;
         }
-        match self.store.apply(id, Command::Release { token }).await {
+        let r = self.store.apply(id, Command::Release { token }).await;
+        if super::supervise::refused(&r) {
+            self.stopped_gone(id, token).await;
+        }
+        match r {
             Ok(j) => crate::outcomes::log_change(&j),
             Err(e) => tracing::debug!(error = %e, "release refused"),
         }

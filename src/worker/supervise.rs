@@ -159,8 +159,13 @@ impl Worker {
     ) {
         let cmd = Command::Finish { token, outcome };
         let r = self.store.finish(id, cmd, refill).await;
+        self.finished_ended(id, token, r).await;
+    }
+
+    /// [`Worker::finished`] for an attempt whose work has ended: refused because the job was
+    /// cancelled meanwhile, the lease the cancel kept goes too.
+    pub(super) async fn finished_ended(&self, id: Uuid, token: u64, r: Result<Job, StoreError>) {
         if refused(&r) {
-            // Cancelled meanwhile: the work has ended, so the lease it kept goes.
             self.stopped_gone(id, token).await;
         }
         self.finished(r);

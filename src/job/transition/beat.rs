@@ -36,6 +36,8 @@ pub fn heartbeat(
             .filter(|l| l.token == token && l.worker == worker)
         {
             l.expires_at = l.expires_at.max(lease_until);
+            // A write as any other: a writer that read the job before it conflicts.
+            job.version += 1;
             return Beat::Stopping;
         }
     }
