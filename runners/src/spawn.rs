@@ -36,11 +36,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use crate::isolation::Isolation;
-use crate::spawn_wire::{recv_with_fds, Reply, Request};
+use crate::spawn_wire::{recv_with_fds, write, Reply, Request};
 
 static SPAWNERS: OnceLock<Vec<Spawner>> = OnceLock::new();
 
@@ -377,63 +376,6 @@ impl Spawner {
         .await
         .map_err(io::Error::other)?
     }
-}
-
-/// Sends `frame` from `sent` on (counting what goes out in `sent`) until all of it is sent, or,
-/// with `until_part`, until some of it is; waits for room when the buffer is full.
-async fn write(
-    stream: &UnixStream,
-    frame: &[u8],
-    sent: &mut usize,
-    until_part: bool,
-) -> io::Result<()> {
-    let mut room: Option<AsyncFd<UnixStream>> = None;
-    while *sent < frame.len() {
-        let rest = &frame[*sent..];
-        // Safety: sends from a live buffer of that length.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        let e = match n {
-            1.. => {
-                *sent += n as usize;
-                if until_part && *sent < frame.len() {
-                    return Ok(());
-                }
-                continue;
-            }
-            0 => io::Error::from(io::ErrorKind::WriteZero),
-            _ => io::Error::last_os_error(),
-        };
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => {
-                let room = match &mut room {
-                    Some(room) => room,
-                    // Registered on a copy of the descriptor, only while it waits: the spawners
-                    // outlive any one runtime.
-                    None => {
-                        let copy = stream.try_clone()?;
-                        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-                        // Safety: the copy is owned by the `AsyncFd`, open and the same
-                        // descriptor for as long as it lives.
-                        room.insert(unsafe {
-                            AsyncFd::register_with_interest(copy, tokio::io::Interest::WRITABLE)?
-                        })
-                    }
-                };
-                // Cleared before the next try: room made after it wakes this wait again.
-                room.writable().await?.clear_ready();
-            }
-            _ => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Retires a spawner: no request goes to it any more, and closing our end of its requests makes
