@@ -20,10 +20,11 @@
 //! Each spawner has `PR_SET_PDEATHSIG(SIGTERM)` on the server's main thread and leaves when it
 //! gets it, the server no longer its parent, or when the server closes its socket, killing the
 //! group of every job it still runs first; so `kill -9` of the server kills the spawners, which
-//! kill their jobs and what the jobs started in their groups: no orphan. The server still signals a job's group itself (cancel, timeout)
-//! and still recovers by pid and start time after a restart. Should a spawner die while the
-//! server runs, its running jobs fail (their status is unknown; they died with it) and later jobs
-//! go to the other spawners; once none is left, they are forked by the server as before.
+//! kill their jobs and what the jobs started in their groups: no orphan. The server still
+//! signals a job's group itself (cancel, timeout) and still recovers by pid and start time after
+//! a restart. Should a spawner die while the server runs, its running jobs fail (their status
+//! is unknown; they died with it) and later jobs go to the other spawners; once none is left,
+//! they are forked by the server as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -561,16 +562,30 @@ mod tests {
     /// the end (harmlessly).
     const NO_PID: u32 = libc::pid_t::MAX as u32;
 
+    /// The server's side of a spawner played by the test.
+    fn fake(pid: u32, requests: UnixStream, shared: Arc<Shared>) -> Spawner {
+        Spawner {
+            pid,
+            requests: Arc::new(tokio::sync::Mutex::new(requests)),
+            shared,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Reads one request off a spawner's socket (blocking).
+    fn read_one(theirs: &mut UnixStream) -> Request {
+        let mut len = [0u8; 4];
+        theirs.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        theirs.read_exact(&mut body).unwrap();
+        Request::decode(&body).unwrap()
+    }
+
     /// A spawner whose request socket's other end is closed, as when it died an instant ago
     /// and its reader has not noticed yet.
     fn just_died() -> Spawner {
         let (requests, _peer) = UnixStream::pair().unwrap();
-        Spawner {
-            pid: NO_PID,
-            requests: Arc::new(tokio::sync::Mutex::new(requests)),
-            shared: Arc::default(),
-            next_id: AtomicU64::new(1),
-        }
+        fake(NO_PID, requests, Arc::default())
     }
 
     /// A spawner played by a thread: it answers the first request with a start of `pid`.
@@ -581,11 +596,7 @@ mod tests {
         let reader = shared.clone();
         std::thread::spawn(move || read_replies(ours, &reader, NO_PID as libc::pid_t));
         std::thread::spawn(move || {
-            let mut len = [0u8; 4];
-            theirs.read_exact(&mut len).unwrap();
-            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-            theirs.read_exact(&mut body).unwrap();
-            let id = Request::decode(&body).unwrap().id;
+            let id = read_one(&mut theirs).id;
             let (out, err) = (seqpacket_pair().unwrap(), seqpacket_pair().unwrap());
             let reply = Reply::Started {
                 id,
@@ -597,12 +608,7 @@ mod tests {
             // Stays until the test is over.
             std::thread::sleep(Duration::from_secs(30));
         });
-        Spawner {
-            pid,
-            requests: Arc::new(tokio::sync::Mutex::new(requests)),
-            shared,
-            next_id: AtomicU64::new(1),
-        }
+        fake(pid, requests, shared)
     }
 
     fn true_request() -> Request {
@@ -643,13 +649,7 @@ mod tests {
     /// other end of its request socket.
     fn not_reading() -> (Spawner, UnixStream) {
         let (requests, theirs) = UnixStream::pair().unwrap();
-        let s = Spawner {
-            pid: NO_PID,
-            requests: Arc::new(tokio::sync::Mutex::new(requests)),
-            shared: Arc::default(),
-            next_id: AtomicU64::new(1),
-        };
-        (s, theirs)
+        (fake(NO_PID, requests, Arc::default()), theirs)
     }
 
     /// A request far larger than the socket's buffer, as a full buffer of requests queued
@@ -669,11 +669,7 @@ mod tests {
         let spawner = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(600));
             r.store(true, Ordering::SeqCst);
-            let mut len = [0u8; 4];
-            theirs.read_exact(&mut len).unwrap();
-            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-            theirs.read_exact(&mut body).unwrap();
-            Request::decode(&body).unwrap()
+            read_one(&mut theirs)
         });
         let req = big_request();
         let both = async {
@@ -693,15 +689,6 @@ mod tests {
         // Once read, the request arrives whole.
         assert_eq!(spawner.join().unwrap(), req);
         assert!(s.alive());
-    }
-
-    /// Reads one request off a spawner's socket (blocking).
-    fn read_one(theirs: &mut UnixStream) -> Request {
-        let mut len = [0u8; 4];
-        theirs.read_exact(&mut len).unwrap();
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        theirs.read_exact(&mut body).unwrap();
-        Request::decode(&body).unwrap()
     }
 
     #[tokio::test]

@@ -435,8 +435,8 @@ pub(crate) async fn write(
                     // Registered on a copy of the descriptor, only while it waits: the spawners
                     // outlive any one runtime.
                     None => {
-                        let copy = stream.try_clone()?;
                         tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+                        let copy = stream.try_clone()?;
                         // Safety: the copy is owned by the `AsyncFd`, open and the same
                         // descriptor for as long as it lives.
                         room.insert(unsafe {

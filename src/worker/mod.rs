@@ -451,12 +451,9 @@ impl Worker {
                     token,
                     message: e.to_string(),
                 };
+                // Nothing runs: refused (cancelled while it launched), the lease it kept goes.
                 let r = self.store.apply(id, cmd).await;
-                if supervise::refused(&r) {
-                    // Cancelled while it launched: nothing runs, the lease it kept goes.
-                    self.stopped_gone(id, token).await;
-                }
-                if let Err(e) = r {
+                if let Err(e) = self.settled(id, token, r).await {
                     tracing::info!(error = %e, "cannot give the launch back");
                 }
                 return;

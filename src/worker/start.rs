@@ -129,7 +129,7 @@ impl Worker {
         match started {
             Ok((_, None)) => Start::Running,
             Ok((_, Some(end))) => {
-                self.finished_ended(id, token, end).await;
+                self.finished(id, token, end).await;
                 Start::Finished
             }
             Err(e) => {
@@ -159,7 +159,7 @@ impl Worker {
             Some(task) => match task.await {
                 Ok(Ok((_, None))) => true,
                 Ok(Ok((_, Some(end)))) => {
-                    self.finished_ended(id, token, end).await;
+                    self.finished(id, token, end).await;
                     return;
                 }
                 // Refused (cancelled meanwhile, or taken over): nothing to give back; the lease
@@ -185,13 +185,6 @@ impl Worker {
             // Shutting down: no next job.
             return self.finish(id, token, outcome, None).await;
         }
-        let r = self.store.apply(id, Command::Release { token }).await;
-        if super::supervise::refused(&r) {
-            self.stopped_gone(id, token).await;
-        }
-        match r {
-            Ok(j) => crate::outcomes::log_change(&j),
-            Err(e) => tracing::debug!(error = %e, "release refused"),
-        }
+        self.give_back(id, token).await;
     }
 }

@@ -99,21 +99,39 @@ impl Worker {
             }
             End::Stopped => {
                 if *reason.lock() == StopReason::Release {
-                    let r = self.store.apply(id, Command::Release { token }).await;
-                    if refused(&r) {
-                        // Cancelled meanwhile (swept at shutdown after the cancel).
-                        self.stopped_gone(id, token).await;
-                    }
-                    match r {
-                        // A job that had reported its outcome ends with it.
-                        Ok(j) => crate::outcomes::log_change(&j),
-                        Err(e) => tracing::debug!(error = %e, "release refused"),
-                    }
+                    self.give_back(id, token).await;
                 } else {
                     self.stopped_gone(id, token).await;
                 }
             }
         }
+    }
+
+    /// Gives a stopped attempt back to the queue (`Command::Release`); a job that had reported
+    /// its outcome ends with it.
+    pub(super) async fn give_back(&self, id: Uuid, token: u64) {
+        let r = self.store.apply(id, Command::Release { token }).await;
+        match self.settled(id, token, r).await {
+            Ok(j) => crate::outcomes::log_change(&j),
+            Err(e) => tracing::debug!(error = %e, "release refused"),
+        }
+    }
+
+    /// What the store answered to an attempt's own change, once its work has ended: refused
+    /// because the job was cancelled meanwhile, the lease the cancel kept goes too.
+    pub(super) async fn settled(
+        &self,
+        id: Uuid,
+        token: u64,
+        r: Result<Job, StoreError>,
+    ) -> Result<Job, StoreError> {
+        if matches!(
+            r,
+            Err(StoreError::Transition(TransitionError::Illegal { .. }))
+        ) {
+            self.stopped_gone(id, token).await;
+        }
+        r
     }
 
     /// The work of a job that ended elsewhere (cancelled) has stopped: gives up the lease the
@@ -159,21 +177,12 @@ impl Worker {
     ) {
         let cmd = Command::Finish { token, outcome };
         let r = self.store.finish(id, cmd, refill).await;
-        self.finished_ended(id, token, r).await;
+        self.finished(id, token, r).await;
     }
 
-    /// [`Worker::finished`] for an attempt whose work has ended: refused because the job was
-    /// cancelled meanwhile, the lease the cancel kept goes too.
-    pub(super) async fn finished_ended(&self, id: Uuid, token: u64, r: Result<Job, StoreError>) {
-        if refused(&r) {
-            self.stopped_gone(id, token).await;
-        }
-        self.finished(r);
-    }
-
-    /// What the store answered to an attempt's finish.
-    pub(super) fn finished(&self, r: Result<Job, StoreError>) {
-        match r {
+    /// What the store answered to an attempt's finish ([`Worker::settled`]).
+    pub(super) async fn finished(&self, id: Uuid, token: u64, r: Result<Job, StoreError>) {
+        match self.settled(id, token, r).await {
             Ok(j) => crate::outcomes::log_change(&j),
             // The job already ended (it reported its own status, or was cancelled) or was taken
             // over: nothing to do, and nothing must be overwritten.
@@ -185,15 +194,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// The store refused an attempt's own change because the job is no longer active (cancelled
-/// meanwhile, or it reported its end).
-pub(super) fn refused(r: &Result<Job, StoreError>) -> bool {
-    matches!(
-        r,
-        Err(StoreError::Transition(TransitionError::Illegal { .. }))
-    )
 }
 
 /// What [`Worker::supervise`] knows of the attempt besides its execution.
