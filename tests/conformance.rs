@@ -845,11 +845,18 @@ async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut 
     s.apply(j.id, Command::Cancel).await.unwrap();
     // Its worker's heartbeat is told to stop the work, and renews the lease it kept meanwhile
     // (a stop may outlast a lease); another worker's is only told.
-    let kept = s.get(j.id).await.unwrap().unwrap().lease.unwrap();
+    let cancelled = s.get(j.id).await.unwrap().unwrap();
+    let kept = cancelled.lease.clone().unwrap();
     let lost = s.heartbeat("w", &[(j.id, token(&claimed))], LEASE).await;
     assert_eq!(lost.unwrap(), vec![j.id]);
-    let renewed = s.get(j.id).await.unwrap().unwrap().lease.unwrap();
+    let after_beat = s.get(j.id).await.unwrap().unwrap();
+    let renewed = after_beat.lease.clone().unwrap();
     assert!(renewed.expires_at > kept.expires_at, "{renewed:?} {kept:?}");
+    // A write as any other: one that read the job before it conflicts, not overwrites it.
+    assert!(
+        after_beat.version > cancelled.version,
+        "the renewal kept the version"
+    );
     let lost = s.heartbeat("w2", &[(j.id, token(&claimed))], LEASE).await;
     assert_eq!(lost.unwrap(), vec![j.id]);
     assert_eq!(s.get(j.id).await.unwrap().unwrap().lease.unwrap(), renewed);
