@@ -60,6 +60,13 @@ log "cargo test: Redis channel index and events on compact records"
 RUNYARD_TEST_RECORDS=compact cargo test --test redis_channel_index --test redis_channel_events \
   -- --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
 
+# The Redis crash drills once more with the hand-over at submit on (`RUNYARD_REDIS_HANDOVER=on`,
+# experimental, docs/redis.md): a worker node killed with jobs handed over to it, and Redis
+# restarted, lose no job. About 40 s.
+log "cargo test: Redis crash drills with the hand-over at submit"
+RUNYARD_REDIS_HANDOVER=on cargo test --test redis_scale -- scale_out_survives_a_killed_worker \
+  redis_restart_loses_no_accepted_job --test-threads="${RUNYARD_TEST_THREADS:-2}" || failed=1
+
 # Fuzzing (issue 9): every cargo-fuzz target of fuzz/ runs from its committed corpus for
 # RUNYARD_FUZZ_SECONDS (20 s) each, and any crash fails CI. scripts/fuzz.sh installs the nightly
 # toolchain and cargo-fuzz when missing and builds the targets into fuzz/target (no sanitizer,

@@ -505,6 +505,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             // A diagnostic switch (docs/redis.md "Channel index"): off, this node neither keeps
             // the index nor lists from it.
             channel_index: std::env::var("RUNYARD_REDIS_CHANNEL_INDEX").as_deref() != Ok("off"),
+            // Experimental, off by default (docs/redis.md "Hand-over at submit": fewer script
+            // calls and a lower submit-to-start latency, but not more jobs/s on this machine).
+            handover: std::env::var("RUNYARD_REDIS_HANDOVER").as_deref() == Ok("on"),
             ..RedisSettings::new(url.clone())
         })
         .await

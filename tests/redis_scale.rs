@@ -1255,3 +1255,72 @@ async fn an_idle_event_tail_says_it_failed_and_recovered_across_redis_outages() 
     }
     assert!(text.contains("QUEUED"), "{text}");
 }
+
+/// Runs `n` no-op jobs one at a time (one producer) through an API node and two worker nodes
+/// spawned with `env`; asserts each ends SUCCESS after one run, and returns the script calls
+/// (`EVALSHA`) Redis ran per job.
+async fn one_at_a_time(env: &[(&str, &str)], n: usize) -> f64 {
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn_env("api", &["serve", "--no-worker"], "warn", env);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    cl.spawn_env("worker-a", &["worker"], "warn", env);
+    cl.spawn_env("worker-b", &["worker"], "warn", env);
+    // Both worker nodes up, idle and waiting: a first job each way.
+    let url = cl.url();
+    let wait_done = |id: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let start = Instant::now();
+            loop {
+                let j: Value = http
+                    .get(format!("{url}/async/jobs/{id}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if j["status"] == "SUCCESS" {
+                    return j;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "{j:#}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let submit = || async {
+        let (ids, refused) =
+            submit_all(&http, &url, vec![json!({"type": "runyard.noop"})], 1).await;
+        assert_eq!(refused, 0);
+        ids.into_iter().next().unwrap()
+    };
+    for _ in 0..4 {
+        wait_done(submit().await).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = redis_support::calls(&redis.url, &["evalsha"]).await;
+    for _ in 0..n {
+        let j = wait_done(submit().await).await;
+        let runs = j["runs"].as_array().expect("runs");
+        assert_eq!((runs.len(), &j["attempt"]), (1, &json!(1)), "{j:#}");
+    }
+    let after = redis_support::calls(&redis.url, &["evalsha"]).await;
+    (after - before) as f64 / n as f64
+}
+
+/// One producer, one job at a time, two worker nodes (`scripts/redis-bench.sh 2 --connections
+/// 1`): an idle worker node parks in Redis and each submit hands its job over to it
+/// (src/store/redis/handover.rs), so a job costs the submit, the claim's commit and the start
+/// with its finish: about 3 script calls, where the submit's announcement, a claim from each
+/// woken node and the claim's commit made about 5 (docs/benchmarks.md, "Session 29"). Without
+/// it (the default), the same jobs take the old way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_at_a_time_is_handed_over_to_a_parked_worker_node() {
+    let on = one_at_a_time(&[("RUNYARD_REDIS_HANDOVER", "on")], 150).await;
+    let off = one_at_a_time(&[("RUNYARD_REDIS_HANDOVER", "off")], 150).await;
+    eprintln!("script calls per job: hand-over {on:.2}, without {off:.2}");
+    assert!(on < 3.6, "{on:.2} script calls per job with hand-over");
+    assert!(off > 4.0, "{off:.2} script calls per job without");
+}

@@ -50,7 +50,13 @@ type Answers = mpsc::UnboundedSender<Option<Job>>;
 pub struct Handoffs {
     waiting: Mutex<Vec<Waiting>>,
     next: AtomicU64,
+    /// Told of each worker that withdraws with places left (its id, runner and lease): the
+    /// Redis store takes its park out of Redis (`redis/handover.rs`).
+    on_withdraw: Mutex<Option<OnWithdraw>>,
 }
+
+/// See [`Handoffs::on_withdraw`].
+pub type OnWithdraw = Box<dyn Fn(u64, &str, Duration) + Send + Sync>;
 
 struct Waiting {
     id: u64,
@@ -177,11 +183,20 @@ impl Handoffs {
         taken
     }
 
+    /// Calls `f` with each worker that withdraws while it has places left.
+    pub fn on_withdraw(&self, f: OnWithdraw) {
+        *self.on_withdraw.lock() = Some(f);
+    }
+
     /// Removes a parked worker (if the store has not taken all its places).
     fn withdraw(&self, id: u64) {
         let mut w = self.waiting.lock();
         if let Some(i) = w.iter().position(|p| p.id == id) {
-            w.remove(i);
+            let p = w.remove(i);
+            drop(w);
+            if let Some(f) = &*self.on_withdraw.lock() {
+                f(p.id, &p.runner, p.lease_ttl);
+            }
         }
     }
 }
@@ -411,6 +426,29 @@ mod tests {
         let (r, next) = refill("r", "w", Duration::from_secs(1));
         drop(next);
         assert!(r.take().expect("place").deliver(job()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_withdrawal_with_places_left_is_told_and_one_without_is_not() {
+        let h = Handoffs::new();
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let t = told.clone();
+        h.on_withdraw(Box::new(move |id, runner, lease| {
+            t.lock().push((id, runner.to_string(), lease))
+        }));
+        let p = h.park("r", "w", Duration::from_secs(3), 2);
+        let id = p.id();
+        drop(h.take("r").expect("one place of two"));
+        assert!(p.withdraw().await.is_empty());
+        assert_eq!(
+            *told.lock(),
+            [(id, "r".to_string(), Duration::from_secs(3))]
+        );
+        // Every place taken: it left the registry with its last place, nothing to tell.
+        let p = h.park("r", "w", Duration::from_secs(3), 1);
+        drop(h.take("r").expect("its one place"));
+        assert!(p.withdraw().await.is_empty());
+        assert_eq!(told.lock().len(), 1);
     }
 
     fn ids(jobs: Vec<Job>) -> Vec<uuid::Uuid> {

@@ -283,8 +283,10 @@ pub trait JobQueue: Send + Sync {
     /// `runner`, for a direct hand-off ([`handoff`]): a backend that supports it claims each of
     /// the next (up to `max`) jobs submitted for `runner` in the submit's own transaction (when
     /// no older one is QUEUED) and passes it over after the commit, instead of a notice and a
-    /// claim of the worker's own. `None` (this default) where the backend does not (Redis). A
-    /// wrapping store must forward it (`metrics/store.rs`).
+    /// claim of the worker's own. Redis does the same across processes (`redis/handover.rs`:
+    /// the submit's script hands the job over, the parked process claims it). `None` (this
+    /// default) where the backend does not park. A wrapping store must forward it
+    /// (`metrics/store.rs`).
     fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
         let _ = (runner, worker, lease_ttl, max);
         None
@@ -295,9 +297,8 @@ pub trait JobQueue: Send + Sync {
     /// older QUEUED and are handed over, instead of being stored QUEUED for the next claim.
     /// Nothing for one that has withdrawn or had every place taken. True when each of them
     /// still has a place after it, so nothing of their runners is left QUEUED; false (some may
-    /// be: the worker claims as before) otherwise, and in this default where the backend does
-    /// not park (Redis: [`JobQueue::park`] gives `None`). A wrapping store must forward it
-    /// (`metrics/store.rs`).
+    /// be: the worker claims as before) otherwise, and in this default (Redis, and a backend
+    /// that does not park). A wrapping store must forward it (`metrics/store.rs`).
     async fn claim_parked(&self, parked: &[u64]) -> Result<bool> {
         let _ = parked;
         Ok(false)

@@ -196,7 +196,7 @@ pub(super) async fn committer(
 /// A reply of `commit.lua` to one write.
 fn parse_reply(r: Option<&str>) -> Result<Reply> {
     let r = r.ok_or_else(|| StoreError::Backend("commit: a reply missing".into()))?;
-    Ok(if r.starts_with("OK:") {
+    Ok(if r.starts_with("OK:") || r.starts_with("OKH:") {
         Reply::Ok
     } else if let Some(other) = r.strip_prefix("IDEM:") {
         Reply::Idem(other.to_string())
@@ -288,8 +288,8 @@ impl RedisStore {
                 LateOutcome::Sent(_, w2, ttl2) => {
                     let reply = parse_reply(raw.next().as_deref())?;
                     if matches!(reply, Reply::Ok) {
-                        self.told(w);
-                        self.committed(w2, ttl2.then_some(sent));
+                        self.told(w, false);
+                        self.committed(w2, ttl2.then_some(sent), false);
                     } else {
                         self.cache.lock().remove(&w.job.id);
                     }
@@ -312,7 +312,8 @@ impl RedisStore {
     fn settle_reply(&self, w: &Write, r: Option<&str>, ttl: Option<Instant>) -> Result<Reply> {
         let reply = parse_reply(r)?;
         if matches!(reply, Reply::Ok) {
-            self.committed(w, ttl);
+            // "OKH:": handed over to a parked worker (handover.rs), not queued.
+            self.committed(w, ttl, r.is_some_and(|r| r.starts_with("OKH:")));
         } else {
             self.cache.lock().remove(&w.job.id);
         }
@@ -355,7 +356,7 @@ impl RedisStore {
 
     /// What follows a committed write in this process: the cache, the TTL refreshed at `ttl`
     /// (when sent), the delivery generation, the notices of its status event.
-    fn committed(&self, w: &Write, ttl: Option<Instant>) {
+    fn committed(&self, w: &Write, ttl: Option<Instant>, handed: bool) {
         self.remember(&w.job);
         if let Some(sent) = ttl {
             self.ttl_refreshed(&w.job.channel_id, sent);
@@ -363,13 +364,13 @@ impl RedisStore {
         if !w.delivery.is_empty() || !w.delivery0.is_empty() {
             self.dlv_gen.fetch_add(1, Ordering::AcqRel);
         }
-        self.told(w);
+        self.told(w, handed);
     }
 
-    /// The notices of a committed write's status event in this process.
-    fn told(&self, w: &Write) {
+    /// The notices of a committed write's status event here (no wake-up for a job handed over).
+    fn told(&self, w: &Write, handed: bool) {
         if let Some((EventKind::Status, _)) = &w.event {
-            if w.job.status == JobStatus::Queued {
+            if w.job.status == JobStatus::Queued && !handed {
                 // Other processes heard of it from commit.lua itself.
                 self.hints.queued(&w.job.runner);
                 let _ = self.notify.send(Notice::Queued {
@@ -464,6 +465,9 @@ impl RedisStore {
             .arg(&sk.notices);
         if shared & (1 << DLVSEQ) != 0 {
             cmd.arg("dlvp").arg(&sk.dlv_prefix);
+        }
+        if p.handover {
+            cmd.arg("handp").arg(&sk.hand_prefix);
         }
         if let Some(slack) = channel_ttl_slack(p).filter(|_| p.channel_lists) {
             let min = p.channel_ttl.saturating_sub(slack * 2);

@@ -60,6 +60,7 @@ mod commit;
 mod counts;
 mod deliveries;
 mod events;
+mod handover;
 mod hints;
 mod jobs;
 mod logs;
@@ -133,6 +134,9 @@ pub struct RedisSettings {
     /// Job records in the compact form (`store.records = "compact"`); both forms are read
     /// anyway.
     pub compact_records: bool,
+    /// Workers of this process park in Redis and its submits hand new jobs to parked workers
+    /// (`handover.rs`; `RUNYARD_REDIS_HANDOVER=on`, experimental, off by default).
+    pub handover: bool,
 }
 
 impl RedisSettings {
@@ -148,6 +152,7 @@ impl RedisSettings {
             channel_lists: false,
             channel_index: true,
             compact_records: false,
+            handover: false,
         }
     }
 }
@@ -161,6 +166,7 @@ struct Scripts {
     logs_read: Script,
     retention: Script,
     chanidx: Script,
+    unhand: Script,
 }
 
 impl Scripts {
@@ -177,6 +183,7 @@ impl Scripts {
             logs_read: Script::new(include_str!("lua/logs_read.lua")),
             retention: Script::new(include_str!("lua/retention.lua")),
             chanidx: Script::new(include_str!("lua/chanidx.lua")),
+            unhand: Script::new(include_str!("lua/unhand.lua")),
         }
     }
 }
@@ -221,6 +228,8 @@ pub struct RedisStore {
     clock: parking_lot::Mutex<Option<(Micros, Instant)>>,
     /// The last time [`Self::now`] answered: it never goes back within a process.
     clock_last: std::sync::atomic::AtomicI64,
+    /// Parked workers and jobs handed over to them (`handover.rs`), unless switched off.
+    handover: Option<handover::Handover>,
     _stop: DropGuard,
 }
 
@@ -285,7 +294,7 @@ impl RedisStore {
         };
         notices::start(
             conn.clone(),
-            client,
+            client.clone(),
             &settings.prefix,
             &origin,
             relay_rx,
@@ -305,6 +314,7 @@ impl RedisStore {
             Self {
                 conn,
                 shared: write::SharedKeys::new(&settings.prefix),
+                handover: handover::Handover::new(me, client, &settings, &origin, &stop),
                 s: settings,
                 scripts: Scripts::load(),
                 notify,

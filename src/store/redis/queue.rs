@@ -242,6 +242,10 @@ impl JobQueue for RedisStore {
         Ok(n)
     }
 
+    fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
+        self.park_here(runner, worker, lease_ttl, max)
+    }
+
     async fn next_due(&self) -> Result<Option<Micros>> {
         self.first_score(&self.key("sched")).await
     }
@@ -308,7 +312,7 @@ const PAGES_PAST_UNREADABLE: usize = 10;
 /// `None`, logged, when this build cannot read it: one such record must not fail the round and
 /// hold up every other job it meets, round after round. `id` names the job in the log (made
 /// only then: the rounds are hot paths).
-fn readable(body: &str, id: impl FnOnce() -> String, what: &str) -> Option<Job> {
+pub(super) fn readable(body: &str, id: impl FnOnce() -> String, what: &str) -> Option<Job> {
     match read_job_record(body) {
         Ok(j) => Some(j),
         Err(e) => {

@@ -15,7 +15,12 @@ impl RedisStore {
         job: Job,
         ev: Option<EventKind>,
     ) -> Result<Write> {
-        Write::new(expected, old, job, ev, self.s.compact_records)
+        let mut w = Write::new(expected, old, job, ev, self.s.compact_records)?;
+        // A job that becomes QUEUED may go to a parked worker (handover.rs).
+        w.hand = self.s.handover
+            && w.job.status == JobStatus::Queued
+            && w.old_status != Some(JobStatus::Queued);
+        Ok(w)
     }
 }
 
@@ -45,6 +50,10 @@ pub(super) struct Write {
     /// `start.rs`), with its webhook delivery (`dlv0`, '' none).
     pub(super) event0: Option<(EventKind, String)>,
     pub(super) delivery0: String,
+    /// The job becomes QUEUED and may be handed over to a parked worker instead of queued
+    /// (`hand` in commit.lua, see handover.rs): the park keys, the token counter and the lease
+    /// set are declared.
+    pub(super) hand: bool,
 }
 
 impl Write {
@@ -101,6 +110,7 @@ impl Write {
             popped: false,
             event0: None,
             delivery0: String::new(),
+            hand: false,
         })
     }
 
@@ -231,6 +241,12 @@ impl Write {
         // A claim's pick was popped from the runner's queue by claim.lua at this same version.
         if queued || (was_queued && !self.popped) {
             p.own("q", "q:", &j.runner);
+        }
+        if self.hand && queued {
+            p.own("park", "park:", &j.runner);
+            p.own("parkn", "parkn:", &j.runner);
+            p.own("tok", "token", "");
+            p.shared(LEASE);
         }
         if (st == JobStatus::Scheduled && j.run_at.is_some()) || old == Some(JobStatus::Scheduled) {
             p.shared(SCHED);
@@ -471,6 +487,8 @@ pub(super) struct SharedKeys {
     pub(super) keys: [String; 16],
     pub(super) dlv_prefix: String,
     pub(super) notices: String,
+    /// `P:hand:`, the prefix of the hand-over lists (handover.rs).
+    pub(super) hand_prefix: String,
 }
 
 impl SharedKeys {
@@ -480,6 +498,7 @@ impl SharedKeys {
             keys: SHARED.map(|(_, k)| key(k)),
             dlv_prefix: key("dlv:"),
             notices: key("notices"),
+            hand_prefix: key("hand:"),
         }
     }
 }

@@ -27,7 +27,8 @@
 --   `cmin` (ms, lists only; absent: every event refreshes) the least PTTL a channel list may be
 --   left with by a write that skips the refresh (see `chan_ttl`),
 --   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
---   delivery prefix (only when a write has a delivery).
+--   delivery prefix (only when a write has a delivery), `handp` the hand-over list prefix
+--   `P:hand:` (only when a write declares `park`).
 -- Then per write, starting with `id`: the write's values (absent = none)
 --   `id`, `v` expected version (absent: the job must not exist, a submit), `nv` new version,
 --   `st` status, `r` runner, `c` channel, `q` queued_at, `t` job type, `b` the job record (its JSON or
@@ -46,7 +47,8 @@
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
 --   `P:evc:{channel}`, `djob`
---   `P:dlv:job:{id}`, and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
+--   `P:dlv:job:{id}`, `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
+--   (a write that may be handed over, see `hand`), and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigidt`
 --   `P:sigidt:{key}`, `sigw` `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
 -- What a declared key means:
@@ -63,7 +65,8 @@
 --   global id, `climit`, PEXPIRE with `ttl`), and no list is touched; evwant: whether `E` is
 --   announced.
 -- Returns one reply per job:
---   'OK:<event id>' (the id of the write's last event, empty without event), 'CONFLICT'
+--   'OK:<event id>' (the id of the write's last event, empty without event; 'OKH:<event id>'
+--   when the job was handed over to a parked worker, see `hand`), 'CONFLICT'
 --   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
 --   submit whose id is already stored: a retried submit), 'IDEM:<job id>' (a submit whose
 --   idempotency key is taken).
@@ -260,6 +263,50 @@ local function flush_index()
   end
 end
 
+-- The runner queues a job went into in this call: no job of theirs is handed over after it.
+local queued_here = {}
+
+-- Hand-over at submit (src/store/redis/handover.rs): a job that becomes QUEUED, declared with
+-- `park` (`P:park:{runner}`, the parks by expiry, µs), `parkn` (`P:parkn:{runner}`, the places
+-- left per park), `tok` (`P:token`) and the shared `lease`, goes to a parked worker instead of
+-- its runner's queue when nothing older of the runner is QUEUED (in Redis, or queued earlier in
+-- this call). One place of a live park is taken (the live parks in turn); the job gets a
+-- fencing token and a claim reservation in the lease set (as claim.lua's picks: the reaper puts
+-- it back in its queue if the worker never claims it); `<park id>|<token>|<record>` is pushed
+-- to the parked process's list `P:hand:{origin}` (prefix `handp`), where it waits in a blocking
+-- pop. Nothing is announced. A park member is `<origin>|<park id>|<lease µs>`. Returns the
+-- reservation's expiry, or false (queued as before).
+local function hand(w, K)
+  if queued_here[K.q] or redis.call('ZCARD', K.q) > 0 or redis.call('ZCARD', K.park) == 0 then
+    return false
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  -- The live parks in turn (the token counter is the turn), so that every parked process takes
+  -- its share, not the oldest park all of them.
+  local live = redis.call('ZCOUNT', K.park, now, '+inf')
+  local tok = redis.call('INCR', K.tok)
+  local m = live > 0 and redis.call('ZRANGEBYSCORE', K.park, now, '+inf', 'LIMIT', tok % live, 1)[1]
+  if not m then
+    -- Every park expired (their processes died): out, with their places.
+    local gone = redis.call('ZRANGEBYSCORE', K.park, '-inf', now)
+    for i = 1, #gone, CHUNK do
+      local part = { unpack(gone, i, math.min(i + CHUNK - 1, #gone)) }
+      redis.call('ZREM', K.park, unpack(part))
+      redis.call('HDEL', K.parkn, unpack(part))
+    end
+    return false
+  end
+  local origin, pid, ttl = string.match(m, '^(.*)|(%d+)|(%d+)$')
+  if not origin or redis.call('HINCRBY', K.parkn, m, -1) <= 0 then
+    redis.call('ZREM', K.park, m)
+    redis.call('HDEL', K.parkn, m)
+    if not origin then return false end
+  end
+  redis.call('RPUSH', H.handp .. origin, pid .. '|' .. tok .. '|' .. w.b)
+  return now + tonumber(ttl)
+end
+
 -- The job's index entries, as the write declares them.
 local function index(w, K, old)
   local id, st = w.id, w.st
@@ -273,8 +320,12 @@ local function index(w, K, old)
   if K.stold then zset(K.stold, id, false) end
   if K.stnew then zset(K.stnew, id, 0) end
   if K.q then
-    if st == 'QUEUED' then
+    if st == 'QUEUED' and old ~= 'QUEUED' and K.park then w.handed = hand(w, K) end
+    if w.handed then
+      zset(K.q, id, false)
+    elseif st == 'QUEUED' then
       zset(K.q, id, w.q)
+      queued_here[K.q] = true
       if old ~= 'QUEUED' and not announced[w.r] then
         announced[w.r] = true
         notice = notice .. '\nQ ' .. w.r
@@ -292,7 +343,13 @@ local function index(w, K, old)
   end
   -- Removing a job that is not active also drops a claim reservation (see claim.lua).
   if K.lease then
-    if w.lease then zset(K.lease, id, w.lease) else zset(K.lease, id, false) end
+    if w.handed then
+      zset(K.lease, id, w.handed)
+    elseif w.lease then
+      zset(K.lease, id, w.lease)
+    else
+      zset(K.lease, id, false)
+    end
   end
   if K.fin then
     if w.fin then zset(K.fin, id, w.fin) else zset(K.fin, id, false) end
@@ -399,6 +456,7 @@ local function commit_one(w)
   if w.event0 then eid, made0 = append(w, K, w.event0, w.dlv0) end
   if w.event then eid, made = append(w, K, w.event, w.dlv) end
   if w.event0 or w.event then chan_ttl(w, K, made0 or made) end
+  if w.handed then return 'OKH:' .. eid end
   return 'OK:' .. eid
 end
 

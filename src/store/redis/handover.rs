@@ -1,0 +1,353 @@
+//! Hand-over at submit on Redis: the embedded store's direct hand-off (`store/handoff.rs`)
+//! across processes. Without it, each job costs five script calls and three wake-ups: the
+//! submit's commit announces the job to every process, a claim from each idle worker node (one
+//! of them finds nothing), the claim's commit, the start with its finish
+//! (docs/benchmarks.md "Session 29: where one producer's time goes on Redis").
+//!
+//! A worker whose claim found nothing, with free places, parks ([`JobQueue::park`]): in this
+//! process's [`Handoffs`] registry, and in Redis as a member `<origin>|<park id>|<lease µs>` of
+//! `P:park:{runner}` (score: when it stops counting, [`PARK_TTL`] after it was written) with its
+//! free places in `P:parkn:{runner}`. The park goes to Redis, and leaves it, in the order the
+//! worker parked and withdrew, through one task ([`sync`]).
+//!
+//! A commit that makes a job QUEUED, when nothing older of its runner is QUEUED, takes one place
+//! of a live park instead of queueing the job (`hand` in commit.lua): a fencing token, a claim
+//! reservation in the lease set (as `claim.lua`'s picks have), and the job's record pushed to
+//! the parked process's list `P:hand:{origin}`. Nothing is announced. That process waits on the
+//! list in a blocking pop on a connection of its own ([`read`]) and claims each job it gets for
+//! the worker parked there (its commit replaces the reservation by the lease) before passing it
+//! over: two script calls fewer per job, and one wake-up in place of three.
+//!
+//! What can go wrong, and what then:
+//! - The process died before it claimed: the reservation expires and the reaper puts the job
+//!   back in its queue (`expired.lua`), as for a claim that died between pick and commit. A dead
+//!   process's park still takes at most its places' worth of jobs (each take counts one down),
+//!   and stops counting after [`PARK_TTL`].
+//! - The worker withdrew before its job arrived (its park leaves Redis a moment after it leaves
+//!   the registry): the job is given back, QUEUED in its queue again and announced
+//!   (`unhand.lua`); one the worker's claim already took, handed to a worker gone by then, is
+//!   released ([`Command::Release`]), as at a graceful shutdown.
+//! - The job changed before the claim (a cancel): the claim is refused and the worker told that
+//!   nothing came, as when a submit's transaction rolled back on the embedded store.
+//! - Nodes of builds without hand-over never park; their submits announce as before, and the
+//!   parked workers of newer nodes, woken by the announcement, claim as before.
+
+use std::time::Duration;
+
+use super::commit::Reply;
+use super::queue::readable;
+use super::*;
+use crate::store::handoff::{Handoffs, Parked, Taken};
+
+/// How long a park counts in Redis without being written again: longer than a worker stays
+/// parked (its poll interval, 1 s by default, ends every wait). A process that died takes at
+/// most its parks' places of jobs until then (each then waits out its reservation).
+const PARK_TTL: Duration = Duration::from_secs(60);
+
+/// How long one blocking pop waits: the longest the reader takes to notice the store is gone.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// Most jobs the reader takes from its list at once (claimed in one commit).
+const TAKE: usize = 64;
+
+/// This process's side of the hand-over: its registry of parked workers and the way their parks
+/// go to Redis.
+pub(super) struct Handover {
+    handoffs: Arc<Handoffs>,
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+/// A change of this process's parks in Redis.
+enum Op {
+    Park {
+        runner: String,
+        member: String,
+        places: usize,
+    },
+    Leave {
+        runner: String,
+        member: String,
+    },
+}
+
+impl Handover {
+    /// Starts the tasks that keep this process's parks in Redis and read its hand-over list;
+    /// `None` when `s.handover` is off.
+    pub(super) fn new(
+        store: &Weak<RedisStore>,
+        client: ::redis::Client,
+        s: &RedisSettings,
+        origin: &str,
+        stop: &CancellationToken,
+    ) -> Option<Self> {
+        if !s.handover {
+            return None;
+        }
+        let (ops, rx) = mpsc::unbounded_channel();
+        let handoffs = Handoffs::new();
+        let (tx, o) = (ops.clone(), origin.to_string());
+        handoffs.on_withdraw(Box::new(move |id, runner, lease_ttl| {
+            let _ = tx.send(Op::Leave {
+                runner: runner.to_string(),
+                member: member(&o, id, lease_ttl),
+            });
+        }));
+        let list = format!("{}:hand:{origin}", s.prefix);
+        tokio::spawn(sync(store.clone(), rx, stop.clone()));
+        tokio::spawn(read(
+            store.clone(),
+            client,
+            list,
+            s.command_timeout,
+            stop.clone(),
+        ));
+        Some(Self { handoffs, ops })
+    }
+}
+
+/// A park's member in `P:park:{runner}` (see the module's doc).
+fn member(origin: &str, id: u64, lease_ttl: Duration) -> String {
+    format!("{origin}|{id}|{}", lease_ttl.as_micros())
+}
+
+impl RedisStore {
+    /// [`JobQueue::park`] on Redis (see the module's doc).
+    pub(super) fn park_here(
+        &self,
+        runner: &str,
+        worker: &str,
+        lease_ttl: Duration,
+        max: usize,
+    ) -> Option<Parked> {
+        let h = self.handover.as_ref()?;
+        let p = h.handoffs.park(runner, worker, lease_ttl, max);
+        let _ = h.ops.send(Op::Park {
+            runner: runner.to_string(),
+            member: member(&self.origin, p.id(), lease_ttl),
+            places: max.max(1),
+        });
+        Some(p)
+    }
+
+    /// Claims the jobs handed over to this process (`<park id>|<token>|<record>` each) for the
+    /// workers parked here, and passes them over; gives back those whose worker withdrew.
+    async fn take_handed(&self, entries: Vec<String>) {
+        let Some(h) = &self.handover else { return };
+        let now = self.now().await;
+        let (mut writes, mut places) = (Vec::new(), Vec::new());
+        for e in &entries {
+            let mut it = e.splitn(3, '|');
+            let (Some(pid), Some(token), Some(body)) = (it.next(), it.next(), it.next()) else {
+                tracing::warn!("hand-over entry without its parts, dropped");
+                continue;
+            };
+            let (Ok(pid), Ok(token)) = (pid.parse::<u64>(), token.parse::<u64>()) else {
+                tracing::warn!("hand-over entry with a bad park id or token, dropped");
+                continue;
+            };
+            // Unreadable: its reservation expires and the reaper puts it back in its queue.
+            let Some(job) = readable(body, || "(handed over)".into(), "hand-over") else {
+                continue;
+            };
+            let Some(taken) = h.handoffs.take_places(pid, 1).pop() else {
+                self.unhand(&job).await;
+                continue;
+            };
+            let mut next = job.clone();
+            let cmd = Command::Claim {
+                worker: taken.worker.clone(),
+                token,
+                lease_until: now + taken.lease_ttl.as_micros() as i64,
+            };
+            match apply(&mut next, cmd, &self.actx(now)) {
+                Ok(ev) => match self.write(Some(job.version), Some(&job), next, ev) {
+                    Ok(mut w) => {
+                        w.popped = true;
+                        writes.push(w);
+                        places.push((taken, token));
+                    }
+                    Err(e) => tracing::warn!(job_id = %job.id, error = %e, "hand-over claim"),
+                },
+                // Not QUEUED (it was, as handed): the worker hears nothing came.
+                Err(e) => tracing::debug!(job_id = %job.id, error = %e, "handed job not claimable"),
+            }
+        }
+        let replies = match self.commit(&writes).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The workers hear nothing came (they claim); the reservations expire and the
+                // reaper requeues the jobs.
+                tracing::warn!(error = %e, "claiming the jobs handed over failed");
+                return;
+            }
+        };
+        for ((w, (taken, token)), r) in writes.into_iter().zip(places).zip(replies) {
+            let job = match r {
+                Reply::Ok => w.job,
+                Reply::Conflict => {
+                    // Written in between (a cancel, a file attached): claimed again if QUEUED.
+                    let cmd = Command::Claim {
+                        worker: taken.worker.clone(),
+                        token,
+                        lease_until: self.now().await + taken.lease_ttl.as_micros() as i64,
+                    };
+                    match self.apply_cmd(w.job.id, cmd).await {
+                        Ok(j) => j,
+                        Err(e) => {
+                            tracing::debug!(job_id = %w.job.id, error = %e, "hand-over lost a race");
+                            continue;
+                        }
+                    }
+                }
+                _ => continue,
+            };
+            self.pass(taken, job, token).await;
+        }
+    }
+
+    /// Passes a claimed job to its worker, or releases it when the worker is gone.
+    async fn pass(&self, taken: Taken, job: Job, token: u64) {
+        if let Some(job) = taken.deliver(job) {
+            if let Err(e) = self.apply_cmd(job.id, Command::Release { token }).await {
+                tracing::warn!(job_id = %job.id, error = %e, "giving back a handed-over job");
+            }
+        }
+    }
+
+    /// Puts a job handed over to a worker that withdrew back in its queue, announced
+    /// (`unhand.lua`); a job no longer QUEUED is left alone.
+    async fn unhand(&self, job: &Job) {
+        let keys = [
+            self.keyed("job:", job.id.to_string()),
+            self.key("lease"),
+            self.keyed("q:", &job.runner),
+        ];
+        let (id, notices) = (job.id.to_string(), self.shared.notices.clone());
+        let r: Result<i64> = self
+            .exec(true, |mut c| {
+                let mut inv = self.scripts.unhand.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(&id).arg(&notices);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await;
+        match r {
+            Ok(1) => self.hints.queued(&job.runner),
+            Ok(_) => {}
+            // The reservation expires and the reaper requeues it.
+            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "giving back a handed-over job"),
+        }
+    }
+}
+
+/// Writes this process's parks to Redis, and takes them out, in order, until `stop`: every
+/// change waiting at a moment goes in one pipeline.
+async fn sync(
+    store: Weak<RedisStore>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            op = rx.recv() => match op { Some(op) => op, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let Some(s) = store.upgrade() else { return };
+        let until = s.now().await + PARK_TTL.as_micros() as i64;
+        let mut pipe = ::redis::pipe();
+        for op in &ops {
+            match op {
+                Op::Park {
+                    runner,
+                    member,
+                    places,
+                } => {
+                    pipe.zadd(s.keyed("park:", runner), member, until).ignore();
+                    pipe.hset(s.keyed("parkn:", runner), member, *places)
+                        .ignore();
+                }
+                Op::Leave { runner, member } => {
+                    pipe.zrem(s.keyed("park:", runner), member).ignore();
+                    pipe.hdel(s.keyed("parkn:", runner), member).ignore();
+                }
+            }
+        }
+        let r: Result<()> = s
+            .exec(true, |mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await;
+        if let Err(e) = r {
+            // A park not written: its worker's jobs are queued meanwhile. A leave not written:
+            // what is handed to it is given back, until the park's expiry.
+            tracing::warn!(error = %e, "writing this process's parks to redis failed");
+        }
+    }
+}
+
+/// Waits for jobs handed over to this process on `list`, in a blocking pop on a connection of
+/// its own, and claims them for the workers parked here (each pop's in a task of its own), until
+/// `stop`. A lost connection is
+/// opened again after a second (the jobs wait in the list meanwhile).
+async fn read(
+    store: Weak<RedisStore>,
+    client: ::redis::Client,
+    list: String,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let cfg = ::redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(timeout + BLOCK);
+    let mut conn = None;
+    while !stop.is_cancelled() {
+        if conn.is_none() {
+            match client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+            {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "hand-over reader cannot connect; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        // Up to TAKE at once (a burst's jobs claimed in one commit), in one round trip.
+        let pop = ::redis::cmd("BLMPOP")
+            .arg(BLOCK.as_secs_f64())
+            .arg(1)
+            .arg(&list)
+            .arg("LEFT")
+            .arg("COUNT")
+            .arg(TAKE)
+            .to_owned();
+        let popped: ::redis::RedisResult<Option<(String, Vec<String>)>> = tokio::select! {
+            r = pop.query_async(c) => r,
+            _ = stop.cancelled() => return,
+        };
+        let entries = match popped {
+            Ok(Some((_, e))) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "hand-over reader lost its connection");
+                conn = None;
+                continue;
+            }
+        };
+        // Claimed beside the next pop: a burst's claims go in the store's group commits.
+        let Some(s) = store.upgrade() else { return };
+        tokio::spawn(async move { s.take_handed(entries).await });
+    }
+}
