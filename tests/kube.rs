@@ -1200,7 +1200,10 @@ async fn a_stop_waits_for_the_pod_to_go() {
     .await;
     // (A grace second lasts 100 ms in the fake: 20 s is 2 s, more than the pod needs.)
     let t0 = std::time::Instant::now();
-    ex.stop(Duration::from_secs(20)).await;
+    assert!(
+        ex.stop(Duration::from_secs(20)).await,
+        "the pod's end is confirmed"
+    );
     let took = t0.elapsed();
     assert!(
         fake.pods().is_empty(),
@@ -1217,6 +1220,111 @@ async fn a_stop_waits_for_the_pod_to_go() {
     assert_eq!(pod_delete.body.unwrap()["gracePeriodSeconds"], 20);
     assert!(lines.has("terminating"), "{:?}", lines.all());
     check(&fake);
+}
+
+/// A stop whose pod outlives the stop's bound (a node that does not kill it in time) says so:
+/// `stop` is false, and the worker then keeps the job's lease to run out rather than let a
+/// retry start beside the pod (`worker/supervise.rs` `not_confirmed`).
+#[tokio::test]
+async fn a_stop_whose_pod_outlives_its_bound_says_so() {
+    // A grace second lasts 20 s in this fake: the pod runs on for 20 s after its delete.
+    let fake = scripted(|_| kube_fake::Script {
+        lines: vec!["working".into()],
+        exit: None,
+        term_delay: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .with_grace_unit(Duration::from_secs(20));
+    let mut cfg = config();
+    cfg.options.termination_grace = Duration::from_millis(100);
+    cfg.options.delete_timeout = Duration::from_millis(100);
+    cfg.options.finish_timeout = Duration::from_millis(100);
+    let mut ex = KubeRunner::with_client(cfg, fake.client())
+        .expect("runner")
+        .launch(spec("etl.hang", &new_id(), 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    fake.until("pod running", |f| {
+        f.pods()
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    assert!(
+        !ex.stop(Duration::from_secs(1)).await,
+        "a stop returned true while the pod was still there"
+    );
+    assert!(!fake.pods().is_empty(), "the pod is still terminating");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
+
+/// Through a server: a cancelled kube job whose pod outlives the worker's stop keeps its lease.
+/// The worker gives the stop up after its bound (about 10 s here) while the pod still
+/// terminates (14 s); it then neither gives the lease up nor lets a retry in: the retry is
+/// still refused once the pod is gone, until the lease (40 s) runs out. Before, the lease went
+/// as soon as the stop returned, and a retry could start beside the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_whose_pod_outlives_the_stop_keeps_its_lease() {
+    let fake = scripted(|_| kube_fake::Script {
+        lines: vec!["working".into()],
+        exit: None,
+        term_delay: Duration::from_secs(14),
+        ..Default::default()
+    })
+    .with_grace_unit(Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
+    let ts = TestServer::builder(&format!(
+        r#"
+[[runners]]
+kind = "kube"
+types = ["kube.*"]
+image = "ghcr.io/example/runyard-job:1.2"
+command = ["runyard", "launch", "--", "python3", "job.py"]
+kubeconfig = "{}"
+[runners.kube]
+termination_grace = "100ms"
+delete_timeout = "100ms"
+finish_timeout = "100ms"
+poll_interval = "50ms"
+"#,
+        kubeconfig.display()
+    ))
+    .config("[worker]\nlease_ttl = \"40s\"")
+    .start()
+    .await;
+    let id = ts.submit_ok(json!({"type": "kube.hang"})).await;
+    fake.until("pod running", |f| {
+        f.pods()
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    let (st, v) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert!(st.is_success(), "{v}");
+    assert_eq!(ts.wait_terminal(&id, WAIT).await["status"], "CANCELLED");
+    let path = format!("/async/jobs/{id}/retry");
+    let (st, v) = ts.post(&path, None).await;
+    assert_eq!(st.as_u16(), 409, "refused while being stopped: {v}");
+    // The pod goes about 14 s after its delete; the worker's stop gave up before.
+    let start = std::time::Instant::now();
+    while !fake.pods().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the pod never went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, v) = ts.post(&path, None).await;
+    assert_eq!(
+        st.as_u16(),
+        409,
+        "a retry let in while the lease of work not confirmed stopped still ran: {v}"
+    );
+    let job = ts.get_job(&id).await;
+    assert_eq!(job["attempt"], 1, "no second attempt: {job:#}");
+    assert_eq!(job["status"], "CANCELLED", "{job:#}");
 }
 
 #[tokio::test]

@@ -245,8 +245,11 @@ pub trait Execution: Send {
     async fn wait(&mut self) -> Outcome;
 
     /// Stops the work: politely first, then by force once `grace` has passed. After it returns,
-    /// `wait` returns promptly.
-    async fn stop(&mut self, grace: Duration);
+    /// `wait` returns promptly. True when the work is known to have ended (or had ended
+    /// before); false when it may still run: the container engine or the Kubernetes API did not
+    /// confirm the end in time. The worker then keeps the job's lease to run out, so that no
+    /// other attempt starts beside work that may live on.
+    async fn stop(&mut self, grace: Duration) -> bool;
 }
 
 /// Glob match with `*` (any run of characters, `.` and `/` included) and `?` (one character):

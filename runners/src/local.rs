@@ -504,9 +504,9 @@ impl Execution for LocalExecution {
         outcome
     }
 
-    async fn stop(&mut self, grace: Duration) {
+    async fn stop(&mut self, grace: Duration) -> bool {
         if self.status.is_some() {
-            return;
+            return true;
         }
         kill_group(self.pid as i32, libc::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait())
@@ -520,6 +520,8 @@ impl Execution for LocalExecution {
         if let Some(dir) = self.workdir.take() {
             remove_workdir(dir).await;
         }
+        // The process was waited for; its group got SIGKILL.
+        true
     }
 }
 

@@ -331,17 +331,18 @@ impl Execution for ServiceExecution {
         o
     }
 
-    async fn stop(&mut self, grace: Duration) {
+    async fn stop(&mut self, grace: Duration) -> bool {
         if self.outcome.is_some() {
-            return;
+            return true;
         }
         self.cancel.cancel();
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             self.join.abort();
         }
         // The next `wait` reads the finished (or aborted) task; an outcome reached within the
-        // grace period is kept.
+        // grace period is kept. An aborted task runs no more.
         let _ = self.wait().await;
+        true
     }
 }
 

@@ -20,6 +20,7 @@ pub mod reporter;
 pub mod reports;
 mod start;
 mod supervise;
+
 #[cfg(test)]
 mod sweep_tests;
 
@@ -488,8 +489,10 @@ impl Worker {
         {
             start::Start::Running => {}
             start::Start::Finished => return,
-            start::Start::Gone => return self.stopped_gone(id, token).await,
-            start::Start::Stopped(record, ended) => {
+            start::Start::Gone(true) => return self.stopped_gone(id, token).await,
+            start::Start::Gone(false) => return supervise::not_confirmed(id),
+            start::Start::Stopped(false, _, _) => return supervise::not_confirmed(id),
+            start::Start::Stopped(true, record, ended) => {
                 if *reason.lock() == StopReason::Release {
                     self.release_unstarted(id, token, record, ended).await;
                 } else {

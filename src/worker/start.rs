@@ -25,12 +25,16 @@ pub(super) enum Start {
     Running,
     /// The attempt had ended and its outcome was recorded with its start: nothing left.
     Finished,
-    /// Refused (cancelled or lost between claim and launch): the work was stopped, nothing left.
-    Gone,
-    /// Stopped (shutdown or fencing) before the start was recorded: the work was stopped; the
-    /// start may still be on its way to the store, in this task; and how the attempt ended when
-    /// it had ended by itself before the stop without its finish going with the start.
-    Stopped(Option<RecordTask>, Option<FinishOutcome>),
+    /// Refused (cancelled or lost between claim and launch): the work was stopped, nothing left;
+    /// false when its end could not be confirmed ([`Execution::stop`]).
+    ///
+    /// [`Execution::stop`]: runyard_runners::Execution::stop
+    Gone(bool),
+    /// Stopped (shutdown or fencing) before the start was recorded: the work was stopped
+    /// (false: its end not confirmed); the start may still be on its way to the store, in this
+    /// task; and how the attempt ended when it had ended by itself before the stop without its
+    /// finish going with the start.
+    Stopped(bool, Option<RecordTask>, Option<FinishOutcome>),
 }
 
 /// The task recording a start: the stored job, and its outcome when its finish went with it.
@@ -120,9 +124,9 @@ impl Worker {
                 }
                 _ = stop.cancelled() => {
                     tracing::info!("job stopped before its start was recorded");
-                    exec.stop(self.cfg.kill_grace).await;
+                    let gone = exec.stop(self.cfg.kill_grace).await;
                     reporter.flush().await;
-                    return Start::Stopped(record, ended);
+                    return Start::Stopped(gone, record, ended);
                 }
             }
         };
@@ -135,9 +139,9 @@ impl Worker {
             Err(e) => {
                 // Cancelled (or lost) between claim and launch.
                 tracing::info!(error = %e, "job gone before it started: stopping it");
-                exec.stop(self.cfg.kill_grace).await;
+                let gone = exec.stop(self.cfg.kill_grace).await;
                 reporter.flush().await;
-                Start::Gone
+                Start::Gone(gone)
             }
         }
     }

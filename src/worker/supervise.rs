@@ -72,6 +72,7 @@ impl Worker {
             }
         };
         drop(watch);
+        let mut gone = true;
         if ran.is_none() {
             if matches!(end, End::Lingered) {
                 tracing::info!(
@@ -79,7 +80,7 @@ impl Worker {
                     "the job reported its outcome but its process did not end: stopping it"
                 );
             }
-            exec.stop(self.cfg.kill_grace).await;
+            gone = exec.stop(self.cfg.kill_grace).await;
         }
         let last = match ran {
             Some(o) => o,
@@ -97,6 +98,7 @@ impl Worker {
                 self.finish(id, token, FinishOutcome::Timeout(msg), refill)
                     .await
             }
+            End::Stopped if !gone => not_confirmed(id),
             End::Stopped => {
                 if *reason.lock() == StopReason::Release {
                     self.give_back(id, token).await;
@@ -247,4 +249,16 @@ pub(super) fn listened(n: &crate::store::Notice) -> bool {
                 ..
             }
     )
+}
+
+/// An attempt stopped without its end confirmed ([`runyard_runners::Execution::stop`] false: the
+/// container engine or the Kubernetes API did not answer in time): its lease is neither given up
+/// nor given back. It runs out (`worker.lease_ttl`, no longer renewed) before another attempt
+/// may start: a retry of a cancelled job is refused until then, and the reaper then takes an
+/// active job's work over if it still runs, or counts the attempt lost.
+pub(super) fn not_confirmed(id: Uuid) {
+    tracing::warn!(
+        job_id = %id,
+        "the job's work was not confirmed stopped: its lease runs out before another attempt may start"
+    );
 }

@@ -67,7 +67,8 @@ impl Execution for DockerExecution {
         self.exit.clone().expect("set above")
     }
 
-    async fn stop(&mut self, grace: Duration) {
+    async fn stop(&mut self, grace: Duration) -> bool {
+        let mut confirmed = true;
         if self.exit.is_none() {
             let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
             let opts = StopContainerOptions {
@@ -90,10 +91,14 @@ impl Execution for DockerExecution {
             let o =
                 tokio::time::timeout(Duration::from_secs(10), wait_exit(&self.docker, &self.id))
                     .await
-                    .unwrap_or_else(|_| Outcome::failed("the container did not stop"));
+                    .unwrap_or_else(|_| {
+                        confirmed = false;
+                        Outcome::failed("the container did not stop")
+                    });
             self.exit = Some(o);
         }
         self.cleanup().await;
+        confirmed
     }
 }
 

@@ -1,6 +1,8 @@
 //! One attempt's Job, watched: the monitor and log copier tasks, and what the worker sees
 //! ([`KubeExecution`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::Api;
@@ -28,6 +30,8 @@ pub struct KubeExecution {
     monitor_task: JoinHandle<()>,
     log_task: JoinHandle<()>,
     stopped: Option<Outcome>,
+    /// Set by the monitor when a stop's teardown did not see the Job and its pods gone.
+    lingering: Arc<AtomicBool>,
 }
 
 impl KubeExecution {
@@ -49,6 +53,7 @@ impl KubeExecution {
         let (job_done_tx, job_done) = watch::channel(false);
         let (logs_done_tx, logs_done) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(None);
+        let lingering = Arc::new(AtomicBool::new(false));
         let log_task = tokio::spawn(logs::copy_logs(
             pods.clone(),
             uid.clone(),
@@ -77,6 +82,7 @@ impl KubeExecution {
                 job_done: job_done_tx,
                 logs_done,
                 stop: stop_rx,
+                lingering: lingering.clone(),
             },
         ));
         Self {
@@ -91,6 +97,7 @@ impl KubeExecution {
             monitor_task,
             log_task,
             stopped: None,
+            lingering,
         }
     }
 }
@@ -122,15 +129,18 @@ impl Execution for KubeExecution {
     }
 
     /// Deletes the pods with `grace` as their grace period, then the Job (Foreground), and
-    /// returns once both are gone (within the grace plus `delete_timeout`).
-    async fn stop(&mut self, grace: Duration) {
+    /// returns once both are gone (within the grace plus `delete_timeout`): false when they were
+    /// not gone by then.
+    async fn stop(&mut self, grace: Duration) -> bool {
         if self.stopped.is_some() || self.outcome.borrow().is_some() {
-            return;
+            return true;
         }
         let _ = self.stop.send(Some(grace));
         let waited =
             tokio::time::timeout(grace + self.bound, self.outcome.wait_for(Option::is_some)).await;
-        if waited.is_err() {
+        let gone = matches!(waited, Ok(Ok(_))) && !self.lingering.load(Ordering::Acquire);
+        drop(waited);
+        if !gone {
             tracing::warn!(job = %self.name, "the Kubernetes Job was not gone in time");
         }
         self.log_task.abort();
@@ -139,6 +149,7 @@ impl Execution for KubeExecution {
             "stopped: Kubernetes Job {} deleted",
             self.name
         )));
+        gone
     }
 }
 

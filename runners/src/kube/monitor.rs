@@ -27,6 +27,8 @@
 //! over, so the next attempt never runs next to this one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::{Api, ListParams};
@@ -69,6 +71,8 @@ pub(super) struct Links {
     pub job_done: watch::Sender<bool>,
     pub logs_done: watch::Receiver<bool>,
     pub stop: watch::Receiver<Option<Duration>>,
+    /// Set when a stop's teardown did not see the Job and its pods gone within its bound.
+    pub lingering: Arc<AtomicBool>,
 }
 
 enum Decision {
@@ -162,11 +166,13 @@ pub(super) async fn monitor(a: Attempt, mut links: Links) {
         Decision::Final(o) => o,
         Decision::Early(o) => {
             tracing::info!(job = %a.name, outcome = ?o, "ending the Kubernetes Job early");
-            teardown(&a, &mut events, None).await;
+            let _ = teardown(&a, &mut events, None).await;
             o
         }
         Decision::Stop(grace) => {
-            teardown(&a, &mut events, Some(grace)).await;
+            if !teardown(&a, &mut events, Some(grace)).await {
+                links.lingering.store(true, Ordering::Release);
+            }
             Outcome::failed(format!("stopped: Kubernetes Job {} deleted", a.name))
         }
         Decision::Gone => {

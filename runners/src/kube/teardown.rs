@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use super::monitor::{list_pods, Attempt};
 
 /// Deletes the attempt: its pods with `grace` (a stop), then the Job with Foreground
-/// propagation; waits until the watch says the Job is gone and no pod of it is left.
-pub(super) async fn teardown<S>(a: &Attempt, events: &mut S, grace: Option<Duration>)
+/// propagation; waits until the watch says the Job is gone and no pod of it is left. False when
+/// either was still there at the bound (the grace plus `delete_timeout`).
+pub(super) async fn teardown<S>(a: &Attempt, events: &mut S, grace: Option<Duration>) -> bool
 where
     S: futures::Stream<Item = Result<Event<Job>, watcher::Error>> + Unpin,
 {
@@ -45,7 +46,8 @@ where
     if gone.is_err() {
         tracing::warn!(job = %a.name, "the Kubernetes Job is still there after {bound:?}");
     }
-    wait_pods_gone(a, deadline.saturating_duration_since(Instant::now())).await;
+    let pods_gone = wait_pods_gone(a, deadline.saturating_duration_since(Instant::now())).await;
+    gone.is_ok() && pods_gone
 }
 
 /// Deletes the attempt's pods with `gracePeriodSeconds` (each with a uid precondition).
