@@ -10,7 +10,8 @@
 //! - a job handed over to a process that died (nobody reads its list) is not lost: the reaper
 //!   puts it back in its queue once its reservation expires;
 //! - with the switch off (the default; `RUNYARD_REDIS_HANDOVER=on` turns it on for a node),
-//!   nothing parks and submits queue as before.
+//!   nothing parks and submits queue as before, a live park notwithstanding; and a job is handed
+//!   over only when no older job of its runner is QUEUED.
 
 mod redis_support;
 
@@ -246,15 +247,31 @@ async fn a_job_handed_to_a_dead_process_is_requeued_when_its_reservation_expires
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switched_off_nothing_parks_and_submits_queue() {
+async fn switched_off_nothing_parks_and_submits_queue_and_older_queued_jobs_go_first() {
     let r = TestRedis::start();
-    let (worker, on) = (store(&r, false).await, store(&r, true).await);
+    let (off, on) = (store(&r, false).await, store(&r, true).await);
     let mut c = conn(&r).await;
-    assert!(worker.park("run", "w1", LEASE, 4).is_none());
-    let j = job("run");
-    on.submit(j.clone()).await.unwrap();
-    assert_eq!(queued_ids(&mut c, &r, "run").await, [j.id.to_string()]);
-    let off = job("run");
-    worker.submit(off.clone()).await.unwrap();
+    assert!(off.park("run", "w1", LEASE, 4).is_none());
+    // A live park with places: a node with the hand-over off still queues its submits.
+    let parked = on.park("run", "w2", LEASE, 4).expect("redis parks");
+    parks_become(&mut c, &r, "run", 1).await;
+    let first = job("run");
+    off.submit(first.clone()).await.unwrap();
+    assert_eq!(queued_ids(&mut c, &r, "run").await, [first.id.to_string()]);
+    // An older job is QUEUED: a submit with the hand-over on queues behind it, first in first out.
+    let second = job("run");
+    on.submit(second.clone()).await.unwrap();
     assert_eq!(queued_ids(&mut c, &r, "run").await.len(), 2);
+    let lists: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:hand:*", r.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(lists.is_empty(), "nothing handed over: {lists:?}");
+    assert!(parked.withdraw().await.is_empty());
+    let got = on.claim("run", "w2", 4, LEASE).await.unwrap();
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [first.id, second.id]
+    );
 }

@@ -40,9 +40,11 @@ use super::*;
 use crate::store::handoff::{Handoffs, Parked, Taken};
 
 /// How long a park counts in Redis without being written again: longer than a worker stays
-/// parked (its poll interval, 1 s by default, ends every wait). A process that died takes at
-/// most its parks' places of jobs until then (each then waits out its reservation).
-const PARK_TTL: Duration = Duration::from_secs(60);
+/// parked at the default poll interval (1 s, which ends every wait; a longer poll interval
+/// lets the park lapse, and the worker is then woken by announcements as without hand-over). A
+/// process that died takes at most its parks' places of jobs until then (each then waits out
+/// its reservation).
+const PARK_TTL: Duration = Duration::from_secs(5);
 
 /// How long one blocking pop waits: the longest the reader takes to notice the store is gone.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -252,7 +254,10 @@ async fn sync(
     loop {
         let first = tokio::select! {
             op = rx.recv() => match op { Some(op) => op, None => return },
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                leave_all(&store, &mut rx).await;
+                return;
+            }
         };
         let mut ops = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -289,6 +294,25 @@ async fn sync(
             // what is handed to it is given back, until the park's expiry.
             tracing::warn!(error = %e, "writing this process's parks to redis failed");
         }
+    }
+}
+
+/// At the store's end: the leaves still waiting go to Redis once (without retries, at most a
+/// second), so that no submit hands a job to a park of this process after it.
+async fn leave_all(store: &Weak<RedisStore>, rx: &mut mpsc::UnboundedReceiver<Op>) {
+    let Some(s) = store.upgrade() else { return };
+    let mut pipe = ::redis::pipe();
+    let mut any = false;
+    while let Ok(op) = rx.try_recv() {
+        if let Op::Leave { runner, member } = op {
+            pipe.zrem(s.keyed("park:", &runner), &member).ignore();
+            pipe.hdel(s.keyed("parkn:", &runner), &member).ignore();
+            any = true;
+        }
+    }
+    if any {
+        let mut c = s.conn.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut c)).await;
     }
 }
 
@@ -341,9 +365,13 @@ async fn read(
             Ok(Some((_, e))) => e,
             Ok(None) => continue,
             Err(e) => {
-                tracing::debug!(error = %e, "hand-over reader lost its connection");
+                // (Redis loading, a replica, a user without blocking commands: not in a loop.)
+                tracing::warn!(error = %e, "hand-over reader: the blocking pop failed; again in a second");
                 conn = None;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return,
+                }
             }
         };
         // Claimed beside the next pop: a burst's claims go in the store's group commits.

@@ -15,7 +15,8 @@
 --
 -- Every key the script touches comes through KEYS (as Redis Cluster needs), except a webhook
 -- delivery's hash, whose number comes from `INCR P:dlv:seq` here: it is built from the delivery
--- prefix `P:dlv:` (argument `dlvp`).
+-- prefix `P:dlv:` (argument `dlvp`); and a hand-over list, named by the parked process found here:
+-- built from `P:hand:` (argument `handp`).
 --
 -- ARGV is name/value pairs (names below). First the call's own:
 --   `shared` the names of the keys shared by the call's writes, declared first in KEYS in that
@@ -28,7 +29,7 @@
 --   left with by a write that skips the refresh (see `chan_ttl`),
 --   `origin` the committing process's notice origin, `notices` the notice channel, `dlvp` the
 --   delivery prefix (only when a write has a delivery), `handp` the hand-over list prefix
---   `P:hand:` (only when a write declares `park`).
+--   `P:hand:` (sent by every call of a process with the hand-over on).
 -- Then per write, starting with `id`: the write's values (absent = none)
 --   `id`, `v` expected version (absent: the job must not exist, a submit), `nv` new version,
 --   `st` status, `r` runner, `c` channel, `q` queued_at, `t` job type, `b` the job record (its JSON or
@@ -320,7 +321,13 @@ local function index(w, K, old)
   if K.stold then zset(K.stold, id, false) end
   if K.stnew then zset(K.stnew, id, 0) end
   if K.q then
-    if st == 'QUEUED' and old ~= 'QUEUED' and K.park then w.handed = hand(w, K) end
+    if st == 'QUEUED' and old ~= 'QUEUED' and K.park then
+      -- A command of the hand-over that fails (a key of the wrong type) queues the job instead:
+      -- its hash is written already, and a job written is never left out of every index.
+      local ok, r = pcall(hand, w, K)
+      if not ok then redis.log(redis.LOG_WARNING, 'runyard hand-over failed: ' .. tostring(r)) end
+      w.handed = ok and r
+    end
     if w.handed then
       zset(K.q, id, false)
     elseif st == 'QUEUED' then
