@@ -87,25 +87,28 @@ impl Worker {
             None => exec.wait().await,
         };
         reporter.flush().await;
-        match end {
+        let outcome = match end {
             // A reported outcome is what the job said; the stopped process's exit is recorded.
-            End::Ran | End::Lingered => {
-                let outcome = outcome_to_finish(last, kind);
-                self.finish(id, token, outcome, refill).await
+            End::Ran | End::Lingered => outcome_to_finish(last, kind),
+            End::TimedOut => FinishOutcome::Timeout(format!(
+                "timed out after {}",
+                humantime::format_duration(limit)
+            )),
+            End::Stopped if !gone => return not_confirmed(id),
+            End::Stopped if *reason.lock() == StopReason::Release => {
+                return self.give_back(id, token).await
             }
-            End::TimedOut => {
-                let msg = format!("timed out after {}", humantime::format_duration(limit));
-                self.finish(id, token, FinishOutcome::Timeout(msg), refill)
-                    .await
-            }
-            End::Stopped if !gone => not_confirmed(id),
-            End::Stopped => {
-                if *reason.lock() == StopReason::Release {
-                    self.give_back(id, token).await;
-                } else {
-                    self.stopped_gone(id, token).await;
-                }
-            }
+            End::Stopped => return self.stopped_gone(id, token).await,
+        };
+        if gone {
+            return self.finish(id, token, outcome, refill).await;
+        }
+        // Recorded, but a refusal (cancelled meanwhile) gives nothing up: the work may live on,
+        // and the lease the cancel kept must run out first.
+        let cmd = Command::Finish { token, outcome };
+        match self.store.finish(id, cmd, refill).await {
+            Ok(j) => crate::outcomes::log_change(&j),
+            Err(_) => not_confirmed(id),
         }
     }
 

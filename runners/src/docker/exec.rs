@@ -20,6 +20,8 @@ pub(super) struct DockerExecution {
     logs: Option<JoinHandle<()>>,
     exit: Option<Outcome>,
     removed: bool,
+    /// A stop whose end the engine did not confirm (see [`Execution::stop`]).
+    unconfirmed: bool,
 }
 
 impl DockerExecution {
@@ -31,6 +33,7 @@ impl DockerExecution {
             logs: Some(logs),
             exit: None,
             removed: false,
+            unconfirmed: false,
         }
     }
 
@@ -68,7 +71,6 @@ impl Execution for DockerExecution {
     }
 
     async fn stop(&mut self, grace: Duration) -> bool {
-        let mut confirmed = true;
         if self.exit.is_none() {
             let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
             let opts = StopContainerOptions {
@@ -92,13 +94,13 @@ impl Execution for DockerExecution {
                 tokio::time::timeout(Duration::from_secs(10), wait_exit(&self.docker, &self.id))
                     .await
                     .unwrap_or_else(|_| {
-                        confirmed = false;
+                        self.unconfirmed = true;
                         Outcome::failed("the container did not stop")
                     });
             self.exit = Some(o);
         }
         self.cleanup().await;
-        confirmed
+        !self.unconfirmed
     }
 }
 

@@ -30,7 +30,7 @@ pub struct KubeExecution {
     monitor_task: JoinHandle<()>,
     log_task: JoinHandle<()>,
     stopped: Option<Outcome>,
-    /// Set by the monitor when a stop's teardown did not see the Job and its pods gone.
+    /// Set by the monitor when a teardown did not see the Job and its pods gone.
     lingering: Arc<AtomicBool>,
 }
 
@@ -133,7 +133,8 @@ impl Execution for KubeExecution {
     /// not gone by then.
     async fn stop(&mut self, grace: Duration) -> bool {
         if self.stopped.is_some() || self.outcome.borrow().is_some() {
-            return true;
+            // Ended or stopped before: as confirmed as that end was.
+            return !self.lingering.load(Ordering::Acquire);
         }
         let _ = self.stop.send(Some(grace));
         let waited =

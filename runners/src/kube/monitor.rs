@@ -71,7 +71,8 @@ pub(super) struct Links {
     pub job_done: watch::Sender<bool>,
     pub logs_done: watch::Receiver<bool>,
     pub stop: watch::Receiver<Option<Duration>>,
-    /// Set when a stop's teardown did not see the Job and its pods gone within its bound.
+    /// Set when a teardown (a stop's, or an early end's) did not see the Job and its pods gone
+    /// within its bound, or pods of a Job deleted by someone else outlived theirs.
     pub lingering: Arc<AtomicBool>,
 }
 
@@ -162,30 +163,45 @@ pub(super) async fn monitor(a: Attempt, mut links: Links) {
             },
         }
     };
-    let outcome = match decision {
-        Decision::Final(o) => o,
-        Decision::Early(o) => {
-            tracing::info!(job = %a.name, outcome = ?o, "ending the Kubernetes Job early");
-            let _ = teardown(&a, &mut events, None).await;
-            o
-        }
-        Decision::Stop(grace) => {
-            if !teardown(&a, &mut events, Some(grace)).await {
-                links.lingering.store(true, Ordering::Release);
-            }
-            Outcome::failed(format!("stopped: Kubernetes Job {} deleted", a.name))
-        }
-        Decision::Gone => {
-            // Deleted by someone else, maybe with Background propagation: its pods may still
-            // run; the attempt is over once they are gone.
-            wait_pods_gone(&a, a.opts.termination_grace + a.opts.delete_timeout).await;
-            Outcome::failed(format!("Kubernetes Job {} was deleted", a.name))
-        }
-    };
+    let (outcome, ended) = conclude(&a, &mut events, decision).await;
+    if !ended {
+        links.lingering.store(true, Ordering::Release);
+    }
     let _ = links.job_done.send(true);
     let drain = a.opts.finish_timeout.max(Duration::from_secs(5));
     let _ = tokio::time::timeout(drain, links.logs_done.wait_for(|d| *d)).await;
     let _ = links.outcome.send(Some(outcome));
+}
+
+/// The attempt's outcome once `decision` is taken, and whether its Job and pods are known to
+/// be gone (false: a teardown, or the wait for the pods of a Job deleted by someone else, ran
+/// past its bound).
+async fn conclude<S>(a: &Attempt, events: &mut S, decision: Decision) -> (Outcome, bool)
+where
+    S: futures::Stream<Item = Result<Event<Job>, watcher::Error>> + Unpin,
+{
+    match decision {
+        Decision::Final(o) => (o, true),
+        Decision::Early(o) => {
+            tracing::info!(job = %a.name, outcome = ?o, "ending the Kubernetes Job early");
+            let gone = teardown(a, events, None).await;
+            (o, gone)
+        }
+        Decision::Stop(grace) => {
+            let gone = teardown(a, events, Some(grace)).await;
+            let o = Outcome::failed(format!("stopped: Kubernetes Job {} deleted", a.name));
+            (o, gone)
+        }
+        Decision::Gone => {
+            // Deleted by someone else, maybe with Background propagation: its pods may still
+            // run; the attempt is over once they are gone.
+            let gone = wait_pods_gone(a, a.opts.termination_grace + a.opts.delete_timeout).await;
+            (
+                Outcome::failed(format!("Kubernetes Job {} was deleted", a.name)),
+                gone,
+            )
+        }
+    }
 }
 
 /// A Job update: its conditions.
