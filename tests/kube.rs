@@ -893,6 +893,16 @@ fn failed_message(o: &Outcome) -> String {
     }
 }
 
+/// Waits (bounded) until a pod of the fake runs.
+async fn until_a_pod_runs(fake: &Fake) {
+    fake.until("pod running", |f| {
+        f.pods()
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+}
+
 /// Waits (bounded) until the attempt's Job and pods are gone from the fake.
 async fn until_gone(fake: &Fake, name: &str) {
     let n = name.to_string();
@@ -1192,12 +1202,7 @@ async fn a_stop_waits_for_the_pod_to_go() {
         .launch(spec("etl.hang", &new_id(), 1), lines.clone())
         .await
         .unwrap();
-    fake.until("pod running", |f| {
-        f.pods()
-            .iter()
-            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await;
+    until_a_pod_runs(&fake).await;
     // (A grace second lasts 100 ms in the fake: 20 s is 2 s, more than the pod needs.)
     let t0 = std::time::Instant::now();
     assert!(
@@ -1244,12 +1249,7 @@ async fn a_stop_whose_pod_outlives_its_bound_says_so() {
         .launch(spec("etl.hang", &new_id(), 1), Arc::new(Lines::default()))
         .await
         .unwrap();
-    fake.until("pod running", |f| {
-        f.pods()
-            .iter()
-            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await;
+    until_a_pod_runs(&fake).await;
     let t0 = std::time::Instant::now();
     assert!(
         !ex.stop(Duration::from_secs(1)).await,
@@ -1295,12 +1295,7 @@ poll_interval = "50ms"
     .start()
     .await;
     let id = ts.submit_ok(json!({"type": "kube.hang"})).await;
-    fake.until("pod running", |f| {
-        f.pods()
-            .iter()
-            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await;
+    until_a_pod_runs(&fake).await;
     let (st, v) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
     assert!(st.is_success(), "{v}");
     assert_eq!(ts.wait_terminal(&id, WAIT).await["status"], "CANCELLED");

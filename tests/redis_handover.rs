@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 use runyard::job::{Job, JobStatus};
 use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::{JobQueue, JobStore, Store};
-use serde_json::json;
-use uuid::Uuid;
 
 use redis_support::TestRedis;
 
@@ -39,18 +37,7 @@ async fn store(r: &TestRedis, handover: bool) -> Arc<RedisStore> {
 }
 
 fn job(runner: &str) -> Job {
-    let now = runyard::job::now_us();
-    serde_json::from_value(json!({
-        "id": Uuid::now_v7(), "type": "t", "args": {}, "runner": runner, "status": "QUEUED",
-        "channel_id": "c", "user_id": null, "attempt": 0, "max_attempts": 1,
-        "backoff": {"initial_ms": 1, "max_ms": 1, "multiplier": 1.0, "jitter": false},
-        "timeout_ms": null, "run_at": null, "idempotency_key": null, "progress": 0.0,
-        "status_details": null, "result": null, "error": null, "exit_code": null, "lease": null,
-        "handle": null, "files": {}, "runs": [], "created_at": now, "updated_at": now,
-        "queued_at": now, "started_at": null, "finished_at": null, "progress_event_at": 0,
-        "version": 0
-    }))
-    .expect("a job")
+    redis_support::queued_job(runner)
 }
 
 async fn conn(r: &TestRedis) -> redis::aio::MultiplexedConnection {

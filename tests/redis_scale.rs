@@ -793,19 +793,8 @@ async fn a_dead_claimers_reservation_is_requeued() {
     .await
     .unwrap();
     let s: Arc<dyn Store> = store.clone();
-    let now = runyard::job::now_us();
-    let id = Uuid::now_v7();
-    let job: Job = serde_json::from_value(json!({
-        "id": id, "type": "t", "args": {}, "runner": "r", "status": "QUEUED", "channel_id": "c",
-        "user_id": null, "attempt": 0, "max_attempts": 1,
-        "backoff": {"initial_ms": 1, "max_ms": 1, "multiplier": 1.0, "jitter": false},
-        "timeout_ms": null, "run_at": null, "idempotency_key": null, "progress": 0.0,
-        "status_details": null, "result": null, "error": null, "exit_code": null, "lease": null,
-        "handle": null, "files": {}, "runs": [], "created_at": now, "updated_at": now,
-        "queued_at": now, "started_at": null, "finished_at": null, "progress_event_at": 0,
-        "version": 0
-    }))
-    .unwrap();
+    let job = redis_support::queued_job("r");
+    let (id, now) = (job.id, job.created_at);
     s.submit(job.clone()).await.unwrap();
     // This process hears other processes' notices (its subscription is up), so a claim that
     // finds the queue empty is remembered as empty (src/store/redis/hints.rs) and the reaper's

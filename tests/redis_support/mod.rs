@@ -284,3 +284,19 @@ impl Drop for TestRedis {
         }
     }
 }
+
+/// A new QUEUED job of `runner` (type `t`, channel `c`, one attempt), as a submit stores it.
+pub fn queued_job(runner: &str) -> runyard::job::Job {
+    let now = runyard::job::now_us();
+    serde_json::from_value(serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "type": "t", "args": {}, "runner": runner, "status": "QUEUED",
+        "channel_id": "c", "user_id": null, "attempt": 0, "max_attempts": 1,
+        "backoff": {"initial_ms": 1, "max_ms": 1, "multiplier": 1.0, "jitter": false},
+        "timeout_ms": null, "run_at": null, "idempotency_key": null, "progress": 0.0,
+        "status_details": null, "result": null, "error": null, "exit_code": null, "lease": null,
+        "handle": null, "files": {}, "runs": [], "created_at": now, "updated_at": now,
+        "queued_at": now, "started_at": null, "finished_at": null, "progress_event_at": 0,
+        "version": 0
+    }))
+    .expect("a job")
+}
