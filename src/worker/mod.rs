@@ -20,7 +20,6 @@ pub mod reporter;
 pub mod reports;
 mod start;
 mod supervise;
-
 #[cfg(test)]
 mod sweep_tests;
 

@@ -100,13 +100,16 @@ impl Worker {
             }
             End::Stopped => return self.stopped_gone(id, token).await,
         };
+        let r = self
+            .store
+            .finish(id, Command::Finish { token, outcome }, refill)
+            .await;
         if gone {
-            return self.finish(id, token, outcome, refill).await;
+            return self.finished(id, token, r).await;
         }
         // Recorded, but a refusal (cancelled meanwhile) gives nothing up: the work may live on,
         // and the lease the cancel kept must run out first.
-        let cmd = Command::Finish { token, outcome };
-        match self.store.finish(id, cmd, refill).await {
+        match r {
             Ok(j) => crate::outcomes::log_change(&j),
             Err(_) => not_confirmed(id),
         }

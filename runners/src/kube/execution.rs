@@ -1,8 +1,6 @@
 //! One attempt's Job, watched: the monitor and log copier tasks, and what the worker sees
 //! ([`KubeExecution`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::Api;
@@ -24,14 +22,15 @@ pub struct KubeExecution {
     uid: String,
     job_id: String,
     attempt: u32,
-    outcome: watch::Receiver<Option<Outcome>>,
+    /// The attempt's outcome, and whether its Job and pods are known to be gone
+    /// ([`monitor::Links::outcome`]).
+    outcome: watch::Receiver<Option<(Outcome, bool)>>,
     stop: watch::Sender<Option<Duration>>,
     bound: Duration,
     monitor_task: JoinHandle<()>,
     log_task: JoinHandle<()>,
-    stopped: Option<Outcome>,
-    /// Set by the monitor when a teardown did not see the Job and its pods gone.
-    lingering: Arc<AtomicBool>,
+    /// The outcome of a stop, and whether its end was confirmed.
+    stopped: Option<(Outcome, bool)>,
 }
 
 impl KubeExecution {
@@ -53,7 +52,6 @@ impl KubeExecution {
         let (job_done_tx, job_done) = watch::channel(false);
         let (logs_done_tx, logs_done) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(None);
-        let lingering = Arc::new(AtomicBool::new(false));
         let log_task = tokio::spawn(logs::copy_logs(
             pods.clone(),
             uid.clone(),
@@ -82,7 +80,6 @@ impl KubeExecution {
                 job_done: job_done_tx,
                 logs_done,
                 stop: stop_rx,
-                lingering: lingering.clone(),
             },
         ));
         Self {
@@ -97,7 +94,6 @@ impl KubeExecution {
             monitor_task,
             log_task,
             stopped: None,
-            lingering,
         }
     }
 }
@@ -119,11 +115,13 @@ impl Execution for KubeExecution {
     }
 
     async fn wait(&mut self) -> Outcome {
-        if let Some(o) = &self.stopped {
+        if let Some((o, _)) = &self.stopped {
             return o.clone();
         }
         match self.outcome.wait_for(Option::is_some).await {
-            Ok(o) => o.clone().unwrap_or_else(|| Outcome::failed("no outcome")),
+            Ok(o) => o
+                .as_ref()
+                .map_or_else(|| Outcome::failed("no outcome"), |(o, _)| o.clone()),
             Err(_) => Outcome::failed("the watch of the Kubernetes Job ended unexpectedly"),
         }
     }
@@ -132,24 +130,25 @@ impl Execution for KubeExecution {
     /// returns once both are gone (within the grace plus `delete_timeout`): false when they were
     /// not gone by then.
     async fn stop(&mut self, grace: Duration) -> bool {
-        if self.stopped.is_some() || self.outcome.borrow().is_some() {
-            // Ended or stopped before: as confirmed as that end was.
-            return !self.lingering.load(Ordering::Acquire);
+        // Ended or stopped before: as confirmed as that end was.
+        if let Some((_, gone)) = &self.stopped {
+            return *gone;
+        }
+        if let Some((_, gone)) = &*self.outcome.borrow() {
+            return *gone;
         }
         let _ = self.stop.send(Some(grace));
         let waited =
             tokio::time::timeout(grace + self.bound, self.outcome.wait_for(Option::is_some)).await;
-        let gone = matches!(waited, Ok(Ok(_))) && !self.lingering.load(Ordering::Acquire);
+        let gone = matches!(&waited, Ok(Ok(o)) if o.as_ref().is_some_and(|(_, gone)| *gone));
         drop(waited);
         if !gone {
             tracing::warn!(job = %self.name, "the Kubernetes Job was not gone in time");
         }
         self.log_task.abort();
         self.monitor_task.abort();
-        self.stopped = Some(Outcome::failed(format!(
-            "stopped: Kubernetes Job {} deleted",
-            self.name
-        )));
+        let o = Outcome::failed(format!("stopped: Kubernetes Job {} deleted", self.name));
+        self.stopped = Some((o, gone));
         gone
     }
 }

@@ -27,8 +27,6 @@
 //! over, so the next attempt never runs next to this one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::{Api, ListParams};
@@ -67,13 +65,13 @@ pub(super) struct Attempt {
 
 /// Channels between the monitor, the log copier and the execution.
 pub(super) struct Links {
-    pub outcome: watch::Sender<Option<Outcome>>,
+    /// The attempt's outcome, and whether its Job and pods are known to be gone (false: a
+    /// teardown, a stop's or an early end's, did not see them gone within its bound, or pods of
+    /// a Job deleted by someone else outlived theirs).
+    pub outcome: watch::Sender<Option<(Outcome, bool)>>,
     pub job_done: watch::Sender<bool>,
     pub logs_done: watch::Receiver<bool>,
     pub stop: watch::Receiver<Option<Duration>>,
-    /// Set when a teardown (a stop's, or an early end's) did not see the Job and its pods gone
-    /// within its bound, or pods of a Job deleted by someone else outlived theirs.
-    pub lingering: Arc<AtomicBool>,
 }
 
 enum Decision {
@@ -163,10 +161,7 @@ pub(super) async fn monitor(a: Attempt, mut links: Links) {
             },
         }
     };
-    let (outcome, ended) = conclude(&a, &mut events, decision).await;
-    if !ended {
-        links.lingering.store(true, Ordering::Release);
-    }
+    let outcome = conclude(&a, &mut events, decision).await;
     let _ = links.job_done.send(true);
     let drain = a.opts.finish_timeout.max(Duration::from_secs(5));
     let _ = tokio::time::timeout(drain, links.logs_done.wait_for(|d| *d)).await;

@@ -34,7 +34,6 @@
 
 use std::time::Duration;
 
-use super::commit::Reply;
 use super::queue::readable;
 use super::*;
 use crate::store::handoff::{Handoffs, Parked, Taken};
@@ -155,23 +154,15 @@ impl RedisStore {
                 self.unhand(&job).await;
                 continue;
             };
-            let mut next = job.clone();
-            let cmd = Command::Claim {
-                worker: taken.worker.clone(),
-                token,
-                lease_until: now + taken.lease_ttl.as_micros() as i64,
-            };
-            match apply(&mut next, cmd, &self.actx(now)) {
-                Ok(ev) => match self.write(Some(job.version), Some(&job), next, ev) {
-                    Ok(mut w) => {
-                        w.popped = true;
-                        writes.push(w);
-                        places.push((taken, token));
-                    }
-                    Err(e) => tracing::warn!(job_id = %job.id, error = %e, "hand-over claim"),
-                },
-                // Not QUEUED (it was, as handed): the worker hears nothing came.
-                Err(e) => tracing::debug!(job_id = %job.id, error = %e, "handed job not claimable"),
+            // Not claimable (cancelled since): the worker hears nothing came.
+            let lease_until = now + taken.lease_ttl.as_micros() as i64;
+            match self.claim_write(job, &taken.worker, token, lease_until, now) {
+                Ok(Some(w)) => {
+                    writes.push(w);
+                    places.push((taken, token, lease_until));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "hand-over claim"),
             }
         }
         let replies = match self.commit(&writes).await {
@@ -183,27 +174,10 @@ impl RedisStore {
                 return;
             }
         };
-        for ((w, (taken, token)), r) in writes.into_iter().zip(places).zip(replies) {
-            let job = match r {
-                Reply::Ok => w.job,
-                Reply::Conflict => {
-                    // Written in between (a cancel, a file attached): claimed again if QUEUED.
-                    let cmd = Command::Claim {
-                        worker: taken.worker.clone(),
-                        token,
-                        lease_until: self.now().await + taken.lease_ttl.as_micros() as i64,
-                    };
-                    match self.apply_cmd(w.job.id, cmd).await {
-                        Ok(j) => j,
-                        Err(e) => {
-                            tracing::debug!(job_id = %w.job.id, error = %e, "hand-over lost a race");
-                            continue;
-                        }
-                    }
-                }
-                _ => continue,
-            };
-            self.pass(taken, job, token).await;
+        for ((w, (taken, token, lease_until)), r) in writes.into_iter().zip(places).zip(replies) {
+            if let Some(job) = self.claimed(w, r, &taken.worker, lease_until).await {
+                self.pass(taken, job, token).await;
+            }
         }
     }
 

@@ -5,9 +5,70 @@
 use std::collections::HashSet;
 
 use super::commit::Reply;
+use super::write::Write;
 use super::*;
 
 impl RedisStore {
+    /// The write claiming `job`, taken from its runner's queue (picked by `lua/claim.lua`, or
+    /// handed over: handover.rs), for `worker` with fencing token `token`; `None` (logged) when
+    /// it is not claimable (not QUEUED any more).
+    pub(super) fn claim_write(
+        &self,
+        job: Job,
+        worker: &str,
+        token: u64,
+        lease_until: Micros,
+        now: Micros,
+    ) -> Result<Option<Write>> {
+        let mut next = job.clone();
+        let cmd = Command::Claim {
+            worker: worker.to_string(),
+            token,
+            lease_until,
+        };
+        match apply(&mut next, cmd, &self.actx(now)) {
+            Ok(ev) => {
+                let mut w = self.write(Some(job.version), Some(&job), next, ev)?;
+                w.popped = true;
+                Ok(Some(w))
+            }
+            Err(e) => {
+                tracing::debug!(job_id = %job.id, error = %e, "picked job not claimable");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The job a [`Self::claim_write`] claimed, given commit.lua's reply `r`: claimed again when
+    /// it was written in between (e.g. a file attached) and is still QUEUED; `None` when not.
+    pub(super) async fn claimed(
+        &self,
+        w: Write,
+        r: Reply,
+        worker: &str,
+        lease_until: Micros,
+    ) -> Option<Job> {
+        match r {
+            Reply::Ok => Some(w.job),
+            Reply::Conflict => {
+                let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
+                let cmd = Command::Claim {
+                    worker: worker.to_string(),
+                    token,
+                    lease_until,
+                };
+                match self.apply_cmd(w.job.id, cmd).await {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::debug!(job_id = %w.job.id, error = %e, "claim lost a race");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Runs `lua/claim.lua` for up to `max` jobs of `runner`'s queue (its reply), and records
     /// the queue as empty when the pick emptied it (see hints.rs).
     async fn pick(
@@ -87,44 +148,14 @@ impl JobQueue for RedisStore {
             let Some(job) = readable(&body, id, "claim") else {
                 continue;
             };
-            let mut next = job.clone();
-            let cmd = Command::Claim {
-                worker: worker.to_string(),
-                token: first + i as u64,
-                lease_until,
-            };
-            match apply(&mut next, cmd, &self.actx(now)) {
-                Ok(ev) => {
-                    let mut w = self.write(Some(job.version), Some(&job), next, ev)?;
-                    w.popped = true;
-                    writes.push(w);
-                }
-                // Not QUEUED any more: the reaper drops the reservation.
-                Err(e) => tracing::debug!(job_id = %job.id, error = %e, "picked job not claimable"),
-            }
+            // Not QUEUED any more: the reaper drops the reservation.
+            let token = first + i as u64;
+            writes.extend(self.claim_write(job, worker, token, lease_until, now)?);
         }
         let replies = self.commit(&writes).await?;
         let mut out = Vec::with_capacity(writes.len());
         for (w, r) in writes.into_iter().zip(replies) {
-            match r {
-                Reply::Ok => out.push(w.job),
-                Reply::Conflict => {
-                    // Written in between (e.g. a file attached): claim again if still QUEUED.
-                    let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
-                    let cmd = Command::Claim {
-                        worker: worker.to_string(),
-                        token,
-                        lease_until,
-                    };
-                    match self.apply_cmd(w.job.id, cmd).await {
-                        Ok(j) => out.push(j),
-                        Err(e) => {
-                            tracing::debug!(job_id = %w.job.id, error = %e, "claim lost a race")
-                        }
-                    }
-                }
-                _ => {}
-            }
+            out.extend(self.claimed(w, r, worker, lease_until).await);
         }
         Ok(out)
     }

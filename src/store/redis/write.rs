@@ -242,7 +242,7 @@ impl Write {
         if queued || (was_queued && !self.popped) {
             p.own("q", "q:", &j.runner);
         }
-        if self.hand && queued {
+        if self.hand {
             p.own("park", "park:", &j.runner);
             p.own("parkn", "parkn:", &j.runner);
             p.own("tok", "token", "");
