@@ -756,21 +756,13 @@ async fn server_runs_kube_jobs_through_a_kubeconfig() {
     let fake = Fake::new();
     let dir = tempfile::tempdir().unwrap();
     let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
-    let ts = TestServer::start(&format!(
-        r#"
-[[runners]]
-kind = "kube"
-types = ["kube.*"]
-image = "ghcr.io/example/runyard-job:1.2"
-command = ["runyard", "launch", "--", "python3", "job.py"]
-kubeconfig = "{}"
-ttl_after_finished = "10m"
+    let ts = TestServer::start(&server_runner(
+        &kubeconfig,
+        r#"ttl_after_finished = "10m"
 [runners.kube]
 termination_grace = "2s"
 poll_interval = "50ms"
-finish_timeout = "500ms"
-"#,
-        kubeconfig.display()
+finish_timeout = "500ms""#,
     ))
     .await;
 
@@ -891,6 +883,23 @@ fn failed_message(o: &Outcome) -> String {
         Outcome::Failed { message, .. } => message.clone(),
         o => panic!("expected a failure, got {o:?}"),
     }
+}
+
+/// A server's kube runner for `kube.*` jobs through `kubeconfig` (the fake's), with `rest`
+/// after its keys (more keys, then `[runners.kube]`).
+fn server_runner(kubeconfig: &std::path::Path, rest: &str) -> String {
+    format!(
+        r#"
+[[runners]]
+kind = "kube"
+types = ["kube.*"]
+image = "ghcr.io/example/runyard-job:1.2"
+command = ["runyard", "launch", "--", "python3", "job.py"]
+kubeconfig = "{}"
+{rest}
+"#,
+        kubeconfig.display()
+    )
 }
 
 /// Waits (bounded) until a pod of the fake runs.
@@ -1275,21 +1284,13 @@ async fn a_cancelled_job_whose_pod_outlives_the_stop_keeps_its_lease() {
     .with_grace_unit(Duration::from_secs(20));
     let dir = tempfile::tempdir().unwrap();
     let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
-    let ts = TestServer::builder(&format!(
-        r#"
-[[runners]]
-kind = "kube"
-types = ["kube.*"]
-image = "ghcr.io/example/runyard-job:1.2"
-command = ["runyard", "launch", "--", "python3", "job.py"]
-kubeconfig = "{}"
-[runners.kube]
+    let ts = TestServer::builder(&server_runner(
+        &kubeconfig,
+        r#"[runners.kube]
 termination_grace = "100ms"
 delete_timeout = "100ms"
 finish_timeout = "100ms"
-poll_interval = "50ms"
-"#,
-        kubeconfig.display()
+poll_interval = "50ms""#,
     ))
     .config("[worker]\nlease_ttl = \"40s\"")
     .start()

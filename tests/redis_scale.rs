@@ -312,6 +312,11 @@ async fn all_jobs(s: &RedisStore) -> Vec<Job> {
     panic!("listing did not end");
 }
 
+/// The JSON body of a GET of `url`.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -577,14 +582,11 @@ async fn nodes_writing_json_and_compact_job_records_share_the_jobs() {
             rec.len()
         );
     }
-    let listed: Value = http
-        .get(format!("{}/async/jobs?status=SUCCESS&limit=1000", cl.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(
+        &http,
+        &format!("{}/async/jobs?status=SUCCESS&limit=1000", cl.url()),
+    )
+    .await;
     assert_eq!(
         listed["jobs"].as_array().map(Vec::len),
         Some(ids.len()),
@@ -1263,14 +1265,7 @@ async fn one_at_a_time(env: &[(&str, &str)], n: usize) -> f64 {
         async move {
             let start = Instant::now();
             loop {
-                let j: Value = http
-                    .get(format!("{url}/async/jobs/{id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let j = get_json(&http, &format!("{url}/async/jobs/{id}")).await;
                 if j["status"] == "SUCCESS" {
                     return j;
                 }
