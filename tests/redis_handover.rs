@@ -48,19 +48,29 @@ async fn conn(r: &TestRedis) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// The members of the sorted set `P:{kind}{runner}`, lowest score first.
+async fn members(
+    c: &mut redis::aio::MultiplexedConnection,
+    r: &TestRedis,
+    kind: &str,
+    runner: &str,
+) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(format!("{}:{kind}{runner}", r.prefix))
+        .arg(0)
+        .arg(-1)
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
 /// The members of `P:park:{runner}` (the parks in Redis).
 async fn parks(
     c: &mut redis::aio::MultiplexedConnection,
     r: &TestRedis,
     runner: &str,
 ) -> Vec<String> {
-    redis::cmd("ZRANGE")
-        .arg(format!("{}:park:{runner}", r.prefix))
-        .arg(0)
-        .arg(-1)
-        .query_async(c)
-        .await
-        .unwrap()
+    members(c, r, "park:", runner).await
 }
 
 /// Waits (bounded) until `P:park:{runner}` has `n` members; returns them.
@@ -84,18 +94,13 @@ async fn parks_become(
     }
 }
 
+/// The ids in `P:q:{runner}` (the runner's queue), oldest first.
 async fn queued_ids(
     c: &mut redis::aio::MultiplexedConnection,
     r: &TestRedis,
     runner: &str,
 ) -> Vec<String> {
-    redis::cmd("ZRANGE")
-        .arg(format!("{}:q:{runner}", r.prefix))
-        .arg(0)
-        .arg(-1)
-        .query_async(c)
-        .await
-        .unwrap()
+    members(c, r, "q:", runner).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
