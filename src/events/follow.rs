@@ -2,6 +2,7 @@
 //! hub, with no gap and no duplicate at the handoff.
 //!
 //! Why no gap: the stream subscribes to its channel's ring *before* the replay reads the store,
+//! and the replay waits until the hub's tail knows where it starts ([`super::Hub::tail_started`]),
 //! so every event committed after that read reaches the ring; events committed before it are in
 //! the replay. Why no duplicate: live events at or below the cursor (the replay's last id) are
 //! skipped; the ring delivers a channel's events in id order.
@@ -37,6 +38,8 @@ pub struct Follower {
     cursor: Option<(EventId, String)>,
     sub: Subscription,
     replaying: bool,
+    /// The hub's tail was seen started (see the module docs).
+    tail_started: bool,
 }
 
 impl Follower {
@@ -55,6 +58,7 @@ impl Follower {
             cursor,
             sub,
             replaying: true,
+            tail_started: false,
         }
     }
 
@@ -79,6 +83,10 @@ impl Follower {
 
     /// The next events, in id order (waits for live ones).
     pub async fn next(&mut self) -> Result<Vec<Arc<Frame>>, Stop> {
+        if !self.tail_started {
+            self.sub.hub().tail_started().await;
+            self.tail_started = true;
+        }
         loop {
             if self.replaying {
                 let page = self
@@ -136,5 +144,52 @@ impl Follower {
     /// The hub's counters.
     pub fn stats(&self) -> &super::hub::Stats {
         &self.sub.hub().stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::events::hub::{tail_loop, Hub};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{JobStore, StoreSettings};
+
+    /// A stream opened before the hub's tail task ran (a loaded machine at start-up: CI saw
+    /// a WebSocket miss the burst's first events) still gets every event committed before the
+    /// tail started: its replay waits for the tail's start, so it reads them from the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_opened_before_the_tail_started_misses_no_event() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
+        let hub = Hub::new(8, 8, 64);
+        let mut f = Follower::new(store.clone(), None, None, hub.subscribe(None).expect("sub"));
+        let reader = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < 2 {
+                ids.extend(f.next().await.expect("next").iter().map(|fr| fr.id.0));
+            }
+            ids
+        });
+        // The stream is open and asking for events; the first job's event is committed before
+        // the tail starts, the second's after.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let job = || crate::job::Job::new("t", "r", crate::job::now_us());
+        store.submit(job()).await.expect("submit");
+        let stop = CancellationToken::new();
+        let tail = tokio::spawn(tail_loop(hub.clone(), store.clone(), stop.clone()));
+        hub.tail_started().await;
+        store.submit(job()).await.expect("submit");
+        let ids = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        stop.cancel();
+        let _ = tail.await;
+        let ids = ids
+            .expect("both events reach the stream within 5 s")
+            .expect("reader");
+        assert_eq!(ids, [1, 2], "no gap, no duplicate");
     }
 }

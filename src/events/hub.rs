@@ -97,6 +97,11 @@ pub struct Hub {
     pub(crate) stats: Stats,
     /// Woken when a stream opens (the tail stops pacing, see [`IDLE_PACE`]).
     opened: tokio::sync::Notify,
+    /// True once the tail knows where it starts ([`tail_loop`]). A stream replays only after
+    /// that ([`Hub::tail_started`]), so every event its replay does not see is one the tail
+    /// publishes: a stream opened before the tail task ran (a loaded machine at start-up)
+    /// missed the events committed between its replay and the tail's start.
+    started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
@@ -109,7 +114,22 @@ impl Hub {
             buffer: buffer.max(1),
             stats: Stats::default(),
             opened: tokio::sync::Notify::new(),
+            started: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Waits until the tail knows where it starts (at once after that): before a stream's
+    /// first replay ([`super::follow`]).
+    pub async fn tail_started(&self) {
+        let mut rx = self.started.subscribe();
+        // Err only if the sender is gone, and the hub holds it.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// The tail knows where it starts, or cannot open (live events are then off, and a stream
+    /// still replays from the store).
+    fn mark_started(&self) {
+        self.started.send_replace(true);
     }
 
     /// The hub of a configuration.
@@ -275,6 +295,7 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "event tail: cannot open; live events off");
+            hub.mark_started();
             return;
         }
     };
@@ -293,6 +314,7 @@ pub async fn tail_loop(hub: Arc<Hub>, store: Arc<dyn Store>, stop: CancellationT
             }
         }
     };
+    hub.mark_started();
     follow_tail(hub, tail, cursor, stop).await;
 }
 
