@@ -1323,52 +1323,6 @@ poll_interval = "50ms""#,
     assert_eq!(job["status"], "CANCELLED", "{job:#}");
 }
 
-/// A timed-out job whose pod outlives the stop's bound is recorded TIMEOUT, and a retry is
-/// refused while the lease of its not-confirmed stop runs (the pod may still run): the same
-/// guard as a cancel's.
-#[tokio::test]
-async fn a_timed_out_job_whose_pod_outlives_the_stop_is_not_retried_beside_it() {
-    let fake = scripted(|_| kube_fake::Script {
-        lines: vec!["working".into()],
-        exit: None,
-        term_delay: Duration::from_secs(14),
-        ..Default::default()
-    })
-    .with_grace_unit(Duration::from_secs(20));
-    let dir = tempfile::tempdir().unwrap();
-    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
-    let ts = TestServer::builder(&server_runner(
-        &kubeconfig,
-        r#"[runners.kube]
-termination_grace = "100ms"
-delete_timeout = "100ms"
-finish_timeout = "100ms"
-poll_interval = "50ms""#,
-    ))
-    .config("[worker]\nlease_ttl = \"40s\"")
-    .start()
-    .await;
-    let id = ts
-        .submit_ok(json!({"type": "kube.hang", "timeout": "1s"}))
-        .await;
-    until_a_pod_runs(&fake).await;
-    let job = ts.wait_terminal(&id, Duration::from_secs(30)).await;
-    assert_eq!(job["status"], "TIMEOUT", "{job:#}");
-    assert!(!fake.pods().is_empty(), "the pod outlived the stop");
-    let path = format!("/async/jobs/{id}/retry");
-    let (st, v) = ts.post(&path, None).await;
-    assert_eq!(st.as_u16(), 409, "refused while being stopped: {v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("still being stopped")),
-        "{v}"
-    );
-    let job = ts.get_job(&id).await;
-    assert_eq!(job["attempt"], 1, "no second attempt: {job:#}");
-    assert_eq!(job["status"], "TIMEOUT", "{job:#}");
-}
-
 #[tokio::test]
 async fn a_log_stream_cut_in_the_middle_loses_no_line() {
     let want: Vec<String> = (0..40).map(|i| format!("line {i:02}")).collect();

@@ -483,7 +483,7 @@ pub async fn cancel_job(
 #[utoipa::path(post, path = "/async/jobs/{id}/retry", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
     responses(
         (status = 202, description = "The job, queued again", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`illegal_transition`: the job has not finished, or its last attempt is still being stopped (cancelled while it ran, or timed out with its container or pod not confirmed stopped: retry later)", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has not finished, or was cancelled while it ran and its worker is still stopping that attempt (retry later)", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the job's runner refuses its args (`large_args`), nothing changed", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn retry_job(

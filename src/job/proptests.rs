@@ -329,7 +329,6 @@ fn carried_token(cmd: &Command) -> Option<u64> {
     match cmd {
         Command::Started { token, .. }
         | Command::Finish { token, .. }
-        | Command::FinishUnconfirmed { token, .. }
         | Command::Release { token }
         | Command::Stopped { token }
         | Command::HostFailure { token, .. } => Some(*token),
@@ -512,15 +511,6 @@ fn clockless(j: &Job) -> Job {
     blank(&mut j.started_at);
     blank(&mut j.finished_at);
     blank(&mut j.run_at);
-    // A finish ends the lease at the clock's now (`attempts::end_lease`).
-    if matches!(
-        j.status,
-        JobStatus::Success | JobStatus::Error | JobStatus::Timeout
-    ) {
-        if let Some(l) = j.lease.as_mut() {
-            l.expires_at = 0;
-        }
-    }
     for r in &mut j.runs {
         r.claimed_at = 0;
         blank(&mut r.started_at);

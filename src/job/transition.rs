@@ -42,20 +42,8 @@ pub enum Command {
     },
     /// A report through the job hook (already authenticated for the job's current attempt).
     Hook(HookReport),
-    /// The worker's final word on an attempt whose work has ended (it ended by itself, or the
-    /// runner confirmed its stop): the lease ends with it.
+    /// The worker's final word on an attempt.
     Finish {
-        /// The claim's token.
-        token: u64,
-        /// What happened.
-        outcome: FinishOutcome,
-    },
-    /// [`Command::Finish`] of an attempt stopped without its runner confirming the end (a
-    /// container whose exit the engine did not report in time, a pod that outlived the stop's
-    /// bound): recorded the same, but the lease holds until it runs out, and no new attempt
-    /// starts before (a retry after backoff is due no sooner; a user's retry is refused), so two
-    /// attempts of the job never run side by side.
-    FinishUnconfirmed {
         /// The claim's token.
         token: u64,
         /// What happened.
@@ -430,10 +418,7 @@ fn apply_inner(
             progress_update(job, progress, details, ctx)
         }
         Command::Hook(report) => hook_report(job, report, ctx),
-        Command::Finish { token, outcome } => attempts::finish(job, ctx, token, outcome, true),
-        Command::FinishUnconfirmed { token, outcome } => {
-            attempts::finish(job, ctx, token, outcome, false)
-        }
+        Command::Finish { token, outcome } => attempts::finish(job, ctx, token, outcome),
         Command::HostFailure { token, message } => attempts::host_failure(job, ctx, token, message),
         Command::Release { token } => attempts::release(job, ctx, token),
         Command::LeaseExpired => attempts::lease_expired(job, ctx),
@@ -847,55 +832,6 @@ mod tests {
         claim(&mut r, 1);
         assert!(apply(&mut r, Command::Stopped { token: 1 }, &ctx(2)).is_err());
         assert!(r.lease.is_some());
-    }
-
-    /// A finish whose stop was not confirmed (a container whose exit the engine did not report,
-    /// a pod past the stop's bound) holds off every new attempt until the lease runs out; a
-    /// confirmed one does not.
-    #[test]
-    fn a_finish_whose_stop_was_not_confirmed_holds_off_new_attempts_until_the_lease_runs_out() {
-        let timeout = || FinishOutcome::Timeout("timed out after 1s".into());
-        // Claimed with a lease until 10_000.
-        let mut j = job();
-        claim(&mut j, 1);
-        let cmd = Command::FinishUnconfirmed {
-            token: 1,
-            outcome: timeout(),
-        };
-        apply(&mut j, cmd, &ctx(2)).unwrap();
-        assert_eq!(j.status, JobStatus::Timeout);
-        assert!(apply(&mut j, Command::Retry, &ctx(9_999)).is_err());
-        apply(&mut j, Command::Retry, &ctx(10_000)).unwrap();
-        let mut k = job();
-        claim(&mut k, 1);
-        let cmd = Command::Finish {
-            token: 1,
-            outcome: timeout(),
-        };
-        apply(&mut k, cmd, &ctx(2)).unwrap();
-        apply(&mut k, Command::Retry, &ctx(3)).unwrap();
-        // A failed attempt with one left: due after its backoff (1 ms), no sooner than the
-        // lease runs out when its stop was not confirmed.
-        let failed = |ended: bool| {
-            let mut f = job();
-            f.backoff.initial_ms = 1;
-            f.backoff.max_ms = 1;
-            claim(&mut f, 1);
-            let outcome = FinishOutcome::Failed {
-                message: "exit 1".into(),
-                exit_code: Some(1),
-            };
-            let cmd = if ended {
-                Command::Finish { token: 1, outcome }
-            } else {
-                Command::FinishUnconfirmed { token: 1, outcome }
-            };
-            apply(&mut f, cmd, &ctx(2)).unwrap();
-            assert_eq!(f.status, JobStatus::Scheduled);
-            f.run_at
-        };
-        assert_eq!(failed(true), Some(1_002));
-        assert_eq!(failed(false), Some(10_000));
     }
 
     #[test]

@@ -515,7 +515,7 @@ impl CommandKind {
     pub fn of(cmd: &crate::job::Command) -> Self {
         use crate::job::Command as C;
         match cmd {
-            C::Finish { .. } | C::FinishUnconfirmed { .. } => Self::Finish,
+            C::Finish { .. } => Self::Finish,
             C::Hook(r) => match r.status {
                 Some(JobStatus::Success) | Some(JobStatus::Error) => Self::HookFinal,
                 Some(JobStatus::Running) => Self::OtherStatus,

@@ -100,18 +100,15 @@ impl Worker {
             }
             End::Stopped => return self.stopped_gone(id, token).await,
         };
+        let r = self
+            .store
+            .finish(id, Command::Finish { token, outcome }, refill)
+            .await;
         if gone {
-            let r = self
-                .store
-                .finish(id, Command::Finish { token, outcome }, refill)
-                .await;
             return self.finished(id, token, r).await;
         }
-        // Recorded with the lease left to run out, so no retry starts beside the work, which
-        // may live on; a refusal (cancelled meanwhile) gives nothing up either: the lease the
-        // cancel kept must run out first.
-        let cmd = Command::FinishUnconfirmed { token, outcome };
-        let r = self.store.finish(id, cmd, refill).await;
+        // Recorded, but a refusal (cancelled meanwhile) gives nothing up: the work may live on,
+        // and the lease the cancel kept must run out first.
         match r {
             Ok(j) => crate::outcomes::log_change(&j),
             Err(_) => not_confirmed(id),
@@ -263,9 +260,8 @@ pub(super) fn listened(n: &crate::store::Notice) -> bool {
 /// An attempt stopped without its end confirmed ([`runyard_runners::Execution::stop`] false: the
 /// container engine or the Kubernetes API did not answer in time): its lease is neither given up
 /// nor given back. It runs out (`worker.lease_ttl`, no longer renewed) before another attempt
-/// may start: a retry of a cancelled or finished job is refused until then (a finish is recorded
-/// as [`Command::FinishUnconfirmed`]), and the reaper then takes an active job's work over if it
-/// still runs, or counts the attempt lost.
+/// may start: a retry of a cancelled job is refused until then, and the reaper then takes an
+/// active job's work over if it still runs, or counts the attempt lost.
 pub(super) fn not_confirmed(id: Uuid) {
     tracing::warn!(
         job_id = %id,

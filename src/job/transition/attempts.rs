@@ -76,43 +76,18 @@ pub(super) fn started(
     }
 }
 
-/// The attempt's process ended (`ended`), or was stopped without the runner confirming it: what
-/// the job reported through its hook stands, else the runner's outcome; the lease then as
-/// [`end_lease`] says.
+/// The attempt's process ended: what the job reported through its hook stands, else the runner's outcome.
 pub(super) fn finish(
     job: &mut Job,
     ctx: &ApplyCtx,
     token: u64,
     outcome: FinishOutcome,
-    ended: bool,
 ) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
     check_token(job, token)?;
     if !job.status.is_active() {
         return Err(illegal(job, "finish"));
     }
-    let held_until = job.lease.as_ref().map(|l| l.expires_at);
-    finish_outcome(job, ctx, outcome);
-    end_lease(job, ctx.now, held_until, ended);
-    Ok(Some(EventKind::Status))
-}
-
-/// The lease of an attempt that [`finish`] recorded. Its work ended: the lease ends now (a
-/// finished job keeps its last lease as the record of its worker; a retry waits only while a
-/// lease holds, [`super::manage::retry`]). Not confirmed ended: a finished job keeps the lease
-/// until it runs out (no longer renewed), and a retry after backoff is due no sooner than that.
-fn end_lease(job: &mut Job, now: Micros, held_until: Option<Micros>, ended: bool) {
-    if ended {
-        if let Some(l) = job.lease.as_mut() {
-            l.expires_at = l.expires_at.min(now);
-        }
-    } else if let (Scheduled, Some(at), Some(until)) = (job.status, job.run_at, held_until) {
-        job.run_at = Some(at.max(until));
-    }
-}
-
-/// What [`finish`] records of an attempt's outcome.
-fn finish_outcome(job: &mut Job, ctx: &ApplyCtx, outcome: FinishOutcome) {
-    let now = ctx.now;
     let exit_code = match &outcome {
         FinishOutcome::Success(_)
         | FinishOutcome::Timeout(_)
@@ -125,7 +100,7 @@ fn finish_outcome(job: &mut Job, ctx: &ApplyCtx, outcome: FinishOutcome) {
     // ended (whatever the exit code, and even when it had to be stopped).
     if let Some(reported) = job.reported().cloned() {
         commit_reported(job, ctx, reported, exit_code);
-        return;
+        return Ok(Some(EventKind::Status));
     }
     match outcome {
         FinishOutcome::Success(result) => {
@@ -148,6 +123,7 @@ fn finish_outcome(job: &mut Job, ctx: &ApplyCtx, outcome: FinishOutcome) {
             set_status(job, Timeout, now);
         }
     }
+    Ok(Some(EventKind::Status))
 }
 
 /// The host could not launch the attempt: it is given back, not counted.

@@ -37,11 +37,9 @@ pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, 
     if !job.status.can_retry() {
         return Err(illegal(job, "retry"));
     }
-    // Its last attempt's lease still holds: cancelled while it ran and its worker has not said
-    // its work stopped (`Stopped`), or finished with its stop not confirmed
-    // (`FinishUnconfirmed`). A new attempt now could run beside the old one. (A finish whose
-    // work ended ends the lease, `attempts::end_lease`.)
-    if job.lease.as_ref().is_some_and(|l| l.expires_at > now) {
+    // Cancelled while it ran, and its worker has not said its work stopped (`Stopped`), nor
+    // has its lease run out: a new attempt now could run beside the old one.
+    if job.status == Cancelled && job.lease.as_ref().is_some_and(|l| l.expires_at > now) {
         return Err(illegal(
             job,
             "retry while its last attempt is still being stopped (retry once it has ended: \
