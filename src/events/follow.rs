@@ -15,6 +15,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{EventId, Frame, Subscription, REPLAY_PAGE};
 use crate::store::{Store, StoreError};
 
+/// How often a stream waiting for the hub's tail to start checks that the store answers.
+const TAIL_START_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Resolves once `d` has passed (never for `None`): the end of a stream opened with a credential
 /// that expires ([`crate::auth::tokens::Grant::remaining`]).
 pub async fn until(d: Option<std::time::Duration>) {
@@ -83,9 +86,16 @@ impl Follower {
 
     /// The next events, in id order (waits for live ones).
     pub async fn next(&mut self) -> Result<Vec<Arc<Frame>>, Stop> {
-        if !self.tail_started {
-            self.sub.hub().tail_started().await;
-            self.tail_started = true;
+        while !self.tail_started {
+            // The tail retries its start while the store is away (Redis down at start-up): the
+            // stream asks the store meanwhile, so a client is told (a WebSocket closes 1011, as
+            // a failed replay does) rather than left waiting in silence.
+            tokio::select! {
+                _ = self.sub.hub().tail_started() => self.tail_started = true,
+                _ = tokio::time::sleep(TAIL_START_PROBE) => {
+                    self.store.last_event_id().await.map_err(Stop::Store)?;
+                }
+            }
         }
         loop {
             if self.replaying {
