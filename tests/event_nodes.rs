@@ -20,6 +20,17 @@ async fn node(
     name: &str,
     worker: bool,
 ) -> RunningServer {
+    node_with(redis, dir, name, worker, "").await
+}
+
+/// [`node`] with more `[store]` settings.
+async fn node_with(
+    redis: &TestRedis,
+    dir: &tempfile::TempDir,
+    name: &str,
+    worker: bool,
+    store: &str,
+) -> RunningServer {
     let cfg = Config::from_toml(&format!(
         r#"
 data_dir = "{data}"
@@ -27,6 +38,7 @@ redis = "{url}"
 master_key = "{MASTER_KEY}"
 [store]
 prefix = "{prefix}"
+{store}
 [worker]
 poll_interval = "200ms"
 [events]
@@ -115,5 +127,40 @@ async fn two_api_nodes_on_one_redis_deliver_the_same_events_to_sockets_on_each()
     assert!(b.app.events.stats().tail_errors == 0);
     drop((on_a, on_b, other_b, resumed));
     b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+/// A socket opened while the store is away ends with close 1011 and says how to resume, rather
+/// than waiting in silence; once Redis is back, a new socket replays the channel whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_opened_while_redis_is_away_closes_1011_and_a_later_one_replays_all() {
+    // Its own Redis, which saves its data when stopped and loads it when started again.
+    let mut redis = TestRedis::private(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // A read gives up after 2 s of Redis away (30 s by default).
+    let a = node_with(&redis, &dir, "a", true, "retry = \"2s\"").await;
+    let addr = a.addr.to_string();
+    let job = submit(&a.url(), "m").await;
+    let mut live = connect(&addr, "channel=m").await;
+    let before = read_until(&mut live, Duration::from_secs(30), |e| {
+        all_terminal(e, std::slice::from_ref(&job))
+    })
+    .await;
+    drop(live);
+    redis.stop();
+    let mut ws = connect(&addr, "channel=m").await;
+    let r = read_to_close(&mut ws, Duration::from_secs(60)).await;
+    let (code, reason) = r.closed.clone().unwrap_or_default();
+    assert_eq!(code, 1011, "{r:?}");
+    assert!(reason.contains("store unavailable"), "{r:?}");
+    assert!(r.events.is_empty(), "{r:?}");
+    redis.restart();
+    let mut again = connect(&addr, "channel=m").await;
+    let after = read_until(&mut again, Duration::from_secs(30), |e| {
+        e.len() >= before.events.len()
+    })
+    .await;
+    assert_eq!(after.events, before.events, "the channel replayed whole");
+    drop(again);
     a.stop().await.unwrap();
 }
