@@ -20,16 +20,17 @@ async fn node(
     name: &str,
     worker: bool,
 ) -> RunningServer {
-    node_with(redis, dir, name, worker, "").await
+    node_with(redis, dir, name, worker, "", "").await
 }
 
-/// [`node`] with more `[store]` settings.
+/// [`node`] with more `[store]` and `[events]` settings.
 async fn node_with(
     redis: &TestRedis,
     dir: &tempfile::TempDir,
     name: &str,
     worker: bool,
     store: &str,
+    events: &str,
 ) -> RunningServer {
     let cfg = Config::from_toml(&format!(
         r#"
@@ -43,6 +44,7 @@ prefix = "{prefix}"
 poll_interval = "200ms"
 [events]
 progress_interval = "0s"
+{events}
 [[runners]]
 kind = "service"
 types = ["runyard.*"]
@@ -131,14 +133,24 @@ async fn two_api_nodes_on_one_redis_deliver_the_same_events_to_sockets_on_each()
 }
 
 /// A socket opened while the store is away ends with close 1011 and says how to resume, rather
-/// than waiting in silence; once Redis is back, a new socket replays the channel whole.
+/// than waiting in silence; once Redis is back, a new socket replays the channel whole. Pings
+/// more often than the store's retry bound: each ping tick cancelled the stream's replay read,
+/// which then started over, so the socket never closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_opened_while_redis_is_away_closes_1011_and_a_later_one_replays_all() {
     // Its own Redis, which saves its data when stopped and loads it when started again.
     let mut redis = TestRedis::private(&[]);
     let dir = tempfile::tempdir().unwrap();
-    // A read gives up after 2 s of Redis away (30 s by default).
-    let a = node_with(&redis, &dir, "a", true, "retry = \"2s\"").await;
+    // A read gives up after 2 s of Redis away (30 s by default); a ping every 300 ms.
+    let a = node_with(
+        &redis,
+        &dir,
+        "a",
+        true,
+        "retry = \"2s\"",
+        "ping_interval = \"300ms\"",
+    )
+    .await;
     let addr = a.addr.to_string();
     let job = submit(&a.url(), "m").await;
     let mut live = connect(&addr, "channel=m").await;
@@ -149,7 +161,7 @@ async fn a_socket_opened_while_redis_is_away_closes_1011_and_a_later_one_replays
     drop(live);
     redis.stop();
     let mut ws = connect(&addr, "channel=m").await;
-    let r = read_to_close(&mut ws, Duration::from_secs(60)).await;
+    let r = read_to_close(&mut ws, Duration::from_secs(30)).await;
     let (code, reason) = r.closed.clone().unwrap_or_default();
     assert_eq!(code, 1011, "{r:?}");
     assert!(reason.contains("store unavailable"), "{r:?}");

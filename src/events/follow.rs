@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
 
 use super::{EventId, Frame, Subscription, REPLAY_PAGE};
+use crate::job::Event;
 use crate::store::{Store, StoreError};
 
 /// How often a stream waiting for the hub's tail to start checks that the store answers.
@@ -43,6 +45,41 @@ pub struct Follower {
     replaying: bool,
     /// The hub's tail was seen started (see the module docs).
     tail_started: bool,
+    /// The replay read in flight, kept across a cancelled [`Follower::next`] ([`finish_read`]).
+    read: Option<JoinHandle<Result<Vec<Event>, StoreError>>>,
+    /// The store probe in flight while the tail has not started, likewise.
+    probe: Option<JoinHandle<Result<Option<String>, StoreError>>>,
+}
+
+/// Awaits the store read in `slot`, started by `start` if none is in flight. A transport calls
+/// [`Follower::next`] inside `select!` (a WebSocket's ping tick cancels it): the read's task
+/// stays in `slot` and the next call awaits the same one, so a slow read (the store away, retried
+/// for up to `store.retry`) ends once, with its result or its error, instead of starting over at
+/// every ping (with pings more often than `store.retry`, a stream opened while Redis was away
+/// never closed).
+async fn finish_read<T: Send + 'static>(
+    slot: &mut Option<JoinHandle<Result<T, StoreError>>>,
+    start: impl FnOnce() -> JoinHandle<Result<T, StoreError>>,
+) -> Result<T, Stop> {
+    let r = slot.get_or_insert_with(start).await;
+    *slot = None;
+    match r {
+        Ok(r) => r.map_err(Stop::Store),
+        Err(e) => Err(Stop::Store(StoreError::Backend(format!(
+            "event stream read failed: {e}"
+        )))),
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(h) = self.read.take() {
+            h.abort();
+        }
+        if let Some(h) = self.probe.take() {
+            h.abort();
+        }
+    }
 }
 
 impl Follower {
@@ -62,6 +99,8 @@ impl Follower {
             sub,
             replaying: true,
             tail_started: false,
+            read: None,
+            probe: None,
         }
     }
 
@@ -90,20 +129,33 @@ impl Follower {
             // The tail retries its start while the store is away (Redis down at start-up): the
             // stream asks the store meanwhile, so a client is told (a WebSocket closes 1011, as
             // a failed replay does) rather than left waiting in silence.
+            let hub = self.sub.hub().clone();
+            let store = self.store.clone();
             tokio::select! {
-                _ = self.sub.hub().tail_started() => self.tail_started = true,
-                _ = tokio::time::sleep(TAIL_START_PROBE) => {
-                    self.store.last_event_id().await.map_err(Stop::Store)?;
+                _ = hub.tail_started() => self.tail_started = true,
+                r = finish_read(&mut self.probe, || tokio::spawn(async move {
+                    tokio::time::sleep(TAIL_START_PROBE).await;
+                    store.last_event_id().await
+                })) => {
+                    r?;
                 }
             }
         }
+        if let Some(h) = self.probe.take() {
+            h.abort();
+        }
         loop {
             if self.replaying {
-                let page = self
-                    .store
-                    .events(self.channel.as_deref(), self.cursor(), REPLAY_PAGE)
-                    .await
-                    .map_err(Stop::Store)?;
+                let (store, channel) = (self.store.clone(), self.channel.clone());
+                let after = self.cursor().map(str::to_string);
+                let page = finish_read(&mut self.read, || {
+                    tokio::spawn(async move {
+                        store
+                            .events(channel.as_deref(), after.as_deref(), REPLAY_PAGE)
+                            .await
+                    })
+                })
+                .await?;
                 let real = page.iter().filter(|e| e.kind != "resync").count();
                 let mut out = Vec::with_capacity(page.len());
                 for ev in &page {
