@@ -141,14 +141,14 @@ async fn a_socket_opened_while_redis_is_away_closes_1011_and_a_later_one_replays
     // Its own Redis, which saves its data when stopped and loads it when started again.
     let mut redis = TestRedis::private(&[]);
     let dir = tempfile::tempdir().unwrap();
-    // A read gives up after 2 s of Redis away (30 s by default); a ping every 300 ms.
+    // A read gives up after 2 s of Redis away (30 s by default); a ping every second.
     let a = node_with(
         &redis,
         &dir,
         "a",
         true,
         "retry = \"2s\"",
-        "ping_interval = \"300ms\"",
+        "ping_interval = \"1s\"",
     )
     .await;
     let addr = a.addr.to_string();

@@ -132,6 +132,8 @@ impl Follower {
             let hub = self.sub.hub().clone();
             let store = self.store.clone();
             tokio::select! {
+                // A tail that started wins over a probe that failed at the same time.
+                biased;
                 _ = hub.tail_started() => self.tail_started = true,
                 r = finish_read(&mut self.probe, || tokio::spawn(async move {
                     tokio::time::sleep(TAIL_START_PROBE).await;
