@@ -7,6 +7,8 @@
 //!   paused; `paused: false` resumes it without making up the paused period (`misfire: all`).
 //! - `overlap_every_active_job_embedded` / `_redis`: `forbid` and `cancel_other` see every
 //!   active job of the schedule, a trigger's job does not hide the clock fire's still running.
+//! - `forbid_waits_for_a_cancelled_job_to_stop`: a cancelled job whose process ignores SIGTERM
+//!   holds `forbid`'s fires back until `kill_grace` has ended it.
 //! - `redis_cluster_fires_each_second_exactly_once`: a `*/1 * * * * *` schedule on two API and
 //!   two worker processes sharing one Redis, two of them `kill -9`'d along the way: one job per
 //!   fire time, no time missing.
@@ -727,6 +729,80 @@ async fn overlap_every_active_job_redis() {
         .await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
     overlap_sees_every_active_job(&ts).await;
+}
+
+/// A job of `trap.*` ignores SIGTERM (its `sleep` inherits the ignored signal), so a cancel
+/// stops it only at `worker.kill_grace`'s SIGKILL (4 s in the test); it marks in `@DIR@/started` that it began.
+const TRAP_RUNNERS: &str = r#"
+[[runners]]
+name = "trap"
+kind = "local"
+types = ["trap.*"]
+command = ["sh", "-c", "trap '' TERM; echo \"$JOB_ID\" >> @DIR@/started; sleep 30"]
+concurrency = 4
+"#;
+
+/// `forbid` counts a cancelled job whose process is still being stopped as active: between the
+/// cancel (the job `CANCELLED` at once) and the end of its process (`kill_grace` later), the
+/// per-second fires are skipped, not run beside it; once the process has ended, fires run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_waits_for_a_cancelled_job_to_stop() {
+    let ts = TestServer::builder(TRAP_RUNNERS)
+        .config("[worker]\nkill_grace = \"4s\"")
+        .start()
+        .await;
+    let started = ts.dir().join("started");
+    let body = json!({"name": "tr", "cron": "*/1 * * * * *", "overlap": "forbid",
+                      "misfire": "skip", "job": {"type": "trap.run"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let a_id = support::eventually("the first fire's job ignores SIGTERM", WAIT, || async {
+        std::fs::read_to_string(&started)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+    })
+    .await;
+    let (st, v) = ts.post(&format!("/async/jobs/{a_id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "CANCELLED", "{v}");
+    // Two fires and more while the process lives on (it has 4 s before its SIGKILL).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (st, v) = ts.post("/async/schedules/tr/pause", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let ids: Vec<String> = jobs_of(&ts, "tr")
+        .await
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![a_id.clone()],
+        "forbid: no fire while the cancelled job's process is still being stopped: {v}"
+    );
+    assert!(
+        v["counters"]["skipped_overlaps"].as_u64().unwrap() >= 2,
+        "{v}"
+    );
+    // Once it is stopped (SIGKILL at 4 s), the schedule fires again.
+    let (st, v) = ts.post("/async/schedules/tr/resume", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let b = support::eventually("a fire after the cancelled job stopped", WAIT, || async {
+        jobs_of(&ts, "tr").await.into_iter().nth(1)
+    })
+    .await;
+    let (_, v) = ts.post("/async/schedules/tr/pause", None).await;
+    assert_eq!(v["paused"], true, "{v}");
+    let b_created = support::time_of(&b["created_at"]);
+    let a = ts.get_job(&a_id).await;
+    assert!(
+        b_created >= support::time_of(&a["finished_at"]) + Duration::from_secs(3),
+        "the next job came only after the cancelled one's kill_grace: {a} {b}"
+    );
+    ts.post(
+        &format!("/async/jobs/{}/cancel", b["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

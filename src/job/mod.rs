@@ -312,6 +312,14 @@ pub struct Job {
 }
 
 impl Job {
+    /// Cancelled while it ran, and its worker has not said its work stopped (`Stopped`), nor
+    /// has its lease run out: its last attempt may still be running, so nothing that must not
+    /// run beside it (a retry, a schedule's next fire under `forbid` or `buffer_one`) starts yet.
+    pub fn still_stopping(&self, now: Micros) -> bool {
+        self.status == JobStatus::Cancelled
+            && self.lease.as_ref().is_some_and(|l| l.expires_at > now)
+    }
+
     /// The outcome the current attempt reported through its hook and that is not committed yet
     /// (its process has not ended).
     pub fn reported(&self) -> Option<&Reported> {

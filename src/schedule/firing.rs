@@ -107,9 +107,11 @@ impl Firing {
         let ids = s.recent_jobs();
         let jobs = futures::future::join_all(ids.iter().map(|id| self.store.get(*id))).await;
         let mut active = Vec::new();
+        let now = clock();
         for (id, j) in ids.into_iter().zip(jobs) {
             match j {
-                Ok(Some(j)) if j.status.is_terminal() => {}
+                // A cancelled job whose worker is still stopping its work counts as active.
+                Ok(Some(j)) if j.status.is_terminal() && !j.still_stopping(now) => {}
                 Ok(Some(_)) => active.push(id),
                 Ok(None) => {}
                 // Redis unreachable: the tick waits (as before).

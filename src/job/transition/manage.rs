@@ -37,9 +37,8 @@ pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, 
     if !job.status.can_retry() {
         return Err(illegal(job, "retry"));
     }
-    // Cancelled while it ran, and its worker has not said its work stopped (`Stopped`), nor
-    // has its lease run out: a new attempt now could run beside the old one.
-    if job.status == Cancelled && job.lease.as_ref().is_some_and(|l| l.expires_at > now) {
+    // A new attempt now could run beside the old one.
+    if job.still_stopping(now) {
         return Err(illegal(
             job,
             "retry while its last attempt is still being stopped (retry once it has ended: \
