@@ -750,6 +750,27 @@ async fn hook_inputs_are_checked_and_upload_urls_work_once(b: Backend) {
         Some(1),
         "attached once"
     );
+    // A send that failed (wrong bytes) spends its URL; one asked again at once is a new one.
+    let content = b"hello, again";
+    let hash = hex::encode(<md5::Md5 as md5::Digest>::digest(content));
+    let req = json!({"hash": hash, "challenge": upload_challenge([content])});
+    let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let first = v["url"].as_str().expect("an upload url").to_string();
+    let r = ts.client.put(&first).body(&b"not it"[..]).send().await;
+    assert_eq!(r.expect("put").status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let (st, v) = hook(&ts, &id, "PUT", &path, req.to_string().as_bytes(), json_ct).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let second = v["url"].as_str().expect("an upload url").to_string();
+    assert_ne!(first, second, "asked again: a fresh URL, not the spent one");
+    let r = ts.client.put(&second).body(&content[..]).send().await;
+    assert_eq!(r.expect("put").status(), StatusCode::OK);
+    assert_eq!(
+        ts.get_job(&id).await["files"]["outputs"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     // Progress out of range: the documented 422 `invalid`.
     for p in ["1.5", "-0.1", "1e300"] {
         let body = format!(r#"{{"progress": {p}}}"#);
@@ -822,7 +843,8 @@ async fn attach_named(ts: &TestServer, id: &str, name: &str) -> reqwest::Respons
 /// A file's name is a label, never a path: one with `/`, `\\`, control characters, `.`/`..` or
 /// over 255 bytes is refused wherever it comes in (`?name=`, a multipart part's `filename`) and
 /// attaches nothing; one taken cannot break the download's `Content-Disposition`. A multipart
-/// submit with two `job` parts is refused too.
+/// submit with two `job` parts, more than 1,000 file parts or a Content-Type over 255 bytes is
+/// refused too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_names_are_checked_and_cannot_break_content_disposition() {
     let ts = Backend::Embedded.server("").await;
@@ -871,6 +893,51 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
         assert_eq!(error_of(&v).0, "bad_multipart", "{v}");
     }
     assert_eq!(ts.count_jobs(None).await, before, "no job was made");
+    // More than 1,000 file parts (each a few bytes: one such submit made a job record of 24 MB)
+    // is refused at the 1,001st; a Content-Type of over 255 bytes too.
+    let mut many = reqwest::multipart::Form::new().text("job", r#"{"type": "edge.ok"}"#);
+    for i in 0..1001 {
+        many = many.part("inputs", part(&format!("f{i}.txt")));
+    }
+    let long_type = reqwest::multipart::Form::new()
+        .text("job", r#"{"type": "edge.ok"}"#)
+        .part(
+            "inputs",
+            part("a.txt")
+                .mime_str(&format!("text/{}", "m".repeat(251)))
+                .expect("mime"),
+        );
+    for (form, status, code) in [
+        (many, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        (long_type, StatusCode::BAD_REQUEST, "bad_multipart"),
+    ] {
+        let res = ts
+            .client
+            .post(ts.at("/async/jobs"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(res.status(), status);
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(error_of(&v).0, code, "{v}");
+    }
+    assert_eq!(ts.count_jobs(None).await, before, "no job was made");
+    let mut most = reqwest::multipart::Form::new().text("job", r#"{"type": "edge.ok"}"#);
+    for i in 0..1000 {
+        most = most.part("inputs", part(&format!("f{i}.txt")));
+    }
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .multipart(most)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let v: Value = res.json().await.expect("json");
+    let job = ts.get_job(v["job_id"].as_str().expect("job_id")).await;
+    assert_eq!(job["files"]["inputs"].as_array().map(Vec::len), Some(1000));
 
     for (name, want) in [
         (

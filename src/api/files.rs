@@ -12,7 +12,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::parse_job_id;
 use super::hooks::{check_property, file_error, file_index, job_file, stream_blob, valid_property};
 use super::AppState;
-use crate::job::{Command, FileRef};
+use crate::job::{Command, FileRef, MAX_FILES_PER_PROPERTY};
 
 /// Longest file name taken, in bytes (as most file systems' names).
 pub const MAX_FILE_NAME_BYTES: usize = 255;
@@ -165,7 +165,7 @@ pub async fn read_multipart(
     check: impl Fn(&[u8]) -> ApiResult<()>,
 ) -> ApiResult<(bytes::Bytes, Vec<(String, FileRef)>)> {
     let mut job_json = None;
-    let mut files = Vec::new();
+    let mut files: Vec<(String, FileRef)> = Vec::new();
     loop {
         let field = mp
             .next_field()
@@ -196,6 +196,13 @@ pub async fn read_multipart(
                 ),
             ));
         }
+        // Counted before its content is read: a submit of many tiny parts would otherwise
+        // make a job record of megabytes (every listing of its channel sends it whole).
+        if files.len() >= MAX_FILES_PER_PROPERTY {
+            return Err(ApiError::too_large(format!(
+                "a multipart submit carries at most {MAX_FILES_PER_PROPERTY} files"
+            )));
+        }
         let file_name = field.file_name().unwrap_or("").to_string();
         check_file_name(&file_name).map_err(|m| {
             ApiError::bad_request("bad_multipart", format!("file part `{name}`: {m}"))
@@ -204,6 +211,16 @@ pub async fn read_multipart(
             .content_type()
             .unwrap_or("application/octet-stream")
             .to_string();
+        if mimetype.len() > MAX_FILE_NAME_BYTES {
+            return Err(ApiError::bad_request(
+                "bad_multipart",
+                format!(
+                    "file part `{name}`: its Content-Type is at most {MAX_FILE_NAME_BYTES} bytes \
+                     (got {})",
+                    mimetype.len()
+                ),
+            ));
+        }
         let stored = st
             .app
             .blobs
