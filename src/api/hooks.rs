@@ -348,12 +348,14 @@ pub async fn upload(
     let meta_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meta.as_bytes());
     let id = job.id.to_string();
     let attempt = job.attempt.to_string();
-    let sig = st
-        .app
-        .signer
-        .sign(&["put", &id, &attempt, &property, &req.hash, &exp, &meta_b64]);
+    // A fresh nonce per answer: each URL is used once, so one asked again within the same
+    // second (after a failed send) must not be the spent one.
+    let nonce = hex::encode(rand::random::<[u8; 12]>());
+    let sig = st.app.signer.sign(&[
+        "put", &id, &attempt, &property, &req.hash, &exp, &meta_b64, &nonce,
+    ]);
     let url = format!(
-        "{}/async/blobs/upload?job={id}&attempt={attempt}&property={property}&hash={}&exp={exp}&meta={meta_b64}&sig={sig}",
+        "{}/async/blobs/upload?job={id}&attempt={attempt}&property={property}&hash={}&exp={exp}&meta={meta_b64}&n={nonce}&sig={sig}",
         st.app.public_url, req.hash
     );
     Ok(Json(UploadResponse {
@@ -420,6 +422,9 @@ pub struct UploadTarget {
     exp: i64,
     #[serde(default)]
     meta: String,
+    /// The answer's nonce (absent from URLs of builds before it: signed without it).
+    #[serde(default)]
+    n: String,
     sig: String,
 }
 
@@ -433,11 +438,11 @@ async fn check_upload_url(
     let Query(t) = q.map_err(|_| ApiError::bad_signed_url("upload"))?;
     let attempt = t.attempt.to_string();
     let exp = t.exp.to_string();
-    if !st.app.signer.check(
-        &["put", &t.job, &attempt, &t.property, &t.hash, &exp, &t.meta],
-        t.exp,
-        &t.sig,
-    ) {
+    let mut signed = vec!["put", &t.job, &attempt, &t.property, &t.hash, &exp, &t.meta];
+    if !t.n.is_empty() {
+        signed.push(&t.n);
+    }
+    if !st.app.signer.check(&signed, t.exp, &t.sig) {
         return Err(ApiError::bad_signed_url("upload"));
     }
     let id = Uuid::parse_str(&t.job).map_err(|_| ApiError::bad_request("bad_id", "bad job id"))?;
