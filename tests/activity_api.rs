@@ -115,6 +115,9 @@ async fn bad_query_parameters_are_400_naming_the_field() {
         ("/async/activity?colour=blue", "colour"),
         ("/async/dead_letters?type=", "type"),
         ("/async/dead_letters?limit=5", "limit"),
+        ("/async/activity?type=a.%5Bx%5D", "type"),
+        ("/async/dead_letters?type=%7Ba,b%7D", "type"),
+        ("/async/activity?type=%ff", "UTF-8"),
     ];
     for (path, field) in cases {
         let (code, body) = ts.get(path).await;

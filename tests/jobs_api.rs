@@ -461,6 +461,10 @@ async fn list_filters_channel_time_text_dead_and_bad_values_name_their_field() {
         ("text=", "text"),
         ("schedule=", "schedule"),
         ("dead=maybe", "dead"),
+        ("type=a.%5Bx%5D", "type"),
+        ("type=a%5C.b", "type"),
+        ("type=%ff", "UTF-8"),
+        ("channel=caf%C3", "UTF-8"),
     ] {
         let (st, body) = ts.get(&format!("/async/jobs?{query}")).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{query}: {body}");

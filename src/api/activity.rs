@@ -111,7 +111,11 @@ fn type_glob(glob: Option<String>) -> ApiResult<Option<String>> {
         Some(g) if g.is_empty() || g.chars().count() > 256 => {
             Err(bad("`type` must be a glob of 1-256 characters".into()))
         }
-        g => Ok(g),
+        Some(g) => match crate::store::Names::glob_error(&g) {
+            Some(e) => Err(bad(format!("`type`: {e}"))),
+            None => Ok(Some(g)),
+        },
+        None => Ok(None),
     }
 }
 

@@ -196,7 +196,10 @@ where
             Some(rule) => check_host(rule, &req),
             None => Ok(()),
         };
-        if let Err(refused) = host.and_then(|()| check_origin(&self.layer.allowed, &req)) {
+        if let Err(refused) = host
+            .and_then(|()| check_origin(&self.layer.allowed, &req))
+            .and_then(|()| check_query_text(&req))
+        {
             // Refused before the count, as before the layers were one.
             return GateFuture::Refused {
                 answer: Some(refused.into_response()),
@@ -257,6 +260,24 @@ fn already_answered() -> Response {
 /// The host part (`host[:port]`) of an origin.
 fn origin_host(o: &str) -> Option<&str> {
     o.split_once("://").map(|(_, h)| h)
+}
+
+/// A query string whose percent-escapes decode to bytes that are not UTF-8 (`?type=%ff`) is
+/// `400 bad_query`: parsed, they would silently become U+FFFD and filter on another text.
+fn check_query_text(req: &Request) -> Result<(), ApiError> {
+    match req.uri().query() {
+        Some(q)
+            if q.contains('%')
+                && percent_encoding::percent_decode_str(q)
+                    .decode_utf8()
+                    .is_err() =>
+        {
+            Err(ApiError::bad_query(
+                "the query string's %-escapes do not decode to UTF-8 text",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses unsafe requests a browser sends from another origin (the way Go's

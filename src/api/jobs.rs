@@ -413,6 +413,13 @@ fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
     {
         return Err(bad("`type` must be a glob of 1-256 characters".into()));
     }
+    if let Some(e) = q
+        .job_type
+        .as_deref()
+        .and_then(crate::store::Names::glob_error)
+    {
+        return Err(bad(format!("`type`: {e}")));
+    }
     let created_after = filter_time("created_after", q.created_after.as_deref())?;
     let created_before = filter_time("created_before", q.created_before.as_deref())?;
     if let (Some(a), Some(b)) = (created_after, created_before) {

@@ -112,11 +112,8 @@ impl Patterns {
             if g.is_empty() {
                 return Err("a glob must not be empty".into());
             }
-            if let Some(c) = g.chars().find(|c| "[]{}\\".contains(*c)) {
-                return Err(format!(
-                    "`{g}` is not a valid glob: `{c}` has no meaning here (runyard globs have `*`, \
-                     any run of characters, and `?`, one character)"
-                ));
+            if let Some(e) = crate::store::Names::glob_error(g) {
+                return Err(e);
             }
         }
         Ok(Self(crate::store::Names {

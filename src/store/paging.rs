@@ -124,6 +124,17 @@ impl Visibility {
 }
 
 impl Names {
+    /// Why `g` is not a runyard glob (`*` any run of characters, `?` one character): brackets,
+    /// braces and backslashes, which other dialects read as classes, alternatives or escapes,
+    /// are refused rather than taken literally. Grants, runner types and listings' filters alike.
+    pub fn glob_error(g: &str) -> Option<String> {
+        let c = g.chars().find(|c| "[]{}\\".contains(*c))?;
+        Some(format!(
+            "`{g}` is not a valid glob: `{c}` has no meaning here (runyard globs have `*`, \
+             any run of characters, and `?`, one character)"
+        ))
+    }
+
     /// Whether `s` is one of the names, or matches one of the globs.
     pub fn matches(&self, s: &str) -> bool {
         if self.exact {
