@@ -83,8 +83,9 @@ pub struct ActivityBody {
     pub as_of: String,
     /// The start of the first minute (RFC 3339).
     pub since: String,
-    /// The newest event of the global stream when the counts were read (none: no event yet):
-    /// follow the stream from it (`Last-Event-ID`) and count the finishes after `as_of`.
+    /// The newest event of the global stream when the counts were read (none: no event yet, or
+    /// a caller confined to types, which cannot follow the global stream): follow the stream
+    /// from it (`Last-Event-ID`) and count the finishes after `as_of`.
     pub last_event_id: Option<String>,
     /// One entry per minute, oldest first, the current (partial) minute last.
     pub minutes: Vec<Minute>,
@@ -160,7 +161,13 @@ pub(crate) async fn activity(
     let glob = type_glob(q.job_type)?;
     // The newest event before the counts: an event committed in between is counted by both, and
     // a client adds only finishes after `as_of`, so it is not counted twice.
-    let last_event_id = st.app.store.last_event_id().await?;
+    // None for a caller confined to types (channels are 403 here): it cannot follow the global
+    // stream, and its newest id would tell it how many events every other type makes.
+    let last_event_id = if grant.is_confined() {
+        None
+    } else {
+        st.app.store.last_event_id().await?
+    };
     let a = st.app.store.finished_per_minute(minutes).await?;
     let minutes = per_minute(&a, minutes, |t| {
         grant.sees_type(t) && type_matches(glob.as_deref(), t)

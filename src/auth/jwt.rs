@@ -26,6 +26,9 @@ pub struct Verifier {
     validation: Validation,
 }
 
+/// 9999-12-31T23:59:59Z: the largest `exp` taken as a time in seconds.
+const MAX_EXP: u64 = 253_402_300_799;
+
 impl Verifier {
     /// A verifier for `secret`, tolerating `leeway` of clock skew on `exp` and `nbf`; tokens
     /// without `exp` are refused when `require_exp`.
@@ -103,6 +106,15 @@ impl Verifier {
                         _ => return Err("the token's `exp` claim must be a time (seconds)".into()),
                     },
                 };
+                // Past the year 9999: milliseconds taken for seconds (a token that would
+                // never expire), not a time.
+                if exp > MAX_EXP {
+                    return Err(
+                        "the token's `exp` claim must be a time in seconds since the \
+                                epoch (this one is past the year 9999: milliseconds?)"
+                            .into(),
+                    );
+                }
                 Some(exp.saturating_add(self.validation.leeway).saturating_add(1))
             }
             Some(_) => return Err("the token's `exp` claim must be a time (seconds)".into()),
@@ -241,6 +253,21 @@ mod tests {
             &mint(Algorithm::HS256, json!({"channel": "c1"}), SECRET),
             "exp",
         );
+        // An `exp` in milliseconds would never expire: refused, as past the year 9999.
+        refused(
+            &mint(
+                Algorithm::HS256,
+                json!({"channel": "c1", "exp": exp * 1000}),
+                SECRET,
+            ),
+            "milliseconds",
+        );
+        v.verify(&mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": MAX_EXP}),
+            SECRET,
+        ))
+        .unwrap();
         refused(
             &mint(
                 Algorithm::HS256,

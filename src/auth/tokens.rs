@@ -597,8 +597,8 @@ mod tests {
     }
 
     /// How long a JWT's grant lasts: through `exp + leeway + 1` (when jsonwebtoken starts to
-    /// refuse it), none for an API token; an `exp` too far for the clock (`i64::MAX`, the usual
-    /// "never") is no end, and never a panic; an `exp` that is not a time is refused.
+    /// refuse it), none for an API token; an `exp` that is not a time (a string, negative, past
+    /// the year 9999: `i64::MAX`, milliseconds) is refused, and never a panic.
     #[test]
     fn a_jwt_grant_lasts_until_its_token_stops_verifying() {
         use jsonwebtoken::{encode, EncodingKey, Header};
@@ -621,9 +621,15 @@ mod tests {
             .remaining()
             .expect("an end");
         assert!((329..=331).contains(&left.as_secs()), "{left:?}");
-        for never in [serde_json::json!(i64::MAX), serde_json::json!(u64::MAX)] {
-            let g = a.authenticate(&mint(never.clone())).unwrap();
-            assert_eq!(g.remaining(), None, "{never}");
+        // "Never" (`i64::MAX`) or milliseconds taken for seconds: past the year 9999, refused
+        // as not a time (a token that never expires is what `require_exp` refuses), no panic.
+        for never in [
+            serde_json::json!(i64::MAX),
+            serde_json::json!(u64::MAX),
+            serde_json::json!((now + 300) * 1000),
+        ] {
+            let e = a.authenticate(&mint(never.clone())).unwrap_err();
+            assert!(e.contains("year 9999"), "{never}: {e}");
         }
         assert_eq!(a.authenticate("tok-ci").unwrap().remaining(), None);
         for bad in [serde_json::json!("123"), serde_json::json!(-5)] {
