@@ -37,7 +37,7 @@ pub const MAX_ITEMS: usize = 100;
 /// Fills a WAITING job's `seen` and `signal_ids` with what the store holds now (for display).
 pub async fn fill_seen(store: &dyn Store, job: &mut Job) -> crate::store::Result<()> {
     if let Some(w) = job.wait.as_mut() {
-        let seen = seen_now(store, &w.items).await?;
+        let seen = seen_now(store, &w.items, w.until()).await?;
         for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
             item.seen = n;
             item.signal_ids = ids;

@@ -274,7 +274,7 @@ impl Harness {
             .map(|s| json!([s.spec.name, s.version, s.paused]))
             .collect();
         let signals = store
-            .signal_seqs(SIGNAL, 0, 10_000)
+            .signal_seqs(SIGNAL, 0, i64::MAX, 10_000)
             .await
             .expect("signals")
             .len();

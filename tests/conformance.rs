@@ -2173,18 +2173,38 @@ async fn signal_numbers_are_read_lowest_first_and_at_most_the_count(mut b: Backe
         .expect("append");
     }
     assert_eq!(
-        s.signal_seqs(key, 0, 100).await.expect("seqs"),
+        s.signal_seqs(key, 0, i64::MAX, 100).await.expect("seqs"),
         vec![1, 2, 3, 4, 5, 6]
     );
     assert_eq!(
-        s.signal_seqs(key, t0 + 200, 100).await.expect("seqs"),
+        s.signal_seqs(key, t0 + 200, i64::MAX, 100)
+            .await
+            .expect("seqs"),
         vec![3, 4, 5, 6]
     );
     assert_eq!(
-        s.signal_seqs(key, t0 + 200, 2).await.expect("seqs"),
+        s.signal_seqs(key, t0 + 200, i64::MAX, 2)
+            .await
+            .expect("seqs"),
         vec![3, 4]
     );
-    assert!(s.signal_seqs("none", 0, 5).await.expect("seqs").is_empty());
+    // Up to a time (a waiting job's deadline), inclusive: nothing written after it.
+    assert_eq!(
+        s.signal_seqs(key, t0 + 100, t0 + 300, 100)
+            .await
+            .expect("seqs"),
+        vec![2, 3, 4]
+    );
+    assert!(s
+        .signal_seqs(key, 0, t0 - 1, 100)
+        .await
+        .expect("seqs")
+        .is_empty());
+    assert!(s
+        .signal_seqs("none", 0, i64::MAX, 5)
+        .await
+        .expect("seqs")
+        .is_empty());
     // Ten records of one microsecond (jobs finished together, written by an older version): a
     // count of 3 reads 3, not the microsecond's ten; a payload holding the text of a record's
     // number changes nothing.
@@ -2193,16 +2213,19 @@ async fn signal_numbers_are_read_lowest_first_and_at_most_the_count(mut b: Backe
         .collect();
     b.legacy_tied_signals("tied", t0, &tied).await;
     assert_eq!(
-        s.signal_seqs("tied", 0, 3).await.expect("seqs"),
+        s.signal_seqs("tied", 0, i64::MAX, 3).await.expect("seqs"),
         vec![1, 2, 3]
     );
     assert_eq!(
-        s.signal_seqs("tied", 0, 100).await.expect("seqs"),
+        s.signal_seqs("tied", 0, i64::MAX, 100).await.expect("seqs"),
         (1..=10).collect::<Vec<u64>>()
     );
     // Retention's cut shows.
     s.signals_trim(t0 + 450).await.expect("trim");
-    assert_eq!(s.signal_seqs(key, 0, 100).await.expect("seqs"), vec![6]);
+    assert_eq!(
+        s.signal_seqs(key, 0, i64::MAX, 100).await.expect("seqs"),
+        vec![6]
+    );
 }
 
 async fn signals_are_stamped_in_the_order_they_are_written(mut b: Backend) {

@@ -347,6 +347,38 @@ async fn schedule_template(ts: &TestServer) {
     assert!(error_of(&v).1.contains("count"), "{v}");
 }
 
+/// A backfilled fire whose deadline has passed: a record written after that deadline (now) counts
+/// for nothing, so its deadline (`skip`) applies at once, with no record seen.
+async fn a_late_fire_counts_no_record_after_its_deadline(ts: &TestServer, tag: &str) {
+    let name = format!("late-{tag}");
+    let key = format!("late.src.{tag}");
+    let (st, v) = ts
+        .post(
+            "/async/schedules",
+            Some(&json!({"name": name, "cron": "0 19 * * *", "paused": true,
+                "job": {"type": "runyard.noop", "wait_for": [{"key": key, "since": "-1h"}],
+                        "deadline": "+1h", "on_deadline": "skip"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    signal(ts, &key).await;
+    let day = (chrono::Utc::now() - chrono::Duration::days(3)).format("%Y-%m-%d");
+    let bf = json!({"from": format!("{day}T00:00:00Z"), "to": format!("{day}T23:00:00Z")});
+    let (st, v) = ts
+        .post(&format!("/async/schedules/{name}/backfill"), Some(&bf))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let id = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
+    let j = ts.wait_status(&id, "CANCELLED", WAIT).await;
+    assert!(
+        j["error"].as_str().unwrap_or("").starts_with("skipped"),
+        "{j:#}"
+    );
+    assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
+    assert_eq!(j["wait"]["items"][0]["seen"], 0, "{j:#}");
+    assert_eq!(j["wait"]["items"][0]["signal_ids"], json!([]), "{j:#}");
+}
+
 trait Ymd {
     fn year_(&self) -> i32;
     fn month_(&self) -> u32;
@@ -434,6 +466,7 @@ async fn suite(ts: &TestServer, tag: &str) {
     emits_chain(ts, tag).await;
     refusals(ts).await;
     schedule_template(ts).await;
+    a_late_fire_counts_no_record_after_its_deadline(ts, tag).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

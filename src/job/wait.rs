@@ -73,6 +73,13 @@ pub struct Wait {
 }
 
 impl Wait {
+    /// The last time a record counts for the job (inclusive): its deadline, if it has one. A
+    /// record written after the deadline releases nothing, also when the job only starts
+    /// waiting after it (a backfill's or a catch-up's fire).
+    pub fn until(&self) -> Micros {
+        self.deadline.unwrap_or(Micros::MAX)
+    }
+
     /// The `wait` object of the API.
     pub fn to_public(&self) -> Value {
         let items: Vec<Value> = self

@@ -200,7 +200,7 @@ metered! {
         signal_append(key: &str, id: Option<String>, payload: Option<Value>, at: Micros)
             -> (Signal, bool);
         signals_page(key: &str, since: Micros, limit: usize, bytes: usize) -> SignalPage;
-        signal_seqs(key: &str, since: Micros, limit: usize) -> Vec<u64>;
+        signal_seqs(key: &str, since: Micros, until: Micros, limit: usize) -> Vec<u64>;
         signals_trim(before: Micros) -> u64;
         signal_keys(after: Option<&str>, limit: usize) -> Vec<SignalKey>;
     }

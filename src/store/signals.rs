@@ -113,9 +113,16 @@ pub trait SignalStore: Send + Sync {
         limit: usize,
         bytes: usize,
     ) -> Result<SignalPage>;
-    /// The numbers (`seq`) of at most `limit` of `key`'s records written at or after `since`,
-    /// lowest first; no payload leaves the store.
-    async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>>;
+    /// The numbers (`seq`) of at most `limit` of `key`'s records written at or after `since`
+    /// and at or before `until` (a waiting job's deadline: a record after it counts for
+    /// nothing; `Micros::MAX` for none), lowest first; no payload leaves the store.
+    async fn signal_seqs(
+        &self,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        limit: usize,
+    ) -> Result<Vec<u64>>;
     /// Deletes records written before `before`; returns how many.
     async fn signals_trim(&self, before: Micros) -> Result<u64>;
     /// The keys that keep records, by name, after `after` (exclusive), at most `limit`.

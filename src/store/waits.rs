@@ -35,11 +35,11 @@ const SEEN_READS_AT_ONCE: usize = 8;
 /// numbers only, never their payloads. Up to [`SEEN_READS_AT_ONCE`] items are read at once (on
 /// Redis they go out together on the multiplexed connection; the embedded store's pool keeps
 /// that many readers open), in order: the first failing item's error is returned.
-pub async fn seen_now(store: &dyn SignalStore, items: &[WaitItem]) -> Result<Seen> {
+pub async fn seen_now(store: &dyn SignalStore, items: &[WaitItem], until: Micros) -> Result<Seen> {
     use futures::{StreamExt, TryStreamExt};
     let mut reads = Vec::with_capacity(items.len());
     for i in items {
-        reads.push(store.signal_seqs(&i.key, i.since.unwrap_or(0), i.needed as usize));
+        reads.push(store.signal_seqs(&i.key, i.since.unwrap_or(0), until, i.needed as usize));
     }
     let seqs: Vec<Vec<u64>> = futures::stream::iter(reads)
         .buffered(SEEN_READS_AT_ONCE)

@@ -119,6 +119,11 @@ pub(super) fn wait_deadline(
     if job.status != Waiting || !due {
         return Err(illegal(job, "reach a deadline"));
     }
+    // `seen` counts the records written up to the deadline: when they were all there (a check
+    // that came late, on Redis), the signals released the job, not the deadline.
+    if job.wait.as_ref().is_some_and(|w| all_met(&w.items, &seen)) {
+        return wait_release(job, ctx, seen);
+    }
     let Some(w) = job.wait.as_mut() else {
         return Err(illegal(job, "reach a deadline"));
     };

@@ -99,12 +99,19 @@ impl SignalStore for RedisStore {
         })
     }
 
-    async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>> {
+    async fn signal_seqs(
+        &self,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
         let args = [
             since.to_string(),
             limit.to_string(),
             "0".into(),
             "seqs".into(),
+            until.to_string(),
         ];
         let (_, mut seqs): (i64, Vec<u64>) = self
             .run_script(&PAGE, &[self.keyed("sig:", key)], &args)

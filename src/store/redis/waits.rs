@@ -32,14 +32,20 @@ impl RedisStore {
         let Some((job, _)) = self.load(id).await? else {
             return Ok(None);
         };
-        let items = job.wait.map(|w| w.items).unwrap_or_default();
-        let seen = seen_now(self, &items).await?;
+        let (items, until) = job
+            .wait
+            .map(|w| {
+                let until = w.until();
+                (w.items, until)
+            })
+            .unwrap_or_default();
+        let seen = seen_now(self, &items, until).await?;
         Ok(Some((items, seen)))
     }
 
-    /// Whether each item's key holds at least its `needed` records since its `since`
-    /// (`ZCOUNT`, pipelined).
-    async fn counts_reach(&self, items: &[WaitItem]) -> Result<bool> {
+    /// Whether each item's key holds at least its `needed` records since its `since`, up to
+    /// `until` (`ZCOUNT`, pipelined).
+    async fn counts_reach(&self, items: &[WaitItem], until: Micros) -> Result<bool> {
         if items.is_empty() {
             return Ok(true);
         }
@@ -51,7 +57,7 @@ impl RedisStore {
             .exec(true, |mut c| {
                 let mut pipe = ::redis::pipe();
                 for (k, since, _) in &keys {
-                    pipe.cmd("ZCOUNT").arg(k).arg(*since).arg("+inf");
+                    pipe.cmd("ZCOUNT").arg(k).arg(*since).arg(until);
                 }
                 async move { pipe.query_async(&mut c).await }
             })
@@ -78,10 +84,10 @@ impl WaitStore for RedisStore {
         };
         // Counted first (one round trip, no record read): a signal marks every job waiting on
         // its key, and most such checks find an item short.
-        if !self.counts_reach(&w.items).await? {
+        if !self.counts_reach(&w.items, w.until()).await? {
             return Ok(false);
         }
-        let seen = seen_now(self, &w.items).await?;
+        let seen = seen_now(self, &w.items, w.until()).await?;
         if !all_met(&w.items, &seen) {
             return Ok(false);
         }

@@ -124,12 +124,13 @@ pub(super) fn seqs_in(
     conn: &rusqlite::Connection,
     key: &str,
     since: Micros,
+    until: Micros,
     limit: usize,
 ) -> Result<Vec<u64>> {
     let seqs: Vec<i64> = rows(
         conn,
-        "SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 ORDER BY seq LIMIT ?3",
-        params![key, since, limit as i64],
+        "SELECT seq FROM signals WHERE key = ?1 AND at >= ?2 AND at <= ?3 ORDER BY seq LIMIT ?4",
+        params![key, since, until, limit as i64],
         |r| r.get(0),
     )?;
     Ok(seqs.into_iter().map(|s| s.max(0) as u64).collect())
@@ -207,9 +208,16 @@ impl SignalStore for SqliteStore {
         .await
     }
 
-    async fn signal_seqs(&self, key: &str, since: Micros, limit: usize) -> Result<Vec<u64>> {
+    async fn signal_seqs(
+        &self,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
         let key = key.to_string();
-        self.read(move |c| seqs_in(c, &key, since, limit)).await
+        self.read(move |c| seqs_in(c, &key, since, until, limit))
+            .await
     }
 
     async fn signals_trim(&self, before: Micros) -> Result<u64> {

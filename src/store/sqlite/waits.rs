@@ -28,13 +28,13 @@ CREATE TABLE IF NOT EXISTS wait_deadlines (
 CREATE INDEX IF NOT EXISTS wait_deadlines_at ON wait_deadlines(deadline);
 "#;
 
-/// The records each item has (at most `needed`), on the writer's connection.
-fn seen_in(conn: &rusqlite::Connection, items: &[WaitItem]) -> Result<Seen> {
+/// The records each item has up to `until` (at most `needed`), on the writer's connection.
+fn seen_in(conn: &rusqlite::Connection, items: &[WaitItem], until: Micros) -> Result<Seen> {
     items
         .iter()
         .map(|i| {
-            let seqs =
-                super::signals::seqs_in(conn, &i.key, i.since.unwrap_or(0), i.needed as usize)?;
+            let (since, n) = (i.since.unwrap_or(0), i.needed as usize);
+            let seqs = super::signals::seqs_in(conn, &i.key, since, until, n)?;
             Ok((seqs.len() as u32, seqs))
         })
         .collect()
@@ -48,7 +48,7 @@ fn check_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<bool> {
     let Some(w) = &job.wait else {
         return Ok(false);
     };
-    let seen = seen_in(ctx.conn, &w.items)?;
+    let seen = seen_in(ctx.conn, &w.items, w.until())?;
     if !all_met(&w.items, &seen) {
         return Ok(false);
     }
@@ -145,12 +145,12 @@ impl WaitStore for SqliteStore {
                     leave_in(ctx.conn, &id)?;
                     continue;
                 };
-                let items = job
+                let (items, until) = job
                     .wait
                     .as_ref()
-                    .map(|w| w.items.clone())
+                    .map(|w| (w.items.clone(), w.until()))
                     .unwrap_or_default();
-                let seen = seen_in(ctx.conn, &items)?;
+                let seen = seen_in(ctx.conn, &items, until)?;
                 match apply_in(ctx, &mut job, Command::WaitDeadline { seen }, now) {
                     Ok(()) => out.push(job),
                     // No longer waiting (an index entry left behind): drop it.

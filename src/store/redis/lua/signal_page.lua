@@ -4,7 +4,8 @@
 -- ARGV[1] since (µs, inclusive), ARGV[2] records at most, ARGV[3] bytes: the page ends once its
 -- records reach this many bytes, ARGV[4] 'page' (return the records) or 'seqs' (only their
 -- numbers, read from each record's `"seq":N`; no byte budget, and at most the count: the lowest
--- numbers of the last microsecond read).
+-- numbers of the last microsecond read), ARGV[5] (optional) until (µs, inclusive): no record
+-- written after it is read.
 -- The rule of `page_ends` (src/store/signals.rs): a page ends at its count or its bytes, never
 -- between two records of the same microsecond, and never before its first record. Records are
 -- read 8 at a time by rank, so the script holds at most the page and 8 records more, whatever
@@ -12,6 +13,7 @@
 -- Returns {more, items}: more = 1 when the page was cut (records after its last may exist).
 local k = KEYS[1]
 local since, limit, budget, mode = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local upto = tonumber(ARGV[5])
 local rank = redis.call('ZCOUNT', k, '-inf', '(' .. since)
 local out, n, bytes, last, first = {}, 0, 0, nil, 1
 -- A read of numbers keeps `limit` of them: the lowest of its last microsecond's (one
@@ -30,6 +32,7 @@ while true do
   if #got == 0 then return {0, fit(out)} end
   for j = 1, #got, 2 do
     local rec, at = got[j], got[j + 1]
+    if upto and tonumber(at) > upto then return {0, fit(out)} end
     if n > 0 and (n >= limit or (mode == 'page' and bytes >= budget)) and at ~= last then
       return {1, fit(out)}
     end
