@@ -506,8 +506,7 @@ async fn trigger(
 ) -> ApiResult<Response> {
     let s = load(&st, &name).await?;
     super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
-    // Millisecond precision: two triggers in the same millisecond are the same fire.
-    let t = clock() / 1000 * 1000;
+    let t = crate::schedule::trigger_time(clock());
     let subs = firing(&st)
         .fire_now(&name, &[t])
         .await

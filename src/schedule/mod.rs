@@ -512,6 +512,19 @@ pub fn new_schedule(spec: ScheduleSpec, proto: Job, c: &CronSpec, now: Micros) -
     }
 }
 
+/// The fire time of a `trigger` at `now` (µs): millisecond precision, so two triggers in the same
+/// millisecond are one fire; never a whole second, whose key (`schedule:{name}:{second}`) is the
+/// clock fire's of that second (a trigger landing on `…:00.000` took it, and two fires made one
+/// job): such a trigger's time is the millisecond after.
+pub fn trigger_time(now: Micros) -> Micros {
+    let t = now / 1000 * 1000;
+    if t % 1_000_000 == 0 {
+        t + 1000
+    } else {
+        t
+    }
+}
+
 /// The current time (µs); a function so that callers can be given another clock in tests.
 pub fn clock() -> Micros {
     now_us()
@@ -520,6 +533,19 @@ pub fn clock() -> Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trigger_never_takes_a_clock_fires_whole_second() {
+        let sec = 1_796_415_491_000_000;
+        assert_eq!(trigger_time(sec), sec + 1000);
+        assert_eq!(
+            trigger_time(sec + 999),
+            sec + 1000,
+            "µs cut to the millisecond"
+        );
+        assert_eq!(trigger_time(sec + 36_879_123), sec + 36_879_000);
+        assert_ne!(fire_time_text(trigger_time(sec)), fire_time_text(sec));
+    }
 
     const S: Micros = 1_000_000;
 
