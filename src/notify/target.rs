@@ -57,7 +57,7 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
 fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
     if let Some(v4) = ip.to_ipv4_mapped() {
-        return forbidden_v4(v4).map(|_| "an IPv4-mapped address of a forbidden range");
+        return forbidden_v4(v4).map(|_| "IPv4-mapped, of a forbidden IPv4 range");
     }
     let embedded =
         |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
@@ -77,9 +77,9 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "documentation (2001:db8::/32)"
     } else if s[0] == 0x0064 && s[1] == 0xff9b {
         // NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48): the IPv4 address at the end.
-        return forbidden_v4(embedded(s[6], s[7])).map(|_| "a NAT64 address of a forbidden range");
+        return forbidden_v4(embedded(s[6], s[7])).map(|_| "NAT64, of a forbidden IPv4 range");
     } else if s[0] == 0x2002 {
-        return forbidden_v4(embedded(s[1], s[2])).map(|_| "a 6to4 address of a forbidden range");
+        return forbidden_v4(embedded(s[1], s[2])).map(|_| "6to4, of a forbidden IPv4 range");
     } else if s[..6] == [0, 0, 0, 0, 0, 0] {
         "IPv4-compatible (::/96)"
     } else {
@@ -91,7 +91,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// The refusal message for `ip` reached from `host`.
 fn refusal(host: &str, ip: IpAddr, why: &str) -> String {
     format!(
-        "`{host}` resolves to {ip}, a {why} address: webhooks may not reach it unless \
+        "`{host}` resolves to {ip} (a forbidden address: {why}): webhooks may not reach it unless \
          `notify.allow_private = true`"
     )
 }
