@@ -345,17 +345,16 @@ pub async fn upload(
         }
     }
     let exp = (now_us() / 1_000_000 + URL_TTL_SECS).to_string();
+    let meta = super::signed_url::with_nonce(meta);
     let meta_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meta.as_bytes());
     let id = job.id.to_string();
     let attempt = job.attempt.to_string();
-    // A fresh nonce per answer: each URL is used once, so one asked again within the same
-    // second (after a failed send) must not be the spent one.
-    let nonce = hex::encode(rand::random::<[u8; 12]>());
-    let sig = st.app.signer.sign(&[
-        "put", &id, &attempt, &property, &req.hash, &exp, &meta_b64, &nonce,
-    ]);
+    let sig = st
+        .app
+        .signer
+        .sign(&["put", &id, &attempt, &property, &req.hash, &exp, &meta_b64]);
     let url = format!(
-        "{}/async/blobs/upload?job={id}&attempt={attempt}&property={property}&hash={}&exp={exp}&meta={meta_b64}&n={nonce}&sig={sig}",
+        "{}/async/blobs/upload?job={id}&attempt={attempt}&property={property}&hash={}&exp={exp}&meta={meta_b64}&sig={sig}",
         st.app.public_url, req.hash
     );
     Ok(Json(UploadResponse {
@@ -422,9 +421,6 @@ pub struct UploadTarget {
     exp: i64,
     #[serde(default)]
     meta: String,
-    /// The answer's nonce (absent from URLs of builds before it: signed without it).
-    #[serde(default)]
-    n: String,
     sig: String,
 }
 
@@ -438,11 +434,11 @@ async fn check_upload_url(
     let Query(t) = q.map_err(|_| ApiError::bad_signed_url("upload"))?;
     let attempt = t.attempt.to_string();
     let exp = t.exp.to_string();
-    let mut signed = vec!["put", &t.job, &attempt, &t.property, &t.hash, &exp, &t.meta];
-    if !t.n.is_empty() {
-        signed.push(&t.n);
-    }
-    if !st.app.signer.check(&signed, t.exp, &t.sig) {
+    if !st.app.signer.check(
+        &["put", &t.job, &attempt, &t.property, &t.hash, &exp, &t.meta],
+        t.exp,
+        &t.sig,
+    ) {
         return Err(ApiError::bad_signed_url("upload"));
     }
     let id = Uuid::parse_str(&t.job).map_err(|_| ApiError::bad_request("bad_id", "bad job id"))?;

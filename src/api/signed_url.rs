@@ -45,3 +45,38 @@ impl UrlSigner {
         want.as_bytes().ct_eq(sig.as_bytes()).into()
     }
 }
+
+/// `meta` (the metadata's JSON) followed by 96 random bits written as JSON whitespace (space,
+/// tab, newline, carriage return: two bits each). Each URL is used once (its signature is the
+/// key), so one asked again within the same second after a failed send must differ from the
+/// spent one; the nonce rides in the signed `meta` rather than a field of its own, so that a
+/// node of an older build, which signs only the fields it knows, verifies it too and reads the
+/// same metadata (JSON ignores trailing whitespace).
+pub fn with_nonce(mut meta: String) -> String {
+    const WS: [char; 4] = [' ', '\t', '\n', '\r'];
+    for b in rand::random::<[u8; 12]>() {
+        for shift in [0, 2, 4, 6] {
+            meta.push(WS[usize::from((b >> shift) & 3)]);
+        }
+    }
+    meta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nonce changes the signed text every time and the metadata it decodes to never.
+    #[test]
+    fn a_nonce_changes_the_text_not_the_metadata() {
+        let meta = r#"{"name":"out.csv","rows":3}"#.to_string();
+        let a = with_nonce(meta.clone());
+        let b = with_nonce(meta.clone());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), meta.len() + 48);
+        let want: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        for m in [a, b] {
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&m).unwrap(), want);
+        }
+    }
+}
