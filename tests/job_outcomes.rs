@@ -79,6 +79,13 @@ max_attempts = 3
 command = ["/bin/sh", "-c", "printf %s \"$JOB_ARGS\" | wc -c"]
 
 [[runners]]
+name = "chatty"
+kind = "local"
+types = ["sh.chatty"]
+max_attempts = 1
+command = ["/bin/sh", "-c", "seq 1 200000; echo 'FATAL: it broke' >&2; exit 1"]
+
+[[runners]]
 name = "toobig"
 kind = "local"
 types = ["sh.toobig"]
@@ -106,6 +113,47 @@ async fn logs(ts: &TestServer, id: &str) -> Vec<String> {
         .flatten()
         .map(|l| l["line"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// Every stored line of the job, `limit` a page, following `next`.
+async fn all_logs(ts: &TestServer, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let (st, v) = ts
+            .get(&format!("/async/jobs/{id}/logs?after={after}&limit=10000"))
+            .await;
+        assert!(st.is_success(), "{v}");
+        let lines = v["lines"].as_array().cloned().unwrap_or_default();
+        out.extend(
+            lines
+                .iter()
+                .map(|l| l["line"].as_str().unwrap_or_default().to_string()),
+        );
+        match v["next"].as_u64() {
+            Some(n) if !lines.is_empty() => after = n,
+            _ => return out,
+        }
+    }
+}
+
+/// A job that writes faster than its lines can be stored (200,000 lines at once, then its
+/// error): the newest lines are kept, so its last stdout line and its final stderr line are
+/// there (the buffer used to drop the newest, the job's error among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_job_keeps_its_last_lines() {
+    let ts = start().await;
+    let id = ts.submit_ok(json!({"type": "sh.chatty"})).await;
+    let job = ts.wait_terminal(&id, WAIT * 2).await;
+    assert_eq!(job["status"], "ERROR", "{job:#}");
+    let lines = all_logs(&ts, &id).await;
+    let n = lines.len();
+    assert!(n >= 2, "{n} lines");
+    assert_eq!(
+        (lines[n - 2].as_str(), lines[n - 1].as_str()),
+        ("200000", "FATAL: it broke"),
+        "the last of {n} lines stored"
+    );
 }
 
 fn runs(job: &Value) -> &Vec<Value> {

@@ -3,6 +3,7 @@
 //! The worker sends batches to the store (`src/worker/reporter.rs`), `runyard launch` through the
 //! job's signed hook (`src/cli/launch.rs`): each gives its own [`BatchSink`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -29,16 +30,30 @@ pub trait BatchSink: Send + Sync + 'static {
     async fn send(&self, batch: Batch);
 }
 
-/// A [`Reporter`] that buffers (at most `max_lines` lines: beyond, lines are dropped rather than
-/// memory growing without bound) and flushes at most `delay` after the first unsent report.
+/// What is buffered: lines (the newest `max_lines`), how many older ones were dropped since the
+/// last batch, and the latest progress.
+#[derive(Default)]
+struct Pending {
+    lines: VecDeque<(LogStream, SystemTime, String)>,
+    dropped: u64,
+    progress: Option<(f64, Option<Value>)>,
+}
+
+/// A [`Reporter`] that buffers and flushes at most `delay` after the first unsent report, at
+/// once when `max_lines` lines wait. Beyond `max_lines` (a job that writes faster than the sink
+/// takes its lines) the oldest waiting lines are dropped rather than memory growing without
+/// bound, and the next batch starts with a line saying how many: a job's last lines, its final
+/// error, are never the ones lost, and no gap is silent.
 pub struct BufferedReporter<S> {
     sink: S,
     /// Itself, for the delayed flush task (which must not keep the reporter alive).
     me: Weak<Self>,
     delay: Duration,
     max_lines: usize,
-    pending: Mutex<Batch>,
+    pending: Mutex<Pending>,
     scheduled: AtomicBool,
+    /// A flush at once (the buffer is full) is on its way.
+    urgent: AtomicBool,
     /// Serialises flushes so batches reach the sink in order.
     flushing: tokio::sync::Mutex<()>,
 }
@@ -50,9 +65,10 @@ impl<S: BatchSink> BufferedReporter<S> {
             sink,
             me: me.clone(),
             delay,
-            max_lines,
-            pending: Mutex::new(Batch::default()),
+            max_lines: max_lines.max(1),
+            pending: Mutex::new(Pending::default()),
             scheduled: AtomicBool::new(false),
+            urgent: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
         })
     }
@@ -60,7 +76,25 @@ impl<S: BatchSink> BufferedReporter<S> {
     /// Sends whatever is buffered now (the attempt's last word goes through here).
     pub async fn flush(&self) {
         let _order = self.flushing.lock().await;
-        let batch = std::mem::take(&mut *self.pending.lock());
+        let p = std::mem::take(&mut *self.pending.lock());
+        let mut lines = Vec::with_capacity(p.lines.len() + 1);
+        if p.dropped > 0 {
+            let first = p.lines.front().map_or_else(SystemTime::now, |l| l.1);
+            lines.push((
+                LogStream::Stderr,
+                first,
+                format!(
+                    "[runyard] {} line(s) dropped here: the job wrote them faster than they \
+                     could be stored (the newest are kept)",
+                    p.dropped
+                ),
+            ));
+        }
+        lines.extend(p.lines);
+        let batch = Batch {
+            lines,
+            progress: p.progress,
+        };
         if !batch.lines.is_empty() || batch.progress.is_some() {
             self.sink.send(batch).await;
         }
@@ -74,7 +108,25 @@ impl<S: BatchSink> BufferedReporter<S> {
             return false;
         };
         let p = self.pending.lock();
-        p.lines.is_empty() && p.progress.is_none()
+        p.lines.is_empty() && p.progress.is_none() && p.dropped == 0
+    }
+
+    /// A flush now, not after `delay`: the buffer is full.
+    fn flush_soon(&self) {
+        if self.urgent.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.urgent.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.me.clone();
+        rt.spawn(async move {
+            if let Some(me) = me.upgrade() {
+                me.urgent.store(false, Ordering::Release);
+                me.flush().await;
+            }
+        });
     }
 
     fn schedule(&self) {
@@ -101,15 +153,21 @@ impl<S: BatchSink> BufferedReporter<S> {
 
 impl<S: BatchSink> Reporter for BufferedReporter<S> {
     fn log(&self, stream: LogStream, line: String) {
-        {
+        let full = {
             let mut p = self.pending.lock();
             if p.lines.len() >= self.max_lines {
-                // The sink is slower than the job: drop rather than grow without bound.
-                return;
+                // The sink is slower than the job: the oldest goes, not the newest.
+                p.lines.pop_front();
+                p.dropped += 1;
             }
-            p.lines.push((stream, SystemTime::now(), line));
+            p.lines.push_back((stream, SystemTime::now(), line));
+            p.lines.len() >= self.max_lines
+        };
+        if full {
+            self.flush_soon();
+        } else {
+            self.schedule();
         }
-        self.schedule();
     }
 
     fn progress(&self, progress: f64, details: Option<Value>) {
@@ -133,9 +191,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_lines_after_the_delay_and_caps_the_buffer() {
+    async fn batches_lines_after_the_delay() {
         let sink = Arc::new(Collect::default());
-        let r = BufferedReporter::new(sink.clone(), Duration::from_millis(50), 3);
+        let r = BufferedReporter::new(sink.clone(), Duration::from_millis(50), 10);
         for i in 0..5 {
             r.log(LogStream::Stdout, format!("l{i}"));
         }
@@ -145,12 +203,33 @@ mod tests {
         let batches = sink.0.lock();
         assert_eq!(batches.len(), 1, "one batch for a burst");
         let texts: Vec<&str> = batches[0].lines.iter().map(|l| l.2.as_str()).collect();
-        assert_eq!(
-            texts,
-            ["l0", "l1", "l2"],
-            "lines beyond the cap are dropped"
-        );
+        assert_eq!(texts, ["l0", "l1", "l2", "l3", "l4"]);
         assert_eq!(batches[0].progress.as_ref().map(|p| p.0), Some(0.5));
+    }
+
+    /// Lines written faster than the sink takes them (here, all before any flush can run, on a
+    /// current-thread runtime): the oldest are dropped, the newest, the job's last word, kept,
+    /// and the batch says how many went.
+    #[tokio::test]
+    async fn a_full_buffer_keeps_the_newest_lines_and_says_how_many_went() {
+        let sink = Arc::new(Collect::default());
+        let r = BufferedReporter::new(sink.clone(), Duration::from_secs(3600), 3);
+        for i in 0..5 {
+            r.log(LogStream::Stdout, format!("l{i}"));
+        }
+        r.log(LogStream::Stderr, "FATAL".into());
+        r.flush().await;
+        let batches = sink.0.lock();
+        let texts: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
+            .collect();
+        assert_eq!(texts.len(), 4, "{texts:?}");
+        assert!(
+            texts[0].contains("3 line(s) dropped"),
+            "the gap is said: {texts:?}"
+        );
+        assert_eq!(&texts[1..], ["l3", "l4", "FATAL"]);
     }
 
     #[tokio::test]
