@@ -134,6 +134,41 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
     assert!(text.lines().nth(1).unwrap().contains("sh.fail"), "{text}");
 }
 
+/// `runyard logs ID | head -1`: the reader goes away after a line; the command ends quietly
+/// with 141 (as a Unix tool killed by SIGPIPE), not with a panic's 101.
+#[test]
+fn logs_into_a_closed_pipe_end_quietly() {
+    let s = serve(
+        r#"
+[[runners]]
+kind = "local"
+types = ["sh.*"]
+command = ["/bin/sh", "-c", "seq 1 5000"]
+max_attempts = 1
+"#,
+    );
+    let ok = cli(&s.url, &["submit", "sh.many", "--wait"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let job: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    let id = job["id"].as_str().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["logs", id])
+        .env("RUNYARD_SERVER", &s.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.trim_end().ends_with(" 1"), "{first}");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn logs_follow_prints_until_the_job_ends() {
     let s = serve(

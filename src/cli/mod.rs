@@ -283,6 +283,12 @@ fn server_config(command: &Cmd) -> Option<Result<Config, crate::config::ConfigEr
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Cmd::Serve(_) | Cmd::Worker(_) | Cmd::Bench(_) | Cmd::BenchBareServer | Cmd::Launch(_)
+    ) {
+        quiet_on_closed_stdout();
+    }
     crate::logging::init(
         cli.log_format,
         log_filter(
@@ -366,6 +372,25 @@ pub fn main() -> ExitCode {
             exit::code_of(&e)
         }
     }
+}
+
+/// A client command whose reader went away (`runyard logs ID | head`) ends quietly with 141, as
+/// a Unix tool killed by SIGPIPE does, instead of a panic: `print!` panics on a closed stdout
+/// (Rust ignores SIGPIPE, and it stays ignored: the commands' sockets rely on it).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
