@@ -107,6 +107,16 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(st["id"], id);
 
+    // `--timeout` in plain seconds, as the API's number, or with a unit.
+    for (t, ms) in [("500", 500_000), ("2m", 120_000)] {
+        let out = cli(&s.url, &["submit", "sh.ok", "--timeout", t]);
+        assert!(out.status.success(), "--timeout {t}: {out:?}");
+        let tid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let st = cli(&s.url, &["status", &tid]);
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert_eq!(v["timeout_ms"], ms, "--timeout {t}: {v}");
+    }
+
     let failed = cli(&s.url, &["submit", "sh.fail", "--wait"]);
     assert!(!failed.status.success(), "ERROR must exit non-zero");
     let fj: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();

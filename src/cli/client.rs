@@ -42,7 +42,7 @@ pub struct SubmitArgs {
     /// Follow the job until it ends; print the final job; exit 0 only on SUCCESS.
     #[arg(long)]
     pub wait: bool,
-    /// Per-attempt time limit, e.g. 30s.
+    /// Per-attempt time limit, e.g. 30s, 10m, or plain seconds (500).
     #[arg(long)]
     pub timeout: Option<String>,
     /// Attempts.
@@ -362,7 +362,14 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         body["args"] = args;
     }
     for (k, v) in [
-        ("timeout", a.timeout.map(Value::from)),
+        // Plain digits are seconds, as the API's JSON number (its string form needs a unit).
+        (
+            "timeout",
+            a.timeout.map(|t| {
+                t.parse::<u64>()
+                    .map_or_else(|_| Value::from(t), Value::from)
+            }),
+        ),
         ("max_attempts", a.max_attempts.map(Value::from)),
         ("idempotency_key", a.idempotency_key.map(Value::from)),
         ("channel", a.channel.map(Value::from)),
