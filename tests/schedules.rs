@@ -542,6 +542,14 @@ async fn put_keeps_or_sets_pause(ts: &TestServer) {
     let (st, v) = ts.post(&format!("{path}/pause"), None).await;
     assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(true)), "{v}");
     let paused_at = now_s();
+    // A POST of the same body, `paused` given either way, is "the same schedule" (200) and
+    // changes nothing: the answer shows it paused, as it is.
+    for p in [false, true] {
+        let mut again = body.clone();
+        again["paused"] = json!(p);
+        let (st, v) = ts.post("/async/schedules", Some(&again)).await;
+        assert_eq!((st, &v["paused"]), (StatusCode::OK, &json!(true)), "{v}");
+    }
     tokio::time::sleep(Duration::from_millis(3500)).await;
 
     // The same body with other args, `paused` left out: still paused, nothing fires.

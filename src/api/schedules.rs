@@ -314,7 +314,13 @@ async fn create(
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
-            if cur.spec == spec {
+            // `paused` is not compared: a POST never pauses or resumes (PUT does), and the
+            // answer shows the schedule as it is now.
+            let same = ScheduleSpec {
+                paused: cur.spec.paused,
+                ..spec.clone()
+            };
+            if cur.spec == same {
                 return Ok(show(&cur, StatusCode::OK));
             }
             return Err(ApiError::conflict(
