@@ -39,8 +39,8 @@ struct Pending {
     progress: Option<(f64, Option<Value>)>,
 }
 
-/// A [`Reporter`] that buffers and flushes at most `delay` after the first unsent report, at
-/// once when `max_lines` lines wait. Beyond `max_lines` (a job that writes faster than the sink
+/// A [`Reporter`] that buffers and flushes at most `delay` after the first unsent report (at most
+/// one batch per `delay`, however fast the job writes). Beyond `max_lines` (a job that writes faster than the sink
 /// takes its lines) the oldest waiting lines are dropped rather than memory growing without
 /// bound, and the next batch starts with a line saying how many: a job's last lines, its final
 /// error, are never the ones lost, and no gap is silent.
@@ -52,8 +52,6 @@ pub struct BufferedReporter<S> {
     max_lines: usize,
     pending: Mutex<Pending>,
     scheduled: AtomicBool,
-    /// A flush at once (the buffer is full) is on its way.
-    urgent: AtomicBool,
     /// Serialises flushes so batches reach the sink in order.
     flushing: tokio::sync::Mutex<()>,
 }
@@ -68,7 +66,6 @@ impl<S: BatchSink> BufferedReporter<S> {
             max_lines: max_lines.max(1),
             pending: Mutex::new(Pending::default()),
             scheduled: AtomicBool::new(false),
-            urgent: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
         })
     }
@@ -111,24 +108,6 @@ impl<S: BatchSink> BufferedReporter<S> {
         p.lines.is_empty() && p.progress.is_none() && p.dropped == 0
     }
 
-    /// A flush now, not after `delay`: the buffer is full.
-    fn flush_soon(&self) {
-        if self.urgent.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.urgent.store(false, Ordering::Release);
-            return;
-        };
-        let me = self.me.clone();
-        rt.spawn(async move {
-            if let Some(me) = me.upgrade() {
-                me.urgent.store(false, Ordering::Release);
-                me.flush().await;
-            }
-        });
-    }
-
     fn schedule(&self) {
         if self.scheduled.swap(true, Ordering::AcqRel) {
             return;
@@ -153,7 +132,7 @@ impl<S: BatchSink> BufferedReporter<S> {
 
 impl<S: BatchSink> Reporter for BufferedReporter<S> {
     fn log(&self, stream: LogStream, line: String) {
-        let full = {
+        {
             let mut p = self.pending.lock();
             if p.lines.len() >= self.max_lines {
                 // The sink is slower than the job: the oldest goes, not the newest.
@@ -161,13 +140,8 @@ impl<S: BatchSink> Reporter for BufferedReporter<S> {
                 p.dropped += 1;
             }
             p.lines.push_back((stream, SystemTime::now(), line));
-            p.lines.len() >= self.max_lines
-        };
-        if full {
-            self.flush_soon();
-        } else {
-            self.schedule();
         }
+        self.schedule();
     }
 
     fn progress(&self, progress: f64, details: Option<Value>) {

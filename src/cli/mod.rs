@@ -386,7 +386,10 @@ fn quiet_on_closed_stdout() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+        // `print!`, and clap_complete's writer (`runyard completions bash | head`).
+        let printing = msg.starts_with("failed printing to stdout")
+            || msg.starts_with("failed to write completion file");
+        if printing && msg.contains("Broken pipe") {
             std::process::exit(141);
         }
         default(info);
