@@ -166,10 +166,34 @@ scopes = ["admin"]
             page.goto(f"{srv.url}/#/signals")
             expect(page.locator("body")).to_have_attribute("data-ready", "/signals", timeout=10000)
             expect(page.locator("#signal-send")).to_have_count(1 if can_act else 0)
+            if not can_act:
+                # Signing out ends the page's event stream (the only one open on the server:
+                # it would go on reading with the token's rights).
+                page.goto(f"{srv.url}/#/jobs")
+                expect(page.locator("#live")).to_have_text("live", timeout=10000)
+                assert _streams_open(srv, tokens["ops"]) == 1
+                page.locator("#signout").click()
+                expect(page.locator("#signin")).to_be_visible(timeout=10000)
+                expect(page.locator("#live")).to_have_text("signed out")
+                deadline = time.time() + 30
+                while _streams_open(srv, tokens["ops"]) != 0 and time.time() < deadline:
+                    time.sleep(0.2)
+                assert _streams_open(srv, tokens["ops"]) == 0, "the stream outlived the sign-out"
             ctx.close()
         srv.call("POST", f"/async/jobs/{job}/cancel", token=tokens["ops"])
     finally:
         srv.stop()
+
+
+def _streams_open(srv, token: str) -> float:
+    """`runyard_event_streams_open` from the server's /metrics."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{srv.url}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("runyard_event_streams_open"))
 
 
 def _jwt(secret: str, claims: dict) -> str:

@@ -22,7 +22,8 @@ def open_page(page, server, route="/"):
 
 def test_the_signals_page_shows_a_signal_sent_through_the_api(server, page):
     key = f"src.orders.{uuid.uuid4().hex[:6]}"
-    waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key, "count": 3}], "deadline": "+1h"})
+    waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key, "count": 3}], "deadline": "+1h",
+                             "on_deadline": "fail"})
     assert server.wait(waiting, {"WAITING"})["status"] == "WAITING"
     status, rec = server.call("POST", f"/async/signals/{key}", {"payload": {"batch": 7}, "id": "b7"})
     assert status == 201, rec
@@ -51,7 +52,7 @@ def test_the_signals_page_shows_a_signal_sent_through_the_api(server, page):
     # The waiting job's own page says what it waits for.
     open_page(page, server, f"/job/{waiting}")
     expect(page.locator("#why")).to_contain_text(f"Waiting for signal {key} (2 of 3")
-    expect(page.locator("#why")).to_contain_text("deadline")
+    expect(page.locator("#why")).to_contain_text("(then fail)")
     server.call("POST", f"/async/jobs/{waiting}/cancel")
 
 

@@ -62,7 +62,14 @@ function signIn(message) {
       h("button", { type: "submit" }, "Sign in"))));
 }
 
-document.getElementById("signout").addEventListener("click", () => { auth.token = ""; location.hash = "#/"; start(); });
+document.getElementById("signout").addEventListener("click", () => {
+  auth.token = "";
+  // The stream opened with the token ends with it: it would go on reading with its rights.
+  if (streamAbort) { streamAbort.abort(); streamAbort = null; }
+  live.textContent = "signed out"; live.className = "live off"; live.title = "";
+  location.hash = "#/";
+  start();
+});
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -341,7 +348,7 @@ function whyNotRunning(j) {
     case "WAITING": {
       const w = j.wait || {};
       const items = (w.items || []).map((i) => `signal ${i.key} (${i.seen} of ${i.needed}${i.since ? ` since ${when(i.since)}` : ""})`);
-      return `Waiting for ${items.join(" and ") || "signals"}${w.deadline ? `; deadline ${when(w.deadline)} (then ${j.on_deadline || "run"})` : ""}.`;
+      return `Waiting for ${items.join(" and ") || "signals"}${w.deadline ? `; deadline ${when(w.deadline)} (then ${w.on_deadline || "run"})` : ""}.`;
     }
     case "SCHEDULED":
       return j.attempt > 0
@@ -483,7 +490,7 @@ async function schedules() {
       h("td", {}, s.name, s.paused ? h("span", { class: "badge s-cancelled" }, "paused") : ""),
       h("td", { class: "mono" }, `${s.cron} ${s.timezone || ""}`),
       h("td", {}, (s.next_fires || []).slice(0, 3).map(when).join(", ")),
-      h("td", {}, (s.last_runs || []).slice(0, 3).map((x) => h("a", { href: `#/job/${x.job_id}` }, x.status || when(x.fire_time))).flatMap((a, i) => (i ? [", ", a] : [a]))),
+      h("td", {}, (s.last_runs || []).slice(0, 3).map((x) => h("a", { href: `#/job/${x.job_id}` }, `${when(x.fire_time)} ${x.outcome || ""}`.trim())).flatMap((a, i) => (i ? [", ", a] : [a]))),
       h("td", {}, auth.can("schedules:write") ? [
         h("button", { onclick: () => post(s.name, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
         h("button", { onclick: () => post(s.name, "trigger") }, "Trigger")] : ""))));
