@@ -112,3 +112,95 @@ types = ["runyard.*"]
         "the probe listener closes with the node"
     );
 }
+
+/// Unmounts the test's tmpfs when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The embedded store on a full disk (a 6 MiB tmpfs filled with a file): submits fail to
+/// commit, and `/health/ready` says so (503, naming the failed commit) instead of "ok" from a
+/// read that still works; once space is freed, the next write commits and it is ready again.
+/// Needs root (mount), as CI on this machine has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_the_embedded_store_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(ok.success(), "mount a tmpfs (the test needs root)");
+    let _mounted = Mounted(mnt.clone());
+    let config = Config::from_toml(&format!(
+        r#"
+data_dir = "{data}"
+master_key = "a-master-key-for-the-health-test-0123456789"
+
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#,
+        data = mnt.join("data").display(),
+    ))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = ServerBuilder::new(config)
+        .worker(false)
+        .start(listener)
+        .await
+        .unwrap();
+    let base = server.url();
+    let ready = format!("{base}/health/ready");
+    let c = reqwest::Client::new();
+    let submit = || async {
+        c.post(format!("{base}/async/jobs"))
+            .json(&serde_json::json!({"type": "runyard.noop", "args": {"pad": "x".repeat(2000)}}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(submit().await, 202);
+    assert_eq!(get(&ready).await, Some(200));
+    // Fill the disk, then write until a commit fails (bounded).
+    let fill = mnt.join("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let mut refused = 0;
+    for _ in 0..2000 {
+        if submit().await >= 500 {
+            refused += 1;
+            break;
+        }
+    }
+    assert_eq!(refused, 1, "a write failed on the full disk");
+    let r = c.get(&ready).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failed to commit"),
+        "{body}"
+    );
+    std::fs::remove_file(&fill).unwrap();
+    assert_eq!(submit().await, 202, "space again: writes commit");
+    assert_eq!(get(&ready).await, Some(200));
+    server.stop().await.unwrap();
+}

@@ -156,6 +156,9 @@ pub struct SqliteStore {
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
     checkpoints: Arc<AtomicBool>,
+    /// Why the writer's last transaction failed to commit (disk full, I/O error), until one
+    /// commits again: `health` reports it, so `/health/ready` is not "ok" while every write fails.
+    write_failed: Arc<Mutex<Option<String>>>,
     /// Hook replay memory (`replay.rs`).
     replay: runyard_hooks::ReplayGuard,
     _lock: std::fs::File,
@@ -293,9 +296,11 @@ impl SqliteStore {
         let handoffs = Handoffs::new();
         let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
         let s2 = settings.clone();
+        let write_failed = Arc::new(Mutex::new(None));
+        let w2 = write_failed.clone();
         std::thread::Builder::new()
             .name("runyard-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, (n2, c2), s2, h2))
+            .spawn(move || writer_loop(conn, rx, (n2, c2), s2, h2, w2))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok(Self {
             writer: tx,
@@ -308,6 +313,7 @@ impl SqliteStore {
             settings,
             handoffs,
             checkpoints,
+            write_failed,
             replay: runyard_hooks::ReplayGuard::new(),
             _lock: lock,
         })
@@ -420,6 +426,7 @@ fn writer_loop(
     (notify, committed): (Arc<notices::Listeners>, broadcast::Sender<tail::Batch>),
     settings: StoreSettings,
     handoffs: Arc<Handoffs>,
+    write_failed: Arc<Mutex<Option<String>>>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     let mut counts = counts::Deltas::default();
@@ -486,6 +493,12 @@ fn writer_loop(
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
             ctx.undo(Mark(0, 0, 0, 0));
+        }
+        {
+            let mut failed = write_failed.lock();
+            if commit.is_some() || failed.is_some() {
+                failed.clone_from(&commit);
+            }
         }
         counts = std::mem::take(&mut ctx.counts);
         // The committed hand-offs first: the worker starts while the replies go out.

@@ -106,6 +106,11 @@ impl Maintenance for SqliteStore {
     }
 
     async fn health(&self) -> Result<()> {
+        if let Some(e) = self.write_failed.lock().clone() {
+            return Err(crate::store::StoreError::Unavailable(format!(
+                "the last write failed to commit: {e}"
+            )));
+        }
         self.read(|c| {
             c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                 .map_err(db_err)
