@@ -13,10 +13,14 @@ use super::{StopReason, Worker};
 impl Worker {
     pub(super) async fn heartbeats(self: Arc<Self>, stop: CancellationToken) {
         let every = self.cfg.lease_ttl / 3;
+        let mut again = false;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => return,
+            if !std::mem::take(&mut again) {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = self.beat_now.notified() => {}
+                    _ = stop.cancelled() => return,
+                }
             }
             let held: Vec<(Uuid, u64)> = self
                 .running
@@ -34,6 +38,9 @@ impl Worker {
                 .await
             {
                 Ok(lost) => {
+                    // Slow (retried across an outage): the renewal is dated from `sent`, long
+                    // before the store made it; one more, at once, dates it from now.
+                    again = sent.elapsed() >= self.cfg.lease_ttl / 10;
                     {
                         let mut running = self.running.lock();
                         for (id, token) in &held {
@@ -58,6 +65,16 @@ impl Worker {
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
+        }
+    }
+
+    /// A job tracked with its lease asked for long ago (a finish's claim retried across a store
+    /// outage, say): the fence counts from `asked`, so the heartbeat renews at once rather than
+    /// at its next tick, which could come after the fence stopped a job whose lease the store
+    /// granted only now. The heartbeat also goes again at once after a slow one.
+    pub(super) fn renew_soon_if_old(&self, asked: tokio::time::Instant) {
+        if asked.elapsed() >= self.cfg.lease_ttl / 10 {
+            self.beat_now.notify_one();
         }
     }
 

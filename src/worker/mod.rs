@@ -75,6 +75,8 @@ pub struct Worker {
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
+    /// A heartbeat now, not at its next tick (`leases.rs`, `renew_soon_if_old`).
+    beat_now: tokio::sync::Notify,
     /// A job was QUEUED (or notices were missed) since the claim loop last looked.
     queued: AtomicBool,
     /// Shutdown has begun: no finish claims a next job (`Worker::begin_stopping`).
@@ -110,6 +112,7 @@ impl Worker {
             hook_url,
             running: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            beat_now: tokio::sync::Notify::new(),
             queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             swept: AtomicBool::new(false),
@@ -321,6 +324,7 @@ impl Worker {
     ) -> (CancellationToken, Arc<Mutex<StopReason>>) {
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(StopReason::Gone));
+        self.renew_soon_if_old(asked);
         self.running.lock().insert(
             id,
             Running {

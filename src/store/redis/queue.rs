@@ -79,8 +79,12 @@ impl RedisStore {
     ) -> Result<Vec<::redis::Value>> {
         let seq = self.hints.before_pick();
         let reserve_until = self.now().await + lease_ttl.as_micros() as i64;
-        // While Redis is away, fail at once: the worker backs off instead of piling up claims.
-        let retry = !self.down.load(Ordering::Relaxed);
+        // One try, never retried: the worker backs off instead of piling up claims while Redis
+        // is away, and a claim answered is a claim just made. The worker dates the lease from
+        // when it asked (its fence, `worker/leases.rs`): a claim retried across an outage was
+        // granted seconds after that, and its jobs were stopped as unrenewed about a second
+        // into their run.
+        let retry = false;
         let (queue, tokens) = (self.keyed("q:", runner), self.key("token"));
         let (leases, job_prefix) = (self.key("lease"), self.key("job:"));
         let picked: Vec<::redis::Value> = self
