@@ -118,6 +118,7 @@ async fn bad_query_parameters_are_400_naming_the_field() {
         ("/async/activity?type=a.%5Bx%5D", "type"),
         ("/async/dead_letters?type=%7Ba,b%7D", "type"),
         ("/async/activity?type=%ff", "UTF-8"),
+        ("/async/stats?type=a.*", "no query parameter"),
     ];
     for (path, field) in cases {
         let (code, body) = ts.get(path).await;

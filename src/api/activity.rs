@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct ActivityParams {
     /// Minutes to cover, ending with the current one: 1 to 60 (default 60).
+    #[param(minimum = 1, maximum = 60)]
     minutes: Option<u32>,
     /// Only jobs whose type matches this glob (`report.*`).
     #[serde(rename = "type")]

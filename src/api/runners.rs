@@ -26,11 +26,19 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[utoipa::path(get, path = "/async/stats", tag = "operations",
-    responses((status = 200, description = "Job counts by status and type, queue depths", body = super::openapi::schemas::Stats)))]
+    responses((status = 200, description = "Job counts by status and type, queue depths", body = super::openapi::schemas::Stats),
+        (status = 400, description = "`bad_query`: a query parameter (it takes none)", body = super::openapi::schemas::ErrorBody)))]
 async fn stats(
     State(st): State<AppState>,
     Caller(grant): Caller,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> crate::api::error::ApiResult<Json<Value>> {
+    // It takes no parameter: `?type=` would look like a filter and silently count everything.
+    if query.is_some_and(|q| !q.is_empty()) {
+        return Err(crate::api::error::ApiError::bad_query(
+            "`/async/stats` takes no query parameter (filter by type with /async/activity)",
+        ));
+    }
     // A grant confined to channels never gets here (`Need::EveryChannel`); one confined to types
     // sees its types only.
     let counts = st.app.store.job_counts().await?;
