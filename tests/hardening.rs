@@ -840,6 +840,19 @@ async fn attach_named(ts: &TestServer, id: &str, name: &str) -> reqwest::Respons
         .expect("attach")
 }
 
+/// A multipart submit: its status and JSON answer.
+async fn submit_form(ts: &TestServer, form: reqwest::multipart::Form) -> (StatusCode, Value) {
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("submit");
+    let status = res.status();
+    (status, res.json().await.expect("json"))
+}
+
 /// A file's name is a label, never a path: one with `/`, `\\`, control characters, `.`/`..` or
 /// over 255 bytes is refused wherever it comes in (`?name=`, a multipart part's `filename`) and
 /// attaches nothing; one taken cannot break the download's `Content-Disposition`. A multipart
@@ -881,15 +894,8 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
             .text("job", r#"{"type": "edge.fail"}"#),
     ];
     for form in forms {
-        let res = ts
-            .client
-            .post(ts.at("/async/jobs"))
-            .multipart(form)
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-        let v: Value = res.json().await.expect("json");
+        let (status, v) = submit_form(&ts, form).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(error_of(&v).0, "bad_multipart", "{v}");
     }
     assert_eq!(ts.count_jobs(None).await, before, "no job was made");
@@ -911,15 +917,8 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
         (many, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         (long_type, StatusCode::BAD_REQUEST, "bad_multipart"),
     ] {
-        let res = ts
-            .client
-            .post(ts.at("/async/jobs"))
-            .multipart(form)
-            .send()
-            .await
-            .expect("submit");
-        assert_eq!(res.status(), status);
-        let v: Value = res.json().await.expect("json");
+        let (got, v) = submit_form(&ts, form).await;
+        assert_eq!(got, status);
         assert_eq!(error_of(&v).0, code, "{v}");
     }
     assert_eq!(ts.count_jobs(None).await, before, "no job was made");
@@ -927,15 +926,8 @@ async fn file_names_are_checked_and_cannot_break_content_disposition() {
     for i in 0..1000 {
         most = most.part("inputs", part(&format!("f{i}.txt")));
     }
-    let res = ts
-        .client
-        .post(ts.at("/async/jobs"))
-        .multipart(most)
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let v: Value = res.json().await.expect("json");
+    let (status, v) = submit_form(&ts, most).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     let job = ts.get_job(v["job_id"].as_str().expect("job_id")).await;
     assert_eq!(job["files"]["inputs"].as_array().map(Vec::len), Some(1000));
 

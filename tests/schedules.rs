@@ -644,6 +644,15 @@ async fn jobs_of(ts: &TestServer, name: &str) -> Vec<Value> {
     jobs
 }
 
+/// The ids of schedule `name`'s jobs, oldest first.
+async fn job_ids_of(ts: &TestServer, name: &str) -> Vec<String> {
+    jobs_of(ts, name)
+        .await
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The overlap policy looks at every active job of the schedule, not only the last one it
 /// recorded: a trigger's job that ended (or runs) does not hide the clock fire's job still
 /// running. `forbid`: a per-second schedule whose first job runs 30 s, with a trigger whose job
@@ -671,11 +680,7 @@ async fn overlap_sees_every_active_job(ts: &TestServer) {
     ts.wait_terminal(&t_id, WAIT).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, v) = ts.post("/async/schedules/fb/pause", None).await;
-    let ids: Vec<String> = jobs_of(ts, "fb")
-        .await
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = job_ids_of(ts, "fb").await;
     assert_eq!(
         ids,
         vec![a_id.clone(), t_id.clone()],
@@ -777,11 +782,7 @@ async fn forbid_waits_for_a_cancelled_job_to_stop() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (st, v) = ts.post("/async/schedules/tr/pause", None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let ids: Vec<String> = jobs_of(&ts, "tr")
-        .await
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = job_ids_of(&ts, "tr").await;
     assert_eq!(
         ids,
         vec![a_id.clone()],
