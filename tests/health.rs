@@ -127,7 +127,8 @@ impl Drop for Mounted {
 
 /// The embedded store on a full disk (a 6 MiB tmpfs filled with a file): submits fail to
 /// commit, and `/health/ready` says so (503, naming the failed commit) instead of "ok" from a
-/// read that still works; once space is freed, the next write commits and it is ready again.
+/// read that still works, also after the worker's empty claims (commits that write nothing)
+/// went on for a while; once space is freed, the next write commits and it is ready again.
 /// Needs root (mount), as CI on this machine has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_while_the_embedded_store_cannot_commit() {
@@ -146,6 +147,9 @@ async fn ready_is_503_while_the_embedded_store_cannot_commit() {
 data_dir = "{data}"
 master_key = "a-master-key-for-the-health-test-0123456789"
 
+[worker]
+poll_interval = "100ms"
+
 [[runners]]
 kind = "service"
 types = ["runyard.*"]
@@ -154,8 +158,10 @@ types = ["runyard.*"]
     ))
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // With the worker: its claims of an empty queue commit nothing, every poll, even on the
+    // full disk; they must not make the store look ready again.
     let server = ServerBuilder::new(config)
-        .worker(false)
+        .worker(true)
         .start(listener)
         .await
         .unwrap();
@@ -189,6 +195,7 @@ types = ["runyard.*"]
         }
     }
     assert_eq!(refused, 1, "a write failed on the full disk");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = c.get(&ready).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let body: serde_json::Value = r.json().await.unwrap();

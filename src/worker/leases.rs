@@ -15,7 +15,8 @@ impl Worker {
         let every = self.cfg.lease_ttl / 3;
         let mut again = false;
         loop {
-            if !std::mem::take(&mut again) {
+            let quick = std::mem::take(&mut again);
+            if !quick {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = self.beat_now.notified() => {}
@@ -40,7 +41,8 @@ impl Worker {
                 Ok(lost) => {
                     // Slow (retried across an outage): the renewal is dated from `sent`, long
                     // before the store made it; one more, at once, dates it from now.
-                    again = sent.elapsed() >= self.cfg.lease_ttl / 10;
+                    // At most once in a row: a store that stays slow gets beats every tick.
+                    again = !quick && sent.elapsed() >= self.cfg.lease_ttl / 10;
                     {
                         let mut running = self.running.lock();
                         for (id, token) in &held {

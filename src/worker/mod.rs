@@ -324,7 +324,6 @@ impl Worker {
     ) -> (CancellationToken, Arc<Mutex<StopReason>>) {
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(StopReason::Gone));
-        self.renew_soon_if_old(asked);
         self.running.lock().insert(
             id,
             Running {
@@ -336,6 +335,8 @@ impl Worker {
                 refill,
             },
         );
+        // After the insert: the heartbeat it wakes must find the job.
+        self.renew_soon_if_old(asked);
         (stop, reason)
     }
 

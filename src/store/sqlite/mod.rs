@@ -467,8 +467,10 @@ fn writer_loop(
             let _ = conn.execute_batch("ROLLBACK");
             ctx.undo(Mark(0, 0, 0, 0));
             counts = ctx.counts;
+            *write_failed.lock() = Some(msg);
             continue;
         }
+        let changes_before = conn.total_changes();
         let dones: Vec<Done> = batch
             .drain(..)
             .map(|op| {
@@ -495,8 +497,10 @@ fn writer_loop(
             ctx.undo(Mark(0, 0, 0, 0));
         }
         {
+            // Cleared only by a commit that wrote: one with nothing to write (an empty claim,
+            // every poll) commits even on a full disk.
             let mut failed = write_failed.lock();
-            if commit.is_some() || failed.is_some() {
+            if commit.is_some() || (failed.is_some() && conn.total_changes() != changes_before) {
                 failed.clone_from(&commit);
             }
         }
