@@ -86,3 +86,41 @@ def test_the_chart_and_dead_letters_come_from_the_store(short, browser):
     finally:
         ctx.close()
     assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_a_token_confined_to_channel_globs_is_told_the_hour_is_not_available(browser):
+    """A token confined to channel globs may read neither /async/activity (counts over every
+    channel) nor the global stream (it must name one channel): the chart says the hour is not
+    available to it, rather than a plausible zero."""
+    import hashlib
+
+    tokens = {"ops": "ry_ops_token_for_the_chart_test", "tenant": "ry_tenant_token_for_the_chart_test"}
+    sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
+    srv = Server(extra_config=f"""
+[auth]
+[[auth.tokens]]
+name = "ops"
+sha256 = "{sha['ops']}"
+scopes = ["admin"]
+[[auth.tokens]]
+name = "tenant"
+sha256 = "{sha['tenant']}"
+scopes = ["jobs:read"]
+channels = ["tenant-a", "tenant-a.*"]
+""")
+    try:
+        done = srv.submit({"type": "noop.tenant", "channel": "tenant-a"}, token=tokens["ops"])
+        srv.wait(done, {"SUCCESS"}, token=tokens["ops"])
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        page.goto(f"{srv.url}/#/")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        page.fill("#token", tokens["tenant"])
+        page.locator("#signin button").click()
+        chart = page.locator("#throughput")
+        expect(chart).to_contain_text("not available", timeout=15000)
+        expect(chart).not_to_have_attribute("data-ok", "0")
+        expect(page.locator("#live")).to_have_text("no live updates")
+        ctx.close()
+    finally:
+        srv.stop()

@@ -152,6 +152,7 @@ async function follow(from) {
         } else {
           live.textContent = "no live updates";
           live.title = message;
+          tallyUnavailable(message || "the event stream is refused");
         }
         return;
       }

@@ -12,6 +12,15 @@ const outcomes = { ok: new Map(), failed: new Map() }; // minute number -> count
 const chartWatchers = new Set();
 let tallyAfter = -Infinity; // ms: finishes up to this time came from the store
 let tallySource = "the event stream";
+// Why the hour cannot be shown: neither the store's counts nor the global stream are open to
+// this token (one confined to channel globs): a plausible-looking zero would mislead.
+let tallyRefused = "";
+
+function tallyUnavailable(why) {
+  if (tallyAfter !== -Infinity) return; // the store's counts are there: the chart stands
+  tallyRefused = why;
+  chartWatchers.forEach((f) => f());
+}
 
 function tallyOutcome(ev) {
   if (ev.type !== "status") return;
@@ -29,7 +38,7 @@ function tallyOutcome(ev) {
 // the stream's start, no event yet), or undefined when the store's counts are not available.
 async function loadActivity() {
   outcomes.ok.clear(); outcomes.failed.clear();
-  tallyAfter = -Infinity; tallySource = "the event stream";
+  tallyAfter = -Infinity; tallySource = "the event stream"; tallyRefused = "";
   let a;
   try { a = await api("/async/activity"); } catch { return undefined; }
   for (const m of a.minutes || []) {
@@ -58,6 +67,11 @@ function s(tag, attrs = {}, ...children) {
 function throughputChart() {
   const box = h("div", { id: "throughput", class: "chart" });
   function draw() {
+    if (tallyRefused) {
+      delete box.dataset.ok; delete box.dataset.failed;
+      box.replaceChildren(h("p", { class: "muted" }, `The last hour is not available to this sign-in: ${tallyRefused}`));
+      return;
+    }
     const now = Math.floor(Date.now() / MINUTE_MS);
     const W = 600, H = 120, bw = W / 60;
     let ok = 0, failed = 0, busiest = 0;
