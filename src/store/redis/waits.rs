@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::RedisStore;
-use crate::job::wait::{all_met, Seen, WaitItem};
+use crate::job::wait::{all_met, ReleasedBy, Seen, WaitItem};
 use crate::job::{Command, Job, JobStatus, Micros};
 use crate::store::waits::{counters, seen_now, WaitStore};
 use crate::store::{Result, StoreError};
@@ -26,21 +26,16 @@ static UNMARK: LazyLock<Script> = LazyLock::new(|| {
 });
 
 impl RedisStore {
-    /// A job's wait items and the records each has now, for its deadline (`None`: the job is
+    /// The records each of a job's wait items has up to its deadline (`None`: the job is
     /// gone): the numbers of each item, read at once ([`seen_now`]).
-    async fn deadline_seen(&self, id: Uuid) -> Result<Option<(Vec<WaitItem>, Seen)>> {
+    async fn deadline_seen(&self, id: Uuid) -> Result<Option<Seen>> {
         let Some((job, _)) = self.load(id).await? else {
             return Ok(None);
         };
-        let (items, until) = job
-            .wait
-            .map(|w| {
-                let until = w.until();
-                (w.items, until)
-            })
-            .unwrap_or_default();
-        let seen = seen_now(self, &items, until).await?;
-        Ok(Some((items, seen)))
+        let Some(w) = job.wait else {
+            return Ok(Some(Seen::default()));
+        };
+        Ok(Some(seen_now(self, &w.items, w.until()).await?))
     }
 
     /// Whether each item's key holds at least its `needed` records since its `since`, up to
@@ -171,20 +166,14 @@ impl WaitStore for RedisStore {
                     continue;
                 }
             };
-            let (items, seen) = seen;
             // Signals are checked after their write here, not in it (`P:waitdue`): a job whose
-            // records all came while its mark waited is released by them, as the embedded store
-            // would have done at the last record, not failed or skipped by its deadline.
-            let cmd = if all_met(&items, &seen) {
-                Command::WaitRelease { seen }
-            } else {
-                Command::WaitDeadline { seen }
-            };
-            let by_signals = matches!(cmd, Command::WaitRelease { .. });
-            match self.apply_cmd(uuid, cmd).await {
+            // records all came (before its deadline) while its mark waited is released by them,
+            // as the embedded store would have done at the last record; the transition decides
+            // (`job::transition::manage::wait_deadline`).
+            match self.apply_cmd(uuid, Command::WaitDeadline { seen }).await {
                 Ok(j) => {
                     counters().count_release(&j);
-                    if !by_signals {
+                    if j.wait.as_ref().and_then(|w| w.released_by) == Some(ReleasedBy::Deadline) {
                         out.push(j);
                     }
                 }
