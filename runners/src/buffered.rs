@@ -40,10 +40,10 @@ struct Pending {
 }
 
 /// A [`Reporter`] that buffers and flushes at most `delay` after the first unsent report (at most
-/// one batch per `delay`, however fast the job writes). Beyond `max_lines` (a job that writes faster than the sink
-/// takes its lines) the oldest waiting lines are dropped rather than memory growing without
-/// bound, and the next batch starts with a line saying how many: a job's last lines, its final
-/// error, are never the ones lost, and no gap is silent.
+/// one batch per `delay`, however fast the job writes). Beyond `max_lines` (a job that writes
+/// faster than the sink takes its lines) the oldest waiting lines are dropped rather than memory
+/// growing without bound, and the next batch starts with a line saying how many: a job's last
+/// lines, its final error, are never the ones lost, and no gap is silent.
 pub struct BufferedReporter<S> {
     sink: S,
     /// Itself, for the delayed flush task (which must not keep the reporter alive).

@@ -40,8 +40,8 @@ impl Worker {
             {
                 Ok(lost) => {
                     // Slow (retried across an outage): the renewal is dated from `sent`, long
-                    // before the store made it; one more, at once, dates it from now.
-                    // At most once in a row: a store that stays slow gets beats every tick.
+                    // before the store made it; one more at once dates it from now. At most
+                    // once in a row: a store that stays slow gets its beats at every tick.
                     again = !quick && sent.elapsed() >= self.cfg.lease_ttl / 10;
                     {
                         let mut running = self.running.lock();

@@ -55,6 +55,17 @@ operation = "runyard.noop"
 """
 
 
+def auth_config(tokens: dict[str, tuple[str, str]]) -> str:
+    """`[auth]` with API tokens: name -> (the token, its TOML lines: `scopes = [...]`, ...)."""
+    import hashlib
+
+    out = ["[auth]"]
+    for name, (token, lines) in tokens.items():
+        sha = hashlib.sha256(token.encode()).hexdigest()
+        out += ["[[auth.tokens]]", f'name = "{name}"', f'sha256 = "{sha}"', lines]
+    return "\n" + "\n".join(out) + "\n"
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -92,22 +92,13 @@ def test_a_token_confined_to_channel_globs_is_told_the_hour_is_not_available(bro
     """A token confined to channel globs may read neither /async/activity (counts over every
     channel) nor the global stream (it must name one channel): the chart says the hour is not
     available to it, rather than a plausible zero."""
-    import hashlib
+    from conftest import auth_config
 
     tokens = {"ops": "ry_ops_token_for_the_chart_test", "tenant": "ry_tenant_token_for_the_chart_test"}
-    sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
-    srv = Server(extra_config=f"""
-[auth]
-[[auth.tokens]]
-name = "ops"
-sha256 = "{sha['ops']}"
-scopes = ["admin"]
-[[auth.tokens]]
-name = "tenant"
-sha256 = "{sha['tenant']}"
-scopes = ["jobs:read"]
-channels = ["tenant-a", "tenant-a.*"]
-""")
+    srv = Server(extra_config=auth_config({
+        "ops": (tokens["ops"], 'scopes = ["admin"]'),
+        "tenant": (tokens["tenant"], 'scopes = ["jobs:read"]\nchannels = ["tenant-a", "tenant-a.*"]'),
+    }))
     try:
         done = srv.submit({"type": "noop.tenant", "channel": "tenant-a"}, token=tokens["ops"])
         srv.wait(done, {"SUCCESS"}, token=tokens["ops"])

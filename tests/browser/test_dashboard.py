@@ -125,23 +125,13 @@ def test_why_not_running_for_a_delayed_and_a_queued_job(server, page):
 def test_a_read_only_token_sees_no_action_buttons(browser):
     """With [auth]: sign in with a token; one with `jobs:read` only is shown no button that it
     could not use, one with `admin` is."""
-    import hashlib
-
-    from conftest import Server, new_context
+    from conftest import Server, auth_config, new_context
 
     tokens = {"viewer": "ry_viewer_token_for_the_browser_test", "ops": "ry_ops_token_for_the_browser_test"}
-    sha = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in tokens.items()}
-    srv = Server(extra_config=f"""
-[auth]
-[[auth.tokens]]
-name = "viewer"
-sha256 = "{sha['viewer']}"
-scopes = ["jobs:read"]
-[[auth.tokens]]
-name = "ops"
-sha256 = "{sha['ops']}"
-scopes = ["admin"]
-""")
+    srv = Server(extra_config=auth_config({
+        "viewer": (tokens["viewer"], 'scopes = ["jobs:read"]'),
+        "ops": (tokens["ops"], 'scopes = ["admin"]'),
+    }))
     try:
         job = srv.submit({"type": "hang.auth"}, token=tokens["ops"])
         srv.wait(job, {"RUNNING"}, token=tokens["ops"])
