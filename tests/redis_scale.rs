@@ -1308,3 +1308,70 @@ async fn one_job_at_a_time_is_handed_over_to_a_parked_worker_node() {
     assert!(on < 3.6, "{on:.2} script calls per job with hand-over");
     assert!(off > 4.0, "{off:.2} script calls per job without");
 }
+
+/// `worker.claim_interval` (src/worker/mod.rs) with one producer: a worker node whose last claim
+/// took at most one job claims again only once the interval has passed since it, so the jobs
+/// submitted one at a time meanwhile are claimed together, by one claim; a job submitted after
+/// a quiet spell longer than the interval is claimed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_single_jobs_is_claimed_several_at_a_time() {
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    let env = [("RUNYARD_WORKER__CLAIM_INTERVAL", "1s")];
+    cl.spawn_env("api", &["serve", "--no-worker"], "warn", &env);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    cl.spawn_env("worker", &["worker"], "warn", &env);
+    let (url, store) = (cl.url(), cl.store().await);
+    let submit = || async {
+        let (ids, refused) =
+            submit_all(&http, &url, vec![json!({"type": "runyard.noop"})], 1).await;
+        assert_eq!(refused, 0);
+        Uuid::parse_str(&ids[0]).unwrap()
+    };
+    let done = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let j = store.get(id).await.unwrap().expect("the job");
+                if j.status == JobStatus::Success {
+                    return j;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "{j:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let claimed_at = |j: &Job| j.runs.last().expect("a run").claimed_at;
+    // A first job: its claim took one job, so the next claim comes a second after it.
+    let first = done(submit().await).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(submit().await);
+    }
+    let mut claims = HashSet::new();
+    for id in ids {
+        let j = done(id).await;
+        assert_eq!(j.runs.len(), 1, "{j:?}");
+        let at = claimed_at(&j);
+        assert!(
+            at >= claimed_at(&first) + 950_000,
+            "claimed {} ms after the claim before it, within the 1s interval",
+            (at - claimed_at(&first)) / 1000
+        );
+        claims.insert(at);
+    }
+    // The jobs of one claim share its time.
+    assert!(claims.len() <= 2, "{} claims for 10 jobs", claims.len());
+    // Quiet for longer than the interval: the next job is claimed at once.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let id = submit().await;
+    let j = done(id).await;
+    let waited = claimed_at(&j) - j.created_at;
+    assert!(
+        waited < 700_000,
+        "claimed {} ms after its submit",
+        waited / 1000
+    );
+}

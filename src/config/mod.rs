@@ -197,6 +197,23 @@ mod tests {
             Config::from_toml(&format!("{key} = \"99years\"")).expect("99 years");
         }
     }
+
+    #[test]
+    fn the_claim_interval_is_at_most_a_second() {
+        let at = |v: &str| Config::from_toml(&format!("[worker]\nclaim_interval = \"{v}\""));
+        let e = at("1001ms").unwrap_err();
+        assert!(
+            e.0.contains("worker.claim_interval") && e.0.contains("at most 1s"),
+            "{e}"
+        );
+        for ok in ["0s", "2ms", "1s"] {
+            assert_eq!(
+                at(ok).expect(ok).worker.claim_interval,
+                humantime::parse_duration(ok).ok()
+            );
+        }
+        assert_eq!(Config::from_toml("").unwrap().worker.claim_interval, None);
+    }
     use super::*;
 
     #[test]

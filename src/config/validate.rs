@@ -33,6 +33,10 @@ impl Config {
                 );
             }
         }
+        // Every claim of a busy worker can wait this long: seconds would hold jobs for seconds.
+        if self.worker.claim_interval > Some(Duration::from_secs(1)) {
+            return err("worker.claim_interval".into(), "must be at most 1s");
+        }
         for (k, d) in [
             ("worker.lease_ttl", self.worker.lease_ttl),
             ("worker.shutdown_grace", self.worker.shutdown_grace),

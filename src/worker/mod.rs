@@ -13,6 +13,7 @@
 //! - At shutdown the worker stops claiming (its loop and its jobs' finishes), lets running jobs
 //!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue.
 
+mod claims;
 mod leases;
 mod park;
 pub mod reaper;
@@ -154,8 +155,13 @@ impl Worker {
         // filled up (more may be queued), and on every round where the store cannot hand jobs
         // over; otherwise only when a job was QUEUED since the last round (`listen`).
         let mut must_claim = true;
+        let mut pacing = claims::Pacing::new(self.cfg.claim_interval, self.store.backend_name());
         while !shutdown.is_cancelled() {
-            let (failed, full) = self.claim_round(must_claim).await;
+            if !pacing.wait(&shutdown).await {
+                break;
+            }
+            let (failed, full, claimed) = self.claim_round(must_claim).await;
+            pacing.claimed(claimed);
             // A failed claim is tried again after the backoff.
             must_claim = full || failed;
             if failed {
@@ -186,41 +192,6 @@ impl Worker {
             tracing::warn!(worker = %self.id, "some job tasks did not end after the shutdown");
         }
         tracing::info!(worker = %self.id, "worker stopped");
-    }
-
-    /// Claims for every slot with room, when `must` or a job was QUEUED since the last round:
-    /// whether a claim failed, and whether a slot was or became full (claim again next round).
-    async fn claim_round(self: &Arc<Self>, must: bool) -> (bool, bool) {
-        let (mut failed, mut full) = (false, false);
-        if !(self.queued.swap(false, Ordering::AcqRel) || must) {
-            return (failed, full);
-        }
-        for slot in self.runners.iter() {
-            let active = slot.active.load(Ordering::Acquire);
-            let free = slot.concurrency.saturating_sub(active);
-            if free == 0 {
-                full = true;
-                continue;
-            }
-            let asked = tokio::time::Instant::now();
-            match self
-                .store
-                .claim(&slot.name, &self.id, free, self.cfg.lease_ttl)
-                .await
-            {
-                Ok(jobs) => {
-                    full |= jobs.len() >= free;
-                    for job in jobs {
-                        self.spawn_job(job, slot, asked);
-                    }
-                }
-                Err(e) => {
-                    failed = true;
-                    tracing::warn!(runner = %slot.name, error = %e, "claim failed");
-                }
-            }
-        }
-        (failed, full)
     }
 
     /// Runs a job claimed (or handed over) for `slot` in its own task.
