@@ -1309,19 +1309,25 @@ async fn one_job_at_a_time_is_handed_over_to_a_parked_worker_node() {
     assert!(off > 4.0, "{off:.2} script calls per job without");
 }
 
-/// `worker.claim_interval` (src/worker/mod.rs) with one producer: a worker node whose last claim
+/// An API node and one worker node with `worker.claim_interval = "1s"`.
+async fn paced_cluster(redis: &TestRedis) -> (Cluster, reqwest::Client) {
+    let mut cl = Cluster::new(redis, "");
+    let env = [("RUNYARD_WORKER__CLAIM_INTERVAL", "1s")];
+    cl.spawn_env("api", &["serve", "--no-worker"], "warn", &env);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    cl.spawn_env("worker", &["worker"], "warn", &env);
+    (cl, http)
+}
+
+/// `worker.claim_interval` (src/worker/claims.rs) with one producer: a worker node whose last claim
 /// took at most one job claims again only once the interval has passed since it, so the jobs
 /// submitted one at a time meanwhile are claimed together, by one claim; a job submitted after
 /// a quiet spell longer than the interval is claimed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_stream_of_single_jobs_is_claimed_several_at_a_time() {
     let redis = TestRedis::start();
-    let mut cl = Cluster::new(&redis, "");
-    let env = [("RUNYARD_WORKER__CLAIM_INTERVAL", "1s")];
-    cl.spawn_env("api", &["serve", "--no-worker"], "warn", &env);
-    let http = http();
-    cl.wait_healthy(&http).await;
-    cl.spawn_env("worker", &["worker"], "warn", &env);
+    let (cl, http) = paced_cluster(&redis).await;
     let (url, store) = (cl.url(), cl.store().await);
     let submit = || async {
         let (ids, refused) =
@@ -1373,5 +1379,53 @@ async fn a_steady_stream_of_single_jobs_is_claimed_several_at_a_time() {
         waited < 700_000,
         "claimed {} ms after its submit",
         waited / 1000
+    );
+}
+
+/// `worker.claim_interval` does not hold back a slot's refill: a claim that filled its slot took
+/// all it could, so the next claim (when a job of the slot ends) comes at once. 16 jobs of 100
+/// ms on 8 places: the second 8 are claimed as the first end, not a second apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_slot_is_refilled_without_waiting_for_the_claim_interval() {
+    let redis = TestRedis::start();
+    let (cl, http) = paced_cluster(&redis).await;
+    let (url, store) = (cl.url(), cl.store().await);
+    // One batch: all 16 QUEUED at once, so the first claim fills the 8 places.
+    let jobs = vec![json!({"type": "loc.sleep"}); 16];
+    let r = http
+        .post(format!("{url}/async/jobs/batch"))
+        .json(&json!({ "jobs": jobs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["accepted"], 16, "{v:#}");
+    let ids: Vec<String> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["job_id"].as_str().expect("a job id").to_string())
+        .collect();
+    let start = Instant::now();
+    let mut claims = Vec::new();
+    for id in ids {
+        let id = Uuid::parse_str(&id).unwrap();
+        let j = loop {
+            let j = store.get(id).await.unwrap().expect("the job");
+            if j.status == JobStatus::Success {
+                break j;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{j:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(j.runs.len(), 1, "{j:?}");
+        claims.push(j.runs[0].claimed_at);
+    }
+    claims.sort_unstable();
+    let gaps: Vec<i64> = claims.windows(2).map(|w| (w[1] - w[0]) / 1000).collect();
+    assert!(
+        gaps.iter().all(|&g| g < 900),
+        "ms between claims, sorted: {gaps:?}"
     );
 }

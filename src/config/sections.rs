@@ -92,9 +92,10 @@ pub struct WorkerConfig {
     /// The shortest time between two claims of a worker while jobs keep coming: a job QUEUED
     /// sooner after the last claim waits for the rest of it, and the jobs QUEUED meanwhile are
     /// claimed together (one store round trip for several jobs: fewer Redis calls and wake-ups
-    /// per job under a steady stream of submits). A job QUEUED after a quiet spell is claimed at
-    /// once. Unset: `2ms` on Redis, `0s` (every claim at once) on the embedded store, whose
-    /// submits hand most jobs straight to a waiting worker.
+    /// per job under a steady stream of submits). A claim that took several jobs or filled its
+    /// slot is followed at once, and so is a job QUEUED after a quiet spell. Unset: `2ms` on
+    /// Redis, `0s` (every claim at once) on the embedded store, whose submits hand most jobs
+    /// straight to a waiting worker. At most 1s.
     #[serde(default, with = "humantime_serde::option")]
     pub claim_interval: Option<Duration>,
 }

@@ -4,7 +4,8 @@
 //! the jobs QUEUED meanwhile are claimed together (one round trip for several: fewer Redis
 //! calls and wake-ups per job with one producer, docs/benchmarks.md "Session 33"). A claim that
 //! took several is followed at once (under a burst the claims are big already, and waiting only
-//! made them bigger), and a job QUEUED after a quiet spell is claimed at once.
+//! made them bigger), so is one that filled its slot (it took all it could: a slot refilled one
+//! job at a time is not held back), and a job QUEUED after a quiet spell is claimed at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,10 +55,12 @@ impl Pacing {
         }
     }
 
-    /// A claim round ended having claimed `jobs` in all (`None`: it asked the store nothing).
-    pub(super) fn claimed(&mut self, jobs: Option<usize>) {
+    /// A claim round ended having claimed `jobs` in all (`None`: it asked the store nothing);
+    /// `full`: a slot was or became full (it took all it could: waiting would not have made it
+    /// bigger, only later).
+    pub(super) fn claimed(&mut self, jobs: Option<usize>, full: bool) {
         match jobs {
-            Some(n) if n <= 1 && !self.interval.is_zero() => {
+            Some(n) if n <= 1 && !full && !self.interval.is_zero() => {
                 self.last_single = Some(Instant::now())
             }
             Some(_) => self.last_single = None,

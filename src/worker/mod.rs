@@ -161,7 +161,7 @@ impl Worker {
                 break;
             }
             let (failed, full, claimed) = self.claim_round(must_claim).await;
-            pacing.claimed(claimed);
+            pacing.claimed(claimed, full);
             // A failed claim is tried again after the backoff.
             must_claim = full || failed;
             if failed {
