@@ -90,10 +90,11 @@ impl CronSpec {
                 "`{text}`: the field `{f}` has an empty item in its list"
             )));
         }
+        let weekdays = weekday_field(text, &fields)?;
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
-            .parse(text)
+            .parse(&weekdays)
             .map_err(|e| CronSpecError::Cron(format!("`{text}`: {e}")))?;
         let hour = match fields.len() {
             5 => Some(fields[1]),
@@ -299,6 +300,35 @@ impl CronSpec {
         }
         out
     }
+}
+
+/// `text` with its weekday field as croner reads it: Sunday's other number `7` becomes `0` in
+/// the last-of-the-month forms `7L` and `7#L` (croner finds no `7L`, and the pattern was refused
+/// as never firing); a bare `L` there (the last day of the month belongs in the day field, the
+/// last Friday is `5L`) is refused with that said.
+fn weekday_field(text: &str, fields: &[&str]) -> Result<String, CronSpecError> {
+    let at = match fields.len() {
+        5 => 4,
+        6 => 5,
+        _ => return Ok(text.to_string()),
+    };
+    let mut items = Vec::new();
+    for item in fields[at].split(',') {
+        if item.eq_ignore_ascii_case("L") {
+            return Err(CronSpecError::Cron(format!(
+                "`{text}`: `L` alone in the weekday field names no day: the last day of the \
+                 month is `L` in the day field (`0 0 L * *`), the last Friday `5L` or `5#L`"
+            )));
+        }
+        items.push(match item.to_ascii_uppercase().as_str() {
+            "7L" => "0L".to_string(),
+            "7#L" => "0#L".to_string(),
+            _ => item.to_string(),
+        });
+    }
+    let mut out: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+    out[at] = items.join(",");
+    Ok(out.join(" "))
 }
 
 /// Whether an hour field names all 24 hours (`*`, `?`, `*/1`, `0-23`, `0-11,12-23`, ...): such a
@@ -564,6 +594,30 @@ mod tests {
             fires("0 9 * * 5#L", "UTC", "2026-11-30T00:00:00Z", 2),
             vec!["2026-12-25T09:00:00Z", "2027-01-29T09:00:00Z"]
         );
+        // The last Sunday, with Sunday as 7 as well as 0 (and beside other days).
+        for last_sunday in [
+            "0 9 * * 7L",
+            "0 9 * * 7#L",
+            "0 9 * * 0L",
+            "0 9 * * 7l",
+            "0 9 * * SUN#L",
+        ] {
+            assert_eq!(
+                fires(last_sunday, "UTC", "2026-11-30T00:00:00Z", 2),
+                vec!["2026-12-27T09:00:00Z", "2027-01-31T09:00:00Z"],
+                "{last_sunday}"
+            );
+        }
+        assert_eq!(
+            fires("0 9 * * 1,7L", "UTC", "2026-12-20T00:00:00Z", 3),
+            vec![
+                "2026-12-21T09:00:00Z",
+                "2026-12-27T09:00:00Z",
+                "2026-12-28T09:00:00Z"
+            ]
+        );
+        let e = CronSpec::parse("0 9 * * L", "UTC").unwrap_err();
+        assert!(format!("{e:?}").contains("names no day"), "{e:?}");
     }
 
     #[test]
