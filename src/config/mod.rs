@@ -198,6 +198,8 @@ mod tests {
         }
     }
 
+    use super::*;
+
     #[test]
     fn the_claim_interval_is_at_most_a_second() {
         let at = |v: &str| Config::from_toml(&format!("[worker]\nclaim_interval = \"{v}\""));
@@ -214,7 +216,6 @@ mod tests {
         }
         assert_eq!(Config::from_toml("").unwrap().worker.claim_interval, None);
     }
-    use super::*;
 
     #[test]
     fn parses_the_contract_example() {

@@ -89,13 +89,14 @@ pub struct WorkerConfig {
     pub quick_exit_wait: Duration,
     /// Spawner processes that start local jobs (runners/src/spawn.rs); 0: one per CPU, at most 4.
     pub spawners: usize,
-    /// The shortest time between two claims of a worker while jobs keep coming: a job QUEUED
-    /// sooner after the last claim waits for the rest of it, and the jobs QUEUED meanwhile are
-    /// claimed together (one store round trip for several jobs: fewer Redis calls and wake-ups
-    /// per job under a steady stream of submits). A claim that took several jobs or filled its
-    /// slot is followed at once, and so is a job QUEUED after a quiet spell. Unset: `2ms` on
-    /// Redis, `0s` (every claim at once) on the embedded store, whose submits hand most jobs
-    /// straight to a waiting worker. At most 1s.
+    /// After a claim that took one job, or found none after a new job was announced, the shortest
+    /// time before the worker's next claim: a job QUEUED sooner waits for the rest of it, and the
+    /// jobs QUEUED meanwhile are claimed together (one store round trip for several jobs: fewer
+    /// Redis calls and wake-ups per job under a steady stream of submits). A claim that took
+    /// several jobs, or in a round where a slot was or became full, is followed at once, and so
+    /// is a job QUEUED after a quiet spell (a poll or a job's end that finds nothing starts no
+    /// wait). Unset: `2ms` on Redis, `0s` (every claim at once) on the embedded store, whose
+    /// submits hand most jobs straight to a waiting worker. At most 1s.
     #[serde(default, with = "humantime_serde::option")]
     pub claim_interval: Option<Duration>,
 }

@@ -90,7 +90,7 @@ impl CronSpec {
                 "`{text}`: the field `{f}` has an empty item in its list"
             )));
         }
-        let weekdays = weekday_field(text, &fields)?;
+        let (weekdays, bare_l) = weekday_field(text, &fields);
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
@@ -113,8 +113,16 @@ impl CronSpec {
         // A pattern without a year repeats forever if it fires at all (e.g. not `0 0 30 2 *`).
         let epoch = Utc.timestamp_opt(946_684_800, 0).single();
         if epoch.and_then(|e| spec.next_after(e)).is_none() {
+            // (A bare `L` there matches no day; beside a day of the month it is harmless, and
+            // such patterns, stored before, keep working.)
+            let hint = if bare_l {
+                ": `L` alone in the weekday field names no day (the last day of the month is `L` \
+                 in the day field, `0 0 L * *`; the last Friday `5L` or `5#L`)"
+            } else {
+                ""
+            };
             return Err(CronSpecError::Cron(format!(
-                "`{text}` never fires (or less often than once in {HORIZON_YEARS} years)"
+                "`{text}` never fires (or less often than once in {HORIZON_YEARS} years){hint}"
             )));
         }
         Ok(spec)
@@ -304,31 +312,28 @@ impl CronSpec {
 
 /// `text` with its weekday field as croner reads it: Sunday's other number `7` becomes `0` in
 /// the last-of-the-month forms `7L` and `7#L` (croner finds no `7L`, and the pattern was refused
-/// as never firing); a bare `L` there (the last day of the month belongs in the day field, the
-/// last Friday is `5L`) is refused with that said.
-fn weekday_field(text: &str, fields: &[&str]) -> Result<String, CronSpecError> {
+/// as never firing); and whether that field holds a bare `L` (which croner reads as no day).
+fn weekday_field(text: &str, fields: &[&str]) -> (String, bool) {
     let at = match fields.len() {
         5 => 4,
         6 => 5,
-        _ => return Ok(text.to_string()),
+        _ => return (text.to_string(), false),
     };
-    let mut items = Vec::new();
-    for item in fields[at].split(',') {
-        if item.eq_ignore_ascii_case("L") {
-            return Err(CronSpecError::Cron(format!(
-                "`{text}`: `L` alone in the weekday field names no day: the last day of the \
-                 month is `L` in the day field (`0 0 L * *`), the last Friday `5L` or `5#L`"
-            )));
-        }
-        items.push(match item.to_ascii_uppercase().as_str() {
+    let mut bare_l = false;
+    let items: Vec<String> = fields[at]
+        .split(',')
+        .map(|item| match item.to_ascii_uppercase().as_str() {
             "7L" => "0L".to_string(),
             "7#L" => "0#L".to_string(),
-            _ => item.to_string(),
-        });
-    }
+            u => {
+                bare_l |= u == "L";
+                item.to_string()
+            }
+        })
+        .collect();
     let mut out: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
     out[at] = items.join(",");
-    Ok(out.join(" "))
+    (out.join(" "), bare_l)
 }
 
 /// Whether an hour field names all 24 hours (`*`, `?`, `*/1`, `0-23`, `0-11,12-23`, ...): such a
@@ -618,6 +623,12 @@ mod tests {
         );
         let e = CronSpec::parse("0 9 * * L", "UTC").unwrap_err();
         assert!(format!("{e:?}").contains("names no day"), "{e:?}");
+        // Beside a day of the month a bare `L` matches nothing and harms nothing: such
+        // patterns, accepted before, still fire (on the 1st here).
+        assert_eq!(
+            fires("0 0 1 * L", "UTC", "2026-11-30T00:00:00Z", 2),
+            vec!["2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"]
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The claim loop's round ([`Worker::claim_round`]), and its pacing under a steady stream of
-//! single jobs (`worker.claim_interval`, [`Pacing`]): after a claim
-//! that took at most one job, the next waits until the interval has passed since it, so that
-//! the jobs QUEUED meanwhile are claimed together (one round trip for several: fewer Redis
-//! calls and wake-ups per job with one producer, docs/benchmarks.md "Session 33"). A claim that
-//! took several is followed at once (under a burst the claims are big already, and waiting only
-//! made them bigger), so is one that filled its slot (it took all it could: a slot refilled one
-//! job at a time is not held back), and a job QUEUED after a quiet spell is claimed at once.
+//! single jobs (`worker.claim_interval`, [`Pacing`]): after a claim that took one job, or that
+//! found none after a new job was announced (another worker took it first), the next claim
+//! waits until the interval has passed since it, so that the jobs QUEUED meanwhile are claimed
+//! together (one round trip for several: fewer Redis calls and wake-ups per job with one
+//! producer, docs/benchmarks.md "Session 33"). A claim that took several is followed at once
+//! (under a burst the claims are big already, and waiting only made them bigger), so is one in
+//! a round where a slot was or became full (a slot refilled one job at a time is not held
+//! back). A claim that found nothing without an announcement (a poll, a job's end) starts no
+//! wait, so a job QUEUED after a quiet spell is claimed at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,34 +57,52 @@ impl Pacing {
         }
     }
 
-    /// A claim round ended having claimed `jobs` in all (`None`: it asked the store nothing);
-    /// `full`: a slot was or became full (it took all it could: waiting would not have made it
-    /// bigger, only later).
-    pub(super) fn claimed(&mut self, jobs: Option<usize>, full: bool) {
-        match jobs {
-            Some(n) if n <= 1 && !full && !self.interval.is_zero() => {
-                self.last_single = Some(Instant::now())
-            }
-            Some(_) => self.last_single = None,
-            None => {}
+    /// A claim round ended: after one that took at most one job, because new work was
+    /// announced (a job's own claim, or one another worker took first), the next waits; after one
+    /// that took several, or filled a slot (it took all it could: waiting would not have made it
+    /// bigger, only later), it does not; one that found nothing without an announcement (a poll,
+    /// a job's end) changes nothing, so a job after a quiet spell is claimed at once.
+    pub(super) fn claimed(&mut self, round: &Round) {
+        if self.interval.is_zero() {
+            return;
+        }
+        match round.claimed {
+            Some(n) if n >= 2 || round.full => self.last_single = None,
+            Some(1) => self.last_single = Some(Instant::now()),
+            Some(_) if round.announced => self.last_single = Some(Instant::now()),
+            _ => {}
         }
     }
 }
 
+/// What a claim round did.
+#[derive(Debug, Default)]
+pub(super) struct Round {
+    /// A claim failed (tried again after the backoff).
+    pub failed: bool,
+    /// A slot was or became full (claim again next round).
+    pub full: bool,
+    /// Jobs claimed in all; `None`: the store was not asked.
+    pub claimed: Option<usize>,
+    /// New work was announced since the last round (`Notice::Queued`).
+    pub announced: bool,
+}
+
 impl Worker {
-    /// Claims for every slot with room, when `must` or a job was QUEUED since the last round:
-    /// whether a claim failed, whether a slot was or became full (claim again next round), and
-    /// how many jobs it claimed (`None`: it asked the store nothing).
-    pub(super) async fn claim_round(self: &Arc<Self>, must: bool) -> (bool, bool, Option<usize>) {
-        let (mut failed, mut full, mut claimed) = (false, false, None);
-        if !(self.queued.swap(false, Ordering::AcqRel) || must) {
-            return (failed, full, claimed);
+    /// Claims for every slot with room, when `must` or a job was QUEUED since the last round.
+    pub(super) async fn claim_round(self: &Arc<Self>, must: bool) -> Round {
+        let mut round = Round {
+            announced: self.queued.swap(false, Ordering::AcqRel),
+            ..Round::default()
+        };
+        if !(round.announced || must) {
+            return round;
         }
         for slot in self.runners.iter() {
             let active = slot.active.load(Ordering::Acquire);
             let free = slot.concurrency.saturating_sub(active);
             if free == 0 {
-                full = true;
+                round.full = true;
                 continue;
             }
             let asked = tokio::time::Instant::now();
@@ -92,18 +112,18 @@ impl Worker {
                 .await
             {
                 Ok(jobs) => {
-                    full |= jobs.len() >= free;
-                    *claimed.get_or_insert(0) += jobs.len();
+                    round.full |= jobs.len() >= free;
+                    *round.claimed.get_or_insert(0) += jobs.len();
                     for job in jobs {
                         self.spawn_job(job, slot, asked);
                     }
                 }
                 Err(e) => {
-                    failed = true;
+                    round.failed = true;
                     tracing::warn!(runner = %slot.name, error = %e, "claim failed");
                 }
             }
         }
-        (failed, full, claimed)
+        round
     }
 }

@@ -160,8 +160,9 @@ impl Worker {
             if !pacing.wait(&shutdown).await {
                 break;
             }
-            let (failed, full, claimed) = self.claim_round(must_claim).await;
-            pacing.claimed(claimed, full);
+            let round = self.claim_round(must_claim).await;
+            pacing.claimed(&round);
+            let (failed, full) = (round.failed, round.full);
             // A failed claim is tried again after the backoff.
             must_claim = full || failed;
             if failed {
