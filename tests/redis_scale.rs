@@ -17,6 +17,8 @@
 //! - `an_idle_event_tail_says_it_failed_and_recovered_across_redis_outages`: an API node nobody
 //!   listens to while Redis goes away twice: its event tail counts and logs each outage, says it
 //!   reads again once Redis is back, and a stream opened after gets events.
+//! - `a_steady_stream_of_single_jobs_is_claimed_several_at_a_time` and
+//!   `a_full_slot_is_refilled_without_waiting_for_the_claim_interval`: `worker.claim_interval`.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
 //! the test dies first).

@@ -25,7 +25,7 @@ const DEFAULT_CLAIM_INTERVAL: Duration = Duration::from_millis(2);
 /// The claim loop's pacing.
 pub(super) struct Pacing {
     interval: Duration,
-    /// When the last claim that took at most one job was made (none since a bigger one).
+    /// When the claim that started the current wait was made (none: no wait).
     last_single: Option<Instant>,
 }
 
@@ -57,11 +57,11 @@ impl Pacing {
         }
     }
 
-    /// A claim round ended: after one that took at most one job, because new work was
-    /// announced (a job's own claim, or one another worker took first), the next waits; after one
-    /// that took several, or filled a slot (it took all it could: waiting would not have made it
-    /// bigger, only later), it does not; one that found nothing without an announcement (a poll,
-    /// a job's end) changes nothing, so a job after a quiet spell is claimed at once.
+    /// A claim round ended. After one that took one job, or found none though new work was
+    /// announced (another worker took it first), the next waits; after one that took several,
+    /// or in which a slot was or became full (it took all it could: waiting would not have made
+    /// it bigger, only later), it does not; one that found nothing without an announcement (a
+    /// poll, a job's end) changes nothing, so a job after a quiet spell is claimed at once.
     pub(super) fn claimed(&mut self, round: &Round) {
         if self.interval.is_zero() {
             return;
