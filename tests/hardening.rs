@@ -434,14 +434,7 @@ async fn json_bodies_need_a_json_content_type_and_cross_origin_writes_are_refuse
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "a cross-origin cancel");
     // The same multipart from a program (no Origin) or the server's own origin is accepted.
     let form = reqwest::multipart::Form::new().text("job", body.to_string());
-    let res = ts
-        .client
-        .post(ts.at("/async/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(submit_form(&ts, form).await.0, StatusCode::ACCEPTED);
     let form = reqwest::multipart::Form::new().text("job", body.to_string());
     let own = ts.url.clone();
     let res = ts

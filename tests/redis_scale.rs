@@ -1311,6 +1311,19 @@ async fn one_job_at_a_time_is_handed_over_to_a_parked_worker_node() {
     assert!(off > 4.0, "{off:.2} script calls per job without");
 }
 
+/// The job once it is SUCCESS (bounded wait).
+async fn until_success(store: &RedisStore, id: Uuid) -> Job {
+    let start = Instant::now();
+    loop {
+        let j = store.get(id).await.unwrap().expect("the job");
+        if j.status == JobStatus::Success {
+            return j;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{j:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An API node and one worker node with `worker.claim_interval = "1s"`.
 async fn paced_cluster(redis: &TestRedis) -> (Cluster, reqwest::Client) {
     let mut cl = Cluster::new(redis, "");
@@ -1337,20 +1350,7 @@ async fn a_steady_stream_of_single_jobs_is_claimed_several_at_a_time() {
         assert_eq!(refused, 0);
         Uuid::parse_str(&ids[0]).unwrap()
     };
-    let done = |id: Uuid| {
-        let store = store.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                let j = store.get(id).await.unwrap().expect("the job");
-                if j.status == JobStatus::Success {
-                    return j;
-                }
-                assert!(start.elapsed() < Duration::from_secs(30), "{j:?}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
+    let done = |id: Uuid| until_success(&store, id);
     let claimed_at = |j: &Job| j.runs.last().expect("a run").claimed_at;
     // A first job: its claim took one job, so the next claim comes a second after it.
     let first = done(submit().await).await;
@@ -1411,18 +1411,9 @@ async fn a_full_slot_is_refilled_without_waiting_for_the_claim_interval() {
         .iter()
         .map(|r| r["job_id"].as_str().expect("a job id").to_string())
         .collect();
-    let start = Instant::now();
     let mut claims = Vec::new();
     for id in ids {
-        let id = Uuid::parse_str(&id).unwrap();
-        let j = loop {
-            let j = store.get(id).await.unwrap().expect("the job");
-            if j.status == JobStatus::Success {
-                break j;
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "{j:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let j = until_success(&store, Uuid::parse_str(&id).unwrap()).await;
         assert_eq!(j.runs.len(), 1, "{j:?}");
         claims.push(j.runs[0].claimed_at);
     }
