@@ -30,6 +30,15 @@ pub trait BatchSink: Send + Sync + 'static {
     async fn send(&self, batch: Batch);
 }
 
+/// The stderr line that stands where `n` of a job's lines were dropped (the oldest of those
+/// waiting: the newest, the job's last word, are kept).
+pub fn dropped_note(n: u64) -> String {
+    format!(
+        "[runyard] {n} line(s) dropped here: the job wrote them faster than they could be \
+         stored (the newest are kept)"
+    )
+}
+
 /// What is buffered: lines (the newest `max_lines`), how many older ones were dropped since the
 /// last batch, and the latest progress.
 #[derive(Default)]
@@ -77,15 +86,7 @@ impl<S: BatchSink> BufferedReporter<S> {
         let mut lines = Vec::with_capacity(p.lines.len() + 1);
         if p.dropped > 0 {
             let first = p.lines.front().map_or_else(SystemTime::now, |l| l.1);
-            lines.push((
-                LogStream::Stderr,
-                first,
-                format!(
-                    "[runyard] {} line(s) dropped here: the job wrote them faster than they \
-                     could be stored (the newest are kept)",
-                    p.dropped
-                ),
-            ));
+            lines.push((LogStream::Stderr, first, dropped_note(p.dropped)));
         }
         lines.extend(p.lines);
         let batch = Batch {

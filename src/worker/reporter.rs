@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use runyard_runners::buffered::{Batch, BatchSink, BufferedReporter};
+use runyard_runners::buffered::{dropped_note, Batch, BatchSink, BufferedReporter};
 use runyard_runners::{LogStream, Reporter};
 use serde_json::Value;
 use uuid::Uuid;
@@ -79,8 +79,10 @@ fn micros(at: std::time::SystemTime) -> Micros {
 
 /// The reporter the reaper hands to [`Runner::recover`](runyard_runners::Runner::recover): the
 /// recovered work may speak before it is adopted, so what it says is kept (bounded) until the
-/// adopting attempt's reporter is attached, then everything goes there. Dropped unadopted, it
-/// drops what it kept.
+/// adopting attempt's reporter is attached, then everything goes there. Past
+/// `MAX_BUFFERED_LINES` kept lines the oldest go (and a note says how many), as in
+/// [`BufferedReporter`]: the newest, the work's last word, are kept. Dropped unadopted, it drops
+/// what it kept.
 #[derive(Default)]
 pub struct DeferredReporter {
     inner: Mutex<Deferred>,
@@ -91,7 +93,9 @@ pub struct DeferredReporter {
 #[derive(Default)]
 struct Deferred {
     target: Option<runyard_runners::SharedReporter>,
-    lines: Vec<(LogStream, String)>,
+    lines: std::collections::VecDeque<(LogStream, String)>,
+    /// Kept lines dropped (the oldest) to stay within `MAX_BUFFERED_LINES`.
+    dropped: u64,
     progress: Option<(f64, Option<Value>)>,
 }
 
@@ -107,6 +111,12 @@ impl DeferredReporter {
     /// From now on, forwards to `target` (first what was kept, in order).
     pub fn attach(&self, target: runyard_runners::SharedReporter) {
         let mut d = self.inner.lock();
+        if d.dropped > 0 {
+            target.log(
+                LogStream::Stderr,
+                dropped_note(std::mem::take(&mut d.dropped)),
+            );
+        }
         for (stream, line) in d.lines.drain(..) {
             target.log(stream, line);
         }
@@ -126,8 +136,13 @@ impl Reporter for DeferredReporter {
         let mut d = self.inner.lock();
         match &d.target {
             Some(t) => t.log(stream, line),
-            None if d.lines.len() < MAX_BUFFERED_LINES => d.lines.push((stream, line)),
-            None => {}
+            None => {
+                if d.lines.len() >= MAX_BUFFERED_LINES {
+                    d.lines.pop_front();
+                    d.dropped += 1;
+                }
+                d.lines.push_back((stream, line));
+            }
         }
     }
 
@@ -137,5 +152,43 @@ impl Reporter for DeferredReporter {
             Some(t) => t.progress(progress, details),
             None => d.progress = Some((progress, details)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(LogStream, String)>>);
+
+    impl Reporter for Collect {
+        fn log(&self, stream: LogStream, line: String) {
+            self.0.lock().push((stream, line));
+        }
+        fn progress(&self, _progress: f64, _details: Option<Value>) {}
+    }
+
+    /// Recovered work that says more than can be kept before it is adopted: the oldest lines go,
+    /// a note says how many, and the newest (its last word) reach the adopting attempt in order.
+    #[test]
+    fn a_deferred_reporter_keeps_the_newest_lines_and_says_how_many_went() {
+        let d = DeferredReporter::with_last_log(None);
+        let n = MAX_BUFFERED_LINES + 5;
+        for i in 1..=n {
+            d.log(LogStream::Stdout, i.to_string());
+        }
+        d.log(LogStream::Stderr, "FATAL".into());
+        let target = Arc::new(Collect::default());
+        d.attach(target.clone());
+        d.log(LogStream::Stdout, "after".into());
+        let got = target.0.lock();
+        assert_eq!(got.len(), MAX_BUFFERED_LINES + 2);
+        assert_eq!(got[0].0, LogStream::Stderr);
+        assert!(got[0].1.contains("6 line(s) dropped"), "{}", got[0].1);
+        assert_eq!(got[1].1, "7");
+        assert_eq!(got[got.len() - 3].1, n.to_string());
+        assert_eq!(got[got.len() - 2], (LogStream::Stderr, "FATAL".to_string()));
+        assert_eq!(got[got.len() - 1].1, "after");
     }
 }
