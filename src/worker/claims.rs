@@ -61,12 +61,15 @@ impl Pacing {
     /// announced (another worker took it first), the next waits; after one that took several,
     /// or in which a slot was or became full (it took all it could: waiting would not have made
     /// it bigger, only later), it does not; one that found nothing without an announcement (a
-    /// poll, a job's end) changes nothing, so a job after a quiet spell is claimed at once.
+    /// poll, a job's end) changes nothing, so a job after a quiet spell is claimed at once; a
+    /// round in which a claim failed ends any wait (the retry comes after the error backoff).
     pub(super) fn claimed(&mut self, round: &Round) {
         if self.interval.is_zero() {
             return;
         }
         match round.claimed {
+            // A failed claim is tried again after the claim loop's own backoff, not later.
+            _ if round.failed => self.last_single = None,
             Some(n) if n >= 2 || round.full => self.last_single = None,
             Some(1) => self.last_single = Some(Instant::now()),
             Some(_) if round.announced => self.last_single = Some(Instant::now()),
@@ -125,5 +128,44 @@ impl Worker {
             }
         }
         round
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(claimed: Option<usize>, full: bool, failed: bool, announced: bool) -> Round {
+        Round {
+            failed,
+            full,
+            claimed,
+            announced,
+        }
+    }
+
+    /// Which rounds start a wait before the next claim, and which end one.
+    #[test]
+    fn pacing_waits_after_single_claims_only() {
+        let mut p = Pacing::new(Some(Duration::from_millis(5)), "redis");
+        let waits = |p: &mut Pacing, r: Round| {
+            p.last_single = None;
+            p.claimed(&r);
+            p.last_single.is_some()
+        };
+        assert!(waits(&mut p, round(Some(1), false, false, false)));
+        assert!(waits(&mut p, round(Some(0), false, false, true)));
+        assert!(!waits(&mut p, round(Some(2), false, false, true)));
+        assert!(!waits(&mut p, round(Some(1), true, false, true)));
+        assert!(!waits(&mut p, round(Some(0), false, false, false)));
+        assert!(!waits(&mut p, round(None, false, false, false)));
+        // A failed claim in the round (another slot took one): its retry is not held back.
+        assert!(!waits(&mut p, round(Some(1), false, true, true)));
+        p.claimed(&round(Some(1), false, false, false));
+        p.claimed(&round(Some(0), false, true, true));
+        assert!(p.last_single.is_none(), "a failed round ends the wait");
+        // The embedded store's default: no pacing at all.
+        let mut e = Pacing::new(None, "embedded");
+        assert!(!waits(&mut e, round(Some(1), false, false, true)));
     }
 }
