@@ -1424,3 +1424,44 @@ async fn a_full_slot_is_refilled_without_waiting_for_the_claim_interval() {
         "ms between claims, sorted: {gaps:?}"
     );
 }
+
+/// While Redis refuses connections, a submit is answered 503 once `store.retry` has run out, with
+/// what went wrong (the connection's last error: a broken pipe, a refused reconnect; not only
+/// "no answer", which is all a try cut by its timeout knows), and nothing is stored: once
+/// Redis is back the store holds no job and the same submit is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_refuses_a_submit_is_refused_saying_why() {
+    let mut redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    let env = [("RUNYARD_STORE__RETRY", "1s")];
+    cl.spawn_env("api", &["serve", "--no-worker"], "warn", &env);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    redis.stop();
+    let body = json!({"type": "runyard.sleep", "args": {"ms": 1}});
+    let r = http
+        .post(format!("{}/async/jobs", cl.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("redis: ") && !msg.starts_with("redis: no answer"),
+        "the 503 names the connection's error: {msg}"
+    );
+    redis.restart();
+    cl.wait_healthy(&http).await;
+    let store = cl.store().await;
+    assert!(all_jobs(&store).await.is_empty(), "a 503 stores nothing");
+    let r = http
+        .post(format!("{}/async/jobs", cl.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+}

@@ -516,6 +516,9 @@ impl RedisStore {
         Fut: Future<Output = RedisResult<T>>,
     {
         let mut delay = Duration::from_millis(25);
+        // The last error Redis or the connection gave: a try cut by its timeout says little
+        // (while Redis refuses connections, the manager's reconnects are what fails).
+        let mut said: Option<String> = None;
         loop {
             let per_try = match deadline {
                 Some(d) => self
@@ -534,8 +537,15 @@ impl RedisStore {
                     return Ok(v);
                 }
                 Ok(Err(e)) if !transient(&e) => return Err(StoreError::Backend(e.to_string())),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "command timed out".to_string(),
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    said = Some(e.clone());
+                    e
+                }
+                Err(_) => match &said {
+                    Some(e) => format!("{e}; no answer within {} ms since", per_try.as_millis()),
+                    None => format!("no answer within {} ms", per_try.as_millis()),
+                },
             };
             self.mark(false, &err);
             let left = deadline.map_or(Duration::ZERO, |d| {
