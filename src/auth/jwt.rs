@@ -10,6 +10,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use crate::api::jobs::{valid_name, CHANNEL_RULE};
+
 /// What a valid channel token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelClaims {
@@ -62,15 +64,13 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| refusal(token, e.kind()))?;
         let claims = data.claims;
+        // A channel name as a job's `channel` must be (a number is taken as its digits): a
+        // token for a name no job can carry would open a stream that never speaks.
         let channel = match claims.get("channel") {
-            Some(Value::String(c)) if !c.is_empty() && c.len() <= 256 => Some(c.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
             None | Some(Value::Null) => None,
-            Some(_) => {
-                return Err(
-                    "the token's `channel` claim must be a string of 1-256 characters".into(),
-                )
-            }
+            Some(Value::String(c)) if valid_name(c, 256) => Some(c.clone()),
+            Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
+            Some(_) => return Err(format!("the token's {CHANNEL_RULE}")),
         };
         let sub = match claims.get("sub") {
             None | Some(Value::Null) => None,
@@ -290,6 +290,28 @@ mod tests {
             b64(&json!({"channel": "c1", "exp": exp}))
         );
         refused(&none, "`none`");
+        // The channel claim is a channel name, as a job's: a whole number is taken as its digits.
+        let numbered = mint(Algorithm::HS256, json!({"channel": 42, "exp": exp}), SECRET);
+        assert_eq!(v.verify(&numbered).unwrap().channel, "42");
+        for channel in [
+            json!(""),
+            json!("two words"),
+            json!("a/b"),
+            json!("x".repeat(257)),
+            json!(-1),
+            json!(1.5),
+            json!(["c1"]),
+            json!(true),
+        ] {
+            refused(
+                &mint(
+                    Algorithm::HS256,
+                    json!({"channel": channel, "exp": exp}),
+                    SECRET,
+                ),
+                "`channel` must be 1-256 characters of letters, digits",
+            );
+        }
         refused("not a token", "malformed");
         refused("", "malformed");
     }
