@@ -132,14 +132,36 @@ def test_dead_letters_bulk_retry(server, page):
     expect(page.locator(f'#rows tr[data-job="{missed}"]')).to_have_count(0)
     expect(page.locator("#rows tr")).to_have_count(3)
     screenshot(page, "dead")
+    page.locator("#pick-all").check()
     page.locator("#retry-all").click()
     expect(page.locator("#toast")).to_contain_text("3 queued", timeout=15000)
+    # The page reloaded its rows after the retries: none selected, nor "select all shown".
+    expect(page.locator("#pick-all")).not_to_be_checked()
     # Each got a new attempt (the toast came after every retry answered): it runs again and,
     # this runner failing again, ends in ERROR one attempt later.
     for j in dead:
         got = server.wait(j, {"ERROR"})
         assert got["attempt"] == before[j] + 1, got
     assert server.job(missed)["attempt"] == m["attempt"], "a job not shown was retried"
+
+
+def test_bulk_cancel_from_the_jobs_table(server, page):
+    tag = uuid.uuid4().hex[:6]
+    jobs = [server.submit({"type": f"hang.bulk{tag}.{i}"}) for i in range(3)]
+    open_page(page, server, f"/jobs?type=hang.bulk{tag}.*")
+    for j in jobs:
+        expect(page.locator(f'#rows tr[data-job="{j}"]')).to_be_visible()
+    expect(page.locator("#rows tr")).to_have_count(3)
+    page.locator("#pick-all").check()
+    expect(page.locator("#rows .pick:checked")).to_have_count(3)
+    page.locator("#bulk-cancel").click()
+    expect(page.locator("#toast")).to_contain_text("cancel: 3 done", timeout=15000)
+    for j in jobs:
+        assert server.wait(j, {"CANCELLED"})["status"] == "CANCELLED"
+    # The table shows them cancelled, with nothing left selected: not the rows, not "select all".
+    expect(page.locator("#rows .badge")).to_have_text(["CANCELLED"] * 3, timeout=15000)
+    expect(page.locator("#rows .pick:checked")).to_have_count(0)
+    expect(page.locator("#pick-all")).not_to_be_checked()
 
 
 def test_the_jobs_table_filters_in_the_store_by_text_and_channel(server, page):

@@ -325,6 +325,8 @@ async function jobs(params) {
       const page = await api(`/async/jobs?${q}`);
       const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
+      // New rows come unselected: so does "select all".
+      document.getElementById("pick-all").checked = false;
       if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";

@@ -99,6 +99,8 @@ async function deadLetters(params) {
       h("td", {}, j.type), h("td", {}, badge(j.status)), h("td", {}, `${j.attempt}/${j.max_attempts}`),
       h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
     if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
+    // New rows come unselected: so does "select all shown".
+    document.getElementById("pick-all").checked = false;
     note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
     pager.replaceChildren(
       cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
