@@ -549,7 +549,7 @@ fn parse_time(s: &str, field: &str) -> ApiResult<Micros> {
         (status = 202, description = "The fires of `from`..`to`", body = super::openapi::schemas::Backfilled),
         (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad time, `to` before `from` or in the future, more than 1000 fire times", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad time, `from` before 1970, `to` before `from` or in the future, more than 1000 fire times", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn backfill(
     State(st): State<AppState>,
@@ -559,6 +559,11 @@ async fn backfill(
 ) -> ApiResult<Response> {
     let from = parse_time(&body.from, "from")?;
     let to = parse_time(&body.to, "to")?;
+    if from < 0 {
+        return Err(bad(
+            "`from` must be 1970-01-01T00:00:00Z or later (jobs' times count from it)",
+        ));
+    }
     if to < from {
         return Err(bad("`to` must not be before `from`"));
     }
