@@ -424,6 +424,18 @@ async fn api_suite(ts: &TestServer) {
     let body = json!({"name": "again", "cron": "0 3 * * *", "job": {"type": "runyard.noop"}});
     let (st, v) = ts.post("/async/schedules", Some(&body)).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
+    // Its template's `args` absent, `null` or `{}` submit the same job: the same body (200);
+    // other args are another body (409).
+    for (args, want) in [
+        (json!({}), StatusCode::OK),
+        (json!(null), StatusCode::OK),
+        (json!({"x": 1}), StatusCode::CONFLICT),
+    ] {
+        let mut again = body.clone();
+        again["job"]["args"] = args.clone();
+        let (st, v) = ts.post("/async/schedules", Some(&again)).await;
+        assert_eq!(st, want, "args {args}: {v}");
+    }
     let store = ts.running().app.store.clone();
     let old = store
         .schedule("again")

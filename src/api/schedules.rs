@@ -295,6 +295,21 @@ async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
         .ok_or_else(|| not_found(name))
 }
 
+/// A job template without its `args` when they are absent, `null` or `{}` (all submit `{}`).
+fn without_empty_args(job: &Value) -> std::borrow::Cow<'_, Value> {
+    let empty = |a: &Value| a.is_null() || a.as_object().is_some_and(|o| o.is_empty());
+    match job.get("args") {
+        Some(a) if empty(a) => {
+            let mut j = job.clone();
+            if let Some(o) = j.as_object_mut() {
+                o.remove("args");
+            }
+            std::borrow::Cow::Owned(j)
+        }
+        _ => std::borrow::Cow::Borrowed(job),
+    }
+}
+
 /// `POST /async/schedules`: 201 created, 200 the same body again, 409 another body.
 #[utoipa::path(post, path = "/async/schedules", tag = "schedules", request_body = ScheduleBody,
     responses(
@@ -316,11 +331,15 @@ async fn create(
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
             // `paused` is not compared: a POST never pauses or resumes (PUT does), and the
             // answer shows the schedule as it is now.
+            // Nor is the form of an empty `args`: absent, `null` and `{}` submit the same job.
             let same = ScheduleSpec {
                 paused: cur.spec.paused,
+                job: cur.spec.job.clone(),
                 ..spec.clone()
             };
-            if cur.spec == same {
+            if cur.spec == same
+                && without_empty_args(&cur.spec.job) == without_empty_args(&spec.job)
+            {
                 return Ok(show(&cur, StatusCode::OK));
             }
             return Err(ApiError::conflict(
