@@ -1533,11 +1533,58 @@ async fn uploads_with_a_wrong_md5_or_too_large_are_refused() {
     srv.assert_unchanged(&a, &before, "oversize multipart")
         .await;
 
-    // Exactly the limit is fine.
+    // A file's type over 255 bytes, wherever it comes in: the upload request's
+    // `metadata.mimetype`, the client attach route's Content-Type, the signed URL's.
+    let long_type = format!("text/{}", "x".repeat(251));
     let exact = vec![b'z'; 1024];
+    let body = upload_body(&exact, json!({"mimetype": long_type}));
+    let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
+    assert_eq!(r.status, 422, "{}", r.describe());
+    assert!(
+        r.describe().contains("`metadata.mimetype`"),
+        "{}",
+        r.describe()
+    );
+    srv.assert_unchanged(&a, &before, "long metadata.mimetype")
+        .await;
+    let (status, v) = srv
+        .send_json(
+            "PUT files/inputs, long Content-Type",
+            srv.http
+                .put(format!("{}/async/jobs/{a}/files/inputs", srv.url))
+                .header("content-type", &long_type)
+                .body("x"),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_body")),
+        "{v}"
+    );
+    assert!(v.to_string().contains("255 bytes"), "{v}");
+    srv.assert_unchanged(&a, &before, "long Content-Type attach")
+        .await;
+
+    // Exactly the limit is fine; the signed URL refused for its Content-Type stays usable.
     let body = upload_body(&exact, json!({}));
     let r = srv.signed(&a, &sa, SigVersion::V2, "PUT", &t, &body).await;
     let url = r.json["url"].as_str().expect("url").to_string();
+    let (status, v) = srv
+        .send_json(
+            "PUT signed url, long Content-Type",
+            srv.http
+                .put(&url)
+                .header("content-type", &long_type)
+                .body(exact.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("bad_body")),
+        "{v}"
+    );
+    srv.assert_unchanged(&a, &before, "long Content-Type upload")
+        .await;
     let (status, v) = srv.put_bytes(&url, &exact).await;
     assert_eq!(status, 200, "1024 bytes: {v}");
     let (status, bytes) = srv

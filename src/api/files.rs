@@ -17,6 +17,18 @@ use crate::job::{Command, FileRef, MAX_FILES_PER_PROPERTY};
 /// Longest file name taken, in bytes (as most file systems' names).
 pub const MAX_FILE_NAME_BYTES: usize = 255;
 
+/// A file's type (`Content-Type`, kept with it and sent back on download) is at most
+/// [`MAX_FILE_NAME_BYTES`] bytes; the refusal reads "Content-Type is at most ...".
+pub fn check_mimetype(m: &str) -> Result<(), String> {
+    if m.len() > MAX_FILE_NAME_BYTES {
+        return Err(format!(
+            "Content-Type is at most {MAX_FILE_NAME_BYTES} bytes (got {})",
+            m.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a file's name (`?name=`, a multipart part's `filename`, a job's upload `metadata.name`):
 /// empty (no name), or at most [`MAX_FILE_NAME_BYTES`] bytes without `/`, `\\` or control
 /// characters, and not `.` or `..`. A name is a label for downloads (`Content-Disposition`), never
@@ -62,7 +74,7 @@ pub struct AttachParams {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes (its `Content-Type` is kept)"),
     responses(
         (status = 201, description = "Attached", body = super::openapi::schemas::Attached),
-        (status = 400, description = "`bad_id`, `bad_path`, `bad_query`, `bad_body`", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_id`, `bad_path`, `bad_query`, `bad_body` (also a `Content-Type` over 255 bytes)", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job has finished", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `hooks.max_file_bytes`", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -79,6 +91,12 @@ pub async fn attach(
     if let Some(n) = &q.name {
         check_file_name(n).map_err(|m| ApiError::bad_query(format!("`name`: {m}")))?;
     }
+    let mimetype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    check_mimetype(&mimetype).map_err(|m| ApiError::bad_request("bad_body", format!("the {m}")))?;
     let job = st.job(id).await?;
     if job.status.is_terminal() {
         return Err(ApiError::conflict(
@@ -99,11 +117,7 @@ pub async fn attach(
     let file = FileRef {
         hash: stored.hash.clone(),
         size: stored.size,
-        mimetype: headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_string(),
+        mimetype,
         name: q.name.unwrap_or_default(),
         metadata: json!({}),
     };
@@ -211,16 +225,9 @@ pub async fn read_multipart(
             .content_type()
             .unwrap_or("application/octet-stream")
             .to_string();
-        if mimetype.len() > MAX_FILE_NAME_BYTES {
-            return Err(ApiError::bad_request(
-                "bad_multipart",
-                format!(
-                    "file part `{name}`: its Content-Type is at most {MAX_FILE_NAME_BYTES} bytes \
-                     (got {})",
-                    mimetype.len()
-                ),
-            ));
-        }
+        check_mimetype(&mimetype).map_err(|m| {
+            ApiError::bad_request("bad_multipart", format!("file part `{name}`: its {m}"))
+        })?;
         let stored = st
             .app
             .blobs

@@ -284,7 +284,7 @@ pub async fn download(
         (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name, a `metadata.mimetype` over 255 bytes", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn upload(
     State(st): State<AppState>,
@@ -309,6 +309,13 @@ pub async fn upload(
             .ok_or_else(|| ApiError::invalid_request("`metadata.name` must be a string"))?;
         super::files::check_file_name(n)
             .map_err(|m| ApiError::invalid_request(format!("`metadata.name`: {m}")))?;
+    }
+    if let Some(m) = req.metadata.get("mimetype").filter(|m| !m.is_null()) {
+        let m = m
+            .as_str()
+            .ok_or_else(|| ApiError::invalid_request("`metadata.mimetype` must be a string"))?;
+        super::files::check_mimetype(m)
+            .map_err(|e| ApiError::invalid_request(format!("`metadata.mimetype`: its {e}")))?;
     }
     let meta = serde_json::to_string(&req.metadata).unwrap_or_default();
     if meta.len() > 4096 {
@@ -475,7 +482,7 @@ async fn check_upload_url(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes"),
     responses(
         (status = 200, description = "Stored and attached", body = super::openapi::schemas::BlobStored),
-        (status = 400, description = "`bad_id`, `bad_body`", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_id`, `bad_body` (also a `Content-Type` over 255 bytes)", body = super::openapi::schemas::ErrorBody),
         (status = 403, description = "`bad_signature`: invalid or expired URL; `url_used`", body = super::openapi::schemas::ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`stale_attempt`, `illegal_transition`", body = super::openapi::schemas::ErrorBody),
@@ -489,6 +496,14 @@ pub async fn blob_upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    // Before the URL is taken (it is good for one use): a refusal here leaves it usable.
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if let Some(c) = ctype {
+        super::files::check_mimetype(c)
+            .map_err(|m| ApiError::bad_request("bad_body", format!("the {m}")))?;
+    }
     let (t, job) = check_upload_url(&st, q).await?;
     let metadata: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t.meta.as_bytes())
@@ -505,9 +520,6 @@ pub async fn blob_upload(
         )
         .await
         .map_err(file_error)?;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
     attach(
         &st,
         &job,
