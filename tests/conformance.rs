@@ -286,6 +286,7 @@ conformance!(
     scheduled_jobs_are_promoted_when_due,
     events_are_ordered_and_exclusive,
     trimmed_events_yield_a_resync,
+    a_channel_trim_leaves_the_global_stream_whole,
     logs_are_sequenced_and_bounded,
     retention_deletes_finished_jobs,
     file_references_follow_jobs,
@@ -1154,8 +1155,7 @@ async fn trimmed_events_yield_a_resync(mut b: Backend) {
     assert_eq!(next.len(), page.len() - 1);
     // From the start: the kept events, no resync.
     let kept = s.events(None, None, 100).await.unwrap();
-    // (Embedded: trimming the channel also removes its events from the global stream.)
-    assert!((3..=5).contains(&kept.len()), "{}", kept.len());
+    assert_eq!(kept.len(), 5, "the global limit");
     assert!(kept.iter().all(|e| e.kind != "resync"));
     // Up to date: no resync.
     let last = kept.last().unwrap().id.clone();
@@ -1164,6 +1164,51 @@ async fn trimmed_events_yield_a_resync(mut b: Backend) {
     let ch = s.events(Some("c"), Some(&first), 100).await.unwrap();
     assert_eq!(ch[0].kind, "resync");
     assert_eq!(ch.len(), 4);
+}
+
+/// A channel trimmed to its limit leaves the global stream as it was (within the global limit):
+/// an all-channels reader behind the channel's trim gets every event, no silent hole (the
+/// embedded store used to delete the channel's rows from the one table both read). The
+/// channel's readers see its newest `channel_limit` events, after a resync when behind.
+async fn a_channel_trim_leaves_the_global_stream_whole(mut b: Backend) {
+    let s = b
+        .store_with(StoreSettings {
+            global_limit: 1000,
+            channel_limit: 3,
+            ..test_settings()
+        })
+        .await;
+    let first = {
+        let j = submit(&s, job("t", "r")).await;
+        s.events(Some(&j.channel_id), None, 1).await.unwrap()[0]
+            .id
+            .clone()
+    };
+    for i in 0..12 {
+        let mut j = job("t", "r");
+        j.channel_id = if i % 2 == 0 { "a" } else { "b" }.into();
+        let j = submit(&s, j).await;
+        s.apply(j.id, Command::Cancel).await.unwrap();
+    }
+    let before = s.events(None, Some(&first), 1000).await.unwrap();
+    assert_eq!(before.len(), 24, "two events per job");
+    s.retention(0).await.unwrap();
+    let after = s.events(None, Some(&first), 1000).await.unwrap();
+    assert_eq!(
+        after, before,
+        "the global stream is whole after the channels' trims"
+    );
+    for ch in ["a", "b"] {
+        let page = s.events(Some(ch), Some(&first), 1000).await.unwrap();
+        assert_eq!(page[0].kind, "resync", "{ch}: {page:?}");
+        assert_eq!(page.len(), 4, "{ch}: a resync and the 3 kept");
+        let all: Vec<_> = before.iter().filter(|e| e.channel_id == ch).collect();
+        let kept: Vec<_> = page[1..].iter().collect();
+        assert_eq!(kept, all[all.len() - 3..].to_vec(), "{ch}: its newest");
+        // Without a cursor: the kept ones, no resync.
+        let fresh = s.events(Some(ch), None, 1000).await.unwrap();
+        assert_eq!(fresh.iter().collect::<Vec<_>>(), kept, "{ch}");
+    }
 }
 
 async fn logs_are_sequenced_and_bounded(mut b: Backend) {

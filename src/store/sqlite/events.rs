@@ -113,20 +113,21 @@ impl EventLog for SqliteStore {
         let channel = channel.map(str::to_string);
         self.read(move |c| {
             let mut out = Vec::new();
-            if let Some(after) = after {
-                let trimmed: i64 = row(
-                    c,
-                    "SELECT COALESCE(MAX(upto), 0) FROM trims WHERE channel IN ('', ?1)",
-                    [channel.clone().unwrap_or_default()],
-                    |r| r.get(0),
-                )?;
-                if after < trimmed {
-                    let mut ev = Event::resync(channel.as_deref().unwrap_or(""));
-                    ev.id = trimmed.to_string();
-                    out.push(ev);
-                }
+            // Where the stream asked for starts: past the global trim (rows deleted) and, for a
+            // channel, past its own (its rows past `events.channel_limit` stay for the global
+            // stream: retention.rs), so a channel's reader never sees more than its limit.
+            let trimmed: i64 = row(
+                c,
+                "SELECT COALESCE(MAX(upto), 0) FROM trims WHERE channel IN ('', ?1)",
+                [channel.clone().unwrap_or_default()],
+                |r| r.get(0),
+            )?;
+            if after.is_some_and(|a| a < trimmed) {
+                let mut ev = Event::resync(channel.as_deref().unwrap_or(""));
+                ev.id = trimmed.to_string();
+                out.push(ev);
             }
-            let after = after.unwrap_or(0);
+            let after = after.unwrap_or(0).max(trimmed);
             let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, String)> {
                 Ok((r.get(0)?, channel_name(r.get_ref(1)?)?, r.get(2)?))
             };

@@ -59,7 +59,11 @@ impl Maintenance for SqliteStore {
                     .map_err(db_err)?;
                 }
             }
-            // Channels over their limit (`events.channel` as stored: see events.rs).
+            // Channels over their limit (`events.channel` as stored: see events.rs): their trim
+            // mark moves to the newest event past the limit, and their readers start after it
+            // (events.rs); the rows stay. The table is also the global stream: deleting a busy
+            // channel's old rows made holes in it that no global reader was told of (no
+            // resync). The global limit above bounds the table.
             let over: Vec<(rusqlite::types::Value, i64)> = c
                 .prepare("SELECT channel, COUNT(*) FROM events GROUP BY channel HAVING COUNT(*) > ?1")
                 .map_err(db_err)?
@@ -76,10 +80,6 @@ impl Maintenance for SqliteStore {
                     )
                     .map_err(db_err)?;
                 let upto = upto.min(max - 1);
-                let n = c
-                    .execute("DELETE FROM events WHERE channel = ?1 AND id <= ?2", params![ch, upto])
-                    .map_err(db_err)?;
-                report.events += n as u64;
                 let name = super::events::channel_name((&ch).into()).map_err(db_err)?;
                 c.execute(
                     "INSERT INTO trims(channel, upto) VALUES (?1, ?2)
