@@ -463,6 +463,20 @@ fn callers(method: &str, path: &str, scope: Option<(Scope, On)>) -> Vec<(String,
                 jwt(json!({"scope": "jobs:submit"}), SECRET),
                 Expect::Forbidden,
             ));
+            // A `scope` makes the channel a confinement, not a grant: without `jobs:read` the
+            // token's own channel's events are refused too (an empty scope grants nothing).
+            for scope in ["jobs:submit", ""] {
+                out.push((
+                    format!("JWT with scope `{scope}` and the channel"),
+                    jwt(json!({"scope": scope, "channel": CHANNEL}), SECRET),
+                    Expect::Forbidden,
+                ));
+            }
+            out.push((
+                "JWT with scope jobs:read and the channel".into(),
+                jwt(json!({"scope": "jobs:read", "channel": CHANNEL}), SECRET),
+                Expect::Allowed,
+            ));
         }
     }
     out.push(("no token".into(), String::new(), Expect::Unauthorized));

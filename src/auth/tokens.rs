@@ -517,7 +517,12 @@ fn grant_of_claims(c: Claims) -> Result<Grant, String> {
     grant.valid_until = c.valid_until;
     match c.channel {
         Some(ch) => {
-            grant.bits |= EVENTS_BIT;
+            // A channel without `scope` is a browser's channel token: its channel's events. With
+            // a `scope` (even an empty one), the channel only confines: the events need
+            // `jobs:read` as for any other credential (a submit-only token read them).
+            if c.scope.is_none() {
+                grant.bits |= EVENTS_BIT;
+            }
             grant.channels = Some(Arc::new(Patterns::literal(&ch)));
         }
         None if c.scope.is_none() => {
