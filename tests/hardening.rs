@@ -287,14 +287,24 @@ async fn out_of_range_numbers_are_refused_not_panics() {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     let id = ts.submit_ok(json!({"type": "edge.ok"})).await;
     ts.wait_terminal(&id, WAIT).await;
+    // A log cursor past JSON's exact integers is refused (it used to be clamped, and answered
+    // with a `next` no JavaScript client can hold); the largest exact one reads nothing.
+    for after in ["18446744073709551615", "9007199254740992"] {
+        let (st, v) = ts
+            .get(&format!("/async/jobs/{id}/logs?after={after}"))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{after}: {v}");
+        assert_eq!(error_of(&v).0, "bad_query", "{v}");
+        assert!(error_of(&v).1.contains("`after`"), "{v}");
+    }
     let (st, v) = ts
-        .get(&format!("/async/jobs/{id}/logs?after=18446744073709551615"))
+        .get(&format!("/async/jobs/{id}/logs?after=9007199254740991"))
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(
         v["lines"],
         json!([]),
-        "nothing after the largest sequence number: {v}"
+        "nothing after the largest line number: {v}"
     );
     // No panic was counted.
     let m = ts
@@ -305,6 +315,63 @@ async fn out_of_range_numbers_are_refused_not_panics() {
         .expect("metrics");
     let text = m.text().await.expect("text");
     assert!(text.contains("runyard_http_panics_total 0\n"), "{text}");
+}
+
+/// Parts of a submit in a shape serde would take but a user did not mean are refused, naming
+/// the part in plain words, and nothing is stored: a `wait_for` item giving a field twice (it
+/// waited on the last key alone), `backoff` and `notify` as arrays (filled by position), a
+/// `timeout` of the wrong type (the message named a Rust enum); an `initial_ms` above the
+/// runner's `max_ms` says whose `max_ms` it is, and a long idempotency key counts bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_parts_in_the_wrong_shape_are_refused_in_plain_words() {
+    let ts = Backend::Embedded.server("").await;
+    let (_, before) = ts.get("/async/jobs?limit=1000").await;
+    // serde_json's `Value` keeps one of two equal keys: the bodies are sent as raw text.
+    for (text, needles) in [
+        (
+            r#"{"type":"edge.ok","wait_for":[{"key":"zz","since":"-1h","key":"yy"}]}"#,
+            &["wait_for[0]", "`key` is given twice"][..],
+        ),
+        (
+            r#"{"type":"edge.ok","backoff":[5,10,2.0,false]}"#,
+            &["`backoff`", "expected a JSON object"][..],
+        ),
+        (
+            r#"{"type":"edge.ok","notify":["http://127.0.0.1:9/hook",["status"]]}"#,
+            &["`notify`", "expected a JSON object"][..],
+        ),
+        (
+            r#"{"type":"edge.ok","timeout":true}"#,
+            &["`timeout`", "a number of seconds or a duration like"][..],
+        ),
+        (
+            r#"{"type":"edge.ok","backoff":{"initial_ms":400000}}"#,
+            &["backoff.initial_ms (400000)", "the runner's backoff"][..],
+        ),
+    ] {
+        let (st, v) = ts.post_raw("/async/jobs", text).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{text}: {v}");
+        let (_, msg) = error_of(&v);
+        for n in needles {
+            assert!(msg.contains(n), "{text}: `{n}` in {msg}");
+        }
+        assert!(
+            !msg.contains("DurationSpec") && !msg.contains("struct"),
+            "{msg}"
+        );
+    }
+    let key = "\u{e9}".repeat(129);
+    let (st, v) = ts
+        .submit(json!({"type": "edge.ok", "idempotency_key": key}))
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(error_of(&v).1.contains("1-256 bytes"), "{v}");
+    let (_, after) = ts.get("/async/jobs?limit=1000").await;
+    assert_eq!(before["jobs"], after["jobs"], "nothing was stored");
+    // The same parts in their right shapes are taken.
+    ts.submit_ok(json!({"type": "edge.ok", "timeout": "5s",
+        "backoff": {"initial_ms": 100}, "idempotency_key": "\u{e9}".repeat(128)}))
+        .await;
 }
 
 // ---- Hole 5: browser safety ----

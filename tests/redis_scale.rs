@@ -1438,13 +1438,16 @@ async fn while_redis_refuses_a_submit_is_refused_saying_why() {
     let http = http();
     cl.wait_healthy(&http).await;
     redis.stop();
-    let body = json!({"type": "runyard.sleep", "args": {"ms": 1}});
-    let r = http
-        .post(format!("{}/async/jobs", cl.url()))
-        .json(&body)
-        .send()
-        .await
-        .expect("the API answers");
+    let submit = || async {
+        let body = json!({"type": "runyard.sleep", "args": {"ms": 1}});
+        let url = format!("{}/async/jobs", cl.url());
+        http.post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("the API answers")
+    };
+    let r = submit().await;
     assert_eq!(r.status().as_u16(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable", "{v}");
@@ -1457,11 +1460,6 @@ async fn while_redis_refuses_a_submit_is_refused_saying_why() {
     cl.wait_healthy(&http).await;
     let store = cl.store().await;
     assert!(all_jobs(&store).await.is_empty(), "a 503 stores nothing");
-    let r = http
-        .post(format!("{}/async/jobs", cl.url()))
-        .json(&body)
-        .send()
-        .await
-        .expect("the API answers");
+    let r = submit().await;
     assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
 }

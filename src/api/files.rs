@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::parse_job_id;
@@ -27,6 +27,35 @@ pub fn check_mimetype(m: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The request's `Content-Type` (kept as an uploaded file's type), checked: 400 `bad_body` when
+/// over [`MAX_FILE_NAME_BYTES`].
+pub fn content_type(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let c = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if let Some(c) = c {
+        check_mimetype(c).map_err(|m| ApiError::bad_request("bad_body", format!("the {m}")))?;
+    }
+    Ok(c)
+}
+
+/// `metadata.{key}`, when present and not null, is a string that `check` accepts (422 naming it
+/// otherwise: `lead` and the check's words).
+pub fn check_metadata(
+    metadata: &Value,
+    key: &str,
+    check: fn(&str) -> Result<(), String>,
+    lead: &str,
+) -> ApiResult<()> {
+    let Some(v) = metadata.get(key).filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    let v = v
+        .as_str()
+        .ok_or_else(|| ApiError::invalid_request(format!("`metadata.{key}` must be a string")))?;
+    check(v).map_err(|m| ApiError::invalid_request(format!("`metadata.{key}`: {lead}{m}")))
 }
 
 /// Checks a file's name (`?name=`, a multipart part's `filename`, a job's upload `metadata.name`):
@@ -91,12 +120,9 @@ pub async fn attach(
     if let Some(n) = &q.name {
         check_file_name(n).map_err(|m| ApiError::bad_query(format!("`name`: {m}")))?;
     }
-    let mimetype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    let mimetype = content_type(&headers)?
         .unwrap_or("application/octet-stream")
         .to_string();
-    check_mimetype(&mimetype).map_err(|m| ApiError::bad_request("bad_body", format!("the {m}")))?;
     let job = st.job(id).await?;
     if job.status.is_terminal() {
         return Err(ApiError::conflict(

@@ -303,20 +303,13 @@ pub async fn upload(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",
         ));
     }
-    if let Some(n) = req.metadata.get("name").filter(|n| !n.is_null()) {
-        let n = n
-            .as_str()
-            .ok_or_else(|| ApiError::invalid_request("`metadata.name` must be a string"))?;
-        super::files::check_file_name(n)
-            .map_err(|m| ApiError::invalid_request(format!("`metadata.name`: {m}")))?;
-    }
-    if let Some(m) = req.metadata.get("mimetype").filter(|m| !m.is_null()) {
-        let m = m
-            .as_str()
-            .ok_or_else(|| ApiError::invalid_request("`metadata.mimetype` must be a string"))?;
-        super::files::check_mimetype(m)
-            .map_err(|e| ApiError::invalid_request(format!("`metadata.mimetype`: its {e}")))?;
-    }
+    super::files::check_metadata(&req.metadata, "name", super::files::check_file_name, "")?;
+    super::files::check_metadata(
+        &req.metadata,
+        "mimetype",
+        super::files::check_mimetype,
+        "its ",
+    )?;
     let meta = serde_json::to_string(&req.metadata).unwrap_or_default();
     if meta.len() > 4096 {
         return Err(ApiError::invalid_request("`metadata` is limited to 4 KiB"));
@@ -497,13 +490,7 @@ pub async fn blob_upload(
     body: Body,
 ) -> ApiResult<Json<Value>> {
     // Before the URL is taken (it is good for one use): a refusal here leaves it usable.
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if let Some(c) = ctype {
-        super::files::check_mimetype(c)
-            .map_err(|m| ApiError::bad_request("bad_body", format!("the {m}")))?;
-    }
+    let ctype = super::files::content_type(&headers)?;
     let (t, job) = check_upload_url(&st, q).await?;
     let metadata: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t.meta.as_bytes())

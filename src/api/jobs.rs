@@ -1,7 +1,5 @@
 //! The client API for jobs: submit, get, list, cancel, retry, logs, result.
 
-use std::time::Duration;
-
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,52 +15,7 @@ use crate::auth::tokens::Grant;
 use crate::job::{now_us, BackoffPatch, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::{ListQuery, Submitted};
 
-/// A duration given as a string (`"10m"`) or a number of seconds.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum DurationSpec {
-    /// Seconds.
-    Seconds(f64),
-    /// Humantime text.
-    Text(String),
-}
-
-/// The longest duration a client may give (30 days), in seconds.
-const MAX_DURATION_SECS: f64 = 30.0 * 24.0 * 3600.0;
-
-impl DurationSpec {
-    fn to_duration(&self, field: &str) -> ApiResult<Duration> {
-        let d = match self {
-            // Range-checked before the conversion, which panics on values past u64 seconds.
-            DurationSpec::Seconds(s) if s.is_finite() && *s > 0.0 && *s <= MAX_DURATION_SECS => {
-                Duration::try_from_secs_f64(*s).map_err(|e| {
-                    ApiError::unprocessable("invalid_request", format!("`{field}`: {e}"))
-                })?
-            }
-            DurationSpec::Text(t) => humantime::parse_duration(t).map_err(|e| {
-                ApiError::unprocessable(
-                    "invalid_request",
-                    format!("`{field}`: `{t}` is not a duration: {e}"),
-                )
-            })?,
-            _ => {
-                return Err(ApiError::unprocessable(
-                    "invalid_request",
-                    format!(
-                        "`{field}` must be a positive number of seconds (at most 30 days) or a duration like \"10m\""
-                    ),
-                ))
-            }
-        };
-        if d < Duration::from_millis(1) || d > Duration::from_secs_f64(MAX_DURATION_SECS) {
-            return Err(ApiError::unprocessable(
-                "invalid_request",
-                format!("`{field}` must be between 1ms and 30 days"),
-            ));
-        }
-        Ok(d)
-    }
-}
+pub use super::duration::DurationSpec;
 
 /// The body of `POST /async/jobs`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -83,12 +36,14 @@ pub struct SubmitBody {
     /// Attempts.
     pub max_attempts: Option<u32>,
     /// Backoff policy: the fields given replace the runner's.
+    #[serde(default, deserialize_with = "super::extract::object")]
     pub backoff: Option<BackoffPatch>,
     /// Idempotency key.
     pub idempotency_key: Option<String>,
     /// Event channel.
     pub channel: Option<String>,
     /// Signals to wait for: `[{key, count, since}]` (see `crate::waiting`).
+    #[serde(default, deserialize_with = "super::extract::strict")]
     pub wait_for: Option<Value>,
     /// When the job stops waiting: RFC 3339, `"+4h"` or `"HH:MM"`.
     pub deadline: Option<Value>,
@@ -97,19 +52,11 @@ pub struct SubmitBody {
     /// Signal keys written when the job ends SUCCESS.
     pub emits: Option<Vec<String>>,
     /// A webhook for the job's events (`{url, events}`; see docs/notifications.md).
+    #[serde(default, deserialize_with = "super::extract::object")]
     pub notify: Option<super::notify::NotifyBody>,
 }
 
-/// What a channel name must be ([`valid_name`] with 256), as the refusals say it.
-pub(crate) const CHANNEL_RULE: &str =
-    "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'";
-
-pub(crate) fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
-}
+pub(crate) use crate::job::{valid_name, CHANNEL_RULE};
 
 /// The submit's key, channel (and `caller`'s right to its type and channel) and emitted keys,
 /// in that order.
@@ -117,7 +64,7 @@ fn check_keys(body: &SubmitBody, caller: &Grant) -> ApiResult<()> {
     let bad = |m: String| ApiError::unprocessable("invalid_request", m);
     if let Some(k) = &body.idempotency_key {
         if k.is_empty() || k.len() > 256 {
-            return Err(bad("`idempotency_key` must be 1-256 characters".into()));
+            return Err(bad("`idempotency_key` must be 1-256 bytes (UTF-8)".into()));
         }
         if k.starts_with(crate::schedule::FIRE_KEY_PREFIX) {
             return Err(bad(format!(
@@ -250,7 +197,12 @@ pub fn build_job(
         return Err(bad("`max_attempts` must be between 1 and 100".into()));
     }
     let backoff = body.backoff.unwrap_or_default().over(slot.backoff);
-    backoff.validate().map_err(bad)?;
+    // The fields not given are the runner's: the message says so when one of them is at fault.
+    backoff.validate().map_err(|m| {
+        bad(format!(
+            "{m} (with the runner's backoff for the fields not given)"
+        ))
+    })?;
     let timeout_ms = timeout_ms(&body, slot.timeout)?;
     // One clock reading for the job's times and its wait's relative times.
     let now = wait_now;
@@ -398,7 +350,7 @@ fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
         .as_deref()
         .is_some_and(|s| s.is_empty() || s.len() > 256)
     {
-        return Err(bad("`schedule` must be 1-256 characters".into()));
+        return Err(bad("`schedule` must be 1-256 bytes (UTF-8)".into()));
     }
     if q.text
         .as_deref()
@@ -544,10 +496,17 @@ pub async fn job_logs(
     q: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    // A line number is what `next` gave: JSON's exact integers (a client in JavaScript holds
+    // them), far below the stored i64's end; a cursor past them is refused, not clamped.
+    const MAX_AFTER: u64 = (1 << 53) - 1;
+    let mut next = q.after.unwrap_or(0);
+    if next > MAX_AFTER {
+        return Err(ApiError::bad_query(format!(
+            "`after` must be a line number (`next` of a page), 0 to {MAX_AFTER}"
+        )));
+    }
     let job = st.job(id).await?;
     let mut left = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    // Sequence numbers are stored as i64.
-    let mut next = q.after.unwrap_or(0).min(i64::MAX as u64);
     // Read in chunks and written line by line within the page's bytes (`pages`); `next` is the
     // last line written.
     let mut page = Page::open(&format!(r#"{{"job_id":"{id}","lines":["#));

@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod app;
 pub mod batch;
+pub mod duration;
 pub mod edge;
 pub mod error;
 pub mod events;

@@ -295,21 +295,6 @@ async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
         .ok_or_else(|| not_found(name))
 }
 
-/// A job template without its `args` when they are absent, `null` or `{}` (all submit `{}`).
-fn without_empty_args(job: &Value) -> std::borrow::Cow<'_, Value> {
-    let empty = |a: &Value| a.is_null() || a.as_object().is_some_and(|o| o.is_empty());
-    match job.get("args") {
-        Some(a) if empty(a) => {
-            let mut j = job.clone();
-            if let Some(o) = j.as_object_mut() {
-                o.remove("args");
-            }
-            std::borrow::Cow::Owned(j)
-        }
-        _ => std::borrow::Cow::Borrowed(job),
-    }
-}
-
 /// `POST /async/schedules`: 201 created, 200 the same body again, 409 another body.
 #[utoipa::path(post, path = "/async/schedules", tag = "schedules", request_body = ScheduleBody,
     responses(
@@ -329,17 +314,14 @@ async fn create(
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
-            // `paused` is not compared: a POST never pauses or resumes (PUT does), and the
-            // answer shows the schedule as it is now.
-            // Nor is the form of an empty `args`: absent, `null` and `{}` submit the same job.
+            // Not compared: `paused` (a POST never pauses or resumes, PUT does; the answer shows
+            // it as it is), the form of an empty `args` (absent, null, `{}`: the same job).
             let same = ScheduleSpec {
                 paused: cur.spec.paused,
                 job: cur.spec.job.clone(),
                 ..spec.clone()
             };
-            if cur.spec == same
-                && without_empty_args(&cur.spec.job) == without_empty_args(&spec.job)
-            {
+            if cur.spec == same && crate::schedule::same_template(&cur.spec.job, &spec.job) {
                 return Ok(show(&cur, StatusCode::OK));
             }
             return Err(ApiError::conflict(
@@ -579,9 +561,7 @@ async fn backfill(
     let from = parse_time(&body.from, "from")?;
     let to = parse_time(&body.to, "to")?;
     if from < 0 {
-        return Err(bad(
-            "`from` must be 1970-01-01T00:00:00Z or later (jobs' times count from it)",
-        ));
+        return Err(bad("`from` must be in 1970 or later"));
     }
     if to < from {
         return Err(bad("`to` must not be before `from`"));

@@ -93,7 +93,8 @@ async fn write(st: &AppState, key: &str, headers: &HeaderMap, bytes: &[u8]) -> A
     responses(
         (status = 201, description = "Written", body = super::openapi::schemas::SignalWritten),
         (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
-        (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_json`: malformed JSON; `bad_path`: a key that is not UTF-8 once percent-decoded", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: a body over the limit", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -113,7 +114,8 @@ async fn append(
     responses(
         (status = 201, description = "Written", body = super::openapi::schemas::SignalWritten),
         (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
-        (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_json`: malformed JSON; `bad_path`: a key that is not UTF-8 once percent-decoded", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: a body over the limit", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),

@@ -10,7 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::api::jobs::{valid_name, CHANNEL_RULE};
+use crate::job::{valid_name, CHANNEL_RULE};
 
 /// What a valid channel token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -138,7 +138,10 @@ impl Backoff {
             ));
         }
         if self.initial_ms > self.max_ms {
-            return Err("backoff.initial_ms must not exceed backoff.max_ms".into());
+            return Err(format!(
+                "backoff.initial_ms ({}) must not exceed backoff.max_ms ({})",
+                self.initial_ms, self.max_ms
+            ));
         }
         Ok(())
     }
@@ -530,6 +533,18 @@ impl Event {
             ts: rfc3339(now_us()),
         }
     }
+}
+
+/// What a channel name must be ([`valid_name`] with 256), as the refusals say it.
+pub const CHANNEL_RULE: &str =
+    "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'";
+
+/// A name of 1-`max` ASCII letters, digits, `.`, `_`, `-`, `:` (job types, channels).
+pub fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
 }
 
 #[cfg(test)]

@@ -530,6 +530,26 @@ pub fn clock() -> Micros {
     now_us()
 }
 
+/// Two job templates submit the same job: equal, but for `args` absent, `null` or `{}` (all
+/// three submit `{}`).
+pub fn same_template(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    fn without_empty_args(job: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+        let empty =
+            |a: &serde_json::Value| a.is_null() || a.as_object().is_some_and(|o| o.is_empty());
+        match job.get("args") {
+            Some(args) if empty(args) => {
+                let mut j = job.clone();
+                if let Some(o) = j.as_object_mut() {
+                    o.remove("args");
+                }
+                std::borrow::Cow::Owned(j)
+            }
+            _ => std::borrow::Cow::Borrowed(job),
+        }
+    }
+    without_empty_args(a) == without_empty_args(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

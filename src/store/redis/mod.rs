@@ -516,8 +516,7 @@ impl RedisStore {
         Fut: Future<Output = RedisResult<T>>,
     {
         let mut delay = Duration::from_millis(25);
-        // The last error Redis or the connection gave: a try cut by its timeout says little
-        // (while Redis refuses connections, the manager's reconnects are what fails).
+        // The last error given: a try cut by its timeout says little (the reconnects failed).
         let mut said: Option<String> = None;
         loop {
             let per_try = match deadline {
