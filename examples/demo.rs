@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         ("demo.shell", json!({"report": "daily"})),
         ("demo.greet", json!({"name": "newcomer"})),
     ] {
-        let (id, job, logs) = runyard::demo::run_one(&http, &base, ty, args).await?;
+        let (id, job, logs) = runyard::demo::run_one(&http, &base, None, ty, args).await?;
         println!("\nsubmitted {ty}: {id}");
         println!("  status: {}   result: {}", job["status"], job["result"]);
         for l in logs["lines"].as_array().into_iter().flatten() {

@@ -91,29 +91,42 @@ pub fn register(b: ServerBuilder) -> ServerBuilder {
 }
 
 /// Submits one job of `job_type` with `args` to `base` and waits (at most a minute) until it
-/// ended: its id, the job as `GET /async/jobs/{id}` shows it, and its log.
+/// ended: its id, the job as `GET /async/jobs/{id}` shows it, and its log. `token`, when given,
+/// goes as `Authorization: Bearer`. A refused request is an error naming the status and why.
 pub async fn run_one(
     http: &reqwest::Client,
     base: &str,
+    token: Option<&str>,
     job_type: &str,
     args: Value,
 ) -> anyhow::Result<(String, Value, Value)> {
-    let accepted: Value = http
-        .post(format!("{base}/async/jobs"))
-        .json(&json!({"type": job_type, "args": args}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let call = |rb: reqwest::RequestBuilder| async move {
+        let rb = match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        let r = rb.send().await?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let why = body["error"]["message"]
+                .as_str()
+                .unwrap_or("no reason given");
+            let hint = if status == reqwest::StatusCode::UNAUTHORIZED && token.is_none() {
+                " (auth is on: set RUNYARD_TOKEN to a token that may submit and read jobs)"
+            } else {
+                ""
+            };
+            anyhow::bail!("the server answered {status}: {why}{hint}");
+        }
+        anyhow::Ok(body)
+    };
+    let body = json!({"type": job_type, "args": args});
+    let accepted = call(http.post(format!("{base}/async/jobs")).json(&body)).await?;
     let id = accepted["job_id"].as_str().unwrap_or_default().to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let job = loop {
-        let job: Value = http
-            .get(format!("{base}/async/jobs/{id}"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let job = call(http.get(format!("{base}/async/jobs/{id}"))).await?;
         let done = matches!(
             job["status"].as_str(),
             Some("SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
@@ -123,26 +136,26 @@ pub async fn run_one(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let logs: Value = http
-        .get(format!("{base}/async/jobs/{id}/logs"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let logs = call(http.get(format!("{base}/async/jobs/{id}/logs"))).await?;
     Ok((id, job, logs))
 }
 
-/// Submits one job of each demo type to `base` and prints how each ended, with its log.
+/// Submits one job of each demo type to `base` and prints how each ended, with its log. With
+/// `[auth]` on, the jobs go with the token in `RUNYARD_TOKEN` (as the CLI's commands send it).
 pub async fn run_jobs(base: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let token = std::env::var("RUNYARD_TOKEN").ok();
+    let token = token.as_deref().map(str::trim).filter(|t| !t.is_empty());
     for (ty, args) in [
         ("demo.shell", json!({"report": "daily"})),
         ("demo.python", json!({"text": "one build to a first job"})),
         ("demo.greet", json!({"name": "newcomer"})),
     ] {
-        let (id, job, logs) = run_one(&http, base, ty, args).await?;
+        let (id, job, logs) = run_one(&http, base, token, ty, args)
+            .await
+            .map_err(|e| anyhow::anyhow!("demo job {ty}: {e}"))?;
         println!(
             "demo job {ty} {id}: {}  result: {}",
             job["status"].as_str().unwrap_or("?"),

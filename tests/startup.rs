@@ -344,3 +344,62 @@ fn serve_demo_runs_its_jobs_and_takes_one_from_the_cli() {
     // Nothing was written to the working directory: the demo's data is in a temporary dir.
     assert!(!dir.path().join("runyard-data").exists());
 }
+
+#[test]
+fn serve_demo_with_auth_on_says_why_its_jobs_are_refused_and_runs_them_with_a_token() {
+    // With `[auth]` configured the demo's jobs need a token: without RUNYARD_TOKEN the demo says
+    // at once that the server refused them (401) and how to give one, instead of waiting on a
+    // job that was never accepted; with it, the jobs run.
+    use sha2::Digest;
+    let token = "ry_demo_test_token_0123456789";
+    let sha = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let config = format!(
+        "[[auth.tokens]]\nname = \"demo\"\nsha256 = \"{sha}\"\nscopes = [\"jobs:submit\", \"jobs:read\"]\n"
+    );
+    let run = |with_token: bool, wait_for: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("runyard.toml"), &config).unwrap();
+        let port = free_port();
+        let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .env_remove("RUNYARD_TOKEN")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        if with_token {
+            cmd.env("RUNYARD_TOKEN", token);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let texts = loop {
+            let o = std::fs::read_to_string(&out).unwrap_or_default();
+            let e = std::fs::read_to_string(&err).unwrap_or_default();
+            if o.contains(wait_for) || e.contains(wait_for) || Instant::now() > deadline {
+                break (o, e);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        texts
+    };
+    let (out, err) = run(false, "could not be run");
+    assert!(
+        err.contains("could not be run"),
+        "stdout: {out}\nstderr: {err}"
+    );
+    assert!(err.contains("401"), "{err}");
+    assert!(err.contains("set RUNYARD_TOKEN"), "{err}");
+    assert!(!err.contains(token) && !out.contains(token));
+    assert!(!out.contains(": SUCCESS"), "{out}");
+
+    let (out, err) = run(true, "Try, from another terminal");
+    for ty in ["demo.shell", "demo.python", "demo.greet"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("demo job {ty} ")) && l.contains(": SUCCESS")),
+            "{ty}: stdout: {out}\nstderr: {err}"
+        );
+    }
+}
