@@ -1590,3 +1590,69 @@ async fn answers_over_every_job_are_refused_to_any_confined_token() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused_not_guessed_between() {
+    // Which of two credentials the caller meant is a guess: the API and the event stream refuse
+    // a request with several Authorization headers (even two good ones), and it changes nothing.
+    let h = Harness::start().await;
+    let channel_jwt = jwt(json!({"channel": CHANNEL, "exp": now() + 300}), SECRET);
+    let urls = [
+        (
+            Method::GET,
+            format!("{}/async/jobs", h.url),
+            ADMIN.to_string(),
+        ),
+        (
+            Method::POST,
+            format!("{}/async/jobs/{}/cancel", h.url, h.job),
+            ADMIN.to_string(),
+        ),
+        (
+            Method::GET,
+            format!("{}/async/events/sse?channel={CHANNEL}", h.url),
+            channel_jwt.clone(),
+        ),
+    ];
+    for (method, url, good) in &urls {
+        for other in [good.as_str(), "not-a-token"] {
+            let r = h
+                .http
+                .request(method.clone(), url)
+                .header("authorization", format!("Bearer {good}"))
+                .header("authorization", format!("Bearer {other}"))
+                .send()
+                .await
+                .expect("answer");
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(s, 401, "{method} {url} ({other}): {v}");
+            let m = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                m.contains("one Authorization header"),
+                "{method} {url}: {v}"
+            );
+        }
+        // One of them alone is fine (the SSE answer is a stream: its status only).
+        let r = h
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(good)
+            .send()
+            .await
+            .expect("answer");
+        assert!(r.status().is_success(), "{method} {url}: {}", r.status());
+    }
+    let (s, v) = h
+        .send(
+            &h.call(Method::GET, &format!("/async/jobs/{}", h.job), None),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["status"], "CANCELLED",
+        "only the single-header cancel took: {v}"
+    );
+    h.stop().await;
+}

@@ -468,15 +468,17 @@ fn refuse_token_in_query(uri: &Uri) -> Result<(), Refusal> {
 
 /// `Authorization: Bearer <credential>`, or 401.
 fn bearer(headers: &HeaderMap) -> Result<String, Refusal> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
+    if !headers.contains_key(header::AUTHORIZATION) {
         return Err(Refusal::Unauthorized(
             "a token is required: `Authorization: Bearer <token>`".into(),
         ));
-    };
-    // The same size bound and parsing as the event transports (no cookie: only event routes
-    // take one).
+    }
+    // The same size bound, parsing and one-header rule as the event transports (no cookie:
+    // only event routes take one).
     let mut only = HeaderMap::new();
-    only.insert(header::AUTHORIZATION, v.clone());
+    for v in headers.get_all(header::AUTHORIZATION) {
+        only.append(header::AUTHORIZATION, v.clone());
+    }
     super::token(&only, "")
 }
 

@@ -64,6 +64,18 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| refusal(token, e.kind()))?;
         let claims = data.claims;
+        // RFC 7515 4.1.11: a header listing `crit` extensions the verifier does not understand
+        // (runyard understands none) makes the token invalid.
+        if header_json(token).is_some_and(|h| h.get("crit").is_some()) {
+            return Err("the token's header lists `crit` extensions runyard does not know".into());
+        }
+        // jsonwebtoken checks a numeric `nbf` and lets any other value through: not a time.
+        if !matches!(
+            claims.get("nbf"),
+            None | Some(Value::Null | Value::Number(_))
+        ) {
+            return Err("the token's `nbf` claim must be a time (seconds)".into());
+        }
         // A channel name as a job's `channel` must be (a number is taken as its digits): a
         // token for a name no job can carry would open a stream that never speaks.
         let channel = match claims.get("channel") {
@@ -160,13 +172,18 @@ fn refusal(token: &str, kind: &ErrorKind) -> String {
     }
 }
 
-/// The `alg` of a token's header, when the header is readable JSON (for the message only).
-fn header_alg(token: &str) -> Option<String> {
+/// A token's header as JSON, when it is readable.
+fn header_json(token: &str) -> Option<Value> {
     let head = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(head.trim_end_matches('='))
         .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `alg` of a token's header, when the header is readable JSON (for the message only).
+fn header_alg(token: &str) -> Option<String> {
+    let v = header_json(token)?;
     let alg = v.get("alg")?.as_str()?;
     Some(alg.chars().take(20).collect())
 }
@@ -335,6 +352,46 @@ mod tests {
             SECRET,
         );
         assert!(v.verify(&old).unwrap_err().contains("expired"));
+    }
+
+    #[test]
+    fn crit_headers_and_non_numeric_nbf_are_refused() {
+        let v = Verifier::new(SECRET, Duration::from_secs(0), true);
+        let exp = now() + 300;
+        let signed = |header: Value, claims: Value| {
+            let msg = format!("{}.{}", b64(&header), b64(&claims));
+            let key = EncodingKey::from_secret(SECRET.as_bytes());
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{msg}.{sig}")
+        };
+        let claims = json!({"channel": "c1", "exp": exp});
+        let plain = signed(json!({"alg": "HS256", "typ": "JWT"}), claims.clone());
+        assert_eq!(v.verify(&plain).unwrap().channel, "c1");
+        let crit = signed(
+            json!({"alg": "HS256", "typ": "JWT", "crit": ["exp-ext"], "exp-ext": 1}),
+            claims,
+        );
+        assert!(v.verify(&crit).unwrap_err().contains("crit"));
+        for nbf in [json!("2020-01-01"), json!(true)] {
+            let t = signed(
+                json!({"alg": "HS256"}),
+                json!({"channel": "c1", "exp": exp, "nbf": nbf}),
+            );
+            let e = v.verify(&t).unwrap_err();
+            assert!(e.contains("`nbf`"), "{nbf}: {e}");
+        }
+        let later = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": exp, "nbf": now() + 200}),
+            SECRET,
+        );
+        assert!(v.verify(&later).unwrap_err().contains("not valid yet"));
+        let past = mint(
+            Algorithm::HS256,
+            json!({"channel": "c1", "exp": exp, "nbf": now() - 10}),
+            SECRET,
+        );
+        assert!(v.verify(&past).is_ok());
     }
 
     #[test]

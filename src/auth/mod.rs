@@ -82,7 +82,15 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
             "the {what} header is larger than {MAX_CREDENTIAL_BYTES} bytes"
         ))
     };
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
+    let mut given = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = given.next() {
+        // Two credentials in one request: which one the caller meant is a guess (a proxy's and
+        // the client's, say); refused rather than taking the first.
+        if given.next().is_some() {
+            return Err(Refusal::Unauthorized(
+                "send one Authorization header, not several".into(),
+            ));
+        }
         if v.len() > MAX_CREDENTIAL_BYTES {
             return Err(too_large("Authorization"));
         }
