@@ -183,8 +183,8 @@ impl Schedule {
             "job": s.job,
             "overlap": s.overlap,
             "misfire": s.misfire,
-            "catchup_window": humantime::format_duration(std::time::Duration::from_millis(s.catchup_window_ms)).to_string(),
-            "jitter": humantime::format_duration(std::time::Duration::from_millis(s.jitter_ms)).to_string(),
+            "catchup_window": duration_text(s.catchup_window_ms),
+            "jitter": duration_text(s.jitter_ms),
             "paused": self.paused,
             "next_fires": if self.paused { vec![] } else {
                 self.next_fires(now, 5).into_iter().map(fire_time_text).collect::<Vec<_>>()
@@ -550,9 +550,50 @@ pub fn same_template(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     without_empty_args(a) == without_empty_args(b)
 }
 
+/// `ms` as a schedule shows it: days, hours, minutes, seconds and milliseconds, the zero ones
+/// left out (`"40days 12h"`, `"1h 30m"`, `"0s"`). humantime's own form counts months of 30.44
+/// days and years of 365.25 (40 days is `"1month 9days 13h 30m 36s"`); both parse back alike.
+pub fn duration_text(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let parts = [
+        (ms / 86_400_000, "day"),
+        (ms / 3_600_000 % 24, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1000 % 60, "s"),
+        (ms % 1000, "ms"),
+    ];
+    let words: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| match (*n, *unit) {
+            (1, "day") => "1day".to_string(),
+            (n, "day") => format!("{n}days"),
+            (n, unit) => format!("{n}{unit}"),
+        })
+        .collect();
+    words.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_shown_in_days_at_most_and_parse_back() {
+        let day = 86_400_000;
+        assert_eq!(duration_text(40 * day), "40days");
+        assert_eq!(duration_text(day), "1day");
+        assert_eq!(duration_text(366 * day), "366days");
+        assert_eq!(duration_text(90 * 60_000), "1h 30m");
+        assert_eq!(duration_text(0), "0s");
+        assert_eq!(duration_text(day + 3_723_004), "1day 1h 2m 3s 4ms");
+        for ms in [0, 250, 1000, 90 * 60_000, day, 40 * day + 1, 366 * day] {
+            let back = humantime::parse_duration(&duration_text(ms)).unwrap();
+            assert_eq!(back.as_millis() as u64, ms, "{}", duration_text(ms));
+        }
+    }
 
     #[test]
     fn a_trigger_never_takes_a_clock_fires_whole_second() {
