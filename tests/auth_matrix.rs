@@ -1364,6 +1364,8 @@ async fn a_schedule_made_again_under_a_deleted_ones_name_does_not_adopt_its_jobs
         .await;
     assert_eq!(s, 202, "{v}");
     let old = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
+    let fire_time = v["fires"][0]["fire_time"].clone();
+    assert_eq!(v["refused"], json!([]), "{v}");
     let (s, v) = h
         .send(
             &h.call(Method::DELETE, &format!("/async/schedules/{name}"), None),
@@ -1392,6 +1394,11 @@ async fn a_schedule_made_again_under_a_deleted_ones_name_does_not_adopt_its_jobs
         !v.to_string().contains(&old),
         "the backfill answered the deleted schedule's job: {v}"
     );
+    // The answer says that time made no job, and why (not a silent `fires: []`).
+    assert_eq!(v["fires"], json!([]), "{v}");
+    assert_eq!(v["refused"][0]["fire_time"], fire_time, "{v}");
+    let why = v["refused"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("did not make"), "{v}");
     let (s, v) = h
         .send(
             &h.call(Method::GET, &format!("/async/schedules/{name}"), None),

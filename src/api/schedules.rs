@@ -478,18 +478,14 @@ fn firing(st: &AppState) -> Firing {
     }
 }
 
-fn fired(subs: &[Submitted]) -> Vec<Value> {
-    subs.iter()
-        .map(|s| {
-            json!({
-                "job_id": s.job.id,
-                "fire_time": s.job.fire_time.map(crate::schedule::fire_time_text),
-                "status": s.job.status,
-                "created": s.created,
-                "result_url": s.job.result_url(),
-            })
-        })
-        .collect()
+fn fired(s: &Submitted) -> Value {
+    json!({
+        "job_id": s.job.id,
+        "fire_time": s.job.fire_time.map(crate::schedule::fire_time_text),
+        "status": s.job.status,
+        "created": s.created,
+        "result_url": s.job.result_url(),
+    })
 }
 
 fn fire_error(name: &str, e: StoreError) -> ApiError {
@@ -518,13 +514,17 @@ async fn trigger(
         .fire_now(&name, &[t])
         .await
         .map_err(|e| fire_error(&name, e))?;
-    let Some(first) = fired(&subs).into_iter().next() else {
-        return Err(ApiError::unprocessable(
+    match subs.into_iter().next() {
+        Some((_, Ok(sub))) => Ok((StatusCode::ACCEPTED, Json(fired(&sub))).into_response()),
+        Some((_, Err(why))) => Err(ApiError::unprocessable(
+            "fire_failed",
+            format!("schedule `{name}`: the fire could not make a job: {why}"),
+        )),
+        None => Err(ApiError::unprocessable(
             "fire_failed",
             format!("schedule `{name}`: the fire could not make a job (see its last_runs)"),
-        ));
-    };
-    Ok((StatusCode::ACCEPTED, Json(first)).into_response())
+        )),
+    }
 }
 
 /// The body of `POST /async/schedules/{name}/backfill`.
@@ -590,9 +590,19 @@ async fn backfill(
         .fire_now(&name, &times)
         .await
         .map_err(|e| fire_error(&name, e))?;
+    let (mut fires, mut refused) = (Vec::new(), Vec::new());
+    for (t, r) in subs {
+        match r {
+            Ok(sub) => fires.push(fired(&sub)),
+            Err(why) => refused.push(json!({
+                "fire_time": crate::schedule::fire_time_text(t),
+                "error": why,
+            })),
+        }
+    }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"name": name, "fires": fired(&subs)})),
+        Json(json!({"name": name, "fires": fires, "refused": refused})),
     )
         .into_response())
 }

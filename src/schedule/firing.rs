@@ -37,6 +37,14 @@ struct Fired {
     untaken: bool,
 }
 
+impl Fired {
+    /// Its job, or why it made none.
+    fn outcome(self) -> std::result::Result<Submitted, String> {
+        self.sub
+            .ok_or_else(|| self.error.unwrap_or_else(|| "the fire made no job".into()))
+    }
+}
+
 /// What firing needs: the store and the runners (a fire's runner is chosen again at each fire,
 /// as a submit's is).
 #[derive(Clone)]
@@ -211,7 +219,7 @@ impl Firing {
 
     /// Submits decided fires (idempotent: each key is its fire's) with one `submit_many`, and
     /// confirms them on the record with one compare-and-set. Returns each fire's job, in order
-    /// (`None` when the fire could not make a job, recorded as an error); `NotFound` when the
+    /// (or why the fire could not make one, recorded as an error); `NotFound` when the
     /// schedule was deleted (or made again) since the fires were decided. A fire the store
     /// could not take stays pending (any node submits it again after [`PENDING_GRACE_US`]) and
     /// its error is returned, after the others are confirmed.
@@ -219,7 +227,7 @@ impl Firing {
         &self,
         s: &Schedule,
         fires: &[PendingFire],
-    ) -> Result<Vec<Option<Submitted>>> {
+    ) -> Result<Vec<std::result::Result<Submitted, String>>> {
         // Deleted since the fires were decided (and maybe made again under its name, by
         // another caller): its fires are no more, and a job made now would be stamped as made
         // after the new one was created (see `made_by`). Checked before each batch.
@@ -297,7 +305,7 @@ impl Firing {
         if let Some(e) = left {
             return Err(e);
         }
-        Ok(out.into_iter().map(|f| f.sub).collect())
+        Ok(out.into_iter().map(Fired::outcome).collect())
     }
 
     /// Records `fires` on the schedule and takes them off its pending list: one
@@ -379,7 +387,12 @@ impl Firing {
 
     /// Adds fires at `times` to the schedule's pending list (one compare-and-set), then submits
     /// them. `trigger` and `backfill` use it; the keys make a time already fired return its job.
-    pub async fn fire_now(&self, name: &str, times: &[Micros]) -> Result<Vec<Submitted>> {
+    /// Each time with its job, or why it made none.
+    pub async fn fire_now(
+        &self,
+        name: &str,
+        times: &[Micros],
+    ) -> Result<Vec<(Micros, std::result::Result<Submitted, String>)>> {
         let mut decided = None;
         for _ in 0..CAS_TRIES {
             let Some(cur) = self.store.schedule(name).await? else {
@@ -416,7 +429,8 @@ impl Firing {
             .collect();
         let mut out = Vec::new();
         for batch in fires.chunks(FIRES_PER_WRITE) {
-            out.extend(self.submit_pending(&s, batch).await?.into_iter().flatten());
+            let times = batch.iter().map(|p| p.fire_time);
+            out.extend(times.zip(self.submit_pending(&s, batch).await?));
         }
         Ok(out)
     }

@@ -190,7 +190,17 @@ pub struct Fired {
 #[derive(ToSchema)]
 pub struct Backfilled {
     pub name: String,
+    /// The fire times that have their job (made now, or earlier: `created: false`).
     pub fires: Vec<Fired>,
+    /// The fire times that could not make a job, and why (also in the schedule's `last_runs`).
+    pub refused: Vec<RefusedFire>,
+}
+
+/// A fire time that made no job (`Backfilled::refused`).
+#[derive(ToSchema)]
+pub struct RefusedFire {
+    pub fire_time: String,
+    pub error: String,
 }
 
 /// A signal written (`signals::written`).
