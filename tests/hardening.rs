@@ -374,6 +374,52 @@ async fn submit_parts_in_the_wrong_shape_are_refused_in_plain_words() {
         .await;
 }
 
+/// serde_json reads an integer past 64 bits as the nearest float: a job's args (or a signal's
+/// payload) would be stored other than sent, and two submits of one idempotency key differing
+/// only there would replay the first. Such a body is refused saying which number; the extremes
+/// of 64 bits are kept exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_past_64_bits_are_refused_not_rounded() {
+    let ts = Backend::Embedded.server("").await;
+    let (_, before) = ts.get("/async/jobs?limit=1000").await;
+    for (path, text, n) in [
+        (
+            "/async/jobs",
+            r#"{"type":"edge.ok","idempotency_key":"big","args":{"n":18446744073709551617}}"#,
+            "18446744073709551617",
+        ),
+        (
+            "/async/jobs",
+            r#"{"type":"edge.ok","args":{"ids":[1,-9223372036854775809]}}"#,
+            "-9223372036854775809",
+        ),
+        (
+            "/async/signals/big.one",
+            r#"{"payload":{"rows":123456789012345678901234567890}}"#,
+            "123456789012345678901234567890",
+        ),
+    ] {
+        let (st, v) = ts.post_raw(path, text).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{text}: {v}");
+        let msg = error_of(&v).1;
+        assert!(msg.contains(n) && msg.contains("64 bits"), "{msg}");
+    }
+    let (_, after) = ts.get("/async/jobs?limit=1000").await;
+    assert_eq!(before["jobs"], after["jobs"], "nothing was stored");
+    let (st, v) = ts.get("/async/signals/big.one").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["signals"], json!([]), "no signal was written: {v}");
+    // The largest and smallest 64-bit integers, a float and a big number in a string: as sent.
+    let text = r#"{"type":"edge.ok","idempotency_key":"big","args":{"u":18446744073709551615,"i":-9223372036854775808,"f":0.1,"s":"18446744073709551617"}}"#;
+    let (st, v) = ts.post_raw("/async/jobs", text).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = ts.get_job(v["job_id"].as_str().unwrap()).await;
+    let args = &job["args"];
+    assert_eq!(args["u"].as_u64(), Some(u64::MAX), "{job}");
+    assert_eq!(args["i"].as_i64(), Some(i64::MIN), "{job}");
+    assert_eq!(args["s"], "18446744073709551617", "{job}");
+}
+
 // ---- Hole 5: browser safety ----
 
 /// Every route that takes a JSON body refuses one not declared as JSON (415), and writes

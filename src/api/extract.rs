@@ -47,7 +47,68 @@ pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiEr
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error_free(&mut de)?;
     de.end().map_err(ApiError::malformed_json)?;
+    if let Some(n) = integer_past_64_bits(bytes) {
+        let n: String = n.chars().take(40).collect();
+        return Err(ApiError::invalid_request(format!(
+            "the integer {n} does not fit in 64 bits: it would be stored rounded (send it as a \
+             string)"
+        )));
+    }
     Ok(v)
+}
+
+/// The first integer of valid JSON `bytes` out of the range of `i64` and `u64`: serde_json
+/// reads one as the nearest `f64` (18446744073709551617 becomes 18446744073709551616), so a
+/// job's args, a result or a signal would be stored other than sent, and two submits of one
+/// idempotency key differing only there would look alike. Fractions and exponents are floats
+/// by their form and are left alone.
+fn integer_past_64_bits(bytes: &[u8]) -> Option<&str> {
+    const U64_MAX: &[u8] = b"18446744073709551615";
+    const I64_MIN_ABS: &[u8] = b"9223372036854775808";
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b != b'-' && !b.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // Outside strings, digits are numbers only (valid JSON): the integer part, then maybe a
+        // fraction or an exponent.
+        let start = i;
+        let negative = b == b'-';
+        i += usize::from(negative);
+        let digits = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let int = &bytes[digits..i];
+        let float = matches!(bytes.get(i), Some(b'.' | b'e' | b'E'));
+        while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+        {
+            i += 1;
+        }
+        let max = if negative { I64_MIN_ABS } else { U64_MAX };
+        // No leading zeros in JSON: more digits is larger, the same number of digits compares
+        // as text.
+        if !float && (int.len(), int) > (max.len(), max) {
+            return std::str::from_utf8(&bytes[start..i]).ok();
+        }
+    }
+    None
 }
 
 fn serde_path_to_error_free<'de, T: Deserialize<'de>>(
@@ -206,4 +267,36 @@ pub fn object<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
         }
     }
     d.deserialize_any(V(std::marker::PhantomData))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::integer_past_64_bits as past;
+
+    #[test]
+    fn integers_past_64_bits_are_found_outside_strings_only() {
+        for ok in [
+            r#"{"n": 18446744073709551615}"#,
+            r#"{"n": -9223372036854775808}"#,
+            r#"{"n": 0, "m": [1, -1, 12.5e300, 1e5, 99999999999999999999999.5]}"#,
+            r#"{"s": "18446744073709551616", "t": "\"99999999999999999999\""}"#,
+            r#"{"e": 123456789012345678901234567890e-10}"#,
+        ] {
+            assert_eq!(past(ok.as_bytes()), None, "{ok}");
+        }
+        for (bad, n) in [
+            (r#"{"n": 18446744073709551616}"#, "18446744073709551616"),
+            (r#"{"n": -9223372036854775809}"#, "-9223372036854775809"),
+            (
+                r#"{"a": [1, {"b": 100000000000000000000}]}"#,
+                "100000000000000000000",
+            ),
+            (
+                r#"{"s": "x\\", "n": 18446744073709551617}"#,
+                "18446744073709551617",
+            ),
+        ] {
+            assert_eq!(past(bad.as_bytes()), Some(n), "{bad}");
+        }
+    }
 }
