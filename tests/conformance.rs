@@ -38,6 +38,15 @@ struct Backend {
     first: Option<Arc<dyn Store>>,
 }
 
+/// [`test_settings`] with these event limits (global, per channel).
+fn event_limits(global_limit: usize, channel_limit: usize) -> StoreSettings {
+    StoreSettings {
+        global_limit,
+        channel_limit,
+        ..test_settings()
+    }
+}
+
 fn test_settings() -> StoreSettings {
     StoreSettings {
         progress_interval: Duration::ZERO,
@@ -1127,13 +1136,7 @@ async fn events_are_ordered_and_exclusive(mut b: Backend) {
 }
 
 async fn trimmed_events_yield_a_resync(mut b: Backend) {
-    let s = b
-        .store_with(StoreSettings {
-            global_limit: 5,
-            channel_limit: 3,
-            ..test_settings()
-        })
-        .await;
+    let s = b.store_with(event_limits(5, 3)).await;
     let mut first = None;
     for _ in 0..6 {
         let mut j = job("t", "r");
@@ -1171,13 +1174,7 @@ async fn trimmed_events_yield_a_resync(mut b: Backend) {
 /// embedded store used to delete the channel's rows from the one table both read). The
 /// channel's readers see its newest `channel_limit` events, after a resync when behind.
 async fn a_channel_trim_leaves_the_global_stream_whole(mut b: Backend) {
-    let s = b
-        .store_with(StoreSettings {
-            global_limit: 1000,
-            channel_limit: 3,
-            ..test_settings()
-        })
-        .await;
+    let s = b.store_with(event_limits(1000, 3)).await;
     let first = {
         let j = submit(&s, job("t", "r")).await;
         s.events(Some(&j.channel_id), None, 1).await.unwrap()[0]
