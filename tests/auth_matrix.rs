@@ -1604,6 +1604,24 @@ async fn two_authorization_headers_are_refused_not_guessed_between() {
     // a request with several Authorization headers (even two good ones), and it changes nothing.
     let h = Harness::start().await;
     let channel_jwt = jwt(json!({"channel": CHANNEL, "exp": now() + 300}), SECRET);
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/jobs", Some(submit_body())),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let kept = v["job_id"].as_str().expect("job_id").to_string();
+    // A two-header cancel of `kept` first: it must not take.
+    let r = h
+        .http
+        .post(format!("{}/async/jobs/{kept}/cancel", h.url))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 401);
     let urls = [
         (
             Method::GET,
@@ -1659,7 +1677,103 @@ async fn two_authorization_headers_are_refused_not_guessed_between() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["status"], "CANCELLED",
-        "only the single-header cancel took: {v}"
+        "the single-header cancel took: {v}"
     );
+    let (s, v) = h
+        .send(
+            &h.call(Method::GET, &format!("/async/jobs/{kept}"), None),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_ne!(
+        v["status"], "CANCELLED",
+        "the two-header cancel did not: {v}"
+    );
+    h.stop().await;
+}
+
+/// A schedule whose job was pointed at a confined caller's channel (by an admin, with `PUT`)
+/// keeps the runs of its old template: that caller is not shown their job ids (`last_runs`,
+/// a backfill of their times), and sees the jobs of its own channel as before.
+#[tokio::test]
+async fn runs_of_an_old_template_are_not_named_to_a_caller_confined_to_the_new_one() {
+    let h = Harness::start().await;
+    let name = "repointed";
+    let path = format!("/async/schedules/{name}");
+    let backfill = format!("{path}/backfill");
+    let night = json!({"from": "2026-01-01T02:30:00Z", "to": "2026-01-01T03:30:00Z"});
+    let mut old = schedule_body(name);
+    old["job"]["channel"] = json!("elsewhere");
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, "/async/schedules", Some(old)),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, &backfill, Some(night.clone())),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let theirs = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
+    // The admin points the job at CHANNEL: the confined caller now covers the schedule.
+    let (s, v) = h
+        .send(
+            &h.call(Method::PUT, &path, Some(schedule_body(name))),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = h
+        .send(&h.call(Method::GET, &path, None), Some(CONFINED_OK))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["last_runs"][0]["outcome"], "submitted", "{v}");
+    assert!(v["last_runs"][0]["job_id"].is_null(), "{v}");
+    let (s, v) = h
+        .send(
+            &h.call(Method::GET, "/async/schedules", None),
+            Some(CONFINED_OK),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        !v.to_string().contains(&theirs),
+        "the listing names it: {v}"
+    );
+    // The admin still sees it.
+    let (_, v) = h.send(&h.call(Method::GET, &path, None), Some(ADMIN)).await;
+    assert_eq!(v["last_runs"][0]["job_id"], theirs.as_str(), "{v}");
+    // A backfill of that night by the confined caller: refused for that time, not named.
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, &backfill, Some(night)),
+            Some(CONFINED_OK),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert!(!v.to_string().contains(&theirs), "{v}");
+    assert_eq!(v["fires"], json!([]), "{v}");
+    let why = v["refused"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("outside this token's"), "{v}");
+    // Another night: a job on CHANNEL, which it is shown.
+    let next = json!({"from": "2026-01-02T02:30:00Z", "to": "2026-01-02T03:30:00Z"});
+    let (s, v) = h
+        .send(
+            &h.call(Method::POST, &backfill, Some(next)),
+            Some(CONFINED_OK),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ours = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
+    let (_, v) = h
+        .send(&h.call(Method::GET, &path, None), Some(CONFINED_OK))
+        .await;
+    assert_eq!(v["last_runs"][0]["job_id"], ours.as_str(), "{v}");
+    assert!(!v.to_string().contains(&theirs), "{v}");
     h.stop().await;
 }

@@ -360,6 +360,18 @@ async fn submit_parts_in_the_wrong_shape_are_refused_in_plain_words() {
             "{msg}"
         );
     }
+    // A schedule's job template is read as a submit is: a key twice is refused there too.
+    for text in [
+        r#"{"name":"dup1","cron":"0 0 * * *","job":{"type":"edge.ok","type":"edge.other"}}"#,
+        r#"{"name":"dup2","cron":"0 0 * * *","job":{"type":"edge.ok","wait_for":[{"key":"a","key":"b"}]}}"#,
+    ] {
+        let (st, v) = ts.post_raw("/async/schedules", text).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{text}: {v}");
+        let msg = error_of(&v).1;
+        assert!(msg.contains("`job") && msg.contains("given twice"), "{msg}");
+    }
+    let (_, schedules) = ts.get("/async/schedules").await;
+    assert_eq!(schedules["schedules"], json!([]), "no schedule was stored");
     let key = "\u{e9}".repeat(129);
     let (st, v) = ts
         .submit(json!({"type": "edge.ok", "idempotency_key": key}))

@@ -240,6 +240,12 @@ pub fn strict<'de, D: serde::Deserializer<'de>>(
     Ok((!v.is_null()).then_some(v))
 }
 
+/// For `#[serde(deserialize_with = "strict_value")]`: a required JSON value in which no object
+/// repeats a key (a schedule's `job`, a submit body read later).
+pub fn strict_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    Strict::deserialize(d).map(|Strict(v)| v)
+}
+
 /// For `#[serde(default, deserialize_with = "object")]`: an optional struct given as a JSON
 /// object (`null` is absent). serde's derive also takes an array, filling the fields by
 /// position: `"backoff": [5, 10, 2.0, false]` was stored as if named. The object's fields are

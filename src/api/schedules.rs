@@ -53,7 +53,9 @@ pub struct ScheduleBody {
     pub cron: String,
     /// IANA zone; UTC by default.
     pub timezone: Option<String>,
-    /// The submit body of each fire's job.
+    /// The submit body of each fire's job (a key given twice in any of its objects is refused,
+    /// as in a submit: the value keeps one of them).
+    #[serde(deserialize_with = "super::extract::strict_value")]
     pub job: Value,
     /// Overlap policy word.
     pub overlap: Option<String>,
@@ -283,8 +285,19 @@ fn busy(name: &str) -> ApiError {
     )
 }
 
-fn show(s: &Schedule, status: StatusCode) -> Response {
-    (status, Json(s.to_public(clock()))).into_response()
+fn show(s: &Schedule, status: StatusCode, grant: &Grant) -> Response {
+    (status, Json(public(s, clock(), grant))).into_response()
+}
+
+/// The schedule as `grant` may see it: a run's job outside its types or channels (made before
+/// the template was pointed elsewhere) is not named.
+fn public(s: &Schedule, now: Micros, grant: &Grant) -> Value {
+    if !grant.is_confined() {
+        return s.to_public(now);
+    }
+    s.to_public_for(now, &|job| {
+        job.is_some_and(|(ty, channel)| grant.sees(ty, Some(channel)))
+    })
 }
 
 async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
@@ -322,7 +335,7 @@ async fn create(
                 ..spec.clone()
             };
             if cur.spec == same && crate::schedule::same_template(&cur.spec.job, &spec.job) {
-                return Ok(show(&cur, StatusCode::OK));
+                return Ok(show(&cur, StatusCode::OK, &caller));
             }
             return Err(ApiError::conflict(
                 "schedule_exists",
@@ -334,7 +347,7 @@ async fn create(
         }
         let s = new_schedule(spec.clone(), proto.clone(), &cron, clock());
         if st.app.store.schedule_cas(&s, None).await? {
-            return Ok(show(&s, StatusCode::CREATED));
+            return Ok(show(&s, StatusCode::CREATED, &caller));
         }
     }
     Err(busy(&spec.name))
@@ -387,7 +400,7 @@ async fn replace(
             }
         };
         if st.app.store.schedule_cas(&s, expected).await? {
-            return Ok(show(&s, status));
+            return Ok(show(&s, status, &caller));
         }
     }
     Err(busy(&name))
@@ -407,15 +420,19 @@ async fn list(State(st): State<AppState>, Caller(grant): Caller) -> ApiResult<Js
         )
     };
     Ok(Json(json!({
-        "schedules": all.iter().filter(seen).map(|s| s.to_public(now)).collect::<Vec<_>>(),
+        "schedules": all.iter().filter(seen).map(|s| public(s, now, &grant)).collect::<Vec<_>>(),
     })))
 }
 
 /// `GET /async/schedules/{name}`.
 #[utoipa::path(get, path = "/async/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
     responses((status = 200, description = "The schedule", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody)))]
-async fn get_one(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(show(&load(&st, &name).await?, StatusCode::OK))
+async fn get_one(
+    State(st): State<AppState>,
+    Caller(grant): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(show(&load(&st, &name).await?, StatusCode::OK, &grant))
 }
 
 /// `DELETE /async/schedules/{name}`: 204. Jobs already submitted are not touched.
@@ -457,17 +474,25 @@ async fn update(
 /// `POST /async/schedules/{name}/pause`.
 #[utoipa::path(post, path = "/async/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
     responses((status = 200, description = "Paused", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
-async fn pause(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn pause(
+    State(st): State<AppState>,
+    Caller(grant): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let s = update(&st, &name, |s, _| s.pause()).await?;
-    Ok(show(&s, StatusCode::OK))
+    Ok(show(&s, StatusCode::OK, &grant))
 }
 
 /// `POST /async/schedules/{name}/resume`: fire times that passed while paused are not caught up.
 #[utoipa::path(post, path = "/async/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
     responses((status = 200, description = "Resumed", body = super::openapi::schemas::ScheduleView), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
-async fn resume(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn resume(
+    State(st): State<AppState>,
+    Caller(grant): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let s = update(&st, &name, |s, now| s.resume(now)).await?;
-    Ok(show(&s, StatusCode::OK))
+    Ok(show(&s, StatusCode::OK, &grant))
 }
 
 fn firing(st: &AppState) -> Firing {
@@ -593,7 +618,16 @@ async fn backfill(
     let (mut fires, mut refused) = (Vec::new(), Vec::new());
     for (t, r) in subs {
         match r {
-            Ok(sub) => fires.push(fired(&sub)),
+            Ok(sub) if caller.sees(&sub.job.job_type, Some(&sub.job.channel_id)) => {
+                fires.push(fired(&sub))
+            }
+            // That time's job was made before the template was pointed at the caller's types
+            // or channels: not named.
+            Ok(_) => refused.push(json!({
+                "fire_time": crate::schedule::fire_time_text(t),
+                "error": "that time's job (made before the schedule's job changed) is outside \
+                          this token's types or channels",
+            })),
             Err(why) => refused.push(json!({
                 "fire_time": crate::schedule::fire_time_text(t),
                 "error": why,

@@ -66,15 +66,31 @@ impl Verifier {
         let claims = data.claims;
         // RFC 7515 4.1.11: a header listing `crit` extensions the verifier does not understand
         // (runyard understands none) makes the token invalid.
-        if header_json(token).is_some_and(|h| h.get("crit").is_some()) {
-            return Err("the token's header lists `crit` extensions runyard does not know".into());
+        // A header jsonwebtoken read but serde_json's `Value` cannot (an unpaired surrogate in
+        // a field it skipped) is refused too: its `crit` could not be checked.
+        match header_json(token) {
+            None => return Err("the token is malformed (its header)".into()),
+            Some(h) if h.get("crit").is_some() => {
+                return Err(
+                    "the token's header lists `crit` extensions runyard does not know".into(),
+                )
+            }
+            Some(_) => {}
         }
-        // jsonwebtoken checks a numeric `nbf` and lets any other value through: not a time.
-        if !matches!(
-            claims.get("nbf"),
-            None | Some(Value::Null | Value::Number(_))
-        ) {
-            return Err("the token's `nbf` claim must be a time (seconds)".into());
+        // jsonwebtoken checks an `nbf` that fits a u64 and lets any other value through (a
+        // string, 1e20): not a time.
+        let time = |n: &serde_json::Number| {
+            n.as_f64()
+                .is_some_and(|f| (0.0..=MAX_EXP as f64).contains(&f))
+        };
+        match claims.get("nbf") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if time(n) => {}
+            Some(_) => {
+                return Err(
+                    "the token's `nbf` claim must be a time (seconds, up to the year 9999)".into(),
+                )
+            }
         }
         // A channel name as a job's `channel` must be (a number is taken as its digits): a
         // token for a name no job can carry would open a stream that never speaks.
@@ -372,7 +388,15 @@ mod tests {
             claims,
         );
         assert!(v.verify(&crit).unwrap_err().contains("crit"));
-        for nbf in [json!("2020-01-01"), json!(true)] {
+        // A header jsonwebtoken reads (it skips the field) and serde_json's Value does not.
+        let head = r#"{"alg":"HS256","crit":["x"],"x":"\ud800"}"#;
+        let head = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(head);
+        let msg = format!("{head}.{}", b64(&json!({"channel": "c1", "exp": exp})));
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+        let e = v.verify(&format!("{msg}.{sig}")).unwrap_err();
+        assert!(e.contains("its header"), "{e}");
+        for nbf in [json!("2020-01-01"), json!(true), json!(1e20), json!(-5)] {
             let t = signed(
                 json!({"alg": "HS256"}),
                 json!({"channel": "c1", "exp": exp, "nbf": nbf}),

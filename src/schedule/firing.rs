@@ -364,6 +364,8 @@ impl Firing {
                     count: 1,
                     error: f.error.clone(),
                     at: now,
+                    job_of: (f.sub.as_ref())
+                        .map(|s| (s.job.job_type.clone(), s.job.channel_id.clone())),
                 });
             }
             if next.pending.len() == cur.pending.len() {

@@ -97,7 +97,13 @@ impl Schedule {
     }
 
     /// Appends a run entry, keeping [`LAST_RUNS`].
-    pub fn record(&mut self, e: RunEntry) {
+    pub fn record(&mut self, mut e: RunEntry) {
+        // A skip names a job of an earlier entry: its type and channel are that entry's.
+        if e.job_of.is_none() && e.job_id.is_some() {
+            e.job_of = (self.last_runs.iter())
+                .find(|r| r.job_id == e.job_id)
+                .and_then(|r| r.job_of.clone());
+        }
         self.last_runs.push(e);
         // Past the bound, the oldest entry without a job goes first (a skip, a miss, an error):
         // the jobs the overlap policy looks at are not pushed out by the skips they cause.
@@ -160,6 +166,13 @@ impl Schedule {
 
     /// The schedule as the API shows it.
     pub fn to_public(&self, now: Micros) -> Value {
+        self.to_public_for(now, &|_| true)
+    }
+
+    /// The schedule as the API shows it to a caller who may see the jobs of the runs `sees`
+    /// takes (by the type and channel of each run's job, `None` for an entry recorded without
+    /// them); the others' `job_id` is null.
+    pub fn to_public_for(&self, now: Micros, sees: &SeesRun) -> Value {
         let s = &self.spec;
         let runs: Vec<Value> = self
             .last_runs
@@ -169,7 +182,7 @@ impl Schedule {
                 json!({
                     "fire_time": fire_time_text(r.fire_time),
                     "outcome": r.outcome,
-                    "job_id": r.job_id,
+                    "job_id": r.job_id.filter(|_| sees(r.job_of.as_ref())),
                     "count": r.count,
                     "error": r.error,
                     "at": rfc3339(r.at),
@@ -266,6 +279,7 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
             count: missed,
             error: None,
             at: now,
+            job_of: None,
         });
     }
     by_overlap(s, chosen, now, prev);
@@ -442,6 +456,7 @@ fn by_overlap(s: &mut Schedule, chosen: Vec<Micros>, now: Micros, prev: &Previou
                     count: 1,
                     error: None,
                     at: now,
+                    job_of: None,
                 });
             }
         }
@@ -549,6 +564,9 @@ pub fn same_template(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
     without_empty_args(a) == without_empty_args(b)
 }
+
+/// Whether a caller may be shown a run's job, by that job's (type, channel) when recorded.
+pub type SeesRun<'a> = dyn Fn(Option<&(String, String)>) -> bool + 'a;
 
 /// `ms` as a schedule shows it: days, hours, minutes, seconds and milliseconds, the zero ones
 /// left out (`"40days 12h"`, `"1h 30m"`, `"0s"`). humantime's own form counts months of 30.44
@@ -929,6 +947,7 @@ mod tests {
             count: 1,
             error: None,
             at: t,
+            job_of: None,
         };
         let long = Uuid::now_v7();
         s.record(entry(T0, Some(long)));
@@ -1034,6 +1053,7 @@ mod tests {
             count: 1,
             error: None,
             at: T0,
+            job_of: None,
         });
         assert!(made_by(&s, &recorded), "one of its recorded runs");
         s.spec.job = json!({"type": "t", "channel": "c1"});

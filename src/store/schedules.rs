@@ -157,6 +157,11 @@ pub struct RunEntry {
     pub error: Option<String>,
     /// When it was recorded.
     pub at: Micros,
+    /// The job's type and channel, when it has a job (entries of older versions have none): the
+    /// schedule's template may have changed since, and a caller confined to the new one's type or
+    /// channel is not shown the job ids of the old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_of: Option<(String, String)>,
 }
 
 fn one() -> u64 {
