@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod pages;
 pub mod request_trace;
 pub mod runners;
+pub mod schedule_fires;
 pub mod schedules;
 pub mod signals;
 pub mod signed_url;
@@ -122,6 +123,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health/live", get(health::live))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
+        .merge(schedule_fires::routes())
         .merge(runners::routes())
         .merge(activity::routes())
         .merge(crate::dashboard::routes())

@@ -17,17 +17,13 @@ use super::AppState;
 use crate::auth::access::Caller;
 use crate::auth::tokens::Grant;
 use crate::job::{Job, Micros};
-use crate::schedule::firing::Firing;
 use crate::schedule::{
     clock, new_schedule, to_us, to_utc, CronSpec, CronSpecError, Misfire, Overlap, Schedule,
     ScheduleSpec,
 };
-use crate::store::{StoreError, Submitted};
 
 /// Compare-and-set attempts of one request.
 const CAS_TRIES: usize = 20;
-/// Most fires one backfill submits.
-const MAX_BACKFILL: usize = 1000;
 
 /// The schedule routes (merged into the API router).
 pub fn routes() -> Router<AppState> {
@@ -39,8 +35,6 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/async/schedules/{name}/pause", post(pause))
         .route("/async/schedules/{name}/resume", post(resume))
-        .route("/async/schedules/{name}/trigger", post(trigger))
-        .route("/async/schedules/{name}/backfill", post(backfill))
 }
 
 /// The body of `POST /async/schedules` and `PUT /async/schedules/{name}`.
@@ -70,7 +64,7 @@ pub struct ScheduleBody {
     pub paused: Option<bool>,
 }
 
-fn bad(m: impl Into<String>) -> ApiError {
+pub(super) fn bad(m: impl Into<String>) -> ApiError {
     ApiError::invalid_request(m)
 }
 
@@ -274,7 +268,7 @@ async fn validate(
     Ok((spec, proto, cron))
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(super) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("schedule `{name}` not found"))
 }
 
@@ -300,7 +294,7 @@ fn public(s: &Schedule, now: Micros, grant: &Grant) -> Value {
     })
 }
 
-async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
+pub(super) async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
     st.app
         .store
         .schedule(name)
@@ -493,152 +487,6 @@ async fn resume(
 ) -> ApiResult<Response> {
     let s = update(&st, &name, |s, now| s.resume(now)).await?;
     Ok(show(&s, StatusCode::OK, &grant))
-}
-
-fn firing(st: &AppState) -> Firing {
-    Firing {
-        store: st.app.store.clone(),
-        runners: st.app.runners.clone(),
-        signal_retention: st.app.config.retention.finished,
-    }
-}
-
-fn fired(s: &Submitted) -> Value {
-    json!({
-        "job_id": s.job.id,
-        "fire_time": s.job.fire_time.map(crate::schedule::fire_time_text),
-        "status": s.job.status,
-        "created": s.created,
-        "result_url": s.job.result_url(),
-    })
-}
-
-fn fire_error(name: &str, e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => not_found(name),
-        e => e.into(),
-    }
-}
-
-/// `POST /async/schedules/{name}/trigger`: one fire now (also when paused; overlap is not
-/// applied), 202 with the job.
-#[utoipa::path(post, path = "/async/schedules/{name}/trigger", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
-    responses(
-        (status = 202, description = "Fired now", body = super::openapi::schemas::Fired), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`fire_failed`: the fire could not make a job", body = super::openapi::schemas::ErrorBody),
-    ))]
-async fn trigger(
-    State(st): State<AppState>,
-    crate::auth::access::Caller(caller): crate::auth::access::Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    let s = load(&st, &name).await?;
-    super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
-    let t = crate::schedule::trigger_time(clock());
-    let subs = firing(&st)
-        .fire_now(&name, &[t])
-        .await
-        .map_err(|e| fire_error(&name, e))?;
-    match subs.into_iter().next() {
-        Some((_, Ok(sub))) => Ok((StatusCode::ACCEPTED, Json(fired(&sub))).into_response()),
-        Some((_, Err(why))) => Err(ApiError::unprocessable(
-            "fire_failed",
-            format!("schedule `{name}`: the fire could not make a job: {why}"),
-        )),
-        None => Err(ApiError::unprocessable(
-            "fire_failed",
-            format!("schedule `{name}`: the fire could not make a job (see its last_runs)"),
-        )),
-    }
-}
-
-/// The body of `POST /async/schedules/{name}/backfill`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BackfillBody {
-    /// RFC 3339, inclusive.
-    pub from: String,
-    /// RFC 3339, inclusive; not in the future.
-    pub to: String,
-}
-
-fn parse_time(s: &str, field: &str) -> ApiResult<Micros> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_micros())
-        .map_err(|e| bad(format!("`{field}`: `{s}` is not an RFC 3339 time: {e}")))
-}
-
-/// `POST /async/schedules/{name}/backfill {from, to}`: one job per fire time of the pattern in
-/// `[from, to]` (at most 1,000); a time that already has its job returns it (`created: false`).
-#[utoipa::path(post, path = "/async/schedules/{name}/backfill", tag = "schedules", params(("name" = String, Path, description = "The schedule")), request_body = BackfillBody,
-    responses(
-        (status = 202, description = "The fires of `from`..`to`", body = super::openapi::schemas::Backfilled),
-        (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad time, `from` before 1970, `to` before `from` or in the future, more than 1000 fire times", body = super::openapi::schemas::ErrorBody),
-    ))]
-async fn backfill(
-    State(st): State<AppState>,
-    crate::auth::access::Caller(caller): crate::auth::access::Caller,
-    Path(name): Path<String>,
-    ApiJson(body): ApiJson<BackfillBody>,
-) -> ApiResult<Response> {
-    let from = parse_time(&body.from, "from")?;
-    let to = parse_time(&body.to, "to")?;
-    if from < 0 {
-        return Err(bad("`from` must be in 1970 or later"));
-    }
-    if to < from {
-        return Err(bad("`to` must not be before `from`"));
-    }
-    if to > clock() {
-        return Err(bad(
-            "`to` must not be in the future (the schedule fires those times itself)",
-        ));
-    }
-    let s = load(&st, &name).await?;
-    super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
-    let cron = s
-        .cron()
-        .map_err(|e| ApiError::internal("corrupt", format!("{e:?}")))?;
-    let times: Vec<Micros> = cron
-        .between(to_utc(from), to_utc(to), MAX_BACKFILL + 1)
-        .into_iter()
-        .map(to_us)
-        .collect();
-    if times.len() > MAX_BACKFILL {
-        return Err(bad(format!(
-            "`from`..`to` holds more than {MAX_BACKFILL} fire times; backfill a shorter range"
-        )));
-    }
-    let subs = firing(&st)
-        .fire_now(&name, &times)
-        .await
-        .map_err(|e| fire_error(&name, e))?;
-    let (mut fires, mut refused) = (Vec::new(), Vec::new());
-    for (t, r) in subs {
-        match r {
-            Ok(sub) if caller.sees(&sub.job.job_type, Some(&sub.job.channel_id)) => {
-                fires.push(fired(&sub))
-            }
-            // That time's job was made before the template was pointed at the caller's types
-            // or channels: not named.
-            Ok(_) => refused.push(json!({
-                "fire_time": crate::schedule::fire_time_text(t),
-                "error": "that time's job (made before the schedule's job changed) is outside \
-                          this token's types or channels",
-            })),
-            Err(why) => refused.push(json!({
-                "fire_time": crate::schedule::fire_time_text(t),
-                "error": why,
-            })),
-        }
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"name": name, "fires": fires, "refused": refused})),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

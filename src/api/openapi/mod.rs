@@ -58,8 +58,8 @@ use access::FromAccessTable;
         super::schedules::delete,
         super::schedules::pause,
         super::schedules::resume,
-        super::schedules::trigger,
-        super::schedules::backfill,
+        super::schedule_fires::trigger,
+        super::schedule_fires::backfill,
         // Signals.
         super::signals::append,
         super::signals::list,

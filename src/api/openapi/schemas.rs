@@ -175,7 +175,7 @@ pub struct ScheduleList {
     pub schedules: Vec<ScheduleView>,
 }
 
-/// One fire of a schedule (`schedules::fired`).
+/// One fire of a schedule (`schedule_fires::fired`).
 #[derive(ToSchema)]
 pub struct Fired {
     pub job_id: uuid::Uuid,
