@@ -1259,3 +1259,213 @@ fn files_put_refuses_a_name_that_is_a_path() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("file name"), "{}", stderr(&o));
 }
+
+/// A server that answers every request `200 text/html` (a proxy's login page, another site).
+fn html_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let body = "<html><body>Please log in</body></html>";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
+    // Before: `jobs` printed an empty table, `status` null and `schedules pause` "x paused",
+    // all with exit 0, against a page that was not runyard at all.
+    let url = html_server();
+    let id = uuid::Uuid::now_v7().to_string();
+    for args in [
+        vec!["jobs"],
+        vec!["status", &id],
+        vec!["cancel", &id],
+        vec!["schedules", "pause", "nightly"],
+        vec!["signal", "data.ready"],
+        vec!["logs", "--follow", &id],
+    ] {
+        let o = cli(&url, &args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("not runyard's") && e.contains("text/html"),
+            "{args:?}: {e}"
+        );
+        assert!(!stdout(&o).contains("paused"), "{args:?}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn a_server_url_with_a_query_or_fragment_is_refused_and_a_password_never_shown() {
+    for bad in ["http://127.0.0.1:1/?x=1", "http://127.0.0.1:1/base#frag"] {
+        let o = cli(bad, &["jobs"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("without `?query` or `#fragment`"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let port = free_port();
+    let o = cli(
+        &format!("http://admin:s3cretpw@127.0.0.1:{port}"),
+        &["jobs"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("s3cretpw"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("admin:***@127.0.0.1"), "{}", stderr(&o));
+}
+
+#[test]
+fn token_new_refuses_bad_arguments_as_usage_naming_them() {
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("token")
+            .arg("new")
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.code(), stdout(&o), stderr(&o))
+    };
+    for (args, names) in [
+        (&["ci", "--scopes", "bogus"][..], "--scopes"),
+        (&["", "--scopes", "jobs:read"][..], "NAME"),
+        (
+            &["ci", "--scopes", "jobs:read", "--types", "[x"][..],
+            "--types",
+        ),
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+        assert!(
+            !out.contains("ry_"),
+            "no token printed for a refused one: {out}"
+        );
+    }
+    let (code, out, _) = run(&["ci", "--scopes", "jobs:read,jobs:read"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("scopes = [\"jobs:read\"]\n"), "{out}");
+}
+
+#[test]
+fn jobs_pages_on_with_the_cursor_it_hints() {
+    let s = serve(RUNNERS);
+    for _ in 0..3 {
+        let (st, v) = http_post(
+            &format!("{}/async/jobs", s.url),
+            serde_json::json!({"type": "runyard.noop"}),
+        );
+        assert_eq!(st, 202, "{v}");
+    }
+    let first = cli(&s.url, &["jobs", "--limit", "2"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(stdout(&first).lines().count(), 3, "a header and 2 rows");
+    let hint = stderr(&first);
+    let cursor = hint
+        .split("--cursor ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no cursor hint: {hint}"))
+        .to_string();
+    let next = cli(&s.url, &["jobs", "--limit", "2", "--cursor", &cursor]);
+    assert_eq!(next.status.code(), Some(0), "{}", stderr(&next));
+    assert_eq!(
+        stdout(&next).lines().count(),
+        2,
+        "a header and the third job"
+    );
+    assert!(!stderr(&next).contains("--cursor"), "{}", stderr(&next));
+    let ids = |o: &Output| -> Vec<String> {
+        stdout(o)
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let (a, b) = (ids(&first), ids(&next));
+    assert!(b.iter().all(|id| !a.contains(id)), "{a:?} {b:?}");
+}
+
+#[test]
+fn files_put_of_a_fifo_or_a_bad_name_from_the_path_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ff");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let id = uuid::Uuid::now_v7().to_string();
+    let url = closed_port_url();
+    // Bounded: before, opening the FIFO waited for a writer forever.
+    let o = Command::new("timeout")
+        .args(["20", BIN, "files", "put", &id, "outputs"])
+        .arg(&fifo)
+        .env("RUNYARD_SERVER", &url)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    let o = Command::new("timeout")
+        .args(["20", BIN, "submit", "runyard.noop", "--input"])
+        .arg(format!("inputs={}", fifo.display()))
+        .env("RUNYARD_SERVER", &url)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let odd = dir.path().join("we\u{1b}ird.txt");
+    std::fs::write(&odd, "x").unwrap();
+    let o = cli(
+        &url,
+        &["files", "put", &id, "outputs", odd.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--name"), "{}", stderr(&o));
+}
+
+#[test]
+fn files_put_works_with_a_token_that_may_attach_but_not_read() {
+    // `jobs:submit` grants attaching files; the client's question about the job's status
+    // (`jobs:read`) is skipped when refused, and the upload itself decides.
+    use sha2::Digest;
+    let (admin, submit) = ("ry_cli_admin_0123456789", "ry_cli_submit_0123456789");
+    let sha = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let s = serve(&format!(
+        "{RUNNERS}\n[[auth.tokens]]\nname = \"admin\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n\n\
+         [[auth.tokens]]\nname = \"sub\"\nsha256 = \"{}\"\nscopes = [\"jobs:submit\"]\n",
+        sha(admin),
+        sha(submit)
+    ));
+    let later = cli_env(
+        &s.url,
+        &["submit", "runyard.noop", "--run-at", "2099-01-01T00:00:00Z"],
+        &[("RUNYARD_TOKEN", admin)],
+    );
+    assert_eq!(later.status.code(), Some(0), "{}", stderr(&later));
+    let id = stdout(&later).trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("d.txt");
+    std::fs::write(&f, "data").unwrap();
+    let put = cli_env(
+        &s.url,
+        &["files", "put", &id, "outputs", f.to_str().unwrap()],
+        &[("RUNYARD_TOKEN", submit)],
+    );
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    assert!(stdout(&put).contains("4 bytes"), "{}", stdout(&put));
+}

@@ -128,6 +128,10 @@ pub struct JobsArgs {
     /// How many.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// The next page: the cursor the previous page gave (`next_cursor`, or the hint after the
+    /// table).
+    #[arg(long)]
+    pub cursor: Option<String>,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -141,11 +145,13 @@ pub struct Api {
     /// keep-alive comment every 15 s).
     stream_http: reqwest::Client,
     token: Option<String>,
+    /// The base URL as messages show it: a password in it as `***`.
+    shown: String,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("base", &self.base).finish() // never the token
+        f.debug_struct("Api").field("base", &self.shown).finish() // never the token
     }
 }
 
@@ -164,9 +170,21 @@ impl Api {
     pub fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let url = reqwest::Url::parse(base)
             .map_err(|e| Failure::usage(format!("--server `{base}` is not a URL: {e}")))?;
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let shown = shown.to_string().trim_end_matches('/').to_string();
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Failure::usage(format!(
-                "--server `{base}`: only http:// and https:// URLs"
+                "--server `{shown}`: only http:// and https:// URLs"
+            )));
+        }
+        // The API's paths are appended to it: a query or fragment would swallow them.
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(Failure::usage(format!(
+                "--server `{shown}`: a base URL without `?query` or `#fragment` (the API's paths \
+                 are appended to it)"
             )));
         }
         let token = token.map(str::trim).filter(|t| !t.is_empty());
@@ -179,6 +197,7 @@ impl Api {
         }
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
+            shown,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(60))
@@ -191,9 +210,9 @@ impl Api {
         })
     }
 
-    /// The server's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The server's base URL, a password in it as `***` (for messages).
+    pub fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -214,12 +233,16 @@ impl Api {
         if status.is_success() {
             return Ok(r);
         }
+        let kind = content_type(&r);
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        let message = body["error"]["message"]
+        let message = match body["error"]["message"].as_str() {
+            Some(m) => m.to_string(),
+            None => format!("request failed, and the answer is not runyard's error ({kind})"),
+        };
+        let code = body["error"]["code"]
             .as_str()
-            .unwrap_or("request failed")
+            .unwrap_or("no code")
             .to_string();
-        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
         let status = status.as_u16();
         Err(if status < 500 {
             Failure::Refused {
@@ -246,15 +269,37 @@ impl Api {
             source = s.source();
         }
         Failure::Unreachable {
-            url: self.base.clone(),
+            url: self.shown.clone(),
             detail,
+        }
+        .into()
+    }
+
+    /// The failure for a success whose body is not what runyard's API answers (a login page of
+    /// a proxy, another server's page): an error, never taken for an empty answer.
+    fn not_runyard(&self, status: u16, kind: &str) -> anyhow::Error {
+        Failure::Unavailable {
+            status,
+            code: "not_runyard".into(),
+            message: format!(
+                "the answer is not runyard's JSON ({kind}): is {} the address of runyard's API?",
+                self.shown
+            ),
         }
         .into()
     }
 
     async fn json(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let r = self.send(rb).await?;
-        Ok(r.json().await.unwrap_or(Value::Null))
+        let (status, kind) = (r.status().as_u16(), content_type(&r));
+        let bytes = r.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null); // 204, or an answer with no body
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(v) if kind.to_ascii_lowercase().contains("application/json") => Ok(v),
+            _ => Err(self.not_runyard(status, &kind)),
+        }
     }
 
     /// GET a path (with query).
@@ -314,8 +359,24 @@ impl Api {
         if let Some(id) = last_id {
             rb = rb.header("last-event-id", id);
         }
-        self.send(self.with_auth(rb)).await
+        let r = self.send(self.with_auth(rb)).await?;
+        let kind = content_type(&r);
+        if !kind.to_ascii_lowercase().contains("text/event-stream") {
+            return Err(self.not_runyard(r.status().as_u16(), &kind));
+        }
+        Ok(r)
     }
+}
+
+/// An answer's `Content-Type`, for messages (`no Content-Type` without one).
+fn content_type(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || "no Content-Type".into(),
+            |t| format!("Content-Type: {t}"),
+        )
 }
 
 /// `path` with each of `segments` appended, percent-encoded as one path segment each.
@@ -504,6 +565,9 @@ pub async fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
         if let Some(t) = &a.job_type {
             q.append_pair("type", t);
         }
+        if let Some(c) = &a.cursor {
+            q.append_pair("cursor", c);
+        }
     }
     let page = api
         .get(&format!("{}?{}", u.path(), u.query().unwrap_or("")))
@@ -535,5 +599,9 @@ pub async fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
         "{}",
         output::table(&["ID", "STATUS", "TYPE", "ATTEMPT", "CREATED"], &rows)
     );
+    // More may follow (a filtered page can be short, even empty, and still have a next one).
+    if let Some(c) = page["next_cursor"].as_str() {
+        eprintln!("more jobs: runyard jobs --cursor {c} (with the same filters)");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -145,20 +145,35 @@ fn part_path(dest: &Path) -> PathBuf {
 async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
     let api = Api::from_arg(&a.server)?;
     let (body, _len) = file_body(&a.file).await?;
+    // The name from the path is checked as a --name is (the server would refuse it after the
+    // upload).
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => file_label(&file_name(&a.file)).map_err(|e| {
+            Failure::usage(format!("{}: {e}; name it with --name", a.file.display()))
+        })?,
+    };
     // The server refuses a file for an ended job before reading it, and a refusal that arrives
     // while the body is still being sent reads as a broken connection: ask first, so the answer
     // is the refusal itself (the server checks again when the file arrives).
-    let job = api.get(&path_of("/async/jobs", &[&a.job])?).await?;
-    let status = job["status"].as_str().unwrap_or("");
+    // A token that may attach files but not read jobs (`jobs:submit` alone) skips the question.
+    let job = match api.get(&path_of("/async/jobs", &[&a.job])?).await {
+        Ok(job) => Some(job),
+        Err(e) if refused_with(&e, 403) => None,
+        Err(e) => return Err(e),
+    };
+    let status = job
+        .as_ref()
+        .and_then(|j| j["status"].as_str())
+        .unwrap_or("");
     if super::follow::is_terminal(status) {
         return Err(Failure::Refused {
             status: 409,
             code: "illegal_transition".into(),
-            message: format!("job is {status}: it takes no more files"),
+            message: format!("job is {status} (as the server shows it): it takes no more files"),
         }
         .into());
     }
-    let name = a.name.clone().unwrap_or_else(|| file_name(&a.file));
     let mut u = reqwest::Url::parse("http://x/")?;
     u.set_path(&path_of("/async/jobs", &[&a.job, "files", &a.property])?);
     u.query_pairs_mut().append_pair("name", &name);
@@ -177,6 +192,11 @@ async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `e` is the server's refusal with this status.
+fn refused_with(e: &anyhow::Error, status: u16) -> bool {
+    matches!(e.downcast_ref::<Failure>(), Some(Failure::Refused { status: s, .. }) if *s == status)
+}
+
 /// A `--name` the server would take.
 fn file_label(name: &str) -> Result<String, String> {
     crate::api::files::check_file_name(name).map(|()| name.to_string())
@@ -190,6 +210,16 @@ fn file_name(p: &Path) -> String {
 
 /// A file as a streamed request body with its length; an unreadable file is a usage error.
 async fn file_body(path: &Path) -> anyhow::Result<(reqwest::Body, u64)> {
+    // Looked at before it is opened: opening a FIFO waits for a writer, forever.
+    let kind = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
+    if !kind.is_file() {
+        return Err(Failure::usage(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
     let f = tokio::fs::File::open(path)
         .await
         .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
@@ -229,6 +259,8 @@ pub async fn submit_form(
             )));
         };
         let path = Path::new(file);
+        file_label(&file_name(path))
+            .map_err(|e| Failure::usage(format!("--input `{input}`: {e}")))?;
         let (body, len) = file_body(path).await?;
         form = form.part(
             prop.to_string(),

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use base64::Engine;
 use clap::{Args, Subcommand};
 
+use super::exit::Failure;
 use crate::auth::tokens::{token_sha256, Authenticator};
 use crate::config::{AuthConfig, TokenConfig};
 
@@ -50,7 +51,16 @@ pub async fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
     let entry = TokenConfig {
         name: n.name.trim().to_string(),
         sha256: token_sha256(&token),
-        scopes: n.scopes.iter().map(|s| s.trim().to_string()).collect(),
+        scopes: {
+            // `--scopes jobs:read,jobs:read` is one scope, written once.
+            let mut scopes: Vec<String> = Vec::new();
+            for s in n.scopes.iter().map(|s| s.trim().to_string()) {
+                if !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+            scopes
+        },
         types: (!n.types.is_empty()).then(|| n.types.clone()),
         channels: (!n.channels.is_empty()).then(|| n.channels.clone()),
     };
@@ -59,8 +69,16 @@ pub async fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
         tokens: vec![entry.clone()],
         ..AuthConfig::default()
     };
-    if let Err((_, message)) = Authenticator::new(&check) {
-        anyhow::bail!("{message}");
+    // A refused argument is a usage error (exit 2), named as the command line gives it.
+    if let Err((key, message)) = Authenticator::new(&check) {
+        let arg = match key.rsplit('.').next().unwrap_or("") {
+            "name" => "NAME",
+            "scopes" => "--scopes",
+            "types" => "--types",
+            "channels" => "--channels",
+            _ => "token",
+        };
+        return Err(Failure::usage(format!("{arg}: {message}")));
     }
     let q = |s: &str| toml::Value::String(s.to_string()).to_string();
     let list = |v: &[String]| {
