@@ -6,6 +6,7 @@ pub mod completions;
 pub mod exit;
 pub mod files;
 pub mod follow;
+pub mod jobs;
 pub mod launch;
 pub mod output;
 pub mod schedules;
@@ -57,7 +58,7 @@ enum Cmd {
     /// Retry a job that did not succeed.
     Retry(client::IdArgs),
     /// List jobs, newest first.
-    Jobs(client::JobsArgs),
+    Jobs(jobs::JobsArgs),
     /// Cron schedules: list (default), get, pause, resume, trigger.
     Schedules(schedules::SchedulesArgs),
     /// Write a readiness signal: `runyard signal KEY [--payload JSON] [--id ID]`.
@@ -350,7 +351,7 @@ pub fn main() -> ExitCode {
             Cmd::Logs(a) => client::logs(a).await,
             Cmd::Cancel(a) => client::cancel(a).await,
             Cmd::Retry(a) => client::retry(a).await,
-            Cmd::Jobs(a) => client::jobs(a).await,
+            Cmd::Jobs(a) => jobs::jobs(a).await,
             Cmd::Schedules(a) => schedules::run(a).await,
             Cmd::Signal(a) => signal::run(a).await,
             Cmd::Files(a) => files::run(a).await,
