@@ -210,29 +210,24 @@ fn file_name(p: &Path) -> String {
 
 /// A file as a streamed request body with its length; an unreadable file is a usage error.
 async fn file_body(path: &Path) -> anyhow::Result<(reqwest::Body, u64)> {
-    // Looked at before it is opened: opening a FIFO waits for a writer, forever.
-    let kind = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
-    if !kind.is_file() {
-        return Err(Failure::usage(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
-    }
-    let f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
-    let meta = f
-        .metadata()
-        .await
-        .map_err(|e| Failure::usage(format!("{}: cannot read: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(Failure::usage(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
-    }
+    let unreadable =
+        |e: std::io::Error| Failure::usage(format!("{}: cannot read: {e}", path.display()));
+    let regular = |m: &std::fs::Metadata| {
+        if m.is_file() {
+            Ok(())
+        } else {
+            Err(Failure::usage(format!(
+                "{}: not a regular file",
+                path.display()
+            )))
+        }
+    };
+    // Looked at before it is opened (opening a FIFO waits for a writer, forever), and again
+    // once open (it may have been replaced between the two).
+    regular(&tokio::fs::metadata(path).await.map_err(unreadable)?)?;
+    let f = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let meta = f.metadata().await.map_err(unreadable)?;
+    regular(&meta)?;
     let stream = tokio_util::io::ReaderStream::new(f);
     Ok((reqwest::Body::wrap_stream(stream), meta.len()))
 }
