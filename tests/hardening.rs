@@ -770,6 +770,25 @@ async fn redis_idempotency_key_with_another_body_conflicts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_still_says_when_it_was_due_once_it_ran() {
+    for backend in [Backend::Embedded, Backend::redis()] {
+        let ts = backend.server("").await;
+        let due = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+        let due_text = due.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let id = ts
+            .submit_ok(json!({"type": "edge.ok", "run_at": due_text}))
+            .await;
+        let job = ts.wait_for(&id, WAIT, |j| j["status"] == "SUCCESS").await;
+        assert_eq!(job["run_at"], due_text.as_str(), "{job}");
+        let started = support::time_of(&job["started_at"]);
+        assert!(
+            started >= support::time_of(&job["run_at"]),
+            "it ran once due: {job}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_at_takes_offsets_and_lower_case() {
     let ts = Backend::Embedded.server("").await;
     for s in [

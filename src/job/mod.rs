@@ -254,7 +254,8 @@ pub struct Job {
     pub backoff: Backoff,
     /// Per-attempt time limit.
     pub timeout_ms: Option<u64>,
-    /// When a SCHEDULED job becomes QUEUED.
+    /// When a SCHEDULED job becomes QUEUED; kept once it has (when it was due), until a
+    /// client's retry or a new backoff sets it again.
     pub run_at: Option<Micros>,
     /// Client-chosen key making submit idempotent.
     pub idempotency_key: Option<String>,

@@ -169,7 +169,7 @@ pub(super) fn promote(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>
     if job.status != Scheduled {
         return Err(illegal(job, "promote"));
     }
-    job.run_at = None;
+    // `run_at` stays: the job's view still says when it was due.
     set_status(job, Queued, now);
     Ok(Some(EventKind::Status))
 }
