@@ -1262,6 +1262,11 @@ fn files_put_refuses_a_name_that_is_a_path() {
 
 /// A server that answers every request `200 text/html` (a proxy's login page, another site).
 fn html_server() -> String {
+    html_server_with("200 OK")
+}
+
+/// A server that answers every request with `status` and an HTML page.
+fn html_server_with(status: &'static str) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1278,7 +1283,7 @@ fn html_server() -> String {
             let body = "<html><body>Please log in</body></html>";
             let _ = write!(
                 conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
+                "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
                  connection: close\r\n\r\n{body}",
                 body.len()
             );
@@ -1310,6 +1315,15 @@ fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
         );
         assert!(!stdout(&o).contains("paused"), "{args:?}: {}", stdout(&o));
     }
+    // A proxy's error page: the failure says it is not runyard's error, with no empty code.
+    let o = cli(&html_server_with("502 Bad Gateway"), &["jobs"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("not runyard's error") && e.contains("HTTP 502"),
+        "{e}"
+    );
+    assert!(!e.contains("(,"), "{e}");
 }
 
 #[test]
