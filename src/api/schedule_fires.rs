@@ -150,17 +150,22 @@ async fn backfill(
         .map_err(|e| fire_error(&name, e))?;
     let (mut fires, mut refused) = (Vec::new(), Vec::new());
     for (t, r) in subs {
-        match r {
-            Ok(sub) if caller.sees(&sub.job.job_type, Some(&sub.job.channel_id)) => {
-                fires.push(fired(&sub))
+        // A time whose job was made before the template was pointed at the caller's types or
+        // channels: not named.
+        let seen = |sub: &Submitted| caller.sees(&sub.job.job_type, Some(&sub.job.channel_id));
+        let r = r.and_then(|sub| {
+            if seen(&sub) {
+                Ok(sub)
+            } else {
+                Err(
+                    "that time's job (made before the schedule's job changed) is outside this \
+                     token's types or channels"
+                        .to_string(),
+                )
             }
-            // That time's job was made before the template was pointed at the caller's types
-            // or channels: not named.
-            Ok(_) => refused.push(json!({
-                "fire_time": crate::schedule::fire_time_text(t),
-                "error": "that time's job (made before the schedule's job changed) is outside \
-                          this token's types or channels",
-            })),
+        });
+        match r {
+            Ok(sub) => fires.push(fired(&sub)),
             Err(why) => refused.push(json!({
                 "fire_time": crate::schedule::fire_time_text(t),
                 "error": why,

@@ -190,11 +190,6 @@ impl Api {
         })
     }
 
-    /// The server's base URL, a password in it as `***` (for messages).
-    pub fn shown_url(&self) -> &str {
-        &self.shown
-    }
-
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.with_auth(self.http.request(method, format!("{}{path}", self.base)))
     }
@@ -213,7 +208,7 @@ impl Api {
         if status.is_success() {
             return Ok(r);
         }
-        let kind = content_type(&r);
+        let (kind, _) = content_type(&r, "application/json");
         let body: Value = r.json().await.unwrap_or(Value::Null);
         let message = match body["error"]["message"].as_str() {
             Some(m) => m.to_string(),
@@ -271,13 +266,13 @@ impl Api {
 
     async fn json(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let r = self.send(rb).await?;
-        let (status, kind) = (r.status().as_u16(), content_type(&r));
+        let (status, (kind, json)) = (r.status().as_u16(), content_type(&r, "application/json"));
         let bytes = r.bytes().await.map_err(|e| self.unreachable(&e))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null); // 204, or an answer with no body
         }
         match serde_json::from_slice(&bytes) {
-            Ok(v) if kind.to_ascii_lowercase().contains("application/json") => Ok(v),
+            Ok(v) if json => Ok(v),
             _ => Err(self.not_runyard(status, &kind)),
         }
     }
@@ -340,23 +335,31 @@ impl Api {
             rb = rb.header("last-event-id", id);
         }
         let r = self.send(self.with_auth(rb)).await?;
-        let kind = content_type(&r);
-        if !kind.to_ascii_lowercase().contains("text/event-stream") {
+        let (kind, stream) = content_type(&r, "text/event-stream");
+        if !stream {
             return Err(self.not_runyard(r.status().as_u16(), &kind));
         }
         Ok(r)
     }
 }
 
-/// An answer's `Content-Type`, for messages (`no Content-Type` without one).
-fn content_type(r: &reqwest::Response) -> String {
-    r.headers()
+/// An answer's `Content-Type` as messages say it (`no Content-Type` without one), and whether
+/// it is `essence` (`application/json`, `text/event-stream`; parameters and case aside).
+fn content_type(r: &reqwest::Response, essence: &str) -> (String, bool) {
+    match r
+        .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || "no Content-Type".into(),
-            |t| format!("Content-Type: {t}"),
-        )
+    {
+        Some(t) => {
+            let is = t
+                .split(';')
+                .next()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case(essence));
+            (format!("Content-Type: {t}"), is)
+        }
+        None => ("no Content-Type".into(), false),
+    }
 }
 
 /// `path` with each of `segments` appended, percent-encoded as one path segment each.
