@@ -236,6 +236,22 @@ impl Harness {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// `method path [body]` as `bearer`, which must answer `status`: the answer's JSON.
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        bearer: &str,
+        status: u16,
+    ) -> Value {
+        let (s, v) = self
+            .send(&self.call(method.clone(), path, body), Some(bearer))
+            .await;
+        assert_eq!(s, status, "{method} {path}: {v}");
+        v
+    }
+
     /// The schedule fixture exists (a route before may have deleted it).
     async fn ensure_schedule(&self) {
         let c = self.call(
@@ -1705,74 +1721,43 @@ async fn runs_of_an_old_template_are_not_named_to_a_caller_confined_to_the_new_o
     let night = json!({"from": "2026-01-01T02:30:00Z", "to": "2026-01-01T03:30:00Z"});
     let mut old = schedule_body(name);
     old["job"]["channel"] = json!("elsewhere");
-    let (s, v) = h
-        .send(
-            &h.call(Method::POST, "/async/schedules", Some(old)),
-            Some(ADMIN),
-        )
+    h.expect(Method::POST, "/async/schedules", Some(old), ADMIN, 201)
         .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = h
-        .send(
-            &h.call(Method::POST, &backfill, Some(night.clone())),
-            Some(ADMIN),
-        )
+    let v = h
+        .expect(Method::POST, &backfill, Some(night.clone()), ADMIN, 202)
         .await;
-    assert_eq!(s, 202, "{v}");
     let theirs = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
     // The admin points the job at CHANNEL: the confined caller now covers the schedule.
-    let (s, v) = h
-        .send(
-            &h.call(Method::PUT, &path, Some(schedule_body(name))),
-            Some(ADMIN),
-        )
+    h.expect(Method::PUT, &path, Some(schedule_body(name)), ADMIN, 200)
         .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = h
-        .send(&h.call(Method::GET, &path, None), Some(CONFINED_OK))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    let v = h.expect(Method::GET, &path, None, CONFINED_OK, 200).await;
     assert_eq!(v["last_runs"][0]["outcome"], "submitted", "{v}");
     assert!(v["last_runs"][0]["job_id"].is_null(), "{v}");
-    let (s, v) = h
-        .send(
-            &h.call(Method::GET, "/async/schedules", None),
-            Some(CONFINED_OK),
-        )
+    let v = h
+        .expect(Method::GET, "/async/schedules", None, CONFINED_OK, 200)
         .await;
-    assert_eq!(s, 200, "{v}");
     assert!(
         !v.to_string().contains(&theirs),
         "the listing names it: {v}"
     );
     // The admin still sees it.
-    let (_, v) = h.send(&h.call(Method::GET, &path, None), Some(ADMIN)).await;
+    let v = h.expect(Method::GET, &path, None, ADMIN, 200).await;
     assert_eq!(v["last_runs"][0]["job_id"], theirs.as_str(), "{v}");
     // A backfill of that night by the confined caller: refused for that time, not named.
-    let (s, v) = h
-        .send(
-            &h.call(Method::POST, &backfill, Some(night)),
-            Some(CONFINED_OK),
-        )
+    let v = h
+        .expect(Method::POST, &backfill, Some(night), CONFINED_OK, 202)
         .await;
-    assert_eq!(s, 202, "{v}");
     assert!(!v.to_string().contains(&theirs), "{v}");
     assert_eq!(v["fires"], json!([]), "{v}");
     let why = v["refused"][0]["error"].as_str().unwrap_or_default();
     assert!(why.contains("outside this token's"), "{v}");
     // Another night: a job on CHANNEL, which it is shown.
     let next = json!({"from": "2026-01-02T02:30:00Z", "to": "2026-01-02T03:30:00Z"});
-    let (s, v) = h
-        .send(
-            &h.call(Method::POST, &backfill, Some(next)),
-            Some(CONFINED_OK),
-        )
+    let v = h
+        .expect(Method::POST, &backfill, Some(next), CONFINED_OK, 202)
         .await;
-    assert_eq!(s, 202, "{v}");
     let ours = v["fires"][0]["job_id"].as_str().expect("a job").to_string();
-    let (_, v) = h
-        .send(&h.call(Method::GET, &path, None), Some(CONFINED_OK))
-        .await;
+    let v = h.expect(Method::GET, &path, None, CONFINED_OK, 200).await;
     assert_eq!(v["last_runs"][0]["job_id"], ours.as_str(), "{v}");
     assert!(!v.to_string().contains(&theirs), "{v}");
     h.stop().await;
