@@ -1620,13 +1620,9 @@ async fn two_authorization_headers_are_refused_not_guessed_between() {
     // a request with several Authorization headers (even two good ones), and it changes nothing.
     let h = Harness::start().await;
     let channel_jwt = jwt(json!({"channel": CHANNEL, "exp": now() + 300}), SECRET);
-    let (s, v) = h
-        .send(
-            &h.call(Method::POST, "/async/jobs", Some(submit_body())),
-            Some(ADMIN),
-        )
+    let v = h
+        .expect(Method::POST, "/async/jobs", Some(submit_body()), ADMIN, 202)
         .await;
-    assert_eq!(s, 202, "{v}");
     let kept = v["job_id"].as_str().expect("job_id").to_string();
     // A two-header cancel of `kept` first: it must not take.
     let r = h
@@ -1684,24 +1680,28 @@ async fn two_authorization_headers_are_refused_not_guessed_between() {
             .expect("answer");
         assert!(r.status().is_success(), "{method} {url}: {}", r.status());
     }
-    let (s, v) = h
-        .send(
-            &h.call(Method::GET, &format!("/async/jobs/{}", h.job), None),
-            Some(ADMIN),
+    let v = h
+        .expect(
+            Method::GET,
+            &format!("/async/jobs/{}", h.job),
+            None,
+            ADMIN,
+            200,
         )
         .await;
-    assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["status"], "CANCELLED",
         "the single-header cancel took: {v}"
     );
-    let (s, v) = h
-        .send(
-            &h.call(Method::GET, &format!("/async/jobs/{kept}"), None),
-            Some(ADMIN),
+    let v = h
+        .expect(
+            Method::GET,
+            &format!("/async/jobs/{kept}"),
+            None,
+            ADMIN,
+            200,
         )
         .await;
-    assert_eq!(s, 200, "{v}");
     assert_ne!(
         v["status"], "CANCELLED",
         "the two-header cancel did not: {v}"
