@@ -211,7 +211,12 @@ command = ["/bin/sh", "-c", "exit 0"]
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "CANCELLED", "{body}");
     wait_pids_gone(&pids, WAIT).await;
-    let job = ts.get_job(&id).await;
+    // The worker lets go of the job once its tree is stopped (`worker` null: a retry may start).
+    let job = eventually("the worker let go of the cancelled job", WAIT, || async {
+        let job = ts.get_job(&id).await;
+        job["worker"].is_null().then_some(job)
+    })
+    .await;
     assert_eq!(status_of(&job), "CANCELLED", "{job:#}");
     assert_eq!(job["runs"][0]["outcome"], "CANCELLED", "{job:#}");
 
