@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use reqwest::StatusCode;
-use runyard::auth::access::ROUTES;
+use runyard::auth::access::{Need, QUERY_ROUTES, ROUTES};
 use serde_json::{json, Value};
 use support::TestServer;
 
@@ -213,6 +213,43 @@ async fn the_document_lists_exactly_the_routed_operations() {
 }
 
 #[tokio::test]
+async fn the_routes_that_read_a_query_are_the_documented_ones() {
+    let ts = TestServer::start(RUNNERS).await;
+    let (_, doc) = ts.get("/openapi.json").await;
+    // Open pages and `/metrics` pass any query (a probe's or a scraper's), a job's hooks are
+    // bound by their signature; every other route reads one only when its operation documents
+    // query parameters.
+    let checked = |n: Need| !matches!(n, Need::Open | Need::Metrics | Need::Hook);
+    let documented: BTreeSet<String> = ROUTES
+        .iter()
+        .filter(|r| checked(r.need))
+        .filter(|r| {
+            doc["paths"][openapi_path(r.path)][r.method.to_lowercase()]["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"))
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let allowed: BTreeSet<String> = QUERY_ROUTES
+        .iter()
+        .filter(|(m, p)| {
+            ROUTES
+                .iter()
+                .any(|r| r.method == *m && r.path == *p && checked(r.need))
+        })
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(documented, allowed);
+    // Every line of QUERY_ROUTES is a route.
+    for (m, p) in QUERY_ROUTES {
+        assert!(
+            ROUTES.iter().any(|r| r.method == *m && r.path == *p),
+            "{m} {p} is in QUERY_ROUTES but not in ROUTES"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_input_gets_the_documented_answer_in_the_documented_shape() {
     let ts = TestServer::start(RUNNERS).await;
     let (_, doc) = ts.get("/openapi.json").await;
@@ -287,6 +324,25 @@ async fn bad_input_gets_the_documented_answer_in_the_documented_shape() {
         &ts,
         &doc,
         ("GET", "/async/jobs", "/async/jobs?colour=red"),
+        (json_ct, ""),
+        (400, "bad_query"),
+    )
+    .await;
+    // A query string on a route that reads none: 400 naming it, and no job (options go in the
+    // body: an ignored `?idempotency_key=` would let a client's retry run the job twice).
+    let m = refused(
+        &ts,
+        &doc,
+        ("POST", "/async/jobs", "/async/jobs?idempotency_key=k1"),
+        (json_ct, r#"{"type": "runyard.noop"}"#),
+        (400, "bad_query"),
+    )
+    .await;
+    assert!(m.contains("idempotency_key"), "{m}");
+    refused(
+        &ts,
+        &doc,
+        ("GET", "/async/schedules", "/async/schedules?paused=true"),
         (json_ct, ""),
         (400, "bad_query"),
     )

@@ -258,6 +258,7 @@ impl From<Refusal> for ApiError {
             Refusal::Unauthorized(m) => ApiError::unauthorized(m).bearer_challenge(),
             Refusal::Forbidden(m) => ApiError::forbidden(m),
             Refusal::TokenInQuery(m) => ApiError::bad_request("token_in_query", m),
+            Refusal::StrayQuery(m) => ApiError::bad_query(m),
             Refusal::HeaderTooLarge(m) => ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "header_too_large",

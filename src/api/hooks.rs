@@ -413,6 +413,7 @@ pub fn file_error(e: FileError) -> ApiError {
 /// Query of the signed upload URL.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct UploadTarget {
     job: String,
     attempt: u32,
@@ -526,6 +527,7 @@ pub async fn blob_upload(
 /// Query of the signed download URL.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DownloadTarget {
     exp: i64,
     sig: String,

@@ -14,6 +14,7 @@
 //!   is turned off (it is on by default);
 //! - a credential in the query string (`?token=`, `?access_token=`) is refused (400
 //!   `token_in_query`): URLs end up in logs;
+//! - a query string on a route that reads none ([`QUERY_ROUTES`]) is refused (400 `bad_query`);
 //! - a route missing from [`ROUTES`] answers 500 `route_not_in_access_table`, auth or not, so a
 //!   route added without its line here fails its first test.
 //!
@@ -202,6 +203,62 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/docs/{*file}", Need::Open),
 ];
 
+/// The routes that read a query string; their handlers parse it and refuse a key they do not
+/// know (400 `bad_query`). Every other client and event route refuses a non-empty query string
+/// with 400 `bad_query` before anything runs (the open pages, `/health`, the dashboard, the docs,
+/// and `/metrics` pass any: a probe's or a scraper's; a job's hooks are bound by their signature,
+/// which covers the query): `?idempotency_key=` on a submit or `?paused=true` on the schedule listing
+/// would otherwise be ignored without a word. `tests/openapi.rs` holds this list to the
+/// document's query parameters.
+pub const QUERY_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/async/jobs"),
+    ("GET", "/async/jobs/{id}/logs"),
+    ("PUT", "/async/jobs/{id}/files/{property}"),
+    ("GET", "/async/jobs/{id}/deliveries"),
+    ("GET", "/async/signals"),
+    ("GET", "/async/signals/{key}"),
+    ("GET", "/async/events/ws"),
+    ("GET", "/async/events/sse"),
+    ("GET", "/api/v1/async_event/"),
+    ("GET", "/api/v1/async_event"),
+    ("PUT", "/async/blobs/upload"),
+    ("GET", "/async/blobs/{hash}"),
+    ("GET", "/async/activity"),
+    ("GET", "/async/dead_letters"),
+];
+
+/// 400 `bad_query` for a query string on a route that reads none ([`QUERY_ROUTES`]).
+fn refuse_stray_query(method: &Method, path: &str, need: Need, uri: &Uri) -> Result<(), Refusal> {
+    let Some(q) = uri.query().filter(|q| !q.is_empty()) else {
+        return Ok(());
+    };
+    refuse_token_in_query(uri)?;
+    let m = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    // A method the path does not serve is the router's 405, whatever the query.
+    let served = ROUTES.iter().any(|r| r.method == m && r.path == path);
+    if !served
+        || matches!(need, Need::Open | Need::Metrics | Need::Hook)
+        || QUERY_ROUTES.iter().any(|&(qm, qp)| qm == m && qp == path)
+    {
+        return Ok(());
+    }
+    let names: Vec<String> = q
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .take(3)
+        .map(|p| p.split('=').next().unwrap_or("").chars().take(40).collect())
+        .collect();
+    Err(Refusal::StrayQuery(format!(
+        "`{m} {path}` takes no query parameters (got `{}`): they would be ignored; a request's \
+         options go in its body",
+        names.join("`, `")
+    )))
+}
+
 /// What [`Guard`] works with.
 pub struct Access {
     /// `[auth]`.
@@ -359,6 +416,7 @@ fn need_of(access: &Access, req: &Request) -> Result<Option<Need>, Refusal> {
             matched.as_str()
         )));
     };
+    refuse_stray_query(req.method(), matched.as_str(), need, req.uri())?;
     Ok(match need {
         Need::Hook | Need::Open => None,
         Need::Metrics if !access.config.metrics_require_token => None,

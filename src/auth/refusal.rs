@@ -15,6 +15,9 @@ pub enum Refusal {
     /// A credential in the query string (400 `token_in_query`): URLs are logged.
     #[error("{0}")]
     TokenInQuery(String),
+    /// A query string on a route that reads none (400 `bad_query`).
+    #[error("{0}")]
+    StrayQuery(String),
     /// A credential header over [`super::MAX_CREDENTIAL_BYTES`] (431 `header_too_large`).
     #[error("{0}")]
     HeaderTooLarge(String),

@@ -104,6 +104,16 @@ fn add(op: &mut Operation, status: &str, description: &str) {
         .or_insert_with(|| RefOr::T(error_response(description)));
 }
 
+/// Adds `description` to the operation's own `status` answer (after its own words), or adds the
+/// answer.
+fn add_to(op: &mut Operation, status: &str, description: &str) {
+    match op.responses.responses.get_mut(status) {
+        Some(RefOr::T(r)) => r.description = format!("{}; {description}", r.description),
+        Some(RefOr::Ref(_)) => {}
+        None => add(op, status, description),
+    }
+}
+
 fn bearer_only() -> Vec<SecurityRequirement> {
     vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]
 }
@@ -173,10 +183,16 @@ fn apply(op: &mut Operation, need: Need) {
         Need::Open => op.security = Some(vec![SecurityRequirement::default()]),
     }
     // A credential in the query string is refused on every route.
-    add(
+    add_to(
         op,
         "400",
-        "`token_in_query`: a credential in the query string is refused (URLs end up in logs)",
+        if matches!(need, Need::Open | Need::Metrics | Need::Hook) {
+            "`token_in_query`: a credential in the query string is refused (URLs end up in logs)"
+        } else {
+            "`token_in_query`: a credential in the query string is refused (URLs end up in \
+             logs); `bad_query`: a query parameter the route does not read (on a route without \
+             query parameters: any)"
+        },
     );
     add(op, "500", "A fault of the server (`store_error`, ...)");
     add(
