@@ -1267,6 +1267,15 @@ fn html_server() -> String {
 
 /// A server that answers every request with `status` and an HTML page.
 fn html_server_with(status: &'static str) -> String {
+    raw_server(
+        status,
+        "content-type: text/html\r\n",
+        "<html><body>Please log in</body></html>",
+    )
+}
+
+/// A server that answers every request with `status`, these header lines and `body`.
+fn raw_server(status: &'static str, headers: &'static str, body: &'static str) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1280,10 +1289,9 @@ fn html_server_with(status: &'static str) -> String {
                     break;
                 }
             }
-            let body = "<html><body>Please log in</body></html>";
             let _ = write!(
                 conn,
-                "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
+                "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\
                  connection: close\r\n\r\n{body}",
                 body.len()
             );
@@ -1314,6 +1322,30 @@ fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
             "{args:?}: {e}"
         );
         assert!(!stdout(&o).contains("paused"), "{args:?}: {}", stdout(&o));
+    }
+    // `files get`: a page is not the file (it was saved with exit 0), and bytes that do not
+    // match the md5 the server's ETag gives are not either; no file, no `.part` left.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.csv");
+    let altered = raw_server(
+        "200 OK",
+        "content-type: text/csv\r\netag: \"5d41402abc4b2a76b9719d911017c592\"\r\n",
+        "not hello",
+    );
+    for (url, said) in [
+        (&url, "without the file's md5 ETag"),
+        (&altered, "altered or cut"),
+    ] {
+        let o = cli(
+            url,
+            &["files", "get", &id, "inputs", "-o", out.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains(said), "{}", stderr(&o));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{said}");
+        // To stdout the bytes are out already: the exit code says they are not the file.
+        let o = cli(url, &["files", "get", &id, "inputs"]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     }
     // A proxy's error page: the failure says it is not runyard's error, with no empty code.
     let o = cli(&html_server_with("502 Bad Gateway"), &["jobs"]);

@@ -577,6 +577,11 @@ pub async fn stream_blob(
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, len.into());
+    // The content's md5 (the blob's key): a strong validator, and what `runyard files get`
+    // checks the bytes it received against.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{hash}\"")) {
+        h.insert(header::ETAG, v);
+    }
     // The type is the uploader's word: never rendered by a browser on the API's origin (a
     // `text/html` file would run its script there). Always a download, never sniffed, and
     // sandboxed should a browser show it anyway.

@@ -313,11 +313,31 @@ impl Api {
         .await
     }
 
-    /// GET a path; the answer's body is left to read (file bytes).
-    pub async fn get_response(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+    /// GET a file's bytes: the answer, its body left to read, and the md5 (lowercase hex) its
+    /// `ETag` says the bytes have. An answer without runyard's `ETag` (a proxy's page, another
+    /// server) is `not_runyard`.
+    pub async fn get_file(&self, path: &str) -> anyhow::Result<(reqwest::Response, String)> {
         // No overall time limit for a download of any size, only for silence.
-        self.send(self.with_auth(self.stream_http.get(format!("{}{path}", self.base))))
-            .await
+        let r = self
+            .send(self.with_auth(self.stream_http.get(format!("{}{path}", self.base))))
+            .await?;
+        let md5 = r
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix('"')?.strip_suffix('"'))
+            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_ascii_lowercase);
+        match md5 {
+            Some(md5) => Ok((r, md5)),
+            None => {
+                let (kind, _) = content_type(&r, "application/octet-stream");
+                Err(self.not_runyard(
+                    r.status().as_u16(),
+                    &format!("{kind} without the file's md5 ETag"),
+                ))
+            }
+        }
     }
 
     /// Opens the Server-Sent Events stream of `channel`, after `last_id` when given.

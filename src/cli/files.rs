@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use md5::Digest;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
@@ -85,20 +86,23 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         "/async/jobs",
         &[&a.job, "files", &a.property, &a.index.to_string()],
     )?;
-    let r = api.get_response(&path).await?;
+    let (r, md5) = api.get_file(&path).await?;
     let mut body = r.bytes_stream();
+    let mut digest = md5::Md5::new();
     match &a.out {
         None => {
             let mut out = tokio::io::stdout();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| api.unreachable(&e))?;
+                digest.update(&chunk);
                 out.write_all(&chunk).await?;
             }
             out.flush().await?;
+            check_md5(digest, &md5)?;
         }
         Some(dest) => {
-            // Into a temporary file beside the destination, renamed when complete: a failed
-            // download never leaves a truncated file under the asked name.
+            // Into a temporary file beside the destination, renamed when complete and its md5
+            // checked: a failed or altered download never leaves a file under the asked name.
             let part = part_path(dest);
             let written = async {
                 let mut size = 0u64;
@@ -108,9 +112,11 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk.map_err(|e| api.unreachable(&e))?;
                     size += chunk.len() as u64;
+                    digest.update(&chunk);
                     f.write_all(&chunk).await?;
                 }
                 f.flush().await?;
+                check_md5(digest, &md5)?;
                 f.sync_all().await?;
                 tokio::fs::rename(&part, dest).await?;
                 anyhow::Ok(size)
@@ -134,6 +140,24 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bytes received against the md5 the server's `ETag` gave: a proxy or a cut connection
+/// that altered them is an error (exit 3), not a file.
+fn check_md5(digest: md5::Md5, expected: &str) -> anyhow::Result<()> {
+    let got = hex::encode(digest.finalize());
+    if got == expected {
+        return Ok(());
+    }
+    Err(Failure::Unavailable {
+        status: 200,
+        code: "bad_download".into(),
+        message: format!(
+            "the bytes received have md5 {got}, the server's ETag says {expected}: they were \
+             altered or cut on the way"
+        ),
+    }
+    .into())
 }
 
 fn part_path(dest: &Path) -> PathBuf {
