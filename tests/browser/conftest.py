@@ -29,7 +29,9 @@ master_key = "a-master-key-for-the-browser-tests-0123456789"
 name = "slow"
 kind = "local"
 types = ["slow.*"]
-command = ["sh", "-c", "echo step one; sleep 2; echo step two"]
+# Held after its first line until the test makes /tmp/runyard-gate-$JOB_ID (at most 60 s): the
+# test sees it RUNNING however slow the browser is.
+command = ["sh", "-c", "echo step one; i=0; while [ ! -e /tmp/runyard-gate-$JOB_ID ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo step two"]
 concurrency = 4
 
 [[runners]]

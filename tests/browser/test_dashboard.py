@@ -4,6 +4,7 @@ from a job's page, the jobs table's filters, and the "why is it not running" lin
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -38,7 +39,12 @@ def test_a_job_goes_live_from_queued_to_success_without_reloading(server, page):
     page.locator(f'#recent tr[data-job="{job}"] a').click()
     expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=15000)
     expect(page.locator("#why")).to_contain_text("Running on worker")
-    expect(page.locator("#status .badge")).to_have_text("SUCCESS", timeout=20000)
+    gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
+    gate.touch()
+    try:
+        expect(page.locator("#status .badge")).to_have_text("SUCCESS", timeout=20000)
+    finally:
+        gate.unlink()
     expect(page.locator("#logs")).to_contain_text("step one")
     expect(page.locator("#logs")).to_contain_text("step two")
     expect(page.locator("#timeline")).to_contain_text("SUCCESS (exit 0)")

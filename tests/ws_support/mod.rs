@@ -70,6 +70,35 @@ pub struct Read {
 
 /// Reads until `done(events)` holds, the socket closes, or `bound` passes (then panics with
 /// what was read, unless `allow_timeout`).
+/// Reads up to `n` events; returns early, without failing, after `quiet` with no message (the
+/// events ran out) or at a close or the end of the stream.
+pub async fn read_up_to(ws: &mut Ws, n: usize, quiet: Duration) -> Read {
+    let mut r = Read::default();
+    while r.events.len() < n {
+        let Ok(m) = tokio::time::timeout(quiet, ws.next()).await else {
+            return r;
+        };
+        match m {
+            Some(Ok(Message::Text(t))) => r
+                .events
+                .push(serde_json::from_str(t.as_str()).expect("event JSON")),
+            Some(Ok(Message::Close(c))) => {
+                r.closed = Some(
+                    c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or((u16::from(CloseCode::Status), String::new())),
+                );
+                return r;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                r.eof = true;
+                return r;
+            }
+        }
+    }
+    r
+}
+
 pub async fn read_until(
     ws: &mut Ws,
     bound: Duration,
