@@ -1366,8 +1366,25 @@ async fn notices_reach_every_handle(mut b: Backend) {
     // The peer reads events, as a long poll does before it waits (Redis: `Events` crosses to
     // the processes only while some process reads events, see src/store/redis/events.rs).
     peer.events(None, None, 1).await.unwrap();
-    // Let a fresh subscription settle (Redis: the relay subscribes in the background).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until the peer hears this handle (Redis: its relay subscribes in the background; a notice
+    // sent before is not heard): probe jobs, at most 100 x 100 ms.
+    let mut heard = false;
+    for _ in 0..100 {
+        submit(&s, job("t", "probe")).await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, theirs.recv()).await {
+            if matches!(n, Notice::Queued { ref runner } if runner == "probe") {
+                heard = true;
+                break;
+            }
+        }
+        if heard {
+            break;
+        }
+    }
+    assert!(heard, "the peer never heard a probe's notice");
+    while mine.try_recv().is_ok() {}
+    while theirs.try_recv().is_ok() {}
     let j = submit(&s, job("t", "runner-x")).await;
     s.apply(j.id, Command::Cancel).await.unwrap();
     for rx in [&mut mine, &mut theirs] {

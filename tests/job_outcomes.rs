@@ -395,6 +395,9 @@ large_args = "hook"
 command = ["/bin/sh", "-c", "echo started"]
 "#;
     let mut ts = TestServer::start(hook).await;
+    // No worker until the restart below: the job must not run under the hook runner, however
+    // long the steps before it take.
+    ts.restart(false).await;
     let run_at = chrono::Utc::now() + chrono::Duration::seconds(3);
     let id = ts
         .submit_ok(json!({"type": "sh.args", "args": args_200_kb(),

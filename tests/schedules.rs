@@ -744,9 +744,25 @@ async fn overlap_sees_every_active_job(ts: &TestServer) {
     // Two more fires at least, each deciding after the trigger's job was recorded.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, v) = ts.post("/async/schedules/co/pause", None).await;
-    // The last fire's cancels are done before its job is submitted.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let jobs = jobs_of(ts, "co").await;
+    // A fire decided before the pause does its cancels, then submits its job: once it is done
+    // (the jobs and their statuses the same twice, 500 ms apart; waited for, not slept: a
+    // loaded machine may take a while), one job runs.
+    let mut last: Option<Vec<(Value, Value)>> = None;
+    let mut settled = None;
+    for _ in 0..40 {
+        let jobs = jobs_of(ts, "co").await;
+        let now: Vec<(Value, Value)> = jobs
+            .iter()
+            .map(|j| (j["id"].clone(), j["status"].clone()))
+            .collect();
+        if last.as_ref() == Some(&now) {
+            settled = Some(jobs);
+            break;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let jobs = settled.expect("the schedule's jobs settle after the pause");
     assert!(jobs.len() >= 3, "{jobs:?}");
     let active: Vec<&Value> = jobs
         .iter()
@@ -784,7 +800,7 @@ async fn overlap_every_active_job_redis() {
 }
 
 /// A job of `trap.*` ignores SIGTERM (its `sleep` inherits the ignored signal), so a cancel
-/// stops it only at `worker.kill_grace`'s SIGKILL (4 s in the test); it marks in `@DIR@/started` that it began.
+/// stops it only at `worker.kill_grace`'s SIGKILL (8 s in the test); it marks in `@DIR@/started` that it began.
 const TRAP_RUNNERS: &str = r#"
 [[runners]]
 name = "trap"
@@ -800,7 +816,7 @@ concurrency = 4
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbid_waits_for_a_cancelled_job_to_stop() {
     let ts = TestServer::builder(TRAP_RUNNERS)
-        .config("[worker]\nkill_grace = \"4s\"")
+        .config("[worker]\nkill_grace = \"8s\"")
         .start()
         .await;
     let started = ts.dir().join("started");
@@ -817,7 +833,8 @@ async fn forbid_waits_for_a_cancelled_job_to_stop() {
     let (st, v) = ts.post(&format!("/async/jobs/{a_id}/cancel"), None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "CANCELLED", "{v}");
-    // Two fires and more while the process lives on (it has 4 s before its SIGKILL).
+    // Two fires and more while the process lives on (it has 8 s before its SIGKILL: the pause
+    // below must come before it on a loaded machine).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (st, v) = ts.post("/async/schedules/tr/pause", None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
@@ -831,7 +848,7 @@ async fn forbid_waits_for_a_cancelled_job_to_stop() {
         v["counters"]["skipped_overlaps"].as_u64().unwrap() >= 2,
         "{v}"
     );
-    // Once it is stopped (SIGKILL at 4 s), the schedule fires again.
+    // Once it is stopped (SIGKILL at 8 s), the schedule fires again.
     let (st, v) = ts.post("/async/schedules/tr/resume", None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let b = support::eventually("a fire after the cancelled job stopped", WAIT, || async {

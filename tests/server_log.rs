@@ -148,7 +148,22 @@ async fn run_jobs(s: &Server) -> Vec<(String, &'static str)> {
     for (id, st) in &out {
         wait_status(s, id, &[st]).await;
     }
-    // Let the worker write its last lines (the cancelled process being stopped).
+    // Let the worker write its last lines (the cancelled process being stopped): until the log
+    // has an outcome line for each job, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+        if out.iter().all(|(id, _)| {
+            text.lines()
+                .any(|l| l.contains(id.as_str()) && l.contains("job ended"))
+        }) || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a moment more, so that a second outcome line (the worker's, once it has stopped the
+    // cancelled process) would be caught.
     tokio::time::sleep(Duration::from_millis(800)).await;
     out
 }
