@@ -53,14 +53,15 @@ impl Maintenance for SqliteStore {
                     report.events += n as u64;
                     c.execute(
                         "INSERT INTO trims(channel, upto) VALUES ('', ?1)
-                         ON CONFLICT(channel) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+                         ON CONFLICT(channel) DO UPDATE SET upto = excluded.upto
+                         WHERE excluded.upto > trims.upto",
                         [cut],
                     )
                     .map_err(db_err)?;
                 }
             }
             // Channels over their limit (`events.channel` as stored: see events.rs): their trim
-            // mark moves to the newest event past the limit, and their readers start after it
+            // mark moves to the newest event past the limit (written only when it moves), and their readers start after it
             // (events.rs); the rows stay. The table is also the global stream: deleting a busy
             // channel's old rows made holes in it that no global reader was told of (no
             // resync). The global limit above bounds the table.
@@ -83,7 +84,8 @@ impl Maintenance for SqliteStore {
                 let name = super::events::channel_name((&ch).into()).map_err(db_err)?;
                 c.execute(
                     "INSERT INTO trims(channel, upto) VALUES (?1, ?2)
-                     ON CONFLICT(channel) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+                     ON CONFLICT(channel) DO UPDATE SET upto = excluded.upto
+                     WHERE excluded.upto > trims.upto",
                     params![name, upto],
                 )
                 .map_err(db_err)?;
