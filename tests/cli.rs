@@ -1332,10 +1332,7 @@ fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
         "content-type: text/csv\r\netag: \"5d41402abc4b2a76b9719d911017c592\"\r\n",
         "not hello",
     );
-    for (url, said) in [
-        (&url, "without the file's md5 ETag"),
-        (&altered, "altered or cut"),
-    ] {
+    for (url, said) in [(&url, "not a file"), (&altered, "altered or cut")] {
         let o = cli(
             url,
             &["files", "get", &id, "inputs", "-o", out.to_str().unwrap()],
@@ -1346,6 +1343,28 @@ fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
         // To stdout the bytes are out already: the exit code says they are not the file.
         let o = cli(url, &["files", "get", &id, "inputs"]);
         assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    }
+    // A proxy that decoded the file may weaken or suffix the tag: the md5 still checks. A file
+    // answer with no tag at all (a runyard before it) is saved with a warning.
+    let weak = raw_server(
+        "200 OK",
+        "content-type: text/plain\r\netag: W/\"5d41402abc4b2a76b9719d911017c592-gzip\"\r\n",
+        "hello",
+    );
+    let older = raw_server(
+        "200 OK",
+        "content-type: text/plain\r\ncontent-disposition: attachment\r\n",
+        "hello",
+    );
+    for (url, warned) in [(&weak, false), (&older, true)] {
+        let o = cli(
+            url,
+            &["files", "get", &id, "inputs", "-o", out.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&out).unwrap(), b"hello");
+        assert_eq!(stderr(&o).contains("not checked"), warned, "{}", stderr(&o));
+        std::fs::remove_file(&out).unwrap();
     }
     // A proxy's error page: the failure says it is not runyard's error, with no empty code.
     let o = cli(&html_server_with("502 Bad Gateway"), &["jobs"]);

@@ -1237,6 +1237,11 @@ async fn without_auth_a_token_in_the_query_is_still_refused() {
     let (s, v) = ts.get("/async/jobs").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["jobs"].as_array().is_some_and(|j| j.len() == 1), "{v}");
+    // Routes that take no credential ignore one in the query, as any other parameter.
+    for path in ["/health?token=abc", "/openapi.json?access_token=abc"] {
+        let (s, v) = ts.get(path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
     ts.stop().await;
 }
 

@@ -603,6 +603,31 @@ async fn requests_carry_an_id_and_large_json_is_gzipped() {
     assert_eq!(header(&r, "x-request-id").as_deref(), Some("client-id-42"));
     let v: Value = r.json().await.expect("JSON");
     assert_eq!(v["jobs"].as_array().map(Vec::len), Some(20));
+    // A job's file is sent as it is, JSON or not: its ETag is the md5 of those bytes.
+    let later = ts
+        .submit_ok(json!({"type": "m.hold", "run_at": "2099-01-01T00:00:00Z"}))
+        .await;
+    let file = serde_json::to_vec(&json!({"rows": vec!["a row of the report"; 200]})).unwrap();
+    let r = ts
+        .client
+        .put(ts.at(&format!("/async/jobs/{later}/files/data?name=report.json")))
+        .header("content-type", "application/json")
+        .body(file.clone())
+        .send()
+        .await
+        .expect("attach");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = get(&format!("/async/jobs/{later}/files/data/0"), true, None)
+        .await
+        .expect("file");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-encoding"), None);
+    let md5 = {
+        use md5::Digest;
+        hex::encode(md5::Md5::digest(&file))
+    };
+    assert_eq!(header(&r, "etag"), Some(format!("\"{md5}\"")));
+    assert_eq!(r.bytes().await.expect("bytes"), file);
     // Small JSON and non-JSON are not compressed; error answers carry an id too.
     let r = get("/health", true, None).await.expect("health");
     assert_eq!(header(&r, "content-encoding"), None);

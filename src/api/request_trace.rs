@@ -24,10 +24,13 @@ pub const REQUEST_ID: &str = "x-request-id";
 type JsonOnly = fn(StatusCode, Version, &HeaderMap, &axum::http::Extensions) -> bool;
 
 fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Extensions) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+    // A file (an attachment: a job's file of type `application/json`) is sent as it is: its
+    // `ETag` is the md5 of those bytes.
+    !headers.contains_key(header::CONTENT_DISPOSITION)
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
 }
 
 /// The compression of JSON answers of [`COMPRESS_MIN_BYTES`] or more, for clients that accept

@@ -26,8 +26,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[utoipa::path(get, path = "/async/stats", tag = "operations",
-    responses((status = 200, description = "Job counts by status and type, queue depths", body = super::openapi::schemas::Stats),
-        (status = 400, description = "`bad_query`: a query parameter (it takes none)", body = super::openapi::schemas::ErrorBody)))]
+    responses((status = 200, description = "Job counts by status and type, queue depths", body = super::openapi::schemas::Stats)))]
 async fn stats(
     State(st): State<AppState>,
     Caller(grant): Caller,

@@ -232,7 +232,6 @@ fn refuse_stray_query(method: &Method, path: &str, need: Need, uri: &Uri) -> Res
     let Some(q) = uri.query().filter(|q| !q.is_empty()) else {
         return Ok(());
     };
-    refuse_token_in_query(uri)?;
     let m = if method == Method::HEAD {
         "GET"
     } else {
@@ -246,16 +245,22 @@ fn refuse_stray_query(method: &Method, path: &str, need: Need, uri: &Uri) -> Res
     {
         return Ok(());
     }
+    // A credential is named as such (the guard would refuse it next anyway).
+    refuse_token_in_query(uri)?;
     let names: Vec<String> = q
         .split('&')
-        .filter(|p| !p.is_empty())
+        .map(|p| p.split('=').next().unwrap_or(""))
+        .filter(|n| !n.is_empty())
         .take(3)
-        .map(|p| p.split('=').next().unwrap_or("").chars().take(40).collect())
+        .map(|n| n.chars().take(40).collect())
         .collect();
+    let got = if names.is_empty() {
+        format!("`?{}`", q.chars().take(40).collect::<String>())
+    } else {
+        format!("`{}`", names.join("`, `"))
+    };
     Err(Refusal::StrayQuery(format!(
-        "`{m} {path}` takes no query parameters (got `{}`): they would be ignored; a request's \
-         options go in its body",
-        names.join("`, `")
+        "`{m} {path}` reads no query parameters (got {got}): they would be ignored"
     )))
 }
 

@@ -314,30 +314,41 @@ impl Api {
     }
 
     /// GET a file's bytes: the answer, its body left to read, and the md5 (lowercase hex) its
-    /// `ETag` says the bytes have. An answer without runyard's `ETag` (a proxy's page, another
-    /// server) is `not_runyard`.
-    pub async fn get_file(&self, path: &str) -> anyhow::Result<(reqwest::Response, String)> {
+    /// `ETag` says the bytes have. A proxy may weaken the tag (`W/"…"`) or suffix it (`"…-gzip"`)
+    /// when it decodes what it fetched: the md5 is still the bytes'. A file answer without it
+    /// (an attachment: a runyard older than the tag) is `None`; anything else without it (a
+    /// proxy's page, another server) is `not_runyard`.
+    pub async fn get_file(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(reqwest::Response, Option<String>)> {
         // No overall time limit for a download of any size, only for silence.
         let r = self
             .send(self.with_auth(self.stream_http.get(format!("{}{path}", self.base))))
             .await?;
-        let md5 = r
-            .headers()
+        let headers = r.headers();
+        let md5 = headers
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix('"')?.strip_suffix('"'))
-            .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_ascii_lowercase);
-        match md5 {
-            Some(md5) => Ok((r, md5)),
-            None => {
-                let (kind, _) = content_type(&r, "application/octet-stream");
-                Err(self.not_runyard(
-                    r.status().as_u16(),
-                    &format!("{kind} without the file's md5 ETag"),
-                ))
+            .and_then(md5_of_etag);
+        let attachment = headers
+            .get(reqwest::header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("attachment"));
+        if md5.is_none() && !attachment {
+            let (kind, _) = content_type(&r, "application/octet-stream");
+            return Err(Failure::Unavailable {
+                status: r.status().as_u16(),
+                code: "not_runyard".into(),
+                message: format!(
+                    "the answer is not a file of runyard's ({kind}, no attachment, no md5 \
+                     ETag): is {} the address of runyard's API?",
+                    self.shown
+                ),
             }
+            .into());
         }
+        Ok((r, md5))
     }
 
     /// Opens the Server-Sent Events stream of `channel`, after `last_id` when given.
@@ -365,6 +376,17 @@ impl Api {
 
 /// An answer's `Content-Type` as messages say it (`no Content-Type` without one), and whether
 /// it is `essence` (`application/json`, `text/event-stream`; parameters and case aside).
+/// The md5 (lowercase hex) an `ETag` gives: `"<32 hex>"`, weakened (`W/`) or suffixed (`-gzip`)
+/// by a proxy that decoded the bytes.
+fn md5_of_etag(tag: &str) -> Option<String> {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let inner = tag.strip_prefix('"')?.strip_suffix('"')?;
+    let (hex, rest) = inner.split_at_checked(32)?;
+    (hex.bytes().all(|b| b.is_ascii_hexdigit()) && (rest.is_empty() || rest.starts_with('-')))
+        .then(|| hex.to_ascii_lowercase())
+}
+
 fn content_type(r: &reqwest::Response, essence: &str) -> (String, bool) {
     match r
         .headers()
@@ -553,4 +575,33 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
         Format::Text => println!("{}", follow::end_line(&job)),
     }
     Ok(exit::of_status(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::md5_of_etag;
+
+    #[test]
+    fn an_etag_gives_the_md5_a_proxy_may_have_weakened_or_suffixed() {
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        for tag in [
+            format!("\"{md5}\""),
+            format!("W/\"{md5}\""),
+            format!("\"{md5}-gzip\""),
+            format!(" \"{}\" ", md5.to_uppercase()),
+        ] {
+            assert_eq!(md5_of_etag(&tag).as_deref(), Some(md5), "{tag}");
+        }
+        for tag in [
+            md5.to_string(),
+            format!("\"{}\"", &md5[..31]),
+            format!("\"{md5}x\""),
+            format!("\"{}g\"", &md5[..31]),
+            "\"\"".into(),
+            "\"é\"".into(),
+            "W/".into(),
+        ] {
+            assert_eq!(md5_of_etag(&tag), None, "{tag}");
+        }
+    }
 }

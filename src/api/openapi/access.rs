@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, OpenApi, PathItem, Ref, RefOr, Response};
 use utoipa::Modify;
 
-use crate::auth::access::{Need, ROUTES};
+use crate::auth::access::{Need, QUERY_ROUTES, ROUTES};
 
 /// The security scheme names of the document.
 pub const BEARER: &str = "bearer";
@@ -33,7 +33,10 @@ impl Modify for FromAccessTable {
                 continue;
             };
             if let Some(op) = operation_mut(item, r.method) {
-                apply(op, r.need);
+                let reads_query = QUERY_ROUTES
+                    .iter()
+                    .any(|&(m, p)| m == r.method && p == r.path);
+                apply(op, r.need, reads_query);
             }
         }
     }
@@ -118,7 +121,7 @@ fn bearer_only() -> Vec<SecurityRequirement> {
     vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]
 }
 
-fn apply(op: &mut Operation, need: Need) {
+fn apply(op: &mut Operation, need: Need, reads_query: bool) {
     let scope = match need {
         Need::Client(s, _) | Need::EveryChannel(s) | Need::Unconfined(s) => Some(s.as_str()),
         Need::Events | Need::Metrics => Some("jobs:read"),
@@ -186,12 +189,11 @@ fn apply(op: &mut Operation, need: Need) {
     add_to(
         op,
         "400",
-        if matches!(need, Need::Open | Need::Metrics | Need::Hook) {
+        if reads_query || matches!(need, Need::Open | Need::Metrics | Need::Hook) {
             "`token_in_query`: a credential in the query string is refused (URLs end up in logs)"
         } else {
             "`token_in_query`: a credential in the query string is refused (URLs end up in \
-             logs); `bad_query`: a query parameter the route does not read (on a route without \
-             query parameters: any)"
+             logs); `bad_query`: any query parameter (the route reads none)"
         },
     );
     add(op, "500", "A fault of the server (`store_error`, ...)");
