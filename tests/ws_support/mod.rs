@@ -68,8 +68,29 @@ pub struct Read {
     pub eof: bool,
 }
 
-/// Reads until `done(events)` holds, the socket closes, or `bound` passes (then panics with
-/// what was read, unless `allow_timeout`).
+/// Adds message `m` to `r`; true when the socket closed or ended.
+fn take(r: &mut Read, m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> bool {
+    match m {
+        Some(Ok(Message::Text(t))) => {
+            r.events
+                .push(serde_json::from_str(t.as_str()).expect("event JSON"));
+            false
+        }
+        Some(Ok(Message::Close(c))) => {
+            r.closed = Some(
+                c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                    .unwrap_or((u16::from(CloseCode::Status), String::new())),
+            );
+            true
+        }
+        Some(Ok(_)) => false,
+        Some(Err(_)) | None => {
+            r.eof = true;
+            true
+        }
+    }
+}
+
 /// Reads up to `n` events; returns early, without failing, after `quiet` with no message (the
 /// events ran out) or at a close or the end of the stream.
 pub async fn read_up_to(ws: &mut Ws, n: usize, quiet: Duration) -> Read {
@@ -78,27 +99,15 @@ pub async fn read_up_to(ws: &mut Ws, n: usize, quiet: Duration) -> Read {
         let Ok(m) = tokio::time::timeout(quiet, ws.next()).await else {
             return r;
         };
-        match m {
-            Some(Ok(Message::Text(t))) => r
-                .events
-                .push(serde_json::from_str(t.as_str()).expect("event JSON")),
-            Some(Ok(Message::Close(c))) => {
-                r.closed = Some(
-                    c.map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((u16::from(CloseCode::Status), String::new())),
-                );
-                return r;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => {
-                r.eof = true;
-                return r;
-            }
+        if take(&mut r, m) {
+            return r;
         }
     }
     r
 }
 
+/// Reads until `done(events)` holds, the socket closes, or `bound` passes (then panics with
+/// what was read).
 pub async fn read_until(
     ws: &mut Ws,
     bound: Duration,
@@ -115,22 +124,8 @@ pub async fn read_until(
             ),
             Ok(m) => m,
         };
-        match m {
-            Some(Ok(Message::Text(t))) => r
-                .events
-                .push(serde_json::from_str(t.as_str()).expect("event JSON")),
-            Some(Ok(Message::Close(c))) => {
-                r.closed = Some(
-                    c.map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((u16::from(CloseCode::Status), String::new())),
-                );
-                return r;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => {
-                r.eof = true;
-                return r;
-            }
+        if take(&mut r, m) {
+            return r;
         }
     }
     r
