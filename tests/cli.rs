@@ -357,6 +357,20 @@ fn exit_codes_tell_success_failure_usage_unreachable_and_refusal_apart() {
         (&["submit"][..], "TYPE"),
         (&["submit", "sh.ok", "--args", "{not json"], "--args"),
         (&["submit", "sh.ok", "--args", "[1, 2]"], "--args"),
+        // An integer past 64 bits would be rounded on the way: refused as the API refuses it.
+        (
+            &[
+                "submit",
+                "sh.ok",
+                "--args",
+                r#"{"n": 99999999999999999999}"#,
+            ],
+            "64 bits",
+        ),
+        (
+            &["signal", "k.big", "--payload=-99999999999999999999"],
+            "64 bits",
+        ),
         (&["submit", "sh.ok", "--input", "no-equals-sign"], "--input"),
         (
             &["submit", "sh.ok", "--input", "inputs=/no/such/file"],
@@ -947,6 +961,7 @@ fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
             "{\"type\": \"nope.nothing\"}\n",
             "not json\n",
             "{\"type\": \"runyard.noop\", \"idempotency_key\": \"cli-1\"}\n",
+            "{\"type\": \"runyard.noop\", \"args\": {\"n\": 99999999999999999999}}\n",
         ),
     )
     .unwrap();
@@ -955,13 +970,16 @@ fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 4, "one result per job line: {text}");
+    assert_eq!(lines.len(), 5, "one result per job line: {text}");
     let id = lines[0].strip_prefix("1 ").expect("line 1 accepted");
     assert!(lines[1].starts_with("3 error unknown_type: "), "{text}");
     assert!(lines[1].contains("nope.nothing"), "{text}");
     assert!(lines[2].starts_with("4 error bad_json: "), "{text}");
     assert_eq!(lines[3], format!("5 {id} replayed"), "{text}");
-    assert!(stderr(&out).contains("2 of 4"), "{}", stderr(&out));
+    // An integer the API would refuse is refused here, not rounded on the way.
+    assert!(lines[4].starts_with("6 error invalid_request: "), "{text}");
+    assert!(lines[4].contains("64 bits"), "{text}");
+    assert!(stderr(&out).contains("3 of 5"), "{}", stderr(&out));
 
     // JSON lines from stdin; all accepted: exit 0.
     let mut child = Command::new(BIN)

@@ -62,7 +62,7 @@ pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiEr
 /// job's args, a result or a signal would be stored other than sent, and two submits of one
 /// idempotency key differing only there would look alike. Fractions and exponents are floats
 /// by their form and are left alone.
-fn integer_past_64_bits(bytes: &[u8]) -> Option<&str> {
+pub fn integer_past_64_bits(bytes: &[u8]) -> Option<&str> {
     const U64_MAX: &[u8] = b"18446744073709551615";
     const I64_MIN_ABS: &[u8] = b"9223372036854775808";
     let (mut i, mut in_string) = (0, false);

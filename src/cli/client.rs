@@ -429,7 +429,23 @@ pub fn job_path(id: &str) -> anyhow::Result<String> {
 
 /// Parses `--args`-style JSON, or says which flag is wrong (exit 2).
 pub fn json_arg(flag: &str, s: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(s).map_err(|e| Failure::usage(format!("{flag} must be JSON: {e}")))
+    let v =
+        serde_json::from_str(s).map_err(|e| Failure::usage(format!("{flag} must be JSON: {e}")))?;
+    no_integer_past_64_bits(s).map_err(|e| Failure::usage(format!("{flag}: {e}")))?;
+    Ok(v)
+}
+
+/// The API refuses an integer past 64 bits (it would be stored rounded); read into a `Value`
+/// here, it would be rounded before it was sent: refused the same way, before anything is sent.
+pub fn no_integer_past_64_bits(json: &str) -> Result<(), String> {
+    match crate::api::extract::integer_past_64_bits(json.as_bytes()) {
+        None => Ok(()),
+        Some(n) => Err(format!(
+            "the integer {} does not fit in 64 bits: it would be stored rounded (send it as a \
+             string)",
+            n.chars().take(40).collect::<String>()
+        )),
+    }
 }
 
 /// `runyard submit`.

@@ -20,14 +20,20 @@ const CHUNK: usize = 1000;
 pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCode> {
     let text = read(file).await?;
     // (line number, body or the reason it is not one)
-    let lines: Vec<(usize, Result<Value, String>)> = text
+    let lines: Vec<(usize, Result<Value, (String, String)>)> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             (
                 i + 1,
-                serde_json::from_str::<Value>(l).map_err(|e| e.to_string()),
+                serde_json::from_str::<Value>(l)
+                    .map_err(|e| ("bad_json".to_string(), format!("not JSON: {e}")))
+                    .and_then(|v| {
+                        super::client::no_integer_past_64_bits(l)
+                            .map(|()| v)
+                            .map_err(|e| ("invalid_request".to_string(), e))
+                    }),
             )
         })
         .collect();
@@ -51,7 +57,7 @@ pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCo
                 Ok(_) => answers
                     .next()
                     .ok_or(("no_result".into(), "the server gave no result".into())),
-                Err(e) => Err(("bad_json".into(), format!("not JSON: {e}"))),
+                Err(e) => Err(e.clone()),
             };
             let result = result.and_then(|r| match r["job_id"].as_str() {
                 Some(_) => Ok(r),
