@@ -374,3 +374,23 @@ async fn an_item_a_single_submit_cannot_read_gets_bad_json_in_its_slot() {
     let job = ts.wait_terminal(&job_id(&r[0]), WAIT).await;
     assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
 }
+
+/// An item with an integer past 64 bits gets the single submit's `422` in its own slot; the
+/// other items are stored (the whole batch was refused, the good items with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_with_an_integer_past_64_bits_gets_422_in_its_slot() {
+    let ts = TestServer::start(BUILTINS).await;
+    let big = r#"{"type": "runyard.noop", "args": {"n": 99999999999999999999}}"#;
+    let (st, single) = ts.post_raw("/async/jobs", big).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{single}");
+    let body = format!(r#"{{"jobs": [{{"type": "runyard.noop"}}, {big}]}}"#);
+    let (st, v) = ts.post_raw(BATCH, body).await;
+    let r = results(st, &v, 2);
+    assert_eq!(
+        r.iter().map(code).collect::<Vec<_>>(),
+        vec![202, 422],
+        "{v:#}"
+    );
+    assert_eq!(r[1]["error"], single["error"], "{v:#}");
+    assert_eq!(ts.count_jobs(None).await, 1);
+}

@@ -167,7 +167,9 @@ async fn submit_batch_here(
     if bytes.is_empty() {
         return Err(ApiError::json_required());
     }
-    let body: BatchBody = extract::parse_json(&bytes)?;
+    // Each item is parsed again from its own text (`prepare_submit`), its integers checked
+    // there: one past 64 bits refuses its item only.
+    let body: BatchBody = extract::parse_envelope(&bytes)?;
     if body.jobs.is_empty() || body.jobs.len() > MAX_BATCH {
         return Err(ApiError::invalid_request(format!(
             "`jobs` must hold 1 to {MAX_BATCH} jobs (got {})",

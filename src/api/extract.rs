@@ -36,6 +36,21 @@ pub fn refuse_declared_over(headers: &axum::http::HeaderMap, max: usize) -> Resu
 /// array would otherwise fill a struct by position. `T` may borrow from `bytes` (a batch's items
 /// as `&RawValue`).
 pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    let v = parse_envelope(bytes)?;
+    if let Some(n) = integer_past_64_bits(bytes) {
+        let n: String = n.chars().take(40).collect();
+        return Err(ApiError::invalid_request(format!(
+            "the integer {n} does not fit in 64 bits: it would be stored rounded (send it as a \
+             string)"
+        )));
+    }
+    Ok(v)
+}
+
+/// [`parse_json`] without its check of integers past 64 bits: for a body whose parts are each
+/// parsed again with it (a batch's items, `&RawValue`: one such integer refuses its item, not
+/// the batch).
+pub fn parse_envelope<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
@@ -47,13 +62,6 @@ pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiEr
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error_free(&mut de)?;
     de.end().map_err(ApiError::malformed_json)?;
-    if let Some(n) = integer_past_64_bits(bytes) {
-        let n: String = n.chars().take(40).collect();
-        return Err(ApiError::invalid_request(format!(
-            "the integer {n} does not fit in 64 bits: it would be stored rounded (send it as a \
-             string)"
-        )));
-    }
     Ok(v)
 }
 
