@@ -211,6 +211,11 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
             "[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\noperation = \"missing\"\n",
             "operation",
         ),
+        // A webhook default's glob that could never match a type, as anywhere else.
+        (
+            "[[notify.defaults]]\ntypes = [\"report.{a,b}\"]\nurl = \"https://example.com/h\"\n",
+            "notify.defaults[0].types",
+        ),
     ] {
         let cfg = dir.path().join("bad.toml");
         std::fs::write(&cfg, config).unwrap();

@@ -108,6 +108,14 @@ impl NotifyConfig {
                     "must list at least one type glob",
                 );
             }
+            for g in &d.types {
+                if g.is_empty() {
+                    return bad(&format!("{field}.types"), "a glob must not be empty");
+                }
+                if let Some(e) = crate::store::Names::glob_error(g) {
+                    return bad(&format!("{field}.types"), &e);
+                }
+            }
             let spec = NotifySpec::parse(&field, &d.url, d.events.as_deref())
                 .map_err(|m| (field.clone(), m))?;
             let u = reqwest::Url::parse(&spec.url).map_err(|e| (field.clone(), e.to_string()))?;
