@@ -88,12 +88,20 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     Some(r)
 }
 
-/// The refusal message for `ip` reached from `host`.
+/// The refusal message for `ip` reached from `host`. The address a name resolves to is not
+/// said: whoever may submit would otherwise map the server's internal names to their addresses.
 fn refusal(host: &str, ip: IpAddr, why: &str) -> String {
-    format!(
-        "`{host}` resolves to {ip} (a forbidden address: {why}): webhooks may not reach it unless \
-         `notify.allow_private = true`"
-    )
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok();
+    let what = if literal {
+        format!("`{ip}` is a forbidden address")
+    } else {
+        format!("`{host}` resolves to a forbidden address")
+    };
+    format!("{what} ({why}): webhooks may not reach it unless `notify.allow_private = true`")
 }
 
 /// Checks the addresses of `url`'s host (resolved when it is a name; every address must pass).
@@ -234,9 +242,12 @@ mod tests {
         let u = reqwest::Url::parse("http://localhost:9/x").unwrap();
         let e = check_url(&u, false).await.unwrap_err();
         assert!(e.contains("loopback") && e.contains("allow_private"), "{e}");
+        // The address a name resolves to is not told.
+        assert!(!e.contains("127.0.0.1") && !e.contains("::1"), "{e}");
         assert!(check_url(&u, true).await.is_ok());
         let lit = reqwest::Url::parse("http://[::1]:9/x").unwrap();
-        assert!(check_literal(&lit, false).is_err());
+        let e = check_literal(&lit, false).unwrap_err();
+        assert!(e.contains("`::1` is a forbidden address"), "{e}");
         assert!(check_literal(&lit, true).is_ok());
     }
 }
