@@ -188,6 +188,18 @@ impl WaitRequest {
                     crate::job::rfc3339(d)
                 ));
             }
+            // Only records written from `since` on count, and only until the deadline: one that
+            // starts at or after it could never be met, the deadline's outcome certain.
+            for (n, item) in items.iter().enumerate() {
+                if let Some(since) = item.since.filter(|s| *s >= d) {
+                    return Err(format!(
+                        "`wait_for[{n}].since` ({}) is not before `deadline` ({}): no record \
+                         could count in time",
+                        crate::job::rfc3339(since),
+                        crate::job::rfc3339(d)
+                    ));
+                }
+            }
         }
         Ok(Wait {
             items,
@@ -500,5 +512,15 @@ mod tests {
             .unwrap_err()
             .contains("deadline"));
         assert!(past.resolve(now, "UTC", now, false).is_ok());
+        // Records counted only from a time at or after the deadline: never met.
+        let late = f(json!({"wait_for": [{"key": "k", "since": "+2h"}], "deadline": "+1h"}))
+            .unwrap()
+            .unwrap();
+        let e = late.resolve(now, "UTC", now, true).unwrap_err();
+        assert!(e.contains("wait_for[0].since") && e.contains("deadline"), "{e}");
+        let ok = f(json!({"wait_for": [{"key": "k", "since": "+30m"}], "deadline": "+1h"}))
+            .unwrap()
+            .unwrap();
+        assert!(ok.resolve(now, "UTC", now, true).is_ok());
     }
 }
