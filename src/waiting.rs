@@ -517,7 +517,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let e = late.resolve(now, "UTC", now, true).unwrap_err();
-        assert!(e.contains("wait_for[0].since") && e.contains("deadline"), "{e}");
+        assert!(
+            e.contains("wait_for[0].since") && e.contains("deadline"),
+            "{e}"
+        );
         let ok = f(json!({"wait_for": [{"key": "k", "since": "+30m"}], "deadline": "+1h"}))
             .unwrap()
             .unwrap();

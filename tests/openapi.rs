@@ -213,6 +213,34 @@ async fn the_document_lists_exactly_the_routed_operations() {
 }
 
 #[tokio::test]
+async fn every_operation_that_takes_a_body_documents_its_413() {
+    let ts = TestServer::start(RUNNERS).await;
+    let (_, doc) = ts.get("/openapi.json").await;
+    let mut with_body = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (m, op) in item.as_object().expect("path item") {
+            if op.get("requestBody").is_some() {
+                with_body += 1;
+                assert!(
+                    op["responses"]["413"].is_object(),
+                    "{} {path} takes a body but documents no 413",
+                    m.to_uppercase()
+                );
+            }
+        }
+    }
+    assert!(with_body >= 10, "{with_body}");
+    // The schedule routes among them answer it (a body over `api.max_body_bytes`, 1 MiB).
+    let big = format!(
+        r#"{{"name": "n", "cron": "* * * * *", "job": {{"type": "runyard.noop", "args": {{"x": "{}"}}}}}}"#,
+        "x".repeat(1_100_000)
+    );
+    let (st, v) = ts.post_raw("/async/schedules", big).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+}
+
+#[tokio::test]
 async fn the_routes_that_read_a_query_are_the_documented_ones() {
     let ts = TestServer::start(RUNNERS).await;
     let (_, doc) = ts.get("/openapi.json").await;

@@ -196,6 +196,14 @@ fn apply(op: &mut Operation, need: Need, reads_query: bool) {
              logs); `bad_query`: any query parameter (the route reads none)"
         },
     );
+    // Every body is read under a limit (`api.max_body_bytes`, files `hooks.max_file_bytes`).
+    if op.request_body.is_some() {
+        add(
+            op,
+            "413",
+            "`too_large`: a body over the limit (`api.max_body_bytes`; files: `hooks.max_file_bytes`)",
+        );
+    }
     add(op, "500", "A fault of the server (`store_error`, ...)");
     add(
         op,
