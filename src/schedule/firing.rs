@@ -265,12 +265,7 @@ impl Firing {
                 .select(&s.proto.job_type, &s.proto.args, runner_name)
             {
                 Ok(slot) => {
-                    jobs.push(job_for_fire(
-                        s,
-                        p.fire_time,
-                        Some(slot.name.clone()),
-                        clock(),
-                    ));
+                    jobs.push(job_for_fire(s, p, Some(slot.name.clone()), clock()));
                     made.push(i);
                 }
                 Err(e) => out[i].error = Some(e.to_string()),

@@ -475,7 +475,8 @@ pub fn jitter_us(name: &str, fire_time: Micros, jitter_ms: u64) -> Micros {
 }
 
 /// The job of one fire: a copy of the schedule's prototype with its own id, key and times.
-pub fn job_for_fire(s: &Schedule, fire_time: Micros, runner: Option<String>, now: Micros) -> Job {
+pub fn job_for_fire(s: &Schedule, fire: &PendingFire, runner: Option<String>, now: Micros) -> Job {
+    let fire_time = fire.fire_time;
     let mut j = s.proto.clone();
     j.id = Uuid::now_v7();
     if s.spec.job.get("channel").and_then(Value::as_str).is_none() {
@@ -487,7 +488,13 @@ pub fn job_for_fire(s: &Schedule, fire_time: Micros, runner: Option<String>, now
     j.idempotency_key = Some(fire_key(&s.spec.name, fire_time));
     j.schedule = Some(s.spec.name.clone());
     j.fire_time = Some(fire_time);
-    let run_at = fire_time + jitter_us(&s.spec.name, fire_time, s.spec.jitter_ms);
+    // A trigger or a backfill runs now: `jitter` spreads the clock's fires, not a run asked for.
+    let jitter = if fire.manual {
+        0
+    } else {
+        jitter_us(&s.spec.name, fire_time, s.spec.jitter_ms)
+    };
+    let run_at = fire_time + jitter;
     // A waiting template: its times resolved against this fire, in the schedule's time zone.
     j.wait = crate::waiting::for_fire(&s.spec.job, fire_time, &s.spec.timezone, now);
     if j.wait.is_some() {
@@ -993,7 +1000,14 @@ mod tests {
     #[test]
     fn fire_jobs_carry_key_schedule_and_jitter() {
         let (mut s, _) = sched("*/10 * * * * *", Overlap::Allow, Misfire::All, 3600, T0);
-        let j = job_for_fire(&s, T0 + 10 * S, None, T0 + 10 * S);
+        let clock_fire = |t: Micros| PendingFire {
+            fire_time: t,
+            decided_at: t,
+            cancel: None,
+            cancel_also: vec![],
+            manual: false,
+        };
+        let j = job_for_fire(&s, &clock_fire(T0 + 10 * S), None, T0 + 10 * S);
         assert_eq!(
             j.idempotency_key.as_deref(),
             Some("schedule:n:2026-01-01T00:00:10Z")
@@ -1003,11 +1017,26 @@ mod tests {
         assert_eq!(j.status, JobStatus::Queued);
         assert_eq!(j.channel_id, j.id.to_string());
         s.spec.jitter_ms = 60_000;
-        let a = job_for_fire(&s, T0 + 10 * S, None, T0 + 10 * S);
-        let b = job_for_fire(&s, T0 + 10 * S, None, T0 + 10 * S);
+        let a = job_for_fire(&s, &clock_fire(T0 + 10 * S), None, T0 + 10 * S);
+        let b = job_for_fire(&s, &clock_fire(T0 + 10 * S), None, T0 + 10 * S);
         assert_eq!(a.run_at, b.run_at, "every process computes the same jitter");
         let d = a.run_at.unwrap_or(T0 + 10 * S) - (T0 + 10 * S);
         assert!((0..60_000_000).contains(&d));
+        // A trigger or a backfill runs at once: no jitter.
+        for t in [T0 + 10 * S, T0 + 20 * S, T0 + 30 * S] {
+            let asked = PendingFire {
+                manual: true,
+                ..clock_fire(t)
+            };
+            let j = job_for_fire(&s, &asked, None, t);
+            assert_eq!((j.status, j.run_at), (JobStatus::Queued, None));
+            let by_clock = job_for_fire(&s, &clock_fire(t), None, t);
+            assert_eq!(
+                by_clock.status,
+                JobStatus::Scheduled,
+                "jittered by the clock"
+            );
+        }
     }
 
     /// A job a fire key returned is this schedule's when made after it (a `PUT` may have
