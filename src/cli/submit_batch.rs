@@ -16,11 +16,14 @@ use super::output::{self, Format};
 /// Items per request: the server's limit.
 const CHUNK: usize = 1000;
 
+/// A line of the file: its number, and its body or why it is not one (an error code, a message).
+type Line = (usize, Result<Value, (String, String)>);
+
 /// Runs the command (see the module's docs).
 pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCode> {
     let text = read(file).await?;
     // (line number, body or the reason it is not one)
-    let lines: Vec<(usize, Result<Value, (String, String)>)> = text
+    let lines: Vec<Line> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

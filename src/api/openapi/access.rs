@@ -185,6 +185,11 @@ fn apply(op: &mut Operation, need: Need, reads_query: bool) {
         }
         Need::Open => op.security = Some(vec![SecurityRequirement::default()]),
     }
+    add_shared(op, need, reads_query);
+}
+
+/// The answers every route may give: 400 for its query, 413 for its body, 500 and 503.
+fn add_shared(op: &mut Operation, need: Need, reads_query: bool) {
     // A credential in the query string is refused on every route.
     add_to(
         op,
