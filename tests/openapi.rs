@@ -375,6 +375,38 @@ async fn bad_input_gets_the_documented_answer_in_the_documented_shape() {
         (400, "bad_query"),
     )
     .await;
+    // A body on a route that reads none: refused, nothing done (a trigger's `args` would look
+    // applied); `{}` passes, as no body does.
+    let body = json!({"name": "nightly", "cron": "0 1 * * *", "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let trigger = (
+        "POST",
+        "/async/schedules/{name}/trigger",
+        "/async/schedules/nightly/trigger",
+    );
+    let m = refused(
+        &ts,
+        &doc,
+        trigger,
+        (json_ct, r#"{"args": {"day": "2026-12-01"}}"#),
+        (422, "invalid_request"),
+    )
+    .await;
+    assert!(m.contains("reads no body"), "{m}");
+    let (_, page) = ts.get("/async/jobs").await;
+    assert_eq!(page["jobs"], json!([]), "{page}");
+    let (st, v) = ts.post_raw("/async/schedules/nightly/pause", "{ }").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = ts.post("/async/schedules/nightly/resume", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let r = ts
+        .client
+        .delete(ts.at("/async/schedules/nightly"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // A plain GET on the WebSocket route: the API's error shape too, not axum's plain text.
     refused(
         &ts,

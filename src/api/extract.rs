@@ -150,6 +150,41 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The body of a route that reads none (cancel, retry, a schedule's pause, resume, trigger,
+/// delete): none, or an empty JSON object or `null` (what clients send for "nothing"). Anything
+/// else is `422 invalid_request`: `{"args": ...}` on a trigger, say, would otherwise look applied.
+pub struct NoBody;
+
+/// The most a body-less route reads before it refuses.
+const NO_BODY_READ: usize = 1024;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let what = format!("`{} {}`", req.method(), req.uri().path());
+        let refused = |got: &str| {
+            ApiError::invalid_request(format!(
+                "{what} reads no body (got {got}): it would be ignored; send none, or `{{}}`"
+            ))
+        };
+        let bytes = axum::body::to_bytes(req.into_body(), NO_BODY_READ)
+            .await
+            .map_err(|_| refused(&format!("more than {NO_BODY_READ} bytes")))?;
+        let text = std::str::from_utf8(&bytes).unwrap_or("?").trim();
+        let nothing = text.is_empty()
+            || text == "null"
+            || (text.starts_with('{')
+                && text.ends_with('}')
+                && text[1..text.len() - 1].trim().is_empty());
+        if nothing {
+            Ok(NoBody)
+        } else {
+            Err(refused(&format!("{} bytes", bytes.len())))
+        }
+    }
+}
+
 /// A job id from the path, validated as a UUID.
 pub struct JobIdPath(pub Uuid);
 

@@ -432,6 +432,7 @@ pub async fn list_jobs(
 pub async fn cancel_job(
     State(st): State<AppState>,
     JobIdPath(id): JobIdPath,
+    _: super::extract::NoBody,
 ) -> ApiResult<Json<Value>> {
     let job = st.app.store.apply(id, Command::Cancel).await?;
     crate::outcomes::log_change(&job);
@@ -449,6 +450,7 @@ pub async fn retry_job(
     State(st): State<AppState>,
     crate::auth::access::Caller(caller): crate::auth::access::Caller,
     JobIdPath(id): JobIdPath,
+    _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     // `emits`, the type, args and runner never change after the submit: checking them before
     // the retry is not a race.

@@ -64,6 +64,7 @@ async fn trigger(
     State(st): State<AppState>,
     crate::auth::access::Caller(caller): crate::auth::access::Caller,
     Path(name): Path<String>,
+    _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     let s = load(&st, &name).await?;
     super::jobs::require_emit_scope(&caller, &s.proto.emits)?;

@@ -432,7 +432,11 @@ async fn get_one(
 /// `DELETE /async/schedules/{name}`: 204. Jobs already submitted are not touched.
 #[utoipa::path(delete, path = "/async/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "The schedule")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
-async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    _: super::extract::NoBody,
+) -> ApiResult<StatusCode> {
     for _ in 0..CAS_TRIES {
         let cur = load(&st, &name).await?;
         if st.app.store.schedule_delete(&name, cur.version).await? {
@@ -472,6 +476,7 @@ async fn pause(
     State(st): State<AppState>,
     Caller(grant): Caller,
     Path(name): Path<String>,
+    _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     let s = update(&st, &name, |s, _| s.pause()).await?;
     Ok(show(&s, StatusCode::OK, &grant))
@@ -484,6 +489,7 @@ async fn resume(
     State(st): State<AppState>,
     Caller(grant): Caller,
     Path(name): Path<String>,
+    _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     let s = update(&st, &name, |s, now| s.resume(now)).await?;
     Ok(show(&s, StatusCode::OK, &grant))

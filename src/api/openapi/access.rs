@@ -37,6 +37,15 @@ impl Modify for FromAccessTable {
                     .iter()
                     .any(|&(m, p)| m == r.method && p == r.path);
                 apply(op, r.need, reads_query);
+                // A write that reads no body refuses one (`extract::NoBody`).
+                if r.method != "GET" && op.request_body.is_none() {
+                    add_to(
+                        op,
+                        "422",
+                        "`invalid_request`: a body (the route reads none: none, `{}` or `null` \
+                         pass)",
+                    );
+                }
             }
         }
     }
