@@ -328,17 +328,10 @@ impl Firing {
                     continue;
                 };
                 next.pending.retain(|x| x.fire_time != f.fire_time);
-                // A time fired again (a trigger or backfill of a time that has its job, or a
-                // repeated backfill) returns the job it made: recorded and counted once. A fire
-                // whose first submit was never confirmed (its node died) is recorded now. Such
-                // a job is in `last_runs`, or, pushed out of it, was made before this fire was
-                // decided (a fire left by a dead node is submitted by it after its decision).
-                let seen = f.sub.as_ref().is_some_and(|s| {
-                    !s.created
-                        && (next.last_runs.iter().any(|r| r.job_id == Some(s.job.id))
-                            || s.job.created_at < decided)
-                });
-                if seen {
+                if f.sub
+                    .as_ref()
+                    .is_some_and(|s| seen(&next.last_runs, decided, s))
+                {
                     continue;
                 }
                 if f.sub.is_some() {
@@ -433,6 +426,19 @@ impl Firing {
     }
 }
 
+/// Whether a fire's job was recorded (and counted) already, by the confirm of an earlier
+/// decision of its time: a time fired again (a trigger or backfill of a time that has its job,
+/// or a repeated backfill) returns the job it made, recorded and counted once. Such a job is in
+/// `last_runs`, or, pushed out of it, was made before the pending fire now confirmed was decided
+/// (`decided`): a time is decided again only once its earlier decision was confirmed. So also
+/// when this caller made the job: two backfills of one time share its decision, one confirms
+/// it (the other's job, returned to it), a third decides the time again, and the maker's
+/// confirm must not count its job a second time. A fire whose first submit was never confirmed
+/// (its node died) is recorded now: its job was made after its decision.
+fn seen(last_runs: &[RunEntry], decided: Micros, sub: &Submitted) -> bool {
+    last_runs.iter().any(|r| r.job_id == Some(sub.job.id)) || sub.job.created_at < decided
+}
+
 /// How much earlier than its schedule a job of one of its fires may say it was made: the
 /// nodes' clocks may differ by this much.
 const CLOCK_MARGIN_US: Micros = 60_000_000;
@@ -460,4 +466,27 @@ pub(super) fn made_by(s: &Schedule, job: &crate::job::Job) -> bool {
     job.job_type == s.proto.job_type
         && channel.is_none_or(|c| job.channel_id == c)
         && job.created_at.saturating_add(CLOCK_MARGIN_US) >= s.created_at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(created: bool, created_at: Micros) -> Submitted {
+        let mut job = crate::store::job_record::fixtures::job();
+        job.created_at = created_at;
+        Submitted { job, created }
+    }
+
+    #[test]
+    fn a_job_made_before_its_fire_was_decided_again_is_counted_once() {
+        let s: &[RunEntry] = &[];
+        // Made by this caller (created) at 100, its time decided again at 150 after another
+        // caller's confirm recorded it (pushed out of `last_runs` since): seen.
+        assert!(seen(s, 150, &sub(true, 100)));
+        assert!(seen(s, 150, &sub(false, 100)));
+        // Made after the decision being confirmed: its first record.
+        assert!(!seen(s, 50, &sub(true, 100)));
+        assert!(!seen(s, 50, &sub(false, 100)));
+    }
 }
