@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::parse_job_id;
-use super::hooks::{check_property, file_error, file_index, job_file, stream_blob, valid_property};
+use super::hooks::{check_property, file_error, file_index, job_file, valid_property};
 use super::AppState;
 use crate::job::{Command, FileRef, MAX_FILES_PER_PROPERTY};
 
@@ -275,4 +275,47 @@ pub async fn read_multipart(
         ApiError::bad_request("bad_multipart", "a `job` part (the job JSON) is required")
     })?;
     Ok((job_json, files))
+}
+
+/// Streams a stored blob.
+pub async fn stream_blob(
+    st: &AppState,
+    hash: &str,
+    mimetype: &str,
+    name: &str,
+) -> ApiResult<Response> {
+    let path = st.app.blobs.path(hash).map_err(file_error)?;
+    let f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::not_found("file content not found"))?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    let mut res = (StatusCode::OK, body).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = mimetype.parse() {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, len.into());
+    // The content's md5 (the blob's key): a strong validator, and what `runyard files get`
+    // checks the bytes it received against.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{hash}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    // The type is the uploader's word: never rendered by a browser on the API's origin (a
+    // `text/html` file would run its script there). Always a download, never sniffed, and
+    // sandboxed should a browser show it anyway.
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        super::edge::content_disposition(name)
+            .unwrap_or(axum::http::HeaderValue::from_static("attachment")),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    Ok(res)
 }

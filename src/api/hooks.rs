@@ -4,8 +4,8 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
 use axum::Json;
 use base64::Engine;
 use runyard_hooks::wire::{
@@ -555,48 +555,5 @@ pub async fn blob_download(
     {
         return Err(ApiError::bad_signed_url("download"));
     }
-    stream_blob(&st, &hash, "application/octet-stream", "").await
-}
-
-/// Streams a stored blob.
-pub async fn stream_blob(
-    st: &AppState,
-    hash: &str,
-    mimetype: &str,
-    name: &str,
-) -> ApiResult<Response> {
-    let path = st.app.blobs.path(hash).map_err(file_error)?;
-    let f = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::not_found("file content not found"))?;
-    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
-    let mut res = (StatusCode::OK, body).into_response();
-    let h = res.headers_mut();
-    if let Ok(v) = mimetype.parse() {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    h.insert(header::CONTENT_LENGTH, len.into());
-    // The content's md5 (the blob's key): a strong validator, and what `runyard files get`
-    // checks the bytes it received against.
-    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{hash}\"")) {
-        h.insert(header::ETAG, v);
-    }
-    // The type is the uploader's word: never rendered by a browser on the API's origin (a
-    // `text/html` file would run its script there). Always a download, never sniffed, and
-    // sandboxed should a browser show it anyway.
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        super::edge::content_disposition(name)
-            .unwrap_or(axum::http::HeaderValue::from_static("attachment")),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        axum::http::HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static("default-src 'none'; sandbox"),
-    );
-    Ok(res)
+    super::files::stream_blob(&st, &hash, "application/octet-stream", "").await
 }

@@ -36,6 +36,8 @@ use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
+pub use super::query::QUERY_ROUTES;
+use super::query::{refuse_stray_query, refuse_token_in_query};
 use super::tokens::{Authenticator, Grant, Scope};
 use super::{AuthConfig, Refusal};
 use crate::store::Store;
@@ -203,67 +205,6 @@ pub const ROUTES: &[Route] = &[
     other("GET", "/docs/{*file}", Need::Open),
 ];
 
-/// The routes that read a query string; their handlers parse it and refuse a key they do not
-/// know (400 `bad_query`). Every other client and event route refuses a non-empty query string
-/// with 400 `bad_query` before anything runs (the open pages, `/health`, the dashboard, the docs,
-/// and `/metrics` pass any: a probe's or a scraper's; a job's hooks are bound by their signature,
-/// which covers the query): `?idempotency_key=` on a submit or `?paused=true` on the schedule listing
-/// would otherwise be ignored without a word. `tests/openapi.rs` holds this list to the
-/// document's query parameters.
-pub const QUERY_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/async/jobs"),
-    ("GET", "/async/jobs/{id}/logs"),
-    ("PUT", "/async/jobs/{id}/files/{property}"),
-    ("GET", "/async/jobs/{id}/deliveries"),
-    ("GET", "/async/signals"),
-    ("GET", "/async/signals/{key}"),
-    ("GET", "/async/events/ws"),
-    ("GET", "/async/events/sse"),
-    ("GET", "/api/v1/async_event/"),
-    ("GET", "/api/v1/async_event"),
-    ("PUT", "/async/blobs/upload"),
-    ("GET", "/async/blobs/{hash}"),
-    ("GET", "/async/activity"),
-    ("GET", "/async/dead_letters"),
-];
-
-/// 400 `bad_query` for a query string on a route that reads none ([`QUERY_ROUTES`]).
-fn refuse_stray_query(method: &Method, path: &str, need: Need, uri: &Uri) -> Result<(), Refusal> {
-    let Some(q) = uri.query().filter(|q| !q.is_empty()) else {
-        return Ok(());
-    };
-    let m = if method == Method::HEAD {
-        "GET"
-    } else {
-        method.as_str()
-    };
-    // A method the path does not serve is the router's 405, whatever the query.
-    let served = ROUTES.iter().any(|r| r.method == m && r.path == path);
-    if !served
-        || matches!(need, Need::Open | Need::Metrics | Need::Hook)
-        || QUERY_ROUTES.iter().any(|&(qm, qp)| qm == m && qp == path)
-    {
-        return Ok(());
-    }
-    // A credential is named as such (the guard would refuse it next anyway).
-    refuse_token_in_query(uri)?;
-    let names: Vec<String> = q
-        .split('&')
-        .map(|p| p.split('=').next().unwrap_or(""))
-        .filter(|n| !n.is_empty())
-        .take(3)
-        .map(|n| n.chars().take(40).collect())
-        .collect();
-    let got = if names.is_empty() {
-        format!("`?{}`", q.chars().take(40).collect::<String>())
-    } else {
-        format!("`{}`", names.join("`, `"))
-    };
-    Err(Refusal::StrayQuery(format!(
-        "`{m} {path}` reads no query parameters (got {got}): they would be ignored"
-    )))
-}
-
 /// What [`Guard`] works with.
 pub struct Access {
     /// `[auth]`.
@@ -421,7 +362,19 @@ fn need_of(access: &Access, req: &Request) -> Result<Option<Need>, Refusal> {
             matched.as_str()
         )));
     };
-    refuse_stray_query(req.method(), matched.as_str(), need, req.uri())?;
+    // A method the path does not serve is the router's 405, whatever the query; the open
+    // pages, `/metrics` and the job hooks (bound by their signature) pass any query.
+    let m = if req.method() == Method::HEAD {
+        "GET"
+    } else {
+        req.method().as_str()
+    };
+    let served = ROUTES
+        .iter()
+        .any(|r| r.method == m && r.path == matched.as_str());
+    if served && !matches!(need, Need::Open | Need::Metrics | Need::Hook) {
+        refuse_stray_query(m, matched.as_str(), req.uri())?;
+    }
     Ok(match need {
         Need::Hook | Need::Open => None,
         Need::Metrics if !access.config.metrics_require_token => None,
@@ -501,32 +454,6 @@ async fn decide(
         }
     }
     Ok(grant)
-}
-
-/// A credential in the query string (`?token=`, `?access_token=`) is refused (400): URLs are
-/// logged.
-fn refuse_token_in_query(uri: &Uri) -> Result<(), Refusal> {
-    if let Some(q) = uri.query() {
-        if let Ok(axum::extract::Query(pairs)) =
-            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
-        {
-            if let Some((k, _)) = pairs
-                .iter()
-                .find(|(k, _)| k == "token" || k == "access_token")
-            {
-                return Err(Refusal::TokenInQuery(format!(
-                    "`{k}` in the query string is refused: URLs are logged; send \
-                     `Authorization: Bearer <token>`"
-                )));
-            }
-        } else if q.contains("token=") {
-            return Err(Refusal::TokenInQuery(
-                "a token in the query string is refused: send `Authorization: Bearer <token>`"
-                    .into(),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `Authorization: Bearer <credential>`, or 401.

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod config;
 pub mod jwt;
+mod query;
 mod refusal;
 pub mod tokens;
 

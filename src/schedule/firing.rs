@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    clock, job_for_fire, plan, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US,
-};
-use crate::job::{Command, Micros};
+use super::{clock, fire_key, plan, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US};
+use crate::job::{Command, Job, JobStatus, Micros};
 use crate::runner_set::RunnerSet;
 use crate::store::{Result, Store, StoreError, Submitted};
 
@@ -466,6 +464,61 @@ pub(super) fn made_by(s: &Schedule, job: &crate::job::Job) -> bool {
     job.job_type == s.proto.job_type
         && channel.is_none_or(|c| job.channel_id == c)
         && job.created_at.saturating_add(CLOCK_MARGIN_US) >= s.created_at
+}
+
+/// A deterministic delay in `[0, jitter_ms)` ms for a fire: every process computes the same.
+pub fn jitter_us(name: &str, fire_time: Micros, jitter_ms: u64) -> Micros {
+    if jitter_ms == 0 {
+        return 0;
+    }
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("{name}\n{fire_time}").as_bytes());
+    let v = u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]));
+    ((v % (jitter_ms * 1000)) as i64).max(0)
+}
+
+/// The job of one fire: a copy of the schedule's prototype with its own id, key and times.
+pub fn job_for_fire(s: &Schedule, fire: &PendingFire, runner: Option<String>, now: Micros) -> Job {
+    let fire_time = fire.fire_time;
+    let mut j = s.proto.clone();
+    j.id = uuid::Uuid::now_v7();
+    if s.spec
+        .job
+        .get("channel")
+        .and_then(serde_json::Value::as_str)
+        .is_none()
+    {
+        j.channel_id = j.id.to_string();
+    }
+    if let Some(r) = runner {
+        j.runner = r;
+    }
+    j.idempotency_key = Some(fire_key(&s.spec.name, fire_time));
+    j.schedule = Some(s.spec.name.clone());
+    j.fire_time = Some(fire_time);
+    // A trigger or a backfill runs now: `jitter` spreads the clock's fires, not a run asked for.
+    let jitter = if fire.manual {
+        0
+    } else {
+        jitter_us(&s.spec.name, fire_time, s.spec.jitter_ms)
+    };
+    let run_at = fire_time + jitter;
+    // A waiting template: its times resolved against this fire, in the schedule's time zone.
+    j.wait = crate::waiting::for_fire(&s.spec.job, fire_time, &s.spec.timezone, now);
+    if j.wait.is_some() {
+        j.status = JobStatus::Waiting;
+        j.run_at = None;
+    } else if run_at > now {
+        j.status = JobStatus::Scheduled;
+        j.run_at = Some(run_at);
+    } else {
+        j.status = JobStatus::Queued;
+        j.run_at = None;
+    }
+    j.created_at = now;
+    j.updated_at = now;
+    j.queued_at = now;
+    j
 }
 
 #[cfg(test)]

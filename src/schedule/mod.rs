@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 pub use crate::job::fire_time_text;
-use crate::job::{now_us, rfc3339, Job, JobStatus, Micros};
+use crate::job::{now_us, rfc3339, Job, Micros};
 pub use crate::store::schedules::{
     Counters, Misfire, Overlap, PendingFire, RunEntry, Schedule, ScheduleSpec, PENDING_GRACE_US,
 };
@@ -463,56 +463,6 @@ fn by_overlap(s: &mut Schedule, chosen: Vec<Micros>, now: Micros, prev: &Previou
     }
 }
 
-/// A deterministic delay in `[0, jitter_ms)` ms for a fire: every process computes the same.
-pub fn jitter_us(name: &str, fire_time: Micros, jitter_ms: u64) -> Micros {
-    if jitter_ms == 0 {
-        return 0;
-    }
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(format!("{name}\n{fire_time}").as_bytes());
-    let v = u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]));
-    ((v % (jitter_ms * 1000)) as i64).max(0)
-}
-
-/// The job of one fire: a copy of the schedule's prototype with its own id, key and times.
-pub fn job_for_fire(s: &Schedule, fire: &PendingFire, runner: Option<String>, now: Micros) -> Job {
-    let fire_time = fire.fire_time;
-    let mut j = s.proto.clone();
-    j.id = Uuid::now_v7();
-    if s.spec.job.get("channel").and_then(Value::as_str).is_none() {
-        j.channel_id = j.id.to_string();
-    }
-    if let Some(r) = runner {
-        j.runner = r;
-    }
-    j.idempotency_key = Some(fire_key(&s.spec.name, fire_time));
-    j.schedule = Some(s.spec.name.clone());
-    j.fire_time = Some(fire_time);
-    // A trigger or a backfill runs now: `jitter` spreads the clock's fires, not a run asked for.
-    let jitter = if fire.manual {
-        0
-    } else {
-        jitter_us(&s.spec.name, fire_time, s.spec.jitter_ms)
-    };
-    let run_at = fire_time + jitter;
-    // A waiting template: its times resolved against this fire, in the schedule's time zone.
-    j.wait = crate::waiting::for_fire(&s.spec.job, fire_time, &s.spec.timezone, now);
-    if j.wait.is_some() {
-        j.status = JobStatus::Waiting;
-        j.run_at = None;
-    } else if run_at > now {
-        j.status = JobStatus::Scheduled;
-        j.run_at = Some(run_at);
-    } else {
-        j.status = JobStatus::Queued;
-        j.run_at = None;
-    }
-    j.created_at = now;
-    j.updated_at = now;
-    j.queued_at = now;
-    j
-}
-
 /// A new schedule record for `spec` at `now`.
 pub fn new_schedule(spec: ScheduleSpec, proto: Job, c: &CronSpec, now: Micros) -> Schedule {
     Schedule {
@@ -603,7 +553,9 @@ pub fn duration_text(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::firing::job_for_fire;
     use super::*;
+    use crate::job::JobStatus;
 
     #[test]
     fn durations_are_shown_in_days_at_most_and_parse_back() {
