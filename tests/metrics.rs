@@ -783,3 +783,38 @@ async fn process_memory_cpu_and_descriptors_are_exported() {
     };
     assert!(later >= cpu + 0.2, "{cpu} -> {later}");
 }
+
+/// A store that hangs (Redis stopped with SIGSTOP: connections open, no answer) with the default
+/// `store.retry` (30 s): a scrape still answers before Prometheus's default scrape timeout
+/// (10 s), with `runyard_store_up 0`, no job gauges, and the process counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_during_a_store_outage_answers_with_store_up_0() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"m.*\"]\n")
+        .config(&r.server_config("metrics-outage-master-key-0123456789"))
+        .service("m.ok", |_ctx| async { Ok(json!("ok")) })
+        .start()
+        .await;
+    ts.submit_ok(json!({"type": "m.ok"})).await;
+    let pid = r.pid().expect("a private redis") as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let scraped = reqwest::Client::new()
+        .get(ts.at("/metrics"))
+        .timeout(Duration::from_secs(9))
+        .send()
+        .await;
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let res = scraped.expect("a scrape answered within 9 s");
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.text().await.expect("text");
+    assert!(text.contains("runyard_store_up 0"), "{text}");
+    assert!(
+        !text.contains("runyard_jobs{"),
+        "no stale job gauges: {text}"
+    );
+    assert!(text.contains("runyard_http_requests_total"), "{text}");
+}

@@ -141,7 +141,7 @@ impl ApiError {
     /// `{"status_code", "error": {"code", "message"}}`, the status it would have on its own.
     pub fn as_item(&self) -> serde_json::Value {
         if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "batch item failed");
+            tracing::error!(code = self.code, error = %self.message, "batch item failed");
         }
         json!({
             "status_code": self.status.as_u16(),
@@ -153,7 +153,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+            tracing::error!(code = self.code, error = %self.message, "request failed");
         }
         let mut res = (
             self.status,

@@ -457,10 +457,18 @@ impl Metrics {
         }
     }
 
-    /// Reads the store gauges from `store`, then renders everything.
+    /// Reads the store gauges from `store` (waiting at most [`SCRAPE_STORE_WAIT`]), then renders
+    /// everything.
     pub async fn scrape(&self, store: &dyn Store) -> String {
         let _one = self.scrape.lock().await;
-        match store.job_counts().await {
+        let counts = match tokio::time::timeout(SCRAPE_STORE_WAIT, store.job_counts()).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::store::StoreError::Unavailable(format!(
+                "no answer within {} s",
+                SCRAPE_STORE_WAIT.as_secs()
+            ))),
+        };
+        match counts {
             Ok(c) => {
                 self.set_counts(&c);
                 self.store_up.set(1);
@@ -489,6 +497,11 @@ impl Metrics {
         s
     }
 }
+
+/// The longest a scrape waits for the store's counts: under Prometheus's default scrape timeout
+/// (10 s), so an outage shows as `runyard_store_up 0` with every process counter, not as a failed
+/// scrape (the store's own `store.retry`, 30 s by default, would outlast it).
+pub const SCRAPE_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
