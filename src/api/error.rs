@@ -26,6 +26,8 @@ pub struct ApiError {
     pub message: String,
     /// Headers the answer carries besides its body (`WWW-Authenticate`, `Retry-After`).
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// A submit the store did not confirm: the id its job has if it was stored all the same.
+    job_id: Option<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -36,7 +38,31 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            job_id: None,
         }
+    }
+
+    /// A submit of job `id` that the store did not confirm (`Unavailable`: no answer in time, a
+    /// connection lost): the store may still carry the write out, so the answer says the job may
+    /// exist and gives its id (`error.job_id`) to look it up. Other errors are as they are.
+    pub fn submit_unconfirmed(e: StoreError, id: uuid::Uuid, keyed: bool) -> Self {
+        let StoreError::Unavailable(m) = e else {
+            return e.into();
+        };
+        let retry = if keyed {
+            "a retry with the same idempotency_key is safe"
+        } else {
+            "a retry without an idempotency_key may make a second job"
+        };
+        let mut err = Self::unavailable(
+            "unavailable",
+            format!(
+                "{m}: the job may have been stored all the same (the store may carry out a write \
+                 it did not confirm in time): GET /async/jobs/{id} tells; {retry}"
+            ),
+        );
+        err.job_id = Some(id);
+        err
     }
 
     /// The same error, answered with the header `name: value` too.
@@ -155,11 +181,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, error = %self.message, "request failed");
         }
-        let mut res = (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response();
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(id) = self.job_id {
+            error["job_id"] = json!(id);
+        }
+        let mut res = (self.status, Json(json!({ "error": error }))).into_response();
         for (name, value) in self.headers {
             res.headers_mut().append(name, value);
         }

@@ -195,7 +195,9 @@ async fn submit(
     }
     let job = prepare_submit(&st, &caller, &bytes, files).await?;
     let ours = job.submit_hash.clone();
-    let submitted = st.app.store.submit(job).await?;
+    let (id, keyed) = (job.id, job.idempotency_key.is_some());
+    let submitted =
+        (st.app.store.submit(job).await).map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
     check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))
 }
