@@ -169,15 +169,17 @@ def act(job: Any, action: str) -> Op[None]:
 
 
 def list_jobs(status: Optional[str], type: Optional[str], limit: int) -> Op[List[Dict[str, Any]]]:
-    """Up to ``limit`` jobs, newest first, following ``next_cursor``."""
+    """Up to ``limit`` jobs, newest first, following ``next_cursor`` while the server gives one: a
+    filtered page may be short, even empty, with matching jobs after it (docs/api.md)."""
     found: List[Dict[str, Any]] = []
     cursor = None
     while len(found) < limit:
         page = yield from call_json("GET", "/async/jobs", params=_jobs_query(status, type, limit - len(found), cursor))
         found += page.get("jobs") or []
-        cursor = page.get("next_cursor")
-        if not cursor or not page.get("jobs"):
+        following = page.get("next_cursor")
+        if not following or following == cursor:
             break
+        cursor = following
     return found[:limit]
 
 

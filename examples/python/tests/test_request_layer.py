@@ -57,6 +57,15 @@ def test_list_jobs_follows_the_cursor_until_the_limit():
     assert [j["id"] for j in found] == ["a", "b", "c"]
 
 
+def test_list_jobs_follows_the_cursor_past_an_empty_filtered_page():
+    d = Driver(core.list_jobs(None, "never.a", 10))
+    empty = answer(200, {"jobs": [], "next_cursor": "c1"})
+    d.expect(Call, empty, lambda c: "cursor" not in c.params)
+    last = answer(200, {"jobs": [{"id": "a"}], "next_cursor": None})
+    found = d.expect(Call, last, lambda c: c.params.get("cursor") == "c1")
+    assert [j["id"] for j in found] == ["a"]
+
+
 def test_an_error_answer_is_raised_typed_and_a_lost_request_passes_through():
     d = Driver(core.get_job(JOB_ID))
     with pytest.raises(Forbidden) as e:
