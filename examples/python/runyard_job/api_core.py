@@ -28,7 +28,7 @@ T = TypeVar("T")
 class Call:
     """One ordinary request; answered with the ``httpx.Response``, its body read."""
 
-    __slots__ = ("method", "path", "params", "json", "files")
+    __slots__ = ("method", "path", "params", "json", "files", "timeout")
 
     def __init__(
         self,
@@ -38,16 +38,19 @@ class Call:
         params: Optional[Dict[str, Any]] = None,
         json: Any = None,
         files: Optional[List[Tuple[str, Tuple[Any, ...]]]] = None,
+        timeout: Optional[float] = None,
     ):
         self.method = method
         self.path = path
         self.params = params
         self.json = json
         self.files = files
+        #: Seconds this request may take, when shorter than the client's ``timeout``.
+        self.timeout = timeout
 
     def kwargs(self) -> Dict[str, Any]:
         """httpx's keyword arguments for this request (those set)."""
-        return {k: getattr(self, k) for k in ("params", "json", "files") if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in ("params", "json", "files", "timeout") if getattr(self, k) is not None}
 
 
 class Open:

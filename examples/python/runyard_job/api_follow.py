@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import httpx
 
+from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome, refresh
 from .api_errors import ApiError, ServerUnreachable, WaitTimeout
 from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
@@ -210,10 +211,29 @@ def _poll(job: Any, state: _Follow) -> Op[None]:
         yield Sleep(POLL_INTERVAL if left is None else max(0.0, min(POLL_INTERVAL, left)))
 
 
+def _refresh(job: Any, state: _Follow) -> Op[None]:
+    """Reads the job for ``wait()``: each read bounded by the wait's deadline (``WaitTimeout`` at
+    it), a server that does not answer read again with the reconnect pacing (``ServerUnreachable``
+    once it has failed for ``RECONNECT_GIVE_UP``), as the event stream is."""
+    while True:
+        if state.expired():
+            raise WaitTimeout(dict(job.data), state.timeout)
+        left = state.remaining()
+        try:
+            job.data = yield from core.call_json(
+                "GET", core.job_path(job.id), timeout=None if left is None else max(0.01, left)
+            )
+        except ServerUnreachable as e:
+            yield Sleep(state.failed(e.cause))
+            continue
+        state.connected()
+        return
+
+
 def wait(job: Any, timeout: Optional[float]) -> Op[None]:
     """Follows the job until it ends, then raises its outcome unless ``SUCCESS``."""
     state = follower(job, None, timeout)
-    yield from refresh(job)
+    yield from _refresh(job, state)
     while not job.done:
         try:
             yield from follow(job, state)
@@ -221,7 +241,7 @@ def wait(job: Any, timeout: Optional[float]) -> Op[None]:
             if e.status not in STREAM_REFUSED:
                 raise
             yield from _poll(job, state)
-        yield from refresh(job)
+        yield from _refresh(job, state)
     outcome(job.data)
 
 

@@ -105,3 +105,13 @@ def test_events_reconnect_after_a_drop_from_the_last_event_id(job):
     d.expect(Emit, None, lambda c: c.event["runyard_status"] == "SUCCESS")
     d.expect(CLOSE)
     assert d.next is None and job.status == "SUCCESS"
+
+
+def test_wait_reads_the_job_within_its_timeout_and_again_after_a_failed_read(job):
+    d = Driver(follow.wait(job, timeout=2))
+    lost = ServerUnreachable("http://runyard.invalid", httpx.ConnectError("refused"))
+    # Each read is bounded by what is left of the wait, not by the client's timeout (30 s).
+    d.expect(Call, lost, lambda c: c.path == f"/async/jobs/{JOB_ID}" and 0 < c.timeout <= 2)
+    d.expect(Sleep, None, lambda c: 0 <= c.seconds <= 2)
+    d.expect(Call, job_answer("SUCCESS"), lambda c: c.timeout <= 2)
+    assert d.next is None and job.status == "SUCCESS"
