@@ -35,7 +35,8 @@ def run(fn: Optional[JobFunction] = None, *, client: Optional[JobClient] = None)
         job.result(result)
         return result
     except Exception as exc:  # the job failed: say why, then exit non-zero
-        traceback.print_exc()
+        # Its stderr is the job's log: the traceback is redacted as the reported message is.
+        print(redact(traceback.format_exc(), job._secret.reveal()), end="", file=sys.stderr)
         message = redact(str(exc) or type(exc).__name__, job._secret.reveal())
         try:
             job.fail(message, retry=not isinstance(exc, NonRetryable))

@@ -240,6 +240,20 @@ def test_run_reports_the_error_and_exits_non_zero(stub, client, monkeypatch):
     assert stub.reports == [{"status": "RUNNING"}, {"status": "ERROR", "errorMessage": "no such table"}]
 
 
+def test_run_never_prints_the_secret_in_its_traceback(stub, client, monkeypatch, capsys):
+    monkeypatch.setenv("JOB_ARGS", "{}")
+
+    def leaky(job, args):
+        raise RuntimeError("the secret is " + stub.secret)
+
+    with pytest.raises(SystemExit):
+        run(leaky, client=client)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: the secret is ***" in err, err
+    assert stub.secret not in err
+    assert stub.reports[-1]["errorMessage"] == "the secret is ***"
+
+
 def test_run_outside_runyard_exits_2(monkeypatch, capsys):
     for name in ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK"):
         monkeypatch.delenv(name, raising=False)
