@@ -15,6 +15,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import threading
 import time
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
@@ -143,6 +144,7 @@ class JobClient:
         self.session = session if session is not None else requests.Session()
         self._secret = Secret(secret)
         self._last_ms = 0
+        self._last_ms_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, signature: str = "v2", environ: Optional[Dict[str, str]] = None, **kwargs) -> "JobClient":
@@ -354,9 +356,11 @@ class JobClient:
     def _timestamp(self) -> str:
         # Strictly increasing per client: two reports in the same millisecond would otherwise
         # look like a replay to the server (always for v1, whose hash covers only the time).
-        now = int(time.time() * 1000)
-        self._last_ms = max(now, self._last_ms + 1)
-        return str(self._last_ms)
+        # Under a lock: threads of one job share the client (read, then write, could repeat).
+        with self._last_ms_lock:
+            now = int(time.time() * 1000)
+            self._last_ms = max(now, self._last_ms + 1)
+            return str(self._last_ms)
 
     def _hook_call(self, method: str, path: str, payload: Any = None) -> Dict[str, Any]:
         """One signed call to the hook; JSON in, JSON out. Retries when the hook is unreachable."""

@@ -261,3 +261,24 @@ def test_run_outside_runyard_exits_2(monkeypatch, capsys):
         run(lambda job, args: None)
     assert info.value.code == 2
     assert "JOB_ID" in capsys.readouterr().err
+
+
+def test_timestamps_never_repeat_across_threads(client):
+    import sys
+    import threading
+
+    seen = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    try:
+        def take():
+            seen.extend(client._timestamp() for _ in range(2000))
+
+        threads = [threading.Thread(target=take) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert len(seen) == 16000 and len(set(seen)) == 16000
