@@ -2,8 +2,9 @@
 //! `docker`, `kube`) and for `runyard launch`.
 //!
 //! A line ends at `\n` (a trailing `\r` is dropped); a line longer than [`MAX_LINE_BYTES`] is
-//! reported in pieces of [`MAX_LINE_BYTES`] (the last piece holds the rest), so one endless line
-//! cannot hold more than that in memory. Invalid UTF-8 is replaced (lossy), never fatal.
+//! reported in pieces of [`MAX_LINE_BYTES`] (up to 3 bytes fewer so as not to cut a UTF-8
+//! character; the last piece holds the rest), so one endless line cannot hold more than that in
+//! memory. Invalid UTF-8 is replaced (lossy), never fatal.
 //!
 //! With [`LineSplitter::with_heads`], the bytes before a line's first space (at most
 //! `MAX_HEAD_BYTES`, e.g. a log timestamp) are cut off as the line's head and handed with its
@@ -142,8 +143,17 @@ impl LineSplitter {
         let text = std::mem::take(&mut self.text);
         let mut start = 0;
         while text.len() - start > MAX_LINE_BYTES {
-            self.emit(&text[start..start + MAX_LINE_BYTES], false, emit);
-            start += MAX_LINE_BYTES;
+            // Not inside a UTF-8 character (its continuation bytes are `10xxxxxx`): a piece may
+            // be up to 3 bytes short, and the character is whole in the next one.
+            let mut end = start + MAX_LINE_BYTES;
+            while end > start + MAX_LINE_BYTES - 3 && text[end] & 0xC0 == 0x80 {
+                end -= 1;
+            }
+            if text[end] & 0xC0 == 0x80 {
+                end = start + MAX_LINE_BYTES; // not UTF-8 here: cut where the cap is
+            }
+            self.emit(&text[start..end], false, emit);
+            start = end;
         }
         self.text = text;
         self.text.drain(..start);
@@ -273,6 +283,24 @@ mod tests {
         assert_eq!(lens, [MAX_LINE_BYTES, MAX_LINE_BYTES]);
         // Nothing to finish: nothing reported.
         assert!(texts(&mut LineSplitter::new(), &[], true).is_empty());
+    }
+
+    #[test]
+    fn a_long_line_is_never_cut_inside_a_character() {
+        let mut s = LineSplitter::new();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let line = "€".repeat(10_000); // 3 bytes each: 16,384 is not a multiple
+        s.push_text(line.as_bytes(), &mut |t| pieces.push(t.to_vec()));
+        s.push_text(b"\n", &mut |t| pieces.push(t.to_vec()));
+        assert!(pieces.len() >= 2);
+        for p in &pieces {
+            assert!(p.len() <= MAX_LINE_BYTES);
+            assert!(
+                std::str::from_utf8(p).is_ok(),
+                "a piece cut inside a character"
+            );
+        }
+        assert_eq!(pieces.concat(), line.as_bytes());
     }
 
     #[test]
