@@ -369,7 +369,7 @@ class JobClient:
         body = None
         if payload is not None:
             # Serialized here, sent as is: the v2 signature covers exactly these bytes.
-            body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            body = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
 
         attempt = 0

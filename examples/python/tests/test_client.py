@@ -71,6 +71,13 @@ def test_result_and_fail(stub, client):
     assert stub.statuses() == ["SUCCESS"]
 
 
+def test_a_result_is_sent_as_utf_8_not_escaped(stub, client):
+    # Escaped (`\u00e9`, 6 bytes for 2), a large non-ASCII result would pass the size limit 3x sooner.
+    client.result({"name": "café"})
+    assert stub.reports[-1] == {"status": "SUCCESS", "results": {"name": "café"}}
+    assert "café".encode() in stub.requests[-1]["body"]
+
+
 def test_fail_reports_error_message(stub, client):
     client.fail("boom")
     assert stub.reports[-1] == {"status": "ERROR", "errorMessage": "boom"}
