@@ -189,8 +189,10 @@ impl WaitRequest {
                 ));
             }
             // Only records written from `since` on count, and only until the deadline: one that
-            // starts at or after it could never be met, the deadline's outcome certain.
-            for (n, item) in items.iter().enumerate() {
+            // starts at or after it could never be met, the deadline's outcome certain. Refused
+            // at a submit; a schedule's fire keeps it, and its deadline applies as it comes (as a
+            // past deadline does).
+            for (n, item) in items.iter().enumerate().filter(|_| refuse_past) {
                 if let Some(since) = item.since.filter(|s| *s >= d) {
                     return Err(format!(
                         "`wait_for[{n}].since` ({}) is not before `deadline` ({}): no record \
@@ -525,5 +527,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(ok.resolve(now, "UTC", now, true).is_ok());
+        // A schedule's fire keeps it: the job waits, and its deadline decides.
+        assert!(late.resolve(now, "UTC", now, false).is_ok());
     }
 }

@@ -27,6 +27,8 @@ const FIRES_PER_WRITE: usize = 100;
 /// What became of one decided fire.
 struct Fired {
     fire_time: Micros,
+    /// When the pending fire it was made for was decided (`PendingFire::decided_at`).
+    decided_at: Micros,
     /// Its job, if it made one.
     sub: Option<Submitted>,
     /// Why it made none.
@@ -250,6 +252,7 @@ impl Firing {
             .iter()
             .map(|p| Fired {
                 fire_time: p.fire_time,
+                decided_at: p.decided_at,
                 sub: None,
                 error: None,
                 untaken: false,
@@ -328,7 +331,7 @@ impl Firing {
                 next.pending.retain(|x| x.fire_time != f.fire_time);
                 if f.sub
                     .as_ref()
-                    .is_some_and(|s| seen(&next.last_runs, decided, s))
+                    .is_some_and(|s| seen(&next.last_runs, (f.decided_at, decided), s))
                 {
                     continue;
                 }
@@ -426,15 +429,23 @@ impl Firing {
 
 /// Whether a fire's job was recorded (and counted) already, by the confirm of an earlier
 /// decision of its time: a time fired again (a trigger or backfill of a time that has its job,
-/// or a repeated backfill) returns the job it made, recorded and counted once. Such a job is in
-/// `last_runs`, or, pushed out of it, was made before the pending fire now confirmed was decided
-/// (`decided`): a time is decided again only once its earlier decision was confirmed. So also
-/// when this caller made the job: two backfills of one time share its decision, one confirms
-/// it (the other's job, returned to it), a third decides the time again, and the maker's
-/// confirm must not count its job a second time. A fire whose first submit was never confirmed
-/// (its node died) is recorded now: its job was made after its decision.
-fn seen(last_runs: &[RunEntry], decided: Micros, sub: &Submitted) -> bool {
-    last_runs.iter().any(|r| r.job_id == Some(sub.job.id)) || sub.job.created_at < decided
+/// or a repeated backfill) returns the job it made, recorded and counted once. `decided`: (the
+/// decision this caller's fire was made for, the one pending now). Such a job is in `last_runs`;
+/// or, pushed out of it:
+/// - made by this caller (`created`): the pending decision is another than the one it was made
+///   for (a time is decided again only once its earlier decision was confirmed: two backfills
+///   of one time share its decision, one confirms it, a third decides the time again; the
+///   maker's confirm must not count its job a second time). Compared as decisions, not clocks:
+///   the nodes' clocks may differ;
+/// - returned to it (`!created`): made before the pending decision (a fire whose first submit
+///   was never confirmed, its node dead, is recorded now: its job was made after its decision).
+fn seen(last_runs: &[RunEntry], (made_for, pending): (Micros, Micros), sub: &Submitted) -> bool {
+    last_runs.iter().any(|r| r.job_id == Some(sub.job.id))
+        || if sub.created {
+            made_for != pending
+        } else {
+            sub.job.created_at < pending
+        }
 }
 
 /// How much earlier than its schedule a job of one of its fires may say it was made: the
@@ -534,12 +545,15 @@ mod tests {
     #[test]
     fn a_job_made_before_its_fire_was_decided_again_is_counted_once() {
         let s: &[RunEntry] = &[];
-        // Made by this caller (created) at 100, its time decided again at 150 after another
-        // caller's confirm recorded it (pushed out of `last_runs` since): seen.
-        assert!(seen(s, 150, &sub(true, 100)));
-        assert!(seen(s, 150, &sub(false, 100)));
-        // Made after the decision being confirmed: its first record.
-        assert!(!seen(s, 50, &sub(true, 100)));
-        assert!(!seen(s, 50, &sub(false, 100)));
+        // Made by this caller (created) for the decision of 40, its time decided again at 150
+        // after another caller's confirm recorded it (pushed out of `last_runs` since): seen.
+        assert!(seen(s, (40, 150), &sub(true, 100)));
+        assert!(seen(s, (40, 150), &sub(false, 100)));
+        // Made for the decision being confirmed: its first record, whatever the clocks say (a
+        // maker whose clock is behind the decider's stamps its job before the decision).
+        assert!(!seen(s, (150, 150), &sub(true, 100)));
+        assert!(!seen(s, (150, 150), &sub(true, 200)));
+        // Returned to it, made after the pending decision: a dead node's submit, recorded now.
+        assert!(!seen(s, (50, 50), &sub(false, 100)));
     }
 }
