@@ -49,16 +49,22 @@ impl ApiError {
         let StoreError::Unavailable(m) = e else {
             return e.into();
         };
-        let retry = if keyed {
-            "a retry with the same idempotency_key is safe"
-        } else {
-            "a retry without an idempotency_key may make a second job"
-        };
+        let said = format!(
+            "{m}: the job may have been stored all the same (the store may carry out a write it \
+             did not confirm in time)"
+        );
+        if keyed {
+            // A key already used names an earlier job, not `id`: the retry tells.
+            return Self::unavailable(
+                "unavailable",
+                format!("{said}; a retry with the same idempotency_key returns it if it was"),
+            );
+        }
         let mut err = Self::unavailable(
             "unavailable",
             format!(
-                "{m}: the job may have been stored all the same (the store may carry out a write \
-                 it did not confirm in time): GET /async/jobs/{id} tells; {retry}"
+                "{said}: GET /async/jobs/{id} tells; a retry without an idempotency_key may make \
+                 a second job"
             ),
         );
         err.job_id = Some(id);

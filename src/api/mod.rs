@@ -169,6 +169,7 @@ async fn submit(
     crate::auth::access::Caller(caller): crate::auth::access::Caller,
     req: Request,
 ) -> ApiResult<Response> {
+    let started = tokio::time::Instant::now();
     let ctype = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -196,8 +197,19 @@ async fn submit(
     let job = prepare_submit(&st, &caller, &bytes, files).await?;
     let ours = job.submit_hash.clone();
     let (id, keyed) = (job.id, job.idempotency_key.is_some());
-    let submitted =
-        (st.app.store.submit(job).await).map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
+    // Answered before `api.request_timeout` (whose 503 could not say the job may exist), however
+    // long `store.retry` would let the store be waited for.
+    let left = (st.app.config.api.request_timeout)
+        .saturating_sub(started.elapsed() + std::time::Duration::from_millis(500))
+        .max(std::time::Duration::from_millis(100));
+    let submitted = match tokio::time::timeout(left, st.app.store.submit(job)).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::store::StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            left.as_millis()
+        ))),
+    }
+    .map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
     check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))
 }

@@ -29,8 +29,8 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong; names the field when a field is wrong.
     pub message: String,
-    /// A submit answered `503` (the store did not confirm it): the id the job has if it was
-    /// stored all the same; `GET /async/jobs/{job_id}` tells.
+    /// A submit without an idempotency key answered `503` (the store did not confirm it): the id
+    /// the job has if it was stored all the same; `GET /async/jobs/{job_id}` tells.
     pub job_id: Option<uuid::Uuid>,
 }
 
