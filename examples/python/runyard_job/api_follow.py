@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import httpx
 
 from . import api_core as core
-from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome, refresh
+from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
 from .api_errors import ApiError, ServerUnreachable, WaitTimeout
 from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
 
@@ -192,7 +192,7 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
                 ended = apply(job.data, event)
                 yield Emit(event)
                 if event.get("type") == "resync":
-                    yield from refresh(job)
+                    yield from _refresh(job, state)
                     ended = job.done
                 if ended:
                     return True
@@ -202,7 +202,7 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
 
 def _poll(job: Any, state: _Follow) -> Op[None]:
     while True:
-        yield from refresh(job)
+        yield from _refresh(job, state)
         if job.done:
             return
         if state.expired():
@@ -211,19 +211,25 @@ def _poll(job: Any, state: _Follow) -> Op[None]:
         yield Sleep(POLL_INTERVAL if left is None else max(0.0, min(POLL_INTERVAL, left)))
 
 
-def _refresh(job: Any, state: _Follow) -> Op[None]:
-    """Reads the job for ``wait()``: each read bounded by the wait's deadline (``WaitTimeout`` at
-    it), a server that does not answer read again with the reconnect pacing (``ServerUnreachable``
-    once it has failed for ``RECONNECT_GIVE_UP``), as the event stream is."""
+#: The shortest bound of a wait's first read of the job: ``wait(timeout=0)`` still reads it once.
+FIRST_READ_MIN = 1.0
+
+
+def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
+    """Reads the job for ``wait()``: each read bounded by what is left of the wait (the first by
+    ``FIRST_READ_MIN`` at least), ``WaitTimeout`` at its deadline, a server that does not answer
+    read again with the reconnect pacing (``ServerUnreachable`` once it has failed for
+    ``RECONNECT_GIVE_UP``), as the event stream is. Once the job is known to have ended, only the
+    client's timeout bounds the read of its final state."""
     while True:
-        if state.expired():
+        left = None if job.done else state.remaining()
+        if left is not None and left <= 0 and not first:
             raise WaitTimeout(dict(job.data), state.timeout)
-        left = state.remaining()
+        bound = None if left is None else max(left, FIRST_READ_MIN) if first else max(0.01, left)
         try:
-            job.data = yield from core.call_json(
-                "GET", core.job_path(job.id), timeout=None if left is None else max(0.01, left)
-            )
+            job.data = yield from core.call_json("GET", core.job_path(job.id), timeout=bound)
         except ServerUnreachable as e:
+            first = False
             yield Sleep(state.failed(e.cause))
             continue
         state.connected()
@@ -233,7 +239,7 @@ def _refresh(job: Any, state: _Follow) -> Op[None]:
 def wait(job: Any, timeout: Optional[float]) -> Op[None]:
     """Follows the job until it ends, then raises its outcome unless ``SUCCESS``."""
     state = follower(job, None, timeout)
-    yield from _refresh(job, state)
+    yield from _refresh(job, state, first=True)
     while not job.done:
         try:
             yield from follow(job, state)

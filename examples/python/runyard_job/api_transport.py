@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator, Generator, Iterator, List, Optional, TypeVar
+from typing import Any, AsyncIterator, Dict, Generator, Iterator, List, Optional, TypeVar
 
 import httpx
 
@@ -55,6 +55,13 @@ class _Steps:
         unreachable = ServerUnreachable(self.url, error)
         unreachable.__cause__ = error
         self.error = unreachable
+
+
+def _bounded(kwargs: Dict[str, Any], default: float) -> Dict[str, Any]:
+    """A request's own ``timeout`` never longer than the client's."""
+    if "timeout" in kwargs:
+        kwargs["timeout"] = min(kwargs["timeout"], default)
+    return kwargs
 
 
 def _stream_timeout(default: float, command: Open) -> httpx.Timeout:
@@ -101,7 +108,7 @@ class SyncTransport:
 
     def _perform(self, command: Any, stream: _SyncStream) -> Any:
         if isinstance(command, Call):
-            return self.http.request(command.method, command.path, **command.kwargs())
+            return self.http.request(command.method, command.path, **_bounded(command.kwargs(), self.timeout))
         if isinstance(command, Open):
             stream.close()
             call = command.call
@@ -163,7 +170,7 @@ class AsyncTransport:
 
     async def _perform(self, command: Any, stream: _AsyncStream) -> Any:
         if isinstance(command, Call):
-            kwargs = command.kwargs()
+            kwargs = _bounded(command.kwargs(), self.timeout)
             if "files" in kwargs:
                 # httpx's async multipart cannot read sync files: read them here.
                 kwargs["files"] = [

@@ -369,7 +369,9 @@ class JobClient:
         body = None
         if payload is not None:
             # Serialized here, sent as is: the v2 signature covers exactly these bytes.
-            body = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
+            body = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(
+                "utf-8", "surrogatepass"  # a lone surrogate: sent, and refused by the server
+            )
             headers["Content-Type"] = "application/json"
 
         attempt = 0

@@ -115,3 +115,9 @@ def test_wait_reads_the_job_within_its_timeout_and_again_after_a_failed_read(job
     d.expect(Sleep, None, lambda c: 0 <= c.seconds <= 2)
     d.expect(Call, job_answer("SUCCESS"), lambda c: c.timeout <= 2)
     assert d.next is None and job.status == "SUCCESS"
+
+
+def test_wait_with_no_time_left_still_reads_the_job_once(job):
+    d = Driver(follow.wait(job, timeout=0))
+    d.expect(Call, job_answer("SUCCESS"), lambda c: c.timeout >= follow.FIRST_READ_MIN)
+    assert d.next is None and job.status == "SUCCESS"
