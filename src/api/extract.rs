@@ -170,7 +170,13 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
         };
         let bytes = axum::body::to_bytes(req.into_body(), NO_BODY_READ)
             .await
-            .map_err(|_| refused(&format!("more than {NO_BODY_READ} bytes")))?;
+            .map_err(|e| match super::error::body_error(&e) {
+                // Over the bound: refused as any body is, not as too large for the route.
+                over if over.status == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    refused(&format!("more than {NO_BODY_READ} bytes"))
+                }
+                other => other,
+            })?;
         let text = std::str::from_utf8(&bytes).unwrap_or("?").trim();
         let nothing = text.is_empty()
             || text == "null"
