@@ -352,6 +352,24 @@ async fn items_are_read_from_their_own_text_as_a_single_submit_reads_it() {
     assert_eq!(ts.count_jobs(None).await, 2);
 }
 
+/// `item` in a batch after a good one: refused in its own slot with the `status` and error a
+/// single submit of it gets; nothing stored for it, the good one stored. Returns the results.
+async fn refused_in_its_slot(ts: &TestServer, item: &str, status: StatusCode) -> Vec<Value> {
+    let (st, single) = ts.post_raw("/async/jobs", item.to_string()).await;
+    assert_eq!(st, status, "{single}");
+    let body = format!(r#"{{"jobs": [{{"type": "runyard.noop"}}, {item}]}}"#);
+    let (st, v) = ts.post_raw(BATCH, body).await;
+    let r = results(st, &v, 2);
+    assert_eq!(
+        r.iter().map(code).collect::<Vec<_>>(),
+        vec![202, u64::from(status.as_u16())],
+        "{v:#}"
+    );
+    assert_eq!(r[1]["error"], single["error"], "{v:#}");
+    assert_eq!(ts.count_jobs(None).await, 1);
+    r
+}
+
 /// An item that is well-formed JSON but that a single submit cannot read (a number out of range)
 /// gets the single submit's `400 bad_json` in its own slot, as docs/api.md says; nothing is
 /// stored for it and the other items are stored.
@@ -359,18 +377,7 @@ async fn items_are_read_from_their_own_text_as_a_single_submit_reads_it() {
 async fn an_item_a_single_submit_cannot_read_gets_bad_json_in_its_slot() {
     let ts = TestServer::start(BUILTINS).await;
     let huge = r#"{"type": "runyard.noop", "args": {"x": 1e400}}"#;
-    let (st, single) = ts.post_raw("/async/jobs", huge).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{single}");
-    let body = format!(r#"{{"jobs": [{{"type": "runyard.noop"}}, {huge}]}}"#);
-    let (st, v) = ts.post_raw(BATCH, body).await;
-    let r = results(st, &v, 2);
-    assert_eq!(
-        r.iter().map(code).collect::<Vec<_>>(),
-        vec![202, 400],
-        "{v:#}"
-    );
-    assert_eq!(r[1]["error"]["code"], single["error"]["code"], "{v:#}");
-    assert_eq!(ts.count_jobs(None).await, 1);
+    let r = refused_in_its_slot(&ts, huge, StatusCode::BAD_REQUEST).await;
     let job = ts.wait_terminal(&job_id(&r[0]), WAIT).await;
     assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
 }
@@ -381,16 +388,5 @@ async fn an_item_a_single_submit_cannot_read_gets_bad_json_in_its_slot() {
 async fn an_item_with_an_integer_past_64_bits_gets_422_in_its_slot() {
     let ts = TestServer::start(BUILTINS).await;
     let big = r#"{"type": "runyard.noop", "args": {"n": 99999999999999999999}}"#;
-    let (st, single) = ts.post_raw("/async/jobs", big).await;
-    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{single}");
-    let body = format!(r#"{{"jobs": [{{"type": "runyard.noop"}}, {big}]}}"#);
-    let (st, v) = ts.post_raw(BATCH, body).await;
-    let r = results(st, &v, 2);
-    assert_eq!(
-        r.iter().map(code).collect::<Vec<_>>(),
-        vec![202, 422],
-        "{v:#}"
-    );
-    assert_eq!(r[1]["error"], single["error"], "{v:#}");
-    assert_eq!(ts.count_jobs(None).await, 1);
+    refused_in_its_slot(&ts, big, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
