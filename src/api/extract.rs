@@ -172,7 +172,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
             .await
             .map_err(|e| match super::error::body_error(&e) {
                 // Over the bound: refused as any body is, not as too large for the route.
-                over if over.status == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                over if over.code == "too_large" => {
                     refused(&format!("more than {NO_BODY_READ} bytes"))
                 }
                 other => other,
