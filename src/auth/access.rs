@@ -233,11 +233,7 @@ impl Access {
 /// The route of a request: its line in [`ROUTES`], or `None` when the path is not there at all.
 /// A method the table does not list on a listed path needs `admin` (the router answers 405).
 pub fn lookup(method: &Method, path: &str) -> Option<Need> {
-    let m = if method == Method::HEAD {
-        "GET"
-    } else {
-        method.as_str()
-    };
+    let m = table_method(method);
     let mut path_known = false;
     for r in ROUTES {
         if r.path == path {
@@ -248,6 +244,15 @@ pub fn lookup(method: &Method, path: &str) -> Option<Need> {
         }
     }
     path_known.then_some(Need::Client(Scope::Admin, On::Any))
+}
+
+/// `method` as the table names it (`HEAD` is looked up as `GET`).
+fn table_method(method: &Method) -> &str {
+    if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    }
 }
 
 /// The route layer over the whole router (see the module's docs): a plain tower layer, so a
@@ -363,17 +368,15 @@ fn need_of(access: &Access, req: &Request) -> Result<Option<Need>, Refusal> {
         )));
     };
     // A method the path does not serve is the router's 405, whatever the query; the open
-    // pages, `/metrics` and the job hooks (bound by their signature) pass any query.
-    let m = if req.method() == Method::HEAD {
-        "GET"
-    } else {
-        req.method().as_str()
-    };
-    let served = ROUTES
-        .iter()
-        .any(|r| r.method == m && r.path == matched.as_str());
-    if served && !matches!(need, Need::Open | Need::Metrics | Need::Hook) {
-        refuse_stray_query(m, matched.as_str(), req.uri())?;
+    // pages, `/metrics` and the job hooks (bound by their signature) pass any query. Looked at
+    // only when there is a query: no table scan on the request path otherwise.
+    let queried = req.uri().query().is_some_and(|q| !q.is_empty());
+    if queried && !matches!(need, Need::Open | Need::Metrics | Need::Hook) {
+        let m = table_method(req.method());
+        let path = matched.as_str();
+        if ROUTES.iter().any(|r| r.method == m && r.path == path) {
+            refuse_stray_query(m, path, req.uri())?;
+        }
     }
     Ok(match need {
         Need::Hook | Need::Open => None,
