@@ -202,14 +202,8 @@ async fn submit(
     let left = (st.app.config.api.request_timeout)
         .saturating_sub(started.elapsed() + std::time::Duration::from_millis(500))
         .max(std::time::Duration::from_millis(100));
-    let submitted = match tokio::time::timeout(left, st.app.store.submit(job)).await {
-        Ok(r) => r,
-        Err(_) => Err(crate::store::StoreError::Unavailable(format!(
-            "no answer within {} ms",
-            left.as_millis()
-        ))),
-    }
-    .map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
+    let submitted = (crate::store::within(left, st.app.store.submit(job)).await)
+        .map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
     check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))
 }

@@ -461,14 +461,7 @@ impl Metrics {
     /// everything.
     pub async fn scrape(&self, store: &dyn Store) -> String {
         let _one = self.scrape.lock().await;
-        let counts = match tokio::time::timeout(SCRAPE_STORE_WAIT, store.job_counts()).await {
-            Ok(r) => r,
-            Err(_) => Err(crate::store::StoreError::Unavailable(format!(
-                "no answer within {} s",
-                SCRAPE_STORE_WAIT.as_secs()
-            ))),
-        };
-        match counts {
+        match crate::store::within(SCRAPE_STORE_WAIT, store.job_counts()).await {
             Ok(c) => {
                 self.set_counts(&c);
                 self.store_up.set(1);

@@ -62,6 +62,21 @@ pub enum StoreError {
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// `call`'s answer, or `Unavailable` when it has not come within `bound` (the call is dropped:
+/// a write may still be carried out).
+pub async fn within<T>(
+    bound: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(bound, call).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            bound.as_millis()
+        ))),
+    }
+}
+
 /// Knobs a backend needs.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
