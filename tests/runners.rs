@@ -354,6 +354,41 @@ types = ["stubborn"]
     .await;
 }
 
+/// A job whose time limit ran out cannot turn its TIMEOUT into a SUCCESS by reporting while it
+/// is being stopped: `runyard launch` around a command that exits 0 on SIGTERM reports SUCCESS
+/// then (it did before the time limit was marked in the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_reports_success_while_stopped_for_its_timeout_ends_timeout() {
+    let bin = env!("CARGO_BIN_EXE_runyard");
+    let ts = TestServer::builder(&format!(
+        r#"
+[[runners]]
+kind = "local"
+types = ["graceful"]
+command = [{bin:?}, "launch", "--", "/bin/sh", "-c", "trap 'touch \"$MARK\"; exit 0' TERM; sleep 30 & wait"]
+env = {{ MARK = "@DIR@/term" }}
+"#
+    ))
+    // Time enough for `launch` to report after its command ended.
+    .config("[worker]\nkill_grace = \"10s\"")
+    .start()
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "graceful", "timeout": "1s", "max_attempts": 2}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert!(
+        ts.dir().join("term").exists(),
+        "the command was not stopped by SIGTERM: {job:#}"
+    );
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    assert_eq!(job["error"], "timed out after 1s", "{job:#}");
+    assert_eq!(job["attempt"], 1, "a timeout is not retried: {job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "TIMEOUT", "{job:#}");
+    assert_eq!(job["runs"][0]["reported"], "TIMEOUT", "{job:#}");
+    assert_eq!(job["result"], Value::Null, "{job:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_wait_for_their_backoff_and_stop_after_max_attempts() {
     let calls = Arc::new(AtomicUsize::new(0));

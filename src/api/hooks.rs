@@ -86,10 +86,14 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
             format!("job is {}: it cannot {what}", job.status),
         ))
     } else if let Some(r) = job.reported() {
-        // Its outcome is said; only its process ending is awaited.
+        // Its outcome is said (or its time ran out); only its process ending is awaited.
+        let why = match r {
+            crate::job::Reported::Timeout { .. } => "job ran out of time".to_string(),
+            r => format!("job reported {}", r.status()),
+        };
         Err(ApiError::conflict(
             "illegal_transition",
-            format!("job reported {}: it cannot {what}", r.status()),
+            format!("{why}: it cannot {what}"),
         ))
     } else {
         Ok(())

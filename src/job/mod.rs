@@ -175,13 +175,16 @@ pub struct RunRecord {
     pub ended_at: Option<Micros>,
     /// How it ended: a status, or `LOST`/`RELEASED`.
     pub outcome: Option<String>,
-    /// The outcome the job reported through its hook (SUCCESS or ERROR), kept until its process
-    /// has ended: the worker commits it then (docs/hooks.md, "When a job ends").
+    /// The outcome decided for the attempt before its process ended, kept until it has ended: the
+    /// SUCCESS or ERROR the job reported through its hook, or TIMEOUT when the worker found its
+    /// time limit run out (`Command::TimeLimit`). The worker commits it once the process has
+    /// ended (docs/hooks.md, "When a job ends").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<Reported>,
 }
 
-/// An outcome a job reported through its hook, not yet committed.
+/// An attempt's outcome decided before its process ended, not yet committed: reported by the job
+/// through its hook, or its time limit. Either way the job can no longer report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reported {
@@ -194,14 +197,21 @@ pub enum Reported {
         /// False when the report said `retry: false` (no further attempt).
         retry: bool,
     },
+    /// Not the job's word: its time limit ran out and its process is being stopped. A report
+    /// sent while it stops is refused, so what it says cannot replace the TIMEOUT.
+    Timeout {
+        /// The job's `error`, e.g. `timed out after 1s`.
+        message: String,
+    },
 }
 
 impl Reported {
-    /// `SUCCESS` or `ERROR`.
+    /// `SUCCESS`, `ERROR` or `TIMEOUT`.
     pub fn status(&self) -> JobStatus {
         match self {
             Reported::Success => JobStatus::Success,
             Reported::Error { .. } => JobStatus::Error,
+            Reported::Timeout { .. } => JobStatus::Timeout,
         }
     }
 }

@@ -27,7 +27,7 @@ use super::transition::{
     apply, releases_in_a_row, ApplyCtx, Command, EventKind, FinishOutcome, HookReport,
     RELEASES_GIVEN_BACK,
 };
-use super::{Backoff, Event, FileRef, Job, JobStatus, Micros, MAX_RUN_RECORDS};
+use super::{Backoff, Event, FileRef, Job, JobStatus, Micros, Reported, MAX_RUN_RECORDS};
 use crate::job::TransitionError;
 
 /// Which fencing token a worker-side command carries.
@@ -77,6 +77,9 @@ enum Op {
         tok: Tok,
     },
     HostFailure {
+        tok: Tok,
+    },
+    TimeLimit {
         tok: Tok,
     },
     Stopped {
@@ -149,6 +152,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(tok, outcome)| Op::Finish { tok, outcome }),
         1 => tok().prop_map(|tok| Op::Release { tok }),
         1 => tok().prop_map(|tok| Op::HostFailure { tok }),
+        1 => tok().prop_map(|tok| Op::TimeLimit { tok }),
         1 => tok().prop_map(|tok| Op::Stopped { tok }),
         2 => Just(Op::LeaseExpired),
         1 => (0u8..3, prop::bool::weighted(0.8))
@@ -297,6 +301,10 @@ impl Actors {
                 token: self.token(job, tok),
                 message: "cannot start: Too many open files".into(),
             },
+            Op::TimeLimit { tok } => Command::TimeLimit {
+                token: self.token(job, tok),
+                message: "timed out after 1s".into(),
+            },
             Op::Stopped { tok } => Command::Stopped {
                 token: self.token(job, tok),
             },
@@ -331,6 +339,7 @@ fn carried_token(cmd: &Command) -> Option<u64> {
         | Command::Finish { token, .. }
         | Command::Release { token }
         | Command::Stopped { token }
+        | Command::TimeLimit { token, .. }
         | Command::HostFailure { token, .. } => Some(*token),
         Command::Progress { token, .. } => *token,
         _ => None,
@@ -385,6 +394,18 @@ fn check_step(
                 );
             }
             let changed = after.status != before.status;
+            // An attempt out of time ends TIMEOUT (or CANCELLED), whatever its work then says.
+            if changed
+                && after.status.is_terminal()
+                && matches!(before.reported(), Some(Reported::Timeout { .. }))
+            {
+                prop_assert!(
+                    matches!(after.status, JobStatus::Timeout | JobStatus::Cancelled),
+                    "an attempt out of time ended {} by {:?}",
+                    after.status,
+                    cmd
+                );
+            }
             prop_assert_eq!(
                 *ev == Some(EventKind::Status),
                 changed,

@@ -49,6 +49,16 @@ pub enum Command {
         /// What happened.
         outcome: FinishOutcome,
     },
+    /// The worker found the attempt's time limit run out and is about to stop its work: the
+    /// attempt will end TIMEOUT (committed by its `Finish` once the work has stopped), and the
+    /// job can no longer report. An outcome the job reported before stays the outcome. No
+    /// event: the status changes when the work has stopped.
+    TimeLimit {
+        /// The claim's token.
+        token: u64,
+        /// The job's `error` then, e.g. `timed out after 1s`.
+        message: String,
+    },
     /// The worker could not launch the attempt because the host ran out of resources (file
     /// descriptors, memory, processes): not the job's fault. SCHEDULED again after a short
     /// backoff that grows with consecutive host failures, and the attempt is given back
@@ -419,6 +429,7 @@ fn apply_inner(
         }
         Command::Hook(report) => hook_report(job, report, ctx),
         Command::Finish { token, outcome } => attempts::finish(job, ctx, token, outcome),
+        Command::TimeLimit { token, message } => attempts::time_limit(job, token, message),
         Command::HostFailure { token, message } => attempts::host_failure(job, ctx, token, message),
         Command::Release { token } => attempts::release(job, ctx, token),
         Command::LeaseExpired => attempts::lease_expired(job, ctx),
@@ -455,7 +466,14 @@ fn succeed(job: &mut Job, now: Micros, exit_code: Option<i32>) {
     set_status(job, JobStatus::Success, now);
 }
 
-/// Commits the outcome the attempt reported through its hook (its process has ended).
+/// The attempt ran out of time: TIMEOUT, final (no retry).
+fn time_out(job: &mut Job, now: Micros, message: String) {
+    job.error = Some(message);
+    end_run(job, now, "TIMEOUT");
+    set_status(job, JobStatus::Timeout, now);
+}
+
+/// Commits the outcome decided before the attempt's process ended (its process has ended).
 fn commit_reported(job: &mut Job, ctx: &ApplyCtx, reported: Reported, exit_code: Option<i32>) {
     match reported {
         Reported::Success => succeed(job, ctx.now, exit_code),
@@ -463,6 +481,7 @@ fn commit_reported(job: &mut Job, ctx: &ApplyCtx, reported: Reported, exit_code:
             let retry = if retry { Retry::Backoff } else { Retry::Never };
             fail_attempt(job, ctx, message, exit_code, retry)
         }
+        Reported::Timeout { message } => time_out(job, ctx.now, message),
     }
 }
 
@@ -504,11 +523,17 @@ fn hook_report(
     if !job.status.is_active() {
         return Err(illegal(job, "report before it was started"));
     }
-    if job.reported().is_some() {
-        return Err(illegal(
-            job,
-            "report again after it reported SUCCESS or ERROR",
-        ));
+    match job.reported() {
+        Some(Reported::Timeout { .. }) => {
+            return Err(illegal(job, "report: its time limit ran out"))
+        }
+        Some(_) => {
+            return Err(illegal(
+                job,
+                "report again after it reported SUCCESS or ERROR",
+            ))
+        }
+        None => {}
     }
     let mut ev = progress_update(job, r.progress, r.details, ctx)?;
     if r.results.is_some() {
@@ -1067,6 +1092,62 @@ mod tests {
         claim(&mut m, 1);
         apply(&mut m, exited(1, 0), &ctx(2)).unwrap();
         assert_eq!((m.status, m.exit_code), (JobStatus::Success, Some(0)));
+    }
+
+    #[test]
+    fn a_job_out_of_time_cannot_report_and_ends_timeout_however_its_work_ends() {
+        let limit = |t| Command::TimeLimit {
+            token: t,
+            message: "timed out after 1s".into(),
+        };
+        let mut j = job();
+        claim(&mut j, 1);
+        // A stale worker's mark is refused and changes nothing.
+        let before = j.clone();
+        assert_eq!(
+            apply(&mut j, limit(2), &ctx(2)),
+            Err(TransitionError::StaleLease)
+        );
+        assert_eq!(j, before);
+        assert_eq!(apply(&mut j, limit(1), &ctx(2)), Ok(None));
+        assert_eq!(j.status, JobStatus::Starting, "ends once its work stopped");
+        // While its work stops, the job can neither report nor attach a file.
+        for cmd in [
+            hook(JobStatus::Success, None),
+            hook(JobStatus::Error, None),
+            hook(JobStatus::Running, None),
+        ] {
+            let e = apply(&mut j, cmd, &ctx(3)).unwrap_err();
+            assert!(e.to_string().contains("time limit"), "{e}");
+        }
+        // A graceful exit 0 after SIGTERM does not make it a SUCCESS.
+        apply(&mut j, exited(1, 0), &ctx(4)).unwrap();
+        assert_eq!(j.status, JobStatus::Timeout);
+        assert_eq!(j.error.as_deref(), Some("timed out after 1s"));
+        assert_eq!(j.runs[0].outcome.as_deref(), Some("TIMEOUT"));
+        assert_eq!(j.result, None);
+        // A lost worker, or one that gives the job back at shutdown, still ends it TIMEOUT (a
+        // timeout is final: no retry although attempts are left).
+        for end in [Command::LeaseExpired, Command::Release { token: 1 }] {
+            let mut k = job();
+            claim(&mut k, 1);
+            apply(&mut k, limit(1), &ctx(2)).unwrap();
+            apply(&mut k, end, &ctx(10_001)).unwrap();
+            assert_eq!((k.status, k.attempt), (JobStatus::Timeout, 1));
+        }
+        // A report that came before the time limit stands.
+        let mut r = job();
+        claim(&mut r, 1);
+        apply(&mut r, hook(JobStatus::Success, None), &ctx(2)).unwrap();
+        assert_eq!(apply(&mut r, limit(1), &ctx(3)), Ok(None));
+        apply(&mut r, exited(1, 143), &ctx(4)).unwrap();
+        assert_eq!(r.status, JobStatus::Success);
+        // A job cancelled meanwhile stays CANCELLED.
+        let mut c = job();
+        claim(&mut c, 1);
+        apply(&mut c, Command::Cancel, &ctx(2)).unwrap();
+        assert!(apply(&mut c, limit(1), &ctx(3)).is_err());
+        assert_eq!(c.status, JobStatus::Cancelled);
     }
 
     fn waiting(on: crate::waiting::OnDeadline) -> Job {

@@ -72,6 +72,13 @@ impl Worker {
             }
         };
         drop(watch);
+        let timed_out = matches!(end, End::TimedOut)
+            .then(|| format!("timed out after {}", humantime::format_duration(limit)));
+        if let Some(message) = &timed_out {
+            // Marked before the work is stopped: what the job reports while it stops (a SIGTERM
+            // handler that says SUCCESS) is refused and cannot replace the TIMEOUT.
+            self.time_limit(id, token, message.clone()).await;
+        }
         let mut gone = true;
         if ran.is_none() {
             if matches!(end, End::Lingered) {
@@ -90,10 +97,7 @@ impl Worker {
         let outcome = match end {
             // A reported outcome is what the job said; the stopped process's exit is recorded.
             End::Ran | End::Lingered => outcome_to_finish(last, kind),
-            End::TimedOut => FinishOutcome::Timeout(format!(
-                "timed out after {}",
-                humantime::format_duration(limit)
-            )),
+            End::TimedOut => FinishOutcome::Timeout(timed_out.unwrap_or_default()),
             End::Stopped if !gone => return not_confirmed(id),
             End::Stopped if *reason.lock() == StopReason::Release => {
                 return self.give_back(id, token).await
@@ -112,6 +116,17 @@ impl Worker {
         match r {
             Ok(j) => crate::outcomes::log_change(&j),
             Err(_) => not_confirmed(id),
+        }
+    }
+
+    /// Marks the attempt as out of time (`Command::TimeLimit`) before its work is stopped. A
+    /// refusal (cancelled or taken over meanwhile) or a store that does not answer within
+    /// `kill_grace` (the stop is not held up longer) leaves the stop and the finish as they
+    /// were: the finish decides then.
+    async fn time_limit(&self, id: Uuid, token: u64, message: String) {
+        let mark = self.store.apply(id, Command::TimeLimit { token, message });
+        if let Err(e) = crate::store::within(self.cfg.kill_grace, mark).await {
+            tracing::debug!(error = %e, "time limit not marked");
         }
     }
 

@@ -4,8 +4,8 @@
 
 use super::{
     check_token, commit_reported, end_run, fail_attempt, host_failure_delay_us, illegal,
-    set_status, succeed, ApplyCtx, EventKind, FinishOutcome, Retry, TransitionError, HOST_FAILURE,
-    RELEASED, RELEASES_GIVEN_BACK,
+    set_status, succeed, time_out, ApplyCtx, EventKind, FinishOutcome, Retry, TransitionError,
+    HOST_FAILURE, RELEASED, RELEASES_GIVEN_BACK,
 };
 use crate::job::JobStatus::*;
 use crate::job::{Job, Lease, Micros, Reported, RunHandle, RunRecord, MAX_RUN_RECORDS};
@@ -117,13 +117,29 @@ pub(super) fn finish(
         FinishOutcome::RetryAfter { message, after_ms } => {
             fail_attempt(job, ctx, message, None, Retry::After(after_ms))
         }
-        FinishOutcome::Timeout(message) => {
-            job.error = Some(message);
-            end_run(job, now, "TIMEOUT");
-            set_status(job, Timeout, now);
-        }
+        FinishOutcome::Timeout(message) => time_out(job, now, message),
     }
     Ok(Some(EventKind::Status))
+}
+
+/// The attempt's time limit ran out ([`super::Command::TimeLimit`]): marked, so that the job can no
+/// longer report and its `Finish` commits TIMEOUT whatever the stopped work ends with. A job
+/// that had reported first keeps its report; a job that ended meanwhile (cancelled) is refused.
+pub(super) fn time_limit(
+    job: &mut Job,
+    token: u64,
+    message: String,
+) -> Result<Option<EventKind>, TransitionError> {
+    check_token(job, token)?;
+    if !job.status.is_active() {
+        return Err(illegal(job, "time out"));
+    }
+    if job.reported().is_none() {
+        if let Some(run) = job.runs.last_mut() {
+            run.reported = Some(Reported::Timeout { message });
+        }
+    }
+    Ok(None)
 }
 
 /// The host could not launch the attempt: it is given back, not counted.
@@ -204,8 +220,9 @@ pub(super) fn lease_expired(
     }
     // A job that said it succeeded, or failed for good, keeps its word; any other attempt is
     // lost with its worker.
-    if let Some(r @ (Reported::Success | Reported::Error { retry: false, .. })) =
-        job.reported().cloned()
+    if let Some(
+        r @ (Reported::Success | Reported::Error { retry: false, .. } | Reported::Timeout { .. }),
+    ) = job.reported().cloned()
     {
         commit_reported(job, ctx, r, None);
         return Ok(Some(EventKind::Status));
