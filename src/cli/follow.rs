@@ -247,7 +247,7 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
                     if is_terminal(st) {
                         // An explicit retry may have followed; the job says.
                         let job = api.get(&job_path(id)?).await?;
-                        if is_terminal(job["status"].as_str().unwrap_or("")) {
+                        if ended_by(&job, &ev) {
                             return Ok(job);
                         }
                     }
@@ -263,6 +263,17 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
     }
     view.finish();
     r
+}
+
+/// Whether `job` (as just read) ended with the write that made the terminal event `ev`: the
+/// job's `finished_at` is that event's `ts`. An earlier attempt's end replayed from history
+/// (the job was retried, and may have ended again since) is not the job's end.
+fn ended_by(job: &Value, ev: &Value) -> bool {
+    is_terminal(job["status"].as_str().unwrap_or(""))
+        && match (job["finished_at"].as_str(), ev["ts"].as_str()) {
+            (Some(f), Some(t)) => f == t,
+            _ => true,
+        }
 }
 
 /// `logs --follow`: prints the job's lines as they come until it ends (the end from its event

@@ -115,7 +115,9 @@ class Job(_JobView):
 
     def events(self, last_id: Optional[str] = None, timeout: Optional[float] = None) -> Iterator[Dict[str, Any]]:
         """Yields the job's events (``{"id", "type", "status", "runyard_status", "progress",
-        "attempt", "ts", ...}``) from the event stream, oldest first, until its terminal status.
+        "attempt", "ts", ...}``) from the event stream, oldest first, until its terminal status:
+        that of its last attempt (after a ``retry()``, the earlier attempts' ends are yielded
+        as history and the iteration goes on).
 
         Starts after ``last_id`` (default: the oldest event kept for the job's channel) and
         reconnects from the last event seen when the connection drops. A ``{"type": "resync"}``

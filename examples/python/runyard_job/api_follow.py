@@ -194,10 +194,28 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
                 if event.get("type") == "resync":
                     yield from _refresh(job, state)
                     ended = job.done
+                elif ended:
+                    ended = yield from _is_end(job, state, event)
                 if ended:
                     return True
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
+
+
+def _is_end(job: Any, state: _Follow, event: Dict[str, Any]) -> Op[bool]:
+    """Whether a terminal status event is the job's end, not an earlier attempt's replayed from
+    history (the job was retried since: ``retry()`` then ``events()``). The job's ``finished_at``
+    is the time of the write that ended it, and its terminal event carries that same time: equal
+    to the job as last read, it is the end; else the job is read again. A server that sends
+    neither time is taken at its word."""
+    ts = event.get("ts")
+    if ts is not None and job.data.get("finished_at") == ts:
+        return True
+    yield from _refresh(job, state)
+    if ts is None:
+        return True
+    finished = job.data.get("finished_at")
+    return job.done and (finished is None or finished == ts)
 
 
 def _poll(job: Any, state: _Follow) -> Op[None]:
@@ -242,12 +260,12 @@ def wait(job: Any, timeout: Optional[float]) -> Op[None]:
     yield from _refresh(job, state, first=True)
     while not job.done:
         try:
+            # Ends at the job's own end, which it has read (``_is_end``).
             yield from follow(job, state)
         except ApiError as e:
             if e.status not in STREAM_REFUSED:
                 raise
             yield from _poll(job, state)
-        yield from _refresh(job, state)
     outcome(job.data)
 
 

@@ -19,8 +19,15 @@ def answer(status, body):
     return httpx.Response(status, json=body, request=httpx.Request("GET", "http://runyard.invalid/"))
 
 
-def job_answer(status):
-    return answer(200, {"id": JOB_ID, "status": status, "channel_id": JOB_ID, "result": {"n": 1}})
+def job_answer(status, finished_at=None):
+    body = {"id": JOB_ID, "status": status, "channel_id": JOB_ID, "result": {"n": 1}}
+    if finished_at is not None:
+        body["finished_at"] = finished_at
+    return answer(200, body)
+
+
+def status_line(status, ts, attempt=1):
+    return f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "{status}", "attempt": {attempt}, "ts": "{ts}"}}'
 
 
 class Driver:
@@ -84,8 +91,7 @@ def test_wait_reads_the_job_when_the_stream_is_refused(job):
     d.expect(CLOSE)
     d.expect(Call, job_answer("RUNNING"))
     d.expect(Sleep, None, lambda c: c.seconds == follow.POLL_INTERVAL)
-    d.expect(Call, job_answer("SUCCESS"))
-    d.expect(Call, job_answer("SUCCESS"))  # read once more after following: the final job
+    d.expect(Call, job_answer("SUCCESS"))  # the final job: not read again
     assert d.next is None and job.status == "SUCCESS"
 
 
@@ -100,11 +106,46 @@ def test_events_reconnect_after_a_drop_from_the_last_event_id(job):
     d.expect(CLOSE)
     d.expect(Sleep, None, lambda c: c.seconds == follow.RECONNECT_DELAYS[0])
     d.expect(Open, answer(200, {}), lambda c: c.headers["Last-Event-ID"] == "7")
-    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "SUCCESS"}}')
+    d.expect(NEXT_LINE, status_line("SUCCESS", "T2"))
     d.expect(NEXT_LINE, "")
     d.expect(Emit, None, lambda c: c.event["runyard_status"] == "SUCCESS")
+    # The job is read: it ended with the write this event tells (same time).
+    d.expect(Call, job_answer("SUCCESS", "T2"))
     d.expect(CLOSE)
     assert d.next is None and job.status == "SUCCESS"
+
+
+def test_events_of_a_retried_job_go_on_past_the_ends_of_its_earlier_attempts(job):
+    d = Driver(follow.follow(job, follow.follower(job, None, 30)))
+    d.expect(Open, answer(200, {}))
+    # Attempt 1's end, from history: the job read now was retried and ended again since.
+    d.expect(NEXT_LINE, status_line("ERROR", "T1", 1))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None, lambda c: c.event["attempt"] == 1)
+    d.expect(Call, job_answer("SUCCESS", "T3"))
+    # Attempt 2 (the retry's QUEUED, then its end): its end is the job's (no second read).
+    d.expect(NEXT_LINE, status_line("QUEUED", "T2", 1))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None, lambda c: c.event["runyard_status"] == "QUEUED")
+    d.expect(NEXT_LINE, status_line("SUCCESS", "T3", 2))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None, lambda c: c.event["attempt"] == 2)
+    d.expect(CLOSE)
+    assert d.next is None and job.status == "SUCCESS"
+    # A job read as not ended: the stream goes on after an earlier attempt's end.
+    job.data = {"id": JOB_ID, "status": "QUEUED", "channel_id": JOB_ID}
+    d = Driver(follow.follow(job, follow.follower(job, None, 30)))
+    d.expect(Open, answer(200, {}))
+    d.expect(NEXT_LINE, status_line("CANCELLED", "T1", 0))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, job_answer("RUNNING"))
+    d.expect(NEXT_LINE, status_line("CANCELLED", "T4", 1))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, job_answer("CANCELLED", "T4"))
+    d.expect(CLOSE)
+    assert d.next is None and job.status == "CANCELLED"
 
 
 def test_wait_reads_the_job_within_its_timeout_and_again_after_a_failed_read(job):

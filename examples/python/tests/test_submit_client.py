@@ -162,6 +162,30 @@ def test_events_yield_the_jobs_statuses_in_order(client):
 
 
 @server
+def test_events_after_a_retry_go_on_to_the_new_attempts_end(client):
+    job = client.submit("py.fail", max_attempts=1)
+    with pytest.raises(JobFailed):
+        job.wait(timeout=BOUND)
+    job.retry()
+    # From the oldest event: attempt 1's ERROR is history, the iteration ends at attempt 2's.
+    events = list(job.events(timeout=BOUND))
+    ends = [(e["runyard_status"], e["attempt"]) for e in events if e["type"] == "status" and e["runyard_status"] == "ERROR"]
+    assert ends == [("ERROR", 1), ("ERROR", 2)], events
+    assert events[-1]["runyard_status"] == "ERROR" and events[-1]["attempt"] == 2, events
+    assert job.status == "ERROR" and job.data["attempt"] == 2, job.data
+
+    async def again():
+        async with AsyncClient(SERVER, token=TOKEN, timeout=10) as c:
+            j = await c.job(job.id)
+            await j.retry()
+            return [(e["runyard_status"], e["attempt"]) async for e in j.events(timeout=BOUND) if e["type"] == "status"]
+
+    statuses = run(again())
+    assert [s for s in statuses if s[0] == "ERROR"] == [("ERROR", 1), ("ERROR", 2), ("ERROR", 3)], statuses
+    assert statuses[-1] == ("ERROR", 3), statuses
+
+
+@server
 def test_a_bad_submit_raises_api_error(client):
     with pytest.raises(ApiError) as e:
         client.submit("py.no_such_type")
