@@ -142,6 +142,7 @@ impl ServerBuilder {
             public_url,
             path_prefix,
             closing: CancellationToken::new(),
+            draining: core.draining.clone(),
             events: crate::events::Hub::from_config(&config.events),
             cron_checks: Arc::new(tokio::sync::Semaphore::new(1)),
             _dropped: dropped,
@@ -204,7 +205,7 @@ impl ServerBuilder {
         let id = core.start_worker(false);
         tracing::info!(worker = %id, store = core.store.backend_name(), "runyard worker node started");
         if let Some(listener) = self.health_listener {
-            let app = crate::api::health::probe_router(core.store.clone());
+            let app = crate::api::health::probe_router(core.store.clone(), core.draining.clone());
             let stop = core.bg.clone();
             tracing::info!(addr = ?listener.local_addr().ok(), "worker health probes listening");
             core.tasks.spawn(async move {
@@ -235,6 +236,8 @@ struct Core {
     tasks: TaskTracker,
     bg: CancellationToken,
     worker_stop: CancellationToken,
+    /// Cancelled when the stop begins (`stop_worker`): readiness answers 503 `draining`.
+    draining: CancellationToken,
     worker: Option<(Arc<Worker>, JoinHandle<()>)>,
     /// The worker's own thread, when a server started by `serve`/`start` runs on a single-thread
     /// runtime ([`WorkerThread`]; a worker node's worker stays on its runtime).
@@ -356,6 +359,7 @@ impl Core {
             tasks,
             bg,
             worker_stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
             worker: None,
             worker_thread: None,
         })
@@ -399,6 +403,7 @@ impl Core {
 
     /// Stops the worker claiming and waits for it to drain.
     async fn stop_worker(&mut self) {
+        self.draining.cancel();
         // Before anything else, on this thread: once `stop()` has been polled, no finish claims
         // a next job, however long the worker's own thread takes to see the cancellation.
         if let Some((w, _)) = &self.worker {

@@ -68,9 +68,30 @@ types = ["gated"]
     .await;
     let id = ts.submit_ok(json!({"type": "gated"})).await;
     ts.wait_status(&id, "RUNNING", WAIT).await;
+    let (http, url) = (ts.client.clone(), ts.url.clone());
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{url}{path}"));
+        async move {
+            let r = http.get(url).send().await.expect("answer while draining");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    assert_eq!(get("/health/ready").await.0, 200);
     let store = ts.running().app.store.clone();
     tokio::join!(ts.stop(), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // While the worker drains, readiness says so (a load balancer sends no new client),
+        // while the process lives and its API still answers.
+        let ready = eventually("readiness answers 503 draining", WAIT, || async {
+            let (status, body) = get("/health/ready").await;
+            (status == 503).then_some(body)
+        })
+        .await;
+        assert_eq!(ready["status"], "draining", "{ready}");
+        assert_eq!(get("/health").await.0, 503);
+        assert_eq!(get("/health/live").await.0, 200);
+        let (status, job) = get(&format!("/async/jobs/{id}")).await;
+        assert_eq!((status, status_of(&job)), (200, "RUNNING"), "{job}");
         gate.add_permits(1);
     });
     // Finished by the time stop() returned.

@@ -39,6 +39,9 @@ pub struct App {
     pub path_prefix: String,
     /// Cancelled when the server stops: long-lived responses (WebSocket, SSE, long polls) end.
     pub closing: CancellationToken,
+    /// Cancelled when the stop begins, before the worker drains: readiness answers 503
+    /// `draining` from then on, so a load balancer sends no new client there.
+    pub draining: CancellationToken,
     /// The live fan-out of events to WebSocket and SSE streams (`src/events/`).
     pub events: Arc<crate::events::Hub>,
     /// Cron pattern checks in flight at once: one per server (see `api::schedules::parse_cron`).

@@ -12,6 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::store::Store;
 
 /// The process answers: its runtime schedules tasks and its accept loop runs.
@@ -21,8 +23,16 @@ pub async fn live() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// The store answers too: 200, or 503 with the store's error.
-pub async fn ready(store: &dyn Store) -> Response {
+/// The store answers too: 200, or 503 with the store's error; 503 `draining` once the process
+/// has begun to stop (its worker drains, its API still answers running jobs).
+pub async fn ready(store: &dyn Store, draining: &CancellationToken) -> Response {
+    if draining.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining", "store": store.backend_name()})),
+        )
+            .into_response();
+    }
     match store.health().await {
         Ok(()) => Json(json!({"status": "ok", "store": store.backend_name()})).into_response(),
         Err(e) => (
@@ -34,12 +44,13 @@ pub async fn ready(store: &dyn Store) -> Response {
 }
 
 /// The probes of a worker node (`runyard worker --health-listen`), which serves no API.
-pub fn probe_router(store: Arc<dyn Store>) -> Router {
+pub fn probe_router(store: Arc<dyn Store>, draining: CancellationToken) -> Router {
+    type Probe = (Arc<dyn Store>, CancellationToken);
     Router::new()
         .route("/health/live", get(live))
         .route(
             "/health/ready",
-            get(|State(s): State<Arc<dyn Store>>| async move { ready(s.as_ref()).await }),
+            get(|State((s, d)): State<Probe>| async move { ready(s.as_ref(), &d).await }),
         )
-        .with_state(store)
+        .with_state((store, draining))
 }

@@ -336,10 +336,10 @@ fn submit_hash(
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = openapi::schemas::Health),
-        (status = 503, description = "The store does not answer", body = openapi::schemas::Health),
+        (status = 503, description = "The store does not answer, or the process is stopping (`draining`)", body = openapi::schemas::Health),
     ))]
 async fn health(State(st): State<AppState>) -> Response {
-    health::ready(st.app.store.as_ref()).await
+    health::ready(st.app.store.as_ref(), &st.app.draining).await
 }
 
 /// Prometheus metrics (docs/observability.md).

@@ -295,7 +295,7 @@ pub struct EventPage {
 /// `/health`, `/health/ready`, `/health/live`.
 #[derive(ToSchema)]
 pub struct Health {
-    /// `ok` or `unavailable`.
+    /// `ok`, `unavailable` (the store does not answer) or `draining` (the process is stopping).
     pub status: String,
     /// The store's backend (not on `/health/live`).
     pub store: Option<String>,

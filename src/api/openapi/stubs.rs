@@ -18,7 +18,7 @@ fn poll_no_slash() {}
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The store does not answer", body = Health),
+        (status = 503, description = "The store does not answer, or the process is stopping (`draining`)", body = Health),
     ))]
 fn health_ready() {}
 
