@@ -87,3 +87,76 @@ async fn a_submit_unconfirmed_in_an_outage_says_so_and_a_keyed_retry_makes_no_se
     assert_eq!(again["job_id"], first["job_id"], "a replay of the key");
     assert_eq!(ts.count_jobs(None).await, stored + 1);
 }
+
+/// The sum of the series of `name` whose labels include each of `labels` (`op="finish"`).
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A worker's finish sent while Redis is hung gives up after `store.retry`, and Redis carries it
+/// out once it answers again: the worker reads the job to tell, and the outcome is counted (and
+/// logged) once, as an answered one is; the job is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_committed_after_its_write_gave_up_is_counted_once() {
+    use std::sync::Arc;
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, n) = (gate.clone(), runs.clone());
+    // The lease outlives the outage: the job is not taken back meanwhile.
+    let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"gated\"]\n")
+        .config(&format!(
+            "{}retry = \"1s\"\n[worker]\nlease_ttl = \"30s\"\n",
+            r.server_config("outage-test-master-key-0123456789")
+        ))
+        .service("gated", move |_ctx| {
+            let g = g.clone();
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                g.acquire().await.expect("gate").forget();
+                Ok(json!({"done": true}))
+            }
+        })
+        .start()
+        .await;
+    let id = ts.submit_ok(json!({"type": "gated"})).await;
+    ts.wait_status(&id, "RUNNING", support::WAIT).await;
+    let pid = r.pid().expect("a private redis") as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    gate.add_permits(1);
+    // The finish gives up (`store.retry`, 1 s): counted as a failed store call.
+    support::eventually("the worker's finish gave up", support::WAIT, || async {
+        let text = ts.metrics_text().await;
+        (metric(&text, "runyard_store_errors_total", &["op=\"finish\""]) >= 1.0).then_some(())
+    })
+    .await;
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let job = ts.wait_terminal(&id, support::WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(job["result"], json!({"done": true}), "{job:#}");
+    let outcome = ["type=\"gated\"", "outcome=\"success\""];
+    let counted = support::eventually("the late outcome is counted", support::WAIT, || async {
+        let c = metric(
+            &ts.metrics_text().await,
+            "runyard_job_outcomes_total",
+            &outcome,
+        );
+        (c > 0.0).then_some(c)
+    })
+    .await;
+    assert_eq!(counted, 1.0);
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "run once"
+    );
+    assert_eq!(ts.get_job(&id).await["attempt"], 1);
+}

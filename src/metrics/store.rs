@@ -237,6 +237,9 @@ impl Store for MeteredStore {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
+    fn finish_committed_late(&self, job: &Job) {
+        self.metrics.job_changed(&CommandKind::Finish, job);
+    }
 }
 
 // Not through `metered!`: replay memory answers its own error type, and the tail is not timed.

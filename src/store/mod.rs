@@ -397,4 +397,11 @@ pub trait Store:
     }
     /// `embedded` or `redis`.
     fn backend_name(&self) -> &'static str;
+    /// A worker's finish this process sent that the store committed although its answer never
+    /// came (Redis hung past `store.retry`: the write ran once it answered again), found by
+    /// reading the job: counted as an answered finish is. Nothing in a backend; a wrapping
+    /// store must forward it (`metrics/store.rs`).
+    fn finish_committed_late(&self, job: &Job) {
+        let _ = job;
+    }
 }

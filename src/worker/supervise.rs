@@ -212,10 +212,94 @@ impl Worker {
             Err(StoreError::Transition(
                 TransitionError::Illegal { .. } | TransitionError::StaleLease,
             )) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the outcome; the reaper will retry the job")
-            }
+            // No answer in time: the write may still be carried out once the store answers.
+            Err(e @ StoreError::Unavailable(_)) => self.unconfirmed(id, token, &e).await,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot record the outcome: the reaper takes the job back once its lease runs \
+                 out (another attempt if one is left)"
+            ),
         }
+    }
+
+    /// The store did not confirm an attempt's outcome (Redis hung past `store.retry`): once it
+    /// answers again the write may have run after all. Reads the job for up to `lease_ttl` to
+    /// tell: recorded (logged and counted as if answered) or not (the reaper takes the job back
+    /// once its lease runs out, or has).
+    async fn unconfirmed(&self, id: Uuid, token: u64, error: &StoreError) {
+        let until = tokio::time::Instant::now() + self.cfg.lease_ttl;
+        let mut pause = Duration::from_millis(100);
+        // A write sent on a connection given up for dead may be read by Redis just after a read
+        // on a new one: an answer that says "not recorded" is taken when a second read, a
+        // moment later, says the same.
+        let mut seen_unrecorded = false;
+        let job = loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            match crate::store::within(left, self.store.get(id)).await {
+                Ok(Some(j)) if seen_unrecorded || late_finish(&j, token) != Late::NotRecorded => {
+                    break Some(j)
+                }
+                Ok(Some(_)) => {
+                    seen_unrecorded = true;
+                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                }
+                // Deleted meanwhile: nothing left to tell.
+                Ok(None) => return,
+                Err(_) => {
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        match job.as_ref().map(|j| (late_finish(j, token), j)) {
+            Some((Late::Recorded, j)) => {
+                tracing::info!(error = %error, "the store answered late: the outcome was recorded");
+                self.store.finish_committed_late(j);
+                crate::outcomes::log_change(j);
+            }
+            Some((Late::MovedOn, _)) => {
+                tracing::info!("the store answered late: the outcome was recorded, and the job has moved on since")
+            }
+            Some((Late::NotRecorded, _)) => tracing::warn!(
+                error = %error,
+                "the outcome was not recorded: the reaper takes the job back once its lease runs \
+                 out (another attempt if one is left), or has"
+            ),
+            None => tracing::warn!(
+                error = %error,
+                "the store did not confirm the outcome and cannot be read: if it was not \
+                 recorded, the reaper takes the job back once its lease runs out"
+            ),
+        }
+    }
+}
+
+/// What became of an attempt's finish the store did not confirm, read from the job.
+#[derive(Debug, PartialEq, Eq)]
+enum Late {
+    /// The attempt (fencing `token`) ended with its worker's outcome, and is the job's last.
+    Recorded,
+    /// It did, and the job has had another attempt since (a retry).
+    MovedOn,
+    /// The attempt still holds the job, or was ended otherwise (lost, cancelled).
+    NotRecorded,
+}
+
+fn late_finish(job: &Job, token: u64) -> Late {
+    let Some(i) = job.runs.iter().rposition(|r| r.token == token) else {
+        return Late::NotRecorded;
+    };
+    let finished = matches!(
+        job.runs[i].outcome.as_deref(),
+        Some("SUCCESS" | "ERROR" | "TIMEOUT")
+    );
+    match (finished, i + 1 == job.runs.len()) {
+        (false, _) => Late::NotRecorded,
+        (true, true) => Late::Recorded,
+        (true, false) => Late::MovedOn,
     }
 }
 
@@ -282,4 +366,46 @@ pub(super) fn not_confirmed(id: Uuid) {
         job_id = %id,
         "the job's work was not confirmed stopped: its lease runs out before another attempt may start"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{late_finish, Late};
+    use crate::job::{Job, RunRecord};
+
+    fn run(token: u64, outcome: Option<&str>) -> RunRecord {
+        RunRecord {
+            attempt: 1,
+            worker: "w".into(),
+            token,
+            claimed_at: 1,
+            started_at: Some(2),
+            ended_at: outcome.map(|_| 3),
+            outcome: outcome.map(String::from),
+            reported: None,
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_finish_is_told_from_the_run_records() {
+        let mut j = Job::new("t", "r", 0);
+        assert_eq!(
+            late_finish(&j, 7),
+            Late::NotRecorded,
+            "no run of that claim"
+        );
+        j.runs = vec![run(7, None)];
+        assert_eq!(late_finish(&j, 7), Late::NotRecorded, "still running");
+        for o in ["LOST", "RELEASED", "CANCELLED"] {
+            j.runs = vec![run(7, Some(o))];
+            assert_eq!(late_finish(&j, 7), Late::NotRecorded, "{o}");
+        }
+        for o in ["SUCCESS", "ERROR", "TIMEOUT"] {
+            j.runs = vec![run(7, Some(o))];
+            assert_eq!(late_finish(&j, 7), Late::Recorded, "{o}");
+            assert_eq!(late_finish(&j, 8), Late::NotRecorded, "another claim's");
+        }
+        j.runs = vec![run(7, Some("ERROR")), run(9, None)];
+        assert_eq!(late_finish(&j, 7), Late::MovedOn);
+    }
 }
