@@ -112,6 +112,8 @@ async fn suite(ts: &TestServer) {
     for (path, body, field) in [
         (long.clone(), json!({}), "`key`"),
         ("bad%01key".to_string(), json!({}), "`key`"),
+        // A zero-width space: shows as `src.orders`.
+        ("src.%E2%80%8Borders".to_string(), json!({}), "invisible"),
         ("src.orders".to_string(), json!({"id": ""}), "`id`"),
         ("src.orders".to_string(), json!({"colour": 1}), "colour"),
     ] {

@@ -232,6 +232,12 @@ async fn refusals(ts: &TestServer) {
         (w(json!({"wait_for": [{"key": ""}]})), "key"),
         (w(json!({"wait_for": [{"key": "k".repeat(201)}]})), "key"),
         (w(json!({"wait_for": [{"key": "a\u{1}b"}]})), "key"),
+        // Shows as `ready` and would wait for ever.
+        (
+            w(json!({"wait_for": [{"key": "rea\u{200B}dy"}]})),
+            "invisible",
+        ),
+        (w(json!({"emits": ["\u{202E}ready"]})), "invisible"),
         (w(json!({"deadline": "2020-01-01T00:00:00Z"})), "deadline"),
         (
             w(json!({"deadline": "+1h", "on_deadline": "later"})),

@@ -73,7 +73,7 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control() || invisible(c))
+            .any(|c| c == '/' || c == '\\' || c.is_control() || crate::job::invisible(c))
     {
         return Err(format!(
             "a file name may not be `.` or `..`, nor hold `/`, `\\`, control or invisible \
@@ -81,12 +81,6 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Characters that change how a name shows without showing themselves: zero-width ones,
-/// direction marks and overrides (`invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`).
-fn invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Query of the attach route.

@@ -15,7 +15,7 @@ use super::extract::{body_bytes, parse_json};
 use super::AppState;
 use crate::job::{now_us, rfc3339};
 use crate::store::paging::READ_BYTES;
-use crate::store::signals::{check_key, Signal, MAX_ID_BYTES};
+use crate::store::signals::{check_key, check_key_read, Signal, MAX_ID_BYTES};
 
 /// Records one `GET` returns at most.
 const MAX_LIMIT: usize = 10_000;
@@ -161,7 +161,7 @@ async fn list(
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
-    check_key(&key).map_err(|m| ApiError::bad_request("bad_path", m))?;
+    check_key_read(&key).map_err(|m| ApiError::bad_request("bad_path", m))?;
     let since = match q.since.as_deref() {
         None => 0,
         Some(s) => chrono::DateTime::parse_from_rfc3339(s)
@@ -223,7 +223,7 @@ async fn list_keys(
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     if let Some(a) = &q.after {
-        check_key(a).map_err(|m| ApiError::bad_query(format!("`after`: {m}")))?;
+        check_key_read(a).map_err(|m| ApiError::bad_query(format!("`after`: {m}")))?;
     }
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_KEYS {

@@ -69,8 +69,24 @@ pub fn page_ends(
     kept > 0 && (kept >= limit || bytes >= budget) && last != Some(at)
 }
 
-/// Checks a key: 1-200 bytes, no control characters. The error names what is wrong.
+/// Checks a key to write or wait for: [`check_key_read`]'s rules, and no invisible characters (a
+/// zero-width space or a direction mark makes a key that shows as another, and a job waiting on
+/// it waits for ever). The error names what is wrong.
 pub fn check_key(key: &str) -> std::result::Result<(), String> {
+    check_key_read(key)?;
+    if let Some(c) = key.chars().find(|&c| crate::job::invisible(c)) {
+        return Err(format!(
+            "`key` must not contain invisible characters (zero-width or direction marks): \
+             U+{:04X} in {key:?}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a key to read: 1-200 bytes, no control characters (a key an older version wrote
+/// with invisible characters can still be read and listed past).
+pub fn check_key_read(key: &str) -> std::result::Result<(), String> {
     if key.is_empty() {
         return Err("`key` must not be empty".into());
     }
