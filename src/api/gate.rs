@@ -363,9 +363,19 @@ where
                 inner: self.inner.call(req),
             };
         }
+        // The router's span (`http{method, route, request_id}`) is not open out here: the
+        // timeout's log line gets its own, with the request id the outer layer set (the path,
+        // never the query, which may carry a signature).
+        let id = req
+            .headers()
+            .get(super::request_trace::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let span = tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id);
         TimeLimitFuture::Timed {
             inner: tokio::time::timeout(self.limit, self.inner.call(req)),
             limit: self.limit,
+            span,
         }
     }
 }
@@ -377,7 +387,7 @@ pin_project_lite::pin_project! {
         /// A long-lived request: no limit.
         Free { #[pin] inner: F },
         /// An ordinary request.
-        Timed { #[pin] inner: tokio::time::Timeout<F>, limit: Duration },
+        Timed { #[pin] inner: tokio::time::Timeout<F>, limit: Duration, span: tracing::Span },
     }
 }
 
@@ -390,17 +400,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             TimeLimitProj::Free { inner } => inner.poll(cx),
-            TimeLimitProj::Timed { inner, limit } => match std::task::ready!(inner.poll(cx)) {
-                Ok(r) => Poll::Ready(r),
-                Err(_) => Poll::Ready(Ok(ApiError::unavailable(
-                    "request_timeout",
-                    format!(
-                        "the request took longer than `api.request_timeout` ({})",
-                        humantime::format_duration(*limit)
-                    ),
-                )
-                .into_response())),
-            },
+            TimeLimitProj::Timed { inner, limit, span } => {
+                match std::task::ready!(inner.poll(cx)) {
+                    Ok(r) => Poll::Ready(r),
+                    Err(_) => Poll::Ready(Ok(span.in_scope(|| {
+                        ApiError::unavailable(
+                            "request_timeout",
+                            format!(
+                                "the request took longer than `api.request_timeout` ({})",
+                                humantime::format_duration(*limit)
+                            ),
+                        )
+                        .into_response()
+                    }))),
+                }
+            }
         }
     }
 }
@@ -459,5 +473,56 @@ mod tests {
             assert!(!rule.allows(refused), "{refused}");
         }
         assert!(HostRule::new(&["*".into()], None).allows("anything.example"));
+    }
+
+    /// What `tracing` writes, kept for the test.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_timeout_log_line_names_the_request() {
+        use tower::{Layer, ServiceExt};
+        let slow = tower::service_fn(|_req: axum::extract::Request| async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                axum::body::Body::empty(),
+            ))
+        });
+        let svc = super::TimeLimitLayer(std::time::Duration::from_millis(50)).layer(slow);
+        let req = axum::http::Request::get("/async/jobs/abc?sig=s3cret")
+            .header("x-request-id", "probe-7")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let logs = Capture::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || sink.clone())
+            .finish();
+        let res = {
+            let _logging = tracing::subscriber::set_default(subscriber);
+            svc.oneshot(req).await.expect("answer")
+        };
+        assert_eq!(res.status(), 503);
+        let text = String::from_utf8_lossy(&logs.0.lock()).to_string();
+        let line: serde_json::Value = text
+            .lines()
+            .find(|l| l.contains("request failed"))
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no log line of the timeout: {text}"));
+        assert_eq!(line["span"]["request_id"], "probe-7", "{line}");
+        assert_eq!(line["span"]["path"], "/async/jobs/abc", "{line}");
+        assert_eq!(line["fields"]["code"], "request_timeout", "{line}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }
