@@ -557,8 +557,9 @@ fn the_dashboard_queries_only_metrics_runyard_exposes() {
     assert!(checked >= 18, "{checked}");
 }
 
-/// Every response carries a request id (the client's, or a new one); JSON responses of 1 KiB or
-/// more are gzip-compressed for a client that accepts gzip, and nothing else is.
+/// Every response carries a request id (the client's, or a new one); JSON responses and
+/// `/metrics` of 1 KiB or more are gzip-compressed for a client that accepts gzip (Prometheus
+/// does), and nothing else is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_carry_an_id_and_large_json_is_gzipped() {
     let ts = TestServer::builder(RUNNERS)
@@ -631,8 +632,15 @@ async fn requests_carry_an_id_and_large_json_is_gzipped() {
     // Small JSON and non-JSON are not compressed; error answers carry an id too.
     let r = get("/health", true, None).await.expect("health");
     assert_eq!(header(&r, "content-encoding"), None);
-    let r = get("/metrics", true, None).await.expect("metrics");
+    let r = get("/metrics", false, None).await.expect("metrics");
     assert_eq!(header(&r, "content-encoding"), None);
+    let plain = r.text().await.expect("metrics text");
+    assert!(plain.len() > 1024 && plain.contains("runyard_store_up"), "{plain}");
+    let r = get("/metrics", true, None).await.expect("metrics");
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    let body = r.bytes().await.expect("body");
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip magic");
+    assert!(body.len() < plain.len(), "{} of {}", body.len(), plain.len());
     let r = get("/no/such/route", true, None).await.expect("404");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(header(&r, "x-request-id").is_some());

@@ -5,8 +5,9 @@
 //!   carry a signature); the id is the request's `x-request-id`, set (the client's, else a new
 //!   UUID) and copied onto the answer by the outermost layers ([`super::edge::with_edge_layers`],
 //!   which lays this one just outside its panic catcher);
-//! - JSON responses of 1 KiB or more are gzip-compressed for clients that accept it
-//!   (`Accept-Encoding: gzip`). Event streams, files and blobs are sent as they are.
+//! - JSON responses and `/metrics` of 1 KiB or more are gzip-compressed for clients that accept
+//!   it (`Accept-Encoding: gzip`, as Prometheus sends). Event streams, files and blobs are sent
+//!   as they are.
 
 use axum::extract::MatchedPath;
 use axum::http::{header, HeaderMap, Request, StatusCode, Version};
@@ -20,7 +21,7 @@ pub const COMPRESS_MIN_BYTES: u16 = 1024;
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// The predicate "the answer is JSON".
+/// The predicate "the answer is JSON (or Prometheus text)".
 type JsonOnly = fn(StatusCode, Version, &HeaderMap, &axum::http::Extensions) -> bool;
 
 fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Extensions) -> bool {
@@ -30,7 +31,9 @@ fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Exten
         && headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"))
+            .is_some_and(|v| {
+                v.starts_with("application/json") || v == crate::metrics::CONTENT_TYPE
+            })
 }
 
 /// The compression of JSON answers of [`COMPRESS_MIN_BYTES`] or more, for clients that accept
