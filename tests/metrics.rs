@@ -635,12 +635,20 @@ async fn requests_carry_an_id_and_large_json_is_gzipped() {
     let r = get("/metrics", false, None).await.expect("metrics");
     assert_eq!(header(&r, "content-encoding"), None);
     let plain = r.text().await.expect("metrics text");
-    assert!(plain.len() > 1024 && plain.contains("runyard_store_up"), "{plain}");
+    assert!(
+        plain.len() > 1024 && plain.contains("runyard_store_up"),
+        "{plain}"
+    );
     let r = get("/metrics", true, None).await.expect("metrics");
     assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
     let body = r.bytes().await.expect("body");
     assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip magic");
-    assert!(body.len() < plain.len(), "{} of {}", body.len(), plain.len());
+    assert!(
+        body.len() < plain.len(),
+        "{} of {}",
+        body.len(),
+        plain.len()
+    );
     let r = get("/no/such/route", true, None).await.expect("404");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(header(&r, "x-request-id").is_some());

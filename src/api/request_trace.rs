@@ -31,9 +31,7 @@ fn is_json(_: StatusCode, _: Version, headers: &HeaderMap, _: &axum::http::Exten
         && headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.starts_with("application/json") || v == crate::metrics::CONTENT_TYPE
-            })
+            .is_some_and(|v| v.starts_with("application/json") || v == crate::metrics::CONTENT_TYPE)
 }
 
 /// The compression of JSON answers of [`COMPRESS_MIN_BYTES`] or more, for clients that accept

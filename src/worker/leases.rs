@@ -60,7 +60,9 @@ impl Worker {
                             continue;
                         };
                         if self.holds(id, *token) {
-                            tracing::info!(job_id = %id, "job no longer held by this worker: stopping it");
+                            self.span_of(id).in_scope(|| {
+                                tracing::info!("job no longer held by this worker: stopping it")
+                            });
                             self.stop_job(id, StopReason::Gone);
                         }
                     }
@@ -102,11 +104,11 @@ impl Worker {
                 _ = stop.cancelled() => return,
             }
             let now = tokio::time::Instant::now();
-            for (id, r) in self.running.lock().iter_mut() {
+            for r in self.running.lock().values_mut() {
                 if !r.fenced && now.saturating_duration_since(r.renewed) >= limit {
                     r.fenced = true;
+                    let _in = r.span.enter();
                     tracing::warn!(
-                        job_id = %id,
                         unrenewed_for = ?now.saturating_duration_since(r.renewed),
                         "lease not renewed in time (store unreachable?): stopping the job before another worker may take it over"
                     );

@@ -64,6 +64,8 @@ struct Running {
     fenced: bool,
     /// Where the job's finish may claim the slot's next job; closed when the worker stops.
     refill: Option<Arc<Refill>>,
+    /// The attempt's `job` span: the heartbeat's and the fence's lines about it are in it.
+    span: tracing::Span,
 }
 
 /// One worker process's claim loop and running jobs.
@@ -305,6 +307,8 @@ impl Worker {
                 renewed: asked,
                 fenced: false,
                 refill,
+                // `track` runs in the attempt's span.
+                span: tracing::Span::current(),
             },
         );
         // After the insert: the heartbeat it wakes must find the job.
@@ -327,6 +331,14 @@ impl Worker {
             .lock()
             .get(&id)
             .is_some_and(|r| r.token == token && !r.fenced)
+    }
+
+    /// The `job` span of the attempt of `id` this worker runs (none when it runs none).
+    fn span_of(&self, id: Uuid) -> tracing::Span {
+        self.running
+            .lock()
+            .get(&id)
+            .map_or_else(tracing::Span::none, |r| r.span.clone())
     }
 
     fn stop_job(&self, id: Uuid, reason: StopReason) {

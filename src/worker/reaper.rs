@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use runyard_runners::Recovered;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::reporter::DeferredReporter;
 use super::Worker;
@@ -54,9 +55,14 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
             match slot.runner.recover(&handle, spec, deferred.clone()).await {
                 Ok(Recovered::Gone) => {}
                 Ok(r) => {
-                    worker
-                        .jobs
-                        .spawn(worker.clone().adopt(job, slot, r, deferred));
+                    // The adopted attempt's lines are in its `job` span, as a claimed one's.
+                    let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
+                    worker.jobs.spawn(
+                        worker
+                            .clone()
+                            .adopt(job, slot, r, deferred)
+                            .instrument(span),
+                    );
                     n += 1;
                     continue;
                 }
