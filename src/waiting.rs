@@ -63,6 +63,16 @@ fn text<'a>(v: &'a Value, field: &str) -> Result<&'a str, String> {
 }
 
 impl WaitRequest {
+    /// Holds the keys of a new wait (a submit, a schedule's new template) to the rule of a key
+    /// to write ([`crate::store::signals::check_key`]: no invisible characters).
+    pub fn check_new_keys(&self) -> Result<(), String> {
+        for (n, (key, _, _)) in self.items.iter().enumerate() {
+            crate::store::signals::check_key(key)
+                .map_err(|e| format!("`wait_for[{n}].key`: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Reads `wait_for`, `deadline` and `on_deadline`; `None` when none is given.
     pub fn from_fields(
         wait_for: Option<&Value>,
@@ -105,7 +115,9 @@ impl WaitRequest {
                 .get("key")
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("`wait_for[{n}].key` must be a string"))?;
-            crate::store::signals::check_key(key)
+            // The rule of a key to read: a schedule's stored template with a key an older build
+            // took keeps waiting for it (`check_new_keys` holds new ones to the write rule).
+            crate::store::signals::check_key_read(key)
                 .map_err(|e| format!("`wait_for[{n}].key`: {e}"))?;
             let count = match m.get("count") {
                 None | Some(Value::Null) => 1,

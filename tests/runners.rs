@@ -389,6 +389,51 @@ env = {{ MARK = "@DIR@/term" }}
     assert_eq!(job["result"], Value::Null, "{job:#}");
 }
 
+/// Out of time, a job whose process ignores SIGTERM is marked before it is stopped: from then
+/// on its reports are refused (409), the lines it sends are kept, and it ends TIMEOUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_out_of_time_cannot_report_but_its_last_lines_are_kept() {
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "local"
+types = ["deaf"]
+command = ["/bin/sh", "-c", "trap '' TERM; sleep 30"]
+"#,
+    )
+    .config("[worker]\nkill_grace = \"3s\"")
+    .start()
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "deaf", "timeout": "1s", "max_attempts": 1}))
+        .await;
+    let marked = ts
+        .wait_for(&id, WAIT, |j| j["runs"][0]["reported"] == "TIMEOUT")
+        .await;
+    assert_eq!(status_of(&marked), "RUNNING", "{marked:#}");
+    let master = &ts.running().app.master_key;
+    let secret = runyard_hooks::derive_job_secret(master, &id, 1);
+    let client = runyard_hooks::JobClient::new(id.clone(), secret, &format!("{}/async", ts.url))
+        .expect("job client");
+    let refused = client
+        .success(Some(json!({"ok": 1})))
+        .await
+        .expect_err("a report after the time limit");
+    assert!(refused.to_string().contains("time limit"), "{refused}");
+    client
+        .log(vec!["cleaning up after SIGTERM".into()])
+        .await
+        .expect("lines are kept");
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    assert_eq!(job["result"], Value::Null, "{job:#}");
+    let (_, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    assert!(
+        logs.to_string().contains("cleaning up after SIGTERM"),
+        "{logs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_wait_for_their_backoff_and_stop_after_max_attempts() {
     let calls = Arc::new(AtomicUsize::new(0));

@@ -364,19 +364,33 @@ where
             };
         }
         // The router's span (`http{method, route, request_id}`) is not open out here: the
-        // timeout's log line gets its own, with the request id the outer layer set (the path,
-        // never the query, which may carry a signature).
-        let id = req
-            .headers()
-            .get(super::request_trace::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let span = tracing::info_span!("http", method = %req.method(), path = req.uri().path(), request_id = id);
+        // timeout's log line gets its own (`Named::span`), made only then.
+        let named = Named {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            id: req.headers().get(super::request_trace::REQUEST_ID).cloned(),
+        };
         TimeLimitFuture::Timed {
             inner: tokio::time::timeout(self.limit, self.inner.call(req)),
             limit: self.limit,
-            span,
+            named,
         }
+    }
+}
+
+/// What names a request in the log of its timeout (cheap copies: no span is made per request).
+pub struct Named {
+    method: Method,
+    uri: axum::http::Uri,
+    id: Option<axum::http::HeaderValue>,
+}
+
+impl Named {
+    /// `http{method, path, request_id}`, with the request id the outer layer set (the path,
+    /// never the query, which may carry a signature).
+    fn span(&self) -> tracing::Span {
+        let id = self.id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        tracing::info_span!("http", method = %self.method, path = self.uri.path(), request_id = id)
     }
 }
 
@@ -387,7 +401,7 @@ pin_project_lite::pin_project! {
         /// A long-lived request: no limit.
         Free { #[pin] inner: F },
         /// An ordinary request.
-        Timed { #[pin] inner: tokio::time::Timeout<F>, limit: Duration, span: tracing::Span },
+        Timed { #[pin] inner: tokio::time::Timeout<F>, limit: Duration, named: Named },
     }
 }
 
@@ -400,21 +414,23 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             TimeLimitProj::Free { inner } => inner.poll(cx),
-            TimeLimitProj::Timed { inner, limit, span } => {
-                match std::task::ready!(inner.poll(cx)) {
-                    Ok(r) => Poll::Ready(r),
-                    Err(_) => Poll::Ready(Ok(span.in_scope(|| {
-                        ApiError::unavailable(
-                            "request_timeout",
-                            format!(
-                                "the request took longer than `api.request_timeout` ({})",
-                                humantime::format_duration(*limit)
-                            ),
-                        )
-                        .into_response()
-                    }))),
-                }
-            }
+            TimeLimitProj::Timed {
+                inner,
+                limit,
+                named,
+            } => match std::task::ready!(inner.poll(cx)) {
+                Ok(r) => Poll::Ready(r),
+                Err(_) => Poll::Ready(Ok(named.span().in_scope(|| {
+                    ApiError::unavailable(
+                        "request_timeout",
+                        format!(
+                            "the request took longer than `api.request_timeout` ({})",
+                            humantime::format_duration(*limit)
+                        ),
+                    )
+                    .into_response()
+                }))),
+            },
         }
     }
 }

@@ -21,7 +21,7 @@ use super::extract::{body_bytes, parse_json};
 use super::signed_url::URL_TTL_SECS;
 use super::AppState;
 use crate::files::{valid_hash, FileError};
-use crate::job::{now_us, Command, FileRef, HookReport, Job, JobStatus};
+use crate::job::{now_us, Command, FileRef, HookReport, Job, JobStatus, Reported};
 use crate::store::LogStream;
 
 /// Most log lines one report may carry.
@@ -88,7 +88,7 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
     } else if let Some(r) = job.reported() {
         // Its outcome is said (or its time ran out); only its process ending is awaited.
         let why = match r {
-            crate::job::Reported::Timeout { .. } => "job ran out of time".to_string(),
+            Reported::Timeout { .. } => "its time limit ran out".to_string(),
             r => format!("job reported {}", r.status()),
         };
         Err(ApiError::conflict(
@@ -133,15 +133,24 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
             "a report may carry at most {MAX_REPORT_LINES} log lines"
         )));
     }
-    let cmd = Command::Hook(HookReport {
+    let r = HookReport {
         status,
         progress: report.progress,
         details: report.status_details,
         results: report.results,
         error: report.error_message,
         retry: report.retry,
-    });
-    let updated = st.app.store.apply(job.id, cmd).await?;
+    };
+    // Out of time, a job being stopped can no longer report, but the log lines it sends while
+    // it stops (a SIGTERM handler's last words) are kept: only lines, nothing to apply.
+    let lines_only = r == HookReport::default()
+        && job.status.is_active()
+        && matches!(job.reported(), Some(Reported::Timeout { .. }));
+    let updated = if lines_only {
+        job
+    } else {
+        st.app.store.apply(job.id, Command::Hook(r)).await?
+    };
     if !lines.is_empty() {
         let ts = now_us();
         let lines = lines
@@ -157,9 +166,9 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
                 (LogStream::Job, ts, l)
             })
             .collect();
-        st.app.store.append_logs(job.id, lines).await?;
+        st.app.store.append_logs(updated.id, lines).await?;
     }
-    if updated.reported().is_some() {
+    if !lines_only && updated.reported().is_some() {
         // The worker running it (when in this process) stops waiting for the process sooner.
         crate::worker::reports::reported(updated.id);
     }

@@ -173,6 +173,9 @@ pub fn build_job(
         body.on_deadline.as_ref(),
     )
     .map_err(bad)?;
+    if let Some(w) = &wait_req {
+        w.check_new_keys().map_err(bad)?;
+    }
     if wait_req.is_some() && body.run_at.is_some() {
         return Err(bad(
             "`run_at` cannot be combined with `wait_for`: a waiting job runs when its signals arrive"

@@ -182,16 +182,35 @@ pub struct RunRecord {
     pub ended_at: Option<Micros>,
     /// How it ended: a status, or `LOST`/`RELEASED`.
     pub outcome: Option<String>,
-    /// The outcome decided for the attempt before its process ended, kept until it has ended: the
-    /// SUCCESS or ERROR the job reported through its hook, or TIMEOUT when the worker found its
-    /// time limit run out (`Command::TimeLimit`). The worker commits it once the process has
-    /// ended (docs/hooks.md, "When a job ends").
+    /// The outcome the job reported through its hook (SUCCESS or ERROR), kept until its process
+    /// has ended: the worker commits it then (docs/hooks.md, "When a job ends"). Never
+    /// [`Reported::Timeout`]: that is `time_limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<Reported>,
+    /// Set (to the job's `error` then, e.g. `timed out after 1s`) when the worker found the
+    /// attempt's time limit run out, before it stopped its work (`Command::TimeLimit`): the
+    /// attempt ends TIMEOUT. A field of its own, not a [`Reported`], so that builds before it
+    /// read the record (they ignore the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<String>,
+}
+
+impl RunRecord {
+    /// The outcome decided for the attempt before its process ended: its time limit, or what
+    /// the job reported.
+    pub fn decided(&self) -> Option<Reported> {
+        match &self.time_limit {
+            Some(message) => Some(Reported::Timeout {
+                message: message.clone(),
+            }),
+            None => self.reported.clone(),
+        }
+    }
 }
 
 /// An attempt's outcome decided before its process ended, not yet committed: reported by the job
-/// through its hook, or its time limit. Either way the job can no longer report.
+/// through its hook, or its time limit ([`RunRecord::decided`]). Either way the job can no
+/// longer report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reported {
@@ -204,8 +223,9 @@ pub enum Reported {
         /// False when the report said `retry: false` (no further attempt).
         retry: bool,
     },
-    /// Not the job's word: its time limit ran out and its process is being stopped. A report
-    /// sent while it stops is refused, so what it says cannot replace the TIMEOUT.
+    /// Not the job's word: its time limit ran out and its process is being stopped (stored as
+    /// [`RunRecord::time_limit`]). A report sent while it stops is refused, so what it says
+    /// cannot replace the TIMEOUT.
     Timeout {
         /// The job's `error`, e.g. `timed out after 1s`.
         message: String,
@@ -341,13 +361,13 @@ impl Job {
             && self.lease.as_ref().is_some_and(|l| l.expires_at > now)
     }
 
-    /// The outcome the current attempt reported through its hook and that is not committed yet
-    /// (its process has not ended).
-    pub fn reported(&self) -> Option<&Reported> {
+    /// The outcome decided for the current attempt (reported through its hook, or its time
+    /// limit: [`RunRecord::decided`]) and not committed yet (its process has not ended).
+    pub fn reported(&self) -> Option<Reported> {
         self.runs
             .last()
             .filter(|r| r.attempt == self.attempt && r.ended_at.is_none())
-            .and_then(|r| r.reported.as_ref())
+            .and_then(RunRecord::decided)
     }
 
     /// The relative URL of the job's result.
@@ -408,7 +428,7 @@ impl Job {
             .map(|r| {
                 json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": t.one("runs.claimed_at", r.claimed_at),
                    "started_at": t.ts("runs.started_at", r.started_at), "ended_at": t.ts("runs.ended_at", r.ended_at), "outcome": r.outcome,
-                   "reported": r.reported.as_ref().map(Reported::status)})
+                   "reported": r.decided().as_ref().map(Reported::status)})
             })
             .collect();
         m.insert("runs".into(), Value::Array(runs));

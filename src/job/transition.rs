@@ -142,7 +142,7 @@ pub enum Command {
 }
 
 /// What a job reported through the hook.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HookReport {
     /// RUNNING, SUCCESS or ERROR.
     pub status: Option<JobStatus>,
@@ -1008,7 +1008,10 @@ mod tests {
         apply(&mut j, hook(JobStatus::Error, None), &ctx(2)).unwrap();
         // Remembered, not committed: the process is still alive.
         assert_eq!(j.status, JobStatus::Starting);
-        assert_eq!(j.reported().map(Reported::status), Some(JobStatus::Error));
+        assert_eq!(
+            j.reported().as_ref().map(Reported::status),
+            Some(JobStatus::Error)
+        );
         // Nothing more is taken from it.
         assert!(apply(&mut j, hook(JobStatus::Success, None), &ctx(3)).is_err());
         // The process ends (exit 1): retried after the backoff, with the job's message.

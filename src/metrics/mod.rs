@@ -529,7 +529,10 @@ impl CommandKind {
             },
             C::Cancel => Self::Cancel,
             C::LeaseExpired => Self::LeaseExpired,
-            C::Progress { .. } | C::AttachFile { .. } | C::Adopt { .. } => Self::Same,
+            // The time limit marks the attempt; its status changes with the finish after.
+            C::Progress { .. } | C::AttachFile { .. } | C::Adopt { .. } | C::TimeLimit { .. } => {
+                Self::Same
+            }
             _ => Self::OtherStatus,
         }
     }

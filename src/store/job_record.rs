@@ -275,6 +275,9 @@ struct StoredRun<'a> {
     o: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<Cow<'a, Reported>>,
+    /// `time_limit` (a field of its own: builds before it read the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<Cow<'a, str>>,
 }
 
 fn empty_args() -> Cow<'static, Value> {
@@ -357,6 +360,7 @@ fn stored_run(r: &RunRecord, base: Micros) -> StoredRun<'_> {
         e: r.ended_at.map(|t| rel(t, base)),
         o: r.outcome.as_deref().map(Cow::Borrowed),
         r: r.reported.as_ref().map(Cow::Borrowed),
+        t: r.time_limit.as_deref().map(Cow::Borrowed),
     }
 }
 
@@ -538,6 +542,7 @@ impl StoredJob<'static> {
                     ended_at: r.e.map(|t| abs(t, base)),
                     outcome: r.o.map(Cow::into_owned),
                     reported: r.r.map(Cow::into_owned),
+                    time_limit: r.t.map(Cow::into_owned),
                 })
                 .collect(),
             created_at: base,
@@ -595,7 +600,7 @@ pub(crate) mod fixtures {
                                   "name": "a.txt", "metadata": {"m": true}}]},
             "runs": [{"attempt": 1, "worker": "w0", "token": 7, "claimed_at": 10,
                       "started_at": 11, "ended_at": 12, "outcome": "TIMEOUT",
-                      "reported": {"status": "TIMEOUT", "message": "timed out after 1s"}},
+                      "time_limit": "timed out after 1s"},
                      {"attempt": 3, "worker": "w", "token": 41, "claimed_at": -9223372036854775808,
                       "started_at": 9223372036854775807, "ended_at": null, "outcome": null,
                       "reported": {"status": "ERROR", "message": "m", "retry": false}}],
@@ -689,6 +694,45 @@ mod tests {
         );
     }
 
+    /// An attempt out of time (`time_limit`) is stored so that a build before the mark reads it:
+    /// its runs' `reported` still holds only SUCCESS or ERROR, in both record forms.
+    #[test]
+    fn a_time_limit_leaves_the_record_readable_by_older_builds() {
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
+        #[allow(dead_code)]
+        enum OldReported {
+            Success,
+            Error { message: String, retry: bool },
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct OldRun {
+            #[serde(default, alias = "r")]
+            reported: Option<OldReported>,
+        }
+        let mut j = everything();
+        j.runs[1].reported = None;
+        j.runs[1].time_limit = Some("timed out after 1s".into());
+        assert_eq!(
+            j.reported(),
+            Some(Reported::Timeout {
+                message: "timed out after 1s".into()
+            })
+        );
+        for text in [
+            serde_json::to_string(&j).unwrap(),
+            compact(&j, true).unwrap(),
+        ] {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let runs = v.get("runs").or_else(|| v.get("rs")).expect("runs");
+            let old: Vec<OldRun> = serde_json::from_value(runs.clone()).expect(&text);
+            assert_eq!(old.len(), 2);
+            assert!(text.contains("timed out after 1s"), "{text}");
+        }
+        assert_eq!(read_inline(&compact(&j, true).unwrap()).unwrap(), j);
+    }
+
     /// The job's JSON, as every build writes with `store.records = "json"` and wrote before
     /// the compact form, reads as it is.
     #[test]
@@ -774,6 +818,7 @@ mod tests {
             ended_at: Some(t + 3559),
             outcome: Some("SUCCESS".into()),
             reported: None,
+            time_limit: None,
         });
         (j.started_at, j.finished_at, j.updated_at) = (Some(t + 3554), Some(t + 3559), t + 3559);
         j.version = 3;

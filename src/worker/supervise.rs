@@ -223,9 +223,9 @@ impl Worker {
     }
 
     /// The store did not confirm an attempt's outcome (Redis hung past `store.retry`): once it
-    /// answers again the write may have run after all. Reads the job for up to `lease_ttl` to
-    /// tell: recorded (logged and counted as if answered) or not (the reaper takes the job back
-    /// once its lease runs out, or has).
+    /// answers again the write may have run after all. Reads the job for up to `lease_ttl` (not
+    /// once the worker is stopping) to tell: recorded (logged and counted as if answered) or not
+    /// (the reaper takes the job back once its lease runs out, or has).
     async fn unconfirmed(&self, id: Uuid, token: u64, error: &StoreError) {
         let until = tokio::time::Instant::now() + self.cfg.lease_ttl;
         let mut pause = Duration::from_millis(100);
@@ -235,7 +235,8 @@ impl Worker {
         let mut seen_unrecorded = false;
         let job = loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            // A stopping worker does not hold its drain for this (the log says it cannot tell).
+            if left.is_zero() || self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 break None;
             }
             match crate::store::within(left, self.store.get(id)).await {
@@ -263,6 +264,11 @@ impl Worker {
             Some((Late::MovedOn, _)) => {
                 tracing::info!("the store answered late: the outcome was recorded, and the job has moved on since")
             }
+            Some((Late::Decided, _)) => tracing::info!(
+                error = %error,
+                "the store answered late: the outcome decided before the attempt's end (its \
+                 report or its time limit) was recorded, by this finish or by the reaper"
+            ),
             Some((Late::NotRecorded, _)) => tracing::warn!(
                 error = %error,
                 "the outcome was not recorded: the reaper takes the job back once its lease runs \
@@ -284,6 +290,10 @@ enum Late {
     Recorded,
     /// It did, and the job has had another attempt since (a retry).
     MovedOn,
+    /// It ended with the outcome decided before (the job's report, its time limit), which the
+    /// reaper commits too when the lease runs out: by whom is not known, so it is not counted
+    /// (the reaper's commit is).
+    Decided,
     /// The attempt still holds the job, or was ended otherwise (lost, cancelled).
     NotRecorded,
 }
@@ -298,6 +308,7 @@ fn late_finish(job: &Job, token: u64) -> Late {
     );
     match (finished, i + 1 == job.runs.len()) {
         (false, _) => Late::NotRecorded,
+        (true, _) if job.runs[i].decided().is_some() => Late::Decided,
         (true, true) => Late::Recorded,
         (true, false) => Late::MovedOn,
     }
@@ -383,6 +394,7 @@ mod tests {
             ended_at: outcome.map(|_| 3),
             outcome: outcome.map(String::from),
             reported: None,
+            time_limit: None,
         }
     }
 
@@ -407,5 +419,14 @@ mod tests {
         }
         j.runs = vec![run(7, Some("ERROR")), run(9, None)];
         assert_eq!(late_finish(&j, 7), Late::MovedOn);
+        // Reported (or out of time) before: the reaper may have committed it as well.
+        let mut decided = run(7, Some("SUCCESS"));
+        decided.reported = Some(crate::job::Reported::Success);
+        j.runs = vec![decided];
+        assert_eq!(late_finish(&j, 7), Late::Decided);
+        let mut out_of_time = run(7, Some("TIMEOUT"));
+        out_of_time.time_limit = Some("timed out after 1s".into());
+        j.runs = vec![out_of_time];
+        assert_eq!(late_finish(&j, 7), Late::Decided);
     }
 }

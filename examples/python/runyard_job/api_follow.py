@@ -14,7 +14,7 @@ import httpx
 
 from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
-from .api_errors import ApiError, ServerUnreachable, WaitTimeout
+from .api_errors import ApiError, NotFound, ServerUnreachable, WaitTimeout
 from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
 
 #: Stream answers worth reconnecting for, like a dropped connection.
@@ -63,6 +63,8 @@ class _Follow:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.delay = RECONNECT_DELAYS[0]
         self.failing_since: Optional[float] = None
+        #: The job was read during this follow (its ``data`` is not older than the follow).
+        self.read = False
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
@@ -206,16 +208,19 @@ def _is_end(job: Any, state: _Follow, event: Dict[str, Any]) -> Op[bool]:
     """Whether a terminal status event is the job's end, not an earlier attempt's replayed from
     history (the job was retried since: ``retry()`` then ``events()``). The job's ``finished_at``
     is the time of the write that ended it, and its terminal event carries that same time: equal
-    to the job as last read, it is the end; else the job is read again. A server that sends
-    neither time is taken at its word."""
+    to the job as read during this follow, it is the end; else the job is read again. Without
+    the times (another server), the job read says. A job deleted meanwhile has ended."""
     ts = event.get("ts")
-    if ts is not None and job.data.get("finished_at") == ts:
+    if ts is not None and state.read and job.data.get("finished_at") == ts:
         return True
-    yield from _refresh(job, state)
-    if ts is None:
+    try:
+        yield from _refresh(job, state)
+    except NotFound:
         return True
     finished = job.data.get("finished_at")
-    return job.done and (finished is None or finished == ts)
+    if ts is None or finished is None:
+        return job.done
+    return job.done and finished == ts
 
 
 def _poll(job: Any, state: _Follow) -> Op[None]:
@@ -251,6 +256,7 @@ def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
             yield Sleep(state.failed(e.cause))
             continue
         state.connected()
+        state.read = True
         return
 
 

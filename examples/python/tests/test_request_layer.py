@@ -148,6 +148,48 @@ def test_events_of_a_retried_job_go_on_past_the_ends_of_its_earlier_attempts(job
     assert d.next is None and job.status == "CANCELLED"
 
 
+def test_a_job_read_before_events_is_read_again_at_a_replayed_end(job):
+    # Read when attempt 1 had ended (T1); retried by someone else since.
+    job.data = {"id": JOB_ID, "status": "ERROR", "channel_id": JOB_ID, "finished_at": "T1"}
+    d = Driver(follow.follow(job, follow.follower(job, None, 30)))
+    d.expect(Open, answer(200, {}))
+    d.expect(NEXT_LINE, status_line("ERROR", "T1", 1))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, job_answer("RUNNING"))  # not taken from the old read: read again
+    d.expect(NEXT_LINE, status_line("SUCCESS", "T2", 2))
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, job_answer("SUCCESS", "T2"))
+    d.expect(CLOSE)
+    assert d.next is None and job.status == "SUCCESS"
+
+
+def test_events_end_when_the_job_is_deleted_after_its_end_or_the_server_sends_no_times(job):
+    d = Driver(follow.follow(job, follow.follower(job, None, 30)))
+    d.expect(Open, answer(200, {}))
+    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "SUCCESS"}}')
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, answer(404, {"error": {"code": "not_found", "message": "no such job"}}))
+    d.expect(CLOSE)
+    assert d.next is None
+    # No times: the job read says (here: retried, so the stream goes on).
+    job.data = {"id": JOB_ID, "status": "QUEUED", "channel_id": JOB_ID}
+    d = Driver(follow.follow(job, follow.follower(job, None, 30)))
+    d.expect(Open, answer(200, {}))
+    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "ERROR"}}')
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, job_answer("RUNNING"))
+    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "SUCCESS"}}')
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None)
+    d.expect(Call, job_answer("SUCCESS"))
+    d.expect(CLOSE)
+    assert d.next is None and job.status == "SUCCESS"
+
+
 def test_wait_reads_the_job_within_its_timeout_and_again_after_a_failed_read(job):
     d = Driver(follow.wait(job, timeout=2))
     lost = ServerUnreachable("http://runyard.invalid", httpx.ConnectError("refused"))

@@ -43,6 +43,7 @@ pub(super) fn claim(
         ended_at: None,
         outcome: None,
         reported: None,
+        time_limit: None,
     });
     set_status(job, Starting, now);
     Ok(Some(EventKind::Status))
@@ -98,7 +99,7 @@ pub(super) fn finish(
     };
     // What the job reported through its hook is its outcome, now that its process has
     // ended (whatever the exit code, and even when it had to be stopped).
-    if let Some(reported) = job.reported().cloned() {
+    if let Some(reported) = job.reported() {
         commit_reported(job, ctx, reported, exit_code);
         return Ok(Some(EventKind::Status));
     }
@@ -136,7 +137,7 @@ pub(super) fn time_limit(
     }
     if job.reported().is_none() {
         if let Some(run) = job.runs.last_mut() {
-            run.reported = Some(Reported::Timeout { message });
+            run.time_limit = Some(message);
         }
     }
     Ok(None)
@@ -184,7 +185,7 @@ pub(super) fn release(
         return Err(illegal(job, "release"));
     }
     // The job had said how it ended: that stands (its process was stopped after it).
-    if let Some(reported) = job.reported().cloned() {
+    if let Some(reported) = job.reported() {
         commit_reported(job, ctx, reported, None);
         return Ok(Some(EventKind::Status));
     }
@@ -222,7 +223,7 @@ pub(super) fn lease_expired(
     // lost with its worker.
     if let Some(
         r @ (Reported::Success | Reported::Error { retry: false, .. } | Reported::Timeout { .. }),
-    ) = job.reported().cloned()
+    ) = job.reported()
     {
         commit_reported(job, ctx, r, None);
         return Ok(Some(EventKind::Status));
