@@ -19,7 +19,10 @@ use crate::store::Store;
 pub type JobReporter = BufferedReporter<StoreSink>;
 
 const FLUSH_DELAY: Duration = Duration::from_millis(100);
-const MAX_BUFFERED_LINES: usize = 10_000;
+/// Lines kept waiting for the store (the oldest go past it, a note says how many). Half the
+/// default `retention.log_lines_per_job`: a batch with the note stays within what a job keeps,
+/// so the note is not the first line retention trims.
+const MAX_BUFFERED_LINES: usize = 5_000;
 
 /// Where an attempt's batches go: its logs and its progress (under its claim token) in the store.
 pub struct StoreSink {
@@ -167,6 +170,13 @@ mod tests {
             self.0.lock().push((stream, line));
         }
         fn progress(&self, _progress: f64, _details: Option<Value>) {}
+    }
+
+    #[test]
+    fn a_full_buffer_and_its_note_fit_in_the_default_retention() {
+        let kept = crate::config::RetentionConfig::default().log_lines_per_job;
+        // A full buffer and its note in one batch: all kept.
+        assert!(MAX_BUFFERED_LINES < kept, "{MAX_BUFFERED_LINES} of {kept}");
     }
 
     /// Recovered work that says more than can be kept before it is adopted: the oldest lines go,
