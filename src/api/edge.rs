@@ -248,7 +248,7 @@ mod tests {
         let sink = logs.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_writer(move || Capture(sink.clone()))
+            .with_writer(move || crate::logging::Capture(sink.clone()))
             .finish();
         let _logging = tracing::subscriber::set_default(subscriber);
         let metrics = Arc::new(Metrics::default());
@@ -291,20 +291,6 @@ mod tests {
             line.contains("request_id=\"req-7\"") && line.contains("route=\"/boom\""),
             "{line}"
         );
-    }
-
-    /// A `tracing` writer into a shared buffer.
-    struct Capture(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     fn post_from(origin: Option<&str>, site: Option<&str>) -> Request {

@@ -491,20 +491,6 @@ mod tests {
         assert!(HostRule::new(&["*".into()], None).allows("anything.example"));
     }
 
-    /// What `tracing` writes, kept for the test.
-    #[derive(Clone, Default)]
-    struct Capture(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn the_request_timeout_log_line_names_the_request() {
         use tower::{Layer, ServiceExt};
@@ -519,7 +505,7 @@ mod tests {
             .header("x-request-id", "probe-7")
             .body(axum::body::Body::empty())
             .expect("request");
-        let logs = Capture::default();
+        let logs = crate::logging::Capture::default();
         let sink = logs.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
@@ -530,7 +516,7 @@ mod tests {
             svc.oneshot(req).await.expect("answer")
         };
         assert_eq!(res.status(), 503);
-        let text = String::from_utf8_lossy(&logs.0.lock()).to_string();
+        let text = logs.text();
         let line: serde_json::Value = text
             .lines()
             .find(|l| l.contains("request failed"))
