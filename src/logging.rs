@@ -55,6 +55,33 @@ pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     }
 }
 
+/// The Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C).
+pub fn bidi(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{61c}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// JSON text as a terminal may show it: the C1 controls and the bidirectional ones, which JSON
+/// leaves as they are, written as JSON escapes (`\u009b`, `\u202e`): the same JSON, the same
+/// values once read, and nothing a job wrote can move the cursor or reorder the text. (C0
+/// controls are escaped by the JSON writer already; these can only be inside strings.)
+pub fn visible_json(json: String) -> String {
+    let hidden = |c: char| ('\u{80}'..='\u{9f}').contains(&c) || bidi(c);
+    if !json.chars().any(hidden) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `s` as a terminal may show it: every C0 control but the tab, DEL and every C1 control (ESC,
 /// `\r`, BEL, `\u{9b}`, ...) replaced by a visible escape (`\x1b`, `\r`, `\x07`, `\u{9b}`), so
 /// that a job's output printed as text cannot move the cursor, erase lines, set the title or
@@ -63,11 +90,6 @@ pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
 /// backslash doubled (`\\`), so that an escape shown is never text the job wrote. Text output
 /// only: JSON output escapes control characters already.
 pub fn visible(s: &str) -> std::borrow::Cow<'_, str> {
-    let bidi = |c: char| {
-        matches!(c, '\u{200e}' | '\u{200f}' | '\u{61c}')
-            || ('\u{202a}'..='\u{202e}').contains(&c)
-            || ('\u{2066}'..='\u{2069}').contains(&c)
-    };
     let shown = |c: char| c == '\t' || !(c.is_control() || bidi(c) || c == '\\');
     if s.chars().all(shown) {
         return std::borrow::Cow::Borrowed(s);
@@ -113,6 +135,23 @@ impl std::io::Write for Capture {
 #[cfg(test)]
 mod tests {
     use super::visible;
+
+    #[test]
+    fn json_text_keeps_its_values_with_c1_and_bidi_controls_escaped() {
+        let v = serde_json::json!({"error": "evil \u{202e}gnp.exe \u{9b}31m \u{1b}x é ✓"});
+        let text = super::visible_json(serde_json::to_string_pretty(&v).unwrap());
+        assert!(
+            text.contains("\\u202e") && text.contains("\\u009b"),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{202e}') && !text.contains('\u{9b}'),
+            "{text}"
+        );
+        assert!(text.contains("é ✓"), "other text is left as it is: {text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v, "the same value once read");
+    }
 
     #[test]
     fn controls_bidi_marks_and_backslashes_are_shown_as_escapes() {

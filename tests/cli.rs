@@ -276,6 +276,17 @@ fn cli_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// [`cli_env`] run in `dir` (no token).
+fn cli_env_in(dir: &std::path::Path, url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("RUNYARD_SERVER", url)
+        .env_remove("RUNYARD_TOKEN")
+        .output()
+        .unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -792,6 +803,18 @@ fn files_put_and_get_round_trip_and_submit_input_attaches_files() {
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     let piped = cli_env(&s.url, &["files", "get", &id, "inputs", "1"], &[]);
     assert_eq!(piped.stdout, b"hello\n");
+    // `-o -` is stdout too (no file named `-`); a directory is refused, named (exit 2).
+    let dash = cli_env_in(
+        dir.path(),
+        &s.url,
+        &["files", "get", &id, "inputs", "1", "-o", "-"],
+    );
+    assert_eq!(dash.stdout, b"hello\n", "{}", stderr(&dash));
+    assert!(!dir.path().join("-").exists());
+    let d = dir.path().to_str().unwrap();
+    let into_dir = cli_env(&s.url, &["files", "get", &id, "inputs", "1", "-o", d], &[]);
+    assert_eq!(into_dir.status.code(), Some(2), "{into_dir:?}");
+    assert!(stderr(&into_dir).contains(d), "{}", stderr(&into_dir));
 
     // files put: a new file under a property, then read back.
     let put = cli_env(
@@ -1023,6 +1046,63 @@ fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
     // A usage error: --batch with a type.
     let both = cli(&s.url, &["submit", "runyard.noop", "--batch", path]);
     assert_eq!(both.status.code(), Some(2), "{both:?}");
+    // Or with a flag of one job, which a line would not get (it was dropped, exit 0).
+    for flag in [
+        ["--run-at", "2030-01-01T00:00:00Z"],
+        ["--args", "{\"x\": 1}"],
+        ["--timeout", "5s"],
+        ["--max-attempts", "7"],
+        ["--idempotency-key", "k"],
+        ["--channel", "c"],
+    ] {
+        let out = cli(&s.url, &["submit", "--batch", path, flag[0], flag[1]]);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {out:?}");
+    }
+}
+
+/// Lines go as written (a key given twice is the server's to refuse, in its slot), requests are
+/// cut by bytes as well as by count, and a line too large for the server is refused in its own
+/// slot while the others are stored; a byte order mark does not spoil the first line.
+#[test]
+fn submit_batch_sends_lines_as_written_in_requests_the_server_takes() {
+    let s = serve(RUNNERS);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    let mut text =
+        String::from("\u{feff}{\"type\": \"runyard.noop\", \"args\": {\"tag\": \"first\"}}\n");
+    text.push_str(&format!(
+        "{{\"type\": \"runyard.noop\", \"args\": {{\"p\": \"{}\"}}}}\n",
+        "q".repeat(1_100_000)
+    ));
+    text.push_str("{\"type\": \"runyard.noop\", \"type\": \"runyard.noop\"}\n");
+    // 600 lines of about 2 KB: more than one default-sized body.
+    for i in 0..600 {
+        text.push_str(&format!(
+            "{{\"type\": \"runyard.noop\", \"args\": {{\"i\": {i}, \"pad\": \"{}\"}}}}\n",
+            "x".repeat(2000)
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let out = cli(&s.url, &["submit", "--batch", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 603, "one result per job line");
+    assert!(
+        !lines[0].contains("error"),
+        "the BOM line is a job: {}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("2 error too_large: "), "{}", lines[1]);
+    assert!(lines[2].starts_with("3 error "), "{}", lines[2]);
+    assert!(lines[2].contains("type"), "{}", lines[2]);
+    for (n, l) in lines[3..].iter().enumerate() {
+        let id = l
+            .strip_prefix(&format!("{} ", n + 4))
+            .unwrap_or_else(|| panic!("line {}: {l}", n + 4));
+        assert_eq!(id.len(), 36, "{l}");
+    }
+    assert!(stderr(&out).contains("2 of 603"), "{}", stderr(&out));
 }
 
 /// `bench --http-ceiling` (scripts/compare's HTTP ceiling): a bare server answers every request

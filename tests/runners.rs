@@ -434,6 +434,32 @@ command = ["/bin/sh", "-c", "trap '' TERM; sleep 30"]
     );
 }
 
+/// A runner whose `cwd` does not exist: the error names the directory, not the program (the OS
+/// says "No such file or directory" for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cwd_is_named_in_the_launch_error() {
+    let ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "local"
+types = ["nowhere"]
+command = ["/bin/true"]
+cwd = "@DIR@/no/such/dir"
+"#,
+    )
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "nowhere", "max_attempts": 1}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    let error = job["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("`cwd`") && error.contains("no/such/dir"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_wait_for_their_backoff_and_stop_after_max_attempts() {
     let calls = Arc::new(AtomicUsize::new(0));

@@ -98,6 +98,21 @@ impl LocalRunner {
 pub use crate::args::MAX_ENV_ARGS;
 
 impl LocalRunner {
+    /// A failed start, said as it is: the OS reports a `cwd` that does not exist as the program
+    /// missing (`ENOENT` either way), so a missing `cwd` is named.
+    fn launch_error(&self, e: &std::io::Error) -> RunnerError {
+        let what = format!("cannot start `{}`", self.config.command[0]);
+        match &self.config.cwd {
+            Some(d) if e.kind() == std::io::ErrorKind::NotFound && !d.is_dir() => {
+                RunnerError::from_launch_io(
+                    &format!("{what}: its `cwd` {} is not a directory", d.display()),
+                    e,
+                )
+            }
+            _ => RunnerError::from_launch_io(&what, e),
+        }
+    }
+
     /// The job's command and environment (the server's own only through `env_allow`); args too
     /// large for `JOB_ARGS` that `large_args` refuses are [`RunnerError::LaunchFinal`].
     fn command(&self, spec: &JobSpec) -> Result<Command, RunnerError> {
@@ -242,9 +257,7 @@ impl Runner for LocalRunner {
         let workdir = self.prepare(&spec, &mut cmd)?;
         // Removes the directory if the child made it but the launch failed.
         let workdir_guard = WorkdirGuard(workdir);
-        let mut child = cmd.spawn().map_err(|e| {
-            RunnerError::from_launch_io(&format!("cannot start `{}`", self.config.command[0]), &e)
-        })?;
+        let mut child = cmd.spawn().map_err(|e| self.launch_error(&e))?;
         let pid = child
             .id()
             .ok_or_else(|| RunnerError::Launch("process exited before it had a pid".into()))?;
@@ -334,7 +347,7 @@ impl LocalRunner {
         let Some(started) = crate::spawn::start(req).await else {
             return Ok(None);
         };
-        let started = started.map_err(|e| RunnerError::from_launch_io(&what, &e))?;
+        let started = started.map_err(|e| self.launch_error(&e))?;
         let pipe = |fd| {
             tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| RunnerError::from_launch_io(&what, &e))

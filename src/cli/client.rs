@@ -33,8 +33,12 @@ pub struct SubmitArgs {
     #[arg(required_unless_present = "batch", conflicts_with = "batch")]
     pub job_type: Option<String>,
     /// Submit the jobs of FILE instead (JSON lines, one submit body per line; `-` = stdin), up
-    /// to 1,000 per request; prints one result per line, exits 4 when any line failed.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["wait", "inputs", "wait_for"])]
+    /// to 1,000 per request; prints one result per line, exits 4 when any line failed. Each
+    /// line says all of its job: no other flag of a job goes with it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "wait", "inputs", "wait_for", "args", "timeout", "max_attempts", "idempotency_key",
+        "channel", "run_at",
+    ])]
     pub batch: Option<String>,
     /// Arguments as a JSON object.
     #[arg(long)]
@@ -286,6 +290,16 @@ impl Api {
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.json(self.request(reqwest::Method::POST, path).json(body))
             .await
+    }
+
+    /// POST a JSON text as it is (a batch's lines, sent as written: a key given twice stays so,
+    /// for the server to refuse).
+    pub async fn post_json_text(&self, path: &str, body: String) -> anyhow::Result<Value> {
+        let rb = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.json(rb).await
     }
 
     /// POST a multipart form to a path.

@@ -39,7 +39,7 @@ struct GetArgs {
     /// Which file of the property (from 0).
     #[arg(default_value_t = 0)]
     index: usize,
-    /// Write to this file instead of stdout.
+    /// Write to this file instead of stdout (`-`: stdout).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -74,7 +74,17 @@ pub async fn run(a: FilesArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
+async fn get(mut a: GetArgs) -> anyhow::Result<ExitCode> {
+    // `-o -` is stdout, as for curl and wget.
+    if a.out.as_deref() == Some(std::path::Path::new("-")) {
+        a.out = None;
+    }
+    if let Some(dir) = a.out.as_deref().filter(|d| d.is_dir()) {
+        return Err(Failure::usage(format!(
+            "-o {}: is a directory: name the file to write",
+            dir.display()
+        )));
+    }
     let format = a.server.output;
     if format.json() && a.out.is_none() {
         return Err(Failure::usage(

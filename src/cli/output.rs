@@ -25,9 +25,11 @@ pub fn json_line(v: &Value) {
     println!("{}", serde_json::to_string(v).unwrap_or_default());
 }
 
-/// Prints `v` as indented JSON (text mode of the commands that show a whole object).
+/// Prints `v` as indented JSON (text mode of the commands that show a whole object), with the
+/// C1 and bidirectional controls of its strings escaped ([`crate::logging::visible_json`]).
 pub fn pretty(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    println!("{}", crate::logging::visible_json(text));
 }
 
 /// Prints `v` for `format`: compact JSON, or indented JSON for people.

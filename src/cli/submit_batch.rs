@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -16,50 +17,54 @@ use super::output::{self, Format};
 /// Items per request: the server's limit.
 const CHUNK: usize = 1000;
 
-/// A line of the file: its number, and its body or why it is not one (an error code, a message).
-type Line = (usize, Result<Value, (String, String)>);
+/// Bytes of lines per request: under the server's default `api.max_body_bytes` (1 MiB). A server
+/// set lower answers 413: the request is sent again in halves, down to a line alone, which is
+/// then refused in its own slot (`too_large`).
+const CHUNK_BYTES: usize = 768 * 1024;
+
+/// A refused line: its error code and message.
+type Refusal = (String, String);
+
+/// A line of the file: its number, and its text or why it is not a body.
+type Line<'a> = (usize, Result<&'a str, Refusal>);
 
 /// Runs the command (see the module's docs).
 pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCode> {
     let text = read(file).await?;
-    // (line number, body or the reason it is not one)
+    // A byte order mark (an editor's UTF-8 "with BOM") is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let lines: Vec<Line> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            (
-                i + 1,
-                serde_json::from_str::<Value>(l)
-                    .map_err(|e| ("bad_json".to_string(), format!("not JSON: {e}")))
-                    .and_then(|v| {
-                        super::client::no_integer_past_64_bits(l)
-                            .map(|()| v)
-                            .map_err(|e| ("invalid_request".to_string(), e))
-                    }),
-            )
-        })
+        .map(|(i, l)| (i + 1, check_line(l)))
         .collect();
     if lines.is_empty() {
         return Err(Failure::usage(format!("--batch {file}: no jobs in it")));
     }
     let mut failed = 0usize;
-    for chunk in lines.chunks(CHUNK) {
-        let bodies: Vec<&Value> = chunk.iter().filter_map(|(_, b)| b.as_ref().ok()).collect();
-        let results = if bodies.is_empty() {
-            Vec::new()
-        } else {
-            let r = api
-                .post("/async/jobs/batch", &json!({ "jobs": bodies }))
-                .await?;
-            r["results"].as_array().cloned().unwrap_or_default()
-        };
-        let mut answers = results.into_iter();
+    for chunk in chunks(&lines) {
+        let sent: Vec<&str> = chunk
+            .iter()
+            .filter_map(|(_, b)| b.as_ref().ok().copied())
+            .collect();
+        let first = chunk.first().map_or(0, |l| l.0);
+        let last = chunk.last().map_or(0, |l| l.0);
+        let mut answers = send(api, &sent)
+            .await
+            .with_context(|| {
+                format!(
+                    "lines {first}-{last} were sent and not confirmed: they may have been \
+                     stored (the lines before them are printed above); with idempotency keys, \
+                     sending the file again makes no second job"
+                )
+            })?
+            .into_iter();
         for (line, body) in chunk {
             let result = match body {
-                Ok(_) => answers
-                    .next()
-                    .ok_or(("no_result".into(), "the server gave no result".into())),
+                Ok(_) => answers.next().unwrap_or_else(|| {
+                    Err(("no_result".into(), "the server gave no result".into()))
+                }),
                 Err(e) => Err(e.clone()),
             };
             let result = result.and_then(|r| match r["job_id"].as_str() {
@@ -82,6 +87,74 @@ pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// A line as a body: JSON (checked, then sent as written), no integer past 64 bits.
+fn check_line(l: &str) -> Result<&str, Refusal> {
+    serde_json::from_str::<serde::de::IgnoredAny>(l)
+        .map_err(|e| ("bad_json".to_string(), format!("not JSON: {e}")))?;
+    super::client::no_integer_past_64_bits(l).map_err(|e| ("invalid_request".to_string(), e))?;
+    Ok(l.trim())
+}
+
+/// The lines in requests: at most [`CHUNK`] bodies and [`CHUNK_BYTES`] of them each (a longer
+/// line goes alone).
+fn chunks<'l, 'a>(lines: &'l [Line<'a>]) -> Vec<&'l [Line<'a>]> {
+    let mut out = Vec::new();
+    let (mut start, mut n, mut bytes) = (0, 0, 0);
+    for (i, (_, body)) in lines.iter().enumerate() {
+        let size = body.as_ref().map_or(0, |b| b.len() + 1);
+        if n > 0 && (n == CHUNK || bytes + size > CHUNK_BYTES) {
+            out.push(&lines[start..i]);
+            (start, n, bytes) = (i, 0, 0);
+        }
+        if body.is_ok() {
+            n += 1;
+            bytes += size;
+        }
+    }
+    out.push(&lines[start..]);
+    out
+}
+
+/// Sends `bodies` in one request (in halves again on 413); one result per body, in order.
+async fn send(api: &Api, bodies: &[&str]) -> anyhow::Result<Vec<Result<Value, Refusal>>> {
+    let mut out = Vec::with_capacity(bodies.len());
+    let mut todo = vec![bodies];
+    while let Some(part) = todo.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let body = format!("{{\"jobs\":[{}]}}", part.join(","));
+        match api.post_json_text("/async/jobs/batch", body).await {
+            Ok(r) => {
+                let results = r["results"].as_array().cloned().unwrap_or_default();
+                let mut results = results.into_iter();
+                for _ in part {
+                    out.push(
+                        results
+                            .next()
+                            .ok_or(("no_result".into(), "the server gave no result".into())),
+                    );
+                }
+            }
+            Err(e) => match e.downcast_ref::<Failure>() {
+                // Refused before anything was read: nothing of it is stored.
+                Some(Failure::Refused {
+                    status: 413,
+                    code,
+                    message,
+                }) if part.len() == 1 => out.push(Err((code.clone(), message.clone()))),
+                Some(Failure::Refused { status: 413, .. }) => {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    todo.push(b);
+                    todo.push(a);
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+    Ok(out)
+}
+
 async fn read(file: &str) -> anyhow::Result<String> {
     if file == "-" {
         let mut s = String::new();
@@ -95,9 +168,6 @@ async fn read(file: &str) -> anyhow::Result<String> {
         .await
         .map_err(|e| Failure::usage(format!("--batch {file}: {e}")))
 }
-
-/// A refused line: its error code and message.
-type Refusal = (String, String);
 
 fn print_result(format: Format, line: usize, result: Result<Value, Refusal>) {
     match (format, result) {
