@@ -46,7 +46,7 @@ pub struct SubmitArgs {
     /// Follow the job until it ends; print the final job; exit 0 only on SUCCESS.
     #[arg(long)]
     pub wait: bool,
-    /// Per-attempt time limit, e.g. 30s, 10m, or plain seconds (500).
+    /// Per-attempt time limit, e.g. 30s, 10m, or plain seconds (500, 1.5).
     #[arg(long)]
     pub timeout: Option<String>,
     /// Attempts.
@@ -81,6 +81,20 @@ pub struct SubmitArgs {
     pub inputs: Vec<String>,
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+/// `--timeout` as the API takes it: a plain number of seconds (`500`, `1.5`) as a JSON number,
+/// anything else (`30s`, `10m`) as the string, for the server to read or refuse.
+fn timeout_value(t: &str) -> Value {
+    let plain = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.');
+    match (
+        t.parse::<u64>(),
+        plain.then(|| t.parse::<f64>().ok()).flatten(),
+    ) {
+        (Ok(n), _) => Value::from(n),
+        (_, Some(f)) if f.is_finite() => Value::from(f),
+        _ => Value::from(t),
+    }
 }
 
 /// `--wait-for KEY[:COUNT]` as a `wait_for` item (a key may itself contain ':'; only a
@@ -478,14 +492,9 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         body["args"] = args;
     }
     for (k, v) in [
-        // Plain digits are seconds, as the API's JSON number (its string form needs a unit).
-        (
-            "timeout",
-            a.timeout.map(|t| {
-                t.parse::<u64>()
-                    .map_or_else(|_| Value::from(t), Value::from)
-            }),
-        ),
+        // A plain number (`500`, `1.5`) is seconds, as the API's JSON number (its string form
+        // needs a unit).
+        ("timeout", a.timeout.map(|t| timeout_value(&t))),
         ("max_attempts", a.max_attempts.map(Value::from)),
         ("idempotency_key", a.idempotency_key.map(Value::from)),
         ("channel", a.channel.map(Value::from)),
@@ -609,7 +618,17 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::md5_of_etag;
+    use super::{md5_of_etag, timeout_value};
+    use serde_json::json;
+
+    #[test]
+    fn a_plain_timeout_is_seconds_as_a_number_and_the_rest_goes_as_written() {
+        assert_eq!(timeout_value("500"), json!(500));
+        assert_eq!(timeout_value("1.5"), json!(1.5));
+        for t in ["30s", "1e3", "inf", "1..5", ".", "-1", ""] {
+            assert_eq!(timeout_value(t), json!(t), "{t}");
+        }
+    }
 
     #[test]
     fn an_etag_gives_the_md5_a_proxy_may_have_weakened_or_suffixed() {
