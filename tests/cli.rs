@@ -1403,6 +1403,85 @@ fn raw_server(status: &'static str, headers: &'static str, body: &'static str) -
     url
 }
 
+/// A batch server answering its requests in turn: 413, then 200 (a job id per item), then 503.
+fn batch_script_server() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().take(3).enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let items = serde_json::from_slice::<serde_json::Value>(&body)
+                .map(|v| v["jobs"].as_array().map_or(0, Vec::len))
+                .unwrap_or(0);
+            let (status, answer) = match n {
+                0 => (
+                    "413 Payload Too Large",
+                    serde_json::json!({"error": {"code": "too_large", "message": "too large"}}),
+                ),
+                1 => (
+                    "200 OK",
+                    serde_json::json!({"results": (0..items).map(|_| serde_json::json!({"status_code": 202, "job_id": uuid::Uuid::now_v7().to_string()})).collect::<Vec<_>>()}),
+                ),
+                _ => (
+                    "503 Service Unavailable",
+                    serde_json::json!({"error": {"code": "unavailable", "message": "store down"}}),
+                ),
+            };
+            let text = answer.to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    url
+}
+
+/// A batch split after a 413 whose second half fails: the first half's results (and the lines
+/// refused here before the failure) are printed, and the error names only the lines it sent.
+#[test]
+fn a_batch_failing_after_a_split_prints_what_was_confirmed() {
+    let url = batch_script_server();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        "{\"type\": \"a\"}\n{\"type\": \"b\"}\nnot json\n{\"type\": \"c\"}\n{\"type\": \"d\"}\n",
+    )
+    .unwrap();
+    let out = cli(&url, &["submit", "--batch", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    assert!(
+        lines[0].starts_with("1 ") && lines[1].starts_with("2 "),
+        "{printed}"
+    );
+    assert!(lines[2].starts_with("3 error bad_json"), "{printed}");
+    let said = stderr(&out);
+    assert!(
+        said.contains("lines 4-5") && said.contains("may have been stored"),
+        "{said}"
+    );
+}
+
 #[test]
 fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
     // Before: `jobs` printed an empty table, `status` null and `schedules pause` "x paused",

@@ -232,11 +232,13 @@ impl Api {
             Some(m) => m.to_string(),
             None => format!("request failed, and the answer is not runyard's error ({kind})"),
         };
-        let code = body["error"]["code"]
-            .as_str()
-            .unwrap_or("no code")
-            .to_string();
         let status = status.as_u16();
+        let code = match body["error"]["code"].as_str() {
+            Some(c) => c.to_string(),
+            // A proxy's own 413 says the same as runyard's.
+            None if status == 413 => "too_large".to_string(),
+            None => "no code".to_string(),
+        };
         Err(if status < 500 {
             Failure::Refused {
                 status,

@@ -6,7 +6,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -48,23 +47,23 @@ pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCo
             .iter()
             .filter_map(|(_, b)| b.as_ref().ok().copied())
             .collect();
-        let first = chunk.first().map_or(0, |l| l.0);
-        let last = chunk.last().map_or(0, |l| l.0);
-        let mut answers = send(api, &sent)
-            .await
-            .with_context(|| {
-                format!(
-                    "lines {first}-{last} were sent and not confirmed: they may have been \
-                     stored (the lines before them are printed above); with idempotency keys, \
-                     sending the file again makes no second job"
-                )
-            })?
-            .into_iter();
+        let (answered, failure) = send(api, &sent).await;
+        // The bodies answered come first (a failed request stops the sending): their lines, and
+        // the lines refused here among them, are printed before the failure is said.
+        let confirmed = answered.len();
+        let mut answers = answered.into_iter();
+        let mut bodies = 0usize;
         for (line, body) in chunk {
+            if failure.is_some() && bodies == confirmed && body.is_ok() {
+                break;
+            }
             let result = match body {
-                Ok(_) => answers.next().unwrap_or_else(|| {
-                    Err(("no_result".into(), "the server gave no result".into()))
-                }),
+                Ok(_) => {
+                    bodies += 1;
+                    answers.next().unwrap_or_else(|| {
+                        Err(("no_result".into(), "the server gave no result".into()))
+                    })
+                }
                 Err(e) => Err(e.clone()),
             };
             let result = result.and_then(|r| match r["job_id"].as_str() {
@@ -78,6 +77,9 @@ pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCo
                 failed += 1;
             }
             print_result(format, *line, result);
+        }
+        if let Some((e, part)) = failure {
+            return Err(unconfirmed(e, chunk, confirmed, part));
         }
     }
     if failed > 0 {
@@ -115,8 +117,44 @@ fn chunks<'l, 'a>(lines: &'l [Line<'a>]) -> Vec<&'l [Line<'a>]> {
     out
 }
 
-/// Sends `bodies` in one request (in halves again on 413); one result per body, in order.
-async fn send(api: &Api, bodies: &[&str]) -> anyhow::Result<Vec<Result<Value, Refusal>>> {
+/// The error of a request that failed after `confirmed` bodies of `chunk` were answered, for
+/// its next `part` bodies: it names their lines and says whether they may have been stored (no
+/// answer, or the server failing) or were refused as a whole (nothing stored).
+fn unconfirmed(e: anyhow::Error, chunk: &[Line], confirmed: usize, part: usize) -> anyhow::Error {
+    let sent: Vec<usize> = chunk
+        .iter()
+        .filter(|(_, b)| b.is_ok())
+        .map(|(n, _)| *n)
+        .skip(confirmed)
+        .take(part.max(1))
+        .collect();
+    let (first, last) = (
+        sent.first().copied().unwrap_or(0),
+        sent.last().copied().unwrap_or(0),
+    );
+    let refused = matches!(e.downcast_ref::<Failure>(), Some(Failure::Refused { .. }));
+    let what = if refused {
+        format!(
+            "lines {first}-{last} were refused as a whole (none of them stored; the results \
+             above stand, the lines after them were not sent)"
+        )
+    } else {
+        format!(
+            "lines {first}-{last} were sent and not confirmed: they may have been stored (the \
+             results above stand, the lines after them were not sent); with idempotency keys, \
+             sending the file again makes no second job"
+        )
+    };
+    e.context(what)
+}
+
+/// Sends `bodies` in one request (in halves again on 413): one result per body answered, in
+/// order, and when a request failed, its error and how many bodies it carried (none answered
+/// after it).
+async fn send(
+    api: &Api,
+    bodies: &[&str],
+) -> (Vec<Result<Value, Refusal>>, Option<(anyhow::Error, usize)>) {
     let mut out = Vec::with_capacity(bodies.len());
     let mut todo = vec![bodies];
     while let Some(part) = todo.pop() {
@@ -148,11 +186,11 @@ async fn send(api: &Api, bodies: &[&str]) -> anyhow::Result<Vec<Result<Value, Re
                     todo.push(b);
                     todo.push(a);
                 }
-                _ => return Err(e),
+                _ => return (out, Some((e, part.len()))),
             },
         }
     }
-    Ok(out)
+    (out, None)
 }
 
 async fn read(file: &str) -> anyhow::Result<String> {
