@@ -66,6 +66,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
             ended_at: u.arbitrary()?,
             outcome: u.arbitrary()?,
             reported: None,
+            time_limit: u.arbitrary()?,
         });
     }
     let progress = f64::from(u.arbitrary::<u32>()?) / f64::from(u32::MAX);
