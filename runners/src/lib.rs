@@ -31,6 +31,7 @@ pub mod spawn;
 mod spawn_process;
 mod spawn_vfork;
 mod spawn_wire;
+mod workdir;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
+use crate::workdir::{rand_u64, remove_workdir, WorkdirGuard};
 use crate::{
     Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
     SharedReporter,
@@ -411,58 +412,6 @@ struct LocalExecution {
     status: Option<Outcome>,
     /// The private working directory made for the job, removed once it has ended.
     workdir: Option<PathBuf>,
-}
-
-/// Removes a job's private working directory when dropped, unless disarmed.
-struct WorkdirGuard(Option<PathBuf>);
-
-impl WorkdirGuard {
-    fn disarm(mut self) -> Option<PathBuf> {
-        self.0.take()
-    }
-}
-
-impl Drop for WorkdirGuard {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            // Only on a failed launch: the directory is empty or absent.
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-/// Only directories runyard makes (`runyard-job-...` in the temp dir), whatever a handle says.
-async fn remove_workdir(dir: PathBuf) {
-    let ours = dir.parent() == Some(std::env::temp_dir().as_path())
-        && dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("runyard-job-"));
-    if !ours {
-        return;
-    }
-    let shown = dir.display().to_string();
-    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Ok(Err(e)) => tracing::warn!(dir = %shown, error = %e, "cannot remove a job's directory"),
-        Err(_) => {}
-    }
-}
-
-/// 64 random bits from the kernel (the time as a fallback): makes a job's directory name
-/// unguessable, so nobody can make it first.
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // Safety: the kernel writes at most 8 bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n == 8 {
-        return u64::from_ne_bytes(b);
-    }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id())
 }
 
 #[async_trait]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -24,93 +24,6 @@ pub struct ServerArg {
     /// `text` for people, `json` for programs (one JSON document; JSON lines for `logs`).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
-}
-
-/// `submit` flags.
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
-    /// The job type (not with --batch).
-    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
-    pub job_type: Option<String>,
-    /// Submit the jobs of FILE instead (JSON lines, one submit body per line; `-` = stdin), up
-    /// to 1,000 per request; prints one result per line, exits 4 when any line failed. Each
-    /// line says all of its job: no other flag of a job goes with it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = [
-        "wait", "inputs", "wait_for", "args", "timeout", "max_attempts", "idempotency_key",
-        "channel", "run_at",
-    ])]
-    pub batch: Option<String>,
-    /// Arguments as a JSON object.
-    #[arg(long)]
-    pub args: Option<String>,
-    /// Follow the job until it ends; print the final job; exit 0 only on SUCCESS.
-    #[arg(long)]
-    pub wait: bool,
-    /// Per-attempt time limit, e.g. 30s, 10m, or plain seconds (500, 1.5).
-    #[arg(long)]
-    pub timeout: Option<String>,
-    /// Attempts.
-    #[arg(long)]
-    pub max_attempts: Option<u32>,
-    /// Idempotency key.
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
-    /// Event channel.
-    #[arg(long)]
-    pub channel: Option<String>,
-    /// Run at this RFC 3339 time.
-    #[arg(long)]
-    pub run_at: Option<String>,
-    /// Wait (status WAITING, no worker slot) for COUNT records (default 1) of signal KEY before
-    /// running; repeatable, every one must be met.
-    #[arg(long = "wait-for", value_name = "KEY[:COUNT]")]
-    pub wait_for: Vec<String>,
-    /// Records before this time do not count, for every --wait-for: RFC 3339, "-4h" (before the
-    /// submit) or "HH:MM" (the last such UTC time).
-    #[arg(long, requires = "wait_for", allow_hyphen_values = true)]
-    pub since: Option<String>,
-    /// Stop waiting at this time: RFC 3339, "+4h" or "HH:MM" (the next such UTC time).
-    #[arg(long, requires = "wait_for")]
-    pub deadline: Option<String>,
-    /// What the deadline does.
-    #[arg(long, requires = "deadline", value_parser = ["run", "fail", "skip"])]
-    pub on_deadline: Option<String>,
-    /// Attach an input file before the job can start: `PROP=FILE` (repeatable; the submit is then
-    /// multipart, the file part named PROP).
-    #[arg(long = "input", value_name = "PROP=FILE")]
-    pub inputs: Vec<String>,
-    #[command(flatten)]
-    pub server: ServerArg,
-}
-
-/// `--timeout` as the API takes it: a plain number of seconds (`500`, `1.5`) as a JSON number,
-/// anything else (`30s`, `10m`) as the string, for the server to read or refuse.
-fn timeout_value(t: &str) -> Value {
-    let plain = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.');
-    match (
-        t.parse::<u64>(),
-        plain.then(|| t.parse::<f64>().ok()).flatten(),
-    ) {
-        (Ok(n), _) => Value::from(n),
-        (_, Some(f)) if f.is_finite() => Value::from(f),
-        _ => Value::from(t),
-    }
-}
-
-/// `--wait-for KEY[:COUNT]` as a `wait_for` item (a key may itself contain ':'; only a
-/// numeric last part is a count).
-fn wait_item(spec: &str, since: Option<&str>) -> Value {
-    let (key, count) = match spec.rsplit_once(':') {
-        Some((k, c)) if !k.is_empty() && c.parse::<u64>().is_ok() => {
-            (k, c.parse::<u64>().unwrap_or(1))
-        }
-        _ => (spec, 1),
-    };
-    let mut item = json!({ "key": key, "count": count });
-    if let Some(s) = since {
-        item["since"] = json!(s);
-    }
-    item
 }
 
 /// Flags of commands that take a job id.
@@ -404,8 +317,6 @@ impl Api {
     }
 }
 
-/// An answer's `Content-Type` as messages say it (`no Content-Type` without one), and whether
-/// it is `essence` (`application/json`, `text/event-stream`; parameters and case aside).
 /// The md5 (lowercase hex) an `ETag` gives: `"<32 hex>"`, weakened (`W/`) or suffixed (`-gzip`)
 /// by a proxy that decoded the bytes.
 fn md5_of_etag(tag: &str) -> Option<String> {
@@ -417,6 +328,8 @@ fn md5_of_etag(tag: &str) -> Option<String> {
         .then(|| hex.to_ascii_lowercase())
 }
 
+/// An answer's `Content-Type` as messages say it (`no Content-Type` without one), and whether
+/// it is `essence` (`application/json`, `text/event-stream`; parameters and case aside).
 fn content_type(r: &reqwest::Response, essence: &str) -> (String, bool) {
     match r
         .headers()
@@ -476,80 +389,6 @@ pub fn no_integer_past_64_bits(json: &str) -> Result<(), String> {
             n.chars().take(40).collect::<String>()
         )),
     }
-}
-
-/// `runyard submit`.
-pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::from_arg(&a.server)?;
-    let format = a.server.output;
-    if let Some(file) = &a.batch {
-        return super::submit_batch::run(&api, file, format).await;
-    }
-    let mut body = json!({ "type": a.job_type });
-    if let Some(s) = &a.args {
-        let args = json_arg("--args", s)?;
-        if !args.is_object() {
-            return Err(Failure::usage("--args must be a JSON object"));
-        }
-        body["args"] = args;
-    }
-    for (k, v) in [
-        // A plain number (`500`, `1.5`) is seconds, as the API's JSON number (its string form
-        // needs a unit).
-        ("timeout", a.timeout.map(|t| timeout_value(&t))),
-        ("max_attempts", a.max_attempts.map(Value::from)),
-        ("idempotency_key", a.idempotency_key.map(Value::from)),
-        ("channel", a.channel.map(Value::from)),
-        ("run_at", a.run_at.map(Value::from)),
-        (
-            "wait_for",
-            (!a.wait_for.is_empty()).then(|| {
-                Value::Array(
-                    a.wait_for
-                        .iter()
-                        .map(|w| wait_item(w, a.since.as_deref()))
-                        .collect(),
-                )
-            }),
-        ),
-        ("deadline", a.deadline.map(Value::from)),
-        ("on_deadline", a.on_deadline.map(Value::from)),
-    ] {
-        if let Some(v) = v {
-            body[k] = v;
-        }
-    }
-    let r = if a.inputs.is_empty() {
-        api.post("/async/jobs", &body).await?
-    } else {
-        let form = super::files::submit_form(&body, &a.inputs).await?;
-        api.post_multipart("/async/jobs", form).await?
-    };
-    let id = r["job_id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no job_id in the answer"))?
-        .to_string();
-    if !a.wait {
-        match format {
-            Format::Json => output::json_line(&r),
-            Format::Text => println!("{id}"),
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("{id}");
-    let channel = r["channel_id"].as_str().unwrap_or(&id).to_string();
-    // The job was accepted: a failure from here on (the token expired, the server went away)
-    // ends the wait, not the job, and the message says so with how to find it.
-    let job = follow::wait_job(&api, &id, &channel)
-        .await
-        .with_context(|| {
-            format!(
-                "stopped waiting for job {id}, which was accepted and is not cancelled \
-                 (`runyard status {id}` shows where it is)"
-            )
-        })?;
-    output::document(format, &job);
-    Ok(exit::of_status(job["status"].as_str().unwrap_or("")))
 }
 
 /// `runyard status`.
@@ -620,17 +459,7 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::{md5_of_etag, timeout_value};
-    use serde_json::json;
-
-    #[test]
-    fn a_plain_timeout_is_seconds_as_a_number_and_the_rest_goes_as_written() {
-        assert_eq!(timeout_value("500"), json!(500));
-        assert_eq!(timeout_value("1.5"), json!(1.5));
-        for t in ["30s", "1e3", "inf", "1..5", ".", "-1", ""] {
-            assert_eq!(timeout_value(t), json!(t), "{t}");
-        }
-    }
+    use super::md5_of_etag;
 
     #[test]
     fn an_etag_gives_the_md5_a_proxy_may_have_weakened_or_suffixed() {

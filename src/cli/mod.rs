@@ -11,6 +11,7 @@ pub mod launch;
 pub mod output;
 pub mod schedules;
 pub mod signal;
+pub mod submit;
 pub mod submit_batch;
 pub mod token;
 
@@ -48,7 +49,7 @@ enum Cmd {
     /// Run a worker node (worker, reaper, scheduler; no HTTP) on the Redis the API uses.
     Worker(WorkerArgs),
     /// Submit a job; prints its id (with --wait, follows it and prints the final job).
-    Submit(client::SubmitArgs),
+    Submit(submit::SubmitArgs),
     /// Print a job as JSON.
     Status(client::IdArgs),
     /// Print a job's logs.
@@ -346,7 +347,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Cmd::Serve(a) => serve(a, server_config).await.map(|_| ExitCode::SUCCESS),
             Cmd::Worker(a) => worker(a, server_config).await.map(|_| ExitCode::SUCCESS),
-            Cmd::Submit(a) => client::submit(a).await,
+            Cmd::Submit(a) => submit::submit(a).await,
             Cmd::Status(a) => client::status(a).await,
             Cmd::Logs(a) => client::logs(a).await,
             Cmd::Cancel(a) => client::cancel(a).await,
