@@ -62,12 +62,12 @@ pub fn bidi(c: char) -> bool {
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
-/// JSON text as a terminal may show it: the C1 controls and the bidirectional ones, which JSON
+/// JSON text as a terminal may show it: DEL, the C1 controls and the bidirectional ones, which JSON
 /// leaves as they are, written as JSON escapes (`\u009b`, `\u202e`): the same JSON, the same
 /// values once read, and nothing a job wrote can move the cursor or reorder the text. (C0
 /// controls are escaped by the JSON writer already; these can only be inside strings.)
 pub fn visible_json(json: String) -> String {
-    let hidden = |c: char| ('\u{80}'..='\u{9f}').contains(&c) || bidi(c);
+    let hidden = |c: char| ('\u{7f}'..='\u{9f}').contains(&c) || bidi(c);
     if !json.chars().any(hidden) {
         return json;
     }

@@ -100,11 +100,15 @@ pub use crate::args::MAX_ENV_ARGS;
 
 impl LocalRunner {
     /// A failed start, said as it is: the OS reports a `cwd` that does not exist as the program
-    /// missing (`ENOENT` either way), so a missing `cwd` is named.
+    /// missing (`ENOENT` either way), so a missing `cwd` (or one that is a file) is named.
     fn launch_error(&self, e: &std::io::Error) -> RunnerError {
         let what = format!("cannot start `{}`", self.config.command[0]);
         match &self.config.cwd {
-            Some(d) if e.kind() == std::io::ErrorKind::NotFound && !d.is_dir() => {
+            Some(d)
+                if (e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR))
+                    && !d.is_dir() =>
+            {
                 RunnerError::from_launch_io(
                     &format!("{what}: its `cwd` {} is not a directory", d.display()),
                     e,
