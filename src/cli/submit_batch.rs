@@ -52,18 +52,13 @@ pub async fn run(api: &Api, file: &str, format: Format) -> anyhow::Result<ExitCo
         // the lines refused here among them, are printed before the failure is said.
         let confirmed = answered.len();
         let mut answers = answered.into_iter();
-        let mut bodies = 0usize;
         for (line, body) in chunk {
-            if failure.is_some() && bodies == confirmed && body.is_ok() {
-                break;
-            }
             let result = match body {
-                Ok(_) => {
-                    bodies += 1;
-                    answers.next().unwrap_or_else(|| {
-                        Err(("no_result".into(), "the server gave no result".into()))
-                    })
-                }
+                // No answer left: the request that carried this line failed (said below).
+                Ok(_) => match answers.next() {
+                    Some(r) => r,
+                    None => break,
+                },
                 Err(e) => Err(e.clone()),
             };
             let result = result.and_then(|r| match r["job_id"].as_str() {
@@ -163,9 +158,11 @@ async fn send(
         }
         let body = format!("{{\"jobs\":[{}]}}", part.join(","));
         match api.post_json_text("/async/jobs/batch", body).await {
-            Ok(r) => {
-                let results = r["results"].as_array().cloned().unwrap_or_default();
-                let mut results = results.into_iter();
+            Ok(mut r) => {
+                let mut results = match r["results"].take() {
+                    Value::Array(a) => a.into_iter(),
+                    _ => Vec::new().into_iter(),
+                };
                 for _ in part {
                     out.push(
                         results

@@ -233,20 +233,20 @@ impl Worker {
         // on a new one: an answer that says "not recorded" is taken when a second read, a
         // moment later, says the same.
         let mut seen_unrecorded = false;
-        let job = loop {
+        let read = loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             // A stopping worker does not hold its drain for this (the log says it cannot tell).
             if left.is_zero() || self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 break None;
             }
             match crate::store::within(left, self.store.get(id)).await {
-                Ok(Some(j)) if seen_unrecorded || late_finish(&j, token) != Late::NotRecorded => {
-                    break Some(j)
-                }
-                Ok(Some(_)) => {
-                    seen_unrecorded = true;
-                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
-                }
+                Ok(Some(j)) => match late_finish(&j, token) {
+                    Late::NotRecorded if !seen_unrecorded => {
+                        seen_unrecorded = true;
+                        tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                    }
+                    late => break Some((late, j)),
+                },
                 // Deleted meanwhile: nothing left to tell.
                 Ok(None) => return,
                 Err(_) => {
@@ -255,11 +255,11 @@ impl Worker {
                 }
             }
         };
-        match job.as_ref().map(|j| (late_finish(j, token), j)) {
+        match read {
             Some((Late::Recorded, j)) => {
                 tracing::info!(error = %error, "the store answered late: the outcome was recorded");
-                self.store.finish_committed_late(j);
-                crate::outcomes::log_change(j);
+                self.store.finish_committed_late(&j);
+                crate::outcomes::log_change(&j);
             }
             Some((Late::MovedOn, _)) => {
                 tracing::info!("the store answered late: the outcome was recorded, and the job has moved on since")

@@ -218,9 +218,7 @@ def _is_end(job: Any, state: _Follow, event: Dict[str, Any]) -> Op[bool]:
     except NotFound:
         return True
     finished = job.data.get("finished_at")
-    if ts is None or finished is None:
-        return job.done
-    return job.done and finished == ts
+    return job.done and (ts is None or finished is None or finished == ts)
 
 
 def _poll(job: Any, state: _Follow) -> Op[None]:

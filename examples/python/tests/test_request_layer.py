@@ -26,8 +26,17 @@ def job_answer(status, finished_at=None):
     return answer(200, body)
 
 
-def status_line(status, ts, attempt=1):
-    return f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "{status}", "attempt": {attempt}, "ts": "{ts}"}}'
+def status_line(status, ts=None, attempt=1):
+    """A status event's `data:` line; without `ts`, as a server that sends no times."""
+    times = "" if ts is None else f', "attempt": {attempt}, "ts": "{ts}"'
+    return f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "{status}"{times}}}'
+
+
+def event(d, line, check=lambda c: True):
+    """The stream sends one event (`line`, then the blank line): the operation emits it."""
+    d.expect(NEXT_LINE, line)
+    d.expect(NEXT_LINE, "")
+    d.expect(Emit, None, check)
 
 
 class Driver:
@@ -99,16 +108,12 @@ def test_events_reconnect_after_a_drop_from_the_last_event_id(job):
     d = Driver(follow.follow(job, follow.follower(job, None, 30)))
     d.expect(Open, answer(200, {}), lambda c: "Last-Event-ID" not in c.headers)
     d.expect(NEXT_LINE, "id: 7")
-    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "RUNNING"}}')
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None, lambda c: c.event["runyard_status"] == "RUNNING")
+    event(d, status_line("RUNNING"), lambda c: c.event["runyard_status"] == "RUNNING")
     d.expect(NEXT_LINE, ServerUnreachable("u", httpx.ReadError("reset")))
     d.expect(CLOSE)
     d.expect(Sleep, None, lambda c: c.seconds == follow.RECONNECT_DELAYS[0])
     d.expect(Open, answer(200, {}), lambda c: c.headers["Last-Event-ID"] == "7")
-    d.expect(NEXT_LINE, status_line("SUCCESS", "T2"))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None, lambda c: c.event["runyard_status"] == "SUCCESS")
+    event(d, status_line("SUCCESS", "T2"), lambda c: c.event["runyard_status"] == "SUCCESS")
     # The job is read: it ended with the write this event tells (same time).
     d.expect(Call, job_answer("SUCCESS", "T2"))
     d.expect(CLOSE)
@@ -119,30 +124,20 @@ def test_events_of_a_retried_job_go_on_past_the_ends_of_its_earlier_attempts(job
     d = Driver(follow.follow(job, follow.follower(job, None, 30)))
     d.expect(Open, answer(200, {}))
     # Attempt 1's end, from history: the job read now was retried and ended again since.
-    d.expect(NEXT_LINE, status_line("ERROR", "T1", 1))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None, lambda c: c.event["attempt"] == 1)
+    event(d, status_line("ERROR", "T1", 1), lambda c: c.event["attempt"] == 1)
     d.expect(Call, job_answer("SUCCESS", "T3"))
     # Attempt 2 (the retry's QUEUED, then its end): its end is the job's (no second read).
-    d.expect(NEXT_LINE, status_line("QUEUED", "T2", 1))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None, lambda c: c.event["runyard_status"] == "QUEUED")
-    d.expect(NEXT_LINE, status_line("SUCCESS", "T3", 2))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None, lambda c: c.event["attempt"] == 2)
+    event(d, status_line("QUEUED", "T2", 1), lambda c: c.event["runyard_status"] == "QUEUED")
+    event(d, status_line("SUCCESS", "T3", 2), lambda c: c.event["attempt"] == 2)
     d.expect(CLOSE)
     assert d.next is None and job.status == "SUCCESS"
     # A job read as not ended: the stream goes on after an earlier attempt's end.
     job.data = {"id": JOB_ID, "status": "QUEUED", "channel_id": JOB_ID}
     d = Driver(follow.follow(job, follow.follower(job, None, 30)))
     d.expect(Open, answer(200, {}))
-    d.expect(NEXT_LINE, status_line("CANCELLED", "T1", 0))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("CANCELLED", "T1", 0))
     d.expect(Call, job_answer("RUNNING"))
-    d.expect(NEXT_LINE, status_line("CANCELLED", "T4", 1))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("CANCELLED", "T4", 1))
     d.expect(Call, job_answer("CANCELLED", "T4"))
     d.expect(CLOSE)
     assert d.next is None and job.status == "CANCELLED"
@@ -153,13 +148,9 @@ def test_a_job_read_before_events_is_read_again_at_a_replayed_end(job):
     job.data = {"id": JOB_ID, "status": "ERROR", "channel_id": JOB_ID, "finished_at": "T1"}
     d = Driver(follow.follow(job, follow.follower(job, None, 30)))
     d.expect(Open, answer(200, {}))
-    d.expect(NEXT_LINE, status_line("ERROR", "T1", 1))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("ERROR", "T1", 1))
     d.expect(Call, job_answer("RUNNING"))  # not taken from the old read: read again
-    d.expect(NEXT_LINE, status_line("SUCCESS", "T2", 2))
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("SUCCESS", "T2", 2))
     d.expect(Call, job_answer("SUCCESS", "T2"))
     d.expect(CLOSE)
     assert d.next is None and job.status == "SUCCESS"
@@ -168,9 +159,7 @@ def test_a_job_read_before_events_is_read_again_at_a_replayed_end(job):
 def test_events_end_when_the_job_is_deleted_after_its_end_or_the_server_sends_no_times(job):
     d = Driver(follow.follow(job, follow.follower(job, None, 30)))
     d.expect(Open, answer(200, {}))
-    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "SUCCESS"}}')
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("SUCCESS"))
     d.expect(Call, answer(404, {"error": {"code": "not_found", "message": "no such job"}}))
     d.expect(CLOSE)
     assert d.next is None
@@ -178,13 +167,9 @@ def test_events_end_when_the_job_is_deleted_after_its_end_or_the_server_sends_no
     job.data = {"id": JOB_ID, "status": "QUEUED", "channel_id": JOB_ID}
     d = Driver(follow.follow(job, follow.follower(job, None, 30)))
     d.expect(Open, answer(200, {}))
-    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "ERROR"}}')
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("ERROR"))
     d.expect(Call, job_answer("RUNNING"))
-    d.expect(NEXT_LINE, f'data: {{"job_id": "{JOB_ID}", "type": "status", "runyard_status": "SUCCESS"}}')
-    d.expect(NEXT_LINE, "")
-    d.expect(Emit, None)
+    event(d, status_line("SUCCESS"))
     d.expect(Call, job_answer("SUCCESS"))
     d.expect(CLOSE)
     assert d.next is None and job.status == "SUCCESS"
