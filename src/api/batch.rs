@@ -59,10 +59,9 @@ pub async fn submit_batch(
     State(st): State<AppState>,
     Caller(caller): Caller,
     headers: HeaderMap,
-    bytes: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    // Over the limit (declared or read), stalled or cut short: the API's answers.
+    extract::BodyBytes(bytes): extract::BodyBytes,
 ) -> ApiResult<Response> {
-    // Over the limit, stalled or cut short: the API's answers (`error::body_error`).
-    let bytes = bytes?;
     // The API node on Redis on one thread (`cli/mod.rs`): a batch's parsing, checks, writes
     // and answer (milliseconds for 1,000 jobs) run on a thread of the blocking pool, its store
     // calls still driven by the runtime, so the runtime's thread keeps answering the others.

@@ -4,6 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
+use axum::RequestExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -13,9 +14,28 @@ use super::error::ApiError;
 /// A JSON body.
 pub struct ApiJson<T>(pub T);
 
-/// Reads the whole body, mapping the limit to 413 (`From<BytesRejection> for ApiError`).
+/// Reads the whole body under the route's limit (`DefaultBodyLimit`), mapping the limit to 413
+/// (`From<BytesRejection> for ApiError`). A body whose `Content-Length` is over the limit is
+/// refused before any of it is read: a client waiting on `Expect: 100-continue` is not asked to
+/// send it.
 pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let req = req.with_limited_body();
+    // Under a limit the body's size hint is at most the limit; a declared length over it shows.
+    if let Some(max) = http_body::Body::size_hint(req.body()).upper() {
+        refuse_declared_over(req.headers(), usize::try_from(max).unwrap_or(usize::MAX))?;
+    }
     Ok(Bytes::from_request(req, state).await?)
+}
+
+/// A whole body read by [`body_bytes`].
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        body_bytes(req, state).await.map(BodyBytes)
+    }
 }
 
 /// 413 at once for a body whose `Content-Length` is over `max`, rather than after reading it.
