@@ -811,6 +811,14 @@ fn files_put_and_get_round_trip_and_submit_input_attaches_files() {
     );
     assert_eq!(dash.stdout, b"hello\n", "{}", stderr(&dash));
     assert!(!dir.path().join("-").exists());
+    // `-o -/` names a directory `-`, not stdout.
+    let slash = cli_env_in(
+        dir.path(),
+        &s.url,
+        &["files", "get", &id, "inputs", "1", "-o", "-/"],
+    );
+    assert!(slash.stdout.is_empty(), "{}", stderr(&slash));
+    assert!(!slash.status.success(), "{slash:?}");
     let d = dir.path().to_str().unwrap();
     let into_dir = cli_env(&s.url, &["files", "get", &id, "inputs", "1", "-o", d], &[]);
     assert_eq!(into_dir.status.code(), Some(2), "{into_dir:?}");

@@ -211,3 +211,83 @@ types = ["runyard.*"]
     assert_eq!(get(&ready).await, Some(200));
     server.stop().await.unwrap();
 }
+
+/// A worker node that is stopping says so on its readiness probe (503 `draining`: the chart's
+/// probe takes it out of service) while it finishes the job it runs, and stays live; the job
+/// ends SUCCESS and the probe listener closes with the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_node_is_draining_until_its_jobs_end() {
+    let redis = TestRedis::start();
+    let shared = format!(
+        "redis = {:?}\nmaster_key = \"a-master-key-for-the-health-test-0123456789\"\n\
+         [store]\nprefix = {:?}\n",
+        redis.url, redis.prefix
+    );
+    let runners = "[[runners]]\nkind = \"service\"\ntypes = [\"hold.*\"]\n";
+    // The API node: no worker, so the worker node below runs the job.
+    let mut api = TestServer::builder(runners)
+        .config(&shared)
+        .service("hold.job", |_ctx| async { Ok(serde_json::json!("api")) })
+        .start()
+        .await;
+    api.restart(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&format!(
+        "public_url = {:?}\ndata_dir = {:?}\n{shared}\n[worker]\nshutdown_grace = \"30s\"\n{runners}",
+        api.url,
+        dir.path().display().to_string(),
+    ))
+    .unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(
+        ServerBuilder::new(config)
+            .service("hold.job", move |_ctx| {
+                let g = g.clone();
+                async move {
+                    g.acquire().await.expect("gate").forget();
+                    Ok(serde_json::json!("node"))
+                }
+            })
+            .health_listener(listener)
+            .work(async move {
+                let _ = stop_rx.await;
+            }),
+    );
+    let (live, ready) = (
+        format!("{base}/health/live"),
+        format!("{base}/health/ready"),
+    );
+    assert_eq!(until(&ready, 200, Duration::from_secs(20)).await, Some(200));
+    let id = api.submit_ok(serde_json::json!({"type": "hold.job"})).await;
+    api.wait_status(&id, "RUNNING", support::WAIT).await;
+    stop_tx.send(()).unwrap();
+    assert_eq!(
+        until(&ready, 503, Duration::from_secs(20)).await,
+        Some(503),
+        "a stopping node is not ready"
+    );
+    let body: serde_json::Value = reqwest::get(&ready).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "draining", "{body}");
+    assert_eq!(get(&live).await, Some(200), "it is still live");
+    let job = api.get_job(&id).await;
+    assert_eq!(support::status_of(&job), "RUNNING", "{job}");
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(30), node)
+        .await
+        .expect("the worker node stops")
+        .unwrap()
+        .unwrap();
+    let job = api.wait_terminal(&id, support::WAIT).await;
+    assert_eq!(support::status_of(&job), "SUCCESS", "{job}");
+    assert_eq!(job["result"], "node", "{job}");
+    assert_eq!(
+        get(&live).await,
+        None,
+        "the probe listener closes with the node"
+    );
+    api.stop().await;
+}

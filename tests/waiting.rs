@@ -238,6 +238,8 @@ async fn refusals(ts: &TestServer) {
             "invisible",
         ),
         (w(json!({"emits": ["\u{202E}ready"]})), "invisible"),
+        // The Arabic letter mark is a direction mark too.
+        (w(json!({"emits": ["ready\u{61C}"]})), "invisible"),
         (w(json!({"deadline": "2020-01-01T00:00:00Z"})), "deadline"),
         (
             w(json!({"deadline": "+1h", "on_deadline": "later"})),

@@ -75,8 +75,9 @@ pub async fn run(a: FilesArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn get(mut a: GetArgs) -> anyhow::Result<ExitCode> {
-    // `-o -` is stdout, as for curl and wget.
-    if a.out.as_deref() == Some(std::path::Path::new("-")) {
+    // `-o -` is stdout, as for curl and wget; the text itself (paths compare by components:
+    // `-/` would equal `-`, and it names a directory).
+    if a.out.as_ref().is_some_and(|o| o.as_os_str() == "-") {
         a.out = None;
     }
     if let Some(dir) = a.out.as_deref().filter(|d| d.is_dir()) {

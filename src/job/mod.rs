@@ -55,11 +55,12 @@ pub fn rfc3339(us: Micros) -> String {
     try_rfc3339(us.clamp(0, MAX_RFC3339_US)).unwrap_or_else(|| "1970-01-01T00:00:00.000000Z".into())
 }
 
-/// Characters that change how a name shows without showing themselves: zero-width ones,
-/// direction marks and overrides (`invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`). Refused
-/// in file names and signal keys.
+/// Characters that change how a name shows without showing themselves: the zero-width ones
+/// (U+200B-U+200D, U+FEFF) and the bidirectional controls ([`crate::logging::bidi`]: direction
+/// marks and overrides, `invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`). Refused in file
+/// names and signal keys.
 pub fn invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    matches!(c, '\u{200B}'..='\u{200D}' | '\u{FEFF}') || crate::logging::bidi(c)
 }
 
 /// The longest retry delay a backoff may ask for (30 days), in milliseconds.
