@@ -317,6 +317,13 @@ async fn bad_tokens_get_401_and_other_channels_403_on_every_transport() {
         "other channel by bearer",
     )
     .await;
+    // Another channel beside its own, in either order: the same refusal.
+    for query in [
+        "last_id=0&channel=chan-a&channel=chan-b",
+        "last_id=0&channel=chan-b&channel=chan-a",
+    ] {
+        refused_everywhere(&ts, query, &cookie(&good), 403, query).await;
+    }
 
     // A browser on a foreign origin: 403 on WS and SSE before the upgrade, even with a good token.
     let mut foreign = cookie(&good);

@@ -130,6 +130,17 @@ async fn sse_resumes_after_last_event_id_and_bad_last_id_is_refused() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // Two cursors: refused, not one of them picked.
+    let two = http
+        .get(format!("{base}/async/events/sse"))
+        .header("Last-Event-ID", &last)
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two.status(), 400);
+    let body: Value = two.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_last_id", "{body}");
     let resp = http
         .get(format!("{base}/async/events/sse"))
         .header("Last-Event-ID", &last)

@@ -283,10 +283,28 @@ async fn out_of_range_numbers_are_refused_not_panics() {
     // Page and log parameters.
     let (st, v) = ts.get("/async/jobs?limit=100000000000000000000000").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).1.contains("between 1 and 1000"), "{v}");
     let (st, v) = ts.get("/async/jobs?limit=0").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     let id = ts.submit_ok(json!({"type": "edge.ok"})).await;
     ts.wait_terminal(&id, WAIT).await;
+    // The routes that clamp a limit clamp any number; what is not a number is refused.
+    for path in [
+        "/api/v1/async_event/?limit=100000000000000000000000".to_string(),
+        format!("/async/jobs/{id}/logs?limit=100000000000000000000000"),
+    ] {
+        let (st, v) = ts.get(&path).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {v}");
+    }
+    // Those that refuse a limit out of range say so, however large.
+    let (st, v) = ts
+        .get("/async/signals?limit=100000000000000000000000")
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).1.contains("between 1 and"), "{v}");
+    let (st, v) = ts.get("/api/v1/async_event/?limit=-1").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).1.contains("whole number"), "{v}");
     // A log cursor past JSON's exact integers is refused (it used to be clamped, and answered
     // with a `next` no JavaScript client can hold); the largest exact one reads nothing.
     for after in ["18446744073709551615", "9007199254740992"] {

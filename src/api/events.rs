@@ -27,7 +27,9 @@ pub const EVENT_PAGE: usize = 100;
 pub struct EventParams {
     last_id: Option<String>,
     channel: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     wait_ms: Option<u64>,
 }
 
@@ -200,6 +202,13 @@ pub async fn sse(
     use futures::StreamExt;
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let channel = auth.channel(asked_channel(q.channel)?)?;
+    // Two cursors: which one the client meant is unknown (as two `Authorization` headers are).
+    if headers.get_all("last-event-id").iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "bad_last_id",
+            "`Last-Event-ID` is sent more than once: send one",
+        ));
+    }
     let header = headers
         .get("last-event-id")
         .map(|v| {

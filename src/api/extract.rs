@@ -27,6 +27,38 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
     Ok(Bytes::from_request(req, state).await?)
 }
 
+/// A count in a query (`limit`, `wait_ms`), read saturating: the routes clamp it to their
+/// range, so a number past what the type holds is its largest value, not a 400. Anything but
+/// digits is refused (400 `bad_query`, naming the text).
+pub fn query_count<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + Saturated,
+{
+    let s = String::deserialize(d)?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        let shown: String = s.chars().take(40).collect();
+        return Err(serde::de::Error::custom(format!(
+            "expected a whole number, got `{shown}`"
+        )));
+    }
+    Ok(Some(s.parse().unwrap_or(T::MAX)))
+}
+
+/// The largest value of a count type ([`query_count`]).
+pub trait Saturated {
+    /// Its largest value.
+    const MAX: Self;
+}
+
+impl Saturated for usize {
+    const MAX: Self = usize::MAX;
+}
+
+impl Saturated for u64 {
+    const MAX: Self = u64::MAX;
+}
+
 /// A whole body read by [`body_bytes`].
 pub struct BodyBytes(pub Bytes);
 

@@ -311,6 +311,7 @@ pub struct ListParams {
     status: Option<String>,
     #[serde(rename = "type")]
     job_type: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
     cursor: Option<String>,
     channel: Option<String>,
@@ -486,6 +487,7 @@ pub async fn retry_job(
 #[serde(deny_unknown_fields)]
 pub struct LogParams {
     after: Option<u64>,
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
 }
 

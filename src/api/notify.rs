@@ -104,6 +104,7 @@ async fn key(State(st): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> Api
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
 }
 

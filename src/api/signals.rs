@@ -144,6 +144,7 @@ async fn hook_append(
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     since: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
 }
 
@@ -207,6 +208,7 @@ pub struct KeysParams {
     /// Keys after this name (the previous page's `next_after`).
     after: Option<String>,
     /// Keys in a page, 1 to 1,000 (default 100).
+    #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
 }
 

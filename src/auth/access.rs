@@ -446,14 +446,23 @@ async fn decide(
             }
             // The channel asked for (`?channel=`) is within the grant: refused here, before
             // any upgrade; the handler serves what `ChannelAuth::channel` says (the same rule).
-            let asked = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
-                .ok()
-                .and_then(|q| {
-                    q.0.into_iter()
-                        .find(|(k, _)| k == "channel")
-                        .map(|(_, v)| v)
-                });
-            grant.event_channel(asked)?;
+            // Every `channel` named is checked, so a repeated one (400 `bad_query` from the
+            // handler) is refused the same way in either order.
+            let asked: Vec<String> =
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+                    .map(|q| {
+                        q.0.into_iter()
+                            .filter(|(k, _)| k == "channel")
+                            .map(|(_, v)| v)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            if asked.is_empty() {
+                grant.event_channel(None)?;
+            }
+            for channel in asked {
+                grant.event_channel(Some(channel))?;
+            }
         }
     }
     Ok(grant)
