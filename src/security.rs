@@ -192,35 +192,66 @@ pub fn warn_if_config_readable(path: &Path) {
     }
 }
 
-/// Creates the data directory with mode 0700, or narrows an existing one to 0700 (with a warning
-/// when it was open to others).
+/// Creates the data directory with mode 0700, or narrows an existing one of this user's to 0700
+/// (with a warning when it was open to others). Refused, nothing changed: a path that is not a
+/// directory, and a shared directory open to others with the sticky bit (`/tmp`: narrowing it
+/// would lock every other user out of it). A directory of another user's that is open to
+/// others is left as it is, with a warning (a volume mounted for a group, say).
 pub fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("`data_dir`: cannot create {}", dir.display())),
-        Err(e) => Err(e).with_context(|| format!("`data_dir`: cannot read {}", dir.display())),
-        Ok(m) => {
-            let mode = m.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-                    Ok(()) => tracing::warn!(
-                        data_dir = %dir.display(),
-                        "data_dir was open to other users (mode {mode:o}): narrowed to 0700"
-                    ),
-                    Err(e) => tracing::warn!(
-                        data_dir = %dir.display(),
-                        error = %e,
-                        "data_dir is open to other users (mode {mode:o}) and cannot be narrowed \
-                         to 0700: other users may read the job store"
-                    ),
-                }
-            }
-            Ok(())
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("`data_dir`: cannot create {}", dir.display()))
         }
+        Err(e) => {
+            return Err(e).with_context(|| format!("`data_dir`: cannot read {}", dir.display()))
+        }
+        Ok(m) => m,
+    };
+    if !m.is_dir() {
+        anyhow::bail!("`data_dir`: {} is not a directory", dir.display());
     }
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if mode & 0o1000 != 0 {
+        anyhow::bail!(
+            "`data_dir`: {} is a shared directory (mode {mode:o}, as /tmp is): runyard keeps its \
+             data closed to other users and will not close this one; give it a directory of its \
+             own (e.g. {})",
+            dir.display(),
+            dir.join("runyard").display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            owner = m.uid(),
+            "data_dir is open to other users (mode {mode:o}) and owned by another user: left as \
+             it is; other users may read the job store"
+        );
+        return Ok(());
+    }
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => tracing::warn!(
+            data_dir = %dir.display(),
+            "data_dir was open to other users (mode {mode:o}): narrowed to 0700"
+        ),
+        Err(e) => tracing::warn!(
+            data_dir = %dir.display(),
+            error = %e,
+            "data_dir is open to other users (mode {mode:o}) and cannot be narrowed to 0700: \
+             other users may read the job store"
+        ),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,6 +275,20 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         secure_data_dir(&d).unwrap();
         assert_eq!(mode(&d), 0o700);
+        // A file is refused and keeps its mode; so is a shared (sticky) directory.
+        let f = t.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = secure_data_dir(&f).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        assert_eq!(mode(&f), 0o644);
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = secure_data_dir(&shared).unwrap_err().to_string();
+        assert!(e.contains("shared directory"), "{e}");
+        let full = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(full, 0o1777);
     }
 
     #[test]

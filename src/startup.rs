@@ -161,6 +161,19 @@ fn kube_clusters(config: &Config) -> Result<(), String> {
 /// The checks that only warn (logged).
 pub async fn warn(config: &Config) {
     for (i, r) in config.runners.iter().enumerate() {
+        // It may be mounted or made later, and a node that runs no local job does not need it.
+        if let Some(cwd) = r
+            .cwd
+            .as_ref()
+            .filter(|d| r.kind == RunnerKind::Local && !d.is_dir())
+        {
+            tracing::warn!(
+                runner = %r.name_at(i),
+                cwd = %cwd.display(),
+                "`runners[{i}].cwd` is not a directory here: the jobs of this runner that this \
+                 node starts will fail to launch until it is"
+            );
+        }
         if r.kind == RunnerKind::Docker {
             let host = r
                 .docker_host

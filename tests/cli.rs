@@ -1565,6 +1565,11 @@ fn an_answer_that_is_not_runyards_is_an_error_not_an_empty_success() {
         "{e}"
     );
     assert!(!e.contains("(,"), "{e}");
+    // Another web server's 404 page: runyard was not reached (3), nothing runyard refused (4).
+    let o = cli(&html_server_with("404 Not Found"), &["jobs"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("not runyard's") && e.contains("404"), "{e}");
 }
 
 #[test]

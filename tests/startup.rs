@@ -227,10 +227,12 @@ fn a_kube_runner_without_a_cluster_is_refused() {
 }
 
 #[test]
-fn a_silent_docker_engine_and_unknown_variables_only_warn() {
+fn a_silent_docker_engine_a_missing_cwd_and_unknown_variables_only_warn() {
     let config = format!(
         "{SHELL}[[runners]]\nkind = \"docker\"\ntypes = [\"d.*\"]\nimage = \"busybox\"\n\
-         docker_host = \"unix:///nonexistent/docker.sock\"\n"
+         docker_host = \"unix:///nonexistent/docker.sock\"\n\
+         [[runners]]\nkind = \"local\"\ntypes = [\"c.*\"]\ncommand = [\"true\"]\n\
+         cwd = \"/nonexistent/dir\"\n"
     );
     let err = started(
         &config,
@@ -244,6 +246,11 @@ fn a_silent_docker_engine_and_unknown_variables_only_warn() {
     );
     assert!(
         err.contains("RUNYARD_LISTN") && err.contains("did you mean `RUNYARD_LISTEN`"),
+        "{err}"
+    );
+    // A local runner's working directory that is not there (yet).
+    assert!(
+        err.contains("`runners[2].cwd` is not a directory") && err.contains("/nonexistent/dir"),
         "{err}"
     );
     // Known variables are not reported.
@@ -405,4 +412,19 @@ fn serve_demo_with_auth_on_says_why_its_jobs_are_refused_and_runs_them_with_a_to
             "{ty}: stdout: {out}\nstderr: {err}"
         );
     }
+}
+
+/// The README's configuration example starts `serve` as written (only `--listen` is added, for a
+/// free port): a newcomer copies it first.
+#[test]
+fn the_readme_configuration_starts_as_written() {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("listen ="))
+        .expect("the README shows a configuration with `listen`");
+    let log = started(block, &[], &[]);
+    assert!(!log.contains("error"), "{log}");
 }

@@ -148,8 +148,12 @@ impl Api {
         let status = status.as_u16();
         let code = match body["error"]["code"].as_str() {
             Some(c) => c.to_string(),
-            // A proxy's own 413 says the same as runyard's.
+            // A proxy's own 413 says the same as runyard's; so does hyper's empty 431.
             None if status == 413 => "too_large".to_string(),
+            None if status == 431 => "header_too_large".to_string(),
+            // Another server's page (a 404 of a web server at that address): runyard was not
+            // reached (exit 3, not a refusal of runyard's).
+            None if status < 500 => return Err(self.not_runyard(status, &kind)),
             None => "no code".to_string(),
         };
         Err(if status < 500 {

@@ -400,4 +400,78 @@ types = ["thumbnail"]
             .to_string();
         assert!(e.contains("kind"), "{e}");
     }
+
+    #[test]
+    fn a_runner_key_of_another_kind_is_refused_not_ignored() {
+        let local = "[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\ncommand = [\"true\"]\n";
+        let service = "[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\n";
+        for (base, extra, key, kinds) in [
+            (local, "operation = \"x\"", "operation", "only service"),
+            (local, "image = \"x\"", "image", "only docker and kube"),
+            (local, "memory = \"1g\"", "memory", "only docker"),
+            (local, "namespace = \"x\"", "namespace", "only kube"),
+            (
+                service,
+                "env = {A = \"1\"}",
+                "env",
+                "only local, docker and kube",
+            ),
+            (service, "cwd = \"/tmp\"", "cwd", "only local"),
+            (
+                service,
+                "command = [\"true\"]",
+                "command",
+                "only local, docker and kube",
+            ),
+        ] {
+            let toml = format!("{base}{extra}\n");
+            let e = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("runners[0].{key}")) && e.contains(kinds),
+                "{toml}: {e}"
+            );
+        }
+        Config::from_toml(&format!("{local}env = {{A = \"1\"}}\ncwd = \"/tmp\"\n")).unwrap();
+    }
+
+    #[test]
+    fn values_that_would_break_the_server_are_refused_naming_the_key() {
+        for (toml, key, says) in [
+            ("[api]\nmax_page = 0", "api.max_page", "at least 1"),
+            (
+                "[hooks]\nmax_file_bytes = 0",
+                "hooks.max_file_bytes",
+                "at least 1",
+            ),
+            (
+                "[worker]\npoll_interval = \"0s\"",
+                "worker.poll_interval",
+                "10ms",
+            ),
+            (
+                "[worker]\npoll_interval = \"1ns\"",
+                "worker.poll_interval",
+                "10ms",
+            ),
+            (
+                "[retention]\ninterval = \"0s\"",
+                "retention.interval",
+                "10ms",
+            ),
+            ("[retention]\nevents = \"0s\"", "retention.events", "1s"),
+            ("[api]\nmax_body_bytes = 10", "api.max_body_bytes", "1024"),
+            ("[worker]\nlease_ttl = \"1ms\"", "worker.lease_ttl", "300ms"),
+            // Refused when read, before `serve` creates anything in `data_dir`.
+            ("master_key = \"short\"", "master_key", "16 characters"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{toml}: {e}");
+        }
+        // The smallest accepted values still start.
+        Config::from_toml(
+            "[api]\nmax_page = 1\n[worker]\npoll_interval = \"10ms\"\n[retention]\n\
+             interval = \"10ms\"\nevents = \"1s\"\n[hooks]\nmax_file_bytes = 1",
+        )
+        .unwrap();
+    }
 }

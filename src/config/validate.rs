@@ -58,8 +58,13 @@ impl Config {
         Ok(())
     }
 
-    /// `public_url`, and with `redis`: its URL, the master key and the key prefix.
+    /// `public_url`, `master_key`'s length, and with `redis`: its URL, the master key and the
+    /// key prefix.
     fn check_urls(&self) -> Result<(), ConfigError> {
+        // Here, before anything is created (`load_master_key` checks it again).
+        if self.master_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return err("master_key".into(), "must be at least 16 characters");
+        }
         if let Some(u) = &self.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return err("public_url".into(), "must start with http:// or https://");
@@ -107,6 +112,27 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes".into(), "must be at least 1024");
+        }
+        if self.api.max_page == 0 {
+            return err("api.max_page".into(), "must be at least 1");
+        }
+        if self.hooks.max_file_bytes == 0 {
+            return err("hooks.max_file_bytes".into(), "must be at least 1");
+        }
+        // Loops that run this often when idle: zero would spin a core.
+        for (key, d, least, shown) in [
+            (
+                "worker.poll_interval",
+                self.worker.poll_interval,
+                10,
+                "10ms",
+            ),
+            ("retention.interval", self.retention.interval, 10, "10ms"),
+            ("retention.events", self.retention.events, 1000, "1s"),
+        ] {
+            if d < Duration::from_millis(least) {
+                return err(key.into(), &format!("must be at least {shown}"));
+            }
         }
         if self.api.max_connections == 0 {
             return err("api.max_connections".into(), "must be at least 1");
@@ -253,39 +279,81 @@ fn check_runner(r: &RunnerConfig, i: usize) -> Result<(), ConfigError> {
     {
         return err(k("timeout"), "must be between 1ms and 365 days");
     }
-    // kube: the `[runners.kube]` table.
-    if r.kind != RunnerKind::Kube && r.kube.is_some() {
-        return err(k("kube"), "only kube runners take it");
-    }
-    if r.kind != RunnerKind::Local {
-        for (set, key) in [
-            (r.user.is_some(), "user"),
-            (r.group.is_some(), "group"),
-            (!r.rlimits.is_empty(), "rlimits"),
-        ] {
-            if set {
-                return err(k(key), "only local runners take it");
-            }
-        }
-    }
-    if r.kind == RunnerKind::Service && r.large_args.is_some() {
-        // In-process: a service operation takes its args whatever their size.
-        return err(
-            k("large_args"),
-            "only local, docker and kube runners take it",
-        );
+    // A key of another kind's would be ignored: refused (docs/configuration.md, "kinds").
+    if let Some((key, kinds)) = foreign_key(r) {
+        return err(k(key), &format!("only {kinds} runners take it"));
     }
     match r.kind {
         RunnerKind::Local => check_local(r, &k),
-        RunnerKind::Service => {
-            if !r.command.is_empty() {
-                return err(k("command"), "a service runner has no command");
-            }
-            Ok(())
-        }
+        RunnerKind::Service => Ok(()),
         RunnerKind::Kube => check_kube(r, &k),
         RunnerKind::Docker => check_docker(r, &k),
     }
+}
+
+/// The first key `r` sets that its kind does not take, with the kinds that take it.
+fn foreign_key(r: &RunnerConfig) -> Option<(&'static str, &'static str)> {
+    use RunnerKind::{Docker, Kube, Local, Service};
+    const CONTAINERS: &[RunnerKind] = &[Local, Docker, Kube];
+    let keys: [(&'static str, bool, &[RunnerKind], &'static str); 20] = [
+        (
+            "command",
+            !r.command.is_empty(),
+            CONTAINERS,
+            "local, docker and kube",
+        ),
+        (
+            "env",
+            !r.env.is_empty(),
+            CONTAINERS,
+            "local, docker and kube",
+        ),
+        // In-process: a service operation takes its args whatever their size.
+        (
+            "large_args",
+            r.large_args.is_some(),
+            CONTAINERS,
+            "local, docker and kube",
+        ),
+        ("env_allow", r.env_allow.is_some(), &[Local], "local"),
+        ("cwd", r.cwd.is_some(), &[Local], "local"),
+        ("user", r.user.is_some(), &[Local], "local"),
+        ("group", r.group.is_some(), &[Local], "local"),
+        ("rlimits", !r.rlimits.is_empty(), &[Local], "local"),
+        ("operation", r.operation.is_some(), &[Service], "service"),
+        (
+            "image",
+            r.image.is_some(),
+            &[Docker, Kube],
+            "docker and kube",
+        ),
+        (
+            "allowed_images",
+            !r.allowed_images.is_empty(),
+            &[Docker],
+            "docker",
+        ),
+        ("network", r.network.is_some(), &[Docker], "docker"),
+        ("memory", r.memory.is_some(), &[Docker], "docker"),
+        ("cpus", r.cpus.is_some(), &[Docker], "docker"),
+        ("labels", !r.labels.is_empty(), &[Docker], "docker"),
+        ("docker_host", r.docker_host.is_some(), &[Docker], "docker"),
+        ("namespace", r.namespace.is_some(), &[Kube], "kube"),
+        (
+            "service_account",
+            r.service_account.is_some(),
+            &[Kube],
+            "kube",
+        ),
+        ("kubeconfig", r.kubeconfig.is_some(), &[Kube], "kube"),
+        ("kube", r.kube.is_some(), &[Kube], "kube"),
+    ];
+    if r.ttl_after_finished.is_some() && r.kind != Kube {
+        return Some(("ttl_after_finished", "kube"));
+    }
+    keys.into_iter()
+        .find(|(_, set, kinds, _)| *set && !kinds.contains(&r.kind))
+        .map(|(key, _, _, kinds)| (key, kinds))
 }
 
 fn check_local(r: &RunnerConfig, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
