@@ -17,12 +17,14 @@
 //! - **Request timeout**: an ordinary request gets `request_timeout` in all (503
 //!   `request_timeout`); event streams, long polls, WebSocket upgrades and file transfers are
 //!   exempt (see [`crate::api::gate::is_long_lived`]), they only have the body timeout.
-//! - **Unread bodies**: a request body its handler left unread (a refusal before the body: over
-//!   the limit, wrong type, no right) is read and dropped before the answer is sent, up to
-//!   [`LINGER_BYTES`] and [`LINGER_TIME`] (nginx's "lingering close"). Closing a socket with
-//!   unread data resets the connection, and a client still sending would lose the answer to the
-//!   reset ("broken pipe" instead of its 413). A body that failed (stalled past `body_timeout`)
-//!   is not read further, and one held back by `Expect: 100-continue` is not asked for.
+//! - **Unread bodies**: a request body its handler left unread when it refused the request (a 4xx
+//!   before the body was read: over the limit, wrong type, no right) is read and dropped before
+//!   the answer is sent, for at most [`LINGER_TIME`] (nginx's "lingering close"). Closing a
+//!   socket with unread data resets the connection, and a client still sending would lose the
+//!   answer to the reset ("broken pipe" instead of its 413). Not read: a body declared longer
+//!   than [`LINGER_BYTES`] (nor more than that of one of unknown length), a body that failed
+//!   (stalled past `body_timeout`), one held back by `Expect: 100-continue`, and any while the
+//!   connection cap is reached (silent clients are being closed then: a refused one is too).
 //! - **Graceful stop**: on `stop`, the listener closes, idle connections close, requests in flight
 //!   finish (long-lived responses end on `App::closing`), and the loop returns once every
 //!   connection has ended. Dropping the loop's task aborts the connections still open.
@@ -58,15 +60,12 @@ use tower_http::request_id::{
 
 use crate::api::gate::{TimeLimit, TimeLimitLayer};
 
+mod linger;
+use linger::{linger, Returned, Unread};
+pub use linger::{LINGER_BYTES, LINGER_TIME};
+
 /// What serves each request: the router under the request id and the request timeout.
 type Stack = SetRequestId<PropagateRequestId<TimeLimit<Router>>, MakeRequestUuid>;
-
-/// The most of a request body left unread by its handler that is read before the answer (module
-/// docs, "Unread bodies"). A body declared longer is not read: its client is reset.
-pub const LINGER_BYTES: u64 = 32 * 1024 * 1024;
-
-/// How long reading an unread body may take in all.
-pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// How long a silent connection may stay while the connection cap is reached.
 pub const PRESSURE_GRACE: Duration = Duration::from_millis(500);
@@ -362,95 +361,6 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// Where a request body left unread comes back to the connection (module docs, "Unread bodies").
-type Unread = Arc<parking_lot::Mutex<Option<Body>>>;
-
-/// A request body that, dropped before its end, leaves its rest in `back`; unless it failed, or
-/// its client holds it back until asked (`Expect: 100-continue`) and it was never read.
-struct Returned {
-    inner: Option<Body>,
-    back: Unread,
-    held_back: bool,
-    read: bool,
-    done: bool,
-}
-
-impl Returned {
-    fn new(inner: Body, back: Unread, held_back: bool) -> Self {
-        Self {
-            inner: Some(inner),
-            back,
-            held_back,
-            read: false,
-            done: false,
-        }
-    }
-}
-
-impl http_body::Body for Returned {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        this.read = true;
-        let r = Pin::new(inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(None | Some(Err(_)))) {
-            this.done = true;
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
-impl Drop for Returned {
-    fn drop(&mut self) {
-        if let Some(rest) = self.inner.take() {
-            if !self.done
-                && !http_body::Body::is_end_stream(&rest)
-                && (self.read || !self.held_back)
-            {
-                *self.back.lock() = Some(rest);
-            }
-        }
-    }
-}
-
-/// Reads and drops `rest`, the unread end of a request body, within [`LINGER_BYTES`] and
-/// [`LINGER_TIME`] (module docs, "Unread bodies").
-async fn linger(mut rest: Body) {
-    if http_body::Body::size_hint(&rest).lower() > LINGER_BYTES {
-        return;
-    }
-    let mut seen = 0u64;
-    let read = async {
-        while let Some(Ok(frame)) =
-            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut rest), cx)).await
-        {
-            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if seen > LINGER_BYTES {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, read).await;
-}
-
 /// The socket, reporting reads to the watchdog and holding the connection's slot (an upgraded
 /// WebSocket keeps it until it closes).
 struct Tracked {
@@ -504,6 +414,45 @@ impl AsyncWrite for Tracked {
     }
 }
 
+/// One request through `router`, its body under `body_timeout`; a refused request's unread body
+/// is read before the answer unless the connection cap is reached (`busy`; module docs, "Unread
+/// bodies").
+async fn serve_request(
+    req: Request<hyper::body::Incoming>,
+    router: Stack,
+    body_timeout: Duration,
+    busy: &tokio::sync::watch::Receiver<bool>,
+) -> axum::response::Response {
+    // Only a request with a body, not declared over the bound, gets the slot its unread rest
+    // comes back in (read here: the wrappers below do not pass the size on).
+    let hint = http_body::Body::size_hint(req.body());
+    let unread = (!http_body::Body::is_end_stream(req.body()) && hint.lower() <= LINGER_BYTES)
+        .then(Unread::default);
+    let held_back = req
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let req = req.map(|b| {
+        let body = Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b));
+        match &unread {
+            Some(back) => Body::new(Returned::new(body, back.clone(), held_back)),
+            None => body,
+        }
+    });
+    let res = match router.oneshot(req).await {
+        Ok(r) => r,
+        Err(e) => match e {},
+    };
+    if let Some(rest) = unread.and_then(|back| back.lock().take()) {
+        // A refusal only (a 5xx, a timeout's 503 included, is not the body's fault), and not
+        // while silent clients are being closed to make room.
+        if res.status().is_client_error() && !*busy.borrow() {
+            linger(rest).await;
+        }
+    }
+    res
+}
+
 async fn serve_connection(
     stream: TcpStream,
     slot: OwnedSemaphorePermit,
@@ -527,30 +476,13 @@ async fn serve_connection(
     });
     let st = state.clone();
     let body_timeout = settings.body_timeout;
+    let busy = pressure.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let flight = st.begin();
         let router = router.clone();
+        let busy = busy.clone();
         async move {
-            // Only a request with a body gets the slot its unread rest comes back in.
-            let unread = (!http_body::Body::is_end_stream(req.body())).then(Unread::default);
-            let held_back = req
-                .headers()
-                .get(axum::http::header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            let req = req.map(|b| {
-                let body = Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b));
-                match &unread {
-                    Some(back) => Body::new(Returned::new(body, back.clone(), held_back)),
-                    None => body,
-                }
-            });
-            let res = match router.oneshot(req).await {
-                Ok(r) => r,
-                Err(e) => match e {},
-            };
-            if let Some(rest) = unread.and_then(|back| back.lock().take()) {
-                linger(rest).await;
-            }
+            let res = serve_request(req, router, body_timeout, &busy).await;
             Ok::<_, Infallible>(res.map(|inner| {
                 Body::new(TrackedBody {
                     inner,

@@ -151,9 +151,10 @@ impl Api {
             // A proxy's own 413 says the same as runyard's; so does hyper's empty 431.
             None if status == 413 => "too_large".to_string(),
             None if status == 431 => "header_too_large".to_string(),
-            // Another server's page (a 404 of a web server at that address): runyard was not
-            // reached (exit 3, not a refusal of runyard's).
-            None if status < 500 => return Err(self.not_runyard(status, &kind)),
+            // Another server's page at that address: every 404 of runyard's says its code, so
+            // runyard was not reached (exit 3, not a refusal). Other 4xx without one stay
+            // refusals (4): hyper's own empty 400 and 414, an authenticating proxy's 401.
+            None if status == 404 => return Err(self.not_runyard(status, &kind)),
             None => "no code".to_string(),
         };
         Err(if status < 500 {
