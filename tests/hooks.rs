@@ -1111,6 +1111,48 @@ async fn a_replay_with_the_job_id_spelled_differently_is_refused() {
     srv.finish().await;
 }
 
+/// The embedded store remembers accepted requests in the process: one signed before the process
+/// started may have been accepted by the process before it (a crash, then a restart, with the
+/// job adopted). It is refused with 503 `replay_unavailable` (the job's client signs again on a
+/// 503) and changes nothing; the same report signed now is taken. Before, it was taken: a
+/// request captured before a crash could be replayed within the signature window after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_signed_before_the_server_started_is_signed_again() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.restart"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let st = "/async/status";
+    let body = serde_json::to_vec(&json!({"logs": ["signed earlier"]})).unwrap();
+    // Inside the 5-minute window, before this server began.
+    let h = sign_at(
+        &a,
+        &sa,
+        SigVersion::V2,
+        "POST",
+        st,
+        &body,
+        now_ms() - 120_000,
+    );
+    let before = srv.snap(&a).await;
+    srv.refused(
+        &a,
+        &before,
+        "signed before the server started",
+        "POST",
+        st,
+        &h,
+        &body,
+        503,
+        Some("replay_unavailable"),
+    )
+    .await;
+    let again = srv.signed(&a, &sa, SigVersion::V2, "POST", st, &body).await;
+    assert_eq!(again.status, 200, "{}", again.describe());
+    let logs = srv.logs_with(&a, "signed earlier").await;
+    assert_eq!(logs.iter().filter(|l| *l == "signed earlier").count(), 1);
+    srv.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_is_refused_when_v2_is_required() {
     let srv = Srv::start("require_v2 = true").await;

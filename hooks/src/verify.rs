@@ -184,6 +184,8 @@ pub struct VerifiedSignature {
     pub replay_key: String,
     /// Until when the key must be remembered: request time + window, ms since the epoch.
     pub expires_at_ms: i64,
+    /// When the request says it was signed (`X-Job-Time`), ms since the epoch.
+    pub signed_at_ms: i64,
 }
 
 /// Checks hook signatures: time window, v1/v2 signature, replays.
@@ -317,6 +319,7 @@ impl Verifier {
         Ok(VerifiedSignature {
             replay_key: headers.replay_key(),
             expires_at_ms: time_ms.saturating_add(window_ms),
+            signed_at_ms: time_ms,
         })
     }
 }
@@ -692,6 +695,7 @@ mod tests {
             .verify_signature(&h, &secret(), "POST", PATH, BODY, T)
             .expect("valid");
         assert_eq!(v.expires_at_ms, T + 300_000);
+        assert_eq!(v.signed_at_ms, T);
         assert_eq!(v.replay_key, format!("{JOB}\n{T}\n{}", h.hash));
     }
 

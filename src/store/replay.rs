@@ -19,4 +19,12 @@ pub trait ReplayMemory: Send + Sync {
         expires_at_ms: i64,
         now_ms: i64,
     ) -> Result<bool, ReplayError>;
+
+    /// Since when (ms since the epoch) this memory holds every request it accepted: `None` when
+    /// it outlives the process (Redis), the process's start when it does not (the embedded
+    /// store: a request signed before it may have been accepted by the process before a crash,
+    /// so the API refuses it, 503, and the job signs it again).
+    fn remembers_since_ms(&self) -> Option<i64> {
+        None
+    }
 }

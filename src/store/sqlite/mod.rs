@@ -161,6 +161,8 @@ pub struct SqliteStore {
     write_failed: Arc<Mutex<Option<String>>>,
     /// Hook replay memory (`replay.rs`).
     replay: runyard_hooks::ReplayGuard,
+    /// When `replay` was made (ms since the epoch): see `ReplayMemory::remembers_since_ms`.
+    replay_since_ms: i64,
     _lock: std::fs::File,
 }
 
@@ -315,6 +317,7 @@ impl SqliteStore {
             checkpoints,
             write_failed,
             replay: runyard_hooks::ReplayGuard::new(),
+            replay_since_ms: runyard_hooks::now_ms(),
             _lock: lock,
         })
     }

@@ -18,4 +18,8 @@ impl ReplayMemory for SqliteStore {
     ) -> Result<bool, ReplayError> {
         self.replay.check_and_remember(key, expires_at_ms, now_ms)
     }
+
+    fn remembers_since_ms(&self) -> Option<i64> {
+        Some(self.replay_since_ms)
+    }
 }
