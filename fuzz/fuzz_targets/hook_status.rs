@@ -24,11 +24,12 @@ fuzz_target!(|data: &[u8]| {
     } else {
         SigVersion::V2
     };
-    // A unique query makes every v2 signature unique, and a time stepping back through the window
-    // every v1 one (almost always): the replay memory does not refuse fuzz inputs.
+    // A unique query makes every v2 signature unique, and a time stepping forward through the
+    // window every v1 one (almost always): the replay memory does not refuse fuzz inputs. Never
+    // back: a request signed before the server started is refused (503 on the embedded store).
     let n = h.next();
     let path = format!("/async/status?n={n}");
-    let time = runyard_hooks::now_ms() - (n % 200_000) as i64;
+    let time = runyard_hooks::now_ms() + (n % 200_000) as i64;
     let headers = signed_headers(&id.to_string(), &secret, version, "POST", &path, body, time)
         .expect("headers");
     let mut req = Request::post(path.as_str());
