@@ -294,27 +294,14 @@ fn check_runner(r: &RunnerConfig, i: usize) -> Result<(), ConfigError> {
 /// The first key `r` sets that its kind does not take, with the kinds that take it.
 fn foreign_key(r: &RunnerConfig) -> Option<(&'static str, &'static str)> {
     use RunnerKind::{Docker, Kube, Local, Service};
-    const CONTAINERS: &[RunnerKind] = &[Local, Docker, Kube];
-    let keys: [(&'static str, bool, &[RunnerKind], &'static str); 20] = [
-        (
-            "command",
-            !r.command.is_empty(),
-            CONTAINERS,
-            "local, docker and kube",
-        ),
-        (
-            "env",
-            !r.env.is_empty(),
-            CONTAINERS,
-            "local, docker and kube",
-        ),
+    // The kinds that run a process (or a container): not an in-process `service` call.
+    const PROCESS: &[RunnerKind] = &[Local, Docker, Kube];
+    const PROCESS_NAMES: &str = "local, docker and kube";
+    let keys: &[(&'static str, bool, &[RunnerKind], &'static str)] = &[
+        ("command", !r.command.is_empty(), PROCESS, PROCESS_NAMES),
+        ("env", !r.env.is_empty(), PROCESS, PROCESS_NAMES),
         // In-process: a service operation takes its args whatever their size.
-        (
-            "large_args",
-            r.large_args.is_some(),
-            CONTAINERS,
-            "local, docker and kube",
-        ),
+        ("large_args", r.large_args.is_some(), PROCESS, PROCESS_NAMES),
         ("env_allow", r.env_allow.is_some(), &[Local], "local"),
         ("cwd", r.cwd.is_some(), &[Local], "local"),
         ("user", r.user.is_some(), &[Local], "local"),
@@ -345,15 +332,18 @@ fn foreign_key(r: &RunnerConfig) -> Option<(&'static str, &'static str)> {
             &[Kube],
             "kube",
         ),
+        (
+            "ttl_after_finished",
+            r.ttl_after_finished.is_some(),
+            &[Kube],
+            "kube",
+        ),
         ("kubeconfig", r.kubeconfig.is_some(), &[Kube], "kube"),
         ("kube", r.kube.is_some(), &[Kube], "kube"),
     ];
-    if r.ttl_after_finished.is_some() && r.kind != Kube {
-        return Some(("ttl_after_finished", "kube"));
-    }
-    keys.into_iter()
+    keys.iter()
         .find(|(_, set, kinds, _)| *set && !kinds.contains(&r.kind))
-        .map(|(key, _, _, kinds)| (key, kinds))
+        .map(|&(key, _, _, kinds)| (key, kinds))
 }
 
 fn check_local(r: &RunnerConfig, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
