@@ -645,6 +645,52 @@ async fn listings_show_only_what_the_caller_covers() {
             "{t}: {v}"
         );
     }
+    // Runner slots in use hold every tenant's jobs: counted for an unconfined grant only.
+    let runners = h.call(Method::GET, "/async/runners", None);
+    for (t, counted) in [
+        (ADMIN, true),
+        (CONFINED_OK, false),
+        (WRONG_TYPE, false),
+        (WRONG_CHANNEL, false),
+    ] {
+        let (s, v) = h.send(&runners, Some(t)).await;
+        assert_eq!(s, 200, "{v}");
+        let slots = v["runners"].as_array().expect("runners");
+        assert!(!slots.is_empty(), "{v}");
+        for r in slots {
+            assert_eq!(r["in_use"].is_u64(), counted, "{t}: {v}");
+            assert_eq!(r["in_use"].is_null(), !counted, "{t}: {v}");
+        }
+    }
+    // Acting on a job is not reading it: without `jobs:read` the answer is its id, status and
+    // attempt only, not its args or result.
+    let cancel = h.call(
+        Method::POST,
+        &format!("/async/jobs/{other_id}/cancel"),
+        None,
+    );
+    let (s, v) = h.send(&cancel, Some(&scope_token(Scope::JobsCancel))).await;
+    assert_eq!(s, 200, "{v}");
+    let keys = |v: &Value| -> BTreeSet<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    assert_eq!(
+        keys(&v),
+        ["attempt", "id", "status"].map(String::from).into(),
+        "{v}"
+    );
+    assert_eq!(v["status"], "CANCELLED");
+    let retry = h.call(Method::POST, &format!("/async/jobs/{other_id}/retry"), None);
+    let (s, v) = h.send(&retry, Some(&scope_token(Scope::JobsSubmit))).await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        keys(&v),
+        ["attempt", "id", "status"].map(String::from).into(),
+        "{v}"
+    );
+    let (s, v) = h.send(&cancel, Some(ADMIN)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("args").is_some() && v["type"] == "other.kind", "{v}");
     h.stop().await;
 }
 

@@ -115,6 +115,12 @@ async fn suite(ts: &TestServer) {
         // A zero-width space: shows as `src.orders`.
         ("src.%E2%80%8Borders".to_string(), json!({}), "invisible"),
         ("src.orders".to_string(), json!({"id": ""}), "`id`"),
+        // A right-to-left override: `run-\u{202e}2-a` shows as another id.
+        (
+            "src.orders".to_string(),
+            json!({"id": "run-\u{202e}2-a"}),
+            "invisible",
+        ),
         ("src.orders".to_string(), json!({"colour": 1}), "colour"),
     ] {
         let (st, v) = ts

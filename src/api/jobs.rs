@@ -430,23 +430,35 @@ pub async fn list_jobs(
 /// `POST /async/jobs/{id}/cancel`.
 #[utoipa::path(post, path = "/async/jobs/{id}/cancel", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
     responses(
-        (status = 200, description = "The job, cancelled", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 200, description = "The job, cancelled (`{id, status, attempt}` only without `jobs:read`)", body = super::openapi::schemas::JobActed), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job has finished", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn cancel_job(
     State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
     JobIdPath(id): JobIdPath,
     _: super::extract::NoBody,
 ) -> ApiResult<Json<Value>> {
     let job = st.app.store.apply(id, Command::Cancel).await?;
     crate::outcomes::log_change(&job);
-    Ok(Json(job.to_public()))
+    Ok(Json(acted(&caller, &job)))
+}
+
+/// The job as the answer to an action on it: all of it to a caller that may read jobs, only
+/// its id, status and attempt to one that may not (a `jobs:cancel` or `jobs:submit` token
+/// without `jobs:read` must not read a job's args, result or runs through them).
+fn acted(caller: &Grant, job: &Job) -> Value {
+    if caller.allows(crate::auth::tokens::Scope::JobsRead) {
+        job.to_public()
+    } else {
+        json!({"id": job.id, "status": job.status, "attempt": job.attempt})
+    }
 }
 
 /// `POST /async/jobs/{id}/retry`.
 #[utoipa::path(post, path = "/async/jobs/{id}/retry", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
     responses(
-        (status = 202, description = "The job, queued again", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
+        (status = 202, description = "The job, queued again (`{id, status, attempt}` only without `jobs:read`)", body = super::openapi::schemas::JobActed), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job has not finished, or was cancelled while it ran and its worker is still stopping that attempt (retry later)", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the job's runner refuses its args (`large_args`), nothing changed", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -478,7 +490,7 @@ pub async fn retry_job(
         }
     }
     let job = st.app.store.apply(id, Command::Retry).await?;
-    Ok((StatusCode::ACCEPTED, Json(job.to_public())).into_response())
+    Ok((StatusCode::ACCEPTED, Json(acted(&caller, &job))).into_response())
 }
 
 /// Query of `GET /async/jobs/{id}/logs`.

@@ -1,5 +1,6 @@
 //! `GET /async/runners`: the runners this process runs, with the slots in use here (a worker
-//! node's slots are its own: with separate `runyard worker` processes, an API node shows 0).
+//! node's slots are its own: with separate `runyard worker` processes, an API node shows 0;
+//! `null` to a grant confined to types or channels).
 //! `GET /async/stats`: jobs by status and type, queue depth and oldest QUEUED job per type, from
 //! the store's counts (indexes, not a scan: [`crate::store::JobCountStore`]); the dashboard's
 //! overview.
@@ -79,7 +80,10 @@ async fn whoami(Caller(grant): Caller) -> Json<Value> {
 
 #[utoipa::path(get, path = "/async/runners", tag = "operations", operation_id = "list_runners",
     responses((status = 200, description = "The runners and their slots in use", body = super::openapi::schemas::RunnerList)))]
-async fn list(State(st): State<AppState>) -> Json<Value> {
+async fn list(State(st): State<AppState>, Caller(grant): Caller) -> Json<Value> {
+    // A runner's slots hold every tenant's jobs of its types: their count would tell a grant
+    // confined to types or channels about jobs it does not see (as `/async/stats` would).
+    let counts = !grant.is_confined();
     let runners: Vec<Value> = st
         .app
         .runners
@@ -90,7 +94,7 @@ async fn list(State(st): State<AppState>) -> Json<Value> {
                 "kind": r.kind,
                 "types": r.types,
                 "concurrency": r.concurrency,
-                "in_use": r.active.load(Ordering::Relaxed),
+                "in_use": counts.then(|| r.active.load(Ordering::Relaxed)),
                 "timeout_ms": r.timeout.map(|t| t.as_millis() as u64),
                 "max_attempts": r.max_attempts,
             })

@@ -58,6 +58,14 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<SignalBody> {
                 "`id` must be 1-{MAX_ID_BYTES} bytes without control characters"
             )));
         }
+        // As for keys: an id with a zero-width or direction mark shows as another id.
+        if let Some(c) = id.chars().find(|&c| crate::job::invisible(c)) {
+            return Err(bad(format!(
+                "`id` must not contain invisible characters (zero-width or direction marks): \
+                 U+{:04X} in {id:?}",
+                c as u32
+            )));
+        }
     }
     Ok(b)
 }

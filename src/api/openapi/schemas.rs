@@ -91,6 +91,25 @@ pub struct JobView {
     pub render_error: Option<String>,
 }
 
+/// The answer of a cancel or a retry: the job ([`JobView`]) to a caller that may read jobs
+/// (`jobs:read`), only `{id, status, attempt}` ([`JobBrief`]) to one that may not.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // Schema-only: never built.
+pub enum JobActed {
+    Job(JobView),
+    Brief(JobBrief),
+}
+
+/// A job as a caller without `jobs:read` is told of it after acting on it.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobBrief {
+    pub id: uuid::Uuid,
+    pub status: JobStatus,
+    pub attempt: u32,
+}
+
 /// A page of `GET /async/jobs`.
 #[derive(ToSchema)]
 pub struct JobPage {
@@ -263,7 +282,8 @@ pub struct BatchResults {
 /// `GET /async/runners`.
 #[derive(ToSchema)]
 pub struct RunnerList {
-    /// `{name, kind, types, concurrency, in_use, timeout_ms, max_attempts}` each.
+    /// `{name, kind, types, concurrency, in_use, timeout_ms, max_attempts}` each; `in_use` is
+    /// `null` for a token confined to types or channels.
     pub runners: Vec<Value>,
 }
 

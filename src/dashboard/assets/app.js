@@ -43,9 +43,10 @@ async function loadScopes() {
     auth.scopes = who.scopes || [];
   } catch (e) {
     if (e.status === 401) return false;
-    // A server without /async/whoami: every action is offered; the server still decides, and a
-    // refusal shows its message.
-    auth.scopes = null;
+    // 403: the token lacks `jobs:read` (whoami needs it), so it can read nothing here: no action
+    // is offered. Any other failure is a server without /async/whoami: every action is offered;
+    // the server still decides, and a refusal shows its message.
+    auth.scopes = e.status === 403 ? [] : null;
   }
   document.getElementById("signout").hidden = !auth.token;
   return true;
@@ -81,9 +82,17 @@ function h(tag, attrs = {}, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : shown(String(c)));
   return el;
 }
+
+// Text as written: the Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E,
+// U+200F, U+061C) and the C1 controls would show text in another order than written, or hide
+// it; they are shown as `\u{...}` escapes, as the CLI prints them (src/logging.rs). Every text
+// the page shows goes through here (h() and setText()).
+const HIDDEN = /[\u007f-\u009f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g;
+function shown(s) { return s.replace(HIDDEN, (c) => `\\u{${c.codePointAt(0).toString(16)}}`); }
+function setText(el, s) { el.textContent = shown(String(s)); }
 
 function badge(status) { return h("span", { class: `badge s-${(status || "").toLowerCase()}`, "data-status": status }, status || "?"); }
 
@@ -105,7 +114,7 @@ function ago(ts) {
 
 function toast(msg) {
   const t = document.getElementById("toast");
-  t.textContent = msg; t.hidden = false;
+  setText(t, msg); t.hidden = false;
   clearTimeout(toast.timer); toast.timer = setTimeout(() => { t.hidden = true; }, 6000);
 }
 
@@ -401,8 +410,8 @@ async function jobPage(id) {
 
   function renderLogs() {
     const needle = search.value.toLowerCase();
-    logs.textContent = lines.filter((l) => !needle || l.line.toLowerCase().includes(needle))
-      .map((l) => `${logTime(l.ts)} ${l.stream === "stderr" ? "!" : " "} ${l.line}`).join("\n");
+    setText(logs, lines.filter((l) => !needle || l.line.toLowerCase().includes(needle))
+      .map((l) => `${logTime(l.ts)} ${l.stream === "stderr" ? "!" : " "} ${l.line}`).join("\n"));
     logs.scrollTop = logs.scrollHeight;
   }
   async function pullLogs() {
@@ -417,12 +426,12 @@ async function jobPage(id) {
   }
   function render() {
     status.replaceChildren(badge(j.status));
-    why.textContent = whyNotRunning(j);
+    setText(why, whyNotRunning(j));
     if (j.status === "QUEUED" && j.runner) {
       // How full its runner is, on this node (a worker node's slots are its own).
       api("/async/runners").then((r) => {
         const slot = (r.runners || []).find((x) => x.name === j.runner);
-        if (slot && j.status === "QUEUED") why.textContent = `${whyNotRunning(j)} Runner ${slot.name} has ${slot.in_use} of ${slot.concurrency} slots in use on this node.`;
+        if (slot && slot.in_use != null && j.status === "QUEUED") setText(why, `${whyNotRunning(j)} Runner ${slot.name} has ${slot.in_use} of ${slot.concurrency} slots in use on this node.`);
       }).catch(() => {});
     }
     progress.value = j.status === "SUCCESS" ? 1 : (j.progress || 0);

@@ -41,10 +41,10 @@ async function deadLetters(params) {
   async function countAll() {
     try {
       const d = await api(`/async/dead_letters${type ? `?type=${encodeURIComponent(type)}` : ""}`);
-      total.textContent = `${d.count} dead letter${d.count === 1 ? "" : "s"} in all${type ? ` of types ${type}` : ""}.`;
+      setText(total, `${d.count} dead letter${d.count === 1 ? "" : "s"} in all${type ? ` of types ${type}` : ""}.`);
       total.dataset.count = d.count;
     } catch (e) {
-      total.textContent = `The count is not available (${e.message}).`;
+      setText(total, `The count is not available (${e.message}).`);
     }
   }
   const actions = h("div", { class: "actions" });
