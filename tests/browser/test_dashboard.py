@@ -247,3 +247,41 @@ jwt_leeway = "0s"
         ctx.close()
     finally:
         srv.stop()
+
+
+def test_text_is_shown_in_the_order_written(server, page):
+    """A right-to-left override in a job's args (or anything a job or a submitter wrote) would show
+    `deploy to production (safe)` for text that says otherwise: the page shows it as an escape,
+    JSON's own in JSON (the copied command is still the same JSON)."""
+    job = server.submit({"type": "noop.bidi", "args": {"target": "deploy to \u202enoitcudorp\u202c (safe)"}})
+    server.wait(job, {"SUCCESS"})
+    open_page(page, server, f"/job/{job}")
+    args = page.locator("pre.json").first
+    expect(args).to_contain_text("deploy to \\u202enoitcudorp\\u202c (safe)")
+    text = page.locator("#main").inner_text()
+    assert "\u202e" not in text and "\u202c" not in text, text
+
+
+def test_a_token_that_cannot_read_is_offered_no_action(browser):
+    """A token with `jobs:submit` only cannot read anything here (`/async/whoami` needs `jobs:read`
+    and answers 403): the page offers it no action, instead of every action a server without
+    whoami would get."""
+    from conftest import Server, auth_config, new_context
+
+    token = "ry_submit_only_token_for_the_browser_test"
+    srv = Server(extra_config=auth_config({"sub": (token, 'scopes = ["jobs:submit"]')}))
+    try:
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        page.goto(f"{srv.url}/#/jobs")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        page.fill("#token", token)
+        page.locator("#signin button").click()
+        expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=10000)
+        expect(page.locator("#bulk-cancel")).to_have_count(0)
+        page.goto(f"{srv.url}/#/signals")
+        expect(page.locator("body")).to_have_attribute("data-ready", "/signals", timeout=10000)
+        expect(page.locator("#signal-send")).to_have_count(0)
+        ctx.close()
+    finally:
+        srv.stop()

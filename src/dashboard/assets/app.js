@@ -93,6 +93,11 @@ function h(tag, attrs = {}, ...children) {
 const HIDDEN = /[\u007f-\u009f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g;
 function shown(s) { return s.replace(HIDDEN, (c) => `\\u{${c.codePointAt(0).toString(16)}}`); }
 function setText(el, s) { el.textContent = shown(String(s)); }
+// JSON text with those characters as JSON's own escapes (`\u202e`): shown in the order written,
+// and still the same JSON when copied.
+function jsonText(v, indent) {
+  return JSON.stringify(v, null, indent).replace(HIDDEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
 
 function badge(status) { return h("span", { class: `badge s-${(status || "").toLowerCase()}`, "data-status": status }, status || "?"); }
 
@@ -125,7 +130,7 @@ function logTime(ts) {
   return isNaN(d) ? "" : d.toTimeString().slice(0, 8) + "." + String(d.getMilliseconds()).padStart(3, "0");
 }
 
-function json(v) { return h("pre", { class: "json" }, JSON.stringify(v, null, 2)); }
+function json(v) { return h("pre", { class: "json" }, jsonText(v, 2)); }
 
 // ---------------------------------------------------------------- live events
 
@@ -380,13 +385,13 @@ function whyNotRunning(j) {
 }
 
 function submitCommand(j) {
-  const args = JSON.stringify(j.args || {});
+  const args = jsonText(j.args || {});
   const q = (s) => `'${s.replace(/'/g, "'\\''")}'`;
   return `runyard submit ${j.type} --args ${q(args)} --server ${location.origin}`;
 }
 
 function curlCommand(j) {
-  const body = JSON.stringify({ type: j.type, args: j.args || {} });
+  const body = jsonText({ type: j.type, args: j.args || {} });
   const q = (s) => `'${s.replace(/'/g, "'\\''")}'`;
   return `curl -X POST ${location.origin}/async/jobs -H 'Content-Type: application/json'${auth.token ? " -H \"Authorization: Bearer $RUNYARD_TOKEN\"" : ""} -d ${q(body)}`;
 }
