@@ -64,23 +64,6 @@ pub async fn authenticate(
         }
         r => r,
     }?;
-    // Signed before this process's replay memory began (the embedded store, after a restart):
-    // it may be one the process before accepted. The job's client signs it again on 503.
-    if st
-        .app
-        .store
-        .remembers_since_ms()
-        .is_some_and(|since| checked.signed_at_ms < since)
-    {
-        return Err(
-            VerifyError::ReplayUnavailable(runyard_hooks::ReplayError::Unavailable(
-                "the request was signed before this server started, and which signed requests the \
-             server accepted before it is not known: sign it again"
-                    .into(),
-            ))
-            .into(),
-        );
-    }
     // Only now, so that forged requests cannot fill it: the store's replay memory (shared by
     // every API node on Redis).
     let first = st

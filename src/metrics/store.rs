@@ -257,10 +257,6 @@ impl crate::store::ReplayMemory for MeteredStore {
             .store_op("remember_once", t.elapsed(), r.is_err());
         r
     }
-
-    fn remembers_since_ms(&self) -> Option<i64> {
-        self.inner.remembers_since_ms()
-    }
 }
 
 impl crate::store::EventTail for MeteredStore {

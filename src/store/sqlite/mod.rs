@@ -159,10 +159,8 @@ pub struct SqliteStore {
     /// Why the writer's last transaction failed to commit (disk full, I/O error), until one
     /// commits again: `health` reports it, so `/health/ready` is not "ok" while every write fails.
     write_failed: Arc<Mutex<Option<String>>>,
-    /// Hook replay memory (`replay.rs`).
+    /// The process's own hook replay memory, in front of table `replay` (`replay.rs`).
     replay: runyard_hooks::ReplayGuard,
-    /// When `replay` was made (ms since the epoch): see `ReplayMemory::remembers_since_ms`.
-    replay_since_ms: i64,
     _lock: std::fs::File,
 }
 
@@ -282,6 +280,7 @@ impl SqliteStore {
         conn.execute_batch(jobs::SCHEMA).map_err(db_err)?;
         conn.execute_batch(deliveries::SCHEMA).map_err(db_err)?;
         conn.execute_batch(waits::SCHEMA).map_err(db_err)?;
+        conn.execute_batch(replay::SCHEMA).map_err(db_err)?;
         events::migrate(&conn)?;
         counts::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
@@ -317,7 +316,6 @@ impl SqliteStore {
             checkpoints,
             write_failed,
             replay: runyard_hooks::ReplayGuard::new(),
-            replay_since_ms: runyard_hooks::now_ms(),
             _lock: lock,
         })
     }

@@ -39,6 +39,8 @@ impl Maintenance for SqliteStore {
                 }
             }
             report.jobs = ids.len() as u64;
+            // Accepted hook requests past their expiry (replay.rs), in bounded chunks too.
+            super::replay::forget_expired(c, runyard_hooks::now_ms(), 20_000)?;
             // The global stream.
             let max: i64 = c
                 .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))

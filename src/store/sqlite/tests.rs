@@ -94,3 +94,67 @@ fn sqlite_gives_each_connection_a_page_cache_of_its_own() {
         "{opts:?}"
     );
 }
+
+/// Accepted hook requests are remembered in the database: a request the store accepted before it
+/// was closed (a crash, a restart) is still a replay after it is opened again, until it expires;
+/// an expired one is taken again, and retention's pass forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_requests_are_remembered_across_a_restart_until_they_expire() {
+    use crate::store::{Maintenance, ReplayMemory};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = runyard_hooks::now_ms();
+    {
+        let store = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
+        assert!(store
+            .remember_once("live", now + 300_000, now)
+            .await
+            .unwrap());
+        assert!(store.remember_once("old", now + 1_000, now).await.unwrap());
+        assert!(!store
+            .remember_once("live", now + 300_000, now)
+            .await
+            .unwrap());
+    }
+    let store = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("reopen");
+    assert!(
+        !store
+            .remember_once("live", now + 300_000, now + 10)
+            .await
+            .unwrap(),
+        "a request accepted before the restart is a replay after it"
+    );
+    assert!(
+        store
+            .remember_once("fresh", now + 300_000, now)
+            .await
+            .unwrap(),
+        "a request never accepted is taken"
+    );
+    let count = |store: &SqliteStore| {
+        let c = rusqlite::Connection::open(dir.path().join("runyard.db")).expect("read");
+        let _ = store;
+        c.query_row("SELECT COUNT(*) FROM replay", [], |r| r.get::<_, i64>(0))
+            .expect("count")
+    };
+    assert_eq!(count(&store), 3);
+    // Past its expiry, "old" is taken again (its row taken over).
+    assert!(store
+        .remember_once("old", now + 900_000, now + 2_000)
+        .await
+        .unwrap());
+    assert!(!store
+        .remember_once("old", now + 900_000, now + 2_000)
+        .await
+        .unwrap());
+    drop(store);
+    let store = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("reopen");
+    // Retention forgets rows past their expiry only ("fresh" and "live" expire in 5 minutes,
+    // "old" in 15).
+    store.retention(0).await.expect("retention");
+    assert_eq!(count(&store), 3, "nothing expired yet");
+    store
+        .write(move |ctx| super::replay::forget_expired(ctx.conn, now + 600_000, 100))
+        .await
+        .expect("forget");
+    assert_eq!(count(&store), 1, "only the request expiring last is kept");
+}
