@@ -679,6 +679,14 @@ fn submit_wait_and_logs_follow_read_the_event_stream_with_the_token() {
         &[],
     );
     assert!(hang.status.success(), "{}", stderr(&hang));
+    // A token on the command line works, with a warning: every user of the host can read it
+    // (`ps`); from RUNYARD_TOKEN (above) there is none.
+    assert!(
+        stderr(&hang).contains("warning: --token on the command line"),
+        "{}",
+        stderr(&hang)
+    );
+    assert!(!stderr(&with).contains("warning"), "{}", stderr(&with));
     let hang = stdout(&hang).trim().to_string();
     let flag = cli_env(
         &s.url,

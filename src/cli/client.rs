@@ -18,7 +18,8 @@ pub struct ServerArg {
     /// Base URL of the runyard server.
     #[arg(long, env = "RUNYARD_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
-    /// API token or JWT, sent as `Authorization: Bearer` on every request.
+    /// API token or JWT, sent as `Authorization: Bearer` on every request. Prefer the
+    /// environment variable: a command line is readable by every user of the host (`ps`).
     #[arg(long, env = "RUNYARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// `text` for people, `json` for programs (one JSON document; JSON lines for `logs`).
@@ -99,6 +100,12 @@ impl Api {
             )));
         }
         let token = token.map(str::trim).filter(|t| !t.is_empty());
+        if token.is_some() && token_on_command_line(std::env::args()) {
+            eprintln!(
+                "warning: --token on the command line can be read by every user of this host \
+                 (`ps`, /proc): set RUNYARD_TOKEN instead"
+            );
+        }
         if let Some(t) = token {
             if reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
                 return Err(Failure::usage(
@@ -460,6 +467,12 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
         Format::Text => println!("{}", follow::end_line(&job)),
     }
     Ok(exit::of_status(status))
+}
+
+/// `--token` (or `--token=...`) is among the process's arguments (before a `--`).
+fn token_on_command_line(args: impl Iterator<Item = String>) -> bool {
+    args.take_while(|a| a != "--")
+        .any(|a| a == "--token" || a.starts_with("--token="))
 }
 
 #[cfg(test)]
