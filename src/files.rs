@@ -165,7 +165,9 @@ impl BlobStore {
         result
     }
 
-    /// Deletes blobs not in `referenced` whose last touch is older than `grace`; returns how many.
+    /// Deletes blobs not in `referenced` whose last touch is older than `grace`, and files of
+    /// `tmp/` not written to for as long (an upload cut by a crash: one in progress is written
+    /// to, one stalled past `api.body_timeout` is removed by its request); returns how many.
     pub fn gc(
         &self,
         referenced: &dyn Fn(&str) -> bool,
@@ -175,9 +177,10 @@ impl BlobStore {
         let now = std::time::SystemTime::now();
         for dir in std::fs::read_dir(&self.root)? {
             let dir = dir?;
-            if dir.file_name() == "tmp" || !dir.file_type()?.is_dir() {
+            if !dir.file_type()?.is_dir() {
                 continue;
             }
+            let tmp = dir.file_name() == "tmp";
             for f in std::fs::read_dir(dir.path())? {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().to_string();
@@ -186,7 +189,8 @@ impl BlobStore {
                     .and_then(|m| m.modified())
                     .map(|t| now.duration_since(t).unwrap_or_default() > grace)
                     .unwrap_or(false);
-                if old && valid_hash(&name) && !referenced(&name) {
+                let unused = tmp || (valid_hash(&name) && !referenced(&name));
+                if old && unused && f.file_type()?.is_file() {
                     std::fs::remove_file(f.path())?;
                     n += 1;
                 }
@@ -266,15 +270,20 @@ mod tests {
             .unwrap()
             .hash;
         let used = |h: &str| h == kept;
-        // Young contents are spared (an upload may be attaching them right now).
+        // What an upload cut by a crash leaves in tmp/.
+        let cut = dir.path().join("tmp").join("upload-cut-by-a-crash");
+        std::fs::write(&cut, b"half of it").unwrap();
+        // Young contents are spared (an upload may be attaching them right now, or writing).
         assert_eq!(
             s.gc(&used, std::time::Duration::from_secs(3600)).unwrap(),
             0
         );
         assert!(s.exists(&orphan).await);
+        assert!(cut.exists());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert_eq!(s.gc(&used, std::time::Duration::from_millis(5)).unwrap(), 1);
+        assert_eq!(s.gc(&used, std::time::Duration::from_millis(5)).unwrap(), 2);
         assert!(!s.exists(&orphan).await);
+        assert!(!cut.exists(), "a stale upload is removed");
         assert!(s.exists(&kept).await);
     }
 }

@@ -552,17 +552,33 @@ fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         }
         anyhow::bail!("{} is too short to be a master key", path.display());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    // A database without its key: the key it was made with is lost or moved. A new one would
+    // silently change every job secret, signed URL and webhook signature derived from it.
+    let db = dir.join("runyard.db");
+    if std::fs::metadata(&db).is_ok_and(|m| m.len() > 0) {
+        anyhow::bail!(
+            "{} holds a database but no master.key: restore {} (or set `master_key` to the              key it was made with); a new key would make every job secret, signed URL and              webhook signature made before stop verifying. To start afresh, move the database              away",
+            dir.display(),
+            path.display()
+        );
     }
+    // Written whole to a file of its own, then linked into place (never over a key): a failed
+    // write (a full disk) leaves no empty or partial master.key behind.
     let key = hex::encode(rand::random::<[u8; 32]>());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(key.as_bytes())?;
-    f.sync_all()?;
+    let tmp = dir.join(format!("master.key.new-{}", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written.with_context(|| format!("cannot create {}", path.display()))?;
     Ok(key.into_bytes())
 }

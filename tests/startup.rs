@@ -428,3 +428,27 @@ fn the_readme_configuration_starts_as_written() {
     let log = started(block, &[], &[]);
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }
+
+/// A data dir holding a database but not the master.key it was made with (lost, or moved) is
+/// refused, not given a new key: a new one would make every job secret, signed URL and webhook
+/// signature made before stop verifying. A new data dir gets its key as before.
+#[test]
+fn a_database_without_its_master_key_is_refused_not_given_a_new_one() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("runyard.db"), b"SQLite format 3\0").unwrap();
+    let config = format!(
+        "data_dir = {:?}\n[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+        data.path().display().to_string()
+    );
+    refused(&config, &["serve"], &[], &["no master.key", "restore"]);
+    assert!(
+        !data.path().join("master.key").exists(),
+        "no key was made for the database"
+    );
+    let keys: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("master.key"))
+        .collect();
+    assert!(keys.is_empty(), "no key file, whole or partial: {keys:?}");
+}

@@ -24,6 +24,11 @@ const FLUSH_DELAY: Duration = Duration::from_millis(100);
 /// so the note is not the first line retention trims.
 const MAX_BUFFERED_LINES: usize = 5_000;
 
+/// How long a batch of log lines the store refused (a full disk) is tried again before it is
+/// given up, a note taking its place. The reporter meanwhile keeps what the job writes (bounded:
+/// `MAX_BUFFERED_LINES`).
+const LOG_RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// Where an attempt's batches go: its logs and its progress (under its claim token) in the store.
 pub struct StoreSink {
     /// Weak: runner-side tasks (pipe readers, service contexts) hold the reporter and may
@@ -31,6 +36,14 @@ pub struct StoreSink {
     store: std::sync::Weak<dyn Store>,
     job_id: Uuid,
     token: u64,
+    /// Lines given up since the last batch stored: the next batch stored says how many, where
+    /// they were.
+    lost: std::sync::atomic::AtomicU64,
+}
+
+/// The line standing for `n` lines the store could not write.
+fn lost_note(n: u64) -> String {
+    format!("[runyard] {n} line(s) lost here: the store could not write them")
 }
 
 impl StoreSink {
@@ -40,6 +53,7 @@ impl StoreSink {
             store: Arc::downgrade(&store),
             job_id,
             token,
+            lost: Default::default(),
         };
         BufferedReporter::new(sink, FLUSH_DELAY, MAX_BUFFERED_LINES)
     }
@@ -52,13 +66,25 @@ impl BatchSink for StoreSink {
             return; // The server has stopped.
         };
         if !batch.lines.is_empty() {
-            let lines = batch
+            use std::sync::atomic::Ordering::SeqCst;
+            let count = batch.lines.len() as u64;
+            let mut lines: Vec<_> = batch
                 .lines
                 .into_iter()
                 .map(|(stream, at, line)| (stream, micros(at), line))
                 .collect();
-            if let Err(e) = store.append_logs(self.job_id, lines).await {
-                tracing::warn!(job_id = %self.job_id, error = %e, "cannot write job logs");
+            let lost = self.lost.load(SeqCst);
+            if lost > 0 {
+                lines.insert(0, (LogStream::Stderr, lines[0].1, lost_note(lost)));
+            }
+            match self.append(&*store, lines).await {
+                Ok(()) => {
+                    self.lost.fetch_sub(lost, SeqCst);
+                }
+                Err(e) => {
+                    self.lost.fetch_add(count, SeqCst);
+                    tracing::warn!(job_id = %self.job_id, error = %e, "cannot write job logs");
+                }
             }
         }
         if let Some((progress, details)) = batch.progress {
@@ -69,6 +95,31 @@ impl BatchSink for StoreSink {
             };
             if let Err(e) = store.apply(self.job_id, cmd).await {
                 tracing::debug!(job_id = %self.job_id, error = %e, "progress not recorded");
+            }
+        }
+    }
+}
+
+impl StoreSink {
+    /// Appends `lines`; a write the store refused for a reason of its own (a full disk:
+    /// `StoreError::Backend`, nothing written) is tried again, with backoff, for
+    /// [`LOG_RETRY_FOR`]. Any other error is not: the write may have been carried out.
+    async fn append(
+        &self,
+        store: &dyn Store,
+        lines: Vec<(LogStream, Micros, String)>,
+    ) -> crate::store::Result<()> {
+        let until = tokio::time::Instant::now() + LOG_RETRY_FOR;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match store.append_logs(self.job_id, lines.clone()).await {
+                Err(crate::store::StoreError::Backend(_))
+                    if tokio::time::Instant::now() + pause < until =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                r => return r,
             }
         }
     }

@@ -104,10 +104,7 @@ impl Worker {
             }
             End::Stopped => return self.stopped_gone(id, token).await,
         };
-        let r = self
-            .store
-            .finish(id, Command::Finish { token, outcome }, refill)
-            .await;
+        let r = self.finish_write(id, token, outcome, refill).await;
         if gone {
             return self.finished(id, token, r).await;
         }
@@ -198,9 +195,43 @@ impl Worker {
         outcome: FinishOutcome,
         refill: Option<Arc<Refill>>,
     ) {
-        let cmd = Command::Finish { token, outcome };
-        let r = self.store.finish(id, cmd, refill).await;
+        let r = self.finish_write(id, token, outcome, refill).await;
         self.finished(id, token, r).await;
+    }
+
+    /// Writes an attempt's outcome. A write the store refused for a reason of its own (a full
+    /// disk: `StoreError::Backend`, nothing written) is tried again, with backoff, until the
+    /// lease would run out (the reaper's turn then) or the worker stops: an outcome lost to a
+    /// moment without room would run a finished job again. Only the first try may claim the
+    /// slot's next job.
+    async fn finish_write(
+        &self,
+        id: Uuid,
+        token: u64,
+        outcome: FinishOutcome,
+        refill: Option<Arc<Refill>>,
+    ) -> Result<Job, StoreError> {
+        let until = tokio::time::Instant::now() + self.cfg.lease_ttl;
+        let mut pause = Duration::from_millis(100);
+        let mut refill = refill;
+        loop {
+            let cmd = Command::Finish {
+                token,
+                outcome: outcome.clone(),
+            };
+            let r = self.store.finish(id, cmd, refill.take()).await;
+            let e = match &r {
+                Err(e @ StoreError::Backend(_)) => e,
+                _ => return r,
+            };
+            let stopping = self.stopping.load(std::sync::atomic::Ordering::SeqCst);
+            if stopping || tokio::time::Instant::now() + pause >= until {
+                return r;
+            }
+            tracing::warn!(error = %e, "cannot record the outcome yet: trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// What the store answered to an attempt's finish ([`Worker::settled`]).

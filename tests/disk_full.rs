@@ -1,0 +1,237 @@
+//! The embedded store on a full disk: a real `runyard serve` whose data dir is a small tmpfs,
+//! filled while a local job runs. The job's outcome, which the store cannot write when the
+//! process ends, is written once there is room again (it was dropped: the reaper then took the
+//! job back and ran a finished job again, or ended it ERROR), and its log lines are all stored,
+//! or a note says how many were lost and where.
+//!
+//! Needs root (to mount the tmpfs); elsewhere it says so and passes without running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runyard");
+const LINES: usize = 80;
+
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut r = reqwest::Client::new()
+            .request(method, url)
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        match r.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or_default())
+            }
+            Err(e) => (0, json!({ "transport": e.to_string() })),
+        }
+    })
+}
+
+fn job(url: &str, id: &str) -> Value {
+    call(
+        reqwest::Method::GET,
+        &format!("{url}/async/jobs/{id}"),
+        None,
+    )
+    .1
+}
+
+/// Writes `dir/filler` until the filesystem has no room left.
+fn fill(dir: &Path) -> std::fs::File {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+    f
+}
+
+#[test]
+fn a_full_disk_loses_no_outcome_and_no_log_line_without_a_note() {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mounted = Mounted(mnt.clone());
+    let runs = dir.path().join("runs");
+    let done = dir.path().join("done");
+    let config = format!(
+        r#"
+data_dir = "{data}"
+[worker]
+lease_ttl = "20s"
+
+[[runners]]
+kind = "local"
+types = ["talk.*"]
+command = ["/bin/sh", "-c", "i=0; while [ $i -lt {LINES} ]; do echo line-$i; i=$((i+1)); sleep 0.05; done; echo ran >> {runs}; touch {done}"]
+max_attempts = 2
+
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#,
+        data = mnt.join("data").display(),
+        runs = runs.display(),
+        done = done.display(),
+    );
+    let cfg = dir.path().join("runyard.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let _server = Server(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (s, v) = call(
+        reqwest::Method::POST,
+        &format!("{url}/async/jobs"),
+        Some(json!({"type": "talk.x"})),
+    );
+    assert_eq!(s, 202, "{v}");
+    let id = v["job_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while job(&url, &id)["status"] != "RUNNING" {
+        assert!(
+            Instant::now() < deadline,
+            "never RUNNING: {}",
+            job(&url, &id)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // No room left: the filler takes what the filesystem has, then submits fill what the
+    // database had free until the store refuses one.
+    let filler = fill(&mnt);
+    let pad = "x".repeat(20_000);
+    let mut refused = None;
+    for _ in 0..500 {
+        let (s, v) = call(
+            reqwest::Method::POST,
+            &format!("{url}/async/jobs"),
+            Some(json!({"type": "runyard.noop", "args": {"pad": pad}})),
+        );
+        if s >= 500 {
+            refused = Some(v);
+            break;
+        }
+        assert_eq!(s, 202, "{v}");
+    }
+    let refused = refused.expect("the store never ran out of room");
+    assert!(
+        refused.to_string().contains("full"),
+        "refused for another reason: {refused}"
+    );
+    // The job ends while the disk is full, and stays so past the time its log lines are tried
+    // again (10 s): its last lines and its outcome cannot be written then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "the job's process never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    drop(filler);
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let end = loop {
+        let j = job(&url, &id);
+        if ["SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"]
+            .contains(&j["status"].as_str().unwrap_or(""))
+        {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "never ended: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(end["status"], "SUCCESS", "{end}");
+    assert_eq!(end["attempt"], 1, "run once: {end}");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap().lines().count(),
+        1,
+        "the finished job ran again"
+    );
+    let (s, logs) = call(
+        reqwest::Method::GET,
+        &format!("{url}/async/jobs/{id}/logs?limit=1000"),
+        None,
+    );
+    assert_eq!(s, 200, "{logs}");
+    let lines: Vec<String> = logs["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{logs}"))
+        .iter()
+        .map(|l| l["line"].as_str().unwrap_or("").to_string())
+        .collect();
+    let kept = lines.iter().filter(|l| l.starts_with("line-")).count();
+    let lost: usize = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[runyard] "))
+        .filter_map(|l| l.split(" line(s) lost").next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(
+        kept + lost,
+        LINES,
+        "every line stored or counted by a note: {lines:?}"
+    );
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
