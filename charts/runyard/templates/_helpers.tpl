@@ -111,8 +111,80 @@ unless set in `config.worker`). */}}
 {{- end -}}
 {{- end -}}
 
+{{/* `config` keys the chart sets itself, or that hold a secret (which belongs in a Secret, never in
+the ConfigMap), with the value to use instead; and the RUNYARD_* variables and arguments that would
+set the same keys behind the chart's back. */}}
+{{- define "runyard.checkConfig" -}}
+{{- $instead := dict
+  "listen" "server.port (the chart writes listen = 0.0.0.0:<server.port>)"
+  "public_url" "publicUrl"
+  "data_dir" "persistence.* (the chart mounts the data volume at /var/lib/runyard)"
+  "redis" "redis.url or redis.existingSecret (the URL, which may hold a password, reaches runyard from a Secret, and the chart then drops the embedded store's claim and Recreate strategy)"
+  "master_key" "secrets.masterKey or secrets.existingSecret (key master-key): a secret belongs in a Secret, never in the ConfigMap"
+  "runners" "the chart's top-level runners list"
+  "auth.jwt_secret" "secrets.jwtSecret or secrets.existingSecret (key jwt-secret): a secret belongs in a Secret, never in the ConfigMap"
+  "auth.insecure_no_auth" "auth.enabled=false (the chart then starts serve --insecure-no-auth)"
+  "worker.enabled" "worker.enabled (the chart's value: it decides which pods run the worker)"
+-}}
+{{- $cfg := .Values.config | default dict -}}
+{{- range $k := keys $cfg | sortAlpha -}}
+{{- if not (regexMatch "^[A-Za-z0-9_-]+$" $k) -}}
+{{- fail (printf "runyard: config key %q is not a plain name: write nested keys as maps (config: {auth: {tokens: [...]}}), not dotted or quoted names" $k) -}}
+{{- end -}}
+{{- if hasKey $instead $k -}}
+{{- fail (printf "runyard: config.%s is not allowed (the chart sets it or it holds a secret); use %s" $k (get $instead $k)) -}}
+{{- end -}}
+{{- $t := get $cfg $k -}}
+{{- if kindIs "map" $t -}}
+{{- range $kk := keys $t | sortAlpha -}}
+{{- if not (regexMatch "^[A-Za-z0-9_-]+$" $kk) -}}
+{{- fail (printf "runyard: config.%s key %q is not a plain name: write nested keys as maps, not dotted or quoted names" $k $kk) -}}
+{{- end -}}
+{{- $path := printf "%s.%s" $k $kk -}}
+{{- if hasKey $instead $path -}}
+{{- fail (printf "runyard: config.%s is not allowed (the chart sets it or it holds a secret); use %s" $path (get $instead $path)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* A webhook URL with credentials: the server refuses it too, and they would sit in the ConfigMap. */ -}}
+{{- $notify := get $cfg "notify" -}}
+{{- if kindIs "map" $notify -}}
+{{- range $i, $d := (get $notify "defaults" | default list) -}}
+{{- if and (kindIs "map" $d) (regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@" (toString (get $d "url"))) -}}
+{{- fail (printf "runyard: config.notify.defaults[%d].url carries a user name or password: runyard refuses credentials in webhook URLs (they would show in the ConfigMap and on every job); verify the Runyard-Signature header instead (docs/notifications.md)" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $envInstead := dict
+  "RUNYARD_CONFIG" "nothing: the chart points it at its ConfigMap's runyard.toml"
+  "RUNYARD_LISTEN" (get $instead "listen")
+  "RUNYARD_PUBLIC_URL" (get $instead "public_url")
+  "RUNYARD_DATA_DIR" (get $instead "data_dir")
+  "RUNYARD_REDIS" (get $instead "redis")
+  "RUNYARD_MASTER_KEY" (get $instead "master_key")
+  "RUNYARD_AUTH__JWT_SECRET" (get $instead "auth.jwt_secret")
+  "RUNYARD_AUTH__INSECURE_NO_AUTH" (get $instead "auth.insecure_no_auth")
+  "RUNYARD_WORKER__ENABLED" (get $instead "worker.enabled")
+-}}
+{{- range $c := list "server" "worker" -}}
+{{- range $e := ((get $.Values $c).extraEnv | default list) -}}
+{{- $n := upper (toString (get $e "name")) -}}
+{{- if hasKey $envInstead $n -}}
+{{- fail (printf "runyard: %s.extraEnv must not set %s (the chart sets it, from a Secret where it is one); use %s" $c (get $e "name") (get $envInstead $n)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $a := (.Values.server.extraArgs | default list) -}}
+{{- if regexMatch "^--(redis|data-dir|listen)(=.*)?$" (toString $a) -}}
+{{- fail (printf "runyard: server.extraArgs must not hold %s: a command line is readable by anyone who can read the pod; use redis.url or redis.existingSecret, persistence.*, server.port" (regexReplaceAll "=.*$" (toString $a) "")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Checks of the values that templates cannot express otherwise. */}}
 {{- define "runyard.checks" -}}
+{{- include "runyard.checkConfig" . -}}
 {{- if and .Values.worker.enabled (not (include "runyard.useRedis" .)) -}}
 {{- fail "runyard: worker.enabled needs Redis (redis.url or redis.existingSecret): the embedded store belongs to one process" -}}
 {{- end -}}

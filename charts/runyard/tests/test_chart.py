@@ -403,3 +403,58 @@ def test_image_sets_no_runyard_env():
     dockerfile = (render.CHART.parent.parent / "Dockerfile").read_text()
     env_lines = [l for l in dockerfile.splitlines() if l.strip().upper().startswith("ENV ")]
     assert not [l for l in env_lines if "RUNYARD_" in l], env_lines
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        # Secrets: they belong in a Secret, never in the ConfigMap.
+        ({"master_key": "M" * 40}, "config.master_key is not allowed (the chart sets it or it holds a secret); use secrets.masterKey"),
+        ({"redis": "redis://:hunter2@redis:6379/0"}, "config.redis is not allowed (the chart sets it or it holds a secret); use redis.url or redis.existingSecret"),
+        ({"auth": {"jwt_secret": "J" * 40}}, "config.auth.jwt_secret is not allowed (the chart sets it or it holds a secret); use secrets.jwtSecret"),
+        # Keys the chart writes itself (a second one is a duplicate TOML key: the pod crash-loops).
+        ({"listen": "0.0.0.0:9000"}, "config.listen is not allowed (the chart sets it or it holds a secret); use server.port"),
+        ({"data_dir": "/data"}, "config.data_dir is not allowed (the chart sets it or it holds a secret); use persistence"),
+        ({"public_url": "https://x.example.com"}, "config.public_url is not allowed (the chart sets it or it holds a secret); use publicUrl"),
+        ({"runners": [{"kind": "local", "types": ["a"]}]}, "config.runners is not allowed (the chart sets it or it holds a secret); use the chart's top-level runners"),
+        ({"auth": {"insecure_no_auth": True}}, "use auth.enabled=false"),
+        ({"worker": {"enabled": False}}, "config.worker.enabled is not allowed"),
+        # A dotted name would be a TOML dotted key: auth.jwt_secret by another spelling.
+        ({"auth.jwt_secret": "J" * 40}, 'config key "auth.jwt_secret" is not a plain name'),
+        ({"auth": {"a.jwt_secret": "x"}}, 'config.auth key "a.jwt_secret" is not a plain name'),
+        ({"notify": {"defaults": [{"types": ["a"], "url": "https://u:pw@hooks.example.com/x"}]}},
+         "config.notify.defaults[0].url carries a user name or password"),
+    ],
+)
+def test_config_keys_the_chart_owns_or_secrets_are_refused(config, message):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "config": config})
+    assert message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"server": {"extraEnv": [{"name": "RUNYARD_MASTER_KEY", "value": "M" * 40}]}},
+         "server.extraEnv must not set RUNYARD_MASTER_KEY"),
+        ({"worker": {"extraEnv": [{"name": "runyard_redis", "value": "redis://:pw@r:6379/0"}]}},
+         "worker.extraEnv must not set runyard_redis"),
+        ({"server": {"extraEnv": [{"name": "RUNYARD_AUTH__JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}},
+         "use secrets.jwtSecret or secrets.existingSecret"),
+        ({"server": {"extraArgs": ["--redis=redis://:pw@r:6379/0"]}}, "server.extraArgs must not hold --redis:"),
+        ({"server": {"extraArgs": ["--data-dir", "/x"]}}, "server.extraArgs must not hold --data-dir"),
+    ],
+)
+def test_env_and_args_the_chart_owns_are_refused(values, message):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **values})
+    assert message in str(e.value), str(e.value)
+    assert "pw@" not in str(e.value), "the message never repeats a secret"
+
+
+def test_config_may_still_set_other_keys_of_owned_tables():
+    values = {**render.KEYS, "config": {"auth": {"jwt_leeway": "30s"}, "worker": {"lease_ttl": "20s"}, "api": {"max_page": 10}}}
+    cfg = config_of(render.render(values))
+    assert cfg["auth"] == {"jwt_leeway": "30s"}
+    assert cfg["worker"] == {"lease_ttl": "20s"}
+    assert cfg["api"] == {"max_page": 10}
