@@ -191,6 +191,22 @@ set the same keys behind the chart's back. */}}
 {{- if and (gt (int .Values.server.replicas) 1) (not (include "runyard.useRedis" .)) -}}
 {{- fail "runyard: server.replicas > 1 needs Redis (redis.url or redis.existingSecret)" -}}
 {{- end -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- range $k := list "masterKey" "jwtSecret" -}}
+{{- if get $.Values.secrets $k -}}
+{{- fail (printf "runyard: secrets.%s and secrets.existingSecret are both set: with existingSecret the keys come from that Secret (master-key, jwt-secret) and the chart renders none; remove secrets.%s, or remove existingSecret to have the chart render the Secret" $k $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.redis.url -}}
+{{- fail "runyard: redis.url next to secrets.existingSecret: the chart renders no Secret then, so it has nowhere to keep the URL (which may hold a password); put the URL in a Secret of your own and set redis.existingSecret (and redis.existingSecretKey, default redis-url), which may be the same Secret" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.redis.url .Values.redis.existingSecret -}}
+{{- fail "runyard: set redis.url or redis.existingSecret, not both" -}}
+{{- end -}}
+{{- if and .Values.redis.existingSecret (not .Values.redis.existingSecretKey) -}}
+{{- fail "runyard: redis.existingSecret needs redis.existingSecretKey (the key holding the URL; default redis-url)" -}}
+{{- end -}}
 {{- if not (or .Values.secrets.existingSecret .Values.secrets.masterKey) -}}
 {{- fail "runyard: set secrets.masterKey (e.g. --set secrets.masterKey=$(openssl rand -hex 32)) or secrets.existingSecret; the chart never generates it, since a generated key changes with every render and orphans running jobs" -}}
 {{- end -}}

@@ -458,3 +458,33 @@ def test_config_may_still_set_other_keys_of_owned_tables():
     assert cfg["auth"] == {"jwt_leeway": "30s"}
     assert cfg["worker"] == {"lease_ttl": "20s"}
     assert cfg["api"] == {"max_page": 10}
+
+
+def test_an_existing_secret_takes_no_inline_secrets():
+    """secrets.existingSecret: the chart renders no Secret, so an inline key or Redis URL next to it
+    would be dropped without a word; refused instead, naming what to do."""
+    mine = {"existingSecret": "mine"}
+    for values, message in [
+        ({"secrets": {**mine, "masterKey": "m" * 40}}, "secrets.masterKey and secrets.existingSecret are both set"),
+        ({"secrets": {**mine, "jwtSecret": "j" * 40}}, "secrets.jwtSecret and secrets.existingSecret are both set"),
+        ({"secrets": mine, "redis": {"url": "redis://:pw@redis:6379/0"}}, "set redis.existingSecret"),
+        ({**render.KEYS, "redis": {"url": "redis://r:6379/0", "existingSecret": "r"}}, "set redis.url or redis.existingSecret, not both"),
+        ({**render.KEYS, "redis": {"existingSecret": "r", "existingSecretKey": ""}}, "redis.existingSecret needs redis.existingSecretKey"),
+    ]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render(values)
+        assert message in str(e.value), (values, str(e.value))
+        assert "pw@" not in str(e.value)
+    # The documented way: the keys and the URL from Secrets of your own (here the same one).
+    docs = render.render({"secrets": mine, "redis": {"existingSecret": "mine"}})
+    assert not by_kind(docs, "Secret")
+    env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RUNYARD_MASTER_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "master-key"}
+    assert env["RUNYARD_AUTH__JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "jwt-secret"}
+    assert env["RUNYARD_REDIS"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "redis-url"}
+    # redis.url without existingSecret: the chart's Secret holds it, and the env reads it there.
+    docs = render.render({**render.KEYS, "redis": {"url": "redis://:pw@redis:6379/0"}})
+    secret = one(docs, "Secret")
+    assert base64.b64decode(secret["data"]["redis-url"]).decode() == "redis://:pw@redis:6379/0"
+    env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RUNYARD_REDIS"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "redis-url"}
