@@ -488,3 +488,28 @@ def test_an_existing_secret_takes_no_inline_secrets():
     assert base64.b64decode(secret["data"]["redis-url"]).decode() == "redis://:pw@redis:6379/0"
     env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["RUNYARD_REDIS"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "redis-url"}
+
+
+def test_a_changed_secret_or_config_rolls_the_pods():
+    def annotations(values):
+        docs = render.render(values)
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"] for d in by_kind(docs, "Deployment")}
+    redis = {"redis": {"url": "redis://redis:6379/0"}, "worker": {"enabled": True}}
+    base = annotations({**render.KEYS, **redis})
+    assert set(base) == {"runyard", "runyard-worker"}
+    for changed in [
+        {"secrets": {"masterKey": "q" * 40, "jwtSecret": "j" * 40}},
+        {"secrets": {"masterKey": "m" * 40, "jwtSecret": "z" * 40}},
+        {"redis": {"url": "redis://:pw@redis:6379/0"}},
+    ]:
+        after = annotations({**render.KEYS, **redis, **changed})
+        for name in base:
+            assert after[name]["checksum/secret"] != base[name]["checksum/secret"], (changed, name)
+            assert after[name]["checksum/config"] == base[name]["checksum/config"]
+    # The same values: the same annotations (no roll on every upgrade).
+    assert annotations({**render.KEYS, **redis}) == base
+    # A Secret the chart does not render: nothing to hash (docs: restart by hand after rotating).
+    docs = render.render(render.SCENARIOS["custom"])
+    for d in by_kind(docs, "Deployment"):
+        assert "checksum/secret" not in d["spec"]["template"]["metadata"]["annotations"]
+        assert "checksum/config" in d["spec"]["template"]["metadata"]["annotations"]
