@@ -74,23 +74,68 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- toJson (uniq $nss) -}}
 {{- end -}}
 
-{{/* Seconds of a runyard duration written as <n>s, <n>m or <n>h (0 for other forms, which the
-chart then cannot check). */}}
-{{- define "runyard.seconds" -}}
-{{- $d := toString . | trim -}}
-{{- if regexMatch "^[0-9]+s$" $d -}}{{- trimSuffix "s" $d | int -}}
-{{- else if regexMatch "^[0-9]+m$" $d -}}{{- mul (trimSuffix "m" $d | int) 60 -}}
-{{- else if regexMatch "^[0-9]+h$" $d -}}{{- mul (trimSuffix "h" $d | int) 3600 -}}
-{{- else -}}0{{- end -}}
+{{/* Milliseconds (rounded up) of a runyard duration, read as the server reads it (humantime):
+one or more <number><unit> parts, the number with an optional fraction, spaces allowed ("30s",
+"2m30s", "150000ms", "2.5m", "1h 30m"), or "0". Arguments: dict "v" the value "what" its name (for
+the message). A form the chart cannot read is refused, never taken for 0. */}}
+{{- define "runyard.millis" -}}
+{{- $what := .what -}}
+{{- if not (kindIs "string" .v) -}}
+{{- fail (printf "runyard: %s must be a duration string such as \"30s\", \"2m30s\" or \"1.5m\", not %v" $what .v) -}}
+{{- end -}}
+{{- $d := .v -}}
+{{- $units := dict
+  "nanos" 0.000001 "nsec" 0.000001 "ns" 0.000001
+  "usec" 0.001 "us" 0.001 "µs" 0.001
+  "millis" 1 "msec" 1 "ms" 1
+  "seconds" 1000 "second" 1000 "secs" 1000 "sec" 1000 "s" 1000
+  "minutes" 60000 "minute" 60000 "min" 60000 "mins" 60000 "m" 60000
+  "hours" 3600000 "hour" 3600000 "hr" 3600000 "hrs" 3600000 "h" 3600000
+  "days" 86400000 "day" 86400000 "d" 86400000
+  "weeks" 604800000 "week" 604800000 "wk" 604800000 "wks" 604800000 "w" 604800000
+  "months" 2630016000 "month" 2630016000 "M" 2630016000
+  "years" 31557600000 "year" 31557600000 "yr" 31557600000 "yrs" 31557600000 "y" 31557600000
+-}}
+{{- $bad := printf "runyard: %s = %q is not a duration the chart can read; write it as <number><unit> parts such as \"90s\", \"2m30s\", \"150000ms\" or \"2.5m\" (units ms, s, m, h, d)" $what $d -}}
+{{- if eq $d "0" -}}0
+{{- else if not (regexMatch "^\\s*([0-9]+(\\.[0-9]+)?\\s*[A-Za-zµ]+\\s*)+$" $d) -}}
+{{- fail $bad -}}
+{{- else -}}
+{{- $total := 0.0 -}}
+{{- range $part := regexFindAll "[0-9]+(\\.[0-9]+)?\\s*[A-Za-zµ]+" $d -1 -}}
+{{- $unit := regexFind "[A-Za-zµ]+$" $part -}}
+{{- if not (hasKey $units $unit) -}}
+{{- fail $bad -}}
+{{- end -}}
+{{- $total = addf $total (mulf (regexFind "^[0-9]+(\\.[0-9]+)?" $part | float64) (get $units $unit)) -}}
+{{- end -}}
+{{- ceil $total | int64 -}}
+{{- end -}}
 {{- end -}}
 
-{{/* runyard's shutdown window in seconds: worker.shutdown_grace + worker.kill_grace (30 s and 5 s
-unless set in `config.worker`). */}}
-{{- define "runyard.shutdownWindow" -}}
-{{- $w := .Values.config.worker | default dict -}}
-{{- $g := include "runyard.seconds" (default "30s" $w.shutdown_grace) | int -}}
-{{- $k := include "runyard.seconds" (default "5s" $w.kill_grace) | int -}}
-{{- add $g $k -}}
+{{/* runyard's shutdown window in milliseconds for the pods of a component: worker.shutdown_grace +
+worker.kill_grace (30 s and 5 s unless set in `config.worker`, or in the component's extraEnv as
+RUNYARD_WORKER__SHUTDOWN_GRACE / RUNYARD_WORKER__KILL_GRACE, which override the file as in the
+server). Arguments: dict "root" $ "component" "server"|"worker". */}}
+{{- define "runyard.shutdownWindowMs" -}}
+{{- $c := .component -}}
+{{- $w := .root.Values.config.worker | default dict -}}
+{{- $keys := dict "shutdown_grace" (dict "v" (get $w "shutdown_grace" | default "30s") "what" "config.worker.shutdown_grace") "kill_grace" (dict "v" (get $w "kill_grace" | default "5s") "what" "config.worker.kill_grace") -}}
+{{- range $e := ((get .root.Values $c).extraEnv | default list) -}}
+{{- $n := upper (toString (get $e "name")) -}}
+{{- if eq $n "RUNYARD_WORKER" -}}
+{{- fail (printf "runyard: %s.extraEnv must not set RUNYARD_WORKER (the whole [worker] table): set config.worker instead, which the chart checks against terminationGracePeriodSeconds" $c) -}}
+{{- end -}}
+{{- range $k := list "shutdown_grace" "kill_grace" -}}
+{{- if eq $n (printf "RUNYARD_WORKER__%s" (upper $k)) -}}
+{{- if not (hasKey $e "value") -}}
+{{- fail (printf "runyard: %s.extraEnv %s from valueFrom cannot be checked against terminationGracePeriodSeconds; set config.worker.%s or a plain value" $c (get $e "name") $k) -}}
+{{- end -}}
+{{- $_ := set $keys $k (dict "v" (toString (get $e "value")) "what" (printf "%s.extraEnv %s" $c (get $e "name"))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- add (include "runyard.millis" $keys.shutdown_grace | int64) (include "runyard.millis" $keys.kill_grace | int64) -}}
 {{- end -}}
 
 {{/* A value as TOML: strings, booleans, numbers, lists and (inline) tables. */}}
@@ -234,11 +279,12 @@ set the same keys behind the chart's back. */}}
 {{- if and .Values.serviceMonitor.enabled .Values.auth.enabled (not .Values.serviceMonitor.bearerTokenSecret) (not $metricsOpen) -}}
 {{- fail "runyard: serviceMonitor.enabled with auth.enabled needs serviceMonitor.bearerTokenSecret (a Secret with a runyard token that has jobs:read and no types or channels): with auth, /metrics answers 401 without one; or set config.auth.metrics_require_token=false to serve /metrics to anyone" -}}
 {{- end -}}
-{{- $window := include "runyard.shutdownWindow" . | int -}}
 {{- range $c := list "server" "worker" -}}
-{{- $grace := (get $.Values $c).terminationGracePeriodSeconds | int -}}
-{{- if le $grace $window -}}
-{{- fail (printf "runyard: %s.terminationGracePeriodSeconds (%d) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace (%d s)" $c $grace $window) -}}
+{{- $window := include "runyard.shutdownWindowMs" (dict "root" $ "component" $c) | int64 -}}
+{{- $grace := (get $.Values $c).terminationGracePeriodSeconds | int64 -}}
+{{- if le (mul $grace 1000) $window -}}
+{{- $shown := ternary (printf "%d" (div $window 1000)) (printf "%.3f" (divf $window 1000)) (eq (mod $window 1000) 0) -}}
+{{- fail (printf "runyard: %s.terminationGracePeriodSeconds (%d) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace (%s s): raise %s.terminationGracePeriodSeconds or lower the graces" $c $grace $shown $c) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq (include "runyard.jobsNamespace" .) .Release.Namespace) -}}

@@ -513,3 +513,59 @@ def test_a_changed_secret_or_config_rolls_the_pods():
     for d in by_kind(docs, "Deployment"):
         assert "checksum/secret" not in d["spec"]["template"]["metadata"]["annotations"]
         assert "checksum/config" in d["spec"]["template"]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    "grace, window",
+    # Every form the server's duration parser (humantime) reads, plus kill_grace's 5 s.
+    [("2m30s", "155"), ("150000ms", "155"), ("2.5m", "155"), ("1m 10s", "75"), ("55s", "60"),
+     ("55.5s", "60.500"), ("1h", "3605")],
+)
+def test_the_shutdown_window_is_read_in_every_duration_form(grace, window):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "config": {"worker": {"shutdown_grace": grace}}})
+    assert f"terminationGracePeriodSeconds (60) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace ({window} s)" in str(e.value), str(e.value)
+
+
+def test_a_shutdown_window_inside_the_grace_period_renders():
+    for grace in ["54.5s", "54s", "54000ms", "0", "0.5m"]:
+        docs = render.render({**render.KEYS, "config": {"worker": {"shutdown_grace": grace}}})
+        assert config_of(docs)["worker"]["shutdown_grace"] == grace
+
+
+def test_a_duration_the_chart_cannot_read_is_refused():
+    for grace, message in [
+        ("2x", 'config.worker.shutdown_grace = "2x" is not a duration the chart can read'),
+        ("30", 'config.worker.shutdown_grace = "30" is not a duration the chart can read'),
+        (30, "config.worker.shutdown_grace must be a duration string"),
+    ]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "config": {"worker": {"kill_grace": "1s", "shutdown_grace": grace}}})
+        assert message in str(e.value), str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "config": {"worker": {"kill_grace": "5 fortnights"}}})
+    assert 'config.worker.kill_grace = "5 fortnights" is not a duration' in str(e.value)
+
+
+def test_the_shutdown_window_set_in_extra_env_is_checked():
+    """RUNYARD_WORKER__* in a component's extraEnv overrides config.worker in that component's pods."""
+    def env(component, name, **value):
+        return {component: {"extraEnv": [{"name": name, **value}]}}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("worker", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="2m")})
+    assert "worker.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(125 s)" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("server", "runyard_worker__kill_grace", value="1m")})
+    assert "server.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(90 s)" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("server", "RUNYARD_WORKER__SHUTDOWN_GRACE",
+                                             valueFrom={"configMapKeyRef": {"name": "c", "key": "k"}})})
+    assert "from valueFrom cannot be checked" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("server", "RUNYARD_WORKER", value='{shutdown_grace="2m"}')})
+    assert "must not set RUNYARD_WORKER (the whole [worker] table)" in str(e.value)
+    # The env shortens the window below the file's: the env wins, as in the server.
+    values = {**render.KEYS, "config": {"worker": {"shutdown_grace": "2m"}},
+              **env("server", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="20s"),
+              **env("worker", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="20s")}
+    assert one(render.render(values), "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
