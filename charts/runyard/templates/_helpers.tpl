@@ -290,6 +290,24 @@ set the same keys behind the chart's back. */}}
 {{- if and (eq (include "runyard.jobsNamespace" .) .Release.Namespace) -}}
 {{- fail "runyard: jobs.namespace must not be the release namespace: a Job there could mount runyard's own Secret" -}}
 {{- end -}}
+{{- if not .Values.runners -}}
+{{- if .Values.worker.enabled -}}
+{{- fail "runyard: runners is empty: `runyard worker` refuses to start without runners; give at least one runner (see values.yaml)" -}}
+{{- else if not (has "--allow-no-runners" (.Values.server.extraArgs | default list)) -}}
+{{- fail "runyard: runners is empty: `runyard serve` refuses to start without runners (every job would be refused); give at least one runner, or add --allow-no-runners to server.extraArgs to start anyway" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.ingress.enabled (not .Values.ingress.hosts) -}}
+{{- fail "runyard: ingress.enabled needs at least one entry in ingress.hosts, e.g. --set 'ingress.hosts[0].host=jobs.example.com' (an Ingress without rules is refused by the API server)" -}}
+{{- end -}}
+{{- $pod := .Values.podSecurityContext | default dict -}}
+{{- $ctr := .Values.securityContext | default dict -}}
+{{- $user := ternary (get $ctr "runAsUser") (get $pod "runAsUser") (hasKey $ctr "runAsUser") -}}
+{{- $userFrom := ternary "securityContext.runAsUser" "podSecurityContext.runAsUser" (hasKey $ctr "runAsUser") -}}
+{{- $nonRoot := ternary (get $ctr "runAsNonRoot") (get $pod "runAsNonRoot") (hasKey $ctr "runAsNonRoot") -}}
+{{- if and (kindIs "bool" $nonRoot) $nonRoot (not (kindIs "invalid" $user)) (eq (toString $user) "0") -}}
+{{- fail (printf "runyard: %s is 0 (root) while runAsNonRoot is true: the kubelet would refuse to start the container; runyard needs no root, use the image's user (10001) or another non-zero UID" $userFrom) -}}
+{{- end -}}
 {{- range $i, $r := .Values.runners -}}
 {{- if and (eq (toString $r.kind) "kube") (eq (toString $r.namespace) $.Release.Namespace) -}}
 {{- fail (printf "runyard: runners[%d].namespace is the release namespace, where runyard's Secret is; give kube runners a namespace of their own" $i) -}}

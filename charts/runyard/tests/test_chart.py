@@ -569,3 +569,68 @@ def test_the_shutdown_window_set_in_extra_env_is_checked():
               **env("server", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="20s"),
               **env("worker", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="20s")}
     assert one(render.render(values), "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+
+
+def test_ingress_needs_hosts_and_quotes_paths():
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "ingress": {"enabled": True}})
+    assert "ingress.enabled needs at least one entry in ingress.hosts" in str(e.value)
+    for bad, where in [({"hosts": [{"host": ""}]}, "/ingress/hosts/0/host"),
+                       ({"hosts": [{"host": "a.example.com", "paths": [{"path": "api"}]}]}, "/ingress/hosts/0/paths/0/path")]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "ingress": {"enabled": True, **bad}})
+        assert "schema" in str(e.value) and where in str(e.value), str(e.value)
+    # A path YAML would cut at " #" (or read as another type) reaches the Ingress as written.
+    paths = [{"path": "/api #v2"}, {"path": "/1e3"}, {"path": "/a: b"}]
+    docs = render.render({**render.KEYS, "ingress": {"enabled": True, "hosts": [{"host": "a.example.com", "paths": paths}]}})
+    got = [p["path"] for p in one(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"]]
+    assert got == ["/api #v2", "/1e3", "/a: b"]
+    kubernetes_validate.validate(one(docs, "Ingress"), KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("runners", [None, []])
+def test_no_runners_is_refused_unless_allowed(runners):
+    """`serve` and `worker` refuse to start without runners: refused at render, not a crash loop
+    (nor a template crash in NOTES.txt); --allow-no-runners renders, NOTES with a placeholder."""
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "runners": runners})
+    assert "runners is empty: `runyard serve` refuses to start without runners" in str(e.value), str(e.value)
+    allowed = {**render.KEYS, "runners": runners, "server": {"extraArgs": ["--allow-no-runners"]}}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**allowed, "redis": {"url": "redis://r:6379/0"}, "worker": {"enabled": True}})
+    assert "runners is empty: `runyard worker` refuses to start" in str(e.value), str(e.value)
+    out = helm_python.Chart.load(str(render.CHART)).render(
+        allowed, name=render.RELEASE, namespace=render.NAMESPACE, is_install=True)
+    notes = [v for k, v in out.items() if k.endswith("NOTES.txt")]
+    assert notes and "runyard submit TYPE" in notes[0]
+    docs = render.render(allowed)
+    assert "runners" not in config_of(docs)
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve", "--allow-no-runners"]
+
+
+def test_notes_name_the_first_runners_type():
+    out = helm_python.Chart.load(str(render.CHART)).render(
+        render.KEYS, name=render.RELEASE, namespace=render.NAMESPACE, is_install=True)
+    notes = [v for k, v in out.items() if k.endswith("NOTES.txt")][0]
+    assert "runyard submit demo.hello " in notes
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"podSecurityContext": {"runAsUser": 0}}, "podSecurityContext.runAsUser is 0 (root) while runAsNonRoot is true"),
+        ({"securityContext": {"runAsUser": 0}}, "securityContext.runAsUser is 0 (root) while runAsNonRoot is true"),
+        ({"podSecurityContext": {"runAsUser": "0"}}, "/podSecurityContext/runAsUser"),
+        ({"securityContext": {"runAsNonRoot": "yes"}}, "/securityContext/runAsNonRoot"),
+    ],
+)
+def test_root_is_refused(values, message):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **values})
+    assert message in str(e.value), str(e.value)
+
+
+def test_a_non_root_user_of_ones_own_renders():
+    docs = render.render({**render.KEYS, "podSecurityContext": {"runAsUser": 2000}})
+    sc = one(docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert sc["runAsUser"] == 2000 and sc["runAsNonRoot"] is True
