@@ -14,8 +14,12 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    # A config or secret change rolls the pods.
+    # A config or secret change rolls the pods (a change in secrets.existingSecret or
+    # redis.existingSecret, which the chart does not render, needs `kubectl rollout restart`).
     checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- if not $root.Values.secrets.existingSecret }}
+    checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+    {{- end }}
     {{- with $v.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

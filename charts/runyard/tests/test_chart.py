@@ -403,3 +403,234 @@ def test_image_sets_no_runyard_env():
     dockerfile = (render.CHART.parent.parent / "Dockerfile").read_text()
     env_lines = [l for l in dockerfile.splitlines() if l.strip().upper().startswith("ENV ")]
     assert not [l for l in env_lines if "RUNYARD_" in l], env_lines
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        # Secrets: they belong in a Secret, never in the ConfigMap.
+        ({"master_key": "M" * 40}, "config.master_key is not allowed (the chart sets it or it holds a secret); use secrets.masterKey"),
+        ({"redis": "redis://:hunter2@redis:6379/0"}, "config.redis is not allowed (the chart sets it or it holds a secret); use redis.url or redis.existingSecret"),
+        ({"auth": {"jwt_secret": "J" * 40}}, "config.auth.jwt_secret is not allowed (the chart sets it or it holds a secret); use secrets.jwtSecret"),
+        # Keys the chart writes itself (a second one is a duplicate TOML key: the pod crash-loops).
+        ({"listen": "0.0.0.0:9000"}, "config.listen is not allowed (the chart sets it or it holds a secret); use server.port"),
+        ({"data_dir": "/data"}, "config.data_dir is not allowed (the chart sets it or it holds a secret); use persistence"),
+        ({"public_url": "https://x.example.com"}, "config.public_url is not allowed (the chart sets it or it holds a secret); use publicUrl"),
+        ({"runners": [{"kind": "local", "types": ["a"]}]}, "config.runners is not allowed (the chart sets it or it holds a secret); use the chart's top-level runners"),
+        ({"auth": {"insecure_no_auth": True}}, "use auth.enabled=false"),
+        ({"worker": {"enabled": False}}, "config.worker.enabled is not allowed"),
+        # A dotted name would be a TOML dotted key: auth.jwt_secret by another spelling.
+        ({"auth.jwt_secret": "J" * 40}, 'config key "auth.jwt_secret" is not a plain name'),
+        ({"auth": {"a.jwt_secret": "x"}}, 'config.auth key "a.jwt_secret" is not a plain name'),
+        ({"notify": {"defaults": [{"types": ["a"], "url": "https://u:pw@hooks.example.com/x"}]}},
+         "config.notify.defaults[0].url carries a user name or password"),
+    ],
+)
+def test_config_keys_the_chart_owns_or_secrets_are_refused(config, message):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "config": config})
+    assert message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"server": {"extraEnv": [{"name": "RUNYARD_MASTER_KEY", "value": "M" * 40}]}},
+         "server.extraEnv must not set RUNYARD_MASTER_KEY"),
+        ({"worker": {"extraEnv": [{"name": "runyard_redis", "value": "redis://:pw@r:6379/0"}]}},
+         "worker.extraEnv must not set runyard_redis"),
+        ({"server": {"extraEnv": [{"name": "RUNYARD_AUTH__JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}},
+         "use secrets.jwtSecret or secrets.existingSecret"),
+        ({"server": {"extraArgs": ["--redis=redis://:pw@r:6379/0"]}}, "server.extraArgs must not hold --redis:"),
+        ({"server": {"extraArgs": ["--data-dir", "/x"]}}, "server.extraArgs must not hold --data-dir"),
+    ],
+)
+def test_env_and_args_the_chart_owns_are_refused(values, message):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **values})
+    assert message in str(e.value), str(e.value)
+    assert "pw@" not in str(e.value), "the message never repeats a secret"
+
+
+def test_config_may_still_set_other_keys_of_owned_tables():
+    values = {**render.KEYS, "config": {"auth": {"jwt_leeway": "30s"}, "worker": {"lease_ttl": "20s"}, "api": {"max_page": 10}}}
+    cfg = config_of(render.render(values))
+    assert cfg["auth"] == {"jwt_leeway": "30s"}
+    assert cfg["worker"] == {"lease_ttl": "20s"}
+    assert cfg["api"] == {"max_page": 10}
+
+
+def test_an_existing_secret_takes_no_inline_secrets():
+    """secrets.existingSecret: the chart renders no Secret, so an inline key or Redis URL next to it
+    would be dropped without a word; refused instead, naming what to do."""
+    mine = {"existingSecret": "mine"}
+    for values, message in [
+        ({"secrets": {**mine, "masterKey": "m" * 40}}, "secrets.masterKey and secrets.existingSecret are both set"),
+        ({"secrets": {**mine, "jwtSecret": "j" * 40}}, "secrets.jwtSecret and secrets.existingSecret are both set"),
+        ({"secrets": mine, "redis": {"url": "redis://:pw@redis:6379/0"}}, "set redis.existingSecret"),
+        ({**render.KEYS, "redis": {"url": "redis://r:6379/0", "existingSecret": "r"}}, "set redis.url or redis.existingSecret, not both"),
+        ({**render.KEYS, "redis": {"existingSecret": "r", "existingSecretKey": ""}}, "redis.existingSecret needs redis.existingSecretKey"),
+    ]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render(values)
+        assert message in str(e.value), (values, str(e.value))
+        assert "pw@" not in str(e.value)
+    # The documented way: the keys and the URL from Secrets of your own (here the same one).
+    docs = render.render({"secrets": mine, "redis": {"existingSecret": "mine"}})
+    assert not by_kind(docs, "Secret")
+    env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RUNYARD_MASTER_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "master-key"}
+    assert env["RUNYARD_AUTH__JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "jwt-secret"}
+    assert env["RUNYARD_REDIS"]["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "redis-url"}
+    # redis.url without existingSecret: the chart's Secret holds it, and the env reads it there.
+    docs = render.render({**render.KEYS, "redis": {"url": "redis://:pw@redis:6379/0"}})
+    secret = one(docs, "Secret")
+    assert base64.b64decode(secret["data"]["redis-url"]).decode() == "redis://:pw@redis:6379/0"
+    env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RUNYARD_REDIS"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "redis-url"}
+
+
+def test_a_changed_secret_or_config_rolls_the_pods():
+    def annotations(values):
+        docs = render.render(values)
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"] for d in by_kind(docs, "Deployment")}
+    redis = {"redis": {"url": "redis://redis:6379/0"}, "worker": {"enabled": True}}
+    base = annotations({**render.KEYS, **redis})
+    assert set(base) == {"runyard", "runyard-worker"}
+    for changed in [
+        {"secrets": {"masterKey": "q" * 40, "jwtSecret": "j" * 40}},
+        {"secrets": {"masterKey": "m" * 40, "jwtSecret": "z" * 40}},
+        {"redis": {"url": "redis://:pw@redis:6379/0"}},
+    ]:
+        after = annotations({**render.KEYS, **redis, **changed})
+        for name in base:
+            assert after[name]["checksum/secret"] != base[name]["checksum/secret"], (changed, name)
+            assert after[name]["checksum/config"] == base[name]["checksum/config"]
+    # The same values: the same annotations (no roll on every upgrade).
+    assert annotations({**render.KEYS, **redis}) == base
+    # A Secret the chart does not render: nothing to hash (docs: restart by hand after rotating).
+    docs = render.render(render.SCENARIOS["custom"])
+    for d in by_kind(docs, "Deployment"):
+        assert "checksum/secret" not in d["spec"]["template"]["metadata"]["annotations"]
+        assert "checksum/config" in d["spec"]["template"]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    "grace, window",
+    # Every form the server's duration parser (humantime) reads, plus kill_grace's 5 s.
+    [("2m30s", "155"), ("150000ms", "155"), ("2.5m", "155"), ("1m 10s", "75"), ("55s", "60"),
+     ("55.5s", "60.500"), ("1h", "3605")],
+)
+def test_the_shutdown_window_is_read_in_every_duration_form(grace, window):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "config": {"worker": {"shutdown_grace": grace}}})
+    assert f"terminationGracePeriodSeconds (60) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace ({window} s)" in str(e.value), str(e.value)
+
+
+def test_a_shutdown_window_inside_the_grace_period_renders():
+    for grace in ["54.5s", "54s", "54000ms", "0", "0.5m"]:
+        docs = render.render({**render.KEYS, "config": {"worker": {"shutdown_grace": grace}}})
+        assert config_of(docs)["worker"]["shutdown_grace"] == grace
+
+
+def test_a_duration_the_chart_cannot_read_is_refused():
+    for grace, message in [
+        ("2x", 'config.worker.shutdown_grace = "2x" is not a duration the chart can read'),
+        ("30", 'config.worker.shutdown_grace = "30" is not a duration the chart can read'),
+        (30, "config.worker.shutdown_grace must be a duration string"),
+    ]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "config": {"worker": {"kill_grace": "1s", "shutdown_grace": grace}}})
+        assert message in str(e.value), str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "config": {"worker": {"kill_grace": "5 fortnights"}}})
+    assert 'config.worker.kill_grace = "5 fortnights" is not a duration' in str(e.value)
+
+
+def test_the_shutdown_window_set_in_extra_env_is_checked():
+    """RUNYARD_WORKER__* in a component's extraEnv overrides config.worker in that component's pods."""
+    def env(component, name, **value):
+        return {component: {"extraEnv": [{"name": name, **value}]}}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("worker", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="2m")})
+    assert "worker.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(125 s)" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("server", "runyard_worker__kill_grace", value="1m")})
+    assert "server.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(90 s)" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("server", "RUNYARD_WORKER__SHUTDOWN_GRACE",
+                                             valueFrom={"configMapKeyRef": {"name": "c", "key": "k"}})})
+    assert "from valueFrom cannot be checked" in str(e.value)
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **env("server", "RUNYARD_WORKER", value='{shutdown_grace="2m"}')})
+    assert "must not set RUNYARD_WORKER (the whole [worker] table)" in str(e.value)
+    # The env shortens the window below the file's: the env wins, as in the server.
+    values = {**render.KEYS, "config": {"worker": {"shutdown_grace": "2m"}},
+              **env("server", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="20s"),
+              **env("worker", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="20s")}
+    assert one(render.render(values), "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
+
+
+def test_ingress_needs_hosts_and_quotes_paths():
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "ingress": {"enabled": True}})
+    assert "ingress.enabled needs at least one entry in ingress.hosts" in str(e.value)
+    for bad, where in [({"hosts": [{"host": ""}]}, "/ingress/hosts/0/host"),
+                       ({"hosts": [{"host": "a.example.com", "paths": [{"path": "api"}]}]}, "/ingress/hosts/0/paths/0/path")]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "ingress": {"enabled": True, **bad}})
+        assert "schema" in str(e.value) and where in str(e.value), str(e.value)
+    # A path YAML would cut at " #" (or read as another type) reaches the Ingress as written.
+    paths = [{"path": "/api #v2"}, {"path": "/1e3"}, {"path": "/a: b"}]
+    docs = render.render({**render.KEYS, "ingress": {"enabled": True, "hosts": [{"host": "a.example.com", "paths": paths}]}})
+    got = [p["path"] for p in one(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"]]
+    assert got == ["/api #v2", "/1e3", "/a: b"]
+    kubernetes_validate.validate(one(docs, "Ingress"), KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("runners", [None, []])
+def test_no_runners_is_refused_unless_allowed(runners):
+    """`serve` and `worker` refuse to start without runners: refused at render, not a crash loop
+    (nor a template crash in NOTES.txt); --allow-no-runners renders, NOTES with a placeholder."""
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, "runners": runners})
+    assert "runners is empty: `runyard serve` refuses to start without runners" in str(e.value), str(e.value)
+    allowed = {**render.KEYS, "runners": runners, "server": {"extraArgs": ["--allow-no-runners"]}}
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**allowed, "redis": {"url": "redis://r:6379/0"}, "worker": {"enabled": True}})
+    assert "runners is empty: `runyard worker` refuses to start" in str(e.value), str(e.value)
+    out = helm_python.Chart.load(str(render.CHART)).render(
+        allowed, name=render.RELEASE, namespace=render.NAMESPACE, is_install=True)
+    notes = [v for k, v in out.items() if k.endswith("NOTES.txt")]
+    assert notes and "runyard submit TYPE" in notes[0]
+    docs = render.render(allowed)
+    assert "runners" not in config_of(docs)
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"] == ["serve", "--allow-no-runners"]
+
+
+def test_notes_name_the_first_runners_type():
+    out = helm_python.Chart.load(str(render.CHART)).render(
+        render.KEYS, name=render.RELEASE, namespace=render.NAMESPACE, is_install=True)
+    notes = [v for k, v in out.items() if k.endswith("NOTES.txt")][0]
+    assert "runyard submit demo.hello " in notes
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"podSecurityContext": {"runAsUser": 0}}, "podSecurityContext.runAsUser is 0 (root) while runAsNonRoot is true"),
+        ({"securityContext": {"runAsUser": 0}}, "securityContext.runAsUser is 0 (root) while runAsNonRoot is true"),
+        ({"podSecurityContext": {"runAsUser": "0"}}, "/podSecurityContext/runAsUser"),
+        ({"securityContext": {"runAsNonRoot": "yes"}}, "/securityContext/runAsNonRoot"),
+    ],
+)
+def test_root_is_refused(values, message):
+    with pytest.raises(helm_python.HelmError) as e:
+        render.render({**render.KEYS, **values})
+    assert message in str(e.value), str(e.value)
+
+
+def test_a_non_root_user_of_ones_own_renders():
+    docs = render.render({**render.KEYS, "podSecurityContext": {"runAsUser": 2000}})
+    sc = one(docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert sc["runAsUser"] == 2000 and sc["runAsNonRoot"] is True
