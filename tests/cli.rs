@@ -245,6 +245,23 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .to_lowercase()
         .contains("worker.lease_ttl"));
+    // A malformed secret table from the environment: named, its value not repeated.
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env(
+            "RUNYARD_AUTH",
+            "{jwt_secret = \"ENVJWT-0123456789abcdefghijklmnopqrstuvwxyz\", junk}",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.to_lowercase().contains("auth") && !err.contains("ENVJWT"),
+        "{err}"
+    );
 }
 
 /// The text of `logs` lines (`TIME #ATTEMPT TEXT`), checking the time and attempt of each; the

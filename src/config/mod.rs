@@ -155,7 +155,7 @@ impl Config {
             )
             .merge(Serialized::defaults(overrides.clone()));
         let cfg: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            let msgs: Vec<String> = e.into_iter().map(without_secrets).collect();
             ConfigError(msgs.join("; "))
         })?;
         cfg.validate()?;
@@ -167,7 +167,10 @@ impl Config {
         let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(s))
             .extract()
-            .map_err(|e| ConfigError(e.to_string()))?;
+            .map_err(|e| {
+                let msgs: Vec<String> = e.into_iter().map(without_secrets).collect();
+                ConfigError(msgs.join("; "))
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -182,8 +185,83 @@ impl Config {
     }
 }
 
+/// Keys whose values may be secrets: a message about them never repeats the value.
+const SECRET_KEYS: [&str; 3] = ["master_key", "redis", "auth"];
+/// Words that make a line of a TOML file's excerpt (in a syntax error) not shown.
+const SECRET_WORDS: [&str; 5] = ["master_key", "secret", "redis", "password", "token"];
+
+/// A configuration error as shown (on stderr, in a log): a value of a secret key (a wrong type
+/// given to `master_key`, a malformed `RUNYARD_AUTH`) is not repeated, nor a line of the file's
+/// excerpt that names one (a syntax error on `master_key = "..." junk`).
+fn without_secrets(mut e: figment::Error) -> String {
+    use figment::error::Kind;
+    let secret = e.path.iter().any(|p| SECRET_KEYS.contains(&p.as_str()));
+    let hidden = |expected: &str| {
+        format!("invalid value: expected {expected} (the value is not shown: it may be a secret)")
+    };
+    e.kind = match e.kind {
+        Kind::InvalidType(_, x) | Kind::InvalidValue(_, x) if secret => Kind::Message(hidden(&x)),
+        Kind::Unsupported(_) | Kind::UnsupportedKey(..) if secret => {
+            Kind::Message(hidden("another type"))
+        }
+        Kind::Message(m) => Kind::Message(
+            m.lines()
+                .map(|line| match line.split_once(" | ") {
+                    Some((n, text))
+                        if n.trim().chars().all(|c| c.is_ascii_digit())
+                            && SECRET_WORDS.iter().any(|w| text.contains(w)) =>
+                    {
+                        format!("{n} | (not shown: it may hold a secret)")
+                    }
+                    _ => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        k => k,
+    };
+    e.to_string()
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A configuration error names the key, never a secret's value: a wrong type given to a
+    /// secret key, a syntax error on its line.
+    #[test]
+    fn errors_do_not_repeat_a_secrets_value() {
+        for (toml, secret, key) in [
+            (
+                "master_key = 1234567890123456789\n",
+                "1234567890123456789",
+                "master_key",
+            ),
+            (
+                "master_key = \"SYNTAX-SECRET-abcdefgh\" junk\n",
+                "SYNTAX-SECRET",
+                "line 1",
+            ),
+            (
+                "[auth]\njwt_secret = 4242424242424242\n",
+                "4242424242424242",
+                "jwt_secret",
+            ),
+            (
+                "redis = [\"redis://:PASSWORD-xyz@h/0\"]\n",
+                "PASSWORD-xyz",
+                "redis",
+            ),
+        ] {
+            let e = super::Config::from_toml(toml).expect_err(toml).to_string();
+            assert!(!e.contains(secret), "{toml:?}: {e}");
+            assert!(e.contains(key), "{toml:?} names {key}: {e}");
+        }
+        // Other keys' values are still shown: they say what is wrong.
+        let e = super::Config::from_toml("listen = 42\n")
+            .expect_err("a number")
+            .to_string();
+        assert!(e.contains("42"), "{e}");
+    }
 
     #[test]
     fn durations_are_bounded() {
