@@ -538,6 +538,16 @@ pub fn load_master_key(config: &mut Config) -> anyhow::Result<MasterKey> {
         return Ok(MasterKey::new(k.as_bytes().to_vec()));
     }
     let path = config.data_dir.join("master.key");
+    let db = config.data_dir.join("runyard.db");
+    let fresh_store = config.redis.is_none() && !std::fs::metadata(&db).is_ok_and(|m| m.len() > 0);
+    if fresh_store && path.exists() {
+        // The key of an earlier run without its database: moved, deleted or emptied by hand?
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "the data dir holds a master.key but no database: starting with an empty store (was \
+             runyard.db moved or deleted?)"
+        );
+    }
     read_or_create_key(&path).map(MasterKey::new)
 }
 

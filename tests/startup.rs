@@ -451,4 +451,11 @@ fn a_database_without_its_master_key_is_refused_not_given_a_new_one() {
         .filter(|n| n.starts_with("master.key"))
         .collect();
     assert!(keys.is_empty(), "no key file, whole or partial: {keys:?}");
+
+    // The other way round, a key without its database (an empty file): it starts, with a
+    // warning that the store is empty.
+    std::fs::write(data.path().join("runyard.db"), b"").unwrap();
+    std::fs::write(data.path().join("master.key"), "k".repeat(64)).unwrap();
+    let err = started(&config, &[], &[]);
+    assert!(err.contains("master.key but no database"), "{err}");
 }
