@@ -495,6 +495,7 @@ impl Worker {
             watch,
             reported: false,
             refill,
+            whole_limit: limit,
         };
         self.supervise(id, token, exec, reporter, limit, stop, reason, run)
             .await;
@@ -533,12 +534,14 @@ impl Worker {
                     .started_at
                     .map(|s| Duration::from_micros((crate::job::now_us() - s).max(0) as u64))
                     .unwrap_or_default();
-                let limit = time_limit(&adopted, &slot).saturating_sub(elapsed);
+                let whole_limit = time_limit(&adopted, &slot);
+                let limit = whole_limit.saturating_sub(elapsed);
                 let run = Supervised {
                     kind: slot.kind,
                     watch: reports::Watch::new(id),
                     reported: adopted.reported().is_some(),
                     refill: None,
+                    whole_limit,
                 };
                 self.supervise(id, token, exec, reporter, limit, stop, reason, run)
                     .await;

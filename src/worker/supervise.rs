@@ -38,6 +38,7 @@ impl Worker {
             watch,
             mut reported,
             refill,
+            whole_limit,
         } = run;
         enum End {
             Ran,
@@ -72,8 +73,12 @@ impl Worker {
             }
         };
         drop(watch);
-        let timed_out = matches!(end, End::TimedOut)
-            .then(|| format!("timed out after {}", humantime::format_duration(limit)));
+        let timed_out = matches!(end, End::TimedOut).then(|| {
+            format!(
+                "timed out after {}",
+                humantime::format_duration(whole_limit)
+            )
+        });
         if let Some(message) = &timed_out {
             // Marked before the work is stopped: what the job reports while it stops (a SIGTERM
             // handler that says SUCCESS) is refused and cannot replace the TIMEOUT.
@@ -355,6 +360,9 @@ pub(super) struct Supervised {
     pub(super) reported: bool,
     /// Where the finish claims the slot's next job, if it may.
     pub(super) refill: Option<Arc<Refill>>,
+    /// The job's whole time limit, for the TIMEOUT message (adopted work is given what is
+    /// left of it).
+    pub(super) whole_limit: Duration,
 }
 
 pub(super) fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
