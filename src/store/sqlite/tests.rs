@@ -158,3 +158,32 @@ async fn accepted_requests_are_remembered_across_a_restart_until_they_expire() {
         .expect("forget");
     assert_eq!(count(&store), 1, "only the request expiring last is kept");
 }
+
+/// Another program's SQLite file in the data dir is refused as not runyard's, naming the file,
+/// without the schema's SQL; the file is left as it was.
+#[test]
+fn a_foreign_sqlite_file_is_refused_as_not_runyards() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("runyard.db");
+    {
+        let c = rusqlite::Connection::open(&path).expect("create");
+        c.execute_batch("CREATE TABLE jobs (a, b); INSERT INTO jobs VALUES (1, 2);")
+            .expect("foreign table");
+    }
+    let e = match SqliteStore::open(dir.path(), StoreSettings::default(), false) {
+        Ok(_) => panic!("a foreign database was opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("is not a runyard database"), "{e}");
+    assert!(e.contains("runyard.db"), "{e}");
+    assert!(!e.contains("CREATE"), "no SQL: {e}");
+    let c = rusqlite::Connection::open(&path).expect("reopen");
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .expect("its table");
+    assert_eq!(n, 1);
+    let tables: i64 = c
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .expect("its schema");
+    assert_eq!(tables, 1, "nothing of runyard's was added to it");
+}
