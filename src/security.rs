@@ -145,14 +145,16 @@ fn initial_env_block() -> Option<(usize, usize)> {
 /// as another `user` (the recommended isolation) cannot open `data_dir/master.key` but could read
 /// such a file, and whoever holds `jwt_secret` mints any scope.
 pub fn warn_if_config_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
     // Readable by anyone, or writable by more than its owner (worse: a writer sets the commands
-    // the server runs). A file its group may read (`root:runyard 0640`) is the usual way.
+    // the server runs). A file its group may read (`root:runyard 0640`) is the usual way, unless
+    // a local runner runs its jobs as a user of that group.
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o026 == 0 {
+    let others = mode & 0o026 != 0;
+    if !others && mode & 0o040 == 0 {
         return;
     }
     let Some(table) = std::fs::read_to_string(path)
@@ -180,7 +182,10 @@ pub fn warn_if_config_readable(path: &Path) {
     {
         held.push("redis (its password)");
     }
-    if !held.is_empty() {
+    if held.is_empty() {
+        return;
+    }
+    if others {
         tracing::warn!(
             file = %path.display(),
             mode = %format!("{mode:o}"),
@@ -189,7 +194,62 @@ pub fn warn_if_config_readable(path: &Path) {
              another `user` could) or write it: `chmod 600` (or 640) it, or pass them as \
              RUNYARD_* environment variables (docs/security.md)"
         );
+    } else if let Some(runner) = runner_with_job_user_in_group(&table, meta.gid()) {
+        tracing::warn!(
+            file = %path.display(),
+            mode = %format!("{mode:o}"),
+            secrets = %held.join(", "),
+            runner = %runner,
+            "the configuration file holds secrets and its group holds the user a local runner \
+             runs its jobs as (a job could read it): `chmod 600` it, give it a group no job's \
+             user is in, or pass the secrets as RUNYARD_* environment variables \
+             (docs/security.md)"
+        );
     }
+}
+
+/// The first local runner (its `name`, else `runners[i]`) whose jobs run as a `user` or
+/// `group` of which `gid` is one of the groups: its primary group, its `group`, or a group the
+/// user database gives the user. Names or ids that do not resolve are skipped (the runner's own
+/// check refuses them).
+fn runner_with_job_user_in_group(table: &toml::Table, gid: u32) -> Option<String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let runners = table.get("runners")?.as_array()?;
+    runners.iter().enumerate().find_map(|(i, r)| {
+        let local = r.get("kind").and_then(|k| k.as_str()) == Some("local");
+        let user = r.get("user");
+        let group = r.get("group");
+        if !local || (user.is_none() && group.is_none()) {
+            return None;
+        }
+        let entry = match user {
+            Some(toml::Value::String(n)) => User::from_name(n).ok().flatten(),
+            Some(toml::Value::Integer(id)) => u32::try_from(*id)
+                .ok()
+                .and_then(|id| User::from_uid(Uid::from_raw(id)).ok().flatten()),
+            _ => None,
+        };
+        let group_id = match group {
+            Some(toml::Value::String(n)) => Group::from_name(n).ok().flatten().map(|g| g.gid),
+            Some(toml::Value::Integer(id)) => u32::try_from(*id).ok().map(Gid::from_raw),
+            _ => None,
+        };
+        let mut gids: Vec<u32> = group_id.iter().map(|g| g.as_raw()).collect();
+        if let Some(e) = &entry {
+            let primary = group_id.unwrap_or(e.gid);
+            gids.push(primary.as_raw());
+            if let Ok(name) = std::ffi::CString::new(e.name.clone()) {
+                if let Ok(list) = nix::unistd::getgrouplist(&name, primary) {
+                    gids.extend(list.into_iter().map(Gid::as_raw));
+                }
+            }
+        }
+        gids.contains(&gid).then(|| {
+            r.get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("runners[{i}]"), str::to_string)
+        })
+    })
 }
 
 /// Creates the data directory with mode 0700, or narrows an existing one of this user's to 0700

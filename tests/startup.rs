@@ -69,10 +69,25 @@ fn started(config: &str, extra: &[&str], envs: &[(&str, &str)]) -> String {
 /// [`started`] with the config file's mode.
 fn started_with_mode(config: &str, mode: u32, extra: &[&str], envs: &[(&str, &str)]) -> String {
     use std::os::unix::fs::PermissionsExt;
+    started_with_file(
+        config,
+        |file| std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap(),
+        extra,
+        envs,
+    )
+}
+
+/// [`started`], `prepare` changing the config file (its mode, its owner) before the start.
+fn started_with_file(
+    config: &str,
+    prepare: impl FnOnce(&std::path::Path),
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("runyard.toml");
     std::fs::write(&file, config).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    prepare(&file);
     let port = free_port();
     let log = dir.path().join("stderr");
     let mut cmd = Command::new(BIN);
@@ -291,6 +306,47 @@ fn a_config_file_with_secrets_that_others_may_read_draws_a_warning() {
         !err.contains("other users may read it"),
         "no secret in it: {err}"
     );
+
+    // Group-readable (0640) is fine, unless a local runner runs its jobs as a user of that
+    // group: the job could read the file (root only: a runner's `user` needs it).
+    if unsafe { libc::geteuid() } == 0 {
+        let as_nobody = format!(
+            "{config}[[runners]]\nname = \"untrusted\"\nkind = \"local\"\ntypes = [\"u.*\"]\n\
+             command = [\"true\"]\nuser = \"nobody\"\n"
+        );
+        let nobody_gid = nix_gid_of_nobody();
+        let chgrp = |gid: u32| {
+            move |file: &std::path::Path| {
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(file, None, Some(gid)).unwrap();
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640)).unwrap();
+            }
+        };
+        let err = started_with_file(&as_nobody, chgrp(nobody_gid), &[], &[]);
+        assert!(
+            err.contains("its group holds the user")
+                && err.contains("untrusted")
+                && err.contains("auth.jwt_secret"),
+            "{err}"
+        );
+        let err = started_with_file(&as_nobody, chgrp(0), &[], &[]);
+        assert!(
+            !err.contains("its group holds the user"),
+            "root's group: {err}"
+        );
+    }
+}
+
+/// The primary group of user `nobody` (from /etc/passwd).
+fn nix_gid_of_nobody() -> u32 {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"nobody")).then(|| f[3].parse().unwrap())
+        })
+        .expect("user nobody")
 }
 
 #[test]
