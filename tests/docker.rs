@@ -1,7 +1,9 @@
 //! The `docker` runner against a real Docker engine: success with logs, env, labels and limits;
-//! a non-zero exit; cancel and timeout stopping and removing the container; a runyard process
-//! killed mid-job and restarted finding its container again; the image allow-list at submit; and
-//! a container reporting through the signed hook with `runyard launch` and uploading an output.
+//! a non-zero exit; the engine out of reach for a moment (no output line lost or repeated, lines
+//! that cannot be read again marked); cancel and timeout stopping and removing the container; a
+//! runyard process killed mid-job and restarted finding its container again; the image
+//! allow-list at submit; and a container reporting through the signed hook with `runyard launch`
+//! and uploading an output.
 //!
 //! The engine is `DOCKER_HOST`, else the private engine of `scripts/start-dockerd.sh`
 //! (`unix:///tmp/rd/docker.sock`). Only when `DOCKER_HOST` is unset and that socket does not
@@ -14,7 +16,7 @@ mod support;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -288,6 +290,146 @@ async fn a_non_zero_exit_is_an_error_with_the_exit_code() {
         "the output of a failing container is kept"
     );
     wait_removed(&host, &id).await;
+}
+
+/// A Unix-socket forwarder to the engine, standing for the engine socket a runner talks to: cut
+/// (its connections closed, its socket gone: the engine cannot be reached) and restored.
+struct Forwarder {
+    path: PathBuf,
+    engine: PathBuf,
+    /// The accept loop and every forwarded connection, aborted by a cut.
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Forwarder {
+    fn start(path: PathBuf, engine: PathBuf) -> Forwarder {
+        let f = Forwarder {
+            path,
+            engine,
+            tasks: Arc::default(),
+        };
+        f.restore();
+        f
+    }
+
+    /// Serves the socket again.
+    fn restore(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).expect("bind the forwarder");
+        let (engine, tasks) = (self.engine.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let engine = engine.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::UnixStream::connect(&engine).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Closes every connection and removes the socket: the engine cannot be reached.
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// The engine out of reach for a moment while a job writes: once it is back, the runner copies
+/// the rest of the output, every line exactly once. Before, the copy stopped for good at the
+/// first failed reconnection and the later lines were silently lost (the job still SUCCESS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_engine_outage_loses_and_repeats_no_output_line() {
+    let Some(host) = setup("a_short_engine_outage") else {
+        return;
+    };
+    let Some(engine) = host.strip_prefix("unix://") else {
+        println!("SKIPPED: a_short_engine_outage needs an engine on a unix socket, not {host}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
+    let via = format!("unix://{}", fwd.path.display());
+    let script = "i=0; while [ $i -lt 16 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done";
+    let ts = TestServer::start(&runner_toml(
+        &via,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", script],
+        "",
+    ))
+    .await;
+    let id = ts.submit_ok(json!({"type": "dock.ticks"})).await;
+    wait_log_line(&ts, &id, "tick-4").await;
+    let cid = running_container(&host, &id).await;
+    fwd.cut();
+    // Out of reach while the container writes two more lines (read from the engine itself).
+    let (h, c) = (host.clone(), cid.clone());
+    eventually("two lines written during the outage", WAIT, move || {
+        let written = docker(&h, &["logs", &c]);
+        async move { written.contains("tick-7\n").then_some(()) }
+    })
+    .await;
+    fwd.restore();
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    let lines = log_lines(&ts, &id).await;
+    let want: Vec<(String, String)> = (0..16)
+        .map(|i| ("stdout".to_string(), format!("tick-{i}")))
+        .collect();
+    assert_eq!(lines, want, "every line exactly once, and nothing else");
+    wait_removed(&host, &id).await;
+}
+
+/// Output that cannot be read again (the container removed while the engine was out of reach) is
+/// not lost silently: a `[runyard] line(s) dropped here` line says so in the job's logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_lost_during_an_engine_outage_is_marked_in_the_logs() {
+    let Some(host) = setup("output_lost_during_an_engine_outage") else {
+        return;
+    };
+    let Some(engine) = host.strip_prefix("unix://") else {
+        println!("SKIPPED: output_lost_during_an_engine_outage needs a unix socket, not {host}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
+    let via = format!("unix://{}", fwd.path.display());
+    let script = "echo started; i=0; while [ $i -lt 100 ]; do i=$((i+1)); sleep 0.2; done";
+    let ts = TestServer::start(&runner_toml(
+        &via,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", script],
+        "",
+    ))
+    .await;
+    let id = ts.submit_ok(json!({"type": "dock.lost"})).await;
+    wait_log_line(&ts, &id, "started").await;
+    let cid = running_container(&host, &id).await;
+    fwd.cut();
+    docker(&host, &["rm", "-f", &cid]);
+    fwd.restore();
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+    let lines = log_lines(&ts, &id).await;
+    assert!(
+        lines.iter().any(|(s, l)| s == "stderr"
+            && l.starts_with("[runyard] line(s) dropped here")
+            && l.contains("the container was removed")),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! real cluster does that a kind fake would not: pods that never start (image pull,
 //! unschedulable, refused by Pod Security), no overlap between attempts, stops that wait, broken
 //! log streams, evictions, OOM kills, sidecars, the `restricted` Pod Security profile, watch
-//! history compaction.
+//! history compaction, a Job deleted behind runyard's back with `--cascade=orphan`.
 
 mod kube_fake;
 mod support;
@@ -1321,6 +1321,197 @@ poll_interval = "50ms""#,
     let job = ts.get_job(&id).await;
     assert_eq!(job["attempt"], 1, "no second attempt: {job:#}");
     assert_eq!(job["status"], "CANCELLED", "{job:#}");
+}
+
+/// Deletes the attempt's Job as `kubectl delete job --cascade=orphan` does (through the API,
+/// `propagationPolicy: Orphan`): the pods are left running, owned by nothing.
+async fn delete_job_orphaning_its_pods(fake: &Fake) -> String {
+    use runyard_runners::kube::kube_client::api::{Api, DeleteParams};
+    let job = fake.jobs().remove(0);
+    let (name, ns) = (job.metadata.name.unwrap(), job.metadata.namespace.unwrap());
+    let jobs: Api<Job> = Api::namespaced(fake.client(), &ns);
+    jobs.delete(&name, &DeleteParams::orphan())
+        .await
+        .expect("the Job is deleted");
+    assert!(fake.job(&ns, &name).is_none());
+    let orphans = fake.pods();
+    assert!(
+        !orphans.is_empty()
+            && orphans
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_none()
+                    && p.metadata
+                        .owner_references
+                        .clone()
+                        .unwrap_or_default()
+                        .is_empty()),
+        "an Orphan deletion leaves the pods running, owned by nothing: {orphans:#?}"
+    );
+    name
+}
+
+/// A Job deleted behind runyard's back with `--cascade=orphan` leaves its pod running: the
+/// attempt deletes it and ends only once it is gone, so the next attempt never runs beside it.
+/// Before, the attempt ended (after waiting in vain) with the pod still running and the retry
+/// started a second pod of the job.
+#[tokio::test]
+async fn a_job_deleted_with_orphan_propagation_has_its_pods_deleted_before_the_attempt_ends() {
+    let fake = scripted(attempt_script);
+    let r = runner(&fake);
+    let id = new_id();
+    let first = Arc::new(Lines::default());
+    let mut ex = r
+        .launch(spec("etl.hang", &id, 1), first.clone())
+        .await
+        .unwrap();
+    fake.until("attempt 1 writes its lines", |_| {
+        first.has("attempt-1 line 4")
+    })
+    .await;
+    let name = delete_job_orphaning_its_pods(&fake).await;
+    let o = wait(&mut ex).await;
+    assert!(
+        failed_message(&o).contains(&format!("Kubernetes Job {name} was deleted")),
+        "{o:?}"
+    );
+    assert!(
+        fake.pods().is_empty(),
+        "the attempt ended while its pod was still there: {:#?}",
+        fake.pods()
+    );
+    assert!(ex.end_confirmed(), "the pod's end is confirmed");
+    // Deleted with the pods' own grace period (`termination_grace`, 2 s here).
+    let pod_delete = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.resource == "pods" && c.verb == "delete")
+        .expect("the orphaned pod was deleted");
+    assert_eq!(pod_delete.body.unwrap()["gracePeriodSeconds"], 2);
+    assert!(first.has("terminating"), "{:?}", first.all());
+    // The retry: the fake records a violation if its pod runs beside attempt 1's.
+    let second = Arc::new(Lines::default());
+    let mut ex2 = r
+        .launch(spec("etl.hang", &id, 2), second.clone())
+        .await
+        .unwrap();
+    fake.until("attempt 2 writes its lines", |_| {
+        second.has("attempt-2 line 4")
+    })
+    .await;
+    assert!(ex2.stop(Duration::from_secs(20)).await);
+    check(&fake);
+}
+
+/// The pod of a Job deleted with `--cascade=orphan` that outlives the bound (a node that does
+/// not kill it in time): the attempt ends, but not confirmed, so the worker keeps the job's
+/// lease to run out rather than let a retry start beside the pod.
+#[tokio::test]
+async fn an_orphaned_pod_that_outlives_its_bound_leaves_the_end_unconfirmed() {
+    // A grace second lasts 20 s in this fake: the pod runs on for 20 s after its delete.
+    let fake = scripted(|_| kube_fake::Script {
+        lines: vec!["working".into()],
+        exit: None,
+        term_delay: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .with_grace_unit(Duration::from_secs(20));
+    let mut cfg = config();
+    cfg.options.termination_grace = Duration::from_millis(100);
+    cfg.options.delete_timeout = Duration::from_millis(300);
+    cfg.options.finish_timeout = Duration::from_millis(100);
+    let mut ex = KubeRunner::with_client(cfg, fake.client())
+        .expect("runner")
+        .launch(spec("etl.hang", &new_id(), 1), Arc::new(Lines::default()))
+        .await
+        .unwrap();
+    until_a_pod_runs(&fake).await;
+    delete_job_orphaning_its_pods(&fake).await;
+    let t0 = std::time::Instant::now();
+    let o = wait(&mut ex).await;
+    assert!(failed_message(&o).contains("was deleted"), "{o:?}");
+    assert!(
+        !ex.end_confirmed(),
+        "an end confirmed while the pod was still there"
+    );
+    let pods = fake.pods();
+    assert!(
+        pods.len() == 1 && pods[0].metadata.deletion_timestamp.is_some(),
+        "the pod was deleted and is still terminating: {pods:#?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
+
+/// Through a server: a kube Job deleted with `--cascade=orphan` whose pod outlives the bound (it
+/// takes 10 s to stop). The worker records nothing and keeps the lease (20 s) to run out: while
+/// the pod runs no second attempt starts, and the retry comes after the lease ran out. Before,
+/// attempt 1 ended ERROR and attempt 2 started at once beside the orphaned pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_with_orphan_propagation_keeps_its_lease_while_its_pod_runs() {
+    let fake = scripted(|env| kube_fake::Script {
+        lines: vec![format!(
+            "attempt {}",
+            env.get("JOB_ATTEMPT").cloned().unwrap_or_default()
+        )],
+        exit: None,
+        term_delay: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .with_grace_unit(Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
+    let ts = TestServer::builder(&server_runner(
+        &kubeconfig,
+        r#"max_attempts = 2
+backoff = {initial_ms = 100, max_ms = 100, multiplier = 1, jitter = false}
+[runners.kube]
+termination_grace = "100ms"
+delete_timeout = "100ms"
+finish_timeout = "100ms"
+poll_interval = "50ms""#,
+    ))
+    .config("[worker]\nlease_ttl = \"20s\"")
+    .start()
+    .await;
+    let id = ts.submit_ok(json!({"type": "kube.hang"})).await;
+    until_a_pod_runs(&fake).await;
+    delete_job_orphaning_its_pods(&fake).await;
+    // The orphaned pod is deleted, and goes about 10 s later; meanwhile the attempt holds on.
+    let start = std::time::Instant::now();
+    fake.until("the orphaned pod is deleted", |f| {
+        f.pods()
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    while !fake.pods().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the pod never went"
+        );
+        let job = ts.get_job(&id).await;
+        assert_eq!(
+            job["attempt"], 1,
+            "a second attempt beside the pod: {job:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ts.get_job(&id).await["attempt"], 1);
+    // Once the lease ran out, the job's next attempt runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let job = ts.get_job(&id).await;
+        if job["attempt"] == 2 && job["status"] == "RUNNING" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second attempt: {job:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until_a_pod_runs(&fake).await;
+    // The fake records a violation when a pod starts while another pod of the job runs.
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
 
 #[tokio::test]

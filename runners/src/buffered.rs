@@ -39,6 +39,12 @@ pub fn dropped_note(n: u64) -> String {
     )
 }
 
+/// The stderr line that stands where a job's lines may be missing because they could not be
+/// read (`why`), e.g. a container's output after its engine stayed out of reach.
+pub fn lost_note(why: &str) -> String {
+    format!("[runyard] line(s) dropped here: {why}")
+}
+
 /// What is buffered: lines (the newest `max_lines`), how many older ones were dropped since the
 /// last batch, and the latest progress.
 #[derive(Default)]

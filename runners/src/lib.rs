@@ -251,6 +251,14 @@ pub trait Execution: Send {
     /// confirm the end in time. The worker then keeps the job's lease to run out, so that no
     /// other attempt starts beside work that may live on.
     async fn stop(&mut self, grace: Duration) -> bool;
+
+    /// After `wait` returned: whether the work is known to be gone. False when it ended in a
+    /// way that may leave it running (a Kubernetes Job deleted by someone else whose pods were
+    /// not gone within the bound); the worker then records nothing and keeps the job's lease to
+    /// run out, as after a stop that was not confirmed. True by default.
+    fn end_confirmed(&self) -> bool {
+        true
+    }
 }
 
 /// Glob match with `*` (any run of characters, `.` and `/` included) and `?` (one character):

@@ -84,22 +84,18 @@ impl Worker {
             // handler that says SUCCESS) is refused and cannot replace the TIMEOUT.
             self.time_limit(id, token, message.clone()).await;
         }
-        let mut gone = true;
-        if ran.is_none() {
-            if matches!(end, End::Lingered) {
-                tracing::info!(
-                    exit_grace = ?grace,
-                    "the job reported its outcome but its process did not end: stopping it"
-                );
-            }
-            gone = exec.stop(self.cfg.kill_grace).await;
-        }
+        let gone = self
+            .stop_unless_ended(exec.as_mut(), ran.is_some(), matches!(end, End::Lingered))
+            .await;
         let last = match ran {
             Some(o) => o,
             None => exec.wait().await,
         };
         reporter.flush().await;
         let outcome = match end {
+            // Ended, but maybe not gone (the pods of a Kubernetes Job deleted by someone else):
+            // nothing is recorded and the lease runs out before another attempt may start.
+            End::Ran if !gone => return not_confirmed(id),
             // A reported outcome is what the job said; the stopped process's exit is recorded.
             End::Ran | End::Lingered => outcome_to_finish(last, kind),
             End::TimedOut => FinishOutcome::Timeout(timed_out.unwrap_or_default()),
@@ -119,6 +115,27 @@ impl Worker {
             Ok(j) => crate::outcomes::log_change(&j),
             Err(_) => not_confirmed(id),
         }
+    }
+
+    /// Whether the attempt's work is known to be gone: as its end says when it `ended` by itself
+    /// ([`Execution::end_confirmed`]), else once stopped (`lingered`: after it reported its
+    /// outcome) as the stop says.
+    async fn stop_unless_ended(
+        &self,
+        exec: &mut dyn Execution,
+        ended: bool,
+        lingered: bool,
+    ) -> bool {
+        if ended {
+            return exec.end_confirmed();
+        }
+        if lingered {
+            tracing::info!(
+                exit_grace = ?self.cfg.exit_grace,
+                "the job reported its outcome but its process did not end: stopping it"
+            );
+        }
+        exec.stop(self.cfg.kill_grace).await
     }
 
     /// Marks the attempt as out of time (`Command::TimeLimit`) before its work is stopped. A

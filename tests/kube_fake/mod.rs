@@ -13,7 +13,7 @@
 //!   `Foreground` keeps the Job (with `deletionTimestamp` and the `foregroundDeletion`
 //!   finalizer) until its pods are gone, `Background` removes it at once and then deletes its
 //!   pods gracefully (they run on through their grace period) and its Secrets, none or `Orphan`
-//!   leaves the pods.
+//!   takes the Job out of its pods' `ownerReferences` and leaves them running.
 //! - A Job controller and kubelet: once a Job is not suspended, a pod is made for it (labelled
 //!   `batch.kubernetes.io/controller-uid`), its env is resolved like the kubelet does (a
 //!   `secretKeyRef` to a missing Secret is a violation), and it runs a [`Script`]: log lines, then
@@ -1211,7 +1211,8 @@ impl Fake {
     ///   finalizer; its pods are deleted gracefully; it goes once they are gone;
     /// - `Background`: the Job goes now; the garbage collector then deletes its pods
     ///   gracefully (they run on through their grace period) and its Secrets;
-    /// - `Orphan` (or none): the pods stay.
+    /// - `Orphan` (or none): the pods stay, running, with the Job taken out of their
+    ///   `ownerReferences`.
     fn delete_job(&self, ns: &str, name: &str, propagation: Option<String>) -> Option<Job> {
         let mut st = self.st.lock();
         let key = (ns.to_string(), name.to_string());
@@ -1252,6 +1253,21 @@ impl Fake {
                 gone.metadata.resource_version = Some(Self::bump(&mut st));
                 self.emit(&mut st, "DELETED", &gone);
                 drop(st);
+                if other != Some("Background") {
+                    // The garbage collector's `orphan` finalizer removes the Job from its pods'
+                    // `ownerReferences` before the Job goes (garbagecollector.go,
+                    // `orphanDependents`): they keep their labels and run on, owned by nothing.
+                    let mut st = self.st.lock();
+                    for p in &owned {
+                        let rv = Self::bump(&mut st);
+                        if let Some(pod) = st.pods.get_mut(&(ns.to_string(), p.clone())) {
+                            if let Some(refs) = pod.metadata.owner_references.as_mut() {
+                                refs.retain(|r| r.uid != uid);
+                            }
+                            pod.metadata.resource_version = Some(rv);
+                        }
+                    }
+                }
                 if other == Some("Background") {
                     let f = self.clone();
                     let ns = ns.to_string();

@@ -13,11 +13,17 @@ use tokio::task::JoinHandle;
 
 use super::*;
 
+/// How long the output of a container that ended may take to be read to its end (the engine
+/// may just be back from an outage) before the container is removed.
+const LOG_DRAIN: Duration = Duration::from_secs(5);
+
 pub(super) struct DockerExecution {
     docker: Docker,
     id: String,
     handle: RunHandle,
     logs: Option<JoinHandle<()>>,
+    /// The job's logs, for a note when the output could not be copied to its end.
+    reporter: SharedReporter,
     exit: Option<Outcome>,
     removed: bool,
     /// A stop whose end the engine did not confirm (see [`Execution::stop`]).
@@ -25,12 +31,19 @@ pub(super) struct DockerExecution {
 }
 
 impl DockerExecution {
-    pub(super) fn new(docker: Docker, id: String, handle: RunHandle, logs: JoinHandle<()>) -> Self {
+    pub(super) fn new(
+        docker: Docker,
+        id: String,
+        handle: RunHandle,
+        logs: JoinHandle<()>,
+        reporter: SharedReporter,
+    ) -> Self {
         Self {
             docker,
             id,
             handle,
             logs: Some(logs),
+            reporter,
             exit: None,
             removed: false,
             unconfirmed: false,
@@ -43,11 +56,12 @@ impl DockerExecution {
             return;
         }
         if let Some(mut logs) = self.logs.take() {
-            if tokio::time::timeout(Duration::from_secs(2), &mut logs)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(LOG_DRAIN, &mut logs).await.is_err() {
                 logs.abort();
+                super::logs::dropped(
+                    &self.reporter,
+                    "the container's output was not read to its end in time",
+                );
             }
         }
         remove(&self.docker, &self.id).await;

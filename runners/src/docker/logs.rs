@@ -1,7 +1,7 @@
 //! Following a container's output (with the engine's timestamps, so a broken stream is resumed
 //! without repeating lines) into the job's logs, through the one line forwarder.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -69,19 +69,86 @@ pub(super) async fn follow_logs(
             );
             break;
         }
-        // The connection broke: resume while the container still runs.
+        // The connection broke: reopen while the container runs, and once more when it has
+        // stopped (that stream brings the rest and ends). While the engine cannot be reached,
+        // its answer is waited for (the engine down for a moment must not end the copy).
         failures += 1;
-        let running = matches!(
-            docker.inspect_container(&id, None::<InspectContainerOptions>).await,
-            Ok(ContainerInspectResponse { state: Some(ref s), .. }) if s.running == Some(true)
-        );
-        if !running || failures > 60 {
+        if failures > MAX_REOPENS {
+            dropped(
+                &reporter,
+                "the engine broke the container's output too often",
+            );
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        match container_state(&docker, &id).await {
+            State::Running | State::Stopped => {}
+            State::Gone(why) => {
+                dropped(&reporter, &why);
+                break;
+            }
+        }
     }
     for (split, stream) in [&mut out, &mut err] {
         split.finish(&mut |p| lines::report(reporter.as_ref(), *stream, p.text));
+    }
+}
+
+/// How many times a broken output stream is reopened before the copy gives up.
+const MAX_REOPENS: u32 = 60;
+/// The longest pause between two questions to an engine that cannot be reached: short, so that
+/// the output is followed again soon after the engine is back (and drained before the container
+/// is removed).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Says in the job's logs that lines may be missing here, and why.
+pub(super) fn dropped(reporter: &SharedReporter, why: &str) {
+    tracing::warn!(
+        reason = why,
+        "the container's output cannot be copied any further"
+    );
+    reporter.log(LogStream::Stderr, crate::buffered::lost_note(why));
+}
+
+/// What a broken output stream is to do.
+enum State {
+    /// The container runs: reopen the stream.
+    Running,
+    /// The container has stopped: reopen the stream to read the rest.
+    Stopped,
+    /// The output cannot be read again (why).
+    Gone(String),
+}
+
+/// Whether the container still runs, asked until the engine answers (for at most
+/// [`LOST_ENGINE_LIMIT`], with a pause that grows to [`MAX_PAUSE`]).
+async fn container_state(docker: &Docker, id: &str) -> State {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(ContainerInspectResponse { state: Some(s), .. }) if s.running == Some(true) => {
+                return State::Running
+            }
+            Ok(_) => return State::Stopped,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return State::Gone("the container was removed".into()),
+            Err(e) => {
+                if started.elapsed() >= LOST_ENGINE_LIMIT {
+                    return State::Gone(format!(
+                        "the docker engine could not be reached for {}s: {}",
+                        LOST_ENGINE_LIMIT.as_secs(),
+                        engine_message(&e)
+                    ));
+                }
+                tracing::debug!(container = %short(id), error = %engine_message(&e), "the engine cannot be reached; asking again");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

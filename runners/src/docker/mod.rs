@@ -368,7 +368,12 @@ impl Runner for DockerRunner {
             ))));
         }
         tracing::debug!(container = %short(&id), %image, "container started");
-        let logs = tokio::spawn(follow_logs(docker.clone(), id.clone(), reporter, None));
+        let logs = tokio::spawn(follow_logs(
+            docker.clone(),
+            id.clone(),
+            reporter.clone(),
+            None,
+        ));
         let handle = RunHandle {
             kind: RunKind::Docker,
             id: short(&id).to_string(),
@@ -380,7 +385,9 @@ impl Runner for DockerRunner {
                 "attempt": spec.attempt,
             }),
         };
-        Ok(Box::new(DockerExecution::new(docker, id, handle, logs)))
+        Ok(Box::new(DockerExecution::new(
+            docker, id, handle, logs, reporter,
+        )))
     }
 
     async fn recover(
@@ -434,14 +441,18 @@ impl Runner for DockerRunner {
                     ),
                 );
                 let now = now_ns();
-                let logs =
-                    tokio::spawn(follow_logs(docker.clone(), id.clone(), reporter, Some(now)));
+                let logs = tokio::spawn(follow_logs(
+                    docker.clone(),
+                    id.clone(),
+                    reporter.clone(),
+                    Some(now),
+                ));
                 let mut handle = handle.clone();
                 if let Value::Object(m) = &mut handle.data {
                     m.insert("container_id".into(), json!(id));
                 }
                 Ok(Recovered::Running(Box::new(DockerExecution::new(
-                    docker, id, handle, logs,
+                    docker, id, handle, logs, reporter,
                 ))))
             }
             Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {

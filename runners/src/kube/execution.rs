@@ -151,6 +151,14 @@ impl Execution for KubeExecution {
         self.stopped = Some((o, gone));
         gone
     }
+
+    /// False when the Job was deleted by someone else and its pods were not gone in time.
+    fn end_confirmed(&self) -> bool {
+        match &self.stopped {
+            Some((_, gone)) => *gone,
+            None => self.outcome.borrow().as_ref().is_none_or(|(_, gone)| *gone),
+        }
+    }
 }
 
 impl Drop for KubeExecution {

@@ -18,7 +18,9 @@
 //!   or no pod at all after `start_timeout`; a `FailedCreate` by Pod Security at once;
 //! - a `job` container that ended while the pod keeps running (a sidecar that never exits): its
 //!   exit decides after `finish_timeout`;
-//! - a stop: the pods are deleted with the stop's grace period.
+//! - a stop: the pods are deleted with the stop's grace period;
+//! - the Job deleted by someone else: its pods, which a deletion with `Orphan` propagation
+//!   leaves running, are deleted (with their own grace period) and waited for.
 //!
 //! Every decision other than the Job's own end deletes the Job with `propagationPolicy:
 //! Foreground` (the Job stays, with a `foregroundDeletion` finalizer, until the garbage collector
@@ -39,7 +41,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::outcome::{disruption, failure};
-use super::teardown::{teardown, wait_pods_gone};
+use super::teardown::{delete_orphaned_pods, teardown};
 use super::{KubeOptions, CONTAINER};
 use crate::Outcome;
 
@@ -188,9 +190,11 @@ where
             (o, gone)
         }
         Decision::Gone => {
-            // Deleted by someone else, maybe with Background propagation: its pods may still
-            // run; the attempt is over once they are gone.
-            let gone = wait_pods_gone(a, a.opts.termination_grace + a.opts.delete_timeout).await;
+            // Deleted by someone else: with Orphan propagation its pods run on, with Background
+            // they are deleted after it. They are deleted here, and the attempt is over once
+            // they are gone; not gone in time, the end is not confirmed (the worker then keeps
+            // the job's lease to run out before another attempt may start).
+            let gone = delete_orphaned_pods(a).await;
             (
                 Outcome::failed(format!("Kubernetes Job {} was deleted", a.name)),
                 gone,

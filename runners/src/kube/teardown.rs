@@ -7,6 +7,7 @@ use ::kube::api::{Api, DeleteParams, Preconditions};
 use ::kube::runtime::watcher::{self, Event};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 
 use super::monitor::{list_pods, Attempt};
@@ -55,29 +56,65 @@ async fn delete_pods(a: &Attempt, grace: Duration) {
     let Some(pods) = list_pods(a).await else {
         return;
     };
+    for p in &pods {
+        delete_pod(a, p, grace).await;
+    }
+}
+
+/// Deletes one pod with `gracePeriodSeconds` (the grace rounded up) and a uid precondition.
+async fn delete_pod(a: &Attempt, p: &Pod, grace: Duration) {
+    let Some(name) = p.metadata.name.clone() else {
+        return;
+    };
     let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-    for p in pods {
-        let Some(name) = p.metadata.name.clone() else {
-            continue;
-        };
-        let dp = DeleteParams {
-            grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
-            preconditions: Some(Preconditions {
-                uid: p.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match a.pods.delete(&name, &dp).await {
-            Ok(_) => {}
-            Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => tracing::debug!(pod = %name, error = %e, "cannot delete the pod"),
+    let dp = DeleteParams {
+        grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
+        preconditions: Some(Preconditions {
+            uid: p.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match a.pods.delete(&name, &dp).await {
+        Ok(_) => {}
+        Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => tracing::debug!(pod = %name, error = %e, "cannot delete the pod"),
+    }
+}
+
+/// Deletes the pods of an attempt whose Job someone else deleted, and waits (at most the pods'
+/// grace plus `delete_timeout`) until none is left. A Job deleted with `Orphan` propagation
+/// (`kubectl delete job --cascade=orphan`) leaves its pods running with no controller to stop
+/// them; `Background` leaves them to the garbage collector: either way they are deleted here,
+/// with the pods' own grace period (`termination_grace`), by the Job's `controller-uid` label,
+/// which orphaned pods keep. Pods that a failed call did not delete are deleted again on the
+/// next round. False when a pod was still there at the bound.
+pub(super) async fn delete_orphaned_pods(a: &Attempt) -> bool {
+    let grace = a.opts.termination_grace;
+    let bound = grace + a.opts.delete_timeout;
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(pods) = list_pods(a).await {
+            if pods.is_empty() {
+                return true;
+            }
+            for p in pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                delete_pod(a, p, grace).await;
+            }
         }
+        if Instant::now() >= deadline {
+            tracing::warn!(job = %a.name, "pods of the deleted Kubernetes Job still there after {bound:?}");
+            return false;
+        }
+        tokio::time::sleep(a.opts.poll_interval.min(deadline - Instant::now())).await;
     }
 }
 
 /// Waits (at most `bound`) until no pod of the attempt is left.
-pub(super) async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
+async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
     let deadline = Instant::now() + bound;
     loop {
         if list_pods(a).await.is_some_and(|p| p.is_empty()) {
