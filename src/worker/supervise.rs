@@ -73,12 +73,7 @@ impl Worker {
             }
         };
         drop(watch);
-        let timed_out = matches!(end, End::TimedOut).then(|| {
-            format!(
-                "timed out after {}",
-                humantime::format_duration(whole_limit)
-            )
-        });
+        let timed_out = matches!(end, End::TimedOut).then(|| timed_out_after(whole_limit));
         if let Some(message) = &timed_out {
             // Marked before the work is stopped: what the job reports while it stops (a SIGTERM
             // handler that says SUCCESS) is refused and cannot replace the TIMEOUT.
@@ -380,6 +375,12 @@ pub(super) struct Supervised {
     /// The job's whole time limit, for the TIMEOUT message (adopted work is given what is
     /// left of it).
     pub(super) whole_limit: Duration,
+}
+
+/// The error of a job that ran out of its time `limit` (the whole of it, also for adopted
+/// work).
+fn timed_out_after(limit: Duration) -> String {
+    format!("timed out after {}", humantime::format_duration(limit))
 }
 
 pub(super) fn time_limit(job: &Job, slot: &RunnerSlot) -> Duration {
