@@ -55,6 +55,7 @@ mod queue;
 mod replay;
 mod retention;
 mod schedules;
+mod schema;
 mod signals;
 mod sql;
 mod start;
@@ -273,7 +274,7 @@ impl SqliteStore {
             .map_err(db_err)?;
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(db_err)?;
-        create_schema(&conn, &path)?;
+        schema::create(&conn, &path)?;
         events::migrate(&conn)?;
         counts::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
@@ -412,39 +413,6 @@ impl WriteCtx<'_> {
         self.handed.truncate(handed);
         self.counts.undo(counts);
     }
-}
-
-/// Creates the tables and indexes that are missing, in one transaction: a schema that does not
-/// fit (another program's SQLite file, or a runyard database this version cannot read) is said
-/// so, without the whole schema's SQL, and changes nothing in the file.
-fn create_schema(conn: &Connection, path: &Path) -> Result<()> {
-    let unfit = |e: rusqlite::Error| {
-        let e = e.to_string();
-        let short = e.split(" in ").next().unwrap_or(&e).to_string();
-        StoreError::Backend(format!(
-            "{} is not a runyard database, or one this version cannot open: {short}",
-            path.display()
-        ))
-    };
-    // In one transaction: a schema that does not fit changes nothing in the file.
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
-    for schema in [
-        SCHEMA,
-        schedules::SCHEMA,
-        signals::SCHEMA,
-        counts::SCHEMA,
-        jobs::SCHEMA,
-        deliveries::SCHEMA,
-        waits::SCHEMA,
-        replay::SCHEMA,
-    ] {
-        if let Err(e) = conn.execute_batch(schema) {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(unfit(e));
-        }
-    }
-    conn.execute_batch("COMMIT").map_err(db_err)?;
-    Ok(())
 }
 
 fn writer_loop(
