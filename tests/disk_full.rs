@@ -6,13 +6,15 @@
 //!
 //! Needs root (to mount the tmpfs); elsewhere it says so and passes without running.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::child::ChildServer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_runyard");
 const LINES: usize = 80;
 
 struct Mounted(PathBuf);
@@ -23,43 +25,33 @@ impl Drop for Mounted {
     }
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http.request(method, url).timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    match r.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or_default())
+        }
+        Err(e) => (0, json!({ "transport": e.to_string() })),
     }
 }
 
-fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut r = reqwest::Client::new()
-            .request(method, url)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        match r.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (status, r.json().await.unwrap_or_default())
-            }
-            Err(e) => (0, json!({ "transport": e.to_string() })),
-        }
-    })
-}
-
-fn job(url: &str, id: &str) -> Value {
+async fn job(http: &reqwest::Client, url: &str, id: &str) -> Value {
     call(
+        http,
         reqwest::Method::GET,
         &format!("{url}/async/jobs/{id}"),
         None,
     )
+    .await
     .1
 }
 
@@ -73,8 +65,8 @@ fn fill(dir: &Path) -> std::fs::File {
     f
 }
 
-#[test]
-fn a_full_disk_loses_no_outcome_and_no_log_line_without_a_note() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_no_outcome_and_no_log_line_without_a_note() {
     if unsafe { libc_geteuid() } != 0 {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
@@ -116,43 +108,22 @@ types = ["runyard.*"]
     );
     let cfg = dir.path().join("runyard.toml");
     std::fs::write(&cfg, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let _server = Server(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut server = ChildServer::start(&cfg, &dir.path().join("server.log"));
+    server.wait_healthy(Duration::from_secs(20)).await;
+    let (url, http) = (server.url.clone(), reqwest::Client::new());
     let (s, v) = call(
+        &http,
         reqwest::Method::POST,
         &format!("{url}/async/jobs"),
         Some(json!({"type": "talk.x"})),
-    );
+    )
+    .await;
     assert_eq!(s, 202, "{v}");
     let id = v["job_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while job(&url, &id)["status"] != "RUNNING" {
-        assert!(
-            Instant::now() < deadline,
-            "never RUNNING: {}",
-            job(&url, &id)
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    while job(&http, &url, &id).await["status"] != "RUNNING" {
+        assert!(Instant::now() < deadline, "never RUNNING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // No room left: the filler takes what the filesystem has, then submits fill what the
@@ -162,10 +133,12 @@ types = ["runyard.*"]
     let mut refused = None;
     for _ in 0..500 {
         let (s, v) = call(
+            &http,
             reqwest::Method::POST,
             &format!("{url}/async/jobs"),
             Some(json!({"type": "runyard.noop", "args": {"pad": pad}})),
-        );
+        )
+        .await;
         if s >= 500 {
             refused = Some(v);
             break;
@@ -182,22 +155,22 @@ types = ["runyard.*"]
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done.exists() {
         assert!(Instant::now() < deadline, "the job's process never ended");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    std::thread::sleep(Duration::from_secs(12));
+    tokio::time::sleep(Duration::from_secs(12)).await;
     drop(filler);
     std::fs::remove_file(mnt.join("filler")).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(40);
     let end = loop {
-        let j = job(&url, &id);
+        let j = job(&http, &url, &id).await;
         if ["SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"]
             .contains(&j["status"].as_str().unwrap_or(""))
         {
             break j;
         }
         assert!(Instant::now() < deadline, "never ended: {j}");
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(end["status"], "SUCCESS", "{end}");
     assert_eq!(end["attempt"], 1, "run once: {end}");
@@ -207,10 +180,12 @@ types = ["runyard.*"]
         "the finished job ran again"
     );
     let (s, logs) = call(
+        &http,
         reqwest::Method::GET,
         &format!("{url}/async/jobs/{id}/logs?limit=1000"),
         None,
-    );
+    )
+    .await;
     assert_eq!(s, 200, "{logs}");
     let lines: Vec<String> = logs["lines"]
         .as_array()
