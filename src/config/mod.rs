@@ -226,6 +226,26 @@ fn without_secrets(mut e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
 
+    /// A runner's `backoff` may give some of its fields (as a submit's may): the others are the
+    /// defaults.
+    #[test]
+    fn a_partial_runner_backoff_takes_the_defaults_for_the_rest() {
+        let cfg = super::Config::from_toml(
+            "[[runners]]\nkind = \"service\"\ntypes = [\"a.*\"]\n\
+             backoff = { initial_ms = 2000, max_ms = 2000, jitter = false }\n",
+        )
+        .expect("a partial backoff");
+        let b = cfg.runners[0].backoff.expect("backoff");
+        assert_eq!((b.initial_ms, b.max_ms, b.jitter), (2000, 2000, false));
+        assert_eq!(b.multiplier, crate::job::Backoff::default().multiplier);
+        let e = super::Config::from_toml(
+            "[[runners]]\nkind = \"service\"\ntypes = [\"a.*\"]\nbackoff = { initial = 1 }\n",
+        )
+        .expect_err("an unknown field")
+        .to_string();
+        assert!(e.contains("initial"), "{e}");
+    }
+
     /// A configuration error names the key, never a secret's value: a wrong type given to a
     /// secret key, a syntax error on its line.
     #[test]

@@ -69,7 +69,7 @@ pub const MAX_BACKOFF_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Retry backoff: `initial * multiplier^(attempt-1)`, capped at `max`, with "equal jitter"
 /// (a random point in the upper half) when `jitter` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     /// Delay before the first retry, in milliseconds.
     pub initial_ms: u64,
