@@ -569,26 +569,52 @@ fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     let db = dir.join("runyard.db");
     if std::fs::metadata(&db).is_ok_and(|m| m.len() > 0) {
         anyhow::bail!(
-            "{} holds a database but no master.key: restore {} (or set `master_key` to the              key it was made with); a new key would make every job secret, signed URL and              webhook signature made before stop verifying. To start afresh, move the database              away",
+            "{} holds a database but no master.key: restore {} (or set `master_key` to the key \
+             it was made with); a new key would make every job secret, signed URL and webhook \
+             signature made before stop verifying. To start afresh, move the database away",
             dir.display(),
             path.display()
         );
     }
     // Written whole to a file of its own, then linked into place (never over a key): a failed
-    // write (a full disk) leaves no empty or partial master.key behind.
+    // write (a full disk) leaves no empty or partial master.key behind. A file system without
+    // hard links gets the key written in place.
     let key = hex::encode(rand::random::<[u8; 32]>());
-    let tmp = dir.join(format!("master.key.new-{}", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
+    let write_to = |p: &Path, create_new: bool| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create_new(create_new)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .open(p)?;
         f.write_all(key.as_bytes())?;
-        f.sync_all()?;
-        std::fs::hard_link(&tmp, path)
-    })();
+        f.sync_all()
+    };
+    // A part left by a start killed midway is written over (it never was the key).
+    let tmp = dir.join(format!("master.key.new-{}", std::process::id()));
+    let linked = write_to(&tmp, false).map(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
-    written.with_context(|| format!("cannot create {}", path.display()))?;
+    let cannot = || format!("cannot create {}", path.display());
+    match linked {
+        Err(e) => return Err(e).with_context(cannot),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(cannot)
+        }
+        // No hard links here: in place, and removed again if it could not be written whole.
+        Ok(Err(_)) => {
+            if let Err(e) = write_to(path, true) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e).with_context(cannot);
+            }
+        }
+    }
+    // The key's name must survive a power cut as surely as the database made next.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(key.into_bytes())
 }

@@ -112,6 +112,13 @@ impl ReplayGuard {
         self.capacity
     }
 
+    /// Forgets `key` (a request whose acceptance could not be recorded elsewhere after all: sent
+    /// again, it must not be taken for a replay).
+    pub fn forget(&self, key: &str) {
+        // Its pair in `expiries` stays, and is skipped when popped (no entry matches it).
+        self.inner.lock().entries.remove(&fingerprint(key));
+    }
+
     /// How many requests are remembered right now (expired ones included until the next call).
     pub fn len(&self) -> usize {
         self.inner.lock().entries.len()
@@ -179,6 +186,21 @@ mod tests {
         assert!(!guard.check_and_remember("a", 1_000, 10).expect("ok"));
         assert!(guard.check_and_remember("b", 1_000, 10).expect("ok"));
         assert_eq!(guard.len(), 2);
+    }
+
+    /// A key forgotten (its acceptance could not be recorded elsewhere) is taken again; others
+    /// are still replays.
+    #[test]
+    fn a_forgotten_key_is_taken_again() {
+        let guard = ReplayGuard::new();
+        assert!(guard.check_and_remember("a", 1_000, 0).expect("ok"));
+        assert!(guard.check_and_remember("b", 1_000, 0).expect("ok"));
+        guard.forget("a");
+        assert!(guard.check_and_remember("a", 1_000, 10).expect("ok"));
+        assert!(!guard.check_and_remember("a", 1_000, 20).expect("ok"));
+        assert!(!guard.check_and_remember("b", 1_000, 20).expect("ok"));
+        // Its old pair in the expiry heap does not prune the new entry early.
+        assert!(!guard.check_and_remember("a", 1_000, 999).expect("ok"));
     }
 
     #[test]

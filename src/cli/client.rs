@@ -100,7 +100,7 @@ impl Api {
             )));
         }
         let token = token.map(str::trim).filter(|t| !t.is_empty());
-        if token.is_some() && token_on_command_line(std::env::args()) {
+        if token.is_some() && token_on_command_line(std::env::args_os()) {
             eprintln!(
                 "warning: --token on the command line can be read by every user of this host \
                  (`ps`, /proc): set RUNYARD_TOKEN instead"
@@ -470,9 +470,10 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--token` (or `--token=...`) is among the process's arguments (before a `--`).
-fn token_on_command_line(args: impl Iterator<Item = String>) -> bool {
-    args.take_while(|a| a != "--")
-        .any(|a| a == "--token" || a.starts_with("--token="))
+fn token_on_command_line(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.map(|a| a.into_encoded_bytes())
+        .take_while(|a| a != b"--")
+        .any(|a| a == b"--token" || a.starts_with(b"--token="))
 }
 
 #[cfg(test)]

@@ -53,17 +53,26 @@ impl ReplayMemory for SqliteStore {
         let digest = Sha256::digest(key.as_bytes()).to_vec();
         // A row of an expired request is taken over; a live one means the process before this
         // one accepted it.
-        self.write(move |ctx| {
-            let n = exec(
-                ctx.conn,
-                "INSERT INTO replay (key, expires) VALUES (?1, ?2) \
+        let recorded = self
+            .write(move |ctx| {
+                let n = exec(
+                    ctx.conn,
+                    "INSERT INTO replay (key, expires) VALUES (?1, ?2) \
                  ON CONFLICT(key) DO UPDATE SET expires = excluded.expires \
                  WHERE replay.expires <= ?3",
-                params![digest, expires_at_ms, now_ms],
-            )?;
-            Ok(n == 1)
-        })
-        .await
-        .map_err(|e| ReplayError::Unavailable(e.to_string()))
+                    params![digest, expires_at_ms, now_ms],
+                )?;
+                Ok(n == 1)
+            })
+            .await;
+        match recorded {
+            Ok(first) => Ok(first),
+            // Not recorded (a full disk): the request is refused (503) and may be sent again,
+            // which must not be taken for a replay.
+            Err(e) => {
+                self.replay.forget(key);
+                Err(ReplayError::Unavailable(e.to_string()))
+            }
+        }
     }
 }
