@@ -37,6 +37,7 @@ pub(super) async fn follow_logs(
         let mut stream = docker.logs(&id, Some(opts));
         cursor.reopen();
         let mut broken: Option<DockerError> = None;
+        let mut progressed = false;
         while let Some(item) = stream.next().await {
             let (buf, message, which) = match item {
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
@@ -49,6 +50,7 @@ pub(super) async fn follow_logs(
                     break;
                 }
             };
+            progressed = true;
             let (ts, payload) = split_timestamp(&message);
             if !cursor.take(which, ts) {
                 continue; // forwarded before the stream was reopened
@@ -72,7 +74,9 @@ pub(super) async fn follow_logs(
         // The connection broke: reopen while the container runs, and once more when it has
         // stopped (that stream brings the rest and ends). While the engine cannot be reached,
         // its answer is waited for (the engine down for a moment must not end the copy).
-        failures += 1;
+        // A stream that brought output before it broke starts the count again: only breaks in
+        // a row (an engine that answers but cannot stream) use the reopens up.
+        failures = if progressed { 1 } else { failures + 1 };
         if failures > MAX_REOPENS {
             dropped(
                 &reporter,
@@ -81,7 +85,12 @@ pub(super) async fn follow_logs(
             break;
         }
         match container_state(&docker, &id).await {
-            State::Running | State::Stopped => {}
+            // Not at once: a stream that breaks again right away would use the reopens up in
+            // moments (the pause grows with the breaks in a row, to MAX_PAUSE).
+            State::Running => {
+                tokio::time::sleep((REOPEN_PAUSE * failures).min(MAX_PAUSE)).await;
+            }
+            State::Stopped => {}
             State::Gone(why) => {
                 dropped(&reporter, &why);
                 break;
@@ -93,8 +102,10 @@ pub(super) async fn follow_logs(
     }
 }
 
-/// How many times a broken output stream is reopened before the copy gives up.
+/// How many times in a row a broken output stream is reopened before the copy gives up.
 const MAX_REOPENS: u32 = 60;
+/// The pause before reopening the output of a running container, per break in a row.
+const REOPEN_PAUSE: Duration = Duration::from_millis(100);
 /// The longest pause between two questions to an engine that cannot be reached: short, so that
 /// the output is followed again soon after the engine is back (and drained before the container
 /// is removed).

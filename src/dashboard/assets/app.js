@@ -80,6 +80,8 @@ function h(tag, attrs = {}, ...children) {
     if (v === undefined || v === null || v === false) continue;
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "class") el.className = v;
+    // Text a person reads (a tooltip, a saved file's name) in the order written, as below.
+    else if (k === "title" || k === "download") el.setAttribute(k, shown(String(v)));
     else el.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : shown(String(c)));
@@ -165,7 +167,7 @@ async function follow(from) {
           signIn(`Your sign-in ended (${message || "the token is no longer accepted"}): sign in again.`);
         } else {
           live.textContent = "no live updates";
-          live.title = message;
+          live.title = shown(String(message));
           tallyUnavailable(message || "the event stream is refused");
         }
         return;

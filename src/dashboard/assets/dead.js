@@ -20,7 +20,7 @@ function deadLetterCount() {
       const d = await api("/async/dead_letters");
       n.textContent = String(d.count);
     } catch (e) {
-      n.textContent = "?"; n.title = e.message;
+      n.textContent = "?"; n.title = shown(String(e.message));
     }
   }
   return {

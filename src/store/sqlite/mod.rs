@@ -260,6 +260,7 @@ impl SqliteStore {
             )));
         }
         let path = dir.join("runyard.db");
+        schema::refuse_foreign(&path)?;
         let conn = open_conn(&path, false)?;
         conn.pragma_update(
             None,

@@ -27,7 +27,9 @@ async fn a_new_database_takes_the_small_page_and_an_old_one_keeps_its_own() {
     {
         let c = rusqlite::Connection::open(old.path().join("runyard.db")).expect("db");
         c.execute_batch(
-            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE made_before(x);",
+            // Marked as runyard's (`schema.rs`), with 4 KiB pages.
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA application_id = 1380866372;
+             CREATE TABLE made_before(x);",
         )
         .expect("old database");
     }

@@ -160,11 +160,49 @@ async fn accepted_requests_are_remembered_across_a_restart_until_they_expire() {
 }
 
 /// Another program's SQLite file in the data dir is refused as not runyard's, naming the file,
-/// without the schema's SQL; the file is left as it was.
+/// without the schema's SQL, and left as it was (not even put in WAL mode); a runyard database
+/// is marked as such, and one made before the mark still opens.
 #[test]
 fn a_foreign_sqlite_file_is_refused_as_not_runyards() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("runyard.db");
+    for foreign in [
+        "CREATE TABLE users (a, b); INSERT INTO users VALUES (1, 2);",
+        "PRAGMA application_id = 7; CREATE TABLE jobs (a, b); INSERT INTO jobs VALUES (1, 2);",
+    ] {
+        let _ = std::fs::remove_file(&path);
+        {
+            let c = rusqlite::Connection::open(&path).expect("create");
+            c.execute_batch(foreign).expect("foreign table");
+        }
+        let before = std::fs::read(&path).expect("read");
+        let e = match SqliteStore::open(dir.path(), StoreSettings::default(), false) {
+            Ok(_) => panic!("a foreign database was opened: {foreign}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("is not a runyard database"), "{e}");
+        assert!(e.contains("runyard.db"), "{e}");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "left as it was"
+        );
+        assert!(!dir.path().join("runyard.db-wal").exists());
+    }
+    // Ours: marked, and opened again.
+    std::fs::remove_file(&path).expect("rm");
+    drop(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("new"));
+    let id: i32 = rusqlite::Connection::open(&path)
+        .expect("read")
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("id");
+    assert_eq!(id, 0x524e_5944);
+    drop(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("again"));
+    // A `jobs` table without the mark (a database of a runyard before it) is taken as runyard's;
+    // one whose schema does not fit is refused by the schema's check, unchanged.
+    std::fs::remove_file(&path).expect("rm");
+    let _ = std::fs::remove_file(dir.path().join("runyard.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("runyard.db-shm"));
     {
         let c = rusqlite::Connection::open(&path).expect("create");
         c.execute_batch("CREATE TABLE jobs (a, b); INSERT INTO jobs VALUES (1, 2);")
