@@ -67,6 +67,7 @@ fn spec(job_type: &str, id: &str, attempt: u32) -> JobSpec {
         secret: Secret::from_string(SECRET.into()),
         hook_url: HOOK.into(),
         timeout: None,
+        deployment: String::new(),
     }
 }
 
