@@ -872,6 +872,18 @@ fn labelled_container(host: &str, labels: &[(&str, &str)], detach: bool) -> Stri
     id
 }
 
+/// Removes a container when dropped (a test that fails leaves nothing running).
+struct Removed(String, String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", &self.0)
+            .args(["rm", "-f", &self.1])
+            .output();
+    }
+}
+
 /// Whether a container exists (running or not).
 fn exists(host: &str, cid: &str) -> bool {
     !docker(
@@ -1007,7 +1019,12 @@ async fn the_sweep_removes_only_containers_whose_job_is_done_with_them() {
         ours(&deleted_job, "1", true),
         ours(&running, "0", true),
     ];
+    let _rm: Vec<Removed> = swept
+        .iter()
+        .map(|c| Removed(host.clone(), c.clone()))
+        .collect();
     let current_attempt = ours(&running, "1", true);
+    let _rm_current = Removed(host.clone(), current_attempt.clone());
     let elsewhere = labelled_container(
         &host,
         &[
@@ -1019,6 +1036,7 @@ async fn the_sweep_removes_only_containers_whose_job_is_done_with_them() {
         ],
         true,
     );
+    let _rm_elsewhere = Removed(host.clone(), elsewhere.clone());
     for c in &swept {
         let (h, c) = (host.clone(), c.clone());
         eventually(
@@ -1044,5 +1062,4 @@ async fn the_sweep_removes_only_containers_whose_job_is_done_with_them() {
     assert_eq!(st, StatusCode::OK, "{body}");
     wait_removed(&host, &running).await;
     assert!(exists(&host, &elsewhere));
-    docker(&host, &["rm", "-f", &elsewhere]);
 }
