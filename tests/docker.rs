@@ -837,3 +837,229 @@ shutdown_grace = "5s"
         "the container's create body (with the secret) was logged"
     );
 }
+
+/// Config of the sweep tests: a sweep of work left behind every 300 ms.
+const FAST_SWEEP: &str = "[worker]\nsweep_interval = \"300ms\"";
+
+/// The labels of a container, as JSON.
+fn labels_of(host: &str, cid: &str) -> Value {
+    let inspected: Value = serde_json::from_str(&docker(host, &["inspect", cid])).unwrap();
+    inspected[0]["Config"]["Labels"].clone()
+}
+
+/// Starts a container of the test image with these labels (`detach`: still running; else waits
+/// for `true` to exit) and returns its id.
+fn labelled_container(host: &str, labels: &[(&str, &str)], detach: bool) -> String {
+    let mut args = vec![if detach { "run" } else { "create" }.to_string()];
+    if detach {
+        args.push("-d".into());
+    }
+    for (k, v) in labels {
+        args.push("--label".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(BUSYBOX.into());
+    args.extend(if detach {
+        ["/bin/sh", "-c", "sleep 300"].map(String::from).to_vec()
+    } else {
+        ["/bin/sh", "-c", "echo done"].map(String::from).to_vec()
+    });
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = docker(host, &args).trim().to_string();
+    if !detach {
+        docker(host, &["start", "-a", &id]);
+    }
+    id
+}
+
+/// Removes a container when dropped (a test that fails leaves nothing running).
+struct Removed(String, String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", &self.0)
+            .args(["rm", "-f", &self.1])
+            .output();
+    }
+}
+
+/// Whether a container exists (running or not).
+fn exists(host: &str, cid: &str) -> bool {
+    !docker(
+        host,
+        &["ps", "-aq", "--no-trunc", "--filter", &format!("id={cid}")],
+    )
+    .trim()
+    .is_empty()
+}
+
+/// F3: a job cancelled while the engine is out of reach ends CANCELLED, but its container keeps
+/// running (the runner's one bounded stop failed). Once the engine is back, the worker's sweep
+/// removes it, and leaves alone the container of a job that runs meanwhile. Before, the
+/// container ran for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_left_running_by_a_cancel_during_an_engine_outage_is_swept_once_it_is_back() {
+    let Some(host) = setup("cancel_during_an_engine_outage") else {
+        return;
+    };
+    let Some(engine) = host.strip_prefix("unix://") else {
+        println!("SKIPPED: cancel_during_an_engine_outage needs a unix socket, not {host}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
+    let via = format!("unix://{}", fwd.path.display());
+    let ts = TestServer::builder(&runner_toml(
+        &via,
+        "dock.*",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo started; sleep 300"],
+        "",
+    ))
+    .config(FAST_SWEEP)
+    .start()
+    .await;
+    let cancelled = ts.submit_ok(json!({"type": "dock.sleep"})).await;
+    let running = ts.submit_ok(json!({"type": "dock.sleep"})).await;
+    for id in [&cancelled, &running] {
+        wait_log_line(&ts, id, "started").await;
+    }
+    let left = running_container(&host, &cancelled).await;
+    let kept = running_container(&host, &running).await;
+
+    fwd.cut();
+    let (st, body) = ts
+        .post(&format!("/async/jobs/{cancelled}/cancel"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // The worker's stop gives up (10 s without the engine), then so does the container's
+    // removal: the output follower's note says the first is over.
+    eventually("the stop gave up", Duration::from_secs(40), || async {
+        log_lines(&ts, &cancelled)
+            .await
+            .iter()
+            .any(|(_, l)| l.contains("not read to its end in time"))
+            .then_some(())
+    })
+    .await;
+    // The removal's three tries (300 ms apart) fail too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        containers_of(&host, &cancelled),
+        vec![format!("{left} running")],
+        "the cancel left the container running"
+    );
+    assert_eq!(status_of(&ts.get_job(&cancelled).await), "CANCELLED");
+
+    fwd.restore();
+    wait_removed(&host, &cancelled).await;
+    // The running job's container was never touched.
+    assert_eq!(
+        containers_of(&host, &running),
+        vec![format!("{kept} running")]
+    );
+    assert_eq!(status_of(&ts.get_job(&running).await), "RUNNING");
+    let (st, body) = ts
+        .post(&format!("/async/jobs/{running}/cancel"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    wait_removed(&host, &running).await;
+}
+
+/// Which containers the sweep removes: those of a job that ended (F5: a cancel, then runyard
+/// killed before the removal, leaves one exited), of a job that does not exist any more
+/// (retention) and of an earlier attempt; never one of a running job's current attempt, nor one
+/// of another deployment sharing the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_only_containers_whose_job_is_done_with_them() {
+    let Some(host) = setup("the_sweep_removes_only") else {
+        return;
+    };
+    let ts = TestServer::builder(&runner_toml(
+        &host,
+        "dock.*",
+        BUSYBOX,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo started; [ \"$JOB_TYPE\" = dock.quick ] || sleep 300",
+        ],
+        "",
+    ))
+    .config(FAST_SWEEP)
+    .start()
+    .await;
+    let running = ts.submit_ok(json!({"type": "dock.sleep"})).await;
+    wait_log_line(&ts, &running, "started").await;
+    let real = running_container(&host, &running).await;
+    let labels = labels_of(&host, &real);
+    let deployment = labels["runyard.deployment"].as_str().unwrap().to_string();
+    assert_eq!(deployment.len(), 16, "{labels:#}");
+    let ended = ts.submit_ok(json!({"type": "dock.quick"})).await;
+    assert_eq!(status_of(&ts.wait_terminal(&ended, WAIT).await), "SUCCESS");
+    wait_removed(&host, &ended).await;
+
+    let ours = |job: &str, attempt: &str, detach: bool| {
+        labelled_container(
+            &host,
+            &[
+                ("runyard.managed", "true"),
+                ("runyard.runner", "dock"),
+                ("runyard.deployment", &deployment),
+                ("runyard.job-id", job),
+                ("runyard.attempt", attempt),
+            ],
+            detach,
+        )
+    };
+    let deleted_job = uuid::Uuid::now_v7().to_string();
+    let swept = [
+        ours(&ended, "1", false),
+        ours(&deleted_job, "1", true),
+        ours(&running, "0", true),
+    ];
+    let _rm: Vec<Removed> = swept
+        .iter()
+        .map(|c| Removed(host.clone(), c.clone()))
+        .collect();
+    let current_attempt = ours(&running, "1", true);
+    let _rm_current = Removed(host.clone(), current_attempt.clone());
+    let elsewhere = labelled_container(
+        &host,
+        &[
+            ("runyard.managed", "true"),
+            ("runyard.runner", "dock"),
+            ("runyard.deployment", "0123456789abcdef"),
+            ("runyard.job-id", &deleted_job),
+            ("runyard.attempt", "1"),
+        ],
+        true,
+    );
+    let _rm_elsewhere = Removed(host.clone(), elsewhere.clone());
+    for c in &swept {
+        let (h, c) = (host.clone(), c.clone());
+        eventually(
+            "a container its job is done with is swept",
+            WAIT,
+            move || {
+                let gone = !exists(&h, &c);
+                async move { gone.then_some(()) }
+            },
+        )
+        .await;
+    }
+    // Swept in the same passes: left alone.
+    assert!(exists(&host, &current_attempt));
+    assert!(exists(&host, &elsewhere));
+    assert!(containers_of(&host, &running).contains(&format!("{real} running")));
+    assert_eq!(status_of(&ts.get_job(&running).await), "RUNNING");
+
+    // Once the job ended (and its worker gave its lease up), its current attempt's is swept too.
+    let (st, body) = ts
+        .post(&format!("/async/jobs/{running}/cancel"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    wait_removed(&host, &running).await;
+    assert!(exists(&host, &elsewhere));
+}

@@ -67,6 +67,7 @@ fn spec(job_type: &str, id: &str, attempt: u32) -> JobSpec {
         secret: Secret::from_string(SECRET.into()),
         hook_url: HOOK.into(),
         timeout: None,
+        deployment: String::new(),
     }
 }
 
@@ -1892,4 +1893,126 @@ kubeconfig = "{}"
     }
     assert_eq!(ts.count_jobs(None).await, 0, "nothing stored");
     assert!(fake.jobs().is_empty() && fake.secrets().is_empty());
+}
+
+/// The fake's Jobs (and pods) labelled with this runyard job id.
+fn kube_objects_of(fake: &Fake, job_id: &str) -> (usize, usize) {
+    let of =
+        |m: &runyard_runners::kube::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.labels
+                .as_ref()
+                .and_then(|l| l.get(runyard_runners::kube::LABEL_JOB_ID))
+                .is_some_and(|v| v == job_id)
+        };
+    let jobs = fake.jobs().iter().filter(|j| of(&j.metadata)).count();
+    let pods = fake.pods().iter().filter(|p| of(&p.metadata)).count();
+    (jobs, pods)
+}
+
+/// F4: a job cancelled while the Kubernetes API is unavailable for longer than the teardown's
+/// bound ends CANCELLED with its Job and pod still running (the teardown is not confirmed).
+/// Once the API is back, the worker's sweep deletes them (pods with the grace, the Job with
+/// Foreground propagation), and leaves alone the Job of a job that runs meanwhile. Before,
+/// nothing retried the delete: the Job ran until its `activeDeadlineSeconds` (24 h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_left_running_by_a_cancel_during_an_api_outage_is_swept_once_it_is_back() {
+    let fake = scripted(|_| kube_fake::Script {
+        lines: vec!["working".into()],
+        exit: None,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
+    let ts = TestServer::builder(&server_runner(
+        &kubeconfig,
+        r#"[runners.kube]
+termination_grace = "100ms"
+delete_timeout = "300ms"
+finish_timeout = "100ms"
+poll_interval = "50ms""#,
+    ))
+    .config("[worker]\nsweep_interval = \"300ms\"")
+    .start()
+    .await;
+    let cancelled = ts.submit_ok(json!({"type": "kube.hang"})).await;
+    let running = ts.submit_ok(json!({"type": "kube.hang"})).await;
+    for id in [&cancelled, &running] {
+        let i = id.clone();
+        fake.until("the job's pod runs", move |f| {
+            kube_objects_of(f, &i) == (1, 1)
+        })
+        .await;
+        ts.wait_status(id, "RUNNING", WAIT).await;
+    }
+    // The Jobs carry the deployment's fingerprint.
+    let labels = fake.jobs()[0].metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get(runyard_runners::kube::LABEL_DEPLOYMENT)
+            .map(String::len),
+        Some(16),
+        "{labels:?}"
+    );
+
+    fake.set_unavailable(true);
+    let deletes = || {
+        fake.calls()
+            .iter()
+            .filter(|c| c.resource == "jobs" && c.verb == "delete")
+            .count()
+    };
+    let before = deletes();
+    let (st, v) = ts
+        .post(&format!("/async/jobs/{cancelled}/cancel"), None)
+        .await;
+    assert!(st.is_success(), "{v}");
+    assert_eq!(ts.get_job(&cancelled).await["status"], "CANCELLED");
+    fake.until("the worker tried to delete the Job", |_| deletes() > before)
+        .await;
+    // Its teardown's bound is the stop's grace (500 ms) plus `delete_timeout` (300 ms): with a
+    // wide margin, it gave up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        kube_objects_of(&fake, &cancelled),
+        (1, 1),
+        "the cancel left the Job and its pod"
+    );
+
+    fake.set_unavailable(false);
+    let id = cancelled.clone();
+    let start = std::time::Instant::now();
+    while kube_objects_of(&fake, &id) != (0, 0) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the Job left behind was not swept: {:?}",
+            kube_objects_of(&fake, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deleted as a teardown does: Foreground propagation.
+    assert!(
+        fake.calls().iter().any(|c| c.resource == "jobs"
+            && c.verb == "delete"
+            && c.body
+                .as_ref()
+                .is_some_and(|b| b["propagationPolicy"] == "Foreground")),
+        "{:?}",
+        fake.calls()
+            .iter()
+            .filter(|c| c.verb == "delete")
+            .map(|c| &c.body)
+            .collect::<Vec<_>>()
+    );
+    // The running job's Job and pod were never touched.
+    assert_eq!(kube_objects_of(&fake, &running), (1, 1));
+    assert_eq!(ts.get_job(&running).await["status"], "RUNNING");
+    let (st, v) = ts
+        .post(&format!("/async/jobs/{running}/cancel"), None)
+        .await;
+    assert!(st.is_success(), "{v}");
+    let id = running.clone();
+    fake.until("the running job's Job deleted by its cancel", move |f| {
+        kube_objects_of(f, &id) == (0, 0)
+    })
+    .await;
 }

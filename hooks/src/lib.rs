@@ -29,7 +29,7 @@ pub mod wire;
 
 pub use client::{ClientError, JobClient, UploadOutcome};
 pub use replay::{ReplayError, ReplayGuard, ReplayStore};
-pub use secret::{derive_job_secret, Secret};
+pub use secret::{deployment_id, derive_job_secret, Secret};
 pub use sign::{
     hmac_sha256_parts, now_ms, sign_v1, sign_v2, signed_headers, signed_headers_now, SigVersion,
 };

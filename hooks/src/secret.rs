@@ -49,12 +49,33 @@ pub fn derive_job_secret(master_key: &[u8], job_id: &str, attempt: u32) -> Secre
     Secret(hex::encode(hmac_sha256(master_key, message.as_bytes())))
 }
 
+/// The fingerprint of a deployment (every runyard process sharing one store shares its master
+/// key): the first 16 hex characters of `HMAC-SHA256(master_key, "runyard/deployment/v1")`.
+/// Runners label the work they launch with it (`runyard.deployment`), so that the sweep of work
+/// left behind never takes another deployment's work on a shared engine or namespace for its
+/// own. Not a secret: nothing about the master key, or any job's secret, can be learnt from it.
+pub fn deployment_id(master_key: &[u8]) -> String {
+    let mut h = hex::encode(hmac_sha256(master_key, b"runyard/deployment/v1"));
+    h.truncate(16);
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MASTER: &[u8] = b"runyard-test-master-key";
     const JOB: &str = "0190a5e0-7c3a-7000-8000-00000000abcd";
+
+    #[test]
+    fn a_deployment_id_is_16_hex_characters_of_its_master_key() {
+        let a = deployment_id(MASTER);
+        assert_eq!(a.len(), 16);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(a, deployment_id(MASTER));
+        assert_ne!(a, deployment_id(b"another-master-key"));
+        assert!(!derive_job_secret(MASTER, JOB, 1).expose().contains(&a));
+    }
 
     #[test]
     fn debug_hides_the_value() {

@@ -62,6 +62,9 @@ pub struct JobSpec {
     /// The attempt's time limit, when it has one (the worker enforces it; runners whose work can
     /// outlive the server, like `kube`, also hand it to their backend as a backstop).
     pub timeout: Option<Duration>,
+    /// The deployment's fingerprint ([`runyard_hooks::deployment_id`]), labelled on the work so
+    /// that [`Runner::leftovers`] lists only this deployment's; empty: none (tests, `launch`).
+    pub deployment: String,
 }
 
 /// Receives what a running job says. Implementations must be cheap and never block:
@@ -207,6 +210,18 @@ pub enum Recovered {
     Gone,
 }
 
+/// One piece of work a runner's backend holds under runyard's labels (a container, a Kubernetes
+/// Job), as [`Runner::leftovers`] lists it for the worker's sweep of work left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The job id of its labels (not checked: the sweep skips one that is not a job id).
+    pub job_id: String,
+    /// The attempt of its labels.
+    pub attempt: u32,
+    /// What the runner removes it by (a container id, a Kubernetes Job name).
+    pub name: String,
+}
+
 /// An executor of jobs. Object-safe: the server holds `Arc<dyn Runner>`.
 #[async_trait]
 pub trait Runner: Send + Sync {
@@ -234,6 +249,23 @@ pub trait Runner: Send + Sync {
         spec: JobSpec,
         reporter: Arc<dyn Reporter>,
     ) -> Result<Recovered, RunnerError>;
+
+    /// The work this runner's backend holds under runyard's labels and this deployment's
+    /// fingerprint (`deployment`, see [`JobSpec::deployment`]), running or ended, whichever
+    /// process launched it (one list call to the backend). The worker's sweep removes, with
+    /// [`Runner::remove_leftover`], the items whose job is done with them (see
+    /// `src/worker/orphans.rs`). The default: nothing (the work of runners whose work cannot
+    /// outlive the server, `local` and `service`, is gone with it).
+    async fn leftovers(&self, _deployment: &str) -> Result<Vec<Leftover>, RunnerError> {
+        Ok(Vec::new())
+    }
+
+    /// Stops (politely first, by force once `grace` has passed) and removes one item of
+    /// [`Runner::leftovers`]; one already gone is fine. Bounded: an unreachable backend is an
+    /// error, not a hang.
+    async fn remove_leftover(&self, _item: &Leftover, _grace: Duration) -> Result<(), RunnerError> {
+        Ok(())
+    }
 }
 
 /// One running attempt.

@@ -587,6 +587,7 @@ mod tests {
             secret: crate::Secret::from_string("s3cr3t".into()),
             hook_url: "http://127.0.0.1:1/async".into(),
             timeout: None,
+            deployment: String::new(),
         }
     }
 

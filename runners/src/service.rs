@@ -360,6 +360,7 @@ mod tests {
             secret: crate::Secret::from_string("k".into()),
             hook_url: String::new(),
             timeout: None,
+            deployment: String::new(),
         }
     }
 

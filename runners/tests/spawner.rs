@@ -48,6 +48,7 @@ fn spec() -> JobSpec {
         secret: Secret::from_string("s3cr3t".into()),
         hook_url: "http://127.0.0.1:1/async".into(),
         timeout: None,
+        deployment: String::new(),
     }
 }
 

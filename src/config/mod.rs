@@ -287,6 +287,7 @@ mod tests {
     fn durations_are_bounded() {
         for key in [
             "[worker]\nkill_grace",
+            "[worker]\nsweep_interval",
             "[retention]\nevents",
             "[retention]\nfinished",
         ] {
@@ -559,6 +560,11 @@ types = ["thumbnail"]
             ("[retention]\nevents = \"0s\"", "retention.events", "1s"),
             ("[api]\nmax_body_bytes = 10", "api.max_body_bytes", "1024"),
             ("[worker]\nlease_ttl = \"1ms\"", "worker.lease_ttl", "300ms"),
+            (
+                "[worker]\nsweep_interval = \"0s\"",
+                "worker.sweep_interval",
+                "100ms",
+            ),
             // Refused when read, before `serve` creates anything in `data_dir`.
             ("master_key = \"short\"", "master_key", "16 characters"),
         ] {

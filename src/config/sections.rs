@@ -99,6 +99,10 @@ pub struct WorkerConfig {
     /// submits hand most jobs straight to a waiting worker. At most 1s.
     #[serde(default, with = "humantime_serde::option")]
     pub claim_interval: Option<Duration>,
+    /// How often the worker looks for containers and Kubernetes Jobs left behind by jobs that
+    /// are done with them (their removal failed) and removes them (`src/worker/orphans.rs`).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -113,6 +117,7 @@ impl Default for WorkerConfig {
             quick_exit_wait: Duration::from_millis(5),
             spawners: 0,
             claim_interval: None,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }

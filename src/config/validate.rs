@@ -44,6 +44,7 @@ impl Config {
             ("worker.poll_interval", self.worker.poll_interval),
             ("worker.exit_grace", self.worker.exit_grace),
             ("worker.quick_exit_wait", self.worker.quick_exit_wait),
+            ("worker.sweep_interval", self.worker.sweep_interval),
             ("events.progress_interval", self.events.progress_interval),
             ("events.ping_interval", self.events.ping_interval),
             ("retention.finished", self.retention.finished),
@@ -128,6 +129,12 @@ impl Config {
                 "10ms",
             ),
             ("retention.interval", self.retention.interval, 10, "10ms"),
+            (
+                "worker.sweep_interval",
+                self.worker.sweep_interval,
+                100,
+                "100ms",
+            ),
             ("retention.events", self.retention.events, 1000, "1s"),
         ] {
             if d < Duration::from_millis(least) {

@@ -10,11 +10,13 @@
 //!   another worker may reap the expired lease and run the job again, this copy is gone, so two
 //!   runs of a job never overlap even when the worker cannot hear from the store.
 //! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
+//! - [`orphans`] sweeps containers and Kubernetes Jobs left behind by jobs done with them.
 //! - At shutdown the worker stops claiming (its loop and its jobs' finishes), lets running jobs
 //!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue.
 
 mod claims;
 mod leases;
+pub mod orphans;
 mod park;
 pub mod reaper;
 pub mod reporter;
@@ -145,6 +147,7 @@ impl Worker {
             tokio::spawn(self.clone().listen(bg.clone())),
             tokio::spawn(self.clone().heartbeats(bg.clone())),
             tokio::spawn(reaper::run(self.clone(), bg.clone())),
+            tokio::spawn(orphans::run(self.clone(), bg.clone())),
         ];
         // The embedded store is held by this one process (its data dir is locked) and a worker
         // never reaps a lease it holds: nobody else can take a job over, so fencing would only
@@ -581,6 +584,12 @@ impl SpecFactory {
             ),
             hook_url: self.hook_url.clone(),
             timeout: job.timeout_ms.map(Duration::from_millis),
+            deployment: self.deployment(),
         }
+    }
+
+    /// The deployment's fingerprint (`runyard_hooks::deployment_id`).
+    pub fn deployment(&self) -> String {
+        runyard_hooks::deployment_id(&self.master_key)
     }
 }

@@ -224,6 +224,8 @@ struct St {
     broken_at: BTreeSet<(String, usize)>,
     /// Namespaces labelled `pod-security.kubernetes.io/enforce: restricted`.
     restricted: BTreeSet<String>,
+    /// The API is unavailable: every request answers 500 ([`Fake::set_unavailable`]).
+    unavailable: bool,
 }
 
 /// The fake API server. Cheap to clone (shared state).
@@ -348,6 +350,15 @@ impl Fake {
     /// How many 410s were sent.
     pub fn watch_410s(&self) -> usize {
         self.st.lock().watch_410s
+    }
+
+    /// An API outage (`true`) and its end: meanwhile every request is recorded and answered
+    /// `500 InternalError` "etcdserver: request timed out", as a kube-apiserver answers while
+    /// its etcd cannot be reached (a status kube's client does not retry by itself, unlike 503).
+    /// The controllers keep running: pods go on, nothing is deleted. Watches already open stay
+    /// open but see no change made through the API, since none is made.
+    pub fn set_unavailable(&self, down: bool) {
+        self.st.lock().unavailable = down;
     }
 
     /// The next call of (group, resource, verb) fails with `code`.
@@ -1703,6 +1714,9 @@ fn route(f: Fake, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> 
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string),
         });
+        if st.unavailable {
+            return status(500, "InternalError", "etcdserver: request timed out");
+        }
         let key = (p.group.clone(), resource.clone(), v.clone());
         if let Some(i) = st.inject.iter().position(|(k, _)| *k == key) {
             let (_, code) = st.inject.remove(i);

@@ -52,8 +52,17 @@ pub(super) async fn find_containers(
     Ok(list.into_iter().filter_map(|c| c.id).collect())
 }
 
-/// Force-removes a container and its anonymous volumes; a missing container is fine.
+/// Force-removes a container and its anonymous volumes; a missing container is fine. A failure
+/// is only logged: the worker's sweep removes the container later (`Runner::leftovers`).
 pub(super) async fn remove(docker: &Docker, id: &str) {
+    if let Err(e) = try_remove(docker, id).await {
+        tracing::warn!(container = %short(id), error = %e, "cannot remove the container");
+    }
+}
+
+/// Force-removes a container and its anonymous volumes (three tries); a missing container is
+/// fine. The engine's message when it cannot.
+pub(super) async fn try_remove(docker: &Docker, id: &str) -> Result<(), String> {
     let opts = RemoveContainerOptions {
         force: true,
         v: true,
@@ -61,23 +70,56 @@ pub(super) async fn remove(docker: &Docker, id: &str) {
     };
     for attempt in 0..3 {
         match docker.remove_container(id, Some(opts.clone())).await {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => return,
+            }) => return Ok(()),
             // 409: removal already in progress.
             Err(DockerError::DockerResponseServerError {
                 status_code: 409, ..
-            }) if attempt > 0 => return,
+            }) if attempt > 0 => return Ok(()),
             Err(e) => {
                 if attempt == 2 {
-                    tracing::warn!(container = %short(id), error = %engine_message(&e), "cannot remove the container");
-                    return;
+                    return Err(engine_message(&e));
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
     }
+    Ok(())
+}
+
+/// Every container of runyard's labels that this runner (`runner`: its name) of this deployment
+/// created, running or not, as sweep items: one list call. Containers without a readable attempt label are left
+/// out (not runyard's to remove).
+pub(super) async fn leftovers(
+    docker: &Docker,
+    runner: &str,
+    deployment: &str,
+) -> Result<Vec<Leftover>, DockerError> {
+    let labels = vec![
+        format!("{LABEL_MANAGED}=true"),
+        format!("{LABEL_RUNNER}={runner}"),
+        format!("{LABEL_DEPLOYMENT}={deployment}"),
+        LABEL_JOB_ID.to_string(),
+    ];
+    let opts = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([("label".to_string(), labels)])),
+        ..Default::default()
+    };
+    let list = docker.list_containers(Some(opts)).await?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            Some(Leftover {
+                job_id: labels.get(LABEL_JOB_ID)?.clone(),
+                attempt: labels.get(LABEL_ATTEMPT)?.parse().ok()?,
+                name: c.id?,
+            })
+        })
+        .collect())
 }
 
 /// The container name of an attempt.

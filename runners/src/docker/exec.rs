@@ -86,24 +86,7 @@ impl Execution for DockerExecution {
 
     async fn stop(&mut self, grace: Duration) -> bool {
         if self.exit.is_none() {
-            let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
-            let opts = StopContainerOptions {
-                t: Some(secs),
-                signal: None,
-            };
-            // `stop` sends the image's stop signal, then SIGKILL after `t` seconds, and returns
-            // once the container is down. Bounded: a hung engine must not hang the worker.
-            let stopped = tokio::time::timeout(
-                grace + Duration::from_secs(10),
-                self.docker.stop_container(&self.id, Some(opts)),
-            )
-            .await;
-            if !matches!(stopped, Ok(Ok(()))) {
-                let _ = self
-                    .docker
-                    .kill_container(&self.id, Some(KillContainerOptions::default()))
-                    .await;
-            }
+            stop_bounded(&self.docker, &self.id, grace).await;
             let o =
                 tokio::time::timeout(Duration::from_secs(10), wait_exit(&self.docker, &self.id))
                     .await
@@ -115,6 +98,26 @@ impl Execution for DockerExecution {
         }
         self.cleanup().await;
         !self.unconfirmed
+    }
+}
+
+/// Stops a container: the image's stop signal, then SIGKILL after `grace` (a kill when the stop
+/// fails). Bounded: a hung engine must not hang the worker. Whether it ended is not checked.
+pub(super) async fn stop_bounded(docker: &Docker, id: &str, grace: Duration) {
+    let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
+    let opts = StopContainerOptions {
+        t: Some(secs),
+        signal: None,
+    };
+    // `stop` returns once the container is down.
+    let stopped = tokio::time::timeout(
+        grace + Duration::from_secs(10),
+        docker.stop_container(id, Some(opts)),
+    )
+    .await;
+    if !matches!(stopped, Ok(Ok(()))) {
+        let kill = docker.kill_container(id, Some(KillContainerOptions::default()));
+        let _ = tokio::time::timeout(Duration::from_secs(10), kill).await;
     }
 }
 

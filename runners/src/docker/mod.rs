@@ -4,7 +4,8 @@
 //!   runner's `allowed_images` globs (checked at submit time by [`Runner::validate`] and again at
 //!   launch). A missing image is pulled once before the container is created.
 //! - The container is named `runyard-{job id}-{attempt}` and labelled with the job id
-//!   ([`LABEL_JOB_ID`]), the attempt, the job type and the runner, plus the runner's own `labels`.
+//!   ([`LABEL_JOB_ID`]), the attempt, the job type, the runner and the deployment
+//!   ([`LABEL_DEPLOYMENT`]), plus the runner's own `labels`.
 //!   It gets the runner's `env` and the job's `JOB_ID`, `JOB_SECRET_KEY`, `JOB_HOOK`, `JOB_TYPE`,
 //!   `JOB_ARGS` (or `JOB_ARGS_SIZE`, see [`crate::args`]) and `JOB_ATTEMPT`, the runner's
 //!   memory/CPU limits and network mode.
@@ -15,6 +16,9 @@
 //!   engine failure). An out-of-memory kill says so.
 //! - The container is removed once it ended and its exit code is read; cancel and timeout stop it
 //!   (the image's stop signal, then SIGKILL after the grace) and remove it.
+//! - A container whose removal failed (the engine out of reach while the job ended or was
+//!   cancelled) is found again by [`Runner::leftovers`] (this runner's containers of this
+//!   deployment, by their labels) and removed by the worker's sweep once its job is done with it.
 //! - After a restart of runyard, [`DockerRunner::recover`] finds the container again (by the id
 //!   saved in the job's handle, then by its labels): still running, it is adopted and followed
 //!   again; finished, its exit code is recorded; gone, the job is run again.
@@ -42,7 +46,7 @@ mod logs;
 
 use engine::{
     check_host, engine_message, find_containers, inspect, is_missing_image, remove, short,
-    split_image,
+    split_image, try_remove,
 };
 pub use engine::{container_name, nano_cpus, parse_memory};
 use exec::{outcome_of, DockerExecution};
@@ -50,8 +54,8 @@ use logs::{follow_logs, now_ns};
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::{
-    Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, RunKind, Runner, RunnerError,
-    SharedReporter,
+    Execution, JobSpec, Leftover, LogStream, Outcome, Recovered, RunHandle, RunKind, Runner,
+    RunnerError, SharedReporter,
 };
 
 /// Longest log line kept whole; longer lines are split (the one limit of [`crate::lines`]).
@@ -67,6 +71,9 @@ pub const LABEL_ATTEMPT: &str = "runyard.attempt";
 pub const LABEL_JOB_TYPE: &str = "runyard.job-type";
 /// Label holding the runner's name.
 pub const LABEL_RUNNER: &str = "runyard.runner";
+/// Label holding the deployment's fingerprint ([`JobSpec::deployment`]): the sweep of work left
+/// behind ([`Runner::leftovers`]) lists only containers of its own deployment.
+pub const LABEL_DEPLOYMENT: &str = "runyard.deployment";
 
 /// The engine used when neither `docker_host` nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -209,6 +216,9 @@ impl DockerRunner {
         labels.insert(LABEL_ATTEMPT.into(), spec.attempt.to_string());
         labels.insert(LABEL_JOB_TYPE.into(), spec.job_type.clone());
         labels.insert(LABEL_RUNNER.into(), self.config.name.clone());
+        if !spec.deployment.is_empty() {
+            labels.insert(LABEL_DEPLOYMENT.into(), spec.deployment.clone());
+        }
         labels
     }
 
@@ -468,6 +478,29 @@ impl Runner for DockerRunner {
             }
         }
     }
+
+    async fn leftovers(&self, deployment: &str) -> Result<Vec<Leftover>, RunnerError> {
+        if deployment.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docker = self.client().await?;
+        engine::leftovers(&docker, &self.config.name, deployment)
+            .await
+            .map_err(|e| {
+                RunnerError::Backend(format!("cannot list containers: {}", engine_message(&e)))
+            })
+    }
+
+    async fn remove_leftover(&self, item: &Leftover, grace: Duration) -> Result<(), RunnerError> {
+        let docker = self.client().await?;
+        exec::stop_bounded(&docker, &item.name, grace).await;
+        try_remove(&docker, &item.name).await.map_err(|e| {
+            RunnerError::Backend(format!(
+                "cannot remove container {}: {e}",
+                short(&item.name)
+            ))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -510,6 +543,7 @@ mod tests {
             secret: crate::Secret::from_string("s3cr3t".into()),
             hook_url: "http://127.0.0.1:1/async".into(),
             timeout: None,
+            deployment: String::new(),
         };
         let big = json!({"x": "A".repeat(200_000 - 8)});
         let env = |r: &DockerRunner, args: &Value| {

@@ -24,6 +24,10 @@
 //!   log, reopening broken streams from the last line's time.
 //! - Recovery ([`KubeRunner::recover`]): finds the attempt's Job by label; a running Job is
 //!   watched again, a finished one gives its outcome, a missing one means the job runs again.
+//! - The sweep ([`Runner::leftovers`]): the Jobs of this deployment in the runner's namespace
+//!   (label [`LABEL_DEPLOYMENT`]), running or finished; one whose job is done with it (a
+//!   teardown that was not confirmed: the API out of reach during a cancel) is removed as a
+//!   teardown does: its pods with the grace, then the Job with Foreground propagation.
 //! - [`API_CALLS`]: every API call the runner makes; the chart's Role grants exactly these.
 
 use std::collections::BTreeMap;
@@ -41,7 +45,9 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use crate::args::LargeArgs;
-use crate::{Execution, JobSpec, Recovered, RunHandle, Runner, RunnerError, SharedReporter};
+use crate::{
+    Execution, JobSpec, Leftover, Recovered, RunHandle, Runner, RunnerError, SharedReporter,
+};
 
 mod execution;
 mod logs;
@@ -87,6 +93,9 @@ pub const LABEL_JOB_ID: &str = "runyard.io/job-id";
 pub const LABEL_JOB_TYPE: &str = "runyard.io/job-type";
 /// Label: the attempt number.
 pub const LABEL_ATTEMPT: &str = "runyard.io/attempt";
+/// Label: the deployment's fingerprint ([`JobSpec::deployment`]): the sweep of work left behind
+/// ([`Runner::leftovers`]) lists only the Jobs of its own deployment.
+pub const LABEL_DEPLOYMENT: &str = "runyard.io/deployment";
 /// Annotation: the exact job type.
 pub const ANNOTATION_JOB_TYPE: &str = "runyard.io/job-type";
 
@@ -449,6 +458,41 @@ impl Runner for KubeRunner {
             logs::Cursor::after(Some(since)),
             self.config.options.clone(),
         ))))
+    }
+
+    async fn leftovers(&self, deployment: &str) -> Result<Vec<Leftover>, RunnerError> {
+        if deployment.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &self.namespace(&client));
+        let selector = format!("{LABEL_MANAGED_BY}=runyard,{LABEL_DEPLOYMENT}={deployment}");
+        let list = jobs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| RunnerError::Backend(format!("cannot list Kubernetes Jobs: {e}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|j| {
+                let labels = j.metadata.labels.unwrap_or_default();
+                Some(Leftover {
+                    job_id: labels.get(LABEL_JOB_ID)?.clone(),
+                    attempt: labels.get(LABEL_ATTEMPT)?.parse().ok()?,
+                    name: j.metadata.name?,
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_leftover(&self, item: &Leftover, grace: Duration) -> Result<(), RunnerError> {
+        let client = self.client().await?;
+        let ns = self.namespace(&client);
+        let selector = attempt_selector(&item.job_id, item.attempt);
+        let bound = grace + self.config.options.delete_timeout;
+        teardown::remove_leftover(client, &ns, &item.name, &selector, grace, bound)
+            .await
+            .map_err(RunnerError::Backend)
     }
 }
 

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use super::{
     KubeRunner, ANNOTATION_JOB_TYPE, ARGS_KEY, CONTAINER, DEADLINE_MARGIN,
-    DEFAULT_TTL_AFTER_FINISHED, LABEL_ATTEMPT, LABEL_JOB_ID, LABEL_JOB_TYPE, LABEL_MANAGED_BY,
-    MAX_NAME_LEN, RESERVED_ENV, SECRET_KEY,
+    DEFAULT_TTL_AFTER_FINISHED, LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_JOB_ID, LABEL_JOB_TYPE,
+    LABEL_MANAGED_BY, MAX_NAME_LEN, RESERVED_ENV, SECRET_KEY,
 };
 use crate::args::EnvArgs;
 use crate::JobSpec;
@@ -244,12 +244,16 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// The labels of an attempt's Job, its pods and its Secret.
 pub fn labels(spec: &JobSpec) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), "runyard".to_string()),
         (LABEL_JOB_ID.to_string(), label_value(&spec.id)),
         (LABEL_JOB_TYPE.to_string(), label_value(&spec.job_type)),
         (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
-    ])
+    ]);
+    if !spec.deployment.is_empty() {
+        labels.insert(LABEL_DEPLOYMENT.to_string(), label_value(&spec.deployment));
+    }
+    labels
 }
 
 /// The label selector of every Job of a job.

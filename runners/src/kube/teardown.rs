@@ -128,6 +128,67 @@ async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
     }
 }
 
+/// Removes a Job the sweep found left behind (`Runner::remove_leftover`): its pods (by the
+/// attempt's `selector`) with `grace`, then the Job with Foreground propagation; does not wait
+/// for them to go (the next sweep deletes again what is still there). An error when the API did
+/// not take the deletes within `bound`.
+pub(super) async fn remove_leftover(
+    client: ::kube::Client,
+    ns: &str,
+    name: &str,
+    selector: &str,
+    grace: Duration,
+    bound: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let jobs: Api<Job> = Api::namespaced(client, ns);
+    let lp = ::kube::api::ListParams::default().labels(selector);
+    let listed = tokio::time::timeout_at(deadline, pods.list(&lp)).await;
+    let list = match listed {
+        Ok(Ok(l)) => l.items,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot list the pods of Kubernetes Job {name}: {e}"
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "listing the pods of Kubernetes Job {name} timed out"
+            ))
+        }
+    };
+    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    for p in list
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let Some(pod) = p.metadata.name.as_deref() else {
+            continue;
+        };
+        let dp = DeleteParams {
+            grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
+            preconditions: Some(Preconditions {
+                uid: p.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match tokio::time::timeout_at(deadline, pods.delete(pod, &dp)).await {
+            Ok(Ok(_)) => {}
+            // Gone, or replaced by another pod of that name: nothing to delete here.
+            Ok(Err(::kube::Error::Api(s))) if s.code == 404 || s.code == 409 => {}
+            Ok(Err(e)) => return Err(format!("cannot delete pod {pod}: {e}")),
+            Err(_) => return Err(format!("deleting pod {pod} timed out")),
+        }
+    }
+    match tokio::time::timeout_at(deadline, delete_job_foreground(&jobs, name, "", deadline)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!("deleting Kubernetes Job {name} timed out")),
+    }
+}
+
 /// Deletes a Job with `propagationPolicy: Foreground` (and a uid precondition when `uid` is not
 /// empty); a Job already gone is fine; passing API errors are retried until `deadline`.
 pub(super) async fn delete_job_foreground(
