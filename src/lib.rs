@@ -38,6 +38,7 @@ pub mod files;
 pub mod job;
 pub mod limits;
 pub mod logging;
+pub mod master_key;
 pub mod metrics;
 pub mod notify;
 pub mod outcomes;
