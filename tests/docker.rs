@@ -346,30 +346,37 @@ impl Drop for Forwarder {
     }
 }
 
+/// A server whose docker runner reaches the engine through a [`Forwarder`] the test can cut,
+/// running `script` for type `dock.*` (with `extra` config); `None` (the test skipped) without an
+/// engine on a unix socket. Also the engine's own address, and the forwarder's directory.
+async fn behind_a_forwarder(
+    test: &str,
+    script: &str,
+    extra: &str,
+) -> Option<(String, TestServer, Forwarder, tempfile::TempDir)> {
+    let host = setup(test)?;
+    let Some(engine) = host.strip_prefix("unix://") else {
+        println!("SKIPPED: {test} needs an engine on a unix socket, not {host}");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
+    let via = format!("unix://{}", fwd.path.display());
+    let runner = runner_toml(&via, "dock.*", BUSYBOX, &["/bin/sh", "-c", script], "");
+    let ts = TestServer::builder(&runner).config(extra).start().await;
+    Some((host, ts, fwd, dir))
+}
+
 /// The engine out of reach for a moment while a job writes: once it is back, the runner copies
 /// the rest of the output, every line exactly once. Before, the copy stopped for good at the
 /// first failed reconnection and the later lines were silently lost (the job still SUCCESS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_engine_outage_loses_and_repeats_no_output_line() {
-    let Some(host) = setup("a_short_engine_outage") else {
-        return;
-    };
-    let Some(engine) = host.strip_prefix("unix://") else {
-        println!("SKIPPED: a_short_engine_outage needs an engine on a unix socket, not {host}");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
-    let via = format!("unix://{}", fwd.path.display());
     let script = "i=0; while [ $i -lt 16 ]; do echo tick-$i; i=$((i+1)); sleep 0.5; done";
-    let ts = TestServer::start(&runner_toml(
-        &via,
-        "dock.*",
-        BUSYBOX,
-        &["/bin/sh", "-c", script],
-        "",
-    ))
-    .await;
+    let Some((host, ts, fwd, _dir)) = behind_a_forwarder("a_short_engine_outage", script, "").await
+    else {
+        return;
+    };
     let id = ts.submit_ok(json!({"type": "dock.ticks"})).await;
     wait_log_line(&ts, &id, "tick-4").await;
     let cid = running_container(&host, &id).await;
@@ -396,25 +403,12 @@ async fn a_short_engine_outage_loses_and_repeats_no_output_line() {
 /// not lost silently: a `[runyard] line(s) dropped here` line says so in the job's logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_lost_during_an_engine_outage_is_marked_in_the_logs() {
-    let Some(host) = setup("output_lost_during_an_engine_outage") else {
-        return;
-    };
-    let Some(engine) = host.strip_prefix("unix://") else {
-        println!("SKIPPED: output_lost_during_an_engine_outage needs a unix socket, not {host}");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
-    let via = format!("unix://{}", fwd.path.display());
     let script = "echo started; i=0; while [ $i -lt 100 ]; do i=$((i+1)); sleep 0.2; done";
-    let ts = TestServer::start(&runner_toml(
-        &via,
-        "dock.*",
-        BUSYBOX,
-        &["/bin/sh", "-c", script],
-        "",
-    ))
-    .await;
+    let Some((host, ts, fwd, _dir)) =
+        behind_a_forwarder("output_lost_during_an_engine_outage", script, "").await
+    else {
+        return;
+    };
     let id = ts.submit_ok(json!({"type": "dock.lost"})).await;
     wait_log_line(&ts, &id, "started").await;
     let cid = running_container(&host, &id).await;
@@ -900,26 +894,15 @@ fn exists(host: &str, cid: &str) -> bool {
 /// container ran for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_left_running_by_a_cancel_during_an_engine_outage_is_swept_once_it_is_back() {
-    let Some(host) = setup("cancel_during_an_engine_outage") else {
+    let Some((host, ts, fwd, _dir)) = behind_a_forwarder(
+        "cancel_during_an_engine_outage",
+        "echo started; sleep 300",
+        FAST_SWEEP,
+    )
+    .await
+    else {
         return;
     };
-    let Some(engine) = host.strip_prefix("unix://") else {
-        println!("SKIPPED: cancel_during_an_engine_outage needs a unix socket, not {host}");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let fwd = Forwarder::start(dir.path().join("engine.sock"), PathBuf::from(engine));
-    let via = format!("unix://{}", fwd.path.display());
-    let ts = TestServer::builder(&runner_toml(
-        &via,
-        "dock.*",
-        BUSYBOX,
-        &["/bin/sh", "-c", "echo started; sleep 300"],
-        "",
-    ))
-    .config(FAST_SWEEP)
-    .start()
-    .await;
     let cancelled = ts.submit_ok(json!({"type": "dock.sleep"})).await;
     let running = ts.submit_ok(json!({"type": "dock.sleep"})).await;
     for id in [&cancelled, &running] {

@@ -1237,12 +1237,10 @@ async fn a_stop_waits_for_the_pod_to_go() {
     check(&fake);
 }
 
-/// A stop whose pod outlives the stop's bound (a node that does not kill it in time) says so:
-/// `stop` is false, and the worker then keeps the job's lease to run out rather than let a
-/// retry start beside the pod (`worker/supervise.rs` `not_confirmed`).
-#[tokio::test]
-async fn a_stop_whose_pod_outlives_its_bound_says_so() {
-    // A grace second lasts 20 s in this fake: the pod runs on for 20 s after its delete.
+/// A running attempt of `etl.hang` whose pod outlives any stop (a grace second lasts 20 s in this
+/// fake: the pod runs on for 20 s after its delete), with a runner whose bounds are short
+/// (`delete_timeout` as given).
+async fn a_pod_that_outlives_its_bound(delete_timeout: Duration) -> (Fake, Box<dyn Execution>) {
     let fake = scripted(|_| kube_fake::Script {
         lines: vec!["working".into()],
         exit: None,
@@ -1252,14 +1250,23 @@ async fn a_stop_whose_pod_outlives_its_bound_says_so() {
     .with_grace_unit(Duration::from_secs(20));
     let mut cfg = config();
     cfg.options.termination_grace = Duration::from_millis(100);
-    cfg.options.delete_timeout = Duration::from_millis(100);
+    cfg.options.delete_timeout = delete_timeout;
     cfg.options.finish_timeout = Duration::from_millis(100);
-    let mut ex = KubeRunner::with_client(cfg, fake.client())
+    let ex = KubeRunner::with_client(cfg, fake.client())
         .expect("runner")
         .launch(spec("etl.hang", &new_id(), 1), Arc::new(Lines::default()))
         .await
         .unwrap();
     until_a_pod_runs(&fake).await;
+    (fake, ex)
+}
+
+/// A stop whose pod outlives the stop's bound (a node that does not kill it in time) says so:
+/// `stop` is false, and the worker then keeps the job's lease to run out rather than let a
+/// retry start beside the pod (`worker/supervise.rs` `not_confirmed`).
+#[tokio::test]
+async fn a_stop_whose_pod_outlives_its_bound_says_so() {
+    let (fake, mut ex) = a_pod_that_outlives_its_bound(Duration::from_millis(100)).await;
     let t0 = std::time::Instant::now();
     assert!(
         !ex.stop(Duration::from_secs(1)).await,
@@ -1408,24 +1415,7 @@ async fn a_job_deleted_with_orphan_propagation_has_its_pods_deleted_before_the_a
 /// lease to run out rather than let a retry start beside the pod.
 #[tokio::test]
 async fn an_orphaned_pod_that_outlives_its_bound_leaves_the_end_unconfirmed() {
-    // A grace second lasts 20 s in this fake: the pod runs on for 20 s after its delete.
-    let fake = scripted(|_| kube_fake::Script {
-        lines: vec!["working".into()],
-        exit: None,
-        term_delay: Duration::from_secs(60),
-        ..Default::default()
-    })
-    .with_grace_unit(Duration::from_secs(20));
-    let mut cfg = config();
-    cfg.options.termination_grace = Duration::from_millis(100);
-    cfg.options.delete_timeout = Duration::from_millis(300);
-    cfg.options.finish_timeout = Duration::from_millis(100);
-    let mut ex = KubeRunner::with_client(cfg, fake.client())
-        .expect("runner")
-        .launch(spec("etl.hang", &new_id(), 1), Arc::new(Lines::default()))
-        .await
-        .unwrap();
-    until_a_pod_runs(&fake).await;
+    let (fake, mut ex) = a_pod_that_outlives_its_bound(Duration::from_millis(300)).await;
     delete_job_orphaning_its_pods(&fake).await;
     let t0 = std::time::Instant::now();
     let o = wait(&mut ex).await;

@@ -61,20 +61,26 @@ async fn delete_pods(a: &Attempt, grace: Duration) {
     }
 }
 
-/// Deletes one pod with `gracePeriodSeconds` (the grace rounded up) and a uid precondition.
-async fn delete_pod(a: &Attempt, p: &Pod, grace: Duration) {
-    let Some(name) = p.metadata.name.clone() else {
-        return;
-    };
+/// The delete of pod `p`: `gracePeriodSeconds` (the grace rounded up) and a uid precondition
+/// (a pod of that name made since is not deleted).
+fn pod_delete_params(p: &Pod, grace: Duration) -> DeleteParams {
     let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-    let dp = DeleteParams {
+    DeleteParams {
         grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
         preconditions: Some(Preconditions {
             uid: p.metadata.uid.clone(),
             resource_version: None,
         }),
         ..Default::default()
+    }
+}
+
+/// Deletes one pod with `gracePeriodSeconds` (the grace rounded up) and a uid precondition.
+async fn delete_pod(a: &Attempt, p: &Pod, grace: Duration) {
+    let Some(name) = p.metadata.name.clone() else {
+        return;
     };
+    let dp = pod_delete_params(p, grace);
     match a.pods.delete(&name, &dp).await {
         Ok(_) => {}
         Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -158,7 +164,6 @@ pub(super) async fn remove_leftover(
             ))
         }
     };
-    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
     for p in list
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -166,14 +171,7 @@ pub(super) async fn remove_leftover(
         let Some(pod) = p.metadata.name.as_deref() else {
             continue;
         };
-        let dp = DeleteParams {
-            grace_period_seconds: Some(secs.min(u32::MAX as u64) as u32),
-            preconditions: Some(Preconditions {
-                uid: p.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
+        let dp = pod_delete_params(p, grace);
         match tokio::time::timeout_at(deadline, pods.delete(pod, &dp)).await {
             Ok(Ok(_)) => {}
             // Gone, or replaced by another pod of that name: nothing to delete here.
