@@ -77,6 +77,35 @@ pub async fn within<T>(
     }
 }
 
+/// `call`, called again while the store refuses it for a reason of its own
+/// (`StoreError::Backend`: nothing written, as on a full disk), with a pause of 100 ms doubling
+/// to 2 s, as long as the next try comes before `until` and `go_on()` holds; its last answer.
+/// Any other error is not tried again: such a write may have been carried out.
+pub async fn retry_refused<T, F, Fut>(
+    until: tokio::time::Instant,
+    go_on: impl Fn() -> bool,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let r = call().await;
+        match &r {
+            Err(e @ StoreError::Backend(_))
+                if go_on() && tokio::time::Instant::now() + pause < until =>
+            {
+                tracing::debug!(error = %e, "the store refused a write: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            _ => return r,
+        }
+    }
+}
+
 /// Knobs a backend needs.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {

@@ -110,18 +110,8 @@ impl StoreSink {
         lines: Vec<(LogStream, Micros, String)>,
     ) -> crate::store::Result<()> {
         let until = tokio::time::Instant::now() + LOG_RETRY_FOR;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match store.append_logs(self.job_id, lines.clone()).await {
-                Err(crate::store::StoreError::Backend(_))
-                    if tokio::time::Instant::now() + pause < until =>
-                {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                r => return r,
-            }
-        }
+        let append = || store.append_logs(self.job_id, lines.clone());
+        crate::store::retry_refused(until, || true, append).await
     }
 }
 

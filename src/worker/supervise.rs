@@ -229,26 +229,16 @@ impl Worker {
         refill: Option<Arc<Refill>>,
     ) -> Result<Job, StoreError> {
         let until = tokio::time::Instant::now() + self.cfg.lease_ttl;
-        let mut pause = Duration::from_millis(100);
+        let stopping = || self.stopping.load(std::sync::atomic::Ordering::SeqCst);
         let mut refill = refill;
-        loop {
+        let finish = || {
             let cmd = Command::Finish {
                 token,
                 outcome: outcome.clone(),
             };
-            let r = self.store.finish(id, cmd, refill.take()).await;
-            let e = match &r {
-                Err(e @ StoreError::Backend(_)) => e,
-                _ => return r,
-            };
-            let stopping = self.stopping.load(std::sync::atomic::Ordering::SeqCst);
-            if stopping || tokio::time::Instant::now() + pause >= until {
-                return r;
-            }
-            tracing::warn!(error = %e, "cannot record the outcome yet: trying again");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
+            self.store.finish(id, cmd, refill.take())
+        };
+        crate::store::retry_refused(until, || !stopping(), finish).await
     }
 
     /// What the store answered to an attempt's finish ([`Worker::settled`]).
