@@ -741,9 +741,22 @@ shutdown_grace = "5s"
     let mut first = ServeProcess::start(&config, &log, &url).await;
     let id = submit("dock.long").await;
     let short_id = submit("dock.short").await;
-    // Both run, and their first lines are in the jobs' logs.
+    // A third one whose time limit runs out around the downtime.
+    let r = client
+        .post(format!("{url}/async/jobs"))
+        .json(&json!({"type": "dock.long", "timeout": "4s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let timed_id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // They run, and their first lines are in the jobs' logs.
     logged(id.clone(), "before").await;
     logged(short_id.clone(), "short").await;
+    logged(timed_id.clone(), "before").await;
     let cid = running_container(&host, &id).await;
 
     first.kill();
@@ -788,6 +801,13 @@ shutdown_grace = "5s"
     assert_eq!(job["exit_code"], 4, "{job:#}");
     assert_eq!(job["attempt"], 1, "{job:#}");
     wait_removed(&host, &short_id).await;
+
+    // The adopted one out of time: TIMEOUT, saying its whole limit (not what was left of it when
+    // it was adopted, which said "timed out after 0s" or a fraction).
+    let job = wait_done(timed_id.clone()).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
+    assert_eq!(job["error"], "timed out after 4s", "{job:#}");
+    wait_removed(&host, &timed_id).await;
 
     // The running container: adopted, followed, finished.
     let job = wait_done(id.clone()).await;
