@@ -888,6 +888,28 @@ fn failed_message(o: &Outcome) -> String {
 
 /// A server's kube runner for `kube.*` jobs through `kubeconfig` (the fake's), with `rest`
 /// after its keys (more keys, then `[runners.kube]`).
+/// A server on `fake` (served over TCP under `dir`) whose kube runner has short bounds
+/// (`delete_timeout` as given), with `runner` lines before its `[runners.kube]` and `worker`
+/// config.
+async fn short_bound_server(
+    fake: &Fake,
+    dir: &std::path::Path,
+    runner: &str,
+    delete_timeout: &str,
+    worker: &str,
+) -> TestServer {
+    let (_addr, kubeconfig) = fake.serve_tcp(dir, "runyard-test").await;
+    let rest = format!(
+        "{runner}\n[runners.kube]\ntermination_grace = \"100ms\"\n\
+         delete_timeout = \"{delete_timeout}\"\nfinish_timeout = \"100ms\"\n\
+         poll_interval = \"50ms\""
+    );
+    TestServer::builder(&server_runner(&kubeconfig, &rest))
+        .config(worker)
+        .start()
+        .await
+}
+
 fn server_runner(kubeconfig: &std::path::Path, rest: &str) -> String {
     format!(
         r#"
@@ -1291,17 +1313,13 @@ async fn a_cancelled_job_whose_pod_outlives_the_stop_keeps_its_lease() {
     })
     .with_grace_unit(Duration::from_secs(20));
     let dir = tempfile::tempdir().unwrap();
-    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
-    let ts = TestServer::builder(&server_runner(
-        &kubeconfig,
-        r#"[runners.kube]
-termination_grace = "100ms"
-delete_timeout = "100ms"
-finish_timeout = "100ms"
-poll_interval = "50ms""#,
-    ))
-    .config("[worker]\nlease_ttl = \"40s\"")
-    .start()
+    let ts = short_bound_server(
+        &fake,
+        dir.path(),
+        "",
+        "100ms",
+        "[worker]\nlease_ttl = \"40s\"",
+    )
     .await;
     let id = ts.submit_ok(json!({"type": "kube.hang"})).await;
     until_a_pod_runs(&fake).await;
@@ -1449,19 +1467,14 @@ async fn a_job_deleted_with_orphan_propagation_keeps_its_lease_while_its_pod_run
     })
     .with_grace_unit(Duration::from_secs(20));
     let dir = tempfile::tempdir().unwrap();
-    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
-    let ts = TestServer::builder(&server_runner(
-        &kubeconfig,
-        r#"max_attempts = 2
-backoff = {initial_ms = 100, max_ms = 100, multiplier = 1, jitter = false}
-[runners.kube]
-termination_grace = "100ms"
-delete_timeout = "100ms"
-finish_timeout = "100ms"
-poll_interval = "50ms""#,
-    ))
-    .config("[worker]\nlease_ttl = \"20s\"")
-    .start()
+    let ts = short_bound_server(
+        &fake,
+        dir.path(),
+        "max_attempts = 2\n\
+         backoff = {initial_ms = 100, max_ms = 100, multiplier = 1, jitter = false}",
+        "100ms",
+        "[worker]\nlease_ttl = \"20s\"",
+    )
     .await;
     let id = ts.submit_ok(json!({"type": "kube.hang"})).await;
     until_a_pod_runs(&fake).await;
@@ -1912,17 +1925,13 @@ async fn a_job_left_running_by_a_cancel_during_an_api_outage_is_swept_once_it_is
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
-    let ts = TestServer::builder(&server_runner(
-        &kubeconfig,
-        r#"[runners.kube]
-termination_grace = "100ms"
-delete_timeout = "300ms"
-finish_timeout = "100ms"
-poll_interval = "50ms""#,
-    ))
-    .config("[worker]\nsweep_interval = \"300ms\"")
-    .start()
+    let ts = short_bound_server(
+        &fake,
+        dir.path(),
+        "",
+        "300ms",
+        "[worker]\nsweep_interval = \"300ms\"",
+    )
     .await;
     let cancelled = ts.submit_ok(json!({"type": "kube.hang"})).await;
     let running = ts.submit_ok(json!({"type": "kube.hang"})).await;
