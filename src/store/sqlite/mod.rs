@@ -45,6 +45,7 @@ mod handoff;
 mod jobs;
 #[cfg(test)]
 mod list_tests;
+mod lock;
 mod logs;
 mod notices;
 #[cfg(test)]
@@ -162,7 +163,7 @@ pub struct SqliteStore {
     write_failed: Arc<Mutex<Option<String>>>,
     /// The process's own hook replay memory, in front of table `replay` (`replay.rs`).
     replay: runyard_hooks::ReplayGuard,
-    _lock: std::fs::File,
+    _lock: lock::DirLock,
 }
 
 impl Drop for SqliteStore {
@@ -246,19 +247,7 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("runyard.lock"))
-            .map_err(|e| StoreError::Unavailable(format!("cannot open lock file: {e}")))?;
-        use fs4::fs_std::FileExt;
-        if !lock.try_lock_exclusive().unwrap_or(false) {
-            return Err(StoreError::Unavailable(format!(
-                "data_dir {} is in use by another runyard process",
-                dir.display()
-            )));
-        }
+        let lock = lock::lock(dir)?;
         let path = dir.join("runyard.db");
         schema::refuse_foreign(&path)?;
         let conn = open_conn(&path, false)?;
