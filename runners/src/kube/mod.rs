@@ -49,6 +49,7 @@ use crate::{
     Execution, JobSpec, Leftover, Recovered, RunHandle, Runner, RunnerError, SharedReporter,
 };
 
+mod errors;
 mod execution;
 mod logs;
 mod monitor;
@@ -164,6 +165,8 @@ pub struct KubeRunner {
     config: KubeConfig,
     kubeconfig: Option<Kubeconfig>,
     client: OnceCell<Client>,
+    /// The API server's address, once the client is built from a config (for errors).
+    server: std::sync::OnceLock<String>,
 }
 
 impl KubeRunner {
@@ -181,6 +184,7 @@ impl KubeRunner {
             config,
             kubeconfig,
             client: OnceCell::new(),
+            server: std::sync::OnceLock::new(),
         })
     }
 
@@ -191,6 +195,7 @@ impl KubeRunner {
             config,
             kubeconfig: None,
             client: OnceCell::new_with(Some(client)),
+            server: std::sync::OnceLock::new(),
         })
     }
 
@@ -253,6 +258,7 @@ impl KubeRunner {
                         }
                     },
                 };
+                let _ = self.server.set(cfg.cluster_url.to_string());
                 // Off the runtime's thread: building the client runs the kubeconfig's exec
                 // credential plugin (`aws eks get-token`, ...) as a blocking child process, and
                 // a worker on a single-thread runtime must keep renewing its leases meanwhile.
@@ -263,6 +269,11 @@ impl KubeRunner {
             })
             .await
             .cloned()
+    }
+
+    /// An API error in words, with its causes and the API server's address.
+    fn api_error(&self, e: &::kube::Error) -> String {
+        errors::describe(e, self.server.get().map(String::as_str))
     }
 
     fn namespace(&self, client: &Client) -> String {
@@ -282,10 +293,9 @@ impl KubeRunner {
         keep: Option<&str>,
     ) -> Result<Vec<Job>, RunnerError> {
         let lp = ListParams::default().labels(&id_selector(job_id));
-        let list = jobs
-            .list(&lp)
-            .await
-            .map_err(|e| RunnerError::Backend(format!("cannot list Jobs: {e}")))?;
+        let list = jobs.list(&lp).await.map_err(|e| {
+            RunnerError::Backend(format!("cannot list Jobs: {}", self.api_error(&e)))
+        })?;
         let o = &self.config.options;
         let deadline = tokio::time::Instant::now() + o.termination_grace + o.delete_timeout;
         let others = |j: &Job| j.metadata.name.as_deref().is_some_and(|n| Some(n) != keep);
@@ -366,7 +376,8 @@ impl Runner for KubeRunner {
                 }
                 Err(e) => {
                     return Err(RunnerError::Launch(format!(
-                        "cannot create Kubernetes Job {ns}/{name}: {e}"
+                        "cannot create Kubernetes Job {ns}/{name}: {}",
+                        self.api_error(&e)
                     )))
                 }
             }
@@ -378,7 +389,8 @@ impl Runner for KubeRunner {
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
             let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;
             return Err(RunnerError::Launch(format!(
-                "cannot create Secret {ns}/{secret_name}: {e}"
+                "cannot create Secret {ns}/{secret_name}: {}",
+                self.api_error(&e)
             )));
         }
         // 4. Go.
@@ -386,7 +398,8 @@ impl Runner for KubeRunner {
         if let Err(e) = jobs.patch(&name, &PatchParams::default(), &resume).await {
             let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;
             return Err(RunnerError::Launch(format!(
-                "cannot resume Kubernetes Job {ns}/{name}: {e}"
+                "cannot resume Kubernetes Job {ns}/{name}: {}",
+                self.api_error(&e)
             )));
         }
         tracing::debug!(job = %name, namespace = %ns, "Kubernetes Job created");
@@ -470,7 +483,12 @@ impl Runner for KubeRunner {
         let list = jobs
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|e| RunnerError::Backend(format!("cannot list Kubernetes Jobs: {e}")))?;
+            .map_err(|e| {
+                RunnerError::Backend(format!(
+                    "cannot list Kubernetes Jobs: {}",
+                    self.api_error(&e)
+                ))
+            })?;
         Ok(list
             .items
             .into_iter()

@@ -155,7 +155,8 @@ pub(super) async fn remove_leftover(
         Ok(Ok(l)) => l.items,
         Ok(Err(e)) => {
             return Err(format!(
-                "cannot list the pods of Kubernetes Job {name}: {e}"
+                "cannot list the pods of Kubernetes Job {name}: {}",
+                super::errors::describe(&e, None)
             ))
         }
         Err(_) => {
@@ -176,7 +177,12 @@ pub(super) async fn remove_leftover(
             Ok(Ok(_)) => {}
             // Gone, or replaced by another pod of that name: nothing to delete here.
             Ok(Err(::kube::Error::Api(s))) if s.code == 404 || s.code == 409 => {}
-            Ok(Err(e)) => return Err(format!("cannot delete pod {pod}: {e}")),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "cannot delete pod {pod}: {}",
+                    super::errors::describe(&e, None)
+                ))
+            }
             Err(_) => return Err(format!("deleting pod {pod} timed out")),
         }
     }
@@ -208,7 +214,10 @@ pub(super) async fn delete_job_foreground(
             // Gone, or another Job of that name (the precondition): not ours to delete.
             Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!("cannot delete Kubernetes Job {name}: {e}"))
+                return Err(format!(
+                    "cannot delete Kubernetes Job {name}: {}",
+                    super::errors::describe(&e, None)
+                ))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
