@@ -267,14 +267,18 @@ async fn long_log_lines_are_split() {
     check(&fake);
 }
 
+/// A Job that meets its active deadline (the attempt's timeout plus the margin) timed out: a
+/// TIMEOUT, watched or found ended by a server started after it (before: a failure, so a job
+/// whose time ran out while runyard was down ended ERROR).
 #[tokio::test]
 async fn timeout_becomes_the_active_deadline() {
     // One "second" of activeDeadlineSeconds lasts 20 ms here.
     let fake = Fake::new().with_deadline_unit(Duration::from_millis(20));
     let r = runner(&fake);
+    let limit = Duration::from_millis(1500);
     let id = new_id();
     let mut s = spec("etl.hang", &id, 1);
-    s.timeout = Some(Duration::from_millis(1500));
+    s.timeout = Some(limit);
     let mut ex = r
         .launch(s, Arc::new(Lines::default()))
         .await
@@ -282,11 +286,29 @@ async fn timeout_becomes_the_active_deadline() {
     let job = fake.job(NS, &job_name("etl.hang", &id, 1)).unwrap();
     // ceil(1.5 s) + the 10 s margin that lets the server's own timeout fire first.
     assert_eq!(job.spec.unwrap().active_deadline_seconds, Some(12));
-    match wait(&mut ex).await {
-        Outcome::Failed { message, .. } => {
-            assert!(message.contains("deadline"), "{message}")
-        }
-        o => panic!("expected a failure, got {o:?}"),
+    assert_eq!(wait(&mut ex).await, Outcome::TimedOut { limit });
+
+    // The server dies with the attempt running; its deadline passes; a new one recovers it.
+    let id = new_id();
+    let mut s = spec("etl.hang", &id, 1);
+    s.timeout = Some(limit);
+    let handle = {
+        let ex = r
+            .launch(s.clone(), Arc::new(Lines::default()))
+            .await
+            .expect("launch");
+        ex.handle()
+    };
+    let name = handle.id.clone();
+    fake.until("deadline met", |f| f.job_finished(NS, &name))
+        .await;
+    match runner(&fake)
+        .recover(&handle, s, Arc::new(Lines::default()))
+        .await
+        .unwrap()
+    {
+        Recovered::Finished(o) => assert_eq!(o, Outcome::TimedOut { limit }),
+        _ => panic!("expected Finished"),
     }
     check(&fake);
 }

@@ -119,6 +119,13 @@ pub enum Outcome {
         /// How long to wait before the next attempt.
         after: std::time::Duration,
     },
+    /// The work ran past the attempt's timeout and its platform stopped it (a Kubernetes Job's
+    /// active deadline, met while no server watched): the job ends TIMEOUT, as when the
+    /// worker's own timer stops it.
+    TimedOut {
+        /// The attempt's whole time limit.
+        limit: std::time::Duration,
+    },
 }
 
 impl Outcome {

@@ -396,6 +396,8 @@ pub(super) fn outcome_to_finish(o: Outcome, kind: crate::config::RunnerKind) -> 
             message,
             after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
         },
+        // Its platform stopped it at the attempt's timeout (no server was watching).
+        Outcome::TimedOut { limit } => FinishOutcome::Timeout(timed_out_after(limit)),
     }
 }
 
@@ -475,5 +477,18 @@ mod tests {
         out_of_time.time_limit = Some("timed out after 1s".into());
         j.runs = vec![out_of_time];
         assert_eq!(late_finish(&j, 7), Late::Decided);
+    }
+
+    #[test]
+    fn work_its_platform_stopped_at_the_timeout_ends_timeout() {
+        let limit = std::time::Duration::from_secs(90);
+        let finish = super::outcome_to_finish(
+            runyard_runners::Outcome::TimedOut { limit },
+            crate::config::RunnerKind::Kube,
+        );
+        assert_eq!(
+            finish,
+            crate::job::FinishOutcome::Timeout("timed out after 1m 30s".into())
+        );
     }
 }

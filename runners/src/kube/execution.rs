@@ -72,6 +72,7 @@ impl KubeExecution {
             name: name.clone(),
             uid: uid.clone(),
             opts,
+            timeout: spec.timeout,
         };
         let monitor_task = tokio::spawn(monitor::monitor(
             attempt,

@@ -451,7 +451,7 @@ impl Runner for KubeRunner {
             return Ok(Recovered::Gone);
         }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if let Some(outcome) = outcome::finished_outcome(&job, &pods).await {
+        if let Some(outcome) = outcome::finished_outcome(&job, spec.timeout, &pods).await {
             return Ok(Recovered::Finished(outcome));
         }
         let uid = job.metadata.uid.clone().unwrap_or_default();

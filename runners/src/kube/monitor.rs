@@ -63,6 +63,8 @@ pub(super) struct Attempt {
     pub name: String,
     pub uid: String,
     pub opts: KubeOptions,
+    /// The attempt's timeout: a Job that meets its active deadline then timed out.
+    pub timeout: Option<Duration>,
 }
 
 /// Channels between the monitor, the log copier and the execution.
@@ -220,8 +222,8 @@ async fn on_job(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
         let pods = list_pods(a).await.unwrap_or_else(|| seen.pods.clone());
         return Some(Decision::Final(failure(
             job,
-            f.reason.as_deref(),
-            f.message.as_deref(),
+            a.timeout,
+            (f.reason.as_deref(), f.message.as_deref()),
             &pods,
         )));
     }
@@ -306,8 +308,8 @@ fn interim_decision(a: &Attempt, seen: &Seen, now: Instant) -> Option<Decision> 
         .find(|c| c.type_ == "FailureTarget" && c.status == "True")?;
     Some(Decision::Early(failure(
         job,
-        f.reason.as_deref(),
-        f.message.as_deref(),
+        a.timeout,
+        (f.reason.as_deref(), f.message.as_deref()),
         &seen.pods,
     )))
 }
@@ -393,7 +395,7 @@ fn pod_decision(
             let job = seen.job.clone().unwrap_or_default();
             let o = match terminated {
                 Some(t) if t.exit_code == 0 => Outcome::Success { result: None },
-                _ => failure(&job, None, None, pods),
+                _ => failure(&job, a.timeout, (None, None), pods),
             };
             return Some(Decision::Early(o));
         }
@@ -403,7 +405,12 @@ fn pod_decision(
         let since = *seen.main_done_since.get_or_insert(now);
         if now.duration_since(since) >= o.finish_timeout {
             let job = seen.job.clone().unwrap_or_default();
-            return Some(Decision::Early(failure(&job, None, None, pods)));
+            return Some(Decision::Early(failure(
+                &job,
+                a.timeout,
+                (None, None),
+                pods,
+            )));
         }
     }
     None

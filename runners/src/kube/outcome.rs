@@ -1,6 +1,8 @@
 //! The outcome of an attempt's Job: success, or a failure in words (deadline, disruption, OOM
 //! kill, exit code, the Job's reason).
 
+use std::time::Duration;
+
 use ::kube::api::{Api, ListParams};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
@@ -52,15 +54,19 @@ fn main_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
         .as_ref()
 }
 
-/// The outcome of a failed attempt: the deadline, a disruption, an OOM kill, the container's
-/// exit code, or the Job's reason, in that order.
+/// The outcome of a failed attempt: the deadline (the attempt's `timeout`'s, if it has one: a
+/// TIMEOUT), a disruption, an OOM kill, the container's exit code, or the Job's reason, in
+/// that order.
 pub(super) fn failure(
     job: &Job,
-    reason: Option<&str>,
-    message: Option<&str>,
+    timeout: Option<Duration>,
+    (reason, message): (Option<&str>, Option<&str>),
     pods: &[Pod],
 ) -> Outcome {
     if reason == Some("DeadlineExceeded") {
+        if let Some(limit) = timeout {
+            return Outcome::TimedOut { limit };
+        }
         let secs = job
             .spec
             .as_ref()
@@ -102,7 +108,11 @@ pub(super) fn failure(
 }
 
 /// The outcome of a Job that is `Complete` or `Failed`; `None` while it runs.
-pub(super) async fn finished_outcome(job: &Job, pods: &Api<Pod>) -> Option<Outcome> {
+pub(super) async fn finished_outcome(
+    job: &Job,
+    timeout: Option<Duration>,
+    pods: &Api<Pod>,
+) -> Option<Outcome> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;
     let is = |t: &str| {
         conditions
@@ -121,8 +131,8 @@ pub(super) async fn finished_outcome(job: &Job, pods: &Api<Pod>) -> Option<Outco
         .unwrap_or_default();
     Some(failure(
         job,
-        f.reason.as_deref(),
-        f.message.as_deref(),
+        timeout,
+        (f.reason.as_deref(), f.message.as_deref()),
         &list,
     ))
 }
