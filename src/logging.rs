@@ -55,6 +55,25 @@ pub fn init(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     }
 }
 
+/// The error a command ends with, on stderr whatever the log filter: `error: ...` as text, or
+/// with `--log-format json` one JSON object in the log's own shape (`timestamp`, `level`
+/// `ERROR`, `target`, `message`), so that a log shipper reads a server's last word too.
+pub fn fatal(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => eprintln!("{}", fatal_json(message)),
+    }
+}
+
+fn fatal_json(message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "level": "ERROR",
+        "target": "runyard",
+        "message": message,
+    })
+}
+
 /// The Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C).
 pub fn bidi(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{61c}')

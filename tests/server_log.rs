@@ -245,3 +245,48 @@ async fn text_log_has_no_colour_codes_off_a_terminal() {
         );
     }
 }
+
+/// A server that cannot start says why in its log's own format: one JSON object with level
+/// `ERROR` under `--log-format json` (a log shipper parses it), `error: ...` as text; and also
+/// with the log filter off.
+#[test]
+fn a_start_up_error_is_a_json_line_under_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("runyard.toml");
+    std::fs::write(&cfg, "[notify]\nhorizon = \"0s\"\n").unwrap();
+    let run = |format: &str, filter: &str| {
+        let out = Command::new(BIN)
+            .args(["--log-format", format, "serve", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUNYARD_LOG", filter)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    for filter in ["info", "off"] {
+        let text = run("json", filter);
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let last = lines
+            .last()
+            .unwrap_or_else(|| panic!("nothing said: {text}"));
+        assert_eq!(last["level"], "ERROR", "{last}");
+        let message = last["message"].as_str().unwrap_or_default();
+        assert!(message.contains("notify.horizon"), "{last}");
+        assert!(
+            last["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{last}"
+        );
+    }
+    let text = run("text", "info");
+    assert!(
+        text.contains("error: ") && text.contains("notify.horizon"),
+        "{text}"
+    );
+}

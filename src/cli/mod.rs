@@ -291,8 +291,9 @@ pub fn main() -> ExitCode {
     ) {
         quiet_on_closed_stdout();
     }
+    let log_format = cli.log_format;
     crate::logging::init(
-        cli.log_format,
+        log_format,
         log_filter(
             std::env::var("RUNYARD_LOG").ok().as_deref(),
             std::env::var("RUST_LOG").ok().as_deref(),
@@ -334,7 +335,7 @@ pub fn main() -> ExitCode {
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            crate::logging::fatal(log_format, &format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -369,7 +370,7 @@ pub fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::logging::fatal(log_format, &format!("{e:#}"));
             // docs/cli.md: 1 job not successful, 2 usage, 3 unreachable, 4 refused.
             exit::code_of(&e)
         }
