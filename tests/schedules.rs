@@ -15,6 +15,8 @@
 //! - `embedded_restart_misfire_policies`: a `runyard serve` process `kill -9`'d for two fire
 //!   times of `*/5 * * * * *`, then restarted: `skip`, `run_once`, `all` and `all` with a short
 //!   catch-up window each make exactly the jobs they promise.
+//! - `a_backlog_of_schedules_due_at_once_misses_none`: 1,500 `skip` schedules due in the same
+//!   second all fire; the loop reaches the last ones late, and late is not missed.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends.
 
@@ -1444,4 +1446,66 @@ async fn cli_schedules() {
     let (ok, _, err) = run(vec!["schedules", "get", "nope"]).await.unwrap();
     assert!(!ok, "an unknown schedule fails");
     assert!(err.contains("not found"), "{err}");
+}
+
+/// Many `skip` schedules due in the same second: the fire loop reaches the last ones seconds
+/// after their time, and they fire (late), none `missed`, since the loop was working all along
+/// (before: the ones late in name order were missed at every fire time, on a healthy server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_schedules_due_at_once_misses_none() {
+    use futures::StreamExt;
+    const N: usize = 1500;
+    const PERIOD: f64 = 20.0;
+    let ts = TestServer::start(RUNNERS).await;
+    let made: Vec<StatusCode> = futures::stream::iter(0..N)
+        .map(|i| {
+            let ts = &ts;
+            async move {
+                let body = json!({"name": format!("b{i:04}"), "cron": "*/20 * * * * *",
+                                  "misfire": "skip", "job": {"type": "runyard.noop"}});
+                ts.post("/async/schedules", Some(&body)).await.0
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(made.iter().all(|s| *s == StatusCode::CREATED), "{made:?}");
+    // The next fire time: every schedule is due then.
+    let fire = ((now_s() / PERIOD).floor() + 1.0) * PERIOD;
+    let fire_us = (fire * 1e6) as i64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let schedules = loop {
+        sleep_until(fire + 1.0).await;
+        let (st, v) = ts.get("/async/schedules").await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let all = v["schedules"].as_array().cloned().unwrap_or_default();
+        let handled = |s: &Value| {
+            s["last_runs"].as_array().is_some_and(|runs| {
+                runs.iter().any(|r| {
+                    r["fire_time"]
+                        .as_str()
+                        .is_some_and(|t| secs(t) * 1_000_000 == fire_us)
+                })
+            })
+        };
+        if all.len() == N && all.iter().all(handled) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every schedule handled its fire time"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let missed: Vec<&str> = schedules
+        .iter()
+        .filter(|s| s["counters"]["misfires"].as_u64() != Some(0))
+        .map(|s| s["name"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {N} missed: {:?}",
+        missed.len(),
+        &missed[..missed.len().min(5)]
+    );
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{clock, fire_key, plan, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US};
+use super::{
+    clock, fire_key, plan_busy, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US,
+};
 use crate::job::{Command, Job, JobStatus, Micros};
 use crate::runner_set::RunnerSet;
 use crate::store::{Result, Store, StoreError, Submitted};
@@ -63,6 +65,10 @@ const SIGNAL_TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Runs the fire loop until `stop`.
 pub async fn fire_loop(f: Firing, stop: CancellationToken) {
     let mut trimmed = std::time::Instant::now();
+    // Since when the loop has been working without a pause (schedules still due after each
+    // pass): a fire time is late by how long before that it was, not by how long the backlog
+    // took (`super::plan_busy`). Reset once nothing is due, or the store failed.
+    let mut busy_since: Option<Micros> = None;
     loop {
         if trimmed.elapsed() >= SIGNAL_TRIM_EVERY {
             trimmed = std::time::Instant::now();
@@ -74,30 +80,43 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
             }
         }
         let now = clock();
-        let mut trouble = false;
+        let busy = *busy_since.get_or_insert(now);
+        // `trouble`: a wake-up that failed (tried again in a second); `down`: the store failed,
+        // so the loop was not working meanwhile.
+        let (mut trouble, mut down) = (false, false);
         match f.store.schedules_due(now, BATCH).await {
             Ok(names) => {
                 for name in names {
-                    if let Err(e) = f.tick(&name).await {
+                    if let Err(e) = f.tick(&name, busy).await {
                         trouble = true;
+                        down |= matches!(e, StoreError::Unavailable(_));
                         tracing::warn!(schedule = %name, error = %e, "schedule not handled; retrying");
                     }
                 }
             }
             Err(e) => {
-                trouble = true;
+                (trouble, down) = (true, true);
                 tracing::warn!(error = %e, "cannot read due schedules");
             }
+        }
+        if down {
+            busy_since = None;
         }
         let wait = if trouble {
             MAX_SLEEP
         } else {
             match f.store.schedules_next_wake().await {
                 Ok(Some(w)) => {
-                    let us = (w - clock()).clamp(2_000, MAX_SLEEP.as_micros() as i64);
-                    Duration::from_micros(us as u64)
+                    let left = w - clock();
+                    if left > 0 {
+                        busy_since = None;
+                    }
+                    Duration::from_micros(left.clamp(2_000, MAX_SLEEP.as_micros() as i64) as u64)
                 }
-                _ => MAX_SLEEP,
+                _ => {
+                    busy_since = None;
+                    MAX_SLEEP
+                }
             }
         };
         tokio::select! {
@@ -140,8 +159,9 @@ impl Firing {
     }
 
     /// One wake-up of schedule `name`: decide (compare-and-set), then submit what was decided
-    /// and any pending fire whose deciding process has not confirmed it in time.
-    pub async fn tick(&self, name: &str) -> Result<()> {
+    /// and any pending fire whose deciding process has not confirmed it in time. `busy_since`:
+    /// since when the loop has been working without a pause ([`plan_busy`]).
+    pub async fn tick(&self, name: &str, busy_since: Micros) -> Result<()> {
         for _ in 0..CAS_TRIES {
             let Some(s) = self.store.schedule(name).await? else {
                 return Ok(());
@@ -160,7 +180,7 @@ impl Firing {
                 // thread and every request and tick queued behind it.
                 Ok(c) => {
                     let (planned, changed) = tokio::task::spawn_blocking(move || {
-                        let changed = plan(&mut next, &c, now, &prev);
+                        let changed = plan_busy(&mut next, &c, (now, busy_since), &prev);
                         (next, changed)
                     })
                     .await

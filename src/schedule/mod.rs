@@ -233,10 +233,26 @@ impl Previous {
     }
 }
 
+/// [`plan_busy`] for a loop that began working at `now`.
+pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> bool {
+    plan_busy(s, c, (now, now), prev)
+}
+
 /// Decides what a wake-up at `now` does to `s`: moves `next_fire` past every due fire time,
 /// applies the misfire and overlap policies, moves a buffered fire to `pending` once the job
 /// before it ended. Returns false when nothing changed (nothing to write).
-pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> bool {
+///
+/// `busy_since` (at most `now`) is when the fire loop deciding this began working without a
+/// pause: a fire time is late by how long before that it was (a loop working through a backlog
+/// of thousands of schedules due at once reaches the last ones seconds after their time, and
+/// they are late, not missed: only a fire time that passed while no loop ran is).
+pub fn plan_busy(
+    s: &mut Schedule,
+    c: &CronSpec,
+    (now, busy_since): (Micros, Micros),
+    prev: &Previous,
+) -> bool {
+    let seen = busy_since.min(now);
     let changed = release_buffered(s, now, prev);
     let Some(first) = s.next_fire.filter(|f| !s.paused && *f <= now) else {
         return changed;
@@ -248,9 +264,9 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
     let window = (s.spec.catchup_window_ms as i64 * 1000).max(ON_TIME_US);
     let (mut early, mut last_early) = (0u64, None);
     let mut t = Some(to_utc(first));
-    while let Some(x) = t.filter(|x| to_us(*x) < now - window) {
+    while let Some(x) = t.filter(|x| to_us(*x) < seen - window) {
         if early >= MAX_DUE as u64 {
-            t = c.next_after(to_utc(now - window - 1));
+            t = c.next_after(to_utc(seen - window - 1));
             break;
         }
         early += 1;
@@ -260,7 +276,7 @@ pub fn plan(s: &mut Schedule, c: &CronSpec, now: Micros, prev: &Previous) -> boo
     // The newest MAX_DUE fire times in [the window's start, now] (every policy keeps the newest).
     let (due, dropped, last_dropped) = newest_due(c, t, now);
     s.next_fire = c.next_after(to_utc(now)).map(to_us);
-    let chosen = by_misfire(s, &due, now);
+    let chosen = by_misfire(s, &due, seen);
     let missed = early + dropped + (due.len() - chosen.len()) as u64;
     if missed > 0 {
         s.counters.misfires += missed;
@@ -396,7 +412,7 @@ fn release_buffered(s: &mut Schedule, now: Micros, prev: &Previous) -> bool {
     }
 }
 
-/// The misfire policy: which of the `due` fire times still fire at `now`.
+/// The misfire policy: which of the `due` fire times still fire, seen due at `now`.
 fn by_misfire(s: &Schedule, due: &[Micros], now: Micros) -> Vec<Micros> {
     let window = (s.spec.catchup_window_ms as i64 * 1000).max(ON_TIME_US);
     match s.spec.misfire {
@@ -848,6 +864,37 @@ mod tests {
             T0 / S + 31 * 86_400 - 2,
             "the newest missed time"
         );
+    }
+
+    /// A fire time reached late by a loop that was working through a backlog since before it is
+    /// late, not missed: `skip` and a short window fire it. One that passed before the loop
+    /// began working (a node down, or started after it) is missed.
+    #[test]
+    fn a_fire_reached_late_by_a_busy_loop_is_not_missed() {
+        for misfire in [Misfire::Skip, Misfire::RunOnce, Misfire::All] {
+            let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, misfire, 0, T0);
+            // Reached 40 s after its time, the loop busy since 0.5 s before it.
+            let (now, busy) = (T0 + 50 * S, T0 + 10 * S - S / 2);
+            assert!(plan_busy(&mut s, &c, (now, busy), &Previous::Idle));
+            // `skip` and `run_once` make one job for the newest; `all` one per time.
+            let want: Vec<Micros> = match misfire {
+                Misfire::All => [10, 20, 30, 40, 50].map(|t| T0 / S + t).to_vec(),
+                _ => vec![T0 / S + 50],
+            };
+            assert_eq!(pending(&s), want, "{misfire:?}");
+            let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, misfire, 0, T0);
+            // One due time only, reached 5 s late by a busy loop: fired, nothing missed.
+            let (now, busy) = (T0 + 15 * S, T0 + 10 * S - S / 2);
+            plan_busy(&mut s, &c, (now, busy), &Previous::Idle);
+            assert_eq!(pending(&s), vec![T0 / S + 10], "{misfire:?}");
+            assert_eq!(s.counters.misfires, 0, "{misfire:?}");
+            // The same, the loop working only since 3 s after it (down before): missed under
+            // `skip` (and the 2 s minimum window of the others).
+            let (mut s, c) = sched("*/10 * * * * *", Overlap::Allow, misfire, 0, T0);
+            plan_busy(&mut s, &c, (now, T0 + 13 * S), &Previous::Idle);
+            assert!(pending(&s).is_empty(), "{misfire:?}");
+            assert_eq!(s.counters.misfires, 1, "{misfire:?}");
+        }
     }
 
     #[test]
