@@ -180,6 +180,12 @@ async fn api_suite(ts: &TestServer) {
     // The same body again: 200, nothing new. Another body under the name: 409, unchanged.
     let (st, v) = ts.post("/async/schedules", Some(&body)).await;
     assert_eq!(st, StatusCode::OK, "{v}");
+    // Spaces between the fields are not the body: the same schedule.
+    let mut spaced = body.clone();
+    spaced["cron"] = json!(" 30  2 *\t* * ");
+    let (st, v) = ts.post("/async/schedules", Some(&spaced)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["cron"], "30 2 * * *");
     let mut other = body.clone();
     other["cron"] = json!("0 3 * * *");
     let (st, v) = ts.post("/async/schedules", Some(&other)).await;

@@ -256,7 +256,8 @@ async fn validate(
     let proto = template_job(st, caller, &body.job, &timezone)?;
     let spec = ScheduleSpec {
         name,
-        cron: body.cron.trim().to_string(),
+        // One space between fields: `0  5 * * *` is `0 5 * * *`, shown and compared so.
+        cron: one_spaced(&body.cron),
         timezone,
         job: body.job,
         overlap,
@@ -326,9 +327,13 @@ async fn create(
             let same = ScheduleSpec {
                 paused: cur.spec.paused,
                 job: cur.spec.job.clone(),
+                cron: cur.spec.cron.clone(),
                 ..spec.clone()
             };
-            if cur.spec == same && crate::schedule::same_template(&cur.spec.job, &spec.job) {
+            if cur.spec == same
+                && one_spaced(&cur.spec.cron) == spec.cron
+                && crate::schedule::same_template(&cur.spec.job, &spec.job)
+            {
                 return Ok(show(&cur, StatusCode::OK, &caller));
             }
             return Err(ApiError::conflict(
@@ -493,6 +498,12 @@ async fn resume(
 ) -> ApiResult<Response> {
     let s = update(&st, &name, |s, now| s.resume(now)).await?;
     Ok(show(&s, StatusCode::OK, &grant))
+}
+
+/// A cron pattern with one space between its fields (a stored one made before was only
+/// trimmed).
+fn one_spaced(cron: &str) -> String {
+    cron.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
