@@ -160,3 +160,71 @@ async fn an_outcome_committed_after_its_write_gave_up_is_counted_once() {
     );
     assert_eq!(ts.get_job(&id).await["attempt"], 1);
 }
+
+/// Credentials refused for a few seconds (a password rotated, then put back; an ACL reload) and
+/// working again: the server connects again and serves, without a restart. Before, redis-rs's
+/// connection manager kept answering "authentication failed" for good once a reconnect had
+/// failed on it: `/health` stayed 503 and every submit failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connects_again_once_its_redis_credentials_work_again() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let acl = |args: &[&str]| {
+        let out = r.cli(args);
+        assert!(
+            out.contains("OK") || out.trim().parse::<i64>().is_ok(),
+            "{args:?}: {out}"
+        );
+    };
+    acl(&[
+        "ACL",
+        "SETUSER",
+        "ryuser",
+        "on",
+        ">pw-first",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = r.url.replacen("redis://", "redis://ryuser:pw-first@", 1);
+    let config = r
+        .server_config("auth-outage-master-key-0123456789")
+        .replace(&r.url, &url);
+    let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n")
+        // `store.retry` short: a refused request answers soon.
+        .config(&format!("{config}retry = \"1s\"\n"))
+        .start()
+        .await;
+    let (st, v) = ts.submit(json!({"type": "runyard.noop"})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+
+    // The password changes and every connection of the user is cut: reconnects are refused.
+    acl(&["ACL", "SETUSER", "ryuser", "resetpass", ">pw-other"]);
+    acl(&["CLIENT", "KILL", "USER", "ryuser"]);
+    let refused_until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while std::time::Instant::now() < refused_until {
+        let _ = ts.submit(json!({"type": "runyard.noop"})).await;
+        let _ = ts.get("/health").await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (st, _) = ts.get("/health").await;
+    assert_ne!(st, StatusCode::OK, "refused credentials are not healthy");
+
+    // The old password works again: within a few seconds the server is healthy and serves.
+    acl(&["ACL", "SETUSER", "ryuser", "resetpass", ">pw-first"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (st, v) = ts.submit(json!({"type": "runyard.noop"})).await;
+        let (h, _) = ts.get("/health").await;
+        if st == StatusCode::ACCEPTED && h == StatusCode::OK {
+            let id = v["job_id"].as_str().expect("job_id").to_string();
+            let job = ts.wait_terminal(&id, support::WAIT).await;
+            assert_eq!(job["status"], "SUCCESS", "{job}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still failing after the credentials work again: {st} {v}, health {h}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

@@ -285,7 +285,7 @@ async fn leave_all(store: &Weak<RedisStore>, rx: &mut mpsc::UnboundedReceiver<Op
         }
     }
     if any {
-        let mut c = s.conn.clone();
+        let mut c = s.conn.get();
         let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut c)).await;
     }
 }

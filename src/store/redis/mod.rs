@@ -57,6 +57,7 @@ mod batch;
 mod chanidx;
 mod clock;
 mod commit;
+mod conn;
 mod counts;
 mod deliveries;
 mod events;
@@ -190,7 +191,7 @@ impl Scripts {
 
 /// The Redis store.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: conn::SharedConn,
     s: RedisSettings,
     scripts: Scripts,
     notify: broadcast::Sender<Notice>,
@@ -246,6 +247,8 @@ fn transient(e: &RedisError) -> bool {
         e.kind(),
         IoError | BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
     ) || e.is_connection_dropped()
+        // Credentials refused on a reconnect: retried, with a new connection (`conn.rs`).
+        || conn::stuck(e)
         || e.is_connection_refusal()
         || e.is_timeout()
 }
@@ -265,24 +268,10 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_factor(50)
             .set_max_delay(1000);
-        let (start, mut delay) = (Instant::now(), Duration::from_millis(100));
-        let mut conn = loop {
-            match ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
-                Ok(c) => break c,
-                Err(e) if transient(&e) && start.elapsed() + delay < settings.retry => {
-                    tracing::warn!(error = %e, "redis not reachable yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "cannot connect to redis at {}: {e}",
-                        redact(&settings.url)
-                    )))
-                }
-            }
-        };
-        let version = server_version(&mut conn).await?;
+        let conn =
+            conn::SharedConn::connect(client.clone(), cfg, settings.retry, &redact(&settings.url))
+                .await?;
+        let version = server_version(&mut conn.get()).await?;
         let (notify, _) = broadcast::channel(4096);
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let stop = CancellationToken::new();
@@ -527,7 +516,7 @@ impl RedisStore {
                     .max(MIN_TRY.min(self.s.command_timeout)),
                 None => self.s.command_timeout,
             };
-            let r = tokio::time::timeout(per_try, f(self.conn.clone())).await;
+            let r = tokio::time::timeout(per_try, f(self.conn.get())).await;
             let err = match r {
                 Ok(Ok(v)) => {
                     if self.down.load(Ordering::Relaxed) {
@@ -537,6 +526,7 @@ impl RedisStore {
                 }
                 Ok(Err(e)) if !transient(&e) => return Err(StoreError::Backend(e.to_string())),
                 Ok(Err(e)) => {
+                    self.conn.heal(&e).await;
                     let e = e.to_string();
                     said = Some(e.clone());
                     e

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -37,7 +36,7 @@ pub(super) fn crosses(n: &Notice) -> bool {
 
 /// Starts the publisher and the subscriber of the notice channel `P:notices` (`P`: `prefix`).
 pub(super) fn start(
-    conn: ConnectionManager,
+    conn: super::conn::SharedConn,
     client: redis::Client,
     prefix: &str,
     origin: &str,
@@ -53,7 +52,7 @@ pub(super) fn start(
 
 /// Publishes this process's notices until `stop`.
 async fn publish(
-    mut conn: ConnectionManager,
+    conn: super::conn::SharedConn,
     channel: String,
     origin: String,
     mut rx: mpsc::Receiver<Notice>,
@@ -100,14 +99,18 @@ async fn publish(
         if events {
             msg.push_str("\nE");
         }
+        let mut c = conn.get();
         let r = tokio::time::timeout(
             Duration::from_secs(2),
             redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(msg)
-                .query_async::<i64>(&mut conn),
+                .query_async::<i64>(&mut c),
         )
         .await;
+        if let Ok(Err(e)) = &r {
+            conn.heal(e).await;
+        }
         if !matches!(r, Ok(Ok(_))) {
             tracing::debug!("notice not published (redis away); other processes will poll");
         }

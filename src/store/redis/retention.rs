@@ -122,7 +122,7 @@ impl Maintenance for RedisStore {
     }
 
     async fn health(&self) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         match tokio::time::timeout(
             Duration::from_secs(1),
             ::redis::cmd("PING").query_async::<String>(&mut c),
@@ -135,6 +135,8 @@ impl Maintenance for RedisStore {
             }
             Ok(Err(e)) => {
                 self.mark(false, &e.to_string());
+                // A probe of an idle node must heal it too (`conn.rs`).
+                self.conn.heal(&e).await;
                 Err(StoreError::Unavailable(format!("redis: {e}")))
             }
             Err(_) => {

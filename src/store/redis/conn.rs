@@ -1,0 +1,113 @@
+//! The store's multiplexed connection, made anew when redis-rs's `ConnectionManager` can no
+//! longer heal itself. The manager reconnects after an I/O error, but a reconnect that fails for
+//! another reason (Redis refusing the password while credentials rotate, an ACL reload, a
+//! failover to a node that does not know the user yet) leaves it answering that error for good
+//! (redis-rs issue #984): a node stayed down after its password worked again. So an error of
+//! that kind makes a new manager here, at most once a second; until one connects, the old one
+//! stays (and so does its error).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, ErrorKind, RedisError};
+
+use super::transient;
+use crate::store::{Result, StoreError};
+
+/// The connection every command of the store takes (cheap clones share it).
+#[derive(Clone)]
+pub(super) struct SharedConn {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: parking_lot::RwLock<ConnectionManager>,
+    client: Client,
+    cfg: ConnectionManagerConfig,
+    /// When the last new manager was tried: at most one try a second, one at a time.
+    renewed: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The shortest time between two tries at a new manager.
+const RENEW_GAP: Duration = Duration::from_secs(1);
+
+/// An error the manager does not heal from by itself: a failed authentication.
+pub(super) fn stuck(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed
+}
+
+impl SharedConn {
+    /// Connects, retrying a Redis not reachable yet for up to `retry`; `url` (without its
+    /// password) names it in the error.
+    pub(super) async fn connect(
+        client: Client,
+        cfg: ConnectionManagerConfig,
+        retry: Duration,
+        url: &str,
+    ) -> Result<Self> {
+        let (start, mut delay) = (Instant::now(), Duration::from_millis(100));
+        let conn = loop {
+            match ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
+                Ok(c) => break c,
+                // Refused credentials at start are a configuration error: said at once.
+                Err(e) if transient(&e) && !stuck(&e) && start.elapsed() + delay < retry => {
+                    tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot connect to redis at {url}: {e}"
+                    )))
+                }
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                current: parking_lot::RwLock::new(conn),
+                client,
+                cfg,
+                renewed: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The current manager.
+    pub(super) fn get(&self) -> ConnectionManager {
+        self.inner.current.read().clone()
+    }
+
+    /// After `e`: makes a new manager when `e` is one the current cannot heal from ([`stuck`]),
+    /// unless one was tried within the last second or is being tried. Returns whether a new
+    /// one is in place.
+    pub(super) async fn heal(&self, e: &RedisError) -> bool {
+        if !stuck(e) {
+            return false;
+        }
+        let Ok(mut last) = self.inner.renewed.try_lock() else {
+            return false;
+        };
+        if last.is_some_and(|t| t.elapsed() < RENEW_GAP) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        let made = tokio::time::timeout(
+            Duration::from_secs(3),
+            ConnectionManager::new_with_config(self.inner.client.clone(), self.inner.cfg.clone()),
+        )
+        .await;
+        match made {
+            Ok(Ok(c)) => {
+                *self.inner.current.write() = c;
+                tracing::info!("redis: connected again with a new connection");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis: a new connection failed too");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
