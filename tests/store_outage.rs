@@ -228,3 +228,70 @@ async fn a_server_connects_again_once_its_redis_credentials_work_again() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// A Redis user whose ACL refuses a command runyard needs is refused at start, naming the
+/// command (before: without `PUBLISH` every submit was stored and answered 500; without
+/// `EVALSHA` the server started healthy and every write failed); the check leaves no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_user_without_a_command_runyard_needs_is_refused_at_start() {
+    use runyard::store::redis::{RedisSettings, RedisStore};
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let connect = |user: &str| {
+        let settings = RedisSettings {
+            prefix: r.prefix.clone(),
+            retry: std::time::Duration::from_secs(2),
+            ..RedisSettings::new(r.url.replacen(
+                "redis://",
+                &format!("redis://{user}:pw-s3cret@"),
+                1,
+            ))
+        };
+        async move { RedisStore::connect(settings).await.map(|_| ()) }
+    };
+    for (user, refused) in [
+        ("nopub", "publish"),
+        ("noevalsha", "evalsha"),
+        ("noblmpop", "blmpop"),
+    ] {
+        let out = r.cli(&[
+            "ACL",
+            "SETUSER",
+            user,
+            "on",
+            ">pw-s3cret",
+            "~*",
+            "&*",
+            "+@all",
+            &format!("-{refused}"),
+        ]);
+        assert!(out.contains("OK"), "{out}");
+        let e = connect(user)
+            .await
+            .expect_err("refused at start")
+            .to_string();
+        assert!(e.to_lowercase().contains(refused), "{user}: {e}");
+        assert!(
+            e.contains("Redis user") && !e.contains("s3cret"),
+            "{user}: {e}"
+        );
+    }
+    let out = r.cli(&[
+        "ACL",
+        "SETUSER",
+        "all",
+        "on",
+        ">pw-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    assert!(out.contains("OK"), "{out}");
+    connect("all")
+        .await
+        .expect("a user with every command starts");
+    let keys = r.cli(&["--scan", "--pattern", &format!("{}:permcheck*", r.prefix)]);
+    assert!(
+        keys.trim().is_empty(),
+        "the check's keys are deleted: {keys}"
+    );
+}

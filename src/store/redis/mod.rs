@@ -78,7 +78,7 @@ mod tail;
 use commit::{committer, Pending, CAS_TRIES, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
-use server_info::{redact, server_version};
+use server_info::{check_permissions, redact, server_version, warn_if_evicting};
 pub use tail::EventTail;
 pub use write::{commit_args, read_event_record};
 mod waits;
@@ -272,10 +272,12 @@ impl RedisStore {
             conn::SharedConn::connect(client.clone(), cfg, settings.retry, &redact(&settings.url))
                 .await?;
         let version = server_version(&mut conn.get()).await?;
+        let origin = Uuid::now_v7().simple().to_string();
+        check_permissions(&mut conn.get(), &settings.prefix, &origin).await?;
+        warn_if_evicting(&mut conn.get()).await;
         let (notify, _) = broadcast::channel(4096);
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let stop = CancellationToken::new();
-        let origin = Uuid::now_v7().simple().to_string();
         let hints = Arc::new(hints::QueueHints::default());
         let to = notices::Listeners {
             notify: notify.clone(),

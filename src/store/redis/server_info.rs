@@ -42,3 +42,130 @@ pub(super) fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// Every command the store's scripts and calls use, run once at start on keys of its own (then
+/// deleted), in a script called by `EVALSHA` (`Script`: `EVALSHA`, then `SCRIPT LOAD`), plus
+/// the notice channel's `PUBLISH`: an ACL that refuses one stops the start, naming it. Without
+/// this a user without `PUBLISH` had every submit stored and answered 500 (the script stopped
+/// at its last command, after the writes), one without `EVALSHA` started healthy and failed
+/// every write.
+const PERMISSIONS_PROBE: &str = r#"
+local k = KEYS[1]
+local h, z, x, l, s, v = k .. ':h', k .. ':z', k .. ':x', k .. ':l', k .. ':s', k .. ':v'
+local calls = {
+  {'HSET', h, 'f', '1'}, {'HSETNX', h, 'g', '1'}, {'HGET', h, 'f'}, {'HMGET', h, 'f'},
+  {'HINCRBY', h, 'n', 1}, {'HDEL', h, 'g'},
+  {'ZADD', z, 1, 'a'}, {'ZRANGEBYSCORE', z, '-inf', '+inf'}, {'ZRANGEBYLEX', z, '-', '+'},
+  {'ZRANGE', z, 0, -1}, {'ZCARD', z}, {'ZCOUNT', z, '-inf', '+inf'},
+  {'ZREMRANGEBYSCORE', z, 5, 6}, {'ZREMRANGEBYRANK', z, 5, 6}, {'ZPOPMIN', z}, {'ZREM', z, 'a'},
+  {'XADD', x, '*', 'f', 'v'}, {'XRANGE', x, '-', '+'}, {'XINFO', 'STREAM', x},
+  {'RPUSH', l, 'a'}, {'LRANGE', l, 0, -1}, {'LINDEX', l, 0}, {'LSET', l, 0, 'b'}, {'LLEN', l},
+  {'LTRIM', l, 0, 0},
+  {'SADD', s, 'a'}, {'SMEMBERS', s}, {'SCARD', s}, {'SREM', s, 'a'},
+  {'SET', v, '1'}, {'GET', v}, {'INCR', v}, {'INCRBY', v, 2}, {'PEXPIRE', v, 60000},
+  {'PTTL', v}, {'EXISTS', v}, {'TYPE', v}, {'TIME'}, {'PUBLISH', ARGV[1], ARGV[2]},
+  {'DEL', h, z, x, l, s, v},
+}
+for _, c in ipairs(calls) do
+  local r = redis.pcall(unpack(c))
+  if type(r) == 'table' and r.err then
+    redis.pcall('DEL', h, z, x, l, s, v)
+    return {c[1], r.err}
+  end
+end
+return {}
+"#;
+
+/// Refuses a Redis user that cannot run a command runyard needs ([`PERMISSIONS_PROBE`]).
+pub(super) async fn check_permissions(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    origin: &str,
+) -> Result<()> {
+    let key = format!("{prefix}:permcheck:{origin}");
+    let refused = |e: RedisError| {
+        StoreError::Unavailable(format!(
+            "the Redis user cannot do what runyard needs: {e} (docs/redis.md lists the \
+             commands; an ACL with `+@all` on the prefix's keys and channels does)"
+        ))
+    };
+    // The message's first line is a process id no process has: the others read no notice in it.
+    let failed: Vec<String> = ::redis::Script::new(PERMISSIONS_PROBE)
+        .key(&key)
+        .arg(format!("{prefix}:notices"))
+        .arg(format!("{origin}-permcheck"))
+        .invoke_async(conn)
+        .await
+        .map_err(refused)?;
+    if let [command, error] = failed.as_slice() {
+        return Err(StoreError::Unavailable(format!(
+            "the Redis user cannot run `{command}`, which runyard needs: {error} (docs/redis.md \
+             lists the commands; an ACL with `+@all` on the prefix's keys and channels does)"
+        )));
+    }
+    // The calls made outside scripts.
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg(0).ignore();
+    pipe.cmd("XREVRANGE")
+        .arg(&key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .ignore();
+    pipe.cmd("HGETALL").arg(&key).ignore();
+    pipe.cmd("HSTRLEN").arg(&key).arg("f").ignore();
+    pipe.cmd("SSCAN").arg(&key).arg(0).ignore();
+    pipe.cmd("BLMPOP")
+        .arg(0.001)
+        .arg(1)
+        .arg(&key)
+        .arg("LEFT")
+        .ignore();
+    pipe.query_async::<()>(conn).await.map_err(refused)
+}
+
+/// A warning when Redis may evict keys (`maxmemory-policy` other than `noeviction`): jobs, their
+/// queue entries and leases would then vanish without a trace once Redis is full.
+pub(super) fn eviction_warning(info_memory: &str) -> Option<String> {
+    let policy = info_memory
+        .lines()
+        .find_map(|l| l.strip_prefix("maxmemory_policy:"))?
+        .trim();
+    (policy != "noeviction").then(|| {
+        format!(
+            "Redis's maxmemory-policy is `{policy}`: once it is full it deletes keys, and \
+             runyard's jobs, queues and leases with them (jobs lost or run twice). Set \
+             `maxmemory-policy noeviction` (writes are then refused when full, and runyard \
+             answers 503)"
+        )
+    })
+}
+
+/// Logs [`eviction_warning`] for the server `conn` reaches, if it applies.
+pub(super) async fn warn_if_evicting(conn: &mut ConnectionManager) {
+    let info: RedisResult<String> = ::redis::cmd("INFO").arg("memory").query_async(conn).await;
+    if let Some(w) = info.ok().as_deref().and_then(eviction_warning) {
+        tracing::warn!("{w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_noeviction_is_quiet() {
+        let info = |p: &str| format!("# Memory\r\nused_memory:1\r\nmaxmemory_policy:{p}\r\n");
+        assert_eq!(eviction_warning(&info("noeviction")), None);
+        for p in ["allkeys-lru", "volatile-ttl", "allkeys-random"] {
+            let w = eviction_warning(&info(p)).expect(p);
+            assert!(w.contains(p) && w.contains("noeviction"), "{w}");
+        }
+        assert_eq!(
+            eviction_warning("# Memory\r\n"),
+            None,
+            "not said: nothing to warn of"
+        );
+    }
+}
