@@ -3,7 +3,7 @@
 Layout:
 - ``client.py``: JobClient (status, progress, logs, results, job args, download, upload).
 - ``signing.py``: v1/v2 hook signatures as pure functions.
-- ``errors.py``: HookError and friends (never carrying the job's secret), NonRetryable.
+- ``errors.py``: HookError, BadPayload and friends (never carrying the job's secret), NonRetryable.
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
 - ``webhook.py``: ``verify(key, header, body)`` for runyard's signed webhooks (receivers).
 - ``api.py``: Client and AsyncClient, the submit side: submit jobs (one or a batch), wait for them,
@@ -14,7 +14,7 @@ Layout:
 
 from .client import JobClient, hash_file, resolve_location
 from .entry import run
-from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment, NonRetryable
+from .errors import BadPayload, HookError, IntegrityError, JobClientError, MissingEnvironment, NonRetryable
 from .api import AsyncClient, AsyncJob, BatchItem, BatchResult, Client, Job
 from .api_errors import (
     ApiError,
@@ -48,6 +48,7 @@ __all__ = [
     "JobCancelled",
     "WaitTimeout",
     "HookError",
+    "BadPayload",
     "IntegrityError",
     "JobClientError",
     "MissingEnvironment",

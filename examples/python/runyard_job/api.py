@@ -86,7 +86,9 @@ class Job(_JobView):
         """Follows the job's events until it ends; returns itself, refreshed.
 
         Raises ``JobFailed``, ``JobTimedOut`` or ``JobCancelled`` when it ends otherwise than
-        ``SUCCESS``, and ``WaitTimeout`` when ``timeout`` seconds pass first.
+        ``SUCCESS``, ``NotFound`` when the job is gone (it is read again every
+        ``REREAD_INTERVAL`` while its events are followed), and ``WaitTimeout`` when ``timeout``
+        seconds pass first.
         """
         self._client._run(follow.wait(self, timeout))
         return self
@@ -121,7 +123,8 @@ class Job(_JobView):
 
         Starts after ``last_id`` (default: the oldest event kept for the job's channel) and
         reconnects from the last event seen when the connection drops. A ``{"type": "resync"}``
-        event means events were trimmed by retention. ``WaitTimeout`` after ``timeout`` seconds.
+        event means events were trimmed by retention. ``WaitTimeout`` after ``timeout`` seconds;
+        ``NotFound`` when the job is gone (read again every ``REREAD_INTERVAL`` meanwhile).
         """
         return self._client._transport.iterate(follow.follow(self, follow.follower(self, last_id, timeout)))
 

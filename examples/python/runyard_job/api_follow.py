@@ -15,6 +15,7 @@ import httpx
 from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
 from .api_errors import ApiError, NotFound, ServerUnreachable, WaitTimeout
+from . import api_requests
 from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
 
 #: Stream answers worth reconnecting for, like a dropped connection.
@@ -65,6 +66,8 @@ class _Follow:
         self.failing_since: Optional[float] = None
         #: The job was read during this follow (its ``data`` is not older than the follow).
         self.read = False
+        #: When the job was last read (or the follow began): ``_still_there`` reads it again.
+        self.read_at = time.monotonic()
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
@@ -158,6 +161,7 @@ def follow(job: Any, state: _Follow) -> Op[None]:
     while True:
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
+        yield from _still_there(job, state)
         call = Call("GET", "/async/events/sse", params={"channel": job.channel_id})
         response = yield from _stream(Open(call, state.headers(), state.read_timeout()))
         if isinstance(response, ServerUnreachable):
@@ -202,6 +206,21 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
                     return True
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
+        yield from _still_there(job, state)
+
+
+def _still_there(job: Any, state: _Follow) -> Op[None]:
+    """Reads the job again once ``REREAD_INTERVAL`` has passed since it was last read: raises
+    ``NotFound`` when it is gone (the stream would stay silent about it for ever). A server error
+    is no answer: the job is read again at the next interval."""
+    if time.monotonic() - state.read_at < api_requests.REREAD_INTERVAL:
+        return
+    try:
+        yield from _refresh(job, state)
+    except ApiError as e:
+        if e.status < 500:
+            raise
+        state.read_at = time.monotonic()
 
 
 def _is_end(job: Any, state: _Follow, event: Dict[str, Any]) -> Op[bool]:
@@ -255,6 +274,7 @@ def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
             continue
         state.connected()
         state.read = True
+        state.read_at = time.monotonic()
         return
 
 
@@ -267,6 +287,7 @@ def wait(job: Any, timeout: Optional[float]) -> Op[None]:
             # Ends at the job's own end, which it has read (``_is_end``).
             yield from follow(job, state)
         except ApiError as e:
+            # A job gone (``_still_there``) is a 404 too: the read of ``_poll`` raises it.
             if e.status not in STREAM_REFUSED:
                 raise
             yield from _poll(job, state)

@@ -26,6 +26,11 @@ RECONNECT_GIVE_UP = 60.0
 #: Stream answers that mean "not for this token / not here": ``wait()`` then reads the job instead.
 STREAM_REFUSED = (403, 404, 405)
 POLL_INTERVAL = 0.5
+#: While following a job's events, the job is read again when it was last read this long ago (checked
+#: on every line of the stream, keep-alives included, and on every reconnect), so that a job that is
+#: gone (removed by retention, a Redis that lost its data) raises ``NotFound`` instead of a wait
+#: without end: a stream has nothing to say about a job that no longer exists.
+REREAD_INTERVAL = 15.0
 
 #: A file for ``submit(files=...)``: a path, bytes, an open binary file, or
 #: ``(name, content)`` / ``(name, content, mimetype)`` with content bytes or an open file.

@@ -22,15 +22,19 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from .errors import HookError, IntegrityError, JobClientError, MissingEnvironment
+from .errors import BadPayload, HookError, IntegrityError, JobClientError, MissingEnvironment
 from .signing import SIGNATURES, job_headers
 
 REQUIRED_ENV = ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK")
 CHUNK_SIZE = 64 * 1024
 #: (connect, read) seconds; applied to every request, including file transfers (per read).
 DEFAULT_TIMEOUT = (10.0, 60.0)
-#: Answers worth another try: the hook was briefly unavailable, nothing was decided.
+#: Answers worth another try: the hook (or a proxy in front of it) was briefly unavailable.
 RETRY_STATUSES = (502, 503, 504)
+#: How long after signing a retry may send the very same signed request again (same
+#: ``X-Job-Time``): the server accepts a time up to 5 minutes away from its clock; one minute of
+#: that is left for clock skew. Later, a retry is signed afresh.
+RESEND_WINDOW = 240.0
 # Map.hash becomes a file name: only plain hex-ish names, never a path.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -106,6 +110,30 @@ def _segment(value: Any) -> str:
     return quote(str(value), safe="")
 
 
+def encode_json(payload: Any) -> bytes:
+    """The exact bytes of a JSON body (compact, UTF-8, not ASCII-escaped). What JSON cannot carry
+    (NaN or infinity, a type JSON has not, nesting deeper than Python encodes) raises
+    ``BadPayload``: sending it again could never work."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise BadPayload(f"the request body cannot be sent as JSON: {exc}") from None
+    # A lone surrogate is sent as is, and refused by the server (400 bad_json).
+    return text.encode("utf-8", "surrogatepass")
+
+
+def runyard_error_code(response: requests.Response) -> Optional[str]:
+    """The ``code`` of runyard's own ``{"error": {"code", "message"}}`` answer, else None (an
+    answer that is not runyard's, e.g. a proxy's 504 page)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
 class JobClient:
     """Client for the job hook API of one job.
 
@@ -179,7 +207,9 @@ class JobClient:
         error: Optional[str] = None,
         retry: Optional[bool] = None,
     ) -> Dict[str, Any]:
-        """POST {hook}/status with the given fields (None fields are left out); returns the answer."""
+        """POST {hook}/status with the given fields (None fields are left out); returns the answer,
+        or ``{}`` when a retry found that an earlier send was taken and only its answer was lost.
+        ``BadPayload`` when a field cannot be sent as JSON (NaN, a set...)."""
         if isinstance(logs, str):
             logs = [logs]
         elif logs is not None:
@@ -193,7 +223,8 @@ class JobClient:
             ("errorMessage", error),
             ("retry", retry),
         )
-        return self._hook_call("POST", "/status", {key: value for key, value in fields if value is not None})
+        body = {key: value for key, value in fields if value is not None}
+        return self._hook_call("POST", "/status", body, once=True)
 
     def running(self) -> Dict[str, Any]:
         return self.status("RUNNING")
@@ -221,13 +252,15 @@ class JobClient:
 
     def signal(self, key: str, payload: Any = None, id: Optional[str] = None) -> Dict[str, Any]:
         """POST {hook}/signal/{key} ``{payload?, id?}``: a readiness signal (an ``id`` makes it
-        idempotent: the same id again returns the first record); returns ``{key, seq, at, id}``."""
+        idempotent: the same id again returns the first record); returns ``{key, seq, at, id}``
+        (``{}`` when, without an id, a retry found the signal written and its answer lost)."""
         body: Dict[str, Any] = {}
         if payload is not None:
             body["payload"] = payload
         if id is not None:
             body["id"] = id
-        return self._hook_call("POST", "/signal/" + _segment(key), body)
+        # With an id, sending it again returns the first record; without one, it must go once.
+        return self._hook_call("POST", "/signal/" + _segment(key), body, once=id is None)
 
     # ----------------------------------------------------------------- the job itself
 
@@ -362,44 +395,68 @@ class JobClient:
             self._last_ms = max(now, self._last_ms + 1)
             return str(self._last_ms)
 
-    def _hook_call(self, method: str, path: str, payload: Any = None) -> Dict[str, Any]:
-        """One signed call to the hook; JSON in, JSON out. Retries when the hook is unreachable."""
+    def _sign(self, method: str, url: str, headers: Dict[str, str], body: Optional[bytes]) -> requests.PreparedRequest:
+        prepared = self.session.prepare_request(requests.Request(method, url, data=body, headers=headers))
+        # path_url is the request target exactly as it goes on the wire (path + "?query").
+        prepared.headers.update(
+            job_headers(
+                self.job_id,
+                self._secret.reveal(),
+                self._timestamp(),
+                self.signature,
+                prepared.method,
+                prepared.path_url,
+                body or b"",
+            )
+        )
+        return prepared
+
+    def _hook_call(self, method: str, path: str, payload: Any = None, once: bool = False) -> Dict[str, Any]:
+        """One signed call to the hook; JSON in, JSON out.
+
+        Tried again (``retries`` times, after a short pause) when no answer came or the answer was
+        502, 503 or 504. A call that acts (``once``: a status report, a signal without an id) must
+        not act twice when only its answer was lost (a proxy's 504, a read timeout after the server
+        took it): its retry sends the very same signed request again, which the server either
+        takes (the first send never reached it) or refuses as a replay (``401 replay``: it did,
+        and took it), and the call then returns ``{}``. It is signed afresh when the server itself
+        answered (its own 503 took nothing, and spent the signature) and when ``RESEND_WINDOW``
+        has passed since it was signed. Other calls (reads, the upload request) are signed afresh
+        for every try.
+        """
         url = self.hook + path
         headers = {"Accept": "application/json"}
         body = None
         if payload is not None:
             # Serialized here, sent as is: the v2 signature covers exactly these bytes.
-            body = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(
-                "utf-8", "surrogatepass"  # a lone surrogate: sent, and refused by the server
-            )
+            body = encode_json(payload)
             headers["Content-Type"] = "application/json"
 
+        prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
         attempt = 0
         while True:
-            prepared = self.session.prepare_request(requests.Request(method, url, data=body, headers=headers))
-            # path_url is the request target exactly as it goes on the wire (path + "?query").
-            prepared.headers.update(
-                job_headers(
-                    self.job_id,
-                    self._secret.reveal(),
-                    self._timestamp(),
-                    self.signature,
-                    prepared.method,
-                    prepared.path_url,
-                    body or b"",
-                )
-            )
             settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
             try:
                 response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
             except (requests.ConnectionError, requests.Timeout):
                 if attempt >= self.retries:
                     raise
+                unknown = True  # it may have reached the server and been taken
             else:
-                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                code = runyard_error_code(response) if response.status_code >= 300 else None
+                if once and sent and response.status_code == 401 and code == "replay":
+                    return {}  # an earlier send of this very request was taken; its answer was lost
+                # A re-sent request past the server's window: sign it again.
+                expired = sent and response.status_code == 401 and code == "expired"
+                if (response.status_code not in RETRY_STATUSES and not expired) or attempt >= self.retries:
                     break
+                unknown = code is None  # runyard's own refusal took nothing; a proxy's says nothing
             attempt += 1
             time.sleep(0.5 * 2 ** (attempt - 1))
+            if once and unknown and time.monotonic() - signed_at < RESEND_WINDOW:
+                sent = True
+            else:
+                prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
 
         if response.status_code >= 300:
             raise HookError.from_response(response, self._secret.reveal())

@@ -31,6 +31,11 @@ class NonRetryable(Exception):
     """
 
 
+class BadPayload(JobClientError, ValueError):
+    """A request body that cannot be sent as JSON (NaN or infinity, a type JSON has not, nesting
+    deeper than Python encodes): nothing was sent, and sending it again could never work."""
+
+
 class IntegrityError(JobClientError):
     """Downloaded bytes do not match the hash the server announced."""
 

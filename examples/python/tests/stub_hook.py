@@ -32,6 +32,13 @@ class StubHook:
         self.location_mode = "absolute"  # or "relative"
         self.corrupt_downloads = False
         self.fail_next: List[int] = []  # statuses to answer (once each) before handling
+        # A proxy in front of the hook that answers 504 (its own page, not runyard's JSON):
+        self.drop_next = 0  # ... instead of forwarding the next N hook calls (they never arrive)
+        self.lose_answers = 0  # ... after forwarding the next N hook calls (they were handled)
+        # The hook's own refusal after authenticating (the signature is spent, nothing applied),
+        # like runyard's 503 `unavailable` when its store fails: statuses, once each.
+        self.fail_after_auth: List[int] = []
+        self.max_body_bytes = 1024 * 1024  # larger: 413 too_large, as the server's api.max_body_bytes
         self.echo_secret_in_errors = False
         self.require_v2 = False
         self.reports: List[dict] = []
@@ -93,8 +100,19 @@ class StubHook:
 
             def _send(self, code: int, payload=None, raw: Optional[bytes] = None):
                 data = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+                if self.path.startswith("/async/") and stub.lose_answers:
+                    stub.lose_answers -= 1
+                    return self._proxy_timeout()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _proxy_timeout(self):
+                data = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
+                self.send_response(504)
+                self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -152,6 +170,9 @@ class StubHook:
                 if stub.fail_next:
                     self._error(stub.fail_next.pop(0), "unavailable", "try again")
                     return
+                if self.path.startswith("/async/") and stub.drop_next:
+                    stub.drop_next -= 1
+                    return self._proxy_timeout()
                 parts = self.path.split("?", 1)[0].strip("/").split("/")
                 # unsigned, token-authorized file URLs
                 if parts[0] == "files" and self.command == "GET":
@@ -174,8 +195,16 @@ class StubHook:
                     return self._send(200, {})
                 if parts[0] != "async":
                     return self._error(404, "not_found", "no route")
+                if len(body) > stub.max_body_bytes:
+                    return self._error(413, "too_large", f"the body is over {stub.max_body_bytes} bytes")
                 if self._verify(body):
                     return
+                if stub.fail_after_auth:
+                    return self._error(stub.fail_after_auth.pop(0), "unavailable", "the store did not answer")
+                try:
+                    json.loads((body or b"{}").decode("utf-8"))  # strict, as serde_json is
+                except ValueError as exc:  # UnicodeDecodeError too: a lone surrogate
+                    return self._error(400, "bad_json", f"the body is not JSON: {exc}")
                 route = parts[1:]
                 if self.command == "POST" and route == ["status"]:
                     if stub.terminal:

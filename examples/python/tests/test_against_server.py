@@ -7,8 +7,10 @@ python3 that has `requests` installed. RUNYARD_TEST_TOKEN, if set, is sent as a 
 
 import json
 import os
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -171,3 +173,95 @@ def test_non_retryable_ends_the_job_at_once(http):
     assert job["attempt"] == 1, job
     assert "no retry can fix it" in job["error"], job
     assert job["exit_code"] == 1, job
+
+
+class LossyProxy(ThreadingHTTPServer):
+    """A reverse proxy in front of the hook that forwards every request, and answers 504 (its own
+    page) instead of the hook's answer to the first status report matching each of ``lose``."""
+
+    daemon_threads = True
+
+    def __init__(self, lose):
+        super().__init__(("127.0.0.1", 0), LossyHandler)
+        self.lose = list(lose)  # predicates on the report's JSON
+        self.lost = []  # (report, the hook's answer the job never saw)
+
+    @property
+    def hook(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/async"
+
+
+class LossyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-job-") or k.lower() == "content-type"}
+        answer = requests.request(self.command, SERVER + self.path, data=body, headers=headers, timeout=TIMEOUT)
+        report = json.loads(body) if self.path == "/async/status" and body else {}
+        lose = next((p for p in self.server.lose if p(report)), None)
+        if lose is not None:
+            self.server.lose.remove(lose)
+            self.server.lost.append((report, answer.status_code))
+            data, status, kind = b"<html>504 Gateway Time-out</html>", 504, "text/html"
+        else:
+            data, status, kind = answer.content, answer.status_code, answer.headers.get("Content-Type", "")
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _forward
+
+
+@pytest.fixture
+def lossy():
+    def start(*lose):
+        proxy = LossyProxy(lose)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        started.append(proxy)
+        return proxy
+
+    started = []
+    yield start
+    for proxy in started:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def job_log(http, job_id):
+    response = http.get(f"{SERVER}/async/jobs/{job_id}/logs", timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    return [line["line"] for line in response.json()["lines"]]
+
+
+def test_reports_whose_answers_were_lost_are_taken_once(http, lossy):
+    # The proxy forwards the log report and the SUCCESS report and loses both answers: the job's
+    # retries send the same signed requests again, refused as replays (401 replay): each report
+    # is taken once, and the job ends as it reported, exit code 0, no traceback.
+    proxy = lossy(lambda r: "logs" in r, lambda r: r.get("status") == "SUCCESS")
+    lines = ["L0", "L1", "L2"]
+    job_id = submit(http, {"type": "py.report", "args": {"hook": proxy.hook, "lines": lines}})
+    job = wait(http, job_id)
+    assert [status for _, status in proxy.lost] == [200, 200], proxy.lost
+    assert job["status"] == "SUCCESS" and job["result"] == {"lines": 3}, job
+    assert job["exit_code"] == 0 and job["attempt"] == 1, job
+    logged = job_log(http, job_id)
+    assert [line for line in logged if line in lines] == lines, logged
+    assert not any("Traceback" in line or "could not report" in line for line in logged), logged
+
+
+@pytest.mark.parametrize(
+    "args,why",
+    [({"result_bytes": 2_000_000}, "413 too_large"), ({"nan": True}, "Out of range float")],
+    ids=["too-large", "nan"],
+)
+def test_a_result_that_cannot_be_reported_is_not_retried(http, args, why):
+    job_id = submit(http, {"type": "py.report", "args": args, "max_attempts": 3})
+    job = wait(http, job_id)
+    assert job["status"] == "ERROR" and job["attempt"] == 1, job  # the work ran once
+    assert job["error"].startswith("could not report the result: ") and why in job["error"], job

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from runyard_job import HookError, IntegrityError, JobClient, MissingEnvironment, hash_file, resolve_location, run
+from runyard_job import BadPayload, HookError, IntegrityError, JobClient, MissingEnvironment, hash_file, resolve_location, run
 from runyard_job.errors import JobClientError
 
 # ---------------------------------------------------------------- construction and environment
@@ -144,6 +144,139 @@ def test_gives_up_after_the_retries(stub, client):
     with pytest.raises(HookError) as info:
         client.running()
     assert info.value.status_code == 503
+
+
+# ---------------------------------------------------------------- retries that must not act twice
+
+
+def signed(request):
+    return request["headers"]["X-Job-Time"], request["headers"]["X-Job-Hash"]
+
+
+def test_a_report_whose_answer_was_lost_is_not_taken_twice(stub):
+    # A proxy forwards the report, then answers 504: the retry re-sends the same signed request,
+    # the hook refuses it as a replay, and the client knows the report was taken.
+    stub.lose_answers = 1
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:
+        assert c.log("L0", "L1", "L2") == {}
+    assert stub.reports == [{"logs": ["L0", "L1", "L2"]}]
+    assert len(stub.requests) == 2 and signed(stub.requests[0]) == signed(stub.requests[1])
+
+
+def test_a_report_that_never_arrived_is_taken_on_the_retry(stub):
+    stub.drop_next = 1  # the proxy answered 504 without forwarding it
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:
+        assert c.log("L0")["status"] == "RUNNING"
+    assert stub.reports == [{"logs": ["L0"]}]
+
+
+def test_a_refusal_by_the_hook_itself_is_signed_again(stub):
+    # The hook's own 503 after checking the signature: nothing taken, the signature spent. The
+    # same request again would be a replay, and the report would be lost.
+    stub.fail_after_auth = [503]
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=1, timeout=5) as c:
+        assert c.log("L0")["status"] == "RUNNING"
+    assert stub.reports == [{"logs": ["L0"]}]
+    assert signed(stub.requests[0]) != signed(stub.requests[1])
+
+
+def test_a_retry_past_the_resend_window_is_signed_again(stub, monkeypatch):
+    import runyard_job.client
+
+    monkeypatch.setattr(runyard_job.client, "RESEND_WINDOW", 0.0)
+    stub.lose_answers = 1
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=1, timeout=5) as c:
+        c.log("L0")
+    assert signed(stub.requests[0]) != signed(stub.requests[1])
+
+
+def test_reads_are_signed_again_on_a_retry(stub):
+    stub.lose_answers = 1  # a read acts on nothing: its retry asks again and gets the answer
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=1, timeout=5) as c:
+        assert c.job()["id"] == stub.job_id
+    assert signed(stub.requests[0]) != signed(stub.requests[1])
+
+
+def test_run_whose_success_answer_was_lost_ends_cleanly(stub, monkeypatch, capsys):
+    # The SUCCESS report was taken, its answer lost: run() neither fails nor reports ERROR.
+    monkeypatch.setenv("JOB_ARGS", "{}")
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:
+        real_result = c.result
+
+        def lossy_result(value):
+            stub.lose_answers = 1
+            return real_result(value)
+
+        c.result = lossy_result
+        assert run(lambda job, args: {"n": 1}, client=c) == {"n": 1}
+    assert stub.reports == [{"status": "RUNNING"}, {"status": "SUCCESS", "results": {"n": 1}}]
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- failures no retry can fix
+
+
+def deep(n):
+    value = {}
+    for _ in range(n):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "result,why",
+    [
+        ({"x": float("nan")}, "Out of range float"),
+        ({"x": {1, 2}}, "not JSON serializable"),
+        (deep(2000), "recursion"),
+        ({"x": "\ud800"}, "400 bad_json"),
+        ({"x": "y" * (2 * 1024 * 1024)}, "413 too_large"),
+    ],
+    ids=["nan", "set", "deep", "lone-surrogate", "too-large"],
+)
+def test_run_does_not_retry_a_result_that_cannot_be_sent(stub, client, monkeypatch, capsys, result, why):
+    monkeypatch.setenv("JOB_ARGS", "{}")
+    calls = []
+
+    def work(job, args):
+        calls.append(1)
+        return result
+
+    with pytest.raises(SystemExit) as info:
+        run(work, client=client)
+    assert info.value.code == 1 and calls == [1]
+    assert len(stub.reports) == 2 and stub.reports[0] == {"status": "RUNNING"}
+    error = stub.reports[1]
+    assert error["status"] == "ERROR" and error["retry"] is False, error
+    assert error["errorMessage"].startswith("could not report the result: "), error
+    assert why in error["errorMessage"], error
+    assert "could not report the error" not in capsys.readouterr().err
+
+
+def test_run_still_retries_a_result_the_hook_could_not_take_for_now(stub, client, monkeypatch):
+    monkeypatch.setenv("JOB_ARGS", "{}")
+    stub.fail_after_auth = [503]  # the client has retries=0: the report fails, another attempt may not
+    with pytest.raises(SystemExit):
+        run(lambda job, args: {"n": 1}, client=client)
+    assert stub.reports[-1]["status"] == "ERROR" and "retry" not in stub.reports[-1]
+
+
+def test_run_reports_an_unsendable_error_message_readably(stub, client, monkeypatch):
+    monkeypatch.setenv("JOB_ARGS", "{}")
+
+    def broken(job, args):
+        raise RuntimeError("bad byte \ud800 here")
+
+    with pytest.raises(SystemExit):
+        run(broken, client=client)
+    assert stub.reports[-1] == {"status": "ERROR", "errorMessage": "bad byte \\ud800 here"}
+
+
+def test_a_body_json_cannot_carry_raises_bad_payload_and_sends_nothing(stub, client):
+    with pytest.raises(BadPayload) as info:
+        client.progress(float("nan"))
+    assert isinstance(info.value, ValueError)
+    assert stub.requests == []
 
 
 def test_job_and_args(stub, client, monkeypatch):

@@ -47,6 +47,7 @@ def test_wordcount_fails_cleanly_without_input(stub):
     assert done.returncode == 1
     assert stub.reports[-1]["status"] == "ERROR"
     assert "inputs[0]" in stub.reports[-1]["errorMessage"]
+    assert stub.reports[-1]["retry"] is False  # no other attempt can make the input appear
     assert stub.secret not in done.stderr + done.stdout
 
 

@@ -30,6 +30,7 @@ from runyard_job import (
     WaitTimeout,
 )
 
+from runyard_job import api_requests
 from submit_support import BOUND, SERVER, TOKEN, server
 
 TEXT = "the quick brown fox\njumps over\n\nthe lazy dog\n"
@@ -152,13 +153,16 @@ def test_events_yield_the_jobs_statuses_in_order(client):
     assert statuses[-1] == "SUCCESS", events
     assert in_order(statuses, ["QUEUED", "RUNNING", "SUCCESS"]), statuses
     assert all(e["job_id"] == job.id for e in events)
-    ids = [int(e["id"]) for e in events]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids), ids
+    # An event id is an opaque cursor (docs/api.md): increasing integers on the embedded store,
+    # stream ids such as "1796497418608-0" on Redis. Its order is what the cursor gives back.
+    ids = [e["id"] for e in events]
+    assert all(isinstance(i, str) and i for i in ids) and len(set(ids)) == len(ids), ids
     assert any(e["type"] == "progress" and e["progress"] > 0 for e in events), events
     assert job.status == "SUCCESS"
-    # From a cursor: only what came after it.
-    later = list(job.events(last_id=events[0]["id"], timeout=BOUND))
-    assert [e["id"] for e in later] == [e["id"] for e in events[1:]]
+    # From a cursor: only what came after it, in the same order.
+    for start in sorted({0, len(events) // 2, len(events) - 2}):
+        later = list(job.events(last_id=ids[start], timeout=BOUND))
+        assert [e["id"] for e in later] == ids[start + 1 :], (start, ids)
 
 
 @server
@@ -264,6 +268,8 @@ class Fake(http.server.ThreadingHTTPServer):
         self.seen = []  # (path, headers)
         self.status = "RUNNING"
         self.refuse = None  # (status, body) answered to everything
+        self.job_reads = None  # how many reads of the job find it (None: all); then 404, it is gone
+        self.silent = False  # the event stream sends keep-alives only, as for a job that is gone
 
     @property
     def url(self):
@@ -294,7 +300,24 @@ class FakeHandler(http.server.BaseHTTPRequestHandler):
         if fake.refuse:
             return self.answer(*fake.refuse)
         if self.path.startswith("/async/jobs/"):
+            if fake.job_reads is not None:
+                if fake.job_reads <= 0:
+                    return self.answer(404, {"error": {"code": "not_found", "message": "job not found"}})
+                fake.job_reads -= 1
             return self.answer(200, {"id": JOB_ID, "status": fake.status, "channel_id": JOB_ID, "result": 7})
+        if self.path.startswith("/async/events/sse") and fake.silent:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for _ in range(300):  # 30 s at most; the client hangs up before
+                    self.wfile.write(b": keep-alive\n\n")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            return
         if self.path.startswith("/async/events/sse"):
             # First connection: one event, then the connection drops mid-stream. Later ones:
             # the rest, from Last-Event-ID.
@@ -349,6 +372,43 @@ def test_async_events_reconnect_from_the_last_event_id(fake):
     streams = [h for p, h in fake.seen if p.startswith("/async/events/sse")]
     assert [h.get("Last-Event-ID") for h in streams] == [None, "1"]
     assert all("Authorization" not in h for _, h in fake.seen), "no token, no header"
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_waiting_for_a_job_that_is_gone_raises_not_found(fake, monkeypatch, flavour):
+    # The job is found, then gone (retention, a Redis that lost its data) while its events are
+    # followed: the stream only keeps alive. The job is read again while following: NotFound,
+    # not a wait without end (nor a WaitTimeout saying it is still RUNNING).
+    monkeypatch.setattr(api_requests, "REREAD_INTERVAL", 0.3)
+    fake.silent = True
+    fake.job_reads = 2  # job() and wait()'s first read find it
+
+    if flavour == "sync":
+        with Client(fake.url, timeout=5) as c:
+            job = c.job(JOB_ID)
+            with pytest.raises(NotFound) as e:
+                job.wait(timeout=20)
+    else:
+
+        async def main():
+            async with AsyncClient(fake.url, timeout=5) as c:
+                job = await c.job(JOB_ID)
+                await job.wait(timeout=20)
+
+        with pytest.raises(NotFound) as e:
+            run(main())
+    assert e.value.status == 404 and e.value.message == "job not found"
+
+
+def test_following_the_events_of_a_job_that_is_gone_raises_not_found(fake, monkeypatch):
+    monkeypatch.setattr(api_requests, "REREAD_INTERVAL", 0.3)
+    fake.silent = True
+    fake.job_reads = 1
+    with Client(fake.url, timeout=5) as c:
+        job = c.job(JOB_ID)
+        with pytest.raises(NotFound):
+            for _ in job.events(timeout=20):
+                pass
 
 
 @pytest.mark.parametrize("status,kind", [(401, Unauthorized), (403, Forbidden), (404, NotFound), (500, ApiError)])
