@@ -295,3 +295,49 @@ async fn a_redis_user_without_a_command_runyard_needs_is_refused_at_start() {
         "the check's keys are deleted: {keys}"
     );
 }
+
+/// A Redis out of memory (`maxmemory`, `noeviction`): a submit is refused saying so (not
+/// Redis's script hash and line), nothing stored, `/health/ready` not ok until Redis takes
+/// writes again; then both serve again. Before, `/health` stayed 200 while every write failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_out_of_memory_is_said_and_not_ready_until_it_takes_writes_again() {
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n")
+        .config(&r.server_config("oom-test-master-key-0123456789ab"))
+        .start()
+        .await;
+    let before = ts.count_jobs(None).await;
+    assert!(r.cli(&["CONFIG", "SET", "maxmemory", "1"]).contains("OK"));
+    let (st, v) = ts.submit(json!({"type": "runyard.noop"})).await;
+    assert!(st.is_server_error(), "{st} {v}");
+    let said = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("out of memory") && !said.contains("user_script"),
+        "{v}"
+    );
+    let (st, v) = ts.get("/health/ready").await;
+    assert_eq!(
+        st,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while Redis refuses writes: {v}"
+    );
+    assert!(r.cli(&["CONFIG", "SET", "maxmemory", "0"]).contains("OK"));
+    assert_eq!(
+        ts.count_jobs(None).await,
+        before,
+        "nothing of the refused submit stored"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ts.get("/health/ready").await.0 != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ready again once Redis takes writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let id = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    assert_eq!(
+        ts.wait_terminal(&id, support::WAIT).await["status"],
+        "SUCCESS"
+    );
+}

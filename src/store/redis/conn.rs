@@ -32,6 +32,17 @@ struct Inner {
 /// The shortest time between two tries at a new manager.
 const RENEW_GAP: Duration = Duration::from_secs(1);
 
+/// What a write Redis refused for lack of memory answers (Redis's own message names a script's
+/// hash and line, which say nothing to a client).
+pub(super) const OUT_OF_MEMORY: &str = "redis is out of memory (`maxmemory` reached, policy \
+    `noeviction`): the write was refused and nothing of it was stored";
+
+/// Redis refused a write for lack of memory (`OOM command not allowed when used memory >
+/// 'maxmemory'`): with `noeviction` a script's first write is refused, so nothing was written.
+pub(super) fn out_of_memory(e: &RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("command not allowed when used memory")
+}
+
 /// An error the manager does not heal from by itself: a failed authentication.
 pub(super) fn stuck(e: &RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed

@@ -198,6 +198,9 @@ pub struct RedisStore {
     /// To the notice publisher (bounded by [`RELAY_QUEUE`]).
     relay: mpsc::Sender<Notice>,
     down: AtomicBool,
+    /// Why Redis last refused a write for lack of memory, until a write goes through again
+    /// (`health` tries one): `health` reports it, so `/health/ready` is not ok meanwhile.
+    write_refused: parking_lot::Mutex<Option<String>>,
     /// This process's id on the notice channel (its own notices are not relayed back to it).
     origin: String,
     /// The active jobs this process committed last (a worker's claim -> started -> finish): the
@@ -311,6 +314,7 @@ impl RedisStore {
                 notify,
                 relay,
                 down: AtomicBool::new(false),
+                write_refused: parking_lot::Mutex::new(None),
                 origin,
                 cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 commits,
@@ -525,6 +529,11 @@ impl RedisStore {
                         self.mark(true, "");
                     }
                     return Ok(v);
+                }
+                Ok(Err(e)) if conn::out_of_memory(&e) => {
+                    let said = conn::OUT_OF_MEMORY.to_string();
+                    *self.write_refused.lock() = Some(said.clone());
+                    return Err(StoreError::Backend(said));
                 }
                 Ok(Err(e)) if !transient(&e) => return Err(StoreError::Backend(e.to_string())),
                 Ok(Err(e)) => {

@@ -131,7 +131,7 @@ impl Maintenance for RedisStore {
         {
             Ok(Ok(_)) => {
                 self.mark(true, "");
-                Ok(())
+                self.write_refused_still().await
             }
             Ok(Err(e)) => {
                 self.mark(false, &e.to_string());
@@ -150,6 +150,35 @@ impl Maintenance for RedisStore {
 }
 
 impl RedisStore {
+    /// After Redis refused a write for lack of memory: whether it still does (one small write
+    /// with a TTL tells); `Ok` once it takes writes again.
+    async fn write_refused_still(&self) -> Result<()> {
+        if self.write_refused.lock().is_none() {
+            return Ok(());
+        }
+        let mut c = self.conn.get();
+        let key = self.key(&format!("health:{}", self.origin));
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            ::redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("PX")
+                .arg(10_000)
+                .query_async::<()>(&mut c),
+        )
+        .await;
+        match r {
+            Ok(Ok(())) => {
+                *self.write_refused.lock() = None;
+                Ok(())
+            }
+            _ => Err(StoreError::Unavailable(
+                self.write_refused.lock().clone().unwrap_or_default(),
+            )),
+        }
+    }
+
     /// Whether this process should sweep now (at most every [`SWEEP_EVERY`]; a failed sweep
     /// counts, so a refused one is not tried again in every pass).
     fn sweep_due(&self) -> bool {
