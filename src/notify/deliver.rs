@@ -1,7 +1,8 @@
 //! The delivery loop: claims due deliveries from the store (at most `notify.concurrency` in
-//! flight), POSTs each signed, records the attempt, and sleeps until the next one is due, a commit
-//! wakes it, or a second passes (deliveries written by other processes). Nothing is held in memory
-//! beyond the attempts in flight: a receiver that is down costs stored records, not memory.
+//! flight, at most `notify.per_endpoint` of them to one endpoint: [`InFlight`]), POSTs each
+//! signed, records the attempt, and sleeps until the next one is due, a commit wakes it, an
+//! attempt ends, or a second passes (deliveries written by other processes). Nothing is held in
+//! memory beyond the attempts in flight: a receiver that is down costs stored records, not memory.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::in_flight::InFlight;
 use super::{count, endpoint_key, endpoint_of, signature, target, NotifyConfig};
 use crate::job::now_us;
 use crate::security::MasterKey;
@@ -85,6 +87,7 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
     };
     let d = Arc::new(d);
     let slots = Arc::new(Semaphore::new(d.config.concurrency));
+    let in_flight = InFlight::new(d.config.per_endpoint());
     let done = Arc::new(tokio::sync::Notify::new());
     let mut notices = d.store.subscribe_to(only_events);
     let mut tasks = tokio::task::JoinSet::new();
@@ -98,7 +101,12 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
             let due = d.store.deliveries_next_due().await;
             match due {
                 Ok(Some(at)) if at <= now_us() => {
-                    match d.store.deliveries_claim(free, hold(&d.config)).await {
+                    let limits = in_flight.limits();
+                    match d
+                        .store
+                        .deliveries_claim(free, hold(&d.config), limits)
+                        .await
+                    {
                         Ok(batch) => {
                             store_backoff = Duration::from_millis(100);
                             let full = batch.len() == free;
@@ -106,15 +114,18 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
                                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                                     break;
                                 };
+                                let counted = in_flight.start(&c.delivery.url);
                                 let (d, http, done) = (d.clone(), http.clone(), done.clone());
                                 tasks.spawn(async move {
                                     attempt(&d, &http, c).await;
-                                    drop(permit);
+                                    drop((counted, permit));
                                     done.notify_one();
                                 });
                             }
                             if !full {
-                                wait = MIN_GAP;
+                                // Due deliveries of an endpoint at its cap wait for one of its
+                                // attempts to end (`done`), not for time to pass.
+                                wait = if in_flight.any_full() { POLL } else { MIN_GAP };
                             }
                         }
                         Err(e) => {
