@@ -167,6 +167,11 @@ async fn one_hanging_receiver_delays_no_other(ts: &TestServer) {
         pending += 1;
     }
     assert_eq!(pending, HANGING_JOBS);
+    // ...which `/metrics` shows.
+    assert_eq!(
+        ts.metric("runyard_webhook_deliveries_pending").await,
+        Some(HANGING_JOBS as f64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,7 +251,10 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
                             attempts = c.delivery.attempts + 1, "webhook delivery given up at the end of its horizon");
                         counters.given_up.fetch_add(1, Ordering::Relaxed)
                     }
-                    _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+                    _ => {
+                        log_retry(&c, &rec, outcome);
+                        counters.failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
                 return;
             }
@@ -272,6 +275,28 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
             }
         }
     }
+}
+
+/// A failed attempt that will be retried, at `info`: the job, the receiver's host (never the
+/// URL: its query may carry a secret) and what went wrong, so a backlog shows before the give-up.
+fn log_retry(c: &Claimed, rec: &Attempt, outcome: Outcome) {
+    let host = reqwest::Url::parse(&c.delivery.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let retry_in = match outcome {
+        Outcome::Failed { retry_in, .. } => retry_in,
+        Outcome::Delivered => Duration::ZERO,
+    };
+    tracing::info!(
+        delivery = c.delivery.id,
+        job_id = %c.delivery.job_id,
+        host = %host,
+        attempts = c.delivery.attempts + 1,
+        error = rec.error.as_deref().unwrap_or(""),
+        retry_in_ms = retry_in.as_millis() as u64,
+        "webhook attempt failed; retrying"
+    );
 }
 
 /// POSTs the delivery; the receiver's status, or what went wrong.
