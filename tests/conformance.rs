@@ -302,6 +302,7 @@ conformance!(
     notices_reach_every_handle,
     host_failures_reschedule_and_give_the_attempt_back,
     webhook_deliveries_follow_events_and_claims_are_fenced,
+    webhook_claims_pass_over_endpoints_at_their_cap,
     replay_memory_accepts_each_request_once,
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
@@ -1462,7 +1463,7 @@ fn attempt(status: u16) -> runyard::store::deliveries::Attempt {
 
 async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) {
     use runyard::notify::{NotifyEvent, NotifySpec};
-    use runyard::store::deliveries::{DeliveryState, Outcome};
+    use runyard::store::deliveries::{ClaimLimits, DeliveryState, Outcome};
     let s = b.store().await;
     let peer = b.peer().await;
     let hold = Duration::from_secs(30);
@@ -1493,12 +1494,19 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
     let body: runyard::job::Event = serde_json::from_str(&d[0].body()).unwrap();
     assert_eq!(&body, done, "the body is the event, with its id");
     // Claimed by one handle at a time.
-    let a = s.deliveries_claim(10, hold).await.unwrap();
+    let a = s
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap();
     assert_eq!(a.len(), 1);
     // What a claim gives the sender to POST is the event's JSON too, whatever its stored form.
     let posted: runyard::job::Event = serde_json::from_str(&a[0].delivery.body()).unwrap();
     assert_eq!(&posted, done, "the claimed body is the event, with its id");
-    assert!(peer.deliveries_claim(10, hold).await.unwrap().is_empty());
+    assert!(peer
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap()
+        .is_empty());
     // A record under another token is refused; the holder's is taken.
     let mut stale = a[0].clone();
     stale.token ^= 1;
@@ -1519,7 +1527,10 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
         Some(DeliveryState::Pending)
     );
     // Due again at once: the peer claims it; the first claim can no longer record.
-    let again = peer.deliveries_claim(10, hold).await.unwrap();
+    let again = peer
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery.attempts, 1);
     assert_eq!(
@@ -1541,7 +1552,11 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
         d[0].log.iter().map(|a| a.status).collect::<Vec<_>>(),
         vec![Some(500), Some(200)]
     );
-    assert!(s.deliveries_claim(10, hold).await.unwrap().is_empty());
+    assert!(s
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(s.deliveries_next_due().await.unwrap(), None);
     assert!(
         s.deliveries(plain.id, 10).await.unwrap().is_empty(),
@@ -1554,7 +1569,10 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
         events: vec![NotifyEvent::Status],
     });
     let k = submit(&s, k).await;
-    let c = s.deliveries_claim(10, hold).await.unwrap();
+    let c = s
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap();
     assert_eq!(c.len(), 1, "the QUEUED status event");
     assert_eq!(c[0].delivery.job_id, k.id);
     let late = Outcome::Failed {
@@ -1569,6 +1587,91 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
     assert_eq!(s.deliveries_trim(now_us() + 1_000_000).await.unwrap(), 2);
     assert!(s.deliveries(j.id, 10).await.unwrap().is_empty());
     assert!(s.deliveries(k.id, 10).await.unwrap().is_empty());
+}
+
+/// A claim passes over the deliveries of an endpoint at its cap (`notify.per_endpoint`): a later
+/// delivery of another endpoint is claimed instead, the passed-over ones stay due and are claimed
+/// later (by this handle or another), each exactly once. Endpoints are the URL up to its query.
+async fn webhook_claims_pass_over_endpoints_at_their_cap(mut b: Backend) {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::ClaimLimits;
+    use std::collections::{BTreeSet, HashMap};
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let hold = Duration::from_secs(30);
+    let slow = "https://slow.example.com/hook";
+    let with_url = |url: String| {
+        let mut j = job("wh.cap", "r");
+        j.notify = Some(NotifySpec {
+            url,
+            events: vec![NotifyEvent::Status],
+        });
+        j
+    };
+    // QUEUED events for one endpoint (its queries differ; more than the 100 a Redis claim reads
+    // at a time), then one for another.
+    const SLOW: usize = 120;
+    let mut ids = Vec::new();
+    for i in 0..SLOW {
+        ids.push(submit(&s, with_url(format!("{slow}?job={i}"))).await.id);
+    }
+    let fast = submit(&s, with_url("https://fast.example.com/hook".into())).await;
+    assert_eq!(s.deliveries_pending().await.unwrap(), SLOW as u64 + 1);
+    let capped = |busy: usize| ClaimLimits {
+        per_endpoint: 2,
+        busy: HashMap::from([(slow.to_string(), busy)]),
+    };
+    // One attempt at the slow endpoint in flight, two allowed: one more of it, and the fast one
+    // though it is due last.
+    let first = s.deliveries_claim(10, hold, capped(1)).await.unwrap();
+    let jobs: BTreeSet<_> = first.iter().map(|c| c.delivery.job_id).collect();
+    assert_eq!(jobs, BTreeSet::from([ids[0], fast.id]), "{first:?}");
+    // At its cap: nothing of it, the rest stays due.
+    assert!(s
+        .deliveries_claim(10, hold, capped(2))
+        .await
+        .unwrap()
+        .is_empty());
+    let next_due = s.deliveries_next_due().await.unwrap().expect("still due");
+    assert!(next_due <= now_us() + 1_000_000, "due now, not held");
+    // Another handle, nothing in flight: two (the cap counts within one claim too).
+    let second = peer
+        .deliveries_claim(
+            10,
+            hold,
+            ClaimLimits {
+                per_endpoint: 2,
+                busy: HashMap::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 2, "{second:?}");
+    let rest = s
+        .deliveries_claim(1000, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), SLOW - 3, "the rest, at once");
+    // Each delivery claimed once: none lost, none doubled.
+    let mut all: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .chain(&rest)
+        .map(|c| c.delivery.id)
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), SLOW + 1);
+    assert!(s
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.deliveries_pending().await.unwrap(),
+        SLOW as u64 + 1,
+        "claimed is still pending"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

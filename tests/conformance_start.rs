@@ -515,7 +515,11 @@ async fn redis_a_start_with_its_finish_delivers_both_events_once() {
         .map(|e| (e.id, e.runyard_status.expect("a status")))
         .collect();
     let mut got: Vec<_> = s
-        .deliveries_claim(100, Duration::from_secs(60))
+        .deliveries_claim(
+            100,
+            Duration::from_secs(60),
+            runyard::store::deliveries::ClaimLimits::unlimited(),
+        )
         .await
         .expect("claim deliveries")
         .into_iter()

@@ -554,7 +554,8 @@ async fn delivery_survives_kill_9_between_attempts_redis() {
 }
 
 /// A real `runyard serve` (with `config` added: the store) is killed with SIGKILL once two failed
-/// attempts are recorded, and started again: the delivery goes on, accepted exactly once.
+/// attempts are recorded, and started again: the delivery goes on, accepted exactly once. Each
+/// failed attempt is logged with the job and the receiver's host, never the URL's query.
 async fn kill_9_between_attempts(store: &str) {
     let recv = Receiver::start(3).await;
     let dir = tempfile::tempdir().unwrap();
@@ -580,7 +581,7 @@ retry_max = "4s"
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/async/jobs", s.url))
-        .json(&json!({"type": "runyard.noop", "notify": {"url": recv.url}}))
+        .json(&json!({"type": "runyard.noop", "notify": {"url": format!("{}?secret=q-s3cret", recv.url)}}))
         .send()
         .await
         .unwrap();
@@ -621,6 +622,21 @@ retry_max = "4s"
     assert!(python_verify(&key, &reqs[3].signature, &reqs[3].body));
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!logs.contains(&key), "the key is never logged");
+    assert!(
+        !logs.contains("q-s3cret"),
+        "the URL's query is never logged"
+    );
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("webhook attempt failed") && l.contains(&id))
+        .collect();
+    assert_eq!(failed.len(), 3, "each failed attempt logged once: {logs}");
+    assert!(
+        failed
+            .iter()
+            .all(|l| l.contains("127.0.0.1") && l.contains("answered 500")),
+        "{failed:#?}"
+    );
 }
 
 /// A slow receiver never gets more than `notify.concurrency` requests at once: deliveries wait in

@@ -7,7 +7,8 @@
 //!   store wrapper [`MeteredStore`] sees every command this process commits, the HTTP layer
 //!   ([`http`]) every request it answers. On several nodes, sum them over the nodes.
 //! - **Gauges read from the store at scrape time** (jobs by type and status, queue depth, oldest
-//!   waiting job), through [`crate::store::JobCountStore`]: every node shows the same figures.
+//!   waiting job, through [`crate::store::JobCountStore`]; webhook deliveries pending, through
+//!   [`crate::store::DeliveryStore::deliveries_pending`]): every node shows the same figures.
 //!
 //! Other modules add their own families without touching this file's structs: keep the counter
 //! as a plain atomic in the module and register a reader of it with
@@ -106,6 +107,8 @@ pub struct Metrics {
     queue_depth: Family<Labels, Gauge>,
     queue_oldest: Family<Labels, Gauge<f64, AtomicU64>>,
     store_up: Gauge,
+    /// One series without labels while the last read succeeded, none after a failed one.
+    deliveries_pending: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -143,6 +146,7 @@ impl Metrics {
             queue_depth: Family::default(),
             queue_oldest: Family::default(),
             store_up: Gauge::default(),
+            deliveries_pending: Family::default(),
         };
         m.register_store_gauges();
         m.register_own();
@@ -174,12 +178,18 @@ impl Metrics {
             "1 when the last scrape could read the job counts from the store, else 0",
             self.store_up.clone(),
         );
+        r.register(
+            "runyard_webhook_deliveries_pending",
+            "Webhook deliveries pending: due, being attempted or waiting for a retry (from the store)",
+            self.deliveries_pending.clone(),
+        );
         self.names.lock().extend(
             [
                 "runyard_jobs",
                 "runyard_queue_depth",
                 "runyard_queue_oldest_age_seconds",
                 "runyard_store_up",
+                "runyard_webhook_deliveries_pending",
             ]
             .map(String::from),
         );
@@ -473,6 +483,17 @@ impl Metrics {
                 self.queue_depth.clear();
                 self.queue_oldest.clear();
                 self.store_up.set(0);
+            }
+        }
+        // Not read when the counts could not be (the store is away: one wait per scrape).
+        self.deliveries_pending.clear();
+        if self.store_up.get() == 1 {
+            match crate::store::within(SCRAPE_STORE_WAIT, store.deliveries_pending()).await {
+                Ok(n) => {
+                    let n = i64::try_from(n).unwrap_or(i64::MAX);
+                    self.deliveries_pending.get_or_create(&Vec::new()).set(n);
+                }
+                Err(e) => tracing::warn!(error = %e, "metrics: cannot read the pending deliveries"),
             }
         }
         self.render()

@@ -8,6 +8,7 @@
 //! retry_max = "1h"          # ...up to this
 //! timeout = "10s"           # one attempt (connect + answer)
 //! concurrency = 16          # attempts in flight per process
+//! per_endpoint = 4          # ...at most this many to one endpoint (URL without its query)
 //!
 //! [[notify.defaults]]       # a job without `notify` whose type matches gets this one
 //! types = ["report.*"]
@@ -41,6 +42,11 @@ pub struct NotifyConfig {
     pub timeout: Duration,
     /// Attempts in flight at once in this process.
     pub concurrency: usize,
+    /// Attempts in flight at once in this process to one endpoint (scheme, host, port, path):
+    /// one slow receiver cannot take every slot. Unset: [`DEFAULT_PER_ENDPOINT`], at most
+    /// `concurrency` ([`NotifyConfig::per_endpoint`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_endpoint: Option<usize>,
     /// Webhooks per job type, for jobs submitted without `notify` (first match wins).
     pub defaults: Vec<NotifyDefault>,
 }
@@ -54,10 +60,14 @@ impl Default for NotifyConfig {
             retry_max: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
             concurrency: 16,
+            per_endpoint: None,
             defaults: Vec::new(),
         }
     }
 }
+
+/// `notify.per_endpoint` when unset (lowered to `notify.concurrency` when that is smaller).
+pub const DEFAULT_PER_ENDPOINT: usize = 4;
 
 /// A webhook for the jobs whose type matches one of `types`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +110,17 @@ impl NotifyConfig {
         if self.concurrency == 0 || self.concurrency > 1024 {
             return bad("notify.concurrency", "must be between 1 and 1024");
         }
+        if let Some(n) = self.per_endpoint {
+            if n == 0 || n > self.concurrency {
+                return bad(
+                    "notify.per_endpoint",
+                    &format!(
+                        "must be between 1 and notify.concurrency ({}), got {n}",
+                        self.concurrency
+                    ),
+                );
+            }
+        }
         for (i, d) in self.defaults.iter().enumerate() {
             let field = format!("notify.defaults[{i}]");
             if d.types.is_empty() {
@@ -125,6 +146,13 @@ impl NotifyConfig {
         Ok(())
     }
 
+    /// The most attempts in flight to one endpoint in this process.
+    pub fn per_endpoint(&self) -> usize {
+        self.per_endpoint
+            .unwrap_or(DEFAULT_PER_ENDPOINT.min(self.concurrency))
+            .max(1)
+    }
+
     /// The webhook a job of `job_type` submitted without `notify` gets.
     pub fn default_for(&self, job_type: &str) -> Option<NotifySpec> {
         self.defaults
@@ -148,5 +176,30 @@ impl NotifyConfig {
             jitter: true,
         };
         Duration::from_millis(b.delay_ms(attempt, rand::random::<f64>()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_endpoint_is_checked_against_concurrency_and_defaults_below_it() {
+        let mut c = NotifyConfig::default();
+        assert_eq!(c.per_endpoint(), DEFAULT_PER_ENDPOINT);
+        c.concurrency = 2;
+        assert_eq!(c.per_endpoint(), 2, "the default never exceeds concurrency");
+        assert!(c.validate().is_ok());
+        for bad in [0, 3] {
+            c.per_endpoint = Some(bad);
+            let (k, m) = c.validate().unwrap_err();
+            assert_eq!(k, "notify.per_endpoint");
+            assert!(m.contains("between 1 and notify.concurrency (2)"), "{m}");
+        }
+        c.per_endpoint = Some(2);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.per_endpoint(), 2);
+        let parsed: NotifyConfig = toml::from_str("per_endpoint = 1\nconcurrency = 8").unwrap();
+        assert_eq!((parsed.per_endpoint(), parsed.concurrency), (1, 8));
     }
 }

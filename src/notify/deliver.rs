@@ -1,7 +1,8 @@
 //! The delivery loop: claims due deliveries from the store (at most `notify.concurrency` in
-//! flight), POSTs each signed, records the attempt, and sleeps until the next one is due, a commit
-//! wakes it, or a second passes (deliveries written by other processes). Nothing is held in memory
-//! beyond the attempts in flight: a receiver that is down costs stored records, not memory.
+//! flight, at most `notify.per_endpoint` of them to one endpoint: [`InFlight`]), POSTs each
+//! signed, records the attempt, and sleeps until the next one is due, a commit wakes it, an
+//! attempt ends, or a second passes (deliveries written by other processes). Nothing is held in
+//! memory beyond the attempts in flight: a receiver that is down costs stored records, not memory.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::in_flight::InFlight;
 use super::{count, endpoint_key, endpoint_of, signature, target, NotifyConfig};
 use crate::job::now_us;
 use crate::security::MasterKey;
@@ -84,46 +86,41 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
         }
     };
     let d = Arc::new(d);
-    let slots = Arc::new(Semaphore::new(d.config.concurrency));
-    let done = Arc::new(tokio::sync::Notify::new());
+    let s = Starter {
+        slots: Arc::new(Semaphore::new(d.config.concurrency)),
+        in_flight: InFlight::new(d.config.per_endpoint()),
+        done: Arc::new(tokio::sync::Notify::new()),
+        d: d.clone(),
+        http,
+    };
     let mut notices = d.store.subscribe_to(only_events);
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_trim = Instant::now();
     let mut store_backoff = Duration::from_millis(100);
+    // No claim before this (see `Starter::claim`).
+    let mut not_before = Instant::now();
     loop {
         while tasks.try_join_next().is_some() {}
         let mut wait = POLL;
-        let free = slots.available_permits();
-        if free > 0 {
+        let free = s.slots.available_permits();
+        let now = Instant::now();
+        if now < not_before {
+            wait = (not_before - now).clamp(MIN_GAP, POLL);
+        } else if free > 0 {
             let due = d.store.deliveries_next_due().await;
             match due {
-                Ok(Some(at)) if at <= now_us() => {
-                    match d.store.deliveries_claim(free, hold(&d.config)).await {
-                        Ok(batch) => {
-                            store_backoff = Duration::from_millis(100);
-                            let full = batch.len() == free;
-                            for c in batch {
-                                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                                    break;
-                                };
-                                let (d, http, done) = (d.clone(), http.clone(), done.clone());
-                                tasks.spawn(async move {
-                                    attempt(&d, &http, c).await;
-                                    drop(permit);
-                                    done.notify_one();
-                                });
-                            }
-                            if !full {
-                                wait = MIN_GAP;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "webhook deliveries: claim failed");
-                            wait = store_backoff;
-                            store_backoff = (store_backoff * 2).min(POLL * 5);
-                        }
+                Ok(Some(at)) if at <= now_us() => match s.claim(free, &mut tasks).await {
+                    Ok((w, after)) => {
+                        store_backoff = Duration::from_millis(100);
+                        wait = w;
+                        not_before = after;
                     }
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook deliveries: claim failed");
+                        wait = store_backoff;
+                        store_backoff = (store_backoff * 2).min(POLL * 5);
+                    }
+                },
                 Ok(Some(at)) => {
                     let until = Duration::from_micros((at - now_us()).max(0) as u64);
                     wait = until.clamp(MIN_GAP, POLL);
@@ -137,7 +134,7 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
             }
         }
         trim_if_due(&d, &mut last_trim).await;
-        if stopped_waiting(&d, &stop, wait, &done, &mut notices).await {
+        if stopped_waiting(&d, &stop, wait, &s.done, &mut notices).await {
             break;
         }
     }
@@ -148,6 +145,58 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
     })
     .await;
     tasks.abort_all();
+}
+
+/// What starting attempts needs: the slots (`notify.concurrency`), the attempts per endpoint
+/// (`notify.per_endpoint`), and the wake-up of the loop when an attempt ends.
+struct Starter {
+    d: Arc<Deliverer>,
+    http: reqwest::Client,
+    slots: Arc<Semaphore>,
+    in_flight: InFlight,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Starter {
+    /// Claims up to `free` due deliveries and starts their attempts; the loop's next wait, and
+    /// the earliest time of the next claim.
+    ///
+    /// A claim that passes over the backlog of endpoints at their cap reads it (an index scan on
+    /// the embedded store, at most [`crate::store::deliveries::CLAIM_LOOK_PAST`] entries on
+    /// Redis): when such a claim finds less than it could take, the next one waits nine times as
+    /// long as it took, so passing over a large backlog takes at most a tenth of the store's time
+    /// however often commits wake the loop. The backlog's own deliveries wait for one of its
+    /// attempts to end (`done`), not for time to pass.
+    async fn claim(
+        &self,
+        free: usize,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> crate::store::Result<(Duration, Instant)> {
+        let started = Instant::now();
+        let limits = self.in_flight.limits();
+        let batch = (self.d.store)
+            .deliveries_claim(free, hold(&self.d.config), limits)
+            .await?;
+        let took = started.elapsed();
+        let full = batch.len() == free;
+        for c in batch {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let counted = self.in_flight.start(&c.delivery.url);
+            let (d, http, done) = (self.d.clone(), self.http.clone(), self.done.clone());
+            tasks.spawn(async move {
+                attempt(&d, &http, c).await;
+                drop((counted, permit));
+                done.notify_one();
+            });
+        }
+        Ok(match (full, self.in_flight.any_full()) {
+            (true, _) => (POLL, Instant::now()),
+            (false, false) => (MIN_GAP, Instant::now()),
+            (false, true) => (POLL, Instant::now() + took * 9),
+        })
+    }
 }
 
 /// The notices the loop acts on: a delivery is only ever stored with an event.
@@ -240,7 +289,10 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
                             attempts = c.delivery.attempts + 1, "webhook delivery given up at the end of its horizon");
                         counters.given_up.fetch_add(1, Ordering::Relaxed)
                     }
-                    _ => counters.failed.fetch_add(1, Ordering::Relaxed),
+                    _ => {
+                        log_retry(&c, &rec, outcome);
+                        counters.failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
                 return;
             }
@@ -261,6 +313,28 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
             }
         }
     }
+}
+
+/// A failed attempt that will be retried, at `info`: the job, the receiver's host (never the
+/// URL: its query may carry a secret) and what went wrong, so a backlog shows before the give-up.
+fn log_retry(c: &Claimed, rec: &Attempt, outcome: Outcome) {
+    let host = reqwest::Url::parse(&c.delivery.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let retry_in = match outcome {
+        Outcome::Failed { retry_in, .. } => retry_in,
+        Outcome::Delivered => Duration::ZERO,
+    };
+    tracing::info!(
+        delivery = c.delivery.id,
+        job_id = %c.delivery.job_id,
+        host = %host,
+        attempts = c.delivery.attempts + 1,
+        error = rec.error.as_deref().unwrap_or(""),
+        retry_in_ms = retry_in.as_millis() as u64,
+        "webhook attempt failed; retrying"
+    );
 }
 
 /// POSTs the delivery; the receiver's status, or what went wrong.

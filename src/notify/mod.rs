@@ -10,13 +10,15 @@
 //! - [`config`]: `[notify]` in runyard.toml.
 //! - [`target`]: which addresses a webhook may reach (no loopback, private, link-local... unless
 //!   `notify.allow_private`), checked at submit and again at every send.
-//! - [`deliver`]: the delivery loop and one attempt.
+//! - [`deliver`]: the delivery loop and one attempt; `in_flight`: its attempts per endpoint
+//!   (`notify.per_endpoint`: one slow receiver cannot take every slot).
 //!
 //! The signing key of an endpoint is derived from the master key and the endpoint (origin and
 //! path, [`endpoint_of`]): it is never stored, and shown through `POST /async/notify/keys`.
 
 pub mod config;
 pub mod deliver;
+mod in_flight;
 pub mod target;
 
 use std::sync::atomic::{AtomicU64, Ordering};

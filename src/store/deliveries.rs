@@ -3,6 +3,7 @@
 //! at a time (a claim is a hold on the record until a time, with a token), attempted, and
 //! recorded. A process that dies holding a claim loses it when the hold runs out.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -167,17 +168,83 @@ pub fn plan(created_at: Micros, now: Micros, outcome: Outcome) -> (DeliveryState
     }
 }
 
+/// The most due deliveries of endpoints at their cap a claim looks past on Redis (each costs a
+/// hash read in the claim's script, which holds Redis meanwhile); the embedded store looks past
+/// all of them (an indexed scan).
+pub const CLAIM_LOOK_PAST: usize = 2000;
+
 /// A fresh claim token.
 pub fn new_token() -> u64 {
     // Positive in an i64 (SQLite's integer).
     rand::random::<u64>() >> 1
 }
 
+/// The receiver a delivery goes to, as claims tell receivers apart: its URL up to the query.
+/// Stored URLs are normalized at submit ([`crate::notify::parse_url`]: lowercase scheme and host,
+/// no default port, no fragment), so this is the endpoint a key is derived for
+/// ([`crate::notify::endpoint_of`]). The stores compute the same text (SQL in
+/// `sqlite/deliveries.rs`, Lua in `redis/lua/dlv_claim.lua`).
+pub fn endpoint_part(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(head, _)| head)
+}
+
+/// What a claim may take beyond `max`: at most `per_endpoint` attempts in flight per endpoint
+/// ([`endpoint_part`]) in this process, `busy` counting those already in flight. A delivery of an
+/// endpoint at its cap is passed over and stays due (a later one of another endpoint is claimed
+/// instead), so one slow receiver cannot take every slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimLimits {
+    /// The most attempts in flight per endpoint.
+    pub per_endpoint: usize,
+    /// Attempts in flight per endpoint.
+    pub busy: HashMap<String, usize>,
+}
+
+impl ClaimLimits {
+    /// No cap per endpoint.
+    pub fn unlimited() -> Self {
+        Self {
+            per_endpoint: usize::MAX,
+            busy: HashMap::new(),
+        }
+    }
+
+    /// The endpoints at their cap, sorted.
+    pub fn full(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .busy
+            .iter()
+            .filter(|(_, n)| **n >= self.per_endpoint)
+            .map(|(e, _)| e.as_str())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Counts one more attempt at `url`'s endpoint when it is below its cap; `false` (nothing
+    /// counted) when it is at its cap.
+    pub fn take(&mut self, url: &str) -> bool {
+        let n = self.busy.entry(endpoint_part(url).to_string()).or_default();
+        if *n >= self.per_endpoint {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+}
+
 /// Deliveries: claim due ones, record attempts, list a job's, trim old ones.
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
-    /// Claims up to `max` pending deliveries due now, oldest due first, each held for `hold`.
-    async fn deliveries_claim(&self, max: usize, hold: Duration) -> Result<Vec<Claimed>>;
+    /// Claims up to `max` pending deliveries due now, oldest due first, each held for `hold`,
+    /// passing over those of endpoints at their cap in `limits` (they stay due). Redis looks past
+    /// at most [`CLAIM_LOOK_PAST`] of them.
+    async fn deliveries_claim(
+        &self,
+        max: usize,
+        hold: Duration,
+        limits: ClaimLimits,
+    ) -> Result<Vec<Claimed>>;
     /// Records an attempt of a claimed delivery and its outcome ([`plan`], at the store's time).
     /// `None` (nothing written) when the claim was lost (its hold ran out and another process
     /// took it); else the new state.
@@ -191,6 +258,8 @@ pub trait DeliveryStore: Send + Sync {
     async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>>;
     /// When the next pending delivery is due (claims included: a claim is due when its hold ends).
     async fn deliveries_next_due(&self) -> Result<Option<Micros>>;
+    /// Pending deliveries (due, being attempted, or waiting for a retry).
+    async fn deliveries_pending(&self) -> Result<u64>;
     /// Deletes delivered and given-up deliveries that ended before `before`; returns how many.
     async fn deliveries_trim(&self, before: Micros) -> Result<u64>;
 }

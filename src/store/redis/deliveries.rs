@@ -19,8 +19,8 @@ use uuid::Uuid;
 use super::{json_err, RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, Attempt, Claimed, Delivery, DeliveryState, DeliveryStore, Outcome,
-    MAX_ATTEMPT_RECORDS,
+    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryState, DeliveryStore,
+    Outcome, CLAIM_LOOK_PAST, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -48,19 +48,30 @@ fn corrupt(what: &str) -> StoreError {
 
 #[async_trait]
 impl DeliveryStore for RedisStore {
-    async fn deliveries_claim(&self, max: usize, hold: Duration) -> Result<Vec<Claimed>> {
+    async fn deliveries_claim(
+        &self,
+        max: usize,
+        hold: Duration,
+        limits: ClaimLimits,
+    ) -> Result<Vec<Claimed>> {
         if max == 0 {
             return Ok(vec![]);
         }
         let now = self.now().await;
         let token = new_token();
-        let args = [
+        let mut args = vec![
             now.to_string(),
             now.saturating_add(hold.as_micros() as i64).to_string(),
             max.to_string(),
             token.to_string(),
             self.key("dlv:"),
+            limits.per_endpoint.to_string(),
+            CLAIM_LOOK_PAST.to_string(),
         ];
+        for (endpoint, n) in limits.busy.iter().filter(|(_, n)| **n > 0) {
+            args.push(endpoint.clone());
+            args.push(n.to_string());
+        }
         let raw: Vec<String> = self
             .run_script(&CLAIM, &[self.key("dlv:due")], &args)
             .await?;
@@ -213,6 +224,15 @@ impl DeliveryStore for RedisStore {
         }
         let skew = self.now().await - crate::job::now_us();
         Ok(first.map(|t| t - skew))
+    }
+
+    async fn deliveries_pending(&self) -> Result<u64> {
+        let key = self.key("dlv:due");
+        self.exec(true, |mut c| {
+            let cmd = ::redis::cmd("ZCARD").arg(&key).clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
     }
 
     async fn deliveries_trim(&self, before: Micros) -> Result<u64> {

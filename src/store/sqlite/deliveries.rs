@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::{db_err, exec, json_err, rows, SqliteStore};
 use crate::job::{now_us, EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, Attempt, Claimed, Delivery, DeliveryState, DeliveryStore, Outcome,
-    MAX_ATTEMPT_RECORDS,
+    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryState, DeliveryStore,
+    Outcome, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -76,6 +76,60 @@ pub(super) fn enqueue_in(
     Ok(())
 }
 
+/// [`crate::store::deliveries::endpoint_part`] of the `url` column, in SQL.
+const ENDPOINT: &str =
+    "CASE WHEN instr(url, '?') > 0 THEN substr(url, 1, instr(url, '?') - 1) ELSE url END";
+
+/// Claims up to `max` due deliveries, oldest due first, passing over those of endpoints at their
+/// cap. Each round asks for the due deliveries of the endpoints not at their cap (in SQL: a row
+/// passed over costs an index step, not a read here); a round that fills an endpoint leaves its
+/// later rows to the next round, which leaves the endpoint out. Every round claims at least one
+/// (its first row's endpoint had room), so there are at most `max` rounds.
+fn claim_in(
+    conn: &Connection,
+    max: usize,
+    hold: Duration,
+    mut limits: ClaimLimits,
+) -> Result<Vec<Claimed>> {
+    let now = now_us();
+    let token = new_token();
+    let until = now.saturating_add(hold.as_micros() as i64);
+    let mut out = Vec::new();
+    while out.len() < max {
+        let want = max - out.len();
+        let full = serde_json::to_string(&limits.full()).map_err(json_err)?;
+        let found: Vec<Row> = rows(
+            conn,
+            &format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE due_at <= ?1
+                 AND {ENDPOINT} NOT IN (SELECT value FROM json_each(?3))
+                 ORDER BY due_at LIMIT ?2"
+            ),
+            params![now, want as i64, full],
+            read_row,
+        )?;
+        let last_round = found.len() < want;
+        for r in found {
+            if !limits.take(&r.2) {
+                continue;
+            }
+            exec(
+                conn,
+                "UPDATE deliveries SET claim = ?2, due_at = ?3 WHERE id = ?1",
+                params![r.0, token as i64, until],
+            )?;
+            out.push(Claimed {
+                delivery: to_delivery(r)?,
+                token,
+            });
+        }
+        if last_round {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 const COLUMNS: &str = "id, job_id, url, event_id, event, created_at, state, due_at, attempts, log";
 
 type Row = (
@@ -124,37 +178,17 @@ fn to_delivery(r: Row) -> Result<Delivery> {
 
 #[async_trait]
 impl DeliveryStore for SqliteStore {
-    async fn deliveries_claim(&self, max: usize, hold: Duration) -> Result<Vec<Claimed>> {
+    async fn deliveries_claim(
+        &self,
+        max: usize,
+        hold: Duration,
+        limits: ClaimLimits,
+    ) -> Result<Vec<Claimed>> {
         if max == 0 {
             return Ok(vec![]);
         }
-        self.write(move |ctx| {
-            let now = now_us();
-            let rows: Vec<Row> = rows(
-                ctx.conn,
-                &format!(
-                    "SELECT {COLUMNS} FROM deliveries WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2"
-                ),
-                params![now, max as i64],
-                read_row,
-            )?;
-            let token = new_token();
-            let until = now.saturating_add(hold.as_micros() as i64);
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                exec(
-                    ctx.conn,
-                    "UPDATE deliveries SET claim = ?2, due_at = ?3 WHERE id = ?1",
-                    params![r.0, token as i64, until],
-                )?;
-                out.push(Claimed {
-                    delivery: to_delivery(r)?,
-                    token,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.write(move |ctx| claim_in(ctx.conn, max, hold, limits))
+            .await
     }
 
     async fn delivery_record(
@@ -221,6 +255,19 @@ impl DeliveryStore for SqliteStore {
     async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
         self.read_min("SELECT MIN(due_at) FROM deliveries WHERE due_at IS NOT NULL")
             .await
+    }
+
+    async fn deliveries_pending(&self) -> Result<u64> {
+        // Pending is exactly "has a due time" (the partial index `deliveries_due`).
+        self.read(|c| {
+            let n: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE due_at IS NOT NULL")
+                .map_err(db_err)?
+                .query_row([], |r| r.get(0))
+                .map_err(db_err)?;
+            Ok(n.max(0) as u64)
+        })
+        .await
     }
 
     async fn deliveries_trim(&self, before: Micros) -> Result<u64> {
