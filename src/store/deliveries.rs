@@ -129,6 +129,15 @@ impl Delivery {
     }
 }
 
+/// Where a page of a job's deliveries starts, and its order (`GET /async/jobs/{id}/deliveries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryPage {
+    /// Oldest first: the deliveries whose id is above this one (0: from the first).
+    After(u64),
+    /// Newest first: the deliveries whose id is below this one (`None`: from the newest).
+    Before(Option<u64>),
+}
+
 /// A delivery held by this process.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -187,8 +196,18 @@ pub trait DeliveryStore: Send + Sync {
         attempt: Attempt,
         outcome: Outcome,
     ) -> Result<Option<DeliveryState>>;
-    /// A job's deliveries, oldest first, at most `limit`.
-    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>>;
+    /// A page of a job's deliveries, at most `limit`, from and in the order `page` says.
+    async fn deliveries_page(
+        &self,
+        job: Uuid,
+        page: DeliveryPage,
+        limit: usize,
+    ) -> Result<Vec<Delivery>>;
+    /// A job's first deliveries, oldest first, at most `limit`.
+    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
+        self.deliveries_page(job, DeliveryPage::After(0), limit)
+            .await
+    }
     /// When the next pending delivery is due (claims included: a claim is due when its hold ends).
     async fn deliveries_next_due(&self) -> Result<Option<Micros>>;
     /// Deletes delivered and given-up deliveries that ended before `before`; returns how many.
