@@ -1,8 +1,9 @@
 //! Signed webhooks out (docs/notifications.md), what a user sees of them through the API: every
-//! delivery of a job reachable a page at a time (oldest or newest first), and the deliveries
-//! route's OpenAPI schema. Real HTTP on port 0: the
+//! delivery of a job reachable a page at a time (oldest or newest first), a receiver's
+//! `Retry-After` and `410 Gone` honoured, and the deliveries route's OpenAPI schema. Real HTTP on port 0: the
 //! server under test and a scripted receiver (an axum server on 127.0.0.1).
 
+mod redis_support;
 mod support;
 
 use std::collections::VecDeque;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use parking_lot::Mutex;
+use redis_support::TestRedis;
 use serde_json::{json, Value};
 use support::{TestServer, WAIT};
 
@@ -19,6 +21,8 @@ const RUNNERS: &str = r#"
 kind = "service"
 types = ["runyard.*"]
 "#;
+
+const MASTER_KEY: &str = "webhook-api-test-master-key-0123456789ab";
 
 /// Fast retries; the receiver is on 127.0.0.1.
 const NOTIFY: &str = r#"
@@ -31,11 +35,13 @@ retry_max = "200ms"
 /// An answer of the receiver: its status and `Retry-After`, if any.
 type Answer = (u16, Option<&'static str>);
 
-/// A receiver that answers its script in order (a status and an optional `Retry-After`), then 200.
+/// A receiver that answers its script in order (a status and an optional `Retry-After`), then 200;
+/// it notes when each request came.
 #[derive(Clone)]
 struct Receiver {
     url: String,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    seen: Arc<Mutex<Vec<(Instant, u16)>>>,
 }
 
 impl Receiver {
@@ -47,6 +53,7 @@ impl Receiver {
         let r = Receiver {
             url,
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
+            seen: Arc::new(Mutex::new(Vec::new())),
         };
         let r2 = r.clone();
         let app = axum::Router::new().route(
@@ -55,6 +62,7 @@ impl Receiver {
                 let r = r2.clone();
                 async move {
                     let (status, after) = r.script.lock().pop_front().unwrap_or((200, None));
+                    r.seen.lock().push((Instant::now(), status));
                     let mut res = axum::response::Response::new(axum::body::Body::empty());
                     *res.status_mut() = StatusCode::from_u16(status).unwrap();
                     if let Some(a) = after {
@@ -71,6 +79,10 @@ impl Receiver {
             let _ = axum::serve(listener, app).await;
         });
         r
+    }
+
+    fn seen(&self) -> Vec<(Instant, u16)> {
+        self.seen.lock().clone()
     }
 }
 
@@ -177,6 +189,73 @@ async fn every_delivery_is_reachable_oldest_or_newest_first() {
             "{q}: {v}"
         );
     }
+}
+
+/// A receiver answering 503 with `Retry-After: 2`: the next attempt comes no sooner (the backoff
+/// alone is 100-200 ms); then 200.
+async fn retry_after_is_waited_for(extra: &str) {
+    let recv = Receiver::start(&[(503, Some("2"))]).await;
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!("{extra}\n{NOTIFY}"))
+        .start()
+        .await;
+    let id = ts
+        .submit_ok(json!({"type": "runyard.noop", "notify": {"url": recv.url}}))
+        .await;
+    let d = wait_ended(&ts, &id).await;
+    assert_eq!(d["state"], "delivered", "{d:#}");
+    let seen = recv.seen();
+    assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), vec![503, 200]);
+    let gap = seen[1].0 - seen[0].0;
+    assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+    assert_eq!(d["attempts"][0]["status"], 503);
+    let e = d["attempts"][0]["error"].as_str().unwrap();
+    assert!(e.contains("Retry-After: 2 s"), "{e}");
+}
+
+/// A `Retry-After` past the horizon gives the delivery up at once; a `410 Gone` too.
+async fn gone_and_too_late_are_given_up_at_once(extra: &str) {
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!("{extra}\n{NOTIFY}\nhorizon = \"1h\"\n"))
+        .start()
+        .await;
+    for (answer, after, word) in [(410, None, "Gone"), (429, Some("7200"), "Retry-After")] {
+        let recv = Receiver::start(&[(answer, after)]).await;
+        let id = ts
+            .submit_ok(json!({"type": "runyard.noop", "notify": {"url": recv.url}}))
+            .await;
+        let d = wait_ended(&ts, &id).await;
+        assert_eq!(d["state"], "given_up", "{answer}: {d:#}");
+        assert_eq!(d["attempt_count"], 1, "{answer}: {d:#}");
+        assert_eq!(d["attempts"][0]["status"], answer, "{d:#}");
+        assert!(d["next_attempt_at"].is_null(), "{d:#}");
+        let e = d["attempts"][0]["error"].as_str().unwrap();
+        assert!(e.contains(word), "{e}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(recv.seen().len(), 1, "{answer}: no attempt after it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_embedded() {
+    retry_after_is_waited_for("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_redis() {
+    let r = TestRedis::start();
+    retry_after_is_waited_for(&r.server_config(MASTER_KEY)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_and_retry_after_past_the_horizon_give_up_embedded() {
+    gone_and_too_late_are_given_up_at_once("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_and_retry_after_past_the_horizon_give_up_redis() {
+    let r = TestRedis::start();
+    gone_and_too_late_are_given_up_at_once(&r.server_config(MASTER_KEY)).await;
 }
 
 /// Follows `$ref`s.

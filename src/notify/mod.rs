@@ -11,10 +11,12 @@
 //! - [`target`]: which addresses a webhook may reach (no loopback, private, link-local... unless
 //!   `notify.allow_private`), checked at submit and again at every send.
 //! - [`deliver`]: the delivery loop and one attempt.
+//! - [`answer`]: what a refusing receiver asks (`Retry-After`, `410 Gone`).
 //!
 //! The signing key of an endpoint is derived from the master key and the endpoint (origin and
 //! path, [`endpoint_of`]): it is never stored, and shown through `POST /async/notify/keys`.
 
+pub mod answer;
 pub mod config;
 pub mod deliver;
 pub mod target;
@@ -129,7 +131,7 @@ pub struct NotifyCounters {
     /// Attempts that failed (no answer, or not 2xx); the delivery is retried while its horizon
     /// lasts.
     pub failed: AtomicU64,
-    /// Deliveries given up at the end of their horizon.
+    /// Deliveries given up: at the end of their horizon, or at a `410 Gone`.
     pub given_up: AtomicU64,
 }
 

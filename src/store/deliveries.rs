@@ -24,7 +24,7 @@ pub enum DeliveryState {
     Pending,
     /// The receiver answered 2xx.
     Delivered,
-    /// Given up at the end of the horizon.
+    /// Given up: at the end of the horizon, or when the receiver answered `410 Gone`.
     GivenUp,
 }
 
@@ -154,20 +154,25 @@ pub enum Outcome {
     Delivered,
     /// Failed: retry after `retry_in`, unless that passes `horizon` after the event.
     Failed {
-        /// The backoff delay.
+        /// The backoff delay (or the receiver's `Retry-After`, when longer).
         retry_in: Duration,
         /// `notify.horizon`.
         horizon: Duration,
     },
+    /// Failed for good (the receiver answered `410 Gone`): given up now.
+    Gone,
 }
 
 /// The state and next due time after an attempt that ended `outcome` at `now`.
 pub fn plan(created_at: Micros, now: Micros, outcome: Outcome) -> (DeliveryState, Option<Micros>) {
     match outcome {
         Outcome::Delivered => (DeliveryState::Delivered, None),
+        Outcome::Gone => (DeliveryState::GivenUp, None),
         Outcome::Failed { retry_in, horizon } => {
-            let due = now.saturating_add(retry_in.as_micros() as i64);
-            if due > created_at.saturating_add(horizon.as_micros() as i64) {
+            // A `Retry-After` may be any size: saturated, never wrapped.
+            let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+            let due = now.saturating_add(us(retry_in));
+            if due > created_at.saturating_add(us(horizon)) {
                 (DeliveryState::GivenUp, None)
             } else {
                 (DeliveryState::Pending, Some(due))
@@ -212,4 +217,32 @@ pub trait DeliveryStore: Send + Sync {
     async fn deliveries_next_due(&self) -> Result<Option<Micros>>;
     /// Deletes delivered and given-up deliveries that ended before `before`; returns how many.
     async fn deliveries_trim(&self, before: Micros) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_receiver_or_a_delay_past_the_horizon_ends_the_delivery() {
+        let hour = Duration::from_secs(3600);
+        let (t0, now) = (1_000_000_000, 1_000_000_000 + 60_000_000);
+        let failed = |retry_in| Outcome::Failed {
+            retry_in,
+            horizon: hour,
+        };
+        assert_eq!(
+            plan(t0, now, failed(Duration::from_secs(30))),
+            (DeliveryState::Pending, Some(now + 30_000_000))
+        );
+        assert_eq!(plan(t0, now, Outcome::Gone), (DeliveryState::GivenUp, None));
+        // Any `Retry-After`, however large, saturates rather than wrapping to a past time.
+        for d in [2 * hour, Duration::from_secs(u64::MAX), Duration::MAX] {
+            assert_eq!(
+                plan(t0, now, failed(d)),
+                (DeliveryState::GivenUp, None),
+                "{d:?}"
+            );
+        }
+    }
 }
