@@ -1,6 +1,7 @@
 //! Signed webhooks out (docs/notifications.md), what a user sees of them through the API: every
 //! delivery of a job reachable a page at a time (oldest or newest first), a receiver's
-//! `Retry-After` and `410 Gone` honoured, and the deliveries route's OpenAPI schema. Real HTTP on port 0: the
+//! `Retry-After` and `410 Gone` honoured, the deliveries route's OpenAPI schema, and the submit's
+//! `notify` (port 0 refused, `null` opting out of a type's default). Real HTTP on port 0: the
 //! server under test and a scripted receiver (an axum server on 127.0.0.1).
 
 mod redis_support;
@@ -340,4 +341,60 @@ async fn the_deliveries_route_is_documented_as_it_answers() {
     assert_eq!(keys(&v), props(body));
     let attempt = resolve(&doc, &item["properties"]["attempts"]["items"]);
     assert_eq!(keys(&d["attempts"][0]), props(attempt), "{attempt:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_zero_is_refused_and_null_opts_out_of_the_default() {
+    let recv = Receiver::start(&[]).await;
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "{NOTIFY}\n[[notify.defaults]]\ntypes = [\"runyard.noop\"]\nurl = \"{}\"\n",
+            recv.url
+        ))
+        .start()
+        .await;
+    for url in ["http://127.0.0.1:0/x", "https://example.com:0/x"] {
+        let (st, v) = ts
+            .submit(json!({"type": "runyard.noop", "notify": {"url": url}}))
+            .await;
+        assert_eq!(st, 422, "{url}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains("notify.url") && m.contains("port 0"), "{m}");
+    }
+    assert_eq!(ts.count_jobs(None).await, 0, "nothing stored");
+    // Left out: the type's default. `null`: none, on a submit, a batch item and a schedule's job.
+    let with = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    let without = ts
+        .submit_ok(json!({"type": "runyard.noop", "notify": null}))
+        .await;
+    let (st, v) = ts
+        .post(
+            "/async/jobs/batch",
+            Some(&json!({"jobs": [{"type": "runyard.noop", "notify": null}]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let batched = v["results"][0]["job_id"].as_str().unwrap().to_string();
+    let sched = json!({"name": "quiet", "cron": "@yearly",
+        "job": {"type": "runyard.noop", "notify": null}});
+    let (st, v) = ts.post("/async/schedules", Some(&sched)).await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = ts.post("/async/schedules/quiet/trigger", None).await;
+    assert_eq!(st, 202, "{v}");
+    let fired = v["job_id"].as_str().unwrap().to_string();
+    let job = ts.wait_terminal(&with, WAIT).await;
+    assert_eq!(job["notify"]["url"], recv.url.as_str());
+    wait_ended(&ts, &with).await;
+    for id in [&without, &batched, &fired] {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert!(job["notify"].is_null(), "{job:#}");
+        let (_, v) = get(&ts, &format!("/async/jobs/{id}/deliveries")).await;
+        assert_eq!(v["deliveries"], json!([]), "{v:#}");
+    }
+    assert_eq!(
+        recv.seen().len(),
+        1,
+        "only the job with the default was delivered"
+    );
 }

@@ -35,13 +35,24 @@ pub struct NotifyBody {
     pub events: Option<Vec<String>>,
 }
 
+/// For `#[serde(default, deserialize_with = "opt_out")]` on a submit's `notify`: left out is
+/// `None` (the type's default webhook applies), `null` is `Some(None)` (no webhook at all), an
+/// object is `Some(Some(..))` (read as [`super::extract::object`] reads it).
+pub fn opt_out<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<NotifyBody>>, D::Error> {
+    super::extract::object(d).map(Some)
+}
+
 /// The webhook of a job being built: the submit's own `notify` (syntax checked here, addresses
-/// by [`check_target`]), else the first `[[notify.defaults]]` matching its type.
+/// by [`check_target`]); none for `"notify": null`; else (left out) the first
+/// `[[notify.defaults]]` matching its type.
 pub fn notify_of(state: &AppState, body: &SubmitBody) -> ApiResult<Option<NotifySpec>> {
     match &body.notify {
-        Some(n) => NotifySpec::parse("notify", &n.url, n.events.as_deref())
+        Some(Some(n)) => NotifySpec::parse("notify", &n.url, n.events.as_deref())
             .map(Some)
             .map_err(ApiError::invalid_request),
+        Some(None) => Ok(None),
         None => Ok(state.app.config.notify.default_for(&body.job_type)),
     }
 }

@@ -68,8 +68,9 @@ impl NotifySpec {
     }
 }
 
-/// Parses and checks a webhook URL: http or https, a host, no user name or password (they would
-/// show on the job), at most [`MAX_URL_BYTES`]. `field` names the input in errors.
+/// Parses and checks a webhook URL: http or https, a host, not port 0 (nothing answers there),
+/// no user name or password (they would show on the job), at most [`MAX_URL_BYTES`]. `field`
+/// names the input in errors.
 pub fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, String> {
     if url.len() > MAX_URL_BYTES {
         return Err(format!("`{field}` is longer than {MAX_URL_BYTES} bytes"));
@@ -85,6 +86,11 @@ pub fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, String> {
     match u.host_str() {
         None | Some("") => return Err(format!("`{field}` has no host")),
         Some(_) => {}
+    }
+    if u.port() == Some(0) {
+        return Err(format!(
+            "`{field}` has port 0, which no receiver can listen on"
+        ));
     }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(format!(
@@ -185,6 +191,8 @@ mod tests {
             ("file:///etc/passwd", "notify.url"),
             ("not a url", "notify.url"),
             ("http://u:p@h/x", "notify.url"),
+            ("http://127.0.0.1:0/x", "notify.url"),
+            ("https://h:0/x", "notify.url"),
         ] {
             let e = NotifySpec::parse("notify", url, None).unwrap_err();
             assert!(e.contains(want), "{url}: {e}");
