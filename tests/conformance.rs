@@ -303,6 +303,7 @@ conformance!(
     host_failures_reschedule_and_give_the_attempt_back,
     webhook_deliveries_follow_events_and_claims_are_fenced,
     webhook_claims_pass_over_endpoints_at_their_cap,
+    webhook_deliveries_are_paged_both_ways,
     replay_memory_accepts_each_request_once,
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
@@ -1587,6 +1588,91 @@ async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) 
     assert_eq!(s.deliveries_trim(now_us() + 1_000_000).await.unwrap(), 2);
     assert!(s.deliveries(j.id, 10).await.unwrap().is_empty());
     assert!(s.deliveries(k.id, 10).await.unwrap().is_empty());
+}
+
+/// A job's deliveries, paged oldest first from `after` and newest first before `before`: every
+/// one is reached either way, one page at a time, and other jobs' deliveries never show.
+async fn webhook_deliveries_are_paged_both_ways(mut b: Backend) {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::DeliveryPage::{After, Before};
+    let s = b.store().await;
+    let notified = |t: &str| {
+        let mut j = job(t, "r");
+        j.notify = Some(NotifySpec {
+            url: "https://hooks.example.com/x".into(),
+            events: vec![NotifyEvent::Status],
+        });
+        j
+    };
+    // Two jobs' status events interleaved: QUEUED, then STARTING, RUNNING, SUCCESS.
+    let j = submit(&s, notified("wh.p")).await;
+    let other = submit(&s, notified("wh.p")).await;
+    let c = claim_one(&s, "r", "w").await;
+    assert_eq!(c.id, j.id);
+    run_to_success(&s, &c).await;
+    let c = claim_one(&s, "r", "w").await;
+    run_to_success(&s, &c).await;
+    let all: Vec<u64> = s
+        .deliveries(j.id, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert!(all.len() >= 3, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "oldest first: {all:?}");
+    // Oldest first, two at a time from `after`.
+    let (mut got, mut after) = (Vec::new(), 0);
+    loop {
+        let page = s.deliveries_page(j.id, After(after), 2).await.unwrap();
+        got.extend(page.iter().map(|d| d.id));
+        assert!(page.iter().all(|d| d.job_id == j.id));
+        match page.last() {
+            Some(d) if page.len() == 2 => after = d.id,
+            _ => break,
+        }
+    }
+    assert_eq!(got, all);
+    // Newest first, two at a time before `before`; the first is the terminal event's.
+    let first = s.deliveries_page(j.id, Before(None), 1).await.unwrap();
+    let ev: runyard::job::Event = serde_json::from_str(&first[0].body()).unwrap();
+    assert_eq!(ev.runyard_status, Some(JobStatus::Success));
+    let (mut back, mut before) = (Vec::new(), None);
+    loop {
+        let page = s.deliveries_page(j.id, Before(before), 2).await.unwrap();
+        back.extend(page.iter().map(|d| d.id));
+        match page.last() {
+            Some(d) if page.len() == 2 => before = Some(d.id),
+            _ => break,
+        }
+    }
+    back.reverse();
+    assert_eq!(back, all);
+    // Past either end: nothing. A cursor beyond any id is not an error.
+    let last = *all.last().unwrap();
+    assert!(s
+        .deliveries_page(j.id, After(last), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .deliveries_page(j.id, Before(Some(all[0])), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.deliveries_page(j.id, Before(Some(u64::MAX)), 1)
+            .await
+            .unwrap()[0]
+            .id,
+        last
+    );
+    assert!(s
+        .deliveries_page(j.id, After(u64::MAX), 1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!s.deliveries(other.id, 10).await.unwrap().is_empty());
 }
 
 /// A claim passes over the deliveries of an endpoint at its cap (`notify.per_endpoint`): a later

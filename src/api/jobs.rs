@@ -51,9 +51,11 @@ pub struct SubmitBody {
     pub on_deadline: Option<Value>,
     /// Signal keys written when the job ends SUCCESS.
     pub emits: Option<Vec<String>>,
-    /// A webhook for the job's events (`{url, events}`; see docs/notifications.md).
-    #[serde(default, deserialize_with = "super::extract::object")]
-    pub notify: Option<super::notify::NotifyBody>,
+    /// A webhook for the job's events (`{url, events}`; see docs/notifications.md); `null`: none,
+    /// not even a `[[notify.defaults]]` one (left out: the default for the type, if any).
+    #[serde(default, deserialize_with = "super::notify::opt_out")]
+    #[schema(value_type = Option<super::notify::NotifyBody>, nullable)]
+    pub notify: Option<Option<super::notify::NotifyBody>>,
 }
 
 pub(crate) use crate::job::{valid_name, CHANNEL_RULE};

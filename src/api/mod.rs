@@ -230,7 +230,7 @@ pub(crate) async fn prepare_submit(
 ) -> ApiResult<crate::job::Job> {
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
-    let own_notify = body.notify.is_some();
+    let own_notify = matches!(body.notify, Some(Some(_)));
     let mut job = jobs::build_job(st, caller, body, None)?;
     if own_notify {
         notify::check_target(st, &job).await?;

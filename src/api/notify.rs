@@ -16,6 +16,7 @@ use super::jobs::SubmitBody;
 use super::AppState;
 use crate::job::Job;
 use crate::notify::{endpoint_key, endpoint_of, parse_url, target, NotifySpec};
+use crate::store::deliveries::DeliveryPage;
 
 /// The routes of this room.
 pub fn routes() -> Router<AppState> {
@@ -34,13 +35,24 @@ pub struct NotifyBody {
     pub events: Option<Vec<String>>,
 }
 
+/// For `#[serde(default, deserialize_with = "opt_out")]` on a submit's `notify`: left out is
+/// `None` (the type's default webhook applies), `null` is `Some(None)` (no webhook at all), an
+/// object is `Some(Some(..))` (read as [`super::extract::object`] reads it).
+pub fn opt_out<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<NotifyBody>>, D::Error> {
+    super::extract::object(d).map(Some)
+}
+
 /// The webhook of a job being built: the submit's own `notify` (syntax checked here, addresses
-/// by [`check_target`]), else the first `[[notify.defaults]]` matching its type.
+/// by [`check_target`]); none for `"notify": null`; else (left out) the first
+/// `[[notify.defaults]]` matching its type.
 pub fn notify_of(state: &AppState, body: &SubmitBody) -> ApiResult<Option<NotifySpec>> {
     match &body.notify {
-        Some(n) => NotifySpec::parse("notify", &n.url, n.events.as_deref())
+        Some(Some(n)) => NotifySpec::parse("notify", &n.url, n.events.as_deref())
             .map(Some)
             .map_err(ApiError::invalid_request),
+        Some(None) => Ok(None),
         None => Ok(state.app.config.notify.default_for(&body.job_type)),
     }
 }
@@ -104,14 +116,58 @@ async fn key(State(st): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> Api
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
+    /// Oldest first, the deliveries after this one: `next` of the previous page (default 0,
+    /// from the first).
     #[serde(default, deserialize_with = "super::extract::query_count")]
+    after: Option<u64>,
+    /// Newest first, the deliveries before this one: `next` of the previous page.
+    #[serde(default, deserialize_with = "super::extract::query_count")]
+    before: Option<u64>,
+    /// `oldest` (the default) or `newest` (the default with `before`).
+    #[param(inline)]
+    order: Option<Order>,
+    /// Deliveries per page: 1 to 1000 (default 100).
+    #[serde(default, deserialize_with = "super::extract::query_count")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
-/// `GET /async/jobs/{id}/deliveries` -> `{job_id, notify, deliveries: [...]}`.
+/// The order of a page of deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first (paged with `after`).
+    Oldest,
+    /// Newest first (paged with `before`).
+    Newest,
+}
+
+impl DeliveryParams {
+    /// The page asked for, or why the query is refused.
+    fn page(&self) -> Result<DeliveryPage, &'static str> {
+        use Order::{Newest, Oldest};
+        match (self.order, self.after, self.before) {
+            (_, Some(_), Some(_)) => {
+                Err("give `after` (oldest first) or `before` (newest first), not both")
+            }
+            (Some(Newest), Some(_), None) => {
+                Err("`after` pages oldest first: with `order=newest`, page with `before`")
+            }
+            (Some(Oldest), None, Some(_)) => {
+                Err("`before` pages newest first: with `order=oldest`, page with `after`")
+            }
+            (Some(Oldest) | None, after, None) => Ok(DeliveryPage::After(after.unwrap_or(0))),
+            (Some(Newest) | None, None, before) => Ok(DeliveryPage::Before(before)),
+        }
+    }
+}
+
+/// `GET /async/jobs/{id}/deliveries` -> `{job_id, notify, deliveries: [...], next}`: a page of
+/// the job's deliveries, oldest first from `after` or newest first before `before`; `next` is the
+/// page's last delivery (the cursor given, when the page is empty): pass it as the same parameter.
 #[utoipa::path(get, path = "/async/jobs/{id}/deliveries", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id"), DeliveryParams),
     responses(
-        (status = 200, description = "The job's webhook deliveries", body = super::openapi::schemas::Deliveries),
+        (status = 200, description = "A page of the job's webhook deliveries", body = super::openapi::schemas::Deliveries),
         (status = 400, description = "`bad_id`, `bad_query`", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn deliveries(
@@ -124,11 +180,18 @@ async fn deliveries(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_query("`limit` must be between 1 and 1000"));
     }
+    let page = q.page().map_err(ApiError::bad_query)?;
     let job = st.job(id).await?;
-    let list = st.app.store.deliveries(id, limit).await?;
+    let list = st.app.store.deliveries_page(id, page, limit).await?;
+    let next = match (list.last(), page) {
+        (Some(d), _) => Some(d.id),
+        (None, DeliveryPage::After(n)) => Some(n),
+        (None, DeliveryPage::Before(n)) => n,
+    };
     Ok(Json(json!({
         "job_id": id,
         "notify": job.notify,
         "deliveries": list.iter().map(|d| d.to_public()).collect::<Vec<_>>(),
+        "next": next,
     })))
 }

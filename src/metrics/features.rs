@@ -42,7 +42,7 @@ const FAMILIES: &[Family] = &[
     ),
     (
         "runyard_webhook_deliveries",
-        "Webhook delivery attempts by result (given_up: the horizon passed)",
+        "Webhook delivery attempts by result (given_up: the horizon passed, or a 410 Gone)",
         "result",
         |_| {
             let c = crate::notify::counters();

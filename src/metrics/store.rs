@@ -42,7 +42,9 @@ use crate::job::{Command, Event, Job, Micros};
 use crate::schedule::Schedule;
 use crate::store::activity::{Activity, ActivityStore};
 use crate::store::counts::{JobCountStore, JobCounts};
-use crate::store::deliveries::{Attempt, ClaimLimits, Claimed, Delivery, DeliveryState, Outcome};
+use crate::store::deliveries::{
+    Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage, DeliveryState, Outcome,
+};
 use crate::store::handoff::{NextJob, Observer, Refill};
 use crate::store::signals::{Signal, SignalKey, SignalPage};
 use crate::store::waits::WaitStore;
@@ -215,7 +217,7 @@ metered! {
         deliveries_claim(max: usize, hold: Duration, limits: ClaimLimits) -> Vec<Claimed>;
         delivery_record(claimed: &Claimed, attempt: Attempt, outcome: Outcome)
             -> Option<DeliveryState>;
-        deliveries(job: Uuid, limit: usize) -> Vec<Delivery>;
+        deliveries_page(job: Uuid, page: DeliveryPage, limit: usize) -> Vec<Delivery>;
         deliveries_next_due() -> Option<Micros>;
         deliveries_pending() -> u64;
         deliveries_trim(before: Micros) -> u64;

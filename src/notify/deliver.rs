@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::answer::{self, Refusal};
 use super::in_flight::InFlight;
 use super::{count, endpoint_key, endpoint_of, signature, target, NotifyConfig};
 use crate::job::now_us;
@@ -255,18 +256,22 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
     let started = Instant::now();
     let r = send(d, http, &c).await;
     let duration_ms = started.elapsed().as_millis() as u64;
-    let (status, error) = match r {
-        Ok(s) if (200..300).contains(&s) => (Some(s), None),
-        Ok(s) => (Some(s), Some(format!("the receiver answered {s}"))),
-        Err(e) => (None, Some(e)),
+    let backoff = || d.config.retry_delay(c.delivery.attempts + 1);
+    let failed = |retry_in| Outcome::Failed {
+        retry_in,
+        horizon: d.config.horizon,
     };
-    let outcome = if error.is_none() {
-        Outcome::Delivered
-    } else {
-        Outcome::Failed {
-            retry_in: d.config.retry_delay(c.delivery.attempts + 1),
-            horizon: d.config.horizon,
+    let (status, error, outcome) = match r {
+        Ok((s, _)) if (200..300).contains(&s) => (Some(s), None, Outcome::Delivered),
+        Ok((s, refusal)) => {
+            let outcome = match refusal {
+                Refusal::Gone => Outcome::Gone,
+                // No sooner than the receiver asked; past the horizon, `plan` gives up.
+                Refusal::Later(wait) => failed(backoff().max(wait.unwrap_or_default())),
+            };
+            (Some(s), Some(answer::describe(s, refusal)), outcome)
         }
+        Err(e) => (None, Some(e), failed(backoff())),
     };
     let rec = Attempt {
         at,
@@ -285,8 +290,13 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
                     (Outcome::Delivered, _) => counters.delivered.fetch_add(1, Ordering::Relaxed),
                     (_, DeliveryState::GivenUp) => {
                         counters.failed.fetch_add(1, Ordering::Relaxed);
+                        let why = if outcome == Outcome::Gone {
+                            "the receiver answered 410 Gone"
+                        } else {
+                            "the end of its horizon"
+                        };
                         tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
-                            attempts = c.delivery.attempts + 1, "webhook delivery given up at the end of its horizon");
+                            attempts = c.delivery.attempts + 1, "webhook delivery given up: {why}");
                         counters.given_up.fetch_add(1, Ordering::Relaxed)
                     }
                     _ => {
@@ -324,7 +334,7 @@ fn log_retry(c: &Claimed, rec: &Attempt, outcome: Outcome) {
         .unwrap_or_default();
     let retry_in = match outcome {
         Outcome::Failed { retry_in, .. } => retry_in,
-        Outcome::Delivered => Duration::ZERO,
+        Outcome::Delivered | Outcome::Gone => Duration::ZERO,
     };
     tracing::info!(
         delivery = c.delivery.id,
@@ -337,8 +347,13 @@ fn log_retry(c: &Claimed, rec: &Attempt, outcome: Outcome) {
     );
 }
 
-/// POSTs the delivery; the receiver's status, or what went wrong.
-async fn send(d: &Deliverer, http: &reqwest::Client, c: &Claimed) -> Result<u16, String> {
+/// POSTs the delivery; the receiver's status and what it asks of the next attempt (read for a
+/// status that is not 2xx), or what went wrong.
+async fn send(
+    d: &Deliverer,
+    http: &reqwest::Client,
+    c: &Claimed,
+) -> Result<(u16, Refusal), String> {
     let u = super::parse_url("notify.url", &c.delivery.url)?;
     // Names are checked by the client's resolver; an address written in the URL here.
     target::check_literal(&u, d.config.allow_private)?;
@@ -355,7 +370,14 @@ async fn send(d: &Deliverer, http: &reqwest::Client, c: &Claimed) -> Result<u16,
         .send()
         .await
         .map_err(describe)?;
-    Ok(r.status().as_u16())
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get(reqwest::header::RETRY_AFTER);
+    let refusal = answer::refusal(
+        status,
+        retry_after.and_then(|v| v.to_str().ok()),
+        std::time::SystemTime::now(),
+    );
+    Ok((status, refusal))
 }
 
 /// A reqwest error with its causes (the refusal of the resolver is a cause), never a key.

@@ -12,10 +12,12 @@
 //!   `notify.allow_private`), checked at submit and again at every send.
 //! - [`deliver`]: the delivery loop and one attempt; `in_flight`: its attempts per endpoint
 //!   (`notify.per_endpoint`: one slow receiver cannot take every slot).
+//! - [`answer`]: what a refusing receiver asks (`Retry-After`, `410 Gone`).
 //!
 //! The signing key of an endpoint is derived from the master key and the endpoint (origin and
 //! path, [`endpoint_of`]): it is never stored, and shown through `POST /async/notify/keys`.
 
+pub mod answer;
 pub mod config;
 pub mod deliver;
 mod in_flight;
@@ -68,8 +70,9 @@ impl NotifySpec {
     }
 }
 
-/// Parses and checks a webhook URL: http or https, a host, no user name or password (they would
-/// show on the job), at most [`MAX_URL_BYTES`]. `field` names the input in errors.
+/// Parses and checks a webhook URL: http or https, a host, not port 0 (nothing answers there),
+/// no user name or password (they would show on the job), at most [`MAX_URL_BYTES`]. `field`
+/// names the input in errors.
 pub fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, String> {
     if url.len() > MAX_URL_BYTES {
         return Err(format!("`{field}` is longer than {MAX_URL_BYTES} bytes"));
@@ -85,6 +88,11 @@ pub fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, String> {
     match u.host_str() {
         None | Some("") => return Err(format!("`{field}` has no host")),
         Some(_) => {}
+    }
+    if u.port() == Some(0) {
+        return Err(format!(
+            "`{field}` has port 0, which no receiver can listen on"
+        ));
     }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(format!(
@@ -131,7 +139,7 @@ pub struct NotifyCounters {
     /// Attempts that failed (no answer, or not 2xx); the delivery is retried while its horizon
     /// lasts.
     pub failed: AtomicU64,
-    /// Deliveries given up at the end of their horizon.
+    /// Deliveries given up: at the end of their horizon, or at a `410 Gone`.
     pub given_up: AtomicU64,
 }
 
@@ -185,6 +193,8 @@ mod tests {
             ("file:///etc/passwd", "notify.url"),
             ("not a url", "notify.url"),
             ("http://u:p@h/x", "notify.url"),
+            ("http://127.0.0.1:0/x", "notify.url"),
+            ("https://h:0/x", "notify.url"),
         ] {
             let e = NotifySpec::parse("notify", url, None).unwrap_err();
             assert!(e.contains(want), "{url}: {e}");

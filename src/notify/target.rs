@@ -3,8 +3,10 @@
 //! Unless `notify.allow_private = true`, a webhook may not reach the machine runyard runs on or
 //! its private networks: loopback, private (RFC 1918, IPv6 unique local), link-local (cloud
 //! metadata services live there), shared (CGNAT), unspecified, multicast, broadcast, reserved and
-//! documentation ranges, and the IPv6 forms that embed such an IPv4 address (mapped, NAT64,
-//! 6to4). A host name is resolved and *every* address must pass.
+//! documentation ranges, the other special-purpose ranges IANA lists as not globally reachable,
+//! every IPv6 address outside global unicast (`2000::/3`), and the IPv6 forms that embed a
+//! forbidden IPv4 address (mapped, NAT64, 6to4). A host name is resolved and *every* address
+//! must pass.
 //!
 //! The check runs at submit ([`check_url`]) and again at every send: the delivery client resolves
 //! names through [`CheckedResolver`], so the connection goes only to addresses that passed the
@@ -48,12 +50,17 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         "benchmarking (198.18.0.0/15)"
     } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
         "IETF protocol assignments (192.0.0.0/24)"
+    } else if o[0] == 192 && o[1] == 88 && o[2] == 99 {
+        "6to4 relay anycast (192.88.99.0/24, deprecated)"
     } else {
         return None;
     };
     Some(r)
 }
 
+/// IPv6: only global unicast (`2000::/3`) less its special-purpose ranges that are not globally
+/// reachable (the IANA IPv6 special-purpose registry), and the forms embedding an IPv4 address
+/// judged by that address (mapped, NAT64, 6to4).
 fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
     if let Some(v4) = ip.to_ipv4_mapped() {
@@ -73,15 +80,30 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "site-local (fec0::/10)"
     } else if ip.is_multicast() {
         "multicast"
-    } else if s[0] == 0x2001 && s[1] == 0x0db8 {
-        "documentation (2001:db8::/32)"
-    } else if s[0] == 0x0064 && s[1] == 0xff9b {
-        // NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48): the IPv4 address at the end.
-        return forbidden_v4(embedded(s[6], s[7])).map(|_| "NAT64, of a forbidden IPv4 range");
-    } else if s[0] == 0x2002 {
-        return forbidden_v4(embedded(s[1], s[2])).map(|_| "6to4, of a forbidden IPv4 range");
+    } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // SIIT's IPv4-translated form embeds an IPv4 address too, and is never routed as is.
+        "IPv4-translated (::ffff:0:0:0/96)"
     } else if s[..6] == [0, 0, 0, 0, 0, 0] {
         "IPv4-compatible (::/96)"
+    } else if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1 {
+        "NAT64 local use (64:ff9b:1::/48)"
+    } else if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        // NAT64 (64:ff9b::/96): the IPv4 address at the end.
+        return forbidden_v4(embedded(s[6], s[7])).map(|_| "NAT64, of a forbidden IPv4 range");
+    } else if s[0] == 0x0100 && s[1..3] == [0, 0] && s[3] <= 1 {
+        "discard-only or dummy prefix (100::/64, 100:0:0:1::/64)"
+    } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+        "documentation (2001:db8::/32)"
+    } else if s[0] == 0x2001 && s[1] < 0x0200 {
+        "IETF protocol assignments (2001::/23, Teredo 2001::/32 included)"
+    } else if s[0] == 0x2002 {
+        return forbidden_v4(embedded(s[1], s[2])).map(|_| "6to4, of a forbidden IPv4 range");
+    } else if s[0] == 0x3fff && s[1] < 0x1000 {
+        "documentation (3fff::/20)"
+    } else if s[0] == 0x5f00 {
+        "SRv6 SIDs (5f00::/16)"
+    } else if (s[0] & 0xe000) != 0x2000 {
+        "not global unicast (outside 2000::/3)"
     } else {
         return None;
     };
@@ -218,6 +240,26 @@ mod tests {
             "2002:7f00:1::",
             "2001:db8::1",
             "::127.0.0.1",
+            "192.88.99.1",
+            "2002:c058:6301::",
+            // SIIT (IPv4-translated): 127.0.0.1, 169.254.169.254, and a public one too.
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
+            "::ffff:0:808:808",
+            "100::1",
+            "100::ffff:ffff:ffff:ffff",
+            "100:0:0:1::1",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:1ff:ffff::1",
+            "2001:20::1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1::808:808",
+            "3fff::1",
+            "3fff:fff:ffff::1",
+            "5f00::1",
+            "4000::1",
+            "1::1",
         ] {
             let ip: IpAddr = bad.parse().unwrap();
             assert!(forbidden(ip).is_some(), "{bad} should be refused");
@@ -231,6 +273,12 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::",
+            "2001:200::1",
+            "2001:4860:4860::8888",
+            "3fff:1000::1",
+            "2a00:1450::1",
+            "192.88.100.1",
+            "192.31.196.1",
         ] {
             let ip: IpAddr = good.parse().unwrap();
             assert_eq!(forbidden(ip), None, "{good} should be allowed");

@@ -25,7 +25,7 @@ pub enum DeliveryState {
     Pending,
     /// The receiver answered 2xx.
     Delivered,
-    /// Given up at the end of the horizon.
+    /// Given up: at the end of the horizon, or when the receiver answered `410 Gone`.
     GivenUp,
 }
 
@@ -130,6 +130,15 @@ impl Delivery {
     }
 }
 
+/// Where a page of a job's deliveries starts, and its order (`GET /async/jobs/{id}/deliveries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryPage {
+    /// Oldest first: the deliveries whose id is above this one (0: from the first).
+    After(u64),
+    /// Newest first: the deliveries whose id is below this one (`None`: from the newest).
+    Before(Option<u64>),
+}
+
 /// A delivery held by this process.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -146,20 +155,25 @@ pub enum Outcome {
     Delivered,
     /// Failed: retry after `retry_in`, unless that passes `horizon` after the event.
     Failed {
-        /// The backoff delay.
+        /// The backoff delay (or the receiver's `Retry-After`, when longer).
         retry_in: Duration,
         /// `notify.horizon`.
         horizon: Duration,
     },
+    /// Failed for good (the receiver answered `410 Gone`): given up now.
+    Gone,
 }
 
 /// The state and next due time after an attempt that ended `outcome` at `now`.
 pub fn plan(created_at: Micros, now: Micros, outcome: Outcome) -> (DeliveryState, Option<Micros>) {
     match outcome {
         Outcome::Delivered => (DeliveryState::Delivered, None),
+        Outcome::Gone => (DeliveryState::GivenUp, None),
         Outcome::Failed { retry_in, horizon } => {
-            let due = now.saturating_add(retry_in.as_micros() as i64);
-            if due > created_at.saturating_add(horizon.as_micros() as i64) {
+            // A `Retry-After` may be any size: saturated, never wrapped.
+            let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+            let due = now.saturating_add(us(retry_in));
+            if due > created_at.saturating_add(us(horizon)) {
                 (DeliveryState::GivenUp, None)
             } else {
                 (DeliveryState::Pending, Some(due))
@@ -254,12 +268,50 @@ pub trait DeliveryStore: Send + Sync {
         attempt: Attempt,
         outcome: Outcome,
     ) -> Result<Option<DeliveryState>>;
-    /// A job's deliveries, oldest first, at most `limit`.
-    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>>;
+    /// A page of a job's deliveries, at most `limit`, from and in the order `page` says.
+    async fn deliveries_page(
+        &self,
+        job: Uuid,
+        page: DeliveryPage,
+        limit: usize,
+    ) -> Result<Vec<Delivery>>;
+    /// A job's first deliveries, oldest first, at most `limit`.
+    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
+        self.deliveries_page(job, DeliveryPage::After(0), limit)
+            .await
+    }
     /// When the next pending delivery is due (claims included: a claim is due when its hold ends).
     async fn deliveries_next_due(&self) -> Result<Option<Micros>>;
     /// Pending deliveries (due, being attempted, or waiting for a retry).
     async fn deliveries_pending(&self) -> Result<u64>;
     /// Deletes delivered and given-up deliveries that ended before `before`; returns how many.
     async fn deliveries_trim(&self, before: Micros) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gone_receiver_or_a_delay_past_the_horizon_ends_the_delivery() {
+        let hour = Duration::from_secs(3600);
+        let (t0, now) = (1_000_000_000, 1_000_000_000 + 60_000_000);
+        let failed = |retry_in| Outcome::Failed {
+            retry_in,
+            horizon: hour,
+        };
+        assert_eq!(
+            plan(t0, now, failed(Duration::from_secs(30))),
+            (DeliveryState::Pending, Some(now + 30_000_000))
+        );
+        assert_eq!(plan(t0, now, Outcome::Gone), (DeliveryState::GivenUp, None));
+        // Any `Retry-After`, however large, saturates rather than wrapping to a past time.
+        for d in [2 * hour, Duration::from_secs(u64::MAX), Duration::MAX] {
+            assert_eq!(
+                plan(t0, now, failed(d)),
+                (DeliveryState::GivenUp, None),
+                "{d:?}"
+            );
+        }
+    }
 }

@@ -151,12 +151,74 @@ pub struct Attached {
     pub size: u64,
 }
 
-/// `GET /async/jobs/{id}/deliveries`.
+/// `GET /async/jobs/{id}/deliveries` (`api::notify::deliveries`).
 #[derive(ToSchema)]
 pub struct Deliveries {
     pub job_id: uuid::Uuid,
-    pub notify: Option<Value>,
-    pub deliveries: Vec<Value>,
+    /// The job's webhook; null when it has none.
+    pub notify: Option<NotifyView>,
+    /// A page of the job's deliveries, in the order asked for.
+    pub deliveries: Vec<DeliveryView>,
+    /// The page's last delivery (the cursor given when the page is empty; null for an empty
+    /// newest-first page without `before`): pass it as `after` (oldest first) or `before`
+    /// (newest first) for the next page.
+    pub next: Option<u64>,
+}
+
+/// A job's webhook (`NotifySpec`).
+#[derive(ToSchema)]
+pub struct NotifyView {
+    pub url: String,
+    pub events: Vec<NotifyEventWord>,
+}
+
+/// An event word of a webhook.
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+pub enum NotifyEventWord {
+    terminal,
+    status,
+    progress,
+}
+
+/// One delivery (`Delivery::to_public`).
+#[derive(ToSchema)]
+pub struct DeliveryView {
+    /// Increasing per store.
+    pub id: u64,
+    pub url: String,
+    /// The delivered event's id in the streams.
+    pub event_id: String,
+    /// `status` or `progress`.
+    pub event_type: Option<String>,
+    /// A status event's status.
+    pub event_status: Option<JobStatus>,
+    pub state: DeliveryStateWord,
+    pub created_at: String,
+    /// A pending delivery's next attempt.
+    pub next_attempt_at: Option<String>,
+    /// Attempts made (the records below keep the last 50).
+    pub attempt_count: u64,
+    pub attempts: Vec<DeliveryAttemptView>,
+}
+
+/// Where a delivery stands (`DeliveryState`).
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+pub enum DeliveryStateWord {
+    pending,
+    delivered,
+    given_up,
+}
+
+/// One attempt of a delivery.
+#[derive(ToSchema)]
+pub struct DeliveryAttemptView {
+    pub at: String,
+    /// The receiver's HTTP status; null without an answer.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
 }
 
 /// `POST /async/notify/keys`: an endpoint's signing key (shown to admins only; not cached).

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, ErrorKind, RedisError};
 
-use super::transient;
 use crate::store::{Result, StoreError};
 
 /// The connection every command of the store takes (cheap clones share it).
@@ -32,6 +31,19 @@ struct Inner {
 /// The shortest time between two tries at a new manager.
 const RENEW_GAP: Duration = Duration::from_secs(1);
 
+/// Errors worth retrying: the connection, or a Redis that is starting or failing over.
+pub(super) fn transient(e: &RedisError) -> bool {
+    use ::redis::ErrorKind::*;
+    matches!(
+        e.kind(),
+        IoError | BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
+    ) || e.is_connection_dropped()
+        // Credentials refused on a reconnect: retried, with a new connection (`conn.rs`).
+        || stuck(e)
+        || e.is_connection_refusal()
+        || e.is_timeout()
+}
+
 /// What a write Redis refused for lack of memory answers (Redis's own message names a script's
 /// hash and line, which say nothing to a client).
 pub(super) const OUT_OF_MEMORY: &str = "redis is out of memory (`maxmemory` reached, policy \
@@ -40,7 +52,9 @@ pub(super) const OUT_OF_MEMORY: &str = "redis is out of memory (`maxmemory` reac
 /// Redis refused a write for lack of memory (`OOM command not allowed when used memory >
 /// 'maxmemory'`): with `noeviction` a script's first write is refused, so nothing was written.
 pub(super) fn out_of_memory(e: &RedisError) -> bool {
-    e.code() == Some("OOM") || e.to_string().contains("command not allowed when used memory")
+    e.code() == Some("OOM")
+        || e.to_string()
+            .contains("command not allowed when used memory")
 }
 
 /// An error the manager does not heal from by itself: a failed authentication.

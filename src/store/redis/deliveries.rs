@@ -19,8 +19,8 @@ use uuid::Uuid;
 use super::{json_err, RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryState, DeliveryStore,
-    Outcome, CLAIM_LOOK_PAST, MAX_ATTEMPT_RECORDS,
+    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage, DeliveryState,
+    DeliveryStore, Outcome, CLAIM_LOOK_PAST, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -44,6 +44,39 @@ pub(super) fn commit_arg(job: &Job, ev: Option<EventKind>) -> String {
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt delivery: {what}"))
+}
+
+impl RedisStore {
+    /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
+    async fn delivery_ids(
+        &self,
+        job: Uuid,
+        page: DeliveryPage,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let idx = self.keyed("dlv:job:", job);
+        let cmd = match page {
+            DeliveryPage::After(n) => ::redis::cmd("ZRANGEBYSCORE")
+                .arg(&idx)
+                .arg(format!("({n}"))
+                .arg("+inf")
+                .clone(),
+            DeliveryPage::Before(n) => ::redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&idx)
+                .arg(n.map_or("+inf".to_string(), |n| format!("({n}")))
+                .arg("-inf")
+                .clone(),
+        }
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .clone();
+        self.exec(true, |mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -132,18 +165,13 @@ impl DeliveryStore for RedisStore {
         Ok((ok == 1).then_some(state))
     }
 
-    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
-        let idx = self.keyed("dlv:job:", job);
-        let ids: Vec<String> = self
-            .exec(true, |mut c| {
-                let cmd = ::redis::cmd("ZRANGE")
-                    .arg(&idx)
-                    .arg(0)
-                    .arg(limit.saturating_sub(1))
-                    .clone();
-                async move { cmd.query_async(&mut c).await }
-            })
-            .await?;
+    async fn deliveries_page(
+        &self,
+        job: Uuid,
+        page: DeliveryPage,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let ids = self.delivery_ids(job, page, limit).await?;
         if ids.is_empty() {
             return Ok(vec![]);
         }

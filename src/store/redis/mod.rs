@@ -58,6 +58,7 @@ mod chanidx;
 mod clock;
 mod commit;
 mod conn;
+use conn::transient;
 mod counts;
 mod deliveries;
 mod events;
@@ -241,19 +242,6 @@ pub struct RedisStore {
 /// (`store.records = "compact"`): every node reads both. Public for the fuzz targets.
 pub fn read_job_record(body: &str) -> Result<Job> {
     crate::store::job_record::read_inline(body)
-}
-
-/// Errors worth retrying: the connection, or a Redis that is starting or failing over.
-fn transient(e: &RedisError) -> bool {
-    use ::redis::ErrorKind::*;
-    matches!(
-        e.kind(),
-        IoError | BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
-    ) || e.is_connection_dropped()
-        // Credentials refused on a reconnect: retried, with a new connection (`conn.rs`).
-        || conn::stuck(e)
-        || e.is_connection_refusal()
-        || e.is_timeout()
 }
 
 /// The shortest try of a command, however little of `store.retry` is left.

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::{db_err, exec, json_err, rows, SqliteStore};
 use crate::job::{now_us, EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryState, DeliveryStore,
-    Outcome, MAX_ATTEMPT_RECORDS,
+    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage, DeliveryState,
+    DeliveryStore, Outcome, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -239,12 +239,27 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn deliveries(&self, job: Uuid, limit: usize) -> Result<Vec<Delivery>> {
+    async fn deliveries_page(
+        &self,
+        job: Uuid,
+        page: DeliveryPage,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let id = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let (cond, order, from) = match page {
+            DeliveryPage::After(n) => (">", "", id(n)),
+            // No cursor: below the largest rowid (AUTOINCREMENT stops before it).
+            DeliveryPage::Before(n) => ("<", " DESC", n.map_or(i64::MAX, id)),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM deliveries WHERE job_id = ?1 AND id {cond} ?2
+             ORDER BY id{order} LIMIT ?3"
+        );
         self.read(move |c| {
             let rows: Vec<Row> = rows(
                 c,
-                &format!("SELECT {COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id LIMIT ?2"),
-                params![job.to_string(), limit as i64],
+                &sql,
+                params![job.to_string(), from, limit.min(i64::MAX as usize) as i64],
                 read_row,
             )?;
             rows.into_iter().map(to_delivery).collect()
