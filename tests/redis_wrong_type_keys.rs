@@ -340,3 +340,84 @@ async fn the_dashboard_counts_and_retention_pass_a_job_key_of_another_type() {
         .expect("type");
     assert_eq!(kind, "string");
 }
+
+/// A channel's event stream (or list) of the wrong type fails the writes to that channel only,
+/// and a write that failed stored nothing. Writes of several callers (or a batch submit) share
+/// one script call: the innocent writes of the call were stored but answered with its error
+/// (a client retrying ran them twice), and so were the claims in it (wedged until reaped).
+async fn a_channel_key_of_another_type_fails_its_own_writes_only(lists: bool) {
+    let r = TestRedis::start();
+    let s: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        channel_lists: lists,
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    let mut c = raw(&r).await;
+    let broken = format!("{}:{}:shared", r.prefix, if lists { "evl" } else { "evc" });
+    let _: () = ::redis::cmd("SET")
+        .arg(&broken)
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let on = |channel: &str| {
+        let mut j = Job::new("t", "r", now_us());
+        j.channel_id = channel.into();
+        j
+    };
+    // One script call: a batch submit.
+    let batch = vec![on("other"), on("shared"), on("other")];
+    // The call's error, if it fails whole, is the answer to each of its submits.
+    let results: Vec<Result<(), String>> = match s.submit_many(batch.clone()).await {
+        Ok(r) => r
+            .into_iter()
+            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+            .collect(),
+        Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    for (j, res) in batch.iter().zip(&results) {
+        let stored = s.get(j.id).await.expect("get").is_some();
+        match res {
+            Ok(_) => assert!(stored, "answered stored: {}", j.channel_id),
+            Err(e) => {
+                assert!(!stored, "answered with {e} yet stored");
+                assert!(e.contains("WRONGTYPE"), "{e}");
+            }
+        }
+        assert_eq!(res.is_ok(), j.channel_id == "other", "{res:?}");
+    }
+    // Callers at once (the group commit puts them in shared calls).
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (s, j) = (s.clone(), on(if i % 2 == 0 { "shared" } else { "other" }));
+        tasks.push(tokio::spawn(async move { (j.clone(), s.submit(j).await) }));
+    }
+    let mut queued = vec![batch[0].id, batch[2].id];
+    for t in tasks {
+        let (j, res) = t.await.expect("task");
+        let stored = s.get(j.id).await.expect("get").is_some();
+        assert_eq!(res.is_ok(), stored, "{}: {res:?}", j.channel_id);
+        assert_eq!(res.is_ok(), j.channel_id == "other", "{res:?}");
+        if stored {
+            queued.push(j.id);
+        }
+    }
+    // The runner's claims go on: every job stored is claimed.
+    let mut claimed = ids(&s.claim("r", "w", 100, LEASE).await.expect("claim"));
+    claimed.sort();
+    queued.sort();
+    assert_eq!(claimed, queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_stream_of_another_type_fails_its_own_writes_only() {
+    a_channel_key_of_another_type_fails_its_own_writes_only(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_list_of_another_type_fails_its_own_writes_only() {
+    a_channel_key_of_another_type_fails_its_own_writes_only(true).await;
+}

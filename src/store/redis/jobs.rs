@@ -282,6 +282,8 @@ impl JobStore for RedisStore {
                     }
                     // Deleted by retention in between: try again.
                 }
+                // Nothing of it stored (a key of the wrong type, commit.lua).
+                Some(Reply::Failed(e)) => return Err(StoreError::Backend(e)),
                 other => return Err(StoreError::Backend(format!("submit: unexpected {other:?}"))),
             }
         }

@@ -68,6 +68,7 @@ mod notices;
 mod queue;
 mod records;
 mod replay;
+mod reply;
 mod retention;
 mod schedules;
 mod server_info;

@@ -214,7 +214,8 @@ impl JobQueue for RedisStore {
             for (w, r) in writes.iter().zip(replies) {
                 match r {
                     Reply::Ok => {}
-                    Reply::Gone => lost.push(w.job.id),
+                    // Gone, or not renewable (a key of the wrong type): its worker stops it.
+                    Reply::Gone | Reply::Failed(_) => lost.push(w.job.id),
                     _ => again.push((
                         w.job.id,
                         w.job.lease.as_ref().map(|l| l.token).unwrap_or_default(),
