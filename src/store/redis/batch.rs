@@ -64,6 +64,8 @@ impl RedisStore {
             }
             // A job id taken (ours after a lost reply): the single submit sorts it out.
             Reply::Exists => self.submit(w.job).await,
+            // Nothing of it stored (a key of the wrong type), the others are.
+            Reply::Failed(e) => Err(StoreError::Backend(e)),
             other => Err(StoreError::Backend(format!("submit: unexpected {other:?}"))),
         }
     }

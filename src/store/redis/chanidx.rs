@@ -276,7 +276,13 @@ impl RedisStore {
         let c: Option<String> = self
             .exec(true, |mut c| {
                 let cmd = ::redis::cmd("HGET").arg(&key).arg("c").clone();
-                async move { cmd.query_async(&mut c).await }
+                // A key not a hash is no job's (the listing reads past it).
+                async move {
+                    match cmd.query_async(&mut c).await {
+                        Err(e) if super::records::wrong_type(&e) => Ok(None),
+                        r => r,
+                    }
+                }
             })
             .await?;
         Ok(c.filter(|c| c == channel).map(|_| channel.to_string()))

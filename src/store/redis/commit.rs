@@ -6,6 +6,8 @@ use std::sync::Weak;
 
 use tokio::sync::oneshot;
 
+use super::reply::parse_reply;
+pub(super) use super::reply::Reply;
 use super::write::{Packed, Write, DLVSEQ, SHARED};
 use super::*;
 use crate::store::FinishSlot;
@@ -37,15 +39,6 @@ fn channel_ttl_slack(s: &RedisSettings) -> Option<Duration> {
     let slack = ttl / 64;
     (ttl >= Duration::from_secs(3600) && (slack * 2 + s.retry + s.command_timeout) * 4 < ttl)
         .then_some(slack)
-}
-
-#[derive(Debug, Clone)]
-pub(super) enum Reply {
-    Ok,
-    Conflict,
-    Gone,
-    Exists,
-    Idem(String),
 }
 
 /// A change the committer decides as it builds its batch: the finish of an attempt whose start
@@ -193,23 +186,6 @@ pub(super) async fn committer(
     }
 }
 
-/// A reply of `commit.lua` to one write.
-fn parse_reply(r: Option<&str>) -> Result<Reply> {
-    let r = r.ok_or_else(|| StoreError::Backend("commit: a reply missing".into()))?;
-    Ok(if r.starts_with("OK:") || r.starts_with("OKH:") {
-        Reply::Ok
-    } else if let Some(other) = r.strip_prefix("IDEM:") {
-        Reply::Idem(other.to_string())
-    } else {
-        match r {
-            "CONFLICT" => Reply::Conflict,
-            "GONE" => Reply::Gone,
-            "EXISTS" => Reply::Exists,
-            other => return Err(StoreError::Backend(format!("commit: unexpected `{other}`"))),
-        }
-    })
-}
-
 impl RedisStore {
     /// Commits writes (each its own compare-and-set) and tells listeners about the committed ones.
     ///
@@ -286,7 +262,7 @@ impl RedisStore {
             let reply = match &late {
                 // The caller's write went within the finish's: one reply for both.
                 LateOutcome::Sent(_, w2, ttl2) => {
-                    let reply = parse_reply(raw.next().as_deref())?;
+                    let reply = parse_reply(raw.next().as_deref(), w.job.id)?;
                     if matches!(reply, Reply::Ok) {
                         self.told(w, false);
                         self.committed(w2, ttl2.then_some(sent), false);
@@ -310,7 +286,7 @@ impl RedisStore {
     /// The reply `r` of commit.lua to `w`, and what follows it in this process (see
     /// [`Self::committed`]; a write not committed leaves the cache).
     fn settle_reply(&self, w: &Write, r: Option<&str>, ttl: Option<Instant>) -> Result<Reply> {
-        let reply = parse_reply(r)?;
+        let reply = parse_reply(r, w.job.id)?;
         if matches!(reply, Reply::Ok) {
             // "OKH:": handed over to a parked worker (handover.rs), not queued.
             self.committed(w, ttl, r.is_some_and(|r| r.starts_with("OKH:")));
@@ -578,6 +554,7 @@ impl RedisStore {
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => return Ok(w.job),
                 Some(Reply::Gone) => return Err(StoreError::NotFound),
+                Some(Reply::Failed(e)) => return Err(StoreError::Backend(e)),
                 _ => {
                     mine = Some((w.body, w.job));
                     tokio::task::yield_now().await;

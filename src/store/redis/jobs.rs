@@ -132,16 +132,14 @@ impl RedisStore {
             .collect())
     }
 
-    /// The sizes of the records of `ids` (0: gone), one pipelined `HSTRLEN` each.
+    /// The sizes of the records of `ids` (0: gone, or a key not a hash, which
+    /// [`Self::bodies`] reads as unreadable), one pipelined `HSTRLEN` each.
     async fn body_sizes(&self, ids: &[Uuid]) -> Result<Vec<usize>> {
-        self.exec(true, |mut c| {
-            let mut p = ::redis::pipe();
-            for id in ids {
-                p.cmd("HSTRLEN").arg(self.keyed("job:", id)).arg("b");
-            }
-            async move { p.query_async(&mut c).await }
-        })
-        .await
+        let keys: Vec<String> = ids.iter().map(|id| self.keyed("job:", id)).collect();
+        let sizes = self
+            .per_key(&keys, |k| ::redis::cmd("HSTRLEN").arg(k).arg("b").clone())
+            .await?;
+        Ok(sizes.into_iter().map(|s| s.unwrap_or(0)).collect())
     }
 
     /// Reads the records of `ids` into `scan`, [`LOAD_BYTES`] a round trip, until a step says
@@ -173,22 +171,19 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(ids);
         }
-        let fields: Vec<(Option<String>, Option<String>)> = self
-            .exec(true, |mut c| {
-                let mut p = ::redis::pipe();
-                for id in &ids {
-                    p.cmd("HMGET").arg(self.keyed("job:", id)).arg("t").arg("c");
-                }
-                async move { p.query_async(&mut c).await }
+        let keys: Vec<String> = ids.iter().map(|id| self.keyed("job:", id)).collect();
+        let fields = self
+            .per_key::<(Option<String>, Option<String>)>(&keys, |k| {
+                ::redis::cmd("HMGET").arg(k).arg("t").arg("c").clone()
             })
             .await?;
         Ok(ids
             .into_iter()
             .zip(fields)
-            // A hash without them (none is written so; a job gone meanwhile) is decided by its
-            // body, as before.
+            // A hash without them (none is written so; a job gone meanwhile), or a key not a
+            // hash, is decided by its body, as before (which reads as unreadable, logged).
             .filter(|(_, f)| match f {
-                (Some(t), Some(c)) => v.sees_fields(t, c),
+                Ok((Some(t), Some(c))) => v.sees_fields(t, c),
                 _ => true,
             })
             .map(|(id, _)| id)
@@ -287,6 +282,8 @@ impl JobStore for RedisStore {
                     }
                     // Deleted by retention in between: try again.
                 }
+                // Nothing of it stored (a key of the wrong type, commit.lua).
+                Some(Reply::Failed(e)) => return Err(StoreError::Backend(e)),
                 other => return Err(StoreError::Backend(format!("submit: unexpected {other:?}"))),
             }
         }

@@ -68,7 +68,9 @@ mod jobs;
 mod logs;
 mod notices;
 mod queue;
+mod records;
 mod replay;
+mod reply;
 mod retention;
 mod schedules;
 mod server_info;
@@ -79,6 +81,7 @@ mod tail;
 use commit::{committer, Pending, CAS_TRIES, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
+pub use records::read_job_record;
 use server_info::{check_permissions, redact, server_version, warn_if_evicting};
 pub use tail::EventTail;
 pub use write::{commit_args, read_event_record};
@@ -236,12 +239,6 @@ pub struct RedisStore {
     /// Parked workers and jobs handed over to them (`handover.rs`), unless switched off.
     handover: Option<handover::Handover>,
     _stop: DropGuard,
-}
-
-/// A job record (a job hash's `b`): the job's JSON, or the compact form
-/// (`store.records = "compact"`): every node reads both. Public for the fuzz targets.
-pub fn read_job_record(body: &str) -> Result<Job> {
-    crate::store::job_record::read_inline(body)
 }
 
 /// The shortest try of a command, however little of `store.retry` is left.
@@ -424,27 +421,6 @@ impl RedisStore {
             })
             .await?;
         Ok(first.first().map(|(_, s)| *s as Micros))
-    }
-
-    /// The record (`b` field) of the hash `key`, none when it is absent.
-    pub(crate) async fn body(&self, key: &str) -> Result<Option<String>> {
-        self.exec(true, |mut c| {
-            let cmd = ::redis::cmd("HGET").arg(key).arg("b").clone();
-            async move { cmd.query_async(&mut c).await }
-        })
-        .await
-    }
-
-    /// The records (`b` fields) of the hashes `keys`, in one round trip.
-    pub(crate) async fn bodies(&self, keys: &[String]) -> Result<Vec<Option<String>>> {
-        self.exec(true, |mut c| {
-            let mut p = ::redis::pipe();
-            for k in keys {
-                p.cmd("HGET").arg(k).arg("b");
-            }
-            async move { p.query_async(&mut c).await }
-        })
-        .await
     }
 
     /// Removes `member` from the sorted set `key`.

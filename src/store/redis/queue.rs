@@ -147,7 +147,9 @@ impl JobQueue for RedisStore {
                 .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
             // A record this build cannot read is left out, not the whole claim (logged): the
             // reaper puts its reservation back in its queue (its hash says QUEUED), so it is
-            // picked again, and left out again, each reservation cycle.
+            // picked again, and left out again, each reservation cycle. A job key that is not
+            // a hash (records.rs) is left out the same way, and its reservation stays in the
+            // lease set (claim.lua) until the hash reads again.
             let id = || ::redis::from_redis_value::<String>(&chunk[0]).unwrap_or_default();
             let Some(job) = readable(&body, id, "claim") else {
                 continue;
@@ -212,7 +214,8 @@ impl JobQueue for RedisStore {
             for (w, r) in writes.iter().zip(replies) {
                 match r {
                     Reply::Ok => {}
-                    Reply::Gone => lost.push(w.job.id),
+                    // Gone, or not renewable (a key of the wrong type): its worker stops it.
+                    Reply::Gone | Reply::Failed(_) => lost.push(w.job.id),
                     _ => again.push((
                         w.job.id,
                         w.job.lease.as_ref().map(|l| l.token).unwrap_or_default(),
@@ -261,7 +264,8 @@ impl JobQueue for RedisStore {
                         // An entry without its job (deleted by hand): drop it, or it comes back.
                         self.zrem(key.clone(), id.to_string()).await?;
                     }
-                    // A record this build cannot read: the others due are promoted all the same.
+                    // A record this build cannot read (or a job key not a hash, records.rs):
+                    // the others due are promoted all the same.
                     Err(e) if crate::store::job_record::is_corrupt(&e) => {
                         crate::store::job_record::log_unreadable(&id.to_string(), "promotion", &e);
                         unreadable += 1;
@@ -319,7 +323,8 @@ impl JobQueue for RedisStore {
                 .chunks_exact(2)
                 .filter_map(|c| readable(&c[1], || c[0].clone(), "expired lease"))
                 .collect();
-            // Records this build cannot read stay in the lease set, oldest first: a page they
+            // Records this build cannot read (and job keys not hashes, or whose runner's queue
+            // is not a sorted set: expired.lua) stay in the lease set, oldest first: a page they
             // filled is passed (the active entries stay where they are, the script removed the
             // others), so that they do not keep the readable ones behind them from the reaper.
             let unreadable = active.len() / 2 - page.len();

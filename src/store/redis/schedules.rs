@@ -45,6 +45,10 @@ impl RedisStore {
 }
 
 fn parse(body: &str) -> Result<Schedule> {
+    if let Some(e) = body.strip_prefix(super::records::WRONG) {
+        let e = format!("corrupt record: the schedule's key is not a hash ({e})");
+        return Err(StoreError::Backend(e));
+    }
     serde_json::from_str(body).map_err(json_err)
 }
 

@@ -70,6 +70,7 @@ impl RedisStore {
             match replies.pop() {
                 Some(Reply::Ok) => {}
                 Some(Reply::Gone) => return Err(StoreError::NotFound),
+                Some(Reply::Failed(e)) => return Err(StoreError::Backend(e)),
                 _ => {
                     // Lost the compare-and-set (or the reply): load and apply again, with the
                     // finish taken, if one was.

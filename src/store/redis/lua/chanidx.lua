@@ -82,12 +82,20 @@ local function job_of(e)
   return d.job_id, d.channel_id
 end
 
+-- The channel of job `id` (its hash's `c`), nil when it has none or its key is of another type
+-- (a hand edit: no job's, and a rebuild or catch-up must not fail on it for good).
+local function chan_of(id)
+  local c = redis.pcall('HGET', job_p .. id, 'c')
+  if type(c) == 'table' then return nil end
+  return c
+end
+
 -- A job whose channel is not its own id, in its channel's set, if it (still) exists with it.
 -- False when the event names no job (none is written so): the index cannot say what it missed.
 local function add(id, c)
   if not id or id == '' then return false end
   if c ~= id then
-    local stored = redis.call('HGET', job_p .. id, 'c')
+    local stored = chan_of(id)
     if stored and stored ~= id and (c == nil or stored == c) then
       redis.call('ZADD', jch_p .. stored, 0, id)
     end
@@ -153,7 +161,7 @@ elseif op == 'walk' then
   if ARGV[7] ~= '' then from = '(' .. ARGV[7] end
   local ids = redis.call('ZRANGE', all, from, '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[8]))
   for _, id in ipairs(ids) do
-    local c = redis.call('HGET', job_p .. id, 'c')
+    local c = chan_of(id)
     if c and c ~= id then redis.call('ZADD', jch_p .. c, 0, id) end
   end
   return { 'ok', ids[#ids] or '', #ids }

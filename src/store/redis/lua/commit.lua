@@ -70,7 +70,10 @@
 --   when the job was handed over to a parked worker, see `hand`), 'CONFLICT'
 --   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
 --   submit whose id is already stored: a retried submit), 'IDEM:<job id>' (a submit whose
---   idempotency key is taken).
+--   idempotency key is taken), 'ERR:<error>' (a key of the write of the wrong type: nothing of
+--   it was written), 'PART:<error>' (a key of the wrong type met after the job's hash and index
+--   entries were written: the job is stored, what that key was for is missing, e.g. its event in
+--   the channel's stream).
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
@@ -132,6 +135,19 @@ end
 local glimit, climit, cttl = tonumber(H.glimit), tonumber(H.climit), tonumber(H.cttl)
 local cmin = tonumber(H.cmin)
 local announced, notice, evented = {}, H.origin, false
+
+-- A write's channel stream or list (`evc`, `evl`) of another type (an operator's mistake,
+-- another program sharing the Redis) fails that write before it writes anything: checked
+-- once per call and key (`TYPE`, no round trip). It once failed the whole call after the writes
+-- before it were made, and every caller of the call was told that nothing was stored.
+local typed = {}
+local function wrong_type(key, want)
+  if not key or typed[key] then return nil end
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= want and t ~= 'none' then return 'WRONGTYPE ' .. key .. ' is a ' .. t end
+  typed[key] = true
+  return nil
+end
 
 -- `MAXLEN ~` trims whole stream nodes (100 entries by default), so it cannot keep a smaller
 -- stream bounded: small limits are exact.
@@ -430,13 +446,20 @@ end
 
 local function commit_one(w)
   local K, id = w.K, w.id
-  local cur = redis.call('HMGET', K.job, 'v', 's')
+  local cur = redis.pcall('HMGET', K.job, 'v', 's')
+  if cur.err then return 'ERR:' .. cur.err end
+  if w.event or w.event0 then
+    local bad
+    if K.evl then bad = wrong_type(K.evl, 'list') else bad = wrong_type(K.evc, 'stream') end
+    if bad then return 'ERR:' .. bad end
+  end
   local old = cur[2]
   if not w.v then
     if cur[1] then return 'EXISTS' end
     if K.idem then
       local other = redis.call('GET', K.idem)
       if other then return 'IDEM:' .. other end
+      w.wrote = true
       redis.call('SET', K.idem, id)
     end
     if K.all then zset(K.all, id, 0) end
@@ -445,6 +468,7 @@ local function commit_one(w)
     if not cur[1] then return 'GONE' end
     if cur[1] ~= w.v then return 'CONFLICT' end
   end
+  w.wrote = true
   redis.call('HSET', K.job, 'v', w.nv, 's', w.st, 'r', w.r, 'q', w.q, 'c', w.c, 'b', w.b, 't', w.t)
   if w.idem then redis.call('HSET', K.job, 'k', w.idem) end
   if w.files then
@@ -467,14 +491,23 @@ local function commit_one(w)
   return 'OK:' .. eid
 end
 
--- A command that fails mid-call (a key of the wrong type, say) ends the script, and what it
--- wrote stays: the index changes of the writes already made are applied and announced before the
--- error goes back, so a job whose hash was written is counted, listed and queued (a retried
--- submit finds it as `EXISTS`), never stored but out of every index.
+-- A key of the wrong type met by one write (one not checked above) fails that write only: its
+-- reply says whether it wrote anything ('ERR:', 'PART:'), and the other writes go on. Any other
+-- failing command ends the script, and what it wrote stays: the index changes of the writes
+-- already made are applied and announced before the error goes back, so a job whose hash was
+-- written is counted, listed and queued (a retried submit finds it as `EXISTS`), never stored
+-- but out of every index.
 local out = {}
 local ok, err = pcall(function()
   for j, w in ipairs(W) do
-    out[j] = commit_one(w)
+    local done, r = pcall(commit_one, w)
+    if not done then
+      local e = r
+      if type(e) == 'table' then e = e.err end
+      if type(e) ~= 'string' or not string.match(e, '^WRONGTYPE') then error(r, 0) end
+      if w.wrote then r = 'PART:' .. e else r = 'ERR:' .. e end
+    end
+    out[j] = r
   end
 end)
 flush_index()

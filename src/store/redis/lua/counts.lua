@@ -15,7 +15,8 @@ if redis.call('EXISTS', ready) == 1 then return 0 end
 redis.call('DEL', jc)
 for _, id in ipairs(redis.call('ZRANGE', all, 0, -1)) do
   local key = job_prefix .. id
-  local h = redis.call('HMGET', key, 's', 't', 'b', 'q')
+  -- pcall: a job key of another type (a hand edit) is not counted, like a hash without `t`.
+  local h = redis.pcall('HMGET', key, 's', 't', 'b', 'q')
   if h[1] then
     local t = h[2]
     if not t then

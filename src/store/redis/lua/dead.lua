@@ -13,7 +13,8 @@ local prefix, from, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYLEX', errors, from, '+', 'LIMIT', 0, n)
 local counts, order = {}, {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', prefix .. id, 's', 'b')
+  -- pcall: a job key of another type (a hand edit) is passed, not the whole count failed.
+  local h = redis.pcall('HMGET', prefix .. id, 's', 'b')
   if h[1] == 'ERROR' then
     local ok, j = pcall(cjson.decode, h[2] or '')
     local t, attempt, max

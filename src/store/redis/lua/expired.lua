@@ -2,7 +2,11 @@
 -- - a claim reservation whose job is still QUEUED (its claimer died before saving the claim)
 --   goes back to the runner's queue, at its old place;
 -- - an active job (STARTING/RUNNING) is returned: its lease expired, the reaper decides in Rust;
--- - anything else is a stale entry and is dropped.
+-- - anything else is a stale entry and is dropped;
+-- - a job whose hash is of another type (a hand edit, another program sharing the Redis) is
+--   returned as an active one with `!` and Redis's error in place of its record: it stays in
+--   the set (the reaper passes it, logged), read again each pass, and goes back to its queue
+--   once its hash reads again (QUEUED). It once failed every pass, and the reaper stalled.
 -- Safe on every node at once: each step is atomic and idempotent.
 --
 -- KEYS[1] `P:lease`. The jobs' hashes `P:job:{id}` and their runners' queues `P:q:{runner}` are
@@ -23,20 +27,30 @@ local announced, notice = {}, ''
 local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now, 'LIMIT', tonumber(A.skip) or 0, max)
 local out = { tostring(#ids) }
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', job_prefix .. id, 's', 'r', 'q', 'b')
+  local h = redis.pcall('HMGET', job_prefix .. id, 's', 'r', 'q', 'b')
   local st = h[1]
-  if st == 'STARTING' or st == 'RUNNING' then
+  if h.err then
+    out[#out + 1] = id
+    out[#out + 1] = '!' .. h.err
+  elseif st == 'STARTING' or st == 'RUNNING' then
     out[#out + 1] = id
     out[#out + 1] = h[4] or ''
-  else
-    redis.call('ZREM', leases, id)
-    if st == 'QUEUED' then
-      redis.call('ZADD', queue_prefix .. h[2], h[3], id)
+  elseif st == 'QUEUED' then
+    -- Back in its queue first, out of the set then: a queue of another type keeps the
+    -- reservation where it is (passed like an unreadable record), never in neither.
+    local r = redis.pcall('ZADD', queue_prefix .. h[2], h[3], id)
+    if type(r) == 'table' and r.err then
+      out[#out + 1] = id
+      out[#out + 1] = '!' .. r.err
+    else
+      redis.call('ZREM', leases, id)
       if not announced[h[2]] then
         announced[h[2]] = true
         notice = notice .. '\nQ ' .. h[2]
       end
     end
+  else
+    redis.call('ZREM', leases, id)
   end
 end
 if notice ~= '' and A.notices then redis.call('PUBLISH', A.notices, notice) end

@@ -36,7 +36,8 @@ end
 local counts, order = {}, {}
 local lastm, mstr = nil, ''
 for i, id in ipairs(ids) do
-  local h = redis.call('HMGET', prefix .. id, 's', 't')
+  -- pcall: a job key of another type (a hand edit) is passed, not the whole count failed.
+  local h = redis.pcall('HMGET', prefix .. id, 's', 't')
   local st, t = h[1], h[2]
   if st and not t then
     -- Written before jobs had `t`: the type from the record.

@@ -15,9 +15,8 @@ local before, max = ARGV[1], tonumber(ARGV[2])
 local job_p, st_p, idem_p, fref_p, log_p, logn_p = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local jch_p = ARGV[9]
 local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. before, 'LIMIT', 0, max)
-for _, id in ipairs(ids) do
-  local key = job_p .. id
-  local h = redis.call('HMGET', key, 's', 'k', 'f', 't', 'c')
+-- Deletes job `id` (its hash `key`, whose fields `h` were read) with everything of it.
+local function forget(id, key, h)
   if h[1] then redis.call('ZREM', st_p .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
   if h[1] and h[4] then
@@ -37,6 +36,19 @@ for _, id in ipairs(ids) do
   if h[5] and h[5] ~= id then redis.call('ZREM', jch_p .. h[5], id) end
   redis.call('DEL', key, log_p .. id, logn_p .. id)
   redis.call('ZREM', all, id)
+end
+
+for _, id in ipairs(ids) do
+  local key = job_p .. id
+  local h = redis.pcall('HMGET', key, 's', 'k', 'f', 't', 'c')
+  if h.err then
+    -- A job key of another type (a hand edit, another program sharing the Redis): not
+    -- deleted (what it is is not known), but out of `P:fin`, so that retention goes on past it
+    -- (it failed every pass); the job stays listed where it is (a listing logs it unreadable).
+    redis.log(redis.LOG_WARNING, 'runyard retention: ' .. key .. ' left as it is: ' .. h.err)
+  else
+    forget(id, key, h)
+  end
   redis.call('ZREM', fin, id)
 end
 return #ids
