@@ -294,7 +294,10 @@ mod tests {
         store.schedule("nightly").await.unwrap();
         store.signals_page("k", 0, 10, 1 << 20).await.unwrap();
         store.job_counts().await.unwrap();
-        store.deliveries(id, 10).await.unwrap();
+        store
+            .deliveries_page(id, DeliveryPage::After(0), 10)
+            .await
+            .unwrap();
         store.wait_next_deadline().await.unwrap();
         // The one forwarder written by hand (its error type is not the store's).
         let now_ms = crate::job::now_us() / 1000;
@@ -321,7 +324,7 @@ mod tests {
             "schedule",
             "signals_page",
             "job_counts",
-            "deliveries",
+            "deliveries_page",
             "wait_next_deadline",
             "remember_once",
         ] {
