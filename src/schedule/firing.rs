@@ -67,7 +67,7 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
     let mut trimmed = std::time::Instant::now();
     // Since when the loop has been working without a pause (schedules still due after each
     // pass): a fire time is late by how long before that it was, not by how long the backlog
-    // took (`super::plan_busy`). Reset once nothing is due, or the store failed.
+    // took (`super::plan_busy`). Reset once nothing is due, or a pass failed.
     let mut busy_since: Option<Micros> = None;
     loop {
         if trimmed.elapsed() >= SIGNAL_TRIM_EVERY {
@@ -81,25 +81,26 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
         }
         let now = clock();
         let busy = *busy_since.get_or_insert(now);
-        // `trouble`: a wake-up that failed (tried again in a second); `down`: the store failed,
-        // so the loop was not working meanwhile.
-        let (mut trouble, mut down) = (false, false);
+        // A wake-up that failed: tried again in a second.
+        let mut trouble = false;
         match f.store.schedules_due(now, BATCH).await {
             Ok(names) => {
                 for name in names {
                     if let Err(e) = f.tick(&name, busy).await {
                         trouble = true;
-                        down |= matches!(e, StoreError::Unavailable(_));
                         tracing::warn!(schedule = %name, error = %e, "schedule not handled; retrying");
                     }
                 }
             }
             Err(e) => {
-                (trouble, down) = (true, true);
+                trouble = true;
                 tracing::warn!(error = %e, "cannot read due schedules");
             }
         }
-        if down {
+        // A pass that failed anywhere was not the loop working through a backlog: the next
+        // counts lateness from its own start (a store refusing writes for hours must not make
+        // its fires "late, not missed" afterwards).
+        if trouble {
             busy_since = None;
         }
         let wait = if trouble {

@@ -98,6 +98,12 @@ pub(super) async fn check_permissions(
         .await
         .map_err(refused)?;
     if let [command, error] = failed.as_slice() {
+        if error.contains("command not allowed when used memory") {
+            return Err(StoreError::Unavailable(format!(
+                "redis is out of memory (`maxmemory` reached): it refused a write at start \
+                 ({command}): {error}"
+            )));
+        }
         return Err(StoreError::Unavailable(format!(
             "the Redis user cannot run `{command}`, which runyard needs: {error} (docs/redis.md \
              lists the commands; an ACL with `+@all` on the prefix's keys and channels does)"
@@ -116,6 +122,12 @@ pub(super) async fn check_permissions(
     pipe.cmd("HGETALL").arg(&key).ignore();
     pipe.cmd("HSTRLEN").arg(&key).arg("f").ignore();
     pipe.cmd("SSCAN").arg(&key).arg(0).ignore();
+    pipe.cmd("ZSCORE").arg(&key).arg("a").ignore();
+    pipe.cmd("ZREVRANGEBYSCORE")
+        .arg(&key)
+        .arg("+inf")
+        .arg("-inf")
+        .ignore();
     pipe.cmd("BLMPOP")
         .arg(0.001)
         .arg(1)
@@ -136,8 +148,8 @@ pub(super) fn eviction_warning(info_memory: &str) -> Option<String> {
         format!(
             "Redis's maxmemory-policy is `{policy}`: once it is full it deletes keys, and \
              runyard's jobs, queues and leases with them (jobs lost or run twice). Set \
-             `maxmemory-policy noeviction` (writes are then refused when full, and runyard \
-             answers 503)"
+             `maxmemory-policy noeviction` (writes are then refused when full, nothing of them \
+             stored, and /health/ready says so)"
         )
     })
 }

@@ -27,7 +27,7 @@ while claimed < max and passed <= look_past do
     math.max(max - claimed, 100))
   if #ids == 0 then break end
   for _, n in ipairs(ids) do
-    if claimed >= max then break end
+    if claimed >= max or passed > look_past then break end
     local k = dlv_prefix .. n
     -- The URL alone first: a delivery passed over costs a short read, not its event.
     local u = redis.call('HGET', k, 'u')
