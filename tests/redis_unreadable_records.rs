@@ -9,36 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runyard::job::{now_us, Job, JobStatus};
-use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::Store;
 use uuid::Uuid;
 
-use redis_support::TestRedis;
+use redis_support::{open_store, raw_conn, TestRedis};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-async fn open(r: &TestRedis) -> Arc<dyn Store> {
-    RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_secs(5),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect")
-}
-
-/// A connection of the test's own to its redis-server.
-async fn raw(r: &TestRedis) -> ::redis::aio::MultiplexedConnection {
-    let client = ::redis::Client::open(r.url.as_str()).expect("client");
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 /// Overwrites the record of job `id` with text no build reads.
 async fn spoil(r: &TestRedis, id: Uuid) {
-    let mut c = raw(r).await;
+    let mut c = raw_conn(r).await;
     let _: () = ::redis::cmd("HSET")
         .arg(format!("{}:job:{id}", r.prefix))
         .arg("b")
@@ -59,7 +39,7 @@ fn ids(jobs: &[Job]) -> Vec<Uuid> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_takes_the_readable_jobs_past_an_unreadable_one() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let bad = submit(&s, Job::new("t", "r", now_us())).await;
     let a = submit(&s, Job::new("t", "r", now_us())).await;
     let b = submit(&s, Job::new("t", "r", now_us())).await;
@@ -74,7 +54,7 @@ async fn a_claim_takes_the_readable_jobs_past_an_unreadable_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_reports_an_unreadable_job_lost_and_renews_the_others() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let bad = submit(&s, Job::new("t", "r", now_us())).await;
     let a = submit(&s, Job::new("t", "r", now_us())).await;
     let got = s
@@ -99,7 +79,7 @@ async fn a_heartbeat_reports_an_unreadable_job_lost_and_renews_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_promote_loop_does_not_spin_on_an_unreadable_due_job() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let first = submit(&s, due_in(20_000)).await;
     let second = submit(&s, due_in(20_000)).await;
     spoil(&r, first.id).await;
@@ -116,7 +96,7 @@ async fn the_promote_loop_does_not_spin_on_an_unreadable_due_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_promote_loop_does_not_spin_while_jobs_come_due_behind_an_unreadable_one() {
     let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let first = submit(&s, due_in(20_000)).await;
     spoil(&r, first.id).await;
     // A readable job coming due every 50 ms behind it: each promoted one restarted the wait at
@@ -176,7 +156,7 @@ async fn promote_rounds(r: &TestRedis, s: &Arc<dyn Store>) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_and_the_promotion_pass_an_unreadable_record() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     // Expired leases: two claimed with a lease of 1 ms, one spoiled.
     let claimed = claimed_for_1_ms(&s, 2).await;
     let (x, y) = (&claimed[0], &claimed[1]);
@@ -197,7 +177,7 @@ async fn the_reaper_and_the_promotion_pass_an_unreadable_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     // Five expired leases, the first, third and fourth unreadable: a reaper asking for two at a
     // time gets the readable ones all the same, oldest first (one claim: one expiry for all
     // five, so they are in the order of their ids, which `Uuid::now_v7` makes the order of
@@ -208,7 +188,7 @@ async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
     }
     // The fourth has no record at all (a hand edit): read as an unreadable one, not an error
     // of the whole call.
-    let mut c = raw(&r).await;
+    let mut c = raw_conn(&r).await;
     let _: () = ::redis::cmd("HDEL")
         .arg(format!("{}:job:{}", r.prefix, jobs[3].id))
         .arg("b")
@@ -251,7 +231,7 @@ async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_due_jobs_do_not_hold_back_the_readable_ones_behind_them() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     // Five due jobs, the three oldest spoiled: promotions of one or two at a time promote the
     // two readable ones.
     let mut jobs = Vec::new();

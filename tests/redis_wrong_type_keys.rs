@@ -16,28 +16,9 @@ use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::{ListQuery, Names, Store, Visibility};
 use uuid::Uuid;
 
-use redis_support::TestRedis;
+use redis_support::{open_store, raw_conn, TestRedis};
 
 const LEASE: Duration = Duration::from_secs(30);
-
-async fn open(r: &TestRedis) -> Arc<dyn Store> {
-    RedisStore::connect(RedisSettings {
-        prefix: r.prefix.clone(),
-        retry: Duration::from_secs(5),
-        ..RedisSettings::new(r.url.clone())
-    })
-    .await
-    .expect("connect")
-}
-
-/// A connection of the test's own to its redis-server.
-async fn raw(r: &TestRedis) -> ::redis::aio::MultiplexedConnection {
-    let client = ::redis::Client::open(r.url.as_str()).expect("client");
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
 
 fn job_key(r: &TestRedis, id: Uuid) -> String {
     format!("{}:job:{id}", r.prefix)
@@ -46,7 +27,7 @@ fn job_key(r: &TestRedis, id: Uuid) -> String {
 /// Replaces job `id`'s hash by a string (`DEL`, `SET ... garbage`), returning the hash as
 /// `DUMP` gave it (for [`restore`]).
 async fn damage(r: &TestRedis, id: Uuid) -> Vec<u8> {
-    let mut c = raw(r).await;
+    let mut c = raw_conn(r).await;
     let key = job_key(r, id);
     let dump: Vec<u8> = ::redis::cmd("DUMP")
         .arg(&key)
@@ -69,7 +50,7 @@ async fn damage(r: &TestRedis, id: Uuid) -> Vec<u8> {
 
 /// Puts back the hash [`damage`] replaced.
 async fn restore(r: &TestRedis, id: Uuid, dump: Vec<u8>) {
-    let mut c = raw(r).await;
+    let mut c = raw_conn(r).await;
     let _: () = ::redis::cmd("RESTORE")
         .arg(job_key(r, id))
         .arg(0)
@@ -82,7 +63,7 @@ async fn restore(r: &TestRedis, id: Uuid, dump: Vec<u8>) {
 
 /// The members of the sorted set `P:{name}`, lowest score first.
 async fn members(r: &TestRedis, name: &str) -> Vec<Uuid> {
-    let mut c = raw(r).await;
+    let mut c = raw_conn(r).await;
     let m: Vec<String> = ::redis::cmd("ZRANGE")
         .arg(format!("{}:{name}", r.prefix))
         .arg(0)
@@ -123,7 +104,7 @@ async fn status(s: &Arc<dyn Store>, id: Uuid) -> JobStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_take_the_jobs_past_a_job_key_of_another_type_and_lose_none() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let jobs = submit_n(&s, "r", 5).await;
     let bad = jobs[1].id;
     let dump = damage(&r, bad).await;
@@ -164,8 +145,8 @@ async fn claims_take_the_jobs_past_a_job_key_of_another_type_and_lose_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_fails_leaves_its_jobs_queued() {
     let r = TestRedis::start();
-    let s = open(&r).await;
-    let mut c = raw(&r).await;
+    let s = open_store(&r).await;
+    let mut c = raw_conn(&r).await;
     let token = format!("{}:token", r.prefix);
     let _: () = ::redis::cmd("SET")
         .arg(&token)
@@ -195,7 +176,7 @@ async fn a_claim_that_fails_leaves_its_jobs_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_and_the_heartbeat_pass_a_job_key_of_another_type() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let jobs = submit_n(&s, "short", 3).await;
     let claimed = s
         .claim("short", "w", 10, Duration::from_millis(1))
@@ -226,7 +207,7 @@ async fn the_reaper_and_the_heartbeat_pass_a_job_key_of_another_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_promotion_passes_a_job_key_of_another_type() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let mut due = Vec::new();
     for i in 0..2 {
         let mut j = Job::new("t", "sched", now_us());
@@ -260,7 +241,7 @@ fn confined(channel: &str) -> ListQuery {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_pass_a_job_key_of_another_type() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let mut jobs = Vec::new();
     for _ in 0..3 {
         let mut j = Job::new("t", "r", now_us());
@@ -304,12 +285,12 @@ async fn listings_pass_a_job_key_of_another_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_counts_and_retention_pass_a_job_key_of_another_type() {
     let r = TestRedis::start();
-    let s = open(&r).await;
+    let s = open_store(&r).await;
     let jobs = submit_n(&s, "r", 2).await;
     let bad = jobs[0].id;
     damage(&r, bad).await;
     // Counted finished, dead, by the rebuild of the counts.
-    let mut c = raw(&r).await;
+    let mut c = raw_conn(&r).await;
     for (key, score) in [("fin", now_us() - 1_000), ("st:ERROR", 0)] {
         let _: () = ::redis::cmd("ZADD")
             .arg(format!("{}:{key}", r.prefix))
@@ -355,7 +336,7 @@ async fn a_channel_key_of_another_type_fails_its_own_writes_only(lists: bool) {
     })
     .await
     .expect("connect");
-    let mut c = raw(&r).await;
+    let mut c = raw_conn(&r).await;
     let broken = format!("{}:{}:shared", r.prefix, if lists { "evl" } else { "evc" });
     let _: () = ::redis::cmd("SET")
         .arg(&broken)

@@ -300,3 +300,23 @@ pub fn queued_job(runner: &str) -> runyard::job::Job {
     }))
     .expect("a job")
 }
+
+/// A store on `r` (its key prefix; `store.retry` 5 s).
+pub async fn open_store(r: &TestRedis) -> std::sync::Arc<dyn runyard::store::Store> {
+    runyard::store::redis::RedisStore::connect(runyard::store::redis::RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..runyard::store::redis::RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect")
+}
+
+/// A connection of the test's own to its redis-server.
+pub async fn raw_conn(r: &TestRedis) -> ::redis::aio::MultiplexedConnection {
+    let client = ::redis::Client::open(r.url.as_str()).expect("client");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
