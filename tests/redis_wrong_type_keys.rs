@@ -402,3 +402,61 @@ async fn a_channel_stream_of_another_type_fails_its_own_writes_only() {
 async fn a_channel_list_of_another_type_fails_its_own_writes_only() {
     a_channel_key_of_another_type_fails_its_own_writes_only(true).await;
 }
+
+/// Keys a write meets after its job's hash is written (a file reference set, a queue) of the
+/// wrong type fail that write before it writes: answered as an error, nothing stored. (They
+/// once answered `PART:`, "stored", for a job left out of its queue: it never ran.) Other
+/// writes go on and are claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_met_after_the_hash_are_checked_before_a_write_writes() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let mut c = raw_conn(&r).await;
+    let set = |k: String| {
+        let mut c = c.clone();
+        async move {
+            let _: () = ::redis::cmd("SET")
+                .arg(k)
+                .arg("x")
+                .query_async(&mut c)
+                .await
+                .expect("set");
+        }
+    };
+    set(format!("{}:fhashes", r.prefix)).await;
+    let mut with_file = Job::new("t", "r", now_us());
+    with_file.files.insert(
+        "input".into(),
+        vec![runyard::job::FileRef {
+            hash: "0123456789abcdef0123456789abcdef".into(),
+            size: 1,
+            mimetype: "text/plain".into(),
+            name: "a.txt".into(),
+            metadata: serde_json::Value::Null,
+        }],
+    );
+    let e = s.submit(with_file.clone()).await.expect_err("refused");
+    assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+    assert!(
+        s.get(with_file.id).await.expect("get").is_none(),
+        "nothing stored"
+    );
+    // A queue of another runner of the wrong type: its submits fail, others' go on.
+    set(format!("{}:q:broken", r.prefix)).await;
+    let broken = Job::new("t", "broken", now_us());
+    let e = s.submit(broken.clone()).await.expect_err("refused");
+    assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+    assert!(
+        s.get(broken.id).await.expect("get").is_none(),
+        "nothing stored"
+    );
+    let fine = Job::new("t", "r", now_us());
+    s.submit(fine.clone()).await.expect("submit");
+    let claimed = ids(&s.claim("r", "w", 10, LEASE).await.expect("claim"));
+    assert_eq!(claimed, vec![fine.id]);
+    let _: () = ::redis::cmd("DEL")
+        .arg(format!("{}:q:broken", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("del");
+}

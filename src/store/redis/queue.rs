@@ -50,6 +50,10 @@ impl RedisStore {
     ) -> Option<Job> {
         match r {
             Reply::Ok => Some(w.job),
+            Reply::Failed(e) => {
+                tracing::warn!(job_id = %w.job.id, error = %e, "claim of a job not written: a key of the wrong type");
+                None
+            }
             Reply::Conflict => {
                 let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
                 let cmd = Command::Claim {

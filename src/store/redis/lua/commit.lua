@@ -444,15 +444,46 @@ local function chan_ttl(w, K, made)
   if w.ttl and K.evc then redis.call('PEXPIRE', K.evc, cttl) end
 end
 
+-- The keys a write may meet after its hash is written, checked before it writes (each once per
+-- call): a file reference, an index or a wait met later would leave a job stored yet out of its
+-- queue or its wait (answered as stored: `PART:`). Shared counters (`P:jc`) are not checked.
+local function precheck(w, K)
+  local bad
+  if w.event or w.event0 then
+    if K.evl then bad = wrong_type(K.evl, 'list') else bad = wrong_type(K.evc, 'stream') end
+    if bad then return bad end
+  end
+  -- (A numeric loop: `ipairs` would stop at the first key a write does not declare.)
+  local zs = {K.all, K.q, K.qt, K.stold, K.stnew}
+  for i = 1, 5 do
+    bad = wrong_type(zs[i], 'zset')
+    if bad then return bad end
+  end
+  if w.files then
+    for _, k in ipairs(K.fref or {}) do
+      bad = wrong_type(k, 'set')
+      if bad then return bad end
+    end
+    bad = wrong_type(K.fhashes, 'set')
+    if bad then return bad end
+  end
+  if w.wait then
+    for _, k in ipairs(K.waitk or {}) do
+      bad = wrong_type(k, 'set')
+      if bad then return bad end
+    end
+    bad = wrong_type(K.waitdl, 'zset') or wrong_type(K.waitdue, 'zset')
+    if bad then return bad end
+  end
+  return nil
+end
+
 local function commit_one(w)
   local K, id = w.K, w.id
   local cur = redis.pcall('HMGET', K.job, 'v', 's')
   if cur.err then return 'ERR:' .. cur.err end
-  if w.event or w.event0 then
-    local bad
-    if K.evl then bad = wrong_type(K.evl, 'list') else bad = wrong_type(K.evc, 'stream') end
-    if bad then return 'ERR:' .. bad end
-  end
+  local bad = precheck(w, K)
+  if bad then return 'ERR:' .. bad end
   local old = cur[2]
   if not w.v then
     if cur[1] then return 'EXISTS' end
