@@ -460,3 +460,37 @@ async fn keys_met_after_the_hash_are_checked_before_a_write_writes() {
         .await
         .expect("del");
 }
+
+/// Retention deletes a finished job whose own idempotency key is of the wrong type (passed,
+/// logged by Redis): the job goes whole, and the jobs after it too. It once failed every pass
+/// on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_passes_a_jobs_own_key_of_another_type() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let mut c = raw_conn(&r).await;
+    let mut keyed = Job::new("t", "r", now_us());
+    keyed.idempotency_key = Some("k-1".into());
+    let plain = Job::new("t", "r", now_us());
+    for j in [&keyed, &plain] {
+        s.submit(j.clone()).await.expect("submit");
+        s.apply(j.id, Command::Cancel).await.expect("cancel");
+    }
+    let _: () = ::redis::cmd("DEL")
+        .arg(format!("{}:idem:k-1", r.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{}:idem:k-1", r.prefix))
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    let report = s.retention(now_us() + 1).await.expect("retention goes on");
+    assert_eq!(report.jobs, 2, "both finished jobs deleted");
+    for j in [&keyed, &plain] {
+        assert!(s.get(j.id).await.expect("get").is_none());
+    }
+}

@@ -15,25 +15,37 @@ local before, max = ARGV[1], tonumber(ARGV[2])
 local job_p, st_p, idem_p, fref_p, log_p, logn_p = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local jch_p = ARGV[9]
 local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. before, 'LIMIT', 0, max)
+-- A command on one of a job's own keys (its status index, idempotency key, file reference,
+-- channel index): one of the wrong type (a hand edit, another program sharing the Redis) is
+-- logged and passed, so the job is still deleted whole and retention goes on past it.
+local function own(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    redis.log(redis.LOG_WARNING, 'runyard retention: ' .. key .. ' passed: ' .. r.err)
+    return nil
+  end
+  return r
+end
+
 -- Deletes job `id` (its hash `key`, whose fields `h` were read) with everything of it.
 local function forget(id, key, h)
-  if h[1] then redis.call('ZREM', st_p .. h[1], id) end
+  if h[1] then own('ZREM', st_p .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
   if h[1] and h[4] then
     local f = h[4] .. '\n' .. h[1]
     if redis.call('HINCRBY', jc, f, -1) <= 0 then redis.call('HDEL', jc, f) end
   end
-  if h[2] and redis.call('GET', idem_p .. h[2]) == id then
+  if h[2] and own('GET', idem_p .. h[2]) == id then
     redis.call('DEL', idem_p .. h[2])
   end
   if h[3] then
     for hash in string.gmatch(h[3], '%S+') do
       local rk = fref_p .. hash
-      redis.call('SREM', rk, id)
-      if redis.call('SCARD', rk) == 0 then redis.call('SREM', fhashes, hash) end
+      own('SREM', rk, id)
+      if own('SCARD', rk) == 0 then redis.call('SREM', fhashes, hash) end
     end
   end
-  if h[5] and h[5] ~= id then redis.call('ZREM', jch_p .. h[5], id) end
+  if h[5] and h[5] ~= id then own('ZREM', jch_p .. h[5], id) end
   redis.call('DEL', key, log_p .. id, logn_p .. id)
   redis.call('ZREM', all, id)
 end
