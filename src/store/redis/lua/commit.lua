@@ -409,25 +409,12 @@ end
 local function append(w, K, ev, dlv)
   local eid = xadd(K.ev, glimit, '*', ev)
   evented = true
-  -- A channel key of the wrong type (a hand edit, another program sharing the Redis) loses this
-  -- write's channel event only: the job, its global event and its webhook are written, and the
-  -- reply says what is missing (`PART:`). Not checked with `TYPE` first: a job's channel is its
-  -- own by default, so a check would cost a command per event-bearing write.
-  local ok, created = pcall(function()
-    if K.evl then
-      local made = chan_push(K.evl, eid, ev) == 1
-      if made then redis.call('SET', K.evlsince, string.match(eid, '^%d+'), 'NX') end
-      return made
-    end
+  local created = false
+  if K.evl then
+    created = chan_push(K.evl, eid, ev) == 1
+    if created then redis.call('SET', K.evlsince, string.match(eid, '^%d+'), 'NX') end
+  else
     xadd(K.evc, climit, eid, ev)
-    return false
-  end)
-  if not ok then
-    local e = created
-    if type(e) == 'table' then e = e.err end
-    if type(e) ~= 'string' or not string.match(e, '^WRONGTYPE') then error(created, 0) end
-    w.partial = e
-    created = false
   end
   if dlv then deliver(w, K, eid, ev, dlv) end
   return eid, created
@@ -462,6 +449,10 @@ end
 -- queue or its wait (answered as stored: `PART:`). Shared counters (`P:jc`) are not checked.
 local function precheck(w, K)
   local bad
+  if w.event or w.event0 then
+    if K.evl then bad = wrong_type(K.evl, 'list') else bad = wrong_type(K.evc, 'stream') end
+    if bad then return bad end
+  end
   -- (A numeric loop: `ipairs` would stop at the first key a write does not declare.)
   local zs = {K.all, K.q, K.qt, K.stold, K.stnew}
   for i = 1, 5 do
@@ -527,7 +518,6 @@ local function commit_one(w)
   if w.event0 then eid, made0 = append(w, K, w.event0, w.dlv0) end
   if w.event then eid, made = append(w, K, w.event, w.dlv) end
   if w.event0 or w.event then chan_ttl(w, K, made0 or made) end
-  if w.partial then return 'PART:' .. w.partial end
   if w.handed then return 'OKH:' .. eid end
   return 'OK:' .. eid
 end
