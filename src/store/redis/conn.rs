@@ -52,10 +52,11 @@ pub(super) const OUT_OF_MEMORY: &str = "redis is out of memory (`maxmemory` reac
 /// Redis refused a write for lack of memory (`OOM command not allowed when used memory >
 /// 'maxmemory'`): with `noeviction` a script's first write is refused, so nothing was written.
 pub(super) fn out_of_memory(e: &RedisError) -> bool {
-    e.code() == Some("OOM")
-        || e.to_string()
-            .contains("command not allowed when used memory")
+    e.code() == Some("OOM") || e.to_string().contains(OOM_TEXT)
 }
+
+/// What Redis's refusal for lack of memory says (also in a script's error text).
+pub(super) const OOM_TEXT: &str = "command not allowed when used memory";
 
 /// An error the manager does not heal from by itself: a failed authentication.
 pub(super) fn stuck(e: &RedisError) -> bool {

@@ -83,10 +83,11 @@ pub(super) async fn check_permissions(
     origin: &str,
 ) -> Result<()> {
     let key = format!("{prefix}:permcheck:{origin}");
+    const ACL_HINT: &str = "docs/redis.md lists the commands; an ACL with `+@all` on the \
+                            prefix's keys and channels grants them";
     let refused = |e: RedisError| {
         StoreError::Unavailable(format!(
-            "the Redis user cannot do what runyard needs: {e} (docs/redis.md lists the \
-             commands; an ACL with `+@all` on the prefix's keys and channels does)"
+            "the Redis user cannot do what runyard needs: {e} ({ACL_HINT})"
         ))
     };
     // The message's first line is a process id no process has: the others read no notice in it.
@@ -98,15 +99,14 @@ pub(super) async fn check_permissions(
         .await
         .map_err(refused)?;
     if let [command, error] = failed.as_slice() {
-        if error.contains("command not allowed when used memory") {
+        if error.contains(super::conn::OOM_TEXT) {
             return Err(StoreError::Unavailable(format!(
                 "redis is out of memory (`maxmemory` reached): it refused a write at start \
                  ({command}): {error}"
             )));
         }
         return Err(StoreError::Unavailable(format!(
-            "the Redis user cannot run `{command}`, which runyard needs: {error} (docs/redis.md \
-             lists the commands; an ACL with `+@all` on the prefix's keys and channels does)"
+            "the Redis user cannot run `{command}`, which runyard needs: {error} ({ACL_HINT})"
         )));
     }
     // The calls made outside scripts.
