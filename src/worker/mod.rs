@@ -388,8 +388,8 @@ impl Worker {
                 }
                 // On the heap: an attempt's future is about 7 KB (every runner's launch and
                 // supervision inlined), and inline it made the job's task about 9 KB, copied
-                // whole at each spawn and each loop turn; memcpy was over half of the
-                // worker thread's CPU at 32 in flight (docs/benchmarks.md, "Session 41").
+                // whole at each spawn and each loop turn; memcpy was about a quarter of
+                // the worker thread's samples at 32 in flight (docs/benchmarks.md, "Session 41").
                 Box::pin(self.execute(&job, &slot, token, stop, reason, refill.clone())).await;
                 self.untrack(id, token);
                 let (job, asked) = next?.get(refill.as_deref()?).await?;
