@@ -485,6 +485,62 @@ fn the_readme_configuration_starts_as_written() {
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }
 
+/// The README's configuration example, started from the repository's root as the README says,
+/// runs the example job it names to SUCCESS (`submit report.daily --wait`): the command path and
+/// the `PYTHONPATH` it shows are real (it once named a `jobs/report.py` that does not exist, and
+/// a newcomer's first job burnt its three attempts on "can't open file").
+#[test]
+fn the_readme_configuration_runs_its_example_job_from_the_repository_root() {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("listen ="))
+        .expect("the README shows a configuration with `listen`");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runyard.toml");
+    std::fs::write(&config, block).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUNYARD_SERVER")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cli = Command::new(BIN)
+        .args([
+            "submit",
+            "report.daily",
+            "--args",
+            r#"{"day":"2026-11-30"}"#,
+        ])
+        .args(["--wait", "--output", "json", "--server", &url])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    assert!(cli.status.success(), "{shown} {log}");
+    let job: serde_json::Value = serde_json::from_str(&shown).expect("the final job as JSON");
+    assert_eq!(job["status"], "SUCCESS", "{shown}");
+    assert_eq!(job["attempt"], 1, "{shown}");
+}
+
 /// A data dir holding a database but not the master.key it was made with (lost, or moved) is
 /// refused, not given a new key: a new one would make every job secret, signed URL and webhook
 /// signature made before stop verifying. A new data dir gets its key as before.
