@@ -571,3 +571,66 @@ fn a_database_without_its_master_key_is_refused_not_given_a_new_one() {
     let err = started(&config, &[], &[]);
     assert!(err.contains("master.key but no database"), "{err}");
 }
+
+/// Secrets from the environment are taken byte for byte (`RUNYARD_AUTH__JWT_SECRET`,
+/// `RUNYARD_MASTER_KEY`): a JWT signed with the exact value is accepted, one signed with the
+/// value as a TOML-like reading would change it (spaces trimmed) is not, and a value shaped like
+/// an array starts the server instead of failing with "expected a string".
+#[test]
+fn secrets_from_the_environment_are_taken_byte_for_byte() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let jwt = |secret: &str| {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = serde_json::json!({"scope": "jobs:read", "exp": exp});
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let secret = "  \"[padded] secret, 32 bytes and more\"  ";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("runyard.toml"), SHELL).unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env("RUNYARD_AUTH__JWT_SECRET", secret)
+        .env("RUNYARD_MASTER_KEY", "[0123456789abcdef0123456789abcdef]")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "serve did not start: {}",
+                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The status code of `GET /async/whoami` with `token`.
+    let whoami = |token: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let req = format!(
+            "GET /async/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.split(' ').nth(1).unwrap_or_default().to_string()
+    };
+    let exact = whoami(&jwt(secret));
+    let trimmed = whoami(&jwt(secret.trim()));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(exact, "200", "a JWT signed with the exact value");
+    assert_eq!(trimmed, "401", "a JWT signed with the trimmed value");
+}

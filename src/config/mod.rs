@@ -126,6 +126,40 @@ const ENV_KEYS: &[&str] = &[
     "notify",
 ];
 
+/// Secret strings taken from `RUNYARD_*` variables byte for byte: figment reads other values as
+/// TOML-like literals, which trimmed a secret's spaces, dropped its quotes and refused one
+/// shaped like an array or a number ("expected a string"), so a JWT signed with the exact value
+/// did not verify. (variable after `RUNYARD_`, lowercase; the key's dotted path)
+const RAW_ENV_KEYS: [(&str, &str); 2] = [
+    ("master_key", "master_key"),
+    ("auth__jwt_secret", "auth.jwt_secret"),
+];
+
+/// The dotted path of a variable (after `RUNYARD_`) read byte for byte, if it is one.
+fn raw_env_key(k: &str) -> Option<&'static str> {
+    RAW_ENV_KEYS
+        .iter()
+        .find(|(v, _)| k.eq_ignore_ascii_case(v))
+        .map(|(_, path)| *path)
+}
+
+/// The [`RAW_ENV_KEYS`] set in the environment, as strings; one that is not UTF-8 is refused
+/// (named, not shown), never taken as unset.
+fn raw_env() -> Result<Figment, ConfigError> {
+    let mut fig = Figment::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let Some(path) = name.strip_prefix("RUNYARD_").and_then(raw_env_key) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError(format!("{name} ({path}) is not valid UTF-8")))?;
+        fig = fig.merge(Serialized::default(path, value));
+    }
+    Ok(fig)
+}
+
 fn is_env_key(k: &str) -> bool {
     let top = k.split("__").next().unwrap_or("");
     ENV_KEYS.iter().any(|n| top.eq_ignore_ascii_case(n))
@@ -150,9 +184,10 @@ impl Config {
         let fig = fig
             .merge(
                 Env::prefixed("RUNYARD_")
-                    .filter(|k| is_env_key(k.as_str()))
+                    .filter(|k| is_env_key(k.as_str()) && raw_env_key(k.as_str()).is_none())
                     .split("__"),
             )
+            .merge(raw_env()?)
             .merge(Serialized::defaults(overrides.clone()));
         let cfg: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(without_secrets).collect();
