@@ -796,25 +796,24 @@ mod tests {
         };
         ex.stop(Duration::from_millis(200)).await;
         assert!(matches!(ex.wait().await, Outcome::Failed { .. }));
-        for pid in [bg, sleep] {
-            let mut gone = false;
-            for _ in 0..250 {
-                let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-                if state.is_none_or(|s| s.contains(") Z")) {
-                    gone = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        };
+        for _ in 0..250 {
+            if !alive(bg) && !alive(sleep) {
+                break;
             }
-            if !gone {
-                // Safety: plain syscall on a process this test started.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-            assert!(
-                gone,
-                "pid {pid} outside the job's group still alive after stop"
-            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let left: Vec<u32> = [bg, sleep].into_iter().filter(|p| alive(*p)).collect();
+        for p in &left {
+            // Safety: plain syscall on a process this test's job started (none left behind).
+            unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+        }
+        assert!(
+            left.is_empty(),
+            "outside the job's group, still alive after stop: {left:?}"
+        );
     }
 
     #[tokio::test]
