@@ -7,8 +7,8 @@
 //! - [`Reporter`] is how a runner streams logs and progress back to the server while the job runs;
 //!   [`lines`] is the one line forwarder (one [`MAX_LINE_BYTES`]) every runner uses for output;
 //!   [`buffered`] is the one buffered reporter (the worker's and `runyard launch`'s).
-//! - [`local`]: a child process in its own process group (any language), optionally as another
-//!   user and under resource limits ([`isolation`]).
+//! - [`local`]: a child process leading its own session and process group (any language),
+//!   optionally as another user and under resource limits ([`isolation`]).
 //! - [`service`]: an in-process async Rust function registered by name.
 //! - [`docker`]: a container of the Docker Engine API, found again by its labels after a restart.
 //! - [`kube`]: a Kubernetes batch/v1 Job per attempt, found again by its labels after a restart.
@@ -27,6 +27,7 @@ pub mod kube;
 pub mod lines;
 pub mod local;
 pub mod service;
+mod session;
 pub mod spawn;
 mod spawn_process;
 mod spawn_vfork;

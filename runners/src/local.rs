@@ -1,6 +1,7 @@
 //! The `local` runner: a child process in any language.
 //!
-//! Each job runs in its own process group, so cancel and timeout stop the whole tree. On Linux the
+//! Each job leads its own session and process group (no controlling terminal), so cancel and
+//! timeout stop the whole tree: the group, and what left it ([`crate::session`]). On Linux the
 //! child also gets `PR_SET_PDEATHSIG(SIGKILL)`, so a server killed with `kill -9` does not leave
 //! its jobs running as orphans; after a restart, [`LocalRunner::recover`] makes sure the old group
 //! is gone (matching the saved pid *and* process start time, so a reused pid is never killed).
@@ -209,12 +210,16 @@ impl LocalRunner {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(false);
         #[cfg(target_os = "linux")]
         unsafe {
             // Safety: only async-signal-safe calls between fork and exec.
             cmd.pre_exec(move || {
+                // A session of its own, as the spawner's jobs (`spawn_vfork`): no controlling
+                // terminal, and a process group whose id is the job's pid.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // Limits, groups, user (in that order), then the private working directory.
                 isolation.apply(workdir_c.as_ref().map(|(w, c)| (w.as_c_str(), *c)))?;
                 if let Some(m) = umask {
@@ -300,8 +305,11 @@ impl Runner for LocalRunner {
             let alive_start = process_start_time(pid as u32);
             let same = alive_start.is_some() && alive_start == start;
             if same || alive_start.is_none() {
-                // Leader alive and ours, or leader gone (its group may linger).
+                // Leader alive and ours, or leader gone (its group and session may linger).
                 kill_group(pid, libc::SIGKILL);
+                let leader = [(pid as u32, start)];
+                blocking(move || crate::session::kill_all(&leader, &[], Duration::from_secs(2)))
+                    .await;
             }
             if same {
                 for _ in 0..100 {
@@ -474,7 +482,17 @@ impl Execution for LocalExecution {
         if self.status.is_some() {
             return true;
         }
+        // The job's processes outside its group (`crate::session`), found while its leader
+        // still runs (their parent links to it are lost once it has gone).
+        let leader = [(self.pid, self.start_time)];
+        let others = blocking(move || crate::session::members(&leader, &[])).await;
         kill_group(self.pid as i32, libc::SIGTERM);
+        let outside: Vec<_> = others
+            .iter()
+            .filter(|m| m.pgrp != self.pid)
+            .copied()
+            .collect();
+        crate::session::signal(&outside, libc::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait())
             .await
             .is_err()
@@ -483,10 +501,11 @@ impl Execution for LocalExecution {
             let _ = self.child.wait().await;
         }
         kill_group(self.pid as i32, libc::SIGKILL);
+        blocking(move || crate::session::kill_all(&leader, &others, Duration::from_secs(2))).await;
         if let Some(dir) = self.workdir.take() {
             remove_workdir(dir).await;
         }
-        // The process was waited for; its group got SIGKILL.
+        // The process was waited for; its group, its session and its descendants got SIGKILL.
         true
     }
 }
@@ -507,6 +526,11 @@ fn outcome_of(status: ExitStatus) -> Outcome {
         },
         _ => Outcome::failed("process ended abnormally"),
     }
+}
+
+/// Runs `f` on a blocking thread (a walk of `/proc`); its default value if that thread is lost.
+async fn blocking<T: Default + Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap_or_default()
 }
 
 fn kill_group(pgid: i32, signal: i32) {
@@ -733,6 +757,63 @@ mod tests {
             }
             assert!(gone, "pid {pid} still alive after stop");
         }
+    }
+
+    /// Forked by the server (no spawner): the job leads a session of its own (so it has no
+    /// controlling terminal), and a stop reaches what left its group: GNU `timeout` puts itself
+    /// and its command in a group of their own.
+    #[tokio::test]
+    async fn a_forked_job_leads_its_session_and_stop_kills_what_left_the_group() {
+        let lines = Arc::new(Lines::default());
+        let r = sh("timeout 1000 sleep 999 & echo bg=$!; \
+                    echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$; wait");
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        let value = |key: &str| {
+            lines
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|(_, l)| l.strip_prefix(key).map(str::to_string))
+        };
+        let (bg, sid) = loop {
+            if let (Some(bg), Some(sid)) = (value("bg="), value("sid=")) {
+                break (bg.parse::<u32>().unwrap(), sid);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let leader = ex.handle().id;
+        assert_eq!(sid, format!("{leader} pid={leader}"));
+        // `timeout` has started `sleep`, in its own group.
+        let children = |p: u32| {
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default()
+        };
+        let sleep: u32 = loop {
+            if let Some(c) = children(bg).split_whitespace().next() {
+                break c.parse().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        ex.stop(Duration::from_millis(200)).await;
+        assert!(matches!(ex.wait().await, Outcome::Failed { .. }));
+        let alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        };
+        for _ in 0..250 {
+            if !alive(bg) && !alive(sleep) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<u32> = [bg, sleep].into_iter().filter(|p| alive(*p)).collect();
+        for p in &left {
+            // Safety: plain syscall on a process this test's job started (none left behind).
+            unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+        }
+        assert!(
+            left.is_empty(),
+            "outside the job's group, still alive after stop: {left:?}"
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! jobs makes, early, before its first thread, copies of itself that do nothing else: the
 //! **spawners** ([`start_early`]). Each is small and single-threaded, so its forks are cheap. For each job the
 //! server sends it the program, arguments, environment, directory, identity and limits (a stream
-//! socket); the spawner forks, applies them exactly as the local runner did (own process group,
+//! socket); the spawner forks, applies them exactly as the local runner did (own session and process group,
 //! `PR_SET_PDEATHSIG(SIGKILL)` on the spawner, [`crate::isolation`]) and execs, then sends back
 //! the pid, its start time and the read ends of the job's stdout and stderr (`SCM_RIGHTS` on a
 //! `SOCK_SEQPACKET` socket; in a burst, a few starts to a message), and later the job's wait
@@ -19,9 +19,10 @@
 //!
 //! Each spawner has `PR_SET_PDEATHSIG(SIGTERM)` on the server's main thread and leaves when it
 //! gets it, the server no longer its parent, or when the server closes its socket, killing the
-//! group of every job it still runs first; so `kill -9` of the server kills the spawners, which
-//! kill their jobs and what the jobs started in their groups: no orphan. The server still
-//! signals a job's group itself (cancel, timeout) and still recovers by pid and start time after
+//! group of every job it still runs first, and the rest of its session and its descendants
+//! ([`crate::session`]); so `kill -9` of the server kills the spawners, which kill their jobs and
+//! what the jobs started: no orphan. The server still
+//! signals a job's group and session itself (cancel, timeout) and still recovers by pid and start time after
 //! a restart. Should a spawner die while the server runs, its running jobs fail (their status
 //! is unknown; they died with it) and later jobs go to the other spawners; once none is left,
 //! they are forked by the server as before.

@@ -193,12 +193,15 @@ impl Live {
         started
     }
 
-    /// Leaves, killing the group of every job still running: what a job started in its group
-    /// (a shell's background command, a Python `Popen`) dies with the server too, not only the
-    /// job's first process (whose parent-death signal is this process's end). A job that left
-    /// its group on purpose (`setsid`) is not followed; the server's recovery after a restart
-    /// still stops it by pid and start time.
+    /// Leaves, killing the group of every job still running, and the rest of its session and
+    /// its descendants ([`crate::session`]): what a job started (a shell's background command, a
+    /// Python `Popen`, GNU `timeout` in a group of its own) dies with the server too, not only
+    /// the job's first process (whose parent-death signal is this process's end). What
+    /// `crate::session` cannot follow (a `setsid` whose parent has exited) is not.
     fn leave(&self) -> ! {
+        let leaders: Vec<(u32, Option<u64>)> = self.0.iter().map(|p| (*p, None)).collect();
+        // Children not reaped: their pids cannot be another process's; the walk is bounded.
+        crate::session::kill_all(&leaders, &[], std::time::Duration::from_millis(500));
         for pid in &self.0 {
             // Safety: plain syscall on the group of a child not yet reaped (its pid, and so
             // its group's id, cannot have been reused).

@@ -11,7 +11,7 @@
 //!
 //! The child does what `std::process::Command` did with the settings the spawner used: an empty
 //! signal mask and `SIGPIPE` back to its default, stdin from `/dev/null`, stdout and stderr to
-//! the pipes, the directory, a process group of its own, then the isolation, umask and
+//! the pipes, the directory, a session (and process group) of its own, then the isolation, umask and
 //! parent-death signal (in that order) and `execvp` with the job's environment (so the program is
 //! looked up in the job's own `PATH`, and a script without `#!` runs through `/bin/sh`).
 
@@ -267,7 +267,11 @@ unsafe fn run(a: &ChildArgs) -> c_int {
             return errno();
         }
     }
-    if libc::setpgid(0, 0) != 0 {
+    // A session of its own, and so a process group whose id is its pid: no controlling terminal
+    // (the server's, when it runs in one, is out of reach: `/dev/tty` fails with ENXIO, so a job
+    // can neither write escapes to it nor be stopped reading it), and what leaves the group stays
+    // in the session, where a stop finds it (`crate::session`).
+    if libc::setsid() < 0 {
         return errno();
     }
     // Limits, groups, user (in that order), then the private working directory. glibc's setuid

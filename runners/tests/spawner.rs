@@ -1,5 +1,5 @@
 //! The local runner through two spawner processes (runners/src/spawn.rs): output, exit codes and
-//! signals, launch errors, stop killing the whole group, jobs shared among the spawners, a stalled
+//! signals, launch errors, stop killing the whole group and what left it, jobs shared among the spawners, a stalled
 //! spawner passed over, and what happens when a spawner dies, then the other. Without libtest's
 //! harness: the spawners are forked first, while this process has one thread.
 
@@ -152,7 +152,7 @@ async fn jobs_start_as_command_started_them() {
             "sh".into(),
             "-c".into(),
             "echo stdin=$(readlink /proc/$$/fd/0); echo pgrp=$(cut -d' ' -f5 /proc/$$/stat) \
-             pid=$$; exec grep -E '^Sig(Blk|Ign)' /proc/self/status"
+             pid=$$; echo sid=$(cut -d' ' -f6 /proc/$$/stat); exec grep -E '^Sig(Blk|Ign)' /proc/self/status"
                 .into(),
         ],
         env_allow: vec![],
@@ -180,6 +180,9 @@ async fn jobs_start_as_command_started_them() {
     let pgrp = got.iter().find(|l| l.starts_with("pgrp=")).unwrap();
     let (a, b) = pgrp.split_once(' ').unwrap();
     assert_eq!(a.strip_prefix("pgrp="), b.strip_prefix("pid="), "{pgrp}");
+    // And a session of its own (no controlling terminal).
+    let sid = got.iter().find(|l| l.starts_with("sid=")).unwrap();
+    assert_eq!(sid.strip_prefix("sid="), b.strip_prefix("pid="), "{sid}");
 
     let dir = std::env::temp_dir().join(format!("runyard-spawner-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -276,6 +279,38 @@ async fn the_spawner_does_not_copy_itself_per_job(spawners: &[u32]) {
 
 /// The start time a job's handle carries (what recovery after a restart matches the pid against)
 /// is the one `/proc/PID/stat` gives for that process, for every job of a burst.
+/// GNU `timeout` leaves the job's group (`setpgid`): a stop kills it and its command too.
+async fn stop_kills_what_left_the_group() {
+    let lines = Arc::new(Lines::default());
+    let r = sh("timeout 1000 sleep 999 & echo bg=$!; wait");
+    let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+    let bg = lines.value("bg=").await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let sleep: i32 = loop {
+        let c = std::fs::read_to_string(format!("/proc/{bg}/task/{bg}/children")).unwrap();
+        if let Some(c) = c.split_whitespace().next() {
+            break c.parse().unwrap();
+        }
+        assert!(Instant::now() < until, "`timeout` started no child");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    ex.stop(Duration::from_millis(200)).await;
+    assert!(matches!(ex.wait().await, Outcome::Failed { .. }));
+    let until = Instant::now() + Duration::from_secs(10);
+    while (alive(bg) || alive(sleep)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<i32> = [bg, sleep].into_iter().filter(|p| alive(*p)).collect();
+    for p in &left {
+        // Safety: plain syscall on a process this test's job started (none left behind).
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    assert!(
+        left.is_empty(),
+        "`timeout` or its command still alive after stop: {left:?}"
+    );
+}
+
 async fn handles_carry_the_start_time_the_kernel_reports() {
     let r = sh("sleep 300");
     let mut jobs = Vec::new();
@@ -452,6 +487,8 @@ fn main() {
         println!("a program that cannot start fails the launch ... ok");
         stop_kills_the_whole_group().await;
         println!("stop kills the whole group ... ok");
+        stop_kills_what_left_the_group().await;
+        println!("stop kills what left the group ... ok");
         handles_carry_the_start_time_the_kernel_reports().await;
         println!("handles carry the start time the kernel reports ... ok");
         a_burst_of_jobs_each_gets_its_own_pipes_and_exit(&spawners).await;

@@ -1,0 +1,237 @@
+//! What a stop reaches beyond a local job's process group.
+//!
+//! Each local job leads a session of its own (`setsid` between fork and exec: no controlling
+//! terminal, and a process group whose id is the job's pid). A stop (cancel, timeout, the
+//! worker's shutdown, a recovery after a restart, a spawner leaving with the server) kills that
+//! group, and also the job's other processes, found in `/proc`:
+//!
+//! - every process of the job's session: a process may leave the job's group with `setpgid` (GNU
+//!   `timeout` does, and shells' job control) but stays in the session unless it calls `setsid`,
+//!   even once its parent has died;
+//! - every descendant, by parent pid, of the job's first process or of one of those, wherever its
+//!   group or session (a child that called `setsid` while its parent still runs).
+//!
+//! Each is signalled through a pidfd opened and then checked to be the process found (pid and
+//! start time), so a pid reused meanwhile is never signalled. Only stops pay for the walk: a job
+//! that ends by itself costs what it did (one group kill, no `/proc` read).
+//!
+//! Not followed: a process that left the session (`setsid`) and whose parent had already exited
+//! at the stop (a daemon's double fork), nor one that another such process starts.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_int;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// One process found: its pid, start time (field 22 of `/proc/PID/stat`) and process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub pid: u32,
+    pub start: u64,
+    pub pgrp: u32,
+}
+
+/// What the walk reads of `/proc/PID/stat`.
+struct Stat {
+    pid: u32,
+    ppid: u32,
+    pgrp: u32,
+    session: u32,
+    start: u64,
+    zombie: bool,
+}
+
+/// `/proc/PID/stat`, parsed; `None` when the process is gone or the line makes no sense.
+fn read_stat(pid: u32) -> Option<Stat> {
+    let line = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let after = std::str::from_utf8(&line[line.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
+    // Fields after the command: state is field 3, start time field 22.
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        pid,
+        zombie: matches!(*f.first()?, "Z" | "X"),
+        ppid: u32::try_from(num(1)?).ok()?,
+        pgrp: u32::try_from(num(2)?).ok()?,
+        session: u32::try_from(num(3)?).ok()?,
+        start: num(19)?,
+    })
+}
+
+/// Every process in `/proc`.
+fn all_processes() -> Vec<Stat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(read_stat)
+        .collect()
+}
+
+/// The live processes of the jobs led by `leaders` (pid, and start time when known), the leaders
+/// included while they are the processes they were: their groups, their sessions, the
+/// descendants of those and of `also` (processes found earlier, checked by start time too),
+/// never this process nor init. Zombies are left out (they are only waiting to be reaped).
+pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Member> {
+    let all = all_processes();
+    let ids: HashSet<u32> = leaders.iter().map(|(p, _)| *p).collect();
+    let seed = |s: &Stat| {
+        ids.contains(&s.pgrp)
+            || ids.contains(&s.session)
+            || leaders
+                .iter()
+                .any(|(p, st)| *p == s.pid && st.is_none_or(|t| t == s.start))
+            || also.iter().any(|m| m.pid == s.pid && m.start == s.start)
+    };
+    let mut found: HashSet<u32> = all.iter().filter(|s| seed(s)).map(|s| s.pid).collect();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for s in &all {
+        children.entry(s.ppid).or_default().push(s.pid);
+    }
+    let mut todo: Vec<u32> = found.iter().copied().collect();
+    while let Some(p) = todo.pop() {
+        for c in children.get(&p).into_iter().flatten() {
+            if found.insert(*c) {
+                todo.push(*c);
+            }
+        }
+    }
+    let me = std::process::id();
+    all.iter()
+        .filter(|s| found.contains(&s.pid) && !s.zombie && s.pid > 1 && s.pid != me)
+        .map(|s| Member {
+            pid: s.pid,
+            start: s.start,
+            pgrp: s.pgrp,
+        })
+        .collect()
+}
+
+/// Sends `sig` to each of `members` that is still the process found.
+pub(crate) fn signal(members: &[Member], sig: c_int) {
+    for m in members {
+        signal_one(*m, sig);
+    }
+}
+
+fn signal_one(m: Member, sig: c_int) {
+    let Ok(pid) = c_int::try_from(m.pid) else {
+        return;
+    };
+    let same = || read_stat(m.pid).is_some_and(|s| s.start == m.start);
+    // Safety: plain syscall; the descriptor is owned from here.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        // A kernel before 5.3: checked, then signalled by pid (a narrow window for a reuse).
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) && same() {
+            // Safety: plain syscall.
+            unsafe { libc::kill(pid, sig) };
+        }
+        return;
+    }
+    // Safety: a descriptor just opened, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as c_int) };
+    // The pidfd holds on to the process it was opened for: if that is the one found, the signal
+    // goes to it and to nothing else.
+    if same() {
+        // Safety: plain syscall on a valid pidfd, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+/// `SIGKILL` to the processes of the jobs led by `leaders` and to `also` (see [`members`]),
+/// found again until none is left alive: one forked meanwhile by one not yet killed is caught by
+/// the next walk. Bounded by `within` (a process stuck in the kernel does not die at once). Blocks:
+/// not on a runtime thread.
+pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: Duration) {
+    let until = Instant::now() + within;
+    signal(also, libc::SIGKILL);
+    loop {
+        let left = members(leaders, also);
+        if left.is_empty() || Instant::now() >= until {
+            return;
+        }
+        signal(&left, libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    #[test]
+    fn the_walk_finds_what_left_the_group_and_never_this_process() {
+        // A shell whose child leaves the group (`setpgid` through Python or a subshell's job
+        // control would do; `setsid` leaves the session too, and is found by its parent).
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("setsid sleep 30 & echo $! ; wait")
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut out)
+            .unwrap();
+        let escaped: u32 = out.trim().parse().unwrap();
+        let leader = child.id();
+        let found = members(&[(leader, None)], &[]);
+        let pids: Vec<u32> = found.iter().map(|m| m.pid).collect();
+        assert!(pids.contains(&leader), "{pids:?}");
+        assert!(pids.contains(&escaped), "{pids:?}");
+        assert!(!pids.contains(&std::process::id()), "{pids:?}");
+        kill_all(&[(leader, None)], &found, Duration::from_secs(5));
+        let _ = child.wait();
+        let gone = |p: u32| read_stat(p).is_none_or(|s| s.zombie);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !gone(escaped) {
+            assert!(Instant::now() < until, "{escaped} still alive");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_process_found_is_not_signalled_once_it_is_another() {
+        // The start time no longer matches: nothing is sent (the process would die of it).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = read_stat(pid).unwrap().start;
+        signal(
+            &[Member {
+                pid,
+                start: start + 1,
+                pgrp: 0,
+            }],
+            libc::SIGKILL,
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a reused pid was signalled"
+        );
+        signal(
+            &[Member {
+                pid,
+                start,
+                pgrp: 0,
+            }],
+            libc::SIGKILL,
+        );
+        assert!(child.wait().unwrap().signal() == Some(libc::SIGKILL));
+    }
+}
