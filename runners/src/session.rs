@@ -74,7 +74,16 @@ fn all_processes() -> Vec<Stat> {
 /// never this process nor init. Zombies are left out (they are only waiting to be reaped).
 pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Member> {
     let all = all_processes();
-    let ids: HashSet<u32> = leaders.iter().map(|(p, _)| *p).collect();
+    // A leader whose pid now names another process (same pid, another start time) was reused:
+    // a group or session of that id is no longer the job's (Linux keeps a pid from reuse while
+    // a group or session still bears it, so with the leader gone they are the job's).
+    let reused =
+        |p: u32, t: Option<u64>| t.is_some_and(|t| all.iter().any(|s| s.pid == p && s.start != t));
+    let ids: HashSet<u32> = leaders
+        .iter()
+        .filter(|(p, t)| !reused(*p, *t))
+        .map(|(p, _)| *p)
+        .collect();
     let seed = |s: &Stat| {
         ids.contains(&s.pgrp)
             || ids.contains(&s.session)
@@ -200,6 +209,29 @@ mod tests {
             assert!(Instant::now() < until, "{escaped} still alive");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_leader_whose_pid_was_reused_brings_in_neither_its_group_nor_its_session() {
+        // A group leader with a child in its group: named with another start time (its pid
+        // reused since the job's leader had it), neither is a member.
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("sleep 30 & wait")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let leader = child.id();
+        let start = read_stat(leader).unwrap().start;
+        let until = Instant::now() + Duration::from_secs(5);
+        while members(&[(leader, Some(start))], &[]).len() < 2 {
+            assert!(Instant::now() < until, "the shell's child did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(members(&[(leader, Some(start + 1))], &[]), vec![]);
+        kill_all(&[(leader, Some(start))], &[], Duration::from_secs(5));
+        let _ = child.wait();
+        assert_eq!(members(&[(leader, None)], &[]), vec![]);
     }
 
     #[test]
