@@ -38,17 +38,32 @@ fn serve_with_env(config: &str, env: &[(&str, &str)]) -> Serve {
 /// [`serve_with_env`], `prepare` changing the server's command before it starts.
 fn serve_with(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&mut Command)) -> Serve {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("runyard.toml");
-    std::fs::write(&cfg, config).unwrap();
+    std::fs::write(dir.path().join("runyard.toml"), config).unwrap();
     let port = free_port();
+    let child = spawn_serve(dir.path(), port, env, prepare);
+    Serve {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// `runyard serve` on `dir`'s runyard.toml and data dir, listening on `port`; returns once it
+/// accepts connections.
+fn spawn_serve(
+    dir: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&mut Command),
+) -> Child {
     let mut cmd = Command::new(BIN);
     prepare(&mut cmd);
     let child = cmd
         .envs(env.iter().copied())
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(dir.join("runyard.toml"))
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         // The flag beats the environment, which beats the file.
         .env("RUNYARD_LISTEN", "127.0.0.1:1")
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -56,16 +71,23 @@ fn serve_with(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&mut Comm
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Serve {
-        child,
-        url,
-        _dir: dir,
+    child
+}
+
+impl Serve {
+    /// A crash and a restart: SIGKILL, `down` with nothing listening, then `runyard serve` again
+    /// on the same port, config and data dir.
+    fn crash_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn_serve(self._dir.path(), port, &[], |_| {});
     }
 }
 
@@ -1007,6 +1029,134 @@ fn logs_follow_reconnects_from_the_last_event_id() {
         [None, Some("1".to_string())],
         "one reconnect, from the last event seen"
     );
+}
+
+/// A client command running in the background, its stdout collected as it comes.
+struct Running {
+    child: Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Running {
+        use std::io::Read;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut pipe, sink) = (child.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Running { child, out }
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 20 s) until its stdout holds `text`.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.stdout().contains(text) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("ended ({st}) before `{text}`: {}", self.stdout());
+            }
+            assert!(Instant::now() < deadline, "no `{text}`: {}", self.stdout());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its exit code, stdout and stderr, once it ended (at most 60 s).
+    fn end(mut self) -> (Option<i32>, String, String) {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("still running: {}", self.stdout());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        // The reader thread has the rest once the pipe closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::sync::Arc::strong_count(&self.out) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (st.code(), self.stdout(), err)
+    }
+}
+
+#[test]
+fn logs_follow_and_submit_wait_on_a_terminal_ride_out_a_server_restart() {
+    // The first run of each job says `first` and hangs until the server dies (its process dies
+    // with it); the run after the restart (the lease expired) says `again` and succeeds.
+    let marks = tempfile::tempdir().unwrap();
+    let mut s = serve(&format!(
+        r#"
+[worker]
+lease_ttl = "1s"
+
+[[runners]]
+kind = "local"
+types = ["restart"]
+command = ["/bin/sh", "-c", "if [ -e \"$MARKS/$JOB_ID\" ]; then echo again; else echo first; touch \"$MARKS/$JOB_ID\"; exec sleep 60; fi"]
+env = {{ MARKS = {:?} }}
+"#,
+        marks.path().display().to_string()
+    ));
+    let id = stdout(&cli(&s.url, &["submit", "restart"]))
+        .trim()
+        .to_string();
+    let mut follow = Command::new(BIN);
+    follow
+        .args(["logs", &id, "--follow"])
+        .env("RUNYARD_SERVER", &s.url);
+    let mut follow = Running::start(follow);
+    // `submit --wait` with its stderr on a terminal (the progress view): under script(1).
+    let mut wait = Command::new("script");
+    wait.args([
+        "-qefc",
+        &format!("{BIN} submit restart --wait"),
+        "/dev/null",
+    ])
+    .env("RUNYARD_SERVER", &s.url);
+    let mut wait = Running::start(wait);
+    follow.wait_for("first");
+    wait.wait_for("first");
+
+    s.crash_and_restart(Duration::from_millis(1500));
+
+    let (code, text, err) = follow.end();
+    assert_eq!(code, Some(0), "{text}{err}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("job "))
+        .filter_map(|l| l.splitn(3, ' ').nth(2))
+        .collect();
+    assert_eq!(lines, ["first", "again"], "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("job {id} ended SUCCESS"))),
+        "{text}"
+    );
+    let (code, text, err) = wait.end();
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("again"), "{text}");
 }
 
 #[test]
