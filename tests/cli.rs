@@ -35,7 +35,8 @@ fn serve_with_env(config: &str, env: &[(&str, &str)]) -> Serve {
     serve_with(config, env, |_| {})
 }
 
-/// [`serve_with_env`], `prepare` changing the server's command before it starts.
+/// [`serve_with_env`], `prepare` changing the server's command before it starts (its output goes
+/// nowhere unless `prepare` says where).
 fn serve_with(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&mut Command)) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("runyard.toml"), config).unwrap();
@@ -57,6 +58,7 @@ fn spawn_serve(
     prepare: impl FnOnce(&mut Command),
 ) -> Child {
     let mut cmd = Command::new(BIN);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     prepare(&mut cmd);
     let child = cmd
         .envs(env.iter().copied())
@@ -67,8 +69,6 @@ fn spawn_serve(
         // The flag beats the environment, which beats the file.
         .env("RUNYARD_LISTEN", "127.0.0.1:1")
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1157,6 +1157,126 @@ env = {{ MARKS = {:?} }}
     let (code, text, err) = wait.end();
     assert_eq!(code, Some(0), "{text}{err}");
     assert!(text.contains("again"), "{text}");
+}
+
+/// The status of `GET url` (`None`: no answer).
+fn http_status(url: &str) -> Option<u16> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new().get(url).send().await.ok()?;
+        Some(r.status().as_u16())
+    })
+}
+
+/// Waits (at most 20 s) until `GET url` answers `status`.
+fn wait_status(url: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_status(url) != Some(status) {
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (at most `within`) until `child` ended; `None` if it did not.
+fn ended_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send_signal(child: &Child, signal: i32) {
+    // Safety: a plain syscall on this test's own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+#[test]
+fn a_second_signal_during_the_drain_stops_serve_at_once_and_its_job_runs_after_a_restart() {
+    // The first run holds its slot for longer than the test (the drain would wait the whole
+    // `shutdown_grace` for it); the run after the restart ends at once.
+    let marks = tempfile::tempdir().unwrap();
+    let log = marks.path().join("serve.log");
+    let config = format!(
+        r#"
+[worker]
+shutdown_grace = "10m"
+lease_ttl = "1s"
+
+[[runners]]
+kind = "local"
+types = ["hold"]
+command = ["/bin/sh", "-c", "if [ -e \"$MARKS/$JOB_ID\" ]; then echo again; else touch \"$MARKS/$JOB_ID\"; exec sleep 600; fi"]
+env = {{ MARKS = {:?} }}
+"#,
+        marks.path().display().to_string()
+    );
+    let out = std::fs::File::create(&log).unwrap();
+    let mut s = serve_with(&config, &[], |cmd| {
+        cmd.stderr(out);
+    });
+    let id = stdout(&cli(&s.url, &["submit", "hold"])).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marks.path().join(&id).exists() {
+        assert!(Instant::now() < deadline, "the job did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_signal(&s.child, libc::SIGTERM);
+    wait_status(&format!("{}/health/ready", s.url), 503);
+    send_signal(&s.child, libc::SIGINT);
+    let st = ended_within(&mut s.child, Duration::from_secs(15))
+        .expect("a second signal stops serve without waiting for its job");
+    assert_eq!(st.code(), Some(128 + libc::SIGINT), "{st:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("second stop signal"), "{text}");
+
+    // As after a crash: once its lease expired, the job runs again on the same data dir.
+    s.crash_and_restart(Duration::ZERO);
+    let out = cli(&s.url, &["logs", &id, "--follow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(" again\n"), "{}", stdout(&out));
+}
+
+#[test]
+fn sighup_drains_serve_as_sigterm_does_and_the_demo_dir_is_removed() {
+    // `serve --demo` keeps its data (its master.key too) in a temporary dir removed at exit.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_path = tmp.path().to_path_buf();
+    let port = free_port();
+    let mut s = Serve {
+        child: Command::new(BIN)
+            .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+            .env("TMPDIR", &tmp_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: tmp,
+    };
+    wait_status(&format!("{}/health", s.url), 200);
+    assert_eq!(
+        std::fs::read_dir(&tmp_path).unwrap().count(),
+        1,
+        "the demo dir"
+    );
+    send_signal(&s.child, libc::SIGHUP);
+    let st = ended_within(&mut s.child, Duration::from_secs(30)).expect("serve ended after SIGHUP");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "a drain, not death by the signal: {st:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp_path).unwrap().collect();
+    assert!(left.is_empty(), "the demo dir is removed: {left:?}");
 }
 
 #[test]
