@@ -1886,6 +1886,14 @@ fn a_server_url_with_a_query_or_fragment_is_refused_and_a_password_never_shown()
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(!stderr(&o).contains("s3cretpw"), "{}", stderr(&o));
     assert!(stderr(&o).contains("admin:***@127.0.0.1"), "{}", stderr(&o));
+    // Nor in the help, which names the variable without its value.
+    let o = cli(
+        &format!("http://admin:s3cretpw@127.0.0.1:{port}"),
+        &["jobs", "--help"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("s3cretpw"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("RUNYARD_SERVER"), "{}", stdout(&o));
 }
 
 #[test]
