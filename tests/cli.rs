@@ -1446,9 +1446,22 @@ fn bench_http_ceiling_answers_every_request_and_reports_them() {
 /// stays QUEUED. (The flag used to override the file's value with `true`.)
 #[test]
 fn worker_enabled_false_in_the_config_runs_no_worker() {
-    let s = serve(&format!(
-        "[worker]\nenabled = false\npoll_interval = \"100ms\"\n{RUNNERS}"
-    ));
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let s = serve_with(
+        &format!("[worker]\nenabled = false\npoll_interval = \"100ms\"\n{RUNNERS}"),
+        &[],
+        |cmd| {
+            cmd.stderr(out);
+        },
+    );
+    // On the embedded store nothing else can run its jobs: serve says so at start.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("NO JOB WILL RUN") && text.contains("`runyard worker` needs `redis`"),
+        "{text}"
+    );
     let out = cli(&s.url, &["submit", "runyard.noop", "--output", "json"]);
     assert!(out.status.success(), "{out:?}");
     let job = json_doc(&out);

@@ -100,7 +100,8 @@ pub struct ServeArgs {
     /// The URL jobs use to reach this server.
     #[arg(long)]
     public_url: Option<String>,
-    /// Run only the API and scheduler, no worker.
+    /// Run only the API and scheduler, no worker (with `redis`: workers are `runyard worker`
+    /// nodes; on the embedded store no job would run).
     #[arg(long)]
     no_worker: bool,
     /// Listen on a non-loopback address without [auth] (something in front authenticates).
@@ -424,6 +425,15 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     // `--no-worker` beats `worker.enabled`; neither runs a worker in this process.
     let worker = !a.no_worker && config.worker.enabled;
+    if !worker && config.redis.is_none() {
+        // Only a worker in this process can run the embedded store's jobs.
+        tracing::warn!(
+            "NO JOB WILL RUN: this server runs no worker (`--no-worker` or `worker.enabled = \
+             false`) and its store is the embedded one, which no other process can work on \
+             (`runyard worker` needs `redis`); its jobs stay QUEUED. Start it with a worker, or \
+             use `redis` for separate worker nodes"
+        );
+    }
     // The demo's data dir (as `run` removes it at exit): removed by a cold stop too.
     let demo_dir = (a.demo && a.data_dir.is_none()).then(|| config.data_dir.clone());
     let mut builder = ServerBuilder::new(config).worker(worker);
