@@ -1280,6 +1280,34 @@ fn sighup_drains_serve_as_sigterm_does_and_the_demo_dir_is_removed() {
 }
 
 #[test]
+fn serve_started_with_sighup_ignored_keeps_ignoring_it() {
+    // `nohup runyard serve`: a closed terminal does not stop it. An ignored signal is dropped
+    // when sent, so the SIGTERM after it is the first (a drain), not a second (a cold stop).
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut s = serve_with(RUNNERS, &[], |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.stderr(out);
+        // Safety: signal() only, in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    wait_status(&format!("{}/health", s.url), 200);
+    send_signal(&s.child, libc::SIGHUP);
+    send_signal(&s.child, libc::SIGTERM);
+    let st = ended_within(&mut s.child, Duration::from_secs(30)).expect("serve drained");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(0), "{st:?}: {text}");
+    assert!(text.contains("SIGTERM"), "{text}");
+    assert!(!text.contains("second stop signal"), "{text}");
+}
+
+#[test]
 fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
     let s = serve(RUNNERS);
     let dir = tempfile::tempdir().unwrap();
