@@ -35,37 +35,59 @@ fn serve_with_env(config: &str, env: &[(&str, &str)]) -> Serve {
     serve_with(config, env, |_| {})
 }
 
-/// [`serve_with_env`], `prepare` changing the server's command before it starts.
+/// [`serve_with_env`], `prepare` changing the server's command before it starts (its output goes
+/// nowhere unless `prepare` says where).
 fn serve_with(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&mut Command)) -> Serve {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("runyard.toml");
-    std::fs::write(&cfg, config).unwrap();
+    std::fs::write(dir.path().join("runyard.toml"), config).unwrap();
     let port = free_port();
+    let child = spawn_serve(dir.path(), port, env, prepare);
+    Serve {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// `runyard serve` on `dir`'s runyard.toml and data dir, listening on `port`; returns once it
+/// accepts connections.
+fn spawn_serve(
+    dir: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&mut Command),
+) -> Child {
     let mut cmd = Command::new(BIN);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     prepare(&mut cmd);
     let child = cmd
         .envs(env.iter().copied())
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(dir.join("runyard.toml"))
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         // The flag beats the environment, which beats the file.
         .env("RUNYARD_LISTEN", "127.0.0.1:1")
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Serve {
-        child,
-        url,
-        _dir: dir,
+    child
+}
+
+impl Serve {
+    /// A crash and a restart: SIGKILL, `down` with nothing listening, then `runyard serve` again
+    /// on the same port, config and data dir.
+    fn crash_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn_serve(self._dir.path(), port, &[], |_| {});
     }
 }
 
@@ -1009,6 +1031,282 @@ fn logs_follow_reconnects_from_the_last_event_id() {
     );
 }
 
+/// A client command running in the background, its stdout collected as it comes.
+struct Running {
+    child: Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Running {
+        use std::io::Read;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut pipe, sink) = (child.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Running { child, out }
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 20 s) until its stdout holds `text`.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.stdout().contains(text) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("ended ({st}) before `{text}`: {}", self.stdout());
+            }
+            assert!(Instant::now() < deadline, "no `{text}`: {}", self.stdout());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its exit code, stdout and stderr, once it ended (at most 60 s).
+    fn end(mut self) -> (Option<i32>, String, String) {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("still running: {}", self.stdout());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        // The reader thread has the rest once the pipe closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::sync::Arc::strong_count(&self.out) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (st.code(), self.stdout(), err)
+    }
+}
+
+#[test]
+fn logs_follow_and_submit_wait_on_a_terminal_ride_out_a_server_restart() {
+    // The first run of each job says `first` and hangs until the server dies (its process dies
+    // with it); the run after the restart (the lease expired) says `again` and succeeds.
+    let marks = tempfile::tempdir().unwrap();
+    let mut s = serve(&format!(
+        r#"
+[worker]
+lease_ttl = "1s"
+
+[[runners]]
+kind = "local"
+types = ["restart"]
+command = ["/bin/sh", "-c", "if [ -e \"$MARKS/$JOB_ID\" ]; then echo again; else echo first; touch \"$MARKS/$JOB_ID\"; exec sleep 60; fi"]
+env = {{ MARKS = {:?} }}
+"#,
+        marks.path().display().to_string()
+    ));
+    let id = stdout(&cli(&s.url, &["submit", "restart"]))
+        .trim()
+        .to_string();
+    let mut follow = Command::new(BIN);
+    follow
+        .args(["logs", &id, "--follow"])
+        .env("RUNYARD_SERVER", &s.url);
+    let mut follow = Running::start(follow);
+    // `submit --wait` with its stderr on a terminal (the progress view): under script(1).
+    let mut wait = Command::new("script");
+    wait.args([
+        "-qefc",
+        &format!("{BIN} submit restart --wait"),
+        "/dev/null",
+    ])
+    .env("RUNYARD_SERVER", &s.url);
+    let mut wait = Running::start(wait);
+    follow.wait_for("first");
+    wait.wait_for("first");
+
+    s.crash_and_restart(Duration::from_millis(1500));
+
+    let (code, text, err) = follow.end();
+    assert_eq!(code, Some(0), "{text}{err}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("job "))
+        .filter_map(|l| l.splitn(3, ' ').nth(2))
+        .collect();
+    assert_eq!(lines, ["first", "again"], "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("job {id} ended SUCCESS"))),
+        "{text}"
+    );
+    let (code, text, err) = wait.end();
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("again"), "{text}");
+}
+
+/// The status of `GET url` (`None`: no answer).
+fn http_status(url: &str) -> Option<u16> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new().get(url).send().await.ok()?;
+        Some(r.status().as_u16())
+    })
+}
+
+/// Waits (at most 20 s) until `GET url` answers `status`.
+fn wait_status(url: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_status(url) != Some(status) {
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (at most `within`) until `child` ended; `None` if it did not.
+fn ended_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send_signal(child: &Child, signal: i32) {
+    // Safety: a plain syscall on this test's own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+#[test]
+fn a_second_signal_during_the_drain_stops_serve_at_once_and_its_job_runs_after_a_restart() {
+    // The first run holds its slot for longer than the test (the drain would wait the whole
+    // `shutdown_grace` for it); the run after the restart ends at once.
+    let marks = tempfile::tempdir().unwrap();
+    let log = marks.path().join("serve.log");
+    let config = format!(
+        r#"
+[worker]
+shutdown_grace = "10m"
+lease_ttl = "1s"
+
+[[runners]]
+kind = "local"
+types = ["hold"]
+command = ["/bin/sh", "-c", "if [ -e \"$MARKS/$JOB_ID\" ]; then echo again; else touch \"$MARKS/$JOB_ID\"; exec sleep 600; fi"]
+env = {{ MARKS = {:?} }}
+"#,
+        marks.path().display().to_string()
+    );
+    let out = std::fs::File::create(&log).unwrap();
+    let mut s = serve_with(&config, &[], |cmd| {
+        cmd.stderr(out);
+    });
+    let id = stdout(&cli(&s.url, &["submit", "hold"])).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marks.path().join(&id).exists() {
+        assert!(Instant::now() < deadline, "the job did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_signal(&s.child, libc::SIGTERM);
+    wait_status(&format!("{}/health/ready", s.url), 503);
+    send_signal(&s.child, libc::SIGINT);
+    let st = ended_within(&mut s.child, Duration::from_secs(15))
+        .expect("a second signal stops serve without waiting for its job");
+    assert_eq!(st.code(), Some(128 + libc::SIGINT), "{st:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("second stop signal"), "{text}");
+
+    // As after a crash: once its lease expired, the job runs again on the same data dir.
+    s.crash_and_restart(Duration::ZERO);
+    let out = cli(&s.url, &["logs", &id, "--follow"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(" again\n"), "{}", stdout(&out));
+}
+
+#[test]
+fn sighup_drains_serve_as_sigterm_does_and_the_demo_dir_is_removed() {
+    // `serve --demo` keeps its data (its master.key too) in a temporary dir removed at exit.
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_path = tmp.path().to_path_buf();
+    let port = free_port();
+    let mut s = Serve {
+        child: Command::new(BIN)
+            .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
+            .env("TMPDIR", &tmp_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: tmp,
+    };
+    wait_status(&format!("{}/health", s.url), 200);
+    assert_eq!(
+        std::fs::read_dir(&tmp_path).unwrap().count(),
+        1,
+        "the demo dir"
+    );
+    send_signal(&s.child, libc::SIGHUP);
+    let st = ended_within(&mut s.child, Duration::from_secs(30)).expect("serve ended after SIGHUP");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "a drain, not death by the signal: {st:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp_path).unwrap().collect();
+    assert!(left.is_empty(), "the demo dir is removed: {left:?}");
+}
+
+#[test]
+fn serve_started_with_sighup_ignored_keeps_ignoring_it() {
+    // `nohup runyard serve`: a closed terminal does not stop it. An ignored signal is dropped
+    // when sent, so the SIGTERM after it is the first (a drain), not a second (a cold stop).
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut s = serve_with(RUNNERS, &[], |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.stderr(out);
+        // Safety: signal() only, in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    wait_status(&format!("{}/health", s.url), 200);
+    send_signal(&s.child, libc::SIGHUP);
+    send_signal(&s.child, libc::SIGTERM);
+    let st = ended_within(&mut s.child, Duration::from_secs(30)).expect("serve drained");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(0), "{st:?}: {text}");
+    assert!(text.contains("SIGTERM"), "{text}");
+    assert!(!text.contains("second stop signal"), "{text}");
+}
+
 #[test]
 fn submit_batch_prints_one_result_per_line_and_exits_4_when_any_failed() {
     let s = serve(RUNNERS);
@@ -1176,9 +1474,22 @@ fn bench_http_ceiling_answers_every_request_and_reports_them() {
 /// stays QUEUED. (The flag used to override the file's value with `true`.)
 #[test]
 fn worker_enabled_false_in_the_config_runs_no_worker() {
-    let s = serve(&format!(
-        "[worker]\nenabled = false\npoll_interval = \"100ms\"\n{RUNNERS}"
-    ));
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let s = serve_with(
+        &format!("[worker]\nenabled = false\npoll_interval = \"100ms\"\n{RUNNERS}"),
+        &[],
+        |cmd| {
+            cmd.stderr(out);
+        },
+    );
+    // On the embedded store nothing else can run its jobs: serve says so at start.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("NO JOB WILL RUN") && text.contains("`runyard worker` needs `redis`"),
+        "{text}"
+    );
     let out = cli(&s.url, &["submit", "runyard.noop", "--output", "json"]);
     assert!(out.status.success(), "{out:?}");
     let job = json_doc(&out);
@@ -1616,6 +1927,14 @@ fn a_server_url_with_a_query_or_fragment_is_refused_and_a_password_never_shown()
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(!stderr(&o).contains("s3cretpw"), "{}", stderr(&o));
     assert!(stderr(&o).contains("admin:***@127.0.0.1"), "{}", stderr(&o));
+    // Nor in the help, which names the variable without its value.
+    let o = cli(
+        &format!("http://admin:s3cretpw@127.0.0.1:{port}"),
+        &["jobs", "--help"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("s3cretpw"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("RUNYARD_SERVER"), "{}", stdout(&o));
 }
 
 #[test]

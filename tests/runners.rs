@@ -389,6 +389,53 @@ env = {{ MARK = "@DIR@/term" }}
     assert_eq!(job["result"], Value::Null, "{job:#}");
 }
 
+/// `runyard launch -- CMD` stopped by a signal (docker stop, a pod's eviction) reports ERROR
+/// "stopped by a signal", as `launch OP` does, even when its command makes a clean exit 0 of the
+/// SIGTERM it passes on; and that error is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_of_a_command_stopped_by_a_signal_reports_an_error_that_is_retried() {
+    let bin = env!("CARGO_BIN_EXE_runyard");
+    let ts = TestServer::builder(&format!(
+        r#"
+[[runners]]
+kind = "local"
+types = ["stoppable"]
+command = [{bin:?}, "launch", "--", "/bin/sh", "-c", "test \"$JOB_ATTEMPT\" = 1 || exit 0; trap 'kill $! ; exit 0' TERM; echo ready; sleep 30 & wait"]
+"#
+    ))
+    .config("[worker]\nkill_grace = \"10s\"")
+    .start()
+    .await;
+    let id = ts
+        .submit_ok(json!({"type": "stoppable", "max_attempts": 2, "backoff": {"initial_ms": 10, "jitter": false}}))
+        .await;
+    let pid = eventually("the command said it is ready", WAIT, || async {
+        let (_, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+        let ready = logs.to_string().contains("ready");
+        let job = ts.get_job(&id).await;
+        ready
+            .then(|| job["handle"]["id"].as_str()?.parse::<i32>().ok())
+            .flatten()
+    })
+    .await;
+    // SIGTERM to `runyard launch` itself (the local runner's process), as `docker stop` does.
+    // Safety: a plain syscall on a process of this test's server.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "attempt 2 ran: {job:#}");
+    assert_eq!(job["attempt"], 2, "{job:#}");
+    let first = &job["runs"][0];
+    assert_eq!(first["reported"], "ERROR", "{job:#}");
+    // The first attempt's error, as its status event carries it.
+    let events = ts.all_events("0").await;
+    assert!(
+        events.iter().any(|e| e["job_id"] == id.as_str()
+            && e.to_string()
+                .contains("stopped by a signal (command exited with code 0)")),
+        "{events:#?}"
+    );
+}
+
 /// Out of time, a job whose process ignores SIGTERM is marked before it is stopped: from then
 /// on its reports are refused (409), the lines it sends are kept, and it ends TIMEOUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,14 @@ use super::output::{self, Format};
 /// command.
 #[derive(Debug, Args, Clone)]
 pub struct ServerArg {
-    /// Base URL of the runyard server.
-    #[arg(long, env = "RUNYARD_SERVER", default_value = "http://127.0.0.1:7070")]
+    /// Base URL of the runyard server. Its value from the environment is not shown in `--help`
+    /// (a URL may hold a password: `http://user:pw@host`).
+    #[arg(
+        long,
+        env = "RUNYARD_SERVER",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub server: String,
     /// API token or JWT, sent as `Authorization: Bearer` on every request. Prefer the
     /// environment variable: a command line is readable by every user of the host (`ps`).

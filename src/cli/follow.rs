@@ -21,10 +21,80 @@ pub fn is_terminal(status: &str) -> bool {
     matches!(status, "SUCCESS" | "ERROR" | "TIMEOUT" | "CANCELLED")
 }
 
-/// How long the event stream may stay unreachable before the command gives up (exit 3).
+/// How long the server may stay unreachable before the command gives up (exit 3).
 const GIVE_UP: Duration = Duration::from_secs(60);
 /// Pause before reconnecting: doubles from the first to the second value.
 const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// The one rule by which `submit --wait` and `logs --follow` ride out a server restart, for the
+/// event stream and for every request they make while following: a request that found no server
+/// or got a 5xx is tried again after a pause (doubling from 100 ms to 2 s), until the server has
+/// been out of reach for [`GIVE_UP`]; any other failure (a 4xx) ends the command at once.
+#[derive(Debug)]
+struct Patience {
+    delay: Duration,
+    failing_since: Option<Instant>,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Self {
+            delay: RECONNECT.0,
+            failing_since: None,
+        }
+    }
+
+    /// A request went through: the next failure starts a new count.
+    fn reset(&mut self) {
+        self.delay = RECONNECT.0;
+        self.failing_since = None;
+    }
+
+    /// The pause before the next try (doubling up to its bound).
+    fn pause(&mut self) -> Duration {
+        let d = self.delay;
+        self.delay = (d * 2).min(RECONNECT.1);
+        d
+    }
+
+    /// After a failed request: the pause before trying again, or the error itself when it is
+    /// not worth trying again or the server has been out of reach for [`GIVE_UP`].
+    fn after(&mut self, e: anyhow::Error) -> anyhow::Result<Duration> {
+        if !is_transient(&e) {
+            return Err(e);
+        }
+        let now = Instant::now();
+        let since = *self.failing_since.get_or_insert(now);
+        if now.duration_since(since) > GIVE_UP {
+            return Err(e);
+        }
+        Ok(self.pause())
+    }
+
+    /// The value of a request that went through; `None`, after the pause, when it failed and
+    /// is worth trying again; the error otherwise.
+    async fn settle<T>(&mut self, r: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+        match r {
+            Ok(v) => {
+                self.reset();
+                Ok(Some(v))
+            }
+            Err(e) => {
+                tokio::time::sleep(self.after(e)?).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `GET path`, tried again by this rule.
+    async fn get(&mut self, api: &Api, path: &str) -> anyhow::Result<Value> {
+        loop {
+            if let Some(v) = self.settle(api.get(path).await).await? {
+                return Ok(v);
+            }
+        }
+    }
+}
 
 type SseStream = Pin<
     Box<
@@ -45,8 +115,7 @@ pub struct JobEvents {
     channel: String,
     last_id: Option<String>,
     stream: Option<SseStream>,
-    delay: Duration,
-    failing_since: Option<Instant>,
+    patience: Patience,
     /// Pause before the next connection attempt.
     not_before: Option<Instant>,
 }
@@ -60,8 +129,7 @@ impl JobEvents {
             channel: channel.to_string(),
             last_id: None,
             stream: None,
-            delay: RECONNECT.0,
-            failing_since: None,
+            patience: Patience::new(),
             not_before: None,
         }
     }
@@ -90,19 +158,13 @@ impl JobEvents {
                 {
                     Ok(r) => {
                         self.stream = Some(Box::pin(r.bytes_stream().eventsource()));
-                        self.failing_since = None;
-                        self.delay = RECONNECT.0;
+                        self.patience.reset();
                         self.not_before = None;
                     }
-                    Err(e) if is_transient(&e) => {
-                        let since = *self.failing_since.get_or_insert(now);
-                        if now.duration_since(since) > GIVE_UP {
-                            return Err(e);
-                        }
-                        self.pause();
+                    Err(e) => {
+                        self.not_before = Some(now + self.patience.after(e)?);
                         continue;
                     }
-                    Err(e) => return Err(e),
                 }
             }
             let Some(stream) = self.stream.as_mut() else {
@@ -114,7 +176,7 @@ impl JobEvents {
                     // Dropped (a server restart, a proxy, a silence past the read bound):
                     // reconnect from the last event id after a short pause.
                     self.stream = None;
-                    self.pause();
+                    self.not_before = Some(Instant::now() + self.patience.pause());
                 }
                 Ok(Some(Ok(ev))) => {
                     if !ev.id.is_empty() {
@@ -129,11 +191,6 @@ impl JobEvents {
                 }
             }
         }
-    }
-
-    fn pause(&mut self) {
-        self.not_before = Some(Instant::now() + self.delay);
-        self.delay = (self.delay * 2).min(RECONNECT.1);
     }
 }
 
@@ -212,6 +269,7 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
         View::Plain => None,
     };
     let mut events = JobEvents::new(api, id, channel);
+    let mut patience = Patience::new();
     // Without a terminal, nothing is shown but the events: wait for them as long as it takes.
     let within = if tail.is_some() {
         Duration::from_millis(500)
@@ -222,7 +280,7 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
         loop {
             let ev = events.next(within).await?;
             if let Some(t) = tail.as_mut() {
-                for l in t.fetch(api).await? {
+                for l in t.fetch_patiently(api).await? {
                     view.log(&l);
                 }
             }
@@ -231,7 +289,7 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
                 Some("progress") => view.progress(ev["progress"].as_f64().unwrap_or(0.0)),
                 Some("resync") => {
                     // Events were trimmed: the job itself says where it is.
-                    let job = api.get(&job_path(id)?).await?;
+                    let job = patience.get(api, &job_path(id)?).await?;
                     if is_terminal(job["status"].as_str().unwrap_or("")) {
                         return Ok(job);
                     }
@@ -246,7 +304,7 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
                     }
                     if is_terminal(st) {
                         // An explicit retry may have followed; the job says.
-                        let job = api.get(&job_path(id)?).await?;
+                        let job = patience.get(api, &job_path(id)?).await?;
                         if ended_by(&job, &ev) {
                             return Ok(job);
                         }
@@ -283,9 +341,10 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
     let channel = job["channel_id"].as_str().unwrap_or(&tail.id).to_string();
     let mut done = is_terminal(job["status"].as_str().unwrap_or(""));
     let mut events = JobEvents::new(api, &tail.id, &channel);
+    let mut patience = Patience::new();
     loop {
         loop {
-            let lines = tail.fetch(api).await?;
+            let lines = tail.fetch_patiently(api).await?;
             if lines.is_empty() {
                 break;
             }
@@ -301,7 +360,7 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
             let ended =
                 ev["type"] == "resync" || is_terminal(ev["runyard_status"].as_str().unwrap_or(""));
             if ended {
-                let job = api.get(&job_path(&tail.id)?).await?;
+                let job = patience.get(api, &job_path(&tail.id)?).await?;
                 done = is_terminal(job["status"].as_str().unwrap_or(""));
             }
         }
@@ -309,7 +368,7 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
     for l in tail.drain(api).await? {
         l.print(format);
     }
-    api.get(&job_path(&tail.id)?).await
+    patience.get(api, &job_path(&tail.id)?).await
 }
 
 /// The last line of `logs --follow`: the job's final status, its exit code when the server
@@ -397,6 +456,7 @@ pub struct LogTail {
     after: u64,
     /// (claimed_at µs, attempt), by time.
     runs: Vec<(i64, u64)>,
+    patience: Patience,
 }
 
 impl LogTail {
@@ -407,7 +467,19 @@ impl LogTail {
             path: format!("{}/logs", job_path(id)?),
             after: 0,
             runs: Vec::new(),
+            patience: Patience::new(),
         })
+    }
+
+    /// [`Self::fetch`] riding out a server restart by the one rule ([`Patience`]): while
+    /// following a job.
+    async fn fetch_patiently(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
+        loop {
+            let r = self.fetch(api).await;
+            if let Some(lines) = self.patience.settle(r).await? {
+                return Ok(lines);
+            }
+        }
     }
 
     /// The next page of lines (empty when there is nothing new).
@@ -455,7 +527,7 @@ impl LogTail {
         let mut quiet = 0;
         let mut out = Vec::new();
         while quiet < 2 && Instant::now() < until {
-            let lines = self.fetch(api).await?;
+            let lines = self.fetch_patiently(api).await?;
             if lines.is_empty() {
                 quiet += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -268,9 +268,11 @@ async fn run_command(
             true,
         )));
     }
+    let mut stopped = false;
     let status = tokio::select! {
         s = child.wait() => s,
         _ = crate::cli::shutdown_signal() => {
+            stopped = true;
             if let Some(pid) = child.id() {
                 // Safety: plain syscall on our own child.
                 unsafe { libc::kill(pid as i32, libc::SIGTERM); }
@@ -283,11 +285,17 @@ async fn run_command(
     }
     reporter.flush().await;
     use std::os::unix::process::ExitStatusExt;
-    let outcome = match (status.code(), status.signal()) {
-        (Some(0), _) => upload_outputs(&client, outputs).await.map(|()| None),
-        (Some(c), _) => Err(format!("command exited with code {c}")),
-        (None, Some(s)) => Err(format!("command killed by signal {s}")),
-        _ => Err("command ended abnormally".to_string()),
+    let ended = match (status.code(), status.signal()) {
+        (Some(c), _) => format!("command exited with code {c}"),
+        (None, Some(s)) => format!("command killed by signal {s}"),
+        _ => "command ended abnormally".to_string(),
+    };
+    let outcome = match status.code() {
+        // Stopped (docker stop, a pod's eviction): not done, whatever the command made of it;
+        // an error worth another attempt, as with `launch OP`.
+        _ if stopped => Err(format!("stopped by a signal ({ended})")),
+        Some(0) => upload_outputs(&client, outputs).await.map(|()| None),
+        _ => Err(ended),
     };
     let code = finish(&client, outcome, true).await;
     Ok(match status.code() {

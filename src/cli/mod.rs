@@ -11,6 +11,7 @@ pub mod launch;
 pub mod output;
 pub mod schedules;
 pub mod signal;
+pub mod stop;
 pub mod submit;
 pub mod submit_batch;
 pub mod token;
@@ -24,6 +25,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Overrides};
 use crate::server::ServerBuilder;
 use runyard_runners::service::ServiceRegistry;
+pub use stop::shutdown_signal;
 
 /// runyard: an async job service.
 #[derive(Debug, Parser)]
@@ -98,7 +100,8 @@ pub struct ServeArgs {
     /// The URL jobs use to reach this server.
     #[arg(long)]
     public_url: Option<String>,
-    /// Run only the API and scheduler, no worker.
+    /// Run only the API and scheduler, no worker (with `redis`: workers are `runyard worker`
+    /// nodes; on the embedded store no job would run).
     #[arg(long)]
     no_worker: bool,
     /// Listen on a non-loopback address without [auth] (something in front authenticates).
@@ -220,7 +223,7 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("`--health-listen`: cannot listen on {addr}: {e}"))?;
         builder = builder.health_listener(listener);
     }
-    builder.work(shutdown_signal()).await
+    builder.work(stop::drain_signal(None)).await
 }
 
 /// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
@@ -422,37 +425,38 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("`listen`: cannot listen on {}: {e}", config.listen))?;
     // `--no-worker` beats `worker.enabled`; neither runs a worker in this process.
     let worker = !a.no_worker && config.worker.enabled;
+    if !worker && config.redis.is_none() {
+        // Only a worker in this process can run the embedded store's jobs.
+        tracing::warn!(
+            "NO JOB WILL RUN: this server runs no worker (`--no-worker` or `worker.enabled = \
+             false`) and its store is the embedded one, which no other process can work on \
+             (`runyard worker` needs `redis`); its jobs stay QUEUED. Start it with a worker, or \
+             use `redis` for separate worker nodes"
+        );
+    }
+    // The demo's data dir (as `run` removes it at exit): removed by a cold stop too.
+    let demo_dir = (a.demo && a.data_dir.is_none()).then(|| config.data_dir.clone());
     let mut builder = ServerBuilder::new(config).worker(worker);
     if !a.demo {
-        return builder.serve(listener, shutdown_signal()).await;
+        return builder.serve(listener, stop::drain_signal(None)).await;
     }
     builder = crate::demo::register(builder);
+    // Listening for the stop signals from here on, through the demo's own jobs.
+    let stop = stop::drain_signal(demo_dir);
     let server = builder.start(listener).await?;
-    if worker {
-        if let Err(e) = crate::demo::run_jobs(&server.url()).await {
-            tracing::warn!(error = %e, "the demo jobs could not be run");
-        }
-    }
-    shutdown_signal().await;
-    server.stop().await
-}
-
-/// Completes on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let url = server.url();
+    let demo_jobs = async {
+        if worker {
+            if let Err(e) = crate::demo::run_jobs(&url).await {
+                tracing::warn!(error = %e, "the demo jobs could not be run");
             }
-            Err(_) => std::future::pending::<()>().await,
         }
+        std::future::pending::<()>().await
     };
+    // A signal stops the demo's own jobs too.
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        () = demo_jobs => {}
+        () = stop => {}
     }
-    tracing::info!("shutdown requested: draining");
+    server.stop().await
 }

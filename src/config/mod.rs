@@ -602,6 +602,22 @@ types = ["thumbnail"]
             ),
             // Refused when read, before `serve` creates anything in `data_dir`.
             ("master_key = \"short\"", "master_key", "16 characters"),
+            (
+                "public_url = \"https://jobs.example/?tenant=a\"",
+                "public_url",
+                "without `?query` or `#fragment`",
+            ),
+            (
+                "public_url = \"https://jobs.example/#x\"",
+                "public_url",
+                "without `?query` or `#fragment`",
+            ),
+            (
+                "data_dir = \"~/runyard\"",
+                "data_dir",
+                "must not start with `~`",
+            ),
+            ("data_dir = \"~\"", "data_dir", "must not start with `~`"),
         ] {
             let e = Config::from_toml(toml).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(says), "{toml}: {e}");

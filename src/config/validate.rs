@@ -59,7 +59,7 @@ impl Config {
         Ok(())
     }
 
-    /// `public_url`, `master_key`'s length, and with `redis`: its URL, the master key and the
+    /// `public_url`, `data_dir`, `master_key`'s length, and with `redis`: its URL, the master key and the
     /// key prefix.
     fn check_urls(&self) -> Result<(), ConfigError> {
         // Here, before anything is created (`load_master_key` checks it again).
@@ -70,6 +70,28 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return err("public_url".into(), "must start with http:// or https://");
             }
+            // Every JOB_HOOK is this URL with a path appended: after a query or a fragment
+            // that path would not reach the server.
+            if u.contains(['?', '#']) {
+                return err(
+                    "public_url".into(),
+                    "must be a base URL without `?query` or `#fragment` (each job's JOB_HOOK \
+                     is this URL followed by a path)",
+                );
+            }
+        }
+        // `~` is a shell's: here it would be a directory named `~`.
+        if self
+            .data_dir
+            .components()
+            .next()
+            .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with('~'))
+        {
+            return err(
+                "data_dir".into(),
+                "must not start with `~` (it is not expanded to a home directory): give an \
+                 absolute path, or one relative to the working directory",
+            );
         }
         if let Some(r) = &self.redis {
             if !(r.starts_with("redis://")
