@@ -10,6 +10,7 @@ pub mod config;
 pub mod jwt;
 mod query;
 mod refusal;
+pub mod target;
 pub mod tokens;
 
 use axum::extract::FromRequestParts;
