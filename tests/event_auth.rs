@@ -516,6 +516,62 @@ async fn a_token_reads_exactly_its_channel_with_the_same_ids_on_all_transports()
     ts.stop().await;
 }
 
+/// A browser behind HTTP authentication sends its own `Authorization` (Basic, Negotiate) on
+/// every request, the event routes' included: that header is not runyard's and must not hide
+/// the JWT cookie. The client API keeps refusing it (401): it takes only `Bearer`.
+#[tokio::test]
+async fn a_browsers_basic_authorization_does_not_hide_the_cookie_on_event_routes() {
+    let mut ts = server_with_auth().await;
+    let ta = token("chan-a", json!(1));
+    let id = submit_as_service(&ts, json!({"type": "runyard.noop", "channel": "chan-a"})).await;
+    wait_done_as_service(&ts, &id).await;
+    for scheme in ["Basic dXNlcjpwYXNz", "Negotiate YIIGhgYGKwYBBQUCoIIGejCC"] {
+        let mut headers = cookie(&ta);
+        headers.push(("authorization", scheme.to_string()));
+        let polled = poll_all(&ts, &headers).await;
+        assert!(
+            polled.iter().any(|e| e["job_id"] == id.as_str()),
+            "{scheme}: the cookie's channel read: {polled:?}"
+        );
+        assert!(
+            polled.iter().all(|e| e["channel_id"] == "chan-a"),
+            "{polled:?}"
+        );
+        assert_eq!(sse_events(&ts, &headers, 1).await.len(), 1, "{scheme}: sse");
+        let mut ws = ws_connect(&ts, "last_id=0", &headers)
+            .await
+            .unwrap_or_else(|e| panic!("{scheme}: ws upgrades with the cookie: {e:?}"));
+        assert_eq!(ws_events(&mut ws, 1).await.len(), 1, "{scheme}: ws");
+        // Without a cookie it is still 401, saying what it got; a bad cookie is the cookie's
+        // own refusal.
+        let only: Headers = vec![("authorization", scheme.to_string())];
+        refused_everywhere(&ts, "last_id=0", &only, 401, scheme).await;
+        let (_, body) = poll(&ts, "last_id=0", &only).await;
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("async-token") && msg.contains("not `Bearer`"),
+            "{body}"
+        );
+        let mut bad = cookie("garbage.not.jwt");
+        bad.push(("authorization", scheme.to_string()));
+        refused_everywhere(&ts, "last_id=0", &bad, 401, "bad cookie").await;
+        // The client API: only Bearer, the cookie is not looked at.
+        let res = ts
+            .client
+            .get(ts.at(&format!("/async/jobs/{id}")))
+            .header("authorization", scheme)
+            .header("cookie", format!("async-token={}", service_token()))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(res.status().as_u16(), 401);
+        let body: Value = res.json().await.expect("json");
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("must be `Bearer <token>`"), "{body}");
+    }
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn without_auth_everything_is_open_as_before() {
     let mut ts = TestServer::start(RUNNERS).await;
