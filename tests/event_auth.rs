@@ -516,6 +516,142 @@ async fn a_token_reads_exactly_its_channel_with_the_same_ids_on_all_transports()
     ts.stop().await;
 }
 
+/// A browser behind HTTP authentication sends its own `Authorization` (Basic, Negotiate) on
+/// every request, the event routes' included: that header is not runyard's and must not hide
+/// the JWT cookie. The client API keeps refusing it (401): it takes only `Bearer`.
+#[tokio::test]
+async fn a_browsers_basic_authorization_does_not_hide_the_cookie_on_event_routes() {
+    let mut ts = server_with_auth().await;
+    let ta = token("chan-a", json!(1));
+    let id = submit_as_service(&ts, json!({"type": "runyard.noop", "channel": "chan-a"})).await;
+    wait_done_as_service(&ts, &id).await;
+    for scheme in ["Basic dXNlcjpwYXNz", "Negotiate YIIGhgYGKwYBBQUCoIIGejCC"] {
+        let mut headers = cookie(&ta);
+        headers.push(("authorization", scheme.to_string()));
+        let polled = poll_all(&ts, &headers).await;
+        assert!(
+            polled.iter().any(|e| e["job_id"] == id.as_str()),
+            "{scheme}: the cookie's channel read: {polled:?}"
+        );
+        assert!(
+            polled.iter().all(|e| e["channel_id"] == "chan-a"),
+            "{polled:?}"
+        );
+        assert_eq!(sse_events(&ts, &headers, 1).await.len(), 1, "{scheme}: sse");
+        let mut ws = ws_connect(&ts, "last_id=0", &headers)
+            .await
+            .unwrap_or_else(|e| panic!("{scheme}: ws upgrades with the cookie: {e:?}"));
+        assert_eq!(ws_events(&mut ws, 1).await.len(), 1, "{scheme}: ws");
+        // Without a cookie it is still 401, saying what it got; a bad cookie is the cookie's
+        // own refusal.
+        let only: Headers = vec![("authorization", scheme.to_string())];
+        refused_everywhere(&ts, "last_id=0", &only, 401, scheme).await;
+        let (_, body) = poll(&ts, "last_id=0", &only).await;
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("async-token") && msg.contains("not `Bearer`"),
+            "{body}"
+        );
+        let mut bad = cookie("garbage.not.jwt");
+        bad.push(("authorization", scheme.to_string()));
+        refused_everywhere(&ts, "last_id=0", &bad, 401, "bad cookie").await;
+        // The client API: only Bearer, the cookie is not looked at.
+        let res = ts
+            .client
+            .get(ts.at(&format!("/async/jobs/{id}")))
+            .header("authorization", scheme)
+            .header("cookie", format!("async-token={}", service_token()))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(res.status().as_u16(), 401);
+        let body: Value = res.json().await.expect("json");
+        let msg = body["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("must be `Bearer <token>`"), "{body}");
+    }
+    ts.stop().await;
+}
+
+/// A token confined to types and channels reads, on every transport, the events of its types'
+/// jobs on its channels only: not those of another type's job on its channel (its id, statuses,
+/// error messages and result URL are no more its to read there than through
+/// `GET /async/jobs/{id}`, 403). Live (the socket is open first) and replayed (poll, SSE); a
+/// poll reads on past the hidden events rather than answering an empty page.
+#[tokio::test]
+async fn a_token_confined_to_types_reads_the_events_of_its_types_only() {
+    const REPORTS: &str = "ry_events_reports_only";
+    let mut ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nallowed_origins = [\"{ORIGIN}\"]\n\
+             [[auth.tokens]]\nname = \"reports\"\nsha256 = \"{}\"\nscopes = [\"jobs:read\"]\n\
+             types = [\"runyard.echo\"]\nchannels = [\"chan-a\"]\n",
+            runyard::auth::tokens::token_sha256(REPORTS)
+        ))
+        .start()
+        .await;
+    let reports: Headers = vec![("authorization", format!("Bearer {REPORTS}"))];
+    let mut ws = ws_connect(&ts, "last_id=0", &reports)
+        .await
+        .expect("ws upgrades");
+    // Another type's job on the token's channel first, then one of its type.
+    let payroll = submit_as_service(
+        &ts,
+        json!({"type": "runyard.fail", "channel": "chan-a",
+               "args": {"message": "payroll secret", "retry": false}}),
+    )
+    .await;
+    assert_eq!(wait_done_as_service(&ts, &payroll).await["status"], "ERROR");
+    let report = submit_as_service(&ts, json!({"type": "runyard.echo", "channel": "chan-a"})).await;
+    assert_eq!(
+        wait_done_as_service(&ts, &report).await["status"],
+        "SUCCESS"
+    );
+
+    // The payroll job's events are there, for a reader of the whole channel.
+    let all = poll_all(&ts, &cookie(&token("chan-a", json!(1)))).await;
+    assert!(
+        all.iter().any(|e| e["job_id"] == payroll.as_str()),
+        "{all:?}"
+    );
+
+    let polled = poll_all(&ts, &reports).await;
+    assert!(
+        polled
+            .iter()
+            .any(|e| e["job_id"] == report.as_str() && e["runyard_status"] == "SUCCESS"),
+        "{polled:?}"
+    );
+    for e in &polled {
+        assert_eq!(e["job_id"], report.as_str(), "another type's event: {e}");
+    }
+    // One at a time from the start: the first answer is the report's first event, not an empty
+    // page stuck before the payroll job's events.
+    let (s, first) = poll(&ts, "last_id=0&limit=1", &reports).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(
+        ids(first["result"].as_array().expect("result")),
+        ids(&polled[..1])
+    );
+    let via_sse = sse_events(&ts, &reports, polled.len()).await;
+    assert_eq!(ids(&via_sse), ids(&polled), "sse: {via_sse:?}");
+    let via_ws = ws_events(&mut ws, polled.len()).await;
+    assert_eq!(ids(&via_ws), ids(&polled), "ws: {via_ws:?}");
+    let more = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+    if let Ok(Some(Ok(tungstenite::Message::Text(t)))) = more {
+        panic!("unexpected extra event on the socket: {t}");
+    }
+    // As the job route answers.
+    let res = ts
+        .client
+        .get(ts.at(&format!("/async/jobs/{payroll}")))
+        .bearer_auth(REPORTS)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status().as_u16(), 403);
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn without_auth_everything_is_open_as_before() {
     let mut ts = TestServer::start(RUNNERS).await;

@@ -14,6 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::auth::{ChannelAuth, StreamOrigin};
 use crate::events::follow::Follower;
+use crate::events::types::TypeFilter;
 use crate::events::{ws, EventId};
 use crate::store::{Notice, StoreError};
 
@@ -55,13 +56,22 @@ pub async fn poll(
         wait = wait.min(left);
     }
     let store = &st.app.store;
+    let mut types = type_filter(&st, &auth);
+    let mut after = last_id;
     // Subscribe before reading, so an event committed in between still wakes us.
     let mut rx = store.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let events = store
-            .events(channel.as_deref(), last_id.as_deref(), limit)
-            .await?;
+        let events = match &mut types {
+            None => {
+                store
+                    .events(channel.as_deref(), after.as_deref(), limit)
+                    .await?
+            }
+            Some(t) => {
+                shown_events(store.as_ref(), t, (channel.as_deref(), &mut after), limit).await?
+            }
+        };
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(json!({ "result": events })));
         }
@@ -78,6 +88,39 @@ pub async fn poll(
                 Ok(Ok(Notice::Events)) | Ok(Err(_)) => break,
                 Ok(Ok(_)) => continue,
             }
+        }
+    }
+}
+
+/// The caller's filter by job type, when it is confined to types (docs/auth.md).
+fn type_filter(st: &AppState, auth: &ChannelAuth) -> Option<TypeFilter> {
+    auth.0
+        .type_rule()
+        .map(|sees| TypeFilter::new(st.app.store.clone(), sees))
+}
+
+/// Up to `limit` events after `*after` that `types` shows, reading on past the hidden ones
+/// until one is shown or the stream ends (`*after` moves past what was read). A poll after
+/// hidden events only answers none: the client keeps its `last_id`, and reads past them again.
+async fn shown_events(
+    store: &dyn crate::store::Store,
+    types: &mut TypeFilter,
+    (channel, after): (Option<&str>, &mut Option<String>),
+    limit: usize,
+) -> ApiResult<Vec<crate::job::Event>> {
+    loop {
+        let page = store.events(channel, after.as_deref(), limit).await?;
+        types.learn(page.iter().map(|e| e.job_id.as_str())).await?;
+        let real = page.iter().filter(|e| e.kind != "resync").count();
+        if let Some(last) = page.last() {
+            *after = Some(last.id.clone());
+        }
+        let shown: Vec<_> = page
+            .into_iter()
+            .filter(|e| types.known(&e.job_id) == Some(true))
+            .collect();
+        if !shown.is_empty() || real < limit {
+            return Ok(shown);
         }
     }
 }
@@ -151,6 +194,7 @@ pub async fn websocket(
     check_cursor(&st, channel.as_deref(), last_id.as_deref(), "last_id").await?;
     let app = st.app.clone();
     let expires = auth.0.remaining();
+    let types = type_filter(&st, &auth);
     // Clients only answer pings and close: small buffers keep an idle socket cheap.
     let ws = ws
         .read_buffer_size(4096)
@@ -169,7 +213,7 @@ pub async fn websocket(
         match sub {
             Err(why) => ws::refuse(socket, why).await,
             Ok(sub) => {
-                let follower = Follower::new(store, channel, last_id, sub);
+                let follower = Follower::new(store, channel, last_id, sub).with_types(types);
                 ws::run(socket, follower, ping, closing, expires).await
             }
         }
@@ -227,7 +271,8 @@ pub async fn sse(
         .events
         .subscribe(channel.as_deref())
         .map_err(|why| ApiError::unavailable("too_many_streams", why.reason()))?;
-    let follower = Follower::new(st.app.store.clone(), channel, last_id, sub);
+    let follower = Follower::new(st.app.store.clone(), channel, last_id, sub)
+        .with_types(type_filter(&st, &auth));
     let closing = st.app.closing.clone();
     // The stream ends when the credential it was opened with expires (the browser reconnects
     // with `Last-Event-ID` and a new one).

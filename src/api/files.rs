@@ -12,6 +12,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::parse_job_id;
 use super::hooks::{check_property, file_error, file_index, job_file, valid_property};
 use super::AppState;
+use crate::auth::access::Caller;
 use crate::job::{Command, FileRef, MAX_FILES_PER_PROPERTY};
 
 /// Longest file name taken, in bytes (as most file systems' names).
@@ -103,6 +104,7 @@ pub struct AttachParams {
     ))]
 pub async fn attach(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     Path((id, property)): Path<(String, String)>,
     q: Result<Query<AttachParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -117,7 +119,7 @@ pub async fn attach(
     let mimetype = content_type(&headers)?
         .unwrap_or("application/octet-stream")
         .to_string();
-    let job = st.job(id).await?;
+    let job = st.job_for(id, &caller).await?;
     if job.status.is_terminal() {
         return Err(ApiError::conflict(
             "illegal_transition",
@@ -175,12 +177,13 @@ pub async fn attach(
     ))]
 pub async fn fetch(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     Path((id, property, index)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
     let id = parse_job_id(&id)?;
     check_property(&property)?;
     let index = file_index(&index)?;
-    let job = st.job(id).await?;
+    let job = st.job_for(id, &caller).await?;
     let f = job_file(&job, &property, index)?;
     stream_blob(&st, &f.hash, &f.mimetype, &f.name).await
 }

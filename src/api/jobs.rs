@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{parse_job_id, JobIdPath};
 use super::pages::{self, Page};
 use super::AppState;
+use crate::auth::access::Caller;
 use crate::auth::tokens::Grant;
 use crate::job::{now_us, BackoffPatch, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::{ListQuery, Submitted};
@@ -295,9 +296,10 @@ pub fn accepted(s: &Submitted) -> Response {
     responses((status = 200, description = "The job", body = super::openapi::schemas::JobView), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody)))]
 pub async fn get_job(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Json<Value>> {
-    let mut job = st.job(id).await?;
+    let mut job = st.job_for(id, &caller).await?;
     if job.status == JobStatus::Waiting {
         // Why it waits, now: the records seen so far.
         crate::waiting::fill_seen(st.app.store.as_ref(), &mut job).await?;
@@ -437,10 +439,14 @@ pub async fn list_jobs(
     ))]
 pub async fn cancel_job(
     State(st): State<AppState>,
-    crate::auth::access::Caller(caller): crate::auth::access::Caller,
+    Caller(caller): Caller,
     JobIdPath(id): JobIdPath,
     _: super::extract::NoBody,
 ) -> ApiResult<Json<Value>> {
+    // A job's type and channel never change: checked once, before the cancel.
+    if caller.is_confined() {
+        st.job_for(id, &caller).await?;
+    }
     let job = st.app.store.apply(id, Command::Cancel).await?;
     crate::outcomes::log_change(&job);
     Ok(Json(acted(&caller, &job)))
@@ -466,13 +472,13 @@ fn acted(caller: &Grant, job: &Job) -> Value {
     ))]
 pub async fn retry_job(
     State(st): State<AppState>,
-    crate::auth::access::Caller(caller): crate::auth::access::Caller,
+    Caller(caller): Caller,
     JobIdPath(id): JobIdPath,
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     // `emits`, the type, args and runner never change after the submit: checking them before
     // the retry is not a race.
-    let job = st.job(id).await?;
+    let job = st.job_for(id, &caller).await?;
     if !caller.allows(crate::auth::tokens::Scope::SignalsWrite) {
         require_emit_scope(&caller, &job.emits)?;
     }
@@ -513,6 +519,7 @@ pub struct LogParams {
     ))]
 pub async fn job_logs(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     JobIdPath(id): JobIdPath,
     q: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
@@ -526,7 +533,7 @@ pub async fn job_logs(
             "`after` must be a line number (`next` of a page), 0 to {MAX_AFTER}"
         )));
     }
-    let job = st.job(id).await?;
+    let job = st.job_for(id, &caller).await?;
     let mut left = q.limit.unwrap_or(1000).clamp(1, 10_000);
     // Read in chunks and written line by line within the page's bytes (`pages`); `next` is the
     // last line written.
@@ -556,9 +563,10 @@ pub async fn job_logs(
     ))]
 pub async fn job_result(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     JobIdPath(id): JobIdPath,
 ) -> ApiResult<Json<Value>> {
-    let job = st.job(id).await?;
+    let job = st.job_for(id, &caller).await?;
     if !job.status.is_terminal() {
         return Err(ApiError::conflict(
             "not_finished",

@@ -50,6 +50,19 @@ impl AppState {
             .await?
             .ok_or_else(ApiError::job_not_found)
     }
+
+    /// The job `id` as `caller` may act on it: 404, or 403 when it is outside the caller's
+    /// types or channels. The guard's rule again, on the record the handler goes on with
+    /// (`auth::target`): the guard's own lookup may have found nothing.
+    pub async fn job_for(
+        &self,
+        id: uuid::Uuid,
+        caller: &crate::auth::tokens::Grant,
+    ) -> ApiResult<crate::job::Job> {
+        let job = self.job(id).await?;
+        crate::auth::target::job(caller, &job)?;
+        Ok(job)
+    }
 }
 
 impl crate::auth::AuthSettings for AppState {

@@ -172,6 +172,7 @@ impl DeliveryParams {
     ))]
 async fn deliveries(
     State(st): State<AppState>,
+    crate::auth::access::Caller(caller): crate::auth::access::Caller,
     JobIdPath(id): JobIdPath,
     q: Result<Query<DeliveryParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -181,7 +182,7 @@ async fn deliveries(
         return Err(ApiError::bad_query("`limit` must be between 1 and 1000"));
     }
     let page = q.page().map_err(ApiError::bad_query)?;
-    let job = st.job(id).await?;
+    let job = st.job_for(id, &caller).await?;
     let list = st.app.store.deliveries_page(id, page, limit).await?;
     let next = match (list.last(), page) {
         (Some(d), _) => Some(d.id),

@@ -11,8 +11,10 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
-use super::schedules::{bad, load, not_found};
+use super::schedules::{bad, load_for, not_found};
 use super::AppState;
+use crate::auth::tokens::Grant;
+use crate::auth::Refusal;
 use crate::job::Micros;
 use crate::schedule::firing::Firing;
 use crate::schedule::{clock, to_us, to_utc};
@@ -46,11 +48,20 @@ fn fired(s: &Submitted) -> Value {
     })
 }
 
-fn fire_error(name: &str, e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => not_found(name),
-        e => e.into(),
-    }
+/// Fires the schedule `name` at `times` for `caller`: the schedule fired is the one checked
+/// against the caller's grant (`auth::target`), as loaded for the fire, not an earlier look.
+async fn fire(
+    st: &AppState,
+    (name, caller): (&str, &Grant),
+    times: &[Micros],
+) -> ApiResult<Vec<(Micros, Result<Submitted, String>)>> {
+    firing(st)
+        .fire_now(name, times, |s| crate::auth::target::schedule(caller, s))
+        .await
+        .map_err(|r| match r {
+            Refusal::Store(StoreError::NotFound) => not_found(name),
+            r => r.into(),
+        })
 }
 
 /// `POST /async/schedules/{name}/trigger`: one fire now (also when paused; overlap is not
@@ -66,13 +77,10 @@ async fn trigger(
     Path(name): Path<String>,
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
-    let s = load(&st, &name).await?;
+    let s = load_for(&st, &name, &caller).await?;
     super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
     let t = crate::schedule::trigger_time(clock());
-    let subs = firing(&st)
-        .fire_now(&name, &[t])
-        .await
-        .map_err(|e| fire_error(&name, e))?;
+    let subs = fire(&st, (&name, &caller), &[t]).await?;
     match subs.into_iter().next() {
         Some((_, Ok(sub))) => Ok((StatusCode::ACCEPTED, Json(fired(&sub))).into_response()),
         Some((_, Err(why))) => Err(ApiError::unprocessable(
@@ -130,7 +138,7 @@ async fn backfill(
             "`to` must not be in the future (the schedule fires those times itself)",
         ));
     }
-    let s = load(&st, &name).await?;
+    let s = load_for(&st, &name, &caller).await?;
     super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
     let cron = s
         .cron()
@@ -145,10 +153,7 @@ async fn backfill(
             "`from`..`to` holds more than {MAX_BACKFILL} fire times; backfill a shorter range"
         )));
     }
-    let subs = firing(&st)
-        .fire_now(&name, &times)
-        .await
-        .map_err(|e| fire_error(&name, e))?;
+    let subs = fire(&st, (&name, &caller), &times).await?;
     let (mut fires, mut refused) = (Vec::new(), Vec::new());
     for (t, r) in subs {
         // A time whose job was made before the template was pointed at the caller's types or

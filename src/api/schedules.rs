@@ -303,6 +303,15 @@ pub(super) async fn load(st: &AppState, name: &str) -> ApiResult<Schedule> {
         .ok_or_else(|| not_found(name))
 }
 
+/// The schedule `name` as `grant` may act on it: 404, or 403 when its job is outside the
+/// grant's types or channels. The guard's rule again (`auth::target`), on the record the
+/// handler goes on with: the guard's own lookup may have found nothing (created since).
+pub(super) async fn load_for(st: &AppState, name: &str, grant: &Grant) -> ApiResult<Schedule> {
+    let s = load(st, name).await?;
+    crate::auth::target::schedule(grant, &s)?;
+    Ok(s)
+}
+
 /// `POST /async/schedules`: 201 created, 200 the same body again, 409 another body.
 #[utoipa::path(post, path = "/async/schedules", tag = "schedules", request_body = ScheduleBody,
     responses(
@@ -379,6 +388,9 @@ async fn replace(
                 (s, None, StatusCode::CREATED)
             }
             Some(cur) => {
+                // Replacing is acting on it: one created since the guard looked, outside the
+                // caller's grant, is 403, not overwritten.
+                crate::auth::target::schedule(&caller, &cur)?;
                 let mut s = cur.clone();
                 let same_times = cur.spec.cron == spec.cron && cur.spec.timezone == spec.timezone;
                 if !same_times || s.next_fire.is_none() {
@@ -412,12 +424,8 @@ async fn list(State(st): State<AppState>, Caller(grant): Caller) -> ApiResult<Js
     let now = clock();
     let all = st.app.store.schedules().await?;
     // Only the schedules whose jobs the caller's grant covers.
-    let seen = |s: &&Schedule| {
-        grant.sees(
-            &s.proto.job_type,
-            s.spec.job.get("channel").and_then(Value::as_str),
-        )
-    };
+    let seen =
+        |s: &&Schedule| grant.sees(&s.proto.job_type, crate::auth::target::schedule_channel(s));
     Ok(Json(json!({
         "schedules": all.iter().filter(seen).map(|s| public(s, now, &grant)).collect::<Vec<_>>(),
     })))
@@ -431,7 +439,11 @@ async fn get_one(
     Caller(grant): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(show(&load(&st, &name).await?, StatusCode::OK, &grant))
+    Ok(show(
+        &load_for(&st, &name, &grant).await?,
+        StatusCode::OK,
+        &grant,
+    ))
 }
 
 /// `DELETE /async/schedules/{name}`: 204. Jobs already submitted are not touched.
@@ -439,11 +451,12 @@ async fn get_one(
     responses((status = 204, description = "Deleted"), (status = 404, description = "`not_found`: no such schedule", body = super::openapi::schemas::ErrorBody), (status = 503, description = "`busy`: the schedule keeps changing; try again", body = super::openapi::schemas::ErrorBody)))]
 async fn delete(
     State(st): State<AppState>,
+    Caller(grant): Caller,
     Path(name): Path<String>,
     _: super::extract::NoBody,
 ) -> ApiResult<StatusCode> {
     for _ in 0..CAS_TRIES {
-        let cur = load(&st, &name).await?;
+        let cur = load_for(&st, &name, &grant).await?;
         if st.app.store.schedule_delete(&name, cur.version).await? {
             return Ok(StatusCode::NO_CONTENT);
         }
@@ -454,11 +467,11 @@ async fn delete(
 /// Applies `f` to the schedule under compare-and-set.
 async fn update(
     st: &AppState,
-    name: &str,
+    (name, grant): (&str, &Grant),
     f: impl Fn(&mut Schedule, Micros),
 ) -> ApiResult<Schedule> {
     for _ in 0..CAS_TRIES {
-        let cur = load(st, name).await?;
+        let cur = load_for(st, name, grant).await?;
         let now = clock();
         let mut s = cur.clone();
         f(&mut s, now);
@@ -483,7 +496,7 @@ async fn pause(
     Path(name): Path<String>,
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
-    let s = update(&st, &name, |s, _| s.pause()).await?;
+    let s = update(&st, (&name, &grant), |s, _| s.pause()).await?;
     Ok(show(&s, StatusCode::OK, &grant))
 }
 
@@ -496,7 +509,7 @@ async fn resume(
     Path(name): Path<String>,
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
-    let s = update(&st, &name, |s, now| s.resume(now)).await?;
+    let s = update(&st, (&name, &grant), |s, now| s.resume(now)).await?;
     Ok(show(&s, StatusCode::OK, &grant))
 }
 

@@ -485,7 +485,9 @@ fn bearer(headers: &HeaderMap) -> Result<String, Refusal> {
 }
 
 /// The job or schedule a path names is within the grant's types and channels (403 otherwise). A
-/// malformed or unknown one passes: the handler answers 400 or 404.
+/// malformed or unknown one passes: the handler answers 400 or 404, or 403 when it finds one
+/// after all (created since): handlers check the record they act on by the same rule
+/// ([`super::target`]).
 async fn check_target(
     access: &Access,
     grant: &Grant,
@@ -506,8 +508,10 @@ async fn check_target(
             let Some(id) = param("id").and_then(|s| uuid::Uuid::parse_str(&s).ok()) else {
                 return Ok(());
             };
+            // `None`: the handler answers 404, or checks the job it finds after all
+            // (`super::target`).
             match store.get(id).await? {
-                Some(job) => grant.check_existing(&job.job_type, Some(&job.channel_id)),
+                Some(job) => super::target::job(grant, &job),
                 None => Ok(()),
             }
         }
@@ -516,10 +520,7 @@ async fn check_target(
                 return Ok(());
             };
             match store.schedule(&name).await? {
-                Some(s) => grant.check_existing(
-                    &s.proto.job_type,
-                    s.spec.job.get("channel").and_then(|c| c.as_str()),
-                ),
+                Some(s) => super::target::schedule(grant, &s),
                 None => Ok(()),
             }
         }

@@ -177,7 +177,15 @@ fn refusal(token: &str, kind: &ErrorKind) -> String {
         ErrorKind::ImmatureSignature => "the token is not valid yet (`nbf`)".into(),
         ErrorKind::InvalidSignature => "the token's signature does not verify".into(),
         ErrorKind::InvalidAlgorithm => "the token must be signed with HS256".into(),
-        ErrorKind::MissingRequiredClaim(c) => format!("the token has no numeric `{c}` claim"),
+        // jsonwebtoken reads an `exp` that is not a u64 (-1, 1e300, 2^64) as missing.
+        ErrorKind::MissingRequiredClaim(c) => {
+            match payload_json(token).and_then(|p| p.get(c).cloned()) {
+                Some(v) if !v.is_null() => {
+                    format!("the token's `{c}` claim must be a time (seconds, up to the year 9999)")
+                }
+                _ => format!("the token has no numeric `{c}` claim"),
+            }
+        }
         ErrorKind::InvalidAudience => "the token's `aud` claim is not accepted".into(),
         _ => match header_alg(token) {
             Some(alg) if alg != "HS256" => {
@@ -190,9 +198,17 @@ fn refusal(token: &str, kind: &ErrorKind) -> String {
 
 /// A token's header as JSON, when it is readable.
 fn header_json(token: &str) -> Option<Value> {
-    let head = token.split('.').next()?;
+    segment_json(token.split('.').next()?)
+}
+
+/// A token's claims as JSON, when they are readable (for a message only).
+fn payload_json(token: &str) -> Option<Value> {
+    segment_json(token.split('.').nth(1)?)
+}
+
+fn segment_json(segment: &str) -> Option<Value> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(head.trim_end_matches('='))
+        .decode(segment.trim_end_matches('='))
         .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -368,6 +384,29 @@ mod tests {
             SECRET,
         );
         assert!(v.verify(&old).unwrap_err().contains("expired"));
+    }
+
+    #[test]
+    fn an_exp_that_is_no_time_is_said_to_be_one() {
+        let v = Verifier::new(SECRET, Duration::from_secs(0), true);
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        for exp in ["-1", "1e300", "18446744073709551616", "\"soon\"", "true"] {
+            let claims = format!(r#"{{"channel":"c1","exp":{exp}}}"#);
+            let head = b64(&json!({"alg": "HS256", "typ": "JWT"}));
+            let msg = format!(
+                "{head}.{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims)
+            );
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+            let e = v.verify(&format!("{msg}.{sig}")).unwrap_err();
+            assert!(
+                e.contains("`exp` claim must be a time (seconds"),
+                "exp {exp}: {e}"
+            );
+        }
+        let none = mint(Algorithm::HS256, json!({"channel": "c1"}), SECRET);
+        let e = v.verify(&none).unwrap_err();
+        assert!(e.contains("no numeric `exp` claim"), "{e}");
     }
 
     #[test]

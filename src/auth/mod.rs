@@ -10,6 +10,7 @@ pub mod config;
 pub mod jwt;
 mod query;
 mod refusal;
+pub mod target;
 pub mod tokens;
 
 use axum::extract::FromRequestParts;
@@ -76,7 +77,10 @@ pub fn check_exposure(
 }
 
 /// The token of a request: `Authorization: Bearer` first, else the cookie `cookie_name` (none
-/// when it is empty).
+/// when it is empty: the client routes). With a cookie name (the event routes), an
+/// `Authorization` header of another scheme (`Basic`, `Negotiate`: what a browser sends on its
+/// own behind HTTP authentication) is not runyard's and does not hide the cookie; on the client
+/// routes it is refused (401).
 pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Refusal> {
     let too_large = |what: &str| {
         Refusal::HeaderTooLarge(format!(
@@ -84,6 +88,7 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
         ))
     };
     let mut given = headers.get_all(header::AUTHORIZATION).iter();
+    let mut other_scheme = false;
     if let Some(v) = given.next() {
         // Two credentials in one request: which one the caller meant is a guess (a proxy's and
         // the client's, say); refused rather than taking the first.
@@ -96,14 +101,21 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
             return Err(too_large("Authorization"));
         }
         let v = v.to_str().unwrap_or("");
-        return match v.split_once(' ') {
-            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-                Ok(t.trim().to_string())
-            }
-            _ => Err(Refusal::Unauthorized(
+        let scheme = v.split_once(' ').map_or(v, |(s, _)| s).trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return match v.split_once(' ') {
+                Some((_, t)) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+                _ => Err(Refusal::Unauthorized(
+                    "the Authorization header must be `Bearer <token>`".into(),
+                )),
+            };
+        }
+        if cookie_name.is_empty() {
+            return Err(Refusal::Unauthorized(
                 "the Authorization header must be `Bearer <token>`".into(),
-            )),
-        };
+            ));
+        }
+        other_scheme = true;
     }
     let cookies = headers.get_all(header::COOKIE);
     let total: usize = cookies.iter().map(|v| v.len()).sum();
@@ -128,8 +140,14 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
             "a token is required: `Authorization: Bearer <token>`".into(),
         ));
     }
+    let not_bearer = if other_scheme {
+        " (the Authorization header sent is not `Bearer`)"
+    } else {
+        ""
+    };
     Err(Refusal::Unauthorized(format!(
-        "a token is required: the cookie `{cookie_name}` or `Authorization: Bearer <token>`"
+        "a token is required: the cookie `{cookie_name}` or `Authorization: Bearer <token>`\
+         {not_bearer}"
     )))
 }
 

@@ -144,6 +144,9 @@ impl fmt::Debug for Patterns {
     }
 }
 
+/// Whether a job type is within a grant's types ([`Grant::type_rule`]).
+pub type TypeRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What the caller of a request may do: its scopes, and the job types and channels it is
 /// confined to (`None`: all).
 #[derive(Clone, Debug)]
@@ -219,6 +222,13 @@ impl Grant {
     /// Confined to some channels (counts over every channel would tell it about others' jobs).
     pub fn confined_to_channels(&self) -> bool {
         self.channels.is_some()
+    }
+
+    /// Whether a job type is within the grant's types, for a grant confined to types (`None`:
+    /// every type): what an event stream, whose events do not say their job's type, filters by.
+    pub fn type_rule(&self) -> Option<TypeRule> {
+        let t = self.types.clone()?;
+        Some(Arc::new(move |job_type: &str| t.matches(job_type)))
     }
 
     /// The job type is within the grant's types (channels aside).

@@ -454,6 +454,19 @@ types = ["thumbnail"]
             .to_string();
         assert!(e.contains("auth.jwt_secret") && e.contains("32"), "{e}");
         assert!(!e.contains("short"), "{e}");
+        for weak in [
+            " ".repeat(40),
+            "\t".repeat(32),
+            "a".repeat(64),
+            "0".repeat(32),
+        ] {
+            let toml = format!("[auth]\njwt_secret = {}", toml::Value::String(weak.clone()));
+            let e = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(
+                e.contains("auth.jwt_secret") && e.contains("repeated"),
+                "{e}"
+            );
+        }
         let e = Config::from_toml("[auth]\nallowed_origins = [\"https://a.example/\"]")
             .unwrap_err()
             .to_string();

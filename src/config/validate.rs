@@ -209,6 +209,17 @@ impl Config {
                     &format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
                 );
             }
+            // Long enough but no secret: blanks (an unset variable padded), one character over
+            // and over (a placeholder).
+            let mut chars = secret.chars();
+            let first = chars.next();
+            if secret.trim().is_empty() || chars.all(|c| Some(c) == first) {
+                return err(
+                    "auth.jwt_secret".into(),
+                    "is blank or one character repeated: use a random secret \
+                     (e.g. `openssl rand -hex 32`)",
+                );
+            }
         }
         let cookie = &self.auth.jwt_cookie;
         if cookie.is_empty()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::types::TypeFilter;
 use super::{EventId, Frame, Subscription, REPLAY_PAGE};
 use crate::job::Event;
 use crate::store::{Store, StoreError};
@@ -49,6 +50,11 @@ pub struct Follower {
     read: Option<JoinHandle<Result<Vec<Event>, StoreError>>>,
     /// The store probe in flight while the tail has not started, likewise.
     probe: Option<JoinHandle<Result<Option<String>, StoreError>>>,
+    /// For a caller confined to job types: the events of its types' jobs only.
+    types: Option<TypeFilter>,
+    /// A live event taken from the ring whose job's type was being read when [`Follower::next`]
+    /// was cancelled: handed on first by the next call.
+    held: Option<Arc<Frame>>,
 }
 
 /// Awaits the store read in `slot`, started by `start` if none is in flight. A transport calls
@@ -101,7 +107,22 @@ impl Follower {
             tail_started: false,
             read: None,
             probe: None,
+            types: None,
+            held: None,
         }
+    }
+
+    /// Shows only the events `types` shows (a caller confined to job types).
+    pub fn with_types(mut self, types: Option<TypeFilter>) -> Self {
+        self.types = types;
+        self
+    }
+
+    /// Whether the filter hides the events of `job_id` (known already: see `learn`).
+    fn hides(&self, job_id: &str) -> bool {
+        self.types
+            .as_ref()
+            .is_some_and(|t| t.known(job_id) != Some(true))
     }
 
     /// The id of the last event handed out (what a client resumes from).
@@ -123,8 +144,8 @@ impl Follower {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// The next events, in id order (waits for live ones).
-    pub async fn next(&mut self) -> Result<Vec<Arc<Frame>>, Stop> {
+    /// Waits until the hub's tail has started (see the module docs), or the store fails.
+    async fn await_tail(&mut self) -> Result<(), Stop> {
         while !self.tail_started {
             // The tail retries its start while the store is away (Redis down at start-up): the
             // stream asks the store meanwhile, so a client is told (a WebSocket closes 1011, as
@@ -146,6 +167,12 @@ impl Follower {
         if let Some(h) = self.probe.take() {
             h.abort();
         }
+        Ok(())
+    }
+
+    /// The next events, in id order (waits for live ones).
+    pub async fn next(&mut self) -> Result<Vec<Arc<Frame>>, Stop> {
+        self.await_tail().await?;
         loop {
             if self.replaying {
                 let (store, channel) = (self.store.clone(), self.channel.clone());
@@ -158,6 +185,12 @@ impl Follower {
                     })
                 })
                 .await?;
+                if let Some(t) = &mut self.types {
+                    // Cancelled here, the page is read again: the cursor has not moved.
+                    t.learn(page.iter().map(|e| e.job_id.as_str()))
+                        .await
+                        .map_err(Stop::Store)?;
+                }
                 let real = page.iter().filter(|e| e.kind != "resync").count();
                 let mut out = Vec::with_capacity(page.len());
                 for ev in &page {
@@ -166,7 +199,9 @@ impl Follower {
                         continue;
                     }
                     self.cursor = Some((f.id, f.id_text.to_string()));
-                    out.push(Arc::new(f));
+                    if !self.hides(&ev.job_id) {
+                        out.push(Arc::new(f));
+                    }
                 }
                 if real < REPLAY_PAGE {
                     self.replaying = false;
@@ -176,13 +211,25 @@ impl Follower {
                 }
                 continue;
             }
-            match self.sub.rx.recv().await {
+            let live = match self.held.take() {
+                Some(f) => Ok(f),
+                None => self.sub.rx.recv().await,
+            };
+            match live {
                 Ok(f) if f.reset => self.replaying = true,
                 Ok(f) => {
                     if self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
                         continue;
                     }
+                    if let Some(t) = &mut self.types {
+                        self.held = Some(f.clone());
+                        t.learn([&*f.job_id]).await.map_err(Stop::Store)?;
+                        self.held = None;
+                    }
                     self.cursor = Some((f.id, f.id_text.to_string()));
+                    if self.hides(&f.job_id) {
+                        continue;
+                    }
                     return Ok(vec![f]);
                 }
                 // Behind the ring (a burst, or a replay that took a while): read on from the

@@ -10,6 +10,8 @@
 //!   then goes live, skipping live events at or below its cursor: no gap and no duplicate at the
 //!   handoff. A stream behind its ring (a burst) reads on from the store; a WebSocket whose
 //!   write waits while it is more than `events.send_buffer` events behind is a slow consumer.
+//! - [`types`]: for a caller confined to job types, the events of its types' jobs only (an
+//!   event does not say its job's type: read from the job, once per job and stream).
 //! - [`ws`]: the WebSocket driver: pings, missed pongs, slow consumers, caps, shutdown, each with
 //!   its close code.
 //!
@@ -17,6 +19,7 @@
 
 pub mod follow;
 pub mod hub;
+pub mod types;
 pub mod ws;
 
 use std::cmp::Ordering;
@@ -79,6 +82,8 @@ pub struct Frame {
     pub id_text: Box<str>,
     /// Its channel.
     pub channel: Box<str>,
+    /// Its job (empty for a `resync` event and a reset marker).
+    pub job_id: Box<str>,
     /// The event JSON.
     pub json: Utf8Bytes,
     /// Not an event: the tail may have missed events; every stream re-reads from the store.
@@ -93,6 +98,7 @@ impl Frame {
             id: EventId::parse(&ev.id)?,
             id_text: ev.id.as_str().into(),
             channel: ev.channel_id.as_str().into(),
+            job_id: ev.job_id.as_str().into(),
             json: json.into(),
             reset: false,
         })
@@ -104,6 +110,7 @@ impl Frame {
             id: EventId::default(),
             id_text: "".into(),
             channel: "".into(),
+            job_id: "".into(),
             json: Utf8Bytes::from_static(""),
             reset: true,
         }

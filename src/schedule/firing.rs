@@ -399,17 +399,21 @@ impl Firing {
 
     /// Adds fires at `times` to the schedule's pending list (one compare-and-set), then submits
     /// them. `trigger` and `backfill` use it; the keys make a time already fired return its job.
-    /// Each time with its job, or why it made none.
-    pub async fn fire_now(
+    /// Each time with its job, or why it made none. `admit` is asked about the schedule as it
+    /// is loaded for the change (each try): its error is answered, nothing changed (the API's
+    /// check of the caller's grant, on the schedule it fires, not an earlier look at it).
+    pub async fn fire_now<E: From<StoreError>>(
         &self,
         name: &str,
         times: &[Micros],
-    ) -> Result<Vec<(Micros, std::result::Result<Submitted, String>)>> {
+        admit: impl Fn(&Schedule) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Vec<(Micros, std::result::Result<Submitted, String>)>, E> {
         let mut decided = None;
         for _ in 0..CAS_TRIES {
             let Some(cur) = self.store.schedule(name).await? else {
-                return Err(StoreError::NotFound);
+                return Err(StoreError::NotFound.into());
             };
+            admit(&cur)?;
             let now = clock();
             let mut next = cur.clone();
             for t in times {
@@ -433,7 +437,8 @@ impl Firing {
         let Some(s) = decided else {
             return Err(StoreError::Backend(format!(
                 "schedule `{name}`: too many concurrent changes"
-            )));
+            ))
+            .into());
         };
         let fires: Vec<PendingFire> = times
             .iter()

@@ -1,0 +1,34 @@
+//! The rule for a job or schedule that a path names (`On::Job`, `On::Schedule`): a caller
+//! confined by `types` / `channels` acts only on one within them (403 otherwise, naming only
+//! the caller's own confinement). One rule, applied twice: by the guard before the handler
+//! runs ([`super::access`], which lets an unknown one through to the handler's 404), and by the
+//! handler on the very record it loaded and acts on. The second check closes the window between
+//! the two lookups: a schedule (or job) that did not exist when the guard looked, created in
+//! between (an admin's `POST`), would otherwise be read, fired, paused, replaced or deleted by
+//! any caller whose route scope allows it, whatever its channels.
+
+use super::tokens::Grant;
+use super::Refusal;
+use crate::job::Job;
+use crate::store::schedules::Schedule;
+
+/// The channel a schedule's jobs get: its template's `channel`, if it names one.
+pub fn schedule_channel(s: &Schedule) -> Option<&str> {
+    s.spec.job.get("channel").and_then(|c| c.as_str())
+}
+
+/// `job` is within `grant`, or 403.
+pub fn job(grant: &Grant, job: &Job) -> Result<(), Refusal> {
+    if !grant.is_confined() {
+        return Ok(());
+    }
+    grant.check_existing(&job.job_type, Some(&job.channel_id))
+}
+
+/// The schedule `s` (its template's type and channel) is within `grant`, or 403.
+pub fn schedule(grant: &Grant, s: &Schedule) -> Result<(), Refusal> {
+    if !grant.is_confined() {
+        return Ok(());
+    }
+    grant.check_existing(&s.proto.job_type, schedule_channel(s))
+}
