@@ -572,12 +572,14 @@ fn a_database_without_its_master_key_is_refused_not_given_a_new_one() {
     assert!(err.contains("master.key but no database"), "{err}");
 }
 
-/// Secrets from the environment are taken byte for byte (`RUNYARD_AUTH__JWT_SECRET`,
-/// `RUNYARD_MASTER_KEY`): a JWT signed with the exact value is accepted, one signed with the
-/// value as a TOML-like reading would change it (spaces trimmed) is not, and a value shaped like
-/// an array starts the server instead of failing with "expected a string".
+/// Secrets from the environment are taken as strings (`RUNYARD_AUTH__JWT_SECRET`,
+/// `RUNYARD_MASTER_KEY`): values shaped like a list start the server instead of failing with
+/// "expected a string", and the secret is the value as it always was (surrounding whitespace
+/// trimmed, as a Secret made from a file needs): a JWT signed with it is accepted, one signed
+/// with the untrimmed text is not. A value wrapped in double quotes (which earlier versions
+/// unwrapped) is refused naming the variable, never taken with its quotes (a changed key).
 #[test]
-fn secrets_from_the_environment_are_taken_byte_for_byte() {
+fn secrets_from_the_environment_are_taken_as_strings() {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     let jwt = |secret: &str| {
         let exp = jsonwebtoken::get_current_timestamp() + 600;
@@ -589,7 +591,8 @@ fn secrets_from_the_environment_are_taken_byte_for_byte() {
         )
         .unwrap()
     };
-    let secret = "  \"[padded] secret, 32 bytes and more\"  ";
+    let secret = "[not a list] secret, 32 bytes and more";
+    let padded = format!("  {secret}\n");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("runyard.toml"), SHELL).unwrap();
     let port = free_port();
@@ -598,8 +601,8 @@ fn secrets_from_the_environment_are_taken_byte_for_byte() {
         .arg(dir.path().join("data"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
-        .env("RUNYARD_AUTH__JWT_SECRET", secret)
-        .env("RUNYARD_MASTER_KEY", "[0123456789abcdef0123456789abcdef]")
+        .env("RUNYARD_AUTH__JWT_SECRET", &padded)
+        .env("RUNYARD_MASTER_KEY", "[0123456789abcdef0123456789abcdef]\n")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
@@ -627,10 +630,27 @@ fn secrets_from_the_environment_are_taken_byte_for_byte() {
         s.read_to_string(&mut answer).unwrap();
         answer.split(' ').nth(1).unwrap_or_default().to_string()
     };
-    let exact = whoami(&jwt(secret));
-    let trimmed = whoami(&jwt(secret.trim()));
+    let trimmed = whoami(&jwt(secret));
+    let untrimmed = whoami(&jwt(&padded));
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(exact, "200", "a JWT signed with the exact value");
-    assert_eq!(trimmed, "401", "a JWT signed with the trimmed value");
+    assert_eq!(trimmed, "200", "a JWT signed with the trimmed value");
+    assert_eq!(untrimmed, "401", "a JWT signed with the untrimmed text");
+    // Wrapped in quotes: refused, named, the value not shown.
+    let quoted = format!("\"{secret}\"");
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUNYARD_AUTH__JWT_SECRET", &quoted)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("RUNYARD_AUTH__JWT_SECRET") && err.contains("double quotes"),
+        "{err}"
+    );
+    assert!(!err.contains("not a list"), "the value is not shown: {err}");
 }

@@ -27,9 +27,10 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
 /// The one rule by which `submit --wait` and `logs --follow` ride out a server restart, for the
-/// event stream and for every request they make while following: a request that found no server
-/// or got a 5xx is tried again after a pause (doubling from 100 ms to 2 s), until the server has
-/// been out of reach for [`GIVE_UP`]; any other failure (a 4xx) ends the command at once.
+/// event stream and for every request they make while following: a request that found no server,
+/// got a 5xx or an answer that is not runyard's (`not_runyard`: a proxy's page while the server
+/// is away) is tried again after a pause (doubling from 100 ms to 2 s), until the server has been
+/// out of reach for [`GIVE_UP`]; any other failure (runyard's 4xx) ends the command at once.
 #[derive(Debug)]
 struct Patience {
     delay: Duration,
@@ -491,7 +492,7 @@ impl LogTail {
         if raw.is_empty() {
             return Ok(Vec::new());
         }
-        self.after = page["next"]
+        let next = page["next"]
             .as_u64()
             .ok_or_else(|| anyhow!("the log answer has no `next`"))?;
         let newest = raw.iter().filter_map(|l| l["ts"].as_i64()).max();
@@ -499,6 +500,9 @@ impl LogTail {
             // A line newer than the last run we know of: runs may have been added since.
             self.load_runs(api).await?;
         }
+        // Only now: a failed read of the runs (retried by a follow) reads this page again
+        // rather than skip it.
+        self.after = next;
         Ok(raw
             .iter()
             .map(|l| {

@@ -126,10 +126,13 @@ const ENV_KEYS: &[&str] = &[
     "notify",
 ];
 
-/// Secret strings taken from `RUNYARD_*` variables byte for byte: figment reads other values as
-/// TOML-like literals, which trimmed a secret's spaces, dropped its quotes and refused one
-/// shaped like an array or a number ("expected a string"), so a JWT signed with the exact value
-/// did not verify. (variable after `RUNYARD_`, lowercase; the key's dotted path)
+/// Secret strings taken from `RUNYARD_*` variables as strings: figment reads other values as
+/// TOML-like literals, which refused a secret shaped like a list or a number ("expected a
+/// string"). The rest of that reading is kept, so that an upgrade never changes a key without a
+/// word: surrounding whitespace is trimmed (as it always was, and as `data_dir/master.key` is:
+/// a Secret made from a file ends in a newline), and a value wrapped in double quotes, which
+/// that reading unwrapped, is refused naming the variable. (variable after `RUNYARD_`,
+/// lowercase; the key's dotted path)
 const RAW_ENV_KEYS: [(&str, &str); 2] = [
     ("master_key", "master_key"),
     ("auth__jwt_secret", "auth.jwt_secret"),
@@ -143,8 +146,8 @@ fn raw_env_key(k: &str) -> Option<&'static str> {
         .map(|(_, path)| *path)
 }
 
-/// The [`RAW_ENV_KEYS`] set in the environment, as strings; one that is not UTF-8 is refused
-/// (named, not shown), never taken as unset.
+/// The [`RAW_ENV_KEYS`] set in the environment, as strings, trimmed; one that is not UTF-8 or is
+/// wrapped in double quotes is refused (named, not shown), never taken as unset or changed.
 fn raw_env() -> Result<Figment, ConfigError> {
     let mut fig = Figment::new();
     for (name, value) in std::env::vars_os() {
@@ -155,7 +158,14 @@ fn raw_env() -> Result<Figment, ConfigError> {
         let value = value
             .into_string()
             .map_err(|_| ConfigError(format!("{name} ({path}) is not valid UTF-8")))?;
-        fig = fig.merge(Serialized::default(path, value));
+        let value = value.trim();
+        if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+            return Err(ConfigError(format!(
+                "{name} ({path}) is wrapped in double quotes: remove them (earlier versions \
+                 removed them silently; the secret is the text between them)"
+            )));
+        }
+        fig = fig.merge(Serialized::default(path, value.to_string()));
     }
     Ok(fig)
 }
