@@ -307,7 +307,9 @@ impl Runner for LocalRunner {
             if same || alive_start.is_none() {
                 // Leader alive and ours, or leader gone (its group and session may linger).
                 kill_group(pid, libc::SIGKILL);
-                let leader = [(pid as u32, start)];
+                // Without a saved start time (a handle of an older build) the leader is gone
+                // here: a start time no process has keeps a pid reused meanwhile out.
+                let leader = [(pid as u32, Some(start.unwrap_or(u64::MAX)))];
                 blocking(move || crate::session::kill_all(&leader, &[], Duration::from_secs(2)))
                     .await;
             }

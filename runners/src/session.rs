@@ -131,8 +131,10 @@ fn signal_one(m: Member, sig: c_int) {
     // Safety: plain syscall; the descriptor is owned from here.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        // A kernel before 5.3: checked, then signalled by pid (a narrow window for a reuse).
-        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) && same() {
+        // A kernel before 5.3 (ENOSYS), or a seccomp profile that refuses pidfd_open (EPERM,
+        // older container runtimes): checked, then signalled by pid (a narrow window for a
+        // reuse). ESRCH: the process is gone.
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) && same() {
             // Safety: plain syscall.
             unsafe { libc::kill(pid, sig) };
         }
@@ -163,13 +165,17 @@ fn signal_one(m: Member, sig: c_int) {
 pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: Duration) {
     let until = Instant::now() + within;
     signal(also, libc::SIGKILL);
+    // Each walk reads all of `/proc`: the pause between walks doubles (5 ms to 160 ms), so a
+    // process that does not die at once (in the kernel, or not ours to kill) costs a few walks.
+    let mut pause = Duration::from_millis(5);
     loop {
         let left = members(leaders, also);
         if left.is_empty() || Instant::now() >= until {
             return;
         }
         signal(&left, libc::SIGKILL);
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(pause.min(until.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(160));
     }
 }
 
