@@ -124,3 +124,60 @@ impl TypeFilter {
         Ok(out.into_iter().map(|k| k == Some(true)).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::store::MeteredStore;
+    use crate::metrics::Metrics;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::StoreSettings;
+
+    fn gets(m: &Metrics) -> u64 {
+        let head = "runyard_store_operation_seconds_count{op=\"get\"} ";
+        m.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(head))
+            .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+    }
+
+    /// Readers of one job at once (two streams of two callers given its live event) share one
+    /// store read; later readers read nothing; a job that is not stored is hidden to all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_readers_of_a_job_share_one_store_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner =
+            Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
+        let metrics = Arc::new(Metrics::new());
+        let store = MeteredStore::wrap(inner, metrics.clone());
+        let job = crate::job::Job::new("report.daily", "r", crate::job::now_us());
+        let id = job.id.to_string();
+        store.submit(job).await.expect("submit");
+        let types = Arc::new(JobTypes::default());
+        let reports = TypeFilter::new(
+            store.clone(),
+            types.clone(),
+            Arc::new(|t| t == "report.daily"),
+        );
+        let others = TypeFilter::new(store.clone(), types.clone(), Arc::new(|t| t == "payroll"));
+        let before = gets(&metrics);
+        let gone = uuid::Uuid::new_v4().to_string();
+        let ids = [id.as_str(), gone.as_str(), ""];
+        let (a, b) = tokio::join!(reports.shown(&ids), others.shown(&ids));
+        assert_eq!(a.expect("read"), [true, false, true]);
+        assert_eq!(b.expect("read"), [false, false, true]);
+        assert_eq!(reports.known(&id), Some(true));
+        assert_eq!(
+            reports.known(&gone),
+            Some(false),
+            "a job not stored stays hidden"
+        );
+        let again = TypeFilter::new(store.clone(), types, Arc::new(|_| true));
+        assert_eq!(again.shown(&[&id]).await.expect("read"), [true]);
+        assert_eq!(
+            gets(&metrics) - before,
+            2,
+            "one read per job, not per reader"
+        );
+    }
+}
