@@ -823,3 +823,158 @@ async fn a_stream_ends_when_its_token_expires() {
     }
     ts.stop().await;
 }
+
+const REPORTS: &str = "ry_events_reports_only";
+
+/// A server with the `reports` token: `jobs:read`, confined to `runyard.echo` on `chan-a`.
+async fn server_with_reports_token() -> (TestServer, Headers) {
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nallowed_origins = [\"{ORIGIN}\"]\n\
+             metrics_require_token = false\n\
+             [[auth.tokens]]\nname = \"reports\"\nsha256 = \"{}\"\nscopes = [\"jobs:read\"]\n\
+             types = [\"runyard.echo\"]\nchannels = [\"chan-a\"]\n",
+            runyard::auth::tokens::token_sha256(REPORTS)
+        ))
+        .start()
+        .await;
+    (ts, vec![("authorization", format!("Bearer {REPORTS}"))])
+}
+
+/// A confined poll after more hidden events than one poll reads (`TYPED_POLL_PAGES` pages of
+/// 100) answers at once, before its wait, with an empty `result` and a `last_id` past the hidden
+/// events it read; polled again from that `last_id`, the client reaches its type's event. (Before,
+/// a poll read every page up to the first shown event, whatever its wait: on a busy channel of
+/// others' jobs past `api.request_timeout` every poll was a 503 and the client never advanced.)
+#[tokio::test]
+async fn a_confined_poll_reads_a_bounded_number_of_pages_and_the_client_advances() {
+    let (mut ts, reports) = server_with_reports_token().await;
+    let hidden_jobs = 200;
+    let batch: Vec<Value> = (0..hidden_jobs)
+        .map(|_| json!({"type": "runyard.noop", "channel": "chan-a"}))
+        .collect();
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs/batch"))
+        .bearer_auth(service_token())
+        .json(&json!({ "jobs": batch }))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(res.status().as_u16(), 200, "{:?}", res.text().await);
+    // Every hidden job is done (its events all written) before the shown one is submitted.
+    let channel = cookie(&token("chan-a", json!(1)));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let hidden = loop {
+        let all = poll_all(&ts, &channel).await;
+        let done = all
+            .iter()
+            .filter(|e| e["runyard_status"] == "SUCCESS")
+            .count();
+        if done == hidden_jobs {
+            break all.len();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{done} jobs done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let bound = runyard::api::events::TYPED_POLL_PAGES * runyard::api::events::EVENT_PAGE;
+    assert!(hidden > bound, "{hidden} hidden events, more than {bound}");
+    let report = submit_as_service(&ts, json!({"type": "runyard.echo", "channel": "chan-a"})).await;
+    assert_eq!(
+        wait_done_as_service(&ts, &report).await["status"],
+        "SUCCESS"
+    );
+
+    let order = ids(&poll_all(&ts, &channel).await);
+    let at = |id: &str| -> usize {
+        order.iter().position(|o| o == id).map_or_else(
+            || {
+                assert_eq!(id, "0", "not an event id of the channel");
+                0
+            },
+            |p| p + 1,
+        )
+    };
+    let mut last = "0".to_string();
+    let mut empty_answers = 0;
+    let first = loop {
+        // A long wait: an answer that read its pages comes at once, not at the end of the wait.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            poll(
+                &ts,
+                &format!("last_id={last}&limit=1&wait_ms=30000"),
+                &reports,
+            ),
+        )
+        .await
+        .expect("the poll answers before its wait is over");
+        let (s, body) = answer;
+        assert_eq!(s, 200, "{body}");
+        let result = body["result"].as_array().expect("result");
+        let next = body["last_id"].as_str().expect("last_id").to_string();
+        let (before, after) = (at(&last), at(&next));
+        if let Some(e) = result.first() {
+            assert_eq!(result.len(), 1, "limit 1: {body}");
+            assert_eq!(e["id"].as_str(), Some(next.as_str()), "{body}");
+            break e.clone();
+        }
+        empty_answers += 1;
+        assert!(after > before, "an empty answer moves last_id on: {body}");
+        assert!(
+            after - before <= bound,
+            "one poll read at most {bound} events: {before} -> {after}"
+        );
+        assert!(empty_answers <= hidden / bound + 1, "{body}");
+        last = next;
+    };
+    assert!(
+        empty_answers >= 1,
+        "the first poll stopped before the shown event"
+    );
+    assert_eq!(first["job_id"], report.as_str(), "{first}");
+    // A poll from the start without a wait (stock Superset's shape) still answers `result`.
+    let (s, body) = poll(&ts, "last_id=0&limit=1", &reports).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["result"], json!([]), "{body}");
+    ts.stop().await;
+}
+
+/// A job's type is read once per process, not once per stream: two SSE streams, a WebSocket
+/// and polls of a confined token read two jobs' types with two store reads in all.
+#[tokio::test]
+async fn confined_streams_share_the_job_types_they_read() {
+    let (mut ts, reports) = server_with_reports_token().await;
+    let payroll =
+        submit_as_service(&ts, json!({"type": "runyard.noop", "channel": "chan-a"})).await;
+    assert_eq!(
+        wait_done_as_service(&ts, &payroll).await["status"],
+        "SUCCESS"
+    );
+    let report = submit_as_service(&ts, json!({"type": "runyard.echo", "channel": "chan-a"})).await;
+    assert_eq!(
+        wait_done_as_service(&ts, &report).await["status"],
+        "SUCCESS"
+    );
+    let all = poll_all(&ts, &cookie(&token("chan-a", json!(1)))).await;
+    let shown = all
+        .iter()
+        .filter(|e| e["job_id"] == report.as_str())
+        .count();
+    let gets = ts.store_calls("get").await;
+
+    let first = sse_events(&ts, &reports, shown).await;
+    let second = sse_events(&ts, &reports, shown).await;
+    assert_eq!(ids(&first), ids(&second));
+    let mut ws = ws_connect(&ts, "last_id=0", &reports)
+        .await
+        .expect("ws upgrades");
+    assert_eq!(ids(&ws_events(&mut ws, shown).await), ids(&first));
+    assert_eq!(ids(&poll_all(&ts, &reports).await), ids(&first));
+    assert_eq!(
+        ts.store_calls("get").await - gets,
+        2,
+        "one store read per job, whatever the streams"
+    );
+    ts.stop().await;
+}

@@ -21,6 +21,10 @@ use crate::store::{Notice, StoreError};
 /// The page size of the event endpoints.
 pub const EVENT_PAGE: usize = 100;
 
+/// Pages of [`EVENT_PAGE`] one poll of a caller confined to types reads at most (fewer once its
+/// wait is over): past them it answers what it found, and `last_id` where it stopped.
+pub const TYPED_POLL_PAGES: usize = 4;
+
 /// Query of the polling endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -56,27 +60,32 @@ pub async fn poll(
         wait = wait.min(left);
     }
     let store = &st.app.store;
-    let mut types = type_filter(&st, &auth);
+    let types = type_filter(&st, &auth);
     let mut after = last_id;
     // Subscribe before reading, so an event committed in between still wakes us.
     let mut rx = store.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let events = match &mut types {
+        let (events, more) = match &types {
             None => {
-                store
+                let page = store
                     .events(channel.as_deref(), after.as_deref(), limit)
-                    .await?
+                    .await?;
+                if let Some(last) = page.last() {
+                    after = Some(last.id.clone());
+                }
+                (page, false)
             }
             Some(t) => {
-                shown_events(store.as_ref(), t, (channel.as_deref(), &mut after), limit).await?
+                let at = (channel.as_deref(), &mut after);
+                shown_events(store.as_ref(), t, at, limit, deadline).await?
             }
         };
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({ "result": events })));
+        if !events.is_empty() || more || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(json!({ "result": events, "last_id": after })));
         }
         if st.app.closing.is_cancelled() {
-            return Ok(Json(json!({ "result": [] })));
+            return Ok(Json(json!({ "result": [], "last_id": after })));
         }
         loop {
             let n = tokio::select! {
@@ -96,33 +105,43 @@ pub async fn poll(
 fn type_filter(st: &AppState, auth: &ChannelAuth) -> Option<TypeFilter> {
     auth.0
         .type_rule()
-        .map(|sees| TypeFilter::new(st.app.store.clone(), sees))
+        .map(|sees| TypeFilter::new(st.app.store.clone(), st.app.events.types.clone(), sees))
 }
 
 /// Up to `limit` events after `*after` that `types` shows, reading on past the hidden ones
-/// until one is shown or the stream ends (`*after` moves past what was read). A poll after
-/// hidden events only answers none: the client keeps its `last_id`, and reads past them again.
+/// until one is shown, the stream ends, [`TYPED_POLL_PAGES`] pages were read or (after one
+/// page) `deadline` passed; `*after` moves to the last event read (hidden ones included), what
+/// the client resumes from (`last_id` of the answer). True with them when there is more to read.
 async fn shown_events(
     store: &dyn crate::store::Store,
-    types: &mut TypeFilter,
+    types: &TypeFilter,
     (channel, after): (Option<&str>, &mut Option<String>),
     limit: usize,
-) -> ApiResult<Vec<crate::job::Event>> {
-    loop {
-        let page = store.events(channel, after.as_deref(), limit).await?;
-        types.learn(page.iter().map(|e| e.job_id.as_str())).await?;
+    deadline: tokio::time::Instant,
+) -> ApiResult<(Vec<crate::job::Event>, bool)> {
+    let mut out = Vec::new();
+    for _ in 0..TYPED_POLL_PAGES {
+        let page = store.events(channel, after.as_deref(), EVENT_PAGE).await?;
+        let ids: Vec<&str> = page.iter().map(|e| e.job_id.as_str()).collect();
+        let shown = types.shown(&ids).await?;
         let real = page.iter().filter(|e| e.kind != "resync").count();
-        if let Some(last) = page.last() {
-            *after = Some(last.id.clone());
+        for (ev, shown) in page.into_iter().zip(shown) {
+            *after = Some(ev.id.clone());
+            if shown {
+                out.push(ev);
+                if out.len() == limit {
+                    return Ok((out, false));
+                }
+            }
         }
-        let shown: Vec<_> = page
-            .into_iter()
-            .filter(|e| types.known(&e.job_id) == Some(true))
-            .collect();
-        if !shown.is_empty() || real < limit {
-            return Ok(shown);
+        if !out.is_empty() || real < EVENT_PAGE {
+            return Ok((out, false));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
         }
     }
+    Ok((out, true))
 }
 
 /// Query of the streaming endpoints.

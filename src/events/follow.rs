@@ -37,6 +37,9 @@ pub enum Stop {
     Store(StoreError),
 }
 
+/// A page of the replay, and whether each of its events is shown.
+type ShownPage = (Vec<Event>, Vec<bool>);
+
 /// A stream's cursor and source (see the module docs).
 pub struct Follower {
     store: Arc<dyn Store>,
@@ -46,15 +49,18 @@ pub struct Follower {
     replaying: bool,
     /// The hub's tail was seen started (see the module docs).
     tail_started: bool,
-    /// The replay read in flight, kept across a cancelled [`Follower::next`] ([`finish_read`]).
-    read: Option<JoinHandle<Result<Vec<Event>, StoreError>>>,
+    /// The replay read in flight (a page, and for a caller confined to types which of its
+    /// events are shown), kept across a cancelled [`Follower::next`] ([`finish_read`]).
+    read: Option<JoinHandle<Result<ShownPage, StoreError>>>,
     /// The store probe in flight while the tail has not started, likewise.
     probe: Option<JoinHandle<Result<Option<String>, StoreError>>>,
     /// For a caller confined to job types: the events of its types' jobs only.
     types: Option<TypeFilter>,
     /// A live event taken from the ring whose job's type was being read when [`Follower::next`]
-    /// was cancelled: handed on first by the next call.
+    /// was cancelled: handed on first by the next call, which awaits the same read (`learn`).
     held: Option<Arc<Frame>>,
+    /// The read of `held`'s job type in flight, likewise.
+    learn: Option<JoinHandle<Result<Vec<bool>, StoreError>>>,
 }
 
 /// Awaits the store read in `slot`, started by `start` if none is in flight. A transport calls
@@ -85,6 +91,9 @@ impl Drop for Follower {
         if let Some(h) = self.probe.take() {
             h.abort();
         }
+        if let Some(h) = self.learn.take() {
+            h.abort();
+        }
     }
 }
 
@@ -109,6 +118,7 @@ impl Follower {
             probe: None,
             types: None,
             held: None,
+            learn: None,
         }
     }
 
@@ -116,13 +126,6 @@ impl Follower {
     pub fn with_types(mut self, types: Option<TypeFilter>) -> Self {
         self.types = types;
         self
-    }
-
-    /// Whether the filter hides the events of `job_id` (known already: see `learn`).
-    fn hides(&self, job_id: &str) -> bool {
-        self.types
-            .as_ref()
-            .is_some_and(|t| t.known(job_id) != Some(true))
     }
 
     /// The id of the last event handed out (what a client resumes from).
@@ -177,29 +180,33 @@ impl Follower {
             if self.replaying {
                 let (store, channel) = (self.store.clone(), self.channel.clone());
                 let after = self.cursor().map(str::to_string);
-                let page = finish_read(&mut self.read, || {
+                let types = self.types.clone();
+                let (page, shown) = finish_read(&mut self.read, || {
                     tokio::spawn(async move {
-                        store
+                        let page = store
                             .events(channel.as_deref(), after.as_deref(), REPLAY_PAGE)
-                            .await
+                            .await?;
+                        let shown = match types {
+                            Some(t) => {
+                                let ids: Vec<&str> =
+                                    page.iter().map(|e| e.job_id.as_str()).collect();
+                                t.shown(&ids).await?
+                            }
+                            None => vec![true; page.len()],
+                        };
+                        Ok((page, shown))
                     })
                 })
                 .await?;
-                if let Some(t) = &mut self.types {
-                    // Cancelled here, the page is read again: the cursor has not moved.
-                    t.learn(page.iter().map(|e| e.job_id.as_str()))
-                        .await
-                        .map_err(Stop::Store)?;
-                }
                 let real = page.iter().filter(|e| e.kind != "resync").count();
                 let mut out = Vec::with_capacity(page.len());
-                for ev in &page {
+                for (ev, shown) in page.iter().zip(shown) {
                     let Some(f) = Frame::of(ev) else { continue };
                     if self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
                         continue;
                     }
                     self.cursor = Some((f.id, f.id_text.to_string()));
-                    if !self.hides(&ev.job_id) {
+                    if shown {
                         out.push(Arc::new(f));
                     }
                 }
@@ -221,13 +228,9 @@ impl Follower {
                     if self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
                         continue;
                     }
-                    if let Some(t) = &mut self.types {
-                        self.held = Some(f.clone());
-                        t.learn([&*f.job_id]).await.map_err(Stop::Store)?;
-                        self.held = None;
-                    }
+                    let shown = self.live_shown(&f).await?;
                     self.cursor = Some((f.id, f.id_text.to_string()));
-                    if self.hides(&f.job_id) {
+                    if !shown {
                         continue;
                     }
                     return Ok(vec![f]);
@@ -241,6 +244,28 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Whether the live event `f` is shown (a caller confined to types). Its job's type is read
+    /// in a task kept with `f` ([`Self::held`]) across a cancelled [`Self::next`], so the read
+    /// ends once, with its answer or its error, however often the transport cancels.
+    async fn live_shown(&mut self, f: &Arc<Frame>) -> Result<bool, Stop> {
+        let Some(t) = &self.types else {
+            return Ok(true);
+        };
+        if self.learn.is_none() {
+            if let Some(shown) = t.known(&f.job_id) {
+                return Ok(shown);
+            }
+        }
+        self.held = Some(f.clone());
+        let (t, id) = (t.clone(), f.job_id.to_string());
+        let shown = finish_read(&mut self.learn, || {
+            tokio::spawn(async move { t.shown(&[id]).await })
+        })
+        .await;
+        self.held = None;
+        Ok(shown?.first() == Some(&true))
     }
 
     /// Counts a slow-consumer close decided outside [`Self::next`] (a write that stalled).

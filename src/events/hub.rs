@@ -102,6 +102,8 @@ pub struct Hub {
     /// publishes: a stream opened before the tail task ran (a loaded machine at start-up)
     /// missed the events committed between its replay and the tail's start.
     started: tokio::sync::watch::Sender<bool>,
+    /// The job types read for callers confined to types, shared by every stream and poll.
+    pub types: Arc<super::types::JobTypes>,
 }
 
 impl Hub {
@@ -115,6 +117,7 @@ impl Hub {
             stats: Stats::default(),
             opened: tokio::sync::Notify::new(),
             started: tokio::sync::watch::Sender::new(false),
+            types: Default::default(),
         })
     }
 

@@ -11,7 +11,8 @@
 //!   handoff. A stream behind its ring (a burst) reads on from the store; a WebSocket whose
 //!   write waits while it is more than `events.send_buffer` events behind is a slow consumer.
 //! - [`types`]: for a caller confined to job types, the events of its types' jobs only (an
-//!   event does not say its job's type: read from the job, once per job and stream).
+//!   event does not say its job's type: read from the job, once per job and process, kept in
+//!   the hub's `types::JobTypes`).
 //! - [`ws`]: the WebSocket driver: pings, missed pongs, slow consumers, caps, shutdown, each with
 //!   its close code.
 //!

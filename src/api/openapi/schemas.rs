@@ -372,6 +372,9 @@ pub struct Stats {
 #[derive(ToSchema)]
 pub struct EventPage {
     pub result: Vec<Value>,
+    /// Where to resume (`?last_id=`): the last event read, shown or not (a caller confined to
+    /// types reads past events it is not shown); the `last_id` asked when none was read.
+    pub last_id: Option<String>,
 }
 
 /// `/health`, `/health/ready`, `/health/live`.
