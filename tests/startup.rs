@@ -470,17 +470,21 @@ fn serve_demo_with_auth_on_says_why_its_jobs_are_refused_and_runs_them_with_a_to
     }
 }
 
-/// The README's configuration example starts `serve` as written (only `--listen` is added, for a
-/// free port): a newcomer copies it first.
-#[test]
-fn the_readme_configuration_starts_as_written() {
-    let readme = include_str!("../README.md");
-    let block = readme
+/// The README's configuration example (its TOML block with `listen`).
+fn readme_configuration() -> &'static str {
+    include_str!("../README.md")
         .split("```toml\n")
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .find(|b| b.contains("listen ="))
-        .expect("the README shows a configuration with `listen`");
+        .expect("the README shows a configuration with `listen`")
+}
+
+/// The README's configuration example starts `serve` as written (only `--listen` is added, for a
+/// free port): a newcomer copies it first.
+#[test]
+fn the_readme_configuration_starts_as_written() {
+    let block = readme_configuration();
     let log = started(block, &[], &[]);
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }
@@ -491,13 +495,7 @@ fn the_readme_configuration_starts_as_written() {
 /// a newcomer's first job burnt its three attempts on "can't open file").
 #[test]
 fn the_readme_configuration_runs_its_example_job_from_the_repository_root() {
-    let readme = include_str!("../README.md");
-    let block = readme
-        .split("```toml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains("listen ="))
-        .expect("the README shows a configuration with `listen`");
+    let block = readme_configuration();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("runyard.toml");
     std::fs::write(&config, block).unwrap();
