@@ -211,6 +211,7 @@ set the same keys behind the chart's back. */}}
   "RUNYARD_AUTH__JWT_SECRET" (get $instead "auth.jwt_secret")
   "RUNYARD_AUTH__INSECURE_NO_AUTH" (get $instead "auth.insecure_no_auth")
   "RUNYARD_WORKER__ENABLED" (get $instead "worker.enabled")
+  "RUNYARD_AUTH" "config.auth for its other keys, and secrets.jwtSecret or secrets.existingSecret for its secret (the whole [auth] table in one variable would carry jwt_secret in the pod spec and could switch auth on or off behind auth.enabled)"
 -}}
 {{- range $c := list "server" "worker" -}}
 {{- range $e := ((get $.Values $c).extraEnv | default list) -}}
