@@ -42,7 +42,8 @@ pub fn log_change(job: &Job) {
         .unwrap_or_else(|| "0s".into());
     match job.status {
         s if s.is_terminal() => {
-            let exit_code = job.exit_code.map(tracing::field::display);
+            // A number in JSON logs (as `attempt` is), not a string.
+            let exit_code = job.exit_code;
             let error = match s {
                 JobStatus::Success => None,
                 _ => job.error.as_deref(),
@@ -75,7 +76,7 @@ pub fn log_change(job: &Job) {
                 attempt = job.attempt,
                 max_attempts = job.max_attempts,
                 duration = %duration,
-                exit_code = job.exit_code.map(tracing::field::display),
+                exit_code = job.exit_code,
                 error = job.error.as_deref(),
                 retry_in = %retry_in,
                 "job attempt failed: retrying"

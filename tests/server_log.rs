@@ -212,10 +212,10 @@ async fn json_log_has_one_outcome_line_per_job_and_the_job_on_every_job_line() {
     }
     let fail = &jobs[1].0;
     let f = ended[fail][0];
-    assert_eq!(f["exit_code"], "3", "{f}");
+    assert_eq!(f["exit_code"], 3, "{f}");
     assert_eq!(f["attempt"], 2, "{f}");
     assert!(f["error"].as_str().unwrap_or("").contains("code 3"), "{f}");
-    assert_eq!(ended[&jobs[0].0][0]["exit_code"], "0");
+    assert_eq!(ended[&jobs[0].0][0]["exit_code"], 0);
     // The retry of the failing job's first attempt is a warning.
     let retries: Vec<&Value> = lines
         .iter()
@@ -223,6 +223,7 @@ async fn json_log_has_one_outcome_line_per_job_and_the_job_on_every_job_line() {
         .collect();
     assert_eq!(retries.len(), 1, "{text}");
     assert_eq!(retries[0]["level"], "WARN");
+    assert_eq!(retries[0]["exit_code"], 3, "{text}");
     assert_eq!(retries[0]["job_id"], *fail);
 }
 
