@@ -433,6 +433,13 @@ async fn docs_page_is_served_from_the_binary() {
     assert_eq!(res.headers()["location"], "docs/");
     let res = http.get(ts.at("/docs/")).send().await.expect("GET /docs/");
     assert_eq!(res.status(), StatusCode::OK);
+    // Not to be framed (clickjacking of "Try it out"), nor sniffed.
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert!(res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
     assert!(res.headers()["content-type"]
         .to_str()
         .unwrap()

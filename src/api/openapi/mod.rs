@@ -176,6 +176,15 @@ fn swagger_file(file: &str) -> Response {
             [
                 (header::CONTENT_TYPE, f.content_type),
                 (header::CACHE_CONTROL, "no-cache".to_string()),
+                // Never framed ("Try it out" sends requests with the caller's token), never
+                // sniffed, no Referer out; Swagger UI's own scripts and styles stay allowed.
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "frame-ancestors 'none'".to_string(),
+                ),
+                (header::X_FRAME_OPTIONS, "DENY".to_string()),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+                (header::REFERRER_POLICY, "no-referrer".to_string()),
             ],
             f.bytes.into_owned(),
         )
