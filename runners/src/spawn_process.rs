@@ -199,6 +199,14 @@ impl Live {
     /// the job's first process (whose parent-death signal is this process's end). What
     /// `crate::session` cannot follow (a `setsid` whose parent has exited) is not.
     fn leave(&self) -> ! {
+        // Every job's group stopped at once, before the walk of `/proc` (milliseconds on a busy
+        // host): a job must not go on working, and end, after its server's death (the kill of
+        // the groups was immediate before the walk existed, and a crash test caught a job that
+        // finished during it). Stopped, its processes keep their parent links for the walk.
+        for pid in &self.0 {
+            // Safety: plain syscall on the group of a child not yet reaped (see below).
+            unsafe { libc::kill(-(*pid as libc::pid_t), libc::SIGSTOP) };
+        }
         let leaders: Vec<(u32, Option<u64>)> = self.0.iter().map(|p| (*p, None)).collect();
         // Children not reaped: their pids cannot be another process's; the walk is bounded.
         crate::session::kill_all(&leaders, &[], std::time::Duration::from_millis(500));
