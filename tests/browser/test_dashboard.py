@@ -315,3 +315,15 @@ def test_a_page_whose_data_comes_after_the_user_left_does_not_replace_the_next(s
     expect(page.locator("body")).to_have_attribute("data-ready", "/jobs")
     assert asked[before:] == [], f"the left page went on reading: {asked[before:]}"
 
+
+def test_the_why_box_wraps_long_signal_keys(server, page):
+    """A job waiting for two 200-character keys: the "why not running" line wraps inside the page
+    instead of widening it."""
+    keys = [("a" * 199) + "1", ("b" * 199) + "2"]
+    job = server.submit({"type": "noop.longkeys", "wait_for": [{"key": k} for k in keys], "deadline": "+1h"})
+    open_page(page, server, f"/job/{job}")
+    expect(page.locator("#status .badge")).to_have_text("WAITING")
+    expect(page.locator("#why")).to_contain_text(keys[1])
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
+    server.call("POST", f"/async/jobs/{job}/cancel")
