@@ -66,6 +66,7 @@ function signIn(message) {
 document.getElementById("signout").addEventListener("click", () => {
   auth.token = "";
   // The stream opened with the token ends with it: it would go on reading with its rights.
+  stopActivity();
   if (streamAbort) { streamAbort.abort(); streamAbort = null; }
   live.textContent = "signed out"; live.className = "live off"; live.title = "";
   location.hash = "#/";
@@ -583,7 +584,7 @@ let activityReady = Promise.resolve();
 async function start() {
   document.getElementById("signin")?.remove();
   if (!(await loadScopes())) return; // the sign-in form is shown
-  activityReady = loadActivity().then((from) => { follow(from); }); // follow() runs until the page goes
+  activityReady = followActivity(); // follow() runs until the page goes
   await route();
 }
 
