@@ -115,3 +115,63 @@ def test_a_token_confined_to_channel_globs_is_told_the_hour_is_not_available(bro
         ctx.close()
     finally:
         srv.stop()
+
+
+def test_a_failed_read_of_the_hour_says_not_available_and_is_retried(short, browser):
+    """/async/activity answers 503 once (the route exists: not an older server): the chart says
+    the hour is not available rather than a zero, the live stream does not replay the global
+    stream from its start, and the read is retried: the chart then shows the store's counts."""
+    short.wait(short.submit({"type": "noop.retried"}), {"SUCCESS"})
+    ctx = new_context(browser, viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    failed = []
+
+    def flaky(route):
+        if not failed:
+            failed.append(route.request.url)
+            route.fulfill(status=503, content_type="application/json",
+                          body='{"error": {"code": "unavailable", "message": "the store is busy"}}')
+        else:
+            route.continue_()
+
+    page.route("**/async/activity", flaky)
+    streams = []
+    page.on("request", lambda r: "/async/events/sse" in r.url and streams.append(r.headers.get("last-event-id")))
+    try:
+        page.goto(f"{short.url}/#/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "/", timeout=15000)
+        chart = page.locator("#throughput")
+        expect(chart).to_contain_text("not available right now", timeout=5000)
+        expect(chart).not_to_have_attribute("data-ok", re.compile(".*"))
+        # Retried: the store's counts, then the stream from the read's newest event.
+        expect(chart).to_contain_text("from the store", timeout=15000)
+        expect(chart).not_to_have_attribute("data-ok", "0")
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        assert failed, "the read was never refused"
+        assert streams and all(streams), f"the stream started from its oldest event: {streams}"
+    finally:
+        ctx.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_without_the_route_the_chart_counts_the_replayed_stream(short, browser):
+    """An older server without /async/activity (404): the stream replays from its oldest event and
+    the chart counts what it replays (it says so), with no "not available"."""
+    ctx = new_context(browser, viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.route("**/async/activity", lambda route: route.fulfill(
+        status=404, content_type="application/json", body='{"error": {"code": "not_found", "message": "no such route"}}'))
+    streams = []
+    page.on("request", lambda r: "/async/events/sse" in r.url and streams.append(r.headers.get("last-event-id")))
+    try:
+        page.goto(f"{short.url}/#/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "/", timeout=15000)
+        chart = page.locator("#throughput")
+        expect(chart).to_contain_text("from the event stream", timeout=5000)
+        expect(chart).not_to_contain_text("not available")
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        assert streams and streams[0] is None, streams
+    finally:
+        ctx.close()

@@ -285,3 +285,45 @@ def test_a_token_that_cannot_read_is_offered_no_action(browser):
         ctx.close()
     finally:
         srv.stop()
+
+
+def test_a_page_whose_data_comes_after_the_user_left_does_not_replace_the_next(server, page):
+    """The job's page waits for its job (held here); meanwhile the user opens Jobs. When the job
+    arrives it is dropped: the table stays on screen, and the job's page starts nothing (no log
+    read, no 2 s poll of the job)."""
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    job = server.submit({"type": "noop.left", "run_at": later})  # SCHEDULED: its page would poll it
+    held = []
+    page.route(re.compile(rf"/async/jobs/{job}$"), lambda route: held.append(route) if not held else route.continue_())
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if f"/async/jobs/{job}" in r.url else None)
+    page.goto(f"{server.url}/#/job/{job}")
+    deadline = time.time() + 15
+    while not held and time.time() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the job's page never asked for its job"
+    page.locator('nav [data-nav="jobs"]').click()
+    expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=15000)
+    expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible()
+    before = len(asked)
+    with page.expect_event("requestfinished", lambda r: r.url.endswith(f"/async/jobs/{job}")):
+        held[0].continue_()
+    # Longer than the job page's poll (2 s): anything it would start has started by then.
+    page.wait_for_timeout(3000)
+    expect(page.locator("h1")).to_have_text("Jobs")
+    expect(page.locator('[data-nav="jobs"]')).to_have_attribute("aria-current", "page")
+    expect(page.locator("body")).to_have_attribute("data-ready", "/jobs")
+    assert asked[before:] == [], f"the left page went on reading: {asked[before:]}"
+
+
+def test_the_why_box_wraps_long_signal_keys(server, page):
+    """A job waiting for two 200-character keys: the "why not running" line wraps inside the page
+    instead of widening it."""
+    keys = [("a" * 199) + "1", ("b" * 199) + "2"]
+    job = server.submit({"type": "noop.longkeys", "wait_for": [{"key": k} for k in keys], "deadline": "+1h"})
+    open_page(page, server, f"/job/{job}")
+    expect(page.locator("#status .badge")).to_have_text("WAITING")
+    expect(page.locator("#why")).to_contain_text(keys[1])
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
+    server.call("POST", f"/async/jobs/{job}/cancel")

@@ -66,6 +66,7 @@ function signIn(message) {
 document.getElementById("signout").addEventListener("click", () => {
   auth.token = "";
   // The stream opened with the token ends with it: it would go on reading with its rights.
+  stopActivity();
   if (streamAbort) { streamAbort.abort(); streamAbort = null; }
   live.textContent = "signed out"; live.className = "live off"; live.title = "";
   location.hash = "#/";
@@ -205,9 +206,14 @@ function onEvent(f) { listeners.add(f); return () => listeners.delete(f); }
 
 // ---------------------------------------------------------------- pages
 
-let leave = () => {};
+// Each navigation has its own AbortController (route() makes it, the next navigation aborts
+// it). A page gets its signal: after each wait it returns if the signal was aborted (the user went
+// elsewhere meanwhile), so it neither replaces the page now on screen nor starts a listener or a
+// timer; what it starts it stops on the signal's abort (whenLeft).
+let navigation = null;
+function whenLeft(signal, stop) { signal.addEventListener("abort", stop, { once: true }); }
 
-async function overview() {
+async function overview(signal) {
   const counts = h("div", { class: "cards", id: "counts" }, h("p", {}, "loading…"));
   const dead = deadLetterCount();
   const recent = h("tbody", { id: "recent" });
@@ -256,6 +262,7 @@ async function overview() {
     recent.replaceChildren(...page.jobs.map(jobRow));
   }
   await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message)), dead.refresh(), activityReady]);
+  if (signal.aborted) return;
   leases.refresh();
   let pending = null;
   const off = onEvent((ev) => {
@@ -264,7 +271,7 @@ async function overview() {
     if (pending) return;
     pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
   });
-  leave = () => { off(); chart.stop(); dead.stop(); clearTimeout(pending); };
+  whenLeft(signal, () => { off(); chart.stop(); dead.stop(); clearTimeout(pending); });
 }
 
 function jobRow(j, selectable) {
@@ -288,7 +295,7 @@ function filterValue(k, v) {
   return v;
 }
 
-async function jobs(params) {
+async function jobs(params, signal) {
   const status = params.get("status") || "";
   const type = params.get("type") || "";
   const local = Object.fromEntries(SERVER_FILTERS.map((k) => [k, params.get(k) || ""]));
@@ -313,9 +320,10 @@ async function jobs(params) {
       h("label", {}, "before ", h("input", { name: "before", id: "f-before", type: "datetime-local", value: local.before })),
       h("label", {}, "Text in args ", h("input", { name: "text", id: "f-text", value: local.text }))),
     h("button", { type: "submit" }, "Filter"));
+  const pickAll = h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all",
+    onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) });
   main.replaceChildren(h("h1", {}, "Jobs"), form, actions, matched,
-    h("div", { class: "scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all",
-      onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) })),
+    h("div", { class: "scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, h("th", {}, pickAll),
       h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Updated"))), body)),
     pager);
 
@@ -342,7 +350,7 @@ async function jobs(params) {
       const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
       // New rows come unselected: so does "select all".
-      document.getElementById("pick-all").checked = false;
+      pickAll.checked = false;
       if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
@@ -354,11 +362,12 @@ async function jobs(params) {
     }
   }
   await load("");
+  if (signal.aborted) return;
   // Rows on screen follow their jobs' events.
-  leave = onEvent((ev) => {
+  whenLeft(signal, onEvent((ev) => {
     const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
     if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
-  });
+  }));
 }
 
 // Why a job is not running, in plain words, from what the job says about itself.
@@ -398,10 +407,10 @@ function curlCommand(j) {
   return `curl -X POST ${location.origin}/async/jobs -H 'Content-Type: application/json'${auth.token ? " -H \"Authorization: Bearer $RUNYARD_TOKEN\"" : ""} -d ${q(body)}`;
 }
 
-async function jobPage(id) {
+async function jobPage(id, signal) {
   let j;
   try { j = await api(`/async/jobs/${encodeURIComponent(id)}`); } catch (e) {
-    if (e.status !== 401) main.replaceChildren(h("h1", {}, "Job"), h("p", { class: "error" }, e.message));
+    if (e.status !== 401 && !signal.aborted) main.replaceChildren(h("h1", {}, "Job"), h("p", { class: "error" }, e.message));
     return;
   }
   const status = h("span", { id: "status" });
@@ -414,6 +423,7 @@ async function jobPage(id) {
   const actions = h("div", { class: "actions" });
   let lines = [];
   let nextLog = 0;
+  if (signal.aborted) return; // the user went elsewhere while the job was read
 
   function renderLogs() {
     const needle = search.value.toLowerCase();
@@ -489,13 +499,14 @@ async function jobPage(id) {
       h("button", { onclick: () => downloadText(lines.map((l) => l.line).join("\n") + "\n", `${j.id}.log`) }, "Download")), logs));
   render();
   await pullLogs();
+  if (signal.aborted) return;
   // Follow: events of this job refresh it; logs are pulled on each event and every 2 s while
   // it runs (log lines are not events).
   let busy = false;
   const tick = async () => { if (busy) return; busy = true; try { await refresh(); } catch { /* shown on the next one */ } busy = false; };
   const off = onEvent((ev) => { if (ev.job_id === j.id) tick(); });
   const timer = setInterval(() => { if (!TERMINAL.has(j.status)) tick(); }, 2000);
-  leave = () => { off(); clearInterval(timer); };
+  whenLeft(signal, () => { off(); clearInterval(timer); });
 }
 
 async function schedules() {
@@ -541,23 +552,26 @@ async function download(path, name) {
 // ---------------------------------------------------------------- router
 
 async function route() {
-  leave(); leave = () => {};
+  if (navigation) navigation.abort();
+  navigation = new AbortController();
+  const { signal } = navigation;
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
   document.querySelectorAll("[data-nav]").forEach((a) => a.removeAttribute("aria-current"));
   const nav = { "/": "overview", "": "overview", "/jobs": "jobs", "/dead": "dead", "/signals": "signals", "/schedules": "schedules" }[path] || "";
   if (nav) document.querySelector(`[data-nav="${nav}"]`).setAttribute("aria-current", "page");
   try {
-    if (path === "/" || path === "") await overview();
-    else if (path === "/jobs") await jobs(params);
-    else if (path.startsWith("/job/")) await jobPage(decodeURIComponent(path.slice(5)));
+    if (path === "/" || path === "") await overview(signal);
+    else if (path === "/jobs") await jobs(params, signal);
+    else if (path.startsWith("/job/")) await jobPage(decodeURIComponent(path.slice(5)), signal);
     else if (path === "/schedules") await schedules();
-    else if (path === "/signals") await signalsPage(params);
-    else if (path === "/dead") await deadLetters(params);
+    else if (path === "/signals") await signalsPage(params, signal);
+    else if (path === "/dead") await deadLetters(params, signal);
     else main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview")));
   } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) main.replaceChildren(h("p", { class: "error" }, e.message));
+    if (!(e instanceof ApiError && e.status === 401) && !signal.aborted) main.replaceChildren(h("p", { class: "error" }, e.message));
   }
+  if (signal.aborted) return; // superseded: the newer navigation says when its page is ready
   document.body.dataset.ready = path;
   // When the first page had its data on screen (ms since navigation; read by the browser tests).
   if (!document.body.dataset.readyMs) document.body.dataset.readyMs = String(Math.round(performance.now()));
@@ -570,7 +584,7 @@ let activityReady = Promise.resolve();
 async function start() {
   document.getElementById("signin")?.remove();
   if (!(await loadScopes())) return; // the sign-in form is shown
-  activityReady = loadActivity().then((from) => { follow(from); }); // follow() runs until the page goes
+  activityReady = followActivity(); // follow() runs until the page goes
   await route();
 }
 

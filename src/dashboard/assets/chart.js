@@ -5,8 +5,9 @@
 // counts as done, ERROR or TIMEOUT as failed). Read once from the store (`GET /async/activity`,
 // an index range, however many jobs are stored); the global event stream then goes on from the
 // newest event of that read, and each status event after the read's `as_of` adds one. Without the
-// route (an older server, a token confined to channels) the stream replays from its oldest event
-// instead, and the tally counts what it replays (`events.global_limit`).
+// route (an older server: 404; a token confined to channels: 403) the stream replays from its oldest
+// event instead, and the tally counts what it replays (`events.global_limit`). Any other failure
+// (a 503, the network) may pass: the chart says the hour is not available, and the read is retried.
 const MINUTE_MS = 60000;
 const outcomes = { ok: new Map(), failed: new Map() }; // minute number -> count
 const chartWatchers = new Set();
@@ -15,6 +16,8 @@ let tallySource = "the event stream";
 // Why the hour cannot be shown: neither the store's counts nor the global stream are open to
 // this token (one confined to channel globs): a plausible-looking zero would mislead.
 let tallyRefused = "";
+// Why the store's counts could not be read just now (a failure that may pass: retried).
+let tallyFailed = "";
 
 function tallyUnavailable(why) {
   if (tallyAfter !== -Infinity) return; // the store's counts are there: the chart stands
@@ -35,12 +38,18 @@ function tallyOutcome(ev) {
 }
 
 // The last hour from the store; returns the event id the live stream goes on from (null: from
-// the stream's start, no event yet), or undefined when the store's counts are not available.
+// the stream's start, no event yet), or undefined when the server has no such route (404) or not
+// for this token (403; 401 asks to sign in). Throws on any other failure (a 503, the network).
 async function loadActivity() {
   outcomes.ok.clear(); outcomes.failed.clear();
-  tallyAfter = -Infinity; tallySource = "the event stream"; tallyRefused = "";
+  tallyAfter = -Infinity; tallySource = "the event stream"; tallyRefused = ""; tallyFailed = "";
   let a;
-  try { a = await api("/async/activity"); } catch { return undefined; }
+  try { a = await api("/async/activity"); } catch (e) {
+    if ([401, 403, 404].includes(e.status)) return undefined;
+    tallyFailed = e.message || String(e);
+    chartWatchers.forEach((f) => f());
+    throw e;
+  }
   for (const m of a.minutes || []) {
     const minute = Math.floor(Date.parse(m.at) / MINUTE_MS);
     if (isNaN(minute)) continue;
@@ -53,6 +62,31 @@ async function loadActivity() {
   return a.last_event_id ?? null;
 }
 listeners.add(tallyOutcome);
+
+// The hour, then the live stream from the read's newest event; the promise settles after the
+// first read (the overview waits for it). A read that failed is retried (2 s, doubling to 30 s)
+// and the stream waits for it: started without the read's event id, it would replay the whole
+// global stream. stopActivity() (signing out, or a new start) ends the retries.
+let activityRun = 0;
+function stopActivity() { activityRun++; }
+function followActivity() {
+  const run = ++activityRun;
+  let firstRead;
+  const first = new Promise((r) => { firstRead = r; });
+  (async () => {
+    for (let wait = 2000; ; wait = Math.min(wait * 2, 30000)) {
+      let from, failed = false;
+      try { from = await loadActivity(); } catch { failed = true; }
+      firstRead();
+      if (run !== activityRun) return;
+      if (!failed) { follow(from); return; }
+      live.textContent = "not live yet"; live.className = "live off"; live.title = shown(tallyFailed);
+      await new Promise((r) => setTimeout(r, wait));
+      if (run !== activityRun) return;
+    }
+  })();
+  return first;
+}
 
 const SVG = "http://www.w3.org/2000/svg";
 function s(tag, attrs = {}, ...children) {
@@ -70,6 +104,11 @@ function throughputChart() {
     if (tallyRefused) {
       delete box.dataset.ok; delete box.dataset.failed;
       box.replaceChildren(h("p", { class: "muted" }, `The last hour is not available to this sign-in: ${tallyRefused}`));
+      return;
+    }
+    if (tallyFailed) {
+      delete box.dataset.ok; delete box.dataset.failed;
+      box.replaceChildren(h("p", { class: "muted" }, `The last hour is not available right now (${tallyFailed}); trying again.`));
       return;
     }
     const now = Math.floor(Date.now() / MINUTE_MS);

@@ -32,7 +32,7 @@ function deadLetterCount() {
 
 // Dead letters: jobs that used up their attempts (status ERROR with attempt >= max_attempts),
 // selected by the store (`GET /async/jobs?dead=true`), 50 a page.
-async function deadLetters(params) {
+async function deadLetters(params, signal) {
   const type = params.get("type") || "";
   const body = h("tbody", { id: "rows" });
   const pager = h("div", { class: "pager" });
@@ -58,12 +58,13 @@ async function deadLetters(params) {
     } },
     h("label", {}, "Type ", h("input", { name: "type", id: "f-type", value: type, placeholder: "glob, e.g. report.*" })),
     h("button", { type: "submit" }, "Filter"));
+  const pickAll = h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all shown",
+    onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) });
   main.replaceChildren(h("h1", {}, "Dead letters"),
     h("p", { class: "muted" }, "Jobs that ended ERROR with every attempt used. Retry gives a job one more attempt."),
     form, total, actions, note,
     h("div", { class: "scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {},
-      h("th", {}, h("input", { type: "checkbox", id: "pick-all", "aria-label": "select all shown",
-        onchange: (ev) => body.querySelectorAll(".pick").forEach((c) => { c.checked = ev.target.checked; }) })),
+      h("th", {}, pickAll),
       h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Ended"), h("th", {}, "Error"))), body)),
     pager);
 
@@ -100,16 +101,17 @@ async function deadLetters(params) {
       h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
     if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
     // New rows come unselected: so does "select all shown".
-    document.getElementById("pick-all").checked = false;
+    pickAll.checked = false;
     note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
     pager.replaceChildren(
       cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
       nextCursor ? h("button", { id: "next-page", onclick: () => { cursors.push(nextCursor); load(nextCursor); } }, "Older →") : "");
   }
   await Promise.all([countAll(), load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
+  if (signal.aborted) return;
   // Rows on screen follow their jobs: a retried one leaves the list.
-  leave = onEvent((ev) => {
+  whenLeft(signal, onEvent((ev) => {
     const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
     if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
-  });
+  }));
 }

@@ -36,7 +36,7 @@ function seenOf(recs, item) {
   return Math.min(item.needed, recs.filter((r) => Date.parse(r.at) >= since).length);
 }
 
-async function signalsPage(params) {
+async function signalsPage(params, signal) {
   const asked = params.getAll("key").filter(Boolean);
   const remembered = [...new Set([...lookedUp(), ...asked])].slice(-50);
   sessionStorage.setItem(LOOKED_UP, JSON.stringify(remembered));
@@ -103,6 +103,7 @@ async function signalsPage(params) {
     list.replaceChildren(...cards);
   }
   await load().catch((e) => list.replaceChildren(h("p", { class: "error" }, e.message)));
+  if (signal.aborted) return; // the user went elsewhere meanwhile: no timer, no listener
   // Records are not events: re-read every 5 s, and when a job's status changes (a release). One
   // read at a time: a read still going (a key of large records takes many pages) is not joined
   // by another.
@@ -117,5 +118,5 @@ async function signalsPage(params) {
   };
   const off = onEvent(again);
   const timer = setInterval(again, 5000);
-  leave = () => { off(); clearInterval(timer); clearTimeout(pending); };
+  whenLeft(signal, () => { off(); clearInterval(timer); clearTimeout(pending); });
 }
