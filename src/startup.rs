@@ -253,6 +253,8 @@ const OTHER_VARS: &[&str] = &[
     "RUNYARD_CONFIG",
     "RUNYARD_SERVER",
     "RUNYARD_TOKEN",
+    // The experimental hand-over at submit on Redis (docs/redis.md), read by `server.rs`.
+    "RUNYARD_REDIS_HANDOVER",
 ];
 
 /// Prefixes of variables used by runyard's tests and scripts.
@@ -390,6 +392,7 @@ mod tests {
                 "RUNYARD_DATA_DIR",
                 "RUNYARD_WORKER__LEASE_TTL",
                 "RUNYARD_LOG",
+                "RUNYARD_REDIS_HANDOVER",
                 "RUNYARD_SERVICE_HOST",
                 "RUNYARD_PORT_7070_TCP_ADDR",
                 "RUNYARD_DATADIR",
