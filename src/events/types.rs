@@ -16,8 +16,10 @@ use crate::store::{Store, StoreError};
 /// Jobs whose type the process keeps (then it starts over: a few MB at most).
 const KNOWN: usize = 16_384;
 
-/// Whether a job type may be shown (the caller's grant: `Grant::sees_type`).
-pub type SeesType = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Whether a job type may be shown: the caller's grant's rule ([`Grant::type_rule`]).
+///
+/// [`Grant::type_rule`]: crate::auth::tokens::Grant::type_rule
+pub use crate::auth::tokens::TypeRule as SeesType;
 
 /// A job's type, once read: `None` when the job is not stored (removed).
 type Known = Arc<OnceCell<Option<Arc<str>>>>;
