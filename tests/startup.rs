@@ -77,6 +77,22 @@ fn started_with_mode(config: &str, mode: u32, extra: &[&str], envs: &[(&str, &st
     )
 }
 
+/// Waits (20 s at most) until `child`, a `serve` writing its log to `log`, listens on `port`;
+/// kills it and fails with its log when it exits or does not listen in time.
+fn wait_listening(child: &mut std::process::Child, port: u16, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "serve did not start: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// [`started`], `prepare` changing the config file (its mode, its owner) before the start.
 fn started_with_file(
     config: &str,
@@ -106,17 +122,7 @@ fn started_with_file(
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!(
-                "serve did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut child, port, &log);
     std::thread::sleep(Duration::from_millis(300));
     let _ = child.kill();
     let _ = child.wait();
@@ -514,11 +520,7 @@ fn the_readme_configuration_runs_its_example_job_from_the_repository_root() {
         .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut child, port, &dir.path().join("stderr"));
     let cli = Command::new(BIN)
         .args([
             "submit",
@@ -605,17 +607,7 @@ fn secrets_from_the_environment_are_taken_as_strings() {
         .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!(
-                "serve did not start: {}",
-                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut child, port, &dir.path().join("stderr"));
     // The status code of `GET /async/whoami` with `token`.
     let whoami = |token: &str| {
         use std::io::{Read, Write};
