@@ -321,6 +321,7 @@ conformance!(
     a_job_record_is_in_the_form_of_its_last_writer,
     a_job_given_back_goes_ahead_of_the_jobs_queued_since,
     a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped,
+    a_cancelled_jobs_expired_lease_is_reaped_before_a_retry,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -891,6 +892,56 @@ async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut 
     let retried = s.apply(j.id, Command::Retry).await.unwrap();
     assert_eq!(retried.status, JobStatus::Queued);
     assert_eq!(claim_one(&s, "r", "w2").await.attempt, 2);
+}
+
+/// A job cancelled while it ran whose worker let the lease run out (gone, hung) before it said
+/// the work stopped: the reaper finds it among the expired leases, and a retry waits for the
+/// reaper to give the lease up (`StopLost`, once it has made sure the work is gone). An
+/// embedded store reopened finds such a lease expired at once, as an active job's.
+async fn a_cancelled_jobs_expired_lease_is_reaped_before_a_retry(mut b: Backend) {
+    let s = b.store().await;
+    let j = submit(&s, job("t", "r")).await;
+    let c = s
+        .claim("r", "w", 1, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    s.apply(j.id, Command::Cancel).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let exp = s.expired(100).await.unwrap();
+    assert_eq!(exp.iter().map(|j| j.id).collect::<Vec<_>>(), vec![j.id]);
+    assert_eq!(exp[0].status, JobStatus::Cancelled);
+    let before = s.get(j.id).await.unwrap().unwrap();
+    assert!(
+        s.apply(j.id, Command::Retry).await.is_err(),
+        "no reaper yet"
+    );
+    let other = Command::StopLost {
+        token: token(&c) + 1,
+    };
+    assert!(s.apply(j.id, other).await.is_err());
+    assert_eq!(s.get(j.id).await.unwrap().unwrap(), before);
+    let gone = s
+        .apply(j.id, Command::StopLost { token: token(&c) })
+        .await
+        .unwrap();
+    assert_eq!((gone.status, gone.lease), (JobStatus::Cancelled, None));
+    assert!(s.expired(100).await.unwrap().is_empty());
+    let retried = s.apply(j.id, Command::Retry).await.unwrap();
+    assert_eq!(retried.status, JobStatus::Queued);
+    // A lease that holds is left alone, before and (embedded) after a reopen.
+    let k = submit(&s, job("t", "r2")).await;
+    claim_one(&s, "r2", "w").await;
+    s.apply(k.id, Command::Cancel).await.unwrap();
+    assert!(s.expired(100).await.unwrap().iter().all(|e| e.id != k.id));
+    drop(s);
+    let s = b.reopen().await;
+    let exp: Vec<Uuid> = s.expired(100).await.unwrap().iter().map(|j| j.id).collect();
+    match b.kind {
+        Kind::Embedded(_) => assert_eq!(exp, vec![k.id]),
+        Kind::Redis(..) => assert!(exp.is_empty(), "{exp:?}"),
+    }
 }
 
 async fn heartbeats_leave_a_finished_attempt_alone(mut b: Backend) {

@@ -159,8 +159,16 @@ types = ["loc.*"]
 command = ["sleep", "0.1"]
 concurrency = 8
 max_attempts = 5
+
+# Attempt 1 says its pid, then writes a line every 50 ms until killed; later attempts end.
+[[runners]]
+name = "stp"
+kind = "local"
+types = ["stp.*"]
+command = ["/bin/sh", "-c", "echo started $JOB_ATTEMPT $$ >> {trace}; if [ $JOB_ATTEMPT = 1 ]; then while :; do echo tick >> {trace}.ticks; sleep 0.05; done; fi; echo done $JOB_ATTEMPT >> {trace}"]
 "#,
             port = self.port,
+            trace = d.join("trace").display(),
             data = d.join(format!("data-{name}")).display(),
             redis = self.redis_url,
             prefix = self.prefix,
@@ -503,6 +511,107 @@ async fn scale_out_survives_a_killed_worker() {
     );
     assert!(workers.len() >= 2, "both workers ran jobs");
     assert!(lost_runs > 0, "the killed worker had jobs in hand");
+}
+
+/// A job cancelled while its worker is hung (`SIGSTOP`: its job's process, in a session of its
+/// own, runs on) is retried only once another worker has made sure that process is gone: after
+/// the lease ran out, that worker's reaper kills it (same machine) and gives the lease up. The
+/// second attempt never runs beside the first; the hung worker, resumed, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_of_a_hung_worker_is_retried_only_once_its_process_is_gone() {
+    let redis = TestRedis::start();
+    let mut cl = Cluster::new(&redis, "");
+    cl.spawn("api", &["serve", "--no-worker"]);
+    let http = http();
+    cl.wait_healthy(&http).await;
+    let wa = cl.spawn("worker-a", &["worker"]);
+    let (url, trace) = (cl.url(), cl.dir.path().join("trace"));
+    let ticks = cl.dir.path().join("trace.ticks");
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let r = http
+        .post(format!("{url}/async/jobs"))
+        .json(&json!({"type": "stp.x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_url = format!("{url}/async/jobs/{id}");
+    let start = Instant::now();
+    let pid: u32 = loop {
+        let t = read(&trace);
+        if let Some(p) = t.strip_prefix("started 1 ") {
+            break p.trim().parse().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "attempt 1 never started\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    cl.spawn("worker-b", &["worker"]);
+    let a_pid = cl.procs[wa].pid() as i32;
+    unsafe {
+        libc::kill(a_pid, libc::SIGSTOP);
+    }
+    let r = http.post(format!("{job_url}/cancel")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Refused while attempt 1 may run (its lease of 2 s holds, then until worker B's reaper
+    // has killed it), accepted then.
+    let start = Instant::now();
+    let mut refused = 0;
+    loop {
+        let r = http.post(format!("{job_url}/retry")).send().await.unwrap();
+        if r.status().as_u16() == 202 {
+            break;
+        }
+        let body: Value = r.json().await.unwrap();
+        assert!(body.to_string().contains("still being stopped"), "{body}");
+        refused += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the retry never accepted\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "the first retry came while attempt 1 ran");
+    assert!(pid_gone(pid), "attempt 1 (pid {pid}) runs beside the retry");
+    let n = read(&ticks).lines().count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read(&ticks).lines().count(), n, "attempt 1 still writes");
+    // Attempt 2 runs (on worker B) and ends; worker A, resumed, changes nothing.
+    let start = Instant::now();
+    let job = loop {
+        let j = get_json(&http, &job_url).await;
+        if j["status"] == "SUCCESS" {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "attempt 2 never ended: {j}\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["attempt"], 2, "{job}");
+    unsafe {
+        libc::kill(a_pid, libc::SIGCONT);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let j = get_json(&http, &job_url).await;
+    assert_eq!(
+        (&j["status"], &j["attempt"]),
+        (&json!("SUCCESS"), &json!(2)),
+        "{j}"
+    );
+    let t = read(&trace);
+    assert_eq!(t.matches("started").count(), 2, "{t}");
+    assert!(t.contains("done 2"), "{t}");
 }
 
 /// A rolling update to compact job records (`store.records`, docs/redis.md): the API node

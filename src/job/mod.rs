@@ -353,13 +353,23 @@ pub struct Job {
     pub wait: Option<wait::Wait>,
 }
 
+/// How long after its lease ran out a cancelled job's attempt still counts as being stopped when
+/// no reaper has made sure its work is gone (µs; 5 minutes): see [`Job::still_stopping`].
+pub const ABANDONED_STOP: Micros = 300_000_000;
+
 impl Job {
-    /// Cancelled while it ran, and its worker has not said its work stopped (`Stopped`), nor
-    /// has its lease run out: its last attempt may still be running, so nothing that must not
-    /// run beside it (a retry, a schedule's next fire under `forbid` or `buffer_one`) starts yet.
+    /// Cancelled while it ran, and the lease its worker kept is still there: neither has the
+    /// worker said its work stopped (`Stopped`), nor has a reaper, once the lease ran out (the
+    /// worker gone or hung), made sure the work is gone (`StopLost`). Its last attempt may
+    /// still be running, so nothing that must not run beside it (a retry, a schedule's next
+    /// fire under `forbid` or `buffer_one`) starts yet. Where no reaper comes (no worker left
+    /// that serves the job's runner), [`ABANDONED_STOP`] after the lease ran out it is over.
     pub fn still_stopping(&self, now: Micros) -> bool {
         self.status == JobStatus::Cancelled
-            && self.lease.as_ref().is_some_and(|l| l.expires_at > now)
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.expires_at.saturating_add(ABANDONED_STOP) > now)
     }
 
     /// The outcome decided for the current attempt (reported through its hook, or its time

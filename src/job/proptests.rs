@@ -85,6 +85,9 @@ enum Op {
     Stopped {
         tok: Tok,
     },
+    StopLost {
+        tok: Tok,
+    },
     LeaseExpired,
     Adopt {
         worker: u8,
@@ -154,6 +157,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => tok().prop_map(|tok| Op::HostFailure { tok }),
         1 => tok().prop_map(|tok| Op::TimeLimit { tok }),
         1 => tok().prop_map(|tok| Op::Stopped { tok }),
+        1 => tok().prop_map(|tok| Op::StopLost { tok }),
         2 => Just(Op::LeaseExpired),
         1 => (0u8..3, prop::bool::weighted(0.8))
             .prop_map(|(worker, lease_ok)| Op::Adopt { worker, lease_ok }),
@@ -308,6 +312,9 @@ impl Actors {
             Op::Stopped { tok } => Command::Stopped {
                 token: self.token(job, tok),
             },
+            Op::StopLost { tok } => Command::StopLost {
+                token: self.token(job, tok),
+            },
             Op::LeaseExpired => Command::LeaseExpired,
             Op::Adopt { worker, lease_ok } => Command::Adopt {
                 worker: format!("w{worker}"),
@@ -339,6 +346,7 @@ fn carried_token(cmd: &Command) -> Option<u64> {
         | Command::Finish { token, .. }
         | Command::Release { token }
         | Command::Stopped { token }
+        | Command::StopLost { token }
         | Command::TimeLimit { token, .. }
         | Command::HostFailure { token, .. } => Some(*token),
         Command::Progress { token, .. } => *token,
@@ -363,7 +371,7 @@ fn check_step(
             if before.status.is_terminal() {
                 // A retry; or, of a job cancelled while it ran, its worker giving up the lease
                 // it kept (nothing else changes).
-                let stopped = matches!(cmd, Command::Stopped { .. })
+                let stopped = matches!(cmd, Command::Stopped { .. } | Command::StopLost { .. })
                     && before.status == JobStatus::Cancelled
                     && after.lease.is_none()
                     && after.status == before.status;
@@ -374,14 +382,25 @@ fn check_step(
                     cmd
                 );
             }
-            // A retry never runs beside an attempt whose worker may still stop it.
+            // A retry never runs beside an attempt whose worker may still stop it: its lease
+            // was given up (`Stopped`, or `StopLost` once it ran out), or no reaper came for
+            // `ABANDONED_STOP` after it ran out.
             if matches!(cmd, Command::Retry) && before.status == JobStatus::Cancelled {
+                prop_assert!(
+                    before.lease.as_ref().is_none_or(
+                        |l| l.expires_at + crate::job::ABANDONED_STOP <= after.updated_at
+                    ),
+                    "retried while the cancelled attempt was being stopped: {:?}",
+                    before.lease
+                );
+            }
+            if matches!(cmd, Command::StopLost { .. }) {
                 prop_assert!(
                     before
                         .lease
                         .as_ref()
-                        .is_none_or(|l| l.expires_at <= after.updated_at),
-                    "retried while the cancelled attempt's lease held: {:?}",
+                        .is_some_and(|l| l.expires_at < after.updated_at),
+                    "a lease given up by a reaper before it ran out: {:?}",
                     before.lease
                 );
             }

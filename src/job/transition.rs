@@ -112,6 +112,14 @@ pub enum Command {
         /// The claim's token.
         token: u64,
     },
+    /// The reaper made sure the work of a job cancelled while it ran, whose worker let the
+    /// lease run out (gone, or hung) before it said the work stopped, is gone (its runner's
+    /// `recover` killed or found nothing; see `src/worker/reaper.rs`): the lease goes, as with
+    /// `Stopped`. Refused unless the job is CANCELLED and holds this expired lease.
+    StopLost {
+        /// The expired lease's token.
+        token: u64,
+    },
     /// A client retries a job that did not succeed: a new attempt.
     Retry,
     /// A SCHEDULED job is due: QUEUED.
@@ -446,6 +454,7 @@ fn apply_inner(
         Command::OrphanLease => attempts::orphan_lease(job),
         Command::Cancel => manage::cancel(job, ctx),
         Command::Stopped { token } => manage::stopped(job, token),
+        Command::StopLost { token } => manage::stop_lost(job, ctx, token),
         Command::Retry => manage::retry(job, ctx),
         Command::AttachFile {
             property,
@@ -845,13 +854,32 @@ mod tests {
         assert_eq!(j.status, JobStatus::Cancelled);
         apply(&mut j, Command::Retry, &ctx(4)).unwrap();
         assert_eq!(j.status, JobStatus::Queued);
-        // Without the worker's word, once the lease has run out.
+        // Without the worker's word: once the lease has run out, a reaper made sure the work
+        // is gone (`StopLost`, refused while the lease holds or with another token)...
         let mut k = job();
         claim(&mut k, 1);
         apply(&mut k, Command::Cancel, &ctx(2)).unwrap();
-        assert!(apply(&mut k, Command::Retry, &ctx(9_999)).is_err());
-        apply(&mut k, Command::Retry, &ctx(10_000)).unwrap();
+        let before = k.clone();
+        for (cmd, at) in [
+            (Command::StopLost { token: 1 }, 9_999),
+            (Command::StopLost { token: 2 }, 10_001),
+            (Command::Retry, 9_999),
+            (Command::Retry, 10_001),
+        ] {
+            assert!(apply(&mut k, cmd, &ctx(at)).is_err());
+            assert_eq!(k, before);
+        }
+        apply(&mut k, Command::StopLost { token: 1 }, &ctx(10_001)).unwrap();
+        assert_eq!((k.lease.as_ref(), k.status), (None, JobStatus::Cancelled));
+        apply(&mut k, Command::Retry, &ctx(10_001)).unwrap();
         assert_eq!(k.status, JobStatus::Queued);
+        // ...or, no reaper having come, `ABANDONED_STOP` after it ran out.
+        let mut a = job();
+        claim(&mut a, 1);
+        apply(&mut a, Command::Cancel, &ctx(2)).unwrap();
+        let end = 10_000 + crate::job::ABANDONED_STOP;
+        assert!(apply(&mut a, Command::Retry, &ctx(end - 1)).is_err());
+        apply(&mut a, Command::Retry, &ctx(end)).unwrap();
         // An active job keeps the lease it needs.
         let mut r = job();
         claim(&mut r, 1);

@@ -551,9 +551,14 @@ impl CommandKind {
             C::Cancel => Self::Cancel,
             C::LeaseExpired => Self::LeaseExpired,
             // The time limit marks the attempt; its status changes with the finish after.
-            C::Progress { .. } | C::AttachFile { .. } | C::Adopt { .. } | C::TimeLimit { .. } => {
-                Self::Same
-            }
+            // A cancelled job's lease given up: it stays CANCELLED.
+            C::Progress { .. }
+            | C::AttachFile { .. }
+            | C::Adopt { .. }
+            | C::TimeLimit { .. }
+            | C::Stopped { .. }
+            | C::StopLost { .. }
+            | C::OrphanLease => Self::Same,
             _ => Self::OtherStatus,
         }
     }

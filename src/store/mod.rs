@@ -321,7 +321,8 @@ pub trait JobQueue: Send + Sync {
     async fn promote_due(&self, max: usize) -> Result<usize>;
     /// When the next SCHEDULED job is due.
     async fn next_due(&self) -> Result<Option<Micros>>;
-    /// Active jobs whose lease expired.
+    /// Active jobs whose lease expired, then cancelled jobs whose lease (kept while their worker
+    /// stopped the work) expired: oldest lease first in each, `max` in all.
     async fn expired(&self, max: usize) -> Result<Vec<Job>>;
     /// Parks `worker`, which has `max` free slots and whose claim found nothing QUEUED for
     /// `runner`, for a direct hand-off ([`handoff`]): a backend that supports it claims each of

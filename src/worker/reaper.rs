@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::reporter::DeferredReporter;
 use super::Worker;
-use crate::job::Command;
+use crate::job::{Command, JobStatus};
 
 /// Runs until `stop`.
 pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
@@ -39,6 +39,10 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
         // them would start a second run next to the live one.
         let token = job.lease.as_ref().map(|l| (l.worker.as_str(), l.token));
         if token.is_some_and(|(w, t)| w == worker.id && worker.holds(job.id, t)) {
+            continue;
+        }
+        if job.status == JobStatus::Cancelled {
+            n += usize::from(stop_lost(worker, job).await);
             continue;
         }
         let slot = worker.runners.get(&job.runner).cloned();
@@ -91,6 +95,55 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// A job cancelled while it ran whose worker let the lease run out before it said the work
+/// stopped (gone, or hung: a worker `SIGSTOP`ped does not stop its jobs' processes, which run
+/// on): the work is made sure gone as for any expired lease, by the runner's `recover` (a
+/// process group on this machine killed, a container or a Kubernetes Job found; live work is
+/// stopped, never adopted), then the lease goes (`Command::StopLost`) and a retry may run a new
+/// attempt. Until then it is refused (`Job::still_stopping`). A job of a runner this worker does
+/// not serve, or without a handle (cancelled before its work was recorded started), gives up
+/// its lease at once, as such an active job is requeued at once. True when the lease went.
+async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
+    let Some(token) = job.lease.as_ref().map(|l| l.token) else {
+        return false;
+    };
+    let slot = worker.runners.get(&job.runner).cloned();
+    if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
+        let spec = worker.spec_factory().spec(&job);
+        let reporter = Arc::new(DeferredReporter::with_last_log(None));
+        let gone = match slot.runner.recover(&handle, spec, reporter).await {
+            Ok(Recovered::Running(mut exec)) => exec.stop(worker.cfg.kill_grace).await,
+            Ok(Recovered::Finished(_) | Recovered::Gone) => true,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot make sure the cancelled job's work is gone; will retry");
+                false
+            }
+        };
+        if !gone {
+            return false;
+        }
+    }
+    match worker
+        .store
+        .apply(job.id, Command::StopLost { token })
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(
+                job_id = %job.id,
+                r#type = %job.job_type,
+                attempt = job.attempt,
+                "lease expired (worker lost or hung) while the cancelled job's work was being stopped: its work is gone"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::debug!(job_id = %job.id, error = %e, "refused (the worker said the work stopped, or renewed the lease)");
+            false
+        }
+    }
 }
 
 /// When the job's last stored log line was received (pages through its log, bounded).

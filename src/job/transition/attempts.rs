@@ -287,7 +287,9 @@ pub(super) fn heartbeat_lease(
 /// it succeeds (as `heartbeat_lease`).
 pub(super) fn orphan_lease(job: &mut Job) -> Result<Option<EventKind>, TransitionError> {
     match job.lease.as_mut() {
-        Some(l) if job.status.is_active() => {
+        // A cancelled job's lease, kept while its worker stopped the work: the reaper makes
+        // sure the work is gone (`StopLost`).
+        Some(l) if job.status.is_active() || job.status == Cancelled => {
             l.expires_at = 0;
             Ok(None)
         }

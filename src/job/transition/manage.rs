@@ -31,6 +31,21 @@ pub(super) fn stopped(job: &mut Job, token: u64) -> Result<Option<EventKind>, Tr
     Ok(None)
 }
 
+/// The reaper made sure the work of a cancelled job whose lease ran out is gone: the lease goes.
+pub(super) fn stop_lost(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    token: u64,
+) -> Result<Option<EventKind>, TransitionError> {
+    check_token(job, token)?;
+    let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < ctx.now);
+    if job.status != Cancelled || !expired {
+        return Err(illegal(job, "give up a lease that has not run out"));
+    }
+    job.lease = None;
+    Ok(None)
+}
+
 /// A user retries a finished job: one more attempt.
 pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
@@ -42,7 +57,8 @@ pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, 
         return Err(illegal(
             job,
             "retry while its last attempt is still being stopped (retry once it has ended: \
-             within the worker's kill_grace, or when its lease runs out)",
+             within the worker's kill_grace; its worker gone or hung, once its lease has run \
+             out and another worker has made sure the work is gone)",
         ));
     }
     job.max_attempts = job.max_attempts.max(job.attempt + 1);

@@ -11,7 +11,8 @@
 //! - `P:all`, `P:st:{STATUS}` sorted sets (score 0, ordered by id: UUID v7 is time-ordered) for
 //!   listing (none for STARTING/RUNNING: listed from `P:lease`); `P:q:{runner}` the runner's
 //!   queue by queued_at; `P:sched` SCHEDULED jobs by run_at;
-//!   `P:lease` active jobs by lease expiry (and claim reservations, see `lua/claim.lua`);
+//!   `P:lease` active jobs by lease expiry (and cancelled jobs whose worker still holds the
+//!   lease while it stops the work, and claim reservations, see `lua/claim.lua`);
 //!   `P:fin` finished jobs by finished_at (retention).
 //! - `P:jch:{channel}` the jobs of a channel that is not their own id (lex, as `P:all`), and
 //!   `P:jchidx`, `P:jchidx:lock` how far it holds the global stream and its rebuild's lock: the

@@ -261,7 +261,8 @@ impl Write {
                 p.shared(LEASE);
                 p.val("lease", e);
             }
-            // Not active: out of the lease set (a claim reservation too, see claim.lua).
+            // No lease (or not active nor cancelled): out of the lease set (a claim reservation
+            // too, see claim.lua).
             None if self.expected.is_some() => p.shared(LEASE),
             None => {}
         }
@@ -298,11 +299,13 @@ impl Write {
     }
 }
 
-/// The active lease expiry of a job (none when it is not active).
+/// The lease expiry of a job in the lease set: an active job's, and a cancelled one's while its
+/// worker keeps the lease to stop the work (the reaper finds it there once it runs out,
+/// `lua/expired.lua`); none otherwise.
 fn lease_of(j: &Job) -> Option<Micros> {
     j.lease
         .as_ref()
-        .filter(|_| j.status.is_active())
+        .filter(|_| j.status.is_active() || j.status == JobStatus::Cancelled)
         .map(|l| l.expires_at)
 }
 

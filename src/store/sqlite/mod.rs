@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(runner, queued_at, id) WHERE status = 'QUEUED';
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE status = 'SCHEDULED';
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_expires) WHERE status IN ('STARTING', 'RUNNING');
+-- Cancelled jobs whose worker still holds the lease while it stops the work (few, short-lived).
+CREATE INDEX IF NOT EXISTS jobs_stopping ON jobs(lease_expires) WHERE status = 'CANCELLED' AND lease_expires IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
 -- Event ids only grow without AUTOINCREMENT (which rewrote `sqlite_sequence`, one more page per

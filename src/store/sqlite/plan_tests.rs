@@ -3,7 +3,7 @@
 //! `jobs_status` for them, so each call read the row of every scheduled job (the scheduler asks
 //! after each commit) and sorted them.
 
-use super::queue::{DUE_SQL, EXPIRED_SQL, NEXT_DUE_SQL};
+use super::queue::{DUE_SQL, EXPIRED_SQL, EXPIRED_STOPPING_SQL, NEXT_DUE_SQL};
 use super::SqliteStore;
 use crate::job::{now_us, Job, JobStatus};
 use crate::store::{JobQueue, JobStore, StoreSettings};
@@ -54,6 +54,7 @@ async fn due_and_expired_read_their_partial_index_and_find_the_right_jobs() {
         (DUE_SQL, "jobs_due"),
         (NEXT_DUE_SQL, "jobs_due"),
         (EXPIRED_SQL, "jobs_lease"),
+        (EXPIRED_STOPPING_SQL, "jobs_stopping"),
     ] {
         let p = plan(&c, sql);
         assert!(p.contains(index), "{sql}: {p}");

@@ -14,12 +14,17 @@ use crate::store::handoff::{NextJob, Refill};
 use crate::store::{JobQueue, Parked, Result, StoreError};
 
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
+    // The active jobs, and the cancelled ones whose worker was still stopping the work.
     let active = jobs_of(
         conn,
         concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE status IN ('STARTING','RUNNING')"
+            " FROM jobs WHERE status IN ('STARTING','RUNNING')
+             UNION ALL SELECT ",
+            job_columns!(),
+            " FROM jobs INDEXED BY jobs_stopping
+             WHERE status = 'CANCELLED' AND lease_expires IS NOT NULL"
         ),
         [],
     )?;
@@ -63,6 +68,16 @@ pub(super) const EXPIRED_SQL: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM jobs INDEXED BY jobs_lease WHERE status IN ('STARTING','RUNNING') AND lease_expires < ?1
+     ORDER BY lease_expires LIMIT ?2"
+);
+
+/// Cancelled jobs whose lease ran out before their worker said the work stopped, oldest first,
+/// from `jobs_stopping`: the reaper makes sure their work is gone (`Command::StopLost`).
+pub(super) const EXPIRED_STOPPING_SQL: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs INDEXED BY jobs_stopping
+     WHERE status = 'CANCELLED' AND lease_expires IS NOT NULL AND lease_expires < ?1
      ORDER BY lease_expires LIMIT ?2"
 );
 
@@ -281,7 +296,12 @@ impl JobQueue for SqliteStore {
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
         self.read(move |c| {
             let now = now_us();
-            jobs_of(c, EXPIRED_SQL, params![now, max as i64])
+            let mut jobs = jobs_of(c, EXPIRED_SQL, params![now, max as i64])?;
+            let left = max.saturating_sub(jobs.len());
+            if left > 0 {
+                jobs.extend(jobs_of(c, EXPIRED_STOPPING_SQL, params![now, left as i64])?);
+            }
+            Ok(jobs)
         })
         .await
     }

@@ -2,6 +2,9 @@
 -- - a claim reservation whose job is still QUEUED (its claimer died before saving the claim)
 --   goes back to the runner's queue, at its old place;
 -- - an active job (STARTING/RUNNING) is returned: its lease expired, the reaper decides in Rust;
+-- - so is a CANCELLED one: its worker kept the lease while it stopped the work and let it run
+--   out (gone or hung) before it said so; the reaper makes sure the work is gone, then gives
+--   the lease up (`Command::StopLost`), which takes the entry out of the set;
 -- - anything else is a stale entry and is dropped;
 -- - a job whose hash is of another type (a hand edit, another program sharing the Redis) is
 --   returned as an active one with `!` and Redis's error in place of its record: it stays in
@@ -18,7 +21,7 @@
 -- returned, still in the set; see `RedisStore::expired`), `jobp`, `qp`, `notices`
 -- the notice channel: a job put back in its queue is announced there (`Q {runner}`, from no
 -- origin: every process hears it, this one too), as commit.lua announces new QUEUED jobs.
--- Returns {entries looked at, id1, record1, id2, record2, ...} (the active ones).
+-- Returns {entries looked at, id1, record1, id2, record2, ...} (the active and cancelled ones).
 local leases = KEYS[1]
 local A = {}
 for i = 1, #ARGV, 2 do A[ARGV[i]] = ARGV[i + 1] end
@@ -32,7 +35,7 @@ for _, id in ipairs(ids) do
   if h.err then
     out[#out + 1] = id
     out[#out + 1] = '!' .. h.err
-  elseif st == 'STARTING' or st == 'RUNNING' then
+  elseif st == 'STARTING' or st == 'RUNNING' or st == 'CANCELLED' then
     out[#out + 1] = id
     out[#out + 1] = h[4] or ''
   elseif st == 'QUEUED' then
