@@ -145,8 +145,14 @@ server). Arguments: dict "root" $ "component" "server"|"worker". */}}
 {{- toJson $v -}}
 {{- else if kindIs "bool" $v -}}
 {{- $v -}}
-{{- else if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) -}}
-{{- if eq (float64 $v) (floor $v) -}}{{- int64 $v -}}{{- else -}}{{- $v -}}{{- end -}}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) -}}
+{{- $v -}}
+{{- else if kindIs "float64" $v -}}
+{{- /* Helm reads a values file's numbers as 64-bit floats: a whole number past 2^53 is no longer
+the one written, and past 2^63 it turned negative when made an integer. */ -}}
+{{- if and (eq $v (floor $v)) (or (gt $v 9007199254740992.0) (lt $v -9007199254740992.0)) -}}
+{{- fail (printf "runyard: the number %v is too large to pass exactly (Helm reads numbers as 64-bit floats: whole numbers up to 2^53 only); no runyard setting needs one so large" $v) -}}
+{{- else if eq $v (floor $v) -}}{{- int64 $v -}}{{- else -}}{{- $v -}}{{- end -}}
 {{- else if kindIs "slice" $v -}}
 [{{- range $i, $e := $v -}}{{- if $i -}}, {{ end -}}{{- include "runyard.toml" $e -}}{{- end -}}]
 {{- else if kindIs "map" $v -}}

@@ -456,6 +456,19 @@ def test_env_and_args_the_chart_owns_are_refused(values, message):
     assert "pw@" not in str(e.value), "the message never repeats a secret"
 
 
+def test_config_numbers_are_written_exactly_or_refused():
+    """Helm reads numbers as 64-bit floats: whole numbers up to 2^53 are written as they are; a
+    larger one (no longer the number written, and negative past 2^63 once made an integer) is
+    refused, naming it."""
+    values = {**render.KEYS, "config": {"api": {"max_page": 2**53, "ratio": 0.25, "neg": -(2**53)}}}
+    cfg = config_of(render.render(values))
+    assert cfg["api"] == {"max_page": 2**53, "ratio": 0.25, "neg": -(2**53)}
+    for big in [2**53 + 2, 10**20, -(10**20)]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, "config": {"api": {"max_page": big}}})
+        assert "too large to pass exactly" in str(e.value), str(e.value)
+
+
 def test_config_may_still_set_other_keys_of_owned_tables():
     values = {**render.KEYS, "config": {"auth": {"jwt_leeway": "30s"}, "worker": {"lease_ttl": "20s"}, "api": {"max_page": 10}}}
     cfg = config_of(render.render(values))
