@@ -714,6 +714,21 @@ async fn listed_cors_origins_get_cors_answers_and_may_write() {
             .and_then(|v| v.to_str().ok()),
         Some("https://app.example")
     );
+    // A page of a listed origin may send the event cookie with its polling or SSE request
+    // (`credentials: "include"`): the browser reads the answer only with this header.
+    let res = ts
+        .client
+        .get(ts.at("/api/v1/async_event/"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-credentials")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
     let res = ts
         .client
         .post(ts.at("/async/jobs"))

@@ -67,6 +67,10 @@ where
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+            // A listed page may send the event cookie (`auth.jwt_cookie`) with its polling or
+            // SSE request (`fetch(.., {credentials: "include"})`, `EventSource(.., {withCredentials:
+            // true})`): only the event routes read a cookie, and they only read.
+            .allow_credentials(true)
             .max_age(std::time::Duration::from_secs(600))
     });
     let gate = GateLayer::new(cors_origins, metrics.clone()).with_hosts(hosts);
