@@ -354,7 +354,13 @@ async fn submit(s: &Arc<dyn Store>, j: Job) -> Job {
 }
 
 async fn claim_one(s: &Arc<dyn Store>, runner: &str, worker: &str) -> Job {
-    let mut v = s.claim(runner, worker, 1, LEASE).await.expect("claim");
+    claim_for(s, runner, worker, LEASE).await
+}
+
+/// Claims one job of `runner` for `worker` with a lease of `lease` (a short one runs out in the
+/// test).
+async fn claim_for(s: &Arc<dyn Store>, runner: &str, worker: &str, lease: Duration) -> Job {
+    let mut v = s.claim(runner, worker, 1, lease).await.expect("claim");
     assert_eq!(v.len(), 1, "one job claimed");
     v.pop().expect("one")
 }
@@ -715,12 +721,7 @@ async fn stale_tokens_are_fenced_off(mut b: Backend) {
     let mut j = job("t", "r");
     j.max_attempts = 3;
     let j = submit(&s, j).await;
-    let c1 = s
-        .claim("r", "w1", 1, Duration::from_millis(1))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let c1 = claim_for(&s, "r", "w1", Duration::from_millis(1)).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let expired = s.expired(100).await.unwrap();
     assert!(expired.iter().any(|e| e.id == j.id));
@@ -767,12 +768,7 @@ async fn expired_leases_are_reaped_then_fail(mut b: Backend) {
     let j = submit(&s, job("t", "r")).await; // max_attempts = 2
     let live = submit(&s, job("t", "other")).await;
     for attempt in 1..=2 {
-        let c = s
-            .claim("r", "w", 1, Duration::from_millis(1))
-            .await
-            .unwrap()
-            .pop()
-            .unwrap();
+        let c = claim_for(&s, "r", "w", Duration::from_millis(1)).await;
         assert_eq!(c.id, j.id);
         assert_eq!(c.attempt, attempt);
         // A lease that is not expired is not reaped.
@@ -901,12 +897,7 @@ async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut 
 async fn a_cancelled_jobs_expired_lease_is_reaped_before_a_retry(mut b: Backend) {
     let s = b.store().await;
     let j = submit(&s, job("t", "r")).await;
-    let c = s
-        .claim("r", "w", 1, Duration::from_millis(1))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let c = claim_for(&s, "r", "w", Duration::from_millis(1)).await;
     s.apply(j.id, Command::Cancel).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let exp = s.expired(100).await.unwrap();
@@ -1012,12 +1003,7 @@ async fn a_restart_orphans_leases_only_of_the_sole_holder(mut b: Backend) {
 async fn adoption_gives_a_fresh_token(mut b: Backend) {
     let s = b.store().await;
     submit(&s, job("t", "r")).await;
-    let c = s
-        .claim("r", "w1", 1, Duration::from_millis(1))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let c = claim_for(&s, "r", "w1", Duration::from_millis(1)).await;
     s.apply(
         c.id,
         Command::Started {

@@ -300,6 +300,19 @@ async fn submit_all(
     (ids, refused)
 }
 
+/// Submits `body` (202 asserted); returns the job's id.
+async fn submit_one(http: &reqwest::Client, url: &str, body: Value) -> String {
+    let r = http
+        .post(format!("{url}/async/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v: Value = r.json().await.unwrap();
+    v["job_id"].as_str().unwrap().to_string()
+}
+
 /// Every job of the store (pages of 1000, bounded).
 async fn all_jobs(s: &RedisStore) -> Vec<Job> {
     let mut out = Vec::new();
@@ -528,17 +541,7 @@ async fn a_cancelled_job_of_a_hung_worker_is_retried_only_once_its_process_is_go
     let (url, trace) = (cl.url(), cl.dir.path().join("trace"));
     let ticks = cl.dir.path().join("trace.ticks");
     let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    let r = http
-        .post(format!("{url}/async/jobs"))
-        .json(&json!({"type": "stp.x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_one(&http, &url, json!({"type": "stp.x"})).await;
     let job_url = format!("{url}/async/jobs/{id}");
     let start = Instant::now();
     let pid: u32 = loop {
@@ -1005,17 +1008,7 @@ async fn hook_replays_are_refused_across_api_nodes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // No worker: the job stays QUEUED, so an authenticated report is refused with 409.
-    let r = http
-        .post(format!("{}/async/jobs", cl.url()))
-        .json(&json!({"type": "loc.sleep"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_one(&http, &cl.url(), json!({"type": "loc.sleep"})).await;
     let secret = runyard_hooks::derive_job_secret(MASTER_KEY.as_bytes(), &id, 0);
     let body = br#"{"progress": 0.5}"#;
     let report = |base: String, headers: reqwest::header::HeaderMap| {
