@@ -322,6 +322,7 @@ conformance!(
     a_job_given_back_goes_ahead_of_the_jobs_queued_since,
     a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped,
     a_cancelled_jobs_expired_lease_is_reaped_before_a_retry,
+    cancelled_leases_never_hide_active_ones_from_the_reaper,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -933,6 +934,32 @@ async fn a_cancelled_jobs_expired_lease_is_reaped_before_a_retry(mut b: Backend)
         Kind::Embedded(_) => assert_eq!(exp, vec![k.id]),
         Kind::Redis(..) => assert!(exp.is_empty(), "{exp:?}"),
     }
+    // Either way, no retry before a reaper gave the lease up.
+    assert!(s.apply(k.id, Command::Retry).await.is_err());
+}
+
+/// Cancelled jobs whose stop no reaper could confirm yet (their runner's backend out of reach)
+/// stay among the expired leases, the oldest; a page of them never keeps an active job whose
+/// lease ran out from the reaper: active ones come first.
+async fn cancelled_leases_never_hide_active_ones_from_the_reaper(mut b: Backend) {
+    let s = b.store().await;
+    let short = Duration::from_millis(1);
+    let mut cancelled = Vec::new();
+    for _ in 0..4 {
+        let j = submit(&s, job("t", "r")).await;
+        claim_for(&s, "r", "w", short).await;
+        s.apply(j.id, Command::Cancel).await.unwrap();
+        cancelled.push(j.id);
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let live = submit(&s, job("t", "r")).await;
+    claim_for(&s, "r", "w", short).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let exp: Vec<Uuid> = s.expired(3).await.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(exp, [live.id, cancelled[0], cancelled[1]]);
+    let all: Vec<Uuid> = s.expired(10).await.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(all[0], live.id);
+    assert_eq!(all[1..], cancelled[..]);
 }
 
 async fn heartbeats_leave_a_finished_attempt_alone(mut b: Backend) {

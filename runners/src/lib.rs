@@ -249,6 +249,15 @@ pub trait Runner: Send + Sync {
         reporter: Arc<dyn Reporter>,
     ) -> Result<Box<dyn Execution>, RunnerError>;
 
+    /// Whether [`Runner::recover`] here can reach the work of `handle` if it still runs (a
+    /// process only on the machine and in the pid namespace that started it). When it cannot,
+    /// `recover` answers [`Recovered::Gone`] on the word that a dead worker's work died with it,
+    /// which a hung worker's does not. The default: yes (a container engine or a Kubernetes API
+    /// reaches its work from anywhere; a service job runs in its worker's process).
+    fn reaches(&self, _handle: &RunHandle) -> bool {
+        true
+    }
+
     /// Finds work launched by an earlier (maybe dead) server process. Runners whose work cannot
     /// outlive the server make sure it is gone and return [`Recovered::Gone`].
     async fn recover(

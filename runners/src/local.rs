@@ -287,6 +287,10 @@ impl Runner for LocalRunner {
         }))
     }
 
+    fn reaches(&self, handle: &RunHandle) -> bool {
+        handle.data.get("boot_id").and_then(Value::as_str) == boot_id().as_deref()
+    }
+
     async fn recover(
         &self,
         handle: &RunHandle,
@@ -296,7 +300,7 @@ impl Runner for LocalRunner {
         // A child process cannot be waited on by a new parent: make sure it is gone. Only where
         // the pid means the same process (same boot, same pid namespace): elsewhere it names
         // another process, and the dead worker's children died with it (PR_SET_PDEATHSIG).
-        if handle.data.get("boot_id").and_then(Value::as_str) != boot_id().as_deref() {
+        if !self.reaches(handle) {
             return Ok(Recovered::Gone);
         }
         let pid = handle.data.get("pid").and_then(Value::as_u64);
@@ -315,7 +319,7 @@ impl Runner for LocalRunner {
             }
             if same {
                 for _ in 0..100 {
-                    if process_start_time(pid as u32) != start {
+                    if !crate::session::lives(pid as u32, start) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -826,6 +830,8 @@ mod tests {
         assert!(h.data["boot_id"].is_string());
         // The same pid, from a handle made on another machine: left alone.
         h.data["boot_id"] = json!("another-machine");
+        assert!(!r.reaches(&h));
+        assert!(r.reaches(&ex.handle()));
         let got = r
             .recover(&h, spec(), Arc::new(Lines::default()))
             .await

@@ -58,6 +58,13 @@ fn read_stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// Whether `pid` is the live process that started at `start` (ticks since boot): not gone, not
+/// another process under a reused pid, not a zombie (one whose parent, a hung worker say, does
+/// not reap it is as dead as it gets).
+pub(crate) fn lives(pid: u32, start: Option<u64>) -> bool {
+    read_stat(pid).is_some_and(|s| !s.zombie && start.is_none_or(|t| s.start == t))
+}
+
 /// Every process in `/proc`.
 fn all_processes() -> Vec<Stat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -451,7 +451,7 @@ fn apply_inner(
             token,
             lease_until,
         } => attempts::heartbeat_lease(job, worker, token, lease_until),
-        Command::OrphanLease => attempts::orphan_lease(job),
+        Command::OrphanLease => attempts::orphan_lease(job, ctx.now),
         Command::Cancel => manage::cancel(job, ctx),
         Command::Stopped { token } => manage::stopped(job, token),
         Command::StopLost { token } => manage::stop_lost(job, ctx, token),

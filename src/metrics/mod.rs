@@ -531,6 +531,9 @@ pub enum CommandKind {
     Cancel,
     /// The reaper's recovery of an expired lease.
     LeaseExpired,
+    /// The reaper's giving up of a cancelled job's expired lease (`Command::StopLost`): the job
+    /// stays CANCELLED.
+    StopLost,
     /// Anything else that changes the status (start, release, retry, host failure, promote...).
     OtherStatus,
     /// A change that keeps the status (progress, a file, adopt).
@@ -550,6 +553,7 @@ impl CommandKind {
             },
             C::Cancel => Self::Cancel,
             C::LeaseExpired => Self::LeaseExpired,
+            C::StopLost { .. } => Self::StopLost,
             // The time limit marks the attempt; its status changes with the finish after.
             // A cancelled job's lease given up: it stays CANCELLED.
             C::Progress { .. }
@@ -557,14 +561,18 @@ impl CommandKind {
             | C::Adopt { .. }
             | C::TimeLimit { .. }
             | C::Stopped { .. }
-            | C::StopLost { .. }
             | C::OrphanLease => Self::Same,
             _ => Self::OtherStatus,
         }
     }
 
     fn changes_status(self) -> bool {
-        self != Self::Same
+        !matches!(self, Self::Same | Self::StopLost)
+    }
+
+    /// A lease that ran out, recovered by the reaper.
+    fn expired_lease(self) -> bool {
+        matches!(self, Self::LeaseExpired | Self::StopLost)
     }
 }
 

@@ -132,7 +132,7 @@ impl Metrics {
         let ended = matches!(cmd, CommandKind::Finish | CommandKind::HookFinal);
         let final_by_this = ended || matches!(cmd, CommandKind::Cancel | CommandKind::LeaseExpired);
         let outcome = final_by_this && job.status.is_terminal();
-        if !ended && !outcome && *cmd != CommandKind::LeaseExpired {
+        if !ended && !outcome && !cmd.expired_lease() {
             return;
         }
         self.with_type(&job.job_type, |label, s| {
@@ -148,7 +148,7 @@ impl Metrics {
                     self.retries.get_or_create(&type_labels(label)).inc();
                 }
             }
-            if *cmd == CommandKind::LeaseExpired {
+            if cmd.expired_lease() {
                 self.lease_expirations
                     .get_or_create(&type_labels(label))
                     .inc();

@@ -4,22 +4,32 @@
 //! attempt is left). Safe to run in every worker process at once: every step is a
 //! compare-and-set on the expired lease.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use runyard_runners::Recovered;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use super::reporter::DeferredReporter;
 use super::Worker;
-use crate::job::{Command, JobStatus};
+use crate::job::{now_us, Command, JobStatus, ABANDONED_STOP};
+
+/// Cancelled jobs whose work this worker's reaper is making sure is gone, each in a task of its
+/// own (a stop may take `kill_grace` and more: the other expired leases do not wait for it).
+type Stopping = Arc<parking_lot::Mutex<HashSet<Uuid>>>;
+
+/// At most this many such tasks at once; the others wait for a later pass.
+const MAX_STOPPING: usize = 16;
 
 /// Runs until `stop`.
 pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     let every = (worker.cfg.lease_ttl / 2).max(Duration::from_millis(100));
+    let stopping = Stopping::default();
     loop {
-        if let Err(e) = reap_once(&worker).await {
+        if let Err(e) = reap_once(&worker, &stopping).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
         tokio::select! {
@@ -29,8 +39,9 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     }
 }
 
-/// One pass; returns how many jobs were requeued, failed or adopted.
-pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
+/// One pass; returns how many jobs were requeued, failed or adopted (a cancelled job's stop runs
+/// on in its task, not counted).
+async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::Result<usize> {
     let store = &worker.store;
     let mut n = 0;
     for job in store.expired(500).await? {
@@ -42,7 +53,14 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
             continue;
         }
         if job.status == JobStatus::Cancelled {
-            n += usize::from(stop_lost(worker, job).await);
+            let mut busy = stopping.lock();
+            if busy.len() < MAX_STOPPING && busy.insert(job.id) {
+                let (w, set, id) = (worker.clone(), stopping.clone(), job.id);
+                worker.jobs.spawn(async move {
+                    stop_lost(&w, job).await;
+                    set.lock().remove(&id);
+                });
+            }
             continue;
         }
         let slot = worker.runners.get(&job.runner).cloned();
@@ -102,15 +120,29 @@ pub async fn reap_once(worker: &Arc<Worker>) -> crate::store::Result<usize> {
 /// on): the work is made sure gone as for any expired lease, by the runner's `recover` (a
 /// process group on this machine killed, a container or a Kubernetes Job found; live work is
 /// stopped, never adopted), then the lease goes (`Command::StopLost`) and a retry may run a new
-/// attempt. Until then it is refused (`Job::still_stopping`). A job of a runner this worker does
-/// not serve, or without a handle (cancelled before its work was recorded started), gives up
-/// its lease at once, as such an active job is requeued at once. True when the lease went.
+/// attempt. Until then it is refused (`Job::still_stopping`). A worker that cannot reach the
+/// work (it does not serve the job's runner; a process of another machine or pid namespace)
+/// leaves it to one that can, and gives the lease up only once `ABANDONED_STOP` has passed
+/// (when a retry is let through anyway). A job without a handle (cancelled before its work was
+/// recorded started) gives it up at once. True when the lease went.
 async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
-    let Some(token) = job.lease.as_ref().map(|l| l.token) else {
+    let Some((token, expires)) = job.lease.as_ref().map(|l| (l.token, l.expires_at)) else {
         return false;
     };
+    let abandoned = expires.saturating_add(ABANDONED_STOP) <= now_us();
     let slot = worker.runners.get(&job.runner).cloned();
-    if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
+    if let Some(handle) = job.handle.clone() {
+        let Some(slot) = slot.filter(|s| s.runner.reaches(&handle)) else {
+            if !abandoned {
+                return false;
+            }
+            tracing::warn!(
+                job_id = %job.id,
+                r#type = %job.job_type,
+                "no worker that reaches the cancelled job's work made sure it is gone within 5 min of its lease running out: its lease is given up, and its work may still run"
+            );
+            return give_up(worker, &job, token).await;
+        };
         let spec = worker.spec_factory().spec(&job);
         let reporter = Arc::new(DeferredReporter::with_last_log(None));
         let gone = match slot.runner.recover(&handle, spec, reporter).await {
@@ -125,6 +157,11 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
             return false;
         }
     }
+    give_up(worker, &job, token).await
+}
+
+/// `Command::StopLost` for `job`'s lease `token`; true when it took.
+async fn give_up(worker: &Worker, job: &crate::job::Job, token: u64) -> bool {
     match worker
         .store
         .apply(job.id, Command::StopLost { token })
@@ -135,7 +172,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
                 job_id = %job.id,
                 r#type = %job.job_type,
                 attempt = job.attempt,
-                "lease expired (worker lost or hung) while the cancelled job's work was being stopped: its work is gone"
+                "lease expired (worker lost or hung) while the cancelled job's work was being stopped: lease given up, a retry may run"
             );
             true
         }
@@ -161,3 +198,7 @@ async fn last_log_time(
     }
     last.map(|us| std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64))
 }
+
+#[cfg(test)]
+#[path = "reaper_tests.rs"]
+mod tests;

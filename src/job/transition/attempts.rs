@@ -285,12 +285,20 @@ pub(super) fn heartbeat_lease(
 
 /// At start-up: a lease of this process's last life, to expire at once. Changes nothing unless
 /// it succeeds (as `heartbeat_lease`).
-pub(super) fn orphan_lease(job: &mut Job) -> Result<Option<EventKind>, TransitionError> {
+pub(super) fn orphan_lease(
+    job: &mut Job,
+    now: Micros,
+) -> Result<Option<EventKind>, TransitionError> {
     match job.lease.as_mut() {
-        // A cancelled job's lease, kept while its worker stopped the work: the reaper makes
-        // sure the work is gone (`StopLost`).
-        Some(l) if job.status.is_active() || job.status == Cancelled => {
+        Some(l) if job.status.is_active() => {
             l.expires_at = 0;
+            Ok(None)
+        }
+        // A cancelled job's lease, kept while its worker stopped the work: it runs out now, so
+        // the reaper makes sure the work is gone (`StopLost`) at once; and a retry still waits
+        // for that (`Job::still_stopping` counts from the expiry).
+        Some(l) if job.status == Cancelled => {
+            l.expires_at = l.expires_at.min(now);
             Ok(None)
         }
         _ => Err(illegal(job, "orphan a lease it does not have")),

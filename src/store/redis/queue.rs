@@ -331,9 +331,14 @@ impl JobQueue for RedisStore {
             // is not a sorted set: expired.lua) stay in the lease set, oldest first: a page they
             // filled is passed (the active entries stay where they are, the script removed the
             // others), so that they do not keep the readable ones behind them from the reaper.
+            // Cancelled jobs whose stop a reaper could not confirm yet stay too: a page they
+            // filled is passed the same way, so that active jobs are never kept from the
+            // reaper behind them (the embedded store reads the active ones first).
             let unreadable = active.len() / 2 - page.len();
+            let stopping = page.iter().filter(|j| !j.status.is_active()).count();
             out.extend(page);
-            if looked < max || unreadable == 0 || out.len() >= max {
+            let live = out.iter().filter(|j| j.status.is_active()).count();
+            if looked < max || unreadable + stopping == 0 || live >= max {
                 break;
             }
             skip += active.len() / 2;
@@ -343,6 +348,8 @@ impl JobQueue for RedisStore {
             let mut seen = HashSet::new();
             out.retain(|j| seen.insert(j.id));
         }
+        // The active jobs first, then the cancelled ones, oldest first in each.
+        out.sort_by_key(|j| !j.status.is_active());
         out.truncate(max);
         Ok(out)
     }
