@@ -304,6 +304,7 @@ conformance!(
     webhook_deliveries_follow_events_and_claims_are_fenced,
     webhook_claims_pass_over_endpoints_at_their_cap,
     webhook_deliveries_are_paged_both_ways,
+    webhook_attempts_never_recorded_show_as_unknown,
     replay_memory_accepts_each_request_once,
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
@@ -1518,12 +1519,149 @@ async fn host_failures_reschedule_and_give_the_attempt_back(mut b: Backend) {
 // ---- webhook deliveries (src/store/deliveries.rs, docs/notifications.md) ----
 
 fn attempt(status: u16) -> runyard::store::deliveries::Attempt {
+    use runyard::store::deliveries::AttemptOutcome::{Accepted, Failed};
     runyard::store::deliveries::Attempt {
         at: now_us(),
+        by: Some(runyard::store::deliveries::this_node().into()),
+        outcome: Some(if status == 200 { Accepted } else { Failed }),
         status: Some(status),
         error: (status != 200).then(|| format!("the receiver answered {status}")),
-        duration_ms: 3,
+        duration_ms: Some(3),
     }
+}
+
+/// The only delivery of `job`, once a listing shows its last attempt as `want` (bounded).
+async fn delivery_once(
+    s: &Arc<dyn Store>,
+    job: Uuid,
+    want: runyard::store::deliveries::AttemptOutcome,
+) -> runyard::store::deliveries::Delivery {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = s.deliveries(job, 10).await.unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        if d[0].log.last().map(|a| a.outcome()) == Some(want) {
+            return d[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no {want:?} attempt: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A claim is its attempt's write-ahead record. While the hold lasts the listing shows the
+/// attempt in flight (by this node); a claim that runs out without a record (the sender was lost
+/// after the receiver may have got the request) shows as an unknown attempt, and stays in the log
+/// (counted) when another process claims the delivery again and records its answer; the late
+/// record of the lost claim is refused. A claim held at a restart ends the same way.
+async fn webhook_attempts_never_recorded_show_as_unknown(mut b: Backend) {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::AttemptOutcome::{Accepted, InFlight, Unknown};
+    use runyard::store::deliveries::{
+        this_node, ClaimLimits, DeliveryState, Outcome, UNKNOWN_ERROR,
+    };
+    let s = b.store().await;
+    let peer = b.peer().await;
+    let notified = || {
+        let mut j = job("wh.lost", "r");
+        j.notify = Some(NotifySpec {
+            url: "https://hooks.example.com/lost".into(),
+            events: vec![NotifyEvent::Status],
+        });
+        j
+    };
+    let short = Duration::from_millis(300);
+    let long = Duration::from_secs(30);
+    // The QUEUED status event's delivery, claimed and never recorded.
+    let j = submit(&s, notified()).await;
+    let before = now_us();
+    let first = s
+        .deliveries_claim(10, short, ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert_eq!(d[0].attempts, 1, "the claimed attempt counts: {d:?}");
+    let a = &d[0].log[..];
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (a[0].outcome(), a[0].by.as_deref(), a[0].status, &a[0].error),
+        (InFlight, Some(this_node()), None, &None)
+    );
+    assert!(a[0].at >= before - 1_000_000 && a[0].at <= now_us() + 1_000_000);
+    let started = a[0].at;
+    // The hold runs out: the sender is lost as far as anyone can tell.
+    let d = delivery_once(&s, j.id, Unknown).await;
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.log[0].error.as_deref(), Some(UNKNOWN_ERROR));
+    // Another process claims it again: the lost attempt is in the log, counted.
+    let again = peer
+        .deliveries_claim(10, long, ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.attempts, 1, "the lost attempt counts");
+    assert_eq!(
+        s.delivery_record(&first[0], attempt(200), Outcome::Delivered)
+            .await
+            .unwrap(),
+        None,
+        "the lost claim's late record is refused"
+    );
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    let outcomes = |d: &runyard::store::deliveries::Delivery| {
+        d.log.iter().map(|a| a.outcome()).collect::<Vec<_>>()
+    };
+    assert_eq!(outcomes(&d[0]), vec![Unknown, InFlight], "{d:?}");
+    assert_eq!(d[0].attempts, 2);
+    assert_eq!(
+        peer.delivery_record(&again[0], attempt(200), Outcome::Delivered)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Delivered)
+    );
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert_eq!(outcomes(&d[0]), vec![Unknown, Accepted], "{d:?}");
+    assert_eq!(d[0].attempts, 2);
+    assert_eq!(d[0].log[0].at, started, "the lost attempt keeps its start");
+    assert_eq!(d[0].log[1].status, Some(200));
+    let public = d[0].to_public();
+    assert_eq!(public["attempt_count"], 2);
+    assert_eq!(public["attempts"][0]["outcome"], "unknown", "{public:#}");
+    assert_eq!(public["attempts"][0]["by"], this_node());
+    assert_eq!(public["attempts"][0]["error"], UNKNOWN_ERROR);
+    assert!(public["attempts"][0]["duration_ms"].is_null());
+    assert_eq!(public["attempts"][1]["outcome"], "accepted");
+    // A claim held when its process stops: after the restart its attempt is unknown, and the
+    // delivery is claimed again (embedded: at once; Redis: when the hold runs out).
+    let k = submit(&s, notified()).await;
+    let held = s
+        .deliveries_claim(10, short, ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].delivery.job_id, k.id);
+    drop((s, peer));
+    let s = b.reopen().await;
+    let d = delivery_once(&s, k.id, Unknown).await;
+    assert_eq!(d.attempts, 1, "{d:?}");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        let c = s
+            .deliveries_claim(10, long, ClaimLimits::unlimited())
+            .await
+            .unwrap();
+        if !c.is_empty() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < until, "not claimable again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again[0].delivery.attempts, 1);
+    let d = s.deliveries(k.id, 10).await.unwrap();
+    assert_eq!(outcomes(&d[0]), vec![Unknown, InFlight], "{d:?}");
 }
 
 async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) {

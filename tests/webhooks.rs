@@ -594,7 +594,11 @@ retry_max = "4s"
     let until = Instant::now() + WAIT;
     loop {
         let v = deliveries(&s.url, &id).await;
-        if v["deliveries"][0]["attempt_count"] == 2 {
+        let outcomes: Vec<&Value> = v["deliveries"][0]["attempts"]
+            .as_array()
+            .map(|a| a.iter().map(|a| &a["outcome"]).collect())
+            .unwrap_or_default();
+        if outcomes == [&json!("failed"), &json!("failed")] {
             assert_eq!(v["deliveries"][0]["state"], "pending");
             break;
         }
@@ -614,6 +618,17 @@ retry_max = "4s"
         "the delivery went on after the restart, accepted once"
     );
     assert_eq!(list[0]["attempt_count"], 4, "{list:#?}");
+    let outcomes: Vec<&Value> = list[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["outcome"])
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["failed", "failed", "failed", "accepted"],
+        "killed between attempts, none unknown: {list:#?}"
+    );
     assert_eq!(
         reqs[0].delivery, reqs[3].delivery,
         "one delivery id throughout"
@@ -736,4 +751,153 @@ async fn the_delivery_loop_does_not_read_the_store_for_every_job() {
         "{looks} looks at the deliveries for {N} jobs in {elapsed:?} (bound {bound})"
     );
     eprintln!("{N} jobs in {elapsed:?}: {looks} looks at the deliveries");
+}
+
+/// A receiver that holds the first request it gets until [`Holding::release`] (as a receiver
+/// that accepts while its sender dies would), then answers 200 to it and to every other.
+#[derive(Clone)]
+struct Holding {
+    url: String,
+    /// Each request's `Runyard-Delivery` and event id.
+    reqs: Arc<Mutex<Vec<(String, String)>>>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Holding {
+    async fn start() -> Holding {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let h = Holding {
+            url: format!("http://{}/hooks/held", listener.local_addr().unwrap()),
+            reqs: Arc::default(),
+            release: Arc::default(),
+        };
+        let h2 = h.clone();
+        let app = axum::Router::new().route(
+            "/hooks/held",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let h = h2.clone();
+                async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let delivery = headers
+                        .get("runyard-delivery")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let first = {
+                        let mut reqs = h.reqs.lock();
+                        reqs.push((delivery, v["id"].as_str().unwrap_or("").to_string()));
+                        reqs.len() == 1
+                    };
+                    if first {
+                        let _ = tokio::time::timeout(WAIT * 3, h.release.notified()).await;
+                    }
+                    StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        h
+    }
+
+    fn count(&self) -> usize {
+        self.reqs.lock().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_sender_was_killed_shows_as_unknown() {
+    killed_while_the_receiver_holds_the_request("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_sender_was_killed_shows_as_unknown_redis() {
+    let r = TestRedis::start();
+    killed_while_the_receiver_holds_the_request(&format!(
+        "redis = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n[store]\nprefix = \"{}\"\n",
+        r.url, r.prefix
+    ))
+    .await;
+}
+
+/// A real `runyard serve` (with `config` added: the store) is killed with SIGKILL while the
+/// receiver holds its request, which it then accepts: the sender never recorded the answer. The
+/// listing showed the attempt in flight while it was made (stored before the request went out);
+/// after the restart the delivery is sent again, accepted, and its log shows both attempts: the
+/// first as unknown, by the killed process, the second accepted, by the new one.
+async fn killed_while_the_receiver_holds_the_request(store: &str) {
+    let recv = Holding::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runyard.toml");
+    let log = dir.path().join("server.log");
+    // `timeout` 5 s: the kill comes well within it (the hold, on Redis: 15 s).
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n{store}\n{RUNNERS}\n[notify]\nallow_private = true\n\
+             timeout = \"5s\"\nretry_initial = \"100ms\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut s = Server::start(&config, &log);
+    s.wait_healthy(WAIT).await;
+    let first_pid = s.pid();
+    let r = reqwest::Client::new()
+        .post(format!("{}/async/jobs", s.url))
+        .json(&json!({"type": "runyard.noop", "notify": {"url": recv.url}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = Instant::now() + WAIT;
+    while recv.count() == 0 {
+        assert!(Instant::now() < until, "no request: {}", s.log_tail());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The receiver has the request: the attempt was stored before it went out.
+    let v = deliveries(&s.url, &id).await;
+    let d = &v["deliveries"][0];
+    assert_eq!(d["attempt_count"], 1, "{v:#}");
+    let a = &d["attempts"][0];
+    assert_eq!(a["outcome"], "in_flight", "{v:#}");
+    assert!(a["status"].is_null() && a["duration_ms"].is_null(), "{v:#}");
+    let killed_by = a["by"].as_str().unwrap_or_default().to_string();
+    assert!(killed_by.ends_with(&format!("-{first_pid}")), "{v:#}");
+    s.kill9();
+    recv.release.notify_one();
+    let mut s = Server::start(&config, &log);
+    s.wait_healthy(WAIT).await;
+    let list = wait_delivered(&s.url, &id, 1).await;
+    let d = &list[0];
+    assert_eq!(d["attempt_count"], 2, "{d:#}");
+    let (lost, sent) = (&d["attempts"][0], &d["attempts"][1]);
+    assert_eq!(lost["outcome"], "unknown", "{d:#}");
+    assert_eq!(lost["by"], killed_by.as_str());
+    assert!(
+        lost["status"].is_null() && lost["duration_ms"].is_null(),
+        "{d:#}"
+    );
+    assert_eq!(
+        lost["error"],
+        "unknown: the sender was lost before it recorded an answer"
+    );
+    assert_eq!(
+        (&sent["outcome"], &sent["status"]),
+        (&json!("accepted"), &json!(200)),
+        "{d:#}"
+    );
+    assert!(sent["by"]
+        .as_str()
+        .is_some_and(|b| b.ends_with(&format!("-{}", s.pid()))));
+    let reqs = recv.reqs.lock().clone();
+    assert_eq!(reqs.len(), 2, "sent again after the restart: {reqs:?}");
+    assert_eq!(reqs[0], reqs[1], "the same delivery and event");
 }

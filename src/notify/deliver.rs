@@ -16,7 +16,9 @@ use super::in_flight::InFlight;
 use super::{count, endpoint_key, endpoint_of, signature, target, NotifyConfig};
 use crate::job::now_us;
 use crate::security::MasterKey;
-use crate::store::deliveries::{Attempt, Claimed, DeliveryState, Outcome};
+use crate::store::deliveries::{
+    this_node, Attempt, AttemptOutcome, Claimed, DeliveryState, Outcome,
+};
 use crate::store::{Notice, Store};
 
 /// How often the store is looked at when nothing wakes the loop.
@@ -250,7 +252,9 @@ async fn stopped_waiting(
     }
 }
 
-/// One attempt of a claimed delivery, recorded.
+/// One attempt of a claimed delivery, recorded. The claim stored it as started (the write-ahead
+/// record, committed before this runs): should this process be lost before the record, the log
+/// shows it as unknown, never as nothing.
 async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
     let at = now_us();
     let started = Instant::now();
@@ -275,9 +279,15 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
     };
     let rec = Attempt {
         at,
+        by: Some(this_node().to_string()),
+        outcome: Some(if outcome == Outcome::Delivered {
+            AttemptOutcome::Accepted
+        } else {
+            AttemptOutcome::Failed
+        }),
         status,
         error,
-        duration_ms,
+        duration_ms: Some(duration_ms),
     };
     // The store may be away for a moment: a few tries, else the claim runs out and the delivery
     // is attempted again (at least once, never lost).

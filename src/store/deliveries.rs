@@ -2,8 +2,16 @@
 //! store in the same commit as the event, so none is lost across a crash; claimed by one process
 //! at a time (a claim is a hold on the record until a time, with a token), attempted, and
 //! recorded. A process that dies holding a claim loses it when the hold runs out.
+//!
+//! The claim is the attempt's write-ahead record: it stores the attempt started ([`Attempt::started`]:
+//! when, by which node), committed before the request goes out, in the same write that takes the
+//! hold. The record of its answer replaces it. A claim whose answer was never recorded (its
+//! sender was killed, paused past its hold, or restarted) becomes an attempt of outcome
+//! [`AttemptOutcome::Unknown`] in the log when the delivery is claimed again (or, embedded, at the
+//! next open): the receiver may have got it, and accepted it.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,19 +57,97 @@ impl DeliveryState {
     }
 }
 
+/// What became of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The receiver answered 2xx.
+    Accepted,
+    /// Not accepted: another status, no answer, a refused address.
+    Failed,
+    /// Being made: its sender's claim still holds (only ever the last attempt shown).
+    InFlight,
+    /// Its answer was never recorded: the sender was lost (killed, paused past its claim's hold,
+    /// restarted) after the request may have gone out. The receiver may have got it, and
+    /// accepted it.
+    Unknown,
+}
+
+/// The `error` of an attempt of outcome [`AttemptOutcome::Unknown`].
+pub const UNKNOWN_ERROR: &str = "unknown: the sender was lost before it recorded an answer";
+
 /// One attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// When it started (µs).
     pub at: Micros,
+    /// The node that made it ([`this_node`]); none on attempts recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// What became of it; none on attempts recorded before it was kept ([`Attempt::outcome`]
+    /// tells it from the status then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
     /// The receiver's HTTP status, when it answered.
     #[serde(default)]
     pub status: Option<u16>,
     /// What went wrong (no answer, refused address, non-2xx), none when delivered.
     #[serde(default)]
     pub error: Option<String>,
-    /// How long it took, in milliseconds.
-    pub duration_ms: u64,
+    /// How long it took, in milliseconds; none when not known (in flight, unknown).
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+impl Attempt {
+    /// The write-ahead record of an attempt `by` starts at `at` (stored by the claim, before the
+    /// request goes out): what the log shows should its answer never be recorded.
+    pub fn started(at: Micros, by: &str) -> Self {
+        Self {
+            at,
+            by: Some(by.to_string()),
+            outcome: Some(AttemptOutcome::Unknown),
+            status: None,
+            error: Some(UNKNOWN_ERROR.to_string()),
+            duration_ms: None,
+        }
+    }
+
+    /// What became of it (an attempt stored without an outcome: accepted when it got a 2xx).
+    pub fn outcome(&self) -> AttemptOutcome {
+        self.outcome.unwrap_or(match self.status {
+            Some(s) if (200..300).contains(&s) && self.error.is_none() => AttemptOutcome::Accepted,
+            _ => AttemptOutcome::Failed,
+        })
+    }
+
+    /// The write-ahead record of a claim, as a listing shows it at `now`: in flight while the
+    /// claim's hold (ending at `hold_until`) lasts, else unknown.
+    pub fn as_claimed_at(mut self, hold_until: Option<Micros>, now: Micros) -> Self {
+        if hold_until.is_some_and(|end| end > now) {
+            self.outcome = Some(AttemptOutcome::InFlight);
+            self.error = None;
+        } else {
+            self.outcome = Some(AttemptOutcome::Unknown);
+            self.error = Some(UNKNOWN_ERROR.to_string());
+        }
+        self
+    }
+}
+
+/// This process, as the attempts it makes name it: `<host>-<pid>` (the host from `HOSTNAME`,
+/// else the kernel's host name, else `local`).
+pub fn this_node() -> &'static str {
+    static NODE: LazyLock<String> = LazyLock::new(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".into());
+        format!("{host}-{}", std::process::id())
+    });
+    &NODE
 }
 
 /// A stored delivery.
@@ -84,9 +170,12 @@ pub struct Delivery {
     pub state: DeliveryState,
     /// When the next attempt is due (pending deliveries).
     pub next_at: Option<Micros>,
-    /// Attempts made.
+    /// Attempts made. In a listing, the claimed one too (the last of `log`); in a [`Claimed`],
+    /// those before the claim's.
     pub attempts: u32,
-    /// The last [`MAX_ATTEMPT_RECORDS`] attempts, oldest first.
+    /// The last [`MAX_ATTEMPT_RECORDS`] attempts, oldest first; in a listing, a claimed
+    /// delivery's last one is its claim's ([`AttemptOutcome::InFlight`] while the hold lasts,
+    /// else [`AttemptOutcome::Unknown`]).
     pub log: Vec<Attempt>,
 }
 
@@ -122,6 +211,8 @@ impl Delivery {
             "attempt_count": self.attempts,
             "attempts": self.log.iter().map(|a| json!({
                 "at": rfc3339(a.at),
+                "by": a.by,
+                "outcome": a.outcome(),
                 "status": a.status,
                 "error": a.error,
                 "duration_ms": a.duration_ms,
@@ -162,6 +253,14 @@ pub enum Outcome {
     },
     /// Failed for good (the receiver answered `410 Gone`): given up now.
     Gone,
+}
+
+/// Adds `attempt` to a delivery's `log`, keeping the last [`MAX_ATTEMPT_RECORDS`].
+pub fn push_log(log: &mut Vec<Attempt>, attempt: Attempt) {
+    log.push(attempt);
+    if log.len() > MAX_ATTEMPT_RECORDS {
+        log.drain(..log.len() - MAX_ATTEMPT_RECORDS);
+    }
 }
 
 /// The state and next due time after an attempt that ended `outcome` at `now`.
@@ -252,16 +351,18 @@ impl ClaimLimits {
 pub trait DeliveryStore: Send + Sync {
     /// Claims up to `max` pending deliveries due now, oldest due first, each held for `hold`,
     /// passing over those of endpoints at their cap in `limits` (they stay due). Redis looks past
-    /// at most [`CLAIM_LOOK_PAST`] of them.
+    /// at most [`CLAIM_LOOK_PAST`] of them. The same write stores each claim's attempt started
+    /// ([`Attempt::started`] at the store's time, by [`this_node`]); a delivery whose last claim's
+    /// answer was never recorded gets that attempt in its log first, as unknown (counted).
     async fn deliveries_claim(
         &self,
         max: usize,
         hold: Duration,
         limits: ClaimLimits,
     ) -> Result<Vec<Claimed>>;
-    /// Records an attempt of a claimed delivery and its outcome ([`plan`], at the store's time).
-    /// `None` (nothing written) when the claim was lost (its hold ran out and another process
-    /// took it); else the new state.
+    /// Records an attempt of a claimed delivery and its outcome ([`plan`], at the store's time),
+    /// in place of the claim's attempt started. `None` (nothing written) when the claim was lost
+    /// (its hold ran out and another process took it); else the new state.
     async fn delivery_record(
         &self,
         claimed: &Claimed,

@@ -195,9 +195,10 @@ pub struct DeliveryView {
     pub event_status: Option<JobStatus>,
     pub state: DeliveryStateWord,
     pub created_at: String,
-    /// A pending delivery's next attempt.
+    /// A pending delivery's next attempt (while an attempt is in flight: the end of its claim's
+    /// hold, when it is made again if its answer is not recorded by then).
     pub next_attempt_at: Option<String>,
-    /// Attempts made (the records below keep the last 50).
+    /// Attempts made, the one in flight included (the records below keep the last 50).
     pub attempt_count: u64,
     pub attempts: Vec<DeliveryAttemptView>,
 }
@@ -214,11 +215,32 @@ pub enum DeliveryStateWord {
 /// One attempt of a delivery.
 #[derive(ToSchema)]
 pub struct DeliveryAttemptView {
+    /// When it started (for an attempt in flight or unknown: when its sender claimed it, just
+    /// before sending).
     pub at: String,
-    /// The receiver's HTTP status; null without an answer.
+    /// The node that made it (`<host>-<pid>`); null on attempts recorded before it was kept.
+    pub by: Option<String>,
+    pub outcome: AttemptOutcomeWord,
+    /// The receiver's HTTP status; null without an answer (and when in flight or unknown).
     pub status: Option<u16>,
+    /// What went wrong; for an `unknown` attempt, `unknown: the sender was lost before it
+    /// recorded an answer`.
     pub error: Option<String>,
-    pub duration_ms: u64,
+    /// How long it took; null when in flight or unknown.
+    pub duration_ms: Option<u64>,
+}
+
+/// What became of an attempt (`AttemptOutcome`): `accepted` (2xx), `failed` (another status, no
+/// answer, a refused address), `in_flight` (being made: only ever the last, while its sender's
+/// claim holds), `unknown` (its sender was lost, killed, paused or restarted, before it recorded
+/// an answer: the receiver may have got it, and accepted it).
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+pub enum AttemptOutcomeWord {
+    accepted,
+    failed,
+    in_flight,
+    unknown,
 }
 
 /// `POST /async/notify/keys`: an endpoint's signing key (shown to admins only; not cached).

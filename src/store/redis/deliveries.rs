@@ -3,10 +3,11 @@
 //!
 //! Keys: `P:dlv:{n}` hash (`j` job id, `u` url, `e` event id, `b` the event as the
 //! streams hold it, JSON or compact: `Delivery::body` posts its JSON either way, `t` created µs,
-//! `st` state, `n` attempts, `c` claim token, `due` next due), `P:dlvlog:{n}` list of attempts
-//! (JSON, bounded), `P:dlv:due` pending deliveries by due time (a claim moves it to the end of its
-//! hold), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done` ended deliveries by end time,
-//! `P:dlv:seq` the id counter.
+//! `st` state, `n` attempts, `c` claim token, `a` the claim's attempt started (JSON `Attempt`: the
+//! write-ahead record its answer replaces), `due` next due: the end of the hold while claimed),
+//! `P:dlvlog:{n}` list of attempts (JSON, bounded), `P:dlv:due` pending deliveries by due time (a
+//! claim moves it to the end of its hold), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done` ended
+//! deliveries by end time, `P:dlv:seq` the id counter.
 
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
@@ -19,8 +20,8 @@ use uuid::Uuid;
 use super::{json_err, RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage, DeliveryState,
-    DeliveryStore, Outcome, CLAIM_LOOK_PAST, MAX_ATTEMPT_RECORDS,
+    new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage,
+    DeliveryState, DeliveryStore, Outcome, CLAIM_LOOK_PAST, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -100,6 +101,9 @@ impl DeliveryStore for RedisStore {
             self.key("dlv:"),
             limits.per_endpoint.to_string(),
             CLAIM_LOOK_PAST.to_string(),
+            self.key("dlvlog:"),
+            serde_json::to_string(&Attempt::started(now, this_node())).map_err(json_err)?,
+            MAX_ATTEMPT_RECORDS.to_string(),
         ];
         for (endpoint, n) in limits.busy.iter().filter(|(_, n)| **n > 0) {
             args.push(endpoint.clone());
@@ -183,6 +187,8 @@ impl DeliveryStore for RedisStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
+            Option<String>,
         );
         let keys: Vec<(String, String)> = ids
             .iter()
@@ -194,7 +200,7 @@ impl DeliveryStore for RedisStore {
                 for (k, l) in &keys {
                     p.cmd("HMGET")
                         .arg(k)
-                        .arg(&["u", "e", "b", "t", "st", "n", "due"]);
+                        .arg(&["u", "e", "b", "t", "st", "n", "due", "c", "a"]);
                     p.cmd("LRANGE").arg(l).arg(0).arg(-1);
                 }
                 async move {
@@ -211,14 +217,16 @@ impl DeliveryStore for RedisStore {
                 }
             })
             .await?;
+        // Due times (a claim's: the end of its hold) are the store's clock.
+        let now = self.now().await;
         let mut out = Vec::new();
-        for (id, ((u, e, b, t, st, n, due), log)) in ids.iter().zip(rows) {
+        for (id, ((u, e, b, t, st, n, due, c, a), log)) in ids.iter().zip(rows) {
             let (Some(u), Some(e), Some(b), Some(t)) = (u, e, b, t) else {
                 continue; // trimmed meanwhile
             };
             let created: Micros = t.parse().map_err(|_| corrupt("created"))?;
             let state = DeliveryState::parse(st.as_deref().unwrap_or("pending"));
-            out.push(Delivery {
+            let mut d = Delivery {
                 id: id.parse().map_err(|_| corrupt("id"))?,
                 job_id: job,
                 url: u,
@@ -233,7 +241,14 @@ impl DeliveryStore for RedisStore {
                     .iter()
                     .map(|a| serde_json::from_str::<Attempt>(a).map_err(json_err))
                     .collect::<Result<_>>()?,
-            });
+            };
+            // A claimed delivery: its claim's attempt last (in flight, or its sender lost).
+            if let (Some(_), Some(a), DeliveryState::Pending) = (c, a, state) {
+                let a: Attempt = serde_json::from_str(&a).map_err(json_err)?;
+                push_log(&mut d.log, a.as_claimed_at(d.next_at, now));
+                d.attempts += 1;
+            }
+            out.push(d);
         }
         Ok(out)
     }

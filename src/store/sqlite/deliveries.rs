@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use super::{db_err, exec, json_err, rows, SqliteStore};
+use super::{db_err, exec, json_err, row_opt, rows, SqliteStore};
 use crate::job::{now_us, EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage, DeliveryState,
-    DeliveryStore, Outcome, MAX_ATTEMPT_RECORDS,
+    new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage,
+    DeliveryState, DeliveryStore, Outcome,
 };
 use crate::store::{Result, StoreError};
 
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     state TEXT NOT NULL,
     due_at INTEGER,             -- pending: next attempt, or the end of the current claim's hold
     claim INTEGER,              -- the current claim's token
+    claim_attempt TEXT,         -- its attempt started (JSON `Attempt`): the write-ahead record
     attempts INTEGER NOT NULL DEFAULT 0,
     log TEXT NOT NULL DEFAULT '[]',
     done_at INTEGER
@@ -36,16 +37,61 @@ CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id, id);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries(done_at) WHERE done_at IS NOT NULL;
 "#;
 
-/// At open: claims found belong to a dead process (the data dir is locked to one), so they are
-/// due again at once.
-pub(super) fn orphan_claims(conn: &Connection) -> Result<()> {
-    conn.execute(
-        "UPDATE deliveries SET claim = NULL, due_at = MIN(due_at, ?1)
-         WHERE claim IS NOT NULL AND state = 'pending'",
-        [now_us()],
-    )
-    .map_err(db_err)?;
+/// At open, before [`orphan_claims`]: adds `claim_attempt` to a table made before it was kept.
+pub(super) fn migrate(conn: &Connection) -> Result<()> {
+    let has = row_opt(
+        conn,
+        "SELECT 1 FROM pragma_table_info('deliveries') WHERE name = 'claim_attempt'",
+        [],
+        |_| Ok(()),
+    )?;
+    if has.is_none() {
+        conn.execute_batch("ALTER TABLE deliveries ADD COLUMN claim_attempt TEXT")
+            .map_err(db_err)?;
+    }
     Ok(())
+}
+
+/// At open: claims found belong to a dead process (the data dir is locked to one), so they are
+/// due again at once, and their attempts (which may have reached the receiver) go into the log
+/// as unknown. One transaction.
+pub(super) fn orphan_claims(conn: &Connection) -> Result<()> {
+    let lost: Vec<(i64, i64, String, Option<String>)> = rows(
+        conn,
+        "SELECT id, attempts, log, claim_attempt FROM deliveries
+         WHERE claim IS NOT NULL AND state = 'pending'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let now = now_us();
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    let r = lost.into_iter().try_for_each(|(id, n, log, started)| {
+        let (n, log) = with_lost_claim(n, &log, started.as_deref())?;
+        exec(
+            conn,
+            "UPDATE deliveries SET claim = NULL, claim_attempt = NULL, attempts = ?2, log = ?3,
+                    due_at = MIN(due_at, ?4) WHERE id = ?1",
+            params![id, n, log, now],
+        )
+        .map(drop)
+    });
+    let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end).map_err(db_err)?;
+    r
+}
+
+/// The attempt count and log (JSON) of a delivery whose claim was lost with its attempt started
+/// `started` (none: a claim from before they were kept, which adds nothing).
+fn with_lost_claim(n: i64, log: &str, started: Option<&str>) -> Result<(i64, String)> {
+    let Some(started) = started else {
+        return Ok((n, log.to_string()));
+    };
+    let mut log: Vec<Attempt> = serde_json::from_str(log).map_err(json_err)?;
+    push_log(&mut log, serde_json::from_str(started).map_err(json_err)?);
+    Ok((n + 1, serde_json::to_string(&log).map_err(json_err)?))
 }
 
 /// Writes the delivery of the event `event_id` (`body` as stored in the events table) when the
@@ -94,6 +140,7 @@ fn claim_in(
     let now = now_us();
     let token = new_token();
     let until = now.saturating_add(hold.as_micros() as i64);
+    let started = serde_json::to_string(&Attempt::started(now, this_node())).map_err(json_err)?;
     let mut out = Vec::new();
     while out.len() < max {
         let want = max - out.len();
@@ -110,18 +157,35 @@ fn claim_in(
         )?;
         let last_round = found.len() < want;
         for r in found {
-            if !limits.take(&r.2) {
+            if !limits.take(&r.url) {
                 continue;
+            }
+            let (id, lost) = (r.id, r.claim.and(r.claim_attempt.clone()));
+            let mut delivery = to_delivery(r)?;
+            if let Some(started) = lost {
+                // The last claim's hold ran out without a record: its attempt goes into the log
+                // (the rare case: one more statement, in the same transaction).
+                push_log(
+                    &mut delivery.log,
+                    serde_json::from_str(&started).map_err(json_err)?,
+                );
+                delivery.attempts += 1;
+                exec(
+                    conn,
+                    "UPDATE deliveries SET attempts = ?2, log = ?3 WHERE id = ?1",
+                    params![
+                        id,
+                        delivery.attempts,
+                        serde_json::to_string(&delivery.log).map_err(json_err)?
+                    ],
+                )?;
             }
             exec(
                 conn,
-                "UPDATE deliveries SET claim = ?2, due_at = ?3 WHERE id = ?1",
-                params![r.0, token as i64, until],
+                "UPDATE deliveries SET claim = ?2, due_at = ?3, claim_attempt = ?4 WHERE id = ?1",
+                params![id, token as i64, until, started],
             )?;
-            out.push(Claimed {
-                delivery: to_delivery(r)?,
-                token,
-            });
+            out.push(Claimed { delivery, token });
         }
         if last_round {
             break;
@@ -130,50 +194,70 @@ fn claim_in(
     Ok(out)
 }
 
-const COLUMNS: &str = "id, job_id, url, event_id, event, created_at, state, due_at, attempts, log";
+const COLUMNS: &str =
+    "id, job_id, url, event_id, event, created_at, state, due_at, attempts, log, \
+                       claim, claim_attempt";
 
-type Row = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    Option<i64>,
-    i64,
-    String,
-);
-
-fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-    ))
+/// A row of [`COLUMNS`].
+struct Row {
+    id: i64,
+    job_id: String,
+    url: String,
+    event_id: String,
+    event: String,
+    created_at: i64,
+    state: String,
+    due_at: Option<i64>,
+    attempts: i64,
+    log: String,
+    claim: Option<i64>,
+    claim_attempt: Option<String>,
 }
 
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        url: r.get(2)?,
+        event_id: r.get(3)?,
+        event: r.get(4)?,
+        created_at: r.get(5)?,
+        state: r.get(6)?,
+        due_at: r.get(7)?,
+        attempts: r.get(8)?,
+        log: r.get(9)?,
+        claim: r.get(10)?,
+        claim_attempt: r.get(11)?,
+    })
+}
+
+/// The delivery as stored (its claim's attempt left out).
 fn to_delivery(r: Row) -> Result<Delivery> {
     Ok(Delivery {
-        id: r.0 as u64,
-        job_id: Uuid::parse_str(&r.1)
+        id: r.id as u64,
+        job_id: Uuid::parse_str(&r.job_id)
             .map_err(|e| StoreError::Backend(format!("corrupt delivery: {e}")))?,
-        url: r.2,
-        event_id: r.3,
-        event: r.4,
-        created_at: r.5,
-        state: DeliveryState::parse(&r.6),
-        next_at: r.7,
-        attempts: r.8.max(0) as u32,
-        log: serde_json::from_str(&r.9).map_err(json_err)?,
+        url: r.url,
+        event_id: r.event_id,
+        event: r.event,
+        created_at: r.created_at,
+        state: DeliveryState::parse(&r.state),
+        next_at: r.due_at,
+        attempts: r.attempts.max(0) as u32,
+        log: serde_json::from_str(&r.log).map_err(json_err)?,
     })
+}
+
+/// The delivery as a listing shows it at `now`: a claimed one with its claim's attempt last.
+fn shown(r: Row, now: Micros) -> Result<Delivery> {
+    let started = r.claim.and(r.claim_attempt.clone());
+    let mut d = to_delivery(r)?;
+    if let (Some(started), DeliveryState::Pending) = (started, d.state) {
+        let a: Attempt = serde_json::from_str(&started).map_err(json_err)?;
+        push_log(&mut d.log, a.as_claimed_at(d.next_at, now));
+        d.attempts += 1;
+    }
+    Ok(d)
 }
 
 #[async_trait]
@@ -214,17 +298,14 @@ impl DeliveryStore for SqliteStore {
             .map_err(db_err)?;
             let Some((n, log)) = cur else { return Ok(None) };
             let mut log: Vec<Attempt> = serde_json::from_str(&log).map_err(json_err)?;
-            log.push(attempt);
-            if log.len() > MAX_ATTEMPT_RECORDS {
-                log.drain(..log.len() - MAX_ATTEMPT_RECORDS);
-            }
+            push_log(&mut log, attempt);
             let now = now_us();
             let (state, due) = plan(created, now, outcome);
             let done: Option<Micros> = due.is_none().then_some(now);
             exec(
                 ctx.conn,
                 "UPDATE deliveries SET attempts = ?2, log = ?3, state = ?4, due_at = ?5,
-                            claim = NULL, done_at = ?6 WHERE id = ?1",
+                            claim = NULL, claim_attempt = NULL, done_at = ?6 WHERE id = ?1",
                 params![
                     id,
                     n + 1,
@@ -262,7 +343,8 @@ impl DeliveryStore for SqliteStore {
                 params![job.to_string(), from, limit.min(i64::MAX as usize) as i64],
                 read_row,
             )?;
-            rows.into_iter().map(to_delivery).collect()
+            let now = now_us();
+            rows.into_iter().map(|r| shown(r, now)).collect()
         })
         .await
     }

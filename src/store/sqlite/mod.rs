@@ -270,6 +270,7 @@ impl SqliteStore {
         events::migrate(&conn)?;
         counts::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
+        deliveries::migrate(&conn)?;
         deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
         let (cp_path, cp_run) = (path.clone(), checkpoints.clone());

@@ -1,5 +1,5 @@
 -- Records an attempt of a claimed webhook delivery (see src/store/redis/deliveries.rs), only
--- while the claim is still the caller's.
+-- while the claim is still the caller's, in place of the claim's attempt started (field `a`).
 --
 -- KEYS[1] the delivery `P:dlv:{n}`, KEYS[2] its attempts `P:dlvlog:{n}`, KEYS[3] `P:dlv:due`,
 -- KEYS[4] `P:dlv:done`.
@@ -12,7 +12,7 @@ local id, token, attempt, state, due, ended, keep =
 if redis.call('HGET', k, 'c') ~= token then return 0 end
 redis.call('HINCRBY', k, 'n', 1)
 redis.call('HSET', k, 'st', state)
-redis.call('HDEL', k, 'c')
+redis.call('HDEL', k, 'c', 'a')
 redis.call('RPUSH', lk, attempt)
 redis.call('LTRIM', lk, -keep, -1)
 if due ~= '' then
