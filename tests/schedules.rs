@@ -3,6 +3,9 @@
 //! - `api_embedded` / `api_redis`: create (201, same body 200, other body 409), replace, pause,
 //!   resume, trigger, backfill, delete, and every refusal (bad cron, unknown zone, unknown policy
 //!   words, a job type no runner claims...) naming its field with nothing stored; on each backend.
+//! - `odd_cron_fields_are_refused_naming_the_field_and_its_range`: `*/90` in the minute field
+//!   (and every step that leaves one value), `*/0`, `30-10`: 422 at `POST` and `PUT`, nothing
+//!   stored or changed.
 //! - `put_pause_state_embedded` / `_redis`: a `PUT` without `paused` keeps a paused schedule
 //!   paused; `paused: false` resumes it without making up the paused period (`misfire: all`).
 //! - `overlap_every_active_job_embedded` / `_redis`: `forbid` and `cancel_other` see every
@@ -884,6 +887,75 @@ async fn api_embedded() {
     api_suite(&ts).await;
     live_fires(&ts).await;
     live_forbid(&ts).await;
+}
+
+/// A step that leaves one value (`*/90` in the minute field fires only at :00), a step of 0 and
+/// a range that ends before it starts are refused at `POST` and at `PUT` with a 422 naming the
+/// field and its range, and nothing is stored or changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_cron_fields_are_refused_naming_the_field_and_its_range() {
+    let ts = TestServer::start(RUNNERS).await;
+    let cases = [
+        ("*/90 * * * *", "minute field (0-59) `*/90`"),
+        ("0 */24 * * *", "hour field (0-23) `*/24`"),
+        ("0 0 */40 * *", "day-of-month field (1-31) `*/40`"),
+        ("0 0 1 */13 *", "month field (1-12) `*/13`"),
+        ("0 0 * * */7", "day-of-week field (0-7) `*/7`"),
+        ("*/75 * * * * *", "second field (0-59) `*/75`"),
+        ("10-20/30 * * * *", "minute field (0-59) `10-20/30`"),
+        ("*/0 * * * *", "minute field (0-59) `*/0`"),
+        ("30-10 * * * *", "minute field (0-59) `30-10`"),
+    ];
+    for (cron, named) in cases {
+        let body = json!({"name": "odd", "cron": cron, "job": {"type": "runyard.noop"}});
+        let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{cron}: {v}");
+        let (code, msg) = err_of(&v);
+        assert_eq!(code, "invalid_request", "{cron}: {v}");
+        assert!(
+            msg.starts_with("`cron`: ") && msg.contains(named),
+            "{cron}: {msg}"
+        );
+        let (st, v) = ts.get("/async/schedules/odd").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{cron} was stored: {v}");
+    }
+    // A PUT over a stored schedule is refused the same way, and changes nothing.
+    let good = json!({"name": "odd", "cron": "*/15 * * * *", "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&good)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for (cron, named) in cases {
+        let mut put = good.clone();
+        put["cron"] = json!(cron);
+        let (st, v) = send(
+            &ts.client,
+            reqwest::Method::PUT,
+            ts.at("/async/schedules/odd"),
+            Some(&put),
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "PUT {cron}: {v}");
+        assert!(err_of(&v).1.contains(named), "PUT {cron}: {v}");
+        let (_, v) = ts.get("/async/schedules/odd").await;
+        assert_eq!(v["cron"], "*/15 * * * *", "PUT {cron} changed it: {v}");
+    }
+    // Steps that leave two values or more are still taken.
+    for cron in [
+        "*/59 * * * *",
+        "0 */12 * * *",
+        "0 0 * * */2",
+        "0-50/10 * * * *",
+    ] {
+        let mut put = good.clone();
+        put["cron"] = json!(cron);
+        let (st, v) = send(
+            &ts.client,
+            reqwest::Method::PUT,
+            ts.at("/async/schedules/odd"),
+            Some(&put),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "PUT {cron}: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! - [`cron`]: fire times of a pattern in a time zone, daylight-saving rules included.
 //! - This module: the stored record ([`Schedule`]) and the one decision taken at a wake-up
 //!   ([`plan`]): which fire times are due, what the misfire and overlap policies make of them.
+//! - [`fields`]: what a new pattern's fields must be beyond what croner takes (`*/90`).
 //! - [`firing`]: the loop every `serve` and `worker` process runs.
 //!
 //! # Exactly once
@@ -18,6 +19,7 @@
 //! time makes exactly one job whatever happens.
 
 pub mod cron;
+pub mod fields;
 pub mod firing;
 
 use chrono::{DateTime, TimeZone, Utc};
