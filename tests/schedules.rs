@@ -3,6 +3,9 @@
 //! - `api_embedded` / `api_redis`: create (201, same body 200, other body 409), replace, pause,
 //!   resume, trigger, backfill, delete, and every refusal (bad cron, unknown zone, unknown policy
 //!   words, a job type no runner claims...) naming its field with nothing stored; on each backend.
+//! - `backfill_after_recreate_embedded` / `_redis`: a schedule deleted and created again at once
+//!   under its name does not take the earlier one's jobs as its backfill's (refused, recorded as
+//!   errors), whatever their type.
 //! - `odd_cron_fields_are_refused_naming_the_field_and_its_range`: `*/90` in the minute field
 //!   (and every step that leaves one value), `*/0`, `30-10`: 422 at `POST` and `PUT`, nothing
 //!   stored or changed.
@@ -887,6 +890,94 @@ async fn api_embedded() {
     api_suite(&ts).await;
     live_fires(&ts).await;
     live_forbid(&ts).await;
+}
+
+/// A schedule deleted and created again under its name (same job type, new pattern and args),
+/// right away: a backfill over times the earlier one had backfilled must not answer that one's
+/// jobs as its own (`created: false`) nor leave its runs without them; each such time is in
+/// `refused` with why, recorded as an `error` naming no job, and the earlier jobs are left as
+/// they were.
+async fn backfill_after_recreate(ts: &TestServer) {
+    let name = "reborn";
+    let path = format!("/async/schedules/{name}");
+    let backfill = format!("{path}/backfill");
+    let now = chrono::Utc::now();
+    let range = json!({
+        "from": (now - chrono::Duration::hours(3)).to_rfc3339(),
+        "to": now.to_rfc3339(),
+    });
+    let first = json!({"name": name, "cron": "0 * * * *",
+                       "job": {"type": "runyard.noop", "args": {"v": 1}}});
+    let (st, v) = ts.post("/async/schedules", Some(&first)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = ts.post(&backfill, Some(&range)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let old: Vec<String> = v["fires"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["job_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old.len(), 3, "three hours, three fires: {v}");
+    let (st, _) = send(&ts.client, reqwest::Method::DELETE, ts.at(&path), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let second = json!({"name": name, "cron": "0 */1 * * *",
+                        "job": {"type": "runyard.noop", "args": {"v": 2}}});
+    let (st, v) = ts.post("/async/schedules", Some(&second)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for round in 0..2 {
+        let (st, v) = ts.post(&backfill, Some(&range)).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        for id in &old {
+            assert!(
+                !v.to_string().contains(id.as_str()),
+                "round {round}: the backfill answered the earlier schedule's job {id}: {v}"
+            );
+        }
+        assert_eq!(v["fires"], json!([]), "round {round}: {v}");
+        let refused = v["refused"].as_array().unwrap();
+        assert_eq!(refused.len(), 3, "round {round}: {v}");
+        for r in refused {
+            let why = r["error"].as_str().unwrap_or_default();
+            assert!(why.contains("did not make"), "round {round}: {v}");
+        }
+    }
+    let (_, v) = ts.get(&path).await;
+    let runs = v["last_runs"].as_array().unwrap();
+    assert!(!runs.is_empty(), "the refused fires are recorded: {v}");
+    for r in runs {
+        assert_eq!(
+            (r["outcome"].as_str(), r["job_id"].is_null()),
+            (Some("error"), true),
+            "{v}"
+        );
+    }
+    assert_eq!(v["counters"]["fires"], 0, "{v}");
+    // The earlier jobs are as they were: the earlier template's args, the same keys.
+    for id in &old {
+        let (st, j) = ts.get(&format!("/async/jobs/{id}")).await;
+        assert_eq!(st, StatusCode::OK, "{j}");
+        assert_eq!(j["args"], json!({"v": 1}), "{j}");
+    }
+    let (st, _) = send(&ts.client, reqwest::Method::DELETE, ts.at(&path), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_after_recreate_embedded() {
+    let ts = TestServer::start(RUNNERS).await;
+    backfill_after_recreate(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_after_recreate_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&r.server_config(MASTER_KEY))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    backfill_after_recreate(&ts).await;
 }
 
 /// A step that leaves one value (`*/90` in the minute field fires only at :00), a step of 0 and

@@ -1096,5 +1096,24 @@ mod tests {
             made_by(&s, &job("t", "c2", T0 + 120 * S)),
             "after a PUT changed the channel"
         );
+        // A job that carries its schedule's creation time: this one's exactly when it is this
+        // schedule's, whenever it was made, whatever its type and channel.
+        let stamped = |gen: Micros, at: Micros| {
+            let mut j = job("t", "c1", at);
+            j.schedule_gen = Some(gen);
+            j
+        };
+        assert!(
+            !made_by(&s, &stamped(T0 - 1, T0 - 30 * S)),
+            "an earlier schedule's, made within the clocks' margin"
+        );
+        assert!(
+            !made_by(&s, &stamped(T0 - 1, T0 + 120 * S)),
+            "an earlier schedule's, its node's clock ahead"
+        );
+        assert!(
+            made_by(&s, &stamped(T0, T0 - 300 * S)),
+            "its own, its node's clock behind"
+        );
     }
 }
