@@ -3,6 +3,12 @@
 //! - `api_embedded` / `api_redis`: create (201, same body 200, other body 409), replace, pause,
 //!   resume, trigger, backfill, delete, and every refusal (bad cron, unknown zone, unknown policy
 //!   words, a job type no runner claims...) naming its field with nothing stored; on each backend.
+//! - `backfill_after_recreate_embedded` / `_redis`: a schedule deleted and created again at once
+//!   under its name does not take the earlier one's jobs as its backfill's (refused, recorded as
+//!   errors), whatever their type.
+//! - `odd_cron_fields_are_refused_naming_the_field_and_its_range`: `*/90` in the minute field
+//!   (and every step that leaves one value), `*/0`, `30-10`: 422 at `POST` and `PUT`, nothing
+//!   stored or changed.
 //! - `put_pause_state_embedded` / `_redis`: a `PUT` without `paused` keeps a paused schedule
 //!   paused; `paused: false` resumes it without making up the paused period (`misfire: all`).
 //! - `overlap_every_active_job_embedded` / `_redis`: `forbid` and `cancel_other` see every
@@ -884,6 +890,163 @@ async fn api_embedded() {
     api_suite(&ts).await;
     live_fires(&ts).await;
     live_forbid(&ts).await;
+}
+
+/// A schedule deleted and created again under its name (same job type, new pattern and args),
+/// right away: a backfill over times the earlier one had backfilled must not answer that one's
+/// jobs as its own (`created: false`) nor leave its runs without them; each such time is in
+/// `refused` with why, recorded as an `error` naming no job, and the earlier jobs are left as
+/// they were.
+async fn backfill_after_recreate(ts: &TestServer) {
+    let name = "reborn";
+    let path = format!("/async/schedules/{name}");
+    let backfill = format!("{path}/backfill");
+    let now = chrono::Utc::now();
+    let range = json!({
+        "from": (now - chrono::Duration::hours(3)).to_rfc3339(),
+        "to": now.to_rfc3339(),
+    });
+    let first = json!({"name": name, "cron": "0 * * * *",
+                       "job": {"type": "runyard.noop", "args": {"v": 1}}});
+    let (st, v) = ts.post("/async/schedules", Some(&first)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, v) = ts.post(&backfill, Some(&range)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let old: Vec<String> = v["fires"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["job_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old.len(), 3, "three hours, three fires: {v}");
+    let (st, _) = send(&ts.client, reqwest::Method::DELETE, ts.at(&path), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let second = json!({"name": name, "cron": "0 */1 * * *",
+                        "job": {"type": "runyard.noop", "args": {"v": 2}}});
+    let (st, v) = ts.post("/async/schedules", Some(&second)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for round in 0..2 {
+        let (st, v) = ts.post(&backfill, Some(&range)).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        for id in &old {
+            assert!(
+                !v.to_string().contains(id.as_str()),
+                "round {round}: the backfill answered the earlier schedule's job {id}: {v}"
+            );
+        }
+        assert_eq!(v["fires"], json!([]), "round {round}: {v}");
+        let refused = v["refused"].as_array().unwrap();
+        assert_eq!(refused.len(), 3, "round {round}: {v}");
+        for r in refused {
+            let why = r["error"].as_str().unwrap_or_default();
+            assert!(why.contains("did not make"), "round {round}: {v}");
+        }
+    }
+    let (_, v) = ts.get(&path).await;
+    let runs = v["last_runs"].as_array().unwrap();
+    assert!(!runs.is_empty(), "the refused fires are recorded: {v}");
+    for r in runs {
+        assert_eq!(
+            (r["outcome"].as_str(), r["job_id"].is_null()),
+            (Some("error"), true),
+            "{v}"
+        );
+    }
+    assert_eq!(v["counters"]["fires"], 0, "{v}");
+    // The earlier jobs are as they were: the earlier template's args, the same keys.
+    for id in &old {
+        let (st, j) = ts.get(&format!("/async/jobs/{id}")).await;
+        assert_eq!(st, StatusCode::OK, "{j}");
+        assert_eq!(j["args"], json!({"v": 1}), "{j}");
+    }
+    let (st, _) = send(&ts.client, reqwest::Method::DELETE, ts.at(&path), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_after_recreate_embedded() {
+    let ts = TestServer::start(RUNNERS).await;
+    backfill_after_recreate(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_after_recreate_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&r.server_config(MASTER_KEY))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    backfill_after_recreate(&ts).await;
+}
+
+/// A step that leaves one value (`*/90` in the minute field fires only at :00), a step of 0 and
+/// a range that ends before it starts are refused at `POST` and at `PUT` with a 422 naming the
+/// field and its range, and nothing is stored or changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_cron_fields_are_refused_naming_the_field_and_its_range() {
+    let ts = TestServer::start(RUNNERS).await;
+    let cases = [
+        ("*/90 * * * *", "minute field (0-59) `*/90`"),
+        ("0 */24 * * *", "hour field (0-23) `*/24`"),
+        ("0 0 */40 * *", "day-of-month field (1-31) `*/40`"),
+        ("0 0 1 */13 *", "month field (1-12) `*/13`"),
+        ("0 0 * * */7", "day-of-week field (0-7) `*/7`"),
+        ("*/75 * * * * *", "second field (0-59) `*/75`"),
+        ("10-20/30 * * * *", "minute field (0-59) `10-20/30`"),
+        ("*/0 * * * *", "minute field (0-59) `*/0`"),
+        ("30-10 * * * *", "minute field (0-59) `30-10`"),
+    ];
+    for (cron, named) in cases {
+        let body = json!({"name": "odd", "cron": cron, "job": {"type": "runyard.noop"}});
+        let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{cron}: {v}");
+        let (code, msg) = err_of(&v);
+        assert_eq!(code, "invalid_request", "{cron}: {v}");
+        assert!(
+            msg.starts_with("`cron`: ") && msg.contains(named),
+            "{cron}: {msg}"
+        );
+        let (st, v) = ts.get("/async/schedules/odd").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{cron} was stored: {v}");
+    }
+    // A PUT over a stored schedule is refused the same way, and changes nothing.
+    let good = json!({"name": "odd", "cron": "*/15 * * * *", "job": {"type": "runyard.noop"}});
+    let (st, v) = ts.post("/async/schedules", Some(&good)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for (cron, named) in cases {
+        let mut put = good.clone();
+        put["cron"] = json!(cron);
+        let (st, v) = send(
+            &ts.client,
+            reqwest::Method::PUT,
+            ts.at("/async/schedules/odd"),
+            Some(&put),
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "PUT {cron}: {v}");
+        assert!(err_of(&v).1.contains(named), "PUT {cron}: {v}");
+        let (_, v) = ts.get("/async/schedules/odd").await;
+        assert_eq!(v["cron"], "*/15 * * * *", "PUT {cron} changed it: {v}");
+    }
+    // Steps that leave two values or more are still taken.
+    for cron in [
+        "*/59 * * * *",
+        "0 */12 * * *",
+        "0 0 * * */2",
+        "0-50/10 * * * *",
+    ] {
+        let mut put = good.clone();
+        put["cron"] = json!(cron);
+        let (st, v) = send(
+            &ts.client,
+            reqwest::Method::PUT,
+            ts.at("/async/schedules/odd"),
+            Some(&put),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "PUT {cron}: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

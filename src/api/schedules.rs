@@ -186,6 +186,7 @@ const CRON_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// on a current-thread runtime). The permit lives as long as the search, even when the request
 /// is given up.
 async fn parse_cron(st: &AppState, pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
+    crate::schedule::fields::check(pattern).map_err(|m| bad(format!("`cron`: {m}")))?;
     // A bounded wait: a caller sending many patterns that never fire delays others' schedule
     // writes by this much at most, then they are told to try again.
     let permit = tokio::time::timeout(CRON_WAIT, st.app.cron_checks.clone().acquire_owned())

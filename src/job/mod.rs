@@ -292,8 +292,7 @@ pub struct Job {
     pub backoff: Backoff,
     /// Per-attempt time limit.
     pub timeout_ms: Option<u64>,
-    /// When a SCHEDULED job becomes QUEUED; kept once it has (when it was due), until a
-    /// client's retry or a new backoff sets it again.
+    /// When a SCHEDULED job becomes QUEUED; kept once it has, until a retry or backoff sets it.
     pub run_at: Option<Micros>,
     /// Client-chosen key making submit idempotent.
     pub idempotency_key: Option<String>,
@@ -324,8 +323,7 @@ pub struct Job {
     pub created_at: Micros,
     /// Last change.
     pub updated_at: Micros,
-    /// When it last became QUEUED (a job given back keeps the one it had: its place in the
-    /// queue).
+    /// When it last became QUEUED (a job given back keeps the one it had: its place in queue).
     pub queued_at: Micros,
     /// When the current/last attempt started running.
     pub started_at: Option<Micros>,
@@ -342,6 +340,9 @@ pub struct Job {
     /// That fire's time (µs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fire_time: Option<Micros>,
+    /// Its schedule's creation time (µs): not the job of an earlier schedule of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_gen: Option<Micros>,
     /// Signal keys written when the job ends SUCCESS (in the same store transaction).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emits: Vec<String>,

@@ -44,6 +44,7 @@ impl Job {
             version: 0,
             schedule: None,
             fire_time: None,
+            schedule_gen: None,
             emits: Vec::new(),
             notify: None,
             wait: None,

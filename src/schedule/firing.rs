@@ -487,7 +487,12 @@ const CLOCK_MARGIN_US: Micros = 60_000_000;
 /// created (it was deleted first), give or take the nodes' clocks ([`CLOCK_MARGIN_US`]): a job
 /// made later is this one's, and so is one its runs recorded; one made around its creation is
 /// taken only if it has the template's type, and its channel when the template names one.
+/// That guess is for jobs made by a build before [`Job::schedule_gen`] (or rewritten by one): a
+/// job that carries its schedule's creation time is this schedule's exactly when it is this one's.
 pub(super) fn made_by(s: &Schedule, job: &crate::job::Job) -> bool {
+    if let Some(made_for) = job.schedule_gen {
+        return made_for == s.created_at;
+    }
     if job.created_at > s.created_at.saturating_add(CLOCK_MARGIN_US)
         || s.last_runs.iter().any(|r| r.job_id == Some(job.id))
     {
@@ -533,6 +538,7 @@ pub fn job_for_fire(s: &Schedule, fire: &PendingFire, runner: Option<String>, no
     j.idempotency_key = Some(fire_key(&s.spec.name, fire_time));
     j.schedule = Some(s.spec.name.clone());
     j.fire_time = Some(fire_time);
+    j.schedule_gen = Some(s.created_at);
     // A trigger or a backfill runs now: `jitter` spreads the clock's fires, not a run asked for.
     let jitter = if fire.manual {
         0

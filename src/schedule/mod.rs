@@ -4,6 +4,7 @@
 //! - [`cron`]: fire times of a pattern in a time zone, daylight-saving rules included.
 //! - This module: the stored record ([`Schedule`]) and the one decision taken at a wake-up
 //!   ([`plan`]): which fire times are due, what the misfire and overlap policies make of them.
+//! - [`fields`]: what a new pattern's fields must be beyond what croner takes (`*/90`).
 //! - [`firing`]: the loop every `serve` and `worker` process runs.
 //!
 //! # Exactly once
@@ -18,6 +19,7 @@
 //! time makes exactly one job whatever happens.
 
 pub mod cron;
+pub mod fields;
 pub mod firing;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -1093,6 +1095,25 @@ mod tests {
         assert!(
             made_by(&s, &job("t", "c2", T0 + 120 * S)),
             "after a PUT changed the channel"
+        );
+        // A job that carries its schedule's creation time: this one's exactly when it is this
+        // schedule's, whenever it was made, whatever its type and channel.
+        let stamped = |gen: Micros, at: Micros| {
+            let mut j = job("t", "c1", at);
+            j.schedule_gen = Some(gen);
+            j
+        };
+        assert!(
+            !made_by(&s, &stamped(T0 - 1, T0 - 30 * S)),
+            "an earlier schedule's, made within the clocks' margin"
+        );
+        assert!(
+            !made_by(&s, &stamped(T0 - 1, T0 + 120 * S)),
+            "an earlier schedule's, its node's clock ahead"
+        );
+        assert!(
+            made_by(&s, &stamped(T0, T0 - 300 * S)),
+            "its own, its node's clock behind"
         );
     }
 }

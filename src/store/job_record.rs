@@ -226,6 +226,9 @@ struct StoredJob<'a> {
     schedule: Option<Cow<'a, str>>,
     #[serde(rename = "ft", default, skip_serializing_if = "Option::is_none")]
     fire_time: Option<Micros>,
+    /// The schedule's creation time (kept as it is, as `fire_time`).
+    #[serde(rename = "sg", default, skip_serializing_if = "Option::is_none")]
+    schedule_gen: Option<Micros>,
     #[serde(rename = "em", default, skip_serializing_if = "is_empty_slice")]
     emits: Cow<'a, [String]>,
     #[serde(rename = "no", default, skip_serializing_if = "Option::is_none")]
@@ -409,6 +412,7 @@ fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
         version,
         schedule,
         fire_time,
+        schedule_gen,
         emits,
         notify,
         wait,
@@ -421,9 +425,7 @@ fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
         job_type: col(job_type),
         runner: col(runner),
         status: inline.then_some(*status),
-        channel: (channel_id != id)
-            .then_some(channel_id.as_str())
-            .and_then(col),
+        channel: col(channel_id).filter(|_| channel_id != id),
         run_at: run_at.and_then(on),
         idem_key: idempotency_key.as_deref().and_then(col),
         queued_at: on(*queued_at),
@@ -451,6 +453,7 @@ fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
         version: *version,
         schedule: schedule.as_deref().map(Cow::Borrowed),
         fire_time: *fire_time,
+        schedule_gen: *schedule_gen,
         emits: Cow::Borrowed(emits),
         notify: notify.as_ref().map(Cow::Borrowed),
         wait: wait.as_ref().map(Cow::Borrowed),
@@ -552,6 +555,7 @@ impl StoredJob<'static> {
             version: self.version,
             schedule: self.schedule.map(Cow::into_owned),
             fire_time: self.fire_time,
+            schedule_gen: self.schedule_gen,
             emits: self.emits.into_owned(),
             notify: self.notify.map(Cow::into_owned),
             wait: self.wait.map(Cow::into_owned),
@@ -607,7 +611,7 @@ pub(crate) mod fixtures {
             "created_at": 1764583000000000, "updated_at": -5, "queued_at": 3,
             "started_at": 1764583000000123, "finished_at": 99,
             "progress_event_at": 8, "version": 12, "schedule": "nightly", "fire_time": 6,
-            "emits": ["s1", "s2"],
+            "schedule_gen": 1764582000000000, "emits": ["s1", "s2"],
             "notify": {"url": "https://example.com/h", "events": ["status"]},
             "wait": {"items": [{"key": "s", "needed": 2, "since": 4, "seen": 1,
                                 "signal_ids": [3]}],

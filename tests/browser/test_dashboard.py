@@ -1,5 +1,6 @@
 """The dashboard as an operator uses it: live status without reloading, logs, cancel and retry
-from a job's page, the jobs table's filters, and the "why is it not running" line."""
+from a job's page, the jobs table's filters, the "why is it not running" line, and the Schedules
+page's last runs (each fire's job status)."""
 
 from __future__ import annotations
 
@@ -327,3 +328,61 @@ def test_the_why_box_wraps_long_signal_keys(server, page):
     widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
     server.call("POST", f"/async/jobs/{job}/cancel")
+
+
+def test_schedules_show_each_runs_job_status_and_a_fire_without_one_its_outcome(server, page):
+    """The Schedules page's last runs: a fire that made a job shows the job's status (SUCCESS,
+    ERROR, RUNNING), linked to it, not the fire's "submitted"; a fire that made none (here an
+    `error`: the time's key holds the job of an earlier schedule of the same name) its outcome."""
+    def make(name, job_type, cron="0 3 * * *"):
+        status, s = server.call("POST", "/async/schedules",
+                                {"name": name, "cron": cron, "job": {"type": job_type}})
+        assert status == 201, s
+
+    def trigger(name):
+        status, fired = server.call("POST", f"/async/schedules/{name}/trigger")
+        assert status == 202, fired
+        return fired["job_id"]
+
+    make("ui-ok", "noop.report")
+    make("ui-fail", "fail.report")
+    make("ui-slow", "slow.report")
+    ok, bad, slow = trigger("ui-ok"), trigger("ui-fail"), trigger("ui-slow")
+    server.wait(ok, {"SUCCESS"})
+    server.wait(bad, {"ERROR"})
+    server.wait(slow, {"RUNNING"})
+    # A fire that makes no job: made again under a deleted schedule's name, a backfill of a
+    # time the earlier one had backfilled is refused and recorded as an `error`.
+    now = datetime.now(timezone.utc)
+    span = {"from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()}
+    make("ui-again", "noop.report", "0 * * * *")
+    status, v = server.call("POST", "/async/schedules/ui-again/backfill", span)
+    assert status == 202 and len(v["fires"]) == 1, v
+    assert server.call("DELETE", "/async/schedules/ui-again")[0] == 204
+    make("ui-again", "noop.report", "0 * * * *")
+    status, v = server.call("POST", "/async/schedules/ui-again/backfill", span)
+    assert status == 202 and v["fires"] == [] and len(v["refused"]) == 1, v
+    gate = pathlib.Path(f"/tmp/runyard-gate-{slow}")
+    # The "Last runs" column (by place: the page before this test had no class on it).
+    try:
+        open_page(page, server, "/schedules")
+        for name, job, status in [("ui-ok", ok, "SUCCESS"), ("ui-fail", bad, "ERROR"), ("ui-slow", slow, "RUNNING")]:
+            run = page.locator(f'#schedules tr[data-schedule="{name}"] td:nth-child(4) a')
+            expect(run).to_have_count(1)
+            expect(run).to_have_attribute("href", f"#/job/{job}")
+            expect(run.locator(".badge")).to_have_text(status)
+            expect(page.locator(f'#schedules tr[data-schedule="{name}"] td:nth-child(4)')).not_to_contain_text("submitted")
+        again = page.locator('#schedules tr[data-schedule="ui-again"] td:nth-child(4)')
+        expect(again).to_contain_text("error")
+        expect(again.locator("a")).to_have_count(0)
+        expect(again.locator('[data-run="error"]')).to_have_attribute("title", re.compile("did not make"))
+        screenshot(page, "schedules")
+        # The job's page is one click away.
+        page.locator('#schedules tr[data-schedule="ui-fail"] td:nth-child(4) a').click()
+        expect(page.locator("#status .badge")).to_have_text("ERROR")
+    finally:
+        gate.touch()
+        server.wait(slow, {"SUCCESS"})
+        gate.unlink()
+        for name in ["ui-ok", "ui-fail", "ui-slow", "ui-again"]:
+            server.call("DELETE", f"/async/schedules/{name}")

@@ -509,6 +509,28 @@ async function jobPage(id, signal) {
   whenLeft(signal, () => { off(); clearInterval(timer); });
 }
 
+// A schedule's last runs: the newest RUNS_SHOWN of each, and the jobs of those read (at most
+// JOB_READS per load, the first schedules' first): a fire that made a job shows that job's
+// status, not the fire's "submitted"; a fire without one (skipped, missed, error) its outcome.
+const RUNS_SHOWN = 3;
+const JOB_READS = 60;
+
+async function runJobs(list) {
+  const ids = [...new Set(list.flatMap((s) => (s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => x.job_id).filter(Boolean)))].slice(0, JOB_READS);
+  const got = await Promise.allSettled(ids.map((id) => api(`/async/jobs/${encodeURIComponent(id)}`)));
+  return new Map(ids.map((id, i) => [id, got[i].status === "fulfilled" ? got[i].value : null]));
+}
+
+function lastRun(x, jobs) {
+  const at = when(x.fire_time);
+  const job = x.job_id ? jobs.get(x.job_id) : null;
+  if (job) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, `${at} `, badge(job.status));
+  const text = `${at} ${x.outcome || ""}${x.count > 1 ? ` ×${x.count}` : ""}`.trim();
+  // A job not read (gone, or past JOB_READS): the fire's outcome, still linked.
+  if (x.job_id) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, text);
+  return h("span", { "data-run": x.outcome, title: x.error || undefined }, text);
+}
+
 async function schedules() {
   const body = h("tbody", { id: "schedules" });
   main.replaceChildren(h("h1", {}, "Schedules"),
@@ -516,11 +538,12 @@ async function schedules() {
   async function load() {
     const r = await api("/async/schedules");
     const list = r.schedules || r || [];
+    const jobs = await runJobs(list);
     body.replaceChildren(...list.map((s) => h("tr", { "data-schedule": s.name },
       h("td", {}, s.name, s.paused ? h("span", { class: "badge s-cancelled" }, "paused") : ""),
       h("td", { class: "mono" }, `${s.cron} ${s.timezone || ""}`),
       h("td", {}, (s.next_fires || []).slice(0, 3).map(when).join(", ")),
-      h("td", {}, (s.last_runs || []).slice(0, 3).map((x) => h("a", { href: `#/job/${x.job_id}` }, `${when(x.fire_time)} ${x.outcome || ""}`.trim())).flatMap((a, i) => (i ? [", ", a] : [a]))),
+      h("td", { class: "runs" }, (s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => lastRun(x, jobs)).flatMap((a, i) => (i ? [", ", a] : [a]))),
       h("td", {}, auth.can("schedules:write") ? [
         h("button", { onclick: () => post(s.name, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
         h("button", { onclick: () => post(s.name, "trigger") }, "Trigger")] : ""))));
