@@ -22,6 +22,7 @@
 pub mod args;
 pub mod buffered;
 pub mod docker;
+mod exec_error;
 pub mod isolation;
 pub mod kube;
 pub mod lines;
@@ -156,7 +157,8 @@ pub enum RunnerError {
     #[error("host out of resources, will retry: {0}")]
     HostResources(String),
     /// Launching failed in a way no retry can fix (`E2BIG`: the job's arguments and environment
-    /// exceed what the kernel takes): the job ends ERROR without using its remaining attempts.
+    /// exceed what the kernel takes; a program that is missing or cannot be executed, see
+    /// [`exec_error`]): the job ends ERROR without using its remaining attempts.
     #[error("launch failed, not retried: {0}")]
     LaunchFinal(String),
     /// The job's args are too large for this runner's environment (its `large_args` is
