@@ -434,6 +434,24 @@ command = [{bin:?}, "launch", "--", "/bin/sh", "-c", "test \"$JOB_ATTEMPT\" = 1 
                 .contains("stopped by a signal (command exited with code 0)")),
         "{events:#?}"
     );
+    // Launch notes the signal as runyard's own, in the `job` stream; nothing of its own is among
+    // the command's stdout and stderr lines.
+    let (_, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    let lines = logs["lines"].as_array().expect("lines");
+    assert!(
+        lines.iter().any(|l| l["stream"] == "job"
+            && l["line"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("runyard launch: SIGTERM received"))),
+        "{logs:#}"
+    );
+    for l in lines.iter().filter(|l| l["stream"] != "job") {
+        let text = l["line"].as_str().unwrap_or_default();
+        assert!(
+            !text.contains("shutdown requested") && !text.contains("runyard launch"),
+            "runyard's own line among the command's output: {logs:#}"
+        );
+    }
 }
 
 /// Out of time, a job whose process ignores SIGTERM is marked before it is stopped: from then
