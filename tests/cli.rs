@@ -1942,6 +1942,84 @@ fn a_server_url_with_a_query_or_fragment_is_refused_and_a_password_never_shown()
     assert!(stdout(&o).contains("RUNYARD_SERVER"), "{}", stdout(&o));
 }
 
+/// A server that answers every request with an empty page of jobs and records each request's
+/// header lines (lowercase names).
+fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                headers.push(h.trim_end().to_ascii_lowercase());
+            }
+            record.lock().unwrap().push(headers);
+            let body = r#"{"jobs": [], "next_cursor": null}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+/// `RUNYARD_SERVER=http://user:password@host` with a token: one `Authorization` header, the
+/// token's (reqwest sent the URL's `Basic` beside it), a warning that says the URL's credentials
+/// are not sent, and the password in no message. Without a token they go as `Basic`, alone.
+#[test]
+fn a_token_is_the_one_authorization_when_the_server_url_has_a_password() {
+    let (url, seen) = recording_server();
+    let with_password = url.replace("http://", "http://admin:s3cretpw@");
+    let authorizations = |o: &Output| -> Vec<String> {
+        assert!(o.status.success(), "{}", stderr(o));
+        let last = seen.lock().unwrap().pop().expect("a request");
+        last.into_iter()
+            .filter(|h| h.starts_with("authorization:"))
+            .collect()
+    };
+    let token = [("RUNYARD_TOKEN", "tok-123")];
+    let o = cli_env(&with_password, &["jobs", "--output", "json"], &token);
+    assert_eq!(authorizations(&o), ["authorization: bearer tok-123"]);
+    let err = stderr(&o);
+    assert!(!err.contains("s3cretpw"), "{err}");
+    assert!(
+        err.contains("user and password") && err.contains("not sent"),
+        "{err}"
+    );
+    // The flag is the same token.
+    let o = cli_env(
+        &with_password,
+        &["jobs", "--output", "json", "--token", "tok-456"],
+        &[],
+    );
+    assert_eq!(authorizations(&o), ["authorization: bearer tok-456"]);
+    assert!(!stderr(&o).contains("s3cretpw"), "{}", stderr(&o));
+    // Without a token the URL's credentials are the one Authorization.
+    let o = cli_env(&with_password, &["jobs", "--output", "json"], &[]);
+    // base64("admin:s3cretpw")
+    assert_eq!(
+        authorizations(&o),
+        ["authorization: basic ywrtaw46cznjcmv0chc="]
+    );
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    // A token and a URL without credentials: the token alone, no warning.
+    let o = cli_env(&url, &["jobs", "--output", "json"], &token);
+    assert_eq!(authorizations(&o), ["authorization: bearer tok-123"]);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
 #[test]
 fn token_new_refuses_bad_arguments_as_usage_naming_them() {
     let run = |args: &[&str]| {

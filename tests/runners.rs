@@ -434,6 +434,24 @@ command = [{bin:?}, "launch", "--", "/bin/sh", "-c", "test \"$JOB_ATTEMPT\" = 1 
                 .contains("stopped by a signal (command exited with code 0)")),
         "{events:#?}"
     );
+    // Launch notes the signal as runyard's own, in the `job` stream; nothing of its own is among
+    // the command's stdout and stderr lines.
+    let (_, logs) = ts.get(&format!("/async/jobs/{id}/logs")).await;
+    let lines = logs["lines"].as_array().expect("lines");
+    assert!(
+        lines.iter().any(|l| l["stream"] == "job"
+            && l["line"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("runyard launch: SIGTERM received"))),
+        "{logs:#}"
+    );
+    for l in lines.iter().filter(|l| l["stream"] != "job") {
+        let text = l["line"].as_str().unwrap_or_default();
+        assert!(
+            !text.contains("shutdown requested") && !text.contains("runyard launch"),
+            "runyard's own line among the command's output: {logs:#}"
+        );
+    }
 }
 
 /// Out of time, a job whose process ignores SIGTERM is marked before it is stopped: from then
@@ -505,6 +523,48 @@ cwd = "@DIR@/no/such/dir"
         error.contains("`cwd`") && error.contains("no/such/dir"),
         "{error}"
     );
+}
+
+/// A runner whose program is missing (`ENOENT`) or not executable (`EACCES`): a configuration
+/// error no retry can mend. The job ends ERROR at its first attempt, however many it has, its
+/// error naming the program and the cause. (A forked start: the in-process server has no
+/// spawner; tests/server_log.rs covers the spawner's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_unexecutable_program_ends_the_job_at_once() {
+    let ts = TestServer::start(
+        r#"
+[[runners]]
+kind = "local"
+types = ["absent"]
+command = ["@DIR@/no-such-program", "arg"]
+
+[[runners]]
+kind = "local"
+types = ["not_exec"]
+command = ["@DIR@/plain-file"]
+"#,
+    )
+    .await;
+    std::fs::write(ts.dir().join("plain-file"), "#!/bin/sh\necho hi\n").expect("write");
+    let backoff = json!({"initial_ms": 10, "max_ms": 10, "jitter": false});
+    for (ty, program, cause) in [
+        ("absent", "no-such-program", "No such file or directory"),
+        ("not_exec", "plain-file", "Permission denied"),
+    ] {
+        let id = ts
+            .submit_ok(json!({"type": ty, "max_attempts": 3, "backoff": backoff}))
+            .await;
+        let job = ts.wait_terminal(&id, WAIT).await;
+        assert_eq!(status_of(&job), "ERROR", "{job:#}");
+        assert_eq!(job["attempt"], 1, "not retried: {job:#}");
+        assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+        let error = job["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains(&format!("/{program}`")) && error.contains(cause),
+            "the error names the program and the cause: {error}"
+        );
+        assert!(error.contains("not retried"), "{error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

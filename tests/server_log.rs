@@ -25,6 +25,13 @@ max_attempts = 2
 backoff = { initial_ms = 100, max_ms = 100, multiplier = 1.0, jitter = false }
 
 [[runners]]
+kind = "local"
+types = ["absent.*"]
+command = ["/nonexistent/runyard-no-such-program", "arg"]
+max_attempts = 3
+backoff = { initial_ms = 100, max_ms = 100, multiplier = 1.0, jitter = false }
+
+[[runners]]
 kind = "service"
 types = ["runyard.*"]
 "#;
@@ -52,9 +59,14 @@ fn free_port() -> u16 {
 }
 
 fn serve(args: &[&str]) -> Server {
+    serve_with("", args)
+}
+
+/// [`serve`] with more configuration after [`CONFIG`].
+fn serve_with(extra: &str, args: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("runyard.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, format!("{extra}\n{CONFIG}")).unwrap();
     let log = dir.path().join("server.log");
     let port = free_port();
     let child = Command::new(BIN)
@@ -245,6 +257,128 @@ async fn text_log_has_no_colour_codes_off_a_terminal() {
             "{text}"
         );
     }
+}
+
+/// The lines of a `--log-format json` log.
+fn json_lines(s: &Server) -> Vec<Value> {
+    std::fs::read_to_string(&s.log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A draining server answers readiness 503 on purpose (load balancers stop sending), to every
+/// probe: no ERROR line for it. Nor for a stream refused at the node's cap (shedding: a
+/// warning). ERROR is for faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliberate_503s_of_a_drain_or_a_stream_cap_are_not_error_lines() {
+    let s = serve_with("[events]\nmax_connections = 1", &["--log-format", "json"]);
+    // One stream open fills the cap; the next is refused, 503 `too_many_streams`.
+    let open = http()
+        .get(format!("{}/async/events/sse", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let refused = http()
+        .get(format!("{}/async/events/sse", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    drop(open);
+    let hold = submit(&s, "sh.hold").await;
+    wait_status(&s, &hold, &["RUNNING"]).await;
+    // Safety: a plain syscall on this test's own child.
+    assert_eq!(unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) }, 0);
+    // The job holds the drain (30s of sleep, 30s of grace): readiness says so meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http().get(format!("{}/health/ready", s.url)).send().await;
+        if r.is_ok_and(|r| r.status() == 503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never 503 while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for path in ["/health", "/health/ready", "/health"] {
+        let r = http().get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "draining", "{body}");
+    }
+    // Every request has been answered, so its lines are written.
+    let lines = json_lines(&s);
+    let errors: Vec<&Value> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines for deliberate 503s: {errors:#?}"
+    );
+    let shed: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["code"] == "too_many_streams")
+        .collect();
+    assert_eq!(shed.len(), 1, "one line for the refused stream: {lines:#?}");
+    assert_eq!(shed[0]["level"], "WARN", "{:#}", shed[0]);
+}
+
+/// A local runner whose program does not exist (a spawner's start: `runyard serve` has them):
+/// the job ends ERROR at its first attempt of three, its error naming the program and the
+/// cause, and the operator reads one warning, not one per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_program_ends_its_job_at_once_with_one_warning() {
+    let s = serve(&["--log-format", "json"]);
+    let id = submit(&s, "absent.x").await;
+    let job = wait_status(&s, &id, &["ERROR", "SUCCESS"]).await;
+    assert_eq!(job["status"], "ERROR", "{job:#}");
+    assert_eq!(job["attempt"], 1, "not retried: {job:#}");
+    assert_eq!(job["max_attempts"], 3, "{job:#}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("`/nonexistent/runyard-no-such-program`")
+            && error.contains("No such file or directory")
+            && error.contains("not retried"),
+        "{error}"
+    );
+    // Its outcome line is written once it ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = json_lines(&s);
+        if lines
+            .iter()
+            .any(|l| l["message"] == "job ended" && l["job_id"] == id.as_str())
+        {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "no outcome line: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let about: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["span"]["job_id"] == id.as_str() || l["job_id"] == id.as_str())
+        .collect();
+    let launch: Vec<&&Value> = about
+        .iter()
+        .filter(|l| l["message"] == "launch failed")
+        .collect();
+    assert_eq!(launch.len(), 1, "one launch warning: {about:#?}");
+    assert_eq!(launch[0]["level"], "WARN", "{about:#?}");
+    assert!(
+        launch[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("runyard-no-such-program")),
+        "{about:#?}"
+    );
+    assert!(
+        !about
+            .iter()
+            .any(|l| l["message"] == "job attempt failed: retrying"),
+        "{about:#?}"
+    );
 }
 
 /// A server that cannot start says why in its log's own format: one JSON object with level

@@ -22,6 +22,7 @@
 pub mod args;
 pub mod buffered;
 pub mod docker;
+mod exec_error;
 pub mod isolation;
 pub mod kube;
 pub mod lines;
@@ -156,7 +157,8 @@ pub enum RunnerError {
     #[error("host out of resources, will retry: {0}")]
     HostResources(String),
     /// Launching failed in a way no retry can fix (`E2BIG`: the job's arguments and environment
-    /// exceed what the kernel takes): the job ends ERROR without using its remaining attempts.
+    /// exceed what the kernel takes; a program that is missing or cannot be executed, see
+    /// [`exec_error`]): the job ends ERROR without using its remaining attempts.
     #[error("launch failed, not retried: {0}")]
     LaunchFinal(String),
     /// The job's args are too large for this runner's environment (its `large_args` is
@@ -182,7 +184,7 @@ impl RunnerError {
         let msg = format!("{what}: {e}");
         if is_host_exhaustion(e) {
             RunnerError::HostResources(msg)
-        } else if e.raw_os_error() == Some(libc::E2BIG) {
+        } else if exec_error::errno_of(e) == libc::E2BIG {
             RunnerError::LaunchFinal(msg)
         } else {
             RunnerError::Launch(msg)
@@ -203,8 +205,8 @@ impl RunnerError {
 /// Whether an I/O error means the host is out of file descriptors, memory or processes.
 pub fn is_host_exhaustion(e: &std::io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+        exec_error::errno_of(e),
+        libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN
     )
 }
 
@@ -347,6 +349,13 @@ mod host_error_tests {
             let e = std::io::Error::from_raw_os_error(code);
             assert!(RunnerError::from_launch_io("cannot start `x`", &e).is_host_resources());
         }
+        // So do they when `execve` itself failed (the spawner says so), and `E2BIG` stays final.
+        for code in [libc::ENOMEM, libc::EAGAIN] {
+            let e = exec_error::exec_failed(code);
+            assert!(RunnerError::from_launch_io("cannot start `x`", &e).is_host_resources());
+        }
+        let e = exec_error::exec_failed(libc::E2BIG);
+        assert!(RunnerError::from_launch_io("cannot start `x`", &e).is_final());
         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
         let r = RunnerError::from_launch_io("cannot start `x`", &e);
         assert!(!r.is_host_resources());

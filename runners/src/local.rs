@@ -100,10 +100,14 @@ impl LocalRunner {
 pub use crate::args::MAX_ENV_ARGS;
 
 impl LocalRunner {
-    /// A failed start, said as it is: the OS reports a `cwd` that does not exist as the program
-    /// missing (`ENOENT` either way), so a missing `cwd` (or one that is a file) is named.
-    fn launch_error(&self, e: &std::io::Error) -> RunnerError {
+    /// A failed start, said as it is: a program that is missing or cannot be executed is final
+    /// ([`crate::exec_error::program_error`]); the OS reports a `cwd` that does not exist as the
+    /// program missing (`ENOENT` either way), so a missing `cwd` (or one that is a file) is named.
+    fn launch_error(&self, e: &std::io::Error, exec_only: bool) -> RunnerError {
         let what = format!("cannot start `{}`", self.config.command[0]);
+        if let Some(final_error) = crate::exec_error::program_error(&what, e, exec_only) {
+            return final_error;
+        }
         match &self.config.cwd {
             Some(d)
                 if (e.kind() == std::io::ErrorKind::NotFound
@@ -267,7 +271,10 @@ impl Runner for LocalRunner {
         let workdir = self.prepare(&spec, &mut cmd)?;
         // Removes the directory if the child made it but the launch failed.
         let workdir_guard = WorkdirGuard(workdir);
-        let mut child = cmd.spawn().map_err(|e| self.launch_error(&e))?;
+        // Forked, the exec's error and the steps' before it come back alike: only a start that
+        // enters no directory is known to have failed at the exec.
+        let exec_only = self.config.cwd.is_none() && !self.isolation.switches_user();
+        let mut child = cmd.spawn().map_err(|e| self.launch_error(&e, exec_only))?;
         let pid = child
             .id()
             .ok_or_else(|| RunnerError::Launch("process exited before it had a pid".into()))?;
@@ -366,7 +373,7 @@ impl LocalRunner {
         let Some(started) = crate::spawn::start(req).await else {
             return Ok(None);
         };
-        let started = started.map_err(|e| self.launch_error(&e))?;
+        let started = started.map_err(|e| self.launch_error(&e, false))?;
         let pipe = |fd| {
             tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| RunnerError::from_launch_io(&what, &e))

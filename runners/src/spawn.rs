@@ -496,8 +496,15 @@ fn deliver(shared: &Shared, reply: Reply, fds: &mut std::vec::IntoIter<OwnedFd>)
             pid,
             start_time,
         } => started(shared, id, pid, start_time, [fds.next(), fds.next()]),
-        Reply::Failed { id, errno, message } => {
-            let e = if errno != 0 {
+        Reply::Failed {
+            id,
+            errno,
+            at_exec,
+            message,
+        } => {
+            let e = if errno != 0 && at_exec {
+                crate::exec_error::exec_failed(errno)
+            } else if errno != 0 {
                 io::Error::from_raw_os_error(errno)
             } else {
                 io::Error::other(message)

@@ -144,7 +144,8 @@ fn answer(
         }
         Err(e) => Reply::Failed {
             id: req.id,
-            errno: e.raw_os_error().unwrap_or(0),
+            errno: crate::exec_error::errno_of(&e),
+            at_exec: crate::exec_error::exec_errno(&e).is_some(),
             message: e.to_string().chars().take(200).collect(),
         },
     };

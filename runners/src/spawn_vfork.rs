@@ -7,7 +7,8 @@
 //! spawner's memory until it calls `execve` (the spawner waits meanwhile: `CLONE_VFORK`), so
 //! nothing is copied. The price is the rule of `vfork`: the child allocates nothing and makes only
 //! async-signal-safe calls. Everything it needs (C strings, pointer arrays, pipes) is made before
-//! the clone; its one result, an errno, goes back through the shared memory.
+//! the clone; its one result, an errno (and whether `execve` itself failed, see
+//! [`crate::exec_error`]), goes back through the shared memory.
 //!
 //! The child does what `std::process::Command` did with the settings the spawner used: an empty
 //! signal mask and `SIGPIPE` back to its default, stdin from `/dev/null`, stdout and stderr to
@@ -18,7 +19,7 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use crate::isolation::Isolation;
 
@@ -106,6 +107,8 @@ struct ChildArgs<'a> {
     stderr: RawFd,
     /// The errno of the step that failed; 0 when `execve` succeeded.
     errno: AtomicI32,
+    /// The step that failed was `execve` itself (the program), not one before it.
+    at_exec: AtomicBool,
 }
 
 /// A job that runs: its pid, its start time when the clock alone tells it (see [`start_tick`]),
@@ -131,6 +134,7 @@ pub(crate) fn start(job: &Job, stack: &mut ChildStack) -> io::Result<Spawned> {
         stdout: raw(&out_w),
         stderr: raw(&err_w),
         errno: AtomicI32::new(0),
+        at_exec: AtomicBool::new(false),
     };
     // Safety: the child runs on its own stack and only reads `args` (and what it points to, all
     // alive until this call returns) and stores its errno; this process is single-threaded and
@@ -159,7 +163,11 @@ pub(crate) fn start(job: &Job, stack: &mut ChildStack) -> io::Result<Spawned> {
         e => {
             // Safety: reaps our own child, which has exited already.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-            Err(io::Error::from_raw_os_error(e))
+            if args.at_exec.load(Ordering::SeqCst) {
+                Err(crate::exec_error::exec_failed(e))
+            } else {
+                Err(io::Error::from_raw_os_error(e))
+            }
         }
     }
 }
@@ -297,7 +305,9 @@ unsafe fn run(a: &ChildArgs) -> c_int {
     }
     environ = a.envp;
     libc::execvp(job.program.as_ptr(), a.argv);
-    errno()
+    let e = errno();
+    a.at_exec.store(true, Ordering::SeqCst);
+    e
 }
 
 #[cfg(test)]

@@ -44,10 +44,12 @@ pub(crate) enum Reply {
         pid: u32,
         start_time: Option<u64>,
     },
-    /// The job could not be started: the OS error number (0: none) and a message.
+    /// The job could not be started: the OS error number (0: none), whether `execve` itself
+    /// failed (the program, see [`crate::exec_error`]) and a message.
     Failed {
         id: u64,
         errno: i32,
+        at_exec: bool,
         message: String,
     },
     /// A job ended: its raw wait status.
@@ -233,10 +235,16 @@ impl Reply {
                 o.u32(*pid);
                 o.opt_u64(*start_time);
             }
-            Reply::Failed { id, errno, message } => {
+            Reply::Failed {
+                id,
+                errno,
+                at_exec,
+                message,
+            } => {
                 o.u8(2);
                 o.u64(*id);
                 o.u32(*errno as u32);
+                o.u8(u8::from(*at_exec));
                 o.bytes(message.as_bytes());
             }
             Reply::Exited { pid, status } => {
@@ -277,6 +285,11 @@ impl Reply {
             2 => Some(Reply::Failed {
                 id: i.u64()?,
                 errno: i.u32()? as i32,
+                at_exec: match i.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
                 message: String::from_utf8_lossy(&i.bytes()?).into_owned(),
             }),
             3 => Some(Reply::Exited {
@@ -489,7 +502,14 @@ mod tests {
             Reply::Failed {
                 id: 2,
                 errno: 13,
+                at_exec: true,
                 message: "Permission denied".into(),
+            },
+            Reply::Failed {
+                id: 3,
+                errno: 2,
+                at_exec: false,
+                message: "No such file or directory".into(),
             },
             Reply::Exited {
                 pid: 42,

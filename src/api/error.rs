@@ -172,9 +172,7 @@ impl ApiError {
     /// The error as one item of an answer holding many results (`POST /async/jobs/batch`):
     /// `{"status_code", "error": {"code", "message"}}`, the status it would have on its own.
     pub fn as_item(&self) -> serde_json::Value {
-        if self.status.is_server_error() {
-            tracing::error!(code = self.code, error = %self.message, "batch item failed");
-        }
+        self.log("batch item failed");
         json!({
             "status_code": self.status.as_u16(),
             "error": {"code": self.code, "message": self.message},
@@ -184,9 +182,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(code = self.code, error = %self.message, "request failed");
-        }
+        self.log("request failed");
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some(id) = self.job_id {
             error["job_id"] = json!(id);
@@ -196,6 +192,34 @@ impl IntoResponse for ApiError {
             res.headers_mut().append(name, value);
         }
         res
+    }
+}
+
+/// The 503 codes of expected operation: the server sheds or defers work on purpose (a stream cap,
+/// a schedule that keeps changing, a request past `api.request_timeout`). Logged at WARN: an
+/// operator should see load, but nothing failed.
+const SHED: &[&str] = &["too_many_streams", "busy", "request_timeout"];
+
+impl ApiError {
+    /// Logs a server-side error answer (`what`: "request failed"), at the level of what it
+    /// means: a fault (a 500, a store that does not answer) at ERROR, a deliberate 503
+    /// ([`SHED`]) at WARN, a batch stopped because its client left (`request_ended`) at INFO. A
+    /// client's error (4xx) is not logged. The trace layer logs no second line for a 5xx
+    /// ([`super::request_trace`]).
+    fn log(&self, what: &str) {
+        if !self.status.is_server_error() {
+            return;
+        }
+        let (code, error) = (self.code, &self.message);
+        if self.status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code, error = %error, "{what}");
+        } else if SHED.contains(&code) {
+            tracing::warn!(code, error = %error, "{what}");
+        } else if code == "request_ended" {
+            tracing::info!(code, error = %error, "{what}");
+        } else {
+            tracing::error!(code, error = %error, "{what}");
+        }
     }
 }
 
@@ -354,4 +378,58 @@ pub async fn json_errors(res: Response) -> Response {
     let (jparts, jbody) = json.into_parts();
     parts.headers.extend(jparts.headers);
     Response::from_parts(parts, jbody)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 5xx is logged at the level of what it means: a fault at ERROR, shedding at WARN, a
+    /// client that left at INFO; a 4xx not at all.
+    #[test]
+    fn server_errors_are_logged_at_the_level_of_what_they_mean() {
+        let logs = crate::logging::Capture::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for e in [
+                ApiError::internal("store_error", "disk full"),
+                ApiError::unavailable("unavailable", "redis away"),
+                ApiError::unavailable("too_many_streams", "cap"),
+                ApiError::unavailable("busy", "schedule"),
+                ApiError::unavailable("request_timeout", "slow"),
+                ApiError::unavailable("request_ended", "client left"),
+                ApiError::not_found("no job"),
+            ] {
+                let _ = e.into_response();
+            }
+        });
+        let levels: Vec<(String, String)> = logs
+            .text()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                (
+                    v["fields"]["code"].as_str().unwrap_or("").to_string(),
+                    v["level"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("store_error", "ERROR"),
+            ("unavailable", "ERROR"),
+            ("too_many_streams", "WARN"),
+            ("busy", "WARN"),
+            ("request_timeout", "WARN"),
+            ("request_ended", "INFO"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(c, l)| ((*c).to_string(), (*l).to_string()))
+            .collect();
+        assert_eq!(levels, want);
+    }
 }

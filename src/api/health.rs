@@ -23,8 +23,10 @@ pub async fn live() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// The store answers too: 200, or 503 with the store's error; 503 `draining` once the process
-/// has begun to stop (its worker drains, its API still answers running jobs).
+/// The store answers too: 200, or 503 with the store's error (a warning in the log); 503
+/// `draining` once the process has begun to stop (its worker drains, its API still answers
+/// running jobs): answered on purpose, so that load balancers send no new clients, and not
+/// logged (the stop's own lines say it began).
 pub async fn ready(store: &dyn Store, draining: &CancellationToken) -> Response {
     if draining.is_cancelled() {
         return (
@@ -35,11 +37,14 @@ pub async fn ready(store: &dyn Store, draining: &CancellationToken) -> Response 
     }
     match store.health().await {
         Ok(()) => Json(json!({"status": "ok", "store": store.backend_name()})).into_response(),
-        Err(e) => (
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store does not answer");
+            (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "store": store.backend_name(), "error": e.to_string()})),
         )
-            .into_response(),
+            .into_response()
+        }
     }
 }
 

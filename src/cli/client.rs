@@ -73,6 +73,24 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// The base URL requests go to. A request carries one `Authorization`: with a token, that is
+/// `Bearer` and the URL's `user:password@` is not sent (reqwest would send it as `Basic` beside
+/// it, and a server or proxy reading either could take the wrong one); a warning says so. Without
+/// a token, the URL's user and password go as `Basic` (for a proxy in front of runyard).
+fn sent_base(base: &str, url: &reqwest::Url, token: bool) -> String {
+    if !token || (url.username().is_empty() && url.password().is_none()) {
+        return base.trim_end_matches('/').to_string();
+    }
+    eprintln!(
+        "warning: the user and password in --server / RUNYARD_SERVER are not sent: the token \
+         (--token / RUNYARD_TOKEN) is the one Authorization"
+    );
+    let mut bare = url.clone();
+    let _ = bare.set_password(None);
+    let _ = bare.set_username("");
+    bare.as_str().trim_end_matches('/').to_string()
+}
+
 impl Api {
     /// A client for `base`, without a token.
     pub fn new(base: &str) -> anyhow::Result<Self> {
@@ -120,7 +138,7 @@ impl Api {
             }
         }
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
+            base: sent_base(base, &url, token.is_some()),
             shown,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))

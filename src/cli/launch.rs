@@ -158,13 +158,28 @@ async fn run_operation(
             }
             Err(e) => Err(format!("panicked: {e}")),
         },
-        _ = crate::cli::shutdown_signal() => {
+        signal = crate::cli::stop_signal() => {
             cancel.cancel();
+            note_stop(&client, signal, "the operation was cancelled").await;
             Err("stopped by a signal".to_string())
         }
     };
     reporter.flush().await;
     Ok(finish(&client, outcome, retry).await)
+}
+
+/// Notes a stop signal in the job's log as runyard's own: a line `runyard launch: SIGTERM
+/// received: ...` sent through the hook, which stores it in the `job` stream (docs/api.md,
+/// "logs"), apart from the job's stdout and stderr. Never on launch's stderr, which the runner
+/// stores as the job's own output; there only when the hook does not take it.
+/// Bounded: the stop of the work went first, and the runner's grace is short.
+async fn note_stop(client: &JobClient, signal: &str, what: &str) {
+    let line = format!("runyard launch: {signal} received: {what}");
+    match tokio::time::timeout(Duration::from_secs(2), client.log(vec![line.clone()])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("{line} (the hook did not take this note: {e})"),
+        Err(_) => eprintln!("{line} (the hook did not answer this note in 2 s)"),
+    }
 }
 
 /// Echoes the command's output as is (stdout or stderr) and, with `reporter`, sends its lines
@@ -271,12 +286,13 @@ async fn run_command(
     let mut stopped = false;
     let status = tokio::select! {
         s = child.wait() => s,
-        _ = crate::cli::shutdown_signal() => {
+        signal = crate::cli::stop_signal() => {
             stopped = true;
             if let Some(pid) = child.id() {
                 // Safety: plain syscall on our own child.
                 unsafe { libc::kill(pid as i32, libc::SIGTERM); }
             }
+            note_stop(&client, signal, &format!("sent SIGTERM to `{}`", command[0])).await;
             child.wait().await
         }
     }?;

@@ -25,7 +25,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Overrides};
 use crate::server::ServerBuilder;
 use runyard_runners::service::ServiceRegistry;
-pub use stop::shutdown_signal;
+pub use stop::{shutdown_signal, stop_signal};
 
 /// runyard: an async job service.
 #[derive(Debug, Parser)]

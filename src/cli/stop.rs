@@ -56,13 +56,21 @@ fn ignored(sig: i32) -> bool {
     }
 }
 
-/// Completes on the first stop signal (SIGINT, SIGTERM or SIGHUP).
+/// Completes on the first stop signal (SIGINT, SIGTERM or SIGHUP) with its name, and logs
+/// nothing: `runyard launch` waits for it, and its stderr is the job's own output (a runner
+/// stores it as the job's `stderr` lines), so it notes the stop as runyard's itself.
+pub async fn stop_signal() -> &'static str {
+    StopSignals::new().recv().await.0
+}
+
+/// Completes on the first stop signal (SIGINT, SIGTERM or SIGHUP), logged as the start of a
+/// server's drain (a program embedding runyard's server, `examples/demo.rs`).
 pub async fn shutdown_signal() {
-    let (name, _) = StopSignals::new().recv().await;
+    let name = stop_signal().await;
     tracing::info!(signal = name, "shutdown requested: draining");
 }
 
-/// [`shutdown_signal`] for `serve` and `worker`, whose drain can take `worker.shutdown_grace`:
+/// The stop signal of `serve` and `worker`, whose drain can take `worker.shutdown_grace`:
 /// from the first signal on, a second one ends the process at once (exit code 128 + the
 /// signal's number), after removing `remove` (the demo's data dir). The listeners are installed
 /// by this call, not when the future is first polled.
