@@ -39,6 +39,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use redis_support::TestRedis;
+use runyard::store::ScheduleStore;
 use support::{TestServer, WAIT};
 
 const RUNNERS: &str = r#"
@@ -1046,6 +1047,43 @@ async fn odd_cron_fields_are_refused_naming_the_field_and_its_range() {
         )
         .await;
         assert_eq!(st, StatusCode::OK, "PUT {cron}: {v}");
+    }
+    // Weekend ranges ending on Sunday by name are real patterns.
+    for cron in ["0 9 * * SAT-SUN", "0 9 * * MON-SUN"] {
+        let mut put = good.clone();
+        put["cron"] = json!(cron);
+        let (st, v) = send(
+            &ts.client,
+            reqwest::Method::PUT,
+            ts.at("/async/schedules/odd"),
+            Some(&put),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "PUT {cron}: {v}");
+    }
+    // A pattern stored before these checks (written here into the store) keeps working: a
+    // deploy tool re-sending it unchanged is not refused; changing it to another odd one is.
+    let store = ts.running().app.store.clone();
+    let mut s = store.schedule("odd").await.unwrap().expect("stored");
+    let was = s.version;
+    s.spec.cron = "0 */24 * * *".into();
+    s.version += 1;
+    assert!(store.schedule_cas(&s, Some(was)).await.unwrap());
+    for (cron, want) in [
+        ("0 */24 * * *", StatusCode::OK),
+        ("0  */24 * * *", StatusCode::OK),
+        ("0 */30 * * *", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let mut put = good.clone();
+        put["cron"] = json!(cron);
+        let (st, v) = send(
+            &ts.client,
+            reqwest::Method::PUT,
+            ts.at("/async/schedules/odd"),
+            Some(&put),
+        )
+        .await;
+        assert_eq!(st, want, "PUT {cron}: {v}");
     }
 }
 

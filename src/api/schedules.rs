@@ -185,8 +185,18 @@ const CRON_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// 0.4 s of CPU, which inline would stall every request of a worker thread (of the whole node
 /// on a current-thread runtime). The permit lives as long as the search, even when the request
 /// is given up.
-async fn parse_cron(st: &AppState, pattern: &str, timezone: &str) -> ApiResult<CronSpec> {
-    crate::schedule::fields::check(pattern).map_err(|m| bad(format!("`cron`: {m}")))?;
+/// `pattern` parsed; `new` (not the pattern the schedule already has) also passes
+/// [`crate::schedule::fields::check`]: a pattern stored before those checks keeps working, and a
+/// deploy tool re-sending it is not refused.
+async fn parse_cron(
+    st: &AppState,
+    pattern: &str,
+    timezone: &str,
+    new: bool,
+) -> ApiResult<CronSpec> {
+    if new {
+        crate::schedule::fields::check(pattern).map_err(|m| bad(format!("`cron`: {m}")))?;
+    }
     // A bounded wait: a caller sending many patterns that never fire delays others' schedule
     // writes by this much at most, then they are told to try again.
     let permit = tokio::time::timeout(CRON_WAIT, st.app.cron_checks.clone().acquire_owned())
@@ -226,10 +236,12 @@ async fn validate(
     caller: &Grant,
     body: ScheduleBody,
     path_name: Option<&str>,
+    stored_cron: Option<&str>,
 ) -> ApiResult<(ScheduleSpec, Job, CronSpec)> {
     let name = schedule_name(body.name, path_name)?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
-    let cron = parse_cron(st, &body.cron, &timezone).await?;
+    let new = stored_cron != Some(one_spaced(&body.cron).as_str());
+    let cron = parse_cron(st, &body.cron, &timezone, new).await?;
     let overlap = match body.overlap.as_deref() {
         None => Overlap::default(),
         Some(w) => Overlap::parse(w).ok_or_else(|| {
@@ -328,7 +340,7 @@ async fn create(
     Caller(caller): Caller,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> ApiResult<Response> {
-    let (spec, proto, cron) = validate(&st, &caller, body, None).await?;
+    let (spec, proto, cron) = validate(&st, &caller, body, None, None).await?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         if let Some(cur) = st.app.store.schedule(&spec.name).await? {
@@ -379,7 +391,9 @@ async fn replace(
     // `paused` left out keeps the schedule's state: re-sending a body (a deploy tool) neither
     // resumes what an operator paused nor pauses what runs.
     let asked_paused = body.paused;
-    let (spec, proto, cron) = validate(&st, &caller, body, Some(&name)).await?;
+    // Its pattern as stored: re-sent unchanged, it is not checked again (`parse_cron`).
+    let stored = st.app.store.schedule(&name).await?.map(|s| s.spec.cron);
+    let (spec, proto, cron) = validate(&st, &caller, body, Some(&name), stored.as_deref()).await?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
         let now = clock();

@@ -103,6 +103,14 @@ fn value(s: &str, f: &Field) -> Option<u32> {
     })
 }
 
+/// [`value`] of a range's end: `SUN` is 7 there (the day-of-week field's other Sunday).
+fn end_value(s: &str, f: &Field) -> Option<u32> {
+    if f.name == "day-of-week" && s.eq_ignore_ascii_case("SUN") {
+        return Some(7);
+    }
+    value(s, f)
+}
+
 fn check_item(item: &str, f: &Field) -> Result<(), String> {
     let (range, step) = match item.split_once('/') {
         Some((r, s)) => match s.parse::<u32>() {
@@ -122,7 +130,9 @@ fn check_item(item: &str, f: &Field) -> Result<(), String> {
     let (lo, hi) = match range {
         "*" | "?" => (f.min, f.max),
         r => match r.split_once('-') {
-            Some((a, b)) => match (value(a, f), value(b, f)) {
+            // `SAT-SUN`, `MON-SUN`: a range that ends on Sunday by name ends on its 7 (as
+            // croner reads it), not on its 0.
+            Some((a, b)) => match (value(a, f), end_value(b, f)) {
                 (Some(a), Some(b)) => {
                     let (a, b) = (in_range(a)?, in_range(b)?);
                     if b < a {
@@ -217,6 +227,9 @@ mod tests {
             "0 0 * * */2",
             "0 0 * * 0-7/6",
             "30 2 * * MON-FRI",
+            "0 9 * * SAT-SUN",
+            "0 9 * * mon-sun",
+            "0 9 * * FRI-SUN/2",
             "0 9 * * 5#L",
             "0 9 * * 7L",
             "0 0 L * *",
