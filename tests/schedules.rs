@@ -39,7 +39,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use redis_support::TestRedis;
-use runyard::store::ScheduleStore;
 use support::{TestServer, WAIT};
 
 const RUNNERS: &str = r#"
