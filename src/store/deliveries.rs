@@ -94,9 +94,15 @@ pub struct Attempt {
     /// What went wrong (no answer, refused address, non-2xx), none when delivered.
     #[serde(default)]
     pub error: Option<String>,
-    /// How long it took, in milliseconds; none when not known (in flight, unknown).
-    #[serde(default)]
+    /// How long it took, in milliseconds; none when not known (in flight, unknown). Stored as
+    /// a number all the same (0 then): a build before the write-ahead attempt reads it as one,
+    /// so a rolling upgrade or a rollback never meets a record it cannot read.
+    #[serde(default, serialize_with = "stored_duration")]
     pub duration_ms: Option<u64>,
+}
+
+fn stored_duration<S: serde::Serializer>(d: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.unwrap_or(0))
 }
 
 impl Attempt {
@@ -215,7 +221,10 @@ impl Delivery {
                 "outcome": a.outcome(),
                 "status": a.status,
                 "error": a.error,
-                "duration_ms": a.duration_ms,
+                "duration_ms": a.duration_ms.filter(|_| !matches!(
+                    a.outcome(),
+                    AttemptOutcome::InFlight | AttemptOutcome::Unknown
+                )),
             })).collect::<Vec<_>>(),
         })
     }
@@ -392,6 +401,43 @@ pub trait DeliveryStore: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An attempt as the build before the write-ahead attempt stored and read it.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct EarlierAttempt {
+        at: Micros,
+        #[serde(default)]
+        status: Option<u16>,
+        #[serde(default)]
+        error: Option<String>,
+        duration_ms: u64,
+    }
+
+    /// A rolling upgrade or a rollback: an attempt whose answer is not known is stored in a
+    /// form the earlier build reads (a number of milliseconds), and shown without one.
+    #[test]
+    fn an_unknown_attempt_is_stored_as_the_earlier_build_reads_it() {
+        let a = Attempt::started(1_700_000_000_000_000, "host-1");
+        let stored = serde_json::to_string(&a).unwrap();
+        let earlier: EarlierAttempt = serde_json::from_str(&stored).expect(&stored);
+        assert_eq!(earlier.duration_ms, 0);
+        let back: Attempt = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.outcome(), AttemptOutcome::Unknown);
+        let d = Delivery {
+            id: 1,
+            job_id: Uuid::nil(),
+            url: "https://example.com/hook".into(),
+            event_id: "1-0".into(),
+            event: String::new(),
+            created_at: 0,
+            state: DeliveryState::Pending,
+            next_at: None,
+            attempts: 1,
+            log: vec![back],
+        };
+        assert_eq!(d.to_public()["attempts"][0]["duration_ms"], Value::Null);
+    }
 
     #[test]
     fn a_gone_receiver_or_a_delay_past_the_horizon_ends_the_delivery() {

@@ -196,7 +196,10 @@ impl DeliveryStore for RedisStore {
             .collect();
         let rows: Vec<(Fields, Vec<String>)> = self
             .exec(true, |mut c| {
+                // One transaction: an attempt recorded between the two reads of a delivery would
+                // show twice (recorded, and as the claim's in flight).
                 let mut p = ::redis::pipe();
+                p.atomic();
                 for (k, l) in &keys {
                     p.cmd("HMGET")
                         .arg(k)

@@ -69,7 +69,12 @@ pub(super) fn orphan_claims(conn: &Connection) -> Result<()> {
     let now = now_us();
     conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
     let r = lost.into_iter().try_for_each(|(id, n, log, started)| {
-        let (n, log) = with_lost_claim(n, &log, started.as_deref())?;
+        // A log or an attempt this build cannot read never keeps the store from opening: the
+        // claim is let go all the same, the log left as it is.
+        let (n, log) = with_lost_claim(n, &log, started.as_deref()).unwrap_or_else(|e| {
+            tracing::warn!(delivery = id, error = %e, "a lost claim's attempt cannot be read: left out of the delivery's log");
+            (n, log)
+        });
         exec(
             conn,
             "UPDATE deliveries SET claim = NULL, claim_attempt = NULL, attempts = ?2, log = ?3,
