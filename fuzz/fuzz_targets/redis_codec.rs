@@ -101,6 +101,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
         submit_hash: u.arbitrary()?,
         schedule: u.arbitrary()?,
         fire_time: u.arbitrary()?,
+        schedule_gen: u.arbitrary()?,
         // A webhook (a normalised URL, as the API stores it) or none.
         notify: if u.arbitrary()? {
             let words = [
