@@ -64,11 +64,19 @@ fn text<'a>(v: &'a Value, field: &str) -> Result<&'a str, String> {
 
 impl WaitRequest {
     /// Holds the keys of a new wait (a submit, a schedule's new template) to the rule of a key
-    /// to write ([`crate::store::signals::check_key`]: no invisible characters).
+    /// to write ([`crate::store::signals::check_key`]: no invisible characters, no white space
+    /// at either end), and refuses a key named twice (one record would meet both items: two
+    /// records are `count: 2`).
     pub fn check_new_keys(&self) -> Result<(), String> {
         for (n, (key, _, _)) in self.items.iter().enumerate() {
             crate::store::signals::check_key(key)
                 .map_err(|e| format!("`wait_for[{n}].key`: {e}"))?;
+            if let Some(first) = self.items[..n].iter().position(|(k, _, _)| k == key) {
+                return Err(format!(
+                    "`wait_for[{n}].key`: {key:?} is already `wait_for[{first}]`: name a key once \
+                     (for several records of it, give its `count`)"
+                ));
+            }
         }
         Ok(())
     }

@@ -2156,3 +2156,42 @@ fn files_put_works_with_a_token_that_may_attach_but_not_read() {
     assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
     assert!(stdout(&put).contains("4 bytes"), "{}", stdout(&put));
 }
+
+/// `--wait-for KEY[:COUNT]`: a last part of digits is the count, so a key ending in `:digits` is
+/// written with its count (`shard:2:1`); a count of 0 (`src:00`) is a usage error (exit 2, saying
+/// how to write the key) before any request: no server runs for it.
+#[test]
+fn wait_for_a_key_ending_in_digits_takes_its_count_and_a_count_of_0_is_refused() {
+    for spec in ["src:00", "src:10001"] {
+        let o = cli(
+            "http://127.0.0.1:1",
+            &["submit", "sh.ok", "--wait-for", spec],
+        );
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("from 1 to 10000") && stderr(&o).contains(&format!("`{spec}:1`")),
+            "{spec}: {}",
+            stderr(&o)
+        );
+    }
+    let s = serve(RUNNERS);
+    let run = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        cli_env(&s.url, &a, &[])
+    };
+    for (spec, key, needed) in [("shard:2:1", "shard:2", 1), ("shard:2", "shard", 2)] {
+        let sub = json_doc(&run(&["submit", "sh.ok", "--wait-for", spec]));
+        let id = sub["job_id"].as_str().unwrap().to_string();
+        let job = json_doc(&run(&["status", &id]));
+        assert_eq!(job["status"], "WAITING", "{job}");
+        assert_eq!(
+            (
+                &job["wait"]["items"][0]["key"],
+                &job["wait"]["items"][0]["needed"]
+            ),
+            (&serde_json::json!(key), &serde_json::json!(needed)),
+            "{spec}: {job}"
+        );
+    }
+}

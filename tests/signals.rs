@@ -380,6 +380,161 @@ async fn large_records(ts: &TestServer) {
     assert_eq!(st, StatusCode::OK);
 }
 
+/// The ids `job:{job_id}` are the records a job's `emits` writes: a client writing one first
+/// (through the API or a job's hook) would make the job's own record a duplicate, dropped, and
+/// stand for it. Refused (422), nothing written; the job's record is then its own.
+async fn emit_ids_are_reserved(ts: &TestServer) {
+    let x = ts
+        .submit_ok(json!({"type": "runyard.noop", "emits": ["spoof.k"],
+            "wait_for": [{"key": "gate.k"}]}))
+        .await;
+    for id in [format!("job:{x}"), "job:other".to_string()] {
+        let (st, v) = ts
+            .post(
+                "/async/signals/spoof.k",
+                Some(&json!({"id": id, "payload": {"job_id": x}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{id}: {v}");
+        let (code, msg) = code_msg(&v);
+        assert_eq!(code, "invalid_request", "{v}");
+        assert!(msg.contains("`job:`") && msg.contains("emits"), "{v}");
+    }
+    // A running job, through its hook.
+    let y = ts.submit_ok(json!({"type": "loc.wait"})).await;
+    let job = ts.wait_status(&y, "RUNNING", WAIT).await;
+    let attempt = job["attempt"].as_u64().unwrap() as u32;
+    let secret = derive_job_secret(MASTER_KEY.as_bytes(), &y, attempt);
+    let client = JobClient::new(y.clone(), secret, &ts.at("/async")).expect("client");
+    let e = client
+        .signal("spoof.k", None, Some(&format!("job:{x}")))
+        .await
+        .expect_err("a job: id from the hook");
+    assert!(e.to_string().contains("422"), "{e}");
+    // A blank key from the hook too.
+    let e = client
+        .signal(" ", None, None)
+        .await
+        .expect_err("a blank key from the hook");
+    assert!(e.to_string().contains("422"), "{e}");
+    ts.post(&format!("/async/jobs/{y}/cancel"), None).await;
+    assert!(
+        records(ts, "spoof.k", "").await.is_empty(),
+        "nothing written"
+    );
+    // X runs and succeeds: its record is written, with its own payload.
+    let (st, v) = ts.post("/async/signals/gate.k", None).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let j = ts.wait_terminal(&x, WAIT).await;
+    assert_eq!(j["status"], "SUCCESS", "{j}");
+    let recs = records(ts, "spoof.k", "").await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(
+        (&recs[0]["id"], &recs[0]["payload"]),
+        (&json!(format!("job:{x}")), &json!({"job_id": x}))
+    );
+}
+
+/// A key of spaces, or one starting or ending with white space, shows as nothing or as another
+/// key: refused to write, to wait for and to emit. White space inside a key is fine.
+async fn blank_keys_are_refused(ts: &TestServer) {
+    for path in ["%20", "%20%20", "%20k", "k%20", "k%C2%A0"] {
+        let (st, v) = ts.post(&format!("/async/signals/{path}"), None).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {v}");
+        assert!(code_msg(&v).1.contains("white space"), "{path}: {v}");
+        // Still read as before (a key an older build stored).
+        let (st, v) = ts.get(&format!("/async/signals/{path}")).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {v}");
+        assert_eq!(v["signals"], json!([]), "{path}: nothing written: {v}");
+    }
+    for key in [" ", " k", "k "] {
+        for (body, field) in [
+            (
+                json!({"type": "runyard.noop", "wait_for": [{"key": key}]}),
+                "`wait_for[0].key`",
+            ),
+            (json!({"type": "runyard.noop", "emits": [key]}), "`emits`"),
+        ] {
+            let (st, v) = ts.submit(body.clone()).await;
+            assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+            let msg = code_msg(&v).1;
+            assert!(msg.contains(field) && msg.contains("white space"), "{v}");
+        }
+    }
+}
+
+/// A key named twice in one `wait_for` would be met by one record for both items: refused (422
+/// naming it) at submit, in a batch and in a schedule's job; two records are `count: 2`.
+async fn a_key_named_twice_in_wait_for_is_refused(ts: &TestServer) {
+    let dup = json!({"type": "runyard.noop",
+        "wait_for": [{"key": "dup.k"}, {"key": "other.k"}, {"key": "dup.k", "count": 2}]});
+    let (st, v) = ts.submit(dup.clone()).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let msg = code_msg(&v).1;
+    assert!(
+        msg.contains("`wait_for[2].key`") && msg.contains("\"dup.k\"") && msg.contains("count"),
+        "{v}"
+    );
+    let (st, v) = ts
+        .post(
+            "/async/jobs/batch",
+            Some(&json!({"jobs": [{"type": "runyard.noop"}, dup]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        (
+            &v["results"][0]["status_code"],
+            &v["results"][1]["status_code"]
+        ),
+        (&json!(202), &json!(422)),
+        "{v}"
+    );
+    let m = v["results"][1]["error"]["message"].as_str().unwrap_or("");
+    assert!(m.contains("\"dup.k\""), "{v}");
+    let (st, v) = ts
+        .post(
+            "/async/schedules",
+            Some(&json!({"name": "dup-wait", "cron": "@daily", "job": dup})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(code_msg(&v).1.contains("\"dup.k\""), "{v}");
+    let (st, _) = ts.get("/async/schedules/dup-wait").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");
+    // The same key with a count is taken.
+    let id = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "dup.k", "count": 2}]}))
+        .await;
+    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+async fn holes(ts: &TestServer) {
+    emit_ids_are_reserved(ts).await;
+    blank_keys_are_refused(ts).await;
+    a_key_named_twice_in_wait_for_is_refused(ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_ids_blank_keys_and_repeated_wait_keys_are_refused_embedded() {
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!("master_key = \"{MASTER_KEY}\""))
+        .start()
+        .await;
+    holes(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_ids_blank_keys_and_repeated_wait_keys_are_refused_redis() {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&r.server_config(MASTER_KEY))
+        .start()
+        .await;
+    holes(&ts).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_embedded() {
     let ts = TestServer::builder(RUNNERS)

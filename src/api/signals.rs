@@ -15,7 +15,7 @@ use super::extract::{body_bytes, parse_json};
 use super::AppState;
 use crate::job::{now_us, rfc3339};
 use crate::store::paging::READ_BYTES;
-use crate::store::signals::{check_key, check_key_read, Signal, MAX_ID_BYTES};
+use crate::store::signals::{check_id, check_key, check_key_read, Signal};
 
 /// Records one `GET` returns at most.
 const MAX_LIMIT: usize = 10_000;
@@ -53,19 +53,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> ApiResult<SignalBody> {
         parse_json(bytes)?
     };
     if let Some(id) = &b.id {
-        if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-            return Err(bad(format!(
-                "`id` must be 1-{MAX_ID_BYTES} bytes without control characters"
-            )));
-        }
-        // As for keys: an id with a zero-width or direction mark shows as another id.
-        if let Some(c) = id.chars().find(|&c| crate::job::invisible(c)) {
-            return Err(bad(format!(
-                "`id` must not contain invisible characters (zero-width or direction marks): \
-                 U+{:04X} in {id:?}",
-                c as u32
-            )));
-        }
+        check_id(id).map_err(bad)?;
     }
     Ok(b)
 }
@@ -104,7 +92,7 @@ async fn write(st: &AppState, key: &str, headers: &HeaderMap, bytes: &[u8]) -> A
         (status = 400, description = "`bad_json`: malformed JSON; `bad_path`: a key that is not UTF-8 once percent-decoded", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: a body over the limit", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id` (an `id` starting `job:` among them)", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn append(
     State(st): State<AppState>,
@@ -126,7 +114,7 @@ async fn append(
         (status = 413, description = "`too_large`: a body over the limit", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id` (an `id` starting `job:` among them)", body = super::openapi::schemas::ErrorBody),
     ))]
 async fn hook_append(
     State(st): State<AppState>,

@@ -47,9 +47,11 @@ pub struct SubmitArgs {
     /// Run at this RFC 3339 time.
     #[arg(long)]
     pub run_at: Option<String>,
-    /// Wait (status WAITING, no worker slot) for COUNT records (default 1) of signal KEY before
-    /// running; repeatable, every one must be met.
-    #[arg(long = "wait-for", value_name = "KEY[:COUNT]")]
+    /// Wait (status WAITING, no worker slot) for COUNT records (1-10000, default 1) of signal KEY
+    /// before running; repeatable, every one must be met. A last part of digits is always the
+    /// COUNT: for a key that itself ends in `:DIGITS`, write the count out (`shard:2:1` waits for
+    /// one record of `shard:2`; `shard:2` is two records of `shard`).
+    #[arg(long = "wait-for", value_name = "KEY[:COUNT]", value_parser = wait_spec)]
     pub wait_for: Vec<String>,
     /// Records before this time do not count, for every --wait-for: RFC 3339, "-4h" (before the
     /// submit) or "HH:MM" (the last such UTC time).
@@ -83,15 +85,38 @@ fn timeout_value(t: &str) -> Value {
     }
 }
 
-/// `--wait-for KEY[:COUNT]` as a `wait_for` item (a key may itself contain ':'; only a
-/// numeric last part is a count).
-fn wait_item(spec: &str, since: Option<&str>) -> Value {
-    let (key, count) = match spec.rsplit_once(':') {
-        Some((k, c)) if !k.is_empty() && c.parse::<u64>().is_ok() => {
-            (k, c.parse::<u64>().unwrap_or(1))
+/// `--wait-for KEY[:COUNT]` split: a key may itself contain ':'; a last part of digits (after a
+/// non-empty key) is always the count, unparsed.
+fn wait_parts(spec: &str) -> (&str, Option<&str>) {
+    match spec.rsplit_once(':') {
+        Some((k, c)) if !k.is_empty() && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => {
+            (k, Some(c))
         }
-        _ => (spec, 1),
-    };
+        _ => (spec, None),
+    }
+}
+
+/// Checks `--wait-for` as the server would (a usage error, exit 2, before any request): the key
+/// to the rule of a key to wait for, the count from 1 to 10,000.
+fn wait_spec(spec: &str) -> Result<String, String> {
+    let (key, count) = wait_parts(spec);
+    crate::store::signals::check_key(key)?;
+    if let Some(c) = count {
+        let max = crate::waiting::MAX_COUNT;
+        if !c.parse::<u32>().is_ok_and(|n| (1..=max).contains(&n)) {
+            return Err(format!(
+                "the COUNT `{c}` must be from 1 to {max} (for a key that itself ends in `:{c}`, \
+                 write its count out: `{spec}:1`)"
+            ));
+        }
+    }
+    Ok(spec.to_string())
+}
+
+/// `--wait-for KEY[:COUNT]` (checked by [`wait_spec`]) as a `wait_for` item.
+fn wait_item(spec: &str, since: Option<&str>) -> Value {
+    let (key, count) = wait_parts(spec);
+    let count = count.and_then(|c| c.parse::<u32>().ok()).unwrap_or(1);
     let mut item = json!({ "key": key, "count": count });
     if let Some(s) = since {
         item["since"] = json!(s);
@@ -175,8 +200,32 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::timeout_value;
+    use super::{timeout_value, wait_item, wait_spec};
     use serde_json::json;
+
+    #[test]
+    fn a_last_part_of_digits_is_the_count_and_a_count_of_0_is_refused() {
+        for (spec, key, count) in [
+            ("src", "src", 1),
+            ("src:3", "src", 3),
+            ("shard:2:1", "shard:2", 1),
+            ("a:b", "a:b", 1),
+            (":5", ":5", 1),
+            ("k:", "k:", 1),
+        ] {
+            assert!(wait_spec(spec).is_ok(), "{spec}");
+            assert_eq!(
+                wait_item(spec, None),
+                json!({"key": key, "count": count}),
+                "{spec}"
+            );
+        }
+        for spec in ["src:00", "src:0", "src:10001", "src:99999999999999999999"] {
+            let e = wait_spec(spec).unwrap_err();
+            assert!(e.contains(&format!("`{spec}:1`")), "{spec}: {e}");
+        }
+        assert!(wait_spec(" ").is_err());
+    }
 
     #[test]
     fn a_plain_timeout_is_seconds_as_a_number_and_the_rest_goes_as_written() {

@@ -14,6 +14,35 @@ pub const MAX_PER_KEY: u64 = 10_000;
 pub const MAX_KEY_BYTES: usize = 200;
 /// Longest client id, in bytes.
 pub const MAX_ID_BYTES: usize = 200;
+/// The start of the ids of the records a job's `emits` writes (`job:{job_id}`, in the embedded
+/// store's `emit_in` and Redis' `commit.lua`): reserved, a client may not write one (it would
+/// make the job's own record a duplicate, dropped, and stand for it).
+pub const EMIT_ID_PREFIX: &str = "job:";
+
+/// Checks a client's id for a record: 1-200 bytes, no control or invisible characters, not
+/// starting with [`EMIT_ID_PREFIX`]. The error names what is wrong.
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(format!(
+            "`id` must be 1-{MAX_ID_BYTES} bytes without control characters"
+        ));
+    }
+    // As for keys: an id with a zero-width or direction mark shows as another id.
+    if let Some(c) = id.chars().find(|&c| crate::job::invisible(c)) {
+        return Err(format!(
+            "`id` must not contain invisible characters (zero-width or direction marks): \
+             U+{:04X} in {id:?}",
+            c as u32
+        ));
+    }
+    if id.starts_with(EMIT_ID_PREFIX) {
+        return Err(format!(
+            "`id` may not start with `{EMIT_ID_PREFIX}`: those ids are the records a job's \
+             `emits` writes when it succeeds"
+        ));
+    }
+    Ok(())
+}
 
 /// One record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,11 +98,17 @@ pub fn page_ends(
     kept > 0 && (kept >= limit || bytes >= budget) && last != Some(at)
 }
 
-/// Checks a key to write or wait for: [`check_key_read`]'s rules, and no invisible characters (a
+/// Checks a key to write or wait for: [`check_key_read`]'s rules, no invisible characters (a
 /// zero-width space or a direction mark makes a key that shows as another, and a job waiting on
-/// it waits for ever). The error names what is wrong.
+/// it waits for ever), and no white space at its start or end (a key of spaces shows as nothing,
+/// `"k "` as `"k"`). The error names what is wrong.
 pub fn check_key(key: &str) -> std::result::Result<(), String> {
     check_key_read(key)?;
+    if key.trim() != key {
+        return Err(format!(
+            "`key` must not start or end with white space: {key:?}"
+        ));
+    }
     if let Some(c) = key.chars().find(|&c| crate::job::invisible(c)) {
         return Err(format!(
             "`key` must not contain invisible characters (zero-width or direction marks): \

@@ -211,7 +211,10 @@ class Client:
         return [Job(self, j) for j in self._run(core.list_jobs(status, type, limit))]
 
     def signal(self, key: str, payload: Any = None, id: Optional[str] = None) -> Dict[str, Any]:
-        """Writes a readiness signal: ``{key, seq, at}`` (the same ``id`` again: no second record)."""
+        """Writes a readiness signal: ``{key, seq, at}`` (the same ``id`` again: no second record).
+
+        An ``id`` starting ``job:`` (the ids of the records a job's ``emits`` writes) is refused by
+        the server: ``ApiError`` 422, nothing written."""
         return self._run(core.signal(key, payload, id))
 
 

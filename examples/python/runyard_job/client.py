@@ -253,7 +253,9 @@ class JobClient:
     def signal(self, key: str, payload: Any = None, id: Optional[str] = None) -> Dict[str, Any]:
         """POST {hook}/signal/{key} ``{payload?, id?}``: a readiness signal (an ``id`` makes it
         idempotent: the same id again returns the first record); returns ``{key, seq, at, id}``
-        (``{}`` when, without an id, a retry found the signal written and its answer lost)."""
+        (``{}`` when, without an id, a retry found the signal written and its answer lost). An
+        ``id`` starting ``job:`` (reserved for the records a job's ``emits`` writes) is refused:
+        ``HookError`` 422, nothing written."""
         body: Dict[str, Any] = {}
         if payload is not None:
             body["payload"] = payload

@@ -339,7 +339,8 @@ impl JobClient {
     }
 
     /// `POST {hook}/signal/{key}` with `{payload?, id?}`: writes a readiness signal (an `id`
-    /// makes it idempotent); returns the server's answer `{key, seq, at, id}`.
+    /// makes it idempotent); returns the server's answer `{key, seq, at, id}`. An `id` starting
+    /// `job:` (the ids of the records a job's `emits` writes) is refused by the server (422).
     pub async fn signal(
         &self,
         key: &str,

@@ -143,7 +143,11 @@ pub(super) fn emit_in(conn: &rusqlite::Connection, job: &Job, at: Micros) -> Res
         append_in(
             conn,
             key.clone(),
-            Some(format!("job:{}", job.id)),
+            Some(format!(
+                "{}{}",
+                crate::store::signals::EMIT_ID_PREFIX,
+                job.id
+            )),
             Some(payload),
             at,
         )?;

@@ -185,7 +185,8 @@ local function wait_move(w, K)
 end
 
 -- A job's `emits` when it becomes SUCCESS: one signal per key, id `job:{id}` (so a key already
--- signalled by this job is not signalled twice), written with the job.
+-- signalled by this job is not signalled twice), written with the job. The `job:` ids are
+-- reserved (`EMIT_ID_PREFIX` in src/store/signals.rs): the API and the hook refuse them.
 local function emit(w, K)
   local i, id = 0, w.id
   for skey in string.gmatch(w.emits, '[^\n]+') do
