@@ -1,7 +1,8 @@
 //! A waiting job stays small and cheap, on both backends (docs/api.md, "Waiting jobs"): a
 //! `wait_for` of 100 items counting 300 records each keeps at most 32 record numbers per item,
-//! released at once or while it waits; and a record of a key many such jobs wait on reads none
-//! of their record numbers and counts the key's records at most once. The counts come from
+//! released at once or while it waits; and a record of a key many such jobs wait on (from the API
+//! or a job's `emits`) reads none of their record numbers and counts the key's records at most
+//! once. The counts come from
 //! `runyard_waiting_signal_reads_total`, kept per process: this binary holds this one test, so
 //! no other server's reads mix in.
 
@@ -119,6 +120,23 @@ async fn a_large_wait_for_stays_small(ts: &TestServer, tag: &str) {
     let numbers = wait_reads(ts, "numbers").await - numbers;
     assert_eq!(numbers, 0, "record numbers read for jobs still waiting");
     assert!(counted <= MANY as u64, "counted {counted} records");
+    // The same for a record a job's `emits` writes as it ends (in its finish's transaction on
+    // the embedded store).
+    let (counted, numbers) = (
+        wait_reads(ts, "counted").await,
+        wait_reads(ts, "numbers").await,
+    );
+    let emitter = ts
+        .submit_ok(json!({"type": "runyard.noop", "emits": [key]}))
+        .await;
+    ts.wait_status(&emitter, "SUCCESS", WAIT).await;
+    let counted = wait_reads(ts, "counted").await - counted;
+    let numbers = wait_reads(ts, "numbers").await - numbers;
+    assert_eq!(
+        numbers, 0,
+        "record numbers read for jobs still waiting (emits)"
+    );
+    assert!(counted <= MANY as u64, "counted {counted} records (emits)");
     still_waiting(ts, &held[19], Duration::from_millis(300)).await;
     // The gate releases them all, each keeping at most 32 numbers per item.
     let g = signal(ts, &gate).await;
