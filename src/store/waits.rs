@@ -200,3 +200,37 @@ impl WaitCounters {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, needed: u32, since: Option<Micros>) -> WaitItem {
+        WaitItem {
+            key: key.into(),
+            needed,
+            since,
+            seen: 0,
+            signal_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn identical_items_share_one_read_and_keep_at_most_32_numbers() {
+        let mut items = vec![item("a", 5, None); 99];
+        items.push(item("a", 100, None));
+        items.push(item("a", 2, Some(7)));
+        items.push(item("b", 1, None));
+        let (reads, of_item) = distinct_reads(&items);
+        assert_eq!(reads, vec![("a", 0, 100), ("a", 7, 2), ("b", 0, 1)]);
+        assert_eq!(of_item[..100], [0; 100]);
+        assert_eq!(of_item[100..], [1, 2]);
+        let first: Vec<u64> = (1..=32).collect();
+        let answers = vec![(100, first.clone()), (1, vec![50]), (0, vec![])];
+        let seen = seen_of(&items, &of_item, &answers);
+        assert_eq!(seen[0], (5, (1..=5).collect::<Vec<u64>>()));
+        assert_eq!(seen[99], (100, first));
+        assert_eq!(seen[100], (1, vec![50]));
+        assert_eq!(seen[101], (0, vec![]));
+    }
+}
