@@ -12,6 +12,10 @@ pub const DEADLINE_MISSED: &str = "deadline_missed";
 /// The reason of a job cancelled by its deadline (`on_deadline: "skip"`).
 pub const SKIPPED: &str = "skipped";
 
+/// The most record numbers (`signal_ids`) one item keeps and shows: the first ones counted.
+/// `seen` still counts them all.
+pub const MAX_SIGNAL_IDS: usize = 32;
+
 /// What happens at the deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,7 +52,9 @@ pub struct WaitItem {
     /// Records seen when the job was released (the API shows the live count while it waits).
     #[serde(default)]
     pub seen: u32,
-    /// The sequence numbers of the records that counted (at most `needed`).
+    /// The sequence numbers of the first records that counted: at most `needed`, and at most
+    /// [`MAX_SIGNAL_IDS`] (a job's size stays bounded by what its client sent: 100 items of
+    /// 10,000 records would keep a million numbers).
     #[serde(default)]
     pub signal_ids: Vec<u64>,
 }
@@ -92,6 +98,7 @@ impl Wait {
                     "since": i.since.map(rfc3339),
                     "seen": i.seen,
                     "signal_ids": i.signal_ids,
+                    "signal_ids_truncated": i.seen as usize > i.signal_ids.len(),
                 })
             })
             .collect();
@@ -105,7 +112,8 @@ impl Wait {
     }
 }
 
-/// The records found for each item: (how many counted, their sequence numbers).
+/// The records found for each item: (how many counted, the numbers of the first of them, at
+/// most [`MAX_SIGNAL_IDS`]).
 pub type Seen = Vec<(u32, Vec<u64>)>;
 
 /// True when every item has its count.

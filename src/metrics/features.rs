@@ -67,6 +67,16 @@ const FAMILIES: &[Family] = &[
             ]
         },
     ),
+    (
+        "runyard_waiting_signal_reads",
+        "Signal records the checks and displays of waiting jobs went through: counted (index \
+         entries) or read (their numbers)",
+        "how",
+        |_| {
+            let c = crate::waiting::counters().snapshot();
+            vec![("counted", c.records_counted), ("numbers", c.numbers_read)]
+        },
+    ),
 ];
 
 /// Registers the event hub's, the webhook loop's and the waiting jobs' counters.

@@ -203,6 +203,7 @@ metered! {
             -> (Signal, bool);
         signals_page(key: &str, since: Micros, limit: usize, bytes: usize) -> SignalPage;
         signal_seqs(key: &str, since: Micros, until: Micros, limit: usize) -> Vec<u64>;
+        signal_count(key: &str, since: Micros, until: Micros, limit: u64) -> u64;
         signals_trim(before: Micros) -> u64;
         signal_keys(after: Option<&str>, limit: usize) -> Vec<SignalKey>;
     }

@@ -174,6 +174,16 @@ pub trait SignalStore: Send + Sync {
         until: Micros,
         limit: usize,
     ) -> Result<Vec<u64>>;
+    /// How many of `key`'s records were written at or after `since` and at or before `until`,
+    /// counted up to `limit` (the answer is at most `limit`): a waiting job's check counts
+    /// before it reads any number ([`crate::store::waits`]), and never past what it needs.
+    async fn signal_count(
+        &self,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        limit: u64,
+    ) -> Result<u64>;
     /// Deletes records written before `before`; returns how many.
     async fn signals_trim(&self, before: Micros) -> Result<u64>;
     /// The keys that keep records, by name, after `after` (exclusive), at most `limit`.

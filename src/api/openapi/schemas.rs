@@ -82,7 +82,9 @@ pub struct JobView {
     pub emits: Option<Vec<String>>,
     /// Its webhook (only when set).
     pub notify: Option<Value>,
-    /// Why it waits (only for a job with `wait_for`).
+    /// Why it waits (only for a job with `wait_for`): `items` [{key, needed, since, seen,
+    /// signal_ids (the first records' `seq`, at most 32), signal_ids_truncated}], deadline,
+    /// on_deadline, released_by, released_at (docs/api.md).
     pub wait: Option<Value>,
     /// The schedule that made it (only then), and its fire time.
     pub schedule: Option<String>,

@@ -3,7 +3,9 @@
 //! entry; these are its arms.
 
 use super::{check_token, end_run, illegal, set_status, ApplyCtx, EventKind, TransitionError};
-use crate::job::wait::{all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, SKIPPED};
+use crate::job::wait::{
+    all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, MAX_SIGNAL_IDS, SKIPPED,
+};
 use crate::job::JobStatus::*;
 use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
 
@@ -112,6 +114,7 @@ pub(super) fn wait_release(
         for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
             item.seen = n;
             item.signal_ids = ids;
+            item.signal_ids.truncate(MAX_SIGNAL_IDS);
         }
         w.released_by = Some(ReleasedBy::Signals);
         w.released_at = Some(now);
@@ -150,6 +153,7 @@ pub(super) fn wait_deadline(
     for (item, (n, ids)) in w.items.iter_mut().zip(seen) {
         item.seen = n;
         item.signal_ids = ids;
+        item.signal_ids.truncate(MAX_SIGNAL_IDS);
     }
     let missing: Vec<String> = w
         .items

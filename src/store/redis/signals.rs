@@ -117,7 +117,26 @@ impl SignalStore for RedisStore {
             .run_script(&PAGE, &[self.keyed("sig:", key)], &args)
             .await?;
         seqs.sort_unstable();
+        crate::store::waits::counters().count_reads(0, seqs.len());
         Ok(seqs)
+    }
+
+    async fn signal_count(
+        &self,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        limit: u64,
+    ) -> Result<u64> {
+        // ZCOUNT: O(log N) whatever the count, no record read.
+        let k = self.keyed("sig:", key);
+        let n: u64 = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("ZCOUNT").arg(&k).arg(since).arg(until).clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(n.min(limit))
     }
 
     async fn signals_trim(&self, before: Micros) -> Result<u64> {

@@ -119,7 +119,8 @@ pub(super) fn append_in(
 }
 
 /// The numbers of `key`'s records written at or after `since`, lowest first, at most `limit`:
-/// [`SignalStore::signal_seqs`] on a reader, a waiting job's check in the writer's transaction.
+/// [`SignalStore::signal_seqs`] on a reader, a waiting job's check in the writer's transaction
+/// (counted in [`crate::store::waits::WaitCounters::numbers_read`]).
 pub(super) fn seqs_in(
     conn: &rusqlite::Connection,
     key: &str,
@@ -133,7 +134,30 @@ pub(super) fn seqs_in(
         params![key, since, until, limit as i64],
         |r| r.get(0),
     )?;
+    crate::store::waits::counters().count_reads(0, seqs.len());
     Ok(seqs.into_iter().map(|s| s.max(0) as u64).collect())
+}
+
+/// How many of `key`'s records were written at or after `since` and at or before `until`,
+/// counted up to `limit` (the index entries only, never the rows): [`SignalStore::signal_count`]
+/// on a reader, a waiting job's check in the writer's transaction.
+pub(super) fn count_in(
+    conn: &rusqlite::Connection,
+    key: &str,
+    since: Micros,
+    until: Micros,
+    limit: u64,
+) -> Result<u64> {
+    let n: i64 = row(
+        conn,
+        "SELECT COUNT(*) FROM (SELECT 1 FROM signals INDEXED BY signals_at
+             WHERE key = ?1 AND at >= ?2 AND at <= ?3 LIMIT ?4)",
+        params![key, since, until, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| r.get(0),
+    )?;
+    let n = n.max(0) as u64;
+    crate::store::waits::counters().count_reads(n, 0);
+    Ok(n)
 }
 
 /// The signals of a job that just ended SUCCESS: one per key of `emits`, id `job:{id}`.
@@ -221,6 +245,18 @@ impl SignalStore for SqliteStore {
     ) -> Result<Vec<u64>> {
         let key = key.to_string();
         self.read(move |c| seqs_in(c, &key, since, until, limit))
+            .await
+    }
+
+    async fn signal_count(
+        &self,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        limit: u64,
+    ) -> Result<u64> {
+        let key = key.to_string();
+        self.read(move |c| count_in(c, &key, since, until, limit))
             .await
     }
 

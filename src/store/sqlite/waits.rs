@@ -3,14 +3,16 @@
 //! its own transaction; a job that stops waiting leaves both tables in the transaction that
 //! changes it.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
 use super::{apply_in, exec, load, rows, SqliteStore, WriteCtx};
-use crate::job::wait::{all_met, Seen, WaitItem};
+use crate::job::wait::{all_met, Seen, WaitItem, MAX_SIGNAL_IDS};
 use crate::job::{now_us, Command, Job, JobStatus, Micros};
-use crate::store::waits::{counters, WaitStore};
+use crate::store::waits::{counters, distinct_reads, seen_of, WaitStore};
 use crate::store::{Result, StoreError};
 
 /// The tables, created at open.
@@ -28,27 +30,98 @@ CREATE TABLE IF NOT EXISTS wait_deadlines (
 CREATE INDEX IF NOT EXISTS wait_deadlines_at ON wait_deadlines(deadline);
 "#;
 
-/// The records each item has up to `until` (at most `needed`), on the writer's connection.
-fn seen_in(conn: &rusqlite::Connection, items: &[WaitItem], until: Micros) -> Result<Seen> {
-    items
-        .iter()
-        .map(|i| {
-            let (since, n) = (i.since.unwrap_or(0), i.needed as usize);
-            let seqs = super::signals::seqs_in(conn, &i.key, since, until, n)?;
-            Ok((seqs.len() as u32, seqs))
-        })
-        .collect()
+/// The counts one transaction made, by (key, since, until): the count and the limit it was
+/// counted to (exact when below it). The jobs a signal checks mostly wait on the same key from
+/// the same time, so its records are counted once, not once per job and item.
+#[derive(Default)]
+pub(super) struct Counts(HashMap<(String, Micros, Micros), (u64, u64)>);
+
+impl Counts {
+    /// How many records `key` has from `since` to `until`, counted up to `needed`.
+    fn count(
+        &mut self,
+        conn: &rusqlite::Connection,
+        key: &str,
+        since: Micros,
+        until: Micros,
+        needed: u32,
+    ) -> Result<u64> {
+        let needed = u64::from(needed);
+        let k = (key.to_string(), since, until);
+        if let Some(&(n, limit)) = self.0.get(&k) {
+            if n < limit || limit >= needed {
+                return Ok(n.min(needed));
+            }
+        }
+        let n = super::signals::count_in(conn, key, since, until, needed)?;
+        self.0.insert(k, (n, needed));
+        Ok(n)
+    }
+
+    /// Whether every item has its count, stopping at the first short. The items on keys other
+    /// than `signalled` first (a job still waiting was short of one at the last check, and only
+    /// `signalled` gained a record), the smallest counts first (a count steps over at most that
+    /// many records).
+    fn all_met(
+        &mut self,
+        conn: &rusqlite::Connection,
+        items: &[WaitItem],
+        until: Micros,
+        signalled: Option<&str>,
+    ) -> Result<bool> {
+        let mut order: Vec<&WaitItem> = items.iter().collect();
+        order.sort_by_key(|i| (Some(i.key.as_str()) == signalled, i.needed));
+        for i in order {
+            let n = self.count(conn, &i.key, i.since.unwrap_or(0), until, i.needed)?;
+            if n < u64::from(i.needed) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The records each item has up to `until` (counted up to its `needed`, the numbers of the
+    /// first [`crate::job::wait::MAX_SIGNAL_IDS`]), on the writer's connection.
+    fn seen(
+        &mut self,
+        conn: &rusqlite::Connection,
+        items: &[WaitItem],
+        until: Micros,
+    ) -> Result<Seen> {
+        let (reads, of_item) = distinct_reads(items);
+        let mut answers = Vec::with_capacity(reads.len());
+        for (key, since, needed) in reads {
+            let n = self.count(conn, key, since, until, needed)?;
+            let shown = (n as usize).min(MAX_SIGNAL_IDS);
+            let ids = if shown == 0 {
+                vec![]
+            } else {
+                super::signals::seqs_in(conn, key, since, until, shown)?
+            };
+            answers.push((n, ids));
+        }
+        Ok(seen_of(items, &of_item, &answers))
+    }
 }
 
-/// Releases `job` (WAITING) when its conditions hold. True when released.
-fn check_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<bool> {
+/// Releases `job` (WAITING) when its conditions hold (counted first: record numbers are read
+/// only for a job that is released). True when released.
+fn check_in(
+    ctx: &mut WriteCtx<'_>,
+    job: &mut Job,
+    counts: &mut Counts,
+    signalled: Option<&str>,
+) -> Result<bool> {
     if job.status != JobStatus::Waiting {
         return Ok(false);
     }
     let Some(w) = &job.wait else {
         return Ok(false);
     };
-    let seen = seen_in(ctx.conn, &w.items, w.until())?;
+    if !counts.all_met(ctx.conn, &w.items, w.until(), signalled)? {
+        return Ok(false);
+    }
+    let seen = counts.seen(ctx.conn, &w.items, w.until())?;
     if !all_met(&w.items, &seen) {
         return Ok(false);
     }
@@ -79,7 +152,7 @@ pub(super) fn enter_in(ctx: &mut WriteCtx<'_>, job: &mut Job) -> Result<()> {
     counters()
         .entered
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    check_in(ctx, job)?;
+    check_in(ctx, job, &mut Counts::default(), None)?;
     Ok(())
 }
 
@@ -98,10 +171,11 @@ pub(super) fn on_signal(ctx: &mut WriteCtx<'_>, key: &str) -> Result<()> {
         [key],
         |r| r.get(0),
     )?;
+    let mut counts = Counts::default();
     for id in ids {
         match load(ctx.conn, &id)? {
             Some(mut job) => {
-                check_in(ctx, &mut job)?;
+                check_in(ctx, &mut job, &mut counts, Some(key))?;
             }
             None => leave_in(ctx.conn, &id)?,
         }
@@ -116,7 +190,7 @@ impl WaitStore for SqliteStore {
             let Some(mut job) = load(ctx.conn, &id.to_string())? else {
                 return Err(StoreError::NotFound);
             };
-            check_in(ctx, &mut job)
+            check_in(ctx, &mut job, &mut Counts::default(), None)
         })
         .await
     }
@@ -140,6 +214,7 @@ impl WaitStore for SqliteStore {
                 |r| r.get(0),
             )?;
             let mut out = Vec::with_capacity(ids.len());
+            let mut counts = Counts::default();
             for id in ids {
                 let Some(mut job) = load(ctx.conn, &id)? else {
                     leave_in(ctx.conn, &id)?;
@@ -150,7 +225,7 @@ impl WaitStore for SqliteStore {
                     .as_ref()
                     .map(|w| (w.items.clone(), w.until()))
                     .unwrap_or_default();
-                let seen = seen_in(ctx.conn, &items, until)?;
+                let seen = counts.seen(ctx.conn, &items, until)?;
                 match apply_in(ctx, &mut job, Command::WaitDeadline { seen }, now) {
                     Ok(()) => out.push(job),
                     // No longer waiting (an index entry left behind): drop it.

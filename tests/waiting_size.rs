@@ -1,0 +1,164 @@
+//! A waiting job stays small and cheap, on both backends (docs/api.md, "Waiting jobs"): a
+//! `wait_for` of 100 items counting 300 records each keeps at most 32 record numbers per item,
+//! released at once or while it waits; and a record of a key many such jobs wait on (from the API
+//! or a job's `emits`) reads none of their record numbers and counts the key's records at most
+//! once. The counts come from
+//! `runyard_waiting_signal_reads_total`, kept per process: this binary holds this one test, so
+//! no other server's reads mix in.
+
+mod redis_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use redis_support::TestRedis;
+use support::{TestServer, WAIT};
+
+const RUNNERS: &str = r#"
+[[runners]]
+name = "svc"
+kind = "service"
+types = ["runyard.*"]
+concurrency = 1
+"#;
+
+async fn signal(ts: &TestServer, key: &str) -> Value {
+    let (st, v) = ts.post(&format!("/async/signals/{key}"), None).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    v
+}
+
+fn seqs(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Stays WAITING for `hold` (checked several times).
+async fn still_waiting(ts: &TestServer, id: &str, hold: Duration) {
+    let until = Instant::now() + hold;
+    loop {
+        let j = ts.get_job(id).await;
+        assert_eq!(j["status"], "WAITING", "released too early: {j:#}");
+        if Instant::now() >= until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Records of the key a large `wait_for` counts.
+const MANY: usize = 300;
+/// The bound of a job's JSON this test holds a large `wait_for` to (docs/api.md: each item keeps
+/// at most 32 record numbers; 100 items of 300 records kept 30,000 before, ~150 KB).
+const JOB_BYTES: usize = 64 * 1024;
+
+/// The wait of a job as `GET` shows it, held to [`JOB_BYTES`]; each item on `key` counted
+/// `seen` records and shows the first numbers `first` (at most 32), marked truncated when more
+/// counted.
+async fn small_wait(ts: &TestServer, id: &str, key: &str, seen: usize, first: &[u64]) -> Value {
+    let j = ts.get_job(id).await;
+    let bytes = serde_json::to_vec(&j).unwrap().len();
+    assert!(bytes < JOB_BYTES, "the job is {bytes} bytes");
+    for item in j["wait"]["items"].as_array().unwrap() {
+        if item["key"] != key {
+            continue;
+        }
+        assert_eq!(item["seen"], seen, "{item}");
+        assert_eq!(seqs(&item["signal_ids"]), first, "{item}");
+        assert_eq!(item["signal_ids_truncated"], seen > first.len(), "{item}");
+    }
+    j
+}
+
+async fn wait_reads(ts: &TestServer, how: &str) -> u64 {
+    let series = format!("runyard_waiting_signal_reads_total{{how=\"{how}\"}}");
+    ts.metric(&series).await.map_or(0, |v| v as u64)
+}
+
+/// A `wait_for` of 100 items counting 300 records each (a few KB) keeps the job small, released
+/// at once or while it waits (read live); and a record for many such waiting jobs neither reads
+/// their record numbers nor counts the key's records once per job and item.
+async fn a_large_wait_for_stays_small(ts: &TestServer, tag: &str) {
+    let (key, gate) = (format!("amp.{tag}"), format!("amp.gate.{tag}"));
+    let mut first = vec![];
+    for _ in 0..MANY {
+        let v = signal(ts, &key).await;
+        if first.len() < 32 {
+            first.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    let item = json!({"key": key, "count": MANY});
+    let at_once = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": vec![item.clone(); 100]}))
+        .await;
+    ts.wait_status(&at_once, "SUCCESS", WAIT).await;
+    let j = small_wait(ts, &at_once, &key, MANY, &first).await;
+    assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
+    // 99 items on the key and one on a gate: WAITING, shown live, small.
+    let mut items = vec![item; 99];
+    items.push(json!({"key": gate}));
+    let mut held = vec![];
+    for _ in 0..20 {
+        let body = json!({"type": "runyard.noop", "wait_for": items});
+        held.push(ts.submit_ok(body).await);
+    }
+    let j = small_wait(ts, &held[0], &key, MANY, &first).await;
+    assert_eq!(j["status"], "WAITING", "{j:#}");
+    assert_eq!(j["wait"]["items"][99]["seen"], 0, "{j:#}");
+    // One more record of the key checks the 20 jobs: no record number is read (none is
+    // released), and the key's records are counted at most once (the gate is short first).
+    let (counted, numbers) = (
+        wait_reads(ts, "counted").await,
+        wait_reads(ts, "numbers").await,
+    );
+    signal(ts, &key).await;
+    let counted = wait_reads(ts, "counted").await - counted;
+    let numbers = wait_reads(ts, "numbers").await - numbers;
+    assert_eq!(numbers, 0, "record numbers read for jobs still waiting");
+    assert!(counted <= MANY as u64, "counted {counted} records");
+    // The same for a record a job's `emits` writes as it ends (in its finish's transaction on
+    // the embedded store).
+    let (counted, numbers) = (
+        wait_reads(ts, "counted").await,
+        wait_reads(ts, "numbers").await,
+    );
+    let emitter = ts
+        .submit_ok(json!({"type": "runyard.noop", "emits": [key]}))
+        .await;
+    ts.wait_status(&emitter, "SUCCESS", WAIT).await;
+    let counted = wait_reads(ts, "counted").await - counted;
+    let numbers = wait_reads(ts, "numbers").await - numbers;
+    assert_eq!(
+        numbers, 0,
+        "record numbers read for jobs still waiting (emits)"
+    );
+    assert!(counted <= MANY as u64, "counted {counted} records (emits)");
+    still_waiting(ts, &held[19], Duration::from_millis(300)).await;
+    // The gate releases them all, each keeping at most 32 numbers per item.
+    let g = signal(ts, &gate).await;
+    for id in &held {
+        ts.wait_status(id, "SUCCESS", WAIT).await;
+        let j = small_wait(ts, id, &key, MANY, &first).await;
+        assert_eq!(
+            seqs(&j["wait"]["items"][99]["signal_ids"]),
+            vec![g["seq"].as_u64().unwrap()]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_wait_for_stays_small_on_both_stores() {
+    let ts = TestServer::builder(RUNNERS).start().await;
+    a_large_wait_for_stays_small(&ts, "e").await;
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&r.server_config("waiting-test-master-key-0123456789"))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    a_large_wait_for_stays_small(&ts, "r").await;
+}
