@@ -23,7 +23,8 @@ cat > "$dir/runyard.toml" <<TOML
 listen = "127.0.0.1:$port"
 data_dir = "$dir/data"
 [api]
-max_connections = $((CLIENTS + 500))
+# Streams may take all but an eighth of the API's connections (docs/configuration.md).
+max_connections = $((CLIENTS * 2 + 500))
 [events]
 max_connections = $((CLIENTS + 100))
 [[runners]]

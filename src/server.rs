@@ -130,6 +130,7 @@ impl ServerBuilder {
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
         let (dropped, app_dropped) = oneshot::channel();
+        let limits = crate::connections::EdgeSettings::from_config(&config.api);
         let app = Arc::new(App {
             config: config.clone(),
             store: core.store.clone(),
@@ -143,7 +144,7 @@ impl ServerBuilder {
             path_prefix,
             closing: CancellationToken::new(),
             draining: core.draining.clone(),
-            events: crate::events::Hub::from_config(&config.events),
+            events: crate::events::Hub::for_server(&config.events, limits.max_connections),
             cron_checks: Arc::new(tokio::sync::Semaphore::new(1)),
             _dropped: dropped,
         });
@@ -160,7 +161,6 @@ impl ServerBuilder {
         }
         let http_stop = CancellationToken::new();
         let router = crate::api::router(app.clone());
-        let limits = crate::connections::EdgeSettings::from_config(&config.api);
         let http = tokio::spawn(crate::connections::serve(
             listener,
             router,

@@ -675,14 +675,72 @@ async fn without_auth_everything_is_open_as_before() {
     // A token that would be refused with [auth] is simply ignored.
     let ignored = cookie("garbage");
     assert_eq!(poll(&ts, "last_id=0", &ignored).await.0, 200);
-    let foreign: Headers = vec![("origin", "https://anything.example".into())];
-    let mut ws = ws_connect(&ts, "last_id=0", &foreign)
+    // A browser on the server's own origin (and a program, with no `Origin`) reads the streams.
+    let own: Headers = vec![("origin", ts.url.clone())];
+    for headers in [&own, &vec![]] {
+        let mut ws = ws_connect(&ts, "last_id=0", headers)
+            .await
+            .expect("open without [auth]");
+        let via_ws = ws_events(&mut ws, all.len()).await;
+        assert_eq!(ids(&via_ws), ids(&all));
+        let via_sse = sse_events(&ts, headers, all.len()).await;
+        assert_eq!(ids(&via_sse), ids(&all));
+    }
+    ts.stop().await;
+}
+
+/// The 403 `cross_origin` of a stream opened by a page of another origin, naming the setting.
+fn assert_cross_origin(body: &Value, what: &str) {
+    assert_eq!(body["error"]["code"], "cross_origin", "{what}: {body}");
+    let msg = body["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("api.cors_origins"), "{what}: {body}");
+}
+
+/// Without `[auth]`, a page on any website could open the WebSocket (CORS does not cover it) and
+/// read every job's events: a browser `Origin` other than the server's own, and not listed in
+/// `api.cors_origins`, is refused on the WebSocket and SSE before any upgrade. Polling stays a
+/// plain GET (its answer is readable cross-origin only with CORS headers).
+#[tokio::test]
+async fn without_auth_a_foreign_page_cannot_open_a_stream() {
+    const LISTED: &str = "https://dash.example.org";
+    let mut ts = TestServer::builder(RUNNERS)
+        .config(&format!("[api]\ncors_origins = [\"{LISTED}\"]\n"))
+        .start()
+        .await;
+    let id = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    ts.wait_terminal(&id, WAIT).await;
+    let all = poll_all(&ts, &vec![]).await;
+    for foreign in [
+        vec![("origin", "https://attacker.example".to_string())],
+        // The browser's own word wins: a cross-site page naming this server's origin.
+        vec![
+            ("origin", ts.url.clone()),
+            ("sec-fetch-site", "cross-site".to_string()),
+        ],
+    ] {
+        match ws_connect(&ts, "last_id=0", &foreign).await {
+            Ok(_) => panic!("ws from {foreign:?} upgraded"),
+            Err((s, body)) => {
+                assert_eq!(s, 403, "ws {foreign:?}: {body}");
+                assert_cross_origin(&body, "ws");
+            }
+        }
+        let (s, body) = sse_status(&ts, "last_id=0", &foreign).await;
+        assert_eq!(s, 403, "sse {foreign:?}: {body}");
+        assert_cross_origin(&body, "sse");
+        assert_eq!(poll(&ts, "last_id=0", &foreign).await.0, 200);
+    }
+    // An origin listed in `api.cors_origins` is served.
+    let listed: Headers = vec![("origin", LISTED.into())];
+    let mut ws = ws_connect(&ts, "last_id=0", &listed)
         .await
-        .expect("open without [auth]");
-    let via_ws = ws_events(&mut ws, all.len()).await;
-    assert_eq!(ids(&via_ws), ids(&all));
-    let via_sse = sse_events(&ts, &foreign, all.len()).await;
-    assert_eq!(ids(&via_sse), ids(&all));
+        .expect("listed origin upgrades");
+    assert_eq!(ids(&ws_events(&mut ws, all.len()).await), ids(&all));
+    let same_site: Headers = vec![
+        ("origin", LISTED.into()),
+        ("sec-fetch-site", "same-site".into()),
+    ];
+    assert_eq!(sse_status(&ts, "last_id=0", &same_site).await.0, 200);
     ts.stop().await;
 }
 

@@ -313,6 +313,7 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::Unauthorized(m) => ApiError::unauthorized(m).bearer_challenge(),
             Refusal::Forbidden(m) => ApiError::forbidden(m),
+            Refusal::CrossOrigin(m) => ApiError::new(StatusCode::FORBIDDEN, "cross_origin", m),
             Refusal::TokenInQuery(m) => ApiError::bad_request("token_in_query", m),
             Refusal::StrayQuery(m) => ApiError::bad_query(m),
             Refusal::HeaderTooLarge(m) => ApiError::new(

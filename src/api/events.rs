@@ -59,6 +59,17 @@ pub async fn poll(
     if let Some(left) = auth.0.remaining() {
         wait = wait.min(left);
     }
+    // A waiting poll holds a connection as a stream does: counted with them against the
+    // node's cap, and answered at once when there is no room.
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        let slot = st.app.events.hold_poll();
+        if slot.is_none() {
+            wait = Duration::ZERO;
+        }
+        slot
+    };
     let store = &st.app.store;
     let types = type_filter(&st, &auth);
     let mut after = last_id;

@@ -257,11 +257,6 @@ fn already_answered() -> Response {
     ApiError::internal("internal", "the request was answered already").into_response()
 }
 
-/// The host part (`host[:port]`) of an origin.
-fn origin_host(o: &str) -> Option<&str> {
-    o.split_once("://").map(|(_, h)| h)
-}
-
 /// A query string whose percent-escapes decode to bytes that are not UTF-8 (`?type=%ff`) is
 /// `400 bad_query`: parsed, they would silently become U+FFFD and filter on another text.
 fn check_query_text(req: &Request) -> Result<(), ApiError> {
@@ -280,9 +275,9 @@ fn check_query_text(req: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// Refuses unsafe requests a browser sends from another origin (the way Go's
-/// `CrossOriginProtection` does): `Sec-Fetch-Site` when the browser sends it, else `Origin`
-/// against `Host`. A request with neither comes from a program, not a page: allowed.
+/// Refuses unsafe requests a browser sends from another origin, by the rule of
+/// [`crate::auth::same_origin_or_listed`] with `api.cors_origins` listed. A request with neither
+/// `Sec-Fetch-Site` nor `Origin` comes from a program, not a page: allowed.
 fn check_origin(allowed: &[String], req: &Request) -> Result<(), ApiError> {
     if matches!(
         *req.method(),
@@ -291,24 +286,10 @@ fn check_origin(allowed: &[String], req: &Request) -> Result<(), ApiError> {
         return Ok(());
     }
     let h = req.headers();
-    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let listed = origin.is_some_and(|o| allowed.iter().any(|a| a == o));
-    let ok = match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        Some("same-origin" | "none") => true,
-        Some(_) => listed,
-        None => match origin {
-            None => true,
-            Some(o) => {
-                listed
-                    || h.get(header::HOST)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|host| origin_host(o) == Some(host))
-            }
-        },
-    };
-    if ok {
+    if crate::auth::same_origin_or_listed(h, |o| allowed.iter().any(|a| a == o)) {
         return Ok(());
     }
+    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         "cross_origin",

@@ -69,6 +69,10 @@ impl crate::auth::AuthSettings for AppState {
     fn auth_config(&self) -> &crate::auth::AuthConfig {
         &self.app.config.auth
     }
+
+    fn cors_origins(&self) -> &[String] {
+        &self.app.config.api.cors_origins
+    }
 }
 
 /// The router for `app`.

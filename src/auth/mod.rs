@@ -8,6 +8,7 @@
 pub mod access;
 pub mod config;
 pub mod jwt;
+mod origin;
 mod query;
 mod refusal;
 pub mod target;
@@ -19,6 +20,7 @@ use axum::http::{header, HeaderMap};
 
 pub use config::AuthConfig;
 pub use jwt::{ChannelClaims, Claims, Verifier};
+pub use origin::{check_origin, same_origin_or_listed, StreamOrigin};
 pub use refusal::Refusal;
 
 /// What the auth extractors need of the router's state: its `[auth]`. The API's state
@@ -26,6 +28,9 @@ pub use refusal::Refusal;
 pub trait AuthSettings {
     /// `[auth]` in force.
     fn auth_config(&self) -> &AuthConfig;
+    /// `api.cors_origins`: without `[auth]`, browser origins the event streams serve besides the
+    /// server's own ([`StreamOrigin`]).
+    fn cors_origins(&self) -> &[String];
 }
 
 /// The largest credential accepted: all `Cookie` headers together, or the `Authorization`
@@ -149,42 +154,6 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
         "a token is required: the cookie `{cookie_name}` or `Authorization: Bearer <token>`\
          {not_bearer}"
     )))
-}
-
-/// The `Origin` check of the WebSocket and SSE endpoints: with `[auth]` in force (a secret, tokens or
-/// `allowed_origins` set), a browser `Origin` not in `auth.allowed_origins` gets 403 before any
-/// upgrade. Requests without `Origin` (not from a browser) pass.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamOrigin;
-
-impl<S: AuthSettings + Send + Sync> FromRequestParts<S> for StreamOrigin {
-    type Rejection = Refusal;
-
-    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, Refusal> {
-        check_origin(&parts.headers, st.auth_config()).map(|()| StreamOrigin)
-    }
-}
-
-/// See [`StreamOrigin`].
-pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), Refusal> {
-    if !cfg.enabled() && cfg.allowed_origins.is_empty() {
-        return Ok(());
-    }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let allowed = origin.to_str().is_ok_and(|o| {
-        cfg.allowed_origins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(o))
-    });
-    if allowed {
-        Ok(())
-    } else {
-        Err(Refusal::Forbidden(
-            "this Origin is not in `auth.allowed_origins`".into(),
-        ))
-    }
 }
 
 #[cfg(test)]

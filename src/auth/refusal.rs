@@ -12,6 +12,10 @@ pub enum Refusal {
     /// A valid credential that does not grant this (403 `forbidden`).
     #[error("{0}")]
     Forbidden(String),
+    /// Without `[auth]`, a browser page of another origin opening an event stream (403
+    /// `cross_origin`).
+    #[error("{0}")]
+    CrossOrigin(String),
     /// A credential in the query string (400 `token_in_query`): URLs are logged.
     #[error("{0}")]
     TokenInQuery(String),

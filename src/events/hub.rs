@@ -19,6 +19,29 @@ const TAIL_PAGE: usize = 1000;
 /// (on Redis an `XREAD` round trip per commit call).
 const IDLE_PACE: Duration = Duration::from_millis(250);
 
+/// The connections of the API's cap (`api.max_connections`, as clamped) that event streams and
+/// long polls may never take, kept for ordinary requests (`/health`, submits): an eighth of the
+/// cap, at least 16 (a handful of probes and clients at once), at most half of a small cap.
+pub fn api_reserve(api_cap: usize) -> usize {
+    (api_cap / 8).max(16).min(api_cap.div_ceil(2))
+}
+
+/// The streams this node admits: `events.max_connections`, but never more than the API's
+/// connection cap less [`api_reserve`] (streams hold an API connection each).
+pub fn stream_cap(events_max: usize, api_cap: usize) -> usize {
+    events_max.min(api_cap - api_reserve(api_cap))
+}
+
+/// A long poll's place under the node's stream cap, given back when dropped.
+pub struct PollSlot(Arc<Hub>);
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        let mut g = self.0.chans.lock();
+        g.polls = g.polls.saturating_sub(1);
+    }
+}
+
 /// Why a stream was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -32,7 +55,10 @@ impl Refused {
     /// For a person (a close reason, an error message).
     pub fn reason(self) -> &'static str {
         match self {
-            Refused::Node => "too many event streams on this node (events.max_connections)",
+            Refused::Node => {
+                "too many event streams on this node (events.max_connections, at most \
+                 api.max_connections less the connections kept for other requests)"
+            }
             Refused::Channel => "too many event streams on this channel (events.max_per_channel)",
         }
     }
@@ -86,6 +112,8 @@ struct Chans {
     by_name: HashMap<Box<str>, Chan>,
     global: Option<Chan>,
     open: usize,
+    /// Long polls waiting ([`Hub::hold_poll`]), counted with `open` against the node's cap.
+    polls: usize,
 }
 
 /// The fan-out.
@@ -135,9 +163,20 @@ impl Hub {
         self.started.send_replace(true);
     }
 
-    /// The hub of a configuration.
-    pub fn from_config(c: &crate::config::EventsConfig) -> Arc<Self> {
-        Self::new(c.max_connections, c.max_per_channel, c.send_buffer)
+    /// The hub of a server whose API admits `api_cap` connections: at most [`stream_cap`]
+    /// streams, logged when that is below `events.max_connections`.
+    pub fn for_server(c: &crate::config::EventsConfig, api_cap: usize) -> Arc<Self> {
+        let cap = stream_cap(c.max_connections, api_cap);
+        if cap < c.max_connections {
+            tracing::info!(
+                configured = c.max_connections,
+                cap,
+                api_max_connections = api_cap,
+                kept_for_requests = api_reserve(api_cap),
+                "events.max_connections lowered to keep API connections for other requests"
+            );
+        }
+        Self::new(cap, c.max_per_channel, c.send_buffer)
     }
 
     /// How many events a stream may fall behind.
@@ -148,7 +187,7 @@ impl Hub {
     /// Admits a stream of `channel` (`None`: the global stream) or refuses it at a cap.
     pub fn subscribe(self: &Arc<Self>, channel: Option<&str>) -> Result<Subscription, Refused> {
         let mut g = self.chans.lock();
-        if g.open >= self.max_connections {
+        if g.open + g.polls >= self.max_connections {
             self.stats.refused_node.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Node);
         }
@@ -183,6 +222,17 @@ impl Hub {
             channel: channel.map(Into::into),
             rx,
         })
+    }
+
+    /// Lets a long poll wait for events, holding its connection, while streams and waiting polls
+    /// leave room under the node's cap; `None`: the poll answers at once instead.
+    pub fn hold_poll(self: &Arc<Self>) -> Option<PollSlot> {
+        let mut g = self.chans.lock();
+        if g.open + g.polls >= self.max_connections {
+            return None;
+        }
+        g.polls += 1;
+        Some(PollSlot(self.clone()))
     }
 
     /// Hands committed events to the streams listening to their channels.
@@ -673,5 +723,17 @@ mod tests {
             got, n,
             "frames of the burst's {n} events received within 5 s"
         );
+    }
+
+    #[test]
+    fn streams_leave_a_reserve_of_the_api_connections() {
+        use super::{api_reserve, stream_cap};
+        // An eighth, at least 16, at most half.
+        assert_eq!((api_reserve(4096), stream_cap(20_000, 4096)), (512, 3584));
+        assert_eq!((api_reserve(40), stream_cap(20_000, 40)), (16, 24));
+        assert_eq!((api_reserve(10), stream_cap(20_000, 10)), (5, 5));
+        assert_eq!((api_reserve(1), stream_cap(20_000, 1)), (1, 0));
+        // The events cap wins when it is the lower.
+        assert_eq!(stream_cap(100, 4096), 100);
     }
 }
