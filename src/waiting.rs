@@ -65,16 +65,20 @@ fn text<'a>(v: &'a Value, field: &str) -> Result<&'a str, String> {
 impl WaitRequest {
     /// Holds the keys of a new wait (a submit, a schedule's new template) to the rule of a key
     /// to write ([`crate::store::signals::check_key`]: no invisible characters, no white space
-    /// at either end), and refuses a key named twice (one record would meet both items: two
-    /// records are `count: 2`).
+    /// at either end), and refuses a key named twice with the same `since` (one record would
+    /// meet both items: two records are `count: 2`). The same key with another `since` is two
+    /// conditions (1 record since 18:00 and 5 in the last week): taken.
     pub fn check_new_keys(&self) -> Result<(), String> {
-        for (n, (key, _, _)) in self.items.iter().enumerate() {
+        for (n, (key, _, since)) in self.items.iter().enumerate() {
             crate::store::signals::check_key(key)
                 .map_err(|e| format!("`wait_for[{n}].key`: {e}"))?;
-            if let Some(first) = self.items[..n].iter().position(|(k, _, _)| k == key) {
+            let twin = self.items[..n]
+                .iter()
+                .position(|(k, _, s)| k == key && s == since);
+            if let Some(first) = twin {
                 return Err(format!(
-                    "`wait_for[{n}].key`: {key:?} is already `wait_for[{first}]`: name a key once \
-                     (for several records of it, give its `count`)"
+                    "`wait_for[{n}].key`: {key:?} is already `wait_for[{first}]` with the same \
+                     `since`: name it once (for several records of it, give its `count`)"
                 ));
             }
         }

@@ -388,7 +388,15 @@ async fn emit_ids_are_reserved(ts: &TestServer) {
         .submit_ok(json!({"type": "runyard.noop", "emits": ["spoof.k"],
             "wait_for": [{"key": "gate.k"}]}))
         .await;
-    for id in [format!("job:{x}"), "job:other".to_string()] {
+    // Another job's id too (any job's record); an id that only starts with `job:` is free.
+    let (st, v) = ts
+        .post(
+            "/async/signals/free.k",
+            Some(&json!({"id": format!("job:{x}:loaded")})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    for id in [format!("job:{x}"), format!("job:{}", uuid::Uuid::now_v7())] {
         let (st, v) = ts
             .post(
                 "/async/signals/spoof.k",
@@ -502,12 +510,18 @@ async fn a_key_named_twice_in_wait_for_is_refused(ts: &TestServer) {
     assert!(code_msg(&v).1.contains("\"dup.k\""), "{v}");
     let (st, _) = ts.get("/async/schedules/dup-wait").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");
-    // The same key with a count is taken.
-    let id = ts
-        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "dup.k", "count": 2}]}))
-        .await;
-    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
-    assert_eq!(st, StatusCode::OK);
+    // The same key with a count is taken; so is the same key with another `since` (two
+    // conditions: one record lately, two in the last week).
+    for wait_for in [
+        json!([{"key": "dup.k", "count": 2}]),
+        json!([{"key": "dup.k", "since": "+0s"}, {"key": "dup.k", "count": 2, "since": "-7d"}]),
+    ] {
+        let id = ts
+            .submit_ok(json!({"type": "runyard.noop", "wait_for": wait_for}))
+            .await;
+        let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+        assert_eq!(st, StatusCode::OK);
+    }
 }
 
 async fn holes(ts: &TestServer) {

@@ -35,9 +35,13 @@ pub fn check_id(id: &str) -> std::result::Result<(), String> {
             c as u32
         ));
     }
-    if id.starts_with(EMIT_ID_PREFIX) {
+    // Only the very shape of a job's record (`job:` and a job id): `job:{id}:loaded` is free.
+    let reserved = id
+        .strip_prefix(EMIT_ID_PREFIX)
+        .is_some_and(|rest| uuid::Uuid::parse_str(rest).is_ok());
+    if reserved {
         return Err(format!(
-            "`id` may not start with `{EMIT_ID_PREFIX}`: those ids are the records a job's \
+            "`id` may not be `{EMIT_ID_PREFIX}` and a job id: those ids are the records a job's \
              `emits` writes when it succeeds"
         ));
     }

@@ -213,7 +213,7 @@ class Client:
     def signal(self, key: str, payload: Any = None, id: Optional[str] = None) -> Dict[str, Any]:
         """Writes a readiness signal: ``{key, seq, at}`` (the same ``id`` again: no second record).
 
-        An ``id`` starting ``job:`` (the ids of the records a job's ``emits`` writes) is refused by
+        An ``id`` of ``job:`` and a job id (the records a job's ``emits`` writes) is refused by
         the server: ``ApiError`` 422, nothing written."""
         return self._run(core.signal(key, payload, id))
 

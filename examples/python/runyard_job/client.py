@@ -254,7 +254,7 @@ class JobClient:
         """POST {hook}/signal/{key} ``{payload?, id?}``: a readiness signal (an ``id`` makes it
         idempotent: the same id again returns the first record); returns ``{key, seq, at, id}``
         (``{}`` when, without an id, a retry found the signal written and its answer lost). An
-        ``id`` starting ``job:`` (reserved for the records a job's ``emits`` writes) is refused:
+        ``id`` of ``job:`` and a job id (reserved for the records a job's ``emits`` writes) is refused:
         ``HookError`` 422, nothing written."""
         body: Dict[str, Any] = {}
         if payload is not None:

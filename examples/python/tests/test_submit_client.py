@@ -209,7 +209,7 @@ def test_signal(client):
     first = client.signal(key, {"rows": 3}, id="load-1")
     again = client.signal(key, {"rows": 3}, id="load-1")
     assert first["key"] == key and first["seq"] == again["seq"] == 1
-    # Ids starting `job:` are the records a job's `emits` writes: refused, nothing written.
+    # Ids `job:` + a job id are the records a job's `emits` writes: refused, nothing written.
     with pytest.raises(ApiError) as e:
         client.signal(key, {"rows": 4}, id="job:" + str(uuid.uuid4()))
     assert e.value.status == 422 and "`job:`" in e.value.message
