@@ -114,8 +114,17 @@ enum Cursor {
 fn parse_cursor(s: &str) -> Result<Cursor> {
     match parse_event_id(s) {
         Ok(v) => Ok(Cursor::Own(v)),
-        Err(_) if crate::events::EventId::parse(s).is_some() => Ok(Cursor::Foreign),
+        Err(_) if well_formed(s) => Ok(Cursor::Foreign),
         Err(e) => Err(e),
+    }
+}
+
+/// An event id of either store's form (`42`, `1607477697866-0`): 1-20 digits, twice with `-`.
+fn well_formed(s: &str) -> bool {
+    let digits = |x: &str| (1..=20).contains(&x.len()) && x.bytes().all(|c| c.is_ascii_digit());
+    match s.split_once('-') {
+        Some((a, b)) => digits(a) && digits(b),
+        None => digits(s),
     }
 }
 
