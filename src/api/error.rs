@@ -313,6 +313,7 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::Unauthorized(m) => ApiError::unauthorized(m).bearer_challenge(),
             Refusal::Forbidden(m) => ApiError::forbidden(m),
+            Refusal::NotFound(m) => ApiError::not_found(m),
             Refusal::TokenInQuery(m) => ApiError::bad_request("token_in_query", m),
             Refusal::StrayQuery(m) => ApiError::bad_query(m),
             Refusal::HeaderTooLarge(m) => ApiError::new(
