@@ -424,10 +424,17 @@ fn callers(method: &str, path: &str, scope: Option<(Scope, On)>) -> Vec<(String,
                 ),
                 other_channel,
             ));
+            // A job's result (its events' `result_url`) is read by the channel JWT that
+            // receives them, for its channel's jobs (another's: 404, tests/result_url_auth.rs).
+            let channel_jwt = if matches!(looked, Some(Need::JobResult)) {
+                Expect::Allowed
+            } else {
+                Expect::Forbidden
+            };
             out.push((
                 "channel JWT (no scope)".into(),
                 jwt(json!({"channel": CHANNEL, "sub": 1}), SECRET),
-                Expect::Forbidden,
+                channel_jwt,
             ));
         }
         None => {
@@ -536,6 +543,8 @@ async fn every_route_times_every_caller_gets_its_documented_code() {
     for r in ROUTES {
         let need = match r.need {
             Need::Client(s, on) => Some((s, on)),
+            // For API tokens as a job route (the channel JWT's way: tests/event_auth.rs).
+            Need::JobResult => Some((Scope::JobsRead, On::Job)),
             Need::EveryChannel(s) | Need::Unconfined(s) => Some((s, On::Any)),
             Need::Metrics => Some((Scope::JobsRead, On::Any)),
             Need::Events => None,
@@ -805,6 +814,7 @@ async fn the_access_table_is_the_router_and_the_docs() {
                     s.as_str().to_string()
                 }
                 Need::Events => "events".into(),
+                Need::JobResult => "result".into(),
                 Need::Hook => "hook".into(),
                 Need::Open => "open".into(),
                 Need::Metrics => "metrics".into(),

@@ -636,6 +636,18 @@ async fn read(
             .await
             .expect("rpush");
     }
+    // Every event of a channel is in the global stream too (same id): its last id is at least
+    // the channel's newest (events.lua resyncs a cursor past it, one from another database).
+    let newest = ch.stream.iter().chain(&ch.list).filter(|e| *e != "~");
+    if let Some(top) = newest.max_by_key(|e| pos(e)) {
+        let _: Result<String, _> = ::redis::cmd("XADD")
+            .arg(format!("{p}:ev"))
+            .arg(top)
+            .arg("e")
+            .arg("x")
+            .query_async(&mut c)
+            .await;
+    }
     if let Some((since, until)) = ch.gone {
         let _: i64 = ::redis::cmd("HSET")
             .arg(&gone)

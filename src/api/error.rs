@@ -314,6 +314,7 @@ impl From<Refusal> for ApiError {
             Refusal::Unauthorized(m) => ApiError::unauthorized(m).bearer_challenge(),
             Refusal::Forbidden(m) => ApiError::forbidden(m),
             Refusal::CrossOrigin(m) => ApiError::new(StatusCode::FORBIDDEN, "cross_origin", m),
+            Refusal::NotFound(m) => ApiError::not_found(m),
             Refusal::TokenInQuery(m) => ApiError::bad_request("token_in_query", m),
             Refusal::StrayQuery(m) => ApiError::bad_query(m),
             Refusal::HeaderTooLarge(m) => ApiError::new(

@@ -176,7 +176,8 @@ fn asked_channel(asked: Option<String>) -> ApiResult<Option<String>> {
     }
 }
 
-/// Refuses a cursor that is not an event id of this store (400 naming `field`).
+/// Refuses a cursor that is not an event id (400 naming `field`). A well-formed id this store
+/// never handed out (another database's) is accepted: the store answers it with a `resync`.
 async fn check_cursor(
     st: &AppState,
     channel: Option<&str>,

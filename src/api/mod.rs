@@ -233,7 +233,7 @@ fn check_submit(st: &AppState, caller: &crate::auth::tokens::Grant, bytes: &[u8]
         return Err(ApiError::json_required());
     }
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
-    jobs::build_job(st, caller, body, None).map(drop)
+    jobs::build_job(st, caller, body, caller.user.clone()).map(drop)
 }
 
 /// A submit's JSON body (and its multipart files) validated into the job to store (its type
@@ -248,7 +248,8 @@ pub(crate) async fn prepare_submit(
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
     let own_notify = matches!(body.notify, Some(Some(_)));
-    let mut job = jobs::build_job(st, caller, body, None)?;
+    // The job speaks for its submitter: its events' `user_id`.
+    let mut job = jobs::build_job(st, caller, body, caller.user.clone())?;
     if own_notify {
         notify::check_target(st, &job).await?;
     }

@@ -57,6 +57,9 @@ pub enum Need {
     Unconfined(Scope),
     /// An event transport: `jobs:read` or a channel JWT (cookie accepted), its channels only.
     Events,
+    /// A job's result (the `result_url` of its events): `jobs:read` as `Client(JobsRead, Job)`,
+    /// or a channel JWT (cookie accepted) for a job of its channel (404 for another's).
+    JobResult,
     /// A job hook: authenticated by the job's signature in the handler.
     Hook,
     /// Open to anyone (`/health`, signed blob URLs).
@@ -114,7 +117,7 @@ pub const ROUTES: &[Route] = &[
     client("POST", "/async/jobs/{id}/cancel", JobsCancel, Job),
     client("POST", "/async/jobs/{id}/retry", JobsSubmit, Job),
     client("GET", "/async/jobs/{id}/logs", JobsRead, Job),
-    client("GET", "/async/jobs/{id}/result", JobsRead, Job),
+    other("GET", "/async/jobs/{id}/result", Need::JobResult),
     client("PUT", "/async/jobs/{id}/files/{property}", JobsSubmit, Job),
     client(
         "GET",
@@ -398,7 +401,7 @@ async fn decide(
         return Ok(Grant::open());
     }
     let credential = match need {
-        Need::Events => super::token(headers, &access.config.jwt_cookie)?,
+        Need::Events | Need::JobResult => super::token(headers, &access.config.jwt_cookie)?,
         _ => bearer(headers)?,
     };
     let grant = access
@@ -421,6 +424,7 @@ async fn decide(
                 check_target(access, &grant, on, params).await?;
             }
         }
+        Need::JobResult => job_result(access, &grant, (method, uri), params).await?,
         Need::EveryChannel(_) if grant.confined_to_channels() => {
             return Err(Refusal::Forbidden(format!(
                 "`{method} {}` covers every channel: {} is confined to channels",
@@ -468,6 +472,31 @@ async fn decide(
     Ok(grant)
 }
 
+/// [`Need::JobResult`]: `jobs:read` as any job route, or a channel JWT for a job of its channel
+/// (404 for another's: [`super::target::channel_result`]), else 403.
+async fn job_result(
+    access: &Access,
+    grant: &Grant,
+    (method, uri): (&Method, &Uri),
+    params: Option<RawPathParams>,
+) -> Result<(), Refusal> {
+    if grant.allows(Scope::JobsRead) {
+        if grant.is_confined() {
+            check_target(access, grant, On::Job, params).await?;
+        }
+        return Ok(());
+    }
+    if grant.reads_events() {
+        let id = path_param(params.as_ref(), "id");
+        return super::target::channel_result(access.store.as_ref(), grant, id).await;
+    }
+    Err(Refusal::Forbidden(format!(
+        "{} does not grant `jobs:read`, which `{method} {}` needs",
+        grant.who,
+        uri.path()
+    )))
+}
+
 /// `Authorization: Bearer <credential>`, or 401.
 fn bearer(headers: &HeaderMap) -> Result<String, Refusal> {
     if !headers.contains_key(header::AUTHORIZATION) {
@@ -494,13 +523,7 @@ async fn check_target(
     on: On,
     params: Option<RawPathParams>,
 ) -> Result<(), Refusal> {
-    let param = |name: &str| {
-        params.as_ref().and_then(|p| {
-            p.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
-    };
+    let param = |name: &str| path_param(params.as_ref(), name);
     let store = &access.store;
     match on {
         On::Any => Ok(()),
@@ -525,6 +548,15 @@ async fn check_target(
             }
         }
     }
+}
+
+/// The path parameter `name` of a request.
+fn path_param(params: Option<&RawPathParams>, name: &str) -> Option<String> {
+    params.and_then(|p| {
+        p.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 /// The caller of a request, as [`Guard`] decided: handlers use it to show only what it covers,

@@ -31,6 +31,10 @@ pub enum Refusal {
     /// A caller asked for on a route the guard did not run on (500 `no_access_decision`).
     #[error("{0}")]
     NoDecision(String),
+    /// Not there, as far as this credential may know (404 `not_found`): a job of another channel
+    /// asked for with a channel JWT, so that its id is not confirmed.
+    #[error("{0}")]
+    NotFound(String),
     /// The store could not say what a path names.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -25,6 +25,33 @@ pub fn job(grant: &Grant, job: &Job) -> Result<(), Refusal> {
     grant.check_existing(&job.job_type, Some(&job.channel_id))
 }
 
+/// For a caller without `jobs:read` that follows events (a channel JWT): the job `id` (the
+/// `result_url` of its events) is of a channel the grant reads, else 404 as for no job, so that
+/// the ids of other channels' jobs are not confirmed. A malformed or unknown id passes: the
+/// handler answers 400 or 404 (and checks the job it finds by [`hidden_job`]).
+pub async fn channel_result(
+    store: &dyn crate::store::Store,
+    grant: &Grant,
+    id: Option<String>,
+) -> Result<(), Refusal> {
+    let Some(id) = id.and_then(|s| uuid::Uuid::parse_str(&s).ok()) else {
+        return Ok(());
+    };
+    match store.get(id).await? {
+        Some(job) => hidden_job(grant, &job),
+        None => Ok(()),
+    }
+}
+
+/// [`channel_result`]'s rule on a job that exists: within the grant's channels (a channel JWT
+/// is confined to its channel; a grant confined to none reads none this way), else 404.
+pub fn hidden_job(grant: &Grant, job: &Job) -> Result<(), Refusal> {
+    if grant.confined_to_channels() && grant.sees(&job.job_type, Some(&job.channel_id)) {
+        return Ok(());
+    }
+    Err(Refusal::NotFound("job not found".into()))
+}
+
 /// The schedule `s` (its template's type and channel) is within `grant`, or 403.
 pub fn schedule(grant: &Grant, s: &Schedule) -> Result<(), Refusal> {
     if !grant.is_confined() {

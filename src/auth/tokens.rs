@@ -153,6 +153,9 @@ pub type TypeRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct Grant {
     /// Who, for messages and logs: `token \`ci\`` or `JWT (sub 42)`; never the credential.
     pub who: String,
+    /// The user it speaks for, a job's `user_id` when it submits (its events show it): a JWT's
+    /// `sub`, an API token's `name`; `None` for a JWT without `sub` and without auth.
+    pub user: Option<String>,
     bits: u8,
     types: Option<Arc<Patterns>>,
     channels: Option<Arc<Patterns>>,
@@ -165,6 +168,7 @@ impl Grant {
     pub fn open() -> Self {
         Self {
             who: "anyone (auth is not configured)".into(),
+            user: None,
             bits: ALL_BITS | EVENTS_BIT,
             types: None,
             channels: None,
@@ -179,6 +183,7 @@ impl Grant {
         }
         Self {
             who,
+            user: None,
             bits,
             types: None,
             channels: None,
@@ -430,6 +435,7 @@ fn compile_token(
         }
     }
     let mut grant = Grant::from_scopes(format!("token `{name}`"), &scopes);
+    grant.user = Some(name.to_string());
     for (field, list, slot) in [
         ("types", &t.types, &mut grant.types),
         ("channels", &t.channels, &mut grant.channels),
@@ -525,6 +531,7 @@ fn grant_of_claims(c: Claims) -> Result<Grant, String> {
         .collect();
     let mut grant = Grant::from_scopes(who, &scopes);
     grant.valid_until = c.valid_until;
+    grant.user = c.sub;
     match c.channel {
         Some(ch) => {
             // A channel without `scope` is a browser's channel token: its channel's events. With

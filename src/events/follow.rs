@@ -99,7 +99,8 @@ impl Drop for Follower {
 
 impl Follower {
     /// Follows `channel` (`None`: the global stream) after `last_id` (exclusive; `None`: from the
-    /// oldest kept). `last_id` must be a valid id of the store (checked by the handlers).
+    /// oldest kept). `last_id` must be an event id (checked by the handlers); one of
+    /// another database gets a `resync` from the store, which moves the cursor back.
     pub fn new(
         store: Arc<dyn Store>,
         channel: Option<String>,
@@ -202,7 +203,10 @@ impl Follower {
                 let mut out = Vec::with_capacity(page.len());
                 for (ev, shown) in page.iter().zip(shown) {
                     let Some(f) = Frame::of(ev) else { continue };
-                    if self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
+                    // A resync moves the cursor, backwards too: one below it says the cursor is
+                    // of another database and where this one goes on from.
+                    let resync = ev.kind == "resync";
+                    if !resync && self.cursor.as_ref().is_some_and(|(c, _)| f.id <= *c) {
                         continue;
                     }
                     self.cursor = Some((f.id, f.id_text.to_string()));

@@ -133,7 +133,7 @@ fn bearer_only() -> Vec<SecurityRequirement> {
 fn apply(op: &mut Operation, need: Need, reads_query: bool) {
     let scope = match need {
         Need::Client(s, _) | Need::EveryChannel(s) | Need::Unconfined(s) => Some(s.as_str()),
-        Need::Events | Need::Metrics => Some("jobs:read"),
+        Need::Events | Need::Metrics | Need::JobResult => Some("jobs:read"),
         Need::Hook | Need::Open => None,
     };
     if let Some(s) = scope {
@@ -166,6 +166,23 @@ fn apply(op: &mut Operation, need: Need, reads_query: bool) {
                 op,
                 "403",
                 "`forbidden`: the credential does not cover the channel (`[auth]` only)",
+            );
+        }
+        Need::JobResult => {
+            op.security = Some(vec![
+                SecurityRequirement::new(BEARER, Vec::<String>::new()),
+                SecurityRequirement::new(COOKIE, Vec::<String>::new()),
+            ]);
+            add(
+                op,
+                "401",
+                "`unauthorized`: no credential or a bad one (`[auth]` only)",
+            );
+            add(op, "403", "`forbidden`: the credential lacks `jobs:read` and is no channel JWT, or the job is outside its `types` / `channels` (`[auth]` only)");
+            add(
+                op,
+                "404",
+                "`not_found`: no such job, or (a channel JWT) a job of another channel",
             );
         }
         Need::Metrics => {

@@ -101,6 +101,33 @@ pub fn parse_event_id(s: &str) -> Result<i64> {
     })
 }
 
+/// A `last_id` as the embedded store reads it.
+enum Cursor {
+    /// An id of this store.
+    Own(i64),
+    /// A well-formed id this store never hands out (a Redis stream id, an integer past
+    /// `i64`): a cursor from another database.
+    Foreign,
+}
+
+/// Reads a `last_id`: an id of this store, one of another database, or garbage (refused).
+fn parse_cursor(s: &str) -> Result<Cursor> {
+    match parse_event_id(s) {
+        Ok(v) => Ok(Cursor::Own(v)),
+        Err(_) if well_formed(s) => Ok(Cursor::Foreign),
+        Err(e) => Err(e),
+    }
+}
+
+/// An event id of either store's form (`42`, `1607477697866-0`): 1-20 digits, twice with `-`.
+fn well_formed(s: &str) -> bool {
+    let digits = |x: &str| (1..=20).contains(&x.len()) && x.bytes().all(|c| c.is_ascii_digit());
+    match s.split_once('-') {
+        Some((a, b)) => digits(a) && digits(b),
+        None => digits(s),
+    }
+}
+
 #[async_trait]
 impl EventLog for SqliteStore {
     async fn events(
@@ -109,9 +136,25 @@ impl EventLog for SqliteStore {
         last_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        let after = last_id.map(parse_event_id).transpose()?;
+        let cursor = last_id.map(parse_cursor).transpose()?;
         let channel = channel.map(str::to_string);
         self.read(move |c| {
+            let newest = || -> Result<i64> {
+                row(c, "SELECT COALESCE(MAX(id), 0) FROM events", [], |r| {
+                    r.get(0)
+                })
+            };
+            let resync_at = |id: i64| {
+                let mut ev = Event::resync(channel.as_deref().unwrap_or(""));
+                ev.id = id.to_string();
+                ev
+            };
+            // A cursor of another database: go on from the newest event (no silent gap).
+            let after = match cursor {
+                Some(Cursor::Foreign) => return Ok(vec![resync_at(newest()?)]),
+                Some(Cursor::Own(a)) => Some(a),
+                None => None,
+            };
             let mut out = Vec::new();
             // Where the stream asked for starts: past the global trim (rows deleted) and, for a
             // channel, past its own (its rows past `events.channel_limit` stay for the global
@@ -123,11 +166,10 @@ impl EventLog for SqliteStore {
                 |r| r.get(0),
             )?;
             if after.is_some_and(|a| a < trimmed) {
-                let mut ev = Event::resync(channel.as_deref().unwrap_or(""));
-                ev.id = trimmed.to_string();
-                out.push(ev);
+                out.push(resync_at(trimmed));
             }
-            let after = after.unwrap_or(0).max(trimmed);
+            let asked = after.unwrap_or(0);
+            let after = asked.max(trimmed);
             let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, String)> {
                 Ok((r.get(0)?, channel_name(r.get_ref(1)?)?, r.get(2)?))
             };
@@ -145,6 +187,15 @@ impl EventLog for SqliteStore {
                     read,
                 )?,
             };
+            // Nothing after a cursor past the newest event: ids are handed out only once
+            // stored and the newest is never deleted, so it is from another database (a fresh
+            // data dir): a resync to the newest, or the client waits until ids pass it.
+            if rows.is_empty() && asked > trimmed {
+                let top = newest()?.max(trimmed);
+                if asked > top {
+                    out.push(resync_at(top));
+                }
+            }
             for (id, channel, body) in rows {
                 out.push(super::stored::read_event(id, &channel, &body)?);
             }

@@ -293,6 +293,19 @@ if L then
   end
 end
 
+-- A cursor past the newest id the global stream ever gave (every event's id is one of it, and
+-- a client gets an id only once it is stored; one Redis, no replica to be ahead of): from
+-- another database (a flushed or new Redis, another deployment). A resync to that newest id
+-- (`0-0` when there is none), or the client would wait until ids pass its cursor. Not for a
+-- cursor with the sequence ABSENT: a resync id of the expiry rules, which may be after every
+-- event (a channel idle for the TTL), and reads on from there.
+if last ~= '' and resync == '' and #sid == 0 and #lid == 0
+    and string.match(last, '%-(%d+)$') ~= ABSENT then
+  local top = '0-0'
+  if redis.call('EXISTS', global) == 1 then top = info(global)['last-generated-id'] end
+  if less(top, last) then resync = top end
+end
+
 -- Both merged by id, at most `limit` (an id in both, which no writer makes, once).
 local out = { resync }
 local i, j = 1, 1

@@ -1,0 +1,145 @@
+//! A `last_id` this store never handed out (a browser's localStorage from another database:
+//! a fresh data dir, a flushed Redis, the other store's id form) gets a `resync` event to the
+//! newest id, on both stores and every transport, never a silent wait or a 400 forever.
+
+mod redis_support;
+#[macro_use]
+mod store_support;
+mod support;
+mod ws_support;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use runyard::job::{now_us, Job};
+use runyard::store::{Store, StoreError, StoreSettings};
+use serde_json::{json, Value};
+use support::{TestServer, WAIT};
+
+fn settings() -> StoreSettings {
+    StoreSettings::default()
+}
+
+both!(a_cursor_past_the_newest_event_resyncs_to_the_newest);
+
+/// A cursor past every id of the store: far ahead in its own form.
+fn far_ahead(newest: &str) -> String {
+    match newest.split_once('-') {
+        Some(_) => "99999999999999-0".into(),
+        None => "9999999".into(),
+    }
+}
+
+async fn a_cursor_past_the_newest_event_resyncs_to_the_newest(s: Arc<dyn Store>) {
+    let mut job = Job::new("t", "r", now_us());
+    job.channel_id = "c1".into();
+    s.submit(job).await.expect("submit");
+    let newest = s.last_event_id().await.unwrap().expect("an event");
+    let ahead = far_ahead(&newest);
+    for channel in [None, Some("c1"), Some("never-used")] {
+        let page = s.events(channel, Some(&ahead), 10).await.expect("read");
+        assert_eq!(page.len(), 1, "{channel:?}: {page:?}");
+        assert_eq!(page[0].kind, "resync", "{channel:?}: {page:?}");
+        assert_eq!(page[0].id, newest, "{channel:?}: go on from the newest");
+        // Reading on from there: no resync again, nothing (up to date).
+        let next = s.events(channel, Some(&newest), 10).await.expect("read");
+        assert!(next.is_empty(), "{channel:?}: {next:?}");
+    }
+    // Garbage is still refused.
+    for bad in ["nope", "1-2-3", "-1"] {
+        let r = s.events(None, Some(bad), 10).await;
+        assert!(matches!(r, Err(StoreError::BadInput(_))), "{bad}: {r:?}");
+    }
+}
+
+/// The embedded store with a Redis stream id (and an integer past its ids' range): a cursor of
+/// another database, a resync; on an empty store to `0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_resyncs_a_redis_form_id() {
+    let (_g, s) = store_support::embedded(settings()).await;
+    let page = s.events(None, Some("1607477697866-0"), 10).await.unwrap();
+    assert_eq!(page.len(), 1, "{page:?}");
+    assert_eq!(
+        (page[0].kind.as_str(), page[0].id.as_str()),
+        ("resync", "0")
+    );
+    s.submit(Job::new("t", "r", now_us())).await.unwrap();
+    let newest = s.last_event_id().await.unwrap().unwrap();
+    for foreign in ["1607477697866-0", "18446744073709551615"] {
+        let page = s.events(Some("x"), Some(foreign), 10).await.unwrap();
+        assert_eq!(page.len(), 1, "{foreign}: {page:?}");
+        assert_eq!(page[0].kind, "resync", "{foreign}");
+        assert_eq!(page[0].id, newest, "{foreign}");
+    }
+}
+
+const BUILTINS: &str = r#"
+[[runners]]
+kind = "service"
+types = ["runyard.*"]
+"#;
+
+/// Polling, WebSocket and SSE with a cursor from another database: a resync to the newest id
+/// (polling's `last_id` too), then the events that follow, not a wait until ids pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_resyncs_a_cursor_from_another_database() {
+    let ts = TestServer::start(BUILTINS).await;
+    let first = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    ts.wait_terminal(&first, WAIT).await;
+    let newest = ts.last_event_id().await;
+    for cursor in ["9999999", "1607477697866-0"] {
+        let (st, v) = ts
+            .get(&format!("/api/v1/async_event/?last_id={cursor}"))
+            .await;
+        assert_eq!(st, 200, "{cursor}: {v}");
+        assert_eq!(v["result"][0]["type"], "resync", "{cursor}: {v}");
+        assert_eq!(v["result"][0]["id"], newest.as_str(), "{cursor}: {v}");
+        assert_eq!(v["last_id"], newest.as_str(), "{cursor}: {v}");
+    }
+    let addr = ts.url.trim_start_matches("http://").to_string();
+    let mut ws = ws_support::connect(&addr, "last_id=9999999").await;
+    let sse = reqwest::Client::new()
+        .get(ts.at("/async/events/sse"))
+        .header("Last-Event-ID", "1607477697866-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let second = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    ts.wait_terminal(&second, WAIT).await;
+    let done = |evs: &[Value]| {
+        evs.iter()
+            .any(|e| e["job_id"] == second.as_str() && e["runyard_status"] == "SUCCESS")
+    };
+    let got = ws_support::read_until(&mut ws, WAIT, done).await.events;
+    assert_eq!(got[0]["type"], "resync", "{got:#?}");
+    assert_eq!(got[0]["id"], newest.as_str(), "{got:#?}");
+    assert!(
+        got[1..].iter().all(|e| e["job_id"] == second.as_str()),
+        "{got:#?}"
+    );
+    // SSE: the same, `id:` lines included.
+    let mut body = sse.bytes_stream();
+    let mut text = String::new();
+    let mut evs: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(&evs) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("SSE timed out: {text}"))
+            .expect("SSE open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        evs = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .collect();
+    }
+    assert_eq!(evs[0]["type"], "resync", "{text}");
+    assert!(text.contains(&format!("id:{newest}")) || text.contains(&format!("id: {newest}")));
+    assert!(
+        evs[1..].iter().all(|e| e["job_id"] == second.as_str()),
+        "{text}"
+    );
+}
