@@ -43,7 +43,10 @@ async fn get(ts: &TestServer, path: &str, jwt: &str, via: Via) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_jwt_reads_the_result_url_of_its_own_channels_jobs_only() {
     let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n")
-        .config(&format!("[auth]\njwt_secret = \"{SECRET}\"\n"))
+        // `/metrics` open: the test reads the store calls there.
+        .config(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nmetrics_require_token = false\n"
+        ))
         .start()
         .await;
     let service = mint(json!({"scope": "jobs:submit jobs:read", "sub": "svc"}));
@@ -92,12 +95,18 @@ async fn a_channel_jwt_reads_the_result_url_of_its_own_channels_jobs_only() {
         assert_eq!(v["job_id"], ids[0].as_str(), "{via:?}: {v}");
         assert_eq!(v["status"], "SUCCESS", "{via:?}: {v}");
         let other = format!("/async/jobs/{}/result", ids[1]);
+        let reads = ts.store_calls("get").await;
         let (s, other_v) = get(&ts, &other, &browser, via).await;
+        let other_reads = ts.store_calls("get").await - reads;
         assert_eq!(s, 404, "{via:?}: another channel's job: {other_v}");
         assert_eq!(other_v["error"]["code"], "not_found", "{via:?}: {other_v}");
-        // The same answer as no job: the id is not confirmed.
+        // The same answer as no job, after as many reads of the store (a second read for an
+        // unknown id only would tell the two apart by the time taken): the id is not confirmed.
+        let reads = ts.store_calls("get").await;
         let (s, none) = get(&ts, &unknown, &browser, via).await;
+        let none_reads = ts.store_calls("get").await - reads;
         assert_eq!((s, &none), (404, &other_v), "{via:?}: no such job");
+        assert_eq!(none_reads, other_reads, "{via:?}: store reads");
     }
     // Only the result: the job itself, its logs stay `jobs:read`.
     for path in [

@@ -69,7 +69,8 @@ where
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
             // A listed page may send the event cookie (`auth.jwt_cookie`) with its polling or
             // SSE request (`fetch(.., {credentials: "include"})`, `EventSource(.., {withCredentials:
-            // true})`): only the event routes read a cookie, and they only read.
+            // true}), and read its jobs' `result_url`): only the event routes and the result
+            // route read a cookie, and they only read.
             .allow_credentials(true)
             .max_age(std::time::Duration::from_secs(600))
     });

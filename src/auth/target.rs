@@ -27,8 +27,10 @@ pub fn job(grant: &Grant, job: &Job) -> Result<(), Refusal> {
 
 /// For a caller without `jobs:read` that follows events (a channel JWT): the job `id` (the
 /// `result_url` of its events) is of a channel the grant reads, else 404 as for no job, so that
-/// the ids of other channels' jobs are not confirmed. A malformed or unknown id passes: the
-/// handler answers 400 or 404 (and checks the job it finds by [`hidden_job`]).
+/// the ids of other channels' jobs are not confirmed. An unknown id is the same 404, from the
+/// same one read (answered by the handler after a second read, its time would tell the two
+/// apart); a malformed one passes: the handler answers 400 (and checks the job it finds by
+/// [`hidden_job`]).
 pub async fn channel_result(
     store: &dyn crate::store::Store,
     grant: &Grant,
@@ -39,7 +41,7 @@ pub async fn channel_result(
     };
     match store.get(id).await? {
         Some(job) => hidden_job(grant, &job),
-        None => Ok(()),
+        None => Err(Refusal::NotFound("job not found".into())),
     }
 }
 

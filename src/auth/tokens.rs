@@ -531,7 +531,8 @@ fn grant_of_claims(c: Claims) -> Result<Grant, String> {
         .collect();
     let mut grant = Grant::from_scopes(who, &scopes);
     grant.valid_until = c.valid_until;
-    grant.user = c.sub;
+    // Copied into every job it submits and every event of those: bounded.
+    grant.user = c.sub.map(|s| cap_user(s, MAX_USER_BYTES));
     match c.channel {
         Some(ch) => {
             // A channel without `scope` is a browser's channel token: its channel's events. With
@@ -550,9 +551,34 @@ fn grant_of_claims(c: Claims) -> Result<Grant, String> {
     Ok(grant)
 }
 
+/// The most bytes of a JWT's `sub` a job keeps as its `user_id`.
+const MAX_USER_BYTES: usize = 256;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cap_user(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let end = (0..=max)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(end);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_sub_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(200);
+        let cut = cap_user(long.clone(), MAX_USER_BYTES);
+        assert_eq!(cut.len(), 256);
+        assert!(long.starts_with(&cut));
+        assert_eq!(cap_user("alice".into(), MAX_USER_BYTES), "alice");
+        assert_eq!(cap_user("ab".repeat(200), 255).len(), 255);
+    }
 
     fn auth(toml: &str) -> Result<Authenticator, (String, String)> {
         let cfg: AuthConfig = toml::from_str(toml).expect("toml");
