@@ -286,7 +286,9 @@ fn check_origin(allowed: &[String], req: &Request) -> Result<(), ApiError> {
         return Ok(());
     }
     let h = req.headers();
-    if crate::auth::same_origin_or_listed(h, |o| allowed.iter().any(|a| a == o)) {
+    // Scheme and host are case-insensitive, as the stream check compares them.
+    if crate::auth::same_origin_or_listed(h, |o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    {
         return Ok(());
     }
     let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
@@ -439,6 +441,24 @@ pub fn is_long_lived(req: &Request) -> bool {
 #[cfg(test)]
 mod tests {
     use super::HostRule;
+
+    /// A listed origin written with capitals passes a write from it, as it passes the event
+    /// streams' check: scheme and host are case-insensitive.
+    #[test]
+    fn listed_origins_are_compared_without_case() {
+        let allowed = vec!["https://App.Example".to_string()];
+        let req = |origin: &str| {
+            axum::http::Request::builder()
+                .method(axum::http::Method::POST)
+                .uri("/async/jobs")
+                .header("host", "runyard.internal")
+                .header("origin", origin)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        assert!(super::check_origin(&allowed, &req("https://app.example")).is_ok());
+        assert!(super::check_origin(&allowed, &req("https://other.example")).is_err());
+    }
 
     #[test]
     fn only_ip_addresses_loopback_names_and_listed_names_pass() {
