@@ -52,6 +52,34 @@ async fn a_cursor_past_the_newest_event_resyncs_to_the_newest(s: Arc<dyn Store>)
     }
 }
 
+/// On Redis a channel cursor is told foreign by the channel's own newest id too: with the global
+/// stream deleted behind runyard's back (an operator's `DEL`), a client up to date on its
+/// channel is not sent back to `0-0` (and the whole channel again) on every poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_current_channel_cursor_is_not_foreign_without_the_global_stream() {
+    let (guard, s) = store_support::redis(settings()).await;
+    let store_support::Guard::Redis(r) = &guard else {
+        unreachable!("a Redis guard")
+    };
+    let mut job = Job::new("t", "r", now_us());
+    job.channel_id = "c1".into();
+    s.submit(job).await.expect("submit");
+    let newest = s.last_event_id().await.unwrap().expect("an event");
+    let mut c = ::redis::Client::open(r.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let n: i64 = ::redis::cmd("DEL")
+        .arg(format!("{}:ev", r.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the global stream was there");
+    let page = s.events(Some("c1"), Some(&newest), 10).await.unwrap();
+    assert!(page.is_empty(), "{page:?}");
+}
+
 /// The embedded store with a Redis stream id (and an integer past its ids' range): a cursor of
 /// another database, a resync; on an empty store to `0`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
