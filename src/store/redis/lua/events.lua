@@ -305,11 +305,12 @@ if last ~= '' and resync == '' and #sid == 0 and #lid == 0
   if redis.call('EXISTS', global) == 1 then top = info(global)['last-generated-id'] end
   -- The channel's own newest too (its stream's, its list's tail): a global stream deleted or
   -- cut behind runyard's back (an operator's DEL) does not make a current cursor foreign.
-  if is_chan and has_stream then
+  -- Read only then: an up-to-date poll pays nothing more.
+  if less(top, last) and is_chan and has_stream then
     local t = info(key)['last-generated-id']
     if less(top, t) then top = t end
   end
-  if L then
+  if less(top, last) and L then
     local t = id_of(redis.call('LINDEX', lkey, -1) or '')
     if t and less(top, t) then top = t end
   end
