@@ -50,6 +50,8 @@ pub fn lost_note(why: &str) -> String {
 #[derive(Default)]
 struct Pending {
     lines: VecDeque<(LogStream, SystemTime, String)>,
+    /// How many of `lines` each stream has ([`stream_slot`]).
+    per_stream: [usize; 3],
     dropped: u64,
     progress: Option<(f64, Option<Value>)>,
 }
@@ -137,16 +139,39 @@ impl<S: BatchSink> BufferedReporter<S> {
     }
 }
 
+/// A stream's place in [`Pending::per_stream`].
+fn stream_slot(s: LogStream) -> usize {
+    match s {
+        LogStream::Stdout => 0,
+        LogStream::Stderr => 1,
+        LogStream::Job => 2,
+    }
+}
+
+impl Pending {
+    /// The sink is slower than the job: the oldest line goes, not the newest; but never the only
+    /// line of its stream (the pipes are read apart: a job's last word on stderr, read while
+    /// thousands of its stdout lines still sat in their pipe, was pushed out by them).
+    fn drop_one(&mut self) {
+        let at = (0..self.lines.len().min(4))
+            .find(|&i| self.per_stream[stream_slot(self.lines[i].0)] > 1)
+            .unwrap_or(0);
+        if let Some((s, _, _)) = self.lines.remove(at) {
+            self.per_stream[stream_slot(s)] -= 1;
+            self.dropped += 1;
+        }
+    }
+}
+
 impl<S: BatchSink> Reporter for BufferedReporter<S> {
     fn log(&self, stream: LogStream, line: String) {
         {
             let mut p = self.pending.lock();
-            if p.lines.len() >= self.max_lines {
-                // The sink is slower than the job: the oldest goes, not the newest.
-                p.lines.pop_front();
-                p.dropped += 1;
-            }
             p.lines.push_back((stream, SystemTime::now(), line));
+            p.per_stream[stream_slot(stream)] += 1;
+            if p.lines.len() > self.max_lines {
+                p.drop_one();
+            }
         }
         self.schedule();
     }
@@ -211,6 +236,28 @@ mod tests {
             "the gap is said: {texts:?}"
         );
         assert_eq!(&texts[1..], ["l3", "l4", "FATAL"]);
+    }
+
+    /// The job's last stderr line read before the rest of its stdout (the pipes are read apart,
+    /// and thousands of stdout lines can still sit in theirs): the stdout flood that follows
+    /// pushes out older stdout lines, not that stderr line, the only one of its stream.
+    #[tokio::test]
+    async fn a_flood_of_one_stream_never_pushes_out_another_streams_last_line() {
+        let sink = Arc::new(Collect::default());
+        let r = BufferedReporter::new(sink.clone(), Duration::from_secs(3600), 3);
+        r.log(LogStream::Stdout, "l0".into());
+        r.log(LogStream::Stderr, "FATAL".into());
+        for i in 1..10 {
+            r.log(LogStream::Stdout, format!("l{i}"));
+        }
+        r.flush().await;
+        let batches = sink.0.lock();
+        let texts: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
+            .collect();
+        assert!(texts[0].contains("8 line(s) dropped"), "{texts:?}");
+        assert_eq!(&texts[1..], ["FATAL", "l8", "l9"]);
     }
 
     #[tokio::test]
