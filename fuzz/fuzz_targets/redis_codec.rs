@@ -227,19 +227,22 @@ fn commit(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         arg("runat"),
         job.run_at.filter(|_| job.status == JobStatus::Scheduled),
     );
+    // In the lease set: an active job's lease, and a cancelled one's (kept while its worker
+    // stops the work: the reaper finds it there once it runs out).
+    let in_set = |st: JobStatus| st.is_active() || st == JobStatus::Cancelled;
     let active_lease = job
         .lease
         .as_ref()
-        .filter(|_| job.status.is_active())
+        .filter(|_| in_set(job.status))
         .map(|l| l.expires_at);
     if args.contains_key("lease") {
         opt_integer(arg("lease"), active_lease);
     } else if let Some(o) = &old {
-        // Left out when the loaded job was active with the same expiry, or neither is active.
+        // Left out when the loaded job was in the set with the same expiry, or neither is.
         let old_lease = o
             .lease
             .as_ref()
-            .filter(|_| o.status.is_active())
+            .filter(|_| in_set(o.status))
             .map(|l| l.expires_at);
         assert_eq!(old_lease, active_lease);
     } else {
