@@ -556,6 +556,13 @@ async fn a_cancelled_job_of_a_hung_worker_is_retried_only_once_its_process_is_go
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Its start recorded (RUNNING: the handle, which names the process, is stored): a worker
+    // hung before that leaves a job no other worker can find the process of (docs/api.md).
+    let start = Instant::now();
+    while get_json(&http, &job_url).await["status"] != "RUNNING" {
+        assert!(start.elapsed() < Duration::from_secs(30), "never RUNNING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cl.spawn("worker-b", &["worker"]);
     let a_pid = cl.procs[wa].pid() as i32;
     unsafe {
