@@ -56,6 +56,17 @@ command = ["sleep", "2"]
 concurrency = 8
 "#;
 
+/// A server on a fresh redis-server (kept alive by the first value), its store checked.
+async fn redis_server() -> (TestRedis, TestServer) {
+    let r = TestRedis::start();
+    let ts = TestServer::builder(RUNNERS)
+        .config(&r.server_config(MASTER_KEY))
+        .start()
+        .await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    (r, ts)
+}
+
 fn err_of(v: &Value) -> (String, String) {
     (
         v["error"]["code"].as_str().unwrap_or("").to_string(),
@@ -667,12 +678,7 @@ async fn put_pause_state_embedded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_pause_state_redis() {
-    let r = TestRedis::start();
-    let ts = TestServer::builder(RUNNERS)
-        .config(&r.server_config(MASTER_KEY))
-        .start()
-        .await;
-    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    let (_r, ts) = redis_server().await;
     put_keeps_or_sets_pause(&ts).await;
 }
 
@@ -971,12 +977,7 @@ async fn backfill_after_recreate_embedded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_after_recreate_redis() {
-    let r = TestRedis::start();
-    let ts = TestServer::builder(RUNNERS)
-        .config(&r.server_config(MASTER_KEY))
-        .start()
-        .await;
-    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    let (_r, ts) = redis_server().await;
     backfill_after_recreate(&ts).await;
 }
 
@@ -1180,12 +1181,7 @@ async fn pattern_checks_queued_on_one_server_do_not_hold_up_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_redis() {
-    let r = TestRedis::start();
-    let ts = TestServer::builder(RUNNERS)
-        .config(&r.server_config(MASTER_KEY))
-        .start()
-        .await;
-    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    let (_r, ts) = redis_server().await;
     api_suite(&ts).await;
     live_fires(&ts).await;
     live_forbid(&ts).await;
