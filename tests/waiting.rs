@@ -5,6 +5,7 @@
 
 mod redis_support;
 mod support;
+mod wait_support;
 
 use std::time::{Duration, Instant};
 
@@ -14,39 +15,7 @@ use serde_json::{json, Value};
 
 use redis_support::TestRedis;
 use support::{error_of, gap, time_of, TestServer, WAIT};
-
-const RUNNERS: &str = r#"
-[[runners]]
-name = "svc"
-kind = "service"
-types = ["runyard.*"]
-concurrency = 1
-"#;
-
-async fn signal(ts: &TestServer, key: &str) -> Value {
-    let (st, v) = ts.post(&format!("/async/signals/{key}"), None).await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
-    v
-}
-
-fn seqs(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default()
-}
-
-/// Stays WAITING for `hold` (checked several times).
-async fn still_waiting(ts: &TestServer, id: &str, hold: Duration) -> Value {
-    let until = Instant::now() + hold;
-    loop {
-        let j = ts.get_job(id).await;
-        assert_eq!(j["status"], "WAITING", "released too early: {j:#}");
-        if Instant::now() >= until {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use wait_support::{seqs, signal, still_waiting, RUNNERS};
 
 fn rfc3339_now() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
