@@ -58,13 +58,24 @@ pub fn distinct_reads(items: &[WaitItem]) -> (Vec<(&str, Micros, u32)>, Vec<usiz
 
 /// Each item's [`Seen`] from the answers of its read (the count, up to the read's largest
 /// `needed`, and the first numbers): its own count up to its `needed`, and its first numbers.
+///
+/// The numbers are asked for after the count, `min(count, MAX_SIGNAL_IDS)` of them: fewer means
+/// records went between the two reads (retention, a per-key trim), and exactly those read are
+/// left, so they are the count. Otherwise `seen` would count records `signal_ids` cannot show
+/// and `signal_ids_truncated` would claim more than there are.
 pub fn seen_of(items: &[WaitItem], of_item: &[usize], answers: &[(u64, Vec<u64>)]) -> Seen {
     items
         .iter()
         .zip(of_item)
         .map(|(i, r)| {
             let (count, ids) = &answers[*r];
-            let n = (*count).min(u64::from(i.needed)) as u32;
+            let asked = (*count).min(MAX_SIGNAL_IDS as u64);
+            let count = if (ids.len() as u64) < asked {
+                ids.len() as u64
+            } else {
+                *count
+            };
+            let n = count.min(u64::from(i.needed)) as u32;
             let shown = (n as usize).min(MAX_SIGNAL_IDS).min(ids.len());
             (n, ids[..shown].to_vec())
         })
@@ -232,5 +243,18 @@ mod tests {
         assert_eq!(seen[99], (100, first));
         assert_eq!(seen[100], (1, vec![50]));
         assert_eq!(seen[101], (0, vec![]));
+    }
+
+    #[test]
+    fn numbers_short_of_the_count_are_the_count() {
+        let items = vec![item("a", 5, None), item("a", 40, None)];
+        let (_, of_item) = distinct_reads(&items);
+        // Counted 40, then 38 went before the numbers were read: 2 left.
+        let seen = seen_of(&items, &of_item, &[(40, vec![39, 40])]);
+        assert_eq!(seen, vec![(2, vec![39, 40]), (2, vec![39, 40])]);
+        // 32 numbers of more counted: still truncated, the count kept.
+        let first: Vec<u64> = (1..=32).collect();
+        let seen = seen_of(&items, &of_item, &[(40, first.clone())]);
+        assert_eq!(seen[1], (40, first));
     }
 }
