@@ -34,7 +34,13 @@ CREATE INDEX IF NOT EXISTS wait_deadlines_at ON wait_deadlines(deadline);
 /// counted to (exact when below it). The jobs a signal checks mostly wait on the same key from
 /// the same time, so its records are counted once, not once per job and item.
 #[derive(Default)]
-pub(super) struct Counts(HashMap<(String, Micros, Micros), (u64, u64)>);
+pub(super) struct Counts {
+    /// By (key, since, until): the count and the limit it was counted to.
+    counted: HashMap<(String, Micros, Micros), (u64, u64)>,
+    /// The counts read from the table (the unit test holds the sharing to it).
+    #[cfg(test)]
+    reads: usize,
+}
 
 impl Counts {
     /// How many records `key` has from `since` to `until`, counted up to `needed`.
@@ -48,13 +54,17 @@ impl Counts {
     ) -> Result<u64> {
         let needed = u64::from(needed);
         let k = (key.to_string(), since, until);
-        if let Some(&(n, limit)) = self.0.get(&k) {
+        if let Some(&(n, limit)) = self.counted.get(&k) {
             if n < limit || limit >= needed {
                 return Ok(n.min(needed));
             }
         }
         let n = super::signals::count_in(conn, key, since, until, needed)?;
-        self.0.insert(k, (n, needed));
+        #[cfg(test)]
+        {
+            self.reads += 1;
+        }
+        self.counted.insert(k, (n, needed));
         Ok(n)
     }
 
@@ -236,5 +246,61 @@ impl WaitStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+    use crate::job::wait::WaitItem;
+    use crate::job::Micros;
+
+    fn item(key: &str, needed: u32, since: Option<Micros>) -> WaitItem {
+        WaitItem {
+            key: key.into(),
+            needed,
+            since,
+            seen: 0,
+            signal_ids: vec![],
+        }
+    }
+
+    /// The counts of one transaction (a signal checking every job waiting on its key) are read
+    /// once per distinct (key, since): by each job's check and by the reads of the job it
+    /// releases, whatever the number of jobs and of identical items; again only for a larger
+    /// count than the one read (a count stops at its limit).
+    #[test]
+    fn counts_are_read_once_per_key_and_since_across_items_and_jobs() {
+        let conn = rusqlite::Connection::open_in_memory().expect("db");
+        conn.execute_batch(super::super::signals::SCHEMA)
+            .expect("schema");
+        for at in 10..15 {
+            super::super::signals::append_in(&conn, "a".into(), None, None, at).expect("a");
+        }
+        super::super::signals::append_in(&conn, "b".into(), None, None, 10).expect("b");
+        let mut job: Vec<WaitItem> = vec![item("a", 3, None); 5];
+        job.push(item("a", 3, Some(12)));
+        job.push(item("b", 1, None));
+        let mut counts = Counts::default();
+        for _ in 0..10 {
+            assert!(counts.all_met(&conn, &job, Micros::MAX, Some("a")).unwrap());
+            let seen = counts.seen(&conn, &job, Micros::MAX).unwrap();
+            assert_eq!(seen[0], (3, vec![1, 2, 3]));
+            assert_eq!(seen[5], (3, vec![3, 4, 5]));
+            assert_eq!(seen[6], (1, vec![1]));
+        }
+        assert_eq!(counts.reads, 3, "(a, 0), (a, 12), (b, 0)");
+        // A job needing more of `a` than was counted (the count stopped at 3): one more read,
+        // then shared again.
+        let more = vec![item("a", 5, None)];
+        for _ in 0..3 {
+            assert!(counts.all_met(&conn, &more, Micros::MAX, None).unwrap());
+        }
+        assert_eq!(counts.reads, 4);
+        // A smaller count than one read needs no read.
+        assert!(counts
+            .all_met(&conn, &[item("a", 2, None)], Micros::MAX, None)
+            .unwrap());
+        assert_eq!(counts.reads, 4);
     }
 }
