@@ -2159,7 +2159,8 @@ fn files_put_works_with_a_token_that_may_attach_but_not_read() {
 
 /// `--wait-for KEY[:COUNT]`: a last part of digits is the count, so a key ending in `:digits` is
 /// written with its count (`shard:2:1`); a count of 0 (`src:00`) is a usage error (exit 2, saying
-/// how to write the key) before any request: no server runs for it.
+/// how to write the key) before any request: no server runs for it. A signed part (`k:+5`) is
+/// key text.
 #[test]
 fn wait_for_a_key_ending_in_digits_takes_its_count_and_a_count_of_0_is_refused() {
     for spec in ["src:00", "src:10001"] {
@@ -2180,7 +2181,13 @@ fn wait_for_a_key_ending_in_digits_takes_its_count_and_a_count_of_0_is_refused()
         a.extend(["--output", "json"]);
         cli_env(&s.url, &a, &[])
     };
-    for (spec, key, needed) in [("shard:2:1", "shard:2", 1), ("shard:2", "shard", 2)] {
+    // A sign is not a digit (docs/cli.md): `k:+5` is the key `k:+5`, not five records of `k`.
+    for (spec, key, needed) in [
+        ("shard:2:1", "shard:2", 1),
+        ("shard:2", "shard", 2),
+        ("k:+5", "k:+5", 1),
+        ("k:+5:3", "k:+5", 3),
+    ] {
         let sub = json_doc(&run(&["submit", "sh.ok", "--wait-for", spec]));
         let id = sub["job_id"].as_str().unwrap().to_string();
         let job = json_doc(&run(&["status", &id]));

@@ -50,7 +50,8 @@ pub struct SubmitArgs {
     /// Wait (status WAITING, no worker slot) for COUNT records (1-10000, default 1) of signal KEY
     /// before running; repeatable, every one must be met. A last part of digits is always the
     /// COUNT: for a key that itself ends in `:DIGITS`, write the count out (`shard:2:1` waits for
-    /// one record of `shard:2`; `shard:2` is two records of `shard`).
+    /// one record of `shard:2`; `shard:2` is two records of `shard`). Only 0-9 are digits: a sign
+    /// or a space makes it part of the key (`k:+5` is one record of `k:+5`).
     #[arg(long = "wait-for", value_name = "KEY[:COUNT]", value_parser = wait_spec)]
     pub wait_for: Vec<String>,
     /// Records before this time do not count, for every --wait-for: RFC 3339, "-4h" (before the
@@ -85,8 +86,10 @@ fn timeout_value(t: &str) -> Value {
     }
 }
 
-/// `--wait-for KEY[:COUNT]` split: a key may itself contain ':'; a last part of digits (after a
-/// non-empty key) is always the count, unparsed.
+/// `--wait-for KEY[:COUNT]` split: a key may itself contain ':'; a last part of digits (ASCII
+/// 0-9 only, after a non-empty key) is always the count, unparsed. A part with a sign (`+5`,
+/// `-5`) or a space is not digits, so it stays in the key, though Rust's integer parse would
+/// take `+5` as 5: only a part checked here is ever parsed as the count.
 fn wait_parts(spec: &str) -> (&str, Option<&str>) {
     match spec.rsplit_once(':') {
         Some((k, c)) if !k.is_empty() && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => {
@@ -212,6 +215,12 @@ mod tests {
             ("a:b", "a:b", 1),
             (":5", ":5", 1),
             ("k:", "k:", 1),
+            // A sign is not a digit: the key is all of it (docs/cli.md), never `k` counting 5.
+            ("k:+5", "k:+5", 1),
+            ("k:-5", "k:-5", 1),
+            ("k: 5", "k: 5", 1),
+            ("k:+5:2", "k:+5", 2),
+            ("k:5+", "k:5+", 1),
         ] {
             assert!(wait_spec(spec).is_ok(), "{spec}");
             assert_eq!(
