@@ -22,11 +22,12 @@ fn settings() -> StoreSettings {
 
 both!(a_cursor_past_the_newest_event_resyncs_to_the_newest);
 
-/// A cursor past every id of the store: far ahead in its own form.
+/// A cursor past every id of the store: far ahead in its own form (the embedded store's ids are
+/// below 2^53).
 fn far_ahead(newest: &str) -> String {
     match newest.split_once('-') {
         Some(_) => "99999999999999-0".into(),
-        None => "9999999".into(),
+        None => "9000000000000000000".into(),
     }
 }
 
@@ -170,4 +171,109 @@ async fn every_transport_resyncs_a_cursor_from_another_database() {
         evs[1..].iter().all(|e| e["job_id"] == second.as_str()),
         "{text}"
     );
+}
+
+/// The embedded store tells a cursor of another database whatever its value: each database
+/// numbers its events from a first id of its own (docs/api.md), so a cursor below it is foreign
+/// as well as one past the newest; `0` (before every id) and every id from the first on are its
+/// own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_resyncs_a_cursor_below_its_first_id() {
+    let (_g, s) = store_support::embedded(settings()).await;
+    for _ in 0..3 {
+        s.submit(Job::new("t", "r", now_us())).await.unwrap();
+    }
+    let all = s.events(None, None, 100).await.unwrap();
+    let first: i64 = all[0].id.parse().unwrap();
+    let newest = s.last_event_id().await.unwrap().unwrap();
+    assert!(all.len() >= 3, "{all:?}");
+    for below in [1, 2, first / 2, first - 1] {
+        let page = s
+            .events(Some("x"), Some(&below.to_string()), 10)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1, "{below}: {page:?}");
+        assert_eq!(
+            (page[0].kind.as_str(), page[0].id.as_str()),
+            ("resync", newest.as_str()),
+            "{below}"
+        );
+    }
+    // Its own: from the beginning, and after its first event.
+    let from_0 = s.events(None, Some("0"), 100).await.unwrap();
+    assert_eq!(from_0.len(), all.len(), "{from_0:?}");
+    assert!(from_0.iter().all(|e| e.kind != "resync"), "{from_0:?}");
+    let after_first = s.events(None, Some(&all[0].id), 100).await.unwrap();
+    assert_eq!(after_first.len(), all.len() - 1, "{after_first:?}");
+    assert!(
+        after_first.iter().all(|e| e.kind != "resync"),
+        "{after_first:?}"
+    );
+}
+
+/// A browser keeps its cursor across a new data dir, and the new database grows past that
+/// number: its cursor still gets a resync to the newest id over HTTP, not the new database's
+/// events after the old number read as one of its own (ids counted from 1 in every database
+/// did that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_kept_across_a_new_data_dir_resyncs_after_the_new_database_grew_past_it() {
+    let mut a = TestServer::start(BUILTINS).await;
+    let job = a.submit_ok(json!({"type": "runyard.noop"})).await;
+    a.wait_terminal(&job, WAIT).await;
+    let kept = a.last_event_id().await;
+    a.stop().await;
+    let b = TestServer::start(BUILTINS).await;
+    for _ in 0..3 {
+        let job = b.submit_ok(json!({"type": "runyard.noop"})).await;
+        b.wait_terminal(&job, WAIT).await;
+    }
+    let newest = b.last_event_id().await;
+    assert_ne!(newest, kept);
+    let (st, v) = b.get(&format!("/api/v1/async_event/?last_id={kept}")).await;
+    assert_eq!(st, 200, "{v}");
+    let result = v["result"].as_array().unwrap();
+    assert_eq!(
+        result.len(),
+        1,
+        "a resync alone, no event of B after {kept}: {v}"
+    );
+    assert_eq!(result[0]["type"], "resync", "{v}");
+    assert_eq!(result[0]["id"], newest.as_str(), "{v}");
+    assert_eq!(v["last_id"], newest.as_str(), "{v}");
+}
+
+/// On Redis, ids are times: a cursor kept across a flushed (here: a new) Redis, whose stream
+/// has grown past it, reads every event of the new one (all written after the cursor's time):
+/// no gap, and no event the client's cursor is after (docs/api.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_kept_across_a_new_redis_reads_every_event_of_the_new_one() {
+    let key = "event-cursors-test-master-key-0123456789";
+    let ra = redis_support::TestRedis::start();
+    let mut a = TestServer::builder(BUILTINS)
+        .config(&ra.server_config(key))
+        .start()
+        .await;
+    let job = a.submit_ok(json!({"type": "runyard.noop"})).await;
+    a.wait_terminal(&job, WAIT).await;
+    let kept = a.last_event_id().await;
+    a.stop().await;
+    let rb = redis_support::TestRedis::start();
+    let b = TestServer::builder(BUILTINS)
+        .config(&rb.server_config(key))
+        .start()
+        .await;
+    for _ in 0..3 {
+        let job = b.submit_ok(json!({"type": "runyard.noop"})).await;
+        b.wait_terminal(&job, WAIT).await;
+    }
+    let every = b.all_events("0").await;
+    assert!(every.len() >= 12, "{every:#?}");
+    let (st, v) = b.get(&format!("/api/v1/async_event/?last_id={kept}")).await;
+    assert_eq!(st, 200, "{v}");
+    let ids = |evs: &[Value]| -> Vec<String> {
+        evs.iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(v["result"].as_array().unwrap()), ids(&every), "{v}");
 }

@@ -92,6 +92,56 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
     }
 }
 
+/// Marks (in `meta`) the first event id of this database (see [`first_id`]).
+const FIRST: &str = "events_first";
+
+/// Inserts an event (`?1` its channel as [`ChannelKey`], `?2` its body), numbered one past the
+/// newest, or the database's first id ([`first_id`]) when it has none yet (an empty table: the
+/// newest event is never deleted, so only before the first). SQLite would number it 1.
+pub(super) const INSERT: &str = "INSERT INTO events(id, channel, body) VALUES (
+    COALESCE((SELECT MAX(id) FROM events) + 1,
+             (SELECT value FROM meta WHERE key = 'events_first'), 1), ?1, ?2)";
+
+/// The first event id of this database, chosen when it is made (kept in `meta`): a random
+/// multiple of 2^32 from 2^42 to 2^52, so that the ids of two databases (a data dir made again, a
+/// restore of another one) do not meet: a cursor of another database is below this one's first
+/// id or past its newest ([`EventLog::events`] answers both with a resync), whatever its value.
+/// Ids stay integers below 2^53 (a JavaScript number holds them exactly); on Redis such an id
+/// reads as a time after 2109, past its newest (a resync there too). A database an older build
+/// wrote events in keeps numbering from 1 (its cursors are all its own).
+pub(super) fn first_id(conn: &Connection) -> Result<i64> {
+    let kept = |conn: &Connection| -> Result<Option<i64>> {
+        row_opt(
+            conn,
+            "SELECT value FROM meta WHERE key = ?1",
+            [FIRST],
+            |r| r.get(0),
+        )
+    };
+    if let Some(first) = kept(conn)? {
+        return Ok(first);
+    }
+    let used: bool = row(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM trims)",
+        [],
+        |r| r.get(0),
+    )?;
+    let first = if used { 1 } else { random_first() };
+    conn.execute(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES (?1, ?2)",
+        params![FIRST, first],
+    )
+    .map_err(db_err)?;
+    Ok(kept(conn)?.unwrap_or(first))
+}
+
+/// A random multiple of 2^32 in [2^42, 2^52): about a million, each 4 billion events apart.
+fn random_first() -> i64 {
+    let k = rand::random::<u32>() % ((1 << 20) - (1 << 10)) + (1 << 10);
+    i64::from(k) << 32
+}
+
 /// Parses an event id (`last_id`) of the embedded store: a non-negative integer.
 pub fn parse_event_id(s: &str) -> Result<i64> {
     s.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
@@ -106,14 +156,17 @@ enum Cursor {
     /// An id of this store.
     Own(i64),
     /// A well-formed id this store never hands out (a Redis stream id, an integer past
-    /// `i64`): a cursor from another database.
+    /// `i64`, one below this database's first id): a cursor from another database.
     Foreign,
 }
 
-/// Reads a `last_id`: an id of this store, one of another database, or garbage (refused).
-fn parse_cursor(s: &str) -> Result<Cursor> {
+/// Reads a `last_id`: an id of this store (`0`, before every id, or from its `first` id on),
+/// one of another database (below `first`, or not of its form), or garbage (refused). A cursor
+/// past the newest id is told foreign by the read ([`EventLog::events`]).
+fn parse_cursor(s: &str, first: i64) -> Result<Cursor> {
     match parse_event_id(s) {
-        Ok(v) => Ok(Cursor::Own(v)),
+        Ok(v) if v == 0 || v >= first => Ok(Cursor::Own(v)),
+        Ok(_) => Ok(Cursor::Foreign),
         Err(_) if well_formed(s) => Ok(Cursor::Foreign),
         Err(e) => Err(e),
     }
@@ -136,7 +189,8 @@ impl EventLog for SqliteStore {
         last_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        let cursor = last_id.map(parse_cursor).transpose()?;
+        let first = self.events_first;
+        let cursor = last_id.map(|s| parse_cursor(s, first)).transpose()?;
         let channel = channel.map(str::to_string);
         self.read(move |c| {
             let newest = || -> Result<i64> {

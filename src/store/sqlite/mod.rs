@@ -165,6 +165,8 @@ pub struct SqliteStore {
     write_failed: Arc<Mutex<Option<String>>>,
     /// The process's own hook replay memory, in front of table `replay` (`replay.rs`).
     replay: runyard_hooks::ReplayGuard,
+    /// The database's first event id (`events.rs`, [`events::first_id`]).
+    events_first: i64,
     _lock: lock::DirLock,
 }
 
@@ -268,6 +270,7 @@ impl SqliteStore {
             .map_err(db_err)?;
         schema::create(&conn, &path)?;
         events::migrate(&conn)?;
+        let events_first = events::first_id(&conn)?;
         counts::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
         deliveries::migrate(&conn)?;
@@ -303,6 +306,7 @@ impl SqliteStore {
             checkpoints,
             write_failed,
             replay: runyard_hooks::ReplayGuard::new(),
+            events_first,
             _lock: lock,
         })
     }
@@ -529,7 +533,7 @@ fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()
     let mut ev = Event::for_job(job, kind);
     exec(
         ctx.conn,
-        "INSERT INTO events(channel, body) VALUES (?1, ?2)",
+        events::INSERT,
         params![
             events::ChannelKey::of(&job.channel_id),
             stored::event_body(&ev, job.updated_at)?
