@@ -218,7 +218,7 @@ pub async fn websocket(
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     // Not an upgrade request (or one that cannot be upgraded): the API's error shape, not axum's
     // plain text.
-    let ws = ws.map_err(|e| ApiError::new(e.status(), "not_websocket", e.body_text()))?;
+    let ws = ws.map_err(|e| ApiError::rejected("not_websocket", e))?;
     let channel = auth.channel(asked_channel(q.channel)?)?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
