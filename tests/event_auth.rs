@@ -328,14 +328,16 @@ async fn bad_tokens_get_401_and_other_channels_403_on_every_transport() {
     // A browser on a foreign origin: 403 on WS and SSE before the upgrade, even with a good token.
     let mut foreign = cookie(&good);
     foreign.push(("origin", "https://evil.example.net".into()));
+    // The code is `cross_origin` (as without `[auth]`, and as the OpenAPI says), naming the
+    // setting to list the origin in.
     let (s, body) = sse_status(&ts, "last_id=0", &foreign).await;
     assert_eq!(s, 403, "sse foreign origin: {body}");
-    assert_error_body(&body, 403, "sse foreign origin");
+    assert_cross_origin_with(&body, "auth.allowed_origins", "sse foreign origin");
     match ws_connect(&ts, "last_id=0", &foreign).await {
         Ok(_) => panic!("ws with a foreign origin upgraded"),
         Err((s, body)) => {
             assert_eq!(s, 403, "ws foreign origin: {body}");
-            assert_error_body(&body, 403, "ws foreign origin");
+            assert_cross_origin_with(&body, "auth.allowed_origins", "ws foreign origin");
         }
     }
     // The allowed origin, and no origin at all (not a browser), are served.
@@ -691,9 +693,14 @@ async fn without_auth_everything_is_open_as_before() {
 
 /// The 403 `cross_origin` of a stream opened by a page of another origin, naming the setting.
 fn assert_cross_origin(body: &Value, what: &str) {
+    assert_cross_origin_with(body, "api.cors_origins", what);
+}
+
+/// The 403 `cross_origin` of a stream opened by a page of another origin, naming `setting`.
+fn assert_cross_origin_with(body: &Value, setting: &str, what: &str) {
     assert_eq!(body["error"]["code"], "cross_origin", "{what}: {body}");
     let msg = body["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("api.cors_origins"), "{what}: {body}");
+    assert!(msg.contains(setting), "{what}: {body}");
 }
 
 /// Without `[auth]`, a page on any website could open the WebSocket (CORS does not cover it) and

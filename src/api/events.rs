@@ -202,7 +202,7 @@ async fn check_cursor(
     responses(
         (status = 101, description = "A WebSocket: each event is one text message (JSON)"),
         (status = 400, description = "`bad_query`, `bad_last_id`; `not_websocket`: not a WebSocket upgrade request", body = super::openapi::schemas::ErrorBody),
-        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed (with `[auth]`: not in `auth.allowed_origins`; without: neither the server's own nor in `api.cors_origins`)", body = super::openapi::schemas::ErrorBody),
         (status = 426, description = "`not_websocket`: the connection cannot be upgraded", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn websocket(
@@ -260,7 +260,7 @@ pub async fn websocket(
     responses(
         (status = 200, description = "Server-Sent Events: `id:` the event id, `data:` the event JSON", content_type = "text/event-stream", body = String),
         (status = 400, description = "`bad_query`, `bad_last_id`", body = super::openapi::schemas::ErrorBody),
-        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed (with `[auth]`: not in `auth.allowed_origins`; without: neither the server's own nor in `api.cors_origins`)", body = super::openapi::schemas::ErrorBody),
         (status = 503, description = "`too_many_streams`", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn sse(

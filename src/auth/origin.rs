@@ -42,7 +42,8 @@ fn origin_host(o: &str) -> Option<&str> {
 
 /// The `Origin` check of the WebSocket and SSE endpoints (403 before any upgrade); requests
 /// without `Origin` (not from a browser) pass. With `[auth]` in force (a secret, tokens or
-/// `allowed_origins` set), a browser `Origin` must be in `auth.allowed_origins`. Without it, a
+/// `allowed_origins` set), a browser `Origin` must be in `auth.allowed_origins` (403
+/// `cross_origin`, as without `[auth]`). Without it, a
 /// browser request must come from the server's own origin or one in `api.cors_origins`
 /// ([`same_origin_or_listed`]): else any page the user visits could read every job's events.
 #[derive(Debug, Clone, Copy)]
@@ -82,9 +83,11 @@ pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig, cors: &[String]) -> R
     if allowed {
         Ok(())
     } else {
-        Err(Refusal::Forbidden(
-            "this Origin is not in `auth.allowed_origins`".into(),
-        ))
+        Err(Refusal::CrossOrigin(format!(
+            "a browser page on origin `{}` may not read the event streams: list it in \
+             `auth.allowed_origins`",
+            String::from_utf8_lossy(origin.as_bytes()).escape_debug()
+        )))
     }
 }
 
