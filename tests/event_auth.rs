@@ -751,6 +751,44 @@ async fn without_auth_a_foreign_page_cannot_open_a_stream() {
     ts.stop().await;
 }
 
+/// A client may name the default port in `Host` (`localhost:80`) while the browser's `Origin`
+/// leaves it out (`http://localhost`, RFC 6454): that is the server's own origin. Without
+/// `Sec-Fetch-Site` the stream check and the cross-origin check of writes compare the two.
+#[tokio::test]
+async fn a_host_naming_the_default_port_is_the_same_origin() {
+    let mut ts = TestServer::builder(RUNNERS).start().await;
+    for (host, origin) in [
+        ("localhost:80", "http://localhost"),
+        ("localhost:443", "https://localhost"),
+        ("localhost", "http://localhost:80"),
+    ] {
+        let own: Headers = vec![("host", host.into()), ("origin", origin.into())];
+        let (s, body) = sse_status(&ts, "last_id=0", &own).await;
+        assert_eq!(s, 200, "sse, Host {host}, Origin {origin}: {body}");
+        let res = ts
+            .client
+            .post(ts.at("/async/jobs"))
+            .header("host", host)
+            .header("origin", origin)
+            .json(&json!({"type": "runyard.noop"}))
+            .send()
+            .await
+            .expect("submit");
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 202, "submit, Host {host}, Origin {origin}: {body}");
+    }
+    // Another port is another origin, as before.
+    let other: Headers = vec![
+        ("host", "localhost:80".into()),
+        ("origin", "http://localhost:8080".into()),
+    ];
+    let (s, body) = sse_status(&ts, "last_id=0", &other).await;
+    assert_eq!(s, 403, "{body}");
+    assert_cross_origin(&body, "sse, another port");
+    ts.stop().await;
+}
+
 /// A stream does not outlive the JWT it was opened with: at the token's `exp` (plus
 /// `auth.jwt_leeway`, 0 here) the WebSocket closes with 1008 and a reason saying where to resume,
 /// the SSE stream ends and a long poll answers, while a stream opened with a longer-lived token
