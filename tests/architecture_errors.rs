@@ -5,11 +5,12 @@
 //! - `impl IntoResponse for`: a second type with its own answer;
 //! - `"error": {`: the error body's shape written by hand;
 //! - `Response::builder` or `status_mut()`: a response put together by hand;
-//! - an error status (`StatusCode::` of a 4xx or 5xx, or `StatusCode::from_u16`) anywhere but as
-//!   the first argument of `ApiError::new(`: no handler answers or compares error statuses
-//!   itself (a rejection or a library error gets a `From` impl in `src/api/error.rs`);
-//! - `ApiError::new(StatusCode::X, ..)` where `ApiError` has a constructor for X (and, for the
-//!   constructors with a fixed code, that code): the same answer spelled two ways.
+//! - an error status (`StatusCode::` of a 4xx or 5xx, or `StatusCode::from_u16`): no handler
+//!   answers or compares error statuses itself, not even as the first argument of
+//!   `ApiError::new(`: error statuses live in `src/api/error.rs` (a constructor there, or a
+//!   `From` impl for a rejection or a library error);
+//! - `ApiError::new(` itself, whatever its status (a constant, a variable, a rejection's
+//!   `e.status()`): the status of an error answer is chosen in `src/api/error.rs` only.
 //!
 //! Success answers (`(StatusCode::ACCEPTED, Json(..))`) are the handlers' own. Client code
 //! (`reqwest::StatusCode`, the CLI reading the server's answers) is not an answer.
@@ -34,33 +35,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
          submit does: a success, never an error answer",
     ),
 ];
-
-/// `ApiError` constructors: (status, the fixed code or "" for one taking any code, constructor).
-const HELPERS: &[(&str, &str, &str)] = &[
-    ("PAYLOAD_TOO_LARGE", "too_large", "ApiError::too_large"),
-    ("UNAUTHORIZED", "unauthorized", "ApiError::unauthorized"),
-    ("FORBIDDEN", "forbidden", "ApiError::forbidden"),
-    ("NOT_FOUND", "not_found", "ApiError::not_found"),
-    ("INTERNAL_SERVER_ERROR", "", "ApiError::internal"),
-    ("SERVICE_UNAVAILABLE", "", "ApiError::unavailable"),
-    ("BAD_REQUEST", "", "ApiError::bad_request"),
-    ("UNPROCESSABLE_ENTITY", "", "ApiError::unprocessable"),
-    ("CONFLICT", "", "ApiError::conflict"),
-];
-
-/// The constructor `ApiError::new(StatusCode::{status}, {rest}` should have used, if any.
-fn helper_for(status: &str, rest: &str) -> Option<&'static str> {
-    let code = rest
-        .trim_start()
-        .strip_prefix(',')
-        .map(str::trim_start)
-        .and_then(|r| r.strip_prefix('"'))
-        .and_then(|r| r.split('"').next());
-    HELPERS
-        .iter()
-        .find(|(s, fixed, _)| *s == status && (fixed.is_empty() || Some(*fixed) == code))
-        .map(|(_, _, helper)| *helper)
-}
 
 /// Status constants that are not errors (1xx, 2xx, 3xx).
 const NOT_ERRORS: &[&str] = &[
@@ -154,6 +128,11 @@ fn findings(source: &str) -> Vec<Finding> {
             "a hand-built response: return an ApiError",
         ),
         ("status_mut()", "a status set by hand: return an ApiError"),
+        (
+            "ApiError::new(",
+            "an ApiError given its status outside src/api/error.rs: add a constructor (or a \
+             From impl) there",
+        ),
     ] {
         for (at, _) in code.match_indices(needle) {
             if needle != "IntoResponse for" || excerpt(&code, at).contains("impl") {
@@ -195,21 +174,10 @@ fn findings(source: &str) -> Vec<Finding> {
         if code[path_start..at].contains("reqwest") {
             continue;
         }
-        if code[..path_start].trim_end().ends_with("ApiError::new(") {
-            let rest = &code[at + "StatusCode::".len() + name.len()..];
-            if helper_for(&name, rest).is_some() {
-                push(
-                    at,
-                    "ApiError::new with a status that has its own ApiError constructor: use it",
-                    &code,
-                );
-            }
-            continue;
-        }
         push(
             at,
-            "an error status outside ApiError::new: use an ApiError constructor or a From impl \
-             in src/api/error.rs",
+            "an error status outside src/api/error.rs: use an ApiError constructor or a From \
+             impl there",
             &code,
         );
     }
@@ -312,24 +280,24 @@ fn the_checker_catches_each_way_of_building_an_error_answer() {
     assert_eq!(rules("Response::builder().status(500)"), [1]);
     assert_eq!(rules("*res.status_mut() = s;"), [1]);
 
-    // ApiError::new spelling an answer that has its own constructor.
+    // ApiError::new outside src/api/error.rs, with any status: the status is not chosen there
+    // (both the call and an error status constant are findings).
     assert_eq!(
-        rules("ApiError::new(\n    StatusCode::PAYLOAD_TOO_LARGE,\n    \"too_large\", m)"),
-        [2]
+        rules("ApiError::new(\n    StatusCode::FORBIDDEN,\n    \"host_not_allowed\", m)"),
+        [1, 2]
     );
     assert_eq!(
         rules("ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, \"busy\", m)"),
-        [1]
+        [1, 1]
     );
     assert_eq!(
-        rules("ApiError::new(StatusCode::FORBIDDEN, \"forbidden\", m)"),
+        rules("e.map_err(|e| ApiError::new(e.status(), \"bad_multipart\", e.body_text()))"),
         [1]
     );
 
-    // Allowed: ApiError::new with an error status (and a code no constructor has), success
-    // statuses, client code, comments, test modules, error fields that are not the error body.
-    assert!(rules("ApiError::new(\n    StatusCode::FORBIDDEN,\n    \"x\", m)").is_empty());
-    assert!(rules("ApiError::new(axum::http::StatusCode::FORBIDDEN, \"x\", m)").is_empty());
+    // Allowed: the constructors of src/api/error.rs, success statuses, client code, comments,
+    // test modules, error fields that are not the error body.
+    assert!(rules("Err(ApiError::refused(\"host_not_allowed\", m))").is_empty());
     assert!(rules("Ok((StatusCode::ACCEPTED, Json(job)).into_response())").is_empty());
     assert!(rules("if status != reqwest::StatusCode::NOT_FOUND {}").is_empty());
     assert!(rules("// (StatusCode::BAD_REQUEST, ..) is not how").is_empty());

@@ -328,14 +328,16 @@ async fn bad_tokens_get_401_and_other_channels_403_on_every_transport() {
     // A browser on a foreign origin: 403 on WS and SSE before the upgrade, even with a good token.
     let mut foreign = cookie(&good);
     foreign.push(("origin", "https://evil.example.net".into()));
+    // The code is `cross_origin` (as without `[auth]`, and as the OpenAPI says), naming the
+    // setting to list the origin in.
     let (s, body) = sse_status(&ts, "last_id=0", &foreign).await;
     assert_eq!(s, 403, "sse foreign origin: {body}");
-    assert_error_body(&body, 403, "sse foreign origin");
+    assert_cross_origin_with(&body, "auth.allowed_origins", "sse foreign origin");
     match ws_connect(&ts, "last_id=0", &foreign).await {
         Ok(_) => panic!("ws with a foreign origin upgraded"),
         Err((s, body)) => {
             assert_eq!(s, 403, "ws foreign origin: {body}");
-            assert_error_body(&body, 403, "ws foreign origin");
+            assert_cross_origin_with(&body, "auth.allowed_origins", "ws foreign origin");
         }
     }
     // The allowed origin, and no origin at all (not a browser), are served.
@@ -355,6 +357,17 @@ async fn bad_tokens_get_401_and_other_channels_403_on_every_transport() {
         format!("pad={}; async-token={good}", "x".repeat(9 * 1024)),
     )];
     refused_everywhere(&ts, "last_id=0", &big, 431, "9 KiB cookie").await;
+    // The answer says what the bound is and what to do: the token as a bearer, which is read
+    // without looking at the cookies (a shared domain's large cookies do not matter then).
+    let (_, body) = poll(&ts, "last_id=0", &big).await;
+    let msg = body["error"]["message"].as_str().unwrap_or("");
+    for needle in ["8 KiB", "Authorization: Bearer", "cookies"] {
+        assert!(msg.contains(needle), "`{needle}` in {body}");
+    }
+    let mut big_and_bearer = big.clone();
+    big_and_bearer.push(("authorization", format!("Bearer {good}")));
+    let (s, body) = poll(&ts, "last_id=0", &big_and_bearer).await;
+    assert_eq!(s, 200, "a bearer with 9 KiB of cookies: {body}");
     // 10 MB: hyper refuses the header block with 431 long before it is all read (the client may
     // see its write fail first); read the answer over a raw socket.
     let addr = ts.url.trim_start_matches("http://").to_string();
@@ -691,9 +704,14 @@ async fn without_auth_everything_is_open_as_before() {
 
 /// The 403 `cross_origin` of a stream opened by a page of another origin, naming the setting.
 fn assert_cross_origin(body: &Value, what: &str) {
+    assert_cross_origin_with(body, "api.cors_origins", what);
+}
+
+/// The 403 `cross_origin` of a stream opened by a page of another origin, naming `setting`.
+fn assert_cross_origin_with(body: &Value, setting: &str, what: &str) {
     assert_eq!(body["error"]["code"], "cross_origin", "{what}: {body}");
     let msg = body["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("api.cors_origins"), "{what}: {body}");
+    assert!(msg.contains(setting), "{what}: {body}");
 }
 
 /// Without `[auth]`, a page on any website could open the WebSocket (CORS does not cover it) and
@@ -741,6 +759,44 @@ async fn without_auth_a_foreign_page_cannot_open_a_stream() {
         ("sec-fetch-site", "same-site".into()),
     ];
     assert_eq!(sse_status(&ts, "last_id=0", &same_site).await.0, 200);
+    ts.stop().await;
+}
+
+/// A client may name the default port in `Host` (`localhost:80`) while the browser's `Origin`
+/// leaves it out (`http://localhost`, RFC 6454): that is the server's own origin. Without
+/// `Sec-Fetch-Site` the stream check and the cross-origin check of writes compare the two.
+#[tokio::test]
+async fn a_host_naming_the_default_port_is_the_same_origin() {
+    let mut ts = TestServer::builder(RUNNERS).start().await;
+    for (host, origin) in [
+        ("localhost:80", "http://localhost"),
+        ("localhost:443", "https://localhost"),
+        ("localhost", "http://localhost:80"),
+    ] {
+        let own: Headers = vec![("host", host.into()), ("origin", origin.into())];
+        let (s, body) = sse_status(&ts, "last_id=0", &own).await;
+        assert_eq!(s, 200, "sse, Host {host}, Origin {origin}: {body}");
+        let res = ts
+            .client
+            .post(ts.at("/async/jobs"))
+            .header("host", host)
+            .header("origin", origin)
+            .json(&json!({"type": "runyard.noop"}))
+            .send()
+            .await
+            .expect("submit");
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 202, "submit, Host {host}, Origin {origin}: {body}");
+    }
+    // Another port is another origin, as before.
+    let other: Headers = vec![
+        ("host", "localhost:80".into()),
+        ("origin", "http://localhost:8080".into()),
+    ];
+    let (s, body) = sse_status(&ts, "last_id=0", &other).await;
+    assert_eq!(s, 403, "{body}");
+    assert_cross_origin(&body, "sse, another port");
     ts.stop().await;
 }
 

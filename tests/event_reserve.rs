@@ -99,6 +99,24 @@ async fn streams_leave_connections_for_health_and_submits() {
     .expect("a long poll with no room answers before its wait")
     .expect("poll");
     assert_eq!(res.status().as_u16(), 200);
+    // It says so, and when to come back: the usual page (backward compatible) with `Retry-After`.
+    let retry = res.headers().get("retry-after").cloned();
+    assert_eq!(
+        retry.as_ref().and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "a poll that could not wait says when to come back"
+    );
+    let page: Value = res.json().await.expect("json");
+    assert!(page["result"].is_array(), "{page}");
+    // A poll that does not ask to wait is an ordinary answer, even with no room.
+    let res = ts
+        .client
+        .get(ts.at("/api/v1/async_event/"))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.headers().get("retry-after").is_none());
     // Ordinary requests on new connections (a probe, a client) are served promptly.
     let fresh = || {
         reqwest::Client::builder()
@@ -126,4 +144,44 @@ async fn streams_leave_connections_for_health_and_submits() {
     })
     .await;
     held.push(one_more(&ts, held.len()).await.expect("admitted again"));
+}
+
+/// The long polls waiting are a gauge of `/metrics`; a poll that waited and got its event answers
+/// without `Retry-After` (the header is only for a poll that found no room to wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_polls_are_a_gauge_and_an_answered_wait_has_no_retry_after() {
+    let ts = TestServer::builder(BUILTINS).start().await;
+    let gauge = "runyard_event_polls_waiting";
+    assert_eq!(ts.metric(gauge).await, Some(0.0), "the gauge is there at 0");
+    let client = ts.client.clone();
+    let url = ts.at("/api/v1/async_event/?wait_ms=30000");
+    let waiting = tokio::spawn(async move { client.get(url).send().await });
+    support::eventually("the poll counted as waiting", WAIT, || async {
+        (ts.metric(gauge).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let submit = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .json(&json!({"type": "runyard.noop"}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(submit.status().as_u16(), 202);
+    let res = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiting poll answers once an event comes")
+        .expect("task")
+        .expect("poll");
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.headers().get("retry-after").is_none());
+    let page: Value = res.json().await.expect("json");
+    assert!(
+        page["result"].as_array().is_some_and(|r| !r.is_empty()),
+        "{page}"
+    );
+    support::eventually("the gauge back to 0", WAIT, || async {
+        (ts.metric(gauge).await == Some(0.0)).then_some(())
+    })
+    .await;
 }

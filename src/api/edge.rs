@@ -25,7 +25,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
@@ -127,16 +127,12 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if essence == "application/json" {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            match ctype {
-                None => {
-                    "a JSON body needs `Content-Type: application/json` (none was sent)".to_string()
-                }
-                Some(c) => format!("a JSON body needs `Content-Type: application/json`, got `{c}`"),
-            },
-        ))
+        Err(ApiError::unsupported_media_type(match ctype {
+            None => {
+                "a JSON body needs `Content-Type: application/json` (none was sent)".to_string()
+            }
+            Some(c) => format!("a JSON body needs `Content-Type: application/json`, got `{c}`"),
+        }))
     }
 }
 
@@ -184,6 +180,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::extract::Request;
+    use axum::http::StatusCode;
     use axum::routing::{get, post};
     use tower::ServiceExt;
 

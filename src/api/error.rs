@@ -144,6 +144,38 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 401 with this code: a job hook's header that does not check out (`invalid_header`).
+    pub fn unauthorized_as(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 403 with this code: refused for what the request is rather than for its credential
+    /// (`host_not_allowed`, `url_used`).
+    pub fn refused(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// 403 `cross_origin`: a browser page of an origin the server does not serve.
+    pub fn cross_origin(message: impl Into<String>) -> Self {
+        Self::refused("cross_origin", message)
+    }
+
+    /// 415 `unsupported_media_type`: a JSON body sent as another content type.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    /// An extractor's rejection (its own status, 4xx) with this code and the API's error shape
+    /// (`not_websocket`, `bad_multipart`).
+    pub fn rejected(code: &'static str, r: impl IntoResponse + std::fmt::Display) -> Self {
+        let message = r.to_string();
+        Self::new(r.into_response().status(), code, message)
+    }
+
     /// 403 `bad_signature`: a signed URL (`what`: upload, download) that does not check out or
     /// has expired.
     pub fn bad_signed_url(what: &str) -> Self {
@@ -313,7 +345,7 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::Unauthorized(m) => ApiError::unauthorized(m).bearer_challenge(),
             Refusal::Forbidden(m) => ApiError::forbidden(m),
-            Refusal::CrossOrigin(m) => ApiError::new(StatusCode::FORBIDDEN, "cross_origin", m),
+            Refusal::CrossOrigin(m) => ApiError::cross_origin(m),
             Refusal::NotFound(m) => ApiError::not_found(m),
             Refusal::TokenInQuery(m) => ApiError::bad_request("token_in_query", m),
             Refusal::StrayQuery(m) => ApiError::bad_query(m),

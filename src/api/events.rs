@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
@@ -24,6 +25,10 @@ pub const EVENT_PAGE: usize = 100;
 /// Pages of [`EVENT_PAGE`] one poll of a caller confined to types reads at most (fewer once its
 /// wait is over): past them it answers what it found, and `last_id` where it stopped.
 pub const TYPED_POLL_PAGES: usize = 4;
+
+/// What a poll that asked to wait but found no room under the node's stream cap tells its
+/// client in `Retry-After` (seconds): it answered at once, come back then rather than at once.
+pub const POLL_RETRY_AFTER_SECS: u64 = 1;
 
 /// Query of the polling endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -41,14 +46,15 @@ pub struct EventParams {
 /// `GET /api/v1/async_event/`.
 #[utoipa::path(get, path = "/api/v1/async_event/", tag = "events", params(EventParams),
     responses(
-        (status = 200, description = "Events after `last_id` (waits up to `wait_ms` for one)", body = super::openapi::schemas::EventPage),
+        (status = 200, description = "Events after `last_id` (waits up to `wait_ms` for one). With `Retry-After`: the poll asked to wait but the node's stream cap left no room, so it answered at once; poll again after that many seconds", body = super::openapi::schemas::EventPage,
+            headers(("Retry-After" = u64, description = "Only when a waiting poll found no room under the stream cap: seconds to wait before polling again"))),
         (status = 400, description = "`bad_query`, `bad_last_id`", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn poll(
     State(st): State<AppState>,
     auth: ChannelAuth,
     q: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let channel = auth.channel(asked_channel(q.channel)?)?;
     let limit = q.limit.unwrap_or(EVENT_PAGE).clamp(1, EVENT_PAGE);
@@ -60,15 +66,27 @@ pub async fn poll(
         wait = wait.min(left);
     }
     // A waiting poll holds a connection as a stream does: counted with them against the
-    // node's cap, and answered at once when there is no room.
+    // node's cap, and answered at once when there is no room, saying when to come back.
+    let mut no_room = false;
     let _slot = if wait.is_zero() {
         None
     } else {
         let slot = st.app.events.hold_poll();
         if slot.is_none() {
             wait = Duration::ZERO;
+            no_room = true;
         }
         slot
+    };
+    let answer = |events: Vec<crate::job::Event>, last_id: Option<String>| {
+        let mut res = Json(json!({ "result": events, "last_id": last_id })).into_response();
+        if no_room {
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(POLL_RETRY_AFTER_SECS),
+            );
+        }
+        res
     };
     let store = &st.app.store;
     let types = type_filter(&st, &auth);
@@ -93,10 +111,10 @@ pub async fn poll(
             }
         };
         if !events.is_empty() || more || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({ "result": events, "last_id": after })));
+            return Ok(answer(events, after));
         }
         if st.app.closing.is_cancelled() {
-            return Ok(Json(json!({ "result": [], "last_id": after })));
+            return Ok(answer(Vec::new(), after));
         }
         loop {
             let n = tokio::select! {
@@ -202,7 +220,7 @@ async fn check_cursor(
     responses(
         (status = 101, description = "A WebSocket: each event is one text message (JSON)"),
         (status = 400, description = "`bad_query`, `bad_last_id`; `not_websocket`: not a WebSocket upgrade request", body = super::openapi::schemas::ErrorBody),
-        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed (with `[auth]`: not in `auth.allowed_origins`; without: neither the server's own nor in `api.cors_origins`)", body = super::openapi::schemas::ErrorBody),
         (status = 426, description = "`not_websocket`: the connection cannot be upgraded", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn websocket(
@@ -218,7 +236,7 @@ pub async fn websocket(
     let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
     // Not an upgrade request (or one that cannot be upgraded): the API's error shape, not axum's
     // plain text.
-    let ws = ws.map_err(|e| ApiError::new(e.status(), "not_websocket", e.body_text()))?;
+    let ws = ws.map_err(|e| ApiError::rejected("not_websocket", e))?;
     let channel = auth.channel(asked_channel(q.channel)?)?;
     let last_id = q.last_id.filter(|s| !s.is_empty());
     // Refuse a malformed last_id before the upgrade.
@@ -260,7 +278,7 @@ pub async fn websocket(
     responses(
         (status = 200, description = "Server-Sent Events: `id:` the event id, `data:` the event JSON", content_type = "text/event-stream", body = String),
         (status = 400, description = "`bad_query`, `bad_last_id`", body = super::openapi::schemas::ErrorBody),
-        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed", body = super::openapi::schemas::ErrorBody),
+        (status = 403, description = "`cross_origin`: a browser's `Origin` not allowed (with `[auth]`: not in `auth.allowed_origins`; without: neither the server's own nor in `api.cors_origins`)", body = super::openapi::schemas::ErrorBody),
         (status = 503, description = "`too_many_streams`", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn sse(

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
@@ -124,8 +124,7 @@ fn check_host(rule: &HostRule, req: &Request) -> Result<(), ApiError> {
     match request_host(req) {
         Some(h) if !rule.allows(h) => {
             warn_refused_host(h);
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            Err(ApiError::refused(
                 "host_not_allowed",
                 format!(
                 "a request for host `{}` refused: without [auth] this server answers only for IP \
@@ -292,15 +291,11 @@ fn check_origin(allowed: &[String], req: &Request) -> Result<(), ApiError> {
         return Ok(());
     }
     let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "cross_origin",
-        format!(
-            "cross-origin {} refused: origin `{}` is not in `api.cors_origins`",
-            req.method(),
-            origin.unwrap_or("(unknown)")
-        ),
-    ))
+    Err(ApiError::cross_origin(format!(
+        "cross-origin {} refused: origin `{}` is not in `api.cors_origins`",
+        req.method(),
+        origin.unwrap_or("(unknown)")
+    )))
 }
 
 /// `api.request_timeout` for ordinary requests (long-lived ones, see [`is_long_lived`], are

@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Json;
 use base64::Engine;
@@ -38,13 +38,8 @@ pub async fn authenticate(
     body: &[u8],
 ) -> ApiResult<Job> {
     let mut hh = HookHeaders::from_headers(headers)?;
-    let id = Uuid::parse_str(&hh.job_id).map_err(|_| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_header",
-            "X-Job-Id is not a job id",
-        )
-    })?;
+    let id = Uuid::parse_str(&hh.job_id)
+        .map_err(|_| ApiError::unauthorized_as("invalid_header", "X-Job-Id is not a job id"))?;
     // The canonical id, so that re-spelling X-Job-Id (no hyphens, braces, urn:) is still a replay.
     hh.job_id = id.to_string();
     let job = st.job(id).await?;
@@ -475,8 +470,7 @@ async fn check_upload_url(
         .await
         .map_err(|e| ApiError::unavailable("replay_unavailable", e.to_string()))?;
     if !first {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::refused(
             "url_used",
             "this upload URL was already used: ask for a new one (PUT /async/upload/...)",
         ));

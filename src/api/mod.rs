@@ -197,7 +197,7 @@ async fn submit(
         use axum::extract::FromRequest;
         let mp = axum::extract::Multipart::from_request(req, &())
             .await
-            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+            .map_err(|e| ApiError::rejected("bad_multipart", e))?;
         files::read_multipart(&st, mp, |b| check_submit(&st, &caller, b)).await?
     } else {
         edge::require_json(req.headers())?;

@@ -87,9 +87,10 @@ pub fn check_exposure(
 /// own behind HTTP authentication) is not runyard's and does not hide the cookie; on the client
 /// routes it is refused (401).
 pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Refusal> {
-    let too_large = |what: &str| {
+    let too_large = |what: &str, len: usize, instead: &str| {
         Refusal::HeaderTooLarge(format!(
-            "the {what} header is larger than {MAX_CREDENTIAL_BYTES} bytes"
+            "the {what} header is {len} bytes, over the {MAX_CREDENTIAL_BYTES} (8 KiB) runyard \
+             reads a credential from{instead}"
         ))
     };
     let mut given = headers.get_all(header::AUTHORIZATION).iter();
@@ -103,7 +104,7 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
             ));
         }
         if v.len() > MAX_CREDENTIAL_BYTES {
-            return Err(too_large("Authorization"));
+            return Err(too_large("Authorization", v.len(), ""));
         }
         let v = v.to_str().unwrap_or("");
         let scheme = v.split_once(' ').map_or(v, |(s, _)| s).trim();
@@ -125,7 +126,14 @@ pub(crate) fn token(headers: &HeaderMap, cookie_name: &str) -> Result<String, Re
     let cookies = headers.get_all(header::COOKIE);
     let total: usize = cookies.iter().map(|v| v.len()).sum();
     if total > MAX_CREDENTIAL_BYTES {
-        return Err(too_large("Cookie"));
+        // Usually other sites' cookies of a shared domain, not runyard's own.
+        return Err(too_large(
+            "Cookie",
+            total,
+            " (all the cookies the browser sends to this host together): send the token as \
+             `Authorization: Bearer <token>` instead (the cookies are not read then), or serve \
+             runyard on a host that is sent fewer cookies",
+        ));
     }
     for v in cookies {
         let Ok(v) = v.to_str() else { continue };

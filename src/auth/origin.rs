@@ -29,20 +29,50 @@ pub fn same_origin_or_listed(headers: &HeaderMap, listed: impl Fn(&str) -> bool)
                     || headers
                         .get(header::HOST)
                         .and_then(|v| v.to_str().ok())
-                        .is_some_and(|host| origin_host(o) == Some(host))
+                        .is_some_and(|host| is_own_origin(o, host))
             }
         },
     }
 }
 
-/// The host part (`host[:port]`) of an origin.
-fn origin_host(o: &str) -> Option<&str> {
-    o.split_once("://").map(|(_, h)| h)
+/// True when the origin `o` (`scheme://host[:port]`) names the host and port of the request's
+/// `Host` header. A port left out is the scheme's default (RFC 6454 elides it in an origin, a
+/// client may name it in `Host`): `http://example.com` is `example.com:80`'s own. Host names
+/// compare case-insensitively.
+fn is_own_origin(o: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = o.split_once("://") else {
+        return false;
+    };
+    let default = if scheme.eq_ignore_ascii_case("http") {
+        Some("80")
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Some("443")
+    } else {
+        None
+    };
+    let (o_name, o_port) = split_port(authority);
+    let (h_name, h_port) = split_port(host);
+    o_name.eq_ignore_ascii_case(h_name) && o_port.or(default) == h_port.or(default)
+}
+
+/// `host[:port]` (an IPv6 literal in brackets) split into the host and the port, if named.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rsplit_once(':') {
+        Some((name, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            (name, Some(port))
+        }
+        _ => (authority, None),
+    }
 }
 
 /// The `Origin` check of the WebSocket and SSE endpoints (403 before any upgrade); requests
 /// without `Origin` (not from a browser) pass. With `[auth]` in force (a secret, tokens or
-/// `allowed_origins` set), a browser `Origin` must be in `auth.allowed_origins`. Without it, a
+/// `allowed_origins` set), a browser `Origin` must be in `auth.allowed_origins` (403
+/// `cross_origin`, as without `[auth]`). Without it, a
 /// browser request must come from the server's own origin or one in `api.cors_origins`
 /// ([`same_origin_or_listed`]): else any page the user visits could read every job's events.
 #[derive(Debug, Clone, Copy)]
@@ -82,9 +112,11 @@ pub fn check_origin(headers: &HeaderMap, cfg: &AuthConfig, cors: &[String]) -> R
     if allowed {
         Ok(())
     } else {
-        Err(Refusal::Forbidden(
-            "this Origin is not in `auth.allowed_origins`".into(),
-        ))
+        Err(Refusal::CrossOrigin(format!(
+            "a browser page on origin `{}` may not read the event streams: list it in \
+             `auth.allowed_origins`",
+            String::from_utf8_lossy(origin.as_bytes()).escape_debug()
+        )))
     }
 }
 
@@ -119,5 +151,34 @@ mod tests {
             ("origin", b"https://x.example"),
             ("sec-fetch-site", b"same-origin")
         ]));
+    }
+
+    /// An origin leaves the default port out (RFC 6454); a `Host` may name it: the same origin.
+    #[test]
+    fn a_host_naming_the_default_port_is_the_origin_without_it() {
+        let own = |origin: &'static str, host: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static(host));
+            h.insert("origin", HeaderValue::from_static(origin));
+            same_origin_or_listed(&h, |_| false)
+        };
+        assert!(own("http://example.com", "example.com:80"));
+        assert!(own("https://example.com", "example.com:443"));
+        assert!(own("http://example.com:80", "example.com"));
+        assert!(own("http://example.com", "example.com"));
+        assert!(
+            own("http://Example.COM", "example.com:80"),
+            "case of the name"
+        );
+        assert!(own("http://[::1]", "[::1]:80"), "an IPv6 literal");
+        assert!(own("http://[::1]:7070", "[::1]:7070"));
+        // Another port, or the other scheme's default, is another origin.
+        assert!(!own("http://example.com", "example.com:443"));
+        assert!(!own("https://example.com", "example.com:80"));
+        assert!(!own("http://example.com", "example.com:8080"));
+        assert!(!own("http://example.com:8080", "example.com"));
+        assert!(!own("http://[::1]", "[::1]:7070"));
+        assert!(!own("http://example.com", "example.com.evil:80"));
+        assert!(!own("null", "example.com"));
     }
 }

@@ -12,8 +12,9 @@ pub enum Refusal {
     /// A valid credential that does not grant this (403 `forbidden`).
     #[error("{0}")]
     Forbidden(String),
-    /// Without `[auth]`, a browser page of another origin opening an event stream (403
-    /// `cross_origin`).
+    /// A browser page of an origin not allowed opening an event stream (403 `cross_origin`):
+    /// not in `auth.allowed_origins` with `[auth]`, else neither the server's own nor in
+    /// `api.cors_origins`.
     #[error("{0}")]
     CrossOrigin(String),
     /// A credential in the query string (400 `token_in_query`): URLs are logged.

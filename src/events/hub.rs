@@ -82,6 +82,8 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// Streams open now (WebSocket and SSE).
     pub open: u64,
+    /// Long polls waiting now ([`Hub::hold_poll`]), counted with `open` against the cap.
+    pub polls: u64,
     /// Channels (and the global stream) with at least one stream open.
     pub channels: u64,
     /// Streams refused at `events.max_connections` (WebSocket close 1013, SSE 503).
@@ -271,14 +273,16 @@ impl Hub {
 
     /// The counters and gauges.
     pub fn stats(&self) -> StatsSnapshot {
-        let (open, channels) = {
+        let (open, polls, channels) = {
             let g = self.chans.lock();
-            (g.open, g.by_name.len() + usize::from(g.global.is_some()))
+            let channels = g.by_name.len() + usize::from(g.global.is_some());
+            (g.open, g.polls, channels)
         };
         let s = &self.stats;
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
             open: open as u64,
+            polls: polls as u64,
             channels: channels as u64,
             refused_node: r(&s.refused_node),
             refused_channel: r(&s.refused_channel),

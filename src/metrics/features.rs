@@ -98,6 +98,13 @@ pub fn register(metrics: &Metrics, hub: Arc<Hub>) {
     );
     let h = hub.clone();
     metrics.register_gauge_fn(
+        "runyard_event_polls_waiting",
+        "Long polls (GET /api/v1/async_event/?wait_ms=) waiting for events on this process, \
+         counted with the streams against the node's stream cap",
+        move || h.stats().polls as i64,
+    );
+    let h = hub.clone();
+    metrics.register_gauge_fn(
         "runyard_event_channels_open",
         "Channels (and the global stream) with at least one stream open on this process",
         move || h.stats().channels as i64,
