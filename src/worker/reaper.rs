@@ -63,6 +63,9 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
             }
             continue;
         }
+        if job.handle.is_none() && !stop_unrecorded(worker, &job).await {
+            continue;
+        }
         let slot = worker.runners.get(&job.runner).cloned();
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);
@@ -145,16 +148,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
     });
     match (handle, slot) {
         (Some(handle), Some(slot)) if slot.runner.reaches(&handle) => {
-            let reporter = Arc::new(DeferredReporter::with_last_log(None));
-            let gone = match slot.runner.recover(&handle, spec, reporter).await {
-                Ok(Recovered::Running(mut exec)) => exec.stop(worker.cfg.kill_grace).await,
-                Ok(Recovered::Finished(_) | Recovered::Gone) => true,
-                Err(e) => {
-                    tracing::warn!(job_id = %job.id, error = %e, "cannot make sure the cancelled job's work is gone; will retry");
-                    false
-                }
-            };
-            if !gone {
+            if !make_gone(worker, &slot, &handle, spec).await {
                 return false;
             }
         }
@@ -168,6 +162,45 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
         ),
     }
     give_up(worker, &job, token).await
+}
+
+/// `recover`s the work of `handle` and stops it if it runs (never adopts it); true when it is
+/// known gone, false when not (an error, a stop not confirmed): tried again at a later pass.
+async fn make_gone(
+    worker: &Worker,
+    slot: &crate::runner_set::RunnerSlot,
+    handle: &runyard_runners::RunHandle,
+    spec: runyard_runners::JobSpec,
+) -> bool {
+    let id = spec.id.clone();
+    let reporter = Arc::new(DeferredReporter::with_last_log(None));
+    match slot.runner.recover(handle, spec, reporter).await {
+        Ok(Recovered::Running(mut exec)) => exec.stop(worker.cfg.kill_grace).await,
+        Ok(Recovered::Finished(_) | Recovered::Gone) => true,
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "cannot make sure the job's work is gone; will retry");
+            false
+        }
+    }
+}
+
+/// An active job whose worker let the lease run out after it launched the work but before it
+/// recorded the handle (hung, or dead, in `STARTING`): the work the runner finds by its marks
+/// (`Runner::unrecorded`) is stopped before the job is requeued, never adopted. A worker that
+/// cannot reach it (a process of another machine) goes on as with a stored handle it cannot
+/// reach: the claimer's work is taken to have died with it. False: not made sure gone, the
+/// lease is left for a later pass.
+async fn stop_unrecorded(worker: &Arc<Worker>, job: &crate::job::Job) -> bool {
+    let (Some(slot), Some(lease)) = (worker.runners.get(&job.runner), job.lease.as_ref()) else {
+        return true;
+    };
+    let spec = worker.spec_factory().spec(job);
+    match slot.runner.unrecorded(&spec, claimer_node(&lease.worker)) {
+        Some(handle) if slot.runner.reaches(&handle) => {
+            make_gone(worker, slot, &handle, spec).await
+        }
+        _ => true,
+    }
 }
 
 /// The node (`runyard_runners::node_id`) of the worker whose id is `worker`, when it says one

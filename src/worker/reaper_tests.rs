@@ -18,8 +18,8 @@ use crate::store::{Store, StoreSettings};
 use crate::worker::Worker;
 
 /// A worker (never started) on an embedded store, a local runner whose jobs sleep 30 s, and a
-/// job of it claimed by another worker with a lease of 1 ms, started (a real process), then
-/// cancelled: the other worker is hung, its lease runs out.
+/// job of it (3 attempts) claimed by another worker with a lease of 1 ms, started (a real
+/// process), then cancelled: the other worker is hung, its lease runs out.
 async fn cancelled_on_a_hung_worker(
     dir: &std::path::Path,
 ) -> (Arc<dyn Store>, Arc<Worker>, Job, Box<dyn Execution>) {
@@ -32,6 +32,16 @@ async fn cancelled_on(
     dir: &std::path::Path,
     claimer: &str,
     record: bool,
+) -> (Arc<dyn Store>, Arc<Worker>, Job, Box<dyn Execution>) {
+    hung_on(dir, claimer, record, true).await
+}
+
+/// As [`cancelled_on`], cancelled only when `cancel`.
+async fn hung_on(
+    dir: &std::path::Path,
+    claimer: &str,
+    record: bool,
+    cancel: bool,
 ) -> (Arc<dyn Store>, Arc<Worker>, Job, Box<dyn Execution>) {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(dir, StoreSettings::default(), false).expect("open"));
@@ -48,7 +58,8 @@ async fn cancelled_on(
         Arc::new(MasterKey::new(vec![7; 32])),
         "http://127.0.0.1:9/async".into(),
     );
-    let job = Job::new("nap", &slot.name, now_us());
+    let mut job = Job::new("nap", &slot.name, now_us());
+    job.max_attempts = 3;
     store.submit(job.clone()).await.expect("submit");
     let claimed = store
         .claim(&slot.name, claimer, 1, Duration::from_millis(1))
@@ -70,7 +81,9 @@ async fn cancelled_on(
             .await
             .expect("started");
     }
-    store.apply(job.id, Command::Cancel).await.expect("cancel");
+    if cancel {
+        store.apply(job.id, Command::Cancel).await.expect("cancel");
+    }
     tokio::time::sleep(Duration::from_millis(5)).await;
     let job = store.get(job.id).await.expect("read").expect("stored");
     (store, worker, job, exec)
@@ -192,4 +205,27 @@ async fn an_unrecorded_process_of_another_machine_is_left_with_its_lease() {
 fn the_claimer_node_is_the_worker_ids_suffix() {
     assert_eq!(super::claimer_node("web-1-12-abc@0123"), Some("0123"));
     assert_eq!(super::claimer_node("web-1-12-abc"), None);
+}
+
+/// Not cancelled: a job whose worker hung in `STARTING` (process launched, handle not stored)
+/// is requeued by the reaper only once that process is killed, so its next attempt never runs
+/// beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_hung_while_starting_is_requeued_once_its_process_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
+    let (store, worker, job, mut exec) = hung_on(dir.path(), &claimer, false, false).await;
+    assert_eq!(job.status, JobStatus::Starting);
+    let pid = exec.handle().id;
+    assert!(alive(&pid));
+    assert_eq!(
+        reap_once(&worker, &Stopping::default())
+            .await
+            .expect("pass"),
+        1
+    );
+    let back = store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
+    assert!(!alive(&pid), "attempt 1 runs on while attempt 2 may start");
+    let _ = exec.wait().await;
 }
