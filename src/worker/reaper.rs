@@ -152,7 +152,8 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
                 return false;
             }
         }
-        // Nothing recorded, nothing the runner could look for: its work went with its worker.
+        // Nothing the runner marks: a service job is a task of its worker's own process, stopped
+        // with it, or by it once it finds the lease gone.
         (None, Some(_)) => {}
         _ if !abandoned => return false,
         _ => tracing::warn!(
