@@ -264,6 +264,56 @@ async fn a_docker_job_succeeds_with_its_logs_env_and_limits_and_its_container_is
     wait_removed(&host, &id).await;
 }
 
+/// A worker that hung after it started the attempt's container but before it recorded the
+/// handle (a job cancelled while `STARTING`): `unrecorded` names the container from the job id
+/// and attempt, `recover` finds it running, and the reaper's stop removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_container_is_found_by_its_name_and_stopped() {
+    use runyard_runners::docker::{DockerConfig, DockerRunner};
+    use runyard_runners::{JobSpec, NullReporter, Recovered, Runner, Secret};
+    let Some(host) = setup("an_unrecorded_container_is_found") else {
+        return;
+    };
+    let r = DockerRunner::new(DockerConfig {
+        name: "dock".into(),
+        image: BUSYBOX.into(),
+        command: vec!["sleep".into(), "60".into()],
+        network: Some("host".into()),
+        docker_host: Some(host.clone()),
+        ..Default::default()
+    })
+    .expect("runner");
+    let id = uuid::Uuid::now_v7().to_string();
+    let spec = JobSpec {
+        id: id.clone(),
+        job_type: "t.sleep".into(),
+        args: json!({}),
+        attempt: 1,
+        secret: Secret::from_string("s3cr3t".into()),
+        hook_url: "http://127.0.0.1:9/async".into(),
+        timeout: None,
+        deployment: String::new(),
+    };
+    let launched = r
+        .launch(spec.clone(), Arc::new(NullReporter))
+        .await
+        .expect("launch");
+    running_container(&host, &id).await;
+    // The worker hangs here: its execution is never heard from again, its handle not stored.
+    std::mem::forget(launched);
+    let h = r
+        .unrecorded(&spec, None)
+        .expect("a container is found by its name");
+    assert!(r.reaches(&h));
+    let mut ex = match r.recover(&h, spec, Arc::new(NullReporter)).await.unwrap() {
+        Recovered::Running(e) => e,
+        Recovered::Finished(o) => panic!("finished? {o:?}"),
+        Recovered::Gone => panic!("not found without its handle"),
+    };
+    assert!(ex.stop(Duration::from_secs(1)).await);
+    wait_removed(&host, &id).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_zero_exit_is_an_error_with_the_exit_code() {
     let Some(host) = setup("a_non_zero_exit") else {

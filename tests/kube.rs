@@ -503,6 +503,40 @@ async fn a_410_on_watch_relists() {
     check(&fake);
 }
 
+/// A worker that hung after it created the attempt's Job but before it recorded the handle (a
+/// job cancelled while `STARTING`): `unrecorded` names the Job from the job id and attempt,
+/// `recover` finds it running, and the reaper's stop deletes it; an attempt never launched is
+/// gone.
+#[tokio::test]
+async fn an_unrecorded_attempt_is_found_by_its_name_and_stopped() {
+    let fake = Fake::new();
+    let id = new_id();
+    let s = spec("etl.hang", &id, 1);
+    let launched = runner(&fake)
+        .launch(s.clone(), Arc::new(Lines::default()))
+        .await
+        .expect("launch");
+    until_a_pod_runs(&fake).await;
+    // The worker hangs here: its execution is never heard from again, its handle not stored.
+    std::mem::forget(launched);
+    let r = runner(&fake);
+    let h = r.unrecorded(&s, None).expect("a Job is found by its name");
+    assert_eq!(h.id, job_name("etl.hang", &id, 1));
+    assert!(r.reaches(&h));
+    let mut ex = match r.recover(&h, s, Arc::new(Lines::default())).await.unwrap() {
+        Recovered::Running(e) => e,
+        Recovered::Finished(o) => panic!("finished? {o:?}"),
+        Recovered::Gone => panic!("not found without its handle"),
+    };
+    assert!(ex.stop(Duration::from_millis(300)).await);
+    until_gone(&fake, &h.id).await;
+    let never = spec("etl.hang", &id, 2);
+    let h2 = r.unrecorded(&never, None).unwrap();
+    let got = r.recover(&h2, never, Arc::new(Lines::default())).await;
+    assert!(matches!(got, Ok(Recovered::Gone)));
+    check(&fake);
+}
+
 #[tokio::test]
 async fn reconcile_after_restart() {
     let fake = Fake::new();

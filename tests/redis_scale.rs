@@ -19,6 +19,10 @@
 //!   reads again once Redis is back, and a stream opened after gets events.
 //! - `a_steady_stream_of_single_jobs_is_claimed_several_at_a_time` and
 //!   `a_full_slot_is_refilled_without_waiting_for_the_claim_interval`: `worker.claim_interval`.
+//! - `a_cancelled_job_of_a_hung_worker_is_retried_only_once_its_process_is_gone` and its
+//!   `..._while_starting_...` twin: a worker `SIGSTOP`ped with a cancelled job's process running
+//!   (its start recorded, or not yet: `worker.quick_exit_wait` holds it back); the retry waits
+//!   until another worker's reaper killed that process.
 //!
 //! Every wait is bounded; processes are killed by pid when the test ends (and by the kernel if
 //! the test dies first).
@@ -532,12 +536,34 @@ async fn scale_out_survives_a_killed_worker() {
 /// second attempt never runs beside the first; the hung worker, resumed, changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_of_a_hung_worker_is_retried_only_once_its_process_is_gone() {
+    cancelled_on_a_hung_worker(false).await;
+}
+
+/// The same with the worker hung while the job is `STARTING`: it launched the process but had
+/// not recorded its handle (its `worker.quick_exit_wait` of 60 s holds the start back). Worker
+/// B's reaper finds the process by its `JOB_ID` and `JOB_ATTEMPT` on the machine worker A's id
+/// names, kills it, and only then is the retry accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_starting_on_a_hung_worker_is_retried_only_once_its_process_is_gone()
+{
+    cancelled_on_a_hung_worker(true).await;
+}
+
+/// Worker A runs attempt 1 of an `stp.x` job and is `SIGSTOP`ped, when `starting` before it
+/// recorded the start, else once the job is `RUNNING`; the job is cancelled; the retry must
+/// wait until worker B has made sure attempt 1's process is gone.
+async fn cancelled_on_a_hung_worker(starting: bool) {
     let redis = TestRedis::start();
     let mut cl = Cluster::new(&redis, "");
     cl.spawn("api", &["serve", "--no-worker"]);
     let http = http();
     cl.wait_healthy(&http).await;
-    let wa = cl.spawn("worker-a", &["worker"]);
+    let linger: &[(&str, &str)] = if starting {
+        &[("RUNYARD_WORKER__QUICK_EXIT_WAIT", "60s")]
+    } else {
+        &[]
+    };
+    let wa = cl.spawn_env("worker-a", &["worker"], "warn", linger);
     let (url, trace) = (cl.url(), cl.dir.path().join("trace"));
     let ticks = cl.dir.path().join("trace.ticks");
     let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
@@ -556,12 +582,21 @@ async fn a_cancelled_job_of_a_hung_worker_is_retried_only_once_its_process_is_go
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // Its start recorded (RUNNING: the handle, which names the process, is stored): a worker
-    // hung before that leaves a job no other worker can find the process of (docs/api.md).
-    let start = Instant::now();
-    while get_json(&http, &job_url).await["status"] != "RUNNING" {
-        assert!(start.elapsed() < Duration::from_secs(30), "never RUNNING");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if starting {
+        // Launched, its start (and the handle naming the process) not recorded.
+        let j = get_json(&http, &job_url).await;
+        assert_eq!(
+            (&j["status"], &j["handle"]),
+            (&json!("STARTING"), &Value::Null),
+            "{j}"
+        );
+    } else {
+        // Its start recorded (RUNNING: the handle, which names the process, is stored).
+        let start = Instant::now();
+        while get_json(&http, &job_url).await["status"] != "RUNNING" {
+            assert!(start.elapsed() < Duration::from_secs(30), "never RUNNING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     cl.spawn("worker-b", &["worker"]);
     let a_pid = cl.procs[wa].pid() as i32;

@@ -27,6 +27,7 @@ pub mod isolation;
 pub mod kube;
 pub mod lines;
 pub mod local;
+mod node;
 pub mod service;
 mod session;
 pub mod spawn;
@@ -41,6 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use node::node_id;
 pub use runyard_hooks::Secret;
 /// The shared vocabulary, defined on the bottom floor (`runyard_hooks::vocab`) and re-exported
 /// here so that runner code and embedders keep their paths.
@@ -258,6 +260,18 @@ pub trait Runner: Send + Sync {
     /// reaches its work from anywhere; a service job runs in its worker's process).
     fn reaches(&self, _handle: &RunHandle) -> bool {
         true
+    }
+
+    /// A handle to attempt `spec.attempt`'s work when none was stored: its worker hung or died
+    /// after it launched the work but before it recorded the handle (a job cancelled, or whose
+    /// lease ran out, while `STARTING`). Built from what this runner marks its work with, the
+    /// job id and attempt (local: the `JOB_ID` and `JOB_ATTEMPT` of the process's environment,
+    /// on the machine and pid namespace `node`, the claiming worker's [`node_id`] when its id
+    /// says it; docker: the container's name and labels; kube: the Job's name and labels).
+    /// [`Runner::reaches`] and [`Runner::recover`] take it as a stored one. `None`: this runner
+    /// has nothing to find that way (the default: a service job runs in its worker's process).
+    fn unrecorded(&self, _spec: &JobSpec, _node: Option<&str>) -> Option<RunHandle> {
+        None
     }
 
     /// Finds work launched by an earlier (maybe dead) server process. Runners whose work cannot

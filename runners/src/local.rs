@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
+pub(crate) use crate::node::process_start_time;
+use crate::node::{boot_id, node_id};
 use crate::workdir::{rand_u64, remove_workdir, WorkdirGuard};
 use crate::{
     Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
@@ -295,7 +297,21 @@ impl Runner for LocalRunner {
     }
 
     fn reaches(&self, handle: &RunHandle) -> bool {
-        handle.data.get("boot_id").and_then(Value::as_str) == boot_id().as_deref()
+        match handle.data.get("node") {
+            Some(node) => node
+                .as_str()
+                .is_some_and(|n| Some(n) == node_id().as_deref()),
+            None => handle.data.get("boot_id").and_then(Value::as_str) == boot_id().as_deref(),
+        }
+    }
+
+    fn unrecorded(&self, spec: &JobSpec, node: Option<&str>) -> Option<RunHandle> {
+        let data = json!({"node": node, "job_id": spec.id, "attempt": spec.attempt});
+        Some(RunHandle {
+            kind: crate::RunKind::Local,
+            id: String::new(),
+            data,
+        })
     }
 
     async fn recover(
@@ -312,6 +328,16 @@ impl Runner for LocalRunner {
         }
         let pid = handle.data.get("pid").and_then(Value::as_u64);
         let start = handle.data.get("start_time").and_then(Value::as_u64);
+        let job = handle
+            .data
+            .get("job_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let (None, Some(job), Some(n)) = (pid, job, handle.data.get("attempt")) {
+            // No pid recorded (`Runner::unrecorded`): the attempt's processes, by their marks.
+            let n = n.as_u64().unwrap_or_default();
+            blocking(move || crate::session::kill_marked(&job, n, Duration::from_secs(2))).await;
+        }
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
             let alive_start = process_start_time(pid as u32);
             let same = alive_start.is_some() && alive_start == start;
@@ -555,47 +581,6 @@ fn kill_group(pgid: i32, signal: i32) {
     }
 }
 
-/// Where a pid means something: this machine's boot (`boot_id` changes on another machine or
-/// after a reboot) and this process's pid namespace (two containers on one host share the boot
-/// id, not the pids). A handle from elsewhere is never acted on.
-///
-/// Read once: neither changes while the process runs (a profile of 1,000 jobs showed the two
-/// reads per job at 6% of the server's runtime threads).
-fn boot_id() -> Option<String> {
-    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    BOOT.get_or_init(|| {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-        Some(format!("{}/{}", boot.trim(), ns.display()))
-    })
-    .clone()
-}
-
-/// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
-///
-/// Read with one `read` into a buffer on the stack (`open`, `read`, `close`): the spawner does this
-/// for every job it starts, and `read_to_string` made 7 system calls of it (a `statx`, then reads
-/// of growing size, since `/proc` files report a size of 0).
-pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-    // The line is about 300 bytes (the command name is at most 16) and ends with a newline.
-    let mut buf = [0u8; 1024];
-    let mut n = 0;
-    while n < buf.len() && !buf[..n].ends_with(b"\n") {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    let stat = &buf[..n];
-    let after = std::str::from_utf8(&stat[stat.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
-    // Fields after the command: state is field 3, start time is field 22.
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,6 +812,51 @@ mod tests {
             left.is_empty(),
             "outside the job's group, still alive after stop: {left:?}"
         );
+    }
+
+    /// Without a recorded pid (`Runner::unrecorded`: the worker hung before it stored the
+    /// handle) the attempt's processes are found by `JOB_ID` and `JOB_ATTEMPT` and killed with
+    /// their group; another attempt of the same job is left alone, and nothing is done for a
+    /// node that is not this one.
+    #[tokio::test]
+    async fn recover_without_a_pid_kills_the_attempts_marked_processes_only() {
+        let r = sh("sleep 30 & sleep 30");
+        let one = JobSpec {
+            id: "0190-unrecorded".into(),
+            ..spec()
+        };
+        let two = JobSpec {
+            attempt: 2,
+            ..one.clone()
+        };
+        let mut ex1 = r
+            .launch(one.clone(), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        let mut ex2 = r.launch(two, Arc::new(Lines::default())).await.unwrap();
+        // The live processes of the attempt's group (zombies left to be reaped are not).
+        let group = |ex: &dyn Execution| {
+            let pid: u32 = ex.handle().id.parse().unwrap();
+            !crate::session::members(&[(pid, None)], &[]).is_empty()
+        };
+        let far = r.unrecorded(&one, Some("0123456789abcdef")).unwrap();
+        assert!(!r.reaches(&far));
+        assert!(!r.reaches(&r.unrecorded(&one, None).unwrap()));
+        let here = r.unrecorded(&one, node_id().as_deref()).unwrap();
+        assert!(r.reaches(&here));
+        let got = r
+            .recover(&here, one, Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        assert!(matches!(got, Recovered::Gone));
+        let out = ex1.wait().await;
+        assert!(matches!(out, Outcome::Failed { .. }), "{out:?}");
+        assert!(
+            !group(ex1.as_ref()),
+            "the attempt's group is gone, its background child too"
+        );
+        assert!(group(ex2.as_ref()), "another attempt runs on");
+        assert!(ex2.stop(Duration::from_millis(100)).await);
     }
 
     #[tokio::test]

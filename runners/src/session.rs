@@ -123,6 +123,35 @@ pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Me
         .collect()
 }
 
+/// The live processes whose environment marks them as attempt `attempt` of job `job_id`
+/// (`JOB_ID` and `JOB_ATTEMPT`, as the local runner sets them), as leaders for [`kill_all`]
+/// (pid and start time): how the work of an attempt whose handle was never recorded is found.
+/// A process whose environment this one may not read (another user's, without root) is not.
+fn marked(job_id: &str, attempt: u64) -> Vec<(u32, Option<u64>)> {
+    let (id, n) = (format!("JOB_ID={job_id}"), format!("JOB_ATTEMPT={attempt}"));
+    let me = std::process::id();
+    all_processes()
+        .into_iter()
+        .filter(|s| !s.zombie && s.pid > 1 && s.pid != me)
+        .filter(|s| {
+            std::fs::read(format!("/proc/{}/environ", s.pid)).is_ok_and(|env| {
+                let has = |want: &str| env.split(|b| *b == 0).any(|v| v == want.as_bytes());
+                has(&id) && has(&n)
+            })
+        })
+        .map(|s| (s.pid, Some(s.start)))
+        .collect()
+}
+
+/// `SIGKILL` to the processes of attempt `attempt` of job `job_id` found by [`marked`], and to
+/// theirs (their groups, sessions and descendants, as [`kill_all`] finds them). Blocks.
+pub(crate) fn kill_marked(job_id: &str, attempt: u64, within: Duration) {
+    let found = marked(job_id, attempt);
+    if !found.is_empty() {
+        kill_all(&found, &[], within);
+    }
+}
+
 /// Sends `sig` to each of `members` that is still the process found.
 pub(crate) fn signal(members: &[Member], sig: c_int) {
     for m in members {

@@ -104,9 +104,11 @@ impl Worker {
         hook_url: String,
     ) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        // Its machine, for the reaper (`reaper::claimer_node`).
+        let node = runyard_runners::node_id().map_or_else(String::new, |n| format!("@{n}"));
         Arc::new(Self {
             id: format!(
-                "{host}-{}-{}",
+                "{host}-{}-{}{node}",
                 std::process::id(),
                 &Uuid::now_v7().simple().to_string()[24..]
             ),

@@ -63,6 +63,9 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
             }
             continue;
         }
+        if job.handle.is_none() && !stop_unrecorded(worker, &job).await {
+            continue;
+        }
         let slot = worker.runners.get(&job.runner).cloned();
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);
@@ -120,44 +123,91 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
 /// on): the work is made sure gone as for any expired lease, by the runner's `recover` (a
 /// process group on this machine killed, a container or a Kubernetes Job found; live work is
 /// stopped, never adopted), then the lease goes (`Command::StopLost`) and a retry may run a new
-/// attempt. Until then it is refused (`Job::still_stopping`). A worker that cannot reach the
-/// work (it does not serve the job's runner; a process of another machine or pid namespace)
-/// leaves it to one that can, and gives the lease up only once `ABANDONED_STOP` has passed
-/// (when a retry is let through anyway). A job without a handle (cancelled before its work was
-/// recorded started) gives it up at once. True when the lease went.
+/// attempt. Until then it is refused (`Job::still_stopping`). A job cancelled while `STARTING`,
+/// its worker hung after it launched the work but before it recorded the handle, is looked for
+/// by the runner's marks on its work instead (`Runner::unrecorded`: job id and attempt; for a
+/// process, on the claiming worker's machine, [`claimer_node`]). A worker that cannot reach the
+/// work (it does not serve the job's runner; a process of another machine or pid namespace, or
+/// of a claimer whose id names no machine) leaves it to one that can, and gives the lease up
+/// only once `ABANDONED_STOP` has passed (when a retry is let through anyway). A job of a
+/// runner that has no such marks (service) gives it up at once. True when the lease went.
 async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
-    let Some((token, expires)) = job.lease.as_ref().map(|l| (l.token, l.expires_at)) else {
+    let Some((token, expires, claimer)) = job
+        .lease
+        .as_ref()
+        .map(|l| (l.token, l.expires_at, l.worker.clone()))
+    else {
         return false;
     };
     let abandoned = expires.saturating_add(ABANDONED_STOP) <= now_us();
     let slot = worker.runners.get(&job.runner).cloned();
-    if let Some(handle) = job.handle.clone() {
-        let Some(slot) = slot.filter(|s| s.runner.reaches(&handle)) else {
-            if !abandoned {
+    let spec = worker.spec_factory().spec(&job);
+    let handle = job.handle.clone().or_else(|| {
+        let node = claimer_node(&claimer);
+        slot.as_ref()?.runner.unrecorded(&spec, node)
+    });
+    match (handle, slot) {
+        (Some(handle), Some(slot)) if slot.runner.reaches(&handle) => {
+            if !make_gone(worker, &slot, &handle, spec).await {
                 return false;
             }
-            tracing::warn!(
-                job_id = %job.id,
-                r#type = %job.job_type,
-                "no worker that reaches the cancelled job's work made sure it is gone within 5 min of its lease running out: its lease is given up, and its work may still run"
-            );
-            return give_up(worker, &job, token).await;
-        };
-        let spec = worker.spec_factory().spec(&job);
-        let reporter = Arc::new(DeferredReporter::with_last_log(None));
-        let gone = match slot.runner.recover(&handle, spec, reporter).await {
-            Ok(Recovered::Running(mut exec)) => exec.stop(worker.cfg.kill_grace).await,
-            Ok(Recovered::Finished(_) | Recovered::Gone) => true,
-            Err(e) => {
-                tracing::warn!(job_id = %job.id, error = %e, "cannot make sure the cancelled job's work is gone; will retry");
-                false
-            }
-        };
-        if !gone {
-            return false;
         }
+        // Nothing the runner marks: a service job is a task of its worker's own process, stopped
+        // with it, or by it once it finds the lease gone.
+        (None, Some(_)) => {}
+        _ if !abandoned => return false,
+        _ => tracing::warn!(
+            job_id = %job.id,
+            r#type = %job.job_type,
+            "no worker that reaches the cancelled job's work made sure it is gone within 5 min of its lease running out: its lease is given up, and its work may still run"
+        ),
     }
     give_up(worker, &job, token).await
+}
+
+/// `recover`s the work of `handle` and stops it if it runs (never adopts it); true when it is
+/// known gone, false when not (an error, a stop not confirmed): tried again at a later pass.
+async fn make_gone(
+    worker: &Worker,
+    slot: &crate::runner_set::RunnerSlot,
+    handle: &runyard_runners::RunHandle,
+    spec: runyard_runners::JobSpec,
+) -> bool {
+    let id = spec.id.clone();
+    let reporter = Arc::new(DeferredReporter::with_last_log(None));
+    match slot.runner.recover(handle, spec, reporter).await {
+        Ok(Recovered::Running(mut exec)) => exec.stop(worker.cfg.kill_grace).await,
+        Ok(Recovered::Finished(_) | Recovered::Gone) => true,
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "cannot make sure the job's work is gone; will retry");
+            false
+        }
+    }
+}
+
+/// An active job whose worker let the lease run out after it launched the work but before it
+/// recorded the handle (hung, or dead, in `STARTING`): the work the runner finds by its marks
+/// (`Runner::unrecorded`) is stopped before the job is requeued, never adopted. A worker that
+/// cannot reach it (a process of another machine) goes on as with a stored handle it cannot
+/// reach: the claimer's work is taken to have died with it. False: not made sure gone, the
+/// lease is left for a later pass.
+async fn stop_unrecorded(worker: &Arc<Worker>, job: &crate::job::Job) -> bool {
+    let (Some(slot), Some(lease)) = (worker.runners.get(&job.runner), job.lease.as_ref()) else {
+        return true;
+    };
+    let spec = worker.spec_factory().spec(job);
+    match slot.runner.unrecorded(&spec, claimer_node(&lease.worker)) {
+        Some(handle) if slot.runner.reaches(&handle) => {
+            make_gone(worker, slot, &handle, spec).await
+        }
+        _ => true,
+    }
+}
+
+/// The node (`runyard_runners::node_id`) of the worker whose id is `worker`, when it says one
+/// (`{host}-{pid}-{random}@{node}`; the ids of older builds do not).
+pub(crate) fn claimer_node(worker: &str) -> Option<&str> {
+    worker.rsplit_once('@').map(|(_, node)| node)
 }
 
 /// `Command::StopLost` for `job`'s lease `token`; true when it took.

@@ -18,10 +18,30 @@ use crate::store::{Store, StoreSettings};
 use crate::worker::Worker;
 
 /// A worker (never started) on an embedded store, a local runner whose jobs sleep 30 s, and a
-/// job of it claimed by another worker with a lease of 1 ms, started (a real process), then
-/// cancelled: the other worker is hung, its lease runs out.
+/// job of it (3 attempts) claimed by another worker with a lease of 1 ms, started (a real
+/// process), then cancelled: the other worker is hung, its lease runs out.
 async fn cancelled_on_a_hung_worker(
     dir: &std::path::Path,
+) -> (Arc<dyn Store>, Arc<Worker>, Job, Box<dyn Execution>) {
+    cancelled_on(dir, "hung", true).await
+}
+
+/// As [`cancelled_on_a_hung_worker`], claimed by the worker id `claimer`; with `record` false
+/// the handle is never stored: the job is cancelled while `STARTING`, its process running.
+async fn cancelled_on(
+    dir: &std::path::Path,
+    claimer: &str,
+    record: bool,
+) -> (Arc<dyn Store>, Arc<Worker>, Job, Box<dyn Execution>) {
+    hung_on(dir, claimer, record, true).await
+}
+
+/// As [`cancelled_on`], cancelled only when `cancel`.
+async fn hung_on(
+    dir: &std::path::Path,
+    claimer: &str,
+    record: bool,
+    cancel: bool,
 ) -> (Arc<dyn Store>, Arc<Worker>, Job, Box<dyn Execution>) {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(dir, StoreSettings::default(), false).expect("open"));
@@ -38,10 +58,11 @@ async fn cancelled_on_a_hung_worker(
         Arc::new(MasterKey::new(vec![7; 32])),
         "http://127.0.0.1:9/async".into(),
     );
-    let job = Job::new("nap", &slot.name, now_us());
+    let mut job = Job::new("nap", &slot.name, now_us());
+    job.max_attempts = 3;
     store.submit(job.clone()).await.expect("submit");
     let claimed = store
-        .claim(&slot.name, "hung", 1, Duration::from_millis(1))
+        .claim(&slot.name, claimer, 1, Duration::from_millis(1))
         .await
         .expect("claim")
         .pop()
@@ -53,12 +74,16 @@ async fn cancelled_on_a_hung_worker(
         .launch(spec, Arc::new(NullReporter))
         .await
         .expect("launched");
-    let handle = Some(exec.handle());
-    store
-        .apply(job.id, Command::Started { token, handle })
-        .await
-        .expect("started");
-    store.apply(job.id, Command::Cancel).await.expect("cancel");
+    if record {
+        let handle = Some(exec.handle());
+        store
+            .apply(job.id, Command::Started { token, handle })
+            .await
+            .expect("started");
+    }
+    if cancel {
+        store.apply(job.id, Command::Cancel).await.expect("cancel");
+    }
     tokio::time::sleep(Duration::from_millis(5)).await;
     let job = store.get(job.id).await.expect("read").expect("stored");
     (store, worker, job, exec)
@@ -118,4 +143,89 @@ async fn a_reaper_that_cannot_reach_the_work_leaves_the_lease() {
     assert!(alive(&exec.handle().id));
     assert!(store.apply(job.id, Command::Retry).await.is_err());
     exec.stop(Duration::from_millis(100)).await;
+}
+
+/// Waits (bounded) until the job's lease is gone, and returns the job.
+async fn lease_gone(store: &Arc<dyn Store>, id: uuid::Uuid) -> Job {
+    let start = std::time::Instant::now();
+    loop {
+        let j = store.get(id).await.expect("read").expect("stored");
+        if j.lease.is_none() {
+            return j;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{j:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A job cancelled while `STARTING`: its worker (on this machine, as its id says) launched the
+/// process, then hung before it recorded the handle. The reaper finds the process by its
+/// `JOB_ID` and `JOB_ATTEMPT`, kills it, and only then gives the lease up: the retry never
+/// runs beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_starting_has_its_unrecorded_process_killed_before_a_retry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
+    let (store, worker, job, mut exec) = cancelled_on(dir.path(), &claimer, false).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.handle.is_none(), "{job:#?}");
+    let pid = exec.handle().id;
+    assert!(alive(&pid), "the work runs on after the lease ran out");
+    assert!(store.apply(job.id, Command::Retry).await.is_err());
+    reap_once(&worker, &Stopping::default())
+        .await
+        .expect("pass");
+    let back = lease_gone(&store, job.id).await;
+    assert_eq!(back.status, JobStatus::Cancelled);
+    assert!(!alive(&pid), "the work was killed before the lease went");
+    let _ = exec.wait().await;
+    let retried = store.apply(job.id, Command::Retry).await.expect("retry");
+    assert_eq!(retried.status, JobStatus::Queued);
+}
+
+/// The same job claimed by a worker of another machine, or by one whose id names no machine
+/// (an older build): this reaper cannot look there, so it leaves the lease (the retry waits
+/// for `ABANDONED_STOP`) and kills nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_process_of_another_machine_is_left_with_its_lease() {
+    for claimer in ["hung-1-abc@0123456789abcdef", "hung-1-abc"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, worker, job, mut exec) = cancelled_on(dir.path(), claimer, false).await;
+        let token = job.lease.as_ref().expect("kept").token;
+        assert!(!super::stop_lost(&worker, job.clone()).await);
+        let j = store.get(job.id).await.expect("read").expect("stored");
+        assert_eq!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
+        assert!(alive(&exec.handle().id), "{claimer}");
+        assert!(store.apply(job.id, Command::Retry).await.is_err());
+        exec.stop(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn the_claimer_node_is_the_worker_ids_suffix() {
+    assert_eq!(super::claimer_node("web-1-12-abc@0123"), Some("0123"));
+    assert_eq!(super::claimer_node("web-1-12-abc"), None);
+}
+
+/// Not cancelled: a job whose worker hung in `STARTING` (process launched, handle not stored)
+/// is requeued by the reaper only once that process is killed, so its next attempt never runs
+/// beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_hung_while_starting_is_requeued_once_its_process_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
+    let (store, worker, job, mut exec) = hung_on(dir.path(), &claimer, false, false).await;
+    assert_eq!(job.status, JobStatus::Starting);
+    let pid = exec.handle().id;
+    assert!(alive(&pid));
+    assert_eq!(
+        reap_once(&worker, &Stopping::default())
+            .await
+            .expect("pass"),
+        1
+    );
+    let back = store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
+    assert!(!alive(&pid), "attempt 1 runs on while attempt 2 may start");
+    let _ = exec.wait().await;
 }

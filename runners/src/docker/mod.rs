@@ -400,6 +400,16 @@ impl Runner for DockerRunner {
         )))
     }
 
+    /// The attempt's container by its name (`runyard-{job id}-{attempt}`), else its labels.
+    fn unrecorded(&self, spec: &JobSpec, _node: Option<&str>) -> Option<RunHandle> {
+        let name = container_name(&spec.id, spec.attempt);
+        Some(RunHandle {
+            kind: RunKind::Docker,
+            id: name.clone(),
+            data: json!({"container_id": name, "job_id": spec.id, "attempt": spec.attempt}),
+        })
+    }
+
     async fn recover(
         &self,
         handle: &RunHandle,

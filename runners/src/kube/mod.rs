@@ -415,6 +415,17 @@ impl Runner for KubeRunner {
         )))
     }
 
+    /// The attempt's Job by its name ([`job_name`]) in the runner's namespace; the job's other
+    /// Jobs are found by label and deleted by `recover`, as for a stored handle.
+    fn unrecorded(&self, spec: &JobSpec, _node: Option<&str>) -> Option<RunHandle> {
+        let name = job_name(&spec.job_type, &spec.id, spec.attempt);
+        Some(RunHandle {
+            kind: crate::RunKind::Kube,
+            id: name.clone(),
+            data: serde_json::json!({"name": name, "job_id": spec.id, "attempt": spec.attempt}),
+        })
+    }
+
     async fn recover(
         &self,
         handle: &RunHandle,
