@@ -277,3 +277,44 @@ async fn a_cursor_kept_across_a_new_redis_reads_every_event_of_the_new_one() {
     };
     assert_eq!(ids(v["result"].as_array().unwrap()), ids(&every), "{v}");
 }
+
+/// A database this build made (first id chosen, no event yet), then written by an older build
+/// (a downgrade: ids from 1, as SQLite numbers them), then opened by this build again: the
+/// older build's cursors are the database's own. Reading them as below the first id would
+/// answer every poll with a resync, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_an_older_build_numbered_from_1_stay_its_own_after_an_upgrade() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(runyard::store::sqlite::SqliteStore::open(dir.path(), settings(), false).expect("open"));
+    {
+        let c = rusqlite::Connection::open(dir.path().join("runyard.db")).expect("open");
+        for id in 1..=3 {
+            c.execute(
+                "INSERT INTO events(id, channel, body) VALUES (?1, 'c', ?2)",
+                rusqlite::params![
+                    id,
+                    r#"{"s":"QUEUED","a":0,"t":"2026-12-01T10:03:39.688280Z"}"#
+                ],
+            )
+            .expect("an older build's event");
+        }
+    }
+    let s: Arc<dyn Store> = Arc::new(
+        runyard::store::sqlite::SqliteStore::open(dir.path(), settings(), false).expect("open"),
+    );
+    let page = s.events(None, Some("1"), 10).await.expect("events");
+    assert_eq!(
+        page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["2", "3"],
+        "{page:?}"
+    );
+    s.submit(Job::new("t", "r", now_us()))
+        .await
+        .expect("submit");
+    let page = s.events(None, Some("3"), 10).await.expect("events");
+    assert_eq!(page.len(), 1, "{page:?}");
+    assert_eq!(
+        (page[0].kind.as_str(), page[0].id.as_str()),
+        ("status", "4")
+    );
+}

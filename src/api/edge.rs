@@ -25,7 +25,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
@@ -72,6 +72,14 @@ where
             // true}), and read its jobs' `result_url`): only the event routes and the result
             // route read a cookie, and they only read.
             .allow_credentials(true)
+            // What a listed page's script may read beyond the always-readable headers: when to
+            // come back (a long poll that did not wait, a 503, a 429), a request's id for a
+            // report, and whether a submit was a replay.
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("idempotent-replayed"),
+            ])
             .max_age(std::time::Duration::from_secs(600))
     });
     let gate = GateLayer::new(cors_origins, metrics.clone()).with_hosts(hosts);

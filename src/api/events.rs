@@ -46,8 +46,8 @@ pub struct EventParams {
 /// `GET /api/v1/async_event/`.
 #[utoipa::path(get, path = "/api/v1/async_event/", tag = "events", params(EventParams),
     responses(
-        (status = 200, description = "Events after `last_id` (waits up to `wait_ms` for one). With `Retry-After`: the poll asked to wait but the node's stream cap left no room, so it answered at once; poll again after that many seconds", body = super::openapi::schemas::EventPage,
-            headers(("Retry-After" = u64, description = "Only when a waiting poll found no room under the stream cap: seconds to wait before polling again"))),
+        (status = 200, description = "Events after `last_id` (waits up to `wait_ms` for one). With `Retry-After`: the poll asked to wait but the node's stream cap left no room and there was nothing to read, so it answered at once; poll again after that many seconds", body = super::openapi::schemas::EventPage,
+            headers(("Retry-After" = u64, description = "Only when a waiting poll found no room under the stream cap and nothing to read: seconds to wait before polling again"))),
         (status = 400, description = "`bad_query`, `bad_last_id`", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn poll(
@@ -79,8 +79,10 @@ pub async fn poll(
         slot
     };
     let answer = |events: Vec<crate::job::Event>, last_id: Option<String>| {
+        // Only an empty page says "come back later": one with events is a real answer.
+        let empty = events.is_empty();
         let mut res = Json(json!({ "result": events, "last_id": last_id })).into_response();
-        if no_room {
+        if no_room && empty {
             res.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(POLL_RETRY_AFTER_SECS),

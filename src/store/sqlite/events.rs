@@ -119,6 +119,15 @@ pub(super) fn first_id(conn: &Connection) -> Result<i64> {
         )
     };
     if let Some(first) = kept(conn)? {
+        // Events below it were numbered by an older build that opened this database after this
+        // one chose the id (a downgrade, then an upgrade): its cursors are the database's own,
+        // so it numbers from 1 again (else every cursor it handed out would read as foreign).
+        let lowest: Option<i64> = row(conn, "SELECT MIN(id) FROM events", [], |r| r.get(0))?;
+        if first > 1 && lowest.is_some_and(|l| l < first) {
+            conn.execute("UPDATE meta SET value = 1 WHERE key = ?1", params![FIRST])
+                .map_err(db_err)?;
+            return Ok(1);
+        }
         return Ok(first);
     }
     let used: bool = row(
