@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RetentionConfig;
 use crate::files::BlobStore;
 
-/// How often unreferenced file contents are looked for.
+/// How often unreferenced file contents are looked for (docs/configuration.md,
+/// `retention.finished`, says when a deleted job's file bytes go: keep it true).
 const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
 /// File contents younger than this are never collected (an upload may be attaching them).
 const BLOB_GC_GRACE: Duration = Duration::from_secs(3600);

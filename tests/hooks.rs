@@ -2551,3 +2551,42 @@ async fn hand_made_signatures_are_accepted() {
     assert_eq!(srv.job(&a).await["result"], json!({"hand": true}));
     srv.finish().await;
 }
+
+/// The hook's log lines are cut as the job's stdout is: split at `\n` (a trailing `\r` dropped, a
+/// final `\n` no empty line), a line over 16 KiB stored in pieces, not cut short; and a report is
+/// counted once so split (1,000 lines of two: `413`, nothing stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_log_lines_are_split_on_newlines_like_stdout() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.lines"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let long = "é".repeat(runyard_hooks::MAX_LINE_BYTES); // twice the cap, in bytes
+    let body = json!({"logs": ["a\nb\r\nc", "d\n", "", "e\r", long]});
+    let r = srv.report(&a, &sa, body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let job_lines = || async {
+        let (status, v) = srv
+            .get_json(&format!("/async/jobs/{a}/logs?limit=10000"))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .filter(|l| l["stream"] == "job")
+            .map(|l| l["line"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let got = job_lines().await;
+    assert_eq!(got[..6], ["a", "b", "c", "d", "", "e"], "{:?}", &got[..6]);
+    assert_eq!(got.len(), 8, "the long line in two pieces");
+    assert!(got[6..]
+        .iter()
+        .all(|p| p.len() <= runyard_hooks::MAX_LINE_BYTES));
+    assert_eq!(got[6..].concat(), long, "the whole long line");
+    let two = vec!["x\ny"; 1000];
+    let r = srv.report(&a, &sa, json!({ "logs": two })).await;
+    assert_eq!(r.status, 413, "{}", r.describe());
+    assert_eq!(job_lines().await.len(), 8, "nothing stored");
+    srv.finish().await;
+}

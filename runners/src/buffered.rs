@@ -12,7 +12,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::{LogStream, Reporter};
+use crate::{LogStream, Reporter, Room};
+
+/// How long a pipe reader waits, at most, for room in a full buffer ([`Reporter::room`]) before
+/// the oldest lines are dropped instead: the sink (the store) has not taken a batch for that
+/// long. Once given up, nobody waits until a flush makes room again.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// What one flush hands on: the lines in the order they were said, and the latest progress.
 #[derive(Debug, Default)]
@@ -54,11 +59,15 @@ struct Pending {
     per_stream: [usize; 3],
     dropped: u64,
     progress: Option<(f64, Option<Value>)>,
+    /// Since when a reader has found the buffer full (reset when a flush takes it).
+    full_since: Option<tokio::time::Instant>,
 }
 
 /// A [`Reporter`] that buffers and flushes at most `delay` after the first unsent report (at most
-/// one batch per `delay`, however fast the job writes). Beyond `max_lines` (a job that writes
-/// faster than the sink takes its lines) the oldest waiting lines are dropped rather than memory
+/// one batch per `delay`, however fast the job writes). A full buffer (`max_lines`) holds the
+/// pipe readers back ([`Reporter::room`]): the job waits in its write until the next batch is
+/// taken. Only when the sink has taken nothing for `max_wait` (a store down or far too slow), or
+/// for a writer that does not wait, are the oldest waiting lines dropped rather than memory
 /// growing without bound, and the next batch starts with a line saying how many: a job's last
 /// lines, its final error, are never the ones lost, and no gap is silent.
 pub struct BufferedReporter<S> {
@@ -67,6 +76,9 @@ pub struct BufferedReporter<S> {
     me: Weak<Self>,
     delay: Duration,
     max_lines: usize,
+    max_wait: Duration,
+    /// Woken when a flush takes the buffer (room again for waiting readers).
+    room: tokio::sync::Notify,
     pending: Mutex<Pending>,
     scheduled: AtomicBool,
     /// Serialises flushes so batches reach the sink in order.
@@ -74,13 +86,26 @@ pub struct BufferedReporter<S> {
 }
 
 impl<S: BatchSink> BufferedReporter<S> {
-    /// A reporter sending to `sink`, at most every `delay`, keeping at most `max_lines` lines.
+    /// A reporter sending to `sink`, at most every `delay`, keeping at most `max_lines` lines
+    /// (readers wait for room up to [`MAX_WAIT`]).
     pub fn new(sink: S, delay: Duration, max_lines: usize) -> Arc<Self> {
+        Self::with_max_wait(sink, delay, max_lines, MAX_WAIT)
+    }
+
+    /// [`Self::new`] with readers waiting for room up to `max_wait`.
+    pub fn with_max_wait(
+        sink: S,
+        delay: Duration,
+        max_lines: usize,
+        max_wait: Duration,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             sink,
             me: me.clone(),
             delay,
             max_lines: max_lines.max(1),
+            max_wait,
+            room: tokio::sync::Notify::new(),
             pending: Mutex::new(Pending::default()),
             scheduled: AtomicBool::new(false),
             flushing: tokio::sync::Mutex::new(()),
@@ -91,6 +116,7 @@ impl<S: BatchSink> BufferedReporter<S> {
     pub async fn flush(&self) {
         let _order = self.flushing.lock().await;
         let p = std::mem::take(&mut *self.pending.lock());
+        self.room.notify_waiters();
         let mut lines = Vec::with_capacity(p.lines.len() + 1);
         if p.dropped > 0 {
             let first = p.lines.front().map_or_else(SystemTime::now, |l| l.1);
@@ -115,6 +141,26 @@ impl<S: BatchSink> BufferedReporter<S> {
         };
         let p = self.pending.lock();
         p.lines.is_empty() && p.progress.is_none() && p.dropped == 0
+    }
+
+    /// Waits until the buffer has room, or until it has been full for `max_wait` (then returns:
+    /// the line is taken, the oldest dropped).
+    async fn wait_for_room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let give_up = {
+                let mut p = self.pending.lock();
+                if p.lines.len() < self.max_lines {
+                    return;
+                }
+                *p.full_since.get_or_insert_with(tokio::time::Instant::now) + self.max_wait
+            };
+            if tokio::time::timeout_at(give_up, notified).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn schedule(&self) {
@@ -179,6 +225,13 @@ impl<S: BatchSink> Reporter for BufferedReporter<S> {
     fn progress(&self, progress: f64, details: Option<Value>) {
         self.pending.lock().progress = Some((progress, details));
         self.schedule();
+    }
+
+    fn room(&self) -> Room<'_> {
+        if self.pending.lock().lines.len() < self.max_lines {
+            return Box::pin(std::future::ready(()));
+        }
+        Box::pin(self.wait_for_room())
     }
 }
 
@@ -305,5 +358,76 @@ mod tests {
         assert!(r.is_idle(), "sent");
         r.log(LogStream::Stdout, "l".into());
         assert!(!r.is_idle(), "a line buffered");
+    }
+
+    /// Every line a reader writes once there is room ([`Reporter::room`], as the pipe readers
+    /// do), on the sink's pace: a job far faster than one batch per delay loses nothing, in order.
+    #[tokio::test]
+    async fn a_reader_that_waits_for_room_loses_nothing_while_the_sink_keeps_up() {
+        let sink = Arc::new(Collect::default());
+        let r = BufferedReporter::new(sink.clone(), Duration::from_millis(5), 10);
+        for i in 0..1000 {
+            r.room().await;
+            r.log(LogStream::Stdout, format!("l{i}"));
+        }
+        r.flush().await;
+        let batches = sink.0.lock();
+        let texts: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
+            .collect();
+        let want: Vec<String> = (0..1000).map(|i| format!("l{i}")).collect();
+        assert_eq!(texts, want);
+        assert!(
+            batches.iter().all(|b| b.lines.len() <= 10),
+            "bounded batches"
+        );
+    }
+
+    /// A sink that collects each batch once let through.
+    struct GatedCollect(Arc<tokio::sync::Semaphore>, Arc<Collect>);
+
+    #[async_trait]
+    impl BatchSink for GatedCollect {
+        async fn send(&self, batch: Batch) {
+            let _ = self.0.acquire().await.map(|p| p.forget());
+            self.1 .0.lock().push(batch);
+        }
+    }
+
+    /// A sink that takes nothing (a store down): a reader waits at most `max_wait` for room,
+    /// then the oldest waiting lines go (never waiting again until a batch is taken), and the
+    /// next batch says how many.
+    #[tokio::test]
+    async fn a_sink_that_takes_nothing_for_max_wait_drops_the_oldest_with_the_note() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let got = Arc::new(Collect::default());
+        let sink = GatedCollect(gate.clone(), got.clone());
+        let wait = Duration::from_millis(50);
+        let r = BufferedReporter::with_max_wait(sink, Duration::from_millis(5), 3, wait);
+        let write = async {
+            for i in 0..10 {
+                r.room().await;
+                r.log(LogStream::Stdout, format!("l{i}"));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the reader waits a bounded time");
+        gate.add_permits(100);
+        r.flush().await;
+        let batches = got.0.lock();
+        let texts: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
+            .collect();
+        assert_eq!(texts.len(), 7, "{texts:?}");
+        assert_eq!(
+            &texts[..3],
+            ["l0", "l1", "l2"],
+            "taken before the sink stalled"
+        );
+        assert!(texts[3].contains("4 line(s) dropped"), "{texts:?}");
+        assert_eq!(&texts[4..], ["l7", "l8", "l9"]);
     }
 }

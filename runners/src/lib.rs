@@ -83,7 +83,18 @@ pub trait Reporter: Send + Sync {
     fn last_log_time(&self) -> Option<std::time::SystemTime> {
         None
     }
+    /// Resolves once the reporter has room for another line. A pipe reader awaits it before
+    /// each line (backpressure: while it waits it does not read, so the job waits in its
+    /// write, as with Docker's and Kubernetes' logs, instead of its lines being dropped). A
+    /// reporter bounds the wait (a store that cannot take lines for long: it then drops the
+    /// oldest and says so). By default there is always room.
+    fn room(&self) -> Room<'_> {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// What [`Reporter::room`] returns.
+pub type Room<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// A reporter that drops everything (tests, benchmarks).
 pub struct NullReporter;

@@ -212,13 +212,36 @@ pub fn report(reporter: &dyn Reporter, stream: LogStream, text: &[u8]) {
     reporter.log(stream, String::from_utf8_lossy(text).into_owned());
 }
 
-/// Reads `pipe` to its end and reports its lines on `stream`.
+/// Reads `pipe` to its end and reports its lines on `stream`. Before each line it waits for
+/// the reporter's [room](Reporter::room), reading nothing meanwhile: a job that writes faster
+/// than its lines are stored waits in its write (what one read holds, at most 8 KiB, is all
+/// that sits here).
 pub async fn forward_lines<R: AsyncRead + Unpin>(
-    pipe: R,
+    mut pipe: R,
     stream: LogStream,
     reporter: std::sync::Arc<dyn Reporter>,
 ) {
-    read_lines(pipe, |_| {}, |t| report(reporter.as_ref(), stream, t)).await;
+    let mut split = LineSplitter::new();
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut read = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        split.push_text(&buf[..n], &mut |t| {
+            read.push(String::from_utf8_lossy(t).into_owned())
+        });
+        for line in read.drain(..) {
+            reporter.room().await;
+            reporter.log(stream, line);
+        }
+    }
+    split.finish(&mut |p| read.push(String::from_utf8_lossy(p.text).into_owned()));
+    for line in read {
+        reporter.room().await;
+        reporter.log(stream, line);
+    }
 }
 
 #[cfg(test)]

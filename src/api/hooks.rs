@@ -102,7 +102,7 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
         (status = 200, description = "The job after the report", body = super::openapi::schemas::StatusAnswer),
         (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already)", body = super::openapi::schemas::ErrorBody),
-        (status = 413, description = "`too_large`: more than 1000 log lines, or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: more than 1000 log lines (once split on newlines and into 16 KiB pieces), or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a bad `status`", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -122,12 +122,13 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
         .as_deref()
         .map(|s| s.parse::<JobStatus>().map_err(ApiError::invalid_request))
         .transpose()?;
-    let lines = report.logs.unwrap_or_default();
-    if lines.len() > MAX_REPORT_LINES {
+    let Some(lines) = super::hook_lines::split(report.logs.unwrap_or_default(), MAX_REPORT_LINES)
+    else {
         return Err(ApiError::too_large(format!(
-            "a report may carry at most {MAX_REPORT_LINES} log lines"
+            "a report may carry at most {MAX_REPORT_LINES} log lines (counted once split on \
+             newlines and into pieces of {MAX_LINE_BYTES} bytes)"
         )));
-    }
+    };
     let r = HookReport {
         status,
         progress: report.progress,
@@ -148,19 +149,7 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
     };
     if !lines.is_empty() {
         let ts = now_us();
-        let lines = lines
-            .into_iter()
-            .map(|mut l| {
-                if l.len() > MAX_LINE_BYTES {
-                    let mut cut = MAX_LINE_BYTES;
-                    while !l.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    l.truncate(cut);
-                }
-                (LogStream::Job, ts, l)
-            })
-            .collect();
+        let lines = lines.into_iter().map(|l| (LogStream::Job, ts, l)).collect();
         st.app.store.append_logs(updated.id, lines).await?;
     }
     if !lines_only && updated.reported().is_some() {

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod files;
 pub mod gate;
 pub mod health;
+pub mod hook_lines;
 pub mod hooks;
 pub mod jobs;
 pub mod notify;

@@ -19,7 +19,9 @@ use crate::store::Store;
 pub type JobReporter = BufferedReporter<StoreSink>;
 
 const FLUSH_DELAY: Duration = Duration::from_millis(100);
-/// Lines kept waiting for the store (the oldest go past it, a note says how many). Half the
+/// Lines kept waiting for the store: past it the job's pipe readers wait for room (the job
+/// waits in its write), and only a store that takes nothing for `buffered::MAX_WAIT` has the
+/// oldest go (a note says how many). docs/api.md and docs/architecture.md say 5,000. Half the
 /// default `retention.log_lines_per_job`: a batch with the note stays within what a job keeps,
 /// so the note is not the first line retention trims.
 const MAX_BUFFERED_LINES: usize = 5_000;
@@ -197,6 +199,14 @@ impl Reporter for DeferredReporter {
             None => d.progress = Some((progress, details)),
         }
     }
+
+    fn room(&self) -> runyard_runners::Room<'_> {
+        let target = self.inner.lock().target.clone();
+        match target {
+            Some(t) => Box::pin(async move { t.room().await }),
+            None => Box::pin(std::future::ready(())), // kept, the oldest dropped past the bound
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +221,22 @@ mod tests {
             self.0.lock().push((stream, line));
         }
         fn progress(&self, _progress: f64, _details: Option<Value>) {}
+    }
+
+    /// docs/api.md and docs/architecture.md say how many lines wait in the worker.
+    #[test]
+    fn the_docs_say_how_many_lines_wait() {
+        let n = MAX_BUFFERED_LINES;
+        let said = format!("at most {},{:03} lines wait", n / 1000, n % 1000);
+        for (doc, text) in [
+            ("api.md", include_str!("../../docs/api.md")),
+            (
+                "architecture.md",
+                include_str!("../../docs/architecture.md"),
+            ),
+        ] {
+            assert!(text.contains(&said), "docs/{doc} does not say {said:?}");
+        }
     }
 
     #[test]

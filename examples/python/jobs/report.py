@@ -5,7 +5,8 @@
   the tests make lose answers);
 - `args.result_bytes`: answer a string of that many bytes instead (over the server's body limit:
   the result cannot be reported);
-- `args.nan`: answer NaN instead (JSON cannot carry it).
+- `args.nan`: answer NaN instead (JSON cannot carry it);
+- `args.long_line`: also log one line of that many characters ("é", 2 bytes each).
 """
 
 import json
@@ -19,6 +20,8 @@ def main(job, args):
     lines = [str(line) for line in args.get("lines", [])]
     if lines:
         job.log(*lines)
+    if args.get("long_line"):
+        job.log("é" * int(args["long_line"]))
     if args.get("result_bytes"):
         return {"text": "x" * int(args["result_bytes"])}
     if args.get("nan"):

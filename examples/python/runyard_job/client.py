@@ -35,6 +35,14 @@ RETRY_STATUSES = (502, 503, 504)
 #: ``X-Job-Time``): the server accepts a time up to 5 minutes away from its clock; one minute of
 #: that is left for clock skew. Later, a retry is signed afresh.
 RESEND_WINDOW = 240.0
+#: Most log lines the hook takes in one report (more is 413 ``too_large``).
+MAX_REPORT_LINES = 1000
+#: A log line's longest piece, in UTF-8 bytes: a longer line is stored in pieces, as the server
+#: stores a job's stdout (docs/architecture.md).
+MAX_LINE_BYTES = 16 * 1024
+#: Most bytes of log lines (as JSON) one report carries: well within the server's default body
+#: limit (``api.max_body_bytes``, 1 MiB), also for lines escaped six-fold (control bytes).
+MAX_REPORT_LOG_BYTES = 256 * 1024
 # Map.hash becomes a file name: only plain hex-ish names, never a path.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -104,6 +112,50 @@ def resolve_location(hook: str, location: str) -> str:
     raise JobClientError(
         f"cannot resolve file URL {location!r}: expected an absolute http(s) URL or a path starting with '/'"
     )
+
+
+def _pieces(line: str) -> Iterable[str]:
+    """A line of at most MAX_LINE_BYTES as is, a longer one in pieces of at most that many bytes,
+    never cut inside a UTF-8 character (the server's rule for stdout)."""
+    data = line.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_LINE_BYTES:
+        yield line
+        return
+    start = 0
+    while len(data) - start > MAX_LINE_BYTES:
+        end = start + MAX_LINE_BYTES
+        while end > start + MAX_LINE_BYTES - 3 and data[end] & 0xC0 == 0x80:
+            end -= 1
+        yield data[start:end].decode("utf-8", "surrogatepass")
+        start = end
+    yield data[start:].decode("utf-8", "surrogatepass")
+
+
+def split_log_lines(lines: Iterable[str]) -> Iterable[str]:
+    """The lines the server stores for ``lines``, as it cuts a job's stdout: a line ends at
+    ``\n`` (a trailing ``\r`` dropped), a line over MAX_LINE_BYTES goes in pieces."""
+    for text in lines:
+        parts = str(text).split("\n")
+        if len(parts) > 1 and parts[-1] == "":
+            parts.pop()  # "a\n" is one line, as on stdout
+        for part in parts:
+            yield from _pieces(part.rstrip("\r"))
+
+
+def log_reports(lines: Iterable[str]) -> Iterable[list]:
+    """``lines`` (split as the server stores them) grouped into reports the hook takes: at most
+    MAX_REPORT_LINES lines and about MAX_REPORT_LOG_BYTES bytes of JSON each."""
+    report: list = []
+    size = 0
+    for line in split_log_lines(lines):
+        cost = len(encode_json(line)) + 1
+        if report and (len(report) >= MAX_REPORT_LINES or size + cost > MAX_REPORT_LOG_BYTES):
+            yield report
+            report, size = [], 0
+        report.append(line)
+        size += cost
+    if report:
+        yield report
 
 
 def _segment(value: Any) -> str:
@@ -209,11 +261,15 @@ class JobClient:
     ) -> Dict[str, Any]:
         """POST {hook}/status with the given fields (None fields are left out); returns the answer,
         or ``{}`` when a retry found that an earlier send was taken and only its answer was lost.
-        ``BadPayload`` when a field cannot be sent as JSON (NaN, a set...)."""
+        ``BadPayload`` when a field cannot be sent as JSON (NaN, a set...). Many or long ``logs``
+        go in several reports (``log_reports``), the other fields with the last of them."""
         if isinstance(logs, str):
             logs = [logs]
-        elif logs is not None:
-            logs = [str(line) for line in logs]
+        if logs is not None:
+            reports = list(log_reports(logs))
+            for earlier in reports[:-1]:
+                self._hook_call("POST", "/status", {"logs": earlier}, once=True)
+            logs = reports[-1] if reports else []
         fields = (
             ("status", status),
             ("progress", progress),
@@ -234,6 +290,8 @@ class JobClient:
         return self.status(progress=value, details=details)
 
     def log(self, *lines: str) -> Dict[str, Any]:
+        """Append log lines (the ``job`` stream); as many and as long as needed: they are sent in
+        as many reports as the hook's limits ask for. Returns the last report's answer."""
         return self.status(logs=[str(line) for line in lines])
 
     def result(self, value: Any) -> Dict[str, Any]:

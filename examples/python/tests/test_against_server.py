@@ -239,6 +239,35 @@ def job_log(http, job_id):
     return [line["line"] for line in response.json()["lines"]]
 
 
+def job_log_all(http, job_id):
+    """Every stored line of the job, following `next`."""
+    lines, after = [], 0
+    while True:
+        response = http.get(
+            f"{SERVER}/async/jobs/{job_id}/logs", params={"after": after, "limit": 10000}, timeout=TIMEOUT
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        lines += page["lines"]
+        if not page["lines"] or page.get("next") is None:
+            return lines
+        after = page["next"]
+
+
+def test_many_and_long_log_lines_are_all_stored(http):
+    # 2,500 lines (the hook takes 1,000 a report) and a 2 MiB line (over its 1 MiB body limit):
+    # the client sends them in several reports, the long line in 16 KiB pieces, and the job
+    # succeeds with every line stored, in order.
+    lines = [f"row {i}" for i in range(2500)]
+    job_id = submit(http, {"type": "py.report", "args": {"lines": lines, "long_line": 1024 * 1024}})
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS" and job["result"] == {"lines": 2500}, job
+    logged = [line["line"] for line in job_log_all(http, job_id) if line["stream"] == "job"]
+    assert logged[:2500] == lines
+    assert "".join(logged[2500:]) == "é" * (1024 * 1024)
+    assert all(len(piece.encode()) <= 16 * 1024 for piece in logged[2500:])
+
+
 def test_reports_whose_answers_were_lost_are_taken_once(http, lossy):
     # The proxy forwards the log report and the SUCCESS report and loses both answers: the job's
     # retries send the same signed requests again, refused as replays (401 replay): each report

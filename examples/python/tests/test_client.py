@@ -65,6 +65,31 @@ def test_status_sends_only_the_given_fields_signed_v2(stub, client):
     assert all(r["headers"]["Content-Type"] == "application/json" for r in stub.requests)
 
 
+def test_many_and_long_log_lines_go_in_reports_the_hook_takes(stub, client):
+    # 2,500 lines: three reports of at most 1,000 (more is the hook's 413); a 2 MiB line: pieces
+    # of at most 16 KiB (as the server stores stdout), in reports within its body limit; the
+    # other fields ride with the last report.
+    lines = [f"row {i}" for i in range(2500)]
+    client.log(*lines)
+    assert [len(r["logs"]) for r in stub.reports] == [1000, 1000, 500]
+    assert [line for r in stub.reports for line in r["logs"]] == lines
+    stub.reports.clear()
+    big = "é" * (1024 * 1024)  # 2 MiB of UTF-8, 2-byte characters
+    client.status("ERROR", logs=[big, "last"], error="boom")
+    pieces = [line for r in stub.reports for line in r["logs"]]
+    assert "".join(pieces[:-1]) == big and pieces[-1] == "last"
+    assert all(len(p.encode()) <= 16 * 1024 for p in pieces)
+    assert all("status" not in r for r in stub.reports[:-1])
+    assert stub.reports[-1]["status"] == "ERROR" and stub.reports[-1]["errorMessage"] == "boom"
+    assert all(len(r["logs"]) <= 1000 for r in stub.reports)
+    assert all(len(req["body"]) <= stub.max_body_bytes for req in stub.requests)
+
+
+def test_log_lines_are_split_on_newlines_like_stdout(stub, client):
+    client.log("a\nb\r\nc", "d\n", "", "e\r")
+    assert stub.reports == [{"logs": ["a", "b", "c", "d", "", "e"]}]
+
+
 def test_result_and_fail(stub, client):
     client.result({"n": 1})
     assert stub.reports[-1] == {"status": "SUCCESS", "results": {"n": 1}}

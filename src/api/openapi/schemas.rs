@@ -421,7 +421,8 @@ pub struct StatusReport {
     pub progress: Option<f64>,
     pub status_details: Option<Value>,
     pub results: Option<Value>,
-    /// Log lines (at most 1000 per report).
+    /// Log lines (at most 1000 per report, counted once split on newlines and into 16 KiB pieces:
+    /// they are stored as stdout lines are).
     pub logs: Option<Vec<String>>,
     pub error_message: Option<String>,
     /// With `ERROR`: retry when attempts are left.
