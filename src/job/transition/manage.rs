@@ -64,11 +64,7 @@ pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, 
         ));
     }
     job.max_attempts = job.max_attempts.max(job.attempt + 1);
-    job.result = None;
-    job.error = None;
-    job.exit_code = None;
-    job.progress = 0.0;
-    job.status_details = None;
+    super::attempts::start_clean(job);
     job.lease = None;
     job.finished_at = None;
     job.run_at = None;
@@ -89,13 +85,18 @@ pub(super) fn attach_file(
     {
         return Err(illegal(job, "attach a file"));
     }
+    let attempt = job.attempt;
     let list = job.files.entry(property).or_default();
     if list.len() >= MAX_FILES_PER_PROPERTY {
         return Err(TransitionError::Invalid(format!(
             "a property holds at most {MAX_FILES_PER_PROPERTY} files"
         )));
     }
-    list.push(file);
+    // A job's own upload belongs to its attempt (dropped when another attempt starts).
+    list.push(FileRef {
+        attempt: by_job.then_some(attempt),
+        ..file
+    });
     Ok(None)
 }
 
