@@ -1,7 +1,8 @@
 //! Each attempt of a job starts clean (docs/api.md, "Retries"): a job retried by itself after a
 //! failed attempt shows none of that attempt's result, details, error, exit code or uploaded
 //! files once the next attempt has started, as after a client's retry; the failed attempt's error
-//! stays in the events.
+//! stays in the events. And a job that reported its outcome is not undone by a late cancel
+//! (docs/hooks.md, "When a job ends").
 //!
 //! Real components: a runyard server on 127.0.0.1:0 on the embedded store and on a real Redis,
 //! the Python client of examples/python run by `python3` as local-runner child processes.
@@ -162,4 +163,23 @@ async fn a_retried_attempt_starts_clean_embedded() {
 async fn a_retried_attempt_starts_clean_on_redis() {
     let r = TestRedis::start();
     a_retried_attempt_starts_clean(&r.server_config("attempts-test-master-key-0123456789")).await;
+}
+
+/// A job reported SUCCESS and lingers: a cancel then is refused (409) and the job ends SUCCESS
+/// with its result when its process is stopped after `exit_grace`, as a timeout at that point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_a_reported_success_leaves_it_standing() {
+    let ts = start("").await;
+    let id = ts.submit_ok(json!({"type": "py.linger"})).await;
+    ts.wait_for(&id, WAIT, |j| j["runs"][0]["reported"] == "SUCCESS")
+        .await;
+    let (code, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(code, 409, "{body:#}");
+    let (kind, message) = support::error_of(&body);
+    assert_eq!(kind, "illegal_transition", "{body:#}");
+    assert!(message.contains("reported its outcome"), "{body:#}");
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(job["result"], json!({"done": true}), "{job:#}");
+    assert_eq!(job["exit_code"], 143, "{job:#}");
 }

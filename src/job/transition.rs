@@ -1163,6 +1163,33 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_leaves_a_reported_final_outcome_alone() {
+        // SUCCESS reported, the process lingering: the cancel is refused, the SUCCESS committed
+        // once the process ends, as a timeout at that point does.
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Success, None), &ctx(2)).unwrap();
+        let before = j.clone();
+        let e = apply(&mut j, Command::Cancel, &ctx(3)).unwrap_err();
+        assert!(e.to_string().contains("reported its outcome"), "{e}");
+        assert_eq!(j, before);
+        apply(&mut j, exited(1, 143), &ctx(4)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.result, Some(json!({"ok": 1})));
+        // So for an ERROR that must not be retried.
+        let mut k = job();
+        claim(&mut k, 1);
+        apply(&mut k, hook(JobStatus::Error, Some(false)), &ctx(2)).unwrap();
+        assert!(apply(&mut k, Command::Cancel, &ctx(3)).is_err());
+        // An ERROR that would be retried is cancelled: no further attempt.
+        let mut l = job();
+        claim(&mut l, 1);
+        apply(&mut l, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        apply(&mut l, Command::Cancel, &ctx(3)).unwrap();
+        assert_eq!(l.status, JobStatus::Cancelled);
+    }
+
+    #[test]
     fn retry_false_ends_the_job_at_once() {
         let mut j = job();
         j.max_attempts = 5;

@@ -7,13 +7,22 @@ use crate::job::wait::{
     all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, MAX_SIGNAL_IDS, SKIPPED,
 };
 use crate::job::JobStatus::*;
-use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
+use crate::job::{FileRef, Job, Reported, MAX_FILES_PER_PROPERTY};
 
 /// A user cancels the job.
 pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
     if job.status.is_terminal() {
         return Err(illegal(job, "cancel"));
+    }
+    // The work said how it ended, for good: that stands, as when its time limit or its lease
+    // runs out then, and is committed once its process has ended (within `worker.exit_grace`).
+    if let Some(Reported::Success | Reported::Error { retry: false, .. }) = job.reported() {
+        return Err(illegal(
+            job,
+            "cancel: it reported its outcome (SUCCESS, or ERROR without retry), committed once \
+             its process has ended",
+        ));
     }
     job.error = Some("cancelled".into());
     end_run(job, now, "CANCELLED");
