@@ -299,6 +299,7 @@ conformance!(
     logs_are_sequenced_and_bounded,
     retention_deletes_finished_jobs,
     file_references_follow_jobs,
+    a_new_attempt_drops_the_last_ones_uploads,
     notices_reach_every_handle,
     host_failures_reschedule_and_give_the_attempt_back,
     webhook_deliveries_follow_events_and_claims_are_fenced,
@@ -1379,6 +1380,7 @@ fn file(hash: &str) -> FileRef {
         mimetype: "text/plain".into(),
         name: "a.txt".into(),
         metadata: json!({}),
+        attempt: None,
     }
 }
 
@@ -1423,6 +1425,67 @@ async fn file_references_follow_jobs(mut b: Backend) {
         .await
         .unwrap_err();
     assert!(is_illegal(&e));
+}
+
+/// A failed attempt's uploads are the job's outputs until the next attempt starts: then they go,
+/// with the job's references to their blobs (blob GC may take one no other job holds), while the
+/// client's inputs stay.
+async fn a_new_attempt_drops_the_last_ones_uploads(mut b: Backend) {
+    let s = b.store().await;
+    let input = "0cc175b9c0f1b6a831c399e269772661";
+    let out = "92eb5ffee6ae2fec3ad71c777531578f";
+    let shared = "4a8a08f09d37b73795649038408b5f33";
+    let mut j = job("t", "r-up");
+    j.files.insert("inputs".into(), vec![file(input)]);
+    let j = submit(&s, j).await;
+    let mut other = job("t", "r-other");
+    other.files.insert("inputs".into(), vec![file(shared)]);
+    submit(&s, other).await;
+    let t = token(&claim_one(&s, "r-up", "w").await);
+    let started = Command::Started {
+        token: t,
+        handle: None,
+    };
+    s.apply(j.id, started).await.unwrap();
+    for h in [out, shared, input] {
+        let attach = Command::AttachFile {
+            property: "outputs".into(),
+            file: file(h),
+            by_job: true,
+        };
+        s.apply(j.id, attach).await.unwrap();
+    }
+    let failed = FinishOutcome::Failed {
+        message: "boom".into(),
+        exit_code: Some(1),
+    };
+    let cmd = Command::Finish {
+        token: t,
+        outcome: failed,
+    };
+    let after = s.apply(j.id, cmd).await.unwrap();
+    assert_eq!(after.status, JobStatus::Scheduled);
+    assert_eq!(
+        after.files["outputs"].len(),
+        3,
+        "kept until the next attempt"
+    );
+    assert_eq!(after.files["outputs"][0].attempt, Some(1));
+    let all = [input, out, shared].map(String::from).into_iter().collect();
+    assert_eq!(s.file_hashes().await.unwrap(), all);
+    s.apply(j.id, Command::Promote).await.unwrap();
+    let second = claim_one(&s, "r-up", "w").await;
+    assert_eq!(second.attempt, 2);
+    let inputs_only: std::collections::BTreeMap<_, _> =
+        [("inputs".to_string(), vec![file(input)])].into();
+    assert_eq!(second.files, inputs_only);
+    assert_eq!(
+        s.get(j.id).await.unwrap().expect("stored").files,
+        inputs_only
+    );
+    // `out` went; `shared` is another job's input, `input` this job's own.
+    let left = [input, shared].map(String::from).into_iter().collect();
+    assert_eq!(s.file_hashes().await.unwrap(), left);
 }
 
 async fn notices_reach_every_handle(mut b: Backend) {

@@ -433,6 +433,7 @@ async fn keys_met_after_the_hash_are_checked_before_a_write_writes() {
             mimetype: "text/plain".into(),
             name: "a.txt".into(),
             metadata: serde_json::Value::Null,
+            attempt: None,
         }],
     );
     let e = s.submit(with_file.clone()).await.expect_err("refused");

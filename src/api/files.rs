@@ -142,6 +142,7 @@ pub async fn attach(
         mimetype,
         name: q.name.unwrap_or_default(),
         metadata: json!({}),
+        attempt: None,
     };
     let job = st
         .app
@@ -265,6 +266,7 @@ pub async fn read_multipart(
                 mimetype,
                 name: file_name,
                 metadata: json!({}),
+                attempt: None,
             },
         ));
     }

@@ -381,6 +381,7 @@ async fn attach(
             .unwrap_or_else(|| "application/octet-stream".into()),
         name: s("name").unwrap_or_default(),
         metadata: metadata.clone(),
+        attempt: None,
     };
     st.app
         .store

@@ -1,5 +1,6 @@
 //! The job model: what is stored about a job, and the only code that changes it ([`transition`]).
 
+mod file_ref;
 mod fire_time;
 mod new;
 pub mod notify_spec;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+pub use file_ref::{FileRef, MAX_FILES_PER_PROPERTY};
 pub use fire_time::fire_time_text;
 pub use runyard_hooks::RunHandle;
 pub use select::SelectError;
@@ -243,25 +245,6 @@ impl Reported {
         }
     }
 }
-
-/// A file attached to a job (an input before it runs, or an output it uploaded).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileRef {
-    /// md5 of the content (the blob's key).
-    pub hash: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// MIME type.
-    pub mimetype: String,
-    /// Original file name.
-    pub name: String,
-    /// Free-form metadata given at upload.
-    #[serde(default)]
-    pub metadata: Value,
-}
-
-/// How many files one property of a job may hold.
-pub const MAX_FILES_PER_PROPERTY: usize = 1000;
 
 /// How many run records a job keeps.
 pub const MAX_RUN_RECORDS: usize = 50;

@@ -336,6 +336,7 @@ impl Actors {
                     mimetype: "text/plain".into(),
                     name: "a.txt".into(),
                     metadata: json!({}),
+                    attempt: None,
                 },
                 by_job: *by_job,
             },

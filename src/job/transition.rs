@@ -596,7 +596,7 @@ fn hook_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Backoff;
+    use crate::job::{Backoff, Event};
     use serde_json::json;
 
     pub(crate) fn job() -> Job {
@@ -1059,6 +1059,136 @@ mod tests {
         assert_eq!(j.exit_code, Some(0));
     }
 
+    fn upload(name: &str) -> FileRef {
+        FileRef {
+            hash: format!("{:0>32}", name.len()),
+            size: 1,
+            mimetype: "text/plain".into(),
+            name: name.into(),
+            metadata: json!({}),
+            attempt: None,
+        }
+    }
+
+    fn attach(j: &mut Job, property: &str, name: &str, by_job: bool, now: Micros) {
+        let cmd = Command::AttachFile {
+            property: property.into(),
+            file: upload(name),
+            by_job,
+        };
+        apply(j, cmd, &ctx(now)).unwrap();
+    }
+
+    /// What the attempt left (its result, error, exit code, progress, details, uploads) is gone.
+    fn assert_clean(j: &Job, inputs: &[&str]) {
+        assert_eq!(j.result, None);
+        assert_eq!(j.error, None);
+        assert_eq!(j.exit_code, None);
+        assert_eq!(j.status_details, None);
+        assert_eq!(j.progress, 0.0);
+        let names: Vec<&str> = j
+            .files
+            .values()
+            .flatten()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(names, inputs);
+        assert!(j.files.values().flatten().all(|f| f.attempt.is_none()));
+    }
+
+    #[test]
+    fn every_attempt_starts_clean_whether_retried_by_itself_or_by_a_client() {
+        let mut j = job();
+        j.max_attempts = 3;
+        attach(&mut j, "inputs", "in.txt", false, 1);
+        claim(&mut j, 1);
+        let details = Command::Progress {
+            token: None,
+            progress: Some(0.5),
+            details: Some(json!({"stage": "attempt-1-stage"})),
+        };
+        apply(&mut j, details, &ctx(2)).unwrap();
+        attach(&mut j, "outputs", "out-1.txt", true, 2);
+        assert_eq!(j.files["outputs"][0].attempt, Some(1));
+        let failed = Command::Hook(HookReport {
+            status: Some(JobStatus::Error),
+            results: Some(json!({"from_attempt": 1})),
+            error: Some("first failed".into()),
+            ..Default::default()
+        });
+        apply(&mut j, failed, &ctx(3)).unwrap();
+        apply(&mut j, exited(1, 1), &ctx(4)).unwrap();
+        // Until the next attempt starts, the failed one is what there is to see.
+        assert_eq!(j.status, JobStatus::Scheduled);
+        assert_eq!(j.result, Some(json!({"from_attempt": 1})));
+        assert_eq!(j.error.as_deref(), Some("first failed"));
+        assert_eq!(j.files["outputs"].len(), 1);
+        apply(&mut j, Command::Promote, &ctx(5)).unwrap();
+        claim(&mut j, 2);
+        assert_clean(&j, &["in.txt"]);
+        apply(
+            &mut j,
+            Command::Started {
+                token: 2,
+                handle: None,
+            },
+            &ctx(6),
+        )
+        .unwrap();
+        let ev = Event::for_job(&j, EventKind::Status);
+        assert!(ev.errors.is_empty(), "{:?}", ev.errors);
+        // Attempt 2 ends without a result: SUCCESS, no result of attempt 1.
+        attach(&mut j, "outputs", "out-2.txt", true, 7);
+        apply(&mut j, exited(2, 0), &ctx(8)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.result, None);
+        assert_eq!(j.status_details, None);
+        let outputs: Vec<&str> = j.files["outputs"].iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(outputs, ["out-2.txt"]);
+        // A client's retry starts as clean, through the same function.
+        let mut k = job();
+        attach(&mut k, "inputs", "in.txt", false, 1);
+        claim(&mut k, 1);
+        attach(&mut k, "outputs", "out-1.txt", true, 2);
+        apply(&mut k, hook(JobStatus::Error, Some(false)), &ctx(3)).unwrap();
+        apply(&mut k, exited(1, 4), &ctx(4)).unwrap();
+        assert_eq!(k.status, JobStatus::Error);
+        assert_eq!(
+            k.files["outputs"].len(),
+            1,
+            "the last attempt's outputs stay"
+        );
+        apply(&mut k, Command::Retry, &ctx(5)).unwrap();
+        assert_clean(&k, &["in.txt"]);
+    }
+
+    #[test]
+    fn a_cancel_leaves_a_reported_final_outcome_alone() {
+        // SUCCESS reported, the process lingering: the cancel is refused, the SUCCESS committed
+        // once the process ends, as a timeout at that point does.
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Success, None), &ctx(2)).unwrap();
+        let before = j.clone();
+        let e = apply(&mut j, Command::Cancel, &ctx(3)).unwrap_err();
+        assert!(e.to_string().contains("reported its outcome"), "{e}");
+        assert_eq!(j, before);
+        apply(&mut j, exited(1, 143), &ctx(4)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.result, Some(json!({"ok": 1})));
+        // So for an ERROR that must not be retried.
+        let mut k = job();
+        claim(&mut k, 1);
+        apply(&mut k, hook(JobStatus::Error, Some(false)), &ctx(2)).unwrap();
+        assert!(apply(&mut k, Command::Cancel, &ctx(3)).is_err());
+        // An ERROR that would be retried is cancelled: no further attempt.
+        let mut l = job();
+        claim(&mut l, 1);
+        apply(&mut l, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        apply(&mut l, Command::Cancel, &ctx(3)).unwrap();
+        assert_eq!(l.status, JobStatus::Cancelled);
+    }
+
     #[test]
     fn retry_false_ends_the_job_at_once() {
         let mut j = job();
@@ -1088,6 +1218,7 @@ mod tests {
                     mimetype: "text/plain".into(),
                     name: "a".into(),
                     metadata: json!({}),
+                    attempt: None,
                 },
                 by_job: true,
             },

@@ -70,7 +70,8 @@ pub struct JobView {
     /// What runs it: `{kind, id}` (a process id, a container, a pod).
     pub handle: Option<Value>,
     pub runs: Vec<Value>,
-    /// Files by property.
+    /// Files by property: `{hash, size, mimetype, name, metadata}`, and `attempt` for a file the
+    /// job uploaded (kept only until another attempt starts).
     pub files: BTreeMap<String, Vec<Value>>,
     pub run_at: Option<String>,
     pub created_at: String,

@@ -30,7 +30,7 @@ pub(super) fn claim(
     });
     job.handle = None;
     job.started_at = None;
-    job.progress = 0.0;
+    start_clean(job);
     if job.runs.len() >= MAX_RUN_RECORDS {
         job.runs.remove(0);
     }
@@ -47,6 +47,23 @@ pub(super) fn claim(
     });
     set_status(job, Starting, now);
     Ok(Some(EventKind::Status))
+}
+
+/// What a new attempt starts without, whether a worker retries the job by itself (its claim) or
+/// a client does ([`super::manage::retry`]): the last attempt's result, error, exit code,
+/// progress and details, and the files it uploaded (its outputs; a client's files stay). A failed
+/// attempt's word is never the job's: its error stays in the `errors` of the event that ended
+/// it, and its run record keeps its outcome.
+pub(super) fn start_clean(job: &mut Job) {
+    job.result = None;
+    job.error = None;
+    job.exit_code = None;
+    job.progress = 0.0;
+    job.status_details = None;
+    job.files.retain(|_, list| {
+        list.retain(|f| f.attempt.is_none());
+        !list.is_empty()
+    });
 }
 
 /// The runner started the attempt.

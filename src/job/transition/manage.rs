@@ -7,13 +7,22 @@ use crate::job::wait::{
     all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, MAX_SIGNAL_IDS, SKIPPED,
 };
 use crate::job::JobStatus::*;
-use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
+use crate::job::{FileRef, Job, Reported, MAX_FILES_PER_PROPERTY};
 
 /// A user cancels the job.
 pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
     if job.status.is_terminal() {
         return Err(illegal(job, "cancel"));
+    }
+    // The work said how it ended, for good: that stands, as when its time limit or its lease
+    // runs out then, and is committed once its process has ended (within `worker.exit_grace`).
+    if let Some(Reported::Success | Reported::Error { retry: false, .. }) = job.reported() {
+        return Err(illegal(
+            job,
+            "cancel: it reported its outcome (SUCCESS, or ERROR without retry), committed once \
+             its process has ended",
+        ));
     }
     job.error = Some("cancelled".into());
     end_run(job, now, "CANCELLED");
@@ -64,11 +73,7 @@ pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, 
         ));
     }
     job.max_attempts = job.max_attempts.max(job.attempt + 1);
-    job.result = None;
-    job.error = None;
-    job.exit_code = None;
-    job.progress = 0.0;
-    job.status_details = None;
+    super::attempts::start_clean(job);
     job.lease = None;
     job.finished_at = None;
     job.run_at = None;
@@ -89,13 +94,18 @@ pub(super) fn attach_file(
     {
         return Err(illegal(job, "attach a file"));
     }
+    let attempt = job.attempt;
     let list = job.files.entry(property).or_default();
     if list.len() >= MAX_FILES_PER_PROPERTY {
         return Err(TransitionError::Invalid(format!(
             "a property holds at most {MAX_FILES_PER_PROPERTY} files"
         )));
     }
-    list.push(file);
+    // A job's own upload belongs to its attempt (dropped when another attempt starts).
+    list.push(FileRef {
+        attempt: by_job.then_some(attempt),
+        ..file
+    });
     Ok(None)
 }
 

@@ -31,6 +31,9 @@ pub(super) struct Write {
     pub(super) job: Job,
     pub(super) body: String,
     pub(super) files: String,
+    /// The hashes of the files `old` held and the job no longer does (space separated, '' none):
+    /// the job's references to them go (`fgone` in commit.lua).
+    pub(super) files_gone: String,
     pub(super) event: Option<(EventKind, String)>,
     /// The lease set already holds this job's lease expiry (active before and after, same
     /// expiry): `commit.lua` skips the write. Sound because the write only applies at the
@@ -72,17 +75,7 @@ impl Write {
         } else {
             serde_json::to_string(&job).map_err(json_err)?
         };
-        let files = if !job.files.is_empty() && old.is_none_or(|o| o.files != job.files) {
-            let set: BTreeSet<&str> = job
-                .files
-                .values()
-                .flatten()
-                .map(|f| f.hash.as_str())
-                .collect();
-            set.into_iter().collect::<Vec<_>>().join(" ")
-        } else {
-            String::new()
-        };
+        let (files, files_gone) = file_changes(old, &job);
         let event = match ev {
             Some(kind) => {
                 let ev = Event::for_job(&job, kind);
@@ -103,6 +96,7 @@ impl Write {
             job,
             body,
             files,
+            files_gone,
             event,
             lease_kept,
             delivery,
@@ -155,6 +149,13 @@ impl Write {
             p.shared(FHASHES);
             for h in self.files.split_whitespace() {
                 p.own("fref", "fref:", h);
+            }
+        }
+        if !self.files_gone.is_empty() {
+            p.val("fgone", &self.files_gone);
+            p.shared(FHASHES);
+            for h in self.files_gone.split_whitespace() {
+                p.own("fgone", "fref:", h);
             }
         }
         self.wait_parts(&mut p);
@@ -297,6 +298,29 @@ impl Write {
             p.own("waitk", "waitk:", &i.key);
         }
     }
+}
+
+/// The file hashes `job` holds when they changed since `old` ('' otherwise), and those `old`
+/// held that `job` no longer does (a new attempt dropped the last one's uploads), space separated.
+fn file_changes(old: Option<&Job>, job: &Job) -> (String, String) {
+    if old.is_some_and(|o| o.files == job.files) {
+        return (String::new(), String::new());
+    }
+    let hashes = |j: &Job| -> BTreeSet<String> {
+        j.files.values().flatten().map(|f| f.hash.clone()).collect()
+    };
+    let now = hashes(job);
+    let gone = old.map(hashes).unwrap_or_default();
+    let join = |set: Vec<&String>| {
+        set.into_iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (
+        join(now.iter().collect()),
+        join(gone.difference(&now).collect()),
+    )
 }
 
 /// The lease expiry of a job in the lease set: an active job's, and a cancelled one's while its

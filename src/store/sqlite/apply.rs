@@ -70,8 +70,10 @@ pub(super) fn apply_stored(
 ) -> Result<()> {
     let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
     let was = job.status;
+    let uploads = jobs::upload_hashes(job);
     let ev = apply(job, cmd, &actx)?;
     save(ctx, job, stored)?;
+    jobs::drop_file_refs(ctx.conn, job, uploads)?;
     if was == JobStatus::Waiting && job.status != JobStatus::Waiting {
         waits::leave_in(ctx.conn, &job.id.to_string())?;
         crate::store::waits::counters().count_release(job);

@@ -326,3 +326,36 @@ pub(super) fn save_file_refs(conn: &Connection, job: &Job) -> Result<()> {
     }
     Ok(())
 }
+
+/// The hashes of the files the job uploaded itself (`FileRef::attempt`): the ones a new attempt
+/// drops (`transition::attempts::start_clean`). Mostly none, and then nothing is allocated.
+pub(super) fn upload_hashes(job: &Job) -> Vec<String> {
+    job.files
+        .values()
+        .flatten()
+        .filter(|f| f.attempt.is_some())
+        .map(|f| f.hash.clone())
+        .collect()
+}
+
+/// Forgets the references of `job` to those of `uploads` (taken before a change) it no longer
+/// holds, so that blob garbage collection may take a blob no job refers to any more.
+pub(super) fn drop_file_refs(conn: &Connection, job: &Job, uploads: Vec<String>) -> Result<()> {
+    if uploads.is_empty() {
+        return Ok(());
+    }
+    let held: std::collections::HashSet<&str> = job
+        .files
+        .values()
+        .flatten()
+        .map(|f| f.hash.as_str())
+        .collect();
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM file_refs WHERE hash = ?1 AND job_id = ?2")
+        .map_err(db_err)?;
+    let id = job.id.to_string();
+    for h in uploads.iter().filter(|h| !held.contains(h.as_str())) {
+        stmt.execute(params![h, id]).map_err(db_err)?;
+    }
+    Ok(())
+}

@@ -35,7 +35,8 @@
 --   `st` status, `r` runner, `c` channel, `q` queued_at, `t` job type, `b` the job record (its JSON or
 --   the compact form, `store.records`),
 --   `runat`, `lease` expiry (µs), `fin` finished_at, `idem` idempotency key (submits),
---   `files` file hashes (space separated), `event` (its JSON or compact form), `wait` (`enter` or `leave`: the job
+--   `files` file hashes (space separated), `fgone` the hashes of files the job no longer holds
+--   (a new attempt dropped the last one's uploads), `event` (its JSON or compact form), `wait` (`enter` or `leave`: the job
 --   starts or stops waiting), `dl` wait deadline (µs), `emits` signal keys to write (separated by
 --   newlines; see signal_append.lua for what they touch), `dlv` webhook delivery of the event
 --   (`<created_at µs>\n<url>`, see deliveries.rs), `event0` and `dlv0` an event (and its
@@ -49,7 +50,8 @@
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
 --   `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
---   (a write that may be handed over, see `hand`), and per item `fref` `P:fref:{hash}` (per file hash), `waitk`
+--   (a write that may be handed over, see `hand`), and per item `fref` `P:fref:{hash}` (per file hash),
+--   `fgone` `P:fref:{hash}` (per hash of `fgone`), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigidt`
 --   `P:sigidt:{key}`, `sigw` `P:waitk:{key}` (per emitted signal key, in the order of `emits`).
 -- What a declared key means:
@@ -57,7 +59,8 @@
 --   from the stored status to `st` (see counts.lua); stold / stnew: the status index entries
 --   left / entered; qt, q: the job is in the type's / runner's queue iff QUEUED (a new QUEUED
 --   job is announced); sched: in it iff SCHEDULED with `runat`; lease: in it iff `lease`;
---   fin: in it iff `fin`; fhashes, fref: the file references are added; waitk, waitdl, waitdue,
+--   fin: in it iff `fin`; fhashes, fref: the file references are added (fgone: removed,
+--   and a hash no job refers to any more leaves fhashes); waitk, waitdl, waitdue,
 --   waitgen: see `wait`; ev: the events are appended; the channel's (`store.channel_events`):
 --   with `evl` (lists), the events are pushed to the list, `evc` (declared only with `ttl`)
 --   has its TTL refreshed with the list's (a no-op when it does not exist), and a push that
@@ -79,7 +82,9 @@ local SHARED = {
   waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
   ev = true, evwant = true, evlsince = true,
 }
-local LISTS = { fref = true, waitk = true, sig = true, sigid = true, sigidt = true, sigw = true }
+local LISTS = {
+  fref = true, fgone = true, waitk = true, sig = true, sigid = true, sigidt = true, sigw = true,
+}
 
 -- The call's values (H) and its writes (W), read from the name/value pairs.
 local H, W = {}, {}
@@ -460,8 +465,12 @@ local function precheck(w, K)
     bad = wrong_type(zs[i], 'zset')
     if bad then return bad end
   end
-  if w.files then
+  if w.files or w.fgone then
     for _, k in ipairs(K.fref or {}) do
+      bad = wrong_type(k, 'set')
+      if bad then return bad end
+    end
+    for _, k in ipairs(K.fgone or {}) do
       bad = wrong_type(k, 'set')
       if bad then return bad end
     end
@@ -510,6 +519,16 @@ local function commit_one(w)
       c = c + 1
       redis.call('SADD', K.fref[c], id)
       redis.call('SADD', K.fhashes, h)
+    end
+  end
+  if w.fgone then
+    -- The job holds no file any more: its list of hashes goes with them (retention reads it).
+    if not w.files then redis.call('HDEL', K.job, 'f') end
+    local c = 0
+    for h in string.gmatch(w.fgone, '%S+') do
+      c = c + 1
+      redis.call('SREM', K.fgone[c], id)
+      if redis.call('SCARD', K.fgone[c]) == 0 then redis.call('SREM', K.fhashes, h) end
     end
   end
   index(w, K, old)
