@@ -52,6 +52,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
             mimetype: u.arbitrary()?,
             name: u.arbitrary()?,
             metadata: json(u)?,
+            attempt: u.arbitrary()?,
         });
     }
     let runs_n = u.int_in_range(0..=2)?;
