@@ -336,7 +336,10 @@ impl Runner for LocalRunner {
         if let (None, Some(job), Some(n)) = (pid, job, handle.data.get("attempt")) {
             // No pid recorded (`Runner::unrecorded`): the attempt's processes, by their marks.
             let n = n.as_u64().unwrap_or_default();
-            blocking(move || crate::session::kill_marked(&job, n, Duration::from_secs(2))).await;
+            let user = self.isolation.identity.as_ref().and_then(|i| i.uid);
+            for dir in crate::marks::kill_marked_bounded(job, n, user).await? {
+                remove_workdir(dir).await;
+            }
         }
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
             let alive_start = process_start_time(pid as u32);
