@@ -27,6 +27,7 @@ pub mod isolation;
 pub mod kube;
 pub mod lines;
 pub mod local;
+mod marks;
 mod node;
 pub mod service;
 mod session;

@@ -336,7 +336,10 @@ impl Runner for LocalRunner {
         if let (None, Some(job), Some(n)) = (pid, job, handle.data.get("attempt")) {
             // No pid recorded (`Runner::unrecorded`): the attempt's processes, by their marks.
             let n = n.as_u64().unwrap_or_default();
-            blocking(move || crate::session::kill_marked(&job, n, Duration::from_secs(2))).await;
+            let user = self.isolation.identity.as_ref().and_then(|i| i.uid);
+            for dir in crate::marks::kill_marked_bounded(job, n, user).await? {
+                remove_workdir(dir).await;
+            }
         }
         if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
             let alive_start = process_start_time(pid as u32);
@@ -904,6 +907,38 @@ mod tests {
     fn is_root() -> bool {
         // Safety: plain syscall.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    /// A job with a private directory whose worker hung before it recorded the handle: the
+    /// recovery by its marks kills it and removes that directory (read from the processes'
+    /// working directory before the kill), as with a recorded handle.
+    #[tokio::test]
+    async fn an_unrecorded_attempt_has_its_private_directory_removed() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let lines = Arc::new(Lines::default());
+        let r = sh_as("root", "pwd; sleep 30", None);
+        let mut one = spec();
+        one.id = "0190-unrecorded-dir".into();
+        let mut ex = r.launch(one.clone(), lines.clone()).await.unwrap();
+        let dir = loop {
+            if let Some((_, l)) = lines.0.lock().unwrap().first() {
+                break PathBuf::from(l);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(dir.exists());
+        let here = r.unrecorded(&one, node_id().as_deref()).unwrap();
+        let got = r
+            .recover(&here, one, Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        assert!(matches!(got, Recovered::Gone));
+        // Before this process's own execution ends (which removes it too).
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert!(matches!(ex.wait().await, Outcome::Failed { .. }));
     }
 
     #[tokio::test]

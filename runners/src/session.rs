@@ -32,13 +32,13 @@ pub(crate) struct Member {
 }
 
 /// What the walk reads of `/proc/PID/stat`.
-struct Stat {
-    pid: u32,
+pub(crate) struct Stat {
+    pub pid: u32,
     ppid: u32,
     pgrp: u32,
     session: u32,
-    start: u64,
-    zombie: bool,
+    pub start: u64,
+    pub zombie: bool,
 }
 
 /// `/proc/PID/stat`, parsed; `None` when the process is gone or the line makes no sense.
@@ -66,7 +66,7 @@ pub(crate) fn lives(pid: u32, start: Option<u64>) -> bool {
 }
 
 /// Every process in `/proc`.
-fn all_processes() -> Vec<Stat> {
+pub(crate) fn all_processes() -> Vec<Stat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -123,35 +123,6 @@ pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Me
         .collect()
 }
 
-/// The live processes whose environment marks them as attempt `attempt` of job `job_id`
-/// (`JOB_ID` and `JOB_ATTEMPT`, as the local runner sets them), as leaders for [`kill_all`]
-/// (pid and start time): how the work of an attempt whose handle was never recorded is found.
-/// A process whose environment this one may not read (another user's, without root) is not.
-fn marked(job_id: &str, attempt: u64) -> Vec<(u32, Option<u64>)> {
-    let (id, n) = (format!("JOB_ID={job_id}"), format!("JOB_ATTEMPT={attempt}"));
-    let me = std::process::id();
-    all_processes()
-        .into_iter()
-        .filter(|s| !s.zombie && s.pid > 1 && s.pid != me)
-        .filter(|s| {
-            std::fs::read(format!("/proc/{}/environ", s.pid)).is_ok_and(|env| {
-                let has = |want: &str| env.split(|b| *b == 0).any(|v| v == want.as_bytes());
-                has(&id) && has(&n)
-            })
-        })
-        .map(|s| (s.pid, Some(s.start)))
-        .collect()
-}
-
-/// `SIGKILL` to the processes of attempt `attempt` of job `job_id` found by [`marked`], and to
-/// theirs (their groups, sessions and descendants, as [`kill_all`] finds them). Blocks.
-pub(crate) fn kill_marked(job_id: &str, attempt: u64, within: Duration) {
-    let found = marked(job_id, attempt);
-    if !found.is_empty() {
-        kill_all(&found, &[], within);
-    }
-}
-
 /// Sends `sig` to each of `members` that is still the process found.
 pub(crate) fn signal(members: &[Member], sig: c_int) {
     for m in members {
@@ -197,8 +168,8 @@ fn signal_one(m: Member, sig: c_int) {
 /// `SIGKILL` to the processes of the jobs led by `leaders` and to `also` (see [`members`]),
 /// found again until none is left alive: one forked meanwhile by one not yet killed is caught by
 /// the next walk. Bounded by `within` (a process stuck in the kernel does not die at once). Blocks:
-/// not on a runtime thread.
-pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: Duration) {
+/// not on a runtime thread. True when none is left alive.
+pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: Duration) -> bool {
     let until = Instant::now() + within;
     signal(also, libc::SIGKILL);
     // Each walk reads all of `/proc`: the pause between walks doubles (5 ms to 160 ms), so a
@@ -207,7 +178,7 @@ pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: 
     loop {
         let left = members(leaders, also);
         if left.is_empty() || Instant::now() >= until {
-            return;
+            return left.is_empty();
         }
         signal(&left, libc::SIGKILL);
         std::thread::sleep(pause.min(until.saturating_duration_since(Instant::now())));

@@ -4,7 +4,7 @@
 //! attempt is left). Safe to run in every worker process at once: every step is a
 //! compare-and-set on the expired lease.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +15,30 @@ use uuid::Uuid;
 
 use super::reporter::DeferredReporter;
 use super::Worker;
-use crate::job::{now_us, Command, JobStatus, ABANDONED_STOP};
+use crate::job::{now_us, Command, Job, JobStatus, Micros, ABANDONED_STOP};
 
-/// Cancelled jobs whose work this worker's reaper is making sure is gone, each in a task of its
-/// own (a stop may take `kill_grace` and more: the other expired leases do not wait for it).
-type Stopping = Arc<parking_lot::Mutex<HashSet<Uuid>>>;
+/// Jobs whose work this worker's reaper is making sure is gone, each in a task of its own (a
+/// stop may take `kill_grace` and more, a scan of `/proc` may block: the other expired leases do
+/// not wait for it): cancelled ones, and active ones whose handle was never recorded.
+type Stopping = Arc<parking_lot::Mutex<StopState>>;
+
+/// See [`Stopping`].
+#[derive(Default)]
+struct StopState {
+    /// The jobs with a task running.
+    busy: HashSet<Uuid>,
+    /// When this reaper first found each handle-less active job's lease expired: its fence (see
+    /// [`requeue_unrecorded`]) moves the lease's expiry, so giving up counts from here.
+    first_seen: HashMap<Uuid, Micros>,
+}
 
 /// At most this many such tasks at once; the others wait for a later pass.
 const MAX_STOPPING: usize = 16;
+
+/// An active job whose handle was never recorded, claimed by a worker of another machine (or one
+/// whose id names none): that machine's reapers stop its work; others requeue it only this many
+/// `lease_ttl` after its lease ran out.
+const OTHER_MACHINE_LEASES: u32 = 3;
 
 /// Runs until `stop`.
 pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
@@ -39,12 +55,15 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     }
 }
 
-/// One pass; returns how many jobs were requeued, failed or adopted (a cancelled job's stop runs
-/// on in its task, not counted).
+/// One pass; returns how many jobs were requeued, failed or adopted (the stop of a cancelled job,
+/// or of an active one's unrecorded work, runs on in its task, not counted).
 async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::Result<usize> {
     let store = &worker.store;
     let mut n = 0;
-    for job in store.expired(500).await? {
+    let expired = store.expired(500).await?;
+    let seen: HashSet<Uuid> = expired.iter().map(|j| j.id).collect();
+    stopping.lock().first_seen.retain(|id, _| seen.contains(id));
+    for job in expired {
         // A lease this worker holds and renews is not expired, whatever the clock says: after a
         // forward step of this node's wall clock its own leases look expired to it, and reaping
         // them would start a second run next to the live one.
@@ -52,18 +71,20 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
         if token.is_some_and(|(w, t)| w == worker.id && worker.holds(job.id, t)) {
             continue;
         }
-        if job.status == JobStatus::Cancelled {
-            let mut busy = stopping.lock();
-            if busy.len() < MAX_STOPPING && busy.insert(job.id) {
+        let cancelled = job.status == JobStatus::Cancelled;
+        if cancelled || (job.handle.is_none() && may_have_unrecorded_work(worker, &job)) {
+            let mut st = stopping.lock();
+            if st.busy.len() < MAX_STOPPING && st.busy.insert(job.id) {
                 let (w, set, id) = (worker.clone(), stopping.clone(), job.id);
                 worker.jobs.spawn(async move {
-                    stop_lost(&w, job).await;
-                    set.lock().remove(&id);
+                    if cancelled {
+                        stop_lost(&w, job).await;
+                    } else {
+                        requeue_unrecorded(&w, job, &set).await;
+                    }
+                    set.lock().busy.remove(&id);
                 });
             }
-            continue;
-        }
-        if job.handle.is_none() && !stop_unrecorded(worker, &job).await {
             continue;
         }
         let slot = worker.runners.get(&job.runner).cloned();
@@ -97,25 +118,33 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
                 }
             }
         }
-        match store.apply(job.id, Command::LeaseExpired).await {
-            Ok(j) => {
-                tracing::warn!(
-                    job_id = %j.id,
-                    r#type = %j.job_type,
-                    attempt = j.attempt,
-                    status = %j.status,
-                    "lease expired (worker lost or hung): job {}",
-                    if j.status.is_terminal() { "ended" } else { "requeued" }
-                );
-                crate::outcomes::log_change(&j);
-                n += 1;
-            }
-            Err(e) => {
-                tracing::debug!(job_id = %job.id, error = %e, "reap refused (lease renewed or job moved)")
-            }
+        if lease_expired(worker, job.id).await {
+            n += 1;
         }
     }
     Ok(n)
+}
+
+/// `Command::LeaseExpired`: the job is requeued (or ends); true when it took.
+async fn lease_expired(worker: &Worker, id: Uuid) -> bool {
+    match worker.store.apply(id, Command::LeaseExpired).await {
+        Ok(j) => {
+            tracing::warn!(
+                job_id = %j.id,
+                r#type = %j.job_type,
+                attempt = j.attempt,
+                status = %j.status,
+                "lease expired (worker lost or hung): job {}",
+                if j.status.is_terminal() { "ended" } else { "requeued" }
+            );
+            crate::outcomes::log_change(&j);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(job_id = %id, error = %e, "reap refused (lease renewed or job moved)");
+            false
+        }
+    }
 }
 
 /// A job cancelled while it ran whose worker let the lease run out before it said the work
@@ -185,22 +214,73 @@ async fn make_gone(
     }
 }
 
-/// An active job whose worker let the lease run out after it launched the work but before it
-/// recorded the handle (hung, or dead, in `STARTING`): the work the runner finds by its marks
-/// (`Runner::unrecorded`) is stopped before the job is requeued, never adopted. A worker that
-/// cannot reach it (a process of another machine) goes on as with a stored handle it cannot
-/// reach: the claimer's work is taken to have died with it. False: not made sure gone, the
-/// lease is left for a later pass.
-async fn stop_unrecorded(worker: &Arc<Worker>, job: &crate::job::Job) -> bool {
-    let (Some(slot), Some(lease)) = (worker.runners.get(&job.runner), job.lease.as_ref()) else {
+/// Whether an active job without a handle may have work its runner finds by its marks
+/// (`Runner::unrecorded`), or is of a runner this worker does not serve (its work unknown here).
+fn may_have_unrecorded_work(worker: &Worker, job: &Job) -> bool {
+    let Some(slot) = worker.runners.get(&job.runner) else {
         return true;
     };
+    let node = job.lease.as_ref().and_then(|l| claimer_node(&l.worker));
     let spec = worker.spec_factory().spec(job);
-    match slot.runner.unrecorded(&spec, claimer_node(&lease.worker)) {
-        Some(handle) if slot.runner.reaches(&handle) => {
-            make_gone(worker, slot, &handle, spec).await
+    slot.runner.unrecorded(&spec, node).is_some()
+}
+
+/// An active job whose worker let the lease run out after it launched the work but before it
+/// recorded the handle (hung, or dead, in `STARTING`): the work the runner finds by its marks
+/// (`Runner::unrecorded`) is stopped before the job is requeued, never adopted. First the lease
+/// is fenced (taken under this worker's own token, already expired: `Store::adopt` with no time),
+/// so a worker that was only slow can no longer renew it and run on; then the work is stopped;
+/// then the job is requeued (`LeaseExpired`). Work not made sure gone (an inconclusive scan, a
+/// stop not confirmed) keeps the lease for a later pass, until `ABANDONED_STOP` after this
+/// reaper first saw it. Work this worker cannot reach (a process of another machine, a claimer
+/// whose id names no machine, a runner it does not serve) is left to that machine's reapers for
+/// [`OTHER_MACHINE_LEASES`] `lease_ttl` after the lease ran out, then requeued.
+async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
+    let Some(lease) = job.lease.as_ref() else {
+        return;
+    };
+    let slot = worker.runners.get(&job.runner).cloned();
+    let node = claimer_node(&lease.worker);
+    let spec = worker.spec_factory().spec(&job);
+    let reached = slot.and_then(|slot| {
+        let handle = slot.runner.unrecorded(&spec, node)?;
+        slot.runner.reaches(&handle).then_some((slot, handle))
+    });
+    let Some((slot, handle)) = reached else {
+        let wait = worker.cfg.lease_ttl.saturating_mul(OTHER_MACHINE_LEASES);
+        let wait = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
+        if lease.expires_at.saturating_add(wait) <= now_us() {
+            lease_expired(worker, job.id).await;
         }
-        _ => true,
+        return;
+    };
+    let first = *state.lock().first_seen.entry(job.id).or_insert_with(now_us);
+    if !fence(worker, job.id).await {
+        return;
+    }
+    if !make_gone(worker, &slot, &handle, spec).await {
+        if first.saturating_add(ABANDONED_STOP) > now_us() {
+            return;
+        }
+        tracing::warn!(
+            job_id = %job.id,
+            r#type = %job.job_type,
+            "the work of a job whose worker hung while starting was not made sure gone within 5 min: requeued, and its work may still run"
+        );
+    }
+    lease_expired(worker, job.id).await;
+}
+
+/// Takes the expired lease of job `id` under this worker's own token, expired at once: the
+/// worker that held it can no longer renew it (its heartbeat is refused, so it stops its work if
+/// it wakes up), and `LeaseExpired` still takes. True when it took.
+async fn fence(worker: &Worker, id: Uuid) -> bool {
+    match worker.store.adopt(id, &worker.id, Duration::ZERO).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(job_id = %id, error = %e, "fence refused (lease renewed or job moved)");
+            false
+        }
     }
 }
 

@@ -207,9 +207,22 @@ fn the_claimer_node_is_the_worker_ids_suffix() {
     assert_eq!(super::claimer_node("web-1-12-abc"), None);
 }
 
+/// Waits (bounded) until the reaper's stop tasks are done.
+async fn stops_done(stopping: &Stopping) {
+    let start = std::time::Instant::now();
+    while !stopping.lock().busy.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "a stop task hangs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Not cancelled: a job whose worker hung in `STARTING` (process launched, handle not stored)
 /// is requeued by the reaper only once that process is killed, so its next attempt never runs
-/// beside it.
+/// beside it. The stop runs in a task of its own (bounded in number), not in the pass: a slow
+/// stop or scan does not hold the other expired leases back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_worker_hung_while_starting_is_requeued_once_its_process_is_killed() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -218,14 +231,67 @@ async fn a_job_whose_worker_hung_while_starting_is_requeued_once_its_process_is_
     assert_eq!(job.status, JobStatus::Starting);
     let pid = exec.handle().id;
     assert!(alive(&pid));
-    assert_eq!(
-        reap_once(&worker, &Stopping::default())
-            .await
-            .expect("pass"),
-        1
-    );
+    let stopping = Stopping::default();
+    let counted = reap_once(&worker, &stopping).await.expect("pass");
+    assert_eq!(counted, 0, "the stop is not done in the pass");
+    stops_done(&stopping).await;
     let back = store.get(job.id).await.expect("read").expect("stored");
     assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
     assert!(!alive(&pid), "attempt 1 runs on while attempt 2 may start");
     let _ = exec.wait().await;
+}
+
+/// The lease is fenced before the work is stopped: the worker that let it run out (only slow,
+/// not dead) can no longer renew it once the reaper started on it, so it never goes on beside
+/// a requeue, nor makes the requeue be refused after its work was killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_cannot_renew_a_lease_the_reaper_fenced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
+    let (store, worker, job, mut exec) = hung_on(dir.path(), &claimer, false, false).await;
+    let token = job.lease.as_ref().expect("leased").token;
+    assert!(super::fence(&worker, job.id).await);
+    // The slow worker wakes up and heartbeats: refused (the lease is no longer its own).
+    let lost = store
+        .heartbeat(&claimer, &[(job.id, token)], Duration::from_secs(60))
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![job.id], "the expired lease was renewed");
+    let j = store.get(job.id).await.expect("read").expect("stored");
+    assert_ne!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
+    // The reaper goes on: the work killed, then the job requeued.
+    let stopping = Stopping::default();
+    reap_once(&worker, &stopping).await.expect("pass");
+    stops_done(&stopping).await;
+    let back = store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
+    assert!(!alive(&exec.handle().id));
+    let _ = exec.wait().await;
+}
+
+/// Not cancelled, claimed by a worker of another machine (or one whose id names none): this
+/// reaper leaves the lease to that machine's reapers (which kill the work first) for three
+/// `lease_ttl` after it ran out, then requeues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_job_of_another_machine_is_requeued_only_after_three_leases() {
+    for claimer in ["hung-1-abc@0123456789abcdef", "hung-1-abc"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, worker, job, mut exec) = hung_on(dir.path(), claimer, false, false).await;
+        let token = job.lease.as_ref().expect("leased").token;
+        let stopping = Stopping::default();
+        reap_once(&worker, &stopping).await.expect("pass");
+        stops_done(&stopping).await;
+        let j = store.get(job.id).await.expect("read").expect("stored");
+        assert_eq!(j.status, JobStatus::Starting, "{claimer}: {j:#?}");
+        assert_eq!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
+        assert!(alive(&exec.handle().id), "{claimer}");
+        // Three leases later (as the reaper would find it then): requeued.
+        let mut later = job.clone();
+        let ttl = i64::try_from(worker.cfg.lease_ttl.as_micros()).expect("ttl");
+        later.lease.as_mut().expect("leased").expires_at -= 3 * ttl + 1;
+        super::requeue_unrecorded(&worker, later, &stopping).await;
+        let j = store.get(job.id).await.expect("read").expect("stored");
+        assert_eq!(j.status, JobStatus::Queued, "{claimer}: {j:#?}");
+        exec.stop(Duration::from_millis(100)).await;
+    }
 }
