@@ -215,8 +215,8 @@ pub fn report(reporter: &dyn Reporter, stream: LogStream, text: &[u8]) {
 /// Reads `pipe` to its end and reports its lines on `stream`. Before each line it waits for
 /// the reporter's [room](Reporter::room), reading nothing meanwhile: a job that writes faster
 /// than its lines are stored waits in its write (what one read holds, at most 8 KiB, is all
-/// that sits here). Once `drain` is cancelled (the job has exited: what is left in the pipe
-/// must be read within the runner's drain window) it waits no more: a full buffer then drops
+/// that sits here). Once `drain` is cancelled (the job has exited and what is left in the pipe
+/// must be read before the runner's drain deadline) it waits no more: a full buffer then drops
 /// its oldest lines (with a note), so the job's last lines reach the final flush.
 pub async fn forward_lines<R: AsyncRead + Unpin>(
     mut pipe: R,

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken as Drain;
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
@@ -283,7 +284,7 @@ impl Runner for LocalRunner {
         let start_time = process_start_time(pid);
         let drain = Drain::new();
         let readers = match (child.stdout.take(), child.stderr.take()) {
-            (Some(out), Some(err)) => forward(out, err, reporter, &drain),
+            (Some(out), Some(err)) => forward(out, err, reporter, drain.clone()),
             _ => Vec::new(),
         };
         Ok(Box::new(LocalExecution {
@@ -418,7 +419,7 @@ impl LocalRunner {
             child: Proc::Spawned(started.child),
             pid: started.pid,
             start_time: started.start_time,
-            readers: forward(out, err, reporter, &drain),
+            readers: forward(out, err, reporter, drain.clone()),
             drain,
             drain_by: None,
             status: None,
@@ -429,21 +430,18 @@ impl LocalRunner {
 
 /// Forwards a job's stdout and stderr as log lines: one task for both pipes (a task per pipe
 /// cost a second spawn, wake-up and join per job).
-fn forward<O, E>(out: O, err: E, reporter: SharedReporter, drain: &Drain) -> Vec<JoinHandle<()>>
+fn forward<O, E>(out: O, err: E, reporter: SharedReporter, drain: Drain) -> Vec<JoinHandle<()>>
 where
     O: tokio::io::AsyncRead + Unpin + Send + 'static,
     E: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    let (d1, d2) = (drain.clone(), drain.clone());
     vec![tokio::spawn(async move {
         tokio::join!(
-            crate::lines::forward_lines(out, LogStream::Stdout, reporter.clone(), d1),
-            crate::lines::forward_lines(err, LogStream::Stderr, reporter, d2),
+            crate::lines::forward_lines(out, LogStream::Stdout, reporter.clone(), drain.clone()),
+            crate::lines::forward_lines(err, LogStream::Stderr, reporter, drain),
         );
     })]
 }
-
-type Drain = tokio_util::sync::CancellationToken;
 
 /// A job's process: a child of the server, or of the spawner.
 enum Proc {
@@ -465,7 +463,7 @@ struct LocalExecution {
     pid: u32,
     start_time: Option<u64>,
     readers: Vec<JoinHandle<()>>,
-    /// Cancelled once the job has exited (or is stopped): the readers stop waiting for room.
+    /// Cancelled near the drain deadline (or at a stop): the readers stop waiting for room.
     drain: Drain,
     /// Until when the log readers may drain, once the exit was seen (and the group killed).
     drain_by: Option<tokio::time::Instant>,
@@ -503,16 +501,20 @@ impl Execution for LocalExecution {
             None => {
                 // The leader is gone: whatever it left behind in its group goes with it.
                 kill_group(self.pid as i32, libc::SIGKILL);
-                self.drain.cancel();
                 // Bounded: a grandchild that left the group could hold the pipe open.
                 let t = tokio::time::Instant::now() + Duration::from_secs(2);
                 self.drain_by = Some(t);
                 t
             }
         };
-        // Let the log readers drain what was written before the exit.
+        // Let the log readers drain what was written before the exit; in the last 500 ms they
+        // wait for room no more (the oldest go), so the last lines are read before the deadline.
+        let soft = drain_by - Duration::from_millis(500);
         while let Some(r) = self.readers.last_mut() {
-            let _ = tokio::time::timeout_at(drain_by, r).await;
+            if tokio::time::timeout_at(soft, &mut *r).await.is_err() {
+                self.drain.cancel();
+                let _ = tokio::time::timeout_at(drain_by, r).await;
+            }
             self.readers.pop();
         }
         let outcome = match status {
@@ -748,10 +750,10 @@ mod tests {
     }
 
     /// Review of the backpressure change: a job that wrote many lines, then its error, and
-    /// exited while the store took nothing. Its readers stop waiting for room at the exit (the
-    /// oldest lines go, with the note): the final flush, which the worker makes before it
-    /// records the finish, carries the job's last lines. Before, the readers still waited for
-    /// room after the exit, `wait` let them go after 2 s, and the error was not in that flush.
+    /// exited while the store took nothing. Its readers stop waiting for room before the end of
+    /// the drain window (the oldest lines go, with the note): the final flush, which the worker
+    /// makes before it records the finish, carries the job's last lines. Before, the readers
+    /// still waited for room, `wait` let them go after 2 s, and the error was not in that flush.
     #[tokio::test]
     async fn the_last_lines_are_in_the_final_flush_even_when_the_store_is_paused_at_exit() {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
