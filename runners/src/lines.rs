@@ -215,32 +215,37 @@ pub fn report(reporter: &dyn Reporter, stream: LogStream, text: &[u8]) {
 /// Reads `pipe` to its end and reports its lines on `stream`. Before each line it waits for
 /// the reporter's [room](Reporter::room), reading nothing meanwhile: a job that writes faster
 /// than its lines are stored waits in its write (what one read holds, at most 8 KiB, is all
-/// that sits here).
+/// that sits here). Once `drain` is cancelled (the job has exited and what is left in the pipe
+/// must be read before the runner's drain deadline) it waits no more: a full buffer then drops
+/// its oldest lines (with a note), so the job's last lines reach the final flush.
 pub async fn forward_lines<R: AsyncRead + Unpin>(
     mut pipe: R,
     stream: LogStream,
     reporter: std::sync::Arc<dyn Reporter>,
+    drain: tokio_util::sync::CancellationToken,
 ) {
     let mut split = LineSplitter::new();
     let mut buf = vec![0u8; 8 * 1024];
     let mut read = Vec::new();
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        split.push_text(&buf[..n], &mut |t| {
-            read.push(String::from_utf8_lossy(t).into_owned())
-        });
+    let mut ended = false;
+    while !ended {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                ended = true;
+                split.finish(&mut |p| read.push(String::from_utf8_lossy(p.text).into_owned()));
+            }
+            Ok(n) => split.push_text(&buf[..n], &mut |t| {
+                read.push(String::from_utf8_lossy(t).into_owned())
+            }),
+        }
         for line in read.drain(..) {
-            reporter.room().await;
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => {}
+                () = reporter.room() => {}
+            }
             reporter.log(stream, line);
         }
-    }
-    split.finish(&mut |p| read.push(String::from_utf8_lossy(p.text).into_owned()));
-    for line in read {
-        reporter.room().await;
-        reporter.log(stream, line);
     }
 }
 

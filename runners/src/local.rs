@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken as Drain;
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
@@ -281,8 +282,9 @@ impl Runner for LocalRunner {
             .id()
             .ok_or_else(|| RunnerError::Launch("process exited before it had a pid".into()))?;
         let start_time = process_start_time(pid);
+        let drain = Drain::new();
         let readers = match (child.stdout.take(), child.stderr.take()) {
-            (Some(out), Some(err)) => forward(out, err, reporter),
+            (Some(out), Some(err)) => forward(out, err, reporter, drain.clone()),
             _ => Vec::new(),
         };
         Ok(Box::new(LocalExecution {
@@ -290,6 +292,7 @@ impl Runner for LocalRunner {
             pid,
             start_time,
             readers,
+            drain,
             drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
@@ -414,11 +417,13 @@ impl LocalRunner {
                 return Err(e);
             }
         };
+        let drain = Drain::new();
         Ok(Some(Box::new(LocalExecution {
             child: Proc::Spawned(started.child),
             pid: started.pid,
             start_time: started.start_time,
-            readers: forward(out, err, reporter),
+            readers: forward(out, err, reporter, drain.clone()),
+            drain,
             drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
@@ -428,15 +433,15 @@ impl LocalRunner {
 
 /// Forwards a job's stdout and stderr as log lines: one task for both pipes (a task per pipe
 /// cost a second spawn, wake-up and join per job).
-fn forward<O, E>(out: O, err: E, reporter: SharedReporter) -> Vec<JoinHandle<()>>
+fn forward<O, E>(out: O, err: E, reporter: SharedReporter, drain: Drain) -> Vec<JoinHandle<()>>
 where
     O: tokio::io::AsyncRead + Unpin + Send + 'static,
     E: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
     vec![tokio::spawn(async move {
         tokio::join!(
-            crate::lines::forward_lines(out, LogStream::Stdout, reporter.clone()),
-            crate::lines::forward_lines(err, LogStream::Stderr, reporter),
+            crate::lines::forward_lines(out, LogStream::Stdout, reporter.clone(), drain.clone()),
+            crate::lines::forward_lines(err, LogStream::Stderr, reporter, drain),
         );
     })]
 }
@@ -461,6 +466,8 @@ struct LocalExecution {
     pid: u32,
     start_time: Option<u64>,
     readers: Vec<JoinHandle<()>>,
+    /// Cancelled near the drain deadline (or at a stop): the readers stop waiting for room.
+    drain: Drain,
     /// Until when the log readers may drain, once the exit was seen (and the group killed).
     drain_by: Option<tokio::time::Instant>,
     status: Option<Outcome>,
@@ -503,9 +510,14 @@ impl Execution for LocalExecution {
                 t
             }
         };
-        // Let the log readers drain what was written before the exit.
+        // Let the log readers drain what was written before the exit; in the last 500 ms they
+        // wait for room no more (the oldest go), so the last lines are read before the deadline.
+        let soft = drain_by - Duration::from_millis(500);
         while let Some(r) = self.readers.last_mut() {
-            let _ = tokio::time::timeout_at(drain_by, r).await;
+            if tokio::time::timeout_at(soft, &mut *r).await.is_err() {
+                self.drain.cancel();
+                let _ = tokio::time::timeout_at(drain_by, r).await;
+            }
             self.readers.pop();
         }
         let outcome = match status {
@@ -528,6 +540,7 @@ impl Execution for LocalExecution {
         // still runs (their parent links to it are lost once it has gone).
         let leader = [(self.pid, self.start_time)];
         let others = blocking(move || crate::session::members(&leader, &[])).await;
+        self.drain.cancel();
         kill_group(self.pid as i32, libc::SIGTERM);
         let outside: Vec<_> = others
             .iter()
@@ -722,6 +735,45 @@ mod tests {
             .collect();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(got, ["early", "late"]);
+    }
+
+    /// A sink that takes nothing until its gate opens (a store paused at the job's exit).
+    struct Paused(
+        Arc<tokio::sync::Semaphore>,
+        Arc<std::sync::Mutex<Vec<String>>>,
+    );
+
+    #[async_trait]
+    impl crate::buffered::BatchSink for Paused {
+        async fn send(&self, batch: crate::buffered::Batch) {
+            let _ = self.0.acquire().await.map(|p| p.forget());
+            let mut got = self.1.lock().unwrap();
+            got.extend(batch.lines.into_iter().map(|l| l.2));
+        }
+    }
+
+    /// Review of the backpressure change: a job that wrote many lines, then its error, and
+    /// exited while the store took nothing. Its readers stop waiting for room before the end of
+    /// the drain window (the oldest lines go, with the note): the final flush, which the worker
+    /// makes before it records the finish, carries the job's last lines. Before, the readers
+    /// still waited for room, `wait` let them go after 2 s, and the error was not in that flush.
+    #[tokio::test]
+    async fn the_last_lines_are_in_the_final_flush_even_when_the_store_is_paused_at_exit() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Paused(gate.clone(), got.clone());
+        let hour = Duration::from_secs(3600);
+        let reporter = crate::buffered::BufferedReporter::new(sink, hour, 100);
+        let r = sh("i=0; while [ $i -lt 1000 ]; do echo $i; i=$((i+1)); done; echo FATAL >&2");
+        let mut ex = r.launch(spec(), reporter.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        gate.add_permits(100);
+        reporter.flush().await;
+        let got = got.lock().unwrap().clone();
+        assert!(got.contains(&"FATAL".to_string()), "{got:?}");
+        assert!(got.contains(&"999".to_string()), "{got:?}");
+        assert!(got[0].contains("line(s) dropped"), "{got:?}");
+        assert_eq!(got.len(), 101, "{got:?}");
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -26,6 +26,11 @@ use crate::store::LogStream;
 
 /// Most log lines one report may carry.
 pub const MAX_REPORT_LINES: usize = 1000;
+/// Most lines one report stores once its entries are split (`hook_lines`): the newest are kept,
+/// after a note saying how many went. As many as the worker's log buffer
+/// (`worker::reporter::MAX_BUFFERED_LINES`), half the default `retention.log_lines_per_job`: the
+/// note is not the first line retention trims.
+pub const MAX_STORED_LINES: usize = 5_000;
 /// Longest log line kept whole: the one limit of every log path (`runyard_hooks::MAX_LINE_BYTES`).
 pub use runyard_hooks::MAX_LINE_BYTES;
 
@@ -102,7 +107,7 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
         (status = 200, description = "The job after the report", body = super::openapi::schemas::StatusAnswer),
         (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already)", body = super::openapi::schemas::ErrorBody),
-        (status = 413, description = "`too_large`: more than 1000 log lines (once split on newlines and into 16 KiB pieces), or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
+        (status = 413, description = "`too_large`: more than 1000 entries in `logs`, or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a bad `status`", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -122,13 +127,13 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
         .as_deref()
         .map(|s| s.parse::<JobStatus>().map_err(ApiError::invalid_request))
         .transpose()?;
-    let Some(lines) = super::hook_lines::split(report.logs.unwrap_or_default(), MAX_REPORT_LINES)
-    else {
+    let logs = report.logs.unwrap_or_default();
+    if logs.len() > MAX_REPORT_LINES {
         return Err(ApiError::too_large(format!(
-            "a report may carry at most {MAX_REPORT_LINES} log lines (counted once split on \
-             newlines and into pieces of {MAX_LINE_BYTES} bytes)"
+            "a report may carry at most {MAX_REPORT_LINES} log lines"
         )));
-    };
+    }
+    let lines = super::hook_lines::split(logs, MAX_STORED_LINES);
     let r = HookReport {
         status,
         progress: report.progress,

@@ -78,25 +78,21 @@ impl HookSink {
 
 #[async_trait::async_trait]
 impl BatchSink for HookSink {
-    /// The hook takes at most 1000 lines per report; the progress goes with the first.
+    /// In as many reports as the hook's limits need (`JobClient::report_with_logs`: a report
+    /// that fails does not drop the rest, a note marks its lines); the progress goes first.
     async fn send(&self, batch: Batch) {
-        let mut lines = batch.lines.into_iter().map(|(_, _, line)| line).peekable();
-        let (mut progress, mut status_details) = match batch.progress {
+        let lines = batch.lines.into_iter().map(|(_, _, line)| line).collect();
+        let (progress, status_details) = match batch.progress {
             Some((p, d)) => (Some(p), d),
             None => (None, None),
         };
-        while progress.is_some() || lines.peek().is_some() {
-            let chunk: Vec<String> = lines.by_ref().take(1000).collect();
-            let report = StatusReport {
-                progress: progress.take(),
-                status_details: status_details.take(),
-                logs: (!chunk.is_empty()).then_some(chunk),
-                ..Default::default()
-            };
-            if let Err(e) = self.0.status(&report).await {
-                eprintln!("runyard launch: cannot send logs/progress: {e}");
-                return;
-            }
+        let first = StatusReport {
+            progress,
+            status_details,
+            ..Default::default()
+        };
+        if let Err(e) = self.0.report_with_logs(first, lines).await {
+            eprintln!("runyard launch: cannot send (some) logs/progress: {e}");
         }
     }
 }

@@ -126,6 +126,8 @@ def _pieces(line: str) -> Iterable[str]:
         end = start + MAX_LINE_BYTES
         while end > start + MAX_LINE_BYTES - 3 and data[end] & 0xC0 == 0x80:
             end -= 1
+        if data[end - 1] == 0x0D and end - 1 > start:
+            end -= 1  # a piece ending in \r would lose it: the server takes it for a line's end
         yield data[start:end].decode("utf-8", "surrogatepass")
         start = end
     yield data[start:].decode("utf-8", "surrogatepass")
@@ -265,21 +267,22 @@ class JobClient:
         go in several reports (``log_reports``), the other fields with the last of them."""
         if isinstance(logs, str):
             logs = [logs]
-        if logs is not None:
-            reports = list(log_reports(logs))
-            for earlier in reports[:-1]:
-                self._hook_call("POST", "/status", {"logs": earlier}, once=True)
-            logs = reports[-1] if reports else []
         fields = (
             ("status", status),
             ("progress", progress),
             ("statusDetails", details),
             ("results", results),
-            ("logs", logs),
             ("errorMessage", error),
             ("retry", retry),
         )
         body = {key: value for key, value in fields if value is not None}
+        # The other fields first: one JSON cannot carry (NaN...) raises before any log is sent.
+        encode_json(body)
+        if logs is not None:
+            reports = list(log_reports(logs))
+            for earlier in reports[:-1]:
+                self._hook_call("POST", "/status", {"logs": earlier}, once=True)
+            body["logs"] = reports[-1] if reports else []
         return self._hook_call("POST", "/status", body, once=True)
 
     def running(self) -> Dict[str, Any]:

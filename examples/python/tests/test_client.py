@@ -85,6 +85,22 @@ def test_many_and_long_log_lines_go_in_reports_the_hook_takes(stub, client):
     assert all(len(req["body"]) <= stub.max_body_bytes for req in stub.requests)
 
 
+def test_a_bad_field_raises_before_any_log_report_is_sent(stub, client):
+    # Review: the earlier log reports went out before the last body was checked.
+    with pytest.raises(BadPayload):
+        client.status("SUCCESS", results={"x": float("nan")}, logs=[f"l{i}" for i in range(2500)])
+    assert stub.requests == []
+
+
+def test_a_carriage_return_at_a_piece_boundary_is_kept(stub, client):
+    # The server drops a trailing \r of each entry: no piece but a line's own end ends with one.
+    line = "a" * (16 * 1024 - 1) + "\rbc"
+    client.log(line)
+    pieces = [p for r in stub.reports for p in r["logs"]]
+    assert "".join(pieces) == line
+    assert not any(p.endswith("\r") for p in pieces)
+
+
 def test_log_lines_are_split_on_newlines_like_stdout(stub, client):
     client.log("a\nb\r\nc", "d\n", "", "e\r")
     assert stub.reports == [{"logs": ["a", "b", "c", "d", "", "e"]}]

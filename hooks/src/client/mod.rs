@@ -22,9 +22,11 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde_json::Value;
 
+mod chunks;
 mod error;
 mod files;
 
+pub use chunks::{log_chunks, lost_note, MAX_CHUNK_JSON_BYTES, MAX_REPORT_ENTRIES};
 pub use error::ClientError;
 use error::{http_error, parse_json, transport};
 
@@ -294,13 +296,10 @@ impl JobClient {
         .await
     }
 
-    /// Appends log lines.
+    /// Appends log lines, any number of any length: in as many reports as the hook's limits
+    /// need (see [`JobClient::report_with_logs`]).
     pub async fn log(&self, lines: Vec<String>) -> Result<Value, ClientError> {
-        self.status(&StatusReport {
-            logs: Some(lines),
-            ..StatusReport::default()
-        })
-        .await
+        self.report_with_logs(StatusReport::default(), lines).await
     }
 
     /// Reports `status: SUCCESS` with an optional result.

@@ -422,8 +422,9 @@ pub struct StatusReport {
     pub progress: Option<f64>,
     pub status_details: Option<Value>,
     pub results: Option<Value>,
-    /// Log lines (at most 1000 per report, counted once split on newlines and into 16 KiB pieces:
-    /// they are stored as stdout lines are).
+    /// Log lines (at most 1000 entries per report). Each is stored as stdout lines are: split on
+    /// newlines and into 16 KiB pieces; a report stores at most 5,000 lines so split (the
+    /// newest, after a `[runyard] N line(s) dropped here` note).
     pub logs: Option<Vec<String>>,
     pub error_message: Option<String>,
     /// With `ERROR`: retry when attempts are left.
