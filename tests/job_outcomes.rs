@@ -115,27 +115,6 @@ async fn logs(ts: &TestServer, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every stored line of the job as (stream, line), `limit` a page, following `next`.
-async fn all_logs(ts: &TestServer, id: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let (st, v) = ts
-            .get(&format!("/async/jobs/{id}/logs?after={after}&limit=10000"))
-            .await;
-        assert!(st.is_success(), "{v}");
-        let lines = v["lines"].as_array().cloned().unwrap_or_default();
-        out.extend(lines.iter().map(|l| {
-            let text = |k: &str| l[k].as_str().unwrap_or_default().to_string();
-            (text("stream"), text("line"))
-        }));
-        match v["next"].as_u64() {
-            Some(n) if !lines.is_empty() => after = n,
-            _ => return out,
-        }
-    }
-}
-
 /// A job that writes faster than its lines can be stored (200,000 lines at once, then its
 /// error): the newest lines are kept, so its last stdout line and its final stderr line are
 /// there (the buffer used to drop the newest, the job's error among them). The two pipes are
@@ -147,7 +126,7 @@ async fn a_chatty_job_keeps_its_last_lines() {
     let id = ts.submit_ok(json!({"type": "sh.chatty"})).await;
     let job = ts.wait_terminal(&id, WAIT * 2).await;
     assert_eq!(job["status"], "ERROR", "{job:#}");
-    let lines = all_logs(&ts, &id).await;
+    let lines = ts.all_logs(&id).await;
     let last = |stream: &str| {
         lines
             .iter()

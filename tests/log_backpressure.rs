@@ -20,27 +20,6 @@ max_attempts = 1
 command = ["/bin/sh", "-c", "seq 1 30000; echo done >&2"]
 "#;
 
-/// Every stored line of the job as (stream, line), following `next`.
-async fn all_logs(ts: &TestServer, id: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let (st, v) = ts
-            .get(&format!("/async/jobs/{id}/logs?after={after}&limit=10000"))
-            .await;
-        assert!(st.is_success(), "{v}");
-        let lines = v["lines"].as_array().cloned().unwrap_or_default();
-        out.extend(lines.iter().map(|l| {
-            let text = |k: &str| l[k].as_str().unwrap_or_default().to_string();
-            (text("stream"), text("line"))
-        }));
-        match v["next"].as_u64() {
-            Some(n) if !lines.is_empty() => after = n,
-            _ => return out,
-        }
-    }
-}
-
 async fn a_flood_is_stored_whole(redis: Option<redis_support::TestRedis>) {
     let store = redis.as_ref().map_or_else(String::new, |r| {
         r.server_config("log-backpressure-test-master-key-0123456789")
@@ -51,7 +30,7 @@ async fn a_flood_is_stored_whole(redis: Option<redis_support::TestRedis>) {
     let id = ts.submit_ok(json!({"type": "sh.flood"})).await;
     let job = ts.wait_terminal(&id, WAIT * 2).await;
     assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
-    let lines = all_logs(&ts, &id).await;
+    let lines = ts.all_logs(&id).await;
     let notes: Vec<&String> = lines
         .iter()
         .map(|(_, l)| l)

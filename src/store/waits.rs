@@ -212,19 +212,23 @@ impl WaitCounters {
     }
 }
 
+/// A wait item of `needed` records of `key` (since `since`), none seen yet: for the stores'
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn test_item(key: &str, needed: u32, since: Option<Micros>) -> WaitItem {
+    WaitItem {
+        key: key.into(),
+        needed,
+        since,
+        seen: 0,
+        signal_ids: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_item as item;
     use super::*;
-
-    fn item(key: &str, needed: u32, since: Option<Micros>) -> WaitItem {
-        WaitItem {
-            key: key.into(),
-            needed,
-            since,
-            seen: 0,
-            signal_ids: vec![],
-        }
-    }
 
     #[test]
     fn identical_items_share_one_read_and_keep_at_most_32_numbers() {

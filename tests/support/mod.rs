@@ -248,6 +248,28 @@ impl TestServer {
         Self::parse(res).await
     }
 
+    /// Every stored line of job `id` as (stream, line), following `next` in pages of 10,000.
+    #[allow(dead_code)]
+    pub async fn all_logs(&self, id: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let (st, v) = self
+                .get(&format!("/async/jobs/{id}/logs?after={after}&limit=10000"))
+                .await;
+            assert!(st.is_success(), "{v}");
+            let lines = v["lines"].as_array().cloned().unwrap_or_default();
+            out.extend(lines.iter().map(|l| {
+                let text = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+                (text("stream"), text("line"))
+            }));
+            match v["next"].as_u64() {
+                Some(n) if !lines.is_empty() => after = n,
+                _ => return out,
+            }
+        }
+    }
+
     /// The text of `GET /metrics` (Prometheus exposition format).
     #[allow(dead_code)]
     pub async fn metrics_text(&self) -> String {

@@ -254,16 +254,7 @@ mod tests {
     use super::Counts;
     use crate::job::wait::WaitItem;
     use crate::job::Micros;
-
-    fn item(key: &str, needed: u32, since: Option<Micros>) -> WaitItem {
-        WaitItem {
-            key: key.into(),
-            needed,
-            since,
-            seen: 0,
-            signal_ids: vec![],
-        }
-    }
+    use crate::store::waits::test_item as item;
 
     /// The counts of one transaction (a signal checking every job waiting on its key) are read
     /// once per distinct (key, since): by each job's check and by the reads of the job it
