@@ -338,7 +338,7 @@ impl Actors {
                     metadata: json!({}),
                     attempt: None,
                 },
-                by_job: *by_job,
+                by_attempt: by_job.then_some(job.attempt),
             },
         }
     }

@@ -49,6 +49,22 @@ pub(super) fn claim(
     Ok(Some(EventKind::Status))
 }
 
+/// Whether attempts are left: a failed attempt is tried again only then (and only if it may be).
+/// The one rule for it: [`super::fail_attempt`], a lost lease, and [`ends_the_job`].
+pub(super) fn attempts_left(job: &Job) -> bool {
+    job.attempt < job.max_attempts
+}
+
+/// Whether the outcome the job reported ends the job once committed ([`super::commit_reported`]):
+/// SUCCESS, or an ERROR that is not tried again (`retry: false`, or no attempts left).
+pub(super) fn ends_the_job(job: &Job, reported: &Reported) -> bool {
+    match reported {
+        Reported::Success => true,
+        Reported::Error { retry, .. } => !retry || !attempts_left(job),
+        Reported::Timeout { .. } => false,
+    }
+}
+
 /// What a new attempt starts without, whether a worker retries the job by itself (its claim) or
 /// a client does ([`super::manage::retry`]): the last attempt's result, error, exit code,
 /// progress and details, and the files it uploaded (its outputs; a client's files stay). A failed
@@ -212,7 +228,7 @@ pub(super) fn release(
     let in_a_row = super::releases_in_a_row(job);
     if in_a_row <= RELEASES_GIVEN_BACK {
         job.max_attempts = job.max_attempts.saturating_add(1);
-    } else if job.attempt >= job.max_attempts {
+    } else if !attempts_left(job) {
         job.error = Some(format!(
             "given back by its worker {in_a_row} times in a row (stopped at shutdown, or its \
              worker gone before it started) and no attempt left"
@@ -247,7 +263,7 @@ pub(super) fn lease_expired(
     }
     end_run(job, now, "LOST");
     job.lease = None;
-    if job.attempt < job.max_attempts {
+    if attempts_left(job) {
         job.error = Some("worker lost: lease expired; requeued".into());
         set_status(job, Queued, now);
     } else {
