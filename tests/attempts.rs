@@ -111,6 +111,9 @@ async fn twice(ts: &TestServer, args: Value, max_attempts: u32) -> (String, Valu
     assert_eq!(running["result"], Value::Null, "{running:#}");
     assert_eq!(running["status_details"], Value::Null, "{running:#}");
     assert_eq!(output_names(&running), ["out-2.txt"], "{running:#}");
+    // Attempt 1's error lasts on its run record.
+    assert_eq!(running["runs"][0]["error"], "first failed", "{running:#}");
+    assert_eq!(running["runs"][1]["error"], Value::Null, "{running:#}");
     let events: Vec<Value> = ts
         .all_events("")
         .await

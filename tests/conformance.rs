@@ -1476,6 +1476,11 @@ async fn a_new_attempt_drops_the_last_ones_uploads(mut b: Backend) {
     s.apply(j.id, Command::Promote).await.unwrap();
     let second = claim_one(&s, "r-up", "w").await;
     assert_eq!(second.attempt, 2);
+    // The failed attempt's error lasts on its run record (stored and read back).
+    let stored = s.get(j.id).await.unwrap().expect("stored");
+    assert_eq!(stored.error, None);
+    assert_eq!(stored.runs[0].error.as_deref(), Some("boom"));
+    assert_eq!(stored.runs[1].error, None);
     let inputs_only: std::collections::BTreeMap<_, _> =
         [("inputs".to_string(), vec![file(input)])].into();
     assert_eq!(second.files, inputs_only);

@@ -280,11 +280,13 @@ fn set_status(job: &mut Job, to: JobStatus, now: Micros) {
     }
 }
 
+/// Ends the attempt's run record, with the job's `error` at that point.
 fn end_run(job: &mut Job, now: Micros, outcome: &str) {
     if let Some(r) = job.runs.last_mut() {
         if r.ended_at.is_none() {
             r.ended_at = Some(now);
             r.outcome = Some(outcome.to_string());
+            r.error.clone_from(&job.error);
         }
     }
 }
@@ -1193,6 +1195,36 @@ mod tests {
         apply(&mut l, hook(JobStatus::Error, None), &ctx(2)).unwrap();
         apply(&mut l, Command::Cancel, &ctx(3)).unwrap();
         assert_eq!(l.status, JobStatus::Cancelled);
+    }
+
+    #[test]
+    fn each_run_record_keeps_the_error_its_attempt_ended_with() {
+        let mut j = Job {
+            max_attempts: 3,
+            ..job()
+        };
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        apply(&mut j, exited(1, 1), &ctx(3)).unwrap();
+        apply(&mut j, Command::Promote, &ctx(1_000_000)).unwrap();
+        claim(&mut j, 2);
+        apply(&mut j, Command::LeaseExpired, &ctx(20_000)).unwrap();
+        claim(&mut j, 3);
+        // The job starts clean; its runs keep how each attempt ended.
+        assert_eq!(j.error, None);
+        let errors: Vec<Option<&str>> = j.runs.iter().map(|r| r.error.as_deref()).collect();
+        assert_eq!(
+            errors,
+            [
+                Some("ValueError: boom"),
+                Some("worker lost: lease expired; requeued"),
+                None
+            ]
+        );
+        assert_eq!(j.to_public()["runs"][0]["error"], "ValueError: boom");
+        apply(&mut j, exited(3, 0), &ctx(20_001)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.runs[2].error, None);
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub(super) fn claim(
         outcome: None,
         reported: None,
         time_limit: None,
+        error: None,
     });
     set_status(job, Starting, now);
     Ok(Some(EventKind::Status))
@@ -69,7 +70,7 @@ pub(super) fn ends_the_job(job: &Job, reported: &Reported) -> bool {
 /// a client does ([`super::manage::retry`]): the last attempt's result, error, exit code,
 /// progress and details, and the files it uploaded (its outputs; a client's files stay). A failed
 /// attempt's word is never the job's: its error stays in the `errors` of the event that ended
-/// it, and its run record keeps its outcome.
+/// it, and its run record keeps its outcome and error.
 pub(super) fn start_clean(job: &mut Job) {
     job.result = None;
     job.error = None;
@@ -189,8 +190,8 @@ pub(super) fn host_failure(
         return Err(illegal(job, "give back a launch"));
     }
     let delay = host_failure_delay_us(job, ctx.jitter);
-    end_run(job, now, HOST_FAILURE);
     job.error = Some(message);
+    end_run(job, now, HOST_FAILURE);
     job.lease = None;
     job.max_attempts = job.max_attempts.saturating_add(1);
     job.run_at = Some(now.saturating_add(delay));
@@ -233,6 +234,9 @@ pub(super) fn release(
             "given back by its worker {in_a_row} times in a row (stopped at shutdown, or its \
              worker gone before it started) and no attempt left"
         ));
+        if let Some(r) = job.runs.last_mut() {
+            r.error.clone_from(&job.error);
+        }
         set_status(job, Error, now);
         return Ok(Some(EventKind::Status));
     }
@@ -261,15 +265,15 @@ pub(super) fn lease_expired(
         commit_reported(job, ctx, r, None);
         return Ok(Some(EventKind::Status));
     }
+    let left = attempts_left(job);
+    job.error = Some(if left {
+        "worker lost: lease expired; requeued".into()
+    } else {
+        "worker lost: lease expired and no attempt is left".into()
+    });
     end_run(job, now, "LOST");
     job.lease = None;
-    if attempts_left(job) {
-        job.error = Some("worker lost: lease expired; requeued".into());
-        set_status(job, Queued, now);
-    } else {
-        job.error = Some("worker lost: lease expired and no attempt is left".into());
-        set_status(job, Error, now);
-    }
+    set_status(job, if left { Queued } else { Error }, now);
     Ok(Some(EventKind::Status))
 }
 
