@@ -17,7 +17,8 @@ use support::{TestServer, WAIT};
 /// `py.twice`: attempt 1 reports progress details, uploads `outputs` (out-1.txt), reports ERROR
 /// with a result and exits 1. Attempt 2 uploads out-2.txt and waits (at most 30 s) for the file
 /// `go` in its job's directory, then exits with `args.exit2` (0 by default), no result.
-/// `py.linger`: reports SUCCESS with a result, then sleeps.
+/// `py.linger`: reports SUCCESS with a result, then sleeps. `py.linger_error`: reports ERROR
+/// (retry not refused), then sleeps.
 const RUNNERS: &str = r#"
 [[runners]]
 name = "twice"
@@ -59,6 +60,19 @@ job = JobClient.from_env()
 job.result({"done": True})
 time.sleep(60)
 ''']
+
+[[runners]]
+name = "linger_error"
+kind = "local"
+types = ["py.linger_error"]
+env = { PYTHONPATH = "ROOT/examples/python" }
+command = ["python3", "-c", '''
+import time
+from runyard_job import JobClient
+job = JobClient.from_env()
+job.status("ERROR", error="gave up")
+time.sleep(60)
+''']
 "#;
 
 async fn start(store: &str) -> TestServer {
@@ -97,6 +111,9 @@ async fn twice(ts: &TestServer, args: Value, max_attempts: u32) -> (String, Valu
     assert_eq!(running["result"], Value::Null, "{running:#}");
     assert_eq!(running["status_details"], Value::Null, "{running:#}");
     assert_eq!(output_names(&running), ["out-2.txt"], "{running:#}");
+    // Attempt 1's error lasts on its run record.
+    assert_eq!(running["runs"][0]["error"], "first failed", "{running:#}");
+    assert_eq!(running["runs"][1]["error"], Value::Null, "{running:#}");
     let events: Vec<Value> = ts
         .all_events("")
         .await
@@ -177,9 +194,35 @@ async fn a_cancel_after_a_reported_success_leaves_it_standing() {
     assert_eq!(code, 409, "{body:#}");
     let (kind, message) = support::error_of(&body);
     assert_eq!(kind, "illegal_transition", "{body:#}");
-    assert!(message.contains("reported its outcome"), "{body:#}");
+    assert!(
+        message.contains("reported an outcome that ends it"),
+        "{body:#}"
+    );
     let job = ts.wait_terminal(&id, WAIT).await;
     assert_eq!(job["status"], "SUCCESS", "{job:#}");
     assert_eq!(job["result"], json!({"done": true}), "{job:#}");
     assert_eq!(job["exit_code"], 143, "{job:#}");
+}
+
+/// A job on its last attempt (max_attempts 1) reported ERROR without refusing a
+/// retry and lingers: no attempt is left, so the ERROR ends the job and a cancel then is refused
+/// (409) as after `retry: false`; the job ends ERROR with the reported error, not CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_an_error_on_the_last_attempt_leaves_it_standing() {
+    let ts = start("").await;
+    let id = ts
+        .submit_ok(json!({"type": "py.linger_error", "max_attempts": 1}))
+        .await;
+    ts.wait_for(&id, WAIT, |j| j["runs"][0]["reported"] == "ERROR")
+        .await;
+    let (code, body) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(code, 409, "{body:#}");
+    let (kind, message) = support::error_of(&body);
+    assert_eq!(kind, "illegal_transition", "{body:#}");
+    assert!(message.contains("no attempts left"), "{body:#}");
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "ERROR", "{job:#}");
+    assert_eq!(job["error"], "gave up", "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "ERROR", "{job:#}");
 }

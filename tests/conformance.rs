@@ -1397,7 +1397,7 @@ async fn file_references_follow_jobs(mut b: Backend) {
         Command::AttachFile {
             property: "inputs".into(),
             file: file(h2),
-            by_job: false,
+            by_attempt: None,
         },
     )
     .await
@@ -1419,7 +1419,7 @@ async fn file_references_follow_jobs(mut b: Backend) {
             Command::AttachFile {
                 property: "inputs".into(),
                 file: file(h1),
-                by_job: false,
+                by_attempt: None,
             },
         )
         .await
@@ -1451,7 +1451,7 @@ async fn a_new_attempt_drops_the_last_ones_uploads(mut b: Backend) {
         let attach = Command::AttachFile {
             property: "outputs".into(),
             file: file(h),
-            by_job: true,
+            by_attempt: Some(1),
         };
         s.apply(j.id, attach).await.unwrap();
     }
@@ -1476,6 +1476,11 @@ async fn a_new_attempt_drops_the_last_ones_uploads(mut b: Backend) {
     s.apply(j.id, Command::Promote).await.unwrap();
     let second = claim_one(&s, "r-up", "w").await;
     assert_eq!(second.attempt, 2);
+    // The failed attempt's error lasts on its run record (stored and read back).
+    let stored = s.get(j.id).await.unwrap().expect("stored");
+    assert_eq!(stored.error, None);
+    assert_eq!(stored.runs[0].error.as_deref(), Some("boom"));
+    assert_eq!(stored.runs[1].error, None);
     let inputs_only: std::collections::BTreeMap<_, _> =
         [("inputs".to_string(), vec![file(input)])].into();
     assert_eq!(second.files, inputs_only);
@@ -1486,6 +1491,22 @@ async fn a_new_attempt_drops_the_last_ones_uploads(mut b: Backend) {
     // `out` went; `shared` is another job's input, `input` this job's own.
     let left = [input, shared].map(String::from).into_iter().collect();
     assert_eq!(s.file_hashes().await.unwrap(), left);
+    // Attempt 1's upload arriving late (its bytes streamed while the job was claimed again) is
+    // refused: it never becomes attempt 2's output.
+    let late = Command::AttachFile {
+        property: "outputs".into(),
+        file: file(out),
+        by_attempt: Some(1),
+    };
+    let e = s.apply(j.id, late).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Transition(TransitionError::StaleAttempt)),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.get(j.id).await.unwrap().expect("stored").files,
+        inputs_only
+    );
 }
 
 async fn notices_reach_every_handle(mut b: Backend) {

@@ -68,6 +68,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
             outcome: u.arbitrary()?,
             reported: None,
             time_limit: u.arbitrary()?,
+            error: u.arbitrary()?,
         });
     }
     let progress = f64::from(u.arbitrary::<u32>()?) / f64::from(u32::MAX);

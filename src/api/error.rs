@@ -331,6 +331,9 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(t @ TransitionError::StaleLease) => {
                 ApiError::conflict("stale_lease", t.to_string())
             }
+            StoreError::Transition(t @ TransitionError::StaleAttempt) => {
+                ApiError::conflict("stale_attempt", t.to_string())
+            }
             StoreError::BadInput(m) => ApiError::bad_request("bad_request", m),
             StoreError::Unavailable(m) => ApiError::unavailable("unavailable", m),
             StoreError::Backend(m) => ApiError::internal("store_error", m),

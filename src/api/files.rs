@@ -152,7 +152,7 @@ pub async fn attach(
             Command::AttachFile {
                 property: property.clone(),
                 file,
-                by_job: false,
+                by_attempt: None,
             },
         )
         .await?;

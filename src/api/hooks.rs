@@ -284,7 +284,7 @@ pub async fn download(
         (status = 200, description = "Done (the server has the bytes), or a signed URL to PUT them to", body = super::openapi::schemas::UploadResponse),
         (status = 400, description = "`bad_path`, `bad_json`", body = super::openapi::schemas::ErrorBody),
         (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job is not running; `stale_attempt`: the job went on to another attempt", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name, a `metadata.mimetype` over 255 bytes", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -336,7 +336,7 @@ pub async fn upload(
                 size,
                 &req.metadata,
                 None,
-                true,
+                job.attempt,
             )
             .await?;
             return Ok(Json(UploadResponse {
@@ -366,6 +366,9 @@ pub async fn upload(
     }))
 }
 
+/// Attaches the job's own upload, from `attempt` (the one its hook token or signed URL was
+/// checked against): refused (`409 stale_attempt`) if the job has gone on to another attempt
+/// meanwhile, e.g. while the bytes streamed.
 #[allow(clippy::too_many_arguments)]
 async fn attach(
     st: &AppState,
@@ -375,7 +378,7 @@ async fn attach(
     size: u64,
     metadata: &Value,
     content_type: Option<&str>,
-    by_job: bool,
+    attempt: u32,
 ) -> ApiResult<()> {
     let s = |k: &str| metadata.get(k).and_then(Value::as_str).map(str::to_string);
     let file = FileRef {
@@ -395,7 +398,7 @@ async fn attach(
             Command::AttachFile {
                 property: property.to_string(),
                 file,
-                by_job,
+                by_attempt: Some(attempt),
             },
         )
         .await?;
@@ -481,7 +484,7 @@ async fn check_upload_url(
         (status = 400, description = "`bad_id`, `bad_body` (also a `Content-Type` over 255 bytes)", body = super::openapi::schemas::ErrorBody),
         (status = 403, description = "`bad_signature`: invalid or expired URL; `url_used`", body = super::openapi::schemas::ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`stale_attempt`, `illegal_transition`", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`stale_attempt` (also when the job went on to another attempt while the bytes arrived), `illegal_transition`", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`md5_mismatch`: the bytes do not match `hash`", body = super::openapi::schemas::ErrorBody),
         (status = 503, description = "`replay_unavailable`", body = super::openapi::schemas::ErrorBody),
@@ -518,7 +521,7 @@ pub async fn blob_upload(
         stored.size,
         &metadata,
         ctype,
-        true,
+        t.attempt,
     )
     .await?;
     Ok(Json(

@@ -435,7 +435,7 @@ pub async fn list_jobs(
 #[utoipa::path(post, path = "/async/jobs/{id}/cancel", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id")),
     responses(
         (status = 200, description = "The job, cancelled (`{id, status, attempt}` only without `jobs:read`)", body = super::openapi::schemas::JobActed), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`illegal_transition`: the job has finished, or its attempt reported SUCCESS (or ERROR without retry) and only its process is still to end", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has finished, or its attempt reported SUCCESS, or an ERROR that ends the job (retry: false, or no attempts left), and only its process is still to end", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn cancel_job(
     State(st): State<AppState>,

@@ -196,6 +196,9 @@ pub struct RunRecord {
     /// read the record (they ignore the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<String>,
+    /// The job's `error` when the attempt ended (kept once the next attempt starts clean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl RunRecord {
@@ -423,7 +426,7 @@ impl Job {
             .map(|r| {
                 json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": t.one("runs.claimed_at", r.claimed_at),
                    "started_at": t.ts("runs.started_at", r.started_at), "ended_at": t.ts("runs.ended_at", r.ended_at), "outcome": r.outcome,
-                   "reported": r.decided().as_ref().map(Reported::status)})
+                   "reported": r.decided().as_ref().map(Reported::status), "error": r.error})
             })
             .collect();
         m.insert("runs".into(), Value::Array(runs));

@@ -12,7 +12,12 @@
 //! - an accepted command bumps `version` by one, and emits a status event exactly when the status
 //!   changed, with the new status in it;
 //! - the job stays well formed (progress in 0..=1, a lease while active and none while waiting,
-//!   `finished_at` exactly when terminal, bounded run records).
+//!   `finished_at` exactly when terminal, bounded run records);
+//! - an outcome the running attempt reported that ends the job (SUCCESS, or an ERROR with
+//!   `retry: false` or no attempts left) is never turned into CANCELLED;
+//! - files go only at a `Claim` or a `Retry`, and only the job's own uploads (those carrying an
+//!   `attempt`); after a `Claim` no file carries one; a job's upload from another attempt than
+//!   the job's is never attached.
 //!
 //! The store-level test runs the same kind of sequences through [`SqliteStore`]'s `apply` and
 //! checks that the backend adds nothing: same outcome, same job (but for the clock), and the
@@ -100,6 +105,8 @@ enum Op {
     Promote,
     Attach {
         by_job: bool,
+        /// A job's upload from the attempt before the job's (it arrived late).
+        stale: bool,
     },
 }
 
@@ -164,10 +171,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::LeaseExpired),
         1 => (0u8..3, prop::bool::weighted(0.8))
             .prop_map(|(worker, lease_ok)| Op::Adopt { worker, lease_ok }),
-        1 => Just(Op::Cancel),
+        2 => Just(Op::Cancel),
         2 => Just(Op::Retry),
         2 => Just(Op::Promote),
-        1 => any::<bool>().prop_map(|by_job| Op::Attach { by_job }),
+        2 => (any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(by_job, stale)| Op::Attach { by_job, stale }),
     ]
 }
 
@@ -328,7 +336,7 @@ impl Actors {
             Op::Cancel => Command::Cancel,
             Op::Retry => Command::Retry,
             Op::Promote => Command::Promote,
-            Op::Attach { by_job } => Command::AttachFile {
+            Op::Attach { by_job, stale } => Command::AttachFile {
                 property: "inputs".into(),
                 file: FileRef {
                     hash: "5d41402abc4b2a76b9719d911017c592".into(),
@@ -338,7 +346,7 @@ impl Actors {
                     metadata: json!({}),
                     attempt: None,
                 },
-                by_job: *by_job,
+                by_attempt: by_job.then_some(job.attempt.saturating_sub(u32::from(*stale))),
             },
         }
     }
@@ -477,6 +485,7 @@ fn check_step(
                     in_a_row
                 );
             }
+            check_reports_and_files(before, cmd, after)?;
             if let Some(kind) = ev {
                 let e = Event::for_job(after, *kind);
                 prop_assert_eq!(e.runyard_status, Some(after.status));
@@ -499,6 +508,54 @@ fn check_step(
         prop_assert!(after.lease.is_none(), "{} with a lease", after.status);
     }
     prop_assert!(after.runs.len() <= MAX_RUN_RECORDS);
+    Ok(())
+}
+
+/// The invariants of an accepted command about a final report and about files.
+fn check_reports_and_files(before: &Job, cmd: &Command, after: &Job) -> Result<(), TestCaseError> {
+    // The rule stated again here (not `attempts::ends_the_job`), as fail_attempt applies it.
+    let final_report = match before.reported() {
+        Some(Reported::Success) => true,
+        Some(Reported::Error { retry, .. }) => !retry || before.attempt >= before.max_attempts,
+        _ => false,
+    };
+    if final_report && after.status != before.status {
+        prop_assert!(
+            after.status != JobStatus::Cancelled,
+            "a final report ({:?}) ended CANCELLED by {:?}",
+            before.reported(),
+            cmd
+        );
+    }
+    // Files: each property's list stays as it was, with files added at its end; only a claim
+    // or a retry drops files, and only the job's own uploads.
+    let new_attempt = matches!(cmd, Command::Claim { .. } | Command::Retry);
+    for (property, list) in &before.files {
+        let kept: Vec<&FileRef> = list
+            .iter()
+            .filter(|f| !new_attempt || f.attempt.is_none())
+            .collect();
+        let now: Vec<&FileRef> = after.files.get(property).into_iter().flatten().collect();
+        prop_assert!(
+            now.len() >= kept.len() && now[..kept.len()] == kept[..],
+            "{:?} dropped files of {}: {:?} -> {:?}",
+            cmd,
+            property,
+            list,
+            now
+        );
+    }
+    if matches!(cmd, Command::Claim { .. }) {
+        let carried = after.files.values().flatten().any(|f| f.attempt.is_some());
+        prop_assert!(!carried, "an upload survived a claim: {:?}", after.files);
+    }
+    if let Command::AttachFile {
+        by_attempt: Some(a),
+        ..
+    } = cmd
+    {
+        prop_assert_eq!(*a, before.attempt, "an upload attached to another attempt");
+    }
     Ok(())
 }
 

@@ -138,14 +138,15 @@ pub enum Command {
         seen: super::wait::Seen,
     },
     /// Attach a file to a property: by a client (any non-terminal status) or by the running job
-    /// itself through the hook (`by_job`: only while active).
+    /// itself through the hook (`by_attempt`: only while active).
     AttachFile {
         /// The property, e.g. `inputs`.
         property: String,
         /// The file.
         file: FileRef,
-        /// True for the job's own uploads.
-        by_job: bool,
+        /// The uploading attempt, for the job's own uploads (`None`: a client's file): refused
+        /// ([`TransitionError::StaleAttempt`]) unless it is still the job's attempt.
+        by_attempt: Option<u32>,
     },
 }
 
@@ -227,6 +228,9 @@ pub enum TransitionError {
     /// The request itself is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A job's upload from an attempt that is no longer the job's (it was claimed again since).
+    #[error("stale attempt: this upload belongs to an earlier attempt")]
+    StaleAttempt,
 }
 
 /// The context of a change: the clock and the knobs that must not be hidden inside backends.
@@ -276,17 +280,17 @@ fn set_status(job: &mut Job, to: JobStatus, now: Micros) {
     }
 }
 
+/// Ends the attempt's run record, with the job's `error` at that point.
 fn end_run(job: &mut Job, now: Micros, outcome: &str) {
     if let Some(r) = job.runs.last_mut() {
         if r.ended_at.is_none() {
             r.ended_at = Some(now);
             r.outcome = Some(outcome.to_string());
+            r.error.clone_from(&job.error);
         }
     }
 }
 
-/// Fails the current attempt: a retry after backoff if attempts are left (and `retry`), else
-/// ERROR.
 /// Whether and when a failed attempt is tried again (while attempts are left).
 #[derive(Debug, Clone, Copy)]
 enum Retry {
@@ -298,6 +302,7 @@ enum Retry {
     Never,
 }
 
+/// Fails the current attempt: a retry if attempts are left (and `retry`), else ERROR.
 fn fail_attempt(
     job: &mut Job,
     ctx: &ApplyCtx,
@@ -312,7 +317,7 @@ fn fail_attempt(
         Retry::After(ms) => Some(ms),
         Retry::Never => None,
     };
-    if let (Some(ms), true) = (after_ms, job.attempt < job.max_attempts) {
+    if let (Some(ms), true) = (after_ms, attempts::attempts_left(job)) {
         let delay = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1000);
         end_run(job, ctx.now, "ERROR");
         job.lease = None;
@@ -459,8 +464,8 @@ fn apply_inner(
         Command::AttachFile {
             property,
             file,
-            by_job,
-        } => manage::attach_file(job, property, file, by_job),
+            by_attempt,
+        } => manage::attach_file(job, property, file, by_attempt),
         Command::WaitRelease { seen } => manage::wait_release(job, ctx, seen),
         Command::WaitDeadline { seen } => manage::wait_deadline(job, ctx, seen),
         Command::Promote => manage::promote(job, ctx),
@@ -1074,7 +1079,7 @@ mod tests {
         let cmd = Command::AttachFile {
             property: property.into(),
             file: upload(name),
-            by_job,
+            by_attempt: by_job.then_some(j.attempt),
         };
         apply(j, cmd, &ctx(now)).unwrap();
     }
@@ -1171,7 +1176,10 @@ mod tests {
         apply(&mut j, hook(JobStatus::Success, None), &ctx(2)).unwrap();
         let before = j.clone();
         let e = apply(&mut j, Command::Cancel, &ctx(3)).unwrap_err();
-        assert!(e.to_string().contains("reported its outcome"), "{e}");
+        assert!(
+            e.to_string().contains("reported an outcome that ends it"),
+            "{e}"
+        );
         assert_eq!(j, before);
         apply(&mut j, exited(1, 143), &ctx(4)).unwrap();
         assert_eq!(j.status, JobStatus::Success);
@@ -1187,6 +1195,88 @@ mod tests {
         apply(&mut l, hook(JobStatus::Error, None), &ctx(2)).unwrap();
         apply(&mut l, Command::Cancel, &ctx(3)).unwrap();
         assert_eq!(l.status, JobStatus::Cancelled);
+    }
+
+    #[test]
+    fn each_run_record_keeps_the_error_its_attempt_ended_with() {
+        let mut j = Job {
+            max_attempts: 3,
+            ..job()
+        };
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        apply(&mut j, exited(1, 1), &ctx(3)).unwrap();
+        apply(&mut j, Command::Promote, &ctx(1_000_000)).unwrap();
+        claim(&mut j, 2);
+        apply(&mut j, Command::LeaseExpired, &ctx(20_000)).unwrap();
+        claim(&mut j, 3);
+        // The job starts clean; its runs keep how each attempt ended.
+        assert_eq!(j.error, None);
+        let errors: Vec<Option<&str>> = j.runs.iter().map(|r| r.error.as_deref()).collect();
+        assert_eq!(
+            errors,
+            [
+                Some("ValueError: boom"),
+                Some("worker lost: lease expired; requeued"),
+                None
+            ]
+        );
+        assert_eq!(j.to_public()["runs"][0]["error"], "ValueError: boom");
+        apply(&mut j, exited(3, 0), &ctx(20_001)).unwrap();
+        assert_eq!(j.status, JobStatus::Success);
+        assert_eq!(j.runs[2].error, None);
+    }
+
+    #[test]
+    fn an_upload_from_an_attempt_gone_by_is_refused() {
+        // Attempt 1 asks to upload; before its bytes are attached the job is requeued (its lease
+        // ran out) and attempt 2 claimed: attempt 1's file must not become attempt 2's output.
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(&mut j, Command::LeaseExpired, &ctx(20_000)).unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+        claim(&mut j, 2);
+        assert_eq!(j.attempt, 2);
+        let before = j.clone();
+        let late = Command::AttachFile {
+            property: "outputs".into(),
+            file: upload("out-1.txt"),
+            by_attempt: Some(1),
+        };
+        let e = apply(&mut j, late, &ctx(20_001)).unwrap_err();
+        assert_eq!(e, TransitionError::StaleAttempt);
+        assert_eq!(j, before, "nothing attached");
+        // Attempt 2's own upload is attached, as the attempt's.
+        attach(&mut j, "outputs", "out-2.txt", true, 20_002);
+        assert_eq!(j.files["outputs"].len(), 1);
+        assert_eq!(j.files["outputs"][0].name, "out-2.txt");
+        assert_eq!(j.files["outputs"][0].attempt, Some(2));
+    }
+
+    #[test]
+    fn a_cancel_leaves_an_error_reported_on_the_last_attempt_alone() {
+        // `retry` left true, but no attempt is left (max_attempts 1): the ERROR ends
+        // the job as surely as `retry: false` does, and the cancel is refused.
+        let mut j = Job {
+            max_attempts: 1,
+            ..job()
+        };
+        claim(&mut j, 1);
+        apply(&mut j, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        let before = j.clone();
+        let e = apply(&mut j, Command::Cancel, &ctx(3)).unwrap_err();
+        assert!(e.to_string().contains("no attempts left"), "{e}");
+        assert_eq!(j, before);
+        apply(&mut j, exited(1, 1), &ctx(4)).unwrap();
+        assert_eq!(j.status, JobStatus::Error);
+        assert_eq!(j.error.as_deref(), Some("ValueError: boom"));
+        assert_eq!(j.runs.last().unwrap().outcome.as_deref(), Some("ERROR"));
+        // On an earlier attempt the same report is retried, so a cancel still stops the job.
+        let mut k = job();
+        claim(&mut k, 1);
+        apply(&mut k, hook(JobStatus::Error, None), &ctx(2)).unwrap();
+        apply(&mut k, Command::Cancel, &ctx(3)).unwrap();
+        assert_eq!(k.status, JobStatus::Cancelled);
     }
 
     #[test]
@@ -1220,7 +1310,7 @@ mod tests {
                     metadata: json!({}),
                     attempt: None,
                 },
-                by_job: true,
+                by_attempt: Some(1),
             },
             &ctx(3)
         )

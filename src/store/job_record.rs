@@ -281,6 +281,9 @@ struct StoredRun<'a> {
     /// `time_limit` (a field of its own: builds before it read the record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<Cow<'a, str>>,
+    /// `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<Cow<'a, str>>,
 }
 
 fn empty_args() -> Cow<'static, Value> {
@@ -364,6 +367,7 @@ fn stored_run(r: &RunRecord, base: Micros) -> StoredRun<'_> {
         o: r.outcome.as_deref().map(Cow::Borrowed),
         r: r.reported.as_ref().map(Cow::Borrowed),
         t: r.time_limit.as_deref().map(Cow::Borrowed),
+        m: r.error.as_deref().map(Cow::Borrowed),
     }
 }
 
@@ -546,6 +550,7 @@ impl StoredJob<'static> {
                     outcome: r.o.map(Cow::into_owned),
                     reported: r.r.map(Cow::into_owned),
                     time_limit: r.t.map(Cow::into_owned),
+                    error: r.m.map(Cow::into_owned),
                 })
                 .collect(),
             created_at: base,
@@ -823,6 +828,7 @@ mod tests {
             outcome: Some("SUCCESS".into()),
             reported: None,
             time_limit: None,
+            error: None,
         });
         (j.started_at, j.finished_at, j.updated_at) = (Some(t + 3554), Some(t + 3559), t + 3559);
         j.version = 3;

@@ -444,6 +444,7 @@ mod tests {
             outcome: outcome.map(String::from),
             reported: None,
             time_limit: None,
+            error: None,
         }
     }
 

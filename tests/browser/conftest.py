@@ -54,7 +54,15 @@ name = "noop"
 kind = "service"
 types = ["noop.*"]
 operation = "runyard.noop"
-"""
+
+[[runners]]
+name = "linger"
+kind = "local"
+types = ["linger.*"]
+# Reports SUCCESS through its hook, then lingers (stopped after worker.exit_grace, 10 s).
+env = { PYTHONPATH = "@ROOT@/examples/python" }
+command = ["python3", "-c", "import time; from runyard_job import JobClient; JobClient.from_env().result({'done': True}); time.sleep(60)"]
+""".replace("@ROOT@", str(ROOT))
 
 
 def auth_config(tokens: dict[str, tuple[str, str]]) -> str:

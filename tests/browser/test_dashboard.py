@@ -76,6 +76,22 @@ def test_cancel_from_the_job_page_stops_the_process(server, page):
     assert gone, f"process {pid} still runs after cancel"
 
 
+def test_no_cancel_for_a_job_that_reported_its_outcome(server, page):
+    # A cancel would be refused (409): the job ends as it reported once its process ends.
+    job = server.submit({"type": "linger.done"})
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        j = server.job(job)
+        if (j.get("runs") or [{}])[-1].get("reported") == "SUCCESS":
+            break
+        time.sleep(0.1)
+    assert j["runs"][-1]["reported"] == "SUCCESS", j
+    open_page(page, server, f"/job/{job}")
+    expect(page.locator("#status .badge")).to_have_text(re.compile("STARTING|RUNNING"))
+    expect(page.locator("#cancel")).to_have_count(0)
+    expect(page.locator("#status .badge")).to_have_text("SUCCESS", timeout=30000)
+
+
 def test_retry_a_failed_job_from_its_page(server, page):
     job = server.submit({"type": "fail.once"})
     server.wait(job, {"ERROR"})

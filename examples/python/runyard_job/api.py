@@ -102,7 +102,9 @@ class Job(_JobView):
         return self._client._run(core.logs(self.id, after))
 
     def cancel(self) -> "Job":
-        """Cancels the job (``ApiError`` 409 when it already ended); returns itself."""
+        """Cancels the job; returns itself. ``ApiError`` 409 when it already ended, or when its
+        running attempt reported an outcome that ends it (SUCCESS, or an ERROR with
+        ``retry: false`` or no attempts left): the job then ends as it reported."""
         self._client._run(core.act(self, "cancel"))
         return self
 

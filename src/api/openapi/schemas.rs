@@ -69,6 +69,8 @@ pub struct JobView {
     pub worker: Option<String>,
     /// What runs it: `{kind, id}` (a process id, a container, a pod).
     pub handle: Option<Value>,
+    /// One per attempt (the last 50): `{attempt, worker, claimed_at, started_at, ended_at,
+    /// outcome, reported, error}`; `error` is the job's error when the attempt ended.
     pub runs: Vec<Value>,
     /// Files by property: `{hash, size, mimetype, name, metadata}`, and `attempt` for a file the
     /// job uploaded (kept only until another attempt starts).

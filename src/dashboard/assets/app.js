@@ -452,8 +452,12 @@ async function jobPage(id, signal) {
       }).catch(() => {});
     }
     progress.value = j.status === "SUCCESS" ? 1 : (j.progress || 0);
+    // A job whose running attempt reported its outcome (or ran out of time) ends as decided once
+    // its process ends: no Cancel then (a cancel of a final report is refused, 409).
+    const last = (j.runs || [])[(j.runs || []).length - 1];
+    const decided = !!(last && last.attempt === j.attempt && !last.ended_at && last.reported);
     actions.replaceChildren(
-      auth.can("jobs:cancel") && !TERMINAL.has(j.status) ? h("button", { id: "cancel", class: "danger", onclick: () => act("cancel") }, "Cancel") : "",
+      auth.can("jobs:cancel") && !TERMINAL.has(j.status) && !decided ? h("button", { id: "cancel", class: "danger", onclick: () => act("cancel") }, "Cancel") : "",
       auth.can("jobs:submit") && ["ERROR", "TIMEOUT", "CANCELLED"].includes(j.status) ? h("button", { id: "retry", onclick: () => act("retry") }, "Retry") : "",
       h("button", { onclick: () => copy(submitCommand(j)) }, "Copy as runyard submit"),
       h("button", { onclick: () => copy(curlCommand(j)) }, "Copy as curl"));

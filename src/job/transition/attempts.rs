@@ -44,16 +44,33 @@ pub(super) fn claim(
         outcome: None,
         reported: None,
         time_limit: None,
+        error: None,
     });
     set_status(job, Starting, now);
     Ok(Some(EventKind::Status))
+}
+
+/// Whether attempts are left: a failed attempt is tried again only then (and only if it may be).
+/// The one rule for it: [`super::fail_attempt`], a lost lease, and [`ends_the_job`].
+pub(super) fn attempts_left(job: &Job) -> bool {
+    job.attempt < job.max_attempts
+}
+
+/// Whether the outcome the job reported ends the job once committed ([`super::commit_reported`]):
+/// SUCCESS, or an ERROR that is not tried again (`retry: false`, or no attempts left).
+pub(super) fn ends_the_job(job: &Job, reported: &Reported) -> bool {
+    match reported {
+        Reported::Success => true,
+        Reported::Error { retry, .. } => !retry || !attempts_left(job),
+        Reported::Timeout { .. } => false,
+    }
 }
 
 /// What a new attempt starts without, whether a worker retries the job by itself (its claim) or
 /// a client does ([`super::manage::retry`]): the last attempt's result, error, exit code,
 /// progress and details, and the files it uploaded (its outputs; a client's files stay). A failed
 /// attempt's word is never the job's: its error stays in the `errors` of the event that ended
-/// it, and its run record keeps its outcome.
+/// it, and its run record keeps its outcome and error.
 pub(super) fn start_clean(job: &mut Job) {
     job.result = None;
     job.error = None;
@@ -173,8 +190,8 @@ pub(super) fn host_failure(
         return Err(illegal(job, "give back a launch"));
     }
     let delay = host_failure_delay_us(job, ctx.jitter);
-    end_run(job, now, HOST_FAILURE);
     job.error = Some(message);
+    end_run(job, now, HOST_FAILURE);
     job.lease = None;
     job.max_attempts = job.max_attempts.saturating_add(1);
     job.run_at = Some(now.saturating_add(delay));
@@ -212,11 +229,14 @@ pub(super) fn release(
     let in_a_row = super::releases_in_a_row(job);
     if in_a_row <= RELEASES_GIVEN_BACK {
         job.max_attempts = job.max_attempts.saturating_add(1);
-    } else if job.attempt >= job.max_attempts {
+    } else if !attempts_left(job) {
         job.error = Some(format!(
             "given back by its worker {in_a_row} times in a row (stopped at shutdown, or its \
              worker gone before it started) and no attempt left"
         ));
+        if let Some(r) = job.runs.last_mut() {
+            r.error.clone_from(&job.error);
+        }
         set_status(job, Error, now);
         return Ok(Some(EventKind::Status));
     }
@@ -245,15 +265,15 @@ pub(super) fn lease_expired(
         commit_reported(job, ctx, r, None);
         return Ok(Some(EventKind::Status));
     }
+    let left = attempts_left(job);
+    job.error = Some(if left {
+        "worker lost: lease expired; requeued".into()
+    } else {
+        "worker lost: lease expired and no attempt is left".into()
+    });
     end_run(job, now, "LOST");
     job.lease = None;
-    if job.attempt < job.max_attempts {
-        job.error = Some("worker lost: lease expired; requeued".into());
-        set_status(job, Queued, now);
-    } else {
-        job.error = Some("worker lost: lease expired and no attempt is left".into());
-        set_status(job, Error, now);
-    }
+    set_status(job, if left { Queued } else { Error }, now);
     Ok(Some(EventKind::Status))
 }
 

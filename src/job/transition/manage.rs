@@ -7,7 +7,7 @@ use crate::job::wait::{
     all_met, OnDeadline, ReleasedBy, Seen, DEADLINE_MISSED, MAX_SIGNAL_IDS, SKIPPED,
 };
 use crate::job::JobStatus::*;
-use crate::job::{FileRef, Job, Reported, MAX_FILES_PER_PROPERTY};
+use crate::job::{FileRef, Job, MAX_FILES_PER_PROPERTY};
 
 /// A user cancels the job.
 pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
@@ -17,11 +17,14 @@ pub(super) fn cancel(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>,
     }
     // The work said how it ended, for good: that stands, as when its time limit or its lease
     // runs out then, and is committed once its process has ended (within `worker.exit_grace`).
-    if let Some(Reported::Success | Reported::Error { retry: false, .. }) = job.reported() {
+    if job
+        .reported()
+        .is_some_and(|r| super::attempts::ends_the_job(job, &r))
+    {
         return Err(illegal(
             job,
-            "cancel: it reported its outcome (SUCCESS, or ERROR without retry), committed once \
-             its process has ended",
+            "cancel: it reported an outcome that ends it (SUCCESS, or an ERROR without retry or \
+             with no attempts left), committed once its process has ended",
         ));
     }
     job.error = Some("cancelled".into());
@@ -88,11 +91,17 @@ pub(super) fn attach_file(
     job: &mut Job,
     property: String,
     file: FileRef,
-    by_job: bool,
+    by_attempt: Option<u32>,
 ) -> Result<Option<EventKind>, TransitionError> {
+    let by_job = by_attempt.is_some();
     if job.status.is_terminal() || (by_job && (!job.status.is_active() || job.reported().is_some()))
     {
         return Err(illegal(job, "attach a file"));
+    }
+    // Checked at the commit: the upload's body streamed while the job may have been requeued
+    // and claimed again, and that attempt's outputs are not this one's.
+    if by_attempt.is_some_and(|a| a != job.attempt) {
+        return Err(TransitionError::StaleAttempt);
     }
     let attempt = job.attempt;
     let list = job.files.entry(property).or_default();
