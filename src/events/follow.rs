@@ -330,6 +330,14 @@ mod tests {
         let ids = ids
             .expect("both events reach the stream within 5 s")
             .expect("reader");
-        assert_eq!(ids, [1, 2], "no gap, no duplicate");
+        // The store's two events, in order (each database numbers from a first id of its own).
+        let stored: Vec<u64> = crate::store::EventLog::events(store.as_ref(), None, None, 10)
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.id.parse().expect("an embedded id"))
+            .collect();
+        assert_eq!(stored.len(), 2, "{stored:?}");
+        assert_eq!(ids, stored, "no gap, no duplicate");
     }
 }
