@@ -10,15 +10,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use md5::{Digest, Md5};
 use runyard::config::Config;
 use runyard::server::{RunningServer, ServerBuilder};
 use runyard_hooks::{
-    derive_job_secret, now_ms, sign_v1, sign_v2, signed_headers, upload_challenge, JobClient,
-    Secret, SigVersion, UploadOutcome,
+    derive_job_secret, now_ms, sign_v1, sign_v2, signed_headers, upload_challenge, ClientError,
+    JobClient, Secret, SigVersion, UploadOutcome,
 };
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -2663,25 +2663,131 @@ async fn job_client_sends_any_number_of_long_lines_in_several_reports() {
     assert_eq!(got.len(), 2700, "every line and piece stored");
     assert_eq!((got[0].as_str(), got[2499].as_str()), ("l0", "l2499"));
     assert_eq!(got[2500..2502].concat(), long);
-    // A report that fails (here the first, refused before it is sent) loses its lines only.
-    let first = runyard_hooks::wire::StatusReport {
+    // A progress that cannot be sent is refused before any line goes (not after all of them).
+    let bad = runyard_hooks::wire::StatusReport {
         progress: Some(f64::NAN),
         ..Default::default()
     };
     let more: Vec<String> = (0..1500).map(|i| format!("m{i}")).collect();
-    let r = client.report_with_logs(first, more).await;
-    assert!(r.is_err(), "the failure is returned: {r:?}");
+    let r = client.report_with_logs(bad, more.clone()).await;
+    assert!(matches!(r, Err(ClientError::InvalidArgument(_))), "{r:?}");
+    assert_eq!(all_job_lines(&srv, &a).await.len(), 2700, "nothing sent");
+    // A terminal status goes with the last report, after every line (with the first, the job
+    // ended before the rest was sent: each later report got 409).
+    let done = runyard_hooks::wire::StatusReport {
+        status: Some("SUCCESS".into()),
+        ..Default::default()
+    };
+    client.report_with_logs(done, more).await.expect("all sent");
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
     let got = all_job_lines(&srv, &a).await;
+    assert_eq!(got.len(), 4200, "every line before the end");
+    assert_eq!(got.last().map(String::as_str), Some("m1499"));
+    // The job is terminal: the first report is refused (409) and nothing more is tried; the
+    // error says how many lines were not stored.
+    let e = client.log(more_lines(2500)).await.expect_err("terminal");
+    assert_eq!(e.status(), Some(409), "{e}");
     assert!(
-        got[2700].starts_with("[runyard] 999 line(s) lost here"),
-        "{}",
-        got[2700]
-    );
-    assert_eq!(
-        (got[2701].as_str(), got.last().unwrap().as_str()),
-        ("m999", "m1499")
+        matches!(e, ClientError::LinesLost { lost: 2500, .. }),
+        "{e}"
     );
     srv.finish().await;
+}
+
+fn more_lines(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("n{i}")).collect()
+}
+
+/// A hook that answers the `i`-th request (from 0) with `answer(i)` and keeps every body.
+async fn fake_hook(answer: fn(usize) -> u16) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            let body = loop {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    break Some(buf[end + 4..end + 4 + len].to_vec());
+                }
+            };
+            let Some(body) = body else { continue };
+            let i = {
+                let mut b = kept.lock().unwrap();
+                b.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                b.len() - 1
+            };
+            let status = answer(i);
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+                 connection: close\r\n\r\n{{}}"
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    (format!("http://{addr}/async"), bodies)
+}
+
+/// Second review of the log chunks: after a report the hook refuses for good (409: the job is
+/// terminal) every other one was still sent (`log` of 1M lines: ~1,000 doomed requests, each up
+/// to 60 s when the hook hangs). Now only a passing failure (5xx, 429, no answer) lets the next
+/// reports go, and 3 in a row stop the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_client_stops_sending_logs_after_a_refusal_or_three_failures_in_a_row() {
+    let lines = more_lines(5000); // 6 reports
+    let sent = |bodies: &Arc<Mutex<Vec<Value>>>| bodies.lock().unwrap().clone();
+    let client = |hook: &str| JobClient::new("j1", Secret::from_string("k".into()), hook).unwrap();
+    // Refused for good: one request, every line counted lost.
+    let (hook, bodies) = fake_hook(|_| 409).await;
+    let e = client(&hook).log(lines.clone()).await.expect_err("refused");
+    assert_eq!(sent(&bodies).len(), 1, "no report after a 409");
+    assert!(
+        matches!(e, ClientError::LinesLost { lost: 5000, .. }),
+        "{e}"
+    );
+    assert_eq!(e.status(), Some(409));
+    // Unavailable: 3 tries in a row, then the rest is given up.
+    let (hook, bodies) = fake_hook(|_| 503).await;
+    let e = client(&hook).log(lines.clone()).await.expect_err("down");
+    assert_eq!(sent(&bodies).len(), 3, "3 failures in a row stop it");
+    assert!(
+        matches!(e, ClientError::LinesLost { lost: 5000, .. }),
+        "{e}"
+    );
+    // A passing failure: the others go, the next one starts with a note; the error counts it.
+    let (hook, bodies) = fake_hook(|i| if i == 1 { 503 } else { 200 }).await;
+    let e = client(&hook)
+        .log(lines.clone())
+        .await
+        .expect_err("one lost");
+    let got = sent(&bodies);
+    assert_eq!(got.len(), 6, "every report tried");
+    assert!(matches!(e, ClientError::LinesLost { lost: 999, .. }), "{e}");
+    let third = got[2]["logs"][0].as_str().unwrap();
+    assert!(
+        third.starts_with("[runyard] 999 line(s) lost here"),
+        "{third}"
+    );
+    assert_eq!(
+        got[5]["logs"].as_array().unwrap().last(),
+        Some(&json!("n4999"))
+    );
 }
 
 /// Review of the log limits: `runyard launch --forward-logs` sent a batch of up to 1,000 lines

@@ -29,6 +29,7 @@ use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
 pub(crate) use crate::node::process_start_time;
 use crate::node::{boot_id, node_id};
+use crate::session::kill_group;
 use crate::workdir::{rand_u64, remove_workdir, WorkdirGuard};
 use crate::{
     Execution, JobSpec, LogStream, Outcome, Recovered, RunHandle, Runner, RunnerError,
@@ -516,8 +517,9 @@ impl Execution for LocalExecution {
         while let Some(r) = self.readers.last_mut() {
             if tokio::time::timeout_at(soft, &mut *r).await.is_err() {
                 self.drain.cancel();
-                let _ = tokio::time::timeout_at(drain_by, r).await;
+                let _ = tokio::time::timeout_at(drain_by, &mut *r).await;
             }
+            r.abort(); // past the deadline (a pipe held by a grandchild): no line after the end
             self.readers.pop();
         }
         let outcome = match status {
@@ -586,15 +588,6 @@ fn outcome_of(status: ExitStatus) -> Outcome {
 /// Runs `f` on a blocking thread (a walk of `/proc`); its default value if that thread is lost.
 async fn blocking<T: Default + Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap_or_default()
-}
-
-fn kill_group(pgid: i32, signal: i32) {
-    if pgid > 1 {
-        // Safety: plain syscall; ESRCH (no such group) is expected and ignored.
-        unsafe {
-            libc::kill(-pgid, signal);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -774,6 +767,41 @@ mod tests {
         assert!(got.contains(&"999".to_string()), "{got:?}");
         assert!(got[0].contains("line(s) dropped"), "{got:?}");
         assert_eq!(got.len(), 101, "{got:?}");
+    }
+
+    /// Second review of the drain: a reader still running at the drain deadline (a grandchild
+    /// out of the job's group holds the pipe open) was let go, not stopped: it kept the
+    /// reporter and stored what the grandchild wrote after the job's end (possibly into the next
+    /// attempt). Now it is aborted there: the reporter is dropped, `late` never arrives.
+    #[tokio::test]
+    async fn a_grandchild_holding_the_pipe_writes_nothing_after_the_end() {
+        let dir = tempfile_dir();
+        let mark = dir.join("wrote");
+        let lines = Arc::new(Lines::default());
+        let r = sh(&format!(
+            "setsid sh -c 'touch {r}; sleep 3; (echo late); touch {m}' & \
+             while [ ! -e {r} ]; do sleep 0.01; done; echo early",
+            r = dir.join("ready").display(),
+            m = mark.display()
+        ));
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let text = |l: &Lines| -> Vec<String> {
+            l.0.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
+        };
+        assert_eq!(text(&lines), ["early"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&lines) > 1 || !mark.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader kept ({}) or the grandchild did not write",
+                Arc::strong_count(&lines)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The grandchild wrote (or died of SIGPIPE trying): nothing read it.
+        assert_eq!(text(&lines), ["early"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -186,6 +186,16 @@ pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: 
     }
 }
 
+/// Sends `signal` to the process group `pgid` (a job's own group: its pid).
+pub(crate) fn kill_group(pgid: i32, signal: c_int) {
+    if pgid > 1 {
+        // Safety: plain syscall; ESRCH (no such group) is expected and ignored.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

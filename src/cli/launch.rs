@@ -79,19 +79,20 @@ impl HookSink {
 #[async_trait::async_trait]
 impl BatchSink for HookSink {
     /// In as many reports as the hook's limits need (`JobClient::report_with_logs`: a report
-    /// that fails does not drop the rest, a note marks its lines); the progress goes first.
+    /// that fails for a passing reason does not drop the rest, a note marks its lines; after a
+    /// refusal such as `409` or 3 failures in a row the rest is dropped); the progress goes last.
     async fn send(&self, batch: Batch) {
         let lines = batch.lines.into_iter().map(|(_, _, line)| line).collect();
         let (progress, status_details) = match batch.progress {
             Some((p, d)) => (Some(p), d),
             None => (None, None),
         };
-        let first = StatusReport {
+        let fields = StatusReport {
             progress,
             status_details,
             ..Default::default()
         };
-        if let Err(e) = self.0.report_with_logs(first, lines).await {
+        if let Err(e) = self.0.report_with_logs(fields, lines).await {
             eprintln!("runyard launch: cannot send (some) logs/progress: {e}");
         }
     }

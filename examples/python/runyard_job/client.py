@@ -124,10 +124,10 @@ def _pieces(line: str) -> Iterable[str]:
     start = 0
     while len(data) - start > MAX_LINE_BYTES:
         end = start + MAX_LINE_BYTES
-        while end > start + MAX_LINE_BYTES - 3 and data[end] & 0xC0 == 0x80:
+        # Never inside a character, nor right after a \r (the server would drop it: a line's end);
+        # start is a character's start, so this stops at the latest after the first character.
+        while data[end] & 0xC0 == 0x80 or (end > start + 1 and data[end - 1] == 0x0D):
             end -= 1
-        if data[end - 1] == 0x0D and end - 1 > start:
-            end -= 1  # a piece ending in \r would lose it: the server takes it for a line's end
         yield data[start:end].decode("utf-8", "surrogatepass")
         start = end
     yield data[start:].decode("utf-8", "surrogatepass")

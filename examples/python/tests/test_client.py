@@ -101,6 +101,21 @@ def test_a_carriage_return_at_a_piece_boundary_is_kept(stub, client):
     assert not any(p.endswith("\r") for p in pieces)
 
 
+def test_carriage_returns_at_a_piece_boundary_are_all_kept(stub, client):
+    # Several \r (and a multi-byte character) at the 16 KiB cut: moving back one byte still left
+    # a piece ending in \r, which the server dropped.
+    for tail in ["\r\r", "\r\r\r", "\r\r\r\r\r"]:
+        for head in ["a" * (16 * 1024 - 2), "é" * (8 * 1024 - 2) + "a"]:
+            stub.reports.clear()
+            line = head + tail + "bc"
+            client.log(line)
+            pieces = [p for r in stub.reports for p in r["logs"]]
+            assert "".join(pieces) == line
+            assert not any(p.endswith("\r") for p in pieces), [p[-3:] for p in pieces]
+            for p in pieces:
+                assert len(p.encode()) <= 16 * 1024
+
+
 def test_log_lines_are_split_on_newlines_like_stdout(stub, client):
     client.log("a\nb\r\nc", "d\n", "", "e\r")
     assert stub.reports == [{"logs": ["a", "b", "c", "d", "", "e"]}]

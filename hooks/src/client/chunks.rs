@@ -73,44 +73,102 @@ fn pieces(mut line: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Failed reports in a row after which the rest is not tried: the hook is down or overloaded.
+pub const MAX_FAILURES_IN_A_ROW: usize = 3;
+
+/// Whether a report that failed with `e` may go better for the next one: the request did not
+/// get through or the server could not take it now (5xx, 429). Any other refusal (409: the job
+/// is already terminal; 401/403: the key; 404...) is the same for every report.
+fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } => true,
+        ClientError::Http { status, .. } => *status == 429 || *status >= 500,
+        _ => false,
+    }
+}
+
+/// Whether the reports after a failure `e`, the `in_a_row`-th in a row, are still tried.
+fn carry_on_after(e: &ClientError, in_a_row: usize) -> bool {
+    is_transient(e) && in_a_row < MAX_FAILURES_IN_A_ROW
+}
+
 impl JobClient {
-    /// Sends `first` (progress, status...) with the first of the reports `lines` need
-    /// ([`log_chunks`]), the others with log lines only. A report that fails does not stop the
-    /// rest: the next one sent starts with a [`lost_note`] for its lines; the answer is then the
-    /// last failure (after every report was tried), else the last report's answer.
+    /// Sends `lines` in as many reports as they need ([`log_chunks`]) and the other fields of
+    /// `fields` (progress, status...) with the last one, so a terminal status goes after every
+    /// line (a report after it would be refused: `409`). Lines in `fields.logs` go first.
+    ///
+    /// A report that failed for a passing reason ([`is_transient`]) does not stop the rest: the
+    /// next one sent starts with a [`lost_note`] for its lines; after
+    /// [`MAX_FAILURES_IN_A_ROW`] such failures in a row, or after any other refusal, nothing
+    /// more is sent. The answer is the last report's, else [`ClientError::LinesLost`] with the
+    /// number of lines not stored and the last failure (the failure alone if no line was lost).
     pub async fn report_with_logs(
         &self,
-        first: StatusReport,
+        mut fields: StatusReport,
         lines: Vec<String>,
     ) -> Result<Value, ClientError> {
-        let mut head = Some(first);
-        let mut chunks = log_chunks(lines).into_iter();
-        let (mut lost, mut failed, mut answer) = (0, None, Value::Null);
-        loop {
-            let chunk = chunks.next();
-            if chunk.is_none() && head.is_none() {
-                break;
+        if fields.progress.is_some_and(|p| !p.is_finite()) {
+            // Refused before any line goes, rather than after all of them.
+            return Err(ClientError::InvalidArgument(
+                "progress must be a finite number".to_owned(),
+            ));
+        }
+        let lines = match fields.logs.take() {
+            Some(mut first) => {
+                first.extend(lines);
+                first
             }
-            let mut report = head.take().unwrap_or_default();
-            let mut logs = chunk.unwrap_or_default();
+            None => lines,
+        };
+        let chunks = log_chunks(lines);
+        let mut left: usize = chunks.iter().map(Vec::len).sum();
+        let count = chunks.len().max(1);
+        let mut chunks = chunks.into_iter();
+        let mut fields = Some(fields);
+        let (mut lost, mut unnoted, mut in_a_row) = (0, 0, 0);
+        let (mut failed, mut answer) = (None, Value::Null);
+        for i in 0..count {
+            let mut logs = chunks.next().unwrap_or_default();
             let n = logs.len();
-            if lost > 0 && n > 0 {
+            left -= n;
+            let mut report = if i + 1 == count {
+                fields.take().unwrap_or_default()
+            } else {
+                StatusReport::default()
+            };
+            if unnoted > 0 && n > 0 {
                 let why = failed.as_ref().map(ToString::to_string).unwrap_or_default();
-                logs.insert(0, lost_note(lost, &why));
+                logs.insert(0, lost_note(unnoted, &why));
             }
-            if !logs.is_empty() || report.logs.is_some() {
-                report.logs.get_or_insert_with(Vec::new).extend(logs);
+            if !logs.is_empty() {
+                report.logs = Some(logs);
             }
             match self.status(&report).await {
-                Ok(v) if n > 0 => (lost, answer) = (0, v),
-                Ok(v) => answer = v,
+                Ok(v) => {
+                    (answer, in_a_row) = (v, 0);
+                    if n > 0 {
+                        unnoted = 0;
+                    }
+                }
                 Err(e) => {
-                    lost += n;
+                    (lost, unnoted, in_a_row) = (lost + n, unnoted + n, in_a_row + 1);
+                    let go_on = carry_on_after(&e, in_a_row);
                     failed = Some(e);
+                    if !go_on {
+                        lost += left;
+                        break;
+                    }
                 }
             }
         }
-        failed.map_or(Ok(answer), Err)
+        match failed {
+            None => Ok(answer),
+            Some(e) if lost == 0 => Err(e),
+            Some(e) => Err(ClientError::LinesLost {
+                lost,
+                source: Box::new(e),
+            }),
+        }
     }
 }
 
@@ -156,5 +214,40 @@ mod tests {
         // Split at newlines as the server stores them; an empty line stays one.
         let got = log_chunks(vec!["a\nb\r\nc".into(), "d\n".into(), String::new()]).concat();
         assert_eq!(got, ["a", "b\r", "c", "d", ""]);
+    }
+
+    fn http(status: u16) -> ClientError {
+        ClientError::Http {
+            context: "POST /async/status".into(),
+            status,
+            code: None,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_passing_failures_let_the_next_reports_go_and_only_a_few_in_a_row() {
+        for status in [500, 502, 503, 504, 429] {
+            assert!(carry_on_after(&http(status), 1), "{status}");
+            assert!(carry_on_after(&http(status), 2), "{status}");
+            assert!(!carry_on_after(&http(status), 3), "{status}: 3 in a row");
+        }
+        // The same for every report: the job is terminal (409), the key (401, 403), 404, 413...
+        for status in [400, 401, 403, 404, 409, 413, 422] {
+            assert!(!carry_on_after(&http(status), 1), "{status}");
+        }
+        assert!(!carry_on_after(
+            &ClientError::InvalidArgument("x".into()),
+            1
+        ));
+        let lost = ClientError::LinesLost {
+            lost: 7,
+            source: Box::new(http(409)),
+        };
+        assert_eq!(lost.status(), Some(409));
+        assert!(
+            lost.to_string().starts_with("7 log line(s) not stored: "),
+            "{lost}"
+        );
     }
 }

@@ -89,6 +89,16 @@ pub enum ClientError {
         /// The md5 of the bytes received.
         actual: String,
     },
+    /// Log lines were not all stored: reports failed, or the rest was not tried after one
+    /// the hook refused for good (`409`: the job is terminal...) or after failures in a row.
+    #[error("{lost} log line(s) not stored: {source}")]
+    LinesLost {
+        /// How many lines (entries as sent: a long line's pieces count one each).
+        lost: usize,
+        /// The last failure.
+        #[source]
+        source: Box<ClientError>,
+    },
 }
 
 fn code_suffix(code: &Option<String>) -> String {
@@ -109,6 +119,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Http { status, .. } => Some(*status),
+            ClientError::LinesLost { source, .. } => source.status(),
             _ => None,
         }
     }
