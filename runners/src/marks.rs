@@ -22,7 +22,8 @@ static SCANNING: AtomicBool = AtomicBool::new(false);
 /// The one scan for marked processes this process may run at a time: a scan whose bound was
 /// reached goes on in its blocking thread (a read stuck in the kernel cannot be interrupted), so
 /// scans after it are refused until it ends rather than each leaving one more thread of tokio's
-/// blocking pool stuck. Released when dropped.
+/// blocking pool stuck (a scan waits [`SLOT_WAIT`] for it, then is refused). Released when
+/// dropped.
 #[derive(Debug)]
 pub struct ScanSlot(());
 
@@ -33,6 +34,27 @@ impl ScanSlot {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
             .map(|_| ScanSlot(()))
+    }
+}
+
+/// How long a scan waits for the slot while another runs: scans of several jobs at once (a
+/// reaper's stop tasks) run one after the other, each a few milliseconds; one stuck past its
+/// bound holds it for long, and the next are refused after this wait.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+impl ScanSlot {
+    /// The slot, waited for (asynchronously, no thread held) up to `within`.
+    async fn take_within(within: Duration) -> Option<Self> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = Self::try_take() {
+                return Some(s);
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -53,7 +75,17 @@ pub(crate) async fn kill_marked_bounded(
     attempt: u64,
     user: Option<u32>,
 ) -> Result<Vec<PathBuf>, RunnerError> {
-    let Some(slot) = ScanSlot::try_take() else {
+    scan_in_slot(job, attempt, user, SLOT_WAIT).await
+}
+
+/// [`kill_marked_bounded`], the slot waited for up to `wait`.
+async fn scan_in_slot(
+    job: String,
+    attempt: u64,
+    user: Option<u32>,
+    wait: Duration,
+) -> Result<Vec<PathBuf>, RunnerError> {
+    let Some(slot) = ScanSlot::take_within(wait).await else {
         return Err(RunnerError::Backend(
             "an earlier scan for an attempt's processes still runs (a process stuck in the \
              kernel?): tried again later"
@@ -244,10 +276,10 @@ mod tests {
     }
 
     /// One scan at a time per process: while one runs (say, stuck past its bound in a read of a
-    /// process in the kernel), another is refused at once instead of taking one more blocking
-    /// thread; once it ends, scans run again.
+    /// process in the kernel), another is refused after a short wait instead of taking one more
+    /// blocking thread; once it ends, scans run again.
     #[tokio::test]
-    async fn a_second_scan_is_refused_at_once_while_one_runs() {
+    async fn a_second_scan_is_refused_while_one_runs() {
         // Other tests of this process scan too: wait (bounded) for the slot.
         let until = std::time::Instant::now() + Duration::from_secs(60);
         let held = loop {
@@ -262,12 +294,11 @@ mod tests {
         };
         assert!(ScanSlot::try_take().is_none(), "two scans at once");
         let job = format!("marks-slot-{}", std::process::id());
-        let second = tokio::time::timeout(
-            Duration::from_secs(1),
-            kill_marked_bounded(job.clone(), 1, None),
-        )
-        .await
-        .expect("refused at once, not queued behind the running scan");
+        // A short wait: the other tests' scans wait for the slot too.
+        let wait = Duration::from_millis(50);
+        let second = tokio::time::timeout(SLOT_WAIT, scan_in_slot(job.clone(), 1, None, wait))
+            .await
+            .expect("refused after the slot's wait, not queued behind the running scan");
         assert!(second.is_err(), "{second:?}");
         drop(held);
         let again = loop {
@@ -280,6 +311,57 @@ mod tests {
             }
         };
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    /// A process of the scanned uids stuck in uninterruptible sleep (a `vfork` parent whose
+    /// child stopped before its `exec` or exit) makes the scan inconclusive: its environment, whose read
+    /// could block for good, is not read. It runs as `nobody` so that the other tests' scans
+    /// (of root's processes) do not meet it.
+    #[test]
+    fn a_process_stuck_in_uninterruptible_sleep_makes_the_scan_inconclusive() {
+        // Safety: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (to start a process as another user)");
+            return;
+        }
+        // Safety: the child calls only async-signal-safe functions, then exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(1);
+                }
+                // vfork's wait without its shared memory (as a fork, it returns twice safely).
+                let flags = libc::CLONE_VFORK | libc::SIGCHLD;
+                if libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) == 0 {
+                    libc::raise(libc::SIGSTOP);
+                    libc::_exit(0);
+                }
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork");
+        let pid = child as u32;
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !read_stat(pid).is_some_and(|s| s.disk_wait) {
+            assert!(std::time::Instant::now() < until, "{pid} never in D");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = kill_marked("marks-d-state", 1, &[65534], Duration::from_secs(2));
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        for k in kids.unwrap_or_default().split_whitespace() {
+            if let Ok(k) = k.parse::<i32>() {
+                // Safety: plain syscall.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+        // Safety: plain syscalls on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let e = got.expect_err("a process stuck in D was read or taken for gone");
+        assert!(e.contains("uninterruptible"), "{e}");
     }
 
     #[test]
