@@ -292,6 +292,7 @@ conformance!(
     heartbeats_leave_a_finished_attempt_alone,
     a_restart_orphans_leases_only_of_the_sole_holder,
     adoption_gives_a_fresh_token,
+    a_fence_changes_only_the_token_and_the_requeue_takes_only_its_token,
     scheduled_jobs_are_promoted_when_due,
     events_are_ordered_and_exclusive,
     trimmed_events_yield_a_resync,
@@ -689,7 +690,7 @@ async fn transitions_are_enforced(mut b: Backend) {
             ..Default::default()
         }),
         Command::Promote,
-        Command::LeaseExpired,
+        Command::LeaseExpired { token: None },
         Command::Retry,
     ] {
         let e = s.apply(j.id, cmd).await.unwrap_err();
@@ -728,7 +729,10 @@ async fn stale_tokens_are_fenced_off(mut b: Backend) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let expired = s.expired(100).await.unwrap();
     assert!(expired.iter().any(|e| e.id == j.id));
-    let q = s.apply(j.id, Command::LeaseExpired).await.unwrap();
+    let q = s
+        .apply(j.id, Command::LeaseExpired { token: None })
+        .await
+        .unwrap();
     assert_eq!(q.status, JobStatus::Queued);
     let peer = b.peer().await;
     let c2 = claim_one(&peer, "r", "w2").await;
@@ -776,7 +780,10 @@ async fn expired_leases_are_reaped_then_fail(mut b: Backend) {
         assert_eq!(c.attempt, attempt);
         // A lease that is not expired is not reaped.
         if attempt == 1 {
-            let e = s.apply(live.id, Command::LeaseExpired).await.unwrap_err();
+            let e = s
+                .apply(live.id, Command::LeaseExpired { token: None })
+                .await
+                .unwrap_err();
             assert!(is_illegal(&e), "{e}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -785,8 +792,8 @@ async fn expired_leases_are_reaped_then_fail(mut b: Backend) {
         // Every reaper may try; exactly one wins.
         let peer = b.peer().await;
         let (r1, r2) = tokio::join!(
-            s.apply(j.id, Command::LeaseExpired),
-            peer.apply(j.id, Command::LeaseExpired)
+            s.apply(j.id, Command::LeaseExpired { token: None }),
+            peer.apply(j.id, Command::LeaseExpired { token: None })
         );
         assert!(r1.is_ok() ^ r2.is_ok(), "exactly one reap succeeds");
     }
@@ -1021,12 +1028,61 @@ async fn a_restart_orphans_leases_only_of_the_sole_holder(mut b: Backend) {
         // recoverable at once (the reaper requeues it or adopts live work).
         Kind::Embedded(_) => {
             assert_eq!(expired, vec![j.id]);
-            let requeued = s.apply(j.id, Command::LeaseExpired).await.unwrap();
+            let requeued = s
+                .apply(j.id, Command::LeaseExpired { token: None })
+                .await
+                .unwrap();
             assert_eq!(requeued.status, JobStatus::Queued);
         }
         // Other nodes may hold leases and be alive: a node's restart leaves them as they are.
         Kind::Redis(..) => assert!(expired.is_empty(), "{expired:?}"),
     }
+}
+
+/// The reaper's fence (before it stops unrecorded work): a fresh token, the lease's holder, its
+/// expiry (so it stays in the expired set, oldest first) and the run's worker kept; refused for a
+/// live lease or another token. `LeaseExpired` with a token takes only that lease.
+async fn a_fence_changes_only_the_token_and_the_requeue_takes_only_its_token(mut b: Backend) {
+    let s = b.store().await;
+    submit(&s, job("t", "r")).await;
+    let live = claim_for(&s, "r", "w1", LEASE).await;
+    assert!(
+        s.fence(live.id, token(&live)).await.is_err(),
+        "a live lease"
+    );
+    submit(&s, job("t", "r")).await;
+    let c = claim_for(&s, "r", "w1", Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let f = s.fence(c.id, token(&c)).await.unwrap();
+    let (before, after) = (c.lease.clone().unwrap(), f.lease.clone().unwrap());
+    assert_ne!(after.token, before.token);
+    assert_eq!(
+        (&after.worker, after.expires_at),
+        (&before.worker, before.expires_at)
+    );
+    assert_eq!(f.runs.last().unwrap().worker, "w1");
+    assert_eq!(
+        s.get(c.id).await.unwrap().unwrap().lease,
+        Some(after.clone())
+    );
+    let expired: Vec<Uuid> = s.expired(10).await.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(expired, vec![c.id], "still expired, at its old expiry");
+    assert!(s.fence(c.id, token(&c)).await.is_err(), "fenced already");
+    let hb = s
+        .heartbeat("w1", &[(c.id, token(&c))], LEASE)
+        .await
+        .unwrap();
+    assert_eq!(hb, vec![c.id], "the fenced worker cannot renew");
+    let stale = Command::LeaseExpired {
+        token: Some(token(&c)),
+    };
+    assert!(is_stale(&s.apply(c.id, stale).await.unwrap_err()));
+    let fenced = Command::LeaseExpired {
+        token: Some(after.token),
+    };
+    let q = s.apply(c.id, fenced).await.unwrap();
+    assert_eq!(q.status, JobStatus::Queued);
+    assert_eq!(q.runs.last().unwrap().worker, "w1");
 }
 
 async fn adoption_gives_a_fresh_token(mut b: Backend) {

@@ -212,7 +212,7 @@ async fn unreadable_expired_leases_do_not_hide_the_readable_ones_behind_them() {
     assert_eq!(ids(&s.expired(1).await.expect("expired")), vec![jobs[1].id]);
     // Nothing readable left once those are reaped: none returned, the spoiled ones stay.
     for j in [&jobs[1], &jobs[4]] {
-        s.apply(j.id, runyard::job::Command::LeaseExpired)
+        s.apply(j.id, runyard::job::Command::LeaseExpired { token: None })
             .await
             .expect("reap");
     }

@@ -198,7 +198,9 @@ async fn the_reaper_and_the_heartbeat_pass_a_job_key_of_another_type() {
     let expired = s.expired(100).await.expect("expired");
     assert_eq!(ids(&expired), ids(&jobs[1..]));
     for j in &expired {
-        s.apply(j.id, Command::LeaseExpired).await.expect("reap");
+        s.apply(j.id, Command::LeaseExpired { token: None })
+            .await
+            .expect("reap");
     }
     assert_eq!(members(&r, "lease").await, vec![jobs[0].id]);
 }

@@ -43,6 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use marks::ScanSlot;
 pub use node::node_id;
 pub use runyard_hooks::Secret;
 /// The shared vocabulary, defined on the bottom floor (`runyard_hooks::vocab`) and re-exported

@@ -5,9 +5,10 @@
 //! inconclusive: the work is not said gone.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::session::{all_processes, kill_all};
+use crate::session::{all_processes, kill_all, read_stat};
 use crate::RunnerError;
 
 /// How long a scan for an unrecorded attempt's processes (`/proc`, each environment read) and
@@ -15,20 +16,87 @@ use crate::RunnerError;
 /// process stuck in the kernel can hold for good.
 const MARKED_SCAN_LIMIT: Duration = Duration::from_secs(30);
 
+/// Whether a scan of this process runs (see [`ScanSlot`]).
+static SCANNING: AtomicBool = AtomicBool::new(false);
+
+/// The one scan for marked processes this process may run at a time: a scan whose bound was
+/// reached goes on in its blocking thread (a read stuck in the kernel cannot be interrupted), so
+/// scans after it are refused until it ends rather than each leaving one more thread of tokio's
+/// blocking pool stuck (a scan waits [`SLOT_WAIT`] for it, then is refused). Released when
+/// dropped.
+#[derive(Debug)]
+pub struct ScanSlot(());
+
+impl ScanSlot {
+    /// The slot, or `None` while another scan holds it.
+    pub fn try_take() -> Option<Self> {
+        SCANNING
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| ScanSlot(()))
+    }
+}
+
+/// How long a scan waits for the slot while another runs: scans of several jobs at once (a
+/// reaper's stop tasks) run one after the other, each a few milliseconds; one stuck past its
+/// bound holds it for long, and the next are refused after this wait.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+impl ScanSlot {
+    /// The slot, waited for (asynchronously, no thread held) up to `within`.
+    async fn take_within(within: Duration) -> Option<Self> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = Self::try_take() {
+                return Some(s);
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for ScanSlot {
+    fn drop(&mut self) {
+        SCANNING.store(false, Ordering::Release);
+    }
+}
+
 /// Kills the processes marked as attempt `attempt` of job `job` (see [`kill_marked`]), of the
 /// server's uid or `user`'s (the job's, when it runs as another), in a blocking task bounded by
 /// [`MARKED_SCAN_LIMIT`]; returns the working directories they were in. Err: the scan was
-/// inconclusive (a process of those uids this server may not read, a kill not confirmed, the
-/// bound reached): the work cannot be said gone.
+/// inconclusive (a process of those uids this server may not read or in uninterruptible sleep, a
+/// kill not confirmed, the bound reached) or another scan still runs ([`ScanSlot`]): the work
+/// cannot be said gone.
 pub(crate) async fn kill_marked_bounded(
     job: String,
     attempt: u64,
     user: Option<u32>,
 ) -> Result<Vec<PathBuf>, RunnerError> {
+    scan_in_slot(job, attempt, user, SLOT_WAIT).await
+}
+
+/// [`kill_marked_bounded`], the slot waited for up to `wait`.
+async fn scan_in_slot(
+    job: String,
+    attempt: u64,
+    user: Option<u32>,
+    wait: Duration,
+) -> Result<Vec<PathBuf>, RunnerError> {
+    let Some(slot) = ScanSlot::take_within(wait).await else {
+        return Err(RunnerError::Backend(
+            "an earlier scan for an attempt's processes still runs (a process stuck in the \
+             kernel?): tried again later"
+                .into(),
+        ));
+    };
     // Safety: plain syscalls.
     let mut ours = vec![unsafe { libc::geteuid() }, unsafe { libc::getuid() }];
     ours.extend(user);
     let scan = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         kill_marked(&job, attempt, &ours, Duration::from_secs(2))
     });
     match tokio::time::timeout(MARKED_SCAN_LIMIT, scan).await {
@@ -102,6 +170,13 @@ fn marked(job_id: &str, attempt: u64, ours: &[u32]) -> Result<Vec<(u32, Option<u
             continue;
         }
         let Some(u) = uids(s.pid) else { continue };
+        if s.disk_wait && u.iter().any(|v| ours.contains(v)) && stays_in_disk_wait(s.pid) {
+            // Its environment's read could wait for a lock it may hold for good.
+            return Err(format!(
+                "process {} (uid {}) is in uninterruptible sleep: its environment is not read",
+                s.pid, u[0]
+            ));
+        }
         let env = || std::fs::read(format!("/proc/{}/environ", s.pid));
         match classify(u, ours, env, job_id, attempt) {
             Marks::Ours => found.push((s.pid, Some(s.start))),
@@ -116,6 +191,25 @@ fn marked(job_id: &str, attempt: u64, ours: &[u32]) -> Result<Vec<(u32, Option<u
         }
     }
     Ok(found)
+}
+
+/// How long a process found in uninterruptible sleep may take to leave it before a scan calls
+/// it inconclusive: a process is in `D` for a moment in ordinary work (a `vfork` parent until
+/// its child's `exec`, a disk read), for good only when stuck in the kernel.
+const DISK_WAIT_GRACE: Duration = Duration::from_millis(200);
+
+/// Whether `pid` is still in uninterruptible sleep after [`DISK_WAIT_GRACE`] (polled). Blocks.
+fn stays_in_disk_wait(pid: u32) -> bool {
+    let until = std::time::Instant::now() + DISK_WAIT_GRACE;
+    loop {
+        if !read_stat(pid).is_some_and(|s| s.disk_wait) {
+            return false;
+        }
+        if std::time::Instant::now() >= until {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// `SIGKILL` to the processes of attempt `attempt` of job `job_id` found by [`marked`] (of the
@@ -179,6 +273,95 @@ mod tests {
             d[0].effective &= !(1 << 19);
             assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
         }
+    }
+
+    /// One scan at a time per process: while one runs (say, stuck past its bound in a read of a
+    /// process in the kernel), another is refused after a short wait instead of taking one more
+    /// blocking thread; once it ends, scans run again.
+    #[tokio::test]
+    async fn a_second_scan_is_refused_while_one_runs() {
+        // Other tests of this process scan too: wait (bounded) for the slot.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        let held = loop {
+            if let Some(s) = ScanSlot::try_take() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the scan slot is never free"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(ScanSlot::try_take().is_none(), "two scans at once");
+        let job = format!("marks-slot-{}", std::process::id());
+        // A short wait: the other tests' scans wait for the slot too.
+        let wait = Duration::from_millis(50);
+        let second = tokio::time::timeout(SLOT_WAIT, scan_in_slot(job.clone(), 1, None, wait))
+            .await
+            .expect("refused after the slot's wait, not queued behind the running scan");
+        assert!(second.is_err(), "{second:?}");
+        drop(held);
+        let again = loop {
+            match kill_marked_bounded(job.clone(), 1, None).await {
+                Ok(dirs) => break dirs,
+                Err(_) if std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    /// A process of the scanned uids stuck in uninterruptible sleep (a `vfork` parent whose
+    /// child stopped before its `exec` or exit) makes the scan inconclusive: its environment, whose read
+    /// could block for good, is not read. It runs as `nobody` so that the other tests' scans
+    /// (of root's processes) do not meet it.
+    #[test]
+    fn a_process_stuck_in_uninterruptible_sleep_makes_the_scan_inconclusive() {
+        // Safety: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (to start a process as another user)");
+            return;
+        }
+        // Safety: the child calls only async-signal-safe functions, then exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            unsafe {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(1);
+                }
+                // vfork's wait without its shared memory (as a fork, it returns twice safely).
+                let flags = libc::CLONE_VFORK | libc::SIGCHLD;
+                if libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) == 0 {
+                    libc::raise(libc::SIGSTOP);
+                    libc::_exit(0);
+                }
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork");
+        let pid = child as u32;
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !read_stat(pid).is_some_and(|s| s.disk_wait) {
+            assert!(std::time::Instant::now() < until, "{pid} never in D");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = kill_marked("marks-d-state", 1, &[65534], Duration::from_secs(2));
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        for k in kids.unwrap_or_default().split_whitespace() {
+            if let Ok(k) = k.parse::<i32>() {
+                // Safety: plain syscall.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+        // Safety: plain syscalls on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let e = got.expect_err("a process stuck in D was read or taken for gone");
+        assert!(e.contains("uninterruptible"), "{e}");
     }
 
     #[test]

@@ -39,10 +39,16 @@ pub(crate) struct Stat {
     session: u32,
     pub start: u64,
     pub zombie: bool,
+    /// In uninterruptible sleep (`D`), not a kernel thread (which has no memory map to wait
+    /// for): reading its environment may block for good.
+    pub disk_wait: bool,
 }
 
+/// `PF_KTHREAD` of the flags in `/proc/PID/stat`: a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// `/proc/PID/stat`, parsed; `None` when the process is gone or the line makes no sense.
-fn read_stat(pid: u32) -> Option<Stat> {
+pub(crate) fn read_stat(pid: u32) -> Option<Stat> {
     let line = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     let after = std::str::from_utf8(&line[line.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
     // Fields after the command: state is field 3, start time field 22.
@@ -51,6 +57,7 @@ fn read_stat(pid: u32) -> Option<Stat> {
     Some(Stat {
         pid,
         zombie: matches!(*f.first()?, "Z" | "X"),
+        disk_wait: *f.first()? == "D" && num(6)? & PF_KTHREAD == 0,
         ppid: u32::try_from(num(1)?).ok()?,
         pgrp: u32::try_from(num(2)?).ok()?,
         session: u32::try_from(num(3)?).ok()?,

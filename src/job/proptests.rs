@@ -327,7 +327,7 @@ impl Actors {
                 token: self.token(job, tok),
             },
             Op::Orphan => Command::OrphanLease,
-            Op::LeaseExpired => Command::LeaseExpired,
+            Op::LeaseExpired => Command::LeaseExpired { token: None },
             Op::Adopt { worker, lease_ok } => Command::Adopt {
                 worker: format!("w{worker}"),
                 token: self.fresh(),

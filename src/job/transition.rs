@@ -76,8 +76,21 @@ pub enum Command {
         /// The claim's token.
         token: u64,
     },
-    /// The reaper found the lease expired: requeue, or ERROR when no attempt is left.
-    LeaseExpired,
+    /// The reaper found the lease expired: requeue, or ERROR when no attempt is left. With a
+    /// `token`, refused unless the lease still has it (the reaper's fence, or the lease it read).
+    LeaseExpired {
+        /// The lease's token the reaper decided on; `None`: any expired lease.
+        token: Option<u64>,
+    },
+    /// The reaper fences an expired lease before it stops unrecorded work: the lease's token
+    /// becomes `token` (its worker can no longer renew it nor write), its holder, its run and
+    /// its expiry stay. Refused unless the lease has `expected`, ran out, and the job is active.
+    Fence {
+        /// The lease's token the reaper read.
+        expected: u64,
+        /// The fence's new token.
+        token: u64,
+    },
     /// A worker takes over live work whose lease expired (a container that outlived its
     /// worker): same attempt, new lease and token.
     Adopt {
@@ -445,7 +458,8 @@ fn apply_inner(
         Command::TimeLimit { token, message } => attempts::time_limit(job, token, message),
         Command::HostFailure { token, message } => attempts::host_failure(job, ctx, token, message),
         Command::Release { token } => attempts::release(job, ctx, token),
-        Command::LeaseExpired => attempts::lease_expired(job, ctx),
+        Command::LeaseExpired { token } => attempts::lease_expired(job, ctx, token),
+        Command::Fence { expected, token } => attempts::fence(job, ctx, expected, token),
         Command::Adopt {
             worker,
             token,
@@ -469,33 +483,6 @@ fn apply_inner(
         Command::WaitRelease { seen } => manage::wait_release(job, ctx, seen),
         Command::WaitDeadline { seen } => manage::wait_deadline(job, ctx, seen),
         Command::Promote => manage::promote(job, ctx),
-    }
-}
-
-fn succeed(job: &mut Job, now: Micros, exit_code: Option<i32>) {
-    job.progress = 1.0;
-    job.error = None;
-    job.exit_code = exit_code;
-    end_run(job, now, "SUCCESS");
-    set_status(job, JobStatus::Success, now);
-}
-
-/// The attempt ran out of time: TIMEOUT, final (no retry).
-fn time_out(job: &mut Job, now: Micros, message: String) {
-    job.error = Some(message);
-    end_run(job, now, "TIMEOUT");
-    set_status(job, JobStatus::Timeout, now);
-}
-
-/// Commits the outcome decided before the attempt's process ended (its process has ended).
-fn commit_reported(job: &mut Job, ctx: &ApplyCtx, reported: Reported, exit_code: Option<i32>) {
-    match reported {
-        Reported::Success => succeed(job, ctx.now, exit_code),
-        Reported::Error { message, retry } => {
-            let retry = if retry { Retry::Backoff } else { Retry::Never };
-            fail_attempt(job, ctx, message, exit_code, retry)
-        }
-        Reported::Timeout { message } => time_out(job, ctx.now, message),
     }
 }
 
@@ -844,7 +831,7 @@ mod tests {
                 status: Some(JobStatus::Success),
                 ..Default::default()
             }),
-            Command::LeaseExpired,
+            Command::LeaseExpired { token: None },
             // Its worker has not said the work stopped, and the lease holds: no new attempt
             // may run beside the old one yet.
             Command::Retry,
@@ -1337,7 +1324,7 @@ mod tests {
         let mut l = job();
         claim(&mut l, 1);
         apply(&mut l, hook(JobStatus::Success, None), &ctx(2)).unwrap();
-        apply(&mut l, Command::LeaseExpired, &ctx(10_001)).unwrap();
+        apply(&mut l, Command::LeaseExpired { token: None }, &ctx(10_001)).unwrap();
         assert_eq!(l.status, JobStatus::Success);
         // Exit code 0 of a process that did not report.
         let mut m = job();
@@ -1380,7 +1367,10 @@ mod tests {
         assert_eq!(j.result, None);
         // A lost worker, or one that gives the job back at shutdown, still ends it TIMEOUT (a
         // timeout is final: no retry although attempts are left).
-        for end in [Command::LeaseExpired, Command::Release { token: 1 }] {
+        for end in [
+            Command::LeaseExpired { token: None },
+            Command::Release { token: 1 },
+        ] {
             let mut k = job();
             claim(&mut k, 1);
             apply(&mut k, limit(1), &ctx(2)).unwrap();
@@ -1482,11 +1472,70 @@ mod tests {
     fn lease_expiry_requeues_then_fails() {
         let mut j = job();
         claim(&mut j, 1);
-        assert!(apply(&mut j, Command::LeaseExpired, &ctx(9_999)).is_err());
-        apply(&mut j, Command::LeaseExpired, &ctx(10_001)).unwrap();
+        assert!(apply(&mut j, Command::LeaseExpired { token: None }, &ctx(9_999)).is_err());
+        apply(&mut j, Command::LeaseExpired { token: None }, &ctx(10_001)).unwrap();
         assert_eq!(j.status, JobStatus::Queued);
         claim(&mut j, 2);
-        apply(&mut j, Command::LeaseExpired, &ctx(10_001)).unwrap();
+        apply(&mut j, Command::LeaseExpired { token: None }, &ctx(10_001)).unwrap();
         assert_eq!(j.status, JobStatus::Error);
+    }
+
+    /// A late reaper's requeue carries the token it decided on: attempt 2's expired lease is
+    /// not taken for attempt 1's.
+    #[test]
+    fn lease_expiry_with_a_token_takes_only_that_lease() {
+        let mut j = job();
+        j.max_attempts = 3;
+        claim(&mut j, 1);
+        apply(
+            &mut j,
+            Command::LeaseExpired { token: Some(1) },
+            &ctx(10_001),
+        )
+        .unwrap();
+        claim(&mut j, 2);
+        let late = Command::LeaseExpired { token: Some(1) };
+        let before = j.clone();
+        assert!(matches!(
+            apply(&mut j, late, &ctx(10_001)),
+            Err(TransitionError::StaleLease)
+        ));
+        assert_eq!(j, before);
+        apply(
+            &mut j,
+            Command::LeaseExpired { token: Some(2) },
+            &ctx(10_001),
+        )
+        .unwrap();
+        assert_eq!(j.status, JobStatus::Queued);
+    }
+
+    /// The fence changes the token only (not the holder, the run's worker nor the expiry), and
+    /// only of an expired lease of an active job holding `expected`.
+    #[test]
+    fn a_fence_changes_only_the_token_of_an_expired_lease() {
+        let mut j = job();
+        claim(&mut j, 1);
+        let fence = |expected| Command::Fence { expected, token: 7 };
+        let before = j.clone();
+        assert!(
+            apply(&mut j, fence(1), &ctx(9_999)).is_err(),
+            "a live lease"
+        );
+        assert!(
+            apply(&mut j, fence(3), &ctx(10_001)).is_err(),
+            "another token"
+        );
+        assert_eq!(j, before);
+        apply(&mut j, fence(1), &ctx(10_001)).unwrap();
+        let (l, b) = (j.lease.clone().unwrap(), before.lease.clone().unwrap());
+        assert_eq!(
+            (l.token, &l.worker, l.expires_at),
+            (7, &b.worker, b.expires_at)
+        );
+        assert_eq!(j.runs, before.runs);
+        assert_eq!(j.status, before.status);
+        apply(&mut j, Command::Cancel, &ctx(10_002)).unwrap();
+        assert!(apply(&mut j, fence(7), &ctx(10_003)).is_err(), "not active");
     }
 }

@@ -552,13 +552,14 @@ impl CommandKind {
                 _ => Self::Same,
             },
             C::Cancel => Self::Cancel,
-            C::LeaseExpired => Self::LeaseExpired,
+            C::LeaseExpired { .. } => Self::LeaseExpired,
             C::StopLost { .. } => Self::StopLost,
             // The time limit marks the attempt; its status changes with the finish after.
             // A cancelled job's lease given up: it stays CANCELLED.
             C::Progress { .. }
             | C::AttachFile { .. }
             | C::Adopt { .. }
+            | C::Fence { .. }
             | C::TimeLimit { .. }
             | C::Stopped { .. }
             | C::OrphanLease => Self::Same,

@@ -157,6 +157,7 @@ metered! {
             => |m, jobs| m.jobs_claimed(jobs);
         heartbeat(worker: &str, held: &[(Uuid, u64)], lease_ttl: Duration) -> Vec<Uuid>;
         adopt(id: Uuid, worker: &str, lease_ttl: Duration) -> Job;
+        fence(id: Uuid, expected: u64) -> Job;
         promote_due(max: usize) -> usize => |m, n| m.jobs_promoted(*n);
         next_due() -> Option<Micros>;
         expired(max: usize) -> Vec<Job>;

@@ -317,6 +317,9 @@ pub trait JobQueue: Send + Sync {
     /// Takes over an active job whose lease expired (its work is still alive): a fresh fencing
     /// token and lease for `worker`, same attempt.
     async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job>;
+    /// Fences the expired lease of an active job whose token is `expected` (`Command::Fence`):
+    /// a fresh token, same holder, run and expiry. Returns the job with the fence's token.
+    async fn fence(&self, id: Uuid, expected: u64) -> Result<Job>;
     /// Moves due SCHEDULED jobs to QUEUED; returns how many.
     async fn promote_due(&self, max: usize) -> Result<usize>;
     /// When the next SCHEDULED job is due.

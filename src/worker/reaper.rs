@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::reporter::DeferredReporter;
 use super::Worker;
-use crate::job::{now_us, Command, Job, JobStatus, Micros, ABANDONED_STOP};
+use crate::job::{now_us, Command, Job, JobStatus, ABANDONED_STOP};
 
 /// Jobs whose work this worker's reaper is making sure is gone, each in a task of its own (a
 /// stop may take `kill_grace` and more, a scan of `/proc` may block: the other expired leases do
@@ -27,9 +27,10 @@ type Stopping = Arc<parking_lot::Mutex<StopState>>;
 struct StopState {
     /// The jobs with a task running.
     busy: HashSet<Uuid>,
-    /// When this reaper first found each handle-less active job's lease expired: its fence (see
-    /// [`requeue_unrecorded`]) moves the lease's expiry, so giving up counts from here.
-    first_seen: HashMap<Uuid, Micros>,
+    /// The fence token this reaper put on each handle-less active job's expired lease (see
+    /// [`requeue_unrecorded`]): a later pass that finds it there stops the work again under it,
+    /// without another fence.
+    fenced: HashMap<Uuid, u64>,
 }
 
 /// At most this many such tasks at once; the others wait for a later pass.
@@ -62,7 +63,7 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
     let mut n = 0;
     let expired = store.expired(500).await?;
     let seen: HashSet<Uuid> = expired.iter().map(|j| j.id).collect();
-    stopping.lock().first_seen.retain(|id, _| seen.contains(id));
+    stopping.lock().fenced.retain(|id, _| seen.contains(id));
     for job in expired {
         // A lease this worker holds and renews is not expired, whatever the clock says: after a
         // forward step of this node's wall clock its own leases look expired to it, and reaping
@@ -118,16 +119,22 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
                 }
             }
         }
-        if lease_expired(worker, job.id).await {
+        let read = job.lease.as_ref().map(|l| l.token);
+        if lease_expired(worker, job.id, read).await {
             n += 1;
         }
     }
     Ok(n)
 }
 
-/// `Command::LeaseExpired`: the job is requeued (or ends); true when it took.
-async fn lease_expired(worker: &Worker, id: Uuid) -> bool {
-    match worker.store.apply(id, Command::LeaseExpired).await {
+/// `Command::LeaseExpired` of the lease whose token is `token` (refused if it has another: a
+/// later lease, another reaper's fence): the job is requeued (or ends); true when it took.
+async fn lease_expired(worker: &Worker, id: Uuid, token: Option<u64>) -> bool {
+    match worker
+        .store
+        .apply(id, Command::LeaseExpired { token })
+        .await
+    {
         Ok(j) => {
             tracing::warn!(
                 job_id = %j.id,
@@ -178,7 +185,14 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
     match (handle, slot) {
         (Some(handle), Some(slot)) if slot.runner.reaches(&handle) => {
             if !make_gone(worker, &slot, &handle, spec).await {
-                return false;
+                if !abandoned {
+                    return false;
+                }
+                tracing::warn!(
+                    job_id = %job.id,
+                    r#type = %job.job_type,
+                    "the cancelled job's work was not made sure gone within 5 min of its lease running out: its lease is given up, and its work may still run"
+                );
             }
         }
         // Nothing the runner marks: a service job is a task of its worker's own process, stopped
@@ -228,13 +242,15 @@ fn may_have_unrecorded_work(worker: &Worker, job: &Job) -> bool {
 /// An active job whose worker let the lease run out after it launched the work but before it
 /// recorded the handle (hung, or dead, in `STARTING`): the work the runner finds by its marks
 /// (`Runner::unrecorded`) is stopped before the job is requeued, never adopted. First the lease
-/// is fenced (taken under this worker's own token, already expired: `Store::adopt` with no time),
-/// so a worker that was only slow can no longer renew it and run on; then the work is stopped;
-/// then the job is requeued (`LeaseExpired`). Work not made sure gone (an inconclusive scan, a
-/// stop not confirmed) keeps the lease for a later pass, until `ABANDONED_STOP` after this
-/// reaper first saw it. Work this worker cannot reach (a process of another machine, a claimer
-/// whose id names no machine, a runner it does not serve) is left to that machine's reapers for
-/// [`OTHER_MACHINE_LEASES`] `lease_ttl` after the lease ran out, then requeued.
+/// is fenced (`Store::fence`: a fresh token, the holder, run and expiry kept), so a worker that
+/// was only slow can no longer renew it and run on; then the work is stopped; then the job is
+/// requeued (`LeaseExpired` of the fence's token: refused if another reaper fenced it since, or
+/// the job moved on). Work not made sure gone (an inconclusive scan, a stop not confirmed) keeps
+/// the lease for a later pass, until `ABANDONED_STOP` after the stored expiry: then it is
+/// requeued, its work possibly still running. Work this worker cannot reach (a process of
+/// another machine, a claimer whose id names no machine, a runner it does not serve) is left to
+/// that machine's reapers for [`OTHER_MACHINE_LEASES`] `lease_ttl` after the stored expiry,
+/// then requeued (`LeaseExpired` of the token read in the pass).
 async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
     let Some(lease) = job.lease.as_ref() else {
         return;
@@ -250,16 +266,23 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         let wait = worker.cfg.lease_ttl.saturating_mul(OTHER_MACHINE_LEASES);
         let wait = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
         if lease.expires_at.saturating_add(wait) <= now_us() {
-            lease_expired(worker, job.id).await;
+            lease_expired(worker, job.id, Some(lease.token)).await;
         }
         return;
     };
-    let first = *state.lock().first_seen.entry(job.id).or_insert_with(now_us);
-    if !fence(worker, job.id).await {
-        return;
-    }
+    let abandoned = lease.expires_at.saturating_add(ABANDONED_STOP) <= now_us();
+    let mine = state.lock().fenced.get(&job.id) == Some(&lease.token);
+    let token = if mine {
+        lease.token
+    } else {
+        let Some(token) = fence(worker, job.id, lease.token).await else {
+            return;
+        };
+        state.lock().fenced.insert(job.id, token);
+        token
+    };
     if !make_gone(worker, &slot, &handle, spec).await {
-        if first.saturating_add(ABANDONED_STOP) > now_us() {
+        if !abandoned {
             return;
         }
         tracing::warn!(
@@ -268,18 +291,18 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
             "the work of a job whose worker hung while starting was not made sure gone within 5 min: requeued, and its work may still run"
         );
     }
-    lease_expired(worker, job.id).await;
+    lease_expired(worker, job.id, Some(token)).await;
 }
 
-/// Takes the expired lease of job `id` under this worker's own token, expired at once: the
-/// worker that held it can no longer renew it (its heartbeat is refused, so it stops its work if
-/// it wakes up), and `LeaseExpired` still takes. True when it took.
-async fn fence(worker: &Worker, id: Uuid) -> bool {
-    match worker.store.adopt(id, &worker.id, Duration::ZERO).await {
-        Ok(_) => true,
+/// Fences the expired lease of job `id` whose token is `read` (`Store::fence`): the worker that
+/// held it can no longer renew it (its heartbeat is refused, so it stops its work if it wakes
+/// up) nor write. The fence's token, when it took.
+async fn fence(worker: &Worker, id: Uuid, read: u64) -> Option<u64> {
+    match worker.store.fence(id, read).await {
+        Ok(j) => j.lease.map(|l| l.token),
         Err(e) => {
-            tracing::debug!(job_id = %id, error = %e, "fence refused (lease renewed or job moved)");
-            false
+            tracing::debug!(job_id = %id, error = %e, "fence refused (lease renewed or fenced, or job moved)");
+            None
         }
     }
 }

@@ -250,7 +250,7 @@ async fn a_slow_worker_cannot_renew_a_lease_the_reaper_fenced() {
     let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
     let (store, worker, job, mut exec) = hung_on(dir.path(), &claimer, false, false).await;
     let token = job.lease.as_ref().expect("leased").token;
-    assert!(super::fence(&worker, job.id).await);
+    assert!(super::fence(&worker, job.id, token).await.is_some());
     // The slow worker wakes up and heartbeats: refused (the lease is no longer its own).
     let lost = store
         .heartbeat(&claimer, &[(job.id, token)], Duration::from_secs(60))
@@ -294,4 +294,142 @@ async fn an_unrecorded_job_of_another_machine_is_requeued_only_after_three_lease
         assert_eq!(j.status, JobStatus::Queued, "{claimer}: {j:#?}");
         exec.stop(Duration::from_millis(100)).await;
     }
+}
+
+/// A reaper's stop of unrecorded work runs long (a scan, a kill): meanwhile another reaper may
+/// fence, kill and requeue the job, and attempt 2 be claimed and its lease run out. The late
+/// reaper, deciding on the lease of attempt 1 it read, neither fences nor requeues attempt 2
+/// (its `LeaseExpired` carries the token it decided on), on this machine's path (fence, kill)
+/// as on another machine's (three leases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reaper_never_requeues_the_next_attempt() {
+    let node = format!("@{}", runyard_runners::node_id().expect("node"));
+    for claimer in [
+        format!("hung-1-abc{node}"),
+        "hung-1-abc@0123456789abcdef".into(),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, worker, job, mut exec) = hung_on(dir.path(), &claimer, false, false).await;
+        // Read in an earlier pass, three leases back (as the other machine's path needs).
+        let mut stale = job.clone();
+        let ttl = i64::try_from(worker.cfg.lease_ttl.as_micros()).expect("ttl");
+        stale.lease.as_mut().expect("leased").expires_at -= 3 * ttl + 1;
+        // Another reaper: attempt 1 requeued; attempt 2 claimed, its lease run out.
+        exec.stop(Duration::from_millis(100)).await;
+        store
+            .apply(job.id, Command::LeaseExpired { token: None })
+            .await
+            .expect("requeued");
+        let two = store
+            .claim(
+                &job.runner,
+                "other-2-def@0123456789abcdef",
+                1,
+                Duration::from_millis(1),
+            )
+            .await
+            .expect("claim")
+            .pop()
+            .expect("claimed");
+        assert_eq!(two.attempt, 2);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        super::requeue_unrecorded(&worker, stale, &Stopping::default()).await;
+        let j = store.get(job.id).await.expect("read").expect("stored");
+        assert_eq!(
+            (j.status, j.attempt),
+            (JobStatus::Starting, 2),
+            "{claimer}: {j:#?}"
+        );
+        assert_eq!(
+            j.lease, two.lease,
+            "{claimer}: attempt 2's lease was touched"
+        );
+    }
+}
+
+/// The fence changes the lease's token only: the run lost is the hung worker's (as the API's
+/// `runs[].worker` and the job's `worker` say), not the reaper's, and the stored expiry stays (the
+/// give-up and the three leases count from it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_keeps_the_worker_and_expiry_and_the_lost_run_is_the_hung_workers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
+    let (store, worker, job, mut exec) = hung_on(dir.path(), &claimer, false, false).await;
+    let lease = job.lease.clone().expect("leased");
+    let fenced = super::fence(&worker, job.id, lease.token)
+        .await
+        .expect("fenced");
+    let j = store.get(job.id).await.expect("read").expect("stored");
+    let l = j.lease.clone().expect("kept");
+    assert_eq!(
+        (l.token, &l.worker, l.expires_at),
+        (fenced, &claimer, lease.expires_at)
+    );
+    assert_eq!(j.runs.last().map(|r| &r.worker), Some(&claimer));
+    // A second fence from the token read before is refused: one reaper fences a lease.
+    assert!(super::fence(&worker, job.id, lease.token).await.is_none());
+    let stopping = Stopping::default();
+    reap_once(&worker, &stopping).await.expect("pass");
+    stops_done(&stopping).await;
+    let back = store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
+    let run = back.runs.last().expect("a run");
+    assert_eq!(
+        (run.worker.as_str(), run.outcome.as_deref()),
+        (claimer.as_str(), Some("LOST"))
+    );
+    let _ = exec.wait().await;
+}
+
+/// A job of a docker runner whose engine cannot be reached, cancelled while it ran, its worker
+/// hung: the stop fails every pass. Within 5 minutes of the stored expiry the lease is kept (a
+/// retry waits); after them it is given up, as the docs promise, not kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_whose_stop_keeps_failing_gives_its_lease_up_after_five_minutes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
+    let cfg = Config::from_toml(
+        "[[runners]]\nkind = \"docker\"\ntypes = [\"box\"]\nimage = \"busybox\"\n\
+         docker_host = \"unix:///nonexistent/docker.sock\"\n",
+    )
+    .expect("config");
+    let runners = Arc::new(RunnerSet::build(&cfg, Arc::default()).expect("runners"));
+    let runner = runners.iter().next().expect("a runner").name.clone();
+    let worker = Worker::new(
+        store.clone(),
+        runners,
+        cfg.worker.clone(),
+        Arc::new(MasterKey::new(vec![7; 32])),
+        "http://127.0.0.1:9/async".into(),
+    );
+    let job = Job::new("box", &runner, now_us());
+    store.submit(job.clone()).await.expect("submit");
+    store
+        .claim(&runner, "hung", 1, Duration::from_millis(1))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    store.apply(job.id, Command::Cancel).await.expect("cancel");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let job = store.get(job.id).await.expect("read").expect("stored");
+    assert!(!super::stop_lost(&worker, job.clone()).await);
+    assert!(store
+        .get(job.id)
+        .await
+        .expect("read")
+        .expect("stored")
+        .lease
+        .is_some());
+    let mut later = job.clone();
+    let five_min = crate::job::ABANDONED_STOP;
+    later.lease.as_mut().expect("kept").expires_at -= five_min + 1;
+    assert!(
+        super::stop_lost(&worker, later).await,
+        "the lease is kept for ever"
+    );
+    let back = store.get(job.id).await.expect("read").expect("stored");
+    assert!(back.lease.is_none(), "{back:#?}");
+    store.apply(job.id, Command::Retry).await.expect("retry");
 }

@@ -1,11 +1,10 @@
 //! The commands of one attempt and its lease: claim, start, finish, a host failure, release, a
-//! lost lease, adoption, heartbeats and a lease orphaned by a restart. [`super::apply`] is still
+//! lost lease, its fence, adoption, heartbeats and a lease orphaned by a restart. [`super::apply`] is still
 //! the one entry; these are its arms.
 
 use super::{
-    check_token, commit_reported, end_run, fail_attempt, host_failure_delay_us, illegal,
-    set_status, succeed, time_out, ApplyCtx, EventKind, FinishOutcome, Retry, TransitionError,
-    HOST_FAILURE, RELEASED, RELEASES_GIVEN_BACK,
+    check_token, end_run, fail_attempt, host_failure_delay_us, illegal, set_status, ApplyCtx,
+    EventKind, FinishOutcome, Retry, TransitionError, HOST_FAILURE, RELEASED, RELEASES_GIVEN_BACK,
 };
 use crate::job::JobStatus::*;
 use crate::job::{Job, Lease, Micros, Reported, RunHandle, RunRecord, MAX_RUN_RECORDS};
@@ -250,8 +249,12 @@ pub(super) fn release(
 pub(super) fn lease_expired(
     job: &mut Job,
     ctx: &ApplyCtx,
+    token: Option<u64>,
 ) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
+    if let Some(t) = token {
+        check_token(job, t)?;
+    }
     let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
     if !job.status.is_active() || !expired {
         return Err(illegal(job, "expire a lease it does not have"));
@@ -275,6 +278,24 @@ pub(super) fn lease_expired(
     job.lease = None;
     set_status(job, if left { Queued } else { Error }, now);
     Ok(Some(EventKind::Status))
+}
+
+/// The reaper fences an expired lease (`Command::Fence`): only its token changes.
+pub(super) fn fence(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    expected: u64,
+    token: u64,
+) -> Result<Option<EventKind>, TransitionError> {
+    check_token(job, expected)?;
+    let lease = job.lease.as_mut().filter(|l| l.expires_at < ctx.now);
+    match lease {
+        Some(l) if job.status.is_active() => {
+            l.token = token;
+            Ok(None)
+        }
+        _ => Err(illegal(job, "be fenced")),
+    }
 }
 
 /// Another worker takes over an expired lease.
@@ -339,5 +360,37 @@ pub(super) fn orphan_lease(
             Ok(None)
         }
         _ => Err(illegal(job, "orphan a lease it does not have")),
+    }
+}
+
+pub(super) fn succeed(job: &mut Job, now: Micros, exit_code: Option<i32>) {
+    job.progress = 1.0;
+    job.error = None;
+    job.exit_code = exit_code;
+    end_run(job, now, "SUCCESS");
+    set_status(job, Success, now);
+}
+
+/// The attempt ran out of time: TIMEOUT, final (no retry).
+pub(super) fn time_out(job: &mut Job, now: Micros, message: String) {
+    job.error = Some(message);
+    end_run(job, now, "TIMEOUT");
+    set_status(job, Timeout, now);
+}
+
+/// Commits the outcome decided before the attempt's process ended (its process has ended).
+pub(super) fn commit_reported(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    reported: Reported,
+    exit_code: Option<i32>,
+) {
+    match reported {
+        Reported::Success => succeed(job, ctx.now, exit_code),
+        Reported::Error { message, retry } => {
+            let retry = if retry { Retry::Backoff } else { Retry::Never };
+            fail_attempt(job, ctx, message, exit_code, retry)
+        }
+        Reported::Timeout { message } => time_out(job, ctx.now, message),
     }
 }

@@ -246,6 +246,15 @@ impl JobQueue for RedisStore {
         .await
     }
 
+    async fn fence(&self, id: Uuid, expected: u64) -> Result<Job> {
+        let token = self.next_token().await?;
+        self.update(id, |job, now| {
+            let cmd = Command::Fence { expected, token };
+            Ok(apply(job, cmd, &self.actx(now))?)
+        })
+        .await
+    }
+
     async fn promote_due(&self, max: usize) -> Result<usize> {
         let key = self.key("sched");
         let now = self.now().await;

@@ -186,6 +186,16 @@ impl JobQueue for SqliteStore {
         .await
     }
 
+    async fn fence(&self, id: Uuid, expected: u64) -> Result<Job> {
+        self.write(move |ctx| {
+            let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
+            let token = take_tokens(ctx.conn, 1)?;
+            apply_in(ctx, &mut job, Command::Fence { expected, token }, now_us())?;
+            Ok(job)
+        })
+        .await
+    }
+
     async fn heartbeat(
         &self,
         worker: &str,
