@@ -1195,7 +1195,7 @@ mod tests {
         apply(&mut j, exited(1, 1), &ctx(3)).unwrap();
         apply(&mut j, Command::Promote, &ctx(1_000_000)).unwrap();
         claim(&mut j, 2);
-        apply(&mut j, Command::LeaseExpired, &ctx(20_000)).unwrap();
+        apply(&mut j, Command::LeaseExpired { token: None }, &ctx(20_000)).unwrap();
         claim(&mut j, 3);
         // The job starts clean; its runs keep how each attempt ended.
         assert_eq!(j.error, None);
@@ -1220,7 +1220,7 @@ mod tests {
         // ran out) and attempt 2 claimed: attempt 1's file must not become attempt 2's output.
         let mut j = job();
         claim(&mut j, 1);
-        apply(&mut j, Command::LeaseExpired, &ctx(20_000)).unwrap();
+        apply(&mut j, Command::LeaseExpired { token: None }, &ctx(20_000)).unwrap();
         assert_eq!(j.status, JobStatus::Queued);
         claim(&mut j, 2);
         assert_eq!(j.attempt, 2);
