@@ -182,8 +182,11 @@ impl ServiceContext {
         T::deserialize(&self.args)
     }
 
-    /// Reports progress (0..=1) with optional details.
+    /// Reports progress (0..=1, clamped; NaN is ignored: no number to show) with optional details.
     pub fn progress(&self, progress: f64, details: Option<Value>) {
+        if progress.is_nan() {
+            return;
+        }
         self.reporter.progress(progress.clamp(0.0, 1.0), details);
     }
 

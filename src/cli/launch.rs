@@ -84,7 +84,8 @@ impl BatchSink for HookSink {
     async fn send(&self, batch: Batch) {
         let lines = batch.lines.into_iter().map(|(_, _, line)| line).collect();
         let (progress, status_details) = match batch.progress {
-            Some((p, d)) => (Some(p), d),
+            // A progress JSON cannot carry (NaN) is left out, not the batch's lines with it.
+            Some((p, d)) => (Some(p).filter(|p| p.is_finite()), d),
             None => (None, None),
         };
         let fields = StatusReport {

@@ -31,6 +31,22 @@ struct StopState {
     /// [`requeue_unrecorded`]): a later pass that finds it there stops the work again under it,
     /// without another fence.
     fenced: HashMap<Uuid, u64>,
+    /// When this reaper first failed to make each job's work sure gone (or found no way to
+    /// reach it): the give-up (`ABANDONED_STOP`) also waits that long from here, so a lease
+    /// that ran out long before this reaper first looked (an embedded store reopened, every
+    /// worker down for minutes) is not given up on one failed try.
+    failing: HashMap<Uuid, i64>,
+}
+
+impl StopState {
+    /// Whether the work of job `id`, whose lease ran out at `expires`, has been held for long
+    /// enough (`ABANDONED_STOP`) both since then and since this reaper first failed to make it
+    /// sure gone (recorded by this call): then the lease goes, the work possibly still running.
+    fn held_long_enough(&mut self, id: Uuid, expires: i64) -> bool {
+        let now = now_us();
+        let first = *self.failing.entry(id).or_insert(now);
+        expires.saturating_add(ABANDONED_STOP) <= now && first.saturating_add(ABANDONED_STOP) <= now
+    }
 }
 
 /// At most this many such tasks at once; the others wait for a later pass.
@@ -63,7 +79,11 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
     let mut n = 0;
     let expired = store.expired(500).await?;
     let seen: HashSet<Uuid> = expired.iter().map(|j| j.id).collect();
-    stopping.lock().fenced.retain(|id, _| seen.contains(id));
+    {
+        let mut st = stopping.lock();
+        st.fenced.retain(|id, _| seen.contains(id));
+        st.failing.retain(|id, _| seen.contains(id));
+    }
     for job in expired {
         // A lease this worker holds and renews is not expired, whatever the clock says: after a
         // forward step of this node's wall clock its own leases look expired to it, and reaping
@@ -79,7 +99,7 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
                 let (w, set, id) = (worker.clone(), stopping.clone(), job.id);
                 worker.jobs.spawn(async move {
                     if cancelled {
-                        stop_lost(&w, job).await;
+                        stop_lost(&w, job, &set).await;
                     } else {
                         requeue_unrecorded(&w, job, &set).await;
                     }
@@ -167,7 +187,7 @@ async fn lease_expired(worker: &Worker, id: Uuid, token: Option<u64>) -> bool {
 /// of a claimer whose id names no machine) leaves it to one that can, and gives the lease up
 /// only once `ABANDONED_STOP` has passed (when a retry is let through anyway). A job of a
 /// runner that has no such marks (service) gives it up at once. True when the lease went.
-async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
+async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job, state: &Stopping) -> bool {
     let Some((token, expires, claimer)) = job
         .lease
         .as_ref()
@@ -175,7 +195,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
     else {
         return false;
     };
-    let abandoned = expires.saturating_add(ABANDONED_STOP) <= now_us();
+    let abandoned = || state.lock().held_long_enough(job.id, expires);
     let slot = worker.runners.get(&job.runner).cloned();
     let spec = worker.spec_factory().spec(&job);
     let handle = job.handle.clone().or_else(|| {
@@ -185,7 +205,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
     match (handle, slot) {
         (Some(handle), Some(slot)) if slot.runner.reaches(&handle) => {
             if !make_gone(worker, &slot, &handle, spec).await {
-                if !abandoned {
+                if !abandoned() {
                     return false;
                 }
                 tracing::warn!(
@@ -198,7 +218,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job) -> bool {
         // Nothing the runner marks: a service job is a task of its worker's own process, stopped
         // with it, or by it once it finds the lease gone.
         (None, Some(_)) => {}
-        _ if !abandoned => return false,
+        _ if !abandoned() => return false,
         _ => tracing::warn!(
             job_id = %job.id,
             r#type = %job.job_type,
@@ -262,16 +282,25 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         let handle = slot.runner.unrecorded(&spec, node)?;
         slot.runner.reaches(&handle).then_some((slot, handle))
     });
+    // A lease whose token is not its run's was fenced by a reaper that reaches the work: it is
+    // stopping it, or holding it while it cannot make it sure gone (up to `ABANDONED_STOP`).
+    let fenced = job.runs.last().is_some_and(|r| r.token != lease.token);
     let Some((slot, handle)) = reached else {
         let wait = worker.cfg.lease_ttl.saturating_mul(OTHER_MACHINE_LEASES);
         let wait = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
+        let wait = if fenced {
+            wait.max(ABANDONED_STOP)
+        } else {
+            wait
+        };
         if lease.expires_at.saturating_add(wait) <= now_us() {
             lease_expired(worker, job.id, Some(lease.token)).await;
         }
         return;
     };
-    let abandoned = lease.expires_at.saturating_add(ABANDONED_STOP) <= now_us();
-    let mine = state.lock().fenced.get(&job.id) == Some(&lease.token);
+    // Fenced already (by this reaper, or one of another process on this machine): the work is
+    // stopped under that fence, not fenced again (two reapers would refuse each other's requeue).
+    let mine = fenced || state.lock().fenced.get(&job.id) == Some(&lease.token);
     let token = if mine {
         lease.token
     } else {
@@ -282,7 +311,7 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         token
     };
     if !make_gone(worker, &slot, &handle, spec).await {
-        if !abandoned {
+        if !state.lock().held_long_enough(job.id, lease.expires_at) {
             return;
         }
         tracing::warn!(

@@ -137,7 +137,7 @@ async fn a_reaper_that_cannot_reach_the_work_leaves_the_lease() {
     elsewhere.data["boot_id"] = json!("another-machine/pid:[1]");
     let mut far = job.clone();
     far.handle = Some(elsewhere);
-    super::stop_lost(&worker, far).await;
+    super::stop_lost(&worker, far, &Stopping::default()).await;
     let j = store.get(job.id).await.expect("read").expect("stored");
     assert_eq!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
     assert!(alive(&exec.handle().id));
@@ -192,7 +192,7 @@ async fn an_unrecorded_process_of_another_machine_is_left_with_its_lease() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, worker, job, mut exec) = cancelled_on(dir.path(), claimer, false).await;
         let token = job.lease.as_ref().expect("kept").token;
-        assert!(!super::stop_lost(&worker, job.clone()).await);
+        assert!(!super::stop_lost(&worker, job.clone(), &Stopping::default()).await);
         let j = store.get(job.id).await.expect("read").expect("stored");
         assert_eq!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
         assert!(alive(&exec.handle().id), "{claimer}");
@@ -414,7 +414,8 @@ async fn a_cancelled_job_whose_stop_keeps_failing_gives_its_lease_up_after_five_
     store.apply(job.id, Command::Cancel).await.expect("cancel");
     tokio::time::sleep(Duration::from_millis(5)).await;
     let job = store.get(job.id).await.expect("read").expect("stored");
-    assert!(!super::stop_lost(&worker, job.clone()).await);
+    let st = Stopping::default();
+    assert!(!super::stop_lost(&worker, job.clone(), &st).await);
     assert!(store
         .get(job.id)
         .await
@@ -425,11 +426,56 @@ async fn a_cancelled_job_whose_stop_keeps_failing_gives_its_lease_up_after_five_
     let mut later = job.clone();
     let five_min = crate::job::ABANDONED_STOP;
     later.lease.as_mut().expect("kept").expires_at -= five_min + 1;
+    // Five minutes after the expiry is not enough on its own: this reaper's first failed try
+    // was just now.
+    assert!(!super::stop_lost(&worker, later.clone(), &st).await);
+    st.lock().failing.insert(job.id, now_us() - five_min - 1);
     assert!(
-        super::stop_lost(&worker, later).await,
+        super::stop_lost(&worker, later, &st).await,
         "the lease is kept for ever"
     );
     let back = store.get(job.id).await.expect("read").expect("stored");
     assert!(back.lease.is_none(), "{back:#?}");
     store.apply(job.id, Command::Retry).await.expect("retry");
+}
+
+/// A lease fenced by a reaper of the claimer's machine (its token no longer its run's) is held
+/// by that reaper while it cannot make the work sure gone (up to `ABANDONED_STOP`): a reaper of
+/// another machine does not requeue it after three leases, only once `ABANDONED_STOP` has
+/// passed, so attempt 2 never starts beside work that machine is still trying to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_machines_fenced_lease_is_requeued_only_after_the_abandoned_stop() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claimer = "hung-1-abc@0123456789abcdef";
+    let (store, worker, job, mut exec) = hung_on(dir.path(), claimer, false, false).await;
+    let token = job.lease.as_ref().expect("leased").token;
+    let fenced = store.fence(job.id, token).await.expect("fenced");
+    assert_ne!(fenced.lease.as_ref().map(|l| l.token), Some(token));
+    let ttl = i64::try_from(worker.cfg.lease_ttl.as_micros()).expect("ttl");
+    let mut later = fenced.clone();
+    later.lease.as_mut().expect("leased").expires_at -= 3 * ttl + 1;
+    super::requeue_unrecorded(&worker, later, &Stopping::default()).await;
+    let j = store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(j.status, JobStatus::Starting, "held by its fencer: {j:#?}");
+    let mut much_later = fenced.clone();
+    much_later.lease.as_mut().expect("leased").expires_at -= crate::job::ABANDONED_STOP + 1;
+    super::requeue_unrecorded(&worker, much_later, &Stopping::default()).await;
+    let j = store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(j.status, JobStatus::Queued, "{j:#?}");
+    exec.stop(Duration::from_millis(100)).await;
+}
+
+/// The give-up waits `ABANDONED_STOP` from the stored expiry and from this reaper's first
+/// failed try: a lease that ran out long before (a reopened store, workers down for minutes)
+/// is not given up on the first failure.
+#[test]
+fn the_give_up_waits_from_the_first_failed_try_too() {
+    let mut st = super::StopState::default();
+    let id = uuid::Uuid::now_v7();
+    let long_ago = now_us() - 10 * crate::job::ABANDONED_STOP;
+    assert!(!st.held_long_enough(id, long_ago), "first failed try");
+    assert!(!st.held_long_enough(id, now_us()), "lease ran out just now");
+    st.failing.insert(id, long_ago);
+    assert!(st.held_long_enough(id, long_ago));
+    assert!(!st.held_long_enough(id, now_us()));
 }
