@@ -102,6 +102,17 @@ pub(super) const INSERT: &str = "INSERT INTO events(id, channel, body) VALUES (
     COALESCE((SELECT MAX(id) FROM events) + 1,
              (SELECT value FROM meta WHERE key = 'events_first'), 1), ?1, ?2)";
 
+/// Inserts an event numbered by SQLite, one past the newest: once the table has an event (it
+/// never empties again: retention keeps the newest), as [`INSERT`] would, without its lookup.
+pub(super) const INSERT_NEXT: &str = "INSERT INTO events(channel, body) VALUES (?1, ?2)";
+
+/// Whether the database has no event yet (or cannot tell: then [`INSERT`] is used, right in
+/// every case).
+pub(super) fn none_yet(conn: &Connection) -> bool {
+    conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+        .unwrap_or(true)
+}
+
 /// The first event id of this database, chosen when it is made (kept in `meta`): a random
 /// multiple of 2^32 from 2^42 to 2^52, so that the ids of two databases (a data dir made again, a
 /// restore of another one) do not meet: a cursor of another database is below this one's first

@@ -148,6 +148,11 @@ struct WriteCtx<'a> {
     /// The changes of the jobs' counts, written into `job_counts` before the `COMMIT`
     /// (`counts.rs`).
     counts: counts::Deltas,
+    /// No event committed yet: an event is numbered by [`events::INSERT`] (the database's first
+    /// id in an empty table), else by SQLite (one past the newest, [`events::INSERT_NEXT`]: the
+    /// newest is never deleted, so the table never empties again, and the newest need not be
+    /// looked up per event).
+    events_maybe_empty: bool,
 }
 
 /// The embedded store.
@@ -391,7 +396,7 @@ impl SqliteStore {
 #[derive(Clone, Copy)]
 struct Mark(usize, usize, usize, usize);
 
-impl WriteCtx<'_> {
+impl<'a> WriteCtx<'a> {
     /// Where a request's notices, events, hand-offs and count changes start, to drop them if
     /// it is undone.
     fn mark(&self) -> Mark {
@@ -404,6 +409,26 @@ impl WriteCtx<'_> {
     }
 
     /// Drops what was recorded since `mark` (rolled back; a dropped hand-off tells its worker).
+    fn new(
+        conn: &'a Connection,
+        settings: &'a StoreSettings,
+        handoffs: &'a Handoffs,
+        counts: counts::Deltas,
+        events_maybe_empty: bool,
+    ) -> Self {
+        WriteCtx {
+            conn,
+            notices: Vec::new(),
+            events: Vec::new(),
+            settings,
+            handoffs,
+            handed: Vec::new(),
+            doomed: None,
+            counts,
+            events_maybe_empty,
+        }
+    }
+
     fn undo(&mut self, Mark(notices, events, handed, counts): Mark) {
         self.notices.truncate(notices);
         self.events.truncate(events);
@@ -422,6 +447,7 @@ fn writer_loop(
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_BATCH);
     let mut counts = counts::Deltas::default();
+    let mut events_maybe_empty = events::none_yet(&conn);
     loop {
         // A batch may start with the give-backs of undelivered hand-offs (`handoff::deliver`).
         if batch.is_empty() {
@@ -431,21 +457,17 @@ fn writer_loop(
             batch.push(first);
         }
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+            let Ok(op) = rx.try_recv() else { break };
+            batch.push(op);
         }
-        let mut ctx = WriteCtx {
-            conn: &conn,
-            notices: Vec::new(),
-            events: Vec::new(),
-            settings: &settings,
-            handoffs: &handoffs,
-            handed: Vec::new(),
-            doomed: None,
-            counts: std::mem::take(&mut counts),
-        };
+        let counts_before = std::mem::take(&mut counts);
+        let mut ctx = WriteCtx::new(
+            &conn,
+            &settings,
+            &handoffs,
+            counts_before,
+            events_maybe_empty,
+        );
         if let Err(e) = sql::control(&conn, "BEGIN IMMEDIATE") {
             // Reply to everyone with the failure. Each request is called only for its reply: in
             // a doomed transaction it fails before its first statement (`whole.rs`), which
@@ -487,6 +509,9 @@ fn writer_loop(
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
             ctx.undo(Mark(0, 0, 0, 0));
+        } else {
+            // Events committed? (A rolled-back savepoint took its own out of the list.)
+            events_maybe_empty &= ctx.events.is_empty();
         }
         {
             // Cleared only by a commit that wrote: one with nothing to write (an empty claim,
@@ -531,9 +556,14 @@ fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec
 
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
     let mut ev = Event::for_job(job, kind);
+    let insert = if ctx.events_maybe_empty {
+        events::INSERT
+    } else {
+        events::INSERT_NEXT
+    };
     exec(
         ctx.conn,
-        events::INSERT,
+        insert,
         params![
             events::ChannelKey::of(&job.channel_id),
             stored::event_body(&ev, job.updated_at)?
