@@ -2570,25 +2570,7 @@ async fn hook_log_lines_are_split_on_newlines_like_stdout() {
     let body = json!({"logs": ["a\nb\r\nc", "d\n", "", "e\r", long]});
     let r = srv.report(&a, &sa, body).await;
     assert_eq!(r.status, 200, "{}", r.describe());
-    let job_lines = || async {
-        let (mut out, mut after) = (Vec::new(), 0);
-        loop {
-            let (status, v) = srv
-                .get_json(&format!("/async/jobs/{a}/logs?limit=10000&after={after}"))
-                .await;
-            assert_eq!(status, 200, "{v}");
-            let page = v["lines"].as_array().expect("lines");
-            out.extend(
-                page.iter()
-                    .filter(|l| l["stream"] == "job")
-                    .map(|l| l["line"].as_str().unwrap_or("").to_string()),
-            );
-            match v["next"].as_u64() {
-                Some(n) if !page.is_empty() => after = n,
-                _ => return out,
-            }
-        }
-    };
+    let job_lines = || all_job_lines(&srv, &a);
     let got = job_lines().await;
     assert_eq!(got[..6], ["a", "b", "c", "d", "", "e"], "{:?}", &got[..6]);
     assert_eq!(got.len(), 8, "the long line in two pieces");
