@@ -39,6 +39,7 @@ mod compat_tests;
 mod counts;
 #[cfg(test)]
 mod counts_tests;
+mod ctx;
 mod deliveries;
 mod events;
 mod handoff;
@@ -395,47 +396,6 @@ impl SqliteStore {
 /// Where a request's records start in a [`WriteCtx`] ([`WriteCtx::mark`]).
 #[derive(Clone, Copy)]
 struct Mark(usize, usize, usize, usize);
-
-impl<'a> WriteCtx<'a> {
-    /// Where a request's notices, events, hand-offs and count changes start, to drop them if
-    /// it is undone.
-    fn mark(&self) -> Mark {
-        Mark(
-            self.notices.len(),
-            self.events.len(),
-            self.handed.len(),
-            self.counts.mark(),
-        )
-    }
-
-    /// Drops what was recorded since `mark` (rolled back; a dropped hand-off tells its worker).
-    fn new(
-        conn: &'a Connection,
-        settings: &'a StoreSettings,
-        handoffs: &'a Handoffs,
-        counts: counts::Deltas,
-        events_maybe_empty: bool,
-    ) -> Self {
-        WriteCtx {
-            conn,
-            notices: Vec::new(),
-            events: Vec::new(),
-            settings,
-            handoffs,
-            handed: Vec::new(),
-            doomed: None,
-            counts,
-            events_maybe_empty,
-        }
-    }
-
-    fn undo(&mut self, Mark(notices, events, handed, counts): Mark) {
-        self.notices.truncate(notices);
-        self.events.truncate(events);
-        self.handed.truncate(handed);
-        self.counts.undo(counts);
-    }
-}
 
 fn writer_loop(
     conn: Connection,
