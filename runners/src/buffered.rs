@@ -242,6 +242,17 @@ mod tests {
     #[derive(Default)]
     struct Collect(Mutex<Vec<Batch>>);
 
+    impl Collect {
+        /// Every line sent, in order, over all batches.
+        fn texts(&self) -> Vec<String> {
+            let batches = self.0.lock();
+            batches
+                .iter()
+                .flat_map(|b| b.lines.iter().map(|l| l.2.clone()))
+                .collect()
+        }
+    }
+
     #[async_trait]
     impl BatchSink for Arc<Collect> {
         async fn send(&self, batch: Batch) {
@@ -278,11 +289,7 @@ mod tests {
         }
         r.log(LogStream::Stderr, "FATAL".into());
         r.flush().await;
-        let batches = sink.0.lock();
-        let texts: Vec<&str> = batches
-            .iter()
-            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
-            .collect();
+        let texts = sink.texts();
         assert_eq!(texts.len(), 4, "{texts:?}");
         assert!(
             texts[0].contains("3 line(s) dropped"),
@@ -304,11 +311,7 @@ mod tests {
             r.log(LogStream::Stdout, format!("l{i}"));
         }
         r.flush().await;
-        let batches = sink.0.lock();
-        let texts: Vec<&str> = batches
-            .iter()
-            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
-            .collect();
+        let texts = sink.texts();
         assert!(texts[0].contains("8 line(s) dropped"), "{texts:?}");
         assert_eq!(&texts[1..], ["FATAL", "l8", "l9"]);
     }
@@ -371,15 +374,11 @@ mod tests {
             r.log(LogStream::Stdout, format!("l{i}"));
         }
         r.flush().await;
-        let batches = sink.0.lock();
-        let texts: Vec<&str> = batches
-            .iter()
-            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
-            .collect();
+        let texts = sink.texts();
         let want: Vec<String> = (0..1000).map(|i| format!("l{i}")).collect();
         assert_eq!(texts, want);
         assert!(
-            batches.iter().all(|b| b.lines.len() <= 10),
+            sink.0.lock().iter().all(|b| b.lines.len() <= 10),
             "bounded batches"
         );
     }
@@ -416,11 +415,7 @@ mod tests {
             .expect("the reader waits a bounded time");
         gate.add_permits(100);
         r.flush().await;
-        let batches = got.0.lock();
-        let texts: Vec<&str> = batches
-            .iter()
-            .flat_map(|b| b.lines.iter().map(|l| l.2.as_str()))
-            .collect();
+        let texts = got.texts();
         assert_eq!(texts.len(), 7, "{texts:?}");
         assert_eq!(
             &texts[..3],

@@ -102,27 +102,8 @@ fn alive(pid: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_kills_the_work_then_gives_the_lease_up() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (store, worker, job, mut exec) = cancelled_on_a_hung_worker(dir.path()).await;
-    let pid = exec.handle().id;
-    assert!(alive(&pid), "the work runs on after the lease ran out");
-    assert!(store.apply(job.id, Command::Retry).await.is_err());
-    reap_once(&worker, &Stopping::default())
-        .await
-        .expect("pass");
-    let start = std::time::Instant::now();
-    let back = loop {
-        let j = store.get(job.id).await.expect("read").expect("stored");
-        if j.lease.is_none() {
-            break j;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{j:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(back.status, JobStatus::Cancelled);
-    assert!(!alive(&pid), "the work was killed before the lease went");
-    let _ = exec.wait().await;
-    let retried = store.apply(job.id, Command::Retry).await.expect("retry");
-    assert_eq!(retried.status, JobStatus::Queued);
+    let (store, worker, job, exec) = cancelled_on_a_hung_worker(dir.path()).await;
+    reap_kills_then_lets_the_retry_run(&store, &worker, &job, exec).await;
 }
 
 /// A worker that cannot reach the work (a process of another machine or pid namespace) leaves
@@ -166,21 +147,10 @@ async fn lease_gone(store: &Arc<dyn Store>, id: uuid::Uuid) -> Job {
 async fn a_job_cancelled_while_starting_has_its_unrecorded_process_killed_before_a_retry() {
     let dir = tempfile::tempdir().expect("temp dir");
     let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
-    let (store, worker, job, mut exec) = cancelled_on(dir.path(), &claimer, false).await;
+    let (store, worker, job, exec) = cancelled_on(dir.path(), &claimer, false).await;
     assert_eq!(job.status, JobStatus::Cancelled);
     assert!(job.handle.is_none(), "{job:#?}");
-    let pid = exec.handle().id;
-    assert!(alive(&pid), "the work runs on after the lease ran out");
-    assert!(store.apply(job.id, Command::Retry).await.is_err());
-    reap_once(&worker, &Stopping::default())
-        .await
-        .expect("pass");
-    let back = lease_gone(&store, job.id).await;
-    assert_eq!(back.status, JobStatus::Cancelled);
-    assert!(!alive(&pid), "the work was killed before the lease went");
-    let _ = exec.wait().await;
-    let retried = store.apply(job.id, Command::Retry).await.expect("retry");
-    assert_eq!(retried.status, JobStatus::Queued);
+    reap_kills_then_lets_the_retry_run(&store, &worker, &job, exec).await;
 }
 
 /// The same job claimed by a worker of another machine, or by one whose id names no machine
@@ -478,4 +448,24 @@ fn the_give_up_waits_from_the_first_failed_try_too() {
     st.failing.insert(id, long_ago);
     assert!(st.held_long_enough(id, long_ago));
     assert!(!st.held_long_enough(id, now_us()));
+}
+
+/// The cancelled `job`'s work (`exec`) runs on and the retry is refused; one reaper pass kills
+/// it, then gives the lease up; then the retry runs.
+async fn reap_kills_then_lets_the_retry_run(
+    store: &Arc<dyn Store>,
+    worker: &Arc<Worker>,
+    job: &Job,
+    mut exec: Box<dyn Execution>,
+) {
+    let pid = exec.handle().id;
+    assert!(alive(&pid), "the work runs on after the lease ran out");
+    assert!(store.apply(job.id, Command::Retry).await.is_err());
+    reap_once(worker, &Stopping::default()).await.expect("pass");
+    let back = lease_gone(store, job.id).await;
+    assert_eq!(back.status, JobStatus::Cancelled);
+    assert!(!alive(&pid), "the work was killed before the lease went");
+    let _ = exec.wait().await;
+    let retried = store.apply(job.id, Command::Retry).await.expect("retry");
+    assert_eq!(retried.status, JobStatus::Queued);
 }
