@@ -2683,6 +2683,13 @@ fn more_lines(n: usize) -> Vec<String> {
 
 /// A hook that answers the `i`-th request (from 0) with `answer(i)` and keeps every body.
 async fn fake_hook(answer: fn(usize) -> u16) -> (String, Arc<Mutex<Vec<Value>>>) {
+    fake_hook_with(move |i| (answer(i), "{}")).await
+}
+
+/// [`fake_hook`] answering the `i`-th request with the status and body `answer(i)`.
+async fn fake_hook_with(
+    answer: impl Fn(usize) -> (u16, &'static str) + Send + 'static,
+) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -2715,10 +2722,11 @@ async fn fake_hook(answer: fn(usize) -> u16) -> (String, Arc<Mutex<Vec<Value>>>)
                 b.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
                 b.len() - 1
             };
-            let status = answer(i);
+            let (status, body) = answer(i);
             let reply = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
-                 connection: close\r\n\r\n{{}}"
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
             );
             let _ = conn.write_all(reply.as_bytes()).await;
         }
@@ -2770,6 +2778,31 @@ async fn job_client_stops_sending_logs_after_a_refusal_or_three_failures_in_a_ro
         got[5]["logs"].as_array().unwrap().last(),
         Some(&json!("n4999"))
     );
+}
+
+/// A report the hook took (2xx) whose answer is not JSON (a proxy's page, a truncated body) was
+/// counted as refused: its lines as lost and nothing more sent. Its lines are stored: the
+/// others go, and only the answer's error is returned when it was the last report's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_client_counts_a_taken_report_with_an_odd_answer_as_stored() {
+    let lines = more_lines(5000); // 6 reports
+    let client = |hook: &str| JobClient::new("j1", Secret::from_string("k".into()), hook).unwrap();
+    let (hook, bodies) =
+        fake_hook_with(|i| (200, if i == 0 { "<html>ok</html>" } else { "{}" })).await;
+    let answer = client(&hook).log(lines.clone()).await;
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 6, "every report sent");
+    assert!(answer.is_ok(), "{answer:?}");
+    assert!(
+        got.iter()
+            .all(|b| !b["logs"][0].as_str().unwrap().starts_with("[runyard]")),
+        "no line noted lost"
+    );
+    // The last answer is not JSON: its error, not a count of lost lines.
+    let (hook, bodies) = fake_hook_with(|i| (200, if i == 5 { "{" } else { "{}" })).await;
+    let e = client(&hook).log(lines).await.expect_err("odd last answer");
+    assert_eq!(bodies.lock().unwrap().len(), 6);
+    assert!(matches!(e, ClientError::Json { .. }), "{e}");
 }
 
 /// Review of the log limits: `runyard launch --forward-logs` sent a batch of up to 1,000 lines

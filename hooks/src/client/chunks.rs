@@ -100,8 +100,10 @@ impl JobClient {
     /// A report that failed for a passing reason ([`is_transient`]) does not stop the rest: the
     /// next one sent starts with a [`lost_note`] for its lines; after
     /// [`MAX_FAILURES_IN_A_ROW`] such failures in a row, or after any other refusal, nothing
-    /// more is sent. The answer is the last report's, else [`ClientError::LinesLost`] with the
-    /// number of lines not stored and the last failure (the failure alone if no line was lost).
+    /// more is sent. A report the hook took (2xx) counts as stored whatever its answer's body.
+    /// The answer is the last report's (an error if its body is not JSON), else
+    /// [`ClientError::LinesLost`] with the number of lines not stored and the last failure (the
+    /// failure alone if no line was lost).
     pub async fn report_with_logs(
         &self,
         mut fields: StatusReport,
@@ -126,7 +128,7 @@ impl JobClient {
         let mut chunks = chunks.into_iter();
         let mut fields = Some(fields);
         let (mut lost, mut unnoted, mut in_a_row) = (0, 0, 0);
-        let (mut failed, mut answer) = (None, Value::Null);
+        let (mut failed, mut answer) = (None, Ok(Value::Null));
         for i in 0..count {
             let mut logs = chunks.next().unwrap_or_default();
             let n = logs.len();
@@ -143,9 +145,10 @@ impl JobClient {
             if !logs.is_empty() {
                 report.logs = Some(logs);
             }
-            match self.status(&report).await {
-                Ok(v) => {
-                    (answer, in_a_row) = (v, 0);
+            match self.send_status(&report).await {
+                // Taken (2xx): its lines are stored even if its answer is not JSON.
+                Ok(taken) => {
+                    (answer, in_a_row) = (taken.answer(), 0);
                     if n > 0 {
                         unnoted = 0;
                     }
@@ -162,7 +165,7 @@ impl JobClient {
             }
         }
         match failed {
-            None => Ok(answer),
+            None => answer,
             Some(e) if lost == 0 => Err(e),
             Some(e) => Err(ClientError::LinesLost {
                 lost,

@@ -255,6 +255,15 @@ impl JobClient {
 
     /// `POST {hook}/status` with `report`; returns the server's JSON answer (`null` if empty).
     pub async fn status(&self, report: &StatusReport) -> Result<Value, ClientError> {
+        self.send_status(report).await?.answer()
+    }
+
+    /// `POST {hook}/status` with `report`: `Ok` once the hook took it (a 2xx answer), whatever
+    /// its body ([`StatusTaken::answer`] reads it).
+    pub(crate) async fn send_status(
+        &self,
+        report: &StatusReport,
+    ) -> Result<StatusTaken, ClientError> {
         if report.progress.is_some_and(|p| !p.is_finite()) {
             return Err(ClientError::InvalidArgument(
                 "progress must be a finite number".to_owned(),
@@ -267,10 +276,7 @@ impl JobClient {
         let url = self.endpoint(&["status"]);
         let context = format!("POST {}", url.path());
         let bytes = self.hook_call(Method::POST, url, Some(body)).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
-        parse_json(&context, &bytes)
+        Ok(StatusTaken { context, bytes })
     }
 
     /// Reports `status: RUNNING`.
@@ -369,6 +375,23 @@ impl JobClient {
         let context = format!("GET {}", url.path());
         let bytes = self.hook_call(Method::GET, url, None).await?;
         parse_json(&context, &bytes)
+    }
+}
+
+/// A status report the hook took (a 2xx answer), with the body of its answer.
+pub(crate) struct StatusTaken {
+    context: String,
+    bytes: bytes::Bytes,
+}
+
+impl StatusTaken {
+    /// The answer's JSON (`null` if empty); an error when the body is not JSON, although the
+    /// report was stored.
+    pub(crate) fn answer(&self) -> Result<Value, ClientError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        parse_json(&self.context, &self.bytes)
     }
 }
 
