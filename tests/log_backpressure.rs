@@ -30,21 +30,7 @@ async fn a_flood_is_stored_whole(redis: Option<redis_support::TestRedis>) {
     let id = ts.submit_ok(json!({"type": "sh.flood"})).await;
     let job = ts.wait_terminal(&id, WAIT * 2).await;
     assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
-    let lines = ts.all_logs(&id).await;
-    let notes: Vec<&String> = lines
-        .iter()
-        .map(|(_, l)| l)
-        .filter(|l| l.starts_with("[runyard]"))
-        .collect();
-    assert!(notes.is_empty(), "lines were dropped: {notes:?}");
-    let stdout: Vec<&str> = lines
-        .iter()
-        .filter(|(s, _)| s == "stdout")
-        .map(|(_, l)| l.as_str())
-        .collect();
-    let want: Vec<String> = (1..=30_000).map(|i| i.to_string()).collect();
-    assert_eq!(stdout.len(), want.len(), "stdout lines stored");
-    assert!(stdout.iter().eq(want.iter()), "every line, in order");
+    let lines = ts.numbered_lines_stored(&id, "stdout", 30_000).await;
     assert!(
         lines.iter().any(|(s, l)| s == "stderr" && l == "done"),
         "the stderr line too"
