@@ -190,8 +190,20 @@ impl ServiceContext {
         self.reporter.progress(progress.clamp(0.0, 1.0), details);
     }
 
-    /// Appends a line to the job's logs.
+    /// Appends a line to the job's logs at once, without waiting: while the store takes lines
+    /// slower than they are logged, at most 5,000 wait in the worker and past them the oldest
+    /// waiting are dropped (a `[runyard] N line(s) dropped here` line marks the gap). An
+    /// operation that logs in a loop should use [`Self::log_wait`].
     pub fn log(&self, line: impl Into<String>) {
+        self.reporter.log(LogStream::Job, line.into());
+    }
+
+    /// Appends a line to the job's logs once there is room for it: while the store takes lines
+    /// slower than they are logged this waits (backpressure, as a process waits in its write),
+    /// so no line is dropped; only a store that takes none for 5 s (down, or far too slow)
+    /// has the oldest waiting lines dropped, with a note, as with [`Self::log`].
+    pub async fn log_wait(&self, line: impl Into<String>) {
+        self.reporter.room().await;
         self.reporter.log(LogStream::Job, line.into());
     }
 

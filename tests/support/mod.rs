@@ -270,6 +270,34 @@ impl TestServer {
         }
     }
 
+    /// Every stored line of job `id` ([`Self::all_logs`]), after asserting that its `stream`
+    /// lines are `1`..=`n`, each once and in order, and that no `[runyard]` note marks lines
+    /// dropped or lost: what a job that printed `n` numbered lines at once must leave.
+    #[allow(dead_code)]
+    pub async fn numbered_lines_stored(
+        &self,
+        id: &str,
+        stream: &str,
+        n: usize,
+    ) -> Vec<(String, String)> {
+        let lines = self.all_logs(id).await;
+        let notes: Vec<&String> = lines
+            .iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.starts_with("[runyard]"))
+            .collect();
+        assert!(notes.is_empty(), "lines were dropped: {notes:?}");
+        let got: Vec<&str> = lines
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let want: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        assert_eq!(got.len(), want.len(), "{stream} lines stored");
+        assert!(got.iter().eq(want.iter()), "every line, in order");
+        lines
+    }
+
     /// The text of `GET /metrics` (Prometheus exposition format).
     #[allow(dead_code)]
     pub async fn metrics_text(&self) -> String {
