@@ -2036,8 +2036,7 @@ async fn webhook_claims_pass_over_endpoints_at_their_cap(mut b: Backend) {
         });
         j
     };
-    // QUEUED events for one endpoint (its queries differ; more than the 100 a Redis claim reads
-    // at a time), then one for another.
+    // QUEUED events for one endpoint (its queries differ), then one for another.
     const SLOW: usize = 120;
     let mut ids = Vec::new();
     for i in 0..SLOW {
@@ -2080,6 +2079,12 @@ async fn webhook_claims_pass_over_endpoints_at_their_cap(mut b: Backend) {
         .await
         .unwrap();
     assert_eq!(rest.len(), SLOW - 3, "the rest, at once");
+    // Oldest due first.
+    let order = |c: &[runyard::store::deliveries::Claimed]| {
+        c.iter().map(|c| c.delivery.job_id).collect::<Vec<_>>()
+    };
+    assert_eq!(order(&second), ids[1..3], "{second:?}");
+    assert_eq!(order(&rest), ids[3..], "{rest:?}");
     // Each delivery claimed once: none lost, none doubled.
     let mut all: Vec<_> = first
         .iter()

@@ -3,6 +3,8 @@
 //! 64 jobs notifying it, then one job notifying a healthy receiver, on the embedded store and on
 //! Redis. The healthy delivery must arrive within a few seconds, while the hanging receiver gets
 //! at most `notify.per_endpoint` requests at once and its deliveries stay pending (none lost).
+//! The same with a backlog of 2,100 deliveries at the hanging receiver (on Redis, past the 2,000
+//! due deliveries the claim once looked past at most).
 
 mod redis_support;
 mod support;
@@ -190,4 +192,100 @@ async fn one_hanging_receiver_delays_no_other_redis() {
     let ts = TestServer::builder(RUNNERS).config(&cfg).start().await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
     one_hanging_receiver_delays_no_other(&ts).await;
+}
+
+/// Deliveries to the hanging receiver in the deep backlog: more than the 2,000 due deliveries the
+/// claim on Redis once looked past at most (then the healthy receiver waited behind them until
+/// the backlog drained or was given up).
+const DEEP_BACKLOG: usize = 2_100;
+
+/// Submits `n` jobs notifying `url`, in batches.
+async fn submit_notifying(ts: &TestServer, url: &str, n: usize) {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let items: Vec<Value> = (0..k)
+            .map(|_| json!({"type": "runyard.noop", "notify": {"url": url}}))
+            .collect();
+        let (st, v) = ts
+            .post("/async/jobs/batch", Some(&json!({"jobs": items})))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let stored = v["results"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|r| r["job_id"].is_string()).count());
+        assert_eq!(stored, k, "{v}");
+        left -= k;
+    }
+}
+
+/// A backlog of any depth at one receiver delays no other: 2,100 deliveries due at a receiver
+/// that never answers (all but its `notify.per_endpoint` in flight wait, due, in the store),
+/// then one job notifying a healthy receiver: its webhook arrives within a few seconds.
+async fn a_backlog_of_thousands_delays_no_other(ts: &TestServer) {
+    let (hang_url, hang_got) = receiver(None).await;
+    let (ok_url, ok_got) = receiver(Some(Duration::ZERO)).await;
+    submit_notifying(ts, &hang_url, DEEP_BACKLOG).await;
+    // Every job ended and wrote its delivery; the hanging receiver holds its share.
+    support::eventually("the backlog stored", Duration::from_secs(60), || async {
+        (ts.metric("runyard_webhook_deliveries_pending").await == Some(DEEP_BACKLOG as f64))
+            .then_some(())
+    })
+    .await;
+    support::eventually("requests at the hanging receiver", WAIT, || async {
+        (hang_got.now.load(Ordering::SeqCst) == 4).then_some(())
+    })
+    .await;
+
+    let t0 = Instant::now();
+    let victim = ts
+        .submit_ok(json!({"type": "runyard.noop", "notify": {"url": ok_url}}))
+        .await;
+    ts.wait_terminal(&victim, WAIT).await;
+    let until = t0 + WAIT;
+    loop {
+        let list = deliveries(ts, &victim).await;
+        if list.len() == 1 && list[0]["state"] == "delivered" {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not delivered in {:?} behind {DEEP_BACKLOG} deliveries to a receiver that never \
+             answers: {list:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t0.elapsed();
+    assert_eq!(ok_got.total.load(Ordering::SeqCst), 1, "delivered once");
+    assert!(
+        took <= HEALTHY_WITHIN,
+        "the healthy receiver's webhook took {took:?} behind {DEEP_BACKLOG} deliveries to a \
+         receiver that never answers (bound {HEALTHY_WITHIN:?})"
+    );
+    let most = hang_got.most.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&most),
+        "{most} requests at once to one receiver (notify.per_endpoint = 4)"
+    );
+    // None of the backlog was lost or given up.
+    assert_eq!(
+        ts.metric("runyard_webhook_deliveries_pending").await,
+        Some(DEEP_BACKLOG as f64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_thousands_at_one_receiver_delays_no_other_embedded() {
+    let ts = TestServer::builder(RUNNERS).config(NOTIFY).start().await;
+    a_backlog_of_thousands_delays_no_other(&ts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_thousands_at_one_receiver_delays_no_other_redis() {
+    let r = TestRedis::start();
+    let cfg = format!("{}{NOTIFY}", r.server_config(MASTER_KEY));
+    let ts = TestServer::builder(RUNNERS).config(&cfg).start().await;
+    assert_eq!(ts.get("/health").await.1["store"], "redis");
+    a_backlog_of_thousands_delays_no_other(&ts).await;
 }

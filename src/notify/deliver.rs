@@ -164,11 +164,11 @@ impl Starter {
     /// Claims up to `free` due deliveries and starts their attempts; the loop's next wait, and
     /// the earliest time of the next claim.
     ///
-    /// A claim that passes over the backlog of endpoints at their cap reads it (an index scan on
-    /// the embedded store, at most [`crate::store::deliveries::CLAIM_LOOK_PAST`] entries on
-    /// Redis): when such a claim finds less than it could take, the next one waits nine times as
-    /// long as it took, so passing over a large backlog takes at most a tenth of the store's time
-    /// however often commits wake the loop. The backlog's own deliveries wait for one of its
+    /// A claim that passes over the backlog of endpoints at their cap may read it (an index scan
+    /// on the embedded store; on Redis one entry per endpoint at its cap, however deep its
+    /// backlog): when such a claim finds less than it could take, the next one waits nine times
+    /// as long as it took, so passing over a large backlog takes at most a tenth of the store's
+    /// time however often commits wake the loop. The backlog's own deliveries wait for one of its
     /// attempts to end (`done`), not for time to pass.
     async fn claim(
         &self,

@@ -290,11 +290,6 @@ pub fn plan(created_at: Micros, now: Micros, outcome: Outcome) -> (DeliveryState
     }
 }
 
-/// The most due deliveries of endpoints at their cap a claim looks past on Redis (each costs a
-/// hash read in the claim's script, which holds Redis meanwhile); the embedded store looks past
-/// all of them (an indexed scan).
-pub const CLAIM_LOOK_PAST: usize = 2000;
-
 /// A fresh claim token.
 pub fn new_token() -> u64 {
     // Positive in an i64 (SQLite's integer).
@@ -359,8 +354,9 @@ impl ClaimLimits {
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
     /// Claims up to `max` pending deliveries due now, oldest due first, each held for `hold`,
-    /// passing over those of endpoints at their cap in `limits` (they stay due). Redis looks past
-    /// at most [`CLAIM_LOOK_PAST`] of them. The same write stores each claim's attempt started
+    /// passing over those of endpoints at their cap in `limits` (they stay due), however many:
+    /// the embedded store in an indexed scan, Redis walking endpoints rather than deliveries
+    /// (`redis/lua/dlv_claim.lua`). The same write stores each claim's attempt started
     /// ([`Attempt::started`] at the store's time, by [`this_node`]); a delivery whose last claim's
     /// answer was never recorded gets that attempt in its log first, as unknown (counted).
     async fn deliveries_claim(

@@ -86,7 +86,7 @@ pub(super) struct Pending {
     /// The writes' own keys (after the shared ones), in order.
     keys: Packed,
     /// The shared keys the writes touch (a bit per `SHARED` entry).
-    shared: u16,
+    shared: u32,
     n: usize,
     /// A change decided when the batch is built, whose write then replaces the caller's (see
     /// [`Late`]).

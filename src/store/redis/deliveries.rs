@@ -5,9 +5,16 @@
 //! streams hold it, JSON or compact: `Delivery::body` posts its JSON either way, `t` created µs,
 //! `st` state, `n` attempts, `c` claim token, `a` the claim's attempt started (JSON `Attempt`: the
 //! write-ahead record its answer replaces), `due` next due: the end of the hold while claimed),
-//! `P:dlvlog:{n}` list of attempts (JSON, bounded), `P:dlv:due` pending deliveries by due time (a
-//! claim moves it to the end of its hold), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done` ended
-//! deliveries by end time, `P:dlv:seq` the id counter.
+//! `P:dlvlog:{n}` list of attempts (JSON, bounded), `P:dlv:pend` pending deliveries by due time (a
+//! claim moves it to the end of its hold: the count and the next due), `P:dlv:ep:{endpoint}` an
+//! endpoint's pending deliveries by due time (the same scores; the endpoint is the URL up to its
+//! query, [`endpoint_part`]), `P:dlv:eps` the endpoints with pending deliveries, each scored by
+//! its first due (the claim walks these, not the deliveries: an endpoint at its cap is passed
+//! over in one step however deep its backlog), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done`
+//! ended deliveries by end time, `P:dlv:seq` the id counter. `P:dlv:due` is the earlier layout's
+//! pending set (every delivery in it alone): each claim moves up to [`MOVE_EARLIER`] of its
+//! entries to this layout first, so deliveries stored before an upgrade, or by an older process
+//! beside this one, are delivered.
 
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
@@ -20,8 +27,8 @@ use uuid::Uuid;
 use super::{json_err, RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage,
-    DeliveryState, DeliveryStore, Outcome, CLAIM_LOOK_PAST, MAX_ATTEMPT_RECORDS,
+    endpoint_part, new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery,
+    DeliveryPage, DeliveryState, DeliveryStore, Outcome, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -31,6 +38,9 @@ static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/d
 
 /// Deliveries deleted per trim call.
 const TRIM_CHUNK: usize = 1000;
+
+/// Deliveries of the earlier layout (`P:dlv:due` alone) a claim moves to this one first.
+const MOVE_EARLIER: usize = 500;
 
 /// The delivery value of a `commit.lua` write: `"<created µs>\n<url>"` when the job's webhook
 /// wants its event of kind `ev`, else empty.
@@ -43,12 +53,37 @@ pub(super) fn commit_arg(job: &Job, ev: Option<EventKind>) -> String {
     }
 }
 
+/// The endpoint of a [`commit_arg`] value (its URL up to the query).
+pub(super) fn endpoint_of_arg(arg: &str) -> &str {
+    endpoint_part(arg.split_once('\n').map_or("", |(_, url)| url))
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt delivery: {what}"))
 }
 
 impl RedisStore {
     /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
+    /// The first due time of a pending delivery, either layout's (the earlier layout's are
+    /// moved by the next claim, which this makes due).
+    async fn dlv_first_due(&self) -> Result<Option<Micros>> {
+        let (pend, earlier) = (self.key("dlv:pend"), self.key("dlv:due"));
+        type First = Vec<(String, f64)>;
+        let (a, b): (First, First) = self
+            .exec(true, |mut c| {
+                let mut p = ::redis::pipe();
+                p.cmd("ZRANGE").arg(&pend).arg(0).arg(0).arg("WITHSCORES");
+                p.cmd("ZRANGE")
+                    .arg(&earlier)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+                async move { p.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(a.iter().chain(&b).map(|(_, s)| *s as Micros).min())
+    }
+
     async fn delivery_ids(
         &self,
         job: Uuid,
@@ -100,17 +135,26 @@ impl DeliveryStore for RedisStore {
             token.to_string(),
             self.key("dlv:"),
             limits.per_endpoint.to_string(),
-            CLAIM_LOOK_PAST.to_string(),
+            self.key("dlv:ep:"),
             self.key("dlvlog:"),
             serde_json::to_string(&Attempt::started(now, this_node())).map_err(json_err)?,
             MAX_ATTEMPT_RECORDS.to_string(),
+            MOVE_EARLIER.to_string(),
         ];
         for (endpoint, n) in limits.busy.iter().filter(|(_, n)| **n > 0) {
             args.push(endpoint.clone());
             args.push(n.to_string());
         }
         let raw: Vec<String> = self
-            .run_script(&CLAIM, &[self.key("dlv:due")], &args)
+            .run_script(
+                &CLAIM,
+                &[
+                    self.key("dlv:pend"),
+                    self.key("dlv:eps"),
+                    self.key("dlv:due"),
+                ],
+                &args,
+            )
             .await?;
         let mut out = Vec::new();
         for f in raw.chunks(8) {
@@ -146,11 +190,14 @@ impl DeliveryStore for RedisStore {
         let now = self.now().await;
         let (state, due) = plan(claimed.delivery.created_at, now, outcome);
         let n = claimed.delivery.id;
+        let endpoint = endpoint_part(&claimed.delivery.url);
         let keys = [
             self.keyed("dlv:", n),
             self.keyed("dlvlog:", n),
-            self.key("dlv:due"),
+            self.key("dlv:pend"),
             self.key("dlv:done"),
+            self.keyed("dlv:ep:", endpoint),
+            self.key("dlv:eps"),
         ];
         let args = [
             n.to_string(),
@@ -164,6 +211,7 @@ impl DeliveryStore for RedisStore {
                 String::new()
             },
             MAX_ATTEMPT_RECORDS.to_string(),
+            endpoint.to_string(),
         ];
         let ok: i64 = self.run_script(&RECORD, &keys, &args).await?;
         Ok((ok == 1).then_some(state))
@@ -264,7 +312,7 @@ impl DeliveryStore for RedisStore {
             return Ok(None);
         }
         // Due times are the store's clock; the loop compares them with its own.
-        let first = self.first_score(&self.key("dlv:due")).await?;
+        let first = self.dlv_first_due().await?;
         if first.is_none() {
             *self.dlv_idle.lock() = Some((Instant::now(), seen));
         }
@@ -273,12 +321,16 @@ impl DeliveryStore for RedisStore {
     }
 
     async fn deliveries_pending(&self) -> Result<u64> {
-        let key = self.key("dlv:due");
-        self.exec(true, |mut c| {
-            let cmd = ::redis::cmd("ZCARD").arg(&key).clone();
-            async move { cmd.query_async(&mut c).await }
-        })
-        .await
+        // Those of the earlier layout too, until a claim moves them.
+        let (pend, earlier) = (self.key("dlv:pend"), self.key("dlv:due"));
+        let (a, b): (u64, u64) = self
+            .exec(true, |mut c| {
+                let mut p = ::redis::pipe();
+                p.cmd("ZCARD").arg(&pend).cmd("ZCARD").arg(&earlier);
+                async move { p.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(a + b)
     }
 
     async fn deliveries_trim(&self, before: Micros) -> Result<u64> {

@@ -216,8 +216,16 @@ impl Write {
             }
             if dlv {
                 p.shared(DLVSEQ);
-                p.shared(DLVDUE);
+                p.shared(DLVPEND);
+                p.shared(DLVEPS);
                 p.own("djob", "dlv:job:", self.job.id);
+                // Both deliveries of a write go to the job's one webhook.
+                let d = if self.delivery.is_empty() {
+                    &self.delivery0
+                } else {
+                    &self.delivery
+                };
+                p.own("dlvep", "dlv:ep:", deliveries::endpoint_of_arg(d));
             }
         }
     }
@@ -335,7 +343,7 @@ fn lease_of(j: &Job) -> Option<Micros> {
 
 /// The shared keys (`shared` in commit.lua): their names in the script, their key after the
 /// prefix; bit `i` of a [`Parts::shared`] mask is entry `i`.
-pub(super) const SHARED: [(&str, &str); 16] = [
+pub(super) const SHARED: [(&str, &str); 17] = [
     ("all", "all"),
     ("jc", "jc"),
     ("lease", "lease"),
@@ -348,7 +356,8 @@ pub(super) const SHARED: [(&str, &str); 16] = [
     ("sigseq", "sigseq"),
     ("sigkeys", "sigkeys"),
     ("dlvseq", "dlv:seq"),
-    ("dlvdue", "dlv:due"),
+    ("dlvpend", "dlv:pend"),
+    ("dlveps", "dlv:eps"),
     ("ev", "ev"),
     ("evwant", "evwant"),
     ("evlsince", "evlsince"),
@@ -365,10 +374,11 @@ const WAITGEN: usize = 8;
 const SIGSEQ: usize = 9;
 const SIGKEYS: usize = 10;
 pub(super) const DLVSEQ: usize = 11;
-const DLVDUE: usize = 12;
-const EV: usize = 13;
-const EVWANT: usize = 14;
-const EVLSINCE: usize = 15;
+const DLVPEND: usize = 12;
+const DLVEPS: usize = 13;
+const EV: usize = 14;
+const EVWANT: usize = 15;
+const EVLSINCE: usize = 16;
 
 /// Arguments packed in one buffer, each argument's end kept: a write's name/value pairs or its
 /// keys, copied once into the `commit.lua` call (see `commit.rs`), without a string per
@@ -442,7 +452,7 @@ pub(super) struct Parts<'a> {
     /// The names of the keys the write touches (its `keys` value).
     names: String,
     /// The shared keys it touches, a bit per [`SHARED`] entry.
-    shared: u16,
+    shared: u32,
     prefix: &'a str,
 }
 
@@ -495,14 +505,14 @@ impl<'a> Parts<'a> {
     }
 
     /// The pairs with the `keys` value last, the write's own keys and its shared keys.
-    pub(super) fn into_packed(mut self) -> (Packed, Packed, u16) {
+    pub(super) fn into_packed(mut self) -> (Packed, Packed, u32) {
         let names = std::mem::take(&mut self.names);
         self.val("keys", names);
         (self.args, self.keys, self.shared)
     }
 
     /// [`Self::into_packed`] as strings.
-    pub(super) fn into_args(self) -> (Vec<String>, Vec<String>, u16) {
+    pub(super) fn into_args(self) -> (Vec<String>, Vec<String>, u32) {
         let (a, k, sh) = self.into_packed();
         (a.strings(), k.strings(), sh)
     }
@@ -511,7 +521,7 @@ impl<'a> Parts<'a> {
 /// The shared keys of the store (built once: they depend on its prefix only) and the two
 /// prefixes every call may pass.
 pub(super) struct SharedKeys {
-    pub(super) keys: [String; 16],
+    pub(super) keys: [String; 17],
     pub(super) dlv_prefix: String,
     pub(super) notices: String,
     /// `P:hand:`, the prefix of the hand-over lists (handover.rs).

@@ -21,9 +21,9 @@
 -- ARGV is name/value pairs (names below). First the call's own:
 --   `shared` the names of the keys shared by the call's writes, declared first in KEYS in that
 --     order (space separated, any of: all jc lease fin sched fhashes waitdl waitdue waitgen
---     sigseq sigkeys dlvseq dlvdue ev evwant evlsince, for `P:all`, `P:jc`, `P:lease`, `P:fin`,
---     `P:sched`, `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`, `P:sigkeys`,
---     `P:dlv:seq`, `P:dlv:due`, `P:ev`, `P:evwant`, `P:evlsince`),
+--     sigseq sigkeys dlvseq dlvpend dlveps ev evwant evlsince, for `P:all`, `P:jc`, `P:lease`,
+--     `P:fin`, `P:sched`, `P:fhashes`, `P:waitdl`, `P:waitdue`, `P:waitgen`, `P:sigseq`,
+--     `P:sigkeys`, `P:dlv:seq`, `P:dlv:pend`, `P:dlv:eps`, `P:ev`, `P:evwant`, `P:evlsince`),
 --   `glimit`, `climit` the global stream and channel limits, `cttl` the channel's TTL (ms),
 --   `cmin` (ms, lists only; absent: every event refreshes) the least PTTL a channel list may be
 --   left with by a write that skips the refresh (see `chan_ttl`),
@@ -49,7 +49,7 @@
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
 --   `P:evc:{channel}`, `djob`
---   `P:dlv:job:{id}`, `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
+--   `P:dlv:job:{id}`, `dlvep` `P:dlv:ep:{endpoint}` (with a delivery: its URL up to the query), `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
 --   (a write that may be handed over, see `hand`), and per item `fref` `P:fref:{hash}` (per file hash),
 --   `fgone` `P:fref:{hash}` (per hash of `fgone`), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigidt`
@@ -79,8 +79,8 @@
 --   the channel's stream).
 local SHARED = {
   all = true, jc = true, lease = true, fin = true, sched = true, fhashes = true, waitdl = true,
-  waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvdue = true,
-  ev = true, evwant = true, evlsince = true,
+  waitdue = true, waitgen = true, sigseq = true, sigkeys = true, dlvseq = true, dlvpend = true,
+  dlveps = true, ev = true, evwant = true, evlsince = true,
 }
 local LISTS = {
   fref = true, fgone = true, waitk = true, sig = true, sigid = true, sigidt = true, sigw = true,
@@ -218,14 +218,19 @@ local function emit(w, K)
 end
 
 -- A webhook delivery of event `eid` (signed webhooks out, src/store/redis/deliveries.rs): a hash
--- per delivery, due at once.
+-- per delivery, due at once: pending (`dlvpend`), in its endpoint's pending set (`dlvep`), and
+-- the endpoint's entry in `dlveps` moved to it when it is the endpoint's first due.
 local function deliver(w, K, eid, ev, dlv)
   local at, url = string.match(dlv, '^(%d+)\n(.+)$')
   if not at then return end
   local n = redis.call('INCR', K.dlvseq)
   redis.call('HSET', H.dlvp .. n, 'j', w.id, 'u', url, 'e', eid, 'b', ev, 't', at,
     'st', 'pending', 'n', 0)
-  redis.call('ZADD', K.dlvdue, at, n)
+  redis.call('ZADD', K.dlvpend, at, n)
+  redis.call('ZADD', K.dlvep, at, n)
+  local ep = string.match(url, '^[^?]*')
+  local first = redis.call('ZSCORE', K.dlveps, ep)
+  if not first or tonumber(at) < tonumber(first) then redis.call('ZADD', K.dlveps, at, ep) end
   redis.call('ZADD', K.djob, n, n)
 end
 

@@ -1,71 +1,110 @@
 -- Claims due webhook deliveries (see src/store/redis/deliveries.rs): each is held (its due time
 -- moved to the end of the hold) under the claim's token, so one process at a time attempts it.
--- A delivery of an endpoint at its cap (attempts in flight in the claiming process) is passed
--- over and stays due: one slow receiver cannot take every slot.
+-- Deliveries are claimed oldest due first among the endpoints below their cap (attempts in
+-- flight in the claiming process): the claim walks the endpoints by their earliest due delivery
+-- (`P:dlv:eps`), skipping those at their cap, and takes the first due delivery of the first one
+-- with room, again and again. An endpoint at its cap costs one entry passed over per step
+-- however many deliveries it has due: one slow receiver's backlog, of any depth, delays no other
+-- receiver's deliveries, which stay due until their endpoint has room.
 -- The claim is its attempt's write-ahead record: field `a` holds the attempt started (JSON, made
 -- by the caller), until `dlv_record.lua` replaces it with the attempt's answer. A delivery claimed
 -- again with `a` still there lost its last claim without a record: that attempt goes into its
 -- log first (the caller's JSON says "unknown"), counted.
+-- First, up to ARGV[11] deliveries of the earlier layout (`P:dlv:due` alone, written before an
+-- upgrade or by an older process beside this one) move to this one, due as they were.
 --
--- KEYS[1] `P:dlv:due`. The deliveries' hashes are named by the numbers found there, so they
--- cannot be declared beforehand: ARGV[5] is their prefix `P:dlv:`, ARGV[8] that of their
--- attempt logs `P:dlvlog:` (Redis Cluster: see docs/redis.md, every key in one hash slot through
--- the prefix's hash tag).
+-- KEYS[1] `P:dlv:pend` (every pending delivery by due time), KEYS[2] `P:dlv:eps` (endpoints by
+-- their earliest due delivery), KEYS[3] `P:dlv:due` (the earlier layout). The deliveries' hashes
+-- and the endpoints' sets are named by what is found there, so they cannot be declared
+-- beforehand: ARGV[5] is the prefix of the hashes `P:dlv:`, ARGV[7] that of an endpoint's
+-- pending deliveries `P:dlv:ep:`, ARGV[8] that of the attempt logs `P:dlvlog:` (Redis Cluster:
+-- see docs/redis.md, every key in one hash slot through the prefix's hash tag).
 -- ARGV[1] now (µs), ARGV[2] end of the hold (µs), ARGV[3] most to claim, ARGV[4] token,
--- ARGV[5] delivery key prefix, ARGV[6] most attempts in flight per endpoint, ARGV[7] most due
--- deliveries passed over, ARGV[8] attempt log key prefix, ARGV[9] the attempt started (JSON),
--- ARGV[10] attempts kept per log, then pairs: endpoint, attempts in flight. An endpoint is the
--- URL up to its query (`endpoint_part` in src/store/deliveries.rs).
+-- ARGV[5] delivery key prefix, ARGV[6] most attempts in flight per endpoint, ARGV[7] endpoint
+-- set prefix, ARGV[8] attempt log key prefix, ARGV[9] the attempt started (JSON), ARGV[10]
+-- attempts kept per log, ARGV[11] most deliveries of the earlier layout moved, then pairs:
+-- endpoint, attempts in flight. An endpoint is the URL up to its query (`endpoint_part` in
+-- src/store/deliveries.rs).
 -- Returns 8 values per claimed delivery: id, job id, url, event id, event JSON, created (µs),
 -- attempts so far (the lost claim's included), next due ('' = created).
-local due = KEYS[1]
-local now, hold_until, max, token, dlv_prefix, cap, look_past =
-  ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local log_prefix, started, keep = ARGV[8], ARGV[9], tonumber(ARGV[10])
-local busy = {}
-for i = 11, #ARGV - 1, 2 do busy[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local pend, eps, old = KEYS[1], KEYS[2], KEYS[3]
+local now, hold_until, max, token, dlv_prefix, cap, ep_prefix =
+  ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local log_prefix, started, keep, move = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
+local busy, full = {}, 0
+for i = 12, #ARGV - 1, 2 do
+  local n = tonumber(ARGV[i + 1])
+  busy[ARGV[i]] = n
+  if n >= cap then full = full + 1 end
+end
+
+-- The endpoint's entry in `eps`: the due time of its first delivery, none without any.
+local function refresh(ep)
+  local f = redis.call('ZRANGE', ep_prefix .. ep, 0, 0, 'WITHSCORES')
+  if f[1] then redis.call('ZADD', eps, f[2], ep) else redis.call('ZREM', eps, ep) end
+end
+
+-- The earlier layout's deliveries, moved (pending ones) or dropped (ended or trimmed).
+if move > 0 then
+  local o = redis.call('ZRANGE', old, 0, move - 1, 'WITHSCORES')
+  for i = 1, #o, 2 do
+    local n, at = o[i], o[i + 1]
+    local f = redis.call('HMGET', dlv_prefix .. n, 'u', 'st')
+    if f[1] and f[2] == 'pending' then
+      local ep = string.match(f[1], '^[^?]*')
+      redis.call('ZADD', pend, at, n)
+      redis.call('ZADD', ep_prefix .. ep, at, n)
+      refresh(ep)
+    end
+    redis.call('ZREM', old, n)
+  end
+end
+
 local out = {}
-local claimed, passed = 0, 0
-while claimed < max and passed <= look_past do
-  -- The due deliveries passed over stay first in the range (a claimed one moves to the end of
-  -- its hold, a stale one leaves): the next ones start after them. Pages of at least 100, so
-  -- that many passed over cost few range calls.
-  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', passed,
-    math.max(max - claimed, 100))
-  if #ids == 0 then break end
-  for _, n in ipairs(ids) do
-    if claimed >= max or passed > look_past then break end
-    local k = dlv_prefix .. n
-    -- The URL alone first: a delivery passed over costs a short read, not its event.
-    local u = redis.call('HGET', k, 'u')
-    local used = 0
-    if u then used = busy[string.match(u, '^[^?]*')] or 0 end
-    if u and used >= cap then
-      passed = passed + 1
-    else
-      local f = redis.call('HMGET', k, 'j', 'u', 'e', 'b', 't', 'st', 'n', 'due', 'c', 'a')
-      if u and f[1] and f[6] == 'pending' then
-        busy[string.match(u, '^[^?]*')] = used + 1
-        local attempts = f[7] or '0'
-        if f[9] and f[10] then
-          -- The last claim's hold ran out without a record: its attempt is in the log.
-          local lk = log_prefix .. n
-          redis.call('RPUSH', lk, f[10])
-          redis.call('LTRIM', lk, -keep, -1)
-          attempts = tostring(redis.call('HINCRBY', k, 'n', 1))
-        end
-        redis.call('ZADD', due, hold_until, n)
-        -- Its due time is the end of the hold (as in `P:dlv:due`), as a listing shows it.
-        redis.call('HSET', k, 'c', token, 'a', started, 'due', hold_until)
-        claimed = claimed + 1
-        out[#out + 1] = n
-        for i = 1, 5 do out[#out + 1] = f[i] end
-        out[#out + 1] = attempts
-        out[#out + 1] = f[8] or ''
-      else
-        redis.call('ZREM', due, n)
-      end
+local claimed = 0
+while claimed < max do
+  -- The first endpoint due with room: past at most the endpoints at their cap.
+  local ep
+  for _, e in ipairs(redis.call('ZRANGEBYSCORE', eps, '-inf', now, 'LIMIT', 0, full + 1)) do
+    if (busy[e] or 0) < cap then
+      ep = e
+      break
     end
   end
+  if not ep then break end
+  local ek = ep_prefix .. ep
+  local n = redis.call('ZRANGEBYSCORE', ek, '-inf', now, 'LIMIT', 0, 1)[1]
+  if n then
+    local k = dlv_prefix .. n
+    local f = redis.call('HMGET', k, 'j', 'u', 'e', 'b', 't', 'st', 'n', 'due', 'c', 'a')
+    if f[1] and f[2] and f[6] == 'pending' then
+      local used = (busy[ep] or 0) + 1
+      busy[ep] = used
+      if used >= cap then full = full + 1 end
+      local attempts = f[7] or '0'
+      if f[9] and f[10] then
+        -- The last claim's hold ran out without a record: its attempt is in the log.
+        local lk = log_prefix .. n
+        redis.call('RPUSH', lk, f[10])
+        redis.call('LTRIM', lk, -keep, -1)
+        attempts = tostring(redis.call('HINCRBY', k, 'n', 1))
+      end
+      redis.call('ZADD', pend, hold_until, n)
+      redis.call('ZADD', ek, hold_until, n)
+      -- Its due time is the end of the hold (as in `P:dlv:pend`), as a listing shows it.
+      redis.call('HSET', k, 'c', token, 'a', started, 'due', hold_until)
+      claimed = claimed + 1
+      out[#out + 1] = n
+      for i = 1, 5 do out[#out + 1] = f[i] end
+      out[#out + 1] = attempts
+      out[#out + 1] = f[8] or ''
+    else
+      -- Ended or trimmed meanwhile: no longer pending.
+      redis.call('ZREM', pend, n)
+      redis.call('ZREM', ek, n)
+    end
+  end
+  -- Its entry follows its first delivery (later now, or gone): the walk moves on.
+  refresh(ep)
 end
 return out

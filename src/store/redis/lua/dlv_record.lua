@@ -1,14 +1,16 @@
 -- Records an attempt of a claimed webhook delivery (see src/store/redis/deliveries.rs), only
 -- while the claim is still the caller's, in place of the claim's attempt started (field `a`).
 --
--- KEYS[1] the delivery `P:dlv:{n}`, KEYS[2] its attempts `P:dlvlog:{n}`, KEYS[3] `P:dlv:due`,
--- KEYS[4] `P:dlv:done`.
+-- KEYS[1] the delivery `P:dlv:{n}`, KEYS[2] its attempts `P:dlvlog:{n}`, KEYS[3] `P:dlv:pend`,
+-- KEYS[4] `P:dlv:done`, KEYS[5] its endpoint's pending deliveries `P:dlv:ep:{endpoint}`,
+-- KEYS[6] `P:dlv:eps`.
 -- ARGV[1] delivery id, ARGV[2] claim token, ARGV[3] the attempt (JSON), ARGV[4] new state,
--- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept.
+-- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept,
+-- ARGV[8] the endpoint (its member in `P:dlv:eps`).
 -- Returns 1 when recorded, 0 when the claim was lost.
-local k, lk, due_set, done_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, token, attempt, state, due, ended, keep =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local k, lk, pend, done_set, ek, eps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, token, attempt, state, due, ended, keep, ep =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 if redis.call('HGET', k, 'c') ~= token then return 0 end
 redis.call('HINCRBY', k, 'n', 1)
 redis.call('HSET', k, 'st', state)
@@ -16,11 +18,16 @@ redis.call('HDEL', k, 'c', 'a')
 redis.call('RPUSH', lk, attempt)
 redis.call('LTRIM', lk, -keep, -1)
 if due ~= '' then
-  redis.call('ZADD', due_set, due, id)
+  redis.call('ZADD', pend, due, id)
+  redis.call('ZADD', ek, due, id)
   redis.call('HSET', k, 'due', due)
 else
-  redis.call('ZREM', due_set, id)
+  redis.call('ZREM', pend, id)
+  redis.call('ZREM', ek, id)
   redis.call('HDEL', k, 'due')
   redis.call('ZADD', done_set, ended, id)
 end
+-- The endpoint's entry in `P:dlv:eps`: the due time of its first delivery, none without any.
+local f = redis.call('ZRANGE', ek, 0, 0, 'WITHSCORES')
+if f[1] then redis.call('ZADD', eps, f[2], ep) else redis.call('ZREM', eps, ep) end
 return 1
