@@ -239,29 +239,14 @@ pub async fn forward_lines<R: AsyncRead + Unpin>(
             }),
         }
         for line in read.drain(..) {
-            report_when_room(reporter.as_ref(), stream, line, &drain).await;
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => {}
+                () = reporter.room() => {}
+            }
+            reporter.log(stream, line);
         }
     }
-}
-
-/// Reports `line` on `stream` once the reporter has [room](Reporter::room) for it, or at once
-/// when `drain` is cancelled (the work has ended and what is left must be read before a
-/// deadline: a full buffer then drops its oldest lines, with a note). Every log reader awaits
-/// it before each line (the local runner's pipes, the docker and kube followers): while it
-/// waits the reader reads nothing, so the job waits in its write (or the engine, the API
-/// server, keeps its output) instead of the job's lines being dropped.
-pub async fn report_when_room(
-    reporter: &dyn Reporter,
-    stream: LogStream,
-    line: String,
-    drain: &tokio_util::sync::CancellationToken,
-) {
-    tokio::select! {
-        biased;
-        () = drain.cancelled() => {}
-        () = reporter.room() => {}
-    }
-    reporter.log(stream, line);
 }
 
 #[cfg(test)]

@@ -76,11 +76,8 @@ use k8s_openapi::ByteString;
 /// What a Job's container does.
 #[derive(Debug, Clone, Default)]
 pub struct Script {
-    /// Lines it writes, one every 10 ms (all at once with `burst`).
+    /// Lines it writes, one every 10 ms.
     pub lines: Vec<String>,
-    /// It writes all its lines at once, as fast as it can (the kubelet keeps them in the log
-    /// file, however slowly they are read).
-    pub burst: bool,
     /// Its exit code; `None`: it runs until deleted (or its deadline).
     pub exit: Option<i32>,
     /// How long it runs after writing its lines.
@@ -699,10 +696,7 @@ impl Fake {
                 continue;
             }
             if !main_done {
-                if script.burst && next_line < script.lines.len() {
-                    self.push_logs(&pod_name, &script.lines[next_line..]);
-                    next_line = script.lines.len();
-                } else if next_line < script.lines.len() {
+                if next_line < script.lines.len() {
                     self.push_log(&pod_name, &script.lines[next_line]);
                     next_line += 1;
                 } else if script.exit.is_some() || script.evict || script.oom {
@@ -747,18 +741,12 @@ impl Fake {
     }
 
     fn push_log(&self, pod: &str, line: &str) {
-        self.push_logs(pod, std::slice::from_ref(&line.to_string()));
-    }
-
-    fn push_logs(&self, pod: &str, lines: &[String]) {
         if let Some(l) = self.st.lock().logs.get_mut(pod) {
-            for line in lines {
-                l.push(LogLine {
-                    at: Instant::now(),
-                    wall: k8s_openapi::jiff::Timestamp::now(),
-                    text: line.clone(),
-                });
-            }
+            l.push(LogLine {
+                at: Instant::now(),
+                wall: k8s_openapi::jiff::Timestamp::now(),
+                text: line.to_string(),
+            });
         }
     }
 

@@ -9,22 +9,19 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 
 use super::*;
 
 /// How long the output of a container that ended may take to be read to its end (the engine
-/// may just be back from an outage, the store may take its lines slower than it wrote them)
-/// before the container is removed.
+/// may just be back from an outage) before the container is removed.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
-/// The end of [`LOG_DRAIN`] in which the follower waits for room no more: what is left is read
-/// at once (the oldest waiting lines dropped, with a note), so the job's last lines are stored.
-const LOG_RUSH: Duration = Duration::from_secs(1);
 
 pub(super) struct DockerExecution {
     docker: Docker,
     id: String,
     handle: RunHandle,
-    logs: Option<super::logs::Follower>,
+    logs: Option<JoinHandle<()>>,
     /// The job's logs, for a note when the output could not be copied to its end.
     reporter: SharedReporter,
     exit: Option<Outcome>,
@@ -38,7 +35,7 @@ impl DockerExecution {
         docker: Docker,
         id: String,
         handle: RunHandle,
-        logs: super::logs::Follower,
+        logs: JoinHandle<()>,
         reporter: SharedReporter,
     ) -> Self {
         Self {
@@ -59,16 +56,8 @@ impl DockerExecution {
             return;
         }
         if let Some(mut logs) = self.logs.take() {
-            let task = &mut logs.task;
-            let read = match tokio::time::timeout(LOG_DRAIN - LOG_RUSH, &mut *task).await {
-                Ok(_) => true,
-                Err(_) => {
-                    logs.drain.cancel();
-                    tokio::time::timeout(LOG_RUSH, &mut *task).await.is_ok()
-                }
-            };
-            if !read {
-                logs.task.abort();
+            if tokio::time::timeout(LOG_DRAIN, &mut logs).await.is_err() {
+                logs.abort();
                 super::logs::dropped(
                     &self.reporter,
                     "the container's output was not read to its end in time",

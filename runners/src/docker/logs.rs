@@ -9,44 +9,17 @@ use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{InspectContainerOptions, LogsOptions};
 use bollard::Docker;
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::lines::{self, LineSplitter};
 
-/// A container's log follower: its task, and the token that has it wait for room no more.
-pub(super) struct Follower {
-    pub(super) task: tokio::task::JoinHandle<()>,
-    /// Cancelled near the end of the drain window ([`super::exec`]): the rest of the output is
-    /// then read at once (a full buffer drops its oldest lines, with a note), so the job's last
-    /// lines reach the final flush.
-    pub(super) drain: CancellationToken,
-}
-
-/// Starts following the container's output ([`follow_logs`]).
-pub(super) fn follow(
-    docker: Docker,
-    id: String,
-    reporter: SharedReporter,
-    since: Option<i128>,
-) -> Follower {
-    let drain = CancellationToken::new();
-    let task = tokio::spawn(follow_logs(docker, id, reporter, since, drain.clone()));
-    Follower { task, drain }
-}
-
 /// Follows the container's output until it ends, as log lines. With `since` (ns since the epoch),
 /// lines older than that are skipped (a recovered container's output is followed from then on).
-/// Before each line it waits for the reporter's room ([`lines::report_when_room`]), reading
-/// nothing meanwhile: the engine keeps the container's output, so a container that writes faster
-/// than its lines are stored is read at the store's pace rather than losing lines; the stream
-/// waits open (a stream that breaks meanwhile is reopened from the cursor, as any other).
-async fn follow_logs(
+pub(super) async fn follow_logs(
     docker: Docker,
     id: String,
     reporter: SharedReporter,
     since: Option<i128>,
-    drain: CancellationToken,
 ) {
     let mut cursor = Cursor::new(since);
     let mut out = (LineSplitter::new(), LogStream::Stdout);
@@ -82,14 +55,10 @@ async fn follow_logs(
             if !cursor.take(which, ts) {
                 continue; // forwarded before the stream was reopened
             }
-            let (split, stream) = (&mut buf.0, buf.1);
-            let mut read = Vec::new();
+            let (split, stream) = buf;
             split.push_text(payload, &mut |t| {
-                read.push(String::from_utf8_lossy(t).into_owned())
+                lines::report(reporter.as_ref(), *stream, t)
             });
-            for line in read {
-                lines::report_when_room(reporter.as_ref(), stream, line, &drain).await;
-            }
         }
         let Some(e) = broken else {
             break; // the container ended and the engine closed the stream

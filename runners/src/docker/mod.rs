@@ -50,7 +50,7 @@ use engine::{
 };
 pub use engine::{container_name, nano_cpus, parse_memory};
 use exec::{outcome_of, DockerExecution};
-use logs::{follow, now_ns};
+use logs::{follow_logs, now_ns};
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::{
@@ -378,7 +378,12 @@ impl Runner for DockerRunner {
             ))));
         }
         tracing::debug!(container = %short(&id), %image, "container started");
-        let logs = follow(docker.clone(), id.clone(), reporter.clone(), None);
+        let logs = tokio::spawn(follow_logs(
+            docker.clone(),
+            id.clone(),
+            reporter.clone(),
+            None,
+        ));
         let handle = RunHandle {
             kind: RunKind::Docker,
             id: short(&id).to_string(),
@@ -456,7 +461,12 @@ impl Runner for DockerRunner {
                     ),
                 );
                 let now = now_ns();
-                let logs = follow(docker.clone(), id.clone(), reporter.clone(), Some(now));
+                let logs = tokio::spawn(follow_logs(
+                    docker.clone(),
+                    id.clone(),
+                    reporter.clone(),
+                    Some(now),
+                ));
                 let mut handle = handle.clone();
                 if let Value::Object(m) = &mut handle.data {
                     m.insert("container_id".into(), json!(id));

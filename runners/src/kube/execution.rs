@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Event as K8sEvent, Pod};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::{logs, monitor, KubeOptions};
 use crate::{Execution, JobSpec, Outcome, RunHandle, RunKind, SharedReporter};
@@ -53,19 +52,14 @@ impl KubeExecution {
         let (job_done_tx, job_done) = watch::channel(false);
         let (logs_done_tx, logs_done) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(None);
-        let drain = CancellationToken::new();
-        let follow = logs::Follow {
-            reporter,
-            drain: drain.clone(),
-            poll: opts.poll_interval,
-        };
         let log_task = tokio::spawn(logs::copy_logs(
             pods.clone(),
             uid.clone(),
-            follow,
+            reporter,
             job_done,
             logs_done_tx,
             cursor,
+            opts.poll_interval,
         ));
         let bound = opts.termination_grace
             + opts.delete_timeout
@@ -86,7 +80,6 @@ impl KubeExecution {
                 outcome: outcome_tx,
                 job_done: job_done_tx,
                 logs_done,
-                logs_drain: drain,
                 stop: stop_rx,
             },
         ));

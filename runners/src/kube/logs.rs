@@ -14,7 +14,6 @@ use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::monitor::pod_selector;
 use super::CONTAINER;
@@ -41,18 +40,15 @@ impl Cursor {
 }
 
 /// Copies the logs of every pod of the Job `uid`, until the monitor says the Job is done and
-/// each pod's log is drained (or the pod is gone). Before each line it waits for the reporter's
-/// room ([`lines::report_when_room`]), reading nothing meanwhile: the API server keeps the pod's
-/// log, so a pod that writes faster than its lines are stored is read at the store's pace rather
-/// than losing lines, until the monitor cancels `drain` (the end of its drain window: the rest is
-/// then read at once, a full buffer dropping its oldest lines with a note).
+/// each pod's log is drained (or the pod is gone).
 pub(super) async fn copy_logs(
     pods: Api<Pod>,
     uid: String,
-    follow: Follow,
+    reporter: SharedReporter,
     mut job_done: watch::Receiver<bool>,
     logs_done: watch::Sender<bool>,
     start: Cursor,
+    poll: Duration,
 ) {
     let mut finished_pods: Vec<String> = Vec::new();
     loop {
@@ -68,7 +64,17 @@ pub(super) async fn copy_logs(
                 if finished_pods.contains(&name) {
                     continue;
                 }
-                if copy_pod(&pods, &uid, &name, &follow, &mut job_done, start.clone()).await {
+                if copy_pod(
+                    &pods,
+                    &uid,
+                    &name,
+                    &reporter,
+                    &mut job_done,
+                    start.clone(),
+                    poll,
+                )
+                .await
+                {
                     finished_pods.push(name);
                 }
             }
@@ -78,7 +84,7 @@ pub(super) async fn copy_logs(
         }
         tokio::select! {
             _ = job_done.changed() => {}
-            _ = tokio::time::sleep(follow.poll) => {}
+            _ = tokio::time::sleep(poll) => {}
         }
     }
     let _ = logs_done.send(true);
@@ -109,26 +115,17 @@ async fn container_state(pods: &Api<Pod>, uid: &str, name: &str) -> Option<(bool
     Some((running || terminated, terminated))
 }
 
-/// Where the pods' log lines go, and how they are read.
-pub(super) struct Follow {
-    pub(super) reporter: SharedReporter,
-    /// Cancelled (by the monitor): lines are reported at once, without waiting for room.
-    pub(super) drain: CancellationToken,
-    /// How often a pod that has not started is looked at again.
-    pub(super) poll: Duration,
-}
-
 /// Copies one pod's log to its end. Returns true when done with the pod (drained or gone),
 /// false when it has not started and the Job is done (nothing to copy).
 async fn copy_pod(
     pods: &Api<Pod>,
     uid: &str,
     name: &str,
-    follow: &Follow,
+    reporter: &SharedReporter,
     job_done: &mut watch::Receiver<bool>,
     mut cursor: Cursor,
+    poll: Duration,
 ) -> bool {
-    let poll = follow.poll;
     // A bound on reopenings, so a server that keeps cutting streams cannot hold the copy forever.
     for _ in 0..10_000 {
         let Some((started, terminated)) = container_state(pods, uid, name).await else {
@@ -155,7 +152,7 @@ async fn copy_pod(
             ..Default::default()
         };
         let copied = match pods.log_stream(name, &lp).await {
-            Ok(stream) => forward(stream, name, follow, &mut cursor).await,
+            Ok(stream) => forward(stream, name, reporter, &mut cursor).await,
             Err(::kube::Error::Api(s)) if s.code == 404 => return true,
             Err(e) => {
                 tracing::debug!(pod = name, error = %e, "cannot read pod logs yet");
@@ -177,7 +174,7 @@ async fn copy_pod(
 async fn forward(
     stream: impl futures::AsyncBufRead,
     pod: &str,
-    follow: &Follow,
+    reporter: &SharedReporter,
     cursor: &mut Cursor,
 ) -> usize {
     let mut stream = std::pin::pin!(stream);
@@ -190,7 +187,6 @@ async fn forward(
         line_ts: None,
     };
     let mut buf = vec![0u8; 8 * 1024];
-    let mut read = Vec::new();
     loop {
         let n = match stream.read(&mut buf).await {
             Ok(n) => n,
@@ -204,11 +200,7 @@ async fn forward(
             // it whole (it is after the cursor).
             return copy.new;
         }
-        split.push(&buf[..n], &mut |p| copy.piece(p, &mut read, cursor));
-        for line in read.drain(..) {
-            let reporter = follow.reporter.as_ref();
-            lines::report_when_room(reporter, LogStream::Stdout, line, &follow.drain).await;
-        }
+        split.push(&buf[..n], &mut |p| copy.piece(p, reporter, cursor));
     }
 }
 
@@ -225,9 +217,7 @@ struct Copy {
 }
 
 impl Copy {
-    /// Decides whether the piece is copied; if so, adds it to `read` (reported once the read
-    /// that brought it is split) and moves the cursor.
-    fn piece(&mut self, p: Piece<'_>, read: &mut Vec<String>, cursor: &mut Cursor) {
+    fn piece(&mut self, p: Piece<'_>, reporter: &SharedReporter, cursor: &mut Cursor) {
         let mut text = std::borrow::Cow::Borrowed(p.text);
         if p.first {
             let head = p.head.unwrap_or_default();
@@ -257,7 +247,7 @@ impl Copy {
             return;
         }
         self.new += 1;
-        read.push(String::from_utf8_lossy(&text).into_owned());
+        lines::report(reporter.as_ref(), LogStream::Stdout, &text);
         // Only a whole line moves the cursor: a line cut by a broken stream comes again.
         if let (true, Some(t)) = (p.last, self.line_ts) {
             if cursor.last == Some(t) {

@@ -39,7 +39,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStateWaiting, Event as K8sEvent, Pod, PodStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::outcome::{disruption, failure};
 use super::teardown::{delete_orphaned_pods, teardown};
@@ -76,8 +75,6 @@ pub(super) struct Links {
     pub outcome: watch::Sender<Option<(Outcome, bool)>>,
     pub job_done: watch::Sender<bool>,
     pub logs_done: watch::Receiver<bool>,
-    /// Cancelled near the end of the logs' drain window: the copier waits for room no more.
-    pub logs_drain: CancellationToken,
     pub stop: watch::Receiver<Option<Duration>>,
 }
 
@@ -170,18 +167,8 @@ pub(super) async fn monitor(a: Attempt, mut links: Links) {
     };
     let outcome = conclude(&a, &mut events, decision).await;
     let _ = links.job_done.send(true);
-    // The logs are copied at the store's pace until the last second of the drain window, then
-    // at once (a full buffer drops its oldest lines, with a note): the last lines are stored.
     let drain = a.opts.finish_timeout.max(Duration::from_secs(5));
-    let rush = Duration::from_secs(1);
-    let logs = &mut links.logs_done;
-    if tokio::time::timeout(drain - rush, logs.wait_for(|d| *d))
-        .await
-        .is_err()
-    {
-        links.logs_drain.cancel();
-        let _ = tokio::time::timeout(rush, logs.wait_for(|d| *d)).await;
-    }
+    let _ = tokio::time::timeout(drain, links.logs_done.wait_for(|d| *d)).await;
     let _ = links.outcome.send(Some(outcome));
 }
 
