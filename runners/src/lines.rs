@@ -212,24 +212,70 @@ pub fn report(reporter: &dyn Reporter, stream: LogStream, text: &[u8]) {
     reporter.log(stream, String::from_utf8_lossy(text).into_owned());
 }
 
+/// What a job's log readers ([`forward_lines`]) are told as the job ends.
+#[derive(Clone, Default)]
+pub struct Drain {
+    room: tokio_util::sync::CancellationToken,
+    end: tokio_util::sync::CancellationToken,
+}
+
+impl Drain {
+    /// A drain that has told nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The readers wait for room no more.
+    pub fn stop_waiting(&self) {
+        self.room.cancel();
+    }
+
+    /// The readers wait for room no more, and read for [`LAST_READS`] at most.
+    pub fn end_soon(&self) {
+        self.room.cancel();
+        self.end.cancel();
+    }
+}
+
+/// How long [`forward_lines`] reads on after [`Drain::end_soon`] (the local runner's
+/// readers are stopped 500 ms after it: this leaves them the time to report the rest).
+pub const LAST_READS: std::time::Duration = std::time::Duration::from_millis(400);
+
 /// Reads `pipe` to its end and reports its lines on `stream`. Before each line it waits for
 /// the reporter's [room](Reporter::room), reading nothing meanwhile: a job that writes faster
 /// than its lines are stored waits in its write (what one read holds, at most 8 KiB, is all
-/// that sits here). Once `drain` is cancelled (the job has exited and what is left in the pipe
-/// must be read before the runner's drain deadline) it waits no more: a full buffer then drops
-/// its oldest lines (with a note), so the job's last lines reach the final flush.
+/// that sits here). Once told to by `drain` ([`Drain::stop_waiting`]: the job has exited and what
+/// is left in the pipe must be read before the runner's drain deadline, or it is being stopped)
+/// it waits no more: a full buffer then drops its oldest lines (with a note), so the job's last
+/// lines reach the final flush. After [`Drain::end_soon`] it reads for [`LAST_READS`] at most:
+/// a pipe still open after that (a process out of the job's reach holds it) counts as ended, so
+/// a last line without its newline is reported too.
 pub async fn forward_lines<R: AsyncRead + Unpin>(
     mut pipe: R,
     stream: LogStream,
     reporter: std::sync::Arc<dyn Reporter>,
-    drain: tokio_util::sync::CancellationToken,
+    drain: Drain,
 ) {
     let mut split = LineSplitter::new();
     let mut buf = vec![0u8; 8 * 1024];
     let mut read = Vec::new();
     let mut ended = false;
+    let mut last_read_by = None;
     while !ended {
-        match pipe.read(&mut buf).await {
+        let got = match last_read_by {
+            None => tokio::select! {
+                // Cancel-safe: a read that loses the race has read nothing.
+                r = pipe.read(&mut buf) => r,
+                () = drain.end.cancelled() => {
+                    last_read_by = Some(tokio::time::Instant::now() + LAST_READS);
+                    continue;
+                }
+            },
+            Some(by) => tokio::time::timeout_at(by, pipe.read(&mut buf))
+                .await
+                .unwrap_or(Ok(0)),
+        };
+        match got {
             Ok(0) | Err(_) => {
                 ended = true;
                 split.finish(&mut |p| read.push(String::from_utf8_lossy(p.text).into_owned()));
@@ -241,7 +287,7 @@ pub async fn forward_lines<R: AsyncRead + Unpin>(
         for line in read.drain(..) {
             tokio::select! {
                 biased;
-                () = drain.cancelled() => {}
+                () = drain.room.cancelled() => {}
                 () = reporter.room() => {}
             }
             reporter.log(stream, line);

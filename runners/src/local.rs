@@ -18,12 +18,12 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lines::Drain;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken as Drain;
 
 use crate::args::{EnvArgs, LargeArgs};
 use crate::isolation::{Isolation, IsolationError, Principal, Rlimits};
@@ -512,11 +512,11 @@ impl Execution for LocalExecution {
             }
         };
         // Let the log readers drain what was written before the exit; in the last 500 ms they
-        // wait for room no more (the oldest go), so the last lines are read before the deadline.
+        // wait for room no more (the oldest go) and read for `LAST_READS`: the last lines too.
         let soft = drain_by - Duration::from_millis(500);
         while let Some(r) = self.readers.last_mut() {
             if tokio::time::timeout_at(soft, &mut *r).await.is_err() {
-                self.drain.cancel();
+                self.drain.end_soon();
                 let _ = tokio::time::timeout_at(drain_by, &mut *r).await;
             }
             r.abort(); // past the deadline (a pipe held by a grandchild): no line after the end
@@ -542,7 +542,7 @@ impl Execution for LocalExecution {
         // still runs (their parent links to it are lost once it has gone).
         let leader = [(self.pid, self.start_time)];
         let others = blocking(move || crate::session::members(&leader, &[])).await;
-        self.drain.cancel();
+        self.drain.stop_waiting();
         kill_group(self.pid as i32, libc::SIGTERM);
         let outside: Vec<_> = others
             .iter()
@@ -801,6 +801,30 @@ mod tests {
         }
         // The grandchild wrote (or died of SIGPIPE trying): nothing read it.
         assert_eq!(text(&lines), ["early"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A last line without its newline was lost when a grandchild out of the job's group held
+    /// the pipe past the drain deadline: its reader was aborted with the line in its splitter.
+    #[tokio::test]
+    async fn a_last_line_without_newline_is_kept_when_a_grandchild_holds_the_pipe() {
+        let dir = tempfile_dir();
+        let lines = Arc::new(Lines::default());
+        let r = sh(&format!(
+            "setsid sh -c 'touch {r}; sleep 5' & \
+             while [ ! -e {r} ]; do sleep 0.01; done; echo early; printf 'last words'",
+            r = dir.join("ready").display(),
+        ));
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let got: Vec<String> = lines
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        assert_eq!(got, ["early", "last words"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
