@@ -206,6 +206,81 @@ types = ["runyard.*"]
     );
 }
 
+/// Probe: after a full disk was freed, an idle node stayed not ready (`/health/ready` 503 "the
+/// last write failed") until some write committed: one the readiness probe had taken out of
+/// service got none, and never came back. The health check now tries a small write of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_is_ready_again_once_a_full_disk_has_room() {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mounted = Mounted(mnt.clone());
+    let config = format!(
+        "data_dir = \"{}\"\n[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+        mnt.join("data").display()
+    );
+    let cfg = dir.path().join("runyard.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let mut server = ChildServer::start(&cfg, &dir.path().join("server.log"));
+    server.wait_healthy(Duration::from_secs(20)).await;
+    let (url, http) = (server.url.clone(), reqwest::Client::new());
+    let ready = || async {
+        http.get(format!("{url}/health/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready().await, 200);
+    // Full: submits of jobs that never run (due in 2100) until one is refused.
+    let filler = fill(&mnt);
+    let pad = "x".repeat(20_000);
+    let refused = 'fill: {
+        for _ in 0..500 {
+            let body = json!({"type": "runyard.noop", "run_at": "2100-01-01T00:00:00Z",
+                              "args": {"pad": pad}});
+            let (s, v) = call(
+                &http,
+                reqwest::Method::POST,
+                &format!("{url}/async/jobs"),
+                Some(body),
+            )
+            .await;
+            if s >= 500 {
+                break 'fill v;
+            }
+            assert_eq!(s, 202, "{v}");
+        }
+        panic!("the store never ran out of room");
+    };
+    assert!(refused.to_string().contains("full"), "{refused}");
+    assert_eq!(ready().await, 503, "not ready while the disk is full");
+    // Room again; no client writes: the probe alone must see it.
+    drop(filler);
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready().await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready again after the disk was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;

@@ -116,6 +116,22 @@ impl Maintenance for SqliteStore {
     }
 
     async fn health(&self) -> Result<()> {
+        if self.write_failed.lock().is_some() {
+            // A small write of its own: the flag is cleared only by a commit that wrote, and a
+            // node the probe took out of service gets no other write (a full disk freed meanwhile
+            // would keep it out for good).
+            let now = crate::job::now_us();
+            let _ = self
+                .write(move |ctx| {
+                    exec(
+                        ctx.conn,
+                        "INSERT INTO meta(key, value) VALUES ('health_write', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        [now],
+                    )
+                })
+                .await;
+        }
         if let Some(e) = self.write_failed.lock().clone() {
             return Err(crate::store::StoreError::Unavailable(format!(
                 "the last write failed to commit: {e}"
