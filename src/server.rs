@@ -207,7 +207,9 @@ impl ServerBuilder {
         if let Some(listener) = self.health_listener {
             let app = crate::api::health::probe_router(core.store.clone(), core.draining.clone());
             let stop = core.bg.clone();
-            tracing::info!(addr = ?listener.local_addr().ok(), "worker health probes listening");
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "worker health probes listening");
+            }
             core.tasks.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })

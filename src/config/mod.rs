@@ -265,11 +265,56 @@ fn without_secrets(mut e: figment::Error) -> String {
         ),
         k => k,
     };
-    e.to_string()
+    shown(&e)
+}
+
+/// `e` as figment shows it, but the key named as the user wrote it: `worker.lease_ttl` in a
+/// file (figment says `default.worker.lease_ttl`, its profile first), the variable
+/// `RUNYARD_WORKER__LEASE_TTL` in the environment (figment: `WORKER.LEASE_TTL`).
+fn shown(e: &figment::Error) -> String {
+    let mut s = e.kind.to_string();
+    let env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment variable"));
+    if !e.path.is_empty() {
+        let key = if env {
+            format!("RUNYARD_{}", e.path.join("__").to_ascii_uppercase())
+        } else {
+            e.path.join(".")
+        };
+        s.push_str(&format!(" for key `{key}`"));
+    }
+    if let Some(md) = &e.metadata {
+        match &md.source {
+            Some(src) => s.push_str(&format!(" in {src} {}", md.name)),
+            None => s.push_str(&format!(" in {}", md.name)),
+        }
+    }
+    s
 }
 
 #[cfg(test)]
 mod tests {
+    /// Probe: a bad value was named `default.worker.lease_ttl` in a file and
+    /// `"WORKER.LEASE_TTL" in RUNYARD_ environment variable(s)`: neither is what the user wrote.
+    #[test]
+    fn a_bad_value_names_the_key_as_written() {
+        let e = super::Config::from_toml("[worker]\nlease_ttl = 5\n").unwrap_err();
+        assert!(e.0.contains("for key `worker.lease_ttl`"), "{}", e.0);
+        assert!(!e.0.contains("default."), "{}", e.0);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RUNYARD_WORKER__LEASE_TTL", "[1]");
+            let e = super::Config::load(
+                std::path::Path::new("none.toml"),
+                false,
+                &Default::default(),
+            )
+            .unwrap_err();
+            assert!(e.0.contains("RUNYARD_WORKER__LEASE_TTL"), "{}", e.0);
+            Ok(())
+        });
+    }
 
     /// A runner's `backoff` may give some of its fields (as a submit's may): the others are the
     /// defaults.

@@ -169,13 +169,21 @@ impl Hub {
     /// streams, logged when that is below `events.max_connections`.
     pub fn for_server(c: &crate::config::EventsConfig, api_cap: usize) -> Arc<Self> {
         let cap = stream_cap(c.max_connections, api_cap);
-        if cap < c.max_connections {
+        // Said at INFO only for a value someone set: the default is meant to be capped so.
+        if cap < c.max_connections
+            && c.max_connections != crate::config::EventsConfig::default().max_connections
+        {
             tracing::info!(
                 configured = c.max_connections,
                 cap,
                 api_max_connections = api_cap,
                 kept_for_requests = api_reserve(api_cap),
                 "events.max_connections lowered to keep API connections for other requests"
+            );
+        } else if cap < c.max_connections {
+            tracing::debug!(
+                cap,
+                "events.max_connections (default) capped by api.max_connections"
             );
         }
         Self::new(cap, c.max_per_channel, c.send_buffer)
