@@ -299,6 +299,7 @@ mod tests {
     /// Probe: a bad value was named `default.worker.lease_ttl` in a file and
     /// `"WORKER.LEASE_TTL" in RUNYARD_ environment variable(s)`: neither is what the user wrote.
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error
     fn a_bad_value_names_the_key_as_written() {
         let e = super::Config::from_toml("[worker]\nlease_ttl = 5\n").unwrap_err();
         assert!(e.0.contains("for key `worker.lease_ttl`"), "{}", e.0);
