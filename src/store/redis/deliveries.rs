@@ -63,7 +63,6 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 impl RedisStore {
-    /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
     /// The first due time of a pending delivery, either layout's (the earlier layout's are
     /// moved by the next claim, which this makes due).
     async fn dlv_first_due(&self) -> Result<Option<Micros>> {
@@ -84,6 +83,7 @@ impl RedisStore {
         Ok(a.iter().chain(&b).map(|(_, s)| *s as Micros).min())
     }
 
+    /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
     async fn delivery_ids(
         &self,
         job: Uuid,
