@@ -305,6 +305,7 @@ conformance!(
     host_failures_reschedule_and_give_the_attempt_back,
     webhook_deliveries_follow_events_and_claims_are_fenced,
     webhook_claims_pass_over_endpoints_at_their_cap,
+    webhook_claims_look_past_several_endpoints_at_their_cap,
     webhook_deliveries_are_paged_both_ways,
     webhook_attempts_never_recorded_show_as_unknown,
     replay_memory_accepts_each_request_once,
@@ -2104,6 +2105,102 @@ async fn webhook_claims_pass_over_endpoints_at_their_cap(mut b: Backend) {
         s.deliveries_pending().await.unwrap(),
         SLOW as u64 + 1,
         "claimed is still pending"
+    );
+}
+
+/// A claim looks past every endpoint at its cap, however many are due first (on Redis: as many
+/// entries of `P:dlv:eps` as endpoints at their cap, and one more): three endpoints at their cap
+/// (one attempt each) due before a free one, and one more at its cap not yet due (its delivery
+/// held by a claim). The free endpoint's deliveries are claimed, one per claim (then it is at
+/// its cap too); the capped ones stay due and are claimed, oldest due first, once they have
+/// room; the held one is not claimed before its hold ends.
+async fn webhook_claims_look_past_several_endpoints_at_their_cap(mut b: Backend) {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::{ClaimLimits, Claimed};
+    use std::collections::HashMap;
+    let s = b.store().await;
+    let hold = Duration::from_secs(30);
+    let url = |name: &str| format!("https://{name}.example.com/hook");
+    let notifying = |name: &str| {
+        let mut j = job("wh.look", "r");
+        j.notify = Some(NotifySpec {
+            url: url(name),
+            events: vec![NotifyEvent::Status],
+        });
+        j
+    };
+    let jobs = |c: &[Claimed]| c.iter().map(|c| c.delivery.job_id).collect::<Vec<_>>();
+    // At their cap: these endpoints have one attempt in flight each, one allowed.
+    let capped = |names: &[&str]| ClaimLimits {
+        per_endpoint: 1,
+        busy: names.iter().map(|n| (url(n), 1)).collect(),
+    };
+    // The endpoint not yet due: its one delivery claimed, held for 30 s.
+    let later = submit(&s, notifying("later")).await;
+    let held = s
+        .deliveries_claim(1, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(jobs(&held), [later.id]);
+    // Two deliveries of each of the three capped endpoints, due first; two of the free one.
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for round in [&mut first, &mut second] {
+        for name in ["a", "b", "c"] {
+            round.push(submit(&s, notifying(name)).await.id);
+        }
+    }
+    let free = [
+        submit(&s, notifying("free")).await.id,
+        submit(&s, notifying("free")).await.id,
+    ];
+    assert_eq!(s.deliveries_pending().await.unwrap(), 9);
+
+    // All four at their cap: the free endpoint's first delivery, past the three due before it.
+    let got = s
+        .deliveries_claim(10, hold, capped(&["a", "b", "c", "later"]))
+        .await
+        .unwrap();
+    assert_eq!(jobs(&got), [free[0]], "{got:?}");
+    // The three due ones still at their cap (the free one's attempt ended): its second.
+    let got = s
+        .deliveries_claim(10, hold, capped(&["a", "b", "c"]))
+        .await
+        .unwrap();
+    assert_eq!(jobs(&got), [free[1]], "{got:?}");
+    assert!(s
+        .deliveries_claim(10, hold, capped(&["a", "b", "c"]))
+        .await
+        .unwrap()
+        .is_empty());
+    // Room at every endpoint: one of each capped endpoint, oldest due first; then the rest. The
+    // held delivery is not due.
+    let got = s
+        .deliveries_claim(
+            10,
+            hold,
+            ClaimLimits {
+                per_endpoint: 1,
+                busy: HashMap::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(jobs(&got), first, "{got:?}");
+    let got = s
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(jobs(&got), second, "{got:?}");
+    assert!(s
+        .deliveries_claim(10, hold, ClaimLimits::unlimited())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.deliveries_pending().await.unwrap(),
+        9,
+        "claimed is pending"
     );
 }
 

@@ -2,7 +2,9 @@
 //! alone, before deliveries were also kept per endpoint: src/store/redis/deliveries.rs) are
 //! delivered after an upgrade: written as that layout's `commit.lua` wrote them, one of them
 //! claimed by a process lost before it recorded an answer, then a server of this build started
-//! on that Redis. Also one written while it runs, as an older process beside it would.
+//! on that Redis. Also one written while it runs, as an older process beside it would. And one
+//! claimed by this build while an older process's record put it back in the earlier layout: the
+//! move keeps its claim's hold (no second claim, no second POST while its attempt is in flight).
 
 mod redis_support;
 mod support;
@@ -194,4 +196,88 @@ async fn deliveries_of_the_earlier_redis_layout_are_delivered_after_an_upgrade()
         ts.metric("runyard_webhook_deliveries_pending").await,
         Some(0.0)
     );
+}
+
+/// The id of `url`'s endpoint in key names (the SHA-1 hex of the URL up to its query), as Redis's
+/// own `redis.sha1hex` makes it.
+fn endpoint_id(r: &TestRedis, url: &str) -> String {
+    let endpoint = url.split_once('?').map_or(url, |(head, _)| head);
+    let id = r.cli(&["EVAL", "return redis.sha1hex(ARGV[1])", "0", endpoint]);
+    id.trim().to_string()
+}
+
+/// During a rolling upgrade an older process's record of a failed attempt puts its retry in
+/// `P:dlv:due` (the earlier layout) after this build moved the delivery; this build then claims
+/// it (its hold: `due`, `P:dlv:pend`, the endpoint's set) while it is still in `P:dlv:due` at the
+/// earlier retry time. Moving it must keep the claim's hold: an earlier score would make it due
+/// again while its attempt is in flight, and another claim would POST it a second time at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_earlier_layout_keeps_a_claim_of_this_build() {
+    let r = TestRedis::start();
+    let cfg = format!("{}{NOTIFY}", r.server_config(MASTER_KEY));
+    let mut ts = TestServer::builder(RUNNERS).config(&cfg).start().await;
+    let (url, got) = receiver().await;
+    let (plain, plain_ev) = ended_job(&ts).await;
+    let (held, held_ev) = ended_job(&ts).await;
+    ts.stop().await;
+
+    // `held`: in `P:dlv:due` at its retry time (a minute ago), and claimed by this build for
+    // ten minutes more, under token 99.
+    let n = write_earlier(&r, &held, &held_ev, &url, false).await;
+    let hold_end = runyard::job::now_us() + 600_000_000;
+    let (p, ep) = (&r.prefix, endpoint_id(&r, &url));
+    let started = json!({"at": runyard::job::now_us(), "by": "this-1", "outcome": "unknown",
+        "status": null, "error": "unknown: the sender was lost before it recorded an answer",
+        "duration_ms": 0});
+    let mut c = redis_support::raw_conn(&r).await;
+    let () = ::redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{p}:dlv:{n}"))
+        .arg("c")
+        .arg(99)
+        .arg("a")
+        .arg(started.to_string())
+        .arg("due")
+        .arg(hold_end)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{p}:dlv:pend"))
+        .arg(hold_end)
+        .arg(n)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{p}:dlv:ep:{ep}"))
+        .arg(hold_end)
+        .arg(n)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{p}:dlv:eps"))
+        .arg(hold_end)
+        .arg(&ep)
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .expect("the claim of this build");
+    // `plain`: due in the earlier layout; its delivery shows that a claim (and the move) ran.
+    write_earlier(&r, &plain, &plain_ev, &url, false).await;
+    ts.restart(true).await;
+    delivered(&ts, &plain).await;
+    assert_eq!(
+        r.cli(&["EXISTS", &format!("{p}:dlv:due")]).trim(),
+        "0",
+        "moved"
+    );
+
+    // The claim is untouched: its token, due at the end of its hold in both sets.
+    assert_eq!(r.cli(&["HGET", &format!("{p}:dlv:{n}"), "c"]).trim(), "99");
+    for set in [format!("{p}:dlv:pend"), format!("{p}:dlv:ep:{ep}")] {
+        let score = r.cli(&["ZSCORE", &set, &n.to_string()]);
+        assert_eq!(score.trim(), hold_end.to_string(), "{set}");
+    }
+    // The receiver got `plain` only; `held` waits for its claim's hold to run out.
+    let ids: Vec<Value> = got.lock().iter().map(|b| b["job_id"].clone()).collect();
+    assert_eq!(ids, [json!(plain)]);
+    let (st, v) = ts.get(&format!("/async/jobs/{held}/deliveries")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["deliveries"][0]["state"], "pending", "{v}");
 }

@@ -4,7 +4,8 @@
 //! Redis. The healthy delivery must arrive within a few seconds, while the hanging receiver gets
 //! at most `notify.per_endpoint` requests at once and its deliveries stay pending (none lost).
 //! The same with a backlog of 2,100 deliveries at the hanging receiver (on Redis, past the 2,000
-//! due deliveries the claim once looked past at most).
+//! due deliveries the claim once looked past at most). The hanging receiver's path is a secret
+//! (as a Slack-style webhook's is): on Redis no key name and no member of `P:dlv:eps` shows it.
 
 mod redis_support;
 mod support;
@@ -68,16 +69,19 @@ impl Drop for Held {
     }
 }
 
-/// A receiver at `url` (path `/hook`) that answers after `answer_after` (`None`: never).
-async fn receiver(answer_after: Option<Duration>) -> (String, Arc<Seen>) {
+/// The path of the hanging receiver: the secret of its webhook URL.
+const SECRET: &str = "SECRET-PATH-TOKEN";
+
+/// A receiver at `url` (`path`) that answers after `answer_after` (`None`: never).
+async fn receiver(path: &str, answer_after: Option<Duration>) -> (String, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a receiver");
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
     let got = Arc::new(Seen::default());
     let g = got.clone();
     let app = axum::Router::new().route(
-        "/hook",
+        path,
         axum::routing::post(move |_body: axum::body::Bytes| {
             let g = g.clone();
             async move {
@@ -103,9 +107,10 @@ async fn deliveries(ts: &TestServer, job: &str) -> Vec<Value> {
     v["deliveries"].as_array().cloned().unwrap_or_default()
 }
 
-async fn one_hanging_receiver_delays_no_other(ts: &TestServer) {
-    let (hang_url, hang_got) = receiver(None).await;
-    let (ok_url, ok_got) = receiver(Some(Duration::ZERO)).await;
+/// Returns the hanging receiver's URL (its deliveries still pending).
+async fn one_hanging_receiver_delays_no_other(ts: &TestServer) -> String {
+    let (hang_url, hang_got) = receiver(&format!("/hooks/{SECRET}"), None).await;
+    let (ok_url, ok_got) = receiver("/hook", Some(Duration::ZERO)).await;
     let items: Vec<Value> = (0..HANGING_JOBS)
         .map(|_| json!({"type": "runyard.noop", "notify": {"url": hang_url}}))
         .collect();
@@ -174,6 +179,7 @@ async fn one_hanging_receiver_delays_no_other(ts: &TestServer) {
         ts.metric("runyard_webhook_deliveries_pending").await,
         Some(HANGING_JOBS as f64)
     );
+    hang_url
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +197,33 @@ async fn one_hanging_receiver_delays_no_other_redis() {
     );
     let ts = TestServer::builder(RUNNERS).config(&cfg).start().await;
     assert_eq!(ts.get("/health").await.1["store"], "redis");
-    one_hanging_receiver_delays_no_other(&ts).await;
+    let hang_url = one_hanging_receiver_delays_no_other(&ts).await;
+    no_secret_in_key_names(&r, &hang_url, HANGING_JOBS);
+}
+
+/// With `pending` deliveries to `url` waiting in Redis: no key name (`SCAN`) and no member of
+/// `P:dlv:eps` holds the URL's secret path; the endpoint's pending set is named by the SHA-1 hex of
+/// the endpoint, as Redis's own `redis.sha1hex` makes it, and holds them all.
+fn no_secret_in_key_names(r: &TestRedis, url: &str, pending: usize) {
+    let p = &r.prefix;
+    let keys = r.cli(&["--scan", "--pattern", &format!("{p}:*")]);
+    assert!(keys.contains(&format!("{p}:dlv:eps")), "{keys}");
+    let shown: Vec<&str> = keys.lines().filter(|k| k.contains(SECRET)).collect();
+    assert!(
+        shown.is_empty(),
+        "key names show the webhook's secret path: {shown:?}"
+    );
+    let eps = r.cli(&["ZRANGE", &format!("{p}:dlv:eps"), "0", "-1"]);
+    assert!(
+        !eps.contains(SECRET),
+        "P:dlv:eps shows the secret path: {eps}"
+    );
+    let id = r.cli(&["EVAL", "return redis.sha1hex(ARGV[1])", "0", url]);
+    let id = id.trim();
+    assert_eq!(id.len(), 40, "{id}");
+    assert_eq!(eps.trim(), id, "the endpoint's id, alone");
+    let n = r.cli(&["ZCARD", &format!("{p}:dlv:ep:{id}")]);
+    assert_eq!(n.trim(), pending.to_string(), "its pending deliveries");
 }
 
 /// Deliveries to the hanging receiver in the deep backlog: more than the 2,000 due deliveries the
@@ -223,8 +255,8 @@ async fn submit_notifying(ts: &TestServer, url: &str, n: usize) {
 /// that never answers (all but its `notify.per_endpoint` in flight wait, due, in the store),
 /// then one job notifying a healthy receiver: its webhook arrives within a few seconds.
 async fn a_backlog_of_thousands_delays_no_other(ts: &TestServer) {
-    let (hang_url, hang_got) = receiver(None).await;
-    let (ok_url, ok_got) = receiver(Some(Duration::ZERO)).await;
+    let (hang_url, hang_got) = receiver(&format!("/hooks/{SECRET}"), None).await;
+    let (ok_url, ok_got) = receiver("/hook", Some(Duration::ZERO)).await;
     submit_notifying(ts, &hang_url, DEEP_BACKLOG).await;
     // Every job ended and wrote its delivery; the hanging receiver holds its share.
     support::eventually("the backlog stored", Duration::from_secs(60), || async {

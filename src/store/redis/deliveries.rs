@@ -6,11 +6,12 @@
 //! `st` state, `n` attempts, `c` claim token, `a` the claim's attempt started (JSON `Attempt`: the
 //! write-ahead record its answer replaces), `due` next due: the end of the hold while claimed),
 //! `P:dlvlog:{n}` list of attempts (JSON, bounded), `P:dlv:pend` pending deliveries by due time (a
-//! claim moves it to the end of its hold: the count and the next due), `P:dlv:ep:{endpoint}` an
-//! endpoint's pending deliveries by due time (the same scores; the endpoint is the URL up to its
-//! query, [`endpoint_part`]), `P:dlv:eps` the endpoints with pending deliveries, each scored by
-//! its first due (the claim walks these, not the deliveries: an endpoint at its cap is passed
-//! over in one step however deep its backlog), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done`
+//! claim moves it to the end of its hold: the count and the next due), `P:dlv:ep:{endpoint id}`
+//! an endpoint's pending deliveries by due time (the same scores; the endpoint is the URL up to
+//! its query, [`endpoint_part`], and its id the SHA-1 of that in hex, [`endpoint_id`]),
+//! `P:dlv:eps` the ids of the endpoints with pending deliveries, each scored by its first due
+//! (the claim walks these, not the deliveries: an endpoint at its cap is passed over in one step
+//! however deep its backlog), `P:dlv:job:{id}` a job's deliveries, `P:dlv:done`
 //! ended deliveries by end time, `P:dlv:seq` the id counter. `P:dlv:due` is the earlier layout's
 //! pending set (every delivery in it alone): each claim moves up to [`MOVE_EARLIER`] of its
 //! entries to this layout first, so deliveries stored before an upgrade, or by an older process
@@ -53,9 +54,21 @@ pub(super) fn commit_arg(job: &Job, ev: Option<EventKind>) -> String {
     }
 }
 
-/// The endpoint of a [`commit_arg`] value (its URL up to the query).
-pub(super) fn endpoint_of_arg(arg: &str) -> &str {
-    endpoint_part(arg.split_once('\n').map_or("", |(_, url)| url))
+/// The id of an endpoint in key names and in `P:dlv:eps`: the SHA-1 of the endpoint (the URL up to
+/// its query, [`endpoint_part`]) in lowercase hex, as `redis.sha1hex` makes it in the scripts
+/// (`commit.lua`, `dlv_claim.lua`). Never the endpoint itself: a webhook's path may be its secret
+/// (a Slack-style URL), and key names reach further than values (`SCAN` and `KEYS` are not bound
+/// by ACL key patterns, keyspace notifications, `--bigkeys`, key browsers).
+pub(super) fn endpoint_id(endpoint: &str) -> String {
+    use sha1::{Digest, Sha1};
+    hex::encode(Sha1::digest(endpoint.as_bytes()))
+}
+
+/// The [`endpoint_id`] of a [`commit_arg`] value's URL.
+pub(super) fn endpoint_id_of_arg(arg: &str) -> String {
+    endpoint_id(endpoint_part(
+        arg.split_once('\n').map_or("", |(_, url)| url),
+    ))
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -63,7 +76,6 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 impl RedisStore {
-    /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
     /// The first due time of a pending delivery, either layout's (the earlier layout's are
     /// moved by the next claim, which this makes due).
     async fn dlv_first_due(&self) -> Result<Option<Micros>> {
@@ -84,6 +96,7 @@ impl RedisStore {
         Ok(a.iter().chain(&b).map(|(_, s)| *s as Micros).min())
     }
 
+    /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
     async fn delivery_ids(
         &self,
         job: Uuid,
@@ -142,7 +155,7 @@ impl DeliveryStore for RedisStore {
             MOVE_EARLIER.to_string(),
         ];
         for (endpoint, n) in limits.busy.iter().filter(|(_, n)| **n > 0) {
-            args.push(endpoint.clone());
+            args.push(endpoint_id(endpoint));
             args.push(n.to_string());
         }
         let raw: Vec<String> = self
@@ -190,13 +203,13 @@ impl DeliveryStore for RedisStore {
         let now = self.now().await;
         let (state, due) = plan(claimed.delivery.created_at, now, outcome);
         let n = claimed.delivery.id;
-        let endpoint = endpoint_part(&claimed.delivery.url);
+        let endpoint = endpoint_id(endpoint_part(&claimed.delivery.url));
         let keys = [
             self.keyed("dlv:", n),
             self.keyed("dlvlog:", n),
             self.key("dlv:pend"),
             self.key("dlv:done"),
-            self.keyed("dlv:ep:", endpoint),
+            self.keyed("dlv:ep:", &endpoint),
             self.key("dlv:eps"),
         ];
         let args = [
@@ -211,7 +224,7 @@ impl DeliveryStore for RedisStore {
                 String::new()
             },
             MAX_ATTEMPT_RECORDS.to_string(),
-            endpoint.to_string(),
+            endpoint,
         ];
         let ok: i64 = self.run_script(&RECORD, &keys, &args).await?;
         Ok((ok == 1).then_some(state))
@@ -352,5 +365,25 @@ impl DeliveryStore for RedisStore {
             }
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_ids_are_the_sha1_hex_of_the_endpoint() {
+        // FIPS 180 test vector; `redis.sha1hex('abc')` gives the same.
+        assert_eq!(
+            endpoint_id("abc"),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        let arg = "1700000000000000\nhttps://hooks.example.com/services/T0/B0/XYZ?x=1";
+        assert_eq!(
+            endpoint_id_of_arg(arg),
+            endpoint_id("https://hooks.example.com/services/T0/B0/XYZ")
+        );
+        assert!(!endpoint_id_of_arg(arg).contains("XYZ"));
     }
 }

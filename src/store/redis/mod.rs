@@ -29,7 +29,7 @@
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
 //!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
 //! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
-//! - `P:dlv:{n}`, `P:dlvlog:{n}`, `P:dlv:pend`, `P:dlv:ep:{endpoint}`, `P:dlv:eps`,
+//! - `P:dlv:{n}`, `P:dlvlog:{n}`, `P:dlv:pend`, `P:dlv:ep:{endpoint id}`, `P:dlv:eps`,
 //!   `P:dlv:job:{id}`, `P:dlv:done`, `P:dlv:seq` (and the earlier layout's `P:dlv:due`, moved by
 //!   the claims): webhook deliveries (`deliveries.rs`).
 //! - `P:waitk:{key}`, `P:waitdl`, `P:waitdue`, `P:waitgen`: waiting jobs (`waits.rs`).

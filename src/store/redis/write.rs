@@ -225,7 +225,7 @@ impl Write {
                 } else {
                     &self.delivery
                 };
-                p.own("dlvep", "dlv:ep:", deliveries::endpoint_of_arg(d));
+                p.own("dlvep", "dlv:ep:", deliveries::endpoint_id_of_arg(d));
             }
         }
     }

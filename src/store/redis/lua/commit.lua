@@ -49,7 +49,8 @@
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
 --   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
 --   `P:evc:{channel}`, `djob`
---   `P:dlv:job:{id}`, `dlvep` `P:dlv:ep:{endpoint}` (with a delivery: its URL up to the query), `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
+--   `P:dlv:job:{id}`, `dlvep` `P:dlv:ep:{endpoint id}` (with a delivery: the SHA-1 hex of its URL
+--   up to the query), `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
 --   (a write that may be handed over, see `hand`), and per item `fref` `P:fref:{hash}` (per file hash),
 --   `fgone` `P:fref:{hash}` (per hash of `fgone`), `waitk`
 --   `P:waitk:{key}` (per waited key), `sig` `P:sig:{key}`, `sigid` `P:sigid:{key}`, `sigidt`
@@ -219,7 +220,9 @@ end
 
 -- A webhook delivery of event `eid` (signed webhooks out, src/store/redis/deliveries.rs): a hash
 -- per delivery, due at once: pending (`dlvpend`), in its endpoint's pending set (`dlvep`), and
--- the endpoint's entry in `dlveps` moved to it when it is the endpoint's first due.
+-- the endpoint's entry in `dlveps` moved to it when it is the endpoint's first due. The endpoint
+-- is named by its id, the SHA-1 hex of the URL up to the query (`endpoint_id` in
+-- src/store/redis/deliveries.rs): its path may be the webhook's secret, kept out of key names.
 local function deliver(w, K, eid, ev, dlv)
   local at, url = string.match(dlv, '^(%d+)\n(.+)$')
   if not at then return end
@@ -228,7 +231,7 @@ local function deliver(w, K, eid, ev, dlv)
     'st', 'pending', 'n', 0)
   redis.call('ZADD', K.dlvpend, at, n)
   redis.call('ZADD', K.dlvep, at, n)
-  local ep = string.match(url, '^[^?]*')
+  local ep = redis.sha1hex(string.match(url, '^[^?]*'))
   local first = redis.call('ZSCORE', K.dlveps, ep)
   if not first or tonumber(at) < tonumber(first) then redis.call('ZADD', K.dlveps, at, ep) end
   redis.call('ZADD', K.djob, n, n)

@@ -11,7 +11,13 @@
 -- again with `a` still there lost its last claim without a record: that attempt goes into its
 -- log first (the caller's JSON says "unknown"), counted.
 -- First, up to ARGV[11] deliveries of the earlier layout (`P:dlv:due` alone, written before an
--- upgrade or by an older process beside this one) move to this one, due as they were.
+-- upgrade or by an older process beside this one) move to this one, due as they were; one
+-- claimed meanwhile (by this build: an older process's record of a retry put it back in
+-- `P:dlv:due` after this build moved it) keeps its claim's hold, not an earlier due, so no other
+-- claim takes it while its attempt is in flight.
+-- Endpoints are named by their id, the SHA-1 hex of the URL up to its query (`endpoint_id` in
+-- src/store/redis/deliveries.rs), in key names and in `P:dlv:eps` alike: a webhook's path may be
+-- its secret.
 --
 -- KEYS[1] `P:dlv:pend` (every pending delivery by due time), KEYS[2] `P:dlv:eps` (endpoints by
 -- their earliest due delivery), KEYS[3] `P:dlv:due` (the earlier layout). The deliveries' hashes
@@ -23,7 +29,7 @@
 -- ARGV[5] delivery key prefix, ARGV[6] most attempts in flight per endpoint, ARGV[7] endpoint
 -- set prefix, ARGV[8] attempt log key prefix, ARGV[9] the attempt started (JSON), ARGV[10]
 -- attempts kept per log, ARGV[11] most deliveries of the earlier layout moved, then pairs:
--- endpoint, attempts in flight. An endpoint is the URL up to its query (`endpoint_part` in
+-- endpoint id, attempts in flight. An endpoint is the URL up to its query (`endpoint_part` in
 -- src/store/deliveries.rs).
 -- Returns 8 values per claimed delivery: id, job id, url, event id, event JSON, created (µs),
 -- attempts so far (the lost claim's included), next due ('' = created).
@@ -49,9 +55,11 @@ if move > 0 then
   local o = redis.call('ZRANGE', old, 0, move - 1, 'WITHSCORES')
   for i = 1, #o, 2 do
     local n, at = o[i], o[i + 1]
-    local f = redis.call('HMGET', dlv_prefix .. n, 'u', 'st')
+    local f = redis.call('HMGET', dlv_prefix .. n, 'u', 'st', 'c', 'due')
     if f[1] and f[2] == 'pending' then
-      local ep = string.match(f[1], '^[^?]*')
+      local ep = redis.sha1hex(string.match(f[1], '^[^?]*'))
+      -- Claimed: due at the end of its hold at the earliest.
+      if f[3] and f[4] and tonumber(f[4]) and tonumber(f[4]) > tonumber(at) then at = f[4] end
       redis.call('ZADD', pend, at, n)
       redis.call('ZADD', ep_prefix .. ep, at, n)
       refresh(ep)

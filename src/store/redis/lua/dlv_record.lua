@@ -2,11 +2,12 @@
 -- while the claim is still the caller's, in place of the claim's attempt started (field `a`).
 --
 -- KEYS[1] the delivery `P:dlv:{n}`, KEYS[2] its attempts `P:dlvlog:{n}`, KEYS[3] `P:dlv:pend`,
--- KEYS[4] `P:dlv:done`, KEYS[5] its endpoint's pending deliveries `P:dlv:ep:{endpoint}`,
+-- KEYS[4] `P:dlv:done`, KEYS[5] its endpoint's pending deliveries `P:dlv:ep:{endpoint id}`
+-- (the SHA-1 hex of the URL up to its query: `endpoint_id` in src/store/redis/deliveries.rs),
 -- KEYS[6] `P:dlv:eps`.
 -- ARGV[1] delivery id, ARGV[2] claim token, ARGV[3] the attempt (JSON), ARGV[4] new state,
 -- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept,
--- ARGV[8] the endpoint (its member in `P:dlv:eps`).
+-- ARGV[8] the endpoint id (its member in `P:dlv:eps`).
 -- Returns 1 when recorded, 0 when the claim was lost.
 local k, lk, pend, done_set, ek, eps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, token, attempt, state, due, ended, keep, ep =
