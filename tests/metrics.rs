@@ -420,6 +420,17 @@ async fn workload_metrics(backend: Backend) {
     ts.wait_status(&q_wait, "RUNNING", WAIT).await;
     let m3 = scrape(&ts).await;
     assert_eq!(m3.sum("runyard_queue_depth", &[]), 0.0, "{}", m3.1);
+    // An empty queue reads 0, not as a gap (a probe: dashboards showed "No data").
+    assert!(
+        m3.0.contains_key(&(
+            "runyard_queue_depth".to_string(),
+            [("type".to_string(), "q.wait".to_string())]
+                .into_iter()
+                .collect()
+        )),
+        "no 0 sample for an empty queue: {}",
+        m3.1
+    );
     assert_eq!(
         m3.sum("runyard_queue_oldest_age_seconds", &[]),
         0.0,

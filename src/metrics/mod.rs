@@ -448,10 +448,11 @@ impl Metrics {
                 ("status", s.as_str().to_string()),
             ];
             *jobs.entry(l).or_default() += i64::try_from(*n).unwrap_or(i64::MAX);
+            // Every type the store holds jobs of has a depth, 0 when none is QUEUED (an empty
+            // queue reads 0, not as a gap).
+            let depth = self.queue_depth.get_or_create(&self.by_type(t));
             if *s == JobStatus::Queued {
-                self.queue_depth
-                    .get_or_create(&self.by_type(t))
-                    .inc_by(i64::try_from(*n).unwrap_or(i64::MAX));
+                depth.inc_by(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
         for (l, n) in jobs {
