@@ -3,7 +3,10 @@
 //! the start in one store change ([`crate::store::finish_slot`]) instead of a write of its own.
 //! A local job's start is asked for only once its process has ended or `worker.quick_exit_wait`
 //! has passed: a process that ends that quickly (`/bin/true`) is always written once, not only
-//! when it wins a race against the writer.
+//! when it wins a race against the writer. The write is tried again while the store refuses it
+//! for a reason of its own (a full disk), as an outcome is ([`write`]).
+
+mod write;
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use runyard_runners::Execution;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use self::write::StartWrite;
 use super::reporter::JobReporter;
 use super::supervise::outcome_to_finish;
 use super::Worker;
@@ -25,8 +29,9 @@ pub(super) enum Start {
     Running,
     /// The attempt had ended and its outcome was recorded with its start: nothing left.
     Finished,
-    /// Refused (cancelled or lost between claim and launch): the work was stopped, nothing left;
-    /// false when its end could not be confirmed ([`Execution::stop`]).
+    /// Refused (cancelled or lost between claim and launch), or not taken by the store before
+    /// the lease would run out ([`write`]): the work was stopped, nothing left; false when its
+    /// end could not be confirmed ([`Execution::stop`]).
     ///
     /// [`Execution::stop`]: runyard_runners::Execution::stop
     Gone(bool),
@@ -38,9 +43,7 @@ pub(super) enum Start {
 }
 
 /// The task recording a start: the stored job, and its outcome when its finish went with it.
-pub(super) type RecordTask = tokio::task::JoinHandle<
-    Result<(crate::job::Job, Option<Result<crate::job::Job, StoreError>>), StoreError>,
->;
+pub(super) type RecordTask = tokio::task::JoinHandle<Result<write::Recorded, StoreError>>;
 
 impl Worker {
     /// Records the start of the launched attempt (its lease's `token`), raced against a stop:
@@ -60,19 +63,23 @@ impl Worker {
         // A finish that goes with the start claims the slot's next job with it.
         let finish = FinishSlot::refilling(refill);
         let handle = exec.handle();
-        let started_cmd = || Command::Started {
+        // Tried again while the store refuses it, until the lease would run out ([`write`]).
+        let until = tokio::time::Instant::now() + self.cfg.lease_ttl;
+        let start_write = |finish: &Arc<FinishSlot>| StartWrite {
+            store: self.store.clone(),
+            id,
             token,
-            handle: Some(handle.clone()),
+            start: Command::Started {
+                token,
+                handle: Some(handle.clone()),
+            },
+            finish: finish.clone(),
+            until,
+            stop: stop.clone(),
         };
         // A task of its own while the work runs: a stop must not wait for the store. Tracked
         // with the jobs, so that a stopping worker's runtime does not end with it half-way.
-        let spawn_record = |finish: &Arc<FinishSlot>| {
-            let store = self.store.clone();
-            let cmd = started_cmd();
-            let finish = finish.clone();
-            self.jobs
-                .spawn(async move { store.apply_start(id, cmd, finish).await })
-        };
+        let spawn_record = |finish: &Arc<FinishSlot>| self.jobs.spawn(start_write(finish).run());
         // A process that ends within `quick_exit_wait` has its finish written with its start.
         let linger = match kind {
             RunnerKind::Local => self.cfg.quick_exit_wait,
@@ -119,7 +126,7 @@ impl Worker {
                     };
                     if record.is_none() {
                         // The work has ended: nothing left to stop, so no task of its own.
-                        break self.store.apply_start(id, started_cmd(), finish.clone()).await;
+                        break start_write(&finish).run().await;
                     }
                 }
                 _ = stop.cancelled() => {
@@ -137,7 +144,8 @@ impl Worker {
                 Start::Finished
             }
             Err(e) => {
-                // Cancelled (or lost) between claim and launch.
+                // Cancelled (or lost) between claim and launch, or the store did not take the
+                // start before the lease would run out.
                 tracing::info!(error = %e, "job gone before it started: stopping it");
                 let gone = exec.stop(self.cfg.kill_grace).await;
                 reporter.flush().await;

@@ -323,7 +323,7 @@ impl Worker {
 
 /// What became of an attempt's finish the store did not confirm, read from the job.
 #[derive(Debug, PartialEq, Eq)]
-enum Late {
+pub(super) enum Late {
     /// The attempt (fencing `token`) ended with its worker's outcome, and is the job's last.
     Recorded,
     /// It did, and the job has had another attempt since (a retry).
@@ -336,7 +336,7 @@ enum Late {
     NotRecorded,
 }
 
-fn late_finish(job: &Job, token: u64) -> Late {
+pub(super) fn late_finish(job: &Job, token: u64) -> Late {
     let Some(i) = job.runs.iter().rposition(|r| r.token == token) else {
         return Late::NotRecorded;
     };

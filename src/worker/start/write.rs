@@ -1,0 +1,254 @@
+//! The write that records an attempt's start (with its finish, when it went with it), held to
+//! the rule an attempt's outcome follows ([`Worker::finish_write`]): the work has been launched,
+//! so only a refusal that says the job is no longer this attempt's (cancelled, taken over,
+//! deleted: `StoreError::Transition`, `NotFound`) makes it "gone" and stops it.
+//! - A write the store refused for a reason of its own (a full disk: `StoreError::Backend`,
+//!   nothing written) is tried again with backoff (100 ms doubling to 2 s) until the lease would
+//!   run out or the attempt is stopped. The heartbeat renews a `STARTING` lease meanwhile, when
+//!   the store takes its writes.
+//! - A write the store did not confirm in time (`StoreError::Unavailable`: it may have been
+//!   carried out) is told from the job read back, as [`Worker::unconfirmed`] does for an
+//!   outcome: recorded (with the finish that went with it), not recorded (tried again), or
+//!   refused (the job moved on without this attempt).
+//!
+//! A try that failed has taken the attempt's finish from its [`FinishSlot`] (the slot is closed):
+//! the next tries record the start alone, and the outcome is recorded on its own after it
+//! (`Worker::supervise` waits for the work again: its end is kept).
+//!
+//! [`Worker::finish_write`]: super::super::Worker
+//! [`Worker::unconfirmed`]: super::super::Worker
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::super::supervise::{late_finish, Late};
+use crate::job::{ApplyCtx, Command, Job, JobStatus};
+use crate::store::{FinishSlot, Store, StoreError};
+
+/// The stored job after the start and, when a finish was taken with it, the finish's result.
+pub(crate) type Recorded = (Job, Option<Result<Job, StoreError>>);
+
+/// One attempt's start, to be written.
+pub(in crate::worker) struct StartWrite {
+    pub(in crate::worker) store: Arc<dyn Store>,
+    pub(in crate::worker) id: Uuid,
+    pub(in crate::worker) token: u64,
+    /// The attempt's `Command::Started`.
+    pub(in crate::worker) start: Command,
+    pub(in crate::worker) finish: Arc<FinishSlot>,
+    /// When the lease would run out: no try after it.
+    pub(in crate::worker) until: Instant,
+    /// The attempt's stop: no try after it.
+    pub(in crate::worker) stop: CancellationToken,
+}
+
+impl StartWrite {
+    /// Writes the start until the store takes or refuses it (see the module docs); the last
+    /// answer when the lease would run out or the attempt was stopped first.
+    pub(in crate::worker) async fn run(self) -> Result<Recorded, StoreError> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let r = self
+                .store
+                .apply_start(self.id, self.start.clone(), self.finish.clone())
+                .await;
+            let e = match r {
+                Err(e @ StoreError::Backend(_)) => e,
+                Err(e @ StoreError::Unavailable(_)) => match self.read_back(e).await {
+                    Ok(told) => return told,
+                    Err(e) => e,
+                },
+                r => return r,
+            };
+            if !self.pause(pause).await {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "the store did not take the start: trying again");
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits `pause` before the next try: false (no wait) when the try would come after the
+    /// lease ran out, or the attempt was stopped (meanwhile).
+    async fn pause(&self, pause: Duration) -> bool {
+        if self.stop.is_cancelled() || Instant::now() + pause >= self.until {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+
+    /// What became of a start the store did not confirm (`error`), from the job read back:
+    /// `Ok` with the answer the write would have had when it was carried out, or refused;
+    /// `Err(error)` when it was not (a second read a moment later says the same: a write sent
+    /// on a connection given up for dead may be read just after a read on a new one), to be
+    /// tried again; `Ok(Err(error))` when the job cannot be read before the lease runs out or
+    /// the attempt is stopped.
+    async fn read_back(
+        &self,
+        error: StoreError,
+    ) -> Result<Result<Recorded, StoreError>, StoreError> {
+        let mut pause = Duration::from_millis(100);
+        let mut seen_unrecorded = false;
+        loop {
+            let left = self.until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stop.is_cancelled() {
+                return Ok(Err(error));
+            }
+            match crate::store::within(left, self.store.get(self.id)).await {
+                Ok(None) => return Ok(Err(StoreError::NotFound)),
+                Ok(Some(j)) => match start_landed(&j, self.token, &self.start) {
+                    Landed::No if !seen_unrecorded => {
+                        seen_unrecorded = true;
+                        tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                    }
+                    Landed::No => return Err(error),
+                    Landed::Started => {
+                        tracing::info!(error = %error, "the store answered late: the start was recorded");
+                        return Ok(Ok((j, None)));
+                    }
+                    Landed::Finished(late) => {
+                        tracing::info!(error = %error, "the store answered late: the start was recorded with the attempt's end");
+                        if late == Late::Recorded {
+                            self.store.finish_committed_late(&j);
+                        }
+                        return Ok(Ok((j.clone(), Some(Ok(j)))));
+                    }
+                    Landed::Refused(e) => return Ok(Err(e)),
+                },
+                Err(_) => {
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// What a job read back says of the start of the attempt holding `token`.
+#[derive(Debug)]
+enum Landed {
+    /// Not recorded: the attempt still holds the job, `STARTING`.
+    No,
+    /// Recorded (or the job reported `RUNNING` itself): the attempt runs.
+    Started,
+    /// Recorded with the attempt's end (its finish went with it): how it is told.
+    Finished(Late),
+    /// The start would be refused now: the job is no longer this attempt's.
+    Refused(StoreError),
+}
+
+/// What `job` says of `start` (the `Command::Started` of the attempt holding `token`).
+fn start_landed(job: &Job, token: u64, start: &Command) -> Landed {
+    match late_finish(job, token) {
+        Late::NotRecorded => {}
+        late => return Landed::Finished(late),
+    }
+    // The start again, on a copy: what the store would answer to it.
+    let mut probe = job.clone();
+    let handle = match start {
+        Command::Started { handle, .. } => handle.clone(),
+        _ => None,
+    };
+    match crate::job::apply(
+        &mut probe,
+        start.clone(),
+        &ApplyCtx::at(crate::job::now_us(), 0),
+    ) {
+        Err(e) => Landed::Refused(e.into()),
+        Ok(_) if job.status == JobStatus::Starting => Landed::No,
+        // RUNNING without the attempt's handle: reported by the job through its hook, the start
+        // itself still to be written (it saves the handle).
+        Ok(_) if job.handle != handle => Landed::No,
+        Ok(_) => Landed::Started,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{start_landed, Landed};
+    use crate::job::{Command, Job, JobStatus, Lease, RunHandle, RunRecord};
+    use runyard_hooks::RunKind;
+
+    fn claimed(token: u64) -> Job {
+        let mut j = Job::new("t", "r", 0);
+        j.status = JobStatus::Starting;
+        j.lease = Some(Lease {
+            worker: "w".into(),
+            token,
+            expires_at: i64::MAX,
+        });
+        j.runs = vec![RunRecord {
+            attempt: 1,
+            worker: "w".into(),
+            token,
+            claimed_at: 1,
+            started_at: None,
+            ended_at: None,
+            outcome: None,
+            reported: None,
+            time_limit: None,
+            error: None,
+        }];
+        j
+    }
+
+    fn started(token: u64) -> Command {
+        Command::Started {
+            token,
+            handle: Some(RunHandle {
+                kind: RunKind::Local,
+                id: "1".into(),
+                data: serde_json::json!({"pid": 1}),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_start_read_back_is_told_from_the_job() {
+        let j = claimed(7);
+        assert!(
+            matches!(start_landed(&j, 7, &started(7)), Landed::No),
+            "still STARTING: not recorded"
+        );
+        assert!(
+            matches!(start_landed(&j, 8, &started(8)), Landed::Refused(_)),
+            "another claim's job"
+        );
+        let mut running = claimed(7);
+        running.status = JobStatus::Running;
+        running.runs[0].started_at = Some(2);
+        assert!(
+            matches!(start_landed(&running, 7, &started(7)), Landed::No),
+            "RUNNING reported by the job: its start (the handle) still to be written"
+        );
+        if let Command::Started { handle, .. } = started(7) {
+            running.handle = handle;
+        }
+        assert!(matches!(
+            start_landed(&running, 7, &started(7)),
+            Landed::Started
+        ));
+        let mut done = running.clone();
+        done.status = JobStatus::Success;
+        done.lease = None;
+        done.runs[0].ended_at = Some(3);
+        done.runs[0].outcome = Some("SUCCESS".into());
+        assert!(matches!(
+            start_landed(&done, 7, &started(7)),
+            Landed::Finished(super::Late::Recorded)
+        ));
+        let mut cancelled = claimed(7);
+        cancelled.status = JobStatus::Cancelled;
+        assert!(
+            matches!(start_landed(&cancelled, 7, &started(7)), Landed::Refused(_)),
+            "cancelled between claim and start"
+        );
+    }
+}
