@@ -94,8 +94,16 @@ impl Verifier {
         }
         // A channel name as a job's `channel` must be (a number is taken as its digits): a
         // token for a name no job can carry would open a stream that never speaks.
+        // A `null` channel is refused, not read as "no channel": with a `scope` that would be a
+        // token for every channel, minted by an issuer whose channel was missing (Python's None).
         let channel = match claims.get("channel") {
-            None | Some(Value::Null) => None,
+            None => None,
+            Some(Value::Null) => {
+                return Err(
+                    "the token's `channel` claim is null: give a channel, or leave the claim out                      for a token not confined to one"
+                        .into(),
+                )
+            }
             Some(Value::String(c)) if valid_name(c, 256) => Some(c.clone()),
             Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
             Some(_) => return Err(format!("the token's {CHANNEL_RULE}")),
@@ -298,6 +306,17 @@ mod tests {
             &mint(Algorithm::HS256, json!({"exp": exp}), SECRET),
             "channel",
         );
+        // A null channel is not "every channel" (a probe: a scoped token minted with
+        // `"channel": None` cancelled another channel's job).
+        for claims in [
+            json!({"channel": null, "exp": exp}),
+            json!({"channel": null, "scope": "jobs:read jobs:cancel", "exp": exp}),
+        ] {
+            refused(
+                &mint(Algorithm::HS256, claims, SECRET),
+                "`channel` claim is null",
+            );
+        }
         refused(
             &mint(Algorithm::HS256, json!({"channel": "c1"}), SECRET),
             "exp",
