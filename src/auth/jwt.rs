@@ -92,22 +92,7 @@ impl Verifier {
                 )
             }
         }
-        // A channel name as a job's `channel` must be (a number is taken as its digits): a
-        // token for a name no job can carry would open a stream that never speaks.
-        // A `null` channel is refused, not read as "no channel": with a `scope` that would be a
-        // token for every channel, minted by an issuer whose channel was missing (Python's None).
-        let channel = match claims.get("channel") {
-            None => None,
-            Some(Value::Null) => {
-                return Err(
-                    "the token's `channel` claim is null: give a channel, or leave the claim out                      for a token not confined to one"
-                        .into(),
-                )
-            }
-            Some(Value::String(c)) if valid_name(c, 256) => Some(c.clone()),
-            Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
-            Some(_) => return Err(format!("the token's {CHANNEL_RULE}")),
-        };
+        let channel = channel_claim(claims.get("channel"))?;
         let sub = match claims.get("sub") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
@@ -161,6 +146,25 @@ impl Verifier {
             scope,
             valid_until,
         })
+    }
+}
+
+/// The `channel` claim: a channel name as a job's `channel` must be (a number is taken as its
+/// digits), none when absent; a `null` is refused.
+fn channel_claim(claim: Option<&Value>) -> Result<Option<String>, String> {
+    match claim {
+        None => Ok(None),
+        // Not "no channel": with a `scope` that would be a token for every channel, minted by an
+        // issuer whose channel was missing (Python's None).
+        Some(Value::Null) => Err(
+            "the token's `channel` claim is null: give a channel, or leave \
+                                  the claim out for a token not confined to one"
+                .into(),
+        ),
+        // A token for a name no job can carry would open a stream that never speaks.
+        Some(Value::String(c)) if valid_name(c, 256) => Ok(Some(c.clone())),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
+        Some(_) => Err(format!("the token's {CHANNEL_RULE}")),
     }
 }
 
