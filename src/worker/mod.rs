@@ -12,7 +12,8 @@
 //! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
 //! - [`orphans`] sweeps containers and Kubernetes Jobs left behind by jobs done with them.
 //! - At shutdown the worker stops claiming (its loop and its jobs' finishes), lets running jobs
-//!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue.
+//!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue; the
+//!   whole stop is bounded whatever the store does (`stop.rs`).
 
 mod claims;
 mod leases;
@@ -488,6 +489,12 @@ impl Worker {
         tracing::info!(job_id = %id, "adopted live work of a lost worker");
         slot.active.fetch_add(1, Ordering::AcqRel);
         let (stop, reason) = self.track(id, token, asked, None);
+        if self.swept.load(Ordering::SeqCst) {
+            // Adopted after the shutdown's sweep: stopped and given back at once, as a claimed
+            // job is (`run_job`).
+            *reason.lock() = StopReason::Release;
+            stop.cancel();
+        }
         let reporter = StoreSink::reporter(self.store.clone(), id, token);
         deferred.attach(reporter.clone());
         match recovered {

@@ -108,6 +108,10 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
             }
             continue;
         }
+        // A stopping worker takes on no work: another worker's reaper adopts it.
+        if worker.stopping.load(std::sync::atomic::Ordering::SeqCst) && job.handle.is_some() {
+            continue;
+        }
         let slot = worker.runners.get(&job.runner).cloned();
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);

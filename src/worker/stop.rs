@@ -105,26 +105,24 @@ impl Worker {
     }
 
     /// Waits (up to `shutdown_grace` from the stop's start) for the work of the running jobs to
-    /// end, then stops the rest, to be given back, and waits for their work to end.
+    /// end, then stops the rest, to be given back, and waits for their work to end. Either way a
+    /// job that arrives after this (a finish's claim on its way) is given back at once.
     pub(super) async fn drain(&self) {
         let deadline = self.grace_over_at();
-        loop {
-            if self.live() == 0 {
-                return;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
+        while self.live() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         {
             let running = self.running.lock();
             // Under the lock: a job tracked after this sees the flag (`run_job`).
             self.swept.store(true, Ordering::SeqCst);
-            for r in running.values() {
+            for r in running.values().filter(|r| !r.work_over) {
                 *r.reason.lock() = StopReason::Release;
                 r.stop.cancel();
             }
+        }
+        if self.live() == 0 {
+            return;
         }
         tracing::info!(
             jobs = self.live(),
