@@ -43,7 +43,7 @@ use crate::security::MasterKey;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
-use crate::worker::Worker;
+use crate::worker::{Worker, STOP_MARGIN};
 use runyard_hooks::Verifier;
 
 use crate::api::App;
@@ -240,6 +240,9 @@ struct Core {
     worker_stop: CancellationToken,
     /// Cancelled when the stop begins (`stop_worker`): readiness answers 503 `draining`.
     draining: CancellationToken,
+    /// Set when the stop begins: its last steps end by then (`worker.shutdown_grace +
+    /// worker.kill_grace +` [`STOP_MARGIN`] less [`EXIT_SLACK`]), whatever the store does.
+    stop_by: Option<tokio::time::Instant>,
     worker: Option<(Arc<Worker>, JoinHandle<()>)>,
     /// The worker's own thread, when a server started by `serve`/`start` runs on a single-thread
     /// runtime ([`WorkerThread`]; a worker node's worker stays on its runtime).
@@ -362,6 +365,7 @@ impl Core {
             bg,
             worker_stop: CancellationToken::new(),
             draining: CancellationToken::new(),
+            stop_by: None,
             worker: None,
             worker_thread: None,
         })
@@ -405,6 +409,11 @@ impl Core {
 
     /// Stops the worker claiming and waits for it to drain.
     async fn stop_worker(&mut self) {
+        let w = &self.config.worker;
+        self.stop_by = Some(
+            tokio::time::Instant::now() + w.shutdown_grace + w.kill_grace + STOP_MARGIN
+                - EXIT_SLACK,
+        );
         self.draining.cancel();
         // Before anything else, on this thread: once `stop()` has been polled, no finish claims
         // a next job, however long the worker's own thread takes to see the cancellation.
@@ -420,21 +429,35 @@ impl Core {
         }
     }
 
+    /// How long a last step of the stop may wait: at most `cap`, and no later than the stop's
+    /// bound (`stop_by`), though a moment (1 s) at least.
+    fn stop_wait(&self, cap: Duration) -> Duration {
+        let left = self.stop_by.map_or(cap, |by| {
+            by.saturating_duration_since(tokio::time::Instant::now())
+        });
+        left.min(cap).max(Duration::from_secs(1))
+    }
+
     /// Ends the background loops and waits until every one has returned.
     async fn stop_loops(&self) {
         self.bg.cancel();
         self.tasks.close();
-        // Every loop ends on `bg` within its own bounded call; the worker node's health listener
-        // waits for its connections, and a probe client that stops mid-request must not hold the
-        // stop forever.
-        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background tasks still running 10s after stop: leaving them");
+        // Every loop ends on `bg` after its call in flight, which waits up to `store.retry`
+        // while Redis is away; the worker node's health listener waits for its connections, and
+        // a probe client that stops mid-request must not hold the stop forever.
+        let wait = self.stop_wait(Duration::from_secs(10));
+        if tokio::time::timeout(wait, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                waited = ?wait,
+                "background tasks still running after the stop (waiting for the store?): leaving them"
+            );
         }
     }
 }
+
+/// The part of [`STOP_MARGIN`] left, past the background loops' and the HTTP connections' last
+/// wait, for what follows (the application state's release, the process's exit).
+const EXIT_SLACK: Duration = Duration::from_secs(2);
 
 /// A started server.
 pub struct RunningServer {
@@ -470,11 +493,11 @@ impl RunningServer {
         core.stop_worker().await;
         app.closing.cancel();
         http_stop.cancel();
-        core.stop_loops().await;
         // Connections that stay open (a client that never reads) must not hold the stop forever.
-        let served = tokio::time::timeout(Duration::from_secs(10), &mut http).await;
+        let wait = core.stop_wait(Duration::from_secs(10));
+        let (_, served) = tokio::join!(core.stop_loops(), tokio::time::timeout(wait, &mut http));
         if served.is_err() {
-            tracing::warn!("HTTP connections still open after 10s: closing them");
+            tracing::warn!(waited = ?wait, "HTTP connections still open after the stop: closing them");
             http.abort();
         }
         // The accept loop returns once its connection tasks have ended, but an upgraded WebSocket

@@ -12,7 +12,8 @@
 //! - [`reaper`] finds expired leases of dead workers and requeues (or fails) their jobs.
 //! - [`orphans`] sweeps containers and Kubernetes Jobs left behind by jobs done with them.
 //! - At shutdown the worker stops claiming (its loop and its jobs' finishes), lets running jobs
-//!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue.
+//!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue; the
+//!   whole stop is bounded whatever the store does (`stop.rs`).
 
 mod claims;
 mod leases;
@@ -22,13 +23,14 @@ pub mod reaper;
 pub mod reporter;
 pub mod reports;
 mod start;
+mod stop;
 mod supervise;
 #[cfg(test)]
 mod sweep_tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -44,6 +46,7 @@ use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::handoff::{NextJob, Refill};
 use crate::store::{Notice, Store};
 use reporter::StoreSink;
+pub use stop::STOP_MARGIN;
 use supervise::{outcome_to_finish, time_limit, Supervised};
 
 /// Why a running job is being stopped by the worker.
@@ -64,6 +67,8 @@ struct Running {
     renewed: tokio::time::Instant,
     /// Stopped by the fence task (logged once).
     fenced: bool,
+    /// Its work has ended or was stopped: only writes are left (`Worker::work_ended`).
+    work_over: bool,
     /// Where the job's finish may claim the slot's next job; closed when the worker stops.
     refill: Option<Arc<Refill>>,
     /// The attempt's `job` span: the heartbeat's and the fence's lines about it are in it.
@@ -89,9 +94,14 @@ pub struct Worker {
     /// The shutdown grace is over and the running jobs were told to stop: a job tracked after
     /// that is stopped at once (`Worker::drain`).
     swept: AtomicBool,
-    /// Every job and adoption task: `run` returns only once they have all ended, so a stopped
-    /// worker holds nothing (the embedded store's lock included).
+    /// When the stop began (`stop.rs`): its graces count from then.
+    stop_began: OnceLock<tokio::time::Instant>,
+    /// Every job and adoption task: `run` returns only once they have all ended (or were left
+    /// to their leases at the stop's bound, `quit`), so a stopped worker holds nothing (the
+    /// embedded store's lock included).
     jobs: TaskTracker,
+    /// Cancelled at the stop's bound: the job tasks still waiting for the store end.
+    quit: CancellationToken,
 }
 
 impl Worker {
@@ -123,7 +133,9 @@ impl Worker {
             queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             swept: AtomicBool::new(false),
+            stop_began: OnceLock::new(),
             jobs: TaskTracker::new(),
+            quit: CancellationToken::new(),
         })
     }
 
@@ -167,7 +179,12 @@ impl Worker {
             if !pacing.wait(&shutdown).await {
                 break;
             }
-            let round = self.claim_round(must_claim).await;
+            // A claim the store does not answer (Redis away) is not waited for past the grace:
+            // a job it may have claimed is recovered by its lease.
+            let round = tokio::select! {
+                r = self.claim_round(must_claim) => r,
+                _ = self.grace_over(&shutdown) => break,
+            };
             pacing.claimed(&round);
             let (failed, full) = (round.failed, round.full);
             // A failed claim is tried again after the backoff.
@@ -185,82 +202,14 @@ impl Worker {
         }
         self.begin_stopping();
         self.drain().await;
-        bg.cancel();
-        for t in tasks {
-            let _ = t.await;
-        }
-        self.jobs.close();
-        if tokio::time::timeout(
-            self.cfg.kill_grace + Duration::from_secs(10),
-            self.jobs.wait(),
-        )
-        .await
-        .is_err()
-        {
-            tracing::warn!(worker = %self.id, "some job tasks did not end after the shutdown");
-        }
+        self.end_tasks(bg, tasks).await;
         tracing::info!(worker = %self.id, "worker stopped");
     }
 
     /// Runs a job claimed (or handed over) for `slot` in its own task.
     fn spawn_job(self: &Arc<Self>, job: Job, slot: &Arc<RunnerSlot>, asked: tokio::time::Instant) {
         slot.active.fetch_add(1, Ordering::AcqRel);
-        self.jobs
-            .spawn(self.clone().run_job(job, slot.clone(), asked));
-    }
-
-    /// From now on no finish claims a next job: the refills of the running jobs are closed
-    /// (a finish already on its way with one still brings its job, run as one claimed in the
-    /// worker's last moments is), and no new one is asked for. Called again by `run` when it
-    /// sees the shutdown; more than once is harmless.
-    pub(crate) fn begin_stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for r in self.running.lock().values() {
-            if let Some(f) = &r.refill {
-                f.close();
-            }
-        }
-    }
-
-    /// No job of this worker runs: none tracked, and none spawned but not yet tracked (a job
-    /// handed over or claimed at shutdown counts in its slot's `active` before its task runs).
-    fn idle(&self) -> bool {
-        self.running.lock().is_empty()
-            && self
-                .runners
-                .iter()
-                .all(|s| s.active.load(Ordering::Acquire) == 0)
-    }
-
-    async fn drain(&self) {
-        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
-        loop {
-            if self.idle() {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = {
-            let running = self.running.lock();
-            // Under the lock: a job tracked after this sees the flag (`run_job`).
-            self.swept.store(true, Ordering::SeqCst);
-            for r in running.values() {
-                *r.reason.lock() = StopReason::Release;
-                r.stop.cancel();
-            }
-            running.len()
-        };
-        tracing::info!(
-            jobs = n,
-            "shutdown grace over: stopping and requeueing running jobs"
-        );
-        let hard = tokio::time::Instant::now() + self.cfg.kill_grace + Duration::from_secs(5);
-        while !self.idle() && tokio::time::Instant::now() < hard {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.spawn_task(self.clone().run_job(job, slot.clone(), asked));
     }
 
     /// Reacts to what the store commits: new work wakes the claim loop, a cancelled job is stopped.
@@ -311,6 +260,7 @@ impl Worker {
                 reason: reason.clone(),
                 renewed: asked,
                 fenced: false,
+                work_over: false,
                 refill,
                 // `track` runs in the attempt's span.
                 span: tracing::Span::current(),
@@ -439,7 +389,12 @@ impl Worker {
         let watch = reports::Watch::new(id);
         let mut spec = self.spec_factory().spec(job);
         spec.timeout = spec.timeout.or(slot.timeout);
-        let mut exec = match slot.runner.launch(spec, shared).await {
+        let launched = slot.runner.launch(spec, shared).await;
+        if launched.is_err() {
+            // Nothing runs: what is left are writes.
+            self.work_ended(id, token);
+        }
+        let mut exec = match launched {
             Ok(e) => e,
             Err(e) if e.is_host_resources() => {
                 // Not the job's fault: back to the queue shortly, the attempt given back.
@@ -534,6 +489,12 @@ impl Worker {
         tracing::info!(job_id = %id, "adopted live work of a lost worker");
         slot.active.fetch_add(1, Ordering::AcqRel);
         let (stop, reason) = self.track(id, token, asked, None);
+        if self.swept.load(Ordering::SeqCst) {
+            // Adopted after the shutdown's sweep: stopped and given back at once, as a claimed
+            // job is (`run_job`).
+            *reason.lock() = StopReason::Release;
+            stop.cancel();
+        }
         let reporter = StoreSink::reporter(self.store.clone(), id, token);
         deferred.attach(reporter.clone());
         match recovered {
@@ -555,6 +516,7 @@ impl Worker {
                     .await;
             }
             Recovered::Finished(outcome) => {
+                self.work_ended(id, token);
                 reporter.flush().await;
                 self.finish(id, token, outcome_to_finish(outcome, slot.kind), None)
                     .await

@@ -97,7 +97,7 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
             let mut st = stopping.lock();
             if st.busy.len() < MAX_STOPPING && st.busy.insert(job.id) {
                 let (w, set, id) = (worker.clone(), stopping.clone(), job.id);
-                worker.jobs.spawn(async move {
+                worker.spawn_task(async move {
                     if cancelled {
                         stop_lost(&w, job, &set).await;
                     } else {
@@ -106,6 +106,10 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
                     set.lock().busy.remove(&id);
                 });
             }
+            continue;
+        }
+        // A stopping worker takes on no work: another worker's reaper adopts it.
+        if worker.stopping.load(std::sync::atomic::Ordering::SeqCst) && job.handle.is_some() {
             continue;
         }
         let slot = worker.runners.get(&job.runner).cloned();
@@ -124,7 +128,7 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
                 Ok(r) => {
                     // The adopted attempt's lines are in its `job` span, as a claimed one's.
                     let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
-                    worker.jobs.spawn(
+                    worker.spawn_task(
                         worker
                             .clone()
                             .adopt(job, slot, r, deferred)

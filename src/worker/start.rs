@@ -111,6 +111,7 @@ impl Worker {
                 }
                 o = exec.wait(), if watch_end => {
                     watch_end = false;
+                    self.work_ended(id, token);
                     if record.is_none() {
                         // Its start is not asked for yet: its output goes first (one write),
                         // then its start with its finish (one more), not three writes.
@@ -132,6 +133,7 @@ impl Worker {
                 _ = stop.cancelled() => {
                     tracing::info!("job stopped before its start was recorded");
                     let gone = exec.stop(self.cfg.kill_grace).await;
+                    self.work_ended(id, token);
                     reporter.flush().await;
                     return Start::Stopped(gone, record, ended);
                 }
@@ -148,6 +150,7 @@ impl Worker {
                 // start before the lease would run out.
                 tracing::info!(error = %e, "job gone before it started: stopping it");
                 let gone = exec.stop(self.cfg.kill_grace).await;
+                self.work_ended(id, token);
                 reporter.flush().await;
                 Start::Gone(gone)
             }

@@ -86,6 +86,8 @@ impl Worker {
             Some(o) => o,
             None => exec.wait().await,
         };
+        // Only writes are left: they do not hold a stopping worker's drain.
+        self.work_ended(id, token);
         reporter.flush().await;
         let outcome = match end {
             // Ended, but maybe not gone (the pods of a Kubernetes Job deleted by someone else):
@@ -150,6 +152,12 @@ impl Worker {
         let r = self.store.apply(id, Command::Release { token }).await;
         match self.settled(id, token, r).await {
             Ok(j) => crate::outcomes::log_change(&j),
+            // Maybe carried out once the store answers; if not, nothing is lost either.
+            Err(e @ StoreError::Unavailable(_)) => tracing::warn!(
+                error = %e,
+                "the store did not confirm the job's release: if it was not given back, its \
+                 lease runs out and the reaper recovers it as after a crash"
+            ),
             Err(e) => tracing::debug!(error = %e, "release refused"),
         }
     }

@@ -116,7 +116,9 @@ the message). A form the chart cannot read is refused, never taken for 0. */}}
 {{/* runyard's shutdown window in milliseconds for the pods of a component: worker.shutdown_grace +
 worker.kill_grace (30 s and 5 s unless set in `config.worker`, or in the component's extraEnv as
 RUNYARD_WORKER__SHUTDOWN_GRACE / RUNYARD_WORKER__KILL_GRACE, which override the file as in the
-server). Arguments: dict "root" $ "component" "server"|"worker". */}}
+server) + 10 s, what the stop may take past the graces whatever the store does (the server's
+`worker::STOP_MARGIN`, docs/reliability.md "Stopping a server or a worker node"). Arguments:
+dict "root" $ "component" "server"|"worker". */}}
 {{- define "runyard.shutdownWindowMs" -}}
 {{- $c := .component -}}
 {{- $w := .root.Values.config.worker | default dict -}}
@@ -135,7 +137,7 @@ server). Arguments: dict "root" $ "component" "server"|"worker". */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- add (include "runyard.millis" $keys.shutdown_grace | int64) (include "runyard.millis" $keys.kill_grace | int64) -}}
+{{- add (include "runyard.millis" $keys.shutdown_grace | int64) (include "runyard.millis" $keys.kill_grace | int64) 10000 -}}
 {{- end -}}
 
 {{/* A value as TOML: strings, booleans, numbers, lists and (inline) tables. */}}
@@ -291,7 +293,7 @@ set the same keys behind the chart's back. */}}
 {{- $grace := (get $.Values $c).terminationGracePeriodSeconds | int64 -}}
 {{- if le (mul $grace 1000) $window -}}
 {{- $shown := ternary (printf "%d" (div $window 1000)) (printf "%.3f" (divf $window 1000)) (eq (mod $window 1000) 0) -}}
-{{- fail (printf "runyard: %s.terminationGracePeriodSeconds (%d) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace (%s s): raise %s.terminationGracePeriodSeconds or lower the graces" $c $grace $shown $c) -}}
+{{- fail (printf "runyard: %s.terminationGracePeriodSeconds (%d) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace + 10 s (%s s): raise %s.terminationGracePeriodSeconds or lower the graces" $c $grace $shown $c) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq (include "runyard.jobsNamespace" .) .Release.Namespace) -}}

@@ -191,8 +191,8 @@ def test_security_context_and_probes(scenario):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["enableServiceLinks"] is False
-        # Longer than runyard's shutdown window (30 s + 5 s by default).
-        assert pod["terminationGracePeriodSeconds"] > 35
+        # Longer than runyard's shutdown window (30 s + 5 s + 10 s by default).
+        assert pod["terminationGracePeriodSeconds"] > 45
         for c in pod["containers"]:
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True
@@ -219,7 +219,7 @@ def test_grace_period_shorter_than_the_shutdown_window_is_refused():
     with pytest.raises(helm_python.HelmError) as e:
         render.render(values)
     assert "terminationGracePeriodSeconds (60) must be longer" in str(e.value)
-    assert "(125 s)" in str(e.value)
+    assert "(135 s)" in str(e.value)
     values["server"] = {"terminationGracePeriodSeconds": 150}
     values["worker"] = {"terminationGracePeriodSeconds": 150}
     dep = one(render.render(values), "Deployment")
@@ -534,18 +534,19 @@ def test_a_changed_secret_or_config_rolls_the_pods():
 
 @pytest.mark.parametrize(
     "grace, window",
-    # Every form the server's duration parser (humantime) reads, plus kill_grace's 5 s.
-    [("2m30s", "155"), ("150000ms", "155"), ("2.5m", "155"), ("1m 10s", "75"), ("55s", "60"),
-     ("55.5s", "60.500"), ("1h", "3605")],
+    # Every form the server's duration parser (humantime) reads, plus kill_grace's 5 s and the
+    # 10 s the stop may take past the graces.
+    [("2m30s", "165"), ("150000ms", "165"), ("2.5m", "165"), ("1m 10s", "85"), ("45s", "60"),
+     ("45.5s", "60.500"), ("1h", "3615")],
 )
 def test_the_shutdown_window_is_read_in_every_duration_form(grace, window):
     with pytest.raises(helm_python.HelmError) as e:
         render.render({**render.KEYS, "config": {"worker": {"shutdown_grace": grace}}})
-    assert f"terminationGracePeriodSeconds (60) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace ({window} s)" in str(e.value), str(e.value)
+    assert f"terminationGracePeriodSeconds (60) must be longer than runyard's shutdown window, worker.shutdown_grace + worker.kill_grace + 10 s ({window} s)" in str(e.value), str(e.value)
 
 
 def test_a_shutdown_window_inside_the_grace_period_renders():
-    for grace in ["54.5s", "54s", "54000ms", "0", "0.5m"]:
+    for grace in ["44.5s", "44s", "44000ms", "0", "0.5m"]:
         docs = render.render({**render.KEYS, "config": {"worker": {"shutdown_grace": grace}}})
         assert config_of(docs)["worker"]["shutdown_grace"] == grace
 
@@ -570,10 +571,10 @@ def test_the_shutdown_window_set_in_extra_env_is_checked():
         return {component: {"extraEnv": [{"name": name, **value}]}}
     with pytest.raises(helm_python.HelmError) as e:
         render.render({**render.KEYS, **env("worker", "RUNYARD_WORKER__SHUTDOWN_GRACE", value="2m")})
-    assert "worker.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(125 s)" in str(e.value)
+    assert "worker.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(135 s)" in str(e.value)
     with pytest.raises(helm_python.HelmError) as e:
         render.render({**render.KEYS, **env("server", "runyard_worker__kill_grace", value="1m")})
-    assert "server.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(90 s)" in str(e.value)
+    assert "server.terminationGracePeriodSeconds (60) must be longer" in str(e.value) and "(100 s)" in str(e.value)
     with pytest.raises(helm_python.HelmError) as e:
         render.render({**render.KEYS, **env("server", "RUNYARD_WORKER__SHUTDOWN_GRACE",
                                              valueFrom={"configMapKeyRef": {"name": "c", "key": "k"}})})
