@@ -1,6 +1,9 @@
 //! Job files: a content-addressed blob store in `data_dir/files`, keyed by the md5 of the content
 //! (the hook protocol's `hash`). Writes stream to a temporary file while hashing, check the size
-//! limit and the expected md5, then rename into place, so a reader never sees a partial blob.
+//! limit and the expected md5, then link into place, so a reader never sees a partial blob.
+//! A stored blob is never replaced: MD5 collisions are cheap to make, so different bytes with an
+//! md5 already stored are refused ([`FileError::Collision`]) rather than swapped in under every
+//! job that refers to that md5; the same bytes again are a duplicate, kept once.
 //! Which job has which files is stored on the job itself ([`crate::job::FileRef`]).
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,12 @@ pub enum FileError {
     /// Reading the request body failed.
     #[error("cannot read the upload: {0}")]
     Body(String),
+    /// Different content with this md5 is already stored (an MD5 collision): nothing is stored,
+    /// the stored content stays.
+    #[error(
+        "other content with md5 {0} is already stored (an md5 collision): refused, nothing stored"
+    )]
+    Collision(String),
     /// Disk trouble.
     #[error("file store I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -108,7 +117,9 @@ impl BlobStore {
     }
 
     /// Streams `body` into the store. Checks `limit` as bytes arrive and, when given, that the
-    /// md5 is `expected`. Nothing is kept on failure.
+    /// md5 is `expected`. Nothing is kept on failure. Content already stored (the same bytes) is
+    /// kept once and its age refreshed, as a new write's (see [`Self::gc`]); different bytes with
+    /// a stored md5 are refused ([`FileError::Collision`]) and the stored blob stays as it was.
     pub async fn put<S, E>(
         &self,
         mut body: S,
@@ -155,13 +166,15 @@ impl BlobStore {
             if let Some(dir) = dest.parent() {
                 tokio::fs::create_dir_all(dir).await?;
             }
-            tokio::fs::rename(&tmp, &dest).await?;
+            let (from, at) = (tmp.clone(), hash.clone());
+            tokio::task::spawn_blocking(move || place(&from, &dest, &at))
+                .await
+                .map_err(|e| FileError::Io(std::io::Error::other(e.to_string())))??;
             Ok(Stored { hash, size })
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
+        // Linked into place, a duplicate or a failure: the temporary name goes in every case.
+        let _ = tokio::fs::remove_file(&tmp).await;
         result
     }
 
@@ -198,6 +211,71 @@ impl BlobStore {
         }
         Ok(n)
     }
+}
+
+/// Tries of [`place`] when the stored blob vanishes (a GC) between its steps.
+const PLACE_TRIES: usize = 3;
+
+/// Puts the complete file `tmp` at `dest` (its md5 `hash`) if no blob is there, atomically
+/// (`link` fails when the name exists: never a replacement). When one is: the same bytes are a
+/// duplicate (the blob's age is refreshed, as a new write would do), different bytes are an md5
+/// collision, refused. `tmp` stays for the caller to remove.
+fn place(tmp: &Path, dest: &Path, hash: &str) -> Result<(), FileError> {
+    for _ in 0..PLACE_TRIES {
+        match std::fs::hard_link(tmp, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let same = match same_content(tmp, dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other?,
+        };
+        if !same {
+            return Err(FileError::Collision(hash.to_string()));
+        }
+        match touch(dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(FileError::Io(std::io::Error::other(format!(
+        "blob {hash} kept vanishing while being stored"
+    ))))
+}
+
+/// Whether two files hold the same bytes, read side by side in bounded memory.
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fill(&mut fa, &mut ba)?;
+        if n != fill(&mut fb, &mut bb)? || ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+fn fill(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn touch(p: &Path) -> std::io::Result<()> {
@@ -257,6 +335,69 @@ mod tests {
             hex::encode(h.finalize())
         };
         assert_eq!(s.challenge(good).await.unwrap(), expected);
+    }
+
+    /// The public MD5 collision pair (Wang and Yu, 2004): 128 bytes each, md5
+    /// `79054025255fb1a26e4bc422aef54eb4`.
+    const COLLIDING_A: &str = "d131dd02c5e6eec4693d9a0698aff95c2fcab58712467eab4004583eb8fb7f8955ad340609f4b30283e488832571415a085125e8f7cdc99fd91dbdf280373c5bd8823e3156348f5bae6dacd436c919c6dd53e2b487da03fd02396306d248cda0e99f33420f577ee8ce54b67080a80d1ec69821bcb6a8839396f9652b6ff72a70";
+    const COLLIDING_B: &str = "d131dd02c5e6eec4693d9a0698aff95c2fcab50712467eab4004583eb8fb7f8955ad340609f4b30283e4888325f1415a085125e8f7cdc99fd91dbd7280373c5bd8823e3156348f5bae6dacd436c919c6dd53e23487da03fd02396306d248cda0e99f33420f577ee8ce54b67080280d1ec69821bcb6a8839396f965ab6ff72a70";
+
+    fn owned(b: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter(vec![Ok(Bytes::from(b))])
+    }
+
+    #[tokio::test]
+    async fn an_md5_collision_is_refused_and_the_stored_bytes_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::new(dir.path().to_path_buf()).unwrap();
+        let (a, b) = (
+            hex::decode(COLLIDING_A).unwrap(),
+            hex::decode(COLLIDING_B).unwrap(),
+        );
+        assert_ne!(a, b);
+        let hash = "79054025255fb1a26e4bc422aef54eb4";
+        let st = s.put(owned(a.clone()), 1024, None).await.unwrap();
+        assert_eq!(st.hash, hash);
+        let r = s.put(owned(b.clone()), 1024, None).await;
+        assert!(
+            matches!(&r, Err(FileError::Collision(h)) if h == hash),
+            "{r:?}"
+        );
+        let r = s.put(owned(b), 1024, Some(hash)).await;
+        assert!(matches!(r, Err(FileError::Collision(_))), "{r:?}");
+        assert_eq!(std::fs::read(s.path(hash).unwrap()).unwrap(), a);
+        // The same bytes again: a duplicate, fine.
+        assert_eq!(s.put(owned(a.clone()), 1024, None).await.unwrap(), st);
+        assert_eq!(std::fs::read(s.path(hash).unwrap()).unwrap(), a);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "no temporary file is left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_upload_keeps_the_blob_young_for_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::new(dir.path().to_path_buf()).unwrap();
+        let h = s.put(stream(vec![b"again"]), 100, None).await.unwrap().hash;
+        let age = |s: &BlobStore| {
+            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(s.path(&h).unwrap());
+            f.unwrap().set_modified(old).unwrap();
+        };
+        age(&s);
+        s.put(stream(vec![b"again"]), 100, None).await.unwrap();
+        let grace = std::time::Duration::from_secs(3600);
+        assert_eq!(
+            s.gc(&|_| false, grace).unwrap(),
+            0,
+            "uploaded again just now"
+        );
+        age(&s);
+        assert_eq!(s.gc(&|_| false, grace).unwrap(), 1, "an old blob goes");
     }
 
     #[tokio::test]

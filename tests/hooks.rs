@@ -1643,6 +1643,151 @@ async fn uploads_with_a_wrong_md5_or_too_large_are_refused() {
     srv.finish().await;
 }
 
+/// The public MD5 collision pair (Wang and Yu, 2004; also the security probe's): two different
+/// 128-byte strings with the same md5, `79054025255fb1a26e4bc422aef54eb4`.
+fn colliding_pair() -> (Vec<u8>, Vec<u8>) {
+    let a = hex::decode("d131dd02c5e6eec4693d9a0698aff95c2fcab58712467eab4004583eb8fb7f8955ad340609f4b30283e488832571415a085125e8f7cdc99fd91dbdf280373c5bd8823e3156348f5bae6dacd436c919c6dd53e2b487da03fd02396306d248cda0e99f33420f577ee8ce54b67080a80d1ec69821bcb6a8839396f9652b6ff72a70").expect("hex");
+    let b = hex::decode("d131dd02c5e6eec4693d9a0698aff95c2fcab50712467eab4004583eb8fb7f8955ad340609f4b30283e4888325f1415a085125e8f7cdc99fd91dbd7280373c5bd8823e3156348f5bae6dacd436c919c6dd53e23487da03fd02396306d248cda0e99f33420f577ee8ce54b67080280d1ec69821bcb6a8839396f965ab6ff72a70").expect("hex");
+    assert_ne!(a, b);
+    assert_eq!(md5_hex(&a), md5_hex(&b), "a colliding pair");
+    (a, b)
+}
+
+/// Files are stored by md5 (security probe, High): a later upload of different bytes with the
+/// same md5 used to be renamed over the stored file, so every job referring to that md5 then
+/// served the new bytes. Through the client routes (attach, multipart submit) it is now refused
+/// with 409 `md5_collision` and changes nothing; the same bytes again still work (stored once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_md5_collision_attached_by_a_client_is_refused() {
+    let srv = Srv::start("").await;
+    let (a, b) = colliding_pair();
+    let hash = md5_hex(&a);
+    let put_input = |id: &str, bytes: &[u8]| {
+        srv.http
+            .put(format!(
+                "{}/async/jobs/{id}/files/inputs?name=f.bin",
+                srv.url
+            ))
+            .body(bytes.to_vec())
+    };
+    // The victim's job holds A (scheduled far ahead: it stays as it is).
+    let v = srv
+        .submit(json!({"type": "hold.victim", "run_at": "2099-01-01T00:00:00Z"}))
+        .await;
+    let (status, r) = srv.send_json("PUT A", put_input(&v, &a)).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["hash"], hash);
+    let victim_file = format!("{}/async/jobs/{v}/files/inputs/0", srv.url);
+    assert_eq!(srv.fetch(&victim_file).await, (200, a.clone()));
+
+    // Another job attaches B: refused, and the victim's file is still A.
+    let x = srv
+        .submit(json!({"type": "hold.other", "run_at": "2099-01-01T00:00:00Z"}))
+        .await;
+    let before = srv.snap(&x).await;
+    let (status, r) = srv.send_json("PUT B", put_input(&x, &b)).await;
+    assert_eq!(status, 409, "a colliding upload: {r}");
+    assert_eq!(r["error"]["code"], "md5_collision", "{r}");
+    srv.assert_unchanged(&x, &before, "colliding attach").await;
+    assert_eq!(
+        srv.fetch(&victim_file).await,
+        (200, a.clone()),
+        "the victim's file kept its bytes"
+    );
+
+    // B as a multipart submit's file: refused, no job made.
+    let (_, list_before) = srv.get_json("/async/jobs?limit=1000").await;
+    let form = reqwest::multipart::Form::new()
+        .text("job", json!({"type": "hold.mp"}).to_string())
+        .part(
+            "inputs",
+            reqwest::multipart::Part::bytes(b.clone()).file_name("b.bin"),
+        );
+    let (status, r) = srv
+        .send_json(
+            "multipart B",
+            srv.http
+                .post(format!("{}/async/jobs", srv.url))
+                .multipart(form),
+        )
+        .await;
+    assert_eq!(status, 409, "a colliding multipart file: {r}");
+    assert_eq!(r["error"]["code"], "md5_collision", "{r}");
+    let (_, list_after) = srv.get_json("/async/jobs?limit=1000").await;
+    assert_eq!(list_before["jobs"], list_after["jobs"], "no job was made");
+    assert_eq!(srv.fetch(&victim_file).await, (200, a.clone()));
+
+    // The same bytes again, on another job: a duplicate, attached, stored once.
+    let (status, r) = srv.send_json("PUT A again", put_input(&x, &a)).await;
+    assert_eq!(status, 201, "the same bytes again: {r}");
+    let (status, got) = srv
+        .fetch(&format!("{}/async/jobs/{x}/files/inputs/0", srv.url))
+        .await;
+    assert_eq!((status, got), (200, a.clone()));
+    assert_eq!(count_files(&srv.data_dir().join("files")), before.blobs);
+    assert_eq!(srv.fetch(&victim_file).await, (200, a));
+    srv.finish().await;
+}
+
+/// A job asks for an upload URL for its md5 (stored by another job, so the challenge of its own
+/// bytes fails and a URL is given) and sends different, colliding bytes there: 409
+/// `md5_collision`, nothing attached, the stored file keeps its bytes. The same bytes through a
+/// URL are a duplicate, attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_md5_collision_uploaded_by_a_job_is_refused() {
+    let srv = Srv::start("").await;
+    let (a, b) = colliding_pair();
+    let hash = md5_hex(&a);
+    let put_through_url = |id: String, secret: Secret, announced: Vec<u8>, sent: Vec<u8>| {
+        let srv = &srv;
+        async move {
+            let t = upload_target("jobs", &id, "outputs");
+            let body = upload_body(&announced, json!({"name": "o.bin"}));
+            let r = srv
+                .signed(&id, &secret, SigVersion::V2, "PUT", &t, &body)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.describe());
+            assert_eq!(r.json["done"], false, "a URL: {}", r.describe());
+            let url = r.json["url"].as_str().expect("url").to_string();
+            srv.put_bytes(&url, &sent).await
+        }
+    };
+    // The victim job uploads A.
+    let v = srv.submit(json!({"type": "hold.victim"})).await;
+    let (_, sv) = srv.running(&v).await;
+    let (status, r) = put_through_url(v.clone(), sv, a.clone(), a.clone()).await;
+    assert_eq!(status, 200, "{r}");
+    let victim_file = format!("{}/async/jobs/{v}/files/outputs/0", srv.url);
+    assert_eq!(srv.fetch(&victim_file).await, (200, a.clone()));
+
+    // Another job: B's challenge is not A's, so it gets a URL; B's bytes there are refused.
+    let j = srv.submit(json!({"type": "hold.job"})).await;
+    let (_, sj) = srv.running(&j).await;
+    let before = srv.snap(&j).await;
+    let (status, r) = put_through_url(j.clone(), sj.clone(), b.clone(), b.clone()).await;
+    assert_eq!(status, 409, "a colliding signed upload: {r}");
+    assert_eq!(r["error"]["code"], "md5_collision", "{r}");
+    srv.assert_unchanged(&j, &before, "colliding signed upload")
+        .await;
+    assert_eq!(
+        srv.fetch(&victim_file).await,
+        (200, a.clone()),
+        "the victim's file kept its bytes"
+    );
+
+    // A's bytes through a URL (asked for with B's challenge): a duplicate, attached.
+    let (status, r) = put_through_url(j.clone(), sj, b, a.clone()).await;
+    assert_eq!(status, 200, "the same bytes through a signed URL: {r}");
+    assert_eq!(r["hash"], hash);
+    let (status, got) = srv
+        .fetch(&format!("{}/async/jobs/{j}/files/outputs/0", srv.url))
+        .await;
+    assert_eq!((status, got), (200, a.clone()));
+    assert_eq!(count_files(&srv.data_dir().join("files")), before.blobs);
+    assert_eq!(srv.fetch(&victim_file).await, (200, a));
+    srv.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_get_400_and_invalid_ones_422() {
     let srv = Srv::start("").await;

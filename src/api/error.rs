@@ -201,6 +201,12 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 409 `md5_collision`: an uploaded file whose md5 is that of different content already
+    /// stored (files are stored by md5): refused, the stored content stays as it was.
+    pub fn md5_collision(message: impl Into<String>) -> Self {
+        Self::conflict("md5_collision", message)
+    }
+
     /// The error as one item of an answer holding many results (`POST /async/jobs/batch`):
     /// `{"status_code", "error": {"code", "message"}}`, the status it would have on its own.
     pub fn as_item(&self) -> serde_json::Value {

@@ -99,7 +99,7 @@ pub struct AttachParams {
     responses(
         (status = 201, description = "Attached", body = super::openapi::schemas::Attached),
         (status = 400, description = "`bad_id`, `bad_path`, `bad_query`, `bad_body` (also a `Content-Type` over 255 bytes)", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`illegal_transition`: the job has finished", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job has finished; `md5_collision`: other bytes with the same md5 are already stored (an MD5 collision): nothing is stored or attached", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `hooks.max_file_bytes`", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn attach(

@@ -411,6 +411,7 @@ pub fn file_error(e: FileError) -> ApiError {
         FileError::TooLarge(_) => ApiError::too_large(e.to_string()),
         FileError::Mismatch { .. } => ApiError::unprocessable("md5_mismatch", e.to_string()),
         FileError::BadHash(_) => ApiError::invalid_request(e.to_string()),
+        FileError::Collision(_) => ApiError::md5_collision(e.to_string()),
         FileError::Body(_) => ApiError::bad_request("bad_body", e.to_string()),
         FileError::Io(_) => ApiError::internal("file_store_error", e.to_string()),
     }
@@ -484,7 +485,7 @@ async fn check_upload_url(
         (status = 400, description = "`bad_id`, `bad_body` (also a `Content-Type` over 255 bytes)", body = super::openapi::schemas::ErrorBody),
         (status = 403, description = "`bad_signature`: invalid or expired URL; `url_used`", body = super::openapi::schemas::ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`stale_attempt` (also when the job went on to another attempt while the bytes arrived), `illegal_transition`", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`stale_attempt` (also when the job went on to another attempt while the bytes arrived), `illegal_transition`; `md5_collision`: other bytes with the same md5 are already stored (an MD5 collision): nothing is stored or attached", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`md5_mismatch`: the bytes do not match `hash`", body = super::openapi::schemas::ErrorBody),
         (status = 503, description = "`replay_unavailable`", body = super::openapi::schemas::ErrorBody),

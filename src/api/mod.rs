@@ -177,7 +177,7 @@ async fn not_found() -> ApiError {
     responses(
         (status = 202, description = "Accepted (also a replayed `idempotency_key`: header `Idempotent-Replayed: true`)", body = openapi::schemas::Accepted),
         (status = 400, description = "`bad_json`: no body or malformed JSON; `bad_multipart`", body = openapi::schemas::ErrorBody),
-        (status = 409, description = "`idempotency_conflict`: the key was used with another body, or by a job outside the caller's grant", body = openapi::schemas::ErrorBody),
+        (status = 409, description = "`idempotency_conflict`: the key was used with another body, or by a job outside the caller's grant; `md5_collision` (multipart): a file part whose md5 is that of other bytes already stored (an MD5 collision): no job is made", body = openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `api.max_body_bytes` (or a file over `hooks.max_file_bytes`)", body = openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json` nor `multipart/form-data`", body = openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request` (the body does not match the schema, or a field is invalid: the message names it, e.g. `args` over 120 KiB for a runner whose `large_args` is `refuse`), `unknown_type`, `runner_refused`, `notify_refused`", body = openapi::schemas::ErrorBody),
