@@ -6,7 +6,10 @@
 //! still appended, each status change notified.
 //!
 //! The slot is taken (and closed) by the backend when it applies the start: an offer made after
-//! that is refused, and the worker records the finish on its own, as it always did. A slot made
+//! that is refused, and the worker records the finish on its own, as it always did. A start the
+//! store refused with nothing written (a full disk, Redis out of memory) is tried again by the
+//! worker, which first [restores](FinishSlot::restore) the slot: the finish that try took goes
+//! with the next one. A slot made
 //! with [`FinishSlot::refilling`] also carries the worker's [`Refill`]: the finish taken with the
 //! start claims the runner's next QUEUED job in the same change (`store/handoff.rs`).
 
@@ -29,6 +32,8 @@ enum Slot {
     #[default]
     Empty,
     Offered(Command),
+    /// Taken by a start (kept until it is known written: [`FinishSlot::restore`]).
+    Taken(Command),
     Closed,
 }
 
@@ -71,10 +76,30 @@ impl FinishSlot {
     /// The finish offered so far, if any (a [`Command::Finish`]); closes the slot. Called by the
     /// backend as it applies the start.
     pub fn take(&self) -> Option<Command> {
-        match std::mem::replace(&mut *self.slot.lock(), Slot::Closed) {
-            Slot::Offered(c) => Some(c),
-            Slot::Empty | Slot::Closed => None,
+        let mut s = self.slot.lock();
+        match &*s {
+            Slot::Offered(c) => {
+                let c = c.clone();
+                *s = Slot::Taken(c.clone());
+                Some(c)
+            }
+            Slot::Empty => {
+                *s = Slot::Closed;
+                None
+            }
+            Slot::Taken(_) | Slot::Closed => None,
         }
+    }
+
+    /// The start that took (or closed) this slot was refused with nothing written, and is to be
+    /// tried again: the finish it took is offered again, to go with the next try, and a slot it
+    /// closed empty is open again. Nothing changes for a slot no start took.
+    pub fn restore(&self) {
+        let mut s = self.slot.lock();
+        *s = match std::mem::take(&mut *s) {
+            Slot::Taken(c) | Slot::Offered(c) => Slot::Offered(c),
+            Slot::Empty | Slot::Closed => Slot::Empty,
+        };
     }
 }
 
@@ -116,5 +141,23 @@ mod tests {
             s.offer(1, FinishOutcome::Success(None)).is_err(),
             "the start was applied: too late"
         );
+    }
+
+    #[test]
+    fn a_finish_taken_by_a_refused_start_goes_with_the_next_try() {
+        let s = FinishSlot::new();
+        assert!(s.offer(7, FinishOutcome::Success(None)).is_ok());
+        assert!(s.take().is_some());
+        assert!(!s.offered());
+        s.restore();
+        assert!(s.offered(), "offered again");
+        assert!(matches!(s.take(), Some(Command::Finish { token: 7, .. })));
+        assert!(s.take().is_none(), "taken once per try");
+        // Closed empty by a refused try: an attempt that ends before the next try goes with it.
+        let s = FinishSlot::new();
+        assert!(s.take().is_none());
+        s.restore();
+        assert!(s.offer(7, FinishOutcome::Success(None)).is_ok());
+        assert!(s.take().is_some());
     }
 }

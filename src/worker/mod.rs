@@ -444,12 +444,10 @@ impl Worker {
             start::Start::Gone(false) => return supervise::not_confirmed(id),
             start::Start::Stopped(false, _, _) => return supervise::not_confirmed(id),
             start::Start::Stopped(true, record, ended) => {
-                if *reason.lock() == StopReason::Release {
-                    self.release_unstarted(id, token, record, ended).await;
-                } else {
-                    self.stopped_gone(id, token).await;
-                }
-                return;
+                let release = *reason.lock() == StopReason::Release;
+                return self
+                    .stopped_unstarted(id, token, record, ended, release)
+                    .await;
             }
         }
         let limit = time_limit(job, slot);

@@ -4,8 +4,13 @@
 //! A local job's start is asked for only once its process has ended or `worker.quick_exit_wait`
 //! has passed: a process that ends that quickly (`/bin/true`) is always written once, not only
 //! when it wins a race against the writer. The write is tried again while the store refuses it
-//! for a reason of its own (a full disk), as an outcome is ([`write`]).
+//! for a reason of its own (a full disk), as an outcome is ([`write`]). An attempt's end, once
+//! seen, is kept whether it was offered to the start or not: when it did not go with the start
+//! (or the attempt was stopped before the start was recorded), it is recorded on its own, and a
+//! job that ran to its end is not given back or left to its lease.
 
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::sync::Arc;
@@ -35,10 +40,10 @@ pub(super) enum Start {
     ///
     /// [`Execution::stop`]: runyard_runners::Execution::stop
     Gone(bool),
-    /// Stopped (shutdown or fencing) before the start was recorded: the work was stopped
+    /// Stopped (shutdown, cancel or fencing) before the start was recorded: the work was stopped
     /// (false: its end not confirmed); the start may still be on its way to the store, in this
-    /// task; and how the attempt ended when it had ended by itself before the stop without its
-    /// finish going with the start.
+    /// task; and how the attempt ended when it had ended by itself before the stop (offered to
+    /// the start or not: the task's answer says whether it went with it).
     Stopped(bool, Option<RecordTask>, Option<FinishOutcome>),
 }
 
@@ -61,7 +66,7 @@ impl Worker {
         refill: Option<Arc<Refill>>,
     ) -> Start {
         // A finish that goes with the start claims the slot's next job with it.
-        let finish = FinishSlot::refilling(refill);
+        let finish = FinishSlot::refilling(refill.clone());
         let handle = exec.handle();
         // Tried again while the store refuses it, until the lease would run out ([`write`]).
         let until = tokio::time::Instant::now() + self.cfg.lease_ttl;
@@ -96,8 +101,9 @@ impl Worker {
         // only polls its task; a process's keeps every step it took (the exit status, the group
         // kill, the drained log pipes, the removed directory) and resumes from there.
         let mut watch_end = matches!(kind, RunnerKind::Service | RunnerKind::Local);
-        // The attempt's end when it was not handed to the start (its reports not all stored yet,
-        // or the start already taken by the store): a stop before the start lands still has it.
+        // The attempt's end once seen, offered to the start or not (its reports not all stored
+        // yet, or the start already taken by the store): recorded on its own when it did not go
+        // with the start, also when a stop comes before the start lands.
         let mut ended = None;
         let started = loop {
             tokio::select! {
@@ -120,11 +126,11 @@ impl Worker {
                     // Its finish may go with its start only when everything it reported is
                     // stored (a finish is recorded after the job's last logs and progress).
                     let outcome = outcome_to_finish(o, kind);
-                    ended = if reporter.is_idle() {
-                        finish.offer(token, outcome).err()
-                    } else {
-                        Some(outcome)
-                    };
+                    if reporter.is_idle() {
+                        // Refused once a start took the slot: then recorded on its own.
+                        let _ = finish.offer(token, outcome.clone());
+                    }
+                    ended = Some(outcome);
                     if record.is_none() {
                         // The work has ended: nothing left to stop, so no task of its own.
                         break start_write(&finish).run().await;
@@ -139,11 +145,45 @@ impl Worker {
                 }
             }
         };
+        self.start_settled(id, token, started, ended, exec, reporter, stop, refill)
+            .await
+    }
+
+    /// What the start's write (`started`) leaves to do, the attempt's end (`ended`) when seen.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_settled(
+        &self,
+        id: Uuid,
+        token: u64,
+        started: Result<write::Recorded, StoreError>,
+        ended: Option<FinishOutcome>,
+        exec: &mut Box<dyn Execution>,
+        reporter: &Arc<JobReporter>,
+        stop: &CancellationToken,
+        refill: Option<Arc<Refill>>,
+    ) -> Start {
         match started {
-            Ok((_, None)) => Start::Running,
             Ok((_, Some(end))) => {
                 self.finished(id, token, end).await;
                 Start::Finished
+            }
+            // The start alone, the attempt's end known: recorded now, not left to the
+            // supervision, where a stop that came meanwhile could give back a job that ran.
+            Ok((_, None)) => match ended {
+                Some(outcome) if exec.end_confirmed() => {
+                    reporter.flush().await;
+                    self.finish(id, token, outcome, refill).await;
+                    Start::Finished
+                }
+                _ => Start::Running,
+            },
+            // Stopped while the store refused the start or could not say (not a refusal of the
+            // attempt): settled as a stop before the start was recorded.
+            Err(e) if stop.is_cancelled() && !refused(&e) => {
+                tracing::info!(error = %e, "job stopped before its start was recorded");
+                let gone = exec.stop(self.cfg.kill_grace).await;
+                reporter.flush().await;
+                Start::Stopped(gone, None, ended)
             }
             Err(e) => {
                 // Cancelled (or lost) between claim and launch, or the store did not take the
@@ -157,35 +197,32 @@ impl Worker {
         }
     }
 
-    /// Gives back to the queue a job stopped at shutdown before its start was recorded (a
-    /// local job's start waits up to `worker.quick_exit_wait`), as a running one is: not left
-    /// STARTING under this worker's lease until it expires. A start still on its way to the
-    /// store lands first; if its finish went with it, the job has ended and stays so, and an
-    /// attempt that had `ended` by itself is finished with its outcome, not run again.
-    pub(super) async fn release_unstarted(
+    /// Settles an attempt stopped (shutdown, cancel, fencing) before its start was recorded. A
+    /// start still on its way to the store lands first: if its finish went with it, the job has
+    /// ended and stays so; if it was refused (cancelled meanwhile, or taken over), the lease a
+    /// cancel kept goes. An attempt that had `ended` by itself is finished with its outcome, not
+    /// run again. Otherwise, at shutdown (`release`), the job is given back to the queue as a
+    /// running one is, not left `STARTING` under this worker's lease until it expires; else the
+    /// lease a cancel kept goes.
+    pub(super) async fn stopped_unstarted(
         &self,
         id: Uuid,
         token: u64,
         record: Option<RecordTask>,
         ended: Option<FinishOutcome>,
+        release: bool,
     ) {
-        let started = match record {
+        let refusal = match record {
             None => false,
             Some(task) => match task.await {
-                Ok(Ok((_, None))) => true,
-                Ok(Ok((_, Some(end)))) => {
-                    self.finished(id, token, end).await;
-                    return;
-                }
-                // Refused (cancelled meanwhile, or taken over): nothing to give back; the lease
-                // a cancel kept goes (refused when taken over).
-                Ok(Err(e @ (StoreError::Transition(_) | StoreError::NotFound))) => {
+                Ok(Ok((_, Some(end)))) => return self.finished(id, token, end).await,
+                Ok(Ok((_, None))) => false,
+                Ok(Err(e)) if refused(&e) => {
                     tracing::debug!(error = %e, "start refused");
-                    self.stopped_gone(id, token).await;
-                    return;
+                    true
                 }
                 // The store may or may not hold the start (unreachable, or the task failed):
-                // the release below, fenced by the token, settles it either way.
+                // the finish or the release below, fenced by the token, settles it either way.
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "recording the start failed");
                     false
@@ -196,10 +233,18 @@ impl Worker {
                 }
             },
         };
-        if let (true, Some(outcome)) = (started, ended) {
-            // Shutting down: no next job.
-            return self.finish(id, token, outcome, None).await;
+        match ended {
+            _ if refusal => self.stopped_gone(id, token).await,
+            // Stopped: no next job.
+            Some(outcome) => self.finish(id, token, outcome, None).await,
+            None if release => self.give_back(id, token).await,
+            None => self.stopped_gone(id, token).await,
         }
-        self.give_back(id, token).await;
     }
+}
+
+/// A refusal that says the job is no longer the attempt's (cancelled, taken over, deleted), not
+/// the store's own failure.
+fn refused(e: &StoreError) -> bool {
+    matches!(e, StoreError::Transition(_) | StoreError::NotFound)
 }

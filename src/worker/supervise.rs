@@ -60,6 +60,9 @@ impl Worker {
             tokio::pin!(wait);
             loop {
                 tokio::select! {
+                    // Work that has ended is recorded with its outcome, even when a stop came at
+                    // the same moment (a job that ran is not given back, nor left to its lease).
+                    biased;
                     o = &mut wait => break (End::Ran, Some(o)),
                     _ = stop.cancelled() => break (End::Stopped, None),
                     _ = tokio::time::sleep_until(deadline) => {

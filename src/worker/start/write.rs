@@ -11,9 +11,11 @@
 //!   outcome: recorded (with the finish that went with it), not recorded (tried again), or
 //!   refused (the job moved on without this attempt).
 //!
-//! A try that failed has taken the attempt's finish from its [`FinishSlot`] (the slot is closed):
-//! the next tries record the start alone, and the outcome is recorded on its own after it
-//! (`Worker::supervise` waits for the work again: its end is kept).
+//! A try that failed with nothing written gives the attempt's finish it took from its
+//! [`FinishSlot`] back to the slot ([`FinishSlot::restore`]): the next try carries it, and a work
+//! that ended between two tries has its finish go with the next one. A stop (shutdown, fencing)
+//! ends the tries, the reads back and the waits between them at once; `Worker::record_start`
+//! keeps the attempt's end, whether offered or not, and records it when it was not carried.
 //!
 //! [`Worker::finish_write`]: super::super::Worker
 //! [`Worker::unconfirmed`]: super::super::Worker
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::super::supervise::{late_finish, Late};
-use crate::job::{ApplyCtx, Command, Job, JobStatus};
+use crate::job::{ApplyCtx, Command, Job, JobStatus, TransitionError};
 use crate::store::{FinishSlot, Store, StoreError};
 
 /// The stored job after the start and, when a finish was taken with it, the finish's result.
@@ -64,6 +66,8 @@ impl StartWrite {
                 },
                 r => return r,
             };
+            // Nothing of it was written: the finish it took goes with the next try.
+            self.finish.restore();
             if !self.pause(pause).await {
                 return Err(e);
             }
@@ -75,12 +79,22 @@ impl StartWrite {
     /// Waits `pause` before the next try: false (no wait) when the try would come after the
     /// lease ran out, or the attempt was stopped (meanwhile).
     async fn pause(&self, pause: Duration) -> bool {
-        if self.stop.is_cancelled() || Instant::now() + pause >= self.until {
+        if Instant::now() + pause >= self.until {
             return false;
         }
+        self.unless_stopped(tokio::time::sleep(pause))
+            .await
+            .is_some()
+    }
+
+    /// `f`'s output, or none when the attempt is stopped first (or was).
+    async fn unless_stopped<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        if self.stop.is_cancelled() {
+            return None;
+        }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => true,
-            _ = self.stop.cancelled() => false,
+            v = f => Some(v),
+            _ = self.stop.cancelled() => None,
         }
     }
 
@@ -98,34 +112,73 @@ impl StartWrite {
         let mut seen_unrecorded = false;
         loop {
             let left = self.until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stop.is_cancelled() {
+            if left.is_zero() {
                 return Ok(Err(error));
             }
-            match crate::store::within(left, self.store.get(self.id)).await {
+            let read = crate::store::within(left, self.store.get(self.id));
+            let Some(read) = self.unless_stopped(read).await else {
+                return Ok(Err(error));
+            };
+            let nap = match read {
                 Ok(None) => return Ok(Err(StoreError::NotFound)),
                 Ok(Some(j)) => match start_landed(&j, self.token, &self.start) {
                     Landed::No if !seen_unrecorded => {
                         seen_unrecorded = true;
-                        tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                        Duration::from_millis(250)
                     }
                     Landed::No => return Err(error),
                     Landed::Started => {
                         tracing::info!(error = %error, "the store answered late: the start was recorded");
                         return Ok(Ok((j, None)));
                     }
-                    Landed::Finished(late) => {
-                        tracing::info!(error = %error, "the store answered late: the start was recorded with the attempt's end");
-                        if late == Late::Recorded {
-                            self.store.finish_committed_late(&j);
-                        }
-                        return Ok(Ok((j.clone(), Some(Ok(j)))));
-                    }
+                    Landed::Finished(late) => return Ok(Ok(self.finished_late(late, j, &error))),
                     Landed::Refused(e) => return Ok(Err(e)),
                 },
                 Err(_) => {
-                    tokio::time::sleep(pause.min(left)).await;
+                    let nap = pause;
                     pause = (pause * 2).min(Duration::from_secs(2));
+                    nap
                 }
+            };
+            if self
+                .unless_stopped(tokio::time::sleep(nap.min(left)))
+                .await
+                .is_none()
+            {
+                return Ok(Err(error));
+            }
+        }
+    }
+}
+
+impl StartWrite {
+    /// A start read back recorded with the attempt's end (`late`, [`Late`]): what the write
+    /// would have answered. Told as `Worker::unconfirmed` tells an outcome: only an end that is
+    /// the job's last and the worker's own is counted and logged as it is now (`job ended`); an
+    /// end the job has moved on from (another attempt since), or decided before (its report,
+    /// its time limit: the reaper may have committed it, and logged it) is not logged again, the
+    /// finish's answer then the lease no longer being the attempt's.
+    pub(super) fn finished_late(&self, late: Late, j: Job, error: &StoreError) -> Recorded {
+        let stale = || Some(Err(StoreError::Transition(TransitionError::StaleLease)));
+        match late {
+            Late::Recorded => {
+                tracing::info!(error = %error, "the store answered late: the start was recorded with the attempt's end");
+                self.store.finish_committed_late(&j);
+                (j.clone(), Some(Ok(j)))
+            }
+            Late::MovedOn => {
+                tracing::info!(error = %error, "the store answered late: the start was recorded with the attempt's end, and the job has moved on since");
+                (j, stale())
+            }
+            // (`NotRecorded` is not told as `Landed::Finished`.)
+            Late::Decided | Late::NotRecorded => {
+                tracing::info!(
+                    error = %error,
+                    "the store answered late: the start was recorded with the outcome decided \
+                     before the attempt's end (its report or its time limit), by this finish \
+                     or by the reaper"
+                );
+                (j, stale())
             }
         }
     }
