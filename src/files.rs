@@ -152,7 +152,15 @@ impl BlobStore {
                 h.update(&chunk);
                 f.write_all(&chunk).await?;
             }
+            // `flush` reports a failed last write (tokio keeps it; `sync_all` does not say):
+            // a short file must never be stored under the md5 of the whole.
+            f.flush().await?;
             f.sync_all().await?;
+            if f.metadata().await?.len() != size {
+                return Err(FileError::Io(std::io::Error::other(
+                    "the upload was not written whole",
+                )));
+            }
             let hash = hex::encode(h.finalize());
             if let Some(e) = expected {
                 if e != hash {
@@ -167,9 +175,15 @@ impl BlobStore {
                 tokio::fs::create_dir_all(dir).await?;
             }
             let (from, at) = (tmp.clone(), hash.clone());
-            tokio::task::spawn_blocking(move || place(&from, &dest, &at))
-                .await
-                .map_err(|e| FileError::Io(std::io::Error::other(e.to_string())))??;
+            // The temporary name goes in the blocking task too: it runs to its end even when
+            // the request is dropped while it compares.
+            tokio::task::spawn_blocking(move || {
+                let placed = place(&from, &dest, &at);
+                let _ = std::fs::remove_file(&from);
+                placed
+            })
+            .await
+            .map_err(|e| FileError::Io(std::io::Error::other(e.to_string())))??;
             Ok(Stored { hash, size })
         }
         .await;
@@ -222,7 +236,7 @@ const PLACE_TRIES: usize = 3;
 /// collision, refused. `tmp` stays for the caller to remove.
 fn place(tmp: &Path, dest: &Path, hash: &str) -> Result<(), FileError> {
     for _ in 0..PLACE_TRIES {
-        match std::fs::hard_link(tmp, dest) {
+        match link_new(tmp, dest) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
@@ -232,17 +246,89 @@ fn place(tmp: &Path, dest: &Path, hash: &str) -> Result<(), FileError> {
             other => other?,
         };
         if !same {
-            return Err(FileError::Collision(hash.to_string()));
+            // A stored blob whose bytes do not have its md5 (cut short by an earlier fault) is
+            // replaced by the whole upload; one that does is another content: a collision.
+            match md5_of(dest) {
+                Ok(stored) if stored == hash => return Err(FileError::Collision(hash.to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => {
+                    tracing::warn!(
+                        hash,
+                        "a stored file did not have its md5: replaced by an upload of it"
+                    );
+                    std::fs::rename(tmp, dest)?;
+                    return Ok(());
+                }
+            }
         }
         match touch(dest) {
-            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
+            // Only its age for the collector: a read-only blob is still a stored one.
+            Err(e) => tracing::warn!(hash, error = %e, "cannot refresh a stored file's age"),
+            Ok(()) => {}
         }
+        return Ok(());
     }
     Err(FileError::Io(std::io::Error::other(format!(
         "blob {hash} kept vanishing while being stored"
     ))))
+}
+
+/// Creates `dest` as `tmp`'s content only if no file has that name (`AlreadyExists` if one
+/// has): a hard link, or where the file system has none (SMB, some FUSE mounts) a rename that
+/// replaces nothing (`RENAME_NOREPLACE`).
+fn link_new(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let e = match std::fs::hard_link(tmp, dest) {
+        Ok(()) => return Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            return Err(e)
+        }
+        Err(e) => e,
+    };
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(tmp)?, c(dest)?);
+    // Safety: two valid NUL-terminated paths relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e2 = std::io::Error::last_os_error();
+    if e2.kind() == std::io::ErrorKind::AlreadyExists {
+        return Err(e2);
+    }
+    Err(std::io::Error::other(format!(
+        "cannot store a file: the file system makes neither a hard link ({e}) nor an exclusive rename ({e2})"
+    )))
+}
+
+/// The md5 of a file's bytes (hex), read in bounded memory.
+fn md5_of(p: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = fill(&mut f, &mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// Whether two files hold the same bytes, read side by side in bounded memory.
@@ -374,6 +460,26 @@ mod tests {
             0,
             "no temporary file is left"
         );
+    }
+
+    /// Review: a stored file cut short by an earlier fault (under the md5 of the whole) made
+    /// every correct upload of it a "collision": it is replaced by the whole instead.
+    #[tokio::test]
+    async fn a_stored_file_without_its_md5_is_replaced_by_an_upload_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::new(dir.path().to_path_buf()).unwrap();
+        let whole = b"the whole content of a file".to_vec();
+        let hash = hex::encode(Md5::digest(&whole));
+        let dest = s.path(&hash).unwrap();
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(&dest, &whole[..10]).unwrap();
+        let st = s
+            .put(owned(whole.clone()), 1024, Some(&hash))
+            .await
+            .unwrap();
+        assert_eq!(st.hash, hash);
+        assert_eq!(std::fs::read(&dest).unwrap(), whole);
+        assert_eq!(s.put(owned(whole), 1024, None).await.unwrap(), st);
     }
 
     #[tokio::test]
