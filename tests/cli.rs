@@ -264,9 +264,8 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .to_lowercase()
-        .contains("worker.lease_ttl"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RUNYARD_WORKER__LEASE_TTL"), "{err}");
     // A malformed secret table from the environment: named, its value not repeated.
     let out = Command::new(BIN)
         .args(["serve", "--data-dir"])

@@ -367,6 +367,9 @@ pub fn main() -> ExitCode {
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
         }
     });
+    // Blocking work nobody waits for any more (a DNS lookup of an unreachable Redis, a kill of a
+    // job's tree) does not hold the exit past the stop's bound (docs/reliability.md).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(d) = demo_dir {
         let _ = std::fs::remove_dir_all(d);
     }

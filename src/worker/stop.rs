@@ -30,6 +30,10 @@ pub const STOP_MARGIN: Duration = Duration::from_secs(10);
 /// what still waits for the store is left to the leases.
 const WRITES_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long a claim in flight at the shutdown is waited for at least (within the grace's
+/// [`WRITES_MARGIN`]: the stop's bound holds).
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+
 /// How long the worker's own loops (heartbeats, reaper, orphan sweep) get to end once told to;
 /// one still waiting for the store then is dropped (nothing of a job depends on it).
 const LOOPS_WAIT: Duration = Duration::from_secs(1);
@@ -64,11 +68,14 @@ impl Worker {
         self.grace_over_at() + self.cfg.kill_grace + WRITES_MARGIN
     }
 
-    /// Completes once `shutdown` is cancelled and the running jobs' grace is over: the claim in
-    /// flight at the shutdown is not waited for longer.
+    /// Completes once `shutdown` is cancelled and the running jobs' grace is over, but not
+    /// before [`CLAIM_WAIT`] from the stop's start (a grace of 0 would drop a claim the store
+    /// answers in a moment, and its job would wait for the reaper): the claim in flight at the
+    /// shutdown is not waited for longer.
     pub(super) async fn grace_over(&self, shutdown: &CancellationToken) {
         shutdown.cancelled().await;
-        tokio::time::sleep_until(self.grace_over_at()).await;
+        let at = self.grace_over_at().max(self.stop_began() + CLAIM_WAIT);
+        tokio::time::sleep_until(at).await;
     }
 
     /// No job of this worker runs: none tracked, and none spawned but not yet tracked (a job
@@ -85,12 +92,14 @@ impl Worker {
     /// The jobs whose work may still run: every job task counted in its slot (tracked or not
     /// yet), less those whose work has ended (`Worker::work_ended`), which are only writing.
     pub(super) fn live(&self) -> usize {
-        let ended = self.running.lock().values().filter(|r| r.work_over).count();
+        // The slots first: a job that ends between the two reads then counts too many (one
+        // more wait), never too few (a running job stopped before its grace was over).
         let active: usize = self
             .runners
             .iter()
             .map(|s| s.active.load(Ordering::Acquire))
             .sum();
+        let ended = self.running.lock().values().filter(|r| r.work_over).count();
         active.saturating_sub(ended)
     }
 
@@ -144,11 +153,18 @@ impl Worker {
         {
             for r in self.running.lock().values() {
                 r.span.in_scope(|| {
-                    tracing::warn!(
-                        "the store did not answer before the stop's end: the job's outcome or \
-                         release is not confirmed; if it was not recorded, its lease runs out \
-                         and the reaper recovers the job as after a crash"
-                    )
+                    if r.work_over {
+                        tracing::warn!(
+                            "the store did not answer before the stop's end: the job's outcome \
+                             or release is not confirmed; if it was not recorded, its lease runs \
+                             out and the reaper recovers the job as after a crash"
+                        )
+                    } else {
+                        tracing::warn!(
+                            "the job's work was still stopping at the stop's end: it is left to \
+                             its lease, and the reaper stops what is left and recovers the job"
+                        )
+                    }
                 });
             }
             self.quit.cancel();
