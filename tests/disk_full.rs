@@ -8,22 +8,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::child::ChildServer;
+use support::tmpfs::{self, fill};
 
 const LINES: usize = 80;
-
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 async fn call(
     http: &reqwest::Client,
@@ -55,35 +46,12 @@ async fn job(http: &reqwest::Client, url: &str, id: &str) -> Value {
     .1
 }
 
-/// Writes `dir/filler` until the filesystem has no room left.
-fn fill(dir: &Path) -> std::fs::File {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.flush();
-    f
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_loses_no_outcome_and_no_log_line_without_a_note() {
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mounted) = tmpfs::mount("16m") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    let _mounted = Mounted(mnt.clone());
+    };
+    let (dir, mnt) = (&mounted.dir, mounted.path.clone());
     let runs = dir.path().join("runs");
     let done = dir.path().join("done");
     let config = format!(
@@ -211,23 +179,10 @@ types = ["runyard.*"]
 /// service got none, and never came back. The health check now tries a small write of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_node_is_ready_again_once_a_full_disk_has_room() {
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mounted) = tmpfs::mount("8m") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    let _mounted = Mounted(mnt.clone());
+    };
+    let (dir, mnt) = (&mounted.dir, mounted.path.clone());
     let config = format!(
         "data_dir = \"{}\"\n[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
         mnt.join("data").display()
@@ -279,9 +234,4 @@ async fn an_idle_node_is_ready_again_once_a_full_disk_has_room() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

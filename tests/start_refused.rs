@@ -18,11 +18,11 @@ mod redis_support;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::child::ChildServer;
+use support::tmpfs::{self, fill};
 
 /// Jobs of each kind: ending while the store refuses, and running on.
 const EACH: usize = 4;
@@ -188,43 +188,12 @@ impl Client {
     }
 }
 
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes `dir/filler` until the filesystem has no room left.
-fn fill(dir: &Path) -> std::fs::File {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.flush();
-    f
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_while_jobs_start_loses_no_start() {
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(mounted) = tmpfs::mount("16m") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    let _mounted = Mounted(mnt.clone());
+    };
+    let (dir, mnt) = (&mounted.dir, mounted.path.clone());
     let scenario = Scenario::new(dir.path());
     let config = format!(
         "data_dir = \"{}\"\n{}{}",
@@ -290,9 +259,4 @@ async fn a_redis_out_of_memory_while_jobs_start_loses_no_start() {
     scenario.end_some_while_refused(&c, &ids, launched).await;
     assert!(r.cli(&["CONFIG", "SET", "maxmemory", "0"]).contains("OK"));
     scenario.check_ends(&c, &ids).await;
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod tmpfs;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
