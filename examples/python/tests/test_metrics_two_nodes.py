@@ -251,7 +251,10 @@ def test_two_nodes_agree_with_the_api_and_counters_sum_to_the_workload(nodes):
         assert value(samples, "runyard_jobs", type="runyard.noop", status="SUCCESS") == N_OK, text
         assert value(samples, "runyard_jobs", type="runyard.fail", status="ERROR") == M_FAIL
         assert value(samples, "runyard_jobs", type="slot.run", status="RUNNING") == 2
-        assert series(samples, "runyard_queue_depth") == {(("type", "slot.wait"),): 1.0}, text
+        # Every type the store holds jobs of has a depth, 0 when none is QUEUED.
+        depth = series(samples, "runyard_queue_depth")
+        assert {k: v for k, v in depth.items() if v} == {(("type", "slot.wait"),): 1.0}, text
+        assert {k[0][1] for k in depth} == {t for t, _ in listed}, text
         age = value(samples, "runyard_queue_oldest_age_seconds", type="slot.wait")
         assert 0.3 < age <= waited + 2, (age, waited, text)
         assert value(samples, "runyard_store_up") == 1
