@@ -100,8 +100,9 @@ pub struct Worker {
     /// to their leases at the stop's bound, `quit`), so a stopped worker holds nothing (the
     /// embedded store's lock included).
     jobs: TaskTracker,
-    /// Cancelled at the stop's bound: the job tasks still waiting for the store end.
-    quit: CancellationToken,
+    /// The job tasks' abort handles: aborted at the stop's bound, the tasks still waiting for
+    /// the store end (`stop.rs`).
+    quit: parking_lot::Mutex<stop::Aborts>,
 }
 
 impl Worker {
@@ -135,7 +136,7 @@ impl Worker {
             swept: AtomicBool::new(false),
             stop_began: OnceLock::new(),
             jobs: TaskTracker::new(),
-            quit: CancellationToken::new(),
+            quit: parking_lot::Mutex::default(),
         })
     }
 
