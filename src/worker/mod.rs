@@ -100,9 +100,8 @@ pub struct Worker {
     /// to their leases at the stop's bound, `quit`), so a stopped worker holds nothing (the
     /// embedded store's lock included).
     jobs: TaskTracker,
-    /// The job tasks' abort handles: aborted at the stop's bound, the tasks still waiting for
-    /// the store end (`stop.rs`).
-    quit: parking_lot::Mutex<stop::Aborts>,
+    /// Cancelled at the stop's bound: the job tasks still waiting for the store end.
+    quit: CancellationToken,
 }
 
 impl Worker {
@@ -136,7 +135,7 @@ impl Worker {
             swept: AtomicBool::new(false),
             stop_began: OnceLock::new(),
             jobs: TaskTracker::new(),
-            quit: parking_lot::Mutex::default(),
+            quit: CancellationToken::new(),
         })
     }
 

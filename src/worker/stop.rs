@@ -167,7 +167,7 @@ impl Worker {
                     }
                 });
             }
-            self.quit.lock().abort_all();
+            self.quit.cancel();
             if tokio::time::timeout(LOOPS_WAIT, self.jobs.wait())
                 .await
                 .is_err()
@@ -185,43 +185,18 @@ impl Worker {
         }
     }
 
-    /// Runs `task` with the worker's job tasks, until it ends or the stop leaves it (aborted:
-    /// [`Worker::end_tasks`]).
+    /// Runs `task` with the worker's job tasks, until it ends or the stop leaves it
+    /// ([`Worker::end_tasks`]).
     pub(super) fn spawn_task(
         &self,
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
-        // Its abort handle, not a select with a shared token: a waiter on one `Notify` for every
-        // job, checked under its lock at each poll, cost the 32-in-flight shape about 5% of the
-        // server's CPU (docs/benchmarks.md, session 44).
-        let task = self.jobs.spawn(task);
-        self.quit.lock().push(task.abort_handle());
-        task
-    }
-}
-
-/// The abort handles of the job tasks (those of ended tasks pruned now and then).
-#[derive(Default)]
-pub(super) struct Aborts {
-    handles: Vec<tokio::task::AbortHandle>,
-    /// How many handles there may be before the ended tasks' are pruned (doubling with the
-    /// live ones: amortized, not a scan per job).
-    prune_at: usize,
-}
-
-impl Aborts {
-    fn push(&mut self, h: tokio::task::AbortHandle) {
-        if self.handles.len() >= self.prune_at {
-            self.handles.retain(|h| !h.is_finished());
-            self.prune_at = (self.handles.len() * 2).max(256);
-        }
-        self.handles.push(h);
-    }
-
-    /// Aborts every task still running (each ends at its next yield, as if it returned).
-    fn abort_all(&mut self) {
-        for h in self.handles.drain(..) {
-            h.abort();
-        }
+        let quit = self.quit.clone();
+        self.jobs.spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = quit.cancelled() => {}
+            }
+        })
     }
 }
