@@ -10,41 +10,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::child::ChildServer;
+use serde_json::json;
+use support::child::{ChildServer, Client};
 use support::tmpfs::{self, fill};
 
 const LINES: usize = 80;
-
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = http.request(method, url).timeout(Duration::from_secs(30));
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    match r.send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            (status, r.json().await.unwrap_or_default())
-        }
-        Err(e) => (0, json!({ "transport": e.to_string() })),
-    }
-}
-
-async fn job(http: &reqwest::Client, url: &str, id: &str) -> Value {
-    call(
-        http,
-        reqwest::Method::GET,
-        &format!("{url}/async/jobs/{id}"),
-        None,
-    )
-    .await
-    .1
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_loses_no_outcome_and_no_log_line_without_a_note() {
@@ -78,18 +48,18 @@ types = ["runyard.*"]
     std::fs::write(&cfg, config).unwrap();
     let mut server = ChildServer::start(&cfg, &dir.path().join("server.log"));
     server.wait_healthy(Duration::from_secs(20)).await;
-    let (url, http) = (server.url.clone(), reqwest::Client::new());
-    let (s, v) = call(
-        &http,
-        reqwest::Method::POST,
-        &format!("{url}/async/jobs"),
-        Some(json!({"type": "talk.x"})),
-    )
-    .await;
+    let c = Client::new(&server.url);
+    let (s, v) = c
+        .call(
+            reqwest::Method::POST,
+            "/async/jobs",
+            Some(json!({"type": "talk.x"})),
+        )
+        .await;
     assert_eq!(s, 202, "{v}");
     let id = v["job_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while job(&http, &url, &id).await["status"] != "RUNNING" {
+    while c.job(&id).await["status"] != "RUNNING" {
         assert!(Instant::now() < deadline, "never RUNNING");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -100,13 +70,13 @@ types = ["runyard.*"]
     let pad = "x".repeat(20_000);
     let mut refused = None;
     for _ in 0..500 {
-        let (s, v) = call(
-            &http,
-            reqwest::Method::POST,
-            &format!("{url}/async/jobs"),
-            Some(json!({"type": "runyard.noop", "args": {"pad": pad}})),
-        )
-        .await;
+        let (s, v) = c
+            .call(
+                reqwest::Method::POST,
+                "/async/jobs",
+                Some(json!({"type": "runyard.noop", "args": {"pad": pad}})),
+            )
+            .await;
         if s >= 500 {
             refused = Some(v);
             break;
@@ -131,7 +101,7 @@ types = ["runyard.*"]
 
     let deadline = Instant::now() + Duration::from_secs(40);
     let end = loop {
-        let j = job(&http, &url, &id).await;
+        let j = c.job(&id).await;
         if ["SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"]
             .contains(&j["status"].as_str().unwrap_or(""))
         {
@@ -147,13 +117,13 @@ types = ["runyard.*"]
         1,
         "the finished job ran again"
     );
-    let (s, logs) = call(
-        &http,
-        reqwest::Method::GET,
-        &format!("{url}/async/jobs/{id}/logs?limit=1000"),
-        None,
-    )
-    .await;
+    let (s, logs) = c
+        .call(
+            reqwest::Method::GET,
+            &format!("/async/jobs/{id}/logs?limit=1000"),
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{logs}");
     let lines: Vec<String> = logs["lines"]
         .as_array()
@@ -191,7 +161,8 @@ async fn an_idle_node_is_ready_again_once_a_full_disk_has_room() {
     std::fs::write(&cfg, config).unwrap();
     let mut server = ChildServer::start(&cfg, &dir.path().join("server.log"));
     server.wait_healthy(Duration::from_secs(20)).await;
-    let (url, http) = (server.url.clone(), reqwest::Client::new());
+    let c = Client::new(&server.url);
+    let (url, http) = (&c.url, &c.http);
     let ready = || async {
         http.get(format!("{url}/health/ready"))
             .send()
@@ -207,13 +178,9 @@ async fn an_idle_node_is_ready_again_once_a_full_disk_has_room() {
         for _ in 0..500 {
             let body = json!({"type": "runyard.noop", "run_at": "2100-01-01T00:00:00Z",
                               "args": {"pad": pad}});
-            let (s, v) = call(
-                &http,
-                reqwest::Method::POST,
-                &format!("{url}/async/jobs"),
-                Some(body),
-            )
-            .await;
+            let (s, v) = c
+                .call(reqwest::Method::POST, "/async/jobs", Some(body))
+                .await;
             if s >= 500 {
                 break 'fill v;
             }

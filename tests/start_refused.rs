@@ -20,8 +20,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::child::ChildServer;
+use serde_json::json;
+use support::child::{ChildServer, Client};
 use support::tmpfs::{self, fill};
 
 /// Jobs of each kind: ending while the store refuses, and running on.
@@ -154,37 +154,6 @@ command = ["/bin/sh", "-c", "echo $JOB_ID $JOB_ATTEMPT >> {marks}; while [ ! -e 
                 .count();
             assert_eq!(runs, 1, "{id} ran {runs} times: {:?}", self.marks());
         }
-    }
-}
-
-/// An HTTP client of one server.
-struct Client {
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        match r.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (status, r.json().await.unwrap_or_default())
-            }
-            Err(e) => (0, json!({ "transport": e.to_string() })),
-        }
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/async/jobs/{id}"), None)
-            .await
-            .1
     }
 }
 

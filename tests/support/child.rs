@@ -114,3 +114,49 @@ impl Drop for ChildServer {
         self.kill9();
     }
 }
+
+/// An HTTP client of one child server: each call bounded to 30 s, its answer as
+/// `(status, JSON body)` (`(0, {"transport": ...})` when nothing came back).
+pub struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+impl Client {
+    /// A client of the server at `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        match r.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or_default())
+            }
+            Err(e) => (0, serde_json::json!({ "transport": e.to_string() })),
+        }
+    }
+
+    /// `GET /async/jobs/{id}`'s body.
+    pub async fn job(&self, id: &str) -> serde_json::Value {
+        self.call(reqwest::Method::GET, &format!("/async/jobs/{id}"), None)
+            .await
+            .1
+    }
+}
