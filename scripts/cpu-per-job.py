@@ -2,7 +2,7 @@
 """Usage: scripts/cpu-per-job.py BIN [bench args]. Runs `BIN bench ARGS...`, finds its
 `runyard serve` child and reports the server's CPU seconds
 (utime+stime, polled every 50 ms until it exits) per job. Optional env PERF=outfile: perf record
-the server (dwarf call graphs) while the bench runs. Prints one JSON line."""
+the server (dwarf call graphs; PERF_ARGS replaces perf record's options) while the bench runs. Prints one JSON line."""
 import json, os, subprocess, sys, time
 binp = sys.argv[1]; args = sys.argv[2:]
 tck = os.sysconf('SC_CLK_TCK')
@@ -18,7 +18,8 @@ while p.poll() is None:
         except OSError: pass
         if child and os.environ.get('PERF'):
             time.sleep(0.3)
-            perf = subprocess.Popen(['perf', 'record', '-F', '499', '--call-graph', 'dwarf,32768', '-p', str(child), '-o', os.environ['PERF']], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            popts = os.environ.get('PERF_ARGS', '-F 499 --call-graph dwarf,32768').split()
+            perf = subprocess.Popen(['perf', 'record'] + popts + ['-p', str(child), '-o', os.environ['PERF']], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if child:
         try:
             f = open(f'/proc/{child}/stat').read().rsplit(')', 1)[1].split()

@@ -445,9 +445,9 @@ impl Worker {
             start::Start::Stopped(false, _, _) => return supervise::not_confirmed(id),
             start::Start::Stopped(true, record, ended) => {
                 let release = *reason.lock() == StopReason::Release;
-                return self
-                    .stopped_unstarted(id, token, record, ended, release)
-                    .await;
+                // Rare: on the heap, not in every attempt's future.
+                let settle = self.stopped_unstarted(id, token, record, ended, release);
+                return Box::pin(settle).await;
             }
         }
         let limit = time_limit(job, slot);

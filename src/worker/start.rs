@@ -48,7 +48,7 @@ pub(super) enum Start {
 }
 
 /// The task recording a start: the stored job, and its outcome when its finish went with it.
-pub(super) type RecordTask = tokio::task::JoinHandle<Result<write::Recorded, StoreError>>;
+pub(super) type RecordTask = tokio::task::JoinHandle<Result<write::Written, StoreError>>;
 
 impl Worker {
     /// Records the start of the launched attempt (its lease's `token`), raced against a stop:
@@ -155,7 +155,7 @@ impl Worker {
         &self,
         id: Uuid,
         token: u64,
-        started: Result<write::Recorded, StoreError>,
+        started: Result<write::Written, StoreError>,
         ended: Option<FinishOutcome>,
         exec: &mut Box<dyn Execution>,
         reporter: &Arc<JobReporter>,
@@ -163,13 +163,13 @@ impl Worker {
         refill: Option<Arc<Refill>>,
     ) -> Start {
         match started {
-            Ok((_, Some(end))) => {
-                self.finished(id, token, end).await;
+            Ok(Some(end)) => {
+                self.finished(id, token, *end).await;
                 Start::Finished
             }
             // The start alone, the attempt's end known: recorded now, not left to the
             // supervision, where a stop that came meanwhile could give back a job that ran.
-            Ok((_, None)) => match ended {
+            Ok(None) => match ended {
                 Some(outcome) if exec.end_confirmed() => {
                     reporter.flush().await;
                     self.finish(id, token, outcome, refill).await;
@@ -215,8 +215,8 @@ impl Worker {
         let refusal = match record {
             None => false,
             Some(task) => match task.await {
-                Ok(Ok((_, Some(end)))) => return self.finished(id, token, end).await,
-                Ok(Ok((_, None))) => false,
+                Ok(Ok(Some(end))) => return self.finished(id, token, *end).await,
+                Ok(Ok(None)) => false,
                 Ok(Err(e)) if refused(&e) => {
                     tracing::debug!(error = %e, "start refused");
                     true

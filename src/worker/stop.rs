@@ -191,12 +191,37 @@ impl Worker {
         &self,
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
-        let quit = self.quit.clone();
-        self.jobs.spawn(async move {
-            tokio::select! {
-                _ = task => {}
-                _ = quit.cancelled() => {}
-            }
+        self.jobs.spawn(UntilQuit {
+            task,
+            quit: self.quit.clone().cancelled_owned(),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A job task that ends at the stop's bound ([`Worker::end_tasks`]). A future of its own
+    /// rather than an `async` block with a `select!`: that holds the task twice (captured, then
+    /// moved into the select), and a job's task is copied whole at its spawn and its first poll
+    /// (docs/benchmarks.md, "Session 45").
+    struct UntilQuit<F> {
+        #[pin]
+        task: F,
+        #[pin]
+        quit: tokio_util::sync::WaitForCancellationFutureOwned,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for UntilQuit<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        if this.task.poll(cx).is_ready() {
+            return std::task::Poll::Ready(());
+        }
+        this.quit.poll(cx)
     }
 }

@@ -262,7 +262,8 @@ impl Worker {
                 TransitionError::Illegal { .. } | TransitionError::StaleLease,
             )) => {}
             // No answer in time: the write may still be carried out once the store answers.
-            Err(e @ StoreError::Unavailable(_)) => self.unconfirmed(id, token, &e).await,
+            // Rare: on the heap, not in every attempt's future (docs/benchmarks.md, "Session 45").
+            Err(e @ StoreError::Unavailable(_)) => Box::pin(self.unconfirmed(id, token, &e)).await,
             Err(e) => tracing::warn!(
                 error = %e,
                 "cannot record the outcome: the reaper takes the job back once its lease runs \

@@ -34,6 +34,12 @@ use crate::store::{FinishSlot, Store, StoreError};
 /// The stored job after the start and, when a finish was taken with it, the finish's result.
 pub(crate) type Recorded = (Job, Option<Result<Job, StoreError>>);
 
+/// What the worker keeps of a start written ([`StartWrite::run`]): `None` when it went alone, or
+/// the answer to the finish that went with it. Small, on purpose: it is the start task's output
+/// and is kept by the attempt's future across the waits that follow (a [`Recorded`] is 1.6 KB,
+/// copied at every move; docs/benchmarks.md, "Session 45").
+pub(crate) type Written = Option<Box<Result<Job, StoreError>>>;
+
 /// One attempt's start, to be written.
 pub(in crate::worker) struct StartWrite {
     pub(in crate::worker) store: Arc<dyn Store>,
@@ -51,17 +57,20 @@ pub(in crate::worker) struct StartWrite {
 impl StartWrite {
     /// Writes the start until the store takes or refuses it (see the module docs); the last
     /// answer when the lease would run out or the attempt was stopped first.
-    pub(in crate::worker) async fn run(self) -> Result<Recorded, StoreError> {
+    pub(in crate::worker) async fn run(self) -> Result<Written, StoreError> {
         let mut pause = Duration::from_millis(100);
         loop {
+            // The stored job is dropped at once: not kept in this task across its waits.
             let r = self
                 .store
                 .apply_start(self.id, self.start.clone(), self.finish.clone())
-                .await;
+                .await
+                .map(written);
             let e = match r {
                 Err(e @ StoreError::Backend(_)) => e,
-                Err(e @ StoreError::Unavailable(_)) => match self.read_back(e).await {
-                    Ok(told) => return told,
+                // Rare: on the heap, not in every start's task.
+                Err(e @ StoreError::Unavailable(_)) => match Box::pin(self.read_back(e)).await {
+                    Ok(told) => return told.map(written),
                     Err(e) => e,
                 },
                 r => return r,
@@ -149,6 +158,11 @@ impl StartWrite {
             }
         }
     }
+}
+
+/// What the worker keeps of a start written (the stored job dropped).
+fn written((_, end): Recorded) -> Written {
+    end.map(Box::new)
 }
 
 impl StartWrite {
