@@ -405,7 +405,8 @@ impl Worker {
                 };
                 // Nothing runs: refused (cancelled while it launched), the lease it kept goes.
                 let r = self.store.apply(id, cmd).await;
-                if let Err(e) = self.settled(id, token, r).await {
+                self.settle(id, token, &r).await;
+                if let Err(e) = r {
                     tracing::info!(error = %e, "cannot give the launch back");
                 }
                 return;
