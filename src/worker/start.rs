@@ -47,7 +47,8 @@ pub(super) enum Start {
     Stopped(bool, Option<RecordTask>, Option<FinishOutcome>),
 }
 
-/// The task recording a start: the stored job, and its outcome when its finish went with it.
+/// The task recording a start: the finish's answer when the finish went with it
+/// ([`write::Written`]).
 pub(super) type RecordTask = tokio::task::JoinHandle<Result<write::Written, StoreError>>;
 
 impl Worker {

@@ -250,7 +250,7 @@ impl Worker {
         crate::store::retry_refused(until, || !stopping(), finish).await
     }
 
-    /// What the store answered to an attempt's finish ([`Worker::settled`]).
+    /// What the store answered to an attempt's finish ([`Worker::settle`]).
     pub(super) async fn finished(&self, id: Uuid, token: u64, r: Result<Job, StoreError>) {
         self.settle(id, token, &r).await;
         match r {

@@ -422,3 +422,31 @@ async fn within(t: &CancellationToken, what: &str) {
         .await
         .unwrap_or_else(|_| panic!("{what} never came"));
 }
+
+/// An attempt's futures are copied whole at every spawn and box (`Box::pin(execute)` once per
+/// job, the start's task at its spawn): grown by a few KB they cost several per cent of the
+/// worker's CPU per job (session 44: execute 9.6 KB, the start's task 3.3 KB; docs/benchmarks.md,
+/// "Session 45"). This guards the sizes, with room: 3,912 and 896 bytes when this was written,
+/// the same in the test and release builds (a future's layout is decided before optimization).
+#[tokio::test]
+async fn an_attempts_futures_stay_small() {
+    let s = setup(
+        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
+        ServiceRegistry::new(),
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let token = s.job.lease.as_ref().expect("leased").token;
+    let reason = Arc::new(Mutex::new(StopReason::Release));
+    let execute = s
+        .worker
+        .execute(&s.job, &s.slot, token, stop.clone(), reason, None);
+    let start = start_write(&s, &stop).run();
+    let (execute, start) = (
+        std::mem::size_of_val(&execute),
+        std::mem::size_of_val(&start),
+    );
+    println!("execute {execute} bytes, the start's task {start} bytes");
+    assert!(execute <= 5 * 1024, "execute's future is {execute} bytes");
+    assert!(start <= 1024, "the start's task is {start} bytes");
+}
