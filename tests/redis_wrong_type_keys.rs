@@ -497,3 +497,68 @@ async fn retention_passes_a_jobs_own_key_of_another_type() {
         assert!(s.get(j.id).await.expect("get").is_none());
     }
 }
+
+/// The shared job counts (`P:jc`, a hash) replaced by a string cost the counts only: submits,
+/// claims and retention go on, and the next read of the counts rebuilds them from the jobs (the
+/// key a hash again, every job counted). Before, every commit failed after writing its job's
+/// hash: the submit answered an error and its job was stored but in no queue and no listing (it
+/// never ran); retention failed on every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counts_key_of_another_type_costs_the_counts_only_and_they_are_rebuilt() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let first = submit_n(&s, "r", 1).await;
+    // Counted once (the counts are built and this handle knows it).
+    s.job_counts().await.expect("counts");
+    let done = Job::new("t", "r", now_us());
+    s.submit(done.clone()).await.expect("submit");
+    s.apply(done.id, Command::Cancel).await.expect("cancel");
+    let mut c = raw_conn(&r).await;
+    let jc = format!("{}:jc", r.prefix);
+    let _: () = ::redis::cmd("DEL")
+        .arg(&jc)
+        .query_async(&mut c)
+        .await
+        .expect("del");
+    let _: () = ::redis::cmd("SET")
+        .arg(&jc)
+        .arg("garbage")
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let later = submit_n(&s, "r", 2).await;
+    let claimed = s.claim("r", "w", 10, LEASE).await.expect("claim");
+    let mut want = ids(&first);
+    want.extend(ids(&later));
+    assert_eq!(
+        ids(&claimed),
+        want,
+        "every job queued and claimed, in order"
+    );
+    let report = s.retention(now_us() + 1).await.expect("retention goes on");
+    assert_eq!(report.jobs, 1, "the cancelled job deleted");
+    let counts = s.job_counts().await.expect("the counts, rebuilt");
+    let starting = counts
+        .by_type_status
+        .get(&("t".to_string(), JobStatus::Starting));
+    assert_eq!(starting, Some(&3), "{:?}", counts.by_type_status);
+    assert_eq!(
+        counts.by_type_status.len(),
+        1,
+        "{:?}",
+        counts.by_type_status
+    );
+    // Kept in step again from then on.
+    submit_n(&s, "r", 1).await;
+    let counts = s.job_counts().await.expect("counts");
+    let queued = counts
+        .by_type_status
+        .get(&("t".to_string(), JobStatus::Queued));
+    assert_eq!(queued, Some(&1), "{:?}", counts.by_type_status);
+    let kind: String = ::redis::cmd("TYPE")
+        .arg(&jc)
+        .query_async(&mut c)
+        .await
+        .expect("type");
+    assert_eq!(kind, "hash");
+}

@@ -23,18 +23,22 @@ static BUILT: LazyLock<parking_lot::Mutex<HashSet<String>>> = LazyLock::new(Defa
 impl JobCountStore for RedisStore {
     async fn job_counts(&self) -> Result<JobCounts> {
         if !BUILT.lock().contains(&self.origin) {
-            let keys = ["jc:ready", "jc", "all"].map(|k| self.key(k));
-            let args = [self.key("job:"), self.key("qt:")];
-            let _: i64 = self.run_script(&BUILD, &keys, &args).await?;
+            self.build_counts(false).await?;
             BUILT.lock().insert(self.origin.clone());
         }
-        let key = self.key("jc");
-        let fields: Vec<(String, i64)> = self
-            .exec(true, |mut c| {
-                let cmd = ::redis::cmd("HGETALL").arg(&key).clone();
-                async move { cmd.query_async(&mut c).await }
-            })
-            .await?;
+        let fields = match self.count_fields().await? {
+            Some(f) => f,
+            None => {
+                // Of another type (a hand edit, another program sharing the Redis): the commits
+                // pass it meanwhile (commit.lua `flush_counts`), and the counts are built anew.
+                tracing::warn!(
+                    key = %self.key("jc"),
+                    "the job counts' key is not a hash: counting the jobs again"
+                );
+                self.build_counts(true).await?;
+                self.count_fields().await?.unwrap_or_default()
+            }
+        };
         let mut out = JobCounts::default();
         for (field, n) in fields {
             let Some((t, s)) = field.split_once('\n') else {
@@ -56,5 +60,34 @@ impl JobCountStore for RedisStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl RedisStore {
+    /// Builds the counts from the jobs (`lua/counts.lua`) if they were never built, or anew
+    /// (`rebuild`).
+    async fn build_counts(&self, rebuild: bool) -> Result<()> {
+        let keys = ["jc:ready", "jc", "all"].map(|k| self.key(k));
+        let mut args = vec![self.key("job:"), self.key("qt:")];
+        if rebuild {
+            args.push("rebuild".into());
+        }
+        let _: i64 = self.run_script(&BUILD, &keys, &args).await?;
+        Ok(())
+    }
+
+    /// The counters of `P:jc`; none when the key is not a hash.
+    async fn count_fields(&self) -> Result<Option<Vec<(String, i64)>>> {
+        let key = self.key("jc");
+        self.exec(true, |mut c| {
+            let cmd = ::redis::cmd("HGETALL").arg(&key).clone();
+            async move {
+                match cmd.query_async(&mut c).await {
+                    Err(e) if super::records::wrong_type(&e) => Ok(None),
+                    r => r.map(Some),
+                }
+            }
+        })
+        .await
     }
 }

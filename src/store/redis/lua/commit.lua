@@ -274,11 +274,24 @@ local function zcall(cmd, key, args)
   end
 end
 
-local function flush_index()
+-- The counts last, and each through `pcall`: `P:jc` is shared by every job, and of the wrong type
+-- (a hand edit, another program sharing the Redis) it would fail every commit after its jobs'
+-- hashes were written, out of every index. They are left as they are, logged; the next read of
+-- the counts rebuilds them from the jobs (src/store/redis/counts.rs).
+local function flush_counts()
   for _, field in ipairs(JCF) do
     local d = JC[field]
-    if d ~= 0 then redis.call('HINCRBY', S.jc, field, d) end
+    if d ~= 0 then
+      local r = redis.pcall('HINCRBY', S.jc, field, d)
+      if type(r) == 'table' and r.err then
+        redis.log(redis.LOG_WARNING, 'runyard: job counts not kept (' .. S.jc .. '): ' .. r.err)
+        return
+      end
+    end
   end
+end
+
+local function flush_index()
   for _, key in ipairs(ZK) do
     local add, rem = {}, {}
     for id, score in pairs(Z[key]) do
@@ -292,6 +305,7 @@ local function flush_index()
     if #rem > 0 then zcall('ZREM', key, rem) end
     if #add > 0 then zcall('ZADD', key, add) end
   end
+  flush_counts()
 end
 
 -- The runner queues a job went into in this call: no job of theirs is handed over after it.
@@ -460,7 +474,8 @@ end
 
 -- The keys a write may meet after its hash is written, checked before it writes (each once per
 -- call): a file reference, an index or a wait met later would leave a job stored yet out of its
--- queue or its wait (answered as stored: `PART:`). Shared counters (`P:jc`) are not checked.
+-- queue or its wait (answered as stored: `PART:`). Shared counters (`P:jc`) are not checked: they
+-- are passed when of the wrong type (`flush_counts`).
 local function precheck(w, K)
   local bad
   if w.event or w.event0 then

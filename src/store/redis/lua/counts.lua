@@ -8,10 +8,12 @@
 -- are named by what `P:all` and the jobs hold, so they cannot be declared beforehand: ARGV[1] is
 -- the job key prefix `P:job:`, ARGV[2] the type queue prefix `P:qt:` (Redis Cluster: see
 -- docs/redis.md, every key in one hash slot through the prefix's hash tag).
+-- ARGV[3] `rebuild`: builds them again although they were there (`P:jc` was found of another
+-- type: a hand edit; commit.lua and retention.lua pass it meanwhile).
 -- Returns 1 when it built the counts, 0 when they were there.
 local ready, jc, all = KEYS[1], KEYS[2], KEYS[3]
 local job_prefix, qt_prefix = ARGV[1], ARGV[2]
-if redis.call('EXISTS', ready) == 1 then return 0 end
+if redis.call('EXISTS', ready) == 1 and ARGV[3] ~= 'rebuild' then return 0 end
 redis.call('DEL', jc)
 for _, id in ipairs(redis.call('ZRANGE', all, 0, -1)) do
   local key = job_prefix .. id

@@ -31,9 +31,11 @@ end
 local function forget(id, key, h)
   if h[1] then own('ZREM', st_p .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
+  -- Of the wrong type, `P:jc` is passed (logged): the next read of the counts rebuilds them.
   if h[1] and h[4] then
     local f = h[4] .. '\n' .. h[1]
-    if redis.call('HINCRBY', jc, f, -1) <= 0 then redis.call('HDEL', jc, f) end
+    local n = own('HINCRBY', jc, f, -1)
+    if type(n) == 'number' and n <= 0 then redis.call('HDEL', jc, f) end
   end
   if h[2] and own('GET', idem_p .. h[2]) == id then
     redis.call('DEL', idem_p .. h[2])
