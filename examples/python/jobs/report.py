@@ -2,7 +2,8 @@
 """Example job "py.report": logs `args.lines`, answers {"lines": n}; for the tests of failures.
 
 - `args.hook`: report through this URL instead of JOB_HOOK (a proxy in front of the hook, which
-  the tests make lose answers);
+  the tests make lose answers or refuse reports);
+- the answer has `lines_lost` too when log lines were not stored (`JobClient.lines_lost`);
 - `args.result_bytes`: answer a string of that many bytes instead (over the server's body limit:
   the result cannot be reported);
 - `args.nan`: answer NaN instead (JSON cannot carry it);
@@ -26,6 +27,8 @@ def main(job, args):
         return {"text": "x" * int(args["result_bytes"])}
     if args.get("nan"):
         return {"value": float("nan")}
+    if job.lines_lost:
+        return {"lines": len(lines), "lines_lost": job.lines_lost}
     return {"lines": len(lines)}
 
 

@@ -2,8 +2,11 @@
 
 Layout:
 - ``client.py``: JobClient (status, progress, logs, results, job args, download, upload).
+- ``client_logs.py``: log lines in several reports, and what a failed one does (not raise: a note,
+  a count, a ``LogLinesLost`` warning), as the Rust client does.
 - ``signing.py``: v1/v2 hook signatures as pure functions.
-- ``errors.py``: HookError, BadPayload and friends (never carrying the job's secret), NonRetryable.
+- ``errors.py``: HookError, BadPayload and friends (never carrying the job's secret), NonRetryable,
+  the LogLinesLost warning.
 - ``entry.py``: ``run(fn)``, the RUNNING -> fn -> SUCCESS/ERROR boilerplate.
 - ``webhook.py``: ``verify(key, header, body)`` for runyard's signed webhooks (receivers).
 - ``api.py``: Client and AsyncClient, the submit side: submit jobs (one or a batch), wait for them,
@@ -14,7 +17,15 @@ Layout:
 
 from .client import JobClient, hash_file, resolve_location
 from .entry import run
-from .errors import BadPayload, HookError, IntegrityError, JobClientError, MissingEnvironment, NonRetryable
+from .errors import (
+    BadPayload,
+    HookError,
+    IntegrityError,
+    JobClientError,
+    LogLinesLost,
+    MissingEnvironment,
+    NonRetryable,
+)
 from .api import AsyncClient, AsyncJob, BatchItem, BatchResult, Client, Job
 from .api_errors import (
     ApiError,
@@ -50,6 +61,7 @@ __all__ = [
     "HookError",
     "BadPayload",
     "IntegrityError",
+    "LogLinesLost",
     "JobClientError",
     "MissingEnvironment",
     "NonRetryable",

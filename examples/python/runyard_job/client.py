@@ -14,15 +14,18 @@ import json
 import mimetypes
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Any, Dict, Iterable, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
 import requests
 
-from .errors import BadPayload, HookError, IntegrityError, JobClientError, MissingEnvironment
+from .client_logs import send_reports
+from .errors import BadPayload, HookError, IntegrityError, JobClientError, LogLinesLost, MissingEnvironment
 from .signing import SIGNATURES, job_headers
 
 REQUIRED_ENV = ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK")
@@ -35,7 +38,8 @@ RETRY_STATUSES = (502, 503, 504)
 #: ``X-Job-Time``): the server accepts a time up to 5 minutes away from its clock; one minute of
 #: that is left for clock skew. Later, a retry is signed afresh.
 RESEND_WINDOW = 240.0
-#: Most log lines the hook takes in one report (more is 413 ``too_large``).
+#: Most log lines the hook takes in one report (more is 413 ``too_large``); a report of this
+#: client carries one fewer, room for the note of lines an earlier report lost (client_logs.py).
 MAX_REPORT_LINES = 1000
 #: A log line's longest piece, in UTF-8 bytes: a longer line is stored in pieces, as the server
 #: stores a job's stdout (docs/architecture.md).
@@ -146,18 +150,27 @@ def split_log_lines(lines: Iterable[str]) -> Iterable[str]:
 
 def log_reports(lines: Iterable[str]) -> Iterable[list]:
     """``lines`` (split as the server stores them) grouped into reports the hook takes: at most
-    MAX_REPORT_LINES lines and about MAX_REPORT_LOG_BYTES bytes of JSON each."""
+    MAX_REPORT_LINES - 1 lines (room for a lost note) and about MAX_REPORT_LOG_BYTES bytes of
+    JSON each."""
     report: list = []
     size = 0
     for line in split_log_lines(lines):
         cost = len(encode_json(line)) + 1
-        if report and (len(report) >= MAX_REPORT_LINES or size + cost > MAX_REPORT_LOG_BYTES):
+        if report and (len(report) + 1 >= MAX_REPORT_LINES or size + cost > MAX_REPORT_LOG_BYTES):
             yield report
             report, size = [], 0
         report.append(line)
         size += cost
     if report:
         yield report
+
+
+def _warn_from_caller(warning: Warning) -> None:
+    """``warnings.warn`` naming the first caller outside this package (the job's own line)."""
+    frame, level = sys._getframe(1), 3  # the caller of status() (1 is this function)
+    while frame.f_back is not None and frame.f_back.f_globals.get("__name__", "").startswith("runyard_job."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(warning, stacklevel=level)
 
 
 def _segment(value: Any) -> str:
@@ -227,6 +240,10 @@ class JobClient:
         self._secret = Secret(secret)
         self._last_ms = 0
         self._last_ms_lock = threading.Lock()
+        #: Log lines this client could not store, in all (entries as sent: a long line's pieces
+        #: count one each); each call that lost some also warns ``LogLinesLost``.
+        self.lines_lost = 0
+        self._lost_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, signature: str = "v2", environ: Optional[Dict[str, str]] = None, **kwargs) -> "JobClient":
@@ -264,7 +281,14 @@ class JobClient:
         """POST {hook}/status with the given fields (None fields are left out); returns the answer,
         or ``{}`` when a retry found that an earlier send was taken and only its answer was lost.
         ``BadPayload`` when a field cannot be sent as JSON (NaN, a set...). Many or long ``logs``
-        go in several reports (``log_reports``), the other fields with the last of them."""
+        go in several reports (``log_reports``), the other fields with the last of them.
+
+        A log report that fails (after its retries) does not raise: the next reports are still
+        sent (client_logs.py: the first stored one starts with ``[runyard] N line(s) lost here:
+        ...``; nothing more after 3 failures in a row or a refusal such as 401, 403, 409 or 413),
+        ``lines_lost`` counts the lines not stored and a ``LogLinesLost`` warning says so once per
+        call. Only the other fields' failure raises (``HookError``, a connection error): when the
+        report carrying them was refused, or not sent because the reports before it stopped."""
         if isinstance(logs, str):
             logs = [logs]
         fields = (
@@ -278,12 +302,21 @@ class JobClient:
         body = {key: value for key, value in fields if value is not None}
         # The other fields first: one JSON cannot carry (NaN...) raises before any log is sent.
         encode_json(body)
-        if logs is not None:
-            reports = list(log_reports(logs))
-            for earlier in reports[:-1]:
-                self._hook_call("POST", "/status", {"logs": earlier}, once=True)
-            body["logs"] = reports[-1] if reports else []
-        return self._hook_call("POST", "/status", body, once=True)
+        if logs is None:
+            return self._hook_call("POST", "/status", body, once=True)
+        sent = send_reports(
+            lambda report: self._hook_call("POST", "/status", report, once=True),
+            body,
+            list(log_reports(logs)),
+            self._secret.reveal(),
+        )
+        if sent.lost:
+            with self._lost_lock:
+                self.lines_lost += sent.lost
+            _warn_from_caller(LogLinesLost(sent.lost, sent.why))
+        if sent.fields_error is not None:
+            raise sent.fields_error
+        return sent.answer
 
     def running(self) -> Dict[str, Any]:
         return self.status("RUNNING")
@@ -294,7 +327,9 @@ class JobClient:
 
     def log(self, *lines: str) -> Dict[str, Any]:
         """Append log lines (the ``job`` stream); as many and as long as needed: they are sent in
-        as many reports as the hook's limits ask for. Returns the last report's answer."""
+        as many reports as the hook's limits ask for. Returns the last stored report's answer
+        (``{}`` if none was stored). Never raises because a report failed: lines not stored are
+        counted in ``lines_lost`` and warned (``LogLinesLost``), see ``status``."""
         return self.status(logs=[str(line) for line in lines])
 
     def result(self, value: Any) -> Dict[str, Any]:

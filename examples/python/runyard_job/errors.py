@@ -63,6 +63,21 @@ class HookError(JobClientError):
         return cls(response.status_code, redact(code, secret), redact(message, secret))
 
 
+class LogLinesLost(UserWarning):
+    """Warned (``warnings.warn``) by ``JobClient.log`` and ``status(logs=...)`` when log lines
+    were not stored: a report failed for a passing reason (no answer, 5xx, 429) after its retries,
+    or the hook refused one for good (401, 403, 409, 413...), after which the rest was not sent.
+    A failed log report never raises: the job goes on. ``lost`` is how many lines (entries as
+    sent: a long line's pieces count one each), ``reason`` the last failure (never the secret).
+    ``JobClient.lines_lost`` counts them all; ``warnings.simplefilter("error", LogLinesLost)``
+    turns it into an exception."""
+
+    def __init__(self, lost: int, reason: str):
+        self.lost = lost
+        self.reason = reason
+        super().__init__(f"{lost} log line(s) not stored: {reason}")
+
+
 def error_fields(status: int, reason: Optional[str], text: str) -> Tuple[str, str]:
     """``(code, message)`` of an error answer: from runyard's ``{"error": {"code", "message"}}``
     body, else derived from the status, the reason phrase or the body's text (at most 500

@@ -177,14 +177,18 @@ def test_non_retryable_ends_the_job_at_once(http):
 
 class LossyProxy(ThreadingHTTPServer):
     """A reverse proxy in front of the hook that forwards every request, and answers 504 (its own
-    page) instead of the hook's answer to the first status report matching each of ``lose``."""
+    page) instead of the hook's answer to the first status report matching each of ``lose``; a
+    status report matching ``refuse`` is not forwarded at all, every time it comes: the proxy
+    answers ``refuse_status`` (its own page) instead."""
 
     daemon_threads = True
 
-    def __init__(self, lose):
+    def __init__(self, lose, refuse=None, refuse_status=503):
         super().__init__(("127.0.0.1", 0), LossyHandler)
         self.lose = list(lose)  # predicates on the report's JSON
         self.lost = []  # (report, the hook's answer the job never saw)
+        self.refuse, self.refuse_status = refuse, refuse_status
+        self.refused = []  # reports never forwarded
 
     @property
     def hook(self):
@@ -199,9 +203,12 @@ class LossyHandler(BaseHTTPRequestHandler):
 
     def _forward(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        report = json.loads(body) if self.path == "/async/status" and body else {}
+        if report and self.server.refuse is not None and self.server.refuse(report):
+            self.server.refused.append(report)
+            return self._answer(f"<html>{self.server.refuse_status}</html>".encode(), self.server.refuse_status, "text/html")
         headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-job-") or k.lower() == "content-type"}
         answer = requests.request(self.command, SERVER + self.path, data=body, headers=headers, timeout=TIMEOUT)
-        report = json.loads(body) if self.path == "/async/status" and body else {}
         lose = next((p for p in self.server.lose if p(report)), None)
         if lose is not None:
             self.server.lose.remove(lose)
@@ -209,6 +216,9 @@ class LossyHandler(BaseHTTPRequestHandler):
             data, status, kind = b"<html>504 Gateway Time-out</html>", 504, "text/html"
         else:
             data, status, kind = answer.content, answer.status_code, answer.headers.get("Content-Type", "")
+        self._answer(data, status, kind)
+
+    def _answer(self, data, status, kind):
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
@@ -220,8 +230,8 @@ class LossyHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def lossy():
-    def start(*lose):
-        proxy = LossyProxy(lose)
+    def start(*lose, **refusing):
+        proxy = LossyProxy(lose, **refusing)
         threading.Thread(target=proxy.serve_forever, daemon=True).start()
         started.append(proxy)
         return proxy
@@ -294,3 +304,47 @@ def test_a_result_that_cannot_be_reported_is_not_retried(http, args, why):
     job = wait(http, job_id)
     assert job["status"] == "ERROR" and job["attempt"] == 1, job  # the work ran once
     assert job["error"].startswith("could not report the result: ") and why in job["error"], job
+
+
+def logs_with(line):
+    return lambda report: line in (report.get("logs") or [])
+
+
+def stored(http, job_id, stream):
+    return [line["line"] for line in job_log_all(http, job_id) if line["stream"] == stream]
+
+
+def test_a_log_report_that_fails_does_not_stop_the_job_nor_the_later_reports(http, lossy):
+    # 2,500 lines go in reports of 999, 999 and 502; the proxy answers 503 to every try of the
+    # second (the hook unreachable behind it): the job does not crash on it, the third report is
+    # still sent and stored, starting with the note of the lines lost, and the client says how
+    # many lines were not stored (its `lines_lost`, which py.report returns, and a warning on the
+    # job's stderr).
+    proxy = lossy(refuse=logs_with("row 1500"))
+    lines = [f"row {i}" for i in range(2500)]
+    job_id = submit(http, {"type": "py.report", "args": {"hook": proxy.hook, "lines": lines}})
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS" and job["exit_code"] == 0 and job["attempt"] == 1, job
+    assert len(proxy.refused) == 3, [len(r["logs"]) for r in proxy.refused]  # the first try and 2 retries
+    assert job["result"] == {"lines": 2500, "lines_lost": 999}, job
+    logged = stored(http, job_id, "job")
+    assert logged[:999] == lines[:999]
+    assert logged[999].startswith("[runyard] 999 line(s) lost here: the hook refused or did not answer (hook answered 503")
+    assert logged[1000:] == lines[1998:]
+    stderr = stored(http, job_id, "stderr")
+    assert any("LogLinesLost: 999 log line(s) not stored: hook answered 503" in line for line in stderr), stderr
+    assert not any("Traceback" in line for line in stderr), stderr
+
+
+def test_a_log_report_refused_for_good_is_not_retried_and_ends_the_logging(http, lossy):
+    # A 403 (a definite refusal, the same for every report): not retried, no later report sent,
+    # said once; the job still ends as it reported.
+    proxy = lossy(refuse=lambda report: "logs" in report, refuse_status=403)
+    lines = [f"row {i}" for i in range(2500)]
+    job_id = submit(http, {"type": "py.report", "args": {"hook": proxy.hook, "lines": lines}})
+    job = wait(http, job_id)
+    assert job["status"] == "SUCCESS" and job["result"] == {"lines": 2500, "lines_lost": 2500}, job
+    assert [len(r["logs"]) for r in proxy.refused] == [999], len(proxy.refused)
+    stderr = stored(http, job_id, "stderr")
+    warned = [line for line in stderr if "log line(s) not stored" in line]
+    assert len(warned) == 1 and "2500 log line(s) not stored: hook answered 403" in warned[0], stderr
