@@ -285,6 +285,10 @@ impl WorkerThread {
                 rt.block_on(async {
                     let _ = stopped.await;
                 });
+                // Its tasks are dropped; blocking work still running on it (a `spawn_blocking`
+                // call that does not return) is left, not waited for: dropping the runtime
+                // would wait for it, and the stop with it, forever.
+                rt.shutdown_timeout(THREAD_END_WAIT);
             })?;
         let handle = handle
             .recv()
@@ -296,18 +300,25 @@ impl WorkerThread {
         })
     }
 
-    /// Ends the thread (its runtime and every task still on it) and waits for it.
+    /// Ends the thread (its runtime and every task still on it) and waits for it, a moment
+    /// past [`THREAD_END_WAIT`] at most.
     async fn end(self) {
         let _ = self.stop.send(());
         let thread = self.thread;
-        if !matches!(
-            tokio::task::spawn_blocking(move || thread.join()).await,
-            Ok(Ok(()))
-        ) {
+        let joined = tokio::time::timeout(
+            THREAD_END_WAIT + Duration::from_secs(1),
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await;
+        if !matches!(joined, Ok(Ok(Ok(())))) {
             tracing::warn!("the worker's thread did not end cleanly");
         }
     }
 }
+
+/// How long the worker thread's runtime waits, once told to end, for blocking work still
+/// running on it.
+const THREAD_END_WAIT: Duration = Duration::from_secs(1);
 
 impl Core {
     /// Opens the store and starts the background loops. `blobs`: the file contents this node
@@ -550,4 +561,28 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         settings,
         full,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocking work that never returns on the worker's thread (a `spawn_blocking` call stuck in
+    /// a system call) does not hold the server's stop: the thread ends without it. Before, the
+    /// runtime's drop waited for it, and `end` with it, for as long as it ran.
+    #[tokio::test]
+    async fn the_worker_thread_ends_without_waiting_for_stuck_blocking_work() {
+        let t = WorkerThread::start().expect("the worker's thread");
+        let (started, running) = std::sync::mpsc::channel();
+        t.handle.spawn_blocking(move || {
+            let _ = started.send(());
+            std::thread::sleep(Duration::from_secs(120));
+        });
+        running
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the blocking work started");
+        tokio::time::timeout(Duration::from_secs(30), t.end())
+            .await
+            .expect("the thread ended, the blocking work left running");
+    }
 }
