@@ -1,8 +1,9 @@
 //! A job that reaches the worker after the shutdown grace's sweep (`Worker::drain`: handed over,
-//! claimed, or claimed by a finish whose commit outlasted the grace) is stopped at once and given
-//! back, not run: the `swept` branch of `Worker::run_job`. The real race needs a commit that spans
-//! the whole grace, so this drives the branch directly, on a real embedded store and a real
-//! service runner.
+//! claimed, or claimed by a finish whose commit outlasted the grace) is given back at once, never
+//! launched: the `swept` branch of `Worker::run_job` and the stop's check before the launch in
+//! `Worker::execute`. The real race needs a finish whose commit is delivered after the drain
+//! (an instant no hook of the store holds), so this drives the branch directly, on a real
+//! embedded store and a real service runner that counts the calls it starts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,26 +12,37 @@ use std::time::Duration;
 use runyard_runners::service::ServiceRegistry;
 use serde_json::json;
 
-use super::Worker;
+use super::{StopReason, Worker};
 use crate::config::Config;
-use crate::job::{now_us, Job, JobStatus};
-use crate::runner_set::RunnerSet;
+use crate::job::{now_us, Command, Job, JobStatus};
+use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::security::MasterKey;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
 
-#[tokio::test]
-async fn a_job_delivered_after_the_sweep_is_given_back_not_run() {
+/// A worker on a real embedded store with one service runner: its `slow` operation ends by
+/// itself after 200 ms unless stopped. The counters: calls started, and runs that got to the end.
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    slot: Arc<RunnerSlot>,
+    worker: Arc<Worker>,
+    started: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
     let cfg =
         Config::from_toml("[[runners]]\nkind = \"service\"\ntypes = [\"slow\"]\n").expect("config");
-    // Ends by itself after 200 ms unless stopped; counts the runs that got to the end.
-    let ended = Arc::new(AtomicUsize::new(0));
+    let (started, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut services = ServiceRegistry::new();
-    let e = ended.clone();
+    let (s, e) = (started.clone(), ended.clone());
     services.register("slow", move |ctx| {
+        // Counted as the call starts, whatever follows (a stop at once included).
+        s.fetch_add(1, Ordering::SeqCst);
         let e = e.clone();
         async move {
             tokio::select! {
@@ -51,21 +63,50 @@ async fn a_job_delivered_after_the_sweep_is_given_back_not_run() {
         Arc::new(MasterKey::new(vec![7; 32])),
         "http://127.0.0.1:9/async".into(),
     );
-    let submitted = store
-        .submit(Job {
-            max_attempts: 2,
-            ..Job::new("slow", &slot.name, now_us())
-        })
-        .await
-        .expect("submit")
-        .job;
-    let job = store
-        .claim(&slot.name, worker.id(), 1, Duration::from_secs(30))
-        .await
-        .expect("claim")
-        .pop()
-        .expect("claimed");
-    assert_eq!(job.id, submitted.id);
+    Setup {
+        _dir: dir,
+        store,
+        slot,
+        worker,
+        started,
+        ended,
+    }
+}
+
+impl Setup {
+    /// Submits a `slow` job (2 attempts) and claims it for the worker: (as submitted, as claimed).
+    async fn claimed(&self) -> (Job, Job) {
+        let submitted = self
+            .store
+            .submit(Job {
+                max_attempts: 2,
+                ..Job::new("slow", &self.slot.name, now_us())
+            })
+            .await
+            .expect("submit")
+            .job;
+        let job = self
+            .store
+            .claim(
+                &self.slot.name,
+                self.worker.id(),
+                1,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("claim")
+            .pop()
+            .expect("claimed");
+        assert_eq!(job.id, submitted.id);
+        (submitted, job)
+    }
+}
+
+#[tokio::test]
+async fn a_job_delivered_after_the_sweep_is_given_back_not_launched() {
+    let t = setup();
+    let (submitted, job) = t.claimed().await;
+    let (worker, slot) = (&t.worker, &t.slot);
 
     // The grace is over and its sweep done; then the job arrives, counted in its slot as a job
     // handed over or claimed is.
@@ -81,9 +122,15 @@ async fn a_job_delivered_after_the_sweep_is_given_back_not_run() {
     .await
     .expect("given back within 10 s");
 
-    assert_eq!(ended.load(Ordering::SeqCst), 0, "the job was not run");
+    assert_eq!(
+        t.started.load(Ordering::SeqCst),
+        0,
+        "a stopping worker starts no new work: the job was not launched"
+    );
+    assert_eq!(t.ended.load(Ordering::SeqCst), 0, "the job was not run");
     assert_eq!(slot.active.load(Ordering::Acquire), 0, "its slot is free");
-    let back = store
+    let back = t
+        .store
         .get(submitted.id)
         .await
         .expect("read")
@@ -102,4 +149,34 @@ async fn a_job_delivered_after_the_sweep_is_given_back_not_run() {
         "the attempt given back"
     );
     assert!(worker.idle(), "nothing of it is left running");
+}
+
+/// Cancelled between its claim and its launch (the stop told before the launch): not started,
+/// and the lease the cancel kept is given up, so nothing waits for it to run out.
+#[tokio::test]
+async fn a_job_cancelled_before_its_launch_is_not_launched_and_its_lease_goes() {
+    let t = setup();
+    let (_, job) = t.claimed().await;
+    let token = job.lease.as_ref().map(|l| l.token).expect("a lease");
+    t.store
+        .apply(job.id, Command::Cancel)
+        .await
+        .expect("cancel");
+    let (stop, reason) = t
+        .worker
+        .track(job.id, token, tokio::time::Instant::now(), None);
+    *reason.lock() = StopReason::Gone;
+    stop.cancel();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        t.worker.execute(&job, &t.slot, token, stop, reason, None),
+    )
+    .await
+    .expect("settled within 10 s");
+    t.worker.untrack(job.id, token);
+
+    assert_eq!(t.started.load(Ordering::SeqCst), 0, "not launched");
+    let back = t.store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Cancelled, "{back:#?}");
+    assert!(back.lease.is_none(), "the lease goes: {back:#?}");
 }
