@@ -6,7 +6,7 @@
 //! embedded store and a real service runner that counts the calls it starts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use runyard_runners::service::ServiceRegistry;
@@ -20,8 +20,11 @@ use crate::security::MasterKey;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreSettings};
 
-/// A worker on a real embedded store with one service runner: its `slow` operation ends by
-/// itself after 200 ms unless stopped. The counters: calls started, and runs that got to the end.
+/// A worker on a real embedded store with one service runner of one slot (full with one job: its
+/// finish claims the next, `Worker::refill`): its `slow` operation ends by itself after 200 ms
+/// unless stopped; its `sweeps` operation ends at once, the worker stopping and its drain's sweep
+/// done as it ends (its finish, and the refill it takes, on their way). The counters: `slow`
+/// calls started, and `slow` runs that got to the end.
 struct Setup {
     _dir: tempfile::TempDir,
     store: Arc<dyn Store>,
@@ -35,8 +38,10 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open"));
-    let cfg =
-        Config::from_toml("[[runners]]\nkind = \"service\"\ntypes = [\"slow\"]\n").expect("config");
+    let cfg = Config::from_toml(
+        "[[runners]]\nkind = \"service\"\ntypes = [\"slow\", \"sweeps\"]\nconcurrency = 1\n",
+    )
+    .expect("config");
     let (started, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut services = ServiceRegistry::new();
     let (s, e) = (started.clone(), ended.clone());
@@ -54,6 +59,17 @@ fn setup() -> Setup {
             }
         }
     });
+    let me: Arc<OnceLock<Weak<Worker>>> = Arc::default();
+    let w = me.clone();
+    services.register("sweeps", move |_ctx| {
+        // The drain ended early (no work left) and swept while this job's finish, which took
+        // the slot's refill before the stop began, is still on its way to the store.
+        if let Some(w) = w.get().and_then(Weak::upgrade) {
+            w.stopping.store(true, Ordering::SeqCst);
+            w.swept.store(true, Ordering::SeqCst);
+        }
+        async { Ok(json!("done")) }
+    });
     let runners = Arc::new(RunnerSet::build(&cfg, Arc::new(services)).expect("runners"));
     let slot = runners.iter().next().expect("a runner").clone();
     let worker = Worker::new(
@@ -63,6 +79,7 @@ fn setup() -> Setup {
         Arc::new(MasterKey::new(vec![7; 32])),
         "http://127.0.0.1:9/async".into(),
     );
+    me.set(Arc::downgrade(&worker)).expect("set once");
     Setup {
         _dir: dir,
         store,
@@ -76,15 +93,7 @@ fn setup() -> Setup {
 impl Setup {
     /// Submits a `slow` job (2 attempts) and claims it for the worker: (as submitted, as claimed).
     async fn claimed(&self) -> (Job, Job) {
-        let submitted = self
-            .store
-            .submit(Job {
-                max_attempts: 2,
-                ..Job::new("slow", &self.slot.name, now_us())
-            })
-            .await
-            .expect("submit")
-            .job;
+        let submitted = self.submit("slow").await;
         let job = self
             .store
             .claim(
@@ -99,6 +108,18 @@ impl Setup {
             .expect("claimed");
         assert_eq!(job.id, submitted.id);
         (submitted, job)
+    }
+
+    /// Submits a job of `job_type` (2 attempts).
+    async fn submit(&self, job_type: &str) -> Job {
+        self.store
+            .submit(Job {
+                max_attempts: 2,
+                ..Job::new(job_type, &self.slot.name, now_us())
+            })
+            .await
+            .expect("submit")
+            .job
     }
 }
 
@@ -149,6 +170,57 @@ async fn a_job_delivered_after_the_sweep_is_given_back_not_launched() {
         "the attempt given back"
     );
     assert!(worker.idle(), "nothing of it is left running");
+}
+
+/// The race itself, through a real refill: the finish of the slot's running job claims the next
+/// QUEUED one, and the drain ends early and sweeps while that finish is on its way. The job it
+/// brings reaches the worker after the sweep: given back QUEUED, its attempt not spent, and never
+/// launched (before, its service call was started, then stopped at once).
+#[tokio::test]
+async fn a_job_a_finish_brings_after_an_early_drain_is_given_back_not_launched() {
+    let t = setup();
+    let (first, next) = (t.submit("sweeps").await, t.submit("slow").await);
+    let job = t
+        .store
+        .claim(&t.slot.name, t.worker.id(), 1, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    assert_eq!(job.id, first.id, "the oldest first");
+    // The slot is full with it: its finish claims the next job (`Worker::refill`).
+    t.slot.active.fetch_add(1, Ordering::AcqRel);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        t.worker
+            .clone()
+            .run_job(job, t.slot.clone(), tokio::time::Instant::now()),
+    )
+    .await
+    .expect("both settled within 10 s");
+
+    let done = t.store.get(first.id).await.expect("read").expect("stored");
+    assert_eq!(done.status, JobStatus::Success, "{done:#?}");
+    assert_eq!(
+        t.started.load(Ordering::SeqCst),
+        0,
+        "the next job not launched"
+    );
+    let back = t.store.get(next.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
+    assert!(back.lease.is_none(), "{back:#?}");
+    assert_eq!(
+        back.runs.last().and_then(|r| r.outcome.as_deref()),
+        Some("RELEASED"),
+        "claimed by the finish, then given back: {back:#?}"
+    );
+    assert_eq!(
+        (back.attempt, back.max_attempts),
+        (1, 3),
+        "the attempt given back"
+    );
+    assert_eq!(t.slot.active.load(Ordering::Acquire), 0, "its slot is free");
+    assert!(t.worker.idle(), "nothing of them is left running");
 }
 
 /// Cancelled between its claim and its launch (the stop told before the launch): not started,
