@@ -1,9 +1,11 @@
 //! A job that reaches the worker after the shutdown grace's sweep (`Worker::drain`: handed over,
-//! claimed, or claimed by a finish whose commit outlasted the grace) is given back at once, never
+//! claimed, or claimed by a finish on its way as the drain ended) is given back at once, never
 //! launched: the `swept` branch of `Worker::run_job` and the stop's check before the launch in
-//! `Worker::execute`. The real race needs a finish whose commit is delivered after the drain
-//! (an instant no hook of the store holds), so this drives the branch directly, on a real
-//! embedded store and a real service runner that counts the calls it starts.
+//! `Worker::execute`. No hook of the store holds a finish's commit past the drain, so the sweep is
+//! done by the tests (directly, or by the running job's service call as it ends, its finish and
+//! refill still to come), on a real embedded store and a real service runner that counts the
+//! calls it starts. A local job's marker file would not tell a launch stopped at once (its
+//! process is killed before its shell gets to write it): the service call's count does.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
