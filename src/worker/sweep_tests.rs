@@ -4,8 +4,8 @@
 //! `Worker::execute`. No hook of the store holds a finish's commit past the drain, so the sweep is
 //! done by the tests (directly, or by the running job's service call as it ends, its finish and
 //! refill still to come), on a real embedded store and a real service runner that counts the
-//! calls it starts. A local job's marker file would not tell a launch stopped at once (its
-//! process is killed before its shell gets to write it): the service call's count does.
+//! calls it starts. A local job's marker file may not tell a launch stopped at once (its
+//! process may be killed before its shell gets to write it): the service call's count does.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
