@@ -334,7 +334,8 @@ impl Worker {
                 }
                 if self.swept.load(Ordering::SeqCst) {
                     // Came after the grace's sweep (handed over, claimed, or claimed by a
-                    // finish just before the shutdown): stopped and given back at once.
+                    // finish just before the shutdown): given back at once, never launched
+                    // (`Worker::execute`).
                     *reason.lock() = StopReason::Release;
                     stop.cancel();
                 }
@@ -389,6 +390,13 @@ impl Worker {
         let watch = reports::Watch::new(id);
         let mut spec = self.spec_factory().spec(job);
         spec.timeout = spec.timeout.or(slot.timeout);
+        if stop.is_cancelled() {
+            // Stopped before its launch (delivered after the shutdown's sweep, cancelled or
+            // fenced meanwhile): nothing is started (`start.rs`, `not_launched`).
+            drop((spec, shared, reporter, watch));
+            let release = *reason.lock() == StopReason::Release;
+            return Box::pin(self.not_launched(id, token, release)).await;
+        }
         let launched = slot.runner.launch(spec, shared).await;
         if launched.is_err() {
             // Nothing runs: what is left are writes.

@@ -198,6 +198,18 @@ impl Worker {
         }
     }
 
+    /// Settles an attempt stopped before its launch: one delivered to a stopping worker after the
+    /// grace's sweep (a finish's refill on its way as the shutdown began), or cancelled or fenced
+    /// between its claim and its launch. Nothing was started (no process, container or service
+    /// call: a stopping worker starts no new work), and it is settled as one stopped before its
+    /// start was recorded: at shutdown (`release`) given back to the queue (`QUEUED` in its
+    /// place, the attempt given back), else the lease a cancel kept goes.
+    pub(super) async fn not_launched(&self, id: Uuid, token: u64, release: bool) {
+        tracing::info!("job stopped before its launch: not started");
+        self.work_ended(id, token);
+        self.stopped_unstarted(id, token, None, None, release).await
+    }
+
     /// Settles an attempt stopped (shutdown, cancel, fencing) before its start was recorded. A
     /// start still on its way to the store lands first: if its finish went with it, the job has
     /// ended and stays so; if it was refused (cancelled meanwhile, or taken over), the lease a

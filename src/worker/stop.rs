@@ -41,7 +41,8 @@ const LOOPS_WAIT: Duration = Duration::from_secs(1);
 impl Worker {
     /// From now on no finish claims a next job: the refills of the running jobs are closed
     /// (a finish already on its way with one still brings its job, run as one claimed in the
-    /// worker's last moments is), and no new one is asked for. The first call starts the stop's
+    /// worker's last moments is, or, once the grace's sweep is done, given back without being
+    /// launched), and no new one is asked for. The first call starts the stop's
     /// clock. Called again by `run` when it sees the shutdown; more than once is harmless.
     pub(crate) fn begin_stopping(&self) {
         self.stop_began();
@@ -115,7 +116,8 @@ impl Worker {
 
     /// Waits (up to `shutdown_grace` from the stop's start) for the work of the running jobs to
     /// end, then stops the rest, to be given back, and waits for their work to end. Either way a
-    /// job that arrives after this (a finish's claim on its way) is given back at once.
+    /// job that arrives after this (a finish's claim on its way) is given back at once, not
+    /// launched (`Worker::execute`).
     pub(super) async fn drain(&self) {
         let deadline = self.grace_over_at();
         while self.live() > 0 && Instant::now() < deadline {
