@@ -561,4 +561,20 @@ async fn a_counts_key_of_another_type_costs_the_counts_only_and_they_are_rebuilt
         .await
         .expect("type");
     assert_eq!(kind, "hash");
+    // A count that is not a number (a hand edit): the other counts are kept, and the next read
+    // counts the jobs again.
+    let _: () = ::redis::cmd("HSET")
+        .arg(&jc)
+        .arg("t\nSTARTING")
+        .arg("garbage")
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    submit_n(&s, "r", 1).await;
+    let counts = s.job_counts().await.expect("the counts, rebuilt");
+    let want = [(JobStatus::Starting, 3), (JobStatus::Queued, 2)]
+        .map(|(st, n)| (("t".to_string(), st), n))
+        .into_iter()
+        .collect();
+    assert_eq!(counts.by_type_status, want);
 }

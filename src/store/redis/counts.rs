@@ -23,19 +23,16 @@ static BUILT: LazyLock<parking_lot::Mutex<HashSet<String>>> = LazyLock::new(Defa
 impl JobCountStore for RedisStore {
     async fn job_counts(&self) -> Result<JobCounts> {
         if !BUILT.lock().contains(&self.origin) {
-            self.build_counts(false).await?;
+            self.build_counts(None).await?;
             BUILT.lock().insert(self.origin.clone());
         }
         let fields = match self.count_fields().await? {
-            Some(f) => f,
-            None => {
-                // Of another type (a hand edit, another program sharing the Redis): the commits
-                // pass it meanwhile (commit.lua `flush_counts`), and the counts are built anew.
-                tracing::warn!(
-                    key = %self.key("jc"),
-                    "the job counts' key is not a hash: counting the jobs again"
-                );
-                self.build_counts(true).await?;
+            Ok(f) => f,
+            Err((why, mode)) => {
+                // A hand edit, another program sharing the Redis: the commits pass it meanwhile
+                // (commit.lua `flush_counts`), and the counts are built anew.
+                tracing::warn!(key = %self.key("jc"), "{why}: counting the jobs again");
+                self.build_counts(Some(mode)).await?;
                 self.count_fields().await?.unwrap_or_default()
             }
         };
@@ -63,31 +60,41 @@ impl JobCountStore for RedisStore {
     }
 }
 
+/// Why the counts cannot be read, and the build that mends them.
+type Unreadable = (&'static str, &'static str);
+
 impl RedisStore {
     /// Builds the counts from the jobs (`lua/counts.lua`) if they were never built, or anew
-    /// (`rebuild`).
-    async fn build_counts(&self, rebuild: bool) -> Result<()> {
+    /// (`mode`: `rebuild`, or `unless-hash`: unless another reader has rebuilt them meanwhile).
+    async fn build_counts(&self, mode: Option<&str>) -> Result<()> {
         let keys = ["jc:ready", "jc", "all"].map(|k| self.key(k));
         let mut args = vec![self.key("job:"), self.key("qt:")];
-        if rebuild {
-            args.push("rebuild".into());
-        }
+        args.extend(mode.map(String::from));
         let _: i64 = self.run_script(&BUILD, &keys, &args).await?;
         Ok(())
     }
 
-    /// The counters of `P:jc`; none when the key is not a hash.
-    async fn count_fields(&self) -> Result<Option<Vec<(String, i64)>>> {
+    /// The counters of `P:jc`, or why they cannot be read and how to build them again.
+    async fn count_fields(&self) -> Result<std::result::Result<Vec<(String, i64)>, Unreadable>> {
         let key = self.key("jc");
-        self.exec(true, |mut c| {
-            let cmd = ::redis::cmd("HGETALL").arg(&key).clone();
-            async move {
-                match cmd.query_async(&mut c).await {
-                    Err(e) if super::records::wrong_type(&e) => Ok(None),
-                    r => r.map(Some),
+        let read: Option<Vec<(String, String)>> = self
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("HGETALL").arg(&key).clone();
+                async move {
+                    match cmd.query_async(&mut c).await {
+                        Err(e) if super::records::wrong_type(&e) => Ok(None),
+                        r => r.map(Some),
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await?;
+        let Some(read) = read else {
+            return Ok(Err(("the job counts' key is not a hash", "unless-hash")));
+        };
+        let parsed: Option<Vec<(String, i64)>> = read
+            .into_iter()
+            .map(|(f, n)| n.parse().ok().map(|n| (f, n)))
+            .collect();
+        Ok(parsed.ok_or(("a job count is not a number", "rebuild")))
     }
 }

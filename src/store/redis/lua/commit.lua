@@ -274,24 +274,26 @@ local function zcall(cmd, key, args)
   end
 end
 
--- The counts last, and each through `pcall`: `P:jc` is shared by every job, and of the wrong type
--- (a hand edit, another program sharing the Redis) it would fail every commit after its jobs'
--- hashes were written, out of every index. They are left as they are, logged; the next read of
--- the counts rebuilds them from the jobs (src/store/redis/counts.rs).
+-- The counts, each through `pcall`: `P:jc` is shared by every job, and of the wrong type (a hand
+-- edit, another program sharing the Redis) it would fail every commit after its jobs' hashes were
+-- written, out of every index. It is passed, logged once per call; the next read of the counts
+-- rebuilds them from the jobs (src/store/redis/counts.rs). A field that fails alone (not a
+-- number: a hand edit) is passed and the others are kept.
 local function flush_counts()
   for _, field in ipairs(JCF) do
     local d = JC[field]
     if d ~= 0 then
       local r = redis.pcall('HINCRBY', S.jc, field, d)
       if type(r) == 'table' and r.err then
-        redis.log(redis.LOG_WARNING, 'runyard: job counts not kept (' .. S.jc .. '): ' .. r.err)
-        return
+        redis.log(redis.LOG_WARNING, 'runyard: job count not kept (' .. S.jc .. '): ' .. r.err)
+        if string.match(r.err, '^WRONGTYPE') then return end
       end
     end
   end
 end
 
 local function flush_index()
+  flush_counts()
   for _, key in ipairs(ZK) do
     local add, rem = {}, {}
     for id, score in pairs(Z[key]) do
@@ -305,7 +307,6 @@ local function flush_index()
     if #rem > 0 then zcall('ZREM', key, rem) end
     if #add > 0 then zcall('ZADD', key, add) end
   end
-  flush_counts()
 end
 
 -- The runner queues a job went into in this call: no job of theirs is handed over after it.

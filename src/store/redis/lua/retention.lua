@@ -14,6 +14,8 @@ local fin, all, jc, fhashes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local before, max = ARGV[1], tonumber(ARGV[2])
 local job_p, st_p, idem_p, fref_p, log_p, logn_p = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local jch_p = ARGV[9]
+-- `P:jc` found of another type this pass: passed from then on.
+local jc_bad = false
 local ids = redis.call('ZRANGEBYSCORE', fin, '-inf', '(' .. before, 'LIMIT', 0, max)
 -- A command on one of a job's own keys (its status index, idempotency key, file reference,
 -- channel index): one of the wrong type (a hand edit, another program sharing the Redis) is
@@ -31,11 +33,17 @@ end
 local function forget(id, key, h)
   if h[1] then own('ZREM', st_p .. h[1], id) end
   -- Job counts (see counts.lua; a job without `t` predates them and is counted by its rebuild).
-  -- Of the wrong type, `P:jc` is passed (logged): the next read of the counts rebuilds them.
-  if h[1] and h[4] then
+  -- Of the wrong type, `P:jc` is passed (logged once a pass): the next read of the counts
+  -- rebuilds them.
+  if h[1] and h[4] and not jc_bad then
     local f = h[4] .. '\n' .. h[1]
-    local n = own('HINCRBY', jc, f, -1)
-    if type(n) == 'number' and n <= 0 then redis.call('HDEL', jc, f) end
+    local n = redis.pcall('HINCRBY', jc, f, -1)
+    if type(n) == 'number' then
+      if n <= 0 then redis.call('HDEL', jc, f) end
+    else
+      redis.log(redis.LOG_WARNING, 'runyard retention: ' .. jc .. ' passed: ' .. tostring(n.err))
+      jc_bad = string.match(tostring(n.err), '^WRONGTYPE') ~= nil
+    end
   end
   if h[2] and own('GET', idem_p .. h[2]) == id then
     redis.call('DEL', idem_p .. h[2])
