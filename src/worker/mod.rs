@@ -392,10 +392,10 @@ impl Worker {
         spec.timeout = spec.timeout.or(slot.timeout);
         if stop.is_cancelled() {
             // Stopped before its launch (delivered after the shutdown's sweep, cancelled or
-            // fenced meanwhile): nothing is started (`start.rs`, `not_launched`).
+            // fenced meanwhile): nothing is started (`start.rs`, `not_launched`). A job tracked
+            // just before the sweep passes this and is stopped once launched (the window left).
             drop((spec, shared, reporter, watch));
-            let release = *reason.lock() == StopReason::Release;
-            return Box::pin(self.not_launched(id, token, release)).await;
+            return Box::pin(self.not_launched(id, token)).await;
         }
         let launched = slot.runner.launch(spec, shared).await;
         if launched.is_err() {

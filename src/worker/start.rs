@@ -198,16 +198,17 @@ impl Worker {
         }
     }
 
-    /// Settles an attempt stopped before its launch: one delivered to a stopping worker after the
-    /// grace's sweep (a finish's refill on its way as the shutdown began), or cancelled or fenced
-    /// between its claim and its launch. Nothing was started (no process, container or service
-    /// call: a stopping worker starts no new work), and it is settled as one stopped before its
-    /// start was recorded: at shutdown (`release`) given back to the queue (`QUEUED` in its
-    /// place, the attempt given back), else the lease a cancel kept goes.
-    pub(super) async fn not_launched(&self, id: Uuid, token: u64, release: bool) {
+    /// Settles an attempt whose stop was told before its launch: one delivered to a stopping
+    /// worker after the grace's sweep (a finish's refill on its way as the shutdown began), or
+    /// stopped by a cancel or the fence first. Nothing was started (no process, container or
+    /// service call), so whatever the reason it is given back to the queue (`QUEUED` in its
+    /// place, the attempt given back: the fence's stop spends no attempt either). A job
+    /// cancelled meanwhile refuses that and the lease the cancel kept goes (`settle`); one taken
+    /// over refuses it, and nothing changes.
+    pub(super) async fn not_launched(&self, id: Uuid, token: u64) {
         tracing::info!("job stopped before its launch: not started");
         self.work_ended(id, token);
-        self.stopped_unstarted(id, token, None, None, release).await
+        self.give_back(id, token).await
     }
 
     /// Settles an attempt stopped (shutdown, cancel, fencing) before its start was recorded. A

@@ -254,3 +254,35 @@ async fn a_job_cancelled_before_its_launch_is_not_launched_and_its_lease_goes() 
     assert_eq!(back.status, JobStatus::Cancelled, "{back:#?}");
     assert!(back.lease.is_none(), "the lease goes: {back:#?}");
 }
+
+/// The fence's stop (`StopReason::Gone` on a job that is still the attempt's: its lease was not
+/// renewed in time) told before the launch: nothing ran, so the job goes back to its queue with
+/// its attempt given back, not left `STARTING` until the reaper spends the attempt as `LOST`.
+#[tokio::test]
+async fn a_job_fenced_before_its_launch_is_given_back_with_its_attempt() {
+    let t = setup();
+    let (_, job) = t.claimed().await;
+    let token = job.lease.as_ref().map(|l| l.token).expect("a lease");
+    let (stop, reason) = t
+        .worker
+        .track(job.id, token, tokio::time::Instant::now(), None);
+    *reason.lock() = StopReason::Gone;
+    stop.cancel();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        t.worker.execute(&job, &t.slot, token, stop, reason, None),
+    )
+    .await
+    .expect("settled within 10 s");
+    t.worker.untrack(job.id, token);
+
+    assert_eq!(t.started.load(Ordering::SeqCst), 0, "not launched");
+    let back = t.store.get(job.id).await.expect("read").expect("stored");
+    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
+    assert!(back.lease.is_none(), "{back:#?}");
+    assert_eq!(
+        back.max_attempts,
+        job.max_attempts + 1,
+        "the attempt given back: {back:#?}"
+    );
+}
