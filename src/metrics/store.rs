@@ -245,6 +245,9 @@ impl Store for MeteredStore {
     fn finish_committed_late(&self, job: &Job) {
         self.metrics.job_changed(&CommandKind::Finish, job);
     }
+    fn start_committed_late(&self) {
+        self.metrics.transition(crate::job::JobStatus::Running);
+    }
 }
 
 // Not through `metered!`: replay memory answers its own error type, and the tail is not timed.

@@ -437,4 +437,8 @@ pub trait Store:
     fn finish_committed_late(&self, job: &Job) {
         let _ = job;
     }
+    /// A worker's start this process sent that the store committed although its answer never
+    /// came, found by reading the job (`worker/start/write.rs`): counted as an answered start is
+    /// (a transition to RUNNING). Nothing in a backend; a wrapping store must forward it.
+    fn start_committed_late(&self) {}
 }
