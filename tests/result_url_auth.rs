@@ -119,3 +119,88 @@ async fn a_channel_jwt_reads_the_result_url_of_its_own_channels_jobs_only() {
         assert_eq!(s, 401, "{path}: a client route takes no cookie: {v}");
     }
 }
+
+/// A token signed with the right secret whose claims name a member twice. `payload` is the JSON
+/// text as it is sent: serde_json's `Value` cannot hold a repeated member.
+fn mint_raw(payload: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let message = format!("{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(payload));
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).expect("sign");
+    format!("{message}.{sig}")
+}
+
+/// A correctly signed channel token that names a claim twice (two `channel`s: the library kept
+/// the last one, another reader may keep the first) is ambiguous: refused (401, `unauthorized`,
+/// saying which claim) on every route a channel token reads, as cookie and as Bearer: the events
+/// (polling, SSE) and a job's result. The same token with each claim once reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_naming_a_claim_twice_is_refused_on_every_route_it_reads() {
+    let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n")
+        .config(&format!("[auth]\njwt_secret = \"{SECRET}\"\n"))
+        .start()
+        .await;
+    let service = mint(json!({"scope": "jobs:submit jobs:read", "sub": "svc"}));
+    let res = ts
+        .client
+        .post(ts.at("/async/jobs"))
+        .bearer_auth(&service)
+        .json(&json!({"type": "runyard.noop", "channel": "c1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let id = res.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let result = format!("/async/jobs/{id}/result");
+    support::eventually("the job is done", WAIT, || async {
+        let (s, _) = get(&ts, &result, &service, Via::Bearer).await;
+        (s == 200).then_some(())
+    })
+    .await;
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let once = mint_raw(&format!(r#"{{"channel":"c1","sub":"alice","exp":{exp}}}"#));
+    let poll = "/api/v1/async_event/?last_id=0";
+    for via in [Via::Cookie, Via::Bearer] {
+        for path in [poll, result.as_str()] {
+            let (s, v) = get(&ts, path, &once, via).await;
+            assert_eq!(s, 200, "{via:?} {path}: each claim once: {v}");
+        }
+    }
+    let twice = [
+        (
+            "channel",
+            mint_raw(&format!(
+                r#"{{"channel":"c2","sub":"alice","exp":{exp},"channel":"c1"}}"#
+            )),
+        ),
+        (
+            "sub",
+            mint_raw(&format!(
+                r#"{{"channel":"c1","sub":"alice","sub":"bob","exp":{exp}}}"#
+            )),
+        ),
+        (
+            "exp",
+            mint_raw(&format!(
+                r#"{{"channel":"c1","exp":{},"exp":{exp}}}"#,
+                exp - 1200
+            )),
+        ),
+    ];
+    for (claim, token) in &twice {
+        for via in [Via::Cookie, Via::Bearer] {
+            for path in [poll, "/async/events/sse?last_id=0", result.as_str()] {
+                let (s, v) = get(&ts, path, token, via).await;
+                let what = format!("{via:?} {path}: `{claim}` twice");
+                assert_eq!(s, 401, "{what}: {v}");
+                assert_eq!(v["error"]["code"], "unauthorized", "{what}: {v}");
+                let msg = v["error"]["message"].as_str().unwrap_or("");
+                assert!(msg.contains("twice") && msg.contains(claim), "{what}: {v}");
+            }
+        }
+    }
+}

@@ -396,7 +396,13 @@ async fn emit_ids_are_reserved(ts: &TestServer) {
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
-    for id in [format!("job:{x}"), format!("job:{}", uuid::Uuid::now_v7())] {
+    // In any case: `JOB:` and `Job:` read as the same reserved prefix.
+    for id in [
+        format!("job:{x}"),
+        format!("job:{}", uuid::Uuid::now_v7()),
+        format!("JOB:{x}"),
+        format!("Job:{x}"),
+    ] {
         let (st, v) = ts
             .post(
                 "/async/signals/spoof.k",
@@ -418,6 +424,11 @@ async fn emit_ids_are_reserved(ts: &TestServer) {
         .signal("spoof.k", None, Some(&format!("job:{x}")))
         .await
         .expect_err("a job: id from the hook");
+    assert!(e.to_string().contains("422"), "{e}");
+    let e = client
+        .signal("spoof.k", None, Some(&format!("JOB:{x}")))
+        .await
+        .expect_err("a JOB: id from the hook");
     assert!(e.to_string().contains("422"), "{e}");
     // A blank key from the hook too.
     let e = client

@@ -1,7 +1,8 @@
 //! HS256 channel tokens as Superset's `AsyncQueryManager` mints them:
 //! `jwt.encode({"channel": ch, "sub": user_id, "exp": ...}, secret, algorithm="HS256")`.
 //! Verified with the `jsonwebtoken` crate; only HS256 is accepted (`alg: none` and every other
-//! algorithm are refused), `exp` is required, `nbf` is checked when present.
+//! algorithm are refused), `exp` is required, `nbf` is checked when present. A token whose header
+//! or claims name a member twice is refused (which of the two counts is up to the reader).
 
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ impl Verifier {
 
     /// The claims of any token: a channel token (`channel`), an API token (`scope`), or both.
     pub fn verify_claims(&self, token: &str) -> Result<Claims, String> {
+        // A member named twice is ambiguous (jsonwebtoken keeps the last `channel`, another
+        // reader may keep the first): refused, whatever else the token says.
+        repeated_member(token)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| refusal(token, e.kind()))?;
         let claims = data.claims;
@@ -223,6 +227,55 @@ fn segment_json(segment: &str) -> Option<Value> {
         .decode(segment.trim_end_matches('='))
         .ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Refuses a token whose header or claims name a member twice at their top level
+/// (`{"channel": "a", "channel": "b"}`). A segment that is not a readable JSON object passes:
+/// the decoding refuses it.
+fn repeated_member(token: &str) -> Result<(), String> {
+    // The segments as jsonwebtoken splits them: the claims are the one before the signature.
+    let mut parts = token.rsplitn(3, '.').skip(1);
+    let (claims, header) = (parts.next(), parts.next());
+    for (segment, what) in [(header, "header names"), (claims, "claims name")] {
+        let Some(bytes) = segment.and_then(|s| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s.trim_end_matches('='))
+                .ok()
+        }) else {
+            continue;
+        };
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        if let Ok(Some(name)) = serde::Deserializer::deserialize_map(&mut de, FirstRepeated) {
+            let name: String = name.chars().filter(|c| !c.is_control()).take(40).collect();
+            return Err(format!(
+                "the token's {what} `{name}` twice: an ambiguous token is refused"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a JSON object to its end: the first member name it repeats, if any.
+struct FirstRepeated;
+
+impl<'de> serde::de::Visitor<'de> for FirstRepeated {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut repeated = None;
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            if repeated.is_none() && !seen.insert(name.clone()) {
+                repeated = Some(name);
+            }
+        }
+        Ok(repeated)
+    }
 }
 
 /// The `alg` of a token's header, when the header is readable JSON (for the message only).
@@ -478,6 +531,52 @@ mod tests {
             SECRET,
         );
         assert!(v.verify(&past).is_ok());
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_in_the_claims_and_in_the_header() {
+        let v = Verifier::new(SECRET, Duration::ZERO, true);
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let signed = |header: &str, claims: &str| {
+            let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            let message = format!("{}.{}", b(header), b(claims));
+            let sig =
+                jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{message}.{sig}")
+        };
+        let exp = now() + 600;
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let once = format!(r#"{{"channel":"c1","exp":{exp},"nested":{{"a":1,"b":{{"a":2}}}}}}"#);
+        assert_eq!(v.verify(&signed(header, &once)).unwrap().channel, "c1");
+        for (header, claims, name) in [
+            (
+                header,
+                format!(r#"{{"channel":"c2","exp":{exp},"channel":"c1"}}"#),
+                "channel",
+            ),
+            // The same name however it is escaped.
+            (
+                header,
+                format!(r#"{{"channel":"c2","exp":{exp},"chan\u006eel":"c1"}}"#),
+                "channel",
+            ),
+            (
+                header,
+                format!(r#"{{"channel":"c1","exp":1,"exp":{exp}}}"#),
+                "exp",
+            ),
+            (
+                r#"{"alg":"HS256","typ":"JWT","typ":"x"}"#,
+                once.clone(),
+                "typ",
+            ),
+        ] {
+            let e = v.verify(&signed(header, &claims)).unwrap_err();
+            assert!(
+                e.contains("twice") && e.contains(&format!("`{name}`")),
+                "{claims}: {e}"
+            );
+        }
     }
 
     #[test]

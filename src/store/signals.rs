@@ -20,7 +20,7 @@ pub const MAX_ID_BYTES: usize = 200;
 pub const EMIT_ID_PREFIX: &str = "job:";
 
 /// Checks a client's id for a record: 1-200 bytes, no control or invisible characters, not
-/// starting with [`EMIT_ID_PREFIX`]. The error names what is wrong.
+/// [`EMIT_ID_PREFIX`] (in any case) and a job id. The error names what is wrong.
 pub fn check_id(id: &str) -> std::result::Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
         return Err(format!(
@@ -36,9 +36,11 @@ pub fn check_id(id: &str) -> std::result::Result<(), String> {
         ));
     }
     // Only the very shape of a job's record (`job:` and a job id): `job:{id}:loaded` is free.
+    // The prefix in any case (`JOB:`, `Job:`): one a reader folding case takes for a job's.
     let reserved = id
-        .strip_prefix(EMIT_ID_PREFIX)
-        .is_some_and(|rest| uuid::Uuid::parse_str(rest).is_ok());
+        .get(..EMIT_ID_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(EMIT_ID_PREFIX))
+        && uuid::Uuid::parse_str(&id[EMIT_ID_PREFIX.len()..]).is_ok();
     if reserved {
         return Err(format!(
             "`id` may not be `{EMIT_ID_PREFIX}` and a job id: those ids are the records a job's \

@@ -66,7 +66,9 @@ impl RedisStore {
                 delivery: w.delivery.clone(),
                 finish,
             });
-            let (mut replies, outcome) = self.commit_late(std::slice::from_ref(&w), late).await?;
+            let (mut replies, outcome) = self
+                .commit_late(std::slice::from_ref(&w), late, None)
+                .await?;
             match replies.pop() {
                 Some(Reply::Ok) => {}
                 Some(Reply::Gone) => return Err(StoreError::NotFound),

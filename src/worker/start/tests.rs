@@ -57,10 +57,19 @@ struct RefusingStarts {
     unconfirmed: AtomicBool,
     /// Cancelled once a read hangs.
     reading: CancellationToken,
+    /// Every start is carried out and then answered `Unavailable` (its answer lost); reads
+    /// answer.
+    answer_lost: AtomicBool,
 }
 
 impl RefusingStarts {
     async fn start(&self, id: Uuid, start: Command, finish: Arc<FinishSlot>) -> StartResult {
+        if self.answer_lost.load(Ordering::SeqCst) {
+            self.inner.apply_start(id, start, finish).await?;
+            return Err(StoreError::Unavailable(
+                "no answer within store.retry".into(),
+            ));
+        }
         if self.unconfirmed.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(
                 "no answer within store.retry".into(),
@@ -232,6 +241,7 @@ async fn setup(runners: &str, services: ServiceRegistry) -> Setup {
         gate: CancellationToken::new(),
         unconfirmed: AtomicBool::new(false),
         reading: CancellationToken::new(),
+        answer_lost: AtomicBool::new(false),
     });
     let cfg = Config::from_toml(runners).expect("config");
     let runners = Arc::new(RunnerSet::build(&cfg, Arc::new(services)).expect("runners"));
@@ -413,6 +423,55 @@ async fn a_start_read_back_with_an_end_moved_on_from_is_not_the_finishs_answer()
             ),
             "{end:?}"
         );
+    }
+}
+
+/// The sum of `runyard_job_transitions_total`'s series for `status`.
+fn transitions(text: &str, status: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("runyard_job_transitions_total{"))
+        .filter(|l| l.contains(&format!("status=\"{status}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A start the store carried out but did not confirm in time (`Unavailable`), found recorded by
+/// the read back, is counted as an answered start is: one transition to RUNNING
+/// (`runyard_job_transitions_total{status="RUNNING"}`), and with the attempt's end that went
+/// with it, that end too. Before, the metered store counted nothing for the start: RUNNING was
+/// one short.
+#[tokio::test]
+async fn a_start_found_recorded_by_the_read_back_counts_its_transition_once() {
+    for with_end in [false, true] {
+        let s = setup(
+            "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
+            ServiceRegistry::new(),
+        )
+        .await;
+        s.store.answer_lost.store(true, Ordering::SeqCst);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let mut w = start_write(&s, &CancellationToken::new());
+        w.store = crate::metrics::MeteredStore::wrap(s.store.clone(), metrics.clone());
+        if with_end {
+            let token = s.job.lease.as_ref().expect("leased").token;
+            w.finish
+                .offer(token, crate::job::FinishOutcome::Success(None))
+                .expect("an open slot");
+        }
+        let r = tokio::time::timeout(Duration::from_secs(10), w.run())
+            .await
+            .expect("told by the read back");
+        assert!(r.is_ok(), "{with_end}: {r:?}");
+        let j = s.store.get(s.job.id).await.expect("read").expect("stored");
+        let text = metrics.render();
+        assert_eq!(transitions(&text, "RUNNING"), 1.0, "{with_end}: {text}");
+        let (status, ended) = if with_end {
+            (JobStatus::Success, 1.0)
+        } else {
+            (JobStatus::Running, 0.0)
+        };
+        assert_eq!(j.status, status, "{j:#?}");
+        assert_eq!(transitions(&text, "SUCCESS"), ended, "{with_end}: {text}");
     }
 }
 

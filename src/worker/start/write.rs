@@ -9,7 +9,8 @@
 //! - A write the store did not confirm in time (`StoreError::Unavailable`: it may have been
 //!   carried out) is told from the job read back, as [`Worker::unconfirmed`] does for an
 //!   outcome: recorded (with the finish that went with it), not recorded (tried again), or
-//!   refused (the job moved on without this attempt).
+//!   refused (the job moved on without this attempt). A start found recorded is counted in the
+//!   metrics as an answered one is ([`Store::start_committed_late`]).
 //!
 //! A try that failed with nothing written gives the attempt's finish it took from its
 //! [`FinishSlot`] back to the slot ([`FinishSlot::restore`]): the next try carries it, and a work
@@ -138,9 +139,18 @@ impl StartWrite {
                     Landed::No => return Err(error),
                     Landed::Started => {
                         tracing::info!(error = %error, "the store answered late: the start was recorded");
+                        self.store.start_committed_late();
                         return Ok(Ok((j, None)));
                     }
-                    Landed::Finished(late) => return Ok(Ok(self.finished_late(late, j, &error))),
+                    Landed::Finished(late) => {
+                        // Counted as the answered start is, when it was this start that made
+                        // the attempt RUNNING (not the job's own report through its hook).
+                        let run = j.runs.iter().rev().find(|r| r.token == self.token);
+                        if run.is_some_and(|r| r.started_at.is_some()) {
+                            self.store.start_committed_late();
+                        }
+                        return Ok(Ok(self.finished_late(late, j, &error)));
+                    }
                     Landed::Refused(e) => return Ok(Err(e)),
                 },
                 Err(_) => {
