@@ -88,59 +88,6 @@ async fn a_submit_unconfirmed_in_an_outage_says_so_and_a_keyed_retry_makes_no_se
     assert_eq!(ts.count_jobs(None).await, stored + 1);
 }
 
-/// A submit while Redis is down (its process stopped: every connection refused) never reaches
-/// it: the 503 (`unavailable`) says plainly the job was not stored and may be submitted again,
-/// with no id to look up, with or without an idempotency key; once Redis is back no job is
-/// there. Whether `store.retry` runs out first or the request's own bound comes first (as with
-/// the defaults, 30 s each: the store is then given up a little before the request's bound).
-/// Before, it said the job "may have been stored all the same", as for a write sent and not
-/// answered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submit_redis_refused_to_connect_for_says_it_was_not_stored() {
-    for extra in ["retry = \"1s\"\n", "[api]\nrequest_timeout = \"3s\"\n"] {
-        let mut r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
-        let ts = TestServer::builder("[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n")
-            .config(&format!(
-                "{}{extra}",
-                r.server_config("outage-test-master-key-0123456789")
-            ))
-            .start()
-            .await;
-        r.stop();
-        // The server has seen its connection go (a read fails): from now on every try is
-        // refused.
-        let probe = format!("/async/jobs/{}", uuid::Uuid::now_v7());
-        support::eventually("a read fails", support::WAIT, || async {
-            let (st, _) = ts.get(&probe).await;
-            (st == StatusCode::SERVICE_UNAVAILABLE).then_some(())
-        })
-        .await;
-        for body in [
-            json!({"type": "runyard.noop"}),
-            json!({"type": "runyard.noop", "idempotency_key": "refused-1"}),
-        ] {
-            let (st, v) = ts.submit(body.clone()).await;
-            assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{extra}{body}: {v}");
-            assert_eq!(v["error"]["code"], "unavailable", "{extra}{body}: {v}");
-            assert!(v["error"]["job_id"].is_null(), "no job to look up: {v}");
-            let said = v["error"]["message"].as_str().unwrap_or("");
-            assert!(
-                said.contains("was not stored")
-                    && said.contains("safe to submit it again")
-                    && !said.contains("may have been stored"),
-                "{extra}{said}"
-            );
-        }
-        r.restart();
-        support::eventually("Redis answers again", support::WAIT, || async {
-            let (st, _) = ts.get(&probe).await;
-            (st == StatusCode::NOT_FOUND).then_some(())
-        })
-        .await;
-        assert_eq!(ts.count_jobs(None).await, 0, "{extra}nothing was stored");
-    }
-}
-
 /// The sum of the series of `name` whose labels include each of `labels` (`op="finish"`).
 fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()

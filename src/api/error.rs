@@ -44,20 +44,11 @@ impl ApiError {
 
     /// A submit of job `id` that the store did not confirm (`Unavailable`: no answer in time, a
     /// connection lost): the store may still carry the write out, so the answer says the job may
-    /// exist and gives its id (`error.job_id`) to look it up. A submit the store says it never
-    /// received ([`StoreError::not_sent`]: no connection could be made) says plainly the job was
-    /// not stored. Other errors are as they are.
+    /// exist and gives its id (`error.job_id`) to look it up. Other errors are as they are.
     pub fn submit_unconfirmed(e: StoreError, id: uuid::Uuid, keyed: bool) -> Self {
-        let not_sent = e.not_sent();
         let StoreError::Unavailable(m) = e else {
             return e.into();
         };
-        if not_sent {
-            return Self::unavailable(
-                "unavailable",
-                format!("{m}: the job was not stored; it is safe to submit it again"),
-            );
-        }
         let said = format!(
             "{m}: the job may have been stored all the same (the store may carry out a write it \
              did not confirm in time)"

@@ -35,10 +35,6 @@ use axum::Router;
 pub use app::App;
 use error::{ApiError, ApiResult};
 
-/// How long before a submit's own bound the store is asked to give up (its last try may run up
-/// to 250 ms past it): its answer then says whether the write was sent.
-const STORE_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
@@ -224,9 +220,7 @@ async fn submit(
     let left = (st.app.config.api.request_timeout)
         .saturating_sub(started.elapsed() + std::time::Duration::from_millis(500))
         .max(std::time::Duration::from_millis(100));
-    // The store gives up a little before: its own answer says whether the write was sent.
-    let until = std::time::Instant::now() + left.saturating_sub(STORE_MARGIN);
-    let submitted = (crate::store::within(left, st.app.store.submit_until(job, until)).await)
+    let submitted = (crate::store::within(left, st.app.store.submit(job)).await)
         .map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
     check_replay(&submitted, ours.as_deref(), &caller)?;
     Ok(jobs::accepted(&submitted))

@@ -151,14 +151,6 @@ metered! {
                     m.job_changed(&CommandKind::Finish, j);
                 }
             };
-        @by_hand {
-            // Timed and counted as `submit`.
-            async fn submit_until(&self, job: Job, until: Instant) -> Result<Submitted> {
-                let r = self.timed("submit", self.inner.submit_until(job, until)).await;
-                self.count(&r, |m, s| if s.created { m.job_submitted(&s.job) });
-                r
-            }
-        }
     }
     JobQueue {
         claim(runner: &str, worker: &str, max: usize, lease_ttl: Duration) -> Vec<Job>

@@ -59,38 +59,6 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// How the message of a [`StoreError::Unavailable`] ends when its call never reached the store
-/// ([`StoreError::unsent`]).
-const NOT_SENT: &str = " (nothing was sent: the store could not be reached)";
-
-impl StoreError {
-    /// `Unavailable` for a call that never reached the store: no connection could be made on any
-    /// try (each refused), or it was given up before it was sent. Nothing of it was carried out,
-    /// and nothing will be. Only a backend says so, where it knows (a write sent and not answered
-    /// is a plain `Unavailable`: it may still be carried out).
-    pub fn unsent(message: impl std::fmt::Display) -> Self {
-        Self::Unavailable(format!("{message}{NOT_SENT}"))
-    }
-
-    /// Whether this is an `Unavailable` whose call never reached the store ([`Self::unsent`]).
-    pub fn not_sent(&self) -> bool {
-        matches!(self, Self::Unavailable(m) if m.ends_with(NOT_SENT))
-    }
-
-    /// The same error, no longer saying that a call was not sent: for a caller that sent
-    /// something before it (an earlier write of the same operation).
-    #[must_use]
-    pub fn maybe_sent(self) -> Self {
-        match self {
-            Self::Unavailable(m) => match m.strip_suffix(NOT_SENT) {
-                Some(m) => Self::Unavailable(m.to_string()),
-                None => Self::Unavailable(m),
-            },
-            other => other,
-        }
-    }
-}
-
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -283,15 +251,6 @@ pub struct RetentionReport {
 pub trait JobStore: Send + Sync {
     /// Stores a new job and its first event, atomically; same idempotency key -> the first job.
     async fn submit(&self, job: Job) -> Result<Submitted>;
-    /// [`JobStore::submit`], giving up by `until` where the backend waits for a remote store
-    /// (Redis: instead of after `store.retry`, when that is later): a caller with a bound of its
-    /// own then has the store's answer, which tells a write never sent from one that may still
-    /// be carried out, before its bound. This default submits as `submit` does. A wrapping store
-    /// must forward it (`metrics/store.rs`).
-    async fn submit_until(&self, job: Job, until: std::time::Instant) -> Result<Submitted> {
-        let _ = until;
-        self.submit(job).await
-    }
     /// Stores many new jobs, each as [`JobStore::submit`] would and on its own (a job that fails
     /// leaves the others stored): one result per job, in order; `Err` when none could be tried.
     /// Backends batch the writes (`sqlite/batch.rs`, `redis/batch.rs`); this default submits

@@ -132,8 +132,8 @@ pub(super) async fn committer(
         let (batch, late): (Vec<Pending>, Vec<Pending>) =
             batch.into_iter().partition(|p| p.deadline > now);
         for p in late {
-            let _ = p.tx.send(Err(StoreError::unsent(
-                "redis: `store.retry` ran out before the write could be sent",
+            let _ = p.tx.send(Err(StoreError::Unavailable(
+                "redis: `store.retry` ran out before the write could be sent".into(),
             )));
         }
         let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
@@ -193,30 +193,19 @@ impl RedisStore {
     /// that moment in one `commit.lua` call (group commit): each write is still version-checked
     /// and applied on its own, only the script call is shared.
     pub(super) async fn commit(&self, writes: &[Write]) -> Result<Vec<Reply>> {
-        self.commit_by(writes, None).await
-    }
-
-    /// [`Self::commit`], given up by `until` when that comes before `store.retry` runs out.
-    pub(super) async fn commit_by(
-        &self,
-        writes: &[Write],
-        until: Option<Instant>,
-    ) -> Result<Vec<Reply>> {
         if writes.is_empty() {
             return Ok(vec![]);
         }
-        Ok(self.commit_late(writes, None, until).await?.0)
+        Ok(self.commit_late(writes, None).await?.0)
     }
 
     /// [`Self::commit`], with a change decided by the committer as it builds its batch (see
     /// [`Late`]; `writes` is then one write): the replies and what became of the change (when it
     /// was sent, the one reply is that of the write carrying both).
-    /// Given up by `until` when that comes before `store.retry` runs out.
     pub(super) async fn commit_late(
         &self,
         writes: &[Write],
         late: Option<Late>,
-        until: Option<Instant>,
     ) -> Result<(Vec<Reply>, LateOutcome)> {
         if late.is_some() && writes.len() != 1 {
             return Err(StoreError::Backend(
@@ -247,9 +236,6 @@ impl RedisStore {
         }
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.s.retry.max(MIN_TRY);
-        // (A batch's tries end by its earliest deadline: a submit given a short one cuts those
-        // of the writes sent with it short too.)
-        let deadline = until.map_or(deadline, |u| u.min(deadline));
         let pending = Pending {
             args,
             keys,
@@ -262,8 +248,10 @@ impl RedisStore {
         // Waits for room (overload pushes back), as long as the caller would wait for Redis.
         tokio::time::timeout_at(deadline.into(), self.commits.send(pending))
             .await
-            .map_err(|_| StoreError::unsent("redis: the committer stayed full for `store.retry`"))?
-            .map_err(|_| StoreError::unsent("redis: store closed"))?;
+            .map_err(|_| {
+                StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
+            })?
+            .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
         let (raw, late) = rx
             .await
             .map_err(|_| StoreError::Unavailable("redis: committer stopped".into()))??;
@@ -377,10 +365,8 @@ impl RedisStore {
         let n: usize = batch.iter().map(|b| b.n).sum();
         let cmd = self.commit_cmd(batch);
         let script = &self.scripts.commit;
-        // One command (the script loaded first when Redis lacks it, which runs nothing): when
-        // no try could connect, none of the writes was sent.
         let raw: Vec<String> = self
-            .exec_tries(Some(deadline), |mut c| {
+            .exec_until(Some(deadline), |mut c| {
                 let cmd = &cmd;
                 async move {
                     match cmd.query_async(&mut c).await {
@@ -394,11 +380,7 @@ impl RedisStore {
                     }
                 }
             })
-            .await
-            .map_err(|(e, refused)| match e {
-                StoreError::Unavailable(m) if refused => StoreError::unsent(m),
-                e => e,
-            })?;
+            .await?;
         if raw.len() != n {
             return Err(StoreError::Backend(format!(
                 "commit: {} replies for {n} writes",

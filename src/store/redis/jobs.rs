@@ -245,17 +245,12 @@ impl RedisStore {
     }
 }
 
-impl RedisStore {
-    /// [`JobStore::submit`], given up by `until` when that comes before `store.retry` runs out.
-    async fn submit_by(&self, job: Job, until: Option<Instant>) -> Result<Submitted> {
-        // Once a try found the job stored (and gone by the time it was read), a later try that
-        // could not be sent no longer means the job was never stored.
-        let mut stored = false;
+#[async_trait]
+impl JobStore for RedisStore {
+    async fn submit(&self, job: Job) -> Result<Submitted> {
         for _ in 0..3 {
             let w = self.write(None, None, job.clone(), Some(EventKind::Status))?;
-            let committed = self.commit_by(std::slice::from_ref(&w), until).await;
-            let mut committed = committed.map_err(|e| if stored { e.maybe_sent() } else { e })?;
-            match committed.pop() {
+            match self.commit(std::slice::from_ref(&w)).await?.pop() {
                 Some(Reply::Ok) => {
                     if w.job.status == JobStatus::Waiting {
                         crate::store::waits::counters()
@@ -269,7 +264,6 @@ impl RedisStore {
                 }
                 // Our own submit, sent again after a lost reply.
                 Some(Reply::Exists) => {
-                    stored = true;
                     if let Some((j, _)) = self.load(job.id).await? {
                         return Ok(Submitted {
                             job: j,
@@ -296,17 +290,6 @@ impl RedisStore {
         Err(StoreError::Backend(
             "submit: the idempotency key keeps changing".into(),
         ))
-    }
-}
-
-#[async_trait]
-impl JobStore for RedisStore {
-    async fn submit(&self, job: Job) -> Result<Submitted> {
-        self.submit_by(job, None).await
-    }
-
-    async fn submit_until(&self, job: Job, until: Instant) -> Result<Submitted> {
-        self.submit_by(job, Some(until)).await
     }
 
     async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {

@@ -252,14 +252,12 @@ impl RedisStore {
     pub async fn connect(settings: RedisSettings) -> Result<Arc<Self>> {
         let client = ::redis::Client::open(settings.url.as_str())
             .map_err(|e| StoreError::Unavailable(format!("`redis`: {e}")))?;
-        // One connection attempt per reconnect, no retries of its own (which waited 1-2 s each
-        // and held every command meanwhile): the store's calls retry with their own backoff
-        // (`exec_tries`), each try then answered at once when Redis refuses the connection, so
-        // that a call every try of which was refused is known never to have been sent.
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(settings.command_timeout)
-            .set_number_of_retries(0);
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(1000);
         let conn =
             conn::SharedConn::connect(client.clone(), cfg, settings.retry, &redact(&settings.url))
                 .await?;
@@ -473,22 +471,7 @@ impl RedisStore {
     /// Runs a command, retrying transient failures until `deadline` (once when `None`). The
     /// deadline bounds the whole wait, the tries themselves included: each try is cut at the
     /// time left (never more than `command_timeout`).
-    async fn exec_until<T, F, Fut>(&self, deadline: Option<Instant>, f: F) -> Result<T>
-    where
-        F: FnMut(ConnectionManager) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        self.exec_tries(deadline, f).await.map_err(|(e, _)| e)
-    }
-
-    /// [`Self::exec_until`], its error telling too whether every try failed to connect (the
-    /// connection refused: no command of any try reached Redis). Only for a call of one command
-    /// (a closure sending several may have had one carried out before a reconnect was refused).
-    async fn exec_tries<T, F, Fut>(
-        &self,
-        deadline: Option<Instant>,
-        mut f: F,
-    ) -> std::result::Result<T, (StoreError, bool)>
+    async fn exec_until<T, F, Fut>(&self, deadline: Option<Instant>, mut f: F) -> Result<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -496,8 +479,6 @@ impl RedisStore {
         let mut delay = Duration::from_millis(25);
         // The last error given: a try cut by its timeout says little (the reconnects failed).
         let mut said: Option<String> = None;
-        // Every try so far ended before its command was sent (a refused connection).
-        let mut refused = true;
         loop {
             let per_try = match deadline {
                 Some(d) => self
@@ -518,34 +499,26 @@ impl RedisStore {
                 Ok(Err(e)) if conn::out_of_memory(&e) => {
                     let said = conn::OUT_OF_MEMORY.to_string();
                     *self.write_refused.lock() = Some(said.clone());
-                    return Err((StoreError::Backend(said), false));
+                    return Err(StoreError::Backend(said));
                 }
-                Ok(Err(e)) if !transient(&e) => {
-                    return Err((StoreError::Backend(e.to_string()), false))
-                }
+                Ok(Err(e)) if !transient(&e) => return Err(StoreError::Backend(e.to_string())),
                 Ok(Err(e)) => {
-                    refused &= e.is_connection_refusal();
                     self.conn.heal(&e).await;
                     let e = e.to_string();
                     said = Some(e.clone());
                     e
                 }
-                Err(_) => {
-                    refused = false;
-                    match &said {
-                        Some(e) => {
-                            format!("{e}; no answer within {} ms since", per_try.as_millis())
-                        }
-                        None => format!("no answer within {} ms", per_try.as_millis()),
-                    }
-                }
+                Err(_) => match &said {
+                    Some(e) => format!("{e}; no answer within {} ms since", per_try.as_millis()),
+                    None => format!("no answer within {} ms", per_try.as_millis()),
+                },
             };
             self.mark(false, &err);
             let left = deadline.map_or(Duration::ZERO, |d| {
                 d.saturating_duration_since(Instant::now())
             });
             if left.is_zero() {
-                return Err((StoreError::Unavailable(format!("redis: {err}")), refused));
+                return Err(StoreError::Unavailable(format!("redis: {err}")));
             }
             tokio::time::sleep(delay.min(left)).await;
             delay = (delay * 2).min(Duration::from_secs(1));

@@ -66,9 +66,7 @@ impl RedisStore {
                 delivery: w.delivery.clone(),
                 finish,
             });
-            let (mut replies, outcome) = self
-                .commit_late(std::slice::from_ref(&w), late, None)
-                .await?;
+            let (mut replies, outcome) = self.commit_late(std::slice::from_ref(&w), late).await?;
             match replies.pop() {
                 Some(Reply::Ok) => {}
                 Some(Reply::Gone) => return Err(StoreError::NotFound),

@@ -374,7 +374,7 @@ impl SqliteStore {
         self.writer
             .send(op)
             .await
-            .map_err(|_| StoreError::unsent("the store's writer has stopped"))
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))
     }
 
     /// The one nullable integer `sql` selects: a `MIN(...)`, when the next thing is due.
