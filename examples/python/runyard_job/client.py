@@ -120,8 +120,9 @@ def resolve_location(hook: str, location: str) -> str:
 
 def _pieces(line: str) -> Iterable[str]:
     """A line of at most MAX_LINE_BYTES as is, a longer one in pieces of at most that many bytes,
-    never cut inside a UTF-8 character (the server's rule for stdout)."""
-    data = line.encode("utf-8", "surrogatepass")
+    never cut inside a UTF-8 character (the server's rule for stdout). ``line`` has no lone
+    surrogate (``split_log_lines`` escaped them)."""
+    data = line.encode("utf-8")
     if len(data) <= MAX_LINE_BYTES:
         yield line
         return
@@ -132,16 +133,20 @@ def _pieces(line: str) -> Iterable[str]:
         # start is a character's start, so this stops at the latest after the first character.
         while data[end] & 0xC0 == 0x80 or (end > start + 1 and data[end - 1] == 0x0D):
             end -= 1
-        yield data[start:end].decode("utf-8", "surrogatepass")
+        yield data[start:end].decode("utf-8")
         start = end
-    yield data[start:].decode("utf-8", "surrogatepass")
+    yield data[start:].decode("utf-8")
 
 
 def split_log_lines(lines: Iterable[str]) -> Iterable[str]:
     """The lines the server stores for ``lines``, as it cuts a job's stdout: a line ends at
-    ``\n`` (a trailing ``\r`` dropped), a line over MAX_LINE_BYTES goes in pieces."""
+    ``\n`` (a trailing ``\r`` dropped), a line over MAX_LINE_BYTES goes in pieces. A lone
+    surrogate (a file name from ``os.listdir`` on a disk that is not UTF-8...), which JSON in
+    UTF-8 cannot carry (the hook would refuse the whole report: ``400 bad_json``), is sent
+    escaped: ``"\\udcff"``."""
     for text in lines:
-        parts = str(text).split("\n")
+        text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+        parts = text.split("\n")
         if len(parts) > 1 and parts[-1] == "":
             parts.pop()  # "a\n" is one line, as on stdout
         for part in parts:

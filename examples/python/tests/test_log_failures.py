@@ -1,6 +1,7 @@
 """A log report that fails does not crash the job (runyard_job/client_logs.py), against the stub
 hook; test_against_server.py has the same against a real server."""
 
+import os
 import socket
 import warnings
 
@@ -101,3 +102,19 @@ def test_the_warning_names_the_jobs_own_line(stub, client):
     with pytest.warns(LogLinesLost) as warned:
         client.log("a")
     assert warned[0].filename == __file__
+
+
+def test_a_line_json_cannot_carry_is_stored_escaped_and_loses_nothing(stub, client):
+    # A file name from os.listdir on a disk that is not UTF-8: a lone surrogate, which the hook
+    # refuses (400 bad_json) for the whole report, and that refusal stops every later report.
+    name = os.fsdecode(b"caf\xe9.txt")
+    assert name == "caf\udce9.txt"
+    lines = rows(10) + [f"found {name}"] + rows(3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing lost: no warning
+        answer = client.log(*lines)
+    assert answer["status"] == "RUNNING" and client.lines_lost == 0
+    stored = logged(stub)
+    assert len(stored) == 3011
+    assert stored[10] == "found caf\\udce9.txt"
+    assert stored[:10] + stored[11:] == rows(10) + rows(3000)
