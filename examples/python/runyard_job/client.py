@@ -246,7 +246,7 @@ class JobClient:
         self._last_ms = 0
         self._last_ms_lock = threading.Lock()
         #: Log lines this client could not store, in all (entries as sent: a long line's pieces
-        #: count one each); each call that lost some also warns ``LogLinesLost``.
+        #: count one each); each call that lost some also warns ``LogLinesLost`` (its ``total``).
         self.lines_lost = 0
         self._lost_lock = threading.Lock()
 
@@ -288,12 +288,16 @@ class JobClient:
         ``BadPayload`` when a field cannot be sent as JSON (NaN, a set...). Many or long ``logs``
         go in several reports (``log_reports``), the other fields with the last of them.
 
-        A log report that fails (after its retries) does not raise: the next reports are still
-        sent (client_logs.py: the first stored one starts with ``[runyard] N line(s) lost here:
-        ...``; nothing more after 3 failures in a row or a refusal such as 401, 403, 409 or 413),
-        ``lines_lost`` counts the lines not stored and a ``LogLinesLost`` warning says so once per
-        call. Only the other fields' failure raises (``HookError``, a connection error): when the
-        report carrying them was refused, or not sent because the reports before it stopped."""
+        A log report that fails (after its retries) does not raise: the next reports of the call
+        are still sent (client_logs.py: the first of them stored starts with ``[runyard] N
+        line(s) lost here: ...``, so a call whose last reports failed leaves no note; nothing
+        more after 3 failures in a row or a refusal such as 401, 403, 409 or 413),
+        ``lines_lost`` counts the lines not stored and every call that lost some warns once
+        (``LogLinesLost``, its text with the running total: each call's is printed). A failure
+        raises (``HookError``, a connection error) when it concerns the other fields (the report
+        carrying them refused, not sent because the reports before it stopped, or its answer not
+        JSON), and when no line was lost (a report without lines refused, the last report's
+        answer not JSON)."""
         if isinstance(logs, str):
             logs = [logs]
         fields = (
@@ -314,13 +318,17 @@ class JobClient:
             body,
             list(log_reports(logs)),
             self._secret.reveal(),
+            "POST " + urlsplit(self.hook + "/status").path,  # as the Rust client names it
         )
         if sent.lost:
             with self._lost_lock:
                 self.lines_lost += sent.lost
-            _warn_from_caller(LogLinesLost(sent.lost, sent.why))
-        if sent.fields_error is not None:
-            raise sent.fields_error
+                total = self.lines_lost
+            # The running total makes every call's text differ: Python's default filter shows a
+            # warning whose text and line were already shown only once.
+            _warn_from_caller(LogLinesLost(sent.lost, sent.why, sent.status_code, total))
+        if sent.error is not None:
+            raise sent.error
         return sent.answer
 
     def running(self) -> Dict[str, Any]:
@@ -333,8 +341,9 @@ class JobClient:
     def log(self, *lines: str) -> Dict[str, Any]:
         """Append log lines (the ``job`` stream); as many and as long as needed: they are sent in
         as many reports as the hook's limits ask for. Returns the last stored report's answer
-        (``{}`` if none was stored). Never raises because a report failed: lines not stored are
-        counted in ``lines_lost`` and warned (``LogLinesLost``), see ``status``."""
+        (``{}`` if none was stored). Never raises because lines were lost: they are counted in
+        ``lines_lost`` and warned (``LogLinesLost``); raises when no line was lost yet the call
+        failed (``log()`` refused, the last answer not JSON), see ``status``."""
         return self.status(logs=[str(line) for line in lines])
 
     def result(self, value: Any) -> Dict[str, Any]:
