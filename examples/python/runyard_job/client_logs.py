@@ -4,10 +4,11 @@ The counterpart of the Rust client's ``JobClient::report_with_logs`` (hooks/src/
 with the same rules: a report that failed for a passing reason (no answer, 5xx, 429), once the
 call's own retries are spent, does not stop the others, and the next report of the same call
 that carries lines starts with a ``lost_note`` for them (none when the failed reports were the
-call's last; the failure in the Rust client's words: ``reason``); after ``MAX_FAILURES_IN_A_ROW`` such failures in a row, or after any
-other refusal (401, 403, 404, 409, 413...: the same for every report), nothing more is sent. A
-report the hook took (2xx) counts as stored whatever its answer's body. The other fields of the
-call (a status, progress...) go with the last report, after every line.
+call's last; the failure in the Rust client's words: ``reason``); after
+``MAX_FAILURES_IN_A_ROW`` such failures in a row, or after any other refusal (401, 403, 404, 409,
+413...: the same for every report), nothing more is sent. A report the hook took (2xx) counts as
+stored whatever its answer's body. The other fields of the call (a status, progress...) go with
+the last report, after every line.
 """
 
 from __future__ import annotations
@@ -84,7 +85,6 @@ def send_reports(
     unnoted = in_a_row = 0
     failure: Optional[BaseException] = None
     unreadable: Optional[BaseException] = None  # the last report's answer, taken but not JSON
-    stopped = False
     for i, lines in enumerate(reports):
         last, n = i + 1 == len(reports), len(lines)
         left -= n
@@ -104,13 +104,12 @@ def send_reports(
             sent.status_code = exc.status_code if isinstance(exc, HookError) else None
             if not is_transient(exc) or in_a_row >= MAX_FAILURES_IN_A_ROW:
                 sent.lost += left
-                stopped = True
                 break
         else:
             in_a_row = 0
             if n:
                 unnoted = 0
-    if fields and (stopped or in_a_row):
+    if fields and in_a_row:
         sent.error = failure  # the last report, with the fields, failed or was not sent
     elif fields:
         sent.error = unreadable  # the caller asked for that answer
