@@ -239,5 +239,5 @@ def test_429_and_500_are_passing_failures(stub, client, status):
     with pytest.warns(LogLinesLost) as warned:
         client.log(*rows(2500))
     assert warned[0].message.lost == 999 and warned[0].message.status_code == status
-    assert len(stub.reports) == 2 and logged(stub)[0].startswith(f"[runyard] 999 line(s) lost here: the hook")
+    assert len(stub.reports) == 2 and logged(stub)[0].startswith("[runyard] 999 line(s) lost here: the hook")
     assert f"HTTP {status} (unavailable)" in logged(stub)[0]
