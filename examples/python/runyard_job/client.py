@@ -120,8 +120,9 @@ def resolve_location(hook: str, location: str) -> str:
 
 def _pieces(line: str) -> Iterable[str]:
     """A line of at most MAX_LINE_BYTES as is, a longer one in pieces of at most that many bytes,
-    never cut inside a UTF-8 character (the server's rule for stdout)."""
-    data = line.encode("utf-8", "surrogatepass")
+    never cut inside a UTF-8 character (the server's rule for stdout). ``line`` has no lone
+    surrogate (``split_log_lines`` escaped them)."""
+    data = line.encode("utf-8")
     if len(data) <= MAX_LINE_BYTES:
         yield line
         return
@@ -132,16 +133,20 @@ def _pieces(line: str) -> Iterable[str]:
         # start is a character's start, so this stops at the latest after the first character.
         while data[end] & 0xC0 == 0x80 or (end > start + 1 and data[end - 1] == 0x0D):
             end -= 1
-        yield data[start:end].decode("utf-8", "surrogatepass")
+        yield data[start:end].decode("utf-8")
         start = end
-    yield data[start:].decode("utf-8", "surrogatepass")
+    yield data[start:].decode("utf-8")
 
 
 def split_log_lines(lines: Iterable[str]) -> Iterable[str]:
     """The lines the server stores for ``lines``, as it cuts a job's stdout: a line ends at
-    ``\n`` (a trailing ``\r`` dropped), a line over MAX_LINE_BYTES goes in pieces."""
+    ``\n`` (a trailing ``\r`` dropped), a line over MAX_LINE_BYTES goes in pieces. A lone
+    surrogate (a file name from ``os.listdir`` on a disk that is not UTF-8...), which JSON in
+    UTF-8 cannot carry (the hook would refuse the whole report: ``400 bad_json``), is sent
+    escaped: ``"\\udcff"``."""
     for text in lines:
-        parts = str(text).split("\n")
+        text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+        parts = text.split("\n")
         if len(parts) > 1 and parts[-1] == "":
             parts.pop()  # "a\n" is one line, as on stdout
         for part in parts:
@@ -241,7 +246,7 @@ class JobClient:
         self._last_ms = 0
         self._last_ms_lock = threading.Lock()
         #: Log lines this client could not store, in all (entries as sent: a long line's pieces
-        #: count one each); each call that lost some also warns ``LogLinesLost``.
+        #: count one each); each call that lost some also warns ``LogLinesLost`` (its ``total``).
         self.lines_lost = 0
         self._lost_lock = threading.Lock()
 
@@ -283,12 +288,16 @@ class JobClient:
         ``BadPayload`` when a field cannot be sent as JSON (NaN, a set...). Many or long ``logs``
         go in several reports (``log_reports``), the other fields with the last of them.
 
-        A log report that fails (after its retries) does not raise: the next reports are still
-        sent (client_logs.py: the first stored one starts with ``[runyard] N line(s) lost here:
-        ...``; nothing more after 3 failures in a row or a refusal such as 401, 403, 409 or 413),
-        ``lines_lost`` counts the lines not stored and a ``LogLinesLost`` warning says so once per
-        call. Only the other fields' failure raises (``HookError``, a connection error): when the
-        report carrying them was refused, or not sent because the reports before it stopped."""
+        A log report that fails (after its retries) does not raise: the next reports of the call
+        are still sent (client_logs.py: the first of them stored starts with ``[runyard] N
+        line(s) lost here: ...``, so a call whose last reports failed leaves no note; nothing
+        more after 3 failures in a row or a refusal such as 401, 403, 409 or 413),
+        ``lines_lost`` counts the lines not stored and every call that lost some warns once
+        (``LogLinesLost``, its text with the running total: each call's is printed). A failure
+        raises (``HookError``, a connection error) when it concerns the other fields (the report
+        carrying them refused, not sent because the reports before it stopped, or its answer not
+        JSON), and when no line was lost (a report without lines refused, the last report's
+        answer not JSON)."""
         if isinstance(logs, str):
             logs = [logs]
         fields = (
@@ -309,13 +318,17 @@ class JobClient:
             body,
             list(log_reports(logs)),
             self._secret.reveal(),
+            "POST " + urlsplit(self.hook + "/status").path,  # as the Rust client names it
         )
         if sent.lost:
             with self._lost_lock:
                 self.lines_lost += sent.lost
-            _warn_from_caller(LogLinesLost(sent.lost, sent.why))
-        if sent.fields_error is not None:
-            raise sent.fields_error
+                total = self.lines_lost
+            # The running total makes every call's text differ: Python's default filter shows a
+            # warning whose text and line were already shown only once.
+            _warn_from_caller(LogLinesLost(sent.lost, sent.why, sent.status_code, total))
+        if sent.error is not None:
+            raise sent.error
         return sent.answer
 
     def running(self) -> Dict[str, Any]:
@@ -328,8 +341,9 @@ class JobClient:
     def log(self, *lines: str) -> Dict[str, Any]:
         """Append log lines (the ``job`` stream); as many and as long as needed: they are sent in
         as many reports as the hook's limits ask for. Returns the last stored report's answer
-        (``{}`` if none was stored). Never raises because a report failed: lines not stored are
-        counted in ``lines_lost`` and warned (``LogLinesLost``), see ``status``."""
+        (``{}`` if none was stored). Never raises because lines were lost: they are counted in
+        ``lines_lost`` and warned (``LogLinesLost``); raises when no line was lost yet the call
+        failed (``log()`` refused, the last answer not JSON), see ``status``."""
         return self.status(logs=[str(line) for line in lines])
 
     def result(self, value: Any) -> Dict[str, Any]:

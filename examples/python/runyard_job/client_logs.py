@@ -2,11 +2,13 @@
 
 The counterpart of the Rust client's ``JobClient::report_with_logs`` (hooks/src/client/chunks.rs),
 with the same rules: a report that failed for a passing reason (no answer, 5xx, 429), once the
-call's own retries are spent, does not stop the others, and the next report sent starts with a
-``lost_note`` for its lines; after ``MAX_FAILURES_IN_A_ROW`` such failures in a row, or after any
-other refusal (401, 403, 404, 409, 413...: the same for every report), nothing more is sent. A
-report the hook took (2xx) counts as stored whatever its answer's body. The other fields of the
-call (a status, progress...) go with the last report, after every line.
+call's own retries are spent, does not stop the others, and the next report of the same call
+that carries lines starts with a ``lost_note`` for them (none when the failed reports were the
+call's last; the failure in the Rust client's words: ``reason``); after
+``MAX_FAILURES_IN_A_ROW`` such failures in a row, or after any other refusal (401, 403, 404, 409,
+413...: the same for every report), nothing more is sent. A report the hook took (2xx) counts as
+stored whatever its answer's body. The other fields of the call (a status, progress...) go with
+the last report, after every line.
 """
 
 from __future__ import annotations
@@ -36,29 +38,37 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, HookError) and (exc.status_code == 429 or exc.status_code >= 500)
 
 
-def reason(exc: BaseException, secret: str) -> str:
-    """A short description of a failed report, never with the secret (nor a signature: requests'
-    errors name the URL, not the headers)."""
+def reason(exc: BaseException, secret: str, context: str = "POST /async/status") -> str:
+    """A short description of a failed report, in the Rust client's words (``POST /async/status:
+    HTTP 503 (unavailable): ...``, the code only when the answer is runyard's own), never with the
+    secret (nor a signature: requests' errors name the URL, not the headers). ``context`` is the
+    request, its path as sent."""
     if isinstance(exc, HookError):
-        text = str(exc)
+        own = exc.code != f"http_{exc.status_code}"  # else derived from the status: not runyard's
+        code = f" ({exc.code})" if own else ""
+        text = f"{context}: HTTP {exc.status_code}{code}: {exc.message}"
     elif isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        text = f"POST /status: no answer ({type(exc).__name__})"
+        text = f"{context}: no answer ({type(exc).__name__})"
     else:
-        text = f"POST /status: {type(exc).__name__}: {exc}"
+        text = f"{context}: {type(exc).__name__}: {exc}"
     text = " ".join(redact(text, secret).split())
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
 class Sent:
     """What ``send_reports`` did: ``answer`` of the last report taken (``{}`` if none or not
-    JSON), ``lost`` lines not stored, ``why`` the last failure, ``fields_error`` the exception
-    to raise when the call's other fields were not taken (None when taken or when there were none)."""
+    JSON), ``lost`` lines not stored, ``why`` the last failure and ``status_code`` its HTTP status
+    (None when it got no answer), ``error`` the exception the call raises, or None: when its other
+    fields were not taken (refused, not sent, or their answer not JSON), or when no line was lost
+    yet a report failed (one without lines) or the last one's answer was not JSON (as before, and
+    as the Rust client: only lost lines do not raise)."""
 
     def __init__(self) -> None:
         self.answer: Dict[str, Any] = {}
         self.lost = 0
         self.why = ""
-        self.fields_error: Optional[BaseException] = None
+        self.status_code: Optional[int] = None
+        self.error: Optional[BaseException] = None
 
 
 def send_reports(
@@ -66,6 +76,7 @@ def send_reports(
     fields: Dict[str, Any],
     reports: List[list],
     secret: str,
+    context: str = "POST /async/status",
 ) -> Sent:
     """Sends ``reports`` (lists of log lines, each leaving room for a note) one by one with
     ``send``, ``fields`` with the last one. Raises only what is not a failed request (a bug)."""
@@ -73,6 +84,7 @@ def send_reports(
     sent, left = Sent(), sum(len(r) for r in reports)
     unnoted = in_a_row = 0
     failure: Optional[BaseException] = None
+    unreadable: Optional[BaseException] = None  # the last report's answer, taken but not JSON
     for i, lines in enumerate(reports):
         last, n = i + 1 == len(reports), len(lines)
         left -= n
@@ -85,11 +97,11 @@ def send_reports(
             if isinstance(exc, HookError) and exc.status_code < 300:
                 # Taken (2xx), only its answer is not JSON: its lines are stored.
                 sent.answer, in_a_row, unnoted = {}, 0, 0 if n else unnoted
-                if last and fields:
-                    sent.fields_error = exc  # as before: the caller asked for that answer
+                unreadable = exc if last else None
                 continue
             sent.lost, unnoted, in_a_row = sent.lost + n, unnoted + n, in_a_row + 1
-            failure, sent.why = exc, reason(exc, secret)
+            failure, sent.why = exc, reason(exc, secret, context)
+            sent.status_code = exc.status_code if isinstance(exc, HookError) else None
             if not is_transient(exc) or in_a_row >= MAX_FAILURES_IN_A_ROW:
                 sent.lost += left
                 break
@@ -97,10 +109,10 @@ def send_reports(
             in_a_row = 0
             if n:
                 unnoted = 0
-    else:
-        if failure is not None and fields and in_a_row:
-            sent.fields_error = failure  # the last report, with the fields, failed
-        return sent
-    if fields:
-        sent.fields_error = failure  # stopped early: the fields were not sent
+    if fields and in_a_row:
+        sent.error = failure  # the last report, with the fields, failed or was not sent
+    elif fields:
+        sent.error = unreadable  # the caller asked for that answer
+    elif not sent.lost:
+        sent.error = failure or unreadable  # no line lost: the failure is the call's, as before
     return sent

@@ -68,14 +68,21 @@ class LogLinesLost(UserWarning):
     were not stored: a report failed for a passing reason (no answer, 5xx, 429) after its retries,
     or the hook refused one for good (401, 403, 409, 413...), after which the rest was not sent.
     A failed log report never raises: the job goes on. ``lost`` is how many lines (entries as
-    sent: a long line's pieces count one each), ``reason`` the last failure (never the secret).
-    ``JobClient.lines_lost`` counts them all; ``warnings.simplefilter("error", LogLinesLost)``
-    turns it into an exception."""
+    sent: a long line's pieces count one each), ``reason`` the last failure (never the secret),
+    ``status_code`` its HTTP status, None when it got no answer (``409``: the job is already
+    terminal, no report will be taken; ``503``: the hook was unavailable, a later one may be),
+    ``total`` the client's ``lines_lost`` after this call. Every call that lost lines warns, and
+    its text carries that running total (``(N in all)``), so Python's default filter, which shows
+    a text already shown from the same line only once, shows each.
+    ``warnings.simplefilter("error", LogLinesLost)`` turns it into an exception."""
 
-    def __init__(self, lost: int, reason: str):
+    def __init__(self, lost: int, reason: str, status_code: Optional[int] = None, total: Optional[int] = None):
         self.lost = lost
         self.reason = reason
-        super().__init__(f"{lost} log line(s) not stored: {reason}")
+        self.status_code = status_code
+        self.total = total
+        in_all = "" if total is None else f" ({total} in all)"
+        super().__init__(f"{lost} log line(s) not stored{in_all}: {reason}")
 
 
 def error_fields(status: int, reason: Optional[str], text: str) -> Tuple[str, str]:

@@ -40,6 +40,10 @@ class StubHook:
         self.fail_after_auth: List[int] = []
         self.max_body_bytes = 1024 * 1024  # larger: 413 too_large, as the server's api.max_body_bytes
         self.echo_secret_in_errors = False
+        # What the next status reports get, once each, after their signature: None (handled as
+        # always), a status (refused with it, nothing stored), "not_json" (stored, answered 200
+        # with a body that is not JSON, as a proxy's page).
+        self.status_plan: List[Optional[object]] = []
         self.require_v2 = False
         self.reports: List[dict] = []
         self.requests: List[dict] = []  # every request: method, target, headers, body, signature
@@ -209,10 +213,15 @@ class StubHook:
                 if self.command == "POST" and route == ["status"]:
                     if stub.terminal:
                         return self._error(409, "conflict", "job is terminal")
+                    plan = stub.status_plan.pop(0) if stub.status_plan else None
+                    if isinstance(plan, int):
+                        return self._error(plan, "unavailable", "try again")
                     report = json.loads(body or b"{}")
                     stub.reports.append(report)
                     if report.get("status") in ("SUCCESS", "ERROR"):
                         stub.terminal = True
+                    if plan == "not_json":
+                        return self._send(200, raw=b"<html>OK</html>")
                     return self._send(200, {"id": stub.job_id, "status": report.get("status", "RUNNING")})
                 if self.command == "GET" and route == ["job"]:
                     return self._send(200, {"id": stub.job_id, "type": stub.job_type, "args": stub.args, "attempt": 1})
