@@ -225,6 +225,25 @@ async fn a_job_a_finish_brings_after_an_early_drain_is_given_back_not_launched()
     assert!(t.worker.idle(), "nothing of them is left running");
 }
 
+/// Runs the claimed `job`'s attempt with its stop told before the launch (`StopReason::Gone`: a
+/// cancel or the fence), checks nothing was launched, and reads the job back.
+async fn stopped_before_launch(t: &Setup, job: &Job, token: u64) -> Job {
+    let (stop, reason) = t
+        .worker
+        .track(job.id, token, tokio::time::Instant::now(), None);
+    *reason.lock() = StopReason::Gone;
+    stop.cancel();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        t.worker.execute(job, &t.slot, token, stop, reason, None),
+    )
+    .await
+    .expect("settled within 10 s");
+    t.worker.untrack(job.id, token);
+    assert_eq!(t.started.load(Ordering::SeqCst), 0, "not launched");
+    t.store.get(job.id).await.expect("read").expect("stored")
+}
+
 /// Cancelled between its claim and its launch (the stop told before the launch): not started,
 /// and the lease the cancel kept is given up, so nothing waits for it to run out.
 #[tokio::test]
@@ -236,21 +255,7 @@ async fn a_job_cancelled_before_its_launch_is_not_launched_and_its_lease_goes() 
         .apply(job.id, Command::Cancel)
         .await
         .expect("cancel");
-    let (stop, reason) = t
-        .worker
-        .track(job.id, token, tokio::time::Instant::now(), None);
-    *reason.lock() = StopReason::Gone;
-    stop.cancel();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        t.worker.execute(&job, &t.slot, token, stop, reason, None),
-    )
-    .await
-    .expect("settled within 10 s");
-    t.worker.untrack(job.id, token);
-
-    assert_eq!(t.started.load(Ordering::SeqCst), 0, "not launched");
-    let back = t.store.get(job.id).await.expect("read").expect("stored");
+    let back = stopped_before_launch(&t, &job, token).await;
     assert_eq!(back.status, JobStatus::Cancelled, "{back:#?}");
     assert!(back.lease.is_none(), "the lease goes: {back:#?}");
 }
@@ -263,21 +268,7 @@ async fn a_job_fenced_before_its_launch_is_given_back_with_its_attempt() {
     let t = setup();
     let (_, job) = t.claimed().await;
     let token = job.lease.as_ref().map(|l| l.token).expect("a lease");
-    let (stop, reason) = t
-        .worker
-        .track(job.id, token, tokio::time::Instant::now(), None);
-    *reason.lock() = StopReason::Gone;
-    stop.cancel();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        t.worker.execute(&job, &t.slot, token, stop, reason, None),
-    )
-    .await
-    .expect("settled within 10 s");
-    t.worker.untrack(job.id, token);
-
-    assert_eq!(t.started.load(Ordering::SeqCst), 0, "not launched");
-    let back = t.store.get(job.id).await.expect("read").expect("stored");
+    let back = stopped_before_launch(&t, &job, token).await;
     assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
     assert!(back.lease.is_none(), "{back:#?}");
     assert_eq!(
