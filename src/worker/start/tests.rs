@@ -60,12 +60,17 @@ struct RefusingStarts {
     /// Every start is carried out and then answered `Unavailable` (its answer lost); reads
     /// answer.
     answer_lost: AtomicBool,
+    /// With `answer_lost`: the job is cancelled right after its start was carried out.
+    cancel_after_start: AtomicBool,
 }
 
 impl RefusingStarts {
     async fn start(&self, id: Uuid, start: Command, finish: Arc<FinishSlot>) -> StartResult {
         if self.answer_lost.load(Ordering::SeqCst) {
             self.inner.apply_start(id, start, finish).await?;
+            if self.cancel_after_start.load(Ordering::SeqCst) {
+                self.inner.apply(id, Command::Cancel).await?;
+            }
             return Err(StoreError::Unavailable(
                 "no answer within store.retry".into(),
             ));
@@ -242,6 +247,7 @@ async fn setup(runners: &str, services: ServiceRegistry) -> Setup {
         unconfirmed: AtomicBool::new(false),
         reading: CancellationToken::new(),
         answer_lost: AtomicBool::new(false),
+        cancel_after_start: AtomicBool::new(false),
     });
     let cfg = Config::from_toml(runners).expect("config");
     let runners = Arc::new(RunnerSet::build(&cfg, Arc::new(services)).expect("runners"));
@@ -473,6 +479,30 @@ async fn a_start_found_recorded_by_the_read_back_counts_its_transition_once() {
         assert_eq!(j.status, status, "{j:#?}");
         assert_eq!(transitions(&text, "SUCCESS"), ended, "{with_end}: {text}");
     }
+}
+
+/// A start carried out (its answer lost) and the job cancelled before the read back: the read
+/// back tells the start refused (the job moved on), but the start was recorded, so it counts its
+/// transition to RUNNING as an answered start did. Before, it counted nothing.
+#[tokio::test]
+async fn a_start_recorded_then_cancelled_before_the_read_back_counts_its_transition() {
+    let s = setup(
+        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
+        ServiceRegistry::new(),
+    )
+    .await;
+    s.store.answer_lost.store(true, Ordering::SeqCst);
+    s.store.cancel_after_start.store(true, Ordering::SeqCst);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut w = start_write(&s, &CancellationToken::new());
+    w.store = crate::metrics::MeteredStore::wrap(s.store.clone(), metrics.clone());
+    let r = tokio::time::timeout(Duration::from_secs(10), w.run())
+        .await
+        .expect("told by the read back");
+    assert!(matches!(r, Err(StoreError::Transition(_))), "{r:?}");
+    let j = s.store.get(s.job.id).await.expect("read").expect("stored");
+    assert_eq!(j.status, JobStatus::Cancelled, "{j:#?}");
+    assert_eq!(transitions(&metrics.render(), "RUNNING"), 1.0);
 }
 
 /// Waits (at most 10 s) for `what` to happen.

@@ -142,16 +142,21 @@ impl StartWrite {
                         self.store.start_committed_late();
                         return Ok(Ok((j, None)));
                     }
+                    // Counted as the answered start is, when it was this start that made the
+                    // attempt RUNNING (not the job's own report through its hook), also when
+                    // the job has moved on since (cancelled, taken back).
                     Landed::Finished(late) => {
-                        // Counted as the answered start is, when it was this start that made
-                        // the attempt RUNNING (not the job's own report through its hook).
-                        let run = j.runs.iter().rev().find(|r| r.token == self.token);
-                        if run.is_some_and(|r| r.started_at.is_some()) {
+                        if self.started_here(&j) {
                             self.store.start_committed_late();
                         }
                         return Ok(Ok(self.finished_late(late, j, &error)));
                     }
-                    Landed::Refused(e) => return Ok(Err(e)),
+                    Landed::Refused(e) => {
+                        if self.started_here(&j) {
+                            self.store.start_committed_late();
+                        }
+                        return Ok(Err(e));
+                    }
                 },
                 Err(_) => {
                     let nap = pause;
@@ -167,6 +172,15 @@ impl StartWrite {
                 return Ok(Err(error));
             }
         }
+    }
+}
+
+impl StartWrite {
+    /// Whether this attempt's start is recorded in `job` (its run's `started_at`, which only
+    /// the worker's start sets).
+    fn started_here(&self, job: &Job) -> bool {
+        let run = job.runs.iter().rev().find(|r| r.token == self.token);
+        run.is_some_and(|r| r.started_at.is_some())
     }
 }
 
