@@ -158,19 +158,8 @@ async fn a_job_delivered_after_the_sweep_is_given_back_not_launched() {
         .await
         .expect("read")
         .expect("stored");
-    assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
-    assert!(back.lease.is_none(), "{back:#?}");
+    given_back(&back);
     assert_eq!(back.queued_at, submitted.queued_at, "its place kept");
-    assert_eq!(
-        back.runs.last().and_then(|r| r.outcome.as_deref()),
-        Some("RELEASED"),
-        "{back:#?}"
-    );
-    assert_eq!(
-        (back.attempt, back.max_attempts),
-        (1, 3),
-        "the attempt given back"
-    );
     assert!(worker.idle(), "nothing of it is left running");
 }
 
@@ -209,20 +198,26 @@ async fn a_job_a_finish_brings_after_an_early_drain_is_given_back_not_launched()
         "the next job not launched"
     );
     let back = t.store.get(next.id).await.expect("read").expect("stored");
+    given_back(&back);
+    assert_eq!(t.slot.active.load(Ordering::Acquire), 0, "its slot is free");
+    assert!(t.worker.idle(), "nothing of them is left running");
+}
+
+/// The job (submitted with 2 attempts) given back by its first: QUEUED, no lease, its run
+/// `RELEASED`, the attempt given back.
+fn given_back(back: &Job) {
     assert_eq!(back.status, JobStatus::Queued, "{back:#?}");
     assert!(back.lease.is_none(), "{back:#?}");
     assert_eq!(
         back.runs.last().and_then(|r| r.outcome.as_deref()),
         Some("RELEASED"),
-        "claimed by the finish, then given back: {back:#?}"
+        "{back:#?}"
     );
     assert_eq!(
         (back.attempt, back.max_attempts),
         (1, 3),
         "the attempt given back"
     );
-    assert_eq!(t.slot.active.load(Ordering::Acquire), 0, "its slot is free");
-    assert!(t.worker.idle(), "nothing of them is left running");
 }
 
 /// Runs the claimed `job`'s attempt with its stop told before the launch (`StopReason::Gone`: a

@@ -234,6 +234,9 @@ struct Setup {
     job: Job,
 }
 
+/// One service runner, for `quick` jobs.
+const SERVICE: &str = "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n";
+
 async fn setup(runners: &str, services: ServiceRegistry) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let inner = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
@@ -325,11 +328,7 @@ async fn a_finish_taken_by_a_refused_start_survives_a_shutdown_during_the_next_t
         r.fetch_add(1, Ordering::SeqCst);
         async move { Ok(json!("done")) }
     });
-    let s = setup(
-        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
-        services,
-    )
-    .await;
+    let s = setup(SERVICE, services).await;
     let stop = CancellationToken::new();
     let run = s.execute(&stop);
     within(&s.store.held, "the start's next try").await;
@@ -380,16 +379,20 @@ fn start_write(s: &Setup, stop: &CancellationToken) -> StartWrite {
     }
 }
 
+/// [`start_write`] through a store that counts its changes in the metrics returned.
+fn metered_start_write(s: &Setup) -> (StartWrite, Arc<crate::metrics::Metrics>) {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut w = start_write(s, &CancellationToken::new());
+    w.store = crate::metrics::MeteredStore::wrap(s.store.clone(), metrics.clone());
+    (w, metrics)
+}
+
 /// A start the store did not confirm is read back to tell whether it was written; the store
 /// does not answer the read either: a stop (shutdown, fencing) ends it at once, not the lease
 /// (a minute here). Before, the read was not raced against the stop.
 #[tokio::test]
 async fn a_stop_ends_the_read_back_of_an_unconfirmed_start() {
-    let s = setup(
-        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
-        ServiceRegistry::new(),
-    )
-    .await;
+    let s = setup(SERVICE, ServiceRegistry::new()).await;
     s.store.unconfirmed.store(true, Ordering::SeqCst);
     let stop = CancellationToken::new();
     let run = tokio::spawn(start_write(&s, &stop).run());
@@ -409,20 +412,16 @@ async fn a_stop_ends_the_read_back_of_an_unconfirmed_start() {
 #[tokio::test]
 async fn a_start_read_back_with_an_end_moved_on_from_is_not_the_finishs_answer() {
     use crate::worker::supervise::Late;
-    let s = setup(
-        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
-        ServiceRegistry::new(),
-    )
-    .await;
+    let s = setup(SERVICE, ServiceRegistry::new()).await;
     let w = start_write(&s, &CancellationToken::new());
     let e = StoreError::Unavailable("no answer".into());
-    let (_, end) = w.finished_late(Late::Recorded, s.job.clone(), &e);
-    assert!(matches!(end, Some(Ok(_))), "{end:?}");
+    let end = w.finished_late(Late::Recorded, s.job.clone(), &e);
+    assert!(matches!(end.as_deref(), Some(Ok(_))), "{end:?}");
     for late in [Late::MovedOn, Late::Decided] {
-        let (_, end) = w.finished_late(late, s.job.clone(), &e);
+        let end = w.finished_late(late, s.job.clone(), &e);
         assert!(
             matches!(
-                end,
+                end.as_deref(),
                 Some(Err(StoreError::Transition(
                     crate::job::TransitionError::StaleLease
                 )))
@@ -449,15 +448,9 @@ fn transitions(text: &str, status: &str) -> f64 {
 #[tokio::test]
 async fn a_start_found_recorded_by_the_read_back_counts_its_transition_once() {
     for with_end in [false, true] {
-        let s = setup(
-            "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
-            ServiceRegistry::new(),
-        )
-        .await;
+        let s = setup(SERVICE, ServiceRegistry::new()).await;
         s.store.answer_lost.store(true, Ordering::SeqCst);
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let mut w = start_write(&s, &CancellationToken::new());
-        w.store = crate::metrics::MeteredStore::wrap(s.store.clone(), metrics.clone());
+        let (w, metrics) = metered_start_write(&s);
         if with_end {
             let token = s.job.lease.as_ref().expect("leased").token;
             w.finish
@@ -486,16 +479,10 @@ async fn a_start_found_recorded_by_the_read_back_counts_its_transition_once() {
 /// transition to RUNNING as an answered start did. Before, it counted nothing.
 #[tokio::test]
 async fn a_start_recorded_then_cancelled_before_the_read_back_counts_its_transition() {
-    let s = setup(
-        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
-        ServiceRegistry::new(),
-    )
-    .await;
+    let s = setup(SERVICE, ServiceRegistry::new()).await;
     s.store.answer_lost.store(true, Ordering::SeqCst);
     s.store.cancel_after_start.store(true, Ordering::SeqCst);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut w = start_write(&s, &CancellationToken::new());
-    w.store = crate::metrics::MeteredStore::wrap(s.store.clone(), metrics.clone());
+    let (w, metrics) = metered_start_write(&s);
     let r = tokio::time::timeout(Duration::from_secs(10), w.run())
         .await
         .expect("told by the read back");
@@ -519,11 +506,7 @@ async fn within(t: &CancellationToken, what: &str) {
 /// the same in the test and release builds (a future's layout is decided before optimization).
 #[tokio::test]
 async fn an_attempts_futures_stay_small() {
-    let s = setup(
-        "[[runners]]\nkind = \"service\"\ntypes = [\"quick\"]\n",
-        ServiceRegistry::new(),
-    )
-    .await;
+    let s = setup(SERVICE, ServiceRegistry::new()).await;
     let stop = CancellationToken::new();
     let token = s.job.lease.as_ref().expect("leased").token;
     let reason = Arc::new(Mutex::new(StopReason::Release));

@@ -71,7 +71,7 @@ impl StartWrite {
                 Err(e @ StoreError::Backend(_)) => e,
                 // Rare: on the heap, not in every start's task.
                 Err(e @ StoreError::Unavailable(_)) => match Box::pin(self.read_back(e)).await {
-                    Ok(told) => return told.map(written),
+                    Ok(told) => return told,
                     Err(e) => e,
                 },
                 r => return r,
@@ -117,7 +117,7 @@ impl StartWrite {
     async fn read_back(
         &self,
         error: StoreError,
-    ) -> Result<Result<Recorded, StoreError>, StoreError> {
+    ) -> Result<Result<Written, StoreError>, StoreError> {
         let mut pause = Duration::from_millis(100);
         let mut seen_unrecorded = false;
         loop {
@@ -140,7 +140,7 @@ impl StartWrite {
                     Landed::Started => {
                         tracing::info!(error = %error, "the store answered late: the start was recorded");
                         self.store.start_committed_late();
-                        return Ok(Ok((j, None)));
+                        return Ok(Ok(None));
                     }
                     // Counted as the answered start is, when it was this start that made the
                     // attempt RUNNING (not the job's own report through its hook), also when
@@ -196,17 +196,21 @@ impl StartWrite {
     /// end the job has moved on from (another attempt since), or decided before (its report,
     /// its time limit: the reaper may have committed it, and logged it) is not logged again, the
     /// finish's answer then the lease no longer being the attempt's.
-    pub(super) fn finished_late(&self, late: Late, j: Job, error: &StoreError) -> Recorded {
-        let stale = || Some(Err(StoreError::Transition(TransitionError::StaleLease)));
+    pub(super) fn finished_late(&self, late: Late, j: Job, error: &StoreError) -> Written {
+        let stale = || {
+            Some(Box::new(Err(StoreError::Transition(
+                TransitionError::StaleLease,
+            ))))
+        };
         match late {
             Late::Recorded => {
                 tracing::info!(error = %error, "the store answered late: the start was recorded with the attempt's end");
                 self.store.finish_committed_late(&j);
-                (j.clone(), Some(Ok(j)))
+                Some(Box::new(Ok(j)))
             }
             Late::MovedOn => {
                 tracing::info!(error = %error, "the store answered late: the start was recorded with the attempt's end, and the job has moved on since");
-                (j, stale())
+                stale()
             }
             // (`NotRecorded` is not told as `Landed::Finished`.)
             Late::Decided | Late::NotRecorded => {
@@ -216,7 +220,7 @@ impl StartWrite {
                      before the attempt's end (its report or its time limit), by this finish \
                      or by the reaper"
                 );
-                (j, stale())
+                stale()
             }
         }
     }
