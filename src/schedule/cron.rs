@@ -144,6 +144,15 @@ impl CronSpec {
 
     /// The first fire time at or after `from`.
     pub fn next_from(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Fire times are whole seconds: the first at or after a whole second is the first after
+        // the second before it. Searched from `from` itself, a fire made up at a spring-forward
+        // instant T (a time in the skipped hour fires once, at T) was missed when `from` was T:
+        // T already has the new offset, whose wall clock starts after the gap.
+        if from.timestamp_subsec_nanos() == 0 {
+            if let Some(before) = from.checked_sub_signed(chrono::Duration::seconds(1)) {
+                return self.search(before, false);
+            }
+        }
         self.search(from, true)
     }
 
@@ -428,6 +437,44 @@ mod tests {
             fires("*/20 2 * * *", "Europe/Berlin", "2026-03-29T00:30:00Z", 2),
             vec!["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"]
         );
+    }
+
+    #[test]
+    fn a_fire_made_up_at_a_spring_forward_instant_is_found_from_that_instant() {
+        // The fire after a gap is at the change itself (T): a backfill of exactly [T, T] (what
+        // a schedule's `missed` line names) made nothing, as did any range starting at T.
+        for (pattern, tz, t) in [
+            ("30 2 * * *", "Europe/Paris", "2026-03-29T01:00:00Z"),
+            ("30 2 * * *", "America/New_York", "2026-03-08T07:00:00Z"),
+            ("0 0 * * *", "America/Havana", "2026-03-08T05:00:00Z"),
+            ("0 12 * * *", "Pacific/Apia", "2011-12-30T10:00:00Z"),
+        ] {
+            let c = CronSpec::parse(pattern, tz).unwrap();
+            let t = utc(t);
+            let just_before = t - chrono::Duration::seconds(1);
+            assert_eq!(
+                c.next_after(just_before),
+                Some(t),
+                "{tz}: the fire loop's answer"
+            );
+            assert_eq!(c.next_from(t), Some(t), "{tz}");
+            assert_eq!(c.between(t, t, 10), vec![t], "{tz}");
+            let half_hour = t + chrono::Duration::minutes(30);
+            assert_eq!(c.between(t, half_hour, 10), vec![t], "{tz}");
+            assert!(c
+                .between(just_before - chrono::Duration::seconds(1), just_before, 10)
+                .is_empty());
+        }
+        // At or after any whole second is after the second before it, across both changes.
+        let c = CronSpec::parse("*/20 1-3 * * *", "Europe/Paris").unwrap();
+        for day in ["2026-03-28T23:00:00Z", "2026-10-24T23:00:00Z"] {
+            let mut t = utc(day);
+            for _ in 0..(6 * 60) {
+                let before = t - chrono::Duration::seconds(1);
+                assert_eq!(c.next_from(t), c.next_after(before), "{t}");
+                t += chrono::Duration::seconds(60);
+            }
+        }
     }
 
     #[test]
