@@ -279,7 +279,7 @@ fn resolve_time(s: &str, base: Micros, tz: chrono_tz::Tz, dir: Dir) -> Result<Mi
         let d = humantime::parse_duration(rest.trim())
             .map_err(|e| format!("`{s}` is not a duration: {e}"))?;
         if d > Duration::from_secs(366 * 24 * 3600) {
-            return Err(format!("`{s}`: at most a year"));
+            return Err(format!("`{s}`: at most 366 days"));
         }
         let us = d.as_micros() as i64;
         let t = if neg { base - us } else { base + us };

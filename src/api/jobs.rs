@@ -164,7 +164,7 @@ pub fn build_job(
     let bad = |m: String| ApiError::unprocessable("invalid_request", m);
     if !valid_name(&body.job_type, 200) {
         return Err(bad(format!(
-            "`type` must be 1-200 characters of letters, digits, '.', '_', '-', ':' (got `{}`)",
+            "`type` must be 1-200 characters of ASCII letters, digits, '.', '_', '-', ':' (got `{}`)",
             body.job_type
         )));
     }
@@ -350,7 +350,8 @@ fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
     if let Some(c) = &q.channel {
         if !valid_name(c, 256) {
             return Err(bad(
-                "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'".into(),
+                "`channel` must be 1-256 characters of ASCII letters, digits, '.', '_', '-', ':'"
+                    .into(),
             ));
         }
     }

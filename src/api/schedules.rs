@@ -136,7 +136,7 @@ fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResul
     };
     if !valid_name(&name) {
         return Err(bad(format!(
-            "`name` must be 1-100 characters of letters, digits, '.', '_', '-', not `.` or `..` (got `{name}`)"
+            "`name` must be 1-100 characters of ASCII letters, digits, '.', '_', '-', not `.` or `..` (got `{name}`)"
         )));
     }
     Ok(name)

@@ -434,7 +434,7 @@ mod tests {
                     json!({"channel": channel, "exp": exp}),
                     SECRET,
                 ),
-                "`channel` must be 1-256 characters of letters, digits",
+                "`channel` must be 1-256 characters of ASCII letters, digits",
             );
         }
         refused("not a token", "malformed");

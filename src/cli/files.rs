@@ -294,7 +294,7 @@ pub async fn submit_form(
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         }) else {
             return Err(Failure::usage(format!(
-                "--input `{input}`: expected PROP=FILE, PROP of letters, digits, '_' or '-'"
+                "--input `{input}`: expected PROP=FILE, PROP of ASCII letters, digits, '_' or '-'"
             )));
         };
         let path = Path::new(file);

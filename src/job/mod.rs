@@ -573,7 +573,7 @@ impl Event {
 
 /// What a channel name must be ([`valid_name`] with 256), as the refusals say it.
 pub const CHANNEL_RULE: &str =
-    "`channel` must be 1-256 characters of letters, digits, '.', '_', '-', ':'";
+    "`channel` must be 1-256 characters of ASCII letters, digits, '.', '_', '-', ':'";
 
 /// A name of 1-`max` ASCII letters, digits, `.`, `_`, `-`, `:` (job types, channels).
 pub fn valid_name(s: &str, max: usize) -> bool {
