@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .client_logs import send_reports
+from .client_retry import DEFAULT_REPORT_WINDOW, checked_window, pause, report_window_from_env, worth_waiting_for
 from .errors import BadPayload, HookError, IntegrityError, JobClientError, LogLinesLost, MissingEnvironment
 from .signing import SIGNATURES, job_headers
 
@@ -225,6 +226,7 @@ class JobClient:
         timeout: Timeout = DEFAULT_TIMEOUT,
         retries: int = 2,
         session: Optional[requests.Session] = None,
+        report_window: Optional[float] = None,
     ):
         if not job_id:
             raise ValueError("job_id is required")
@@ -241,6 +243,9 @@ class JobClient:
         self.signature = signature
         self.timeout = timeout
         self.retries = max(0, int(retries))
+        #: Seconds a report with a status (RUNNING, SUCCESS, ERROR) is tried again after its first
+        #: try when no answer came or the answer was 408, 429 or 5xx (client_retry.py).
+        self.report_window = DEFAULT_REPORT_WINDOW if report_window is None else checked_window(report_window)
         self.session = session if session is not None else requests.Session()
         self._secret = Secret(secret)
         self._last_ms = 0
@@ -252,11 +257,14 @@ class JobClient:
 
     @classmethod
     def from_env(cls, signature: str = "v2", environ: Optional[Dict[str, str]] = None, **kwargs) -> "JobClient":
-        """Build from JOB_ID, JOB_SECRET_KEY and JOB_HOOK (as runyard's runners set them)."""
+        """Build from JOB_ID, JOB_SECRET_KEY and JOB_HOOK (as runyard's runners set them), and the
+        report window from RUNYARD_JOB_REPORT_WINDOW when set (``ValueError`` when it is not a
+        number of seconds, 0 or more)."""
         env = os.environ if environ is None else environ
         missing = [name for name in REQUIRED_ENV if not env.get(name)]
         if missing:
             raise MissingEnvironment(missing)
+        kwargs.setdefault("report_window", report_window_from_env(env))
         return cls(env["JOB_ID"], env["JOB_SECRET_KEY"], env["JOB_HOOK"], signature, **kwargs)
 
     def __repr__(self) -> str:
@@ -311,10 +319,14 @@ class JobClient:
         body = {key: value for key, value in fields if value is not None}
         # The other fields first: one JSON cannot carry (NaN...) raises before any log is sent.
         encode_json(body)
+        # A status change (the job's result above all) outlasts a restart of the hook's API node.
+        window = self.report_window if status is not None else 0.0
         if logs is None:
-            return self._hook_call("POST", "/status", body, once=True)
+            return self._hook_call("POST", "/status", body, once=True, window=window)
         sent = send_reports(
-            lambda report: self._hook_call("POST", "/status", report, once=True),
+            lambda report: self._hook_call(
+                "POST", "/status", report, once=True, window=window if "status" in report else 0.0
+            ),
             body,
             list(log_reports(logs)),
             self._secret.reveal(),
@@ -523,11 +535,15 @@ class JobClient:
         )
         return prepared
 
-    def _hook_call(self, method: str, path: str, payload: Any = None, once: bool = False) -> Dict[str, Any]:
+    def _hook_call(
+        self, method: str, path: str, payload: Any = None, once: bool = False, window: float = 0.0
+    ) -> Dict[str, Any]:
         """One signed call to the hook; JSON in, JSON out.
 
         Tried again (``retries`` times, after a short pause) when no answer came or the answer was
-        502, 503 or 504. A call that acts (``once``: a status report, a signal without an id) must
+        502, 503 or 504; with a ``window`` (a status report: ``report_window``), also for as long
+        as ``window`` seconds after the first try, and also after a 408, 429 or other 5xx
+        (client_retry.py). A call that acts (``once``: a status report, a signal without an id) must
         not act twice when only its answer was lost (a proxy's 504, a read timeout after the server
         took it): its retry sends the very same signed request again, which the server either
         takes (the first send never reached it) or refuses as a replay (``401 replay``: it did,
@@ -545,13 +561,13 @@ class JobClient:
             headers["Content-Type"] = "application/json"
 
         prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
-        attempt = 0
+        deadline, attempt = signed_at + window, 0
         while True:
             settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
             try:
                 response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
             except (requests.ConnectionError, requests.Timeout):
-                if attempt >= self.retries:
+                if not self._may_retry(attempt, deadline):
                     raise
                 unknown = True  # it may have reached the server and been taken
             else:
@@ -560,11 +576,16 @@ class JobClient:
                     return {}  # an earlier send of this very request was taken; its answer was lost
                 # A re-sent request past the server's window: sign it again.
                 expired = sent and response.status_code == 401 and code == "expired"
-                if (response.status_code not in RETRY_STATUSES and not expired) or attempt >= self.retries:
+                again = response.status_code in RETRY_STATUSES or expired
+                again = again or (window > 0 and worth_waiting_for(response.status_code))
+                if not again or not self._may_retry(attempt, deadline):
                     break
                 unknown = code is None  # runyard's own refusal took nothing; a proxy's says nothing
             attempt += 1
-            time.sleep(0.5 * 2 ** (attempt - 1))
+            if attempt <= self.retries:
+                time.sleep(0.5 * 2 ** (attempt - 1))
+            else:  # within the window: backoff, at most MAX_PAUSE, never past the window's end
+                time.sleep(pause(attempt, deadline - time.monotonic()))
             if once and unknown and time.monotonic() - signed_at < RESEND_WINDOW:
                 sent = True
             else:
@@ -579,3 +600,8 @@ class JobClient:
         except ValueError:
             raise HookError(response.status_code, "bad_response", f"{method} {path}: the hook did not answer JSON") from None
         return answer if isinstance(answer, dict) else {"result": answer}
+
+    def _may_retry(self, attempt: int, deadline: float) -> bool:
+        """Whether a call that failed on try ``attempt + 1`` is tried again: ``retries`` tries
+        are left, or its window (``deadline``, on ``time.monotonic()``) has not ended."""
+        return attempt < self.retries or time.monotonic() < deadline

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,7 +52,12 @@ class StubHook:
         self._seen = set()
         self._lock = threading.Lock()
         self.terminal = False
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._conns: set = set()  # the open connections, closed by an outage
+        self._reopen: Optional[threading.Timer] = None
+        self._listen(0)
+
+    def _listen(self, port: int) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # -- lifecycle
@@ -78,8 +84,33 @@ class StubHook:
         return self
 
     def stop(self) -> None:
+        if self._reopen is not None:
+            self._reopen.cancel()
+            self._reopen.join()
         self.server.shutdown()
         self.server.server_close()
+
+    def outage(self, seconds: float) -> None:
+        """The hook's node goes down for ``seconds`` (a restart): the listener and every open
+        connection are closed, so connections are refused, then it listens again on the same port
+        with the same state (reports, replay protection)."""
+        port = self.server.server_address[1]
+        self.server.shutdown()
+        self.server.server_close()
+        with self._lock:
+            for conn in list(self._conns):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        def back() -> None:
+            self._listen(port)
+            self.thread.start()
+
+        self._reopen = threading.Timer(seconds, back)
+        self._reopen.daemon = True
+        self._reopen.start()
 
     # -- helpers for tests
     def add_input(self, prop: str, data: bytes) -> None:
@@ -97,6 +128,19 @@ class StubHook:
 
             def log_message(self, *args):  # keep pytest output clean
                 pass
+
+            def setup(self):
+                super().setup()
+                with stub._lock:
+                    stub._conns.add(self.connection)
+
+            def finish(self):
+                with stub._lock:
+                    stub._conns.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass  # closed by an outage
 
             def _body(self) -> bytes:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -7,6 +7,7 @@ python3 that has `requests` installed. RUNYARD_TEST_TOKEN, if set, is sent as a 
 
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -179,16 +180,34 @@ class LossyProxy(ThreadingHTTPServer):
     """A reverse proxy in front of the hook that forwards every request, and answers 504 (its own
     page) instead of the hook's answer to the first status report matching each of ``lose``; a
     status report matching ``refuse`` is not forwarded at all, every time it comes: the proxy
-    answers ``refuse_status`` (its own page) instead."""
+    answers ``refuse_status`` (its own page) instead. The first status report matching
+    ``restart_on`` is not forwarded either: the proxy goes down (the hook's node restarts), its
+    connection and listener closed, so connections are refused for ``restart_seconds``, then it
+    listens again on the same port."""
 
     daemon_threads = True
 
-    def __init__(self, lose, refuse=None, refuse_status=503):
+    def __init__(self, lose, refuse=None, refuse_status=503, restart_on=None, restart_seconds=3.0):
         super().__init__(("127.0.0.1", 0), LossyHandler)
         self.lose = list(lose)  # predicates on the report's JSON
         self.lost = []  # (report, the hook's answer the job never saw)
         self.refuse, self.refuse_status = refuse, refuse_status
         self.refused = []  # reports never forwarded
+        self.restart_on, self.restart_seconds = restart_on, restart_seconds
+        self.back = threading.Event()  # set once listening again after a restart
+
+    def restart(self, connection):
+        """Down now (``connection`` dropped unanswered, new ones refused), back after
+        ``restart_seconds``. Called from a handler's thread."""
+        self.shutdown()
+        self.server_close()
+        connection.shutdown(socket.SHUT_RDWR)
+        time.sleep(self.restart_seconds)
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        self.server_bind()  # the same port: server_address
+        self.server_activate()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.back.set()
 
     @property
     def hook(self):
@@ -204,6 +223,10 @@ class LossyHandler(BaseHTTPRequestHandler):
     def _forward(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         report = json.loads(body) if self.path == "/async/status" and body else {}
+        if report and self.server.restart_on is not None and self.server.restart_on(report):
+            self.server.restart_on = None
+            self.close_connection = True
+            return self.server.restart(self.connection)
         if report and self.server.refuse is not None and self.server.refuse(report):
             self.server.refused.append(report)
             return self._answer(f"<html>{self.server.refuse_status}</html>".encode(), self.server.refuse_status, "text/html")
@@ -312,6 +335,19 @@ def logs_with(line):
 
 def stored(http, job_id, stream):
     return [line["line"] for line in job_log_all(http, job_id) if line["stream"] == stream]
+
+
+def test_a_result_reported_while_the_hook_restarts_lands(http, lossy):
+    # The job's work is done when its hook's node restarts (the proxy goes down as the SUCCESS
+    # report comes, connections refused for 3 s): the client tries the report again until the
+    # node is back, and the job ends as it returned, on its first attempt, exit code 0.
+    proxy = lossy(restart_on=lambda r: r.get("status") == "SUCCESS", restart_seconds=3.0)
+    job_id = submit(http, {"type": "py.report", "args": {"hook": proxy.hook, "lines": ["L0"]}, "max_attempts": 1})
+    job = wait(http, job_id)
+    assert proxy.back.is_set()
+    assert job["status"] == "SUCCESS" and job["result"] == {"lines": 1}, job
+    assert job["exit_code"] == 0 and job["attempt"] == 1, job
+    assert not any("could not report" in line for line in stored(http, job_id, "stderr"))
 
 
 def test_a_log_report_that_fails_does_not_stop_the_job_nor_the_later_reports(http, lossy):

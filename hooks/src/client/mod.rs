@@ -18,17 +18,19 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
 mod chunks;
 mod error;
 mod files;
+mod retry;
 
 pub use chunks::{log_chunks, lost_note, MAX_CHUNK_JSON_BYTES, MAX_REPORT_ENTRIES};
 pub use error::ClientError;
-use error::{http_error, parse_json, transport};
+use error::{http_error, parse_json};
+pub use retry::{DEFAULT_REPORT_WINDOW, ENV_REPORT_WINDOW, RESEND_WINDOW};
 
 use crate::secret::Secret;
 use crate::sign::{signed_headers_now, SigVersion};
@@ -83,6 +85,8 @@ pub struct JobClient {
     hook_http: reqwest::Client,
     /// For the bytes (download Location, upload url): no job headers, redirects allowed.
     transfer_http: reqwest::Client,
+    /// How long a report with a status is tried again (retry.rs).
+    report_window: Duration,
 }
 
 /// `path` + (`?` + query when there is one), as it appears on the request line.
@@ -119,7 +123,8 @@ pub(super) fn is_md5_hex(s: &str) -> bool {
 }
 
 impl JobClient {
-    /// A client from the environment: `JOB_ID`, `JOB_SECRET_KEY` and `JOB_HOOK` (all required).
+    /// A client from the environment: `JOB_ID`, `JOB_SECRET_KEY` and `JOB_HOOK` (all required),
+    /// and the report window from `RUNYARD_JOB_REPORT_WINDOW` when set.
     pub fn from_env() -> Result<Self, ClientError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -138,7 +143,8 @@ impl JobClient {
         let id = get(ENV_JOB_ID)?;
         let secret = Secret::from_string(get(ENV_JOB_SECRET_KEY)?);
         let hook = get(ENV_JOB_HOOK)?;
-        Self::new(id, secret, &hook)
+        let window = retry::window_from(lookup(ENV_REPORT_WINDOW))?;
+        Ok(Self::new(id, secret, &hook)?.with_report_window(window))
     }
 
     /// A client for job `id` with its secret and hook base URL (e.g.
@@ -184,7 +190,21 @@ impl JobClient {
             version: SigVersion::V2,
             hook_http,
             transfer_http,
+            report_window: DEFAULT_REPORT_WINDOW,
         })
+    }
+
+    /// How long a report with a status (`RUNNING`, `SUCCESS`, `ERROR`) is tried again after its
+    /// first try when no answer came or the answer was 408, 429 or 5xx (30 s by default; zero:
+    /// one try). Any other refusal is final at once; other calls go once.
+    pub fn with_report_window(mut self, window: Duration) -> Self {
+        self.report_window = window;
+        self
+    }
+
+    /// The report window ([`JobClient::with_report_window`]).
+    pub fn report_window(&self) -> Duration {
+        self.report_window
     }
 
     /// Signs with v1 (webda-compatible) instead of v2.
@@ -240,13 +260,9 @@ impl JobClient {
         let context = format!("{method} {}", url.path());
         let body = json_body.unwrap_or_default();
         let headers = self.sign(&method, &url, &body)?;
-        let mut request = self.hook_http.request(method, url).headers(headers);
-        if !body.is_empty() {
-            request = request.header(CONTENT_TYPE, "application/json").body(body);
-        }
-        let response = request.send().await.map_err(|e| transport(&context, e))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| transport(&context, e))?;
+        let (status, bytes) = self
+            .send_once(&method, &url, &headers, &body, &context)
+            .await?;
         if !status.is_success() {
             return Err(http_error(context, status, &bytes));
         }
@@ -275,7 +291,12 @@ impl JobClient {
         })?;
         let url = self.endpoint(&["status"]);
         let context = format!("POST {}", url.path());
-        let bytes = self.hook_call(Method::POST, url, Some(body)).await?;
+        // A status change (the job's result above all) outlasts a restart of the hook's node.
+        let bytes = if report.status.is_some() && !self.report_window.is_zero() {
+            self.post_within_window(url, body).await?
+        } else {
+            self.hook_call(Method::POST, url, Some(body)).await?
+        };
         Ok(StatusTaken { context, bytes })
     }
 

@@ -1,0 +1,137 @@
+"""A report that changes the job's status (RUNNING, SUCCESS, ERROR) outlasts a restart of the API
+node JOB_HOOK names: it is tried again for ``report_window`` seconds (runyard_job/client_retry.py),
+against the stub hook. Refusals are final at once; log lines keep their ``retries``."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import JOBS_DIR, PACKAGE_ROOT
+from runyard_job import HookError, JobClient, run
+from runyard_job.client_retry import DEFAULT_REPORT_WINDOW, REPORT_WINDOW_ENV
+
+RESTART = 3.0  # seconds the hook's node is down: longer than the client's own retries (1.5 s)
+
+
+def test_a_result_reported_while_the_hook_restarts_lands(stub, monkeypatch):
+    # The probe's case: the job's work is done, then its hook's node restarts for a few seconds.
+    monkeypatch.setenv("JOB_ARGS", "{}")
+
+    def work(job, args):
+        stub.outage(RESTART)  # connections refused from now on, for 3 s
+        return {"n": 1}
+
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5) as c:  # the defaults
+        assert run(work, client=c) == {"n": 1}  # no SystemExit: the result was reported
+    assert stub.reports == [{"status": "RUNNING"}, {"status": "SUCCESS", "results": {"n": 1}}]
+
+
+def test_a_job_process_reports_its_result_across_a_restart(stub):
+    # A job process, as a runner starts it (from_env, run()): the hook goes down before RUNNING
+    # and comes back 3 s later; the job ends with what it returned, and exits 0.
+    stub.args = {"name": "restart"}
+    env = dict(os.environ)
+    env.update(stub.env())
+    env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop(REPORT_WINDOW_ENV, None)
+    stub.outage(RESTART)
+    done = subprocess.run(
+        [sys.executable, os.path.join(JOBS_DIR, "hello.py")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert stub.reports == [{"status": "RUNNING"}, {"status": "SUCCESS", "results": {"hello": "restart"}}]
+
+
+def test_an_error_report_outlasts_a_restart_too(stub):
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5) as c:
+        stub.outage(RESTART)
+        c.fail("boom", retry=False)
+    assert stub.reports == [{"status": "ERROR", "errorMessage": "boom", "retry": False}]
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_not_now_answers_are_tried_again_within_the_window(stub, status):
+    stub.status_plan = [status, status]  # more than retries=0 allows
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        assert c.result({"n": 1})["status"] == "SUCCESS"
+    assert stub.reports == [{"status": "SUCCESS", "results": {"n": 1}}]
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 413, 422])
+def test_a_refusal_is_final_at_once(stub, status):
+    stub.status_plan = [status]
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, report_window=20) as c:
+        with pytest.raises(HookError) as info:
+            c.result({"n": 1})
+    assert info.value.status_code == status
+    assert len(stub.requests) == 1 and stub.reports == []
+
+
+def test_a_terminal_job_is_not_retried(stub):
+    stub.terminal = True  # 409: the job can no longer report
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, report_window=20) as c:
+        with pytest.raises(HookError) as info:
+            c.result({"n": 1})
+    assert info.value.status_code == 409 and len(stub.requests) == 1
+
+
+def test_the_window_is_bounded():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    with JobClient("j", "k", f"http://127.0.0.1:{port}/async", retries=0, timeout=2, report_window=1.0) as c:
+        began = time.monotonic()
+        with pytest.raises(requests.ConnectionError):
+            c.result({"n": 1})
+        # The window, plus one try that starts at its end (refused at once here); generous bound.
+        assert 1.0 <= time.monotonic() - began < 10
+
+
+def test_log_lines_and_progress_keep_their_retries(stub):
+    stub.status_plan = [503, 503]
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=1, report_window=20) as c:
+        with pytest.raises(HookError):
+            c.progress(0.5)  # 2 tries (retries=1), not the window
+    assert len(stub.requests) == 2 and stub.reports == []
+
+
+def test_a_status_with_many_lines_gives_the_window_to_the_report_with_the_status(stub):
+    stub.status_plan = [None, 503, 503]  # the first report (999 lines) taken, the last refused twice
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        c.status("SUCCESS", results={"n": 1}, logs=[f"row {i}" for i in range(1500)])
+    assert stub.reports[-1]["status"] == "SUCCESS" and len(stub.reports) == 2
+    assert sum(len(r["logs"]) for r in stub.reports) == 1500
+
+
+def test_the_window_comes_from_the_environment(stub):
+    env = stub.env()
+    assert JobClient.from_env(environ=env).report_window == DEFAULT_REPORT_WINDOW
+    env[REPORT_WINDOW_ENV] = "45.5"
+    assert JobClient.from_env(environ=env).report_window == 45.5
+    env[REPORT_WINDOW_ENV] = "0"
+    assert JobClient.from_env(environ=env).report_window == 0
+    assert JobClient.from_env(environ=env, report_window=7).report_window == 7
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
+def test_a_bad_window_is_refused_naming_it(stub, value):
+    env = dict(stub.env(), **{REPORT_WINDOW_ENV: value})
+    with pytest.raises(ValueError, match=REPORT_WINDOW_ENV):
+        JobClient.from_env(environ=env)
+    with pytest.raises(ValueError, match="report_window"):
+        JobClient(stub.job_id, stub.secret, stub.hook, report_window=value)
+
+
+def test_run_exits_2_on_a_bad_window(stub, monkeypatch, capsys):
+    for name, value in stub.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(REPORT_WINDOW_ENV, "soon")
+    with pytest.raises(SystemExit) as info:
+        run(lambda job, args: None)
+    assert info.value.code == 2 and REPORT_WINDOW_ENV in capsys.readouterr().err
+    assert stub.requests == []

@@ -1,0 +1,162 @@
+//! How long a report that changes the job's status is tried again ([`JobClient::report_window`]).
+//!
+//! A report with a `status` (`RUNNING`, and above all the final `SUCCESS` or `ERROR` with the
+//! job's result) that gets no answer, or an answer that says "not now" (408, 429, 5xx), is tried
+//! again with backoff (0.5 s, 1 s, 2 s, then every 4 s) for up to the report window (30 s by
+//! default, `RUNYARD_JOB_REPORT_WINDOW`) after its first try: long enough for the API node
+//! `JOB_HOOK` names to restart (a rolling update). Any other refusal (400, 401, 403, 404, 409,
+//! 413, 422...) is final at once. Other calls (log lines, progress, signals, files) go once.
+//! The Python client (examples/python/runyard_job/client_retry.py) does the same.
+//!
+//! A retry never acts twice: one whose earlier try got no answer, or a proxy's answer (not
+//! runyard's JSON), sends the very same signed request again, which the hook takes if the first
+//! never reached it or refuses as a replay (`401 replay`: it did, and took it; the report counts
+//! as taken). One after runyard's own refusal (its `503`: nothing taken, the signature spent) or
+//! more than [`RESEND_WINDOW`] after signing is signed afresh.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode, Url};
+use tokio::time::Instant;
+
+use super::error::http_error;
+use super::{ClientError, JobClient};
+
+/// Seconds a status report is tried again after its first try, by default.
+pub const DEFAULT_REPORT_WINDOW: Duration = Duration::from_secs(30);
+/// Environment variable that sets the report window (seconds, 0 or more; fractions allowed).
+pub const ENV_REPORT_WINDOW: &str = "RUNYARD_JOB_REPORT_WINDOW";
+/// How long after signing a retry may send the very same signed request again: the server takes
+/// a time up to 5 minutes from its clock, one minute of that left for clock skew.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(240);
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+const MAX_PAUSE: Duration = Duration::from_secs(4);
+
+/// The report window `raw` (the value of [`ENV_REPORT_WINDOW`]) sets, the default when unset or
+/// empty; anything but a finite number of seconds, 0 or more, is an error naming the variable.
+pub(super) fn window_from(raw: Option<String>) -> Result<Duration, ClientError> {
+    let Some(raw) = raw.filter(|v| !v.trim().is_empty()) else {
+        return Ok(DEFAULT_REPORT_WINDOW);
+    };
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| {
+            ClientError::InvalidArgument(format!(
+                "{ENV_REPORT_WINDOW} must be a number of seconds, 0 or more, not {raw:?}"
+            ))
+        })
+}
+
+/// Whether an answer with `status` may go better later: 408, 429 or 5xx.
+fn worth_waiting_for(status: u16) -> bool {
+    status == 408 || status == 429 || status >= 500
+}
+
+/// The pause before try `attempt + 1` (`attempt` from 1): 0.5 s, doubling, at most 4 s and at
+/// most `left` (what is left of the window).
+fn pause(attempt: u32, left: Duration) -> Duration {
+    let backoff = FIRST_PAUSE.saturating_mul(1 << attempt.saturating_sub(1).min(4));
+    backoff.min(MAX_PAUSE).min(left)
+}
+
+/// What one try got: an answer (its status and body) or none (the error says why).
+enum Tried {
+    Answer(StatusCode, Bytes),
+    NoAnswer(ClientError),
+}
+
+impl JobClient {
+    /// Sends one signed request with `headers` (already signed) and `body`.
+    pub(super) async fn send_once(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: &[u8],
+        context: &str,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut request = self
+            .hook_http
+            .request(method.clone(), url.clone())
+            .headers(headers.clone());
+        if !body.is_empty() {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| super::error::transport(context, e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| super::error::transport(context, e))?;
+        Ok((status, bytes))
+    }
+
+    /// `POST url` with `body`, tried again within the report window (module docs); the body of
+    /// its 2xx answer (empty when a re-send was refused as a replay: an earlier try was taken).
+    pub(super) async fn post_within_window(
+        &self,
+        url: Url,
+        body: Vec<u8>,
+    ) -> Result<Bytes, ClientError> {
+        let context = format!("POST {}", url.path());
+        let method = Method::POST;
+        let mut headers = self.sign(&method, &url, &body)?;
+        let (mut signed_at, mut resent, mut attempt) = (Instant::now(), false, 0);
+        let deadline = signed_at + self.report_window;
+        loop {
+            let tried = match self
+                .send_once(&method, &url, &headers, &body, &context)
+                .await
+            {
+                Ok(answer) => Tried::Answer(answer.0, answer.1),
+                Err(e) => Tried::NoAnswer(e),
+            };
+            // Whether the try may have been taken (no answer, or a proxy's): re-send it as it was.
+            let unknown = match tried {
+                Tried::Answer(status, bytes) if status.is_success() => return Ok(bytes),
+                Tried::Answer(status, bytes) => {
+                    let error = http_error(context.clone(), status, &bytes);
+                    let status = status.as_u16();
+                    let code = match &error {
+                        ClientError::Http { code, .. } => code.clone(),
+                        _ => None,
+                    };
+                    if resent && status == 401 && code.as_deref() == Some("replay") {
+                        return Ok(Bytes::new()); // an earlier send was taken, its answer lost
+                    }
+                    let expired = resent && status == 401 && code.as_deref() == Some("expired");
+                    if !(expired || worth_waiting_for(status)) || Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    code.is_none() // runyard's own refusal took nothing; a proxy's says nothing
+                }
+                Tried::NoAnswer(error) if Instant::now() >= deadline => return Err(error),
+                Tried::NoAnswer(_) => true,
+            };
+            attempt += 1;
+            tokio::time::sleep(pause(
+                attempt,
+                deadline.saturating_duration_since(Instant::now()),
+            ))
+            .await;
+            if unknown && signed_at.elapsed() < RESEND_WINDOW {
+                resent = true;
+            } else {
+                headers = self.sign(&method, &url, &body)?;
+                (signed_at, resent) = (Instant::now(), false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

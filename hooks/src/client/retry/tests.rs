@@ -1,0 +1,211 @@
+//! The report window against a hook on a real port: one that refuses connections for a while
+//! (a restarted API node), answers "not now", refuses for good, or takes a report and hangs up.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::secret::Secret;
+
+/// What the fake hook does with the `i`-th request: answer with a status and body, or close the
+/// connection without an answer (`None`).
+trait Plan: Fn(usize) -> Option<(u16, &'static str)> + Send + 'static {}
+impl<F: Fn(usize) -> Option<(u16, &'static str)> + Send + 'static> Plan for F {}
+
+/// A request the fake hook got: its `X-Job-Hash` and body.
+type Got = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Reads one request (head and body) from `conn`; None when it closed first.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let n = conn.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                .unwrap_or_default()
+        };
+        let len: usize = header("content-length:").parse().unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return Some((header("x-job-hash:"), buf[end + 4..end + 4 + len].to_vec()));
+        }
+    }
+}
+
+/// Serves `listener` with `plan`, keeping every request in `got`.
+fn serve(listener: TcpListener, plan: impl Plan, got: Got) {
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let Some((hash, body)) = read_request(&mut conn).await else {
+                continue;
+            };
+            let i = {
+                let mut g = got.lock().unwrap();
+                g.push((hash, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                g.len() - 1
+            };
+            let Some((status, body)) = plan(i) else {
+                continue; // hang up: no answer
+            };
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+}
+
+/// A fake hook answering with `plan` from now on; its hook URL and what it got.
+async fn fake_hook(plan: impl Plan) -> (String, Got) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/async", listener.local_addr().unwrap());
+    let got = Got::default();
+    serve(listener, plan, got.clone());
+    (hook, got)
+}
+
+fn client(hook: &str) -> JobClient {
+    JobClient::new("j1", Secret::from_string("k".into()), hook).unwrap()
+}
+
+const TAKEN: Option<(u16, &str)> = Some((200, r#"{"status":"SUCCESS"}"#));
+
+/// The probe's case: the API node `JOB_HOOK` names restarts (connections refused for 3 s) just
+/// as the job reports its result. Before the window, the report failed at once (connection
+/// refused) and the finished job's result was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_reported_while_the_hook_restarts_lands() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: connections are refused
+    let got = Got::default();
+    let back = got.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        serve(listener, |_| TAKEN, back);
+    });
+    let c = client(&format!("http://127.0.0.1:{port}/async"));
+    assert_eq!(c.report_window(), DEFAULT_REPORT_WINDOW);
+    let answer = c.success(Some(json!({"n": 1}))).await.expect("reported");
+    assert_eq!(answer["status"], "SUCCESS");
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, json!({"status": "SUCCESS", "results": {"n": 1}}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_now_answers_are_tried_again_and_refusals_are_final() {
+    for status in [408, 429, 500, 503] {
+        let (hook, got) = fake_hook(move |i| if i < 2 { Some((status, "")) } else { TAKEN }).await;
+        client(&hook)
+            .success(None)
+            .await
+            .expect("taken on the third try");
+        assert_eq!(got.lock().unwrap().len(), 3, "{status}");
+    }
+    for status in [400u16, 401, 403, 404, 409, 413, 422] {
+        let (hook, got) = fake_hook(move |_| Some((status, ""))).await;
+        let e = client(&hook).error("boom").await.expect_err("refused");
+        assert_eq!(e.status(), Some(status));
+        assert_eq!(got.lock().unwrap().len(), 1, "{status}: not tried again");
+    }
+}
+
+/// A report taken, its answer lost: the retry sends the very same signed request, the hook
+/// refuses it as a replay, and the report counts as taken (not sent twice, no error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_whose_answer_was_lost_is_not_taken_twice() {
+    const REPLAY: &str = r#"{"error":{"code":"replay","message":"replayed request"}}"#;
+    let (hook, got) = fake_hook(|i| if i == 0 { None } else { Some((401, REPLAY)) }).await;
+    let answer = client(&hook).success(None).await.expect("taken");
+    assert_eq!(answer, Value::Null);
+    {
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, got[1].0, "the same signature");
+    }
+    // runyard's own 503 took nothing and spent the signature: signed afresh.
+    const UNAVAILABLE: &str = r#"{"error":{"code":"unavailable","message":"store"}}"#;
+    let (hook, got) = fake_hook(|i| {
+        if i == 0 {
+            Some((503, UNAVAILABLE))
+        } else {
+            TAKEN
+        }
+    })
+    .await;
+    client(&hook).running().await.expect("taken");
+    let got = got.lock().unwrap();
+    assert_ne!(got[0].0, got[1].0, "signed again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_is_bounded_and_other_calls_go_once() {
+    let (hook, got) = fake_hook(|_| Some((503, ""))).await;
+    let c = client(&hook).with_report_window(Duration::from_secs(1));
+    let began = std::time::Instant::now();
+    assert_eq!(c.success(None).await.expect_err("down").status(), Some(503));
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let tries = got.lock().unwrap().len();
+    assert!((2..=4).contains(&tries), "{tries}");
+    // Progress and log lines: one try each, as before.
+    got.lock().unwrap().clear();
+    assert!(c.progress(0.5, None).await.is_err());
+    assert_eq!(got.lock().unwrap().len(), 1);
+    // A zero window: one try.
+    got.lock().unwrap().clear();
+    let c = c.with_report_window(Duration::ZERO);
+    assert!(c.success(None).await.is_err());
+    assert_eq!(got.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn the_window_comes_from_the_environment() {
+    assert_eq!(window_from(None).unwrap(), DEFAULT_REPORT_WINDOW);
+    assert_eq!(
+        window_from(Some(" ".into())).unwrap(),
+        DEFAULT_REPORT_WINDOW
+    );
+    assert_eq!(
+        window_from(Some("45.5".into())).unwrap(),
+        Duration::from_millis(45_500)
+    );
+    assert_eq!(window_from(Some("0".into())).unwrap(), Duration::ZERO);
+    for bad in ["soon", "-1", "NaN", "inf", "1e400"] {
+        let e = window_from(Some(bad.into())).expect_err(bad).to_string();
+        assert!(e.contains(ENV_REPORT_WINDOW), "{e}");
+    }
+    let env = |name: &str| {
+        let value = match name {
+            "JOB_ID" => "j1",
+            "JOB_SECRET_KEY" => "k",
+            "JOB_HOOK" => "http://127.0.0.1:9/async",
+            _ => "7",
+        };
+        Some(value.to_owned())
+    };
+    let c = JobClient::from_lookup(env).unwrap();
+    assert_eq!(c.report_window(), Duration::from_secs(7));
+}
