@@ -225,6 +225,7 @@ impl DeliveryStore for RedisStore {
             },
             MAX_ATTEMPT_RECORDS.to_string(),
             endpoint,
+            now.to_string(),
         ];
         let ok: i64 = self.run_script(&RECORD, &keys, &args).await?;
         Ok((ok == 1).then_some(state))
