@@ -308,6 +308,7 @@ conformance!(
     webhook_claims_look_past_several_endpoints_at_their_cap,
     webhook_deliveries_are_paged_both_ways,
     webhook_attempts_never_recorded_show_as_unknown,
+    webhook_records_after_the_hold_ran_out_are_refused,
     replay_memory_accepts_each_request_once,
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
@@ -1803,6 +1804,62 @@ async fn webhook_attempts_never_recorded_show_as_unknown(mut b: Backend) {
     assert_eq!(again[0].delivery.attempts, 1);
     let d = s.deliveries(k.id, 10).await.unwrap();
     assert_eq!(outcomes(&d[0]), vec![Unknown, InFlight], "{d:?}");
+}
+
+/// A sender paused past its claim's hold (its process stopped, say) whose record arrives before
+/// any other claim took the delivery: the record is refused all the same, as a late record
+/// after another claim is (the docs: "a record from a process whose hold ran out is refused").
+/// Its attempt shows as unknown, and the next claim attempts the delivery again. Before, the
+/// record was taken, so a timed-out attempt the receiver had accepted was logged as failed and
+/// retried, or an accepted one logged while another process may have been sending it.
+async fn webhook_records_after_the_hold_ran_out_are_refused(mut b: Backend) {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::AttemptOutcome::{Accepted, Unknown};
+    use runyard::store::deliveries::{ClaimLimits, DeliveryState, Outcome};
+    let s = b.store().await;
+    let mut j = job("wh.paused", "r");
+    j.notify = Some(NotifySpec {
+        url: "https://hooks.example.com/paused".into(),
+        events: vec![NotifyEvent::Status],
+    });
+    let j = submit(&s, j).await;
+    let first = s
+        .deliveries_claim(10, Duration::from_millis(300), ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // The hold runs out with nobody else claiming the delivery meanwhile.
+    delivery_once(&s, j.id, Unknown).await;
+    assert_eq!(
+        s.delivery_record(&first[0], attempt(200), Outcome::Delivered)
+            .await
+            .unwrap(),
+        None,
+        "a record after the claim's hold ran out is refused"
+    );
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert_eq!(d[0].state, DeliveryState::Pending, "{d:?}");
+    let outcomes = |d: &runyard::store::deliveries::Delivery| {
+        d.log.iter().map(|a| a.outcome()).collect::<Vec<_>>()
+    };
+    assert_eq!(outcomes(&d[0]), vec![Unknown], "{d:?}");
+    assert_eq!(d[0].attempts, 1);
+    // Attempted again: the lost attempt stays in the log, counted.
+    let again = s
+        .deliveries_claim(10, Duration::from_secs(30), ClaimLimits::unlimited())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.attempts, 1);
+    assert_eq!(
+        s.delivery_record(&again[0], attempt(200), Outcome::Delivered)
+            .await
+            .unwrap(),
+        Some(DeliveryState::Delivered)
+    );
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert_eq!(outcomes(&d[0]), vec![Unknown, Accepted], "{d:?}");
+    assert_eq!(d[0].attempts, 2);
 }
 
 async fn webhook_deliveries_follow_events_and_claims_are_fenced(mut b: Backend) {

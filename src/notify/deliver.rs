@@ -319,7 +319,8 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
             Ok(None) => {
                 tracing::info!(
                     delivery = c.delivery.id,
-                    "webhook delivery: claim lost while attempting (taken over)"
+                    "webhook delivery: claim lost while attempting (its hold ran out, or it was \
+                     taken over): the attempt shows as unknown"
                 );
                 return;
             }

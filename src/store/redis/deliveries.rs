@@ -71,20 +71,60 @@ pub(super) fn endpoint_id_of_arg(arg: &str) -> String {
     ))
 }
 
+/// The claimed deliveries of a `dlv_claim.lua` reply (8 values each), after logging the keys of
+/// the wrong type it passed (each once: the claim took it out of the pending sets).
+fn claimed_part(raw: &[String]) -> Result<&[String]> {
+    let passed: usize = raw
+        .first()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| corrupt("claim reply"))?;
+    let (keys, claimed) = raw[1..]
+        .split_at_checked(passed)
+        .ok_or_else(|| corrupt("short claim reply"))?;
+    for key in keys {
+        tracing::warn!(
+            key = %key,
+            "webhook deliveries: a key of the wrong type passed and taken out of the pending \
+             deliveries (its delivery or endpoint is not attempted)"
+        );
+    }
+    Ok(claimed)
+}
+
+/// A delivery's fields as a listing reads them (`u e b t st n due c a`), and its attempts.
+type Row = (
+    (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    Vec<String>,
+);
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt delivery: {what}"))
 }
 
 impl RedisStore {
     /// The first due time of a pending delivery, either layout's (the earlier layout's are
-    /// moved by the next claim, which this makes due).
+    /// moved by the next claim, which this makes due). This layout's is its first endpoint's
+    /// (`P:dlv:eps`: what the claim walks), the same as `P:dlv:pend`'s first but for the
+    /// deliveries of an endpoint the claim took out of the walk (its pending set of the wrong
+    /// type): those no claim takes, so they are never due for the loop (which would claim again
+    /// and again, finding nothing).
     async fn dlv_first_due(&self) -> Result<Option<Micros>> {
-        let (pend, earlier) = (self.key("dlv:pend"), self.key("dlv:due"));
+        let (eps, earlier) = (self.key("dlv:eps"), self.key("dlv:due"));
         type First = Vec<(String, f64)>;
         let (a, b): (First, First) = self
             .exec(true, |mut c| {
                 let mut p = ::redis::pipe();
-                p.cmd("ZRANGE").arg(&pend).arg(0).arg(0).arg("WITHSCORES");
+                p.cmd("ZRANGE").arg(&eps).arg(0).arg(0).arg("WITHSCORES");
                 p.cmd("ZRANGE")
                     .arg(&earlier)
                     .arg(0)
@@ -94,6 +134,65 @@ impl RedisStore {
             })
             .await?;
         Ok(a.iter().chain(&b).map(|(_, s)| *s as Micros).min())
+    }
+
+    /// The fields and attempt logs of deliveries (their keys: hash, log), in one transaction;
+    /// none when one of the keys is of the wrong type (Redis fails the whole transaction then:
+    /// [`Self::dlv_listable`]).
+    async fn dlv_rows(&self, keys: &[(String, String)]) -> Result<Option<Vec<Row>>> {
+        self.exec(true, |mut c| {
+            // One transaction: an attempt recorded between the two reads of a delivery would
+            // show twice (recorded, and as the claim's in flight).
+            let mut p = ::redis::pipe();
+            p.atomic();
+            for (k, l) in keys {
+                p.cmd("HMGET")
+                    .arg(k)
+                    .arg(&["u", "e", "b", "t", "st", "n", "due", "c", "a"]);
+                p.cmd("LRANGE").arg(l).arg(0).arg(-1);
+            }
+            async move {
+                let flat: Vec<::redis::Value> = match p.query_async(&mut c).await {
+                    Err(e) if super::records::wrong_type(&e) => return Ok(None),
+                    r => r?,
+                };
+                let mut out = Vec::new();
+                let mut it = flat.into_iter();
+                while let (Some(h), Some(l)) = (it.next(), it.next()) {
+                    out.push((
+                        ::redis::from_redis_value(&h)?,
+                        ::redis::from_redis_value(&l)?,
+                    ));
+                }
+                Ok(Some(out))
+            }
+        })
+        .await
+    }
+
+    /// Which deliveries (their keys: hash, log) a listing can read: those whose keys are of
+    /// their types (or absent); the others logged, naming the key.
+    async fn dlv_listable(&self, keys: &[(String, String)]) -> Result<Vec<bool>> {
+        let types: Vec<String> = self
+            .exec(true, |mut c| {
+                let mut p = ::redis::pipe();
+                for (k, l) in keys {
+                    p.cmd("TYPE").arg(k).cmd("TYPE").arg(l);
+                }
+                async move { p.query_async(&mut c).await }
+            })
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for ((k, l), t) in keys.iter().zip(types.chunks(2)) {
+            let bad = [(k, &t[0], "hash"), (l, &t[1], "list")]
+                .into_iter()
+                .find(|(_, t, want)| t.as_str() != *want && t.as_str() != "none");
+            if let Some((key, t, _)) = bad {
+                tracing::warn!(key = %key, "webhook deliveries: a listing leaves out a delivery whose key is a {t}");
+            }
+            out.push(bad.is_none());
+        }
+        Ok(out)
     }
 
     /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
@@ -170,7 +269,7 @@ impl DeliveryStore for RedisStore {
             )
             .await?;
         let mut out = Vec::new();
-        for f in raw.chunks(8) {
+        for f in claimed_part(&raw)?.chunks(8) {
             let [id, job, url, eid, ev, t, n, due] = f else {
                 return Err(corrupt("short claim reply"));
             };
@@ -225,6 +324,7 @@ impl DeliveryStore for RedisStore {
             },
             MAX_ATTEMPT_RECORDS.to_string(),
             endpoint,
+            now.to_string(),
         ];
         let ok: i64 = self.run_script(&RECORD, &keys, &args).await?;
         Ok((ok == 1).then_some(state))
@@ -240,47 +340,26 @@ impl DeliveryStore for RedisStore {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        type Fields = (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let keys: Vec<(String, String)> = ids
+        let mut ids = ids;
+        let mut keys: Vec<(String, String)> = ids
             .iter()
             .map(|n| (self.keyed("dlv:", n), self.keyed("dlvlog:", n)))
             .collect();
-        let rows: Vec<(Fields, Vec<String>)> = self
-            .exec(true, |mut c| {
-                // One transaction: an attempt recorded between the two reads of a delivery would
-                // show twice (recorded, and as the claim's in flight).
-                let mut p = ::redis::pipe();
-                p.atomic();
-                for (k, l) in &keys {
-                    p.cmd("HMGET")
-                        .arg(k)
-                        .arg(&["u", "e", "b", "t", "st", "n", "due", "c", "a"]);
-                    p.cmd("LRANGE").arg(l).arg(0).arg(-1);
-                }
-                async move {
-                    let flat: Vec<::redis::Value> = p.query_async(&mut c).await?;
-                    let mut out = Vec::new();
-                    let mut it = flat.into_iter();
-                    while let (Some(h), Some(l)) = (it.next(), it.next()) {
-                        out.push((
-                            ::redis::from_redis_value(&h)?,
-                            ::redis::from_redis_value(&l)?,
-                        ));
-                    }
-                    Ok(out)
-                }
-            })
-            .await?;
+        let rows = match self.dlv_rows(&keys).await? {
+            Some(rows) => rows,
+            None => {
+                // A key of the wrong type (`dlv_claim.lua` takes such deliveries out of the
+                // pending sets): the job's other deliveries are listed, that one left out.
+                let ok = self.dlv_listable(&keys).await?;
+                let mut keep = ok.iter().copied();
+                ids.retain(|_| keep.next().unwrap_or(false));
+                let mut keep = ok.iter().copied();
+                keys.retain(|_| keep.next().unwrap_or(false));
+                self.dlv_rows(&keys)
+                    .await?
+                    .ok_or_else(|| corrupt("a key of the wrong type"))?
+            }
+        };
         // Due times (a claim's: the end of its hold) are the store's clock.
         let now = self.now().await;
         let mut out = Vec::new();

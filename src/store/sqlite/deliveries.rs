@@ -292,19 +292,24 @@ impl DeliveryStore for SqliteStore {
             claimed.delivery.created_at,
         );
         self.write(move |ctx| {
+            // Only while the claim is the caller's and its hold (`due_at`, its end) has not run
+            // out: a record made after it is refused even when no other claim took the delivery
+            // yet (its sender was paused past the hold), as on Redis (`dlv_record.lua`); the
+            // attempt shows as unknown, and the next claim attempts the delivery again.
+            let now = now_us();
             let cur: Option<(i64, String)> = rusqlite::OptionalExtension::optional(
                 ctx.conn
                     .prepare_cached(
-                        "SELECT attempts, log FROM deliveries WHERE id = ?1 AND claim = ?2",
+                        "SELECT attempts, log FROM deliveries
+                         WHERE id = ?1 AND claim = ?2 AND due_at > ?3",
                     )
                     .map_err(db_err)?
-                    .query_row(params![id, token], |r| Ok((r.get(0)?, r.get(1)?))),
+                    .query_row(params![id, token, now], |r| Ok((r.get(0)?, r.get(1)?))),
             )
             .map_err(db_err)?;
             let Some((n, log)) = cur else { return Ok(None) };
             let mut log: Vec<Attempt> = serde_json::from_str(&log).map_err(json_err)?;
             push_log(&mut log, attempt);
-            let now = now_us();
             let (state, due) = plan(created, now, outcome);
             let done: Option<Micros> = due.is_none().then_some(now);
             exec(

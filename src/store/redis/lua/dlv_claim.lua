@@ -31,13 +31,34 @@
 -- attempts kept per log, ARGV[11] most deliveries of the earlier layout moved, then pairs:
 -- endpoint id, attempts in flight. An endpoint is the URL up to its query (`endpoint_part` in
 -- src/store/deliveries.rs).
--- Returns 8 values per claimed delivery: id, job id, url, event id, event JSON, created (µs),
--- attempts so far (the lost claim's included), next due ('' = created).
+-- A key of the wrong type (an operator's mistake, another program sharing the Redis; checked with
+-- `TYPE` before it is written or read) costs its own delivery or endpoint only, and is met once:
+-- a delivery whose hash is not a hash, or whose attempt log is not a list (or whose attempt count
+-- is not a number), is taken out of the pending sets (`pend`, its endpoint's, the earlier
+-- layout's) and left as it is; an endpoint whose pending set is not a sorted set is taken out of
+-- `eps` (its deliveries stay in `pend`, counted, and are not attempted: that set listed them).
+-- Each is named in the reply (the caller logs it) and every other delivery is claimed as ever.
+-- `pend`, `eps` or `P:dlv:due` of the wrong type is shared by every delivery: the claim fails
+-- naming it, having written nothing.
+-- Returns the number of keys passed, a line per key passed ('<key> is a <type>'), then 8 values
+-- per claimed delivery: id, job id, url, event id, event JSON, created (µs), attempts so far (the
+-- lost claim's included), next due ('' = created).
 local pend, eps, old = KEYS[1], KEYS[2], KEYS[3]
 local now, hold_until, max, token, dlv_prefix, cap, ep_prefix =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local log_prefix, started, keep, move = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
-local busy, full = {}, 0
+local busy, full, passed = {}, 0, {}
+
+-- Why `key` cannot be used as a `want` ('<key> is a <type>'), nil when it can (or is missing).
+local function bad_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= want and t ~= 'none' then return key .. ' is a ' .. t end
+end
+
+for _, k in ipairs({pend, eps, old}) do
+  local b = bad_type(k, 'zset')
+  if b then return redis.error_reply('WRONGTYPE ' .. b .. ', not a sorted set') end
+end
 for i = 12, #ARGV - 1, 2 do
   local n = tonumber(ARGV[i + 1])
   busy[ARGV[i]] = n
@@ -55,37 +76,60 @@ if move > 0 then
   local o = redis.call('ZRANGE', old, 0, move - 1, 'WITHSCORES')
   for i = 1, #o, 2 do
     local n, at = o[i], o[i + 1]
-    local f = redis.call('HMGET', dlv_prefix .. n, 'u', 'st', 'c', 'due')
+    local b = bad_type(dlv_prefix .. n, 'hash')
+    local f = b and {} or redis.call('HMGET', dlv_prefix .. n, 'u', 'st', 'c', 'due')
     if f[1] and f[2] == 'pending' then
       local ep = redis.sha1hex(string.match(f[1], '^[^?]*'))
-      -- Claimed: due at the end of its hold at the earliest.
-      if f[3] and f[4] and tonumber(f[4]) and tonumber(f[4]) > tonumber(at) then at = f[4] end
-      redis.call('ZADD', pend, at, n)
-      redis.call('ZADD', ep_prefix .. ep, at, n)
-      refresh(ep)
+      b = bad_type(ep_prefix .. ep, 'zset')
+      if not b then
+        -- Claimed: due at the end of its hold at the earliest.
+        if f[3] and f[4] and tonumber(f[4]) and tonumber(f[4]) > tonumber(at) then at = f[4] end
+        redis.call('ZADD', pend, at, n)
+        redis.call('ZADD', ep_prefix .. ep, at, n)
+        refresh(ep)
+      end
     end
+    if b then passed[#passed + 1] = b end
     redis.call('ZREM', old, n)
+  end
+end
+
+-- The first endpoint due with room: past at most the endpoints at their cap, and past (taken out
+-- of `eps`) those whose pending set is of the wrong type.
+local function first_with_room()
+  while true do
+    local dropped = false
+    for _, e in ipairs(redis.call('ZRANGEBYSCORE', eps, '-inf', now, 'LIMIT', 0, full + 1)) do
+      if (busy[e] or 0) < cap then
+        local b = bad_type(ep_prefix .. e, 'zset')
+        if not b then return e end
+        passed[#passed + 1] = b
+        redis.call('ZREM', eps, e)
+        dropped = true
+      end
+    end
+    if not dropped then return nil end
   end
 end
 
 local out = {}
 local claimed = 0
 while claimed < max do
-  -- The first endpoint due with room: past at most the endpoints at their cap.
-  local ep
-  for _, e in ipairs(redis.call('ZRANGEBYSCORE', eps, '-inf', now, 'LIMIT', 0, full + 1)) do
-    if (busy[e] or 0) < cap then
-      ep = e
-      break
-    end
-  end
+  local ep = first_with_room()
   if not ep then break end
   local ek = ep_prefix .. ep
   local n = redis.call('ZRANGEBYSCORE', ek, '-inf', now, 'LIMIT', 0, 1)[1]
   if n then
     local k = dlv_prefix .. n
-    local f = redis.call('HMGET', k, 'j', 'u', 'e', 'b', 't', 'st', 'n', 'due', 'c', 'a')
-    if f[1] and f[2] and f[6] == 'pending' then
+    local b = bad_type(k, 'hash') or bad_type(log_prefix .. n, 'list')
+    local f = b and {} or redis.call('HMGET', k, 'j', 'u', 'e', 'b', 't', 'st', 'n', 'due', 'c', 'a')
+    if f[7] and not string.match(f[7], '^%d+$') then b = 'field n of ' .. k .. ' is not a number' end
+    if b then
+      -- Passed, named, and met no more.
+      passed[#passed + 1] = b
+      redis.call('ZREM', pend, n)
+      redis.call('ZREM', ek, n)
+    elseif f[1] and f[2] and f[6] == 'pending' then
       local used = (busy[ep] or 0) + 1
       busy[ep] = used
       if used >= cap then full = full + 1 end
@@ -115,4 +159,7 @@ while claimed < max do
   -- Its entry follows its first delivery (later now, or gone): the walk moves on.
   refresh(ep)
 end
-return out
+local reply = {tostring(#passed)}
+for _, b in ipairs(passed) do reply[#reply + 1] = b end
+for _, v in ipairs(out) do reply[#reply + 1] = v end
+return reply

@@ -7,12 +7,31 @@
 -- KEYS[6] `P:dlv:eps`.
 -- ARGV[1] delivery id, ARGV[2] claim token, ARGV[3] the attempt (JSON), ARGV[4] new state,
 -- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept,
--- ARGV[8] the endpoint id (its member in `P:dlv:eps`).
--- Returns 1 when recorded, 0 when the claim was lost.
+-- ARGV[8] the endpoint id (its member in `P:dlv:eps`), ARGV[9] now (µs, the store's clock, as
+-- the claim's hold was set).
+-- Returns 1 when recorded, 0 when the claim was lost: taken by another claim, or its hold ran out
+-- (the claim's `due`, its end, is not after now). A record made after its hold ran out is
+-- refused even when no other claim took the delivery yet: its attempt shows as unknown (its
+-- sender was paused past the hold), and the delivery is attempted again by the next claim, as
+-- any other claim could have done meanwhile.
+-- A key of the wrong type fails the record naming it, having written nothing (the claim then
+-- passes the delivery: `dlv_claim.lua`).
 local k, lk, pend, done_set, ek, eps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, token, attempt, state, due, ended, keep, ep =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
-if redis.call('HGET', k, 'c') ~= token then return 0 end
+local id, token, attempt, state, due, ended, keep, ep, now =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
+for i, want in ipairs({'hash', 'list', 'zset', 'zset', 'zset', 'zset'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= want and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t .. ', not a ' .. want)
+  end
+end
+local f = redis.call('HMGET', k, 'c', 'due', 'n')
+if f[1] ~= token then return 0 end
+-- The hold ran out (a claim always sets its end; one made by an older build may not).
+if f[2] and tonumber(f[2]) and tonumber(f[2]) <= tonumber(now) then return 0 end
+if f[3] and not string.match(f[3], '^%d+$') then
+  return redis.error_reply('field n of ' .. k .. ' is not a number')
+end
 redis.call('HINCRBY', k, 'n', 1)
 redis.call('HSET', k, 'st', state)
 redis.call('HDEL', k, 'c', 'a')
