@@ -332,7 +332,7 @@ impl RedisStore {
 
     /// What follows a committed write in this process: the cache, the TTL refreshed at `ttl`
     /// (when sent), the delivery generation, the notices of its status event.
-    fn committed(&self, w: &Write, ttl: Option<Instant>, handed: bool) {
+    pub(super) fn committed(&self, w: &Write, ttl: Option<Instant>, handed: bool) {
         self.remember(&w.job);
         if let Some(sent) = ttl {
             self.ttl_refreshed(&w.job.channel_id, sent);

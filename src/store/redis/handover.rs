@@ -168,9 +168,16 @@ impl RedisStore {
         let replies = match self.commit(&writes).await {
             Ok(r) => r,
             Err(e) => {
-                // The workers hear nothing came (they claim); the reservations expire and the
+                // Read back: the claims written all the same are passed over; for the others
+                // the workers hear nothing came (they claim), the reservations expire and the
                 // reaper requeues the jobs.
                 tracing::warn!(error = %e, "claiming the jobs handed over failed");
+                let back = self.read_back_claims(&writes).await.unwrap_or_default();
+                for ((taken, token, _), job) in places.into_iter().zip(back) {
+                    if let Some(job) = job {
+                        self.pass(taken, job, token).await;
+                    }
+                }
                 return;
             }
         };
