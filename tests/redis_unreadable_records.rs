@@ -262,3 +262,34 @@ async fn unreadable_due_jobs_do_not_hold_back_the_readable_ones_behind_them() {
     assert_eq!(s.promote_due(2).await.expect("promote"), 2);
     assert_eq!(s.promote_due(2).await.expect("promote"), 1);
 }
+
+/// A job whose version (`v`) is not a number (written by hand) is a corrupt record: a write to
+/// it says so at once, and changes nothing. Before, every write reloaded and applied again, a
+/// hundred times, and failed as `gave up after 100 conflicting writes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_job_whose_version_is_not_a_number_reports_a_corrupt_record() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let j = submit(&s, Job::new("t", "r", now_us())).await;
+    let got = s.claim("r", "w", 1, LEASE).await.expect("claim");
+    assert_eq!(ids(&got), vec![j.id]);
+    let mut c = raw_conn(&r).await;
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{}:job:{}", r.prefix, j.id))
+        .arg("v")
+        .arg("notanumber")
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+    let e = s
+        .apply(j.id, runyard::job::Command::Cancel)
+        .await
+        .expect_err("a write to it fails");
+    let e = e.to_string();
+    assert!(
+        e.contains("corrupt record") && e.contains(&j.id.to_string()) && e.contains("not a number"),
+        "{e}"
+    );
+    let now = s.get(j.id).await.expect("get").expect("stored");
+    assert_eq!(now.status, JobStatus::Starting, "nothing changed");
+}

@@ -542,9 +542,14 @@ async fn check_target(
             let Some(name) = param("name") else {
                 return Ok(());
             };
-            match store.schedule(&name).await? {
-                Some(s) => super::target::schedule(grant, &s),
-                None => Ok(()),
+            match store.schedule(&name).await {
+                Ok(Some(s)) => super::target::schedule(grant, &s),
+                Ok(None) => Ok(()),
+                // Its record does not read: the handler answers (and deletes it).
+                Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                    super::target::unreadable_schedule(grant)
+                }
+                Err(e) => Err(e.into()),
             }
         }
     }

@@ -54,6 +54,19 @@ pub fn hidden_job(grant: &Grant, job: &Job) -> Result<(), Refusal> {
     Err(Refusal::NotFound("job not found".into()))
 }
 
+/// For a schedule whose record does not read (its job's type and channel are not known): only a
+/// grant confined to no types or channels may act on it (delete it), or 403.
+pub fn unreadable_schedule(grant: &Grant) -> Result<(), Refusal> {
+    if !grant.is_confined() {
+        return Ok(());
+    }
+    Err(Refusal::Forbidden(format!(
+        "{} is confined to some job types or channels, and the record of the schedule this \
+         path names does not read: whether it is within them is not known",
+        grant.who
+    )))
+}
+
 /// The schedule `s` (its template's type and channel) is within `grant`, or 403.
 pub fn schedule(grant: &Grant, s: &Schedule) -> Result<(), Refusal> {
     if !grant.is_confined() {

@@ -87,6 +87,9 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
             Ok(names) => {
                 for name in names {
                     if let Err(e) = f.tick(&name, busy).await {
+                        if super::unreadable::set_aside(&*f.store, &name, &e).await {
+                            continue;
+                        }
                         trouble = true;
                         tracing::warn!(schedule = %name, error = %e, "schedule not handled; retrying");
                     }

@@ -21,6 +21,7 @@
 pub mod cron;
 pub mod fields;
 pub mod firing;
+pub mod unreadable;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! each is accepted once. A capability of the store like the others, so that the API never names
 //! a backend: the embedded store remembers in its database (one API process per data dir, and
 //! the memory outlives it: a restart does not forget), Redis for every API node sharing it
-//! (`SET NX PX`).
+//! (`SET NX GET PX` of a nonce, `redis/replay.rs`).
 
 use async_trait::async_trait;
 

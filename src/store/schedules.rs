@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Result;
+use super::{Result, StoreError};
 use crate::job::{Job, Micros};
 
 /// A pending fire that its deciding process has not confirmed after this long is submitted by
@@ -35,6 +35,69 @@ pub trait ScheduleStore: Send + Sync {
     async fn schedule_cas(&self, s: &Schedule, expected: Option<u64>) -> Result<bool>;
     /// Deletes `name` if its stored version is `expected`; false otherwise.
     async fn schedule_delete(&self, name: &str, expected: u64) -> Result<bool>;
+    /// Does `what` to the schedule `name` if its record is one this build cannot read (it is
+    /// read again, and changed only if it is still the one read): true when done; false when
+    /// the record reads (it was fixed, or the caller's error was another), or is gone.
+    async fn schedule_unreadable(&self, name: &str, what: Unreadable) -> Result<bool>;
+}
+
+/// What [`ScheduleStore::schedule_unreadable`] does to a schedule whose record does not read
+/// (written by hand, by a bug): it cannot be read to be deleted or planned like the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Delete it (the record and its places in the indexes).
+    Delete,
+    /// Move its wake time to this (µs), so that the fire loop meets it again only then.
+    WakeAt(Micros),
+}
+
+/// The error for the unreadable record of schedule `name` (a "corrupt record", as a job's).
+pub(crate) fn corrupt(name: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("corrupt record: schedule {name:?}: {e}"))
+}
+
+/// How long after logging an unreadable schedule at ERROR the same schedule is logged at DEBUG.
+const UNREADABLE_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How many schedules [`log_unreadable`] remembers when it last logged (beyond: at DEBUG).
+const UNREADABLE_REMEMBERED: usize = 1024;
+
+/// Logs that this build cannot read schedule `name`'s record, met by `what` (a listing, the
+/// fire loop): at ERROR the first time and again once a minute has passed, at DEBUG in between,
+/// so that a listing read often or many processes do not flood the log.
+pub(crate) fn log_unreadable(name: &str, what: &str, error: &dyn std::fmt::Display) {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static LOG: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let now = Instant::now();
+    let loud = {
+        let mut logged = LOG
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let quiet = |at: &Instant| now.duration_since(*at) < UNREADABLE_QUIET;
+        if logged.get(name).is_some_and(quiet) {
+            false
+        } else {
+            if logged.len() >= UNREADABLE_REMEMBERED {
+                logged.retain(|_, at| quiet(at));
+            }
+            let room = logged.len() < UNREADABLE_REMEMBERED || logged.contains_key(name);
+            if room {
+                logged.insert(name.to_owned(), now);
+            }
+            room
+        }
+    };
+    if loud {
+        tracing::error!(schedule = %name, error = %error, met_by = what,
+            "unreadable schedule record left out (logged again in a minute if still there; \
+             DELETE /async/schedules/{{name}} removes it)");
+    } else {
+        tracing::debug!(schedule = %name, error = %error, met_by = what,
+            "unreadable schedule record left out");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

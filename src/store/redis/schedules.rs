@@ -1,6 +1,8 @@
 //! [`ScheduleStore`] for Redis: `P:schedule:{name}` hash (`v` version, `b` the record as JSON),
 //! `P:sched:wake` sorted set of names by wake time (µs), `P:sched:names` every name. Every write
-//! is `lua/schedule_cas.lua`, a compare-and-set on `v` that keeps both sets in step.
+//! is `lua/schedule_cas.lua`, a compare-and-set on `v` that keeps both sets in step, but for a
+//! record this build cannot read: `lua/schedule_unreadable.lua` deletes it, or moves its wake
+//! time, if its `v` is still the one read.
 
 use std::sync::LazyLock;
 
@@ -9,10 +11,12 @@ use async_trait::async_trait;
 
 use super::{json_err, RedisStore};
 use crate::job::Micros;
-use crate::store::schedules::Schedule;
+use crate::store::schedules::{corrupt, log_unreadable, Schedule, Unreadable};
 use crate::store::{Result, ScheduleStore, StoreError};
 
 static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/schedule_cas.lua")));
+static UNREADABLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/schedule_unreadable.lua")));
 
 impl RedisStore {
     fn schedule_key(&self, name: &str) -> String {
@@ -44,12 +48,11 @@ impl RedisStore {
     }
 }
 
-fn parse(body: &str) -> Result<Schedule> {
+fn parse(name: &str, body: &str) -> Result<Schedule> {
     if let Some(e) = body.strip_prefix(super::records::WRONG) {
-        let e = format!("corrupt record: the schedule's key is not a hash ({e})");
-        return Err(StoreError::Backend(e));
+        return Err(corrupt(name, format!("its key is not a hash ({e})")));
     }
-    serde_json::from_str(body).map_err(json_err)
+    serde_json::from_str(body).map_err(|e| corrupt(name, e))
 }
 
 #[async_trait]
@@ -57,7 +60,7 @@ impl ScheduleStore for RedisStore {
     async fn schedule(&self, name: &str) -> Result<Option<Schedule>> {
         let key = self.schedule_key(name);
         let body = self.body(&key).await?;
-        body.as_deref().map(parse).transpose()
+        body.as_deref().map(|b| parse(name, b)).transpose()
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {
@@ -67,8 +70,17 @@ impl ScheduleStore for RedisStore {
         }
         let keys: Vec<String> = names.iter().map(|n| self.schedule_key(n)).collect();
         let bodies = self.bodies(&keys).await?;
-        // A schedule deleted between the two reads is simply not listed.
-        bodies.iter().flatten().map(|b| parse(b)).collect()
+        // A schedule deleted between the two reads is simply not listed; one that does not
+        // read is left out, logged.
+        let mut all = Vec::with_capacity(names.len());
+        for (name, body) in names.iter().zip(&bodies) {
+            match body.as_deref().map(|b| parse(name, b)) {
+                Some(Ok(s)) => all.push(s),
+                Some(Err(e)) => log_unreadable(name, "the schedule list", &e),
+                None => {}
+            }
+        }
+        Ok(all)
     }
 
     async fn schedules_due(&self, now: Micros, max: usize) -> Result<Vec<String>> {
@@ -92,5 +104,32 @@ impl ScheduleStore for RedisStore {
     async fn schedule_delete(&self, name: &str, expected: u64) -> Result<bool> {
         self.schedule_script(name, Some(expected), 0, String::new(), None)
             .await
+    }
+
+    async fn schedule_unreadable(&self, name: &str, what: Unreadable) -> Result<bool> {
+        let key = self.schedule_key(name);
+        let Some(body) = self.body(&key).await? else {
+            return Ok(false);
+        };
+        if parse(name, &body).is_ok() {
+            return Ok(false);
+        }
+        let version: Option<String> = if body.starts_with(super::records::WRONG) {
+            None
+        } else {
+            self.exec(true, |mut c| {
+                let cmd = ::redis::cmd("HGET").arg(&key).arg("v").clone();
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?
+        };
+        let keys = [key, self.key("sched:wake"), self.key("sched:names")];
+        let wake = match what {
+            Unreadable::Delete => String::new(),
+            Unreadable::WakeAt(t) => t.to_string(),
+        };
+        let args = [version.unwrap_or_default(), name.to_string(), wake];
+        let n: i64 = self.run_script(&UNREADABLE, &keys, &args).await?;
+        Ok(n == 1)
     }
 }

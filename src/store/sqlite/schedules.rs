@@ -1,14 +1,16 @@
 //! [`ScheduleStore`] for the embedded backend: table `schedules`, one row per schedule with its
 //! version and wake time as columns and the record as JSON. The compare-and-set is one `UPDATE ...
 //! WHERE version = ?` on the writer thread (a child module of `sqlite`, reusing its writer and
-//! reader pool).
+//! reader pool). A row whose record does not read is left out of the list, logged, and can be
+//! deleted or set aside ([`ScheduleStore::schedule_unreadable`]).
 
 use async_trait::async_trait;
 use rusqlite::params;
+use rusqlite::types::ValueRef;
 
 use super::{exec, json_err, row_opt, rows, SqliteStore};
 use crate::job::Micros;
-use crate::store::schedules::Schedule;
+use crate::store::schedules::{corrupt, log_unreadable, Schedule, Unreadable};
 use crate::store::{Result, ScheduleStore};
 
 /// The table, created at open.
@@ -22,8 +24,16 @@ CREATE TABLE IF NOT EXISTS schedules (
 CREATE INDEX IF NOT EXISTS schedules_wake ON schedules(wake_at) WHERE wake_at IS NOT NULL;
 "#;
 
-fn parse(body: &str) -> Result<Schedule> {
-    serde_json::from_str(body).map_err(json_err)
+fn parse(name: &str, body: &str) -> Result<Schedule> {
+    serde_json::from_str(body).map_err(|e| corrupt(name, e))
+}
+
+/// The `body` column as text (a value of another type, written by hand, reads as such).
+fn body_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        other => format!("<a value of type {}>", other.data_type()),
+    })
 }
 
 #[async_trait]
@@ -34,21 +44,31 @@ impl ScheduleStore for SqliteStore {
             let body: Option<String> = row_opt(
                 c,
                 "SELECT body FROM schedules WHERE name = ?1",
-                [name],
-                |r| r.get(0),
+                [&name],
+                |r| body_text(r, 0),
             )?;
-            body.as_deref().map(parse).transpose()
+            body.as_deref().map(|b| parse(&name, b)).transpose()
         })
         .await
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {
         self.read(|c| {
-            let bodies: Vec<String> =
-                rows(c, "SELECT body FROM schedules ORDER BY name", [], |r| {
-                    r.get(0)
-                })?;
-            bodies.iter().map(|b| parse(b)).collect()
+            let bodies: Vec<(String, String)> = rows(
+                c,
+                "SELECT name, body FROM schedules ORDER BY name",
+                [],
+                |r| Ok((r.get(0)?, body_text(r, 1)?)),
+            )?;
+            // One that does not read is left out, logged.
+            let mut all = Vec::with_capacity(bodies.len());
+            for (name, body) in &bodies {
+                match parse(name, body) {
+                    Ok(s) => all.push(s),
+                    Err(e) => log_unreadable(name, "the schedule list", &e),
+                }
+            }
+            Ok(all)
         })
         .await
     }
@@ -86,6 +106,36 @@ impl ScheduleStore for SqliteStore {
                     "UPDATE schedules SET version = ?2, wake_at = ?3, body = ?4
                          WHERE name = ?1 AND version = ?5",
                     params![name, version, wake, body, v as i64],
+                )?,
+            };
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn schedule_unreadable(&self, name: &str, what: Unreadable) -> Result<bool> {
+        let name = name.to_string();
+        self.write(move |ctx| {
+            let body: Option<String> = row_opt(
+                ctx.conn,
+                "SELECT body FROM schedules WHERE name = ?1",
+                [&name],
+                |r| body_text(r, 0),
+            )?;
+            match body {
+                Some(b) if parse(&name, &b).is_err() => {}
+                _ => return Ok(false),
+            }
+            let n = match what {
+                Unreadable::Delete => exec(
+                    ctx.conn,
+                    "DELETE FROM schedules WHERE name = ?1",
+                    params![name],
+                )?,
+                Unreadable::WakeAt(t) => exec(
+                    ctx.conn,
+                    "UPDATE schedules SET wake_at = ?2 WHERE name = ?1",
+                    params![name, t],
                 )?,
             };
             Ok(n == 1)

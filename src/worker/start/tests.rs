@@ -163,6 +163,7 @@ forward! {
         schedules_next_wake() -> Option<Micros>;
         schedule_cas(s: &Schedule, expected: Option<u64>) -> bool;
         schedule_delete(name: &str, expected: u64) -> bool;
+        schedule_unreadable(name: &str, what: crate::store::schedules::Unreadable) -> bool;
     }
     SignalStore {
         signal_append(key: &str, id: Option<String>, payload: Option<Value>, at: Micros)

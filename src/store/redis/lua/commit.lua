@@ -74,8 +74,8 @@
 --   when the job was handed over to a parked worker, see `hand`), 'CONFLICT'
 --   (version changed: reload and apply again), 'GONE' (the job no longer exists), 'EXISTS' (a
 --   submit whose id is already stored: a retried submit), 'IDEM:<job id>' (a submit whose
---   idempotency key is taken), 'ERR:<error>' (a key of the write of the wrong type: nothing of
---   it was written), 'PART:<error>' (a key of the wrong type met after the job's hash and index
+--   idempotency key is taken), 'ERR:<error>' (a key of the write of the wrong type, or the job's
+--   `v` not a number: nothing of it was written), 'PART:<error>' (a key of the wrong type met after the job's hash and index
 --   entries were written: the job is stored, what that key was for is missing, e.g. its event in
 --   the channel's stream).
 local SHARED = {
@@ -531,7 +531,14 @@ local function commit_one(w)
     old = false
   else
     if not cur[1] then return 'GONE' end
-    if cur[1] ~= w.v then return 'CONFLICT' end
+    if cur[1] ~= w.v then
+      -- A version that is not a number (written by hand) never matches: reloading and applying
+      -- again would only meet it again, so it is reported as the corrupt record it is.
+      if not string.match(cur[1], '^%d+$') then
+        return 'ERR:corrupt record: job ' .. id .. ': its version (`v`) is not a number'
+      end
+      return 'CONFLICT'
+    end
   end
   w.wrote = true
   redis.call('HSET', K.job, 'v', w.nv, 's', w.st, 'r', w.r, 'q', w.q, 'c', w.c, 'b', w.b, 't', w.t)

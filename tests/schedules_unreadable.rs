@@ -1,0 +1,300 @@
+//! A cron schedule whose record does not read (written by hand, by a bug), on each store: the
+//! list leaves it out (the others are listed), reading it answers an error naming it, `DELETE`
+//! removes it (its record and its places in the indexes), and the fire loop sets it aside for a
+//! minute (its wake time moved ahead) instead of failing on it every second, while the other
+//! schedules keep firing. Before, one such record made `GET /async/schedules` answer 500, could
+//! not be deleted through the API, and every process logged it every second.
+
+mod redis_support;
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use redis_support::TestRedis;
+use runyard::auth::tokens::token_sha256;
+use support::{error_of, TestServer, WAIT};
+
+const MASTER_KEY: &str = "unreadable-schedules-master-key-0123456789";
+
+const RUNNERS: &str = r#"
+[[runners]]
+name = "svc"
+kind = "service"
+types = ["runyard.*"]
+concurrency = 16
+"#;
+
+/// What the record of a schedule is overwritten with (the probe's).
+const BROKEN: &str = r#"{"name":broken"#;
+
+enum Backend {
+    Embedded,
+    Redis(TestRedis),
+}
+
+impl Backend {
+    async fn server(&self) -> TestServer {
+        let config = match self {
+            Backend::Embedded => String::new(),
+            Backend::Redis(r) => r.server_config(MASTER_KEY),
+        };
+        TestServer::builder(RUNNERS).config(&config).start().await
+    }
+
+    fn db(ts: &TestServer) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(ts.data_dir().join("runyard.db")).expect("open db");
+        c.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        c
+    }
+
+    /// Overwrites the stored record of schedule `name` with text no build reads.
+    fn spoil(&self, ts: &TestServer, name: &str) {
+        match self {
+            Backend::Embedded => {
+                let n = Self::db(ts)
+                    .execute(
+                        "UPDATE schedules SET body = ?2 WHERE name = ?1",
+                        [name, BROKEN],
+                    )
+                    .expect("update");
+                assert_eq!(n, 1);
+            }
+            Backend::Redis(r) => {
+                let key = format!("{}:schedule:{name}", r.prefix);
+                let out = r.cli(&["HSET", &key, "b", BROKEN]);
+                assert_eq!(out.trim(), "0", "overwrote the record: {out}");
+            }
+        }
+    }
+
+    /// What is left of schedule `name` in the store: its record, and its entries in the
+    /// indexes (Redis: wake and names; embedded: one row holds all).
+    fn traces(&self, ts: &TestServer, name: &str) -> Vec<String> {
+        match self {
+            Backend::Embedded => {
+                let n: i64 = Self::db(ts)
+                    .query_row(
+                        "SELECT COUNT(*) FROM schedules WHERE name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .expect("count");
+                (0..n).map(|_| "row".to_string()).collect()
+            }
+            Backend::Redis(r) => {
+                let p = &r.prefix;
+                let mut left = Vec::new();
+                if r.cli(&["EXISTS", &format!("{p}:schedule:{name}")]).trim() != "0" {
+                    left.push("record".into());
+                }
+                for idx in ["sched:wake", "sched:names"] {
+                    let score = r.cli(&["ZSCORE", &format!("{p}:{idx}"), name]);
+                    if !score.trim().is_empty() {
+                        left.push(idx.to_string());
+                    }
+                }
+                left
+            }
+        }
+    }
+
+    /// The wake time (µs) of schedule `name` in the store's index.
+    fn wake(&self, ts: &TestServer, name: &str) -> Option<i64> {
+        match self {
+            Backend::Embedded => Self::db(ts)
+                .query_row(
+                    "SELECT wake_at FROM schedules WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .expect("wake_at"),
+            Backend::Redis(r) => {
+                let key = format!("{}:sched:wake", r.prefix);
+                r.cli(&["ZSCORE", &key, name])
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .map(|s| s as i64)
+            }
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+async fn create(ts: &TestServer, name: &str, cron: &str) {
+    let body = json!({
+        "name": name,
+        "cron": cron,
+        "timezone": "UTC",
+        "job": {"type": "runyard.noop"},
+        "misfire": "skip",
+    });
+    let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+}
+
+async fn send(ts: &TestServer, method: Method, path: &str) -> (StatusCode, Value) {
+    let res = ts
+        .client
+        .request(method, ts.at(path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let st = res.status();
+    let text = res.text().await.unwrap_or_default();
+    (
+        st,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn listed(ts: &TestServer) -> Vec<String> {
+    let (st, v) = ts.get("/async/schedules").await;
+    assert_eq!(st, StatusCode::OK, "the list answers: {v}");
+    let mut names: Vec<String> = v["schedules"]
+        .as_array()
+        .expect("schedules")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn jobs_of(ts: &TestServer, name: &str) -> usize {
+    let (st, v) = ts.get("/async/jobs?limit=500").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+    jobs.iter().filter(|j| j["schedule"] == name).count()
+}
+
+async fn unreadable_schedule_suite(b: Backend) {
+    let ts = b.server().await;
+    create(&ts, "s-good", "0 0 1 1 *").await;
+    create(&ts, "s-bad", "0 0 1 1 *").await;
+    b.spoil(&ts, "s-bad");
+
+    // Listed: the readable one; the unreadable one is left out.
+    assert_eq!(listed(&ts).await, vec!["s-good"]);
+    // Read alone: an error that names it.
+    let (st, v) = ts.get("/async/schedules/s-bad").await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    let (_, message) = error_of(&v);
+    assert!(
+        message.contains("corrupt record") && message.contains("s-bad"),
+        "{message}"
+    );
+    // Deleted through the API: every trace of it gone, the other one untouched.
+    let (st, v) = send(&ts, Method::DELETE, "/async/schedules/s-bad").await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(b.traces(&ts, "s-bad"), Vec::<String>::new());
+    let (st, v) = ts.get("/async/schedules/s-bad").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    let (st, v) = send(&ts, Method::DELETE, "/async/schedules/s-bad").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(listed(&ts).await, vec!["s-good"]);
+    assert_eq!(
+        b.traces(&ts, "s-good").len(),
+        if matches!(b, Backend::Embedded) { 1 } else { 3 }
+    );
+
+    // Due every second: set aside for a minute when met, while another one keeps firing.
+    create(&ts, "tick-bad", "* * * * * *").await;
+    create(&ts, "tick-good", "* * * * * *").await;
+    b.spoil(&ts, "tick-bad");
+    let spoiled = now_us();
+    let start = Instant::now();
+    let aside = loop {
+        match b.wake(&ts, "tick-bad") {
+            Some(w) if w > spoiled + 30_000_000 => break w,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the unreadable schedule not set aside"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(aside <= now_us() + 61_000_000, "set aside for a minute");
+    let before = jobs_of(&ts, "tick-good").await;
+    let start = Instant::now();
+    while jobs_of(&ts, "tick-good").await < before + 2 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the readable schedule stopped firing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        b.wake(&ts, "tick-bad"),
+        Some(aside),
+        "met again only after its minute"
+    );
+    let (st, v) = send(&ts, Method::DELETE, "/async/schedules/tick-bad").await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(listed(&ts).await, vec!["s-good", "tick-good"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_schedule_is_left_out_named_deleted_and_set_aside_embedded() {
+    unreadable_schedule_suite(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_schedule_is_left_out_named_deleted_and_set_aside_redis() {
+    unreadable_schedule_suite(Backend::Redis(TestRedis::start())).await;
+}
+
+/// A credential confined to job types or channels cannot tell whether an unreadable schedule is
+/// within them: its `DELETE` is refused (403) and leaves it; an unconfined one deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_unconfined_credential_deletes_an_unreadable_schedule() {
+    let (admin, confined) = ("ry_unreadable_admin", "ry_unreadable_confined");
+    let auth = format!(
+        "[auth]\n\
+         [[auth.tokens]]\nname = \"admin\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n\
+         [[auth.tokens]]\nname = \"confined\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n\
+         types = [\"runyard.*\"]\n",
+        token_sha256(admin),
+        token_sha256(confined)
+    );
+    let ts = TestServer::builder(RUNNERS).config(&auth).start().await;
+    let b = Backend::Embedded;
+    let call = |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let mut r = ts.client.request(method, ts.at(path)).bearer_auth(token);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        async move {
+            let res = r.send().await.expect("send");
+            let st = res.status();
+            (st, res.text().await.unwrap_or_default())
+        }
+    };
+    let body = json!({"name": "s-bad", "cron": "0 0 1 1 *", "job": {"type": "runyard.noop"}});
+    let (st, text) = call(Method::POST, "/async/schedules", admin, Some(body)).await;
+    assert_eq!(st, StatusCode::CREATED, "{text}");
+    b.spoil(&ts, "s-bad");
+
+    let (st, text) = call(Method::DELETE, "/async/schedules/s-bad", confined, None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("does not read"), "{text}");
+    assert_eq!(
+        b.traces(&ts, "s-bad"),
+        vec!["row"],
+        "the refusal changed nothing"
+    );
+    let (st, text) = call(Method::DELETE, "/async/schedules/s-bad", admin, None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{text}");
+    assert_eq!(b.traces(&ts, "s-bad"), Vec::<String>::new());
+}
