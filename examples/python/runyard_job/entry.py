@@ -78,10 +78,13 @@ def _failed(job: JobClient, exc: Exception, message: str, window: Optional[float
         # The job already reported, or its time ran out: no report is taken any more.
         print(f"runyard_job: the job can no longer report, not reporting the error: {exc}", file=sys.stderr)
         sys.exit(1)
+    kept = job.report_window
     if window is not None:
-        job.report_window = window  # the process's last report: it exits right after
+        job.report_window = window
     try:
         job.fail(message, retry=not permanent(exc))
     except Exception as report_error:
         print(f"runyard_job: could not report the error: {report_error}", file=sys.stderr)
+    finally:
+        job.report_window = kept  # a client passed to run() is the caller's
     sys.exit(1)
