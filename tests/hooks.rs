@@ -2967,3 +2967,170 @@ async fn launch_forwards_many_long_lines_in_reports_the_hook_takes() {
     assert!(got[1199].starts_with("1199 "), "in order");
     srv.finish().await;
 }
+
+/// The header `name` of signed `headers`.
+fn header<'a>(headers: &'a Headers, name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+/// Writes the signature of `headers` into the embedded store's replay memory (table `replay`) as
+/// the server does before it applies a report: the state a node that died between the two, or
+/// whose apply failed with its answer lost, leaves.
+fn remember_without_applying(srv: &Srv, headers: &Headers) {
+    use sha2::{Digest, Sha256};
+    let key = format!(
+        "{}\n{}\n{}",
+        header(headers, "x-job-id").to_ascii_lowercase(),
+        header(headers, "x-job-time"),
+        header(headers, "x-job-hash").to_ascii_lowercase()
+    );
+    let db = rusqlite::Connection::open(srv.data_dir().join("runyard.db")).expect("open db");
+    db.busy_timeout(WAIT).expect("busy timeout");
+    db.execute(
+        "INSERT INTO replay (key, expires) VALUES (?1, ?2)",
+        rusqlite::params![Sha256::digest(key.as_bytes()).to_vec(), now_ms() + 300_000],
+    )
+    .expect("remember");
+}
+
+/// A final report whose signature the server remembered but whose report it never applied (its
+/// node died between the two, or the apply failed and the job never got the 503), sent again
+/// as it was by the job's client (it had no answer), is not a plain `401 replay`, which the
+/// client counts as taken (the job's result lost without a word): it is `503 replay_unapplied`,
+/// nothing applied, and the report signed again lands, once. A replay of a report that did land,
+/// or of one without a final status, stays `401 replay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_report_remembered_but_not_applied_is_signed_again_not_lost() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.unapplied"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let st = "/async/status";
+    let lines = serde_json::to_vec(&json!({"logs": ["a line"]})).unwrap();
+    let h = sign(&a, &sa, SigVersion::V2, "POST", st, &lines);
+    remember_without_applying(&srv, &h);
+    let before = srv.snap(&a).await;
+    let label = "a log report remembered, not applied";
+    srv.refused(
+        &a,
+        &before,
+        label,
+        "POST",
+        st,
+        &h,
+        &lines,
+        401,
+        Some("replay"),
+    )
+    .await;
+
+    let body = json!({"status": "SUCCESS", "results": {"n": 7}, "logs": ["done"]});
+    let body = serde_json::to_vec(&body).unwrap();
+    // v1 signs only the time: its replay says nothing of the body it carries.
+    let h = sign(&a, &sa, SigVersion::V1, "POST", st, &body);
+    remember_without_applying(&srv, &h);
+    let label = "SUCCESS signed with v1 remembered, not applied";
+    srv.refused(
+        &a,
+        &before,
+        label,
+        "POST",
+        st,
+        &h,
+        &body,
+        401,
+        Some("replay"),
+    )
+    .await;
+    let h = sign(&a, &sa, SigVersion::V2, "POST", st, &body);
+    remember_without_applying(&srv, &h);
+    let label = "SUCCESS remembered, not applied";
+    let r = srv
+        .refused(&a, &before, label, "POST", st, &h, &body, 503, None)
+        .await;
+    assert_eq!(r.code(), "replay_unapplied", "{}", r.describe());
+    // Signed again: taken, once.
+    let fresh = sign(&a, &sa, SigVersion::V2, "POST", st, &body);
+    let r = srv.hook("POST", st, &fresh, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["reported"], "SUCCESS", "{}", r.describe());
+    // Now that it landed, both sends of it are plain replays.
+    let landed = srv.snap(&a).await;
+    for (label, h) in [("the first send", &h), ("the fresh one", &fresh)] {
+        srv.refused(
+            &a,
+            &landed,
+            label,
+            "POST",
+            st,
+            h,
+            &body,
+            401,
+            Some("replay"),
+        )
+        .await;
+    }
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    assert_eq!(j["result"], json!({"n": 7}), "{j:#}");
+    let logs = srv.logs_with(&a, "done").await;
+    assert_eq!(logs.iter().filter(|l| *l == "done").count(), 1, "{logs:?}");
+    srv.finish().await;
+}
+
+/// A report refused because the job reported already says what it reported
+/// (`error.reported`), before and after the job's end is committed: a client whose earlier try
+/// was applied although its answer was the server's 5xx can tell its report is the one there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_after_the_jobs_own_says_what_it_reported() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.reported"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let fail = json!({"status": "ERROR", "errorMessage": "boom", "retry": false});
+    let r = srv.report(&a, &sa, fail.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = srv.report(&a, &sa, fail.clone()).await;
+    assert_eq!(r.status, 409, "{}", r.describe());
+    assert_eq!(r.code(), "illegal_transition", "{}", r.describe());
+    assert_eq!(r.json["error"]["reported"], "ERROR", "{}", r.describe());
+    assert_eq!(srv.wait_terminal(&a).await["status"], "ERROR");
+    let r = srv.report(&a, &sa, fail).await;
+    assert_eq!(r.status, 409, "{}", r.describe());
+    assert_eq!(r.json["error"]["reported"], "ERROR", "{}", r.describe());
+    srv.finish().await;
+}
+
+/// Lines then a final status, sent while the hook is down for the first reports: the reports
+/// with lines only stop after 3 failures in a row, and the one with the status still goes (its
+/// report window), with the note of the lines lost as its only line; before, it was never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_client_sends_the_status_after_its_log_reports_failed() {
+    let (hook, bodies) = fake_hook(|i| if i < 3 { 503 } else { 200 }).await;
+    let client = JobClient::new("j1", Secret::from_string("k".into()), &hook).unwrap();
+    let done = runyard_hooks::wire::StatusReport {
+        status: Some("SUCCESS".into()),
+        results: Some(json!({"n": 1})),
+        ..Default::default()
+    };
+    let e = client
+        .report_with_logs(done, more_lines(5000))
+        .await
+        .expect_err("lines lost");
+    assert!(
+        matches!(e, ClientError::LinesLost { lost: 5000, .. }),
+        "{e}"
+    );
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 4, "3 reports with lines, then the status");
+    assert_eq!(got[3]["status"], "SUCCESS");
+    assert_eq!(got[3]["results"], json!({"n": 1}));
+    let note = got[3]["logs"][0].as_str().unwrap();
+    assert!(
+        note.starts_with("[runyard] 5000 line(s) lost here"),
+        "{note}"
+    );
+    assert_eq!(got[3]["logs"].as_array().unwrap().len(), 1);
+}

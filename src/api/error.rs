@@ -28,6 +28,8 @@ pub struct ApiError {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// A submit the store did not confirm: the id its job has if it was stored all the same.
     job_id: Option<uuid::Uuid>,
+    /// A hook report refused (409): what the job reported (`error.reported`).
+    reported: Option<crate::job::JobStatus>,
 }
 
 impl ApiError {
@@ -39,6 +41,7 @@ impl ApiError {
             message: message.into(),
             headers: Vec::new(),
             job_id: None,
+            reported: None,
         }
     }
 
@@ -87,6 +90,20 @@ impl ApiError {
         } else {
             self
         }
+    }
+
+    /// The same error saying what the job reported (`error.reported`: `SUCCESS`, `ERROR`,
+    /// `TIMEOUT`), when it did: a hook report refused because the job reported already.
+    #[must_use]
+    pub fn with_reported(mut self, reported: Option<crate::job::JobStatus>) -> Self {
+        self.reported = reported;
+        self
+    }
+
+    /// 503 `replay_unapplied`: a job's report re-sent as it was, whose first send was accepted
+    /// but not applied (`api/hook_replay.rs`): the job signs it again.
+    pub fn replay_unapplied(message: impl Into<String>) -> Self {
+        Self::unavailable("replay_unapplied", message)
     }
 
     /// 413 `too_large`.
@@ -225,6 +242,9 @@ impl IntoResponse for ApiError {
         if let Some(id) = self.job_id {
             error["job_id"] = json!(id);
         }
+        if let Some(reported) = self.reported {
+            error["reported"] = json!(reported);
+        }
         let mut res = (self.status, Json(json!({ "error": error }))).into_response();
         for (name, value) in self.headers {
             res.headers_mut().append(name, value);
@@ -234,9 +254,15 @@ impl IntoResponse for ApiError {
 }
 
 /// The 503 codes of expected operation: the server sheds or defers work on purpose (a stream cap,
-/// a schedule that keeps changing, a request past `api.request_timeout`). Logged at WARN: an
+/// a schedule that keeps changing, a request past `api.request_timeout`, a job's report to sign
+/// again). Logged at WARN: an
 /// operator should see load, but nothing failed.
-const SHED: &[&str] = &["too_many_streams", "busy", "request_timeout"];
+const SHED: &[&str] = &[
+    "too_many_streams",
+    "busy",
+    "request_timeout",
+    "replay_unapplied",
+];
 
 impl ApiError {
     /// Logs a server-side error answer (`what`: "request failed"), at the level of what it

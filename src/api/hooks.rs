@@ -11,7 +11,7 @@ use base64::Engine;
 use runyard_hooks::wire::{
     DownloadResponse, FileMeta, JobSelf, StatusReport, UploadRequest, UploadResponse,
 };
-use runyard_hooks::{HookHeaders, VerifyError};
+use runyard_hooks::{HookHeaders, SigVersion, VerifyError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -42,6 +42,22 @@ pub async fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Job> {
+    match verify(st, method, uri, headers, body).await? {
+        (job, true, _) => Ok(job),
+        (_, false, _) => Err(VerifyError::Replay.into()),
+    }
+}
+
+/// Checks a hook call's signature and remembers it: the job it is for, whether this is the
+/// first time the signature is seen (false: a replay), and whether it covers the request's
+/// method, path and body (v2; v1 signs only the time).
+async fn verify(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<(Job, bool, bool)> {
     let mut hh = HookHeaders::from_headers(headers)?;
     let id = Uuid::parse_str(&hh.job_id)
         .map_err(|_| ApiError::unauthorized_as("invalid_header", "X-Job-Id is not a job id"))?;
@@ -72,11 +88,7 @@ pub async fn authenticate(
         .remember_once(&checked.replay_key, checked.expires_at_ms, now)
         .await
         .map_err(|e| ApiError::from(VerifyError::ReplayUnavailable(e)))?;
-    if first {
-        Ok(job)
-    } else {
-        Err(VerifyError::Replay.into())
-    }
+    Ok((job, first, hh.version == SigVersion::V2))
 }
 
 fn require_active(job: &Job, what: &str) -> ApiResult<()> {
@@ -106,15 +118,24 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
     responses(
         (status = 200, description = "The job after the report", body = super::openapi::schemas::StatusAnswer),
         (status = 400, description = "`bad_json`: malformed JSON", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already)", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already: `error.reported` says what it reported, `SUCCESS`, `ERROR` or `TIMEOUT`)", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: more than 1000 entries in `logs`, or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a bad `status`", body = super::openapi::schemas::ErrorBody),
+        (status = 503, description = "`replay_unapplied`: a report with `SUCCESS` or `ERROR` signed with v2 sent again as it was (after no answer), accepted before but not applied (the job is active and has not reported; otherwise a replay is `401 replay`): sign it again; `replay_unavailable`: the replay memory (the store) cannot be reached; `unavailable`: the store failed; sign again", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
     let (parts, body) = req.into_parts();
     let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
-    let job = authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    let (job, first, v2) = verify(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    if !first && !v2 {
+        return Err(VerifyError::Replay.into()); // v1 does not sign the body: it tells nothing
+    }
+    if !first {
+        // Its report may not have been applied: read the job as it is now.
+        let job = st.job(job.id).await?;
+        return Err(super::hook_replay::replay_answer(&job, &bytes));
+    }
     // The webda client sends no body at all for an empty report.
     let report: StatusReport = if bytes.iter().all(u8::is_ascii_whitespace) {
         StatusReport::default()
@@ -150,7 +171,7 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
     let updated = if lines_only {
         job
     } else {
-        st.app.store.apply(job.id, Command::Hook(r)).await?
+        super::hook_replay::apply_report(&st, job.id, r).await?
     };
     if !lines.is_empty() {
         let ts = now_us();

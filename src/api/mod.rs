@@ -12,6 +12,7 @@ pub mod files;
 pub mod gate;
 pub mod health;
 pub mod hook_lines;
+mod hook_replay;
 pub mod hooks;
 pub mod jobs;
 pub mod notify;

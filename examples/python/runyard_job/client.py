@@ -25,7 +25,15 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .client_logs import send_reports
-from .client_retry import DEFAULT_REPORT_WINDOW, checked_window, pause, report_window_from_env, worth_waiting_for
+from .client_retry import (
+    DEFAULT_REPORT_WINDOW,
+    NO_ANSWER,
+    checked_window,
+    pause,
+    report_window_from_env,
+    taken_before,
+    worth_waiting_for,
+)
 from .errors import BadPayload, HookError, IntegrityError, JobClientError, LogLinesLost, MissingEnvironment
 from .signing import SIGNATURES, job_headers
 
@@ -258,13 +266,14 @@ class JobClient:
     @classmethod
     def from_env(cls, signature: str = "v2", environ: Optional[Dict[str, str]] = None, **kwargs) -> "JobClient":
         """Build from JOB_ID, JOB_SECRET_KEY and JOB_HOOK (as runyard's runners set them), and the
-        report window from RUNYARD_JOB_REPORT_WINDOW when set (``ValueError`` when it is not a
-        number of seconds, 0 or more)."""
+        report window from RUNYARD_JOB_REPORT_WINDOW when set and ``report_window`` is not passed
+        (``ValueError`` when it is not a number of seconds, 0 or more: client_retry.py)."""
         env = os.environ if environ is None else environ
         missing = [name for name in REQUIRED_ENV if not env.get(name)]
         if missing:
             raise MissingEnvironment(missing)
-        kwargs.setdefault("report_window", report_window_from_env(env))
+        if kwargs.get("report_window") is None:  # the one passed wins over the environment
+            kwargs["report_window"] = report_window_from_env(env)
         return cls(env["JOB_ID"], env["JOB_SECRET_KEY"], env["JOB_HOOK"], signature, **kwargs)
 
     def __repr__(self) -> str:
@@ -299,12 +308,13 @@ class JobClient:
         A log report that fails (after its retries) does not raise: the next reports of the call
         are still sent (client_logs.py: the first of them stored starts with ``[runyard] N
         line(s) lost here: ...``, so a call whose last reports failed leaves no note; nothing
-        more after 3 failures in a row or a refusal such as 401, 403, 409 or 413),
+        more after a refusal such as 401, 403, 409 or 413, nor after 3 failures in a row but the
+        report with the status, its only line the note),
         ``lines_lost`` counts the lines not stored and every call that lost some warns once
         (``LogLinesLost``, its text with the running total: each call's is printed). A failure
         raises (``HookError``, a connection error) when it concerns the other fields (the report
-        carrying them refused, not sent because the reports before it stopped, or its answer not
-        JSON), and when no line was lost (a report without lines refused, the last report's
+        carrying them refused, not sent because the reports before it stopped (a status is sent
+        all the same), or its answer not JSON), and when no line was lost (a report without lines refused, the last report's
         answer not JSON)."""
         if isinstance(logs, str):
             logs = [logs]
@@ -547,7 +557,9 @@ class JobClient:
         not act twice when only its answer was lost (a proxy's 504, a read timeout after the server
         took it): its retry sends the very same signed request again, which the server either
         takes (the first send never reached it) or refuses as a replay (``401 replay``: it did,
-        and took it), and the call then returns ``{}``. It is signed afresh when the server itself
+        and took it), and the call then returns ``{}``; so does a final report (SUCCESS, ERROR)
+        refused ``409`` on a later try with ``error.reported`` its own status (an earlier try was
+        applied, its answer the server's 5xx). It is signed afresh when the server itself
         answered (its own 503 took nothing, and spent the signature) and when ``RESEND_WINDOW``
         has passed since it was signed. Other calls (reads, the upload request) are signed afresh
         for every try.
@@ -566,7 +578,7 @@ class JobClient:
             settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
             try:
                 response = self.session.send(prepared, timeout=self.timeout, allow_redirects=False, **settings)
-            except (requests.ConnectionError, requests.Timeout):
+            except NO_ANSWER:
                 if not self._may_retry(attempt, deadline):
                     raise
                 unknown = True  # it may have reached the server and been taken
@@ -591,6 +603,8 @@ class JobClient:
             else:
                 prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
 
+        if once and taken_before(response, payload, attempt):
+            return {}  # an earlier try was applied, its answer the server's 5xx (or lost)
         if response.status_code >= 300:
             raise HookError.from_response(response, self._secret.reveal())
         if not response.content:

@@ -6,9 +6,11 @@ call's own retries are spent, does not stop the others, and the next report of t
 that carries lines starts with a ``lost_note`` for them (none when the failed reports were the
 call's last; the failure in the Rust client's words: ``reason``); after
 ``MAX_FAILURES_IN_A_ROW`` such failures in a row, or after any other refusal (401, 403, 404, 409,
-413...: the same for every report), nothing more is sent. A report the hook took (2xx) counts as
-stored whatever its answer's body. The other fields of the call (a status, progress...) go with
-the last report, after every line.
+413...: the same for every report), no more lines are sent; after the failures, a status the call
+carries still goes (with its report window: the job's result above all), its only line the note
+of the lines lost.
+A report the hook took (2xx) counts as stored whatever its answer's body. The other fields of the
+call (a status, progress...) go with the last report, after every line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import requests
 
+from .client_retry import NO_ANSWER
 from .errors import HookError, redact
 
 #: Failed log reports in a row after which the rest is not tried: the hook is down or overloaded.
@@ -33,7 +36,7 @@ def lost_note(n: int, why: str) -> str:
 def is_transient(exc: BaseException) -> bool:
     """Whether a report that failed with ``exc`` may go better for the next one: the request got
     no answer, or the server could not take it now (5xx, 429)."""
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+    if isinstance(exc, NO_ANSWER):
         return True
     return isinstance(exc, HookError) and (exc.status_code == 429 or exc.status_code >= 500)
 
@@ -47,7 +50,7 @@ def reason(exc: BaseException, secret: str, context: str = "POST /async/status")
         own = exc.code != f"http_{exc.status_code}"  # else derived from the status: not runyard's
         code = f" ({exc.code})" if own else ""
         text = f"{context}: HTTP {exc.status_code}{code}: {exc.message}"
-    elif isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+    elif isinstance(exc, NO_ANSWER):
         text = f"{context}: no answer ({type(exc).__name__})"
     else:
         text = f"{context}: {type(exc).__name__}: {exc}"
@@ -104,6 +107,13 @@ def send_reports(
             sent.status_code = exc.status_code if isinstance(exc, HookError) else None
             if not is_transient(exc) or in_a_row >= MAX_FAILURES_IN_A_ROW:
                 sent.lost += left
+                if not last and "status" in fields and is_transient(exc):
+                    # The status (the job's result above all) goes all the same, with its window,
+                    # saying where the lines went (not after a refusal: it would get it too).
+                    note = [lost_note(unnoted + left, sent.why)]
+                    in_a_row, unreadable = _send_fields(send, dict(fields, logs=note), sent, in_a_row, secret, context)
+                    failure = sent.error or failure
+                    sent.error = None
                 break
         else:
             in_a_row = 0
@@ -116,3 +126,20 @@ def send_reports(
     elif not sent.lost:
         sent.error = failure or unreadable  # no line lost: the failure is the call's, as before
     return sent
+
+
+def _send_fields(send, body: Dict[str, Any], sent: Sent, in_a_row: int, secret: str, context: str):
+    """Sends ``body``, the call's fields after its log reports stopped; returns ``in_a_row`` and
+    the answer that was taken but not JSON (or None) as the loop of ``send_reports`` keeps them,
+    its failure (if any) in ``sent.error`` for the caller to take."""
+    try:
+        sent.answer = send(body)
+    except (HookError, requests.RequestException) as exc:
+        if isinstance(exc, HookError) and exc.status_code < 300:
+            sent.answer = {}
+            return 0, exc
+        sent.why = reason(exc, secret, context)
+        sent.status_code = exc.status_code if isinstance(exc, HookError) else None
+        sent.error = exc
+        return in_a_row + 1, None
+    return 0, None

@@ -10,8 +10,10 @@ signals, files) keep their ``retries``.
 
 from __future__ import annotations
 
-import os
-from typing import Mapping
+import re
+from typing import Any, Mapping, Optional
+
+import requests
 
 #: Seconds a status report is tried again after its first try, by default.
 DEFAULT_REPORT_WINDOW = 30.0
@@ -21,6 +23,17 @@ REPORT_WINDOW_ENV = "RUNYARD_JOB_REPORT_WINDOW"
 MAX_PAUSE = 4.0
 #: Answers of 4xx that say "not now" rather than "no".
 TRANSIENT_4XX = (408, 429)
+#: A window must be below this many seconds (2**64, about 585 billion years): the Rust client's
+#: bound (``Duration``), so that both clients take and refuse the same values.
+MAX_WINDOW = 2.0**64
+#: A window as text: a decimal number, optionally signed, with a fraction and an exponent (what
+#: Rust's ``f64`` parsing takes, without its ``inf`` and ``nan``; no ``_`` between digits).
+WINDOW_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+#: What a request that got no answer raises: refused, reset, timed out, or cut short mid-answer
+#: (the node died while answering: ``ChunkedEncodingError``).
+NO_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+#: The final statuses a report may carry.
+FINAL_STATUSES = ("SUCCESS", "ERROR")
 
 
 def report_window_from_env(env: Mapping[str, str]) -> float:
@@ -33,14 +46,44 @@ def report_window_from_env(env: Mapping[str, str]) -> float:
 
 
 def checked_window(value, name: str = "report_window") -> float:
-    """``value`` as a number of seconds, finite and 0 or more; else ``ValueError`` naming ``name``."""
-    try:
+    """``value`` as a number of seconds, 0 or more and below ``MAX_WINDOW`` (a number, or text
+    that ``WINDOW_TEXT`` matches once trimmed); else ``ValueError`` naming ``name``. The Rust
+    client (hooks/src/client/retry.rs) takes and refuses the same."""
+    seconds = -1.0
+    if isinstance(value, str):
+        if WINDOW_TEXT.fullmatch(value.strip()):
+            seconds = float(value.strip())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not 0.0 <= seconds < float("inf"):
-        raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}")
-    return seconds
+    if not 0.0 <= seconds < MAX_WINDOW:
+        raise ValueError(
+            f"{name} must be a number of seconds, 0 or more (below 2**64; digits, '.', an exponent), got {value!r}"
+        )
+    return seconds + 0.0  # -0.0 is 0
+
+
+def reported_status(response: Any) -> Optional[str]:
+    """What the job reported, as a ``409`` refusing a report says (``error.reported``), or None."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    reported = error.get("reported") if isinstance(error, dict) else None
+    return reported if isinstance(reported, str) else None
+
+
+def taken_before(response: Any, payload: Any, attempt: int) -> bool:
+    """Whether ``response`` to try ``attempt + 1`` of report ``payload`` says that an earlier try
+    was taken: a ``409`` whose ``error.reported`` is the final status the report carries, after
+    an earlier try (the server may have applied it and answered its own ``5xx`` after)."""
+    status = payload.get("status") if isinstance(payload, dict) else None
+    return (
+        attempt > 0
+        and response.status_code == 409
+        and status in FINAL_STATUSES
+        and reported_status(response) == status
+    )
 
 
 def worth_waiting_for(status_code: int) -> bool:

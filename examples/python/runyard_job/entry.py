@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from typing import Any, Callable, NoReturn, Optional
 
@@ -41,10 +42,14 @@ def run(fn: Optional[JobFunction] = None, *, client: Optional[JobClient] = None)
         result = fn(job, job.args())
     except Exception as exc:  # the job failed: say why, then exit non-zero
         _failed(job, exc, str(exc) or type(exc).__name__)
+    began = time.monotonic()
     try:
         job.result(result)
     except Exception as exc:  # the work is done but its result cannot be reported
-        _failed(job, exc, f"could not report the result: {exc or type(exc).__name__}")
+        # The ERROR gets what is left of the result's window, not a second one: the process
+        # lingers at most one window (docs/hooks.md, "When the hook is briefly down").
+        left = max(0.0, job.report_window - (time.monotonic() - began))
+        _failed(job, exc, f"could not report the result: {exc or type(exc).__name__}", window=left)
     return result
 
 
@@ -60,9 +65,10 @@ def permanent(exc: BaseException) -> bool:
     return False
 
 
-def _failed(job: JobClient, exc: Exception, message: str) -> NoReturn:
+def _failed(job: JobClient, exc: Exception, message: str, window: Optional[float] = None) -> NoReturn:
     """Prints the traceback (the job's log), reports ERROR (retried unless ``permanent``), exits 1.
-    Called in an ``except`` block."""
+    Called in an ``except`` block. ``window``: the report window of the ERROR report (the
+    client's own when None)."""
     secret = job._secret.reveal()
     # Its stderr is the job's log: the traceback is redacted as the reported message is.
     print(redact(traceback.format_exc(), secret), end="", file=sys.stderr)
@@ -72,8 +78,13 @@ def _failed(job: JobClient, exc: Exception, message: str) -> NoReturn:
         # The job already reported, or its time ran out: no report is taken any more.
         print(f"runyard_job: the job can no longer report, not reporting the error: {exc}", file=sys.stderr)
         sys.exit(1)
+    kept = job.report_window
+    if window is not None:
+        job.report_window = window
     try:
         job.fail(message, retry=not permanent(exc))
     except Exception as report_error:
         print(f"runyard_job: could not report the error: {report_error}", file=sys.stderr)
+    finally:
+        job.report_window = kept  # a client passed to run() is the caller's
     sys.exit(1)

@@ -43,8 +43,11 @@ class StubHook:
         self.echo_secret_in_errors = False
         # What the next status reports get, once each, after their signature: None (handled as
         # always), a status (refused with it, nothing stored), "not_json" (stored, answered 200
-        # with a body that is not JSON, as a proxy's page).
+        # with a body that is not JSON, as a proxy's page), "applied_then_503" (stored, then
+        # runyard's own 503, as when a store op fails after the apply), "cut_short" (stored, its
+        # answer cut short: the node died while answering).
         self.status_plan: List[Optional[object]] = []
+        self.reported: Optional[str] = None  # the final status taken: a later report's 409 says it
         self.require_v2 = False
         self.reports: List[dict] = []
         self.requests: List[dict] = []  # every request: method, target, headers, body, signature
@@ -255,6 +258,9 @@ class StubHook:
                     return self._error(400, "bad_json", f"the body is not JSON: {exc}")
                 route = parts[1:]
                 if self.command == "POST" and route == ["status"]:
+                    if stub.terminal and stub.reported:
+                        error = {"code": "illegal_transition", "message": "job reported already", "reported": stub.reported}
+                        return self._send(409, {"error": error})
                     if stub.terminal:
                         return self._error(409, "conflict", "job is terminal")
                     plan = stub.status_plan.pop(0) if stub.status_plan else None
@@ -263,7 +269,18 @@ class StubHook:
                     report = json.loads(body or b"{}")
                     stub.reports.append(report)
                     if report.get("status") in ("SUCCESS", "ERROR"):
-                        stub.terminal = True
+                        stub.terminal, stub.reported = True, report["status"]
+                    if plan == "applied_then_503":
+                        return self._error(503, "unavailable", "the store did not answer")
+                    if plan == "cut_short":
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", "1000")
+                        self.end_headers()
+                        self.wfile.write(b'{"id": "')
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return None
                     if plan == "not_json":
                         return self._send(200, raw=b"<html>OK</html>")
                     return self._send(200, {"id": stub.job_id, "status": report.get("status", "RUNNING")})

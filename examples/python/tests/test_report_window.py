@@ -2,6 +2,7 @@
 node JOB_HOOK names: it is tried again for ``report_window`` seconds (runyard_job/client_retry.py),
 against the stub hook. Refusals are final at once; log lines keep their ``retries``."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from conftest import JOBS_DIR, PACKAGE_ROOT
-from runyard_job import HookError, JobClient, run
+from runyard_job import HookError, JobClient, LogLinesLost, run
 from runyard_job.client_retry import DEFAULT_REPORT_WINDOW, REPORT_WINDOW_ENV
 
 RESTART = 3.0  # seconds the hook's node is down: longer than the client's own retries (1.5 s)
@@ -135,3 +136,93 @@ def test_run_exits_2_on_a_bad_window(stub, monkeypatch, capsys):
         run(lambda job, args: None)
     assert info.value.code == 2 and REPORT_WINDOW_ENV in capsys.readouterr().err
     assert stub.requests == []
+
+
+def test_a_result_applied_before_the_servers_own_5xx_counts_as_taken(stub, monkeypatch):
+    # The hook applied the SUCCESS, then answered its own 503 (a store op failed after the
+    # apply): signed again, the report gets 409 saying the job reported SUCCESS, its own status.
+    monkeypatch.setenv("JOB_ARGS", "{}")
+    stub.status_plan = [None, "applied_then_503"]  # RUNNING taken; SUCCESS applied, then 503
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        assert run(lambda job, args: {"n": 1}, client=c) == {"n": 1}  # no SystemExit
+    assert stub.reports == [{"status": "RUNNING"}, {"status": "SUCCESS", "results": {"n": 1}}]
+    assert [r["body"] for r in stub.requests][-1] == stub.requests[-2]["body"]  # tried again
+
+
+def test_a_409_saying_another_outcome_or_on_a_first_try_still_raises(stub):
+    stub.status_plan = ["applied_then_503"]
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        c.fail("boom")  # ERROR applied, then 503; its retry gets 409 reported ERROR: taken
+        with pytest.raises(HookError) as info:
+            c.result({"n": 1})  # 409 reported ERROR: not this report
+        assert info.value.status_code == 409
+        with pytest.raises(HookError) as info:
+            c.fail("boom")  # 409 reported ERROR on the first try: a second report, refused
+        assert info.value.status_code == 409
+    assert stub.reports == [{"status": "ERROR", "errorMessage": "boom"}]
+
+
+def test_a_status_goes_even_after_its_log_reports_failed(stub):
+    # Four reports: the three with lines only are refused (an outage), which stops the lines;
+    # the one with the status still goes (its window), saying where the lines went.
+    stub.status_plan = [503, 503, 503]
+    lines = [f"row {i}" for i in range(3 * 999 + 10)]
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        with pytest.warns(LogLinesLost):
+            c.status("SUCCESS", results={"n": 1}, logs=lines)
+        assert c.lines_lost == len(lines)
+    assert len(stub.reports) == 1
+    report = stub.reports[0]
+    assert report["status"] == "SUCCESS" and report["results"] == {"n": 1}
+    assert len(report["logs"]) == 1 and f"{len(lines)} line(s) lost here" in report["logs"][0]
+
+
+def test_the_error_after_a_result_not_reported_gets_what_is_left_of_the_window(stub, monkeypatch):
+    # result() gave up once its window passed: the ERROR report gets what is left of it (nothing:
+    # one try), not a second window.
+    monkeypatch.setenv("JOB_ARGS", "{}")
+    stub.status_plan = [None] + [503] * 100
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=1.0) as c:
+        with pytest.raises(SystemExit) as info:
+            run(lambda job, args: {"n": 1}, client=c)
+    assert info.value.code == 1
+    statuses = [json.loads(r["body"] or b"{}").get("status") for r in stub.requests]
+    assert statuses.count("SUCCESS") >= 2  # the result was tried within its window
+    assert statuses.count("ERROR") == 1, statuses
+
+
+def test_an_answer_cut_short_is_no_answer(stub):
+    # The node died while answering (taken, its answer cut short: ChunkedEncodingError): sent
+    # again as it was, the replay says it was taken.
+    stub.status_plan = ["cut_short"]
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        assert c.result({"n": 1}) == {}
+    assert stub.reports == [{"status": "SUCCESS", "results": {"n": 1}}]
+    assert len(stub.requests) == 2 and stub.requests[0]["headers"] == stub.requests[1]["headers"]
+
+
+def test_a_window_passed_in_code_wins_over_the_environment(stub):
+    env = dict(stub.env(), **{REPORT_WINDOW_ENV: "soon"})
+    assert JobClient.from_env(environ=env, report_window=7).report_window == 7
+    with pytest.raises(ValueError, match=REPORT_WINDOW_ENV):
+        JobClient.from_env(environ=env)
+
+
+@pytest.mark.parametrize("value", ["1_000", "1e300", "0x10", "１", "5 s", ".", "infinity"])
+def test_what_the_rust_client_refuses_is_refused(stub, value):
+    # The rule both clients apply: digits with an optional sign, fraction and exponent, 0 or
+    # more and below 2**64 seconds (hooks/src/client/retry.rs refuses the same).
+    env = dict(stub.env(), **{REPORT_WINDOW_ENV: value})
+    with pytest.raises(ValueError, match=REPORT_WINDOW_ENV):
+        JobClient.from_env(environ=env)
+
+
+@pytest.mark.parametrize("value, seconds", [("1e3", 1000.0), (" 2.5 ", 2.5), (".5", 0.5), ("5.", 5.0), ("+3", 3.0), ("-0", 0.0)])
+def test_what_the_rust_client_takes_is_taken(stub, value, seconds):
+    env = dict(stub.env(), **{REPORT_WINDOW_ENV: value})
+    assert JobClient.from_env(environ=env).report_window == seconds
+
+
+def test_a_huge_window_in_code_is_refused(stub):
+    with pytest.raises(ValueError, match="report_window"):
+        JobClient(stub.job_id, stub.secret, stub.hook, report_window=1e300)

@@ -99,8 +99,11 @@ impl JobClient {
     ///
     /// A report that failed for a passing reason ([`is_transient`]) does not stop the rest: the
     /// next one sent starts with a [`lost_note`] for its lines; after
-    /// [`MAX_FAILURES_IN_A_ROW`] such failures in a row, or after any other refusal, nothing
-    /// more is sent. A report the hook took (2xx) counts as stored whatever its answer's body.
+    /// [`MAX_FAILURES_IN_A_ROW`] such failures in a row, or after any other refusal, no more
+    /// lines are sent; after the failures, a `status` in `fields` still goes (with its report
+    /// window), its only line the note of the lines lost (the error is then [`ClientError::LinesLost`]
+    /// with the status report's failure as its source if it failed too). A report the hook took
+    /// (2xx) counts as stored whatever its answer's body.
     /// The answer is the last report's (an error if its body is not JSON), else
     /// [`ClientError::LinesLost`] with the number of lines not stored and the last failure (the
     /// failure alone if no line was lost).
@@ -155,10 +158,23 @@ impl JobClient {
                 }
                 Err(e) => {
                     (lost, unnoted, in_a_row) = (lost + n, unnoted + n, in_a_row + 1);
-                    let go_on = carry_on_after(&e, in_a_row);
+                    let (go_on, transient) = (carry_on_after(&e, in_a_row), is_transient(&e));
+                    let why = e.to_string();
                     failed = Some(e);
                     if !go_on {
                         lost += left;
+                        // The status (the job's result above all) goes all the same, with its
+                        // window, saying where the lines went (not after a refusal: it would get
+                        // it too).
+                        if let Some(mut report) =
+                            fields.take().filter(|f| transient && f.status.is_some())
+                        {
+                            report.logs = Some(vec![lost_note(unnoted + left, &why)]);
+                            match self.send_status(&report).await {
+                                Ok(taken) => answer = taken.answer(),
+                                Err(e) => failed = Some(e),
+                            }
+                        }
                         break;
                     }
                 }

@@ -12,7 +12,11 @@
 //! runyard's JSON), sends the very same signed request again, which the hook takes if the first
 //! never reached it or refuses as a replay (`401 replay`: it did, and took it; the report counts
 //! as taken). One after runyard's own refusal (its `503`: nothing taken, the signature spent) or
-//! more than [`RESEND_WINDOW`] after signing is signed afresh.
+//! more than [`RESEND_WINDOW`] after signing is signed afresh. A final report (`SUCCESS`,
+//! `ERROR`) refused `409` on a later try, the refusal's `error.reported` its own status, counts
+//! as taken too: an earlier try was applied although the hook answered its own 5xx. A re-sent
+//! final report the hook remembered but never applied is answered `503 replay_unapplied`, so it
+//! is signed again.
 
 use std::time::Duration;
 
@@ -49,6 +53,20 @@ pub(super) fn window_from(raw: Option<String>) -> Result<Duration, ClientError> 
                 "{ENV_REPORT_WINDOW} must be a number of seconds, 0 or more, not {raw:?}"
             ))
         })
+}
+
+/// Whether a `409` (its body `bytes`) to a later try of the report `body` says an earlier try
+/// was taken: its `error.reported` is the final status (`SUCCESS`, `ERROR`) the report carries
+/// (the hook applied it, then answered its own 5xx: a store op that failed after the apply).
+fn taken_before(body: &[u8], bytes: &[u8]) -> bool {
+    let field = |json: &[u8], path: &[&str]| {
+        let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+        let v = path.iter().try_fold(&v, |v, k| v.get(k))?;
+        v.as_str().map(str::to_owned)
+    };
+    let sent = field(body, &["status"]);
+    matches!(sent.as_deref(), Some("SUCCESS" | "ERROR"))
+        && field(bytes, &["error", "reported"]) == sent
 }
 
 /// Whether an answer with `status` may go better later: 408, 429 or 5xx.
@@ -132,6 +150,9 @@ impl JobClient {
                     };
                     if resent && status == 401 && code.as_deref() == Some("replay") {
                         return Ok(Bytes::new()); // an earlier send was taken, its answer lost
+                    }
+                    if attempt > 0 && status == 409 && taken_before(&body, &bytes) {
+                        return Ok(Bytes::new()); // an earlier try was applied, then a 5xx
                     }
                     let expired = resent && status == 401 && code.as_deref() == Some("expired");
                     if !(expired || worth_waiting_for(status)) || Instant::now() >= deadline {

@@ -32,6 +32,9 @@ pub struct ErrorDetail {
     /// A submit without an idempotency key answered `503` (the store did not confirm it): the id
     /// the job has if it was stored all the same; `GET /async/jobs/{job_id}` tells.
     pub job_id: Option<uuid::Uuid>,
+    /// A job's status report refused `409` (`POST /async/status`) because its attempt reported
+    /// already, or its time ran out: what it reported (`SUCCESS`, `ERROR`) or `TIMEOUT`.
+    pub reported: Option<JobStatus>,
 }
 
 /// The 202 of a submit (`jobs::accepted`). A replayed idempotent submit carries the header

@@ -209,3 +209,54 @@ fn the_window_comes_from_the_environment() {
     let c = JobClient::from_lookup(env).unwrap();
     assert_eq!(c.report_window(), Duration::from_secs(7));
 }
+
+/// The hook applied a final report, then answered its own 503 (a store op failed after the
+/// apply): the report signed again is refused 409 saying the job reported that very status,
+/// and counts as taken (`runyard launch` exits 0, not 3). A 409 saying another outcome, or on
+/// a first try, is still an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_report_applied_before_the_hooks_own_5xx_counts_as_taken() {
+    const UNAVAILABLE: &str = r#"{"error":{"code":"unavailable","message":"store"}}"#;
+    const REPORTED_SUCCESS: &str =
+        r#"{"error":{"code":"illegal_transition","message":"reported","reported":"SUCCESS"}}"#;
+    let (hook, got) = fake_hook(|i| {
+        if i == 0 {
+            Some((503, UNAVAILABLE))
+        } else {
+            Some((409, REPORTED_SUCCESS))
+        }
+    })
+    .await;
+    let c = client(&hook);
+    assert_eq!(c.success(None).await.expect("taken"), Value::Null);
+    assert_eq!(got.lock().unwrap().len(), 2);
+    got.lock().unwrap().clear();
+    let e = c.error("boom").await.expect_err("another outcome");
+    assert_eq!(e.status(), Some(409));
+    got.lock().unwrap().clear();
+    let (hook, _) = fake_hook(|_| Some((409, REPORTED_SUCCESS))).await;
+    let e = client(&hook).success(None).await.expect_err("first try");
+    assert_eq!(e.status(), Some(409));
+}
+
+/// The values the Python client takes and refuses (examples/python/runyard_job/client_retry.py,
+/// tests/test_report_window.py): the same rule.
+#[test]
+fn the_window_takes_and_refuses_what_the_python_client_does() {
+    for (text, secs) in [
+        ("1e3", 1000.0),
+        (" 2.5 ", 2.5),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("+3", 3.0),
+        ("-0", 0.0),
+    ] {
+        let w = window_from(Some(text.into())).expect(text);
+        assert_eq!(w, Duration::from_secs_f64(secs), "{text}");
+    }
+    for bad in [
+        "1_000", "1e300", "0x10", "\u{ff11}", "5 s", ".", "infinity", "nan", "-1",
+    ] {
+        assert!(window_from(Some(bad.into())).is_err(), "{bad}");
+    }
+}
