@@ -3073,6 +3073,22 @@ async fn a_final_report_remembered_but_not_applied_is_signed_again_not_lost() {
         )
         .await;
     }
+    // Another outcome remembered, not applied, while the job (still active: its process is
+    // given `exit_grace` after a report) has recorded SUCCESS: this one provably did not land,
+    // so it is signed again, and then refused naming what the job recorded.
+    let err = serde_json::to_vec(&json!({"status": "ERROR", "errorMessage": "late"})).unwrap();
+    let h = sign(&a, &sa, SigVersion::V2, "POST", st, &err);
+    remember_without_applying(&srv, &h);
+    let label = "ERROR remembered, not applied, after SUCCESS landed";
+    let r = srv
+        .refused(&a, &landed, label, "POST", st, &h, &err, 503, None)
+        .await;
+    assert_eq!(r.code(), "replay_unapplied", "{}", r.describe());
+    let fresh = sign(&a, &sa, SigVersion::V2, "POST", st, &err);
+    let r = srv
+        .refused(&a, &landed, label, "POST", st, &fresh, &err, 409, None)
+        .await;
+    assert_eq!(r.json["error"]["reported"], "SUCCESS", "{}", r.describe());
     let j = srv.wait_terminal(&a).await;
     assert_eq!(j["status"], "SUCCESS", "{j:#}");
     assert_eq!(j["result"], json!({"n": 7}), "{j:#}");

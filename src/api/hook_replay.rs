@@ -7,10 +7,12 @@
 //!
 //! So a replayed report signed with v2 (which covers the body: the replay is the very report
 //! accepted before) carrying a final status (`SUCCESS` or `ERROR`) while the job is still
-//! active and has reported nothing is answered `503 replay_unapplied`: the client signs it again
-//! (as after any `503` of runyard's), and the fresh request is applied, or refused `409` if the
-//! first one landed meanwhile. Nothing is applied twice, and whoever replays a request they
-//! captured gains nothing: they cannot sign again. A refused report (`409 illegal_transition`)
+//! active and has not recorded that status (nothing, or another outcome: its time limit ran
+//! out) is answered `503 replay_unapplied`: the client signs it again (as after any `503` of
+//! runyard's), and the fresh request is applied, or refused `409` naming what the job recorded.
+//! Nothing is applied twice, and whoever replays a request they captured cannot sign again: all
+//! they learn (503 or 401) is whether the job has recorded that outcome yet, which the job's
+//! `runs[].reported` shows anyway. A refused report (`409 illegal_transition`)
 //! says what the job reported (`error.reported`), so a client whose earlier try was taken after
 //! all (the server's `5xx` answered after it applied) can tell that its report is the one there.
 
@@ -25,14 +27,16 @@ use crate::store::StoreError;
 
 /// What a replayed `/status` request signed with v2 (`body`, as signed) is answered, `job` read after its
 /// signature was found spent: `503 replay_unapplied` when it carries a final status the job
-/// has not recorded while it is still active, else `401 replay`.
+/// has not recorded (nothing, or another outcome) while it is still active, else `401 replay`.
 pub(super) fn replay_answer(job: &Job, body: &[u8]) -> ApiError {
     let status = serde_json::from_slice::<StatusReport>(body)
         .ok()
         .and_then(|r| r.status)
         .and_then(|s| s.parse::<JobStatus>().ok());
     let final_report = matches!(status, Some(JobStatus::Success | JobStatus::Error));
-    if final_report && job.status.is_active() && job.reported().is_none() {
+    // A job that recorded another outcome (its time limit ran out: TIMEOUT; or the other final
+    // status) proves this one was not applied: signed again, it is refused 409 naming it.
+    if final_report && job.status.is_active() && job.reported().map(|r| r.status()) != status {
         ApiError::replay_unapplied(
             "this request was accepted before but its report is not applied (the server may \
              have failed between the two): sign it again",

@@ -153,9 +153,11 @@ def test_a_409_saying_another_outcome_or_on_a_first_try_still_raises(stub):
     stub.status_plan = ["applied_then_503"]
     with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
         c.fail("boom")  # ERROR applied, then 503; its retry gets 409 reported ERROR: taken
+        stub.fail_after_auth = [503]  # the result's first try: runyard's own 503
         with pytest.raises(HookError) as info:
-            c.result({"n": 1})  # 409 reported ERROR: not this report
+            c.result({"n": 1})  # its retry: 409 reported ERROR: not this report
         assert info.value.status_code == 409
+        assert not stub.fail_after_auth  # the 409 came on the retry
         with pytest.raises(HookError) as info:
             c.fail("boom")  # 409 reported ERROR on the first try: a second report, refused
         assert info.value.status_code == 409
