@@ -10,9 +10,12 @@ mod redis_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runyard::job::Command;
 use runyard::job::{now_us, Job};
 use runyard::notify::{NotifyEvent, NotifySpec};
-use runyard::store::deliveries::{Attempt, AttemptOutcome, ClaimLimits, DeliveryState, Outcome};
+use runyard::store::deliveries::{
+    Attempt, AttemptOutcome, ClaimLimits, DeliveryPage, DeliveryState, Outcome,
+};
 use runyard::store::Store;
 use uuid::Uuid;
 
@@ -183,6 +186,30 @@ async fn an_endpoint_key_of_another_type_costs_that_endpoint_only() {
     assert!(next > now_us() + 10_000_000, "{next}");
     let d = s.deliveries(stuck.id, 10).await.unwrap();
     assert_eq!(d[0].state, DeliveryState::Pending);
+    // The recovery docs/redis.md gives: the damaged key deleted, the script puts the
+    // endpoint's pending deliveries back, and the next claim takes them.
+    let ek = format!("{}:dlv:ep:{ep}", r.prefix);
+    let _: () = ::redis::cmd("DEL")
+        .arg(&ek)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let restored: i64 =
+        ::redis::Script::new(include_str!("../scripts/redis-dlv-endpoint-restore.lua"))
+            .key(format!("{}:dlv:pend", r.prefix))
+            .key(&ek)
+            .key(format!("{}:dlv:eps", r.prefix))
+            .arg(&ep)
+            .arg(format!("{}:dlv:", r.prefix))
+            .invoke_async(&mut raw)
+            .await
+            .expect("the restore script");
+    assert_eq!(restored, 1);
+    let c = claim(&s).await;
+    assert_eq!(
+        c.iter().map(|c| c.delivery.job_id).collect::<Vec<_>>(),
+        vec![stuck.id]
+    );
 }
 
 /// A key every delivery shares (`P:dlv:pend`, `P:dlv:eps`, the earlier layout's `P:dlv:due`) of
@@ -274,4 +301,172 @@ async fn a_listing_leaves_out_a_delivery_key_of_another_type() {
     assert_ne!(d[0].id, first);
     garble(&r, &format!("dlvlog:{}", d[0].id)).await;
     assert!(s.deliveries(j.id, 10).await.unwrap().is_empty());
+}
+
+/// `P:dlv:done` (ended deliveries) of the wrong type: every record of an ended attempt writes it,
+/// so the claim checks it first and fails naming it, having written nothing: nothing is sent.
+/// Before, the claim took the delivery and its request went out, the record failed, and the
+/// delivery was sent again at the end of every hold, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_set_of_another_type_fails_the_claim_before_anything_is_sent() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let j = notified(&s, OK_URL).await;
+    garble(&r, "dlv:done").await;
+    let e = s
+        .deliveries_claim(10, HOLD, ClaimLimits::unlimited())
+        .await
+        .expect_err("the claim fails");
+    assert!(
+        e.to_string().contains(&format!("{}:dlv:done", r.prefix)),
+        "{e}"
+    );
+    let d = s.deliveries(j.id, 10).await.unwrap();
+    assert!(d[0].log.is_empty(), "nothing claimed: {d:?}");
+    assert_eq!(d[0].attempts, 0);
+    assert_eq!(d[0].state, DeliveryState::Pending);
+}
+
+/// The ids of a page of `job`'s deliveries.
+async fn page(s: &Arc<dyn Store>, job: Uuid, from: DeliveryPage, limit: usize) -> Vec<u64> {
+    let d = s.deliveries_page(job, from, limit).await.expect("page");
+    d.iter().map(|d| d.id).collect()
+}
+
+/// A delivery left out of a listing (its hash of the wrong type) does not shorten the page: a
+/// page shorter than `limit` is the end (docs/api.md), so the page is topped up from the job's
+/// index. Before, with [bad, 2, 3] and limit 2 the first page was [2] alone, and a client
+/// stopped there; with limit 1 the first page was empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_left_out_of_a_listing_does_not_end_its_pages_early() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let j = notified(&s, OK_URL).await;
+    // Its next status events (STARTING, CANCELLED) have deliveries of their own.
+    let c = s
+        .claim("r", "w", 1, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(c.len(), 1);
+    s.apply(j.id, Command::Cancel).await.expect("cancel");
+    let all = page(&s, j.id, DeliveryPage::After(0), 10).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    garble(&r, &format!("dlv:{}", all[0])).await;
+    let (two, three) = (all[1], all[2]);
+    assert_eq!(
+        page(&s, j.id, DeliveryPage::After(0), 2).await,
+        vec![two, three]
+    );
+    assert_eq!(page(&s, j.id, DeliveryPage::After(0), 1).await, vec![two]);
+    assert_eq!(
+        page(&s, j.id, DeliveryPage::After(two), 1).await,
+        vec![three]
+    );
+    assert!(page(&s, j.id, DeliveryPage::After(three), 1)
+        .await
+        .is_empty());
+    // Newest first, the damaged one last: the page ends at the index's end.
+    assert_eq!(
+        page(&s, j.id, DeliveryPage::Before(None), 2).await,
+        vec![three, two]
+    );
+    assert!(page(&s, j.id, DeliveryPage::Before(Some(two)), 1)
+        .await
+        .is_empty());
+    // Two damaged in a row, limit 1: the page is the first readable one.
+    garble(&r, &format!("dlv:{two}")).await;
+    assert_eq!(page(&s, j.id, DeliveryPage::After(0), 1).await, vec![three]);
+}
+
+/// An ended delivery whose hash is of the wrong type does not stop the trim of ended
+/// deliveries: it leaves `P:dlv:done` (met once, logged), its key left as it is, and the later
+/// ended deliveries are trimmed. Before, every trim failed on it (`WRONGTYPE`, the key
+/// unnamed), every minute on every node, and no ended delivery was trimmed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_delivery_of_another_type_does_not_stop_the_trim() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let (a, b) = (notified(&s, OK_URL).await, notified(&s, OK_URL).await);
+    let n = delivery_of(&s, a.id).await;
+    let c = claim(&s).await;
+    assert_eq!(c.len(), 2);
+    // `a`'s ends first: the trim meets it first.
+    let mut c = c;
+    c.sort_by_key(|c| c.delivery.id != n);
+    for c in &c {
+        let st = s.delivery_record(c, accepted(), Outcome::Delivered).await;
+        assert_eq!(st.unwrap(), Some(DeliveryState::Delivered));
+    }
+    garble(&r, &format!("dlv:{n}")).await;
+    let trimmed = s
+        .deliveries_trim(now_us() + 60_000_000)
+        .await
+        .expect("the trim passes it");
+    assert_eq!(trimmed, 2);
+    assert!(
+        s.deliveries(b.id, 10).await.unwrap().is_empty(),
+        "b's trimmed"
+    );
+    let mut raw = raw_conn(&r).await;
+    let done: u64 = ::redis::cmd("ZCARD")
+        .arg(format!("{}:dlv:done", r.prefix))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(done, 0, "met once");
+    let v: String = ::redis::cmd("GET")
+        .arg(format!("{}:dlv:{n}", r.prefix))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(v, "garbage", "left as it is");
+    // The trim runs clean again.
+    assert_eq!(s.deliveries_trim(now_us() + 60_000_000).await.unwrap(), 0);
+}
+
+/// What `tracing` writes, kept for the test.
+#[derive(Clone)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listing that leaves out a delivery (its key of the wrong type) logs it at WARN once a
+/// minute per key and process, not at every request: a job's listing polled by a client does
+/// not flood the log. Before, every request logged it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_logs_a_key_of_another_type_once_a_minute() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let j = notified(&s, OK_URL).await;
+    let n = delivery_of(&s, j.id).await;
+    garble(&r, &format!("dlv:{n}")).await;
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Capture(logs.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .finish();
+    {
+        let _logging = tracing::subscriber::set_default(subscriber);
+        for _ in 0..5 {
+            assert!(s.deliveries(j.id, 10).await.unwrap().is_empty());
+        }
+    }
+    let logs = String::from_utf8_lossy(&logs.lock().expect("log buffer")).to_string();
+    let key = format!("{}:dlv:{n}", r.prefix);
+    assert_eq!(
+        logs.matches("a listing leaves out a delivery").count(),
+        1,
+        "{logs}"
+    );
+    assert!(logs.contains(&key), "{logs}");
 }

@@ -11,6 +11,7 @@ pub(crate) mod event_record;
 pub mod finish_slot;
 pub mod handoff;
 pub(crate) mod job_record;
+pub(crate) mod log_quiet;
 pub mod paging;
 pub mod redis;
 pub mod replay;

@@ -56,40 +56,11 @@ pub(crate) fn corrupt(name: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("corrupt record: schedule {name:?}: {e}"))
 }
 
-/// How long after logging an unreadable schedule at ERROR the same schedule is logged at DEBUG.
-const UNREADABLE_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// How many schedules [`log_unreadable`] remembers when it last logged (beyond: at DEBUG).
-const UNREADABLE_REMEMBERED: usize = 1024;
-
 /// Logs that this build cannot read schedule `name`'s record, met by `what` (a listing, the
 /// fire loop): at ERROR the first time and again once a minute has passed, at DEBUG in between,
 /// so that a listing read often or many processes do not flood the log.
 pub(crate) fn log_unreadable(name: &str, what: &str, error: &dyn std::fmt::Display) {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    use std::time::Instant;
-    static LOG: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    let now = Instant::now();
-    let loud = {
-        let mut logged = LOG
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let quiet = |at: &Instant| now.duration_since(*at) < UNREADABLE_QUIET;
-        if logged.get(name).is_some_and(quiet) {
-            false
-        } else {
-            if logged.len() >= UNREADABLE_REMEMBERED {
-                logged.retain(|_, at| quiet(at));
-            }
-            let room = logged.len() < UNREADABLE_REMEMBERED || logged.contains_key(name);
-            if room {
-                logged.insert(name.to_owned(), now);
-            }
-            room
-        }
-    };
+    let loud = super::log_quiet::loud(&format!("schedule {name}"));
     if loud {
         tracing::error!(schedule = %name, error = %error, met_by = what,
             "unreadable schedule record left out (logged again in a minute if still there; \

@@ -6,7 +6,9 @@
 //! `st` state, `n` attempts, `c` claim token, `a` the claim's attempt started (JSON `Attempt`: the
 //! write-ahead record its answer replaces), `due` next due: the end of the hold while claimed),
 //! `P:dlvlog:{n}` list of attempts (JSON, bounded), `P:dlv:pend` pending deliveries by due time (a
-//! claim moves it to the end of its hold: the count and the next due), `P:dlv:ep:{endpoint id}`
+//! claim moves it to the end of its hold: the count; the next due is `P:dlv:eps`'s first, which
+//! leaves out an endpoint the claim dropped, `RedisStore::dlv_first_due`),
+//! `P:dlv:ep:{endpoint id}`
 //! an endpoint's pending deliveries by due time (the same scores; the endpoint is the URL up to
 //! its query, [`endpoint_part`], and its id the SHA-1 of that in hex, [`endpoint_id`]),
 //! `P:dlv:eps` the ids of the endpoints with pending deliveries, each scored by its first due
@@ -28,7 +30,7 @@ use uuid::Uuid;
 use super::{json_err, RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
-    endpoint_part, new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery,
+    endpoint_part, new_token, plan, this_node, Attempt, ClaimLimits, Claimed, Delivery,
     DeliveryPage, DeliveryState, DeliveryStore, Outcome, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
@@ -91,23 +93,7 @@ fn claimed_part(raw: &[String]) -> Result<&[String]> {
     Ok(claimed)
 }
 
-/// A delivery's fields as a listing reads them (`u e b t st n due c a`), and its attempts.
-type Row = (
-    (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
-    Vec<String>,
-);
-
-fn corrupt(what: &str) -> StoreError {
+pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt delivery: {what}"))
 }
 
@@ -136,92 +122,35 @@ impl RedisStore {
         Ok(a.iter().chain(&b).map(|(_, s)| *s as Micros).min())
     }
 
-    /// The fields and attempt logs of deliveries (their keys: hash, log), in one transaction;
-    /// none when one of the keys is of the wrong type (Redis fails the whole transaction then:
-    /// [`Self::dlv_listable`]).
-    async fn dlv_rows(&self, keys: &[(String, String)]) -> Result<Option<Vec<Row>>> {
+    /// Runs `script` with the arguments `args` makes for the store's clock at each try: a
+    /// command is retried for up to `store.retry`, longer than a claim's hold, so a claim's hold
+    /// and a record's check of it are taken at the time of the try that Redis carries out.
+    async fn run_script_now<T: ::redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: impl Fn(Micros) -> serde_json::Result<Vec<String>>,
+    ) -> Result<T> {
+        // The store's clock, run on by this process's monotonic one (as `now` does).
+        let (at, since) = (self.now().await, Instant::now());
         self.exec(true, |mut c| {
-            // One transaction: an attempt recorded between the two reads of a delivery would
-            // show twice (recorded, and as the claim's in flight).
-            let mut p = ::redis::pipe();
-            p.atomic();
-            for (k, l) in keys {
-                p.cmd("HMGET")
-                    .arg(k)
-                    .arg(&["u", "e", "b", "t", "st", "n", "due", "c", "a"]);
-                p.cmd("LRANGE").arg(l).arg(0).arg(-1);
+            let now = at.saturating_add(since.elapsed().as_micros() as i64);
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            let args = args(now).map_err(|e| {
+                ::redis::RedisError::from((::redis::ErrorKind::ClientError, "json", e.to_string()))
+            });
+            if let Ok(args) = &args {
+                for a in args {
+                    inv.arg(a);
+                }
             }
             async move {
-                let flat: Vec<::redis::Value> = match p.query_async(&mut c).await {
-                    Err(e) if super::records::wrong_type(&e) => return Ok(None),
-                    r => r?,
-                };
-                let mut out = Vec::new();
-                let mut it = flat.into_iter();
-                while let (Some(h), Some(l)) = (it.next(), it.next()) {
-                    out.push((
-                        ::redis::from_redis_value(&h)?,
-                        ::redis::from_redis_value(&l)?,
-                    ));
-                }
-                Ok(Some(out))
+                args?;
+                inv.invoke_async(&mut c).await
             }
-        })
-        .await
-    }
-
-    /// Which deliveries (their keys: hash, log) a listing can read: those whose keys are of
-    /// their types (or absent); the others logged, naming the key.
-    async fn dlv_listable(&self, keys: &[(String, String)]) -> Result<Vec<bool>> {
-        let types: Vec<String> = self
-            .exec(true, |mut c| {
-                let mut p = ::redis::pipe();
-                for (k, l) in keys {
-                    p.cmd("TYPE").arg(k).cmd("TYPE").arg(l);
-                }
-                async move { p.query_async(&mut c).await }
-            })
-            .await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for ((k, l), t) in keys.iter().zip(types.chunks(2)) {
-            let bad = [(k, &t[0], "hash"), (l, &t[1], "list")]
-                .into_iter()
-                .find(|(_, t, want)| t.as_str() != *want && t.as_str() != "none");
-            if let Some((key, t, _)) = bad {
-                tracing::warn!(key = %key, "webhook deliveries: a listing leaves out a delivery whose key is a {t}");
-            }
-            out.push(bad.is_none());
-        }
-        Ok(out)
-    }
-
-    /// The ids of a page of `job`'s deliveries, from its index (each scored by its id).
-    async fn delivery_ids(
-        &self,
-        job: Uuid,
-        page: DeliveryPage,
-        limit: usize,
-    ) -> Result<Vec<String>> {
-        let idx = self.keyed("dlv:job:", job);
-        let cmd = match page {
-            DeliveryPage::After(n) => ::redis::cmd("ZRANGEBYSCORE")
-                .arg(&idx)
-                .arg(format!("({n}"))
-                .arg("+inf")
-                .clone(),
-            DeliveryPage::Before(n) => ::redis::cmd("ZREVRANGEBYSCORE")
-                .arg(&idx)
-                .arg(n.map_or("+inf".to_string(), |n| format!("({n}")))
-                .arg("-inf")
-                .clone(),
-        }
-        .arg("LIMIT")
-        .arg(0)
-        .arg(limit)
-        .clone();
-        self.exec(true, |mut c| {
-            let cmd = cmd.clone();
-            async move { cmd.query_async(&mut c).await }
         })
         .await
     }
@@ -238,36 +167,37 @@ impl DeliveryStore for RedisStore {
         if max == 0 {
             return Ok(vec![]);
         }
-        let now = self.now().await;
         let token = new_token();
-        let mut args = vec![
-            now.to_string(),
-            now.saturating_add(hold.as_micros() as i64).to_string(),
-            max.to_string(),
-            token.to_string(),
-            self.key("dlv:"),
-            limits.per_endpoint.to_string(),
-            self.key("dlv:ep:"),
-            self.key("dlvlog:"),
-            serde_json::to_string(&Attempt::started(now, this_node())).map_err(json_err)?,
-            MAX_ATTEMPT_RECORDS.to_string(),
-            MOVE_EARLIER.to_string(),
+        let busy: Vec<String> = limits
+            .busy
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .flat_map(|(endpoint, n)| [endpoint_id(endpoint), n.to_string()])
+            .collect();
+        let keys = [
+            self.key("dlv:pend"),
+            self.key("dlv:eps"),
+            self.key("dlv:due"),
+            self.key("dlv:done"),
         ];
-        for (endpoint, n) in limits.busy.iter().filter(|(_, n)| **n > 0) {
-            args.push(endpoint_id(endpoint));
-            args.push(n.to_string());
-        }
-        let raw: Vec<String> = self
-            .run_script(
-                &CLAIM,
-                &[
-                    self.key("dlv:pend"),
-                    self.key("dlv:eps"),
-                    self.key("dlv:due"),
-                ],
-                &args,
-            )
-            .await?;
+        let args = |now: Micros| {
+            let mut args = vec![
+                now.to_string(),
+                now.saturating_add(hold.as_micros() as i64).to_string(),
+                max.to_string(),
+                token.to_string(),
+                self.key("dlv:"),
+                limits.per_endpoint.to_string(),
+                self.key("dlv:ep:"),
+                self.key("dlvlog:"),
+                serde_json::to_string(&Attempt::started(now, this_node()))?,
+                MAX_ATTEMPT_RECORDS.to_string(),
+                MOVE_EARLIER.to_string(),
+            ];
+            args.extend(busy.iter().cloned());
+            Ok(args)
+        };
+        let raw: Vec<String> = self.run_script_now(&CLAIM, &keys, args).await?;
         let mut out = Vec::new();
         for f in claimed_part(&raw)?.chunks(8) {
             let [id, job, url, eid, ev, t, n, due] = f else {
@@ -299,8 +229,6 @@ impl DeliveryStore for RedisStore {
         attempt: Attempt,
         outcome: Outcome,
     ) -> Result<Option<DeliveryState>> {
-        let now = self.now().await;
-        let (state, due) = plan(claimed.delivery.created_at, now, outcome);
         let n = claimed.delivery.id;
         let endpoint = endpoint_id(endpoint_part(&claimed.delivery.url));
         let keys = [
@@ -311,23 +239,30 @@ impl DeliveryStore for RedisStore {
             self.keyed("dlv:ep:", &endpoint),
             self.key("dlv:eps"),
         ];
-        let args = [
-            n.to_string(),
-            claimed.token.to_string(),
-            serde_json::to_string(&attempt).map_err(json_err)?,
-            state.as_str().to_string(),
-            due.map(|d| d.to_string()).unwrap_or_default(),
-            if due.is_none() {
-                now.to_string()
-            } else {
-                String::new()
-            },
-            MAX_ATTEMPT_RECORDS.to_string(),
-            endpoint,
-            now.to_string(),
-        ];
-        let ok: i64 = self.run_script(&RECORD, &keys, &args).await?;
-        Ok((ok == 1).then_some(state))
+        let attempt = serde_json::to_string(&attempt).map_err(json_err)?;
+        let created = claimed.delivery.created_at;
+        let args = |now: Micros| {
+            let (state, due) = plan(created, now, outcome);
+            Ok(vec![
+                n.to_string(),
+                claimed.token.to_string(),
+                attempt.clone(),
+                state.as_str().to_string(),
+                due.map(|d| d.to_string()).unwrap_or_default(),
+                if due.is_none() {
+                    now.to_string()
+                } else {
+                    String::new()
+                },
+                MAX_ATTEMPT_RECORDS.to_string(),
+                endpoint.clone(),
+                now.to_string(),
+            ])
+        };
+        // The state recorded is the one planned at the try Redis carried out: a retry may have
+        // planned another (a retry's due time, or given up once its time ran out).
+        let state: String = self.run_script_now(&RECORD, &keys, args).await?;
+        Ok((!state.is_empty()).then(|| DeliveryState::parse(&state)))
     }
 
     async fn deliveries_page(
@@ -336,64 +271,7 @@ impl DeliveryStore for RedisStore {
         page: DeliveryPage,
         limit: usize,
     ) -> Result<Vec<Delivery>> {
-        let ids = self.delivery_ids(job, page, limit).await?;
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut ids = ids;
-        let mut keys: Vec<(String, String)> = ids
-            .iter()
-            .map(|n| (self.keyed("dlv:", n), self.keyed("dlvlog:", n)))
-            .collect();
-        let rows = match self.dlv_rows(&keys).await? {
-            Some(rows) => rows,
-            None => {
-                // A key of the wrong type (`dlv_claim.lua` takes such deliveries out of the
-                // pending sets): the job's other deliveries are listed, that one left out.
-                let ok = self.dlv_listable(&keys).await?;
-                let mut keep = ok.iter().copied();
-                ids.retain(|_| keep.next().unwrap_or(false));
-                let mut keep = ok.iter().copied();
-                keys.retain(|_| keep.next().unwrap_or(false));
-                self.dlv_rows(&keys)
-                    .await?
-                    .ok_or_else(|| corrupt("a key of the wrong type"))?
-            }
-        };
-        // Due times (a claim's: the end of its hold) are the store's clock.
-        let now = self.now().await;
-        let mut out = Vec::new();
-        for (id, ((u, e, b, t, st, n, due, c, a), log)) in ids.iter().zip(rows) {
-            let (Some(u), Some(e), Some(b), Some(t)) = (u, e, b, t) else {
-                continue; // trimmed meanwhile
-            };
-            let created: Micros = t.parse().map_err(|_| corrupt("created"))?;
-            let state = DeliveryState::parse(st.as_deref().unwrap_or("pending"));
-            let mut d = Delivery {
-                id: id.parse().map_err(|_| corrupt("id"))?,
-                job_id: job,
-                url: u,
-                event_id: e,
-                event: b,
-                created_at: created,
-                state,
-                next_at: (state == DeliveryState::Pending)
-                    .then(|| due.and_then(|d| d.parse().ok()).unwrap_or(created)),
-                attempts: n.and_then(|n| n.parse().ok()).unwrap_or(0),
-                log: log
-                    .iter()
-                    .map(|a| serde_json::from_str::<Attempt>(a).map_err(json_err))
-                    .collect::<Result<_>>()?,
-            };
-            // A claimed delivery: its claim's attempt last (in flight, or its sender lost).
-            if let (Some(_), Some(a), DeliveryState::Pending) = (c, a, state) {
-                let a: Attempt = serde_json::from_str(&a).map_err(json_err)?;
-                push_log(&mut d.log, a.as_claimed_at(d.next_at, now));
-                d.attempts += 1;
-            }
-            out.push(d);
-        }
-        Ok(out)
+        self.dlv_page(job, page, limit).await
     }
 
     async fn deliveries_next_due(&self) -> Result<Option<Micros>> {
@@ -435,11 +313,24 @@ impl DeliveryStore for RedisStore {
                 self.key("dlvlog:"),
                 self.key("dlv:job:"),
             ];
-            let n: i64 = self
+            let raw: Vec<String> = self
                 .run_script(&TRIM, &[self.key("dlv:done")], &args)
                 .await?;
-            total += n.max(0) as u64;
-            if (n as usize) < TRIM_CHUNK {
+            let n: usize = raw
+                .first()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| corrupt("trim reply"))?;
+            // Keys of the wrong type, left as they are: each met once (its delivery left
+            // `P:dlv:done`).
+            for key in &raw[1..] {
+                tracing::warn!(
+                    key = %key,
+                    "webhook deliveries: a key of the wrong type passed by the trim of ended \
+                     deliveries (left as it is)"
+                );
+            }
+            total += n as u64;
+            if n < TRIM_CHUNK {
                 break;
             }
         }

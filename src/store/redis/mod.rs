@@ -63,6 +63,7 @@ mod conn;
 use conn::transient;
 mod counts;
 mod deliveries;
+mod dlv_list;
 mod events;
 mod handover;
 mod hints;

@@ -20,7 +20,8 @@
 -- its secret.
 --
 -- KEYS[1] `P:dlv:pend` (every pending delivery by due time), KEYS[2] `P:dlv:eps` (endpoints by
--- their earliest due delivery), KEYS[3] `P:dlv:due` (the earlier layout). The deliveries' hashes
+-- their earliest due delivery), KEYS[3] `P:dlv:due` (the earlier layout), KEYS[4] `P:dlv:done`
+-- (ended deliveries: only checked here, `dlv_record.lua` writes it). The deliveries' hashes
 -- and the endpoints' sets are named by what is found there, so they cannot be declared
 -- beforehand: ARGV[5] is the prefix of the hashes `P:dlv:`, ARGV[7] that of an endpoint's
 -- pending deliveries `P:dlv:ep:`, ARGV[8] that of the attempt logs `P:dlvlog:` (Redis Cluster:
@@ -38,12 +39,14 @@
 -- layout's) and left as it is; an endpoint whose pending set is not a sorted set is taken out of
 -- `eps` (its deliveries stay in `pend`, counted, and are not attempted: that set listed them).
 -- Each is named in the reply (the caller logs it) and every other delivery is claimed as ever.
--- `pend`, `eps` or `P:dlv:due` of the wrong type is shared by every delivery: the claim fails
--- naming it, having written nothing.
+-- `pend`, `eps`, `P:dlv:due` or `P:dlv:done` of the wrong type is shared by every delivery: the
+-- claim fails naming it, having written nothing. `done` is checked although the claim does not
+-- use it: every record of an ended attempt writes it and would fail, after its request went out,
+-- and the delivery be sent again at each hold's end, forever.
 -- Returns the number of keys passed, a line per key passed ('<key> is a <type>'), then 8 values
 -- per claimed delivery: id, job id, url, event id, event JSON, created (µs), attempts so far (the
 -- lost claim's included), next due ('' = created).
-local pend, eps, old = KEYS[1], KEYS[2], KEYS[3]
+local pend, eps, old, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, hold_until, max, token, dlv_prefix, cap, ep_prefix =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local log_prefix, started, keep, move = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -55,7 +58,7 @@ local function bad_type(key, want)
   if t ~= want and t ~= 'none' then return key .. ' is a ' .. t end
 end
 
-for _, k in ipairs({pend, eps, old}) do
+for _, k in ipairs({pend, eps, old, done}) do
   local b = bad_type(k, 'zset')
   if b then return redis.error_reply('WRONGTYPE ' .. b .. ', not a sorted set') end
 end

@@ -9,7 +9,8 @@
 -- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept,
 -- ARGV[8] the endpoint id (its member in `P:dlv:eps`), ARGV[9] now (µs, the store's clock, as
 -- the claim's hold was set).
--- Returns 1 when recorded, 0 when the claim was lost: taken by another claim, or its hold ran out
+-- Returns the new state when recorded (ARGV[4]: the caller plans it at each try, from the
+-- store's clock), '' when the claim was lost: taken by another claim, or its hold ran out
 -- (the claim's `due`, its end, is not after now). A record made after its hold ran out is
 -- refused even when no other claim took the delivery yet: its attempt shows as unknown (its
 -- sender was paused past the hold), and the delivery is attempted again by the next claim, as
@@ -26,9 +27,9 @@ for i, want in ipairs({'hash', 'list', 'zset', 'zset', 'zset', 'zset'}) do
   end
 end
 local f = redis.call('HMGET', k, 'c', 'due', 'n')
-if f[1] ~= token then return 0 end
+if f[1] ~= token then return '' end
 -- The hold ran out (a claim always sets its end; one made by an older build may not).
-if f[2] and tonumber(f[2]) and tonumber(f[2]) <= tonumber(now) then return 0 end
+if f[2] and tonumber(f[2]) and tonumber(f[2]) <= tonumber(now) then return '' end
 if f[3] and not string.match(f[3], '^%d+$') then
   return redis.error_reply('field n of ' .. k .. ' is not a number')
 end
@@ -50,4 +51,4 @@ end
 -- The endpoint's entry in `P:dlv:eps`: the due time of its first delivery, none without any.
 local f = redis.call('ZRANGE', ek, 0, 0, 'WITHSCORES')
 if f[1] then redis.call('ZADD', eps, f[2], ep) else redis.call('ZREM', eps, ep) end
-return 1
+return state
