@@ -8,14 +8,18 @@
 mod redis_support;
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use redis_support::TestRedis;
 use runyard::auth::tokens::token_sha256;
+use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::schedules::Unreadable;
 use runyard::store::sqlite::SqliteStore;
 use runyard::store::{Store, StoreSettings};
@@ -434,4 +438,112 @@ async fn a_schedule_whose_hash_was_deleted_leaves_the_indexes_redis() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(listed(&ts).await, vec!["tick-good"]);
+}
+
+/// A TCP proxy to a Redis that, once `armed`, holds the next chunk a client sends with a script
+/// call (`EVALSHA`) until `release`: the test changes a record between a store's read of it and
+/// its script.
+struct HoldingProxy {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl HoldingProxy {
+    async fn start(upstream: u16) -> HoldingProxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let p = HoldingProxy {
+            port,
+            armed: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(Notify::new()),
+            release: Arc::new(Notify::new()),
+        };
+        let (armed, held, release) = (p.armed.clone(), p.held.clone(), p.release.clone());
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                let Ok(u) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = c.into_split();
+                let (mut ur, mut uw) = u.into_split();
+                let (armed, held, release) = (armed.clone(), held.clone(), release.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or_default();
+                        if n == 0 {
+                            return;
+                        }
+                        let script = buf[..n].windows(7).any(|w| w == b"EVALSHA");
+                        if script && armed.swap(false, Ordering::SeqCst) {
+                            held.notify_one();
+                            release.notified().await;
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                });
+            }
+        });
+        p
+    }
+}
+
+/// On Redis the delete of an unreadable record acts only if the record is still the one read,
+/// `v` and `b` both: one fixed by hand in between, its `v` kept, is left alone. Before, `b` and
+/// `v` were read in two round trips and the script compared `v` only: the fixed record was
+/// deleted. A proxy holds the store's script call while the record is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_fixed_between_the_read_and_the_delete_is_left_alone_redis() {
+    let r = TestRedis::start();
+    let key = format!("{}:schedule:fixed", r.prefix);
+    let b = Backend::Redis(r);
+    let mut ts = b.server().await;
+    create(&ts, "fixed", "0 0 1 1 *").await;
+    ts.stop().await;
+    let Backend::Redis(r) = &b else {
+        unreachable!()
+    };
+    let good = r.cli(&["HGET", &key, "b"]).trim_end().to_string();
+    assert!(good.starts_with('{'), "the record: {good}");
+    b.spoil(&ts, "fixed", Spoil::Json);
+    let proxy = HoldingProxy::start(r.port).await;
+    let url = r
+        .url
+        .replace(&format!(":{}", r.port), &format!(":{}", proxy.port));
+    let store: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(url)
+    })
+    .await
+    .expect("connect");
+    proxy.armed.store(true, Ordering::SeqCst);
+    let s = store.clone();
+    let call =
+        tokio::spawn(async move { s.schedule_unreadable("fixed", Unreadable::Delete).await });
+    tokio::time::timeout(WAIT, proxy.held.notified())
+        .await
+        .expect("the script call held");
+    // Fixed by hand, its version kept.
+    assert_eq!(r.cli(&["HSET", &key, "b", &good]).trim(), "0");
+    proxy.release.notify_one();
+    let done = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("answers")
+        .expect("joins")
+        .expect("the store answers");
+    assert!(!done, "the fixed record is not deleted");
+    assert_eq!(
+        b.traces(&ts, "fixed"),
+        vec!["record", "sched:wake", "sched:names"]
+    );
 }
