@@ -28,6 +28,18 @@ async fn spoil(r: &TestRedis, id: Uuid) {
         .expect("hset");
 }
 
+/// Overwrites the record of job `id` with bytes that are not UTF-8 (`{` then 0xFF).
+async fn spoil_bytes(r: &TestRedis, id: Uuid) {
+    let mut c = raw_conn(r).await;
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{}:job:{id}", r.prefix))
+        .arg("b")
+        .arg(&b"{\xff"[..])
+        .query_async(&mut c)
+        .await
+        .expect("hset");
+}
+
 async fn submit(s: &Arc<dyn Store>, j: Job) -> Job {
     s.submit(j).await.expect("submit").job
 }
@@ -47,6 +59,22 @@ async fn a_claim_takes_the_readable_jobs_past_an_unreadable_one() {
     let got = s.claim("r", "w", 10, LEASE).await.expect("claim");
     assert_eq!(ids(&got), vec![a.id, b.id]);
     assert!(got.iter().all(|j| j.status == JobStatus::Starting));
+}
+
+/// A job record that is not UTF-8 is an unreadable record like the others (a corrupt record,
+/// left out of a claim): before, the read of it failed as a type error ("Cannot convert from
+/// UTF-8"), the claim with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_is_not_utf8_is_an_unreadable_record() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let bad = submit(&s, Job::new("t", "r", now_us())).await;
+    let a = submit(&s, Job::new("t", "r", now_us())).await;
+    spoil_bytes(&r, bad.id).await;
+    let e = s.get(bad.id).await.expect_err("does not read");
+    assert!(e.to_string().contains("corrupt record"), "{e}");
+    let got = s.claim("r", "w", 10, LEASE).await.expect("claim");
+    assert_eq!(ids(&got), vec![a.id]);
 }
 
 /// A held job whose record becomes unreadable is reported lost (its worker stops it: its lease

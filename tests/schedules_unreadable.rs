@@ -8,13 +8,21 @@
 mod redis_support;
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use redis_support::TestRedis;
 use runyard::auth::tokens::token_sha256;
+use runyard::store::redis::{RedisSettings, RedisStore};
+use runyard::store::schedules::Unreadable;
+use runyard::store::sqlite::SqliteStore;
+use runyard::store::{Store, StoreSettings};
 use support::{error_of, TestServer, WAIT};
 
 const MASTER_KEY: &str = "unreadable-schedules-master-key-0123456789";
@@ -29,6 +37,21 @@ concurrency = 16
 
 /// What the record of a schedule is overwritten with (the probe's).
 const BROKEN: &str = r#"{"name":broken"#;
+
+/// What [`Backend::spoil`] writes in place of a record.
+#[derive(Clone, Copy, PartialEq)]
+enum Spoil {
+    /// [`BROKEN`]: text that is not a record.
+    Json,
+    /// Bytes that are not UTF-8 (`{"` then 0xFF).
+    NotUtf8,
+}
+
+/// Redis: overwrites a schedule's `b` and bumps its `v` in one step (ARGV[1] the record, ''
+/// for bytes that are not UTF-8); `HSET`'s reply (0: the field was there).
+const SPOIL_LUA: &str = "local b = ARGV[1] if b == '' then b = '{\"' .. string.char(255) end \
+                         redis.call('HINCRBY', KEYS[1], 'v', 1) \
+                         return redis.call('HSET', KEYS[1], 'b', b)";
 
 enum Backend {
     Embedded,
@@ -51,23 +74,62 @@ impl Backend {
         c
     }
 
-    /// Overwrites the stored record of schedule `name` with text no build reads.
-    fn spoil(&self, ts: &TestServer, name: &str) {
+    /// Overwrites the stored record of schedule `name` with what no build reads, and bumps its
+    /// version in the same step (a running fire loop's compare-and-set of the record it read
+    /// before cannot write it back over the spoiled one).
+    fn spoil(&self, ts: &TestServer, name: &str, how: Spoil) {
+        match self {
+            Backend::Embedded => {
+                let body = match how {
+                    Spoil::Json => "?2",
+                    Spoil::NotUtf8 => "CAST(X'7B22FF' AS TEXT)",
+                };
+                let sql = format!(
+                    "UPDATE schedules SET body = {body}, version = version + 1 WHERE name = ?1"
+                );
+                let n = match how {
+                    Spoil::Json => Self::db(ts).execute(&sql, [name, BROKEN]),
+                    Spoil::NotUtf8 => Self::db(ts).execute(&sql, [name]),
+                }
+                .expect("update");
+                assert_eq!(n, 1);
+            }
+            Backend::Redis(r) => {
+                let key = format!("{}:schedule:{name}", r.prefix);
+                let b = if how == Spoil::Json { BROKEN } else { "" };
+                let out = r.cli(&["EVAL", SPOIL_LUA, "1", &key, b]);
+                assert_eq!(out.trim(), "0", "overwrote the record: {out}");
+            }
+        }
+    }
+
+    /// Sets the wake time (µs) of schedule `name` in the store's index, by hand.
+    fn set_wake(&self, ts: &TestServer, name: &str, at: i64) {
         match self {
             Backend::Embedded => {
                 let n = Self::db(ts)
                     .execute(
-                        "UPDATE schedules SET body = ?2 WHERE name = ?1",
-                        [name, BROKEN],
+                        "UPDATE schedules SET wake_at = ?2 WHERE name = ?1",
+                        rusqlite::params![name, at],
                     )
                     .expect("update");
                 assert_eq!(n, 1);
             }
             Backend::Redis(r) => {
-                let key = format!("{}:schedule:{name}", r.prefix);
-                let out = r.cli(&["HSET", &key, "b", BROKEN]);
-                assert_eq!(out.trim(), "0", "overwrote the record: {out}");
+                let key = format!("{}:sched:wake", r.prefix);
+                let out = r.cli(&["ZADD", &key, "XX", "CH", &at.to_string(), name]);
+                assert_eq!(out.trim(), "1", "moved the wake time: {out}");
             }
+        }
+    }
+
+    /// The store the stopped server `ts` used, opened by the test.
+    async fn store(&self, ts: &TestServer) -> Arc<dyn Store> {
+        match self {
+            Backend::Embedded => Arc::new(
+                SqliteStore::open(&ts.data_dir(), StoreSettings::default(), false).expect("open"),
+            ),
+            Backend::Redis(r) => redis_support::open_store(r).await,
         }
     }
 
@@ -182,18 +244,26 @@ async fn unreadable_schedule_suite(b: Backend) {
     let ts = b.server().await;
     create(&ts, "s-good", "0 0 1 1 *").await;
     create(&ts, "s-bad", "0 0 1 1 *").await;
-    b.spoil(&ts, "s-bad");
+    create(&ts, "s-bytes", "0 0 1 1 *").await;
+    b.spoil(&ts, "s-bad", Spoil::Json);
+    b.spoil(&ts, "s-bytes", Spoil::NotUtf8);
 
-    // Listed: the readable one; the unreadable one is left out.
+    // Listed: the readable one; the unreadable ones are left out (on Redis a record not UTF-8
+    // once failed the whole list, 500).
     assert_eq!(listed(&ts).await, vec!["s-good"]);
     // Read alone: an error that names it.
-    let (st, v) = ts.get("/async/schedules/s-bad").await;
-    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
-    let (_, message) = error_of(&v);
-    assert!(
-        message.contains("corrupt record") && message.contains("s-bad"),
-        "{message}"
-    );
+    for name in ["s-bad", "s-bytes"] {
+        let (st, v) = ts.get(&format!("/async/schedules/{name}")).await;
+        assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+        let (_, message) = error_of(&v);
+        assert!(
+            message.contains("corrupt record") && message.contains(name),
+            "{message}"
+        );
+    }
+    let (st, v) = send(&ts, Method::DELETE, "/async/schedules/s-bytes").await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(b.traces(&ts, "s-bytes"), Vec::<String>::new());
     // Deleted through the API: every trace of it gone, the other one untouched.
     let (st, v) = send(&ts, Method::DELETE, "/async/schedules/s-bad").await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
@@ -211,7 +281,7 @@ async fn unreadable_schedule_suite(b: Backend) {
     // Due every second: set aside for a minute when met, while another one keeps firing.
     create(&ts, "tick-bad", "* * * * * *").await;
     create(&ts, "tick-good", "* * * * * *").await;
-    b.spoil(&ts, "tick-bad");
+    b.spoil(&ts, "tick-bad", Spoil::Json);
     let spoiled = now_us();
     let start = Instant::now();
     let aside = loop {
@@ -284,7 +354,7 @@ async fn only_an_unconfined_credential_deletes_an_unreadable_schedule() {
     let body = json!({"name": "s-bad", "cron": "0 0 1 1 *", "job": {"type": "runyard.noop"}});
     let (st, text) = call(Method::POST, "/async/schedules", admin, Some(body)).await;
     assert_eq!(st, StatusCode::CREATED, "{text}");
-    b.spoil(&ts, "s-bad");
+    b.spoil(&ts, "s-bad", Spoil::Json);
 
     let (st, text) = call(Method::DELETE, "/async/schedules/s-bad", confined, None).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{text}");
@@ -297,4 +367,183 @@ async fn only_an_unconfined_credential_deletes_an_unreadable_schedule() {
     let (st, text) = call(Method::DELETE, "/async/schedules/s-bad", admin, None).await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{text}");
     assert_eq!(b.traces(&ts, "s-bad"), Vec::<String>::new());
+}
+
+/// The fire loop sets an unreadable schedule aside only while it is still due: during a rolling
+/// upgrade a newer build that reads the record may have planned it meanwhile (its wake time in
+/// the future), and that plan stands. Before, the set-aside moved any wake time to a minute on.
+async fn set_aside_only_when_due(b: Backend) {
+    let mut ts = b.server().await;
+    create(&ts, "planned", "0 0 1 1 *").await;
+    b.spoil(&ts, "planned", Spoil::Json);
+    ts.stop().await;
+    let store = b.store(&ts).await;
+    let planned = b.wake(&ts, "planned").expect("a wake time");
+    let now = now_us();
+    assert!(planned > now + 120_000_000, "planned for next January");
+    let aside = Unreadable::WakeAt {
+        at: now + 60_000_000,
+        due_by: now,
+    };
+    let done = store.schedule_unreadable("planned", aside).await;
+    assert!(!done.expect("store answers"), "not due: left alone");
+    assert_eq!(b.wake(&ts, "planned"), Some(planned), "the plan stands");
+    // Still due: set aside.
+    b.set_wake(&ts, "planned", now - 1_000_000);
+    let done = store.schedule_unreadable("planned", aside).await;
+    assert!(done.expect("store answers"), "due: set aside");
+    assert_eq!(b.wake(&ts, "planned"), Some(now + 60_000_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_schedule_is_set_aside_only_while_due_embedded() {
+    set_aside_only_when_due(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_schedule_is_set_aside_only_while_due_redis() {
+    set_aside_only_when_due(Backend::Redis(TestRedis::start())).await;
+}
+
+/// On Redis a schedule's hash deleted by hand (`DEL P:schedule:x`) left its name in the wake
+/// index: due for ever, the fire loop met it every 2 ms and `DELETE` answered 404. The fire loop
+/// now takes it out of the indexes; the other schedules go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_whose_hash_was_deleted_leaves_the_indexes_redis() {
+    let r = TestRedis::start();
+    let key = format!("{}:schedule:orphan", r.prefix);
+    let b = Backend::Redis(r);
+    let ts = b.server().await;
+    create(&ts, "orphan", "* * * * * *").await;
+    create(&ts, "tick-good", "* * * * * *").await;
+    let Backend::Redis(r) = &b else {
+        unreachable!()
+    };
+    assert_eq!(r.cli(&["DEL", &key]).trim(), "1", "the hash deleted");
+    let start = Instant::now();
+    loop {
+        let left = b.traces(&ts, "orphan");
+        if left.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "still in the indexes: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, v) = ts.get("/async/schedules/orphan").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    let before = jobs_of(&ts, "tick-good").await;
+    let start = Instant::now();
+    while jobs_of(&ts, "tick-good").await < before + 1 {
+        assert!(start.elapsed() < WAIT, "the other schedule stopped firing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed(&ts).await, vec!["tick-good"]);
+}
+
+/// A TCP proxy to a Redis that, once `armed`, holds the next chunk a client sends with a script
+/// call (`EVALSHA`) until `release`: the test changes a record between a store's read of it and
+/// its script.
+struct HoldingProxy {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    held: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl HoldingProxy {
+    async fn start(upstream: u16) -> HoldingProxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let p = HoldingProxy {
+            port,
+            armed: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(Notify::new()),
+            release: Arc::new(Notify::new()),
+        };
+        let (armed, held, release) = (p.armed.clone(), p.held.clone(), p.release.clone());
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                let Ok(u) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = c.into_split();
+                let (mut ur, mut uw) = u.into_split();
+                let (armed, held, release) = (armed.clone(), held.clone(), release.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or_default();
+                        if n == 0 {
+                            return;
+                        }
+                        let script = buf[..n].windows(7).any(|w| w == b"EVALSHA");
+                        if script && armed.swap(false, Ordering::SeqCst) {
+                            held.notify_one();
+                            release.notified().await;
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                });
+            }
+        });
+        p
+    }
+}
+
+/// On Redis the delete of an unreadable record acts only if the record is still the one read,
+/// `v` and `b` both: one fixed by hand in between, its `v` kept, is left alone. Before, `b` and
+/// `v` were read in two round trips and the script compared `v` only: the fixed record was
+/// deleted. A proxy holds the store's script call while the record is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_fixed_between_the_read_and_the_delete_is_left_alone_redis() {
+    let r = TestRedis::start();
+    let key = format!("{}:schedule:fixed", r.prefix);
+    let b = Backend::Redis(r);
+    let mut ts = b.server().await;
+    create(&ts, "fixed", "0 0 1 1 *").await;
+    ts.stop().await;
+    let Backend::Redis(r) = &b else {
+        unreachable!()
+    };
+    let good = r.cli(&["HGET", &key, "b"]).trim_end().to_string();
+    assert!(good.starts_with('{'), "the record: {good}");
+    b.spoil(&ts, "fixed", Spoil::Json);
+    let proxy = HoldingProxy::start(r.port).await;
+    let url = r
+        .url
+        .replace(&format!(":{}", r.port), &format!(":{}", proxy.port));
+    let store: Arc<dyn Store> = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        retry: Duration::from_secs(5),
+        ..RedisSettings::new(url)
+    })
+    .await
+    .expect("connect");
+    proxy.armed.store(true, Ordering::SeqCst);
+    let s = store.clone();
+    let call =
+        tokio::spawn(async move { s.schedule_unreadable("fixed", Unreadable::Delete).await });
+    tokio::time::timeout(WAIT, proxy.held.notified())
+        .await
+        .expect("the script call held");
+    // Fixed by hand, its version kept.
+    assert_eq!(r.cli(&["HSET", &key, "b", &good]).trim(), "0");
+    proxy.release.notify_one();
+    let done = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("answers")
+        .expect("joins")
+        .expect("the store answers");
+    assert!(!done, "the fixed record is not deleted");
+    assert_eq!(
+        b.traces(&ts, "fixed"),
+        vec!["record", "sched:wake", "sched:names"]
+    );
 }

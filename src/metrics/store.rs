@@ -199,6 +199,7 @@ metered! {
         schedule_cas(s: &Schedule, expected: Option<u64>) -> bool;
         schedule_delete(name: &str, expected: u64) -> bool;
         schedule_unreadable(name: &str, what: crate::store::schedules::Unreadable) -> bool;
+        schedule_orphan(name: &str) -> bool;
     }
     SignalStore {
         signal_append(key: &str, id: Option<String>, payload: Option<Value>, at: Micros)

@@ -168,6 +168,11 @@ impl Firing {
     pub async fn tick(&self, name: &str, busy_since: Micros) -> Result<()> {
         for _ in 0..CAS_TRIES {
             let Some(s) = self.store.schedule(name).await? else {
+                // Due, yet without a record (on Redis a hand `DEL` of its key): taken out of the
+                // indexes, or the loop would meet it again at once, for ever.
+                if self.store.schedule_orphan(name).await? {
+                    tracing::warn!(schedule = %name, "schedule without a record taken out of the index");
+                }
                 return Ok(());
             };
             let now = clock();

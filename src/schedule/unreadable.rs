@@ -1,7 +1,7 @@
 //! A schedule whose record this build cannot read (written by hand, by a bug): the fire loop
 //! cannot plan it, and asking again at every wake-up would fail (and log) every second on every
 //! process. It is set aside instead: its wake time moved [`SET_ASIDE`] ahead (only if its record
-//! is still the unreadable one: `ScheduleStore::schedule_unreadable`), logged naming it at most
+//! is still the unreadable one and it is still due: `ScheduleStore::schedule_unreadable`), logged naming it at most
 //! once a minute per process; the other schedules fire as before. Fixed or deleted, it is handled
 //! again (`DELETE /async/schedules/{name}` removes it).
 
@@ -23,16 +23,18 @@ pub async fn set_aside(store: &dyn Store, name: &str, e: &StoreError) -> bool {
     if !is_corrupt(e) {
         return false;
     }
-    let until = clock() + SET_ASIDE.as_micros() as i64;
-    match store
-        .schedule_unreadable(name, Unreadable::WakeAt(until))
-        .await
-    {
+    let now = clock();
+    let aside = Unreadable::WakeAt {
+        at: now + SET_ASIDE.as_micros() as i64,
+        due_by: now,
+    };
+    match store.schedule_unreadable(name, aside).await {
         Ok(true) => {
             log_unreadable(name, "the fire loop (set aside for a minute)", e);
             true
         }
-        // Readable after all, or the store failed: the caller reports the error it had.
+        // Readable after all, no longer due (planned meanwhile by a build that reads it), or the
+        // store failed: the caller reports the error it had.
         _ => false,
     }
 }

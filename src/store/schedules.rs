@@ -39,6 +39,11 @@ pub trait ScheduleStore: Send + Sync {
     /// read again, and changed only if it is still the one read): true when done; false when
     /// the record reads (it was fixed, or the caller's error was another), or is gone.
     async fn schedule_unreadable(&self, name: &str, what: Unreadable) -> Result<bool>;
+    /// Takes `name` out of the indexes when its record is gone (on Redis a hand `DEL` of the
+    /// schedule's key left it due for ever: the fire loop met it every few milliseconds): true
+    /// when it did; false when the record exists, or the name was in no index (the embedded
+    /// store keeps a schedule in one row: always false).
+    async fn schedule_orphan(&self, name: &str) -> Result<bool>;
 }
 
 /// What [`ScheduleStore::schedule_unreadable`] does to a schedule whose record does not read
@@ -47,8 +52,15 @@ pub trait ScheduleStore: Send + Sync {
 pub enum Unreadable {
     /// Delete it (the record and its places in the indexes).
     Delete,
-    /// Move its wake time to this (µs), so that the fire loop meets it again only then.
-    WakeAt(Micros),
+    /// Move its wake time to `at` (µs), so that the fire loop meets it again only then; only if
+    /// its wake time is still at or before `due_by` (still due: during a rolling upgrade a newer
+    /// build that reads the record may have planned it meanwhile, and its plan stands).
+    WakeAt {
+        /// The new wake time (µs).
+        at: Micros,
+        /// The latest wake time (µs) at which it is still due (the caller's now).
+        due_by: Micros,
+    },
 }
 
 /// The error for the unreadable record of schedule `name` (a "corrupt record", as a job's).

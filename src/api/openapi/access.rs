@@ -145,7 +145,7 @@ fn apply(op: &mut Operation, need: Need, reads_query: bool) {
         Need::Client(..) | Need::EveryChannel(_) => {
             op.security = Some(bearer_only());
             add(op, "401", "`unauthorized`: no credential or a bad one (`[auth]` only; `WWW-Authenticate: Bearer`)");
-            add(op, "403", "`forbidden`: the credential lacks the scope, or the job or schedule is outside its `types` / `channels` (`[auth]` only)");
+            add(op, "403", "`forbidden`: the credential lacks the scope, or the job or schedule is outside its `types` / `channels`, or (a credential confined to them) the schedule's stored record does not read (`[auth]` only)");
         }
         Need::Unconfined(_) => {
             op.security = Some(bearer_only());

@@ -196,7 +196,9 @@ impl JobQueue for RedisStore {
             .chunks_exact(3)
             .enumerate()
         {
-            let body: String = ::redis::from_redis_value(&chunk[2])
+            // As bytes: a record that is not UTF-8 reads as the others do (`records::text`).
+            let body = ::redis::from_redis_value::<Vec<u8>>(&chunk[2])
+                .map(super::records::text)
                 .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;
             // A record this build cannot read is left out, not the whole claim (logged): the
             // reaper puts its reservation back in its queue (its hash says QUEUED), so it is

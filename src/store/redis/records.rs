@@ -23,6 +23,15 @@ pub fn read_job_record(body: &str) -> Result<Job> {
     crate::store::job_record::read_inline(body)
 }
 
+/// A record's bytes as text. A record is read as bytes, not as a string: one that is not UTF-8
+/// (written by hand, by another program) failed the whole read as a type error, which no caller
+/// took for an unreadable record (a schedule's made every schedule route answer 500); invalid
+/// sequences read as U+FFFD instead, as the embedded store reads its text (`body_text`), and
+/// such a record reads as JSON or is reported as a corrupt record.
+pub(super) fn text(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Whether `e` is Redis's refusal of a command on a key of another type.
 pub(super) fn wrong_type(e: &RedisError) -> bool {
     e.code() == Some("WRONGTYPE")
@@ -34,15 +43,16 @@ fn readable_type(t: &str) -> bool {
 }
 
 impl RedisStore {
-    /// The record (`b` field) of the hash `key`, none when it is absent; [`WRONG`] and the error
-    /// when `key` is not a hash.
+    /// The record (`b` field, read as [`text`]) of the hash `key`, none when it is absent;
+    /// [`WRONG`] and the error when `key` is not a hash.
     pub(crate) async fn body(&self, key: &str) -> Result<Option<String>> {
         self.exec(true, |mut c| {
             let cmd = ::redis::cmd("HGET").arg(key).arg("b").clone();
             async move {
-                match cmd.query_async(&mut c).await {
+                match cmd.query_async::<Option<Vec<u8>>>(&mut c).await {
+                    Ok(b) => Ok(b.map(text)),
                     Err(e) if wrong_type(&e) => Ok(Some(format!("{WRONG}{e}"))),
-                    r => r,
+                    Err(e) => Err(e),
                 }
             }
         })
@@ -53,11 +63,14 @@ impl RedisStore {
     /// them is not a hash: [`Self::per_key`]); [`WRONG`] and the error for a key not a hash.
     pub(crate) async fn bodies(&self, keys: &[String]) -> Result<Vec<Option<String>>> {
         let got = self
-            .per_key(keys, |k| ::redis::cmd("HGET").arg(k).arg("b").clone())
+            .per_key::<Option<Vec<u8>>>(keys, |k| ::redis::cmd("HGET").arg(k).arg("b").clone())
             .await?;
         Ok(got
             .into_iter()
-            .map(|r| r.unwrap_or_else(|e| Some(format!("{WRONG}{e}"))))
+            .map(|r| match r {
+                Ok(b) => b.map(text),
+                Err(e) => Some(format!("{WRONG}{e}")),
+            })
             .collect())
     }
 

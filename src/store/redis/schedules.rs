@@ -2,7 +2,8 @@
 //! `P:sched:wake` sorted set of names by wake time (µs), `P:sched:names` every name. Every write
 //! is `lua/schedule_cas.lua`, a compare-and-set on `v` that keeps both sets in step, but for a
 //! record this build cannot read: `lua/schedule_unreadable.lua` deletes it, or moves its wake
-//! time, if its `v` is still the one read.
+//! time, if its `v` and `b` are still the ones read; and `lua/schedule_orphan.lua` takes a name
+//! whose hash is gone (a hand `DEL`) out of the two sets.
 
 use std::sync::LazyLock;
 
@@ -17,6 +18,8 @@ use crate::store::{Result, ScheduleStore, StoreError};
 static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/schedule_cas.lua")));
 static UNREADABLE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/schedule_unreadable.lua")));
+static ORPHAN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/schedule_orphan.lua")));
 
 impl RedisStore {
     fn schedule_key(&self, name: &str) -> String {
@@ -108,28 +111,84 @@ impl ScheduleStore for RedisStore {
 
     async fn schedule_unreadable(&self, name: &str, what: Unreadable) -> Result<bool> {
         let key = self.schedule_key(name);
-        let Some(body) = self.body(&key).await? else {
+        let Some(read) = self.schedule_raw(&key).await? else {
             return Ok(false);
         };
-        if parse(name, &body).is_ok() {
-            return Ok(false);
+        if let Raw::Hash(_, b) = &read {
+            if parse(name, &super::records::text(b.clone())).is_ok() {
+                return Ok(false);
+            }
         }
-        let version: Option<String> = if body.starts_with(super::records::WRONG) {
-            None
-        } else {
-            self.exec(true, |mut c| {
-                let cmd = ::redis::cmd("HGET").arg(&key).arg("v").clone();
-                async move { cmd.query_async(&mut c).await }
-            })
-            .await?
+        self.unreadable_script(key, name, &read, what).await
+    }
+
+    async fn schedule_orphan(&self, name: &str) -> Result<bool> {
+        let keys = [
+            self.schedule_key(name),
+            self.key("sched:wake"),
+            self.key("sched:names"),
+        ];
+        let n: i64 = self.run_script(&ORPHAN, &keys, &[name.to_string()]).await?;
+        Ok(n == 1)
+    }
+}
+
+/// A schedule's key as [`ScheduleStore::schedule_unreadable`] read it.
+enum Raw {
+    /// A hash: its `v` ('' when none) and its `b`, as bytes.
+    Hash(String, Vec<u8>),
+    /// A key of another type.
+    Other,
+}
+
+impl RedisStore {
+    /// The `v` and `b` of schedule key `key` in one read (`HMGET`); none when it has no `b`.
+    async fn schedule_raw(&self, key: &str) -> Result<Option<Raw>> {
+        let got = self
+            .per_key::<(Option<String>, Option<Vec<u8>>)>(
+                std::slice::from_ref(&key.to_string()),
+                |k| ::redis::cmd("HMGET").arg(k).arg("v").arg("b").clone(),
+            )
+            .await?;
+        Ok(match got.into_iter().next() {
+            Some(Ok((v, Some(b)))) => Some(Raw::Hash(v.unwrap_or_default(), b)),
+            Some(Err(_)) => Some(Raw::Other),
+            Some(Ok((_, None))) | None => None,
+        })
+    }
+
+    /// Runs `lua/schedule_unreadable.lua` on what was `read` of schedule `name`.
+    async fn unreadable_script(
+        &self,
+        key: String,
+        name: &str,
+        read: &Raw,
+        what: Unreadable,
+    ) -> Result<bool> {
+        let (wake, due_by) = match what {
+            Unreadable::Delete => (String::new(), String::new()),
+            Unreadable::WakeAt { at, due_by } => (at.to_string(), due_by.to_string()),
+        };
+        let (v, b, hash): (&str, &[u8], &str) = match read {
+            Raw::Hash(v, b) => (v, b, "1"),
+            Raw::Other => ("", &[], ""),
         };
         let keys = [key, self.key("sched:wake"), self.key("sched:names")];
-        let wake = match what {
-            Unreadable::Delete => String::new(),
-            Unreadable::WakeAt(t) => t.to_string(),
-        };
-        let args = [version.unwrap_or_default(), name.to_string(), wake];
-        let n: i64 = self.run_script(&UNREADABLE, &keys, &args).await?;
+        let n: i64 = self
+            .exec(true, |mut c| {
+                let mut inv = UNREADABLE.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(v)
+                    .arg(name)
+                    .arg(&wake)
+                    .arg(b)
+                    .arg(hash)
+                    .arg(&due_by);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
         Ok(n == 1)
     }
 }

@@ -62,7 +62,10 @@ local calls = {
   {'RPUSH', l, 'a'}, {'LRANGE', l, 0, -1}, {'LINDEX', l, 0}, {'LSET', l, 0, 'b'}, {'LLEN', l},
   {'LTRIM', l, 0, 0},
   {'SADD', s, 'a'}, {'SMEMBERS', s}, {'SCARD', s}, {'SREM', s, 'a'},
-  {'SET', v, '1'}, {'GET', v}, {'INCR', v}, {'INCRBY', v, 2}, {'PEXPIRE', v, 60000},
+  {'SET', v, '1'},
+  -- The replay memory's form (`replay.rs`): NX with GET needs Redis 7.0.
+  {'SET', v, '2', 'NX', 'GET', 'PX', 60000, name = 'SET ... NX GET PX (Redis 7.0 or later)'},
+  {'GET', v}, {'INCR', v}, {'INCRBY', v, 2}, {'PEXPIRE', v, 60000},
   {'PTTL', v}, {'EXISTS', v}, {'TYPE', v}, {'TIME'}, {'PUBLISH', ARGV[1], ARGV[2]},
   {'DEL', h, z, x, l, s, v},
 }
@@ -70,7 +73,7 @@ for _, c in ipairs(calls) do
   local r = redis.pcall(unpack(c))
   if type(r) == 'table' and r.err then
     redis.pcall('DEL', h, z, x, l, s, v)
-    return {c[1], r.err}
+    return {c.name or c[1], r.err}
   end
 end
 return {}

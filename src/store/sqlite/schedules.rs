@@ -132,15 +132,20 @@ impl ScheduleStore for SqliteStore {
                     "DELETE FROM schedules WHERE name = ?1",
                     params![name],
                 )?,
-                Unreadable::WakeAt(t) => exec(
+                Unreadable::WakeAt { at, due_by } => exec(
                     ctx.conn,
-                    "UPDATE schedules SET wake_at = ?2 WHERE name = ?1",
-                    params![name, t],
+                    "UPDATE schedules SET wake_at = ?2 WHERE name = ?1 AND wake_at <= ?3",
+                    params![name, at, due_by],
                 )?,
             };
             Ok(n == 1)
         })
         .await
+    }
+
+    async fn schedule_orphan(&self, _name: &str) -> Result<bool> {
+        // One row holds a schedule and its wake time: no index to be left behind.
+        Ok(false)
     }
 
     async fn schedule_delete(&self, name: &str, expected: u64) -> Result<bool> {
