@@ -8,21 +8,27 @@ use std::time::{Duration, Instant};
 /// How long after a thing was logged loudly it is logged quietly (at DEBUG).
 pub(crate) const QUIET: Duration = Duration::from_secs(60);
 
-/// How many things [`loud`] remembers when it last said so (beyond: quiet).
+/// How many things of one kind [`loud`] remembers when it last said so (beyond: quiet).
 const REMEMBERED: usize = 1024;
 
-/// Whether the thing named `key` (its kind in the name: `schedule x`, a Redis key) is to be
-/// logged loudly now: the first time, and again once [`QUIET`] has passed; false in between
-/// (the caller logs at DEBUG then), so that a listing read often or many processes do not
-/// flood the log.
-pub(crate) fn loud(key: &str) -> bool {
-    static LOG: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
-    let now = Instant::now();
-    let mut logged = LOG
+/// Whether the thing named `key`, of kind `kind` (`"schedule"`, `"redis key"`: each kind has its
+/// own [`REMEMBERED`] places, so many things of one kind never quiet another's), is to be logged
+/// loudly now: the first time, and again once [`QUIET`] has passed; false in between (the
+/// caller logs at DEBUG then), so that a listing read often or many processes do not flood the
+/// log.
+pub(crate) fn loud(kind: &'static str, key: &str) -> bool {
+    type Kinds = HashMap<&'static str, HashMap<String, Instant>>;
+    static LOG: OnceLock<Mutex<Kinds>> = OnceLock::new();
+    let mut kinds = LOG
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let quiet = |at: &Instant| now.duration_since(*at) < QUIET;
+    loud_in(kinds.entry(kind).or_default(), key, Instant::now())
+}
+
+/// [`loud`] for one kind's table, at `now`.
+fn loud_in(logged: &mut HashMap<String, Instant>, key: &str, now: Instant) -> bool {
+    let quiet = |at: &Instant| now.saturating_duration_since(*at) < QUIET;
     if logged.get(key).is_some_and(quiet) {
         return false;
     }
@@ -42,8 +48,25 @@ mod tests {
 
     #[test]
     fn a_thing_is_loud_once_a_minute() {
-        assert!(loud("log_quiet test a"));
-        assert!(!loud("log_quiet test a"));
-        assert!(loud("log_quiet test b"));
+        assert!(loud("test", "log_quiet test a"));
+        assert!(!loud("test", "log_quiet test a"));
+        assert!(loud("test", "log_quiet test b"));
+        let (mut t, t0) = (HashMap::new(), Instant::now());
+        assert!(loud_in(&mut t, "a", t0));
+        assert!(!loud_in(&mut t, "a", t0 + Duration::from_secs(59)));
+        assert!(
+            loud_in(&mut t, "a", t0 + QUIET),
+            "loud again after a minute"
+        );
+        assert!(!loud_in(&mut t, "a", t0 + QUIET + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn many_things_of_one_kind_do_not_quiet_another_kind() {
+        for i in 0..REMEMBERED + 10 {
+            loud("test many", &format!("thing {i}"));
+        }
+        assert!(!loud("test many", "one more"), "the kind's places are full");
+        assert!(loud("test other", "thing 0"));
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn corrupt(name: &str, e: impl std::fmt::Display) -> StoreError {
 /// fire loop): at ERROR the first time and again once a minute has passed, at DEBUG in between,
 /// so that a listing read often or many processes do not flood the log.
 pub(crate) fn log_unreadable(name: &str, what: &str, error: &dyn std::fmt::Display) {
-    let loud = super::log_quiet::loud(&format!("schedule {name}"));
+    let loud = super::log_quiet::loud("schedule", name);
     if loud {
         tracing::error!(schedule = %name, error = %error, met_by = what,
             "unreadable schedule record left out (logged again in a minute if still there; \

@@ -144,7 +144,7 @@ impl RedisStore {
                 .into_iter()
                 .find(|(_, t, want)| t.as_str() != *want && t.as_str() != "none");
             if let Some((key, t, _)) = bad {
-                if crate::store::log_quiet::loud(key) {
+                if crate::store::log_quiet::loud("redis key", key) {
                     tracing::warn!(key = %key, "webhook deliveries: a listing leaves out a \
                         delivery whose key is a {t} (logged again in a minute if still there)");
                 } else {
