@@ -75,6 +75,8 @@ struct Trap {
     hit: Notify,
     cut: Notify,
     cut_on: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The request holding `marker` is not forwarded either (never reaches Redis).
+    swallow: AtomicBool,
 }
 
 impl Trap {
@@ -85,6 +87,7 @@ impl Trap {
             hit: Notify::new(),
             cut: Notify::new(),
             cut_on: std::sync::Mutex::new(None),
+            swallow: AtomicBool::new(false),
         })
     }
 }
@@ -110,8 +113,10 @@ async fn requests(
             return;
         }
         tail.extend_from_slice(&buf[..n]);
+        let mut forward = true;
         if holds(&tail, &t.marker) && t.armed.swap(false, Ordering::SeqCst) {
             mute.store(true, Ordering::SeqCst);
+            forward = !t.swallow.load(Ordering::SeqCst);
             t.hit.notify_one();
         } else if mute.load(Ordering::SeqCst) && !holds(&buf[..n], &t.marker) {
             let cut_on = t.cut_on.lock().unwrap().clone();
@@ -121,7 +126,7 @@ async fn requests(
         }
         let keep = tail.len().saturating_sub(t.marker.len());
         tail.drain(..keep);
-        if w.write_all(&buf[..n]).await.is_err() {
+        if forward && w.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
@@ -201,6 +206,8 @@ enum Fault {
     /// Its reply is withheld for longer than `store.retry` (the tries are withheld too): the
     /// commit fails; the connection is cut as the claim's jobs are read back.
     NoAnswer,
+    /// As `NoAnswer`, but the claim's write never reaches Redis: read back, nothing was written.
+    NotWritten,
 }
 
 /// What the test does to the claim's stored record (a raw Redis connection) while its reply is
@@ -219,6 +226,9 @@ enum Tamper {
 
 /// Rewrites the lease of job `id`'s record as `t` says.
 async fn tamper(redis: &TestRedis, id: &str, t: Tamper) {
+    if t == Tamper::None {
+        return;
+    }
     let mut c = redis_support::raw_conn(redis).await;
     let key = format!("{}:job:{id}", redis.prefix);
     let body: String = ::redis::cmd("HGET")
@@ -231,7 +241,7 @@ async fn tamper(redis: &TestRedis, id: &str, t: Tamper) {
     let lease = &mut j["lease"];
     assert!(lease.is_object(), "no lease in {body}");
     match t {
-        Tamper::None => return,
+        Tamper::None => {}
         Tamper::LeaseRanOut => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -261,6 +271,8 @@ async fn claim_found(handover: bool, fault: Fault, how: Tamper) {
     // The job's args carry the marker: the first write of the job the worker sends is its claim.
     let marker = format!("lost-claim-reply-{}", std::process::id());
     let trap = Trap::new(&marker);
+    trap.swallow
+        .store(fault == Fault::NotWritten, Ordering::SeqCst);
     let via = proxy(redis.port, trap.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let api_port = free_port();
@@ -291,7 +303,7 @@ env = {{ RUNS = {runs} }}
 max_attempts = 1
 "#,
             prefix = redis.prefix,
-            retry = if fault == Fault::NoAnswer {
+            retry = if fault != Fault::ReplyLost {
                 "1s"
             } else {
                 "30s"
@@ -362,15 +374,18 @@ max_attempts = 1
     };
     // The read back of the job (`HGET P:job:<id> b`) holds its key without the marker.
     *trap.cut_on.lock().unwrap() =
-        (fault == Fault::NoAnswer).then(|| format!("{}:job:{id}", redis.prefix).into_bytes());
+        (fault != Fault::ReplyLost).then(|| format!("{}:job:{id}", redis.prefix).into_bytes());
     tokio::time::timeout(Duration::from_secs(30), trap.hit.notified())
         .await
         .unwrap_or_else(|_| panic!("the worker never sent its claim\n{}", logs()));
-    // Redis ran the claim (its reply is withheld): then the connection is cut.
+    // Redis ran the claim (its reply is withheld; not when it never reached Redis): then the
+    // connection is cut.
     let start = Instant::now();
-    loop {
+    let mut written = fault == Fault::NotWritten;
+    while !written {
         let v = job(&http, &url, &id).await;
-        if v["status"] == "STARTING" {
+        written = v["status"] == "STARTING";
+        if written {
             break;
         }
         assert!(
@@ -386,7 +401,7 @@ max_attempts = 1
         // The read back cuts it about `store.retry` after the claim: without one (before the
         // fix: the claim failed, the job was dropped), the connection is cut 2 s later, so the
         // worker's reaper gets to the job and shows its fate.
-        Fault::NoAnswer => {
+        Fault::NoAnswer | Fault::NotWritten => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             trap.cut.notify_waiters();
         }
@@ -437,7 +452,11 @@ max_attempts = 1
         }
     }
     assert_eq!(ran.lines().count(), 1, "the job's process ran {ran:?}");
-    if fault == Fault::NoAnswer && how == Tamper::None {
+    if fault == Fault::NotWritten {
+        // Nothing was taken: the claim failed, as the worker says (its back-off follows).
+        assert!(logs().contains("claim failed"), "{}", logs());
+    }
+    if fault != Fault::ReplyLost && how == Tamper::None {
         assert!(
             logs().contains("a claim's commit failed: read back"),
             "the claim's commit did not fail as meant\n{}",
@@ -485,4 +504,12 @@ async fn a_lost_claim_reply_found_with_its_lease_run_out_gives_its_job_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_claim_reply_with_the_job_under_another_token_is_not_run() {
     claim_found(false, Fault::ReplyLost, Tamper::OtherToken).await;
+}
+
+/// A claim whose commit failed and was not written: read back, nothing is taken, and the claim
+/// counts as failed (the worker's "claim failed" warning and back-off; before, it looked like a
+/// claim that found nothing). The reservation runs out and the job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_claim_that_wrote_nothing_is_reported_failed() {
+    claim_reply_lost(false, Fault::NotWritten).await;
 }
