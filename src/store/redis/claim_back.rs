@@ -106,7 +106,8 @@ impl RedisStore {
         for (id, r) in done {
             match r {
                 Ok(_) => tracing::info!(job_id = %id, "a failed claim's job given back"),
-                Err(StoreError::Transition(_)) => {}
+                // Not as the claim left it (or deleted since): not ours to give back.
+                Err(StoreError::Transition(_) | StoreError::NotFound) => {}
                 Err(e) => tracing::warn!(job_id = %id, error = %e,
                     "giving back a failed claim's job: left to its lease"),
             }
