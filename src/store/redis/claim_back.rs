@@ -16,9 +16,9 @@ use crate::job::Lease;
 impl RedisStore {
     /// Our own claim `w`, found `stored` (see [`own_claim`]) after its commit was not answered
     /// OK: it was written. What follows a committed write follows (notices, cache); the job is
-    /// taken as stored when its lease has enough left ([`enough_lease`] by `lease_ttl`), and
-    /// given back (released) otherwise.
-    pub(super) async fn take_own_claim(
+    /// taken as stored when its lease has enough left ([`enough_lease`] by `lease_ttl`);
+    /// `None` otherwise, when the caller gives it back ([`Self::release_claims`]).
+    pub(super) fn take_own_claim(
         &self,
         w: &Write,
         stored: Job,
@@ -39,7 +39,6 @@ impl RedisStore {
             self.remember(&stored);
             return Some(stored);
         }
-        self.release_claims(std::iter::once(w), lease_ttl).await;
         None
     }
 
@@ -71,13 +70,22 @@ impl RedisStore {
             }
         };
         let now = self.now().await;
-        let mut out = Vec::with_capacity(writes.len());
+        let (mut out, mut back) = (Vec::with_capacity(writes.len()), Vec::new());
         for ((w, body), ttl) in writes.iter().zip(bodies).zip(ttls) {
             let stored = body.and_then(|b| readable(&b, || w.job.id.to_string(), "claim"));
             out.push(match stored {
-                Some(j) if own_claim(&j, w) => self.take_own_claim(w, j, *ttl, now).await,
+                Some(j) if own_claim(&j, w) => {
+                    let taken = self.take_own_claim(w, j, *ttl, now);
+                    if taken.is_none() {
+                        back.push(w);
+                    }
+                    taken
+                }
                 _ => None,
             });
+        }
+        if !back.is_empty() {
+            self.release_claims(back.into_iter(), bound).await;
         }
         out
     }
@@ -86,7 +94,11 @@ impl RedisStore {
     /// refused when the job is not, or no longer, as the claim left it: never written, or moved
     /// on by a reaper or another worker), all at once, for up to `bound`; what fails is logged
     /// and left to its lease, as after a worker's crash.
-    async fn release_claims(&self, writes: impl Iterator<Item = &Write>, bound: Duration) {
+    pub(super) async fn release_claims(
+        &self,
+        writes: impl Iterator<Item = &Write>,
+        bound: Duration,
+    ) {
         let releases = writes.filter_map(|w| {
             let token = w.job.lease.as_ref()?.token;
             Some(async move {

@@ -62,7 +62,11 @@ impl RedisStore {
                 match self.load(w.job.id).await {
                     Ok(Some((stored, _))) if own_claim(&stored, &w) => {
                         let now = self.now().await;
-                        return self.take_own_claim(&w, stored, lease_ttl, now).await;
+                        let taken = self.take_own_claim(&w, stored, lease_ttl, now);
+                        if taken.is_none() {
+                            self.release_claims(std::iter::once(&w), lease_ttl).await;
+                        }
+                        return taken;
                     }
                     Ok(_) => {}
                     Err(e) => {
