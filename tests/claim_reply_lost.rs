@@ -38,7 +38,8 @@ fn spawn(args: &[&str], config: &Path, log: &Path, handover: bool) -> Proc {
     cmd.args(args)
         .arg("--config")
         .arg(config)
-        .env("RUNYARD_LOG", "info")
+        // "claim lost a race" is a debug line.
+        .env("RUNYARD_LOG", "info,runyard::store::redis::queue=debug")
         .env_remove("RUNYARD_REDIS")
         .env(
             "RUNYARD_REDIS_HANDOVER",
@@ -74,6 +75,8 @@ struct Trap {
     hit: Notify,
     cut: Notify,
     cut_on: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The request holding `marker` is not forwarded either (never reaches Redis).
+    swallow: AtomicBool,
 }
 
 impl Trap {
@@ -84,6 +87,7 @@ impl Trap {
             hit: Notify::new(),
             cut: Notify::new(),
             cut_on: std::sync::Mutex::new(None),
+            swallow: AtomicBool::new(false),
         })
     }
 }
@@ -109,8 +113,10 @@ async fn requests(
             return;
         }
         tail.extend_from_slice(&buf[..n]);
+        let mut forward = true;
         if holds(&tail, &t.marker) && t.armed.swap(false, Ordering::SeqCst) {
             mute.store(true, Ordering::SeqCst);
+            forward = !t.swallow.load(Ordering::SeqCst);
             t.hit.notify_one();
         } else if mute.load(Ordering::SeqCst) && !holds(&buf[..n], &t.marker) {
             let cut_on = t.cut_on.lock().unwrap().clone();
@@ -120,7 +126,7 @@ async fn requests(
         }
         let keep = tail.len().saturating_sub(t.marker.len());
         tail.drain(..keep);
-        if w.write_all(&buf[..n]).await.is_err() {
+        if forward && w.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
@@ -200,13 +206,73 @@ enum Fault {
     /// Its reply is withheld for longer than `store.retry` (the tries are withheld too): the
     /// commit fails; the connection is cut as the claim's jobs are read back.
     NoAnswer,
+    /// As `NoAnswer`, but the claim's write never reaches Redis: read back, nothing was written.
+    NotWritten,
+}
+
+/// What the test does to the claim's stored record (a raw Redis connection) while its reply is
+/// withheld, and so what the worker finds when it reads its claim back.
+#[derive(Clone, Copy, PartialEq)]
+enum Tamper {
+    /// Nothing: the claim as written.
+    None,
+    /// The lease's end set a second in the past (the record only: the lease set's score, by
+    /// which a reaper finds it, is left, so no reaper moves the job first): the claim was
+    /// written, its lease ran out by the read-back.
+    LeaseRanOut,
+    /// The lease's fencing token changed: the job is STARTING under another claim.
+    OtherToken,
+}
+
+/// Rewrites the lease of job `id`'s record as `t` says.
+async fn tamper(redis: &TestRedis, id: &str, t: Tamper) {
+    if t == Tamper::None {
+        return;
+    }
+    let mut c = redis_support::raw_conn(redis).await;
+    let key = format!("{}:job:{id}", redis.prefix);
+    let body: String = ::redis::cmd("HGET")
+        .arg(&key)
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut j: Value = serde_json::from_str(&body).unwrap();
+    let lease = &mut j["lease"];
+    assert!(lease.is_object(), "no lease in {body}");
+    match t {
+        Tamper::None => {}
+        Tamper::LeaseRanOut => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as i64;
+            lease["expires_at"] = json!(now - 1_000_000);
+        }
+        Tamper::OtherToken => {
+            lease["token"] = json!(lease["token"].as_u64().unwrap() + 1000);
+        }
+    }
+    let _: () = ::redis::cmd("HSET")
+        .arg(&key)
+        .arg("b")
+        .arg(j.to_string())
+        .query_async(&mut c)
+        .await
+        .unwrap();
 }
 
 async fn claim_reply_lost(handover: bool, fault: Fault) {
+    claim_found(handover, fault, Tamper::None).await;
+}
+
+async fn claim_found(handover: bool, fault: Fault, how: Tamper) {
     let redis = TestRedis::private(&["--save", "", "--appendonly", "no"]);
     // The job's args carry the marker: the first write of the job the worker sends is its claim.
     let marker = format!("lost-claim-reply-{}", std::process::id());
     let trap = Trap::new(&marker);
+    trap.swallow
+        .store(fault == Fault::NotWritten, Ordering::SeqCst);
     let via = proxy(redis.port, trap.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let api_port = free_port();
@@ -237,7 +303,7 @@ env = {{ RUNS = {runs} }}
 max_attempts = 1
 "#,
             prefix = redis.prefix,
-            retry = if fault == Fault::NoAnswer {
+            retry = if fault != Fault::ReplyLost {
                 "1s"
             } else {
                 "30s"
@@ -308,15 +374,18 @@ max_attempts = 1
     };
     // The read back of the job (`HGET P:job:<id> b`) holds its key without the marker.
     *trap.cut_on.lock().unwrap() =
-        (fault == Fault::NoAnswer).then(|| format!("{}:job:{id}", redis.prefix).into_bytes());
+        (fault != Fault::ReplyLost).then(|| format!("{}:job:{id}", redis.prefix).into_bytes());
     tokio::time::timeout(Duration::from_secs(30), trap.hit.notified())
         .await
         .unwrap_or_else(|_| panic!("the worker never sent its claim\n{}", logs()));
-    // Redis ran the claim (its reply is withheld): then the connection is cut.
+    // Redis ran the claim (its reply is withheld; not when it never reached Redis): then the
+    // connection is cut.
     let start = Instant::now();
-    loop {
+    let mut written = fault == Fault::NotWritten;
+    while !written {
         let v = job(&http, &url, &id).await;
-        if v["status"] == "STARTING" {
+        written = v["status"] == "STARTING";
+        if written {
             break;
         }
         assert!(
@@ -326,12 +395,13 @@ max_attempts = 1
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tamper(&redis, &id, how).await;
     match fault {
         Fault::ReplyLost => trap.cut.notify_waiters(),
         // The read back cuts it about `store.retry` after the claim: without one (before the
         // fix: the claim failed, the job was dropped), the connection is cut 2 s later, so the
         // worker's reaper gets to the job and shows its fate.
-        Fault::NoAnswer => {
+        Fault::NoAnswer | Fault::NotWritten => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             trap.cut.notify_waiters();
         }
@@ -350,14 +420,43 @@ max_attempts = 1
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(v["status"], "SUCCESS", "{v:#}\n{}", logs());
-    assert_eq!(v["attempt"], 1, "{v:#}");
-    let r = v["runs"].as_array().unwrap();
-    assert_eq!(r.len(), 1, "{v:#}");
-    assert_eq!(r[0]["outcome"], "SUCCESS", "{v:#}");
     let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    let r = v["runs"].as_array().unwrap();
+    match how {
+        Tamper::None => {
+            assert_eq!(v["status"], "SUCCESS", "{v:#}\n{}", logs());
+            assert_eq!(v["attempt"], 1, "{v:#}");
+            assert_eq!(r.len(), 1, "{v:#}");
+            assert_eq!(r[0]["outcome"], "SUCCESS", "{v:#}");
+        }
+        // Given back at once (its attempt not spent), claimed again and run.
+        Tamper::LeaseRanOut => {
+            assert_eq!(v["status"], "SUCCESS", "{v:#}\n{}", logs());
+            assert_eq!(v["attempt"], 2, "{v:#}");
+            assert_eq!(v["max_attempts"], 2, "{v:#}");
+            assert_eq!(r.len(), 2, "{v:#}");
+            assert_eq!(r[0]["outcome"], "RELEASED", "{v:#}");
+            assert_eq!(r[1]["outcome"], "SUCCESS", "{v:#}");
+            assert!(
+                logs().contains("a failed claim's job given back"),
+                "{}",
+                logs()
+            );
+        }
+        // Another claim's: never run here; its lease ran out and a reaper ended it.
+        Tamper::OtherToken => {
+            assert_eq!(v["status"], "ERROR", "{v:#}\n{}", logs());
+            assert!(ran.is_empty(), "the job's process ran {ran:?}");
+            assert!(logs().contains("claim lost a race"), "{}", logs());
+            return;
+        }
+    }
     assert_eq!(ran.lines().count(), 1, "the job's process ran {ran:?}");
-    if fault == Fault::NoAnswer {
+    if fault == Fault::NotWritten {
+        // Nothing was taken: the claim failed, as the worker says (its back-off follows).
+        assert!(logs().contains("claim failed"), "{}", logs());
+    }
+    if fault != Fault::ReplyLost && how == Tamper::None {
         assert!(
             logs().contains("a claim's commit failed: read back"),
             "the claim's commit did not fail as meant\n{}",
@@ -383,4 +482,34 @@ async fn a_handed_over_claim_whose_reply_is_lost_runs_its_job_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_commit_failed_but_was_written_runs_its_job_once() {
     claim_reply_lost(false, Fault::NoAnswer).await;
+}
+
+/// A claim whose commit failed, written but read back after its lease ran out: the job is given
+/// back at once (its attempt not spent) and runs once. Before, it was left to the reaper, which
+/// spent its one attempt (`ERROR` "worker lost").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_claim_read_back_after_its_lease_ran_out_gives_its_job_back() {
+    claim_found(false, Fault::NoAnswer, Tamper::LeaseRanOut).await;
+}
+
+/// A claim whose reply was lost, found written with its lease run out: not taken (a reaper may
+/// end it as it starts), given back at once, and run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_claim_reply_found_with_its_lease_run_out_gives_its_job_back() {
+    claim_found(false, Fault::ReplyLost, Tamper::LeaseRanOut).await;
+}
+
+/// A claim whose reply was lost, with the job STARTING under another token by then: not ours,
+/// never run by this worker (a lost race); its lease runs out and a reaper ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_claim_reply_with_the_job_under_another_token_is_not_run() {
+    claim_found(false, Fault::ReplyLost, Tamper::OtherToken).await;
+}
+
+/// A claim whose commit failed and was not written: read back, nothing is taken, and the claim
+/// counts as failed (the worker's "claim failed" warning and back-off; before, it looked like a
+/// claim that found nothing). The reservation runs out and the job runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_claim_that_wrote_nothing_is_reported_failed() {
+    claim_reply_lost(false, Fault::NotWritten).await;
 }

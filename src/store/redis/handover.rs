@@ -159,7 +159,7 @@ impl RedisStore {
             match self.claim_write(job, &taken.worker, token, lease_until, now) {
                 Ok(Some(w)) => {
                     writes.push(w);
-                    places.push((taken, token, lease_until));
+                    places.push((taken, token));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "hand-over claim"),
@@ -168,12 +168,13 @@ impl RedisStore {
         let replies = match self.commit(&writes).await {
             Ok(r) => r,
             Err(e) => {
-                // Read back: the claims written all the same are passed over; for the others
-                // the workers hear nothing came (they claim), the reservations expire and the
-                // reaper requeues the jobs.
+                // Read back (claim_back.rs): the claims written all the same are passed over
+                // (or given back); for the others the workers hear nothing came (they claim),
+                // the reservations expire and the reaper requeues the jobs.
                 tracing::warn!(error = %e, "claiming the jobs handed over failed");
-                let back = self.read_back_claims(&writes).await.unwrap_or_default();
-                for ((taken, token, _), job) in places.into_iter().zip(back) {
+                let ttls: Vec<Duration> = places.iter().map(|(t, _)| t.lease_ttl).collect();
+                let back = self.read_back_claims(&writes, &ttls).await;
+                for ((taken, token), job) in places.into_iter().zip(back) {
                     if let Some(job) = job {
                         self.pass(taken, job, token).await;
                     }
@@ -181,8 +182,9 @@ impl RedisStore {
                 return;
             }
         };
-        for ((w, (taken, token, lease_until)), r) in writes.into_iter().zip(places).zip(replies) {
-            if let Some(job) = self.claimed(w, r, &taken.worker, lease_until).await {
+        for ((w, (taken, token)), r) in writes.into_iter().zip(places).zip(replies) {
+            let lease_ttl = taken.lease_ttl;
+            if let Some(job) = self.claimed(w, r, &taken.worker, lease_ttl).await {
                 self.pass(taken, job, token).await;
             }
         }

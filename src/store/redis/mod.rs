@@ -57,6 +57,7 @@
 mod activity;
 mod batch;
 mod chanidx;
+mod claim_back;
 mod clock;
 mod commit;
 mod conn;

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use super::claim_back::own_claim;
 use super::commit::Reply;
 use super::write::Write;
 use super::*;
@@ -40,14 +41,16 @@ impl RedisStore {
     }
 
     /// The job a [`Self::claim_write`] claimed, given commit.lua's reply `r`: our own claim as
-    /// stored when the conflict is with it (see [`Self::own_claim`]); claimed again when the job
-    /// was written in between (e.g. a file attached) and is still QUEUED; `None` when not.
+    /// stored when the conflict is with it (its reply lost: the call sent again conflicted with
+    /// it; taken or given back, see [`Self::take_own_claim`]); claimed again when the job was
+    /// written in between (e.g. a file attached) and is still QUEUED, under a fresh lease of
+    /// `lease_ttl` (the claim's may have run out in a long retry); `None` when not.
     pub(super) async fn claimed(
         &self,
         w: Write,
         r: Reply,
         worker: &str,
-        lease_until: Micros,
+        lease_ttl: Duration,
     ) -> Option<Job> {
         match r {
             Reply::Ok => Some(w.job),
@@ -58,7 +61,12 @@ impl RedisStore {
             Reply::Conflict => {
                 match self.load(w.job.id).await {
                     Ok(Some((stored, _))) if own_claim(&stored, &w) => {
-                        return Some(self.own_claim(&w, stored));
+                        let now = self.now().await;
+                        let taken = self.take_own_claim(&w, stored, lease_ttl, now);
+                        if taken.is_none() {
+                            self.release_claims(std::iter::once(&w), lease_ttl).await;
+                        }
+                        return taken;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -68,58 +76,27 @@ impl RedisStore {
                     }
                 }
                 let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
-                let cmd = Command::Claim {
-                    worker: worker.to_string(),
-                    token,
-                    lease_until,
-                };
-                match self.apply_cmd(w.job.id, cmd).await {
+                let id = w.job.id;
+                let r = self
+                    .update(id, |job, now| {
+                        let cmd = Command::Claim {
+                            worker: worker.to_string(),
+                            token,
+                            lease_until: now + lease_ttl.as_micros() as i64,
+                        };
+                        Ok(apply(job, cmd, &self.actx(now))?)
+                    })
+                    .await;
+                match r {
                     Ok(j) => Some(j),
                     Err(e) => {
-                        tracing::debug!(job_id = %w.job.id, error = %e, "claim lost a race");
+                        tracing::debug!(job_id = %id, error = %e, "claim lost a race");
                         None
                     }
                 }
             }
             _ => None,
         }
-    }
-
-    /// Our own claim `w`, found `stored` (see [`own_claim`]) after its commit was not answered
-    /// OK: it was written, and its reply lost (the connection cut after Redis ran the script; the
-    /// call sent again conflicted with it). What follows a committed write follows (notices,
-    /// cache); the job is taken as stored.
-    fn own_claim(&self, w: &Write, stored: Job) -> Job {
-        tracing::debug!(job_id = %stored.id, "claim found written after its reply was lost");
-        self.committed(w, None, false);
-        self.remember(&stored);
-        stored
-    }
-
-    /// The claims `writes` whose commit failed (Redis away past `store.retry`, or a reply lost
-    /// and the tries run out), read back: they may have been written all the same. The job of
-    /// each stored as its claim left it (STARTING under its lease, [`own_claim`]), its lease not
-    /// run out yet, is taken, to run as claimed; the others were not claimed (their
-    /// reservations expire and the reaper puts them back in their queues). An error when they
-    /// cannot be read either: a claim that was written is then left to its lease, as after a
-    /// worker's crash.
-    pub(super) async fn read_back_claims(&self, writes: &[Write]) -> Result<Vec<Option<Job>>> {
-        let ids: Vec<Uuid> = writes.iter().map(|w| w.job.id).collect();
-        let bodies = self.load_many(&ids).await?;
-        let now = self.now().await;
-        let mut out = Vec::with_capacity(writes.len());
-        for (w, body) in writes.iter().zip(bodies) {
-            let stored = body.and_then(|b| readable(&b, || w.job.id.to_string(), "claim"));
-            out.push(match stored {
-                Some(j)
-                    if own_claim(&j, w) && j.lease.as_ref().is_some_and(|l| l.expires_at > now) =>
-                {
-                    Some(self.own_claim(w, j))
-                }
-                _ => None,
-            });
-        }
-        Ok(out)
     }
 
     /// Runs `lua/claim.lua` for up to `max` jobs of `runner`'s queue (its reply), and records
@@ -216,20 +193,22 @@ impl JobQueue for RedisStore {
         let replies = match self.commit(&writes).await {
             Ok(r) => r,
             Err(e) => {
-                // Not longer than a lease: past it, nothing read back would be taken.
-                let back = tokio::time::timeout(lease_ttl, self.read_back_claims(&writes)).await;
-                let Ok(Ok(back)) = back else {
-                    return Err(e);
-                };
+                let ttls = vec![lease_ttl; writes.len()];
+                let back = self.read_back_claims(&writes, &ttls).await;
                 let out: Vec<Job> = back.into_iter().flatten().collect();
                 tracing::warn!(error = %e, taken = out.len(), of = writes.len(),
                     "a claim's commit failed: read back, the jobs it wrote are taken");
+                // Nothing taken: the claim failed (the worker's warning and back-off, the
+                // store's error metrics).
+                if out.is_empty() {
+                    return Err(e);
+                }
                 return Ok(out);
             }
         };
         let mut out = Vec::with_capacity(writes.len());
         for (w, r) in writes.into_iter().zip(replies) {
-            out.extend(self.claimed(w, r, worker, lease_until).await);
+            out.extend(self.claimed(w, r, worker, lease_ttl).await);
         }
         Ok(out)
     }
@@ -426,15 +405,6 @@ impl JobQueue for RedisStore {
         out.truncate(max);
         Ok(out)
     }
-}
-
-/// Whether `stored` is as the claim `w` left it: STARTING under its lease (the same worker and
-/// fencing token: tokens are unique per claim, and a takeover or a fence changes it).
-fn own_claim(stored: &Job, w: &Write) -> bool {
-    let (Some(l), Some(mine)) = (&stored.lease, &w.job.lease) else {
-        return false;
-    };
-    stored.status == JobStatus::Starting && l.token == mine.token && l.worker == mine.worker
 }
 
 /// Most pages of `max` entries one call of [`JobQueue::expired`] or [`JobQueue::promote_due`]
