@@ -288,9 +288,11 @@ master_key = "claim-reply-test-master-key-0123456789"
 [store]
 prefix = "{prefix}"
 retry = "{retry}"
+# The tests edit the stored lease in the JSON record form.
+records = "json"
 
 [worker]
-lease_ttl = "4s"
+lease_ttl = "6s"
 poll_interval = "1s"
 kill_grace = "200ms"
 

@@ -136,12 +136,15 @@ pub(super) fn own_claim(stored: &Job, w: &Write) -> bool {
     stored.status == JobStatus::Starting && l.token == mine.token && l.worker == mine.worker
 }
 
-/// Whether a claim's lease `l` (of `lease_ttl`) has enough left at `now` to be taken: a tenth of
-/// the lease, beyond how far two clocks may disagree ([`CLOCK_AGREE`]). With less, the reaper may
-/// end it as the job starts.
+/// Whether a claim's lease `l` (of `lease_ttl`) has enough left at `now` to be taken: half the
+/// lease, beyond how far two clocks may disagree ([`CLOCK_AGREE`]). The worker's own fence
+/// (`worker/leases.rs`) stops a job whose lease was not renewed within `lease_ttl` less
+/// `kill_grace` and a tenth, never less than half of it, counted from when it asked for the
+/// claim: a job taken with less than half its lease left could already be past that, and be
+/// stopped (its attempt spent) before its first heartbeat renews it.
 pub(super) fn enough_lease(l: &Lease, lease_ttl: Duration, now: Micros) -> bool {
     let ttl = i64::try_from(lease_ttl.as_micros()).unwrap_or(i64::MAX);
-    l.expires_at.saturating_sub(now) >= ttl / 10 + CLOCK_AGREE
+    l.expires_at.saturating_sub(now) >= ttl / 2 + CLOCK_AGREE
 }
 
 #[cfg(test)]
@@ -149,7 +152,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_is_taken_only_with_a_tenth_of_it_left_beyond_the_clocks_margin() {
+    fn a_lease_is_taken_only_with_half_of_it_left_beyond_the_clocks_margin() {
         let lease = |expires_at| Lease {
             worker: "w".into(),
             token: 1,
@@ -157,7 +160,7 @@ mod tests {
         };
         let ttl = Duration::from_secs(30);
         let now = 1_000_000_000;
-        let need = 3_000_000 + CLOCK_AGREE;
+        let need = 15_000_000 + CLOCK_AGREE;
         assert!(enough_lease(&lease(now + 30_000_000), ttl, now));
         assert!(enough_lease(&lease(now + need), ttl, now));
         assert!(!enough_lease(&lease(now + need - 1), ttl, now));

@@ -70,8 +70,9 @@ impl RedisStore {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        // Left to its lease (as after a crash) if it was ours after all.
-                        tracing::warn!(job_id = %w.job.id, error = %e, "claim not confirmed: the job could not be read back");
+                        // Given back if it was ours after all (refused on the token if not).
+                        tracing::warn!(job_id = %w.job.id, error = %e, "claim not confirmed: the job could not be read back; giving it back");
+                        self.release_claims(std::iter::once(&w), lease_ttl).await;
                         return None;
                     }
                 }
