@@ -55,6 +55,9 @@ fn parse(name: &str, body: &str) -> Result<Schedule> {
     if let Some(e) = body.strip_prefix(super::records::WRONG) {
         return Err(corrupt(name, format!("its key is not a hash ({e})")));
     }
+    if let Some(e) = body.strip_prefix(super::records::NOT_UTF8) {
+        return Err(corrupt(name, format!("its record is not UTF-8 ({e})")));
+    }
     serde_json::from_str(body).map_err(|e| corrupt(name, e))
 }
 
