@@ -3,7 +3,8 @@
 //! is `lua/schedule_cas.lua`, a compare-and-set on `v` that keeps both sets in step, but for a
 //! record this build cannot read: `lua/schedule_unreadable.lua` deletes it, or moves its wake
 //! time, if its `v` and `b` are still the ones read; and `lua/schedule_orphan.lua` takes a name
-//! whose hash is gone (a hand `DEL`) out of the two sets.
+//! whose hash is gone (a hand `DEL`), or holds no `b` (a hand `HDEL`: then the hash is deleted),
+//! out of the two sets.
 
 use std::sync::LazyLock;
 
