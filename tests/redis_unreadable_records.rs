@@ -77,6 +77,52 @@ async fn a_record_that_is_not_utf8_is_an_unreadable_record() {
     assert_eq!(ids(&got), vec![a.id]);
 }
 
+/// The stored record (`b`) of job `id`, as bytes.
+async fn record(r: &TestRedis, id: Uuid) -> Vec<u8> {
+    let mut c = raw_conn(r).await;
+    ::redis::cmd("HGET")
+        .arg(format!("{}:job:{id}", r.prefix))
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .expect("hget")
+}
+
+/// A job record that is JSON but for one byte that is not UTF-8 inside a string (its args
+/// `"caf\xE9"`, written by hand or by another program) is a corrupt record: left out of a
+/// claim, its bytes left as they are. Before, it read lossily (U+FFFD) and the claim took it
+/// and saved the changed text for good: the worker and `GET` saw other args.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_not_utf8_inside_a_string_is_not_claimed_nor_rewritten() {
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let mut j = Job::new("t", "r", now_us());
+    j.args = serde_json::json!("cafe");
+    let bad = submit(&s, j).await;
+    let a = submit(&s, Job::new("t", "r", now_us())).await;
+    let mut c = raw_conn(&r).await;
+    let n: i64 = ::redis::cmd("EVAL")
+        .arg(
+            "local b = redis.call('HGET', KEYS[1], 'b') \
+             local n, k = string.gsub(b, 'cafe', 'caf' .. string.char(233)) \
+             redis.call('HSET', KEYS[1], 'b', n) return k",
+        )
+        .arg(1)
+        .arg(format!("{}:job:{}", r.prefix, bad.id))
+        .query_async(&mut c)
+        .await
+        .expect("eval");
+    assert_eq!(n, 1, "the args rewritten by hand");
+    let before = record(&r, bad.id).await;
+    assert!(before.windows(5).any(|w| w == b"caf\xE9\""));
+
+    let got = s.claim("r", "w", 10, LEASE).await.expect("claim");
+    assert_eq!(ids(&got), vec![a.id], "the record not UTF-8 is left out");
+    let e = s.get(bad.id).await.expect_err("does not read");
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+    assert_eq!(record(&r, bad.id).await, before, "its bytes are unchanged");
+}
+
 /// A held job whose record becomes unreadable is reported lost (its worker stops it: its lease
 /// cannot be renewed); the others held are renewed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,8 @@ pub trait ScheduleStore: Send + Sync {
     /// the record reads (it was fixed, or the caller's error was another), or is gone.
     async fn schedule_unreadable(&self, name: &str, what: Unreadable) -> Result<bool>;
     /// Takes `name` out of the indexes when its record is gone (on Redis a hand `DEL` of the
-    /// schedule's key left it due for ever: the fire loop met it every few milliseconds): true
+    /// schedule's key, or `HDEL` of its `b`, left it due for ever: the fire loop met it every few
+    /// milliseconds; a hash without `b` is deleted with it): true
     /// when it did; false when the record exists, or the name was in no index (the embedded
     /// store keeps a schedule in one row: always false).
     async fn schedule_orphan(&self, name: &str) -> Result<bool>;

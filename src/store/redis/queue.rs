@@ -174,7 +174,7 @@ impl JobQueue for RedisStore {
             .chunks_exact(3)
             .enumerate()
         {
-            // As bytes: a record that is not UTF-8 reads as the others do (`records::text`).
+            // As bytes: a record that is not UTF-8 reads as a corrupt one (`records::text`).
             let body = ::redis::from_redis_value::<Vec<u8>>(&chunk[2])
                 .map(super::records::text)
                 .map_err(|e| StoreError::Backend(format!("claim: {e}")))?;

@@ -12,6 +12,10 @@ use super::*;
 /// starts with it (the job's JSON and the compact form are JSON objects).
 pub(super) const WRONG: char = '!';
 
+/// What stands in place of a record whose bytes are not UTF-8 ([`text`]), before the reason. No
+/// record starts with it either.
+pub(super) const NOT_UTF8: char = '~';
+
 /// A job record (a job hash's `b`): the job's JSON, or the compact form
 /// (`store.records = "compact"`): every node reads both. Public for the fuzz targets.
 pub fn read_job_record(body: &str) -> Result<Job> {
@@ -20,16 +24,23 @@ pub fn read_job_record(body: &str) -> Result<Job> {
             "corrupt record: the job's key is not a hash ({err})"
         )));
     }
+    if let Some(err) = body.strip_prefix(NOT_UTF8) {
+        return Err(StoreError::Backend(format!(
+            "corrupt record: the job's record is not UTF-8 ({err})"
+        )));
+    }
     crate::store::job_record::read_inline(body)
 }
 
 /// A record's bytes as text. A record is read as bytes, not as a string: one that is not UTF-8
 /// (written by hand, by another program) failed the whole read as a type error, which no caller
-/// took for an unreadable record (a schedule's made every schedule route answer 500); invalid
-/// sequences read as U+FFFD instead, as the embedded store reads its text (`body_text`), and
-/// such a record reads as JSON or is reported as a corrupt record.
+/// took for an unreadable record (a schedule's made every schedule route answer 500). Nor is it
+/// read lossily: a JSON string holding such bytes would read with U+FFFD, and the claim, the
+/// fire loop would save that changed text for good. It reads as [`NOT_UTF8`] and the reason,
+/// which [`read_job_record`] and the schedules report as a corrupt record (left out of a
+/// listing, a claim; a schedule's unreadable paths), as the embedded store does.
 pub(super) fn text(b: Vec<u8>) -> String {
-    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    String::from_utf8(b).unwrap_or_else(|e| format!("{NOT_UTF8}{}", e.utf8_error()))
 }
 
 /// Whether `e` is Redis's refusal of a command on a key of another type.

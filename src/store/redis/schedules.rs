@@ -3,7 +3,8 @@
 //! is `lua/schedule_cas.lua`, a compare-and-set on `v` that keeps both sets in step, but for a
 //! record this build cannot read: `lua/schedule_unreadable.lua` deletes it, or moves its wake
 //! time, if its `v` and `b` are still the ones read; and `lua/schedule_orphan.lua` takes a name
-//! whose hash is gone (a hand `DEL`) out of the two sets.
+//! whose hash is gone (a hand `DEL`), or holds no `b` (a hand `HDEL`: then the hash is deleted),
+//! out of the two sets.
 
 use std::sync::LazyLock;
 
@@ -54,6 +55,9 @@ impl RedisStore {
 fn parse(name: &str, body: &str) -> Result<Schedule> {
     if let Some(e) = body.strip_prefix(super::records::WRONG) {
         return Err(corrupt(name, format!("its key is not a hash ({e})")));
+    }
+    if let Some(e) = body.strip_prefix(super::records::NOT_UTF8) {
+        return Err(corrupt(name, format!("its record is not UTF-8 ({e})")));
     }
     serde_json::from_str(body).map_err(|e| corrupt(name, e))
 }
@@ -135,8 +139,9 @@ impl ScheduleStore for RedisStore {
 
 /// A schedule's key as [`ScheduleStore::schedule_unreadable`] read it.
 enum Raw {
-    /// A hash: its `v` ('' when none) and its `b`, as bytes.
-    Hash(String, Vec<u8>),
+    /// A hash: its `v` (empty when none) and its `b`, as bytes (a `v` that is not UTF-8, written
+    /// by hand, is passed to the script as it is, not a failed read).
+    Hash(Vec<u8>, Vec<u8>),
     /// A key of another type.
     Other,
 }
@@ -145,7 +150,7 @@ impl RedisStore {
     /// The `v` and `b` of schedule key `key` in one read (`HMGET`); none when it has no `b`.
     async fn schedule_raw(&self, key: &str) -> Result<Option<Raw>> {
         let got = self
-            .per_key::<(Option<String>, Option<Vec<u8>>)>(
+            .per_key::<(Option<Vec<u8>>, Option<Vec<u8>>)>(
                 std::slice::from_ref(&key.to_string()),
                 |k| ::redis::cmd("HMGET").arg(k).arg("v").arg("b").clone(),
             )
@@ -169,9 +174,9 @@ impl RedisStore {
             Unreadable::Delete => (String::new(), String::new()),
             Unreadable::WakeAt { at, due_by } => (at.to_string(), due_by.to_string()),
         };
-        let (v, b, hash): (&str, &[u8], &str) = match read {
+        let (v, b, hash): (&[u8], &[u8], &str) = match read {
             Raw::Hash(v, b) => (v, b, "1"),
-            Raw::Other => ("", &[], ""),
+            Raw::Other => (&[], &[], ""),
         };
         let keys = [key, self.key("sched:wake"), self.key("sched:names")];
         let n: i64 = self

@@ -24,15 +24,31 @@ CREATE TABLE IF NOT EXISTS schedules (
 CREATE INDEX IF NOT EXISTS schedules_wake ON schedules(wake_at) WHERE wake_at IS NOT NULL;
 "#;
 
+/// What stands in place of a `body` that is not JSON text ([`body_text`]), before the reason. No
+/// record starts with it (a schedule's JSON is an object).
+const NOT_TEXT: char = '~';
+
 fn parse(name: &str, body: &str) -> Result<Schedule> {
+    if let Some(e) = body.strip_prefix(NOT_TEXT) {
+        return Err(corrupt(name, e));
+    }
     serde_json::from_str(body).map_err(|e| corrupt(name, e))
 }
 
-/// The `body` column as text (a value of another type, written by hand, reads as such).
+/// The `body` column as text: a value of another type, or text that is not UTF-8 (written by
+/// hand, by another program), reads as [`NOT_TEXT`] and why, a corrupt record. Not lossily: a
+/// JSON string holding such bytes would read with U+FFFD, and the fire loop would save that
+/// changed text for good.
 fn body_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
     Ok(match r.get_ref(i)? {
-        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-        other => format!("<a value of type {}>", other.data_type()),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(t) => t.to_string(),
+            Err(e) => format!("{NOT_TEXT}its record is not UTF-8 ({e})"),
+        },
+        other => format!(
+            "{NOT_TEXT}its record is a value of type {}",
+            other.data_type()
+        ),
     })
 }
 

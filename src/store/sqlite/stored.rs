@@ -46,7 +46,8 @@ pub(super) const BY_IDEM_KEY: &str =
 /// does not read as a job is an error of `into_job`, not of the query, so that a listing can
 /// leave it out and go on.
 pub(super) struct JobRow {
-    body: String,
+    /// The body, or why it is not text (not UTF-8: written by hand, by another program).
+    body: std::result::Result<String, String>,
     id: String,
     job_type: String,
     runner: String,
@@ -62,7 +63,7 @@ impl JobRow {
     /// Reads the columns of [`JOB_COLUMNS`], from the first.
     pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            body: r.get(0)?,
+            body: body_text(r)?,
             id: r.get(1)?,
             job_type: r.get(2)?,
             runner: r.get(3)?,
@@ -82,7 +83,7 @@ impl JobRow {
 
     /// The bytes of its text columns (a listing's measure of what it reads and keeps).
     pub(super) fn bytes(&self) -> usize {
-        self.body.len()
+        self.body.as_ref().map_or(0, String::len)
             + self.id.len()
             + self.job_type.len()
             + self.runner.len()
@@ -92,7 +93,11 @@ impl JobRow {
 
     /// The job: its body and columns, or a body written before (the whole job) as it is.
     pub(super) fn into_job(mut self) -> Result<Job> {
-        let body = std::mem::take(&mut self.body);
+        let body = std::mem::replace(&mut self.body, Ok(String::new())).map_err(|e| {
+            StoreError::Backend(format!(
+                "corrupt record: the job's record is not UTF-8 ({e})"
+            ))
+        })?;
         crate::store::job_record::read_with(&body, || {
             Ok(Columns {
                 id: Uuid::parse_str(&self.id)
@@ -111,6 +116,19 @@ impl JobRow {
             })
         })
     }
+}
+
+/// The `body` column (the first) as text; `Err` and why when it is text that is not UTF-8: a
+/// corrupt record ([`JobRow::into_job`]), left out of a listing as one, not an error of the
+/// whole query (as `rusqlite` reads a `String`). Never read lossily: a JSON string holding such
+/// bytes would read with U+FFFD, and the next write of the job would save that for good.
+fn body_text(r: &Row<'_>) -> rusqlite::Result<std::result::Result<String, String>> {
+    Ok(match r.get_ref(0)? {
+        rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
+            .map(str::to_string)
+            .map_err(|e| e.to_string()),
+        _ => Ok(r.get(0)?),
+    })
 }
 
 /// The job's body as stored in `jobs.body` (its columns are written beside it: see `save` and
@@ -141,7 +159,7 @@ mod tests {
     /// The row `save` and `submit_in` write for `j`, as read back.
     fn row_of(j: &Job, body: String) -> JobRow {
         JobRow {
-            body,
+            body: Ok(body),
             id: j.id.to_string(),
             job_type: j.job_type.clone(),
             runner: j.runner.clone(),

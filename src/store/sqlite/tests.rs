@@ -225,3 +225,58 @@ fn a_foreign_sqlite_file_is_refused_as_not_runyards() {
         .expect("its schema");
     assert_eq!(tables, 1, "nothing of runyard's was added to it");
 }
+
+/// A job whose stored body holds bytes that are not UTF-8 inside a JSON string (written by
+/// hand, by another program) is a corrupt record: reading it says so, a listing leaves it out
+/// and lists the others, and its bytes stay as they are. Before, the read failed as a type
+/// error of the whole query (the listing with it); read lossily, U+FFFD would be saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_not_utf8_in_a_string_is_a_corrupt_record_left_as_it_is() {
+    use crate::job::{now_us, Job};
+    use crate::store::{JobStore, ListQuery};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("open");
+    let mut bad = Job::new("t", "r", now_us());
+    bad.args = serde_json::json!("cafe");
+    let bad = store.submit(bad).await.expect("submit").job;
+    let good = store
+        .submit(Job::new("t", "r", now_us()))
+        .await
+        .expect("submit")
+        .job;
+    let hex = |id: String| {
+        store.read(move |c| {
+            c.query_row("SELECT hex(body) FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .map_err(super::db_err)
+        })
+    };
+    let id = bad.id.to_string();
+    store
+        .write(move |ctx| {
+            let sql = "UPDATE jobs SET body = CAST(replace(body, 'cafe', \
+                       CAST(X'636166E9' AS TEXT)) AS TEXT) WHERE id = ?1";
+            ctx.conn.execute(sql, [id]).map_err(super::db_err)?;
+            Ok(())
+        })
+        .await
+        .expect("spoil the record");
+    let before: String = hex(bad.id.to_string()).await.expect("body");
+    assert!(before.contains("636166E922"), "{before}");
+
+    let e = store.get(bad.id).await.expect_err("does not read");
+    assert!(e.to_string().contains("corrupt record"), "{e}");
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+    let page = store
+        .list(ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("the listing answers");
+    let ids: Vec<_> = page.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, vec![good.id]);
+    let after: String = hex(bad.id.to_string()).await.expect("body");
+    assert_eq!(after, before, "the record is left as it is");
+}
