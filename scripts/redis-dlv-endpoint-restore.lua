@@ -14,7 +14,8 @@
 -- its query) has that id goes back in the endpoint's set, due as it was, and the endpoint in
 -- `P:dlv:eps`; the claims then attempt them as any others. Safe to run again, and on a live
 -- system (a delivery attempted meanwhile has left `P:dlv:pend`; one put back twice is one
--- member; one that moved past the cursor while the pages ran may be missed: run it again).
+-- member; one may be missed when deliveries of the page's last due time leave meanwhile, or
+-- one moves past the cursor while the pages run: run it again until it adds nothing).
 -- Returns the next cursor (`done` at the end) and how many the endpoint's set holds.
 local pend, ek, eps = KEYS[1], KEYS[2], KEYS[3]
 local ep, dlv_prefix = ARGV[1], ARGV[2]

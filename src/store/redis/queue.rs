@@ -352,7 +352,9 @@ impl JobQueue for RedisStore {
             (self.key("lease"), self.key("job:"), self.key("q:"));
         let (mut out, mut skip) = (Vec::new(), 0);
         for _ in 0..PAGES_PAST_UNREADABLE {
-            let raw: Vec<String> = self
+            // Read as bytes: one record that is not UTF-8 is a corrupt record passed below,
+            // not a reply that fails every reap (`records::text`).
+            let raw: Vec<Vec<u8>> = self
                 .exec(true, |mut c| {
                     let mut inv = self.scripts.expired.prepare_invoke();
                     inv.key(&leases)
@@ -371,6 +373,7 @@ impl JobQueue for RedisStore {
                     async move { inv.invoke_async(&mut c).await }
                 })
                 .await?;
+            let raw: Vec<String> = raw.into_iter().map(super::records::text).collect();
             // Reservations may have gone back to their queues: announced to every process by
             // the script, known here at once (a claim right after this finds them).
             self.hints.queued("*");

@@ -95,7 +95,7 @@ impl JobRow {
     pub(super) fn into_job(mut self) -> Result<Job> {
         let body = std::mem::replace(&mut self.body, Ok(String::new())).map_err(|e| {
             StoreError::Backend(format!(
-                "corrupt record: the job's record is not UTF-8 ({e})"
+                "corrupt record: the job's record is not UTF-8 text ({e})"
             ))
         })?;
         crate::store::job_record::read_with(&body, || {
@@ -118,16 +118,17 @@ impl JobRow {
     }
 }
 
-/// The `body` column (the first) as text; `Err` and why when it is text that is not UTF-8: a
-/// corrupt record ([`JobRow::into_job`]), left out of a listing as one, not an error of the
-/// whole query (as `rusqlite` reads a `String`). Never read lossily: a JSON string holding such
-/// bytes would read with U+FFFD, and the next write of the job would save that for good.
+/// The `body` column (the first) as text; `Err` and why when it is text that is not UTF-8, or
+/// not text at all (a blob or a NULL another program wrote): a corrupt record
+/// ([`JobRow::into_job`]), left out of a listing as one, not an error of the whole query (as
+/// `rusqlite` reads a `String`). Never read lossily: a JSON string holding such bytes would
+/// read with U+FFFD, and the next write of the job would save that for good.
 fn body_text(r: &Row<'_>) -> rusqlite::Result<std::result::Result<String, String>> {
     Ok(match r.get_ref(0)? {
         rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t)
             .map(str::to_string)
             .map_err(|e| e.to_string()),
-        _ => Ok(r.get(0)?),
+        other => Err(format!("a value of type {}", other.data_type())),
     })
 }
 

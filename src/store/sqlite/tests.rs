@@ -279,4 +279,24 @@ async fn a_body_not_utf8_in_a_string_is_a_corrupt_record_left_as_it_is() {
     assert_eq!(ids, vec![good.id]);
     let after: String = hex(bad.id.to_string()).await.expect("body");
     assert_eq!(after, before, "the record is left as it is");
+    // A body that is not text at all (a blob another program bound) is left out the same way.
+    let id = good.id.to_string();
+    store
+        .write(move |ctx| {
+            let sql = "UPDATE jobs SET body = CAST(body AS BLOB) WHERE id = ?1";
+            ctx.conn.execute(sql, [id]).map_err(super::db_err)?;
+            Ok(())
+        })
+        .await
+        .expect("make a blob");
+    let e = store.get(good.id).await.expect_err("does not read");
+    assert!(e.to_string().contains("of type Blob"), "{e}");
+    let page = store
+        .list(ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("the listing still answers");
+    assert!(page.jobs.is_empty(), "{:?}", page.jobs);
 }
