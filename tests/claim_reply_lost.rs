@@ -8,6 +8,7 @@
 //! connection (as `CLIENT KILL` does at the wrong moment).
 
 mod redis_support;
+mod support;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -21,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use redis_support::TestRedis;
+use support::child::free_port;
 
 /// Killed (SIGKILL) when dropped, and by the kernel when the test dies.
 struct Proc(Child);
@@ -55,14 +57,6 @@ fn spawn(args: &[&str], config: &Path, log: &Path, handover: bool) -> Proc {
         });
     }
     Proc(cmd.spawn().expect("runyard starts"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The proxy's shared state: the first request holding `marker` is forwarded, and every reply
