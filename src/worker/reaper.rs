@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::reporter::DeferredReporter;
 use super::Worker;
 use crate::job::{now_us, Command, Job, JobStatus, ABANDONED_STOP};
+use crate::store::StoreError;
 
 /// Jobs whose work this worker's reaper is making sure is gone, each in a task of its own (a
 /// stop may take `kill_grace` and more, a scan of `/proc` may block: the other expired leases do
@@ -171,8 +172,18 @@ async fn lease_expired(worker: &Worker, id: Uuid, token: Option<u64>) -> bool {
             crate::outcomes::log_change(&j);
             true
         }
-        Err(e) => {
+        Err(e @ StoreError::Transition(_)) => {
             tracing::debug!(job_id = %id, error = %e, "reap refused (lease renewed or job moved)");
+            false
+        }
+        // The store could not write it (a corrupt record, a key of the wrong type, the store
+        // away): said at WARN, once a minute per job, since every pass meets it again.
+        Err(e) => {
+            if crate::store::log_quiet::loud("reap", &id.to_string()) {
+                tracing::warn!(job_id = %id, error = %e, "cannot reap the job: the store refused the write; every pass tries again");
+            } else {
+                tracing::debug!(job_id = %id, error = %e, "cannot reap the job");
+            }
             false
         }
     }
