@@ -465,13 +465,20 @@ mod tests {
                 .between(just_before - chrono::Duration::seconds(1), just_before, 10)
                 .is_empty());
         }
-        // At or after any whole second is after the second before it, across both changes.
-        let c = CronSpec::parse("*/20 1-3 * * *", "Europe/Paris").unwrap();
+        // Across both changes, the first fire at or after any minute is the first of the day's
+        // fires (walked one after another from before the day) that is not before it.
+        let c = CronSpec::parse("*/20 2 * * *", "Europe/Paris").unwrap();
         for day in ["2026-03-28T23:00:00Z", "2026-10-24T23:00:00Z"] {
-            let mut t = utc(day);
-            for _ in 0..(6 * 60) {
-                let before = t - chrono::Duration::seconds(1);
-                assert_eq!(c.next_from(t), c.next_after(before), "{t}");
+            let start = utc(day);
+            let end = start + chrono::Duration::hours(6);
+            let mut fires = vec![c.next_after(start - chrono::Duration::hours(2)).unwrap()];
+            while *fires.last().unwrap() <= end {
+                fires.push(c.next_after(*fires.last().unwrap()).unwrap());
+            }
+            let mut t = start;
+            while t <= end {
+                let want = fires.iter().copied().find(|f| *f >= t);
+                assert_eq!(c.next_from(t), want, "{t}");
                 t += chrono::Duration::seconds(60);
             }
         }
