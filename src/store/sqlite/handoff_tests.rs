@@ -278,9 +278,9 @@ async fn a_claim_into_the_parked_places_takes_the_queue_and_the_next_submit_is_h
     assert_eq!(other.recv().await.expect("handed over").id, g.id);
 }
 
-/// One parked runner's oldest QUEUED record cannot be read (a newer build's, a hand edit): the
-/// claim into the places still takes the other runner's jobs, and says the queue may not be
-/// empty (the claim loop's own claim then stalls on that record, and says so).
+/// One parked runner's only QUEUED record cannot be read (a newer build's, a hand edit): the
+/// claim into the places still takes the other runner's jobs, passes that record over (it
+/// stays QUEUED), and says the queues are drained: nothing readable is left.
 #[tokio::test]
 async fn an_unreadable_queued_record_leaves_the_other_runners_claim_standing() {
     let (_dir, s) = open();
@@ -293,8 +293,12 @@ async fn an_unreadable_queued_record_leaves_the_other_runners_claim_standing() {
         .claim_parked(&[first.id(), second.id()])
         .await
         .expect("the claim stands");
-    assert!(!drained, "the unreadable job may still be QUEUED");
+    assert!(drained, "nothing readable is left QUEUED");
     let got = first.recv().await.expect("claimed into a place");
     assert_eq!((got.id, got.status), (good.id, JobStatus::Starting));
     assert!(second.withdraw().await.is_empty());
+    assert_eq!(
+        super::super::unreadable_tests::stored_status(&s, bad.id).await,
+        "QUEUED"
+    );
 }

@@ -67,6 +67,8 @@ mod tail;
 mod tail_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unreadable_tests;
 mod waits;
 mod walvfs;
 mod whole;
@@ -503,15 +505,6 @@ fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
     row_opt(conn, stored::LOAD, [id], stored::JobRow::read)?
         .map(stored::JobRow::into_job)
         .transpose()
-}
-
-/// The jobs `sql` selects, in its order: `SELECT {stored::JOB_COLUMNS} FROM jobs ...` (written
-/// with `stored::job_columns!`), each read as a whole stored job.
-fn jobs_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Job>> {
-    rows(conn, sql, p, stored::JobRow::read)?
-        .into_iter()
-        .map(stored::JobRow::into_job)
-        .collect()
 }
 
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {

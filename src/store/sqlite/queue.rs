@@ -8,14 +8,15 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::job_columns;
-use super::{apply_in, jobs_of, load, row, rows, save, save_row, SqliteStore, WriteCtx};
+use super::{apply_in, load, row, rows, save, save_row, SqliteStore, WriteCtx};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::handoff::{NextJob, Refill};
 use crate::store::{JobQueue, Parked, Result, StoreError};
 
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
-    // The active jobs, and the cancelled ones whose worker was still stopping the work.
-    let active = jobs_of(
+    // The active jobs, and the cancelled ones whose worker was still stopping the work. A
+    // record this build cannot read is left out (logged), not the store's opening.
+    let active = readable_jobs(
         conn,
         concat!(
             "SELECT ",
@@ -27,6 +28,8 @@ pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
              WHERE status = 'CANCELLED' AND lease_expires IS NOT NULL"
         ),
         [],
+        usize::MAX,
+        "open",
     )?;
     let actx = ApplyCtx::at(now_us(), 0);
     for mut job in active {
@@ -81,9 +84,14 @@ pub(super) const EXPIRED_STOPPING_SQL: &str = concat!(
      ORDER BY lease_expires LIMIT ?2"
 );
 
-/// The oldest (up to `max`) QUEUED jobs of `runner`.
+/// How many unreadable records one read of a queue, of the due jobs or of the expired leases
+/// passes over at most (each is logged, [`crate::store::job_record::log_unreadable`]): past
+/// them, the read returns what it found.
+const UNREADABLE_PASSED: usize = 1000;
+
+/// The oldest (up to `max`) readable QUEUED jobs of `runner` ([`readable_jobs`]).
 fn oldest_queued(conn: &Connection, runner: &str, max: usize) -> Result<Vec<Job>> {
-    jobs_of(
+    readable_jobs(
         conn,
         concat!(
             "SELECT ",
@@ -91,8 +99,47 @@ fn oldest_queued(conn: &Connection, runner: &str, max: usize) -> Result<Vec<Job>
             " FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
              ORDER BY queued_at, id LIMIT ?2"
         ),
-        params![runner, max as i64],
+        params![runner, with_passed(max)],
+        max,
+        "claim",
     )
+}
+
+/// `LIMIT` for a read of up to `max` readable rows: `max` and [`UNREADABLE_PASSED`] more.
+fn with_passed(max: usize) -> i64 {
+    i64::try_from(max.saturating_add(UNREADABLE_PASSED)).unwrap_or(i64::MAX)
+}
+
+/// Up to `max` jobs of `sql` (its `LIMIT` [`with_passed`]), in its order. A record this build
+/// cannot read (a newer build's, a hand edit, bytes that are not text) is left out and logged
+/// (met by `what`), as Redis's rounds leave it out: the jobs after it are read (up to
+/// [`UNREADABLE_PASSED`] such records in one read), so one record cannot stop a queue, the
+/// promotion of due jobs, or the reaper.
+fn readable_jobs(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    max: usize,
+    what: &str,
+) -> Result<Vec<Job>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(super::db_err)?;
+    let mut rows = stmt.query(p).map_err(super::db_err)?;
+    let mut out = Vec::with_capacity(max.min(64));
+    while out.len() < max {
+        let Some(r) = rows.next().map_err(super::db_err)? else {
+            break;
+        };
+        let row = super::stored::JobRow::read(r).map_err(super::db_err)?;
+        let id = row.id().to_owned();
+        match row.into_job() {
+            Ok(job) => out.push(job),
+            Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                crate::store::job_record::log_unreadable(&id, what, &e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// Claims `queued` (QUEUED jobs just read) for `worker`, in the writer's transaction:
@@ -122,24 +169,17 @@ fn claim_these(
     Ok(out)
 }
 
-/// After a worker's finish in the same transaction: claims the oldest QUEUED job of the
-/// refill's runner for its worker, passed over after the commit (`handoff::Refill`). Nothing
-/// queued, or the oldest unreadable (a record of a newer build, a hand edit: `claim` stalls on
-/// it as before, and says so), and nothing was written: the place is dropped (the worker hears
-/// "nothing" at once) and the finish stands. A claim of a QUEUED job is never refused, so only
-/// the database failing fails this, and with it the finish's request.
+/// After a worker's finish in the same transaction: claims the oldest readable QUEUED job of
+/// the refill's runner for its worker, passed over after the commit (`handoff::Refill`).
+/// Nothing queued (or nothing readable, [`oldest_queued`]), and nothing was written: the place
+/// is dropped (the worker hears "nothing" at once) and the finish stands. A claim of a QUEUED
+/// job is never refused, so only the database failing fails this, and with it the finish's
+/// request.
 pub(super) fn refill_in(ctx: &mut WriteCtx<'_>, refill: &Refill) -> Result<()> {
     let Some(taken) = refill.take() else {
         return Ok(());
     };
-    let queued = match oldest_queued(ctx.conn, &refill.runner, 1) {
-        Ok(q) => q,
-        Err(e) if crate::store::job_record::is_corrupt(&e) => {
-            tracing::debug!(runner = %refill.runner, error = %e, "no job claimed with the finish");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+    let queued = oldest_queued(ctx.conn, &refill.runner, 1)?;
     if let Some(job) = claim_these(ctx, queued, &taken.worker, taken.lease_ttl)?.pop() {
         ctx.handed.push((taken, job));
     }
@@ -233,13 +273,28 @@ impl JobQueue for SqliteStore {
     async fn promote_due(&self, max: usize) -> Result<usize> {
         self.write(move |ctx| {
             let now = now_us();
-            let ids: Vec<String> = rows(ctx.conn, DUE_SQL, params![now, max as i64], |r| r.get(0))?;
+            // A record this build cannot read is left out (logged), and up to
+            // `UNREADABLE_PASSED` of them are passed over: the due jobs behind it are promoted.
+            let p = params![now, with_passed(max)];
+            let ids: Vec<String> = rows(ctx.conn, DUE_SQL, p, |r| r.get(0))?;
+            let mut promoted = 0;
             for id in &ids {
-                if let Some(mut job) = load(ctx.conn, id)? {
-                    apply_in(ctx, &mut job, Command::Promote, now)?;
+                if promoted == max {
+                    break;
                 }
+                let mut job = match load(ctx.conn, id) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => continue,
+                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                        crate::store::job_record::log_unreadable(id, "promotion", &e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                apply_in(ctx, &mut job, Command::Promote, now)?;
+                promoted += 1;
             }
-            Ok(ids.len())
+            Ok(promoted)
         })
         .await
     }
@@ -259,25 +314,17 @@ impl JobQueue for SqliteStore {
         self.write_whole(move |ctx| {
             let mut drained = true;
             // Every read first: a whole request refuses only before its first write
-            // (`whole.rs`), so one runner's unreadable record cannot undo the others' claims,
-            // nor the rest of the group commit.
+            // (`whole.rs`). An unreadable record is left out by the read (`oldest_queued`).
             let mut reads = Vec::with_capacity(parked.len());
             for id in parked {
                 let Some((runner, left)) = ctx.handoffs.places(id) else {
                     drained = false;
                     continue;
                 };
-                match oldest_queued(ctx.conn, &runner, left) {
-                    Ok(queued) => {
-                        // As many as its places: more may wait.
-                        drained &= queued.len() < left;
-                        reads.push((id, queued));
-                    }
-                    // A newer build's record, a hand edit: left to the claim loop's claim,
-                    // which stalls on it and says so, as `refill_in` does.
-                    Err(e) if crate::store::job_record::is_corrupt(&e) => drained = false,
-                    Err(e) => return Err(e),
-                }
+                let queued = oldest_queued(ctx.conn, &runner, left)?;
+                // As many as its places: more may wait.
+                drained &= queued.len() < left;
+                reads.push((id, queued));
             }
             for (id, queued) in reads {
                 let taken = ctx.handoffs.take_places(id, queued.len());
@@ -306,10 +353,17 @@ impl JobQueue for SqliteStore {
     async fn expired(&self, max: usize) -> Result<Vec<Job>> {
         self.read(move |c| {
             let now = now_us();
-            let mut jobs = jobs_of(c, EXPIRED_SQL, params![now, max as i64])?;
+            let mut jobs = readable_jobs(
+                c,
+                EXPIRED_SQL,
+                params![now, with_passed(max)],
+                max,
+                "reaper",
+            )?;
             let left = max.saturating_sub(jobs.len());
             if left > 0 {
-                jobs.extend(jobs_of(c, EXPIRED_STOPPING_SQL, params![now, left as i64])?);
+                let (sql, p) = (EXPIRED_STOPPING_SQL, params![now, with_passed(left)]);
+                jobs.extend(readable_jobs(c, sql, p, left, "reaper")?);
             }
             Ok(jobs)
         })

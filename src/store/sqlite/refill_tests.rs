@@ -200,20 +200,26 @@ async fn a_job_claimed_for_a_worker_gone_is_given_back() {
 }
 
 /// The oldest QUEUED job's record cannot be read (a newer build's, a hand edit): the finish is
-/// recorded all the same and claims nothing; the claim loop's own claim stalls on that record as
-/// it always did, and says so.
+/// recorded and claims the next readable job behind it; the unreadable one stays QUEUED.
 #[tokio::test]
-async fn an_unreadable_queued_job_does_not_undo_the_finish() {
+async fn an_unreadable_queued_job_is_passed_over_by_the_finish() {
     let (_dir, s) = open();
     let (first, second, third) = running_with_a_queue(&s).await;
     super::super::tests::spoil_record(&s, second.id).await;
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
     let ended = s.finish(first.id, done(&first), Some(refill.clone())).await;
     assert_eq!(ended.expect("the finish stands").status, JobStatus::Success);
-    assert!(next.get(&refill).await.is_none());
+    let (claimed, _) = next.get(&refill).await.expect("the next readable job");
+    assert_eq!(
+        (claimed.id, claimed.status),
+        (third.id, JobStatus::Starting)
+    );
     assert_eq!(status(&s, &first).await, JobStatus::Success);
-    assert_eq!(status(&s, &third).await, JobStatus::Queued);
-    // With the start too: the joint write is not undone.
+    assert_eq!(
+        super::super::unreadable_tests::stored_status(&s, second.id).await,
+        "QUEUED"
+    );
+    // With the start too: nothing readable left QUEUED, the joint write stands.
     submit(&s, "r2").await;
     let other = s.claim("r2", "w1", 1, LEASE).await.unwrap().remove(0);
     let (refill, next) = s.refill("r", "w1", LEASE).expect("refill");
