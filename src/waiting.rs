@@ -285,6 +285,19 @@ fn resolve_time(s: &str, base: Micros, tz: chrono_tz::Tz, dir: Dir) -> Result<Mi
         let t = if neg { base - us } else { base + us };
         return Ok(t.clamp(0, MAX_RFC3339_US));
     }
+    // `HH:MM` with two digits each: chrono's `%H:%M` also takes `9:5`, which reads as a typo
+    // of 09:05, 09:50 or 19:05; refused with the form asked for.
+    let two_digits = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some((h, m)) = s.split_once(':').filter(|(h, m)| {
+        (1..=2).contains(&h.len())
+            && (1..=2).contains(&m.len())
+            && !(two_digits(h) && two_digits(m))
+            && (h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit())
+    }) {
+        return Err(format!(
+            "`{s}`: write a time of day as HH:MM, two digits each (\"{h:0>2}:{m:0>2}\")"
+        ));
+    }
     if let Ok(t) = NaiveTime::parse_from_str(s, "%H:%M") {
         let base_utc = DateTime::<Utc>::from_timestamp_micros(base)
             .ok_or_else(|| format!("`{s}`: the base time is out of range"))?;
@@ -472,6 +485,14 @@ mod tests {
         assert!(resolve_time("-30m", base, chrono_tz::UTC, Dir::After).is_err());
         assert!(resolve_time("25:00", base, chrono_tz::UTC, Dir::After).is_err());
         assert!(resolve_time("tomorrow", base, chrono_tz::UTC, Dir::After).is_err());
+        // Two digits each: `9:5` could be 09:05, 09:50 or 19:05.
+        for typo in ["9:5", "9:05", "09:5", "9:50"] {
+            let e = resolve_time(typo, base, chrono_tz::UTC, Dir::After).unwrap_err();
+            assert!(e.contains("two digits each"), "{typo}: {e}");
+        }
+        assert!(resolve_time("9:5", base, chrono_tz::UTC, Dir::After)
+            .unwrap_err()
+            .contains("\"09:05\""));
         // 02:30 does not exist in Berlin on 2026-03-29: right after the gap (03:00 local, 01:00Z).
         let spring = at("2026-03-29T12:00:00Z");
         assert_eq!(
