@@ -396,6 +396,14 @@ fn release_buffered(s: &mut Schedule, now: Micros, prev: &Previous) -> bool {
     let Some(b) = s.buffered.filter(|_| !s.paused) else {
         return false;
     };
+    if s.spec.overlap != Overlap::BufferOne {
+        // The policy was changed (a `PUT`) while the fire waited: it goes as the policy now
+        // says, as a fire coming now would (`forbid`: skipped while a job is active).
+        s.buffered = None;
+        s.recheck_at = None;
+        by_overlap(s, vec![b], now, prev);
+        return true;
+    }
     if prev.jobs().is_empty() && s.pending.is_empty() {
         s.pending.push(PendingFire {
             fire_time: b,
@@ -939,6 +947,35 @@ mod tests {
         assert!(plan(&mut s, &c, at + 12 * S, &Previous::Idle));
         assert_eq!(pending(&s), vec![T0 / S + 10]);
         assert_eq!(s.buffered, None);
+    }
+
+    /// A fire `buffer_one` kept, then a `PUT` to another policy while the job still runs: the
+    /// fire goes as the new policy says at the next look (it ran when the job ended before).
+    #[test]
+    fn a_buffered_fire_follows_a_changed_overlap_policy() {
+        let id = Uuid::now_v7();
+        let prev = &Previous::Active(vec![id]);
+        let at = T0 + 10 * S;
+        let buffered = |to: Overlap| {
+            let (mut s, c) = sched("*/10 * * * * *", Overlap::BufferOne, Misfire::Skip, 0, T0);
+            plan(&mut s, &c, at, prev);
+            assert_eq!(s.buffered, Some(at));
+            s.spec.overlap = to;
+            assert!(plan(&mut s, &c, at + 2 * S, prev), "changed at the recheck");
+            assert_eq!(s.buffered, None);
+            s
+        };
+        let s = buffered(Overlap::Forbid);
+        assert!(pending(&s).is_empty(), "forbid: skipped while the job runs");
+        assert_eq!(s.counters.skipped_overlaps, 1);
+        assert_eq!(s.last_runs.last().unwrap().outcome, "skipped_overlap");
+        let s = buffered(Overlap::Allow);
+        assert_eq!(pending(&s), vec![T0 / S + 10]);
+        let s = buffered(Overlap::CancelOther);
+        assert_eq!(
+            (pending(&s), s.pending[0].cancel),
+            (vec![T0 / S + 10], Some(id))
+        );
     }
 
     #[test]
