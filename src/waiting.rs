@@ -172,13 +172,16 @@ impl WaitRequest {
 
     /// Resolves the times against `base` (the submit or fire time) in time zone `tz`. A deadline
     /// at or before `now` is refused when `refuse_past` (a submit; a late schedule fire keeps it,
-    /// and its deadline applies at once).
+    /// and its deadline applies at once). `strict` for a request being checked (a submit, a
+    /// schedule's `POST` or `PUT`): an `HH:MM` must have two digits each. A fire resolves its
+    /// schedule's stored template leniently: one stored before that rule fires as it did.
     pub fn resolve(
         &self,
         base: Micros,
         tz: &str,
         now: Micros,
         refuse_past: bool,
+        strict: bool,
     ) -> Result<Wait, String> {
         let tz: chrono_tz::Tz = tz
             .parse()
@@ -188,7 +191,7 @@ impl WaitRequest {
             let since = since
                 .as_deref()
                 .map(|s| {
-                    resolve_time(s, base, tz, Dir::Before)
+                    resolve_time(s, base, tz, Dir::Before, strict)
                         .map_err(|e| format!("`wait_for[{n}].since`: {e}"))
                 })
                 .transpose()?;
@@ -203,7 +206,10 @@ impl WaitRequest {
         let deadline = self
             .deadline
             .as_deref()
-            .map(|s| resolve_time(s, base, tz, Dir::After).map_err(|e| format!("`deadline`: {e}")))
+            .map(|s| {
+                resolve_time(s, base, tz, Dir::After, strict)
+                    .map_err(|e| format!("`deadline`: {e}"))
+            })
             .transpose()?;
         if let Some(d) = deadline {
             if refuse_past && d <= now {
@@ -266,7 +272,13 @@ fn after_gap(tz: chrono_tz::Tz, naive: chrono::NaiveDateTime) -> Option<DateTime
 /// One of: RFC 3339; `+DURATION` / `-DURATION` (from `base`; `-` only for `since`); `HH:MM`
 /// local time in `tz` (the last one at or before `base` for `since`, the next one after it for
 /// `deadline`).
-fn resolve_time(s: &str, base: Micros, tz: chrono_tz::Tz, dir: Dir) -> Result<Micros, String> {
+fn resolve_time(
+    s: &str,
+    base: Micros,
+    tz: chrono_tz::Tz,
+    dir: Dir,
+    strict: bool,
+) -> Result<Micros, String> {
     let s = s.trim();
     let form = "expected RFC 3339, \"+4h\" or \"HH:MM\"";
     if let Some(rest) = s.strip_prefix('+').or_else(|| s.strip_prefix('-')) {
@@ -289,7 +301,8 @@ fn resolve_time(s: &str, base: Micros, tz: chrono_tz::Tz, dir: Dir) -> Result<Mi
     // of 09:05, 09:50 or 19:05; refused with the form asked for.
     let two_digits = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
     if let Some((h, m)) = s.split_once(':').filter(|(h, m)| {
-        (1..=2).contains(&h.len())
+        strict
+            && (1..=2).contains(&h.len())
             && (1..=2).contains(&m.len())
             && !(two_digits(h) && two_digits(m))
             && (h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit())
@@ -350,7 +363,10 @@ pub fn for_fire(template: &Value, fire_time: Micros, tz: &str, now: Micros) -> O
         template.get("deadline"),
         template.get("on_deadline"),
     );
-    match req.and_then(|r| r.map(|r| r.resolve(fire_time, tz, now, false)).transpose()) {
+    match req.and_then(|r| {
+        r.map(|r| r.resolve(fire_time, tz, now, false, false))
+            .transpose()
+    }) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "a schedule's waiting template cannot be resolved; the job does not wait");
@@ -389,6 +405,7 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             }
         )
     });
+    let mut stuck: Option<(Micros, Duration)> = None;
     loop {
         let mut busy = false;
         match store.wait_check_marked(BATCH).await {
@@ -405,6 +422,19 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
         let mut first = true;
         'sleep: loop {
             let wait = match store.wait_next_deadline().await {
+                // The first deadline still past after a round: a job whose record this build
+                // cannot read (passed over by the round, logged by the store), or one not due
+                // yet by the store's clock. Asked again after a wait that doubles while that
+                // stays so (10 ms up to a second), not every `MIN_SLEEP`: the deadlines after
+                // it fire at most that late.
+                Ok(Some(d)) if first && d <= now_us() => {
+                    let back = match stuck {
+                        Some((at, w)) if at == d => (w * 2).min(Duration::from_secs(1)),
+                        _ => Duration::from_millis(10),
+                    };
+                    stuck = Some((d, back));
+                    back
+                }
                 Ok(Some(d)) => Duration::from_micros(u64::try_from(d - now_us()).unwrap_or(0))
                     .clamp(if first { MIN_SLEEP } else { Duration::ZERO }, IDLE_RECHECK),
                 Ok(None) => IDLE_RECHECK,
@@ -451,7 +481,7 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> Micros {
-        resolve_time(s, 0, chrono_tz::UTC, Dir::Before).unwrap()
+        resolve_time(s, 0, chrono_tz::UTC, Dir::Before, true).unwrap()
     }
 
     #[test]
@@ -460,64 +490,89 @@ mod tests {
         let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
         // 18:00 Berlin (UTC+1 in March before DST) = 17:00Z, the same day.
         assert_eq!(
-            resolve_time("18:00", base, berlin, Dir::Before).unwrap(),
+            resolve_time("18:00", base, berlin, Dir::Before, true).unwrap(),
             at("2026-03-10T17:00:00Z")
         );
         // Before 18:00 local: the day before.
         let morning = at("2026-03-10T08:00:00Z");
         assert_eq!(
-            resolve_time("18:00", morning, berlin, Dir::Before).unwrap(),
+            resolve_time("18:00", morning, berlin, Dir::Before, true).unwrap(),
             at("2026-03-09T17:00:00Z")
         );
         // Deadline: the next 06:00 after the base.
         assert_eq!(
-            resolve_time("06:00", base, chrono_tz::UTC, Dir::After).unwrap(),
+            resolve_time("06:00", base, chrono_tz::UTC, Dir::After, true).unwrap(),
             at("2026-03-11T06:00:00Z")
         );
         assert_eq!(
-            resolve_time("+4h", base, chrono_tz::UTC, Dir::After).unwrap(),
+            resolve_time("+4h", base, chrono_tz::UTC, Dir::After, true).unwrap(),
             base + 4 * 3600 * 1_000_000
         );
         assert_eq!(
-            resolve_time("-30m", base, chrono_tz::UTC, Dir::Before).unwrap(),
+            resolve_time("-30m", base, chrono_tz::UTC, Dir::Before, true).unwrap(),
             base - 1800 * 1_000_000
         );
-        assert!(resolve_time("-30m", base, chrono_tz::UTC, Dir::After).is_err());
-        assert!(resolve_time("25:00", base, chrono_tz::UTC, Dir::After).is_err());
-        assert!(resolve_time("tomorrow", base, chrono_tz::UTC, Dir::After).is_err());
+        assert!(resolve_time("-30m", base, chrono_tz::UTC, Dir::After, true).is_err());
+        assert!(resolve_time("25:00", base, chrono_tz::UTC, Dir::After, true).is_err());
+        assert!(resolve_time("tomorrow", base, chrono_tz::UTC, Dir::After, true).is_err());
         // Two digits each: `9:5` could be 09:05, 09:50 or 19:05.
         for typo in ["9:5", "9:05", "09:5", "9:50"] {
-            let e = resolve_time(typo, base, chrono_tz::UTC, Dir::After).unwrap_err();
+            let e = resolve_time(typo, base, chrono_tz::UTC, Dir::After, true).unwrap_err();
             assert!(e.contains("two digits each"), "{typo}: {e}");
         }
-        assert!(resolve_time("9:5", base, chrono_tz::UTC, Dir::After)
+        // Not when a schedule's stored template is resolved at a fire (stored before the rule).
+        assert_eq!(
+            resolve_time("9:5", base, chrono_tz::UTC, Dir::After, false),
+            resolve_time("09:05", base, chrono_tz::UTC, Dir::After, true)
+        );
+        let template = serde_json::json!({"wait_for": [{"key": "k"}], "deadline": "9:05"});
+        let fired = for_fire(&template, base, "UTC", base);
+        assert!(
+            fired.is_some_and(|w| w.deadline.is_some()),
+            "the fire's job still waits"
+        );
+        assert!(resolve_time("9:5", base, chrono_tz::UTC, Dir::After, true)
             .unwrap_err()
             .contains("\"09:05\""));
         // 02:30 does not exist in Berlin on 2026-03-29: right after the gap (03:00 local, 01:00Z).
         let spring = at("2026-03-29T12:00:00Z");
         assert_eq!(
-            resolve_time("02:30", spring, berlin, Dir::Before).unwrap(),
+            resolve_time("02:30", spring, berlin, Dir::Before, true).unwrap(),
             at("2026-03-29T01:00:00Z")
         );
         // A schedule `30 2 * * *` fires right after the gap too (01:00Z): its `since: "02:30"`
         // is that instant, not the day before's 02:30 (which would count yesterday's records).
         let fire = at("2026-03-29T01:00:00Z");
         assert_eq!(
-            resolve_time("02:30", fire, berlin, Dir::Before).unwrap(),
+            resolve_time("02:30", fire, berlin, Dir::Before, true).unwrap(),
             fire
         );
         assert_eq!(
-            resolve_time("02:30", at("2026-03-29T01:20:00Z"), berlin, Dir::Before).unwrap(),
+            resolve_time(
+                "02:30",
+                at("2026-03-29T01:20:00Z"),
+                berlin,
+                Dir::Before,
+                true
+            )
+            .unwrap(),
             fire
         );
         // A deadline of 02:30 asked before the gap: right after it, not half an hour later.
         assert_eq!(
-            resolve_time("02:30", at("2026-03-28T22:00:00Z"), berlin, Dir::After).unwrap(),
+            resolve_time(
+                "02:30",
+                at("2026-03-28T22:00:00Z"),
+                berlin,
+                Dir::After,
+                true
+            )
+            .unwrap(),
             fire
         );
         let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
         assert_eq!(
-            resolve_time("02:30", at("2026-03-08T07:00:00Z"), ny, Dir::Before).unwrap(),
+            resolve_time("02:30", at("2026-03-08T07:00:00Z"), ny, Dir::Before, true).unwrap(),
             at("2026-03-08T07:00:00Z")
         );
     }
@@ -548,22 +603,22 @@ mod tests {
                 .unwrap()
                 .unwrap();
         let now = now_us();
-        let w = ok.resolve(now, "UTC", now, true).unwrap();
+        let w = ok.resolve(now, "UTC", now, true, true).unwrap();
         assert_eq!(w.items[0].needed, 3);
         assert_eq!(w.deadline, Some(now + 3_600_000_000));
         let past = f(json!({"wait_for": [{"key": "k"}], "deadline": "2020-01-01T00:00:00Z"}))
             .unwrap()
             .unwrap();
         assert!(past
-            .resolve(now, "UTC", now, true)
+            .resolve(now, "UTC", now, true, true)
             .unwrap_err()
             .contains("deadline"));
-        assert!(past.resolve(now, "UTC", now, false).is_ok());
+        assert!(past.resolve(now, "UTC", now, false, true).is_ok());
         // Records counted only from a time at or after the deadline: never met.
         let late = f(json!({"wait_for": [{"key": "k", "since": "+2h"}], "deadline": "+1h"}))
             .unwrap()
             .unwrap();
-        let e = late.resolve(now, "UTC", now, true).unwrap_err();
+        let e = late.resolve(now, "UTC", now, true, true).unwrap_err();
         assert!(
             e.contains("wait_for[0].since") && e.contains("deadline"),
             "{e}"
@@ -571,8 +626,8 @@ mod tests {
         let ok = f(json!({"wait_for": [{"key": "k", "since": "+30m"}], "deadline": "+1h"}))
             .unwrap()
             .unwrap();
-        assert!(ok.resolve(now, "UTC", now, true).is_ok());
+        assert!(ok.resolve(now, "UTC", now, true, true).is_ok());
         // A schedule's fire keeps it: the job waits, and its deadline decides.
-        assert!(late.resolve(now, "UTC", now, false).is_ok());
+        assert!(late.resolve(now, "UTC", now, false, true).is_ok());
     }
 }

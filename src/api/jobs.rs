@@ -188,7 +188,7 @@ pub fn build_job(
     let notify = super::notify::notify_of(state, &body)?;
     let wait_now = now_us();
     let wait = wait_req
-        .map(|r| r.resolve(wait_now, "UTC", wait_now, true))
+        .map(|r| r.resolve(wait_now, "UTC", wait_now, true, true))
         .transpose()
         .map_err(bad)?;
     let args = match body.args.take() {

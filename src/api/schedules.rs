@@ -171,7 +171,7 @@ fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> A
     .map_err(|e| bad(format!("`job`: {e}")))?
     {
         let now = clock();
-        req.resolve(now, timezone, now, false)
+        req.resolve(now, timezone, now, false, true)
             .map_err(|e| bad(format!("`job`: {e}")))?;
     }
     Ok(proto)
