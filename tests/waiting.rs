@@ -545,6 +545,44 @@ async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
     assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
 }
 
+/// The same on the embedded store: a waiting job whose record does not read (a newer build's, a
+/// hand edit) is passed over by the signal's checks and by the deadlines, its entries kept.
+/// Before, every signal of its key was refused (500), and once its deadline passed every
+/// deadline round failed (the ones after it never fired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_waiting_job_does_not_hold_up_the_others_embedded() {
+    let ts = TestServer::builder(RUNNERS).start().await;
+    let bad = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}],
+            "deadline": "+1s"}),
+        )
+        .await;
+    let later = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.never"}],
+            "deadline": "+1500ms", "on_deadline": "fail"}),
+        )
+        .await;
+    let good = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}]}))
+        .await;
+    let c = rusqlite::Connection::open(ts.data_dir().join("runyard.db")).expect("open db");
+    c.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    let n = c
+        .execute("UPDATE jobs SET body = 'not a job' WHERE id = ?1", [&bad])
+        .expect("spoil the record");
+    assert_eq!(n, 1);
+    // The signal is stored, and releases the readable job waiting on the same key.
+    signal(&ts, "blk.a").await;
+    let j = ts.wait_status(&good, "SUCCESS", WAIT).await;
+    assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
+    // Nor the deadlines after its own.
+    let j = ts.wait_status(&later, "ERROR", WAIT).await;
+    assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
+}
+
 /// The embedded store across a restart: a record written before and one after release the job;
 /// a deadline that passed while the server was down fires at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

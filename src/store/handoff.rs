@@ -248,8 +248,8 @@ pub fn refill(runner: &str, worker: &str, lease_ttl: Duration) -> (Arc<Refill>, 
 }
 
 impl Refill {
-    /// The worker's place, once: the store claims a job into it, or drops it (nothing queued,
-    /// or the oldest queued record unreadable).
+    /// The worker's place, once: the store claims a job into it, or drops it (nothing readable
+    /// queued).
     pub fn take(&self) -> Option<Taken> {
         let taken = self.taken.lock().take()?;
         *self.taken_at.lock() = std::time::Instant::now();

@@ -345,7 +345,8 @@ pub trait JobQueue: Send + Sync {
     /// parked through its own claim, so the submits after it in the store's order find nothing
     /// older QUEUED and are handed over, instead of being stored QUEUED for the next claim.
     /// Nothing for one that has withdrawn or had every place taken. True when each of them
-    /// still has a place after it, so nothing of their runners is left QUEUED; false (some may
+    /// still has a place after it, so nothing readable of their runners is left QUEUED (a
+    /// record the embedded store cannot read is passed over and stays); false (some may
     /// be: the worker claims as before) otherwise, and in this default (Redis, and a backend
     /// that does not park). A wrapping store must forward it (`metrics/store.rs`).
     async fn claim_parked(&self, parked: &[u64]) -> Result<bool> {

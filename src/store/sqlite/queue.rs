@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::job_columns;
-use super::{apply_in, load, row, rows, save, save_row, SqliteStore, WriteCtx};
+use super::{apply_in, load, row, save, save_row, SqliteStore, WriteCtx};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::handoff::{NextJob, Refill};
 use crate::store::{JobQueue, Parked, Result, StoreError};
@@ -57,8 +57,12 @@ pub(super) fn take_tokens(conn: &Connection, n: usize) -> Result<u64> {
 /// The scheduled jobs due now, oldest first. `INDEXED BY`: without statistics SQLite's planner
 /// takes `jobs_status` for `status = 'SCHEDULED'` and reads every scheduled job's row (and sorts
 /// them) on each call; `jobs_due` holds exactly these rows in `run_at` order.
-pub(super) const DUE_SQL: &str = "SELECT id FROM jobs INDEXED BY jobs_due
-     WHERE status = 'SCHEDULED' AND run_at <= ?1 ORDER BY run_at LIMIT ?2";
+pub(super) const DUE_SQL: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs INDEXED BY jobs_due
+     WHERE status = 'SCHEDULED' AND run_at <= ?1 ORDER BY run_at LIMIT ?2"
+);
 
 /// When the next scheduled job is due: the first entry of `jobs_due` (the scheduler asks after
 /// every commit that may have changed it; with `jobs_status` this read every scheduled row).
@@ -87,7 +91,7 @@ pub(super) const EXPIRED_STOPPING_SQL: &str = concat!(
 /// How many unreadable records one read of a queue, of the due jobs or of the expired leases
 /// passes over at most (each is logged, [`crate::store::job_record::log_unreadable`]): past
 /// them, the read returns what it found.
-const UNREADABLE_PASSED: usize = 1000;
+pub(super) const UNREADABLE_PASSED: usize = 1000;
 
 /// The oldest (up to `max`) readable QUEUED jobs of `runner` ([`readable_jobs`]).
 fn oldest_queued(conn: &Connection, runner: &str, max: usize) -> Result<Vec<Job>> {
@@ -111,11 +115,12 @@ fn with_passed(max: usize) -> i64 {
 }
 
 /// Up to `max` jobs of `sql` (its `LIMIT` [`with_passed`]), in its order. A record this build
-/// cannot read (a newer build's, a hand edit, bytes that are not text) is left out and logged
-/// (met by `what`), as Redis's rounds leave it out: the jobs after it are read (up to
-/// [`UNREADABLE_PASSED`] such records in one read), so one record cannot stop a queue, the
-/// promotion of due jobs, or the reaper.
-fn readable_jobs(
+/// cannot read (a newer build's, a hand edit, bytes that are not text, a column of the wrong
+/// type) is left out and logged (met by `what`), as Redis's rounds leave it out: the jobs after
+/// it are read (up to [`UNREADABLE_PASSED`] such records in one read: past them, logged at
+/// ERROR, the jobs behind wait), so one record cannot stop a queue, the promotion of due jobs,
+/// or the reaper.
+pub(super) fn readable_jobs(
     conn: &Connection,
     sql: &str,
     p: impl rusqlite::Params,
@@ -125,21 +130,48 @@ fn readable_jobs(
     let mut stmt = conn.prepare_cached(sql).map_err(super::db_err)?;
     let mut rows = stmt.query(p).map_err(super::db_err)?;
     let mut out = Vec::with_capacity(max.min(64));
+    let mut passed = 0usize;
     while out.len() < max {
         let Some(r) = rows.next().map_err(super::db_err)? else {
             break;
         };
-        let row = super::stored::JobRow::read(r).map_err(super::db_err)?;
-        let id = row.id().to_owned();
-        match row.into_job() {
+        let read = super::stored::JobRow::read(r).map_err(|e| match e {
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                StoreError::Backend(format!("corrupt record: a column of the job's row: {e}"))
+            }
+            e => super::db_err(e),
+        });
+        match read.and_then(super::stored::JobRow::into_job) {
             Ok(job) => out.push(job),
             Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                let id = r.get::<_, String>(1).unwrap_or_default();
                 crate::store::job_record::log_unreadable(&id, what, &e);
+                passed += 1;
+                if passed == UNREADABLE_PASSED {
+                    log_passed_bound(what);
+                }
             }
             Err(e) => return Err(e),
         }
     }
     Ok(out)
+}
+
+/// Logs (at ERROR, once a minute) that a read met [`UNREADABLE_PASSED`] unreadable records in a
+/// row and returned what it had: the jobs behind them wait until some are deleted or set right.
+fn log_passed_bound(what: &str) {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        tracing::error!(
+            met_by = what,
+            passed = UNREADABLE_PASSED,
+            "a read passed over this many unreadable job records and stopped: the jobs behind them wait until those records are deleted or set right"
+        );
+    }
 }
 
 /// Claims `queued` (QUEUED jobs just read) for `worker`, in the writer's transaction:
@@ -250,9 +282,20 @@ impl JobQueue for SqliteStore {
             let mut lost = Vec::new();
             let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
             for (id, token) in held {
-                let Some(mut job) = load(ctx.conn, &id.to_string())? else {
-                    lost.push(id);
-                    continue;
+                // A record this build cannot read is reported lost (as on Redis): its worker
+                // stops the job, and the others' leases are renewed.
+                let mut job = match load(ctx.conn, &id.to_string()) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => {
+                        lost.push(id);
+                        continue;
+                    }
+                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                        crate::store::job_record::log_unreadable(&id.to_string(), "heartbeat", &e);
+                        lost.push(id);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 let stored = job.status;
                 match crate::job::heartbeat(&mut job, &worker, token, until, &actx) {
@@ -276,25 +319,12 @@ impl JobQueue for SqliteStore {
             // A record this build cannot read is left out (logged), and up to
             // `UNREADABLE_PASSED` of them are passed over: the due jobs behind it are promoted.
             let p = params![now, with_passed(max)];
-            let ids: Vec<String> = rows(ctx.conn, DUE_SQL, p, |r| r.get(0))?;
-            let mut promoted = 0;
-            for id in &ids {
-                if promoted == max {
-                    break;
-                }
-                let mut job = match load(ctx.conn, id) {
-                    Ok(Some(job)) => job,
-                    Ok(None) => continue,
-                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
-                        crate::store::job_record::log_unreadable(id, "promotion", &e);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+            let due = readable_jobs(ctx.conn, DUE_SQL, p, max, "promotion")?;
+            let n = due.len();
+            for mut job in due {
                 apply_in(ctx, &mut job, Command::Promote, now)?;
-                promoted += 1;
             }
-            Ok(promoted)
+            Ok(n)
         })
         .await
     }

@@ -135,3 +135,29 @@ async fn the_store_opens_with_an_unreadable_active_record() {
     let lease = good.lease.expect("its lease");
     assert!(lease.expires_at <= now_us(), "orphaned at open: {lease:?}");
 }
+
+/// A worker's heartbeat over a held job whose record does not read: that job is reported lost
+/// (as on Redis), the others' leases renewed. Before, the whole heartbeat failed.
+#[tokio::test]
+async fn a_heartbeat_reports_an_unreadable_held_job_lost_and_renews_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = open(dir.path());
+    for _ in 0..2 {
+        submit(&s, Job::new("t", "r", now_us())).await;
+    }
+    let claimed = s.claim("r", "w1", 2, LEASE).await.expect("claim");
+    let token = |j: &Job| j.lease.as_ref().expect("lease").token;
+    let held = [
+        (claimed[0].id, token(&claimed[0])),
+        (claimed[1].id, token(&claimed[1])),
+    ];
+    let before = claimed[1].lease.as_ref().expect("lease").expires_at;
+    super::tests::spoil_record(&s, claimed[0].id).await;
+    let lost = s
+        .heartbeat("w1", &held, LEASE * 2)
+        .await
+        .expect("the heartbeat is not refused");
+    assert_eq!(lost, vec![claimed[0].id]);
+    let renewed = s.get(claimed[1].id).await.unwrap().expect("readable job");
+    assert!(renewed.lease.expect("lease").expires_at > before, "renewed");
+}

@@ -183,11 +183,17 @@ pub(super) fn on_signal(ctx: &mut WriteCtx<'_>, key: &str) -> Result<()> {
     )?;
     let mut counts = Counts::default();
     for id in ids {
-        match load(ctx.conn, &id)? {
-            Some(mut job) => {
+        match load(ctx.conn, &id) {
+            Ok(Some(mut job)) => {
                 check_in(ctx, &mut job, &mut counts, Some(key))?;
             }
-            None => leave_in(ctx.conn, &id)?,
+            Ok(None) => leave_in(ctx.conn, &id)?,
+            // A record this build cannot read is passed over, its entries kept (as on Redis):
+            // the signal is stored and the other jobs waiting on it are checked.
+            Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                crate::store::job_record::log_unreadable(&id, "a signal", &e);
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -217,18 +223,33 @@ impl WaitStore for SqliteStore {
     async fn wait_fire_deadlines(&self, max: usize) -> Result<Vec<Job>> {
         self.write(move |ctx| {
             let now = now_us();
+            // Up to `UNREADABLE_PASSED` more: a record this build cannot read is passed over,
+            // its entries kept (as on Redis), and the deadlines after it fire.
+            let limit = i64::try_from(max.saturating_add(super::queue::UNREADABLE_PASSED))
+                .unwrap_or(i64::MAX);
             let ids: Vec<String> = rows(
                 ctx.conn,
                 "SELECT job_id FROM wait_deadlines WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2",
-                params![now, max as i64],
+                params![now, limit],
                 |r| r.get(0),
             )?;
-            let mut out = Vec::with_capacity(ids.len());
+            let mut out = Vec::with_capacity(ids.len().min(max));
             let mut counts = Counts::default();
             for id in ids {
-                let Some(mut job) = load(ctx.conn, &id)? else {
-                    leave_in(ctx.conn, &id)?;
-                    continue;
+                if out.len() == max {
+                    break;
+                }
+                let mut job = match load(ctx.conn, &id) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => {
+                        leave_in(ctx.conn, &id)?;
+                        continue;
+                    }
+                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                        crate::store::job_record::log_unreadable(&id, "a wait's deadline", &e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 let (items, until) = job
                     .wait
