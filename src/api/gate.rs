@@ -415,6 +415,9 @@ where
 
 /// Requests that may legitimately take long: event streams and the WebSocket (`/async/events/`),
 /// long polls, and file transfers (a multipart submit, `POST /async/jobs`, carries files too).
+/// Not the upload's first step (`PUT /async/upload/...`: a small JSON body asking where to send
+/// the bytes, which go to `/async/blobs/upload`): a request there that trickles its body in is cut
+/// at `api.request_timeout` as any other.
 /// Decided by the route alone: a header (`Upgrade`, a multipart content type) on any other route
 /// does not lift the limit.
 pub fn is_long_lived(req: &Request) -> bool {
@@ -422,7 +425,6 @@ pub fn is_long_lived(req: &Request) -> bool {
     p.starts_with("/async/events/")
         || p.starts_with("/api/v1/async_event")
         || p.starts_with("/async/download/")
-        || p.starts_with("/async/upload/")
         || p.starts_with("/async/blobs/")
         || (p.starts_with("/async/jobs/") && p.contains("/files/"))
         || (p == "/async/jobs"

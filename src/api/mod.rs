@@ -205,9 +205,8 @@ async fn submit(
         edge::require_json(req.headers())?;
         let max = st.app.config.api.max_body_bytes;
         extract::refuse_declared_over(req.headers(), max)?;
-        let bytes = axum::body::to_bytes(req.into_body(), max)
-            .await
-            .map_err(|e| error::body_error(&e))?;
+        let body = http_body_util::Limited::new(req.into_body(), max);
+        let bytes = extract::read_body(body).await?;
         (bytes, Vec::new())
     };
     if bytes.is_empty() {

@@ -121,8 +121,7 @@ async fn hook_append(
     Path(key): Path<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let (parts, body) = req.into_parts();
-    let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
+    let (parts, bytes) = super::hooks::hook_body(&st, req).await?;
     let job =
         super::hooks::authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
     if !job.status.is_active() {
