@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runyard::job::{
-    now_us, Backoff, Command, FileRef, FinishOutcome, HookReport, Job, JobStatus, TransitionError,
+    now_us, Backoff, Command, FileRef, FinishOutcome, HookReport, Job, JobStatus, RunHandle,
+    TransitionError,
 };
 use runyard::store::redis::{RedisSettings, RedisStore};
 use runyard::store::sqlite::SqliteStore;
@@ -292,6 +293,7 @@ conformance!(
     heartbeats_leave_a_finished_attempt_alone,
     a_restart_orphans_leases_only_of_the_sole_holder,
     adoption_gives_a_fresh_token,
+    an_adoption_under_the_fence_takes_only_the_fenced_lease,
     a_fence_changes_only_the_token_and_the_requeue_takes_only_its_token,
     scheduled_jobs_are_promoted_when_due,
     events_are_ordered_and_exclusive,
@@ -1101,12 +1103,12 @@ async fn adoption_gives_a_fresh_token(mut b: Backend) {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let a = s.adopt(c.id, "w2", LEASE).await.unwrap();
+    let a = s.adopt(c.id, None, "w2", LEASE).await.unwrap();
     assert_eq!(a.attempt, 1, "same attempt");
     assert_eq!(a.lease.as_ref().unwrap().worker, "w2");
     assert_ne!(token(&a), token(&c));
     assert!(
-        s.adopt(c.id, "w3", LEASE).await.is_err(),
+        s.adopt(c.id, None, "w3", LEASE).await.is_err(),
         "a live lease is not adopted"
     );
     assert!(s.expired(10).await.unwrap().is_empty());
@@ -1130,6 +1132,70 @@ async fn adoption_gives_a_fresh_token(mut b: Backend) {
     )
     .await
     .unwrap();
+}
+
+/// The reaper adopts the work of a job whose worker was lost in `STARTING` (its handle never
+/// recorded) under the fence it put: an adoption expecting another token (the lost worker's) is
+/// refused; under the fence's token it takes the lease, same attempt, the job still `STARTING`;
+/// the adopter then records the handle it found, or finishes the attempt from `STARTING`; the
+/// lost worker's and the fence's tokens can no longer write.
+async fn an_adoption_under_the_fence_takes_only_the_fenced_lease(mut b: Backend) {
+    let s = b.store().await;
+    let handle = RunHandle {
+        kind: runyard_runners::RunKind::Docker,
+        id: "runyard-x-1".into(),
+        data: serde_json::json!({"container_id": "abc"}),
+    };
+    for finish in [false, true] {
+        submit(&s, job("t", "r")).await;
+        let c = claim_for(&s, "r", "w1", Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let f = s.fence(c.id, token(&c)).await.unwrap();
+        let e = s
+            .adopt(c.id, Some(token(&c)), "w2", LEASE)
+            .await
+            .unwrap_err();
+        assert!(is_stale(&e), "{e}");
+        assert_eq!(s.get(c.id).await.unwrap().unwrap().lease, f.lease);
+        let a = s.adopt(c.id, Some(token(&f)), "w2", LEASE).await.unwrap();
+        assert_eq!((a.status, a.attempt), (JobStatus::Starting, 1));
+        assert_eq!(a.lease.as_ref().unwrap().worker, "w2");
+        assert_ne!(token(&a), token(&f));
+        assert!(
+            s.adopt(c.id, Some(token(&f)), "w3", LEASE).await.is_err(),
+            "adopted already"
+        );
+        for old in [token(&c), token(&f)] {
+            let late = Command::Finish {
+                token: old,
+                outcome: FinishOutcome::Success(None),
+            };
+            assert!(is_stale(&s.apply(c.id, late).await.unwrap_err()));
+        }
+        let done = if finish {
+            let fin = Command::Finish {
+                token: token(&a),
+                outcome: FinishOutcome::Exited { exit_code: 0 },
+            };
+            s.apply(c.id, fin).await.unwrap()
+        } else {
+            let started = Command::Started {
+                token: token(&a),
+                handle: Some(handle.clone()),
+            };
+            let r = s.apply(c.id, started).await.unwrap();
+            assert_eq!(r.status, JobStatus::Running);
+            assert_eq!(r.handle.as_ref(), Some(&handle));
+            let fin = Command::Finish {
+                token: token(&a),
+                outcome: FinishOutcome::Success(None),
+            };
+            s.apply(c.id, fin).await.unwrap()
+        };
+        assert_eq!((done.status, done.attempt), (JobStatus::Success, 1));
+        assert_eq!(done.runs.len(), 1);
+        assert_eq!(done.runs[0].outcome.as_deref(), Some("SUCCESS"));
+    }
 }
 
 async fn scheduled_jobs_are_promoted_when_due(mut b: Backend) {

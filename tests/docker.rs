@@ -16,6 +16,7 @@ mod support;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -899,6 +900,268 @@ shutdown_grace = "5s"
     assert!(
         !server_log.contains("JOB_SECRET_KEY"),
         "the container's create body (with the secret) was logged"
+    );
+}
+
+/// A Unix-socket forwarder to the engine that, while armed, holds back the engine's answer to
+/// the first container start it forwards: the start reaches the engine (the container starts),
+/// but the runyard process behind it never learns so, and is killed (`kill -9`) while it waits,
+/// its handle not recorded: a worker lost in `STARTING` after its container started. The
+/// connection to the engine is kept open (a client gone might cancel the start). Disarmed after
+/// it fired: the next server's calls pass.
+struct StartTrap {
+    path: PathBuf,
+    fired: Arc<tokio::sync::Notify>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Whether `window` (the latest bytes a client sent) holds the request line of a container start
+/// (`POST /v1.xx/containers/{id}/start`).
+fn holds_a_start(window: &[u8]) -> bool {
+    String::from_utf8_lossy(window).split("\r\n").any(|line| {
+        let mut parts = line.split(' ');
+        let (method, path) = (parts.next(), parts.next().unwrap_or_default());
+        let path = path.split('?').next().unwrap_or_default();
+        method == Some("POST") && path.contains("/containers/") && path.ends_with("/start")
+    })
+}
+
+impl StartTrap {
+    fn start(path: PathBuf, engine: PathBuf) -> StartTrap {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the trap");
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let fired = Arc::new(tokio::sync::Notify::new());
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (f, t) = (fired.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::UnixStream::connect(&engine).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (armed, fired, h) = (armed.clone(), f.clone(), held.clone());
+                let up = tokio::spawn(async move {
+                    let (mut buf, mut window) = (vec![0u8; 16 * 1024], Vec::new());
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        window.extend_from_slice(&buf[..n]);
+                        let cut = window.len().saturating_sub(8 * 1024);
+                        window.drain(..cut);
+                        // Held before the start is forwarded: its answer cannot come first.
+                        if holds_a_start(&window) && armed.swap(false, Ordering::SeqCst) {
+                            h.store(true, Ordering::SeqCst);
+                            fired.notify_one();
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    if h.load(Ordering::SeqCst) {
+                        // Kept open: the engine finishes the start after its client died.
+                        let _keep = uw;
+                        std::future::pending::<()>().await;
+                    }
+                });
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match ur.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if held.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                t.lock().unwrap().extend([up, down]);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        StartTrap { path, fired, tasks }
+    }
+}
+
+impl Drop for StartTrap {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A `runyard serve` process (embedded store, docker runner `dock.*` with 2 attempts through a
+/// [`StartTrap`]) killed with `kill -9` while its job (`script`) was `STARTING`: the job's
+/// container started, its id never recorded (checked in the store). With `ended`, the container
+/// exits by itself before runyard comes back; else it still runs. Then the server is restarted
+/// and the job's end returned, with its logs and the server's log. `None`: skipped.
+async fn a_job_whose_server_died_while_starting(
+    test: &str,
+    script: &str,
+    ended: bool,
+) -> Option<(Value, Vec<(String, String)>, String)> {
+    let host = setup(test)?;
+    let Some(engine) = host.strip_prefix("unix://") else {
+        println!("SKIPPED: {test} needs an engine on a unix socket, not {host}");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let trap = StartTrap::start(dir.path().join("engine.sock"), PathBuf::from(engine));
+    let via = format!("unix://{}", trap.path.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let runner = runner_toml(&via, "dock.*", BUSYBOX, &["/bin/sh", "-c", script], "")
+        .replace("max_attempts = 1", "max_attempts = 2");
+    let config = dir.path().join("runyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[worker]\nlease_ttl = \"1s\"\n\
+             kill_grace = \"500ms\"\npoll_interval = \"200ms\"\nshutdown_grace = \"5s\"\n{runner}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("server.log");
+    let client = reqwest::Client::new();
+    let mut first = ServeProcess::start(&config, &log, &url).await;
+    let r = client
+        .post(format!("{url}/async/jobs"))
+        .json(&json!({"type": "dock.adopt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::timeout(WAIT, trap.fired.notified())
+        .await
+        .unwrap_or_else(|_| panic!("no container start seen; server log:\n{}", tail(&log)));
+    first.kill();
+    // The engine starts the container after its client died.
+    running_container(&host, &id).await;
+    if ended {
+        let (h, j) = (host.clone(), id.clone());
+        eventually("the container exits by itself", WAIT, move || {
+            let done = containers_of(&h, &j).iter().any(|l| l.ends_with(" exited"));
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
+    {
+        use runyard::store::sqlite::SqliteStore;
+        use runyard::store::{JobStore, StoreSettings};
+        let store = SqliteStore::open(&data, StoreSettings::default(), false).expect("open");
+        let uuid = uuid::Uuid::parse_str(&id).unwrap();
+        let job = store.get(uuid).await.unwrap().expect("stored");
+        assert_eq!(
+            (job.status.to_string(), job.handle.is_none(), job.attempt),
+            ("STARTING".to_string(), true, 1),
+            "the server died before it recorded the container: {job:#?}"
+        );
+    }
+    let _second = ServeProcess::start(&config, &log, &url).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let job = loop {
+        let r = client.get(format!("{url}/async/jobs/{id}")).send().await;
+        let job: Value = r.unwrap().json().await.unwrap();
+        if is_terminal(&job["status"]) {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job not finished after the restart: {job:#}\nserver log:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let logs: Value = client
+        .get(format!("{url}/async/jobs/{id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    wait_removed(&host, &id).await;
+    Some((job, lines_of(&logs), tail(&log)))
+}
+
+/// The container of a job whose runyard was killed in `STARTING` (after the engine got the start,
+/// before runyard recorded the container) still runs when runyard is back: the reaper finds it by
+/// its name, adopts it (same attempt, no second run; its id recorded), follows its output, and
+/// the job ends SUCCESS. Before, the reaper stopped it and ran the job again (attempt 2; with
+/// one attempt the job ended ERROR "worker lost").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_started_by_a_server_killed_while_starting_is_adopted() {
+    let script = "echo run-$JOB_ATTEMPT; sleep 8; echo done-$JOB_ATTEMPT";
+    let Some((job, lines, server_log)) =
+        a_job_whose_server_died_while_starting("adopted_while_starting", script, false).await
+    else {
+        return;
+    };
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        (status_of(&job), job["attempt"].as_u64()),
+        ("SUCCESS", Some(1)),
+        "{job:#}\n{texts:#?}\nserver log:\n{server_log}"
+    );
+    assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "SUCCESS", "{job:#}");
+    assert_eq!(
+        job["handle"]["kind"], "docker",
+        "the handle found is recorded: {job:#}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|l| l.contains("still running after a restart")),
+        "{texts:#?}"
+    );
+    assert!(texts.contains(&"done-1"), "{texts:#?}");
+    assert!(!texts.iter().any(|l| l.starts_with("run-2")), "{texts:#?}");
+}
+
+/// The same, the container having exited 0 by itself before runyard is back: its exit is the
+/// attempt's outcome (SUCCESS on attempt 1, nothing run again), where the reaper took the
+/// attempt for lost and ran a second container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_ended_after_its_server_was_killed_while_starting_gives_its_outcome() {
+    let script = "echo run-$JOB_ATTEMPT; sleep 1; echo done-$JOB_ATTEMPT";
+    let Some((job, lines, server_log)) =
+        a_job_whose_server_died_while_starting("ended_while_starting", script, true).await
+    else {
+        return;
+    };
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        (status_of(&job), job["attempt"].as_u64()),
+        ("SUCCESS", Some(1)),
+        "{job:#}\n{texts:#?}\nserver log:\n{server_log}"
+    );
+    assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+    assert_eq!(job["runs"][0]["outcome"], "SUCCESS", "{job:#}");
+    assert!(
+        !texts.iter().any(|l| l.starts_with("run-2")),
+        "no second container: {texts:#?}"
     );
 }
 

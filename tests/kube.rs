@@ -2071,3 +2071,111 @@ async fn a_job_left_running_by_a_cancel_during_an_api_outage_is_swept_once_it_is
     })
     .await;
 }
+
+/// Jobs whose worker was lost in `STARTING`, after it created the attempt's Kubernetes Job but
+/// before it recorded it (the server's store is left as a killed server leaves it: claimed, the
+/// Job launched, no handle): when the server starts again, its reaper finds each Job by its name
+/// and labels. A Job still running is adopted (same attempt, its handle recorded, RUNNING) and
+/// its end is the job's; a Job that finished while no server ran gives its outcome. Neither is
+/// run again. Before, the reaper deleted the running Job and ran a second attempt, and took the
+/// finished one's attempt for lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_whose_worker_was_lost_while_starting_are_adopted_not_run_again() {
+    use runyard::job::{now_us, JobStatus};
+    use runyard::store::sqlite::SqliteStore;
+    use runyard::store::{JobQueue, JobStore, StoreSettings};
+    const CTX_NS: &str = "runyard-test";
+    let fake = Fake::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), CTX_NS).await;
+    let mut ts = TestServer::builder(&server_runner(
+        &kubeconfig,
+        "name = \"k\"\nmax_attempts = 2\n[runners.kube]\ntermination_grace = \"100ms\"\n\
+         finish_timeout = \"100ms\"\npoll_interval = \"50ms\"",
+    ))
+    .start()
+    .await;
+    ts.stop().await;
+    // What a server killed in `STARTING` leaves: each job claimed, its Job created, no handle.
+    let mut launched = Vec::new();
+    {
+        let store = SqliteStore::open(&ts.data_dir(), StoreSettings::default(), false).unwrap();
+        let runner = KubeRunner::with_client(
+            KubeConfig {
+                namespace: Some(CTX_NS.into()),
+                ..config()
+            },
+            fake.client(),
+        )
+        .unwrap();
+        for job_type in ["kube.hang", "kube.report"] {
+            let mut job = runyard::job::Job::new(job_type, "k", now_us());
+            job.max_attempts = 2;
+            store.submit(job.clone()).await.unwrap();
+            let lost = "lost-1-abc@0123456789abcdef";
+            let claimed = store
+                .claim("k", lost, 1, Duration::from_millis(1))
+                .await
+                .unwrap()
+                .pop()
+                .unwrap();
+            assert_eq!(claimed.id, job.id);
+            let id = job.id.to_string();
+            let exec = runner
+                .launch(spec(job_type, &id, 1), Arc::new(Lines::default()))
+                .await
+                .unwrap();
+            // The worker dies here: its execution is gone, its handle never stored.
+            drop(exec);
+            let stored = store.get(job.id).await.unwrap().unwrap();
+            assert_eq!((stored.status, stored.handle), (JobStatus::Starting, None));
+            launched.push((id, job_name(job_type, &job.id.to_string(), 1)));
+        }
+    }
+    let (hang, report) = (launched[0].clone(), launched[1].clone());
+    let (ns, name) = (CTX_NS.to_string(), report.1.clone());
+    fake.until("the report Job finished", move |f| {
+        f.job_finished(&ns, &name)
+    })
+    .await;
+    ts.restart(true).await;
+
+    // The running one: adopted, its handle recorded, then its end is the job's.
+    let job = ts
+        .wait_for(&hang.0, WAIT, |j| {
+            j["status"] == "RUNNING" || support::is_terminal(&j["status"])
+        })
+        .await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_u64()),
+        (Some("RUNNING"), Some(1)),
+        "{job:#}"
+    );
+    assert_eq!(job["handle"]["kind"], "kube", "{job:#}");
+    assert_eq!(job["handle"]["id"], hang.1.as_str(), "{job:#}");
+    fake.finish_job(CTX_NS, &hang.1, 0);
+    // The finished one: its outcome, on attempt 1.
+    for (id, _) in [&hang, &report] {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(
+            (job["status"].as_str(), job["attempt"].as_u64()),
+            (Some("SUCCESS"), Some(1)),
+            "{job:#}"
+        );
+        assert_eq!(job["runs"].as_array().map(Vec::len), Some(1), "{job:#}");
+        assert_eq!(job["runs"][0]["outcome"], "SUCCESS", "{job:#}");
+    }
+    // No second attempt's Job was ever created.
+    for (id, name) in [&hang, &report] {
+        let created: Vec<String> = fake
+            .calls()
+            .iter()
+            .filter(|c| c.resource == "jobs" && c.verb == "create")
+            .filter_map(|c| c.body.as_ref().map(|b| &b["metadata"]))
+            .filter(|m| m["labels"][LABEL_JOB_ID] == id.as_str())
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect();
+        assert_eq!(created, vec![name.clone()], "{id}");
+    }
+    check(&fake);
+}

@@ -97,6 +97,8 @@ enum Op {
     Orphan,
     LeaseExpired,
     Adopt {
+        /// The fence's token the reaper adopts under, if any.
+        tok: Option<Tok>,
         worker: u8,
         lease_ok: bool,
     },
@@ -169,8 +171,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => tok().prop_map(|tok| Op::StopLost { tok }),
         1 => Just(Op::Orphan),
         2 => Just(Op::LeaseExpired),
-        1 => (0u8..3, prop::bool::weighted(0.8))
-            .prop_map(|(worker, lease_ok)| Op::Adopt { worker, lease_ok }),
+        1 => (prop::option::of(tok()), 0u8..3, prop::bool::weighted(0.8))
+            .prop_map(|(tok, worker, lease_ok)| Op::Adopt { tok, worker, lease_ok }),
         2 => Just(Op::Cancel),
         2 => Just(Op::Retry),
         2 => Just(Op::Promote),
@@ -328,7 +330,12 @@ impl Actors {
             },
             Op::Orphan => Command::OrphanLease,
             Op::LeaseExpired => Command::LeaseExpired { token: None },
-            Op::Adopt { worker, lease_ok } => Command::Adopt {
+            Op::Adopt {
+                tok,
+                worker,
+                lease_ok,
+            } => Command::Adopt {
+                expected: tok.as_ref().map(|t| self.token(job, t)),
                 worker: format!("w{worker}"),
                 token: self.fresh(),
                 lease_until: lease(*lease_ok),
@@ -363,6 +370,7 @@ fn carried_token(cmd: &Command) -> Option<u64> {
         | Command::TimeLimit { token, .. }
         | Command::HostFailure { token, .. } => Some(*token),
         Command::Progress { token, .. } => *token,
+        Command::Adopt { expected, .. } => *expected,
         _ => None,
     }
 }

@@ -92,8 +92,12 @@ pub enum Command {
         token: u64,
     },
     /// A worker takes over live work whose lease expired (a container that outlived its
-    /// worker): same attempt, new lease and token.
+    /// worker): same attempt, new lease and token. With `expected`, refused unless the lease
+    /// still has that token (the reaper's fence, put before it looked for work whose handle was
+    /// never recorded).
     Adopt {
+        /// The lease's token the adopter decided on; `None`: any expired lease.
+        expected: Option<u64>,
         /// Worker id.
         worker: String,
         /// New fencing token.
@@ -461,10 +465,11 @@ fn apply_inner(
         Command::LeaseExpired { token } => attempts::lease_expired(job, ctx, token),
         Command::Fence { expected, token } => attempts::fence(job, ctx, expected, token),
         Command::Adopt {
+            expected,
             worker,
             token,
             lease_until,
-        } => attempts::adopt(job, ctx, worker, token, lease_until),
+        } => attempts::adopt(job, ctx, expected, worker, token, lease_until),
         Command::Heartbeat {
             worker,
             token,
@@ -906,6 +911,7 @@ mod tests {
         let mut j = job();
         claim(&mut j, 1);
         let adopt = |t| Command::Adopt {
+            expected: None,
             worker: "w2".into(),
             token: t,
             lease_until: 50_000,
@@ -1537,5 +1543,69 @@ mod tests {
         assert_eq!(j.status, before.status);
         apply(&mut j, Command::Cancel, &ctx(10_002)).unwrap();
         assert!(apply(&mut j, fence(7), &ctx(10_003)).is_err(), "not active");
+    }
+
+    /// The reaper adopts the work of a job whose handle was never recorded (still `STARTING`)
+    /// under the fence it put: an adoption that expects another token (the hung worker's, a
+    /// later lease's) is refused and changes nothing; the adopter then records the handle it
+    /// found, or the outcome of work that had ended, from `STARTING`.
+    #[test]
+    fn an_adoption_under_the_fence_takes_only_the_fenced_lease() {
+        let mut j = job();
+        claim(&mut j, 1);
+        apply(
+            &mut j,
+            Command::Fence {
+                expected: 1,
+                token: 7,
+            },
+            &ctx(10_001),
+        )
+        .unwrap();
+        let adopt = |expected| Command::Adopt {
+            expected: Some(expected),
+            worker: "w2".into(),
+            token: 9,
+            lease_until: 50_000,
+        };
+        let before = j.clone();
+        assert_eq!(
+            apply(&mut j, adopt(1), &ctx(10_002)),
+            Err(TransitionError::StaleLease),
+            "the hung worker's token"
+        );
+        assert_eq!(j, before);
+        apply(&mut j, adopt(7), &ctx(10_002)).unwrap();
+        assert_eq!((j.status, j.attempt), (JobStatus::Starting, 1));
+        let l = j.lease.clone().unwrap();
+        assert_eq!((l.token, l.worker.as_str()), (9, "w2"));
+        assert!(
+            apply(&mut j, adopt(7), &ctx(10_003)).is_err(),
+            "adopted already"
+        );
+        let mut ended = j.clone();
+        apply(
+            &mut j,
+            Command::Started {
+                token: 9,
+                handle: None,
+            },
+            &ctx(10_004),
+        )
+        .unwrap();
+        assert_eq!(j.status, JobStatus::Running);
+        let fin = |t| Command::Finish {
+            token: t,
+            outcome: FinishOutcome::Exited { exit_code: 0 },
+        };
+        assert_eq!(
+            apply(&mut ended, fin(7), &ctx(10_004)),
+            Err(TransitionError::StaleLease)
+        );
+        apply(&mut ended, fin(9), &ctx(10_004)).unwrap();
+        assert_eq!(
+            (ended.status, ended.runs.len(), ended.exit_code),
+            (JobStatus::Success, 1, Some(0))
+        );
     }
 }

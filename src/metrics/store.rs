@@ -156,7 +156,7 @@ metered! {
         claim(runner: &str, worker: &str, max: usize, lease_ttl: Duration) -> Vec<Job>
             => |m, jobs| m.jobs_claimed(jobs);
         heartbeat(worker: &str, held: &[(Uuid, u64)], lease_ttl: Duration) -> Vec<Uuid>;
-        adopt(id: Uuid, worker: &str, lease_ttl: Duration) -> Job;
+        adopt(id: Uuid, expected: Option<u64>, worker: &str, lease_ttl: Duration) -> Job;
         fence(id: Uuid, expected: u64) -> Job;
         promote_due(max: usize) -> usize => |m, n| m.jobs_promoted(*n);
         next_due() -> Option<Micros>;

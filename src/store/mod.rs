@@ -316,8 +316,15 @@ pub trait JobQueue: Send + Sync {
         lease_ttl: Duration,
     ) -> Result<Vec<Uuid>>;
     /// Takes over an active job whose lease expired (its work is still alive): a fresh fencing
-    /// token and lease for `worker`, same attempt.
-    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job>;
+    /// token and lease for `worker`, same attempt (`Command::Adopt`). With `expected`, only the
+    /// lease whose token it is (the reaper's fence).
+    async fn adopt(
+        &self,
+        id: Uuid,
+        expected: Option<u64>,
+        worker: &str,
+        lease_ttl: Duration,
+    ) -> Result<Job>;
     /// Fences the expired lease of an active job whose token is `expected` (`Command::Fence`):
     /// a fresh token, same holder, run and expiry. Returns the job with the fence's token.
     async fn fence(&self, id: Uuid, expected: u64) -> Result<Job>;

@@ -15,6 +15,7 @@
 //!   finish within `shutdown_grace`, then stops the rest and gives them back to the queue; the
 //!   whole stop is bounded whatever the store does (`stop.rs`).
 
+mod adopt;
 mod claims;
 mod leases;
 pub mod orphans;
@@ -34,7 +35,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use runyard_runners::{JobSpec, Recovered, SharedReporter};
+use runyard_runners::{JobSpec, SharedReporter};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -47,7 +48,7 @@ use crate::store::handoff::{NextJob, Refill};
 use crate::store::{Notice, Store};
 use reporter::StoreSink;
 pub use stop::STOP_MARGIN;
-use supervise::{outcome_to_finish, time_limit, Supervised};
+use supervise::{time_limit, Supervised};
 
 /// Why a running job is being stopped by the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -469,70 +470,6 @@ impl Worker {
         };
         self.supervise(id, token, exec, reporter, limit, stop, reason, run)
             .await;
-    }
-
-    /// Takes over live work found by the reaper (its worker died): runs it to its end under a
-    /// fresh lease.
-    pub(crate) async fn adopt(
-        self: Arc<Self>,
-        job: Job,
-        slot: Arc<RunnerSlot>,
-        recovered: Recovered,
-        deferred: Arc<reporter::DeferredReporter>,
-    ) {
-        let asked = tokio::time::Instant::now();
-        let adopted = match self.store.adopt(job.id, &self.id, self.cfg.lease_ttl).await {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::info!(job_id = %job.id, error = %e, "adoption refused: stopping the recovered work");
-                if let Recovered::Running(mut exec) = recovered {
-                    exec.stop(self.cfg.kill_grace).await;
-                }
-                return;
-            }
-        };
-        let token = adopted.lease.as_ref().map(|l| l.token).unwrap_or_default();
-        let id = adopted.id;
-        tracing::info!(job_id = %id, "adopted live work of a lost worker");
-        slot.active.fetch_add(1, Ordering::AcqRel);
-        let (stop, reason) = self.track(id, token, asked, None);
-        if self.swept.load(Ordering::SeqCst) {
-            // Adopted after the shutdown's sweep: stopped and given back at once, as a claimed
-            // job is (`run_job`).
-            *reason.lock() = StopReason::Release;
-            stop.cancel();
-        }
-        let reporter = StoreSink::reporter(self.store.clone(), id, token);
-        deferred.attach(reporter.clone());
-        match recovered {
-            Recovered::Running(exec) => {
-                let elapsed = adopted
-                    .started_at
-                    .map(|s| Duration::from_micros((crate::job::now_us() - s).max(0) as u64))
-                    .unwrap_or_default();
-                let whole_limit = time_limit(&adopted, &slot);
-                let limit = whole_limit.saturating_sub(elapsed);
-                let run = Supervised {
-                    kind: slot.kind,
-                    watch: reports::Watch::new(id),
-                    reported: adopted.reported().is_some(),
-                    refill: None,
-                    whole_limit,
-                };
-                self.supervise(id, token, exec, reporter, limit, stop, reason, run)
-                    .await;
-            }
-            Recovered::Finished(outcome) => {
-                self.work_ended(id, token);
-                reporter.flush().await;
-                self.finish(id, token, outcome_to_finish(outcome, slot.kind), None)
-                    .await
-            }
-            Recovered::Gone => {}
-        }
-        self.untrack(id, token);
-        slot.active.fetch_sub(1, Ordering::AcqRel);
-        self.wake.notify_one();
     }
 }
 

@@ -1,10 +1,12 @@
 //! The reaper: finds jobs whose lease expired (their worker died or hung) and asks the job's
 //! runner to `recover` the work. Live work (a container that outlived its worker) is adopted by
-//! this worker under a fresh fencing token; work that is gone is requeued (or failed when no
-//! attempt is left). Safe to run in every worker process at once: every step is a
-//! compare-and-set on the expired lease.
+//! this worker under a fresh fencing token, and work that ended meanwhile has its outcome
+//! recorded, whether its handle was stored or it was found by its runner's marks (a worker lost
+//! in `STARTING`); work that is gone is requeued (or failed when no attempt is left). Safe to
+//! run in every worker process at once: every step is a compare-and-set on the expired lease.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +20,10 @@ use super::Worker;
 use crate::job::{now_us, Command, Job, JobStatus, ABANDONED_STOP};
 use crate::store::StoreError;
 
-/// Jobs whose work this worker's reaper is making sure is gone, each in a task of its own (a
-/// stop may take `kill_grace` and more, a scan of `/proc` may block: the other expired leases do
-/// not wait for it): cancelled ones, and active ones whose handle was never recorded.
+/// Jobs whose work this worker's reaper is looking for, each in a task of its own (a stop may
+/// take `kill_grace` and more, a scan of `/proc` may block: the other expired leases do not wait
+/// for it): cancelled ones, whose work it makes sure is gone, and active ones whose handle was
+/// never recorded, whose work it adopts or makes sure is gone.
 type Stopping = Arc<parking_lot::Mutex<StopState>>;
 
 /// See [`Stopping`].
@@ -29,8 +32,8 @@ struct StopState {
     /// The jobs with a task running.
     busy: HashSet<Uuid>,
     /// The fence token this reaper put on each handle-less active job's expired lease (see
-    /// [`requeue_unrecorded`]): a later pass that finds it there stops the work again under it,
-    /// without another fence.
+    /// [`requeue_unrecorded`]): a later pass that finds it there looks for the work again under
+    /// it, without another fence.
     fenced: HashMap<Uuid, u64>,
     /// When this reaper first failed to make each job's work sure gone (or found no way to
     /// reach it): the give-up (`ABANDONED_STOP`) also waits that long from here, so a lease
@@ -74,7 +77,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
 }
 
 /// One pass; returns how many jobs were requeued, failed or adopted (the stop of a cancelled job,
-/// or of an active one's unrecorded work, runs on in its task, not counted).
+/// and the search for an active one's unrecorded work, run on in their tasks, not counted).
 async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::Result<usize> {
     let store = &worker.store;
     let mut n = 0;
@@ -110,31 +113,17 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
             continue;
         }
         // A stopping worker takes on no work: another worker's reaper adopts it.
-        if worker.stopping.load(std::sync::atomic::Ordering::SeqCst) && job.handle.is_some() {
+        if worker.stopping.load(Ordering::SeqCst) && job.handle.is_some() {
             continue;
         }
         let slot = worker.runners.get(&job.runner).cloned();
         if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
             let spec = worker.spec_factory().spec(&job);
-            // What the recovered work logs before it is adopted is kept for the adopting attempt.
-            // kube copies a running pod's log on from the last stored line's time.
-            let last_log = if handle.kind == runyard_runners::RunKind::Kube {
-                last_log_time(store.as_ref(), job.id).await
-            } else {
-                None
-            };
-            let deferred = Arc::new(DeferredReporter::with_last_log(last_log));
-            match slot.runner.recover(&handle, spec, deferred.clone()).await {
+            let (found, deferred) = recover(worker, &job, &slot, &handle, spec).await;
+            match found {
                 Ok(Recovered::Gone) => {}
                 Ok(r) => {
-                    // The adopted attempt's lines are in its `job` span, as a claimed one's.
-                    let span = tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
-                    worker.spawn_task(
-                        worker
-                            .clone()
-                            .adopt(job, slot, r, deferred)
-                            .instrument(span),
-                    );
+                    spawn_adoption(worker, job, slot, r, deferred, None);
                     n += 1;
                     continue;
                 }
@@ -150,6 +139,45 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
         }
     }
     Ok(n)
+}
+
+/// `recover`s the work of `handle` to adopt it: what it logs before the adoption is kept for
+/// the adopting attempt (kube copies a running pod's log on from the last stored line's time).
+async fn recover(
+    worker: &Worker,
+    job: &Job,
+    slot: &crate::runner_set::RunnerSlot,
+    handle: &runyard_runners::RunHandle,
+    spec: runyard_runners::JobSpec,
+) -> (
+    Result<Recovered, runyard_runners::RunnerError>,
+    Arc<DeferredReporter>,
+) {
+    let last_log = if handle.kind == runyard_runners::RunKind::Kube {
+        last_log_time(worker.store.as_ref(), job.id).await
+    } else {
+        None
+    };
+    let deferred = Arc::new(DeferredReporter::with_last_log(last_log));
+    let found = slot.runner.recover(handle, spec, deferred.clone()).await;
+    (found, deferred)
+}
+
+/// Adopts recovered work (`Worker::adopt`, with `expected` the fence's token for work found by
+/// its marks) in a task of its own: the adopted attempt's lines are in its `job` span, as a
+/// claimed one's.
+fn spawn_adoption(
+    worker: &Arc<Worker>,
+    job: Job,
+    slot: Arc<crate::runner_set::RunnerSlot>,
+    found: Recovered,
+    deferred: Arc<DeferredReporter>,
+    expected: Option<u64>,
+) {
+    let span =
+        tracing::info_span!("job", job_id = %job.id, r#type = %job.job_type, attempt = job.attempt);
+    let adopt = worker.clone().adopt(job, slot, found, deferred, expected);
+    worker.spawn_task(adopt.instrument(span));
 }
 
 /// `Command::LeaseExpired` of the lease whose token is `token` (refused if it has another: a
@@ -275,17 +303,24 @@ fn may_have_unrecorded_work(worker: &Worker, job: &Job) -> bool {
 }
 
 /// An active job whose worker let the lease run out after it launched the work but before it
-/// recorded the handle (hung, or dead, in `STARTING`): the work the runner finds by its marks
-/// (`Runner::unrecorded`) is stopped before the job is requeued, never adopted. First the lease
-/// is fenced (`Store::fence`: a fresh token, the holder, run and expiry kept), so a worker that
-/// was only slow can no longer renew it and run on; then the work is stopped; then the job is
+/// recorded the handle (hung, or dead, in `STARTING`): the runner looks for the work by its marks
+/// (`Runner::unrecorded`). First the lease is fenced (`Store::fence`: a fresh token, the holder,
+/// run and expiry kept), so a worker that was only slow can no longer renew it nor write: it
+/// never runs on (when it wakes up its writes are refused and it stops the work, adopted or not:
+/// an adopting worker then records how the work ended). Then the work found is `recover`ed as a
+/// stored handle's would be: work still running (a container, a Kubernetes Job) is adopted under
+/// the fence's token (`Worker::adopt`: same attempt, no second run, the handle found recorded),
+/// work that ended has its outcome recorded; work gone (nothing found, a container created but
+/// never started, or a local process, which cannot be adopted: `recover` kills it) has the job
 /// requeued (`LeaseExpired` of the fence's token: refused if another reaper fenced it since, or
-/// the job moved on). Work not made sure gone (an inconclusive scan, a stop not confirmed) keeps
-/// the lease for a later pass, until `ABANDONED_STOP` after the stored expiry: then it is
-/// requeued, its work possibly still running. Work this worker cannot reach (a process of
-/// another machine, a claimer whose id names no machine, a runner it does not serve) is left to
-/// that machine's reapers for [`OTHER_MACHINE_LEASES`] `lease_ttl` after the stored expiry,
-/// then requeued (`LeaseExpired` of the token read in the pass).
+/// the job moved on). A stopping worker adopts no running work: it leaves it, fenced, to another
+/// worker's reaper (or its next life's). Work not made sure gone (a `recover` that failed: an
+/// inconclusive scan, the engine away) keeps the lease for a later pass, until `ABANDONED_STOP`
+/// after the stored expiry: then it is requeued, its work possibly still running. Work this
+/// worker cannot reach (a process of another machine, a claimer whose id names no machine, a
+/// runner it does not serve) is left to that machine's reapers for [`OTHER_MACHINE_LEASES`]
+/// `lease_ttl` after the stored expiry, then requeued (`LeaseExpired` of the token read in the
+/// pass).
 async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
     let Some(lease) = job.lease.as_ref() else {
         return;
@@ -314,7 +349,8 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         return;
     };
     // Fenced already (by this reaper, or one of another process on this machine): the work is
-    // stopped under that fence, not fenced again (two reapers would refuse each other's requeue).
+    // looked for under that fence, not fenced again (two reapers would refuse each other's
+    // adoption or requeue).
     let mine = fenced || state.lock().fenced.get(&job.id) == Some(&lease.token);
     let token = if mine {
         lease.token
@@ -325,15 +361,26 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         state.lock().fenced.insert(job.id, token);
         token
     };
-    if !make_gone(worker, &slot, &handle, spec).await {
-        if !state.lock().held_long_enough(job.id, lease.expires_at) {
+    match recover(worker, &job, &slot, &handle, spec).await {
+        (Ok(Recovered::Gone), _) => {}
+        // A stopping worker takes on no live work: another worker's reaper (or its next life's)
+        // adopts it under this fence.
+        (Ok(Recovered::Running(_)), _) if worker.stopping.load(Ordering::SeqCst) => return,
+        (Ok(found), deferred) => {
+            spawn_adoption(worker, job, slot, found, deferred, Some(token));
             return;
         }
-        tracing::warn!(
-            job_id = %job.id,
-            r#type = %job.job_type,
-            "the work of a job whose worker hung while starting was not made sure gone within 5 min: requeued, and its work may still run"
-        );
+        (Err(e), _) => {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot recover the work of a job whose worker was lost while starting; will retry");
+            if !state.lock().held_long_enough(job.id, lease.expires_at) {
+                return;
+            }
+            tracing::warn!(
+                job_id = %job.id,
+                r#type = %job.job_type,
+                "the work of a job whose worker hung while starting was not made sure gone within 5 min: requeued, and its work may still run"
+            );
+        }
     }
     lease_expired(worker, job.id, Some(token)).await;
 }

@@ -191,8 +191,10 @@ async fn stops_done(stopping: &Stopping) {
 
 /// Not cancelled: a job whose worker hung in `STARTING` (process launched, handle not stored)
 /// is requeued by the reaper only once that process is killed, so its next attempt never runs
-/// beside it. The stop runs in a task of its own (bounded in number), not in the pass: a slow
-/// stop or scan does not hold the other expired leases back.
+/// beside it (a process cannot be adopted: the local runner's `recover` kills it and answers
+/// `Gone`; a container or a Kubernetes Job found so is adopted instead, tests/docker.rs and
+/// tests/kube.rs). The stop runs in a task of its own (bounded in number), not in the pass: a
+/// slow stop or scan does not hold the other expired leases back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_worker_hung_while_starting_is_requeued_once_its_process_is_killed() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -298,15 +298,20 @@ pub(super) fn fence(
     }
 }
 
-/// Another worker takes over an expired lease.
+/// Another worker takes over an expired lease (only the one whose token is `expected`, when
+/// given).
 pub(super) fn adopt(
     job: &mut Job,
     ctx: &ApplyCtx,
+    expected: Option<u64>,
     worker: String,
     token: u64,
     lease_until: Micros,
 ) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
+    if let Some(t) = expected {
+        check_token(job, t)?;
+    }
     let expired = job.lease.as_ref().is_some_and(|l| l.expires_at < now);
     if !job.status.is_active() || !expired {
         return Err(illegal(job, "be adopted"));

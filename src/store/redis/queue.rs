@@ -277,10 +277,17 @@ impl JobQueue for RedisStore {
         Ok(lost)
     }
 
-    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
+    async fn adopt(
+        &self,
+        id: Uuid,
+        expected: Option<u64>,
+        worker: &str,
+        lease_ttl: Duration,
+    ) -> Result<Job> {
         let token = self.next_token().await?;
         self.update(id, |job, now| {
             let cmd = Command::Adopt {
+                expected,
                 worker: worker.to_string(),
                 token,
                 lease_until: now + lease_ttl.as_micros() as i64,

@@ -241,13 +241,20 @@ impl JobQueue for SqliteStore {
         .await
     }
 
-    async fn adopt(&self, id: Uuid, worker: &str, lease_ttl: Duration) -> Result<Job> {
+    async fn adopt(
+        &self,
+        id: Uuid,
+        expected: Option<u64>,
+        worker: &str,
+        lease_ttl: Duration,
+    ) -> Result<Job> {
         let worker = worker.to_string();
         self.write(move |ctx| {
             let mut job = load(ctx.conn, &id.to_string())?.ok_or(StoreError::NotFound)?;
             let token = take_tokens(ctx.conn, 1)?;
             let now = now_us();
             let cmd = Command::Adopt {
+                expected,
                 worker,
                 token,
                 lease_until: now + lease_ttl.as_micros() as i64,
