@@ -81,6 +81,46 @@ async fn a_hook_call_that_cannot_pass_is_refused_before_its_body() {
     futures::future::join_all(tries).await;
 }
 
+/// A hook call with forged but well-formed headers passes the checks made before its body; its
+/// body must then arrive within `api.request_timeout`, on the upload's route too (exempt from it
+/// otherwise: it may hash a stored file again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_hook_call_is_held_at_most_the_request_timeout() {
+    let ts = TestServer::builder(RUNNERS)
+        .config("[api]\nrequest_timeout = \"2s\"")
+        .start()
+        .await;
+    let a = addr(&ts);
+    let job = uuid::Uuid::now_v7();
+    let now = runyard_hooks::now_ms();
+    let forged = format!(
+        "X-Job-Id: {job}\r\nX-Job-Time: {now}\r\nX-Job-Hash: {}\r\nX-Job-Signature: v2\r\n",
+        "0".repeat(64)
+    );
+    let tries = [
+        format!("PUT /async/upload/jobs/{job}/out"),
+        "POST /async/status".to_string(),
+    ]
+    .into_iter()
+    .map(|line| {
+        let (a, forged) = (a.clone(), forged.clone());
+        async move {
+            let mut s = TcpStream::connect(&a).await.expect("connect");
+            let head = format!(
+                "{line} HTTP/1.1\r\nHost: {a}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100000\r\n{forged}\r\n{{"
+            );
+            s.write_all(head.as_bytes()).await.expect("write");
+            let got = status_line(&mut s, Duration::from_secs(10)).await;
+            assert!(
+                got.as_deref().is_some_and(|l| l.contains(" 503 ")),
+                "{line}: {got:?}"
+            );
+        }
+    });
+    futures::future::join_all(tries).await;
+}
+
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("status");
     s.lines()
@@ -95,23 +135,36 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_body_costs_its_size() {
     const CONNS: usize = 100;
-    const BYTES: usize = 300;
+    const BYTES: usize = 300; // under the 1 KiB a body-less route reads
     let ts = TestServer::builder(RUNNERS).start().await;
     let a = addr(&ts);
     let before = rss_kib();
     let mut tasks = Vec::new();
-    for _ in 0..CONNS {
+    for i in 0..CONNS {
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(&a).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
-            let head = format!(
-                "POST /async/jobs HTTP/1.1\r\nHost: {a}\r\nContent-Type: application/json\r\n\
-                 Content-Length: 100000\r\n\r\n"
-            );
+            // Half to the submit (a JSON body), half to a cancel (a route that reads no body:
+            // it reads up to 1 KiB to refuse it), chunked (a declared length over 1 KiB is
+            // refused before any of it is read), a byte per chunk.
+            let chunked = i % 2 == 1;
+            let head = if chunked {
+                format!(
+                    "POST /async/jobs/{}/cancel HTTP/1.1\r\nHost: {a}\r\n\
+                     Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    uuid::Uuid::now_v7()
+                )
+            } else {
+                format!(
+                    "POST /async/jobs HTTP/1.1\r\nHost: {a}\r\nContent-Type: application/json\r\n\
+                     Content-Length: 100000\r\n\r\n"
+                )
+            };
             s.write_all(head.as_bytes()).await.expect("write");
             for _ in 0..BYTES {
-                s.write_all(b" ").await.expect("write a byte");
+                let piece: &[u8] = if chunked { b"1\r\n \r\n" } else { b" " };
+                s.write_all(piece).await.expect("write a byte");
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             s

@@ -260,15 +260,12 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
                 "{what} reads no body (got {got}): it would be ignored; send none, or `{{}}`"
             ))
         };
-        let bytes = axum::body::to_bytes(req.into_body(), NO_BODY_READ)
-            .await
-            .map_err(|e| match super::error::body_error(&e) {
-                // Over the bound: refused as any body is, not as too large for the route.
-                over if over.code == "too_large" => {
-                    refused(&format!("more than {NO_BODY_READ} bytes"))
-                }
-                other => other,
-            })?;
+        let body = http_body_util::Limited::new(req.into_body(), NO_BODY_READ);
+        let bytes = read_body(body).await.map_err(|e| match e {
+            // Over the bound: refused as any body is, not as too large for the route.
+            over if over.code == "too_large" => refused(&format!("more than {NO_BODY_READ} bytes")),
+            other => other,
+        })?;
         let text = std::str::from_utf8(&bytes).unwrap_or("?").trim();
         let nothing = text.is_empty()
             || text == "null"

@@ -218,10 +218,18 @@ pub async fn read_multipart(
                     "more than one `job` part: a submit is one job",
                 ));
             }
-            let b = field.bytes().await.map_err(super::error::multipart_error)?;
-            if b.len() > st.app.config.api.max_body_bytes {
-                return Err(ApiError::too_large("the `job` part is too large"));
+            // Read a piece at a time and refused past the limit: not read whole first (up to
+            // the route's file limit, 257 MiB by default) and measured after.
+            let max = st.app.config.api.max_body_bytes;
+            let mut part = Vec::new();
+            let mut field = field;
+            while let Some(piece) = field.chunk().await.map_err(super::error::multipart_error)? {
+                if part.len() + piece.len() > max {
+                    return Err(ApiError::too_large("the `job` part is too large"));
+                }
+                part.extend_from_slice(&piece);
             }
+            let b = axum::body::Bytes::from(part);
             check(&b)?;
             job_json = Some(b);
             continue;

@@ -398,26 +398,30 @@ where
                 named,
             } => match std::task::ready!(inner.poll(cx)) {
                 Ok(r) => Poll::Ready(r),
-                Err(_) => Poll::Ready(Ok(named.span().in_scope(|| {
-                    ApiError::unavailable(
-                        "request_timeout",
-                        format!(
-                            "the request took longer than `api.request_timeout` ({})",
-                            humantime::format_duration(*limit)
-                        ),
-                    )
-                    .into_response()
-                }))),
+                Err(_) => Poll::Ready(Ok(named
+                    .span()
+                    .in_scope(|| timed_out(*limit).into_response()))),
             },
         }
     }
 }
 
+/// A request cut at `api.request_timeout` (`limit`): 503 `request_timeout`.
+pub fn timed_out(limit: Duration) -> ApiError {
+    ApiError::unavailable(
+        "request_timeout",
+        format!(
+            "the request took longer than `api.request_timeout` ({})",
+            humantime::format_duration(limit)
+        ),
+    )
+}
+
 /// Requests that may legitimately take long: event streams and the WebSocket (`/async/events/`),
 /// long polls, and file transfers (a multipart submit, `POST /async/jobs`, carries files too).
-/// Not the upload's first step (`PUT /async/upload/...`: a small JSON body asking where to send
-/// the bytes, which go to `/async/blobs/upload`): a request there that trickles its body in is cut
-/// at `api.request_timeout` as any other.
+/// The upload's first step (`PUT /async/upload/...`) is one too: when the content is stored
+/// already it hashes the stored file again (the challenge), up to `hooks.max_file_bytes`; its
+/// body is read under `api.request_timeout` all the same (`hook_body::read`).
 /// Decided by the route alone: a header (`Upgrade`, a multipart content type) on any other route
 /// does not lift the limit.
 pub fn is_long_lived(req: &Request) -> bool {
@@ -425,6 +429,7 @@ pub fn is_long_lived(req: &Request) -> bool {
     p.starts_with("/async/events/")
         || p.starts_with("/api/v1/async_event")
         || p.starts_with("/async/download/")
+        || p.starts_with("/async/upload/")
         || p.starts_with("/async/blobs/")
         || (p.starts_with("/async/jobs/") && p.contains("/files/"))
         || (p == "/async/jobs"

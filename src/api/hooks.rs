@@ -2,9 +2,8 @@
 //! docs/hooks.md). A job may touch only its own job (403 otherwise); a job that is not running
 //! can no longer report (409).
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Json;
@@ -18,7 +17,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{body_bytes, parse_json};
+use super::extract::parse_json;
 use super::signed_url::URL_TTL_SECS;
 use super::AppState;
 use crate::files::{valid_hash, FileError};
@@ -47,20 +46,6 @@ pub async fn authenticate(
         (job, true, _) => Ok(job),
         (_, false, _) => Err(VerifyError::Replay.into()),
     }
-}
-
-/// Reads a hook call's body after the checks its headers allow without it (present and well
-/// formed, a job id, the signed time within the window, the version taken: 401 at once
-/// otherwise), so a request that cannot pass never holds a connection and memory while its
-/// body trickles in (a probe held 300 unsigned uploads open that way).
-pub async fn hook_body(st: &AppState, req: Request) -> ApiResult<(Parts, Bytes)> {
-    let (parts, body) = req.into_parts();
-    let hh = HookHeaders::from_headers(&parts.headers)?;
-    Uuid::parse_str(&hh.job_id)
-        .map_err(|_| ApiError::unauthorized_as("invalid_header", "X-Job-Id is not a job id"))?;
-    st.app.verifier.precheck(&hh, runyard_hooks::now_ms())?;
-    let bytes = body_bytes(Request::from_parts(parts.clone(), body), &()).await?;
-    Ok((parts, bytes))
 }
 
 /// Checks a hook call's signature and remembers it: the job it is for, whether this is the
@@ -140,7 +125,7 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
         (status = 503, description = "`replay_unapplied`: a report with `SUCCESS` or `ERROR` signed with v2 sent again as it was (after no answer), accepted before but not applied (the job is active and has not reported; otherwise a replay is `401 replay`): sign it again; `replay_unavailable`: the replay memory (the store) cannot be reached; `unavailable`: the store failed; sign again", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
-    let (parts, bytes) = hook_body(&st, req).await?;
+    let (parts, bytes) = super::hook_body::read(&st, req).await?;
     let (job, first, v2) = verify(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
     if !first && !v2 {
         return Err(VerifyError::Replay.into()); // v1 does not sign the body: it tells nothing
@@ -328,7 +313,7 @@ pub async fn upload(
     Path((store, uuid, property)): Path<(String, String, String)>,
     req: Request,
 ) -> ApiResult<Json<UploadResponse>> {
-    let (parts, bytes) = hook_body(&st, req).await?;
+    let (parts, bytes) = super::hook_body::read(&st, req).await?;
     let job = authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
     check_target(&job, &store, &uuid, &property)?;
     require_active(&job, "upload files")?;

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod files;
 pub mod gate;
 pub mod health;
+pub mod hook_body;
 pub mod hook_lines;
 mod hook_replay;
 pub mod hooks;

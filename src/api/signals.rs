@@ -121,7 +121,7 @@ async fn hook_append(
     Path(key): Path<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let (parts, bytes) = super::hooks::hook_body(&st, req).await?;
+    let (parts, bytes) = super::hook_body::read(&st, req).await?;
     let job =
         super::hooks::authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
     if !job.status.is_active() {
