@@ -171,6 +171,8 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
         st.pending.remove(0);
         tracing::warn!("the sweeper of ended local jobs is behind: the oldest job is dropped");
     }
+    // The sweeper waits only while nothing is pending: woken by the first job of a round.
+    let wake = st.pending.is_empty();
     st.pending.push(Ended {
         leader,
         seen,
@@ -186,17 +188,22 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
             Err(e) => tracing::warn!(error = %e, "cannot start the sweeper of ended local jobs"),
         }
     }
-    WAKE.notify_one();
+    if wake {
+        WAKE.notify_one();
+    }
 }
 
 /// The sweeper: one round per [`PERIOD`] at most, while jobs end.
 fn run() {
     let mut marks = MarksCache::default();
     let mut last: Option<Instant> = None;
+    // The jobs of the last round that needed no walk: looked at once more in the next round (a
+    // spawner's list of children can miss one, see `children_of`).
+    let mut again: Vec<Ended> = Vec::new();
     loop {
         {
             let mut st = state();
-            while st.pending.is_empty() {
+            while st.pending.is_empty() && again.is_empty() {
                 st = WAKE
                     .wait(st)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -206,12 +213,15 @@ fn run() {
             std::thread::sleep(PERIOD.saturating_sub(t.elapsed()));
         }
         last = Some(Instant::now());
-        let jobs = std::mem::take(&mut state().pending);
+        let new = std::mem::take(&mut state().pending);
+        let jobs: Vec<Ended> = again.drain(..).chain(new.iter().cloned()).collect();
         if needs_walk(&jobs, &mut marks) {
             let killed = kill_leftovers(&jobs, &mut marks, WITHIN);
             if killed > 0 {
                 tracing::debug!(processes = killed, "killed what ended local jobs left");
             }
+        } else {
+            again = new;
         }
         if marks.0.len() > 4096 {
             marks.0.clear();
@@ -241,14 +251,22 @@ impl MarksCache {
 }
 
 /// The children of `parent` (a single-threaded process: its main thread's), `None` when the
-/// kernel does not tell (no `/proc/PID/task/TID/children`).
+/// kernel does not tell (no `/proc/PID/task/TID/children`). The kernel's list skips a child when
+/// one before it is reaped during the read (the spawner reaps its jobs all the time): read twice,
+/// and what either read lists (the round after looks again, `run`).
 fn children_of(parent: u32) -> Option<Vec<u32>> {
-    let list = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-    Some(
-        list.split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect(),
-    )
+    let path = format!("/proc/{parent}/task/{parent}/children");
+    let mut pids: Vec<u32> = Vec::new();
+    for _ in 0..2 {
+        let list = std::fs::read_to_string(&path).ok()?;
+        pids.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Some(pids)
 }
 
 /// Whether `/proc` must be walked for `jobs`: some was forked by this process, or some child of
