@@ -42,7 +42,7 @@
 //! end as it always did; a grace period would let what it left work on (and read a later job's
 //! secret, `docs/security.md`) after the job was recorded as ended.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,7 @@ pub(crate) struct Ended {
 
 #[derive(Default)]
 struct State {
-    pending: Vec<Ended>,
+    pending: VecDeque<Ended>,
     /// The attempts running here, with how many times each (once, but for a relaunch).
     live: HashMap<Marks, usize>,
     /// The sweeper thread runs.
@@ -168,12 +168,12 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
         unregister(&mut st, m);
     }
     if st.pending.len() >= MAX_PENDING {
-        st.pending.remove(0);
+        st.pending.pop_front();
         tracing::warn!("the sweeper of ended local jobs is behind: the oldest job is dropped");
     }
     // The sweeper waits only while nothing is pending: woken by the first job of a round.
     let wake = st.pending.is_empty();
-    st.pending.push(Ended {
+    st.pending.push_back(Ended {
         leader,
         seen,
         reaper,
@@ -221,7 +221,7 @@ fn run() {
                 tracing::debug!(processes = killed, "killed what ended local jobs left");
             }
         } else {
-            again = new;
+            again = new.into();
         }
         if marks.0.len() > 4096 {
             marks.0.clear();
