@@ -1,7 +1,8 @@
 //! A local job leads a session of its own (runners/src/session.rs): a server run in a terminal
 //! does not lend it that terminal (`/dev/tty` fails at once, nothing reaches the operator's
 //! screen, a prompt does not stop the job), and cancel and timeout stop what left the job's
-//! process group too (GNU `timeout` puts itself in a group of its own), not only the group.
+//! process group too (GNU `timeout` puts itself in a group of its own), not only the group; so
+//! does a job's end by itself.
 //! A real `runyard serve` with its spawners, real child processes, a real pseudo-terminal.
 
 mod support;
@@ -314,4 +315,87 @@ async fn cancel_and_timeout_stop_what_left_the_group() {
     let pids = wait_processes(&b, 3).await;
     wait_status(&http, &url, &b, "TIMEOUT").await;
     wait_none_left(&b, &format!("timed-out job (was {pids:?})")).await;
+}
+
+/// Probe `session`: a job that ends by itself (SUCCESS) left running, with its environment,
+/// GNU `timeout` and its command, Python after `os.setpgid(0, 0)` and a `setsid` child whose
+/// parent, the job's shell, exited 0.3 s later (2 s here: time to see them all start); a cancel
+/// killed them, a normal end did not. Now none of the job's processes is left within seconds of
+/// its end, and it still ends SUCCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ends_by_itself_leaves_no_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "timeout 100 sleep 332 </dev/null >/dev/null 2>&1 & \
+                  python3 -c 'import os, time; os.setpgid(0, 0); time.sleep(327)' \
+                  </dev/null >/dev/null 2>&1 & \
+                  setsid sleep 323 </dev/null >/dev/null 2>&1 & sleep 2";
+    let cfg = config(dir.path(), &[("left.*", script)]);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let _server = Server(serve_command(&cfg, port, log).spawn().expect("serve"));
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &url, &log_path).await;
+
+    let id = submit(&http, &url, json!({"type": "left.job", "max_attempts": 1})).await;
+    // The shell, `timeout` and its `sleep`, Python and the `setsid` child.
+    let pids = wait_processes(&id, 5).await;
+    wait_status(&http, &url, &id, "SUCCESS").await;
+    wait_none_left(&id, &format!("ended job (was {pids:?})")).await;
+}
+
+/// The live processes whose environment holds `entry` (`NAME=value`).
+fn processes_with(entry: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z"));
+            !zombie
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// What a job left out of the sweeper's reach (it left the session and dropped the job's
+/// environment, `env -i`, once its parent had exited) is its spawner's child (a subreaper): a
+/// server killed with SIGKILL takes it with it, as it takes its running jobs. Before, it was
+/// init's child and ran on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_job_left_dies_with_a_killed_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mark = format!("RUNYARD_TEST_LEFT={}", std::process::id());
+    let script = format!("env -i {mark} setsid sleep 341 </dev/null >/dev/null 2>&1 & sleep 0.5");
+    let cfg = config(dir.path(), &[("gone.*", &script)]);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut server = Server(serve_command(&cfg, port, log).spawn().expect("serve"));
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &url, &log_path).await;
+
+    let id = submit(&http, &url, json!({"type": "gone.job", "max_attempts": 1})).await;
+    wait_status(&http, &url, &id, "SUCCESS").await;
+    // Out of the sweeper's reach: still there a few of its rounds after the job's end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = processes_with(&mark);
+    assert_eq!(left.len(), 1, "the job's `setsid sleep`: {left:?}");
+    server.0.kill().expect("kill -9");
+    let _ = server.0.wait();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&mark).is_empty() {
+        if Instant::now() > until {
+            for p in processes_with(&mark) {
+                // Safety: plain syscall on a process this test's job started.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+            panic!("what the job left outlived the server it ran under");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -35,6 +35,7 @@ pub mod spawn;
 mod spawn_process;
 mod spawn_vfork;
 mod spawn_wire;
+mod sweep;
 mod workdir;
 
 use std::sync::Arc;
@@ -151,6 +152,25 @@ impl Outcome {
         Outcome::Failed {
             message: message.into(),
             exit_code: None,
+        }
+    }
+
+    /// How a process that exited with `status` ended.
+    pub(crate) fn of_exit(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        if status.success() {
+            return Outcome::Success { result: None };
+        }
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Outcome::Failed {
+                message: format!("process exited with code {code}"),
+                exit_code: Some(code),
+            },
+            (None, Some(sig)) => Outcome::Failed {
+                message: format!("process killed by signal {sig}"),
+                exit_code: Some(128 + sig),
+            },
+            _ => Outcome::failed("process ended abnormally"),
         }
     }
 }

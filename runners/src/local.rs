@@ -1,10 +1,12 @@
 //! The `local` runner: a child process in any language.
 //!
 //! Each job leads its own session and process group (no controlling terminal), so cancel and
-//! timeout stop the whole tree: the group, and what left it ([`crate::session`]). On Linux the
-//! child also gets `PR_SET_PDEATHSIG(SIGKILL)`, so a server killed with `kill -9` does not leave
-//! its jobs running as orphans; after a restart, [`LocalRunner::recover`] makes sure the old group
-//! is gone (matching the saved pid *and* process start time, so a reused pid is never killed).
+//! timeout stop the whole tree: the group, and what left it ([`crate::session`]); when the job
+//! ends by itself its group is killed at once, what left it soon after ([`crate::sweep`]). On
+//! Linux the child also gets `PR_SET_PDEATHSIG(SIGKILL)`, so a server killed with `kill -9` does
+//! not leave its jobs running as orphans; after a restart, [`LocalRunner::recover`] makes sure the
+//! old group is gone (matching the saved pid *and* process start time, so a reused pid is never
+//! killed).
 //!
 //! With `user` / `group` the job runs under another identity, and with `rlimits` under resource
 //! limits (see [`crate::isolation`]). A job that runs as another user and has no `cwd` starts in
@@ -278,6 +280,7 @@ impl Runner for LocalRunner {
         // Forked, the exec's error and the steps' before it come back alike: only a start that
         // enters no directory is known to have failed at the exec.
         let exec_only = self.config.cwd.is_none() && !self.isolation.switches_user();
+        let attempt = crate::sweep::Attempt::register(&spec.id, spec.attempt);
         let mut child = cmd.spawn().map_err(|e| self.launch_error(&e, exec_only))?;
         let pid = child
             .id()
@@ -297,6 +300,7 @@ impl Runner for LocalRunner {
             drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
+            attempt: Some(attempt),
         }))
     }
 
@@ -403,6 +407,7 @@ impl LocalRunner {
             &self.isolation,
         );
         let what = format!("cannot start `{}`", self.config.command[0]);
+        let attempt = crate::sweep::Attempt::register(&spec.id, spec.attempt);
         let Some(started) = crate::spawn::start(req).await else {
             return Ok(None);
         };
@@ -428,6 +433,7 @@ impl LocalRunner {
             drain_by: None,
             status: None,
             workdir: workdir_guard.disarm(),
+            attempt: Some(attempt.by(started.spawner)),
         })))
     }
 }
@@ -474,6 +480,8 @@ struct LocalExecution {
     status: Option<Outcome>,
     /// The private working directory made for the job, removed once it has ended.
     workdir: Option<PathBuf>,
+    /// Registered from before the job starts, handed to the sweeper at its end (`crate::sweep`).
+    attempt: Option<crate::sweep::Attempt>,
 }
 
 #[async_trait]
@@ -503,8 +511,12 @@ impl Execution for LocalExecution {
         let drain_by = match self.drain_by {
             Some(t) => t,
             None => {
-                // The leader is gone: whatever it left behind in its group goes with it.
+                // The leader is gone: whatever it left behind in its group goes with it, and the
+                // rest (its session, what left it) soon after, without waiting here.
                 kill_group(self.pid as i32, libc::SIGKILL);
+                if let Some(a) = self.attempt.take() {
+                    crate::sweep::ended(self.pid, a);
+                }
                 // Bounded: a grandchild that left the group could hold the pipe open.
                 let t = tokio::time::Instant::now() + Duration::from_secs(2);
                 self.drain_by = Some(t);
@@ -523,7 +535,7 @@ impl Execution for LocalExecution {
             self.readers.pop();
         }
         let outcome = match status {
-            Ok(s) => outcome_of(s),
+            Ok(s) => Outcome::of_exit(s),
             Err(e) => Outcome::failed(format!("cannot wait for process: {e}")),
         };
         if let Some(dir) = &self.workdir {
@@ -559,29 +571,15 @@ impl Execution for LocalExecution {
         }
         kill_group(self.pid as i32, libc::SIGKILL);
         blocking(move || crate::session::kill_all(&leader, &others, Duration::from_secs(2))).await;
+        if let Some(a) = self.attempt.take() {
+            // What left the session once its parent had exited (`crate::sweep`).
+            crate::sweep::ended(self.pid, a);
+        }
         if let Some(dir) = self.workdir.take() {
             remove_workdir(dir).await;
         }
         // The process was waited for; its group, its session and its descendants got SIGKILL.
         true
-    }
-}
-
-fn outcome_of(status: ExitStatus) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
-    if status.success() {
-        return Outcome::Success { result: None };
-    }
-    match (status.code(), status.signal()) {
-        (Some(code), _) => Outcome::Failed {
-            message: format!("process exited with code {code}"),
-            exit_code: Some(code),
-        },
-        (None, Some(sig)) => Outcome::Failed {
-            message: format!("process killed by signal {sig}"),
-            exit_code: Some(128 + sig),
-        },
-        _ => Outcome::failed("process ended abnormally"),
     }
 }
 
@@ -919,6 +917,34 @@ mod tests {
             left.is_empty(),
             "outside the job's group, still alive after stop: {left:?}"
         );
+    }
+
+    /// Probe `session`, forked by the server (no spawner): what left the job's group but not its
+    /// session (GNU `timeout` and its command) is killed soon after the job ends by itself.
+    #[tokio::test]
+    async fn a_forked_job_that_ends_leaves_nothing_of_its_session() {
+        let lines = Arc::new(Lines::default());
+        // Once `timeout` leads its own group, the job prints its pid and start time, and ends.
+        let r = sh(
+            "timeout 100 sleep 331 </dev/null >/dev/null 2>&1 & t=$!; i=0; \
+                    while [ $i -lt 400 ] && [ \"$(cut -d' ' -f5 /proc/$t/stat)\" != $t ]; \
+                    do sleep 0.05; i=$((i+1)); done; echo $t $(cut -d' ' -f22 /proc/$t/stat)",
+        );
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        assert_eq!(ex.wait().await, Outcome::Success { result: None });
+        let line = lines.0.lock().unwrap()[0].1.clone();
+        let (pid, start) = line.split_once(' ').unwrap();
+        let (pid, start): (u32, u64) = (pid.parse().unwrap(), start.parse().unwrap());
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while crate::session::lives(pid, Some(start)) {
+            if std::time::Instant::now() > until {
+                // Safety: plain syscall on the group of `timeout` (and its command), which
+                // this test's job started.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                panic!("`timeout` ({pid}) still runs 10 s after its job ended");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Without a recorded pid (`Runner::unrecorded`: the worker hung before it stored the

@@ -3,7 +3,8 @@
 //! Each local job leads a session of its own (`setsid` between fork and exec: no controlling
 //! terminal, and a process group whose id is the job's pid). A stop (cancel, timeout, the
 //! worker's shutdown, a recovery after a restart, a spawner leaving with the server) kills that
-//! group, and also the job's other processes, found in `/proc`:
+//! group, and also the job's other processes, found in `/proc` while the job's first process
+//! still runs:
 //!
 //! - every process of the job's session: a process may leave the job's group with `setpgid` (GNU
 //!   `timeout` does, and shells' job control) but stays in the session unless it calls `setsid`,
@@ -12,11 +13,16 @@
 //!   group or session (a child that called `setsid` while its parent still runs).
 //!
 //! Each is signalled through a pidfd opened and then checked to be the process found (pid and
-//! start time), so a pid reused meanwhile is never signalled. Only stops pay for the walk: a job
-//! that ends by itself costs what it did (one group kill, no `/proc` read).
+//! start time), so a pid reused meanwhile is never signalled.
 //!
-//! Not followed: a process that left the session (`setsid`) and whose parent had already exited
-//! at the stop (a daemon's double fork), nor one that another such process starts.
+//! Not followed by the stop: a process that left the session (`setsid`) and whose parent had
+//! already exited at the stop (a daemon's double fork), nor one that another such process
+//! starts. A job that ends by itself (and a stopped one, after the stop) is handed to the
+//! sweeper ([`crate::sweep`]), which kills, without making the job's end wait, the rest of its
+//! session and their descendants, and, for a job a spawner started, what left the session with
+//! the job's `JOB_ID` and `JOB_ATTEMPT` once its parent had exited (a double fork included): the
+//! walk is paid only when a spawner has a child that is not a running job's first process (or
+//! for a job the server forked itself), once per round for every job that ended meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
@@ -34,9 +40,9 @@ pub(crate) struct Member {
 /// What the walk reads of `/proc/PID/stat`.
 pub(crate) struct Stat {
     pub pid: u32,
-    ppid: u32,
-    pgrp: u32,
-    session: u32,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
     pub start: u64,
     pub zombie: bool,
     /// In uninterruptible sleep (`D`), not a kernel thread (which has no memory map to wait
@@ -122,6 +128,19 @@ pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Me
     let me = std::process::id();
     all.iter()
         .filter(|s| found.contains(&s.pid) && !s.zombie && s.pid > 1 && s.pid != me)
+        .map(|s| Member {
+            pid: s.pid,
+            start: s.start,
+            pgrp: s.pgrp,
+        })
+        .collect()
+}
+
+/// The live children of `parent` but those in `except`.
+pub(crate) fn children_of(parent: u32, except: &HashSet<u32>) -> Vec<Member> {
+    all_processes()
+        .iter()
+        .filter(|s| s.ppid == parent && !s.zombie && !except.contains(&s.pid))
         .map(|s| Member {
             pid: s.pid,
             start: s.start,

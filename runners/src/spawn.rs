@@ -17,11 +17,14 @@
 //! has called `execve`, so on a busy machine one alone paces every local job. Each job goes to the
 //! spawner with the fewest starts under way, one stalled in a start last ([`start`]).
 //!
-//! Each spawner has `PR_SET_PDEATHSIG(SIGTERM)` on the server's main thread and leaves when it
-//! gets it, the server no longer its parent, or when the server closes its socket, killing the
-//! group of every job it still runs first, and the rest of its session and its descendants
-//! ([`crate::session`]); so `kill -9` of the server kills the spawners, which kill their jobs and
-//! what the jobs started: no orphan. The server still
+//! Each spawner is a child subreaper (`PR_SET_CHILD_SUBREAPER`): what a job leaves once its
+//! parent has exited becomes the spawner's child, not init's, where the server's sweeper finds it
+//! at the job's end ([`crate::sweep`]). Each has `PR_SET_PDEATHSIG(SIGTERM)` on the server's main
+//! thread and leaves when it gets it, the server no longer its parent, or when the server closes
+//! its socket, killing the group of every job it still runs first, and the rest of its session
+//! and its descendants ([`crate::session`]), and every other child it has, with theirs; so
+//! `kill -9` of the server kills the spawners, which kill their jobs and what the jobs started
+//! or left: no orphan. The server still
 //! signals a job's group and session itself (cancel, timeout) and still recovers by pid and start time after
 //! a restart. Should a spawner die while the server runs, its running jobs fail (their status
 //! is unknown; they died with it) and later jobs go to the other spawners; once none is left,
@@ -183,7 +186,12 @@ async fn start_on(all: &[Spawner], req: &mut Request) -> Option<io::Result<Start
         let i = choose(all, tried, TURN.fetch_add(1, Ordering::Relaxed))?;
         tried |= 1 << i;
         match all[i].spawn(req).await {
-            Ok(started) => return Some(Ok(started)),
+            Ok(started) => {
+                return Some(Ok(Started {
+                    spawner: all[i].pid,
+                    ..started
+                }))
+            }
             Err(Start::Failed(e)) => return Some(Err(e)),
             Err(Start::NotSent(e)) => tracing::warn!(
                 spawner = all[i].pid,
@@ -192,6 +200,22 @@ async fn start_on(all: &[Spawner], req: &mut Request) -> Option<io::Result<Start
             ),
         }
     }
+}
+
+/// Of `pids`, children of the spawner `spawner`, those the server does not know as its running
+/// jobs (a job just started whose start is not read yet is one of them).
+pub(crate) fn not_jobs_of(spawner: u32, pids: &[u32]) -> Vec<u32> {
+    let Some(s) = SPAWNERS
+        .get()
+        .and_then(|a| a.iter().find(|s| s.pid == spawner))
+    else {
+        return pids.to_vec();
+    };
+    let exits = lock(&s.shared.exits);
+    pids.iter()
+        .copied()
+        .filter(|p| !exits.contains_key(p))
+        .collect()
 }
 
 /// Some spawner is still there to start jobs.
@@ -278,6 +302,8 @@ struct Shared {
 
 /// A job the spawner started.
 pub(crate) struct Started {
+    /// The spawner that started it (the pid of the job's parent).
+    pub spawner: u32,
     pub pid: u32,
     pub start_time: Option<u64>,
     pub stdout: OwnedFd,
@@ -530,6 +556,8 @@ fn started(shared: &Shared, id: u64, pid: u32, start_time: Option<u64>, fds: [Op
     let [stdout, stderr] = fds;
     let reply = match (stdout, stderr) {
         (Some(stdout), Some(stderr)) => Ok(Started {
+            // Filled in by `start_on`, which knows the spawner.
+            spawner: 0,
             pid,
             start_time,
             stdout,

@@ -18,9 +18,13 @@ const MAX_REQUEST: usize = 256 << 20;
 /// Runs the spawner until the server goes away; never returns.
 pub(crate) fn serve(requests: OwnedFd, replies: OwnedFd) -> ! {
     // A group of its own: a terminal's ^C reaches the server, which decides what its jobs get.
+    // A child subreaper: what a job leaves once its parent has exited becomes this process's
+    // child, not init's, where the server's sweeper finds it when the job has ended
+    // (`crate::sweep`) and where `Live::leave` kills it; this process reaps it when it dies.
     // Safety: plain syscalls on this process.
     let (me, server) = unsafe {
         libc::setpgid(0, 0);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         (libc::getpid(), libc::getppid())
     };
     let (Ok(signals), Ok(null), Ok(mut stack)) = (child_signals(), dev_null(), ChildStack::new())
@@ -197,8 +201,9 @@ impl Live {
     /// Leaves, killing the group of every job still running, and the rest of its session and
     /// its descendants ([`crate::session`]): what a job started (a shell's background command, a
     /// Python `Popen`, GNU `timeout` in a group of its own) dies with the server too, not only
-    /// the job's first process (whose parent-death signal is this process's end). What
-    /// `crate::session` cannot follow (a `setsid` whose parent has exited) is not.
+    /// the job's first process (whose parent-death signal is this process's end). And every other
+    /// child of this process, with its descendants: what jobs left once their parent had exited
+    /// (this process is their subreaper), ended jobs' not yet swept (`crate::sweep`) included.
     fn leave(&self) -> ! {
         // Every job's group stopped at once, before the walk of `/proc` (milliseconds on a busy
         // host): a job must not go on working, and end, after its server's death (the kill of
@@ -209,8 +214,9 @@ impl Live {
             unsafe { libc::kill(-(*pid as libc::pid_t), libc::SIGSTOP) };
         }
         let leaders: Vec<(u32, Option<u64>)> = self.0.iter().map(|p| (*p, None)).collect();
+        let left = crate::session::children_of(std::process::id(), &self.0);
         // Children not reaped: their pids cannot be another process's; the walk is bounded.
-        crate::session::kill_all(&leaders, &[], std::time::Duration::from_millis(500));
+        crate::session::kill_all(&leaders, &left, std::time::Duration::from_millis(500));
         for pid in &self.0 {
             // Safety: plain syscall on the group of a child not yet reaped (its pid, and so
             // its group's id, cannot have been reused).
@@ -295,8 +301,8 @@ fn reap(out: RawFd, mut msg: Vec<u8>, mut pipes: Vec<OwnedFd>, live: &mut Live) 
         let mut status = 0;
         // Safety: plain syscall into a local.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            live.0.remove(&(pid as u32));
+        // A job's exit is told; a process it left behind (this is its subreaper) is only reaped.
+        if pid > 0 && live.0.remove(&(pid as u32)) {
             let exit = Reply::Exited {
                 pid: pid as u32,
                 status,

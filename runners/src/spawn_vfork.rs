@@ -205,6 +205,12 @@ pub(crate) fn start_tick(before: Option<u64>, after: Option<u64>) -> Option<u64>
     (b == a).then_some(b)
 }
 
+/// The boot clock in ticks, as `/proc/PID/stat` counts start times (`None`: see [`start_tick`]).
+pub(crate) fn now_tick() -> Option<u64> {
+    let now = boot_ns();
+    start_tick(now, now)
+}
+
 fn raw(fd: &OwnedFd) -> RawFd {
     std::os::fd::AsRawFd::as_raw_fd(fd)
 }

@@ -1,5 +1,6 @@
 //! The local runner through two spawner processes (runners/src/spawn.rs): output, exit codes and
-//! signals, launch errors, stop killing the whole group and what left it, jobs shared among the spawners, a stalled
+//! signals, launch errors, stop killing the whole group and what left it, a job's end killing
+//! what it left, jobs shared among the spawners, a stalled
 //! spawner passed over, and what happens when a spawner dies, then the other. Without libtest's
 //! harness: the spawners are forked first, while this process has one thread.
 
@@ -311,6 +312,89 @@ async fn stop_kills_what_left_the_group() {
     );
 }
 
+/// The start time of a live process (field 22 of /proc/PID/stat); `None` once it is gone or a
+/// zombie.
+fn start_of(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (f.first() != Some(&"Z")).then(|| f.get(19)?.parse().ok())?
+}
+
+/// Field `i` of /proc/PID/stat after the command (0: state, 2: process group, 3: session).
+fn stat_field(pid: i32, i: usize) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(i)?
+        .parse()
+        .ok()
+}
+
+/// Probe `session`: a job that ends by itself (SUCCESS) left running, reparented and with the
+/// job's environment, GNU `timeout` and its command (a group of their own, `setpgid`), Python
+/// after `os.setpgid(0, 0)`, and a `setsid` child whose parent, the job's shell, then exited; a
+/// cancel killed them, a normal end did not. Now each is gone within seconds of the job's end
+/// (checked by pid and start time: a pid reused meanwhile does not count as left alive).
+async fn a_job_that_ends_leaves_no_process_behind() {
+    let dir = std::env::temp_dir().join(format!("runyard-spawner-left-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let go = dir.join("go");
+    let lines = Arc::new(Lines::default());
+    let r = sh(&format!(
+        "timeout 100 sleep 332 </dev/null >/dev/null 2>&1 & echo timeout=$!; \
+         python3 -c 'import os, time; os.setpgid(0, 0); time.sleep(327)' </dev/null >/dev/null 2>&1 & \
+         echo py=$!; setsid sleep 323 </dev/null >/dev/null 2>&1 & echo setsid=$!; \
+         for _ in $(seq 400); do [ -e {go} ] && exit 0; sleep 0.05; done; exit 9",
+        go = go.display()
+    ));
+    let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+    let (timeout, py, setsid) = (
+        lines.value("timeout=").await,
+        lines.value("py=").await,
+        lines.value("setsid=").await,
+    );
+    // Until each has left the job's group (and `setsid` its session) and `timeout` has started
+    // its command.
+    let until = Instant::now() + Duration::from_secs(20);
+    let sleep = loop {
+        let child = std::fs::read_to_string(format!("/proc/{timeout}/task/{timeout}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse::<i32>().ok());
+        let left = stat_field(timeout, 2) == Some(timeout)
+            && stat_field(py, 2) == Some(py)
+            && stat_field(setsid, 3) == Some(setsid);
+        if let (Some(c), true) = (child, left) {
+            break c;
+        }
+        assert!(Instant::now() < until, "the job's children did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let procs: Vec<(i32, u64)> = [timeout, sleep, py, setsid]
+        .into_iter()
+        .map(|p| (p, start_of(p).expect("running")))
+        .collect();
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(ex.wait().await, Outcome::Success { result: None });
+    let alive = |(p, t): &(i32, u64)| start_of(*p) == Some(*t);
+    let until = Instant::now() + Duration::from_secs(10);
+    while procs.iter().any(alive) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<i32> = procs.iter().filter(|p| alive(p)).map(|p| p.0).collect();
+    for p in &left {
+        // Safety: plain syscall on a process this test's job started (none left behind).
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        left.is_empty(),
+        "still running 10 s after the job ended: {left:?} of {procs:?}"
+    );
+}
+
 async fn handles_carry_the_start_time_the_kernel_reports() {
     let r = sh("sleep 300");
     let mut jobs = Vec::new();
@@ -489,6 +573,8 @@ fn main() {
         println!("stop kills the whole group ... ok");
         stop_kills_what_left_the_group().await;
         println!("stop kills what left the group ... ok");
+        a_job_that_ends_leaves_no_process_behind().await;
+        println!("a job that ends leaves no process behind ... ok");
         handles_carry_the_start_time_the_kernel_reports().await;
         println!("handles carry the start time the kernel reports ... ok");
         a_burst_of_jobs_each_gets_its_own_pipes_and_exit(&spawners).await;
