@@ -112,9 +112,24 @@ pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Me
                 .any(|(p, st)| *p == s.pid && st.is_none_or(|t| t == s.start))
             || also.iter().any(|m| m.pid == s.pid && m.start == s.start)
     };
+    let found = with_descendants(&all, seed);
+    let me = std::process::id();
+    all.iter()
+        .filter(|s| found.contains(&s.pid) && !s.zombie && s.pid > 1 && s.pid != me)
+        .map(|s| Member {
+            pid: s.pid,
+            start: s.start,
+            pgrp: s.pgrp,
+        })
+        .collect()
+}
+
+/// The pids of the processes of `all` that `seed` picks, and of every descendant of theirs by
+/// parent pid.
+pub(crate) fn with_descendants(all: &[Stat], mut seed: impl FnMut(&Stat) -> bool) -> HashSet<u32> {
     let mut found: HashSet<u32> = all.iter().filter(|s| seed(s)).map(|s| s.pid).collect();
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for s in &all {
+    for s in all {
         children.entry(s.ppid).or_default().push(s.pid);
     }
     let mut todo: Vec<u32> = found.iter().copied().collect();
@@ -125,15 +140,7 @@ pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Me
             }
         }
     }
-    let me = std::process::id();
-    all.iter()
-        .filter(|s| found.contains(&s.pid) && !s.zombie && s.pid > 1 && s.pid != me)
-        .map(|s| Member {
-            pid: s.pid,
-            start: s.start,
-            pgrp: s.pgrp,
-        })
-        .collect()
+    found
 }
 
 /// The live children of `parent` but those in `except`.

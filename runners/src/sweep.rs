@@ -367,19 +367,7 @@ pub(crate) fn leftovers(
                 && !wanted.is_empty()
                 && marks_of(s).is_some_and(|m| wanted.contains(&(s.ppid, &m))))
     };
-    let mut found: HashSet<u32> = all.iter().filter(|s| seed(s)).map(|s| s.pid).collect();
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for s in all {
-        children.entry(s.ppid).or_default().push(s.pid);
-    }
-    let mut todo: Vec<u32> = found.iter().copied().collect();
-    while let Some(p) = todo.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            if found.insert(*c) {
-                todo.push(*c);
-            }
-        }
-    }
+    let found = crate::session::with_descendants(all, &mut seed);
     let me = std::process::id();
     all.iter()
         .filter(|s| found.contains(&s.pid) && !s.zombie && s.pid > 1 && s.pid != me)
