@@ -510,8 +510,39 @@ async fn a_record_whose_check_is_late_beats_the_deadline_on_redis() {
     assert_eq!(j["wait"]["items"][0]["signal_ids"], json!([1]), "{j:#}");
 }
 
-/// A waiting job Redis cannot check (its hash unreadable, as one written by a build this one
-/// cannot read) does not hold up the checks marked after it, nor the deadlines after its own.
+/// A waiting job the store cannot read (its record spoiled by `spoil`, as one written by a build
+/// this one cannot read) does not hold up the checks of the signals after it (on its own key and
+/// another), nor the deadlines after its own.
+async fn an_unreadable_waiting_job_holds_up_nothing(ts: &TestServer, spoil: impl FnOnce(&str)) {
+    let bad = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}],
+            "deadline": "+1s"}),
+        )
+        .await;
+    let later = ts
+        .submit_ok(
+            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.never"}],
+            "deadline": "+1500ms", "on_deadline": "fail"}),
+        )
+        .await;
+    let same_key = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}]}))
+        .await;
+    let other_key = ts
+        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.b"}]}))
+        .await;
+    spoil(&bad);
+    signal(ts, "blk.a").await;
+    signal(ts, "blk.b").await;
+    for good in [&same_key, &other_key] {
+        let j = ts.wait_status(good, "SUCCESS", WAIT).await;
+        assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
+    }
+    let j = ts.wait_status(&later, "ERROR", WAIT).await;
+    assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
     let r = TestRedis::start();
@@ -519,68 +550,28 @@ async fn an_unreadable_waiting_job_does_not_hold_up_the_others_on_redis() {
         .config(&r.server_config("waiting-test-master-key-0123456789"))
         .start()
         .await;
-    let bad = ts
-        .submit_ok(
-            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}],
-            "deadline": "+1s"}),
-        )
-        .await;
-    let later = ts
-        .submit_ok(
-            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.never"}],
-            "deadline": "+1500ms", "on_deadline": "fail"}),
-        )
-        .await;
-    let good = ts
-        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.b"}]}))
-        .await;
-    let job_key = format!("{}:job:{bad}", r.prefix);
-    assert_eq!(r.cli(&["HSET", &job_key, "b", "not a job"]).trim(), "0");
-    signal(&ts, "blk.a").await;
-    signal(&ts, "blk.b").await;
-    let j = ts.wait_status(&good, "SUCCESS", WAIT).await;
-    assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
-    // Nor the deadlines after its own.
-    let j = ts.wait_status(&later, "ERROR", WAIT).await;
-    assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
+    an_unreadable_waiting_job_holds_up_nothing(&ts, |bad| {
+        let job_key = format!("{}:job:{bad}", r.prefix);
+        assert_eq!(r.cli(&["HSET", &job_key, "b", "not a job"]).trim(), "0");
+    })
+    .await;
 }
 
-/// The same on the embedded store: a waiting job whose record does not read (a newer build's, a
-/// hand edit) is passed over by the signal's checks and by the deadlines, its entries kept.
-/// Before, every signal of its key was refused (500), and once its deadline passed every
-/// deadline round failed (the ones after it never fired).
+/// The same on the embedded store. Before, every signal of the job's key was refused (500), and
+/// once its deadline passed every deadline round failed (the ones after it never fired).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_waiting_job_does_not_hold_up_the_others_embedded() {
     let ts = TestServer::builder(RUNNERS).start().await;
-    let bad = ts
-        .submit_ok(
-            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}],
-            "deadline": "+1s"}),
-        )
-        .await;
-    let later = ts
-        .submit_ok(
-            json!({"type": "runyard.noop", "wait_for": [{"key": "blk.never"}],
-            "deadline": "+1500ms", "on_deadline": "fail"}),
-        )
-        .await;
-    let good = ts
-        .submit_ok(json!({"type": "runyard.noop", "wait_for": [{"key": "blk.a"}]}))
-        .await;
-    let c = rusqlite::Connection::open(ts.data_dir().join("runyard.db")).expect("open db");
-    c.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    let n = c
-        .execute("UPDATE jobs SET body = 'not a job' WHERE id = ?1", [&bad])
-        .expect("spoil the record");
-    assert_eq!(n, 1);
-    // The signal is stored, and releases the readable job waiting on the same key.
-    signal(&ts, "blk.a").await;
-    let j = ts.wait_status(&good, "SUCCESS", WAIT).await;
-    assert_eq!(j["wait"]["released_by"], "signals", "{j:#}");
-    // Nor the deadlines after its own.
-    let j = ts.wait_status(&later, "ERROR", WAIT).await;
-    assert_eq!(j["wait"]["released_by"], "deadline", "{j:#}");
+    an_unreadable_waiting_job_holds_up_nothing(&ts, |bad| {
+        let c = rusqlite::Connection::open(ts.data_dir().join("runyard.db")).expect("open db");
+        c.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        let n = c
+            .execute("UPDATE jobs SET body = 'not a job' WHERE id = ?1", [bad])
+            .expect("spoil the record");
+        assert_eq!(n, 1);
+    })
+    .await;
 }
 
 /// The embedded store across a restart: a record written before and one after release the job;
