@@ -315,6 +315,162 @@ async fn an_unrecorded_container_is_found_by_its_name_and_stopped() {
     wait_removed(&host, &id).await;
 }
 
+/// A docker runner of the test image running `command` (host network), and the spec of a
+/// job's first attempt, for the tests that drive the runner itself as a worker and reapers do.
+fn bare_runner(
+    host: &str,
+    command: &[&str],
+) -> (
+    runyard_runners::docker::DockerRunner,
+    runyard_runners::JobSpec,
+) {
+    use runyard_runners::docker::{DockerConfig, DockerRunner};
+    let r = DockerRunner::new(DockerConfig {
+        name: "dock".into(),
+        image: BUSYBOX.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        network: Some("host".into()),
+        docker_host: Some(host.to_string()),
+        ..Default::default()
+    })
+    .expect("runner");
+    let spec = runyard_runners::JobSpec {
+        id: uuid::Uuid::now_v7().to_string(),
+        job_type: "t.recover".into(),
+        args: json!({}),
+        attempt: 1,
+        secret: runyard_runners::Secret::from_string("s3cr3t".into()),
+        hook_url: "http://127.0.0.1:9/async".into(),
+        timeout: None,
+        deployment: String::new(),
+    };
+    (r, spec)
+}
+
+/// Two reapers (two worker processes on one Redis store) may `recover` the same container of a
+/// lost worker: one that has exited is `Finished`, with its exit code, for each of them, by its
+/// stored id or by its name (a worker lost in `STARTING`), and is left in place, its outcome
+/// not recorded yet (the sweep removes it once its job is done with it). One that a reaper
+/// recovered running and that exits meanwhile is still read by that reaper's `wait`. Before,
+/// the first recovery of the exited container removed it: the next one found it `Gone` (the job
+/// requeued `LOST` and run again, its outcome lost), and the running one's wait answered "the
+/// container disappeared" (an exit 0 recorded as a failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_container_is_recovered_finished_by_every_reaper_and_left_in_place() {
+    use runyard_runners::{NullReporter, Outcome, Recovered, Runner};
+    let Some(host) = setup("an_ended_container_is_recovered_by_every_reaper") else {
+        return;
+    };
+    let (r, spec) = bare_runner(&host, &["/bin/sh", "-c", "sleep 2; exit 0"]);
+    let launched = r
+        .launch(spec.clone(), Arc::new(NullReporter))
+        .await
+        .expect("launch");
+    let stored = launched.handle();
+    let cid = running_container(&host, &spec.id).await;
+    let _cleanup = Removed(host.clone(), cid.clone());
+    // Its worker is lost: its execution is never heard from again.
+    std::mem::forget(launched);
+    let marks = r.unrecorded(&spec, None).expect("found by its name");
+    // Reaper A recovers it while it still runs.
+    let found = r.recover(&stored, spec.clone(), Arc::new(NullReporter));
+    let mut a = match found.await.expect("recover") {
+        Recovered::Running(e) => e,
+        Recovered::Finished(o) => panic!("finished already? {o:?}"),
+        Recovered::Gone => panic!("gone?"),
+    };
+    {
+        let (h, j) = (host.clone(), spec.id.clone());
+        eventually("the container exits by itself", WAIT, move || {
+            let done = containers_of(&h, &j).iter().any(|l| l.ends_with(" exited"));
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
+    // Reaper B, by the stored id and by the container's name, and again: the same outcome.
+    for (n, h) in [&stored, &marks, &stored].into_iter().enumerate() {
+        match r.recover(h, spec.clone(), Arc::new(NullReporter)).await {
+            Ok(Recovered::Finished(o)) => assert_eq!(o, Outcome::Success { result: None }),
+            Ok(Recovered::Running(_)) => panic!("recovery {n}: running?"),
+            Ok(Recovered::Gone) => {
+                panic!("recovery {n}: gone (an earlier recovery removed the ended container)")
+            }
+            Err(e) => panic!("recovery {n}: {e}"),
+        }
+    }
+    assert!(
+        exists(&host, &cid),
+        "left in place for the outcome's writer"
+    );
+    // Reaper A's wait reads the exit code, and removes the container.
+    let o = tokio::time::timeout(WAIT, a.wait())
+        .await
+        .expect("the wait ends");
+    assert_eq!(o, Outcome::Success { result: None });
+    wait_removed(&host, &spec.id).await;
+}
+
+/// Counts the log lines a reporter is given.
+#[derive(Default)]
+struct CountedLines(std::sync::atomic::AtomicUsize);
+
+impl runyard_runners::Reporter for CountedLines {
+    fn log(&self, _stream: runyard_runners::LogStream, _line: String) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn progress(&self, _progress: f64, _details: Option<Value>) {}
+}
+
+/// A recovered execution dropped without a `wait` or a `stop` (its adoption refused while the
+/// job is still on its attempt, or the reaper of a stopping worker, at every pass) leaves the
+/// container running and stops copying its output: its log follower ends with it. Before, the
+/// follower streamed on, into a reporter nobody read, for as long as the container ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_recovered_execution_stops_following_the_output() {
+    use runyard_runners::{NullReporter, Recovered, Runner};
+    let Some(host) = setup("a_dropped_recovered_execution") else {
+        return;
+    };
+    let script = "while true; do echo tick; sleep 0.1; done";
+    let (r, spec) = bare_runner(&host, &["/bin/sh", "-c", script]);
+    let launched = r
+        .launch(spec.clone(), Arc::new(NullReporter))
+        .await
+        .expect("launch");
+    let stored = launched.handle();
+    let cid = running_container(&host, &spec.id).await;
+    let _cleanup = Removed(host.clone(), cid.clone());
+    std::mem::forget(launched);
+    let lines = Arc::new(CountedLines::default());
+    let exec = match r.recover(&stored, spec.clone(), lines.clone()).await {
+        Ok(Recovered::Running(e)) => e,
+        Ok(_) => panic!("not running"),
+        Err(e) => panic!("{e}"),
+    };
+    {
+        let lines = lines.clone();
+        eventually("its output is followed", WAIT, move || {
+            let n = lines.0.load(Ordering::SeqCst);
+            async move { (n > 1).then_some(()) }
+        })
+        .await;
+    }
+    drop(exec);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_drop = lines.0.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = lines.0.load(Ordering::SeqCst);
+    assert_eq!(
+        later, after_drop,
+        "lines still copied 1 to 3 s after the execution was dropped"
+    );
+    assert_eq!(
+        containers_of(&host, &spec.id),
+        vec![format!("{cid} running")],
+        "the container runs on"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_zero_exit_is_an_error_with_the_exit_code() {
     let Some(host) = setup("a_non_zero_exit") else {
@@ -740,6 +896,7 @@ lease_ttl = "1s"
 kill_grace = "500ms"
 poll_interval = "200ms"
 shutdown_grace = "5s"
+sweep_interval = "300ms"
 {long}
 {short}"#,
             data = dir.path().join("data").display(),
@@ -846,7 +1003,9 @@ shutdown_grace = "5s"
         }
     };
 
-    // The container that ended meanwhile: its exit code is recorded, nothing runs again.
+    // The container that ended meanwhile: its exit code is recorded, nothing runs again. The
+    // recovery leaves it in place (another reaper may recover it too); the sweep removes it once
+    // its job has ended.
     let job = wait_done(short_id.clone()).await;
     assert_eq!(status_of(&job), "ERROR", "{job:#}");
     assert_eq!(job["exit_code"], 4, "{job:#}");
@@ -1033,7 +1192,8 @@ async fn a_job_whose_server_died_while_starting(
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[worker]\nlease_ttl = \"1s\"\n\
-             kill_grace = \"500ms\"\npoll_interval = \"200ms\"\nshutdown_grace = \"5s\"\n{runner}",
+             kill_grace = \"500ms\"\npoll_interval = \"200ms\"\nshutdown_grace = \"5s\"\n\
+             sweep_interval = \"300ms\"\n{runner}",
             data.display()
         ),
     )
@@ -1101,6 +1261,8 @@ async fn a_job_whose_server_died_while_starting(
         .json()
         .await
         .unwrap();
+    // The adopted container is removed as it ends; one that had exited is left by the recovery
+    // and removed by the sweep once the job has ended.
     wait_removed(&host, &id).await;
     Some((job, lines_of(&logs), tail(&log)))
 }

@@ -308,7 +308,10 @@ pub trait Runner: Send + Sync {
     }
 
     /// Finds work launched by an earlier (maybe dead) server process. Runners whose work cannot
-    /// outlive the server make sure it is gone and return [`Recovered::Gone`].
+    /// outlive the server make sure it is gone and return [`Recovered::Gone`]. Work that ended
+    /// is answered [`Recovered::Finished`] and left where it is: its outcome is not recorded yet,
+    /// and another reaper may recover it too (it must find it ended, not gone); the worker's
+    /// sweep removes it once its job is done with it ([`Runner::leftovers`]).
     async fn recover(
         &self,
         handle: &RunHandle,
@@ -334,7 +337,9 @@ pub trait Runner: Send + Sync {
     }
 }
 
-/// One running attempt.
+/// One running attempt. The execution of a container or a Kubernetes Job dropped without `wait`
+/// or `stop` leaves the work running (for the reaper or the worker that takes it over) and
+/// stops following it: its log and watch tasks end with it.
 #[async_trait]
 pub trait Execution: Send {
     /// The handle to save on the job.

@@ -82,9 +82,11 @@ pub enum Command {
         /// The lease's token the reaper decided on; `None`: any expired lease.
         token: Option<u64>,
     },
-    /// The reaper fences an expired lease before it stops unrecorded work: the lease's token
-    /// becomes `token` (its worker can no longer renew it nor write), its holder, its run and
-    /// its expiry stay. Refused unless the lease has `expected`, ran out, and the job is active.
+    /// The reaper fences an expired lease before it looks for the work of an active job whose
+    /// handle was never recorded (to adopt it, record how it ended, or make sure it is gone):
+    /// the lease's token becomes `token` (its worker can no longer renew it nor write), its
+    /// holder, its run and its expiry stay. Refused unless the lease has `expected`, ran out,
+    /// and the job is active.
     Fence {
         /// The lease's token the reaper read.
         expected: u64,

@@ -16,6 +16,7 @@ use super::supervise::{outcome_to_finish, time_limit, Supervised};
 use super::{reports, StopReason, Worker};
 use crate::job::{now_us, Command, Job};
 use crate::runner_set::RunnerSlot;
+use crate::store::StoreError;
 
 impl Worker {
     /// Takes over work found by the reaper (its worker died): runs it to its end under a fresh
@@ -36,12 +37,13 @@ impl Worker {
             Ok(j) => j,
             Err(e) => {
                 if let Recovered::Running(mut exec) = recovered {
-                    if self.taken_over(&job).await {
-                        tracing::info!(job_id = %job.id, error = %e, "adoption refused: the job's lease is held (another reaper adopted the work): its work is left to it");
-                        return;
+                    if self.moved_on(&job, &e).await {
+                        tracing::info!(job_id = %job.id, error = %e, "adoption refused, the job moved on: stopping the recovered work");
+                        exec.stop(self.cfg.kill_grace).await;
+                    } else {
+                        // Dropped: its output is no longer followed, the work runs on.
+                        tracing::info!(job_id = %job.id, error = %e, "adoption not made: the job is still on this attempt (another worker holds it, or a later pass decides): its work is left running");
                     }
-                    tracing::info!(job_id = %job.id, error = %e, "adoption refused: stopping the recovered work");
-                    exec.stop(self.cfg.kill_grace).await;
                 } else {
                     tracing::info!(job_id = %job.id, error = %e, "adoption refused");
                 }
@@ -113,17 +115,23 @@ impl Worker {
         }
     }
 
-    /// Whether the job the reaper read (`read`) is held by a live lease of the same attempt: the
-    /// adoption was refused because another worker's reaper adopted the work first (or its
-    /// worker renewed the lease), and that work must be left to it, not stopped.
-    async fn taken_over(&self, read: &Job) -> bool {
+    /// Whether the job the reaper read (`read`), whose adoption failed with `error`, moved on
+    /// from the attempt of the recovered work: deleted, no longer active (cancelled, requeued,
+    /// ended), or on another attempt. Then the work must stop. Not when the job is still active
+    /// on that attempt, whatever its lease's expiry looks like here (a Redis lease is dated by
+    /// the store's clock, not this node's): another worker adopted the work first, its worker
+    /// renewed the lease, or a reaper fenced it; the work is left to them. Nor when the store
+    /// failed (an error other than a refusal), or the job cannot be read: the work is left
+    /// alone, its lease still expired, for the next pass (a stop would have that pass find the
+    /// work gone and run the job again).
+    async fn moved_on(&self, read: &Job, error: &StoreError) -> bool {
+        if !matches!(error, StoreError::Transition(_) | StoreError::NotFound) {
+            return false;
+        }
         match self.store.get(read.id).await {
-            Ok(Some(j)) => {
-                j.status.is_active()
-                    && j.attempt == read.attempt
-                    && j.lease.as_ref().is_some_and(|l| l.expires_at > now_us())
-            }
-            _ => false,
+            Ok(Some(j)) => !(j.status.is_active() && j.attempt == read.attempt),
+            Ok(None) => true,
+            Err(_) => false,
         }
     }
 }

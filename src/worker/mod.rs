@@ -440,6 +440,7 @@ impl Worker {
             .record_start(
                 id,
                 token,
+                job.attempt,
                 slot.kind,
                 &mut exec,
                 &reporter,
@@ -449,7 +450,7 @@ impl Worker {
             .await
         {
             start::Start::Running => {}
-            start::Start::Finished => return,
+            start::Start::Finished | start::Start::Detached => return,
             start::Start::Gone(true) => return self.stopped_gone(id, token).await,
             start::Start::Gone(false) => return supervise::not_confirmed(id),
             start::Start::Stopped(false, _, _) => return supervise::not_confirmed(id),

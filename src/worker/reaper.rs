@@ -306,21 +306,23 @@ fn may_have_unrecorded_work(worker: &Worker, job: &Job) -> bool {
 /// recorded the handle (hung, or dead, in `STARTING`): the runner looks for the work by its marks
 /// (`Runner::unrecorded`). First the lease is fenced (`Store::fence`: a fresh token, the holder,
 /// run and expiry kept), so a worker that was only slow can no longer renew it nor write: it
-/// never runs on (when it wakes up its writes are refused and it stops the work, adopted or not:
-/// an adopting worker then records how the work ended). Then the work found is `recover`ed as a
-/// stored handle's would be: work still running (a container, a Kubernetes Job) is adopted under
-/// the fence's token (`Worker::adopt`: same attempt, no second run, the handle found recorded),
-/// work that ended has its outcome recorded; work gone (nothing found, a container created but
-/// never started, or a local process, which cannot be adopted: `recover` kills it) has the job
+/// never runs on (when it wakes up to its start's write refused it leaves the work to this
+/// reaper, `start.rs`; its fence task or a refused heartbeat stops the work, adopted or not, and
+/// an adopting worker then records that stop as the attempt's end). Then the work found is
+/// `recover`ed as a stored handle's would be: work still running (a container, a Kubernetes Job)
+/// is adopted under the fence's token (`Worker::adopt`: same attempt, no second run, the handle
+/// found recorded), work that ended has its outcome recorded (a container that exited is left in
+/// place by `recover`, for the sweep); work gone (nothing found, a container created but never
+/// started, or a local process, which cannot be adopted: `recover` kills it) has the job
 /// requeued (`LeaseExpired` of the fence's token: refused if another reaper fenced it since, or
 /// the job moved on). A stopping worker adopts no running work: it leaves it, fenced, to another
-/// worker's reaper (or its next life's). Work not made sure gone (a `recover` that failed: an
-/// inconclusive scan, the engine away) keeps the lease for a later pass, until `ABANDONED_STOP`
-/// after the stored expiry: then it is requeued, its work possibly still running. Work this
-/// worker cannot reach (a process of another machine, a claimer whose id names no machine, a
-/// runner it does not serve) is left to that machine's reapers for [`OTHER_MACHINE_LEASES`]
-/// `lease_ttl` after the stored expiry, then requeued (`LeaseExpired` of the token read in the
-/// pass).
+/// worker's reaper (or its next life's), the execution it recovered dropped (its followers end
+/// with it, the work runs on). Work not made sure gone (a `recover` that failed: an inconclusive
+/// scan, the engine away) keeps the lease for a later pass, until `ABANDONED_STOP` after the
+/// stored expiry: then it is requeued, its work possibly still running. Work this worker cannot
+/// reach (a process of another machine, a claimer whose id names no machine, a runner it does
+/// not serve) is left to that machine's reapers for [`OTHER_MACHINE_LEASES`] `lease_ttl` after
+/// the stored expiry, then requeued (`LeaseExpired` of the token read in the pass).
 async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
     let Some(lease) = job.lease.as_ref() else {
         return;

@@ -471,3 +471,97 @@ async fn reap_kills_then_lets_the_retry_run(
     let retried = store.apply(job.id, Command::Retry).await.expect("retry");
     assert_eq!(retried.status, JobStatus::Queued);
 }
+
+/// `Worker::adopt` of `exec`, work found for `job` (as the reaper read it), with `expected` the
+/// fence's token; bounded.
+async fn adopt_found(
+    worker: &Arc<Worker>,
+    job: &Job,
+    exec: Box<dyn Execution>,
+    expected: Option<u64>,
+) {
+    let slot = worker
+        .runners
+        .get(&job.runner)
+        .cloned()
+        .expect("its runner");
+    let deferred = Arc::new(crate::worker::reporter::DeferredReporter::with_last_log(
+        None,
+    ));
+    let found = runyard_runners::Recovered::Running(exec);
+    let adopt = worker
+        .clone()
+        .adopt(job.clone(), slot, found, deferred, expected);
+    tokio::time::timeout(Duration::from_secs(20), adopt)
+        .await
+        .expect("the adoption settles");
+}
+
+/// Kills process `pid` (the work a test left running).
+fn kill(pid: &str) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", pid])
+        .output();
+}
+
+/// An adoption that does not take leaves the recovered work running while the job is still
+/// active on the same attempt, and stops it only once the job moved on. Each case on a job
+/// whose worker was lost in `STARTING`, its lease fenced by this reaper (a real process of the
+/// local runner stands for the container found by its marks):
+/// - another reaper adopted the work first, under a lease that looks expired to this worker's
+///   clock (Redis's times are the store's clock, not this node's): left to it;
+/// - the store cannot carry the adoption out (here the job's record does not read: an error of
+///   the store's own, not a refusal): left for the next pass;
+/// - the job was requeued meanwhile (moved on): stopped.
+///
+/// Before, the first two stopped the work: the other adopter then recorded the stop as the
+/// attempt's failure, and after a store error the job was requeued and ran again beside nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_adoption_stops_the_work_only_once_the_job_moved_on() {
+    for case in ["adopted elsewhere", "store error", "requeued"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let claimer = format!("hung-1-abc@{}", runyard_runners::node_id().expect("node"));
+        let (store, worker, job, exec) = hung_on(dir.path(), &claimer, false, false).await;
+        let pid = exec.handle().id;
+        let read = job.lease.as_ref().expect("leased").token;
+        let fence = super::fence(&worker, job.id, read).await.expect("fenced");
+        match case {
+            "adopted elsewhere" => {
+                let other = store
+                    .adopt(job.id, Some(fence), "other-1-abc", Duration::ZERO)
+                    .await
+                    .expect("adopted by another worker");
+                let lease = other.lease.expect("its lease");
+                assert!(lease.expires_at <= now_us(), "looks expired here");
+            }
+            "store error" => {
+                let db = rusqlite::Connection::open(dir.path().join("runyard.db")).expect("db");
+                db.busy_timeout(Duration::from_secs(10)).expect("timeout");
+                db.execute(
+                    "UPDATE jobs SET body = 'not a record' WHERE id = ?1",
+                    [job.id.to_string()],
+                )
+                .expect("spoil the record");
+                assert!(store.get(job.id).await.is_err(), "the record does not read");
+            }
+            _ => {
+                let requeued = store
+                    .apply(job.id, Command::LeaseExpired { token: Some(fence) })
+                    .await
+                    .expect("requeued");
+                assert_eq!(requeued.status, JobStatus::Queued);
+            }
+        }
+        adopt_found(&worker, &job, exec, Some(fence)).await;
+        let alive_now = alive(&pid);
+        kill(&pid);
+        if case == "requeued" {
+            assert!(
+                !alive_now,
+                "the work of an attempt the job moved on from runs on"
+            );
+        } else {
+            assert!(alive_now, "{case}: the work was stopped");
+        }
+    }
+}

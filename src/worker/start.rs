@@ -7,7 +7,10 @@
 //! for a reason of its own (a full disk), as an outcome is ([`write`]). An attempt's end, once
 //! seen, is kept whether it was offered to the start or not: when it did not go with the start
 //! (or the attempt was stopped before the start was recorded), it is recorded on its own, and a
-//! job that ran to its end is not given back or left to its lease.
+//! job that ran to its end is not given back or left to its lease. A start refused because a
+//! reaper took the job over (this worker hung or was late: its lease ran out, was fenced, the
+//! work maybe adopted) leaves the work running, to that reaper ([`Start::Detached`]); any other
+//! refusal stops it.
 
 #[cfg(test)]
 mod tests;
@@ -45,6 +48,10 @@ pub(super) enum Start {
     /// task; and how the attempt ended when it had ended by itself before the stop (offered to
     /// the start or not: the task's answer says whether it went with it).
     Stopped(bool, Option<RecordTask>, Option<FinishOutcome>),
+    /// Refused because a reaper took the job over (this worker hung or was late: its lease ran
+    /// out, the reaper fenced it and adopts the work it finds by its marks): the work was left
+    /// running, to it; nothing left to do or write.
+    Detached,
 }
 
 /// The task recording a start: the finish's answer when the finish went with it
@@ -60,6 +67,7 @@ impl Worker {
         &self,
         id: Uuid,
         token: u64,
+        attempt: u32,
         kind: RunnerKind,
         exec: &mut Box<dyn Execution>,
         reporter: &Arc<JobReporter>,
@@ -146,16 +154,17 @@ impl Worker {
                 }
             }
         };
-        self.start_settled(id, token, started, ended, exec, reporter, stop, refill)
+        let at = (id, token, attempt);
+        self.start_settled(at, started, ended, exec, reporter, stop, refill)
             .await
     }
 
-    /// What the start's write (`started`) leaves to do, the attempt's end (`ended`) when seen.
+    /// What the start's write (`started`) of attempt `at` (job id, lease token, attempt number)
+    /// leaves to do, the attempt's end (`ended`) when seen.
     #[allow(clippy::too_many_arguments)]
     async fn start_settled(
         &self,
-        id: Uuid,
-        token: u64,
+        at: (Uuid, u64, u32),
         started: Result<write::Written, StoreError>,
         ended: Option<FinishOutcome>,
         exec: &mut Box<dyn Execution>,
@@ -163,6 +172,7 @@ impl Worker {
         stop: &CancellationToken,
         refill: Option<Arc<Refill>>,
     ) -> Start {
+        let (id, token, attempt) = at;
         match started {
             Ok(Some(end)) => {
                 self.finished(id, token, *end).await;
@@ -185,6 +195,16 @@ impl Worker {
                 let gone = exec.stop(self.cfg.kill_grace).await;
                 reporter.flush().await;
                 Start::Stopped(gone, None, ended)
+            }
+            // Its lease ran out (this worker hung, or was late) and a reaper took the job over:
+            // the work is the reaper's, or its adopter's, which records how it ends. Stopped,
+            // it would end as the attempt's failure (an exit 143, "the container disappeared").
+            // Rare: on the heap, not in every attempt's future.
+            Err(e) if refused(&e) && Box::pin(self.taken_over(id, token, attempt)).await => {
+                tracing::info!(error = %e, "job taken over by a reaper before its start was recorded (this worker hung or was late): its work is left to it");
+                self.work_ended(id, token);
+                reporter.flush().await;
+                Start::Detached
             }
             Err(e) => {
                 // Cancelled (or lost) between claim and launch, or the store did not take the
@@ -253,6 +273,25 @@ impl Worker {
             Some(outcome) => self.finish(id, token, outcome, None).await,
             None if release => self.give_back(id, token).await,
             None => self.stopped_gone(id, token).await,
+        }
+    }
+}
+
+impl Worker {
+    /// Whether job `id`, whose start under `token` was refused, is still active on `attempt`
+    /// under a lease of another token: a reaper fenced the lease this worker let run out
+    /// (`Command::Fence`, the holder kept) and looks for the work, or another worker adopted it
+    /// (`Command::Adopt`). A reaper fences only work it reaches, and adopts, records or makes
+    /// gone what it finds. Not when the job moved on (cancelled, requeued, another attempt) or
+    /// cannot be read: then the work is stopped.
+    async fn taken_over(&self, id: Uuid, token: u64, attempt: u32) -> bool {
+        match self.store.get(id).await {
+            Ok(Some(j)) => {
+                j.status.is_active()
+                    && j.attempt == attempt
+                    && j.lease.as_ref().is_some_and(|l| l.token != token)
+            }
+            _ => false,
         }
     }
 }

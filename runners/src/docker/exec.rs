@@ -69,6 +69,17 @@ impl DockerExecution {
     }
 }
 
+/// Dropped without a `wait` or a `stop` (an adoption that did not take, a stopping worker's
+/// reaper, a worker that left its work to the reaper that took its job over): the container
+/// runs on, its output is no longer followed.
+impl Drop for DockerExecution {
+    fn drop(&mut self) {
+        if let Some(logs) = self.logs.take() {
+            logs.abort();
+        }
+    }
+}
+
 #[async_trait]
 impl Execution for DockerExecution {
     fn handle(&self) -> RunHandle {

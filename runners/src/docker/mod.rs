@@ -21,7 +21,9 @@
 //!   deployment, by their labels) and removed by the worker's sweep once its job is done with it.
 //! - After a restart of runyard, [`DockerRunner::recover`] finds the container again (by the id
 //!   saved in the job's handle, then by its labels): still running, it is adopted and followed
-//!   again; finished, its exit code is recorded; gone, the job is run again.
+//!   again; finished, its exit code is recorded (the container is left for the sweep, which
+//!   removes it once its job is done with it: a second reaper may recover it meanwhile); gone,
+//!   the job is run again.
 //!
 //! The secret is passed as a container environment variable, so whoever can use the Docker API
 //! (`docker inspect`) can read it, as with any container env; it never appears in runyard's own
@@ -476,9 +478,14 @@ impl Runner for DockerRunner {
                 ))))
             }
             Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                // Not removed here: its outcome is not recorded yet. Another reaper (a second
+                // worker process on the store) may recover it too and must find it ended, not
+                // gone (the job would be run again, this outcome lost), and one that recovered
+                // it still running must still read its exit. It is removed once the outcome is
+                // recorded: by the sweep ([`Runner::leftovers`]) once its job is done with it, or
+                // by the next attempt's launch (`remove_stale`).
                 let code = state.exit_code.unwrap_or(-1);
                 let outcome = outcome_of(code, state.error.as_deref(), state.oom_killed);
-                remove(&docker, &id).await;
                 Ok(Recovered::Finished(outcome))
             }
             _ => {

@@ -494,6 +494,109 @@ async fn a_start_recorded_then_cancelled_before_the_read_back_counts_its_transit
     assert_eq!(transitions(&metrics.render(), "RUNNING"), 1.0);
 }
 
+/// A local runner whose process writes its pid to `pid` and sleeps 30 s.
+fn sleeper(pid: &std::path::Path) -> String {
+    format!(
+        "[[runners]]\nkind = \"local\"\ntypes = [\"quick\"]\ncommand = [\"/bin/sh\", \"-c\", \
+         \"echo $$ > {}; exec sleep 30\"]\n",
+        pid.display()
+    )
+}
+
+/// The pid the process wrote to `file` (waited for, at most 10 s).
+async fn pid_of(file: &std::path::Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = std::fs::read_to_string(file).unwrap_or_default();
+        if pid.ends_with('\n') {
+            return pid.trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process wrote no pid"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether process `pid` runs (not gone, not a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(!s[s.rfind(')')? + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// A worker that hung (or was late) after it launched an attempt and before its start was
+/// recorded finds, when its start write comes back refused, the job taken over by a reaper: the
+/// lease fenced (`Store::fence`), and the work found by its marks adopted by another worker
+/// (`Store::adopt` under the fence). It leaves the work to that reaper or adopter (its
+/// followers dropped), where it stopped it: the adopter then recorded the stop's exit (143, 137,
+/// or "the container disappeared") as the attempt's failure. A start refused because the job
+/// moved on (cancelled) still stops the work. The start is held by the store here until the
+/// reaper's steps are done; a real process of the local runner stands for the container (the
+/// worker's side does not depend on the runner).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_refused_because_a_reaper_took_the_job_over_leaves_the_work_alone() {
+    for case in ["adopted", "fenced", "cancelled"] {
+        let pids = tempfile::tempdir().expect("temp dir");
+        let pid_file = pids.path().join("pid");
+        let s = setup(&sleeper(&pid_file), ServiceRegistry::new()).await;
+        // The first start is held until `gate`.
+        s.store.starts.store(1, Ordering::SeqCst);
+        let stop = CancellationToken::new();
+        let run = s.execute(&stop);
+        within(&s.store.held, "the start").await;
+        let pid = pid_of(&pid_file).await;
+        assert!(alive(&pid), "{case}: launched");
+        let id = s.job.id;
+        let claimed = s.job.lease.as_ref().expect("leased").token;
+        if case == "cancelled" {
+            s.store.apply(id, Command::Cancel).await.expect("cancel");
+        } else {
+            // The lease runs out (the worker hung), a reaper fences it, and maybe adopts the work.
+            s.store
+                .apply(id, Command::OrphanLease)
+                .await
+                .expect("expire");
+            let fenced = s.store.fence(id, claimed).await.expect("fence");
+            let fence = fenced.lease.expect("fenced").token;
+            if case == "adopted" {
+                let ttl = Duration::from_secs(30);
+                s.store
+                    .adopt(id, Some(fence), "reaper-1-abc", ttl)
+                    .await
+                    .expect("adopt");
+            }
+        }
+        s.store.gate.cancel();
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the attempt settled within 20 s")
+            .expect("the attempt's task");
+        let j = s.store.get(id).await.expect("read").expect("stored");
+        if case == "cancelled" {
+            assert_eq!(j.status, JobStatus::Cancelled, "{j:#?}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while alive(&pid) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!alive(&pid), "a cancelled job's work is stopped");
+        } else {
+            assert_eq!(
+                (j.status, j.attempt),
+                (JobStatus::Starting, 1),
+                "{case}: {j:#?}"
+            );
+            let alive_now = alive(&pid);
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .output();
+            assert!(alive_now, "{case}: the work taken over was stopped");
+        }
+    }
+}
+
 /// Waits (at most 10 s) for `what` to happen.
 async fn within(t: &CancellationToken, what: &str) {
     tokio::time::timeout(Duration::from_secs(10), t.cancelled())
