@@ -36,7 +36,13 @@
 //! Not reached: a process that left the session and whose parent exited, when its environment
 //! lost the marks (`env -i`) or cannot be read (a setuid program's, by a server without
 //! `CAP_SYS_PTRACE`), or when the job was forked by this process (no spawner left, or an embedder
-//! that starts none: such orphans go to init).
+//! that starts none: such orphans go to init). Nothing at all when `/proc` is not this process's
+//! pid namespace's ([`crate::session::proc_is_ours`]).
+//!
+//! One thread: a read of a process's environment that blocks for good (a process that entered
+//! uninterruptible sleep after its `stat` was read, stuck holding its memory map's lock) stops the
+//! sweeper for good. Ended jobs then pile up, at most [`MAX_PENDING`] (the oldest dropped, one
+//! WARN a minute at most), and what they leave lives on as before the sweeper existed.
 //!
 //! `SIGKILL` at once, no `SIGTERM` first: the job has ended, and its group got `SIGKILL` at its
 //! end as it always did; a grace period would let what it left work on (and read a later job's
@@ -102,7 +108,16 @@ struct State {
     live: HashMap<Marks, usize>,
     /// The sweeper thread runs.
     started: bool,
+    /// When the last WARN of a dropped job was, and how many were dropped since.
+    behind: Option<(Instant, u64)>,
+    /// When the sweeper thread last failed to start (tried again, and warned of, once a
+    /// [`WARN_EVERY`]).
+    failed: Option<Instant>,
 }
+
+/// The sweeper's warnings come at most this often (each is about a state that lasts: a sweeper
+/// stuck in the kernel, threads that cannot be made), not once per job.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
 static WAKE: Condvar = Condvar::new();
@@ -167,9 +182,30 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
     if let Some(m) = &marks {
         unregister(&mut st, m);
     }
+    if !crate::session::proc_is_ours() {
+        return; // No walk can be trusted (see `proc_is_ours`): no sweeper.
+    }
     if st.pending.len() >= MAX_PENDING {
         st.pending.pop_front();
-        tracing::warn!("the sweeper of ended local jobs is behind: the oldest job is dropped");
+        // Warned of at the first drop, then once a minute at most with the count since.
+        let dropped = match &mut st.behind {
+            Some((at, n)) if at.elapsed() < WARN_EVERY => {
+                *n += 1;
+                None
+            }
+            behind => {
+                let n = (*behind).map_or(1, |(_, n)| n + 1);
+                *behind = Some((Instant::now(), 0));
+                Some(n)
+            }
+        };
+        if let Some(n) = dropped {
+            tracing::warn!(
+                dropped = n,
+                "the sweeper of ended local jobs is behind (stuck in the kernel?): the oldest \
+                 jobs are dropped, what they left lives on"
+            );
+        }
     }
     // The sweeper waits only while nothing is pending: woken by the first job of a round.
     let wake = st.pending.is_empty();
@@ -179,13 +215,19 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
         reaper,
         marks,
     });
-    if !st.started {
+    if !st.started && st.failed.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
         match std::thread::Builder::new()
             .name("runyard-sweeper".into())
             .spawn(run)
         {
             Ok(_) => st.started = true,
-            Err(e) => tracing::warn!(error = %e, "cannot start the sweeper of ended local jobs"),
+            Err(e) => {
+                st.failed = Some(Instant::now());
+                tracing::warn!(
+                    error = %e,
+                    "cannot start the sweeper of ended local jobs (tried again in a minute)"
+                );
+            }
         }
     }
     if wake {
