@@ -319,17 +319,29 @@ async fn cancel_and_timeout_stop_what_left_the_group() {
 
 /// Probe `session`: a job that ends by itself (SUCCESS) left running, with its environment,
 /// GNU `timeout` and its command, Python after `os.setpgid(0, 0)` and a `setsid` child whose
-/// parent, the job's shell, exited 0.3 s later (2 s here: time to see them all start); a cancel
-/// killed them, a normal end did not. Now none of the job's processes is left within seconds of
-/// its end, and it still ends SUCCESS.
+/// parent, the job's shell, exited 0.3 s later; a cancel killed them, a normal end did not. Now
+/// none of the job's processes is left within seconds of its end, and it still ends SUCCESS.
+/// The job ends only once each has left its group (and `setsid` its session) and `timeout` has
+/// started its command (`/proc`, bounded), and the test has seen them (a `go` file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_ends_by_itself_leaves_no_process() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = "timeout 100 sleep 332 </dev/null >/dev/null 2>&1 & \
-                  python3 -c 'import os, time; os.setpgid(0, 0); time.sleep(327)' \
-                  </dev/null >/dev/null 2>&1 & \
-                  setsid sleep 323 </dev/null >/dev/null 2>&1 & sleep 2";
-    let cfg = config(dir.path(), &[("left.*", script)]);
+    let ready = dir.path().join("ready");
+    let go = dir.path().join("go");
+    let script = format!(
+        "timeout 100 sleep 332 </dev/null >/dev/null 2>&1 & t=$!; \
+         python3 -c 'import os, time; os.setpgid(0, 0); time.sleep(327)' \
+         </dev/null >/dev/null 2>&1 & p=$!; \
+         setsid sleep 323 </dev/null >/dev/null 2>&1 & s=$!; \
+         f() {{ cut -d' ' -f$1 /proc/$2/stat; }}; \
+         i=0; until [ \"$(f 5 $t)\" = $t ] && [ \"$(f 5 $p)\" = $p ] && [ \"$(f 6 $s)\" = $s ] \
+         && [ -n \"$(cat /proc/$t/task/$t/children)\" ]; do \
+         i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done; : > {ready}; \
+         i=0; until [ -e {go} ]; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done",
+        ready = shell_quote(&ready.to_string_lossy()),
+        go = shell_quote(&go.to_string_lossy()),
+    );
+    let cfg = config(dir.path(), &[("left.*", &script)]);
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let log_path = dir.path().join("server.log");
@@ -339,8 +351,14 @@ async fn a_job_that_ends_by_itself_leaves_no_process() {
     wait_healthy(&http, &url, &log_path).await;
 
     let id = submit(&http, &url, json!({"type": "left.job", "max_attempts": 1})).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < until, "the job's children did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The shell, `timeout` and its `sleep`, Python and the `setsid` child.
     let pids = wait_processes(&id, 5).await;
+    std::fs::write(&go, b"").expect("go");
     wait_status(&http, &url, &id, "SUCCESS").await;
     wait_none_left(&id, &format!("ended job (was {pids:?})")).await;
 }
@@ -367,9 +385,38 @@ fn processes_with(entry: &str) -> Vec<u32> {
 /// init's child and ran on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_job_left_dies_with_a_killed_server() {
+    left_dies_with_a_killed_server("setsid sh -c ': >\"$1\"; exec sleep 341' sh", 1).await;
+}
+
+/// Review of the sweeper: a leftover with children of its own (a shell and its two `sleep`s,
+/// all the spawner's descendants once the job's shell has exited). The spawner, leaving with
+/// the server, killed the shell before its walk: the `sleep`s, reparented to the spawner
+/// (their subreaper), were no longer descendants of a leftover, and went to init alive (3 of 4
+/// runs). Now the leftovers' descendants are found before any signal, and every walk reads the
+/// spawner's children again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_and_its_children_die_with_a_killed_server() {
+    left_dies_with_a_killed_server(
+        "setsid sh -c 'sleep 351 & sleep 352 & : >\"$1\"; wait' sh",
+        3,
+    )
+    .await;
+}
+
+/// A job runs `env -i <mark> <leftover> <ready file>` in the background and exits 0 once the
+/// file exists (bounded: 10 s): `leftover` writes it, its last argument, once it has left the
+/// job's session (`setsid`) and forked what it forks, so it is out of the sweeper's reach when
+/// the job ends. `n` processes carry the mark after the job's end; a SIGKILL of the server
+/// leaves none.
+async fn left_dies_with_a_killed_server(leftover: &str, n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mark = format!("RUNYARD_TEST_LEFT={}", std::process::id());
-    let script = format!("env -i {mark} setsid sleep 341 </dev/null >/dev/null 2>&1 & sleep 0.5");
+    let mark = format!("RUNYARD_TEST_LEFT={}-{n}", std::process::id());
+    let ready = dir.path().join("ready");
+    let ready = shell_quote(&ready.to_string_lossy());
+    let script = format!(
+        "env -i {mark} {leftover} {ready} </dev/null >/dev/null 2>&1 & \
+         i=0; while [ ! -e {ready} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done"
+    );
     let cfg = config(dir.path(), &[("gone.*", &script)]);
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -384,7 +431,7 @@ async fn what_a_job_left_dies_with_a_killed_server() {
     // Out of the sweeper's reach: still there a few of its rounds after the job's end.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let left = processes_with(&mark);
-    assert_eq!(left.len(), 1, "the job's `setsid sleep`: {left:?}");
+    assert_eq!(left.len(), n, "what the job left: {left:?}");
     server.0.kill().expect("kill -9");
     let _ = server.0.wait();
     let until = Instant::now() + Duration::from_secs(10);
@@ -394,8 +441,13 @@ async fn what_a_job_left_dies_with_a_killed_server() {
                 // Safety: plain syscall on a process this test's job started.
                 unsafe { libc::kill(p as i32, libc::SIGKILL) };
             }
-            panic!("what the job left outlived the server it ran under");
+            panic!("what the job left outlived the server it ran under: {left:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `s` quoted for the shell (single quotes).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

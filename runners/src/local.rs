@@ -95,6 +95,8 @@ impl LocalRunner {
         let isolation = config
             .isolation()
             .map_err(|e| RunnerError::Invalid(format!("`{}`: {}", e.key, e.message)))?;
+        // Checked (and warned of) at start: whether the walks of `/proc` can be trusted.
+        crate::session::proc_is_ours();
         Ok(Self {
             config,
             isolation: Arc::new(isolation),

@@ -163,6 +163,10 @@ fn uids(pid: u32) -> Option<[u32; 2]> {
 /// Only processes of the uids `ours` are read. Err: one of those could not be read (see
 /// [`Marks::Unknown`]): the attempt's work cannot be said gone.
 fn marked(job_id: &str, attempt: u64, ours: &[u32]) -> Result<Vec<(u32, Option<u64>)>, String> {
+    if !crate::session::proc_is_ours() {
+        let why = "/proc is not this server's pid namespace's: no process is found by its marks";
+        return Err(why.to_string());
+    }
     let me = std::process::id();
     let mut found = Vec::new();
     for s in all_processes() {

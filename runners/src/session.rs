@@ -78,8 +78,36 @@ pub(crate) fn lives(pid: u32, start: Option<u64>) -> bool {
     read_stat(pid).is_some_and(|s| !s.zombie && start.is_none_or(|t| s.start == t))
 }
 
-/// Every process in `/proc`.
+/// Whether `/proc` numbers processes as this process's pid namespace does (`/proc/self` names
+/// this process's pid), checked once. When it does not (a server in a pid namespace of its own
+/// with the host's `/proc` mounted, `unshare -p -f` without `--mount-proc`), a pid read there
+/// names another process than `pidfd_open` and `kill` reach: the walks of this module and of the
+/// sweeper are off (only a job's group is killed, by its leader's pid), with one WARN.
+pub(crate) fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        let named = std::fs::read_link("/proc/self").ok();
+        let ours = named
+            .as_ref()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            .is_some_and(|p| p == std::process::id());
+        if !ours {
+            tracing::warn!(
+                proc_self = ?named,
+                pid = std::process::id(),
+                "/proc is not this process's pid namespace's: what a local job leaves outside its \
+                 process group is neither stopped nor swept (mount a /proc of the namespace)"
+            );
+        }
+        ours
+    })
+}
+
+/// Every process in `/proc`; none when `/proc` is another pid namespace's ([`proc_is_ours`]).
 pub(crate) fn all_processes() -> Vec<Stat> {
+    if !proc_is_ours() {
+        return Vec::new();
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -93,6 +121,17 @@ pub(crate) fn all_processes() -> Vec<Stat> {
 /// descendants of those and of `also` (processes found earlier, checked by start time too),
 /// never this process nor init. Zombies are left out (they are only waiting to be reaped).
 pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Member> {
+    members_under(leaders, also, None)
+}
+
+/// [`members`], and every child of `reaper` with its descendants: a spawner (a child subreaper)
+/// whose every child is a job or what jobs left (see `crate::spawn_process`), read again at each
+/// walk, so a process whose parent was killed meanwhile (reparented to the spawner) is found.
+fn members_under(
+    leaders: &[(u32, Option<u64>)],
+    also: &[Member],
+    reaper: Option<u32>,
+) -> Vec<Member> {
     let all = all_processes();
     // A leader whose pid now names another process (same pid, another start time) was reused:
     // a group or session of that id is no longer the job's (Linux keeps a pid from reuse while
@@ -111,6 +150,7 @@ pub(crate) fn members(leaders: &[(u32, Option<u64>)], also: &[Member]) -> Vec<Me
                 .iter()
                 .any(|(p, st)| *p == s.pid && st.is_none_or(|t| t == s.start))
             || also.iter().any(|m| m.pid == s.pid && m.start == s.start)
+            || reaper.is_some_and(|r| s.ppid == r)
     };
     let found = with_descendants(&all, seed);
     let me = std::process::id();
@@ -141,19 +181,6 @@ pub(crate) fn with_descendants(all: &[Stat], mut seed: impl FnMut(&Stat) -> bool
         }
     }
     found
-}
-
-/// The live children of `parent` but those in `except`.
-pub(crate) fn children_of(parent: u32, except: &HashSet<u32>) -> Vec<Member> {
-    all_processes()
-        .iter()
-        .filter(|s| s.ppid == parent && !s.zombie && !except.contains(&s.pid))
-        .map(|s| Member {
-            pid: s.pid,
-            start: s.start,
-            pgrp: s.pgrp,
-        })
-        .collect()
 }
 
 /// Sends `sig` to each of `members` that is still the process found.
@@ -203,13 +230,27 @@ fn signal_one(m: Member, sig: c_int) {
 /// the next walk. Bounded by `within` (a process stuck in the kernel does not die at once). Blocks:
 /// not on a runtime thread. True when none is left alive.
 pub(crate) fn kill_all(leaders: &[(u32, Option<u64>)], also: &[Member], within: Duration) -> bool {
+    kill_all_under(leaders, also, None, within)
+}
+
+/// [`kill_all`], and every child of `reaper` with its descendants, the children read again at
+/// each walk (see [`members_under`]): what a spawner leaving with the server kills.
+///
+/// No signal before the first walk: `also` is found with its descendants, then all are killed
+/// together (a process killed first would have its children reparented, to init or to a
+/// subreaper, out of reach of a walk by parent pid).
+pub(crate) fn kill_all_under(
+    leaders: &[(u32, Option<u64>)],
+    also: &[Member],
+    reaper: Option<u32>,
+    within: Duration,
+) -> bool {
     let until = Instant::now() + within;
-    signal(also, libc::SIGKILL);
     // Each walk reads all of `/proc`: the pause between walks doubles (5 ms to 160 ms), so a
     // process that does not die at once (in the kernel, or not ours to kill) costs a few walks.
     let mut pause = Duration::from_millis(5);
     loop {
-        let left = members(leaders, also);
+        let left = members_under(leaders, also, reaper);
         if left.is_empty() || Instant::now() >= until {
             return left.is_empty();
         }

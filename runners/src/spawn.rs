@@ -22,7 +22,9 @@
 //! at the job's end ([`crate::sweep`]). Each has `PR_SET_PDEATHSIG(SIGTERM)` on the server's main
 //! thread and leaves when it gets it, the server no longer its parent, or when the server closes
 //! its socket, killing the group of every job it still runs first, and the rest of its session
-//! and its descendants ([`crate::session`]), and every other child it has, with theirs; so
+//! and its descendants ([`crate::session`]), and every other child it has, with theirs (found in
+//! one walk before any signal, the children read again at every walk: a killed process's
+//! children become the spawner's); so
 //! `kill -9` of the server kills the spawners, which kill their jobs and what the jobs started
 //! or left: no orphan. The server still
 //! signals a job's group and session itself (cancel, timeout) and still recovers by pid and start time after

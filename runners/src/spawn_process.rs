@@ -214,9 +214,12 @@ impl Live {
             unsafe { libc::kill(-(*pid as libc::pid_t), libc::SIGSTOP) };
         }
         let leaders: Vec<(u32, Option<u64>)> = self.0.iter().map(|p| (*p, None)).collect();
-        let left = crate::session::children_of(std::process::id(), &self.0);
-        // Children not reaped: their pids cannot be another process's; the walk is bounded.
-        crate::session::kill_all(&leaders, &left, std::time::Duration::from_millis(500));
+        // Every child of this process is a job or what jobs left (a subreaper), with its
+        // descendants: found in one walk before any signal, and read again at every walk (what
+        // a process killed meanwhile had forked becomes this process's child). Children not
+        // reaped: their pids cannot be another process's; the walk is bounded.
+        let me = Some(std::process::id());
+        crate::session::kill_all_under(&leaders, &[], me, std::time::Duration::from_millis(500));
         for pid in &self.0 {
             // Safety: plain syscall on the group of a child not yet reaped (its pid, and so
             // its group's id, cannot have been reused).

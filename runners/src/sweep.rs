@@ -36,13 +36,23 @@
 //! Not reached: a process that left the session and whose parent exited, when its environment
 //! lost the marks (`env -i`) or cannot be read (a setuid program's, by a server without
 //! `CAP_SYS_PTRACE`), or when the job was forked by this process (no spawner left, or an embedder
-//! that starts none: such orphans go to init).
+//! that starts none: such orphans go to init). Nothing at all when `/proc` is not this process's
+//! pid namespace's ([`crate::session::proc_is_ours`]).
+//!
+//! A read of a process's environment is done by a helper thread and waited for up to
+//! [`ENV_READ_LIMIT`] ([`EnvReader`]): one that blocks for good (a process that entered
+//! uninterruptible sleep after its `stat` was read, stuck holding its memory map's lock) holds the
+//! helper, and no marks are read until it answers. The rest of the sweeper is one thread: should
+//! it block in the kernel for good (a `/proc` read), ended jobs pile up, at most [`MAX_PENDING`]
+//! (the oldest dropped, one WARN a minute at most), and what they leave lives on as before the
+//! sweeper existed.
 //!
 //! `SIGKILL` at once, no `SIGTERM` first: the job has ended, and its group got `SIGKILL` at its
 //! end as it always did; a grace period would let what it left work on (and read a later job's
 //! secret, `docs/security.md`) after the job was recorded as ended.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -102,7 +112,16 @@ struct State {
     live: HashMap<Marks, usize>,
     /// The sweeper thread runs.
     started: bool,
+    /// When the last WARN of a dropped job was, and how many were dropped since.
+    behind: Option<(Instant, u64)>,
+    /// When the sweeper thread last failed to start (tried again, and warned of, once a
+    /// [`WARN_EVERY`]).
+    failed: Option<Instant>,
 }
+
+/// The sweeper's warnings come at most this often (each is about a state that lasts: a sweeper
+/// stuck in the kernel, threads that cannot be made), not once per job.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
 static WAKE: Condvar = Condvar::new();
@@ -167,9 +186,30 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
     if let Some(m) = &marks {
         unregister(&mut st, m);
     }
+    if !crate::session::proc_is_ours() {
+        return; // No walk can be trusted (see `proc_is_ours`): no sweeper.
+    }
     if st.pending.len() >= MAX_PENDING {
         st.pending.pop_front();
-        tracing::warn!("the sweeper of ended local jobs is behind: the oldest job is dropped");
+        // Warned of at the first drop, then once a minute at most with the count since.
+        let dropped = match &mut st.behind {
+            Some((at, n)) if at.elapsed() < WARN_EVERY => {
+                *n += 1;
+                None
+            }
+            behind => {
+                let n = (*behind).map_or(1, |(_, n)| n + 1);
+                *behind = Some((Instant::now(), 0));
+                Some(n)
+            }
+        };
+        if let Some(n) = dropped {
+            tracing::warn!(
+                dropped = n,
+                "the sweeper of ended local jobs is behind (stuck in the kernel?): the oldest \
+                 jobs are dropped, what they left lives on"
+            );
+        }
     }
     // The sweeper waits only while nothing is pending: woken by the first job of a round.
     let wake = st.pending.is_empty();
@@ -179,13 +219,19 @@ pub(crate) fn ended(leader: u32, mut attempt: Attempt) {
         reaper,
         marks,
     });
-    if !st.started {
+    if !st.started && st.failed.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
         match std::thread::Builder::new()
             .name("runyard-sweeper".into())
             .spawn(run)
         {
             Ok(_) => st.started = true,
-            Err(e) => tracing::warn!(error = %e, "cannot start the sweeper of ended local jobs"),
+            Err(e) => {
+                st.failed = Some(Instant::now());
+                tracing::warn!(
+                    error = %e,
+                    "cannot start the sweeper of ended local jobs (tried again in a minute)"
+                );
+            }
         }
     }
     if wake {
@@ -229,24 +275,113 @@ fn run() {
     }
 }
 
-/// The marks of the spawners' children read so far, by pid and start time.
-#[derive(Default)]
-struct MarksCache(HashMap<(u32, u64), Option<Marks>>);
+/// The marks of the spawners' children read so far, by pid and start time, and the reader of
+/// their environments.
+struct MarksCache(HashMap<(u32, u64), Option<Marks>>, EnvReader);
+
+impl Default for MarksCache {
+    fn default() -> Self {
+        MarksCache(HashMap::new(), EnvReader::new(read_environ))
+    }
+}
 
 impl MarksCache {
     /// The marks of a process; `None` when it has none or its environment cannot be read (one
-    /// in uninterruptible sleep is not read: the read could wait for good).
+    /// in uninterruptible sleep is not read: the read could wait for good; nor is any while a
+    /// read has not answered, [`EnvReader`]: not kept, read again next time).
     fn of(&mut self, s: &Stat) -> Option<Marks> {
         if s.disk_wait {
             return None;
         }
-        self.0
-            .entry((s.pid, s.start))
-            .or_insert_with(|| {
-                let env = std::fs::read(format!("/proc/{}/environ", s.pid)).ok()?;
-                Marks::of_environ(&env)
-            })
-            .clone()
+        if let Some(m) = self.0.get(&(s.pid, s.start)) {
+            return m.clone();
+        }
+        let env = self.1.read(s.pid)?;
+        let marks = env.as_deref().and_then(Marks::of_environ);
+        self.0.insert((s.pid, s.start), marks.clone());
+        marks
+    }
+}
+
+fn read_environ(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ")).ok()
+}
+
+/// A process's environment block, `None` when it cannot be read.
+type Environ = Option<Vec<u8>>;
+
+/// How long the sweeper waits for one read of a process's environment (microseconds, normally).
+const ENV_READ_LIMIT: Duration = Duration::from_millis(500);
+
+/// Reads of `/proc/PID/environ` done by one helper thread, each waited for up to
+/// [`ENV_READ_LIMIT`]: a read that blocks for good (a process that entered uninterruptible sleep
+/// after its `stat` was read, holding its memory map's lock) holds the helper, not the sweeper.
+/// Until that read answers no environment is read (the marks are unknown: the process is not
+/// taken for an ended job's, as one whose environment cannot be read).
+struct EnvReader {
+    read: fn(u32) -> Option<Vec<u8>>,
+    /// Where a pid is asked for, and where its environment comes back.
+    helper: Option<(SyncSender<u32>, Receiver<Environ>)>,
+    /// A read has not answered in time, and has not answered since.
+    late: bool,
+}
+
+impl EnvReader {
+    fn new(read: fn(u32) -> Option<Vec<u8>>) -> Self {
+        EnvReader {
+            read,
+            helper: None,
+            late: false,
+        }
+    }
+
+    /// The environment of `pid` (`Some(None)`: unreadable), `None` when the read did not answer
+    /// within [`ENV_READ_LIMIT`] or an earlier one still has not.
+    fn read(&mut self, pid: u32) -> Option<Option<Vec<u8>>> {
+        if self.helper.is_none() {
+            let (ask, asked) = sync_channel::<u32>(1);
+            let (answer, answers) = sync_channel(1);
+            let read = self.read;
+            let helper = std::thread::Builder::new()
+                .name("runyard-sweeper-env".into())
+                .spawn(move || {
+                    for pid in asked {
+                        if answer.send(read(pid)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            if helper.is_err() {
+                return Some((self.read)(pid)); // No thread to be had: read here, as before.
+            }
+            self.helper = Some((ask, answers));
+        }
+        let (ask, answers) = self.helper.as_ref()?;
+        if self.late {
+            match answers.try_recv() {
+                Ok(_) => self.late = false, // The late answer, of no use now.
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => {
+                    (self.helper, self.late) = (None, false);
+                    return None;
+                }
+            }
+        }
+        if ask.send(pid).is_err() {
+            self.helper = None;
+            return None;
+        }
+        match answers.recv_timeout(ENV_READ_LIMIT) {
+            Ok(env) => Some(env),
+            Err(RecvTimeoutError::Timeout) => {
+                self.late = true;
+                None
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.helper = None;
+                None
+            }
+        }
     }
 }
 

@@ -165,3 +165,37 @@ fn an_attempt_is_running_from_its_registration_to_its_end_or_drop() {
     super::ended(libc::pid_t::MAX as u32, b);
     assert!(!running());
 }
+
+/// Released by the test: the made-up read of process 1's environment blocks until then.
+static RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A made-up `/proc/PID/environ` read: pid 1's blocks until [`RELEASED`] (30 s at most).
+fn slow_read(pid: u32) -> Option<Vec<u8>> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while pid == 1 && !RELEASED.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(format!("JOB_ID=j\0JOB_ATTEMPT={pid}\0").into_bytes())
+}
+
+/// Review of the sweeper: a read of an environment that blocks (a process stuck in the kernel)
+/// held the one sweeper thread. Now it holds only the reader's helper: the read gives up, the
+/// reads after it give up at once while it blocks, and reading works again once it answers.
+#[test]
+fn a_read_of_an_environment_that_blocks_holds_only_the_helper() {
+    let mut r = EnvReader::new(slow_read);
+    let env = |pid: u32| Some(Some(format!("JOB_ID=j\0JOB_ATTEMPT={pid}\0").into_bytes()));
+    assert_eq!(r.read(2), env(2));
+    assert_eq!(r.read(1), None, "a blocked read was waited for");
+    assert_eq!(r.read(3), None, "a read while the helper is held");
+    RELEASED.store(true, std::sync::atomic::Ordering::Release);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match r.read(3) {
+            Some(got) => break assert_eq!(Some(got), env(3)),
+            None => assert!(Instant::now() < until, "the helper did not come back"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
