@@ -324,14 +324,28 @@ struct EnvReader {
     helper: Option<(SyncSender<u32>, Receiver<Environ>)>,
     /// A read has not answered in time, and has not answered since.
     late: bool,
+    /// When "an environment read does not answer" was last logged ([`WARN_EVERY`]).
+    warned: Option<Instant>,
 }
 
 impl EnvReader {
+    /// Says (once a minute at most) that a read is stuck: meanwhile leftovers found only by their
+    /// marks are not found (their sessions and descendants still are).
+    fn warn_late(&mut self) {
+        if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            self.warned = Some(Instant::now());
+            tracing::warn!(
+                "a process's environment read does not answer (a process stuck in the kernel): until it does, what ended jobs left outside their session is not found by its marks"
+            );
+        }
+    }
+
     fn new(read: fn(u32) -> Option<Vec<u8>>) -> Self {
         EnvReader {
             read,
             helper: None,
             late: false,
+            warned: None,
         }
     }
 
@@ -360,7 +374,10 @@ impl EnvReader {
         if self.late {
             match answers.try_recv() {
                 Ok(_) => self.late = false, // The late answer, of no use now.
-                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Empty) => {
+                    self.warn_late();
+                    return None;
+                }
                 Err(TryRecvError::Disconnected) => {
                     (self.helper, self.late) = (None, false);
                     return None;
@@ -375,6 +392,7 @@ impl EnvReader {
             Ok(env) => Some(env),
             Err(RecvTimeoutError::Timeout) => {
                 self.late = true;
+                self.warn_late();
                 None
             }
             Err(RecvTimeoutError::Disconnected) => {
