@@ -605,6 +605,22 @@ retry_max = "4s"
         assert!(Instant::now() < until, "two attempts not recorded: {v:#}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The second attempt's log line follows its record: seen in the log before the kill (a
+    // kill between the two lost the line, CI run 47e, and the count below was 2).
+    let logged = |n: usize| {
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        logs.lines()
+            .filter(|l| l.contains("webhook attempt failed") && l.contains(&id))
+            .count()
+            >= n
+    };
+    while !logged(2) {
+        assert!(
+            Instant::now() < until,
+            "the second failed attempt not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.kill9();
     assert_eq!(recv.of_job(&id).len(), 2, "killed between attempts 2 and 3");
     let mut s = Server::start(&config, &log);
