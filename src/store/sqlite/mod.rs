@@ -507,6 +507,20 @@ fn load(conn: &Connection, id: &str) -> Result<Option<Job>> {
         .transpose()
 }
 
+/// Job `id` as [`load`] reads it, for a round over several jobs: `Ok(None)` also when its record
+/// does not read (a newer build's, a hand edit), logged as met by `what` and passed over (as
+/// Redis's rounds pass it); `Err` only when the database fails. `Some(None)`: not stored.
+fn load_readable(conn: &Connection, id: &str, what: &str) -> Result<Option<Option<Job>>> {
+    match load(conn, id) {
+        Ok(job) => Ok(Some(job)),
+        Err(e) if crate::store::job_record::is_corrupt(&e) => {
+            crate::store::job_record::log_unreadable(id, what, &e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn append_event(ctx: &mut WriteCtx<'_>, job: &Job, kind: EventKind) -> Result<()> {
     let mut ev = Event::for_job(job, kind);
     let insert = if ctx.events_maybe_empty {

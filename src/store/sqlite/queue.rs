@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::job_columns;
-use super::{apply_in, load, row, save, save_row, SqliteStore, WriteCtx};
+use super::{apply_in, load, load_readable, row, save, save_row, SqliteStore, WriteCtx};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::handoff::{NextJob, Refill};
 use crate::store::{JobQueue, Parked, Result, StoreError};
@@ -110,7 +110,7 @@ fn oldest_queued(conn: &Connection, runner: &str, max: usize) -> Result<Vec<Job>
 }
 
 /// `LIMIT` for a read of up to `max` readable rows: `max` and [`UNREADABLE_PASSED`] more.
-fn with_passed(max: usize) -> i64 {
+pub(super) fn with_passed(max: usize) -> i64 {
     i64::try_from(max.saturating_add(UNREADABLE_PASSED)).unwrap_or(i64::MAX)
 }
 
@@ -289,20 +289,12 @@ impl JobQueue for SqliteStore {
             let mut lost = Vec::new();
             let actx = ApplyCtx::at(now, ctx.settings.progress_interval.as_micros() as i64);
             for (id, token) in held {
-                // A record this build cannot read is reported lost (as on Redis): its worker
-                // stops the job, and the others' leases are renewed.
-                let mut job = match load(ctx.conn, &id.to_string()) {
-                    Ok(Some(job)) => job,
-                    Ok(None) => {
-                        lost.push(id);
-                        continue;
-                    }
-                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
-                        crate::store::job_record::log_unreadable(&id.to_string(), "heartbeat", &e);
-                        lost.push(id);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                // Gone, or a record this build cannot read: reported lost (as on Redis), its
+                // worker stops the job, and the others' leases are renewed.
+                let Some(Some(mut job)) = load_readable(ctx.conn, &id.to_string(), "heartbeat")?
+                else {
+                    lost.push(id);
+                    continue;
                 };
                 let stored = job.status;
                 match crate::job::heartbeat(&mut job, &worker, token, until, &actx) {

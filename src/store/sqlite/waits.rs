@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{apply_in, exec, load, rows, SqliteStore, WriteCtx};
+use super::{apply_in, exec, load, load_readable, rows, SqliteStore, WriteCtx};
 use crate::job::wait::{all_met, Seen, WaitItem, MAX_SIGNAL_IDS};
 use crate::job::{now_us, Command, Job, JobStatus, Micros};
 use crate::store::waits::{counters, distinct_reads, seen_of, WaitStore};
@@ -183,17 +183,14 @@ pub(super) fn on_signal(ctx: &mut WriteCtx<'_>, key: &str) -> Result<()> {
     )?;
     let mut counts = Counts::default();
     for id in ids {
-        match load(ctx.conn, &id) {
-            Ok(Some(mut job)) => {
+        // A record this build cannot read is passed over, its entries kept (as on Redis): the
+        // signal is stored and the other jobs waiting on it are checked.
+        match load_readable(ctx.conn, &id, "a signal")? {
+            Some(Some(mut job)) => {
                 check_in(ctx, &mut job, &mut counts, Some(key))?;
             }
-            Ok(None) => leave_in(ctx.conn, &id)?,
-            // A record this build cannot read is passed over, its entries kept (as on Redis):
-            // the signal is stored and the other jobs waiting on it are checked.
-            Err(e) if crate::store::job_record::is_corrupt(&e) => {
-                crate::store::job_record::log_unreadable(&id, "a signal", &e);
-            }
-            Err(e) => return Err(e),
+            Some(None) => leave_in(ctx.conn, &id)?,
+            None => {}
         }
     }
     Ok(())
@@ -225,12 +222,10 @@ impl WaitStore for SqliteStore {
             let now = now_us();
             // Up to `UNREADABLE_PASSED` more: a record this build cannot read is passed over,
             // its entries kept (as on Redis), and the deadlines after it fire.
-            let limit = i64::try_from(max.saturating_add(super::queue::UNREADABLE_PASSED))
-                .unwrap_or(i64::MAX);
             let ids: Vec<String> = rows(
                 ctx.conn,
                 "SELECT job_id FROM wait_deadlines WHERE deadline <= ?1 ORDER BY deadline LIMIT ?2",
-                params![now, limit],
+                params![now, super::queue::with_passed(max)],
                 |r| r.get(0),
             )?;
             let mut out = Vec::with_capacity(ids.len().min(max));
@@ -239,17 +234,13 @@ impl WaitStore for SqliteStore {
                 if out.len() == max {
                     break;
                 }
-                let mut job = match load(ctx.conn, &id) {
-                    Ok(Some(job)) => job,
-                    Ok(None) => {
+                let mut job = match load_readable(ctx.conn, &id, "a wait's deadline")? {
+                    Some(Some(job)) => job,
+                    Some(None) => {
                         leave_in(ctx.conn, &id)?;
                         continue;
                     }
-                    Err(e) if crate::store::job_record::is_corrupt(&e) => {
-                        crate::store::job_record::log_unreadable(&id, "a wait's deadline", &e);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                    None => continue,
                 };
                 let (items, until) = job
                     .wait
