@@ -4,7 +4,6 @@
 //! none builds an error status or body itself. `tests/architecture_errors.rs` checks that, with
 //! its short allow-list of answers that are not API errors (the readiness probe).
 
-use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -289,15 +288,6 @@ impl ApiError {
 
 /// A body that could not be read: 413 over the limit (the rejection says so by its status: its
 /// causes do not reach `LengthLimitError`), else [`body_error`].
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> Self {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::too_large("request body is larger than the configured limit");
-        }
-        body_error(&r)
-    }
-}
-
 /// A multipart body that could not be read: a stall or the limit as [`body_error`] says, else
 /// 400 `bad_multipart` (also for what axum calls a 500: a stream cut short by the client).
 pub fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
