@@ -2643,6 +2643,25 @@ async fn job_client_uploads_and_downloads_a_file() {
         .fetch(&format!("{}/async/jobs/{a}/files/outputs/1", srv.url))
         .await;
     assert_eq!((status, bytes), (200, content.clone()));
+    // The very same upload again (name, content, metadata: a try whose answer was lost, sent
+    // again within the report window): attached once, not a third file.
+    let same = client
+        .upload(
+            "outputs",
+            &src,
+            json!({"name": "src.bin", "mimetype": "application/x-test"}),
+        )
+        .await
+        .expect("the same upload again");
+    assert!(matches!(same, UploadOutcome::AlreadyStored(_)), "{same:?}");
+    let files = srv.job(&a).await["files"]["outputs"].clone();
+    let names: Vec<&str> = files
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|f| f["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["src.bin", ""], "{files}");
     // v1 client, progress, logs, success.
     let v1 = client.clone().with_v1();
     v1.progress(0.5, Some(json!({"phase": "v1"})))

@@ -1610,4 +1610,44 @@ mod tests {
             (JobStatus::Success, 1, Some(0))
         );
     }
+
+    /// An upload tried again after its answer was lost (the clients' report window) attaches the
+    /// file once; a client's files, and the job's own of another name, content or attempt, are
+    /// each attached.
+    #[test]
+    fn the_same_upload_again_from_the_same_attempt_is_attached_once() {
+        let mut j = job();
+        j.max_attempts = 2;
+        claim(&mut j, 1);
+        attach(&mut j, "outputs", "a.csv", true, 2);
+        attach(&mut j, "outputs", "a.csv", true, 3);
+        attach(&mut j, "outputs", "b.csv", true, 4);
+        attach(&mut j, "outputs", "a.csv", false, 5);
+        attach(&mut j, "outputs", "a.csv", false, 6);
+        let mut other = upload("a.csv");
+        other.hash = format!("{:f>32}", 1);
+        let cmd = Command::AttachFile {
+            property: "outputs".into(),
+            file: other,
+            by_attempt: Some(j.attempt),
+        };
+        apply(&mut j, cmd, &ctx(7)).unwrap();
+        let names = |j: &Job| -> Vec<(String, Option<u32>)> {
+            j.files["outputs"]
+                .iter()
+                .map(|f| (f.name.clone(), f.attempt))
+                .collect()
+        };
+        let a = |n: &str, at: Option<u32>| (n.to_string(), at);
+        assert_eq!(
+            names(&j),
+            [
+                a("a.csv", Some(1)),
+                a("b.csv", Some(1)),
+                a("a.csv", None),
+                a("a.csv", None),
+                a("a.csv", Some(1)),
+            ]
+        );
+    }
 }

@@ -489,6 +489,11 @@ class JobClient:
 
         Returns False when the server already had the content (proven by the challenge, nothing
         sent), True when the bytes were sent. ``metadata`` defaults to the file's name and mimetype.
+
+        Tried again, whole (the upload request signed afresh, then the bytes to the new URL), within
+        ``report_window`` like a status report when a step got no answer or 408, 429 or a 5xx:
+        the server attaches the same file from the same attempt once, so a try whose answer was
+        lost does not attach it twice.
         """
         file_hash, challenge = hash_file(filepath)
         if metadata is None:
@@ -497,11 +502,24 @@ class JobClient:
             mimetype = mimetypes.guess_type(name)[0]
             if mimetype:
                 metadata["mimetype"] = mimetype
-        answer = self._hook_call(
-            "PUT",
-            f"/upload/{_segment(store)}/{_segment(uuid or self.job_id)}/{_segment(property)}",
-            {"hash": file_hash, "challenge": challenge, "metadata": metadata},
-        )
+        path = f"/upload/{_segment(store)}/{_segment(uuid or self.job_id)}/{_segment(property)}"
+        request = {"hash": file_hash, "challenge": challenge, "metadata": metadata}
+        deadline, attempt = time.monotonic() + self.report_window, 0
+        while True:
+            try:
+                return self._upload_once(path, request, filepath)
+            except NO_ANSWER:
+                if time.monotonic() >= deadline:
+                    raise
+            except HookError as e:
+                if not worth_waiting_for(e.status_code) or time.monotonic() >= deadline:
+                    raise
+            attempt += 1
+            time.sleep(pause(attempt, deadline - time.monotonic()))
+
+    def _upload_once(self, path: str, request: Dict[str, Any], filepath: str) -> bool:
+        """One try of ``upload``: the upload request, then the bytes if the server asks for them."""
+        answer = self._hook_call("PUT", path, request)
         if answer.get("done"):
             return False
         url = self.resolve(answer.get("url"))

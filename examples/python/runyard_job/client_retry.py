@@ -4,8 +4,10 @@ A report with a ``status`` (RUNNING, and above all the final SUCCESS or ERROR wi
 result) that gets no answer, or an answer that says "not now" (408, 429, 5xx), is tried again with
 backoff (0.5 s, 1 s, 2 s, then every 4 s) for up to ``report_window`` seconds after its first try:
 long enough for the API node ``JOB_HOOK`` names to restart (a rolling update). Any other refusal
-(4xx: 400, 401, 403, 404, 409, 413, 422...) is final at once. Other calls (log lines, progress,
-signals, files) keep their ``retries``.
+(4xx: 400, 401, 403, 404, 409, 413, 422...) is final at once. An upload is tried again the same
+way within the window, whole and signed afresh (``JobClient.upload``: the server attaches the same
+file from the same attempt once). Other calls (log lines, progress, signals, downloads, reads)
+keep their ``retries``.
 """
 
 from __future__ import annotations

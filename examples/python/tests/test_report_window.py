@@ -228,3 +228,43 @@ def test_what_the_rust_client_takes_is_taken(stub, value, seconds):
 def test_a_huge_window_in_code_is_refused(stub):
     with pytest.raises(ValueError, match="report_window"):
         JobClient(stub.job_id, stub.secret, stub.hook, report_window=1e300)
+
+
+def test_an_upload_is_tried_again_whole_within_the_window(stub, tmp_path):
+    # The upload request refused twice "not now", then its bytes refused once: each time the whole
+    # upload goes again (a new URL), until the bytes are stored, once.
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"hello")
+    stub.fail_next = [503, 429]
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
+        real = c._upload_once
+        calls = []
+
+        def once(*args):
+            calls.append(len(stub.requests))
+            if len(calls) == 3:
+                stub.fail_next = [502]  # after the upload request: its bytes are refused
+            return real(*args)
+
+        c._upload_once = once
+        assert c.upload("outputs", str(path)) is True
+    assert stub.files == {"outputs": [b"hello"]}
+    assert len(calls) == 4, calls
+
+
+def test_an_upload_outlasts_a_restart_and_a_refusal_is_final(stub, tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"hello")
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, report_window=20) as c:
+        stub.outage(RESTART)
+        assert c.upload("outputs", str(path)) is True
+        assert stub.files == {"outputs": [b"hello"]}
+        stub.fail_next = [403]
+        with pytest.raises(HookError) as info:
+            c.upload("outputs", str(path))
+        assert info.value.status_code == 403
+    with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=0) as c:
+        stub.fail_next = [503]
+        with pytest.raises(HookError):
+            c.upload("outputs", str(path))  # a zero window: one try
+    assert stub.files == {"outputs": [b"hello"]}

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::{http_error, parse_json, transport};
 use super::{is_md5_hex, resolve_url, ClientError, JobClient, UploadOutcome, JOBS_STORE};
-use crate::wire::{digest_file, DownloadResponse, UploadRequest, UploadResponse};
+use crate::wire::{digest_file, DownloadResponse, UploadDigest, UploadRequest, UploadResponse};
 
 impl JobClient {
     /// Downloads file `index` of `property` of `uuid` in `store` into `dir`, named by its md5
@@ -101,6 +101,11 @@ impl JobClient {
     /// server already has the content it answers `done` and nothing more is sent, otherwise the
     /// bytes go to the returned `url` with the returned method (default `PUT`), which must answer
     /// 2xx. `metadata` `null` is sent as `{}`.
+    ///
+    /// Tried again, whole (signed afresh, a new upload URL), within the report window like a
+    /// status report (retry.rs) when a step got no answer or an answer of 408, 429 or 5xx: the
+    /// hook's node may be restarting. The server attaches the same file from the same attempt
+    /// once, so a try whose answer was lost is not attached twice.
     pub async fn upload(
         &self,
         property: &str,
@@ -124,12 +129,25 @@ impl JobClient {
             context: "upload request".to_owned(),
             source,
         })?;
+        self.within_window(|| self.upload_once(property, path, &body, &digest))
+            .await
+    }
+
+    /// One try of [`JobClient::upload`]: the hook's `PUT` with `body`, then the bytes.
+    async fn upload_once(
+        &self,
+        property: &str,
+        path: &Path,
+        body: &[u8],
+        digest: &UploadDigest,
+    ) -> Result<UploadOutcome, ClientError> {
+        let body = body.to_vec();
         let url = self.endpoint(&["upload", JOBS_STORE, &self.id, property]);
         let context = format!("PUT {}", url.path());
         let bytes = self.hook_call(Method::PUT, url, Some(body)).await?;
         let answer: UploadResponse = parse_json(&context, &bytes)?;
         if answer.done {
-            return Ok(UploadOutcome::AlreadyStored(digest));
+            return Ok(UploadOutcome::AlreadyStored(digest.clone()));
         }
 
         let method_name = answer
@@ -170,7 +188,7 @@ impl JobClient {
             .header(CONTENT_LENGTH, len)
             .body(reqwest::Body::from(file));
         send_transfer(request, &context).await?;
-        Ok(UploadOutcome::Uploaded(digest))
+        Ok(UploadOutcome::Uploaded(digest.clone()))
     }
 }
 

@@ -5,7 +5,9 @@
 //! again with backoff (0.5 s, 1 s, 2 s, then every 4 s) for up to the report window (30 s by
 //! default, `RUNYARD_JOB_REPORT_WINDOW`) after its first try: long enough for the API node
 //! `JOB_HOOK` names to restart (a rolling update). Any other refusal (400, 401, 403, 404, 409,
-//! 413, 422...) is final at once. Other calls (log lines, progress, signals, files) go once.
+//! 413, 422...) is final at once. An upload is tried again the same way within the window, whole
+//! and signed afresh ([`JobClient::upload`]: the server attaches the same file from the same
+//! attempt once). Other calls (log lines, progress, signals, downloads, reads) go once.
 //! The Python client (examples/python/runyard_job/client_retry.py) does the same.
 //!
 //! A retry never acts twice: one whose earlier try got no answer, or a proxy's answer (not
@@ -88,6 +90,33 @@ enum Tried {
 }
 
 impl JobClient {
+    /// Runs `call` (a whole call that signs afresh and that the server takes once however often
+    /// it is sent, e.g. an upload) and again within the report window after its first try, with
+    /// the status reports' backoff, while it fails for a passing reason: no answer, or 408, 429
+    /// or 5xx. Any other error, or the window's end, returns the last result.
+    pub(super) async fn within_window<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = Instant::now() + self.report_window;
+        let mut attempt = 0;
+        loop {
+            let r = call().await;
+            let passing = match &r {
+                Err(ClientError::Transport { .. }) => true,
+                Err(ClientError::Http { status, .. }) => worth_waiting_for(*status),
+                _ => false,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !passing || left.is_zero() {
+                return r;
+            }
+            attempt += 1;
+            tokio::time::sleep(pause(attempt, left)).await;
+        }
+    }
+
     /// Sends one signed request with `headers` (already signed) and `body`.
     pub(super) async fn send_once(
         &self,

@@ -105,6 +105,17 @@ pub(super) fn attach_file(
     }
     let attempt = job.attempt;
     let list = job.files.entry(property).or_default();
+    // The same upload again from the same attempt (tried again after its answer was lost, the
+    // clients' report window): already attached, not a second entry.
+    let again = |f: &FileRef| {
+        f.attempt == Some(attempt)
+            && f.hash == file.hash
+            && f.name == file.name
+            && f.metadata == file.metadata
+    };
+    if by_job && list.iter().any(again) {
+        return Ok(None);
+    }
     if list.len() >= MAX_FILES_PER_PROPERTY {
         return Err(TransitionError::Invalid(format!(
             "a property holds at most {MAX_FILES_PER_PROPERTY} files"

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::secret::Secret;
+use crate::UploadOutcome;
 
 /// What the fake hook does with the `i`-th request: answer with a status and body, or close the
 /// connection without an answer (`None`).
@@ -259,4 +260,58 @@ fn the_window_takes_and_refuses_what_the_python_client_does() {
     ] {
         assert!(window_from(Some(bad.into())).is_err(), "{bad}");
     }
+}
+
+/// An upload while the hook's node restarts: the upload request answered `503`, then no
+/// answer, then the bytes' transfer answered `502`; each time the whole upload is tried again,
+/// signed afresh, until the bytes are stored. A refusal (`409`) is final at once, and a zero
+/// window tries once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_tried_again_whole_within_the_window() {
+    const URL: &str = r#"{"done":false,"method":"PUT","url":"/async/blobs/upload?t=1"}"#;
+    let (hook, got) = fake_hook(|i| match i {
+        0 => Some((
+            503,
+            r#"{"error":{"code":"store_unavailable","message":"x"}}"#,
+        )),
+        1 => None,
+        2 => Some((200, URL)),
+        3 => Some((502, "bad gateway")),
+        4 => Some((200, URL)),
+        _ => Some((201, "")),
+    })
+    .await;
+    let file = std::env::temp_dir().join(format!("runyard-upload-{}.txt", std::process::id()));
+    std::fs::write(&file, "hello").unwrap();
+    let c = client(&hook);
+    let done = c
+        .upload("outputs", &file, json!({"name": "out.txt"}))
+        .await
+        .expect("uploaded");
+    assert!(matches!(done, UploadOutcome::Uploaded(_)), "{done:?}");
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 6, "{got:?}");
+    // Requests 0, 1, 2 and 4 are the signed upload request (each signed afresh), 3 and 5 the
+    // bytes (no job headers).
+    let asked: Vec<&str> = [0, 1, 2, 4].iter().map(|&i| got[i].0.as_str()).collect();
+    assert!(asked.iter().all(|h| !h.is_empty()), "{got:?}");
+    for (i, a) in asked.iter().enumerate() {
+        assert!(!asked[..i].contains(a), "signed again each time: {asked:?}");
+    }
+    assert_eq!(got[0].1["hash"], "5d41402abc4b2a76b9719d911017c592");
+    assert_eq!(got[4].1, got[0].1, "the same upload request");
+    assert!(got[3].0.is_empty() && got[5].0.is_empty(), "{got:?}");
+
+    for (status, tries, window) in [(409, 1, DEFAULT_REPORT_WINDOW), (503, 1, Duration::ZERO)] {
+        let (hook, got) =
+            fake_hook(move |_| Some((status, r#"{"error":{"code":"c","message":"m"}}"#))).await;
+        let c = client(&hook).with_report_window(window);
+        let e = c
+            .upload("outputs", &file, Value::Null)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.status(), Some(status));
+        assert_eq!(got.lock().unwrap().len(), tries, "{status}");
+    }
+    let _ = std::fs::remove_file(&file);
 }
