@@ -255,6 +255,11 @@ const OTHER_VARS: &[&str] = &[
     "RUNYARD_TOKEN",
     // The experimental hand-over at submit on Redis (docs/redis.md), read by `server.rs`.
     "RUNYARD_REDIS_HANDOVER",
+    // The Redis channel index switched off (docs/redis.md), read by `server.rs`.
+    "RUNYARD_REDIS_CHANNEL_INDEX",
+    // The job clients' report window (docs/hooks.md): a job's variable, which a server's
+    // environment may hold for its local jobs.
+    "RUNYARD_JOB_REPORT_WINDOW",
 ];
 
 /// Prefixes of variables used by runyard's tests and scripts.
@@ -393,6 +398,8 @@ mod tests {
                 "RUNYARD_WORKER__LEASE_TTL",
                 "RUNYARD_LOG",
                 "RUNYARD_REDIS_HANDOVER",
+                "RUNYARD_REDIS_CHANNEL_INDEX",
+                "RUNYARD_JOB_REPORT_WINDOW",
                 "RUNYARD_SERVICE_HOST",
                 "RUNYARD_PORT_7070_TCP_ADDR",
                 "RUNYARD_DATADIR",

@@ -2201,3 +2201,38 @@ fn wait_for_a_key_ending_in_digits_takes_its_count_and_a_count_of_0_is_refused()
         );
     }
 }
+
+/// A mistyped `RUNYARD_LOG` is refused naming it (exit 2), not read as a filter that silences
+/// the log: `degub` would be a target, and every warning and error of the server would be
+/// dropped (probe `docs`). Valid filters go on (here to the unreachable server: exit 3); a
+/// `RUST_LOG` another program set is taken only when valid, never refused.
+#[test]
+fn a_mistyped_log_filter_is_refused_naming_it() {
+    let url = closed_port_url();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(["jobs"])
+            .env("RUNYARD_SERVER", &url)
+            .env_remove("RUNYARD_TOKEN")
+            .env_remove("RUNYARD_LOG")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for bad in ["degub", "inf", "info,runyard=bogus", "warn, verbose"] {
+        let o = run(&[("RUNYARD_LOG", bad)]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {o:?}");
+        let e = stderr(&o);
+        assert!(e.starts_with("error: RUNYARD_LOG: "), "{bad}: {e}");
+    }
+    let e = stderr(&run(&[("RUNYARD_LOG", "degub")]));
+    assert!(e.contains("`degub` is not a log level"), "{e}");
+    for good in ["warn", "INFO,runyard::store=debug", "runyard::api", " "] {
+        let o = run(&[("RUNYARD_LOG", good)]);
+        assert_eq!(o.status.code(), Some(3), "{good}: {o:?}");
+    }
+    let o = run(&[("RUST_LOG", "degub")]);
+    assert_eq!(o.status.code(), Some(3), "RUST_LOG is not refused: {o:?}");
+}

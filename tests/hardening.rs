@@ -813,6 +813,74 @@ async fn redis_idempotency_key_with_another_body_conflicts() {
     idempotency_key_with_another_body_conflicts(Backend::redis()).await;
 }
 
+/// `args` left out, `null` and `{}` are one body for the key (the job's args are `{}` each
+/// time): a retry spelled another way, or from another client, is a replay, not a 409 (probe
+/// `docs`). A key first used by a build before that rule with `args: {}` (its hash taken over
+/// the body as written) is still replayed by the same body.
+async fn args_left_out_null_or_empty_are_one_body_for_the_key(b: Backend) {
+    let ts = b.server("").await;
+    let (st, first) = ts
+        .submit(json!({"type": "edge.ok", "idempotency_key": "k-args"}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{first}");
+    for args in [json!({}), Value::Null] {
+        let (st, again) = ts
+            .submit(json!({"type": "edge.ok", "args": args, "idempotency_key": "k-args"}))
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{args}: {again}");
+        assert_eq!(again["job_id"], first["job_id"], "{args}");
+    }
+    let (st, v) = ts
+        .submit(json!({"type": "edge.ok", "args": {"a": 1}, "idempotency_key": "k-args"}))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    // Stored by an earlier build: the hash of `{"args":{},"idempotency_key":..,"type":..}`.
+    let mut old: Job = store_job_template();
+    old.job_type = "edge.ok".into();
+    old.backoff = runyard::job::Backoff {
+        initial_ms: 1000,
+        max_ms: 1000,
+        multiplier: 2.0,
+        jitter: false,
+    };
+    old.idempotency_key = Some("k-old".into());
+    let canonical = r#"{"args":{},"idempotency_key":"k-old","type":"edge.ok"}"#;
+    old.submit_hash = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        canonical,
+    )));
+    let old_id = old.id.to_string();
+    ts.running()
+        .app
+        .store
+        .submit(old)
+        .await
+        .expect("store the old job");
+    let (st, again) = ts
+        .submit(json!({"type": "edge.ok", "args": {}, "idempotency_key": "k-old"}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["job_id"], old_id.as_str());
+    let (st, v) = ts
+        .submit(json!({"type": "edge.ok", "idempotency_key": "k-old"}))
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::CONFLICT,
+        "the old hash says `args: {{}}` only: {v}"
+    );
+    assert_eq!(ts.count_jobs(None).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_args_left_out_null_or_empty_are_one_body_for_the_key() {
+    args_left_out_null_or_empty_are_one_body_for_the_key(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_args_left_out_null_or_empty_are_one_body_for_the_key() {
+    args_left_out_null_or_empty_are_one_body_for_the_key(Backend::redis()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_still_says_when_it_was_due_once_it_ran() {
     for backend in [Backend::Embedded, Backend::redis()] {

@@ -215,6 +215,7 @@ async fn submit(
     }
     let job = prepare_submit(&st, &caller, &bytes, files).await?;
     let ours = job.submit_hash.clone();
+    let legacy = legacy_submit_hash(&job, &bytes);
     let (id, keyed) = (job.id, job.idempotency_key.is_some());
     // Answered before `api.request_timeout` (whose 503 could not say the job may exist), however
     // long `store.retry` would let the store be waited for.
@@ -223,7 +224,7 @@ async fn submit(
         .max(std::time::Duration::from_millis(100));
     let submitted = (crate::store::within(left, st.app.store.submit(job)).await)
         .map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
-    check_replay(&submitted, ours.as_deref(), &caller)?;
+    check_replay(&submitted, [ours.as_deref(), legacy.as_deref()], &caller)?;
     Ok(jobs::accepted(&submitted))
 }
 
@@ -259,18 +260,34 @@ pub(crate) async fn prepare_submit(
         job.files.entry(property).or_default().push(f);
     }
     if keyed {
-        job.submit_hash = Some(submit_hash(bytes, &job.files));
+        job.submit_hash = Some(submit_hash(bytes, &job.files, true));
     }
     Ok(job)
 }
 
+/// For a keyed submit whose body writes `args` as `null` or `{}`: its hash as a build before
+/// [`submit_hash`] took those alike with `args` left out stored it, so that a replay of a key
+/// first used then is still a replay (`check_replay`'s `legacy`). `None` otherwise.
+pub(crate) fn legacy_submit_hash(job: &crate::job::Job, bytes: &[u8]) -> Option<String> {
+    job.submit_hash.as_ref()?;
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let args = v.as_object()?.get("args")?;
+    default_args(args).then(|| submit_hash(bytes, &job.files, false))
+}
+
+/// `args` as the submit's default: `null` or `{}` (the job's args are `{}` either way).
+fn default_args(args: &serde_json::Value) -> bool {
+    args.is_null() || args.as_object().is_some_and(|m| m.is_empty())
+}
+
 /// 409 `idempotency_conflict` when a submit returned an earlier job of the same key (not
 /// `created`) that `caller` may not see (another tenant's: keys are one space for all jobs), or
-/// whose body (hash `ours`) was another. Only a caller whose grant covers that job is told its
-/// id; for any other, the answer names nothing of it (id, type, channel).
+/// whose body was another (its hash neither of `[ours, legacy]`, [`legacy_submit_hash`]). Only a
+/// caller whose grant covers that job is told its id; for any other, the answer names nothing
+/// of it (id, type, channel).
 pub(crate) fn check_replay(
     submitted: &crate::store::Submitted,
-    ours: Option<&str>,
+    [ours, legacy]: [Option<&str>; 2],
     caller: &crate::auth::tokens::Grant,
 ) -> ApiResult<()> {
     let job = &submitted.job;
@@ -286,7 +303,8 @@ pub(crate) fn check_replay(
             "`idempotency_key` is already used by a job outside your grant; use another key",
         ));
     }
-    if job.submit_hash.is_some() && job.submit_hash.as_deref() != ours {
+    let stored = job.submit_hash.as_deref();
+    if stored.is_some() && stored != ours && (legacy.is_none() || stored != legacy) {
         return Err(ApiError::conflict(
             "idempotency_conflict",
             format!(
@@ -299,10 +317,12 @@ pub(crate) fn check_replay(
 }
 
 /// SHA-256 of a submit: its JSON body with object keys sorted (so spacing and key order do not
-/// matter) and the contents of its multipart files.
+/// matter), `args` written `null` or `{}` left out as its default is (`same_args`; the form
+/// before that rule without), and the contents of its multipart files.
 fn submit_hash(
     body: &[u8],
     files: &std::collections::BTreeMap<String, Vec<crate::job::FileRef>>,
+    same_args: bool,
 ) -> String {
     use sha2::{Digest, Sha256};
     fn canonical(v: &serde_json::Value, out: &mut String) {
@@ -339,7 +359,14 @@ fn submit_hash(
     }
     let mut text = String::new();
     match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => canonical(&v, &mut text),
+        Ok(mut v) => {
+            if let Some(m) = v.as_object_mut().filter(|_| same_args) {
+                if m.get("args").is_some_and(default_args) {
+                    m.remove("args");
+                }
+            }
+            canonical(&v, &mut text)
+        }
         Err(_) => text.push_str(&String::from_utf8_lossy(body)),
     }
     let mut h = Sha256::new();

@@ -226,17 +226,35 @@ async fn worker(a: WorkerArgs, preloaded: Preloaded) -> anyhow::Result<()> {
     builder.work(stop::drain_signal(None)).await
 }
 
-/// The log filter: `RUNYARD_LOG` when set and valid, else `RUST_LOG`, else `info`.
+/// The log filter: `RUNYARD_LOG` when set, else `RUST_LOG` (when valid: another program's may
+/// not be), else `info`. A `RUNYARD_LOG` that is not a valid filter, or with a bare word that is
+/// no level (`degub`: tracing would read it as a target and log nothing else), is an error
+/// naming it: a typo must not silence the log.
 pub fn log_filter(
     runyard_log: Option<&str>,
     rust_log: Option<&str>,
-) -> tracing_subscriber::EnvFilter {
-    [runyard_log, rust_log]
-        .into_iter()
-        .flatten()
+) -> Result<tracing_subscriber::EnvFilter, String> {
+    use tracing_subscriber::EnvFilter;
+    if let Some(s) = runyard_log.filter(|s| !s.trim().is_empty()) {
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        let not_a_level = s.split(',').map(str::trim).find(|d| {
+            !d.is_empty()
+                && !d.contains(['=', '[', ':'])
+                && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+        });
+        if let Some(d) = not_a_level {
+            return Err(format!(
+                "RUNYARD_LOG: `{d}` is not a log level ({}); a target's level is written \
+                 `target=level`, e.g. `info,runyard=debug`",
+                LEVELS.join(", ")
+            ));
+        }
+        return EnvFilter::try_new(s).map_err(|e| format!("RUNYARD_LOG: `{s}`: {e}"));
+    }
+    Ok(rust_log
         .filter(|s| !s.trim().is_empty())
-        .find_map(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new("info")))
 }
 
 /// `serve` and `worker`: reads the configuration, then, still in the only thread, takes the
@@ -295,13 +313,17 @@ pub fn main() -> ExitCode {
         quiet_on_closed_stdout();
     }
     let log_format = cli.log_format;
-    crate::logging::init(
-        log_format,
-        log_filter(
-            std::env::var("RUNYARD_LOG").ok().as_deref(),
-            std::env::var("RUST_LOG").ok().as_deref(),
-        ),
+    let filter = log_filter(
+        std::env::var("RUNYARD_LOG").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
     );
+    match filter {
+        Ok(filter) => crate::logging::init(log_format, filter),
+        Err(e) => {
+            crate::logging::fatal(log_format, &e);
+            return ExitCode::from(2); // a usage error (docs/cli.md)
+        }
+    }
     // Before the runtime starts any thread (see `load_server_config`).
     let server_config = server_config(&cli.command);
     // `serve` on the embedded store with its worker, on up to 2 cores: the HTTP side on one
