@@ -1,5 +1,6 @@
 //! The `runyard` command line: `serve`, the client commands, and `bench`.
 
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod completions;
@@ -80,6 +81,8 @@ enum Cmd {
     /// Run inside a job: a registered operation (`launch OP`) or a command (`launch -- CMD ...`),
     /// reporting through the signed hook.
     Launch(launch::LaunchArgs),
+    /// Copy an embedded store (database, master.key, files) into DEST while its server runs.
+    Backup(backup::BackupArgs),
 }
 
 /// Flags of `serve`.
@@ -387,6 +390,7 @@ pub fn main() -> ExitCode {
             Cmd::BenchBareServer => bench::serve_bare().await,
             Cmd::Token(a) => token::run(a).await,
             Cmd::Launch(a) => launch::run(a, ServiceRegistry::with_builtins()).await,
+            Cmd::Backup(a) => backup::run(a).await,
         }
     });
     // Blocking work nobody waits for any more (a DNS lookup of an unreachable Redis, a kill of a
