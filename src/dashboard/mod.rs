@@ -15,9 +15,11 @@ use axum::routing::get;
 use axum::Router;
 
 const INDEX: &str = include_str!("assets/index.html");
-/// One script, served as `/ui/app.js`: the core (API, events, router) first, then the pages kept
-/// in their own files. They share one module scope; nothing runs before `start()` awaits.
+/// One script, served as `/ui/app.js`: the JSON reader first (integers exact), then the core (API,
+/// events, router), then the pages kept in their own files. They share one module scope; nothing
+/// runs before `start()` awaits.
 const APP_JS: &str = concat!(
+    include_str!("assets/json.js"),
     include_str!("assets/app.js"),
     include_str!("assets/chart.js"),
     include_str!("assets/signals.js"),

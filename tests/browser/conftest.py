@@ -62,6 +62,14 @@ types = ["linger.*"]
 # Reports SUCCESS through its hook, then lingers (stopped after worker.exit_grace, 10 s).
 env = { PYTHONPATH = "@ROOT@/examples/python" }
 command = ["python3", "-c", "import time; from runyard_job import JobClient; JobClient.from_env().result({'done': True}); time.sleep(60)"]
+
+[[runners]]
+name = "echo"
+kind = "local"
+types = ["echo.*"]
+# Reports its args as its result, through its hook (Python's json keeps every integer exact).
+env = { PYTHONPATH = "@ROOT@/examples/python" }
+command = ["python3", "-c", "import json, os; from runyard_job import JobClient; JobClient.from_env().result(json.loads(os.environ['JOB_ARGS']))"]
 """.replace("@ROOT@", str(ROOT))
 
 
@@ -172,7 +180,7 @@ def browser():
 
 
 # The script is the concatenation src/dashboard/mod.rs serves as /ui/app.js, in that order.
-UI_PARTS = ["app.js", "chart.js", "signals.js", "dead.js"]
+UI_PARTS = ["json.js", "app.js", "chart.js", "signals.js", "dead.js"]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
 

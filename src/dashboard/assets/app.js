@@ -24,10 +24,10 @@ async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
   if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : jsonStringify(body) });
   const text = await r.text();
   let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { data = { raw: text }; }
+  try { data = text ? parseJson(text) : null; } catch { data = { raw: text }; }
   if (!r.ok) {
     const e = (data && data.error) || {};
     if (r.status === 401) { signIn(e.message || "This server needs a token."); }
@@ -97,9 +97,9 @@ const HIDDEN = /[\u007f-\u009f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g;
 function shown(s) { return s.replace(HIDDEN, (c) => `\\u{${c.codePointAt(0).toString(16)}}`); }
 function setText(el, s) { el.textContent = shown(String(s)); }
 // JSON text with those characters as JSON's own escapes (`\u202e`): shown in the order written,
-// and still the same JSON when copied.
+// and still the same JSON when copied (an integer past 2^53 too: its digits, json.js).
 function jsonText(v, indent) {
-  return JSON.stringify(v, null, indent).replace(HIDDEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return jsonStringify(v, indent).replace(HIDDEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 function badge(status) { return h("span", { class: `badge s-${(status || "").toLowerCase()}`, "data-status": status }, status || "?"); }
@@ -191,7 +191,7 @@ async function follow(from) {
             else if (line.startsWith("data:")) data += line.slice(5).trim();
           }
           if (id) lastEventId = id;
-          if (data) { try { const ev = JSON.parse(data); listeners.forEach((f) => f(ev)); } catch { /* a comment or keep-alive */ } }
+          if (data) { try { const ev = parseJson(data); listeners.forEach((f) => f(ev)); } catch { /* a comment or keep-alive */ } }
         }
       }
     } catch (e) {
@@ -482,7 +482,7 @@ async function jobPage(id, signal) {
         `attempt ${r.attempt}: claimed by ${r.worker || "?"} ${when(r.claimed_at)}`,
         r.started_at ? `, started ${when(r.started_at)}` : "",
         r.ended_at ? `, ended ${when(r.ended_at)}` : "",
-        r.outcome ? ` → ${typeof r.outcome === "string" ? r.outcome : JSON.stringify(r.outcome)}` : "")),
+        r.outcome ? ` → ${typeof r.outcome === "string" ? r.outcome : jsonText(r.outcome)}` : "")),
       TERMINAL.has(j.status) ? h("li", {}, `${when(j.finished_at)}: ${j.status}${j.exit_code !== null && j.exit_code !== undefined ? ` (exit ${j.exit_code})` : ""}`) : "");
   }
   async function act(verb) {

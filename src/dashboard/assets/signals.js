@@ -52,7 +52,7 @@ async function signalsPage(params, signal) {
       ev.preventDefault();
       const key = ev.target.key.value.trim();
       let payload;
-      try { payload = ev.target.payload.value.trim() ? JSON.parse(ev.target.payload.value) : undefined; } catch { return toast("The payload must be JSON."); }
+      try { payload = ev.target.payload.value.trim() ? parseJson(ev.target.payload.value) : undefined; } catch { return toast("The payload must be JSON."); }
       try {
         const r = await api(`/async/signals/${encodeURIComponent(key)}`, { method: "POST", body: payload === undefined ? {} : { payload } });
         toast(`Signal ${r.key} #${r.seq} written.`);
@@ -95,7 +95,7 @@ async function signalsPage(params, signal) {
           h("thead", {}, h("tr", {}, h("th", {}, "Seq"), h("th", {}, "At"), h("th", {}, "Id"), h("th", {}, "Payload"))),
           h("tbody", {}, latestFirst.map((r) => h("tr", { "data-seq": r.seq },
             h("td", {}, String(r.seq)), h("td", { title: r.at }, when(r.at)), h("td", { class: "mono" }, r.id || ""),
-            h("td", { class: "mono" }, r.payload === null || r.payload === undefined ? "" : JSON.stringify(r.payload)))))) : "",
+            h("td", { class: "mono" }, r.payload === null || r.payload === undefined ? "" : jsonText(r.payload)))))) : "",
         waiters.length ? h("div", {}, h("h3", {}, "Jobs waiting for it"), h("ul", { class: "waiters" }, waiters.map(([j, it]) => h("li", { "data-job": j.id },
           h("a", { href: `#/job/${j.id}`, class: "mono" }, `${j.type} ${j.id.slice(0, 8)}`),
           ` ${seenOf(recs, it)} of ${it.needed}${it.since ? ` since ${when(it.since)}` : ""}${j.wait.deadline ? `, deadline ${when(j.wait.deadline)}` : ""}`)))) : "");
