@@ -163,25 +163,7 @@ pub fn warn_if_config_readable(path: &Path) {
     else {
         return;
     };
-    let mut held = Vec::new();
-    if table.contains_key("master_key") {
-        held.push("master_key");
-    }
-    if table
-        .get("auth")
-        .and_then(|a| a.get("jwt_secret"))
-        .is_some()
-    {
-        held.push("auth.jwt_secret");
-    }
-    if table
-        .get("redis")
-        .and_then(|r| r.as_str())
-        .and_then(|u| url::Url::parse(u).ok())
-        .is_some_and(|u| u.password().is_some())
-    {
-        held.push("redis (its password)");
-    }
+    let held = secrets_held(&table);
     if held.is_empty() {
         return;
     }
@@ -314,9 +296,49 @@ pub fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secrets a configuration file's `table` holds, by name.
+fn secrets_held(table: &toml::Table) -> Vec<&'static str> {
+    let mut held = Vec::new();
+    if table.contains_key("master_key") {
+        held.push("master_key");
+    }
+    if table
+        .get("auth")
+        .and_then(|a| a.get("jwt_secret"))
+        .is_some()
+    {
+        held.push("auth.jwt_secret");
+    }
+    // The driver's own reading: `user:password@` and `unix://...?pass=` alike.
+    if table
+        .get("redis")
+        .and_then(|r| r.as_str())
+        .and_then(|u| redis::IntoConnectionInfo::into_connection_info(u).ok())
+        .is_some_and(|info| info.redis.password.is_some())
+    {
+        held.push("redis (its password)");
+    }
+    held
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redis_password_in_the_file_is_a_secret_in_either_form() {
+        let held = |text: &str| secrets_held(&text.parse::<toml::Table>().unwrap());
+        assert_eq!(
+            held(r#"redis = "redis://:pw@h/0""#),
+            ["redis (its password)"]
+        );
+        assert_eq!(
+            held(r#"redis = "unix:///run/r.sock?pass=pw""#),
+            ["redis (its password)"]
+        );
+        assert!(held(r#"redis = "unix:///run/r.sock?db=1""#).is_empty());
+        assert!(held(r#"redis = "redis://h/0""#).is_empty());
+    }
 
     #[test]
     fn master_key_is_not_printed() {

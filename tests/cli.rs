@@ -2221,7 +2221,14 @@ fn a_mistyped_log_filter_is_refused_naming_it() {
         }
         c.output().unwrap()
     };
-    for bad in ["degub", "inf", "info,runyard=bogus", "warn, verbose"] {
+    for bad in [
+        "degub",
+        "inf",
+        "info,runyard=bogus",
+        "warn, verbose",
+        ",",
+        " , ",
+    ] {
         let o = run(&[("RUNYARD_LOG", bad)]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {o:?}");
         let e = stderr(&o);
@@ -2229,7 +2236,15 @@ fn a_mistyped_log_filter_is_refused_naming_it() {
     }
     let e = stderr(&run(&[("RUNYARD_LOG", "degub")]));
     assert!(e.contains("`degub` is not a log level"), "{e}");
-    for good in ["warn", "INFO,runyard::store=debug", "runyard::api", " "] {
+    for good in [
+        "warn",
+        "INFO,runyard::store=debug",
+        "runyard::api",
+        " ",
+        "debug ",
+        " info, runyard=debug",
+        "4",
+    ] {
         let o = run(&[("RUNYARD_LOG", good)]);
         assert_eq!(o.status.code(), Some(3), "{good}: {o:?}");
     }
@@ -2314,12 +2329,31 @@ fn a_backup_of_a_running_server_opens_with_its_jobs_files_and_key() {
         .unwrap();
     assert!(stderr(&none).contains("no runyard.db"), "{none:?}");
     assert!(!bk.path().join("other").exists());
+    // An empty directory others may use is refused too (it would hand them the copy).
+    let open = bk.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = Command::new(BIN)
+        .args(["backup", "--data-dir"])
+        .arg(&data)
+        .arg(&open)
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("closed to others"), "{o:?}");
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+    // SQLite's own check of the copy.
+    let db = rusqlite::Connection::open(dest.join("runyard.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(db);
 
     // The copy as a data dir of its own.
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     std::fs::write(bk.path().join("runyard.toml"), RUNNERS).unwrap();
-    let mut restored = Command::new(BIN)
+    let restored = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(bk.path().join("runyard.toml"))
         .arg("--data-dir")
@@ -2329,6 +2363,7 @@ fn a_backup_of_a_running_server_opens_with_its_jobs_files_and_key() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _restored = Killed(restored);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -2365,6 +2400,14 @@ fn a_backup_of_a_running_server_opens_with_its_jobs_files_and_key() {
         v["key"].as_str().expect("key").to_string()
     };
     assert_eq!(key(&url), key(&srv.url), "the same master key");
-    let _ = restored.kill();
-    let _ = restored.wait();
+}
+
+/// A child process killed when dropped (a failed assertion included).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -207,10 +207,9 @@ async fn submit_batch_here(
             // A refused item took no place in the store's answer.
             let outcome = match refusal.map_or_else(|| stored.next().ok_or(None), |e| Err(Some(e)))
             {
-                Ok((r, hash)) => r.map_err(ApiError::from).and_then(|s| {
-                    let [ours, legacy] = &hash;
-                    check_replay(&s, [ours.as_deref(), legacy.as_deref()], &caller).map(|()| s)
-                }),
+                Ok((r, hash)) => r
+                    .map_err(ApiError::from)
+                    .and_then(|s| check_replay(&s, &hash, &caller).map(|()| s)),
                 Err(Some(e)) => Err(e),
                 Err(None) => Err(ApiError::internal(
                     "internal",
@@ -259,11 +258,8 @@ async fn prepare_item(
     st: &AppState,
     caller: &Grant,
     item: &RawValue,
-) -> ApiResult<(crate::job::Job, [Option<String>; 2])> {
-    let job = prepare_submit(st, caller, item.get().as_bytes(), Vec::new()).await?;
-    let legacy = super::legacy_submit_hash(&job, item.get().as_bytes());
-    let hash = [job.submit_hash.clone(), legacy];
-    Ok((job, hash))
+) -> ApiResult<(crate::job::Job, Vec<String>)> {
+    prepare_submit(st, caller, item.get().as_bytes(), Vec::new()).await
 }
 
 #[cfg(test)]

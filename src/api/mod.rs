@@ -213,9 +213,7 @@ async fn submit(
     if bytes.is_empty() {
         return Err(ApiError::json_required());
     }
-    let job = prepare_submit(&st, &caller, &bytes, files).await?;
-    let ours = job.submit_hash.clone();
-    let legacy = legacy_submit_hash(&job, &bytes);
+    let (job, ours) = prepare_submit(&st, &caller, &bytes, files).await?;
     let (id, keyed) = (job.id, job.idempotency_key.is_some());
     // Answered before `api.request_timeout` (whose 503 could not say the job may exist), however
     // long `store.retry` would let the store be waited for.
@@ -224,7 +222,7 @@ async fn submit(
         .max(std::time::Duration::from_millis(100));
     let submitted = (crate::store::within(left, st.app.store.submit(job)).await)
         .map_err(|e| ApiError::submit_unconfirmed(e, id, keyed))?;
-    check_replay(&submitted, [ours.as_deref(), legacy.as_deref()], &caller)?;
+    check_replay(&submitted, &ours, &caller)?;
     Ok(jobs::accepted(&submitted))
 }
 
@@ -242,12 +240,14 @@ fn check_submit(st: &AppState, caller: &crate::auth::tokens::Grant, bytes: &[u8]
 /// A submit's JSON body (and its multipart files) validated into the job to store (its type
 /// and channel within `caller`'s grant), its idempotency hash set when it has a key; nothing is
 /// stored. Shared by `POST /async/jobs` and each item of `POST /async/jobs/batch` (`batch.rs`).
+/// With it, the hashes a replay of this submit may find stored ([`submit_hashes`]; none
+/// without a key).
 pub(crate) async fn prepare_submit(
     st: &AppState,
     caller: &crate::auth::tokens::Grant,
     bytes: &[u8],
     files: Vec<(String, crate::job::FileRef)>,
-) -> ApiResult<crate::job::Job> {
+) -> ApiResult<(crate::job::Job, Vec<String>)> {
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
     let own_notify = matches!(body.notify, Some(Some(_)));
@@ -259,35 +259,22 @@ pub(crate) async fn prepare_submit(
     for (property, f) in files {
         job.files.entry(property).or_default().push(f);
     }
+    let mut hashes = Vec::new();
     if keyed {
-        job.submit_hash = Some(submit_hash(bytes, &job.files, true));
+        hashes = submit_hashes(bytes, &job.files);
+        job.submit_hash = hashes.first().cloned();
     }
-    Ok(job)
-}
-
-/// For a keyed submit whose body writes `args` as `null` or `{}`: its hash as a build before
-/// [`submit_hash`] took those alike with `args` left out stored it, so that a replay of a key
-/// first used then is still a replay (`check_replay`'s `legacy`). `None` otherwise.
-pub(crate) fn legacy_submit_hash(job: &crate::job::Job, bytes: &[u8]) -> Option<String> {
-    job.submit_hash.as_ref()?;
-    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let args = v.as_object()?.get("args")?;
-    default_args(args).then(|| submit_hash(bytes, &job.files, false))
-}
-
-/// `args` as the submit's default: `null` or `{}` (the job's args are `{}` either way).
-fn default_args(args: &serde_json::Value) -> bool {
-    args.is_null() || args.as_object().is_some_and(|m| m.is_empty())
+    Ok((job, hashes))
 }
 
 /// 409 `idempotency_conflict` when a submit returned an earlier job of the same key (not
 /// `created`) that `caller` may not see (another tenant's: keys are one space for all jobs), or
-/// whose body was another (its hash neither of `[ours, legacy]`, [`legacy_submit_hash`]). Only a
-/// caller whose grant covers that job is told its id; for any other, the answer names nothing
-/// of it (id, type, channel).
+/// whose body was another (its stored hash none of `ours`, [`submit_hashes`]). Only a caller
+/// whose grant covers that job is told its id; for any other, the answer names nothing of it
+/// (id, type, channel).
 pub(crate) fn check_replay(
     submitted: &crate::store::Submitted,
-    [ours, legacy]: [Option<&str>; 2],
+    ours: &[String],
     caller: &crate::auth::tokens::Grant,
 ) -> ApiResult<()> {
     let job = &submitted.job;
@@ -303,8 +290,11 @@ pub(crate) fn check_replay(
             "`idempotency_key` is already used by a job outside your grant; use another key",
         ));
     }
-    let stored = job.submit_hash.as_deref();
-    if stored.is_some() && stored != ours && (legacy.is_none() || stored != legacy) {
+    if job
+        .submit_hash
+        .as_ref()
+        .is_some_and(|stored| !ours.contains(stored))
+    {
         return Err(ApiError::conflict(
             "idempotency_conflict",
             format!(
@@ -316,14 +306,16 @@ pub(crate) fn check_replay(
     Ok(())
 }
 
-/// SHA-256 of a submit: its JSON body with object keys sorted (so spacing and key order do not
-/// matter), `args` written `null` or `{}` left out as its default is (`same_args`; the form
-/// before that rule without), and the contents of its multipart files.
-fn submit_hash(
+/// The hashes of a keyed submit: first the one stored with its job, SHA-256 of its JSON body
+/// with object keys sorted (so spacing and key order do not matter) and the contents of its
+/// multipart files, as every build stores it (so nodes of two builds replay each other's keys
+/// during a rolling upgrade); then, when the body writes `args` as its default (left out, `null`
+/// or `{}`: the same job), the hashes of the same body with the other two spellings, which a
+/// replay may find stored too.
+fn submit_hashes(
     body: &[u8],
     files: &std::collections::BTreeMap<String, Vec<crate::job::FileRef>>,
-    same_args: bool,
-) -> String {
+) -> Vec<String> {
     use sha2::{Digest, Sha256};
     fn canonical(v: &serde_json::Value, out: &mut String) {
         use serde_json::Value;
@@ -357,26 +349,45 @@ fn submit_hash(
             other => out.push_str(&other.to_string()),
         }
     }
-    let mut text = String::new();
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(mut v) => {
-            if let Some(m) = v.as_object_mut().filter(|_| same_args) {
-                if m.get("args").is_some_and(default_args) {
-                    m.remove("args");
-                }
+    let hash = |text: &str| {
+        let mut h = Sha256::new();
+        h.update(text.as_bytes());
+        for (property, list) in files {
+            for f in list {
+                h.update(format!("\n{property}={}", f.hash).as_bytes());
             }
-            canonical(&v, &mut text)
         }
-        Err(_) => text.push_str(&String::from_utf8_lossy(body)),
-    }
-    let mut h = Sha256::new();
-    h.update(text.as_bytes());
-    for (property, list) in files {
-        for f in list {
-            h.update(format!("\n{property}={}", f.hash).as_bytes());
+        hex::encode(h.finalize())
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return vec![hash(&String::from_utf8_lossy(body))];
+    };
+    let mut text = String::new();
+    canonical(&v, &mut text);
+    let mut hashes = vec![hash(&text)];
+    if let Some(m) = v.as_object_mut() {
+        let default = m
+            .get("args")
+            .is_none_or(|a| a.is_null() || a.as_object().is_some_and(serde_json::Map::is_empty));
+        if default {
+            let own = m.remove("args");
+            let spellings = [
+                None,
+                Some(serde_json::Value::Null),
+                Some(serde_json::json!({})),
+            ];
+            for other in spellings.into_iter().filter(|o| *o != own) {
+                if let Some(a) = other {
+                    m.insert("args".into(), a);
+                }
+                let mut text = String::new();
+                canonical(&serde_json::Value::Object(m.clone()), &mut text);
+                hashes.push(hash(&text));
+                m.remove("args");
+            }
         }
     }
-    hex::encode(h.finalize())
+    hashes
 }
 
 /// Readiness: the store answers too (the same as `/health/ready`).

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use runyard_hooks::wire::StatusReport;
@@ -304,7 +304,6 @@ async fn run_command(
         (None, Some(s)) => format!("command killed by signal {s}"),
         _ => "command ended abnormally".to_string(),
     };
-    let outputs_began = Instant::now();
     let outcome = match status.code() {
         // Stopped (docker stop, a pod's eviction): not done, whatever the command made of it;
         // an error worth another attempt, as with `launch OP`.
@@ -312,17 +311,9 @@ async fn run_command(
         Some(0) => upload_outputs(&client, outputs).await.map(|()| None),
         _ => Err(ended),
     };
-    // The uploads (each tried again within the report window) and the outcome's report share
-    // one window: a launch that cannot reach its hook lingers at most one window after its work.
-    let left = client
-        .report_window()
-        .saturating_sub(outputs_began.elapsed());
-    let code = finish(
-        &client.as_ref().clone().with_report_window(left),
-        outcome,
-        true,
-    )
-    .await;
+    // Each upload was tried again within its own report window, and so is the outcome's report:
+    // a large output's transfer time must not leave the report (the job's outcome) one try.
+    let code = finish(&client, outcome, true).await;
     Ok(match status.code() {
         Some(c) if code == ExitCode::SUCCESS || c != 0 => ExitCode::from(c.clamp(0, 255) as u8),
         _ => code,

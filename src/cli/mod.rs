@@ -240,19 +240,31 @@ pub fn log_filter(
     use tracing_subscriber::EnvFilter;
     if let Some(s) = runyard_log.filter(|s| !s.trim().is_empty()) {
         const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-        let not_a_level = s.split(',').map(str::trim).find(|d| {
-            !d.is_empty()
-                && !d.contains(['=', '[', ':'])
-                && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
-        });
-        if let Some(d) = not_a_level {
+        // Each part trimmed (tracing keeps the spaces: `debug ` would be a target).
+        let parts: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Err(format!("RUNYARD_LOG: `{s}` names no level"));
+        }
+        let level = |d: &str| {
+            LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+                || matches!(d, "0" | "1" | "2" | "3" | "4" | "5")
+        };
+        if let Some(d) = parts
+            .iter()
+            .find(|d| !d.contains(['=', '[', ':']) && !level(d))
+        {
             return Err(format!(
                 "RUNYARD_LOG: `{d}` is not a log level ({}); a target's level is written \
                  `target=level`, e.g. `info,runyard=debug`",
                 LEVELS.join(", ")
             ));
         }
-        return EnvFilter::try_new(s).map_err(|e| format!("RUNYARD_LOG: `{s}`: {e}"));
+        let filter = parts.join(",");
+        return EnvFilter::try_new(&filter).map_err(|e| format!("RUNYARD_LOG: `{s}`: {e}"));
     }
     Ok(rust_log
         .filter(|s| !s.trim().is_empty())

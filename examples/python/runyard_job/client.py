@@ -487,8 +487,8 @@ class JobClient:
     ) -> bool:
         """Store ``filepath`` as a new file of ``property``.
 
-        Returns False when the server already had the content (proven by the challenge, nothing
-        sent), True when the bytes were sent. ``metadata`` defaults to the file's name and mimetype.
+        Returns False when the server already had the content (proven by the challenge: the last
+        try sent no bytes), True when the bytes were sent. ``metadata`` defaults to the file's name and mimetype.
 
         Tried again, whole (the upload request signed afresh, then the bytes to the new URL), within
         ``report_window`` like a status report when a step got no answer or 408, 429 or a 5xx:

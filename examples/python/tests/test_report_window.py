@@ -237,19 +237,23 @@ def test_an_upload_is_tried_again_whole_within_the_window(stub, tmp_path):
     path.write_bytes(b"hello")
     stub.fail_next = [503, 429]
     with JobClient(stub.job_id, stub.secret, stub.hook, timeout=5, retries=0, report_window=20) as c:
-        real = c._upload_once
-        calls = []
+        send_bytes = c.session.request
+        transfers = []
 
-        def once(*args):
-            calls.append(len(stub.requests))
-            if len(calls) == 3:
-                stub.fail_next = [502]  # after the upload request: its bytes are refused
-            return real(*args)
+        def request(method, url, **kwargs):  # the bytes' transfer (the hook calls use send)
+            transfers.append(url)
+            if len(transfers) == 1:
+                stub.fail_next = [502]  # this transfer's answer
+            return send_bytes(method, url, **kwargs)
 
-        c._upload_once = once
+        c.session.request = request
         assert c.upload("outputs", str(path)) is True
     assert stub.files == {"outputs": [b"hello"]}
-    assert len(calls) == 4, calls
+    assert len(transfers) == 2 and transfers[0] != transfers[1], transfers  # a new URL each time
+    # The upload requests that got through (the 503 and 429 were answered before being read):
+    # one before each transfer.
+    asked = [r for r in stub.requests if r["target"].startswith("/async/upload/")]
+    assert len(asked) == 2, stub.requests
 
 
 def test_an_upload_outlasts_a_restart_and_a_refusal_is_final(stub, tmp_path):

@@ -59,7 +59,8 @@ const MAX_ERROR_EXCERPT: usize = 200;
 /// What [`JobClient::upload`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadOutcome {
-    /// The server already had this content (proven by the challenge): no bytes were sent.
+    /// The server already had this content (proven by the challenge): the last try sent no
+    /// bytes (an earlier try, whose answer was lost, may have).
     AlreadyStored(UploadDigest),
     /// The bytes were sent to the server's upload URL and accepted.
     Uploaded(UploadDigest),

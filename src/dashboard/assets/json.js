@@ -20,15 +20,22 @@ const EXACT_STRING = new RegExp(`"${EXACT}(-?\\d+)"`, "g");
 const JSON_TOKEN = /"[^"\\]*(?:\\.[^"\\]*)*"|-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 
 function parseJson(text) {
-  // An integer past 2^53 has at least 16 digits: text without such a run is JSON.parse's.
-  if (!/\d{16}/.test(text)) return JSON.parse(text);
-  let marked = false;
-  const t = text.replace(JSON_TOKEN, (m) => {
-    if (m[0] === '"' || /[.eE]/.test(m) || Number.isSafeInteger(Number(m))) return m;
-    marked = true;
-    return `"${EXACT}${m}"`;
-  });
-  if (!marked) return JSON.parse(text);
+  // JSON.parse's own verdict first: what it refuses is refused (the rewrite below could make an
+  // unquoted key valid), and text without an integer past 2^53 is its answer. Such an integer
+  // has 17 digits or more, or 16 starting with 9 (2^53 is 9007199254740992).
+  const plain = JSON.parse(text);
+  if (!/\d{17}|9\d{15}/.test(text)) return plain;
+  let marked = false, t;
+  try {
+    t = text.replace(JSON_TOKEN, (m) => {
+      if (m[0] === '"' || /[.eE]/.test(m) || Number.isSafeInteger(Number(m))) return m;
+      marked = true;
+      return `"${EXACT}${m}"`;
+    });
+  } catch {
+    return plain; // a string too long for the pattern's stack: as JSON.parse reads it
+  }
+  if (!marked) return plain;
   return JSON.parse(t, (k, v) => (typeof v === "string" && v.startsWith(EXACT) ? new ExactInt(v.slice(EXACT.length)) : v));
 }
 

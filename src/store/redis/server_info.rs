@@ -32,15 +32,32 @@ pub(super) async fn server_version(conn: &mut ConnectionManager) -> Result<Strin
     Ok(version)
 }
 
-/// A URL without its password, for messages.
-pub(super) fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
+/// A URL without its password, for messages: `user:***@`, and `pass=***` (or `password=`) in
+/// the query, where the driver reads a `unix://` URL's password.
+pub(crate) fn redact(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        // Not a URL: no part of it is shown (it may hold a password the parser could not find).
+        return "(not a valid URL)".to_string();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    let secret = |k: &str| k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password");
+    if u.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// Every command the store's scripts and calls use, run once at start on keys of its own (then
@@ -168,6 +185,26 @@ pub(super) async fn warn_if_evicting(conn: &mut ConnectionManager) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_password_is_never_shown() {
+        for (url, shown) in [
+            ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://u:pw@h/1", "redis://u:***@h/1"),
+            (
+                "unix:///run/r.sock?pass=SockPW&db=1",
+                "unix:///run/r.sock?pass=***&db=1",
+            ),
+            (
+                "unix:///r.sock?user=default&PASSWORD=x",
+                "unix:///r.sock?user=default&PASSWORD=***",
+            ),
+            ("redis://h:6379", "redis://h:6379"),
+            ("not a url :pw@", "(not a valid URL)"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn only_noeviction_is_quiet() {

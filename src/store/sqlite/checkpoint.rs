@@ -13,6 +13,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// checkpoint thread restarts the WAL from its beginning, so it stays bounded under a sustained
 /// load.
 const WAL_RESTART_FRAMES: i64 = 16_384;
+/// After a waiting restart that could not restart the WAL (a reader's snapshot held it), how
+/// long only restarts that do not wait are tried.
+const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Checkpoints the WAL off the writer's path. With SQLite's automatic checkpoint, every ~1000
 /// pages one `COMMIT` also fsyncs the WAL, copies it and fsyncs the database: a 4-13 ms stall of
@@ -28,23 +31,32 @@ pub(super) fn checkpoint_loop(path: PathBuf, running: Arc<AtomicBool>) {
         }
     };
     let _ = conn.busy_timeout(Duration::ZERO);
-    let frames = |mode: &str| -> Option<i64> {
+    // (busy, frames in the WAL) after a checkpoint in `mode`.
+    let checkpoint = |mode: &str| -> Option<(bool, i64)> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
+            Ok((r.get::<_, i64>(0)? != 0, r.get::<_, i64>(1)?))
         })
         .ok()
     };
+    // No waiting restart before this: one that waited in vain met a reader holding an old
+    // snapshot (a `runyard backup`, a long read), and a restart waits holding the WAL's write
+    // lock, so each such wait stalls the writer for its whole length.
+    let mut no_wait_until = std::time::Instant::now();
     while running.load(Ordering::Acquire) {
         std::thread::sleep(CHECKPOINT_EVERY);
-        match frames("PASSIVE") {
-            Some(n) if n > 4 * WAL_RESTART_FRAMES => {
+        match checkpoint("PASSIVE") {
+            Some((_, n))
+                if n > 4 * WAL_RESTART_FRAMES && std::time::Instant::now() >= no_wait_until =>
+            {
                 // Restarts keep missing a gap between writes: wait a little for one.
                 let _ = conn.busy_timeout(Duration::from_millis(100));
-                let _ = frames("RESTART");
+                if checkpoint("RESTART").is_none_or(|(busy, _)| busy) {
+                    no_wait_until = std::time::Instant::now() + RESTART_BACKOFF;
+                }
                 let _ = conn.busy_timeout(Duration::ZERO);
             }
-            Some(n) if n > WAL_RESTART_FRAMES => {
-                let _ = frames("RESTART");
+            Some((_, n)) if n > WAL_RESTART_FRAMES => {
+                let _ = checkpoint("RESTART");
             }
             _ => {}
         }
