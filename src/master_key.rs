@@ -1,23 +1,67 @@
 //! The master key that job secrets, signed URLs and webhook keys derive from: from the config
 //! (`master_key` / `RUNYARD_MASTER_KEY`), else `data_dir/master.key`, made on the first start
 //! (written whole or not at all, never anew next to an existing database).
+//!
+//! A store is only ever started with the key it was made with: it keeps a check value of that
+//! key ([`check_value`], recorded at its first start; a store made before the check takes the
+//! key in use then), and a start with another key is refused ([`verify_check`]), as is a
+//! configured key that differs from the data dir's `master.key`.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::security::MasterKey;
 
+/// Where the master key in use came from, for messages (never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `RUNYARD_MASTER_KEY`.
+    Env,
+    /// `master_key` in the configuration file (or a configuration made in code).
+    Config,
+    /// `data_dir/master.key`, at this path.
+    File(PathBuf),
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env => f.write_str("RUNYARD_MASTER_KEY"),
+            KeySource::Config => f.write_str("`master_key` in the configuration"),
+            KeySource::File(p) => write!(f, "data_dir/master.key ({})", p.display()),
+        }
+    }
+}
+
+/// What another key breaks, for the refusals.
+const BREAKS: &str = "with another key every job secret, signed URL and webhook signature made \
+                      before stop verifying (running jobs' hook calls are refused, webhook \
+                      receivers reject the deliveries)";
+
 /// The master key: from config (`master_key` / `RUNYARD_MASTER_KEY`), which is taken out of
-/// `config` (and zeroed), else `data_dir/master.key`, created on first run with mode 0600.
-pub fn load_master_key(config: &mut Config) -> anyhow::Result<MasterKey> {
+/// `config` (and zeroed), else `data_dir/master.key`, created on first run with mode 0600; and
+/// where it came from. On the embedded store, a configured key that differs from an existing
+/// `data_dir/master.key` (the key the store was made with) is refused.
+pub fn load_master_key(config: &mut Config) -> anyhow::Result<(MasterKey, KeySource)> {
     if let Some(k) = config.master_key.take() {
         let k = zeroize::Zeroizing::new(k);
         if k.len() < 16 {
             anyhow::bail!("`master_key` must be at least 16 characters");
         }
-        return Ok(MasterKey::new(k.as_bytes().to_vec()));
+        let source = if config.master_key_from_env {
+            KeySource::Env
+        } else {
+            KeySource::Config
+        };
+        // On Redis the data dir holds no store: a `master.key` there is not the store's.
+        if config.redis.is_none() {
+            refuse_other_than_file(&config.data_dir.join("master.key"), k.as_bytes(), &source)?;
+        }
+        return Ok((MasterKey::new(k.as_bytes().to_vec()), source));
     }
     let path = config.data_dir.join("master.key");
     let db = config.data_dir.join("runyard.db");
@@ -30,7 +74,78 @@ pub fn load_master_key(config: &mut Config) -> anyhow::Result<MasterKey> {
              runyard.db moved or deleted?)"
         );
     }
-    read_or_create_key(&path).map(MasterKey::new)
+    let key = read_or_create_key(&path).map(MasterKey::new)?;
+    Ok((key, KeySource::File(path)))
+}
+
+/// A configured key that is not the one in `path` (when that exists): the store beside it was
+/// made with the file's key.
+fn refuse_other_than_file(path: &Path, key: &[u8], source: &KeySource) -> anyhow::Result<()> {
+    let Ok(file) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let file = zeroize::Zeroizing::new(file);
+    let file = file.trim();
+    if file.is_empty() || bool::from(file.as_bytes().ct_eq(key)) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the master key from {source} is not the one in {} (the key this data dir's store was \
+         made with, and that it was started with so far): {BREAKS}. Use the key this store was \
+         made with: set {source} to the content of {} (or remove it, and the file is used). Only \
+         if the store was in fact made with the configured key and the file is left from \
+         another store, move the file away",
+        path.display(),
+        path.display()
+    )
+}
+
+/// The check value of `key` a store keeps: `v1:` and the hex of
+/// `HMAC-SHA256(key, "runyard master key check v1")`. It tells keys apart, and shows nothing
+/// of the key (nor helps guess a random one).
+pub fn check_value(key: &MasterKey) -> String {
+    let mac = runyard_hooks::sign::hmac_sha256_parts(key, &[b"runyard master key check v1"]);
+    format!("v1:{}", hex::encode(mac))
+}
+
+/// Compares (constant time) the check value a store keeps with `ours`, the key in use's
+/// ([`check_value`]); `recorded` says the store had none and keeps `ours` from now on.
+/// `redis`: the store is a Redis deployment (shared by every node), else the embedded store.
+pub fn verify_check(
+    kept: &str,
+    ours: &str,
+    recorded: bool,
+    source: &KeySource,
+    redis: bool,
+) -> anyhow::Result<()> {
+    if bool::from(kept.as_bytes().ct_eq(ours.as_bytes())) {
+        if recorded {
+            tracing::info!(
+                key_from = %source,
+                "the store had no check value of its master key (a new store, or one made by an \
+                 earlier version): the key in use is recorded as its key, and a start with \
+                 another is refused from now on"
+            );
+        }
+        return Ok(());
+    }
+    let (made, afresh) = if redis {
+        (
+            "the deployment's other nodes use (their `master_key`)",
+            "another `store.prefix`",
+        )
+    } else {
+        (
+            "the store was made with (its data_dir/master.key, or the `master_key` / \
+             RUNYARD_MASTER_KEY it was first started with)",
+            "another `data_dir`",
+        )
+    };
+    anyhow::bail!(
+        "the master key from {source} is not the one this store was made with (the store keeps a \
+         check value of its key, and this key's differs): {BREAKS}. Start with the key {made}; \
+         to start afresh with this key, use {afresh}"
+    )
 }
 
 fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -99,4 +214,68 @@ fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         let _ = d.sync_all();
     }
     Ok(key.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_check_value_tells_keys_apart_and_shows_none() {
+        let a = check_value(&MasterKey::new(KEY.into()));
+        assert_eq!(
+            a,
+            check_value(&MasterKey::new(KEY.into())),
+            "the same key, the same value"
+        );
+        assert_ne!(
+            a,
+            check_value(&MasterKey::new(b"another key, 16+ chars".to_vec()))
+        );
+        assert!(a.starts_with("v1:") && a.len() == 3 + 64, "{a}");
+        assert!(!a.contains(KEY) && !a.contains(&hex::encode(KEY)));
+    }
+
+    #[test]
+    fn another_key_than_the_stores_is_refused_naming_where_it_came_from() {
+        let ours = check_value(&MasterKey::new(KEY.into()));
+        let kept = check_value(&MasterKey::new(b"the key the store was made with".to_vec()));
+        assert!(verify_check(&ours, &ours, true, &KeySource::Env, false).is_ok());
+        for (source, named) in [
+            (KeySource::Env, "RUNYARD_MASTER_KEY"),
+            (KeySource::Config, "`master_key` in the configuration"),
+            (KeySource::File("/d/master.key".into()), "/d/master.key"),
+        ] {
+            for redis in [false, true] {
+                let e = verify_check(&kept, &ours, false, &source, redis)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(named) && e.contains("stop verifying"), "{e}");
+                assert!(
+                    !e.contains(&kept) && !e.contains(&ours),
+                    "no check value: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_configured_key_other_than_the_data_dirs_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        // No file: nothing to compare with.
+        assert!(refuse_other_than_file(&path, KEY.as_bytes(), &KeySource::Env).is_ok());
+        std::fs::write(&path, format!("{KEY}\n")).unwrap();
+        assert!(refuse_other_than_file(&path, KEY.as_bytes(), &KeySource::Env).is_ok());
+        let e = refuse_other_than_file(&path, b"zz-configured-key-16+", &KeySource::Config)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`master_key` in the configuration") && e.contains("master.key"));
+        assert!(
+            !e.contains(KEY) && !e.contains("zz-configured"),
+            "no key shown: {e}"
+        );
+    }
 }

@@ -37,6 +37,7 @@ use crate::api::signed_url::UrlSigner;
 use crate::config::Config;
 use crate::files::BlobStore;
 pub use crate::master_key::load_master_key;
+use crate::master_key::{check_value, verify_check, KeySource};
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
 use crate::security::MasterKey;
@@ -331,9 +332,10 @@ impl Core {
         metrics: Option<Arc<Metrics>>,
     ) -> anyhow::Result<Self> {
         // Out of the config (which is shared widely) into a zeroed-on-drop key.
-        let master_key = Arc::new(load_master_key(&mut config)?);
+        let (master_key, key_from) = load_master_key(&mut config)?;
+        let master_key = Arc::new(master_key);
         let config = Arc::new(config);
-        let store = open_store(&config).await?;
+        let store = open_store(&config, &master_key, &key_from).await?;
         let store = match metrics {
             Some(m) => crate::metrics::MeteredStore::wrap(store, m),
             None => store,
@@ -528,7 +530,14 @@ impl RunningServer {
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store, refusing it when it was made with another master key than `key` (from
+/// `key_from`): see `crate::master_key`.
+async fn open_store(
+    config: &Config,
+    key: &MasterKey,
+    key_from: &KeySource,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let check = check_value(key);
     let settings = StoreSettings {
         progress_interval: config.events.progress_interval,
         channel_limit: config.events.channel_limit,
@@ -553,14 +562,19 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         })
         .await
         .context("`redis`")?;
+        let (kept, recorded) = r.remember_key_check(&check).await.context("`redis`")?;
+        verify_check(&kept, &check, recorded, key_from, true)?;
         return Ok(r);
     }
+    // Before the database is opened for writing: a refused start changes nothing.
+    if let Some(kept) = SqliteStore::stored_key_check(&config.data_dir)? {
+        verify_check(&kept, &check, false, key_from, false)?;
+    }
     let full = config.store.synchronous == crate::config::Synchronous::Full;
-    Ok(Arc::new(SqliteStore::open(
-        &config.data_dir,
-        settings,
-        full,
-    )?))
+    let s = SqliteStore::open(&config.data_dir, settings, full)?;
+    let (kept, recorded) = s.remember_key_check(check.clone()).await?;
+    verify_check(&kept, &check, recorded, key_from, false)?;
+    Ok(Arc::new(s))
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub struct Config {
     pub redis: Option<String>,
     /// Master key that job secrets are derived from; generated into data_dir when absent.
     pub master_key: Option<String>,
+    /// Whether `master_key` came from `RUNYARD_MASTER_KEY` (for messages: the variable is gone
+    /// from the environment once read).
+    #[serde(skip)]
+    pub master_key_from_env: bool,
     /// HTTP API limits.
     pub api: ApiConfig,
     /// The worker.
@@ -71,6 +75,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./runyard-data"),
             redis: None,
             master_key: None,
+            master_key_from_env: false,
             api: ApiConfig::default(),
             worker: WorkerConfig::default(),
             events: EventsConfig::default(),
@@ -199,10 +204,17 @@ impl Config {
             )
             .merge(raw_env()?)
             .merge(Serialized::defaults(overrides.clone()));
-        let cfg: Config = fig.extract().map_err(|e| {
+        let mut cfg: Config = fig.extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(without_secrets).collect();
             ConfigError(msgs.join("; "))
         })?;
+        // The environment beats the file (merged after it), as `raw_env` reads it.
+        cfg.master_key_from_env = cfg.master_key.is_some()
+            && std::env::vars_os().any(|(n, _)| {
+                n.to_str()
+                    .and_then(|n| n.strip_prefix("RUNYARD_"))
+                    .is_some_and(|k| k.eq_ignore_ascii_case("master_key"))
+            });
         cfg.validate()?;
         Ok(cfg)
     }

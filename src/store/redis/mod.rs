@@ -25,7 +25,8 @@
 //!   `P:evl:{channel}` its list (`store.channel_events`; both read, see `lua/commit.lua`,
 //!   `events.lua`), `P:evlsince`, `P:evcsweep`, `P:evcgone` (`evc_sweep.lua`).
 //! - `P:token` fencing tokens (`INCR`); `P:notices` pub/sub of [`Notice`]s between processes;
-//!   `P:replay:{sha256}` hook replay memory (`SET NX PX`).
+//!   `P:replay:{sha256}` hook replay memory (`SET NX PX`); `P:master_key_check` the check value
+//!   of the deployment's master key (`keycheck.rs`).
 //! - `P:schedule:{name}` a cron schedule (`v` version, `b` JSON), `P:sched:wake` names by wake
 //!   time, `P:sched:names` every name (see `schedules.rs`, `lua/schedule_cas.lua`).
 //! - `P:sig:{key}`, `P:sigid:{key}`, `P:sigseq`, `P:sigkeys`: readiness signals (`signals.rs`).
@@ -69,6 +70,7 @@ mod events;
 mod handover;
 mod hints;
 mod jobs;
+mod keycheck;
 mod logs;
 mod notices;
 mod queue;

@@ -44,6 +44,7 @@ mod deliveries;
 mod events;
 mod handoff;
 mod jobs;
+mod keycheck;
 #[cfg(test)]
 mod list_tests;
 mod lock;

@@ -1,0 +1,366 @@
+//! A store is only ever started with the master key it was made with (real `runyard serve` /
+//! `runyard worker` processes, on the embedded store and on a real Redis): every job secret,
+//! signed URL and webhook signature is derived from that key, so another one would make all made
+//! before stop verifying. The store remembers a check value of its key at its first start (never
+//! the key); a start with another key is refused with a message naming where the key came from,
+//! and nothing is changed. A configured key (`master_key`, `RUNYARD_MASTER_KEY`) that differs
+//! from the data dir's `master.key` is refused the same way. A store made before the check (no
+//! check value) takes the key in use and keeps it from then on.
+//!
+//! Before, any configured key was taken silently: the probe saw the webhook endpoint keys change
+//! after a restart with `RUNYARD_MASTER_KEY` set to a key other than the file's.
+
+mod redis_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis_support::TestRedis;
+use support::child::{free_port, serve_command};
+
+const KEY1: &str = "the first master key, 32 characters and more";
+const KEY2: &str = "another master key, also 32 characters and more";
+const RUNNERS: &str = "[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n";
+/// How long a process gets to start, or to refuse and exit.
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// A running `runyard` process; killed and reaped when dropped.
+struct Node {
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Node {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to end.
+    fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        // Safety: a plain signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + WITHIN;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes `runyard.toml` in `dir`: its data dir `dir/data`, a service runner and `extra`.
+fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let path = dir.join(name);
+    let data = dir.join("data");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n{extra}\n{RUNNERS}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    // Private, as a file holding a key should be (no warning in the logs read below).
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `runyard serve` (or `worker`, when `worker`) on `config` with `envs`, output to `log`.
+fn command(config: &Path, worker: bool, envs: &[(&str, &str)], log: &Path) -> (Command, String) {
+    let out = std::fs::File::create(log).unwrap();
+    let port = free_port();
+    let mut cmd = if worker {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runyard"));
+        c.arg("worker").arg("--config").arg(config);
+        c.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RUNYARD_") {
+                c.env_remove(k);
+            }
+        }
+        c
+    } else {
+        serve_command(config, port, out)
+    };
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    (cmd, format!("http://127.0.0.1:{port}"))
+}
+
+/// Starts `runyard serve` and waits until `/health` answers; fails the test if it exits first.
+async fn serve(config: &Path, envs: &[(&str, &str)], log: &Path) -> Node {
+    let (mut cmd, url) = command(config, false, envs, log);
+    let mut node = Node {
+        child: Some(cmd.spawn().unwrap()),
+        url,
+        log: log.to_path_buf(),
+    };
+    let http = reqwest::Client::new();
+    let until = Instant::now() + WITHIN;
+    loop {
+        if let Some(st) = node.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "the server exited ({st}) instead of starting:\n{}",
+                node.log()
+            );
+        }
+        let health = http
+            .get(format!("{}/health", node.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return node;
+        }
+        assert!(
+            Instant::now() < until,
+            "not healthy in time:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `runyard serve` (or `worker`) expecting it to refuse to start: it must exit by itself,
+/// not successfully. Returns its output.
+fn refused(config: &Path, worker: bool, envs: &[(&str, &str)], log: &Path) -> String {
+    let (mut cmd, _) = command(config, worker, envs, log);
+    let mut child = cmd.spawn().unwrap();
+    let until = Instant::now() + WITHIN;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "it started (or hung) instead of refusing:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(!status.success(), "must exit non-zero ({status}):\n{out}");
+    out
+}
+
+/// The refusal names where the key came from and what another key breaks, and shows no key.
+fn says(out: &str, source: &str, secrets: &[&str]) {
+    for want in [source, "not the one", "stop verifying"] {
+        assert!(out.contains(want), "the message says {want:?}:\n{out}");
+    }
+    for s in secrets {
+        assert!(!out.contains(s), "the message shows no key:\n{out}");
+    }
+}
+
+/// Every file of `data` with the SHA-256 of its content; SQLite's shared-memory index and an
+/// empty write-ahead log aside (a read-only look at a WAL database, as every start takes, may
+/// leave them, holding nothing).
+fn snapshot(data: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with("-shm"))
+        .filter(|p| !(p.to_string_lossy().ends_with("-wal") && p.metadata().unwrap().len() == 0))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let digest = sha2::Sha256::digest(std::fs::read(&p).unwrap());
+            (name, hex::encode(digest))
+        })
+        .collect()
+}
+
+/// The signing key of a webhook endpoint, as `POST /async/notify/keys` gives it.
+async fn endpoint_key(node: &Node) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{}/async/notify/keys", node.url))
+        .json(&serde_json::json!({"url": "https://hooks.example.com/runyard"}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["key"].as_str().expect("a key").to_string()
+}
+
+/// The check value the embedded store keeps, if any.
+fn stored_check(data: &Path) -> Option<String> {
+    let c = rusqlite::Connection::open(data.join("runyard.db")).unwrap();
+    c.query_row(
+        "SELECT value FROM meta WHERE key = 'master_key_check'",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .ok()
+}
+
+/// A data dir made with its generated `master.key`, restarted with another key in
+/// `RUNYARD_MASTER_KEY` (or `master_key` in the file): refused, naming it, nothing changed. With
+/// `RUNYARD_MASTER_KEY` set to the file's key (the move docs/configuration.md recommends) it
+/// starts, and the webhook endpoint keys are the same.
+#[tokio::test]
+async fn a_data_dir_made_with_its_key_file_refuses_another_configured_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, data, log) = (
+        config(dir.path(), "runyard.toml", ""),
+        dir.path().join("data"),
+        dir.path().join("log"),
+    );
+    let node = serve(&cfg, &[], &log).await;
+    let before = endpoint_key(&node).await;
+    node.stop();
+    let file = std::fs::read_to_string(data.join("master.key")).unwrap();
+    let file = file.trim().to_string();
+    let snap = snapshot(&data);
+
+    let out = refused(&cfg, false, &[("RUNYARD_MASTER_KEY", KEY2)], &log);
+    says(&out, "RUNYARD_MASTER_KEY", &[KEY2, &file]);
+    assert!(out.contains("master.key"), "names the file: {out}");
+    assert_eq!(snapshot(&data), snap, "nothing changed in the data dir");
+
+    let in_file = config(dir.path(), "keyed.toml", &format!("master_key = {KEY2:?}"));
+    let out = refused(&in_file, false, &[], &log);
+    says(&out, "`master_key` in the configuration", &[KEY2, &file]);
+    assert_eq!(snapshot(&data), snap, "nothing changed in the data dir");
+
+    let node = serve(&cfg, &[("RUNYARD_MASTER_KEY", &file)], &log).await;
+    assert_eq!(endpoint_key(&node).await, before, "the same key");
+    node.stop();
+}
+
+/// A store made with one key from the environment (no `master.key` then), restarted with
+/// another: refused, nothing changed; with the first key again it starts.
+#[tokio::test]
+async fn a_store_made_with_one_configured_key_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, data, log) = (
+        config(dir.path(), "runyard.toml", ""),
+        dir.path().join("data"),
+        dir.path().join("log"),
+    );
+    let node = serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY1)], &log).await;
+    let before = endpoint_key(&node).await;
+    node.stop();
+    assert!(!data.join("master.key").exists(), "no key file was made");
+    assert!(
+        stored_check(&data).is_some(),
+        "the store keeps a check value"
+    );
+    let check = stored_check(&data).unwrap();
+    assert!(!check.contains(KEY1), "never the key itself");
+    let snap = snapshot(&data);
+
+    let out = refused(&cfg, false, &[("RUNYARD_MASTER_KEY", KEY2)], &log);
+    says(&out, "RUNYARD_MASTER_KEY", &[KEY1, KEY2, &check]);
+    assert!(
+        out.contains("made with"),
+        "says the store was made with another: {out}"
+    );
+    assert_eq!(snapshot(&data), snap, "nothing changed in the data dir");
+
+    let node = serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY1)], &log).await;
+    assert_eq!(endpoint_key(&node).await, before, "the same key");
+    node.stop();
+}
+
+/// A store made by an earlier build has no check value: it starts with the key in use (trust
+/// on first use), records it, and refuses another key from then on.
+#[tokio::test]
+async fn a_store_without_a_check_value_takes_the_key_in_use_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, data, log) = (
+        config(dir.path(), "runyard.toml", ""),
+        dir.path().join("data"),
+        dir.path().join("log"),
+    );
+    serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY1)], &log)
+        .await
+        .stop();
+    // As an earlier build left it: no check value.
+    let c = rusqlite::Connection::open(data.join("runyard.db")).unwrap();
+    c.execute("DELETE FROM meta WHERE key = 'master_key_check'", [])
+        .unwrap();
+    drop(c);
+    assert_eq!(stored_check(&data), None);
+
+    serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY2)], &log)
+        .await
+        .stop();
+    assert!(stored_check(&data).is_some(), "the key in use was recorded");
+    let out = refused(&cfg, false, &[("RUNYARD_MASTER_KEY", KEY1)], &log);
+    says(&out, "RUNYARD_MASTER_KEY", &[KEY1, KEY2]);
+}
+
+/// Two nodes of one Redis deployment with different keys: the first one's is recorded (the
+/// first node wins), the second is refused, as a worker and as an API node; a worker with the
+/// first key starts.
+#[tokio::test]
+async fn two_redis_nodes_with_different_keys_the_second_is_refused() {
+    let redis = TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let public = "public_url = \"http://127.0.0.1:9\"\n";
+    let first = config(
+        dir.path(),
+        "first.toml",
+        &redis
+            .server_config(KEY1)
+            .replace("[store]", &format!("{public}[store]")),
+    );
+    let second = config(
+        dir.path(),
+        "second.toml",
+        &redis
+            .server_config(KEY2)
+            .replace("[store]", &format!("{public}[store]")),
+    );
+    let node = serve(&first, &[], &dir.path().join("first.log")).await;
+
+    let out = refused(&second, true, &[], &dir.path().join("worker.log"));
+    says(&out, "`master_key` in the configuration", &[KEY1, KEY2]);
+    let out = refused(&second, false, &[], &dir.path().join("second.log"));
+    says(&out, "`master_key` in the configuration", &[KEY1, KEY2]);
+
+    // The first key starts a worker (it logs that it started, and runs on).
+    let log = dir.path().join("worker1.log");
+    let (mut cmd, _) = command(&first, true, &[], &log);
+    let mut worker = Node {
+        child: Some(cmd.spawn().unwrap()),
+        url: String::new(),
+        log: log.clone(),
+    };
+    let until = Instant::now() + WITHIN;
+    while !worker.log().contains("worker started") {
+        if let Some(st) = worker.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("the worker exited ({st}):\n{}", worker.log());
+        }
+        assert!(Instant::now() < until, "no start:\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop();
+    node.stop();
+}
