@@ -475,7 +475,13 @@ impl Metrics {
         match crate::store::within(SCRAPE_STORE_WAIT, store.job_counts()).await {
             Ok(c) => {
                 self.set_counts(&c);
-                self.store_up.set(1);
+                // Up as `/health/ready` says: counts read from a Redis replica (a node left on
+                // the old primary after a failover) are no store that takes writes.
+                let ready = crate::store::within(SCRAPE_STORE_WAIT, store.health()).await;
+                if let Err(e) = &ready {
+                    tracing::warn!(error = %e, "metrics: the store is not ready");
+                }
+                self.store_up.set(i64::from(ready.is_ok()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: cannot read the job counts");

@@ -2,9 +2,13 @@
 //! longer heal itself. The manager reconnects after an I/O error, but a reconnect that fails for
 //! another reason (Redis refusing the password while credentials rotate, an ACL reload, a
 //! failover to a node that does not know the user yet) leaves it answering that error for good
-//! (redis-rs issue #984): a node stayed down after its password worked again. So an error of
-//! that kind makes a new manager here, at most once a second; until one connects, the old one
-//! stays (and so does its error).
+//! (redis-rs issue #984): a node stayed down after its password worked again. Nor does it leave
+//! a server that answers but has become a replica: a failover behind one address (a VIP, a DNS
+//! name, a proxy) that leaves the old primary reachable as a replica of the new one kept every
+//! write refused (`READONLY`) until the old primary's clients were killed. So an error of those
+//! kinds (and a health probe that finds a replica, `retention.rs`) makes a new manager here,
+//! which connects to whatever the address names now, at most once a second; until one
+//! connects, the old one stays (and so does its error).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +35,8 @@ struct Inner {
 /// The shortest time between two tries at a new manager.
 const RENEW_GAP: Duration = Duration::from_secs(1);
 
-/// Errors worth retrying: the connection, or a Redis that is starting or failing over.
+/// Errors worth retrying: the connection, or a Redis that is starting or failing over (a
+/// replica's refusal is retried on a new connection, [`SharedConn::heal`]).
 pub(super) fn transient(e: &RedisError) -> bool {
     use ::redis::ErrorKind::*;
     matches!(
@@ -61,6 +66,23 @@ pub(super) const OOM_TEXT: &str = "command not allowed when used memory";
 /// An error the manager does not heal from by itself: a failed authentication.
 pub(super) fn stuck(e: &RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed
+}
+
+/// An answer only a replica gives: a write refused (`READONLY`), or a replica without its link
+/// to the primary (`MASTERDOWN`). The connection is on a replica (the old primary after a
+/// failover, say): a new one may reach the primary the address names now.
+pub(super) fn on_replica(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown)
+}
+
+/// What the store says while its connection is on a replica (`primary`: the one it follows, as
+/// the replica tells).
+pub(super) fn replica_said(primary: &str) -> String {
+    format!(
+        "redis: connected to a read-only replica (of {primary}), not to the primary: writes \
+         are refused; a new connection is tried at most once a second (a failover behind the \
+         address, or an address that names a replica: docs/redis.md)"
+    )
 }
 
 impl SharedConn {
@@ -104,13 +126,18 @@ impl SharedConn {
         self.inner.current.read().clone()
     }
 
-    /// After `e`: makes a new manager when `e` is one the current cannot heal from ([`stuck`]),
-    /// unless one was tried within the last second or is being tried. Returns whether a new
-    /// one is in place.
+    /// After `e`: makes a new manager ([`Self::renew`]) when `e` is one the current cannot
+    /// heal from ([`stuck`], [`on_replica`]). Returns whether a new one is in place.
     pub(super) async fn heal(&self, e: &RedisError) -> bool {
-        if !stuck(e) {
+        if !stuck(e) && !on_replica(e) {
             return false;
         }
+        self.renew().await
+    }
+
+    /// Makes a new manager, unless one was tried within the last second or is being tried.
+    /// Returns whether a new one is in place.
+    pub(super) async fn renew(&self) -> bool {
         let Ok(mut last) = self.inner.renewed.try_lock() else {
             return false;
         };

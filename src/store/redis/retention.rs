@@ -122,28 +122,42 @@ impl Maintenance for RedisStore {
     }
 
     async fn health(&self) -> Result<()> {
-        let mut c = self.conn.get();
-        match tokio::time::timeout(
-            Duration::from_secs(1),
-            ::redis::cmd("PING").query_async::<String>(&mut c),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {
-                self.mark(true, "");
-                self.write_refused_still().await
-            }
-            Ok(Err(e)) => {
-                self.mark(false, &e.to_string());
-                // A probe of an idle node must heal it too (`conn.rs`).
-                self.conn.heal(&e).await;
-                Err(StoreError::Unavailable(format!("redis: {e}")))
-            }
-            Err(_) => {
-                self.mark(false, "ping timed out");
-                Err(StoreError::Unavailable(
-                    "redis: no answer to PING within 1s".into(),
-                ))
+        // `INFO replication` rather than `PING`: a replica answers a `PING` too, while it
+        // refuses every write. Found on one, a new connection is tried (the address may name
+        // the primary now, after a failover) and asked once more.
+        let mut renewed = false;
+        loop {
+            let mut c = self.conn.get();
+            let info = tokio::time::timeout(
+                Duration::from_secs(1),
+                ::redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async::<String>(&mut c),
+            )
+            .await;
+            match info {
+                Ok(Ok(info)) => match super::server_info::replica_of(&info) {
+                    Some(_) if !renewed && self.conn.renew().await => renewed = true,
+                    Some(primary) => {
+                        return Err(StoreError::Unavailable(super::conn::replica_said(&primary)))
+                    }
+                    None => {
+                        self.mark(true, "");
+                        return self.write_refused_still().await;
+                    }
+                },
+                Ok(Err(e)) => {
+                    self.mark(false, &e.to_string());
+                    // A probe of an idle node must heal it too (`conn.rs`).
+                    self.conn.heal(&e).await;
+                    return Err(StoreError::Unavailable(format!("redis: {e}")));
+                }
+                Err(_) => {
+                    self.mark(false, "no answer to INFO within 1s");
+                    return Err(StoreError::Unavailable(
+                        "redis: no answer to INFO within 1s".into(),
+                    ));
+                }
             }
         }
     }
@@ -173,8 +187,21 @@ impl RedisStore {
                 *self.write_refused.lock() = None;
                 Ok(())
             }
-            _ => Err(StoreError::Unavailable(
-                self.write_refused.lock().clone().unwrap_or_default(),
+            Ok(Err(e)) if super::conn::out_of_memory(&e) => Err(StoreError::Unavailable(
+                self.write_refused
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| super::conn::OUT_OF_MEMORY.to_string()),
+            )),
+            // Refused for another reason: that one is said, not the lack of memory of before
+            // (a replica's READONLY read as "out of memory").
+            Ok(Err(e)) => {
+                *self.write_refused.lock() = None;
+                self.conn.heal(&e).await;
+                Err(StoreError::Unavailable(format!("redis: {e}")))
+            }
+            Err(_) => Err(StoreError::Unavailable(
+                "redis: no answer to a write within 1s".into(),
             )),
         }
     }

@@ -32,6 +32,22 @@ pub(super) async fn server_version(conn: &mut ConnectionManager) -> Result<Strin
     Ok(version)
 }
 
+/// The primary a server follows when `INFO replication` (its text) says it is a replica
+/// (`role:slave`): `host:port`, as far as it tells; `None` for a primary.
+pub(super) fn replica_of(info: &str) -> Option<String> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    if field("role")? != "slave" {
+        return None;
+    }
+    let host = field("master_host").unwrap_or("?");
+    let port = field("master_port").unwrap_or("?");
+    Some(format!("{host}:{port}"))
+}
+
 /// A URL without its password, for messages: `user:***@`, and `pass=***` (or `password=`) in
 /// the query, where the driver reads a `unix://` URL's password.
 pub(crate) fn redact(url: &str) -> String {
@@ -204,6 +220,17 @@ mod tests {
         ] {
             assert_eq!(redact(url), shown, "{url}");
         }
+    }
+
+    #[test]
+    fn a_replica_is_told_from_its_info() {
+        let primary = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n";
+        assert_eq!(replica_of(primary), None);
+        let replica = "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.2\r\n\
+                       master_port:6380\r\nmaster_link_status:up\r\n";
+        assert_eq!(replica_of(replica).as_deref(), Some("10.0.0.2:6380"));
+        assert_eq!(replica_of("role:slave\r\n").as_deref(), Some("?:?"));
+        assert_eq!(replica_of(""), None, "not said: taken for a primary");
     }
 
     #[test]
