@@ -558,6 +558,7 @@ async fn open_store(
             // Experimental, off by default (docs/redis.md "Hand-over at submit": fewer script
             // calls and a lower submit-to-start latency, but not more jobs/s on this machine).
             handover: std::env::var("RUNYARD_REDIS_HANDOVER").as_deref() == Ok("on"),
+            ca: config.store.redis_ca.clone(),
             ..RedisSettings::new(url.clone())
         })
         .await

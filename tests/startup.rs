@@ -158,6 +158,11 @@ fn a_redis_password_on_the_command_line_is_refused() {
             "serve",
             "unix:///tmp/no-such-redis.sock?pass=hunter2-pw".to_string(),
         ),
+        // TLS: read as a Redis URL (it was "not a Redis URL" in a build without TLS).
+        (
+            "worker",
+            format!("rediss://app:hunter2-pw@127.0.0.1:{closed}"),
+        ),
     ];
     for (cmd, url) in &with_password {
         let out = run(SHELL, &[cmd, "--redis", url], &[]);

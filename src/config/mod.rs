@@ -570,6 +570,30 @@ types = ["thumbnail"]
     }
 
     #[test]
+    fn redis_ca_is_taken_with_a_rediss_url_only() {
+        let key = "master_key = \"0123456789abcdef0123\"\n";
+        let ca = "[store]\nredis_ca = \"/etc/redis/ca.pem\"\n";
+        let c = Config::from_toml(&format!("redis = \"rediss://r:6380\"\n{key}{ca}")).unwrap();
+        assert_eq!(
+            c.store.redis_ca.as_deref(),
+            Some(Path::new("/etc/redis/ca.pem"))
+        );
+        for redis in [
+            "",
+            "redis = \"redis://r:6379\"\n",
+            "redis = \"unix:///r.sock\"\n",
+        ] {
+            let e = Config::from_toml(&format!("{redis}{key}{ca}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("store.redis_ca") && e.contains("rediss://"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn records_are_json_or_compact() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.store.records, RecordForm::Json, "the default");

@@ -224,6 +224,9 @@ pub struct StoreConfig {
     /// Redis: the form this node writes job records and events in (every node of this build
     /// reads both).
     pub records: RecordForm,
+    /// Redis over TLS (`rediss://`): a PEM file of the CA certificates the server's certificate
+    /// is checked against instead of the system's (a private CA).
+    pub redis_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -234,6 +237,7 @@ impl Default for StoreConfig {
             retry: Duration::from_secs(30),
             channel_events: ChannelEvents::default(),
             records: RecordForm::default(),
+            redis_ca: None,
         }
     }
 }

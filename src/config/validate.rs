@@ -98,7 +98,10 @@ impl Config {
                 || r.starts_with("rediss://")
                 || r.starts_with("unix://"))
             {
-                return err("redis".into(), "must be a redis:// URL");
+                return err(
+                    "redis".into(),
+                    "must be a redis://, rediss:// (TLS) or unix:// URL",
+                );
             }
             if self.master_key.is_none() {
                 return err(
@@ -115,6 +118,18 @@ impl Config {
                      `{name}` (e.g. `{runyard}`: every key in one Redis Cluster hash slot)",
                 );
             }
+        }
+        // The CA of a TLS connection: without `rediss://` it would be ignored without a word.
+        if self.store.redis_ca.is_some()
+            && !self
+                .redis
+                .as_deref()
+                .is_some_and(|r| r.starts_with("rediss://"))
+        {
+            return err(
+                "store.redis_ca".into(),
+                "is for a TLS connection to Redis: set `redis` to a rediss:// URL, or remove it",
+            );
         }
         Ok(())
     }

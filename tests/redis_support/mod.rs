@@ -61,6 +61,8 @@ pub struct TestRedis {
     pub prefix: String,
     /// The port.
     pub port: u16,
+    /// The TLS port of a server started by [`TestRedis::private_tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     args: Vec<String>,
@@ -101,6 +103,7 @@ impl TestRedis {
                     url,
                     prefix: unique_prefix(),
                     port,
+                    tls_port: None,
                     child: None,
                     dir: None,
                     args: vec![],
@@ -118,6 +121,7 @@ impl TestRedis {
             url: String::new(),
             prefix: unique_prefix(),
             port: 0,
+            tls_port: None,
             child: None,
             dir: Some(dir),
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -129,6 +133,58 @@ impl TestRedis {
             r.url = format!("redis://127.0.0.1:{}", r.port);
             if r.try_spawn() {
                 return r;
+            }
+        }
+        panic!("redis-server exited at start five times (its ports taken?)");
+    }
+
+    /// A private server that serves TLS too, on [`Self::tls_port`] (`url` is
+    /// `rediss://127.0.0.1:TLS_PORT`), with this certificate and key, clients not asked for one
+    /// (`--tls-auth-clients no`); its plain port stays for [`Self::ping`] and redis-cli. `Err`
+    /// with its log when redis-server exits at start for another reason than a port taken (a
+    /// build without TLS).
+    pub fn private_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("redis.log");
+        let mut r = Self {
+            url: String::new(),
+            prefix: unique_prefix(),
+            port: 0,
+            tls_port: None,
+            child: None,
+            dir: Some(dir),
+            args: vec![],
+        };
+        for _ in 0..5 {
+            r.port = free_port();
+            let tls_port = free_port();
+            r.tls_port = Some(tls_port);
+            r.url = format!("rediss://127.0.0.1:{tls_port}");
+            let path = |p: &Path| p.to_string_lossy().into_owned();
+            r.args = vec![
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+                "--logfile".into(),
+                path(&log),
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            if r.try_spawn() {
+                return Ok(r);
+            }
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            if !said.contains("Address already in use") {
+                return Err(said);
             }
         }
         panic!("redis-server exited at start five times (its ports taken?)");

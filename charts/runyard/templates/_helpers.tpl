@@ -219,6 +219,7 @@ set the same keys behind the chart's back. */}}
   "RUNYARD_AUTH__JWT_SECRET" (get $instead "auth.jwt_secret")
   "RUNYARD_AUTH__INSECURE_NO_AUTH" (get $instead "auth.insecure_no_auth")
   "RUNYARD_WORKER__ENABLED" (get $instead "worker.enabled")
+  "RUNYARD_STORE__REDIS_CA" "redis.caSecret (the chart mounts the CA certificate and names it), or config.store.redis_ca for a CA file the image holds"
   "RUNYARD_AUTH" "config.auth for its other keys, and secrets.jwtSecret or secrets.existingSecret for its secret (the whole [auth] table in one variable would carry jwt_secret in the pod spec and could switch auth on or off behind auth.enabled)"
 -}}
 {{- range $c := list "server" "worker" -}}
@@ -260,6 +261,20 @@ set the same keys behind the chart's back. */}}
 {{- end -}}
 {{- if and .Values.redis.existingSecret (not .Values.redis.existingSecretKey) -}}
 {{- fail "runyard: redis.existingSecret needs redis.existingSecretKey (the key holding the URL; default redis-url)" -}}
+{{- end -}}
+{{- if .Values.redis.caSecret -}}
+{{- if not (include "runyard.useRedis" .) -}}
+{{- fail "runyard: redis.caSecret needs Redis over TLS (redis.url or redis.existingSecret with a rediss:// URL)" -}}
+{{- end -}}
+{{- if and .Values.redis.url (not (hasPrefix "rediss://" .Values.redis.url)) -}}
+{{- fail "runyard: redis.caSecret is for TLS: redis.url must be a rediss:// URL" -}}
+{{- end -}}
+{{- if not (regexMatch "^[A-Za-z0-9._-]+$" (toString .Values.redis.caSecretKey)) -}}
+{{- fail "runyard: redis.caSecret needs redis.caSecretKey, the Secret's key holding the CA certificate (a file name: letters, digits, '.', '_', '-'; default ca.crt)" -}}
+{{- end -}}
+{{- if hasKey ((.Values.config | default dict).store | default dict) "redis_ca" -}}
+{{- fail "runyard: config.store.redis_ca next to redis.caSecret: the chart names the mounted CA as store.redis_ca; set one of them" -}}
+{{- end -}}
 {{- end -}}
 {{- if not (or .Values.secrets.existingSecret .Values.secrets.masterKey) -}}
 {{- fail "runyard: set secrets.masterKey (e.g. --set secrets.masterKey=$(openssl rand -hex 32)) or secrets.existingSecret; the chart never generates it, since a generated key changes with every render and orphans running jobs" -}}

@@ -80,6 +80,10 @@ spec:
               name: {{ include "runyard.secretName" $root }}
               key: redis-url
         {{- end }}
+        {{- if $root.Values.redis.caSecret }}
+        - name: RUNYARD_STORE__REDIS_CA
+          value: {{ printf "/etc/runyard/redis-ca/%s" $root.Values.redis.caSecretKey | quote }}
+        {{- end }}
         {{- with $v.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -118,6 +122,11 @@ spec:
           mountPath: /var/lib/runyard
         - name: tmp
           mountPath: /tmp
+        {{- if $root.Values.redis.caSecret }}
+        - name: redis-ca
+          mountPath: /etc/runyard/redis-ca
+          readOnly: true
+        {{- end }}
   volumes:
     - name: config
       configMap:
@@ -131,6 +140,14 @@ spec:
       {{- end }}
     - name: tmp
       emptyDir: {}
+    {{- if $root.Values.redis.caSecret }}
+    - name: redis-ca
+      secret:
+        secretName: {{ $root.Values.redis.caSecret }}
+        items:
+          - key: {{ $root.Values.redis.caSecretKey }}
+            path: {{ $root.Values.redis.caSecretKey }}
+    {{- end }}
   {{- with $v.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}

@@ -71,7 +71,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "jobs": {"namespace": "runyard-batch", "podSecurity": "baseline"},
         "service": {"type": "NodePort", "port": 80, "annotations": {"a.example.com/x": "y"}},
         "publicUrl": "https://jobs.example.com/",
-        "redis": {"existingSecret": "redis-conn", "existingSecretKey": "url"},
+        "redis": {"existingSecret": "redis-conn", "existingSecretKey": "url", "caSecret": "redis-ca"},
         "secrets": {"existingSecret": "runyard-keys"},
         "serviceAccount": {"name": "jobs-sa", "annotations": {"iam.example.com/role": "r"}},
         "config": {

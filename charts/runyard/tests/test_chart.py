@@ -507,6 +507,38 @@ def test_an_existing_secret_takes_no_inline_secrets():
     assert env["RUNYARD_REDIS"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "redis-url"}
 
 
+def test_a_redis_ca_is_mounted_and_named_in_every_pod():
+    """redis.caSecret: the CA certificate of a rediss:// server with a private CA, mounted read-only
+    from that Secret in the server's and the worker's pods, and named as store.redis_ca."""
+    tls = {"url": "rediss://redis.redis.svc:6380/0", "caSecret": "redis-ca", "caSecretKey": "ca.pem"}
+    docs = render.render({**render.KEYS, "redis": tls, "worker": {"enabled": True}})
+    deployments = by_kind(docs, "Deployment")
+    assert len(deployments) == 2
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RUNYARD_STORE__REDIS_CA"] == {"name": "RUNYARD_STORE__REDIS_CA", "value": "/etc/runyard/redis-ca/ca.pem"}
+        assert {"name": "redis-ca", "mountPath": "/etc/runyard/redis-ca", "readOnly": True} in c["volumeMounts"]
+        assert {"name": "redis-ca", "secret": {"secretName": "redis-ca", "items": [{"key": "ca.pem", "path": "ca.pem"}]}} in pod["volumes"]
+    # Without it, nothing of the kind: the system's CAs.
+    docs = render.render({**render.KEYS, "redis": {"url": "rediss://redis:6380/0"}})
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert "RUNYARD_STORE__REDIS_CA" not in {e["name"] for e in pod["containers"][0]["env"]}
+    assert "redis-ca" not in {v["name"] for v in pod["volumes"]}
+    for values, message in [
+        ({"redis": {"caSecret": "redis-ca"}}, "redis.caSecret needs Redis over TLS"),
+        ({"redis": {"url": "redis://redis:6379/0", "caSecret": "redis-ca"}}, "redis.url must be a rediss:// URL"),
+        ({"redis": {**tls, "caSecretKey": ""}}, "redis.caSecret needs redis.caSecretKey"),
+        ({"redis": tls, "config": {"store": {"redis_ca": "/x.pem"}}}, "config.store.redis_ca next to redis.caSecret"),
+        ({"redis": tls, "server": {"extraEnv": [{"name": "RUNYARD_STORE__REDIS_CA", "value": "/x.pem"}]}},
+         "server.extraEnv must not set RUNYARD_STORE__REDIS_CA"),
+    ]:
+        with pytest.raises(helm_python.HelmError) as e:
+            render.render({**render.KEYS, **values})
+        assert message in str(e.value), (values, str(e.value))
+
+
 def test_a_changed_secret_or_config_rolls_the_pods():
     def annotations(values):
         docs = render.render(values)

@@ -63,6 +63,28 @@ pub(super) fn out_of_memory(e: &RedisError) -> bool {
 /// What Redis's refusal for lack of memory says (also in a script's error text).
 pub(super) const OOM_TEXT: &str = "command not allowed when used memory";
 
+/// A TLS handshake that failed (`rediss://`): the server's certificate not signed by a trusted
+/// CA or not naming the URL's host, a server refusing the handshake or answering something
+/// else than TLS.
+/// Told by rustls's own words: redis-rs hands out the I/O error they come in only as `cause`, a
+/// borrowed trait object that cannot be downcast. An error not recognised here is retried as
+/// before.
+pub(super) fn tls_refused(e: &RedisError) -> bool {
+    const RUSTLS: [&str; 3] = [
+        "invalid peer certificate",
+        "received fatal alert",
+        "received corrupt message",
+    ];
+    e.kind() == ErrorKind::IoError && {
+        let said = e.to_string();
+        RUSTLS.iter().any(|w| said.contains(w))
+    }
+}
+
+/// What a TLS handshake's failure at start adds to its error.
+const TLS_HINT: &str = "the TLS handshake failed: the server's certificate must be signed by a \
+    CA of the system's trust store, or of `store.redis_ca` when set, and name the URL's host";
+
 /// An error the manager does not heal from by itself: a failed authentication.
 pub(super) fn stuck(e: &RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed
@@ -95,9 +117,19 @@ impl SharedConn {
         url: &str,
     ) -> Result<Self> {
         let (start, mut delay) = (Instant::now(), Duration::from_millis(100));
+        let tls = matches!(
+            client.get_connection_info().addr,
+            ::redis::ConnectionAddr::TcpTls { .. }
+        );
         let conn = loop {
             match ConnectionManager::new_with_config(client.clone(), cfg.clone()).await {
                 Ok(c) => break c,
+                // A certificate not trusted at start is a configuration error: said at once.
+                Err(e) if tls && tls_refused(&e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot connect to redis at {url}: {e} ({TLS_HINT})"
+                    )))
+                }
                 // Refused credentials at start are a configuration error: said at once.
                 Err(e) if transient(&e) && !stuck(&e) && start.elapsed() + delay < retry => {
                     tracing::warn!(error = %e, "redis not reachable yet; retrying");

@@ -59,6 +59,7 @@ mod activity;
 mod batch;
 mod chanidx;
 mod claim_back;
+mod client;
 mod clock;
 mod commit;
 mod conn;
@@ -125,8 +126,11 @@ const CLOCK_RESYNC: Duration = Duration::from_secs(10);
 /// What the Redis backend needs.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db` (`rediss://` for TLS, `unix://` for a socket).
     pub url: String,
+    /// The CA certificates (PEM) a `rediss://` server's certificate is checked against instead
+    /// of the system's (`store.redis_ca`).
+    pub ca: Option<std::path::PathBuf>,
     /// Prefix of every key.
     pub prefix: String,
     /// The knobs every backend has.
@@ -155,6 +159,7 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            ca: None,
             prefix: "runyard".into(),
             store: StoreSettings::default(),
             channel_ttl: Duration::from_secs(24 * 3600),
@@ -202,6 +207,8 @@ impl Scripts {
 /// The Redis store.
 pub struct RedisStore {
     conn: conn::SharedConn,
+    /// What every connection of the store is made from (`client.rs`: the URL, TLS's roots).
+    client: ::redis::Client,
     s: RedisSettings,
     scripts: Scripts,
     notify: broadcast::Sender<Notice>,
@@ -254,8 +261,7 @@ impl RedisStore {
     /// Connects (retrying for up to `settings.retry`), checks the server, and starts relaying
     /// notices between processes.
     pub async fn connect(settings: RedisSettings) -> Result<Arc<Self>> {
-        let client = ::redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("`redis`: {e}")))?;
+        let client = client::client(&settings)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(settings.command_timeout)
@@ -299,7 +305,8 @@ impl RedisStore {
             Self {
                 conn,
                 shared: write::SharedKeys::new(&settings.prefix),
-                handover: handover::Handover::new(me, client, &settings, &origin, &stop),
+                handover: handover::Handover::new(me, client.clone(), &settings, &origin, &stop),
+                client,
                 s: settings,
                 scripts: Scripts::load(),
                 notify,

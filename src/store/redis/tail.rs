@@ -29,10 +29,8 @@ pub struct EventTail {
 impl RedisStore {
     /// A reader of the global event stream on a connection of its own.
     pub fn stream_tail(&self) -> Result<EventTail> {
-        let client = ::redis::Client::open(self.s.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("`redis`: {e}")))?;
         Ok(EventTail {
-            client,
+            client: self.client.clone(),
             conn: None,
             key: self.key("ev"),
         })
