@@ -2411,3 +2411,60 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// `submit --wait` on a job whose record is gone (a Redis restarted without its data, a
+/// FLUSHALL: here its row deleted by hand) ends with exit 4 saying the job is not found, within
+/// about 30 s without an event, instead of waiting for ever on an event stream that only sends
+/// keep-alives (probe `redisops`).
+#[test]
+fn submit_wait_ends_when_the_job_is_gone() {
+    let srv = serve(
+        r#"
+[[runners]]
+kind = "local"
+types = ["sh.*"]
+command = ["/bin/sh", "-c", "sleep 120"]
+max_attempts = 1
+"#,
+    );
+    let waiting = Command::new(BIN)
+        .args(["submit", "sh.long", "--wait"])
+        .env("RUNYARD_SERVER", &srv.url)
+        .env_remove("RUNYARD_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut waiting = Killed(waiting);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        assert!(Instant::now() < deadline, "the job did not start");
+        let o = cli(&srv.url, &["jobs", "--output", "json"]);
+        let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(j) = page["jobs"].as_array().and_then(|a| a.first()) {
+            if j["status"] == "RUNNING" {
+                break j["id"].as_str().unwrap().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let db = rusqlite::Connection::open(srv._dir.path().join("data").join("runyard.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM jobs WHERE id = ?1", [&id]).unwrap(),
+        1
+    );
+    drop(db);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = waiting.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "submit --wait still waits");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(waiting.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.contains("404"), "{err}");
+}

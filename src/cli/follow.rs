@@ -261,6 +261,9 @@ impl View {
     }
 }
 
+/// How long `wait_job` waits without an event before it reads the job itself.
+const QUIET_CHECK: Duration = Duration::from_secs(30);
+
 /// Follows the job's events until it ends; returns the final job. On a terminal, shows a
 /// progress bar with the job's log lines above it.
 pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Value> {
@@ -271,12 +274,15 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
     };
     let mut events = JobEvents::new(api, id, channel);
     let mut patience = Patience::new();
-    // Without a terminal, nothing is shown but the events: wait for them as long as it takes.
+    // Without a terminal, nothing is shown but the events: wait for them, reading the job itself
+    // after each `QUIET_CHECK` without one (a job whose record is gone, a store that lost its
+    // data, answers 404 there: exit 4, not a wait for ever).
     let within = if tail.is_some() {
         Duration::from_millis(500)
     } else {
-        Duration::from_secs(3600)
+        QUIET_CHECK
     };
+    let mut quiet_since = std::time::Instant::now();
     let r = async {
         loop {
             let ev = events.next(within).await?;
@@ -285,7 +291,17 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
                     view.log(&l);
                 }
             }
-            let Some(ev) = ev else { continue };
+            let Some(ev) = ev else {
+                if quiet_since.elapsed() >= QUIET_CHECK {
+                    quiet_since = std::time::Instant::now();
+                    let job = patience.get(api, &job_path(id)?).await?;
+                    if is_terminal(job["status"].as_str().unwrap_or("")) {
+                        return Ok(job);
+                    }
+                }
+                continue;
+            };
+            quiet_since = std::time::Instant::now();
             match ev["type"].as_str() {
                 Some("progress") => view.progress(ev["progress"].as_f64().unwrap_or(0.0)),
                 Some("resync") => {
