@@ -57,8 +57,14 @@ pub fn load_master_key(config: &mut Config) -> anyhow::Result<(MasterKey, KeySou
         } else {
             KeySource::Config
         };
-        // On Redis the data dir holds no store: a `master.key` there is not the store's.
-        if config.redis.is_none() {
+        // On Redis the data dir holds no store: a `master.key` there is not the store's. On the
+        // embedded store, a store keeping a check value decides (`verify_check` at its open);
+        // one without (new, or made by an earlier version) has only the file to go by.
+        let checked = crate::store::sqlite::SqliteStore::stored_key_check(&config.data_dir)
+            .ok()
+            .flatten()
+            .is_some();
+        if config.redis.is_none() && !checked {
             refuse_other_than_file(&config.data_dir.join("master.key"), k.as_bytes(), &source)?;
         }
         return Ok((MasterKey::new(k.as_bytes().to_vec()), source));
@@ -90,11 +96,12 @@ fn refuse_other_than_file(path: &Path, key: &[u8], source: &KeySource) -> anyhow
         return Ok(());
     }
     anyhow::bail!(
-        "the master key from {source} is not the one in {} (the key this data dir's store was \
-         made with, and that it was started with so far): {BREAKS}. Use the key this store was \
-         made with: set {source} to the content of {} (or remove it, and the file is used). Only \
-         if the store was in fact made with the configured key and the file is left from \
-         another store, move the file away",
+        "the master key from {source} is not the one in {}, and this store keeps no check value \
+         of its key to tell which one it was made with (a store of an earlier version): \
+         {BREAKS}. If this store has run with {source} so far (a configured key was used before \
+         master.key), keep it and move {} away; if {source} is new, set it to the content of \
+         {} (or remove it, and the file is used)",
+        path.display(),
         path.display(),
         path.display()
     )
@@ -120,11 +127,12 @@ pub fn verify_check(
 ) -> anyhow::Result<()> {
     if bool::from(kept.as_bytes().ct_eq(ours.as_bytes())) {
         if recorded {
-            tracing::info!(
+            tracing::warn!(
                 key_from = %source,
                 "the store had no check value of its master key (a new store, or one made by an \
                  earlier version): the key in use is recorded as its key, and a start with \
-                 another is refused from now on"
+                 another is refused from now on; if this store existed, make sure it is the \
+                 key it was made with (its jobs' secrets and webhook keys derive from it)"
             );
         }
         return Ok(());

@@ -286,6 +286,16 @@ async fn a_store_made_with_one_configured_key_refuses_another() {
     let node = serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY1)], &log).await;
     assert_eq!(endpoint_key(&node).await, before, "the same key");
     node.stop();
+
+    // A `master.key` left in the data dir by something else: the store's check value decides.
+    std::fs::write(data.join("master.key"), "f".repeat(64)).unwrap();
+    let node = serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY1)], &log).await;
+    assert_eq!(
+        endpoint_key(&node).await,
+        before,
+        "the store's key, not the file's"
+    );
+    node.stop();
 }
 
 /// A store made by an earlier build has no check value: it starts with the key in use (trust

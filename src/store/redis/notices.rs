@@ -204,8 +204,21 @@ async fn subscribe(
                 to.hints.live(false);
                 tracing::warn!("redis notice subscription lost; resubscribing");
             }
-            _ => {
+            Ok(Err(e)) => {
                 first = false;
+                // Refused (an ACL without SUBSCRIBE or the channel, `&` patterns) or unreachable:
+                // the processes poll meanwhile, so jobs wait up to a claim round longer to start
+                // and events to be seen; said once a minute, not every 2 s.
+                let key = e.code().unwrap_or("io").to_string();
+                if crate::store::log_quiet::loud("redis subscribe", &key) {
+                    tracing::warn!(channel = %channel, error = %e, "cannot subscribe to the Redis notice channel: this process polls meanwhile (jobs start and events arrive later); retrying");
+                }
+            }
+            Err(_) => {
+                first = false;
+                if crate::store::log_quiet::loud("redis subscribe", "timeout") {
+                    tracing::warn!(channel = %channel, "no answer to SUBSCRIBE on the Redis notice channel within 3 s: this process polls meanwhile; retrying");
+                }
             }
         }
         tokio::select! {

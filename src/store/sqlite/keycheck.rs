@@ -16,16 +16,19 @@ const KEY: &str = "master_key_check";
 
 impl SqliteStore {
     /// The check value the database in `dir` keeps, read without opening it for writing and
-    /// without its lock, so that a start refused for it changes nothing: `None` for a new
+    /// without its lock, so that a start refused for it changes nothing (but SQLite's `-shm`
+    /// and empty `-wal` files, which a read of a WAL database makes): `None` for a new
     /// database, or one made before the check.
     pub fn stored_key_check(dir: &Path) -> Result<Option<String>> {
         let path = dir.join("runyard.db");
         if !std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
             return Ok(None);
         }
+        // Another program's database is refused as `open` refuses it, naming the file.
+        super::schema::refuse_foreign(&path)?;
         let c =
             Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
-        // Not a runyard database (no `meta`): `open` says so.
+        // A runyard database from before `meta` (none): no check value.
         let has_meta: bool = row(
             &c,
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
