@@ -8,7 +8,9 @@
 //!   runner does not claim. The claim is given back in one write (`Command::Reroute`): QUEUED
 //!   for the runner this config picks for the type ([`RunnerSet::route`]), its attempt given
 //!   back; when no runner here claims the type, SCHEDULED under its runner in
-//!   [`UNROUTED_DELAY`] (not run, not spun on), logged at most once a minute per job.
+//!   [`UNROUTED_DELAY`] (not run, not spun on), logged at most once a minute per job. A job
+//!   re-routed at its claim before too (Redis processes whose runner names mean different
+//!   things pass it between them) waits [`UNROUTED_DELAY`] under its new runner, not QUEUED.
 //! - The start's pass ([`stranded`], embedded store only: one process holds it, so its config
 //!   is the only one): every job neither active nor finished whose runner is gone or does not
 //!   claim its type is moved to the runner that does; one with none is left as it is, and the
@@ -23,6 +25,7 @@ use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::Worker;
+use crate::job::transition::REROUTED;
 use crate::job::{now_us, Command, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::{ListQuery, Store};
@@ -65,11 +68,17 @@ impl Worker {
             return false;
         }
         let (id, from) = (job.id, job.runner.as_str());
+        let later = now_us().saturating_add(UNROUTED_DELAY.as_micros() as i64);
+        // The run before this claim was re-routed too: processes whose runner names mean
+        // different things pass the job between them; it waits, rather than go round at once.
+        let again = job.runs.len() >= 2
+            && job.runs[job.runs.len() - 2].outcome.as_deref() == Some(REROUTED);
         let (runner, retry_at) = match self.runners.route(&job.job_type, from) {
             Some(to) => {
                 tracing::warn!(job_id = %id, r#type = %job.job_type, from, to = %to.name,
-                    "runner does not claim the job's type (its config changed): job re-routed");
-                (to.name.clone(), None)
+                    again, "runner does not claim the job's type (its config changed): job \
+                    re-routed");
+                (to.name.clone(), again.then_some(later))
             }
             None => {
                 if warn_due(id) {
@@ -77,8 +86,7 @@ impl Worker {
                         "no runner of this process claims the job's type: not run, claimed \
                          again in {}s", UNROUTED_DELAY.as_secs());
                 }
-                let at = now_us().saturating_add(UNROUTED_DELAY.as_micros() as i64);
-                (from.to_string(), Some(at))
+                (from.to_string(), Some(later))
             }
         };
         self.work_ended(id, token);
