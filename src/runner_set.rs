@@ -169,6 +169,17 @@ impl RunnerSet {
         Ok(slot)
     }
 
+    /// Where a stored job of `job_type` goes under this config: its `runner` if that exists and
+    /// claims the type, else the first runner whose types match (as a submit picks); `None`
+    /// when no runner claims the type. A job keeps its runner's name, and a config change
+    /// (blocks reordered, renamed, their `types` changed) may leave that name to another runner
+    /// or to none: the claim guard, the start's pass and a retry route it again with this.
+    pub fn route(&self, job_type: &str, runner: &str) -> Option<&Arc<RunnerSlot>> {
+        self.get(runner)
+            .filter(|s| s.claims(job_type))
+            .or_else(|| self.slots.iter().find(|s| s.claims(job_type)))
+    }
+
     /// The runner named `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<RunnerSlot>> {
         self.slots.iter().find(|s| s.name == name)

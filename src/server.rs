@@ -343,6 +343,8 @@ impl Core {
         let runners = Arc::new(
             RunnerSet::build(&config, Arc::new(services)).map_err(|e| anyhow::anyhow!(e))?,
         );
+        // Before any claim: the jobs left under a runner this config no longer gives their type.
+        crate::worker::reroute::stranded(&store, &runners).await;
         let (tasks, bg) = (TaskTracker::new(), CancellationToken::new());
         tasks.spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
         tasks.spawn(crate::waiting::wait_loop(store.clone(), bg.clone()));

@@ -327,6 +327,7 @@ conformance!(
     batch_submits_store_each_job_on_its_own,
     a_job_record_is_in_the_form_of_its_last_writer,
     a_job_given_back_goes_ahead_of_the_jobs_queued_since,
+    a_rerouted_job_is_in_its_new_runners_queue_only,
     a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped,
     a_cancelled_jobs_expired_lease_is_reaped_before_a_retry,
     cancelled_leases_never_hide_active_ones_from_the_reaper,
@@ -616,6 +617,74 @@ async fn a_job_given_back_goes_ahead_of_the_jobs_queued_since(mut b: Backend) {
     );
 }
 
+/// `Command::Reroute` moves a job to another runner's queue and out of its old one: a claimed
+/// job given back (one write: QUEUED in its place for the new runner, the attempt given back),
+/// a QUEUED job (the embedded store's start: only its runner changes; on Redis its entry in the
+/// old runner's queue goes), and a claimed one no runner claims (SCHEDULED, its runner kept).
+async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
+    let s = b.store().await;
+    let first = submit(&s, job("t", "a")).await;
+    let out = claim_one(&s, "a", "w1").await;
+    let cmd = Command::Reroute {
+        token: Some(token(&out)),
+        runner: "b".into(),
+        retry_at: None,
+    };
+    let back = s.apply(out.id, cmd).await.expect("re-routed");
+    assert_eq!(
+        (back.status, back.runner.as_str()),
+        (JobStatus::Queued, "b")
+    );
+    assert_eq!(back.queued_at, first.queued_at, "its place kept");
+    assert_eq!(
+        back.max_attempts,
+        out.max_attempts + 1,
+        "the attempt given back"
+    );
+    assert_eq!(
+        back.runs.last().and_then(|r| r.outcome.as_deref()),
+        Some("REROUTED")
+    );
+    assert!(s.claim("a", "w2", 10, LEASE).await.unwrap().is_empty());
+    let again = claim_one(&s, "b", "w2").await;
+    assert_eq!((again.id, again.attempt), (first.id, 2));
+
+    // Not claimed: only the runner changes, no event; out of `a`'s queue, into `c`'s.
+    let q = submit(&s, job("t", "a")).await;
+    let before = all_events(&s, None).await.len();
+    let cmd = Command::Reroute {
+        token: None,
+        runner: "c".into(),
+        retry_at: None,
+    };
+    let moved = s.apply(q.id, cmd).await.expect("moved");
+    assert_eq!(
+        (moved.status, moved.runner.as_str()),
+        (JobStatus::Queued, "c")
+    );
+    assert_eq!(all_events(&s, None).await.len(), before, "no event");
+    assert!(s.claim("a", "w3", 10, LEASE).await.unwrap().is_empty());
+    let got = claim_one(&s, "c", "w3").await;
+    assert_eq!(got.id, q.id);
+
+    // No runner claims it: SCHEDULED under its runner, in no queue until due.
+    let cmd = Command::Reroute {
+        token: Some(token(&got)),
+        runner: "c".into(),
+        retry_at: Some(runyard::job::now_us() + 30_000_000),
+    };
+    let later = s.apply(got.id, cmd).await.expect("put back");
+    assert_eq!(later.status, JobStatus::Scheduled);
+    assert!(s.claim("c", "w4", 10, LEASE).await.unwrap().is_empty());
+    // A job running, or already re-routed, cannot be moved without its claim.
+    let cmd = Command::Reroute {
+        token: Some(token(&got)),
+        runner: "d".into(),
+        retry_at: None,
+    };
+    assert!(s.apply(got.id, cmd).await.is_err());
+}
+
 async fn concurrent_claims_never_share_a_job(mut b: Backend) {
     let s = b.store().await;
     let n = 300;
@@ -695,7 +764,7 @@ async fn transitions_are_enforced(mut b: Backend) {
         }),
         Command::Promote,
         Command::LeaseExpired { token: None },
-        Command::Retry,
+        Command::Retry { runner: None },
     ] {
         let e = s.apply(j.id, cmd).await.unwrap_err();
         assert!(is_illegal(&e) || is_stale(&e), "{e}");
@@ -704,7 +773,10 @@ async fn transitions_are_enforced(mut b: Backend) {
     // A failed job can be retried: a new attempt.
     let k = submit(&s, job("t", "r")).await;
     s.apply(k.id, Command::Cancel).await.unwrap();
-    let r = s.apply(k.id, Command::Retry).await.unwrap();
+    let r = s
+        .apply(k.id, Command::Retry { runner: None })
+        .await
+        .unwrap();
     assert_eq!(r.status, JobStatus::Queued);
     let again = claim_one(&s, "r", "w").await;
     assert_eq!(again.id, k.id);
@@ -885,7 +957,10 @@ async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut 
     assert_eq!(s.get(j.id).await.unwrap().unwrap().lease.unwrap(), renewed);
     // Its worker has not said the work stopped: no retry, nothing changed.
     let before = s.get(j.id).await.unwrap().unwrap();
-    assert!(s.apply(j.id, Command::Retry).await.is_err());
+    assert!(s
+        .apply(j.id, Command::Retry { runner: None })
+        .await
+        .is_err());
     // Not the claim's token: refused.
     let other = Command::Stopped {
         token: token(&claimed) + 1,
@@ -899,7 +974,10 @@ async fn a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped(mut 
     assert_eq!(after.status, JobStatus::Cancelled);
     assert_eq!(after.lease, None);
     assert_eq!(s.get(j.id).await.unwrap().unwrap(), after);
-    let retried = s.apply(j.id, Command::Retry).await.unwrap();
+    let retried = s
+        .apply(j.id, Command::Retry { runner: None })
+        .await
+        .unwrap();
     assert_eq!(retried.status, JobStatus::Queued);
     assert_eq!(claim_one(&s, "r", "w2").await.attempt, 2);
 }
@@ -919,7 +997,9 @@ async fn a_cancelled_jobs_expired_lease_is_reaped_before_a_retry(mut b: Backend)
     assert_eq!(exp[0].status, JobStatus::Cancelled);
     let before = s.get(j.id).await.unwrap().unwrap();
     assert!(
-        s.apply(j.id, Command::Retry).await.is_err(),
+        s.apply(j.id, Command::Retry { runner: None })
+            .await
+            .is_err(),
         "no reaper yet"
     );
     let other = Command::StopLost {
@@ -933,7 +1013,10 @@ async fn a_cancelled_jobs_expired_lease_is_reaped_before_a_retry(mut b: Backend)
         .unwrap();
     assert_eq!((gone.status, gone.lease), (JobStatus::Cancelled, None));
     assert!(s.expired(100).await.unwrap().is_empty());
-    let retried = s.apply(j.id, Command::Retry).await.unwrap();
+    let retried = s
+        .apply(j.id, Command::Retry { runner: None })
+        .await
+        .unwrap();
     assert_eq!(retried.status, JobStatus::Queued);
     // A lease that holds is left alone, before and (embedded) after a reopen.
     let k = submit(&s, job("t", "r2")).await;
@@ -948,7 +1031,10 @@ async fn a_cancelled_jobs_expired_lease_is_reaped_before_a_retry(mut b: Backend)
         Kind::Redis(..) => assert!(exp.is_empty(), "{exp:?}"),
     }
     // Either way, no retry before a reaper gave the lease up.
-    assert!(s.apply(k.id, Command::Retry).await.is_err());
+    assert!(s
+        .apply(k.id, Command::Retry { runner: None })
+        .await
+        .is_err());
 }
 
 /// Cancelled jobs whose stop no reaper could confirm yet (their runner's backend out of reach)
@@ -2731,7 +2817,9 @@ async fn list_filters_dead_letters(mut b: Backend) {
     };
     assert!(list_all(&s, typed).await.is_empty());
     // Retried, it is no longer dead.
-    s.apply(dead.id, Command::Retry).await.expect("retry");
+    s.apply(dead.id, Command::Retry { runner: None })
+        .await
+        .expect("retry");
     assert!(list_all(&s, q).await.is_empty());
 }
 

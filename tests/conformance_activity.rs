@@ -156,7 +156,9 @@ async fn finished_jobs_are_counted_per_minute_by_final_status(s: Arc<dyn Store>)
     submit(&s, job("act.back", "back", 1)).await;
     let back = run(&s, "back", None, failed()).await;
     assert_eq!(back.status, JobStatus::Error);
-    s.apply(back.id, Command::Retry).await.expect("retry");
+    s.apply(back.id, Command::Retry { runner: None })
+        .await
+        .expect("retry");
 
     let (a, got) = read_finished(&s, 60).await;
     assert_eq!(a.since, window_start(a.as_of, 60));
@@ -212,7 +214,9 @@ async fn dead_letters_are_counted_by_type(s: Arc<dyn Store>) {
     let want = |a: u64| BTreeMap::from([("dl.a".to_string(), a), ("dl.b".to_string(), 1)]);
     assert_eq!(s.dead_letters().await.expect("dead"), want(3));
     // Retried, a dead letter is one no more.
-    s.apply(dead_a[0].id, Command::Retry).await.expect("retry");
+    s.apply(dead_a[0].id, Command::Retry { runner: None })
+        .await
+        .expect("retry");
     assert_eq!(s.dead_letters().await.expect("dead"), want(2));
 }
 

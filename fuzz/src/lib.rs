@@ -267,7 +267,7 @@ pub fn check_submit(status: StatusCode, body: &Value) {
     } else {
         assert_eq!(job["status"], "ERROR", "{job}");
     }
-    apply(Command::Retry).expect("retry");
+    apply(Command::Retry { runner: None }).expect("retry");
     show("a retry");
     apply(Command::Cancel).expect("cancel");
     show("a cancel");

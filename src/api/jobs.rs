@@ -469,7 +469,7 @@ fn acted(caller: &Grant, job: &Job) -> Value {
     responses(
         (status = 202, description = "The job, queued again (`{id, status, attempt}` only without `jobs:read`)", body = super::openapi::schemas::JobActed), (status = 400, description = "`bad_id`: not a UUID", body = super::openapi::schemas::ErrorBody), (status = 404, description = "`not_found`: no such job", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job has not finished, or was cancelled while it ran and its worker is still stopping that attempt (retry later)", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the job's runner refuses its args (`large_args`), nothing changed", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the job's runner refuses its args (`large_args`), nothing changed; `unknown_type`: no runner claims the job's type any more (the config changed), nothing changed", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn retry_job(
     State(st): State<AppState>,
@@ -477,18 +477,25 @@ pub async fn retry_job(
     JobIdPath(id): JobIdPath,
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
-    // `emits`, the type, args and runner never change after the submit: checking them before
-    // the retry is not a race.
+    // `emits`, the type and args never change after the submit, nor does the runner of a job a
+    // retry would queue (finished): checking them before the retry is not a race.
     let job = st.job_for(id, &caller).await?;
     if !caller.allows(crate::auth::tokens::Scope::SignalsWrite) {
         require_emit_scope(&caller, &job.emits)?;
     }
-    // Args its runner refuses (`large_args = "refuse"` set after the submit) would only end
-    // ERROR again at launch, an attempt spent: refused here, nothing changed. Only for a job a
-    // retry would queue; any other is the store's 409.
+    // A job whose runner is gone from the config or no longer claims its type is routed again
+    // as a submit would route it; none claims it: `unknown_type` as at a submit, nothing
+    // changed. Args the runner refuses (`large_args = "refuse"` set after the submit) would
+    // only end ERROR again at launch, an attempt spent: refused here, nothing changed. Only for
+    // a job a retry would queue; any other is the store's 409.
     use crate::job::JobStatus::{Cancelled, Error, Timeout};
-    let retryable = matches!(job.status, Error | Timeout | Cancelled);
-    if let Some(slot) = st.app.runners.get(&job.runner).filter(|_| retryable) {
+    let mut runner = None;
+    if matches!(job.status, Error | Timeout | Cancelled) {
+        let runners = &st.app.runners;
+        let Some(slot) = runners.route(&job.job_type, &job.runner) else {
+            let e = crate::job::SelectError::NoRunner(job.job_type.clone());
+            return Err(ApiError::unprocessable("unknown_type", e.to_string()));
+        };
         if let Err(e @ runyard_runners::RunnerError::ArgsTooLarge { .. }) =
             slot.runner.validate(&job.job_type, &job.args)
         {
@@ -497,8 +504,9 @@ pub async fn retry_job(
                 slot.name
             )));
         }
+        runner = (slot.name != job.runner).then(|| slot.name.clone());
     }
-    let job = st.app.store.apply(id, Command::Retry).await?;
+    let job = st.app.store.apply(id, Command::Retry { runner }).await?;
     Ok((StatusCode::ACCEPTED, Json(acted(&caller, &job))).into_response())
 }
 

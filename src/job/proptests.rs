@@ -341,7 +341,7 @@ impl Actors {
                 lease_until: lease(*lease_ok),
             },
             Op::Cancel => Command::Cancel,
-            Op::Retry => Command::Retry,
+            Op::Retry => Command::Retry { runner: None },
             Op::Promote => Command::Promote,
             Op::Attach { by_job, stale } => Command::AttachFile {
                 property: "inputs".into(),
@@ -409,7 +409,7 @@ fn check_step(
                                 && (a.token, &a.worker) == (b.token, &b.worker)
                         });
                 prop_assert!(
-                    matches!(cmd, Command::Retry) || stopped || orphaned,
+                    matches!(cmd, Command::Retry { .. }) || stopped || orphaned,
                     "a terminal job ({}) accepted {:?}",
                     before.status,
                     cmd
@@ -418,7 +418,7 @@ fn check_step(
             // A retry never runs beside an attempt whose worker may still stop it: its lease
             // was given up (`Stopped`, or `StopLost` once it ran out), or no reaper came for
             // `ABANDONED_STOP` after it ran out.
-            if matches!(cmd, Command::Retry) && before.status == JobStatus::Cancelled {
+            if matches!(cmd, Command::Retry { .. }) && before.status == JobStatus::Cancelled {
                 prop_assert!(
                     before.lease.as_ref().is_none_or(
                         |l| l.expires_at + crate::job::ABANDONED_STOP <= after.updated_at
@@ -466,7 +466,7 @@ fn check_step(
                 before.status,
                 after.status
             );
-            if changed && !matches!(cmd, Command::Retry) {
+            if changed && !matches!(cmd, Command::Retry { .. }) {
                 prop_assert!(
                     before.status.can_move_to(after.status),
                     "illegal move {} -> {}",
@@ -481,7 +481,9 @@ fn check_step(
                     Command::Release { .. } | Command::HostFailure { .. } => {
                         prop_assert_eq!(after.max_attempts, before.max_attempts + 1);
                     }
-                    Command::Retry => prop_assert_eq!(after.max_attempts, before.attempt + 1),
+                    Command::Retry { .. } => {
+                        prop_assert_eq!(after.max_attempts, before.attempt + 1)
+                    }
                     _ => prop_assert!(false, "{:?} changed max_attempts", cmd),
                 }
             }
@@ -537,7 +539,7 @@ fn check_reports_and_files(before: &Job, cmd: &Command, after: &Job) -> Result<(
     }
     // Files: each property's list stays as it was, with files added at its end; only a claim
     // or a retry drops files, and only the job's own uploads.
-    let new_attempt = matches!(cmd, Command::Claim { .. } | Command::Retry);
+    let new_attempt = matches!(cmd, Command::Claim { .. } | Command::Retry { .. });
     for (property, list) in &before.files {
         let kept: Vec<&FileRef> = list
             .iter()

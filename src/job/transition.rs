@@ -139,8 +139,25 @@ pub enum Command {
         /// The expired lease's token.
         token: u64,
     },
-    /// A client retries a job that did not succeed: a new attempt.
-    Retry,
+    /// A client retries a job that did not succeed: a new attempt; with `runner`, under that
+    /// runner (its own is gone from the config or no longer claims its type: routed again).
+    Retry {
+        /// The runner the job is queued for from now on (`None`: its own).
+        runner: Option<String>,
+    },
+    /// The job's runner is gone from this process's config or no longer claims its type: it
+    /// goes to `runner`. With `token`, a claimed job that was not launched (the worker's claim
+    /// guard): QUEUED in its place, or SCHEDULED at `retry_at`, its attempt given back as by a
+    /// [`Command::Release`] (its run ends [`REROUTED`]). Without, a job neither active nor
+    /// finished (at start): only its runner changes, no event.
+    Reroute {
+        /// The claim's token (`None`: a job not claimed).
+        token: Option<u64>,
+        /// The runner the job is queued for from now on.
+        runner: String,
+        /// With `token`: SCHEDULED then, not QUEUED (no runner claims the type).
+        retry_at: Option<Micros>,
+    },
     /// A SCHEDULED job is due: QUEUED.
     Promote,
     /// Every item of a WAITING job has its count of records: QUEUED, released by signals. The
@@ -332,7 +349,10 @@ fn fail_attempt(
     job.error = Some(message);
     job.exit_code = exit_code;
     let after_ms = match retry {
-        Retry::Backoff => Some(job.backoff.delay_ms(counted_attempts(job), ctx.jitter)),
+        Retry::Backoff => Some(
+            job.backoff
+                .delay_ms(attempts::counted_attempts(job), ctx.jitter),
+        ),
         Retry::After(ms) => Some(ms),
         Retry::Never => None,
     };
@@ -354,6 +374,10 @@ pub const HOST_FAILURE: &str = "HOST_FAILURE";
 /// The run outcome of an attempt its worker gave back ([`Command::Release`]).
 pub const RELEASED: &str = "RELEASED";
 
+/// The run outcome of an attempt its worker did not launch because its runner does not claim
+/// the job's type ([`Command::Reroute`]): given back.
+pub const REROUTED: &str = "REROUTED";
+
 /// How many of the job's last runs in a row were given back by their worker (`RELEASED`).
 pub fn releases_in_a_row(job: &Job) -> usize {
     ended_in_a_row(&job.runs, RELEASED)
@@ -370,45 +394,6 @@ fn ended_in_a_row(runs: &[super::RunRecord], outcome: &str) -> usize {
 /// Releases in a row whose attempt is given back (`max_attempts` + 1); later ones in the same
 /// row spend theirs, and end the job ERROR when none is left.
 pub const RELEASES_GIVEN_BACK: usize = 5;
-
-/// The attempts that counted against the job, for its backoff: its `attempt` less the runs that
-/// gave theirs back (host failures, and releases within their row's bound), so that a job
-/// stopped by three deploys waits after its first failure as long as any other. Only the run
-/// records kept (the last `MAX_RUN_RECORDS`) are counted; older ones count against it.
-fn counted_attempts(job: &Job) -> u32 {
-    let (mut given_back, mut row) = (0u32, 0usize);
-    for r in &job.runs {
-        match r.outcome.as_deref() {
-            Some(HOST_FAILURE) => {
-                given_back += 1;
-                row = 0;
-            }
-            Some(RELEASED) => {
-                row += 1;
-                if row <= RELEASES_GIVEN_BACK {
-                    given_back += 1;
-                }
-            }
-            _ => row = 0,
-        }
-    }
-    job.attempt.saturating_sub(given_back).max(1)
-}
-
-/// The backoff after a host failure: 500 ms doubled for each host failure just before this one
-/// (at most 30 s), with ±25 % jitter, in microseconds.
-fn host_failure_delay_us(job: &Job, jitter: f64) -> i64 {
-    // The current run (being ended) is not yet marked; count the ones before it.
-    let before = &job.runs[..job.runs.len().saturating_sub(1)];
-    let earlier = ended_in_a_row(before, HOST_FAILURE).min(6) as u32;
-    let base_ms = (500u64 << earlier).min(30_000) as f64;
-    let jitter = if jitter.is_finite() {
-        jitter.clamp(0.0, 1.0)
-    } else {
-        0.5
-    };
-    (base_ms * (0.75 + 0.5 * jitter) * 1000.0) as i64
-}
 
 /// Applies `cmd` to `job`. On success the job is changed (and `version`/`updated_at` bumped) and
 /// the returned kind says which event to append; on error the job is untouched. Lease
@@ -481,7 +466,12 @@ fn apply_inner(
         Command::Cancel => manage::cancel(job, ctx),
         Command::Stopped { token } => manage::stopped(job, token),
         Command::StopLost { token } => manage::stop_lost(job, ctx, token),
-        Command::Retry => manage::retry(job, ctx),
+        Command::Retry { runner } => manage::retry(job, ctx, runner),
+        Command::Reroute {
+            token,
+            runner,
+            retry_at,
+        } => attempts::reroute(job, ctx, token, runner, retry_at),
         Command::AttachFile {
             property,
             file,
@@ -631,6 +621,42 @@ mod tests {
             &ctx(1),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_reroute_gives_a_claim_back_to_another_runner_or_moves_a_waiting_job() {
+        let mut j = job();
+        let place = j.queued_at;
+        claim(&mut j, 7);
+        let to = |token, runner: &str, retry_at| Command::Reroute {
+            token,
+            runner: runner.into(),
+            retry_at,
+        };
+        assert_eq!(
+            apply(&mut j.clone(), to(Some(8), "s", None), &ctx(5)),
+            Err(TransitionError::StaleLease)
+        );
+        assert!(apply(&mut j.clone(), to(None, "s", None), &ctx(5)).is_err());
+        apply(&mut j, to(Some(7), "s", None), &ctx(50)).unwrap();
+        assert_eq!((j.status, j.runner.as_str()), (JobStatus::Queued, "s"));
+        assert_eq!(j.queued_at, place);
+        assert_eq!((j.attempt, j.max_attempts), (1, 3));
+        assert!(j.lease.is_none());
+        let run = j.runs.last().unwrap();
+        assert_eq!(run.outcome.as_deref(), Some(REROUTED));
+        assert!(
+            run.error.as_deref().unwrap().contains("runner `r`"),
+            "{run:?}"
+        );
+        // Not claimed: the runner only, no event.
+        assert_eq!(apply(&mut j, to(None, "u", None), &ctx(60)), Ok(None));
+        assert_eq!((j.status, j.runner.as_str()), (JobStatus::Queued, "u"));
+        // No runner for it: SCHEDULED then, under the runner it is given.
+        claim(&mut j, 9);
+        apply(&mut j, to(Some(9), "u", Some(1_000)), &ctx(70)).unwrap();
+        assert_eq!((j.status, j.run_at), (JobStatus::Scheduled, Some(1_000)));
+        assert_eq!(j.max_attempts, 4);
     }
 
     #[test]
@@ -841,7 +867,7 @@ mod tests {
             Command::LeaseExpired { token: None },
             // Its worker has not said the work stopped, and the lease holds: no new attempt
             // may run beside the old one yet.
-            Command::Retry,
+            Command::Retry { runner: None },
             // Not this claim's.
             Command::Stopped { token: 2 },
         ] {
@@ -851,7 +877,7 @@ mod tests {
         apply(&mut j, Command::Stopped { token: 1 }, &ctx(4)).unwrap();
         assert_eq!(j.lease, None);
         assert_eq!(j.status, JobStatus::Cancelled);
-        apply(&mut j, Command::Retry, &ctx(4)).unwrap();
+        apply(&mut j, Command::Retry { runner: None }, &ctx(4)).unwrap();
         assert_eq!(j.status, JobStatus::Queued);
         // Without the worker's word: once the lease has run out, a reaper made sure the work
         // is gone (`StopLost`, refused while the lease holds or with another token)...
@@ -862,23 +888,23 @@ mod tests {
         for (cmd, at) in [
             (Command::StopLost { token: 1 }, 9_999),
             (Command::StopLost { token: 2 }, 10_001),
-            (Command::Retry, 9_999),
-            (Command::Retry, 10_001),
+            (Command::Retry { runner: None }, 9_999),
+            (Command::Retry { runner: None }, 10_001),
         ] {
             assert!(apply(&mut k, cmd, &ctx(at)).is_err());
             assert_eq!(k, before);
         }
         apply(&mut k, Command::StopLost { token: 1 }, &ctx(10_001)).unwrap();
         assert_eq!((k.lease.as_ref(), k.status), (None, JobStatus::Cancelled));
-        apply(&mut k, Command::Retry, &ctx(10_001)).unwrap();
+        apply(&mut k, Command::Retry { runner: None }, &ctx(10_001)).unwrap();
         assert_eq!(k.status, JobStatus::Queued);
         // ...or, no reaper having come, `ABANDONED_STOP` after it ran out.
         let mut a = job();
         claim(&mut a, 1);
         apply(&mut a, Command::Cancel, &ctx(2)).unwrap();
         let end = 10_000 + crate::job::ABANDONED_STOP;
-        assert!(apply(&mut a, Command::Retry, &ctx(end - 1)).is_err());
-        apply(&mut a, Command::Retry, &ctx(end)).unwrap();
+        assert!(apply(&mut a, Command::Retry { runner: None }, &ctx(end - 1)).is_err());
+        apply(&mut a, Command::Retry { runner: None }, &ctx(end)).unwrap();
         // An active job keeps the lease it needs.
         let mut r = job();
         claim(&mut r, 1);
@@ -1158,7 +1184,7 @@ mod tests {
             1,
             "the last attempt's outputs stay"
         );
-        apply(&mut k, Command::Retry, &ctx(5)).unwrap();
+        apply(&mut k, Command::Retry { runner: None }, &ctx(5)).unwrap();
         assert_clean(&k, &["in.txt"]);
     }
 

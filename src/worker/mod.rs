@@ -23,6 +23,7 @@ mod park;
 pub mod reaper;
 pub mod reporter;
 pub mod reports;
+pub mod reroute;
 mod start;
 mod stop;
 mod supervise;
@@ -344,7 +345,12 @@ impl Worker {
                 // supervision inlined), and inline it made the job's task about 9 KB, copied
                 // whole at each spawn and each loop turn; memcpy was about a quarter of
                 // the worker thread's samples at 32 in flight (docs/benchmarks.md, "Session 41").
-                Box::pin(self.execute(&job, &slot, token, stop, reason, refill.clone())).await;
+                // A job of a type its runner does not claim (the config changed since its
+                // submit) is not run here: given back, re-routed (`reroute.rs`).
+                if !Box::pin(self.misrouted(&job, &slot, token)).await {
+                    let run = self.execute(&job, &slot, token, stop, reason, refill.clone());
+                    Box::pin(run).await;
+                }
                 self.untrack(id, token);
                 let (job, asked) = next?.get(refill.as_deref()?).await?;
                 Some((job, tokio::time::Instant::from_std(asked)))

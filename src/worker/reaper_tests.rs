@@ -122,7 +122,10 @@ async fn a_reaper_that_cannot_reach_the_work_leaves_the_lease() {
     let j = store.get(job.id).await.expect("read").expect("stored");
     assert_eq!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
     assert!(alive(&exec.handle().id));
-    assert!(store.apply(job.id, Command::Retry).await.is_err());
+    assert!(store
+        .apply(job.id, Command::Retry { runner: None })
+        .await
+        .is_err());
     exec.stop(Duration::from_millis(100)).await;
 }
 
@@ -166,7 +169,10 @@ async fn an_unrecorded_process_of_another_machine_is_left_with_its_lease() {
         let j = store.get(job.id).await.expect("read").expect("stored");
         assert_eq!(j.lease.as_ref().map(|l| l.token), Some(token), "{j:#?}");
         assert!(alive(&exec.handle().id), "{claimer}");
-        assert!(store.apply(job.id, Command::Retry).await.is_err());
+        assert!(store
+            .apply(job.id, Command::Retry { runner: None })
+            .await
+            .is_err());
         exec.stop(Duration::from_millis(100)).await;
     }
 }
@@ -408,7 +414,10 @@ async fn a_cancelled_job_whose_stop_keeps_failing_gives_its_lease_up_after_five_
     );
     let back = store.get(job.id).await.expect("read").expect("stored");
     assert!(back.lease.is_none(), "{back:#?}");
-    store.apply(job.id, Command::Retry).await.expect("retry");
+    store
+        .apply(job.id, Command::Retry { runner: None })
+        .await
+        .expect("retry");
 }
 
 /// A lease fenced by a reaper of the claimer's machine (its token no longer its run's) is held
@@ -462,13 +471,19 @@ async fn reap_kills_then_lets_the_retry_run(
 ) {
     let pid = exec.handle().id;
     assert!(alive(&pid), "the work runs on after the lease ran out");
-    assert!(store.apply(job.id, Command::Retry).await.is_err());
+    assert!(store
+        .apply(job.id, Command::Retry { runner: None })
+        .await
+        .is_err());
     reap_once(worker, &Stopping::default()).await.expect("pass");
     let back = lease_gone(store, job.id).await;
     assert_eq!(back.status, JobStatus::Cancelled);
     assert!(!alive(&pid), "the work was killed before the lease went");
     let _ = exec.wait().await;
-    let retried = store.apply(job.id, Command::Retry).await.expect("retry");
+    let retried = store
+        .apply(job.id, Command::Retry { runner: None })
+        .await
+        .expect("retry");
     assert_eq!(retried.status, JobStatus::Queued);
 }
 

@@ -3,8 +3,8 @@
 //! the one entry; these are its arms.
 
 use super::{
-    check_token, end_run, fail_attempt, host_failure_delay_us, illegal, set_status, ApplyCtx,
-    EventKind, FinishOutcome, Retry, TransitionError, HOST_FAILURE, RELEASED, RELEASES_GIVEN_BACK,
+    check_token, end_run, ended_in_a_row, fail_attempt, illegal, set_status, ApplyCtx, EventKind,
+    FinishOutcome, Retry, TransitionError, HOST_FAILURE, RELEASED, RELEASES_GIVEN_BACK, REROUTED,
 };
 use crate::job::JobStatus::*;
 use crate::job::{Job, Lease, Micros, Reported, RunHandle, RunRecord, MAX_RUN_RECORDS};
@@ -245,6 +245,50 @@ pub(super) fn release(
     Ok(Some(EventKind::Status))
 }
 
+/// The job goes to `runner` (`Command::Reroute`): a claim not launched is given back (QUEUED
+/// in its place, or SCHEDULED at `retry_at`), its attempt with it as a release gives it; a job
+/// neither active nor finished only changes runner.
+pub(super) fn reroute(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    token: Option<u64>,
+    runner: String,
+    retry_at: Option<Micros>,
+) -> Result<Option<EventKind>, TransitionError> {
+    let now = ctx.now;
+    let Some(token) = token else {
+        if !matches!(job.status, Queued | Scheduled | Waiting) || job.lease.is_some() {
+            return Err(illegal(job, "change runner"));
+        }
+        job.runner = runner;
+        return Ok(None);
+    };
+    check_token(job, token)?;
+    // Only a claim whose work was never launched: nothing runs, nothing was reported.
+    if job.status != Starting || job.handle.is_some() || job.reported().is_some() {
+        return Err(illegal(job, "change runner"));
+    }
+    end_run(job, now, REROUTED);
+    if let Some(r) = job.runs.last_mut() {
+        r.error = Some(format!(
+            "not launched: runner `{}` does not claim type `{}`; given to runner `{runner}`",
+            job.runner, job.job_type
+        ));
+    }
+    job.lease = None;
+    job.max_attempts = job.max_attempts.saturating_add(1);
+    job.runner = runner;
+    if let Some(at) = retry_at {
+        job.run_at = Some(at);
+        set_status(job, Scheduled, now);
+    } else {
+        let place = job.queued_at;
+        set_status(job, Queued, now);
+        job.queued_at = place;
+    }
+    Ok(Some(EventKind::Status))
+}
+
 /// The lease ran out: the worker is lost.
 pub(super) fn lease_expired(
     job: &mut Job,
@@ -398,4 +442,43 @@ pub(super) fn commit_reported(
         }
         Reported::Timeout { message } => time_out(job, ctx.now, message),
     }
+}
+
+/// The attempts that counted against the job, for its backoff: its `attempt` less the runs that
+/// gave theirs back (host failures, re-routes, releases within their row's bound), so that a job
+/// stopped by three deploys waits after its first failure as long as any other. Only the run
+/// records kept (the last `MAX_RUN_RECORDS`) are counted; older ones count against it.
+pub(super) fn counted_attempts(job: &Job) -> u32 {
+    let (mut given_back, mut row) = (0u32, 0usize);
+    for r in &job.runs {
+        match r.outcome.as_deref() {
+            Some(HOST_FAILURE | REROUTED) => {
+                given_back += 1;
+                row = 0;
+            }
+            Some(RELEASED) => {
+                row += 1;
+                if row <= RELEASES_GIVEN_BACK {
+                    given_back += 1;
+                }
+            }
+            _ => row = 0,
+        }
+    }
+    job.attempt.saturating_sub(given_back).max(1)
+}
+
+/// The backoff after a host failure: 500 ms doubled for each host failure just before this one
+/// (at most 30 s), with ±25 % jitter, in microseconds.
+fn host_failure_delay_us(job: &Job, jitter: f64) -> i64 {
+    // The current run (being ended) is not yet marked; count the ones before it.
+    let before = &job.runs[..job.runs.len().saturating_sub(1)];
+    let earlier = ended_in_a_row(before, HOST_FAILURE).min(6) as u32;
+    let base_ms = (500u64 << earlier).min(30_000) as f64;
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    (base_ms * (0.75 + 0.5 * jitter) * 1000.0) as i64
 }

@@ -61,7 +61,11 @@ pub(super) fn stop_lost(
 }
 
 /// A user retries a finished job: one more attempt.
-pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
+pub(super) fn retry(
+    job: &mut Job,
+    ctx: &ApplyCtx,
+    runner: Option<String>,
+) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
     if !job.status.can_retry() {
         return Err(illegal(job, "retry"));
@@ -80,6 +84,9 @@ pub(super) fn retry(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, 
     job.lease = None;
     job.finished_at = None;
     job.run_at = None;
+    if let Some(r) = runner {
+        job.runner = r;
+    }
     // The only way out of a terminal status.
     job.status = Queued;
     job.queued_at = now;

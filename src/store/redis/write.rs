@@ -57,6 +57,9 @@ pub(super) struct Write {
     /// (`hand` in commit.lua, see handover.rs): the park keys, the token counter and the lease
     /// set are declared.
     pub(super) hand: bool,
+    /// The runner whose queue a QUEUED job leaves for another's (`Command::Reroute`): its entry
+    /// there goes (`qold` in commit.lua).
+    pub(super) left_queue: Option<String>,
 }
 
 impl Write {
@@ -93,7 +96,6 @@ impl Write {
         let delivery = deliveries::commit_arg(&job, ev);
         Ok(Self {
             expected,
-            job,
             body,
             files,
             files_gone,
@@ -105,6 +107,10 @@ impl Write {
             event0: None,
             delivery0: String::new(),
             hand: false,
+            left_queue: old
+                .filter(|o| o.status == JobStatus::Queued && o.runner != job.runner)
+                .map(|o| o.runner.clone()),
+            job,
         })
     }
 
@@ -250,6 +256,9 @@ impl Write {
         // A claim's pick was popped from the runner's queue by claim.lua at this same version.
         if queued || (was_queued && !self.popped) {
             p.own("q", "q:", &j.runner);
+        }
+        if let Some(r) = &self.left_queue {
+            p.own("qold", "q:", r);
         }
         if self.hand {
             p.own("park", "park:", &j.runner);

@@ -27,7 +27,7 @@ pub(super) fn save_row(conn: &Connection, job: &Job, stored: JobStatus) -> Resul
     let n = exec(
         conn,
         "UPDATE jobs SET status = ?2, run_at = ?3, lease_expires = ?4, queued_at = ?5,
-                finished_at = ?6, body = ?7 WHERE id = ?1 AND status = ?8",
+                finished_at = ?6, body = ?7, runner = ?9 WHERE id = ?1 AND status = ?8",
         params![
             job.id.to_string(),
             job.status.as_str(),
@@ -36,7 +36,8 @@ pub(super) fn save_row(conn: &Connection, job: &Job, stored: JobStatus) -> Resul
             job.queued_at,
             job.finished_at,
             body,
-            stored.as_str()
+            stored.as_str(),
+            job.runner
         ],
     )?;
     if n != 1 {

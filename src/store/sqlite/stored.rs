@@ -8,8 +8,9 @@
 //!   empty lists, the usual backoff, `max_attempts` 1, ...), times after `created_at` as
 //!   differences from it. Every
 //!   reader of a job selects [`JOB_COLUMNS`] and reads them with [`JobRow`]: a query that read
-//!   `body` alone would miss those fields. `type`, `runner`, `channel` and `idem_key` are written
-//!   at submit only (no command changes them); `save` writes the others at every change. Bodies
+//!   `body` alone would miss those fields. `type`, `channel` and `idem_key` are written at
+//!   submit only (no command changes them); `save` writes the others at every change (`runner`
+//!   too: a retry or a re-route moves the job to another runner, `Command::Reroute`). Bodies
 //!   written before (the job's whole JSON, which always has `id`) are still read, as they are.
 //! - An event body keeps only what cannot be derived: the row id is the event id, the `channel`
 //!   column its channel, the job id is the channel's unless given, the Superset word and the

@@ -47,7 +47,8 @@
 --   separated). A
 --   name of a shared key refers to the call's declaration; any other takes the next KEYS entry:
 --   `job` `P:job:{id}` (always first), `idem` `P:idem:{key}`, `stold` `P:st:{old status}`, `stnew`
---   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `evl` `P:evl:{channel}`, `evc`
+--   `P:st:{new status}`, `qt` `P:qt:{type}`, `q` `P:q:{runner}`, `qold` `P:q:{runner it had}` (a
+--   QUEUED job moved to another runner: its entry there goes), `evl` `P:evl:{channel}`, `evc`
 --   `P:evc:{channel}`, `djob`
 --   `P:dlv:job:{id}`, `dlvep` `P:dlv:ep:{endpoint id}` (with a delivery: the SHA-1 hex of its URL
 --   up to the query), `park` `P:park:{runner}`, `parkn` `P:parkn:{runner}`, `tok` `P:token`
@@ -363,6 +364,7 @@ local function index(w, K, old)
   if K.qt then
     if st == 'QUEUED' then zset(K.qt, id, w.q) else zset(K.qt, id, false) end
   end
+  if K.qold then zset(K.qold, id, false) end
   if K.stold then zset(K.stold, id, false) end
   if K.stnew then zset(K.stnew, id, 0) end
   if K.q then

@@ -1,0 +1,214 @@
+//! Jobs stored under a runner name that a config change gave to another runner, or to none
+//! (docs/configuration.md, "Runner names"): a runner's default name is its place
+//! (`local-0`, `local-1`), so swapping two `[[runners]]` blocks swaps what the names mean. A
+//! job runs the command of the runner that claims its type under the config it is claimed with
+//! (the claim guard, both stores), a job left under a name the config no longer has is moved
+//! at start (embedded store), and a retry routes the job again as a submit would.
+
+mod redis_support;
+mod support;
+
+use std::time::Duration;
+
+use redis_support::TestRedis;
+use reqwest::StatusCode;
+use serde_json::json;
+use support::*;
+
+/// Two local runners, unnamed (`local-0`, `local-1`): `email.*` first, `billing.*` second.
+const EMAIL_FIRST: &str = r#"
+[[runners]]
+kind = "local"
+types = ["email.*"]
+command = ["/bin/sh", "-c", "echo SENDING MAIL for $JOB_TYPE"]
+
+[[runners]]
+kind = "local"
+types = ["billing.*"]
+command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
+"#;
+
+/// The same two blocks the other way round: `local-0` is now the billing runner.
+const BILLING_FIRST: &str = r#"
+[[runners]]
+kind = "local"
+types = ["billing.*"]
+command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
+
+[[runners]]
+kind = "local"
+types = ["email.*"]
+command = ["/bin/sh", "-c", "echo SENDING MAIL for $JOB_TYPE"]
+"#;
+
+async fn lines(ts: &TestServer, id: &str) -> Vec<String> {
+    ts.all_logs(id).await.into_iter().map(|(_, l)| l).collect()
+}
+
+/// Jobs submitted with no worker running, the blocks swapped, the server started again with
+/// its worker: each job runs its own type's command, on the runner that claims it now.
+async fn swapped_blocks(store: &str) {
+    let mut ts = TestServer::builder(EMAIL_FIRST).config(store).start().await;
+    ts.restart(false).await;
+    let mail = ts.submit_ok(json!({"type": "email.welcome"})).await;
+    let bill = ts.submit_ok(json!({"type": "billing.charge"})).await;
+    assert_eq!(ts.get_job(&mail).await["runner"], "local-0");
+    assert_eq!(ts.get_job(&bill).await["runner"], "local-1");
+    ts.set_runners(BILLING_FIRST);
+    ts.restart(true).await;
+    for (id, want, runner) in [
+        (&mail, "SENDING MAIL for email.welcome", "local-1"),
+        (&bill, "CHARGING CARD for billing.charge", "local-0"),
+    ] {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+        assert_eq!(lines(&ts, id).await, vec![want.to_string()], "{job:#}");
+        assert_eq!(job["runner"], runner, "{job:#}");
+    }
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_runner_blocks_run_each_job_on_its_types_runner_embedded() {
+    swapped_blocks("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_runner_blocks_run_each_job_on_its_types_runner_on_redis() {
+    let r = TestRedis::start();
+    swapped_blocks(&r.server_config("reroute-test-master-key-0123456789")).await;
+}
+
+/// A runner renamed (`mail` to `email`): its QUEUED job, and one waiting for its retry, run on
+/// the new name after the restart (moved at start: no claim ever names `mail` again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_runners_queued_jobs_run_under_its_new_name() {
+    let runner = |name: &str| {
+        format!(
+            r#"
+[[runners]]
+name = "{name}"
+kind = "local"
+types = ["email.*"]
+command = ["/bin/sh", "-c", "echo SENT $JOB_TYPE"]
+"#
+        )
+    };
+    let mut ts = TestServer::builder(&runner("mail")).start().await;
+    ts.restart(false).await;
+    let id = ts.submit_ok(json!({"type": "email.welcome"})).await;
+    // Due after the restart: SCHEDULED under `mail` when the config changes.
+    let at = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(4));
+    let later = ts
+        .submit_ok(json!({"type": "email.later", "run_at": at.to_string()}))
+        .await;
+    assert_eq!(status_of(&ts.get_job(&later).await), "SCHEDULED");
+    assert_eq!(ts.get_job(&id).await["runner"], "mail");
+    ts.set_runners(&runner("email"));
+    ts.restart(true).await;
+    for (id, want) in [(&id, "SENT email.welcome"), (&later, "SENT email.later")] {
+        let job = ts.wait_terminal(id, WAIT).await;
+        assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+        assert_eq!(job["runner"], "email", "{job:#}");
+        assert_eq!(lines(&ts, id).await, vec![want.to_string()]);
+    }
+    ts.stop().await;
+}
+
+/// A job that failed under a runner the config no longer has: a retry runs it on the runner
+/// that claims its type now; with none that does, `422 unknown_type` and nothing changed.
+async fn retry_after_the_runner_is_gone(store: &str) {
+    let failing = r#"
+[[runners]]
+name = "old"
+kind = "local"
+types = ["email.*"]
+command = ["/bin/sh", "-c", "echo OLD; exit 1"]
+"#;
+    let mut ts = TestServer::builder(failing).config(store).start().await;
+    let id = ts
+        .submit_ok(json!({"type": "email.welcome", "max_attempts": 1}))
+        .await;
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "ERROR", "{job:#}");
+
+    // No runner claims `email.*`: refused as a submit is, the job as it was.
+    ts.set_runners(
+        r#"
+[[runners]]
+name = "other"
+kind = "local"
+types = ["billing.*"]
+command = ["/bin/sh", "-c", "echo BILLING"]
+"#,
+    );
+    ts.restart(true).await;
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_of(&body).0, "unknown_type", "{body}");
+    let job = ts.get_job(&id).await;
+    assert_eq!((status_of(&job), &job["runner"]), ("ERROR", &json!("old")));
+
+    // A runner that claims it: the retry runs there.
+    ts.set_runners(
+        r#"
+[[runners]]
+name = "new"
+kind = "local"
+types = ["email.*"]
+command = ["/bin/sh", "-c", "echo NEW"]
+"#,
+    );
+    ts.restart(true).await;
+    let (st, body) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "SUCCESS", "{job:#}");
+    assert_eq!(job["runner"], "new", "{job:#}");
+    assert_eq!(lines(&ts, &id).await, vec!["OLD", "NEW"]);
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_routes_a_job_whose_runner_is_gone_embedded() {
+    retry_after_the_runner_is_gone("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_routes_a_job_whose_runner_is_gone_on_redis() {
+    let r = TestRedis::start();
+    retry_after_the_runner_is_gone(&r.server_config("reroute-test-master-key-0123456789")).await;
+}
+
+/// A claimed job whose type no runner of the process claims is not run: back to its runner's
+/// queue later (SCHEDULED), its attempt given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_job_no_runner_claims_is_not_run() {
+    let mut ts = TestServer::builder(EMAIL_FIRST).start().await;
+    ts.restart(false).await;
+    let id = ts.submit_ok(json!({"type": "email.welcome"})).await;
+    let max_attempts = ts.get_job(&id).await["max_attempts"]
+        .as_u64()
+        .expect("max_attempts");
+    // `local-0` is still there, for `billing.*` only; nothing claims `email.*`.
+    ts.set_runners(
+        r#"
+[[runners]]
+kind = "local"
+types = ["billing.*"]
+command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
+"#,
+    );
+    ts.restart(true).await;
+    let job = ts.wait_status(&id, "SCHEDULED", WAIT).await;
+    assert_eq!(job["runner"], "local-0", "{job:#}");
+    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(
+        job["max_attempts"],
+        max_attempts + 1,
+        "the attempt is given back: {job:#}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(lines(&ts, &id).await.is_empty(), "nothing ran");
+    ts.stop().await;
+}
