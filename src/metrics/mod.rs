@@ -175,7 +175,7 @@ impl Metrics {
         );
         r.register(
             "runyard_store_up",
-            "1 when the last scrape could read the job counts from the store, else 0",
+            "1 when the last scrape could read the job counts from the store and the store was ready (takes writes), else 0",
             self.store_up.clone(),
         );
         r.register(
@@ -472,12 +472,16 @@ impl Metrics {
     /// everything.
     pub async fn scrape(&self, store: &dyn Store) -> String {
         let _one = self.scrape.lock().await;
-        match crate::store::within(SCRAPE_STORE_WAIT, store.job_counts()).await {
+        // The counts and the health check under one bound, side by side.
+        let (counts, ready) = tokio::join!(
+            crate::store::within(SCRAPE_STORE_WAIT, store.job_counts()),
+            crate::store::within(SCRAPE_STORE_WAIT, store.health()),
+        );
+        match counts {
             Ok(c) => {
                 self.set_counts(&c);
                 // Up as `/health/ready` says: counts read from a Redis replica (a node left on
                 // the old primary after a failover) are no store that takes writes.
-                let ready = crate::store::within(SCRAPE_STORE_WAIT, store.health()).await;
                 if let Err(e) = &ready {
                     tracing::warn!(error = %e, "metrics: the store is not ready");
                 }

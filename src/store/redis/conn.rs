@@ -83,7 +83,9 @@ pub(super) fn tls_refused(e: &RedisError) -> bool {
 
 /// What a TLS handshake's failure at start adds to its error.
 const TLS_HINT: &str = "the TLS handshake failed: the server's certificate must be signed by a \
-    CA of the system's trust store, or of `store.redis_ca` when set, and name the URL's host";
+    CA of the system's trust store, or of `store.redis_ca` when set, and name the URL's host; \
+    a server that refused the handshake (a fatal alert) may require a client certificate, which \
+    runyard does not send (`tls-auth-clients no` or `optional` on the Redis)";
 
 /// An error the manager does not heal from by itself: a failed authentication.
 pub(super) fn stuck(e: &RedisError) -> bool {
@@ -185,7 +187,13 @@ impl SharedConn {
         match made {
             Ok(Ok(c)) => {
                 *self.inner.current.write() = c;
-                tracing::info!("redis: connected again with a new connection");
+                // Once a minute at most: a node whose address names a replica for good renews
+                // about every second.
+                if crate::store::log_quiet::loud("redis renew", "connection") {
+                    tracing::info!("redis: connected again with a new connection");
+                } else {
+                    tracing::debug!("redis: connected again with a new connection");
+                }
                 true
             }
             Ok(Err(e)) => {

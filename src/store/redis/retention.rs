@@ -194,9 +194,13 @@ impl RedisStore {
                     .unwrap_or_else(|| super::conn::OUT_OF_MEMORY.to_string()),
             )),
             // Refused for another reason: that one is said, not the lack of memory of before
-            // (a replica's READONLY read as "out of memory").
+            // (a replica's READONLY read as "out of memory"). The memory flag is dropped only
+            // for a refusal that says where the write went (a replica); a lost connection, a
+            // loading Redis say nothing of its memory, and keep it.
             Ok(Err(e)) => {
-                *self.write_refused.lock() = None;
+                if super::conn::on_replica(&e) {
+                    *self.write_refused.lock() = None;
+                }
                 self.conn.heal(&e).await;
                 Err(StoreError::Unavailable(format!("redis: {e}")))
             }
