@@ -180,8 +180,8 @@ async fn a_retry_routes_a_job_whose_runner_is_gone_on_redis() {
     retry_after_the_runner_is_gone(&r.server_config("reroute-test-master-key-0123456789")).await;
 }
 
-/// A claimed job whose type no runner of the process claims is not run: back to its runner's
-/// queue later (SCHEDULED), its attempt given back.
+/// A stored job whose type no runner claims any more is not run: parked at the start (runner
+/// `(no runner)`, which no claim meets), and moved and run at a start with a runner for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimed_job_no_runner_claims_is_not_run() {
     let mut ts = TestServer::builder(EMAIL_FIRST).start().await;
@@ -200,15 +200,85 @@ command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
 "#,
     );
     ts.restart(true).await;
-    let job = ts.wait_status(&id, "SCHEDULED", WAIT).await;
+    // Parked by the start's pass: under a runner name no claim meets, its attempt untouched.
+    let job = ts.get_job(&id).await;
+    assert_eq!(job["status"], "QUEUED", "{job:#}");
+    assert_eq!(job["runner"], "(no runner)", "{job:#}");
+    assert_eq!(job["max_attempts"], max_attempts, "{job:#}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = ts.get_job(&id).await;
+    assert_eq!(
+        job["runner"], "(no runner)",
+        "not claimed meanwhile: {job:#}"
+    );
+    assert!(
+        job["runs"].as_array().is_none_or(|r| r.is_empty()),
+        "{job:#}"
+    );
+    assert!(lines(&ts, &id).await.is_empty(), "nothing ran");
+    // A start with a runner for the type again: moved there, and run.
+    ts.set_runners(EMAIL_FIRST);
+    ts.restart(true).await;
+    let job = ts.wait_status(&id, "SUCCESS", WAIT).await;
     assert_eq!(job["runner"], "local-0", "{job:#}");
-    assert_eq!(job["attempt"], 1, "{job:#}");
+    assert_eq!(lines(&ts, &id).await, ["SENDING MAIL for email.welcome"]);
+    ts.stop().await;
+}
+
+/// On Redis (no start pass: processes may run different runners), the claim guard parks a
+/// claimed job no runner of the process claims, its attempt given back; it stays parked until
+/// it is cancelled and retried with a runner for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_job_no_runner_claims_is_parked_on_redis() {
+    let r = TestRedis::start();
+    let store = r.server_config("reroute-test-master-key-0123456789");
+    let mut ts = TestServer::builder(EMAIL_FIRST)
+        .config(&store)
+        .start()
+        .await;
+    ts.restart(false).await;
+    let id = ts.submit_ok(json!({"type": "email.welcome"})).await;
+    let max_attempts = ts.get_job(&id).await["max_attempts"]
+        .as_u64()
+        .expect("max_attempts");
+    ts.set_runners(
+        r#"
+[[runners]]
+kind = "local"
+types = ["billing.*"]
+command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
+"#,
+    );
+    ts.restart(true).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let job = loop {
+        let job = ts.get_job(&id).await;
+        if job["runner"] == "(no runner)" {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "not parked: {job:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["status"], "QUEUED", "{job:#}");
     assert_eq!(
         job["max_attempts"],
         max_attempts + 1,
-        "the attempt is given back: {job:#}"
+        "the attempt given back: {job:#}"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = ts.get_job(&id).await;
+    assert_eq!(
+        later["attempt"], job["attempt"],
+        "not claimed again: {later:#}"
+    );
     assert!(lines(&ts, &id).await.is_empty(), "nothing ran");
+    ts.set_runners(EMAIL_FIRST);
+    ts.restart(true).await;
+    let (st, v) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
+    assert!(st.is_success(), "{v}");
+    let job = ts.wait_status(&id, "SUCCESS", WAIT).await;
+    assert_eq!(job["runner"], "local-0", "{job:#}");
     ts.stop().await;
 }

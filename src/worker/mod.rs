@@ -347,7 +347,9 @@ impl Worker {
                 // the worker thread's samples at 32 in flight (docs/benchmarks.md, "Session 41").
                 // A job of a type its runner does not claim (the config changed since its
                 // submit) is not run here: given back, re-routed (`reroute.rs`).
-                if !Box::pin(self.misrouted(&job, &slot, token)).await {
+                // Checked here first: the guard's future is made only for a misrouted job.
+                if slot.claims(&job.job_type) || !Box::pin(self.misrouted(&job, &slot, token)).await
+                {
                     let run = self.execute(&job, &slot, token, stop, reason, refill.clone());
                     Box::pin(run).await;
                 }

@@ -198,6 +198,9 @@ async fn lease_expired(worker: &Worker, id: Uuid, token: Option<u64>) -> bool {
                 if j.status.is_terminal() { "ended" } else { "requeued" }
             );
             crate::outcomes::log_change(&j);
+            // Requeued under a runner this config no longer has for it (embedded: renamed
+            // across the restart that orphaned the lease): moved, or parked (`reroute.rs`).
+            super::reroute::route_requeued(&worker.store, &worker.runners, &j).await;
             true
         }
         Err(e @ StoreError::Transition(_)) => {

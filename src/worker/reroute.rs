@@ -7,58 +7,36 @@
 //! - The claim guard ([`Worker::misrouted`]): a worker never launches a job whose type its
 //!   runner does not claim. The claim is given back in one write (`Command::Reroute`): QUEUED
 //!   for the runner this config picks for the type ([`RunnerSet::route`]), its attempt given
-//!   back; when no runner here claims the type, SCHEDULED under its runner in
-//!   [`UNROUTED_DELAY`] (not run, not spun on), logged at most once a minute per job. A job
-//!   re-routed at its claim before too (Redis processes whose runner names mean different
-//!   things pass it between them) waits [`UNROUTED_DELAY`] under its new runner, not QUEUED.
+//!   back. A job no runner here claims, or one re-routed at its claim before too (Redis
+//!   processes whose runner names mean different things would pass it between them), is
+//!   parked: QUEUED under [`PARKED_RUNNER`], a name no runner has (refused in a config), so no
+//!   claim meets it again; logged at WARN, once (it is parked once).
 //! - The start's pass ([`stranded`], embedded store only: one process holds it, so its config
 //!   is the only one): every job neither active nor finished whose runner is gone or does not
-//!   claim its type is moved to the runner that does; one with none is left as it is, and the
-//!   types without a runner are logged. On Redis, processes may run different runners on
-//!   purpose (a job under a runner this process lacks is another's), so there is no such pass.
+//!   claim its type (parked ones too) is moved to the runner that does, or parked when none
+//!   does; and a job the reaper requeues after a crash goes the same way
+//!   ([`route_requeued`]). On Redis, processes may run different runners on purpose (a job
+//!   under a runner this process lacks is another's), so there is no such pass: a parked job
+//!   there is cancelled and retried once a runner claims its type.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
-use uuid::Uuid;
 
 use super::Worker;
 use crate::job::transition::REROUTED;
-use crate::job::{now_us, Command, Job, JobStatus};
+use crate::job::{Command, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::{ListQuery, Store};
 
-/// How long a claimed job that no runner of this process claims waits before it is claimed
-/// again (its runner's name may be claimed by another process, or a new config may come).
-pub const UNROUTED_DELAY: Duration = Duration::from_secs(30);
-
-/// How often the same job's "no runner" warning is logged at most.
-const WARN_EVERY: Duration = Duration::from_secs(60);
+/// The runner name of a parked job: one no runner can have (refused in a config), so no claim
+/// meets it.
+pub const PARKED_RUNNER: &str = "(no runner)";
 
 /// Jobs read per page by the start's pass.
 const PAGE: usize = 200;
 
 /// Per-job lines the start's pass logs at most (the rest are counted in its summary).
 const LINES: usize = 100;
-
-/// When each job without a runner was last warned about (entries older than [`WARN_EVERY`]
-/// are dropped at each warning: bounded by the jobs met in a minute).
-static WARNED: Mutex<Option<HashMap<Uuid, Instant>>> = Mutex::new(None);
-
-/// Whether the "no runner" warning of `id` is due now (and notes it).
-fn warn_due(id: Uuid) -> bool {
-    let now = Instant::now();
-    let mut g = WARNED.lock();
-    let m = g.get_or_insert_with(HashMap::new);
-    m.retain(|_, at| now.duration_since(*at) < WARN_EVERY);
-    if m.contains_key(&id) {
-        return false;
-    }
-    m.insert(id, now);
-    true
-}
 
 impl Worker {
     /// The claim guard: true when `job`, claimed under `token` for `slot`, is of a type `slot`
@@ -68,32 +46,34 @@ impl Worker {
             return false;
         }
         let (id, from) = (job.id, job.runner.as_str());
-        let later = now_us().saturating_add(UNROUTED_DELAY.as_micros() as i64);
         // The run before this claim was re-routed too: processes whose runner names mean
-        // different things pass the job between them; it waits, rather than go round at once.
+        // different things would pass the job between them for ever; it is parked instead.
         let again = job.runs.len() >= 2
             && job.runs[job.runs.len() - 2].outcome.as_deref() == Some(REROUTED);
-        let (runner, retry_at) = match self.runners.route(&job.job_type, from) {
-            Some(to) => {
+        let runner = match self.runners.route(&job.job_type, from) {
+            Some(to) if !again => {
                 tracing::warn!(job_id = %id, r#type = %job.job_type, from, to = %to.name,
-                    again, "runner does not claim the job's type (its config changed): job \
-                    re-routed");
-                (to.name.clone(), again.then_some(later))
+                    "runner does not claim the job's type (its config changed): job re-routed");
+                to.name.clone()
             }
-            None => {
-                if warn_due(id) {
-                    tracing::warn!(job_id = %id, r#type = %job.job_type, runner = from,
-                        "no runner of this process claims the job's type: not run, claimed \
-                         again in {}s", UNROUTED_DELAY.as_secs());
-                }
-                (from.to_string(), Some(later))
+            to => {
+                let why = if to.is_some() {
+                    "re-routed at its claim before too (processes disagree on what runs this \
+                     type: check every process's [[runners]])"
+                } else {
+                    "no runner of this process claims the job's type"
+                };
+                tracing::warn!(job_id = %id, r#type = %job.job_type, runner = from,
+                    parked = PARKED_RUNNER, "{why}: job parked, not run (embedded: a restart \
+                    with a runner for it moves it; Redis: cancel and retry it then)");
+                PARKED_RUNNER.to_string()
             }
         };
         self.work_ended(id, token);
         let cmd = Command::Reroute {
             token: Some(token),
             runner,
-            retry_at,
+            retry_at: None,
         };
         let r = self.store.apply(id, cmd).await;
         self.settle(id, token, &r).await;
@@ -135,13 +115,19 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
                 if here.is_some_and(|s| s.claims(&job.job_type)) {
                     continue;
                 }
-                let Some(to) = runners.route(&job.job_type, &job.runner) else {
-                    *unrouted.entry(job.job_type.clone()).or_default() += 1;
-                    continue;
+                let to = match runners.route(&job.job_type, &job.runner) {
+                    Some(to) => to.name.clone(),
+                    None => {
+                        *unrouted.entry(job.job_type.clone()).or_default() += 1;
+                        if job.runner == PARKED_RUNNER {
+                            continue;
+                        }
+                        PARKED_RUNNER.to_string()
+                    }
                 };
                 let cmd = Command::Reroute {
                     token: None,
-                    runner: to.name.clone(),
+                    runner: to.clone(),
                     retry_at: None,
                 };
                 match store.apply(job.id, cmd).await {
@@ -150,7 +136,7 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
                         if lines < LINES {
                             lines += 1;
                             tracing::warn!(job_id = %job.id, r#type = %job.job_type,
-                                from = %job.runner, to = %to.name, status = %job.status,
+                                from = %job.runner, to = %to, status = %job.status,
                                 "job's runner is gone or no longer claims its type: re-routed");
                         }
                     }
@@ -178,6 +164,37 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
             .collect::<Vec<_>>()
             .join(", ");
         tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
-            "stored jobs of types no runner claims: left as they are until a runner claims them");
+            "stored jobs of types no runner claims: parked (runner `(no runner)`) until a start with a runner for them");
+    }
+}
+
+/// After the reaper requeued `job` (a lease that ran out, a crash before this start: its lease
+/// was still held at the start's pass), on the embedded store: moved as the start's pass moves
+/// a job whose runner is gone or does not claim its type, or parked.
+pub async fn route_requeued(store: &Arc<dyn Store>, runners: &RunnerSet, job: &Job) {
+    if store.backend_name() != "embedded" || job.status != JobStatus::Queued {
+        return;
+    }
+    if runners
+        .get(&job.runner)
+        .is_some_and(|s| s.claims(&job.job_type))
+    {
+        return;
+    }
+    let to = runners
+        .route(&job.job_type, &job.runner)
+        .map_or_else(|| PARKED_RUNNER.to_string(), |s| s.name.clone());
+    if to == job.runner {
+        return;
+    }
+    let cmd = Command::Reroute {
+        token: None,
+        runner: to.clone(),
+        retry_at: None,
+    };
+    match store.apply(job.id, cmd).await {
+        Ok(_) => tracing::warn!(job_id = %job.id, r#type = %job.job_type, from = %job.runner,
+            to = %to, "requeued job's runner is gone or no longer claims its type: re-routed"),
+        Err(e) => tracing::info!(job_id = %job.id, error = %e, "requeued job not re-routed"),
     }
 }
