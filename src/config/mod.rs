@@ -28,6 +28,10 @@ pub use sections::{
 /// The longest duration any key takes (100 years).
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The runner name of a parked job (`worker/reroute.rs`): one no runner may have (refused in a
+/// config), so no claim meets it.
+pub const PARKED_RUNNER: &str = "(no runner)";
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

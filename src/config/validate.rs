@@ -295,7 +295,7 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.runners.iter().enumerate() {
             check_runner(r, i)?;
-            if r.name_at(i) == crate::worker::reroute::PARKED_RUNNER {
+            if r.name_at(i) == super::PARKED_RUNNER {
                 return err(
                     format!("runners[{i}].name"),
                     "`(no runner)` is reserved (the runner of parked jobs)",

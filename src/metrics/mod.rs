@@ -16,6 +16,7 @@
 //! [`prometheus_client::collector::Collector`] with [`Metrics::register_collector`]), once,
 //! where the server is assembled.
 
+mod command_kind;
 mod family;
 pub mod features;
 pub mod http;
@@ -38,6 +39,7 @@ use crate::job::{now_us, Job, JobStatus, Micros};
 use crate::store::counts::JobCounts;
 use crate::store::Store;
 
+pub use command_kind::CommandKind;
 use family::{FnFamily, FnKind};
 use series::{cached, TypeSeries};
 pub use store::MeteredStore;
@@ -468,11 +470,11 @@ impl Metrics {
         }
     }
 
-    /// Reads the store gauges from `store` (waiting at most [`SCRAPE_STORE_WAIT`]), then renders
-    /// everything.
+    /// Reads the store gauges (waiting at most [`SCRAPE_STORE_WAIT`]) and renders everything.
     pub async fn scrape(&self, store: &dyn Store) -> String {
         let _one = self.scrape.lock().await;
-        // The counts and the health check under one bound, side by side.
+        // The counts, and up as `/health/ready` says (a Redis replica's counts are no store
+        // that takes writes), side by side under one bound.
         let (counts, ready) = tokio::join!(
             crate::store::within(SCRAPE_STORE_WAIT, store.job_counts()),
             crate::store::within(SCRAPE_STORE_WAIT, store.health()),
@@ -480,8 +482,6 @@ impl Metrics {
         match counts {
             Ok(c) => {
                 self.set_counts(&c);
-                // Up as `/health/ready` says: counts read from a Redis replica (a node left on
-                // the old primary after a failover) are no store that takes writes.
                 if let Err(e) = &ready {
                     tracing::warn!(error = %e, "metrics: the store is not ready");
                 }
@@ -530,63 +530,6 @@ pub const SCRAPE_STORE_WAIT: std::time::Duration = std::time::Duration::from_sec
 
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-/// What a committed command did, as far as the metrics care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind {
-    /// A worker's outcome of an attempt (success, failure, timeout).
-    Finish,
-    /// A job's own report through the hook that ended it (SUCCESS or ERROR).
-    HookFinal,
-    /// A client's cancel.
-    Cancel,
-    /// The reaper's recovery of an expired lease.
-    LeaseExpired,
-    /// The reaper's giving up of a cancelled job's expired lease (`Command::StopLost`): the job
-    /// stays CANCELLED.
-    StopLost,
-    /// Anything else that changes the status (start, release, retry, host failure, promote...).
-    OtherStatus,
-    /// A change that keeps the status (progress, a file, adopt).
-    Same,
-}
-
-impl CommandKind {
-    /// The kind of `cmd`.
-    pub fn of(cmd: &crate::job::Command) -> Self {
-        use crate::job::Command as C;
-        match cmd {
-            C::Finish { .. } => Self::Finish,
-            C::Hook(r) => match r.status {
-                Some(JobStatus::Success) | Some(JobStatus::Error) => Self::HookFinal,
-                Some(JobStatus::Running) => Self::OtherStatus,
-                _ => Self::Same,
-            },
-            C::Cancel => Self::Cancel,
-            C::LeaseExpired { .. } => Self::LeaseExpired,
-            C::StopLost { .. } => Self::StopLost,
-            // The time limit marks the attempt; its status changes with the finish after.
-            // A cancelled job's lease given up: it stays CANCELLED.
-            C::Progress { .. }
-            | C::AttachFile { .. }
-            | C::Adopt { .. }
-            | C::Fence { .. }
-            | C::TimeLimit { .. }
-            | C::Stopped { .. }
-            | C::OrphanLease => Self::Same,
-            _ => Self::OtherStatus,
-        }
-    }
-
-    fn changes_status(self) -> bool {
-        !matches!(self, Self::Same | Self::StopLost)
-    }
-
-    /// A lease that ran out, recovered by the reaper.
-    fn expired_lease(self) -> bool {
-        matches!(self, Self::LeaseExpired | Self::StopLost)
-    }
-}
 
 /// When a claimed job's current wait began: when it became QUEUED, or, for a job a worker gave
 /// back (its `queued_at` kept: its place in the queue), when that run ended; the run it was

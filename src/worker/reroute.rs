@@ -28,9 +28,7 @@ use crate::job::{Command, Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::{ListQuery, Store};
 
-/// The runner name of a parked job: one no runner can have (refused in a config), so no claim
-/// meets it.
-pub const PARKED_RUNNER: &str = "(no runner)";
+pub use crate::config::PARKED_RUNNER;
 
 /// Jobs read per page by the start's pass.
 const PAGE: usize = 200;
