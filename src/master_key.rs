@@ -116,17 +116,22 @@ pub fn check_value(key: &MasterKey) -> String {
 }
 
 /// Compares (constant time) the check value a store keeps with `ours`, the key in use's
-/// ([`check_value`]); `recorded` says the store had none and keeps `ours` from now on.
-/// `redis`: the store is a Redis deployment (shared by every node), else the embedded store.
+/// ([`check_value`]); `recorded` says the store had none and keeps `ours` from now on (said at
+/// WARN when the store `existed` before: made by an earlier version, it takes the key in use on
+/// trust). `redis`: the store is a Redis deployment (shared by every node), else the embedded
+/// store.
 pub fn verify_check(
     kept: &str,
     ours: &str,
     recorded: bool,
     source: &KeySource,
     redis: bool,
+    existed: bool,
 ) -> anyhow::Result<()> {
     if bool::from(kept.as_bytes().ct_eq(ours.as_bytes())) {
-        if recorded {
+        if recorded && !existed {
+            tracing::info!(key_from = %source, "the store's master key check value recorded");
+        } else if recorded {
             tracing::warn!(
                 key_from = %source,
                 "the store had no check value of its master key (a new store, or one made by an \
@@ -250,14 +255,14 @@ mod tests {
     fn another_key_than_the_stores_is_refused_naming_where_it_came_from() {
         let ours = check_value(&MasterKey::new(KEY.into()));
         let kept = check_value(&MasterKey::new(b"the key the store was made with".to_vec()));
-        assert!(verify_check(&ours, &ours, true, &KeySource::Env, false).is_ok());
+        assert!(verify_check(&ours, &ours, true, &KeySource::Env, false, false).is_ok());
         for (source, named) in [
             (KeySource::Env, "RUNYARD_MASTER_KEY"),
             (KeySource::Config, "`master_key` in the configuration"),
             (KeySource::File("/d/master.key".into()), "/d/master.key"),
         ] {
             for redis in [false, true] {
-                let e = verify_check(&kept, &ours, false, &source, redis)
+                let e = verify_check(&kept, &ours, false, &source, redis, true)
                     .unwrap_err()
                     .to_string();
                 assert!(e.contains(named) && e.contains("stop verifying"), "{e}");

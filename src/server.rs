@@ -566,17 +566,20 @@ async fn open_store(
         .await
         .context("`redis`")?;
         let (kept, recorded) = r.remember_key_check(&check).await.context("`redis`")?;
-        verify_check(&kept, &check, recorded, key_from, true)?;
+        // Whether the deployment existed before cannot be told cheaply: said at INFO.
+        verify_check(&kept, &check, recorded, key_from, true, false)?;
         return Ok(r);
     }
     // Before the database is opened for writing: a refused start changes nothing.
     if let Some(kept) = SqliteStore::stored_key_check(&config.data_dir)? {
-        verify_check(&kept, &check, false, key_from, false)?;
+        verify_check(&kept, &check, false, key_from, false, true)?;
     }
+    let db = config.data_dir.join("runyard.db");
+    let existed = std::fs::metadata(db).is_ok_and(|m| m.len() > 0);
     let full = config.store.synchronous == crate::config::Synchronous::Full;
     let s = SqliteStore::open(&config.data_dir, settings, full)?;
     let (kept, recorded) = s.remember_key_check(check.clone()).await?;
-    verify_check(&kept, &check, recorded, key_from, false)?;
+    verify_check(&kept, &check, recorded, key_from, false, existed)?;
     Ok(Arc::new(s))
 }
 
