@@ -7,7 +7,7 @@
 //! - The claim guard ([`Worker::misrouted`]): a worker never launches a job whose type its
 //!   runner does not claim. The claim is given back in one write (`Command::Reroute`): QUEUED
 //!   for the runner this config picks for the type ([`RunnerSet::route`]), its attempt given
-//!   back. A job no runner here claims, or one re-routed at its claim before too (Redis
+//!   back. A job no runner here claims, or one re-routed at its two claims before too (Redis
 //!   processes whose runner names mean different things would pass it between them), is
 //!   parked: QUEUED under [`PARKED_RUNNER`], a name no runner has (refused in a config), so no
 //!   claim meets it again; logged at WARN, once (it is parked once).
@@ -44,10 +44,14 @@ impl Worker {
             return false;
         }
         let (id, from) = (job.id, job.runner.as_str());
-        // The run before this claim was re-routed too: processes whose runner names mean
-        // different things would pass the job between them for ever; it is parked instead.
-        let again = job.runs.len() >= 2
-            && job.runs[job.runs.len() - 2].outcome.as_deref() == Some(REROUTED);
+        // The two runs before this claim were re-routed too: processes whose runner names mean
+        // different things would pass the job between them for ever; it is parked instead (one
+        // re-route before is a config change, or two in a row, not yet a ping-pong).
+        let rerouted = |back: usize| {
+            job.runs.len() > back
+                && job.runs[job.runs.len() - 1 - back].outcome.as_deref() == Some(REROUTED)
+        };
+        let again = rerouted(1) && rerouted(2);
         let runner = match self.runners.route(&job.job_type, from) {
             Some(to) if !again => {
                 tracing::warn!(job_id = %id, r#type = %job.job_type, from, to = %to.name,
@@ -56,7 +60,7 @@ impl Worker {
             }
             to => {
                 let why = if to.is_some() {
-                    "re-routed at its claim before too (processes disagree on what runs this \
+                    "re-routed at its two claims before too (processes disagree on what runs this \
                      type: check every process's [[runners]])"
                 } else {
                     "no runner of this process claims the job's type"
@@ -193,6 +197,12 @@ pub async fn route_requeued(store: &Arc<dyn Store>, runners: &RunnerSet, job: &J
     match store.apply(job.id, cmd).await {
         Ok(_) => tracing::warn!(job_id = %job.id, r#type = %job.job_type, from = %job.runner,
             to = %to, "requeued job's runner is gone or no longer claims its type: re-routed"),
-        Err(e) => tracing::info!(job_id = %job.id, error = %e, "requeued job not re-routed"),
+        // A claim first (the guard then takes it): expected; anything else leaves the job under
+        // a runner that is gone until the next start.
+        Err(e @ crate::store::StoreError::Transition(_)) => {
+            tracing::info!(job_id = %job.id, error = %e, "requeued job not re-routed")
+        }
+        Err(e) => tracing::warn!(job_id = %job.id, error = %e,
+            "requeued job not re-routed: it waits under its runner until the next start"),
     }
 }

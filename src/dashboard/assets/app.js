@@ -383,6 +383,7 @@ function whyNotRunning(j) {
         ? `Scheduled for ${when(j.run_at)} (${ago(j.run_at)}): retry ${j.attempt + 1} of ${j.max_attempts}, after backoff${j.error ? `; last error: ${j.error}` : ""}.`
         : `Scheduled for ${when(j.run_at)} (${ago(j.run_at)}).`;
     case "QUEUED":
+      if (j.runner === "(no runner)") return "Parked: no runner claimed its type when it was claimed or at the last start (docs/configuration.md, \"Runner names and config changes\"); it does not run until it is moved.";
       return j.queue
         ? `Queued behind ${j.queue.ahead} jobs; runner ${j.queue.runner} at ${j.queue.in_use}/${j.queue.concurrency}.`
         : `Queued for runner ${j.runner || "?"} since ${ago(j.updated_at)}: it runs when the runner has a free slot.`;
