@@ -204,5 +204,9 @@ mod tests {
         assert!(!glob_match("a?c", "abbc"));
         assert!(glob_match("a*b*c", "axxbyyc"));
         assert!(!glob_match("thumbnail", "thumbnails"));
+        // Not ASCII (a config's glob may be): `?` is one character, not one byte.
+        assert!(glob_match("r?sum?", "résumé"));
+        assert!(glob_match("é*", "éa"));
+        assert!(!glob_match("r?sum?", "résumés"));
     }
 }

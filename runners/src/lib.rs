@@ -367,14 +367,24 @@ pub trait Execution: Send {
 /// Glob match with `*` (any run of characters, `.` and `/` included) and `?` (one character):
 /// job types against runner `types`, images against `allowed_images`.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    // Job types are ASCII (the API refuses others): their bytes are their characters, and a
+    // claim's check of every job (the worker's guard) allocates nothing.
+    if pattern.is_ascii() && text.is_ascii() {
+        return glob_items(pattern.as_bytes(), text.as_bytes(), b'*', b'?');
+    }
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    glob_items(&p, &t, '*', '?')
+}
+
+/// [`glob_match`] over items (bytes or characters): `star` any run, `one` any one item.
+fn glob_items<T: Copy + PartialEq>(p: &[T], t: &[T], star_item: T, one: T) -> bool {
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == star_item {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -385,7 +395,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == star_item)
 }
 
 /// Shared pointer to a reporter.
