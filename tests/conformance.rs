@@ -628,7 +628,6 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     let cmd = Command::Reroute {
         token: Some(token(&out)),
         runner: "b".into(),
-        retry_at: None,
     };
     let back = s.apply(out.id, cmd).await.expect("re-routed");
     assert_eq!(
@@ -655,7 +654,6 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     let cmd = Command::Reroute {
         token: None,
         runner: "c".into(),
-        retry_at: None,
     };
     let moved = s.apply(q.id, cmd).await.expect("moved");
     assert_eq!(
@@ -667,20 +665,18 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     let got = claim_one(&s, "c", "w3").await;
     assert_eq!(got.id, q.id);
 
-    // No runner claims it: SCHEDULED under its runner, in no queue until due.
+    // No runner claims it: parked, QUEUED under a name no claim meets, out of `c`'s queue.
     let cmd = Command::Reroute {
         token: Some(token(&got)),
-        runner: "c".into(),
-        retry_at: Some(runyard::job::now_us() + 30_000_000),
+        runner: runyard::config::PARKED_RUNNER.into(),
     };
     let later = s.apply(got.id, cmd).await.expect("put back");
-    assert_eq!(later.status, JobStatus::Scheduled);
+    assert_eq!(later.status, JobStatus::Queued);
     assert!(s.claim("c", "w4", 10, LEASE).await.unwrap().is_empty());
     // A job running, or already re-routed, cannot be moved without its claim.
     let cmd = Command::Reroute {
         token: Some(token(&got)),
         runner: "d".into(),
-        retry_at: None,
     };
     assert!(s.apply(got.id, cmd).await.is_err());
 }

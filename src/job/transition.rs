@@ -147,7 +147,7 @@ pub enum Command {
     },
     /// The job's runner is gone from this process's config or no longer claims its type: it
     /// goes to `runner`. With `token`, a claimed job that was not launched (the worker's claim
-    /// guard): QUEUED in its place, or SCHEDULED at `retry_at`, its attempt given back as by a
+    /// guard): QUEUED in its place, its attempt given back as by a
     /// [`Command::Release`] (its run ends [`REROUTED`]). Without, a job neither active nor
     /// finished (at start): only its runner changes, no event.
     Reroute {
@@ -155,8 +155,6 @@ pub enum Command {
         token: Option<u64>,
         /// The runner the job is queued for from now on.
         runner: String,
-        /// With `token`: SCHEDULED then, not QUEUED (no runner claims the type).
-        retry_at: Option<Micros>,
     },
     /// A SCHEDULED job is due: QUEUED.
     Promote,
@@ -467,11 +465,7 @@ fn apply_inner(
         Command::Stopped { token } => manage::stopped(job, token),
         Command::StopLost { token } => manage::stop_lost(job, ctx, token),
         Command::Retry { runner } => manage::retry(job, ctx, runner),
-        Command::Reroute {
-            token,
-            runner,
-            retry_at,
-        } => attempts::reroute(job, ctx, token, runner, retry_at),
+        Command::Reroute { token, runner } => attempts::reroute(job, ctx, token, runner),
         Command::AttachFile {
             property,
             file,
@@ -628,17 +622,16 @@ mod tests {
         let mut j = job();
         let place = j.queued_at;
         claim(&mut j, 7);
-        let to = |token, runner: &str, retry_at| Command::Reroute {
+        let to = |token, runner: &str| Command::Reroute {
             token,
             runner: runner.into(),
-            retry_at,
         };
         assert_eq!(
-            apply(&mut j.clone(), to(Some(8), "s", None), &ctx(5)),
+            apply(&mut j.clone(), to(Some(8), "s"), &ctx(5)),
             Err(TransitionError::StaleLease)
         );
-        assert!(apply(&mut j.clone(), to(None, "s", None), &ctx(5)).is_err());
-        apply(&mut j, to(Some(7), "s", None), &ctx(50)).unwrap();
+        assert!(apply(&mut j.clone(), to(None, "s"), &ctx(5)).is_err());
+        apply(&mut j, to(Some(7), "s"), &ctx(50)).unwrap();
         assert_eq!((j.status, j.runner.as_str()), (JobStatus::Queued, "s"));
         assert_eq!(j.queued_at, place);
         assert_eq!((j.attempt, j.max_attempts), (1, 3));
@@ -650,13 +643,12 @@ mod tests {
             "{run:?}"
         );
         // Not claimed: the runner only, no event.
-        assert_eq!(apply(&mut j, to(None, "u", None), &ctx(60)), Ok(None));
+        assert_eq!(apply(&mut j, to(None, "u"), &ctx(60)), Ok(None));
         assert_eq!((j.status, j.runner.as_str()), (JobStatus::Queued, "u"));
-        // No runner for it: SCHEDULED then, under the runner it is given.
+        // Given back again (parked): its attempt given back once more.
         claim(&mut j, 9);
-        apply(&mut j, to(Some(9), "u", Some(1_000)), &ctx(70)).unwrap();
-        assert_eq!((j.status, j.run_at), (JobStatus::Scheduled, Some(1_000)));
-        assert_eq!(j.max_attempts, 4);
+        apply(&mut j, to(Some(9), "u"), &ctx(70)).unwrap();
+        assert_eq!((j.status, j.max_attempts), (JobStatus::Queued, 4));
     }
 
     #[test]

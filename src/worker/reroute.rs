@@ -75,7 +75,6 @@ impl Worker {
         let cmd = Command::Reroute {
             token: Some(token),
             runner,
-            retry_at: None,
         };
         let r = self.store.apply(id, cmd).await;
         self.settle(id, token, &r).await;
@@ -85,6 +84,28 @@ impl Worker {
         }
         true
     }
+}
+
+/// Where a job neither active nor finished goes under `runners` (the start's pass, a requeue).
+enum Destination {
+    /// Its runner is here and claims its type.
+    Stays,
+    /// To this runner (its own if that claims the type, else the first that does).
+    Runner(String),
+    /// No runner claims its type.
+    Parked,
+}
+
+fn destination(runners: &RunnerSet, job: &Job) -> Destination {
+    if runners
+        .get(&job.runner)
+        .is_some_and(|s| s.claims(&job.job_type))
+    {
+        return Destination::Stays;
+    }
+    runners
+        .route(&job.job_type, &job.runner)
+        .map_or(Destination::Parked, |s| Destination::Runner(s.name.clone()))
 }
 
 /// The start's pass over the jobs of the embedded store (see the module docs): every QUEUED,
@@ -113,24 +134,20 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
                 }
             };
             for job in page.jobs.iter().filter(|j| j.lease.is_none()) {
-                let here = runners.get(&job.runner);
-                if here.is_some_and(|s| s.claims(&job.job_type)) {
-                    continue;
-                }
-                let to = match runners.route(&job.job_type, &job.runner) {
-                    Some(to) => to.name.clone(),
-                    None => {
+                let to = match destination(runners, job) {
+                    Destination::Stays => continue,
+                    Destination::Parked => {
                         *unrouted.entry(job.job_type.clone()).or_default() += 1;
                         if job.runner == PARKED_RUNNER {
                             continue;
                         }
                         PARKED_RUNNER.to_string()
                     }
+                    Destination::Runner(to) => to,
                 };
                 let cmd = Command::Reroute {
                     token: None,
                     runner: to.clone(),
-                    retry_at: None,
                 };
                 match store.apply(job.id, cmd).await {
                     Ok(_) => {
@@ -177,22 +194,15 @@ pub async fn route_requeued(store: &Arc<dyn Store>, runners: &RunnerSet, job: &J
     if store.backend_name() != "embedded" || job.status != JobStatus::Queued {
         return;
     }
-    if runners
-        .get(&job.runner)
-        .is_some_and(|s| s.claims(&job.job_type))
-    {
-        return;
-    }
-    let to = runners
-        .route(&job.job_type, &job.runner)
-        .map_or_else(|| PARKED_RUNNER.to_string(), |s| s.name.clone());
-    if to == job.runner {
-        return;
-    }
+    let to = match destination(runners, job) {
+        Destination::Stays => return,
+        Destination::Parked if job.runner == PARKED_RUNNER => return,
+        Destination::Parked => PARKED_RUNNER.to_string(),
+        Destination::Runner(to) => to,
+    };
     let cmd = Command::Reroute {
         token: None,
         runner: to.clone(),
-        retry_at: None,
     };
     match store.apply(job.id, cmd).await {
         Ok(_) => tracing::warn!(job_id = %job.id, r#type = %job.job_type, from = %job.runner,

@@ -246,14 +246,13 @@ pub(super) fn release(
 }
 
 /// The job goes to `runner` (`Command::Reroute`): a claim not launched is given back (QUEUED
-/// in its place, or SCHEDULED at `retry_at`), its attempt with it as a release gives it; a job
-/// neither active nor finished only changes runner.
+/// in its place), its attempt with it as a release gives it; a job neither active nor finished
+/// only changes runner.
 pub(super) fn reroute(
     job: &mut Job,
     ctx: &ApplyCtx,
     token: Option<u64>,
     runner: String,
-    retry_at: Option<Micros>,
 ) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
     let Some(token) = token else {
@@ -278,14 +277,9 @@ pub(super) fn reroute(
     job.lease = None;
     job.max_attempts = job.max_attempts.saturating_add(1);
     job.runner = runner;
-    if let Some(at) = retry_at {
-        job.run_at = Some(at);
-        set_status(job, Scheduled, now);
-    } else {
-        let place = job.queued_at;
-        set_status(job, Queued, now);
-        job.queued_at = place;
-    }
+    let place = job.queued_at;
+    set_status(job, Queued, now);
+    job.queued_at = place;
     Ok(Some(EventKind::Status))
 }
 
