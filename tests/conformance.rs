@@ -285,6 +285,7 @@ conformance!(
     submit_get_and_list,
     idempotency_key_returns_the_first_job,
     claims_take_the_oldest_with_unique_tokens,
+    a_runners_queue_reads_oldest_first_without_claiming,
     concurrent_claims_never_share_a_job,
     transitions_are_enforced,
     stale_tokens_are_fenced_off,
@@ -538,6 +539,48 @@ async fn idempotency_key_returns_the_first_job(mut b: Backend) {
     let mut other = job("t", "r");
     other.idempotency_key = Some("order-43".into());
     assert!(s.submit(other).await.unwrap().created);
+}
+
+/// `queued_of` (the start's pass over parked jobs): a runner's QUEUED jobs, oldest first, in
+/// pages, nothing claimed; a job re-routed leaves its old runner's queue for its new one's.
+async fn a_runners_queue_reads_oldest_first_without_claiming(mut b: Backend) {
+    let s = b.store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(submit(&s, job("t", "a")).await.id);
+    }
+    let other = submit(&s, job("t", "b")).await.id;
+    let claimed = claim_one(&s, "a", "w1").await;
+    assert_eq!(claimed.id, ids[0]);
+    let read = |runner: &'static str, skip, max| {
+        let s = s.clone();
+        async move {
+            let jobs = s.queued_of(runner, skip, max).await.expect("queued_of");
+            for j in &jobs {
+                assert_eq!(j.status, JobStatus::Queued, "{j:?}");
+                assert_eq!(j.runner, runner);
+            }
+            jobs.iter().map(|j| j.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read("a", 0, 2).await, ids[1..3].to_vec());
+    assert_eq!(read("a", 2, 10).await, ids[3..].to_vec());
+    assert!(read("a", 4, 10).await.is_empty());
+    assert_eq!(read("b", 0, 10).await, vec![other]);
+    assert!(read("nobody", 0, 10).await.is_empty());
+    // Nothing was claimed by the reads.
+    for id in &ids[1..] {
+        assert_eq!(s.get(*id).await.unwrap().unwrap().status, JobStatus::Queued);
+    }
+    let cmd = Command::Reroute {
+        token: None,
+        runner: "p".into(),
+    };
+    s.apply(ids[4], cmd).await.expect("reroute");
+    assert_eq!(read("a", 0, 10).await, ids[1..4].to_vec());
+    assert_eq!(read("p", 0, 10).await, vec![ids[4]]);
+    assert_eq!(s.claim("p", "w2", 10, LEASE).await.unwrap().len(), 1);
+    assert!(read("p", 0, 10).await.is_empty());
 }
 
 async fn claims_take_the_oldest_with_unique_tokens(mut b: Backend) {

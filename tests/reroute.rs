@@ -225,9 +225,10 @@ command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
     ts.stop().await;
 }
 
-/// On Redis (no start pass: processes may run different runners), the claim guard parks a
-/// claimed job no runner of the process claims, its attempt given back; it stays parked until
-/// it is cancelled and retried with a runner for it.
+/// On Redis (processes may run different runners: the start's pass moves parked jobs only),
+/// the claim guard parks a claimed job no runner of the process claims, its attempt given back;
+/// it stays parked through a start without a runner for its type, and the start of a process
+/// with one moves it there, where it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claimed_job_no_runner_claims_is_parked_on_redis() {
     let r = TestRedis::start();
@@ -272,13 +273,17 @@ command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
         "not claimed again: {later:#}"
     );
     assert!(lines(&ts, &id).await.is_empty(), "nothing ran");
+    // A start still without a runner for `email.*`: left parked.
+    ts.restart(true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = ts.get_job(&id).await;
+    assert_eq!(again["runner"], "(no runner)", "{again:#}");
+    assert_eq!(again["attempt"], job["attempt"], "{again:#}");
+    // A start with one: moved to it and run, without a cancel and retry.
     ts.set_runners(EMAIL_FIRST);
     ts.restart(true).await;
-    let (st, v) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
-    assert!(st.is_success(), "{v}");
-    let (st, v) = ts.post(&format!("/async/jobs/{id}/retry"), None).await;
-    assert!(st.is_success(), "{v}");
     let job = ts.wait_status(&id, "SUCCESS", WAIT).await;
     assert_eq!(job["runner"], "local-0", "{job:#}");
+    assert_eq!(lines(&ts, &id).await, ["SENDING MAIL for email.welcome"]);
     ts.stop().await;
 }

@@ -11,13 +11,13 @@
 //!   processes whose runner names mean different things would pass it between them), is
 //!   parked: QUEUED under [`PARKED_RUNNER`], a name no runner has (refused in a config), so no
 //!   claim meets it again; logged at WARN, once (it is parked once).
-//! - The start's pass ([`stranded`], embedded store only: one process holds it, so its config
-//!   is the only one): every job neither active nor finished whose runner is gone or does not
+//! - The start's pass ([`stranded`]). Embedded store (one process holds it, so its config is
+//!   the only one): every job neither active nor finished whose runner is gone or does not
 //!   claim its type (parked ones too) is moved to the runner that does, or parked when none
 //!   does; and a job the reaper requeues after a crash goes the same way
-//!   ([`route_requeued`]). On Redis, processes may run different runners on purpose (a job
-//!   under a runner this process lacks is another's), so there is no such pass: a parked job
-//!   there is cancelled and retried once a runner claims its type.
+//!   ([`route_requeued`]). Redis: processes may run different runners on purpose (a job under
+//!   a runner this process lacks is another's), so only parked jobs are moved, those whose
+//!   type a runner of the starting process claims ([`unpark`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,8 +66,8 @@ impl Worker {
                     "no runner of this process claims the job's type"
                 };
                 tracing::warn!(job_id = %id, r#type = %job.job_type, runner = from,
-                    parked = PARKED_RUNNER, "{why}: job parked, not run (embedded: a restart \
-                    with a runner for it moves it; Redis: cancel and retry it then)");
+                    parked = PARKED_RUNNER, "{why}: job parked, not run (the start of a \
+                    process with a runner for its type moves it)");
                 PARKED_RUNNER.to_string()
             }
         };
@@ -113,7 +113,7 @@ fn destination(runners: &RunnerSet, job: &Job) -> Destination {
 /// type goes to the runner that does. Read in pages of [`PAGE`]; one write per job moved.
 pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
     if store.backend_name() != "embedded" {
-        return;
+        return unpark(store, runners).await;
     }
     let (mut moved, mut lines) = (0usize, 0usize);
     let mut unrouted: BTreeMap<String, usize> = BTreeMap::new();
@@ -184,6 +184,80 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
             .join(", ");
         tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
             "stored jobs of types no runner claims: parked (runner `(no runner)`) until a start with a runner for them");
+    }
+}
+
+/// The start's pass on Redis: only the parked jobs (QUEUED under [`PARKED_RUNNER`], which no
+/// process claims) whose type a runner of this config claims are moved to it; the others stay
+/// parked. A job under a runner this process lacks is left alone (another process's, maybe).
+/// Each job parked is read once; at most one move per job and start, so processes that disagree
+/// on a type cannot pass it between them (the claim guard parks it again).
+async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet) {
+    let (mut skip, mut moved, mut failed) = (0usize, 0usize, 0usize);
+    let mut unrouted: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let page = match store.queued_of(PARKED_RUNNER, skip, PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the parked jobs to re-route them");
+                return;
+            }
+        };
+        for job in &page {
+            let Destination::Runner(to) = destination(runners, job) else {
+                *unrouted.entry(job.job_type.clone()).or_default() += 1;
+                skip += 1;
+                continue;
+            };
+            let cmd = Command::Reroute {
+                token: None,
+                runner: to.clone(),
+            };
+            match store.apply(job.id, cmd).await {
+                Ok(_) => {
+                    moved += 1;
+                    if moved <= LINES {
+                        tracing::warn!(job_id = %job.id, r#type = %job.job_type, to = %to,
+                            "parked job's type has a runner here: moved to it");
+                    }
+                }
+                // Cancelled or deleted meanwhile: out of the queue, nothing to move.
+                Err(e @ crate::store::StoreError::Transition(_))
+                | Err(e @ crate::store::StoreError::NotFound) => {
+                    tracing::info!(job_id = %job.id, error = %e, "parked job not moved")
+                }
+                Err(e) => {
+                    failed += 1;
+                    skip += 1;
+                    tracing::warn!(job_id = %job.id, error = %e,
+                        "parked job not moved: it stays parked until the next start");
+                    if failed >= LINES {
+                        tracing::warn!(
+                            "the start's pass over parked jobs gives up: too many failed writes"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        if page.len() < PAGE || failed >= LINES {
+            break;
+        }
+    }
+    if moved > 0 {
+        tracing::warn!(
+            jobs = moved,
+            "parked jobs moved at start to the runners of this config that claim their types"
+        );
+    }
+    if !unrouted.is_empty() {
+        let types = unrouted
+            .iter()
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
+            "parked jobs (runner `(no runner)`) of types no runner of this process claims: they stay parked until a process with a runner for them starts");
     }
 }
 

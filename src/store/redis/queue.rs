@@ -349,6 +349,33 @@ impl JobQueue for RedisStore {
         self.park_here(runner, worker, lease_ttl, max)
     }
 
+    async fn queued_of(&self, runner: &str, skip: usize, max: usize) -> Result<Vec<Job>> {
+        let key = self.keyed("q:", runner);
+        let ids: Vec<String> = self
+            .zrange_by_score(&key, "-inf", "+inf", (skip, max))
+            .await?;
+        let ids: Vec<Uuid> = ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect();
+        let bodies = self.load_many(&ids).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, body) in ids.iter().zip(bodies) {
+            // Gone meanwhile (deleted): nothing to read.
+            let Some(body) = body else { continue };
+            match read_job_record(&body) {
+                Ok(job) if job.status == JobStatus::Queued => out.push(job),
+                Ok(_) => {}
+                Err(e) if crate::store::job_record::is_corrupt(&e) => {
+                    crate::store::job_record::log_unreadable(
+                        &id.to_string(),
+                        "the read of a runner's queue",
+                        &e,
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     async fn next_due(&self) -> Result<Option<Micros>> {
         self.first_score(&self.key("sched")).await
     }

@@ -332,6 +332,26 @@ impl JobQueue for SqliteStore {
         self.read_min(NEXT_DUE_SQL).await
     }
 
+    async fn queued_of(&self, runner: &str, skip: usize, max: usize) -> Result<Vec<Job>> {
+        let runner = runner.to_string();
+        let skip = i64::try_from(skip).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            readable_jobs(
+                conn,
+                concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+                     ORDER BY queued_at, id LIMIT ?2 OFFSET ?3"
+                ),
+                params![runner, with_passed(max), skip],
+                max,
+                "the read of a runner's queue",
+            )
+        })
+        .await
+    }
+
     fn park(&self, runner: &str, worker: &str, lease_ttl: Duration, max: usize) -> Option<Parked> {
         Some(self.handoffs.park(runner, worker, lease_ttl, max))
     }
