@@ -219,6 +219,43 @@ command = ["/bin/sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.3; done"]
     assert_eq!(texts_of(&text), ["tick 1", "tick 2", "tick 3"], "{text}");
 }
 
+/// Lines the server no longer keeps (`retention.log_lines_per_job`) are said on stderr, not
+/// skipped silently; the kept ones are printed.
+#[test]
+fn logs_say_how_many_earlier_lines_the_server_no_longer_keeps() {
+    let s = serve(
+        r#"
+[retention]
+log_lines_per_job = 5
+
+[[runners]]
+kind = "local"
+types = ["chatty"]
+command = ["/bin/sh", "-c", "for i in $(seq 1 20); do echo line $i; done"]
+"#,
+    );
+    let sub = cli(&s.url, &["submit", "chatty", "--wait"]);
+    assert!(sub.status.success(), "{sub:?}");
+    let job: serde_json::Value = serde_json::from_slice(&sub.stdout).unwrap();
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    for args in [
+        vec!["logs", id.as_str()],
+        vec!["logs", id.as_str(), "--follow"],
+    ] {
+        let out = cli(&s.url, &args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want: Vec<String> = (16..=20).map(|i| format!("line {i}")).collect();
+        assert_eq!(texts_of(&text), want, "{args:?}: {text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("15 earlier line(s) of this job are no longer kept"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

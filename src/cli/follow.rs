@@ -511,6 +511,17 @@ impl LogTail {
         let next = page["next"]
             .as_u64()
             .ok_or_else(|| anyhow!("the log answer has no `next`"))?;
+        // A job's lines are numbered from 1 without gaps; the server keeps its newest
+        // `retention.log_lines_per_job`: lines before the first kept are said, not skipped
+        // silently.
+        let first = raw.first().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
+        if first > self.after.saturating_add(1) {
+            eprintln!(
+                "[runyard] {} earlier line(s) of this job are no longer kept by the server \
+                 (retention.log_lines_per_job): not shown",
+                first - self.after - 1
+            );
+        }
         let newest = raw.iter().filter_map(|l| l["ts"].as_i64()).max();
         if newest.is_some_and(|t| self.runs.last().is_none_or(|r| r.0 <= t)) {
             // A line newer than the last run we know of: runs may have been added since.
