@@ -164,6 +164,15 @@ fn submit_wait_exit_codes_logs_status_jobs_and_cancel() {
     assert_eq!(text.lines().count(), 2, "a header and one job: {text}");
     assert!(text.lines().next().unwrap().starts_with("ID "), "{text}");
     assert!(text.lines().nth(1).unwrap().contains("sh.fail"), "{text}");
+    // By runner name: the local runner's failed job; none under a name no job has.
+    let mine = cli(
+        &s.url,
+        &["jobs", "--status", "ERROR", "--runner", "local-0"],
+    );
+    assert_eq!(String::from_utf8_lossy(&mine.stdout), text);
+    let none = cli(&s.url, &["jobs", "--runner", "service-1"]);
+    let none = String::from_utf8_lossy(&none.stdout);
+    assert!(!none.contains("sh."), "{none}");
 }
 
 /// `runyard logs ID | head -1`: the reader goes away after a line; the command ends quietly

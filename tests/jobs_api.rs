@@ -460,6 +460,7 @@ async fn list_filters_channel_time_text_dead_and_bad_values_name_their_field() {
         ),
         ("text=", "text"),
         ("schedule=", "schedule"),
+        ("runner=", "runner"),
         ("dead=maybe", "dead"),
         ("type=a.%5Bx%5D", "type"),
         ("type=a%5C.b", "type"),

@@ -202,6 +202,7 @@ async fn the_document_lists_exactly_the_routed_operations() {
             "query cursor",
             "query dead",
             "query limit",
+            "query runner",
             "query schedule",
             "query status",
             "query text",

@@ -41,6 +41,15 @@ types = ["email.*"]
 command = ["/bin/sh", "-c", "echo SENDING MAIL for $JOB_TYPE"]
 "#;
 
+/// The ids `GET /async/jobs?runner=RUNNER` lists (every page).
+async fn listed_under(ts: &TestServer, runner: &str) -> Vec<String> {
+    ts.list_all(&[("runner", runner)], 3)
+        .await
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 async fn lines(ts: &TestServer, id: &str) -> Vec<String> {
     ts.all_logs(id).await.into_iter().map(|(_, l)| l).collect()
 }
@@ -216,6 +225,10 @@ command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
         "{job:#}"
     );
     assert!(lines(&ts, &id).await.is_empty(), "nothing ran");
+    // The parked jobs, found by their runner name (another job, not parked, is not listed).
+    let other = ts.submit_ok(json!({"type": "billing.charge"})).await;
+    assert_eq!(listed_under(&ts, "(no runner)").await, [id.as_str()]);
+    assert_eq!(listed_under(&ts, "local-0").await, [other]);
     // A start with a runner for the type again: moved there, and run.
     ts.set_runners(EMAIL_FIRST);
     ts.restart(true).await;
@@ -273,6 +286,7 @@ command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
         "not claimed again: {later:#}"
     );
     assert!(lines(&ts, &id).await.is_empty(), "nothing ran");
+    assert_eq!(listed_under(&ts, "(no runner)").await, [id.as_str()]);
     // A start still without a runner for `email.*`: left parked.
     ts.restart(true).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -320,6 +320,7 @@ pub struct ListParams {
     cursor: Option<String>,
     channel: Option<String>,
     schedule: Option<String>,
+    runner: Option<String>,
     created_after: Option<String>,
     created_before: Option<String>,
     text: Option<String>,
@@ -361,6 +362,12 @@ fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
     {
         return Err(bad("`schedule` must be 1-256 bytes (UTF-8)".into()));
     }
+    if q.runner
+        .as_deref()
+        .is_some_and(|s| s.is_empty() || s.len() > 256)
+    {
+        return Err(bad("`runner` must be 1-256 bytes (UTF-8)".into()));
+    }
     if q.text
         .as_deref()
         .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
@@ -396,6 +403,7 @@ fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
         cursor,
         channel: q.channel,
         schedule: q.schedule,
+        runner: q.runner,
         created_after,
         created_before,
         text: q.text,

@@ -16,6 +16,9 @@ pub struct JobsArgs {
     /// Only this type (glob).
     #[arg(long = "type")]
     pub job_type: Option<String>,
+    /// Only jobs stored under this runner name (`--runner '(no runner)'`: the parked ones).
+    #[arg(long)]
+    pub runner: Option<String>,
     /// How many.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -39,6 +42,9 @@ pub async fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(t) = &a.job_type {
             q.append_pair("type", t);
+        }
+        if let Some(r) = &a.runner {
+            q.append_pair("runner", r);
         }
         if let Some(c) = &a.cursor {
             q.append_pair("cursor", c);

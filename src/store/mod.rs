@@ -156,6 +156,8 @@ pub struct ListQuery {
     pub channel: Option<String>,
     /// Only jobs a fire of this schedule submitted.
     pub schedule: Option<String>,
+    /// Only jobs stored under this runner name (`(no runner)`: the parked ones).
+    pub runner: Option<String>,
     /// Only jobs created at or after this time (µs).
     pub created_after: Option<Micros>,
     /// Only jobs created before this time (µs).

@@ -59,6 +59,7 @@ impl ListQuery {
                 .schedule
                 .as_deref()
                 .is_none_or(|s| j.schedule.as_deref() == Some(s))
+            && self.runner.as_deref().is_none_or(|r| j.runner == r)
             && self.created_after.is_none_or(|t| j.created_at >= t)
             && self.created_before.is_none_or(|t| j.created_at < t)
             && (!self.dead || (j.status == JobStatus::Error && j.attempt >= j.max_attempts))
@@ -75,6 +76,7 @@ impl ListQuery {
     /// [`SCAN_BOUND`]). `by_index` says what the backend's indexes answer: status, type, channel.
     pub fn scans(&self, type_by_index: bool, channel_by_index: bool) -> bool {
         self.schedule.is_some()
+            || self.runner.is_some()
             || self.text.is_some()
             || self.dead
             || self.created_after.is_some()
