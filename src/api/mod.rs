@@ -16,6 +16,7 @@ pub mod hook_lines;
 mod hook_replay;
 pub mod hooks;
 pub mod jobs;
+mod list_params;
 pub mod notify;
 pub mod openapi;
 pub mod pages;
