@@ -469,6 +469,9 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
     if !a.follow {
         loop {
             let lines = tail.fetch(&api).await?;
+            if let Some(note) = tail.take_gap() {
+                eprintln!("{note}");
+            }
             if lines.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }

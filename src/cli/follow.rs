@@ -248,6 +248,13 @@ impl View {
         }
     }
 
+    /// A line of its own above the bar (a terminal only, as the log lines).
+    fn note(&self, text: &str) {
+        if let View::Bar(b) = self {
+            b.println(text);
+        }
+    }
+
     fn log(&self, line: &LogLine) {
         if let View::Bar(b) = self {
             b.println(line.text());
@@ -287,7 +294,11 @@ pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Valu
         loop {
             let ev = events.next(within).await?;
             if let Some(t) = tail.as_mut() {
-                for l in t.fetch_patiently(api).await? {
+                let lines = t.fetch_patiently(api).await?;
+                if let Some(note) = t.take_gap() {
+                    view.note(&note);
+                }
+                for l in lines {
                     view.log(&l);
                 }
             }
@@ -362,6 +373,9 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
     loop {
         loop {
             let lines = tail.fetch_patiently(api).await?;
+            if let Some(note) = tail.take_gap() {
+                eprintln!("{note}");
+            }
             if lines.is_empty() {
                 break;
             }
@@ -382,7 +396,11 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
             }
         }
     }
-    for l in tail.drain(api).await? {
+    let last = tail.drain(api).await?;
+    if let Some(note) = tail.take_gap() {
+        eprintln!("{note}");
+    }
+    for l in last {
         l.print(format);
     }
     patience.get(api, &job_path(&tail.id)?).await
@@ -471,6 +489,8 @@ pub struct LogTail {
     id: String,
     path: String,
     after: u64,
+    /// Lines the server no longer kept, met by the reads since [`Self::take_gap`].
+    gap: u64,
     /// (claimed_at µs, attempt), by time.
     runs: Vec<(i64, u64)>,
     patience: Patience,
@@ -483,6 +503,7 @@ impl LogTail {
             id: id.to_string(),
             path: format!("{}/logs", job_path(id)?),
             after: 0,
+            gap: 0,
             runs: Vec::new(),
             patience: Patience::new(),
         })
@@ -499,6 +520,18 @@ impl LogTail {
         }
     }
 
+    /// The note on lines the server no longer kept that the reads since the last call met
+    /// (`None`: none).
+    pub fn take_gap(&mut self) -> Option<String> {
+        let n = std::mem::take(&mut self.gap);
+        (n > 0).then(|| {
+            format!(
+                "[runyard] {n} earlier line(s) of this job are no longer kept by the server \
+                 (retention.log_lines_per_job): not shown"
+            )
+        })
+    }
+
     /// The next page of lines (empty when there is nothing new).
     pub async fn fetch(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
         let page = api
@@ -511,24 +544,19 @@ impl LogTail {
         let next = page["next"]
             .as_u64()
             .ok_or_else(|| anyhow!("the log answer has no `next`"))?;
-        // A job's lines are numbered from 1 without gaps; the server keeps its newest
-        // `retention.log_lines_per_job`: lines before the first kept are said, not skipped
-        // silently.
-        let first = raw.first().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
-        if first > self.after.saturating_add(1) {
-            eprintln!(
-                "[runyard] {} earlier line(s) of this job are no longer kept by the server \
-                 (retention.log_lines_per_job): not shown",
-                first - self.after - 1
-            );
-        }
         let newest = raw.iter().filter_map(|l| l["ts"].as_i64()).max();
         if newest.is_some_and(|t| self.runs.last().is_none_or(|r| r.0 <= t)) {
             // A line newer than the last run we know of: runs may have been added since.
             self.load_runs(api).await?;
         }
         // Only now: a failed read of the runs (retried by a follow) reads this page again
-        // rather than skip it.
+        // rather than skip it. A job's lines are numbered from 1 without gaps, and the server
+        // keeps its newest `retention.log_lines_per_job`: lines before the first kept are
+        // counted (said by the caller, [`Self::take_gap`]), not skipped silently.
+        let first = raw.first().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
+        if first > self.after.saturating_add(1) {
+            self.gap += first - self.after - 1;
+        }
         self.after = next;
         Ok(raw
             .iter()
