@@ -346,6 +346,12 @@ impl Core {
         // Before any claim: the jobs left under a runner this config no longer gives their type.
         crate::worker::reroute::stranded(&store, &runners).await;
         let (tasks, bg) = (TaskTracker::new(), CancellationToken::new());
+        // Redis: the parked jobs whose type a runner here claims, moved at start and after.
+        tasks.spawn(crate::worker::reroute::unpark_loop(
+            store.clone(),
+            runners.clone(),
+            bg.clone(),
+        ));
         tasks.spawn(crate::scheduler::promote_loop(store.clone(), bg.clone()));
         tasks.spawn(crate::waiting::wait_loop(store.clone(), bg.clone()));
         tasks.spawn(crate::schedule::firing::fire_loop(

@@ -541,8 +541,9 @@ async fn idempotency_key_returns_the_first_job(mut b: Backend) {
     assert!(s.submit(other).await.unwrap().created);
 }
 
-/// `queued_of` (the start's pass over parked jobs): a runner's QUEUED jobs, oldest first, in
-/// pages, nothing claimed; a job re-routed leaves its old runner's queue for its new one's.
+/// `queued_ids` (the pass over parked jobs): the ids of a runner's QUEUED jobs, oldest first, in
+/// pages by place, nothing claimed; a job re-routed leaves its old runner's queue for its new
+/// one's, and only from the runner it is under (`from`).
 async fn a_runners_queue_reads_oldest_first_without_claiming(mut b: Backend) {
     let s = b.store().await;
     let mut ids = Vec::new();
@@ -554,14 +555,7 @@ async fn a_runners_queue_reads_oldest_first_without_claiming(mut b: Backend) {
     assert_eq!(claimed.id, ids[0]);
     let read = |runner: &'static str, skip, max| {
         let s = s.clone();
-        async move {
-            let jobs = s.queued_of(runner, skip, max).await.expect("queued_of");
-            for j in &jobs {
-                assert_eq!(j.status, JobStatus::Queued, "{j:?}");
-                assert_eq!(j.runner, runner);
-            }
-            jobs.iter().map(|j| j.id).collect::<Vec<_>>()
-        }
+        async move { s.queued_ids(runner, skip, max).await.expect("queued_ids") }
     };
     assert_eq!(read("a", 0, 2).await, ids[1..3].to_vec());
     assert_eq!(read("a", 2, 10).await, ids[3..].to_vec());
@@ -572,11 +566,17 @@ async fn a_runners_queue_reads_oldest_first_without_claiming(mut b: Backend) {
     for id in &ids[1..] {
         assert_eq!(s.get(*id).await.unwrap().unwrap().status, JobStatus::Queued);
     }
-    let cmd = Command::Reroute {
+    let moved = |from: &str| Command::Reroute {
         token: None,
+        from: Some(from.into()),
         runner: "p".into(),
     };
-    s.apply(ids[4], cmd).await.expect("reroute");
+    let refused = s.apply(ids[4], moved("b")).await;
+    assert!(
+        matches!(refused, Err(StoreError::Transition(_))),
+        "{refused:?}"
+    );
+    s.apply(ids[4], moved("a")).await.expect("reroute");
     assert_eq!(read("a", 0, 10).await, ids[1..4].to_vec());
     assert_eq!(read("p", 0, 10).await, vec![ids[4]]);
     assert_eq!(s.claim("p", "w2", 10, LEASE).await.unwrap().len(), 1);
@@ -670,6 +670,7 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     let out = claim_one(&s, "a", "w1").await;
     let cmd = Command::Reroute {
         token: Some(token(&out)),
+        from: None,
         runner: "b".into(),
     };
     let back = s.apply(out.id, cmd).await.expect("re-routed");
@@ -696,6 +697,7 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     let before = all_events(&s, None).await.len();
     let cmd = Command::Reroute {
         token: None,
+        from: None,
         runner: "c".into(),
     };
     let moved = s.apply(q.id, cmd).await.expect("moved");
@@ -711,6 +713,7 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     // No runner claims it: parked, QUEUED under a name no claim meets, out of `c`'s queue.
     let cmd = Command::Reroute {
         token: Some(token(&got)),
+        from: None,
         runner: runyard::config::PARKED_RUNNER.into(),
     };
     let later = s.apply(got.id, cmd).await.expect("put back");
@@ -719,6 +722,7 @@ async fn a_rerouted_job_is_in_its_new_runners_queue_only(mut b: Backend) {
     // A job running, or already re-routed, cannot be moved without its claim.
     let cmd = Command::Reroute {
         token: Some(token(&got)),
+        from: None,
         runner: "d".into(),
     };
     assert!(s.apply(got.id, cmd).await.is_err());

@@ -301,3 +301,97 @@ command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
     assert_eq!(lines(&ts, &id).await, ["SENDING MAIL for email.welcome"]);
     ts.stop().await;
 }
+
+/// The runner `local-0` claiming `billing.*` only: jobs of `email.*` stored under it are parked
+/// at their claim.
+const BILLING_ONLY: &str = r#"
+[[runners]]
+kind = "local"
+types = ["billing.*"]
+command = ["/bin/sh", "-c", "echo CHARGING CARD for $JOB_TYPE"]
+"#;
+
+/// On Redis, more parked jobs than one page of the pass's reads (500 ids): the start of a
+/// process with a runner for their type moves every one, and each runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_parked_job_is_moved_past_one_page_on_redis() {
+    let r = TestRedis::start();
+    let store = r.server_config("reroute-test-master-key-0123456789");
+    let mut ts = TestServer::builder(EMAIL_FIRST)
+        .config(&store)
+        .start()
+        .await;
+    ts.restart(false).await;
+    let n = 620;
+    let batch: Vec<_> = (0..n).map(|_| json!({"type": "email.welcome"})).collect();
+    let (st, v) = ts
+        .post("/async/jobs/batch", Some(&json!({"jobs": batch})))
+        .await;
+    assert!(st.is_success(), "{v}");
+    ts.set_runners(BILLING_ONLY);
+    ts.restart(true).await;
+    let deadline = std::time::Instant::now() + WAIT * 3;
+    while listed_under(&ts, "(no runner)").await.len() < n {
+        assert!(std::time::Instant::now() < deadline, "not all parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ts.set_runners(EMAIL_FIRST);
+    ts.restart(true).await;
+    let deadline = std::time::Instant::now() + WAIT * 3;
+    loop {
+        let done = ts.list_all(&[("status", "SUCCESS")], 500).await.len();
+        if done == n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {n} ran; parked: {}",
+            listed_under(&ts, "(no runner)").await.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(listed_under(&ts, "(no runner)").await.is_empty());
+    for j in ts.list_all(&[("status", "SUCCESS")], 500).await {
+        assert_eq!(j["runner"], "local-0", "{j:#}");
+        assert_eq!(j["attempt"], 2, "one re-routed claim, then its run: {j:#}");
+    }
+    ts.stop().await;
+}
+
+/// On Redis, a process already running with a runner for a parked job's type moves it there
+/// (its pass runs every 30 s, not only at start), and it runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_process_with_a_runner_for_the_type_takes_a_parked_job_on_redis() {
+    let r = TestRedis::start();
+    let store = r.server_config("reroute-test-master-key-0123456789");
+    // B: the only runner for `email.*`, named `mail`; it never claims `local-0`.
+    let mut b = TestServer::builder(
+        r#"
+[[runners]]
+name = "mail"
+kind = "local"
+types = ["email.*"]
+command = ["/bin/sh", "-c", "echo MAIL RUNNER for $JOB_TYPE"]
+"#,
+    )
+    .config(&store)
+    .start()
+    .await;
+    // A: the job stored under `local-0` for `email.*`, then `local-0` made billing's: parked.
+    let mut a = TestServer::builder(EMAIL_FIRST)
+        .config(&store)
+        .start()
+        .await;
+    a.restart(false).await;
+    let id = a.submit_ok(json!({"type": "email.welcome"})).await;
+    a.set_runners(BILLING_ONLY);
+    a.restart(true).await;
+    let job = b.wait_status(&id, "SUCCESS", Duration::from_secs(60)).await;
+    assert_eq!(job["runner"], "mail", "{job:#}");
+    assert_eq!(lines(&b, &id).await, ["MAIL RUNNER for email.welcome"]);
+    let runs = job["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "parked once, then run: {job:#}");
+    assert_eq!(runs[0]["outcome"], "REROUTED", "{job:#}");
+    a.stop().await;
+    b.stop().await;
+}

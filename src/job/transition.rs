@@ -153,6 +153,9 @@ pub enum Command {
     Reroute {
         /// The claim's token (`None`: a job not claimed).
         token: Option<u64>,
+        /// Only if the job is still queued for this runner (what the caller read; refused
+        /// otherwise: another process may have moved it meanwhile).
+        from: Option<String>,
         /// The runner the job is queued for from now on.
         runner: String,
     },
@@ -465,7 +468,11 @@ fn apply_inner(
         Command::Stopped { token } => manage::stopped(job, token),
         Command::StopLost { token } => manage::stop_lost(job, ctx, token),
         Command::Retry { runner } => manage::retry(job, ctx, runner),
-        Command::Reroute { token, runner } => attempts::reroute(job, ctx, token, runner),
+        Command::Reroute {
+            token,
+            from,
+            runner,
+        } => attempts::reroute(job, ctx, token, from, runner),
         Command::AttachFile {
             property,
             file,
@@ -624,6 +631,7 @@ mod tests {
         claim(&mut j, 7);
         let to = |token, runner: &str| Command::Reroute {
             token,
+            from: None,
             runner: runner.into(),
         };
         assert_eq!(
@@ -642,7 +650,14 @@ mod tests {
             run.error.as_deref().unwrap().contains("runner `r`"),
             "{run:?}"
         );
-        // Not claimed: the runner only, no event.
+        // Not claimed: the runner only, no event; only from the runner the caller read.
+        let moved = |from: &str| Command::Reroute {
+            token: None,
+            from: Some(from.into()),
+            runner: "u".into(),
+        };
+        assert!(apply(&mut j.clone(), moved("r"), &ctx(60)).is_err());
+        assert_eq!(apply(&mut j.clone(), moved("s"), &ctx(60)), Ok(None));
         assert_eq!(apply(&mut j, to(None, "u"), &ctx(60)), Ok(None));
         assert_eq!((j.status, j.runner.as_str()), (JobStatus::Queued, "u"));
         // Given back again (parked): its attempt given back once more.

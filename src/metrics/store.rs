@@ -161,7 +161,7 @@ metered! {
         promote_due(max: usize) -> usize => |m, n| m.jobs_promoted(*n);
         next_due() -> Option<Micros>;
         expired(max: usize) -> Vec<Job>;
-        queued_of(runner: &str, skip: usize, max: usize) -> Vec<Job>;
+        queued_ids(runner: &str, skip: usize, max: usize) -> Vec<Uuid>;
         // Its jobs count as claimed when they arrive (the parked worker's observer).
         claim_parked(parked: &[u64]) -> bool;
         @by_hand {

@@ -337,10 +337,11 @@ pub trait JobQueue: Send + Sync {
     /// Active jobs whose lease expired, then cancelled jobs whose lease (kept while their worker
     /// stopped the work) expired: oldest lease first in each, `max` in all.
     async fn expired(&self, max: usize) -> Result<Vec<Job>>;
-    /// Up to `max` QUEUED jobs of `runner`, oldest first, after skipping the first `skip`; read
-    /// only, nothing claimed (a record this build cannot read is left out, logged). The start's
-    /// pass over parked jobs on Redis reads them so (`worker/reroute.rs`).
-    async fn queued_of(&self, runner: &str, skip: usize, max: usize) -> Result<Vec<Job>>;
+    /// The ids of `runner`'s queue from position `skip` (0: its oldest QUEUED job), up to `max`
+    /// of them, oldest first: entries, not records (none read, nothing claimed), so a page
+    /// shorter than `max` is the queue's end on both stores. The pass over parked jobs on Redis
+    /// reads them so (`worker/reroute.rs`).
+    async fn queued_ids(&self, runner: &str, skip: usize, max: usize) -> Result<Vec<Uuid>>;
     /// Parks `worker`, which has `max` free slots and whose claim found nothing QUEUED for
     /// `runner`, for a direct hand-off ([`handoff`]): a backend that supports it claims each of
     /// the next (up to `max`) jobs submitted for `runner` in the submit's own transaction (when

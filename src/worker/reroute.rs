@@ -17,9 +17,10 @@
 //!   does; and a job the reaper requeues after a crash goes the same way
 //!   ([`route_requeued`]). Redis: processes may run different runners on purpose (a job under
 //!   a runner this process lacks is another's), so only parked jobs are moved, those whose
-//!   type a runner of the starting process claims ([`unpark`]).
+//!   type a runner of this process claims: at start and every [`UNPARK_EVERY`] after
+//!   ([`unpark_loop`]), each parked job at most once per process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use super::Worker;
@@ -66,14 +67,15 @@ impl Worker {
                     "no runner of this process claims the job's type"
                 };
                 tracing::warn!(job_id = %id, r#type = %job.job_type, runner = from,
-                    parked = PARKED_RUNNER, "{why}: job parked, not run (the start of a \
-                    process with a runner for its type moves it)");
+                    parked = PARKED_RUNNER, "{why}: job parked, not run (a process with a \
+                    runner for its type moves it: at its start, or within 30 s on Redis)");
                 PARKED_RUNNER.to_string()
             }
         };
         self.work_ended(id, token);
         let cmd = Command::Reroute {
             token: Some(token),
+            from: None,
             runner,
         };
         let r = self.store.apply(id, cmd).await;
@@ -113,7 +115,7 @@ fn destination(runners: &RunnerSet, job: &Job) -> Destination {
 /// type goes to the runner that does. Read in pages of [`PAGE`]; one write per job moved.
 pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
     if store.backend_name() != "embedded" {
-        return unpark(store, runners).await;
+        return;
     }
     let (mut moved, mut lines) = (0usize, 0usize);
     let mut unrouted: BTreeMap<String, usize> = BTreeMap::new();
@@ -147,6 +149,7 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
                 };
                 let cmd = Command::Reroute {
                     token: None,
+                    from: Some(job.runner.clone()),
                     runner: to.clone(),
                 };
                 match store.apply(job.id, cmd).await {
@@ -187,67 +190,101 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
     }
 }
 
-/// The start's pass on Redis: only the parked jobs (QUEUED under [`PARKED_RUNNER`], which no
-/// process claims) whose type a runner of this config claims are moved to it; the others stay
-/// parked. A job under a runner this process lacks is left alone (another process's, maybe).
-/// Each job parked is read once; at most one move per job and start, so processes that disagree
-/// on a type cannot pass it between them (the claim guard parks it again).
-async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet) {
-    let (mut skip, mut moved, mut failed) = (0usize, 0usize, 0usize);
-    let mut unrouted: BTreeMap<String, usize> = BTreeMap::new();
+/// Parked job ids read per page by the pass over parked jobs (ids only; a record is read once
+/// per process).
+const ID_PAGE: usize = 500;
+
+/// How often the pass over parked jobs runs on Redis (after the one at start).
+pub const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most pages one pass reads (a queue of parked jobs that keeps growing under it ends it there;
+/// the next pass goes on).
+const MAX_PAGES: usize = 2_000;
+
+/// Most parked job ids a process remembers as seen; past it, it forgets them and reads their
+/// records again once.
+const SEEN_MAX: usize = 1_000_000;
+
+/// On Redis: the pass over parked jobs ([`unpark`]) at start, then every [`UNPARK_EVERY`],
+/// until `stop`. Nothing on the embedded store (its start's pass, [`stranded`], does more).
+pub async fn unpark_loop(
+    store: Arc<dyn Store>,
+    runners: Arc<RunnerSet>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if store.backend_name() == "embedded" {
+        return;
+    }
+    let mut seen = HashSet::new();
     loop {
-        let page = match store.queued_of(PARKED_RUNNER, skip, PAGE).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the parked jobs to re-route them");
-                return;
-            }
-        };
-        for job in &page {
-            let Destination::Runner(to) = destination(runners, job) else {
-                *unrouted.entry(job.job_type.clone()).or_default() += 1;
-                skip += 1;
-                continue;
-            };
-            let cmd = Command::Reroute {
-                token: None,
-                runner: to.clone(),
-            };
-            match store.apply(job.id, cmd).await {
-                Ok(_) => {
-                    moved += 1;
-                    if moved <= LINES {
-                        tracing::warn!(job_id = %job.id, r#type = %job.job_type, to = %to,
-                            "parked job's type has a runner here: moved to it");
-                    }
-                }
-                // Cancelled or deleted meanwhile: out of the queue, nothing to move.
-                Err(e @ crate::store::StoreError::Transition(_))
-                | Err(e @ crate::store::StoreError::NotFound) => {
-                    tracing::info!(job_id = %job.id, error = %e, "parked job not moved")
-                }
-                Err(e) => {
-                    failed += 1;
-                    skip += 1;
-                    tracing::warn!(job_id = %job.id, error = %e,
-                        "parked job not moved: it stays parked until the next start");
-                    if failed >= LINES {
-                        tracing::warn!(
-                            "the start's pass over parked jobs gives up: too many failed writes"
-                        );
-                        break;
-                    }
-                }
-            }
+        unpark(&store, &runners, &mut seen).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(UNPARK_EVERY) => {}
         }
-        if page.len() < PAGE || failed >= LINES {
+    }
+}
+
+/// One pass over the parked jobs on Redis (QUEUED under [`PARKED_RUNNER`], which no process
+/// claims): each one whose type a runner of this config claims is moved to it, only if it is
+/// still parked (`Command::Reroute`'s `from`: a pass of another process may have moved it);
+/// the others stay parked. A job under a runner this process lacks is left alone (another
+/// process's, maybe). Each parked job is looked at once per process (`seen`): moved at most
+/// once, so processes that disagree on a type cannot pass it between them without bound (the
+/// claim guard parks it again, for good in this process), and a job of a type no runner here
+/// claims is read and counted once, not every pass. Its ids are read in pages by their place
+/// in the queue, which moves by the jobs moved out of it.
+async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet, seen: &mut HashSet<uuid::Uuid>) {
+    if seen.len() > SEEN_MAX {
+        seen.clear();
+    }
+    let (mut skip, mut moved) = (0usize, 0usize);
+    let mut unrouted: BTreeMap<String, usize> = BTreeMap::new();
+    'pages: for page in 0.. {
+        if page == MAX_PAGES {
+            tracing::warn!(
+                pages = page,
+                "the pass over parked jobs stops here; the next goes on"
+            );
             break;
         }
+        let ids = match store.queued_ids(PARKED_RUNNER, skip, ID_PAGE).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the parked jobs to re-route them");
+                break;
+            }
+        };
+        let mut left = 0usize;
+        for &id in &ids {
+            if id.is_nil() || !seen.insert(id) {
+                continue;
+            }
+            match unpark_one(store, runners, id, moved < LINES).await {
+                Unparked::Moved => {
+                    moved += 1;
+                    left += 1;
+                }
+                Unparked::Left => left += 1,
+                Unparked::Stays(None) => {}
+                Unparked::Stays(Some(t)) => *unrouted.entry(t).or_default() += 1,
+                Unparked::Later => {
+                    // The store's trouble, not the job's: looked at again next pass.
+                    seen.remove(&id);
+                    break 'pages;
+                }
+            }
+        }
+        if ids.len() < ID_PAGE {
+            break;
+        }
+        // The jobs that left the queue free their places: the next page starts that much sooner.
+        skip += ids.len().saturating_sub(left);
     }
     if moved > 0 {
         tracing::warn!(
             jobs = moved,
-            "parked jobs moved at start to the runners of this config that claim their types"
+            "parked jobs moved to the runners of this config that claim their types"
         );
     }
     if !unrouted.is_empty() {
@@ -257,7 +294,75 @@ async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet) {
             .collect::<Vec<_>>()
             .join(", ");
         tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
-            "parked jobs (runner `(no runner)`) of types no runner of this process claims: they stay parked until a process with a runner for them starts");
+            "parked jobs (runner `(no runner)`) of types no runner of this process claims: they stay parked until a process with a runner for them runs");
+    }
+}
+
+/// What [`unpark_one`] did with a parked job.
+enum Unparked {
+    /// Moved to a runner of this process.
+    Moved,
+    /// Out of the parked queue meanwhile (gone, cancelled, moved by another process).
+    Left,
+    /// Stays parked: of a type no runner here claims (`Some`), or a record this build cannot
+    /// read (`None`, logged).
+    Stays(Option<String>),
+    /// Not read or not written (the store's trouble): to look at again.
+    Later,
+}
+
+/// The parked job `id`, moved to the runner of this process that claims its type, if any and
+/// if it is still parked; `say`: log the move.
+async fn unpark_one(
+    store: &Arc<dyn Store>,
+    runners: &RunnerSet,
+    id: uuid::Uuid,
+    say: bool,
+) -> Unparked {
+    let job = match store.get(id).await {
+        Ok(Some(j)) if j.status == JobStatus::Queued && j.runner == PARKED_RUNNER => j,
+        Ok(_) => return Unparked::Left,
+        Err(e) if crate::store::job_record::is_corrupt(&e) => {
+            crate::store::job_record::log_unreadable(
+                &id.to_string(),
+                "the pass over parked jobs",
+                &e,
+            );
+            return Unparked::Stays(None);
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "cannot read a parked job");
+            return Unparked::Later;
+        }
+    };
+    let Destination::Runner(to) = destination(runners, &job) else {
+        return Unparked::Stays(Some(job.job_type));
+    };
+    let cmd = Command::Reroute {
+        token: None,
+        from: Some(PARKED_RUNNER.to_string()),
+        runner: to.clone(),
+    };
+    match store.apply(id, cmd).await {
+        Ok(_) => {
+            if say {
+                tracing::warn!(job_id = %id, r#type = %job.job_type, to = %to,
+                    "parked job's type has a runner here: moved to it");
+            }
+            Unparked::Moved
+        }
+        // Cancelled, deleted or moved by another process meanwhile.
+        Err(e @ crate::store::StoreError::Transition(_))
+        | Err(e @ crate::store::StoreError::NotFound) => {
+            tracing::info!(job_id = %id, error = %e, "parked job not moved");
+            Unparked::Left
+        }
+        Err(e) => {
+            // Maybe written, its answer lost: looked at again next pass (moved only if still
+            // parked).
+            tracing::warn!(job_id = %id, error = %e, "parked job not moved: tried again later");
+            Unparked::Later
+        }
     }
 }
 
@@ -276,6 +381,7 @@ pub async fn route_requeued(store: &Arc<dyn Store>, runners: &RunnerSet, job: &J
     };
     let cmd = Command::Reroute {
         token: None,
+        from: Some(job.runner.clone()),
         runner: to.clone(),
     };
     match store.apply(job.id, cmd).await {

@@ -252,9 +252,13 @@ pub(super) fn reroute(
     job: &mut Job,
     ctx: &ApplyCtx,
     token: Option<u64>,
+    from: Option<String>,
     runner: String,
 ) -> Result<Option<EventKind>, TransitionError> {
     let now = ctx.now;
+    if from.is_some_and(|f| f != job.runner) {
+        return Err(illegal(job, "change runner (moved meanwhile)"));
+    }
     let Some(token) = token else {
         if !matches!(job.status, Queued | Scheduled | Waiting) || job.lease.is_some() {
             return Err(illegal(job, "change runner"));

@@ -142,7 +142,7 @@ forward! {
         promote_due(max: usize) -> usize;
         next_due() -> Option<Micros>;
         expired(max: usize) -> Vec<Job>;
-        queued_of(runner: &str, skip: usize, max: usize) -> Vec<Job>;
+        queued_ids(runner: &str, skip: usize, max: usize) -> Vec<Uuid>;
     }
     LogStore {
         append_logs(id: Uuid, lines: Vec<(LogStream, Micros, String)>) -> ();
