@@ -279,6 +279,23 @@ fn a_bad_config_stops_serve_with_a_message_naming_the_key() {
             "[[runners]]\nkind = \"service\"\ntypes = [\"a\"]\noperation = \"missing\"\n",
             "operation",
         ),
+        // Runner names: empty, padded, with a control character, the parked jobs' own.
+        (
+            "[[runners]]\nname = \"\"\nkind = \"service\"\ntypes = [\"a\"]\n",
+            "runners[0].name",
+        ),
+        (
+            "[[runners]]\nname = \"(no runner) \"\nkind = \"service\"\ntypes = [\"a\"]\n",
+            "runners[0].name",
+        ),
+        (
+            "[[runners]]\nname = \"a\\u0000b\"\nkind = \"service\"\ntypes = [\"a\"]\n",
+            "runners[0].name",
+        ),
+        (
+            "[[runners]]\nname = \"(no runner)\"\nkind = \"service\"\ntypes = [\"a\"]\n",
+            "reserved",
+        ),
         // A webhook default's glob that could never match a type, as anywhere else.
         (
             "[[notify.defaults]]\ntypes = [\"report.{a,b}\"]\nurl = \"https://example.com/h\"\n",

@@ -295,6 +295,17 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.runners.iter().enumerate() {
             check_runner(r, i)?;
+            let name = r.name_at(i);
+            if name.is_empty()
+                || name.chars().count() > 200
+                || name.chars().any(char::is_control)
+                || name.trim() != name
+            {
+                return err(
+                    format!("runners[{i}].name"),
+                    "must be 1-200 characters, no control characters, no white space at either end",
+                );
+            }
             if r.name_at(i) == super::PARKED_RUNNER {
                 return err(
                     format!("runners[{i}].name"),
