@@ -1667,6 +1667,11 @@ async fn answers_over_every_job_are_refused_to_any_confined_token() {
         let (s, v) = h.send(c, Some(ADMIN)).await;
         assert_eq!(s, 200, "{} {} by the admin: {v}", c.method, c.path);
     }
+    // A scrape without a token (set up before the token was the default) is told the setting.
+    let (s, v) = h.send(&metrics, None).await;
+    assert_eq!(s, 401, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("auth.metrics_require_token"), "{v}");
     h.stop().await;
 }
 

@@ -338,6 +338,16 @@ where
             .await
             {
                 Ok(g) => g,
+                Err(Refusal::Unauthorized(m)) if parts.uri.path() == "/metrics" => {
+                    // A scrape set up before the token became the default (a Prometheus job
+                    // with no credential) is told what changed and what turns it off.
+                    let m = format!(
+                        "{m}: `/metrics` needs a token that grants `jobs:read` while \
+                         `auth.metrics_require_token` is true (the default; false serves it \
+                         without one)"
+                    );
+                    return Ok(Refusal::Unauthorized(m).into_response());
+                }
                 Err(refused) => return Ok(refused.into_response()),
             };
             parts.extensions.insert(Caller(grant));
