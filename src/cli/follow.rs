@@ -6,14 +6,13 @@ use std::io::IsTerminal;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
-use chrono::{DateTime, SecondsFormat, Utc};
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::client::{job_path, Api};
 use super::exit::Failure;
+pub use super::log_tail::{LogLine, LogTail};
 use super::output::{self, Format};
 
 /// Statuses a job does not leave (except through an explicit retry).
@@ -32,13 +31,13 @@ const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::f
 /// is away) is tried again after a pause (doubling from 100 ms to 2 s), until the server has been
 /// out of reach for [`GIVE_UP`]; any other failure (runyard's 4xx) ends the command at once.
 #[derive(Debug)]
-struct Patience {
+pub(super) struct Patience {
     delay: Duration,
     failing_since: Option<Instant>,
 }
 
 impl Patience {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             delay: RECONNECT.0,
             failing_since: None,
@@ -74,7 +73,7 @@ impl Patience {
 
     /// The value of a request that went through; `None`, after the pause, when it failed and
     /// is worth trying again; the error otherwise.
-    async fn settle<T>(&mut self, r: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+    pub(super) async fn settle<T>(&mut self, r: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
         match r {
             Ok(v) => {
                 self.reset();
@@ -422,197 +421,4 @@ pub fn end_line(job: &Value) -> String {
         s.push_str(&crate::logging::visible(e));
     }
     s
-}
-
-/// One log line, with the attempt it belongs to.
-#[derive(Debug, Clone)]
-pub struct LogLine {
-    /// Position in the job's log.
-    pub seq: u64,
-    /// stdout, stderr or job.
-    pub stream: String,
-    /// When it was received (µs since the epoch).
-    pub ts_us: i64,
-    /// The attempt whose run it came from, when known.
-    pub attempt: Option<u64>,
-    /// The text.
-    pub line: String,
-}
-
-impl LogLine {
-    fn time(&self) -> String {
-        DateTime::<Utc>::from_timestamp_micros(self.ts_us)
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-            .unwrap_or_else(|| "-".to_string())
-    }
-
-    /// `2026-11-30T15:55:36.430Z #1 text` (`#-` when the attempt is not known), its control
-    /// characters shown as escapes ([`crate::logging::visible`]): the job's output never drives
-    /// the operator's terminal.
-    pub fn text(&self) -> String {
-        let attempt = self
-            .attempt
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "-".to_string());
-        format!(
-            "{} #{attempt} {}",
-            self.time(),
-            crate::logging::visible(&self.line)
-        )
-    }
-
-    /// `{"kind": "log", "seq", "stream", "ts", "attempt", "line"}`.
-    pub fn json(&self) -> Value {
-        json!({
-            "kind": "log",
-            "seq": self.seq,
-            "stream": self.stream,
-            "ts": self.time(),
-            "attempt": self.attempt,
-            "line": self.line,
-        })
-    }
-
-    /// Prints the line for `format`.
-    pub fn print(&self, format: Format) {
-        match format {
-            Format::Json => output::json_line(&self.json()),
-            Format::Text => println!("{}", self.text()),
-        }
-    }
-}
-
-/// Reads a job's log from where it left off, giving each line its attempt: the server stores
-/// lines with their time only, so the attempt is the last run (of the job's `runs`) claimed at
-/// or before the line's time.
-pub struct LogTail {
-    id: String,
-    path: String,
-    after: u64,
-    /// Lines the server no longer kept, met by the reads since [`Self::take_gap`].
-    gap: u64,
-    /// (claimed_at µs, attempt), by time.
-    runs: Vec<(i64, u64)>,
-    patience: Patience,
-}
-
-impl LogTail {
-    /// From the first line of job `id`.
-    pub fn new(id: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            id: id.to_string(),
-            path: format!("{}/logs", job_path(id)?),
-            after: 0,
-            gap: 0,
-            runs: Vec::new(),
-            patience: Patience::new(),
-        })
-    }
-
-    /// [`Self::fetch`] riding out a server restart by the one rule ([`Patience`]): while
-    /// following a job.
-    async fn fetch_patiently(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
-        loop {
-            let r = self.fetch(api).await;
-            if let Some(lines) = self.patience.settle(r).await? {
-                return Ok(lines);
-            }
-        }
-    }
-
-    /// The note on lines the server no longer kept that the reads since the last call met
-    /// (`None`: none).
-    pub fn take_gap(&mut self) -> Option<String> {
-        let n = std::mem::take(&mut self.gap);
-        (n > 0).then(|| {
-            format!(
-                "[runyard] {n} earlier line(s) of this job are no longer kept by the server \
-                 (retention.log_lines_per_job): not shown"
-            )
-        })
-    }
-
-    /// The next page of lines (empty when there is nothing new).
-    pub async fn fetch(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
-        let page = api
-            .get(&format!("{}?after={}&limit=1000", self.path, self.after))
-            .await?;
-        let raw = page["lines"].as_array().cloned().unwrap_or_default();
-        if raw.is_empty() {
-            return Ok(Vec::new());
-        }
-        let next = page["next"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("the log answer has no `next`"))?;
-        let newest = raw.iter().filter_map(|l| l["ts"].as_i64()).max();
-        if newest.is_some_and(|t| self.runs.last().is_none_or(|r| r.0 <= t)) {
-            // A line newer than the last run we know of: runs may have been added since.
-            self.load_runs(api).await?;
-        }
-        // Only now: a failed read of the runs (retried by a follow) reads this page again
-        // rather than skip it. A job's lines are numbered from 1 without gaps, and the server
-        // keeps its newest `retention.log_lines_per_job`: lines before the first kept are
-        // counted (said by the caller, [`Self::take_gap`]), not skipped silently.
-        let first = raw.first().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
-        if first > self.after.saturating_add(1) {
-            self.gap += first - self.after - 1;
-        }
-        self.after = next;
-        Ok(raw
-            .iter()
-            .map(|l| {
-                let ts_us = l["ts"].as_i64().unwrap_or(0);
-                LogLine {
-                    seq: l["seq"].as_u64().unwrap_or(0),
-                    stream: l["stream"].as_str().unwrap_or("").to_string(),
-                    ts_us,
-                    attempt: self
-                        .runs
-                        .iter()
-                        .rev()
-                        .find(|(at, _)| *at <= ts_us)
-                        .map(|(_, a)| *a),
-                    line: l["line"].as_str().unwrap_or("").to_string(),
-                }
-            })
-            .collect())
-    }
-
-    /// The lines a job's process wrote last: its output is stored as it is read, which can be
-    /// just after the job reported its end. Reads until 400 ms pass with nothing new (at most
-    /// 3 s).
-    pub async fn drain(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {
-        let until = Instant::now() + Duration::from_secs(3);
-        let mut quiet = 0;
-        let mut out = Vec::new();
-        while quiet < 2 && Instant::now() < until {
-            let lines = self.fetch_patiently(api).await?;
-            if lines.is_empty() {
-                quiet += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            } else {
-                quiet = 0;
-                out.extend(lines);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn load_runs(&mut self, api: &Api) -> anyhow::Result<()> {
-        let job = api.get(&job_path(&self.id)?).await?;
-        let mut runs: Vec<(i64, u64)> = job["runs"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| {
-                let at = r["claimed_at"].as_str().or(r["started_at"].as_str())?;
-                let at = DateTime::parse_from_rfc3339(at).ok()?.timestamp_micros();
-                Some((at, r["attempt"].as_u64()?))
-            })
-            .collect();
-        runs.sort();
-        self.runs = runs;
-        Ok(())
-    }
 }

@@ -9,6 +9,7 @@ pub mod files;
 pub mod follow;
 pub mod jobs;
 pub mod launch;
+mod log_tail;
 pub mod output;
 pub mod schedules;
 pub mod signal;
