@@ -17,8 +17,8 @@
 //!   does; and a job the reaper requeues after a crash goes the same way
 //!   ([`route_requeued`]). Redis: processes may run different runners on purpose (a job under
 //!   a runner this process lacks is another's), so only parked jobs are moved, those whose
-//!   type a runner of this process claims: at start and every [`UNPARK_EVERY`] after
-//!   ([`unpark_loop`]), each parked job at most once per process.
+//!   type a runner of this process claims: at start and [`UNPARK_EVERY`] after each pass
+//!   ([`unpark_loop`]), each parked job moved at most once per process.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ impl Worker {
                 };
                 tracing::warn!(job_id = %id, r#type = %job.job_type, runner = from,
                     parked = PARKED_RUNNER, "{why}: job parked, not run (a process with a \
-                    runner for its type moves it: at its start, or within 30 s on Redis)");
+                    runner for its type moves it: at its start, or on Redis within about 30 s)");
                 PARKED_RUNNER.to_string()
             }
         };
@@ -194,19 +194,38 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
 /// per process).
 const ID_PAGE: usize = 500;
 
-/// How often the pass over parked jobs runs on Redis (after the one at start).
+/// How long the pass over parked jobs on Redis waits after one pass before the next (the first
+/// runs at start).
 pub const UNPARK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Most pages one pass reads (a queue of parked jobs that keeps growing under it ends it there;
-/// the next pass goes on).
-const MAX_PAGES: usize = 2_000;
+/// Most pages one pass reads; the next pass goes on from there (a long queue of parked jobs is
+/// read over several passes, not at once).
+const MAX_PAGES: usize = 200;
 
-/// Most parked job ids a process remembers as seen; past it, it forgets them and reads their
-/// records again once.
+/// Most parked job ids a process remembers; past it, it forgets them and reads their records
+/// again once.
 const SEEN_MAX: usize = 1_000_000;
 
-/// On Redis: the pass over parked jobs ([`unpark`]) at start, then every [`UNPARK_EVERY`],
-/// until `stop`. Nothing on the embedded store (its start's pass, [`stranded`], does more).
+/// Most failed moves one pass tries before it ends (a job whose write keeps failing, a key of
+/// the wrong type say, does not stop the jobs behind it, nor every write be tried at once).
+const FAILS_MAX: usize = 20;
+
+/// What the pass over parked jobs keeps between passes, in one process.
+#[derive(Default)]
+struct Unparking {
+    /// The parked jobs it moved, or that stay parked here (a type no runner here claims, a
+    /// record it cannot read): looked at once per process, so a job moved here and parked again
+    /// by a process that disagrees is not moved again (no ping-pong), and a job that stays is
+    /// read once, not every pass.
+    seen: HashSet<uuid::Uuid>,
+    /// Where the next pass starts in the parked queue: 0, or where a pass that met
+    /// [`MAX_PAGES`] stopped.
+    resume: usize,
+}
+
+/// On Redis: the pass over parked jobs ([`unpark`]) at start, then [`UNPARK_EVERY`] after each
+/// pass, until `stop` (also checked between the pass's jobs). Nothing on the embedded store (its
+/// start's pass, [`stranded`], does more).
 pub async fn unpark_loop(
     store: Arc<dyn Store>,
     runners: Arc<RunnerSet>,
@@ -215,9 +234,9 @@ pub async fn unpark_loop(
     if store.backend_name() == "embedded" {
         return;
     }
-    let mut seen = HashSet::new();
+    let mut state = Unparking::default();
     loop {
-        unpark(&store, &runners, &mut seen).await;
+        unpark(&store, &runners, &mut state, &stop).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(UNPARK_EVERY) => {}
@@ -229,23 +248,24 @@ pub async fn unpark_loop(
 /// claims): each one whose type a runner of this config claims is moved to it, only if it is
 /// still parked (`Command::Reroute`'s `from`: a pass of another process may have moved it);
 /// the others stay parked. A job under a runner this process lacks is left alone (another
-/// process's, maybe). Each parked job is looked at once per process (`seen`): moved at most
-/// once, so processes that disagree on a type cannot pass it between them without bound (the
-/// claim guard parks it again, for good in this process), and a job of a type no runner here
-/// claims is read and counted once, not every pass. Its ids are read in pages by their place
-/// in the queue, which moves by the jobs moved out of it.
-async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet, seen: &mut HashSet<uuid::Uuid>) {
-    if seen.len() > SEEN_MAX {
-        seen.clear();
+/// process's, maybe). Each parked job is moved at most once per process ([`Unparking::seen`]).
+/// Its ids are read in pages by their place in the queue (ranks), which moves by the jobs that
+/// left it.
+async fn unpark(
+    store: &Arc<dyn Store>,
+    runners: &RunnerSet,
+    state: &mut Unparking,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    if state.seen.len() > SEEN_MAX {
+        state.seen = HashSet::new();
     }
-    let (mut skip, mut moved) = (0usize, 0usize);
+    let (mut skip, mut moved, mut failed) = (std::mem::take(&mut state.resume), 0usize, 0usize);
     let mut unrouted: BTreeMap<String, usize> = BTreeMap::new();
-    'pages: for page in 0.. {
+    'pages: for page in 0..=MAX_PAGES {
         if page == MAX_PAGES {
-            tracing::warn!(
-                pages = page,
-                "the pass over parked jobs stops here; the next goes on"
-            );
+            // The next pass goes on from here.
+            state.resume = skip;
             break;
         }
         let ids = match store.queued_ids(PARKED_RUNNER, skip, ID_PAGE).await {
@@ -257,7 +277,10 @@ async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet, seen: &mut HashSet<
         };
         let mut left = 0usize;
         for &id in &ids {
-            if id.is_nil() || !seen.insert(id) {
+            if stop.is_cancelled() {
+                break 'pages;
+            }
+            if id.is_nil() || !state.seen.insert(id) {
                 continue;
             }
             match unpark_one(store, runners, id, moved < LINES).await {
@@ -265,13 +288,20 @@ async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet, seen: &mut HashSet<
                     moved += 1;
                     left += 1;
                 }
-                Unparked::Left => left += 1,
+                Unparked::Left => {
+                    // Not moved here: if a process parks it again, it is looked at again.
+                    state.seen.remove(&id);
+                    left += 1;
+                }
                 Unparked::Stays(None) => {}
                 Unparked::Stays(Some(t)) => *unrouted.entry(t).or_default() += 1,
-                Unparked::Later => {
-                    // The store's trouble, not the job's: looked at again next pass.
-                    seen.remove(&id);
-                    break 'pages;
+                Unparked::Failed { store_down } => {
+                    // Looked at again next pass; it keeps its place.
+                    state.seen.remove(&id);
+                    failed += 1;
+                    if store_down || failed >= FAILS_MAX {
+                        break 'pages;
+                    }
                 }
             }
         }
@@ -294,7 +324,7 @@ async fn unpark(store: &Arc<dyn Store>, runners: &RunnerSet, seen: &mut HashSet<
             .collect::<Vec<_>>()
             .join(", ");
         tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
-            "parked jobs (runner `(no runner)`) of types no runner of this process claims: they stay parked until a process with a runner for them runs");
+            "parked jobs (runner `(no runner)`) of types no runner of this process claims, met for the first time: they stay parked until a process with a runner for them runs");
     }
 }
 
@@ -307,8 +337,9 @@ enum Unparked {
     /// Stays parked: of a type no runner here claims (`Some`), or a record this build cannot
     /// read (`None`, logged).
     Stays(Option<String>),
-    /// Not read or not written (the store's trouble): to look at again.
-    Later,
+    /// Not read or not written: to look at again (`store_down`: the store is out of reach, so
+    /// the pass ends).
+    Failed { store_down: bool },
 }
 
 /// The parked job `id`, moved to the runner of this process that claims its type, if any and
@@ -332,7 +363,9 @@ async fn unpark_one(
         }
         Err(e) => {
             tracing::warn!(job_id = %id, error = %e, "cannot read a parked job");
-            return Unparked::Later;
+            return Unparked::Failed {
+                store_down: matches!(e, crate::store::StoreError::Unavailable(_)),
+            };
         }
     };
     let Destination::Runner(to) = destination(runners, &job) else {
@@ -361,7 +394,9 @@ async fn unpark_one(
             // Maybe written, its answer lost: looked at again next pass (moved only if still
             // parked).
             tracing::warn!(job_id = %id, error = %e, "parked job not moved: tried again later");
-            Unparked::Later
+            Unparked::Failed {
+                store_down: matches!(e, crate::store::StoreError::Unavailable(_)),
+            }
         }
     }
 }

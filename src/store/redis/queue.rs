@@ -350,9 +350,18 @@ impl JobQueue for RedisStore {
     }
 
     async fn queued_ids(&self, runner: &str, skip: usize, max: usize) -> Result<Vec<Uuid>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
         let key = self.keyed("q:", runner);
+        // By rank (O(log N + max)), not `ZRANGEBYSCORE ... LIMIT skip`, which walks `skip`
+        // entries first: the pass over parked jobs reads deep into a long queue.
+        let (from, to) = (skip, skip.saturating_add(max - 1));
         let ids: Vec<Vec<u8>> = self
-            .zrange_by_score(&key, "-inf", "+inf", (skip, max))
+            .exec(true, |mut c| {
+                let cmd = ::redis::cmd("ZRANGE").arg(&key).arg(from).arg(to).clone();
+                async move { cmd.query_async(&mut c).await }
+            })
             .await?;
         // An entry that is not an id (a hand edit): its place counts, it is passed.
         Ok(ids
