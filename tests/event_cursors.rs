@@ -134,6 +134,36 @@ async fn every_transport_resyncs_a_cursor_from_another_database() {
         .await
         .unwrap();
     assert_eq!(sse.status(), 200);
+    // Each transport's first answer to a foreign cursor is its resync to the newest id, read
+    // before anything else is written (a resync made after a new event names that one).
+    let got = ws_support::read_until(&mut ws, WAIT, |evs| !evs.is_empty())
+        .await
+        .events;
+    assert_eq!(got[0]["type"], "resync", "{got:#?}");
+    assert_eq!(got[0]["id"], newest.as_str(), "{got:#?}");
+    let mut body = sse.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let data = |text: &str| -> Vec<Value> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .collect()
+    };
+    while data(&text).is_empty() {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("SSE timed out: {text}"))
+            .expect("SSE open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(data(&text)[0]["type"], "resync", "{text}");
+    assert!(
+        text.contains(&format!("id:{newest}")) || text.contains(&format!("id: {newest}")),
+        "{text}"
+    );
+    // Then the events that follow, and only those.
     let second = ts.submit_ok(json!({"type": "runyard.noop"})).await;
     ts.wait_terminal(&second, WAIT).await;
     let done = |evs: &[Value]| {
@@ -141,17 +171,11 @@ async fn every_transport_resyncs_a_cursor_from_another_database() {
             .any(|e| e["job_id"] == second.as_str() && e["runyard_status"] == "SUCCESS")
     };
     let got = ws_support::read_until(&mut ws, WAIT, done).await.events;
-    assert_eq!(got[0]["type"], "resync", "{got:#?}");
-    assert_eq!(got[0]["id"], newest.as_str(), "{got:#?}");
     assert!(
-        got[1..].iter().all(|e| e["job_id"] == second.as_str()),
+        got.iter().all(|e| e["job_id"] == second.as_str()),
         "{got:#?}"
     );
-    // SSE: the same, `id:` lines included.
-    let mut body = sse.bytes_stream();
-    let mut text = String::new();
-    let mut evs: Vec<Value> = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut evs = data(&text);
     while !done(&evs) {
         let chunk = tokio::time::timeout_at(deadline, body.next())
             .await
@@ -159,14 +183,8 @@ async fn every_transport_resyncs_a_cursor_from_another_database() {
             .expect("SSE open")
             .unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
-        evs = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| serde_json::from_str(d.trim()).unwrap())
-            .collect();
+        evs = data(&text);
     }
-    assert_eq!(evs[0]["type"], "resync", "{text}");
-    assert!(text.contains(&format!("id:{newest}")) || text.contains(&format!("id: {newest}")));
     assert!(
         evs[1..].iter().all(|e| e["job_id"] == second.as_str()),
         "{text}"
