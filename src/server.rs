@@ -233,6 +233,8 @@ impl ServerBuilder {
 struct Core {
     config: Arc<Config>,
     master_key: Arc<MasterKey>,
+    /// The embedded store's copy id, when `runyard backup` made it (`SqliteStore::copy_id`).
+    copy: Option<u64>,
     store: Arc<dyn Store>,
     runners: Arc<RunnerSet>,
     /// The background loops, ended by `bg`; [`Core::stop_loops`] waits for them all.
@@ -335,7 +337,7 @@ impl Core {
         let (master_key, key_from) = load_master_key(&mut config)?;
         let master_key = Arc::new(master_key);
         let config = Arc::new(config);
-        let store = open_store(&config, &master_key, &key_from).await?;
+        let (store, copy) = open_store(&config, &master_key, &key_from).await?;
         let store = match metrics {
             Some(m) => crate::metrics::MeteredStore::wrap(store, m),
             None => store,
@@ -380,6 +382,7 @@ impl Core {
         Ok(Self {
             config,
             master_key,
+            copy,
             store,
             runners,
             tasks,
@@ -400,6 +403,7 @@ impl Core {
             self.runners.clone(),
             self.config.worker.clone(),
             self.master_key.clone(),
+            self.copy,
             format!("{}/async", self.config.public_url()),
         );
         let id = w.id().to_string();
@@ -539,12 +543,12 @@ impl RunningServer {
 }
 
 /// Opens the store, refusing it when it was made with another master key than `key` (from
-/// `key_from`): see `crate::master_key`.
+/// `key_from`): see `crate::master_key`. With its copy id when `runyard backup` made it.
 async fn open_store(
     config: &Config,
     key: &MasterKey,
     key_from: &KeySource,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<u64>)> {
     let check = check_value(key);
     let settings = StoreSettings {
         progress_interval: config.events.progress_interval,
@@ -574,7 +578,7 @@ async fn open_store(
         let (kept, recorded) = r.remember_key_check(&check).await.context("`redis`")?;
         // Whether the deployment existed before cannot be told cheaply: said at INFO.
         verify_check(&kept, &check, recorded, key_from, true, false)?;
-        return Ok(r);
+        return Ok((r, None));
     }
     // Before the database is opened for writing: a refused start changes nothing.
     if let Some(kept) = SqliteStore::stored_key_check(&config.data_dir)? {
@@ -586,7 +590,8 @@ async fn open_store(
     let s = SqliteStore::open(&config.data_dir, settings, full)?;
     let (kept, recorded) = s.remember_key_check(check.clone()).await?;
     verify_check(&kept, &check, recorded, key_from, false, existed)?;
-    Ok(Arc::new(s))
+    let copy = s.copy_id();
+    Ok((Arc::new(s), copy))
 }
 
 #[cfg(test)]

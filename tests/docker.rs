@@ -1541,3 +1541,157 @@ async fn the_sweep_removes_only_containers_whose_job_is_done_with_them() {
     wait_removed(&host, &running).await;
     assert!(exists(&host, &elsewhere));
 }
+
+/// A server started on a backup (`runyard backup`) while its original runs, on the same engine
+/// (probe s48): the copy is another deployment. The original's container of a job running at the
+/// backup's moment is not adopted nor stopped by the copy, which runs that job again in a
+/// container of its own (labelled with its own fingerprint) without removing the original's at its
+/// launch; the container of a job submitted to the original after the backup, which the copy does
+/// not know, is not swept by the copy. Both original jobs end SUCCESS in the original. Before, the
+/// copy's sweep took the unknown job's container for work left behind and removed it at its
+/// start, and its reaper adopted the other one (the copy ran no attempt of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_backup_leaves_the_originals_containers_alone() {
+    let Some(host) = setup("backup_beside_original") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    let runner = runner_toml(
+        &host,
+        "dock.nap",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo up; sleep 8; exit 0"],
+        "",
+    )
+    .replace("max_attempts = 1", "max_attempts = 2");
+    let server = |name: &str, data: &Path| {
+        let port = support::child::free_port();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+
+[worker]
+lease_ttl = "1s"
+kill_grace = "500ms"
+poll_interval = "200ms"
+sweep_interval = "300ms"
+{runner}"#,
+                data = data.display(),
+            ),
+        )
+        .unwrap();
+        (
+            config,
+            dir.path().join(format!("{name}.log")),
+            format!("http://127.0.0.1:{port}"),
+        )
+    };
+    let (a_cfg, a_log, a) = server("original", &data);
+    let (b_cfg, b_log, b) = server("copy", &copy);
+    let client = reqwest::Client::new();
+    let submit = |url: &str| {
+        let r = client
+            .post(format!("{url}/async/jobs"))
+            .json(&json!({"type": "dock.nap"}))
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            r.json::<Value>().await.unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let job = |url: &str, id: &str| {
+        let r = client.get(format!("{url}/async/jobs/{id}")).send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    let _original = ServeProcess::start(&a_cfg, &a_log, &a).await;
+    let before = submit(&a).await;
+    let before_cid = running_container(&host, &before).await;
+    let _c1 = Removed(host.clone(), before_cid.clone());
+    let o = Command::new(env!("CARGO_BIN_EXE_runyard"))
+        .args(["backup", "--data-dir"])
+        .arg(&data)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let after = submit(&a).await;
+    let after_cid = running_container(&host, &after).await;
+    let _c2 = Removed(host.clone(), after_cid.clone());
+
+    let theirs = labels_of(&host, &before_cid)["runyard.deployment"].clone();
+    assert!(theirs.is_string(), "{theirs}");
+
+    let _copy = ServeProcess::start(&b_cfg, &b_log, &b).await;
+    // The copy runs the job it requeued in a container of its own, beside the original's.
+    let mine = {
+        let (h, j, theirs) = (host.clone(), before.clone(), before_cid.clone());
+        eventually(
+            "the copy's container of the requeued job runs",
+            WAIT,
+            move || {
+                let found = containers_of(&h, &j)
+                    .into_iter()
+                    .find(|l| l.ends_with(" running") && !l.starts_with(&theirs))
+                    .map(|l| l.split(' ').next().unwrap_or_default().to_string());
+                async move { found }
+            },
+        )
+        .await
+    };
+    let _c3 = Removed(host.clone(), mine.clone());
+    let labels = labels_of(&host, &mine);
+    assert_eq!(labels["runyard.attempt"], "2", "{labels}");
+    assert!(labels["runyard.deployment"].is_string(), "{labels}");
+    assert_ne!(labels["runyard.deployment"], theirs, "{labels}");
+    for id in [&before, &after] {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let done = loop {
+            let j = job(&a, id).await;
+            if is_terminal(&j["status"]) {
+                break j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{j:#}\ncopy's log:\n{}",
+                tail(&b_log)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            done["status"],
+            "SUCCESS",
+            "{done:#}\ncopy's log:\n{}",
+            tail(&b_log)
+        );
+        assert_eq!(done["attempt"], 1, "{done:#}");
+        assert_eq!(done["exit_code"], 0, "{done:#}");
+    }
+    // The copy ran the job it had requeued in a container of its own, another deployment's.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let again = loop {
+        let j = job(&b, &before).await;
+        if is_terminal(&j["status"]) {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{j:#}\n{}", tail(&b_log));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(again["status"], "SUCCESS", "{again:#}");
+    assert_eq!(again["attempt"], 2, "{again:#}");
+    assert_eq!(again["runs"][0]["outcome"], "LOST", "{again:#}");
+    let b_text = std::fs::read_to_string(&b_log).unwrap();
+    assert!(
+        !b_text.contains("removed work left behind"),
+        "the copy swept the original's work:\n{b_text}"
+    );
+}

@@ -50,12 +50,19 @@ pub fn derive_job_secret(master_key: &[u8], job_id: &str, attempt: u32) -> Secre
 }
 
 /// The fingerprint of a deployment (every runyard process sharing one store shares its master
-/// key): the first 16 hex characters of `HMAC-SHA256(master_key, "runyard/deployment/v1")`.
-/// Runners label the work they launch with it (`runyard.deployment`), so that the sweep of work
-/// left behind never takes another deployment's work on a shared engine or namespace for its
-/// own. Not a secret: nothing about the master key, or any job's secret, can be learnt from it.
-pub fn deployment_id(master_key: &[u8]) -> String {
-    let mut h = hex::encode(hmac_sha256(master_key, b"runyard/deployment/v1"));
+/// key): the first 16 hex characters of `HMAC-SHA256(master_key, "runyard/deployment/v1")`, or
+/// for an embedded store made by `runyard backup` (`copy`: the id the backup gave it) of
+/// `HMAC-SHA256(master_key, "runyard/deployment/v1/copy/" + copy)`: a copy keeps its original's
+/// key, not its work. Runners label the work they launch with it (`runyard.deployment`), so that
+/// the sweep of work left behind never takes another deployment's work (nor an original's or a
+/// copy's) on a shared engine or namespace for its own. Not a secret: nothing about the master
+/// key, or any job's secret, can be learnt from it.
+pub fn deployment_id(master_key: &[u8], copy: Option<u64>) -> String {
+    let message = match copy {
+        None => "runyard/deployment/v1".to_string(),
+        Some(c) => format!("runyard/deployment/v1/copy/{c}"),
+    };
+    let mut h = hex::encode(hmac_sha256(master_key, message.as_bytes()));
     h.truncate(16);
     h
 }
@@ -69,11 +76,17 @@ mod tests {
 
     #[test]
     fn a_deployment_id_is_16_hex_characters_of_its_master_key() {
-        let a = deployment_id(MASTER);
+        let a = deployment_id(MASTER, None);
         assert_eq!(a.len(), 16);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
-        assert_eq!(a, deployment_id(MASTER));
-        assert_ne!(a, deployment_id(b"another-master-key"));
+        assert_eq!(a, deployment_id(MASTER, None));
+        assert_ne!(a, deployment_id(b"another-master-key", None));
+        // A copy of the store (`runyard backup`) is a deployment of its own, each copy another.
+        let c = deployment_id(MASTER, Some(7));
+        assert_eq!(c.len(), 16);
+        assert_ne!(c, a);
+        assert_ne!(c, deployment_id(MASTER, Some(8)));
+        assert_eq!(c, deployment_id(MASTER, Some(7)));
         assert!(!derive_job_secret(MASTER, JOB, 1).expose().contains(&a));
     }
 

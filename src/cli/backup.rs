@@ -14,14 +14,28 @@
 //!
 //! Everything is created here, never opened if it exists (`O_EXCL`, no symlink followed), owner
 //! only: the database and `master.key` 0600, directories 0700; an existing DEST must be this
-//! user's, empty and closed to others.
+//! user's, empty and closed to others, and outside the data dir. The database is written as
+//! `runyard.db.partial` and renamed `runyard.db` last, once the rest is there; a backup that
+//! fails, or is stopped by a signal (SIGINT, SIGTERM, SIGHUP: the copy is interrupted), removes
+//! what it wrote (DEST too when it made it). The copy is made a store of its own
+//! (`store::sqlite::mark_copy`): a server started on it never takes the original's work or event
+//! ids for its own (docs/reliability.md).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::config::{Config, Overrides};
+
+/// Set by a stop signal: the backup gives up at its next step, and a wait for the database's
+/// lock ends ([`busy`]).
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// The interrupt of the copy's SQLite connection while it copies (`VACUUM INTO`).
+type Interrupt = Arc<parking_lot::Mutex<Option<rusqlite::InterruptHandle>>>;
 
 /// Flags of `backup`.
 #[derive(Debug, Args)]
@@ -58,15 +72,41 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     let dest = a.dest.clone();
-    let done = tokio::task::spawn_blocking(move || backup(&dir, &dest))
-        .await
-        .context("the backup's thread")??;
-    println!("{done}");
-    Ok(std::process::ExitCode::SUCCESS)
+    let interrupt = Interrupt::default();
+    let i2 = interrupt.clone();
+    // Before anything is written: a signal from then on removes it.
+    let mut signals = crate::cli::stop::StopSignals::new();
+    let mut task = tokio::task::spawn_blocking(move || backup(&dir, &dest, &i2));
+    let (name, number) = tokio::select! {
+        done = &mut task => {
+            println!("{}", done.context("the backup's thread")??);
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        s = signals.recv() => s,
+    };
+    CANCELLED.store(true, Ordering::SeqCst);
+    if let Some(h) = interrupt.lock().as_ref() {
+        h.interrupt();
+    }
+    eprintln!("{name}: the backup stops; what it wrote is removed (a second signal: at once)");
+    tokio::select! {
+        done = &mut task => {
+            // Done before it saw the signal: a whole backup, kept.
+            if let Ok(Ok(done)) = done {
+                println!("{done}");
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+        }
+        (_, n) = signals.recv() => std::process::exit(128 + n),
+    }
+    Ok(std::process::ExitCode::from(
+        u8::try_from(128 + number).unwrap_or(1),
+    ))
 }
 
-/// Copies the store of `dir` into `dest`; what was copied, in one line.
-fn backup(dir: &Path, dest: &Path) -> anyhow::Result<String> {
+/// Copies the store of `dir` into `dest`; what was copied, in one line. On failure, what it
+/// wrote is removed ([`Written::remove`]).
+fn backup(dir: &Path, dest: &Path, interrupt: &Interrupt) -> anyhow::Result<String> {
     let db = dir.join("runyard.db");
     if !db.is_file() {
         bail!(
@@ -75,24 +115,124 @@ fn backup(dir: &Path, dest: &Path) -> anyhow::Result<String> {
             dir.display()
         );
     }
-    make_dest(dest)?;
+    if inside(dir, dest)? {
+        bail!(
+            "{} is inside the data dir {}: a backup there would be copied into the later ones \
+             (as job files) and live on the store's own disk; give a directory outside it",
+            dest.display(),
+            dir.display()
+        );
+    }
+    let written = Written {
+        dest: dest.to_path_buf(),
+        made: make_dest(dest)?,
+    };
+    match copy_into(dir, &db, dest, interrupt) {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            written.remove();
+            Err(e)
+        }
+    }
+}
+
+/// What [`backup`] writes into DEST: all of it is removed when the backup fails.
+struct Written {
+    dest: PathBuf,
+    /// DEST did not exist: it was made here.
+    made: bool,
+}
+
+impl Written {
+    /// Removes what the backup wrote (DEST was new or empty: everything in it by these names is
+    /// its own), and DEST itself when it made it.
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(self.dest.join("files"));
+        for name in [
+            "runyard.db.partial",
+            "runyard.db.partial-journal",
+            "runyard.db.partial-wal",
+            "runyard.db.partial-shm",
+            "master.key",
+        ] {
+            let _ = std::fs::remove_file(self.dest.join(name));
+        }
+        if self.made {
+            let _ = std::fs::remove_dir(&self.dest);
+        }
+    }
+}
+
+/// Whether `dest` is `dir` or inside it, symlinks resolved: from the nearest ancestor of
+/// `dest` that exists on, its names are taken as they are (none of them exists).
+fn inside(dir: &Path, dest: &Path) -> anyhow::Result<bool> {
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let dest =
+        std::path::absolute(dest).with_context(|| format!("cannot resolve {}", dest.display()))?;
+    let parts: Vec<Component<'_>> = dest.components().collect();
+    for k in (1..=parts.len()).rev() {
+        let Ok(mut p) = std::fs::canonicalize(parts[..k].iter().collect::<PathBuf>()) else {
+            continue;
+        };
+        for part in &parts[k..] {
+            match part {
+                Component::ParentDir => {
+                    p.pop();
+                }
+                Component::Normal(n) => p.push(n),
+                _ => {}
+            }
+        }
+        return Ok(p.starts_with(&dir));
+    }
+    Ok(false)
+}
+
+/// Waits for a lock on the database (a writer of another kind than the server's WAL writes,
+/// which never block this reader) for up to 30 s, unless the backup is stopped.
+fn busy(tries: i32) -> bool {
+    if CANCELLED.load(Ordering::SeqCst) || tries >= 3000 {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    true
+}
+
+/// Gives up when a stop signal came.
+fn check_cancelled() -> anyhow::Result<()> {
+    if CANCELLED.load(Ordering::SeqCst) {
+        bail!("stopped by a signal");
+    }
+    Ok(())
+}
+
+/// The copy itself, into `dest` made ready.
+fn copy_into(dir: &Path, db: &Path, dest: &Path, interrupt: &Interrupt) -> anyhow::Result<String> {
     let files = copy_files(&dir.join("files"), &dest.join("files"))?;
+    let partial = dest.join("runyard.db.partial");
     let target = dest.join("runyard.db");
     // Made here, empty and owner-only, before SQLite writes into it (`VACUUM INTO` takes an
     // existing empty file).
-    create_new(&target)?;
+    create_new(&partial)?;
     let conn = rusqlite::Connection::open_with_flags(
-        &db,
+        db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("cannot open {}", db.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    let target_text = target
+    conn.busy_handler(Some(busy))?;
+    *interrupt.lock() = Some(conn.get_interrupt_handle());
+    check_cancelled()?;
+    let partial_text = partial
         .to_str()
-        .with_context(|| format!("{} is not valid UTF-8", target.display()))?;
-    conn.execute("VACUUM INTO ?1", [target_text])
-        .with_context(|| format!("cannot copy {} into {}", db.display(), target.display()))?;
+        .with_context(|| format!("{} is not valid UTF-8", partial.display()))?;
+    let copied = conn.execute("VACUUM INTO ?1", [partial_text]);
+    *interrupt.lock() = None;
     drop(conn);
+    check_cancelled()?;
+    copied.with_context(|| format!("cannot copy {} into {}", db.display(), partial.display()))?;
+    crate::store::sqlite::mark_copy(&partial)
+        .with_context(|| format!("cannot make {} a store of its own", partial.display()))?;
     let mut said = vec![format!("database {}", target.display())];
     let key = dir.join("master.key");
     if key.is_file() {
@@ -108,12 +248,20 @@ fn backup(dir: &Path, dest: &Path) -> anyhow::Result<String> {
     }
     let files = files + copy_files(&dir.join("files"), &dest.join("files"))?;
     said.push(format!("{files} files"));
+    check_cancelled()?;
+    // Last: a DEST with a `runyard.db` holds a whole backup. DEST is this user's alone (made
+    // here, or empty and closed to others): nothing else puts a `runyard.db` there meanwhile.
+    if std::fs::symlink_metadata(&target).is_ok() {
+        bail!("{} appeared during the backup", target.display());
+    }
+    std::fs::rename(&partial, &target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
     Ok(format!("backed up {}: {}", dir.display(), said.join(", ")))
 }
 
-/// `dest` made 0700, or an existing empty directory of this user's that no one else may use
-/// (group and others without rights); anything else is refused.
-fn make_dest(dest: &Path) -> anyhow::Result<()> {
+/// `dest` made 0700 (true), or an existing empty directory of this user's that no one else may
+/// use (group and others without rights: false); anything else is refused.
+fn make_dest(dest: &Path) -> anyhow::Result<bool> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     match std::fs::symlink_metadata(dest) {
         Ok(meta) => {
@@ -132,12 +280,13 @@ fn make_dest(dest: &Path) -> anyhow::Result<()> {
                     dest.display()
                 );
             }
-            Ok(())
+            Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dest)
+            .map(|()| true)
             .with_context(|| format!("cannot create {}", dest.display())),
         Err(e) => Err(e).with_context(|| format!("{} is not a usable directory", dest.display())),
     }
@@ -164,8 +313,8 @@ fn copy_new(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies the file store's blobs (`files/<2 hex>/<md5>`; not `tmp/`, uploads under way) from
-/// `from` into `to`, but those `to` holds already; how many it copied.
+/// Copies the file store's blobs (`files/<2 hex>/<md5>`: nothing else, not `tmp/`, uploads under
+/// way) from `from` into `to`, but those `to` holds already; how many it copied.
 fn copy_files(from: &Path, to: &Path) -> anyhow::Result<usize> {
     use std::os::unix::fs::DirBuilderExt;
     let mut n = 0;
@@ -182,15 +331,27 @@ fn copy_files(from: &Path, to: &Path) -> anyhow::Result<usize> {
     for shard in shards {
         let shard = shard?;
         let name = shard.file_name();
-        if name == "tmp" || !shard.file_type()?.is_dir() {
+        let hex = |n: &&str| {
+            n.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let Some(prefix) = name.to_str().filter(|n| n.len() == 2).filter(hex) else {
+            continue;
+        };
+        if !shard.file_type()?.is_dir() {
             continue;
         }
         let into = to.join(&name);
         dir(&into)?;
         for blob in std::fs::read_dir(shard.path())? {
             let blob = blob?;
-            let target = into.join(blob.file_name());
-            if !blob.file_type()?.is_file() || target.exists() {
+            check_cancelled()?;
+            let hash = blob.file_name();
+            let blob_name = hash
+                .to_str()
+                .filter(|h| crate::files::valid_hash(h) && h.starts_with(prefix));
+            let target = into.join(&hash);
+            if blob_name.is_none() || !blob.file_type()?.is_file() || target.exists() {
                 continue;
             }
             match copy_new(&blob.path(), &target) {

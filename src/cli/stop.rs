@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Listeners for the stop signals, installed together.
-struct StopSignals {
+pub(crate) struct StopSignals {
     int: Option<Signal>,
     term: Option<Signal>,
     hup: Option<Signal>,
 }
 
 impl StopSignals {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             int: signal(SignalKind::interrupt()).ok(),
             term: signal(SignalKind::terminate()).ok(),
@@ -28,7 +28,7 @@ impl StopSignals {
     }
 
     /// The next stop signal's name and number.
-    async fn recv(&mut self) -> (&'static str, i32) {
+    pub(crate) async fn recv(&mut self) -> (&'static str, i32) {
         tokio::select! {
             () = next(&mut self.int) => ("SIGINT", libc::SIGINT),
             () = next(&mut self.term) => ("SIGTERM", libc::SIGTERM),

@@ -84,6 +84,8 @@ pub struct Worker {
     runners: Arc<RunnerSet>,
     cfg: WorkerConfig,
     master_key: Arc<crate::security::MasterKey>,
+    /// The store's copy id (`runyard backup`; `None`: not a copy), in its deployment fingerprint.
+    copy: Option<u64>,
     hook_url: String,
     running: Mutex<HashMap<Uuid, Running>>,
     wake: tokio::sync::Notify,
@@ -107,12 +109,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker with a fresh id.
+    /// A worker with a fresh id. `copy`: the store's copy id, when `runyard backup` made it
+    /// (`SqliteStore::copy_id`): its work is labelled as a deployment of its own.
     pub fn new(
         store: Arc<dyn Store>,
         runners: Arc<RunnerSet>,
         cfg: WorkerConfig,
         master_key: Arc<crate::security::MasterKey>,
+        copy: Option<u64>,
         hook_url: String,
     ) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -128,6 +132,7 @@ impl Worker {
             runners,
             cfg,
             master_key,
+            copy,
             hook_url,
             running: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
@@ -308,6 +313,7 @@ impl Worker {
     fn spec_factory(&self) -> SpecFactory {
         SpecFactory {
             master_key: self.master_key.clone(),
+            copy: self.copy,
             hook_url: self.hook_url.clone(),
         }
     }
@@ -486,6 +492,7 @@ impl Worker {
 #[derive(Clone)]
 pub struct SpecFactory {
     master_key: Arc<crate::security::MasterKey>,
+    copy: Option<u64>,
     hook_url: String,
 }
 
@@ -508,8 +515,8 @@ impl SpecFactory {
         }
     }
 
-    /// The deployment's fingerprint (`runyard_hooks::deployment_id`).
+    /// The deployment's fingerprint (`runyard_hooks::deployment_id`): a copy's is its own.
     pub fn deployment(&self) -> String {
-        runyard_hooks::deployment_id(&self.master_key)
+        runyard_hooks::deployment_id(&self.master_key, self.copy)
     }
 }

@@ -56,6 +56,7 @@ async fn hung_on(
         runners,
         cfg.worker.clone(),
         Arc::new(MasterKey::new(vec![7; 32])),
+        None,
         "http://127.0.0.1:9/async".into(),
     );
     let mut job = Job::new("nap", &slot.name, now_us());
@@ -379,6 +380,7 @@ async fn a_cancelled_job_whose_stop_keeps_failing_gives_its_lease_up_after_five_
         runners,
         cfg.worker.clone(),
         Arc::new(MasterKey::new(vec![7; 32])),
+        None,
         "http://127.0.0.1:9/async".into(),
     );
     let job = Job::new("box", &runner, now_us());

@@ -79,6 +79,7 @@ fn setup() -> Setup {
         runners,
         cfg.worker.clone(),
         Arc::new(MasterKey::new(vec![7; 32])),
+        None,
         "http://127.0.0.1:9/async".into(),
     );
     me.set(Arc::downgrade(&worker)).expect("set once");

@@ -33,11 +33,14 @@ pub(super) async fn inspect(
     }
 }
 
-/// The ids of the containers of a job (of one attempt, when given), running or not.
+/// The ids of the containers of a job (of one attempt, when given), running or not; with a
+/// `deployment` (not empty), not those labelled with another deployment's fingerprint (an
+/// original store's and its copy's, which share job ids: `JobSpec::deployment`).
 pub(super) async fn find_containers(
     docker: &Docker,
     job_id: &str,
     attempt: Option<u64>,
+    deployment: &str,
 ) -> Result<Vec<String>, DockerError> {
     let mut labels = vec![format!("{LABEL_JOB_ID}={job_id}")];
     if let Some(a) = attempt {
@@ -49,7 +52,15 @@ pub(super) async fn find_containers(
         ..Default::default()
     };
     let list = docker.list_containers(Some(opts)).await?;
-    Ok(list.into_iter().filter_map(|c| c.id).collect())
+    let ours = |labels: &Option<HashMap<String, String>>| {
+        let theirs = labels.as_ref().and_then(|l| l.get(LABEL_DEPLOYMENT));
+        deployment.is_empty() || theirs.is_none_or(|d| d == deployment)
+    };
+    Ok(list
+        .into_iter()
+        .filter(|c| ours(&c.labels))
+        .filter_map(|c| c.id)
+        .collect())
 }
 
 /// Force-removes a container and its anonymous volumes; a missing container is fine. A failure

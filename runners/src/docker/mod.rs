@@ -268,9 +268,11 @@ impl DockerRunner {
     }
 
     /// Removes every container of this job (earlier attempts whose worker died before it could
-    /// record them, or a leftover of this very attempt). Best effort.
-    async fn remove_stale(&self, docker: &Docker, job_id: &str) {
-        for id in find_containers(docker, job_id, None)
+    /// record them, or a leftover of this very attempt) but another deployment's (`deployment`,
+    /// [`JobSpec::deployment`]: an original store's, or its copy's, running the same job). Best
+    /// effort.
+    async fn remove_stale(&self, docker: &Docker, job_id: &str, deployment: &str) {
+        for id in find_containers(docker, job_id, None, deployment)
             .await
             .unwrap_or_default()
         {
@@ -341,7 +343,7 @@ impl Runner for DockerRunner {
                 m.replace(&secret, "***")
             }
         };
-        self.remove_stale(&docker, &spec.id).await;
+        self.remove_stale(&docker, &spec.id, &spec.deployment).await;
         let name = container_name(&spec.id, spec.attempt);
         let opts = || CreateContainerOptions {
             name: Some(name.clone()),
@@ -434,7 +436,7 @@ impl Runner for DockerRunner {
             // The saved id is gone (or was never saved whole): look for the attempt by its labels.
             if let Some(job_id) = handle.data.get("job_id").and_then(Value::as_str) {
                 let attempt = handle.data.get("attempt").and_then(Value::as_u64);
-                let ids = find_containers(&docker, job_id, attempt)
+                let ids = find_containers(&docker, job_id, attempt, "")
                     .await
                     .map_err(|e| RunnerError::Backend(engine_message(&e)))?;
                 if let Some(id) = ids.first() {

@@ -284,12 +284,15 @@ impl KubeRunner {
     }
 
     /// Deletes the Jobs of this job id except `keep` with Foreground propagation, and waits
-    /// until they (and so their pods) are gone: one job never runs twice at once. Returns the
-    /// Jobs found first (all of them, `keep` included).
+    /// until they (and so their pods) are gone: one job never runs twice at once. Not those
+    /// labelled with another deployment than `deployment` (when not empty, [`JobSpec::deployment`]:
+    /// an original store's and its copy's share job ids). Returns the Jobs found first (all of
+    /// them, `keep` included).
     async fn reconcile(
         &self,
         jobs: &Api<Job>,
         job_id: &str,
+        deployment: &str,
         keep: Option<&str>,
     ) -> Result<Vec<Job>, RunnerError> {
         let lp = ListParams::default().labels(&id_selector(job_id));
@@ -298,7 +301,16 @@ impl KubeRunner {
         })?;
         let o = &self.config.options;
         let deadline = tokio::time::Instant::now() + o.termination_grace + o.delete_timeout;
-        let others = |j: &Job| j.metadata.name.as_deref().is_some_and(|n| Some(n) != keep);
+        let theirs = |j: &Job| {
+            let label = j
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_DEPLOYMENT));
+            !deployment.is_empty() && label.is_some_and(|d| *d != label_value(deployment))
+        };
+        let others =
+            |j: &Job| j.metadata.name.as_deref().is_some_and(|n| Some(n) != keep) && !theirs(j);
         for j in list.items.iter().filter(|j| others(j)) {
             let name = j.metadata.name.as_deref().unwrap_or_default();
             if j.metadata.deletion_timestamp.is_some() {
@@ -361,7 +373,8 @@ impl Runner for KubeRunner {
         let secrets: Api<K8sSecret> = Api::namespaced(client.clone(), &ns);
         let name = job_name(&spec.job_type, &spec.id, spec.attempt);
         // 1. No other Job of this job may run next to this attempt.
-        self.reconcile(&jobs, &spec.id, None).await?;
+        self.reconcile(&jobs, &spec.id, &spec.deployment, None)
+            .await?;
         // 2. The Job, suspended until its Secret exists. A same-named leftover that the
         //    reconcile just deleted may take a moment to go.
         let secret_name = format!("{name}-{}", random_suffix());
@@ -442,7 +455,7 @@ impl Runner for KubeRunner {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         // Every Job of this job but the handle's goes; the handle's is found by label.
         let all = self
-            .reconcile(&jobs, &spec.id, Some(handle.id.as_str()))
+            .reconcile(&jobs, &spec.id, &spec.deployment, Some(handle.id.as_str()))
             .await?;
         let ours = all.into_iter().find(|j| {
             j.metadata.deletion_timestamp.is_none()

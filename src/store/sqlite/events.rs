@@ -157,7 +157,7 @@ pub(super) fn first_id(conn: &Connection) -> Result<i64> {
 }
 
 /// A random multiple of 2^32 in [2^42, 2^52): about a million, each 4 billion events apart.
-fn random_first() -> i64 {
+pub(super) fn random_first() -> i64 {
     let k = rand::random::<u32>() % ((1 << 20) - (1 << 10)) + (1 << 10);
     i64::from(k) << 32
 }

@@ -36,6 +36,7 @@ mod batch;
 mod checkpoint;
 #[cfg(test)]
 mod compat_tests;
+mod copy;
 mod counts;
 #[cfg(test)]
 mod counts_tests;
@@ -75,6 +76,7 @@ mod walvfs;
 mod whole;
 
 use apply::{apply_in, apply_stored, save, save_row};
+pub use copy::mark_copy;
 pub use events::parse_event_id;
 use sql::{exec, row, row_opt, rows};
 
@@ -176,6 +178,8 @@ pub struct SqliteStore {
     replay: runyard_hooks::ReplayGuard,
     /// The database's first event id (`events.rs`, [`events::first_id`]).
     events_first: i64,
+    /// Its copy id, when `runyard backup` made it (`copy.rs`).
+    copy: Option<u64>,
     _lock: lock::DirLock,
 }
 
@@ -282,6 +286,9 @@ impl SqliteStore {
         let events_first = events::first_id(&conn)?;
         counts::migrate(&conn)?;
         queue::orphan_leases(&conn)?;
+        let handoffs = Handoffs::new();
+        copy::release_inherited(&conn, &settings, &handoffs)?;
+        let copy = copy::copy_id(&conn)?;
         deliveries::migrate(&conn)?;
         deliveries::orphan_claims(&conn)?;
         let checkpoints = Arc::new(AtomicBool::new(true));
@@ -293,7 +300,6 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let notify = Arc::new(notices::Listeners::new());
         let (committed, _) = broadcast::channel(tail::BATCHES);
-        let handoffs = Handoffs::new();
         let (n2, c2, h2) = (notify.clone(), committed.clone(), handoffs.clone());
         let s2 = settings.clone();
         let write_failed = Arc::new(Mutex::new(None));
@@ -316,8 +322,14 @@ impl SqliteStore {
             write_failed,
             replay: runyard_hooks::ReplayGuard::new(),
             events_first,
+            copy,
             _lock: lock,
         })
+    }
+
+    /// The id `runyard backup` gave this database, a copy (`copy.rs`); `None`: no copy.
+    pub fn copy_id(&self) -> Option<u64> {
+        self.copy
     }
 
     async fn write<T: Send + 'static>(

@@ -13,24 +13,22 @@ use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::handoff::{NextJob, Refill};
 use crate::store::{JobQueue, Parked, Result, StoreError};
 
+/// The jobs that hold a lease: the active ones, and the cancelled ones whose worker was still
+/// stopping the work.
+pub(super) const LEASED_SQL: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE status IN ('STARTING','RUNNING')
+     UNION ALL SELECT ",
+    job_columns!(),
+    " FROM jobs INDEXED BY jobs_stopping
+     WHERE status = 'CANCELLED' AND lease_expires IS NOT NULL"
+);
+
 pub(super) fn orphan_leases(conn: &Connection) -> Result<()> {
     // The active jobs, and the cancelled ones whose worker was still stopping the work. A
     // record this build cannot read is left out (logged), not the store's opening.
-    let active = readable_jobs(
-        conn,
-        concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE status IN ('STARTING','RUNNING')
-             UNION ALL SELECT ",
-            job_columns!(),
-            " FROM jobs INDEXED BY jobs_stopping
-             WHERE status = 'CANCELLED' AND lease_expires IS NOT NULL"
-        ),
-        [],
-        usize::MAX,
-        "open",
-    )?;
+    let active = readable_jobs(conn, LEASED_SQL, [], usize::MAX, "open")?;
     let actx = ApplyCtx::at(now_us(), 0);
     for mut job in active {
         // No event: the reaper's `LeaseExpired` (or `Adopt`) that follows makes the change seen.

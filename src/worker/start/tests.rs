@@ -263,6 +263,7 @@ async fn setup(runners: &str, services: ServiceRegistry) -> Setup {
         runners,
         cfg.worker.clone(),
         Arc::new(MasterKey::new(vec![7; 32])),
+        None,
         "http://127.0.0.1:9/async".into(),
     );
     let submitted = Job {
