@@ -5,7 +5,10 @@
 //! real cluster does that a kind fake would not: pods that never start (image pull,
 //! unschedulable, refused by Pod Security), no overlap between attempts, stops that wait, broken
 //! log streams, evictions, OOM kills, sidecars, the `restricted` Pod Security profile, watch
-//! history compaction, a Job deleted behind runyard's back with `--cascade=orphan`.
+//! history compaction, a Job deleted behind runyard's back with `--cascade=orphan`; API requests
+//! that never answer (bounded by `api_timeout`, a hung launch ended by a cancel or the timeout, a
+//! hung recovery holding up no other runner's reaps), a create answered 504 after it was stored,
+//! a container that cannot start.
 
 mod kube_fake;
 mod support;
@@ -2176,6 +2179,355 @@ async fn jobs_whose_worker_was_lost_while_starting_are_adopted_not_run_again() {
             .filter_map(|m| m["name"].as_str().map(String::from))
             .collect();
         assert_eq!(created, vec![name.clone()], "{id}");
+    }
+    check(&fake);
+}
+
+// ---- bounded API calls (probe `kube`) ----
+
+/// Waits at most 10 s for `f` (far past any bound the tests below set): a hang fails the test
+/// instead of holding it.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after 10 s"))
+}
+
+/// Probe `kube` F1/F2: a Kubernetes API request that never answers (a half-open connection, a
+/// load balancer that drops it silently: kube's client has no read timeout) fails after
+/// `kube.api_timeout`, as any failed call does: the launch at each of its calls (the Job made
+/// suspended before is deleted), a recovery, the sweep's list. Before, each waited for ever.
+#[tokio::test]
+async fn an_api_request_that_never_answers_fails_after_api_timeout() {
+    let fake = Fake::new();
+    let cfg = KubeConfig {
+        options: KubeOptions {
+            api_timeout: Duration::from_millis(500),
+            ..fast()
+        },
+        ..config()
+    };
+    let r = KubeRunner::with_client(cfg, fake.client()).expect("runner");
+    let lines = Arc::new(Lines::default());
+    for (group, resource, verb) in [
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "create"),
+        ("", "secrets", "create"),
+        ("batch", "jobs", "patch"),
+    ] {
+        fake.hang(group, resource, verb, "");
+        let launch = r.launch(spec("report.daily", &new_id(), 1), lines.clone());
+        let e = within(&format!("a launch whose {resource} {verb} hangs"), launch)
+            .await
+            .err()
+            .expect("the launch fails");
+        assert!(
+            e.to_string()
+                .contains("no answer from the Kubernetes API within 500ms"),
+            "{resource} {verb}: {e}"
+        );
+        fake.release_hangs();
+        fake.until("no Job left", |f| f.jobs().is_empty()).await;
+    }
+    // A recovery and the sweep's list.
+    let hs = spec("etl.hang", &new_id(), 1);
+    let handle = r.unrecorded(&hs, None).expect("a handle");
+    fake.hang("batch", "jobs", "list", "");
+    let e = within(
+        "a recovery whose list hangs",
+        r.recover(&handle, hs, lines.clone()),
+    )
+    .await
+    .err()
+    .expect("the recovery fails");
+    assert!(e.to_string().contains("within 500ms"), "{e}");
+    let e = within("the sweep's list", r.leftovers("0123456789abcdef"))
+        .await
+        .expect_err("the list fails");
+    assert!(e.to_string().contains("within 500ms"), "{e}");
+    fake.release_hangs();
+    assert!(fake.pods().is_empty(), "no pod ever started");
+    check(&fake);
+}
+
+/// Probe `kube` F1: jobs whose launch hangs on a Job create that never answers, with
+/// `api_timeout` far off (the worker's own bound, not the request's). A cancel, and the job's
+/// `timeout`, end the launch as they end a running attempt: the job is CANCELLED or TIMEOUT and
+/// its slot (the runner's only one) runs the next job. A launch still going the stop's grace
+/// after its stop is abandoned and left to its lease, as after a crash: the reaper then makes
+/// sure nothing it made runs (the timed-out one ends TIMEOUT once it has). Before, the slot
+/// stayed taken for as long as the request hung, the timeout was not applied, and nothing
+/// else ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_launch_is_ended_by_a_cancel_or_the_timeout_and_frees_its_slot() {
+    let fake = Fake::new();
+    fake.hang("batch", "jobs", "create", "kube.stuck");
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), "runyard-test").await;
+    let ts = TestServer::start(&server_runner(
+        &kubeconfig,
+        "concurrency = 1\n[runners.kube]\ntermination_grace = \"100ms\"\n\
+         finish_timeout = \"100ms\"\npoll_interval = \"50ms\"\napi_timeout = \"1h\"",
+    ))
+    .await;
+    let stuck = ts.submit_ok(json!({"type": "kube.stuck"})).await;
+    fake.until("its Job create hangs", |f| f.hanging() == 1)
+        .await;
+    let (st, v) = ts.post(&format!("/async/jobs/{stuck}/cancel"), None).await;
+    assert!(st.is_success(), "{v}");
+    let next = ts.submit_ok(json!({"type": "kube.report"})).await;
+    let job = ts.wait_terminal(&next, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(ts.get_job(&stuck).await["status"], "CANCELLED");
+
+    let late = ts
+        .submit_ok(json!({"type": "kube.stuck", "timeout": "1s"}))
+        .await;
+    let job = ts.wait_terminal(&late, WAIT).await;
+    assert_eq!(
+        (job["status"].as_str(), job["error"].as_str()),
+        (Some("TIMEOUT"), Some("timed out after 1s")),
+        "{job:#}"
+    );
+    let next = ts.submit_ok(json!({"type": "kube.report"})).await;
+    let job = ts.wait_terminal(&next, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    // No Job of the stuck ones was ever made, and none is left.
+    for id in [&stuck, &late] {
+        assert_eq!(kube_objects_of(&fake, id), (0, 0), "{id}");
+    }
+    check(&fake);
+}
+
+/// Probe `kube` F2: the reaper recovers the expired jobs' recorded work in one task per runner,
+/// so a kube recovery whose Jobs list never answers (with `api_timeout` far off) holds up no
+/// other runner's: a job of a service runner whose worker was lost (its handle recorded, its
+/// lease expired after the kube one's) is recovered, requeued and run meanwhile; the kube job is
+/// adopted once its list is answered. Before, the reaper's pass awaited each recovery in turn
+/// and every expired lease waited for the hung one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_that_hangs_holds_up_no_other_jobs_reap() {
+    use runyard::job::{now_us, Command};
+    use runyard::store::sqlite::SqliteStore;
+    use runyard::store::{JobQueue, JobStore, StoreSettings};
+    const CTX_NS: &str = "runyard-test";
+    let fake = Fake::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), CTX_NS).await;
+    let runners = format!(
+        "{}\n[[runners]]\nkind = \"service\"\nname = \"svc\"\ntypes = [\"runyard.*\"]\n",
+        server_runner(
+            &kubeconfig,
+            "name = \"k\"\n[runners.kube]\ntermination_grace = \"100ms\"\n\
+             finish_timeout = \"100ms\"\npoll_interval = \"50ms\"\napi_timeout = \"1h\"",
+        )
+    );
+    let mut ts = TestServer::builder(&runners).start().await;
+    ts.stop().await;
+    // What a killed server leaves: a kube job RUNNING with its handle, then a service job
+    // claimed; both leases run out, the kube one first.
+    let lost = "lost-1-abc@0123456789abcdef";
+    let (kube_id, svc_id) = {
+        let store = SqliteStore::open(&ts.data_dir(), StoreSettings::default(), false).unwrap();
+        let runner = KubeRunner::with_client(
+            KubeConfig {
+                namespace: Some(CTX_NS.into()),
+                ..config()
+            },
+            fake.client(),
+        )
+        .unwrap();
+        let kube_job = runyard::job::Job::new("kube.hang", "k", now_us());
+        store.submit(kube_job.clone()).await.unwrap();
+        let claimed = store
+            .claim("k", lost, 1, Duration::from_millis(1))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let token = claimed.lease.as_ref().unwrap().token;
+        let id = kube_job.id.to_string();
+        let exec = runner
+            .launch(spec("kube.hang", &id, 1), Arc::new(Lines::default()))
+            .await
+            .unwrap();
+        let handle = Some(exec.handle());
+        store
+            .apply(kube_job.id, Command::Started { token, handle })
+            .await
+            .unwrap();
+        drop(exec);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut svc_job = runyard::job::Job::new("runyard.noop", "svc", now_us());
+        svc_job.max_attempts = 2;
+        store.submit(svc_job.clone()).await.unwrap();
+        let claimed = store
+            .claim("svc", lost, 1, Duration::from_millis(1))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let token = claimed.lease.as_ref().unwrap().token;
+        // Its handle recorded too: its runner's `recover` is asked (and finds it gone).
+        let handle = Some(runyard_runners::RunHandle {
+            kind: runyard_runners::RunKind::Service,
+            id: svc_job.id.to_string(),
+            data: Value::Null,
+        });
+        store
+            .apply(svc_job.id, Command::Started { token, handle })
+            .await
+            .unwrap();
+        (id, svc_job.id.to_string())
+    };
+    // The kube recovery's list of the job's Jobs (by its id label) never answers.
+    fake.hang("batch", "jobs", "list", LABEL_JOB_ID);
+    ts.restart(true).await;
+    fake.until("the kube recovery's list hangs", |f| f.hanging() == 1)
+        .await;
+    let job = ts.wait_terminal(&svc_id, WAIT).await;
+    assert_eq!(job["status"], "SUCCESS", "{job:#}");
+    assert_eq!(fake.hanging(), 1, "the kube recovery still waits");
+    assert_eq!(ts.get_job(&kube_id).await["status"], "RUNNING");
+    fake.release_hangs();
+    let job = ts
+        .wait_for(&kube_id, WAIT, |j| {
+            j["worker"].as_str().is_some_and(|w| w != lost)
+        })
+        .await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_u64()),
+        (Some("RUNNING"), Some(1)),
+        "adopted: {job:#}"
+    );
+    let (st, v) = ts
+        .post(&format!("/async/jobs/{kube_id}/cancel"), None)
+        .await;
+    assert!(st.is_success(), "{v}");
+    let id = kube_id.clone();
+    fake.until("the adopted Job deleted by its cancel", move |f| {
+        kube_objects_of(f, &id) == (0, 0)
+    })
+    .await;
+    check(&fake);
+}
+
+/// Probe `kube` F3: a Job create the API server carried out but answered `504 Timeout` (kube's
+/// client retries the POST by itself and gets `409 AlreadyExists`). The Job is this launch's
+/// own: it reads its env from the Secret this launch named (a random name) and has the
+/// attempt's labels. The launch carries on with it and the attempt runs once. A same-named Job
+/// that is not this launch's is still not taken: the launch fails. Before, the 409 loop meant
+/// for a leftover of that name ran out and the attempt failed `AlreadyExists`.
+#[tokio::test]
+async fn a_job_create_answered_504_after_it_was_stored_is_carried_on_with() {
+    use tower::ServiceExt;
+    let fake = Fake::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_addr, kubeconfig) = fake.serve_tcp(dir.path(), NS).await;
+    let r = KubeRunner::new(KubeConfig {
+        kubeconfig: Some(kubeconfig),
+        ..config()
+    })
+    .expect("runner");
+    fake.time_out_next_job_creates(1);
+    let lines = Arc::new(Lines::default());
+    let id = new_id();
+    let mut ex = within(
+        "the launch",
+        r.launch(spec("report.daily", &id, 1), lines.clone()),
+    )
+    .await
+    .expect("launched");
+    let o = wait(&mut ex).await;
+    assert!(matches!(o, Outcome::Success { .. }), "{o:?}");
+    assert!(lines.has(&format!("hello from {id}")), "{:?}", lines.all());
+    let creates = fake
+        .calls()
+        .iter()
+        .filter(|c| c.resource == "jobs" && c.verb == "create")
+        .count();
+    assert!(creates >= 2, "the 504 was retried: {creates} creates");
+    assert_eq!(fake.jobs().len(), 1, "one Job");
+
+    // Someone else's Job of the attempt's name (not labelled with the job): not taken.
+    let other = new_id();
+    let name = job_name("report.daily", &other, 1);
+    let body = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "job", "image": "x"}]}}}
+    });
+    let req = axum::http::Request::post(format!("/apis/batch/v1/namespaces/{NS}/jobs"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(fake.router().oneshot(req).await.unwrap().status(), 201);
+    let e = within(
+        "the launch",
+        r.launch(spec("report.daily", &other, 1), lines.clone()),
+    )
+    .await
+    .err()
+    .expect("the launch fails");
+    assert!(e.to_string().contains("AlreadyExists"), "{e}");
+    let left = fake.job(NS, &name).expect("the other Job is left alone");
+    assert!(left.metadata.labels.is_none(), "{left:?}");
+    check(&fake);
+}
+
+/// Probe `kube` F6: a container the runtime could not start (`StartError`, exit code 128) says
+/// the runtime's message. When the message says its command is missing from the image or
+/// cannot be executed, the attempt is not retried (another would fail the same way), as the
+/// local runner's missing program is not; another `StartError` is retried as any failure.
+/// Before: "container exited with code 128", retried.
+#[tokio::test]
+async fn a_container_that_cannot_start_says_why() {
+    const MISSING: &str = "failed to create containerd task: failed to create shim task: OCI \
+         runtime create failed: runc create failed: unable to start container process: exec: \
+         \"python3\": executable file not found in $PATH: unknown";
+    const MOUNT: &str = "failed to create containerd task: failed to create shim task: OCI \
+         runtime create failed: runc create failed: unable to start container process: error \
+         during container init: error mounting \"/data\" to rootfs: no space left on device: \
+         unknown";
+    let fake = scripted(|env| kube_fake::Script {
+        start_error: Some(
+            if env.get("JOB_TYPE").is_some_and(|t| t.ends_with("missing")) {
+                MISSING
+            } else {
+                MOUNT
+            }
+            .into(),
+        ),
+        ..Default::default()
+    });
+    let r = runner(&fake);
+    let lines = Arc::new(Lines::default());
+    let mut ex = r
+        .launch(spec("etl.missing", &new_id(), 1), lines.clone())
+        .await
+        .expect("launched");
+    match wait(&mut ex).await {
+        Outcome::Aborted { message } => {
+            assert!(message.contains("StartError"), "{message}");
+            assert!(
+                message.contains("exec: \"python3\": executable file not found in $PATH"),
+                "{message}"
+            );
+        }
+        o => panic!("expected an abort (not retried), got {o:?}"),
+    }
+    let mut ex = r
+        .launch(spec("etl.mount", &new_id(), 1), lines.clone())
+        .await
+        .expect("launched");
+    match wait(&mut ex).await {
+        Outcome::Failed { message, exit_code } => {
+            assert!(message.contains("StartError"), "{message}");
+            assert!(message.contains("no space left on device"), "{message}");
+            assert_eq!(exit_code, Some(128));
+        }
+        o => panic!("expected a failure, got {o:?}"),
     }
     check(&fake);
 }

@@ -17,6 +17,7 @@
 
 mod adopt;
 mod claims;
+mod launch;
 mod leases;
 pub mod orphans;
 mod park;
@@ -43,10 +44,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::WorkerConfig;
-use crate::job::{Command, FinishOutcome, Job, JobStatus};
+use crate::job::{Job, JobStatus};
 use crate::runner_set::{RunnerSet, RunnerSlot};
 use crate::store::handoff::{NextJob, Refill};
 use crate::store::{Notice, Store};
+use launch::Launched;
 use reporter::StoreSink;
 pub use stop::STOP_MARGIN;
 use supervise::{time_limit, Supervised};
@@ -412,42 +414,23 @@ impl Worker {
             drop((spec, shared, reporter, watch));
             return Box::pin(self.not_launched(id, token)).await;
         }
-        let launched = slot.runner.launch(spec, shared).await;
-        if launched.is_err() {
-            // Nothing runs: what is left are writes.
-            self.work_ended(id, token);
-        }
+        // Bounded by the attempt's stop and time limit (`launch.rs`).
+        let limit = time_limit(job, slot);
+        let launch = slot.runner.launch(spec, shared);
+        let (launched, late) = match self.launch_within(launch, &stop, limit).await {
+            Launched::Returned(r, late) => (r, late),
+            Launched::Abandoned(late) => {
+                // Rare: on the heap, not in every attempt's future.
+                return Box::pin(self.abandoned(id, token, late, limit)).await;
+            }
+        };
         let mut exec = match launched {
             Ok(e) => e,
-            Err(e) if e.is_host_resources() => {
-                // Not the job's fault: back to the queue shortly, the attempt given back.
-                tracing::warn!(error = %e, "launch failed for lack of host resources: requeued");
-                let cmd = Command::HostFailure {
-                    token,
-                    message: e.to_string(),
-                };
-                // Nothing runs: refused (cancelled while it launched), the lease it kept goes.
-                let r = self.store.apply(id, cmd).await;
-                self.settle(id, token, &r).await;
-                if let Err(e) = r {
-                    tracing::info!(error = %e, "cannot give the launch back");
-                }
-                return;
-            }
             Err(e) => {
-                tracing::warn!(error = %e, "launch failed");
-                let message = e.to_string();
-                let outcome = if e.is_final() {
-                    // The same launch would fail the same way: no attempt is spent on it.
-                    FinishOutcome::Aborted { message }
-                } else {
-                    FinishOutcome::Failed {
-                        message,
-                        exit_code: None,
-                    }
-                };
-                self.finish(id, token, outcome, refill).await;
-                return;
+                // Nothing runs: what is left are writes.
+                self.work_ended(id, token);
+                let out_of_time = late.then_some(limit);
+                return self.launch_failed(id, token, e, out_of_time, refill).await;
             }
         };
         match self
@@ -475,7 +458,6 @@ impl Worker {
                 return Box::pin(settle).await;
             }
         }
-        let limit = time_limit(job, slot);
         let run = Supervised {
             kind: slot.kind,
             watch,
@@ -483,7 +465,9 @@ impl Worker {
             refill,
             whole_limit: limit,
         };
-        self.supervise(id, token, exec, reporter, limit, stop, reason, run)
+        // A launch that returned after the time limit has no time left.
+        let left = if late { Duration::ZERO } else { limit };
+        self.supervise(id, token, exec, reporter, left, stop, reason, run)
             .await;
     }
 }

@@ -2,7 +2,10 @@
 //! runner to `recover` the work. Live work (a container that outlived its worker) is adopted by
 //! this worker under a fresh fencing token, and work that ended meanwhile has its outcome
 //! recorded, whether its handle was stored or it was found by its runner's marks (a worker lost
-//! in `STARTING`); work that is gone is requeued (or failed when no attempt is left). Safe to
+//! in `STARTING`); work that is gone is requeued (or failed when no attempt is left). The work
+//! is looked for outside the pass (a cancelled job's stop and an active job's unrecorded work
+//! each in a task of its own, at most [`MAX_STOPPING`] at once; recorded work in one task per
+//! runner), so a runner whose backend does not answer holds up no other runner's reaps. Safe to
 //! run in every worker process at once: every step is a compare-and-set on the expired lease.
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +26,8 @@ use crate::store::StoreError;
 /// Jobs whose work this worker's reaper is looking for, each in a task of its own (a stop may
 /// take `kill_grace` and more, a scan of `/proc` may block: the other expired leases do not wait
 /// for it): cancelled ones, whose work it makes sure is gone, and active ones whose handle was
-/// never recorded, whose work it adopts or makes sure is gone.
+/// never recorded, whose work it adopts or makes sure is gone. And the runners whose active
+/// jobs' recorded work it is recovering, one task per runner (see [`reap_once`]).
 type Stopping = Arc<parking_lot::Mutex<StopState>>;
 
 /// See [`Stopping`].
@@ -31,6 +35,8 @@ type Stopping = Arc<parking_lot::Mutex<StopState>>;
 struct StopState {
     /// The jobs with a task running.
     busy: HashSet<Uuid>,
+    /// The runners (by name) with a recovery task running.
+    recovering: HashSet<String>,
     /// The fence token this reaper put on each handle-less active job's expired lease (see
     /// [`requeue_unrecorded`]): a later pass that finds it there looks for the work again under
     /// it, without another fence.
@@ -76,11 +82,17 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     }
 }
 
-/// One pass; returns how many jobs were requeued, failed or adopted (the stop of a cancelled job,
-/// and the search for an active one's unrecorded work, run on in their tasks, not counted).
+/// One pass; returns how many jobs were requeued or failed here (the stop of a cancelled job,
+/// and the recovery of an active one's work, recorded or not, run on in their tasks, not
+/// counted). The active jobs whose work's handle is recorded are recovered in one task per
+/// runner, one job after another (as fast as its backend answers, the pass's whole batch at
+/// once): a backend that does not answer (a Kubernetes API, each request within
+/// `kube.api_timeout`) holds up its own runner's recoveries only, never another runner's, nor
+/// the reaps that need no `recover`. A runner whose task still runs is left to a later pass.
 async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::Result<usize> {
     let store = &worker.store;
     let mut n = 0;
+    let mut recorded: HashMap<String, Vec<(Job, runyard_runners::RunHandle)>> = HashMap::new();
     let expired = store.expired(500).await?;
     let seen: HashSet<Uuid> = expired.iter().map(|j| j.id).collect();
     {
@@ -116,21 +128,13 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
         if worker.stopping.load(Ordering::SeqCst) && job.handle.is_some() {
             continue;
         }
-        let slot = worker.runners.get(&job.runner).cloned();
-        if let (Some(handle), Some(slot)) = (job.handle.clone(), slot) {
-            let spec = worker.spec_factory().spec(&job);
-            let (found, deferred) = recover(worker, &job, &slot, &handle, spec).await;
-            match found {
-                Ok(Recovered::Gone) => {}
-                Ok(r) => {
-                    spawn_adoption(worker, job, slot, r, deferred, None);
-                    n += 1;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(job_id = %job.id, error = %e, "cannot recover the job's work; will retry");
-                    continue;
-                }
+        if let Some(handle) = job.handle.clone() {
+            if worker.runners.get(&job.runner).is_some() {
+                recorded
+                    .entry(job.runner.clone())
+                    .or_default()
+                    .push((job, handle));
+                continue;
             }
         }
         let read = job.lease.as_ref().map(|l| l.token);
@@ -138,7 +142,50 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
             n += 1;
         }
     }
+    for (runner, jobs) in recorded {
+        let Some(slot) = worker.runners.get(&runner).cloned() else {
+            continue;
+        };
+        if !stopping.lock().recovering.insert(runner.clone()) {
+            continue;
+        }
+        let (w, set) = (worker.clone(), stopping.clone());
+        worker.spawn_task(async move {
+            for (job, handle) in jobs {
+                // A stopping worker takes on no work (as above).
+                if w.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                recover_recorded(&w, job, slot.clone(), handle).await;
+            }
+            set.lock().recovering.remove(&runner);
+        });
+    }
     Ok(n)
+}
+
+/// An active job whose lease ran out, its work's `handle` recorded: the work is `recover`ed;
+/// live or ended work is adopted (`Worker::adopt`: its outcome recorded if it ended), work gone
+/// has the job requeued (or ended) with `LeaseExpired` of the lease read. A `recover` that fails
+/// changes nothing: a later pass tries again.
+async fn recover_recorded(
+    worker: &Arc<Worker>,
+    job: Job,
+    slot: Arc<crate::runner_set::RunnerSlot>,
+    handle: runyard_runners::RunHandle,
+) {
+    let spec = worker.spec_factory().spec(&job);
+    let (found, deferred) = recover(worker, &job, &slot, &handle, spec).await;
+    match found {
+        Ok(Recovered::Gone) => {
+            let read = job.lease.as_ref().map(|l| l.token);
+            lease_expired(worker, job.id, read).await;
+        }
+        Ok(r) => spawn_adoption(worker, job, slot, r, deferred, None),
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot recover the job's work; will retry")
+        }
+    }
 }
 
 /// `recover`s the work of `handle` to adopt it: what it logs before the adoption is kept for

@@ -142,7 +142,7 @@ impl Worker {
     /// refusal (cancelled or taken over meanwhile) or a store that does not answer within
     /// `kill_grace` (the stop is not held up longer) leaves the stop and the finish as they
     /// were: the finish decides then.
-    async fn time_limit(&self, id: Uuid, token: u64, message: String) {
+    pub(super) async fn time_limit(&self, id: Uuid, token: u64, message: String) {
         let mark = self.store.apply(id, Command::TimeLimit { token, message });
         if let Err(e) = crate::store::within(self.cfg.kill_grace, mark).await {
             tracing::debug!(error = %e, "time limit not marked");
@@ -380,7 +380,7 @@ pub(super) struct Supervised {
 
 /// The error of a job that ran out of its time `limit` (the whole of it, also for adopted
 /// work).
-fn timed_out_after(limit: Duration) -> String {
+pub(super) fn timed_out_after(limit: Duration) -> String {
     format!("timed out after {}", humantime::format_duration(limit))
 }
 

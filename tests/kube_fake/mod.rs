@@ -31,6 +31,11 @@
 //!   `sinceSeconds`, `sinceTime`, `container`; streams that break mid-way with
 //!   `break_logs_every`).
 //!
+//! - What a real network and API server do now and then: a request that is never answered until
+//!   released ([`Fake::hang`]: a half-open connection), a Job create carried out but answered
+//!   `504 Timeout` ([`Fake::time_out_next_job_creates`]), a container the runtime cannot start
+//!   (`StartError`, [`Script::start_error`]).
+//!
 //! Every request body is deserialised into its k8s-openapi type and serialised back; a wrong
 //! type is refused with 400, an invalid object with 422; a field the type does not know (a
 //! misspelt key) is dropped with a `Warning` header, as a real API server does by default
@@ -99,6 +104,10 @@ pub struct Script {
     /// After SIGTERM, the process writes `terminating` and runs on this long (the kubelet kills
     /// it when the grace period ends first).
     pub term_delay: Duration,
+    /// The runtime cannot start the container's process (its command is not in the image): the
+    /// container is terminated at once with exit code 128, reason `StartError` and this message
+    /// (containerd with `restartPolicy: Never`), and the pod fails.
+    pub start_error: Option<String>,
 }
 
 /// Why a pod stays Pending.
@@ -226,6 +235,23 @@ struct St {
     restricted: BTreeSet<String>,
     /// The API is unavailable: every request answers 500 ([`Fake::set_unavailable`]).
     unavailable: bool,
+    /// Requests that get no answer until released ([`Fake::hang`]).
+    hangs: Vec<Hang>,
+    /// How many requests are waiting in a hang now.
+    hanging: usize,
+    /// The next this many Job creates are stored, then answered `504 Timeout`
+    /// ([`Fake::time_out_next_job_creates`]).
+    creates_504: usize,
+}
+
+/// Requests of (API group, resource, verb) whose decoded URI or body contains `text` get no
+/// answer until released: a half-open connection, or a load balancer that drops a connection
+/// silently, as the client sees it.
+struct Hang {
+    key: (String, String, String),
+    text: String,
+    released: tokio::sync::watch::Receiver<bool>,
+    release: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The fake API server. Cheap to clone (shared state).
@@ -367,6 +393,38 @@ impl Fake {
             .lock()
             .inject
             .push(((group.into(), resource.into(), verb.into()), code));
+    }
+
+    /// From now on, requests of (group, resource, verb) whose decoded URI or body contains
+    /// `text` (empty: every one) are read and never answered, until [`Fake::release_hangs`]
+    /// (then they are served as usual, if their client still waits).
+    pub fn hang(&self, group: &str, resource: &str, verb: &str, text: &str) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.st.lock().hangs.push(Hang {
+            key: (group.into(), resource.into(), verb.into()),
+            text: text.into(),
+            released: rx,
+            release: Arc::new(tx),
+        });
+    }
+
+    /// Ends every [`Fake::hang`]: the requests waiting in one are served.
+    pub fn release_hangs(&self) {
+        for h in std::mem::take(&mut self.st.lock().hangs) {
+            let _ = h.release.send(true);
+        }
+    }
+
+    /// How many requests wait in a [`Fake::hang`] now.
+    pub fn hanging(&self) -> usize {
+        self.st.lock().hanging
+    }
+
+    /// The next `n` Job creates are carried out, then answered `504 Timeout` (an API server
+    /// whose answer came too late for its gateway, or its own request timeout after etcd took
+    /// the write: kubernetes/kubernetes issue 57452). kube's client retries a 504 by itself.
+    pub fn time_out_next_job_creates(&self, n: usize) {
+        self.st.lock().creates_504 += n;
     }
 
     /// Ends a running (hanging) Job's container with `exit`.
@@ -661,6 +719,11 @@ impl Fake {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Some(why) = &script.pending {
             self.stay_pending(&ns, &name, &uid, &pod_name, why, deadline)
+                .await;
+            return;
+        }
+        if let Some(message) = &script.start_error {
+            self.start_failed(&ns, &name, &uid, &pod_name, message)
                 .await;
             return;
         }
@@ -982,6 +1045,31 @@ impl Fake {
             return;
         }
         self.finish_conditions(ns, name, uid, exit == 0).await;
+    }
+
+    /// The runtime could not start the container's process (containerd: `failed to create
+    /// containerd task: ... exec: "python3": executable file not found in $PATH`): with
+    /// `restartPolicy: Never` the kubelet reports it terminated (not waiting) with exit code 128,
+    /// reason `StartError` and the runtime's message; the pod fails (kubernetes/kubernetes
+    /// issue 14491).
+    async fn start_failed(&self, ns: &str, name: &str, uid: &str, pod_name: &str, message: &str) {
+        self.set_pod(ns, pod_name, "Failed", Some(128));
+        {
+            let mut st = self.st.lock();
+            if let Some(t) = st
+                .pods
+                .get_mut(&(ns.to_string(), pod_name.to_string()))
+                .and_then(|p| p.status.as_mut())
+                .and_then(|s| s.container_statuses.as_mut())
+                .and_then(|c| c.first_mut())
+                .and_then(|c| c.state.as_mut())
+                .and_then(|s| s.terminated.as_mut())
+            {
+                t.reason = Some("StartError".into());
+                t.message = Some(message.into());
+            }
+        }
+        self.finish_conditions(ns, name, uid, false).await;
     }
 
     /// `SuccessCriteriaMet`/`FailureTarget` first, then, once the pods have stopped,
@@ -1669,6 +1757,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(mut released) = hang_of(&f, &method, &uri, &body) {
+        f.st.lock().hanging += 1;
+        let _gone = HangCount(f.clone());
+        let _ = released.wait_for(|r| *r).await;
+    }
     WARNINGS.with(|w| w.borrow_mut().clear());
     let mut r = route(f.clone(), method, uri, headers, body);
     let warnings = WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()));
@@ -1680,6 +1773,42 @@ async fn handle(
         f.st.lock().warnings.push(w);
     }
     r
+}
+
+/// The release of the [`Hang`] the request matches, if any.
+fn hang_of(
+    f: &Fake,
+    method: &Method,
+    uri: &Uri,
+    body: &Bytes,
+) -> Option<tokio::sync::watch::Receiver<bool>> {
+    let p = parse_path(uri.path())?;
+    let q = query_map(uri);
+    let v = verb(method, &p, &q);
+    let resource = match &p.sub {
+        Some(s) => format!("{}/{s}", p.resource),
+        None => p.resource.clone(),
+    };
+    let key = (p.group, resource, v);
+    let text = format!(
+        "{} {}",
+        pct_decode(&uri.to_string()),
+        String::from_utf8_lossy(body)
+    );
+    let st = f.st.lock();
+    st.hangs
+        .iter()
+        .find(|h| h.key == key && text.contains(&h.text))
+        .map(|h| h.released.clone())
+}
+
+/// Counts a request out of its hang when it is answered or its client went away.
+struct HangCount(Fake);
+
+impl Drop for HangCount {
+    fn drop(&mut self) {
+        self.0.st.lock().hanging -= 1;
+    }
 }
 
 fn route(f: Fake, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -1771,8 +1900,19 @@ fn route(f: Fake, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> 
             f.emit(&mut st, "ADDED", &job);
             drop(st);
             if job.spec.as_ref().and_then(|s| s.suspend) != Some(true) {
-                tokio::spawn(f.clone().run_job(ns, name, uid));
+                tokio::spawn(f.clone().run_job(ns.clone(), name.clone(), uid));
             }
+            let mut st = f.st.lock();
+            if st.creates_504 > 0 {
+                st.creates_504 -= 1;
+                // The API server's own request timeout (`apiserver.Timeout`): the write stands.
+                return status(
+                    504,
+                    "Timeout",
+                    format!("Timeout: request did not complete within requested timeout - context deadline exceeded (creating jobs.batch \"{name}\" in {ns})"),
+                );
+            }
+            drop(st);
             ok_json(StatusCode::CREATED, &job)
         }
         ("batch", "jobs", "get") => match f.job(&ns, p.name.as_deref().unwrap_or_default()) {

@@ -1,5 +1,41 @@
 //! Kubernetes API errors in words: the error with its causes (`Connection refused`, a TLS
-//! failure), and, when the API server could not be reached, its address.
+//! failure), and, when the API server could not be reached, its address; and the bound of one
+//! API request ([`bounded`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+/// No answer from the API server within `kube.api_timeout`.
+#[derive(Debug)]
+pub(super) struct NoAnswer(pub Duration);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no answer from the Kubernetes API within {} (`kube.api_timeout`)",
+            humantime::format_duration(self.0)
+        )
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
+/// One API request (not a watch, not a log stream) bounded by `limit`, `kube.api_timeout`: a
+/// request past it fails as a transport error does (`kube::Error::Service`). kube's client
+/// bounds no request by itself (its `read_timeout`, unset by default, would apply to every read
+/// of a connection, the Job's watch and the pods' log streams included, which wait long by
+/// design), so a half-open connection or a load balancer that drops a connection silently
+/// would hang the call for good; its retries of `429`/`503`/`504` count within the bound.
+pub(super) async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, ::kube::Error>>,
+) -> Result<T, ::kube::Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(::kube::Error::Service(Box::new(NoAnswer(limit)))),
+    }
+}
 
 /// `e` and each of its causes; the API server's address (`server`) for an error that is not
 /// the API server's own answer.

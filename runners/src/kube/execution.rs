@@ -60,6 +60,7 @@ impl KubeExecution {
             logs_done_tx,
             cursor,
             opts.poll_interval,
+            opts.api_timeout,
         ));
         let bound = opts.termination_grace
             + opts.delete_timeout

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 
+use super::errors::bounded;
 use super::monitor::pod_selector;
 use super::CONTAINER;
 use crate::lines::{self, LineSplitter, Piece};
@@ -40,7 +41,9 @@ impl Cursor {
 }
 
 /// Copies the logs of every pod of the Job `uid`, until the monitor says the Job is done and
-/// each pod's log is drained (or the pod is gone).
+/// each pod's log is drained (or the pod is gone). Each request but a log stream's body is
+/// bounded by `limit` (`kube.api_timeout`).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_logs(
     pods: Api<Pod>,
     uid: String,
@@ -49,14 +52,13 @@ pub(super) async fn copy_logs(
     logs_done: watch::Sender<bool>,
     start: Cursor,
     poll: Duration,
+    limit: Duration,
 ) {
     let mut finished_pods: Vec<String> = Vec::new();
     loop {
         let done = *job_done.borrow_and_update();
-        if let Ok(list) = pods
-            .list(&ListParams::default().labels(&pod_selector(&uid)))
-            .await
-        {
+        let lp = ListParams::default().labels(&pod_selector(&uid));
+        if let Ok(list) = bounded(limit, pods.list(&lp)).await {
             for pod in list.items {
                 let Some(name) = pod.metadata.name.clone() else {
                     continue;
@@ -71,7 +73,7 @@ pub(super) async fn copy_logs(
                     &reporter,
                     &mut job_done,
                     start.clone(),
-                    poll,
+                    (poll, limit),
                 )
                 .await
                 {
@@ -91,11 +93,14 @@ pub(super) async fn copy_logs(
 }
 
 /// The state of the `job` container: (started, terminated); `None` when the pod is gone.
-async fn container_state(pods: &Api<Pod>, uid: &str, name: &str) -> Option<(bool, bool)> {
-    let pod = match pods
-        .list(&ListParams::default().labels(&pod_selector(uid)))
-        .await
-    {
+async fn container_state(
+    pods: &Api<Pod>,
+    uid: &str,
+    name: &str,
+    limit: Duration,
+) -> Option<(bool, bool)> {
+    let lp = ListParams::default().labels(&pod_selector(uid));
+    let pod = match bounded(limit, pods.list(&lp)).await {
         Ok(l) => l
             .items
             .into_iter()
@@ -116,7 +121,8 @@ async fn container_state(pods: &Api<Pod>, uid: &str, name: &str) -> Option<(bool
 }
 
 /// Copies one pod's log to its end. Returns true when done with the pod (drained or gone),
-/// false when it has not started and the Job is done (nothing to copy).
+/// false when it has not started and the Job is done (nothing to copy). `poll` is how often
+/// the pod is read, `limit` the bound of a request.
 async fn copy_pod(
     pods: &Api<Pod>,
     uid: &str,
@@ -124,11 +130,11 @@ async fn copy_pod(
     reporter: &SharedReporter,
     job_done: &mut watch::Receiver<bool>,
     mut cursor: Cursor,
-    poll: Duration,
+    (poll, limit): (Duration, Duration),
 ) -> bool {
     // A bound on reopenings, so a server that keeps cutting streams cannot hold the copy forever.
     for _ in 0..10_000 {
-        let Some((started, terminated)) = container_state(pods, uid, name).await else {
+        let Some((started, terminated)) = container_state(pods, uid, name, limit).await else {
             return true;
         };
         if !started {
@@ -151,7 +157,8 @@ async fn copy_pod(
                 .and_then(|t| Timestamp::from_second(t.as_second()).ok()),
             ..Default::default()
         };
-        let copied = match pods.log_stream(name, &lp).await {
+        // The stream's opening is bounded; its body, which follows the container, is not.
+        let copied = match bounded(limit, pods.log_stream(name, &lp)).await {
             Ok(stream) => forward(stream, name, reporter, &mut cursor).await,
             Err(::kube::Error::Api(s)) if s.code == 404 => return true,
             Err(e) => {

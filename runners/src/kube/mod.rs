@@ -15,6 +15,10 @@
 //!      secret is never a literal in the Job spec;
 //!   4. the Job is resumed (`spec.suspend = false`).
 //!
+//!   A create answered `409 AlreadyExists` goes on with the Job of that name when it is this
+//!   launch's own (`spec::is_this_launchs`: the API server carried the create out but answered
+//!   with an error, e.g. a `504` kube's client retried).
+//!
 //!   The Job has `backoffLimit: 0` (runyard owns retries), always an `activeDeadlineSeconds`
 //!   (the attempt's timeout plus [`DEADLINE_MARGIN`], else `active_deadline`), and
 //!   `ttlSecondsAfterFinished`; its pods meet the Pod Security Standards' `restricted` profile.
@@ -29,6 +33,8 @@
 //!   teardown that was not confirmed: the API out of reach during a cancel) is removed as a
 //!   teardown does: its pods with the grace, then the Job with Foreground propagation.
 //! - [`API_CALLS`]: every API call the runner makes; the chart's Role grants exactly these.
+//! - Every request but the Job's watch and the body of a pod's log stream is bounded by
+//!   `api_timeout` (`errors::bounded`): kube's client bounds none by itself.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +54,7 @@ use crate::args::LargeArgs;
 use crate::{
     Execution, JobSpec, Leftover, Recovered, RunHandle, Runner, RunnerError, SharedReporter,
 };
+use errors::bounded;
 
 mod errors;
 mod execution;
@@ -295,11 +302,11 @@ impl KubeRunner {
         deployment: &str,
         keep: Option<&str>,
     ) -> Result<Vec<Job>, RunnerError> {
+        let o = &self.config.options;
         let lp = ListParams::default().labels(&id_selector(job_id));
-        let list = jobs.list(&lp).await.map_err(|e| {
+        let list = bounded(o.api_timeout, jobs.list(&lp)).await.map_err(|e| {
             RunnerError::Backend(format!("cannot list Jobs: {}", self.api_error(&e)))
         })?;
-        let o = &self.config.options;
         let deadline = tokio::time::Instant::now() + o.termination_grace + o.delete_timeout;
         let theirs = |j: &Job| {
             let label = j
@@ -318,7 +325,7 @@ impl KubeRunner {
             }
             tracing::info!(job = name, "deleting a leftover Kubernetes Job of this job");
             let uid = j.metadata.uid.as_deref().unwrap_or_default();
-            teardown::delete_job_foreground(jobs, name, uid, deadline)
+            teardown::delete_job_foreground(jobs, name, uid, deadline, o.api_timeout)
                 .await
                 .map_err(RunnerError::Backend)?;
         }
@@ -337,7 +344,7 @@ impl KubeRunner {
                 )));
             }
             tokio::time::sleep(o.poll_interval).await;
-            if let Ok(now) = jobs.list(&lp).await {
+            if let Ok(now) = bounded(o.api_timeout, jobs.list(&lp)).await {
                 left = now
                     .items
                     .iter()
@@ -347,6 +354,24 @@ impl KubeRunner {
             }
         }
         Ok(list.items)
+    }
+
+    /// The Job named `name` that this launch created ([`spec::is_this_launchs`]), when a create
+    /// answered `409 AlreadyExists` for it; `None` when there is none (a leftover of that name
+    /// on its way out) or it cannot be read now.
+    async fn created_already(
+        &self,
+        jobs: &Api<Job>,
+        spec: &JobSpec,
+        name: &str,
+        secret_name: &str,
+    ) -> Option<Job> {
+        let lp = ListParams::default().labels(&attempt_selector(&spec.id, spec.attempt));
+        let t = self.config.options.api_timeout;
+        let list = bounded(t, jobs.list(&lp)).await.ok()?;
+        list.items.into_iter().find(|j| {
+            j.metadata.name.as_deref() == Some(name) && spec::is_this_launchs(j, spec, secret_name)
+        })
     }
 }
 
@@ -379,11 +404,20 @@ impl Runner for KubeRunner {
         //    reconcile just deleted may take a moment to go.
         let secret_name = format!("{name}-{}", random_suffix());
         let job = self.build_job(&spec, &args, &name, &ns, &secret_name);
+        let t = self.config.options.api_timeout;
         let mut tries = 0;
         let created = loop {
-            match jobs.create(&PostParams::default(), &job).await {
+            match bounded(t, jobs.create(&PostParams::default(), &job)).await {
                 Ok(j) => break j,
                 Err(::kube::Error::Api(s)) if s.code == 409 && tries < 25 => {
+                    // This launch's own create, carried out though answered with an error?
+                    if let Some(j) = self
+                        .created_already(&jobs, &spec, &name, &secret_name)
+                        .await
+                    {
+                        tracing::info!(job = %name, "the Kubernetes Job this launch created was answered with an error: carrying on with it");
+                        break j;
+                    }
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -399,8 +433,8 @@ impl Runner for KubeRunner {
         // 3. The Secret, owned by the Job: deleting the Job garbage-collects it.
         let secret = spec::build_secret(&spec, &args, &secret_name, &ns, &name, &uid);
         let soon = tokio::time::Instant::now() + Duration::from_secs(5);
-        if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
-            let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;
+        if let Err(e) = bounded(t, secrets.create(&PostParams::default(), &secret)).await {
+            let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon, t).await;
             return Err(RunnerError::Launch(format!(
                 "cannot create Secret {ns}/{secret_name}: {}",
                 self.api_error(&e)
@@ -408,8 +442,8 @@ impl Runner for KubeRunner {
         }
         // 4. Go.
         let resume = Patch::Merge(json!({"spec": {"suspend": false}}));
-        if let Err(e) = jobs.patch(&name, &PatchParams::default(), &resume).await {
-            let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon).await;
+        if let Err(e) = bounded(t, jobs.patch(&name, &PatchParams::default(), &resume)).await {
+            let _ = teardown::delete_job_foreground(&jobs, &name, &uid, soon, t).await;
             return Err(RunnerError::Launch(format!(
                 "cannot resume Kubernetes Job {ns}/{name}: {}",
                 self.api_error(&e)
@@ -469,13 +503,15 @@ impl Runner for KubeRunner {
             // The launch died before the Job was resumed: make it gone, the job runs again.
             let uid = job.metadata.uid.as_deref().unwrap_or_default();
             let soon = tokio::time::Instant::now() + Duration::from_secs(5);
-            teardown::delete_job_foreground(&jobs, &name, uid, soon)
+            let t = self.config.options.api_timeout;
+            teardown::delete_job_foreground(&jobs, &name, uid, soon, t)
                 .await
                 .map_err(RunnerError::Backend)?;
             return Ok(Recovered::Gone);
         }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if let Some(outcome) = outcome::finished_outcome(&job, spec.timeout, &pods).await {
+        let t = self.config.options.api_timeout;
+        if let Some(outcome) = outcome::finished_outcome(&job, spec.timeout, &pods, t).await {
             return Ok(Recovered::Finished(outcome));
         }
         let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -504,8 +540,8 @@ impl Runner for KubeRunner {
         let client = self.client().await?;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &self.namespace(&client));
         let selector = format!("{LABEL_MANAGED_BY}=runyard,{LABEL_DEPLOYMENT}={deployment}");
-        let list = jobs
-            .list(&ListParams::default().labels(&selector))
+        let lp = ListParams::default().labels(&selector);
+        let list = bounded(self.config.options.api_timeout, jobs.list(&lp))
             .await
             .map_err(|e| {
                 RunnerError::Backend(format!(
@@ -531,10 +567,19 @@ impl Runner for KubeRunner {
         let client = self.client().await?;
         let ns = self.namespace(&client);
         let selector = attempt_selector(&item.job_id, item.attempt);
-        let bound = grace + self.config.options.delete_timeout;
-        teardown::remove_leftover(client, &ns, &item.name, &selector, grace, bound)
-            .await
-            .map_err(RunnerError::Backend)
+        let o = &self.config.options;
+        let bound = grace + o.delete_timeout;
+        teardown::remove_leftover(
+            client,
+            &ns,
+            &item.name,
+            &selector,
+            grace,
+            bound,
+            o.api_timeout,
+        )
+        .await
+        .map_err(RunnerError::Backend)
     }
 }
 

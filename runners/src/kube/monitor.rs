@@ -40,6 +40,7 @@ use k8s_openapi::api::core::v1::{ContainerStateWaiting, Event as K8sEvent, Pod, 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::errors::bounded;
 use super::outcome::{disruption, failure};
 use super::teardown::{delete_orphaned_pods, teardown};
 use super::{KubeOptions, CONTAINER};
@@ -236,11 +237,8 @@ async fn on_job(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
 }
 
 pub(super) async fn list_pods(a: &Attempt) -> Option<Vec<Pod>> {
-    match a
-        .pods
-        .list(&ListParams::default().labels(&pod_selector(&a.uid)))
-        .await
-    {
+    let lp = ListParams::default().labels(&pod_selector(&a.uid));
+    match bounded(a.opts.api_timeout, a.pods.list(&lp)).await {
         Ok(l) => Some(l.items),
         Err(e) => {
             tracing::debug!(job = %a.name, error = %e, "cannot list the Job's pods");
@@ -493,7 +491,7 @@ fn pending_reason(status: &PodStatus, waiting: Option<&ContainerStateWaiting>) -
 async fn failed_create(a: &Attempt) -> Option<String> {
     let lp =
         ListParams::default().fields(&format!("involvedObject.uid={},reason=FailedCreate", a.uid));
-    match a.events.list(&lp).await {
+    match bounded(a.opts.api_timeout, a.events.list(&lp)).await {
         Ok(l) => l
             .items
             .into_iter()

@@ -58,6 +58,11 @@ pub struct KubeOptions {
     /// How often the attempt's pods (and, while it has none, its Job's events) are read.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long one Kubernetes API request (every one but the Job's watch and the pod log's
+    /// stream, which are long by design) may go unanswered before it fails: kube's client
+    /// bounds none by itself, and a half-open connection would hang it for good.
+    #[serde(with = "humantime_serde")]
+    pub api_timeout: Duration,
 }
 
 impl Default for KubeOptions {
@@ -79,6 +84,7 @@ impl Default for KubeOptions {
             finish_timeout: Duration::from_secs(60),
             delete_timeout: Duration::from_secs(120),
             poll_interval: Duration::from_secs(2),
+            api_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -230,6 +236,7 @@ impl KubeOptions {
                 self.poll_interval,
                 Duration::from_millis(1),
             ),
+            ("api_timeout", self.api_timeout, Duration::from_millis(1)),
         ] {
             if d < min || d > Duration::from_secs(365 * 24 * 3600) {
                 return bad(

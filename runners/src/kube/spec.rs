@@ -242,6 +242,27 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+/// Whether `job` is the Job this launch created: it bears the attempt's labels (this
+/// deployment's among them), is not being deleted, and its container reads `JOB_SECRET_KEY`
+/// from `secret_name`, a name this launch drew at random. A create the API server carried out
+/// but answered with an error (a `504 Timeout`, which kube's client retries into a `409
+/// AlreadyExists`) leaves such a Job; a leftover of another launch never has that Secret.
+pub(super) fn is_this_launchs(job: &Job, spec: &JobSpec, secret_name: &str) -> bool {
+    let have = job.metadata.labels.clone().unwrap_or_default();
+    let reads_ours = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == SECRET_KEY))
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .is_some_and(|r| r.name == secret_name && r.key == SECRET_KEY);
+    job.metadata.deletion_timestamp.is_none()
+        && labels(spec).iter().all(|(k, v)| have.get(k) == Some(v))
+        && reads_ours
+}
+
 /// The labels of an attempt's Job, its pods and its Secret.
 pub fn labels(spec: &JobSpec) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([

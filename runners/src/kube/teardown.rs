@@ -10,6 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 
+use super::errors::bounded;
 use super::monitor::{list_pods, Attempt};
 
 /// Deletes the attempt: its pods with `grace` (a stop), then the Job with Foreground
@@ -25,7 +26,8 @@ where
     if let Some(g) = grace {
         delete_pods(a, g).await;
     }
-    if let Err(e) = delete_job_foreground(&a.jobs, &a.name, &a.uid, deadline).await {
+    let t = a.opts.api_timeout;
+    if let Err(e) = delete_job_foreground(&a.jobs, &a.name, &a.uid, deadline, t).await {
         tracing::warn!(job = %a.name, error = %e, "cannot delete the Kubernetes Job");
     }
     // Until the Job is gone (Foreground: after its pods).
@@ -81,7 +83,7 @@ async fn delete_pod(a: &Attempt, p: &Pod, grace: Duration) {
         return;
     };
     let dp = pod_delete_params(p, grace);
-    match a.pods.delete(&name, &dp).await {
+    match bounded(a.opts.api_timeout, a.pods.delete(&name, &dp)).await {
         Ok(_) => {}
         Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => tracing::debug!(pod = %name, error = %e, "cannot delete the pod"),
@@ -137,7 +139,7 @@ async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
 /// Removes a Job the sweep found left behind (`Runner::remove_leftover`): its pods (by the
 /// attempt's `selector`) with `grace`, then the Job with Foreground propagation; does not wait
 /// for them to go (the next sweep deletes again what is still there). An error when the API did
-/// not take the deletes within `bound`.
+/// not take the deletes within `bound` (each request within `limit`, `kube.api_timeout`).
 pub(super) async fn remove_leftover(
     client: ::kube::Client,
     ns: &str,
@@ -145,12 +147,13 @@ pub(super) async fn remove_leftover(
     selector: &str,
     grace: Duration,
     bound: Duration,
+    limit: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + bound;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let jobs: Api<Job> = Api::namespaced(client, ns);
     let lp = ::kube::api::ListParams::default().labels(selector);
-    let listed = tokio::time::timeout_at(deadline, pods.list(&lp)).await;
+    let listed = tokio::time::timeout_at(deadline, bounded(limit, pods.list(&lp))).await;
     let list = match listed {
         Ok(Ok(l)) => l.items,
         Ok(Err(e)) => {
@@ -173,7 +176,7 @@ pub(super) async fn remove_leftover(
             continue;
         };
         let dp = pod_delete_params(p, grace);
-        match tokio::time::timeout_at(deadline, pods.delete(pod, &dp)).await {
+        match tokio::time::timeout_at(deadline, bounded(limit, pods.delete(pod, &dp))).await {
             Ok(Ok(_)) => {}
             // Gone, or replaced by another pod of that name: nothing to delete here.
             Ok(Err(::kube::Error::Api(s))) if s.code == 404 || s.code == 409 => {}
@@ -186,20 +189,22 @@ pub(super) async fn remove_leftover(
             Err(_) => return Err(format!("deleting pod {pod} timed out")),
         }
     }
-    match tokio::time::timeout_at(deadline, delete_job_foreground(&jobs, name, "", deadline)).await
-    {
+    let delete = delete_job_foreground(&jobs, name, "", deadline, limit);
+    match tokio::time::timeout_at(deadline, delete).await {
         Ok(r) => r,
         Err(_) => Err(format!("deleting Kubernetes Job {name} timed out")),
     }
 }
 
 /// Deletes a Job with `propagationPolicy: Foreground` (and a uid precondition when `uid` is not
-/// empty); a Job already gone is fine; passing API errors are retried until `deadline`.
+/// empty); a Job already gone is fine; passing API errors are retried until `deadline`, each
+/// request within `limit` (`kube.api_timeout`).
 pub(super) async fn delete_job_foreground(
     jobs: &Api<Job>,
     name: &str,
     uid: &str,
     deadline: Instant,
+    limit: Duration,
 ) -> Result<(), String> {
     let mut dp = DeleteParams::foreground();
     if !uid.is_empty() {
@@ -209,7 +214,7 @@ pub(super) async fn delete_job_foreground(
         });
     }
     loop {
-        match jobs.delete(name, &dp).await {
+        match bounded(limit, jobs.delete(name, &dp)).await {
             Ok(_) => return Ok(()),
             // Gone, or another Job of that name (the precondition): not ours to delete.
             Err(::kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
