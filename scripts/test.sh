@@ -12,7 +12,8 @@ log() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
-# libfaketime: clock steps in tests/clock_step.rs and scripts/chaos.sh.
+# libfaketime: clock steps in tests/clock_step.rs, clock offsets in tests/clock_skew.rs and
+# scripts/chaos.sh.
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need_apt+=(faketime)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)

@@ -14,7 +14,7 @@ use crate::files::BlobStore;
 const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
 /// File contents younger than this are never collected (an upload may be attaching them).
 const BLOB_GC_GRACE: Duration = Duration::from_secs(3600);
-use crate::job::{now_us, Micros};
+use crate::job::Micros;
 use crate::store::{Notice, Store};
 
 /// Promotes due jobs; sleeps until the next one is due or something new is scheduled.
@@ -28,7 +28,7 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             }
         )
     });
-    // A due time that a round left due (past by this node's clock after the round): the wait
+    // A due time that a round left due (past by the store's clock after the round): the wait
     // before asking again, doubled while it stays (10 ms up to the usual second).
     let mut stuck: Option<(Micros, Duration)> = None;
     loop {
@@ -37,14 +37,15 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
             Ok(1000) => continue,
             Ok(_) => {
                 if let Ok(Some(due)) = store.next_due().await {
-                    let until = u64::try_from(due.saturating_sub(now_us())).unwrap_or(0);
+                    // A due time is the store's: waited for by its clock, not this node's.
+                    let until = u64::try_from(due.saturating_sub(store.time().await)).unwrap_or(0);
                     wait = wait.min(Duration::from_micros(until));
-                    // The first due job still past by this clock after the round: not due yet
-                    // by the store's (a node whose clock is ahead), or one that cannot be
-                    // promoted (a record this build cannot read, logged by the store), whether
-                    // or not jobs behind it were promoted. Ask again after a wait that doubles
-                    // while that stays so, instead of at once, round after round: the jobs due
-                    // behind such a one are promoted at most that wait (a second) late.
+                    // The first due job still past after the round: one that cannot be
+                    // promoted (a record this build cannot read, logged by the store), or one
+                    // that fell due as the round ended, whether or not jobs behind it were
+                    // promoted. Ask again after a wait that doubles while that stays so,
+                    // instead of at once, round after round: the jobs due behind such a one are
+                    // promoted at most that wait (a second) late.
                     if until == 0 {
                         let back = match stuck {
                             Some((d, w)) if d == due => (w * 2).min(Duration::from_secs(1)),
@@ -109,7 +110,9 @@ pub async fn retention_loop(
                 Err(e) => tracing::warn!(error = %e, "cannot list referenced files"),
             }
         }
-        let before = now_us() - cfg.finished.as_micros() as i64;
+        // `finished_at` is the store's time: the cut is too, so a node whose wall clock runs
+        // ahead does not delete every node's finished jobs (and idempotency keys) early.
+        let before = store.time().await - cfg.finished.as_micros() as i64;
         match retention_round(store.as_ref(), before).await {
             Ok(r) if r.jobs > 0 || r.events > 0 => {
                 tracing::debug!(jobs = r.jobs, events = r.events, "retention pass")
@@ -150,7 +153,7 @@ pub(crate) async fn retention_round(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{Command, Job};
+    use crate::job::{now_us, Command, Job};
     use crate::store::sqlite::SqliteStore;
     use crate::store::{JobStore, ListQuery, StoreSettings};
 

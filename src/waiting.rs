@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{now_us, Job, JobStatus, Micros, MAX_RFC3339_US};
+use crate::job::{Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::{Notice, Store};
 
 pub use crate::job::wait::{
@@ -421,13 +421,17 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
         }
         let mut first = true;
         'sleep: loop {
-            let wait = match store.wait_next_deadline().await {
+            let next = store.wait_next_deadline().await;
+            // A deadline is the store's time: waited for by its clock (a node whose wall clock
+            // is behind would otherwise sleep up to `IDLE_RECHECK` past it).
+            let now = store.time().await;
+            let wait = match next {
                 // The first deadline still past after a round: a job whose record this build
-                // cannot read (passed over by the round, logged by the store), or one not due
-                // yet by the store's clock. Asked again after a wait that doubles while that
+                // cannot read (passed over by the round, logged by the store), or one that
+                // fell due as the round ended. Asked again after a wait that doubles while that
                 // stays so (10 ms up to a second), not every `MIN_SLEEP`: the deadlines after
                 // it fire at most that late.
-                Ok(Some(d)) if first && d <= now_us() => {
+                Ok(Some(d)) if first && d <= now => {
                     let back = match stuck {
                         Some((at, w)) if at == d => (w * 2).min(Duration::from_secs(1)),
                         _ => Duration::from_millis(10),
@@ -435,7 +439,7 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
                     stuck = Some((d, back));
                     back
                 }
-                Ok(Some(d)) => Duration::from_micros(u64::try_from(d - now_us()).unwrap_or(0))
+                Ok(Some(d)) => Duration::from_micros(u64::try_from(d - now).unwrap_or(0))
                     .clamp(if first { MIN_SLEEP } else { Duration::ZERO }, IDLE_RECHECK),
                 Ok(None) => IDLE_RECHECK,
                 Err(e) => {
@@ -479,6 +483,7 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::now_us;
 
     fn at(s: &str) -> Micros {
         resolve_time(s, 0, chrono_tz::UTC, Dir::Before, true).unwrap()

@@ -721,7 +721,7 @@ async fn a_job_built_off_the_requests_task_is_checked_against_its_callers_grant(
         grants.map(|g| {
             let body: SubmitBody =
                 serde_json::from_value(json!({"type": TYPE, "channel": CHANNEL})).expect("body");
-            build_job(&st, &g, body, None)
+            build_job(&st, &g, body, None, runyard::job::now_us())
                 .map(|job| (job.job_type, job.channel_id))
                 .map_err(|e| (e.status.as_u16(), e.code, e.message))
         })
@@ -1083,7 +1083,8 @@ async fn a_key_taken_outside_the_callers_grant_is_409_naming_nothing_of_that_job
         json!({"type": TYPE, "channel": CHANNEL, "idempotency_key": "hashless-key"}),
     )
     .expect("body");
-    let job = build_job(&AppState { app: app.clone() }, &admin, body, None).expect("built");
+    let now = runyard::job::now_us();
+    let job = build_job(&AppState { app: app.clone() }, &admin, body, None, now).expect("built");
     assert_eq!(job.submit_hash, None);
     let hashless = app
         .store

@@ -14,7 +14,7 @@ use super::pages::{self, Page};
 use super::AppState;
 use crate::auth::access::Caller;
 use crate::auth::tokens::Grant;
-use crate::job::{now_us, BackoffPatch, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
+use crate::job::{BackoffPatch, Command, Job, JobStatus, Micros, MAX_RFC3339_US};
 use crate::store::Submitted;
 
 pub use super::duration::DurationSpec;
@@ -155,12 +155,15 @@ fn initial_status(waits: bool, has_run_at: bool) -> JobStatus {
 
 /// Validates a submit body and builds the job to store (nothing is stored here). `caller`: the
 /// grant of the request that submits it ([`crate::auth::access::Caller`]), which must cover the
-/// job's type and channel (403).
+/// job's type and channel (403). `now`: the store's time ([`crate::store::Maintenance::time`]),
+/// the job's times and what its `run_at` and wait times are judged from: every node compares
+/// them with the store's clock, not with this node's.
 pub fn build_job(
     state: &AppState,
     caller: &Grant,
     mut body: SubmitBody,
     user_id: Option<String>,
+    now: Micros,
 ) -> ApiResult<Job> {
     let bad = |m: String| ApiError::unprocessable("invalid_request", m);
     if !valid_name(&body.job_type, 200) {
@@ -187,9 +190,8 @@ pub fn build_job(
         ));
     }
     let notify = super::notify::notify_of(state, &body)?;
-    let wait_now = now_us();
     let wait = wait_req
-        .map(|r| r.resolve(wait_now, "UTC", wait_now, true, true))
+        .map(|r| r.resolve(now, "UTC", now, true, true))
         .transpose()
         .map_err(bad)?;
     let args = match body.args.take() {
@@ -211,8 +213,6 @@ pub fn build_job(
         ))
     })?;
     let timeout_ms = timeout_ms(&body, slot.timeout)?;
-    // One clock reading for the job's times and its wait's relative times.
-    let now = wait_now;
     let run_at = body
         .run_at
         .as_deref()

@@ -202,7 +202,8 @@ async fn submit(
         let mp = axum::extract::Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::rejected("bad_multipart", e))?;
-        files::read_multipart(&st, mp, |b| check_submit(&st, &caller, b)).await?
+        let now = st.app.store.time().await;
+        files::read_multipart(&st, mp, |b| check_submit(&st, &caller, b, now)).await?
     } else {
         edge::require_json(req.headers())?;
         let max = st.app.config.api.max_body_bytes;
@@ -230,12 +231,17 @@ async fn submit(
 /// A submit's JSON body checked as [`prepare_submit`] checks it, but for what needs its files or
 /// the network (its `notify` target): run on a multipart submit's `job` part before any later
 /// file part is stored, so a refused submit stores no file.
-fn check_submit(st: &AppState, caller: &crate::auth::tokens::Grant, bytes: &[u8]) -> ApiResult<()> {
+fn check_submit(
+    st: &AppState,
+    caller: &crate::auth::tokens::Grant,
+    bytes: &[u8],
+    now: crate::job::Micros,
+) -> ApiResult<()> {
     if bytes.is_empty() {
         return Err(ApiError::json_required());
     }
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
-    jobs::build_job(st, caller, body, caller.user.clone()).map(drop)
+    jobs::build_job(st, caller, body, caller.user.clone(), now).map(drop)
 }
 
 /// A submit's JSON body (and its multipart files) validated into the job to store (its type
@@ -252,8 +258,9 @@ pub(crate) async fn prepare_submit(
     let body: jobs::SubmitBody = extract::parse_json(bytes)?;
     let keyed = body.idempotency_key.is_some();
     let own_notify = matches!(body.notify, Some(Some(_)));
-    // The job speaks for its submitter: its events' `user_id`.
-    let mut job = jobs::build_job(st, caller, body, caller.user.clone())?;
+    // The job speaks for its submitter: its events' `user_id`. Its times are the store's.
+    let now = st.app.store.time().await;
+    let mut job = jobs::build_job(st, caller, body, caller.user.clone(), now)?;
     if own_notify {
         notify::check_target(st, &job).await?;
     }

@@ -17,7 +17,7 @@ use crate::auth::tokens::Grant;
 use crate::auth::Refusal;
 use crate::job::Micros;
 use crate::schedule::firing::Firing;
-use crate::schedule::{clock, to_us, to_utc};
+use crate::schedule::{to_us, to_utc};
 use crate::store::{StoreError, Submitted};
 
 /// Most fires one backfill submits.
@@ -79,7 +79,7 @@ async fn trigger(
 ) -> ApiResult<Response> {
     let s = load_for(&st, &name, &caller).await?;
     super::jobs::require_emit_scope(&caller, &s.proto.emits)?;
-    let t = crate::schedule::trigger_time(clock());
+    let t = crate::schedule::trigger_time(st.app.store.time().await);
     let subs = fire(&st, (&name, &caller), &[t]).await?;
     match subs.into_iter().next() {
         Some((_, Ok(sub))) => Ok((StatusCode::ACCEPTED, Json(fired(&sub))).into_response()),
@@ -133,7 +133,7 @@ async fn backfill(
     if to < from {
         return Err(bad("`to` must not be before `from`"));
     }
-    if to > clock() {
+    if to > st.app.store.time().await {
         return Err(bad(
             "`to` must not be in the future (the schedule fires those times itself)",
         ));

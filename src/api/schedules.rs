@@ -18,8 +18,7 @@ use crate::auth::access::Caller;
 use crate::auth::tokens::Grant;
 use crate::job::{Job, Micros};
 use crate::schedule::{
-    clock, new_schedule, to_us, to_utc, CronSpec, CronSpecError, Misfire, Overlap, Schedule,
-    ScheduleSpec,
+    new_schedule, to_us, to_utc, CronSpec, CronSpecError, Misfire, Overlap, Schedule, ScheduleSpec,
 };
 use crate::store::schedules::Unreadable;
 
@@ -144,8 +143,13 @@ fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResul
 }
 
 /// The job every fire submits a copy of, checked as a submit (`job.*` in the errors), with its
-/// waiting template resolved in the schedule's `timezone`.
-fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> ApiResult<Job> {
+/// waiting template resolved in the schedule's `timezone`; `now`: the store's time.
+fn template_job(
+    st: &AppState,
+    caller: &Grant,
+    (job, timezone): (&Value, &str),
+    now: Micros,
+) -> ApiResult<Job> {
     let Value::Object(obj) = job else {
         return Err(bad("`job` must be a JSON object: the body of a submit"));
     };
@@ -158,7 +162,7 @@ fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> A
     }
     let submit: SubmitBody =
         serde_json::from_value(job.clone()).map_err(|e| bad(format!("`job`: {e}")))?;
-    let proto = build_job(st, caller, submit, None).map_err(|mut e| {
+    let proto = build_job(st, caller, submit, None, now).map_err(|mut e| {
         e.message = format!("`job`: {}", e.message);
         e
     })?;
@@ -170,7 +174,6 @@ fn template_job(st: &AppState, caller: &Grant, job: &Value, timezone: &str) -> A
     )
     .map_err(|e| bad(format!("`job`: {e}")))?
     {
-        let now = clock();
         req.resolve(now, timezone, now, false, true)
             .map_err(|e| bad(format!("`job`: {e}")))?;
     }
@@ -209,7 +212,8 @@ async fn parse_cron(
             )
         })?
         .map_err(|_| ApiError::internal("internal", "the pattern check is closed"))?;
-    let (p, tz, now) = (pattern.to_string(), timezone.to_string(), to_utc(clock()));
+    let now = to_utc(st.app.store.time().await);
+    let (p, tz) = (pattern.to_string(), timezone.to_string());
     let checked = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         CronSpec::parse(&p, &tz).map(|c| {
@@ -267,7 +271,8 @@ async fn validate(
         366 * day,
     )?;
     let jitter_ms = duration_ms(body.jitter.as_ref(), "jitter", 0, day)?;
-    let proto = template_job(st, caller, &body.job, &timezone)?;
+    let now = st.app.store.time().await;
+    let proto = template_job(st, caller, (&body.job, &timezone), now)?;
     let spec = ScheduleSpec {
         name,
         // One space between fields: `0  5 * * *` is `0 5 * * *`, shown and compared so.
@@ -294,8 +299,9 @@ fn busy(name: &str) -> ApiError {
     )
 }
 
-fn show(s: &Schedule, status: StatusCode, grant: &Grant) -> Response {
-    (status, Json(public(s, clock(), grant))).into_response()
+/// The schedule as answered (its `next_fires` from `now`, the store's time).
+fn show(s: &Schedule, status: StatusCode, grant: &Grant, now: Micros) -> Response {
+    (status, Json(public(s, now, grant))).into_response()
 }
 
 /// The schedule as `grant` may see it: a run's job outside its types or channels (made before
@@ -357,7 +363,8 @@ async fn create(
                 && one_spaced(&cur.spec.cron) == spec.cron
                 && crate::schedule::same_template(&cur.spec.job, &spec.job)
             {
-                return Ok(show(&cur, StatusCode::OK, &caller));
+                let now = st.app.store.time().await;
+                return Ok(show(&cur, StatusCode::OK, &caller, now));
             }
             return Err(ApiError::conflict(
                 "schedule_exists",
@@ -367,9 +374,12 @@ async fn create(
                 ),
             ));
         }
-        let s = new_schedule(spec.clone(), proto.clone(), &cron, clock());
+        // The store's time: the schedule's creation and first fire time are judged by every
+        // node's fire loop with it, whatever this node's wall clock says.
+        let now = st.app.store.time().await;
+        let s = new_schedule(spec.clone(), proto.clone(), &cron, now);
         if st.app.store.schedule_cas(&s, None).await? {
-            return Ok(show(&s, StatusCode::CREATED, &caller));
+            return Ok(show(&s, StatusCode::CREATED, &caller, now));
         }
     }
     Err(busy(&spec.name))
@@ -397,7 +407,7 @@ async fn replace(
     let (spec, proto, cron) = validate(&st, &caller, body, Some(&name), stored.as_deref()).await?;
     super::notify::check_schedule_job(&st, &spec.job, &proto).await?;
     for _ in 0..CAS_TRIES {
-        let now = clock();
+        let now = st.app.store.time().await;
         let (s, expected, status) = match st.app.store.schedule(&name).await? {
             None => {
                 let s = new_schedule(spec.clone(), proto.clone(), &cron, now);
@@ -427,7 +437,7 @@ async fn replace(
             }
         };
         if st.app.store.schedule_cas(&s, expected).await? {
-            return Ok(show(&s, status, &caller));
+            return Ok(show(&s, status, &caller, now));
         }
     }
     Err(busy(&name))
@@ -437,7 +447,7 @@ async fn replace(
 #[utoipa::path(get, path = "/async/schedules", tag = "schedules", operation_id = "list_schedules",
     responses((status = 200, description = "The schedules the caller sees", body = super::openapi::schemas::ScheduleList)))]
 async fn list(State(st): State<AppState>, Caller(grant): Caller) -> ApiResult<Json<Value>> {
-    let now = clock();
+    let now = st.app.store.time().await;
     let all = st.app.store.schedules().await?;
     // Only the schedules whose jobs the caller's grant covers.
     let seen =
@@ -455,11 +465,8 @@ async fn get_one(
     Caller(grant): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(show(
-        &load_for(&st, &name, &grant).await?,
-        StatusCode::OK,
-        &grant,
-    ))
+    let s = load_for(&st, &name, &grant).await?;
+    Ok(show(&s, StatusCode::OK, &grant, st.app.store.time().await))
 }
 
 /// `DELETE /async/schedules/{name}`: 204. Jobs already submitted are not touched. A schedule
@@ -504,7 +511,7 @@ async fn update(
 ) -> ApiResult<Schedule> {
     for _ in 0..CAS_TRIES {
         let cur = load_for(st, name, grant).await?;
-        let now = clock();
+        let now = st.app.store.time().await;
         let mut s = cur.clone();
         f(&mut s, now);
         if s == cur {
@@ -529,7 +536,7 @@ async fn pause(
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     let s = update(&st, (&name, &grant), |s, _| s.pause()).await?;
-    Ok(show(&s, StatusCode::OK, &grant))
+    Ok(show(&s, StatusCode::OK, &grant, st.app.store.time().await))
 }
 
 /// `POST /async/schedules/{name}/resume`: fire times that passed while paused are not caught up.
@@ -542,7 +549,7 @@ async fn resume(
     _: super::extract::NoBody,
 ) -> ApiResult<Response> {
     let s = update(&st, (&name, &grant), |s, now| s.resume(now)).await?;
-    Ok(show(&s, StatusCode::OK, &grant))
+    Ok(show(&s, StatusCode::OK, &grant, st.app.store.time().await))
 }
 
 /// A cron pattern with one space between its fields (a stored one made before was only

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult};
 use super::extract::{body_bytes, parse_json};
 use super::AppState;
-use crate::job::{now_us, rfc3339};
+use crate::job::rfc3339;
 use crate::store::paging::READ_BYTES;
 use crate::store::signals::{check_id, check_key, check_key_read, Signal};
 
@@ -74,11 +74,10 @@ fn written(s: &Signal, created: bool) -> Response {
 async fn write(st: &AppState, key: &str, headers: &HeaderMap, bytes: &[u8]) -> ApiResult<Response> {
     check_key(key).map_err(bad)?;
     let b = parse_body(headers, bytes)?;
-    let (s, created) = st
-        .app
-        .store
-        .signal_append(key, b.id, b.payload, now_us())
-        .await?;
+    // Stamped with the store's time, as the deadlines and `since` times it is compared with
+    // (and as a job's `emits` are): not with this node's wall clock.
+    let at = st.app.store.time().await;
+    let (s, created) = st.app.store.signal_append(key, b.id, b.payload, at).await?;
     Ok(written(&s, created))
 }
 

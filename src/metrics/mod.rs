@@ -439,7 +439,8 @@ impl Metrics {
             .inc();
     }
 
-    fn set_counts(&self, c: &JobCounts) {
+    /// The store gauges from `c`; `now`: the store's time, which the queued jobs' times are.
+    fn set_counts(&self, c: &JobCounts, now: Micros) {
         self.jobs.clear();
         self.queue_depth.clear();
         self.queue_oldest.clear();
@@ -460,7 +461,6 @@ impl Metrics {
         for (l, n) in jobs {
             self.jobs.get_or_create(&l).set(n);
         }
-        let now = now_us();
         for (t, at) in &c.oldest_queued {
             let age = now.saturating_sub(*at).max(0) as f64 / 1e6;
             let g = self.queue_oldest.get_or_create(&self.by_type(t));
@@ -481,7 +481,7 @@ impl Metrics {
         );
         match counts {
             Ok(c) => {
-                self.set_counts(&c);
+                self.set_counts(&c, store.time().await);
                 if let Err(e) = &ready {
                     tracing::warn!(error = %e, "metrics: the store is not ready");
                 }

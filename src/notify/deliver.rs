@@ -211,7 +211,9 @@ fn only_events(n: &Notice) -> bool {
 async fn trim_if_due(d: &Deliverer, last_trim: &mut Instant) {
     if last_trim.elapsed() >= TRIM_EVERY {
         *last_trim = Instant::now();
-        let before = now_us() - d.retention.as_micros() as i64;
+        // Deliveries end at the store's time: the cut is the store's too (not this node's
+        // wall clock, which may run ahead of the others').
+        let before = d.store.time().await - d.retention.as_micros() as i64;
         if let Err(e) = d.store.deliveries_trim(before).await {
             tracing::warn!(error = %e, "webhook deliveries: trim failed");
         }
@@ -256,7 +258,8 @@ async fn stopped_waiting(
 /// record, committed before this runs): should this process be lost before the record, the log
 /// shows it as unknown, never as nothing.
 async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
-    let at = now_us();
+    // The store's time, as the claim's record of the attempt and the delivery's due times.
+    let at = d.store.time().await;
     let started = Instant::now();
     let r = send(d, http, &c).await;
     let duration_ms = started.elapsed().as_millis() as u64;

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    clock, fire_key, plan_busy, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US,
-};
+use super::{fire_key, plan_busy, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US};
 use crate::job::{Command, Job, JobStatus, Micros};
 use crate::runner_set::RunnerSet;
 use crate::store::{Result, Store, StoreError, Submitted};
@@ -72,14 +70,18 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
     loop {
         if trimmed.elapsed() >= SIGNAL_TRIM_EVERY {
             trimmed = std::time::Instant::now();
-            let before = clock() - f.signal_retention.as_micros() as i64;
+            // Records are stamped with the store's time: so is the cut (a node whose clock
+            // runs ahead must not delete every node's signals early).
+            let before = f.store.time().await - f.signal_retention.as_micros() as i64;
             match f.store.signals_trim(before).await {
                 Ok(n) if n > 0 => tracing::debug!(signals = n, "old signals deleted"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "signal retention failed"),
             }
         }
-        let now = clock();
+        // Every schedule time is the store's (not this node's wall clock): a node whose clock
+        // is off fires, misfires and plans as the others do.
+        let now = f.store.time().await;
         let busy = *busy_since.get_or_insert(now);
         // A wake-up that failed: tried again in a second.
         let mut trouble = false;
@@ -111,7 +113,7 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
         } else {
             match f.store.schedules_next_wake().await {
                 Ok(Some(w)) => {
-                    let left = w - clock();
+                    let left = w - f.store.time().await;
                     if left > 0 {
                         busy_since = None;
                     }
@@ -138,7 +140,7 @@ impl Firing {
         let ids = s.recent_jobs();
         let jobs = futures::future::join_all(ids.iter().map(|id| self.store.get(*id))).await;
         let mut active = Vec::new();
-        let now = clock();
+        let now = self.store.time().await;
         for (id, j) in ids.into_iter().zip(jobs) {
             match j {
                 // A cancelled job whose worker is still stopping its work counts as active.
@@ -175,7 +177,7 @@ impl Firing {
                 }
                 return Ok(());
             };
-            let now = clock();
+            let now = self.store.time().await;
             let due = !s.paused && s.next_fire.is_some_and(|f| f <= now);
             let prev = if (due && s.spec.overlap != super::Overlap::Allow) || s.buffered.is_some() {
                 self.previous(&s).await?
@@ -289,13 +291,14 @@ impl Firing {
             .collect();
         let mut jobs = Vec::new();
         let mut made = Vec::new();
+        let now = self.store.time().await;
         for (i, p) in fires.iter().enumerate() {
             match self
                 .runners
                 .select(&s.proto.job_type, &s.proto.args, runner_name)
             {
                 Ok(slot) => {
-                    jobs.push(job_for_fire(s, p, Some(slot.name.clone()), clock()));
+                    jobs.push(job_for_fire(s, p, Some(slot.name.clone()), now));
                     made.push(i);
                 }
                 Err(e) => out[i].error = Some(e.to_string()),
@@ -343,7 +346,7 @@ impl Firing {
             let Some(cur) = self.store.schedule(name).await? else {
                 return Ok(());
             };
-            let now = clock();
+            let now = self.store.time().await;
             let mut next = cur.clone();
             let mut counted = 0;
             let mut errors = Vec::new();
@@ -422,7 +425,7 @@ impl Firing {
                 return Err(StoreError::NotFound.into());
             };
             admit(&cur)?;
-            let now = clock();
+            let now = self.store.time().await;
             let mut next = cur.clone();
             for t in times {
                 if !next.pending.iter().any(|p| p.fire_time == *t) {

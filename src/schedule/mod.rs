@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 pub use crate::job::fire_time_text;
-use crate::job::{now_us, rfc3339, Job, Micros};
+use crate::job::{rfc3339, Job, Micros};
 pub use crate::store::schedules::{
     Counters, Misfire, Overlap, PendingFire, RunEntry, Schedule, ScheduleSpec, PENDING_GRACE_US,
 };
@@ -522,11 +522,6 @@ pub fn trigger_time(now: Micros) -> Micros {
     } else {
         t
     }
-}
-
-/// The current time (µs); a function so that callers can be given another clock in tests.
-pub fn clock() -> Micros {
-    now_us()
 }
 
 /// Two job templates submit the same job: equal, but for `args` absent, `null` or `{}` (all

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use super::clock;
 use crate::store::job_record::is_corrupt;
 use crate::store::schedules::{log_unreadable, Unreadable};
 use crate::store::{Store, StoreError};
@@ -23,7 +22,7 @@ pub async fn set_aside(store: &dyn Store, name: &str, e: &StoreError) -> bool {
     if !is_corrupt(e) {
         return false;
     }
-    let now = clock();
+    let now = store.time().await;
     let aside = Unreadable::WakeAt {
         at: now + SET_ASIDE.as_micros() as i64,
         due_by: now,

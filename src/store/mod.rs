@@ -416,6 +416,13 @@ pub trait Maintenance: Send + Sync {
     async fn file_hashes(&self) -> Result<std::collections::HashSet<String>>;
     /// Checks the backend answers.
     async fn health(&self) -> Result<()>;
+    /// The store's time (µs since the epoch): the clock the store stamps and judges its times
+    /// by (finished jobs, leases, run records, deadlines, due times). Every time a node compares
+    /// with a stored one, or stores for other nodes to compare, is taken from here, not from
+    /// its own wall clock: on Redis that is Redis's clock as this node carries it (one `TIME`
+    /// every 10 s, nothing in between), so a node whose wall clock is off judges as the others
+    /// do; on the embedded store, this process's clock.
+    async fn time(&self) -> Micros;
 }
 
 /// A complete backend.

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::reporter::{DeferredReporter, StoreSink};
 use super::supervise::{outcome_to_finish, time_limit, Supervised};
 use super::{reports, StopReason, Worker};
-use crate::job::{now_us, Command, Job};
+use crate::job::{Command, Job};
 use crate::runner_set::RunnerSlot;
 use crate::store::StoreError;
 
@@ -73,8 +73,10 @@ impl Worker {
                 let since = adopted
                     .started_at
                     .or_else(|| adopted.runs.last().map(|r| r.claimed_at));
+                // Both are the store's times: counted to the store's time.
+                let now = self.store.time().await;
                 let elapsed = since
-                    .map(|s| Duration::from_micros((now_us() - s).max(0) as u64))
+                    .map(|s| Duration::from_micros((now - s).max(0) as u64))
                     .unwrap_or_default();
                 let whole_limit = time_limit(&adopted, &slot);
                 let limit = whole_limit.saturating_sub(elapsed);

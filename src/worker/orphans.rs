@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Worker;
-use crate::job::{now_us, Job, Micros};
+use crate::job::{Job, Micros};
 use crate::runner_set::RunnerSlot;
 
 /// Items whose job is read per runner and pass (a backend holding more is read in turns).
@@ -102,7 +102,9 @@ pub async fn sweep_once(worker: &Arc<Worker>, turn: usize) -> crate::store::Resu
             let tracked = worker.running.lock().contains_key(&id);
             let job = worker.store.get(id).await?;
             let current = job.as_ref().is_some_and(|j| item.attempt >= j.attempt);
-            if done_with(job.as_ref(), item.attempt, now_us()) && !(tracked && current) {
+            // The lease's expiry is the store's time: judged by its clock.
+            let now = worker.store.time().await;
+            if done_with(job.as_ref(), item.attempt, now) && !(tracked && current) {
                 let status = job.as_ref().map_or("deleted", |j| j.status.as_str());
                 doomed.push((slot.clone(), item, id, status));
                 if doomed.len() >= REMOVED_PER_PASS {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::reporter::DeferredReporter;
 use super::Worker;
-use crate::job::{now_us, Command, Job, JobStatus, ABANDONED_STOP};
+use crate::job::{Command, Job, JobStatus, ABANDONED_STOP};
 use crate::store::StoreError;
 
 /// Jobs whose work this worker's reaper is looking for, each in a task of its own (a stop may
@@ -52,8 +52,8 @@ impl StopState {
     /// Whether the work of job `id`, whose lease ran out at `expires`, has been held for long
     /// enough (`ABANDONED_STOP`) both since then and since this reaper first failed to make it
     /// sure gone (recorded by this call): then the lease goes, the work possibly still running.
-    fn held_long_enough(&mut self, id: Uuid, expires: i64) -> bool {
-        let now = now_us();
+    /// `now`: the store's time, which the lease's expiry is.
+    fn held_long_enough(&mut self, id: Uuid, expires: i64, now: i64) -> bool {
         let first = *self.failing.entry(id).or_insert(now);
         expires.saturating_add(ABANDONED_STOP) <= now && first.saturating_add(ABANDONED_STOP) <= now
     }
@@ -288,7 +288,8 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job, state: &Stopping)
     else {
         return false;
     };
-    let abandoned = || state.lock().held_long_enough(job.id, expires);
+    // Judged by the store's clock, as the lease's expiry is.
+    let abandoned = |now| state.lock().held_long_enough(job.id, expires, now);
     let slot = worker.runners.get(&job.runner).cloned();
     let spec = worker.spec_factory().spec(&job);
     let handle = job.handle.clone().or_else(|| {
@@ -298,7 +299,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job, state: &Stopping)
     match (handle, slot) {
         (Some(handle), Some(slot)) if slot.runner.reaches(&handle) => {
             if !make_gone(worker, &slot, &handle, spec).await {
-                if !abandoned() {
+                if !abandoned(worker.store.time().await) {
                     return false;
                 }
                 tracing::warn!(
@@ -311,7 +312,7 @@ async fn stop_lost(worker: &Arc<Worker>, job: crate::job::Job, state: &Stopping)
         // Nothing the runner marks: a service job is a task of its worker's own process, stopped
         // with it, or by it once it finds the lease gone.
         (None, Some(_)) => {}
-        _ if !abandoned() => return false,
+        _ if !abandoned(worker.store.time().await) => return false,
         _ => tracing::warn!(
             job_id = %job.id,
             r#type = %job.job_type,
@@ -395,7 +396,7 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         } else {
             wait
         };
-        if lease.expires_at.saturating_add(wait) <= now_us() {
+        if lease.expires_at.saturating_add(wait) <= worker.store.time().await {
             lease_expired(worker, job.id, Some(lease.token)).await;
         }
         return;
@@ -424,7 +425,8 @@ async fn requeue_unrecorded(worker: &Arc<Worker>, job: Job, state: &Stopping) {
         }
         (Err(e), _) => {
             tracing::warn!(job_id = %job.id, error = %e, "cannot recover the work of a job whose worker was lost while starting; will retry");
-            if !state.lock().held_long_enough(job.id, lease.expires_at) {
+            let now = worker.store.time().await;
+            if !state.lock().held_long_enough(job.id, lease.expires_at, now) {
                 return;
             }
             tracing::warn!(

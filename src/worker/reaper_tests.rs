@@ -455,12 +455,13 @@ async fn another_machines_fenced_lease_is_requeued_only_after_the_abandoned_stop
 fn the_give_up_waits_from_the_first_failed_try_too() {
     let mut st = super::StopState::default();
     let id = uuid::Uuid::now_v7();
-    let long_ago = now_us() - 10 * crate::job::ABANDONED_STOP;
-    assert!(!st.held_long_enough(id, long_ago), "first failed try");
-    assert!(!st.held_long_enough(id, now_us()), "lease ran out just now");
+    let now = now_us();
+    let long_ago = now - 10 * crate::job::ABANDONED_STOP;
+    assert!(!st.held_long_enough(id, long_ago, now), "first failed try");
+    assert!(!st.held_long_enough(id, now, now), "lease ran out just now");
     st.failing.insert(id, long_ago);
-    assert!(st.held_long_enough(id, long_ago));
-    assert!(!st.held_long_enough(id, now_us()));
+    assert!(st.held_long_enough(id, long_ago, now));
+    assert!(!st.held_long_enough(id, now, now));
 }
 
 /// The cancelled `job`'s work (`exec`) runs on and the retry is refused; one reaper pass kills

@@ -46,6 +46,12 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `runyard serve` on `config`, appending its output to `log`.
     pub fn start(config: &Path, log: &Path) -> ChildServer {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// [`ChildServer::start`], with these environment variables set for the process (e.g. an
+    /// `LD_PRELOAD` of libfaketime that moves its wall clock).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildServer {
         let port = free_port();
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -53,6 +59,7 @@ impl ChildServer {
             .open(log)
             .expect("server log");
         let child = serve_command(config, port, out)
+            .envs(env.iter().copied())
             .spawn()
             .expect("cannot start runyard serve");
         ChildServer {

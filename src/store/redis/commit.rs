@@ -217,8 +217,9 @@ impl RedisStore {
         let mut shared = 0;
         let sent = Instant::now();
         let mut ttl = Vec::with_capacity(writes.len());
+        let now = self.now_carried();
         for w in writes {
-            ttl.push(w.event.is_some() && self.ttl_due(w));
+            ttl.push(w.event.is_some() && self.ttl_due(w, now));
             let (a, k, sh) = w
                 .parts(
                     &self.s.prefix,
@@ -322,7 +323,7 @@ impl RedisStore {
         };
         w.event0 = late.event;
         w.delivery0 = late.delivery;
-        let ttl = (w.event.is_some() || w.event0.is_some()) && self.ttl_due(&w);
+        let ttl = (w.event.is_some() || w.event0.is_some()) && self.ttl_due(&w, now);
         let (a, k, sh) = w
             .parts(&self.s.prefix, ttl, self.s.channel_lists)
             .into_packed();
@@ -459,21 +460,22 @@ impl RedisStore {
     /// (a `PEXPIRE` per event); now a process refreshes a channel at most once per
     /// [`channel_ttl_slack`] (when the TTL is long enough for that, see there), and not at all
     /// for a change of a job created less than half that slack ago (by its time `created_at`,
-    /// so a skew of the nodes' clocks up to half the slack is allowed for): its submit
-    /// refreshed the channel, or its process had within the slack before (a worker's claim,
-    /// start and finish of a quick job send none). With lists, a push that creates the list
-    /// sets its TTL whatever this says (`commit.lua`): a stream writer's submit set it on the
-    /// channel's stream, not on the list. For the same reason a write that skips the refresh
-    /// has `commit.lua` check the list's PTTL (`cmin`: refreshed when under the TTL less twice
-    /// the slack), and a refresh also refreshes the channel's stream (a stream writer changing
-    /// the young job relies on its submit for that). A channel's stream or list so lives at
-    /// least `retention.events` minus twice that slack after its last event, which
-    /// `events.lua` is told ([`RedisStore::channel_ttl_read`]).
-    fn ttl_due(&self, w: &Write) -> bool {
+    /// the store's time at its submit, against `now`, the store's time; a job submitted by a
+    /// build that stamped it with its node's wall clock is allowed a skew of the clocks up to
+    /// half the slack): its submit refreshed the channel, or its process had within the slack
+    /// before (a worker's claim, start and finish of a quick job send none). With lists, a
+    /// push that creates the list sets its TTL whatever this says (`commit.lua`): a stream
+    /// writer's submit set it on the channel's stream, not on the list. For the same reason a
+    /// write that skips the refresh has `commit.lua` check the list's PTTL (`cmin`: refreshed
+    /// when under the TTL less twice the slack), and a refresh also refreshes the channel's
+    /// stream (a stream writer changing the young job relies on its submit for that). A
+    /// channel's stream or list so lives at least `retention.events` minus twice that slack
+    /// after its last event, which `events.lua` is told ([`RedisStore::channel_ttl_read`]).
+    fn ttl_due(&self, w: &Write, now: Micros) -> bool {
         let Some(slack) = channel_ttl_slack(&self.s) else {
             return true;
         };
-        let age = crate::job::now_us().saturating_sub(w.job.created_at);
+        let age = now.saturating_sub(w.job.created_at);
         if w.expected.is_some() && age < (slack / 2).as_micros() as i64 {
             return false;
         }

@@ -379,6 +379,16 @@ impl RedisStore {
         t.max(last)
     }
 
+    /// [`Self::now`] without a read of Redis: the last anchor carried forward (this node's wall
+    /// clock before any), for a judgement that must not wait for a `TIME` (the committer's).
+    fn now_carried(&self) -> Micros {
+        let t = match *self.clock.lock() {
+            Some((at, when)) => at.saturating_add(when.elapsed().as_micros() as i64),
+            None => now_us(),
+        };
+        t.max(self.clock_last.load(Ordering::Acquire))
+    }
+
     fn mark(&self, up: bool, err: &str) {
         let was_down = self.down.swap(!up, Ordering::AcqRel);
         if was_down && up {

@@ -121,6 +121,10 @@ impl Maintenance for RedisStore {
         Ok(out)
     }
 
+    async fn time(&self) -> Micros {
+        RedisStore::now(self).await
+    }
+
     async fn health(&self) -> Result<()> {
         // `INFO replication` rather than `PING`: a replica answers a `PING` too, while it
         // refuses every write. Found on one, a new connection is tried (the address may name

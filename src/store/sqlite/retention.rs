@@ -115,6 +115,11 @@ impl Maintenance for SqliteStore {
         .await
     }
 
+    async fn time(&self) -> Micros {
+        // The process's own clock: every time this store writes is taken from it.
+        crate::job::now_us()
+    }
+
     async fn health(&self) -> Result<()> {
         if self.write_failed.lock().is_some() {
             // A small write of its own: the flag is cleared only by a commit that wrote, and a

@@ -156,6 +156,11 @@ forward! {
         retention(finished_before: Micros) -> RetentionReport;
         file_hashes() -> std::collections::HashSet<String>;
         health() -> ();
+        @by_hand {
+            async fn time(&self) -> Micros {
+                self.inner.time().await
+            }
+        }
     }
     ScheduleStore {
         schedule(name: &str) -> Option<Schedule>;

@@ -1,0 +1,384 @@
+//! One node's wall clock off from the others' (a VM resumed, NTP broken) must not change what
+//! the cluster does with its stored times: retention and cron schedules go by the store's clock
+//! (Redis's `TIME` as each node carries it), as leases do (`tests/clock_step.rs`). Real
+//! `runyard serve` processes on a real redis-server: node A on the real clock, node B under
+//! libfaketime with a fixed offset (`apt-get install faketime`; `CLOCK_REALTIME` moved,
+//! `CLOCK_MONOTONIC` left alone), as the probe `redissched` ran it.
+//!
+//! - `a_node_ahead_deletes_nothing_early`: B 15 minutes ahead, `retention.finished` 10 minutes:
+//!   the jobs A finished, their idempotency keys, the signals A wrote and the webhook
+//!   deliveries A made are all still there after B's retention passes and trims.
+//! - `a_node_ahead_fires_and_runs_nothing_early`: B 20 s ahead: a schedule's fire is made no
+//!   earlier than its time, a `run_at` submitted through B is not run before it, and a signal
+//!   written through B is stamped with the store's time.
+//! - `an_api_node_behind_stamps_the_store_time`: B 10 minutes behind: a schedule created through
+//!   B (`misfire = "all"`, a catch-up window of an hour) is created now and fires for no time
+//!   before it, and a `+60s` deadline submitted through B is a minute from now.
+//!
+//! Every time the tests compare is the real clock's (this process, Redis and A agree on it).
+
+mod redis_support;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use redis_support::TestRedis;
+use serde_json::{json, Value};
+use support::child::{ChildServer, Client};
+use support::{time_of, WAIT};
+
+const MASTER_KEY: &str = "clock-skew-test-master-key-0123456789";
+const FAKETIME: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+];
+
+fn faketime_lib() -> &'static str {
+    FAKETIME
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
+        .expect("libfaketime is needed (apt-get install faketime)")
+}
+
+/// The nodes of one test: their configs and logs in one temporary directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    redis: TestRedis,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            redis: TestRedis::start(),
+        }
+    }
+
+    /// Starts node `name` (`runyard serve`, a service runner for `runyard.*`, retention every
+    /// second of jobs finished 10 minutes ago); with `offset_s`, its wall clock that many
+    /// seconds off.
+    async fn node(&self, name: &str, offset_s: Option<i64>) -> ChildServer {
+        let data = self.dir.path().join(format!("data-{name}"));
+        let text = format!(
+            "data_dir = {data:?}\n{store}\n[worker]\npoll_interval = \"200ms\"\n\
+             [retention]\nfinished = \"10m\"\ninterval = \"1s\"\n\
+             [notify]\nallow_private = true\n\
+             [[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\n",
+            data = data.display().to_string(),
+            store = self.redis.server_config(MASTER_KEY),
+        );
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, text).expect("config");
+        let log = self.log(name);
+        let mut node = match offset_s {
+            None => ChildServer::start(&config, &log),
+            Some(s) => {
+                let offset = format!("{s:+}");
+                ChildServer::start_with_env(
+                    &config,
+                    &log,
+                    &[
+                        ("LD_PRELOAD", faketime_lib()),
+                        ("FAKETIME", &offset),
+                        ("DONT_FAKE_MONOTONIC", "1"),
+                        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                    ],
+                )
+            }
+        };
+        node.wait_healthy(WAIT).await;
+        node
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The tail of every node's log, for a failure's message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["a", "b"] {
+            let s = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+            let lines: Vec<&str> = s.lines().collect();
+            out.push_str(&format!("--- {name} ---\n"));
+            out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// `ZCARD` of the key `P:{rest}`.
+    async fn zcard(&self, rest: &str) -> u64 {
+        let mut c = redis_support::raw_conn(&self.redis).await;
+        ::redis::cmd("ZCARD")
+            .arg(format!("{}:{rest}", self.redis.prefix))
+            .query_async(&mut c)
+            .await
+            .expect("ZCARD")
+    }
+}
+
+/// POSTs `body` to `path`: the status, the `idempotent-replayed` header, the JSON answer.
+async fn post(c: &Client, path: &str, body: Value) -> (u16, bool, Value) {
+    let r = c
+        .http
+        .post(format!("{}{path}", c.url))
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let replayed = r.headers().contains_key("idempotent-replayed");
+    (
+        r.status().as_u16(),
+        replayed,
+        r.json().await.unwrap_or_default(),
+    )
+}
+
+async fn get(c: &Client, path: &str) -> (u16, Value) {
+    c.call(reqwest::Method::GET, path, None).await
+}
+
+/// Waits (bounded) until job `id` has status `status`; its JSON.
+async fn wait_status(c: &Client, id: &str, status: &str, cl: &Cluster) -> Value {
+    let until = Instant::now() + WAIT;
+    loop {
+        let job = c.job(id).await;
+        if job["status"] == status {
+            return job;
+        }
+        assert!(
+            Instant::now() < until,
+            "job {id} not {status}: {job:#}\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// `t` as whole seconds since the epoch.
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_deletes_nothing_early() {
+    let cl = Cluster::new();
+    let a = cl.node("a", None).await;
+    let ca = Client::new(&a.url);
+    let recv = Receiver::start().await;
+    // Three jobs with keys, finished on A, each with its webhook deliveries; two signals.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = json!({"type": "runyard.noop", "idempotency_key": format!("skew-{i}"),
+            "notify": {"url": recv.url}});
+        let (status, _, v) = post(&ca, "/async/jobs", body).await;
+        assert_eq!(status, 202, "{v}");
+        ids.push(v["job_id"].as_str().expect("job_id").to_string());
+    }
+    for id in &ids {
+        wait_status(&ca, id, "SUCCESS", &cl).await;
+    }
+    for i in 0..2 {
+        let (status, _, v) = post(
+            &ca,
+            "/async/signals/skew-sig",
+            json!({"id": format!("s{i}")}),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let until = Instant::now() + WAIT;
+    while cl.zcard("dlv:pend").await > 0 || cl.zcard("dlv:done").await < 3 {
+        assert!(
+            Instant::now() < until,
+            "deliveries never ended\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = cl.zcard("dlv:done").await;
+
+    // B joins, its clock 15 minutes ahead: to its wall clock, everything above ended more than
+    // `retention.finished` (10 minutes) ago.
+    let b = cl.node("b", Some(900)).await;
+    let b_started = Instant::now();
+    // Retention runs every second: five passes of B's.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (i, id) in ids.iter().enumerate() {
+        let (status, v) = get(&ca, &format!("/async/jobs/{id}")).await;
+        assert_eq!(status, 200, "job {id} deleted early: {v}\n{}", cl.logs());
+        // Its key still names it: a retry of the submit is the same job, not a second run.
+        let body = json!({"type": "runyard.noop", "idempotency_key": format!("skew-{i}"),
+            "notify": {"url": recv.url}});
+        let (status, replayed, v) = post(&ca, "/async/jobs", body).await;
+        assert_eq!(status, 202, "{v}");
+        assert!(replayed, "a new job for key skew-{i}: {v}");
+        assert_eq!(v["job_id"], id.as_str(), "{v}");
+    }
+    // Signals and ended deliveries are trimmed once a minute (the first trim a minute after
+    // B started): wait past B's first.
+    tokio::time::sleep(Duration::from_secs(70).saturating_sub(b_started.elapsed())).await;
+    let (status, v) = get(&ca, "/async/signals/skew-sig").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["signals"].as_array().map(Vec::len),
+        Some(2),
+        "signals deleted early: {v}\n{}",
+        cl.logs()
+    );
+    assert_eq!(
+        cl.zcard("dlv:done").await,
+        delivered,
+        "ended webhook deliveries deleted early\n{}",
+        cl.logs()
+    );
+    for id in &ids {
+        let (status, v) = get(&ca, &format!("/async/jobs/{id}")).await;
+        assert_eq!(status, 200, "job {id} deleted early: {v}\n{}", cl.logs());
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_fires_and_runs_nothing_early() {
+    let cl = Cluster::new();
+    let a = cl.node("a", None).await;
+    let b = cl.node("b", Some(20)).await;
+    let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
+
+    // A signal written through B carries the store's time, not B's (20 s ahead).
+    let (status, _, v) = post(&cb, "/async/signals/skew-at", json!({})).await;
+    assert_eq!(status, 201, "{v}");
+    let at = time_of(&v["at"]);
+    assert!(
+        at <= SystemTime::now() + Duration::from_secs(1),
+        "a signal stamped by B's clock: {v}"
+    );
+
+    // A job to run 10 s from now, submitted through B: to B's clock that time is past.
+    let run_at = SystemTime::now() + Duration::from_secs(10);
+    let body = json!({"type": "runyard.noop", "run_at": rfc3339(run_at)});
+    let (status, _, v) = post(&cb, "/async/jobs", body).await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["status"], "SCHEDULED", "{v}");
+    let delayed = v["job_id"].as_str().expect("job_id").to_string();
+
+    // A schedule firing once a minute at a second 30 s from now (whole seconds).
+    let due = secs(SystemTime::now()) + 30;
+    let fire = SystemTime::UNIX_EPOCH + Duration::from_secs(due);
+    let body = json!({"name": "skew-ahead", "cron": format!("{} * * * * *", due % 60),
+        "job": {"type": "runyard.noop"}});
+    let (status, _, v) = post(&ca, "/async/schedules", body).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(time_of(&v["next_fires"][0]), fire, "{v}");
+    // Its job is made at its time, by whichever node: B's clock reaches it 20 s early.
+    let until = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (status, v) = get(&ca, "/async/jobs?schedule=skew-ahead").await;
+        assert_eq!(status, 200, "{v}");
+        if let Some(j) = v["jobs"].as_array().and_then(|j| j.first()) {
+            break j.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "the schedule never fired\n{}",
+            cl.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seen = SystemTime::now();
+    assert!(
+        seen + Duration::from_secs(1) >= fire,
+        "fired {:?} before its time {}: {job:#}\n{}",
+        fire.duration_since(seen).unwrap_or_default(),
+        rfc3339(fire),
+        cl.logs()
+    );
+    assert_eq!(time_of(&job["fire_time"]), fire, "{job:#}");
+
+    // The delayed job ran at its `run_at`, not when B took it for due.
+    let job = wait_status(&ca, &delayed, "SUCCESS", &cl).await;
+    let claimed = time_of(&job["runs"][0]["claimed_at"]);
+    assert!(
+        claimed + Duration::from_secs(1) >= run_at,
+        "claimed {:?} before its run_at: {job:#}",
+        run_at.duration_since(claimed).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_node_behind_stamps_the_store_time() {
+    let cl = Cluster::new();
+    let _a = cl.node("a", None).await;
+    let b = cl.node("b", Some(-600)).await;
+    let cb = Client::new(&b.url);
+    let before = SystemTime::now() - Duration::from_secs(1);
+
+    // Created through B, 10 minutes behind: every minute, every missed time fired for an hour.
+    let body = json!({"name": "skew-behind", "cron": "0 * * * * *", "misfire": "all",
+        "catchup_window": "1h", "job": {"type": "runyard.noop"}});
+    let (status, _, v) = post(&cb, "/async/schedules", body).await;
+    assert_eq!(status, 201, "{v}");
+    let created = time_of(&v["created_at"]);
+    assert!(created >= before, "created by B's clock: {v:#}");
+    assert!(time_of(&v["next_fires"][0]) > before, "{v:#}");
+
+    // A `+60s` deadline through B: a minute from now, not nine minutes ago.
+    let body = json!({"type": "runyard.noop", "wait_for": [{"key": "skew-never"}],
+        "deadline": "+60s", "on_deadline": "fail"});
+    let (status, _, v) = post(&cb, "/async/jobs", body).await;
+    assert_eq!(status, 202, "{v}");
+    let waiting = v["job_id"].as_str().expect("job_id").to_string();
+
+    // A (the real clock) and B have had three seconds to fire and to apply deadlines.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, v) = get(&cb, "/async/jobs?schedule=skew-behind").await;
+    assert_eq!(status, 200, "{v}");
+    for j in v["jobs"].as_array().expect("jobs") {
+        assert!(
+            time_of(&j["fire_time"]) >= before,
+            "a fire for a time before the schedule existed: {j:#}\n{}",
+            cl.logs()
+        );
+    }
+    let job = cb.job(&waiting).await;
+    assert_eq!(job["status"], "WAITING", "{job:#}\n{}", cl.logs());
+    let deadline = time_of(&job["wait"]["deadline"]);
+    assert!(
+        deadline >= before + Duration::from_secs(59),
+        "a deadline by B's clock: {job:#}"
+    );
+}
+
+/// A webhook receiver on 127.0.0.1 that accepts everything.
+struct Receiver {
+    url: String,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async { axum::http::StatusCode::OK }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url }
+    }
+}
