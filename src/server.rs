@@ -37,7 +37,7 @@ use crate::api::signed_url::UrlSigner;
 use crate::config::Config;
 use crate::files::BlobStore;
 pub use crate::master_key::load_master_key;
-use crate::master_key::{check_value, verify_check, KeySource};
+use crate::master_key::{check_redis, check_value, verify_check, KeySource};
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
 use crate::security::MasterKey;
@@ -580,21 +580,19 @@ async fn open_store(
         })
         .await
         .context("`redis`")?;
-        let (kept, recorded) = r.remember_key_check(&check).await.context("`redis`")?;
-        // Whether the deployment existed before cannot be told cheaply: said at INFO.
-        verify_check(&kept, &check, recorded, key_from, true, false)?;
+        check_redis(&r, check, key_from, &config.store.prefix).await?;
         return Ok(r);
     }
     // Before the database is opened for writing: a refused start changes nothing.
     if let Some(kept) = SqliteStore::stored_key_check(&config.data_dir)? {
-        verify_check(&kept, &check, false, key_from, false, true)?;
+        verify_check(&kept, &check, false, key_from, None, true)?;
     }
     let db = config.data_dir.join("runyard.db");
     let existed = std::fs::metadata(db).is_ok_and(|m| m.len() > 0);
     let full = config.store.synchronous == crate::config::Synchronous::Full;
     let s = SqliteStore::open(&config.data_dir, settings, full)?;
     let (kept, recorded) = s.remember_key_check(check.clone()).await?;
-    verify_check(&kept, &check, recorded, key_from, false, existed)?;
+    verify_check(&kept, &check, recorded, key_from, None, existed)?;
     Ok(Arc::new(s))
 }
 
