@@ -9,12 +9,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::security::MasterKey;
+use crate::store::redis::RedisStore;
 
 /// Where the master key in use came from, for messages (never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,17 +117,44 @@ pub fn check_value(key: &MasterKey) -> String {
     format!("v1:{}", hex::encode(mac))
 }
 
+/// Whether `kept` is a check value of the form this build writes and reads: `v1:` and 64
+/// lower-case hex digits. Any other (a later build's `v2:`, an empty or damaged one, a Redis key
+/// of another type) cannot tell which key the store was made with.
+fn readable(kept: &str) -> bool {
+    kept.strip_prefix("v1:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Where a store keeps its check value, and how to delete it: `redis`, the deployment's key
+/// prefix (its `P:master_key_check`), else the embedded store's `meta` row.
+fn kept_where(redis: Option<&str>) -> (String, String) {
+    match redis {
+        Some(p) => (
+            format!("`{p}:master_key_check` in Redis"),
+            format!("`DEL {p}:master_key_check`"),
+        ),
+        None => (
+            "row `master_key_check` of table `meta` in runyard.db".into(),
+            "`DELETE FROM meta WHERE key = 'master_key_check'` in runyard.db".into(),
+        ),
+    }
+}
+
 /// Compares (constant time) the check value a store keeps with `ours`, the key in use's
 /// ([`check_value`]); `recorded` says the store had none and keeps `ours` from now on (said at
 /// WARN when the store `existed` before: made by an earlier version, it takes the key in use on
-/// trust). `redis`: the store is a Redis deployment (shared by every node), else the embedded
-/// store.
+/// trust). `redis`: the store is a Redis deployment (shared by every node) with this key prefix,
+/// else the embedded store. A kept value of a form this build cannot read is refused as such
+/// (whether the key is the store's cannot be told), not as another key's.
 pub fn verify_check(
     kept: &str,
     ours: &str,
     recorded: bool,
     source: &KeySource,
-    redis: bool,
+    redis: Option<&str>,
     existed: bool,
 ) -> anyhow::Result<()> {
     if bool::from(kept.as_bytes().ct_eq(ours.as_bytes())) {
@@ -142,7 +171,19 @@ pub fn verify_check(
         }
         return Ok(());
     }
-    let (made, afresh) = if redis {
+    if !readable(kept) {
+        let (at, delete) = kept_where(redis);
+        anyhow::bail!(
+            "the store keeps a master key check value this build cannot read ({at} is not `v1:` \
+             and 64 hex digits: written by a newer build of runyard, before a rollback? or \
+             changed by hand), so whether the key from {source} is the one the store was made \
+             with cannot be told, and the start is refused ({BREAKS}, were it another). Start \
+             with the build that wrote it; or, when sure that {source} holds the store's key, \
+             stop every node, delete the check value ({delete}) and start again: the key in use \
+             is recorded anew"
+        );
+    }
+    let (made, afresh) = if redis.is_some() {
         (
             "the deployment's other nodes use (their `master_key`)",
             "another `store.prefix`",
@@ -159,6 +200,51 @@ pub fn verify_check(
          check value of its key, and this key's differs): {BREAKS}. Start with the key {made}; \
          to start afresh with this key, use {afresh}"
     )
+}
+
+/// Compares the check value the Redis deployment keeps (under `prefix`) with `check`, the key in
+/// use's, recording it when there is none ([`verify_check`]); then keeps it there while this
+/// node runs, judged by [`running_verdict`] (`RedisStore::keep_key_check`: Redis may lose it).
+pub async fn check_redis(
+    r: &Arc<RedisStore>,
+    check: String,
+    source: &KeySource,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let (kept, recorded) = r.remember_key_check(&check).await.context("`redis`")?;
+    // Whether the deployment existed before cannot be told cheaply: said at INFO.
+    verify_check(&kept, &check, recorded, source, Some(prefix), false)?;
+    let (source, prefix) = (source.clone(), prefix.to_string());
+    r.keep_key_check(
+        check.clone(),
+        Box::new(move |kept| running_verdict(kept, &check, &source, &prefix)),
+    );
+    Ok(())
+}
+
+/// How a running node on Redis (`prefix`) judges the check value it finds there
+/// (`crate::store::redis::RedisStore::keep_key_check`): `None` when it is `ours` (compared in
+/// constant time), else why the node refuses the store's work, naming where its key came from
+/// and never a key or a check value.
+pub fn running_verdict(kept: &str, ours: &str, source: &KeySource, prefix: &str) -> Option<String> {
+    if bool::from(kept.as_bytes().ct_eq(ours.as_bytes())) {
+        return None;
+    }
+    let found = if readable(kept) {
+        "another key's than this node's: Redis lost its data and a node with another key \
+         started first, or the value was changed by hand"
+    } else {
+        "one this build cannot read: a newer build's, or changed by hand"
+    };
+    Some(format!(
+        "the master key check value the store keeps now (`{prefix}:master_key_check`) is \
+         {found}. This node's key (from {source}) cannot be told to be the store's, and jobs of \
+         two keys must not mix ({BREAKS}): this node refuses the store's work and is not ready \
+         until the value is its key's again or gone. Stop the nodes whose key is not the \
+         deployment's; if the value is not the deployment's key's, `DEL \
+         {prefix}:master_key_check`: this node then records its own again within seconds and \
+         serves again (docs/security.md)"
+    ))
 }
 
 fn read_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -255,13 +341,13 @@ mod tests {
     fn another_key_than_the_stores_is_refused_naming_where_it_came_from() {
         let ours = check_value(&MasterKey::new(KEY.into()));
         let kept = check_value(&MasterKey::new(b"the key the store was made with".to_vec()));
-        assert!(verify_check(&ours, &ours, true, &KeySource::Env, false, false).is_ok());
+        assert!(verify_check(&ours, &ours, true, &KeySource::Env, None, false).is_ok());
         for (source, named) in [
             (KeySource::Env, "RUNYARD_MASTER_KEY"),
             (KeySource::Config, "`master_key` in the configuration"),
             (KeySource::File("/d/master.key".into()), "/d/master.key"),
         ] {
-            for redis in [false, true] {
+            for redis in [None, Some("runyard")] {
                 let e = verify_check(&kept, &ours, false, &source, redis, true)
                     .unwrap_err()
                     .to_string();
@@ -272,6 +358,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_check_value_of_an_unknown_form_is_refused_as_unreadable_not_as_another_key() {
+        let ours = check_value(&MasterKey::new(KEY.into()));
+        let other = check_value(&MasterKey::new(b"another key, 16+ chars".to_vec()));
+        let upper = format!("v1:{}", ours[3..].to_uppercase());
+        for kept in ["v2:abcd", "", "garbage", "v1:", "v1:zz", upper.as_str()] {
+            for (redis, named) in [
+                (None, "DELETE FROM meta"),
+                (Some("pre"), "DEL pre:master_key_check"),
+            ] {
+                let e = verify_check(kept, &ours, false, &KeySource::Env, redis, true)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains("cannot read") && !e.contains("not the one"),
+                    "{e}"
+                );
+                assert!(e.contains(named) && e.contains("RUNYARD_MASTER_KEY"), "{e}");
+                assert!(!e.contains(&ours), "{e}");
+            }
+        }
+        // A readable value of another key is another key.
+        let e = verify_check(&other, &ours, false, &KeySource::Env, None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not the one") && !e.contains("cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_running_node_judges_the_value_it_finds() {
+        let ours = check_value(&MasterKey::new(KEY.into()));
+        let other = check_value(&MasterKey::new(b"another key, 16+ chars".to_vec()));
+        assert_eq!(running_verdict(&ours, &ours, &KeySource::Env, "p"), None);
+        let e = running_verdict(&other, &ours, &KeySource::Config, "p").expect("refused");
+        assert!(e.contains("another key's") && e.contains("`master_key` in the configuration"));
+        assert!(e.contains("DEL p:master_key_check"), "{e}");
+        assert!(
+            !e.contains(&ours) && !e.contains(&other),
+            "no check value: {e}"
+        );
+        let e = running_verdict("v2:abcd", &ours, &KeySource::Env, "p").expect("refused");
+        assert!(e.contains("cannot read"), "{e}");
+        assert!(running_verdict("", &ours, &KeySource::Env, "p").is_some());
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::api::signed_url::UrlSigner;
 use crate::config::Config;
 use crate::files::BlobStore;
 pub use crate::master_key::load_master_key;
-use crate::master_key::{check_value, verify_check, KeySource};
+use crate::master_key::{check_redis, check_value, verify_check, KeySource};
 use crate::metrics::Metrics;
 use crate::runner_set::RunnerSet;
 use crate::security::MasterKey;
@@ -91,13 +91,18 @@ impl ServerBuilder {
         self
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains the worker and stops.
+    /// Serves on `listener` until `shutdown` completes, then drains the worker and stops; a
+    /// `shutdown` during the start (a Redis retried) stops it at once, `Ok` (and [`Self::work`]).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let running = self.start(listener).await?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let running = tokio::select! {
+            r = self.start(listener) => r?,
+            () = &mut shutdown => return stopped_during_start(),
+        };
         shutdown.await;
         running.stop().await
     }
@@ -201,7 +206,11 @@ impl ServerBuilder {
         }
         // No blobs: file contents live with the API, whose retention collects them.
         // A worker node serves no `/metrics`: its store calls are not metered.
-        let mut core = Core::assemble(self.config, self.services, None, None).await?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut core = tokio::select! {
+            r = Core::assemble(self.config, self.services, None, None) => r?,
+            () = &mut shutdown => return stopped_during_start(),
+        };
         // A worker node has nothing else to run: its worker stays on the node's runtime.
         let id = core.start_worker(false);
         tracing::info!(worker = %id, store = core.store.backend_name(), "runyard worker node started");
@@ -225,6 +234,12 @@ impl ServerBuilder {
         core.stop_loops().await;
         Ok(())
     }
+}
+
+/// Says that a stop came during the start (the start's future is dropped: nothing ran yet).
+pub(crate) fn stopped_during_start() -> anyhow::Result<()> {
+    tracing::info!("stopped during the start: nothing ran yet, so there was nothing to drain");
+    Ok(())
 }
 
 /// What `serve` and `worker` both run, assembled once: the store (metered), the runners, the
@@ -575,21 +590,19 @@ async fn open_store(
         })
         .await
         .context("`redis`")?;
-        let (kept, recorded) = r.remember_key_check(&check).await.context("`redis`")?;
-        // Whether the deployment existed before cannot be told cheaply: said at INFO.
-        verify_check(&kept, &check, recorded, key_from, true, false)?;
+        check_redis(&r, check, key_from, &config.store.prefix).await?;
         return Ok((r, None));
     }
     // Before the database is opened for writing: a refused start changes nothing.
     if let Some(kept) = SqliteStore::stored_key_check(&config.data_dir)? {
-        verify_check(&kept, &check, false, key_from, false, true)?;
+        verify_check(&kept, &check, false, key_from, None, true)?;
     }
     let db = config.data_dir.join("runyard.db");
     let existed = std::fs::metadata(db).is_ok_and(|m| m.len() > 0);
     let full = config.store.synchronous == crate::config::Synchronous::Full;
     let s = SqliteStore::open(&config.data_dir, settings, full)?;
     let (kept, recorded) = s.remember_key_check(check.clone()).await?;
-    verify_check(&kept, &check, recorded, key_from, false, existed)?;
+    verify_check(&kept, &check, recorded, key_from, None, existed)?;
     let copy = s.copy_id();
     Ok((Arc::new(s), copy))
 }

@@ -374,3 +374,220 @@ async fn two_redis_nodes_with_different_keys_the_second_is_refused() {
     worker.stop();
     node.stop();
 }
+
+/// The check value `key` gives (`v1:` and hex, never the key).
+fn check_of(key: &str) -> String {
+    runyard::master_key::check_value(&runyard::security::MasterKey::new(key.as_bytes().to_vec()))
+}
+
+/// A private Redis (never the shared one: these tests flush and restart it) without persistence:
+/// a restart loses its data.
+fn private_redis() -> TestRedis {
+    TestRedis::private(&["--save", "", "--appendonly", "no"])
+}
+
+/// `GET P:master_key_check` (empty when none).
+fn redis_check(redis: &TestRedis) -> String {
+    let key = format!("{}:master_key_check", redis.prefix);
+    redis.cli(&["GET", &key]).trim().to_string()
+}
+
+/// Waits (20 s at most) until `P:master_key_check` holds `want`.
+async fn wait_redis_check(redis: &TestRedis, want: &str, node: &Node, what: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while redis_check(redis) != want {
+        assert!(
+            Instant::now() < until,
+            "{what}: the running node did not record its check value again (found {:?}):\n{}",
+            redis_check(redis),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /health/ready`: its status and body.
+async fn ready(node: &Node) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}/health/ready", node.url))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or_default())
+}
+
+/// A Redis that loses its data while a node runs (restarted without persistence, then
+/// `FLUSHALL`): the running node records its check value again (after the reconnect, and on its
+/// periodic look for a flush that drops no connection), so a node started next with another key
+/// is still refused, and the node itself keeps serving. Before, the check value stayed gone and
+/// the next node decided the key, even another one (probe s48, finding 3).
+#[tokio::test]
+async fn a_redis_that_lost_its_data_gets_the_running_nodes_check_value_again() {
+    let mut redis = private_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let first = config(dir.path(), "first.toml", &redis.server_config(KEY1));
+    let second = config(dir.path(), "second.toml", &redis.server_config(KEY2));
+    let node = serve(&first, &[], &dir.path().join("first.log")).await;
+    let ours = check_of(KEY1);
+    assert_eq!(redis_check(&redis), ours, "recorded at the start");
+
+    // Restarted without its data: every connection drops and comes back.
+    redis.restart();
+    assert_eq!(redis_check(&redis), "", "the data is gone");
+    wait_redis_check(&redis, &ours, &node, "after a restart without data").await;
+    let out = refused(&second, false, &[], &dir.path().join("second.log"));
+    says(&out, "`master_key` in the configuration", &[KEY1, KEY2]);
+
+    // Flushed: no connection drops.
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    wait_redis_check(&redis, &ours, &node, "after FLUSHALL").await;
+    let out = refused(&second, false, &[], &dir.path().join("second2.log"));
+    says(&out, "`master_key` in the configuration", &[KEY1, KEY2]);
+
+    let (st, body) = ready(&node).await;
+    assert_eq!(st, 200, "the node serves on: {body}\n{}", node.log());
+    assert!(
+        node.log().contains("recorded it again"),
+        "the node says it recorded the check value again:\n{}",
+        node.log()
+    );
+    node.stop();
+}
+
+/// A running node that finds another key's check value recorded (Redis lost its data and a
+/// node with another key started first, or the value was changed by hand) says so at ERROR, is
+/// not ready (503, naming the cause) and refuses the store's work (a submit answers 503 after
+/// `store.retry`, as while Redis is away), so jobs of two keys do not mix; once the value is deleted it records its own again and serves.
+/// Before, it went on as if nothing had happened.
+#[tokio::test]
+async fn a_running_node_that_finds_another_keys_check_value_stops_serving_until_it_is_gone() {
+    let redis = private_redis();
+    let dir = tempfile::tempdir().unwrap();
+    // Its store calls wait as while Redis is away, for `store.retry`: 3 s here.
+    let first = config(
+        dir.path(),
+        "first.toml",
+        &redis
+            .server_config(KEY1)
+            .replace("[store]\n", "[store]\nretry = \"3s\"\n"),
+    );
+    let node = serve(&first, &[], &dir.path().join("first.log")).await;
+    let key = format!("{}:master_key_check", redis.prefix);
+    let theirs = check_of(KEY2);
+    assert_eq!(redis.cli(&["SET", &key, &theirs]).trim(), "OK");
+
+    let until = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (st, body) = ready(&node).await;
+        if st == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < until,
+            "still ready with another key's check value recorded: {st} {body}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let said = body["error"].as_str().unwrap_or_default().to_string();
+    assert!(said.contains("master key"), "readiness says why: {body}");
+    let log = node.log();
+    assert!(
+        log.contains("ERROR") && log.contains("master key") && log.contains("another key"),
+        "said at ERROR:\n{log}"
+    );
+    for secret in [KEY1, KEY2, theirs.as_str(), check_of(KEY1).as_str()] {
+        assert!(
+            !log.contains(secret) && !said.contains(secret),
+            "no key nor check value shown:\n{log}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/async/jobs", node.url))
+        .json(&serde_json::json!({"type": "runyard.noop"}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "the submit is refused: {}",
+        r.text().await.unwrap_or_default()
+    );
+    assert_eq!(redis_check(&redis), theirs, "the node did not overwrite it");
+
+    // Deleted (the fix security.md gives): the node records its own and serves again.
+    redis.cli(&["DEL", &key]);
+    wait_redis_check(&redis, &check_of(KEY1), &node, "after the DEL").await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while ready(&node).await.0 != 200 {
+        assert!(Instant::now() < until, "not ready again:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.stop();
+}
+
+/// A check value of a form this build cannot read (a newer build's `v2:`, garbage, an empty one,
+/// a key of another Redis type) is refused as such at start, on Redis and on the embedded store:
+/// not as "another key" (which would send an operator after the wrong fix after a rollback), nor
+/// as a bare `WRONGTYPE` (probe s48, finding 11).
+#[tokio::test]
+async fn a_check_value_this_build_cannot_read_is_refused_as_such() {
+    let redis = private_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let public = "public_url = \"http://127.0.0.1:9\"\n";
+    let first = config(
+        dir.path(),
+        "first.toml",
+        &redis
+            .server_config(KEY1)
+            .replace("[store]", &format!("{public}[store]")),
+    );
+    let key = format!("{}:master_key_check", redis.prefix);
+    let cannot = |out: &str, what: &str| {
+        assert!(
+            out.contains("cannot read") && !out.contains("not the one"),
+            "{what}: refused as a value this build cannot read:\n{out}"
+        );
+        assert!(
+            !out.contains(KEY1) && !out.contains("WRONGTYPE"),
+            "{what}:\n{out}"
+        );
+    };
+    for value in ["v2:abcd", "garbage", "v1:", "v1:zz"] {
+        redis.cli(&["SET", &key, value]);
+        let out = refused(&first, false, &[], &dir.path().join("r.log"));
+        cannot(&out, value);
+        assert_eq!(redis_check(&redis), value, "left as it was");
+    }
+    redis.cli(&["DEL", &key]);
+    redis.cli(&["HSET", &key, "a", "b"]);
+    let out = refused(&first, true, &[], &dir.path().join("w.log"));
+    cannot(&out, "a hash");
+
+    // The embedded store.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, data, log) = (
+        config(dir.path(), "embedded.toml", ""),
+        dir.path().join("data"),
+        dir.path().join("e.log"),
+    );
+    serve(&cfg, &[("RUNYARD_MASTER_KEY", KEY1)], &log)
+        .await
+        .stop();
+    let c = rusqlite::Connection::open(data.join("runyard.db")).unwrap();
+    c.execute(
+        "UPDATE meta SET value = 'v2:abcd' WHERE key = 'master_key_check'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let snap = snapshot(&data);
+    let out = refused(&cfg, false, &[("RUNYARD_MASTER_KEY", KEY1)], &log);
+    cannot(&out, "embedded v2:");
+    assert!(out.contains("master_key_check"), "says where it is:\n{out}");
+    assert_eq!(snapshot(&data), snap, "nothing changed in the data dir");
+}

@@ -286,3 +286,47 @@ async fn a_server_certificate_not_trusted_stops_the_start() {
         }
     }
 }
+
+/// A plain `redis://` URL to the TLS port: Redis resets each connection, retried for
+/// `store.retry` as any lost connection may come back, but the warnings and the start's error
+/// say that the port may be a TLS one and to use `rediss://`. Before, 30 s of "Connection reset
+/// by peer" with no hint (probe s48, finding 10).
+#[tokio::test]
+async fn a_plain_url_to_a_tls_port_hints_at_rediss() {
+    let c = certs();
+    let Some(r) = tls_redis(&c) else { return };
+    let cfg = config(&c, "plain", &r, None, None);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let text = text
+        .replace("rediss://", "redis://")
+        .replace("[store]\n", "[store]\nretry = \"10s\"\n");
+    std::fs::write(&cfg, text).expect("write config");
+    let log = c.dir.path().join("plain.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = support::child::serve_command(&cfg, support::child::free_port(), out)
+        .spawn()
+        .expect("runyard serve starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve still running after 30 s:\n{}", tail(&log));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{status}\n{said}");
+    let last = said.lines().last().unwrap_or_default();
+    for w in ["TLS", "rediss://"] {
+        assert!(last.contains(w), "the error says {w:?}:\n{said}");
+    }
+    assert!(
+        said.lines()
+            .any(|l| l.contains("not reachable yet") && l.contains("rediss://")),
+        "the retries say it too:\n{said}"
+    );
+}

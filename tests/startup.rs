@@ -649,3 +649,72 @@ fn secrets_from_the_environment_are_taken_as_strings() {
     );
     assert!(!err.contains("not a list"), "the value is not shown: {err}");
 }
+
+/// A stop signal while `serve` or `worker` retries an unreachable Redis at start (`store.retry`,
+/// 30 s here) ends the process at once, with exit code 0 as a stop after the start does: nothing
+/// ran yet, so there is nothing to drain. Before, the signals (even two) were held until the
+/// retry gave up: the probe's process lived 30 s and then exited 1 (probe s48, finding 9).
+#[test]
+fn a_stop_signal_while_redis_is_retried_at_start_ends_the_process_at_once() {
+    // Nothing listens there: every connect is refused, and retried.
+    let port = free_port();
+    let config = format!(
+        "redis = \"redis://127.0.0.1:{port}/0\"\nmaster_key = \"a master key of 32 characters or more\"\n\
+         public_url = \"http://127.0.0.1:9\"\n[store]\nretry = \"30s\"\n{SHELL}"
+    );
+    for (command, signal) in [("serve", libc::SIGINT), ("worker", libc::SIGTERM)] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("runyard.toml");
+        std::fs::write(&file, &config).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let log = dir.path().join("stderr");
+        let mut cmd = Command::new(BIN);
+        cmd.arg(command);
+        if command == "serve" {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let said = || std::fs::read_to_string(&log).unwrap_or_default();
+        let until = Instant::now() + Duration::from_secs(20);
+        while !said().contains("redis not reachable yet") {
+            if Instant::now() > until || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{command}: no retry of the start seen:\n{}", said());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Safety: a plain signal to our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{command}: still retrying 10 s after the signal:\n{}",
+                    said()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(0), "{command}: {status}\n{}", said());
+        assert!(
+            said().contains("stopped during the start"),
+            "{command}: says so:\n{}",
+            said()
+        );
+    }
+}

@@ -484,8 +484,11 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
     }
     builder = crate::demo::register(builder);
     // Listening for the stop signals from here on, through the demo's own jobs.
-    let stop = stop::drain_signal(demo_dir);
-    let server = builder.start(listener).await?;
+    let mut stop = std::pin::pin!(stop::drain_signal(demo_dir));
+    let server = tokio::select! {
+        r = builder.start(listener) => r?,
+        () = &mut stop => return crate::server::stopped_during_start(),
+    };
     let url = server.url();
     let demo_jobs = async {
         if worker {
@@ -498,7 +501,7 @@ async fn serve(a: ServeArgs, preloaded: Preloaded) -> anyhow::Result<()> {
     // A signal stops the demo's own jobs too.
     tokio::select! {
         () = demo_jobs => {}
-        () = stop => {}
+        () = &mut stop => {}
     }
     server.stop().await
 }

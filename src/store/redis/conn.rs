@@ -87,6 +87,13 @@ const TLS_HINT: &str = "the TLS handshake failed: the server's certificate must 
     a server that refused the handshake (a fatal alert) may require a client certificate, which \
     runyard does not send (`tls-auth-clients no` or `optional` on the Redis)";
 
+/// What a connection closed by the server as soon as it was made (`redis://`, not TLS) adds to
+/// the start's warnings and error: a TLS port resets a client that does not speak TLS (probe
+/// s48: 30 s of "Connection reset by peer" and nothing else). Only a hint, and the start still
+/// retries: a proxy with no Redis behind it (yet) does the same.
+const PLAIN_TO_TLS_HINT: &str = "the server closed the connection as soon as it was made: if \
+    this port serves TLS, use a `rediss://` URL; a proxy with no Redis behind it does the same";
+
 /// An error the manager does not heal from by itself: a failed authentication.
 pub(super) fn stuck(e: &RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed
@@ -134,9 +141,18 @@ impl SharedConn {
                 }
                 // Refused credentials at start are a configuration error: said at once.
                 Err(e) if transient(&e) && !stuck(&e) && start.elapsed() + delay < retry => {
-                    tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                    if !tls && e.is_connection_dropped() {
+                        tracing::warn!(error = %e, hint = PLAIN_TO_TLS_HINT, "redis not reachable yet; retrying");
+                    } else {
+                        tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) if !tls && e.is_connection_dropped() => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot connect to redis at {url}: {e} ({PLAIN_TO_TLS_HINT})"
+                    )))
                 }
                 Err(e) => {
                     return Err(StoreError::Unavailable(format!(

@@ -72,6 +72,7 @@ mod handover;
 mod hints;
 mod jobs;
 mod keycheck;
+pub use keycheck::KeyJudge;
 mod logs;
 mod notices;
 mod queue;
@@ -251,6 +252,8 @@ pub struct RedisStore {
     clock_last: std::sync::atomic::AtomicI64,
     /// Parked workers and jobs handed over to them (`handover.rs`), unless switched off.
     handover: Option<handover::Handover>,
+    /// The running node's watch over the master key check value (`keycheck.rs`).
+    key_watch: keycheck::KeyWatch,
     _stop: DropGuard,
 }
 
@@ -279,9 +282,11 @@ impl RedisStore {
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let stop = CancellationToken::new();
         let hints = Arc::new(hints::QueueHints::default());
+        let key_wake = Arc::new(tokio::sync::Notify::new());
         let to = notices::Listeners {
             notify: notify.clone(),
             hints: hints.clone(),
+            resubscribed: key_wake.clone(),
         };
         notices::start(
             conn.clone(),
@@ -324,6 +329,7 @@ impl RedisStore {
                 dlv_gen: std::sync::atomic::AtomicU64::new(0),
                 clock: parking_lot::Mutex::new(None),
                 clock_last: std::sync::atomic::AtomicI64::new(0),
+                key_watch: keycheck::KeyWatch::new(key_wake, stop.clone()),
                 _stop: stop.drop_guard(),
             }
         }))
@@ -393,6 +399,8 @@ impl RedisStore {
         let was_down = self.down.swap(!up, Ordering::AcqRel);
         if was_down && up {
             tracing::info!("redis reachable again");
+            // Redis may have come back without its data: the check value is looked at now.
+            self.key_watch.wake.notify_one();
         } else if !was_down && !up {
             tracing::warn!(error = %err, "redis unreachable: retrying with backoff");
         }
@@ -501,6 +509,19 @@ impl RedisStore {
         // The last error given: a try cut by its timeout says little (the reconnects failed).
         let mut said: Option<String> = None;
         loop {
+            // A node whose master key is not the one the store keeps now does none of its work:
+            // its commands wait as while Redis is away, and fail with the reason (`keycheck.rs`).
+            if let Some(why) = self.key_watch.refused() {
+                let left = deadline.map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                if left.is_zero() {
+                    return Err(StoreError::Unavailable(why));
+                }
+                tokio::time::sleep(delay.min(left)).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                continue;
+            }
             let per_try = match deadline {
                 Some(d) => self
                     .s

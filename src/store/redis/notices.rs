@@ -146,6 +146,9 @@ pub(super) struct Listeners {
     pub(super) notify: broadcast::Sender<Notice>,
     /// Told of every QUEUED announcement before the listeners are (see hints.rs).
     pub(super) hints: std::sync::Arc<super::hints::QueueHints>,
+    /// Notified when the subscription comes back after a loss: Redis may have come back
+    /// without its data (`keycheck.rs`).
+    pub(super) resubscribed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Listeners {
@@ -185,6 +188,7 @@ async fn subscribe(
                     // Notices may have been missed while away: wake everyone once.
                     to.send(Notice::Queued { runner: "*".into() });
                     to.send(Notice::Events);
+                    to.resubscribed.notify_one();
                 }
                 first = false;
                 let mut stream = ps.on_message();
