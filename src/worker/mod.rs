@@ -416,6 +416,7 @@ impl Worker {
         }
         // Bounded by the attempt's stop and time limit (`launch.rs`).
         let limit = time_limit(job, slot);
+        let began = tokio::time::Instant::now();
         let launch = slot.runner.launch(spec, shared);
         let (launched, late) = match self.launch_within(launch, &stop, limit).await {
             Launched::Returned(r, late) => (r, late),
@@ -465,8 +466,13 @@ impl Worker {
             refill,
             whole_limit: limit,
         };
-        // A launch that returned after the time limit has no time left.
-        let left = if late { Duration::ZERO } else { limit };
+        // The limit counts from the launch (a pull, a Job's creation): what it left, none when
+        // it returned after the limit.
+        let left = if late {
+            Duration::ZERO
+        } else {
+            limit.saturating_sub(began.elapsed())
+        };
         self.supervise(id, token, exec, reporter, left, stop, reason, run)
             .await;
     }

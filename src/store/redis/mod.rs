@@ -125,6 +125,8 @@ const RELAY_QUEUE: usize = 8192;
 const DLV_IDLE: Duration = Duration::from_secs(1);
 /// How often [`RedisStore::now`] reads Redis's clock again.
 const CLOCK_RESYNC: Duration = Duration::from_secs(10);
+/// How long [`RedisStore::now`] waits for Redis's clock before it carries the last reading.
+const CLOCK_READ_WAIT: Duration = Duration::from_millis(500);
 
 struct Scripts {
     commit: Script,
@@ -309,13 +311,23 @@ impl RedisStore {
             Some((at, when)) if when.elapsed() < CLOCK_RESYNC => {
                 at.saturating_add(when.elapsed().as_micros() as i64)
             }
+            // Redis out of reach: the last reading carried (the store's own calls find out when
+            // it is back; a `TIME` per caller would make each wait for it first).
+            Some((at, when)) if self.down.load(Ordering::Relaxed) => {
+                at.saturating_add(when.elapsed().as_micros() as i64)
+            }
             _ => {
                 let sent = Instant::now();
-                let read: Result<(i64, i64)> = self
-                    .exec(false, |mut c| async move {
+                // Bounded short: callers on the request path (a submit's times) must not wait
+                // a command's whole timeout for the clock before their own call.
+                let read: Result<(i64, i64)> = tokio::time::timeout(
+                    CLOCK_READ_WAIT,
+                    self.exec(false, |mut c| async move {
                         ::redis::cmd("TIME").query_async(&mut c).await
-                    })
-                    .await;
+                    }),
+                )
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("TIME not answered".into())));
                 match read {
                     Ok((secs, us)) => {
                         let rtt = sent.elapsed();
@@ -327,8 +339,16 @@ impl RedisStore {
                         at.saturating_add(when.elapsed().as_micros() as i64)
                     }
                     Err(_) => match anchor {
-                        Some((at, when)) => at.saturating_add(when.elapsed().as_micros() as i64),
-                        None => now_us(),
+                        Some((at, when)) => {
+                            // Carried, and anchored anew: the next read in CLOCK_RESYNC, not at
+                            // every caller's while Redis does not answer.
+                            let t = at.saturating_add(when.elapsed().as_micros() as i64);
+                            *self.clock.lock() = Some((t, Instant::now()));
+                            t
+                        }
+                        // No reading yet: this node's clock for this once, not kept as the
+                        // store's latest time (a node's clock ahead would hold it there).
+                        None => return now_us().max(self.clock_last.load(Ordering::Acquire)),
                     },
                 }
             }

@@ -88,11 +88,18 @@ fn renumber_events(conn: &Connection) -> Result<()> {
         [first],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let near = |k: i64| (lo >> 32) - 1 <= k && k <= (hi >> 32) + 1;
+    // Above the original's ids, a block apart: a receiver that orders a job's webhooks by event
+    // id (notifications.md) puts the copy's after the original's, and an old AUTOINCREMENT
+    // table's sequence (below them) cannot number the copy's next events as the original does.
+    let above = |f: i64| (f >> 32) > (hi >> 32) + 1;
     let new_first = (0..1000)
         .map(|_| super::events::random_first())
-        .find(|f| !near(f >> 32))
-        .ok_or_else(|| StoreError::Backend("no first event id far from the original's".into()))?;
+        .find(|f| above(*f))
+        .or_else(|| {
+            let f = ((hi >> 32) + 2) << 32;
+            (f < 1 << 53).then_some(f)
+        })
+        .ok_or_else(|| StoreError::Backend("no first event id above the original's".into()))?;
     let delta = new_first - lo;
     exec(conn, "UPDATE events SET id = id + ?1", [delta])?;
     exec(
