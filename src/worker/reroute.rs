@@ -180,11 +180,7 @@ pub async fn stranded(store: &Arc<dyn Store>, runners: &RunnerSet) {
         );
     }
     if !unrouted.is_empty() {
-        let types = unrouted
-            .iter()
-            .map(|(t, n)| format!("{t} ({n})"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let types = counted(&unrouted);
         tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
             "stored jobs of types no runner claims: parked (runner `(no runner)`) until a start with a runner for them");
     }
@@ -318,11 +314,7 @@ async fn unpark(
         );
     }
     if !unrouted.is_empty() {
-        let types = unrouted
-            .iter()
-            .map(|(t, n)| format!("{t} ({n})"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let types = counted(&unrouted);
         tracing::warn!(jobs = unrouted.values().sum::<usize>(), types = %types,
             "parked jobs (runner `(no runner)`) of types no runner of this process claims, met for the first time: they stay parked until a process with a runner for them runs");
     }
@@ -399,6 +391,15 @@ async fn unpark_one(
             }
         }
     }
+}
+
+/// `a (2), b (1)`: the types met and how many jobs of each, for a summary line.
+fn counted(types: &BTreeMap<String, usize>) -> String {
+    types
+        .iter()
+        .map(|(t, n)| format!("{t} ({n})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// After the reaper requeued `job` (a lease that ran out, a crash before this start: its lease
