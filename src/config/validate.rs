@@ -306,13 +306,13 @@ impl Config {
                     "must be 1-200 characters, no control characters, no white space at either end",
                 );
             }
-            if r.name_at(i) == super::PARKED_RUNNER {
+            if name == super::PARKED_RUNNER {
                 return err(
                     format!("runners[{i}].name"),
                     "`(no runner)` is reserved (the runner of parked jobs)",
                 );
             }
-            if !names.insert(r.name_at(i)) {
+            if !names.insert(name) {
                 return err(format!("runners[{i}].name"), "duplicate runner name");
             }
         }

@@ -192,7 +192,7 @@ metered! {
         file_hashes() -> HashSet<String>;
         health() -> ();
         @by_hand {
-            // Not timed: a clock read (on Redis a `TIME` every 10 s, nothing in between).
+            // Not timed: a clock read (on Redis a `TIME` every 10 s at most).
             async fn time(&self) -> Micros {
                 self.inner.time().await
             }

@@ -420,7 +420,7 @@ pub trait Maintenance: Send + Sync {
     /// by (finished jobs, leases, run records, deadlines, due times). Every time a node compares
     /// with a stored one, or stores for other nodes to compare, is taken from here, not from
     /// its own wall clock: on Redis that is Redis's clock as this node carries it (one `TIME`
-    /// every 10 s, nothing in between), so a node whose wall clock is off judges as the others
+    /// every 10 s while it answers, the last reading carried while it does not), so a node whose wall clock is off judges as the others
     /// do; on the embedded store, this process's clock.
     async fn time(&self) -> Micros;
 }

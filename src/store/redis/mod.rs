@@ -311,11 +311,6 @@ impl RedisStore {
             Some((at, when)) if when.elapsed() < CLOCK_RESYNC => {
                 at.saturating_add(when.elapsed().as_micros() as i64)
             }
-            // Redis out of reach: the last reading carried (the store's own calls find out when
-            // it is back; a `TIME` per caller would make each wait for it first).
-            Some((at, when)) if self.down.load(Ordering::Relaxed) => {
-                at.saturating_add(when.elapsed().as_micros() as i64)
-            }
             _ => {
                 let sent = Instant::now();
                 // Bounded short: callers on the request path (a submit's times) must not wait
