@@ -60,9 +60,13 @@ pub struct BlobStore {
 
 /// Checks an md5 hex digest (lowercase, 32 characters).
 pub fn valid_hash(h: &str) -> bool {
-    h.len() == 32
-        && h.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    h.len() == 32 && is_lower_hex(h)
+}
+
+/// Only the digits `0-9a-f` (the content store's names and its shards' are made of them).
+pub fn is_lower_hex(h: &str) -> bool {
+    h.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl BlobStore {

@@ -331,11 +331,10 @@ fn copy_files(from: &Path, to: &Path) -> anyhow::Result<usize> {
     for shard in shards {
         let shard = shard?;
         let name = shard.file_name();
-        let hex = |n: &&str| {
-            n.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        let Some(prefix) = name.to_str().filter(|n| n.len() == 2).filter(hex) else {
+        let Some(prefix) = name
+            .to_str()
+            .filter(|n| n.len() == 2 && crate::files::is_lower_hex(n))
+        else {
             continue;
         };
         if !shard.file_type()?.is_dir() {

@@ -308,13 +308,15 @@ impl KubeRunner {
             RunnerError::Backend(format!("cannot list Jobs: {}", self.api_error(&e)))
         })?;
         let deadline = tokio::time::Instant::now() + o.termination_grace + o.delete_timeout;
+        // Another deployment's (a copy's, say): labelled with another fingerprint.
+        let ours = (!deployment.is_empty()).then(|| label_value(deployment));
         let theirs = |j: &Job| {
             let label = j
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(LABEL_DEPLOYMENT));
-            !deployment.is_empty() && label.is_some_and(|d| *d != label_value(deployment))
+            ours.as_ref().is_some_and(|o| label.is_some_and(|d| d != o))
         };
         let others =
             |j: &Job| j.metadata.name.as_deref().is_some_and(|n| Some(n) != keep) && !theirs(j);

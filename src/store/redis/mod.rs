@@ -128,6 +128,11 @@ const CLOCK_RESYNC: Duration = Duration::from_secs(10);
 /// How long [`RedisStore::now`] waits for Redis's clock before it carries the last reading.
 const CLOCK_READ_WAIT: Duration = Duration::from_millis(500);
 
+/// Redis's time now, from a reading `at` taken at `when`, carried by this node's monotonic clock.
+fn carried((at, when): (Micros, Instant)) -> Micros {
+    at.saturating_add(when.elapsed().as_micros() as i64)
+}
+
 struct Scripts {
     commit: Script,
     claim: Script,
@@ -308,9 +313,7 @@ impl RedisStore {
     async fn now(&self) -> Micros {
         let anchor = *self.clock.lock();
         let t = match anchor {
-            Some((at, when)) if when.elapsed() < CLOCK_RESYNC => {
-                at.saturating_add(when.elapsed().as_micros() as i64)
-            }
+            Some(a) if a.1.elapsed() < CLOCK_RESYNC => carried(a),
             _ => {
                 let sent = Instant::now();
                 // Bounded short: callers on the request path (a submit's times) must not wait
@@ -331,13 +334,13 @@ impl RedisStore {
                         let redis = secs.saturating_mul(1_000_000).saturating_add(us);
                         let at = clock_anchor(redis, wall, rtt);
                         *self.clock.lock() = Some((at, when));
-                        at.saturating_add(when.elapsed().as_micros() as i64)
+                        carried((at, when))
                     }
                     Err(_) => match anchor {
-                        Some((at, when)) => {
+                        Some(a) => {
                             // Carried, and anchored anew: the next read in CLOCK_RESYNC, not at
                             // every caller's while Redis does not answer.
-                            let t = at.saturating_add(when.elapsed().as_micros() as i64);
+                            let t = carried(a);
                             *self.clock.lock() = Some((t, Instant::now()));
                             t
                         }
@@ -356,7 +359,7 @@ impl RedisStore {
     /// clock before any), for a judgement that must not wait for a `TIME` (the committer's).
     fn now_carried(&self) -> Micros {
         let t = match *self.clock.lock() {
-            Some((at, when)) => at.saturating_add(when.elapsed().as_micros() as i64),
+            Some(a) => carried(a),
             None => now_us(),
         };
         t.max(self.clock_last.load(Ordering::Acquire))

@@ -337,22 +337,14 @@ impl JobQueue for SqliteStore {
             i64::try_from(max).unwrap_or(i64::MAX),
         );
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
-                     ORDER BY queued_at, id LIMIT ?2 OFFSET ?3",
-                )
-                .map_err(super::db_err)?;
-            let ids = stmt
-                .query_map(params![runner, max, skip], |r| r.get::<_, String>(0))
-                .map_err(super::db_err)?;
-            let mut out = Vec::new();
-            for id in ids {
-                let id = id.map_err(super::db_err)?;
+            super::sql::rows(
+                conn,
+                "SELECT id FROM jobs WHERE runner = ?1 AND status = 'QUEUED'
+                 ORDER BY queued_at, id LIMIT ?2 OFFSET ?3",
+                params![runner, max, skip],
                 // An id that is not one (a hand edit): its place counts, it is passed.
-                out.push(Uuid::parse_str(&id).unwrap_or(Uuid::nil()));
-            }
-            Ok(out)
+                |r| Ok(Uuid::parse_str(&r.get::<_, String>(0)?).unwrap_or(Uuid::nil())),
+            )
         })
         .await
     }
