@@ -1599,6 +1599,49 @@ async fn a_log_stream_cut_in_the_middle_loses_no_line() {
     check(&fake);
 }
 
+/// A pod disrupted from outside the kubelet (the Eviction API, preemption) is deleted, and it
+/// is gone before its Job fails (Kubernetes 1.31 adds `Failed` once no pod is left): the
+/// failure still names the disruption, read while the pod terminated. The poll is slower than
+/// the whole attempt here: the read comes from the Job's counts changing (`terminating`).
+#[tokio::test]
+async fn a_pod_disrupted_and_gone_before_its_job_fails_reads_disrupted() {
+    for (reason, words) in [
+        ("EvictionByEvictionAPI", "was evicted (Eviction API)"),
+        ("PreemptionByScheduler", "was preempted"),
+    ] {
+        let fake = scripted(move |_| kube_fake::Script {
+            lines: vec!["working".into()],
+            disrupt: Some(reason.into()),
+            term_delay: Duration::from_millis(150),
+            ..Default::default()
+        });
+        let mut cfg = config();
+        cfg.options.poll_interval = Duration::from_secs(600);
+        let mut ex = KubeRunner::with_client(cfg, fake.client())
+            .expect("runner")
+            .launch(
+                spec("report.daily", &new_id(), 1),
+                Arc::new(Lines::default()),
+            )
+            .await
+            .unwrap();
+        let out = wait(&mut ex).await;
+        let m = failed_message(&out);
+        assert!(m.contains(words), "{reason}: {m}");
+        assert!(
+            matches!(
+                out,
+                Outcome::Failed {
+                    exit_code: None,
+                    ..
+                }
+            ),
+            "{reason}: {out:?}"
+        );
+        check(&fake);
+    }
+}
+
 #[tokio::test]
 async fn an_evicted_pod_reads_evicted() {
     let fake = scripted(|_| kube_fake::Script {

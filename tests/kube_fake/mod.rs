@@ -94,6 +94,10 @@ pub struct Script {
     pub refuse: Option<String>,
     /// After its lines, the pod is evicted by the kubelet (node pressure).
     pub evict: bool,
+    /// After its lines, the pod is disrupted from outside (the Eviction API, preemption, the
+    /// taint manager: this `DisruptionTarget` reason) and deleted: it terminates (143) and is
+    /// gone, and only then does its Job fail.
+    pub disrupt: Option<String>,
     /// The container is killed for memory (exit 137, `OOMKilled`) instead of exiting.
     pub oom: bool,
     /// The pod gets an injected sidecar container (like Istio's `istio-proxy`) that never exits.
@@ -762,6 +766,11 @@ impl Fake {
                 if next_line < script.lines.len() {
                     self.push_log(&pod_name, &script.lines[next_line]);
                     next_line += 1;
+                } else if let Some(reason) = &script.disrupt {
+                    if end.is_none() {
+                        end = Some(now);
+                        self.disrupt(&ns, &name, &uid, &pod_name, reason);
+                    }
                 } else if script.exit.is_some() || script.evict || script.oom {
                     let e = *end.get_or_insert(now + script.run_for);
                     if now >= e {
@@ -1128,6 +1137,38 @@ impl Fake {
         self.finish_conditions(ns, name, uid, false).await;
     }
 
+    /// A disruption from outside the kubelet (the Eviction API, preemption, the taint manager):
+    /// the pod gets a `DisruptionTarget` condition with `reason` and is deleted with its grace
+    /// period; the Job controller counts it as terminating, no longer active
+    /// (`status.terminating`, Kubernetes 1.29+). The pod then terminates (143) and goes, and
+    /// only then does its Job fail ([`Self::remove_pod`]): when `Failed` comes, no pod is left
+    /// to read the disruption from.
+    fn disrupt(&self, ns: &str, name: &str, uid: &str, pod_name: &str, reason: &str) {
+        {
+            let mut st = self.st.lock();
+            let rv = Self::bump(&mut st);
+            if let Some(p) = st.pods.get_mut(&(ns.to_string(), pod_name.to_string())) {
+                p.metadata.resource_version = Some(rv);
+                let s = p.status.get_or_insert_with(PodStatus::default);
+                s.conditions.get_or_insert_with(Vec::new).push(
+                    k8s_openapi::api::core::v1::PodCondition {
+                        type_: "DisruptionTarget".into(),
+                        status: "True".into(),
+                        reason: Some(reason.into()),
+                        message: Some(format!("{reason}: deleting the pod")),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        self.delete_pod(ns, pod_name, None);
+        self.update_job(ns, name, uid, |j| {
+            let s = j.status.get_or_insert_with(JobStatus::default);
+            s.active = Some(0);
+            s.terminating = Some(1);
+        });
+    }
+
     /// A pod being deleted: SIGTERM; the process runs on for `term_delay`, or until the grace
     /// period ends (then SIGKILL); the pod object goes once its containers have stopped
     /// (graceful deletion, pkg/registry/core/pod/strategy.go CheckGracefulDelete; the kubelet
@@ -1296,9 +1337,12 @@ impl Fake {
                 ..Default::default()
             });
         }
+        // The pod's conditions stay (a `DisruptionTarget` set before the kubelet ends it).
+        let conditions = p.status.as_ref().and_then(|s| s.conditions.clone());
         p.status = Some(PodStatus {
             phase: Some(phase.into()),
             container_statuses: Some(statuses),
+            conditions,
             ..Default::default()
         });
         true

@@ -4,7 +4,8 @@
 //! - the Job, through kube-runtime's watcher (it re-lists after a `410 Gone` and when a watch
 //!   times out);
 //! - the attempt's pods, selected by `batch.kubernetes.io/controller-uid` (the Job's uid, which no
-//!   other attempt shares), every `poll_interval`;
+//!   other attempt shares), every `poll_interval` and when the Job's pod counts change (pods
+//!   read once are remembered: a pod deleted by the Eviction API is gone when its Job fails);
 //! - while the attempt has no pod, the Job's `FailedCreate` events (Pod Security or a quota
 //!   refusing the pod leaves a Job with no pod and only such events).
 //!
@@ -105,8 +106,44 @@ struct Seen {
     interim_since: Option<Instant>,
     /// The last pods read.
     pods: Vec<Pod>,
+    /// Pods read before and missing from the last read, newest last (at most [`GONE_KEPT`]): a
+    /// pod deleted through the Eviction API, by preemption or by the taint manager is gone
+    /// before its Job fails, and its `DisruptionTarget` condition is known only from them.
+    gone: Vec<Pod>,
     /// The last Job read.
     job: Option<Job>,
+}
+
+/// How many pods no longer listed [`Seen`] keeps.
+const GONE_KEPT: usize = 8;
+
+impl Seen {
+    /// A new read of the attempt's pods; those of the last read missing from it are kept.
+    fn read(&mut self, pods: Vec<Pod>) {
+        let last = std::mem::replace(&mut self.pods, pods);
+        for p in last {
+            let uid = &p.metadata.uid;
+            if !self.pods.iter().any(|n| &n.metadata.uid == uid) {
+                self.gone.retain(|g| &g.metadata.uid != uid);
+                self.gone.push(p);
+            }
+        }
+        let excess = self.gone.len().saturating_sub(GONE_KEPT);
+        self.gone.drain(..excess);
+    }
+
+    /// Every pod known, those gone first ([`failure`] reads from the end: the last read
+    /// decides before them).
+    fn every_pod(&self) -> Vec<Pod> {
+        self.gone.iter().chain(&self.pods).cloned().collect()
+    }
+}
+
+/// The Job's pod counts: when they change (a pod started, became ready, began terminating,
+/// failed), the pods are read at once rather than at the next poll.
+fn pod_counts(job: &Job) -> Option<[Option<i32>; 5]> {
+    let s = job.status.as_ref()?;
+    Some([s.active, s.ready, s.terminating, s.failed, s.succeeded])
 }
 
 /// Follows the attempt until it ends (or is stopped), tears it down when runyard ended it, lets
@@ -134,8 +171,9 @@ pub(super) async fn monitor(a: Attempt, mut links: Links) {
                         continue;
                     }
                     in_list = true;
+                    let moved = seen.job.as_ref().map(pod_counts) != Some(pod_counts(&j));
                     seen.job = Some(j);
-                    if let Some(d) = on_job(&a, &mut seen).await {
+                    if let Some(d) = on_job(&a, &mut seen, moved).await {
                         break d;
                     }
                 }
@@ -206,29 +244,35 @@ where
     }
 }
 
-/// A Job update: its conditions.
-async fn on_job(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
-    let job = seen.job.as_ref()?;
-    let cond = |t: &str| {
+/// A Job update: its conditions; `moved`: its pod counts changed (the pods are read again).
+async fn on_job(a: &Attempt, seen: &mut Seen, moved: bool) -> Option<Decision> {
+    let cond = |job: &Job, t: &str| {
         job.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == "True"))
             .cloned()
     };
-    if cond("Complete").is_some() {
+    let job = seen.job.as_ref()?;
+    if cond(job, "Complete").is_some() {
         return Some(Decision::Final(Outcome::Success { result: None }));
     }
-    if let Some(f) = cond("Failed") {
-        let pods = list_pods(a).await.unwrap_or_else(|| seen.pods.clone());
+    let failed = cond(job, "Failed");
+    if failed.is_some() || moved {
+        if let Some(pods) = list_pods(a).await {
+            seen.read(pods);
+        }
+    }
+    let job = seen.job.as_ref()?;
+    if let Some(f) = failed {
         return Some(Decision::Final(failure(
             job,
             a.timeout,
             (f.reason.as_deref(), f.message.as_deref()),
-            &pods,
+            &seen.every_pod(),
         )));
     }
-    if (cond("SuccessCriteriaMet").is_some() || cond("FailureTarget").is_some())
+    if (cond(job, "SuccessCriteriaMet").is_some() || cond(job, "FailureTarget").is_some())
         && seen.interim_since.is_none()
     {
         seen.interim_since = Some(Instant::now());
@@ -263,7 +307,7 @@ async fn poll(a: &Attempt, seen: &mut Seen) -> Option<Decision> {
         return None;
     }
     let pods = list_pods(a).await?;
-    seen.pods = pods.clone();
+    seen.read(pods.clone());
     let live: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -308,7 +352,7 @@ fn interim_decision(a: &Attempt, seen: &Seen, now: Instant) -> Option<Decision> 
         job,
         a.timeout,
         (f.reason.as_deref(), f.message.as_deref()),
-        &seen.pods,
+        &seen.every_pod(),
     )))
 }
 
