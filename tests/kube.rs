@@ -736,7 +736,23 @@ async fn api_calls_are_exactly_the_declared_ones() {
         Recovered::Running(e) => e,
         _ => panic!("expected Running"),
     };
-    rec.stop(Duration::from_millis(100)).await;
+    // The adopted attempt's Job deleted behind its back with `Orphan` propagation: its pods and
+    // its Secret (named in the Job it adopted) are deleted.
+    {
+        use runyard_runners::kube::kube_client::api::{Api, DeleteParams};
+        let jobs: Api<Job> = Api::namespaced(fake.client(), NS);
+        jobs.delete(&handle.id, &DeleteParams::orphan())
+            .await
+            .expect("the Job is deleted");
+    }
+    assert!(failed_message(&wait(&mut rec).await).contains("was deleted"));
+    let left: Vec<_> = fake
+        .secrets()
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n.starts_with(&handle.id))
+        .collect();
+    assert!(left.is_empty(), "the orphaned Secret was left: {left:?}");
     // A pod refused at creation: the runner reads the Job's events.
     let refused = Fake::new().with_script(|_, _| kube_fake::Script {
         refuse: Some("exceeded quota: compute".into()),
@@ -1432,6 +1448,17 @@ async fn delete_job_orphaning_its_pods(fake: &Fake) -> String {
                         .is_empty()),
         "an Orphan deletion leaves the pods running, owned by nothing: {orphans:#?}"
     );
+    let secrets = fake.secrets();
+    assert!(
+        secrets.len() == 1
+            && secrets[0]
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default()
+                .is_empty(),
+        "an Orphan deletion leaves the attempt's Secret, owned by nothing: {secrets:#?}"
+    );
     name
 }
 
@@ -1465,6 +1492,11 @@ async fn a_job_deleted_with_orphan_propagation_has_its_pods_deleted_before_the_a
         fake.pods()
     );
     assert!(ex.end_confirmed(), "the pod's end is confirmed");
+    assert!(
+        fake.secrets().is_empty(),
+        "the orphaned Secret (JOB_SECRET_KEY, JOB_ARGS) was left: {:#?}",
+        fake.secrets()
+    );
     // Deleted with the pods' own grace period (`termination_grace`, 2 s here).
     let pod_delete = fake
         .calls()

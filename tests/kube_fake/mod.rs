@@ -1397,10 +1397,16 @@ impl Fake {
                 self.emit(&mut st, "DELETED", &gone);
                 drop(st);
                 if other != Some("Background") {
-                    // The garbage collector's `orphan` finalizer removes the Job from its pods'
-                    // `ownerReferences` before the Job goes (garbagecollector.go,
-                    // `orphanDependents`): they keep their labels and run on, owned by nothing.
+                    // The garbage collector's `orphan` finalizer removes the Job from its
+                    // dependents' `ownerReferences` before the Job goes (garbagecollector.go,
+                    // `orphanDependents`): the pods keep their labels and run on, and the
+                    // Secrets stay, owned by nothing.
                     let mut st = self.st.lock();
+                    for sec in st.secrets.values_mut() {
+                        if let Some(refs) = sec.metadata.owner_references.as_mut() {
+                            refs.retain(|r| r.uid != uid);
+                        }
+                    }
                     for p in &owned {
                         let rv = Self::bump(&mut st);
                         if let Some(pod) = st.pods.get_mut(&(ns.to_string(), p.clone())) {
@@ -2102,6 +2108,23 @@ fn route(f: Fake, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> 
             let mut shown = secret;
             shown.data = None;
             ok_json(StatusCode::CREATED, &shown)
+        }
+        ("", "secrets", "delete") => {
+            let name = p.name.clone().unwrap_or_default();
+            let mut st = f.st.lock();
+            if st.secrets.remove(&(ns, name.clone())).is_none() {
+                return status(404, "NotFound", format!("secrets \"{name}\" not found"));
+            }
+            st.deletions.push(Deletion {
+                resource: "secrets".into(),
+                name: name.clone(),
+                propagation: None,
+            });
+            ok_json(
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                       "details": {"name": name, "kind": "secrets"}}),
+            )
         }
         ("", "pods", "list") => {
             let labels = match selector(q.get("labelSelector")) {

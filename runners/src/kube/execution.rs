@@ -7,7 +7,7 @@ use ::kube::api::Api;
 use ::kube::Client;
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as K8sEvent, Pod};
+use k8s_openapi::api::core::v1::{Event as K8sEvent, Pod, Secret};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -43,10 +43,11 @@ impl KubeExecution {
         spec: &JobSpec,
         reporter: SharedReporter,
         cursor: logs::Cursor,
-        opts: KubeOptions,
+        (opts, secret): (KubeOptions, Option<String>),
     ) -> Self {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         let events: Api<K8sEvent> = Api::namespaced(client, &namespace);
         let (outcome_tx, outcome) = watch::channel(None);
         let (job_done_tx, job_done) = watch::channel(false);
@@ -70,10 +71,12 @@ impl KubeExecution {
             jobs,
             pods,
             events,
+            secrets,
             name: name.clone(),
             uid: uid.clone(),
             opts,
             timeout: spec.timeout,
+            secret,
         };
         let monitor_task = tokio::spawn(monitor::monitor(
             attempt,

@@ -134,6 +134,7 @@ pub const API_CALLS: &[ApiCall] = &[
     ("batch", "jobs", "patch"),
     ("batch", "jobs", "delete"),
     ("", "secrets", "create"),
+    ("", "secrets", "delete"),
     ("", "pods", "list"),
     ("", "pods", "delete"),
     ("", "pods/log", "get"),
@@ -460,7 +461,7 @@ impl Runner for KubeRunner {
             &spec,
             reporter,
             logs::Cursor::default(),
-            self.config.options.clone(),
+            (self.config.options.clone(), Some(secret_name)),
         )))
     }
 
@@ -517,6 +518,7 @@ impl Runner for KubeRunner {
             return Ok(Recovered::Finished(outcome));
         }
         let uid = job.metadata.uid.clone().unwrap_or_default();
+        let secret = spec::secret_of(&job).map(str::to_string);
         // Lines up to the last stored one were copied by the previous server; without that
         // time, from now on (what was written while no server ran is then not copied).
         let since = reporter
@@ -531,7 +533,7 @@ impl Runner for KubeRunner {
             &spec,
             reporter,
             logs::Cursor::after(Some(since)),
-            self.config.options.clone(),
+            (self.config.options.clone(), secret),
         ))))
     }
 

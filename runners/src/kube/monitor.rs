@@ -37,13 +37,15 @@ use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStateWaiting, Event as K8sEvent, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerStateWaiting, Event as K8sEvent, Pod, PodStatus, Secret,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::errors::bounded;
 use super::outcome::{disruption, failure};
-use super::teardown::{delete_orphaned_pods, teardown};
+use super::teardown::{delete_orphaned_pods, delete_orphaned_secret, teardown};
 use super::{KubeOptions, CONTAINER};
 use crate::Outcome;
 
@@ -62,11 +64,14 @@ pub(super) struct Attempt {
     pub jobs: Api<Job>,
     pub pods: Api<Pod>,
     pub events: Api<K8sEvent>,
+    pub secrets: Api<Secret>,
     pub name: String,
     pub uid: String,
     pub opts: KubeOptions,
     /// The attempt's timeout: a Job that meets its active deadline then timed out.
     pub timeout: Option<Duration>,
+    /// The name of the attempt's Secret (None: its Job did not name one).
+    pub secret: Option<String>,
 }
 
 /// Channels between the monitor, the log copier and the execution.
@@ -236,6 +241,7 @@ where
             // they are gone; not gone in time, the end is not confirmed (the worker then keeps
             // the job's lease to run out before another attempt may start).
             let gone = delete_orphaned_pods(a).await;
+            delete_orphaned_secret(a).await;
             (
                 Outcome::failed(format!("Kubernetes Job {} was deleted", a.name)),
                 gone,

@@ -249,18 +249,22 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 /// AlreadyExists`) leaves such a Job; a leftover of another launch never has that Secret.
 pub(super) fn is_this_launchs(job: &Job, spec: &JobSpec, secret_name: &str) -> bool {
     let have = job.metadata.labels.clone().unwrap_or_default();
-    let reads_ours = job
-        .spec
+    job.metadata.deletion_timestamp.is_none()
+        && labels(spec).iter().all(|(k, v)| have.get(k) == Some(v))
+        && secret_of(job) == Some(secret_name)
+}
+
+/// The name of the Secret an attempt's Job reads `JOB_SECRET_KEY` from.
+pub(super) fn secret_of(job: &Job) -> Option<&str> {
+    job.spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER))
         .and_then(|c| c.env.as_ref())
         .and_then(|env| env.iter().find(|e| e.name == SECRET_KEY))
         .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
-        .is_some_and(|r| r.name == secret_name && r.key == SECRET_KEY);
-    job.metadata.deletion_timestamp.is_none()
-        && labels(spec).iter().all(|(k, v)| have.get(k) == Some(v))
-        && reads_ours
+        .filter(|r| r.key == SECRET_KEY)
+        .map(|r| r.name.as_str())
 }
 
 /// The labels of an attempt's Job, its pods and its Secret.

@@ -121,6 +121,29 @@ pub(super) async fn delete_orphaned_pods(a: &Attempt) -> bool {
     }
 }
 
+/// Deletes the Secret of an attempt whose Job someone else deleted. The Secret is owned by the
+/// Job, so a `Background` or `Foreground` deletion has the garbage collector delete it; an
+/// `Orphan` one (the API's default for Jobs, `kubectl delete job --cascade=orphan`) takes the
+/// Job out of its `ownerReferences` instead, and the Secret, holding `JOB_SECRET_KEY` and maybe
+/// `JOB_ARGS`, would stay for good. Already gone (404) is fine; a failure is logged.
+pub(super) async fn delete_orphaned_secret(a: &Attempt) {
+    let Some(name) = a.secret.as_deref() else {
+        return;
+    };
+    match bounded(
+        a.opts.api_timeout,
+        a.secrets.delete(name, &DeleteParams::default()),
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(::kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            tracing::warn!(job = %a.name, secret = %name, error = %e, "cannot delete the Secret of the deleted Kubernetes Job: delete it by hand")
+        }
+    }
+}
+
 /// Waits (at most `bound`) until no pod of the attempt is left.
 async fn wait_pods_gone(a: &Attempt, bound: Duration) -> bool {
     let deadline = Instant::now() + bound;
