@@ -48,6 +48,27 @@ struct StopState {
     failing: HashMap<Uuid, i64>,
 }
 
+/// What a reaper task holds in [`StopState`].
+enum Held {
+    Job(Uuid),
+    Runner(String),
+}
+
+/// Takes what its task holds out of [`StopState`] when dropped: when the task ends, is dropped
+/// at the stop's bound, or panics (a runner's `recover` that panicked would otherwise leave
+/// that runner's recoveries, or the job's reaps, stopped until a restart).
+struct Release(Stopping, Held);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        match &self.1 {
+            Held::Job(id) => st.busy.remove(id),
+            Held::Runner(name) => st.recovering.remove(name),
+        };
+    }
+}
+
 impl StopState {
     /// Whether the work of job `id`, whose lease ran out at `expires`, has been held for long
     /// enough (`ABANDONED_STOP`) both since then and since this reaper first failed to make it
@@ -112,14 +133,15 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
         if cancelled || (job.handle.is_none() && may_have_unrecorded_work(worker, &job)) {
             let mut st = stopping.lock();
             if st.busy.len() < MAX_STOPPING && st.busy.insert(job.id) {
-                let (w, set, id) = (worker.clone(), stopping.clone(), job.id);
+                let (w, set) = (worker.clone(), stopping.clone());
+                let held = Release(stopping.clone(), Held::Job(job.id));
                 worker.spawn_task(async move {
+                    let _held = held;
                     if cancelled {
                         stop_lost(&w, job, &set).await;
                     } else {
                         requeue_unrecorded(&w, job, &set).await;
                     }
-                    set.lock().busy.remove(&id);
                 });
             }
             continue;
@@ -149,8 +171,12 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
         if !stopping.lock().recovering.insert(runner.clone()) {
             continue;
         }
-        let (w, set) = (worker.clone(), stopping.clone());
+        let (w, held) = (
+            worker.clone(),
+            Release(stopping.clone(), Held::Runner(runner)),
+        );
         worker.spawn_task(async move {
+            let _held = held;
             for (job, handle) in jobs {
                 // A stopping worker takes on no work (as above).
                 if w.stopping.load(Ordering::SeqCst) {
@@ -158,7 +184,6 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
                 }
                 recover_recorded(&w, job, slot.clone(), handle).await;
             }
-            set.lock().recovering.remove(&runner);
         });
     }
     Ok(n)
