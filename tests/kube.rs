@@ -626,13 +626,13 @@ async fn reconcile_after_restart() {
     // A leftover of an older attempt (its worker died before saving the handle) is deleted
     // before the next attempt starts: never two attempts at once.
     let lid = new_id();
-    {
+    let lhandle = {
         let ex = r3
             .launch(spec("etl.hang", &lid, 1), Arc::new(Lines::default()))
             .await
             .unwrap();
-        drop(ex);
-    }
+        ex.handle()
+    };
     let old = job_name("etl.hang", &lid, 1);
     let mut ex = runner(&fake)
         .launch(spec("etl.hang", &lid, 2), Arc::new(Lines::default()))
@@ -652,6 +652,22 @@ async fn reconcile_after_restart() {
         .map(|j| j.metadata.name.unwrap())
         .collect();
     assert_eq!(live, vec![job_name("etl.hang", &lid, 2)]);
+    // A recovery of attempt 1 read before the job moved on (a reaper's batch that waited behind
+    // a slow backend while another node requeued the job): its Job is gone, and attempt 2's,
+    // which runs now, is left alone.
+    assert!(matches!(
+        runner(&fake)
+            .recover(&lhandle, spec("etl.hang", &lid, 1), lines.clone())
+            .await
+            .unwrap(),
+        Recovered::Gone
+    ));
+    let attempt2 = job_name("etl.hang", &lid, 2);
+    assert!(
+        fake.job(NS, &attempt2)
+            .is_some_and(|j| j.metadata.deletion_timestamp.is_none()),
+        "a stale recovery deleted the running attempt's Job"
+    );
     ex.stop(Duration::from_millis(100)).await;
     check(&fake);
 }

@@ -291,17 +291,19 @@ impl KubeRunner {
             .unwrap_or_else(|| client.default_namespace().to_string())
     }
 
-    /// Deletes the Jobs of this job id except `keep` with Foreground propagation, and waits
-    /// until they (and so their pods) are gone: one job never runs twice at once. Not those
-    /// labelled with another deployment than `deployment` (when not empty, [`JobSpec::deployment`]:
-    /// an original store's and its copy's share job ids). Returns the Jobs found first (all of
+    /// Deletes the Jobs of this job id except `keep` (a name, and the attempt it is of) with
+    /// Foreground propagation, and waits until they (and so their pods) are gone: one job never
+    /// runs twice at once. Not those labelled with another deployment than `deployment` (when
+    /// not empty, [`JobSpec::deployment`]: an original store's and its copy's share job ids),
+    /// nor, with `keep`, those of a later attempt than its (a recovery read before the job
+    /// moved on must not end the attempt that runs now). Returns the Jobs found first (all of
     /// them, `keep` included).
     async fn reconcile(
         &self,
         jobs: &Api<Job>,
         job_id: &str,
         deployment: &str,
-        keep: Option<&str>,
+        keep: Option<(&str, u32)>,
     ) -> Result<Vec<Job>, RunnerError> {
         let o = &self.config.options;
         let lp = ListParams::default().labels(&id_selector(job_id));
@@ -309,18 +311,7 @@ impl KubeRunner {
             RunnerError::Backend(format!("cannot list Jobs: {}", self.api_error(&e)))
         })?;
         let deadline = tokio::time::Instant::now() + o.termination_grace + o.delete_timeout;
-        // Another deployment's (a copy's, say): labelled with another fingerprint.
-        let ours = (!deployment.is_empty()).then(|| label_value(deployment));
-        let theirs = |j: &Job| {
-            let label = j
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_DEPLOYMENT));
-            ours.as_ref().is_some_and(|o| label.is_some_and(|d| d != o))
-        };
-        let others =
-            |j: &Job| j.metadata.name.as_deref().is_some_and(|n| Some(n) != keep) && !theirs(j);
+        let others = |j: &Job| spec::is_leftover(j, deployment, keep);
         for j in list.items.iter().filter(|j| others(j)) {
             let name = j.metadata.name.as_deref().unwrap_or_default();
             if j.metadata.deletion_timestamp.is_some() {
@@ -492,7 +483,12 @@ impl Runner for KubeRunner {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         // Every Job of this job but the handle's goes; the handle's is found by label.
         let all = self
-            .reconcile(&jobs, &spec.id, &spec.deployment, Some(handle.id.as_str()))
+            .reconcile(
+                &jobs,
+                &spec.id,
+                &spec.deployment,
+                Some((&handle.id, spec.attempt)),
+            )
             .await?;
         let ours = all.into_iter().find(|j| {
             j.metadata.deletion_timestamp.is_none()

@@ -254,6 +254,24 @@ pub(super) fn is_this_launchs(job: &Job, spec: &JobSpec, secret_name: &str) -> b
         && secret_of(job) == Some(secret_name)
 }
 
+/// Whether `job` (a Job of the job's id) is a leftover that [`super::KubeRunner::reconcile`]
+/// deletes: not `keep`'s (by name), not another deployment's (labelled with another fingerprint
+/// than `deployment`, when that is not empty: a copy's, say), and not of a later attempt than
+/// `keep`'s.
+pub(super) fn is_leftover(job: &Job, deployment: &str, keep: Option<(&str, u32)>) -> bool {
+    let labels = job.metadata.labels.clone().unwrap_or_default();
+    let theirs = !deployment.is_empty()
+        && labels
+            .get(LABEL_DEPLOYMENT)
+            .is_some_and(|d| *d != label_value(deployment));
+    let attempt = labels
+        .get(LABEL_ATTEMPT)
+        .and_then(|a| a.parse::<u32>().ok());
+    let later = keep.is_some_and(|(_, k)| attempt.is_some_and(|a| a > k));
+    let name = job.metadata.name.as_deref();
+    name.is_some() && name != keep.map(|k| k.0) && !theirs && !later
+}
+
 /// The name of the Secret an attempt's Job reads `JOB_SECRET_KEY` from.
 pub(super) fn secret_of(job: &Job) -> Option<&str> {
     job.spec
