@@ -190,6 +190,41 @@ pub fn warn_if_config_readable(path: &Path) {
     }
 }
 
+/// Warns when this process runs as root and runs, beside local runners whose jobs run as a
+/// `user`, one whose jobs do not: those jobs are root too, and root reads the server's memory
+/// (`CAP_SYS_PTRACE` passes its being not dumpable), the master key in it, and with the key it
+/// forges the reports of every job, the isolated runners' included (a probe did).
+pub fn warn_if_root_jobs_beside_isolated(runners: &[crate::config::RunnerConfig]) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    if let Some(name) = root_runner_beside_isolated(runners) {
+        tracing::warn!(
+            runner = %name,
+            "this server runs as root and local runner {name} has no `user`: its jobs run as \
+             root and can read the master key from the server's memory, and so forge the \
+             reports of every job, those of runners with a `user` included; give it a `user` \
+             (docs/security.md)"
+        );
+    }
+}
+
+/// The first local runner (its name) with no `user`, when another local runner has one.
+fn root_runner_beside_isolated(runners: &[crate::config::RunnerConfig]) -> Option<String> {
+    use crate::config::RunnerKind;
+    let local = || {
+        runners
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.kind == RunnerKind::Local)
+    };
+    local().find(|(_, r)| r.user.is_some())?;
+    local()
+        .find(|(_, r)| r.user.is_none())
+        .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("runners[{i}]")))
+}
+
 /// The first local runner (its `name`, else `runners[i]`) whose jobs run as a `user` or
 /// `group` of which `gid` is one of the groups: its primary group, its `group`, or a group the
 /// user database gives the user. Names or ids that do not resolve are skipped (the runner's own
@@ -323,6 +358,25 @@ fn secrets_held(table: &toml::Table) -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    /// A root server with one local runner isolated by `user` and one not: the second is named
+    /// (its root jobs can read the server's memory and forge the isolated ones' reports); with
+    /// no isolated runner beside it there is nothing to say (every job is as trusted as the
+    /// server, as the docs say).
+    #[test]
+    fn a_runner_without_user_beside_an_isolated_one_is_named() {
+        let r = |t: &str| toml::from_str::<crate::config::RunnerConfig>(t).unwrap();
+        let plain = r("name = \"py\"\nkind = \"local\"\ntypes = [\"py.*\"]");
+        let isolated = r("name = \"nb\"\nkind = \"local\"\ntypes = [\"nb.*\"]\nuser = \"nobody\"");
+        let service = r("kind = \"service\"\ntypes = [\"s.*\"]");
+        let named = |rs: &[crate::config::RunnerConfig]| super::root_runner_beside_isolated(rs);
+        assert_eq!(named(&[isolated.clone(), plain.clone()]), Some("py".into()));
+        assert_eq!(named(&[plain.clone(), service.clone()]), None);
+        assert_eq!(named(&[isolated.clone(), service]), None);
+        let mut unnamed = plain;
+        unnamed.name = None;
+        assert_eq!(named(&[unnamed, isolated]), Some("runners[0]".into()));
+    }
+
     use super::*;
 
     #[test]

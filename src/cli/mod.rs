@@ -139,6 +139,9 @@ impl ServeArgs {
             },
         )?;
         crate::security::warn_if_config_readable(&path);
+        if !self.no_worker && config.worker.enabled {
+            crate::security::warn_if_root_jobs_beside_isolated(&config.runners);
+        }
         Ok(config)
     }
 }
@@ -182,6 +185,7 @@ impl WorkerArgs {
             },
         )?;
         crate::security::warn_if_config_readable(&path);
+        crate::security::warn_if_root_jobs_beside_isolated(&config.runners);
         Ok(config)
     }
 }
