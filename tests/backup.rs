@@ -305,3 +305,30 @@ async fn a_backup_stopped_by_a_signal_leaves_nothing() {
         std::fs::read_dir(&dest).map(|d| d.count())
     );
 }
+
+/// A configuration on Redis is refused as a failure (exit 1, as docs/cli.md's table has it for
+/// a refused backup), not as a usage error (2: flags and arguments), nothing written.
+#[test]
+fn a_backup_of_a_redis_configuration_is_refused_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("redis.toml");
+    let key = "master_key = \"0123456789abcdef0123456789abcdef\"";
+    std::fs::write(
+        &cfg,
+        format!("redis = \"redis://127.0.0.1:1/0\"\n{key}\n{RUNNERS}"),
+    )
+    .unwrap();
+    let dest = dir.path().join("bk");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["backup", "--config"]).arg(&cfg).arg(&dest);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RUNYARD_") {
+            cmd.env_remove(k);
+        }
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("uses Redis"), "{e}");
+    assert!(!dest.exists());
+}

@@ -62,7 +62,8 @@ pub async fn run(a: BackupArgs) -> anyhow::Result<std::process::ExitCode> {
             let config = Config::load(&path, required, &Overrides::default())
                 .map_err(|e| crate::cli::exit::Failure::usage(e.to_string()))?;
             if config.redis.is_some() {
-                return Err(crate::cli::exit::Failure::usage(
+                // Not a usage error (exit 2 is for flags and arguments): a refusal, exit 1.
+                return Err(anyhow::anyhow!(
                     "this configuration uses Redis: back Redis up by its own means, and the API \
                      nodes' `data_dir/files` (job files, content-addressed: a plain copy is \
                      consistent) with them (docs/reliability.md)",
