@@ -194,12 +194,13 @@ pub fn warn_if_config_readable(path: &Path) {
 /// `user`, one whose jobs do not: those jobs are root too, and root reads the server's memory
 /// (`CAP_SYS_PTRACE` passes its being not dumpable), the master key in it, and with the key it
 /// forges the reports of every job, the isolated runners' included (a probe did).
-pub fn warn_if_root_jobs_beside_isolated(runners: &[crate::config::RunnerConfig]) {
+/// `local`: each local runner's name and whether it has a `user`.
+pub fn warn_if_root_jobs_beside_isolated(local: &[(String, bool)]) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    if let Some(name) = root_runner_beside_isolated(runners) {
+    if let Some(name) = root_runner_beside_isolated(local) {
         tracing::warn!(
             runner = %name,
             "this server runs as root and local runner {name} has no `user`: its jobs run as \
@@ -210,19 +211,10 @@ pub fn warn_if_root_jobs_beside_isolated(runners: &[crate::config::RunnerConfig]
     }
 }
 
-/// The first local runner (its name) with no `user`, when another local runner has one.
-fn root_runner_beside_isolated(runners: &[crate::config::RunnerConfig]) -> Option<String> {
-    use crate::config::RunnerKind;
-    let local = || {
-        runners
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.kind == RunnerKind::Local)
-    };
-    local().find(|(_, r)| r.user.is_some())?;
-    local()
-        .find(|(_, r)| r.user.is_none())
-        .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("runners[{i}]")))
+/// The first local runner (of `local`: name, has a `user`) with no `user`, when another has one.
+fn root_runner_beside_isolated(local: &[(String, bool)]) -> Option<String> {
+    local.iter().find(|(_, user)| *user)?;
+    local.iter().find(|(_, user)| !user).map(|(n, _)| n.clone())
 }
 
 /// The first local runner (its `name`, else `runners[i]`) whose jobs run as a `user` or
@@ -364,17 +356,12 @@ mod tests {
     /// server, as the docs say).
     #[test]
     fn a_runner_without_user_beside_an_isolated_one_is_named() {
-        let r = |t: &str| toml::from_str::<crate::config::RunnerConfig>(t).unwrap();
-        let plain = r("name = \"py\"\nkind = \"local\"\ntypes = [\"py.*\"]");
-        let isolated = r("name = \"nb\"\nkind = \"local\"\ntypes = [\"nb.*\"]\nuser = \"nobody\"");
-        let service = r("kind = \"service\"\ntypes = [\"s.*\"]");
-        let named = |rs: &[crate::config::RunnerConfig]| super::root_runner_beside_isolated(rs);
-        assert_eq!(named(&[isolated.clone(), plain.clone()]), Some("py".into()));
-        assert_eq!(named(&[plain.clone(), service.clone()]), None);
-        assert_eq!(named(&[isolated.clone(), service]), None);
-        let mut unnamed = plain;
-        unnamed.name = None;
-        assert_eq!(named(&[unnamed, isolated]), Some("runners[0]".into()));
+        let r = |n: &str, user: bool| (n.to_string(), user);
+        let named = super::root_runner_beside_isolated;
+        assert_eq!(named(&[r("nb", true), r("py", false)]), Some("py".into()));
+        assert_eq!(named(&[r("py", false), r("sh", false)]), None);
+        assert_eq!(named(&[r("nb", true)]), None);
+        assert_eq!(named(&[]), None);
     }
 
     use super::*;

@@ -140,7 +140,7 @@ impl ServeArgs {
         )?;
         crate::security::warn_if_config_readable(&path);
         if !self.no_worker && config.worker.enabled {
-            crate::security::warn_if_root_jobs_beside_isolated(&config.runners);
+            crate::security::warn_if_root_jobs_beside_isolated(&local_runners(&config));
         }
         Ok(config)
     }
@@ -185,9 +185,26 @@ impl WorkerArgs {
             },
         )?;
         crate::security::warn_if_config_readable(&path);
-        crate::security::warn_if_root_jobs_beside_isolated(&config.runners);
+        crate::security::warn_if_root_jobs_beside_isolated(&local_runners(&config));
         Ok(config)
     }
+}
+
+/// Each local runner's name (else `runners[i]`) and whether it runs its jobs as a `user`.
+fn local_runners(config: &Config) -> Vec<(String, bool)> {
+    let local =
+        |(_, r): &(usize, &crate::config::RunnerConfig)| r.kind == crate::config::RunnerKind::Local;
+    let named = |(i, r): (usize, &crate::config::RunnerConfig)| {
+        let name = r.name.clone().unwrap_or_else(|| format!("runners[{i}]"));
+        (name, r.user.is_some())
+    };
+    config
+        .runners
+        .iter()
+        .enumerate()
+        .filter(local)
+        .map(named)
+        .collect()
 }
 
 /// Refuses a `--redis` URL holding a password: a process's command line is readable by every
