@@ -15,6 +15,7 @@ const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
 /// File contents younger than this are never collected (an upload may be attaching them).
 const BLOB_GC_GRACE: Duration = Duration::from_secs(3600);
 use crate::job::Micros;
+use crate::store::log_quiet::warn_unless_refused;
 use crate::store::{Notice, Store};
 
 /// Promotes due jobs; sleeps until the next one is due or something new is scheduled.
@@ -58,7 +59,7 @@ pub async fn promote_loop(store: Arc<dyn Store>, stop: CancellationToken) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot promote scheduled jobs"),
+            Err(e) => warn_unless_refused!(e, "cannot promote scheduled jobs"),
         }
         let sleep = tokio::time::sleep(wait);
         tokio::pin!(sleep);

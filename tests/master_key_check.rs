@@ -517,12 +517,27 @@ async fn a_running_node_that_finds_another_keys_check_value_stops_serving_until_
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        503,
-        "the submit is refused: {}",
-        r.text().await.unwrap_or_default()
+    let status = r.status().as_u16();
+    let answer = r.text().await.unwrap_or_default();
+    assert_eq!(status, 503, "the submit is refused: {answer}");
+    // Refused, not unconfirmed: nothing was written, so the answer does not send the client to
+    // look for a job that "may have been stored" (probe s49).
+    assert!(
+        answer.contains("refuses") && !answer.contains("may have been stored"),
+        "{answer}"
     );
+    assert!(
+        !said.contains("does not answer") && said.contains("refuses"),
+        "readiness says the node refuses, not that Redis is away: {body}"
+    );
+    // Said at ERROR once a minute by the check; the loops that meet the refusal (claims, the
+    // reaper) and readiness do not repeat it at WARN on every try.
+    let log = node.log();
+    let repeated = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("master key"))
+        .count();
+    assert!(repeated <= 1, "the refusal repeated at WARN:\n{log}");
     assert_eq!(redis_check(&redis), theirs, "the node did not overwrite it");
 
     // Deleted (the fix security.md gives): the node records its own and serves again.

@@ -19,6 +19,7 @@ use crate::security::MasterKey;
 use crate::store::deliveries::{
     this_node, Attempt, AttemptOutcome, Claimed, DeliveryState, Outcome,
 };
+use crate::store::log_quiet::warn_unless_refused;
 use crate::store::{Notice, Store};
 
 /// How often the store is looked at when nothing wakes the loop.
@@ -119,7 +120,7 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
                         not_before = after;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "webhook deliveries: claim failed");
+                        warn_unless_refused!(e, "webhook deliveries: claim failed");
                         wait = store_backoff;
                         store_backoff = (store_backoff * 2).min(POLL * 5);
                     }
@@ -130,7 +131,7 @@ pub async fn delivery_loop(d: Deliverer, stop: CancellationToken) {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook deliveries: store unavailable");
+                    warn_unless_refused!(e, "webhook deliveries: store unavailable");
                     wait = store_backoff;
                     store_backoff = (store_backoff * 2).min(POLL * 5);
                 }

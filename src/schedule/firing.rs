@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{fire_key, plan_busy, PendingFire, Previous, RunEntry, Schedule, PENDING_GRACE_US};
 use crate::job::{Command, Job, JobStatus, Micros};
 use crate::runner_set::RunnerSet;
+use crate::store::log_quiet::warn_unless_refused;
 use crate::store::{Result, Store, StoreError, Submitted};
 
 /// Compare-and-set attempts before a wake-up gives up (it is retried at the next one).
@@ -99,7 +100,7 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
             }
             Err(e) => {
                 trouble = true;
-                tracing::warn!(error = %e, "cannot read due schedules");
+                warn_unless_refused!(e, "cannot read due schedules");
             }
         }
         // A pass that failed anywhere was not the loop working through a backlog: the next

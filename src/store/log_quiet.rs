@@ -42,6 +42,21 @@ fn loud_in(logged: &mut HashMap<String, Instant>, key: &str, now: Instant) -> bo
     room
 }
 
+/// A background loop's failed store call `$e` (a `StoreError`), said at WARN with the rest of
+/// the arguments, but at DEBUG when it is this node's refusal of the store's work
+/// (`StoreError::is_node_refusal`): the key check says that at ERROR once a minute, and every
+/// loop meets it on every try.
+macro_rules! warn_unless_refused {
+    ($e:expr, $($rest:tt)+) => {
+        if $e.is_node_refusal() {
+            tracing::debug!(error = %$e, $($rest)+)
+        } else {
+            tracing::warn!(error = %$e, $($rest)+)
+        }
+    };
+}
+pub(crate) use warn_unless_refused;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,24 @@ pub enum StoreError {
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How the `Unavailable` of a node that refuses the store's work begins (`redis/keycheck.rs`:
+/// its master key is not the one the store keeps): transient as an outage is, but nothing was
+/// written, and the check says it at ERROR once a minute.
+const NODE_REFUSES: &str = "this node refuses the store's work: ";
+
+impl StoreError {
+    /// The `Unavailable` of a node that refuses the store's work, for `why`.
+    pub fn node_refuses(why: &str) -> Self {
+        Self::Unavailable(format!("{NODE_REFUSES}{why}"))
+    }
+
+    /// Whether this is a node's refusal of the store's work ([`Self::node_refuses`]): nothing
+    /// was written, and the loops that meet it need not say it again.
+    pub fn is_node_refusal(&self) -> bool {
+        matches!(self, Self::Unavailable(m) if m.starts_with(NODE_REFUSES))
+    }
+}
+
 /// `call`'s answer, or `Unavailable` when it has not come within `bound` (the call is dropped:
 /// a write may still be carried out).
 pub async fn within<T>(

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
+use crate::store::log_quiet::warn_unless_refused;
 
 /// `worker.claim_interval` on a store other than the embedded one, whose submits hand most jobs
 /// straight to a waiting worker.
@@ -123,7 +124,7 @@ impl Worker {
                 }
                 Err(e) => {
                     round.failed = true;
-                    tracing::warn!(runner = %slot.name, error = %e, "claim failed");
+                    warn_unless_refused!(e, runner = %slot.name, "claim failed");
                 }
             }
         }

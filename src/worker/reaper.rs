@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::reporter::DeferredReporter;
 use super::Worker;
 use crate::job::{Command, Job, JobStatus, ABANDONED_STOP};
+use crate::store::log_quiet::warn_unless_refused;
 use crate::store::StoreError;
 
 /// Jobs whose work this worker's reaper is looking for, each in a task of its own (a stop may
@@ -94,7 +95,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     let stopping = Stopping::default();
     loop {
         if let Err(e) = reap_once(&worker, &stopping).await {
-            tracing::warn!(error = %e, "reaper pass failed");
+            warn_unless_refused!(e, "reaper pass failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -525,3 +526,7 @@ async fn last_log_time(
 #[cfg(test)]
 #[path = "reaper_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "reaper_guard_tests.rs"]
+mod guard_tests;

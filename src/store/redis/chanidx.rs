@@ -15,6 +15,7 @@
 use std::sync::Weak;
 
 use super::*;
+use crate::store::log_quiet::warn_unless_refused;
 
 /// How often each node catches the index up from the event stream.
 const TICK: Duration = Duration::from_secs(1);
@@ -201,7 +202,7 @@ impl RedisStore {
             // An error (e.g. Redis at `maxmemory`, the catch-up's writes refused): read by id,
             // which only reads.
             let ready = self.chanidx_ready().await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "redis channel index: catch-up failed; listing by id");
+                warn_unless_refused!(e, "redis channel index: catch-up failed; listing by id");
                 false
             });
             if ready {
@@ -313,7 +314,7 @@ pub(super) async fn maintain(me: Weak<RedisStore>, stop: CancellationToken) {
         }
         let Some(s) = me.upgrade() else { return };
         if let Err(e) = s.chanidx_tick().await {
-            tracing::warn!(error = %e, "redis channel index: catch-up failed");
+            warn_unless_refused!(e, "redis channel index: catch-up failed");
         }
     }
 }

@@ -486,7 +486,7 @@ impl RedisStore {
                     d.saturating_duration_since(Instant::now())
                 });
                 if left.is_zero() {
-                    return Err(StoreError::Unavailable(why));
+                    return Err(StoreError::node_refuses(&why));
                 }
                 tokio::time::sleep(delay.min(left)).await;
                 delay = (delay * 2).min(Duration::from_secs(1));

@@ -128,7 +128,7 @@ impl Maintenance for RedisStore {
     async fn health(&self) -> Result<()> {
         // A node whose master key is not the one the store keeps now is not ready (`keycheck.rs`).
         if let Some(why) = self.key_watch.refused() {
-            return Err(StoreError::Unavailable(why));
+            return Err(StoreError::node_refuses(&why));
         }
         // `INFO replication` rather than `PING`: a replica answers a `PING` too, while it
         // refuses every write. Found on one, a new connection is tried (the address may name
