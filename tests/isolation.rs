@@ -8,6 +8,7 @@
 //!   cannot open its `/proc/PID/environ` or `mem`.
 //! - The data directory is 0700 and everything in it private, after jobs and files.
 //! - `rlimits` and `user` are applied to the job's processes.
+//! - A job run as `nobody` re-opens its own output pipes (`/dev/stdout`, `/dev/stderr`).
 //!
 //! Switching users needs root (CI runs as root); run elsewhere, those tests say so and pass.
 
@@ -680,6 +681,83 @@ rlimits = {{ cpu = 1 }}
         "not killed by the CPU limit: {msg}"
     );
     assert!(started.elapsed() < WAIT);
+}
+
+/// The job's output pipes are its user's: a job run as `nobody` re-opens them by name
+/// (`/dev/stdout`, `/dev/stderr`, which go through `/proc/self/fd/N`), and what it writes there
+/// reaches its logs, each line in its stream. Before, the pipes stayed the root server's (mode
+/// 0600) and every such open was refused (`Permission denied`).
+#[tokio::test]
+async fn a_job_run_as_nobody_writes_through_dev_stdout_and_dev_stderr() {
+    if skip_unless_root("a_job_run_as_nobody_writes_through_dev_stdout...") {
+        return;
+    }
+    let t = open_dir();
+    let config = t.path().join("runyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = {data}
+[worker]
+poll_interval = "200ms"
+[[runners]]
+kind = "local"
+types = ["pipes"]
+user = "nobody"
+command = ["/bin/sh", "-c", {script}]
+"#,
+            data = toml_str(&t.path().join("data").to_string_lossy()),
+            script = toml_str(
+                "set -e; echo plain-out; echo plain-err >&2; \
+                 echo by-dev-stdout > /dev/stdout; echo by-dev-stderr > /dev/stderr; \
+                 echo by-tee | tee /dev/stderr; echo uid=$(id -u) parent=$PPID"
+            ),
+        ),
+    )
+    .expect("config");
+    let server = Server::start(&config, &[], None).await;
+    let id = server
+        .submit(json!({"type": "pipes", "max_attempts": 1}))
+        .await;
+    let job = server.wait_terminal(&id).await;
+    let lines: Vec<(String, String)> = server
+        .get(&format!("/async/jobs/{id}/logs?limit=10000"))
+        .await["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+            (s("stream"), s("line"))
+        })
+        .collect();
+    let text = format!("{lines:?}");
+    assert_eq!(job["status"], "SUCCESS", "{job}\n{text}");
+    // Started by a spawner process (the fork path is `runners/src/local.rs`'s test).
+    let who = format!("uid=65534 parent={}", server.pid());
+    assert!(
+        lines
+            .iter()
+            .any(|(s, l)| s == "stdout" && l.starts_with("uid=65534 parent=") && *l != who),
+        "{text}"
+    );
+    for (stream, line) in [
+        ("stdout", "plain-out"),
+        ("stderr", "plain-err"),
+        ("stdout", "by-dev-stdout"),
+        ("stderr", "by-dev-stderr"),
+        ("stdout", "by-tee"),
+        ("stderr", "by-tee"),
+    ] {
+        assert!(
+            lines.contains(&(stream.to_string(), line.to_string())),
+            "no {stream} line `{line}`: {text}"
+        );
+    }
+    assert!(
+        !text.contains("Permission denied") && !text.contains("Permission"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! A local runner with `user` / `group` starts its jobs under that identity: between `fork` and
 //! `exec` the child drops its supplementary groups (to the user's own), then sets its group id,
 //! then its user id, in that order (after `setuid` it could no longer change groups). `rlimits`
-//! are set in the child just before, so that a root server can also set limits above its own.
+//! are set in the child just before, so that a root server can also set limits above its own,
+//! and the job's stdout and stderr pipes are given to its user (`fchown`), so that it can re-open
+//! them by name (`/dev/stdout`) as a job of the server's own user can.
 //!
 //! Names are resolved once, when the configuration is loaded ([`Isolation::resolve`]): an unknown
 //! user or group stops the server with a message naming the key. The work done in the child
@@ -205,13 +207,28 @@ impl Isolation {
         self.identity.as_ref().is_some_and(|i| i.uid.is_some())
     }
 
-    /// In the child, between `fork` and `exec`: sets the limits, then the groups, the group id
-    /// and the user id; then, as the job's user, enters `workdir` (creating it first, mode 0700,
-    /// when its flag says so).
+    /// Warns (once per runner, when it is made) when its jobs run as another user but this
+    /// server cannot give them their output pipes (not root, no `CAP_CHOWN`): see [`give_output`].
+    pub fn warn_if_output_stays_the_servers(&self, command: &str) {
+        if self.switches_user() && !nix::unistd::geteuid().is_root() && !has_capability(0) {
+            tracing::warn!(
+                command,
+                "a local runner's jobs run as another `user` but this server (not root, no \
+                 CAP_CHOWN) cannot give them their output pipes: they write to descriptors 1 \
+                 and 2, but cannot re-open /dev/stdout or /dev/stderr"
+            );
+        }
+    }
+
+    /// In the child, between `fork` and `exec`, with descriptors 1 and 2 already the job's
+    /// output pipes: sets the limits, gives those pipes to the job's user ([`give_output`]), then
+    /// sets the groups, the group id and the user id; then, as the job's user, enters `workdir`
+    /// (creating it first, mode 0700, when its flag says so).
     ///
     /// # Safety
     /// Only call in a freshly forked child (e.g. from `pre_exec`): it changes the identity of the
-    /// calling process. It makes only async-signal-safe calls.
+    /// calling process and the owner of its descriptors 1 and 2. It makes only async-signal-safe
+    /// calls.
     pub unsafe fn apply(&self, workdir: Option<(&CStr, bool)>) -> std::io::Result<()> {
         let check = |r: libc::c_int| {
             if r == 0 {
@@ -228,6 +245,9 @@ impl Isolation {
             check(libc::setrlimit(*res, &l))?;
         }
         if let Some(id) = &self.identity {
+            if let Some(uid) = id.uid {
+                give_output(uid, id.gid);
+            }
             check(libc::setgroups(id.groups.len() as _, id.groups.as_ptr()))?;
             check(libc::setgid(id.gid))?;
             if let Some(uid) = id.uid {
@@ -242,6 +262,24 @@ impl Isolation {
         }
         Ok(())
     }
+}
+
+/// In the child, before the identity changes: makes the job's stdout and stderr pipes
+/// (descriptors 1 and 2) its user's, as they are a job's that runs as the server's user. A pipe
+/// is owned by whoever made it (the root server or its spawner) with mode 0600, and re-opening
+/// it by name (`/dev/stdout`, `/dev/stderr`, `/proc/self/fd/N`: `echo x > /dev/stderr`, `tee
+/// /dev/stderr`) checks that owner: the job's user was refused. Only the pipe's owner changes (the
+/// server's read end is the same pipe, already open: unaffected); the job gets no other descriptor.
+/// A server without `CAP_CHOWN` (not root, only `CAP_SETUID` and `CAP_SETGID`) cannot: the pipes
+/// stay its own, as before (a warning at start says so), and the job still writes to
+/// descriptors 1 and 2.
+///
+/// # Safety
+/// Only in the child, with 1 and 2 already the job's pipes (`fchown` is async-signal-safe).
+unsafe fn give_output(uid: libc::uid_t, gid: libc::gid_t) {
+    // The result is not checked: see above.
+    libc::fchown(1, uid, gid);
+    libc::fchown(2, uid, gid);
 }
 
 /// The gid of a group name or id.

@@ -95,6 +95,7 @@ impl LocalRunner {
         let isolation = config
             .isolation()
             .map_err(|e| RunnerError::Invalid(format!("`{}`: {}", e.key, e.message)))?;
+        isolation.warn_if_output_stays_the_servers(&config.command[0]);
         // Checked (and warned of) at start: whether the walks of `/proc` can be trusted.
         crate::session::proc_is_ours();
         Ok(Self {
@@ -232,7 +233,8 @@ impl LocalRunner {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Limits, groups, user (in that order), then the private working directory.
+                // Limits, the pipes' owner, groups, user (in that order), then the private
+                // working directory.
                 isolation.apply(workdir_c.as_ref().map(|(w, c)| (w.as_c_str(), *c)))?;
                 if let Some(m) = umask {
                     libc::umask(m as libc::mode_t);
@@ -1127,6 +1129,38 @@ mod tests {
         let _ = std::fs::remove_dir(&t);
         let err = got.err().expect("the launch must fail").to_string();
         assert!(err.contains("Permission denied"), "{err}");
+    }
+
+    /// The fork path (no spawner in this process) gives the job's output pipes to its user as
+    /// the spawner does: a job run as `nobody` re-opens them by name (`/dev/stdout`,
+    /// `/dev/stderr`: `/proc/self/fd/N`), which was refused while they stayed the server's.
+    #[tokio::test]
+    async fn a_forked_job_of_another_user_writes_through_dev_stdout_and_dev_stderr() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        assert!(!crate::spawn::available(), "this must take the fork path");
+        let lines = Arc::new(Lines::default());
+        let r = sh_as(
+            "nobody",
+            "set -e; echo by-dev-stdout > /dev/stdout; echo by-dev-stderr > /dev/stderr; \
+             echo by-tee | tee /dev/stderr; id -u",
+            None,
+        );
+        let mut ex = r.launch(spec(), lines.clone()).await.unwrap();
+        let out = ex.wait().await;
+        let got = lines.0.lock().unwrap().clone();
+        assert_eq!(out, Outcome::Success { result: None }, "{got:?}");
+        for want in [
+            (LogStream::Stdout, "65534"),
+            (LogStream::Stdout, "by-dev-stdout"),
+            (LogStream::Stderr, "by-dev-stderr"),
+            (LogStream::Stdout, "by-tee"),
+            (LogStream::Stderr, "by-tee"),
+        ] {
+            assert!(got.contains(&(want.0, want.1.into())), "{want:?}: {got:?}");
+        }
     }
 
     #[test]

@@ -288,7 +288,8 @@ unsafe fn run(a: &ChildArgs) -> c_int {
     if libc::setsid() < 0 {
         return errno();
     }
-    // Limits, groups, user (in that order), then the private working directory. glibc's setuid
+    // Limits, the pipes' owner, groups, user (in that order), then the private working
+    // directory. glibc's setuid
     // and setgid make a plain system call here only because the spawner is single-threaded: in a
     // threaded process they would signal every thread (setxid) and change the parent's identity
     // too, since this child runs in its memory. Never call `start` from the server.
