@@ -91,7 +91,9 @@ async fn verify(
     Ok((job, first, hh.version == SigVersion::V2))
 }
 
-fn require_active(job: &Job, what: &str) -> ApiResult<()> {
+/// Refuses (`409 illegal_transition`) a call of a job that is not active, or whose attempt
+/// has said how it ended or ran out of time (only its process ending is awaited).
+pub(super) fn require_active(job: &Job, what: &str) -> ApiResult<()> {
     if !job.status.is_active() {
         Err(ApiError::conflict(
             "illegal_transition",
