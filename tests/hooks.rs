@@ -54,6 +54,13 @@ command = ["/bin/sh", "-c", "if [ \"$JOB_ATTEMPT\" = 1 ]; then exit 1; fi; sleep
 concurrency = 4
 
 [[runners]]
+name = "exit-on-mark"
+kind = "local"
+types = ["exit.on_mark"]
+# Exits 0 once the test makes /tmp/runyard-exit-$JOB_ID (bounded: 20 s).
+command = ["/bin/sh", "-c", "i=0; while [ ! -e \"/tmp/runyard-exit-$JOB_ID\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; exit 0"]
+
+[[runners]]
 name = "envdump"
 kind = "local"
 types = ["envdump"]
@@ -1950,6 +1957,37 @@ async fn a_report_with_an_unknown_field_is_refused_naming_it() {
     let j = srv.wait_terminal(&a).await;
     assert_eq!(j["status"], "SUCCESS", "{j:#}");
     assert_eq!(j["result"], json!({"rows": 3}), "{j:#}");
+    srv.finish().await;
+}
+
+/// docs/hooks.md: a job that reports `results` without a status while `RUNNING`, then exits 0
+/// without reporting an outcome, ends `SUCCESS` with those results (and its `statusDetails`),
+/// the last ones sent; not "without results".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_reported_without_a_status_are_kept_by_an_exit_0() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "exit.on_mark"})).await;
+    let (_, sa) = srv.running(&a).await;
+    for n in [1, 2] {
+        let r = srv
+            .report(
+                &a,
+                &sa,
+                json!({"results": {"rows": n}, "statusDetails": {"step": n}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.json["reported"], Value::Null, "{}", r.describe());
+    }
+    let mark = PathBuf::from(format!("/tmp/runyard-exit-{a}"));
+    std::fs::write(&mark, b"").expect("mark");
+    let j = srv.wait_terminal(&a).await;
+    let _ = std::fs::remove_file(&mark);
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    assert_eq!(j["exit_code"], 0, "{j:#}");
+    assert_eq!(j["result"], json!({"rows": 2}), "{j:#}");
+    assert_eq!(j["status_details"], json!({"step": 2}), "{j:#}");
+    assert_eq!(j["runs"][0]["reported"], Value::Null, "{j:#}");
     srv.finish().await;
 }
 
