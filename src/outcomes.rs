@@ -3,11 +3,13 @@
 //! per failed attempt that is retried (`job attempt failed: retrying`). Called by whoever commits
 //! the change (the worker, the reaper, the cancel handler), so each outcome is logged once, by the
 //! process that committed it. Lines carry the job's `job_id`, `type` and `attempt` through a
-//! `job` span (the worker's own span when it is the caller).
+//! `job` span (the worker's own span when it is the caller), and at most the first KiB of its
+//! error (the job keeps up to 16 KiB of it).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::job::{Job, JobStatus, Micros};
+use crate::job::{Job, JobStatus, Micros, MAX_LOGGED_ERROR_BYTES};
 
 fn span_for(job: &Job) -> tracing::Span {
     let current = tracing::Span::current();
@@ -31,6 +33,14 @@ fn run_time(job: &Job) -> Option<Micros> {
     Some(end - r.started_at.unwrap_or(r.claimed_at))
 }
 
+/// The job's error as its log lines carry it: its first KiB (`MAX_LOGGED_ERROR_BYTES`), the rest
+/// in the job's record (a stored error holds up to 16 KiB).
+fn logged_error(job: &Job) -> Option<Cow<'_, str>> {
+    job.error
+        .as_deref()
+        .map(|e| crate::job::cut_error(e, MAX_LOGGED_ERROR_BYTES))
+}
+
 /// Logs what `job` (as just committed) says about its outcome, if anything.
 pub fn log_change(job: &Job) {
     let span = span_for(job);
@@ -46,8 +56,9 @@ pub fn log_change(job: &Job) {
             let exit_code = job.exit_code;
             let error = match s {
                 JobStatus::Success => None,
-                _ => job.error.as_deref(),
+                _ => logged_error(job),
             };
+            let error = error.as_deref();
             tracing::info!(
                 job_id = %job.id,
                 r#type = %job.job_type,
@@ -77,7 +88,7 @@ pub fn log_change(job: &Job) {
                 max_attempts = job.max_attempts,
                 duration = %duration,
                 exit_code = job.exit_code,
-                error = job.error.as_deref(),
+                error = logged_error(job).as_deref(),
                 retry_in = %retry_in,
                 "job attempt failed: retrying"
             );

@@ -54,6 +54,13 @@ command = ["/bin/sh", "-c", "if [ \"$JOB_ATTEMPT\" = 1 ]; then exit 1; fi; sleep
 concurrency = 4
 
 [[runners]]
+name = "exit-on-mark"
+kind = "local"
+types = ["exit.on_mark"]
+# Exits 0 once the test makes /tmp/runyard-exit-$JOB_ID (bounded: 20 s).
+command = ["/bin/sh", "-c", "i=0; while [ ! -e \"/tmp/runyard-exit-$JOB_ID\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; exit 0"]
+
+[[runners]]
 name = "envdump"
 kind = "local"
 types = ["envdump"]
@@ -1866,6 +1873,121 @@ async fn malformed_bodies_get_400_and_invalid_ones_422() {
     // Still running and usable.
     let r = srv.report(&a, &sa, json!({"progress": 1.0})).await;
     assert_eq!(r.status, 200, "{}", r.describe());
+    srv.finish().await;
+}
+
+/// A report with a field the hook does not know is refused (422 naming it, and the field meant
+/// when it is a near miss: `result` for `results`, `error` for `errorMessage`), nothing applied:
+/// before, `{"status":"SUCCESS","result":{...}}` ended the job SUCCESS with no result and
+/// `{"status":"ERROR","error":"..."}` lost its reason, both answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_with_an_unknown_field_is_refused_naming_it() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.unknown_fields"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let st = "/async/status";
+    let cases: Vec<(&str, &[u8], &[&str])> = vec![
+        (
+            "result for results",
+            br#"{"status":"SUCCESS","result":{"rows":3}}"#,
+            &["`result`", "`results`"],
+        ),
+        (
+            "error for errorMessage",
+            br#"{"status":"ERROR","error":"my reason"}"#,
+            &["`error`", "`errorMessage`"],
+        ),
+        (
+            "snake case",
+            br#"{"status":"ERROR","error_message":"my reason","retry":false}"#,
+            &["`error_message`", "`errorMessage`"],
+        ),
+        (
+            "status_details",
+            br#"{"status_details":{"step":2}}"#,
+            &["`status_details`", "`statusDetails`"],
+        ),
+        (
+            "a field of no kind",
+            br#"{"status":"RUNNING","bogus":1}"#,
+            &["`bogus`"],
+        ),
+        (
+            "with log lines",
+            br#"{"logs":["kept?"],"log":["x"]}"#,
+            &["`log`", "`logs`"],
+        ),
+    ];
+    for (label, body, names) in &cases {
+        for v in [SigVersion::V1, SigVersion::V2] {
+            let h = sign(&a, &sa, v, "POST", st, body);
+            let l = format!("{label} ({})", v.as_str());
+            let r = srv
+                .refused(
+                    &a,
+                    &before,
+                    &l,
+                    "POST",
+                    st,
+                    &h,
+                    body,
+                    422,
+                    Some("invalid_request"),
+                )
+                .await;
+            let message = r.json["error"]["message"].as_str().unwrap_or("");
+            for n in *names {
+                assert!(message.contains(n), "{l}: {n} not named: {}", r.describe());
+            }
+        }
+    }
+    assert_eq!(srv.job(&a).await["status"], "RUNNING");
+    // Every field the hook documents is taken, and the report is applied.
+    let r = srv
+        .report(
+            &a,
+            &sa,
+            json!({"status": "SUCCESS", "progress": 1.0, "statusDetails": {"step": 3},
+                   "results": {"rows": 3}, "logs": ["done"], "errorMessage": null,
+                   "retry": null}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let j = srv.wait_terminal(&a).await;
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    assert_eq!(j["result"], json!({"rows": 3}), "{j:#}");
+    srv.finish().await;
+}
+
+/// docs/hooks.md: a job that reports `results` without a status while `RUNNING`, then exits 0
+/// without reporting an outcome, ends `SUCCESS` with those results (and its `statusDetails`),
+/// the last ones sent; not "without results".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_reported_without_a_status_are_kept_by_an_exit_0() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "exit.on_mark"})).await;
+    let (_, sa) = srv.running(&a).await;
+    for n in [1, 2] {
+        let r = srv
+            .report(
+                &a,
+                &sa,
+                json!({"results": {"rows": n}, "statusDetails": {"step": n}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.json["reported"], Value::Null, "{}", r.describe());
+    }
+    let mark = PathBuf::from(format!("/tmp/runyard-exit-{a}"));
+    std::fs::write(&mark, b"").expect("mark");
+    let j = srv.wait_terminal(&a).await;
+    let _ = std::fs::remove_file(&mark);
+    assert_eq!(j["status"], "SUCCESS", "{j:#}");
+    assert_eq!(j["exit_code"], 0, "{j:#}");
+    assert_eq!(j["result"], json!({"rows": 2}), "{j:#}");
+    assert_eq!(j["status_details"], json!({"step": 2}), "{j:#}");
+    assert_eq!(j["runs"][0]["reported"], Value::Null, "{j:#}");
     srv.finish().await;
 }
 

@@ -16,6 +16,7 @@ const CONFIG: &str = r#"
 [worker]
 poll_interval = "100ms"
 kill_grace = "200ms"
+exit_grace = "200ms"
 
 [[runners]]
 kind = "local"
@@ -379,6 +380,111 @@ async fn a_missing_program_ends_its_job_at_once_with_one_warning() {
             .any(|l| l["message"] == "job attempt failed: retrying"),
         "{about:#?}"
     );
+}
+
+/// A job's `errorMessage` is capped where it is kept: a 900 KB one, reported by each of its two
+/// attempts, is stored cut to 16 KiB (at a character boundary, saying so and how long it was) in
+/// the job's `error` and each `runs[].error`, and the server log's `job attempt failed` and `job
+/// ended` lines carry at most about 1 KiB of it. Before, each copy and each of those lines held
+/// the whole message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_reported_error_is_capped_in_the_job_and_in_the_log() {
+    const MASTER_KEY: &str = "server-log-test-master-key-0123456789ab";
+    let s = serve_with(
+        &format!("master_key = \"{MASTER_KEY}\""),
+        &["--log-format", "json"],
+    );
+    // 899,999 bytes of which all but the first are two-byte characters: 16 KiB falls inside one.
+    let huge = format!("x{}", "\u{e9}".repeat(449_999));
+    let v: Value = http()
+        .post(format!("{}/async/jobs", s.url))
+        .json(&json!({"type": "sh.hold", "max_attempts": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["job_id"].as_str().expect("job_id").to_string();
+    for attempt in 1..=2u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = job(&s, &id).await;
+            if j["status"] == "RUNNING" && j["attempt"] == attempt {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "attempt {attempt} never ran: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let secret = runyard_hooks::derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+        let client = runyard_hooks::JobClient::new(id.clone(), secret, &format!("{}/async", s.url))
+            .expect("job client");
+        client
+            .error(huge.clone())
+            .await
+            .expect("the report is taken");
+    }
+    let j = wait_status(&s, &id, &["ERROR"]).await;
+    let check = |what: &str, e: &str| {
+        assert!(e.len() <= 16 * 1024, "{what}: {} bytes", e.len());
+        assert!(e.starts_with("x\u{e9}\u{e9}"), "{what}: {e:.40}");
+        assert!(
+            e.contains("899999 bytes"),
+            "{what}: the cut says how long it was: {}",
+            &e[e.len().saturating_sub(200)..]
+        );
+    };
+    check("error", j["error"].as_str().unwrap_or_default());
+    let runs = j["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{j:.2000}");
+    for r in runs {
+        check("runs[].error", r["error"].as_str().unwrap_or_default());
+    }
+    assert!(
+        j.to_string().len() < 64 * 1024,
+        "the job is {} bytes",
+        j.to_string().len()
+    );
+    // The log: the attempt's warning and the outcome line, each carrying a short error.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = json_lines(&s);
+        let about = |m: &str| {
+            lines
+                .iter()
+                .any(|l| l["message"] == m && l["job_id"] == id.as_str())
+        };
+        if (about("job ended") && about("job attempt failed: retrying"))
+            || Instant::now() > deadline
+        {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut seen = 0;
+    for l in &lines {
+        let text = l.to_string();
+        assert!(
+            text.len() < 4096,
+            "a log line of {} bytes: {text:.300}",
+            text.len()
+        );
+        if l["job_id"] == id.as_str()
+            && (l["message"] == "job ended" || l["message"] == "job attempt failed: retrying")
+        {
+            let e = l["error"].as_str().unwrap_or_default();
+            assert!(e.len() <= 1024, "{} bytes of error in {text:.300}", e.len());
+            assert!(
+                e.starts_with("x\u{e9}") && e.contains("899999 bytes"),
+                "{text}"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2, "one warning and one outcome line");
 }
 
 /// A server that cannot start says why in its log's own format: one JSON object with level

@@ -12,7 +12,7 @@ use runyard_hooks::{derive_job_secret, JobClient};
 use serde_json::{json, Value};
 
 use redis_support::TestRedis;
-use support::{TestServer, WAIT};
+use support::{status_of, TestServer, WAIT};
 
 const MASTER_KEY: &str = "signal-test-master-key-0123456789abcdef";
 
@@ -580,4 +580,96 @@ async fn signals_redis() {
     assert_eq!(ts.get("/health").await.1["store"], "redis");
     suite(&ts).await;
     large_records(&ts).await;
+}
+
+/// Only an active attempt that has not said how it ended can signal (docs/hooks.md): once it
+/// reported `SUCCESS` or an `ERROR` (here a final one, `retry: false`), or once its time limit
+/// ran out (the mark, while its process is being stopped), `POST {JOB_HOOK}/signal/{key}` is
+/// refused `409` as its other calls are, and nothing is written. Before, such a signal answered
+/// `201` with its seq while progress, results, uploads and `GET /job` got `409`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_reported_or_ran_out_of_time_cannot_signal() {
+    let runners = format!(
+        r#"{RUNNERS}
+[[runners]]
+name = "deaf"
+kind = "local"
+types = ["deaf.*"]
+command = ["/bin/sh", "-c", "trap '' TERM; sleep 30"]
+"#
+    );
+    // A reported outcome is committed `exit_grace` (10 s by default) after the report, a process
+    // that ignores SIGTERM stopped `kill_grace` after the mark: windows the calls below fit in.
+    let ts = TestServer::builder(&runners)
+        .config(&format!(
+            "master_key = \"{MASTER_KEY}\"\n[worker]\nkill_grace = \"3s\""
+        ))
+        .start()
+        .await;
+    let client_of = |id: &str, job: &Value| {
+        let attempt = job["attempt"].as_u64().unwrap() as u32;
+        let secret = derive_job_secret(MASTER_KEY.as_bytes(), id, attempt);
+        JobClient::new(id.to_string(), secret, &ts.at("/async")).expect("client")
+    };
+    for (label, key) in [("SUCCESS", "after.success"), ("ERROR", "after.error")] {
+        let id = ts.submit_ok(json!({"type": "loc.reports"})).await;
+        let job = ts.wait_status(&id, "RUNNING", WAIT).await;
+        let client = client_of(&id, &job);
+        // A running job signals as before.
+        let v = client
+            .signal(key, Some(json!({"before": true})), None)
+            .await
+            .expect("a running job can signal");
+        assert_eq!(v["seq"], 1, "{v}");
+        if label == "SUCCESS" {
+            client
+                .success(Some(json!({"ok": 1})))
+                .await
+                .expect("report");
+        } else {
+            client.error_no_retry("bad input").await.expect("report");
+        }
+        let job = ts.get_job(&id).await;
+        assert_eq!(status_of(&job), "RUNNING", "still stopping: {job:#}");
+        assert_eq!(job["runs"][0]["reported"], label, "{job:#}");
+        for id_arg in [None, Some("late-1")] {
+            let e = client
+                .signal(key, Some(json!({"after": label})), id_arg)
+                .await
+                .expect_err("a signal after the attempt reported");
+            let text = e.to_string();
+            assert!(
+                text.contains("409") && text.contains(&format!("reported {label}")),
+                "{label}: {text}"
+            );
+        }
+        let recs = records(&ts, key, "").await;
+        assert_eq!(
+            recs.len(),
+            1,
+            "{label}: nothing written after the report: {recs:?}"
+        );
+    }
+
+    let id = ts
+        .submit_ok(json!({"type": "deaf.slow", "timeout": "1s", "max_attempts": 1}))
+        .await;
+    let job = ts.wait_status(&id, "RUNNING", WAIT).await;
+    let client = client_of(&id, &job);
+    let marked = ts
+        .wait_for(&id, WAIT, |j| j["runs"][0]["reported"] == "TIMEOUT")
+        .await;
+    assert_eq!(status_of(&marked), "RUNNING", "{marked:#}");
+    let e = client
+        .signal("after.timeout", None, None)
+        .await
+        .expect_err("a signal after the time limit ran out");
+    let text = e.to_string();
+    assert!(
+        text.contains("409") && text.contains("time limit"),
+        "{text}"
+    );
+    assert!(records(&ts, "after.timeout", "").await.is_empty());
+    let job = ts.wait_terminal(&id, WAIT).await;
+    assert_eq!(status_of(&job), "TIMEOUT", "{job:#}");
 }

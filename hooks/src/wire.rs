@@ -47,6 +47,19 @@ pub struct StatusReport {
     pub retry: Option<bool>,
 }
 
+impl StatusReport {
+    /// Every field of the report as it goes on the wire: the hook refuses any other (422).
+    pub const FIELDS: [&'static str; 7] = [
+        "status",
+        "progress",
+        "statusDetails",
+        "results",
+        "logs",
+        "errorMessage",
+        "retry",
+    ];
+}
+
 /// Description of a stored file (the `Map` of a download answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {
@@ -239,6 +252,18 @@ mod tests {
             json!({"status": "ERROR", "progress": 42.5, "statusDetails": {"step": 2},
                    "results": [1], "logs": ["a"], "errorMessage": "boom", "retry": false})
         );
+        // `FIELDS` names every field, as sent.
+        let sent = serde_json::to_value(&report).expect("serialize");
+        let mut keys: Vec<&str> = sent
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut fields = StatusReport::FIELDS.to_vec();
+        keys.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(keys, fields);
         // Absent fields are not sent.
         assert_eq!(
             serde_json::to_string(&StatusReport::default()).expect("serialize"),

@@ -30,3 +30,53 @@ pub async fn read(st: &AppState, req: Request) -> ApiResult<(Parts, Bytes)> {
         .map_err(|_| super::gate::timed_out(limit))??;
     Ok((parts, bytes))
 }
+
+/// Refuses a `POST /async/status` body (a JSON object, parsed already) with a field the report
+/// does not have (`StatusReport::FIELDS`): `422 invalid_request` naming it, and the field meant
+/// when it is a near miss. Ignored, `{"status":"SUCCESS","result":{...}}` would end the job
+/// without its result and `{"status":"ERROR","error":"..."}` lose its reason, both answered 200.
+pub fn check_report_fields(bytes: &[u8]) -> ApiResult<()> {
+    use std::collections::BTreeMap;
+    let fields = runyard_hooks::wire::StatusReport::FIELDS;
+    let keys: BTreeMap<String, serde::de::IgnoredAny> =
+        serde_json::from_slice(bytes).map_err(ApiError::malformed_json)?;
+    let unknown: Vec<String> = keys
+        .keys()
+        .filter(|k| !fields.contains(&k.as_str()))
+        .map(|k| match meant(k) {
+            Some(m) => format!("`{k}` (did you mean `{m}`?)"),
+            None => format!("`{k}`"),
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_request(format!(
+        "unknown field{} {} in the report: its fields are {}",
+        if unknown.len() == 1 { "" } else { "s" },
+        unknown.join(", "),
+        fields.map(|f| format!("`{f}`")).join(", ")
+    )))
+}
+
+/// The report field a name not among them likely stands for: the same but for case, `_` and
+/// `-`, or a usual other name of it (`result`, `error`, `message`, `log`, `details`).
+fn meant(name: &str) -> Option<&'static str> {
+    let norm: String = name
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-'))
+        .collect::<String>()
+        .to_lowercase();
+    let fields = runyard_hooks::wire::StatusReport::FIELDS;
+    if let Some(f) = fields.iter().find(|f| f.to_lowercase() == norm) {
+        return Some(f);
+    }
+    match norm.as_str() {
+        "result" | "output" | "outputs" => Some("results"),
+        "error" | "errors" | "message" | "errormsg" | "reason" => Some("errorMessage"),
+        "log" | "lines" => Some("logs"),
+        "details" | "detail" | "statusdetail" => Some("statusDetails"),
+        "state" => Some("status"),
+        _ => None,
+    }
+}

@@ -91,7 +91,9 @@ async fn verify(
     Ok((job, first, hh.version == SigVersion::V2))
 }
 
-fn require_active(job: &Job, what: &str) -> ApiResult<()> {
+/// Refuses (`409 illegal_transition`) a call of a job that is not active, or whose attempt
+/// has said how it ended or ran out of time (only its process ending is awaited).
+pub(super) fn require_active(job: &Job, what: &str) -> ApiResult<()> {
     if !job.status.is_active() {
         Err(ApiError::conflict(
             "illegal_transition",
@@ -121,7 +123,7 @@ fn require_active(job: &Job, what: &str) -> ApiResult<()> {
         (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already: `error.reported` says what it reported, `SUCCESS`, `ERROR` or `TIMEOUT`)", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: more than 1000 entries in `logs`, or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a bad `status`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a field the report does not have (named, with the one meant for a near miss: `result` for `results`, `error` for `errorMessage`), a bad `status`", body = super::openapi::schemas::ErrorBody),
         (status = 503, description = "`replay_unapplied`: a report with `SUCCESS` or `ERROR` signed with v2 sent again as it was (after no answer), accepted before but not applied (the job is active and has not reported; otherwise a replay is `401 replay`): sign it again; `replay_unavailable`: the replay memory (the store) cannot be reached; `unavailable`: the store failed; sign again", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
@@ -140,7 +142,9 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
         StatusReport::default()
     } else {
         super::edge::require_json(&parts.headers)?;
-        parse_json(&bytes)?
+        let report = parse_json(&bytes)?;
+        super::hook_body::check_report_fields(&bytes)?;
+        report
     };
     let status = report
         .status

@@ -111,7 +111,7 @@ async fn append(
         (status = 200, description = "A signal with this `id` was written already", body = super::openapi::schemas::SignalWritten),
         (status = 400, description = "`bad_json`: malformed JSON; `bad_path`: a key that is not UTF-8 once percent-decoded", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: a body over the limit", body = super::openapi::schemas::ErrorBody),
-        (status = 409, description = "`illegal_transition`: the job is not running", body = super::openapi::schemas::ErrorBody),
+        (status = 409, description = "`illegal_transition`: the job is not running, or its attempt reported `SUCCESS` or `ERROR` or ran out of time", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_request`: the body does not match the schema, a bad key or `id` (an `id` starting `job:` among them)", body = super::openapi::schemas::ErrorBody),
     ))]
@@ -123,12 +123,8 @@ async fn hook_append(
     let (parts, bytes) = super::hook_body::read(&st, req).await?;
     let job =
         super::hooks::authenticate(&st, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
-    if !job.status.is_active() {
-        return Err(ApiError::conflict(
-            "illegal_transition",
-            format!("job is {}: it cannot send signals", job.status),
-        ));
-    }
+    // As its other calls: not once its attempt reported its outcome or ran out of time.
+    super::hooks::require_active(&job, "send signals")?;
     write(&st, &key, &parts.headers, &bytes).await
 }
 

@@ -1,5 +1,6 @@
 //! The job model: what is stored about a job, and the only code that changes it ([`transition`]).
 
+mod error_text;
 mod file_ref;
 mod fire_time;
 mod new;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+pub use error_text::{capped_error, cut_error, MAX_ERROR_BYTES, MAX_LOGGED_ERROR_BYTES};
 pub use file_ref::{FileRef, MAX_FILES_PER_PROPERTY};
 pub use fire_time::fire_time_text;
 pub use runyard_hooks::RunHandle;

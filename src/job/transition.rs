@@ -347,7 +347,7 @@ fn fail_attempt(
     exit_code: Option<i32>,
     retry: Retry,
 ) {
-    job.error = Some(message);
+    job.error = Some(super::capped_error(message));
     job.exit_code = exit_code;
     let after_ms = match retry {
         Retry::Backoff => Some(
@@ -560,7 +560,7 @@ fn hook_report(
             let message = r
                 .error
                 .clone()
-                .unwrap_or_else(|| "the job reported an error".into());
+                .map_or_else(|| "the job reported an error".into(), super::capped_error);
             job.error = Some(message.clone());
             if let Some(run) = job.runs.last_mut() {
                 run.reported = Some(Reported::Error {
@@ -577,7 +577,7 @@ fn hook_report(
     }
     if r.status != Some(Error) {
         if let Some(e) = r.error {
-            job.error = Some(e);
+            job.error = Some(super::capped_error(e));
         }
     }
     Ok(ev)

@@ -1,0 +1,81 @@
+//! How long a job's error may be. A job's `errorMessage` (or a function's error) is kept in
+//! several places: the job's `error`, each attempt's `runs[].error` and `runs[].reported`, the
+//! events that carry the job, and the server log's `job attempt failed` and `job ended` lines.
+//! Unbounded, a 900 KB message reported by three attempts was stored four times and logged
+//! whole three times. An error is stored cut to [`MAX_ERROR_BYTES`] (as a log line is cut at
+//! 16 KiB), and logged cut further to [`MAX_LOGGED_ERROR_BYTES`].
+
+use std::borrow::Cow;
+
+/// The most bytes of a job's stored error, the note of the cut included.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+/// The most bytes of a job's error in a server log line, the note of the cut included.
+pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
+
+const CUT_START: &str = "… [runyard: cut, ";
+const CUT_END: &str = " bytes in all]";
+
+/// `text` if it holds at most `max` bytes, else its beginning, cut at a character boundary,
+/// followed by a note of how long it was: `… [runyard: cut, 899999 bytes in all]`, at most
+/// `max` bytes in all. A text cut before keeps its note's length, so cutting again (shorter, or
+/// the same) says how long the original was and never adds a second note.
+pub fn cut_error(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let total = cut_length(text).unwrap_or(text.len());
+    let note = format!("{CUT_START}{total}{CUT_END}");
+    let mut end = max.saturating_sub(note.len()).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{note}", &text[..end]))
+}
+
+/// [`cut_error`] to [`MAX_ERROR_BYTES`], for an error about to be stored.
+pub fn capped_error(text: String) -> String {
+    match cut_error(&text, MAX_ERROR_BYTES) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(cut) => cut,
+    }
+}
+
+/// The length a cut text's note gives for its original.
+fn cut_length(text: &str) -> Option<usize> {
+    let body = text.strip_suffix(CUT_END)?;
+    let at = body.rfind(CUT_START)?;
+    body[at + CUT_START.len()..].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_errors_are_kept_and_long_ones_cut_at_a_character_boundary() {
+        assert_eq!(cut_error("boom", 16), "boom");
+        let long = format!("x{}", "é".repeat(449_999));
+        let cut = capped_error(long.clone());
+        assert!(
+            cut.len() <= MAX_ERROR_BYTES && cut.len() > MAX_ERROR_BYTES - 4,
+            "{}",
+            cut.len()
+        );
+        assert!(
+            cut.ends_with("… [runyard: cut, 899999 bytes in all]"),
+            "{cut:.60}"
+        );
+        assert!(long.starts_with(cut.trim_end_matches("… [runyard: cut, 899999 bytes in all]")));
+        // Cut again: the same, or shorter with the original's length.
+        assert_eq!(capped_error(cut.clone()), cut);
+        let logged = cut_error(&cut, MAX_LOGGED_ERROR_BYTES);
+        assert!(logged.len() <= MAX_LOGGED_ERROR_BYTES);
+        assert!(
+            logged.ends_with("… [runyard: cut, 899999 bytes in all]"),
+            "{logged}"
+        );
+        assert_eq!(logged.matches("[runyard: cut").count(), 1);
+        // A limit below the note's own length: the note alone.
+        assert_eq!(cut_error("abcdef", 3), "… [runyard: cut, 6 bytes in all]");
+    }
+}
