@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 pub use file_ref::{FileRef, MAX_FILES_PER_PROPERTY};
 pub use fire_time::fire_time_text;
+pub use new::{id_at, ID_AHEAD_MS};
 pub use runyard_hooks::RunHandle;
 pub use select::SelectError;
 pub use status::JobStatus;
