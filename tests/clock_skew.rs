@@ -14,6 +14,10 @@
 //! - `an_api_node_behind_stamps_the_store_time`: B 10 minutes behind: a schedule created through
 //!   B (`misfire = "all"`, a catch-up window of an hour) is created now and fires for no time
 //!   before it, and a `+60s` deadline submitted through B is a minute from now.
+//! - `jobs_made_by_skewed_nodes_are_listed_by_their_created_at`: B 10 minutes ahead, C 10
+//!   minutes behind: a job submitted through each (and one through A) carries the store's time
+//!   in its id as in its `created_at`, so `created_after` / `created_before` around the real
+//!   submit time find all three, and the listing (newest first) follows `created_at`.
 //!
 //! Every time the tests compare is the real clock's (this process, Redis and A agree on it).
 
@@ -100,8 +104,10 @@ impl Cluster {
     /// The tail of every node's log, for a failure's message.
     fn logs(&self) -> String {
         let mut out = String::new();
-        for name in ["a", "b"] {
-            let s = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+        for name in ["a", "b", "c"] {
+            let Ok(s) = std::fs::read_to_string(self.log(name)) else {
+                continue;
+            };
             let lines: Vec<&str> = s.lines().collect();
             out.push_str(&format!("--- {name} ---\n"));
             out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
@@ -359,6 +365,122 @@ async fn an_api_node_behind_stamps_the_store_time() {
         deadline >= before + Duration::from_secs(59),
         "a deadline by B's clock: {job:#}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_made_by_skewed_nodes_are_listed_by_their_created_at() {
+    let cl = Cluster::new();
+    let a = cl.node("a", None).await;
+    let b = cl.node("b", Some(600)).await;
+    let c = cl.node("c", Some(-600)).await;
+    let clients = [
+        Client::new(&b.url),
+        Client::new(&a.url),
+        Client::new(&c.url),
+    ];
+    let t0 = SystemTime::now() - Duration::from_secs(1);
+
+    // One job through B (10 minutes ahead), then A, then C (10 minutes behind), over a second
+    // apart: by the store's clock, B's is the oldest and C's the newest.
+    let mut ids = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let (status, _, v) = post(client, "/async/jobs", json!({"type": "runyard.noop"})).await;
+        assert_eq!(status, 202, "{v}");
+        ids.push(v["job_id"].as_str().expect("job_id").to_string());
+    }
+    let t1 = SystemTime::now() + Duration::from_secs(1);
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let ca = &clients[1];
+
+    // Around the real submit time, each bound alone and both: all three, newest first (every
+    // query checked before the test fails, so that its message names each one that is wrong).
+    let name = |id: &str| match ids.iter().position(|i| i == id) {
+        Some(0) => "B's",
+        Some(1) => "A's",
+        Some(_) => "C's",
+        None => "another",
+    };
+    let mut wrong = Vec::new();
+    for query in [
+        format!("created_after={}", rfc3339(t0)),
+        format!("created_before={}", rfc3339(t1)),
+        format!(
+            "created_after={}&created_before={}",
+            rfc3339(t0),
+            rfc3339(t1)
+        ),
+        String::new(),
+    ] {
+        let (status, v) = get(ca, &format!("/async/jobs?type=runyard.noop&{query}")).await;
+        assert_eq!(status, 200, "{v}");
+        let listed: Vec<String> = v["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["id"].as_str().expect("id").to_string())
+            .collect();
+        if listed != newest_first || !v["next_cursor"].is_null() {
+            let names: Vec<&str> = listed.iter().map(|id| name(id)).collect();
+            wrong.push(format!(
+                "`{query}`: {names:?}, next_cursor {}",
+                v["next_cursor"]
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not the three jobs newest first by created_at (C's, A's, B's):\n{}\n{}",
+        wrong.join("\n"),
+        cl.logs()
+    );
+
+    // A batch through C and a schedule's trigger through B make their ids the same way.
+    let (status, _, v) = post(
+        &clients[2],
+        "/async/jobs/batch",
+        json!({"jobs": [{"type": "runyard.noop"}, {"type": "runyard.noop"}]}),
+    )
+    .await;
+    assert_eq!((status, &v["accepted"]), (200, &json!(2)), "{v}");
+    for r in v["results"].as_array().expect("results") {
+        ids.push(r["job_id"].as_str().expect("job_id").to_string());
+    }
+    let body = json!({"name": "skew-ids", "cron": "0 0 0 1 1 *", "job": {"type": "runyard.noop"}});
+    let (status, _, v) = post(&clients[0], "/async/schedules", body).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _, v) = post(&clients[0], "/async/schedules/skew-ids/trigger", json!({})).await;
+    assert_eq!(status, 202, "{v}");
+    ids.push(v["job_id"].as_str().expect("job_id").to_string());
+    let t1 = SystemTime::now() + Duration::from_secs(1);
+
+    // Each id carries its created_at's time (the store's), whichever node's clock made it.
+    for id in &ids {
+        let job = ca.job(id).await;
+        let created = time_of(&job["created_at"]);
+        assert!(
+            created >= t0 && created < t1,
+            "created_at not by the store's clock: {job:#}"
+        );
+        let (secs, nanos) = uuid::Uuid::parse_str(id)
+            .expect("a UUID")
+            .get_timestamp()
+            .expect("a v7 id")
+            .to_unix();
+        let id_ms = Duration::new(secs, nanos).as_millis();
+        let created_ms = created
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        assert_eq!(
+            id_ms, created_ms,
+            "the id's time is not its created_at's: {job:#}"
+        );
+    }
+
+    drop((b, c));
 }
 
 /// A webhook receiver on 127.0.0.1 that accepts everything.

@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub use error_text::{capped_error, cut_error, MAX_ERROR_BYTES, MAX_LOGGED_ERROR_BYTES};
 pub use file_ref::{FileRef, MAX_FILES_PER_PROPERTY};
 pub use fire_time::fire_time_text;
+pub use new::{id_at, ID_AHEAD_MS};
 pub use runyard_hooks::RunHandle;
 pub use select::SelectError;
 pub use status::JobStatus;

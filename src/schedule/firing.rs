@@ -531,11 +531,12 @@ pub fn jitter_us(name: &str, fire_time: Micros, jitter_ms: u64) -> Micros {
     ((v % (jitter_ms * 1000)) as i64).max(0)
 }
 
-/// The job of one fire: a copy of the schedule's prototype with its own id, key and times.
+/// The job of one fire: a copy of the schedule's prototype with its own id, key and times (the id
+/// of `now`, its `created_at`: [`crate::job::id_at`]).
 pub fn job_for_fire(s: &Schedule, fire: &PendingFire, runner: Option<String>, now: Micros) -> Job {
     let fire_time = fire.fire_time;
     let mut j = s.proto.clone();
-    j.id = uuid::Uuid::now_v7();
+    j.id = crate::job::id_at(now);
     if s.spec
         .job
         .get("channel")

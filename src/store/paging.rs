@@ -35,9 +35,12 @@ pub const READ_BYTES: usize = 4 << 20;
 /// it bounds the work of a read over large jobs (10,000 records of 1 MiB were 10 GB of JSON).
 pub const SCAN_BYTES: usize = 16 << 20;
 
-/// How far a job's id time (UUID v7, milliseconds) may be from its `created_at`: both are read
-/// when the job is built, on one node; the range read is widened by this and `created_at` checked
-/// exactly.
+/// How far a job's id time (UUID v7, milliseconds) may be from its `created_at`: the id is made
+/// for it ([`crate::job::id_at`]: that time, or at most [`crate::job::ID_AHEAD_MS`] after it).
+/// An older build made the id with its node's clock, read with `created_at` (Redis's submits
+/// since 369dd94 read the store's clock for it: such a job from a node whose clock was off by
+/// more than this is outside its range). The range read is widened by this and `created_at`
+/// checked exactly.
 const ID_SKEW_MS: i64 = 60_000;
 
 /// The smallest UUID v7 of the millisecond `ms` (ids compare as their text does).
