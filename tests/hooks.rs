@@ -3291,3 +3291,217 @@ async fn job_client_sends_the_status_after_its_log_reports_failed() {
     );
     assert_eq!(got[3]["logs"].as_array().unwrap().len(), 1);
 }
+
+/// The probe's finding: the replay key is (job, `X-Job-Time`, hash) and a v2 hash covered time,
+/// method, path and body only, so two clients (or processes) of one job sending the same report
+/// (`progress(0.5)`, `log("tick")`) in the same millisecond sent the same triple and the second
+/// was refused `401 replay`. A v2 request may carry `X-Job-Nonce`, which its signature covers:
+/// two requests alike but for their nonces are both applied, and the same one again (a re-send)
+/// is still a replay. Signed by hand, as a client in another language following docs/hooks.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_alike_but_for_their_nonces_are_both_applied() {
+    use sha2::{Digest, Sha256};
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.nonce"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let st = "/async/status";
+    let body = br#"{"progress":0.5,"logs":["tick"]}"#;
+    let t = fresh_ms().to_string();
+    let signed = |nonce: &str| -> Headers {
+        let body_hash = hex::encode(Sha256::digest(body));
+        let message = format!("{t}\nPOST\n{st}\n{body_hash}\n{nonce}");
+        let mac = runyard_hooks::hmac_sha256_parts(sa.expose().as_bytes(), &[message.as_bytes()]);
+        vec![
+            ("X-Job-Id".into(), a.clone()),
+            ("X-Job-Time".into(), t.clone()),
+            ("X-Job-Hash".into(), hex::encode(mac)),
+            ("X-Job-Signature".into(), "v2".into()),
+            ("X-Job-Nonce".into(), nonce.into()),
+        ]
+    };
+    let (first, second) = (signed("client-a"), signed("client-b"));
+    let r = srv.hook("POST", st, &first, body).await;
+    assert_eq!(r.status, 200, "first client: {}", r.describe());
+    let r = srv.hook("POST", st, &second, body).await;
+    assert_eq!(
+        r.status,
+        200,
+        "second client, same body and millisecond: {}",
+        r.describe()
+    );
+    let logs = srv.logs_with(&a, "tick").await;
+    let wait = Instant::now();
+    let mut ticks = logs.iter().filter(|l| *l == "tick").count();
+    while ticks < 2 && wait.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ticks = srv.logs(&a).await.iter().filter(|l| *l == "tick").count();
+    }
+    assert_eq!(ticks, 2, "both reports' lines stored");
+    // The first request sent again as it was (a client's re-send after no answer): a replay.
+    let before = srv.snap(&a).await;
+    srv.refused(
+        &a,
+        &before,
+        "client-a again",
+        "POST",
+        st,
+        &first,
+        body,
+        401,
+        Some("replay"),
+    )
+    .await;
+    // A nonce is signed: the first signature with another nonce is not a new request.
+    let swapped = with(&first, "X-Job-Nonce", "client-c");
+    srv.refused(
+        &a,
+        &before,
+        "nonce swapped",
+        "POST",
+        st,
+        &swapped,
+        body,
+        401,
+        Some("bad_signature"),
+    )
+    .await;
+    srv.finish().await;
+}
+
+/// Two `JobClient`s of one job (two processes each with its own `from_env()`, in the probe)
+/// signing the same report in the same millisecond: each sends a nonce of its own, so neither
+/// is refused as a replay (before, the second one was `401 replay`). Then a burst of identical
+/// progress reports from both at once, none refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_job_clients_sending_the_same_report_at_once_are_both_taken() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.twins"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let one = JobClient::new(a.clone(), sa.clone(), &srv.hook_base()).expect("client");
+    let two = JobClient::new(a.clone(), sa.clone(), &srv.hook_base()).expect("client");
+    let url = one.endpoint(&["status"]);
+    let target = url.path().to_string();
+    let body = br#"{"progress":0.5}"#;
+    let as_headers = |map: reqwest::header::HeaderMap| -> Headers {
+        map.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").to_string()))
+            .collect()
+    };
+    // Signed by both in the same millisecond (a bounded search for one).
+    let mut same = None;
+    for _ in 0..10_000 {
+        let h1 = as_headers(one.sign(&reqwest::Method::POST, &url, body).expect("sign"));
+        let h2 = as_headers(two.sign(&reqwest::Method::POST, &url, body).expect("sign"));
+        if header(&h1, "x-job-time") == header(&h2, "x-job-time") {
+            same = Some((h1, h2));
+            break;
+        }
+    }
+    let (h1, h2) = same.expect("two signatures in one millisecond");
+    for (who, h) in [("first client", &h1), ("second client", &h2)] {
+        let r = srv.hook("POST", &target, h, body).await;
+        assert_eq!(r.status, 200, "{who}: {}", r.describe());
+    }
+    let burst = |c: JobClient| async move {
+        let mut refused = Vec::new();
+        for _ in 0..100 {
+            if let Err(e) = c.progress(0.5, None).await {
+                refused.push(e.to_string());
+            }
+        }
+        refused
+    };
+    let (r1, r2) = tokio::join!(burst(one), burst(two));
+    assert!(r1.is_empty() && r2.is_empty(), "refused: {r1:?} {r2:?}");
+    srv.finish().await;
+}
+
+/// A proxy to `srv` that drops `X-Job-Nonce` from every request: the server then verifies the
+/// signature without the nonce, as an API node of a build before it does (`401 bad_signature`).
+/// Its base URL (`/async`).
+async fn nonce_dropping_proxy(srv: &Srv) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = srv.addr;
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            let request = loop {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .map_or(0, |v| v.parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    let kept: Vec<&str> = head
+                        .split("\r\n")
+                        .filter(|l| {
+                            let l = l.to_ascii_lowercase();
+                            !l.starts_with("x-job-nonce:") && !l.starts_with("connection:")
+                        })
+                        .collect();
+                    let mut out =
+                        format!("{}\r\nconnection: close\r\n\r\n", kept.join("\r\n")).into_bytes();
+                    out.extend_from_slice(&buf[end + 4..end + 4 + len]);
+                    break Some(out);
+                }
+            };
+            let Some(request) = request else { continue };
+            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let mut answer = Vec::new();
+            if up.write_all(&request).await.is_ok() && up.read_to_end(&mut answer).await.is_ok() {
+                let _ = conn.write_all(&answer).await;
+            }
+        }
+    });
+    format!("http://{addr}/async")
+}
+
+/// A client that sends nonces, to a hook that does not know them (an API node of an earlier
+/// build, during a rolling upgrade: it refuses the signature, `401 bad_signature`): each call is
+/// signed again without a nonce and taken, the status reports of the report window included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_client_talks_to_a_hook_that_does_not_know_nonces() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.old_node"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let hook = nonce_dropping_proxy(&srv).await;
+    let client = JobClient::new(a.clone(), sa.clone(), &hook).expect("client");
+    client.progress(0.5, None).await.expect("progress");
+    client
+        .log(vec!["through an old node".into()])
+        .await
+        .expect("log");
+    assert_eq!(client.job().await.expect("job").id, a);
+    client
+        .running()
+        .await
+        .expect("a status report, in the report window");
+    let logs = srv.logs_with(&a, "through an old node").await;
+    assert!(logs.iter().any(|l| l == "through an old node"), "{logs:?}");
+    // A wrong secret is still refused (signed again without a nonce, refused again).
+    let wrong = JobClient::new(
+        a.clone(),
+        Secret::from_string("0".repeat(64)),
+        &srv.hook_base(),
+    )
+    .expect("client");
+    let err = wrong.progress(0.5, None).await.expect_err("wrong secret");
+    assert_eq!(err.status(), Some(401), "{err}");
+    srv.finish().await;
+}

@@ -4,7 +4,8 @@
 //! sends. Both sides live here so they cannot drift apart:
 //!
 //! - [`secret`]: the per-attempt job secret ([`Secret`], [`derive_job_secret`]).
-//! - [`sign`]: v1 (webda-compatible) and v2 (request-bound) signatures and the `X-Job-*` headers.
+//! - [`sign`]: v1 (webda-compatible) and v2 (request-bound, with an optional nonce) signatures and
+//!   the `X-Job-*` headers.
 //! - [`verify`]: the server-side check ([`HookHeaders`], [`Verifier`]): time window, constant-time
 //!   comparison, replay refusal.
 //! - [`replay`]: the replay memory ([`ReplayStore`], in-memory [`ReplayGuard`]).
@@ -31,7 +32,8 @@ pub use client::{ClientError, JobClient, UploadOutcome};
 pub use replay::{ReplayError, ReplayGuard, ReplayStore};
 pub use secret::{deployment_id, derive_job_secret, Secret};
 pub use sign::{
-    hmac_sha256_parts, now_ms, sign_v1, sign_v2, signed_headers, signed_headers_now, SigVersion,
+    hmac_sha256_parts, now_ms, random_nonce, sign_v1, sign_v2, sign_v2_with_nonce, signed_headers,
+    signed_headers_now, signed_headers_with_nonce, valid_nonce, SigVersion,
 };
 pub use verify::{HookHeaders, VerifiedSignature, Verifier, VerifyError};
 pub use vocab::{LogStream, RunHandle, RunKind, UnknownLogStream, MAX_LINE_BYTES};

@@ -8,7 +8,12 @@
 //!   signature to the job and the instant, not to the request.
 //! - **v2**, what runyard's own clients send, marked by `X-Job-Signature: v2`:
 //!   `hex(HMAC-SHA256(secret, time + "\n" + METHOD + "\n" + path_and_query + "\n" + hex(SHA256(body))))`.
-//!   It also binds the method, the exact path and query, and the body.
+//!   It also binds the method, the exact path and query, and the body. With the optional
+//!   `X-Job-Nonce` header (1-64 letters, digits, `-` or `_`), `"\n" + nonce` is added at the end
+//!   of the signed message: two otherwise identical requests signed in the same millisecond (two
+//!   clients, or two processes, of one job) then differ, and neither is taken for a replay of the
+//!   other. Runyard's clients send a random one with every request (a re-send of the same
+//!   request keeps it, so it is still recognised as the same request).
 //!
 //! The HMAC key is the secret's bytes. Runyard secrets are ASCII (lowercase hex), so the encoding
 //! does not matter for them; for any other secret the key is its ISO-8859-1 (latin-1) bytes when
@@ -32,6 +37,10 @@ pub const JOB_TIME_HEADER: &str = "X-Job-Time";
 pub const JOB_HASH_HEADER: &str = "X-Job-Hash";
 /// Name of the header selecting the signature version (`v2`; absent means v1).
 pub const JOB_SIGNATURE_HEADER: &str = "X-Job-Signature";
+/// Name of the optional header carrying a v2 request's nonce ([`valid_nonce`]).
+pub const JOB_NONCE_HEADER: &str = "X-Job-Nonce";
+/// Longest accepted `X-Job-Nonce`.
+pub const MAX_NONCE_LEN: usize = 64;
 
 /// [`JOB_ID_HEADER`] as a [`HeaderName`] (header names are case-insensitive).
 pub const X_JOB_ID: HeaderName = HeaderName::from_static("x-job-id");
@@ -41,6 +50,8 @@ pub const X_JOB_TIME: HeaderName = HeaderName::from_static("x-job-time");
 pub const X_JOB_HASH: HeaderName = HeaderName::from_static("x-job-hash");
 /// [`JOB_SIGNATURE_HEADER`] as a [`HeaderName`].
 pub const X_JOB_SIGNATURE: HeaderName = HeaderName::from_static("x-job-signature");
+/// [`JOB_NONCE_HEADER`] as a [`HeaderName`].
+pub const X_JOB_NONCE: HeaderName = HeaderName::from_static("x-job-nonce");
 
 /// The value of `X-Job-Signature` for v2 signatures.
 pub const V2_MARKER: &str = "v2";
@@ -71,6 +82,9 @@ pub enum SignError {
     /// The job id cannot be sent as an HTTP header value (control characters, non-ASCII...).
     #[error("the job id is not a valid HTTP header value")]
     InvalidJobId,
+    /// A nonce that is not 1-64 letters, digits, `-` or `_`, or one asked for a v1 signature.
+    #[error("a nonce is 1-64 letters, digits, '-' or '_', and goes with v2 signatures only")]
+    InvalidNonce,
 }
 
 /// The HMAC key bytes for a secret: latin-1 when every character fits (what the webda Python
@@ -108,13 +122,39 @@ pub fn hmac_sha256_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// The exact string signed by v2 (before the HMAC).
-pub(crate) fn v2_message(time: &str, method: &str, path_and_query: &str, body: &[u8]) -> String {
+/// Whether `nonce` may be sent as `X-Job-Nonce`: 1 to [`MAX_NONCE_LEN`] characters, each an
+/// ASCII letter, digit, `-` or `_` (so no newline can make two signed messages alike).
+pub fn valid_nonce(nonce: &str) -> bool {
+    !nonce.is_empty()
+        && nonce.len() <= MAX_NONCE_LEN
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A fresh random nonce: 32 lowercase hex characters (128 random bits).
+pub fn random_nonce() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The exact string signed by v2 (before the HMAC); with a nonce, `"\n" + nonce` at its end.
+pub(crate) fn v2_message(
+    time: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    nonce: Option<&str>,
+) -> String {
     let body_hash = hex::encode(Sha256::digest(body));
-    format!(
+    let mut message = format!(
         "{time}\n{}\n{path_and_query}\n{body_hash}",
         method.to_ascii_uppercase()
-    )
+    );
+    if let Some(nonce) = nonce {
+        message.push('\n');
+        message.push_str(nonce);
+    }
+    message
 }
 
 /// Raw v1 MAC bytes.
@@ -122,15 +162,16 @@ pub(crate) fn mac_v1(secret: &str, time: &str) -> [u8; 32] {
     hmac_sha256(&secret_key_bytes(secret), time.as_bytes())
 }
 
-/// Raw v2 MAC bytes.
+/// Raw v2 MAC bytes (`nonce`: the `X-Job-Nonce` sent, if any).
 pub(crate) fn mac_v2(
     secret: &str,
     time: &str,
     method: &str,
     path_and_query: &str,
     body: &[u8],
+    nonce: Option<&str>,
 ) -> [u8; 32] {
-    let message = v2_message(time, method, path_and_query, body);
+    let message = v2_message(time, method, path_and_query, body, nonce);
     hmac_sha256(&secret_key_bytes(secret), message.as_bytes())
 }
 
@@ -155,7 +196,27 @@ pub fn sign_v2(
     path_and_query: &str,
     body: &[u8],
 ) -> String {
-    hex::encode(mac_v2(secret, time, method, path_and_query, body))
+    hex::encode(mac_v2(secret, time, method, path_and_query, body, None))
+}
+
+/// The v2 signature of a request sent with `X-Job-Nonce: nonce`: as [`sign_v2`], with
+/// `"\n" + nonce` at the end of the signed message.
+pub fn sign_v2_with_nonce(
+    secret: &str,
+    time: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    nonce: &str,
+) -> String {
+    hex::encode(mac_v2(
+        secret,
+        time,
+        method,
+        path_and_query,
+        body,
+        Some(nonce),
+    ))
 }
 
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
@@ -169,8 +230,8 @@ pub fn now_ms() -> i64 {
 /// Builds the full set of hook headers for one request signed at `time_ms`.
 ///
 /// The result holds `X-Job-Id`, `X-Job-Time`, `X-Job-Hash` and, for v2, `X-Job-Signature: v2`.
-/// For v1, `method`, `path_and_query` and `body` are not used. See [`signed_headers_now`] for the
-/// usual case.
+/// For v1, `method`, `path_and_query` and `body` are not used. No nonce: see
+/// [`signed_headers_with_nonce`]. See [`signed_headers_now`] for the usual case.
 pub fn signed_headers(
     job_id: &str,
     secret: &Secret,
@@ -180,13 +241,40 @@ pub fn signed_headers(
     body: &[u8],
     time_ms: i64,
 ) -> Result<HeaderMap, SignError> {
+    let request = (method, path_and_query, body);
+    signed_headers_with_nonce(job_id, secret, version, request, time_ms, None)
+}
+
+/// [`signed_headers`] for `request` (method, path and query, body), with `X-Job-Nonce: nonce`
+/// when `nonce` is given (v2 only: a v1 signature cannot cover it, and the server refuses it).
+pub fn signed_headers_with_nonce(
+    job_id: &str,
+    secret: &Secret,
+    version: SigVersion,
+    request: (&str, &str, &[u8]),
+    time_ms: i64,
+    nonce: Option<&str>,
+) -> Result<HeaderMap, SignError> {
+    let (method, path_and_query, body) = request;
     let id_value = HeaderValue::from_str(job_id).map_err(|_| SignError::InvalidJobId)?;
     let time = time_ms.to_string();
+    let nonce = match (version, nonce) {
+        (SigVersion::V2, Some(n)) if valid_nonce(n) => Some(n),
+        (_, None) => None,
+        _ => return Err(SignError::InvalidNonce),
+    };
     let hash = match version {
         SigVersion::V1 => sign_v1(secret.expose(), &time),
-        SigVersion::V2 => sign_v2(secret.expose(), &time, method, path_and_query, body),
+        SigVersion::V2 => hex::encode(mac_v2(
+            secret.expose(),
+            &time,
+            method,
+            path_and_query,
+            body,
+            nonce,
+        )),
     };
-    let mut headers = HeaderMap::with_capacity(4);
+    let mut headers = HeaderMap::with_capacity(5);
     headers.insert(X_JOB_ID, id_value);
     headers.insert(X_JOB_TIME, HeaderValue::from(time_ms));
     // Lowercase hex only: always a valid header value.
@@ -196,6 +284,13 @@ pub fn signed_headers(
     );
     if version == SigVersion::V2 {
         headers.insert(X_JOB_SIGNATURE, HeaderValue::from_static(V2_MARKER));
+    }
+    if let Some(nonce) = nonce {
+        // Letters, digits, `-` and `_` only (valid_nonce): always a valid header value.
+        headers.insert(
+            X_JOB_NONCE,
+            HeaderValue::from_str(nonce).map_err(|_| SignError::InvalidNonce)?,
+        );
     }
     Ok(headers)
 }
@@ -264,7 +359,7 @@ mod tests {
     fn v2_known_answers() {
         // python3: bh = hashlib.sha256(b'{"status":"RUNNING"}').hexdigest()
         assert_eq!(
-            v2_message(TIME, "post", "/async/status", BODY),
+            v2_message(TIME, "post", "/async/status", BODY, None),
             "1700000000000\nPOST\n/async/status\n\
              8a320f75d49b24da756707eb933391ebbd38a94fbad259c43663a4626c585475"
         );
@@ -292,7 +387,7 @@ mod tests {
         //          hashlib.sha256).hexdigest()
         let upload_body = br#"{"hash":"5d41402abc4b2a76b9719d911017c592","challenge":"2b03dabe69fdf9eaff35009811c22b22","metadata":{}}"#;
         let upload_path = "/async/upload/jobs/0190a5e0-7c3a-7000-8000-00000000abcd/outputs";
-        assert!(v2_message(TIME, "PUT", upload_path, upload_body)
+        assert!(v2_message(TIME, "PUT", upload_path, upload_body, None)
             .ends_with("\n19f471255adcaabfcbed3298e1456edbd0149d0333faa3bc553ece36977e12d9"));
         assert_eq!(
             sign_v2(SECRET, TIME, "PUT", upload_path, upload_body),
@@ -346,6 +441,49 @@ mod tests {
         );
         // Nothing in the headers is the secret.
         assert!(v2.values().all(|v| v.as_bytes() != SECRET.as_bytes()));
+    }
+
+    #[test]
+    fn v2_with_a_nonce_known_answer() {
+        // python3: bh as above; m = '1700000000000\nPOST\n/async/status\n' + bh + '\n' + nonce
+        // hmac.new(SECRET.encode(), m.encode(), hashlib.sha256).hexdigest()
+        let nonce = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            sign_v2_with_nonce(SECRET, TIME, "POST", "/async/status", BODY, nonce),
+            "605d75829e8af137532e5016e552301819c58ece9bbc0dd3a87fb14b346ca19c"
+        );
+        let secret = Secret::from_string(SECRET.to_owned());
+        let request = ("POST", "/async/status", BODY);
+        let t = 1_700_000_000_000;
+        let h = signed_headers_with_nonce("j", &secret, SigVersion::V2, request, t, Some(nonce))
+            .expect("valid headers");
+        assert_eq!(h.len(), 5);
+        assert_eq!(h[JOB_NONCE_HEADER], nonce);
+        assert_eq!(
+            h[JOB_HASH_HEADER],
+            "605d75829e8af137532e5016e552301819c58ece9bbc0dd3a87fb14b346ca19c"
+        );
+        // No nonce: the v2 signature of before, no header.
+        let h = signed_headers_with_nonce("j", &secret, SigVersion::V2, request, t, None)
+            .expect("valid headers");
+        assert!(h.get(JOB_NONCE_HEADER).is_none());
+        assert_eq!(
+            h[JOB_HASH_HEADER],
+            "4acb3e3b5db2db14fa958b8d99a7d3a4eb722081ce84452256fc508dd315587b"
+        );
+        // v1 cannot cover a nonce; a malformed one is refused.
+        for (version, bad) in [
+            (SigVersion::V1, nonce),
+            (SigVersion::V2, "a\nb"),
+            (SigVersion::V2, ""),
+        ] {
+            let err = signed_headers_with_nonce("j", &secret, version, request, t, Some(bad))
+                .expect_err("refused");
+            assert!(matches!(err, SignError::InvalidNonce));
+        }
+        // Random nonces are valid, and differ.
+        let (a, b) = (random_nonce(), random_nonce());
+        assert!(valid_nonce(&a) && a.len() == 32 && a != b);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! The checks, in order: the time parses; it is within the window (default 5 minutes) of the
 //! server's clock; v1 is allowed (unless `require_v2`); the signature matches, compared in constant
 //! time; and only then, so that forged requests cannot fill it, the (job, time, hash) triple has not
-//! been accepted before.
+//! been accepted before. A v2 hash covers the request's `X-Job-Nonce` when it has one, so two
+//! requests alike but for their nonces are two triples: both taken.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use subtle::ConstantTimeEq;
 use crate::replay::{ReplayError, ReplayGuard, ReplayStore};
 use crate::secret::Secret;
 use crate::sign::{
-    mac_v1, mac_v2, SigVersion, JOB_HASH_HEADER, JOB_ID_HEADER, JOB_SIGNATURE_HEADER,
-    JOB_TIME_HEADER,
+    mac_v1, mac_v2, valid_nonce, SigVersion, JOB_HASH_HEADER, JOB_ID_HEADER, JOB_NONCE_HEADER,
+    JOB_SIGNATURE_HEADER, JOB_TIME_HEADER,
 };
 
 /// The default accepted distance between `X-Job-Time` and the server's clock.
@@ -40,7 +41,8 @@ pub enum VerifyError {
     #[error("missing header {0}")]
     MissingHeader(&'static str),
     /// A header is present but malformed (repeated, not ASCII, time not an integer, hash not 64
-    /// hex characters, unknown `X-Job-Signature` version...).
+    /// hex characters, unknown `X-Job-Signature` version, `X-Job-Nonce` not 1-64 letters, digits,
+    /// `-` or `_` or sent with a v1 signature...).
     #[error("invalid header {0}")]
     InvalidHeader(&'static str),
     /// `X-Job-Time` is further from the server's clock than the window.
@@ -99,6 +101,8 @@ pub struct HookHeaders {
     pub hash: String,
     /// v2 when `X-Job-Signature: v2` is present, v1 when it is absent (or `v1`).
     pub version: SigVersion,
+    /// `X-Job-Nonce`, as sent (v2 only; its signature covers it), or `None` without one.
+    pub nonce: Option<String>,
 }
 
 /// The single value of header `name`, as trimmed ASCII, or `None` when absent.
@@ -156,16 +160,24 @@ impl HookHeaders {
             Some(v) if v.eq_ignore_ascii_case("v2") => SigVersion::V2,
             Some(_) => return Err(VerifyError::InvalidHeader(JOB_SIGNATURE_HEADER)),
         };
+        // Only v2 covers a nonce: with v1 it would make nothing unique, so it is refused.
+        let nonce = match single_header(headers, JOB_NONCE_HEADER)? {
+            None | Some("") => None,
+            Some(n) if version == SigVersion::V2 && valid_nonce(n) => Some(n.to_owned()),
+            Some(_) => return Err(VerifyError::InvalidHeader(JOB_NONCE_HEADER)),
+        };
         Ok(HookHeaders {
             job_id: job_id.to_owned(),
             time: time.to_owned(),
             hash: hash.to_ascii_lowercase(),
             version,
+            nonce,
         })
     }
 
     /// The key under which a verified request is remembered against replays: job id (lowercased,
-    /// job ids being case-insensitive UUIDs), time and hash, newline-separated.
+    /// job ids being case-insensitive UUIDs), time and hash, newline-separated. The nonce is in it
+    /// through the hash (a v2 hash covers it), so keys keep the form older nodes remember.
     pub fn replay_key(&self) -> String {
         format!(
             "{}\n{}\n{}",
@@ -319,7 +331,14 @@ impl Verifier {
             .map_err(|_| VerifyError::InvalidHeader(JOB_HASH_HEADER))?;
         let expected = match headers.version {
             SigVersion::V1 => mac_v1(secret.expose(), &headers.time),
-            SigVersion::V2 => mac_v2(secret.expose(), &headers.time, method, path_and_query, body),
+            SigVersion::V2 => mac_v2(
+                secret.expose(),
+                &headers.time,
+                method,
+                path_and_query,
+                body,
+                headers.nonce.as_deref(),
+            ),
         };
         if !bool::from(expected.ct_eq(&provided)) {
             return Err(VerifyError::BadSignature);
@@ -530,6 +549,61 @@ mod tests {
         verifier
             .verify(&h, &secret(), "POST", PATH, BODY, T)
             .expect("original");
+    }
+
+    /// The probe's finding: two clients of one job sending the same v2 request in the same
+    /// millisecond made the same triple, the second refused as a replay. With a nonce each, both
+    /// are taken; the same nonce again is still a replay, and a nonce cannot be swapped.
+    #[test]
+    fn requests_alike_but_for_their_nonces_are_both_taken() {
+        use crate::sign::{signed_headers_with_nonce, X_JOB_NONCE};
+        let verifier = Verifier::new();
+        let with_nonce = |nonce: Option<&str>| {
+            let request = ("POST", PATH, BODY);
+            let map = signed_headers_with_nonce(JOB, &secret(), SigVersion::V2, request, T, nonce)
+                .expect("valid headers");
+            HookHeaders::from_headers(&map).expect("parse")
+        };
+        let check = |h: &HookHeaders| verifier.verify(h, &secret(), "POST", PATH, BODY, T);
+        let (a, b) = (with_nonce(Some("client-a")), with_nonce(Some("client-b")));
+        check(&a).expect("first client");
+        check(&b).expect("second client, same millisecond and body");
+        // Without a nonce, as before: taken once, then a replay.
+        check(&with_nonce(None)).expect("no nonce");
+        assert!(matches!(check(&with_nonce(None)), Err(VerifyError::Replay)));
+        // The same nonce again (a re-send of the same request) is a replay.
+        assert!(matches!(check(&a), Err(VerifyError::Replay)));
+        // A nonce is signed: another one on a's signature does not verify.
+        let swapped = HookHeaders {
+            nonce: Some("client-c".to_owned()),
+            ..a.clone()
+        };
+        assert!(matches!(check(&swapped), Err(VerifyError::BadSignature)));
+        // Nor does a's signature without its nonce.
+        let dropped = HookHeaders { nonce: None, ..a };
+        assert!(matches!(check(&dropped), Err(VerifyError::BadSignature)));
+
+        // Malformed nonces, and a nonce with v1 (which cannot cover it), are refused.
+        let good = signed_headers(JOB, &secret(), SigVersion::V2, "POST", PATH, BODY, T)
+            .expect("valid headers");
+        let long = "n".repeat(65);
+        for bad in ["a b", "a.b", "é", long.as_str()] {
+            let mut map = good.clone();
+            map.insert(X_JOB_NONCE, HeaderValue::from_str(bad).expect("header"));
+            let err = HookHeaders::from_headers(&map).expect_err(bad);
+            assert!(
+                matches!(err, VerifyError::InvalidHeader(JOB_NONCE_HEADER)),
+                "{bad}"
+            );
+        }
+        let mut map = good.clone();
+        map.insert(X_JOB_NONCE, HeaderValue::from_static("client-a"));
+        map.insert(X_JOB_SIGNATURE, HeaderValue::from_static("v1"));
+        let err = HookHeaders::from_headers(&map).expect_err("v1 with a nonce");
+        assert!(matches!(err, VerifyError::InvalidHeader(JOB_NONCE_HEADER)));
+        let mut map = good;
+        map.insert(X_JOB_NONCE, HeaderValue::from_static(""));
+        assert_eq!(HookHeaders::from_headers(&map).expect("empty").nonce, None);
     }
 
     #[test]

@@ -35,7 +35,7 @@ from .client_retry import (
     worth_waiting_for,
 )
 from .errors import BadPayload, HookError, IntegrityError, JobClientError, LogLinesLost, MissingEnvironment
-from .signing import SIGNATURES, job_headers
+from .signing import SIGNATURES, job_headers, new_nonce
 
 REQUIRED_ENV = ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK")
 CHUNK_SIZE = 64 * 1024
@@ -542,12 +542,16 @@ class JobClient:
         # Strictly increasing per client: two reports in the same millisecond would otherwise
         # look like a replay to the server (always for v1, whose hash covers only the time).
         # Under a lock: threads of one job share the client (read, then write, could repeat).
+        # Other clients of the job (another JobClient, another process) may sign the same
+        # millisecond: v2 requests carry a random X-Job-Nonce for that (_sign).
         with self._last_ms_lock:
             now = int(time.time() * 1000)
             self._last_ms = max(now, self._last_ms + 1)
             return str(self._last_ms)
 
-    def _sign(self, method: str, url: str, headers: Dict[str, str], body: Optional[bytes]) -> requests.PreparedRequest:
+    def _sign(
+        self, method: str, url: str, headers: Dict[str, str], body: Optional[bytes], nonce: bool = True
+    ) -> requests.PreparedRequest:
         prepared = self.session.prepare_request(requests.Request(method, url, data=body, headers=headers))
         # path_url is the request target exactly as it goes on the wire (path + "?query").
         prepared.headers.update(
@@ -559,6 +563,8 @@ class JobClient:
                 prepared.method,
                 prepared.path_url,
                 body or b"",
+                # A fresh one per signing; a re-send of this prepared request keeps it.
+                new_nonce() if nonce and self.signature == "v2" else None,
             )
         )
         return prepared
@@ -591,7 +597,7 @@ class JobClient:
             headers["Content-Type"] = "application/json"
 
         prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
-        deadline, attempt = signed_at + window, 0
+        deadline, attempt, nonce = signed_at + window, 0, True
         while True:
             settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
             try:
@@ -602,6 +608,12 @@ class JobClient:
                 unknown = True  # it may have reached the server and been taken
             else:
                 code = runyard_error_code(response) if response.status_code >= 300 else None
+                if nonce and response.status_code == 401 and code == "bad_signature" and "X-Job-Nonce" in prepared.headers:
+                    # A hook that does not know X-Job-Nonce (an API node of an earlier build)
+                    # refused its signature, taking nothing: signed again without one, at once.
+                    nonce = False
+                    prepared, signed_at, sent = self._sign(method, url, headers, body, nonce), time.monotonic(), False
+                    continue
                 if once and sent and response.status_code == 401 and code == "replay":
                     return {}  # an earlier send of this very request was taken; its answer was lost
                 # A re-sent request past the server's window: sign it again.
@@ -619,7 +631,7 @@ class JobClient:
             if once and unknown and time.monotonic() - signed_at < RESEND_WINDOW:
                 sent = True
             else:
-                prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
+                prepared, signed_at, sent = self._sign(method, url, headers, body, nonce), time.monotonic(), False
 
         if once and taken_before(response, payload, attempt):
             return {}  # an earlier try was applied, its answer the server's 5xx (or lost)

@@ -49,6 +49,7 @@ class StubHook:
         self.status_plan: List[Optional[object]] = []
         self.reported: Optional[str] = None  # the final status taken: a later report's 409 says it
         self.require_v2 = False
+        self.knows_nonce = True  # False: verifies v2 without X-Job-Nonce, as a hook of an earlier build
         self.reports: List[dict] = []
         self.requests: List[dict] = []  # every request: method, target, headers, body, signature
         self._tokens: Dict[str, tuple] = {}
@@ -193,7 +194,9 @@ class StubHook:
                 key = stub.secret.encode()
                 if version == "v2":
                     digest = hashlib.sha256(body).hexdigest()
-                    msg = f"{ts}\n{self.command}\n{self.path}\n{digest}".encode()
+                    msg = f"{ts}\n{self.command}\n{self.path}\n{digest}"
+                    nonce = h.get("X-Job-Nonce") if stub.knows_nonce else None
+                    msg = (msg + "\n" + nonce if nonce else msg).encode()
                 elif version == "v1" and not stub.require_v2:
                     msg = ts.encode()
                 else:
@@ -201,7 +204,7 @@ class StubHook:
                     return "401"
                 expected = hmac.new(key, msg, hashlib.sha256).hexdigest()
                 if not hmac.compare_digest(expected, given.lower()):
-                    self._error(401, "unauthorized", "bad signature")
+                    self._error(401, "bad_signature", "bad signature")
                     return "401"
                 with stub._lock:
                     if (job, ts, given) in stub._seen:

@@ -386,3 +386,16 @@ def test_a_log_report_refused_for_good_is_not_retried_and_ends_the_logging(http,
     stderr = stored(http, job_id, "stderr")
     warned = [line for line in stderr if "log line(s) not stored" in line]
     assert len(warned) == 1 and "2500 log line(s) not stored (2500 in all): POST /async/status: HTTP 403:" in warned[0], stderr
+
+
+def test_clients_of_one_job_reporting_alike_at_once_are_never_taken_for_replays(http):
+    # Two clients of the job sign the same progress and the same log line in the same
+    # millisecond, then 4 processes with a client each report progress(0.5) and log("tick") 50
+    # times: the hook's replay key was (job, time, hash), alike for them, and the second of a pair
+    # was refused `401 replay` (the probe: 60-69 of 900 progress calls raised, as many log lines
+    # lost). Each v2 request now carries a random X-Job-Nonce its signature covers.
+    job_id = submit(http, {"type": "py.twins", "args": {"processes": 4, "rounds": 50}})
+    job = wait(http, job_id, bound=120.0)
+    assert job["status"] == "SUCCESS" and job["attempt"] == 1, job
+    assert job["result"] == {"lost": 0}, job
+    assert stored(http, job_id, "job").count("tick") == 2 + 4 * 50

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -148,6 +149,41 @@ def test_v1_signature_is_accepted_and_has_no_signature_header(stub):
     assert "X-Job-Signature" not in stub.requests[0]["headers"]
 
 
+def test_two_clients_of_one_job_reporting_alike_in_one_millisecond_are_both_taken(stub):
+    # Two client objects (or processes) of one job: each client's times strictly increase, but
+    # two clients may sign the same millisecond. A v2 hash covered time, method, path and body
+    # only, so the same report from both was the same (job, time, hash) and the second was
+    # refused `401 replay` (HookError; a log line lost). Each request now carries a random
+    # X-Job-Nonce its signature covers.
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=0, report_window=0) as one, JobClient(
+        stub.job_id, stub.secret, stub.hook, retries=0, report_window=0
+    ) as two:
+        one._last_ms = two._last_ms = int(time.time() * 1000) + 1000  # both sign the next one
+        one.progress(0.5)
+        two.progress(0.5)
+        one.log("tick")
+        two.log("tick")
+        assert one.lines_lost == two.lines_lost == 0
+    assert stub.reports == [{"progress": 0.5}] * 2 + [{"logs": ["tick"]}] * 2
+    times = [r["headers"]["X-Job-Time"] for r in stub.requests]
+    assert times[0] == times[1] and times[2] == times[3]  # the same millisecond, pairwise
+    nonces = [r["headers"]["X-Job-Nonce"] for r in stub.requests]
+    assert len(set(nonces)) == 4
+
+
+def test_a_hook_that_does_not_know_nonces_gets_the_call_without_one(stub):
+    # An API node of a build before X-Job-Nonce (during a rolling upgrade) verifies the signature
+    # without it and refuses it (401 bad_signature, nothing taken): the call is signed again
+    # without a nonce, at once, and taken; a status report in its window too.
+    stub.knows_nonce = False
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=0, report_window=5) as c:
+        c.progress(0.5)
+        c.running()
+        assert c.job()["id"] == stub.job_id
+    assert stub.reports == [{"progress": 0.5}, {"status": "RUNNING"}]
+    assert ["X-Job-Nonce" in r["headers"] for r in stub.requests] == [True, False] * 3
+
+
 def test_query_is_part_of_the_signed_target(stub, client):
     answer = client._hook_call("GET", "/job?attempt=1&x=a%20b")
     assert answer["id"] == stub.job_id
@@ -159,8 +195,10 @@ def test_wrong_secret_is_refused_with_hook_error(stub):
         with pytest.raises(HookError) as info:
             c.running()
     assert info.value.status_code == 401
-    assert info.value.code == "unauthorized"
+    assert info.value.code == "bad_signature"
     assert info.value.message == "bad signature"
+    # Signed again without a nonce (a hook that does not know them says the same), refused again.
+    assert ["X-Job-Nonce" in r["headers"] for r in stub.requests] == [True, False]
 
 
 def test_hook_error_never_contains_the_secret(stub, client):
@@ -218,6 +256,9 @@ def test_a_report_whose_answer_was_lost_is_not_taken_twice(stub):
         assert c.log("L0", "L1", "L2") == {}
     assert stub.reports == [{"logs": ["L0", "L1", "L2"]}]
     assert len(stub.requests) == 2 and signed(stub.requests[0]) == signed(stub.requests[1])
+    # The re-send is the same request: its nonce too.
+    nonces = [r["headers"]["X-Job-Nonce"] for r in stub.requests]
+    assert nonces[0] == nonces[1]
 
 
 def test_a_report_that_never_arrived_is_taken_on_the_retry(stub):

@@ -9,10 +9,19 @@ import hmac
 import importlib.util
 import os
 
+import pytest
 import requests
 
 from conftest import JOBS_DIR
-from runyard_job.signing import EMPTY_BODY_SHA256, job_headers, path_and_query, sign_v1, sign_v2
+from runyard_job.signing import (
+    EMPTY_BODY_SHA256,
+    NONCE_RE,
+    job_headers,
+    new_nonce,
+    path_and_query,
+    sign_v1,
+    sign_v2,
+)
 
 SECRET = "test-secret-0123456789"
 TS = "1700000000000"
@@ -59,6 +68,39 @@ def test_v2_headers():
         "X-Job-Signature": "v2",
         "X-Job-Hash": sign_v2(SECRET, TS, "POST", "/async/status", BODY),
     }
+
+
+def test_v2_with_a_nonce():
+    # The nonce is the signed message's last line; the Rust crate's known answer
+    # (hooks/src/sign.rs, v2_with_a_nonce_known_answer) with its secret.
+    nonce = "0123456789abcdef0123456789abcdef"
+    digest = hashlib.sha256(BODY).hexdigest()
+    message = f"{TS}\nPOST\n/async/status\n{digest}\n{nonce}".encode()
+    expected = hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+    assert sign_v2(SECRET, TS, "POST", "/async/status", BODY, nonce) == expected
+    assert sign_v2(SECRET, TS, "POST", "/async/status", BODY, "other") != expected
+    assert sign_v2(SECRET, TS, "POST", "/async/status", BODY) != expected
+    rust_secret = "f61b0c92cd4100fe87c7d02bb64aedf228570ebb5bafd1ff015e63e3447b1cbd"
+    assert (
+        sign_v2(rust_secret, TS, "POST", "/async/status", BODY, nonce)
+        == "605d75829e8af137532e5016e552301819c58ece9bbc0dd3a87fb14b346ca19c"
+    )
+    headers = job_headers("job-1", SECRET, TS, "v2", "POST", "/async/status", BODY, nonce)
+    assert headers == {
+        "X-Job-Id": "job-1",
+        "X-Job-Time": TS,
+        "X-Job-Signature": "v2",
+        "X-Job-Hash": expected,
+        "X-Job-Nonce": nonce,
+    }
+    # A nonce is 1-64 letters, digits, "-" or "_", and goes with v2 only.
+    for bad in ("", "a b", "a\nb", "n" * 65):
+        with pytest.raises(ValueError):
+            sign_v2(SECRET, TS, "POST", "/async/status", BODY, bad)
+    with pytest.raises(ValueError):
+        job_headers("job-1", SECRET, TS, "v1", nonce=nonce)
+    a, b = new_nonce(), new_nonce()
+    assert a != b and len(a) == 32 and NONCE_RE.fullmatch(a)
 
 
 def _load_seed():

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use reqwest::{Method, Url};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
 mod chunks;
@@ -33,7 +33,7 @@ use error::{http_error, parse_json};
 pub use retry::{DEFAULT_REPORT_WINDOW, ENV_REPORT_WINDOW, RESEND_WINDOW};
 
 use crate::secret::Secret;
-use crate::sign::{signed_headers_now, SigVersion};
+use crate::sign::{now_ms, random_nonce, signed_headers_with_nonce, SigVersion, X_JOB_NONCE};
 use crate::wire::{JobSelf, StatusReport, UploadDigest};
 
 /// Environment variable holding the job id.
@@ -116,6 +116,18 @@ pub fn resolve_url(hook: &Url, location: &str, what: &'static str) -> Result<Url
         return Err(invalid(format!("unsupported scheme {}", url.scheme())));
     }
     Ok(url)
+}
+
+/// Whether the answer (`status`, `bytes`) to a request signed with `headers` says the hook does
+/// not know `X-Job-Nonce`: `401 bad_signature` to a request that carried one, as an API node of a
+/// build before the nonce answers (it verifies the signature without it). Nothing was taken: the
+/// request is signed again without a nonce, once (to a node that knows nonces, a wrong secret is
+/// `bad_signature` again).
+pub(super) fn nonce_refused(headers: &HeaderMap, status: StatusCode, bytes: &[u8]) -> bool {
+    status == StatusCode::UNAUTHORIZED
+        && headers.contains_key(X_JOB_NONCE)
+        && serde_json::from_slice::<crate::wire::ErrorBody>(bytes)
+            .is_ok_and(|b| b.error.code == "bad_signature")
 }
 
 /// Whether `s` looks like an md5 hex digest (also what makes it a safe file name).
@@ -239,15 +251,30 @@ impl JobClient {
         url
     }
 
-    /// The signed headers for `method url` with `body`, at the current time.
+    /// The signed headers for `method url` with `body`, at the current time; with v2, a fresh
+    /// random `X-Job-Nonce`, so that the same request signed in the same millisecond by another
+    /// client of the job (another process, another `JobClient`) is not taken for a replay of
+    /// this one. A re-send of these very headers is still one (retry.rs).
     pub fn sign(&self, method: &Method, url: &Url, body: &[u8]) -> Result<HeaderMap, ClientError> {
-        Ok(signed_headers_now(
+        self.sign_with(method, url, body, true)
+    }
+
+    /// [`JobClient::sign`], with a nonce (v2) only when `nonce` (see [`nonce_refused`]).
+    pub(super) fn sign_with(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: &[u8],
+        nonce: bool,
+    ) -> Result<HeaderMap, ClientError> {
+        let nonce = (nonce && self.version == SigVersion::V2).then(random_nonce);
+        Ok(signed_headers_with_nonce(
             &self.id,
             &self.secret,
             self.version,
-            method.as_str(),
-            &path_and_query(url),
-            body,
+            (method.as_str(), &path_and_query(url), body),
+            now_ms(),
+            nonce.as_deref(),
         )?)
     }
 
@@ -261,9 +288,15 @@ impl JobClient {
         let context = format!("{method} {}", url.path());
         let body = json_body.unwrap_or_default();
         let headers = self.sign(&method, &url, &body)?;
-        let (status, bytes) = self
+        let (mut status, mut bytes) = self
             .send_once(&method, &url, &headers, &body, &context)
             .await?;
+        if nonce_refused(&headers, status, &bytes) {
+            let headers = self.sign_with(&method, &url, &body, false)?;
+            (status, bytes) = self
+                .send_once(&method, &url, &headers, &body, &context)
+                .await?;
+        }
         if !status.is_success() {
             return Err(http_error(context, status, &bytes));
         }

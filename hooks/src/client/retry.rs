@@ -28,7 +28,7 @@ use reqwest::{Method, StatusCode, Url};
 use tokio::time::Instant;
 
 use super::error::http_error;
-use super::{ClientError, JobClient};
+use super::{nonce_refused, ClientError, JobClient};
 
 /// Seconds a status report is tried again after its first try, by default.
 pub const DEFAULT_REPORT_WINDOW: Duration = Duration::from_secs(30);
@@ -158,6 +158,7 @@ impl JobClient {
         let method = Method::POST;
         let mut headers = self.sign(&method, &url, &body)?;
         let (mut signed_at, mut resent, mut attempt) = (Instant::now(), false, 0);
+        let mut nonce = true; // until a node that does not know X-Job-Nonce refuses one
         let deadline = signed_at + self.report_window;
         loop {
             let tried = match self
@@ -170,6 +171,14 @@ impl JobClient {
             // Whether the try may have been taken (no answer, or a proxy's): re-send it as it was.
             let unknown = match tried {
                 Tried::Answer(status, bytes) if status.is_success() => return Ok(bytes),
+                Tried::Answer(status, bytes)
+                    if nonce && nonce_refused(&headers, status, &bytes) =>
+                {
+                    nonce = false; // nothing taken: the same report without a nonce, at once
+                    headers = self.sign_with(&method, &url, &body, false)?;
+                    (signed_at, resent) = (Instant::now(), false);
+                    continue;
+                }
                 Tried::Answer(status, bytes) => {
                     let error = http_error(context.clone(), status, &bytes);
                     let status = status.as_u16();
@@ -201,7 +210,7 @@ impl JobClient {
             if unknown && signed_at.elapsed() < RESEND_WINDOW {
                 resent = true;
             } else {
-                headers = self.sign(&method, &url, &body)?;
+                headers = self.sign_with(&method, &url, &body, nonce)?;
                 (signed_at, resent) = (Instant::now(), false);
             }
         }

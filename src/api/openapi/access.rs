@@ -82,7 +82,9 @@ fn add_schemes(doc: &mut OpenApi) {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 header,
                 "A job hook call carries `X-Job-Id`, `X-Job-Time` and `X-Job-Hash` (HMAC-SHA256 \
-                 keyed with the job's secret; docs/hooks.md): all three together.",
+                 keyed with the job's secret; docs/hooks.md): all three together. A v2 call \
+                 may add `X-Job-Nonce` (1-64 letters, digits, `-` or `_`), covered by its \
+                 signature, so that two alike signed in the same millisecond are both taken.",
             ))),
         );
     }
