@@ -515,24 +515,30 @@ async function jobPage(id, signal) {
 }
 
 // A schedule's last runs: the newest RUNS_SHOWN of each, and the jobs of those read (at most
-// JOB_READS per load, the first schedules' first): a fire that made a job shows that job's
-// status, not the fire's "submitted"; a fire without one (skipped, missed, error) its outcome.
+// JOB_READS per load, the first schedules' first): a fire that made a job (`submitted`) shows that
+// job's status, not the fire's "submitted"; a fire without one (skipped, missed, error) its
+// outcome. A `skipped_overlap` carries the job_id of the job that blocked it (not its own): it
+// shows its outcome, linked to that job.
 const RUNS_SHOWN = 3;
 const JOB_READS = 60;
 
+const madeJob = (x) => x.outcome === "submitted" && x.job_id;
+
 async function runJobs(list) {
-  const ids = [...new Set(list.flatMap((s) => (s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => x.job_id).filter(Boolean)))].slice(0, JOB_READS);
+  const ids = [...new Set(list.flatMap((s) => (s.last_runs || []).slice(0, RUNS_SHOWN).filter(madeJob).map((x) => x.job_id)))].slice(0, JOB_READS);
   const got = await Promise.allSettled(ids.map((id) => api(`/async/jobs/${encodeURIComponent(id)}`)));
   return new Map(ids.map((id, i) => [id, got[i].status === "fulfilled" ? got[i].value : null]));
 }
 
 function lastRun(x, jobs) {
   const at = when(x.fire_time);
-  const job = x.job_id ? jobs.get(x.job_id) : null;
+  const job = madeJob(x) ? jobs.get(x.job_id) : null;
   if (job) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, `${at} `, badge(job.status));
   const text = `${at} ${x.outcome || ""}${x.count > 1 ? ` ×${x.count}` : ""}`.trim();
   // A job not read (gone, or past JOB_READS): the fire's outcome, still linked.
-  if (x.job_id) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, text);
+  if (madeJob(x)) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, text);
+  // A skipped fire: linked to the job of the schedule that was still active.
+  if (x.job_id) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome, title: `job ${x.job_id} of this schedule was still active` }, text);
   return h("span", { "data-run": x.outcome, title: x.error || undefined }, text);
 }
 
