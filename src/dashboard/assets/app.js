@@ -545,7 +545,7 @@ function lastRun(x, jobs) {
 async function schedules() {
   const body = h("tbody", { id: "schedules" });
   main.replaceChildren(h("h1", {}, "Schedules"),
-    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Cron"), h("th", {}, "Next fires"), h("th", {}, "Last runs"), h("th", {}, ""))), body));
+    h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Cron"), h("th", {}, "Next fires"), h("th", {}, "Last runs"), h("th", {}, ""))), body)));
   async function load() {
     const r = await api("/async/schedules");
     const list = r.schedules || r || [];
