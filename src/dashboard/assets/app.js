@@ -339,7 +339,9 @@ async function jobs(params, signal) {
   if (auth.can("jobs:cancel")) actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"));
   if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
 
-  async function load(cursor) {
+  // `keep`: the same page read again (a resync): the rows still on it stay selected.
+  async function load(cursor, keep) {
+    const kept = new Set(keep ? picked() : []);
     const q = new URLSearchParams({ limit: "50" });
     if (status) q.set("status", status);
     if (type) q.set("type", type);
@@ -349,8 +351,9 @@ async function jobs(params, signal) {
       const page = await api(`/async/jobs?${q}`);
       const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
-      // New rows come unselected: so does "select all".
-      pickAll.checked = false;
+      body.querySelectorAll(".pick").forEach((c) => { c.checked = kept.has(c.value); });
+      // New rows come unselected: so does "select all" (unless every row is selected still).
+      pickAll.checked = rows.length > 0 && rows.every((j) => kept.has(j.id));
       if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
@@ -363,9 +366,11 @@ async function jobs(params, signal) {
   }
   await load("");
   if (signal.aborted) return;
-  // Rows on screen follow their jobs' events.
+  // Rows on screen follow their jobs' events; after a resync (events the stream had not sent
+  // were trimmed) the page is read again.
   whenLeft(signal, onEvent((ev) => {
-    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
+    if (ev.type === "resync") return load(cursors[cursors.length - 1], true);
+    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
     if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
   }));
 }
@@ -505,11 +510,12 @@ async function jobPage(id, signal) {
   render();
   await pullLogs();
   if (signal.aborted) return;
-  // Follow: events of this job refresh it; logs are pulled on each event and every 2 s while
-  // it runs (log lines are not events).
+  // Follow: events of this job refresh it, and so does a resync (its events may have been
+  // trimmed before the stream sent them); logs are pulled on each event and every 2 s while it
+  // runs (log lines are not events).
   let busy = false;
   const tick = async () => { if (busy) return; busy = true; try { await refresh(); } catch { /* shown on the next one */ } busy = false; };
-  const off = onEvent((ev) => { if (ev.job_id === j.id) tick(); });
+  const off = onEvent((ev) => { if (ev.job_id === j.id || ev.type === "resync") tick(); });
   const timer = setInterval(() => { if (!TERMINAL.has(j.status)) tick(); }, 2000);
   whenLeft(signal, () => { off(); clearInterval(timer); });
 }
