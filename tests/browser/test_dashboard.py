@@ -447,3 +447,43 @@ def test_a_skipped_fire_shows_its_outcome_not_the_status_of_the_job_it_overlappe
             server.wait(job, {"SUCCESS"})
             gate.unlink()
         server.call("DELETE", "/async/schedules/ui-forbid")
+
+
+def test_an_expired_sign_in_on_a_job_page_stops_its_poll(browser):
+    """A job's page polls its job every 2 s while it runs. When the JWT expires the sign-in form
+    comes back, and the page stops: no more reads of the job (each would be a 401) until the user
+    signs in again."""
+    from conftest import Server, new_context
+
+    secret = "a-jwt-secret-for-the-browser-test-0123456789"
+    srv = Server(extra_config=f"""
+[auth]
+jwt_secret = "{secret}"
+jwt_leeway = "0s"
+""")
+    try:
+        admin = _jwt(secret, {"scope": "admin", "sub": "ops", "exp": int(time.time()) + 600})
+        job = srv.submit({"type": "hang.expiry"}, token=admin)
+        srv.wait(job, {"RUNNING"}, token=admin)
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        reads = []
+        page.on("request", lambda r: reads.append(time.time()) if r.url.endswith(f"/async/jobs/{job}") else None)
+        page.goto(f"{srv.url}/#/job/{job}")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        exp = int(time.time()) + 8
+        page.fill("#token", _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": exp}))
+        page.locator("#signin button").click()
+        expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+        expect(page.locator("#signin")).to_have_count(0)
+        expect(page.locator("#signin")).to_be_visible(timeout=30000)
+        assert time.time() >= exp, "asked to sign in again before the token expired"
+        polled = len(reads)
+        # Three of the job page's 2 s polls.
+        page.wait_for_timeout(6000)
+        expect(page.locator("#signin")).to_be_visible()
+        assert len(reads) == polled, f"the page went on reading the job with an expired token: {len(reads) - polled} more"
+        ctx.close()
+        srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
+    finally:
+        srv.stop()

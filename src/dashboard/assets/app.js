@@ -53,6 +53,9 @@ async function loadScopes() {
 }
 
 function signIn(message) {
+  // The page on screen goes, and with it what it started (its polls, listeners and timers, as on
+  // a navigation): they would go on asking with a credential the server refuses.
+  if (navigation) navigation.abort();
   if (document.getElementById("signin")) return;
   main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
     h("h1", {}, "Sign in"),
