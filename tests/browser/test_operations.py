@@ -262,3 +262,31 @@ def test_every_column_and_action_is_reachable_on_a_320px_screen(browser, server)
     finally:
         ctx.close()
         server.call("DELETE", f"/async/schedules/{name}")
+
+
+def test_the_signals_page_does_not_re_read_on_every_event(server, page):
+    """Records are not events: an open Signals page re-reads every 5 s, and when a waiting job's
+    status changes, not on every event. Jobs that do not wait run for 6 s (many status events):
+    the page reads its keys at most three times meanwhile (twice by the 5 s timer), instead of
+    after each event."""
+    key = f"quiet.{uuid.uuid4().hex[:6]}"
+    waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key}], "deadline": "+1h"})
+    server.wait(waiting, {"WAITING"})
+    server.call("POST", f"/async/signals/{key}-other", {"payload": 1})
+    open_page(page, server, "/signals")
+    expect(page.locator(f'[data-signal="{key}"] .waiters li[data-job="{waiting}"]')).to_be_visible()
+    expect(page.locator("#live")).to_have_text("live", timeout=10000)
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if "/async/jobs?status=WAITING" in r.url else None)
+    ran = []
+    deadline = time.time() + 6
+    while time.time() < deadline:
+        ran.append(server.submit({"type": "noop.busy"}))
+        page.wait_for_timeout(150)
+    for j in ran:
+        server.wait(j, {"SUCCESS"})
+    assert len(ran) >= 10, ran
+    assert len(reads) <= 3, f"{len(reads)} reads of the signals in 6 s while {len(ran)} other jobs ran"
+    # A waiting job that stops waiting (here cancelled) still leaves the page.
+    server.call("POST", f"/async/jobs/{waiting}/cancel")
+    expect(page.locator(f'.waiters li[data-job="{waiting}"]')).to_have_count(0, timeout=10000)
