@@ -175,3 +175,88 @@ def test_without_the_route_the_chart_counts_the_replayed_stream(short, browser):
         assert streams and streams[0] is None, streams
     finally:
         ctx.close()
+
+
+def test_a_resync_re_reads_what_the_pages_show(short, browser):
+    """The live stream resumes after events it had not read were trimmed (here: each page's first
+    stream request held while a followed job ends, a dead letter is retried and five more jobs
+    run, the stream keeping 3 events): its first message is a `resync` (docs/api.md: re-read the
+    jobs you follow). Then the jobs table shows the job that ended (it stayed RUNNING), the job's
+    page and the dead letters show the retried job's second attempt, and the chart counts the
+    jobs whose events were trimmed, as the store does."""
+    import pathlib
+
+    job = short.submit({"type": "slow.resync"})
+    short.wait(job, {"RUNNING"})
+    dead = short.submit({"type": "fail.resync"})
+    assert short.wait(dead, {"ERROR"})["attempt"] == 1
+    ctx = new_context(browser, viewport={"width": 1280, "height": 900})
+    errors, held = [], []
+
+    def open_held(route):
+        """A page whose first stream request is held until the test lets it go."""
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        mine = []
+        page.route("**/async/events/sse", lambda r: (mine.append(r), held.append(r)) if not mine else r.continue_())
+        page.goto(f"{short.url}/#{route}")
+        expect(page.locator("body")).to_have_attribute("data-ready", route.split("?")[0], timeout=15000)
+        deadline = time.time() + 15
+        while not mine and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert mine, f"{route} never opened its stream"
+        return page
+
+    gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
+    try:
+        table = open_held("/jobs")
+        row = table.locator(f'#rows tr[data-job="{job}"]')
+        expect(row.locator(".badge")).to_have_text("RUNNING")
+        job_page = open_held(f"/job/{dead}")
+        expect(job_page.locator('[data-fact="attempt"]')).to_have_text("1 of 1")
+        letters = open_held("/dead?type=fail.resync")
+        expect(letters.locator(f'#rows tr[data-job="{dead}"] td:nth-child(5)')).to_have_text("1/1")
+        cursors = {r.request.headers.get("last-event-id") for r in held}
+        assert all(cursors), f"a stream did not go on from the hour's read: {cursors}"
+
+        gate.touch()
+        short.wait(job, {"SUCCESS"})
+        assert short.call("POST", f"/async/jobs/{dead}/retry")[0] == 202
+        deadline = time.time() + 30
+        while short.job(dead)["status"] != "ERROR" or short.job(dead)["attempt"] != 2:
+            assert time.time() < deadline, short.job(dead)
+            time.sleep(0.1)
+        for j in [short.submit({"type": "noop.resync"}) for _ in range(5)]:
+            short.wait(j, {"SUCCESS"})
+        # The events after each page's cursor are trimmed: a read from it starts with a resync.
+        for cursor in cursors:
+            deadline = time.time() + 15
+            while time.time() < deadline:
+                first = short.call("GET", f"/api/v1/async_event/?last_id={cursor}")[1]["result"][0]
+                if first["type"] == "resync":
+                    break
+                time.sleep(0.2)
+            assert first["type"] == "resync", first
+        status, act = short.call("GET", "/async/activity")
+        assert status == 200, act
+
+        for r in held:
+            r.continue_()
+        for page in (table, job_page, letters):
+            expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        expect(row.locator(".badge")).to_have_text("SUCCESS", timeout=10000)
+        expect(job_page.locator('[data-fact="attempt"]')).to_have_text("2 of 2", timeout=10000)
+        expect(letters.locator(f'#rows tr[data-job="{dead}"] td:nth-child(5)')).to_have_text("2/2", timeout=10000)
+        # The hour as the store counts it (no page was reloaded: the read at their start missed
+        # these jobs, and their events never came).
+        table.locator('nav [data-nav="overview"]').click()
+        expect(table.locator("body")).to_have_attribute("data-ready", "/", timeout=15000)
+        chart = table.locator("#throughput")
+        expect(chart).to_have_attribute("data-ok", str(act["totals"]["SUCCESS"]), timeout=10000)
+        expect(chart).to_have_attribute("data-failed", str(act["totals"].get("ERROR", 0) + act["totals"].get("TIMEOUT", 0)))
+    finally:
+        ctx.close()
+        gate.touch()
+        short.wait(job, {"SUCCESS"})
+        gate.unlink()
+    assert not errors, f"JavaScript errors: {errors}"

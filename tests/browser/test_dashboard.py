@@ -403,3 +403,87 @@ def test_schedules_show_each_runs_job_status_and_a_fire_without_one_its_outcome(
         gate.unlink()
         for name in ["ui-ok", "ui-fail", "ui-slow", "ui-again"]:
             server.call("DELETE", f"/async/schedules/{name}")
+
+
+def test_a_skipped_fire_shows_its_outcome_not_the_status_of_the_job_it_overlapped(server, page):
+    """`overlap: "forbid"`: while the schedule's job runs, each fire is skipped, and its
+    `last_runs` entry (`skipped_overlap`) carries the `job_id` of the job that blocked it. The page
+    shows such a fire as `skipped_overlap`, not as that job's status: only the fire that made the
+    job shows the job's status."""
+    status, s = server.call("POST", "/async/schedules", {
+        "name": "ui-forbid", "cron": "* * * * * *", "overlap": "forbid", "job": {"type": "slow.forbid"}})
+    assert status == 201, s
+    job = None
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            runs = server.call("GET", "/async/schedules/ui-forbid")[1]["last_runs"]
+            if sum(r["outcome"] == "skipped_overlap" for r in runs) >= 2:
+                break
+            time.sleep(0.2)
+        assert server.call("POST", "/async/schedules/ui-forbid/pause")[0] == 200
+        runs = server.call("GET", "/async/schedules/ui-forbid")[1]["last_runs"][:3]
+        submitted = [r for r in runs if r["outcome"] == "submitted"]
+        skipped = [r for r in runs if r["outcome"] == "skipped_overlap"]
+        assert len(skipped) >= 2 and len(submitted) + len(skipped) == 3, runs
+        job = skipped[0]["job_id"]
+        assert job and all(r["job_id"] == job for r in skipped), runs
+        assert server.job(job)["status"] == "RUNNING"
+
+        open_page(page, server, "/schedules")
+        cell = page.locator('#schedules tr[data-schedule="ui-forbid"] td:nth-child(4)')
+        expect(cell.locator('[data-run="skipped_overlap"]')).to_have_count(len(skipped))
+        for i in range(len(skipped)):
+            expect(cell.locator('[data-run="skipped_overlap"]').nth(i)).to_contain_text("skipped_overlap")
+            expect(cell.locator('[data-run="skipped_overlap"]').nth(i).locator(".badge")).to_have_count(0)
+        # Only the fire that made the job shows its status.
+        expect(cell.locator(".badge")).to_have_count(len(submitted))
+        if submitted:
+            expect(cell.locator('[data-run="submitted"] .badge')).to_have_text("RUNNING")
+    finally:
+        if job:
+            gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
+            gate.touch()
+            server.wait(job, {"SUCCESS"})
+            gate.unlink()
+        server.call("DELETE", "/async/schedules/ui-forbid")
+
+
+def test_an_expired_sign_in_on_a_job_page_stops_its_poll(browser):
+    """A job's page polls its job every 2 s while it runs. When the JWT expires the sign-in form
+    comes back, and the page stops: no more reads of the job (each would be a 401) until the user
+    signs in again."""
+    from conftest import Server, new_context
+
+    secret = "a-jwt-secret-for-the-browser-test-0123456789"
+    srv = Server(extra_config=f"""
+[auth]
+jwt_secret = "{secret}"
+jwt_leeway = "0s"
+""")
+    try:
+        admin = _jwt(secret, {"scope": "admin", "sub": "ops", "exp": int(time.time()) + 600})
+        job = srv.submit({"type": "hang.expiry"}, token=admin)
+        srv.wait(job, {"RUNNING"}, token=admin)
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        reads = []
+        page.on("request", lambda r: reads.append(time.time()) if r.url.endswith(f"/async/jobs/{job}") else None)
+        page.goto(f"{srv.url}/#/job/{job}")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        exp = int(time.time()) + 8
+        page.fill("#token", _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": exp}))
+        page.locator("#signin button").click()
+        expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+        expect(page.locator("#signin")).to_have_count(0)
+        expect(page.locator("#signin")).to_be_visible(timeout=30000)
+        assert time.time() >= exp, "asked to sign in again before the token expired"
+        polled = len(reads)
+        # Three of the job page's 2 s polls.
+        page.wait_for_timeout(6000)
+        expect(page.locator("#signin")).to_be_visible()
+        assert len(reads) == polled, f"the page went on reading the job with an expired token: {len(reads) - polled} more"
+        ctx.close()
+        srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
+    finally:
+        srv.stop()

@@ -216,3 +216,77 @@ def test_usable_on_a_phone_in_dark_mode(browser, server):
         ctx.close()
         for j in held:
             server.call("POST", f"/async/jobs/{j}/cancel")
+
+
+def test_every_column_and_action_is_reachable_on_a_320px_screen(browser, server):
+    """At 320 px wide no table drops a column (the schedules table's 5th holds Pause / Resume /
+    Trigger; the jobs and dead-letter tables' "Attempt"; the latest jobs' "Updated"): the tables
+    scroll inside their boxes, the page itself never scrolls sideways, and a schedule's buttons
+    work."""
+    from conftest import new_context
+
+    ctx = new_context(browser, viewport={"width": 320, "height": 640}, is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    tag = uuid.uuid4().hex[:6]
+    long = "x" * 80
+    done = server.submit({"type": f"noop.narrow{tag}.{long}"})
+    server.wait(done, {"SUCCESS"})
+    server.wait(server.submit({"type": f"fail.narrow{tag}"}), {"ERROR"})
+    name = f"narrow-{tag}"
+    status, s = server.call("POST", "/async/schedules", {"name": name, "cron": "0 3 * * *", "job": {"type": "noop.narrow"}})
+    assert status == 201, s
+    try:
+        for route in ("/", "/jobs", "/dead", "/signals", "/schedules", f"/job/{done}"):
+            open_page(page, server, route)
+            page.wait_for_timeout(500)  # late parts (runners, leases, queues) are in
+            width = page.evaluate("document.documentElement.scrollWidth")
+            wide = page.evaluate("""() => [...document.querySelectorAll('main *')]
+                .filter((e) => e.getBoundingClientRect().right > 321 && !e.closest('.scroll, .card'))
+                .slice(0, 3).map((e) => e.outerHTML.slice(0, 120))""")
+            assert width <= 320, f"{route} is {width}px wide on a 320px screen: {wide}"
+            hidden = page.evaluate("""() => [...document.querySelectorAll('main th, main td')]
+                .filter((e) => getComputedStyle(e).display === 'none').map((e) => e.outerHTML.slice(0, 80))""")
+            assert hidden == [], f"{route} hides table cells: {hidden[:3]}"
+        open_page(page, server, "/schedules")
+        pause = page.locator(f'#schedules tr[data-schedule="{name}"] button', has_text="Pause")
+        pause.scroll_into_view_if_needed()
+        expect(pause).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 320
+        pause.click()
+        expect(page.locator("#toast")).to_contain_text(f"{name}: pause", timeout=10000)
+        assert server.call("GET", f"/async/schedules/{name}")[1]["paused"] is True
+        expect(page.locator(f'#schedules tr[data-schedule="{name}"] button', has_text="Resume")).to_be_visible()
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        ctx.close()
+        server.call("DELETE", f"/async/schedules/{name}")
+
+
+def test_the_signals_page_does_not_re_read_on_every_event(server, page):
+    """Records are not events: an open Signals page re-reads every 5 s, and when a waiting job's
+    status changes, not on every event. Jobs that do not wait run for 6 s (many status events):
+    the page reads its keys at most three times meanwhile (twice by the 5 s timer), instead of
+    after each event."""
+    key = f"quiet.{uuid.uuid4().hex[:6]}"
+    waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key}], "deadline": "+1h"})
+    server.wait(waiting, {"WAITING"})
+    server.call("POST", f"/async/signals/{key}-other", {"payload": 1})
+    open_page(page, server, "/signals")
+    expect(page.locator(f'[data-signal="{key}"] .waiters li[data-job="{waiting}"]')).to_be_visible()
+    expect(page.locator("#live")).to_have_text("live", timeout=10000)
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if "/async/jobs?status=WAITING" in r.url else None)
+    ran = []
+    deadline = time.time() + 6
+    while time.time() < deadline:
+        ran.append(server.submit({"type": "noop.busy"}))
+        page.wait_for_timeout(150)
+    for j in ran:
+        server.wait(j, {"SUCCESS"})
+    assert len(ran) >= 10, ran
+    assert len(reads) <= 3, f"{len(reads)} reads of the signals in 6 s while {len(ran)} other jobs ran"
+    # A waiting job that stops waiting (here cancelled) still leaves the page.
+    server.call("POST", f"/async/jobs/{waiting}/cancel")
+    expect(page.locator(f'.waiters li[data-job="{waiting}"]')).to_have_count(0, timeout=10000)

@@ -53,6 +53,9 @@ async function loadScopes() {
 }
 
 function signIn(message) {
+  // The page on screen goes, and with it what it started (its polls, listeners and timers, as on
+  // a navigation): they would go on asking with a credential the server refuses.
+  if (navigation) navigation.abort();
   if (document.getElementById("signin")) return;
   main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
     h("h1", {}, "Sign in"),
@@ -339,7 +342,9 @@ async function jobs(params, signal) {
   if (auth.can("jobs:cancel")) actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"));
   if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
 
-  async function load(cursor) {
+  // `keep`: the same page read again (a resync): the rows still on it stay selected.
+  async function load(cursor, keep) {
+    const kept = new Set(keep ? picked() : []);
     const q = new URLSearchParams({ limit: "50" });
     if (status) q.set("status", status);
     if (type) q.set("type", type);
@@ -349,8 +354,9 @@ async function jobs(params, signal) {
       const page = await api(`/async/jobs?${q}`);
       const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
-      // New rows come unselected: so does "select all".
-      pickAll.checked = false;
+      body.querySelectorAll(".pick").forEach((c) => { c.checked = kept.has(c.value); });
+      // New rows come unselected: so does "select all" (unless every row is selected still).
+      pickAll.checked = rows.length > 0 && rows.every((j) => kept.has(j.id));
       if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
@@ -363,9 +369,11 @@ async function jobs(params, signal) {
   }
   await load("");
   if (signal.aborted) return;
-  // Rows on screen follow their jobs' events.
+  // Rows on screen follow their jobs' events; after a resync (events the stream had not sent
+  // were trimmed) the page is read again.
   whenLeft(signal, onEvent((ev) => {
-    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
+    if (ev.type === "resync") return load(cursors[cursors.length - 1], true);
+    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
     if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
   }));
 }
@@ -505,41 +513,48 @@ async function jobPage(id, signal) {
   render();
   await pullLogs();
   if (signal.aborted) return;
-  // Follow: events of this job refresh it; logs are pulled on each event and every 2 s while
-  // it runs (log lines are not events).
+  // Follow: events of this job refresh it, and so does a resync (its events may have been
+  // trimmed before the stream sent them); logs are pulled on each event and every 2 s while it
+  // runs (log lines are not events).
   let busy = false;
   const tick = async () => { if (busy) return; busy = true; try { await refresh(); } catch { /* shown on the next one */ } busy = false; };
-  const off = onEvent((ev) => { if (ev.job_id === j.id) tick(); });
+  const off = onEvent((ev) => { if (ev.job_id === j.id || ev.type === "resync") tick(); });
   const timer = setInterval(() => { if (!TERMINAL.has(j.status)) tick(); }, 2000);
   whenLeft(signal, () => { off(); clearInterval(timer); });
 }
 
 // A schedule's last runs: the newest RUNS_SHOWN of each, and the jobs of those read (at most
-// JOB_READS per load, the first schedules' first): a fire that made a job shows that job's
-// status, not the fire's "submitted"; a fire without one (skipped, missed, error) its outcome.
+// JOB_READS per load, the first schedules' first): a fire that made a job (`submitted`) shows that
+// job's status, not the fire's "submitted"; a fire without one (skipped, missed, error) its
+// outcome. A `skipped_overlap` carries the job_id of the job that blocked it (not its own): it
+// shows its outcome, linked to that job.
 const RUNS_SHOWN = 3;
 const JOB_READS = 60;
 
+const madeJob = (x) => x.outcome === "submitted" && x.job_id;
+
 async function runJobs(list) {
-  const ids = [...new Set(list.flatMap((s) => (s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => x.job_id).filter(Boolean)))].slice(0, JOB_READS);
+  const ids = [...new Set(list.flatMap((s) => (s.last_runs || []).slice(0, RUNS_SHOWN).filter(madeJob).map((x) => x.job_id)))].slice(0, JOB_READS);
   const got = await Promise.allSettled(ids.map((id) => api(`/async/jobs/${encodeURIComponent(id)}`)));
   return new Map(ids.map((id, i) => [id, got[i].status === "fulfilled" ? got[i].value : null]));
 }
 
 function lastRun(x, jobs) {
   const at = when(x.fire_time);
-  const job = x.job_id ? jobs.get(x.job_id) : null;
+  const job = madeJob(x) ? jobs.get(x.job_id) : null;
   if (job) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, `${at} `, badge(job.status));
   const text = `${at} ${x.outcome || ""}${x.count > 1 ? ` ×${x.count}` : ""}`.trim();
   // A job not read (gone, or past JOB_READS): the fire's outcome, still linked.
-  if (x.job_id) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, text);
+  if (madeJob(x)) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome }, text);
+  // A skipped fire: linked to the job of the schedule that was still active.
+  if (x.job_id) return h("a", { href: `#/job/${x.job_id}`, "data-run": x.outcome, title: `job ${x.job_id} of this schedule was still active` }, text);
   return h("span", { "data-run": x.outcome, title: x.error || undefined }, text);
 }
 
 async function schedules() {
   const body = h("tbody", { id: "schedules" });
   main.replaceChildren(h("h1", {}, "Schedules"),
-    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Cron"), h("th", {}, "Next fires"), h("th", {}, "Last runs"), h("th", {}, ""))), body));
+    h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Cron"), h("th", {}, "Next fires"), h("th", {}, "Last runs"), h("th", {}, ""))), body)));
   async function load() {
     const r = await api("/async/schedules");
     const list = r.schedules || r || [];

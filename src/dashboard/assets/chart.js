@@ -26,6 +26,8 @@ function tallyUnavailable(why) {
 }
 
 function tallyOutcome(ev) {
+  if (rereading) rereading.push(ev);
+  if (ev.type === "resync") { rereadActivity(); return; }
   if (ev.type !== "status") return;
   const kind = ev.runyard_status === "SUCCESS" ? "ok" : ["ERROR", "TIMEOUT"].includes(ev.runyard_status) ? "failed" : null;
   const t = Date.parse(ev.ts);
@@ -50,6 +52,15 @@ async function loadActivity() {
     chartWatchers.forEach((f) => f());
     throw e;
   }
+  tallyFrom(a);
+  tallySource = "the store, live from the event stream";
+  chartWatchers.forEach((f) => f());
+  return a.last_event_id ?? null;
+}
+
+// The tally is the store's counts of `a` (an answer of /async/activity).
+function tallyFrom(a) {
+  outcomes.ok.clear(); outcomes.failed.clear();
   for (const m of a.minutes || []) {
     const minute = Math.floor(Date.parse(m.at) / MINUTE_MS);
     if (isNaN(minute)) continue;
@@ -57,9 +68,25 @@ async function loadActivity() {
     if (m.ERROR || m.TIMEOUT) outcomes.failed.set(minute, (m.ERROR || 0) + (m.TIMEOUT || 0));
   }
   tallyAfter = Date.parse(a.as_of);
-  tallySource = "the store, live from the event stream";
+}
+
+// A resync: events after the stream's cursor were trimmed before it read them, so the live
+// additions miss their outcomes; the hour is read from the store again (when it came from there:
+// without the route there is nothing to read). The chart stays live meanwhile; the events that
+// come during the read are counted again on top of it (those after its `as_of`). One read at a
+// time; a failed one leaves the chart as it was.
+let rereading = null;
+async function rereadActivity() {
+  if (rereading || tallyAfter === -Infinity) return;
+  const during = rereading = [];
+  const run = activityRun;
+  let a = null;
+  try { a = await api("/async/activity"); } catch { /* the chart stands as it was */ }
+  rereading = null;
+  if (!a || run !== activityRun) return; // failed, or a new start read the hour itself
+  tallyFrom(a);
+  during.forEach(tallyOutcome);
   chartWatchers.forEach((f) => f());
-  return a.last_event_id ?? null;
 }
 listeners.add(tallyOutcome);
 

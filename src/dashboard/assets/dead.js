@@ -4,9 +4,9 @@
 // How many dead letters there are (`GET /async/dead_letters`, counted by the store), as a card of
 // the overview linking to the page. The store reads every ERROR job for it, so it is re-read only
 // after an event that may change it (a job ending ERROR, or one queued or scheduled again after
-// an attempt: a retry), at most every 5 s.
+// an attempt: a retry; or a resync, after which such events may be missing), at most every 5 s.
 function changesDeadLetters(ev) {
-  return ev.type === "status" && (ev.runyard_status === "ERROR"
+  return ev.type === "resync" || ev.type === "status" && (ev.runyard_status === "ERROR"
     || (["QUEUED", "SCHEDULED"].includes(ev.runyard_status) && ev.attempt > 0));
 }
 
@@ -85,7 +85,9 @@ async function deadLetters(params, signal) {
       h("button", { id: "retry-all", onclick: () => retry(shown.map((j) => j.id)) }, "Retry all shown"));
   }
 
-  async function load(cursor) {
+  // `keep`: the same page read again (a resync): the rows still on it stay selected.
+  async function load(cursor, keep) {
+    const kept = new Set(keep ? [...body.querySelectorAll(".pick:checked")].map((c) => c.value) : []);
     const q = new URLSearchParams({ dead: "true", limit: "50" });
     if (type) q.set("type", type);
     if (cursor) q.set("cursor", cursor);
@@ -95,13 +97,13 @@ async function deadLetters(params, signal) {
     shown = found;
     nextCursor = next;
     body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id },
-      h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}` })),
+      h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}`, checked: kept.has(j.id) })),
       h("td", {}, h("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 8) + "…")),
       h("td", {}, j.type), h("td", {}, badge(j.status)), h("td", {}, `${j.attempt}/${j.max_attempts}`),
       h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
     if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
-    // New rows come unselected: so does "select all shown".
-    pickAll.checked = false;
+    // New rows come unselected: so does "select all shown" (unless every row is selected still).
+    pickAll.checked = found.length > 0 && found.every((j) => kept.has(j.id));
     note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
     pager.replaceChildren(
       cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
@@ -109,8 +111,10 @@ async function deadLetters(params, signal) {
   }
   await Promise.all([countAll(), load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
   if (signal.aborted) return;
-  // Rows on screen follow their jobs: a retried one leaves the list.
+  // Rows on screen follow their jobs: a retried one leaves the list. After a resync (events the
+  // stream had not sent were trimmed) the page and the count are read again.
   whenLeft(signal, onEvent((ev) => {
+    if (ev.type === "resync") return Promise.all([load(cursors[cursors.length - 1], true), countAll()]).catch(() => {});
     const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
     if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
   }));

@@ -67,10 +67,12 @@ async function signalsPage(params, signal) {
     h("p", { class: "muted" }, "Every key with records, the keys waiting jobs wait for, and the keys you look up."),
     form, send, list);
 
+  let waitingIds = new Set(); // the waiting jobs shown
   async function load() {
     const [waiting, listed] = await Promise.all([
       api("/async/jobs?status=WAITING&limit=100"),
       api("/async/signals?limit=1000").catch(() => ({ keys: [] }))]);
+    waitingIds = new Set(waiting.jobs.map((j) => j.id));
     const waitersByKey = new Map();
     for (const j of waiting.jobs) for (const it of (j.wait && j.wait.items) || []) {
       if (!waitersByKey.has(it.key)) waitersByKey.set(it.key, []);
@@ -104,9 +106,11 @@ async function signalsPage(params, signal) {
   }
   await load().catch((e) => list.replaceChildren(h("p", { class: "error" }, e.message)));
   if (signal.aborted) return; // the user went elsewhere meanwhile: no timer, no listener
-  // Records are not events: re-read every 5 s, and when a job's status changes (a release). One
-  // read at a time: a read still going (a key of large records takes many pages) is not joined
-  // by another.
+  // Records are not events: re-read every 5 s. Sooner (500 ms) only when the waiting jobs shown
+  // change: a job starts waiting, one shown stops (released, cancelled, its deadline passed), or
+  // a resync (such an event may have been trimmed); not on other events (progress, other jobs),
+  // each of which would read every key again. One read at a time: a read still going (a key of
+  // large records takes many pages) is not joined by another.
   let pending = null, reading = false;
   const again = () => {
     if (pending || reading) return;
@@ -116,7 +120,9 @@ async function signalsPage(params, signal) {
       load().catch(() => {}).finally(() => { reading = false; });
     }, 500);
   };
-  const off = onEvent(again);
+  const off = onEvent((ev) => {
+    if (ev.type === "resync" || (ev.type === "status" && (ev.runyard_status === "WAITING" || waitingIds.has(ev.job_id)))) again();
+  });
   const timer = setInterval(again, 5000);
   whenLeft(signal, () => { off(); clearInterval(timer); clearTimeout(pending); });
 }
