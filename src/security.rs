@@ -190,31 +190,33 @@ pub fn warn_if_config_readable(path: &Path) {
     }
 }
 
-/// Warns when this process runs as root and runs, beside local runners whose jobs run as a
-/// `user`, one whose jobs do not: those jobs are root too, and root reads the server's memory
-/// (`CAP_SYS_PTRACE` passes its being not dumpable), the master key in it, and with the key it
-/// forges the reports of every job, the isolated runners' included (a probe did).
-/// `local`: each local runner's name and whether it has a `user`.
-pub fn warn_if_root_jobs_beside_isolated(local: &[(String, bool)]) {
+/// Warns when this process runs as root and runs, beside runners whose jobs are kept from its
+/// memory (containers; local jobs run as a `user` other than root), a local runner whose jobs
+/// are not: those jobs are root too, and root reads the server's memory (`CAP_SYS_PTRACE`
+/// passes its being not dumpable), the master key in it, and with the key it forges the
+/// reports of every job, the isolated runners' included (a probe did). `runners`: each local,
+/// docker and kube runner's name and whether its jobs are so kept.
+pub fn warn_if_root_jobs_beside_isolated(runners: &[(String, bool)]) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    if let Some(name) = root_runner_beside_isolated(local) {
+    if let Some(name) = root_runner_beside_isolated(runners) {
         tracing::warn!(
             runner = %name,
-            "this server runs as root and local runner {name} has no `user`: its jobs run as \
-             root and can read the master key from the server's memory, and so forge the \
-             reports of every job, those of runners with a `user` included; give it a `user` \
-             (docs/security.md)"
+            "this server runs as root and local runner {name} runs its jobs as root (no `user`, \
+             or root): they can read the master key from the server's memory, and so forge the \
+             reports of every job, those of containers and of runners with a `user` included; \
+             give it a `user` other than root (docs/security.md)"
         );
     }
 }
 
-/// The first local runner (of `local`: name, has a `user`) with no `user`, when another has one.
-fn root_runner_beside_isolated(local: &[(String, bool)]) -> Option<String> {
-    local.iter().find(|(_, user)| *user)?;
-    local.iter().find(|(_, user)| !user).map(|(n, _)| n.clone())
+/// The first runner (of `runners`: name, isolated) whose jobs are not isolated, when another's
+/// are.
+fn root_runner_beside_isolated(runners: &[(String, bool)]) -> Option<String> {
+    runners.iter().find(|(_, iso)| *iso)?;
+    runners.iter().find(|(_, iso)| !iso).map(|(n, _)| n.clone())
 }
 
 /// The first local runner (its `name`, else `runners[i]`) whose jobs run as a `user` or

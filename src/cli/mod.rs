@@ -140,7 +140,7 @@ impl ServeArgs {
         )?;
         crate::security::warn_if_config_readable(&path);
         if !self.no_worker && config.worker.enabled {
-            crate::security::warn_if_root_jobs_beside_isolated(&local_runners(&config));
+            crate::security::warn_if_root_jobs_beside_isolated(&runner_isolation(&config));
         }
         Ok(config)
     }
@@ -185,25 +185,33 @@ impl WorkerArgs {
             },
         )?;
         crate::security::warn_if_config_readable(&path);
-        crate::security::warn_if_root_jobs_beside_isolated(&local_runners(&config));
+        crate::security::warn_if_root_jobs_beside_isolated(&runner_isolation(&config));
         Ok(config)
     }
 }
 
-/// Each local runner's name (else `runners[i]`) and whether it runs its jobs as a `user`.
-fn local_runners(config: &Config) -> Vec<(String, bool)> {
-    let local =
-        |(_, r): &(usize, &crate::config::RunnerConfig)| r.kind == crate::config::RunnerKind::Local;
+/// Each local, docker and kube runner's name (else `runners[i]`) and whether its jobs are kept
+/// from the server's memory: a container's are, a local runner's are when it runs them as a
+/// `user` other than root.
+fn runner_isolation(config: &Config) -> Vec<(String, bool)> {
+    use crate::config::RunnerKind;
+    use runyard_runners::isolation::Principal;
+    let root =
+        |p: &Principal| matches!(p, Principal::Id(0)) || *p == Principal::Name("root".into());
+    let isolated = |r: &crate::config::RunnerConfig| match r.kind {
+        RunnerKind::Local => Some(r.user.as_ref().is_some_and(|u| !root(u))),
+        RunnerKind::Docker | RunnerKind::Kube => Some(true),
+        _ => None,
+    };
     let named = |(i, r): (usize, &crate::config::RunnerConfig)| {
         let name = r.name.clone().unwrap_or_else(|| format!("runners[{i}]"));
-        (name, r.user.is_some())
+        isolated(r).map(|iso| (name, iso))
     };
     config
         .runners
         .iter()
         .enumerate()
-        .filter(local)
-        .map(named)
+        .filter_map(named)
         .collect()
 }
 

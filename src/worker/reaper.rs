@@ -132,8 +132,13 @@ async fn reap_once(worker: &Arc<Worker>, stopping: &Stopping) -> crate::store::R
         }
         let cancelled = job.status == JobStatus::Cancelled;
         if cancelled || (job.handle.is_none() && may_have_unrecorded_work(worker, &job)) {
-            let mut st = stopping.lock();
-            if st.busy.len() < MAX_STOPPING && st.busy.insert(job.id) {
+            let taken = {
+                let mut st = stopping.lock();
+                st.busy.len() < MAX_STOPPING && st.busy.insert(job.id)
+            };
+            // Spawned with the lock released: a task the runtime shuts down at its spawn drops
+            // its `Release` there, which takes the lock.
+            if taken {
                 let (w, set) = (worker.clone(), stopping.clone());
                 let held = Release(stopping.clone(), Held::Job(job.id));
                 worker.spawn_task(async move {

@@ -23,7 +23,7 @@ KUBE_VERSION = "1.33.0"
 #: against the Rust constant.
 KUBE_RUNNER_RULES = {
     ("batch", "jobs"): {"create", "list", "watch", "patch", "delete"},
-    ("", "secrets"): {"create"},
+    ("", "secrets"): {"create", "delete"},
     ("", "pods"): {"list", "delete"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"list"},

@@ -4,7 +4,7 @@
 //! - the Job, through kube-runtime's watcher (it re-lists after a `410 Gone` and when a watch
 //!   times out);
 //! - the attempt's pods, selected by `batch.kubernetes.io/controller-uid` (the Job's uid, which no
-//!   other attempt shares), every `poll_interval` and when the Job's pod counts change (pods
+//!   other attempt shares), every `poll_interval` and when the Job's counts say a pod goes (pods
 //!   read once are remembered: a pod deleted by the Eviction API is gone when its Job fails);
 //! - while the attempt has no pod, the Job's `FailedCreate` events (Pod Security or a quota
 //!   refusing the pod leaves a Job with no pod and only such events).
@@ -144,11 +144,20 @@ impl Seen {
     }
 }
 
-/// The Job's pod counts: when they change (a pod started, became ready, began terminating,
-/// failed), the pods are read at once rather than at the next poll.
-fn pod_counts(job: &Job) -> Option<[Option<i32>; 5]> {
-    let s = job.status.as_ref()?;
-    Some([s.active, s.ready, s.terminating, s.failed, s.succeeded])
+/// Whether the Job's pod counts say a pod is going (`terminating` or `failed` rose, `active`
+/// fell) since `before`: the pods are read at once rather than at the next poll, while the
+/// going pod (deleted by the Eviction API, say) can still be read.
+fn pod_going(before: Option<&Job>, now: &Job) -> bool {
+    let counts = |j: Option<&Job>| {
+        let s = j.and_then(|j| j.status.as_ref());
+        let n = |f: fn(&k8s_openapi::api::batch::v1::JobStatus) -> Option<i32>| {
+            s.and_then(f).unwrap_or(0)
+        };
+        (n(|s| s.terminating), n(|s| s.failed), n(|s| s.active))
+    };
+    let (t0, f0, a0) = counts(before);
+    let (t1, f1, a1) = counts(Some(now));
+    t1 > t0 || f1 > f0 || a1 < a0
 }
 
 /// Follows the attempt until it ends (or is stopped), tears it down when runyard ended it, lets
@@ -176,7 +185,7 @@ pub(super) async fn monitor(a: Attempt, mut links: Links) {
                         continue;
                     }
                     in_list = true;
-                    let moved = seen.job.as_ref().map(pod_counts) != Some(pod_counts(&j));
+                    let moved = pod_going(seen.job.as_ref(), &j);
                     seen.job = Some(j);
                     if let Some(d) = on_job(&a, &mut seen, moved).await {
                         break d;
@@ -250,7 +259,8 @@ where
     }
 }
 
-/// A Job update: its conditions; `moved`: its pod counts changed (the pods are read again).
+/// A Job update: its conditions; `moved`: its pod counts say a pod is going (the pods are read
+/// again).
 async fn on_job(a: &Attempt, seen: &mut Seen, moved: bool) -> Option<Decision> {
     let cond = |job: &Job, t: &str| {
         job.status
