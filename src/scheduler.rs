@@ -108,7 +108,7 @@ pub async fn retention_loop(
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list referenced files"),
+                Err(e) => warn_unless_refused!(e, "cannot list referenced files"),
             }
         }
         // `finished_at` is the store's time: the cut is too, so a node whose wall clock runs
@@ -119,7 +119,7 @@ pub async fn retention_loop(
                 tracing::debug!(jobs = r.jobs, events = r.events, "retention pass")
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+            Err(e) => warn_unless_refused!(e, "retention pass failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(cfg.interval) => {}

@@ -23,6 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{Job, JobStatus, Micros, MAX_RFC3339_US};
+use crate::store::log_quiet::warn_unless_refused;
 use crate::store::{Notice, Store};
 
 pub use crate::job::wait::{
@@ -410,11 +411,11 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
         let mut busy = false;
         match store.wait_check_marked(BATCH).await {
             Ok(n) => busy |= n >= BATCH,
-            Err(e) => tracing::warn!(error = %e, "cannot check waiting jobs"),
+            Err(e) => warn_unless_refused!(e, "cannot check waiting jobs"),
         }
         match store.wait_fire_deadlines(BATCH).await {
             Ok(jobs) => busy |= jobs.len() >= BATCH,
-            Err(e) => tracing::warn!(error = %e, "cannot apply waiting jobs' deadlines"),
+            Err(e) => warn_unless_refused!(e, "cannot apply waiting jobs' deadlines"),
         }
         if busy {
             continue;
@@ -443,7 +444,7 @@ pub async fn wait_loop(store: Arc<dyn Store>, stop: CancellationToken) {
                     .clamp(if first { MIN_SLEEP } else { Duration::ZERO }, IDLE_RECHECK),
                 Ok(None) => IDLE_RECHECK,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the next deadline");
+                    warn_unless_refused!(e, "cannot read the next deadline");
                     Duration::from_secs(1)
                 }
             };

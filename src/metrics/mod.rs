@@ -39,6 +39,7 @@ use crate::job::{now_us, Job, JobStatus, Micros};
 use crate::store::counts::JobCounts;
 use crate::store::Store;
 
+use crate::store::log_quiet::warn_unless_refused;
 pub use command_kind::CommandKind;
 use family::{FnFamily, FnKind};
 use series::{cached, TypeSeries};
@@ -483,12 +484,18 @@ impl Metrics {
             Ok(c) => {
                 self.set_counts(&c, store.time().await);
                 if let Err(e) = &ready {
-                    tracing::warn!(error = %e, "metrics: the store is not ready");
+                    warn_unless_refused!(e, "metrics: the store is not ready");
                 }
                 self.store_up.set(i64::from(ready.is_ok()));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot read the job counts");
+                // Cut by the scrape's bound on a node that refuses the store's work: said by
+                // the key check (ERROR, once a minute), not on every scrape.
+                if store.refusal().is_some() {
+                    tracing::debug!(error = %e, "metrics: cannot read the job counts");
+                } else {
+                    tracing::warn!(error = %e, "metrics: cannot read the job counts");
+                }
                 // Stale figures would look current: show none.
                 self.jobs.clear();
                 self.queue_depth.clear();

@@ -216,7 +216,7 @@ async fn trim_if_due(d: &Deliverer, last_trim: &mut Instant) {
         // wall clock, which may run ahead of the others').
         let before = d.store.time().await - d.retention.as_micros() as i64;
         if let Err(e) = d.store.deliveries_trim(before).await {
-            tracing::warn!(error = %e, "webhook deliveries: trim failed");
+            warn_unless_refused!(e, "webhook deliveries: trim failed");
         }
     }
 }

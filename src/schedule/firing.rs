@@ -77,7 +77,7 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
             match f.store.signals_trim(before).await {
                 Ok(n) if n > 0 => tracing::debug!(signals = n, "old signals deleted"),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "signal retention failed"),
+                Err(e) => warn_unless_refused!(e, "signal retention failed"),
             }
         }
         // Every schedule time is the store's (not this node's wall clock): a node whose clock
@@ -94,7 +94,7 @@ pub async fn fire_loop(f: Firing, stop: CancellationToken) {
                             continue;
                         }
                         trouble = true;
-                        tracing::warn!(schedule = %name, error = %e, "schedule not handled; retrying");
+                        warn_unless_refused!(e, schedule = %name, "schedule not handled; retrying");
                     }
                 }
             }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{StopReason, Worker};
+use crate::store::log_quiet::warn_unless_refused;
 
 impl Worker {
     pub(super) async fn heartbeats(self: Arc<Self>, stop: CancellationToken) {
@@ -67,7 +68,7 @@ impl Worker {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                Err(e) => warn_unless_refused!(e, "heartbeat failed"),
             }
         }
     }

@@ -37,6 +37,7 @@ use std::time::Duration;
 use super::queue::readable;
 use super::*;
 use crate::store::handoff::{Handoffs, Parked, Taken};
+use crate::store::log_quiet::warn_unless_refused;
 
 /// How long a park counts in Redis without being written again: longer than a worker stays
 /// parked at the default poll interval (1 s, which ends every wait; a longer poll interval
@@ -171,7 +172,7 @@ impl RedisStore {
                 // Read back (claim_back.rs): the claims written all the same are passed over
                 // (or given back); for the others the workers hear nothing came (they claim),
                 // the reservations expire and the reaper requeues the jobs.
-                tracing::warn!(error = %e, "claiming the jobs handed over failed");
+                warn_unless_refused!(e, "claiming the jobs handed over failed");
                 let ttls: Vec<Duration> = places.iter().map(|(t, _)| t.lease_ttl).collect();
                 let back = self.read_back_claims(&writes, &ttls).await;
                 for ((taken, token), job) in places.into_iter().zip(back) {
@@ -275,7 +276,7 @@ async fn sync(
         if let Err(e) = r {
             // A park not written: its worker's jobs are queued meanwhile. A leave not written:
             // what is handed to it is given back, until the park's expiry.
-            tracing::warn!(error = %e, "writing this process's parks to redis failed");
+            warn_unless_refused!(e, "writing this process's parks to redis failed");
         }
     }
 }

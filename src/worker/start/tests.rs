@@ -160,6 +160,9 @@ forward! {
             async fn time(&self) -> Micros {
                 self.inner.time().await
             }
+            fn refusal(&self) -> Option<String> {
+                self.inner.refusal()
+            }
         }
     }
     ScheduleStore {
