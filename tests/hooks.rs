@@ -3420,11 +3420,32 @@ async fn two_job_clients_sending_the_same_report_at_once_are_both_taken() {
 /// signature without the nonce, as an API node of a build before it does (`401 bad_signature`).
 /// Its base URL (`/async`).
 async fn nonce_dropping_proxy(srv: &Srv) -> String {
+    let (hook, _) = rewriting_proxy(srv, |_| Step::StripNonce).await;
+    hook
+}
+
+/// What [`rewriting_proxy`] does with a request.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Forwards it and its answer.
+    Pass,
+    /// Forwards it, then closes the connection without its answer (the answer lost).
+    LoseAnswer,
+    /// Forwards it without `X-Job-Nonce` (an API node of an earlier build: `401 bad_signature`).
+    StripNonce,
+}
+
+/// A proxy to `srv` that does `plan(n)` with its `n`th request (from 0). Its base URL (`/async`)
+/// and, for each request in turn, whether it came with an `X-Job-Nonce`.
+async fn rewriting_proxy(srv: &Srv, plan: fn(usize) -> Step) -> (String, Arc<Mutex<Vec<bool>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let upstream = srv.addr;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by_proxy = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
+            let mut step = Step::Pass;
             let mut buf = Vec::new();
             let mut chunk = [0u8; 65536];
             let request = loop {
@@ -3446,11 +3467,20 @@ async fn nonce_dropping_proxy(srv: &Srv) -> String {
                     })
                     .map_or(0, |v| v.parse().unwrap());
                 if buf.len() >= end + 4 + len {
+                    let with_nonce = head.to_ascii_lowercase().contains("\r\nx-job-nonce:");
+                    let n = {
+                        let mut seen = seen_by_proxy.lock().unwrap();
+                        seen.push(with_nonce);
+                        seen.len() - 1
+                    };
+                    step = plan(n);
                     let kept: Vec<&str> = head
                         .split("\r\n")
                         .filter(|l| {
                             let l = l.to_ascii_lowercase();
-                            !l.starts_with("x-job-nonce:") && !l.starts_with("connection:")
+                            let nonce = l.starts_with("x-job-nonce:");
+                            let dropped = nonce && matches!(step, Step::StripNonce);
+                            !dropped && !l.starts_with("connection:")
                         })
                         .collect();
                     let mut out =
@@ -3464,12 +3494,15 @@ async fn nonce_dropping_proxy(srv: &Srv) -> String {
                 continue;
             };
             let mut answer = Vec::new();
-            if up.write_all(&request).await.is_ok() && up.read_to_end(&mut answer).await.is_ok() {
+            if up.write_all(&request).await.is_ok()
+                && up.read_to_end(&mut answer).await.is_ok()
+                && !matches!(step, Step::LoseAnswer)
+            {
                 let _ = conn.write_all(&answer).await;
             }
         }
     });
-    format!("http://{addr}/async")
+    (format!("http://{addr}/async"), seen)
 }
 
 /// A client that sends nonces, to a hook that does not know them (an API node of an earlier
@@ -3494,14 +3527,75 @@ async fn job_client_talks_to_a_hook_that_does_not_know_nonces() {
         .expect("a status report, in the report window");
     let logs = srv.logs_with(&a, "through an old node").await;
     assert!(logs.iter().any(|l| l == "through an old node"), "{logs:?}");
-    // A wrong secret is still refused (signed again without a nonce, refused again).
-    let wrong = JobClient::new(
-        a.clone(),
-        Secret::from_string("0".repeat(64)),
-        &srv.hook_base(),
-    )
-    .expect("client");
+    // A wrong secret is still refused (signed again without a nonce, refused again), here by a
+    // node that knows nonces: two requests, the first with a nonce, the second without.
+    let (counted, seen) = rewriting_proxy(&srv, |_| Step::Pass).await;
+    let wrong =
+        JobClient::new(a.clone(), Secret::from_string("0".repeat(64)), &counted).expect("client");
     let err = wrong.progress(0.5, None).await.expect_err("wrong secret");
     assert_eq!(err.status(), Some(401), "{err}");
+    assert_eq!(*seen.lock().unwrap(), [true, false], "nonce, then none");
+    // A status report in its window too, however long the window: its first send is refused.
+    let err = wrong.running().await.expect_err("wrong secret");
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert_eq!(*seen.lock().unwrap(), [true, false, true, false]);
+    srv.finish().await;
+}
+
+/// A status report taken by a node that knows nonces, its answer lost, and re-sent to a node of
+/// an earlier build, which refuses the signature (`401 bad_signature`) before its replay memory
+/// could say "taken": the same signed request is sent again, never signed again without a nonce
+/// (that node would take it, the lines twice). Here the next re-send reaches a newer node:
+/// `401 replay`, taken. When only older nodes answer until the window ends, the call fails,
+/// its lines still stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_an_older_node_refuses_is_not_signed_again_without_a_nonce() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.old_node_resend"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let report = |line: &str| runyard_hooks::wire::StatusReport {
+        status: Some("RUNNING".to_owned()),
+        logs: Some(vec![line.to_owned()]),
+        ..runyard_hooks::wire::StatusReport::default()
+    };
+    let (hook, seen) = rewriting_proxy(&srv, |n| match n {
+        0 => Step::LoseAnswer,
+        1 => Step::StripNonce,
+        _ => Step::Pass,
+    })
+    .await;
+    let client = JobClient::new(a.clone(), sa.clone(), &hook)
+        .expect("client")
+        .with_report_window(Duration::from_secs(20));
+    client
+        .status(&report("through two nodes"))
+        .await
+        .expect("taken (401 replay on the last re-send)");
+    let logs = srv.logs_with(&a, "through two nodes").await;
+    let stored = logs.iter().filter(|l| *l == "through two nodes").count();
+    assert_eq!(stored, 1, "stored once: {logs:?}");
+    assert_eq!(*seen.lock().unwrap(), [true; 3], "each send with its nonce");
+
+    let (hook, seen) = rewriting_proxy(&srv, |n| match n {
+        0 => Step::LoseAnswer,
+        _ => Step::StripNonce,
+    })
+    .await;
+    let client = JobClient::new(a.clone(), sa.clone(), &hook)
+        .expect("client")
+        .with_report_window(Duration::from_secs(2));
+    let err = client
+        .status(&report("older nodes only"))
+        .await
+        .expect_err("the outcome is unknown");
+    assert_eq!(err.status(), Some(401), "{err}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 2 && seen.iter().all(|n| *n), "{seen:?}");
+
+    let logs = srv.logs_with(&a, "older nodes only").await;
+    for line in ["through two nodes", "older nodes only"] {
+        let stored = logs.iter().filter(|l| *l == line).count();
+        assert_eq!(stored, 1, "{line:?} stored once: {logs:?}");
+    }
     srv.finish().await;
 }

@@ -585,8 +585,12 @@ class JobClient:
         refused ``409`` on a later try with ``error.reported`` its own status (an earlier try was
         applied, its answer the server's 5xx). It is signed afresh when the server itself
         answered (its own 503 took nothing, and spent the signature) and when ``RESEND_WINDOW``
-        has passed since it was signed. Other calls (reads, the upload request) are signed afresh
-        for every try.
+        has passed since it was signed. A ``401 bad_signature`` to a request with an
+        ``X-Job-Nonce`` (a node of an earlier build) is signed again without one, at once, only
+        on its first send: a re-send refused so may follow a first send a newer node took, so it
+        is sent again as it was while tries are left (within ``RESEND_WINDOW``), and the call
+        then fails, never signed again. Other calls (reads, the upload request) are signed
+        afresh for every try.
         """
         url = self.hook + path
         headers = {"Accept": "application/json"}
@@ -598,6 +602,7 @@ class JobClient:
 
         prepared, signed_at, sent = self._sign(method, url, headers, body), time.monotonic(), False
         deadline, attempt, nonce = signed_at + window, 0, True
+        doubt: Optional[HookError] = None  # a re-send's refusal by a node that does not know nonces
         while True:
             settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
             try:
@@ -608,28 +613,43 @@ class JobClient:
                 unknown = True  # it may have reached the server and been taken
             else:
                 code = runyard_error_code(response) if response.status_code >= 300 else None
-                if nonce and response.status_code == 401 and code == "bad_signature" and "X-Job-Nonce" in prepared.headers:
+                nonce_refused = response.status_code == 401 and code == "bad_signature" and "X-Job-Nonce" in prepared.headers
+                if nonce_refused and not sent:
                     # A hook that does not know X-Job-Nonce (an API node of an earlier build)
                     # refused its signature, taking nothing: signed again without one, at once.
                     nonce = False
                     prepared, signed_at, sent = self._sign(method, url, headers, body, nonce), time.monotonic(), False
                     continue
-                if once and sent and response.status_code == 401 and code == "replay":
-                    return {}  # an earlier send of this very request was taken; its answer was lost
-                # A re-sent request past the server's window: sign it again.
-                expired = sent and response.status_code == 401 and code == "expired"
-                again = response.status_code in RETRY_STATUSES or expired
-                again = again or (window > 0 and worth_waiting_for(response.status_code))
-                if not again or not self._may_retry(attempt, deadline):
-                    break
-                unknown = code is None  # runyard's own refusal took nothing; a proxy's says nothing
+                if nonce_refused:
+                    # A re-send, refused so by a node of an earlier build (it checks the
+                    # signature first): the first send may have been taken by a newer node.
+                    # Signed again (without a nonce), that node could take it twice: the same
+                    # request is sent again while tries are left, never signed again.
+                    doubt = HookError.from_response(response, self._secret.reveal())
+                    if not self._may_retry(attempt, deadline):
+                        break
+                    unknown = True
+                else:
+                    if once and sent and response.status_code == 401 and code == "replay":
+                        return {}  # an earlier send of this very request was taken; its answer was lost
+                    # A re-sent request past the server's window: sign it again.
+                    expired = sent and response.status_code == 401 and code == "expired"
+                    again = response.status_code in RETRY_STATUSES or expired
+                    again = again or (window > 0 and worth_waiting_for(response.status_code))
+                    if not again or not self._may_retry(attempt, deadline):
+                        break
+                    unknown = code is None  # runyard's own refusal took nothing; a proxy's says nothing
+                    if code == "replay_unapplied":
+                        doubt = None  # the first send was not applied: a fresh request is safe
             attempt += 1
             if attempt <= self.retries:
                 time.sleep(0.5 * 2 ** (attempt - 1))
             else:  # within the window: backoff, at most MAX_PAUSE, never past the window's end
                 time.sleep(pause(attempt, deadline - time.monotonic()))
-            if once and unknown and time.monotonic() - signed_at < RESEND_WINDOW:
+            if once and (unknown or doubt is not None) and time.monotonic() - signed_at < RESEND_WINDOW:
                 sent = True
+            elif doubt is not None:
+                raise doubt  # past RESEND_WINDOW: whether the first send was taken stays unknown
             else:
                 prepared, signed_at, sent = self._sign(method, url, headers, body, nonce), time.monotonic(), False
 

@@ -50,6 +50,9 @@ class StubHook:
         self.reported: Optional[str] = None  # the final status taken: a later report's 409 says it
         self.require_v2 = False
         self.knows_nonce = True  # False: verifies v2 without X-Job-Nonce, as a hook of an earlier build
+        # True: once the next status report is stored, knows_nonce turns False (the calls after it
+        # reach an API node of an earlier build, as a re-send may during a rolling upgrade).
+        self.older_node_next = False
         self.reports: List[dict] = []
         self.requests: List[dict] = []  # every request: method, target, headers, body, signature
         self._tokens: Dict[str, tuple] = {}
@@ -271,6 +274,8 @@ class StubHook:
                         return self._error(plan, "unavailable", "try again")
                     report = json.loads(body or b"{}")
                     stub.reports.append(report)
+                    if stub.older_node_next:
+                        stub.older_node_next, stub.knows_nonce = False, False
                     if report.get("status") in ("SUCCESS", "ERROR"):
                         stub.terminal, stub.reported = True, report["status"]
                     if plan == "applied_then_503":

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from runyard_job import BadPayload, HookError, IntegrityError, JobClient, MissingEnvironment, hash_file, resolve_location, run
+from runyard_job import BadPayload, HookError, IntegrityError, JobClient, LogLinesLost, MissingEnvironment, hash_file, resolve_location, run
 from runyard_job.errors import JobClientError
 
 # ---------------------------------------------------------------- construction and environment
@@ -259,6 +259,23 @@ def test_a_report_whose_answer_was_lost_is_not_taken_twice(stub):
     # The re-send is the same request: its nonce too.
     nonces = [r["headers"]["X-Job-Nonce"] for r in stub.requests]
     assert nonces[0] == nonces[1]
+
+
+def test_a_resend_an_older_node_refuses_is_not_signed_again_without_a_nonce(stub):
+    # The first send was taken (by a node that knows X-Job-Nonce), its answer lost; the re-send
+    # reaches a node of an earlier build, which refuses its signature (401 bad_signature) before
+    # it could know the request. Signed again without a nonce, that node would take it: the lines
+    # twice. The same request is sent again while retries are left, then the call fails (log
+    # counts the line lost: whether it was stored, the client cannot know).
+    stub.lose_answers = 1
+    stub.older_node_next = True
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:
+        with pytest.warns(LogLinesLost, match="bad_signature"):
+            assert c.log("L0") == {}
+        assert c.lines_lost == 1
+    assert stub.reports == [{"logs": ["L0"]}]
+    assert len(stub.requests) == 3 and len({signed(r) for r in stub.requests}) == 1
+    assert all("X-Job-Nonce" in r["headers"] for r in stub.requests)
 
 
 def test_a_report_that_never_arrived_is_taken_on_the_retry(stub):

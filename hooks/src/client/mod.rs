@@ -16,6 +16,8 @@
 //! `url` are short-lived signed URLs: they get the bytes without any job header, like the webda
 //! Python client does.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -88,6 +90,8 @@ pub struct JobClient {
     transfer_http: reqwest::Client,
     /// How long a report with a status is tried again (retry.rs).
     report_window: Duration,
+    /// The last `X-Job-Time` signed (milliseconds), shared by clones ([`JobClient::timestamp`]).
+    last_ms: Arc<AtomicI64>,
 }
 
 /// `path` + (`?` + query when there is one), as it appears on the request line.
@@ -120,9 +124,11 @@ pub fn resolve_url(hook: &Url, location: &str, what: &'static str) -> Result<Url
 
 /// Whether the answer (`status`, `bytes`) to a request signed with `headers` says the hook does
 /// not know `X-Job-Nonce`: `401 bad_signature` to a request that carried one, as an API node of a
-/// build before the nonce answers (it verifies the signature without it). Nothing was taken: the
-/// request is signed again without a nonce, once (to a node that knows nonces, a wrong secret is
-/// `bad_signature` again).
+/// build before the nonce answers (it verifies the signature without it, before its replay
+/// memory). To a request's first send, nothing was taken: it is signed again without a nonce,
+/// once (to a node that knows nonces, a wrong secret is `bad_signature` again). To a re-send (its
+/// first send's answer lost), the first send may have been taken by a newer node: that is not
+/// signed again (retry.rs).
 pub(super) fn nonce_refused(headers: &HeaderMap, status: StatusCode, bytes: &[u8]) -> bool {
     status == StatusCode::UNAUTHORIZED
         && headers.contains_key(X_JOB_NONCE)
@@ -204,6 +210,7 @@ impl JobClient {
             hook_http,
             transfer_http,
             report_window: DEFAULT_REPORT_WINDOW,
+            last_ms: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -273,9 +280,22 @@ impl JobClient {
             &self.secret,
             self.version,
             (method.as_str(), &path_and_query(url), body),
-            now_ms(),
+            self.timestamp(),
             nonce.as_deref(),
         )?)
+    }
+
+    /// The time to sign with: the clock's milliseconds, or one more than the last time this
+    /// client (or a clone) signed with, so that its times strictly increase. Two of its requests
+    /// signed in one millisecond are then never alike, even without a nonce (v1, or a node that
+    /// does not know `X-Job-Nonce`): the server would refuse the second as a replay.
+    fn timestamp(&self) -> i64 {
+        let now = now_ms();
+        let next = |last: i64| now.max(last.saturating_add(1));
+        let (Ok(last) | Err(last)) =
+            self.last_ms
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(next(l)));
+        next(last)
     }
 
     /// Sends one signed request to the hook and returns the body of its 2xx answer.
@@ -463,6 +483,25 @@ mod tests {
 
     fn client(hook: &str) -> JobClient {
         JobClient::new(JOB, Secret::from_string(SECRET.to_owned()), hook).expect("client")
+    }
+
+    /// A client's signed times strictly increase, its clones' too, however fast it signs (the
+    /// Python client's `_timestamp` does the same).
+    #[test]
+    fn signed_times_strictly_increase() {
+        let c = client("http://127.0.0.1:1/async");
+        let twin = c.clone();
+        let url = c.endpoint(&["status"]);
+        let times: Vec<i64> = (0..200)
+            .map(|i| {
+                let signer = if i % 2 == 0 { &c } else { &twin };
+                let h = signer
+                    .sign_with(&Method::POST, &url, b"{}", i % 3 == 0)
+                    .expect("signed");
+                h[JOB_TIME_HEADER].to_str().unwrap().parse().unwrap()
+            })
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

@@ -19,6 +19,14 @@
 //! as taken too: an earlier try was applied although the hook answered its own 5xx. A re-sent
 //! final report the hook remembered but never applied is answered `503 replay_unapplied`, so it
 //! is signed again.
+//!
+//! A first send refused `401 bad_signature` by a node that does not know `X-Job-Nonce` (an API
+//! node of an earlier build) is signed again without a nonce, at once ([`super::nonce_refused`]).
+//! A re-send refused so is not: that node checks the signature before its replay memory, so the
+//! first send may have been taken by a newer node, and the older one would take a fresh signature
+//! a second time. The very same request is sent again within the window and [`RESEND_WINDOW`]
+//! (a newer node's `401 replay` says it was taken); when they run out the call fails with that
+//! `401`, unless a newer node said `503 replay_unapplied` meanwhile (not applied: signed again).
 
 use std::time::Duration;
 
@@ -159,6 +167,7 @@ impl JobClient {
         let mut headers = self.sign(&method, &url, &body)?;
         let (mut signed_at, mut resent, mut attempt) = (Instant::now(), false, 0);
         let mut nonce = true; // until a node that does not know X-Job-Nonce refuses one
+        let mut doubt: Option<ClientError> = None; // such a node's refusal of a re-send
         let deadline = signed_at + self.report_window;
         loop {
             let tried = match self
@@ -172,12 +181,23 @@ impl JobClient {
             let unknown = match tried {
                 Tried::Answer(status, bytes) if status.is_success() => return Ok(bytes),
                 Tried::Answer(status, bytes)
-                    if nonce && nonce_refused(&headers, status, &bytes) =>
+                    if !resent && nonce_refused(&headers, status, &bytes) =>
                 {
                     nonce = false; // nothing taken: the same report without a nonce, at once
                     headers = self.sign_with(&method, &url, &body, false)?;
                     (signed_at, resent) = (Instant::now(), false);
                     continue;
+                }
+                Tried::Answer(status, bytes) if nonce_refused(&headers, status, &bytes) => {
+                    // A re-send: the node checks the signature before its replay memory, so the
+                    // first send may have been taken by a newer node. Signed again without a
+                    // nonce, this one could take it twice: the same request again, or fail.
+                    let error = http_error(context.clone(), status, &bytes);
+                    if Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    doubt = Some(error);
+                    true
                 }
                 Tried::Answer(status, bytes) => {
                     let error = http_error(context.clone(), status, &bytes);
@@ -196,6 +216,9 @@ impl JobClient {
                     if !(expired || worth_waiting_for(status)) || Instant::now() >= deadline {
                         return Err(error);
                     }
+                    if code.as_deref() == Some("replay_unapplied") {
+                        doubt = None; // the first send was not applied: a fresh request is safe
+                    }
                     code.is_none() // runyard's own refusal took nothing; a proxy's says nothing
                 }
                 Tried::NoAnswer(error) if Instant::now() >= deadline => return Err(error),
@@ -207,8 +230,10 @@ impl JobClient {
                 deadline.saturating_duration_since(Instant::now()),
             ))
             .await;
-            if unknown && signed_at.elapsed() < RESEND_WINDOW {
+            if (unknown || doubt.is_some()) && signed_at.elapsed() < RESEND_WINDOW {
                 resent = true;
+            } else if let Some(error) = doubt {
+                return Err(error); // whether the first send was taken stays unknown
             } else {
                 headers = self.sign_with(&method, &url, &body, nonce)?;
                 (signed_at, resent) = (Instant::now(), false);
