@@ -1998,6 +1998,57 @@ async fn a_v1_report_with_an_unknown_field_is_applied_with_a_note() {
     srv.finish().await;
 }
 
+/// Review of the hook API: an upload request with a field it does not have was taken without
+/// it: `{"hash":..,"challenge":..,"meta":{"k":1}}` answered 200 and stored the file with
+/// metadata `{}`. Signed with v2 it is refused (422 naming it and the field meant), nothing
+/// stored; signed with v1 (webda's `upload_to()`) it is taken as before, with a note in the job's
+/// log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_request_with_an_unknown_field_is_refused_in_v2_noted_in_v1() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit(json!({"type": "hold.unknown_upload_fields"}))
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let content = b"meta typo";
+    let body = serde_json::to_vec(&json!({
+        "hash": md5_hex(content),
+        "challenge": challenge(content),
+        "meta": {"k": 1},
+    }))
+    .expect("json");
+    let t = upload_target("jobs", &a, "outputs");
+    let h = sign(&a, &sa, SigVersion::V2, "PUT", &t, &body);
+    let r = srv
+        .refused(
+            &a,
+            &before,
+            "v2 meta",
+            "PUT",
+            &t,
+            &h,
+            &body,
+            422,
+            Some("invalid_request"),
+        )
+        .await;
+    let message = r.json["error"]["message"].as_str().unwrap_or("");
+    for n in ["`meta`", "`metadata`"] {
+        assert!(message.contains(n), "{n} not named: {}", r.describe());
+    }
+    let r = srv.signed(&a, &sa, SigVersion::V1, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let lines = all_job_lines(&srv, &a).await;
+    assert_eq!(
+        lines,
+        vec!["[runyard] upload request field `meta` ignored (did you mean `metadata`?)"],
+        "{}",
+        r.describe()
+    );
+    srv.finish().await;
+}
+
 /// docs/hooks.md: a job that reports `results` without a status while `RUNNING`, then exits 0
 /// without reporting an outcome, ends `SUCCESS` with those results (and its `statusDetails`),
 /// the last ones sent; not "without results".

@@ -236,6 +236,19 @@ async fn the_report_schema_has_the_fields_the_hook_takes() {
     // The route's request body is that schema.
     let body = doc["paths"]["/async/status"]["post"]["requestBody"].to_string();
     assert!(body.contains("#/components/schemas/StatusReport"), "{body}");
+    // So is the upload request's.
+    let upload = resolve(&doc, &doc["components"]["schemas"]["UploadRequest"]).clone();
+    let props: BTreeSet<String> = upload["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no properties: {upload}"))
+        .keys()
+        .cloned()
+        .collect();
+    let fields: BTreeSet<String> = runyard_hooks::wire::UploadRequest::FIELDS
+        .map(String::from)
+        .into();
+    assert_eq!(props, fields, "{upload}");
+    assert_eq!(upload["additionalProperties"], json!(false), "{upload}");
 }
 
 #[tokio::test]

@@ -113,6 +113,48 @@ pub fn refuse_unknown(unknown: &[Unknown], what: &str, fields: &[&str]) -> ApiRe
     )))
 }
 
+/// The fields of an upload request (`PUT /async/upload/...`, a JSON object) it does not have
+/// (`UploadRequest::FIELDS`): refused with 422 naming them when the call is signed with v2 (a
+/// `meta` for `metadata` would store the file without its metadata); signed with v1 (webda's
+/// `upload_to()`), taken without them as before, and a note for each goes to the job's log.
+pub async fn check_upload_fields(
+    st: &AppState,
+    job: Uuid,
+    parts: &Parts,
+    bytes: &[u8],
+) -> ApiResult<()> {
+    let fields = runyard_hooks::wire::UploadRequest::FIELDS;
+    let unknown = unknown_fields(bytes, &fields, upload_meant)?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let hh = HookHeaders::from_headers(&parts.headers)?;
+    if hh.version == runyard_hooks::SigVersion::V2 {
+        return refuse_unknown(&unknown, "upload request", &fields);
+    }
+    let ts = crate::job::now_us();
+    let notes = ignored_notes(&unknown, "upload request")
+        .into_iter()
+        .map(|l| (runyard_hooks::LogStream::Job, ts, l))
+        .collect();
+    st.app.store.append_logs(job, notes).await?;
+    Ok(())
+}
+
+/// The upload request field a name not among them likely stands for.
+fn upload_meant(name: &str) -> Option<&'static str> {
+    let norm = name.to_lowercase();
+    let fields = runyard_hooks::wire::UploadRequest::FIELDS;
+    if let Some(f) = fields.iter().find(|f| f.to_lowercase() == norm) {
+        return Some(f);
+    }
+    match norm.as_str() {
+        "meta" | "metas" | "metadatas" | "meta_data" | "map" => Some("metadata"),
+        "md5" | "digest" | "checksum" => Some("hash"),
+        _ => None,
+    }
+}
+
 /// At most this many notes on ignored fields a request, then one that says how many more.
 const MAX_NOTES: usize = 20;
 

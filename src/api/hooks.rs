@@ -317,7 +317,7 @@ pub async fn download(
         (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running; `stale_attempt`: the job went on to another attempt", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name, a `metadata.mimetype` over 255 bytes", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema (a field it does not have, in a v2-signed call; a v1-signed one is taken without it, a note in the job's log), bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name, a `metadata.mimetype` over 255 bytes", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn upload(
     State(st): State<AppState>,
@@ -330,6 +330,7 @@ pub async fn upload(
     require_active(&job, "upload files")?;
     super::edge::require_json(&parts.headers)?;
     let req: UploadRequest = parse_json(&bytes)?;
+    super::hook_body::check_upload_fields(&st, job.id, &parts, &bytes).await?;
     if !valid_hash(&req.hash) || !valid_hash(&req.challenge) {
         return Err(ApiError::invalid_request(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",

@@ -478,8 +478,10 @@ pub struct DownloadResponse {
     pub map: FileMeta,
 }
 
-/// `runyard_hooks::wire::UploadRequest`.
+/// `runyard_hooks::wire::UploadRequest`. Any other field is refused in a v2-signed call (422);
+/// a v1-signed one is taken without it, a note in the job's log (docs/hooks.md).
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UploadRequest {
     /// MD5 hex of the content.
     pub hash: String,
