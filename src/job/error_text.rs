@@ -40,6 +40,30 @@ pub fn capped_error(text: String) -> String {
     }
 }
 
+/// Cuts every error `job` keeps to [`MAX_ERROR_BYTES`]: its `error`, and each attempt's
+/// `error`, `time_limit` and reported message. Called by `transition::apply` after every
+/// command, the one place every writer of an error goes through (a host failure's, a time
+/// limit's, a report's, a cancel's), so that none can store one whole.
+pub fn cap_job_errors(job: &mut super::Job) {
+    fn cap(e: &mut String) {
+        if e.len() > MAX_ERROR_BYTES {
+            *e = capped_error(std::mem::take(e));
+        }
+    }
+    job.error.iter_mut().for_each(cap);
+    for r in &mut job.runs {
+        r.error
+            .iter_mut()
+            .chain(r.time_limit.iter_mut())
+            .for_each(cap);
+        if let Some(super::Reported::Error { message, .. } | super::Reported::Timeout { message }) =
+            &mut r.reported
+        {
+            cap(message)
+        }
+    }
+}
+
 /// The length a cut text's note gives for its original.
 fn cut_length(text: &str) -> Option<usize> {
     let body = text.strip_suffix(CUT_END)?;
