@@ -1876,10 +1876,11 @@ async fn malformed_bodies_get_400_and_invalid_ones_422() {
     srv.finish().await;
 }
 
-/// A report with a field the hook does not know is refused (422 naming it, and the field meant
-/// when it is a near miss: `result` for `results`, `error` for `errorMessage`), nothing applied:
-/// before, `{"status":"SUCCESS","result":{...}}` ended the job SUCCESS with no result and
-/// `{"status":"ERROR","error":"..."}` lost its reason, both answered 200.
+/// A v2-signed report with a field the hook does not know is refused (422 naming it, and the
+/// field meant when it is a near miss: `result` for `results`, `error` for `errorMessage`),
+/// nothing applied: before, `{"status":"SUCCESS","result":{...}}` ended the job SUCCESS with no
+/// result and `{"status":"ERROR","error":"..."}` lost its reason, both answered 200. (A v1 one
+/// is applied: `a_v1_report_with_an_unknown_field_is_applied_with_a_note`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_with_an_unknown_field_is_refused_naming_it() {
     let srv = Srv::start("").await;
@@ -1920,7 +1921,7 @@ async fn a_report_with_an_unknown_field_is_refused_naming_it() {
         ),
     ];
     for (label, body, names) in &cases {
-        for v in [SigVersion::V1, SigVersion::V2] {
+        for v in [SigVersion::V2] {
             let h = sign(&a, &sa, v, "POST", st, body);
             let l = format!("{label} ({})", v.as_str());
             let r = srv
@@ -1957,6 +1958,94 @@ async fn a_report_with_an_unknown_field_is_refused_naming_it() {
     let j = srv.wait_terminal(&a).await;
     assert_eq!(j["status"], "SUCCESS", "{j:#}");
     assert_eq!(j["result"], json!({"rows": 3}), "{j:#}");
+    srv.finish().await;
+}
+
+/// Review of the hook API: a v1-signed report (the webda client's `send_status()`, which never
+/// looks at the answer) with a field the hook does not know was refused with 422 as a v2 one is:
+/// `send_status({"status": "ERROR", "error": "bad input"})` then exit 0 ended the job SUCCESS
+/// (before the 422 it ended ERROR). A v1 report is applied as before, without the field, and a
+/// line in the job's `job` stream says what was ignored and what was meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_report_with_an_unknown_field_is_applied_with_a_note() {
+    let srv = Srv::start("").await;
+    let a = srv.submit(json!({"type": "hold.unknown_fields_v1"})).await;
+    let (_, sa) = srv.running(&a).await;
+    let st = "/async/status";
+    let body = br#"{"progress":0.5,"status_details":{"step":2},"bogus":1,"logs":["mine"]}"#;
+    let r = srv.signed(&a, &sa, SigVersion::V1, "POST", st, body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let j = srv.job(&a).await;
+    assert_eq!(j["status"], "RUNNING", "{j:#}");
+    assert_eq!(j["progress"], 0.5, "{j:#}");
+    let body = br#"{"status":"ERROR","error":"bad input"}"#;
+    let r = srv.signed(&a, &sa, SigVersion::V1, "POST", st, body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json["reported"], "ERROR", "{}", r.describe());
+    let lines = all_job_lines(&srv, &a).await;
+    assert_eq!(
+        lines,
+        vec![
+            "mine".to_string(),
+            "[runyard] report field `bogus` ignored".into(),
+            "[runyard] report field `status_details` ignored (did you mean `statusDetails`?)"
+                .into(),
+            "[runyard] report field `error` ignored (did you mean `errorMessage`?)".into(),
+        ],
+        "{}",
+        r.describe()
+    );
+    srv.finish().await;
+}
+
+/// Review of the hook API: an upload request with a field it does not have was taken without
+/// it: `{"hash":..,"challenge":..,"meta":{"k":1}}` answered 200 and stored the file with
+/// metadata `{}`. Signed with v2 it is refused (422 naming it and the field meant), nothing
+/// stored; signed with v1 (webda's `upload_to()`) it is taken as before, with a note in the job's
+/// log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_request_with_an_unknown_field_is_refused_in_v2_noted_in_v1() {
+    let srv = Srv::start("").await;
+    let a = srv
+        .submit(json!({"type": "hold.unknown_upload_fields"}))
+        .await;
+    let (_, sa) = srv.running(&a).await;
+    let before = srv.snap(&a).await;
+    let content = b"meta typo";
+    let body = serde_json::to_vec(&json!({
+        "hash": md5_hex(content),
+        "challenge": challenge(content),
+        "meta": {"k": 1},
+    }))
+    .expect("json");
+    let t = upload_target("jobs", &a, "outputs");
+    let h = sign(&a, &sa, SigVersion::V2, "PUT", &t, &body);
+    let r = srv
+        .refused(
+            &a,
+            &before,
+            "v2 meta",
+            "PUT",
+            &t,
+            &h,
+            &body,
+            422,
+            Some("invalid_request"),
+        )
+        .await;
+    let message = r.json["error"]["message"].as_str().unwrap_or("");
+    for n in ["`meta`", "`metadata`"] {
+        assert!(message.contains(n), "{n} not named: {}", r.describe());
+    }
+    let r = srv.signed(&a, &sa, SigVersion::V1, "PUT", &t, &body).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let lines = all_job_lines(&srv, &a).await;
+    assert_eq!(
+        lines,
+        vec!["[runyard] upload request field `meta` ignored (did you mean `metadata`?)"],
+        "{}",
+        r.describe()
+    );
     srv.finish().await;
 }
 

@@ -845,3 +845,69 @@ fn an_unknown_user_stops_serve_with_a_message_naming_the_key() {
         "{err}"
     );
 }
+
+/// Review of the isolation warning: a server without CAP_CHOWN cannot give a job run as another
+/// user its output pipes, but the warning was skipped for any root server, as if root always
+/// had CAP_CHOWN (a container started with `--cap-drop CHOWN` runs as root without it). Root
+/// with CAP_CHOWN dropped from its bounding set (`setpriv`), a local runner with a `user`: the
+/// server log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_without_cap_chown_is_warned_that_output_pipes_stay_the_servers() {
+    if skip_unless_root("root_without_cap_chown_is_warned...") {
+        return;
+    }
+    if !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("root_without_cap_chown_is_warned...: skipped, no /usr/bin/setpriv");
+        return;
+    }
+    let t = open_dir();
+    let config = t.path().join("runyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {}\n[[runners]]\nkind = \"local\"\ntypes = [\"a\"]\n\
+             command = [\"/bin/sh\", \"-c\", \"true\"]\nuser = \"nobody\"\n",
+            toml_str(&t.path().join("data").to_string_lossy())
+        ),
+    )
+    .expect("config");
+    let port = support::child::free_port();
+    let log = t.path().join("serve.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = Command::new("/usr/bin/setpriv")
+        .args(["--bounding-set=-chown", "--inh-caps=-chown", "--"])
+        .arg(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("run serve");
+    let until = Instant::now() + Duration::from_secs(30);
+    let healthy = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break false;
+        }
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            if r.status().is_success() {
+                break true;
+            }
+        }
+        if Instant::now() > until {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(healthy, "serve did not start:\n{text}");
+    assert!(
+        text.contains("cannot give them their output pipes"),
+        "no warning:\n{text}"
+    );
+}

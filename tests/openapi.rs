@@ -213,6 +213,44 @@ async fn the_document_lists_exactly_the_routed_operations() {
     );
 }
 
+/// Review of the hook API: the report's schema named `status_details` and `error_message`, the
+/// names the hook refuses, and let any other field through, unlike every other request body. Its
+/// properties are the fields the hook takes (`StatusReport::FIELDS`), and no other.
+#[tokio::test]
+async fn the_report_schema_has_the_fields_the_hook_takes() {
+    let ts = TestServer::start(RUNNERS).await;
+    let (st, doc) = ts.get("/openapi.json").await;
+    assert_eq!(st, StatusCode::OK);
+    let report = resolve(&doc, &doc["components"]["schemas"]["StatusReport"]).clone();
+    let props: BTreeSet<String> = report["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no properties: {report}"))
+        .keys()
+        .cloned()
+        .collect();
+    let fields: BTreeSet<String> = runyard_hooks::wire::StatusReport::FIELDS
+        .map(String::from)
+        .into();
+    assert_eq!(props, fields, "{report}");
+    assert_eq!(report["additionalProperties"], json!(false), "{report}");
+    // The route's request body is that schema.
+    let body = doc["paths"]["/async/status"]["post"]["requestBody"].to_string();
+    assert!(body.contains("#/components/schemas/StatusReport"), "{body}");
+    // So is the upload request's.
+    let upload = resolve(&doc, &doc["components"]["schemas"]["UploadRequest"]).clone();
+    let props: BTreeSet<String> = upload["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no properties: {upload}"))
+        .keys()
+        .cloned()
+        .collect();
+    let fields: BTreeSet<String> = runyard_hooks::wire::UploadRequest::FIELDS
+        .map(String::from)
+        .into();
+    assert_eq!(props, fields, "{upload}");
+    assert_eq!(upload["additionalProperties"], json!(false), "{upload}");
+}
+
 #[tokio::test]
 async fn every_operation_that_takes_a_body_documents_its_413() {
     let ts = TestServer::start(RUNNERS).await;

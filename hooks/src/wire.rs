@@ -103,6 +103,12 @@ pub struct UploadRequest {
     pub metadata: Value,
 }
 
+impl UploadRequest {
+    /// Every field of the request as it goes on the wire: the hook refuses any other in a
+    /// v2-signed request (422).
+    pub const FIELDS: [&'static str; 3] = ["hash", "challenge", "metadata"];
+}
+
 /// Answer of an upload request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadResponse {
@@ -235,6 +241,26 @@ pub async fn digest_file(path: &Path) -> std::io::Result<UploadDigest> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn upload_request_fields_are_its_wire_names() {
+        let req = UploadRequest {
+            hash: "h".into(),
+            challenge: "c".into(),
+            metadata: json!({}),
+        };
+        let sent = serde_json::to_value(&req).expect("serialize");
+        let mut keys: Vec<&str> = sent
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut fields = UploadRequest::FIELDS.to_vec();
+        keys.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(keys, fields);
+    }
 
     #[test]
     fn status_report_wire_names() {

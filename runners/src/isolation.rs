@@ -208,13 +208,15 @@ impl Isolation {
     }
 
     /// Warns (once per runner, when it is made) when its jobs run as another user but this
-    /// server cannot give them their output pipes (not root, no `CAP_CHOWN`): see [`give_output`].
+    /// server cannot give them their output pipes (no `CAP_CHOWN` in its effective set: root
+    /// may lack it too, e.g. in a container started with `--cap-drop CHOWN`): see
+    /// [`give_output`].
     pub fn warn_if_output_stays_the_servers(&self, command: &str) {
-        if self.switches_user() && !nix::unistd::geteuid().is_root() && !has_capability(0) {
+        if self.switches_user() && !has_capability(0) {
             tracing::warn!(
                 command,
-                "a local runner's jobs run as another `user` but this server (not root, no \
-                 CAP_CHOWN) cannot give them their output pipes: they write to descriptors 1 \
+                "a local runner's jobs run as another `user` but this server (no CAP_CHOWN) \
+                 cannot give them their output pipes: they write to descriptors 1 \
                  and 2, but cannot re-open /dev/stdout or /dev/stderr"
             );
         }
@@ -270,7 +272,8 @@ impl Isolation {
 /// it by name (`/dev/stdout`, `/dev/stderr`, `/proc/self/fd/N`: `echo x > /dev/stderr`, `tee
 /// /dev/stderr`) checks that owner: the job's user was refused. Only the pipe's owner changes (the
 /// server's read end is the same pipe, already open: unaffected); the job gets no other descriptor.
-/// A server without `CAP_CHOWN` (not root, only `CAP_SETUID` and `CAP_SETGID`) cannot: the pipes
+/// A server without `CAP_CHOWN` (not root, only `CAP_SETUID` and `CAP_SETGID`; or root with it
+/// dropped) cannot: the pipes
 /// stay its own, as before (a warning at start says so), and the job still writes to
 /// descriptors 1 and 2.
 ///

@@ -31,32 +31,154 @@ pub async fn read(st: &AppState, req: Request) -> ApiResult<(Parts, Bytes)> {
     Ok((parts, bytes))
 }
 
-/// Refuses a `POST /async/status` body (a JSON object, parsed already) with a field the report
-/// does not have (`StatusReport::FIELDS`): `422 invalid_request` naming it, and the field meant
-/// when it is a near miss. Ignored, `{"status":"SUCCESS","result":{...}}` would end the job
-/// without its result and `{"status":"ERROR","error":"..."}` lose its reason, both answered 200.
-pub fn check_report_fields(bytes: &[u8]) -> ApiResult<()> {
+/// The fields of a `POST /async/status` body (a JSON object, parsed already) that the report does
+/// not have (`StatusReport::FIELDS`), each named with the field meant when it is a near miss.
+/// Ignored, `{"status":"SUCCESS","result":{...}}` would end the job without its result and
+/// `{"status":"ERROR","error":"..."}` lose its reason: a v2-signed report with one is refused
+/// ([`refuse_unknown`]); a v1 one (the webda client, which does not read the answer) is applied
+/// as before with a note in the job's log ([`ignored_notes`]).
+pub fn unknown_report_fields(bytes: &[u8]) -> ApiResult<Vec<Unknown>> {
+    unknown_fields(bytes, &runyard_hooks::wire::StatusReport::FIELDS, meant)
+}
+
+/// The keys of the JSON object `bytes` not among `fields`, each as `` `k` `` or
+/// `` `k` (did you mean `f`?) ``.
+pub fn unknown_fields(
+    bytes: &[u8],
+    fields: &[&'static str],
+    meant: fn(&str) -> Option<&'static str>,
+) -> ApiResult<Vec<Unknown>> {
     use std::collections::BTreeMap;
-    let fields = runyard_hooks::wire::StatusReport::FIELDS;
     let keys: BTreeMap<String, serde::de::IgnoredAny> =
         serde_json::from_slice(bytes).map_err(ApiError::malformed_json)?;
-    let unknown: Vec<String> = keys
+    Ok(keys
         .keys()
         .filter(|k| !fields.contains(&k.as_str()))
-        .map(|k| match meant(k) {
-            Some(m) => format!("`{k}` (did you mean `{m}`?)"),
-            None => format!("`{k}`"),
+        .map(|k| Unknown {
+            name: short(k),
+            meant: meant(k),
         })
-        .collect();
+        .collect())
+}
+
+/// A field a body does not have, and the one it likely stands for.
+pub struct Unknown {
+    /// Its name (at most 100 bytes of it).
+    name: String,
+    /// The field meant, for a near miss.
+    meant: Option<&'static str>,
+}
+
+impl std::fmt::Display for Unknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`", self.name)?;
+        match self.meant {
+            Some(m) => write!(f, " (did you mean `{m}`?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A field name as a message or note shows it: at most 100 bytes (cut at a character boundary).
+fn short(k: &str) -> String {
+    if k.len() <= 100 {
+        return k.to_string();
+    }
+    let mut end = 100;
+    while !k.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &k[..end])
+}
+
+/// `422 invalid_request` naming the `unknown` fields of a `what` body (`report`, `upload
+/// request`) and the fields it has; nothing when there are none.
+pub fn refuse_unknown(unknown: &[Unknown], what: &str, fields: &[&str]) -> ApiResult<()> {
     if unknown.is_empty() {
         return Ok(());
     }
     Err(ApiError::invalid_request(format!(
-        "unknown field{} {} in the report: its fields are {}",
+        "unknown field{} {} in the {what}: its fields are {}",
         if unknown.len() == 1 { "" } else { "s" },
-        unknown.join(", "),
-        fields.map(|f| format!("`{f}`")).join(", ")
+        unknown
+            .iter()
+            .map(Unknown::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        fields
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )))
+}
+
+/// The fields of an upload request (`PUT /async/upload/...`, a JSON object) it does not have
+/// (`UploadRequest::FIELDS`): refused with 422 naming them when the call is signed with v2 (a
+/// `meta` for `metadata` would store the file without its metadata); signed with v1 (webda's
+/// `upload_to()`), taken without them as before, and a note for each goes to the job's log.
+pub async fn check_upload_fields(
+    st: &AppState,
+    job: Uuid,
+    parts: &Parts,
+    bytes: &[u8],
+) -> ApiResult<()> {
+    let fields = runyard_hooks::wire::UploadRequest::FIELDS;
+    let unknown = unknown_fields(bytes, &fields, upload_meant)?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let hh = HookHeaders::from_headers(&parts.headers)?;
+    if hh.version == runyard_hooks::SigVersion::V2 {
+        return refuse_unknown(&unknown, "upload request", &fields);
+    }
+    let ts = crate::job::now_us();
+    let notes = ignored_notes(&unknown, "upload request")
+        .into_iter()
+        .map(|l| (runyard_hooks::LogStream::Job, ts, l))
+        .collect();
+    st.app.store.append_logs(job, notes).await?;
+    Ok(())
+}
+
+/// The upload request field a name not among them likely stands for.
+fn upload_meant(name: &str) -> Option<&'static str> {
+    let norm = name.to_lowercase();
+    let fields = runyard_hooks::wire::UploadRequest::FIELDS;
+    if let Some(f) = fields.iter().find(|f| f.to_lowercase() == norm) {
+        return Some(f);
+    }
+    match norm.as_str() {
+        "meta" | "metas" | "metadatas" | "meta_data" | "map" => Some("metadata"),
+        "md5" | "digest" | "checksum" => Some("hash"),
+        _ => None,
+    }
+}
+
+/// At most this many notes on ignored fields a request, then one that says how many more.
+const MAX_NOTES: usize = 20;
+
+/// The job's log lines (its `job` stream) that say which fields of a v1-signed `what` body were
+/// ignored: `[runyard] report field `error` ignored (did you mean `errorMessage`?)`.
+pub fn ignored_notes(unknown: &[Unknown], what: &str) -> Vec<String> {
+    let mut notes: Vec<String> = unknown
+        .iter()
+        .take(MAX_NOTES)
+        .map(|u| match u.meant {
+            Some(m) => format!(
+                "[runyard] {what} field `{}` ignored (did you mean `{m}`?)",
+                u.name
+            ),
+            None => format!("[runyard] {what} field `{}` ignored", u.name),
+        })
+        .collect();
+    if unknown.len() > MAX_NOTES {
+        let n = unknown.len() - MAX_NOTES;
+        notes.push(format!(
+            "[runyard] {n} more unknown {what} field(s) ignored"
+        ));
+    }
+    notes
 }
 
 /// The report field a name not among them likely stands for: the same but for case, `_` and

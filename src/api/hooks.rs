@@ -123,7 +123,7 @@ pub(super) fn require_active(job: &Job, what: &str) -> ApiResult<()> {
         (status = 409, description = "`illegal_transition`, `stale_lease`: the job is not running (or reported already: `error.reported` says what it reported, `SUCCESS`, `ERROR` or `TIMEOUT`)", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: more than 1000 entries in `logs`, or over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), a field the report does not have (named, with the one meant for a near miss: `result` for `results`, `error` for `errorMessage`), a bad `status`", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema (the message names the field), in a v2-signed report, a field the report does not have (named, with the one meant for a near miss: `result` for `results`, `error` for `errorMessage`; a v1-signed one is applied without it and a `[runyard] report field ... ignored` line goes to the job's log), a bad `status`", body = super::openapi::schemas::ErrorBody),
         (status = 503, description = "`replay_unapplied`: a report with `SUCCESS` or `ERROR` signed with v2 sent again as it was (after no answer), accepted before but not applied (the job is active and has not reported; otherwise a replay is `401 replay`): sign it again; `replay_unavailable`: the replay memory (the store) cannot be reached; `unavailable`: the store failed; sign again", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<Value>> {
@@ -138,12 +138,18 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
         return Err(super::hook_replay::replay_answer(&job, &bytes));
     }
     // The webda client sends no body at all for an empty report.
+    let mut ignored = Vec::new();
     let report: StatusReport = if bytes.iter().all(u8::is_ascii_whitespace) {
         StatusReport::default()
     } else {
         super::edge::require_json(&parts.headers)?;
         let report = parse_json(&bytes)?;
-        super::hook_body::check_report_fields(&bytes)?;
+        let unknown = super::hook_body::unknown_report_fields(&bytes)?;
+        if v2 {
+            super::hook_body::refuse_unknown(&unknown, "report", &StatusReport::FIELDS)?;
+        }
+        // v1 (webda's client, which does not read the answer): applied as before, with a note.
+        ignored = super::hook_body::ignored_notes(&unknown, "report");
         report
     };
     let status = report
@@ -151,12 +157,13 @@ pub async fn status(State(st): State<AppState>, req: Request) -> ApiResult<Json<
         .as_deref()
         .map(|s| s.parse::<JobStatus>().map_err(ApiError::invalid_request))
         .transpose()?;
-    let logs = report.logs.unwrap_or_default();
+    let mut logs = report.logs.unwrap_or_default();
     if logs.len() > MAX_REPORT_LINES {
         return Err(ApiError::too_large(format!(
             "a report may carry at most {MAX_REPORT_LINES} log lines"
         )));
     }
+    logs.extend(ignored);
     let lines = super::hook_lines::split(logs, MAX_STORED_LINES);
     let r = HookReport {
         status,
@@ -310,7 +317,7 @@ pub async fn download(
         (status = 403, description = "`forbidden`: not the job's own files", body = super::openapi::schemas::ErrorBody),
         (status = 409, description = "`illegal_transition`: the job is not running; `stale_attempt`: the job went on to another attempt", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = super::openapi::schemas::ErrorBody),
-        (status = 422, description = "`invalid_request`: the body does not match the schema, bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name, a `metadata.mimetype` over 255 bytes", body = super::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_request`: the body does not match the schema (a field it does not have, in a v2-signed call; a v1-signed one is taken without it, a note in the job's log), bad hashes, `metadata` over 4 KiB, a `metadata.name` that is not a file name, a `metadata.mimetype` over 255 bytes", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn upload(
     State(st): State<AppState>,
@@ -323,6 +330,7 @@ pub async fn upload(
     require_active(&job, "upload files")?;
     super::edge::require_json(&parts.headers)?;
     let req: UploadRequest = parse_json(&bytes)?;
+    super::hook_body::check_upload_fields(&st, job.id, &parts, &bytes).await?;
     if !valid_hash(&req.hash) || !valid_hash(&req.challenge) {
         return Err(ApiError::invalid_request(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",

@@ -17,13 +17,17 @@ const CUT_END: &str = " bytes in all]";
 
 /// `text` if it holds at most `max` bytes, else its beginning, cut at a character boundary,
 /// followed by a note of how long it was: `… [runyard: cut, 899999 bytes in all]`, at most
-/// `max` bytes in all. A text cut before keeps its note's length, so cutting again (shorter, or
-/// the same) says how long the original was and never adds a second note.
+/// `max` bytes in all. A text cut before (at most [`MAX_ERROR_BYTES`], as stored) keeps its
+/// note's length, so cutting again (shorter, or the same) says how long the original was and
+/// never adds a second note; a note in a longer text is not trusted (the job may have written it).
 pub fn cut_error(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
         return Cow::Borrowed(text);
     }
-    let total = cut_length(text).unwrap_or(text.len());
+    // Only a text no longer than a stored error can carry a note this cap made: a longer one
+    // is the job's own text, whose note may be forged.
+    let made_here = text.len() <= MAX_ERROR_BYTES;
+    let total = cut_length(text).filter(|_| made_here).unwrap_or(text.len());
     let note = format!("{CUT_START}{total}{CUT_END}");
     let mut end = max.saturating_sub(note.len()).min(text.len());
     while !text.is_char_boundary(end) {
@@ -37,6 +41,30 @@ pub fn capped_error(text: String) -> String {
     match cut_error(&text, MAX_ERROR_BYTES) {
         Cow::Borrowed(_) => text,
         Cow::Owned(cut) => cut,
+    }
+}
+
+/// Cuts every error `job` keeps to [`MAX_ERROR_BYTES`]: its `error`, and each attempt's
+/// `error`, `time_limit` and reported message. Called by `transition::apply` after every
+/// command, the one place every writer of an error goes through (a host failure's, a time
+/// limit's, a report's, a cancel's), so that none can store one whole.
+pub fn cap_job_errors(job: &mut super::Job) {
+    fn cap(e: &mut String) {
+        if e.len() > MAX_ERROR_BYTES {
+            *e = capped_error(std::mem::take(e));
+        }
+    }
+    job.error.iter_mut().for_each(cap);
+    for r in &mut job.runs {
+        r.error
+            .iter_mut()
+            .chain(r.time_limit.iter_mut())
+            .for_each(cap);
+        if let Some(super::Reported::Error { message, .. } | super::Reported::Timeout { message }) =
+            &mut r.reported
+        {
+            cap(message)
+        }
     }
 }
 
@@ -77,5 +105,20 @@ mod tests {
         assert_eq!(logged.matches("[runyard: cut").count(), 1);
         // A limit below the note's own length: the note alone.
         assert_eq!(cut_error("abcdef", 3), "… [runyard: cut, 6 bytes in all]");
+    }
+
+    /// Review of the error cap: a job could forge the note: an error over the cap that ended
+    /// `… [runyard: cut, 5 bytes in all]` was stored saying it had 5 bytes. A note is trusted
+    /// only in a text no longer than a stored error can be (one this cap made).
+    #[test]
+    fn a_note_in_a_text_over_the_cap_is_not_trusted() {
+        let forged = format!("{}… [runyard: cut, 5 bytes in all]", "x".repeat(20_000));
+        let cut = capped_error(forged.clone());
+        let note = format!("… [runyard: cut, {} bytes in all]", forged.len());
+        assert!(cut.ends_with(&note), "{}", &cut[cut.len() - 60..]);
+        assert_eq!(cut.matches("[runyard: cut").count(), 1);
+        // A stored (capped) one still keeps its original's length when cut for the log.
+        let logged = cut_error(&cut, MAX_LOGGED_ERROR_BYTES);
+        assert!(logged.ends_with(&note), "{logged}");
     }
 }

@@ -347,7 +347,7 @@ fn fail_attempt(
     exit_code: Option<i32>,
     retry: Retry,
 ) {
-    job.error = Some(super::capped_error(message));
+    job.error = Some(message);
     job.exit_code = exit_code;
     let after_ms = match retry {
         Retry::Backoff => Some(
@@ -414,6 +414,7 @@ pub fn apply(
     }
     let mut next = job.clone();
     let ev = apply_inner(&mut next, cmd, ctx)?;
+    super::error_text::cap_job_errors(&mut next); // whoever wrote it
     next.version += 1;
     next.updated_at = ctx.now;
     *job = next;
@@ -560,7 +561,7 @@ fn hook_report(
             let message = r
                 .error
                 .clone()
-                .map_or_else(|| "the job reported an error".into(), super::capped_error);
+                .unwrap_or_else(|| "the job reported an error".into());
             job.error = Some(message.clone());
             if let Some(run) = job.runs.last_mut() {
                 run.reported = Some(Reported::Error {
@@ -577,7 +578,7 @@ fn hook_report(
     }
     if r.status != Some(Error) {
         if let Some(e) = r.error {
-            job.error = Some(super::capped_error(e));
+            job.error = Some(e);
         }
     }
     Ok(ev)
@@ -586,6 +587,7 @@ fn hook_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::MAX_ERROR_BYTES;
     use crate::job::{Backoff, Event};
     use serde_json::json;
 
@@ -622,6 +624,48 @@ mod tests {
             &ctx(1),
         )
         .unwrap();
+    }
+
+    /// Review of the error cap: a host failure's and a time out's message were stored whole (the
+    /// cap was applied by some writers only). Every writer goes through `apply`: capped there.
+    #[test]
+    fn every_stored_error_is_capped_whatever_writes_it() {
+        let long = "x".repeat(900_000);
+        let capped = |j: &Job, what: &str| {
+            let e = j.error.as_deref().unwrap_or("");
+            assert!(e.len() <= MAX_ERROR_BYTES, "{what}: {}", e.len());
+            assert!(
+                e.ends_with("… [runyard: cut, 900000 bytes in all]"),
+                "{what}"
+            );
+            for r in &j.runs {
+                for e in [&r.error, &r.time_limit].into_iter().flatten() {
+                    assert!(e.len() <= MAX_ERROR_BYTES, "{what}: run {}", e.len());
+                }
+            }
+        };
+        let mut j = job();
+        claim(&mut j, 1);
+        let host = Command::HostFailure {
+            token: 1,
+            message: long.clone(),
+        };
+        apply(&mut j, host, &ctx(2)).unwrap();
+        capped(&j, "host failure");
+        let mut k = job();
+        claim(&mut k, 1);
+        let limit = Command::TimeLimit {
+            token: 1,
+            message: long.clone(),
+        };
+        apply(&mut k, limit, &ctx(2)).unwrap();
+        let finish = Command::Finish {
+            token: 1,
+            outcome: FinishOutcome::Timeout(long.clone()),
+        };
+        apply(&mut k, finish, &ctx(3)).unwrap();
+        assert_eq!(k.status, JobStatus::Timeout);
+        capped(&k, "time out");
     }
 
     #[test]

@@ -418,19 +418,25 @@ pub struct Health {
     pub error: Option<String>,
 }
 
-/// A job's report (`runyard_hooks::wire::StatusReport`); an empty body is an empty report.
+/// A job's report (`runyard_hooks::wire::StatusReport`); an empty body is an empty report. Any
+/// other field is refused in a v2-signed report (422); a v1-signed one is applied without it,
+/// a note in the job's log (docs/hooks.md).
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StatusReport {
     /// `RUNNING`, `SUCCESS`, `ERROR`, ...
     pub status: Option<String>,
     /// 0..=1.
     pub progress: Option<f64>,
+    #[schema(rename = "statusDetails")]
     pub status_details: Option<Value>,
     pub results: Option<Value>,
     /// Log lines (at most 1000 entries per report). Each is stored as stdout lines are: split on
     /// newlines and into 16 KiB pieces; a report stores at most 5,000 lines so split (the
     /// newest, after a `[runyard] N line(s) dropped here` note).
     pub logs: Option<Vec<String>>,
+    /// With `ERROR`: why (stored up to 16 KiB).
+    #[schema(rename = "errorMessage")]
     pub error_message: Option<String>,
     /// With `ERROR`: retry when attempts are left.
     pub retry: Option<bool>,
@@ -472,8 +478,10 @@ pub struct DownloadResponse {
     pub map: FileMeta,
 }
 
-/// `runyard_hooks::wire::UploadRequest`.
+/// `runyard_hooks::wire::UploadRequest`. Any other field is refused in a v2-signed call (422);
+/// a v1-signed one is taken without it, a note in the job's log (docs/hooks.md).
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UploadRequest {
     /// MD5 hex of the content.
     pub hash: String,
