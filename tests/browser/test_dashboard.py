@@ -425,10 +425,14 @@ def test_a_skipped_fire_shows_its_outcome_not_the_status_of_the_job_it_overlappe
         runs = server.call("GET", "/async/schedules/ui-forbid")[1]["last_runs"][:3]
         submitted = [r for r in runs if r["outcome"] == "submitted"]
         skipped = [r for r in runs if r["outcome"] == "skipped_overlap"]
-        assert len(skipped) >= 2 and len(submitted) + len(skipped) == 3, runs
+        # A scheduler that ran late on a loaded machine may have logged a `missed` fire too.
+        assert len(skipped) >= 2 and len(submitted) <= 1, runs
+        assert all(r["outcome"] in ("submitted", "skipped_overlap", "missed") for r in runs), runs
         job = skipped[0]["job_id"]
         assert job and all(r["job_id"] == job for r in skipped), runs
-        assert server.job(job)["status"] == "RUNNING"
+        assert all(r["job_id"] == job for r in submitted), runs
+        # Held by its gate: RUNNING once it started (under load it may still be QUEUED/STARTING).
+        server.wait(job, {"RUNNING"})
 
         open_page(page, server, "/schedules")
         cell = page.locator('#schedules tr[data-schedule="ui-forbid"] td:nth-child(4)')
