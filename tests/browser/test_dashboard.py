@@ -491,3 +491,73 @@ jwt_leeway = "0s"
         srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
     finally:
         srv.stop()
+
+
+def test_a_late_refusal_of_an_old_token_does_not_end_the_page_signed_in_again(browser):
+    """A 401 asks to sign in only for the token in use: a read of the job made with a token that
+    expired while it was on its way, answered after the user signed in again with a new one, does
+    not end the new page (before, the sign-in form came back over it with a valid token, and its
+    poll and listener were gone). Signed in again, the job's page polls and the page is live."""
+    from conftest import Server, new_context
+
+    secret = "a-jwt-secret-for-the-browser-test-0123456789"
+    srv = Server(extra_config=f"""
+[auth]
+jwt_secret = "{secret}"
+jwt_leeway = "0s"
+""")
+    try:
+        admin = _jwt(secret, {"scope": "admin", "sub": "ops", "exp": int(time.time()) + 600})
+        job = srv.submit({"type": "hang.late"}, token=admin)
+        srv.wait(job, {"RUNNING"}, token=admin)
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        reads = []  # the token each read of the job carried
+        page.on("request", lambda r: reads.append(r.headers.get("authorization")) if r.url.endswith(f"/async/jobs/{job}") else None)
+        held, hold = [], {"token": None}
+
+        def read_job(route):
+            if hold["token"] and route.request.headers.get("authorization") == f"Bearer {hold['token']}":
+                held.append(route)  # answered later, by the test
+            else:
+                route.continue_()
+
+        page.route(f"**/async/jobs/{job}", read_job)
+        page.goto(f"{srv.url}/#/job/{job}")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        exp = int(time.time()) + 8
+        first = _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": exp})
+        page.fill("#token", first)
+        page.locator("#signin button").click()
+        expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+        # The job page's next poll (every 2 s) is held: it is on its way when the token expires.
+        hold["token"] = first
+        deadline = time.time() + 15
+        while not held and time.time() < deadline:
+            page.wait_for_timeout(100)
+        assert held, "the job's page did not poll its job"
+        # The server ends the event stream when its JWT expires: the form comes back.
+        expect(page.locator("#signin")).to_be_visible(timeout=30000)
+        assert time.time() >= exp, "asked to sign in again before the token expired"
+        second = _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": int(time.time()) + 600})
+        page.fill("#token", second)
+        page.locator("#signin button").click()
+        expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        # The held read goes now, with the expired token: the server refuses it (401).
+        for route in held:
+            route.continue_()
+        polled = reads.count(f"Bearer {second}")
+        # Three of the job page's 2 s polls.
+        page.wait_for_timeout(6000)
+        expect(page.locator("#signin")).to_have_count(0)
+        expect(page.locator("#status .badge")).to_have_text("RUNNING")
+        expect(page.locator("#live")).to_have_text("live")
+        assert reads.count(f"Bearer {second}") > polled, "the job's page stopped polling after the old token's 401"
+        assert not errors, f"JavaScript errors: {errors}"
+        ctx.close()
+        srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
+    finally:
+        srv.stop()

@@ -22,7 +22,8 @@ class ApiError extends Error {
 
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
-  if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+  const token = auth.token; // the credential this request carries
+  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : jsonStringify(body) });
   const text = await r.text();
@@ -30,7 +31,9 @@ async function api(path, { method = "GET", body } = {}) {
   try { data = text ? parseJson(text) : null; } catch { data = { raw: text }; }
   if (!r.ok) {
     const e = (data && data.error) || {};
-    if (r.status === 401) { signIn(e.message || "This server needs a token."); }
+    // Only a refusal of the credential in use asks to sign in: one of an older token (a request
+    // still going when the user signed in again) must not end the page the new one opened.
+    if (r.status === 401 && token === auth.token) { signIn(e.message || "This server needs a token."); }
     throw new ApiError(r.status, e.code || `http_${r.status}`, e.message || r.statusText);
   }
   return data;
@@ -155,7 +158,8 @@ async function follow(from) {
   for (let backoff = 500; !ctl.signal.aborted; backoff = Math.min(backoff * 2, 10000)) {
     try {
       const headers = { Accept: "text/event-stream" };
-      if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+      const token = auth.token;
+      if (token) headers.Authorization = `Bearer ${token}`;
       if (lastEventId) headers["Last-Event-ID"] = lastEventId;
       const r = await fetch("/async/events/sse", { headers, signal: ctl.signal });
       // Refused, not failed: retrying cannot help. An expired or revoked credential (the server
@@ -164,6 +168,9 @@ async function follow(from) {
       if (r.status === 401 || r.status === 403) {
         let message = "";
         try { message = ((await r.json()).error || {}).message || ""; } catch { /* not JSON */ }
+        // A stream replaced meanwhile (signed in again), or refused for an older token, says nothing
+        // about the page on screen.
+        if (ctl.signal.aborted || token !== auth.token) return;
         if (streamAbort === ctl) streamAbort = null;
         live.className = "live off";
         if (r.status === 401) {
