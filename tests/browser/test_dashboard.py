@@ -334,6 +334,34 @@ def test_a_page_whose_data_comes_after_the_user_left_does_not_replace_the_next(s
     assert asked[before:] == [], f"the left page went on reading: {asked[before:]}"
 
 
+def test_an_overview_left_during_its_first_load_leaves_no_chart_running(server, page):
+    """The overview's chart redraws every minute (a 60 s interval, chart.js) and on every change
+    of the tally. An overview the user leaves while its first data is still coming (its counts held
+    here) stops its chart too: no chart interval is left running off screen (the page's intervals
+    are counted by a wrapper of setInterval/clearInterval installed before the dashboard loads)."""
+    page.add_init_script("""(() => {
+        const live = new Set(), set = window.setInterval, clear = window.clearInterval;
+        window.setInterval = (f, ms, ...a) => { const id = set(f, ms, ...a); if (ms === 60000) live.add(id); return id; };
+        window.clearInterval = (id) => { live.delete(id); clear(id); };
+        window.minuteIntervals = () => live.size;
+    })()""")
+    held = []
+    page.route(re.compile(r"/async/stats$"), lambda route: held.append(route) if not held else route.continue_())
+    page.goto(f"{server.url}/#/")
+    deadline = time.time() + 15
+    while not held and time.time() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the overview never asked for its counts"
+    assert page.evaluate("minuteIntervals()") == 1, "the overview's chart has no minute interval"
+    page.locator('nav [data-nav="jobs"]').click()
+    expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=15000)
+    with page.expect_event("requestfinished", lambda r: r.url.endswith("/async/stats")):
+        held[0].continue_()
+    page.wait_for_timeout(1000)  # the overview's first load ends (and returns: it was left)
+    expect(page.locator("h1")).to_have_text("Jobs")
+    assert page.evaluate("minuteIntervals()") == 0, "the left overview's chart still redraws every minute"
+
+
 def test_the_why_box_wraps_long_signal_keys(server, page):
     """A job waiting for two 200-character keys: the "why not running" line wraps inside the page
     instead of widening it."""

@@ -229,6 +229,9 @@ async function overview(signal) {
   const recent = h("tbody", { id: "recent" });
   const runners = h("div", { id: "runners" });
   const chart = throughputChart();
+  // The chart redraws on the tally's changes and every minute from now: stopped whenever the page
+  // goes, even during its first load.
+  whenLeft(signal, () => { chart.stop(); dead.stop(); });
   const leases = leaseHolders();
   main.replaceChildren(
     h("h1", {}, "Overview"),
@@ -281,7 +284,7 @@ async function overview(signal) {
     if (pending) return;
     pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
   });
-  whenLeft(signal, () => { off(); chart.stop(); dead.stop(); clearTimeout(pending); });
+  whenLeft(signal, () => { off(); clearTimeout(pending); });
 }
 
 function jobRow(j, selectable) {
