@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from playwright.sync_api import expect
@@ -589,3 +590,65 @@ jwt_leeway = "0s"
         srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
     finally:
         srv.stop()
+
+
+def test_a_resync_read_answered_late_does_not_undo_a_newer_live_status(server, page):
+    """A resync re-reads the jobs table; an event that comes while that read is on its way (here
+    the job ending: SUCCESS) is newer than the rows the read brings (the job still RUNNING). The
+    row keeps the newer status: the event is applied again to the new rows (each row keeps its
+    job's `updated_at`, and an event older than it is not applied). Before, the late read put the
+    row back to RUNNING, and no event came to change it. The resync here is a stream answer made
+    by the test (the same message the server sends when events were trimmed, with the page's own
+    cursor as its id), the re-read is answered with what the server said when it was asked, held
+    until the job's SUCCESS is on screen."""
+    import pathlib
+
+    kind = f"slow.late{uuid.uuid4().hex[:6]}"
+    job = server.submit({"type": kind})
+    server.wait(job, {"RUNNING"})
+    streams, reads = [], []
+
+    def stream(route):
+        if streams:
+            return route.continue_()
+        streams.append(route)  # answered by the test, once the table is on screen
+
+    def table(route):
+        if not reads:  # the page's first read
+            reads.append(None)
+            return route.continue_()
+        reads.append((route, route.fetch()))  # the server's answer now, given to the page later
+
+    page.route(re.compile(rf"/async/jobs\?limit=50&type={kind}$"), table)
+    page.route("**/async/events/sse", stream)
+    gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
+    try:
+        page.goto(f"{server.url}/#/jobs?type={kind}")
+        row = page.locator(f'#rows tr[data-job="{job}"]')
+        expect(row.locator(".badge")).to_have_text("RUNNING", timeout=15000)
+        expect(page.locator("body")).to_have_attribute("data-ready", "/jobs")
+        deadline = time.time() + 15
+        while not streams and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert streams, "the page opened no event stream"
+        cursor = streams[0].request.headers.get("last-event-id") or "0"
+        body = f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n'
+        streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+        deadline = time.time() + 15
+        while len(reads) < 2 and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert len(reads) == 2, "the resync did not re-read the table"
+        route, answer = reads[1]
+        assert answer.json()["jobs"][0]["status"] == "RUNNING"
+        gate.touch()
+        server.wait(job, {"SUCCESS"})
+        # The stream came back (after the made-up one ended) and brought the job's end.
+        expect(row.locator(".badge")).to_have_text("SUCCESS", timeout=10000)
+        route.fulfill(response=answer)
+        page.wait_for_timeout(1000)  # the late read is on screen
+        expect(row.locator(".badge")).to_have_text("SUCCESS")
+        expect(row.locator(".pick")).to_have_count(1)
+    finally:
+        gate.touch()
+        server.wait(job, {"SUCCESS"})
+        gate.unlink()
