@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from playwright.sync_api import expect
@@ -334,6 +335,34 @@ def test_a_page_whose_data_comes_after_the_user_left_does_not_replace_the_next(s
     assert asked[before:] == [], f"the left page went on reading: {asked[before:]}"
 
 
+def test_an_overview_left_during_its_first_load_leaves_no_chart_running(server, page):
+    """The overview's chart redraws every minute (a 60 s interval, chart.js) and on every change
+    of the tally. An overview the user leaves while its first data is still coming (its counts held
+    here) stops its chart too: no chart interval is left running off screen (the page's intervals
+    are counted by a wrapper of setInterval/clearInterval installed before the dashboard loads)."""
+    page.add_init_script("""(() => {
+        const live = new Set(), set = window.setInterval, clear = window.clearInterval;
+        window.setInterval = (f, ms, ...a) => { const id = set(f, ms, ...a); if (ms === 60000) live.add(id); return id; };
+        window.clearInterval = (id) => { live.delete(id); clear(id); };
+        window.minuteIntervals = () => live.size;
+    })()""")
+    held = []
+    page.route(re.compile(r"/async/stats$"), lambda route: held.append(route) if not held else route.continue_())
+    page.goto(f"{server.url}/#/")
+    deadline = time.time() + 15
+    while not held and time.time() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the overview never asked for its counts"
+    assert page.evaluate("minuteIntervals()") == 1, "the overview's chart has no minute interval"
+    page.locator('nav [data-nav="jobs"]').click()
+    expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=15000)
+    with page.expect_event("requestfinished", lambda r: r.url.endswith("/async/stats")):
+        held[0].continue_()
+    page.wait_for_timeout(1000)  # the overview's first load ends (and returns: it was left)
+    expect(page.locator("h1")).to_have_text("Jobs")
+    assert page.evaluate("minuteIntervals()") == 0, "the left overview's chart still redraws every minute"
+
+
 def test_the_why_box_wraps_long_signal_keys(server, page):
     """A job waiting for two 200-character keys: the "why not running" line wraps inside the page
     instead of widening it."""
@@ -425,10 +454,14 @@ def test_a_skipped_fire_shows_its_outcome_not_the_status_of_the_job_it_overlappe
         runs = server.call("GET", "/async/schedules/ui-forbid")[1]["last_runs"][:3]
         submitted = [r for r in runs if r["outcome"] == "submitted"]
         skipped = [r for r in runs if r["outcome"] == "skipped_overlap"]
-        assert len(skipped) >= 2 and len(submitted) + len(skipped) == 3, runs
+        # A scheduler that ran late on a loaded machine may have logged a `missed` fire too.
+        assert len(skipped) >= 2 and len(submitted) <= 1, runs
+        assert all(r["outcome"] in ("submitted", "skipped_overlap", "missed") for r in runs), runs
         job = skipped[0]["job_id"]
         assert job and all(r["job_id"] == job for r in skipped), runs
-        assert server.job(job)["status"] == "RUNNING"
+        assert all(r["job_id"] == job for r in submitted), runs
+        # Held by its gate: RUNNING once it started (under load it may still be QUEUED/STARTING).
+        server.wait(job, {"RUNNING"})
 
         open_page(page, server, "/schedules")
         cell = page.locator('#schedules tr[data-schedule="ui-forbid"] td:nth-child(4)')
@@ -487,3 +520,135 @@ jwt_leeway = "0s"
         srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
     finally:
         srv.stop()
+
+
+def test_a_late_refusal_of_an_old_token_does_not_end_the_page_signed_in_again(browser):
+    """A 401 asks to sign in only for the token in use: a read of the job made with a token that
+    expired while it was on its way, answered after the user signed in again with a new one, does
+    not end the new page (before, the sign-in form came back over it with a valid token, and its
+    poll and listener were gone). Signed in again, the job's page polls and the page is live."""
+    from conftest import Server, new_context
+
+    secret = "a-jwt-secret-for-the-browser-test-0123456789"
+    srv = Server(extra_config=f"""
+[auth]
+jwt_secret = "{secret}"
+jwt_leeway = "0s"
+""")
+    try:
+        admin = _jwt(secret, {"scope": "admin", "sub": "ops", "exp": int(time.time()) + 600})
+        job = srv.submit({"type": "hang.late"}, token=admin)
+        srv.wait(job, {"RUNNING"}, token=admin)
+        ctx = new_context(browser)
+        page = ctx.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        reads = []  # the token each read of the job carried
+        page.on("request", lambda r: reads.append(r.headers.get("authorization")) if r.url.endswith(f"/async/jobs/{job}") else None)
+        held, hold = [], {"token": None}
+
+        def read_job(route):
+            if hold["token"] and route.request.headers.get("authorization") == f"Bearer {hold['token']}":
+                held.append(route)  # answered later, by the test
+            else:
+                route.continue_()
+
+        page.route(f"**/async/jobs/{job}", read_job)
+        page.goto(f"{srv.url}/#/job/{job}")
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        exp = int(time.time()) + 8
+        first = _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": exp})
+        page.fill("#token", first)
+        page.locator("#signin button").click()
+        expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+        # The job page's next poll (every 2 s) is held: it is on its way when the token expires.
+        hold["token"] = first
+        deadline = time.time() + 15
+        while not held and time.time() < deadline:
+            page.wait_for_timeout(100)
+        assert held, "the job's page did not poll its job"
+        # The server ends the event stream when its JWT expires: the form comes back.
+        expect(page.locator("#signin")).to_be_visible(timeout=30000)
+        assert time.time() >= exp, "asked to sign in again before the token expired"
+        second = _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": int(time.time()) + 600})
+        page.fill("#token", second)
+        page.locator("#signin button").click()
+        expect(page.locator("#status .badge")).to_have_text("RUNNING", timeout=10000)
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        # The held read goes now, with the expired token: the server refuses it (401).
+        for route in held:
+            route.continue_()
+        polled = reads.count(f"Bearer {second}")
+        # Three of the job page's 2 s polls.
+        page.wait_for_timeout(6000)
+        expect(page.locator("#signin")).to_have_count(0)
+        expect(page.locator("#status .badge")).to_have_text("RUNNING")
+        expect(page.locator("#live")).to_have_text("live")
+        assert reads.count(f"Bearer {second}") > polled, "the job's page stopped polling after the old token's 401"
+        assert not errors, f"JavaScript errors: {errors}"
+        ctx.close()
+        srv.call("POST", f"/async/jobs/{job}/cancel", token=admin)
+    finally:
+        srv.stop()
+
+
+def test_a_resync_read_answered_late_does_not_undo_a_newer_live_status(server, page):
+    """A resync re-reads the jobs table; an event that comes while that read is on its way (here
+    the job ending: SUCCESS) is newer than the rows the read brings (the job still RUNNING). The
+    row keeps the newer status: the event is applied again to the new rows (each row keeps its
+    job's `updated_at`, and an event older than it is not applied). Before, the late read put the
+    row back to RUNNING, and no event came to change it. The resync here is a stream answer made
+    by the test (the same message the server sends when events were trimmed, with the page's own
+    cursor as its id), the re-read is answered with what the server said when it was asked, held
+    until the job's SUCCESS is on screen."""
+    import pathlib
+
+    kind = f"slow.late{uuid.uuid4().hex[:6]}"
+    job = server.submit({"type": kind})
+    server.wait(job, {"RUNNING"})
+    streams, reads = [], []
+
+    def stream(route):
+        if streams:
+            return route.continue_()
+        streams.append(route)  # answered by the test, once the table is on screen
+
+    def table(route):
+        if not reads:  # the page's first read
+            reads.append(None)
+            return route.continue_()
+        reads.append((route, route.fetch()))  # the server's answer now, given to the page later
+
+    page.route(re.compile(rf"/async/jobs\?limit=50&type={kind}$"), table)
+    page.route("**/async/events/sse", stream)
+    gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
+    try:
+        page.goto(f"{server.url}/#/jobs?type={kind}")
+        row = page.locator(f'#rows tr[data-job="{job}"]')
+        expect(row.locator(".badge")).to_have_text("RUNNING", timeout=15000)
+        expect(page.locator("body")).to_have_attribute("data-ready", "/jobs")
+        deadline = time.time() + 15
+        while not streams and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert streams, "the page opened no event stream"
+        cursor = streams[0].request.headers.get("last-event-id") or "0"
+        body = f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n'
+        streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+        deadline = time.time() + 15
+        while len(reads) < 2 and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert len(reads) == 2, "the resync did not re-read the table"
+        route, answer = reads[1]
+        assert answer.json()["jobs"][0]["status"] == "RUNNING"
+        gate.touch()
+        server.wait(job, {"SUCCESS"})
+        # The stream came back (after the made-up one ended) and brought the job's end.
+        expect(row.locator(".badge")).to_have_text("SUCCESS", timeout=10000)
+        route.fulfill(response=answer)
+        page.wait_for_timeout(1000)  # the late read is on screen
+        expect(row.locator(".badge")).to_have_text("SUCCESS")
+        expect(row.locator(".pick")).to_have_count(1)
+    finally:
+        gate.touch()
+        server.wait(job, {"SUCCESS"})
+        gate.unlink()

@@ -264,11 +264,24 @@ def test_every_column_and_action_is_reachable_on_a_320px_screen(browser, server)
         server.call("DELETE", f"/async/schedules/{name}")
 
 
-def test_the_signals_page_does_not_re_read_on_every_event(server, page):
+def test_the_signals_page_does_not_re_read_on_every_event(page):
     """Records are not events: an open Signals page re-reads every 5 s, and when a waiting job's
-    status changes, not on every event. Jobs that do not wait run for 6 s (many status events):
-    the page reads its keys at most three times meanwhile (twice by the 5 s timer), instead of
-    after each event."""
+    status changes, not on every event. Jobs that do not wait run for about 6 s (many status
+    events): the page reads its keys no more often than its 5 s timer fires in the time measured,
+    instead of after each event. A waiting job that stops waiting leaves the page at once (well
+    before the next 5 s re-read), even when its event comes while a read is still going. On a
+    server of its own: the page reads every key there is, and the other tests' keys would make
+    each read long on a loaded machine."""
+    from conftest import Server
+
+    server = Server()
+    try:
+        _quiet_signals_page(server, page)
+    finally:
+        server.stop()
+
+
+def _quiet_signals_page(server, page):
     key = f"quiet.{uuid.uuid4().hex[:6]}"
     waiting = server.submit({"type": "noop.wait", "wait_for": [{"key": key}], "deadline": "+1h"})
     server.wait(waiting, {"WAITING"})
@@ -277,16 +290,26 @@ def test_the_signals_page_does_not_re_read_on_every_event(server, page):
     expect(page.locator(f'[data-signal="{key}"] .waiters li[data-job="{waiting}"]')).to_be_visible()
     expect(page.locator("#live")).to_have_text("live", timeout=10000)
     reads = []
-    page.on("request", lambda r: reads.append(r.url) if "/async/jobs?status=WAITING" in r.url else None)
+    page.on("request", lambda r: reads.append(time.time()) if "/async/jobs?status=WAITING" in r.url else None)
+    start = time.time()
     ran = []
-    deadline = time.time() + 6
-    while time.time() < deadline:
+    while time.time() < start + 6:
         ran.append(server.submit({"type": "noop.busy"}))
         page.wait_for_timeout(150)
     for j in ran:
         server.wait(j, {"SUCCESS"})
-    assert len(ran) >= 10, ran
-    assert len(reads) <= 3, f"{len(reads)} reads of the signals in 6 s while {len(ran)} other jobs ran"
-    # A waiting job that stops waiting (here cancelled) still leaves the page.
+    # The count and the time it was counted in, taken together: the 5 s timer fires at most
+    # elapsed // 5 + 1 times in that window, each at most one read.
+    n, elapsed = len(reads), time.time() - start
+    assert len(ran) >= 2, ran
+    assert n <= elapsed // 5 + 1, f"{n} reads of the signals in {elapsed:.1f} s while {len(ran)} other jobs ran"
+    # A waiting job that stops waiting (here cancelled) leaves the page by the early re-read its
+    # event starts, not by the timer's: cancelled just after a timer's read began (the next one
+    # is 5 s later), it is gone within 3 s.
+    seen = len(reads)
+    deadline = time.time() + 15
+    while len(reads) == seen and time.time() < deadline:
+        page.wait_for_timeout(50)
+    assert len(reads) > seen, "no re-read of the signals in 15 s"
     server.call("POST", f"/async/jobs/{waiting}/cancel")
-    expect(page.locator(f'.waiters li[data-job="{waiting}"]')).to_have_count(0, timeout=10000)
+    expect(page.locator(f'.waiters li[data-job="{waiting}"]')).to_have_count(0, timeout=3000)

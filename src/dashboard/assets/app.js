@@ -22,7 +22,8 @@ class ApiError extends Error {
 
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
-  if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+  const token = auth.token; // the credential this request carries
+  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : jsonStringify(body) });
   const text = await r.text();
@@ -30,7 +31,9 @@ async function api(path, { method = "GET", body } = {}) {
   try { data = text ? parseJson(text) : null; } catch { data = { raw: text }; }
   if (!r.ok) {
     const e = (data && data.error) || {};
-    if (r.status === 401) { signIn(e.message || "This server needs a token."); }
+    // Only a refusal of the credential in use asks to sign in: one of an older token (a request
+    // still going when the user signed in again) must not end the page the new one opened.
+    if (r.status === 401 && token === auth.token) { signIn(e.message || "This server needs a token."); }
     throw new ApiError(r.status, e.code || `http_${r.status}`, e.message || r.statusText);
   }
   return data;
@@ -155,7 +158,8 @@ async function follow(from) {
   for (let backoff = 500; !ctl.signal.aborted; backoff = Math.min(backoff * 2, 10000)) {
     try {
       const headers = { Accept: "text/event-stream" };
-      if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+      const token = auth.token;
+      if (token) headers.Authorization = `Bearer ${token}`;
       if (lastEventId) headers["Last-Event-ID"] = lastEventId;
       const r = await fetch("/async/events/sse", { headers, signal: ctl.signal });
       // Refused, not failed: retrying cannot help. An expired or revoked credential (the server
@@ -164,6 +168,9 @@ async function follow(from) {
       if (r.status === 401 || r.status === 403) {
         let message = "";
         try { message = ((await r.json()).error || {}).message || ""; } catch { /* not JSON */ }
+        // A stream replaced meanwhile (signed in again), or refused for an older token, says nothing
+        // about the page on screen.
+        if (ctl.signal.aborted || token !== auth.token) return;
         if (streamAbort === ctl) streamAbort = null;
         live.className = "live off";
         if (r.status === 401) {
@@ -222,6 +229,9 @@ async function overview(signal) {
   const recent = h("tbody", { id: "recent" });
   const runners = h("div", { id: "runners" });
   const chart = throughputChart();
+  // The chart redraws on the tally's changes and every minute from now: stopped whenever the page
+  // goes, even during its first load.
+  whenLeft(signal, () => { chart.stop(); dead.stop(); });
   const leases = leaseHolders();
   main.replaceChildren(
     h("h1", {}, "Overview"),
@@ -274,17 +284,30 @@ async function overview(signal) {
     if (pending) return;
     pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
   });
-  whenLeft(signal, () => { off(); chart.stop(); dead.stop(); clearTimeout(pending); });
+  whenLeft(signal, () => { off(); clearTimeout(pending); });
 }
 
 function jobRow(j, selectable) {
-  return h("tr", { "data-job": j.id },
+  return h("tr", { "data-job": j.id, "data-updated": j.updated_at },
     selectable ? h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}` })) : null,
     h("td", {}, h("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 8) + "…")),
     h("td", {}, j.type),
     h("td", {}, badge(j.status)),
     h("td", {}, `${j.attempt}/${j.max_attempts}`),
     h("td", { title: j.updated_at }, ago(j.updated_at)));
+}
+
+// A status event on a table's row (its 4th cell): not when the row shows a newer state already,
+// that is when the job's `updated_at` the row was drawn from (or the last event applied) is later
+// than the event's `ts` (an event that came before a re-read the row is from). `during`: the
+// loads on their way, each keeping the events that come meanwhile to apply them to its rows.
+function liveStatus(body, ev, during) {
+  if (!ev.job_id || !ev.runyard_status) return;
+  during.forEach((d) => d.push(ev));
+  const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
+  if (!row || Date.parse(ev.ts) < Date.parse(row.dataset.updated)) return; // NaN: applied
+  if (ev.ts) row.dataset.updated = ev.ts;
+  row.children[3].replaceChildren(badge(ev.runyard_status));
 }
 
 // Filters the list API applies in the store (`GET /async/jobs`): a match on any page shows on the
@@ -342,9 +365,12 @@ async function jobs(params, signal) {
   if (auth.can("jobs:cancel")) actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"));
   if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
 
+  const during = new Set(); // the events of each load on its way (liveStatus)
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
   async function load(cursor, keep) {
     const kept = new Set(keep ? picked() : []);
+    const seen = [];
+    during.add(seen);
     const q = new URLSearchParams({ limit: "50" });
     if (status) q.set("status", status);
     if (type) q.set("type", type);
@@ -354,6 +380,9 @@ async function jobs(params, signal) {
       const page = await api(`/async/jobs?${q}`);
       const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
+      // Events that came while the page was read, on the rows they are newer than.
+      during.delete(seen);
+      seen.forEach((ev) => liveStatus(body, ev, during));
       body.querySelectorAll(".pick").forEach((c) => { c.checked = kept.has(c.value); });
       // New rows come unselected: so does "select all" (unless every row is selected still).
       pickAll.checked = rows.length > 0 && rows.every((j) => kept.has(j.id));
@@ -365,6 +394,8 @@ async function jobs(params, signal) {
         page.next_cursor ? h("button", { id: "next-page", onclick: () => { cursors.push(page.next_cursor); load(page.next_cursor); } }, "Older →") : "");
     } catch (e) {
       body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
+    } finally {
+      during.delete(seen);
     }
   }
   await load("");
@@ -373,8 +404,7 @@ async function jobs(params, signal) {
   // were trimmed) the page is read again.
   whenLeft(signal, onEvent((ev) => {
     if (ev.type === "resync") return load(cursors[cursors.length - 1], true);
-    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
-    if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
+    liveStatus(body, ev, during);
   }));
 }
 
@@ -516,10 +546,20 @@ async function jobPage(id, signal) {
   // Follow: events of this job refresh it, and so does a resync (its events may have been
   // trimmed before the stream sent them); logs are pulled on each event and every 2 s while it
   // runs (log lines are not events).
-  let busy = false;
-  const tick = async () => { if (busy) return; busy = true; try { await refresh(); } catch { /* shown on the next one */ } busy = false; };
-  const off = onEvent((ev) => { if (ev.job_id === j.id || ev.type === "resync") tick(); });
-  const timer = setInterval(() => { if (!TERMINAL.has(j.status)) tick(); }, 2000);
+  // One read at a time; an event that comes during one (that read may have missed its change)
+  // reads once more when it ends (the 2 s poll does not: it comes again anyway).
+  let busy = false, again = false;
+  const tick = async (changed) => {
+    if (busy) { again = again || changed; return; }
+    busy = true;
+    do {
+      again = false;
+      try { await refresh(); } catch { /* shown on the next one */ }
+    } while (again && !signal.aborted);
+    busy = false;
+  };
+  const off = onEvent((ev) => { if (ev.job_id === j.id || ev.type === "resync") tick(true); });
+  const timer = setInterval(() => { if (!TERMINAL.has(j.status)) tick(false); }, 2000);
   whenLeft(signal, () => { off(); clearInterval(timer); });
 }
 

@@ -85,22 +85,28 @@ async function deadLetters(params, signal) {
       h("button", { id: "retry-all", onclick: () => retry(shown.map((j) => j.id)) }, "Retry all shown"));
   }
 
+  const during = new Set(); // the events of each load on its way (liveStatus, app.js)
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
   async function load(cursor, keep) {
     const kept = new Set(keep ? [...body.querySelectorAll(".pick:checked")].map((c) => c.value) : []);
     const q = new URLSearchParams({ dead: "true", limit: "50" });
     if (type) q.set("type", type);
     if (cursor) q.set("cursor", cursor);
-    const page = await api(`/async/jobs?${q}`);
+    const seen = [];
+    during.add(seen);
+    let page;
+    try { page = await api(`/async/jobs?${q}`); } finally { during.delete(seen); }
     const found = page.jobs;
     const next = page.next_cursor;
     shown = found;
     nextCursor = next;
-    body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id },
+    body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id, "data-updated": j.updated_at },
       h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}`, checked: kept.has(j.id) })),
       h("td", {}, h("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 8) + "…")),
       h("td", {}, j.type), h("td", {}, badge(j.status)), h("td", {}, `${j.attempt}/${j.max_attempts}`),
       h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
+    // Events that came while the page was read, on the rows they are newer than.
+    seen.forEach((ev) => liveStatus(body, ev, during));
     if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
     // New rows come unselected: so does "select all shown" (unless every row is selected still).
     pickAll.checked = found.length > 0 && found.every((j) => kept.has(j.id));
@@ -115,7 +121,6 @@ async function deadLetters(params, signal) {
   // stream had not sent were trimmed) the page and the count are read again.
   whenLeft(signal, onEvent((ev) => {
     if (ev.type === "resync") return Promise.all([load(cursors[cursors.length - 1], true), countAll()]).catch(() => {});
-    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id || "")}"]`);
-    if (row && ev.runyard_status) row.children[3].replaceChildren(badge(ev.runyard_status));
+    liveStatus(body, ev, during);
   }));
 }

@@ -110,19 +110,24 @@ async function signalsPage(params, signal) {
   // change: a job starts waiting, one shown stops (released, cancelled, its deadline passed), or
   // a resync (such an event may have been trimmed); not on other events (progress, other jobs),
   // each of which would read every key again. One read at a time: a read still going (a key of
-  // large records takes many pages) is not joined by another.
-  let pending = null, reading = false;
-  const again = () => {
-    if (pending || reading) return;
+  // large records takes many pages) is not joined by another; a change of the waiting jobs seen
+  // meanwhile (that read may have missed it) starts one more read when it ends.
+  let pending = null, reading = false, stale = false;
+  const again = (changed) => {
+    if (reading) { stale = stale || changed; return; }
+    if (pending) return;
     pending = setTimeout(() => {
       pending = null;
       reading = true;
-      load().catch(() => {}).finally(() => { reading = false; });
+      load().catch(() => {}).finally(() => {
+        reading = false;
+        if (stale && !signal.aborted) { stale = false; again(true); }
+      });
     }, 500);
   };
   const off = onEvent((ev) => {
-    if (ev.type === "resync" || (ev.type === "status" && (ev.runyard_status === "WAITING" || waitingIds.has(ev.job_id)))) again();
+    if (ev.type === "resync" || (ev.type === "status" && (ev.runyard_status === "WAITING" || waitingIds.has(ev.job_id)))) again(true);
   });
-  const timer = setInterval(again, 5000);
+  const timer = setInterval(() => again(false), 5000);
   whenLeft(signal, () => { off(); clearInterval(timer); clearTimeout(pending); });
 }
