@@ -3672,7 +3672,7 @@ async fn a_resend_an_older_node_refuses_is_not_signed_again_without_a_nonce() {
     .await;
     let client = JobClient::new(a.clone(), sa.clone(), &hook)
         .expect("client")
-        .with_report_window(Duration::from_secs(2));
+        .with_report_window(Duration::from_secs(5));
     let err = client
         .status(&report("older nodes only"))
         .await

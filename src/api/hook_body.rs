@@ -79,10 +79,13 @@ impl std::fmt::Display for Unknown {
     }
 }
 
-/// A field name as a message or note shows it: at most 100 bytes (cut at a character boundary).
+/// A field name as a message or note shows it: its control characters escaped (a name is the
+/// caller's text: no line break into the log, no look of runyard's own notes), at most 100
+/// bytes (cut at a character boundary).
 fn short(k: &str) -> String {
+    let k = crate::logging::visible(k);
     if k.len() <= 100 {
-        return k.to_string();
+        return k.into_owned();
     }
     let mut end = 100;
     while !k.is_char_boundary(end) {
@@ -137,7 +140,10 @@ pub async fn check_upload_fields(
         .into_iter()
         .map(|l| (runyard_hooks::LogStream::Job, ts, l))
         .collect();
-    st.app.store.append_logs(job, notes).await?;
+    // A note the store did not take does not fail an upload that worked before it.
+    if let Err(e) = st.app.store.append_logs(job, notes).await {
+        tracing::debug!(job_id = %job, error = %e, "the note of ignored upload fields was not stored");
+    }
     Ok(())
 }
 
@@ -200,5 +206,22 @@ fn meant(name: &str) -> Option<&'static str> {
         "details" | "detail" | "statusdetail" => Some("statusDetails"),
         "state" => Some("status"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A field name shown in a note or a 422: control characters escaped (no line of its own in
+    /// the job's log), cut at 100 bytes on a character boundary.
+    #[test]
+    fn a_field_name_is_shown_escaped_and_cut() {
+        assert_eq!(super::short("meta"), "meta");
+        assert_eq!(
+            super::short("x\n[runyard] job cancelled"),
+            "x\\n[runyard] job cancelled"
+        );
+        let long = "é".repeat(80);
+        let shown = super::short(&long);
+        assert!(shown.ends_with("...") && shown.len() <= 103, "{shown}");
     }
 }

@@ -556,7 +556,7 @@ jwt_leeway = "0s"
         page.route(f"**/async/jobs/{job}", read_job)
         page.goto(f"{srv.url}/#/job/{job}")
         expect(page.locator("#signin")).to_be_visible(timeout=10000)
-        exp = int(time.time()) + 8
+        exp = int(time.time()) + 15
         first = _jwt(secret, {"scope": "jobs:read", "sub": "viewer", "exp": exp})
         page.fill("#token", first)
         page.locator("#signin button").click()
