@@ -37,17 +37,13 @@ pub async fn ready(store: &dyn Store, draining: &CancellationToken) -> Response 
     }
     match store.health().await {
         Ok(()) => Json(json!({"status": "ok", "store": store.backend_name()})).into_response(),
-        Err(e) if e.is_node_refusal() => {
-            // Said at ERROR once a minute by the check (`store/redis/keycheck.rs`).
-            tracing::debug!(error = %e, "not ready: this node refuses the store's work");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "store": store.backend_name(), "error": e.to_string()})),
-            )
-                .into_response()
-        }
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: the store does not answer");
+            if e.is_node_refusal() {
+                // Said at ERROR once a minute by the check (`store/redis/keycheck.rs`).
+                tracing::debug!(error = %e, "not ready: this node refuses the store's work");
+            } else {
+                tracing::warn!(error = %e, "not ready: the store does not answer");
+            }
             (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "store": store.backend_name(), "error": e.to_string()})),
