@@ -249,14 +249,21 @@ mod tests {
             challenge: "c".into(),
             metadata: json!({}),
         };
-        let sent = serde_json::to_value(&req).expect("serialize");
+        assert_names(
+            &serde_json::to_value(&req).expect("serialize"),
+            &UploadRequest::FIELDS,
+        );
+    }
+
+    /// The keys of `sent` are `fields`, in any order.
+    fn assert_names(sent: &serde_json::Value, fields: &[&str]) {
         let mut keys: Vec<&str> = sent
             .as_object()
             .expect("object")
             .keys()
             .map(|k| k.as_str())
             .collect();
-        let mut fields = UploadRequest::FIELDS.to_vec();
+        let mut fields = fields.to_vec();
         keys.sort_unstable();
         fields.sort_unstable();
         assert_eq!(keys, fields);
@@ -279,17 +286,10 @@ mod tests {
                    "results": [1], "logs": ["a"], "errorMessage": "boom", "retry": false})
         );
         // `FIELDS` names every field, as sent.
-        let sent = serde_json::to_value(&report).expect("serialize");
-        let mut keys: Vec<&str> = sent
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
-        let mut fields = StatusReport::FIELDS.to_vec();
-        keys.sort_unstable();
-        fields.sort_unstable();
-        assert_eq!(keys, fields);
+        assert_names(
+            &serde_json::to_value(&report).expect("serialize"),
+            &StatusReport::FIELDS,
+        );
         // Absent fields are not sent.
         assert_eq!(
             serde_json::to_string(&StatusReport::default()).expect("serialize"),
