@@ -194,9 +194,6 @@ async fn submit_batch_here(
         },
     )
     .await?;
-    if let Some(why) = st.app.store.refusal() {
-        return Err(crate::store::StoreError::node_refuses(&why).into());
-    }
     let mut stored = st
         .app
         .store

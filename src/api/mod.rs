@@ -216,11 +216,6 @@ async fn submit(
         return Err(ApiError::json_required());
     }
     let (job, ours) = prepare_submit(&st, &caller, &bytes, files).await?;
-    // A node that refuses the store's work says so at once: waiting `store.retry` for the
-    // refusal would run past `api.request_timeout`, whose 503 says the job may have been stored.
-    if let Some(why) = st.app.store.refusal() {
-        return Err(crate::store::StoreError::node_refuses(&why).into());
-    }
     let (id, keyed) = (job.id, job.idempotency_key.is_some());
     // Answered before `api.request_timeout` (whose 503 could not say the job may exist), however
     // long `store.retry` would let the store be waited for.

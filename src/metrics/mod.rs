@@ -491,7 +491,7 @@ impl Metrics {
             Err(e) => {
                 // Cut by the scrape's bound on a node that refuses the store's work: said by
                 // the key check (ERROR, once a minute), not on every scrape.
-                if store.refusal().is_some() {
+                if ready.as_ref().is_err_and(|r| r.is_node_refusal()) {
                     tracing::debug!(error = %e, "metrics: cannot read the job counts");
                 } else {
                     tracing::warn!(error = %e, "metrics: cannot read the job counts");

@@ -196,9 +196,6 @@ metered! {
             async fn time(&self) -> Micros {
                 self.inner.time().await
             }
-            fn refusal(&self) -> Option<String> {
-                self.inner.refusal()
-            }
         }
     }
     ScheduleStore {

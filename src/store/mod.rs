@@ -441,10 +441,6 @@ pub trait Maintenance: Send + Sync {
     /// every 10 s while it answers, the last reading carried while it does not), so a node whose wall clock is off judges as the others
     /// do; on the embedded store, this process's clock.
     async fn time(&self) -> Micros;
-    /// Why this node refuses the store's work now, if it does (Redis: its master key is not the
-    /// one the store keeps, `redis/keycheck.rs`); a submit is then refused at once, nothing sent.
-    /// No default: a store that wraps another must pass it on.
-    fn refusal(&self) -> Option<String>;
 }
 
 /// A complete backend.

@@ -245,9 +245,22 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// A submit on a node that refuses the store's work (`keycheck.rs`) is refused at once,
+    /// nothing sent: its other writes wait `store.retry` as while Redis is away, which for a
+    /// submit would run past `api.request_timeout`, whose 503 says the job may have been stored.
+    fn refuse_submit(&self) -> Result<()> {
+        match self.key_watch.refused() {
+            Some(why) => Err(StoreError::node_refuses(&why)),
+            None => Ok(()),
+        }
+    }
+}
+
 #[async_trait]
 impl JobStore for RedisStore {
     async fn submit(&self, job: Job) -> Result<Submitted> {
+        self.refuse_submit()?;
         for _ in 0..3 {
             let w = self.write(None, None, job.clone(), Some(EventKind::Status))?;
             match self.commit(std::slice::from_ref(&w)).await?.pop() {
@@ -293,6 +306,7 @@ impl JobStore for RedisStore {
     }
 
     async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {
+        self.refuse_submit()?;
         self.submit_batch(jobs).await
     }
 

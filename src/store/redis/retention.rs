@@ -125,10 +125,6 @@ impl Maintenance for RedisStore {
         RedisStore::now(self).await
     }
 
-    fn refusal(&self) -> Option<String> {
-        self.key_watch.refused()
-    }
-
     async fn health(&self) -> Result<()> {
         // A node whose master key is not the one the store keeps now is not ready (`keycheck.rs`).
         if let Some(why) = self.key_watch.refused() {

@@ -120,11 +120,6 @@ impl Maintenance for SqliteStore {
         crate::job::now_us()
     }
 
-    /// One process, one key: the key check is at its open.
-    fn refusal(&self) -> Option<String> {
-        None
-    }
-
     async fn health(&self) -> Result<()> {
         if self.write_failed.lock().is_some() {
             // A small write of its own: the flag is cleared only by a commit that wrote, and a

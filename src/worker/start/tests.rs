@@ -160,9 +160,6 @@ forward! {
             async fn time(&self) -> Micros {
                 self.inner.time().await
             }
-            fn refusal(&self) -> Option<String> {
-                self.inner.refusal()
-            }
         }
     }
     ScheduleStore {
