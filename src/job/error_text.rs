@@ -37,7 +37,7 @@ pub fn cut_error(text: &str, max: usize) -> Cow<'_, str> {
 }
 
 /// [`cut_error`] to [`MAX_ERROR_BYTES`], for an error about to be stored.
-pub fn capped_error(text: String) -> String {
+fn capped_error(text: String) -> String {
     match cut_error(&text, MAX_ERROR_BYTES) {
         Cow::Borrowed(_) => text,
         Cow::Owned(cut) => cut,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-pub use error_text::{capped_error, cut_error, MAX_ERROR_BYTES, MAX_LOGGED_ERROR_BYTES};
+pub use error_text::{cut_error, MAX_ERROR_BYTES, MAX_LOGGED_ERROR_BYTES};
 pub use file_ref::{FileRef, MAX_FILES_PER_PROPERTY};
 pub use fire_time::fire_time_text;
 pub use new::{id_at, ID_AHEAD_MS};

@@ -149,11 +149,9 @@ impl Seen {
 /// going pod (deleted by the Eviction API, say) can still be read.
 fn pod_going(before: Option<&Job>, now: &Job) -> bool {
     let counts = |j: Option<&Job>| {
-        let s = j.and_then(|j| j.status.as_ref());
-        let n = |f: fn(&k8s_openapi::api::batch::v1::JobStatus) -> Option<i32>| {
-            s.and_then(f).unwrap_or(0)
-        };
-        (n(|s| s.terminating), n(|s| s.failed), n(|s| s.active))
+        let s = j.and_then(|j| j.status.clone()).unwrap_or_default();
+        let n = |v: Option<i32>| v.unwrap_or(0);
+        (n(s.terminating), n(s.failed), n(s.active))
     };
     let (t0, f0, a0) = counts(before);
     let (t1, f1, a1) = counts(Some(now));
