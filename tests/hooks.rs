@@ -2037,6 +2037,12 @@ async fn an_upload_request_with_an_unknown_field_is_refused_in_v2_noted_in_v1() 
     for n in ["`meta`", "`metadata`"] {
         assert!(message.contains(n), "{n} not named: {}", r.describe());
     }
+    // A v1 request refused for another fault leaves no note: nothing of it was taken.
+    let bad = serde_json::to_vec(&json!({"hash": "xyz", "challenge": "xyz", "meta": {"k": 1}}))
+        .expect("json");
+    let r = srv.signed(&a, &sa, SigVersion::V1, "PUT", &t, &bad).await;
+    assert_eq!(r.status, 422, "{}", r.describe());
+    assert_eq!(all_job_lines(&srv, &a).await, Vec::<String>::new());
     let r = srv.signed(&a, &sa, SigVersion::V1, "PUT", &t, &body).await;
     assert_eq!(r.status, 200, "{}", r.describe());
     let lines = all_job_lines(&srv, &a).await;

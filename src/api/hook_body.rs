@@ -119,32 +119,34 @@ pub fn refuse_unknown(unknown: &[Unknown], what: &str, fields: &[&str]) -> ApiRe
 /// The fields of an upload request (`PUT /async/upload/...`, a JSON object) it does not have
 /// (`UploadRequest::FIELDS`): refused with 422 naming them when the call is signed with v2 (a
 /// `meta` for `metadata` would store the file without its metadata); signed with v1 (webda's
-/// `upload_to()`), taken without them as before, and a note for each goes to the job's log.
-pub async fn check_upload_fields(
-    st: &AppState,
-    job: Uuid,
-    parts: &Parts,
-    bytes: &[u8],
-) -> ApiResult<()> {
+/// `upload_to()`), taken without them as before: the notes for the job's log are returned.
+pub fn upload_field_notes(parts: &Parts, bytes: &[u8]) -> ApiResult<Vec<String>> {
     let fields = runyard_hooks::wire::UploadRequest::FIELDS;
     let unknown = unknown_fields(bytes, &fields, upload_meant)?;
     if unknown.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let hh = HookHeaders::from_headers(&parts.headers)?;
     if hh.version == runyard_hooks::SigVersion::V2 {
-        return refuse_unknown(&unknown, "upload request", &fields);
+        refuse_unknown(&unknown, "upload request", &fields)?;
+    }
+    Ok(ignored_notes(&unknown, "upload request"))
+}
+
+/// Writes [`upload_field_notes`]' lines to the job's log, once the upload is taken (a refused
+/// one leaves none). A note the store did not take does not fail an upload that worked.
+pub async fn note_ignored(st: &AppState, job: Uuid, notes: Vec<String>) {
+    if notes.is_empty() {
+        return;
     }
     let ts = crate::job::now_us();
-    let notes = ignored_notes(&unknown, "upload request")
+    let notes = notes
         .into_iter()
         .map(|l| (runyard_hooks::LogStream::Job, ts, l))
         .collect();
-    // A note the store did not take does not fail an upload that worked before it.
     if let Err(e) = st.app.store.append_logs(job, notes).await {
         tracing::debug!(job_id = %job, error = %e, "the note of ignored upload fields was not stored");
     }
-    Ok(())
 }
 
 /// The upload request field a name not among them likely stands for.

@@ -330,7 +330,7 @@ pub async fn upload(
     require_active(&job, "upload files")?;
     super::edge::require_json(&parts.headers)?;
     let req: UploadRequest = parse_json(&bytes)?;
-    super::hook_body::check_upload_fields(&st, job.id, &parts, &bytes).await?;
+    let notes = super::hook_body::upload_field_notes(&parts, &bytes)?;
     if !valid_hash(&req.hash) || !valid_hash(&req.challenge) {
         return Err(ApiError::invalid_request(
             "`hash` and `challenge` must be md5 hex digests (32 lowercase hex digits)",
@@ -370,6 +370,7 @@ pub async fn upload(
                 job.attempt,
             )
             .await?;
+            super::hook_body::note_ignored(&st, job.id, notes).await;
             return Ok(Json(UploadResponse {
                 done: true,
                 method: None,
@@ -390,6 +391,7 @@ pub async fn upload(
         "{}/async/blobs/upload?job={id}&attempt={attempt}&property={property}&hash={}&exp={exp}&meta={meta_b64}&sig={sig}",
         st.app.public_url, req.hash
     );
+    super::hook_body::note_ignored(&st, job.id, notes).await;
     Ok(Json(UploadResponse {
         done: false,
         method: Some("PUT".into()),
