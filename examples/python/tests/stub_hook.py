@@ -49,6 +49,9 @@ class StubHook:
         self.status_plan: List[Optional[object]] = []
         self.reported: Optional[str] = None  # the final status taken: a later report's 409 says it
         self.require_v2 = False
+        # Indices in `requests` answered 503 replay_unavailable after their signature checked out
+        # (the hook's replay memory is down: it cannot tell whether it saw the request).
+        self.replay_unavailable: set = set()
         self.knows_nonce = True  # False: verifies v2 without X-Job-Nonce, as a hook of an earlier build
         # True: once the next status report is stored, knows_nonce turns False (the calls after it
         # reach an API node of an earlier build, as a re-send may during a rolling upgrade).
@@ -209,6 +212,9 @@ class StubHook:
                 if not hmac.compare_digest(expected, given.lower()):
                     self._error(401, "bad_signature", "bad signature")
                     return "401"
+                if len(stub.requests) - 1 in stub.replay_unavailable:
+                    self._error(503, "replay_unavailable", "the store cannot write")
+                    return "503"
                 with stub._lock:
                     if (job, ts, given) in stub._seen:
                         self._error(401, "replay", "replayed request")

@@ -278,6 +278,19 @@ def test_a_resend_an_older_node_refuses_is_not_signed_again_without_a_nonce(stub
     assert all("X-Job-Nonce" in r["headers"] for r in stub.requests)
 
 
+def test_a_resend_refused_replay_unavailable_is_sent_again_as_it_was(stub):
+    # The first send was taken, its answer lost; the re-send reached a hook whose replay memory
+    # was down (503 replay_unavailable: it cannot tell whether it saw the request). Signed again,
+    # the lines would be stored twice once the store is back: the same request is sent again,
+    # and the hook's 401 replay says it was taken.
+    stub.lose_answers = 1
+    stub.replay_unavailable = {1}
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=3, timeout=5) as c:
+        assert c.log("L0") == {}
+    assert stub.reports == [{"logs": ["L0"]}]
+    assert len(stub.requests) == 3 and len({signed(r) for r in stub.requests}) == 1
+
+
 def test_a_report_that_never_arrived_is_taken_on_the_retry(stub):
     stub.drop_next = 1  # the proxy answered 504 without forwarding it
     with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:

@@ -158,6 +158,31 @@ async fn a_report_whose_answer_was_lost_is_not_taken_twice() {
     assert_ne!(got[0].0, got[1].0, "signed again");
 }
 
+/// A report taken, its answer lost, and its re-send refused `503 replay_unavailable` (the hook's
+/// replay memory was down: it could not tell whether the first send was taken). Signed afresh,
+/// the report would be taken twice once the store is back (its log lines stored twice): the very
+/// same request is sent again, and the hook's `401 replay` then says it was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_refused_replay_unavailable_is_sent_again_as_it_was() {
+    const REPLAY: &str = r#"{"error":{"code":"replay","message":"replayed request"}}"#;
+    const NO_MEMORY: &str =
+        r#"{"error":{"code":"replay_unavailable","message":"the store cannot write"}}"#;
+    let (hook, got) = fake_hook(|i| match i {
+        0 => None,
+        1 => Some((503, NO_MEMORY)),
+        _ => Some((401, REPLAY)),
+    })
+    .await;
+    let answer = client(&hook).success(None).await.expect("taken");
+    assert_eq!(answer, Value::Null);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|g| g.0 == got[0].0),
+        "one signature: {got:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_window_is_bounded_and_other_calls_go_once() {
     let (hook, got) = fake_hook(|_| Some((503, ""))).await;
