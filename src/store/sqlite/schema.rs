@@ -10,7 +10,14 @@ use crate::store::{Result, StoreError};
 /// `PRAGMA application_id` of a runyard database ("RNYD"), written when its schema is made.
 const APPLICATION_ID: i32 = 0x524e_5944;
 
-/// Refuses a file that is not a runyard database, before anything opens it for writing (WAL
+/// The format of the database this build writes, in `PRAGMA user_version` (set at every open of
+/// a database below it; 0: a build before the mark). Raised when a build writes records an older
+/// build cannot read: a build finding a higher one refuses to open the database
+/// ([`refuse_foreign`]) rather than fail on its records one by one.
+pub(super) const FORMAT: i32 = 1;
+
+/// Refuses a file that is not a runyard database, or one of a newer format than [`FORMAT`],
+/// before anything opens it for writing (WAL
 /// mode, the schema): one whose `application_id` is another program's, or, without one (a
 /// database made before the mark), one that holds tables but not runyard's `jobs` table. A
 /// missing or empty file is a new database.
@@ -32,7 +39,17 @@ pub(super) fn refuse_foreign(path: &Path) -> Result<()> {
         0 => tables.is_empty() || tables.iter().any(|t| t == "jobs"),
         _ => false,
     };
-    if ours {
+    let format: i32 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if ours && format > FORMAT {
+        Err(StoreError::Backend(format!(
+            "{} was written by a newer runyard (database format {format}; this build reads \
+             format {FORMAT} and older): run that build again, or go back to a backup taken \
+             before the upgrade (docs/reliability.md, \"Backups\")",
+            path.display()
+        )))
+    } else if ours {
         Ok(())
     } else {
         Err(StoreError::Backend(format!(
@@ -72,7 +89,10 @@ pub(super) fn create(conn: &Connection, path: &Path) -> Result<()> {
             return Err(unfit(e));
         }
     }
-    if let Err(e) = conn.pragma_update(None, "application_id", APPLICATION_ID) {
+    let marked = conn
+        .pragma_update(None, "application_id", APPLICATION_ID)
+        .and_then(|()| conn.pragma_update(None, "user_version", FORMAT));
+    if let Err(e) = marked {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(db_err(e));
     }

@@ -226,6 +226,54 @@ fn a_foreign_sqlite_file_is_refused_as_not_runyards() {
     assert_eq!(tables, 1, "nothing of runyard's was added to it");
 }
 
+/// A database a newer build marked with a format this build does not know is refused at open,
+/// saying so and what to do, and left as it was; a new database gets this build's format, and
+/// one of a build before the mark (format 0) opens and is marked.
+#[test]
+fn a_database_of_a_newer_format_is_refused_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("runyard.db");
+    let format = |p: &std::path::Path| -> i32 {
+        rusqlite::Connection::open(p)
+            .expect("read")
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version")
+    };
+    drop(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("new"));
+    assert_eq!(
+        format(&path),
+        super::schema::FORMAT,
+        "a new database is marked"
+    );
+    let c = rusqlite::Connection::open(&path).expect("open");
+    c.pragma_update(None, "user_version", 0).expect("unmark");
+    drop(c);
+    drop(SqliteStore::open(dir.path(), StoreSettings::default(), false).expect("older"));
+    assert_eq!(
+        format(&path),
+        super::schema::FORMAT,
+        "an older one is marked"
+    );
+    let newer = super::schema::FORMAT + 1;
+    let c = rusqlite::Connection::open(&path).expect("open");
+    c.pragma_update(None, "user_version", newer).expect("newer");
+    drop(c);
+    let before = std::fs::read(&path).expect("read");
+    let e = match SqliteStore::open(dir.path(), StoreSettings::default(), false) {
+        Ok(_) => panic!("a database of a newer format was opened"),
+        Err(e) => e.to_string(),
+    };
+    for part in ["runyard.db", "newer", &format!("format {newer}"), "backup"] {
+        assert!(e.contains(part), "{part}: {e}");
+    }
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "left as it was"
+    );
+    assert_eq!(format(&path), newer);
+}
+
 /// A job whose stored body holds bytes that are not UTF-8 inside a JSON string (written by
 /// hand, by another program) is a corrupt record: reading it says so, a listing leaves it out
 /// and lists the others, and its bytes stay as they are. Before, the read failed as a type
