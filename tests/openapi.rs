@@ -201,6 +201,7 @@ async fn the_document_lists_exactly_the_routed_operations() {
             "query created_before",
             "query cursor",
             "query dead",
+            "query fields",
             "query limit",
             "query runner",
             "query schedule",
@@ -210,6 +211,19 @@ async fn the_document_lists_exactly_the_routed_operations() {
         ]
         .map(String::from)
         .into()
+    );
+    // `fields` documents the names it takes.
+    let fields = op("get", "/async/jobs")["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fields")
+        .expect("fields")
+        .clone();
+    let said = fields["description"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("max_attempts") && said.contains("400 bad_query"),
+        "{fields}"
     );
 }
 

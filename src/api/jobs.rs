@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::JobIdPath;
-use super::list_params::{list_query, ListParams};
+use super::list_params::{list_query, Fields, ListParams};
 use super::pages::{self, Page};
 use super::AppState;
 use crate::auth::access::Caller;
@@ -309,11 +309,11 @@ pub async fn get_job(
 }
 
 /// `GET /async/jobs`: only the jobs the caller's grant covers, paged over those only (a page may
-/// hold fewer than `limit`; follow `next_cursor`).
+/// hold fewer than `limit`; follow `next_cursor`); with `fields`, only those members of each.
 #[utoipa::path(get, path = "/async/jobs", tag = "jobs", params(ListParams),
     responses(
         (status = 200, description = "A page of jobs, newest first", body = super::openapi::schemas::JobPage),
-        (status = 400, description = "`bad_query`: an unknown parameter, a bad `status`, `limit` out of range; `bad_id`: a bad `cursor`", body = super::openapi::schemas::ErrorBody),
+        (status = 400, description = "`bad_query`: an unknown parameter, a bad `status`, `limit` out of range, an empty, unknown or repeated name in `fields`; `bad_id`: a bad `cursor`", body = super::openapi::schemas::ErrorBody),
     ))]
 pub async fn list_jobs(
     State(st): State<AppState>,
@@ -328,12 +328,13 @@ pub async fn list_jobs(
             "`limit` must be between 1 and {max}"
         )));
     }
+    let fields = Fields::parse(q.fields.as_deref())?;
     let mut query = list_query(q, limit)?;
     // The store pages the jobs the caller sees only: the page, its cursor and where a scan
     // stops are the same whatever other tenants store (filtering a page after it was made would
     // hand out a cursor, and a yes/no on the filters, about their jobs).
     query.visible = grant.visibility();
-    pages::jobs(&st, &grant, query).await
+    pages::jobs(&st, &grant, query, fields.as_ref()).await
 }
 
 /// `POST /async/jobs/{id}/cancel`.

@@ -1,7 +1,8 @@
 //! The query of `GET /async/jobs`: its parameters, checked into the store's [`ListQuery`] (a bad
-//! one is a 400 naming its field).
+//! one is a 400 naming its field), and the members of each job the answer shows ([`Fields`]).
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::parse_job_id;
@@ -27,6 +28,100 @@ pub struct ListParams {
     created_before: Option<String>,
     text: Option<String>,
     dead: Option<bool>,
+    /// Only these members of each job, comma-separated (`fields=id,type,status`): names of the
+    /// job object's top-level members (id, type, status, args, runner, channel_id, user_id,
+    /// attempt, max_attempts, timeout_ms, progress, status_details, result, error, exit_code,
+    /// idempotency_key, worker, handle, runs, files, run_at, created_at, updated_at, started_at,
+    /// finished_at, result_url, emits, notify, wait, schedule, fire_time, render_error). `id`
+    /// always comes, and `render_error` whenever the job has one; an optional member the job
+    /// lacks (`emits`, `notify`, `wait`, `schedule`, `fire_time`) stays absent. The page's 4 MiB
+    /// are counted on these jobs. An empty, unknown or repeated name is `400 bad_query`.
+    pub(super) fields: Option<String>,
+}
+
+/// The members of a job as the API shows it (`Job::to_public`) that `fields` may name.
+pub const JOB_FIELDS: &[&str] = &[
+    "id",
+    "type",
+    "status",
+    "args",
+    "runner",
+    "channel_id",
+    "user_id",
+    "attempt",
+    "max_attempts",
+    "timeout_ms",
+    "progress",
+    "status_details",
+    "result",
+    "error",
+    "exit_code",
+    "idempotency_key",
+    "worker",
+    "handle",
+    "runs",
+    "files",
+    "run_at",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "result_url",
+    "emits",
+    "notify",
+    "wait",
+    "schedule",
+    "fire_time",
+    "render_error",
+];
+
+/// The members of each job a listing shows (`fields`): those named, `id` always, and
+/// `render_error` whenever a job has one (it says a time shown is not the stored one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fields(Vec<&'static str>);
+
+impl Fields {
+    /// `fields` checked: `None` when not given (whole jobs); a name that is empty, not in
+    /// [`JOB_FIELDS`] or given twice is a 400 naming it.
+    pub fn parse(fields: Option<&str>) -> ApiResult<Option<Self>> {
+        let Some(text) = fields else { return Ok(None) };
+        let mut names: Vec<&'static str> = Vec::new();
+        for name in text.split(',') {
+            let Some(known) = JOB_FIELDS.iter().copied().find(|f| *f == name) else {
+                let what = if name.is_empty() {
+                    "an empty name (names are separated by single commas)".to_string()
+                } else {
+                    let mut shown: String = name.chars().take(64).collect();
+                    if shown.len() < name.len() {
+                        shown.push('…');
+                    }
+                    format!("`{}` is not a member of a job", shown.escape_debug())
+                };
+                return Err(ApiError::bad_query(format!(
+                    "`fields`: {what}; the names are {}",
+                    JOB_FIELDS.join(", ")
+                )));
+            };
+            if names.contains(&known) {
+                return Err(ApiError::bad_query(format!(
+                    "`fields`: `{known}` is named twice"
+                )));
+            }
+            names.push(known);
+        }
+        Ok(Some(Self(names)))
+    }
+
+    /// `job` (as `Job::to_public` shows it) with only the members asked for.
+    pub fn pick(&self, job: Value) -> Value {
+        match job {
+            Value::Object(mut m) => {
+                m.retain(|k, _| k == "id" || k == "render_error" || self.0.contains(&k.as_str()));
+                Value::Object(m)
+            }
+            other => other,
+        }
+    }
 }
 
 /// An RFC 3339 time of a list filter, in µs; a bad one names its field.
@@ -112,4 +207,86 @@ pub(super) fn list_query(q: ListParams, limit: usize) -> ApiResult<ListQuery> {
         dead: q.dead.unwrap_or(false),
         visible: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::notify_spec::NotifySpec;
+    use crate::job::Job;
+
+    /// A job with every optional member `to_public` may show, and a time it cannot.
+    fn full_job() -> Job {
+        let mut j = Job::new("report.daily", "reports", 1_796_000_000_000_000);
+        j.emits = vec!["done".into()];
+        j.notify = Some(NotifySpec {
+            url: "https://hooks.example/runyard".into(),
+            events: vec![],
+        });
+        j.wait = Some(serde_json::from_value(serde_json::json!({"items": []})).unwrap());
+        j.schedule = Some("nightly".into());
+        j.fire_time = Some(1_796_000_000_000_000);
+        j.finished_at = Some(i64::MAX);
+        j
+    }
+
+    #[test]
+    fn the_names_are_exactly_the_members_a_job_can_show() {
+        let shown = full_job().to_public();
+        let mut members: Vec<&str> = shown
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut names = JOB_FIELDS.to_vec();
+        members.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(members, names);
+    }
+
+    #[test]
+    fn fields_pick_the_members_named_with_the_id_and_a_render_error() {
+        let job = full_job();
+        let f = Fields::parse(Some("type,status,wait")).unwrap().unwrap();
+        let lean = f.pick(job.to_public());
+        let mut keys: Vec<&str> = lean
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["id", "render_error", "status", "type", "wait"]);
+        assert_eq!(lean["type"], "report.daily");
+        // An optional member the job lacks stays absent.
+        let plain = Job::new("t", "r", 1_796_000_000_000_000);
+        let lean = Fields::parse(Some("schedule,emits"))
+            .unwrap()
+            .unwrap()
+            .pick(plain.to_public());
+        assert_eq!(lean, serde_json::json!({"id": plain.id}));
+        assert_eq!(Fields::parse(None).unwrap(), None);
+    }
+
+    #[test]
+    fn an_empty_unknown_or_repeated_name_is_refused_naming_it() {
+        let refused = |q: &str| {
+            let e = Fields::parse(Some(q)).unwrap_err();
+            assert_eq!(e.code, "bad_query");
+            e.message
+        };
+        let m = refused("id,bogus");
+        assert!(
+            m.contains("`bogus` is not a member") && m.contains("max_attempts"),
+            "{m}"
+        );
+        assert!(refused("").contains("an empty name"));
+        assert!(refused("id,,type").contains("an empty name"));
+        assert!(refused("type,").contains("an empty name"));
+        assert!(refused("type,status,type").contains("`type` is named twice"));
+        assert!(refused(" type").contains("` type` is not a member"));
+        let long = refused(&"\u{202e}x".repeat(1000));
+        assert!(long.contains("\\u{202e}x") && long.len() < 1000, "{long}");
+    }
 }

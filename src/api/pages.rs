@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::{ApiError, ApiResult};
+use super::list_params::Fields;
 use super::AppState;
 use crate::auth::tokens::Grant;
 use crate::store::ListQuery;
@@ -58,7 +59,10 @@ pub fn next_jobs_chunk(page: &Page, left: usize) -> usize {
 
 /// The answer of `GET /async/jobs` for `query` (its filters checked, `visible` set): jobs read
 /// in chunks, written job by job within the budget; a cut page's `next_cursor` is its last job,
-/// where the store would have put it (the next page lists the jobs below it).
+/// where the store would have put it (the next page lists the jobs below it). With `fields`,
+/// each job is written with only those members, and the budget counts them so: a page of small
+/// members of large jobs holds many more jobs (the store still reads whole records, each read
+/// stopping at [`READ_BYTES`] as stored, at most [`MAX_READS`] a page).
 ///
 /// The memory behind one answer, counted as JSON: the answer (at most [`PAGE_BYTES`], or its
 /// first job alone), one read's jobs (at most [`READ_BYTES`] as stored plus the job that passed
@@ -71,7 +75,12 @@ pub fn next_jobs_chunk(page: &Page, left: usize) -> usize {
 /// its JSON (serde_json's tree: up to ~16x for an array of one-digit numbers).
 ///
 /// [`READ_BYTES`]: crate::store::paging::READ_BYTES
-pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResult<Response> {
+pub async fn jobs(
+    st: &AppState,
+    grant: &Grant,
+    mut query: ListQuery,
+    fields: Option<&Fields>,
+) -> ApiResult<Response> {
     let mut page = Page::open(r#"{"jobs":["#);
     let mut left = query.limit;
     let mut last: Option<uuid::Uuid> = None;
@@ -88,7 +97,11 @@ pub async fn jobs(st: &AppState, grant: &Grant, mut query: ListQuery) -> ApiResu
             .iter()
             .filter(|j| grant.sees(&j.job_type, Some(&j.channel_id)))
         {
-            if !page.push(&j.to_public())? {
+            let shown = match fields {
+                Some(f) => f.pick(j.to_public()),
+                None => j.to_public(),
+            };
+            if !page.push(&shown)? {
                 break;
             }
             last = Some(j.id);

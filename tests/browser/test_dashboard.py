@@ -619,7 +619,7 @@ def test_a_resync_read_answered_late_does_not_undo_a_newer_live_status(server, p
             return route.continue_()
         reads.append((route, route.fetch()))  # the server's answer now, given to the page later
 
-    page.route(re.compile(rf"/async/jobs\?limit=50&type={kind}$"), table)
+    page.route(re.compile(rf"/async/jobs\?limit=50&fields=[^&]*&type={kind}$"), table)
     page.route("**/async/events/sse", stream)
     gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
     try:

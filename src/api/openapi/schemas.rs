@@ -121,6 +121,8 @@ pub struct JobBrief {
 /// A page of `GET /async/jobs`.
 #[derive(ToSchema)]
 pub struct JobPage {
+    /// Newest first; with `fields`, each job holds only the members named, `id`, and
+    /// `render_error` when it has one.
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,

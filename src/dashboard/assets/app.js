@@ -39,6 +39,29 @@ async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
+// The members of a job a table row shows (jobRow): listings ask for these only (`fields`), not
+// for whole jobs, whose args, result and runs may each be a megabyte (and a page of whole jobs
+// ends at 4 MiB: a few rows).
+const ROW_FIELDS = "id,type,status,attempt,max_attempts,updated_at";
+
+// Up to `want` jobs of `GET /async/jobs` with `params` (filters, `fields`), newest first,
+// following `next_cursor` for at most `pages` pages of at most 100; `more`: the listing went on
+// past what was read (it may hold no more jobs: a full page has a cursor too).
+async function listJobs(params, want, pages) {
+  const jobs = [];
+  let cursor = null;
+  for (let i = 0; i < pages && jobs.length < want; i++) {
+    const q = new URLSearchParams(params);
+    q.set("limit", String(Math.min(100, want - jobs.length)));
+    if (cursor) q.set("cursor", cursor);
+    const page = await api(`/async/jobs?${q}`);
+    jobs.push(...page.jobs);
+    cursor = page.next_cursor;
+    if (!cursor) break;
+  }
+  return { jobs, more: !!cursor };
+}
+
 // Asks the server what the token grants; false when a (valid) token is needed first.
 async function loadScopes() {
   try {
@@ -271,8 +294,8 @@ async function overview(signal) {
     }
   }
   async function refreshRecent() {
-    const page = await api("/async/jobs?limit=20");
-    recent.replaceChildren(...page.jobs.map(jobRow));
+    const { jobs } = await listJobs({ fields: ROW_FIELDS }, 20, 3);
+    recent.replaceChildren(...jobs.map((j) => jobRow(j)));
   }
   await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message)), dead.refresh(), activityReady]);
   if (signal.aborted) return;
@@ -280,6 +303,9 @@ async function overview(signal) {
   let pending = null;
   const off = onEvent((ev) => {
     if (changesDeadLetters(ev)) dead.later();
+    // Only a status event (a job submitted, or one changing status) or a resync can change what
+    // the panels show; progress events (a job may send several a second) do not re-read them.
+    if (ev.type !== "status" && ev.type !== "resync") return;
     // Many events can arrive at once: refresh at most every 500 ms.
     if (pending) return;
     pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
@@ -371,7 +397,7 @@ async function jobs(params, signal) {
     const kept = new Set(keep ? picked() : []);
     const seen = [];
     during.add(seen);
-    const q = new URLSearchParams({ limit: "50" });
+    const q = new URLSearchParams({ limit: "50", fields: ROW_FIELDS });
     if (status) q.set("status", status);
     if (type) q.set("type", type);
     for (const k of SERVER_FILTERS) if (local[k]) q.set(FILTER_PARAM[k], filterValue(k, local[k]));

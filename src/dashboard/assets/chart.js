@@ -173,19 +173,23 @@ function throughputChart() {
   return { el: box, stop: () => { chartWatchers.delete(redraw); clearInterval(timer); clearTimeout(pending); } };
 }
 
-// The nodes that hold leases: the workers of STARTING and RUNNING jobs (first 100 of each).
+// The nodes that hold leases: the workers of STARTING and RUNNING jobs, read with only the
+// members shown (`fields`) and following `next_cursor`, at most LEASE_PAGES pages of 100 of each:
+// past them the panel says how many jobs it counted.
+const LEASE_PAGES = 5;
 function leaseHolders() {
   const box = h("div", { id: "leases" }, h("p", { class: "muted" }, "loading…"));
   async function refresh() {
     try {
-      const pages = await Promise.all(["STARTING", "RUNNING"].map((st) => api(`/async/jobs?status=${st}&limit=100`)));
+      const reads = await Promise.all(["STARTING", "RUNNING"].map((st) =>
+        listJobs({ status: st, fields: "id,type,worker" }, 100 * LEASE_PAGES, LEASE_PAGES)));
       const byWorker = new Map();
-      for (const j of pages.flatMap((p) => p.jobs)) {
+      for (const j of reads.flatMap((r) => r.jobs)) {
         const w = j.worker || "(unknown)";
         if (!byWorker.has(w)) byWorker.set(w, []);
         byWorker.get(w).push(j);
       }
-      const capped = pages.some((p) => p.next_cursor);
+      const capped = reads.some((r) => r.more);
       box.replaceChildren(byWorker.size
         ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Worker"), h("th", {}, "Leases"), h("th", {}, "Jobs"))),
           h("tbody", {}, [...byWorker].sort().map(([w, list]) => h("tr", { "data-worker": w },
@@ -193,7 +197,7 @@ function leaseHolders() {
             h("td", {}, list.slice(0, 5).flatMap((j, i) => [i ? ", " : "", h("a", { href: `#/job/${j.id}`, class: "mono" }, `${j.type} ${j.id.slice(0, 8)}`)]),
               list.length > 5 ? ` and ${list.length - 5} more` : "")))))
         : h("p", { class: "muted" }, "No job holds a lease: nothing is starting or running."),
-      capped ? h("p", { class: "muted" }, "Counted from the first 100 starting and 100 running jobs.") : "");
+      capped ? h("p", { class: "muted", id: "leases-cut" }, `Counted from the first ${reads[0].jobs.length} starting and ${reads[1].jobs.length} running jobs; there may be more.`) : "");
     } catch (e) {
       box.replaceChildren(h("p", { class: "muted" }, `Leases are not available (${e.message}).`));
     }
