@@ -216,6 +216,51 @@ async fn a_backup_into_the_data_dir_is_refused() {
     assert!(!data.join("x").exists());
 }
 
+/// The database's format mark (`PRAGMA user_version`) travels with a backup as it was: a
+/// database this build marked keeps that mark in its copy, and one a newer build marked (a
+/// format this build does not know) is refused before anything is made at DEST. Before, the
+/// copy was marked with the backing-up build's format whatever the original's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_keeps_the_format_mark_and_refuses_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let original = start(dir.path(), "original", &data).await;
+    let a = Client::new(&original.url);
+    let id = submit(&a, json!({"type": "runyard.noop"})).await;
+    wait_for(&a, &id, terminal).await;
+    drop(original);
+    let mark = |db: &Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let db = data.join("runyard.db");
+    let ours = mark(&db);
+    assert!(ours >= 1, "marked at open: {ours}");
+    // An older mark stays as it was in the copy (the copy's own open raises it, not the backup).
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 0)
+        .unwrap();
+    let dest = dir.path().join("bk-old");
+    let o = backup(&data, &dest);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(mark(&dest.join("runyard.db")), 0);
+    // A newer build's: refused, nothing made.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", ours + 1)
+        .unwrap();
+    let dest = dir.path().join("bk-new");
+    let o = backup(&data, &dest);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("newer runyard"), "{e}");
+    assert!(!dest.exists(), "nothing made at {}", dest.display());
+    assert_eq!(mark(&db), ours + 1, "the original left as it was");
+}
+
 /// A backup that fails for want of room (a full disk) removes what it wrote: the DEST it made
 /// is gone, an empty DEST it was given is left empty. Before, the DEST kept a partial
 /// `runyard.db` (which opens as an empty store), its journal and the job files.

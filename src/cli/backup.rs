@@ -223,7 +223,11 @@ fn copy_into(dir: &Path, db: &Path, dest: &Path, interrupt: &Interrupt) -> anyho
     .with_context(|| format!("cannot open {}", db.display()))?;
     conn.busy_handler(Some(busy))?;
     *interrupt.lock() = Some(conn.get_interrupt_handle());
+    // Another program's file, or a newer build's database (its format mark, which the copy
+    // keeps): refused, and what was written removed.
+    let fit = crate::store::sqlite::refuse_unopenable(&conn, db);
     check_cancelled()?;
+    fit?;
     let partial_text = partial
         .to_str()
         .with_context(|| format!("{} is not valid UTF-8", partial.display()))?;

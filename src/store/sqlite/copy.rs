@@ -40,6 +40,8 @@ const COPY_LEASES: &str = "copy_leases";
 /// a store of its own: a new copy id, its leases marked as the original's, its events numbered
 /// from a new first id. One transaction. Returns the copy's id.
 pub fn mark_copy(path: &Path) -> Result<u64> {
+    // A newer build's database (its format mark) is not this build's to change.
+    super::schema::refuse_foreign(path)?;
     let mut conn = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -77,6 +77,13 @@ mod whole;
 
 use apply::{apply_in, apply_stored, save, save_row};
 pub use copy::mark_copy;
+
+/// Refuses (as the store's open would) a file that is not a runyard database or is one of a
+/// newer format than this build's, through `conn` open on `path`: `runyard backup` checks its
+/// source with it before copying.
+pub fn refuse_unopenable(conn: &Connection, path: &Path) -> Result<()> {
+    schema::refuse_foreign_on(conn, path)
+}
 pub use events::parse_event_id;
 use sql::{exec, row, row_opt, rows};
 
@@ -282,6 +289,7 @@ impl SqliteStore {
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(db_err)?;
         schema::create(&conn, &path)?;
+        schema::mark_format(&conn)?;
         events::migrate(&conn)?;
         let events_first = events::first_id(&conn)?;
         counts::migrate(&conn)?;

@@ -27,6 +27,12 @@ pub(super) fn refuse_foreign(path: &Path) -> Result<()> {
     }
     let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(db_err)?;
+    refuse_foreign_on(&c, path)
+}
+
+/// [`refuse_foreign`] through a connection already open on `path` (its busy handler waits for
+/// the locks of others).
+pub(super) fn refuse_foreign_on(c: &Connection, path: &Path) -> Result<()> {
     let id: i32 = c
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(db_err)?;
@@ -60,6 +66,20 @@ pub(super) fn refuse_foreign(path: &Path) -> Result<()> {
     }
 }
 
+/// Marks the database with this build's [`FORMAT`] when its mark is lower (a new database, or
+/// one of an older build): at the store's open only, after [`refuse_foreign`]. A backup copy
+/// keeps its original's mark (`VACUUM INTO` copies it).
+pub(super) fn mark_format(conn: &Connection) -> Result<()> {
+    let format: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if format < FORMAT {
+        conn.pragma_update(None, "user_version", FORMAT)
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Creates the tables and indexes that are missing, in one transaction: a schema that does not
 /// fit (another program's SQLite file, or a runyard database this version cannot read) is said
 /// so, without the whole schema's SQL, and changes nothing in the file.
@@ -89,10 +109,7 @@ pub(super) fn create(conn: &Connection, path: &Path) -> Result<()> {
             return Err(unfit(e));
         }
     }
-    let marked = conn
-        .pragma_update(None, "application_id", APPLICATION_ID)
-        .and_then(|()| conn.pragma_update(None, "user_version", FORMAT));
-    if let Err(e) = marked {
+    if let Err(e) = conn.pragma_update(None, "application_id", APPLICATION_ID) {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(db_err(e));
     }
