@@ -19,6 +19,11 @@
 //!   in its id as in its `created_at`, so `created_after` / `created_before` around the real
 //!   submit time find all three, and the listing (newest first) follows `created_at`.
 //!
+//! - `a_node_ahead_judges_hook_requests_by_the_store_clock`: B 4 minutes ahead: a hook request
+//!   B accepts is remembered by Redis for its whole window (not the minute B's clock left it,
+//!   after which another node took the same request again), and one signed 4.5 minutes ago is
+//!   within B's window (B's clock made it 8.5).
+//!
 //! Every time the tests compare is the real clock's (this process, Redis and A agree on it).
 
 mod redis_support;
@@ -503,4 +508,82 @@ impl Receiver {
         });
         Receiver { url }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_judges_hook_requests_by_the_store_clock() {
+    use runyard_hooks::{derive_job_secret, signed_headers, SigVersion};
+    let cl = Cluster::new();
+    let a = cl.node("a", None).await;
+    let b = cl.node("b", Some(240)).await;
+    let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
+    let (status, _, v) = post(
+        &ca,
+        "/async/jobs",
+        json!({"type": "runyard.sleep", "args": {"ms": 120000}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["job_id"].as_str().expect("job_id").to_string();
+    let job = wait_status(&ca, &id, "RUNNING", &cl).await;
+    let attempt = job["attempt"].as_u64().expect("attempt") as u32;
+    let secret = derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+    let real_ms = |back: Duration| {
+        (SystemTime::now() - back)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64
+    };
+    let report = |time_ms: i64, progress: f64| {
+        let body = serde_json::to_vec(&json!({"progress": progress})).expect("json");
+        let h = signed_headers(
+            &id,
+            &secret,
+            SigVersion::V2,
+            "POST",
+            "/async/status",
+            &body,
+            time_ms,
+        )
+        .expect("signed");
+        (h, body)
+    };
+    let send = |c: &Client, h: reqwest::header::HeaderMap, body: Vec<u8>| {
+        let req = c
+            .http
+            .post(format!("{}/async/status", c.url))
+            .headers(h)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let r = req.send().await.expect("sent");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    // Signed now, accepted by B: Redis keeps it for the whole window (5 minutes).
+    let (h, body) = report(real_ms(Duration::ZERO), 0.25);
+    let (status, text) = send(&cb, h, body).await;
+    assert_eq!(status, 200, "{text}\n{}", cl.logs());
+    let mut c = redis_support::raw_conn(&cl.redis).await;
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{}:replay:*", cl.redis.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut c)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 290_000,
+        "the replay memory lasts {ttl} ms, not the window"
+    );
+    // Signed 4.5 minutes ago: within the window by the store's clock (B's own says 8.5).
+    let (h, body) = report(real_ms(Duration::from_secs(270)), 0.5);
+    let (status, text) = send(&cb, h, body).await;
+    assert_eq!(status, 200, "{text}\n{}", cl.logs());
+    let job = ca.job(&id).await;
+    assert_eq!(job["progress"], 0.5, "{job:#}");
 }

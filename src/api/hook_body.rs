@@ -22,7 +22,9 @@ pub async fn read(st: &AppState, req: Request) -> ApiResult<(Parts, Bytes)> {
     let hh = HookHeaders::from_headers(&parts.headers)?;
     Uuid::parse_str(&hh.job_id)
         .map_err(|_| ApiError::unauthorized_as("invalid_header", "X-Job-Id is not a job id"))?;
-    st.app.verifier.precheck(&hh, runyard_hooks::now_ms())?;
+    st.app
+        .verifier
+        .precheck(&hh, st.app.store.time().await / 1000)?;
     let limit = st.app.config.api.request_timeout;
     let read = body_bytes(Request::from_parts(parts.clone(), body), &());
     let bytes = tokio::time::timeout(limit, read)

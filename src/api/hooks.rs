@@ -70,7 +70,7 @@ async fn verify(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
-    let now = runyard_hooks::now_ms();
+    let now = st.app.store.time().await / 1000; // the store's clock: every node's window alike
     let v = &st.app.verifier;
     let checked = match v.verify_signature(&hh, &secret, method.as_str(), pq, body, now) {
         // Behind a proxy that strips public_url's path prefix, the job signed the longer path.

@@ -12,6 +12,15 @@ use sha2::{Digest, Sha256};
 use super::RedisStore;
 use crate::store::replay::{ReplayError, ReplayMemory};
 
+/// Deletes the key when it holds this acceptance's nonce (a refused request's own write).
+const FORGET: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// How long the take-back of a failed acceptance may wait.
+const FORGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How much longer than the request's window a replay key lives (ms).
+const TTL_SLACK_MS: i64 = 2_000;
+
 #[async_trait]
 impl ReplayMemory for RedisStore {
     async fn remember_once(
@@ -22,10 +31,13 @@ impl ReplayMemory for RedisStore {
     ) -> Result<bool, ReplayError> {
         let digest = hex::encode(Sha256::digest(replay_key.as_bytes()));
         let key = self.keyed("replay:", digest);
-        let ttl = (expires_at_ms - now_ms).max(1);
+        // `now_ms` is the store's clock (Redis's, as this node carries it), which Redis's expiry
+        // also goes by; the slack covers the carried clock trailing Redis's by a little, so the
+        // key outlives every node's window (a key gone a moment early let a re-send in).
+        let ttl = (expires_at_ms - now_ms).max(1) + TTL_SLACK_MS;
         let nonce = hex::encode(rand::random::<[u8; 16]>());
         // Nil: stored now; a value: the key was there (and is left as it was).
-        let found: Option<String> = self
+        let found: crate::store::Result<Option<String>> = self
             .exec(true, |mut c| {
                 let cmd = ::redis::cmd("SET")
                     .arg(&key)
@@ -37,9 +49,30 @@ impl ReplayMemory for RedisStore {
                     .clone();
                 async move { cmd.query_async(&mut c).await }
             })
-            .await
-            .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
-        Ok(accepted(found.as_deref(), &nonce))
+            .await;
+        match found {
+            Ok(found) => Ok(accepted(found.as_deref(), &nonce)),
+            Err(e) => {
+                // A try whose reply was lost may have stored the key before a later one failed:
+                // taken back (if still this acceptance's), so that an error means nothing is
+                // remembered, as on the embedded store, and a re-send sent as it was is taken.
+                let forget = ::redis::cmd("EVAL")
+                    .arg(FORGET)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&nonce)
+                    .clone();
+                let _ = tokio::time::timeout(
+                    FORGET_WAIT,
+                    self.exec(false, |mut c| {
+                        let cmd = forget.clone();
+                        async move { cmd.query_async::<i64>(&mut c).await }
+                    }),
+                )
+                .await;
+                Err(ReplayError::Unavailable(e.to_string()))
+            }
+        }
     }
 }
 
