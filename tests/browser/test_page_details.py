@@ -44,6 +44,26 @@ def test_the_signals_page_shows_the_keys_of_waiting_jobs_past_the_first_hundred(
             server.call("POST", f"/async/jobs/{j}/cancel")
 
 
+def test_the_waiting_jobs_read_is_bounded_and_says_when_it_was_cut(server, page):
+    # A listing that never ends (each page answers a cursor): the page reads 10 pages of 100 and
+    # says it saw the first waiting jobs only.
+    tag = uuid.uuid4().hex[:6]
+    job = {"id": f"00000000-0000-0000-0000-{tag:0>12}", "type": "noop.wait",
+           "wait": {"items": [{"key": f"endless.{tag}", "needed": 1}]}}
+    reads = []
+
+    def endless(route):
+        reads.append(route.request.url)
+        route.fulfill(status=200, headers={"Content-Type": "application/json"},
+                      body=json.dumps({"jobs": [job], "next_cursor": f"c{len(reads)}"}))
+
+    page.route(re.compile(r"/async/jobs\?status=WAITING"), endless)
+    open_page(page, server, "/signals")
+    expect(page.locator("#waiting-cut")).to_contain_text("the first 10 waiting jobs; there may be more", timeout=15000)
+    expect(page.locator(f'[data-signal="endless.{tag}"]')).to_be_visible()
+    assert len(reads) == 10, reads
+
+
 def _plus_us(ts: str, us: int) -> str:
     t = datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ") + datetime.timedelta(microseconds=us)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
