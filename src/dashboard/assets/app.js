@@ -13,6 +13,8 @@ const auth = {
   set token(t) { t ? sessionStorage.setItem("runyard.token", t) : sessionStorage.removeItem("runyard.token"); },
   // What the token may do; null until known (no [auth]: everything).
   scopes: null,
+  // The token may not read (`GET /async/whoami` needs `jobs:read`, 403): the pages list nothing.
+  readless: false,
   can(scope) { return this.scopes === null || this.scopes.includes("admin") || this.scopes.includes(scope); },
 };
 
@@ -67,12 +69,17 @@ async function loadScopes() {
   try {
     const who = await api("/async/whoami");
     auth.scopes = who.scopes || [];
+    auth.readless = false;
   } catch (e) {
     if (e.status === 401) return false;
+    auth.readless = e.status === 403;
     // 403: the token lacks `jobs:read` (whoami needs it), so it can read nothing here: no action
-    // is offered. Any other failure is a server without /async/whoami: every action is offered;
-    // the server still decides, and a refusal shows its message.
-    auth.scopes = e.status === 403 ? [] : null;
+    // on jobs is offered. Sending a signal needs `signals:write` only: the server is asked with a
+    // write it refuses whatever the token (a key with a control character: 422 with the scope,
+    // 403 without; nothing written). Any other failure is a server without /async/whoami: every
+    // action is offered; the server still decides, and a refusal shows its message.
+    auth.scopes = e.status === 403 ? await api("/async/signals/%01", { method: "POST", body: {} })
+      .then(() => [], (w) => (w.status === 422 ? ["signals:write"] : [])) : null;
   }
   document.getElementById("signout").hidden = !auth.token;
   return true;
@@ -86,10 +93,40 @@ function signIn(message) {
   main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
     h("h1", {}, "Sign in"),
     h("p", {}, message),
-    h("form", { onsubmit: (ev) => { ev.preventDefault(); auth.token = ev.target.token.value.trim(); start(); } },
+    h("form", { onsubmit: (ev) => {
+        ev.preventDefault();
+        const token = ev.target.token.value.trim();
+        const bad = unsendable(token);
+        if (bad) return setText(document.getElementById("signin-error"), bad);
+        auth.token = token; start();
+      } },
       h("label", { for: "token" }, "API token"),
       h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true }),
+      h("p", { id: "signin-error", class: "error", role: "alert" }),
       h("button", { type: "submit" }, "Sign in"))));
+}
+
+// Why a pasted token cannot be sent (fetch refuses a header value with a character past U+00FF or
+// a control character: the page would be left half signed in), or "" when it can. The character
+// is named by its code point only: the token is a secret.
+function unsendable(token) {
+  const i = [...token].findIndex((c) => c.codePointAt(0) > 0xff || /[\u0000-\u001f\u007f]/.test(c));
+  if (i < 0) return "";
+  const c = [...token][i].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+  return `This token cannot be sent: character ${i + 1} (U+${c}) is not one an HTTP header can carry. API tokens and JWTs are plain ASCII: paste the token again.`;
+}
+
+// A button that sends a request is disabled while it runs (a double click sends it once); `fn`
+// gets the event. On a form, its submit button is.
+function once(fn) {
+  return async (ev) => {
+    const el = ev.currentTarget;
+    const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
+    if (ev.type === "submit") ev.preventDefault();
+    if (button.disabled) return;
+    button.disabled = true;
+    try { await fn(ev); } finally { button.disabled = false; }
+  };
 }
 
 document.getElementById("signout").addEventListener("click", () => {
@@ -203,6 +240,7 @@ async function follow(from) {
           live.textContent = "no live updates";
           live.title = shown(String(message));
           tallyUnavailable(message || "the event stream is refused");
+          tallyNotLive(message || "the event stream is refused");
         }
         return;
       }
@@ -351,7 +389,11 @@ async function jobs(params, signal) {
   const status = params.get("status") || "";
   const type = params.get("type") || "";
   const local = Object.fromEntries(SERVER_FILTERS.map((k) => [k, params.get(k) || ""]));
-  const cursors = [""];
+  // The page is in the URL (`cursor`: back, forward and reload keep it); the cursors of the pages
+  // before it are in the history entry's state (put there by "Older"), so "Newer" goes back.
+  const cursor = params.get("cursor") || "";
+  const newer = (history.state && history.state.newer) || null;
+  const pageAt = (c) => { const q = new URLSearchParams(params); if (c) q.set("cursor", c); else q.delete("cursor"); return `#/jobs?${q}`; };
   const body = h("tbody", { id: "rows" });
   const pager = h("div", { class: "pager" });
   const actions = h("div", { class: "actions" });
@@ -386,14 +428,14 @@ async function jobs(params, signal) {
     const results = await Promise.allSettled(ids.map((id) => api(`/async/jobs/${id}/${verb}`, { method: "POST" })));
     const failed = results.filter((r) => r.status === "rejected");
     toast(`${verb}: ${ids.length - failed.length} done${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
-    load(cursors[cursors.length - 1]);
+    await load();
   }
-  if (auth.can("jobs:cancel")) actions.append(h("button", { id: "bulk-cancel", onclick: () => bulk("cancel") }, "Cancel selected"));
-  if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: () => bulk("retry") }, "Retry selected"));
+  if (auth.can("jobs:cancel")) actions.append(h("button", { id: "bulk-cancel", onclick: once(() => bulk("cancel")) }, "Cancel selected"));
+  if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: once(() => bulk("retry")) }, "Retry selected"));
 
   const during = new Set(); // the events of each load on its way (liveStatus)
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
-  async function load(cursor, keep) {
+  async function load(keep) {
     const kept = new Set(keep ? picked() : []);
     const seen = [];
     during.add(seen);
@@ -416,20 +458,24 @@ async function jobs(params, signal) {
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
       pager.replaceChildren(
-        cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
-        page.next_cursor ? h("button", { id: "next-page", onclick: () => { cursors.push(page.next_cursor); load(page.next_cursor); } }, "Older →") : "");
+        !cursor ? "" : newer ? h("button", { id: "prev-page", onclick: () => history.back() }, "← Newer")
+          : h("button", { id: "prev-page", onclick: () => { location.hash = pageAt(""); } }, "← Newest"),
+        page.next_cursor ? h("button", { id: "next-page", onclick: () => {
+          history.pushState({ newer: [...(newer || []), cursor] }, "", pageAt(page.next_cursor));
+          route();
+        } }, "Older →") : "");
     } catch (e) {
       body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
     } finally {
       during.delete(seen);
     }
   }
-  await load("");
+  await load();
   if (signal.aborted) return;
   // Rows on screen follow their jobs' events; after a resync (events the stream had not sent
   // were trimmed) the page is read again.
   whenLeft(signal, onEvent((ev) => {
-    if (ev.type === "resync") return load(cursors[cursors.length - 1], true);
+    if (ev.type === "resync") return load(true);
     liveStatus(body, ev, during);
   }));
 }
@@ -522,8 +568,8 @@ async function jobPage(id, signal) {
     const last = (j.runs || [])[(j.runs || []).length - 1];
     const decided = !!(last && last.attempt === j.attempt && !last.ended_at && last.reported);
     actions.replaceChildren(
-      auth.can("jobs:cancel") && !TERMINAL.has(j.status) && !decided ? h("button", { id: "cancel", class: "danger", onclick: () => act("cancel") }, "Cancel") : "",
-      auth.can("jobs:submit") && ["ERROR", "TIMEOUT", "CANCELLED"].includes(j.status) ? h("button", { id: "retry", onclick: () => act("retry") }, "Retry") : "",
+      auth.can("jobs:cancel") && !TERMINAL.has(j.status) && !decided ? h("button", { id: "cancel", class: "danger", onclick: once(() => act("cancel")) }, "Cancel") : "",
+      auth.can("jobs:submit") && ["ERROR", "TIMEOUT", "CANCELLED"].includes(j.status) ? h("button", { id: "retry", onclick: once(() => act("retry")) }, "Retry") : "",
       h("button", { onclick: () => copy(submitCommand(j)) }, "Copy as runyard submit"),
       h("button", { onclick: () => copy(curlCommand(j)) }, "Copy as curl"));
     const files = Object.entries(j.files || {}).flatMap(([prop, list]) => list.map((f, i) =>
@@ -631,12 +677,13 @@ async function schedules() {
       h("td", {}, (s.next_fires || []).slice(0, 3).map(when).join(", ")),
       h("td", { class: "runs" }, (s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => lastRun(x, jobs)).flatMap((a, i) => (i ? [", ", a] : [a]))),
       h("td", {}, auth.can("schedules:write") ? [
-        h("button", { onclick: () => post(s.name, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
-        h("button", { onclick: () => post(s.name, "trigger") }, "Trigger")] : ""))));
+        h("button", { onclick: once(() => post(s.name, s.paused ? "resume" : "pause")) }, s.paused ? "Resume" : "Pause"),
+        h("button", { onclick: once(() => post(s.name, "trigger")) }, "Trigger")] : ""))));
     if (!list.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No schedule.")));
   }
   async function post(name, verb) {
-    try { await api(`/async/schedules/${encodeURIComponent(name)}/${verb}`, { method: "POST" }); toast(`${name}: ${verb}`); load(); } catch (e) { toast(e.message); }
+    try { await api(`/async/schedules/${encodeURIComponent(name)}/${verb}`, { method: "POST" }); toast(`${name}: ${verb}`); } catch (e) { return toast(e.message); }
+    await load().catch((e) => toast(e.message));
   }
   await load().catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "error" }, e.message))));
 }

@@ -25,6 +25,14 @@ function tallyUnavailable(why) {
   chartWatchers.forEach((f) => f());
 }
 
+// The live stream was refused (403: "no live updates"): a chart from the store stands as read at
+// the start, and its legend says it is not live (with no store read, tallyUnavailable says why).
+function tallyNotLive(why) {
+  if (tallyAfter === -Infinity) return;
+  tallySource = `the store as of ${new Date(tallyAfter).toLocaleTimeString()}; not live: ${why}`;
+  chartWatchers.forEach((f) => f());
+}
+
 function tallyOutcome(ev) {
   if (rereading) rereading.push(ev);
   if (ev.type === "resync") { rereadActivity(); return; }

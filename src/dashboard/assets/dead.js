@@ -77,12 +77,12 @@ async function deadLetters(params, signal) {
     }
     const failed = results.filter((r) => r.status === "rejected");
     toast(`retry: ${ids.length - failed.length} queued${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
-    await Promise.all([load(cursors[cursors.length - 1]), countAll()]);
+    await Promise.all([load(cursors[cursors.length - 1]), countAll()]).catch((e) => toast(e.message));
   }
   if (auth.can("jobs:submit")) {
     actions.append(
-      h("button", { id: "retry-selected", onclick: () => retry([...body.querySelectorAll(".pick:checked")].map((c) => c.value)) }, "Retry selected"),
-      h("button", { id: "retry-all", onclick: () => retry(shown.map((j) => j.id)) }, "Retry all shown"));
+      h("button", { id: "retry-selected", onclick: once(() => retry([...body.querySelectorAll(".pick:checked")].map((c) => c.value))) }, "Retry selected"),
+      h("button", { id: "retry-all", onclick: once(() => retry(shown.map((j) => j.id))) }, "Retry all shown"));
   }
 
   const during = new Set(); // the events of each load on its way (liveStatus, app.js)
@@ -111,6 +111,7 @@ async function deadLetters(params, signal) {
     // New rows come unselected: so does "select all shown" (unless every row is selected still).
     pickAll.checked = found.length > 0 && found.every((j) => kept.has(j.id));
     note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
+    note.className = "muted";
     pager.replaceChildren(
       cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
       nextCursor ? h("button", { id: "next-page", onclick: () => { cursors.push(nextCursor); load(nextCursor); } }, "Older →") : "");
@@ -119,8 +120,23 @@ async function deadLetters(params, signal) {
   if (signal.aborted) return;
   // Rows on screen follow their jobs: a retried one leaves the list. After a resync (events the
   // stream had not sent were trimmed) the page and the count are read again.
+  // A re-read that fails (the rows on screen may be stale: their events were trimmed) says so
+  // and is tried again, 2 s doubling to 30 s, until it succeeds or the page goes.
+  let again = null;
+  const reread = async (wait) => {
+    clearTimeout(again); again = null;
+    try {
+      await Promise.all([load(cursors[cursors.length - 1], true), countAll()]);
+    } catch (e) {
+      if (signal.aborted) return;
+      setText(note, `The dead letters could not be read again (${e.message}); the rows shown may be out of date. Trying again in ${wait / 1000} s.`);
+      note.className = "error";
+      again = setTimeout(() => reread(Math.min(wait * 2, 30000)), wait);
+    }
+  };
+  whenLeft(signal, () => clearTimeout(again));
   whenLeft(signal, onEvent((ev) => {
-    if (ev.type === "resync") return Promise.all([load(cursors[cursors.length - 1], true), countAll()]).catch(() => {});
+    if (ev.type === "resync") return reread(2000);
     liveStatus(body, ev, during);
   }));
 }

@@ -6,6 +6,17 @@
 // the keys looked up here (kept in this tab, and in the URL: `#/signals?key=a&key=b`).
 const LOOKED_UP = "runyard.signal-keys";
 const SIGNAL_LIMIT = 10000; // the API's largest page; a key keeps at most its 10,000 newest
+// The waiting jobs read for their keys: only the members used (`fields`), following `next_cursor`
+// for at most WAIT_PAGES pages of 100; past them the page says it saw the first ones only.
+const WAIT_PAGES = 10;
+
+// The path of a key's records, or null for `.` and `..`: a browser's URL parser removes such a
+// path segment, also percent-encoded (`%2E`), so the page cannot reach them (curl can:
+// `/async/signals/%2E`, which the server decodes).
+function signalPath(key) {
+  return key === "." || key === ".." ? null : `/async/signals/${encodeURIComponent(key)}`;
+}
+const UNREACHABLE = (key) => `The key "${key}" cannot be read or sent from a browser: browsers drop "." and ".." path segments from a URL, even as %2E. Use curl: curl -X POST <server>/async/signals/${key === "." ? "%2E" : "%2E%2E"} (GET to read).`;
 
 // A key's records, page by page (a page ends at about 4 MiB of records; `next_since` goes on):
 // the seq and time of each, and the newest five whole (payloads of the others are not kept).
@@ -14,7 +25,9 @@ async function recordsOf(key) {
   let since = null;
   do {
     const q = `limit=${SIGNAL_LIMIT}${since === null ? "" : `&since=${encodeURIComponent(since)}`}`;
-    const page = await api(`/async/signals/${encodeURIComponent(key)}?${q}`);
+    const path = signalPath(key);
+    if (!path) throw new Error(UNREACHABLE(key));
+    const page = await api(`${path}?${q}`);
     for (const r of page.signals || []) {
       times.push({ seq: r.seq, at: r.at });
       newest.push(r);
@@ -29,11 +42,20 @@ function lookedUp() {
   try { return JSON.parse(sessionStorage.getItem(LOOKED_UP) || "[]"); } catch { return []; }
 }
 
+// An RFC 3339 time as microseconds since the epoch (a Number: exact for any year up to 2255),
+// NaN when it is not one. Date.parse keeps milliseconds only; the server compares microseconds.
+function micros(ts) {
+  const m = /^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$/i.exec(ts || "");
+  if (!m) return NaN;
+  return Date.parse(m[1] + m[3]) * 1000 + Number((m[2] || "").padEnd(6, "0").slice(0, 6));
+}
+
 // How many of a waiting job's records have come: the list API does not read them live (a job's
-// own page does), so they are counted here from the key's records, as the server counts them.
+// own page does), so they are counted here from the key's records, as the server counts them
+// (a record at or after the item's `since`, to the microsecond).
 function seenOf(recs, item) {
-  const since = item.since ? Date.parse(item.since) : -Infinity;
-  return Math.min(item.needed, recs.filter((r) => Date.parse(r.at) >= since).length);
+  const since = item.since ? micros(item.since) : -Infinity;
+  return Math.min(item.needed, recs.filter((r) => micros(r.at) >= since).length);
 }
 
 async function signalsPage(params, signal) {
@@ -48,30 +70,41 @@ async function signalsPage(params, signal) {
     } },
     h("label", {}, "Signal key ", h("input", { name: "key", id: "signal-key", required: true, placeholder: "e.g. src.orders" })),
     h("button", { type: "submit" }, "Look up"));
-  const send = auth.can("signals:write") ? h("form", { class: "filters", id: "signal-send", onsubmit: async (ev) => {
-      ev.preventDefault();
+  const send = auth.can("signals:write") ? h("form", { class: "filters", id: "signal-send", onsubmit: once(async (ev) => {
       const key = ev.target.key.value.trim();
       let payload;
       try { payload = ev.target.payload.value.trim() ? parseJson(ev.target.payload.value) : undefined; } catch { return toast("The payload must be JSON."); }
+      const path = signalPath(key);
+      if (!path) return toast(UNREACHABLE(key));
       try {
-        const r = await api(`/async/signals/${encodeURIComponent(key)}`, { method: "POST", body: payload === undefined ? {} : { payload } });
+        const r = await api(path, { method: "POST", body: payload === undefined ? {} : { payload } });
         toast(`Signal ${r.key} #${r.seq} written.`);
+        if (auth.readless) return; // nothing to show: the page cannot read it
         if (!remembered.includes(key)) location.hash = `#/signals?${new URLSearchParams([...asked.map((k) => ["key", k]), ["key", key]])}`;
         else load();
       } catch (e) { toast(`Signal refused: ${e.message}`); }
-    } },
+    }) },
     h("label", {}, "Send signal ", h("input", { name: "key", id: "send-key", required: true, placeholder: "key" })),
     h("label", {}, "payload ", h("input", { name: "payload", id: "send-payload", placeholder: "JSON (optional)" })),
     h("button", { type: "submit" }, "Send")) : "";
+  if (auth.readless) {
+    main.replaceChildren(h("h1", {}, "Signals"),
+      h("p", { class: "muted", id: "signals-readless" }, `This sign-in may not read jobs or signals (no jobs:read): no key is listed.${send ? " It may send a signal." : ""}`),
+      send);
+    return;
+  }
+  const cut = h("p", { class: "muted", id: "waiting-cut" });
   main.replaceChildren(h("h1", {}, "Signals"),
     h("p", { class: "muted" }, "Every key with records, the keys waiting jobs wait for, and the keys you look up."),
-    form, send, list);
+    form, send, cut, list);
 
   let waitingIds = new Set(); // the waiting jobs shown
   async function load() {
     const [waiting, listed] = await Promise.all([
-      api("/async/jobs?status=WAITING&limit=100"),
+      listJobs({ status: "WAITING", fields: "id,type,wait" }, 100 * WAIT_PAGES, WAIT_PAGES),
       api("/async/signals?limit=1000").catch(() => ({ keys: [] }))]);
+    setText(cut, waiting.more ? `The keys waited for are those of the first ${waiting.jobs.length} waiting jobs; there may be more.` : "");
+    const counted = new Map((listed.keys || []).map((k) => [k.key, k]));
     waitingIds = new Set(waiting.jobs.map((j) => j.id));
     const waitersByKey = new Map();
     for (const j of waiting.jobs) for (const it of (j.wait && j.wait.items) || []) {
@@ -87,10 +120,13 @@ async function signalsPage(params, signal) {
     const cards = await Promise.all(keys.map(async (key) => {
       let recs = [], newest = [], err = null;
       try { ({ times: recs, newest } = await recordsOf(key)); } catch (e) { err = e.message; }
+      // A key the page cannot read (`.`, `..`): what the listing says of it.
+      const known = signalPath(key) ? null : counted.get(key);
       const latestFirst = newest.slice().reverse();
       const waiters = waitersByKey.get(key) || [];
       return h("section", { class: "card", "data-signal": key, "aria-label": `signal ${key}` },
         h("h2", { class: "mono" }, key),
+        known ? h("p", { class: "muted" }, `${known.count} record${known.count === 1 ? "" : "s"} kept; latest ${when(known.latest)} (${ago(known.latest)}).`) : "",
         err ? h("p", { class: "error" }, err) : h("p", { class: "muted" },
           recs.length ? `${recs.length}${recs.length >= SIGNAL_LIMIT ? "+" : ""} record${recs.length === 1 ? "" : "s"} kept; latest ${when(recs[recs.length - 1].at)} (${ago(recs[recs.length - 1].at)}).` : "No record kept."),
         latestFirst.length ? h("table", { class: "records" },
