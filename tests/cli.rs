@@ -1341,6 +1341,45 @@ fn sighup_drains_serve_as_sigterm_does_and_the_demo_dir_is_removed() {
     assert!(left.is_empty(), "the demo dir is removed: {left:?}");
 }
 
+/// `serve --demo` as root beside a local runner isolated by `user`: the demo's own local runners
+/// run their jobs as root, so the warning of docs/security.md is given (probe s50 F6: the demo's
+/// runners were added after the check, which saw the isolated runner alone and said nothing).
+#[test]
+fn serve_demo_as_root_beside_an_isolated_runner_warns_of_root_jobs() {
+    // Safety: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: not root (the warning is about a root server)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("runyard.toml");
+    std::fs::write(
+        &cfg,
+        "[[runners]]\nkind = \"local\"\ntypes = [\"iso.*\"]\ncommand = [\"/bin/true\"]\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--demo", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_status(&format!("http://127.0.0.1:{port}/health"), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("runs its jobs as root") && text.contains("demo"),
+        "{text}"
+    );
+}
+
 #[test]
 fn serve_started_with_sighup_ignored_keeps_ignoring_it() {
     // `nohup runyard serve`: a closed terminal does not stop it. An ignored signal is dropped

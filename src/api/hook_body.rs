@@ -82,10 +82,16 @@ impl std::fmt::Display for Unknown {
 }
 
 /// A field name as a message or note shows it: its control characters escaped (a name is the
-/// caller's text: no line break into the log, no look of runyard's own notes), at most 100
-/// bytes (cut at a character boundary).
+/// caller's text: no line break into the log, no look of runyard's own notes), a backtick as
+/// \`, at most 100 bytes (cut at a character boundary).
 fn short(k: &str) -> String {
+    // A backtick in a name would end its quoting early: shown as \`.
     let k = crate::logging::visible(k);
+    let k = if k.contains('`') {
+        std::borrow::Cow::Owned(k.replace('`', "\\`"))
+    } else {
+        k
+    };
     if k.len() <= 100 {
         return k.into_owned();
     }
@@ -102,14 +108,20 @@ pub fn refuse_unknown(unknown: &[Unknown], what: &str, fields: &[&str]) -> ApiRe
     if unknown.is_empty() {
         return Ok(());
     }
+    // Named up to MAX_NOTES, as the v1 notes are: a body of 100,000 unknown fields does not
+    // make an answer of as many names.
+    let mut named = unknown
+        .iter()
+        .take(MAX_NOTES)
+        .map(Unknown::to_string)
+        .collect::<Vec<_>>();
+    if unknown.len() > MAX_NOTES {
+        named.push(format!("and {} more", unknown.len() - MAX_NOTES));
+    }
     Err(ApiError::invalid_request(format!(
         "unknown field{} {} in the {what}: its fields are {}",
         if unknown.len() == 1 { "" } else { "s" },
-        unknown
-            .iter()
-            .map(Unknown::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
+        named.join(", "),
         fields
             .iter()
             .map(|f| format!("`{f}`"))
@@ -227,5 +239,27 @@ mod tests {
         let long = "é".repeat(80);
         let shown = super::short(&long);
         assert!(shown.ends_with("...") && shown.len() <= 103, "{shown}");
+        assert_eq!(super::short("a` or `b"), "a\\` or \\`b");
+    }
+
+    /// A v2 body with many unknown fields is refused naming the first 20 and how many more
+    /// (probe s50 F9: 104,001 of them made an 866 KB answer).
+    #[test]
+    fn a_refusal_names_at_most_twenty_unknown_fields() {
+        let body: serde_json::Map<String, serde_json::Value> = (0..1000)
+            .map(|i| (format!("f{i:04}"), serde_json::Value::Null))
+            .collect();
+        let bytes = serde_json::to_vec(&body).expect("json");
+        let fields = runyard_hooks::wire::StatusReport::FIELDS;
+        let unknown = super::unknown_fields(&bytes, &fields, super::meant).expect("an object");
+        assert_eq!(unknown.len(), 1000);
+        let e = super::refuse_unknown(&unknown, "report", &fields).expect_err("refused");
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("`f0019`") && !text.contains("`f0020`"),
+            "{text}"
+        );
+        assert!(text.contains("and 980 more"), "{text}");
+        assert!(text.len() < 2000, "{} bytes", text.len());
     }
 }

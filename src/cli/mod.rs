@@ -139,9 +139,6 @@ impl ServeArgs {
             },
         )?;
         crate::security::warn_if_config_readable(&path);
-        if !self.no_worker && config.worker.enabled {
-            crate::security::warn_if_root_jobs_beside_isolated(&runner_isolation(&config));
-        }
         Ok(config)
     }
 }
@@ -336,6 +333,10 @@ fn server_config(command: &Cmd) -> Option<Result<Config, crate::config::ConfigEr
                     if a.data_dir.is_none() {
                         c.data_dir = crate::demo::temp_data_dir();
                     }
+                }
+                // With the demo's runners, which are the config's as much as any.
+                if !a.no_worker && c.worker.enabled {
+                    crate::security::warn_if_root_jobs_beside_isolated(&runner_isolation(&c));
                 }
                 Ok(c)
             },

@@ -13,7 +13,8 @@ use super::RedisStore;
 use crate::store::replay::{ReplayError, ReplayMemory};
 
 /// Deletes the key when it holds this acceptance's nonce (a refused request's own write).
-const FORGET: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+const FORGET: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// How long the take-back of a failed acceptance may wait.
 const FORGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
