@@ -568,8 +568,8 @@ async function jobPage(id, signal) {
     const last = (j.runs || [])[(j.runs || []).length - 1];
     const decided = !!(last && last.attempt === j.attempt && !last.ended_at && last.reported);
     actions.replaceChildren(
-      auth.can("jobs:cancel") && !TERMINAL.has(j.status) && !decided ? h("button", { id: "cancel", class: "danger", onclick: once(() => act("cancel")) }, "Cancel") : "",
-      auth.can("jobs:submit") && ["ERROR", "TIMEOUT", "CANCELLED"].includes(j.status) ? h("button", { id: "retry", onclick: once(() => act("retry")) }, "Retry") : "",
+      auth.can("jobs:cancel") && !TERMINAL.has(j.status) && !decided ? h("button", { id: "cancel", class: "danger", disabled: !!acting, onclick: once(() => act("cancel")) }, "Cancel") : "",
+      auth.can("jobs:submit") && ["ERROR", "TIMEOUT", "CANCELLED"].includes(j.status) ? h("button", { id: "retry", disabled: !!acting, onclick: once(() => act("retry")) }, "Retry") : "",
       h("button", { onclick: () => copy(submitCommand(j)) }, "Copy as runyard submit"),
       h("button", { onclick: () => copy(curlCommand(j)) }, "Copy as curl"));
     const files = Object.entries(j.files || {}).flatMap(([prop, list]) => list.map((f, i) =>
@@ -596,8 +596,14 @@ async function jobPage(id, signal) {
         r.outcome ? ` → ${typeof r.outcome === "string" ? r.outcome : jsonText(r.outcome)}` : "")),
       TERMINAL.has(j.status) ? h("li", {}, `${when(j.finished_at)}: ${j.status}${j.exit_code !== null && j.exit_code !== undefined ? ` (exit ${j.exit_code})` : ""}`) : "");
   }
+  // The action on its way: a re-render meanwhile (an event, the poll) draws its buttons disabled
+  // too, so a double click across a re-render sends it once.
+  let acting = null;
   async function act(verb) {
-    try { j = await api(`/async/jobs/${j.id}/${verb}`, { method: "POST" }); render(); toast(`${verb}: ${j.status}`); } catch (e) { toast(`${verb} refused: ${e.message}`); }
+    acting = verb;
+    try {
+      j = await api(`/async/jobs/${j.id}/${verb}`, { method: "POST" }); acting = null; render(); toast(`${verb}: ${j.status}`);
+    } catch (e) { toast(`${verb} refused: ${e.message}`); } finally { if (acting) { acting = null; render(); } }
   }
   async function refresh() {
     j = await api(`/async/jobs/${j.id}`);

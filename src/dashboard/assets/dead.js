@@ -125,12 +125,14 @@ async function deadLetters(params, signal) {
   let again = null;
   const reread = async (wait) => {
     clearTimeout(again); again = null;
+    if (signal.aborted) return;
     try {
       await Promise.all([load(cursors[cursors.length - 1], true), countAll()]);
     } catch (e) {
       if (signal.aborted) return;
       setText(note, `The dead letters could not be read again (${e.message}); the rows shown may be out of date. Trying again in ${wait / 1000} s.`);
       note.className = "error";
+      clearTimeout(again); // two re-reads that failed together leave one timer
       again = setTimeout(() => reread(Math.min(wait * 2, 30000)), wait);
     }
   };
