@@ -21,6 +21,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod client;
+pub mod error_text;
 pub mod replay;
 pub mod secret;
 pub mod sign;

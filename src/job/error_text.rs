@@ -5,44 +5,8 @@
 //! whole three times. An error is stored cut to [`MAX_ERROR_BYTES`] (as a log line is cut at
 //! 16 KiB), and logged cut further to [`MAX_LOGGED_ERROR_BYTES`].
 
-use std::borrow::Cow;
-
-/// The most bytes of a job's stored error, the note of the cut included.
-pub const MAX_ERROR_BYTES: usize = 16 * 1024;
-/// The most bytes of a job's error in a server log line, the note of the cut included.
-pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
-
-const CUT_START: &str = "… [runyard: cut, ";
-const CUT_END: &str = " bytes in all]";
-
-/// `text` if it holds at most `max` bytes, else its beginning, cut at a character boundary,
-/// followed by a note of how long it was: `… [runyard: cut, 899999 bytes in all]`, at most
-/// `max` bytes in all. A text cut before (at most [`MAX_ERROR_BYTES`], as stored) keeps its
-/// note's length, so cutting again (shorter, or the same) says how long the original was and
-/// never adds a second note; a note in a longer text is not trusted (the job may have written it).
-pub fn cut_error(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    // Only a text no longer than a stored error can carry a note this cap made: a longer one
-    // is the job's own text, whose note may be forged.
-    let made_here = text.len() <= MAX_ERROR_BYTES;
-    let total = cut_length(text).filter(|_| made_here).unwrap_or(text.len());
-    let note = format!("{CUT_START}{total}{CUT_END}");
-    let mut end = max.saturating_sub(note.len()).min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}{note}", &text[..end]))
-}
-
-/// [`cut_error`] to [`MAX_ERROR_BYTES`], for an error about to be stored.
-fn capped_error(text: String) -> String {
-    match cut_error(&text, MAX_ERROR_BYTES) {
-        Cow::Borrowed(_) => text,
-        Cow::Owned(cut) => cut,
-    }
-}
+use runyard_hooks::error_text::capped_error;
+pub use runyard_hooks::error_text::{cut_error, MAX_ERROR_BYTES, MAX_LOGGED_ERROR_BYTES};
 
 /// Cuts every error `job` keeps to [`MAX_ERROR_BYTES`]: its `error`, and each attempt's
 /// `error`, `time_limit` and reported message. Called by `transition::apply` after every
@@ -66,13 +30,6 @@ pub fn cap_job_errors(job: &mut super::Job) {
             cap(message)
         }
     }
-}
-
-/// The length a cut text's note gives for its original.
-fn cut_length(text: &str) -> Option<usize> {
-    let body = text.strip_suffix(CUT_END)?;
-    let at = body.rfind(CUT_START)?;
-    body[at + CUT_START.len()..].parse().ok()
 }
 
 #[cfg(test)]

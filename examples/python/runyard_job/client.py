@@ -34,7 +34,7 @@ from .client_retry import (
     taken_before,
     worth_waiting_for,
 )
-from .errors import BadPayload, HookError, IntegrityError, JobClientError, LogLinesLost, MissingEnvironment
+from .errors import BadPayload, HookError, IntegrityError, JobClientError, LogLinesLost, MissingEnvironment, cut_error
 from .signing import SIGNATURES, job_headers, new_nonce
 
 REQUIRED_ENV = ("JOB_ID", "JOB_SECRET_KEY", "JOB_HOOK")
@@ -323,7 +323,7 @@ class JobClient:
             ("progress", progress),
             ("statusDetails", details),
             ("results", results),
-            ("errorMessage", error),
+            ("errorMessage", None if error is None else cut_error(error)),
             ("retry", retry),
         )
         body = {key: value for key, value in fields if value is not None}

@@ -113,3 +113,21 @@ def redact(text: str, secret: Optional[str]) -> str:
     if secret and text:
         return text.replace(secret, "***")
     return text
+
+
+#: The most bytes of a job's stored error, the note of the cut included (the server's
+#: ``MAX_ERROR_BYTES``): a longer ``errorMessage`` is sent cut as the server would store it.
+MAX_ERROR_BYTES = 16 * 1024
+
+
+def cut_error(text: str) -> str:
+    """``text`` if it holds at most ``MAX_ERROR_BYTES`` bytes (UTF-8), else its beginning, cut at a
+    character boundary, and ``… [runyard: cut, N bytes in all]``, as the server stores it. Sent
+    whole, a message over the hook's body limit is refused (413) and the job's error lost."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_ERROR_BYTES:
+        return text
+    note = f"… [runyard: cut, {len(data)} bytes in all]"
+    keep = data[: MAX_ERROR_BYTES - len(note.encode("utf-8"))]
+    return keep.decode("utf-8", "ignore") + note
+

@@ -560,3 +560,14 @@ def test_timestamps_never_repeat_across_threads(client):
     finally:
         sys.setswitchinterval(switch)
     assert len(seen) == 16000 and len(set(seen)) == 16000
+
+
+def test_a_long_error_is_sent_cut_as_the_server_stores_it(stub):
+    # Probe s50 F7: fail() with 1.2 MB of text was refused 413 whole and the job's error lost.
+    with JobClient(stub.job_id, stub.secret, stub.hook, retries=1, timeout=5) as c:
+        c.fail("€" * 400000)
+    sent = stub.reports[-1]["errorMessage"]
+    assert len(sent.encode()) <= 16 * 1024
+    assert sent.endswith("… [runyard: cut, 1200000 bytes in all]")
+    assert sent.startswith("€" * 5000)
+

@@ -395,11 +395,14 @@ impl JobClient {
 
     /// Reports `status: ERROR` with an error message. Once the process has ended, the job is
     /// retried with backoff while it has attempts left (use [`JobClient::error_no_retry`] for a
-    /// failure that another attempt cannot fix).
+    /// failure that another attempt cannot fix). A message over 16 KiB is sent cut, as the
+    /// server would store it.
     pub async fn error(&self, message: impl Into<String>) -> Result<Value, ClientError> {
         self.status(&StatusReport {
             status: Some("ERROR".to_owned()),
-            error_message: Some(message.into()),
+            // As the server would store it: sent whole, a long one could pass the hook's body
+            // limit, and the report refused (413) would lose the job's error with it.
+            error_message: Some(crate::error_text::capped_error(message.into())),
             ..StatusReport::default()
         })
         .await
@@ -411,7 +414,9 @@ impl JobClient {
     pub async fn error_no_retry(&self, message: impl Into<String>) -> Result<Value, ClientError> {
         self.status(&StatusReport {
             status: Some("ERROR".to_owned()),
-            error_message: Some(message.into()),
+            // As the server would store it: sent whole, a long one could pass the hook's body
+            // limit, and the report refused (413) would lose the job's error with it.
+            error_message: Some(crate::error_text::capped_error(message.into())),
             retry: Some(false),
             ..StatusReport::default()
         })

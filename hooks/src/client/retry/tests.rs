@@ -200,6 +200,25 @@ async fn a_resend_refused_replay_unavailable_is_sent_again_as_it_was() {
     assert_eq!(got[0].0, got[1].0, "the same signature");
 }
 
+/// An error message longer than the server stores is sent cut as it would store it, its length
+/// noted (probe s50 F7: a 1.1 MB one was refused 413 whole, the job's error lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_error_is_sent_cut_as_the_server_stores_it() {
+    let (hook, got) = fake_hook(|_| TAKEN).await;
+    client(&hook)
+        .error("€".repeat(400_000))
+        .await
+        .expect("taken");
+    let got = got.lock().unwrap();
+    let sent = got[0].1["errorMessage"].as_str().expect("errorMessage");
+    assert!(sent.len() <= 16 * 1024, "{} bytes", sent.len());
+    assert!(
+        sent.ends_with("… [runyard: cut, 1200000 bytes in all]"),
+        "{}",
+        &sent[sent.len() - 60..]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_window_is_bounded_and_other_calls_go_once() {
     let (hook, got) = fake_hook(|_| Some((503, ""))).await;
