@@ -55,38 +55,88 @@ fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
     }
 }
 
-/// Checks `value` against a (small subset of JSON Schema) `schema`: `type`, `required`,
-/// `properties`, `$ref`; enough for the error shape.
+/// Checks `value` against a (small subset of JSON Schema) `schema`: `type` (one or a list),
+/// `enum`, `required`, `properties`, `additionalProperties: false`, `items`, `anyOf`, `oneOf`,
+/// `$ref`; enough for the error shape and the pages of jobs.
 fn check_against(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Err(e) = conforms(doc, schema, value, at) {
+        panic!("{e}");
+    }
+}
+
+/// [`check_against`] as a result: why `value` does not match `schema`.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     let schema = resolve(doc, schema);
-    if let Some(t) = schema.get("type").and_then(Value::as_str) {
-        let ok = match t {
-            "object" => value.is_object(),
-            "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64(),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
-            "array" => value.is_array(),
-            _ => true,
-        };
-        assert!(ok, "{at}: {value} is not of type {t}");
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let of_type = |t: &str| match t {
+        "object" => value.is_object(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        _ => true,
+    };
+    if !types.is_empty() && !types.iter().any(|t| of_type(t)) {
+        return Err(format!("{at}: {value} is not of type {}", schema["type"]));
+    }
+    if let Some(values) = schema["enum"].as_array() {
+        if !values.contains(value) {
+            return Err(format!("{at}: {value} is not one of {}", schema["enum"]));
+        }
+    }
+    if let Some(alts) = schema["anyOf"].as_array() {
+        let why: Vec<String> = alts
+            .iter()
+            .filter_map(|s| conforms(doc, s, value, at).err())
+            .collect();
+        if why.len() == alts.len() {
+            return Err(format!("{at}: matches none of anyOf: {why:?}"));
+        }
+    }
+    if let Some(alts) = schema["oneOf"].as_array() {
+        let matched = alts
+            .iter()
+            .filter(|s| conforms(doc, s, value, at).is_ok())
+            .count();
+        if matched != 1 {
+            return Err(format!("{at}: {value} matches {matched} of oneOf, not 1"));
+        }
+    }
+    if !value.is_object() {
+        if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
+            for (i, v) in list.iter().enumerate() {
+                conforms(doc, items, v, &format!("{at}[{i}]"))?;
+            }
+        }
+        return Ok(());
     }
     for r in schema["required"].as_array().into_iter().flatten() {
         let k = r.as_str().expect("required name");
-        assert!(value.get(k).is_some(), "{at}: `{k}` missing in {value}");
+        if value.get(k).is_none() {
+            return Err(format!("{at}: `{k}` missing in {value}"));
+        }
     }
     if let Some(props) = schema["properties"].as_object() {
         for (k, s) in props {
             if let Some(v) = value.get(k) {
-                check_against(doc, s, v, &format!("{at}.{k}"));
+                conforms(doc, s, v, &format!("{at}.{k}"))?;
             }
         }
         if schema["additionalProperties"] == json!(false) {
             for k in value.as_object().expect("object").keys() {
-                assert!(props.contains_key(k), "{at}: `{k}` is not in the schema");
+                if !props.contains_key(k) {
+                    return Err(format!("{at}: `{k}` is not in the schema"));
+                }
             }
         }
     }
+    Ok(())
 }
 
 /// The documented answer of `method path` for `status`: its description.
@@ -225,6 +275,39 @@ async fn the_document_lists_exactly_the_routed_operations() {
         said.contains("max_attempts") && said.contains("400 bad_query"),
         "{fields}"
     );
+}
+
+/// Review of `GET /async/jobs?fields=`: the items of `JobPage.jobs` were `JobView`, whose members
+/// are required, so a lean job (`fields=type`) broke the documented 200 and a typed client
+/// refused it. A real page with `fields`, and one of whole jobs, both match the document.
+#[tokio::test]
+async fn a_page_with_fields_matches_the_documented_answer() {
+    let ts = TestServer::start(RUNNERS).await;
+    let (_, doc) = ts.get("/openapi.json").await;
+    for i in 0..3 {
+        ts.submit_ok(json!({"type": "runyard.noop", "args": {"i": i}}))
+            .await;
+    }
+    let schema = documented_answer(&doc, "GET", "/async/jobs", 200)["content"]["application/json"]
+        ["schema"]
+        .clone();
+    for (query, jobs) in [
+        ("", 3),
+        ("?fields=type", 3),
+        ("?fields=status,args", 3),
+        ("?fields=id", 3),
+        ("?fields=worker,emits,wait&limit=2", 2),
+    ] {
+        let (st, page) = ts.get(&format!("/async/jobs{query}")).await;
+        assert_eq!(st, StatusCode::OK, "{query}: {page}");
+        assert_eq!(page["jobs"].as_array().map(Vec::len), Some(jobs), "{page}");
+        check_against(&doc, &schema, &page, &format!("GET /async/jobs{query}"));
+    }
+    // A lean job is still checked: a member of the wrong type does not match.
+    let lean = json!({"jobs": [{"id": "6d1a6a2e-9d1f-4b43-8f0e-2d7a1c1f1e01", "type": 5}], "next_cursor": null});
+    assert!(conforms(&doc, &schema, &lean, "lean").is_err());
+    let no_id = json!({"jobs": [{"type": "runyard.noop"}], "next_cursor": null});
+    assert!(conforms(&doc, &schema, &no_id, "no id").is_err());
 }
 
 /// Review of the hook API: the report's schema named `status_details` and `error_message`, the

@@ -97,8 +97,10 @@ pub async fn jobs(
             .iter()
             .filter(|j| grant.sees(&j.job_type, Some(&j.channel_id)))
         {
+            // With `fields`, the members not asked for are not built (a job's args, result and
+            // runs may each be a megabyte).
             let shown = match fields {
-                Some(f) => f.pick(j.to_public()),
+                Some(f) => f.pick(j),
                 None => j.to_public(),
             };
             if !page.push(&shown)? {

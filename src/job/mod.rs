@@ -5,6 +5,7 @@ mod file_ref;
 mod fire_time;
 mod new;
 pub mod notify_spec;
+mod public;
 pub mod select;
 pub mod status;
 pub mod transition;
@@ -14,7 +15,7 @@ pub mod wait;
 mod proptests;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 pub use error_text::{cut_error, MAX_ERROR_BYTES, MAX_LOGGED_ERROR_BYTES};
@@ -374,124 +375,6 @@ impl Job {
     /// The relative URL of the job's result.
     pub fn result_url(&self) -> String {
         format!("/async/jobs/{}/result", self.id)
-    }
-
-    /// The job as the API shows it: no lease token, timestamps as RFC 3339.
-    pub fn to_public(&self) -> Value {
-        // A time RFC 3339 cannot show (a job stored before input was range-checked) never fails
-        // the rendering: it is shown clamped and the job carries a `render_error` naming it.
-        let times = PublicTimes::default();
-        let mut m = Map::new();
-        m.insert("id".into(), json!(self.id));
-        m.insert("type".into(), json!(self.job_type));
-        m.insert("status".into(), json!(self.status));
-        m.insert("args".into(), self.args.clone());
-        m.insert("runner".into(), json!(self.runner));
-        m.insert("channel_id".into(), json!(self.channel_id));
-        m.insert("user_id".into(), json!(self.user_id));
-        m.insert("attempt".into(), json!(self.attempt));
-        m.insert("max_attempts".into(), json!(self.max_attempts));
-        m.insert("timeout_ms".into(), json!(self.timeout_ms));
-        m.insert("progress".into(), json!(self.progress));
-        m.insert("status_details".into(), json!(self.status_details));
-        m.insert("result".into(), json!(self.result));
-        m.insert("error".into(), json!(self.error));
-        m.insert("exit_code".into(), json!(self.exit_code));
-        m.insert("idempotency_key".into(), json!(self.idempotency_key));
-        m.insert(
-            "worker".into(),
-            json!(self.lease.as_ref().map(|l| l.worker.clone())),
-        );
-        m.insert(
-            "handle".into(),
-            json!(self
-                .handle
-                .as_ref()
-                .map(|h| json!({"kind": h.kind, "id": h.id}))),
-        );
-        self.public_runs_and_times(&mut m, &times);
-        m.insert("result_url".into(), json!(self.result_url()));
-        self.public_extras(&mut m);
-        let bad = times.bad.into_inner();
-        if !bad.is_empty() {
-            let msg = bad.join("; ");
-            tracing::warn!(job_id = %self.id, problem = %msg, "job has times that cannot be shown");
-            m.insert("render_error".into(), json!(msg));
-        }
-        Value::Object(m)
-    }
-
-    /// `to_public`'s runs, files and times.
-    fn public_runs_and_times(&self, m: &mut Map<String, Value>, t: &PublicTimes) {
-        let runs: Vec<Value> = self
-            .runs
-            .iter()
-            .map(|r| {
-                json!({"attempt": r.attempt, "worker": r.worker, "claimed_at": t.one("runs.claimed_at", r.claimed_at),
-                   "started_at": t.ts("runs.started_at", r.started_at), "ended_at": t.ts("runs.ended_at", r.ended_at), "outcome": r.outcome,
-                   "reported": r.decided().as_ref().map(Reported::status), "error": r.error})
-            })
-            .collect();
-        m.insert("runs".into(), Value::Array(runs));
-        m.insert("files".into(), json!(self.files));
-        m.insert("run_at".into(), json!(t.ts("run_at", self.run_at)));
-        m.insert(
-            "created_at".into(),
-            json!(t.one("created_at", self.created_at)),
-        );
-        m.insert(
-            "updated_at".into(),
-            json!(t.one("updated_at", self.updated_at)),
-        );
-        m.insert(
-            "started_at".into(),
-            json!(t.ts("started_at", self.started_at)),
-        );
-        m.insert(
-            "finished_at".into(),
-            json!(t.ts("finished_at", self.finished_at)),
-        );
-    }
-
-    /// `to_public`'s optional parts: signals emitted, webhook, wait, schedule.
-    fn public_extras(&self, m: &mut Map<String, Value>) {
-        if !self.emits.is_empty() {
-            m.insert("emits".into(), json!(self.emits));
-        }
-        if let Some(n) = &self.notify {
-            m.insert("notify".into(), json!(n));
-        }
-        if let Some(w) = &self.wait {
-            m.insert("wait".into(), w.to_public());
-        }
-        if let Some(name) = &self.schedule {
-            m.insert("schedule".into(), json!(name));
-            m.insert(
-                "fire_time".into(),
-                json!(self.fire_time.map(fire_time_text)),
-            );
-        }
-    }
-}
-
-/// Renders `to_public`'s times, remembering those RFC 3339 cannot show.
-#[derive(Default)]
-struct PublicTimes {
-    bad: std::cell::RefCell<Vec<String>>,
-}
-
-impl PublicTimes {
-    fn one(&self, field: &str, us: Micros) -> String {
-        if try_rfc3339(us).is_none() {
-            self.bad.borrow_mut().push(format!(
-                "`{field}` ({us} us since the epoch) is out of range"
-            ));
-        }
-        rfc3339(us)
-    }
-
-    fn ts(&self, field: &str, v: Option<Micros>) -> Option<String> {
-        v.map(|us| self.one(field, us))
     }
 }
 

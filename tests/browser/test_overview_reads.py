@@ -4,13 +4,20 @@
 (whole jobs in pages of at most 4 MiB showed 4 rows and counted 5); the rows of "Latest jobs"
 have no checkbox cell; and progress events (one job reporting progress for 3 s, no status
 change) do not make the overview read its panels again (it read them every 500 ms, whole).
+Review of that fix: `listJobs` follows `next_cursor` (a first page routed to end short with a
+cursor); a slow read of "Latest jobs" cannot put older rows back over a newer read's; the lease
+panel reads at most 2 pages of each status, says when it stopped there, and is read again at most
+every 5 s while status events flow, and after the last one.
 
 On a server of its own: the other tests' jobs would be the latest ones."""
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import time
+import uuid
 
 import pytest
 from playwright.sync_api import expect
@@ -23,7 +30,7 @@ name = "hold"
 kind = "local"
 types = ["hold.*"]
 large_args = "hook"
-concurrency = 12
+concurrency = 13
 command = ["sleep", "600"]
 
 [[runners]]
@@ -33,6 +40,12 @@ types = ["bigresult.*"]
 concurrency = 4
 env = { PYTHONPATH = "@ROOT@/examples/python" }
 command = ["python3", "-c", "from runyard_job import JobClient; JobClient.from_env().result({'big': 'r' * 900000})"]
+
+[[runners]]
+name = "quick"
+kind = "service"
+types = ["quick.*"]
+operation = "runyard.noop"
 
 [[runners]]
 name = "progress"
@@ -111,7 +124,9 @@ def test_progress_events_do_not_re_read_the_overview(large, page):
         while srv.job(job)["progress"] <= 0 and time.time() < deadline:
             time.sleep(0.1)
         assert srv.job(job)["progress"] > 0
-        page.wait_for_timeout(1500)  # a re-read its last status event started is over
+        # The re-reads its last status event started are over (the leases' comes up to 5 s
+        # after the one before it).
+        page.wait_for_timeout(6500)
         mark = srv.call("GET", "/async/activity")[1]["last_event_id"]
         reads = []
         page.on("request", lambda r: reads.append(r.url) if "/async/jobs?" in r.url else None)
@@ -129,3 +144,128 @@ def test_progress_events_do_not_re_read_the_overview(large, page):
         gate.touch()
         srv.wait(job, {"SUCCESS"})
         gate.unlink(missing_ok=True)
+
+
+LATEST = re.compile(r"/async/jobs\?fields=[^&]*&limit=20$")  # Latest jobs' first page
+
+
+def test_latest_jobs_follows_next_cursor(large, page):
+    """The first page of "Latest jobs" routed to end after 7 jobs with a cursor: the page asks for
+    the rest from that cursor and shows the 20 latest jobs, in order."""
+    srv, _, _ = large
+    _, listed = srv.call("GET", "/async/jobs?limit=20&fields=id")
+    latest = [j["id"] for j in listed["jobs"]]
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/async/jobs?" in r.url else None)
+
+    def short(route):
+        answer = route.fetch()
+        body = answer.json()
+        body["jobs"] = body["jobs"][:7]
+        body["next_cursor"] = body["jobs"][-1]["id"]
+        headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-length"}
+        route.fulfill(status=answer.status, headers=headers, body=json.dumps(body))
+
+    page.route(LATEST, short)
+    open_overview(page, srv)
+    rows = page.locator("#recent tr")
+    expect(rows).to_have_count(20, timeout=15000)
+    assert rows.evaluate_all("rs => rs.map((r) => r.dataset.job)") == latest
+    follow = [u for u in asked if f"cursor={latest[6]}" in u]
+    assert len(follow) == 1 and "limit=13" in follow[0], asked
+
+
+def test_a_slow_read_of_latest_jobs_does_not_put_older_rows_back(large, page):
+    """A re-read of "Latest jobs" held (its answer taken from the server when asked, given to the
+    page later) while the job on top goes on to SUCCESS: the page reads again once it has that
+    answer, and shows SUCCESS. Before, the reads after it came in first and the held one, older,
+    was drawn last: the row stayed at the status it had then."""
+    srv, _, _ = large
+    open_overview(page, srv)
+    expect(page.locator("#live")).to_have_text("live", timeout=15000)
+    held = []
+
+    def hold(route):
+        if held:
+            return route.continue_()
+        held.append((route, route.fetch()))
+
+    page.route(LATEST, hold)
+    job = srv.submit({"type": "progress.steps"})
+    gate = pathlib.Path(f"/tmp/runyard-gate-{job}")
+    try:
+        srv.wait(job, {"RUNNING"})
+        deadline = time.time() + 15
+        while not held and time.time() < deadline:
+            page.wait_for_timeout(100)
+        assert held, "no re-read of the latest jobs after the job's status events"
+        gate.touch()
+        srv.wait(job, {"SUCCESS"})
+        page.wait_for_timeout(1500)  # the status event is in; reads that do not wait are done
+        route, answer = held[0]
+        route.fulfill(response=answer)
+        page.wait_for_timeout(1500)  # the held answer is drawn
+        top = page.locator("#recent tr").first
+        expect(top).to_have_attribute("data-job", job, timeout=10000)
+        expect(top.locator("[data-status]")).to_have_text("SUCCESS", timeout=10000)
+    finally:
+        gate.touch()
+        srv.wait(job, {"SUCCESS"})
+        gate.unlink(missing_ok=True)
+
+
+def test_the_leases_panel_reads_two_pages_of_each_status_and_says_so(large, page):
+    """Lease listings routed to pages of 100 that always go on: the panel reads 2 pages of each
+    status, not more, and says it counted the first 200 of each."""
+    srv, _, _ = large
+    reads = []
+
+    def endless(route):
+        url = route.request.url
+        reads.append(url)
+        jobs = [{"id": str(uuid.uuid4()), "type": "hold.lease", "worker": "w-fake"} for _ in range(100)]
+        route.fulfill(status=200, content_type="application/json",
+                      body=json.dumps({"jobs": jobs, "next_cursor": jobs[-1]["id"]}))
+
+    page.route(re.compile(r"/async/jobs\?status=(STARTING|RUNNING)&fields="), endless)
+    open_overview(page, srv)
+    cut = page.locator("#leases-cut")
+    expect(cut).to_have_text("Counted from the first 200 starting and 200 running jobs; there may be more.", timeout=15000)
+    expect(page.locator('#leases tr[data-worker="w-fake"] td').nth(1)).to_have_text("400")
+    page.wait_for_timeout(1000)
+    for st in ("STARTING", "RUNNING"):
+        mine = [u for u in reads if f"status={st}&" in u]
+        rounds = [u for u in mine if "cursor=" not in u]
+        # Each round (one, unless an event came) reads its first page and one more.
+        assert rounds and len(mine) == 2 * len(rounds), reads
+
+
+def test_the_leases_panel_is_read_at_most_every_5_s_and_after_the_last_event(large, page):
+    """Status events for 6 s (a quick job submitted every 0.4 s): the lease panel is read at most
+    every 5 s (it was read with every round of the other panels, every 500 ms: 12 times); a job
+    taking a lease after them shows in the panel within a few seconds (the read after the last
+    event)."""
+    srv, held, _ = large
+    worker = srv.job(held[0])["worker"]
+    open_overview(page, srv)
+    expect(page.locator("#live")).to_have_text("live", timeout=15000)
+    row = page.locator(f'#leases tr[data-worker="{worker}"]')
+    expect(row.locator("td").nth(1)).to_have_text("12", timeout=15000)
+    page.wait_for_timeout(6000)  # any read started before now is 5 s old
+    rounds = []
+    page.on("request", lambda r: rounds.append(time.time()) if "status=RUNNING&fields=" in r.url and "cursor=" not in r.url else None)
+    start = time.time()
+    quick = []
+    while time.time() < start + 6:
+        quick.append(srv.submit({"type": "quick.one"}))
+        page.wait_for_timeout(400)  # (the page's requests are seen while Playwright waits)
+    for j in quick:
+        srv.wait(j, {"SUCCESS"})
+    in_window = [round(t - start, 1) for t in rounds if t < start + 6]
+    assert 1 <= len(in_window) <= 2, in_window
+    extra = srv.submit({"type": "hold.lease", "args": {"i": 13}})
+    try:
+        srv.wait(extra, {"RUNNING"}, bound=60)
+        expect(row.locator("td").nth(1)).to_have_text("13", timeout=10000)
+    finally:
+        srv.call("POST", f"/async/jobs/{extra}/cancel")

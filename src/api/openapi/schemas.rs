@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::job::JobStatus;
 
@@ -118,12 +120,61 @@ pub struct JobBrief {
     pub attempt: u32,
 }
 
+/// A job of `GET /async/jobs` with `fields`: the members of [`JobView`], only `id` required
+/// (each job holds the members named, `id`, and `render_error` when it has one).
+pub struct JobFields;
+
+impl PartialSchema for JobFields {
+    fn schema() -> RefOr<Schema> {
+        let mut schema = JobView::schema();
+        if let RefOr::T(Schema::Object(o)) = &mut schema {
+            o.required = vec!["id".into()];
+            o.description = Some(
+                "A job with only the members `fields` named (`GET /async/jobs?fields=`): those \
+                 of `JobView`, `id` always, `render_error` when the job has one."
+                    .into(),
+            );
+        }
+        schema
+    }
+}
+
+impl ToSchema for JobFields {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        <JobView as ToSchema>::schemas(schemas);
+    }
+}
+
+/// An item of [`JobPage`]: a whole job ([`JobView`]) or, with `fields`, a lean one
+/// ([`JobFields`]). `anyOf`, not `oneOf`: a whole job matches both.
+pub struct ListedJob;
+
+impl PartialSchema for ListedJob {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name(JobView::name()))
+            .item(Ref::from_schema_name(JobFields::name()))
+            .description(Some(
+                "A whole job (`JobView`), or with `fields` only the members named (`JobFields`).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ListedJob {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((JobView::name().into(), JobView::schema()));
+        schemas.push((JobFields::name().into(), JobFields::schema()));
+        <JobView as ToSchema>::schemas(schemas);
+    }
+}
+
 /// A page of `GET /async/jobs`.
 #[derive(ToSchema)]
 pub struct JobPage {
-    /// Newest first; with `fields`, each job holds only the members named, `id`, and
-    /// `render_error` when it has one.
-    pub jobs: Vec<JobView>,
+    /// Newest first: whole jobs, or with `fields` each holding only the members named, `id`,
+    /// and `render_error` when it has one.
+    pub jobs: Vec<ListedJob>,
     /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }

@@ -64,6 +64,20 @@ async function listJobs(params, want, pages) {
   return { jobs, more: !!cursor };
 }
 
+// `read` one at a time: a call while one runs asks for one more read when it ends (an answer
+// never lands after a newer one, and a change during a read is read again); at most one waits.
+// `stopped()`: no more reads (the page was left).
+function oneAtATime(read, stopped = () => false) {
+  let busy = false, again = false;
+  return async () => {
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      do { again = false; await read(); } while (again && !stopped());
+    } finally { busy = false; }
+  };
+}
+
 // Asks the server what the token grants; false when a (valid) token is needed first.
 async function loadScopes() {
   try {
@@ -338,17 +352,21 @@ async function overview(signal) {
   await Promise.all([refreshCounts(), refreshRunners(), refreshRecent().catch((e) => toast(e.message)), dead.refresh(), activityReady]);
   if (signal.aborted) return;
   leases.refresh();
+  // Each panel reads one at a time (a slow read must not put older data back after a newer one).
+  const left = () => signal.aborted;
+  const rereads = [refreshCounts, refreshRunners, () => refreshRecent().catch(() => {})].map((f) => oneAtATime(f, left));
   let pending = null;
   const off = onEvent((ev) => {
     if (changesDeadLetters(ev)) dead.later();
     // Only a status event (a job submitted, or one changing status) or a resync can change what
     // the panels show; progress events (a job may send several a second) do not re-read them.
     if (ev.type !== "status" && ev.type !== "resync") return;
-    // Many events can arrive at once: refresh at most every 500 ms.
+    // Many events can arrive at once: refresh at most every 500 ms (the leases at most every
+    // LEASE_EVERY_MS).
     if (pending) return;
-    pending = setTimeout(() => { pending = null; refreshCounts(); refreshRunners(); leases.refresh(); refreshRecent().catch(() => {}); }, 500);
+    pending = setTimeout(() => { pending = null; rereads.forEach((f) => f()); leases.later(); }, 500);
   });
-  whenLeft(signal, () => { off(); clearTimeout(pending); });
+  whenLeft(signal, () => { off(); clearTimeout(pending); leases.stop(); });
 }
 
 function jobRow(j, selectable) {

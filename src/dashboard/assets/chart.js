@@ -183,11 +183,15 @@ function throughputChart() {
 
 // The nodes that hold leases: the workers of STARTING and RUNNING jobs, read with only the
 // members shown (`fields`) and following `next_cursor`, at most LEASE_PAGES pages of 100 of each:
-// past them the panel says how many jobs it counted.
-const LEASE_PAGES = 5;
+// past them the panel says how many jobs it counted. The store still reads whole records (args of
+// up to a megabyte each), so after events the panel is read again at most every LEASE_EVERY_MS,
+// and once after the last event; one read at a time.
+const LEASE_PAGES = 2;
+const LEASE_EVERY_MS = 5000;
 function leaseHolders() {
   const box = h("div", { id: "leases" }, h("p", { class: "muted" }, "loading…"));
-  async function refresh() {
+  let stopped = false, last = 0, timer = null;
+  async function read() {
     try {
       const reads = await Promise.all(["STARTING", "RUNNING"].map((st) =>
         listJobs({ status: st, fields: "id,type,worker" }, 100 * LEASE_PAGES, LEASE_PAGES)));
@@ -210,5 +214,13 @@ function leaseHolders() {
       box.replaceChildren(h("p", { class: "muted" }, `Leases are not available (${e.message}).`));
     }
   }
-  return { el: box, refresh };
+  const once = oneAtATime(read, () => stopped);
+  const refresh = () => { last = Date.now(); return once(); };
+  // After an event: a read LEASE_EVERY_MS after the last one started at the earliest; the events
+  // meanwhile wait for it (it starts after them).
+  const later = () => {
+    if (timer || stopped) return;
+    timer = setTimeout(() => { timer = null; if (!stopped) refresh(); }, Math.max(0, last + LEASE_EVERY_MS - Date.now()));
+  };
+  return { el: box, refresh, later, stop: () => { stopped = true; clearTimeout(timer); } };
 }
