@@ -506,14 +506,16 @@ impl RedisStore {
                     return Ok(v);
                 }
                 // A replica's refusal: a new connection may reach the primary the address names
-                // now (a failover behind it), tried at once; none made since this try (the one
-                // made within the last second answers as a replica too), refused at once as the
-                // others below, rather than waited on for `store.retry`.
+                // now (a failover behind it), tried at once within the deadline (one a second
+                // at most); none made since this try (the one made within the last second
+                // answers as a replica too), refused at once as the others below, rather than
+                // waited on for `store.retry`.
                 Ok(Err(e))
                     if e.kind() == ::redis::ErrorKind::ReadOnly && {
                         self.conn.heal(&e).await;
                         self.conn.settled().await;
                         self.conn.generation() != made
+                            && deadline.is_some_and(|d| Instant::now() < d)
                     } =>
                 {
                     continue
