@@ -278,7 +278,11 @@ impl ApiError {
             return;
         }
         let (code, error) = (self.code, &self.message);
-        if self.status != StatusCode::SERVICE_UNAVAILABLE {
+        // A store that refuses the work (a write refused, a node refusing the store's work) says
+        // so at ERROR once a minute itself: each request that meets it need not.
+        if crate::store::says_refusal(error) {
+            tracing::debug!(code, error = %error, "{what}");
+        } else if self.status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(code, error = %error, "{what}");
         } else if SHED.contains(&code) {
             tracing::warn!(code, error = %error, "{what}");
@@ -362,6 +366,11 @@ impl From<StoreError> for ApiError {
             }
             StoreError::BadInput(m) => ApiError::bad_request("bad_request", m),
             StoreError::Unavailable(m) => ApiError::unavailable("unavailable", m),
+            // Refused before any of it was written (Redis out of memory, unable to persist, a
+            // replica): not a fault of the server, and a retry later may be taken.
+            StoreError::Backend(m) if crate::store::is_write_refusal_said(&m) => {
+                ApiError::unavailable("unavailable", m)
+            }
             StoreError::Backend(m) => ApiError::internal("store_error", m),
         }
     }

@@ -38,9 +38,10 @@ pub async fn ready(store: &dyn Store, draining: &CancellationToken) -> Response 
     match store.health().await {
         Ok(()) => Json(json!({"status": "ok", "store": store.backend_name()})).into_response(),
         Err(e) => {
-            if e.is_node_refusal() {
-                // Said at ERROR once a minute by the check (`store/redis/keycheck.rs`).
-                tracing::debug!(error = %e, "not ready: this node refuses the store's work");
+            if e.is_node_refusal() || e.is_write_refusal() {
+                // Said at ERROR once a minute by the check (`store/redis/keycheck.rs`) or by
+                // the store (a write Redis refused).
+                tracing::debug!(error = %e, "not ready: the store's work is refused");
             } else {
                 tracing::warn!(error = %e, "not ready: the store does not answer");
             }

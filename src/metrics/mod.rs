@@ -489,9 +489,13 @@ impl Metrics {
                 self.store_up.set(i64::from(ready.is_ok()));
             }
             Err(e) => {
-                // Cut by the scrape's bound on a node that refuses the store's work: said by
-                // the key check (ERROR, once a minute), not on every scrape.
-                if ready.as_ref().is_err_and(|r| r.is_node_refusal()) {
+                // Cut by the scrape's bound on a node that refuses the store's work, or failed
+                // for a write Redis refused: said by the key check or the store (ERROR, once a
+                // minute), not on every scrape.
+                if ready
+                    .as_ref()
+                    .is_err_and(|r| r.is_node_refusal() || r.is_write_refusal())
+                {
                     tracing::debug!(error = %e, "metrics: cannot read the job counts");
                 } else {
                     tracing::warn!(error = %e, "metrics: cannot read the job counts");

@@ -44,11 +44,12 @@ fn loud_in(logged: &mut HashMap<String, Instant>, key: &str, now: Instant) -> bo
 
 /// A background loop's failed store call `$e` (a `StoreError`), said at WARN with the rest of
 /// the arguments, but at DEBUG when it is this node's refusal of the store's work
-/// (`StoreError::is_node_refusal`): the key check says that at ERROR once a minute, and every
-/// loop meets it on every try.
+/// (`StoreError::is_node_refusal`) or a write the store refused (`StoreError::is_write_refusal`:
+/// Redis out of memory, unable to persist, a replica): the key check, or the store, says that at
+/// ERROR once a minute, and every loop meets it on every try.
 macro_rules! warn_unless_refused {
     ($e:expr, $($rest:tt)+) => {
-        if $e.is_node_refusal() {
+        if $e.is_node_refusal() || $e.is_write_refusal() {
             tracing::debug!(error = %$e, $($rest)+)
         } else {
             tracing::warn!(error = %$e, $($rest)+)

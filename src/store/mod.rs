@@ -79,6 +79,37 @@ impl StoreError {
     pub fn is_node_refusal(&self) -> bool {
         matches!(self, Self::Unavailable(m) if m.starts_with(NODE_REFUSES))
     }
+
+    /// The `Backend` error of a write the store refused before doing any of it, for a reason of
+    /// its own that lasts until its operator acts (Redis out of memory, unable to persist to
+    /// disk, without the replicas `min-replicas-to-write` asks for, or a read-only replica):
+    /// `why` says which, and that nothing was stored.
+    pub fn writes_refused(why: &str) -> Self {
+        Self::Backend(format!("{WRITES_REFUSED}{why}"))
+    }
+
+    /// Whether this is a write the store refused ([`Self::writes_refused`]): nothing was
+    /// written, the API answers 503, and the store says it at ERROR once a minute, so the loops
+    /// that meet it need not say it again.
+    pub fn is_write_refusal(&self) -> bool {
+        matches!(self, Self::Backend(m) if is_write_refusal_said(m))
+    }
+}
+
+/// Whether a `Backend` error's message `m` is that of a refused write
+/// ([`StoreError::is_write_refusal`]).
+pub fn is_write_refusal_said(m: &str) -> bool {
+    m.starts_with(WRITES_REFUSED)
+}
+
+/// How the `Backend` error of a write the store refused begins ([`StoreError::writes_refused`]).
+const WRITES_REFUSED: &str = "the store refuses writes: ";
+
+/// Whether an error's text `said` is that of a refusal ([`StoreError::is_node_refusal`],
+/// [`StoreError::is_write_refusal`]), wherever it is in it (an answer that carries a store
+/// error in its own words: the replay memory's).
+pub fn says_refusal(said: &str) -> bool {
+    said.contains(WRITES_REFUSED) || said.contains(NODE_REFUSES)
 }
 
 /// `call`'s answer, or `Unavailable` when it has not come within `bound` (the call is dropped:

@@ -177,6 +177,10 @@ pub(super) async fn committer(
                 for p in batch {
                     let e = match &e {
                         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        // A refused write keeps its words (`StoreError::is_write_refusal`).
+                        StoreError::Backend(m) if e.is_write_refusal() => {
+                            StoreError::Backend(m.clone())
+                        }
                         other => StoreError::Backend(other.to_string()),
                     };
                     let _ = p.tx.send(Err(e));

@@ -30,6 +30,8 @@ struct Inner {
     cfg: ConnectionManagerConfig,
     /// When the last new manager was tried: at most one try a second, one at a time.
     renewed: tokio::sync::Mutex<Option<Instant>>,
+    /// How many new managers were put in place ([`SharedConn::generation`]).
+    made: std::sync::atomic::AtomicU64,
 }
 
 /// The shortest time between two tries at a new manager.
@@ -62,6 +64,40 @@ pub(super) fn out_of_memory(e: &RedisError) -> bool {
 
 /// What Redis's refusal for lack of memory says (also in a script's error text).
 pub(super) const OOM_TEXT: &str = "command not allowed when used memory";
+
+/// What a write Redis refused because it cannot persist says (`MISCONF`).
+const MISCONF: &str = "redis cannot persist to disk (`MISCONF`: its last RDB save failed and \
+    `stop-writes-on-bgsave-error` is on; its log says why): the write was refused and nothing of \
+    it was stored";
+
+/// What a write Redis refused for want of replicas says (`NOREPLICAS`).
+const NOREPLICAS: &str = "redis has fewer good replicas than `min-replicas-to-write` asks for \
+    (`NOREPLICAS`): the write was refused and nothing of it was stored";
+
+/// What a write a read-only replica refused says (`READONLY`).
+const READ_ONLY: &str = "redis answered as a read-only replica (`READONLY`), not as the \
+    primary: the write was refused and nothing of it was stored; a new connection is tried at \
+    most once a second (a failover behind the address, or an address that names a replica: \
+    docs/redis.md)";
+
+/// Why Redis refused a write before doing any of it (a script's first write is the one refused,
+/// so nothing of it was written), for a reason that lasts until its operator acts or a failover
+/// ends: out of memory (`OOM`), unable to persist (`MISCONF`), without the replicas
+/// `min-replicas-to-write` asks for (`NOREPLICAS`), a replica (`READONLY`). `None` for any other
+/// error. Redis's own message names a script's hash and line, which say nothing to a client.
+pub(super) fn write_refusal(e: &RedisError) -> Option<&'static str> {
+    if out_of_memory(e) {
+        return Some(OUT_OF_MEMORY);
+    }
+    if e.kind() == ErrorKind::ReadOnly {
+        return Some(READ_ONLY);
+    }
+    match e.code() {
+        Some("MISCONF") => Some(MISCONF),
+        Some("NOREPLICAS") => Some(NOREPLICAS),
+        _ => None,
+    }
+}
 
 /// A TLS handshake that failed (`rediss://`): the server's certificate not signed by a trusted
 /// CA or not naming the URL's host, a server refusing the handshake or answering something
@@ -167,6 +203,7 @@ impl SharedConn {
                 client,
                 cfg,
                 renewed: tokio::sync::Mutex::new(None),
+                made: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -174,6 +211,17 @@ impl SharedConn {
     /// The current manager.
     pub(super) fn get(&self) -> ConnectionManager {
         self.inner.current.read().clone()
+    }
+
+    /// How many new managers were put in place so far: a caller that saw it change since its
+    /// try knows a new connection is there to try on.
+    pub(super) fn generation(&self) -> u64 {
+        self.inner.made.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until no new manager is being made (bounded by [`Self::renew`]'s 3 s).
+    pub(super) async fn settled(&self) {
+        drop(self.inner.renewed.lock().await);
     }
 
     /// After `e`: makes a new manager ([`Self::renew`]) when `e` is one the current cannot
@@ -203,6 +251,9 @@ impl SharedConn {
         match made {
             Ok(Ok(c)) => {
                 *self.inner.current.write() = c;
+                self.inner
+                    .made
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 // Once a minute at most: a node whose address names a replica for good renews
                 // about every second.
                 if crate::store::log_quiet::loud("redis renew", "connection") {

@@ -175,9 +175,6 @@ pub struct RedisStore {
     /// To the notice publisher (bounded by [`RELAY_QUEUE`]).
     relay: mpsc::Sender<Notice>,
     down: AtomicBool,
-    /// Why Redis last refused a write for lack of memory, until a write goes through again
-    /// (`health` tries one): `health` reports it, so `/health/ready` is not ok meanwhile.
-    write_refused: parking_lot::Mutex<Option<String>>,
     /// This process's id on the notice channel (its own notices are not relayed back to it).
     origin: String,
     /// The active jobs this process committed last (a worker's claim -> started -> finish): the
@@ -276,7 +273,6 @@ impl RedisStore {
                 notify,
                 relay,
                 down: AtomicBool::new(false),
-                write_refused: parking_lot::Mutex::new(None),
                 origin,
                 cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
                 commits,
@@ -500,6 +496,7 @@ impl RedisStore {
                     .max(MIN_TRY.min(self.s.command_timeout)),
                 None => self.s.command_timeout,
             };
+            let made = self.conn.generation();
             let r = tokio::time::timeout(per_try, f(self.conn.get())).await;
             let err = match r {
                 Ok(Ok(v)) => {
@@ -508,10 +505,25 @@ impl RedisStore {
                     }
                     return Ok(v);
                 }
-                Ok(Err(e)) if conn::out_of_memory(&e) => {
-                    let said = conn::OUT_OF_MEMORY.to_string();
-                    *self.write_refused.lock() = Some(said.clone());
-                    return Err(StoreError::Backend(said));
+                // A replica's refusal: a new connection may reach the primary the address names
+                // now (a failover behind it), tried at once within the deadline (one a second
+                // at most); none made since this try (the one made within the last second
+                // answers as a replica too), refused at once as the others below, rather than
+                // waited on for `store.retry`.
+                Ok(Err(e))
+                    if e.kind() == ::redis::ErrorKind::ReadOnly && {
+                        self.conn.heal(&e).await;
+                        self.conn.settled().await;
+                        self.conn.generation() != made
+                            && deadline.is_some_and(|d| Instant::now() < d)
+                    } =>
+                {
+                    continue
+                }
+                // Refused before any of it was written (`conn::write_refusal`).
+                Ok(Err(e)) if conn::write_refusal(&e).is_some() => {
+                    let said = conn::write_refusal(&e).unwrap_or_default();
+                    return Err(self.writes_refused(said));
                 }
                 Ok(Err(e)) if !transient(&e) => return Err(StoreError::Backend(e.to_string())),
                 Ok(Err(e)) => {

@@ -8,6 +8,7 @@ use super::claim_back::own_claim;
 use super::commit::Reply;
 use super::write::Write;
 use super::*;
+use crate::store::log_quiet::warn_unless_refused;
 
 impl RedisStore {
     /// The write claiming `job`, taken from its runner's queue (picked by `lua/claim.lua`, or
@@ -197,8 +198,12 @@ impl JobQueue for RedisStore {
                 let ttls = vec![lease_ttl; writes.len()];
                 let back = self.read_back_claims(&writes, &ttls).await;
                 let out: Vec<Job> = back.into_iter().flatten().collect();
-                tracing::warn!(error = %e, taken = out.len(), of = writes.len(),
-                    "a claim's commit failed: read back, the jobs it wrote are taken");
+                warn_unless_refused!(
+                    e,
+                    taken = out.len(),
+                    of = writes.len(),
+                    "a claim's commit failed: read back, the jobs it wrote are taken"
+                );
                 // Nothing taken: the claim failed (the worker's warning and back-off, the
                 // store's error metrics).
                 if out.is_empty() {

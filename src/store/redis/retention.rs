@@ -151,7 +151,7 @@ impl Maintenance for RedisStore {
                     }
                     None => {
                         self.mark(true, "");
-                        return self.write_refused_still().await;
+                        return self.takes_writes().await;
                     }
                 },
                 Ok(Err(e)) => {
@@ -172,12 +172,13 @@ impl Maintenance for RedisStore {
 }
 
 impl RedisStore {
-    /// After Redis refused a write for lack of memory: whether it still does (one small write
-    /// with a TTL tells); `Ok` once it takes writes again.
-    async fn write_refused_still(&self) -> Result<()> {
-        if self.write_refused.lock().is_none() {
-            return Ok(());
-        }
+    /// Whether Redis takes writes (one small write with a TTL tells): `Ok` when it does; the
+    /// refusal when it does not (`conn::write_refusal`:
+    /// out of memory, unable to persist, too few replicas), said as it is now, never a reason
+    /// that is over. Tried by every probe, not only after a refusal was met: a node whose
+    /// loops and requests wrote nothing yet must not say it is ready while Redis refuses
+    /// writes (probe s50: `MISCONF` met by every submit, `/health/ready` 200 for 50 s).
+    async fn takes_writes(&self) -> Result<()> {
         let mut c = self.conn.get();
         let key = self.key(&format!("health:{}", self.origin));
         let r = tokio::time::timeout(
@@ -191,24 +192,14 @@ impl RedisStore {
         )
         .await;
         match r {
-            Ok(Ok(())) => {
-                *self.write_refused.lock() = None;
-                Ok(())
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if super::conn::write_refusal(&e).is_some() => {
+                let said = super::conn::write_refusal(&e).unwrap_or_default();
+                self.conn.heal(&e).await;
+                Err(self.writes_refused(said))
             }
-            Ok(Err(e)) if super::conn::out_of_memory(&e) => Err(StoreError::Unavailable(
-                self.write_refused
-                    .lock()
-                    .clone()
-                    .unwrap_or_else(|| super::conn::OUT_OF_MEMORY.to_string()),
-            )),
-            // Refused for another reason: that one is said, not the lack of memory of before
-            // (a replica's READONLY read as "out of memory"). The memory flag is dropped only
-            // for a refusal that says where the write went (a replica); a lost connection, a
-            // loading Redis say nothing of its memory, and keep it.
+            // Failed for another reason (a lost connection, a loading Redis): said as it is.
             Ok(Err(e)) => {
-                if super::conn::on_replica(&e) {
-                    *self.write_refused.lock() = None;
-                }
                 self.conn.heal(&e).await;
                 Err(StoreError::Unavailable(format!("redis: {e}")))
             }
@@ -216,6 +207,19 @@ impl RedisStore {
                 "redis: no answer to a write within 1s".into(),
             )),
         }
+    }
+
+    /// A write Redis refused (`said`: why, and that nothing was stored, `conn::write_refusal`),
+    /// said at ERROR once a minute per reason (every loop and request meets it: they say it at
+    /// DEBUG, `log_quiet::warn_unless_refused`). `health` tries a write of its own, so
+    /// `/health/ready` is not ok meanwhile.
+    pub(super) fn writes_refused(&self, said: &str) -> StoreError {
+        if crate::store::log_quiet::loud("redis refuses writes", said) {
+            tracing::error!(error = %said, "redis refuses writes");
+        } else {
+            tracing::debug!(error = %said, "redis refuses writes");
+        }
+        StoreError::writes_refused(said)
     }
 
     /// Whether this process should sweep now (at most every [`SWEEP_EVERY`]; a failed sweep
