@@ -2570,3 +2570,241 @@ max_attempts = 1
     assert_eq!(status.code(), Some(4), "{err}");
     assert!(err.contains("404"), "{err}");
 }
+
+/// A server answering every request `status` with `Location: {target}/async/signals/kk` (a TLS
+/// proxy's `return 301 https://...`).
+fn redirect_server(status: &'static str, target: &str) -> String {
+    let headers = format!("location: {target}/async/signals/kk\r\n");
+    raw_server(status, Box::leak(headers.into_boxed_str()), "")
+}
+
+/// Through a redirect the CLI had followed it: `signal --payload` became a GET of the signal
+/// list and printed it with exit 0, nothing written; `submit` said "no job_id" with exit 1 (the
+/// job failed). A redirect is now an error (exit 3) naming where it points and the --server to
+/// give, a password in it masked; nothing is sent to the Location.
+#[test]
+fn a_redirect_is_not_followed_and_names_the_server_to_give() {
+    let list = raw_server(
+        "200 OK",
+        "content-type: application/json\r\n",
+        r#"{"key":"kk","next_since":null,"signals":[]}"#,
+    );
+    let port = list.rsplit(':').next().unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    for status in [
+        "301 Moved Permanently",
+        "302 Found",
+        "307 Temporary Redirect",
+    ] {
+        let url = redirect_server(status, &list);
+        for args in [
+            vec!["signal", "kk", "--payload", "{}"],
+            vec!["submit", "sh.ok"],
+            vec!["status", &id],
+            vec!["cancel", &id],
+            vec!["schedules", "trigger", "nightly"],
+            vec!["files", "get", &id, "inputs"],
+        ] {
+            let o = cli(&url, &args);
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(3), "{status} {args:?}: {e}");
+            assert_eq!(stdout(&o), "", "{status} {args:?}");
+            assert!(
+                e.contains(&format!(
+                    "redirected to http://127.0.0.1:{port}/async/signals/kk"
+                )) && e.contains(&status[..3]),
+                "{status} {args:?}: {e}"
+            );
+        }
+        let o = cli(&url, &["signal", "kk"]);
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("as --server: http://127.0.0.1:{port}")),
+            "{e}"
+        );
+    }
+    // A password in the Location is masked.
+    let url = redirect_server(
+        "301 Moved Permanently",
+        &list.replace("http://", "http://bob:hunter2secret@"),
+    );
+    let o = cli(&url, &["signal", "kk"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{e}");
+    assert!(
+        !e.contains("hunter2secret") && e.contains("bob:***@"),
+        "{e}"
+    );
+}
+
+/// A `--server` (or RUNYARD_SERVER) that does not parse was printed whole, password and all.
+#[test]
+fn a_server_that_is_not_a_url_is_shown_with_its_password_masked() {
+    for bad in [
+        "http://bob:hunter2secret@127.0.0.1:99999",
+        "http://bob:hunter2secret@[::1x]:80",
+        "http://bob:hunter2secret@bad host",
+        "bob:hunter2secret@127.0.0.1",
+    ] {
+        let via_env = cli(bad, &["jobs"]);
+        let via_flag = cli(&closed_port_url(), &["jobs", "--server", bad]);
+        for o in [via_env, via_flag] {
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{bad}: {e}");
+            assert!(!e.contains("hunter2secret"), "{bad}: {e}");
+            assert!(e.contains("bob:***@"), "{bad}: {e}");
+        }
+    }
+}
+
+/// A job id past 64 KiB was "cannot reach the server ... builder error" (exit 3, retry later)
+/// echoing the whole id; one of 60,000 characters the server's 400. A job id is a UUID: checked
+/// before anything is sent (exit 2), and not echoed whole; so is a schedule name.
+#[test]
+fn a_bad_or_huge_job_id_or_name_is_a_usage_error_not_echoed_whole() {
+    let url = closed_port_url();
+    let huge = "a".repeat(70_000);
+    let long = "b".repeat(60_000);
+    for args in [
+        vec!["status", huge.as_str()],
+        vec!["cancel", long.as_str()],
+        vec!["logs", "--follow", huge.as_str()],
+        vec!["files", "get", huge.as_str(), "inputs"],
+        vec!["status", "not-a-uuid"],
+        vec!["schedules", "get", huge.as_str()],
+    ] {
+        let o = cli(&url, &args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{}: {e:.300}", args[0]);
+        assert!(e.len() < 1_000, "{}: {} bytes: {e:.300}", args[0], e.len());
+        assert!(!e.contains("cannot reach"), "{e:.300}");
+    }
+}
+
+/// A server answering every request `status` with this Content-Type and an endless body (no
+/// length, written until the connection breaks, at most `limit` bytes); the count of bytes it
+/// wrote.
+fn endless_server(
+    status: &'static str,
+    content_type: &'static str,
+    limit: u64,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = written.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(5) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n["
+            );
+            let chunk = "1,".repeat(32 << 10);
+            let mut sent = 0u64;
+            while sent < limit && conn.write_all(chunk.as_bytes()).is_ok() {
+                sent += chunk.len() as u64;
+                count.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        }
+    });
+    (url, written)
+}
+
+/// The CLI read any answer to its end before looking at it: an endless body grew it to 4 GB.
+/// Now a JSON answer is read up to 64 MiB, anything else (and an error's body) up to 64 KiB:
+/// exit 3, the connection dropped, the server's writes stop there.
+#[test]
+fn an_endless_answer_is_not_read_to_its_end() {
+    const LIMIT: u64 = 256 << 20;
+    for (status, kind, most) in [
+        ("200 OK", "application/json", 96u64 << 20),
+        ("200 OK", "text/html", 32 << 20),
+        ("502 Bad Gateway", "application/json", 32 << 20),
+    ] {
+        let (url, written) = endless_server(status, kind, LIMIT);
+        let o = cli(&url, &["jobs"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{status} {kind}: {e}");
+        // The server's writes end once the CLI is gone (its last ones fill the socket buffers).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = u64::MAX;
+        loop {
+            let now = written.load(std::sync::atomic::Ordering::SeqCst);
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(
+            last < most,
+            "{status} {kind}: the server wrote {last} bytes before the CLI let go"
+        );
+    }
+}
+
+/// `submit --wait` gave up about 88 s after the server died, not the 60 s documented: its event
+/// reader returned at its own 30 s deadline (no event), and the job read after it started a
+/// minute of its own. Now every reader of a follow shares one count from the last answer.
+#[test]
+fn submit_wait_gives_up_a_minute_after_the_server_dies() {
+    let mut srv = serve(RUNNERS);
+    // A job waiting for a signal that never comes.
+    let mut waiting = Command::new(BIN)
+        .args(["submit", "sh.idle", "--wait-for", "never.comes", "--wait"])
+        .env("RUNYARD_SERVER", &srv.url)
+        .env_remove("RUNYARD_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_pipe = waiting.stderr.take().unwrap();
+    let waiting = Killed(waiting);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr_pipe).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("WAITING") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("submit --wait did not show the job waiting");
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    let killed = Instant::now();
+    let mut waiting = waiting;
+    let status = loop {
+        if let Some(s) = waiting.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(150),
+            "submit --wait still waits"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = killed.elapsed();
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        took > Duration::from_secs(55) && took < Duration::from_secs(75),
+        "gave up after {took:?}, not about 60 s: {err}"
+    );
+}

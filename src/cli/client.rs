@@ -7,6 +7,7 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::answer::{self, read_capped, shown_text};
 use super::exit::{self, Failure};
 use super::follow::{self, LogTail};
 use super::output::{self, Format};
@@ -65,6 +66,8 @@ pub struct Api {
     token: Option<String>,
     /// The base URL as messages show it: a password in it as `***`.
     shown: String,
+    /// The base URL's path (no trailing `/`): what precedes the API's paths in a request.
+    base_path: String,
 }
 
 impl std::fmt::Debug for Api {
@@ -104,18 +107,16 @@ impl Api {
 
     /// A client for `base` that sends `token` as `Authorization: Bearer` when given.
     pub fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let url = reqwest::Url::parse(base)
-            .map_err(|e| Failure::usage(format!("--server `{base}` is not a URL: {e}")))?;
-        let mut shown = url.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
-        let shown = shown.to_string().trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(base).map_err(|e| {
+            Failure::usage(format!("--server `{}` is not a URL: {e}", shown_text(base)))
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Failure::usage(format!(
-                "--server `{shown}`: only http:// and https:// URLs"
+                "--server `{}`: only http:// and https:// URLs",
+                shown_text(base)
             )));
         }
+        let shown = shown_text(base);
         // The API's paths are appended to it: a query or fragment would swallow them.
         if url.query().is_some() || url.fragment().is_some() {
             return Err(Failure::usage(format!(
@@ -137,14 +138,20 @@ impl Api {
                 ));
             }
         }
+        // No redirect is followed: a 301/302 would send a POST again as a GET (reading where it
+        // was to write), and runyard's API redirects nothing; a 3xx is an error naming its
+        // Location (`send`).
         Ok(Self {
             base: sent_base(base, &url, token.is_some()),
             shown,
+            base_path: url.path().trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(60))
                 .build()?,
             stream_http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
                 .read_timeout(Duration::from_secs(45))
                 .build()?,
@@ -163,15 +170,45 @@ impl Api {
         }
     }
 
-    /// Sends; no answer -> `Failure::Unreachable`, 4xx -> `Refused`, 5xx -> `Unavailable`.
+    /// Sends; no answer -> `Failure::Unreachable`, 4xx -> `Refused`, 5xx -> `Unavailable`, a
+    /// redirect -> `Unavailable` (`not_runyard`) naming its `Location`.
     async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let r = rb.send().await.map_err(|e| self.unreachable(&e))?;
         let status = r.status();
         if status.is_success() {
             return Ok(r);
         }
+        if status.is_redirection() {
+            let requested = r.url();
+            let api_path = requested
+                .path()
+                .strip_prefix(self.base_path.as_str())
+                .unwrap_or(requested.path());
+            let location = r
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return Err(Failure::Unavailable {
+                status: status.as_u16(),
+                code: "not_runyard".into(),
+                message: answer::redirect_message(
+                    status.as_u16(),
+                    requested,
+                    api_path,
+                    location.as_deref(),
+                ),
+            }
+            .into());
+        }
         let (kind, _) = content_type(&r, "application/json");
-        let body: Value = r.json().await.unwrap_or(Value::Null);
+        // An error's body is read up to a bound: runyard's is short, an endless page is not
+        // read to its end.
+        let body: Value = read_capped(r, answer::MAX_OTHER)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
         let message = match body["error"]["message"].as_str() {
             Some(m) => m.to_string(),
             None => format!("request failed, and the answer is not runyard's error ({kind})"),
@@ -204,8 +241,15 @@ impl Api {
         .into())
     }
 
-    /// The failure for a request that got no answer.
+    /// The failure for a request that got no answer; one that could not be built (a URL past
+    /// 64 KiB: an id, a name too long) is a usage error, its URL not echoed.
     pub fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+        if e.is_builder() {
+            return Failure::usage(format!(
+                "cannot make the request: {} (is an argument far too long?)",
+                clipped_error(e)
+            ));
+        }
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
@@ -233,10 +277,26 @@ impl Api {
         .into()
     }
 
+    /// The answer's JSON (`Null` for an answer with no body: a 204). Read up to
+    /// [`answer::MAX_JSON`], and an answer that is not JSON only up to [`answer::MAX_OTHER`] (to
+    /// tell an empty body from a page): an endless body is not read to its end.
     async fn json(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let r = self.send(rb).await?;
         let (status, (kind, json)) = (r.status().as_u16(), content_type(&r, "application/json"));
-        let bytes = r.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let cap = if json {
+            answer::MAX_JSON
+        } else {
+            answer::MAX_OTHER
+        };
+        let Some(bytes) = read_capped(r, cap)
+            .await
+            .map_err(|e| self.unreachable(&e))?
+        else {
+            return Err(match json {
+                true => self.not_runyard(status, &format!("{kind}, over {} MiB", cap >> 20)),
+                false => self.not_runyard(status, &kind),
+            });
+        };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null); // 204, or an answer with no body
         }
@@ -401,9 +461,27 @@ pub fn path_of(prefix: &str, segments: &[&str]) -> anyhow::Result<String> {
     Ok(u.path().to_string())
 }
 
-/// `/async/jobs/{id}` (`id` checked to be one path segment).
+/// `/async/jobs/{id}`: `id` checked to be a job id (a UUID, as the server reads it) before
+/// anything is sent (exit 2; a long one is not echoed whole).
 pub fn job_path(id: &str) -> anyhow::Result<String> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(Failure::usage(format!(
+            "`{}` is not a job id (a UUID)",
+            answer::clipped(id, 80)
+        )));
+    }
     path_of("/async/jobs", &[id])
+}
+
+/// A builder error's text without its URL, at most a line.
+fn clipped_error(e: &reqwest::Error) -> String {
+    let mut detail = String::from("invalid request");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    answer::clipped(&detail, 200)
 }
 
 /// Parses `--args`-style JSON, or says which flag is wrong (exit 2).

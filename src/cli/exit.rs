@@ -6,7 +6,7 @@
 //! | 0 | success (with `--wait` / `--follow`: the job ended `SUCCESS`) |
 //! | 1 | the job did not succeed (`ERROR`, `TIMEOUT`, `CANCELLED`), or another failure |
 //! | 2 | usage: a bad flag or argument (clap's own code), a bad `--args` JSON, an unreadable file |
-//! | 3 | the server is unreachable or unavailable (no answer, a timeout, a 5xx answer) |
+//! | 3 | the server is unreachable or unavailable (no answer, a timeout, a 5xx answer, a redirect, an answer that is not runyard's) |
 //! | 4 | the server refused the request (a 4xx answer: unknown job or type, bad field, no token) |
 
 use std::process::ExitCode;

@@ -10,7 +10,7 @@ use md5::Digest;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use super::client::{path_of, Api, ServerArg};
+use super::client::{job_path, path_of, Api, ServerArg};
 use super::exit::Failure;
 use super::output::{self, Format};
 
@@ -93,10 +93,8 @@ async fn get(mut a: GetArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let api = Api::from_arg(&a.server)?;
-    let path = path_of(
-        "/async/jobs",
-        &[&a.job, "files", &a.property, &a.index.to_string()],
-    )?;
+    let index = a.index.to_string();
+    let path = job_path(&a.job)? + &path_of("", &["files", &a.property, &index])?;
     let (r, md5) = api.get_file(&path).await?;
     if md5.is_none() {
         eprintln!(
@@ -201,7 +199,7 @@ async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
     // while the body is still being sent reads as a broken connection: ask first, so the answer
     // is the refusal itself (the server checks again when the file arrives).
     // A token that may attach files but not read jobs (`jobs:submit` alone) skips the question.
-    let job = match api.get(&path_of("/async/jobs", &[&a.job])?).await {
+    let job = match api.get(&job_path(&a.job)?).await {
         Ok(job) => Some(job),
         Err(e) if refused_with(&e, 403) => None,
         Err(e) => return Err(e),
@@ -219,7 +217,11 @@ async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let mut u = reqwest::Url::parse("http://x/")?;
-    u.set_path(&path_of("/async/jobs", &[&a.job, "files", &a.property])?);
+    u.set_path(&format!(
+        "{}{}",
+        job_path(&a.job)?,
+        path_of("", &["files", &a.property])?
+    ));
     u.query_pairs_mut().append_pair("name", &name);
     let path = format!("{}?{}", u.path(), u.query().unwrap_or(""));
     let v = api.put_body(&path, body, &a.mimetype).await?;

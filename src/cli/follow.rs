@@ -30,30 +30,46 @@ const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::f
 /// got a 5xx or an answer that is not runyard's (`not_runyard`: a proxy's page while the server
 /// is away) is tried again after a pause (doubling from 100 ms to 2 s), until the server has been
 /// out of reach for [`GIVE_UP`]; any other failure (runyard's 4xx) ends the command at once.
+///
+/// A clone shares the count: a follow gives one to each of its readers (the event stream, the
+/// log lines, the job), so that the server is given one [`GIVE_UP`] from its last answer,
+/// whichever reader meets the failures (each with a count of its own, a reader that gave up
+/// waiting at its own deadline left the next one a fresh minute: 88 s in all).
+#[derive(Debug, Clone)]
+pub(super) struct Patience(std::sync::Arc<std::sync::Mutex<Count>>);
+
 #[derive(Debug)]
-pub(super) struct Patience {
+struct Count {
     delay: Duration,
     failing_since: Option<Instant>,
 }
 
 impl Patience {
     pub(super) fn new() -> Self {
-        Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Count {
             delay: RECONNECT.0,
             failing_since: None,
-        }
+        })))
+    }
+
+    fn count(&self) -> std::sync::MutexGuard<'_, Count> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A request went through: the next failure starts a new count.
     fn reset(&mut self) {
-        self.delay = RECONNECT.0;
-        self.failing_since = None;
+        let mut c = self.count();
+        c.delay = RECONNECT.0;
+        c.failing_since = None;
     }
 
     /// The pause before the next try (doubling up to its bound).
     fn pause(&mut self) -> Duration {
-        let d = self.delay;
-        self.delay = (d * 2).min(RECONNECT.1);
+        let mut c = self.count();
+        let d = c.delay;
+        c.delay = (d * 2).min(RECONNECT.1);
         d
     }
 
@@ -64,7 +80,7 @@ impl Patience {
             return Err(e);
         }
         let now = Instant::now();
-        let since = *self.failing_since.get_or_insert(now);
+        let since = *self.count().failing_since.get_or_insert(now);
         if now.duration_since(since) > GIVE_UP {
             return Err(e);
         }
@@ -121,15 +137,16 @@ pub struct JobEvents {
 }
 
 impl JobEvents {
-    /// Follows `job_id` on `channel` from the oldest event the server keeps.
-    pub fn new(api: &Api, job_id: &str, channel: &str) -> Self {
+    /// Follows `job_id` on `channel` from the oldest event the server keeps, giving up by
+    /// `patience` (shared with the follow's other readers).
+    pub(super) fn new(api: &Api, job_id: &str, channel: &str, patience: &Patience) -> Self {
         Self {
             api: api.clone(),
             job_id: job_id.to_string(),
             channel: channel.to_string(),
             last_id: None,
             stream: None,
-            patience: Patience::new(),
+            patience: patience.clone(),
             not_before: None,
         }
     }
@@ -274,12 +291,13 @@ const QUIET_CHECK: Duration = Duration::from_secs(30);
 /// progress bar with the job's log lines above it.
 pub async fn wait_job(api: &Api, id: &str, channel: &str) -> anyhow::Result<Value> {
     let view = View::new();
+    // One count for every reader: the server is given a minute from its last answer.
+    let mut patience = Patience::new();
     let mut tail = match view {
-        View::Bar(_) => Some(LogTail::new(id)?),
+        View::Bar(_) => Some(LogTail::new(id)?.sharing(&patience)),
         View::Plain => None,
     };
-    let mut events = JobEvents::new(api, id, channel);
-    let mut patience = Patience::new();
+    let mut events = JobEvents::new(api, id, channel, &patience);
     // Without a terminal, nothing is shown but the events: wait for them, reading the job itself
     // after each `QUIET_CHECK` without one (a job whose record is gone, a store that lost its
     // data, answers 404 there: exit 4, not a wait for ever).
@@ -367,8 +385,10 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
     let job = api.get(&job_path(&tail.id)?).await?;
     let channel = job["channel_id"].as_str().unwrap_or(&tail.id).to_string();
     let mut done = is_terminal(job["status"].as_str().unwrap_or(""));
-    let mut events = JobEvents::new(api, &tail.id, &channel);
+    // One count for every reader: the server is given a minute from its last answer.
     let mut patience = Patience::new();
+    tail.share(&patience);
+    let mut events = JobEvents::new(api, &tail.id, &channel, &patience);
     loop {
         loop {
             let lines = tail.fetch_patiently(api).await?;

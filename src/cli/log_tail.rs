@@ -96,6 +96,17 @@ impl LogTail {
         })
     }
 
+    /// This tail giving up by `patience` (a follow's, shared with its other readers).
+    pub(super) fn sharing(mut self, patience: &Patience) -> Self {
+        self.share(patience);
+        self
+    }
+
+    /// Gives up by `patience` (a follow's, shared with its other readers).
+    pub(super) fn share(&mut self, patience: &Patience) {
+        self.patience = patience.clone();
+    }
+
     /// [`Self::fetch`] riding out a server restart by the one rule ([`Patience`]): while
     /// following a job.
     pub(super) async fn fetch_patiently(&mut self, api: &Api) -> anyhow::Result<Vec<LogLine>> {

@@ -1,5 +1,6 @@
 //! The `runyard` command line: `serve`, the client commands, and `bench`.
 
+pub mod answer;
 pub mod backup;
 pub mod bench;
 pub mod client;

@@ -50,12 +50,14 @@ struct ListArgs {
 fn path(name: &str) -> anyhow::Result<String> {
     // Names are letters, digits, '.', '_', '-': nothing to escape, but refuse what would be.
     if name.is_empty()
+        || name.len() > 100
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
         return Err(super::exit::Failure::usage(format!(
-            "`{name}` is not a schedule name (letters, digits, '.', '_', '-')"
+            "`{}` is not a schedule name (1-100 letters, digits, '.', '_', '-')",
+            super::answer::clipped(name, 80)
         )));
     }
     Ok(format!("/async/schedules/{name}"))
