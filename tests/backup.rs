@@ -91,6 +91,15 @@ fn terminal(job: &Value) -> bool {
     support::is_terminal(&job["status"])
 }
 
+/// A server on `data` (named `original` in `dir`) that has run one no-op job to its end.
+async fn with_one_finished_job(dir: &Path, data: &Path) -> ChildServer {
+    let original = start(dir, "original", data).await;
+    let a = Client::new(&original.url);
+    let id = submit(&a, json!({"type": "runyard.noop"})).await;
+    wait_for(&a, &id, terminal).await;
+    original
+}
+
 /// A poll of the global stream after `last_id`: its events.
 async fn poll(c: &Client, last_id: &str) -> Vec<Value> {
     let (st, v) = c
@@ -193,10 +202,7 @@ async fn a_cursor_of_the_original_gets_a_resync_on_its_copy() {
 async fn a_backup_into_the_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let original = start(dir.path(), "original", &data).await;
-    let a = Client::new(&original.url);
-    let id = submit(&a, json!({"type": "runyard.noop"})).await;
-    wait_for(&a, &id, terminal).await;
+    let _original = with_one_finished_job(dir.path(), &data).await;
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&data, &link).unwrap();
     for dest in [
@@ -224,10 +230,7 @@ async fn a_backup_into_the_data_dir_is_refused() {
 async fn a_backup_keeps_the_format_mark_and_refuses_a_newer_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let original = start(dir.path(), "original", &data).await;
-    let a = Client::new(&original.url);
-    let id = submit(&a, json!({"type": "runyard.noop"})).await;
-    wait_for(&a, &id, terminal).await;
+    let original = with_one_finished_job(dir.path(), &data).await;
     drop(original);
     let mark = |db: &Path| -> i64 {
         rusqlite::Connection::open(db)

@@ -49,6 +49,18 @@ fn serve_with(config: &str, env: &[(&str, &str)], prepare: impl FnOnce(&mut Comm
     }
 }
 
+/// Reads a request's head (to its blank line) from `conn`, for the raw servers of the tests.
+fn skip_request_head(conn: &std::net::TcpStream) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+}
+
 /// `runyard serve` on `dir`'s runyard.toml and data dir, listening on `port`; returns once it
 /// accepts connections.
 fn spawn_serve(
@@ -1829,19 +1841,13 @@ fn html_server_with(status: &'static str) -> String {
 
 /// A server that answers every request with `status`, these header lines and `body`.
 fn raw_server(status: &'static str, headers: &'static str, body: &'static str) -> String {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for conn in listener.incoming().take(50) {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-            }
+            skip_request_head(&conn);
             let _ = write!(
                 conn,
                 "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\
@@ -2689,7 +2695,7 @@ fn endless_server(
     content_type: &'static str,
     limit: u64,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -2698,13 +2704,7 @@ fn endless_server(
     std::thread::spawn(move || {
         for conn in listener.incoming().take(5) {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-            }
+            skip_request_head(&conn);
             let _ = write!(
                 conn,
                 "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n["
