@@ -31,45 +31,43 @@ const RECONNECT: (Duration, Duration) = (Duration::from_millis(100), Duration::f
 /// is away) is tried again after a pause (doubling from 100 ms to 2 s), until the server has been
 /// out of reach for [`GIVE_UP`]; any other failure (runyard's 4xx) ends the command at once.
 ///
-/// A clone shares the count: a follow gives one to each of its readers (the event stream, the
-/// log lines, the job), so that the server is given one [`GIVE_UP`] from its last answer,
-/// whichever reader meets the failures (each with a count of its own, a reader that gave up
-/// waiting at its own deadline left the next one a fresh minute: 88 s in all).
+/// A clone shares the count of time: a follow gives one to each of its readers (the event
+/// stream, the log lines, the job), so that the server is given one [`GIVE_UP`] from its last
+/// answer, whichever reader meets the failures (each with a count of its own, a reader that gave
+/// up waiting at its own deadline left the next one a fresh minute: 88 s in all). Each reader
+/// keeps its own pause: one whose requests keep failing (an event stream refused `503
+/// too_many_streams` while plain reads go through) backs off to 2 s whatever the others get.
 #[derive(Debug, Clone)]
-pub(super) struct Patience(std::sync::Arc<std::sync::Mutex<Count>>);
-
-#[derive(Debug)]
-struct Count {
+pub(super) struct Patience {
+    failing_since: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
     delay: Duration,
-    failing_since: Option<Instant>,
 }
 
 impl Patience {
     pub(super) fn new() -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(Count {
+        Self {
+            failing_since: std::sync::Arc::new(std::sync::Mutex::new(None)),
             delay: RECONNECT.0,
-            failing_since: None,
-        })))
+        }
     }
 
-    fn count(&self) -> std::sync::MutexGuard<'_, Count> {
-        self.0
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A request went through: the next failure starts a new count.
+    /// A request went through: the next failure starts a new count, and this reader's pause
+    /// starts again from its least.
     fn reset(&mut self) {
-        let mut c = self.count();
-        c.delay = RECONNECT.0;
-        c.failing_since = None;
+        self.delay = RECONNECT.0;
+        *self.failing_since() = None;
     }
 
-    /// The pause before the next try (doubling up to its bound).
+    /// The pause before this reader's next try (doubling up to its bound).
     fn pause(&mut self) -> Duration {
-        let mut c = self.count();
-        let d = c.delay;
-        c.delay = (d * 2).min(RECONNECT.1);
+        let d = self.delay;
+        self.delay = (d * 2).min(RECONNECT.1);
         d
     }
 
@@ -80,7 +78,7 @@ impl Patience {
             return Err(e);
         }
         let now = Instant::now();
-        let since = *self.count().failing_since.get_or_insert(now);
+        let since = *self.failing_since().get_or_insert(now);
         if now.duration_since(since) > GIVE_UP {
             return Err(e);
         }
@@ -389,6 +387,9 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
     let mut patience = Patience::new();
     tail.share(&patience);
     let mut events = JobEvents::new(api, &tail.id, &channel, &patience);
+    // The job is read again after QUIET_CHECK without an event (a stream refused for good while
+    // plain reads go through, as `wait_job` does): its end is then seen without one.
+    let mut quiet_since = Instant::now();
     loop {
         loop {
             let lines = tail.fetch_patiently(api).await?;
@@ -406,13 +407,17 @@ pub async fn follow_logs(api: &Api, tail: &mut LogTail, format: Format) -> anyho
             break;
         }
         // Log lines are not events: between events, new lines are read twice a second.
-        if let Some(ev) = events.next(Duration::from_millis(500)).await? {
-            let ended =
-                ev["type"] == "resync" || is_terminal(ev["runyard_status"].as_str().unwrap_or(""));
-            if ended {
-                let job = patience.get(api, &job_path(&tail.id)?).await?;
-                done = is_terminal(job["status"].as_str().unwrap_or(""));
+        let ended = match events.next(Duration::from_millis(500)).await? {
+            Some(ev) => {
+                quiet_since = Instant::now();
+                ev["type"] == "resync" || is_terminal(ev["runyard_status"].as_str().unwrap_or(""))
             }
+            None => quiet_since.elapsed() >= QUIET_CHECK,
+        };
+        if ended {
+            quiet_since = Instant::now();
+            let job = patience.get(api, &job_path(&tail.id)?).await?;
+            done = is_terminal(job["status"].as_str().unwrap_or(""));
         }
     }
     let last = tail.drain(api).await?;

@@ -84,11 +84,14 @@ pub struct LogTail {
 }
 
 impl LogTail {
-    /// From the first line of job `id`.
+    /// From the first line of job `id` (any spelling the server takes: kept in its usual form,
+    /// the one events carry, so that a follow finds the job's events).
     pub fn new(id: &str) -> anyhow::Result<Self> {
+        let path = format!("{}/logs", job_path(id)?);
+        let id = uuid::Uuid::parse_str(id).map_or_else(|_| id.to_string(), |u| u.to_string());
         Ok(Self {
-            id: id.to_string(),
-            path: format!("{}/logs", job_path(id)?),
+            id,
+            path,
             after: 0,
             gap: 0,
             runs: Vec::new(),

@@ -49,14 +49,17 @@ struct ListArgs {
 
 fn path(name: &str) -> anyhow::Result<String> {
     // Names are letters, digits, '.', '_', '-': nothing to escape, but refuse what would be.
+    // `.` and `..` too (the server refuses them): a URL would resolve them as path segments.
     if name.is_empty()
+        || name == "."
+        || name == ".."
         || name.len() > 100
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
         return Err(super::exit::Failure::usage(format!(
-            "`{}` is not a schedule name (1-100 letters, digits, '.', '_', '-')",
+            "`{}` is not a schedule name (1-100 letters, digits, '.', '_', '-'; not `.` or `..`)",
             super::answer::clipped(name, 80)
         )));
     }
