@@ -30,8 +30,6 @@ struct Inner {
     cfg: ConnectionManagerConfig,
     /// When the last new manager was tried: at most one try a second, one at a time.
     renewed: tokio::sync::Mutex<Option<Instant>>,
-    /// How many new managers were put in place ([`SharedConn::generation`]).
-    made: std::sync::atomic::AtomicU64,
 }
 
 /// The shortest time between two tries at a new manager.
@@ -76,9 +74,13 @@ const NOREPLICAS: &str = "redis has fewer good replicas than `min-replicas-to-wr
 
 /// What a write a read-only replica refused says (`READONLY`).
 const READ_ONLY: &str = "redis answered as a read-only replica (`READONLY`), not as the \
-    primary: the write was refused and nothing of it was stored; a new connection is tried at \
-    most once a second (a failover behind the address, or an address that names a replica: \
-    docs/redis.md)";
+    primary, for the whole of `store.retry` (a new connection tried once a second: a failover \
+    behind the address ends within it; an address that names a replica does not, docs/redis.md): \
+    the write was refused and nothing of it was stored";
+
+/// What a write Redis refused because it cannot write its append-only file says (`MISCONF`).
+const MISCONF_AOF: &str = "redis cannot write its append-only file (`MISCONF`: e.g. its disk \
+    is full; its log says why): the write was refused and nothing of it was stored";
 
 /// Why Redis refused a write before doing any of it (a script's first write is the one refused,
 /// so nothing of it was written), for a reason that lasts until its operator acts or a failover
@@ -93,6 +95,7 @@ pub(super) fn write_refusal(e: &RedisError) -> Option<&'static str> {
         return Some(READ_ONLY);
     }
     match e.code() {
+        Some("MISCONF") if e.detail().is_some_and(|d| d.contains("AOF")) => Some(MISCONF_AOF),
         Some("MISCONF") => Some(MISCONF),
         Some("NOREPLICAS") => Some(NOREPLICAS),
         _ => None,
@@ -203,7 +206,6 @@ impl SharedConn {
                 client,
                 cfg,
                 renewed: tokio::sync::Mutex::new(None),
-                made: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -211,17 +213,6 @@ impl SharedConn {
     /// The current manager.
     pub(super) fn get(&self) -> ConnectionManager {
         self.inner.current.read().clone()
-    }
-
-    /// How many new managers were put in place so far: a caller that saw it change since its
-    /// try knows a new connection is there to try on.
-    pub(super) fn generation(&self) -> u64 {
-        self.inner.made.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Waits until no new manager is being made (bounded by [`Self::renew`]'s 3 s).
-    pub(super) async fn settled(&self) {
-        drop(self.inner.renewed.lock().await);
     }
 
     /// After `e`: makes a new manager ([`Self::renew`]) when `e` is one the current cannot
@@ -251,9 +242,6 @@ impl SharedConn {
         match made {
             Ok(Ok(c)) => {
                 *self.inner.current.write() = c;
-                self.inner
-                    .made
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 // Once a minute at most: a node whose address names a replica for good renews
                 // about every second.
                 if crate::store::log_quiet::loud("redis renew", "connection") {

@@ -210,6 +210,8 @@ pub struct RedisStore {
     handover: Option<handover::Handover>,
     /// The running node's watch over the master key check value (`keycheck.rs`).
     key_watch: keycheck::KeyWatch,
+    /// The last write probe of `health` (retention.rs `takes_writes`): when, and its refusal.
+    write_probe: parking_lot::Mutex<Option<(Instant, Option<&'static str>)>>,
     _stop: DropGuard,
 }
 
@@ -285,6 +287,7 @@ impl RedisStore {
                 clock: parking_lot::Mutex::new(None),
                 clock_last: std::sync::atomic::AtomicI64::new(0),
                 key_watch: keycheck::KeyWatch::new(key_wake, stop.clone()),
+                write_probe: parking_lot::Mutex::new(None),
                 _stop: stop.drop_guard(),
             }
         }))
@@ -496,7 +499,6 @@ impl RedisStore {
                     .max(MIN_TRY.min(self.s.command_timeout)),
                 None => self.s.command_timeout,
             };
-            let made = self.conn.generation();
             let r = tokio::time::timeout(per_try, f(self.conn.get())).await;
             let err = match r {
                 Ok(Ok(v)) => {
@@ -505,20 +507,23 @@ impl RedisStore {
                     }
                     return Ok(v);
                 }
-                // A replica's refusal: a new connection may reach the primary the address names
-                // now (a failover behind it), tried at once within the deadline (one a second
-                // at most); none made since this try (the one made within the last second
-                // answers as a replica too), refused at once as the others below, rather than
-                // waited on for `store.retry`.
-                Ok(Err(e))
-                    if e.kind() == ::redis::ErrorKind::ReadOnly && {
-                        self.conn.heal(&e).await;
-                        self.conn.settled().await;
-                        self.conn.generation() != made
-                            && deadline.is_some_and(|d| Instant::now() < d)
-                    } =>
-                {
-                    continue
+                // A replica's refusal: a failover behind the address may be under way (a new
+                // connection, one a second at most, reaches the primary it names by then), so it
+                // is tried again within the deadline, as Redis away is; past it, refused as the
+                // others below (nothing of it was written), not "no answer" nor "may have been
+                // stored". Not marked down: Redis answers.
+                Ok(Err(e)) if e.kind() == ::redis::ErrorKind::ReadOnly => {
+                    self.conn.heal(&e).await;
+                    let left = deadline.map_or(Duration::ZERO, |d| {
+                        d.saturating_duration_since(Instant::now())
+                    });
+                    if left.is_zero() {
+                        let said = conn::write_refusal(&e).unwrap_or_default();
+                        return Err(self.writes_refused(said));
+                    }
+                    tokio::time::sleep(delay.min(left)).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    continue;
                 }
                 // Refused before any of it was written (`conn::write_refusal`).
                 Ok(Err(e)) if conn::write_refusal(&e).is_some() => {

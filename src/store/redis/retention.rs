@@ -171,6 +171,9 @@ impl Maintenance for RedisStore {
     }
 }
 
+/// How long the answer of a write probe stands for the next ones (`takes_writes`).
+const WRITE_PROBE_FOR: Duration = Duration::from_secs(5);
+
 impl RedisStore {
     /// Whether Redis takes writes (one small write with a TTL tells): `Ok` when it does; the
     /// refusal when it does not (`conn::write_refusal`:
@@ -179,6 +182,25 @@ impl RedisStore {
     /// loops and requests wrote nothing yet must not say it is ready while Redis refuses
     /// writes (probe s50: `MISCONF` met by every submit, `/health/ready` 200 for 50 s).
     async fn takes_writes(&self) -> Result<()> {
+        // One write per WRITE_PROBE_FOR at most, whatever asks (readiness probes, scrapes,
+        // anonymous `/health/ready` calls): its answer, Ok or the refusal, kept that long.
+        let kept = *self.write_probe.lock();
+        if let Some((_, refused)) = kept.filter(|(at, _)| at.elapsed() < WRITE_PROBE_FOR) {
+            return match refused {
+                None => Ok(()),
+                Some(said) => Err(self.writes_refused(said)),
+            };
+        }
+        // Its refusal is kept by `write_probe_now`; another failure (no answer) is not.
+        let r = self.write_probe_now().await;
+        if r.is_ok() {
+            *self.write_probe.lock() = Some((Instant::now(), None));
+        }
+        r
+    }
+
+    /// The write of [`Self::takes_writes`], made now.
+    async fn write_probe_now(&self) -> Result<()> {
         let mut c = self.conn.get();
         let key = self.key(&format!("health:{}", self.origin));
         let r = tokio::time::timeout(
@@ -196,6 +218,7 @@ impl RedisStore {
             Ok(Err(e)) if super::conn::write_refusal(&e).is_some() => {
                 let said = super::conn::write_refusal(&e).unwrap_or_default();
                 self.conn.heal(&e).await;
+                *self.write_probe.lock() = Some((Instant::now(), Some(said)));
                 Err(self.writes_refused(said))
             }
             // Failed for another reason (a lost connection, a loading Redis): said as it is.
