@@ -584,10 +584,9 @@ class JobClient:
         and took it), and the call then returns ``{}``; so does a final report (SUCCESS, ERROR)
         refused ``409`` on a later try with ``error.reported`` its own status (an earlier try was
         applied, its answer the server's 5xx). It is signed afresh when the server itself
-        answered (its own 503 took nothing, and spent the signature; but a request answered ``503
-        request_timeout``, cut at the server's time limit, may have been applied, and a re-send
-        answered ``503 replay_unavailable`` may follow a first send that was: both are sent again
-        as they were) and when ``RESEND_WINDOW`` has passed since it was signed. A ``401 bad_signature`` to a request with an
+        answered (its own 503 took nothing, and spent the signature; but a re-send answered
+        ``503 replay_unavailable`` is sent again as it was: the hook could not tell whether it saw
+        the first send) and when ``RESEND_WINDOW`` has passed since it was signed. A ``401 bad_signature`` to a request with an
         ``X-Job-Nonce`` (a node of an earlier build) is signed again without one, at once, only
         on its first send: a re-send refused so may follow a first send a newer node took, so it
         is sent again as it was while tries are left (within ``RESEND_WINDOW``), and the call
@@ -640,11 +639,9 @@ class JobClient:
                     again = again or (window > 0 and worth_waiting_for(response.status_code))
                     if not again or not self._may_retry(attempt, deadline):
                         break
-                    # runyard's own refusal took nothing; a proxy's says nothing, nor does a
-                    # request cut at the server's time limit (it may have been applied). A
-                    # re-send the replay memory could not check leaves the first send's fate
-                    # unknown. Those are sent again as they were.
-                    unknown = code in (None, "request_timeout") or (sent and code == "replay_unavailable")
+                    # runyard's own refusal took nothing; a proxy's says nothing. A re-send the
+                    # replay memory could not check leaves the first send's fate unknown: as it was.
+                    unknown = code is None or (sent and code == "replay_unavailable")
                     if code == "replay_unapplied":
                         doubt = None  # the first send was not applied: a fresh request is safe
             attempt += 1

@@ -286,8 +286,6 @@ class StubHook:
                         stub.terminal, stub.reported = True, report["status"]
                     if plan == "applied_then_503":
                         return self._error(503, "unavailable", "the store did not answer")
-                    if plan == "applied_then_timeout":
-                        return self._error(503, "request_timeout", "cut at api.request_timeout")
                     if plan == "cut_short":
                         self.send_response(200)
                         self.send_header("Content-Type", "application/json")

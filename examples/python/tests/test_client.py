@@ -291,16 +291,6 @@ def test_a_resend_refused_replay_unavailable_is_sent_again_as_it_was(stub):
     assert len(stub.requests) == 3 and len({signed(r) for r in stub.requests}) == 1
 
 
-def test_a_request_cut_at_the_servers_time_limit_is_sent_again_as_it_was(stub):
-    # 503 request_timeout: the server cut the request at api.request_timeout, perhaps after it
-    # applied it. Sent again as it was, the hook takes it (it had not) or says 401 replay (it had).
-    stub.status_plan = ["applied_then_timeout"]
-    with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:
-        assert c.log("L0") == {}
-    assert stub.reports == [{"logs": ["L0"]}]
-    assert len(stub.requests) == 2 and signed(stub.requests[0]) == signed(stub.requests[1])
-
-
 def test_a_report_that_never_arrived_is_taken_on_the_retry(stub):
     stub.drop_next = 1  # the proxy answered 504 without forwarding it
     with JobClient(stub.job_id, stub.secret, stub.hook, retries=2, timeout=5) as c:

@@ -14,10 +14,9 @@
 //! runyard's JSON), sends the very same signed request again, which the hook takes if the first
 //! never reached it or refuses as a replay (`401 replay`: it did, and took it; the report counts
 //! as taken). One after runyard's own refusal (its `503`: nothing taken, the signature spent) or
-//! more than [`RESEND_WINDOW`] after signing is signed afresh; but a request cut at the server's
-//! time limit (`503 request_timeout`: it may have been applied) and a re-send refused `503
-//! replay_unavailable` (the replay memory could not tell whether it saw the first) are sent again
-//! as they were, within [`RESEND_WINDOW`]: signed afresh they could be taken twice. A final report (`SUCCESS`,
+//! more than [`RESEND_WINDOW`] after signing is signed afresh; but a re-send refused `503
+//! replay_unavailable` (the replay memory could not tell whether it saw the first) is sent again
+//! as it was, within [`RESEND_WINDOW`]: signed afresh it could be taken twice. A final report (`SUCCESS`,
 //! `ERROR`) refused `409` on a later try, the refusal's `error.reported` its own status, counts
 //! as taken too: an earlier try was applied although the hook answered its own 5xx. A re-sent
 //! final report the hook remembered but never applied is answered `503 replay_unapplied`, so it
@@ -222,15 +221,9 @@ impl JobClient {
                     if code.as_deref() == Some("replay_unapplied") {
                         doubt = None; // the first send was not applied: a fresh request is safe
                     }
-                    // runyard's own refusal took nothing; a proxy's says nothing, nor does a
-                    // request cut at the server's time limit (it may have been applied). A
-                    // re-send the replay memory could not check leaves the first send's fate
-                    // unknown. Those are sent again as they were.
-                    match code.as_deref() {
-                        None | Some("request_timeout") => true,
-                        Some("replay_unavailable") => resent,
-                        Some(_) => false,
-                    }
+                    // runyard's own refusal took nothing; a proxy's says nothing. A re-send the
+                    // replay memory could not check leaves the first send's fate unknown: as it was.
+                    code.is_none() || (resent && code.as_deref() == Some("replay_unavailable"))
                 }
                 Tried::NoAnswer(error) if Instant::now() >= deadline => return Err(error),
                 Tried::NoAnswer(_) => true,
