@@ -497,7 +497,7 @@ async fn check_upload_url(
         .remember_once(
             &format!("upload-url:{}", t.sig),
             t.exp.saturating_add(1).saturating_mul(1000),
-            now_us() / 1000,
+            st.app.store.time().await / 1000,
         )
         .await
         .map_err(|e| ApiError::unavailable("replay_unavailable", e.to_string()))?;

@@ -208,26 +208,35 @@ fn check_cancelled() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The copy itself, into `dest` made ready.
-fn copy_into(dir: &Path, db: &Path, dest: &Path, interrupt: &Interrupt) -> anyhow::Result<String> {
-    let files = copy_files(&dir.join("files"), &dest.join("files"))?;
-    let partial = dest.join("runyard.db.partial");
-    let target = dest.join("runyard.db");
-    // Made here, empty and owner-only, before SQLite writes into it (`VACUUM INTO` takes an
-    // existing empty file).
-    create_new(&partial)?;
+/// The store's database, read-only, waiting for others' locks ([`busy`]).
+fn open_source(db: &Path) -> anyhow::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("cannot open {}", db.display()))?;
     conn.busy_handler(Some(busy))?;
-    *interrupt.lock() = Some(conn.get_interrupt_handle());
+    Ok(conn)
+}
+
+/// The copy itself, into `dest` made ready.
+fn copy_into(dir: &Path, db: &Path, dest: &Path, interrupt: &Interrupt) -> anyhow::Result<String> {
     // Another program's file, or a newer build's database (its format mark, which the copy
-    // keeps): refused, and what was written removed.
+    // keeps): refused before the job files are copied, and what was written removed.
+    let conn = open_source(db)?;
     let fit = crate::store::sqlite::refuse_unopenable(&conn, db);
+    drop(conn);
     check_cancelled()?;
     fit?;
+    let files = copy_files(&dir.join("files"), &dest.join("files"))?;
+    let partial = dest.join("runyard.db.partial");
+    let target = dest.join("runyard.db");
+    // Made here, empty and owner-only, before SQLite writes into it (`VACUUM INTO` takes an
+    // existing empty file).
+    create_new(&partial)?;
+    let conn = open_source(db)?;
+    *interrupt.lock() = Some(conn.get_interrupt_handle());
+    check_cancelled()?;
     let partial_text = partial
         .to_str()
         .with_context(|| format!("{} is not valid UTF-8", partial.display()))?;

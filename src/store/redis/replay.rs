@@ -56,7 +56,8 @@ impl ReplayMemory for RedisStore {
             Err(e) => {
                 // A try whose reply was lost may have stored the key before a later one failed:
                 // taken back (if still this acceptance's), so that an error means nothing is
-                // remembered, as on the embedded store, and a re-send sent as it was is taken.
+                // remembered, as on the embedded store. Best effort: one try, and a request
+                // cut at `api.request_timeout` before it gets here leaves its key.
                 let forget = ::redis::cmd("EVAL")
                     .arg(FORGET)
                     .arg(1)
