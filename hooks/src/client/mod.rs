@@ -339,6 +339,24 @@ impl JobClient {
                 "progress must be a finite number".to_owned(),
             ));
         }
+        // A long error as the server would store it (every report, not only `error()`'s).
+        let long = report
+            .error_message
+            .as_ref()
+            .is_some_and(|e| e.len() > crate::error_text::MAX_ERROR_BYTES);
+        let cut;
+        let report = if long {
+            cut = StatusReport {
+                error_message: report
+                    .error_message
+                    .clone()
+                    .map(crate::error_text::capped_error),
+                ..report.clone()
+            };
+            &cut
+        } else {
+            report
+        };
         let body = serde_json::to_vec(report).map_err(|source| ClientError::Json {
             context: "status report".to_owned(),
             source,
@@ -400,9 +418,7 @@ impl JobClient {
     pub async fn error(&self, message: impl Into<String>) -> Result<Value, ClientError> {
         self.status(&StatusReport {
             status: Some("ERROR".to_owned()),
-            // As the server would store it: sent whole, a long one could pass the hook's body
-            // limit, and the report refused (413) would lose the job's error with it.
-            error_message: Some(crate::error_text::capped_error(message.into())),
+            error_message: Some(message.into()),
             ..StatusReport::default()
         })
         .await
@@ -414,9 +430,7 @@ impl JobClient {
     pub async fn error_no_retry(&self, message: impl Into<String>) -> Result<Value, ClientError> {
         self.status(&StatusReport {
             status: Some("ERROR".to_owned()),
-            // As the server would store it: sent whole, a long one could pass the hook's body
-            // limit, and the report refused (413) would lose the job's error with it.
-            error_message: Some(crate::error_text::capped_error(message.into())),
+            error_message: Some(message.into()),
             retry: Some(false),
             ..StatusReport::default()
         })

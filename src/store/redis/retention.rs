@@ -147,7 +147,8 @@ impl Maintenance for RedisStore {
                 Ok(Ok(info)) => match super::server_info::replica_of(&info) {
                     Some(_) if !renewed && self.conn.renew().await => renewed = true,
                     Some(primary) => {
-                        return Err(StoreError::Unavailable(super::conn::replica_said(&primary)))
+                        // A write refusal: said at ERROR once a minute, not by every probe.
+                        return Err(self.writes_refused(&super::conn::replica_said(&primary)));
                     }
                     None => {
                         self.mark(true, "");

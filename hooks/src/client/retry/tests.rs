@@ -192,6 +192,15 @@ async fn a_long_error_is_sent_cut_as_the_server_stores_it() {
         .error("€".repeat(400_000))
         .await
         .expect("taken");
+    // A report of one's own with a long error too.
+    client(&hook)
+        .status(&crate::wire::StatusReport {
+            status: Some("ERROR".into()),
+            error_message: Some("x".repeat(20_000)),
+            ..Default::default()
+        })
+        .await
+        .expect("taken");
     let got = got.lock().unwrap();
     let sent = got[0].1["errorMessage"].as_str().expect("errorMessage");
     assert!(sent.len() <= 16 * 1024, "{} bytes", sent.len());
@@ -199,6 +208,12 @@ async fn a_long_error_is_sent_cut_as_the_server_stores_it() {
         sent.ends_with("… [runyard: cut, 1200000 bytes in all]"),
         "{}",
         &sent[sent.len() - 60..]
+    );
+    let own = got[1].1["errorMessage"].as_str().expect("errorMessage");
+    assert!(
+        own.len() <= 16 * 1024 && own.ends_with("… [runyard: cut, 20000 bytes in all]"),
+        "{}",
+        own.len()
     );
 }
 
