@@ -2808,3 +2808,62 @@ fn submit_wait_gives_up_a_minute_after_the_server_dies() {
         "gave up after {took:?}, not about 60 s: {err}"
     );
 }
+
+/// An event stream that sent one endless line (a server that is not runyard's, a proxy gone
+/// wrong) was read into memory without end, reconnecting after each drop. `logs --follow` now
+/// stops at the bound (1 MiB per event) with exit 3, naming the server.
+#[test]
+fn an_endless_event_line_ends_the_follow_at_the_bound() {
+    use std::io::{BufRead, BufReader, Write};
+    let id = "01a22d2b-1c54-7698-be6b-3e5256c4d637";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut h = String::new();
+            while reader.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
+                h.clear();
+            }
+            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            if path.starts_with("/async/events/sse") {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: "
+                );
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..8 {
+                    if conn.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let body = if path.contains("/logs") {
+                serde_json::json!({"job_id": id, "status": "RUNNING", "lines": [], "next": 0})
+            } else {
+                serde_json::json!({"id": id, "status": "RUNNING", "channel_id": "ch", "runs": []})
+            }
+            .to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let mut cmd = Command::new(BIN);
+    cmd.args(["logs", id, "--follow"])
+        .env("RUNYARD_SERVER", &url)
+        .env_remove("RUNYARD_TOKEN");
+    let (code, out, err) = Running::start(cmd).end();
+    assert_eq!(code, Some(3), "{err}");
+    assert_eq!(out, "");
+    assert!(
+        err.contains("ran past 1 MiB without its end") && err.contains(&url),
+        "{err}"
+    );
+}

@@ -11,6 +11,7 @@ use super::answer::{self, read_capped, shown_text};
 use super::exit::{self, Failure};
 use super::follow::{self, LogTail};
 use super::output::{self, Format};
+use super::sse;
 
 /// Where the server is, how to authenticate, and how to print: flattened into every client
 /// command.
@@ -390,12 +391,17 @@ impl Api {
         Ok((r, md5))
     }
 
+    /// The server's URL as messages show it (a password masked).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
     /// Opens the Server-Sent Events stream of `channel`, after `last_id` when given.
     pub async fn event_stream(
         &self,
         channel: &str,
         last_id: Option<&str>,
-    ) -> anyhow::Result<reqwest::Response> {
+    ) -> anyhow::Result<sse::Events> {
         let mut rb = self
             .stream_http
             .get(format!("{}/async/events/sse", self.base))
@@ -409,7 +415,7 @@ impl Api {
         if !stream {
             return Err(self.not_runyard(r.status().as_u16(), &kind));
         }
-        Ok(r)
+        Ok(sse::events(r))
     }
 }
 

@@ -3,17 +3,17 @@
 //! time and attempt. `submit --wait` and `logs --follow` are built on these.
 
 use std::io::IsTerminal;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
-use futures::{Stream, StreamExt};
+use eventsource_stream::EventStreamError;
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::client::{job_path, Api};
 use super::exit::Failure;
 pub use super::log_tail::{LogLine, LogTail};
 use super::output::{self, Format};
+use super::sse;
 
 /// Statuses a job does not leave (except through an explicit retry).
 pub fn is_terminal(status: &str) -> bool {
@@ -110,17 +110,6 @@ impl Patience {
     }
 }
 
-type SseStream = Pin<
-    Box<
-        dyn Stream<
-                Item = Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
-    >,
->;
-
 /// One job's events, read from its channel's SSE stream: the stream is opened on first use and
 /// re-opened from the last event id whenever it drops, so nothing is lost or repeated.
 pub struct JobEvents {
@@ -128,7 +117,7 @@ pub struct JobEvents {
     job_id: String,
     channel: String,
     last_id: Option<String>,
-    stream: Option<SseStream>,
+    stream: Option<sse::Events>,
     patience: Patience,
     /// Pause before the next connection attempt.
     not_before: Option<Instant>,
@@ -172,7 +161,7 @@ impl JobEvents {
                     .await
                 {
                     Ok(r) => {
-                        self.stream = Some(Box::pin(r.bytes_stream().eventsource()));
+                        self.stream = Some(r);
                         self.patience.reset();
                         self.not_before = None;
                     }
@@ -187,6 +176,9 @@ impl JobEvents {
             };
             match tokio::time::timeout(deadline - now, stream.next()).await {
                 Err(_) => return Ok(None),
+                Ok(Some(Err(EventStreamError::Transport(sse::SseRead::TooLong(_))))) => {
+                    return Err(sse::too_long(self.api.shown()));
+                }
                 Ok(None) | Ok(Some(Err(_))) => {
                     // Dropped (a server restart, a proxy, a silence past the read bound):
                     // reconnect from the last event id after a short pause.

@@ -14,6 +14,7 @@ mod log_tail;
 pub mod output;
 pub mod schedules;
 pub mod signal;
+mod sse;
 pub mod stop;
 pub mod submit;
 pub mod submit_batch;
