@@ -2867,3 +2867,47 @@ fn an_endless_event_line_ends_the_follow_at_the_bound() {
         "{err}"
     );
 }
+
+/// `bench --server` printed a URL's password in its report and followed redirects (a submit
+/// turned into a GET at the Location). A `--server` with credentials is now refused before
+/// anything is sent (bench sends none: exit 2, the password masked), and a redirect stops the
+/// run naming where it points.
+#[test]
+fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
+    let o = Command::new(BIN)
+        .args(["bench", "--server", "http://bob:hunter2secret@127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        !e.contains("hunter2secret") && e.contains("bob:***@") && e.contains("no credentials"),
+        "{e}"
+    );
+    let healthy = raw_server(
+        "200 OK",
+        "content-type: application/json\r\n",
+        r#"{"store":"sqlite"}"#,
+    );
+    let port = healthy.rsplit(':').next().unwrap();
+    let url = raw_server(
+        "301 Moved Permanently",
+        Box::leak(format!("location: {healthy}/health\r\n").into_boxed_str()),
+        "",
+    );
+    let o = Command::new(BIN)
+        .args([
+            "bench", "--server", &url, "--only", "service", "--jobs", "5",
+        ])
+        .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "20s"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains(&format!(
+            "redirected to http://127.0.0.1:{port}/health (HTTP 301)"
+        )) && e.contains(&format!("as --server: http://127.0.0.1:{port}")),
+        "{e}"
+    );
+}

@@ -262,6 +262,20 @@ fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
     if !matches!(a.synchronous.as_str(), "normal" | "full") {
         bail!("--synchronous must be `normal` or `full`");
     }
+    if let Some(s) = &a.server {
+        // bench sends no credentials of its own, and prints its --server: one with a user or
+        // password in it is refused rather than shown (or sent to wherever it redirects).
+        let userinfo = reqwest::Url::parse(s)
+            .map(|u| !u.username().is_empty() || u.password().is_some())
+            .unwrap_or_else(|_| s.contains('@'));
+        if userinfo {
+            return Err(super::exit::Failure::usage(format!(
+                "--server {}: bench sends no credentials; give the server's URL without a user \
+                 or password",
+                super::answer::shown_text(s)
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -346,6 +360,8 @@ fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(pool)
         .tcp_nodelay(true)
+        // As every command of the CLI: a redirect is not followed (a submit would become a GET).
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
