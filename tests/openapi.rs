@@ -618,3 +618,80 @@ async fn docs_page_is_served_from_the_binary() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "not_found", "{v}");
 }
+
+/// Each documented bound of a `limit` is the server's. The probe saw `minimum: 0` and no maximum
+/// on the job listing and the signal pages, whose server refuses 0 and more than its page
+/// (`api.max_page`, here configured to 50; 1,000 keys; 10,000 records): a client made from the
+/// document sent what the server refuses. A bound the document gives is taken at its ends and
+/// refused past them; a route that documents none takes any count (it reads it into its range).
+#[tokio::test]
+async fn every_documented_limit_bound_is_the_servers() {
+    let ts = TestServer::builder(RUNNERS)
+        .config("[api]\nmax_page = 50\n")
+        .start()
+        .await;
+    let (_, doc) = ts.get("/openapi.json").await;
+    let id = ts.submit_ok(json!({"type": "runyard.noop"})).await;
+    let (st, _) = ts
+        .post("/async/signals/k", Some(&json!({"payload": {}})))
+        .await;
+    assert!(st.is_success(), "{st}");
+    let mut checked = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let Some(params) = ops["get"]["parameters"].as_array() else {
+            continue;
+        };
+        let Some(limit) = params.iter().find(|p| p["name"] == "limit") else {
+            continue;
+        };
+        let url = path.replace("{id}", &id).replace("{key}", "k") + "?";
+        let at = |n: u64| {
+            let u = format!("{url}limit={n}");
+            let ts = &ts;
+            async move { (ts.get(&u).await.0, u) }
+        };
+        let (min, max) = (&limit["schema"]["minimum"], &limit["schema"]["maximum"]);
+        let min = min
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path}: no minimum: {limit}"));
+        let (st, u) = at(min).await;
+        assert!(st.is_success(), "{u}: {st} at the documented minimum");
+        if min > 0 {
+            let (st, u) = at(min - 1).await;
+            assert_eq!(
+                st,
+                StatusCode::BAD_REQUEST,
+                "{u}: below the documented minimum"
+            );
+        }
+        match max.as_u64() {
+            Some(max) => {
+                let (st, u) = at(max).await;
+                assert!(st.is_success(), "{u}: {st} at the documented maximum");
+                let (st, u) = at(max + 1).await;
+                assert_eq!(
+                    st,
+                    StatusCode::BAD_REQUEST,
+                    "{u}: past the documented maximum"
+                );
+            }
+            None => {
+                let (st, u) = at(1 << 40).await;
+                assert!(
+                    st.is_success(),
+                    "{u}: {st}, but the document gives no maximum"
+                );
+            }
+        }
+        checked.insert(path.clone());
+    }
+    assert_eq!(
+        doc["paths"]["/async/jobs"]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+            .map(|p| p["schema"]["maximum"].clone()),
+        Some(json!(50)),
+        "the listing's maximum is this server's api.max_page"
+    );
+    assert!(checked.len() >= 6, "{checked:?}");
+}

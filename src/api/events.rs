@@ -37,8 +37,12 @@ pub const POLL_RETRY_AFTER_SECS: u64 = 1;
 pub struct EventParams {
     last_id: Option<String>,
     channel: Option<String>,
+    /// Events in a page, 100 (`EVENT_PAGE`) when left out; 0 is read as 1 and more than 100 as
+    /// 100.
     #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
+    /// How long to wait for an event when none is there, in ms; more than 30,000 is read as
+    /// 30,000 (and never past the credential's expiry).
     #[serde(default, deserialize_with = "super::extract::query_count")]
     wait_ms: Option<u64>,
 }

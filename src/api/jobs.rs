@@ -421,6 +421,8 @@ pub async fn retry_job(
 #[serde(deny_unknown_fields)]
 pub struct LogParams {
     after: Option<u64>,
+    /// Lines in a page, 1,000 when left out; 0 is read as 1 and more than 10,000 as 10,000 (a
+    /// page also ends at its bytes' bound).
     #[serde(default, deserialize_with = "super::extract::query_count")]
     limit: Option<usize>,
 }

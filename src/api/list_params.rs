@@ -18,7 +18,10 @@ pub struct ListParams {
     status: Option<String>,
     #[serde(rename = "type")]
     job_type: Option<String>,
+    /// Jobs in a page: 1 to `api.max_page` (1,000 unless configured; the document served says
+    /// the server's own); 100 when left out.
     #[serde(default, deserialize_with = "super::extract::query_count")]
+    #[param(minimum = 1, maximum = 1000)]
     pub(super) limit: Option<usize>,
     cursor: Option<String>,
     channel: Option<String>,

@@ -134,7 +134,9 @@ async fn hook_append(
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     since: Option<String>,
+    /// Records in a page, 1 to 10,000 (`MAX_LIMIT`).
     #[serde(default, deserialize_with = "super::extract::query_count")]
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -197,8 +199,9 @@ async fn list(
 pub struct KeysParams {
     /// Keys after this name (the previous page's `next_after`).
     after: Option<String>,
-    /// Keys in a page, 1 to 1,000 (default 100).
+    /// Keys in a page, 1 to 1,000 (`MAX_KEYS`; default 100).
     #[serde(default, deserialize_with = "super::extract::query_count")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

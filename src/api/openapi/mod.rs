@@ -127,12 +127,22 @@ pub fn routes() -> Router<AppState> {
 /// The OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "docs",
     responses((status = 200, description = "The OpenAPI 3.1 document (this)", content_type = "application/json", body = Object)))]
-async fn openapi_json(State(st): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
     let mut doc = document().clone();
     // Behind a proxy serving under a path (`public_url` = https://host/runyard), the operations
     // are under that path.
     if !st.app.path_prefix.is_empty() {
         doc.servers = Some(vec![utoipa::openapi::Server::new(&st.app.path_prefix)]);
+    }
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    // The job listing's `limit` goes up to this server's `api.max_page`.
+    if let Some(params) = doc
+        .pointer_mut("/paths/~1async~1jobs/get/parameters")
+        .and_then(|p| p.as_array_mut())
+    {
+        for p in params.iter_mut().filter(|p| p["name"] == "limit") {
+            p["schema"]["maximum"] = st.app.config.api.max_page.into();
+        }
     }
     Json(doc)
 }
