@@ -7,9 +7,10 @@ change) do not make the overview read its panels again (it read them every 500 m
 Review of that fix: `listJobs` follows `next_cursor` (a first page routed to end short with a
 cursor); a slow read of "Latest jobs" cannot put older rows back over a newer read's; the lease
 panel reads at most 2 pages of each status, says when it stopped there, and is read again at most
-every 5 s while status events flow, and after the last one.
+every 5 s while status events flow, and after the last one. The dead letters page reads only the
+members its rows show too (probe s51a finding 3: 6 dead letters of ~1 MB of args each showed 4).
 
-On a server of its own: the other tests' jobs would be the latest ones."""
+On servers of their own: the other tests' jobs would be the latest ones."""
 
 from __future__ import annotations
 
@@ -269,3 +270,50 @@ def test_the_leases_panel_is_read_at_most_every_5_s_and_after_the_last_event(lar
         expect(row.locator("td").nth(1)).to_have_text("13", timeout=10000)
     finally:
         srv.call("POST", f"/async/jobs/{extra}/cancel")
+
+
+BIGFAIL = """
+[[runners]]
+name = "bigfail"
+kind = "service"
+types = ["bigfail.*"]
+operation = "runyard.fail"
+max_attempts = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def dead_letters():
+    """6 dead letters of ~1 MB of args each (6 MB: more than a page of whole jobs holds)."""
+    srv = Server(BIGFAIL)
+    try:
+        kind = f"bigfail.{uuid.uuid4().hex[:6]}"
+        dead = [srv.submit({"type": kind, "args": {"i": i, "pad": "z" * 1_000_000}}) for i in range(6)]
+        for j in dead:
+            assert srv.wait(j, {"SUCCESS", "ERROR"}, bound=60)["status"] == "ERROR"
+        yield srv, kind, dead
+    finally:
+        srv.stop()
+
+
+def test_the_dead_letters_page_reads_only_the_members_it_shows(dead_letters, page):
+    """Probe s51a finding 3: the dead letters page read whole jobs (`?dead=true&limit=50`, no
+    `fields`): a page of them ends at 4 MiB, so it showed 4 of these 6 (and "Retry all shown"
+    retried 4). It reads the members its rows show, as the other panels do: all 6 on one page."""
+    srv, kind, dead = dead_letters
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if "dead=true" in r.url else None)
+    page.goto(f"{srv.url}/#/dead?type={kind}")
+    expect(page.locator("body")).to_have_attribute("data-ready", "/dead", timeout=30000)
+    rows = page.locator("#rows tr[data-job]")
+    expect(rows).to_have_count(6, timeout=15000)
+    assert set(rows.evaluate_all("rs => rs.map((r) => r.dataset.job)")) == set(dead)
+    expect(page.locator("#dead-note")).to_have_text("6 shown.")
+    # Each row still shows what it did: type, status, attempt and the error.
+    first = rows.first
+    expect(first).to_contain_text(kind)
+    expect(first.locator(".badge")).to_have_text("ERROR")
+    expect(first).to_contain_text("1/1")
+    assert first.locator("td.error").inner_text().strip(), "no error shown"
+    assert reads and all("fields=id%2Ctype%2Cstatus%2Cattempt%2Cmax_attempts%2Cfinished_at%2Cerror%2Cupdated_at" in u
+                         for u in reads), reads

@@ -130,16 +130,33 @@ function unsendable(token) {
   return `This token cannot be sent: character ${i + 1} (U+${c}) is not one an HTTP header can carry. API tokens and JWTs are plain ASCII: paste the token again.`;
 }
 
-// A button that sends a request is disabled while it runs (a double click sends it once); `fn`
-// gets the event. On a form, its submit button is.
+// An action (a button or form that sends a request: cancel, retry, pause, resume, trigger, send,
+// the bulk retries and cancels): `fn` runs on its click or submit and gets the event; its button
+// (a form's submit button) is disabled while it runs. A double click sends the action once, and
+// nothing else: the guard is the page's, not the button's. After an action the page draws its
+// buttons again, and where the one clicked was there may now be the opposite action's (Cancel
+// becomes Retry, Retry Cancel, Pause Resume) or the same action's anew (Trigger, Send), enabled:
+// the second click of a double click lands on it. So while an action of the page on screen runs,
+// and for SETTLE_MS after any action ended (longer than a double click: 500 ms is the usual
+// system setting), a click on any action is ignored. A click a second later is a new action.
+const SETTLE_MS = 600;
+const actionGuard = { running: null, until: 0 };
 function once(fn) {
   return async (ev) => {
     const el = ev.currentTarget;
     const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
     if (ev.type === "submit") ev.preventDefault();
-    if (button.disabled) return;
+    // `running`: the navigation whose action runs (one left meanwhile does not hold the next page:
+    // its request may hang).
+    if (button.disabled || (actionGuard.running && actionGuard.running === navigation) || performance.now() < actionGuard.until) return;
+    const mine = navigation;
+    actionGuard.running = mine;
     button.disabled = true;
-    try { await fn(ev); } finally { button.disabled = false; }
+    try { await fn(ev); } finally {
+      button.disabled = false;
+      if (actionGuard.running === mine) actionGuard.running = null;
+      actionGuard.until = performance.now() + SETTLE_MS;
+    }
   };
 }
 
@@ -615,7 +632,7 @@ async function jobPage(id, signal) {
       TERMINAL.has(j.status) ? h("li", {}, `${when(j.finished_at)}: ${j.status}${j.exit_code !== null && j.exit_code !== undefined ? ` (exit ${j.exit_code})` : ""}`) : "");
   }
   // The action on its way: a re-render meanwhile (an event, the poll) draws its buttons disabled
-  // too, so a double click across a re-render sends it once.
+  // too (once() ignores a click on them anyway, and for SETTLE_MS after the action ends).
   let acting = null;
   async function act(verb) {
     acting = verb;

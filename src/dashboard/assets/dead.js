@@ -31,7 +31,10 @@ function deadLetterCount() {
 }
 
 // Dead letters: jobs that used up their attempts (status ERROR with attempt >= max_attempts),
-// selected by the store (`GET /async/jobs?dead=true`), 50 a page.
+// selected by the store (`GET /async/jobs?dead=true`), 50 a page, each read with only the members
+// a row shows (`fields`, as ROW_FIELDS): whole jobs of megabytes would end a page at 4 MiB, a few
+// rows (and "Retry all shown" would retry those few).
+const DEAD_FIELDS = "id,type,status,attempt,max_attempts,finished_at,error,updated_at";
 async function deadLetters(params, signal) {
   const type = params.get("type") || "";
   const body = h("tbody", { id: "rows" });
@@ -89,7 +92,7 @@ async function deadLetters(params, signal) {
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
   async function load(cursor, keep) {
     const kept = new Set(keep ? [...body.querySelectorAll(".pick:checked")].map((c) => c.value) : []);
-    const q = new URLSearchParams({ dead: "true", limit: "50" });
+    const q = new URLSearchParams({ dead: "true", limit: "50", fields: DEAD_FIELDS });
     if (type) q.set("type", type);
     if (cursor) q.set("cursor", cursor);
     const seen = [];
