@@ -112,6 +112,7 @@ function signIn(message) {
         const token = ev.target.token.value.trim();
         const bad = unsendable(token);
         if (bad) return setText(document.getElementById("signin-error"), bad);
+        settle();
         auth.token = token; start();
       } },
       h("label", { for: "token" }, "API token"),
@@ -133,29 +134,46 @@ function unsendable(token) {
 // An action (a button or form that sends a request: cancel, retry, pause, resume, trigger, send,
 // the bulk retries and cancels): `fn` runs on its click or submit and gets the event; its button
 // (a form's submit button) is disabled while it runs. A double click sends the action once, and
-// nothing else: the guard is the page's, not the button's. After an action the page draws its
-// buttons again, and where the one clicked was there may now be the opposite action's (Cancel
-// becomes Retry, Retry Cancel, Pause Resume) or the same action's anew (Trigger, Send), enabled:
-// the second click of a double click lands on it. So while an action of the page on screen runs,
-// and for SETTLE_MS after any action ended (longer than a double click: 500 ms is the usual
-// system setting), a click on any action is ignored. A click a second later is a new action.
+// nothing else. After an action the page draws its buttons again, and where the one clicked was
+// there may now be the opposite action's (Cancel becomes Retry, Retry Cancel, Pause Resume), the
+// same action's anew (Trigger, Send), or another control (Copy, a link), enabled: the second
+// click of a double click lands on it. So a click within SPOT_PX of where an action was clicked
+// is ignored, whatever it lands on, while that action runs on the page on screen and for
+// SETTLE_MS after it ended (longer than a double click: 500 ms is the usual system setting). A
+// click elsewhere (another row's action) is taken at once, and one at the same spot a second
+// later is a new one. A page left while its action runs (its request may hang) does not hold
+// the spot on the next page.
 const SETTLE_MS = 600;
-const actionGuard = { running: null, until: 0 };
+const SPOT_PX = 8;
+const clickGuard = { last: { x: NaN, y: NaN }, spot: null, running: null, until: 0 };
+document.addEventListener("click", (ev) => {
+  const s = clickGuard.spot;
+  const held = (clickGuard.running && clickGuard.running === navigation) || performance.now() < clickGuard.until;
+  if (s && held && Math.hypot(ev.clientX - s.x, ev.clientY - s.y) <= SPOT_PX) {
+    ev.preventDefault();
+    ev.stopImmediatePropagation();
+    return;
+  }
+  clickGuard.last = { x: ev.clientX, y: ev.clientY };
+}, true);
+// A click at the spot of the last click is ignored for SETTLE_MS from now (the sign-in form: the
+// page it opens may draw an action under the second click).
+function settle() {
+  Object.assign(clickGuard, { spot: clickGuard.last, running: null, until: performance.now() + SETTLE_MS });
+}
 function once(fn) {
   return async (ev) => {
     const el = ev.currentTarget;
     const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
     if (ev.type === "submit") ev.preventDefault();
-    // `running`: the navigation whose action runs (one left meanwhile does not hold the next page:
-    // its request may hang).
-    if (button.disabled || (actionGuard.running && actionGuard.running === navigation) || performance.now() < actionGuard.until) return;
-    const mine = navigation;
-    actionGuard.running = mine;
+    if (button.disabled) return;
+    // The spot: this click's (a form's: its submit button's click, which comes first).
+    const spot = clickGuard.last;
+    Object.assign(clickGuard, { spot, running: navigation, until: 0 });
     button.disabled = true;
     try { await fn(ev); } finally {
       button.disabled = false;
-      if (actionGuard.running === mine) actionGuard.running = null;
-      actionGuard.until = performance.now() + SETTLE_MS;
+      if (clickGuard.spot === spot) Object.assign(clickGuard, { running: null, until: performance.now() + SETTLE_MS });
     }
   };
 }
@@ -632,7 +650,7 @@ async function jobPage(id, signal) {
       TERMINAL.has(j.status) ? h("li", {}, `${when(j.finished_at)}: ${j.status}${j.exit_code !== null && j.exit_code !== undefined ? ` (exit ${j.exit_code})` : ""}`) : "");
   }
   // The action on its way: a re-render meanwhile (an event, the poll) draws its buttons disabled
-  // too (once() ignores a click on them anyway, and for SETTLE_MS after the action ends).
+  // too (once() ignores a click at the action's spot anyway, and for SETTLE_MS after it ends).
   let acting = null;
   async function act(verb) {
     acting = verb;
