@@ -23,6 +23,11 @@
 //!   B accepts is remembered by Redis for its whole window (not the minute B's clock left it,
 //!   after which another node took the same request again), and one signed 4.5 minutes ago is
 //!   within B's window (B's clock made it 8.5).
+//! - `a_node_behind_judges_signed_urls_by_the_store_clock`: B a minute behind: a signed upload
+//!   URL B took once is still refused (403) once it has expired by the store's clock and Redis
+//!   has forgotten its use (B's clock made it good for another minute), a signed download URL
+//!   alike, and A refuses both too; the URLs B hands out expire 5 minutes from the store's now
+//!   (not 4) and work on A.
 //!
 //! Every time the tests compare is the real clock's (this process, Redis and A agree on it).
 
@@ -586,4 +591,187 @@ async fn a_node_ahead_judges_hook_requests_by_the_store_clock() {
     assert_eq!(status, 200, "{text}\n{}", cl.logs());
     let job = ca.job(&id).await;
     assert_eq!(job["progress"], 0.5, "{job:#}");
+}
+
+/// The seconds since the epoch of now, by the real clock (this process's, Redis's and A's).
+fn now_secs() -> i64 {
+    secs(SystemTime::now()) as i64
+}
+
+/// The `exp` of a signed URL, and its path and query (to send to another node).
+fn exp_of(url: &str) -> (i64, String) {
+    let u = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let exp = u
+        .query_pairs()
+        .find(|(k, _)| k == "exp")
+        .map(|(_, v)| v.to_string());
+    let exp = exp.and_then(|e| e.parse().ok());
+    let exp = exp.unwrap_or_else(|| panic!("no exp in {url}"));
+    (
+        exp,
+        format!("{}?{}", u.path(), u.query().unwrap_or_default()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_judges_signed_urls_by_the_store_clock() {
+    use base64::Engine;
+    use md5::Digest;
+    use runyard::api::signed_url::{UrlSigner, URL_TTL_SECS};
+    use runyard_hooks::{derive_job_secret, signed_headers, SigVersion};
+    let cl = Cluster::new();
+    let a = cl.node("a", None).await;
+    let b = cl.node("b", Some(-60)).await;
+    let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
+    let (status, _, v) = post(
+        &ca,
+        "/async/jobs",
+        json!({"type": "runyard.sleep", "args": {"ms": 120000}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["job_id"].as_str().expect("job_id").to_string();
+    let job = wait_status(&ca, &id, "RUNNING", &cl).await;
+    let attempt = job["attempt"].as_u64().expect("attempt") as u32;
+    let secret = derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+    // A hook call to B, signed now (v2).
+    let hook = |method: &'static str, path: String, body: Vec<u8>| {
+        let time_ms = now_secs() * 1000;
+        let h = signed_headers(&id, &secret, SigVersion::V2, method, &path, &body, time_ms)
+            .expect("signed");
+        let req = cb
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{path}", cb.url),
+            )
+            .headers(h)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let r = req.send().await.expect("hook call");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let md5_hex = |b: &[u8]| hex::encode(md5::Md5::digest(b));
+    let send = |method: reqwest::Method, url: String, body: &'static [u8]| {
+        let req = ca.http.request(method, url).body(body);
+        async move {
+            let r = req.send().await.expect("sent");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let on = |c: &Client, path: &str| format!("{}{path}", c.url);
+    let mut wrong = Vec::new();
+
+    // An upload URL and a download URL as a node made them 5 minutes ago, a few seconds left
+    // (signed here with the key runyard derives from the master key, as it does).
+    let signer = UrlSigner::new(MASTER_KEY.as_bytes());
+    let content: &'static [u8] = b"used once, whatever the node's clock";
+    let hash = md5_hex(content);
+    let exp = (now_secs() + 5).to_string();
+    let meta = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"name":"late.txt"}"#);
+    let (job_id, att) = (id.as_str(), attempt.to_string());
+    let put_sig = signer.sign(&["put", job_id, &att, "outputs", &hash, &exp, &meta]);
+    let upload = format!(
+        "/async/blobs/upload?job={id}&attempt={att}&property=outputs&hash={hash}&exp={exp}&meta={meta}&sig={put_sig}"
+    );
+    let sig = signer.sign(&["get", &hash, &exp]);
+    let download = format!("/async/blobs/{hash}?exp={exp}&sig={sig}");
+    let (status, text) = send(reqwest::Method::PUT, on(&cb, &upload), content).await;
+    assert_eq!(status, 200, "the first use: {text}\n{}", cl.logs());
+    let (status, text) = send(reqwest::Method::PUT, on(&cb, &upload), content).await;
+    assert_eq!(status, 403, "the second use: {text}");
+    assert!(text.contains("url_used"), "{text}");
+    let (status, text) = send(reqwest::Method::GET, on(&cb, &download), b"").await;
+    assert_eq!(status, 200, "the download before its expiry: {text}");
+
+    // Past the expiry and the 1 s + 2 s Redis keeps the use beyond it: Redis has forgotten
+    // the URL (to B's clock, it has another minute to run).
+    let gone = exp.parse::<i64>().expect("exp") + 4;
+    let until = Instant::now() + Duration::from_secs(30);
+    while now_secs() <= gone {
+        assert!(Instant::now() < until, "the clock did not reach {gone}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let digest = hex::encode(sha2::Sha256::digest(format!("upload-url:{put_sig}")));
+    let mut c = redis_support::raw_conn(&cl.redis).await;
+    let kept: bool = ::redis::cmd("EXISTS")
+        .arg(format!("{}:replay:{digest}", cl.redis.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("EXISTS");
+    assert!(!kept, "Redis still remembers the upload URL's use");
+    for (node, c) in [("B", &cb), ("A", &ca)] {
+        let (status, text) = send(reqwest::Method::PUT, on(c, &upload), content).await;
+        if status != 403 {
+            wrong.push(format!(
+                "{node} took the expired upload URL again: {status} {text}"
+            ));
+        }
+        let (status, text) = send(reqwest::Method::GET, on(c, &download), b"").await;
+        if status != 403 {
+            wrong.push(format!(
+                "{node} served the expired download URL: {status} {text}"
+            ));
+        }
+    }
+    let files = ca.job(&id).await["files"]["outputs"]
+        .as_array()
+        .map(Vec::len);
+    if files != Some(1) {
+        wrong.push(format!("the job has {files:?} outputs, not 1"));
+    }
+
+    // The URLs B hands out expire 5 minutes from the store's now (B's clock says 4), and A
+    // takes them.
+    let before = now_secs();
+    let (status, v) = hook(
+        "GET",
+        format!("/async/download/jobs/{id}/outputs/0"),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let got = v["Location"].as_str().expect("Location").to_string();
+    let (stamped, path) = exp_of(&got);
+    // Whole seconds of a clock B carries from Redis's `TIME`: a second either way.
+    if stamped < before + URL_TTL_SECS - 1 || stamped > now_secs() + URL_TTL_SECS + 1 {
+        wrong.push(format!(
+            "B's download URL expires at {stamped}, {} s from now",
+            stamped - before
+        ));
+    }
+    // Its signature and expiry hold on A (checked first: 403 otherwise); the bytes are B's
+    // alone, these nodes keeping their files in data dirs of their own (404 on A).
+    let (status, text) = send(reqwest::Method::GET, on(&ca, &path), b"").await;
+    if status == 403 {
+        wrong.push(format!("A refused B's download URL: {status} {text}"));
+    }
+    let fresh: &'static [u8] = b"a fresh upload, stamped by B";
+    let hash = md5_hex(fresh);
+    let challenge = md5_hex(&[b"WEBDA".as_slice(), fresh].concat());
+    let body = json!({"hash": hash, "challenge": challenge, "metadata": {"name": "fresh.txt"}});
+    let before = now_secs();
+    let (status, v) = hook(
+        "PUT",
+        format!("/async/upload/jobs/{id}/outputs"),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let got = v["url"].as_str().expect("an upload url").to_string();
+    let (stamped, path) = exp_of(&got);
+    if stamped < before + URL_TTL_SECS - 1 || stamped > now_secs() + URL_TTL_SECS + 1 {
+        wrong.push(format!(
+            "B's upload URL expires at {stamped}, {} s from now",
+            stamped - before
+        ));
+    }
+    let (status, text) = send(reqwest::Method::PUT, on(&ca, &path), fresh).await;
+    if status != 200 {
+        wrong.push(format!("A refused B's upload URL: {status} {text}"));
+    }
+    assert!(wrong.is_empty(), "{}\n{}", wrong.join("\n"), cl.logs());
 }

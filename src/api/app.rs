@@ -52,10 +52,16 @@ pub struct App {
 }
 
 impl App {
+    /// The time signed URLs are stamped and checked by (seconds since the epoch): the store's,
+    /// as for hook requests, so the nodes agree on a URL's expiry whatever their wall clocks,
+    /// and a used upload URL expires before the store forgets its use.
+    pub async fn signed_url_now(&self) -> i64 {
+        self.store.time().await / 1_000_000
+    }
+
     /// A short-lived signed URL for the bytes of a blob.
-    pub fn blob_url(&self, hash: &str) -> String {
-        let exp =
-            (crate::job::now_us() / 1_000_000 + crate::api::signed_url::URL_TTL_SECS).to_string();
+    pub async fn blob_url(&self, hash: &str) -> String {
+        let exp = (self.signed_url_now().await + super::signed_url::URL_TTL_SECS).to_string();
         let sig = self.signer.sign(&["get", hash, &exp]);
         format!("{}/async/blobs/{hash}?exp={exp}&sig={sig}", self.public_url)
     }

@@ -298,7 +298,7 @@ pub async fn download(
     require_active(&job, "download files")?;
     let f = job_file(&job, &property, file_index(&index)?)?;
     Ok(Json(DownloadResponse {
-        location: st.app.blob_url(&f.hash),
+        location: st.app.blob_url(&f.hash).await,
         map: FileMeta {
             hash: f.hash.clone(),
             size: f.size,
@@ -378,7 +378,7 @@ pub async fn upload(
             }));
         }
     }
-    let exp = (now_us() / 1_000_000 + URL_TTL_SECS).to_string();
+    let exp = (st.app.signed_url_now().await + URL_TTL_SECS).to_string();
     let meta = super::signed_url::with_nonce(meta);
     let meta_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meta.as_bytes());
     let id = job.id.to_string();
@@ -479,6 +479,7 @@ async fn check_upload_url(
         &["put", &t.job, &attempt, &t.property, &t.hash, &exp, &t.meta],
         t.exp,
         &t.sig,
+        st.app.signed_url_now().await,
     ) {
         return Err(ApiError::bad_signed_url("upload"));
     }
@@ -586,11 +587,12 @@ pub async fn blob_download(
     q: Result<Query<DownloadTarget>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(t) = q.map_err(|_| ApiError::bad_signed_url("download"))?;
+    let now = st.app.signed_url_now().await;
     if !valid_hash(&hash)
         || !st
             .app
             .signer
-            .check(&["get", &hash, &t.exp.to_string()], t.exp, &t.sig)
+            .check(&["get", &hash, &t.exp.to_string()], t.exp, &t.sig, now)
     {
         return Err(ApiError::bad_signed_url("download"));
     }

@@ -5,7 +5,9 @@
 use runyard_hooks::hmac_sha256_parts;
 use subtle::ConstantTimeEq;
 
-/// How long a signed URL works.
+/// How long a signed URL works, by the store's clock (stamped and checked by it: a node whose
+/// wall clock is off hands out and takes the same URLs as the others, and a used upload URL has
+/// expired on every node before the store forgets its use).
 pub const URL_TTL_SECS: i64 = 300;
 
 /// Signs and checks URL tokens.
@@ -35,9 +37,11 @@ impl UrlSigner {
         hex::encode(hmac_sha256_parts(&self.key, &fed))
     }
 
-    /// Checks a token (constant time) and its expiry (`exp`, seconds since the epoch).
-    pub fn check(&self, parts: &[&str], exp: i64, sig: &str) -> bool {
-        let now = crate::job::now_us() / 1_000_000;
+    /// Checks a token (constant time) and its expiry (`exp`, seconds since the epoch) at `now`
+    /// (seconds since the epoch, by the store's clock: `App::signed_url_now`). An `exp` more
+    /// than [`URL_TTL_SECS`] ahead is accepted up to a minute more: a node of an older build
+    /// stamped its URLs by its own wall clock.
+    pub fn check(&self, parts: &[&str], exp: i64, sig: &str, now: i64) -> bool {
         if exp < now || exp > now + URL_TTL_SECS + 60 {
             return false;
         }
@@ -65,6 +69,24 @@ pub fn with_nonce(mut meta: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL works until its `exp` by the `now` it is checked at, and not with another token.
+    #[test]
+    fn a_url_is_judged_at_the_time_given() {
+        let signer = UrlSigner::new(b"signed-url-test-master-key");
+        let exp = 1_800_000_000;
+        let sig = signer.sign(&["get", "h", &exp.to_string()]);
+        let check =
+            |sig: &str, now: i64| signer.check(&["get", "h", &exp.to_string()], exp, sig, now);
+        assert!(check(&sig, exp - URL_TTL_SECS));
+        assert!(check(&sig, exp));
+        assert!(!check(&sig, exp + 1), "expired");
+        assert!(!check(&sig, exp - URL_TTL_SECS - 61), "too far ahead");
+        assert!(!check(
+            &signer.sign(&["get", "other", &exp.to_string()]),
+            exp
+        ));
+    }
 
     /// The nonce changes the signed text every time and the metadata it decodes to never.
     #[test]
