@@ -2884,6 +2884,21 @@ fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
         !e.contains("hunter2secret") && e.contains("bob:***@") && e.contains("no credentials"),
         "{e}"
     );
+    // Without a scheme (it parses as the scheme `bob`), or not http(s): refused at once, as by
+    // every client command (it was tried for 30 s, then printed whole).
+    for bad in [
+        "bob:hunter2secret@127.0.0.1:9",
+        "localhost:9",
+        "http://127.0.0.1:9/?q=1",
+    ] {
+        let o = Command::new(BIN)
+            .args(["bench", "--server", bad])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {e}");
+        assert!(!e.contains("hunter2secret"), "{e}");
+    }
     let healthy = raw_server(
         "200 OK",
         "content-type: application/json\r\n",

@@ -694,4 +694,17 @@ async fn every_documented_limit_bound_is_the_servers() {
         "the listing's maximum is this server's api.max_page"
     );
     assert!(checked.len() >= 6, "{checked:?}");
+    // Patched in the typed document, which keeps its order (review: patched as a JSON value, the
+    // members came out in alphabetical order, and so did /docs' operations).
+    let text = reqwest::get(ts.at("/openapi.json"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.starts_with(r#"{"openapi":"3.1.0","info":"#),
+        "{}",
+        &text[..80]
+    );
 }

@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::EventStreamError;
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -176,8 +175,8 @@ impl JobEvents {
             };
             match tokio::time::timeout(deadline - now, stream.next()).await {
                 Err(_) => return Ok(None),
-                Ok(Some(Err(EventStreamError::Transport(sse::SseRead::TooLong(_))))) => {
-                    return Err(sse::too_long(self.api.shown()));
+                Ok(Some(Err(e))) if e.not_runyard() => {
+                    return Err(sse::not_runyard(&e, self.api.shown()));
                 }
                 Ok(None) | Ok(Some(Err(_))) => {
                     // Dropped (a server restart, a proxy, a silence past the read bound):

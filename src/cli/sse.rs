@@ -1,20 +1,21 @@
-//! The CLI's reading of a Server-Sent Events stream, bounded: an event (its lines up to the blank
-//! line that ends it) longer than [`MAX_EVENT`] ends the stream with [`SseRead::TooLong`] instead
-//! of growing the parser's buffer without end (a server that is not runyard's, or a proxy
-//! sending one endless line).
+//! The CLI's reading of a Server-Sent Events stream (the HTML standard's "event stream
+//! interpretation": lines ended by CR, LF or CRLF, `data:` lines joined, `id:` kept, a blank line
+//! ends an event, `:` a comment), bounded: an event (its lines up to the blank line that ends it)
+//! longer than [`MAX_EVENT`], or a line that is not UTF-8, ends the stream with an error instead
+//! of growing a buffer without end. Read byte by byte once, so the time is linear in what
+//! comes (eventsource-stream 0.2, used before, re-read its buffer per line and kept every byte
+//! after an invalid UTF-8 one).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 
 use super::exit::Failure;
 
 /// The longest event read. runyard's events are a status or a progress with at most the job's
-/// error, stored cut to 16 KiB (`job::error_text`): a few KiB. The bound stays small because the
-/// parser reads an unfinished event again with each chunk that comes (an endless line costs
-/// time in the square of its length, not only memory).
+/// error, stored cut to 16 KiB (`job::error_text`): a few KiB.
 pub const MAX_EVENT: usize = 1 << 20;
 
 /// What ends a stream's reading before its end.
@@ -24,130 +25,195 @@ pub enum SseRead {
     #[error(transparent)]
     Net(#[from] reqwest::Error),
     /// An event ran past [`MAX_EVENT`] without its end.
-    #[error("an event of the stream ran past {0} bytes without its end")]
-    TooLong(usize),
+    #[error("an event of the stream ran past {} MiB without its end", MAX_EVENT >> 20)]
+    TooLong,
+    /// A line is not UTF-8.
+    #[error("a line of the stream is not UTF-8")]
+    NotUtf8,
 }
 
-/// The error that ends a follow whose stream (from the server `shown`) sent an event past
-/// [`MAX_EVENT`]: not runyard's (exit 3).
-pub fn too_long(shown: &str) -> anyhow::Error {
+impl SseRead {
+    /// Whether the stream is not runyard's (no reconnect helps).
+    pub fn not_runyard(&self) -> bool {
+        !matches!(self, SseRead::Net(_))
+    }
+}
+
+/// An event: its `data` lines joined by `\n`, and the last `id` the stream gave (empty: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub data: String,
+}
+
+/// The events of an SSE stream.
+pub type Events = Pin<Box<dyn Stream<Item = Result<Event, SseRead>> + Send>>;
+
+/// The error that ends a follow whose stream (from the server `shown`) is not runyard's: an
+/// event past [`MAX_EVENT`], a line not UTF-8 (exit 3).
+pub fn not_runyard(e: &SseRead, shown: &str) -> anyhow::Error {
     Failure::Unavailable {
         status: 200,
         code: "not_runyard".into(),
-        message: format!(
-            "an event of the stream ran past {} MiB without its end: is {shown} the address of \
-             runyard's API?",
-            MAX_EVENT >> 20
-        ),
+        message: format!("{e}: is {shown} the address of runyard's API?"),
     }
     .into()
 }
 
-/// The events of an SSE stream, read by [`bounded`].
-pub type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<SseRead>>> + Send>>;
-
-/// `r`'s body read as events, each at most [`MAX_EVENT`] bytes.
+/// `r`'s body read as events.
 pub fn events(r: reqwest::Response) -> Events {
-    Box::pin(bounded(r.bytes_stream().map(|c| c.map_err(SseRead::Net)), MAX_EVENT).eventsource())
+    parsed(r.bytes_stream().map(|c| c.map_err(SseRead::Net)))
 }
 
-/// Where a stream stands in its current event.
-#[derive(Default)]
-struct Cursor {
-    /// Bytes since the end of the last event.
-    len: usize,
-    /// Bytes on the current line, its end not counted.
-    line: usize,
-    /// The last byte was a `\r` (a `\n` right after it ends no second line).
-    after_cr: bool,
-    /// The bound was passed: the stream is over.
-    done: bool,
-}
-
-impl Cursor {
-    /// Reads `chunk`; `false` once the current event has run past `cap` bytes.
-    fn read(&mut self, chunk: &[u8], cap: usize) -> bool {
-        for &b in chunk {
-            match b {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
-                    if self.line == 0 {
-                        self.len = 0;
-                    } else {
-                        self.len += 1;
-                    }
-                    self.line = 0;
-                    self.after_cr = b == b'\r';
-                }
-                _ => {
-                    self.after_cr = false;
-                    self.line += 1;
-                    self.len += 1;
-                    if self.len > cap {
-                        return false;
+/// `chunks` read as events; an error ends the stream (after the events before it).
+fn parsed<S>(chunks: S) -> Events
+where
+    S: Stream<Item = Result<Bytes, SseRead>> + Send + 'static,
+{
+    struct State<S> {
+        chunks: Pin<Box<S>>,
+        parser: Parser,
+        ready: VecDeque<Event>,
+        failed: Option<SseRead>,
+        done: bool,
+    }
+    let start = State {
+        chunks: Box::pin(chunks),
+        parser: Parser::default(),
+        ready: VecDeque::new(),
+        failed: None,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(start, |mut st| async move {
+        loop {
+            if let Some(ev) = st.ready.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if let Some(e) = st.failed.take() {
+                st.done = true;
+                return Some((Err(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.chunks.next().await {
+                None => st.done = true,
+                Some(Err(e)) => st.failed = Some(e),
+                Some(Ok(bytes)) => {
+                    if let Err(e) = st.parser.feed(&bytes, &mut st.ready) {
+                        st.failed = Some(e);
                     }
                 }
             }
         }
-        true
-    }
+    }))
 }
 
-/// `chunks` as they come, ended by an [`SseRead::TooLong`] once one event (lines up to a blank
-/// line) passes `cap` bytes.
-fn bounded<S>(chunks: S, cap: usize) -> impl Stream<Item = Result<Bytes, SseRead>>
-where
-    S: Stream<Item = Result<Bytes, SseRead>>,
-{
-    chunks.scan(Cursor::default(), move |at, c| {
-        let item = if at.done {
-            None
-        } else {
-            match c {
-                Ok(bytes) if !at.read(&bytes, cap) => {
-                    at.done = true;
-                    Some(Err(SseRead::TooLong(cap)))
+/// Where a stream stands.
+#[derive(Default)]
+struct Parser {
+    /// The current line's bytes (its end not yet come).
+    line: Vec<u8>,
+    /// The last byte was a `\r` (a `\n` right after it ends no second line).
+    after_cr: bool,
+    /// The current event's `data` lines, each followed by `\n`.
+    data: String,
+    /// The last `id` given.
+    id: String,
+    /// Bytes of the current event so far (its lines' ends not counted).
+    len: usize,
+}
+
+impl Parser {
+    /// Reads `chunk`, each event it ends put on `out`.
+    fn feed(&mut self, chunk: &[u8], out: &mut VecDeque<Event>) -> Result<(), SseRead> {
+        for &b in chunk {
+            let after_cr = std::mem::replace(&mut self.after_cr, b == b'\r');
+            match b {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => self.end_line(out)?,
+                _ => {
+                    self.len += 1;
+                    if self.len > MAX_EVENT {
+                        return Err(SseRead::TooLong);
+                    }
+                    self.line.push(b);
                 }
-                other => Some(other),
             }
+        }
+        Ok(())
+    }
+
+    fn end_line(&mut self, out: &mut VecDeque<Event>) -> Result<(), SseRead> {
+        if self.line.is_empty() {
+            self.len = 0;
+            if !self.data.is_empty() {
+                let mut data = std::mem::take(&mut self.data);
+                data.pop();
+                out.push_back(Event {
+                    id: self.id.clone(),
+                    data,
+                });
+            }
+            return Ok(());
+        }
+        let line = std::str::from_utf8(&self.line).map_err(|_| SseRead::NotUtf8)?;
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
         };
-        std::future::ready(item)
-    })
+        match field {
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "id" if !value.contains('\0') => self.id = value.to_string(),
+            // A comment (`:`), `event`, `retry` and unknown fields: nothing the CLI uses.
+            _ => {}
+        }
+        self.line.clear();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn read(chunks: &[&str], cap: usize) -> (Vec<String>, Option<String>) {
-        let items: Vec<Result<Bytes, SseRead>> = chunks
-            .iter()
-            .map(|c| Ok(Bytes::copy_from_slice(c.as_bytes())))
-            .collect();
-        let mut s = Box::pin(bounded(futures::stream::iter(items), cap).eventsource());
-        let mut data = Vec::new();
+    async fn read(chunks: Vec<Vec<u8>>) -> (Vec<(String, String)>, Option<String>) {
+        let items: Vec<Result<Bytes, SseRead>> =
+            chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
+        let mut s = parsed(futures::stream::iter(items));
+        let mut got = Vec::new();
         while let Some(ev) = s.next().await {
             match ev {
-                Ok(ev) => data.push(ev.data),
-                Err(e) => return (data, Some(e.to_string())),
+                Ok(ev) => got.push((ev.id, ev.data)),
+                Err(e) => return (got, Some(e.to_string())),
             }
         }
-        (data, None)
+        (got, None)
+    }
+
+    fn chunked(stream: &[u8], size: usize) -> Vec<Vec<u8>> {
+        stream.chunks(size).map(<[u8]>::to_vec).collect()
     }
 
     #[tokio::test]
-    async fn events_within_the_bound_pass_whole_in_any_chunking() {
-        let stream =
-            "id: 1\ndata: {\"a\":1}\n\nid: 2\r\ndata: x\r\ndata: y\r\n\r\n:keep\n\ndata: z\r\r\n";
-        for size in [1, 2, 3, 7, stream.len()] {
-            let chunks: Vec<&str> = stream
-                .as_bytes()
-                .chunks(size)
-                .map(|c| std::str::from_utf8(c).unwrap())
-                .collect();
+    async fn events_pass_whole_in_any_chunking() {
+        let stream = "id: 1\ndata: {\"a\":1}\n\nid: 2\r\ndata: x\r\ndata: y\r\n\r\n:keep\n\n\
+                      event: e\rdata:z\r\rretry: 5\ndata\n\n";
+        for size in 1..=stream.len() {
             assert_eq!(
-                read(&chunks, 64).await,
-                (vec!["{\"a\":1}".into(), "x\ny".into(), "z".into()], None),
+                read(chunked(stream.as_bytes(), size)).await,
+                (
+                    vec![
+                        ("1".into(), "{\"a\":1}".into()),
+                        ("2".into(), "x\ny".into()),
+                        ("2".into(), "z".into()),
+                        ("2".into(), String::new()),
+                    ],
+                    None
+                ),
                 "chunks of {size}"
             );
         }
@@ -155,17 +221,42 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_line_ends_the_stream_at_the_bound() {
-        let (data, err) = read(&["data: ok\n\n", "data: ", &"x".repeat(40), "\n\n"], 32).await;
-        assert_eq!(data, vec!["ok".to_string()]);
-        let err = err.expect("an error at the bound");
-        assert!(err.contains("ran past 32 bytes"), "{err}");
+        let mut chunks = vec![b"data: ok\n\ndata: ".to_vec()];
+        chunks.extend(std::iter::repeat_n(vec![b'x'; 1 << 16], 20));
+        let (got, err) = read(chunks).await;
+        assert_eq!(got, vec![(String::new(), "ok".to_string())]);
+        assert_eq!(
+            err.as_deref(),
+            Some("an event of the stream ran past 1 MiB without its end")
+        );
     }
 
     #[tokio::test]
     async fn many_short_lines_without_a_blank_one_count_as_one_event() {
-        let lines = "data: abcdef\n".repeat(10);
-        let (data, err) = read(&[&lines, "\n"], 64).await;
-        assert!(data.is_empty(), "{data:?}");
-        assert!(err.is_some_and(|e| e.contains("ran past 64")));
+        let lines = "data: abcdef\n".repeat((MAX_EVENT / 12) + 1);
+        let (got, err) = read(vec![lines.into_bytes(), b"\n".to_vec()]).await;
+        assert!(got.is_empty(), "{got:?}");
+        assert!(err.is_some_and(|e| e.contains("ran past 1 MiB")));
+    }
+
+    /// eventsource-stream kept every byte after an invalid UTF-8 one and gave nothing, whatever
+    /// the blank lines: the stream now ends at the line.
+    #[tokio::test]
+    async fn a_line_not_utf8_ends_the_stream() {
+        let mut chunks = vec![b"data: ok\n\n".to_vec(), b"data: \xff\n\n".to_vec()];
+        chunks.extend(std::iter::repeat_n(b"data: x\n\n".to_vec(), 1000));
+        let (got, err) = read(chunks).await;
+        assert_eq!(got, vec![(String::new(), "ok".to_string())]);
+        assert_eq!(err.as_deref(), Some("a line of the stream is not UTF-8"));
+    }
+
+    /// Blank lines and tiny events by the million are read in linear time (the parser before
+    /// copied its buffer's rest per line: a chunk of 524,288 `\n` took minutes).
+    #[tokio::test]
+    async fn blank_lines_and_tiny_events_by_the_million_are_read() {
+        let (got, err) = read(vec![vec![b'\n'; 4 << 20]]).await;
+        assert_eq!((got.len(), err), (0, None));
+        let (got, err) = read(vec!["data:\n\n".repeat(1 << 20).into_bytes()]).await;
+        assert_eq!((got.len(), err), (1 << 20, None));
     }
 }

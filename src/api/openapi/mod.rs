@@ -127,21 +127,29 @@ pub fn routes() -> Router<AppState> {
 /// The OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "docs",
     responses((status = 200, description = "The OpenAPI 3.1 document (this)", content_type = "application/json", body = Object)))]
-async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
+async fn openapi_json(State(st): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::openapi::{RefOr, Schema};
     let mut doc = document().clone();
     // Behind a proxy serving under a path (`public_url` = https://host/runyard), the operations
     // are under that path.
     if !st.app.path_prefix.is_empty() {
         doc.servers = Some(vec![utoipa::openapi::Server::new(&st.app.path_prefix)]);
     }
-    let mut doc = serde_json::to_value(doc).unwrap_or_default();
-    // The job listing's `limit` goes up to this server's `api.max_page`.
-    if let Some(params) = doc
-        .pointer_mut("/paths/~1async~1jobs/get/parameters")
-        .and_then(|p| p.as_array_mut())
-    {
-        for p in params.iter_mut().filter(|p| p["name"] == "limit") {
-            p["schema"]["maximum"] = st.app.config.api.max_page.into();
+    // The job listing's `limit` goes up to this server's `api.max_page` (patched in the typed
+    // document: a JSON value's members would come out in alphabetical order, not the document's).
+    let params = doc
+        .paths
+        .paths
+        .get_mut("/async/jobs")
+        .and_then(|p| p.get.as_mut())
+        .and_then(|op| op.parameters.as_mut());
+    for p in params.into_iter().flatten() {
+        if let RefOr::T(p) = p {
+            if p.name == "limit" {
+                if let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut() {
+                    o.maximum = Some(utoipa::Number::UInt(st.app.config.api.max_page));
+                }
+            }
         }
     }
     Json(doc)

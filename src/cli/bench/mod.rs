@@ -263,11 +263,14 @@ fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
         bail!("--synchronous must be `normal` or `full`");
     }
     if let Some(s) = &a.server {
+        // As every client command's --server: an http(s) URL without query or fragment (exit 2,
+        // shown with its password masked).
+        super::client::Api::new(s)?;
         // bench sends no credentials of its own, and prints its --server: one with a user or
         // password in it is refused rather than shown (or sent to wherever it redirects).
         let userinfo = reqwest::Url::parse(s)
             .map(|u| !u.username().is_empty() || u.password().is_some())
-            .unwrap_or_else(|_| s.contains('@'));
+            .unwrap_or(true);
         if userinfo {
             return Err(super::exit::Failure::usage(format!(
                 "--server {}: bench sends no credentials; give the server's URL without a user \
