@@ -88,6 +88,12 @@ impl StoreError {
         Self::Backend(format!("{WRITES_REFUSED}{why}"))
     }
 
+    /// A write the store refused ([`Self::writes_refused`]) at a process's start, which stops
+    /// it: `Unavailable`, as the start's other failures, in the same words.
+    pub fn writes_refused_at_start(why: &str) -> Self {
+        Self::Unavailable(format!("{WRITES_REFUSED}{why}"))
+    }
+
     /// Whether this is a write the store refused ([`Self::writes_refused`]): nothing was
     /// written, the API answers 503, and the store says it at ERROR once a minute, so the loops
     /// that meet it need not say it again.

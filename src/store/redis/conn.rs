@@ -61,7 +61,7 @@ pub(super) fn out_of_memory(e: &RedisError) -> bool {
 }
 
 /// What Redis's refusal for lack of memory says (also in a script's error text).
-pub(super) const OOM_TEXT: &str = "command not allowed when used memory";
+const OOM_TEXT: &str = "command not allowed when used memory";
 
 /// What a write Redis refused because it cannot persist says (`MISCONF`).
 const MISCONF: &str = "redis cannot persist to disk (`MISCONF`: its last RDB save failed and \
@@ -94,12 +94,38 @@ pub(super) fn write_refusal(e: &RedisError) -> Option<&'static str> {
     if e.kind() == ErrorKind::ReadOnly {
         return Some(READ_ONLY);
     }
-    match e.code() {
-        Some("MISCONF") if e.detail().is_some_and(|d| d.contains("AOF")) => Some(MISCONF_AOF),
-        Some("MISCONF") => Some(MISCONF),
-        Some("NOREPLICAS") => Some(NOREPLICAS),
+    refusal_coded(e.code().unwrap_or_default(), e.detail().unwrap_or_default())
+}
+
+/// [`write_refusal`] for an error as a script's `redis.pcall` hands it over: its text, `CODE
+/// detail` (the start's check of the commands runyard needs, `server_info.rs`).
+pub(super) fn write_refusal_said(text: &str) -> Option<&'static str> {
+    if text.contains(OOM_TEXT) {
+        return Some(OUT_OF_MEMORY);
+    }
+    let text = text.trim_start_matches('-');
+    let (code, detail) = text.split_once(' ').unwrap_or((text, ""));
+    match code {
+        "OOM" => Some(OUT_OF_MEMORY),
+        "READONLY" => Some(READ_ONLY),
+        _ => refusal_coded(code, detail),
+    }
+}
+
+/// The refusals told by their code alone (and `MISCONF`'s detail).
+fn refusal_coded(code: &str, detail: &str) -> Option<&'static str> {
+    match code {
+        "MISCONF" if detail.contains("AOF") => Some(MISCONF_AOF),
+        "MISCONF" => Some(MISCONF),
+        "NOREPLICAS" => Some(NOREPLICAS),
         _ => None,
     }
+}
+
+/// Whether a refusal [`write_refusal`] said is a replica's (`READONLY`): the one a failover
+/// behind the address ends by itself, so the one worth waiting on.
+pub(super) fn replica_refusal(said: &str) -> bool {
+    said == READ_ONLY
 }
 
 /// A TLS handshake that failed (`rediss://`): the server's certificate not signed by a trusted
@@ -257,5 +283,53 @@ impl SharedConn {
             }
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script's `redis.pcall` hands a refusal over as text: told as the running node's
+    /// commands tell it from their error, an ACL's `NOPERM` (or anything else) not.
+    #[test]
+    fn a_refusal_is_told_from_a_scripts_error_text() {
+        for (text, said) in [
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                Some(OUT_OF_MEMORY),
+            ),
+            (
+                "READONLY You can't write against a read only replica.",
+                Some(READ_ONLY),
+            ),
+            (
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable \
+                 to persist to disk.",
+                Some(MISCONF),
+            ),
+            (
+                "MISCONF Errors writing to the AOF file: No space left on device",
+                Some(MISCONF_AOF),
+            ),
+            (
+                "NOREPLICAS Not enough good replicas to write.",
+                Some(NOREPLICAS),
+            ),
+            (
+                "-NOREPLICAS Not enough good replicas to write.",
+                Some(NOREPLICAS),
+            ),
+            (
+                "NOPERM this user has no permissions to run the 'publish' command",
+                None,
+            ),
+            ("ERR unknown command 'HSET'", None),
+            ("", None),
+        ] {
+            assert_eq!(write_refusal_said(text), said, "{text}");
+        }
+        assert!(replica_refusal(READ_ONLY));
+        assert!(!replica_refusal(MISCONF) && !replica_refusal(OUT_OF_MEMORY));
     }
 }

@@ -91,7 +91,7 @@ use commit::{committer, Pending, CAS_TRIES, COMMITTERS, COMMIT_QUEUE};
 pub use events::parse_event_id;
 pub use logs::{log_entry, parse_log_entry};
 pub use records::read_job_record;
-use server_info::{check_permissions, redact, server_version, warn_if_evicting};
+use server_info::{check_at_start, redact, server_version, warn_if_evicting};
 pub use settings::RedisSettings;
 pub use tail::EventTail;
 pub use write::{commit_args, read_event_record};
@@ -234,7 +234,7 @@ impl RedisStore {
                 .await?;
         let version = server_version(&mut conn.get()).await?;
         let origin = Uuid::now_v7().simple().to_string();
-        check_permissions(&mut conn.get(), &settings.prefix, &origin).await?;
+        check_at_start(&conn, &settings.prefix, &origin, settings.retry).await?;
         warn_if_evicting(&mut conn.get()).await;
         let (notify, _) = broadcast::channel(4096);
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);

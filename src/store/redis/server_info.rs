@@ -112,19 +112,31 @@ end
 return {}
 "#;
 
-/// Refuses a Redis user that cannot run a command runyard needs ([`PERMISSIONS_PROBE`]).
+/// Why the start's check ([`check_permissions`]) failed.
+pub(super) enum CheckFailed {
+    /// Redis refused a write for a reason of its own, not the user's permissions
+    /// (`conn::write_refusal`): what to say, and the command it refused.
+    Refused(&'static str, String),
+    /// Anything else: the start's error (a command the ACL refuses, named).
+    Other(StoreError),
+}
+
+/// Refuses a Redis user that cannot run a command runyard needs ([`PERMISSIONS_PROBE`]); a
+/// write Redis refuses for a reason of its own (out of memory, unable to persist, too few
+/// replicas, a replica) is told apart ([`CheckFailed::Refused`]), since no ACL mends it.
 pub(super) async fn check_permissions(
     conn: &mut ConnectionManager,
     prefix: &str,
     origin: &str,
-) -> Result<()> {
+) -> std::result::Result<(), CheckFailed> {
     let key = format!("{prefix}:permcheck:{origin}");
     const ACL_HINT: &str = "docs/redis.md lists the commands; an ACL with `+@all` on the \
                             prefix's keys and channels grants them";
-    let refused = |e: RedisError| {
-        StoreError::Unavailable(format!(
+    let refused = |command: &str, e: RedisError| match super::conn::write_refusal(&e) {
+        Some(said) => CheckFailed::Refused(said, command.to_string()),
+        None => CheckFailed::Other(StoreError::Unavailable(format!(
             "the Redis user cannot do what runyard needs: {e} ({ACL_HINT})"
-        ))
+        ))),
     };
     // The message's first line is a process id no process has: the others read no notice in it.
     let failed: Vec<String> = ::redis::Script::new(PERMISSIONS_PROBE)
@@ -133,17 +145,14 @@ pub(super) async fn check_permissions(
         .arg(format!("{origin}-permcheck"))
         .invoke_async(conn)
         .await
-        .map_err(refused)?;
+        .map_err(|e| refused("EVALSHA", e))?;
     if let [command, error] = failed.as_slice() {
-        if error.contains(super::conn::OOM_TEXT) {
-            return Err(StoreError::Unavailable(format!(
-                "redis is out of memory (`maxmemory` reached): it refused a write at start \
-                 ({command}): {error}"
-            )));
+        if let Some(said) = super::conn::write_refusal_said(error) {
+            return Err(CheckFailed::Refused(said, command.clone()));
         }
-        return Err(StoreError::Unavailable(format!(
+        return Err(CheckFailed::Other(StoreError::Unavailable(format!(
             "the Redis user cannot run `{command}`, which runyard needs: {error} ({ACL_HINT})"
-        )));
+        ))));
     }
     // The calls made outside scripts.
     let mut pipe = ::redis::pipe();
@@ -170,7 +179,57 @@ pub(super) async fn check_permissions(
         .arg(&key)
         .arg("LEFT")
         .ignore();
-    pipe.query_async::<()>(conn).await.map_err(refused)
+    pipe.query_async::<()>(conn)
+        .await
+        .map_err(|e| refused("XTRIM or BLMPOP", e))
+}
+
+/// [`check_permissions`] at start, with a write Redis refuses said as a running node says it
+/// ("the store refuses writes: ...", `conn::write_refusal`), not as a permission. A replica's
+/// refusal (`READONLY`: a failover behind the address may be under way) is waited on within
+/// `retry` (`store.retry`) as a running node waits on it, with a new connection at most once a
+/// second, which reaches what the address names now; the others (out of memory, unable to
+/// persist, too few replicas) last until Redis's operator acts, and a running node answers
+/// them at once: the start stops at once, naming them.
+pub(super) async fn check_at_start(
+    conn: &super::conn::SharedConn,
+    prefix: &str,
+    origin: &str,
+    retry: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + retry;
+    let mut delay = Duration::from_millis(100);
+    let mut waited = false;
+    loop {
+        let (said, command) = match check_permissions(&mut conn.get(), prefix, origin).await {
+            Ok(()) => {
+                if waited {
+                    tracing::info!("redis takes writes now: the start goes on");
+                }
+                return Ok(());
+            }
+            Err(CheckFailed::Other(e)) => return Err(e),
+            Err(CheckFailed::Refused(said, command)) => (said, command),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !super::conn::replica_refusal(said) || left.is_zero() {
+            return Err(StoreError::writes_refused_at_start(&format!(
+                "{said} (a write of the start's check: `{command}`)"
+            )));
+        }
+        if !waited {
+            waited = true;
+            tracing::warn!(
+                retry = ?retry,
+                "redis answered as a read-only replica (`READONLY`) at start: a failover behind \
+                 the address may be under way; trying again, on a new connection at most once a \
+                 second, within `store.retry`"
+            );
+        }
+        conn.renew().await;
+        tokio::time::sleep(delay.min(left)).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// A warning when Redis may evict keys (`maxmemory-policy` other than `noeviction`): jobs, their
