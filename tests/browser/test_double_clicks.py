@@ -313,3 +313,58 @@ def test_a_double_click_on_cancel_without_retry_rights_reaches_nothing_else(auth
         ctx.close()
         gate(job)
         authed.call("POST", f"/async/jobs/{job}/cancel", token=ADMIN)
+
+
+DEAD = """
+[[runners]]
+name = "deadfast"
+kind = "service"
+types = ["dead.*"]
+operation = "runyard.fail"
+max_attempts = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def many_dead():
+    """120 dead letters: three pages of 50 (the dead letters page's size)."""
+    srv = Server(DEAD)
+    try:
+        for i in range(120):
+            srv.submit({"type": "dead.pager", "args": {"i": i}})
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if len(srv.call("GET", "/async/jobs?dead=true&limit=1000&fields=id")[1]["jobs"]) == 120:
+                break
+            time.sleep(0.2)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def dead_page(srv, cursor=""):
+    page = srv.call("GET", f"/async/jobs?dead=true&limit=50&fields=id{f'&cursor={cursor}' if cursor else ''}")[1]
+    return [j["id"] for j in page["jobs"]], page["next_cursor"]
+
+
+@pytest.mark.parametrize("gap", GAPS)
+def test_a_double_click_on_older_turns_one_page_of_dead_letters(many_dead, browser, gap):
+    # The pager went through no guard: the second click pushed the same cursor again ("Newer"
+    # then took two clicks) or turned the next page too.
+    first, c1 = dead_page(many_dead)
+    second, _ = dead_page(many_dead, c1)
+    ctx = new_context(browser)
+    page = ctx.new_page()
+    try:
+        open_page(page, many_dead, "/dead")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(50, timeout=15000)
+        human_double_click(page, page.locator("#next-page"), gap)
+        page.wait_for_timeout(1500)
+        assert [r.get_attribute("data-job") for r in rows.all()] == second
+        page.get_by_role("button", name="← Newer").click()
+        expect(rows.first).to_have_attribute("data-job", first[0], timeout=15000)
+        assert [r.get_attribute("data-job") for r in rows.all()] == first
+    finally:
+        ctx.close()
+

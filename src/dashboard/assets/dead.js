@@ -116,8 +116,17 @@ async function deadLetters(params, signal) {
     note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
     note.className = "muted";
     pager.replaceChildren(
-      cursors.length > 1 ? h("button", { onclick: () => { cursors.pop(); load(cursors[cursors.length - 1]); } }, "← Newer") : "",
-      nextCursor ? h("button", { id: "next-page", onclick: () => { cursors.push(nextCursor); load(nextCursor); } }, "Older →") : "");
+      // Through once(), as the actions: a double click turns one page (it pushed the same
+      // cursor twice, and "Newer" then took two clicks); a page that fails to come is said, and
+      // the list of cursors stays the page's on screen.
+      cursors.length > 1 ? h("button", { onclick: once(async () => {
+        const gone = cursors.pop();
+        try { await load(cursors[cursors.length - 1]); } catch (e) { cursors.push(gone); toast(e.message); }
+      }) }, "← Newer") : "",
+      nextCursor ? h("button", { id: "next-page", onclick: once(async () => {
+        cursors.push(nextCursor);
+        try { await load(cursors[cursors.length - 1]); } catch (e) { cursors.pop(); toast(e.message); }
+      }) }, "Older →") : "");
   }
   await Promise.all([countAll(), load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
   if (signal.aborted) return;
