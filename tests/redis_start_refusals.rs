@@ -272,6 +272,34 @@ fn a_replica_at_start_is_waited_on_within_store_retry_then_named() {
     }
 }
 
+/// A replica whose link to its primary is down and that serves no stale data (`MASTERDOWN`: the
+/// old primary resyncing during a failover) refuses even a script that only reads: the start
+/// had stopped at once, blaming the ACL (review rev52c). It is waited on within `store.retry`
+/// as a replica's `READONLY` is, then named.
+#[test]
+fn a_replica_without_its_primary_at_start_is_waited_on_then_named() {
+    let r = private_redis();
+    assert!(r.cli(&["REPLICAOF", "127.0.0.1", "1"]).contains("OK"));
+    assert!(r
+        .cli(&["CONFIG", "SET", "replica-serve-stale-data", "no"])
+        .contains("OK"));
+    for command in ["serve", "worker"] {
+        let started = Instant::now();
+        let mut node = Node::start(command, &r.url, &r.prefix, "3s");
+        let (st, said, took) = node.wait_exit(Duration::from_secs(60), started);
+        assert_eq!(st.code(), Some(1), "{command}: {st}\n{said}");
+        assert!(
+            took >= Duration::from_secs(2),
+            "{command}: not waited on within store.retry (stopped after {took:?})\n{said}"
+        );
+        assert!(said.contains("MASTERDOWN"), "{command}: {said}");
+        assert!(
+            !said.contains("ACL") && !said.contains("Redis user"),
+            "{command}: not an ACL problem: {said}"
+        );
+    }
+}
+
 /// A failover at start: the address names a replica (the old primary) for a few seconds, then
 /// the primary again (here: the replica promoted): the node waits, within `store.retry`, and
 /// starts.

@@ -229,12 +229,15 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_factor(50)
             .set_max_delay(1000);
+        // The start waits for Redis within `store.retry` in all: reachable (the connection),
+        // then taking writes (the check).
+        let start_deadline = Instant::now() + settings.retry;
         let conn =
             conn::SharedConn::connect(client.clone(), cfg, settings.retry, &redact(&settings.url))
                 .await?;
         let version = server_version(&mut conn.get()).await?;
         let origin = Uuid::now_v7().simple().to_string();
-        check_at_start(&conn, &settings.prefix, &origin, settings.retry).await?;
+        check_at_start(&conn, &settings.prefix, &origin, start_deadline).await?;
         warn_if_evicting(&mut conn.get()).await;
         let (notify, _) = broadcast::channel(4096);
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);

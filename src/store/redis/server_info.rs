@@ -117,8 +117,20 @@ pub(super) enum CheckFailed {
     /// Redis refused a write for a reason of its own, not the user's permissions
     /// (`conn::write_refusal`): what to say, and the command it refused.
     Refused(&'static str, String),
+    /// An error that passes on its own (`conn::transient`: a replica whose link to its primary
+    /// is down, `MASTERDOWN`; Redis loading its data, busy with a script, a connection dropped or
+    /// timed out): waited on at start within `store.retry`, as a running node waits on it.
+    Passing(String),
     /// Anything else: the start's error (a command the ACL refuses, named).
     Other(StoreError),
+}
+
+/// An error that says the Redis user may not run a command (an ACL, or a command renamed away).
+fn acl_refusal(said: &str) -> bool {
+    said.starts_with("NOPERM")
+        || said.contains("NOPERM ")
+        || said.contains("can't run this command")
+        || said.contains("unknown command")
 }
 
 /// Refuses a Redis user that cannot run a command runyard needs ([`PERMISSIONS_PROBE`]); a
@@ -132,11 +144,25 @@ pub(super) async fn check_permissions(
     let key = format!("{prefix}:permcheck:{origin}");
     const ACL_HINT: &str = "docs/redis.md lists the commands; an ACL with `+@all` on the \
                             prefix's keys and channels grants them";
-    let refused = |command: &str, e: RedisError| match super::conn::write_refusal(&e) {
-        Some(said) => CheckFailed::Refused(said, command.to_string()),
-        None => CheckFailed::Other(StoreError::Unavailable(format!(
-            "the Redis user cannot do what runyard needs: {e} ({ACL_HINT})"
-        ))),
+    let refused = |command: &str, e: RedisError| {
+        if let Some(said) = super::conn::write_refusal(&e) {
+            return CheckFailed::Refused(said, command.to_string());
+        }
+        if super::conn::transient(&e) {
+            // Redis's own words (`MASTERDOWN Link with MASTER is down ...`), not the client's.
+            return CheckFailed::Passing(match (e.code(), e.detail()) {
+                (Some(code), Some(detail)) => format!("{code} {detail}"),
+                _ => e.to_string(),
+            });
+        }
+        let said = e.to_string();
+        CheckFailed::Other(StoreError::Unavailable(if acl_refusal(&said) {
+            format!("the Redis user cannot do what runyard needs: {said} ({ACL_HINT})")
+        } else {
+            format!(
+                "redis refused the start's check of the commands runyard needs ({command}): {said}"
+            )
+        }))
     };
     // The message's first line is a process id no process has: the others read no notice in it.
     let failed: Vec<String> = ::redis::Script::new(PERMISSIONS_PROBE)
@@ -150,9 +176,13 @@ pub(super) async fn check_permissions(
         if let Some(said) = super::conn::write_refusal_said(error) {
             return Err(CheckFailed::Refused(said, command.clone()));
         }
-        return Err(CheckFailed::Other(StoreError::Unavailable(format!(
-            "the Redis user cannot run `{command}`, which runyard needs: {error} ({ACL_HINT})"
-        ))));
+        return Err(CheckFailed::Other(StoreError::Unavailable(
+            if acl_refusal(error) {
+                format!("the Redis user cannot run `{command}`, which runyard needs: {error} ({ACL_HINT})")
+            } else {
+                format!("redis refused `{command}` in the start's check of the commands runyard needs: {error}")
+            },
+        )));
     }
     // The calls made outside scripts.
     let mut pipe = ::redis::pipe();
@@ -186,22 +216,23 @@ pub(super) async fn check_permissions(
 
 /// [`check_permissions`] at start, with a write Redis refuses said as a running node says it
 /// ("the store refuses writes: ...", `conn::write_refusal`), not as a permission. A replica's
-/// refusal (`READONLY`: a failover behind the address may be under way) is waited on within
-/// `retry` (`store.retry`) as a running node waits on it, with a new connection at most once a
-/// second, which reaches what the address names now; the others (out of memory, unable to
-/// persist, too few replicas) last until Redis's operator acts, and a running node answers
-/// them at once: the start stops at once, naming them.
+/// refusal (`READONLY`, or `MASTERDOWN`: a failover behind the address may be under way) and
+/// the other errors that pass on their own (Redis loading its data, busy, a dropped connection:
+/// [`CheckFailed::Passing`]) are waited on until `deadline` (the start's `store.retry`, shared
+/// with the connection's own wait) as a running node waits on them, with a new connection at
+/// most once a second, which reaches what the address names now; the other refusals (out of
+/// memory, unable to persist, too few replicas) last until Redis's operator acts, and a running
+/// node answers them at once: the start stops at once, naming them.
 pub(super) async fn check_at_start(
     conn: &super::conn::SharedConn,
     prefix: &str,
     origin: &str,
-    retry: Duration,
+    deadline: Instant,
 ) -> Result<()> {
-    let deadline = Instant::now() + retry;
     let mut delay = Duration::from_millis(100);
     let mut waited = false;
     loop {
-        let (said, command) = match check_permissions(&mut conn.get(), prefix, origin).await {
+        let (said, stop) = match check_permissions(&mut conn.get(), prefix, origin).await {
             Ok(()) => {
                 if waited {
                     tracing::info!("redis takes writes now: the start goes on");
@@ -209,21 +240,33 @@ pub(super) async fn check_at_start(
                 return Ok(());
             }
             Err(CheckFailed::Other(e)) => return Err(e),
-            Err(CheckFailed::Refused(said, command)) => (said, command),
+            Err(CheckFailed::Refused(said, command)) => {
+                let error = StoreError::writes_refused_at_start(&format!(
+                    "{said} (a write of the start's check: `{command}`)"
+                ));
+                if !super::conn::replica_refusal(said) {
+                    return Err(error);
+                }
+                (said.to_string(), error)
+            }
+            Err(CheckFailed::Passing(said)) => {
+                let error = StoreError::Unavailable(format!(
+                    "redis did not take the start's check within `store.retry`: {said}"
+                ));
+                (said, error)
+            }
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if !super::conn::replica_refusal(said) || left.is_zero() {
-            return Err(StoreError::writes_refused_at_start(&format!(
-                "{said} (a write of the start's check: `{command}`)"
-            )));
+        if left.is_zero() {
+            return Err(stop);
         }
         if !waited {
             waited = true;
             tracing::warn!(
-                retry = ?retry,
-                "redis answered as a read-only replica (`READONLY`) at start: a failover behind \
-                 the address may be under way; trying again, on a new connection at most once a \
-                 second, within `store.retry`"
+                left = ?left,
+                "redis refused the start's check for now ({said}): a failover behind the \
+                 address, or Redis loading its data, may be under way; trying again, on a new \
+                 connection at most once a second, within `store.retry`"
             );
         }
         conn.renew().await;
