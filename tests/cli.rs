@@ -1801,6 +1801,32 @@ fn signal_refuses_a_bad_key_before_asking_the_server() {
     );
 }
 
+/// The keys `.` and `..`, and a file property `.` or `..`, would be resolved as a path in the
+/// URL (`signal ..` was `POST /async`, a 405; `files put JOB .` a 404): a usage error (exit 2)
+/// naming the rule, before any request (no server runs here).
+#[test]
+fn dot_keys_and_properties_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("in.txt");
+    std::fs::write(&f, "x").unwrap();
+    let f = f.to_str().unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    for dot in [".", ".."] {
+        let wait = format!("{dot}:2");
+        for (args, rule) in [
+            (vec!["signal", dot], "`.` or `..`"),
+            (vec!["submit", "sh.ok", "--wait-for", dot], "`.` or `..`"),
+            (vec!["submit", "sh.ok", "--wait-for", &wait], "`.` or `..`"),
+            (vec!["files", "put", &id, dot, f], "property"),
+            (vec!["files", "get", &id, dot, "0"], "property"),
+        ] {
+            let o = cli("http://127.0.0.1:1", &args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains(rule), "{args:?}: {}", stderr(&o));
+        }
+    }
+}
+
 /// `files put --name` is checked as the server checks a file name: a usage error (exit 2) before
 /// any byte is sent.
 #[test]
