@@ -2669,6 +2669,32 @@ fn a_redirect_is_not_followed_and_names_the_server_to_give() {
     );
 }
 
+/// `submit --batch` answered a redirect said its lines "were sent and not confirmed: they may
+/// have been stored", though runyard's API redirects nothing (what answered is not runyard: the
+/// lines were not stored). It now says none was stored, and names the redirect as other
+/// commands do (exit 3).
+#[test]
+fn a_batch_answered_a_redirect_says_nothing_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.jsonl");
+    std::fs::write(&file, "{\"type\": \"sh.ok\"}\n{\"type\": \"sh.ok\"}\n").unwrap();
+    for status in ["301 Moved Permanently", "307 Temporary Redirect"] {
+        let url = redirect_server(status, "http://127.0.0.1:1");
+        let o = cli(&url, &["submit", "--batch", file.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{status}: {e}");
+        assert!(
+            e.contains("lines 1-2 were not stored") && !e.contains("may have been stored"),
+            "{status}: {e}"
+        );
+        assert!(
+            e.contains("redirected to http://127.0.0.1:1/async/signals/kk")
+                && e.contains(&status[..3]),
+            "{status}: {e}"
+        );
+    }
+}
+
 /// A `--server` (or RUNYARD_SERVER) that does not parse was printed whole, password and all.
 #[test]
 fn a_server_that_is_not_a_url_is_shown_with_its_password_masked() {
