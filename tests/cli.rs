@@ -1801,6 +1801,32 @@ fn signal_refuses_a_bad_key_before_asking_the_server() {
     );
 }
 
+/// The keys `.` and `..`, and a file property `.` or `..`, would be resolved as a path in the
+/// URL (`signal ..` was `POST /async`, a 405; `files put JOB .` a 404): a usage error (exit 2)
+/// naming the rule, before any request (no server runs here).
+#[test]
+fn dot_keys_and_properties_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("in.txt");
+    std::fs::write(&f, "x").unwrap();
+    let f = f.to_str().unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    for dot in [".", ".."] {
+        let wait = format!("{dot}:2");
+        for (args, rule) in [
+            (vec!["signal", dot], "`.` or `..`"),
+            (vec!["submit", "sh.ok", "--wait-for", dot], "`.` or `..`"),
+            (vec!["submit", "sh.ok", "--wait-for", &wait], "`.` or `..`"),
+            (vec!["files", "put", &id, dot, f], "property"),
+            (vec!["files", "get", &id, dot, "0"], "property"),
+        ] {
+            let o = cli("http://127.0.0.1:1", &args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains(rule), "{args:?}: {}", stderr(&o));
+        }
+    }
+}
+
 /// `files put --name` is checked as the server checks a file name: a usage error (exit 2) before
 /// any byte is sent.
 #[test]
@@ -2641,6 +2667,32 @@ fn a_redirect_is_not_followed_and_names_the_server_to_give() {
         !e.contains("hunter2secret") && e.contains("bob:***@"),
         "{e}"
     );
+}
+
+/// `submit --batch` answered a redirect said its lines "were sent and not confirmed: they may
+/// have been stored", though runyard's API redirects nothing (what answered is not runyard: the
+/// lines were not stored). It now says none was stored, and names the redirect as other
+/// commands do (exit 3).
+#[test]
+fn a_batch_answered_a_redirect_says_nothing_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.jsonl");
+    std::fs::write(&file, "{\"type\": \"sh.ok\"}\n{\"type\": \"sh.ok\"}\n").unwrap();
+    for status in ["301 Moved Permanently", "307 Temporary Redirect"] {
+        let url = redirect_server(status, "http://127.0.0.1:1");
+        let o = cli(&url, &["submit", "--batch", file.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{status}: {e}");
+        assert!(
+            e.contains("lines 1-2 were not stored") && !e.contains("may have been stored"),
+            "{status}: {e}"
+        );
+        assert!(
+            e.contains("redirected to http://127.0.0.1:1/async/signals/kk")
+                && e.contains(&status[..3]),
+            "{status}: {e}"
+        );
+    }
 }
 
 /// A `--server` (or RUNYARD_SERVER) that does not parse was printed whole, password and all.

@@ -535,9 +535,78 @@ async fn a_key_named_twice_in_wait_for_is_refused(ts: &TestServer) {
     }
 }
 
+/// `method path` on a raw connection, the path sent as written (an HTTP client would resolve a
+/// `.` or `..` segment, also written `%2E`): (status, body as JSON).
+async fn raw(ts: &TestServer, method: &str, path: &str) -> (u16, Value) {
+    use tokio::io::AsyncWriteExt;
+    let addr = ts.url.trim_start_matches("http://").to_string();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("request");
+    let text = support::read_response(&mut s).await;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// The keys `.` and `..`: a client building the key's URL resolves them as a path (`POST
+/// /async/signals/..` is `POST /async`), so neither the CLI nor a client library could write or
+/// read them, and a job waiting on one waited in vain. Refused as schedule names are (422
+/// naming the rule), to write (in the path, plain or `%2E`), to wait for, to emit, in a
+/// schedule's job; nothing stored. Reading one answers as for any key without records; keys
+/// that only hold dots (`...`) or start with one are fine.
+async fn dot_keys_are_refused(ts: &TestServer) {
+    for path in ["%2E", "%2e%2E", ".", ".."] {
+        let (st, v) = raw(ts, "POST", &format!("/async/signals/{path}")).await;
+        assert_eq!(st, 422, "{path}: {v}");
+        assert_eq!(code_msg(&v).0, "invalid_request", "{path}: {v}");
+        assert!(code_msg(&v).1.contains("`.` or `..`"), "{path}: {v}");
+        let (st, v) = raw(ts, "GET", &format!("/async/signals/{path}")).await;
+        assert_eq!(st, 200, "{path}: {v}");
+        assert_eq!(v["signals"], json!([]), "{path}: nothing written: {v}");
+    }
+    for key in [".", ".."] {
+        for (body, field) in [
+            (
+                json!({"type": "runyard.noop", "wait_for": [{"key": key}]}),
+                "`wait_for[0].key`",
+            ),
+            (json!({"type": "runyard.noop", "emits": [key]}), "`emits`"),
+        ] {
+            let (st, v) = ts.submit(body.clone()).await;
+            assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+            let msg = code_msg(&v).1;
+            assert!(msg.contains(field) && msg.contains("`.` or `..`"), "{v}");
+        }
+        let job = json!({"type": "runyard.noop", "wait_for": [{"key": key}]});
+        let (st, v) = ts
+            .post(
+                "/async/schedules",
+                Some(&json!({"name": "dot-wait", "cron": "@daily", "job": job})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(code_msg(&v).1.contains("`.` or `..`"), "{v}");
+        let (st, _) = ts.get("/async/schedules/dot-wait").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "nothing stored");
+    }
+    for key in ["...", ".k", "k."] {
+        let (st, v) = ts.post(&format!("/async/signals/{key}"), None).await;
+        assert_eq!(st, StatusCode::CREATED, "{key}: {v}");
+        assert_eq!(v["key"], key, "{v}");
+    }
+}
+
 async fn holes(ts: &TestServer) {
     emit_ids_are_reserved(ts).await;
     blank_keys_are_refused(ts).await;
+    dot_keys_are_refused(ts).await;
     a_key_named_twice_in_wait_for_is_refused(ts).await;
 }
 

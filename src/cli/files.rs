@@ -35,6 +35,7 @@ struct GetArgs {
     /// The job id.
     job: String,
     /// The file's property, e.g. `inputs` or `outputs`.
+    #[arg(value_parser = file_property)]
     property: String,
     /// Which file of the property (from 0).
     #[arg(default_value_t = 0)]
@@ -52,6 +53,7 @@ struct PutArgs {
     /// The job id.
     job: String,
     /// The property to attach it to, e.g. `inputs`.
+    #[arg(value_parser = file_property)]
     property: String,
     /// The file to send.
     file: PathBuf,
@@ -244,6 +246,16 @@ fn refused_with(e: &anyhow::Error, status: u16) -> bool {
 }
 
 /// A `--name` the server would take.
+/// A property the server would take (1-64 letters, digits, `_`, `-`; so never `.` or `..`,
+/// which a URL would resolve as a path): a usage error, exit 2, before any request.
+fn file_property(p: &str) -> Result<String, String> {
+    if crate::api::hooks::valid_property(p) {
+        Ok(p.to_string())
+    } else {
+        Err("a property is 1-64 letters, digits, '_' or '-'".into())
+    }
+}
+
 fn file_label(name: &str) -> Result<String, String> {
     crate::api::files::check_file_name(name).map(|()| name.to_string())
 }

@@ -114,7 +114,8 @@ fn chunks<'l, 'a>(lines: &'l [Line<'a>]) -> Vec<&'l [Line<'a>]> {
 
 /// The error of a request that failed after `confirmed` bodies of `chunk` were answered, for
 /// its next `part` bodies: it names their lines and says whether they may have been stored (no
-/// answer, or the server failing) or were refused as a whole (nothing stored).
+/// answer, or the server failing) or were refused as a whole or answered a redirect (nothing
+/// stored: runyard's API redirects nothing, so what answered was not runyard).
 fn unconfirmed(e: anyhow::Error, chunk: &[Line], confirmed: usize, part: usize) -> anyhow::Error {
     let sent: Vec<usize> = chunk
         .iter()
@@ -127,11 +128,25 @@ fn unconfirmed(e: anyhow::Error, chunk: &[Line], confirmed: usize, part: usize) 
         sent.first().copied().unwrap_or(0),
         sent.last().copied().unwrap_or(0),
     );
-    let refused = matches!(e.downcast_ref::<Failure>(), Some(Failure::Refused { .. }));
+    let failure = e.downcast_ref::<Failure>();
+    let refused = matches!(failure, Some(Failure::Refused { .. }));
+    let redirected = matches!(
+        failure,
+        Some(Failure::Unavailable {
+            status: 300..=399,
+            ..
+        })
+    );
     let what = if refused {
         format!(
             "lines {first}-{last} were refused as a whole (none of them stored; the results \
              above stand, the lines after them were not sent)"
+        )
+    } else if redirected {
+        format!(
+            "lines {first}-{last} were not stored: the answer was a redirect, which runyard's API \
+             never gives, so the request did not reach runyard (the results above stand, the \
+             lines after them were not sent)"
         )
     } else {
         format!(

@@ -106,10 +106,18 @@ pub fn page_ends(
 
 /// Checks a key to write or wait for: [`check_key_read`]'s rules, no invisible characters (a
 /// zero-width space or a direction mark makes a key that shows as another, and a job waiting on
-/// it waits for ever), and no white space at its start or end (a key of spaces shows as nothing,
-/// `"k "` as `"k"`). The error names what is wrong.
+/// it waits for ever), no white space at its start or end (a key of spaces shows as nothing,
+/// `"k "` as `"k"`), and not `.` or `..` (as schedule names: a client puts the key in a URL
+/// path, which resolves such a segment, also written `%2E`, so no client could write or read
+/// it). The error names what is wrong.
 pub fn check_key(key: &str) -> std::result::Result<(), String> {
     check_key_read(key)?;
+    if key == "." || key == ".." {
+        return Err(format!(
+            "`key` may not be `.` or `..` (got `{key}`): a client would resolve them as a path \
+             (`/async/signals/..` is `/async`)"
+        ));
+    }
     if key.trim() != key {
         return Err(format!(
             "`key` must not start or end with white space: {key:?}"
@@ -194,4 +202,21 @@ pub trait SignalStore: Send + Sync {
     async fn signals_trim(&self, before: Micros) -> Result<u64>;
     /// The keys that keep records, by name, after `after` (exclusive), at most `limit`.
     async fn signal_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<SignalKey>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_dot_and_dot_dot_are_refused_to_write_but_read() {
+        for key in [".", ".."] {
+            let e = check_key(key).unwrap_err();
+            assert!(e.contains("`.` or `..`"), "{e}");
+            assert!(check_key_read(key).is_ok(), "read as any key");
+        }
+        for key in ["...", ".k", "k.", "a..b", "./k"] {
+            assert!(check_key(key).is_ok(), "{key}");
+        }
+    }
 }

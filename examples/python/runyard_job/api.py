@@ -216,7 +216,8 @@ class Client:
         """Writes a readiness signal: ``{key, seq, at}`` (the same ``id`` again: no second record).
 
         An ``id`` of ``job:`` and a job id (the records a job's ``emits`` writes) is refused by
-        the server: ``ApiError`` 422, nothing written."""
+        the server: ``ApiError`` 422, nothing written. The keys ``.`` and ``..`` (which a URL
+        resolves as a path; the server refuses them) raise ``ValueError`` before anything is sent."""
         return self._run(core.signal(key, payload, id))
 
 

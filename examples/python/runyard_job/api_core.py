@@ -20,7 +20,7 @@ from typing import IO, Any, Dict, Generator, List, Optional, Tuple, TypeVar
 import httpx
 
 from .api_errors import OUTCOME_ERRORS, ApiError
-from .api_requests import _jobs_query, _segment, file_parts, Files
+from .api_requests import _jobs_query, _segment, file_parts, Files, signal_segment
 
 T = TypeVar("T")
 
@@ -204,9 +204,10 @@ def file(job_id: str, property: str, index: int) -> Op[bytes]:
 
 
 def signal(key: str, payload: Any, id: Optional[str]) -> Op[Dict[str, Any]]:
+    path = f"/async/signals/{signal_segment(key)}"  # `.` and `..`: ValueError, nothing sent
     body: Dict[str, Any] = {}
     if payload is not None:
         body["payload"] = payload
     if id is not None:
         body["id"] = id
-    return (yield from call_json("POST", f"/async/signals/{_segment(key)}", json=body))
+    return (yield from call_json("POST", path, json=body))

@@ -175,3 +175,14 @@ def _jobs_query(status: Optional[str], type: Optional[str], limit: int, cursor: 
 
 def _segment(value: str) -> str:
     return quote(str(value), safe="")
+
+
+def signal_segment(key: str) -> str:
+    """A signal key as one path segment. ``.`` and ``..`` raise ``ValueError`` before anything is
+    sent: a URL resolves such a segment (also written ``%2E``) as a path, and the server refuses
+    these keys (as it refuses them as schedule names)."""
+    if str(key) in (".", ".."):
+        raise ValueError(
+            f"a signal key may not be `.` or `..` (got `{key}`): a URL would resolve it as a path; the server refuses it"
+        )
+    return _segment(key)

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from .api_requests import signal_segment
 from .client_logs import send_reports
 from .client_retry import (
     DEFAULT_REPORT_WINDOW,
@@ -387,14 +388,16 @@ class JobClient:
         idempotent: the same id again returns the first record); returns ``{key, seq, at, id}``
         (``{}`` when, without an id, a retry found the signal written and its answer lost). An
         ``id`` of ``job:`` and a job id (reserved for the records a job's ``emits`` writes) is refused:
-        ``HookError`` 422, nothing written."""
+        ``HookError`` 422, nothing written. The keys ``.`` and ``..`` (which a URL resolves as a
+        path; the server refuses them) raise ``ValueError`` before anything is sent."""
+        path = "/signal/" + signal_segment(key)
         body: Dict[str, Any] = {}
         if payload is not None:
             body["payload"] = payload
         if id is not None:
             body["id"] = id
         # With an id, sending it again returns the first record; without one, it must go once.
-        return self._hook_call("POST", "/signal/" + _segment(key), body, once=id is None)
+        return self._hook_call("POST", path, body, once=id is None)
 
     # ----------------------------------------------------------------- the job itself
 

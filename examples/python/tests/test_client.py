@@ -44,6 +44,14 @@ def test_secret_is_not_in_repr():
     assert "very-secret-value" not in repr(vars(c))
 
 
+def test_the_signal_keys_dot_and_dot_dot_are_refused_before_sending(stub, client):
+    # `{hook}/signal/..` resolves to `{hook}`: the server refuses these keys; the client says so.
+    for key in (".", ".."):
+        with pytest.raises(ValueError, match=r"`\.` or `\.\.`"):
+            client.signal(key)
+    assert stub.requests == []
+
+
 def test_timestamps_strictly_increase():
     c = JobClient("j", "k", "http://127.0.0.1:7070/async")
     stamps = [int(c._timestamp()) for _ in range(50)]

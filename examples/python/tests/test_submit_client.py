@@ -429,6 +429,22 @@ def test_error_answers_are_typed(fake, status, kind):
     assert "tok-XYZ" not in repr(c) and "tok-XYZ" not in str(e.value)
 
 
+def test_the_keys_dot_and_dot_dot_are_refused_before_sending(fake):
+    # A URL resolves a `.` or `..` path segment (also `%2E`): `signal("..")` was `POST /async`,
+    # a 404. The server refuses these keys (422); the client says so without asking.
+    async def main(key):
+        async with AsyncClient(fake.url, timeout=5) as c:
+            await c.signal(key)
+
+    for key in (".", ".."):
+        with Client(fake.url, timeout=5) as c:
+            with pytest.raises(ValueError, match=r"`\.` or `\.\.`"):
+                c.signal(key)
+        with pytest.raises(ValueError, match=r"`\.` or `\.\.`"):
+            run(main(key))
+    assert fake.seen == []
+
+
 def test_an_unreachable_server_raises_server_unreachable():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -440,12 +440,20 @@ impl JobClient {
     /// `POST {hook}/signal/{key}` with `{payload?, id?}`: writes a readiness signal (an `id`
     /// makes it idempotent); returns the server's answer `{key, seq, at, id}`. An `id` starting
     /// `job:` (the ids of the records a job's `emits` writes) is refused by the server (422).
+    /// The keys `.` and `..` (which a URL resolves as a path; the server refuses them) are
+    /// [`ClientError::InvalidArgument`], nothing sent.
     pub async fn signal(
         &self,
         key: &str,
         payload: Option<Value>,
         id: Option<&str>,
     ) -> Result<Value, ClientError> {
+        if key == "." || key == ".." {
+            return Err(ClientError::InvalidArgument(format!(
+                "a signal key may not be `.` or `..` (got `{key}`): a URL would resolve it as a \
+                 path; the server refuses it"
+            )));
+        }
         let mut body = serde_json::Map::new();
         if let Some(p) = payload {
             body.insert("payload".to_owned(), p);
@@ -502,6 +510,20 @@ mod tests {
 
     fn client(hook: &str) -> JobClient {
         JobClient::new(JOB, Secret::from_string(SECRET.to_owned()), hook).expect("client")
+    }
+
+    /// The signal keys `.` and `..`: the URL `{hook}/signal/..` resolves to `{hook}`, so the
+    /// request went to another route (a 404/405); the server refuses these keys. Refused here,
+    /// nothing sent (no server listens on port 1: a request would be a transport error).
+    #[tokio::test]
+    async fn the_signal_keys_dot_and_dot_dot_are_refused_before_sending() {
+        let c = client("http://127.0.0.1:1/async");
+        for key in [".", ".."] {
+            match c.signal(key, None, None).await {
+                Err(ClientError::InvalidArgument(m)) => assert!(m.contains("`.` or `..`"), "{m}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 
     /// A client's signed times strictly increase, its clones' too, however fast it signs (the

@@ -11,12 +11,15 @@ const SIGNAL_LIMIT = 10000; // the API's largest page; a key keeps at most its 1
 const WAIT_PAGES = 10;
 
 // The path of a key's records, or null for `.` and `..`: a browser's URL parser removes such a
-// path segment, also percent-encoded (`%2E`), so the page cannot reach them (curl can:
-// `/async/signals/%2E`, which the server decodes).
+// path segment, also percent-encoded (`%2E`), so the page cannot reach them. The server no longer
+// takes them for a new record, a wait or an emit (a client would resolve them as a path); records
+// an older version stored under them can be read with curl (`/async/signals/%2E`, which the
+// server decodes).
 function signalPath(key) {
   return key === "." || key === ".." ? null : `/async/signals/${encodeURIComponent(key)}`;
 }
-const UNREACHABLE = (key) => `The key "${key}" cannot be read or sent from a browser: browsers drop "." and ".." path segments from a URL, even as %2E. Use curl: curl -X POST <server>/async/signals/${key === "." ? "%2E" : "%2E%2E"} (GET to read).`;
+const UNREACHABLE = (key) => `The key "${key}" cannot be read from a browser: browsers drop "." and ".." path segments from a URL, even as %2E. The server no longer takes it for a new signal (a key may not be "." or ".."); records an older version stored under it can be read with curl: curl <server>/async/signals/${key === "." ? "%2E" : "%2E%2E"}`;
+const DOT_KEY = (key) => `The key "${key}" cannot be sent: a signal key may not be "." or ".." (a URL would resolve it as a path).`;
 
 // A key's records, page by page (a page ends at about 4 MiB of records; `next_since` goes on):
 // the seq and time of each, and the newest five whole (payloads of the others are not kept).
@@ -75,7 +78,7 @@ async function signalsPage(params, signal) {
       let payload;
       try { payload = ev.target.payload.value.trim() ? parseJson(ev.target.payload.value) : undefined; } catch { return toast("The payload must be JSON."); }
       const path = signalPath(key);
-      if (!path) return toast(UNREACHABLE(key));
+      if (!path) return toast(DOT_KEY(key));
       try {
         const r = await api(path, { method: "POST", body: payload === undefined ? {} : { payload } });
         toast(`Signal ${r.key} #${r.seq} written.`);
