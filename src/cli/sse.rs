@@ -6,7 +6,6 @@
 //! comes (eventsource-stream 0.2, used before, re-read its buffer per line and kept every byte
 //! after an invalid UTF-8 one).
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -17,6 +16,9 @@ use super::exit::Failure;
 /// The longest event read. runyard's events are a status or a progress with at most the job's
 /// error, stored cut to 16 KiB (`job::error_text`): a few KiB.
 pub const MAX_EVENT: usize = 1 << 20;
+/// The longest event id kept (it goes with every event after it). runyard's are a few dozen
+/// bytes (a Redis stream entry's id, a row number).
+pub const MAX_ID: usize = 1024;
 
 /// What ends a stream's reading before its end.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum SseRead {
     /// A line is not UTF-8.
     #[error("a line of the stream is not UTF-8")]
     NotUtf8,
+    /// An event id past [`MAX_ID`].
+    #[error("an event id of the stream is longer than {MAX_ID} bytes")]
+    IdTooLong,
 }
 
 impl SseRead {
@@ -65,7 +70,8 @@ pub fn events(r: reqwest::Response) -> Events {
     parsed(r.bytes_stream().map(|c| c.map_err(SseRead::Net)))
 }
 
-/// `chunks` read as events; an error ends the stream (after the events before it).
+/// `chunks` read as events, one at a time (a chunk is read up to the end of its next event,
+/// so no more than one event is held); an error ends the stream (after the events before it).
 fn parsed<S>(chunks: S) -> Events
 where
     S: Stream<Item = Result<Bytes, SseRead>> + Send + 'static,
@@ -73,37 +79,41 @@ where
     struct State<S> {
         chunks: Pin<Box<S>>,
         parser: Parser,
-        ready: VecDeque<Event>,
-        failed: Option<SseRead>,
+        /// The chunk being read, and how far.
+        chunk: Bytes,
+        at: usize,
         done: bool,
     }
     let start = State {
         chunks: Box::pin(chunks),
         parser: Parser::default(),
-        ready: VecDeque::new(),
-        failed: None,
+        chunk: Bytes::new(),
+        at: 0,
         done: false,
     };
     Box::pin(futures::stream::unfold(start, |mut st| async move {
         loop {
-            if let Some(ev) = st.ready.pop_front() {
-                return Some((Ok(ev), st));
-            }
-            if let Some(e) = st.failed.take() {
-                st.done = true;
-                return Some((Err(e), st));
-            }
             if st.done {
                 return None;
             }
-            match st.chunks.next().await {
-                None => st.done = true,
-                Some(Err(e)) => st.failed = Some(e),
-                Some(Ok(bytes)) => {
-                    if let Err(e) = st.parser.feed(&bytes, &mut st.ready) {
-                        st.failed = Some(e);
+            if st.at < st.chunk.len() {
+                match st.parser.next_event(&st.chunk, &mut st.at) {
+                    Ok(Some(ev)) => return Some((Ok(ev), st)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
                     }
                 }
+                continue;
+            }
+            match st.chunks.next().await {
+                None => st.done = true,
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                Some(Ok(bytes)) => (st.chunk, st.at) = (bytes, 0),
             }
         }
     }))
@@ -125,13 +135,19 @@ struct Parser {
 }
 
 impl Parser {
-    /// Reads `chunk`, each event it ends put on `out`.
-    fn feed(&mut self, chunk: &[u8], out: &mut VecDeque<Event>) -> Result<(), SseRead> {
-        for &b in chunk {
+    /// Reads `chunk` from `*at` up to the end of its next event (returned, `*at` just past it)
+    /// or, when no event ends in it, to its end.
+    fn next_event(&mut self, chunk: &[u8], at: &mut usize) -> Result<Option<Event>, SseRead> {
+        while let Some(&b) = chunk.get(*at) {
+            *at += 1;
             let after_cr = std::mem::replace(&mut self.after_cr, b == b'\r');
             match b {
                 b'\n' if after_cr => {}
-                b'\n' | b'\r' => self.end_line(out)?,
+                b'\n' | b'\r' => {
+                    if let Some(ev) = self.end_line()? {
+                        return Ok(Some(ev));
+                    }
+                }
                 _ => {
                     self.len += 1;
                     if self.len > MAX_EVENT {
@@ -141,21 +157,22 @@ impl Parser {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn end_line(&mut self, out: &mut VecDeque<Event>) -> Result<(), SseRead> {
+    /// The end of a line: the event it ends (a blank line after data), if any.
+    fn end_line(&mut self) -> Result<Option<Event>, SseRead> {
         if self.line.is_empty() {
             self.len = 0;
-            if !self.data.is_empty() {
-                let mut data = std::mem::take(&mut self.data);
-                data.pop();
-                out.push_back(Event {
-                    id: self.id.clone(),
-                    data,
-                });
+            if self.data.is_empty() {
+                return Ok(None);
             }
-            return Ok(());
+            let mut data = std::mem::take(&mut self.data);
+            data.pop();
+            return Ok(Some(Event {
+                id: self.id.clone(),
+                data,
+            }));
         }
         let line = std::str::from_utf8(&self.line).map_err(|_| SseRead::NotUtf8)?;
         let (field, value) = match line.split_once(':') {
@@ -167,12 +184,13 @@ impl Parser {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
+            "id" if value.len() > MAX_ID => return Err(SseRead::IdTooLong),
             "id" if !value.contains('\0') => self.id = value.to_string(),
             // A comment (`:`), `event`, `retry` and unknown fields: nothing the CLI uses.
             _ => {}
         }
         self.line.clear();
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -258,5 +276,38 @@ mod tests {
         assert_eq!((got.len(), err), (0, None));
         let (got, err) = read(vec!["data:\n\n".repeat(1 << 20).into_bytes()]).await;
         assert_eq!((got.len(), err), (1 << 20, None));
+    }
+
+    /// The last id goes with every event after it: a long one was copied into each of a chunk's
+    /// events, all held at once (review rev52d: 8 KiB of `data` lines after a 1 MiB id made
+    /// 1.3 GB). An id past 1 KiB is not runyard's; events are read one at a time.
+    #[tokio::test]
+    async fn a_long_event_id_ends_the_stream() {
+        let stream = format!(
+            "id: 7\ndata: a\n\nid: {}\ndata: b\n\n",
+            "x".repeat(MAX_ID + 1)
+        );
+        let (got, err) = read(vec![stream.into_bytes()]).await;
+        assert_eq!(got, vec![("7".to_string(), "a".to_string())]);
+        assert_eq!(
+            err.as_deref(),
+            Some("an event id of the stream is longer than 1024 bytes")
+        );
+        let stream = format!("id: {}\n\n{}", "y".repeat(MAX_ID), "data\n\n".repeat(1000));
+        let (got, err) = read(vec![stream.into_bytes()]).await;
+        assert_eq!((got.len(), err), (1000, None));
+    }
+
+    /// The standard's rules the CLI relies on: an event cut by the stream's end is dropped, an
+    /// id with NUL is ignored (the one before it stays).
+    #[tokio::test]
+    async fn a_cut_event_is_dropped_and_an_id_with_nul_ignored() {
+        let stream = b"id: 1\ndata: a\n\nid: 2\0\ndata: b\n\nid: 3\ndata: cut".to_vec();
+        let (got, err) = read(vec![stream]).await;
+        assert_eq!(
+            got,
+            vec![("1".into(), "a".into()), ("1".into(), "b".into())]
+        );
+        assert_eq!(err, None);
     }
 }
