@@ -42,7 +42,7 @@ def record_posts(page):
     return posts
 
 
-def human_double_click(page, locator, gap_ms):
+def human_double_click(page, locator, gap_ms, redraw=True):
     """Two clicks at the middle of `locator` (where it is at the first click), as a mouse makes
     them: each a click event with that spot's coordinates on whatever the page shows there then,
     none on a disabled control. Sent from inside the page, so that the gap is the page's own
@@ -76,6 +76,11 @@ def human_double_click(page, locator, gap_ms):
         [x, y, gap_ms],
     )
     assert met["gap"] < 600, f"the page clicked {met['gap']:.0f} ms apart: not a double click"
+    # The defect needs the second click on an enabled control, a new one where the page redraws
+    # after the action (`redraw`): a trial whose page drew nothing new there in time (a loaded
+    # machine) says nothing either way, and says so rather than passing.
+    if met["disabled"] or (redraw and not met["redrawn"]):
+        pytest.skip(f"the second click met {'a disabled control' if met['disabled'] else 'no redraw'} ({met}): this trial says nothing")
     return met
 
 
@@ -224,7 +229,7 @@ def test_a_double_click_on_send_to_a_key_on_the_page_writes_one_record(server, p
     expect(page.locator(f'[data-signal="{key}"]')).to_be_visible()
     page.fill("#send-key", key)
     posts = record_posts(page)
-    human_double_click(page, page.locator("#signal-send button[type=submit]"), gap)
+    human_double_click(page, page.locator("#signal-send button[type=submit]"), gap, redraw=False)
     page.wait_for_timeout(1500)
     assert posts == [f"/async/signals/{key}"], posts
     expect(page.locator("#toast")).to_contain_text(f"Signal {key} #1 written", timeout=10000)
@@ -268,7 +273,7 @@ def test_a_double_click_on_send_with_a_write_only_token_writes_one_record(authed
         key = f"dbl.writer.{uuid.uuid4().hex[:6]}"
         page.fill("#send-key", key)
         posts = record_posts(page)
-        human_double_click(page, page.locator("#signal-send button[type=submit]"), gap)
+        human_double_click(page, page.locator("#signal-send button[type=submit]"), gap, redraw=False)
         page.wait_for_timeout(1500)
         assert posts == [f"/async/signals/{key}"], posts
         expect(page.locator("#toast")).to_contain_text(f"Signal {key} #1 written", timeout=10000)
@@ -368,3 +373,21 @@ def test_a_double_click_on_older_turns_one_page_of_dead_letters(many_dead, brows
     finally:
         ctx.close()
 
+
+
+def test_keyboard_actions_hold_no_spot(server, page, schedules_in_use):
+    # A click made with the keyboard is at 0,0 in Chromium: an action started with Enter held
+    # that spot, and every other keyboard activation on the page (Enter on another row's Pause,
+    # on a link, Space on a checkbox) was ignored while it ran and 600 ms after (review rev52d).
+    a, b = make_schedule(server, "key-a"), make_schedule(server, "key-b")
+    try:
+        open_page(page, server, "/schedules")
+        posts = record_posts(page)
+        for name in (a, b):
+            page.locator(f'#schedules tr[data-schedule="{name}"]').locator("button", has_text="Pause").press("Enter")
+        for name in (a, b):
+            expect(page.locator(f'#schedules tr[data-schedule="{name}"]').locator("button", has_text="Resume")).to_be_visible(timeout=15000)
+        assert sorted(posts) == sorted([f"/async/schedules/{a}/pause", f"/async/schedules/{b}/pause"]), posts
+    finally:
+        for name in (a, b):
+            server.call("DELETE", f"/async/schedules/{name}")

@@ -137,29 +137,37 @@ function unsendable(token) {
 // nothing else. After an action the page draws its buttons again, and where the one clicked was
 // there may now be the opposite action's (Cancel becomes Retry, Retry Cancel, Pause Resume), the
 // same action's anew (Trigger, Send), or another control (Copy, a link), enabled: the second
-// click of a double click lands on it. So a click within SPOT_PX of where an action was clicked
-// is ignored, whatever it lands on, while that action runs on the page on screen and for
-// SETTLE_MS after it ended (longer than a double click: 500 ms is the usual system setting). A
-// click elsewhere (another row's action) is taken at once, and one at the same spot a second
-// later is a new one. A page left while its action runs (its request may hang) does not hold
-// the spot on the next page.
+// click of a double click lands on it. So a click within SPOT_PX (TOUCH_PX for a finger's tap)
+// of where an action was clicked is ignored, whatever it lands on, while that action runs on the
+// page on screen and for SETTLE_MS after it ended (longer than a double click: 500 ms is the
+// usual system setting). A click elsewhere (another row's action) is taken at once, and one at
+// the same spot a second later is a new one. A page left while its action runs (its request may
+// hang) does not hold the spot on the next page. A click made with the keyboard (Enter, Space:
+// `detail` 0, at 0,0 in Chromium and Firefox) has no spot: it holds none and none holds it.
 const SETTLE_MS = 600;
 const SPOT_PX = 8;
-const clickGuard = { last: { x: NaN, y: NaN }, spot: null, running: null, until: 0 };
+const TOUCH_PX = 32;
+const clickGuard = { last: null, spot: null, running: null, until: 0 };
 document.addEventListener("click", (ev) => {
+  if (ev.detail === 0) { clickGuard.last = null; return; }
   const s = clickGuard.spot;
   const held = (clickGuard.running && clickGuard.running === navigation) || performance.now() < clickGuard.until;
-  if (s && held && Math.hypot(ev.clientX - s.x, ev.clientY - s.y) <= SPOT_PX) {
+  if (s && held && Math.hypot(ev.clientX - s.x, ev.clientY - s.y) <= Math.max(s.r, ev.pointerType === "touch" ? TOUCH_PX : SPOT_PX)) {
     ev.preventDefault();
     ev.stopImmediatePropagation();
     return;
   }
-  clickGuard.last = { x: ev.clientX, y: ev.clientY };
+  clickGuard.last = { x: ev.clientX, y: ev.clientY, r: ev.pointerType === "touch" ? TOUCH_PX : SPOT_PX, t: performance.now() };
 }, true);
+// The spot of the click that is being handled (none for a keyboard's, or when no click led here).
+function clickedSpot() {
+  const l = clickGuard.last;
+  return l && performance.now() - l.t < 100 ? l : null;
+}
 // A click at the spot of the last click is ignored for SETTLE_MS from now (the sign-in form: the
 // page it opens may draw an action under the second click).
 function settle() {
-  Object.assign(clickGuard, { spot: clickGuard.last, running: null, until: performance.now() + SETTLE_MS });
+  Object.assign(clickGuard, { spot: clickedSpot(), running: null, until: performance.now() + SETTLE_MS });
 }
 function once(fn) {
   return async (ev) => {
@@ -167,13 +175,18 @@ function once(fn) {
     const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
     if (ev.type === "submit") ev.preventDefault();
     if (button.disabled) return;
-    // The spot: this click's (a form's: its submit button's click, which comes first).
-    const spot = clickGuard.last;
-    Object.assign(clickGuard, { spot, running: navigation, until: 0 });
+    // The spot: this click's (a form's: its submit button's click, which comes just before).
+    const spot = clickedSpot();
+    const mine = navigation;
+    Object.assign(clickGuard, { spot, running: mine, until: 0 });
     button.disabled = true;
     try { await fn(ev); } finally {
       button.disabled = false;
-      if (clickGuard.spot === spot) Object.assign(clickGuard, { running: null, until: performance.now() + SETTLE_MS });
+      // Settles on the page it was clicked on only: one left meanwhile does not hold the next.
+      if (clickGuard.spot === spot) {
+        Object.assign(clickGuard, mine === navigation
+          ? { running: null, until: performance.now() + SETTLE_MS } : { spot: null, running: null, until: 0 });
+      }
     }
   };
 }
