@@ -1802,7 +1802,7 @@ fn signal_refuses_a_bad_key_before_asking_the_server() {
 }
 
 /// The keys `.` and `..`, and a file property `.` or `..`, would be resolved as a path in the
-/// URL (`signal ..` was `POST /async`, a 405; `files put JOB .` a 404): a usage error (exit 2)
+/// URL (`signal ..` was `POST /async/signals`, a 405; `files put JOB .` a 404): a usage error (exit 2)
 /// naming the rule, before any request (no server runs here).
 #[test]
 fn dot_keys_and_properties_are_usage_errors() {
@@ -1813,18 +1813,25 @@ fn dot_keys_and_properties_are_usage_errors() {
     let id = uuid::Uuid::now_v7().to_string();
     for dot in [".", ".."] {
         let wait = format!("{dot}:2");
+        let input = format!("{dot}={f}");
         for (args, rule) in [
             (vec!["signal", dot], "`.` or `..`"),
             (vec!["submit", "sh.ok", "--wait-for", dot], "`.` or `..`"),
             (vec!["submit", "sh.ok", "--wait-for", &wait], "`.` or `..`"),
             (vec!["files", "put", &id, dot, f], "property"),
             (vec!["files", "get", &id, dot, "0"], "property"),
+            (vec!["submit", "sh.ok", "--input", &input], "PROP 1-64"),
         ] {
             let o = cli("http://127.0.0.1:1", &args);
             assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
             assert!(stderr(&o).contains(rule), "{args:?}: {}", stderr(&o));
         }
     }
+    // A property past 64 characters, the server's bound (review rev52e: `--input` took it, and
+    // the server refused the part once streaming).
+    let long = format!("{}={f}", "p".repeat(65));
+    let o = cli("http://127.0.0.1:1", &["submit", "sh.ok", "--input", &long]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 /// `files put --name` is checked as the server checks a file name: a usage error (exit 2) before

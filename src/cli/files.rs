@@ -245,7 +245,6 @@ fn refused_with(e: &anyhow::Error, status: u16) -> bool {
     matches!(e.downcast_ref::<Failure>(), Some(Failure::Refused { status: s, .. }) if *s == status)
 }
 
-/// A `--name` the server would take.
 /// A property the server would take (1-64 letters, digits, `_`, `-`; so never `.` or `..`,
 /// which a URL would resolve as a path): a usage error, exit 2, before any request.
 fn file_property(p: &str) -> Result<String, String> {
@@ -256,6 +255,7 @@ fn file_property(p: &str) -> Result<String, String> {
     }
 }
 
+/// A `--name` the server would take.
 fn file_label(name: &str) -> Result<String, String> {
     crate::api::files::check_file_name(name).map(|()| name.to_string())
 }
@@ -301,14 +301,12 @@ pub async fn submit_form(
         reqwest::multipart::Part::text(job.to_string()).mime_str("application/json")?,
     );
     for input in inputs {
-        let Some((prop, file)) = input.split_once('=').filter(|(p, f)| {
-            !p.is_empty()
-                && !f.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        }) else {
+        let Some((prop, file)) = input
+            .split_once('=')
+            .filter(|(p, f)| crate::api::hooks::valid_property(p) && !f.is_empty())
+        else {
             return Err(Failure::usage(format!(
-                "--input `{input}`: expected PROP=FILE, PROP of ASCII letters, digits, '_' or '-'"
+                "--input `{input}`: expected PROP=FILE, PROP 1-64 letters, digits, '_' or '-'"
             )));
         };
         let path = Path::new(file);

@@ -215,16 +215,14 @@ fn parse_outputs(raw: &[String], no_command: bool) -> Result<Vec<(String, PathBu
     }
     raw.iter()
         .map(|o| match o.split_once('=') {
-            Some((prop, file))
-                if !prop.is_empty()
-                    && !file.is_empty()
-                    && prop
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
-            {
+            // The server's rule for a property (its upload route refuses any other, after the
+            // command ran: a `.` had been taken here, and the job failed at its end).
+            Some((prop, file)) if crate::api::hooks::valid_property(prop) && !file.is_empty() => {
                 Ok((prop.to_string(), PathBuf::from(file)))
             }
-            _ => Err(format!("`--output {o}`: expected PROPERTY=FILE")),
+            _ => Err(format!(
+                "`--output {o}`: expected PROPERTY=FILE, PROPERTY 1-64 letters, digits, '_' or '-'"
+            )),
         })
         .collect()
 }
@@ -318,4 +316,33 @@ async fn run_command(
         Some(c) if code == ExitCode::SUCCESS || c != 0 => ExitCode::from(c.clamp(0, 255) as u8),
         _ => code,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A property is checked by the server's rule before the command runs (review rev52e: `.`
+    /// and 65 characters passed here, the command ran, and the upload's 400 failed the job at
+    /// its end; `..` even sent the upload to another route).
+    #[test]
+    fn an_output_property_the_server_refuses_is_refused_before_anything_runs() {
+        let long = format!("{}=f", "p".repeat(65));
+        for bad in [
+            "report.pdf=out/r.pdf",
+            ".=f",
+            "..=f",
+            "=f",
+            "p=",
+            long.as_str(),
+        ] {
+            let err = parse_outputs(&[bad.to_string()], false).expect_err(bad);
+            assert!(err.contains("PROPERTY 1-64 letters"), "{bad}: {err}");
+        }
+        let ok = parse_outputs(&["report_pdf-2=out/r.pdf".to_string()], false).unwrap();
+        assert_eq!(
+            ok,
+            vec![("report_pdf-2".to_string(), PathBuf::from("out/r.pdf"))]
+        );
+    }
 }

@@ -512,7 +512,7 @@ mod tests {
         JobClient::new(JOB, Secret::from_string(SECRET.to_owned()), hook).expect("client")
     }
 
-    /// The signal keys `.` and `..`: the URL `{hook}/signal/..` resolves to `{hook}`, so the
+    /// The signal keys `.` and `..`: the URL `{hook}/signal/..` lost its `..` segment (`{hook}/signal`), so the
     /// request went to another route (a 404/405); the server refuses these keys. Refused here,
     /// nothing sent (no server listens on port 1: a request would be a transport error).
     #[tokio::test]
