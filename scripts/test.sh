@@ -113,7 +113,7 @@ kill $SERVER_PID 2>/dev/null || true
 # long form is the default of `pytest tests/browser/test_first_paint.py` (20,000).
 log "dashboard in a browser"
 RUNYARD_BROWSER_JOBS=${RUNYARD_BROWSER_JOBS:-4000} RUNYARD_BIN=target/debug/runyard \
-  python3 -m pytest -q tests/browser || failed=1
+  python3 -m pytest -q -rs tests/browser || failed=1
 
 # The README's first command (issue 12), on this clean clone's debug build (no second build):
 # `serve --demo` must run its demo jobs, then a job submitted with the CLI must succeed.

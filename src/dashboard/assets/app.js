@@ -146,7 +146,7 @@ function unsendable(token) {
 // `detail` 0, at 0,0 in Chromium and Firefox) has no spot: it holds none and none holds it.
 const SETTLE_MS = 600;
 const SPOT_PX = 8;
-const TOUCH_PX = 32;
+const TOUCH_PX = 16;
 const clickGuard = { last: null, spot: null, running: null, until: 0 };
 document.addEventListener("click", (ev) => {
   if (ev.detail === 0) { clickGuard.last = null; return; }
