@@ -76,11 +76,20 @@ pub fn clipped(text: &str, max: usize) -> String {
     }
 }
 
-/// The message for a redirect (the CLI follows none: a POST sent again as a GET would read
-/// where it was to write). `requested` is the URL asked, `api_path` its part after `--server`,
-/// `location` the answer's `Location` (`None`: without one). When the Location is the same path
-/// under another base (`http://` to `https://`, another host), that base is the `--server` to
-/// give.
+/// The message for a redirect answer `r` (the CLI follows none: a POST sent again as a GET would
+/// read where it was to write); `api_path` is the part of the URL asked after `--server`.
+pub fn redirect_of(r: &reqwest::Response, api_path: &str) -> String {
+    let location = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    redirect_message(r.status().as_u16(), r.url(), api_path, location.as_deref())
+}
+
+/// [`redirect_of`]'s words, from the answer's parts: `requested` is the URL asked, `api_path` its
+/// part after `--server`, `location` the answer's `Location` (`None`: without one). When the
+/// Location is the same path under another base (`http://` to `https://`, another host), that
+/// base is the `--server` to give.
 pub fn redirect_message(
     status: u16,
     requested: &reqwest::Url,

@@ -185,19 +185,10 @@ impl Api {
                 .path()
                 .strip_prefix(self.base_path.as_str())
                 .unwrap_or(requested.path());
-            let location = r
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             return Err(Failure::Unavailable {
                 status: status.as_u16(),
                 code: "not_runyard".into(),
-                message: answer::redirect_message(
-                    status.as_u16(),
-                    requested,
-                    api_path,
-                    location.as_deref(),
-                ),
+                message: answer::redirect_of(&r, api_path),
             }
             .into());
         }

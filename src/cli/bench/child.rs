@@ -34,19 +34,7 @@ pub(super) async fn wait_healthy(
         }
         if let Ok(r) = ctx.http.get(&url).send().await {
             if r.status().is_redirection() {
-                let location = r
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                bail!(
-                    "{}",
-                    crate::cli::answer::redirect_message(
-                        r.status().as_u16(),
-                        r.url(),
-                        "/health",
-                        location.as_deref()
-                    )
-                );
+                bail!("{}", crate::cli::answer::redirect_of(&r, "/health"));
             }
             if r.status().is_success() {
                 let v: serde_json::Value = r.json().await.unwrap_or_default();

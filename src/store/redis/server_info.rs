@@ -144,6 +144,20 @@ fn acl_refusal(said: &str) -> bool {
     .any(|w| said.contains(w))
 }
 
+/// The start's error for `command` refused with `said`, not a write refusal: the ACL's, with the
+/// hint, or Redis's own words.
+fn not_taken(command: &str, said: &str) -> StoreError {
+    const ACL_HINT: &str = "docs/redis.md lists the commands; an ACL with `+@all` on the \
+                            prefix's keys and channels grants them";
+    StoreError::Unavailable(if acl_refusal(said) {
+        format!("the Redis user cannot run `{command}`, which runyard needs: {said} ({ACL_HINT})")
+    } else {
+        format!(
+            "redis refused `{command}` in the start's check of the commands runyard needs: {said}"
+        )
+    })
+}
+
 /// Refuses a Redis user that cannot run a command runyard needs ([`PERMISSIONS_PROBE`]); a
 /// write Redis refuses for a reason of its own (out of memory, unable to persist, too few
 /// replicas, a replica) is told apart ([`CheckFailed::Refused`]), since no ACL mends it.
@@ -153,8 +167,6 @@ pub(super) async fn check_permissions(
     origin: &str,
 ) -> std::result::Result<(), CheckFailed> {
     let key = format!("{prefix}:permcheck:{origin}");
-    const ACL_HINT: &str = "docs/redis.md lists the commands; an ACL with `+@all` on the \
-                            prefix's keys and channels grants them";
     let refused = |command: &str, e: RedisError| {
         if let Some(said) = super::conn::write_refusal(&e) {
             return CheckFailed::Refused(said, command.to_string());
@@ -166,14 +178,7 @@ pub(super) async fn check_permissions(
                 _ => e.to_string(),
             });
         }
-        let said = e.to_string();
-        CheckFailed::Other(StoreError::Unavailable(if acl_refusal(&said) {
-            format!("the Redis user cannot do what runyard needs: {said} ({ACL_HINT})")
-        } else {
-            format!(
-                "redis refused the start's check of the commands runyard needs ({command}): {said}"
-            )
-        }))
+        CheckFailed::Other(not_taken(command, &e.to_string()))
     };
     // The message's first line is a process id no process has: the others read no notice in it.
     let failed: Vec<String> = ::redis::Script::new(PERMISSIONS_PROBE)
@@ -187,13 +192,7 @@ pub(super) async fn check_permissions(
         if let Some(said) = super::conn::write_refusal_said(error) {
             return Err(CheckFailed::Refused(said, command.clone()));
         }
-        return Err(CheckFailed::Other(StoreError::Unavailable(
-            if acl_refusal(error) {
-                format!("the Redis user cannot run `{command}`, which runyard needs: {error} ({ACL_HINT})")
-            } else {
-                format!("redis refused `{command}` in the start's check of the commands runyard needs: {error}")
-            },
-        )));
+        return Err(CheckFailed::Other(not_taken(command, error)));
     }
     // The calls made outside scripts.
     let mut pipe = ::redis::pipe();
@@ -228,7 +227,7 @@ pub(super) async fn check_permissions(
 /// [`check_permissions`] at start, with a write Redis refuses said as a running node says it
 /// ("the store refuses writes: ...", `conn::write_refusal`), not as a permission. A replica's
 /// refusal (`READONLY`, or `MASTERDOWN`: a failover behind the address may be under way) and
-/// the other errors that pass on their own (Redis loading its data, busy, a dropped connection:
+/// the other errors that pass on their own (Redis loading its data, a dropped connection:
 /// [`CheckFailed::Passing`]) are waited on until `deadline` (the start's `store.retry`, shared
 /// with the connection's own wait) as a running node waits on them, with a new connection at
 /// most once a second, which reaches what the address names now; the other refusals (out of
