@@ -515,24 +515,31 @@ impl Receiver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_ahead_judges_hook_requests_by_the_store_clock() {
-    use runyard_hooks::{derive_job_secret, signed_headers, SigVersion};
-    let cl = Cluster::new();
-    let a = cl.node("a", None).await;
-    let b = cl.node("b", Some(240)).await;
-    let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
+/// A job submitted through `c` that sleeps two minutes, once RUNNING: its id, its attempt and the
+/// attempt's secret (to sign its hook requests).
+async fn a_running_job(c: &Client, cl: &Cluster) -> (String, u32, runyard_hooks::Secret) {
     let (status, _, v) = post(
-        &ca,
+        c,
         "/async/jobs",
         json!({"type": "runyard.sleep", "args": {"ms": 120000}}),
     )
     .await;
     assert_eq!(status, 202, "{v}");
     let id = v["job_id"].as_str().expect("job_id").to_string();
-    let job = wait_status(&ca, &id, "RUNNING", &cl).await;
+    let job = wait_status(c, &id, "RUNNING", cl).await;
     let attempt = job["attempt"].as_u64().expect("attempt") as u32;
-    let secret = derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+    let secret = runyard_hooks::derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+    (id, attempt, secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ahead_judges_hook_requests_by_the_store_clock() {
+    use runyard_hooks::{signed_headers, SigVersion};
+    let cl = Cluster::new();
+    let a = cl.node("a", None).await;
+    let b = cl.node("b", Some(240)).await;
+    let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
+    let (id, _, secret) = a_running_job(&ca, &cl).await;
     let real_ms = |back: Duration| {
         (SystemTime::now() - back)
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -618,22 +625,12 @@ async fn a_node_behind_judges_signed_urls_by_the_store_clock() {
     use base64::Engine;
     use md5::Digest;
     use runyard::api::signed_url::{UrlSigner, URL_TTL_SECS};
-    use runyard_hooks::{derive_job_secret, signed_headers, SigVersion};
+    use runyard_hooks::{signed_headers, SigVersion};
     let cl = Cluster::new();
     let a = cl.node("a", None).await;
     let b = cl.node("b", Some(-60)).await;
     let (ca, cb) = (Client::new(&a.url), Client::new(&b.url));
-    let (status, _, v) = post(
-        &ca,
-        "/async/jobs",
-        json!({"type": "runyard.sleep", "args": {"ms": 120000}}),
-    )
-    .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["job_id"].as_str().expect("job_id").to_string();
-    let job = wait_status(&ca, &id, "RUNNING", &cl).await;
-    let attempt = job["attempt"].as_u64().expect("attempt") as u32;
-    let secret = derive_job_secret(MASTER_KEY.as_bytes(), &id, attempt);
+    let (id, attempt, secret) = a_running_job(&ca, &cl).await;
     // A hook call to B, signed now (v2).
     let hook = |method: &'static str, path: String, body: Vec<u8>| {
         let time_ms = now_secs() * 1000;
