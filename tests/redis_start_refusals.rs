@@ -24,13 +24,6 @@ const RUNNERS: &str = "[[runners]]\nkind = \"service\"\ntypes = [\"runyard.*\"]\
 /// here), so a start that waited it out fails the test.
 const AT_ONCE: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// A private Redis whose configuration a test may change (`CONFIG SET dir`).
 fn private_redis() -> TestRedis {
     TestRedis::private(&[
@@ -47,21 +40,21 @@ fn private_redis() -> TestRedis {
 struct Node {
     child: Option<Child>,
     log: PathBuf,
-    port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Node {
     /// `runyard COMMAND` (`serve` or `worker`) on `url` (a Redis URL, maybe with a user and
     /// password: it goes in the config file) with `store.retry` = `retry`, its output to a file.
+    /// `serve` listens on a port of the system's choosing (one picked beforehand and released
+    /// could be taken meanwhile by a test's Redis: CI, stop 64); [`Node::port`] reads it.
     fn start(command: &str, url: &str, prefix: &str, retry: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let config = dir.path().join("runyard.toml");
         std::fs::write(
             &config,
             format!(
-                "redis = \"{url}\"\nmaster_key = \"{KEY}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+                "redis = \"{url}\"\nmaster_key = \"{KEY}\"\npublic_url = \"http://127.0.0.1\"\n\
                  [store]\nprefix = \"{prefix}\"\nretry = \"{retry}\"\n{RUNNERS}"
             ),
         )
@@ -73,7 +66,7 @@ impl Node {
         let mut cmd = Command::new(BIN);
         cmd.arg(command).arg("--config").arg(&config);
         if command == "serve" {
-            cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+            cmd.arg("--listen").arg("127.0.0.1:0");
         }
         cmd.arg("--data-dir").arg(dir.path().join("data"));
         for (k, _) in std::env::vars() {
@@ -91,7 +84,6 @@ impl Node {
         Self {
             child: Some(child),
             log,
-            port,
             _dir: dir,
         }
     }
@@ -104,6 +96,22 @@ impl Node {
     /// Whether it has exited.
     fn exited(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// The port `serve` listens on, from its "runyard listening" line (waited on, bounded).
+    fn port(&mut self) -> u16 {
+        self.wait_said("runyard listening", Duration::from_secs(30));
+        let said = self.said();
+        let line = said
+            .lines()
+            .find(|l| l.contains("runyard listening"))
+            .expect("the listening line");
+        let at = line.find("127.0.0.1:").expect("its address") + "127.0.0.1:".len();
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a port")
     }
 
     /// Waits until it exits (at most `within`, else fails the test): its status, what it said
@@ -308,7 +316,8 @@ async fn a_replica_promoted_within_store_retry_lets_the_node_start() {
     assert!(node.exited().is_none(), "stopped:\n{}", node.said());
     assert!(r.cli(&["REPLICAOF", "NO", "ONE"]).contains("OK"));
     let http = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{}/health/ready", node.port);
+    let port = node.port();
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
     let start = Instant::now();
     loop {
         if let Some(st) = node.exited() {

@@ -68,12 +68,31 @@ pub struct TestRedis {
     args: Vec<String>,
 }
 
+/// A free port for a test's own `redis-server`, from below the kernel's ephemeral range
+/// (32768-60999 here): a port the kernel handed a test for its runyard node (bound to port 0,
+/// released, then passed to `--listen`) or to an outgoing connection is never one of these, so a
+/// Redis cannot take a node's port between its pick and its bind (CI, stop 64: "cannot listen
+/// on ... Address already in use"). Each call in this process tries the next port of a range
+/// started at a place of the process id's choosing, so two tests' Redis servers never get the
+/// same one.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 fn unique_prefix() -> String {
