@@ -14,6 +14,17 @@ use serde_json::Value;
 /// pieces of this size, and the hook keeps at most this much of a reported line.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
+/// A file property's name as the server takes it (and a file path's `store` segment): 1-64 ASCII
+/// letters, digits, `_` or `-`. The server refuses any other (400 `bad_path`); the job clients
+/// refuse them before sending, since a name such as `.` or `..` would be resolved as a path by
+/// the URL and reach another route.
+pub fn valid_property(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 64
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// Which output stream a log line came from. On the wire (JSON, stored rows) it is the
 /// lowercase name: `stdout`, `stderr`, `job`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

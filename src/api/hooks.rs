@@ -222,13 +222,9 @@ pub async fn job_self(
     }))
 }
 
-/// Checks a property name: letters, digits, `_` and `-`, 1-64 characters.
-pub fn valid_property(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 64
-        && p.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
+/// Checks a property name: letters, digits, `_` and `-`, 1-64 characters (the rule the job
+/// clients check too).
+pub use runyard_hooks::vocab::valid_property;
 
 /// A path's `property` segment: 1-64 letters, digits, `_` or `-`, else 400 `bad_path`.
 pub fn check_property(property: &str) -> ApiResult<()> {

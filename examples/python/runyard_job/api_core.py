@@ -20,7 +20,7 @@ from typing import IO, Any, Dict, Generator, List, Optional, Tuple, TypeVar
 import httpx
 
 from .api_errors import OUTCOME_ERRORS, ApiError
-from .api_requests import _jobs_query, _segment, file_parts, Files, signal_segment
+from .api_requests import _jobs_query, _segment, file_parts, file_segment, Files, signal_segment
 
 T = TypeVar("T")
 
@@ -199,7 +199,7 @@ def logs(job_id: str, after: int) -> Op[List[Dict[str, Any]]]:
 
 
 def file(job_id: str, property: str, index: int) -> Op[bytes]:
-    response = yield from call("GET", job_path(job_id, "files", property, str(int(index))))
+    response = yield from call("GET", job_path(job_id, "files", file_segment("property", property), str(int(index))))
     return response.content
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import mimetypes
 import os
+import re
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
@@ -175,6 +176,18 @@ def _jobs_query(status: Optional[str], type: Optional[str], limit: int, cursor: 
 
 def _segment(value: str) -> str:
     return quote(str(value), safe="")
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def file_segment(what: str, name: str) -> str:
+    """A file ``property`` (or a file path's ``store``) as one path segment: 1-64 ASCII letters,
+    digits, ``_`` or ``-``, the names the server takes; any other raises ``ValueError`` before
+    anything is sent (``.`` and ``..`` would be resolved as a path and reach another route)."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise ValueError(f"a file {what} must be 1-64 letters, digits, `_` or `-` (got {name!r}); nothing sent")
+    return name
 
 
 def signal_segment(key: str) -> str:

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from .api_requests import signal_segment
+from .api_requests import file_segment, signal_segment
 from .client_logs import send_reports
 from .client_retry import (
     DEFAULT_REPORT_WINDOW,
@@ -190,6 +190,15 @@ def _warn_from_caller(warning: Warning) -> None:
 
 def _segment(value: Any) -> str:
     return quote(str(value), safe="")
+
+
+def _file_path(store: str, uuid: str, property: str) -> str:
+    """``store/uuid/property`` of a file path; names the server refuses raise ``ValueError``
+    before anything is sent (``.`` or ``..`` would be resolved as a path: another route)."""
+    uuid = str(uuid)
+    if not uuid or any(c in uuid for c in "/\\."):
+        raise ValueError(f"a file uuid must be a plain name without `/`, `\\` or `.` (got {uuid!r}); nothing sent")
+    return f"{file_segment('store', store)}/{_segment(uuid)}/{file_segment('property', property)}"
 
 
 def encode_json(payload: Any) -> bytes:
@@ -440,10 +449,8 @@ class JobClient:
         A file already there with the right content is not fetched again. The bytes are checked
         against the announced md5 before the file appears under its final name.
         """
-        answer = self._hook_call(
-            "GET",
-            f"/download/{_segment(store)}/{_segment(uuid or self.job_id)}/{_segment(property)}/{int(index)}",
-        )
+        path = f"/download/{_file_path(store, uuid or self.job_id, property)}/{int(index)}"
+        answer = self._hook_call("GET", path)
         try:
             location = answer["Location"]
             expected = str(answer["Map"]["hash"])
@@ -498,6 +505,7 @@ class JobClient:
         the server attaches the same file from the same attempt once, so a try whose answer was
         lost does not attach it twice.
         """
+        path = f"/upload/{_file_path(store, uuid or self.job_id, property)}"
         file_hash, challenge = hash_file(filepath)
         if metadata is None:
             name = os.path.basename(filepath)
@@ -505,7 +513,6 @@ class JobClient:
             mimetype = mimetypes.guess_type(name)[0]
             if mimetype:
                 metadata["mimetype"] = mimetype
-        path = f"/upload/{_segment(store)}/{_segment(uuid or self.job_id)}/{_segment(property)}"
         request = {"hash": file_hash, "challenge": challenge, "metadata": metadata}
         deadline, attempt = time.monotonic() + self.report_window, 0
         while True:

@@ -52,6 +52,24 @@ def test_the_signal_keys_dot_and_dot_dot_are_refused_before_sending(stub, client
     assert stub.requests == []
 
 
+def test_file_names_the_server_refuses_are_refused_before_sending(stub, client, tmp_path):
+    # `{hook}/upload/jobs/{id}/..` resolves to `{hook}/upload/jobs`: another route. The server
+    # takes 1-64 letters, digits, `_` or `-` as a property or store; the client says so first.
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"x")
+    for bad in (".", "..", "", "a/b", "a.b", "é", "p" * 65):
+        with pytest.raises(ValueError, match="nothing sent"):
+            client.upload(bad, str(f))
+        with pytest.raises(ValueError, match="nothing sent"):
+            client.download(bad, dirpath=str(tmp_path))
+        with pytest.raises(ValueError, match="nothing sent"):
+            client.download("out", dirpath=str(tmp_path), store=bad)
+    for uuid in (".", "..", "a/b", "a\\b"):
+        with pytest.raises(ValueError, match="nothing sent"):
+            client.download("out", dirpath=str(tmp_path), uuid=uuid)
+    assert stub.requests == []
+
+
 def test_timestamps_strictly_increase():
     c = JobClient("j", "k", "http://127.0.0.1:7070/async")
     stamps = [int(c._timestamp()) for _ in range(50)]

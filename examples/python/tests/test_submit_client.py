@@ -19,8 +19,10 @@ import pytest
 from runyard_job import (
     ApiError,
     AsyncClient,
+    AsyncJob,
     Client,
     Forbidden,
+    Job,
     JobCancelled,
     JobFailed,
     JobTimedOut,
@@ -442,6 +444,21 @@ def test_the_keys_dot_and_dot_dot_are_refused_before_sending(fake):
                 c.signal(key)
         with pytest.raises(ValueError, match=r"`\.` or `\.\.`"):
             run(main(key))
+    assert fake.seen == []
+
+
+def test_file_properties_the_server_refuses_are_refused_before_sending(fake):
+    # `GET /async/jobs/{id}/files/../0` resolves to `/async/jobs/{id}/0`: another route.
+    async def main(prop):
+        async with AsyncClient(fake.url, timeout=5) as c:
+            await AsyncJob(c, {"id": JOB_ID}).file(prop)
+
+    for prop in (".", "..", "", "a/b", "p" * 65):
+        with Client(fake.url, timeout=5) as c:
+            with pytest.raises(ValueError, match="nothing sent"):
+                Job(c, {"id": JOB_ID}).file(prop)
+        with pytest.raises(ValueError, match="nothing sent"):
+            run(main(prop))
     assert fake.seen == []
 
 

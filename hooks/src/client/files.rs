@@ -11,7 +11,28 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::{http_error, parse_json, transport};
 use super::{is_md5_hex, resolve_url, ClientError, JobClient, UploadOutcome, JOBS_STORE};
+use crate::vocab::valid_property;
 use crate::wire::{digest_file, DownloadResponse, UploadDigest, UploadRequest, UploadResponse};
+
+/// `Err(InvalidArgument)` unless `store` and `property` are names the server takes (1-64
+/// letters, digits, `_`, `-`) and `uuid` is a plain name (not empty, no `/`, `\\` or `.`):
+/// nothing is sent for a file path the server refuses, and a `.` or `..` segment, which the URL
+/// would resolve as a path, never sends the request to another route.
+fn check_file_path(store: &str, uuid: &str, property: &str) -> Result<(), ClientError> {
+    for (what, name) in [("store", store), ("property", property)] {
+        if !valid_property(name) {
+            return Err(ClientError::InvalidArgument(format!(
+                "a file {what} must be 1-64 letters, digits, `_` or `-` (got `{name}`); nothing sent"
+            )));
+        }
+    }
+    if uuid.is_empty() || uuid.contains(['/', '\\', '.']) {
+        return Err(ClientError::InvalidArgument(format!(
+            "a file uuid must be a plain name without `/`, `\\` or `.` (got `{uuid}`); nothing sent"
+        )));
+    }
+    Ok(())
+}
 
 impl JobClient {
     /// Downloads file `index` of `property` of `uuid` in `store` into `dir`, named by its md5
@@ -26,6 +47,7 @@ impl JobClient {
         index: u32,
         dir: &Path,
     ) -> Result<PathBuf, ClientError> {
+        check_file_path(store, uuid, property)?;
         let index = index.to_string();
         let url = self.endpoint(&["download", store, uuid, property, &index]);
         let context = format!("GET {}", url.path());
@@ -112,6 +134,7 @@ impl JobClient {
         path: &Path,
         metadata: Value,
     ) -> Result<UploadOutcome, ClientError> {
+        check_file_path(JOBS_STORE, &self.id, property)?;
         let digest = digest_file(path).await.map_err(|source| ClientError::Io {
             path: path.to_owned(),
             source,

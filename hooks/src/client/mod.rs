@@ -526,6 +526,40 @@ mod tests {
         }
     }
 
+    /// A file property, store or uuid the server refuses (`.` and `..` above all: the URL
+    /// `{hook}/upload/jobs/{id}/..` loses a segment and reaches another route) is refused here,
+    /// nothing sent; a good one is sent (a transport error: nothing listens on port 1).
+    #[tokio::test]
+    async fn file_paths_the_server_refuses_are_refused_before_sending() {
+        let c = client("http://127.0.0.1:1/async");
+        let dir = std::env::temp_dir().join(format!("runyard-file-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f.txt");
+        std::fs::write(&file, b"x").unwrap();
+        let refused = |r: Result<(), ClientError>, what: &str| match r {
+            Err(ClientError::InvalidArgument(m)) => assert!(m.contains("nothing sent"), "{m}"),
+            other => panic!("{what}: {other:?}"),
+        };
+        for bad in [".", "..", "", "a/b", "a.b", "é", &"p".repeat(65)] {
+            let up = c.upload(bad, &file, Value::Null).await.map(|_| ());
+            refused(up, bad);
+            let down = c.download("jobs", JOB, bad, 0, &dir).await.map(|_| ());
+            refused(down, bad);
+            let store = c.download(bad, JOB, "out", 0, &dir).await.map(|_| ());
+            refused(store, bad);
+        }
+        for uuid in [".", "..", "", "a/b", "a\\b"] {
+            let down = c.download("jobs", uuid, "out", 0, &dir).await.map(|_| ());
+            refused(down, uuid);
+        }
+        let sent = c.download("jobs", JOB, "out-1_x", 0, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(sent, Err(ClientError::Transport { .. })),
+            "{sent:?}"
+        );
+    }
+
     /// A client's signed times strictly increase, its clones' too, however fast it signs (the
     /// Python client's `_timestamp` does the same).
     #[test]
