@@ -2985,3 +2985,76 @@ fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
         "{e}"
     );
 }
+
+/// `bench --server` read every answer whole: a server answering a submit with an endless body
+/// grew the bench's memory until it ended. Answers are now bounded as the client commands bound
+/// theirs (64 MiB of a success): past that the run ends naming it, the rest unread.
+#[test]
+fn bench_reads_no_answer_past_its_bound() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let (mut path, mut length) = (String::new(), 0usize);
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            path.push_str(first.split(' ').nth(1).unwrap_or(""));
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let _ = reader.read_exact(&mut vec![0; length]);
+            if path == "/health" {
+                let body = r#"{"store":"sqlite"}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            // 202 with a body that has no announced end: up to 96 MiB, until the reader leaves.
+            let _ = write!(
+                conn,
+                "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"job_id\": \""
+            );
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..96 {
+                if conn.write_all(&chunk).is_err() {
+                    break;
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let o = Command::new(BIN)
+        .args([
+            "bench", "--server", &url, "--only", "service", "--jobs", "1",
+        ])
+        .args(["--connections", "1", "--warmup", "0", "--trickle-jobs", "0"])
+        .args(["--timeout", "60s"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("submit: an answer (HTTP 202) over 65536 KiB: not runyard's"),
+        "{e}"
+    );
+    // The rest was not read: the server could not send the whole 96 MiB.
+    assert!(
+        sent.load(std::sync::atomic::Ordering::SeqCst) < 96,
+        "{} MiB read",
+        sent.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}

@@ -37,7 +37,8 @@ pub(super) async fn wait_healthy(
                 bail!("{}", crate::cli::answer::redirect_of(&r, "/health"));
             }
             if r.status().is_success() {
-                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                let body = super::body_of(r, "/health").await?;
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 return Ok(v["store"].as_str().unwrap_or("unknown").to_string());
             }
         }

@@ -179,7 +179,7 @@ pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
         .await
         .with_context(|| format!("GET {url}"))?;
     let status = r.status();
-    let bytes = r.bytes().await?;
+    let bytes = super::body_of(r, &format!("GET {url}")).await?;
     if !status.is_success() {
         bail!(
             "GET {url}: HTTP {}: {}",

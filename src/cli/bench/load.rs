@@ -38,7 +38,7 @@ pub(super) async fn submit_one(
         .send()
         .await?;
     let status = r.status();
-    let bytes = r.bytes().await?;
+    let bytes = super::body_of(r, "submit").await?;
     let rtt = t0.elapsed();
     if status != reqwest::StatusCode::ACCEPTED {
         bail!(

@@ -369,6 +369,25 @@ fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Microseconds since the epoch on this machine's clock.
+/// `r`'s body, bounded as the client commands bound theirs ([`crate::cli::answer`]: 64 MiB of a
+/// success, 64 KiB of anything else); an answer past that is not runyard's and ends the run,
+/// the rest unread (an endless body no longer grows the bench's memory until it is killed).
+async fn body_of(r: reqwest::Response, what: &str) -> anyhow::Result<bytes::Bytes> {
+    use crate::cli::answer::{read_capped, MAX_JSON, MAX_OTHER};
+    let cap = if r.status().is_success() {
+        MAX_JSON
+    } else {
+        MAX_OTHER
+    };
+    let status = r.status().as_u16();
+    read_capped(r, cap).await?.ok_or_else(|| {
+        anyhow!(
+            "{what}: an answer (HTTP {status}) over {} KiB: not runyard's",
+            cap >> 10
+        )
+    })
+}
+
 fn wall_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
