@@ -342,3 +342,33 @@ async fn a_replica_promoted_within_store_retry_lets_the_node_start() {
     let said = node.said();
     assert!(!said.contains("ACL"), "{said}");
 }
+
+/// A Redis busy running a script at start (`BUSY` to every other client until it ends): the
+/// start stopped at once at its `INFO` ("redis INFO: BUSY ..."). It is waited on within
+/// `store.retry`, and the node starts once the script ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_busy_with_a_script_at_start_is_waited_on() {
+    let r = private_redis();
+    let mut script = r.busy_for(4);
+    let mut node = Node::start("serve", &r.url, &r.prefix, "30s");
+    node.wait_said("BUSY", Duration::from_secs(20));
+    assert!(node.exited().is_none(), "stopped:\n{}", node.said());
+    let _ = script.wait();
+    let port = node.port();
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    let start = Instant::now();
+    loop {
+        let ok = reqwest::get(&ready)
+            .await
+            .is_ok_and(|a| a.status().is_success());
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not ready after the script ended:\n{}",
+            node.said()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

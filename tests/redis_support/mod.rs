@@ -340,6 +340,33 @@ impl TestRedis {
     }
 
     /// Runs redis-cli with these arguments and returns its output.
+    /// Keeps the server busy running a script for `seconds` (a loop on `TIME`), from a
+    /// `redis-cli` of its own (reaped by the returned child's `wait`): once it has run past
+    /// `busy-reply-threshold` (set here to 100 ms), every other client is answered `BUSY`.
+    /// Returns once a `PING` is.
+    pub fn busy_for(&self, seconds: u32) -> Child {
+        assert!(self
+            .cli(&["CONFIG", "SET", "busy-reply-threshold", "100"])
+            .contains("OK"));
+        let script = format!(
+            "local t0 = redis.call('TIME') while true do local t = redis.call('TIME') \
+             if t[1] - t0[1] >= {seconds} then break end end return 1"
+        );
+        let child = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["EVAL", &script, "0"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs");
+        let start = Instant::now();
+        while !self.cli(&["PING"]).contains("BUSY") {
+            assert!(start.elapsed() < Duration::from_secs(10), "never BUSY");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .arg("-p")

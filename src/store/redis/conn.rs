@@ -35,14 +35,17 @@ struct Inner {
 /// The shortest time between two tries at a new manager.
 const RENEW_GAP: Duration = Duration::from_secs(1);
 
-/// Errors worth retrying: the connection, or a Redis that is starting or failing over (a
-/// replica's refusal is retried on a new connection, [`SharedConn::heal`]).
+/// Errors worth retrying: the connection, or a Redis that is starting, failing over (a
+/// replica's refusal is retried on a new connection, [`SharedConn::heal`]) or busy running a
+/// script past `busy-reply-threshold` (`BUSY`: refused before it ran, until the script ends or
+/// is killed).
 pub(super) fn transient(e: &RedisError) -> bool {
     use ::redis::ErrorKind::*;
     matches!(
         e.kind(),
         IoError | BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
-    ) || e.is_connection_dropped()
+    ) || e.code() == Some("BUSY")
+        || e.is_connection_dropped()
         // Credentials refused on a reconnect: retried, with a new connection (`conn.rs`).
         || stuck(e)
         || e.is_connection_refusal()

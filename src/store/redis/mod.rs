@@ -235,7 +235,7 @@ impl RedisStore {
         let conn =
             conn::SharedConn::connect(client.clone(), cfg, settings.retry, &redact(&settings.url))
                 .await?;
-        let version = server_version(&mut conn.get()).await?;
+        let version = server_version(&conn, start_deadline).await?;
         let origin = Uuid::now_v7().simple().to_string();
         check_at_start(&conn, &settings.prefix, &origin, start_deadline).await?;
         warn_if_evicting(&mut conn.get()).await;

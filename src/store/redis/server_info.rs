@@ -5,13 +5,37 @@ use ::redis::aio::ConnectionManager;
 
 use super::*;
 
-/// The server's version, refused below Redis 7.
-pub(super) async fn server_version(conn: &mut ConnectionManager) -> Result<String> {
-    let info: String = ::redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("redis INFO: {e}")))?;
+/// The server's version, refused below Redis 7. An answer that passes (`conn::transient`: Redis
+/// busy running a script, `BUSY`; loading its data; a connection dropped) is waited on until
+/// `deadline` (the start's `store.retry`), as the start's check waits; refused credentials are
+/// said at once.
+pub(super) async fn server_version(
+    conn: &super::conn::SharedConn,
+    deadline: Instant,
+) -> Result<String> {
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
+    let mut delay = Duration::from_millis(100);
+    let mut waited = false;
+    let info: String = loop {
+        let e = match ::redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn.get())
+            .await
+        {
+            Ok(info) => break info,
+            Err(e) => e,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !super::conn::transient(&e) || super::conn::stuck(&e) || left.is_zero() {
+            return Err(StoreError::Unavailable(format!("redis INFO: {e}")));
+        }
+        if !waited {
+            waited = true;
+            tracing::warn!(error = %e, left = ?left, "redis did not answer INFO for now: trying again within `store.retry`");
+        }
+        tokio::time::sleep(delay.min(left)).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    };
     let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
