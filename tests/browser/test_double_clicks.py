@@ -9,6 +9,7 @@ second and a half later is a new action, and it is sent."""
 from __future__ import annotations
 
 import pathlib
+import re
 from datetime import datetime, timedelta, timezone
 import time
 import urllib.parse
@@ -355,6 +356,57 @@ def test_a_double_click_on_older_turns_one_page_of_dead_letters(many_dead, brows
         ctx.close()
 
 
+
+
+def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, browser):
+    # A resync re-reads the page on screen; "Older", pressed before that answer came, turned the
+    # page, and the late answer then put the first page's rows under the second page's pager
+    # (its "Newer" led to the first page again, the rows of the second were out of reach).
+    first, c1 = dead_page(many_dead)
+    second, _ = dead_page(many_dead, c1)
+    ctx = new_context(browser)
+    page = ctx.new_page()
+    streams, held, holding = [], [], []
+
+    def stream(route):
+        if streams:
+            return route.continue_()
+        streams.append(route)  # answered by the test with a resync
+
+    def dead(route):
+        if holding and not held and "cursor=" not in route.request.url:
+            return held.append(route)  # the resync's re-read of the first page, let go late
+        route.continue_()
+
+    page.route("**/async/events/sse", stream)
+    page.route(re.compile(r"/async/jobs\?dead=true"), dead)
+    try:
+        open_page(page, many_dead, "/dead")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(50, timeout=15000)
+        assert rows.first.get_attribute("data-job") == first[0]
+        deadline = time.time() + 15
+        while not streams and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert streams, "the page opened no event stream"
+        holding.append(True)
+        cursor = streams[0].request.headers.get("last-event-id") or "0"
+        streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                           body=f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n')
+        deadline = time.time() + 15
+        while not held and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert held, "no re-read after the resync"
+        page.locator("#next-page").click()
+        expect(rows.first).to_have_attribute("data-job", second[0], timeout=15000)
+        held[0].continue_()
+        page.wait_for_timeout(1500)  # the late answer has come (and is not shown)
+        assert [r.get_attribute("data-job") for r in rows.all()] == second
+        page.get_by_role("button", name="← Newer").click()
+        expect(rows.first).to_have_attribute("data-job", first[0], timeout=15000)
+        assert [r.get_attribute("data-job") for r in rows.all()] == first
+    finally:
+        ctx.close()
 
 
 @pytest.mark.parametrize("how", ["mouse", "Enter"])

@@ -500,8 +500,10 @@ async function jobs(params, signal) {
   if (auth.can("jobs:submit")) actions.append(h("button", { id: "bulk-retry", onclick: once(() => bulk("retry")) }, "Retry selected"));
 
   const during = new Set(); // the events of each load on its way (liveStatus)
+  let loads = 0; // the latest load: an earlier one answered after it is not shown (dead.js)
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
   async function load(keep) {
+    const mine = ++loads;
     const kept = new Set(keep ? picked() : []);
     const seen = [];
     during.add(seen);
@@ -512,6 +514,7 @@ async function jobs(params, signal) {
     if (cursor) q.set("cursor", cursor);
     try {
       const page = await api(`/async/jobs?${q}`);
+      if (mine !== loads) return;
       const rows = page.jobs;
       body.replaceChildren(...rows.map((j) => jobRow(j, true)));
       // Events that came while the page was read, on the rows they are newer than.
@@ -531,7 +534,7 @@ async function jobs(params, signal) {
           route();
         } }, "Older →") : "");
     } catch (e) {
-      body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
+      if (mine === loads) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
     } finally {
       during.delete(seen);
     }

@@ -89,8 +89,13 @@ async function deadLetters(params, signal) {
   }
 
   const during = new Set(); // the events of each load on its way (liveStatus, app.js)
+  // The latest load: an earlier one whose answer comes after it is not shown (a resync's re-read
+  // of this page answered after "Older" turned it showed the rows of the page left, under the
+  // pager of the new one).
+  let loads = 0;
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
   async function load(cursor, keep) {
+    const mine = ++loads;
     const kept = new Set(keep ? [...body.querySelectorAll(".pick:checked")].map((c) => c.value) : []);
     const q = new URLSearchParams({ dead: "true", limit: "50", fields: DEAD_FIELDS });
     if (type) q.set("type", type);
@@ -99,6 +104,7 @@ async function deadLetters(params, signal) {
     during.add(seen);
     let page;
     try { page = await api(`/async/jobs?${q}`); } finally { during.delete(seen); }
+    if (mine !== loads) return;
     const found = page.jobs;
     const next = page.next_cursor;
     shown = found;
