@@ -103,7 +103,9 @@ async function deadLetters(params, signal) {
     const seen = [];
     during.add(seen);
     let page;
-    try { page = await api(`/async/jobs?${q}`); } finally { during.delete(seen); }
+    // A later load's page is the one shown: this one's answer, or its failure, changes nothing
+    // (the pager's cursors stay those of the later one).
+    try { page = await api(`/async/jobs?${q}`); } catch (e) { if (mine !== loads) return; throw e; } finally { during.delete(seen); }
     if (mine !== loads) return;
     const found = page.jobs;
     const next = page.next_cursor;
