@@ -345,15 +345,16 @@ async fn a_replica_promoted_within_store_retry_lets_the_node_start() {
 
 /// A Redis busy running a script at start (`BUSY` to every other client until it ends): the
 /// start stopped at once at its `INFO` ("redis INFO: BUSY ..."). It is waited on within
-/// `store.retry`, and the node starts once the script ends.
+/// `store.retry`, and the node starts once the script ends (killed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_busy_with_a_script_at_start_is_waited_on() {
     let r = private_redis();
-    let mut script = r.busy_for(4);
+    let script = r.busy();
     let mut node = Node::start("serve", &r.url, &r.prefix, "30s");
     node.wait_said("BUSY", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(node.exited().is_none(), "stopped:\n{}", node.said());
-    let _ = script.wait();
+    r.unbusy(script);
     let port = node.port();
     let ready = format!("http://127.0.0.1:{port}/health/ready");
     let start = Instant::now();

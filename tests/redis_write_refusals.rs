@@ -235,15 +235,22 @@ async fn a_refusal_is_logged_once_not_per_request_or_round() {
 /// Redis) answers every other client `BUSY` until the script ends: a submit meanwhile was
 /// answered `500 store_error "BUSY ..."` at once. It is now waited on within `store.retry`, as
 /// Redis away is (nothing of it ran: Redis refused it before running it), and taken once the
-/// script ends; nothing is lost.
+/// script ends (killed); nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_while_redis_runs_a_long_script_is_taken_once_it_ends() {
     let (r, ts, first) = setup("busy-test-master-key-0123456789abcdef").await;
-    let mut script = r.busy_for(3);
-    let (st, v) = ts.submit(json!({"type": "runyard.noop"})).await;
+    let ts = std::sync::Arc::new(ts);
+    let script = r.busy();
+    let submitting = ts.clone();
+    let submit =
+        tokio::spawn(async move { submitting.submit(json!({"type": "runyard.noop"})).await });
+    // Still waiting while Redis is busy (it was answered 500 at once).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!submit.is_finished(), "{:?}", submit.await);
+    r.unbusy(script);
+    let (st, v) = submit.await.expect("the submit task");
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     let id = v["job_id"].as_str().expect("a job id").to_string();
-    let _ = script.wait();
     let job = ts.wait_terminal(&id, support::WAIT).await;
     assert_eq!(support::status_of(&job), "SUCCESS", "{job}");
     resumes(&ts, &first).await;

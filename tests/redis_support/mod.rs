@@ -69,30 +69,39 @@ pub struct TestRedis {
 }
 
 /// A free port for a test's own `redis-server`, from below the kernel's ephemeral range
-/// (32768-60999 here): a port the kernel handed a test for its runyard node (bound to port 0,
-/// released, then passed to `--listen`) or to an outgoing connection is never one of these, so a
-/// Redis cannot take a node's port between its pick and its bind (CI, stop 64: "cannot listen
-/// on ... Address already in use"). Each call in this process tries the next port of a range
-/// started at a place of the process id's choosing, so two tests' Redis servers never get the
-/// same one.
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768-60999 by default): a port the kernel handed
+/// a test for its runyard node (bound to port 0, released, then passed to `--listen`) or to an
+/// outgoing connection is never one of these, so a Redis cannot take a node's port between its
+/// pick and its bind (CI, stop 64: "cannot listen on ... Address already in use"). Each call in
+/// this process tries the next port of a span started at a place of the process id's choosing,
+/// so two tests' Redis servers never get the same one.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    // Ports 1024 up to the ephemeral range (a range widened to start lower than 2024 leaves
+    // none: then any port above 1024, as before).
+    let first = 1024;
+    let span = ephemeral_start.saturating_sub(first).max(1000);
     let _ = NEXT.compare_exchange(
         u32::MAX,
-        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        std::process::id().wrapping_mul(2_654_435_761) % span,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    for _ in 0..SPAN {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+    for _ in 0..span {
+        let port = first + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
+    panic!("no free port from {first} below {}", first + span)
 }
 
 fn unique_prefix() -> String {
@@ -339,24 +348,20 @@ impl TestRedis {
         })
     }
 
-    /// Runs redis-cli with these arguments and returns its output.
-    /// Keeps the server busy running a script for `seconds` (a loop on `TIME`), from a
-    /// `redis-cli` of its own (reaped by the returned child's `wait`): once it has run past
-    /// `busy-reply-threshold` (set here to 100 ms), every other client is answered `BUSY`.
-    /// Returns once a `PING` is.
-    pub fn busy_for(&self, seconds: u32) -> Child {
+    /// Keeps the server busy running a script (an endless loop that only reads: `SCRIPT KILL`
+    /// may stop it, [`Self::unbusy`]) from a `redis-cli` of its own: once it has run past
+    /// `busy-reply-threshold` (set here to 100 ms), every other client is answered `BUSY` until
+    /// it is killed. Returns once a `PING` is.
+    pub fn busy(&self) -> Child {
         assert!(self
             .cli(&["CONFIG", "SET", "busy-reply-threshold", "100"])
             .contains("OK"));
-        let script = format!(
-            "local t0 = redis.call('TIME') while true do local t = redis.call('TIME') \
-             if t[1] - t0[1] >= {seconds} then break end end return 1"
-        );
         let child = Command::new("redis-cli")
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["EVAL", &script, "0"])
+            .args(["EVAL", "while true do redis.call('TIME') end", "0"])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("redis-cli runs");
         let start = Instant::now();
@@ -367,6 +372,13 @@ impl TestRedis {
         child
     }
 
+    /// Ends the script [`Self::busy`] started (`SCRIPT KILL`) and reaps its `redis-cli`.
+    pub fn unbusy(&self, mut script: Child) {
+        assert!(self.cli(&["SCRIPT", "KILL"]).contains("OK"), "SCRIPT KILL");
+        let _ = script.wait();
+    }
+
+    /// Runs redis-cli with these arguments and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .arg("-p")

@@ -185,7 +185,8 @@ def file_segment(what: str, name: str) -> str:
     """A file ``property`` (or a file path's ``store``) as one path segment: 1-64 ASCII letters,
     digits, ``_`` or ``-``, the names the server takes; any other raises ``ValueError`` before
     anything is sent (``.`` and ``..`` would be resolved as a path and reach another route)."""
-    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+    name = str(name)
+    if not _FILE_NAME.fullmatch(name):
         raise ValueError(f"a file {what} must be 1-64 letters, digits, `_` or `-` (got {name!r}); nothing sent")
     return name
 

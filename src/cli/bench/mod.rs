@@ -368,7 +368,6 @@ fn client(pool: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Microseconds since the epoch on this machine's clock.
 /// `r`'s body, bounded as the client commands bound theirs ([`crate::cli::answer`]: 64 MiB of a
 /// success, 64 KiB of anything else); an answer past that is not runyard's and ends the run,
 /// the rest unread (an endless body no longer grows the bench's memory until it is killed).
@@ -388,6 +387,7 @@ async fn body_of(r: reqwest::Response, what: &str) -> anyhow::Result<bytes::Byte
     })
 }
 
+/// Microseconds since the epoch on this machine's clock.
 fn wall_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

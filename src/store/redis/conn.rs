@@ -44,12 +44,19 @@ pub(super) fn transient(e: &RedisError) -> bool {
     matches!(
         e.kind(),
         IoError | BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
-    ) || e.code() == Some("BUSY")
+    ) || busy(e)
         || e.is_connection_dropped()
         // Credentials refused on a reconnect: retried, with a new connection (`conn.rs`).
         || stuck(e)
         || e.is_connection_refusal()
         || e.is_timeout()
+}
+
+/// Redis busy running a script: `BUSY`, or a `MULTI` whose `EXEC` came while it was
+/// (`EXECABORT ... because of: BUSY`, nothing of it run).
+fn busy(e: &RedisError) -> bool {
+    e.code() == Some("BUSY")
+        || (e.code() == Some("EXECABORT") && e.detail().is_some_and(|d| d.contains("BUSY")))
 }
 
 /// What a write Redis refused for lack of memory answers (Redis's own message names a script's

@@ -374,7 +374,7 @@ impl RedisStore {
             // Redis may have come back without its data: the check value is looked at now.
             self.key_watch.wake.notify_one();
         } else if !was_down && !up {
-            tracing::warn!(error = %err, "redis unreachable: retrying with backoff");
+            tracing::warn!(error = %err, "redis unavailable: retrying with backoff");
         }
     }
 

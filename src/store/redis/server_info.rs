@@ -7,8 +7,8 @@ use super::*;
 
 /// The server's version, refused below Redis 7. An answer that passes (`conn::transient`: Redis
 /// busy running a script, `BUSY`; loading its data; a connection dropped) is waited on until
-/// `deadline` (the start's `store.retry`), as the start's check waits; refused credentials are
-/// said at once.
+/// `deadline` (the start's `store.retry`), as the start's check waits; refused credentials or a
+/// TLS handshake refused are said at once.
 pub(super) async fn server_version(
     conn: &super::conn::SharedConn,
     deadline: Instant,
@@ -26,7 +26,11 @@ pub(super) async fn server_version(
             Err(e) => e,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if !super::conn::transient(&e) || super::conn::stuck(&e) || left.is_zero() {
+        if !super::conn::transient(&e)
+            || super::conn::stuck(&e)
+            || super::conn::tls_refused(&e)
+            || left.is_zero()
+        {
             return Err(StoreError::Unavailable(format!("redis INFO: {e}")));
         }
         if !waited {
