@@ -513,3 +513,57 @@ def test_pausing_a_schedule_moves_no_other_rows_buttons(server, browser, width):
         for n in names:
             server.call("DELETE", f"/async/schedules/{n}")
 
+
+def touch_double_tap(page, locator, dx, gap_ms=200):
+    """A finger's double tap on `locator`, the second tap `dx` px to the side of the first, as
+    Chromium reports it: two clicks from a touch pointer, the second with `detail` 2 (Chromium
+    counts a second tap up to ~20 px away as a double tap; probe s53a F8). Dispatched from inside
+    the page like human_double_click, the second once the page drew something new there."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    met = page.evaluate(
+        """async ([x, y, dx, gap]) => {
+            const tap = (x, detail) => {
+                const el = document.elementFromPoint(x, y);
+                const control = el && el.closest("button, a, input, select, textarea");
+                const disabled = !!(control && control.disabled);
+                if (el && !disabled) {
+                    el.dispatchEvent(new PointerEvent("click", { bubbles: true, cancelable: true, composed: true, view: window,
+                        detail, clientX: x, clientY: y, pointerType: "touch", isPrimary: true }));
+                }
+                return { el, disabled, at: performance.now(), text: control ? control.textContent : "" };
+            };
+            const first = tap(x, 1);
+            const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+            const redrawn = () => document.elementFromPoint(x + dx, y) !== first.el;
+            while (performance.now() - first.at < 450 && (performance.now() - first.at < gap || !redrawn())) await sleep(5);
+            const second = tap(x + dx, 2);
+            return { gap: second.at - first.at, redrawn: second.el !== first.el, disabled: second.disabled, text: second.text };
+        }""",
+        [x, y, dx, gap_ms],
+    )
+    assert met["gap"] < 600, f"the page tapped {met['gap']:.0f} ms apart: not a double tap"
+    if met["disabled"] or not met["redrawn"]:
+        pytest.skip(f"the second tap met {'a disabled control' if met['disabled'] else 'no redraw'} ({met}): this trial says nothing")
+    return met
+
+
+def test_a_double_tap_that_drifts_20px_turns_one_page_of_dead_letters(many_dead, browser):
+    # Probe s53a F8: on a phone, page 2 draws "← Newer" where page 1's "Older →" was; a double
+    # tap on Older whose second tap drifted 17-20 px (past the 16 px a tap's spot is held, yet a
+    # double tap for the browser: detail 2) went to page 2 and straight back to page 1.
+    first, c1 = dead_page(many_dead)
+    second, _ = dead_page(many_dead, c1)
+    ctx = new_context(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    try:
+        open_page(page, many_dead, "/dead")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(50, timeout=15000)
+        met = touch_double_tap(page, page.locator("#next-page"), 20)
+        page.wait_for_timeout(1000)
+        expect(rows.first).to_have_attribute("data-job", second[0]), met
+        assert [r.get_attribute("data-job") for r in rows.all()] == second, met
+    finally:
+        ctx.close()
