@@ -137,9 +137,9 @@ def test_a_double_click_on_retry_retries_and_does_not_cancel(server, page, gap):
 
 @pytest.fixture(scope="module")
 def schedules_in_use(server):
-    """A schedule with a long name and three runs, as on a page in use: its cells set the table's
-    column widths, so the row under test does not move when it gains a "paused" badge or a run
-    (the table is 100% wide: a lone row's buttons would shift and the second click miss them)."""
+    """A schedule with a long name and three runs, as on a page in use (this once set the table's
+    column widths so that the row under test did not move; the table now keeps its geometry
+    itself: test_pausing_a_schedule_moves_no_other_rows_buttons)."""
     name = "a-schedule-in-use-with-a-longer-name-than-the-others"
     status, s = server.call("POST", "/async/schedules", {"name": name, "cron": "0 3 * * *", "job": {"type": "noop.in-use"}})
     assert status == 201, s
@@ -430,3 +430,140 @@ def test_an_action_on_another_row_right_after_one_is_taken(server, page, schedul
     finally:
         for name in (a, b):
             server.call("DELETE", f"/async/schedules/{name}")
+
+
+@pytest.mark.parametrize("button", ["Trigger", "Pause"])
+def test_an_action_on_its_way_stays_disabled_when_another_row_redraws_the_table(server, page, button):
+    # Probe s53a F1: every action on the schedules page ends with a read of the table, drawn
+    # anew; a row whose own request was still on its way (a slow server) got fresh, enabled
+    # buttons, and a second click on its Trigger made a second job. The first row's answer is
+    # held by the browser while another row's action is answered at once.
+    a, b = make_schedule(server, "slow"), make_schedule(server, "quick")
+    verb = button.lower()
+    held = []
+    page.route(re.compile(rf"/async/schedules/{a}/{verb}$"), lambda r: held.append(r))
+    try:
+        open_page(page, server, "/schedules")
+        row_a = page.locator(f'#schedules tr[data-schedule="{a}"]')
+        posts = record_posts(page)
+        row_a.locator("button", has_text=button).click()
+        deadline = time.time() + 15
+        while not held and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert held, f"no {verb} of {a} sent"
+        drawn = row_a.locator("button", has_text=button).element_handle()
+        page.locator(f'#schedules tr[data-schedule="{b}"]').locator("button", has_text="Trigger").click()
+        page.wait_for_function("el => !el.isConnected", arg=drawn, timeout=15000)  # the table redrawn
+        again = row_a.locator("button", has_text=button)
+        expect(again).to_be_disabled()
+        box = again.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_timeout(300)
+        assert posts == [f"/async/schedules/{a}/{verb}", f"/async/schedules/{b}/trigger"], posts
+        held[0].continue_()
+        expect(page.locator("#toast")).to_contain_text(f"{a}: {verb}", timeout=15000)
+        after = row_a.locator("button", has_text="Trigger" if button == "Trigger" else "Resume")
+        expect(after).to_be_enabled(timeout=15000)
+        if button == "Trigger":
+            assert len(server.call("GET", f"/async/jobs?schedule={a}")[1]["jobs"]) == 1
+        else:
+            assert server.call("GET", f"/async/schedules/{a}")[1]["paused"] is True
+        assert posts == [f"/async/schedules/{a}/{verb}", f"/async/schedules/{b}/trigger"], posts
+    finally:
+        page.unroute(re.compile(rf"/async/schedules/{a}/{verb}$"))
+        for name in (a, b):
+            server.call("DELETE", f"/async/schedules/{name}")
+
+
+@pytest.mark.parametrize("width", [390, 1100, 1280])
+def test_pausing_a_schedule_moves_no_other_rows_buttons(server, browser, width):
+    # Probe s53a F2: after Pause the table laid itself out anew (Resume wider than Pause, the
+    # paused row's "Next fires" emptied, rows 82 px tall became 57), and a person's next click,
+    # aimed where another row's button was, met the paused row's Resume or Trigger. Schedules
+    # as in use: realistic names, one with runs, the middle one paused.
+    tag = uuid.uuid4().hex[:4]
+    names = [f"nightly-export-{tag}", f"orders-sync-{tag}", f"weekly-report-{tag}"]
+    for n in names:
+        status, s = server.call("POST", "/async/schedules", {"name": n, "cron": "0 3 * * *", "job": {"type": "noop.geometry"}})
+        assert status == 201, s
+    assert server.call("POST", f"/async/schedules/{names[2]}/trigger")[0] in (200, 201, 202)
+    ctx = new_context(browser, viewport={"width": width, "height": 900})
+    page = ctx.new_page()
+    try:
+        open_page(page, server, "/schedules")
+        boxes = """(names) => names.flatMap((n) => [...document.querySelector(`#schedules tr[data-schedule="${n}"]`)
+            .querySelectorAll("button")].map((b) => { const r = b.getBoundingClientRect();
+            return [n, b.textContent, Math.round(r.x), Math.round(r.y), Math.round(r.width), Math.round(r.height)]; }))"""
+        others = [names[0], names[2]]
+        drawn = page.locator(f'#schedules tr[data-schedule="{names[1]}"] button', has_text="Pause")
+        drawn.scroll_into_view_if_needed()  # on a phone the table scrolls in its box: as a person would
+        before = page.evaluate(boxes, others)
+        assert len(before) == 4, before
+        mine = page.evaluate(boxes, [names[1]])
+        drawn.click()
+        resume = page.locator(f'#schedules tr[data-schedule="{names[1]}"] button', has_text="Resume")
+        expect(resume).to_be_enabled(timeout=15000)
+        after = page.evaluate(boxes, others)
+        moved = [(b, a) for b, a in zip(before, after) if any(abs(x - y) > 1 for x, y in zip(b[2:], a[2:]))]
+        assert not moved, f"at {width} px, other rows' buttons moved: {moved}"
+        # The paused row's own buttons stay too: Resume where Pause was, as wide.
+        assert [m[2:] for m in page.evaluate(boxes, [names[1]])] == [m[2:] for m in mine]
+    finally:
+        ctx.close()
+        for n in names:
+            server.call("DELETE", f"/async/schedules/{n}")
+
+
+def touch_double_tap(page, locator, dx, gap_ms=200):
+    """A finger's double tap on `locator`, the second tap `dx` px to the side of the first, as
+    Chromium reports it: two clicks from a touch pointer, the second with `detail` 2 (Chromium
+    counts a second tap up to ~20 px away as a double tap; probe s53a F8). Dispatched from inside
+    the page like human_double_click, the second once the page drew something new there."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    met = page.evaluate(
+        """async ([x, y, dx, gap]) => {
+            const tap = (x, detail) => {
+                const el = document.elementFromPoint(x, y);
+                const control = el && el.closest("button, a, input, select, textarea");
+                const disabled = !!(control && control.disabled);
+                if (el && !disabled) {
+                    el.dispatchEvent(new PointerEvent("click", { bubbles: true, cancelable: true, composed: true, view: window,
+                        detail, clientX: x, clientY: y, pointerType: "touch", isPrimary: true }));
+                }
+                return { el, disabled, at: performance.now(), text: control ? control.textContent : "" };
+            };
+            const first = tap(x, 1);
+            const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+            const redrawn = () => document.elementFromPoint(x + dx, y) !== first.el;
+            while (performance.now() - first.at < 450 && (performance.now() - first.at < gap || !redrawn())) await sleep(5);
+            const second = tap(x + dx, 2);
+            return { gap: second.at - first.at, redrawn: second.el !== first.el, disabled: second.disabled, text: second.text };
+        }""",
+        [x, y, dx, gap_ms],
+    )
+    assert met["gap"] < 600, f"the page tapped {met['gap']:.0f} ms apart: not a double tap"
+    if met["disabled"] or not met["redrawn"]:
+        pytest.skip(f"the second tap met {'a disabled control' if met['disabled'] else 'no redraw'} ({met}): this trial says nothing")
+    return met
+
+
+def test_a_double_tap_that_drifts_20px_turns_one_page_of_dead_letters(many_dead, browser):
+    # Probe s53a F8: on a phone, page 2 draws "← Newer" where page 1's "Older →" was; a double
+    # tap on Older whose second tap drifted 17-20 px (past the 16 px a tap's spot is held, yet a
+    # double tap for the browser: detail 2) went to page 2 and straight back to page 1.
+    first, c1 = dead_page(many_dead)
+    second, _ = dead_page(many_dead, c1)
+    ctx = new_context(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    try:
+        open_page(page, many_dead, "/dead")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(50, timeout=15000)
+        met = touch_double_tap(page, page.locator("#next-page"), 20)
+        page.wait_for_timeout(1000)
+        expect(rows.first).to_have_attribute("data-job", second[0]), met
+        assert [r.get_attribute("data-job") for r in rows.all()] == second, met
+    finally:
+        ctx.close()

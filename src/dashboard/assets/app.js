@@ -144,15 +144,21 @@ function unsendable(token) {
 // the same spot a second later is a new one. A page left while its action runs (its request may
 // hang) does not hold the spot on the next page. A click made with the keyboard (Enter, Space:
 // `detail` 0, at 0,0 in Chromium and Firefox) has no spot: it holds none and none holds it.
+// The second click of what the browser counts as a double click (`detail` 2 or more) is ignored
+// further off, within DOUBLE_PX of the spot held: Chromium counts a second tap up to ~20 px away
+// as a double tap, and on a phone one that drifted 17-20 px got past TOUCH_PX to what the page
+// drew there (probe s53a F8: the dead letters' Newer where Older was, Trigger below Pause).
 const SETTLE_MS = 600;
 const SPOT_PX = 8;
 const TOUCH_PX = 16;
+const DOUBLE_PX = 40;
 const clickGuard = { last: null, spot: null, running: null, until: 0 };
 document.addEventListener("click", (ev) => {
   if (ev.detail === 0) { clickGuard.last = null; return; }
   const s = clickGuard.spot;
   const held = (clickGuard.running && clickGuard.running === navigation) || performance.now() < clickGuard.until;
-  if (s && held && Math.hypot(ev.clientX - s.x, ev.clientY - s.y) <= Math.max(s.r, ev.pointerType === "touch" ? TOUCH_PX : SPOT_PX)) {
+  const near = s && Math.hypot(ev.clientX - s.x, ev.clientY - s.y);
+  if (s && held && near <= (ev.detail >= 2 ? DOUBLE_PX : Math.max(s.r, ev.pointerType === "touch" ? TOUCH_PX : SPOT_PX))) {
     ev.preventDefault();
     ev.stopImmediatePropagation();
     return;
@@ -738,27 +744,58 @@ function lastRun(x, jobs) {
   return h("span", { "data-run": x.outcome, title: x.error || undefined }, text);
 }
 
+// The schedules table keeps its geometry when a row changes (probe s53a F2: after Pause the
+// table laid itself out anew, Resume wider than Pause and the "Next fires" cell emptied, rows
+// changed height, and a person's next click, aimed where another row's button was, met the
+// paused row's Resume or Trigger): its columns have fixed widths (app.css `table.schedules`),
+// the "paused" badge keeps its place when hidden, next fires and last runs are SLOTS lines of
+// one line each (a paused schedule has no next fire: "paused" says why), and Pause, Resume and
+// Trigger are as wide as each other.
+const SLOTS = 3;
+const slots = (items) => Array.from({ length: SLOTS }, (_, i) => h("span", { class: "slot" }, items[i] ?? ""));
+
 async function schedules() {
   const body = h("tbody", { id: "schedules" });
   main.replaceChildren(h("h1", {}, "Schedules"),
-    h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Cron"), h("th", {}, "Next fires"), h("th", {}, "Last runs"), h("th", {}, ""))), body)));
+    h("div", { class: "scroll" }, h("table", { class: "schedules" }, h("thead", {}, h("tr", {}, h("th", { class: "name" }, "Name"), h("th", { class: "cron" }, "Cron"), h("th", { class: "fires" }, "Next fires"), h("th", {}, "Last runs"), h("th", { class: "acts" }, ""))), body)));
+  // The actions on their way, by schedule and action ("state" for pause and resume, "trigger"):
+  // the table is drawn anew after any row's action, and a button whose request still runs is
+  // drawn disabled (probe s53a F1: it came back enabled, and a second click on a slow Trigger
+  // made a second job). The job page's `acting` is the same.
+  const acting = new Set();
+  const key = (name, what) => JSON.stringify([name, what]);
+  // Only the latest read is drawn: an earlier one answered after it would draw an older state.
+  let reads = 0;
   async function load() {
+    const n = ++reads;
     const r = await api("/async/schedules");
     const list = r.schedules || r || [];
     const jobs = await runJobs(list);
+    if (n !== reads) return;
+    const act = (s, what, verb, label) => h("button", { "data-act": what, disabled: acting.has(key(s.name, what)), onclick: once(() => post(s.name, what, verb)) }, label);
     body.replaceChildren(...list.map((s) => h("tr", { "data-schedule": s.name },
-      h("td", {}, s.name, s.paused ? h("span", { class: "badge s-cancelled" }, "paused") : ""),
+      h("td", { class: "name" }, s.name, " ", h("span", { class: `badge s-cancelled${s.paused ? "" : " ghost"}` }, "paused")),
       h("td", { class: "mono" }, `${s.cron} ${s.timezone || ""}`),
-      h("td", {}, (s.next_fires || []).slice(0, 3).map(when).join(", ")),
-      h("td", { class: "runs" }, (s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => lastRun(x, jobs)).flatMap((a, i) => (i ? [", ", a] : [a]))),
-      h("td", {}, auth.can("schedules:write") ? [
-        h("button", { onclick: once(() => post(s.name, s.paused ? "resume" : "pause")) }, s.paused ? "Resume" : "Pause"),
-        h("button", { onclick: once(() => post(s.name, "trigger")) }, "Trigger")] : ""))));
+      h("td", {}, s.paused && !(s.next_fires || []).length ? slots([h("span", { class: "muted" }, "paused")]) : slots((s.next_fires || []).slice(0, SLOTS).map(when))),
+      h("td", { class: "runs" }, slots((s.last_runs || []).slice(0, RUNS_SHOWN).map((x) => lastRun(x, jobs)))),
+      h("td", { class: "acts" }, auth.can("schedules:write") ? [
+        act(s, "state", s.paused ? "resume" : "pause", s.paused ? "Resume" : "Pause"),
+        act(s, "trigger", "trigger", "Trigger")] : ""))));
     if (!list.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No schedule.")));
   }
-  async function post(name, verb) {
-    try { await api(`/async/schedules/${encodeURIComponent(name)}/${verb}`, { method: "POST" }); toast(`${name}: ${verb}`); } catch (e) { return toast(e.message); }
-    await load().catch((e) => toast(e.message));
+  async function post(name, what, verb) {
+    acting.add(key(name, what));
+    try {
+      try { await api(`/async/schedules/${encodeURIComponent(name)}/${verb}`, { method: "POST" }); toast(`${name}: ${verb}`); } catch (e) { return toast(e.message); }
+      await load().catch((e) => toast(e.message));
+    } finally {
+      acting.delete(key(name, what));
+      // The button drawn meanwhile (disabled) is this action's: enabled again, as once() does
+      // the one clicked.
+      const row = [...body.rows].find((tr) => tr.dataset.schedule === name);
+      const button = row && row.querySelector(`button[data-act="${what}"]`);
+      if (button) button.disabled = false;
+    }
   }
   await load().catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "error" }, e.message))));
 }
