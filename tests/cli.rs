@@ -3058,3 +3058,68 @@ fn bench_reads_no_answer_past_its_bound() {
         sent.load(std::sync::atomic::Ordering::SeqCst)
     );
 }
+
+/// A server that takes the event stream's connection but sends no answer to it (runyard at
+/// `api.max_connections` keeps new connections waiting; a hung proxy): `logs --follow` froze
+/// 45 s a try on opening the stream, its log reads (twice a second) and job reads with it (probe
+/// s53b). The stream's opening now holds no read: new lines come as they are written.
+#[test]
+fn a_stream_answered_late_holds_no_log_read() {
+    use std::io::{BufRead, BufReader, Write};
+    let id = "01a25054-cdf6-71b0-a1a3-99b92a749bce";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(400) {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut h = String::new();
+                while reader.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
+                    h.clear();
+                }
+                let path = request.split(' ').nth(1).unwrap_or("").to_string();
+                if path.starts_with("/async/events/sse") {
+                    std::thread::sleep(Duration::from_secs(120)); // no answer
+                    return;
+                }
+                // Line 1 at once, line 2 after a second; the job runs on.
+                let t = start.elapsed();
+                let body = if path.contains("/logs") {
+                    let after: u64 = path
+                        .split("after=")
+                        .nth(1)
+                        .and_then(|a| a.split('&').next()?.parse().ok())
+                        .unwrap_or(0);
+                    let top = if t > Duration::from_secs(1) { 2 } else { 1 };
+                    let lines: Vec<_> = (after + 1..=top)
+                        .map(|i| serde_json::json!({"seq": i, "stream": "stdout", "ts": 1, "line": format!("line {i}")}))
+                        .collect();
+                    serde_json::json!({"job_id": id, "status": "RUNNING", "lines": lines, "next": top.max(after)})
+                } else {
+                    serde_json::json!({"id": id, "status": "RUNNING", "channel_id": id, "type": "t.a", "attempt": 1, "runs": []})
+                }
+                .to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    let mut cmd = Command::new(BIN);
+    cmd.args(["logs", id, "--follow"])
+        .env("RUNYARD_SERVER", &url)
+        .env_remove("RUNYARD_TOKEN");
+    let mut run = Running::start(cmd);
+    // Within 20 s (it came after 45 s). (The job's end, without its stream, is seen at the job
+    // read after 30 s without an event: not waited for here.)
+    run.wait_for("line 2");
+    let _ = run.child.kill();
+    let _ = run.child.wait();
+    assert!(run.stdout().contains("line 1"), "{}", run.stdout());
+}

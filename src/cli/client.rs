@@ -406,7 +406,7 @@ impl Api {
         if !stream {
             return Err(self.not_runyard(r.status().as_u16(), &kind));
         }
-        Ok(sse::events(r))
+        Ok(sse::events(r, last_id))
     }
 }
 

@@ -117,10 +117,19 @@ pub struct JobEvents {
     channel: String,
     last_id: Option<String>,
     stream: Option<sse::Events>,
+    /// The stream's request on its way: kept across calls, so that a server slow to answer it
+    /// (one at `api.max_connections` keeps new connections waiting; a hung proxy) holds no call
+    /// past its `within` (the follow froze 45 s a try, its log reads and job reads with it:
+    /// probe s53b).
+    connecting: Option<Connecting>,
     patience: Patience,
     /// Pause before the next connection attempt.
     not_before: Option<Instant>,
 }
+
+/// A stream's request on its way.
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<sse::Events>> + Send>>;
 
 impl JobEvents {
     /// Follows `job_id` on `channel` from the oldest event the server keeps, giving up by
@@ -132,6 +141,7 @@ impl JobEvents {
             channel: channel.to_string(),
             last_id: None,
             stream: None,
+            connecting: None,
             patience: patience.clone(),
             not_before: None,
         }
@@ -154,18 +164,23 @@ impl JobEvents {
                         continue;
                     }
                 }
-                match self
-                    .api
-                    .event_stream(&self.channel, self.last_id.as_deref())
-                    .await
-                {
+                let connecting = self.connecting.get_or_insert_with(|| {
+                    let (api, channel) = (self.api.clone(), self.channel.clone());
+                    let last_id = self.last_id.clone();
+                    Box::pin(async move { api.event_stream(&channel, last_id.as_deref()).await })
+                });
+                let Ok(answer) = tokio::time::timeout(deadline - now, connecting).await else {
+                    return Ok(None);
+                };
+                self.connecting = None;
+                match answer {
                     Ok(r) => {
                         self.stream = Some(r);
                         self.patience.reset();
                         self.not_before = None;
                     }
                     Err(e) => {
-                        self.not_before = Some(now + self.patience.after(e)?);
+                        self.not_before = Some(Instant::now() + self.patience.after(e)?);
                         continue;
                     }
                 }
@@ -185,9 +200,8 @@ impl JobEvents {
                     self.not_before = Some(Instant::now() + self.patience.pause());
                 }
                 Ok(Some(Ok(ev))) => {
-                    if !ev.id.is_empty() {
-                        self.last_id = Some(ev.id);
-                    }
+                    // The stream's last id (an empty one: none, the reconnect sends none).
+                    self.last_id = (!ev.id.is_empty()).then_some(ev.id);
                     let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
                         continue;
                     };

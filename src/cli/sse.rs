@@ -1,6 +1,8 @@
 //! The CLI's reading of a Server-Sent Events stream (the HTML standard's "event stream
-//! interpretation": lines ended by CR, LF or CRLF, `data:` lines joined, `id:` kept, a blank line
-//! ends an event, `:` a comment), bounded: an event (its lines up to the blank line that ends it)
+//! interpretation": one leading byte order mark skipped, lines ended by CR, LF or CRLF, `data:`
+//! lines joined, `id:` kept (an empty one clears it; the id before the connection carried on, as
+//! an `EventSource` keeps it across reconnects), a blank line ends an event, `:` a comment),
+//! bounded: an event (its lines up to the blank line that ends it)
 //! longer than [`MAX_EVENT`], or a line that is not UTF-8, ends the stream with an error instead
 //! of growing a buffer without end. Read byte by byte once, so the time is linear in what
 //! comes (eventsource-stream 0.2, used before, re-read its buffer per line and kept every byte
@@ -16,6 +18,8 @@ use super::exit::Failure;
 /// The longest event read. runyard's events are a status or a progress with at most the job's
 /// error, stored cut to 16 KiB (`job::error_text`): a few KiB.
 pub const MAX_EVENT: usize = 1 << 20;
+/// The byte order mark (U+FEFF in UTF-8) a stream may begin with.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// The longest event id kept (it goes with every event after it). runyard's are a few dozen
 /// bytes (a Redis stream entry's id, a row number).
 pub const MAX_ID: usize = 1024;
@@ -45,6 +49,8 @@ impl SseRead {
 }
 
 /// An event: its `data` lines joined by `\n`, and the last `id` the stream gave (empty: none).
+/// An event with no data carries an id that changed with no data after it (the standard sets the
+/// last event id then too, without dispatching): the reader keeps the id and skips it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: String,
@@ -65,14 +71,18 @@ pub fn not_runyard(e: &SseRead, shown: &str) -> anyhow::Error {
     .into()
 }
 
-/// `r`'s body read as events.
-pub fn events(r: reqwest::Response) -> Events {
-    parsed(r.bytes_stream().map(|c| c.map_err(SseRead::Net)))
+/// `r`'s body read as events, the last event id starting at `last_id` (the one the request
+/// went on from: events without an `id:` line carry it, as a browser's do).
+pub fn events(r: reqwest::Response, last_id: Option<&str>) -> Events {
+    parsed(
+        r.bytes_stream().map(|c| c.map_err(SseRead::Net)),
+        last_id.unwrap_or(""),
+    )
 }
 
 /// `chunks` read as events, one at a time (a chunk is read up to the end of its next event,
 /// so no more than one event is held); an error ends the stream (after the events before it).
-fn parsed<S>(chunks: S) -> Events
+fn parsed<S>(chunks: S, last_id: &str) -> Events
 where
     S: Stream<Item = Result<Bytes, SseRead>> + Send + 'static,
 {
@@ -86,7 +96,11 @@ where
     }
     let start = State {
         chunks: Box::pin(chunks),
-        parser: Parser::default(),
+        parser: Parser {
+            id: last_id.to_string(),
+            sent_id: last_id.to_string(),
+            ..Parser::default()
+        },
         chunk: Bytes::new(),
         at: 0,
         done: false,
@@ -130,6 +144,10 @@ struct Parser {
     data: String,
     /// The last `id` given.
     id: String,
+    /// The id of the last event returned.
+    sent_id: String,
+    /// The first line was read (a byte order mark is skipped only before it).
+    past_first: bool,
     /// Bytes of the current event so far (its lines' ends not counted).
     len: usize,
 }
@@ -162,13 +180,17 @@ impl Parser {
 
     /// The end of a line: the event it ends (a blank line after data), if any.
     fn end_line(&mut self) -> Result<Option<Event>, SseRead> {
+        if !std::mem::replace(&mut self.past_first, true) && self.line.starts_with(BOM) {
+            self.line.drain(..BOM.len());
+        }
         if self.line.is_empty() {
             self.len = 0;
-            if self.data.is_empty() {
+            if self.data.is_empty() && self.id == self.sent_id {
                 return Ok(None);
             }
             let mut data = std::mem::take(&mut self.data);
             data.pop();
+            self.sent_id.clone_from(&self.id);
             return Ok(Some(Event {
                 id: self.id.clone(),
                 data,
@@ -185,7 +207,12 @@ impl Parser {
                 self.data.push('\n');
             }
             "id" if value.len() > MAX_ID => return Err(SseRead::IdTooLong),
-            "id" if !value.contains('\0') => self.id = value.to_string(),
+            // With NUL, ignored (the standard); one that cannot go back as a `Last-Event-ID`
+            // header (a control character) too: it ended the follow with a usage error at the
+            // reconnect (probe s53b).
+            "id" if reqwest::header::HeaderValue::from_str(value).is_ok() => {
+                self.id = value.to_string()
+            }
             // A comment (`:`), `event`, `retry` and unknown fields: nothing the CLI uses.
             _ => {}
         }
@@ -199,9 +226,17 @@ mod tests {
     use super::*;
 
     async fn read(chunks: Vec<Vec<u8>>) -> (Vec<(String, String)>, Option<String>) {
+        read_after(chunks, "").await
+    }
+
+    /// [`read`] on a connection that went on from `last_id`.
+    async fn read_after(
+        chunks: Vec<Vec<u8>>,
+        last_id: &str,
+    ) -> (Vec<(String, String)>, Option<String>) {
         let items: Vec<Result<Bytes, SseRead>> =
             chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
-        let mut s = parsed(futures::stream::iter(items));
+        let mut s = parsed(futures::stream::iter(items), last_id);
         let mut got = Vec::new();
         while let Some(ev) = s.next().await {
             match ev {
@@ -294,9 +329,11 @@ mod tests {
             err.as_deref(),
             Some("an event id of the stream is longer than 1024 bytes")
         );
+        // An id of the longest kept: its event of no data (the id moved), then the 1000.
         let stream = format!("id: {}\n\n{}", "y".repeat(MAX_ID), "data\n\n".repeat(1000));
         let (got, err) = read(vec![stream.into_bytes()]).await;
-        assert_eq!((got.len(), err), (1000, None));
+        assert_eq!((got.len(), err), (1001, None));
+        assert!(got[0].1.is_empty() && got[1..].iter().all(|(i, _)| i.len() == MAX_ID));
     }
 
     /// The standard's rules the CLI relies on: an event cut by the stream's end is dropped, an
@@ -310,5 +347,28 @@ mod tests {
             vec![("1".into(), "a".into()), ("1".into(), "b".into())]
         );
         assert_eq!(err, None);
+    }
+
+    /// The standard's rules the probe s53b found broken: a leading byte order mark is skipped
+    /// (the first event was dropped: its field read as `\u{feff}data`), whatever the chunking;
+    /// an `id:` with no data after it moves the id all the same (the reader skips the event of
+    /// no data); an empty `id:` clears it; events without an `id:` line carry the id the
+    /// connection went on from; an id with a control character is ignored as one with NUL
+    /// (it could not go back as `Last-Event-ID`: the follow ended with a usage error).
+    #[tokio::test]
+    async fn a_bom_is_skipped_and_ids_follow_the_standard() {
+        let stream = b"\xEF\xBB\xBFdata: a\n\nid: 4\n\nid: a\x01b\ndata: b\n\nid:\ndata: c\n\n";
+        for size in [1, 2, 3, stream.len()] {
+            let (got, err) = read_after(chunked(stream, size), "3").await;
+            assert_eq!(err, None);
+            let want: Vec<(String, String)> = [("3", "a"), ("4", ""), ("4", "b"), ("", "c")]
+                .iter()
+                .map(|(i, d)| (i.to_string(), d.to_string()))
+                .collect();
+            assert_eq!(got, want, "chunks of {size}");
+        }
+        // A BOM only at the start: one later is part of its line (an unknown field).
+        let (got, _) = read(vec![b"data: a\n\n\xEF\xBB\xBFdata: b\n\n".to_vec()]).await;
+        assert_eq!(got, vec![("".to_string(), "a".to_string())]);
     }
 }
