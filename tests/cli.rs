@@ -3123,3 +3123,29 @@ fn a_stream_answered_late_holds_no_log_read() {
     let _ = run.child.wait();
     assert!(run.stdout().contains("line 1"), "{}", run.stdout());
 }
+
+/// `bench` without `--server` runs a server of its own, on a store of its own: the shell's
+/// `RUNYARD_*` settings of the user's real server (its Redis, its data dir) went into it, and the
+/// bench's jobs into the user's store (probe s53b). They no longer reach it.
+#[test]
+fn bench_runs_its_own_server_on_its_own_store_whatever_the_shell_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real-data");
+    let o = Command::new(BIN)
+        .args([
+            "bench", "--only", "service", "--jobs", "20", "--warmup", "0",
+        ])
+        .args(["--trickle-jobs", "0", "--timeout", "60s"])
+        .env("RUNYARD_DATA_DIR", &real)
+        .env("RUNYARD_REDIS", "redis://127.0.0.1:9")
+        .env_remove("RUNYARD_SERVER")
+        .env_remove("RUNYARD_TOKEN")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(
+        !real.exists(),
+        "the bench's server made a store in RUNYARD_DATA_DIR: {e}"
+    );
+}

@@ -72,6 +72,14 @@ impl ChildServer {
         std::fs::write(&config, child_config(a, &dir.join("data")))?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         let mut cmd = this_binary()?;
+        // Its store and settings are its config's alone: a `RUNYARD_*` of the shell (a
+        // `RUNYARD_REDIS`, `RUNYARD_DATA_DIR`, `RUNYARD_AUTH__TOKENS` of the user's own server)
+        // overrode them, and the bench's jobs went to the user's real store (probe s53b).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RUNYARD_") {
+                cmd.env_remove(&key);
+            }
+        }
         let child = cmd
             .arg("serve")
             .arg("--config")
