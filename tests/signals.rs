@@ -114,6 +114,14 @@ async fn suite(ts: &TestServer) {
         ("bad%01key".to_string(), json!({}), "`key`"),
         // A zero-width space: shows as `src.orders`.
         ("src.%E2%80%8Borders".to_string(), json!({}), "invisible"),
+        // A word joiner alone, and a soft hyphen: show as nothing (probe s53b).
+        ("%E2%81%A0".to_string(), json!({}), "invisible"),
+        ("src.or%C2%ADders".to_string(), json!({}), "invisible"),
+        (
+            "src.orders".to_string(),
+            json!({"id": "run\u{3164}1"}),
+            "invisible",
+        ),
         ("src.orders".to_string(), json!({"id": ""}), "`id`"),
         // A right-to-left override: `run-\u{202e}2-a` shows as another id.
         (
