@@ -61,6 +61,38 @@ fn skip_request_head(conn: &std::net::TcpStream) {
     }
 }
 
+/// Answers `200` with the JSON `body`, closing the connection.
+fn answer_json(conn: &mut std::net::TcpStream, body: &str) {
+    use std::io::Write;
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// `runyard logs ID --follow` on the server at `url`, without a token.
+fn follow_logs(id: &str, url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["logs", id, "--follow"])
+        .env("RUNYARD_SERVER", url)
+        .env_remove("RUNYARD_TOKEN");
+    cmd
+}
+
+/// Reads a request's line and head from `conn`; returns its path (with its query).
+fn request_path(conn: &std::net::TcpStream) -> String {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let mut request = String::new();
+    let _ = reader.read_line(&mut request);
+    let mut h = String::new();
+    while reader.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
+        h.clear();
+    }
+    request.split(' ').nth(1).unwrap_or("").to_string()
+}
+
 /// `runyard serve` on `dir`'s runyard.toml and data dir, listening on `port`; returns once it
 /// accepts connections.
 fn spawn_serve(
@@ -2873,21 +2905,14 @@ fn submit_wait_gives_up_a_minute_after_the_server_dies() {
 /// stops at the bound (1 MiB per event) with exit 3, naming the server.
 #[test]
 fn an_endless_event_line_ends_the_follow_at_the_bound() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let id = "01a22d2b-1c54-7698-be6b-3e5256c4d637";
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for conn in listener.incoming().take(20) {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut request = String::new();
-            let _ = reader.read_line(&mut request);
-            let mut h = String::new();
-            while reader.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
-                h.clear();
-            }
-            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            let path = request_path(&conn);
             if path.starts_with("/async/events/sse") {
                 let _ = write!(
                     conn,
@@ -2907,18 +2932,10 @@ fn an_endless_event_line_ends_the_follow_at_the_bound() {
                 serde_json::json!({"id": id, "status": "RUNNING", "channel_id": "ch", "runs": []})
             }
             .to_string();
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            answer_json(&mut conn, &body);
         }
     });
-    let mut cmd = Command::new(BIN);
-    cmd.args(["logs", id, "--follow"])
-        .env("RUNYARD_SERVER", &url)
-        .env_remove("RUNYARD_TOKEN");
-    let (code, out, err) = Running::start(cmd).end();
+    let (code, out, err) = Running::start(follow_logs(id, &url)).end();
     assert_eq!(code, Some(3), "{err}");
     assert_eq!(out, "");
     assert!(
@@ -3065,7 +3082,6 @@ fn bench_reads_no_answer_past_its_bound() {
 /// s53b). The stream's opening now holds no read: new lines come as they are written.
 #[test]
 fn a_stream_answered_late_holds_no_log_read() {
-    use std::io::{BufRead, BufReader, Write};
     let id = "01a25054-cdf6-71b0-a1a3-99b92a749bce";
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -3074,14 +3090,7 @@ fn a_stream_answered_late_holds_no_log_read() {
         for conn in listener.incoming().take(400) {
             let Ok(mut conn) = conn else { continue };
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut request = String::new();
-                let _ = reader.read_line(&mut request);
-                let mut h = String::new();
-                while reader.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
-                    h.clear();
-                }
-                let path = request.split(' ').nth(1).unwrap_or("").to_string();
+                let path = request_path(&conn);
                 if path.starts_with("/async/events/sse") {
                     std::thread::sleep(Duration::from_secs(120)); // no answer
                     return;
@@ -3103,19 +3112,11 @@ fn a_stream_answered_late_holds_no_log_read() {
                     serde_json::json!({"id": id, "status": "RUNNING", "channel_id": id, "type": "t.a", "attempt": 1, "runs": []})
                 }
                 .to_string();
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                answer_json(&mut conn, &body);
             });
         }
     });
-    let mut cmd = Command::new(BIN);
-    cmd.args(["logs", id, "--follow"])
-        .env("RUNYARD_SERVER", &url)
-        .env_remove("RUNYARD_TOKEN");
-    let mut run = Running::start(cmd);
+    let mut run = Running::start(follow_logs(id, &url));
     // Within 20 s (it came after 45 s). (The job's end, without its stream, is seen at the job
     // read after 30 s without an event: not waited for here.)
     run.wait_for("line 2");

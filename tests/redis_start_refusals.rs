@@ -114,6 +114,34 @@ impl Node {
         digits.parse().expect("a port")
     }
 
+    /// Waits (30 s at most) until `serve` on `port` answers `/health/ready` 200; fails the test
+    /// if it exits first (`when` says what it waited on).
+    async fn wait_ready(&mut self, port: u16, when: &str) {
+        let http = reqwest::Client::new();
+        let ready = format!("http://127.0.0.1:{port}/health/ready");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.exited() {
+                panic!("exited ({st}):\n{}", self.said());
+            }
+            let ok = http
+                .get(&ready)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .is_ok_and(|a| a.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "not ready {when}:\n{}",
+                self.said()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until it exits (at most `within`, else fails the test): its status, what it said
     /// and how long it ran.
     fn wait_exit(&mut self, within: Duration, started: Instant) -> (ExitStatus, String, Duration) {
@@ -315,30 +343,8 @@ async fn a_replica_promoted_within_store_retry_lets_the_node_start() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(node.exited().is_none(), "stopped:\n{}", node.said());
     assert!(r.cli(&["REPLICAOF", "NO", "ONE"]).contains("OK"));
-    let http = reqwest::Client::new();
     let port = node.port();
-    let ready = format!("http://127.0.0.1:{port}/health/ready");
-    let start = Instant::now();
-    loop {
-        if let Some(st) = node.exited() {
-            panic!("exited ({st}):\n{}", node.said());
-        }
-        let ok = http
-            .get(&ready)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .is_ok_and(|a| a.status().is_success());
-        if ok {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not ready after the promotion:\n{}",
-            node.said()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_ready(port, "after the promotion").await;
     let said = node.said();
     assert!(!said.contains("ACL"), "{said}");
 }
@@ -356,20 +362,5 @@ async fn a_redis_busy_with_a_script_at_start_is_waited_on() {
     assert!(node.exited().is_none(), "stopped:\n{}", node.said());
     r.unbusy(script);
     let port = node.port();
-    let ready = format!("http://127.0.0.1:{port}/health/ready");
-    let start = Instant::now();
-    loop {
-        let ok = reqwest::get(&ready)
-            .await
-            .is_ok_and(|a| a.status().is_success());
-        if ok {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not ready after the script ended:\n{}",
-            node.said()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_ready(port, "after the script ended").await;
 }

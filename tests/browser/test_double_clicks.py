@@ -334,6 +334,14 @@ def dead_page(srv, cursor=""):
     return [j["id"] for j in page["jobs"]], page["next_cursor"]
 
 
+def shows_then_newer(page, rows, shown, newer):
+    """The dead letters on screen are `shown` (their ids, in order); "← Newer" then shows `newer`."""
+    assert [r.get_attribute("data-job") for r in rows.all()] == shown
+    page.get_by_role("button", name="← Newer").click()
+    expect(rows.first).to_have_attribute("data-job", newer[0], timeout=15000)
+    assert [r.get_attribute("data-job") for r in rows.all()] == newer
+
+
 @pytest.mark.parametrize("gap", GAPS)
 def test_a_double_click_on_older_turns_one_page_of_dead_letters(many_dead, browser, gap):
     # The pager went through no guard: the second click pushed the same cursor again ("Newer"
@@ -348,10 +356,7 @@ def test_a_double_click_on_older_turns_one_page_of_dead_letters(many_dead, brows
         expect(rows).to_have_count(50, timeout=15000)
         human_double_click(page, page.locator("#next-page"), gap)
         page.wait_for_timeout(1500)
-        assert [r.get_attribute("data-job") for r in rows.all()] == second
-        page.get_by_role("button", name="← Newer").click()
-        expect(rows.first).to_have_attribute("data-job", first[0], timeout=15000)
-        assert [r.get_attribute("data-job") for r in rows.all()] == first
+        shows_then_newer(page, rows, second, first)
     finally:
         ctx.close()
 
@@ -401,10 +406,7 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
         expect(rows.first).to_have_attribute("data-job", second[0], timeout=15000)
         held[0].continue_()
         page.wait_for_timeout(1500)  # the late answer has come (and is not shown)
-        assert [r.get_attribute("data-job") for r in rows.all()] == second
-        page.get_by_role("button", name="← Newer").click()
-        expect(rows.first).to_have_attribute("data-job", first[0], timeout=15000)
-        assert [r.get_attribute("data-job") for r in rows.all()] == first
+        shows_then_newer(page, rows, second, first)
     finally:
         ctx.close()
 
