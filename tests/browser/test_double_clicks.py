@@ -409,6 +409,46 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
         ctx.close()
 
 
+@pytest.fixture(scope="module")
+def four_pages(server):
+    """151 SCHEDULED jobs of one type (a day ahead: nothing runs them), four pages of the jobs
+    table filtered by that type; returns the cursors of pages 2 to 4."""
+    later = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    status, out = server.call("POST", "/async/jobs/batch", {"jobs": [{"type": "noop.pager", "run_at": later} for _ in range(151)]})
+    assert status in (200, 201, 202), out
+    cursors = []
+    for _ in range(3):
+        q = f"&cursor={cursors[-1]}" if cursors else ""
+        cursors.append(server.call("GET", f"/async/jobs?type=noop.pager&limit=50&fields=id{q}")[1]["next_cursor"])
+    return cursors
+
+
+def jobs_page_number(page, cursors):
+    cursor = urllib.parse.parse_qs(page.evaluate("location.hash").split("?", 1)[1]).get("cursor", [""])[0]
+    return 1 if not cursor else cursors.index(cursor) + 2
+
+
+@pytest.mark.parametrize("gap", GAPS)
+def test_a_double_click_on_the_jobs_tables_pager_turns_one_page(server, browser, four_pages, gap):
+    # The jobs table's "Older" and "Newer" went through no guard (probe s53a, F4): where the pager
+    # is still on screen after the next page is drawn (a tall window), the second click lands on
+    # the new page's pager. Page 2 draws "Newer" where page 1's "Older" was: a double click on
+    # Older went to page 2 and back to page 1; on page 2 it went to page 4.
+    ctx = new_context(browser, viewport={"width": 1280, "height": 2300})
+    page = ctx.new_page()
+    try:
+        open_page(page, server, "/jobs?type=noop.pager")
+        expect(page.locator("#rows tr[data-job]")).to_have_count(50, timeout=15000)
+        for button, then in (("#next-page", 2), ("#next-page", 3), ("#prev-page", 2)):
+            human_double_click(page, page.locator(button), gap)
+            page.wait_for_timeout(SETTLE)
+            expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=15000)
+            assert jobs_page_number(page, four_pages) == then, (button, page.evaluate("location.hash"))
+            time.sleep(DELIBERATE - SETTLE / 1000)
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("how", ["mouse", "Enter"])
 def test_an_action_on_another_row_right_after_one_is_taken(server, page, schedules_in_use, how):
     # The guard holds the spot of the action clicked, not the page (review of the first guard:

@@ -175,7 +175,10 @@ function clickedSpot() {
 function settle() {
   Object.assign(clickGuard, { spot: clickedSpot(), running: null, until: performance.now() + SETTLE_MS });
 }
-function once(fn) {
+// `turns`: the action turns the page (a pager's buttons: a history change route() follows, and
+// `fn` ends once the new page is drawn): the page it leads to holds the spot (route() hands it
+// over), while it loads and SETTLE_MS after; any other page left meanwhile still does not.
+function once(fn, turns = false) {
   return async (ev) => {
     const el = ev.currentTarget;
     const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
@@ -183,18 +186,31 @@ function once(fn) {
     if (button.disabled) return;
     // The spot: this click's (a form's: its submit button's click, which comes just before).
     const spot = clickedSpot();
-    const mine = navigation;
-    Object.assign(clickGuard, { spot, running: mine, until: 0 });
+    Object.assign(clickGuard, { spot, running: navigation, until: 0, turns: turns ? navigation : null });
     button.disabled = true;
     try { await fn(ev); } finally {
       button.disabled = false;
-      // Settles on the page it was clicked on only: one left meanwhile does not hold the next.
+      // Settles on the page it was clicked on (or turned to) only: one left meanwhile does not
+      // hold the next.
       if (clickGuard.spot === spot) {
-        Object.assign(clickGuard, mine === navigation
-          ? { running: null, until: performance.now() + SETTLE_MS } : { spot: null, running: null, until: 0 });
+        Object.assign(clickGuard, clickGuard.running === navigation
+          ? { running: null, until: performance.now() + SETTLE_MS, turns: null } : { spot: null, running: null, until: 0, turns: null });
       }
     }
   };
+}
+
+// The page route() is drawing: a pager's "Newer" (history.back(), whose hashchange starts it)
+// waits for it. Resolves when it is drawn or superseded.
+let drawing = Promise.resolve();
+function turnBack() {
+  return new Promise((r) => {
+    // The hashchange listener registered first (route) has started the new page's draw by then;
+    // a back that changes nothing (no hashchange) ends after SETTLE_MS rather than never.
+    const t = setTimeout(r, SETTLE_MS);
+    window.addEventListener("hashchange", () => { clearTimeout(t); drawing.then(r); }, { once: true });
+    history.back();
+  });
 }
 
 document.getElementById("signout").addEventListener("click", () => {
@@ -532,13 +548,15 @@ async function jobs(params, signal) {
       if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
+      // Through once(), as the dead letters' pager: on a tall window a double click turned two
+      // pages, or none (Older, then the next page's Newer drawn at the same spot).
       pager.replaceChildren(
-        !cursor ? "" : newer ? h("button", { id: "prev-page", onclick: () => history.back() }, "← Newer")
-          : h("button", { id: "prev-page", onclick: () => { location.hash = pageAt(""); } }, "← Newest"),
-        page.next_cursor ? h("button", { id: "next-page", onclick: () => {
+        !cursor ? "" : newer ? h("button", { id: "prev-page", onclick: once(turnBack, true) }, "← Newer")
+          : h("button", { id: "prev-page", onclick: once(() => { history.pushState(null, "", pageAt("")); return route(); }, true) }, "← Newest"),
+        page.next_cursor ? h("button", { id: "next-page", onclick: once(() => {
           history.pushState({ newer: [...(newer || []), cursor] }, "", pageAt(page.next_cursor));
-          route();
-        } }, "Older →") : "");
+          return route();
+        }, true) }, "Older →") : "");
     } catch (e) {
       if (mine === loads) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
     } finally {
@@ -819,9 +837,14 @@ async function download(path, name) {
 
 // ---------------------------------------------------------------- router
 
-async function route() {
+function route() { drawing = draw(); return drawing; }
+async function draw() {
   if (navigation) navigation.abort();
-  navigation = new AbortController();
+  const next = new AbortController();
+  // A page turned by an action (once(fn, true)) holds its spot: the second click of a double click
+  // on "Older" landed on the next page's "Newer", drawn where "Older" was (probe s53a, F4).
+  if (clickGuard.turns && clickGuard.turns === navigation) Object.assign(clickGuard, { running: next, turns: null });
+  navigation = next;
   const { signal } = navigation;
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
