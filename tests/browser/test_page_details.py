@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 import re
 import time
 import uuid
@@ -213,6 +214,37 @@ def test_a_failed_dead_letter_re_read_after_a_resync_is_shown_and_retried(server
     expect(note).to_have_text("1 shown.", timeout=15000)  # retried after 2 s
     assert len(reads) >= 3, reads
     expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible()
+
+
+def test_a_dead_letter_retried_elsewhere_leaves_the_list(server, page):
+    # A dead letter retried through the API (another tab, a script) stayed in the list with its
+    # badge changed (SUCCESS), its old attempt and error, and "Retry all shown" then retried it
+    # too, refused (probe s53a, F5). It leaves, the count is read again, and the others stay.
+    kind = f"flaky.dead{uuid.uuid4().hex[:6]}"
+    fixed, other = server.submit({"type": f"{kind}.a"}), server.submit({"type": f"{kind}.b"})
+    for job in (fixed, other):
+        server.wait(job, {"ERROR"})
+    gate = pathlib.Path(f"/tmp/runyard-gate-{fixed}")
+    try:
+        open_page(page, server, f"/dead?type={kind}.*")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(2)
+        expect(page.locator("#dead-total")).to_have_text(f"2 dead letters in all of types {kind}.*.")
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        gate.touch()
+        assert server.call("POST", f"/async/jobs/{fixed}/retry")[0] == 202
+        server.wait(fixed, {"SUCCESS"})
+        expect(page.locator(f'#rows tr[data-job="{fixed}"]')).to_have_count(0, timeout=10000)
+        expect(page.locator(f'#rows tr[data-job="{other}"]')).to_be_visible()
+        expect(page.locator("#dead-note")).to_have_text("1 shown.")
+        expect(page.locator("#dead-total")).to_have_text(f"1 dead letter in all of types {kind}.*.", timeout=10000)
+        posts = []
+        page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+        page.locator("#retry-all").click()
+        expect(page.locator("#toast")).to_have_text("retry: 1 queued", timeout=15000)
+        assert [p.split("/async/jobs/")[1] for p in posts] == [f"{other}/retry"], posts
+    finally:
+        gate.unlink(missing_ok=True)
 
 
 ADMIN, WRITER = "ry_admin_token_for_the_details_test", "ry_writer_token_for_the_details_test"
