@@ -343,3 +343,20 @@ def test_a_token_with_signals_write_but_no_jobs_read_gets_the_send_form(authed, 
         assert not errors, f"JavaScript errors: {errors}"
     finally:
         ctx.close()
+
+
+def test_sign_out_is_hidden_once_signed_out(authed, browser):
+    # "Sign out" stayed in the header over the sign-in form it brought: the 401 that shows the
+    # form ended the read of the scopes before the button was hidden (probe s53a, F10).
+    ctx, page, errors = sign_in_page(browser, authed, "/jobs")
+    try:
+        page.fill("#token", ADMIN)
+        page.locator("#signin button").click()
+        expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=10000)
+        page.locator("#signout").click()
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        expect(page.locator("#signout")).to_be_hidden()
+        assert page.evaluate("sessionStorage.getItem('runyard.token')") is None
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        ctx.close()

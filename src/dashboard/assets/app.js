@@ -103,6 +103,9 @@ function signIn(message) {
   // The page on screen goes, and with it what it started (its polls, listeners and timers, as on
   // a navigation): they would go on asking with a credential the server refuses.
   if (navigation) navigation.abort();
+  // Nobody is signed in while the form shows: "Sign out" stayed over it (a 401 ended loadScopes()
+  // before it hid the button; probe s53a, F10).
+  document.getElementById("signout").hidden = true;
   if (document.getElementById("signin")) return;
   main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
     h("h1", {}, "Sign in"),
