@@ -153,7 +153,7 @@ async function deadLetters(params, signal) {
       // Through once(), as the actions: a double click turns one page (it pushed the same
       // cursor twice, and "Newer" then took two clicks); a page that fails to come is said, and
       // the list of cursors stays the page's on screen.
-      cursors.length > 1 ? h("button", { onclick: once(async () => {
+      cursors.length > 1 ? h("button", { id: "prev-page", onclick: once(async () => {
         const gone = cursors.pop();
         try { await load(cursors[cursors.length - 1]); } catch (e) { cursors.push(gone); toast(e.message); }
       }) }, "← Newer") : "",
