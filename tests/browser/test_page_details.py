@@ -2,7 +2,9 @@
 waiting jobs past the first 100, its "n of m" to the microsecond, the keys `.` and `..`, a token
 that cannot be sent in a header, double clicks on action buttons, the jobs table's page in the
 URL, the chart's legend when the stream is refused, a failed dead-letter re-read after a resync,
-and the send form for a token with `signals:write` but no `jobs:read`."""
+and the send form for a token with `signals:write` but no `jobs:read`; from probe s53a (F3, F5,
+F10): a dead letter retried elsewhere leaves the list, a first page of dead letters cut by the
+scan bound, "Sign out" once signed out."""
 
 from __future__ import annotations
 
